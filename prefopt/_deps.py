@@ -1,0 +1,54 @@
+"""Optional dependencies, imported on first use with a message that says how to get them."""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+_EXTRAS = {
+    "gguf": ("gguf", "importing GGUF files"),
+    "jinja2": ("chat", "chat templates"),
+    "tqdm": ("progress", "progress bars"),
+}
+
+
+class MissingDependencyError(ImportError):
+    pass
+
+
+def require(module: str, purpose: str | None = None) -> ModuleType:
+    """Import ``module`` or raise an error naming the pip command that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        extra, default_purpose = _EXTRAS.get(module, (None, module))
+        hint = f"pip install 'prefopt[{extra}]'  (or: pip install {module})" if extra else f"pip install {module}"
+        raise MissingDependencyError(
+            f"{purpose or default_purpose} needs the optional package {module!r}, which is not installed. "
+            f"Install it with: {hint}"
+        ) from None
+
+
+def progress(iterable=None, **kw):
+    """A tqdm progress bar when tqdm is installed, else the bare iterable (no bar)."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return iterable if iterable is not None else _NoBar()
+    return tqdm(iterable, **kw)
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, *a, **k):
+        pass
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

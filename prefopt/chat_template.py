@@ -1,0 +1,66 @@
+"""Rendering Hugging Face chat templates with jinja2, the way ``transformers`` does.
+
+The environment matches transformers': a sandbox, ``trim_blocks`` and ``lstrip_blocks``,
+the ``loopcontrols`` extension, a ``tojson`` filter that keeps non-ASCII text, and the
+``raise_exception`` and ``strftime_now`` globals.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from ._deps import require
+
+
+class ChatTemplateError(ValueError):
+    pass
+
+
+@lru_cache(maxsize=16)
+def _compile(template: str):
+    require("jinja2", "rendering a chat template")
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise ChatTemplateError(f"the chat template refused the messages: {message}")
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(template)
+
+
+def render_chat(
+    template: str,
+    messages: list[dict[str, Any]],
+    *,
+    add_generation_prompt: bool = False,
+    special_tokens: dict[str, str | None] | None = None,
+    **kwargs: Any,
+) -> str:
+    """Render ``messages`` (``[{"role": ..., "content": ...}, ...]``) with ``template``."""
+    _check_messages(messages)
+    return _compile(template).render(
+        messages=messages,
+        add_generation_prompt=add_generation_prompt,
+        tools=kwargs.pop("tools", None),
+        documents=kwargs.pop("documents", None),
+        **(special_tokens or {}),
+        **kwargs,
+    )
+
+
+def _check_messages(messages) -> None:
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ChatTemplateError("messages must be a non-empty list of {'role', 'content'} dicts")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ChatTemplateError(f"message {i} must be a dict with 'role' and 'content', got {m!r}")

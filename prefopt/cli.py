@@ -1,0 +1,101 @@
+"""The ``prefopt`` command line: ``prefopt generate``, ``prefopt convert-gguf``."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .model import generate, load_model
+    from .tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.model)
+    model = load_model(args.model, dtype=DTYPES[args.dtype], device=args.device)
+    if args.no_chat or not tok.chat_template:
+        prompt_ids = tok.encode(args.prompt)
+    else:
+        msgs = ([{"role": "system", "content": args.system}] if args.system else [])
+        msgs.append({"role": "user", "content": args.prompt})
+        prompt_ids = tok.apply_chat_template(msgs, add_generation_prompt=True)
+    stops = args.stop or []
+    printed = [0]
+
+    def stop(_row, new_ids):
+        text = tok.decode(new_ids)
+        return any(s in text for s in stops)
+
+    def stream(rows):
+        text = _cut(tok.decode(rows[0]), stops)
+        sys.stdout.write(text[printed[0]:])
+        sys.stdout.flush()
+        printed[0] = len(text)
+
+    new = generate(
+        model, [prompt_ids], max_new_tokens=args.max_new_tokens,
+        temperature=0.0 if args.greedy else args.temperature, top_p=args.top_p,
+        eos_token_ids=tok.eos_token_ids, pad_token_id=tok.pad_token_id or 0, seed=args.seed,
+        stop=stop if stops else None, on_step=stream,
+    )
+    text = _cut(tok.decode(new[0]), stops)
+    sys.stdout.write(text[printed[0]:] + "\n")
+    return 0
+
+
+def _cut(text: str, stops: list[str]) -> str:
+    cut = min((text.find(s) for s in stops if s in text), default=len(text))
+    return text[:cut]
+
+
+def _convert_gguf(args: argparse.Namespace) -> int:
+    from .convert.gguf import convert_gguf
+
+    out = convert_gguf(args.gguf, args.out_dir, dtype=DTYPES[args.dtype])
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prefopt", description="Local SFT and DPO fine-tuning for clinical LLMs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="complete a prompt with a model")
+    g.add_argument("--model", required=True, help="model folder, alias (smollm2-135m) or hub id")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--system", help="system message (chat models)")
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--greedy", action="store_true", help="greedy decoding (default: sampling)")
+    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--top-p", type=float, default=0.9)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    g.add_argument("--dtype", choices=DTYPES, default="float32")
+    g.add_argument("--device", default="cpu")
+    g.set_defaults(func=_generate)
+
+    c = sub.add_parser("convert-gguf", help="import a GGUF file into an HF-layout folder")
+    c.add_argument("gguf", help="path to a .gguf file (llama architecture)")
+    c.add_argument("out_dir")
+    c.add_argument("--dtype", choices=DTYPES, default="float32")
+    c.set_defaults(func=_convert_gguf)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        if os.environ.get("PREFOPT_DEBUG"):
+            raise
+        print(f"prefopt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

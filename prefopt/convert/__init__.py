@@ -1,0 +1,1 @@
+"""Importers that turn other checkpoint formats into HF-layout folders."""

@@ -1,0 +1,251 @@
+"""Import a llama.cpp GGUF file into an HF-layout folder (needs the ``gguf`` extra).
+
+What it does:
+- reads the model hyper-parameters from the GGUF metadata into ``config.json``;
+- dequantizes every tensor (Q4_0/Q4_1/Q8_0/K-quants... via ``gguf.quants``) to float;
+- undoes llama.cpp's q/k row permutation, which reorders each head's rows from HF's
+  rotate-half RoPE layout into interleaved pairs;
+- renames tensors to HF names (``blk.3.attn_q.weight`` → ``model.layers.3.self_attn.q_proj.weight``);
+- rebuilds ``tokenizer.json`` (byte-level BPE) and ``tokenizer_config.json`` (special
+  tokens, chat template) from the ``tokenizer.ggml.*`` metadata.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._deps import progress, require
+from ..fileio import write_json_atomic
+from ..model.checkpoint import write_config_files
+from ..model.config import ModelConfig, UnsupportedModelError
+from ..model.safetensors_io import ShardWriter
+
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+# llama.cpp pre-tokenizer name -> how the text is split before BPE
+_GPT2_SPLIT = None  # ByteLevel's own GPT-2 regex
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_PRE_TOKENIZERS = {
+    "gpt2": ("bytelevel", _GPT2_SPLIT),
+    "default": ("bytelevel", _GPT2_SPLIT),
+    "smollm": ("digits+bytelevel", _GPT2_SPLIT),
+    "starcoder": ("digits+bytelevel", _GPT2_SPLIT),
+    "llama-bpe": ("split+bytelevel", _LLAMA3_SPLIT),
+}
+_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype=torch.float32, progress: bool = True) -> Path:
+    """Write an HF-layout folder for ``gguf_path`` into ``out_dir`` and return it.
+
+    Args:
+        gguf_path: a llama.cpp GGUF file of the ``llama`` architecture.
+        out_dir: the folder to write (created).
+        dtype: dtype of the saved weights; float32 keeps dequantized values exact.
+    """
+    gguf = require("gguf", "importing a GGUF file")
+    reader = gguf.GGUFReader(str(gguf_path))
+    meta = _Metadata(reader, gguf_path)
+    cfg = _config(meta, tied=not any(t.name == "output.weight" for t in reader.tensors))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    writer = ShardWriter(out)
+    tensors = reader.tensors
+    bar = _bar(tensors, progress)
+    for t in bar:
+        name = _hf_name(t.name, gguf_path)
+        if name is None:
+            continue
+        w = torch.from_numpy(np.array(_dequantize(gguf, t), dtype=np.float32))  # a writable copy
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists dims innermost first
+        if tuple(w.shape) != shape:
+            raise ValueError(f"{gguf_path}: tensor {t.name!r} dequantized to {tuple(w.shape)}, expected {shape}")
+        if name.endswith("self_attn.q_proj.weight"):
+            w = unpermute_qk(w, cfg.num_attention_heads)
+        elif name.endswith("self_attn.k_proj.weight"):
+            w = unpermute_qk(w, cfg.num_key_value_heads)
+        writer.add(name, w.to(dtype))
+    writer.close()
+    write_config_files(out, cfg, dtype)
+    _write_tokenizer(meta, out)
+    return out
+
+
+def _bar(items, show):
+    return progress(items, desc="converting GGUF", unit="tensor") if show else items
+
+
+def unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Undo llama.cpp's q/k permutation of a ``(n_head * hd, D)`` weight.
+
+    llama.cpp's converter maps HF's row order (per head: first half, second half) to
+    interleaved pairs: ``w.view(n_head, 2, hd // 2, D).transpose(1, 2)``. This inverts it.
+    """
+    rows, cols = w.shape
+    hd = rows // n_head
+    return w.view(n_head, hd // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """llama.cpp's permutation (HF → GGUF), the inverse of :func:`unpermute_qk`."""
+    rows, cols = w.shape
+    hd = rows // n_head
+    return w.view(n_head, 2, hd // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def _dequantize(gguf, t) -> np.ndarray:
+    if t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+        return np.asarray(t.data, dtype=np.float32)
+    return gguf.quants.dequantize(t.data, t.tensor_type)
+
+
+def _hf_name(gguf_name: str, path) -> str | None:
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", gguf_name)
+    if m and m.group(2) in _LAYER_NAMES:
+        return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.{m.group(3)}"
+    if gguf_name == "rope_freqs.weight":
+        raise UnsupportedModelError(
+            f"{path}: has 'rope_freqs.weight' (Llama 3.1-style RoPE scaling stored as a tensor); "
+            "import from the original HF checkpoint instead"
+        )
+    raise UnsupportedModelError(f"{path}: tensor {gguf_name!r} has no Hugging Face counterpart in prefopt")
+
+
+class _Metadata:
+    def __init__(self, reader, path):
+        self.fields, self.path = reader.fields, path
+
+    def get(self, key, default=None):
+        f = self.fields.get(key)
+        return default if f is None else f.contents()
+
+    def need(self, key):
+        v = self.get(key)
+        if v is None:
+            raise ValueError(f"{self.path}: GGUF metadata has no {key!r}")
+        return v
+
+
+def _f32(x) -> float:
+    """A float32 metadata value as the decimal it was written from (9.99999974e-06 -> 1e-05)."""
+    return float(str(np.float32(x)))
+
+
+def _config(meta: _Metadata, *, tied: bool) -> ModelConfig:
+    arch = meta.need("general.architecture")
+    if arch != "llama":
+        raise UnsupportedModelError(f"{meta.path}: GGUF architecture {arch!r} is not supported; only 'llama'")
+    a = f"{arch}."
+    n_head = meta.need(a + "attention.head_count")
+    hidden = meta.need(a + "embedding_length")
+    head_dim = meta.get(a + "attention.key_length", hidden // n_head)
+    rot = meta.get(a + "rope.dimension_count", head_dim)
+    if rot != head_dim:
+        raise UnsupportedModelError(f"{meta.path}: partial rotary ({rot} of {head_dim}) is not supported")
+    tokens = meta.need("tokenizer.ggml.tokens")
+    scaling = None
+    if meta.get(a + "rope.scaling.type") == "linear":
+        scaling = {"rope_type": "linear", "factor": float(meta.need(a + "rope.scaling.factor"))}
+    return ModelConfig(
+        vocab_size=meta.get(a + "vocab_size", len(tokens)),
+        hidden_size=hidden,
+        intermediate_size=meta.need(a + "feed_forward_length"),
+        num_hidden_layers=meta.need(a + "block_count"),
+        num_attention_heads=n_head,
+        num_key_value_heads=meta.get(a + "attention.head_count_kv", n_head),
+        head_dim=head_dim,
+        rms_norm_eps=_f32(meta.need(a + "attention.layer_norm_rms_epsilon")),
+        rope_theta=_f32(meta.get(a + "rope.freq_base", 10000.0)),
+        rope_scaling=scaling,
+        max_position_embeddings=meta.get(a + "context_length", 2048),
+        tie_word_embeddings=tied,
+        model_type="llama",
+        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+        eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
+        pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
+    )
+
+
+def _write_tokenizer(meta: _Metadata, out: Path) -> None:
+    """``tokenizer.json`` and ``tokenizer_config.json`` from the ``tokenizer.ggml.*`` metadata."""
+    tk_mod = require("tokenizers", "building a tokenizer")
+    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+
+    kind = meta.need("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise UnsupportedModelError(
+            f"{meta.path}: GGUF tokenizer model {kind!r} is not supported; only byte-level BPE ('gpt2')"
+        )
+    pre = meta.get("tokenizer.ggml.pre", "default")
+    if pre not in _PRE_TOKENIZERS:
+        raise UnsupportedModelError(
+            f"{meta.path}: GGUF pre-tokenizer {pre!r} is not supported; known: {sorted(_PRE_TOKENIZERS)}"
+        )
+    tokens = list(meta.need("tokenizer.ggml.tokens"))
+    types = list(meta.get("tokenizer.ggml.token_type", [1] * len(tokens)))
+    merges = [tuple(m.split(" ", 1)) for m in meta.need("tokenizer.ggml.merges")]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    tk = tk_mod.Tokenizer(models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
+    style, regex = _PRE_TOKENIZERS[pre]
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=regex is None)
+    if style == "digits+bytelevel":
+        tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    elif style == "split+bytelevel":
+        split = pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False)
+        tk.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
+    else:
+        tk.pre_tokenizer = byte_level
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == _CONTROL])
+    tk.add_tokens([AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == _USER_DEFINED])
+
+    def token(key):
+        i = meta.get(f"tokenizer.ggml.{key}_token_id")
+        return tokens[i] if i is not None and 0 <= i < len(tokens) else None
+
+    bos = token("bos")
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
+    if add_bos:
+        bos_id = vocab[bos]
+        tk.post_processor = processors.TemplateProcessing(
+            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, bos_id)]
+        )
+    else:
+        tk.post_processor = processors.ByteLevel(trim_offsets=False)
+    tk.save(str(out / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": bos,
+        "eos_token": token("eos"),
+        "unk_token": token("unknown"),
+        "pad_token": token("padding") or token("eos"),
+        "add_bos_token": add_bos,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": meta.get("llama.context_length", 2048),
+    }
+    template = meta.get("tokenizer.chat_template")
+    if template:
+        config["chat_template"] = template
+    write_json_atomic(out / "tokenizer_config.json", config)

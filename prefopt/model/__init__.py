@@ -1,0 +1,12 @@
+"""The Llama-family model: config, transformer, checkpoint I/O and generation."""
+from .checkpoint import CheckpointError, load_model, save_model
+from .config import ModelConfig, UnsupportedModelError
+from .generate import generate
+from .hub import ModelNotFoundError, resolve_model_dir
+from .kv_cache import KVCache
+from .transformer import Transformer
+
+__all__ = [
+    "CheckpointError", "KVCache", "ModelConfig", "ModelNotFoundError", "Transformer",
+    "UnsupportedModelError", "generate", "load_model", "resolve_model_dir", "save_model",
+]

@@ -1,0 +1,145 @@
+"""Load and save Hugging Face-layout model folders (``config.json`` + safetensors).
+
+Loading builds the model on the meta device and assigns each tensor as it is read,
+cast to the requested dtype, so peak memory stays near one copy of the weights.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..fileio import write_json_atomic
+from .config import ModelConfig
+from .hub import resolve_model_dir
+from .rope import rope_inv_freq
+from .safetensors_io import ShardWriter, iter_tensors
+from .transformer import Transformer
+
+_PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "consolidated.00.pth")
+# tensors some checkpoints carry that the model recomputes or shares
+_IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not fit the model it describes."""
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a folder: one file, or the shards named by the index."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [model_dir / f for f in sorted(set(weight_map.values()))]
+    single = model_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    pickles = [f for f in _PICKLE_FILES if (model_dir / f).exists()]
+    if pickles:
+        raise CheckpointError(
+            f"{model_dir}: holds only pickle weights ({', '.join(pickles)}). prefopt loads safetensors "
+            "only, since unpickling can run arbitrary code. Convert them on a trusted machine, e.g. "
+            "transformers' `model.save_pretrained(dir, safe_serialization=True)`."
+        )
+    raise CheckpointError(f"{model_dir}: no model.safetensors or model.safetensors.index.json found")
+
+
+def load_model(
+    name_or_path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    *,
+    revision: str | None = None,
+) -> Transformer:
+    """Load a Llama-family model from a folder, an alias (``smollm2-135m``) or a hub id.
+
+    Args:
+        name_or_path: local HF-layout folder, a prefopt alias, or a Hugging Face Hub
+            repo id (resolved through ``huggingface_hub``, cache first).
+        dtype: parameter dtype; floating tensors are cast while loading.
+        device: where the parameters live.
+
+    Returns:
+        a :class:`~prefopt.model.Transformer` in eval mode. ``model(input_ids)`` gives
+        logits ``(B, T, V)``; ``model(input_ids, return_hidden=True)`` gives ``(B, T, D)``.
+    """
+    model_dir = resolve_model_dir(name_or_path, revision=revision)
+    cfg = ModelConfig.from_hf(model_dir)
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    load_weights(model, weight_files(model_dir), dtype=dtype, device=device)
+    model.inv_freq = rope_inv_freq(cfg).to(device)
+    model.name_or_path = str(model_dir)
+    return model.eval()
+
+
+def load_weights(model: torch.nn.Module, files: list[Path], *, dtype: torch.dtype, device) -> None:
+    """Assign every tensor of ``files`` to ``model`` (built on meta), checking names and shapes."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    seen: set[str] = set()
+    for path in files:
+        shard: dict[str, torch.Tensor] = {}
+        for name, t in iter_tensors(path):
+            if name.endswith(_IGNORED_SUFFIXES) or (tied and name == "lm_head.weight"):
+                continue
+            if name not in expected:
+                raise CheckpointError(f"{path}: unexpected tensor {name!r}; the model has no such parameter")
+            if tuple(t.shape) != tuple(expected[name]):
+                raise CheckpointError(
+                    f"{path}: tensor {name!r} has shape {tuple(t.shape)} in the file but "
+                    f"{tuple(expected[name])} in the model (check config.json)"
+                )
+            shard[name] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+            seen.add(name)
+        model.load_state_dict(shard, strict=False, assign=True)
+        del shard
+    missing = sorted(set(expected) - seen)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise CheckpointError(f"{files[0].parent}: missing tensors: {shown}")
+
+
+def save_model(
+    model: Transformer,
+    out_dir: str | Path,
+    tokenizer=None,
+    *,
+    max_shard_bytes: int = 5 * 1024**3,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write ``model`` as an HF-layout folder that ``transformers`` loads unchanged.
+
+    Files: ``config.json``, ``generation_config.json``, ``model.safetensors`` (or shards
+    plus ``model.safetensors.index.json``) and, given a tokenizer, its files. Each file is
+    written atomically; shards left by an earlier save are removed.
+    """
+    out = Path(out_dir)
+    writer = ShardWriter(out, max_shard_bytes)
+    first_dtype = None
+    for k, v in model.state_dict().items():
+        if k.endswith(_IGNORED_SUFFIXES):
+            continue
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        first_dtype = first_dtype or v.dtype
+        writer.add(k, v)
+    writer.close()
+    write_config_files(out, model.config, first_dtype)
+    if tokenizer is not None:
+        tokenizer.save(out)
+    return out
+
+
+
+def write_config_files(out: Path, cfg: ModelConfig, dtype: torch.dtype) -> None:
+    """Write ``config.json`` and ``generation_config.json`` for weights stored in ``dtype``."""
+    cfg_dict = cfg.to_hf_dict()
+    cfg_dict["dtype"] = str(dtype).removeprefix("torch.")
+    cfg_dict.pop("torch_dtype", None)
+    write_json_atomic(out / "config.json", cfg_dict)
+    gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id}
+    if cfg.pad_token_id is not None:
+        gen["pad_token_id"] = cfg.pad_token_id
+    write_json_atomic(out / "generation_config.json", gen)

@@ -1,0 +1,160 @@
+"""Model configuration, read from a Hugging Face ``config.json``.
+
+One dataclass covers the Llama family (Llama 2/3/3.1/3.2, Mistral, Qwen2/2.5,
+SmolLM2). It holds only what those files hold; derived fields are set in
+``__post_init__``. Both spellings of the RoPE settings are read: the older
+top-level ``rope_theta`` / ``rope_scaling`` and the newer ``rope_parameters``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+# model_type -> architecture name used in config.json's "architectures"
+SUPPORTED_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+}
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+class UnsupportedModelError(ValueError):
+    """The checkpoint describes a model prefopt does not implement."""
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # bias on q/k/v (Qwen2 always has it)
+    mlp_bias: bool = False
+    sliding_window: int | None = None
+    model_type: str = "llama"
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+    hidden_act: str = "silu"
+    # the file's own dict, kept so a save writes back what was read
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.model_type not in SUPPORTED_ARCHITECTURES:
+            raise UnsupportedModelError(
+                f"unsupported model_type {self.model_type!r}: prefopt implements "
+                f"{sorted(SUPPORTED_ARCHITECTURES)} (Llama 2/3, Mistral, Qwen2, SmolLM2)"
+            )
+        if self.hidden_act != "silu":
+            raise UnsupportedModelError(f"unsupported hidden_act {self.hidden_act!r}: only 'silu' (SwiGLU)")
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}"
+            )
+        rope_type = (self.rope_scaling or {}).get("rope_type", (self.rope_scaling or {}).get("type", "default"))
+        if rope_type not in SUPPORTED_ROPE_TYPES:
+            raise UnsupportedModelError(
+                f"unsupported rope_scaling type {rope_type!r}: prefopt implements {SUPPORTED_ROPE_TYPES}"
+            )
+
+    @property
+    def rope_type(self) -> str:
+        s = self.rope_scaling or {}
+        return s.get("rope_type", s.get("type", "default"))
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        if self.eos_token_id is None:
+            return []
+        return list(self.eos_token_id) if isinstance(self.eos_token_id, (list, tuple)) else [self.eos_token_id]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        model_type = d.get("model_type")
+        if model_type not in SUPPORTED_ARCHITECTURES:
+            archs = d.get("architectures") or []
+            raise UnsupportedModelError(
+                f"unsupported architecture {model_type or archs!r}: prefopt implements "
+                f"{sorted(SUPPORTED_ARCHITECTURES.values())}"
+            )
+        known = {f.name for f in fields(cls)} - {"raw", "rope_theta", "rope_scaling", "sliding_window"}
+        kw: dict[str, Any] = {k: d[k] for k in known if k in d}
+        # RoPE: the newer "rope_parameters" folds theta and scaling into one dict.
+        rp = d.get("rope_parameters")
+        if rp:
+            kw["rope_theta"] = rp.get("rope_theta", d.get("rope_theta", 10000.0))
+            scaling = {k: v for k, v in rp.items() if k != "rope_theta"}
+            kw["rope_scaling"] = scaling if scaling.get("rope_type", "default") != "default" else None
+        else:
+            kw["rope_theta"] = d.get("rope_theta", 10000.0)
+            kw["rope_scaling"] = d.get("rope_scaling")
+        if kw["rope_scaling"] is not None and (
+            kw["rope_scaling"].get("rope_type", kw["rope_scaling"].get("type")) == "default"
+        ):
+            kw["rope_scaling"] = None
+        if model_type == "qwen2":
+            kw["attention_bias"] = True  # q/k/v projections always carry a bias
+            kw["sliding_window"] = d.get("sliding_window") if d.get("use_sliding_window") else None
+            if kw["sliding_window"] is not None and d.get("max_window_layers", 0) < d["num_hidden_layers"]:
+                raise UnsupportedModelError("Qwen2 with sliding window on only some layers is not supported")
+        else:
+            kw["sliding_window"] = d.get("sliding_window")
+        return cls(**kw, raw=dict(d))
+
+    @classmethod
+    def from_hf(cls, path: str | Path) -> "ModelConfig":
+        """Read ``config.json`` from a folder (or the file itself)."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / "config.json"
+        try:
+            d = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{p}: no config.json; is this a Hugging Face model folder?") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: line {e.lineno}: invalid JSON: {e.msg}") from None
+        return cls.from_dict(d)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """A ``config.json`` dict that ``transformers`` loads."""
+        d = dict(self.raw)
+        d.update(
+            model_type=self.model_type,
+            architectures=[SUPPORTED_ARCHITECTURES[self.model_type]],
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads,
+            head_dim=self.head_dim,
+            rms_norm_eps=self.rms_norm_eps,
+            max_position_embeddings=self.max_position_embeddings,
+            tie_word_embeddings=self.tie_word_embeddings,
+            hidden_act=self.hidden_act,
+            bos_token_id=self.bos_token_id,
+            eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id,
+        )
+        if "rope_parameters" not in d:
+            d["rope_theta"] = self.rope_theta
+            d["rope_scaling"] = self.rope_scaling
+        if self.model_type == "llama":
+            d.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
+        return d

@@ -1,0 +1,97 @@
+"""Text generation with a KV cache: greedy or temperature/top-p sampling, batched with left padding."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .kv_cache import KVCache
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into ``input_ids`` and ``attention_mask``, both ``(B, T)``."""
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(prompts), T), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompt {i} is empty")
+        ids[i, T - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        mask[i, T - len(p):] = 1
+    return ids, mask
+
+
+def sample_next(logits: torch.Tensor, *, temperature: float, top_p: float, generator) -> torch.Tensor:
+    """One token per row of ``logits`` ``(B, V)``: greedy when ``temperature == 0``."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = F.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, idx = probs.sort(dim=-1, descending=True)
+        # drop a token when the mass before it already reaches top_p (the first always stays)
+        drop = sorted_p.cumsum(-1) - sorted_p >= top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    eos_token_ids: Sequence[int] = (),
+    pad_token_id: int = 0,
+    seed: int | None = None,
+    stop: Callable[[int, list[int]], bool] | None = None,
+    on_step: Callable[[list[list[int]]], None] | None = None,
+) -> list[list[int]]:
+    """Continue each prompt; return the new tokens of each (EOS included when produced).
+
+    Args:
+        model: a :class:`~prefopt.model.Transformer`.
+        prompts: token-id lists, any lengths; they are left-padded into one batch.
+        max_new_tokens: the most tokens added to each prompt.
+        temperature: 0 for greedy decoding, else sampling at this temperature.
+        top_p: nucleus sampling mass (with ``temperature > 0``).
+        eos_token_ids: a row stops after producing any of these.
+        seed: seeds sampling, so the same call gives the same text.
+        stop: ``stop(row, new_tokens) -> bool``; a row also stops when it returns True.
+        on_step: called with every row's tokens so far after each step (for streaming).
+    """
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+    device = model.output_weight.device
+    ids, mask = left_pad(prompts, pad_token_id, device)
+    B, T = ids.shape
+    cache = KVCache(model.config, B, T + max_new_tokens, dtype=model.output_weight.dtype, device=device)
+    gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    eos = torch.tensor(list(eos_token_ids) or [-1], device=device)
+    out: list[list[int]] = [[] for _ in range(B)]
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    step_ids = ids
+    for _ in range(max_new_tokens):
+        h = model(step_ids, mask, kv_cache=cache, return_hidden=True)[:, -1]  # (B, D)
+        logits = F.linear(h, model.output_weight).float()  # (B, V)
+        nxt = sample_next(logits, temperature=temperature, top_p=top_p, generator=gen)
+        nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
+        for i in (~done).nonzero().flatten().tolist():
+            out[i].append(int(nxt[i]))
+        done |= torch.isin(nxt, eos)
+        if stop is not None:
+            for i in (~done).nonzero().flatten().tolist():
+                if stop(i, out[i]):
+                    done[i] = True
+        if on_step is not None:
+            on_step(out)
+        if bool(done.all()):
+            break
+        step_ids = nxt[:, None]
+        mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
+    return out

