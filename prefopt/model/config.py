@@ -85,7 +85,7 @@ class ModelConfig:
         return list(self.eos_token_id) if isinstance(self.eos_token_id, (list, tuple)) else [self.eos_token_id]
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         model_type = d.get("model_type")
         if model_type not in SUPPORTED_ARCHITECTURES:
             archs = d.get("architectures") or []
@@ -118,7 +118,7 @@ class ModelConfig:
         return cls(**kw, raw=dict(d))
 
     @classmethod
-    def from_hf(cls, path: str | Path) -> "ModelConfig":
+    def from_hf(cls, path: str | Path) -> ModelConfig:
         """Read ``config.json`` from a folder (or the file itself)."""
         p = Path(path)
         if p.is_dir():

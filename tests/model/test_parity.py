@@ -1,0 +1,125 @@
+"""prefopt's forward pass against transformers on tiny random checkpoints."""
+import pytest
+import torch
+
+from prefopt import load_model
+from tests._tiny import build_hf_model
+
+transformers = pytest.importorskip("transformers")
+
+FAMILIES = {
+    "llama": dict(arch="llama"),
+    "llama-untied-mha": dict(arch="llama", num_key_value_heads=4, tie_word_embeddings=False),
+    "llama-tied": dict(arch="llama", tie_word_embeddings=True),
+    "llama3-rope": dict(arch="llama", rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+    "llama-linear-rope": dict(arch="llama", rope_scaling={"rope_type": "linear", "factor": 2.0}),
+    "llama-bias": dict(arch="llama", attention_bias=True, mlp_bias=True),
+    "mistral": dict(arch="mistral"),
+    "qwen2": dict(arch="qwen2"),
+    "qwen2-tied": dict(arch="qwen2", tie_word_embeddings=True),
+}
+
+
+@pytest.fixture(params=list(FAMILIES))
+def pair(request, tmp_path):
+    hf = build_hf_model(tmp_path, **FAMILIES[request.param], tokenizer=False)
+    return hf, load_model(tmp_path)
+
+
+def test_logits_match_transformers(pair):
+    hf, ours = pair
+    ids = torch.randint(0, 400, (3, 29), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = hf(ids).logits
+        got = ours(ids)
+    assert got.shape == want.shape == (3, 29, 400)
+    assert (got - want).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_logits_match_transformers(pair, side):
+    hf, ours = pair
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, 400, (3, 17), generator=g)
+    mask = torch.ones_like(ids)
+    for row, n_pad in enumerate([0, 5, 11]):
+        if n_pad:
+            if side == "left":
+                mask[row, :n_pad] = 0
+            else:
+                mask[row, -n_pad:] = 0
+    ids = ids.masked_fill(mask == 0, 2)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        want = hf(ids, attention_mask=mask, position_ids=pos).logits
+        got = ours(ids, attention_mask=mask)
+    real = mask.bool()
+    assert torch.isfinite(got).all()
+    assert (got[real] - want[real]).abs().max().item() < 1e-4
+
+
+def test_left_padding_equals_unpadded(pair):
+    _, ours = pair
+    ids = torch.randint(3, 400, (1, 12), generator=torch.Generator().manual_seed(3))
+    padded = torch.cat([torch.full((1, 6), 2), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, 6, dtype=torch.long), torch.ones(1, 12, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        alone = ours(ids)
+        with_pad = ours(padded, attention_mask=mask)[:, 6:]
+    assert (alone - with_pad).abs().max().item() < 1e-5
+
+
+def test_return_hidden_gives_logits_through_output_weight(pair):
+    hf, ours = pair
+    ids = torch.randint(0, 400, (2, 9), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        h = ours(ids, return_hidden=True)
+        logits = ours(ids)
+        want = hf(ids, output_hidden_states=True).hidden_states[-1]
+    assert h.shape == (2, 9, 64)
+    assert (h - want).abs().max().item() < 1e-4
+    assert torch.allclose(h @ ours.output_weight.T, logits, atol=1e-5)
+
+
+def test_mistral_sliding_window_matches_transformers(tmp_path):
+    hf = build_hf_model(tmp_path, arch="mistral", sliding_window=5, tokenizer=False)
+    ours = load_model(tmp_path)
+    assert ours.config.sliding_window == 5
+    ids = torch.randint(0, 400, (2, 23), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = hf(ids).logits
+        got = ours(ids)
+        unwindowed = ours.__class__(ours.config.__class__.from_dict({**ours.config.raw, "sliding_window": None}))
+        unwindowed.load_state_dict(ours.state_dict())
+        full = unwindowed(ids)
+    assert (got - want).abs().max().item() < 1e-4
+    assert (full - want).abs().max().item() > 1e-3  # the window really changes the result
+
+
+def test_gradient_checkpointing_gives_same_gradients(tmp_path):
+    build_hf_model(tmp_path, tokenizer=False)
+    ids = torch.randint(0, 400, (2, 15), generator=torch.Generator().manual_seed(6))
+    grads = []
+    for ckpt in (False, True):
+        m = load_model(tmp_path).train()
+        m.gradient_checkpointing = ckpt
+        m(ids).logsumexp(-1).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_close_to_fp32(tmp_path, dtype):
+    build_hf_model(tmp_path, tokenizer=False)
+    ids = torch.randint(0, 400, (2, 11), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref = load_model(tmp_path)(ids)
+        m = load_model(tmp_path, dtype=dtype)
+        assert all(p.dtype == dtype for p in m.parameters())
+        got = m(ids)
+    assert got.dtype == dtype
+    rel = (got.float() - ref).norm() / ref.norm()
+    assert rel < 0.05

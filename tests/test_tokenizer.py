@@ -1,0 +1,92 @@
+"""Tokenizer: encode/decode, special tokens, chat templates against transformers, exact boundaries."""
+import json
+
+import pytest
+
+from prefopt import load_tokenizer
+from prefopt.chat_template import ChatTemplateError
+from prefopt.tokenizer import BoundaryError
+from tests._tiny import CHATML, LLAMA3, build_tokenizer
+
+transformers = pytest.importorskip("transformers")
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "A 70-year-old has crushing chest pain. Triage level?"}],
+    [{"role": "system", "content": "  You triage patient messages.  "},
+     {"role": "user", "content": "My child has a fever of 39.5 C."},
+     {"role": "assistant", "content": "How long has the fever lasted?"},
+     {"role": "user", "content": "Two days, and she is drowsy."}],
+    [{"role": "user", "content": "Unicode: naïve café — 120/80 mmHg ✓"}],
+]
+
+
+@pytest.fixture(params=["chatml", "llama3"])
+def toks(request, tmp_path):
+    if request.param == "chatml":
+        d = build_tokenizer(tmp_path, template=CHATML)
+    else:
+        d = build_tokenizer(tmp_path, template=LLAMA3, bos="<|begin_of_text|>", eos="<|eot_id|>")
+    return load_tokenizer(d), transformers.AutoTokenizer.from_pretrained(d)
+
+
+@pytest.mark.parametrize("conv", range(len(CONVERSATIONS)))
+@pytest.mark.parametrize("gen", [True, False])
+def test_chat_template_matches_transformers(toks, conv, gen):
+    ours, theirs = toks
+    msgs = CONVERSATIONS[conv]
+    want_text = theirs.apply_chat_template(msgs, add_generation_prompt=gen, tokenize=False)
+    assert ours.apply_chat_template(msgs, add_generation_prompt=gen, tokenize=False) == want_text
+    want_ids = theirs.apply_chat_template(msgs, add_generation_prompt=gen, tokenize=True)
+    want_ids = want_ids["input_ids"] if hasattr(want_ids, "keys") else want_ids
+    assert ours.apply_chat_template(msgs, add_generation_prompt=gen) == list(want_ids)
+
+
+def test_llama3_template_uses_bos_and_raise_exception(tmp_path):
+    tok = load_tokenizer(build_tokenizer(tmp_path, template=LLAMA3, bos="<|begin_of_text|>", eos="<|eot_id|>"))
+    text = tok.apply_chat_template(CONVERSATIONS[0], add_generation_prompt=True, tokenize=False)
+    assert text.startswith("<|begin_of_text|><|start_header_id|>system")
+    assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    with pytest.raises(ChatTemplateError, match="unknown role tool"):
+        tok.apply_chat_template([{"role": "tool", "content": "x"}])
+
+
+def test_encode_decode_and_special_tokens_match_transformers(toks):
+    ours, theirs = toks
+    for text in ["BP 150/90, HR 112", "  leading spaces\n\nand newlines", "<|im_start|>user\nhi<|im_end|>"]:
+        assert ours.encode(text) == theirs.encode(text)
+        assert ours.decode(ours.encode(text)) == theirs.decode(theirs.encode(text), skip_special_tokens=True)
+    assert ours.eos_token_id == theirs.eos_token_id and ours.pad_token_id == theirs.pad_token_id
+    assert ours.bos_token_id == theirs.bos_token_id
+
+
+def test_prompt_response_boundary_is_exact_with_chat_template(toks):
+    ours, _ = toks
+    msgs = CONVERSATIONS[1][:2]
+    enc = ours.encode_prompt_response(msgs, "Urgent: see a clinician today.")
+    prompt_ids = ours.apply_chat_template(msgs, add_generation_prompt=True)
+    assert enc.ids[: enc.prompt_len] == prompt_ids
+    assert ours.decode(enc.ids[enc.prompt_len:], skip_special_tokens=False).startswith("Urgent: see a clinician today.")
+    full = ours.apply_chat_template(msgs + [{"role": "assistant", "content": "Urgent: see a clinician today."}])
+    assert enc.ids == full
+
+
+def test_plain_prompt_response_appends_eos_and_rejects_merged_boundary(tmp_path):
+    tok = load_tokenizer(build_tokenizer(tmp_path))
+    enc = tok.encode_prompt_response("Triage level:", " urgent", chat=False)
+    assert enc.ids[: enc.prompt_len] == tok.encode("Triage level:")
+    assert enc.ids[-1] == tok.eos_token_id
+    with pytest.raises(BoundaryError, match="Move trailing whitespace"):
+        tok.encode_prompt_response("Triage level: ", "urgent", chat=False)
+
+
+def test_chat_template_file_and_special_token_dicts(tmp_path):
+    d = build_tokenizer(tmp_path)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    template = cfg.pop("chat_template")
+    cfg["eos_token"] = {"content": "<|im_end|>", "special": True}
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (d / "chat_template.jinja").write_text(template)
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 4]}))
+    tok = load_tokenizer(d)
+    assert tok.chat_template == template and tok.eos_token == "<|im_end|>"
+    assert tok.eos_token_ids == [tok.eos_token_id, 4]
