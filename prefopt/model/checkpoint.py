@@ -13,7 +13,6 @@ import torch
 from ..fileio import write_json_atomic
 from .config import ModelConfig
 from .hub import resolve_model_dir
-from .rope import rope_inv_freq
 from .safetensors_io import ShardWriter, iter_tensors
 from .transformer import Transformer
 
@@ -69,7 +68,7 @@ def load_model(
     with torch.device("meta"):
         model = Transformer(cfg)
     load_weights(model, weight_files(model_dir), dtype=dtype, device=device)
-    model.inv_freq = rope_inv_freq(cfg).to(device)
+    model.inv_freq = model.inv_freq.to(device)
     model.name_or_path = str(model_dir)
     return model.eval()
 

@@ -11,7 +11,8 @@ from .config import ModelConfig
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
     """Inverse frequencies ``(head_dim // 2,)`` in fp32, with ``rope_scaling`` applied."""
     dim = cfg.head_dim
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    # built on the CPU even under a meta-device context: it is tiny and never loaded from a file
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
     s = cfg.rope_scaling or {}
     if cfg.rope_type == "linear":
         return inv_freq / s["factor"]

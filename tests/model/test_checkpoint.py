@@ -127,3 +127,30 @@ def test_config_reads_old_and_new_rope_spellings():
     assert old.rope_scaling == new.rope_scaling == scaling
     assert ModelConfig.from_dict({**base, "rope_parameters": {"rope_theta": 1e4, "rope_type": "default"}}).rope_scaling is None
     assert old.num_key_value_heads == 2 and old.head_dim == 4
+
+
+def test_loading_peak_memory_stays_near_one_copy_of_the_weights(tmp_path):
+    """Peak RSS growth while loading (fresh process) stays under 1.5x the fp32 weights."""
+    import subprocess
+    import sys
+
+    from prefopt.model import Transformer
+
+    cfg = ModelConfig(vocab_size=4000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
+                      num_attention_heads=8, num_key_value_heads=4)
+    torch.manual_seed(0)
+    save_model(Transformer(cfg), tmp_path, dtype=torch.bfloat16)  # bf16 on disk: loading also casts
+    code = f"""
+import re, torch
+from prefopt import load_model
+rss = lambda f: int(re.search(f + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024
+open('/proc/self/clear_refs', 'w').write('5')
+before = rss('VmRSS')
+m = load_model({str(tmp_path)!r}, dtype=torch.float32)
+print(rss('VmHWM') - before, sum(p.numel() * 4 for p in m.parameters()))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    extra, weights = map(int, out.stdout.split())
+    assert weights > 60e6
+    assert extra < 1.5 * weights, f"extra peak {extra / 1e6:.0f} MB for {weights / 1e6:.0f} MB of weights"
