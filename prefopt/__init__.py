@@ -1,6 +1,11 @@
 """prefopt: local SFT and DPO fine-tuning of open LLMs, in plain PyTorch."""
-from .model import ModelConfig, Transformer, generate, load_model, save_model
+from .lora import apply_lora, disable_adapter, load_adapter, merge_lora, save_adapter
+from .model import ModelConfig, Transformer, generate, save_model
+from .pretrained import load_model, save_merged
 from .tokenizer import Tokenizer, load_tokenizer
 
 __version__ = "0.1.0"
-__all__ = ["ModelConfig", "Tokenizer", "Transformer", "generate", "load_model", "load_tokenizer", "save_model"]
+__all__ = [
+    "ModelConfig", "Tokenizer", "Transformer", "apply_lora", "disable_adapter", "generate", "load_adapter",
+    "load_model", "load_tokenizer", "merge_lora", "save_adapter", "save_merged", "save_model",
+]

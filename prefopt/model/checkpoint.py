@@ -107,8 +107,11 @@ def save_model(
     *,
     max_shard_bytes: int = 5 * 1024**3,
     dtype: torch.dtype | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``model`` as an HF-layout folder that ``transformers`` loads unchanged.
+
+    ``state_dict`` replaces ``model.state_dict()`` (e.g. with LoRA adapters merged in).
 
     Files: ``config.json``, ``generation_config.json``, ``model.safetensors`` (or shards
     plus ``model.safetensors.index.json``) and, given a tokenizer, its files. Each file is
@@ -117,7 +120,7 @@ def save_model(
     out = Path(out_dir)
     writer = ShardWriter(out, max_shard_bytes)
     first_dtype = None
-    for k, v in model.state_dict().items():
+    for k, v in (state_dict if state_dict is not None else model.state_dict()).items():
         if k.endswith(_IGNORED_SUFFIXES):
             continue
         if dtype is not None and v.is_floating_point():

@@ -1,0 +1,256 @@
+"""LoRA: low-rank adapters as a drop-in replacement for ``nn.Linear``.
+
+``LoRALinear`` keeps the ``weight`` (and ``bias``) of the layer it replaces, so a base
+checkpoint loads into an adapted model unchanged. The adapter adds ``lora_B(lora_A(x))``
+scaled by ``alpha / r``::
+
+    y = x Wᵀ + b + (α/r) · B A x        A: (r, in)  B: (out, r), B starts at zero
+
+Adapters are saved in PEFT's layout (``adapter_config.json`` + ``adapter_model.safetensors``
+with keys ``base_model.model.<module>.lora_A.weight``), so PEFT, vLLM and others read them.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .fileio import write_json_atomic
+from .model.safetensors_io import iter_tensors, save_file_atomic
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PEFT_PREFIX = "base_model.model."
+
+
+@dataclass
+class LoRAConfig:
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+
+    def __post_init__(self):
+        if self.r < 1:
+            raise ValueError(f"LoRA rank r must be >= 1, got {self.r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        self.target_modules = tuple(self.target_modules)
+        if not self.target_modules:
+            raise ValueError("LoRA target_modules is empty")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
+
+
+class LoRALinear(nn.Module):
+    """``nn.Linear`` plus a rank-``r`` adapter. Keeps the ``weight``/``bias`` keys."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = base.weight
+        self.bias = base.bias
+        factory = dict(device=base.weight.device, dtype=base.weight.dtype)
+        self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
+        self.lora_B = nn.Linear(r, self.out_features, bias=False, **factory)
+        self.r, self.alpha, self.scaling = r, alpha, alpha / r
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+        self.disabled = False
+        self.reset_lora()
+
+    def reset_lora(self) -> None:
+        """PEFT's default init: A Kaiming-uniform, B zero (so the adapter starts as a no-op)."""
+        if self.lora_A.weight.is_meta:
+            return
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+
+    def delta_weight(self) -> torch.Tensor:
+        """(α/r) · B A, shaped like ``weight``; computed in fp32."""
+        return (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        if self.merged or self.disabled:
+            return y
+        return y + self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the adapter into ``weight``; a second call does nothing."""
+        if self.merged:
+            return
+        self.weight.data = (self.weight.float() + self.delta_weight()).to(self.weight.dtype)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if not self.merged:
+            return
+        self.weight.data = (self.weight.float() - self.delta_weight()).to(self.weight.dtype)
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, r={self.r}, alpha={self.alpha}, merged={self.merged}"
+
+
+def apply_lora(
+    model: nn.Module,
+    r: int = 16,
+    alpha: float = 32.0,
+    dropout: float = 0.05,
+    target_modules: Iterable[str] = DEFAULT_TARGETS,
+) -> nn.Module:
+    """Replace each ``nn.Linear`` whose name ends in one of ``target_modules`` with a
+    :class:`LoRALinear`, and freeze every other parameter. Returns ``model``."""
+    cfg = LoRAConfig(r=r, alpha=alpha, dropout=dropout, target_modules=tuple(target_modules))
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) is nn.Linear and child_name in cfg.target_modules:
+                setattr(module, child_name, LoRALinear(child, cfg.r, cfg.alpha, cfg.dropout))
+                replaced += 1
+    if not replaced:
+        raise ValueError(f"no nn.Linear named {list(cfg.target_modules)} found in the model")
+    for name, p in model.named_parameters():
+        p.requires_grad_(".lora_A." in name or ".lora_B." in name)
+    model.lora_config = cfg
+    return model
+
+
+def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
+    for name, m in model.named_modules():
+        if isinstance(m, LoRALinear):
+            yield name, m
+
+
+@contextmanager
+def disable_adapter(model: nn.Module):
+    """Run the base model: inside the block every adapter is bypassed."""
+    layers = [m for _, m in lora_layers(model)]
+    if any(m.merged for m in layers):
+        raise RuntimeError("disable_adapter() on a merged model: unmerge first")
+    previous = [m.disabled for m in layers]
+    for m in layers:
+        m.disabled = True
+    try:
+        yield model
+    finally:
+        for m, was in zip(layers, previous):
+            m.disabled = was
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Merge every adapter into its base weight, in place (guarded by each layer's ``merged``)."""
+    for _, m in lora_layers(model):
+        m.merge()
+    return model
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The base model's state dict with every adapter folded in, for export; ``model`` is unchanged."""
+    out = {}
+    deltas = {f"{n}.weight": m.delta_weight() for n, m in lora_layers(model) if not m.merged}
+    for k, v in model.state_dict().items():
+        if ".lora_A." in k or ".lora_B." in k:
+            continue
+        out[k] = (v.float() + deltas[k]).to(v.dtype) if k in deltas else v
+    return out
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the adapter tensors, under prefopt's own module names."""
+    return {k: v for k, v in model.state_dict().items() if ".lora_A." in k or ".lora_B." in k}
+
+
+def save_adapter(model: nn.Module, out_dir: str | Path, *, base_model: str | None = None) -> Path:
+    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` in PEFT's layout."""
+    cfg: LoRAConfig = getattr(model, "lora_config", None)
+    if cfg is None:
+        raise ValueError("the model has no LoRA adapters (apply_lora first)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {PEFT_PREFIX + k: v for k, v in lora_state_dict(model).items()}
+    save_file_atomic(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
+    write_json_atomic(out / "adapter_config.json", _peft_config(cfg, base_model or getattr(model, "name_or_path", None)))
+    return out
+
+
+def _peft_config(cfg: LoRAConfig, base_model: str | None) -> dict:
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": cfg.r,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": sorted(cfg.target_modules),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "modules_to_save": None,
+        "use_rslora": False,
+        "use_dora": False,
+        "layers_to_transform": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "revision": None,
+    }
+
+
+def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
+    path = Path(adapter_dir) / "adapter_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (is this a PEFT LoRA adapter?)")
+    d = json.loads(path.read_text())
+    unsupported = {k: d[k] for k in ("use_rslora", "use_dora", "fan_in_fan_out") if d.get(k)}
+    if d.get("peft_type", "LORA") != "LORA" or unsupported or d.get("rank_pattern") or d.get("alpha_pattern"):
+        raise ValueError(
+            f"{path}: only plain LoRA adapters are supported (peft_type LORA, no rslora/dora/fan_in_fan_out, "
+            f"no per-module rank or alpha); got peft_type={d.get('peft_type')!r} {unsupported}"
+        )
+    if d.get("bias", "none") != "none":
+        raise ValueError(f"{path}: adapters that train biases (bias={d['bias']!r}) are not supported")
+    targets = d["target_modules"]
+    if isinstance(targets, str):
+        raise ValueError(f"{path}: target_modules given as a regex ({targets!r}) is not supported; list the names")
+    return LoRAConfig(r=d["r"], alpha=d["lora_alpha"], dropout=d.get("lora_dropout", 0.0), target_modules=tuple(targets))
+
+
+def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
+    """Apply the adapter in ``adapter_dir`` (PEFT layout) to ``model``; check every key and shape."""
+    cfg = read_adapter_config(adapter_dir)
+    apply_lora(model, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules)
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_model.safetensors (only safetensors adapters are read)")
+    own = lora_state_dict(model)
+    loaded = {}
+    for key, t in iter_tensors(path):
+        name = key.removeprefix(PEFT_PREFIX).replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
+        if name not in own:
+            raise ValueError(f"{path}: adapter tensor {key!r} matches no LoRA layer of the model")
+        if own[name].shape != t.shape:
+            raise ValueError(f"{path}: {key!r} has shape {tuple(t.shape)}, the model expects {tuple(own[name].shape)}")
+        loaded[name] = t.to(own[name].dtype)
+    missing = sorted(set(own) - set(loaded))
+    if missing:
+        raise ValueError(f"{path}: missing adapter tensors, e.g. {missing[0]!r} ({len(missing)} in all)")
+    model.load_state_dict(loaded, strict=False)
+    return model
+
+
+__all__ = [
+    "LoRAConfig", "LoRALinear", "apply_lora", "disable_adapter", "load_adapter", "lora_layers",
+    "lora_state_dict", "merge_lora", "merged_state_dict", "read_adapter_config", "save_adapter",
+]

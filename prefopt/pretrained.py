@@ -1,0 +1,43 @@
+"""``load_model`` with an optional LoRA adapter: the public entry point for loading."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .lora import load_adapter, merge_lora, merged_state_dict
+from .model import checkpoint
+from .model.transformer import Transformer
+
+
+def load_model(
+    name_or_path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    *,
+    adapter: str | Path | None = None,
+    merge: bool = False,
+    revision: str | None = None,
+) -> Transformer:
+    """Load a model (folder, alias or hub id), optionally with a PEFT-layout LoRA adapter.
+
+    Args:
+        name_or_path: see :func:`prefopt.model.load_model`.
+        dtype, device: parameter dtype and device.
+        adapter: folder with ``adapter_config.json`` + ``adapter_model.safetensors``.
+        merge: fold the adapter into the base weights after loading.
+
+    Returns:
+        the model in eval mode; ``model(input_ids)`` gives logits ``(B, T, V)``.
+    """
+    model = checkpoint.load_model(name_or_path, dtype=dtype, device=device, revision=revision)
+    if adapter is not None:
+        load_adapter(model, adapter)
+        if merge:
+            merge_lora(model)
+    return model
+
+
+def save_merged(model: Transformer, out_dir: str | Path, tokenizer=None) -> Path:
+    """Save ``model`` with its adapters folded in, as a plain HF-layout folder."""
+    return checkpoint.save_model(model, out_dir, tokenizer, state_dict=merged_state_dict(model))

@@ -1,0 +1,141 @@
+"""LoRA: the merge algebra, disable_adapter, and PEFT compatibility both ways."""
+import json
+
+import pytest
+import torch
+
+from prefopt import apply_lora, disable_adapter, load_model, merge_lora, save_adapter, save_merged
+from prefopt.lora import LoRALinear, lora_layers, merged_state_dict
+from tests._tiny import build_hf_model
+
+IDS = torch.randint(0, 400, (2, 11), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    build_hf_model(tmp_path / "base")
+    return tmp_path / "base"
+
+
+def _randomize(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, m in lora_layers(model):
+            m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.1)
+
+
+def test_merge_is_w_plus_scaled_ba_and_idempotent():
+    base = torch.nn.Linear(6, 5)
+    w0 = base.weight.detach().clone()
+    layer = LoRALinear(base, r=2, alpha=6.0)
+    with torch.no_grad():
+        layer.lora_A.weight.copy_(torch.randn(2, 6))
+        layer.lora_B.weight.copy_(torch.randn(5, 2))
+    x = torch.randn(3, 6)
+    before = layer(x)
+    assert torch.equal(layer.weight, w0)  # the base weight is untouched until the merge
+    layer.merge()
+    want = w0 + (6.0 / 2) * layer.lora_B.weight @ layer.lora_A.weight
+    assert torch.allclose(layer.weight, want, atol=1e-6)
+    assert torch.allclose(layer(x), before, atol=1e-5)
+    merged_once = layer.weight.detach().clone()
+    layer.merge()
+    assert torch.equal(layer.weight, merged_once)
+    layer.unmerge()
+    assert torch.allclose(layer.weight, w0, atol=1e-6)
+
+
+def test_fresh_adapter_is_a_no_op_and_only_lora_trains(tiny):
+    base = load_model(tiny)
+    with torch.no_grad():
+        want = base(IDS)
+    model = apply_lora(load_model(tiny), r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        assert torch.equal(model(IDS), want)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    assert len(trainable) == 2 * 7 * 2  # 7 projections x 2 layers, A and B
+    assert "model.layers.0.self_attn.q_proj.weight" in model.state_dict()  # base keys kept
+
+
+def test_disable_adapter_gives_base_logits_exactly(tiny):
+    with torch.no_grad():
+        want = load_model(tiny)(IDS)
+    model = apply_lora(load_model(tiny), r=4, alpha=8, dropout=0.0)
+    _randomize(model)
+    with torch.no_grad():
+        assert not torch.allclose(model(IDS), want)
+        with disable_adapter(model):
+            assert torch.equal(model(IDS), want)
+        assert not torch.allclose(model(IDS), want)
+
+
+def test_module_merge_and_state_dict_merge_agree(tiny, tmp_path):
+    model = apply_lora(load_model(tiny), r=4, alpha=8, dropout=0.0)
+    _randomize(model)
+    with torch.no_grad():
+        adapted = model(IDS)
+    sd = merged_state_dict(model)
+    assert not any("lora_" in k for k in sd)
+    save_merged(model, tmp_path / "merged")
+    with torch.no_grad():
+        assert (load_model(tmp_path / "merged")(IDS) - adapted).abs().max() < 1e-4
+        merge_lora(model)
+        assert (model(IDS) - adapted).abs().max() < 1e-4
+        merge_lora(model)  # twice changes nothing
+        assert (model(IDS) - adapted).abs().max() < 1e-4
+    for k, v in sd.items():
+        assert torch.allclose(model.state_dict()[k], v, atol=1e-6), k
+
+
+def test_adapter_save_load_round_trip(tiny, tmp_path):
+    model = apply_lora(load_model(tiny), r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    _randomize(model)
+    save_adapter(model, tmp_path / "ad")
+    cfg = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["target_modules"] == ["q_proj", "v_proj"]
+    again = load_model(tiny, adapter=tmp_path / "ad")
+    with torch.no_grad():
+        assert torch.equal(again(IDS), model(IDS))
+
+
+def test_bad_adapter_files_are_named(tiny, tmp_path):
+    model = apply_lora(load_model(tiny), r=4, alpha=8, target_modules=["q_proj"])
+    save_adapter(model, tmp_path / "ad")
+    cfg = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    (tmp_path / "ad" / "adapter_config.json").write_text(json.dumps({**cfg, "r": 8}))
+    with pytest.raises(ValueError, match=r"lora_A.weight.*shape \(4, 64\).*\(8, 64\)"):
+        load_model(tiny, adapter=tmp_path / "ad")
+    (tmp_path / "ad" / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))
+    with pytest.raises(ValueError, match="only plain LoRA"):
+        load_model(tiny, adapter=tmp_path / "ad")
+
+
+class TestPeft:
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+
+    def test_prefopt_adapter_loads_in_peft(self, tiny, tmp_path):
+        model = apply_lora(load_model(tiny), r=4, alpha=16, dropout=0.0)
+        _randomize(model)
+        save_adapter(model, tmp_path / "ad", base_model=str(tiny))
+        hf = self.transformers.AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+        peft_model = self.peft.PeftModel.from_pretrained(hf, tmp_path / "ad").eval()
+        with torch.no_grad():
+            assert (peft_model(IDS).logits - model(IDS)).abs().max().item() < 1e-4
+            with peft_model.disable_adapter():
+                base = peft_model(IDS).logits
+            assert (model(IDS) - base).abs().max().item() > 1e-3  # the adapter really does something
+
+    def test_peft_adapter_loads_in_prefopt(self, tiny, tmp_path):
+        hf = self.transformers.AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+        cfg = self.peft.LoraConfig(r=4, lora_alpha=12, lora_dropout=0.0, init_lora_weights=False,
+                                   target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"])
+        peft_model = self.peft.get_peft_model(hf, cfg).eval()
+        peft_model.save_pretrained(tmp_path / "peft_ad")
+        ours = load_model(tiny, adapter=tmp_path / "peft_ad")
+        with torch.no_grad():
+            want = peft_model(IDS).logits
+            assert (ours(IDS) - want).abs().max().item() < 1e-4
+            with disable_adapter(ours):
+                assert (ours(IDS) - want).abs().max().item() > 1e-3  # the adapter really does something
