@@ -1,4 +1,4 @@
-"""The ``prefopt`` command line: ``prefopt generate``, ``prefopt convert-gguf``."""
+"""The ``prefopt`` command line: generate, convert-gguf, sft, merge."""
 from __future__ import annotations
 
 import argparse
@@ -59,6 +59,53 @@ def _convert_gguf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sft(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, run_sft
+
+    overrides = {f: getattr(args, f) for f in _config_fields()}
+    if args.config:
+        config = TrainConfig.from_file(args.config, **overrides)
+    else:
+        missing = [f"--{f.replace('_', '-')}" for f in ("model", "data", "output_dir") if overrides[f] is None]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)} (or give --config FILE)")
+        config = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+    run_sft(config)
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from .pretrained import load_model, save_merged
+    from .tokenizer import load_tokenizer
+
+    model = load_model(args.model, dtype=DTYPES[args.dtype], adapter=args.adapter)
+    out = save_merged(model, args.output, load_tokenizer(args.model))
+    print(f"wrote {out}")
+    return 0
+
+
+def _config_fields():
+    from dataclasses import fields
+
+    from .train import TrainConfig
+
+    return {f.name: f for f in fields(TrainConfig)}
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; unset flags stay None so a --config file's values win."""
+    kinds = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str}
+    for name, f in _config_fields().items():
+        flag = "--" + name.replace("_", "-")
+        help_ = f"(default: {f.default!r})" if not callable(f.default_factory) else None
+        if f.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif f.type == "list[str]":
+            p.add_argument(flag, nargs="+", default=None, help=help_)
+        else:
+            p.add_argument(flag, type=kinds[f.type], default=None, help=help_)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prefopt", description="Local SFT and DPO fine-tuning for clinical LLMs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -83,6 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("out_dir")
     c.add_argument("--dtype", choices=DTYPES, default="float32")
     c.set_defaults(func=_convert_gguf)
+
+    s = sub.add_parser("sft", help="supervised fine-tuning (LoRA by default)",
+                       description="Every TrainConfig field is a flag; --config FILE (YAML/JSON) sets them too.")
+    s.add_argument("--config", help="YAML or JSON file with TrainConfig fields; flags override it")
+    _add_config_flags(s)
+    s.set_defaults(func=_sft)
+
+    m = sub.add_parser("merge", help="fold a LoRA adapter into its base model and save an HF folder")
+    m.add_argument("--model", required=True)
+    m.add_argument("--adapter", required=True, help="PEFT-layout adapter folder")
+    m.add_argument("--output", required=True)
+    m.add_argument("--dtype", choices=DTYPES, default="float32")
+    m.set_defaults(func=_merge)
     return p
 
 

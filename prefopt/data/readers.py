@@ -1,0 +1,94 @@
+"""Reading JSONL, JSON and CSV files as ``(line, row)`` pairs, with line numbers for errors."""
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .records import DataError
+
+Row = dict[str, Any]
+
+
+def read_rows(path: str | Path) -> Iterator[tuple[int, Row | DataError]]:
+    """Yield ``(line, row)`` for each record of a ``.jsonl``, ``.json`` or ``.csv`` file.
+
+    A record that cannot be parsed is yielded as a :class:`DataError` in place of the row,
+    so the caller decides whether to stop or skip; nothing after it is lost.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such data file")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        yield from _jsonl(path)
+    elif suffix == ".json":
+        yield from _json(path)
+    elif suffix == ".csv":
+        yield from _csv(path)
+    else:
+        raise ValueError(f"{path}: unknown data format {suffix!r}; use .jsonl, .json or .csv")
+
+
+def _jsonl(path: Path):
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield line_no, DataError(path, line_no, None, f"malformed JSON: {e.msg} (column {e.colno})")
+                continue
+            if not isinstance(row, dict):
+                yield line_no, DataError(path, line_no, None, f"expected a JSON object, got {type(row).__name__}")
+                continue
+            yield line_no, row
+
+
+def _json(path: Path):
+    text = path.read_text(encoding="utf-8")
+    dec = json.JSONDecoder()
+    i = _skip_ws(text, 0)
+    if i >= len(text) or text[i] != "[":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(path, e.lineno, None, f"malformed JSON: {e.msg}") from None
+        if isinstance(obj, dict) and isinstance(obj.get("data"), list):
+            raise DataError(path, 1, None, "a JSON file must be a list of records; this one wraps them in 'data'")
+        raise DataError(path, 1, None, "a JSON file must be a list of records")
+    i = _skip_ws(text, i + 1)
+    while i < len(text) and text[i] != "]":
+        line = text.count("\n", 0, i) + 1
+        try:
+            row, end = dec.raw_decode(text, i)
+        except json.JSONDecodeError as e:
+            raise DataError(path, e.lineno, None, f"malformed JSON: {e.msg}") from None
+        yield line, row if isinstance(row, dict) else DataError(path, line, None, "expected a JSON object")
+        i = _skip_ws(text, end)
+        if i < len(text) and text[i] == ",":
+            i = _skip_ws(text, i + 1)
+
+
+def _skip_ws(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _csv(path: Path):
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        start = 2  # line 1 is the header
+        for row in reader:
+            if None in row:
+                yield start, DataError(path, start, None, f"more cells than the header has columns: {row[None]!r}")
+            elif any(v is None for v in row.values()):
+                missing = [k for k, v in row.items() if v is None]
+                yield start, DataError(path, start, missing[0], "row has fewer cells than the header")
+            else:
+                yield start, row
+            start = reader.line_num + 1

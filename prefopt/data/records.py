@@ -1,0 +1,135 @@
+"""Record formats and their validation.
+
+SFT:
+- ``{"prompt": str | messages, "completion": str}``
+- ``{"messages": [{"role", "content"}, ...]}`` (chat; only assistant turns are trained)
+
+Preference:
+- TRL: ``{"prompt", "chosen", "rejected"}``, each a string or a message list
+- OpenAI preference fine-tuning: ``{"input": {"messages": [...]}, "preferred_output": [...],
+  "non_preferred_output": [...]}``
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Messages = list[dict[str, Any]]
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class DataError(ValueError):
+    """A bad record, located by file, line and field."""
+
+    def __init__(self, path, line: int | None, field: str | None, message: str):
+        self.path, self.line, self.field, self.reason = Path(path), line, field, message
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: field {field!r}: {message}" if field else f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class SFTRecord:
+    """A prompt (text or messages) and its completion; or a whole chat in ``messages``."""
+
+    prompt: str | Messages | None = None
+    completion: str | None = None
+    messages: Messages | None = None
+
+
+@dataclass(frozen=True)
+class PreferenceRecord:
+    prompt: str | Messages
+    chosen: str
+    rejected: str
+
+
+def _text(row: dict, key: str, err) -> str:
+    if key not in row or row[key] is None:
+        raise err(key, "missing field")
+    v = row[key]
+    if not isinstance(v, str):
+        raise err(key, f"expected text, got {type(v).__name__}")
+    if not v.strip():
+        raise err(key, "empty text")
+    return v
+
+
+def _messages(v: Any, field: str, err) -> Messages:
+    if not isinstance(v, list) or not v:
+        raise err(field, "expected a non-empty list of messages")
+    for i, m in enumerate(v):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise err(f"{field}[{i}]", "a message needs 'role' and 'content'")
+        if m["role"] not in ROLES:
+            raise err(f"{field}[{i}].role", f"unknown role {m['role']!r}; expected one of {ROLES}")
+        if not isinstance(m["content"], str):
+            raise err(f"{field}[{i}].content", "expected text")
+    return [{"role": m["role"], "content": m["content"]} for m in v]
+
+
+def _prompt(row: dict, key: str, err) -> str | Messages:
+    v = row.get(key)
+    if isinstance(v, list):
+        return _messages(v, key, err)
+    return _text(row, key, err)
+
+
+def _response(v: Any, field: str, err) -> str:
+    """A response given as text, one assistant message, or a list holding one."""
+    if isinstance(v, list):
+        msgs = _messages(v, field, err)
+        if len(msgs) != 1 or msgs[0]["role"] != "assistant":
+            raise err(field, "a response given as messages must be exactly one assistant message")
+        v = msgs[0]["content"]
+    elif isinstance(v, dict):
+        v = _messages([v], field, err)[0]["content"]
+    if v is None:
+        raise err(field, "missing field")
+    if not isinstance(v, str):
+        raise err(field, f"expected text, got {type(v).__name__}")
+    if not v.strip():
+        raise err(field, "empty response")
+    return v
+
+
+def _err_factory(path, line):
+    return lambda field, msg: DataError(path, line, field, msg)
+
+
+def parse_sft(row: dict, path, line: int) -> SFTRecord:
+    err = _err_factory(path, line)
+    if "messages" in row:
+        msgs = _messages(row["messages"], "messages", err)
+        if not any(m["role"] == "assistant" for m in msgs):
+            raise err("messages", "no assistant turn to train on")
+        for i, m in enumerate(msgs):
+            if m["role"] == "assistant" and not m["content"].strip():
+                raise err(f"messages[{i}].content", "empty assistant turn")
+        return SFTRecord(messages=msgs)
+    if "prompt" not in row and "completion" not in row:
+        raise err("prompt", "missing field (an SFT record needs 'prompt' and 'completion', or 'messages')")
+    return SFTRecord(prompt=_prompt(row, "prompt", err), completion=_response(row.get("completion"), "completion", err))
+
+
+def parse_preference(row: dict, path, line: int) -> PreferenceRecord:
+    err = _err_factory(path, line)
+    if "input" in row or "preferred_output" in row:  # OpenAI preference format
+        inp = row.get("input")
+        if not isinstance(inp, dict) or "messages" not in inp:
+            raise err("input.messages", "missing field")
+        prompt = _messages(inp["messages"], "input.messages", err)
+        chosen = _response(row.get("preferred_output"), "preferred_output", err)
+        rejected = _response(row.get("non_preferred_output"), "non_preferred_output", err)
+        fields = ("preferred_output", "non_preferred_output")
+    else:
+        for key in ("prompt", "chosen", "rejected"):
+            if key not in row:
+                raise err(key, "missing field (a preference record needs 'prompt', 'chosen', 'rejected')")
+        prompt = _prompt(row, "prompt", err)
+        chosen = _response(row["chosen"], "chosen", err)
+        rejected = _response(row["rejected"], "rejected", err)
+        fields = ("chosen", "rejected")
+    if chosen.strip() == rejected.strip():
+        raise err(fields[1], f"identical to {fields[0]}: a preference pair needs two different responses")
+    return PreferenceRecord(prompt, chosen, rejected)

@@ -1,0 +1,156 @@
+"""SFT examples: load and validate a file, tokenize with loss only on response tokens, truncate."""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..tokenizer import BoundaryError, Tokenizer
+from .readers import read_rows
+from .records import DataError, SFTRecord, parse_sft
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE (-100) on prompt tokens
+
+    @property
+    def n_label_tokens(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+@dataclass
+class LoadReport:
+    """What loading a file did: how many records were read, kept, skipped (and why), truncated."""
+
+    path: Path
+    n_read: int = 0
+    n_kept: int = 0
+    n_truncated: int = 0
+    skipped: list[DataError] = field(default_factory=list)
+
+    def summary(self) -> str:
+        msg = f"{self.path}: {self.n_kept} of {self.n_read} records kept"
+        if self.n_truncated:
+            msg += f", {self.n_truncated} truncated to fit"
+        if self.skipped:
+            reasons = Counter(e.reason for e in self.skipped)
+            msg += f"; {len(self.skipped)} skipped: " + "; ".join(f"{n}x {r}" for r, n in reasons.most_common())
+            msg += f" (first: {self.skipped[0]})"
+        return msg
+
+
+def load_records(path, parse: Callable, skip_bad: bool = False) -> tuple[list[tuple[int, object]], LoadReport]:
+    """Parse every row of ``path`` with ``parse(row, path, line)``.
+
+    A bad record raises its :class:`DataError` (file, line, field), unless ``skip_bad``:
+    then it is counted in the report, with its reason, and loading goes on.
+    """
+    report = LoadReport(Path(path))
+    out = []
+    for line, row in read_rows(path):
+        report.n_read += 1
+        try:
+            if isinstance(row, DataError):
+                raise row
+            out.append((line, parse(row, path, line)))
+        except DataError as e:
+            if not skip_bad:
+                raise
+            report.skipped.append(e)
+    report.n_kept = len(out)
+    return out, report
+
+
+def tokenize_sft(
+    rec: SFTRecord, tok: Tokenizer, *, max_length: int, max_prompt_length: int | None = None
+) -> tuple[TokenizedExample, bool]:
+    """Token ids and labels for one record, and whether it was truncated.
+
+    Raises ``BoundaryError`` or ``ValueError`` for records that cannot be encoded exactly.
+    """
+    if rec.messages is not None:
+        ids, labels = _encode_chat(rec.messages, tok)
+    else:
+        enc = tok.encode_prompt_response(rec.prompt, rec.completion)
+        ids, labels = enc.ids, [IGNORE] * enc.prompt_len + enc.ids[enc.prompt_len:]
+    return truncate(ids, labels, max_length=max_length, max_prompt_length=max_prompt_length)
+
+
+def _encode_chat(messages, tok: Tokenizer) -> tuple[list[int], list[int]]:
+    """Train on every assistant turn: each turn's tokens are those between the conversation
+    rendered up to the turn (with the generation prompt) and rendered through it."""
+    full = tok.apply_chat_template(messages)
+    labels = [IGNORE] * len(full)
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        if i == 0:
+            raise ValueError("a conversation cannot open with an assistant turn")
+        start = tok.apply_chat_template(messages[:i], add_generation_prompt=True)
+        end = tok.apply_chat_template(messages[: i + 1])
+        if full[: len(start)] != start or full[: len(end)] != end:
+            raise BoundaryError(f"assistant turn {i}: its tokens are not an exact span of the whole conversation")
+        labels[len(start): len(end)] = full[len(start): len(end)]
+    return full, labels
+
+
+def truncate(ids, labels, *, max_length: int, max_prompt_length: int | None = None):
+    """Fit ``ids`` into ``max_length``.
+
+    The prompt (everything before the first trained token) is cut from the left, keeping
+    its end: first to ``max_prompt_length``, then, if the whole is still too long, down to
+    what the response leaves free but no shorter than half of ``max_length``. Then the
+    response is cut from the right.
+    """
+    first = next((i for i, x in enumerate(labels) if x != IGNORE), len(labels))
+    p_ids, p_lab, r_ids, r_lab = ids[:first], labels[:first], ids[first:], labels[first:]
+    n_before = len(ids)
+    if max_prompt_length is not None and len(p_ids) > max_prompt_length:
+        p_ids, p_lab = p_ids[-max_prompt_length:], p_lab[-max_prompt_length:]
+    if len(p_ids) + len(r_ids) > max_length:
+        keep = max(min(len(p_ids), max_length // 2), max_length - len(r_ids))
+        if keep < len(p_ids):
+            p_ids, p_lab = p_ids[len(p_ids) - keep:], p_lab[len(p_lab) - keep:]
+        r_ids, r_lab = r_ids[: max_length - len(p_ids)], r_lab[: max_length - len(p_ids)]
+    ids, labels = p_ids + r_ids, p_lab + r_lab
+    if all(x == IGNORE for x in labels):
+        raise ValueError(f"no response token fits in max_length={max_length} (prompt has {len(p_ids)} tokens)")
+    return TokenizedExample(ids, labels), len(ids) < n_before
+
+
+def load_sft(
+    path: str | Path,
+    tok: Tokenizer,
+    *,
+    max_length: int = 1024,
+    max_prompt_length: int | None = None,
+    skip_bad: bool = False,
+) -> tuple[list[TokenizedExample], LoadReport]:
+    """Read, validate and tokenize an SFT file (JSONL, JSON or CSV).
+
+    Every record is checked; a bad one raises a :class:`DataError` naming the file, line and
+    field, unless ``skip_bad=True``, which skips it and records why in the report.
+    """
+    records, report = load_records(path, parse_sft, skip_bad)
+    examples = []
+    for line, rec in records:
+        try:
+            ex, truncated = tokenize_sft(rec, tok, max_length=max_length, max_prompt_length=max_prompt_length)
+        except ValueError as e:
+            field = "messages" if rec.messages is not None else "completion"
+            err = DataError(path, line, field, str(e))
+            if not skip_bad:
+                raise err from None
+            report.skipped.append(err)
+            continue
+        report.n_truncated += truncated
+        examples.append(ex)
+    report.n_kept = len(examples)
+    if not examples:
+        raise DataError(path, None, None, "no usable records" + (f": {report.summary()}" if report.skipped else ""))
+    return examples, report

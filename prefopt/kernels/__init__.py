@@ -1,0 +1,56 @@
+"""Per-token log-probs from final hidden states, without materialising ``(N, V)`` logits.
+
+``sequence_logprobs(hidden, weight, labels)`` dispatches to an implementation:
+
+- ``chunked`` (the CPU path, and the default until the Triton kernel lands): tiles over
+  tokens with a custom autograd function; memory O(chunk × V).
+- ``naive``: full logits, ``log_softmax``, gather; the reference for tests and benchmarks.
+
+Set ``PREFOPT_LOGPROBS=naive|chunked`` or pass ``impl=`` to force one.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .chunked import chunked_logprobs
+from .naive import naive_logprobs
+
+IMPLS = {"chunked": chunked_logprobs, "naive": naive_logprobs}
+
+
+def sequence_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    impl: str | None = None,
+) -> torch.Tensor:
+    """Log-prob of each label under ``softmax(hidden @ weight.T)``.
+
+    Args:
+        hidden: ``(N, D)`` or ``(R, T, D)`` final hidden states, already aligned with ``labels``
+            (position t predicts ``labels[t]``).
+        weight: ``(V, D)`` lm_head weight; may be frozen.
+        labels: ``(N,)`` or ``(R, T)`` token ids, ``ignore_index`` where no log-prob is wanted.
+
+    Returns:
+        fp32 log-probs shaped like ``labels``, 0 at ignored positions. ``.sum(-1)`` gives
+        per-sequence totals; ``(labels != ignore_index).sum(-1)`` the token counts.
+    """
+    name = impl or os.environ.get("PREFOPT_LOGPROBS", "chunked")
+    if name not in IMPLS:
+        raise ValueError(f"unknown log-prob implementation {name!r}; choose from {sorted(IMPLS)}")
+    shape = labels.shape
+    h = hidden.reshape(-1, hidden.shape[-1])
+    y = labels.reshape(-1)
+    keep = (y != ignore_index).nonzero().squeeze(-1)  # gather the scored tokens before any matmul
+    out = torch.zeros(y.shape, dtype=torch.float32, device=y.device)
+    if keep.numel():
+        out = out.index_put((keep,), IMPLS[name](h.index_select(0, keep), weight, y.index_select(0, keep)))
+    return out.reshape(shape)
+
+
+__all__ = ["IMPLS", "chunked_logprobs", "naive_logprobs", "sequence_logprobs"]

@@ -1,0 +1,75 @@
+"""torchrun support: process-group set-up, DDP/FSDP2 wrapping, small collectives.
+
+Launched with ``torchrun --nproc_per_node N``, the same loop runs on every rank: data is
+sharded per rank, gradients are averaged by PyTorch's own DDP (or sharded by FSDP2's
+``fully_shard``), and only rank 0 logs and saves. Without torchrun everything here is a no-op.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def all_reduce_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def wrap_model(model: torch.nn.Module, info: DistInfo, *, fsdp: bool) -> torch.nn.Module:
+    """DDP (the default) or FSDP2 ``fully_shard`` on each block, then the root."""
+    if not info.enabled:
+        return model
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.model.layers:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    device_ids = [info.local_rank] if next(model.parameters()).is_cuda else None
+    return DDP(model, device_ids=device_ids)
+
+
+def no_sync(wrapped: torch.nn.Module, last_micro_step: bool):
+    """Skip DDP's gradient all-reduce on all but the last micro-step of an accumulation."""
+    if not last_micro_step and hasattr(wrapped, "no_sync"):
+        return wrapped.no_sync()
+    return nullcontext()

@@ -1,0 +1,280 @@
+"""The training loop that SFT and DPO share; they differ only in how a batch becomes a loss.
+
+One optimizer step::
+
+    micro-batches for this rank ──► count loss units (tokens or pairs), all-reduce → U
+    for each micro-batch:  loss = Σ unit losses · world / U ;  backward  (DDP syncs on the last)
+    clip ─► lr = lr_at(step) ─► AdamW step ─► log / eval / checkpoint / callbacks
+
+Normalising by the global unit count makes N processes with the same global batch take
+the same step as one process. The data order is a pure function of (seed, step), so a
+resumed run sees exactly the batches the interrupted one would have.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._deps import progress
+from ..fileio import write_json_atomic
+from . import state as ckpt_io
+from .config import TrainConfig
+from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, no_sync, wrap_model
+from .metrics import MetricsLog
+from .schedule import lr_at
+
+Batch = dict[str, torch.Tensor]
+Callback = Callable[["Trainer", int, dict], None]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """Owns the step, accumulation, evaluation, logging and checkpoints.
+
+    Subclasses implement :meth:`loss_sum` (batch → summed loss, units, metric sums) and
+    :meth:`collate`. ``callbacks`` are called as ``cb(trainer, step, metrics)`` after each step.
+    """
+
+    def __init__(self, model: torch.nn.Module, config: TrainConfig, train_data: Sequence,
+                 eval_data: Sequence | None = None, *, callbacks: Sequence[Callback] = ()):
+        self.config = config
+        self.device = pick_device(config.device)
+        self.dist: DistInfo = init_distributed(self.device)
+        self.model = model.to(self.device)
+        self.model.gradient_checkpointing = config.gradient_checkpointing
+        self.train_data, self.eval_data = list(train_data), list(eval_data or [])
+        self.callbacks = list(callbacks)
+        self.output_dir = Path(config.output_dir)
+        self.global_batch = config.batch_size * config.grad_accum * self.dist.world
+        self.steps_per_epoch = len(self.train_data) // self.global_batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{len(self.train_data)} training examples are fewer than one global batch "
+                             f"({config.batch_size} x {config.grad_accum} accumulation x {self.dist.world} processes)")
+        self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("the model has no trainable parameters")
+        self.wrapped = wrap_model(self.model, self.dist, fsdp=config.fsdp)
+        self.params = [p for p in self.wrapped.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps,
+            weight_decay=config.weight_decay, foreach=True,
+        )
+        self.step = 0
+        self._lengths = [self.length(e) for e in self.train_data]
+
+    # --- what a subclass defines -------------------------------------------------------
+    def collate(self, examples: Sequence) -> Batch:
+        raise NotImplementedError
+
+    def loss_sum(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Summed loss over the batch's units, and metric sums (divided by units when logged)."""
+        raise NotImplementedError
+
+    def units(self, batch: Batch) -> int:
+        """How many loss units (tokens for SFT, pairs for DPO) a batch holds."""
+        raise NotImplementedError
+
+    def length(self, example) -> int:
+        return len(example.input_ids)
+
+    # --- data order ---------------------------------------------------------------------
+    def _epoch_order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.train_data), generator=g).tolist()
+        if self.config.group_by_length:  # sort within windows of 50 global batches, then shuffle the batches
+            w = self.global_batch * 50
+            order = [i for s in range(0, len(order), w)
+                     for i in sorted(order[s:s + w], key=lambda i: -self._lengths[i])]
+            batches = [order[s:s + self.global_batch] for s in range(0, self.steps_per_epoch * self.global_batch,
+                                                                        self.global_batch)]
+            perm = torch.randperm(len(batches), generator=g).tolist()
+            order = [i for b in perm for i in batches[b]]
+        return order
+
+    def micro_batches(self, step: int) -> list[Batch]:
+        """This rank's micro-batches for optimizer step ``step``; a pure function of (seed, step)."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        order = self._epoch_order(epoch)
+        idx = order[k * self.global_batch:(k + 1) * self.global_batch]
+        bs, world, rank = self.config.batch_size, self.dist.world, self.dist.rank
+        out = []
+        for m in range(self.config.grad_accum):
+            chunk = idx[m * bs * world:(m + 1) * bs * world]
+            out.append(self.collate([self.train_data[i] for i in chunk[rank * bs:(rank + 1) * bs]]))
+        return out
+
+    # --- the loop -----------------------------------------------------------------------
+    def _autocast(self):
+        enabled = self.device.type == "cuda" and self.config.bf16_autocast
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        self.wrapped.train()
+        micro = self.micro_batches(step)
+        units = all_reduce_sum(torch.tensor(float(sum(self.units(b) for b in micro))), self.dist).item()
+        loss_total = torch.zeros((), device=self.device)
+        sums: dict[str, float] = {}
+        n_tokens = 0
+        for i, batch in enumerate(micro):
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            n_tokens += int(batch["attention_mask"].sum())
+            with no_sync(self.wrapped, i == len(micro) - 1), self._autocast():
+                loss, metrics = self.loss_sum(self.wrapped, batch)
+                (loss * self.dist.world / max(units, 1.0)).backward()
+            loss_total += loss.detach()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        grad_norm = None
+        if self.config.max_grad_norm:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm))
+        lr = self.lr(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        reduced = all_reduce_sum(torch.tensor([float(loss_total), float(n_tokens), *sums.values()]), self.dist)
+        out = {"loss": reduced[0].item() / max(units, 1.0), "lr": lr, "tokens": int(reduced[1])}
+        out.update({k: reduced[2 + j].item() / max(units, 1.0) for j, k in enumerate(sums)})
+        if grad_norm is not None:
+            out["grad_norm"] = grad_norm
+        return out
+
+    def lr(self, step: int) -> float:
+        c = self.config
+        return lr_at(step, base_lr=c.lr, total_steps=self.total_steps, warmup_steps=c.warmup_steps,
+                     schedule=c.schedule, min_lr_ratio=c.min_lr_ratio)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Loss (and metrics) over the whole eval set, per unit; sharded across ranks."""
+        if not self.eval_data:
+            return {}
+        self.wrapped.eval()
+        bs, world, rank = self.config.batch_size, self.dist.world, self.dist.rank
+        mine = self.eval_data[rank::world]
+        total, units, sums = 0.0, 0.0, {}
+        for s in range(0, len(mine), bs):
+            batch = {k: v.to(self.device) for k, v in self.collate(mine[s:s + bs]).items()}
+            with self._autocast():
+                loss, metrics = self.loss_sum(self.model, batch)
+            total += float(loss)
+            units += self.units(batch)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        keys = sorted(sums)
+        r = all_reduce_sum(torch.tensor([total, units, *[sums[k] for k in keys]]), self.dist)
+        out = {"eval_loss": r[0].item() / max(r[1].item(), 1.0)}
+        out.update({f"eval_{k}": r[2 + j].item() / max(r[1].item(), 1.0) for j, k in enumerate(keys)})
+        return out
+
+    def train(self) -> dict[str, Any]:
+        c = self.config
+        resume_from = ckpt_io.latest_checkpoint(self.output_dir) if c.resume else None
+        if resume_from is not None:
+            self._load_checkpoint(resume_from)
+        log = MetricsLog(self.output_dir, resume_step=self.step if resume_from else None) if self.dist.is_main else None
+        if log and resume_from:
+            print(f"prefopt: resuming from {resume_from} (step {self.step})", flush=True)
+        summary: dict[str, Any] = {"total_steps": self.total_steps, "resumed_from_step": self.step}
+        if self.step == 0:
+            first = self.evaluate()
+            if first and log:
+                log.write({"step": 0, **first})
+            summary["eval_before"] = first
+        bar = progress(total=self.total_steps, initial=self.step, desc="train", unit="step",
+                       disable=not (c.progress and self.dist.is_main)) if self.dist.is_main else None
+        t0, tokens = time.perf_counter(), 0
+        while self.step < self.total_steps:
+            metrics = self.train_step(self.step)
+            self.step += 1
+            tokens += metrics["tokens"]
+            elapsed = time.perf_counter() - t0
+            metrics.update(step=self.step, epoch=self.step / self.steps_per_epoch,
+                           tokens_per_s=tokens / max(elapsed, 1e-9))
+            if c.eval_every and self.step % c.eval_every == 0 and self.step < self.total_steps:
+                metrics.update(self.evaluate())
+            if log and (self.step % c.log_every == 0 or self.step == self.total_steps):
+                log.write(metrics)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
+                                tok_s=f"{metrics['tokens_per_s']:.0f}")
+            if c.save_every and self.step % c.save_every == 0 and self.step < self.total_steps:
+                self.save_checkpoint()
+            for cb in self.callbacks:
+                cb(self, self.step, metrics)
+        if bar is not None:
+            bar.close()
+        final_eval = self.evaluate()
+        if final_eval and log:
+            log.write({"step": self.step, **final_eval})
+        summary["eval_after"] = final_eval
+        if log:
+            log.close()
+            write_json_atomic(self.output_dir / "train_summary.json", summary)
+        return summary
+
+    # --- checkpoints --------------------------------------------------------------------
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        return {names[id(p)]: _full(p) for p in self.params}
+
+    def save_checkpoint(self) -> Path:
+        final = ckpt_io.checkpoint_dir(self.output_dir, self.step)
+        tmp = final.with_name(final.name + ".tmp")
+        trainable = self.trainable_state()
+        optimizer_state = self.optimizer.state_dict()
+        if self.dist.is_main:
+            tmp.mkdir(parents=True, exist_ok=True)
+        barrier(self.dist)
+        ckpt_io.write_rng(tmp, self.dist.rank)
+        barrier(self.dist)
+        if self.dist.is_main:
+            ckpt_io.write_checkpoint(tmp, final, trainable=trainable, optimizer_state=optimizer_state,
+                                     step=self.step, extra={"config": self.config.to_dict(),
+                                                            "world": self.dist.world},
+                                     keep=self.config.save_total_limit)
+        barrier(self.dist)
+        return final
+
+    def _load_checkpoint(self, ckpt: Path) -> None:
+        trainable, optimizer_state, state = ckpt_io.read_checkpoint(ckpt)
+        if state.get("world", 1) != self.dist.world:
+            raise ValueError(f"{ckpt} was written by {state.get('world')} processes; resume with the same number")
+        own = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, t in trainable.items():
+                if name not in own:
+                    raise ValueError(f"{ckpt}: parameter {name!r} is not in the model")
+                _assign(own[name], t)
+        self.optimizer.load_state_dict(optimizer_state)
+        self.step = state["step"]
+        ckpt_io.restore_rng(ckpt, self.dist.rank, state)
+
+
+def _full(p: torch.Tensor) -> torch.Tensor:
+    """A parameter as a plain full CPU tensor (gathers FSDP2 DTensors)."""
+    t = p.detach()
+    if hasattr(t, "full_tensor"):
+        t = t.full_tensor()
+    return t.cpu().clone()
+
+
+def _assign(p: torch.Tensor, value: torch.Tensor) -> None:
+    if hasattr(p, "device_mesh"):  # an FSDP2 DTensor: keep only this rank's shard
+        from torch.distributed.tensor import distribute_tensor
+
+        p.copy_(distribute_tensor(value.to(p.dtype), p.device_mesh, p.placements))
+    else:
+        p.copy_(value.to(device=p.device, dtype=p.dtype))

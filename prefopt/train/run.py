@@ -1,0 +1,65 @@
+"""Building a run from a :class:`TrainConfig`: model, adapter, data, trainer, final save."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..fileio import write_json_atomic
+from ..lora import apply_lora, save_adapter
+from ..model import save_model
+from ..pretrained import load_model
+from ..tokenizer import load_tokenizer
+from .config import TrainConfig
+from .distributed import DistInfo
+from .sft import SFTTrainer, load_sft_data
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def prepare_model(config: TrainConfig, adapter: str | None = None):
+    """The base model with a fresh LoRA adapter (or all weights trainable), seeded."""
+    torch.manual_seed(config.seed)
+    model = load_model(config.model, dtype=DTYPES[config.dtype], adapter=adapter, merge=adapter is not None)
+    if config.lora:
+        apply_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                   target_modules=config.lora_targets)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    return model
+
+
+def save_result(trainer, tok, config: TrainConfig) -> Path | None:
+    """Write the adapter (PEFT layout) or the full model to ``output_dir/final``; rank 0 only."""
+    info: DistInfo = trainer.dist
+    if config.fsdp:
+        state = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in trainer.model.state_dict().items()}
+    if not info.is_main:
+        return None
+    out = Path(config.output_dir) / "final"
+    if config.lora:
+        save_adapter(trainer.model, out, base_model=config.model)
+        tok.save(out)
+    else:
+        save_model(trainer.model, out, tok, state_dict=state if config.fsdp else None)
+    return out
+
+
+def run_sft(config: TrainConfig, callbacks=()) -> dict:
+    """Fine-tune ``config.model`` on ``config.data``; returns the training summary."""
+    tok = load_tokenizer(config.model)
+    train, evals, reports = load_sft_data(config, tok)
+    model = prepare_model(config)
+    trainer = SFTTrainer(model, config, train, evals, pad_id=tok.pad_token_id or 0, callbacks=callbacks)
+    if trainer.dist.is_main:
+        for r in reports:
+            print("prefopt:", r.summary(), flush=True)
+        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(config.output_dir) / "train_config.json", config.to_dict())
+    summary = trainer.train()
+    out = save_result(trainer, tok, config)
+    if out is not None:
+        summary["saved"] = str(out)
+        print(f"prefopt: saved to {out}", flush=True)
+    return summary

@@ -1,0 +1,79 @@
+"""Supervised fine-tuning: next-token loss on response tokens only."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..data import load_sft, pad_collate
+from ..data.sft import IGNORE, TokenizedExample
+from ..kernels import sequence_logprobs
+from .loop import Batch, Trainer
+
+
+def response_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs ``(B, T-1)`` of each next token, and the shifted labels.
+
+    The model returns hidden states, and only response positions reach the lm_head
+    (``prefopt.kernels.sequence_logprobs``), so ``(B, T, V)`` logits are never built.
+    """
+    core = getattr(model, "module", model)
+    hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)  # (B, T, D)
+    labels = batch["labels"][:, 1:]  # position t predicts token t+1
+    return sequence_logprobs(hidden[:, :-1], core.output_weight, labels, ignore_index=IGNORE), labels
+
+
+class SFTTrainer(Trainer):
+    """Completion-only SFT on :class:`~prefopt.data.TokenizedExample` lists.
+
+    Example::
+
+        from prefopt import load_model, load_tokenizer, apply_lora
+        from prefopt.data import load_sft
+        from prefopt.train import SFTTrainer, TrainConfig
+
+        cfg = TrainConfig(model="smollm2-135m", data="train.jsonl", output_dir="out/sft", max_steps=100)
+        tok = load_tokenizer(cfg.model)
+        model = apply_lora(load_model(cfg.model), r=cfg.lora_r, alpha=cfg.lora_alpha)
+        train, report = load_sft(cfg.data, tok, max_length=cfg.max_length)
+        SFTTrainer(model, cfg, train, pad_id=tok.pad_token_id).train()
+    """
+
+    def __init__(self, model, config, train_data: Sequence[TokenizedExample], eval_data=None, *, pad_id: int,
+                 callbacks=()):
+        self.pad_id = pad_id
+        super().__init__(model, config, train_data, eval_data, callbacks=callbacks)
+
+    def collate(self, examples):
+        return pad_collate(examples, self.pad_id)
+
+    def units(self, batch: Batch) -> int:
+        return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+    def loss_sum(self, model, batch):
+        logp, _ = response_logprobs(model, batch)
+        return -logp.sum(), {}
+
+
+def split_eval(examples: list, fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded random split: ``(train, eval)``; eval gets ``round(fraction * n)`` examples."""
+    if not fraction:
+        return examples, []
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(examples), generator=g).tolist()
+    n_eval = max(1, round(fraction * len(examples)))
+    return [examples[i] for i in order[n_eval:]], [examples[i] for i in order[:n_eval]]
+
+
+def load_sft_data(config, tok):
+    """Train and eval examples for ``config``, with the load reports printed."""
+    kw = dict(max_length=config.max_length, max_prompt_length=config.max_prompt_length,
+              skip_bad=config.skip_bad_records)
+    examples, report = load_sft(config.data, tok, **kw)
+    reports = [report]
+    if config.eval_data:
+        eval_examples, eval_report = load_sft(config.eval_data, tok, **kw)
+        reports.append(eval_report)
+    else:
+        examples, eval_examples = split_eval(examples, config.eval_fraction, config.seed)
+    return examples, eval_examples, reports

@@ -1,0 +1,97 @@
+"""Training checkpoints: written atomically, resumed exactly.
+
+A checkpoint is a folder ``checkpoints/step-00000042/`` holding:
+
+- ``trainable.safetensors``: the parameters being trained (the LoRA adapter, or all weights);
+- ``optimizer.pt``: the optimizer's state dict, tensors and numbers only, read back with
+  ``torch.load(weights_only=True)`` (no arbitrary unpickling);
+- ``rng-rank{r}.safetensors``: each rank's torch (and CUDA) RNG state;
+- ``trainer_state.json``: step, Python/NumPy RNG states, config.
+
+It is written into ``step-N.tmp`` and renamed when complete, so a crash mid-save never
+leaves a checkpoint that looks whole. ``latest`` names the newest one.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from ..fileio import write_json_atomic, write_text_atomic
+from ..model.safetensors_io import save_file_atomic
+
+
+def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / "checkpoints" / f"step-{step:08d}"
+
+
+def write_rng(tmp: Path, rank: int) -> None:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file_atomic(tensors, tmp / f"rng-rank{rank}.safetensors")
+
+
+def restore_rng(ckpt: Path, rank: int, state: dict) -> None:
+    rng = load_file(ckpt / f"rng-rank{rank}.safetensors")
+    torch.set_rng_state(rng["torch"])
+    cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    py = state["python_rng"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = state["numpy_rng"]
+    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+
+
+def write_checkpoint(tmp: Path, final: Path, *, trainable: dict[str, torch.Tensor], optimizer_state: dict,
+                     step: int, extra: dict[str, Any], keep: int) -> Path:
+    """Rank 0's part: everything but the RNG files (each rank wrote its own), then the rename."""
+    save_file_atomic(trainable, tmp / "trainable.safetensors")
+    torch.save(optimizer_state, tmp / "optimizer.pt")
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {"step": step, "python_rng": [py[0], list(py[1]), py[2]],
+             "numpy_rng": [np_state[0], np_state[1].tolist(), *[_plain(x) for x in np_state[2:]]], **extra}
+    write_json_atomic(tmp / "trainer_state.json", state)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    write_text_atomic(final.parent / "latest", final.name + "\n")
+    _prune(final.parent, keep)
+    return final
+
+
+def _plain(x):
+    return x.item() if hasattr(x, "item") else x
+
+
+def _prune(root: Path, keep: int) -> None:
+    done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    root = Path(output_dir) / "checkpoints"
+    pointer = root / "latest"
+    if pointer.is_file():
+        p = root / pointer.read_text().strip()
+        if (p / "trainer_state.json").is_file():
+            return p
+    done = sorted(p for p in root.glob("step-*") if (p / "trainer_state.json").is_file())
+    return done[-1] if done else None
+
+
+def read_checkpoint(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """``(trainable tensors, optimizer state, trainer state)``; the optimizer via weights_only."""
+    trainable = load_file(ckpt / "trainable.safetensors")
+    optimizer_state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    return trainable, optimizer_state, state
