@@ -114,10 +114,12 @@ def apply_lora(
     :class:`LoRALinear`, and freeze every other parameter. Returns ``model``."""
     cfg = LoRAConfig(r=r, alpha=alpha, dropout=dropout, target_modules=tuple(target_modules))
     replaced = 0
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if type(child) is nn.Linear and child_name in cfg.target_modules:
-                setattr(module, child_name, LoRALinear(child, cfg.r, cfg.alpha, cfg.dropout))
+                lora = LoRALinear(child, cfg.r, cfg.alpha, cfg.dropout)
+                lora.train(child.training)  # an eval-mode model stays in eval mode (no dropout)
+                setattr(module, child_name, lora)
                 replaced += 1
     if not replaced:
         raise ValueError(f"no nn.Linear named {list(cfg.target_modules)} found in the model")

@@ -139,3 +139,11 @@ class TestPeft:
             assert (ours(IDS) - want).abs().max().item() < 1e-4
             with disable_adapter(ours):
                 assert (ours(IDS) - want).abs().max().item() > 1e-3  # the adapter really does something
+
+
+def test_adapter_on_an_eval_model_stays_in_eval_mode(tiny):
+    model = apply_lora(load_model(tiny), r=4, alpha=8, dropout=0.5)
+    assert not any(m.training for m in model.modules())
+    _randomize(model)
+    with torch.no_grad():
+        assert torch.equal(model(IDS), model(IDS))  # dropout inactive

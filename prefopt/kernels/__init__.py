@@ -47,9 +47,10 @@ def sequence_logprobs(
     h = hidden.reshape(-1, hidden.shape[-1])
     y = labels.reshape(-1)
     keep = (y != ignore_index).nonzero().squeeze(-1)  # gather the scored tokens before any matmul
-    out = torch.zeros(y.shape, dtype=torch.float32, device=y.device)
-    if keep.numel():
-        out = out.index_put((keep,), IMPLS[name](h.index_select(0, keep), weight, y.index_select(0, keep)))
+    if not keep.numel():
+        return torch.zeros(shape, dtype=torch.float32, device=y.device) + 0 * hidden.sum()  # keeps the graph
+    picked = IMPLS[name](h.index_select(0, keep), weight, y.index_select(0, keep))
+    out = torch.zeros(y.shape, dtype=picked.dtype, device=y.device).index_put((keep,), picked)
     return out.reshape(shape)
 
 

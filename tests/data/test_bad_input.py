@@ -1,0 +1,122 @@
+"""Every kind of bad record gets an error naming the file, line and field; no good record is lost."""
+import json
+
+import pytest
+
+from prefopt import load_tokenizer
+from prefopt.data import DataError, load_sft, read_rows
+from prefopt.data.records import parse_preference
+from prefopt.data.sft import load_records
+from tests._tiny import build_tokenizer
+
+GOOD = {"prompt": "Chest pain for two hours. Triage?", "completion": "Emergency department now."}
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return load_tokenizer(build_tokenizer(tmp_path_factory.mktemp("tok")))
+
+
+def _jsonl(path, lines):
+    path.write_text("".join((ln if isinstance(ln, str) else json.dumps(ln)) + "\n" for ln in lines))
+    return path
+
+
+SFT_FAULTS = [
+    ('{"prompt": "x", "completion": ', None, "malformed JSON"),
+    ({"completion": "y"}, "prompt", "missing field"),
+    ({"prompt": "x"}, "completion", "missing field"),
+    ({"prompt": "x", "completion": "   "}, "completion", "empty response"),
+    ({"prompt": "", "completion": "y"}, "prompt", "empty text"),
+    ({"prompt": "x", "completion": 3}, "completion", "expected text"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, "messages", "no assistant turn"),
+    ({"messages": [{"role": "doctor", "content": "hi"}]}, "messages[0].role", "unknown role"),
+    ('[1, 2]', None, "expected a JSON object"),
+]
+
+
+@pytest.mark.parametrize("bad,field,reason", SFT_FAULTS)
+def test_each_sft_fault_names_line_and_field(tmp_path, tok, bad, field, reason):
+    path = _jsonl(tmp_path / "d.jsonl", [GOOD, GOOD, bad, GOOD])
+    with pytest.raises(DataError) as e:
+        load_sft(path, tok)
+    assert e.value.line == 3 and e.value.field == field and reason in e.value.reason
+    assert str(e.value).startswith(f"{path}:3: ")
+    if field:
+        assert f"field {field!r}" in str(e.value)
+
+
+def test_skip_bad_keeps_every_good_record_and_reports(tmp_path, tok):
+    lines = [GOOD]
+    for bad, _, _ in SFT_FAULTS:
+        lines += [bad, {**GOOD, "completion": f"answer {len(lines)}"}]
+    path = _jsonl(tmp_path / "d.jsonl", lines)
+    examples, report = load_sft(path, tok, skip_bad=True)
+    n_good = 1 + len(SFT_FAULTS)
+    assert len(examples) == n_good == report.n_kept
+    assert len(report.skipped) == len(SFT_FAULTS) and report.n_read == len(lines)
+    assert [e.line for e in report.skipped] == list(range(2, 2 * len(SFT_FAULTS) + 1, 2))
+    assert f"{len(SFT_FAULTS)} skipped" in report.summary() and "malformed JSON" in report.summary()
+    decoded = {tok.decode([t for t in e.labels if t != -100]) for e in examples}
+    assert {f"answer {i}" for i in range(1, 2 * len(SFT_FAULTS), 2)} <= {d.strip() for d in decoded}
+
+
+PREF_FAULTS = [
+    ({"prompt": "x", "chosen": "a"}, "rejected", "missing field"),
+    ({"prompt": "x", "chosen": "same", "rejected": " same "}, "rejected", "identical to chosen"),
+    ({"prompt": "x", "chosen": "", "rejected": "b"}, "chosen", "empty response"),
+    ({"input": {"messages": [{"role": "user", "content": "q"}]},
+      "preferred_output": [{"role": "assistant", "content": "a"}],
+      "non_preferred_output": [{"role": "assistant", "content": "a"}]}, "non_preferred_output", "identical"),
+    ({"input": {}, "preferred_output": "a", "non_preferred_output": "b"}, "input.messages", "missing field"),
+    ({"prompt": "x", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"}, "chosen",
+     "exactly one assistant message"),
+]
+
+
+@pytest.mark.parametrize("bad,field,reason", PREF_FAULTS)
+def test_each_preference_fault_names_line_and_field(tmp_path, bad, field, reason):
+    good = {"prompt": "q", "chosen": "a", "rejected": "b"}
+    path = _jsonl(tmp_path / "p.jsonl", [good, bad])
+    with pytest.raises(DataError) as e:
+        load_records(path, parse_preference)
+    assert (e.value.line, e.value.field) == (2, field) and reason in e.value.reason
+
+
+def test_preference_formats_parse_to_the_same_record(tmp_path):
+    msgs = [{"role": "user", "content": "Fever and stiff neck?"}]
+    rows = [
+        {"prompt": msgs, "chosen": [{"role": "assistant", "content": "Go now."}], "rejected": "Wait."},
+        {"input": {"messages": msgs}, "preferred_output": [{"role": "assistant", "content": "Go now."}],
+         "non_preferred_output": [{"role": "assistant", "content": "Wait."}]},
+    ]
+    recs, report = load_records(_jsonl(tmp_path / "p.jsonl", rows), parse_preference)
+    assert recs[0][1] == recs[1][1] and report.n_kept == 2
+
+
+def test_json_and_csv_name_the_line(tmp_path, tok):
+    (tmp_path / "d.json").write_text('[\n  {"prompt": "a", "completion": "b"},\n\n  {"prompt": "a"}\n]')
+    with pytest.raises(DataError, match=r"d.json:4: field 'completion'"):
+        load_sft(tmp_path / "d.json", tok)
+    (tmp_path / "d.csv").write_text('prompt,completion\nhello,world\n"multi\nline",ok\nonly-one-cell\n')
+    with pytest.raises(DataError, match=r"d.csv:5: field 'completion'"):
+        load_sft(tmp_path / "d.csv", tok)
+    rows = list(read_rows(tmp_path / "d.csv"))
+    assert [line for line, _ in rows] == [2, 3, 5]
+
+
+def test_truncation_keeps_the_end_of_the_prompt_and_is_reported(tmp_path, tok):
+    long_prompt = "history " * 200 + "Now: chest pain. Triage?"
+    path = _jsonl(tmp_path / "d.jsonl", [{"prompt": long_prompt, "completion": "urgent"}, GOOD])
+    examples, report = load_sft(path, tok, max_length=160)
+    assert report.n_truncated == 1 and "1 truncated" in report.summary()
+    ex = examples[0]
+    assert len(ex.input_ids) == 160 and len(examples[1].input_ids) < 160
+    prompt_text = tok.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab == -100], skip_special_tokens=False)
+    assert "Triage?" in prompt_text and tok.decode([t for t in ex.labels if t != -100]).startswith("urgent")
+
+
+def test_empty_file_is_an_error(tmp_path, tok):
+    (tmp_path / "e.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="no usable records"):
+        load_sft(tmp_path / "e.jsonl", tok)

@@ -1,0 +1,46 @@
+"""TrainConfig validation and the LR schedule."""
+import json
+import math
+
+import pytest
+
+from prefopt.train import TrainConfig, lr_at
+
+
+def test_schedule_values_by_hand():
+    kw = dict(base_lr=1.0, total_steps=10, warmup_steps=2)
+    assert [lr_at(s, **kw, schedule="cosine") for s in (0, 1)] == [0.5, 1.0]
+    assert lr_at(2, **kw, schedule="cosine") == 1.0
+    assert lr_at(6, **kw, schedule="cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_at(10, **kw, schedule="cosine") == pytest.approx(0.0)
+    assert lr_at(6, **kw, schedule="linear") == pytest.approx(0.5)
+    assert lr_at(9, **kw, schedule="constant") == 1.0
+    assert lr_at(10, **kw, schedule="cosine", min_lr_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_config_errors_are_all_reported_before_any_work(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("{}\n")
+    with pytest.raises(ValueError) as e:
+        TrainConfig(model="m", data=str(data), output_dir="o", batch_size=0, schedule="step", lr=-1,
+                     eval_data=str(tmp_path / "missing.jsonl"), eval_fraction=0.1)
+    msg = str(e.value)
+    for part in ("batch_size must be >= 1", "schedule must be one of", "lr must be > 0",
+                 "eval_data: no such file", "not both"):
+        assert part in msg
+    with pytest.raises(ValueError, match="fsdp is for full fine-tuning"):
+        TrainConfig(model="m", data=str(data), output_dir="o", fsdp=True)
+
+
+def test_config_from_json_and_yaml(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("{}\n")
+    (tmp_path / "c.json").write_text(json.dumps({"model": "m", "data": str(data), "output_dir": "o", "lora_r": 4}))
+    cfg = TrainConfig.from_file(tmp_path / "c.json", lr=1e-3)
+    assert cfg.lora_r == 4 and cfg.lr == 1e-3
+    pytest.importorskip("yaml")
+    (tmp_path / "c.yaml").write_text(f"model: m\ndata: {data}\noutput_dir: o\nschedule: linear\n")
+    assert TrainConfig.from_file(tmp_path / "c.yaml").schedule == "linear"
+    (tmp_path / "bad.json").write_text(json.dumps({"model": "m", "data": str(data), "output_dir": "o", "lr_rate": 1}))
+    with pytest.raises(ValueError, match="unknown config keys"):
+        TrainConfig.from_file(tmp_path / "bad.json")
