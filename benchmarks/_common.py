@@ -1,0 +1,42 @@
+"""Shared helpers for the benchmarks: peak RSS, subprocess runs, benchmark data."""
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+MEQSUM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "summarization" / "meqsum" / "meqsum.jsonl"
+PROMPT = "Summarize this patient's question as one short question.\n\n{question}"
+
+
+def rss(field: str = "VmHWM") -> int:
+    """Bytes of this process's current (VmRSS) or peak (VmHWM) resident memory."""
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1)) * 1024
+
+
+def run_worker(script: str, *args: str) -> dict:
+    """Run ``script *args`` in a fresh process and return the JSON it prints last."""
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"worker {args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def chat_records(n: int, seed: int = 0) -> list[dict]:
+    """``n`` prompt/completion records in chat form: real MeQSum when present, else synthetic."""
+    if MEQSUM.is_file():
+        rows = [json.loads(line) for line in MEQSUM.open()]
+        # short questions only, so neither trainer truncates (TRL drops examples whose completion
+        # is cut off entirely; prefopt keeps the prompt's end): both then see the same tokens
+        pairs = [(r["CHQ"].strip(), r["Summary"].strip()) for r in rows if len(r["CHQ"]) <= 600]
+    else:  # synthetic stand-in of similar length, so the benchmark runs anywhere
+        rng = random.Random(seed)
+        words = "patient pain fever cough medication dose daughter weeks doctor test blood pressure".split()
+        pairs = [(" ".join(rng.choices(words, k=60)), " ".join(rng.choices(words, k=9)) + "?") for _ in range(n)]
+    random.Random(seed).shuffle(pairs)
+    return [{"prompt": [{"role": "user", "content": PROMPT.format(question=q)}],
+             "completion": [{"role": "assistant", "content": a}]} for q, a in pairs[:n]]

@@ -1,0 +1,137 @@
+"""LoRA SFT throughput and peak memory: prefopt against TRL's SFTTrainer + PEFT, in one run.
+
+Both train the same model (SmolLM2-135M-Instruct, fp32, CPU) on the same records
+(MeQSum questions → summaries, chat-formatted; synthetic when ../shared/data is absent),
+with the same max length, batch size, learning rate, LoRA rank/alpha/dropout/targets and
+completion-only loss, for the same number of optimizer steps. Each runs in its own fresh
+process. Throughput = non-padding tokens / wall time over the timed steps (the first
+``--warmup`` steps are excluded); peak RSS is the process's ``VmHWM`` at the end.
+
+    .venv/bin/pip install -c constraints.txt trl     # TRL is a benchmark-only extra
+    .venv/bin/python benchmarks/bench_sft.py --steps 12 --batch-size 4 --max-length 256
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import chat_records, rss, run_worker  # noqa: E402
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def prefopt_worker(a) -> dict:
+    import torch
+
+    from prefopt import load_tokenizer
+    from prefopt.train import SFTTrainer, TrainConfig
+    from prefopt.train.run import prepare_model
+    from prefopt.train.sft import load_sft_data
+
+    base = rss("VmRSS")
+    cfg = TrainConfig(model=a.model_dir, data=a.data, output_dir=a.out, batch_size=a.batch_size,
+                      max_steps=a.steps, lr=2e-4, lora_r=16, lora_alpha=32, lora_dropout=0.05,
+                      lora_targets=TARGETS, max_length=a.max_length, schedule="constant", progress=False,
+                      seed=0)
+    tok = load_tokenizer(cfg.model)
+    train, _, _ = load_sft_data(cfg, tok)
+    marks = []
+    trainer = SFTTrainer(prepare_model(cfg), cfg, train, pad_id=tok.pad_token_id,
+                         callbacks=[lambda t, s, m: marks.append((time.perf_counter(), m["tokens"]))])
+    t0 = time.perf_counter()
+    marks.append((t0, 0))
+    trainer.train()
+    torch.cuda.synchronize() if torch.cuda.is_available() else None
+    return _summary("prefopt", marks, a.warmup, base)
+
+
+def trl_worker(a) -> dict:
+    import datasets
+    import peft
+    import torch  # noqa: F401
+    import transformers
+    import trl
+
+    base = rss("VmRSS")
+    tok = transformers.AutoTokenizer.from_pretrained(a.model_dir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(a.model_dir, dtype="float32")
+    ds = datasets.Dataset.from_list([json.loads(line) for line in open(a.data)])
+    marks = []
+
+    class Clock(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            marks.append((time.perf_counter(), state.num_input_tokens_seen))
+
+    args = trl.SFTConfig(output_dir=a.out, per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=1,
+                         max_steps=a.steps, learning_rate=2e-4, lr_scheduler_type="constant", max_length=a.max_length,
+                         completion_only_loss=True, packing=False, logging_steps=1, save_strategy="no",
+                         report_to=[], use_cpu=True, bf16=False, fp16=False, dataloader_num_workers=0, seed=0,
+                         include_num_input_tokens_seen="non_padding", disable_tqdm=True)
+    lora = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=TARGETS, task_type="CAUSAL_LM")
+    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora,
+                             callbacks=[Clock()])
+    marks.append((time.perf_counter(), 0))
+    trainer.train()
+    return _summary("TRL SFTTrainer + PEFT", marks, a.warmup, base)
+
+
+def _summary(name, marks, warmup, base) -> dict:
+    # marks[i] = (time, tokens) after step i (marks[0] = start); TRL's token count is cumulative
+    cumulative = name.startswith("TRL")
+    t = [m[0] for m in marks]
+    toks = [m[1] for m in marks]
+    per_step = [toks[i] - toks[i - 1] for i in range(1, len(toks))] if cumulative else toks[1:]
+    timed = per_step[warmup:]
+    seconds = t[-1] - t[warmup]
+    return {"name": name, "tokens_per_s": sum(timed) / seconds, "s_per_step": seconds / len(timed),
+            "tokens_per_step": sum(timed) / len(timed), "peak_rss": rss("VmHWM"), "rss_after_imports": base}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
+    ap.add_argument("--json", help="also write the results here")
+    a = ap.parse_args()
+    if a.worker is not None:
+        kind, a.model_dir, a.data, a.out = a.worker
+        print(json.dumps(prefopt_worker(a) if kind == "prefopt" else trl_worker(a)))
+        return
+    from prefopt.model import resolve_model_dir
+
+    model_dir = str(resolve_model_dir(a.model))
+    tmp = Path(tempfile.mkdtemp(prefix="bench_sft_"))
+    data = tmp / "data.jsonl"
+    with data.open("w") as f:
+        for r in chat_records(a.batch_size * a.steps):
+            f.write(json.dumps(r) + "\n")
+    common = ["--steps", str(a.steps), "--warmup", str(a.warmup), "--batch-size", str(a.batch_size),
+              "--max-length", str(a.max_length)]
+    rows = [run_worker(__file__, *common, "--worker", k, model_dir, str(data), str(tmp / k)) for k in ("trl", "prefopt")]
+    trl_row, ours = rows
+    mib = 1024**2
+    print(f"model {a.model}, fp32, CPU ({platform.machine()}), batch {a.batch_size}, max_length {a.max_length}, "
+          f"{a.steps} steps ({a.warmup} untimed), LoRA r16/a32/d0.05 on {len(TARGETS)} projections")
+    print("| trainer | tokens/s | s/step | tokens/step | peak RSS (MiB) | RSS after imports (MiB) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['name']} | {r['tokens_per_s']:.0f} | {r['s_per_step']:.2f} | {r['tokens_per_step']:.0f} | "
+              f"{r['peak_rss'] / mib:.0f} | {r['rss_after_imports'] / mib:.0f} |")
+    print(f"prefopt / TRL: throughput {ours['tokens_per_s'] / trl_row['tokens_per_s']:.2f}x, "
+          f"peak RSS {ours['peak_rss'] / trl_row['peak_rss']:.2f}x")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

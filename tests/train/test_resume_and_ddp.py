@@ -1,0 +1,87 @@
+"""Exact resume after SIGKILL, and 2-process DDP (gloo, CPU) against 1 process."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prefopt.train.metrics import read_metrics
+from tests.train._fixtures import write_task
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return write_task(tmp_path_factory.mktemp("resume"), n=48)
+
+
+def _config(task, out, **kw):
+    model_dir, data = task
+    cfg = dict(model=str(model_dir), data=str(data), output_dir=str(out), batch_size=4, max_steps=10, lr=3e-3,
+               lora_r=8, lora_alpha=16, lora_dropout=0.1, eval_fraction=0.25, progress=False, save_every=3)
+    cfg.update(kw)
+    path = Path(str(out) + ".json")
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def _run(args, **kw):
+    return subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=300, **kw)
+
+
+def _losses(out):
+    return [(m["step"], m.get("loss"), m.get("eval_loss")) for m in read_metrics(out)]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_same_run(task, tmp_path):
+    script = str(ROOT / "tests" / "train" / "_run_sft.py")
+    full = _run([script, str(_config(task, tmp_path / "full"))])
+    assert full.returncode == 0, full.stderr
+    killed = _run([script, str(_config(task, tmp_path / "cut")), "7"])
+    assert killed.returncode == -signal.SIGKILL
+    ckpts = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir())
+    assert ckpts == ["latest", "step-00000003", "step-00000006"]  # the step-9 save never happened
+    assert not (tmp_path / "cut" / "final").exists()
+    resumed = _run([script, str(_config(task, tmp_path / "cut", resume=True))])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout and "step 6" in resumed.stdout
+    assert json.loads((tmp_path / "cut" / "train_summary.json").read_text())["resumed_from_step"] == 6
+    assert _losses(tmp_path / "cut") == _losses(tmp_path / "full")
+    a = load_file(tmp_path / "full" / "final" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "cut" / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _torchrun(nproc, cfg_path):
+    return _run(["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                 str(ROOT / "tests" / "train" / "_run_sft.py"), str(cfg_path)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ddp_lora", "fsdp_full"])
+def test_two_processes_match_one_with_the_same_global_batch(task, tmp_path, mode):
+    kw = dict(lora_dropout=0.0, save_every=0, max_steps=5, eval_fraction=0.25)
+    if mode == "fsdp_full":
+        kw.update(lora=False, lr=1e-3)
+    one = _run([str(ROOT / "tests" / "train" / "_run_sft.py"), str(_config(task, tmp_path / "one", batch_size=4, **kw))])
+    assert one.returncode == 0, one.stderr
+    two = _torchrun(2, _config(task, tmp_path / "two", batch_size=2, fsdp=mode == "fsdp_full", **kw))
+    assert two.returncode == 0, two.stderr[-3000:]
+    l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert [s for s, *_ in l1] == [s for s, *_ in l2]
+    for (_, a, ea), (_, b, eb) in zip(l1, l2):
+        for x, y in ((a, b), (ea, eb)):
+            assert (x is None) == (y is None) and (x is None or abs(x - y) < 1e-4 * max(1, abs(x))), (l1, l2)
+    name = "adapter_model.safetensors" if mode == "ddp_lora" else "model.safetensors"
+    w1, w2 = load_file(tmp_path / "one" / "final" / name), load_file(tmp_path / "two" / "final" / name)
+    assert w1.keys() == w2.keys()
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
+    assert not (tmp_path / "two" / "final" / "metrics.jsonl").exists()
