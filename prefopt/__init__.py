@@ -3,9 +3,10 @@ from .lora import apply_lora, disable_adapter, load_adapter, merge_lora, save_ad
 from .model import ModelConfig, Transformer, generate, save_model
 from .pretrained import load_model, save_merged
 from .tokenizer import Tokenizer, load_tokenizer
+from .train import DPOConfig, DPOTrainer, SFTTrainer, TrainConfig
 
 __version__ = "0.1.0"
 __all__ = [
-    "ModelConfig", "Tokenizer", "Transformer", "apply_lora", "disable_adapter", "generate", "load_adapter",
+    "DPOConfig", "DPOTrainer", "ModelConfig", "SFTTrainer", "Tokenizer", "TrainConfig", "Transformer", "apply_lora", "disable_adapter", "generate", "load_adapter",
     "load_model", "load_tokenizer", "merge_lora", "save_adapter", "save_merged", "save_model",
 ]

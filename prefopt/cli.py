@@ -1,4 +1,4 @@
-"""The ``prefopt`` command line: generate, convert-gguf, sft, merge."""
+"""The ``prefopt`` command line: generate, convert-gguf, sft, dpo, merge."""
 from __future__ import annotations
 
 import argparse
@@ -59,18 +59,19 @@ def _convert_gguf(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sft(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, run_sft
+def _train(args: argparse.Namespace) -> int:
+    from .train import DPOConfig, TrainConfig, run_dpo, run_sft
 
-    overrides = {f: getattr(args, f) for f in _config_fields()}
+    cls, run = (DPOConfig, run_dpo) if args.command == "dpo" else (TrainConfig, run_sft)
+    overrides = {f: getattr(args, f) for f in _config_fields(cls)}
     if args.config:
-        config = TrainConfig.from_file(args.config, **overrides)
+        config = cls.from_file(args.config, **overrides)
     else:
         missing = [f"--{f.replace('_', '-')}" for f in ("model", "data", "output_dir") if overrides[f] is None]
         if missing:
             raise ValueError(f"missing {', '.join(missing)} (or give --config FILE)")
-        config = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
-    run_sft(config)
+        config = cls(**{k: v for k, v in overrides.items() if v is not None})
+    run(config)
     return 0
 
 
@@ -84,18 +85,16 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_fields():
+def _config_fields(cls):
     from dataclasses import fields
 
-    from .train import TrainConfig
-
-    return {f.name: f for f in fields(TrainConfig)}
+    return {f.name: f for f in fields(cls)}
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field; unset flags stay None so a --config file's values win."""
+def _add_config_flags(p: argparse.ArgumentParser, cls) -> None:
+    """One flag per config field; unset flags stay None so a --config file's values win."""
     kinds = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str}
-    for name, f in _config_fields().items():
+    for name, f in _config_fields(cls).items():
         flag = "--" + name.replace("_", "-")
         help_ = f"(default: {f.default!r})" if not callable(f.default_factory) else None
         if f.type == "bool":
@@ -131,11 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=DTYPES, default="float32")
     c.set_defaults(func=_convert_gguf)
 
-    s = sub.add_parser("sft", help="supervised fine-tuning (LoRA by default)",
-                       description="Every TrainConfig field is a flag; --config FILE (YAML/JSON) sets them too.")
-    s.add_argument("--config", help="YAML or JSON file with TrainConfig fields; flags override it")
-    _add_config_flags(s)
-    s.set_defaults(func=_sft)
+    from .train import DPOConfig, TrainConfig
+
+    for name, cls, help_ in (("sft", TrainConfig, "supervised fine-tuning (LoRA by default)"),
+                             ("dpo", DPOConfig, "preference optimisation: DPO, IPO, hinge, robust, RPO, SimPO, ORPO")):
+        t = sub.add_parser(name, help=help_, description=f"Every {cls.__name__} field is a flag; "
+                           "--config FILE (YAML/JSON) sets them too; flags override the file.")
+        t.add_argument("--config", help=f"YAML or JSON file with {cls.__name__} fields")
+        _add_config_flags(t, cls)
+        t.set_defaults(func=_train)
 
     m = sub.add_parser("merge", help="fold a LoRA adapter into its base model and save an HF folder")
     m.add_argument("--model", required=True)

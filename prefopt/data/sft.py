@@ -99,24 +99,31 @@ def _encode_chat(messages, tok: Tokenizer) -> tuple[list[int], list[int]]:
     return full, labels
 
 
-def truncate(ids, labels, *, max_length: int, max_prompt_length: int | None = None):
+def prompt_len(labels) -> int:
+    """Tokens before the first trained one."""
+    return next((i for i, x in enumerate(labels) if x != IGNORE), len(labels))
+
+
+def truncate(ids, labels, *, max_length: int, max_prompt_length: int | None = None, budget_for: int | None = None):
     """Fit ``ids`` into ``max_length``.
 
     The prompt (everything before the first trained token) is cut from the left, keeping
     its end: first to ``max_prompt_length``, then, if the whole is still too long, down to
     what the response leaves free but no shorter than half of ``max_length``. Then the
-    response is cut from the right.
+    response is cut from the right. ``budget_for`` sizes the prompt's cut for a response of
+    that length instead of this one's, so a chosen/rejected pair can share one prompt cut.
     """
-    first = next((i for i, x in enumerate(labels) if x != IGNORE), len(labels))
+    first = prompt_len(labels)
     p_ids, p_lab, r_ids, r_lab = ids[:first], labels[:first], ids[first:], labels[first:]
     n_before = len(ids)
     if max_prompt_length is not None and len(p_ids) > max_prompt_length:
         p_ids, p_lab = p_ids[-max_prompt_length:], p_lab[-max_prompt_length:]
-    if len(p_ids) + len(r_ids) > max_length:
-        keep = max(min(len(p_ids), max_length // 2), max_length - len(r_ids))
+    reserve = len(r_ids) if budget_for is None else budget_for
+    if len(p_ids) + reserve > max_length:
+        keep = max(min(len(p_ids), max_length // 2), max_length - reserve)
         if keep < len(p_ids):
             p_ids, p_lab = p_ids[len(p_ids) - keep:], p_lab[len(p_lab) - keep:]
-        r_ids, r_lab = r_ids[: max_length - len(p_ids)], r_lab[: max_length - len(p_ids)]
+    r_ids, r_lab = r_ids[: max_length - len(p_ids)], r_lab[: max_length - len(p_ids)]
     ids, labels = p_ids + r_ids, p_lab + r_lab
     if all(x == IGNORE for x in labels):
         raise ValueError(f"no response token fits in max_length={max_length} (prompt has {len(p_ids)} tokens)")

@@ -1,8 +1,9 @@
-"""The training loop, SFT, and launch helpers."""
+"""The training loop, SFT, DPO, and launch helpers."""
 from .config import TrainConfig
+from .dpo import DPOConfig, DPOTrainer
 from .loop import Trainer
-from .run import run_sft
+from .run import run_dpo, run_sft
 from .schedule import lr_at
 from .sft import SFTTrainer
 
-__all__ = ["SFTTrainer", "TrainConfig", "Trainer", "lr_at", "run_sft"]
+__all__ = ["DPOConfig", "DPOTrainer", "SFTTrainer", "TrainConfig", "Trainer", "lr_at", "run_dpo", "run_sft"]

@@ -63,3 +63,59 @@ def run_sft(config: TrainConfig, callbacks=()) -> dict:
         summary["saved"] = str(out)
         print(f"prefopt: saved to {out}", flush=True)
     return summary
+
+
+def reference_cache_for(config, model, ref_model, model_dir: Path):
+    """Open the cache at ``config.ref_cache`` under the fingerprint of this run's reference."""
+    from ..refcache import RefCache, reference_fingerprint
+
+    ref = ref_model if ref_model is not None else model
+    named = [(n, t) for n, t in ref.state_dict().items() if ".lora_A." not in n and ".lora_B." not in n]
+    fp = reference_fingerprint(
+        config=ref.config.to_hf_dict(), named_tensors=named, dtype=config.dtype,
+        tokenizer_files=[model_dir / "tokenizer.json", model_dir / "tokenizer_config.json",
+                         model_dir / "chat_template.jinja"],
+        max_length=config.max_length, max_prompt_length=config.max_prompt_length,
+        extra={"reference": "model" if ref_model is not None else "adapter-disabled"},
+    )
+    return RefCache(config.ref_cache, fp)
+
+
+def run_dpo(config, callbacks=()) -> dict:
+    """Preference-tune ``config.model`` on ``config.data`` (a :class:`DPOConfig`)."""
+    from ..data.preference import load_preferences
+    from ..model import resolve_model_dir
+    from .dpo import DPOTrainer
+    from .sft import split_eval
+
+    tok = load_tokenizer(config.model)
+    kw = dict(max_length=config.max_length, max_prompt_length=config.max_prompt_length,
+              skip_bad=config.skip_bad_records)
+    pairs, report = load_preferences(config.data, tok, **kw)
+    reports = [report]
+    if config.eval_data:
+        evals, eval_report = load_preferences(config.eval_data, tok, **kw)
+        reports.append(eval_report)
+    else:
+        pairs, evals = split_eval(pairs, config.eval_fraction, config.seed)
+    model = prepare_model(config, adapter=config.sft_adapter)
+    ref_model = None
+    if config.ref:
+        ref_model = load_model(config.ref, dtype=DTYPES[config.dtype], adapter=config.sft_adapter,
+                               merge=config.sft_adapter is not None)
+    cache = reference_cache_for(config, model, ref_model, resolve_model_dir(config.model)) if config.ref_cache else None
+    for r in reports:
+        print("prefopt:", r.summary(), flush=True)
+    trainer = DPOTrainer(model, config, pairs, evals, pad_id=tok.pad_token_id or 0, ref_model=ref_model,
+                         ref_cache=cache, callbacks=callbacks)
+    if trainer.dist.is_main:
+        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(config.output_dir) / "train_config.json", config.to_dict())
+    summary = trainer.train()
+    summary["reference_forwards"] = trainer.ref_forwards
+    out = save_result(trainer, tok, config)
+    if out is not None:
+        summary["saved"] = str(out)
+        write_json_atomic(Path(config.output_dir) / "train_summary.json", summary)
+        print(f"prefopt: saved to {out}", flush=True)
+    return summary

@@ -1,0 +1,76 @@
+"""Preference pairs: load and validate, tokenize both responses behind one shared prompt, batch."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..tokenizer import Tokenizer
+from .collate import pad_collate
+from .records import DataError, PreferenceRecord, parse_preference
+from .sft import IGNORE, LoadReport, TokenizedExample, load_records, prompt_len, truncate
+
+
+@dataclass(frozen=True)
+class PairExample:
+    chosen: TokenizedExample
+    rejected: TokenizedExample
+
+    @property
+    def key(self) -> str:
+        """A hash of exactly what the model sees: both token sequences and their prompt lengths."""
+        payload = json.dumps([self.chosen.input_ids, prompt_len(self.chosen.labels),
+                              self.rejected.input_ids, prompt_len(self.rejected.labels)])
+        return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+    @property
+    def input_ids(self) -> list[int]:  # for length-grouped batching: the longer side
+        return max(self.chosen.input_ids, self.rejected.input_ids, key=len)
+
+
+def tokenize_pair(rec: PreferenceRecord, tok: Tokenizer, *, max_length: int,
+                  max_prompt_length: int | None = None) -> tuple[PairExample, bool]:
+    """Encode prompt+chosen and prompt+rejected; both keep the same (possibly truncated) prompt."""
+    c = tok.encode_prompt_response(rec.prompt, rec.chosen)
+    r = tok.encode_prompt_response(rec.prompt, rec.rejected)
+    if c.ids[:c.prompt_len] != r.ids[:r.prompt_len]:
+        raise ValueError("the prompt encodes differently in front of chosen and rejected")
+    longest = max(len(c.ids) - c.prompt_len, len(r.ids) - r.prompt_len)
+    out = []
+    for enc in (c, r):
+        labels = [IGNORE] * enc.prompt_len + enc.ids[enc.prompt_len:]
+        out.append(truncate(enc.ids, labels, max_length=max_length, max_prompt_length=max_prompt_length,
+                            budget_for=longest))
+    (ce, c_cut), (re_, r_cut) = out
+    return PairExample(ce, re_), c_cut or r_cut
+
+
+def load_preferences(path: str | Path, tok: Tokenizer, *, max_length: int = 1024,
+                     max_prompt_length: int | None = None, skip_bad: bool = False
+                     ) -> tuple[list[PairExample], LoadReport]:
+    """Read, validate and tokenize a preference file (TRL or OpenAI format; JSONL, JSON or CSV)."""
+    records, report = load_records(path, parse_preference, skip_bad)
+    pairs = []
+    for line, rec in records:
+        try:
+            pair, cut = tokenize_pair(rec, tok, max_length=max_length, max_prompt_length=max_prompt_length)
+        except ValueError as e:
+            err = DataError(path, line, "chosen", str(e))
+            if not skip_bad:
+                raise err from None
+            report.skipped.append(err)
+            continue
+        report.n_truncated += cut
+        pairs.append(pair)
+    report.n_kept = len(pairs)
+    if not pairs:
+        raise DataError(path, None, None, "no usable preference pairs")
+    return pairs, report
+
+
+def pair_collate(pairs, pad_id: int) -> dict[str, torch.Tensor]:
+    """``(2B, T)`` tensors: the B chosen sequences first, then the B rejected ones."""
+    return pad_collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)

@@ -1,0 +1,151 @@
+"""Preference losses: small pure functions over sequence log-probs, looked up by name.
+
+Every loss takes a :class:`PreferenceLogps` (per-example sums of response-token log-probs
+for the policy and, where used, the reference, plus response token counts) and keyword
+hyper-parameters, and returns a :class:`LossOutput` of per-example losses and the chosen
+and rejected rewards. Register your own with :func:`register_loss`.
+
+Conventions (TRL's, see docs/dpo.md): logps are sums over response tokens; rewards are
+``beta * (policy - reference)`` for the reference-based losses and ``beta * mean token
+logp`` for the reference-free ones; IPO and SimPO length-normalise by token counts.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class PreferenceLogps:
+    """All ``(B,)`` tensors. ``*_tokens`` count response tokens; ``chosen_nll`` is the mean
+    per-token negative log-likelihood of the chosen responses over the batch (a scalar)."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    ref_chosen: torch.Tensor | None = None
+    ref_rejected: torch.Tensor | None = None
+    chosen_tokens: torch.Tensor | None = None
+    rejected_tokens: torch.Tensor | None = None
+    chosen_nll: torch.Tensor | None = None
+
+
+@dataclass
+class LossOutput:
+    losses: torch.Tensor  # (B,) per example
+    chosen_rewards: torch.Tensor  # (B,), detached
+    rejected_rewards: torch.Tensor
+
+
+LossFn = Callable[..., LossOutput]
+LOSSES: dict[str, LossFn] = {}
+REFERENCE_FREE: set[str] = set()
+
+
+def register_loss(name: str, *, reference_free: bool = False) -> Callable[[LossFn], LossFn]:
+    """Decorator: make ``fn(lp: PreferenceLogps, **hparams) -> LossOutput`` available by name."""
+    def add(fn: LossFn) -> LossFn:
+        LOSSES[name] = fn
+        if reference_free:
+            REFERENCE_FREE.add(name)
+        return fn
+    return add
+
+
+def preference_loss(name: str, lp: PreferenceLogps, **hparams) -> LossOutput:
+    """Look up loss ``name`` and apply it."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown preference loss {name!r}; registered: {sorted(LOSSES)}")
+    if name not in REFERENCE_FREE and (lp.ref_chosen is None or lp.ref_rejected is None):
+        raise ValueError(f"loss {name!r} needs reference log-probs")
+    return LOSSES[name](lp, **hparams)
+
+
+def _ratios(lp: PreferenceLogps) -> tuple[torch.Tensor, torch.Tensor]:
+    return lp.chosen - lp.ref_chosen, lp.rejected - lp.ref_rejected
+
+
+def _rewards(beta: float, chosen: torch.Tensor, rejected: torch.Tensor, losses: torch.Tensor) -> LossOutput:
+    return LossOutput(losses, (beta * chosen).detach(), (beta * rejected).detach())
+
+
+def _need(lp: PreferenceLogps, field: str, loss: str) -> torch.Tensor:
+    v = getattr(lp, field)
+    if v is None:
+        raise ValueError(f"loss {loss!r} needs {field}")
+    return v
+
+
+@register_loss("sigmoid")
+def sigmoid_loss(lp: PreferenceLogps, *, beta: float = 0.1, label_smoothing: float = 0.0, **_) -> LossOutput:
+    """DPO: ``-log σ(β·Δ)`` with Δ the difference of log-ratios. ``label_smoothing`` ε > 0
+    gives conservative DPO (cDPO): ``-(1-ε) log σ(βΔ) - ε log σ(-βΔ)``."""
+    c, r = _ratios(lp)
+    z = beta * (c - r)
+    losses = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+    return _rewards(beta, c, r, losses)
+
+
+@register_loss("robust")
+def robust_loss(lp: PreferenceLogps, *, beta: float = 0.1, label_smoothing: float = 0.0, **_) -> LossOutput:
+    """Robust DPO (Chowdhury et al. 2024): unbiased under label-flip rate ε,
+    ``(-(1-ε) log σ(βΔ) + ε log σ(-βΔ)) / (1 - 2ε)``."""
+    if not 0 <= label_smoothing < 0.5:
+        raise ValueError("robust loss needs label_smoothing in [0, 0.5)")
+    c, r = _ratios(lp)
+    z = beta * (c - r)
+    losses = (-(1 - label_smoothing) * F.logsigmoid(z) + label_smoothing * F.logsigmoid(-z)) / (1 - 2 * label_smoothing)
+    return _rewards(beta, c, r, losses)
+
+
+@register_loss("hinge")
+def hinge_loss(lp: PreferenceLogps, *, beta: float = 0.1, **_) -> LossOutput:
+    """SLiC-style hinge: ``max(0, 1 - βΔ)``."""
+    c, r = _ratios(lp)
+    return _rewards(beta, c, r, torch.relu(1 - beta * (c - r)))
+
+
+@register_loss("ipo")
+def ipo_loss(lp: PreferenceLogps, *, beta: float = 0.1, **_) -> LossOutput:
+    """IPO (Azar et al. 2023, Eq. 17): ``(Δ̄ - 1/(2β))²`` with log-ratios averaged per token."""
+    c, r = _ratios(lp)
+    nc = _need(lp, "chosen_tokens", "ipo").clamp(min=1)
+    nr = _need(lp, "rejected_tokens", "ipo").clamp(min=1)
+    losses = (c / nc - r / nr - 1 / (2 * beta)) ** 2
+    return _rewards(beta, c, r, losses)
+
+
+@register_loss("rpo")
+def rpo_loss(lp: PreferenceLogps, *, beta: float = 0.1, rpo_alpha: float = 1.0, label_smoothing: float = 0.0,
+             **_) -> LossOutput:
+    """RPO (Pang et al. 2024): DPO plus ``rpo_alpha`` × the chosen responses' mean token NLL."""
+    out = sigmoid_loss(lp, beta=beta, label_smoothing=label_smoothing)
+    nll = _need(lp, "chosen_nll", "rpo")
+    return LossOutput(out.losses + rpo_alpha * nll, out.chosen_rewards, out.rejected_rewards)
+
+
+@register_loss("simpo", reference_free=True)
+def simpo_loss(lp: PreferenceLogps, *, beta: float = 2.0, gamma: float = 0.5, label_smoothing: float = 0.0,
+               **_) -> LossOutput:
+    """SimPO (Meng et al. 2024): ``-log σ(β(c̄ - r̄) - γ)`` on mean token log-probs; no reference."""
+    c = lp.chosen / _need(lp, "chosen_tokens", "simpo").clamp(min=1)
+    r = lp.rejected / _need(lp, "rejected_tokens", "simpo").clamp(min=1)
+    z = beta * (c - r) - gamma
+    losses = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+    return _rewards(beta, c, r, losses)
+
+
+@register_loss("orpo", reference_free=True)
+def orpo_loss(lp: PreferenceLogps, *, lambda_: float = 0.1, **_) -> LossOutput:
+    """ORPO (Hong et al. 2024): chosen NLL − λ·log σ(log odds(c) − log odds(r)), on mean token
+    log-probs, where odds(p) = p / (1 - p). Rewards are λ × mean token log-probs."""
+    c = lp.chosen / _need(lp, "chosen_tokens", "orpo").clamp(min=1)
+    r = lp.rejected / _need(lp, "rejected_tokens", "orpo").clamp(min=1)
+    log_odds = (c - r) - (torch.log1p(-torch.exp(c).clamp(max=1 - 1e-6)) - torch.log1p(-torch.exp(r).clamp(max=1 - 1e-6)))
+    losses = _need(lp, "chosen_nll", "orpo") - lambda_ * F.logsigmoid(log_odds)
+    return _rewards(lambda_, c, r, losses)
+
+
+__all__ = ["LOSSES", "REFERENCE_FREE", "LossOutput", "PreferenceLogps", "preference_loss", "register_loss"]

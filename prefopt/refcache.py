@@ -1,0 +1,135 @@
+"""An on-disk cache of reference log-probs, so DPO needs no reference forward while training.
+
+Layout of a cache folder::
+
+    index.json               {"fingerprint": {...}, "entries": {example_key: [shard, row]}}
+    shard-00000.safetensors  "chosen" (n,), "rejected" (n,) float32 sequence log-prob sums
+
+- An example's key hashes exactly what the model sees (both token sequences and the prompt
+  length), so a changed record, tokenizer or truncation gives a new key.
+- The fingerprint describes the reference: its config, a digest of its weights (so a merged
+  SFT adapter counts), dtype, and the tokenizer and truncation settings. A different
+  fingerprint makes the whole cache stale: it is cleared and rebuilt, never reused.
+- New examples extend the cache. Shards and the index are written atomically after each
+  shard, so an interrupted precompute resumes where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ._deps import progress
+from .fileio import write_json_atomic
+from .model.safetensors_io import save_file_atomic
+
+VERSION = 1
+
+
+def weights_digest(named_tensors) -> str:
+    """blake2b over every tensor's name, dtype, shape and bytes, in order."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in named_tensors:
+        t = t.detach().contiguous().cpu()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def reference_fingerprint(*, config: dict, named_tensors, dtype: str, tokenizer_files: Sequence[Path],
+                          max_length: int, max_prompt_length: int | None, extra: dict | None = None) -> dict:
+    """What the cached numbers depend on, besides each example's own tokens."""
+    tok = hashlib.blake2b(digest_size=16)
+    for p in tokenizer_files:
+        if Path(p).is_file():
+            tok.update(Path(p).read_bytes())
+    return {"version": VERSION, "config": config, "weights": weights_digest(named_tensors), "dtype": dtype,
+            "tokenizer": tok.hexdigest(), "max_length": max_length, "max_prompt_length": max_prompt_length,
+            **(extra or {})}
+
+
+class RefCache:
+    """Reference log-probs by example key; see the module docstring."""
+
+    def __init__(self, root: str | Path, fingerprint: dict, *, log: Callable[[str], None] = print):
+        self.root = Path(root)
+        self.fingerprint = json.loads(json.dumps(fingerprint))  # normalised as stored
+        self.entries: dict[str, tuple[int, int]] = {}
+        self._values: dict[str, tuple[float, float]] = {}
+        self.stale_reason: str | None = None
+        index = self.root / "index.json"
+        if index.is_file():
+            d = json.loads(index.read_text())
+            if d.get("fingerprint") == self.fingerprint:
+                self.entries = {k: tuple(v) for k, v in d["entries"].items()}
+            else:
+                self.stale_reason = _diff(d.get("fingerprint") or {}, self.fingerprint)
+                log(f"prefopt: reference cache {self.root} is stale ({self.stale_reason}); rebuilding it")
+                shutil.rmtree(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._n_shards = len({s for s, _ in self.entries.values()})
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    def missing(self, keys: Sequence[str]) -> list[str]:
+        return [k for k in dict.fromkeys(keys) if k not in self.entries]
+
+    def add(self, keys: Sequence[str], chosen: torch.Tensor, rejected: torch.Tensor) -> None:
+        """Write one shard for these examples, then the index (both atomically)."""
+        shard = self._n_shards
+        save_file_atomic({"chosen": chosen.float().cpu(), "rejected": rejected.float().cpu()},
+                         self.root / f"shard-{shard:05d}.safetensors")
+        for row, k in enumerate(keys):
+            self.entries[k] = (shard, row)
+        self._n_shards += 1
+        write_json_atomic(self.root / "index.json", {"fingerprint": self.fingerprint, "entries": self.entries})
+
+    def get(self, keys: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(chosen, rejected)`` float32 ``(len(keys),)``; KeyError for a key not cached."""
+        if not self._values:
+            self._load_all()
+        vals = [self._values[k] for k in keys]
+        return torch.tensor([v[0] for v in vals]), torch.tensor([v[1] for v in vals])
+
+    def _load_all(self) -> None:
+        by_shard: dict[int, list[tuple[str, int]]] = {}
+        for k, (s, r) in self.entries.items():
+            by_shard.setdefault(s, []).append((k, r))
+        for s, rows in by_shard.items():
+            t = load_file(self.root / f"shard-{s:05d}.safetensors")
+            for k, r in rows:
+                self._values[k] = (float(t["chosen"][r]), float(t["rejected"][r]))
+
+    def fill(self, pairs: Sequence, compute: Callable[[list], tuple[torch.Tensor, torch.Tensor]], *,
+             batch_size: int, show_progress: bool = True) -> int:
+        """Compute and store the reference log-probs of every pair not cached yet.
+
+        ``compute(pairs) -> (chosen, rejected)`` runs the reference on one batch. Each batch is
+        written as it finishes, so an interrupted fill resumes. Returns how many were computed.
+        """
+        todo = {p.key: p for p in pairs if p.key not in self.entries}
+        items = list(todo.values())
+        bar = progress(total=len(items), desc="reference log-probs", unit="pair", disable=not show_progress)
+        for s in range(0, len(items), batch_size):
+            chunk = items[s:s + batch_size]
+            with torch.no_grad():
+                c, r = compute(chunk)
+            self.add([p.key for p in chunk], c, r)
+            bar.update(len(chunk))
+        bar.close()
+        self._values = {}
+        return len(items)
+
+
+def _diff(old: dict, new: dict) -> str:
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return "changed: " + ", ".join(changed) if changed else "unreadable index"

@@ -1,0 +1,181 @@
+"""DPO and its relatives on the shared loop.
+
+Chosen and rejected go through the policy in one forward pass, stacked ``(2B, T)``. The
+reference log-probs come from one of three places:
+
+- ``"adapter"``: the same model with its LoRA adapters disabled (the default with LoRA);
+- ``"model"``: a separate frozen model (``ref_model=``);
+- ``"cache"``: an on-disk :class:`~prefopt.refcache.RefCache`, filled once by a no-grad pass;
+  training then runs no reference forward at all.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..data.preference import PairExample, pair_collate
+from ..data.sft import IGNORE
+from ..kernels import sequence_logprobs
+from ..lora import disable_adapter, lora_layers
+from ..losses import LOSSES, REFERENCE_FREE, PreferenceLogps, preference_loss
+from .config import TrainConfig
+from .loop import Batch, Trainer
+
+REF_MODES = ("adapter", "model", "cache", "none")
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    loss: str = "sigmoid"  # a name in prefopt.losses.LOSSES
+    beta: float = 0.1
+    label_smoothing: float = 0.0  # cDPO / robust
+    rpo_alpha: float = 1.0
+    simpo_gamma: float = 0.5
+    orpo_lambda: float = 0.1
+    ref: str | None = None  # a frozen reference model (folder/alias/hub id); default: adapter-disabled
+    ref_cache: str | None = None  # folder of the on-disk reference cache
+    sft_adapter: str | None = None  # merge this adapter into model and reference first (DPO after SFT)
+    lr: float = 5e-5
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                             "gate_proj", "up_proj", "down_proj"])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        errors = []
+        if self.loss not in LOSSES:
+            errors.append(f"loss must be one of {sorted(LOSSES)} (got {self.loss!r})")
+        if self.beta <= 0:
+            errors.append("beta must be > 0")
+        if not 0 <= self.label_smoothing < 0.5:
+            errors.append("label_smoothing must be in [0, 0.5)")
+        if not self.lora and self.ref is None and self.ref_cache is None and self.loss not in REFERENCE_FREE:
+            errors.append("full fine-tuning needs a reference: give ref (a frozen model) or ref_cache")
+        if errors:
+            raise ValueError("invalid DPO config:\n  " + "\n  ".join(errors))
+
+    def loss_kwargs(self) -> dict:
+        kw = {"beta": self.beta, "label_smoothing": self.label_smoothing, "rpo_alpha": self.rpo_alpha}
+        if self.loss == "simpo":
+            kw["gamma"] = self.simpo_gamma
+        if self.loss == "orpo":
+            kw = {"lambda_": self.orpo_lambda}
+        return kw
+
+
+def sequence_logps(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token log-probs ``(R, T-1)`` of the labels, their sums ``(R,)`` and token counts ``(R,)``."""
+    core = getattr(model, "module", model)
+    hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)  # (R, T, D)
+    labels = batch["labels"][:, 1:]
+    per_token = sequence_logprobs(hidden[:, :-1], core.output_weight, labels, ignore_index=IGNORE)
+    return per_token, per_token.sum(-1), (labels != IGNORE).sum(-1)
+
+
+class DPOTrainer(Trainer):
+    """Preference optimisation (DPO, IPO, hinge, robust, RPO, SimPO, ORPO) on the shared loop.
+
+    Example::
+
+        from prefopt import DPOTrainer, load_model, load_tokenizer, apply_lora
+        from prefopt.data import load_preferences
+        from prefopt.train.dpo import DPOConfig
+
+        cfg = DPOConfig(model="smollm2-135m", data="pairs.jsonl", output_dir="runs/dpo", beta=0.1, max_steps=100)
+        tok = load_tokenizer(cfg.model)
+        model = apply_lora(load_model(cfg.model), r=cfg.lora_r, alpha=cfg.lora_alpha)
+        pairs, report = load_preferences(cfg.data, tok, max_length=cfg.max_length)
+        DPOTrainer(model, cfg, pairs, pad_id=tok.pad_token_id).train()   # reference: adapters disabled
+
+    Metrics use TRL's names: ``rewards/chosen``, ``rewards/rejected``, ``rewards/accuracies``,
+    ``rewards/margins``, ``logps/chosen``, ``logps/rejected``.
+    """
+
+    def __init__(self, model, config: DPOConfig, train_data: Sequence[PairExample], eval_data=None, *, pad_id: int,
+                 ref_model: torch.nn.Module | None = None, ref_cache=None, callbacks=()):
+        self.pad_id = pad_id
+        self.ref_model = ref_model
+        self.ref_cache = ref_cache
+        self.ref_forwards = 0  # reference forward passes made (0 with a cache)
+        super().__init__(model, config, train_data, eval_data, callbacks=callbacks)
+        if config.loss in REFERENCE_FREE:
+            self.ref_mode = "none"
+        elif ref_cache is not None:
+            self.ref_mode = "cache"
+        elif ref_model is not None:
+            self.ref_mode = "model"
+            self.ref_model = ref_model.to(self.device).eval().requires_grad_(False)
+        elif any(True for _ in lora_layers(model)):
+            self.ref_mode = "adapter"
+        else:
+            raise ValueError("no reference: pass ref_model or ref_cache, or train a LoRA adapter")
+        if self.ref_mode == "cache":
+            self.fill_cache(self.train_data + self.eval_data)
+
+    def collate(self, pairs):
+        batch = pair_collate(pairs, self.pad_id)
+        if self.ref_mode == "cache":
+            batch["ref_chosen"], batch["ref_rejected"] = self.ref_cache.get([p.key for p in pairs])
+        return batch
+
+    def units(self, batch: Batch) -> int:
+        return batch["input_ids"].shape[0] // 2
+
+    @torch.no_grad()
+    def reference_logps(self, batch: Batch) -> torch.Tensor:
+        """Sequence log-prob sums ``(2B,)`` under the reference."""
+        self.ref_forwards += 1
+        if self.ref_mode == "model":
+            return sequence_logps(self.ref_model, batch)[1]
+        was_training = self.model.training
+        self.model.eval()  # no adapter dropout in the reference
+        with disable_adapter(self.model):
+            out = sequence_logps(self.model, batch)[1]
+        self.model.train(was_training)
+        return out
+
+    def fill_cache(self, pairs: Sequence[PairExample]) -> int:
+        """Compute the reference log-probs of every pair the cache lacks (rank 0), then share."""
+        from .distributed import barrier
+
+        n = 0
+        if self.dist.is_main:
+            mode = "model" if self.ref_model is not None else "adapter"
+            self.ref_mode = mode
+
+            def compute(chunk):
+                b = {k: v.to(self.device) for k, v in pair_collate(chunk, self.pad_id).items()}
+                sums = self.reference_logps(b).float().cpu()
+                return sums[:len(chunk)], sums[len(chunk):]
+
+            n = self.ref_cache.fill(pairs, compute, batch_size=self.config.batch_size * 2,
+                                    show_progress=self.config.progress)
+            self.ref_mode = "cache"
+            self.ref_forwards = 0
+        barrier(self.dist)
+        if not self.dist.is_main:
+            self.ref_cache.__init__(self.ref_cache.root, self.ref_cache.fingerprint)  # re-read the index
+        return n
+
+    def loss_sum(self, model, batch):
+        per_token, sums, counts = sequence_logps(model, batch)
+        B = sums.shape[0] // 2
+        if self.ref_mode == "cache":
+            ref_c, ref_r = batch["ref_chosen"], batch["ref_rejected"]
+        elif self.ref_mode == "none":
+            ref_c = ref_r = None
+        else:
+            ref = self.reference_logps(batch)
+            ref_c, ref_r = ref[:B], ref[B:]
+        lp = PreferenceLogps(chosen=sums[:B], rejected=sums[B:], ref_chosen=ref_c, ref_rejected=ref_r,
+                             chosen_tokens=counts[:B], rejected_tokens=counts[B:],
+                             chosen_nll=-per_token[:B].sum() / counts[:B].sum().clamp(min=1))
+        out = preference_loss(self.config.loss, lp, **self.config.loss_kwargs())
+        c, r = out.chosen_rewards, out.rejected_rewards
+        metrics = {
+            "rewards/chosen": c.sum(), "rewards/rejected": r.sum(), "rewards/accuracies": (c > r).float().sum(),
+            "rewards/margins": (c - r).sum(), "logps/chosen": sums[:B].detach().sum(),
+            "logps/rejected": sums[B:].detach().sum(),
+        }
+        return out.losses.sum(), metrics
