@@ -1,0 +1,148 @@
+"""Preference losses: hand-computed values, the registry, and parity with TRL's DPOTrainer."""
+import math
+
+import pytest
+import torch
+
+from prefopt.losses import LOSSES, PreferenceLogps, preference_loss, register_loss
+
+
+def _lp(**kw):
+    t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    base = dict(chosen=t(-10.0), rejected=t(-12.0), ref_chosen=t(-11.0), ref_rejected=t(-11.0),
+                chosen_tokens=t(4.0), rejected_tokens=t(5.0), chosen_nll=torch.tensor(2.5, dtype=torch.float64))
+    base.update(kw)
+    return PreferenceLogps(**base)
+
+
+# policy-minus-reference log-ratios: chosen +1, rejected -1, so Δ = 2 and β·Δ = 0.2 at β = 0.1.
+# By hand: -log σ(0.2) = log(1 + e^-0.2) = 0.598139; log(1 + e^0.2) = 0.798139.
+HAND = {
+    ("sigmoid", ()): 0.5981388693815918,
+    ("sigmoid", (("label_smoothing", 0.1),)): 0.9 * 0.5981388693815918 + 0.1 * 0.7981388693815918,  # cDPO
+    ("robust", (("label_smoothing", 0.1),)): (0.9 * 0.5981388693815918 - 0.1 * 0.7981388693815918) / 0.8,
+    ("hinge", ()): 0.8,  # max(0, 1 - 0.2)
+    ("ipo", ()): (1 / 4 - (-1) / 5 - 1 / (2 * 0.1)) ** 2,  # (0.25 + 0.2 - 5)^2 = 20.7025
+    ("rpo", (("rpo_alpha", 0.5),)): 0.5981388693815918 + 0.5 * 2.5,
+    # SimPO, β=2, γ=0.5: mean logps -10/4 = -2.5 and -12/5 = -2.4; z = 2(-0.1) - 0.5 = -0.7
+    ("simpo", (("beta", 2.0), ("gamma", 0.5))): math.log1p(math.exp(0.7)),
+    # ORPO, λ=0.1: log odds(-2.5) - log odds(-2.4) = -0.1094495; loss = 2.5 - 0.1 log σ(-0.1094495)
+    ("orpo", (("lambda_", 0.1),)): 2.5 + 0.1 * math.log1p(math.exp(0.10944946678036466)),
+}
+
+
+@pytest.mark.parametrize("name,kw", list(HAND))
+def test_loss_matches_hand_computation(name, kw):
+    kwargs = dict(kw)
+    if name not in ("simpo", "orpo"):
+        kwargs.setdefault("beta", 0.1)
+    out = preference_loss(name, _lp(), **kwargs)
+    assert out.losses.item() == pytest.approx(HAND[(name, kw)], abs=1e-9)
+
+
+def test_rewards_and_reference_free_losses():
+    out = preference_loss("sigmoid", _lp(), beta=0.1)
+    assert out.chosen_rewards.item() == pytest.approx(0.1) and out.rejected_rewards.item() == pytest.approx(-0.1)
+    free = preference_loss("simpo", _lp(ref_chosen=None, ref_rejected=None), beta=2.0)
+    assert free.chosen_rewards.item() == pytest.approx(2.0 * -2.5)
+    with pytest.raises(ValueError, match="needs reference log-probs"):
+        preference_loss("sigmoid", _lp(ref_chosen=None))
+    with pytest.raises(ValueError, match="unknown preference loss 'dpo2'"):
+        preference_loss("dpo2", _lp())
+
+
+def test_a_user_can_register_a_loss():
+    @register_loss("test_margin")
+    def margin(lp, *, beta=0.1, **_):
+        from prefopt.losses import LossOutput
+
+        c, r = lp.chosen - lp.ref_chosen, lp.rejected - lp.ref_rejected
+        return LossOutput(-(c - r), beta * c, beta * r)
+
+    try:
+        assert preference_loss("test_margin", _lp()).losses.item() == pytest.approx(-2.0)
+    finally:
+        LOSSES.pop("test_margin")
+
+
+class TestTRLParity:
+    """Same tiny model, same batch: prefopt's loss and gradients against TRL's DPOTrainer (fp32).
+
+    TRL defaults to bf16 autocast even on CPU; the comparison turns it off (bf16=False).
+    """
+
+    trl = pytest.importorskip("trl")
+    transformers = pytest.importorskip("transformers")
+    datasets = pytest.importorskip("datasets")
+
+    @pytest.fixture(scope="class")
+    def setup(self, tmp_path_factory):
+        from tests._tiny import build_hf_model
+
+        root = tmp_path_factory.mktemp("trl")
+        build_hf_model(root / "ref", initializer_range=0.1)
+        policy = self.transformers.AutoModelForCausalLM.from_pretrained(root / "ref")
+        torch.manual_seed(3)
+        with torch.no_grad():  # make the policy differ from the reference
+            for p in policy.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+        policy.save_pretrained(root / "policy")
+        (root / "policy" / "tokenizer.json").write_bytes((root / "ref" / "tokenizer.json").read_bytes())
+        (root / "policy" / "tokenizer_config.json").write_bytes((root / "ref" / "tokenizer_config.json").read_bytes())
+        rows = [{"prompt": [{"role": "user", "content": f"Patient {i}: chest pain for {i + 1} hours. Triage?"}],
+                 "chosen": [{"role": "assistant", "content": "Emergency department now." if i % 2 else "Call 911."}],
+                 "rejected": [{"role": "assistant", "content": "Wait and see" + " next week" * (i % 3)}]}
+                for i in range(4)]
+        return root, rows
+
+    @pytest.mark.parametrize("loss,ls", [("sigmoid", 0.0), ("ipo", 0.0), ("hinge", 0.0), ("robust", 0.2)])
+    def test_loss_and_gradients_match_trl(self, setup, tmp_path, loss, ls):
+        from prefopt import load_model, load_tokenizer
+        from prefopt.data.preference import tokenize_pair
+        from prefopt.data.records import PreferenceRecord
+        from prefopt.train.dpo import DPOConfig, DPOTrainer
+
+        root, rows = setup
+        tf, trl = self.transformers, self.trl
+        hf = tf.AutoModelForCausalLM.from_pretrained(root / "policy")
+        hf_ref = tf.AutoModelForCausalLM.from_pretrained(root / "ref")
+        args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), beta=0.1, loss_type=[loss], label_smoothing=ls,
+                             per_device_train_batch_size=4, max_length=256, report_to=[], use_cpu=True, bf16=False)
+        trainer = trl.DPOTrainer(model=hf, ref_model=hf_ref, args=args, processing_class=tf.AutoTokenizer.from_pretrained(
+            root / "policy"), train_dataset=self.datasets.Dataset.from_list(rows))
+        batch = next(iter(trainer.get_train_dataloader()))
+        want = trainer.compute_loss(trainer.model, batch)
+        want.backward()
+
+        tok = load_tokenizer(root / "policy")
+        pairs = [tokenize_pair(PreferenceRecord(r["prompt"], r["chosen"][0]["content"], r["rejected"][0]["content"]),
+                               tok, max_length=256)[0] for r in rows]
+        ours = load_model(root / "policy")
+        data = tmp_path / "d.jsonl"
+        data.write_text("{}\n")
+        cfg = DPOConfig(model=str(root / "policy"), data=str(data), output_dir=str(tmp_path / "o"), loss=loss,
+                        beta=0.1, label_smoothing=ls, lora=False, ref=str(root / "ref"), batch_size=4, progress=False)
+        dpo = DPOTrainer(ours.train(), cfg, pairs, pad_id=tok.pad_token_id, ref_model=load_model(root / "ref"))
+        # the same token sequences as TRL's batch, in TRL's row order
+        ids = batch["input_ids"]
+        ours_batch = {"input_ids": ids, "attention_mask": batch["attention_mask"],
+                      "labels": ids.masked_fill(batch["completion_mask"] == 0, -100)}
+        def rows(b):  # each sequence without padding, with its trained positions
+            return sorted((tuple(r[m.bool()].tolist()), tuple((lab[m.bool()] != -100).tolist()))
+                          for r, m, lab in zip(b["input_ids"], b["attention_mask"], b["labels"]))
+        assert rows(dpo.collate(pairs)) == rows(ours_batch)  # our tokenization = TRL's, prompt mask included
+        loss_sum, _ = dpo.loss_sum(ours, ours_batch)
+        got = loss_sum / 4
+        got.backward()
+        assert abs(got.item() - want.item()) < 1e-5, (got.item(), want.item())
+        theirs = dict(hf.named_parameters())
+        # transformers builds embed_tokens with padding_idx=pad_token_id, so that row never gets a
+        # gradient (here the pad token is also <|im_end|>, a real token); prefopt's is the true one.
+        pad = hf.config.pad_token_id
+        assert torch.count_nonzero(theirs["model.embed_tokens.weight"].grad[pad]) == 0
+        keep = torch.arange(hf.config.vocab_size) != pad
+        for n, p in ours.named_parameters():
+            g_ours, g_trl = p.grad, theirs[n].grad
+            if n == "model.embed_tokens.weight":
+                g_ours, g_trl = g_ours[keep], g_trl[keep]
+            assert (g_ours - g_trl).abs().max().item() < 1e-5, n

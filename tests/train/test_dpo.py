@@ -1,0 +1,158 @@
+"""DPOTrainer: it learns, the reference cache holds, and the three reference modes agree."""
+import json
+
+import pytest
+import torch
+
+from prefopt import load_tokenizer
+from prefopt.data.preference import load_preferences
+from prefopt.train.dpo import DPOConfig, DPOTrainer
+from prefopt.train.run import prepare_model, reference_cache_for, run_dpo
+from tests.train._fixtures import write_task
+
+
+def write_pairs(path, n=64, offset=0):
+    """A learnable signal: the preferred answer depends on a code in the prompt."""
+    with open(path, "w") as f:
+        for i in range(offset, offset + n):
+            good, bad = ("urgent review", "routine visit") if i % 2 else ("routine visit", "urgent review")
+            f.write(json.dumps({"prompt": f"Message {i}, code {'A' if i % 2 else 'B'}. Triage?",
+                                "chosen": good, "rejected": bad}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dpo")
+    model_dir, _ = write_task(root, n=8)
+    return model_dir, write_pairs(root / "train.jsonl"), write_pairs(root / "heldout.jsonl", n=16, offset=1000)
+
+
+def _cfg(task, out, **kw):
+    model_dir, train, held = task
+    base = dict(model=str(model_dir), data=str(train), eval_data=str(held), output_dir=str(out), batch_size=4,
+                max_steps=16, lr=5e-3, beta=0.1, lora_r=8, lora_alpha=16, lora_dropout=0.0, progress=False)
+    return DPOConfig(**{**base, **kw})
+
+
+def test_dpo_raises_heldout_reward_accuracy(task, tmp_path):
+    summary = run_dpo(_cfg(task, tmp_path / "run", max_steps=32))
+    before, after = summary["eval_before"], summary["eval_after"]
+    assert before["eval_rewards/accuracies"] == 0.0  # policy == reference: every margin is 0
+    assert after["eval_rewards/accuracies"] >= 0.9
+    assert after["eval_loss"] < before["eval_loss"] - 0.2
+    assert after["eval_rewards/margins"] > 0
+    assert (tmp_path / "run" / "final" / "adapter_model.safetensors").exists()
+
+
+def _trainer(task, tmp_path, cfg, cache=None, ref_model=None):
+    tok = load_tokenizer(cfg.model)
+    pairs, _ = load_preferences(cfg.data, tok, max_length=cfg.max_length)
+    model = prepare_model(cfg)
+    if cache is not None:
+        from prefopt.model import resolve_model_dir
+
+        cache = reference_cache_for(cfg, model, ref_model, resolve_model_dir(cfg.model))
+    return DPOTrainer(model, cfg, pairs, pad_id=tok.pad_token_id, ref_cache=cache, ref_model=ref_model), pairs
+
+
+def test_cache_second_run_makes_no_reference_forward_and_same_loss(task, tmp_path):
+    cfg = _cfg(task, tmp_path / "a", ref_cache=str(tmp_path / "cache"), eval_data=None, max_steps=4)
+    first, pairs = _trainer(task, tmp_path, cfg, cache=True)
+    assert len(first.ref_cache) == len(pairs)
+    second, _ = _trainer(task, tmp_path, cfg, cache=True)  # same data, same reference: all cached
+    assert second.ref_forwards == 0
+    losses_cached = [second.train_step(s)["loss"] for s in range(4)]
+    assert second.ref_forwards == 0
+    live, _ = _trainer(task, tmp_path, _cfg(task, tmp_path / "b", eval_data=None, max_steps=4))
+    losses_live = [live.train_step(s)["loss"] for s in range(4)]
+    assert live.ref_forwards == 4
+    assert max(abs(a - b) for a, b in zip(losses_cached, losses_live)) < 1e-6
+
+
+def test_cache_invalidates_exactly_what_changed(task, tmp_path):
+    model_dir, train, _ = task
+    data = tmp_path / "d.jsonl"
+    data.write_text(train.read_text())
+    cfg = _cfg(task, tmp_path / "o", data=str(data), ref_cache=str(tmp_path / "cache"), eval_data=None)
+    t1, pairs = _trainer(task, tmp_path, cfg, cache=True)
+    old = dict(t1.ref_cache.entries)
+    # one record changed: only its pair is recomputed, the rest reused
+    lines = data.read_text().splitlines()
+    rec = json.loads(lines[5])
+    rec["chosen"] = "urgent review today"
+    lines[5] = json.dumps(rec)
+    data.write_text("\n".join(lines) + "\n")
+    t2, pairs2 = _trainer(task, tmp_path, cfg, cache=True)
+    new_keys = {p.key for p in pairs2} - set(old)
+    assert len(new_keys) == 1 and t2.ref_cache.stale_reason is None
+    assert len(t2.ref_cache) == len(old) + 1
+    # the reference's weights changed: the whole cache is stale and rebuilt
+    ref = prepare_model(cfg)
+    with torch.no_grad():
+        ref.model.norm.weight.mul_(1.01)
+    from prefopt.model import resolve_model_dir
+    from prefopt.train.run import reference_cache_for
+
+    stale = reference_cache_for(cfg, ref, None, resolve_model_dir(cfg.model))
+    assert "weights" in stale.stale_reason and len(stale) == 0
+
+
+def test_interrupted_fill_resumes(task, tmp_path):
+    cfg = _cfg(task, tmp_path / "o", ref_cache=str(tmp_path / "cache"), eval_data=None)
+    tok = load_tokenizer(cfg.model)
+    pairs, _ = load_preferences(cfg.data, tok)
+    model = prepare_model(cfg)
+    from prefopt.model import resolve_model_dir
+
+    cache = reference_cache_for(cfg, model, None, resolve_model_dir(cfg.model))
+    calls = []
+
+    def flaky(chunk):
+        calls.append(len(chunk))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return torch.zeros(len(chunk)), torch.zeros(len(chunk))
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.fill(pairs, flaky, batch_size=8, show_progress=False)
+    assert len(cache) == 16
+    reopened = reference_cache_for(cfg, model, None, resolve_model_dir(cfg.model))
+    assert len(reopened) == 16
+    assert reopened.fill(pairs, lambda c: (torch.zeros(len(c)), torch.zeros(len(c))), batch_size=8,
+                         show_progress=False) == len(pairs) - 16
+
+
+@pytest.mark.parametrize("loss", ["sigmoid", "ipo", "simpo", "orpo", "rpo"])
+def test_every_loss_trains_through_the_trainer(task, tmp_path, loss):
+    cfg = _cfg(task, tmp_path / loss, loss=loss, max_steps=16, eval_data=None, lr=3e-3,
+               beta={"simpo": 2.0, "ipo": 0.5}.get(loss, 0.1))
+    trainer, pairs = _trainer(task, tmp_path, cfg)
+    trainer.eval_data = pairs[:16]
+    before = trainer.evaluate()["eval_loss"]
+    forwards = trainer.ref_forwards
+    for s in range(16):
+        trainer.train_step(s)
+    after = trainer.evaluate()["eval_loss"]
+    assert after < before, (before, after)
+    assert forwards == (0 if loss in ("simpo", "orpo") else 4)  # 16 eval pairs in batches of 4
+
+
+def test_frozen_reference_model_equals_adapter_disabled(task, tmp_path):
+    from prefopt import load_model
+
+    cfg = _cfg(task, tmp_path / "o", eval_data=None, max_steps=3)
+    a, _ = _trainer(task, tmp_path, cfg)
+    b, _ = _trainer(task, tmp_path, _cfg(task, tmp_path / "p", eval_data=None, max_steps=3, ref=cfg.model),
+                    ref_model=load_model(cfg.model))
+    assert a.ref_mode == "adapter" and b.ref_mode == "model"
+    la = [a.train_step(s)["loss"] for s in range(3)]
+    lb = [b.train_step(s)["loss"] for s in range(3)]
+    assert max(abs(x - y) for x, y in zip(la, lb)) < 1e-6
+
+
+def test_dpo_config_is_validated(task, tmp_path):
+    with pytest.raises(ValueError, match="loss must be one of"):
+        _cfg(task, tmp_path, loss="dpo3")
+    with pytest.raises(ValueError, match="full fine-tuning needs a reference"):
+        _cfg(task, tmp_path, lora=False)
