@@ -40,3 +40,28 @@ def chat_records(n: int, seed: int = 0) -> list[dict]:
     random.Random(seed).shuffle(pairs)
     return [{"prompt": [{"role": "user", "content": PROMPT.format(question=q)}],
              "completion": [{"role": "assistant", "content": a}]} for q, a in pairs[:n]]
+
+
+MEDQA = MEQSUM.parents[1] / "clinical_reasoning" / "medqa" / "medqa_usmle_4options.jsonl"
+
+
+def preference_records(n: int, seed: int = 0, max_chars: int = 700) -> list[dict]:
+    """``n`` chat-form preference pairs: real MedQA (correct vs a wrong option) when present, else
+    synthetic. Only short questions, so neither trainer truncates."""
+    rng = random.Random(seed)
+    if MEDQA.is_file():
+        rows = [json.loads(line) for line in MEDQA.open()]
+        rows = [r for r in rows if len(r["question"]) <= max_chars]
+        rng.shuffle(rows)
+        out = []
+        for r in rows[:n]:
+            opts = r["options"]
+            wrong = rng.choice(sorted(k for k in opts if k != r["answer_idx"]))
+            q = r["question"] + "\n" + "\n".join(f"{k}. {v}" for k, v in sorted(opts.items()))
+            out.append((q, f"{r['answer_idx']}. {opts[r['answer_idx']]}", f"{wrong}. {opts[wrong]}"))
+    else:
+        words = "patient pain fever cough medication dose weeks doctor test blood pressure".split()
+        out = [(" ".join(rng.choices(words, k=80)), " ".join(rng.choices(words, k=6)),
+                " ".join(rng.choices(words, k=6))) for _ in range(n)]
+    return [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": c}],
+             "rejected": [{"role": "assistant", "content": r}]} for q, c, r in out]

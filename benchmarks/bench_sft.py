@@ -2,8 +2,10 @@
 
 Both train the same model (SmolLM2-135M-Instruct, fp32, CPU) on the same records
 (MeQSum questions → summaries, chat-formatted; synthetic when ../shared/data is absent),
-with the same max length, batch size, learning rate, LoRA rank/alpha/dropout/targets and
-completion-only loss, for the same number of optimizer steps. Each runs in its own fresh
+with the same max length, batch size, learning rate, LoRA rank/alpha/dropout/targets,
+completion-only loss, fp32 (TRL's bf16 default is turned off) and gradient checkpointing
+setting (TRL's default is on; ``--gradient-checkpointing`` turns it on for both), for the
+same number of optimizer steps. Each runs in its own fresh
 process. Throughput = non-padding tokens / wall time over the timed steps (the first
 ``--warmup`` steps are excluded); peak RSS is the process's ``VmHWM`` at the end.
 
@@ -38,7 +40,7 @@ def prefopt_worker(a) -> dict:
     cfg = TrainConfig(model=a.model_dir, data=a.data, output_dir=a.out, batch_size=a.batch_size,
                       max_steps=a.steps, lr=2e-4, lora_r=16, lora_alpha=32, lora_dropout=0.05,
                       lora_targets=TARGETS, max_length=a.max_length, schedule="constant", progress=False,
-                      seed=0)
+                      seed=0, gradient_checkpointing=a.gradient_checkpointing)
     tok = load_tokenizer(cfg.model)
     train, _, _ = load_sft_data(cfg, tok)
     marks = []
@@ -72,6 +74,7 @@ def trl_worker(a) -> dict:
                          max_steps=a.steps, learning_rate=2e-4, lr_scheduler_type="constant", max_length=a.max_length,
                          completion_only_loss=True, packing=False, logging_steps=1, save_strategy="no",
                          report_to=[], use_cpu=True, bf16=False, fp16=False, dataloader_num_workers=0, seed=0,
+                         gradient_checkpointing=a.gradient_checkpointing,
                          include_num_input_tokens_seen="non_padding", disable_tqdm=True)
     lora = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=TARGETS, task_type="CAUSAL_LM")
     trainer = trl.SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora,
@@ -100,6 +103,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="recompute activations in backward, in both trainers (TRL's own default is on)")
     ap.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
@@ -116,12 +121,13 @@ def main() -> None:
         for r in chat_records(a.batch_size * a.steps):
             f.write(json.dumps(r) + "\n")
     common = ["--steps", str(a.steps), "--warmup", str(a.warmup), "--batch-size", str(a.batch_size),
-              "--max-length", str(a.max_length)]
+              "--max-length", str(a.max_length)] + (["--gradient-checkpointing"] if a.gradient_checkpointing else [])
     rows = [run_worker(__file__, *common, "--worker", k, model_dir, str(data), str(tmp / k)) for k in ("trl", "prefopt")]
     trl_row, ours = rows
     mib = 1024**2
     print(f"model {a.model}, fp32, CPU ({platform.machine()}), batch {a.batch_size}, max_length {a.max_length}, "
-          f"{a.steps} steps ({a.warmup} untimed), LoRA r16/a32/d0.05 on {len(TARGETS)} projections")
+          f"{a.steps} steps ({a.warmup} untimed), LoRA r16/a32/d0.05 on {len(TARGETS)} projections, "
+          f"gradient checkpointing {'on' if a.gradient_checkpointing else 'off'} in both")
     print("| trainer | tokens/s | s/step | tokens/step | peak RSS (MiB) | RSS after imports (MiB) |")
     print("|---|---|---|---|---|---|")
     for r in rows:

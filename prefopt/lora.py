@@ -158,6 +158,25 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its weight and put a plain ``nn.Linear`` back in its place.
+
+    The result has no LoRA left, so a fresh adapter can be applied on top (DPO after SFT).
+    """
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, LoRALinear):
+                child.merge()
+                plain = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                                  device="meta")
+                plain.weight, plain.bias = child.weight, child.bias
+                plain.train(child.training)
+                setattr(module, name, plain)
+    if hasattr(model, "lora_config"):
+        del model.lora_config
+    return model
+
+
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The base model's state dict with every adapter folded in, for export; ``model`` is unchanged."""
     out = {}
@@ -254,5 +273,5 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
 
 __all__ = [
     "LoRAConfig", "LoRALinear", "apply_lora", "disable_adapter", "load_adapter", "lora_layers",
-    "lora_state_dict", "merge_lora", "merged_state_dict", "read_adapter_config", "save_adapter",
+    "lora_state_dict", "merge_and_unload", "merge_lora", "merged_state_dict", "read_adapter_config", "save_adapter",
 ]

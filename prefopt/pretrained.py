@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from .lora import load_adapter, merge_lora, merged_state_dict
+from .lora import load_adapter, merge_and_unload, merged_state_dict
 from .model import checkpoint
 from .model.transformer import Transformer
 
@@ -25,7 +25,7 @@ def load_model(
         name_or_path: see :func:`prefopt.model.load_model`.
         dtype, device: parameter dtype and device.
         adapter: folder with ``adapter_config.json`` + ``adapter_model.safetensors``.
-        merge: fold the adapter into the base weights after loading.
+        merge: fold the adapter into the base weights after loading, leaving a plain model.
 
     Returns:
         the model in eval mode; ``model(input_ids)`` gives logits ``(B, T, V)``.
@@ -34,7 +34,7 @@ def load_model(
     if adapter is not None:
         load_adapter(model, adapter)
         if merge:
-            merge_lora(model)
+            merge_and_unload(model)
     return model
 
 

@@ -43,6 +43,7 @@ def test_core_never_imports_upper_layers():
 
 
 def test_public_api():
-    from prefopt import load_model, load_tokenizer  # noqa: F401
+    from prefopt import DPOTrainer, SFTTrainer, load_model, load_tokenizer  # noqa: F401
 
     assert callable(prefopt.load_model) and callable(prefopt.load_tokenizer)
+    assert "Example" in DPOTrainer.__doc__ and issubclass(DPOTrainer, prefopt.train.Trainer)

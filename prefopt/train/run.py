@@ -17,9 +17,11 @@ from .sft import SFTTrainer, load_sft_data
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def prepare_model(config: TrainConfig, adapter: str | None = None):
-    """The base model with a fresh LoRA adapter (or all weights trainable), seeded."""
+def prepare_model(config: TrainConfig):
+    """The base model (with ``config.sft_adapter`` merged in, for DPO after SFT) and a fresh
+    LoRA adapter, or all weights trainable; seeded."""
     torch.manual_seed(config.seed)
+    adapter = getattr(config, "sft_adapter", None)
     model = load_model(config.model, dtype=DTYPES[config.dtype], adapter=adapter, merge=adapter is not None)
     if config.lora:
         apply_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
@@ -98,7 +100,7 @@ def run_dpo(config, callbacks=()) -> dict:
         reports.append(eval_report)
     else:
         pairs, evals = split_eval(pairs, config.eval_fraction, config.seed)
-    model = prepare_model(config, adapter=config.sft_adapter)
+    model = prepare_model(config)
     ref_model = None
     if config.ref:
         ref_model = load_model(config.ref, dtype=DTYPES[config.dtype], adapter=config.sft_adapter,

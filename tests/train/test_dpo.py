@@ -156,3 +156,25 @@ def test_dpo_config_is_validated(task, tmp_path):
         _cfg(task, tmp_path, loss="dpo3")
     with pytest.raises(ValueError, match="full fine-tuning needs a reference"):
         _cfg(task, tmp_path, lora=False)
+
+
+def test_dpo_after_sft_uses_the_merged_sft_model_as_reference(task, tmp_path):
+    from prefopt import apply_lora, disable_adapter, load_model, save_adapter
+    from prefopt.lora import lora_layers
+
+    model_dir = task[0]
+    sft = apply_lora(load_model(model_dir), r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for _, m in lora_layers(sft):
+            m.lora_B.weight.normal_(0, 0.05)
+    save_adapter(sft, tmp_path / "sft")
+    cfg = _cfg(task, tmp_path / "o", sft_adapter=str(tmp_path / "sft"), eval_data=None, max_steps=2)
+    trainer, _ = _trainer(task, tmp_path, cfg)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        want = sft.eval()(ids)
+        base = load_model(model_dir)(ids)
+        with disable_adapter(trainer.model.eval()):
+            got = trainer.model(ids)
+    assert (got - want).abs().max() < 1e-5 and (got - base).abs().max() > 1e-3
+    assert all(m.r == cfg.lora_r for _, m in lora_layers(trainer.model))  # a fresh adapter on top

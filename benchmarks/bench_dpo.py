@@ -1,0 +1,153 @@
+"""LoRA DPO throughput and peak memory: prefopt (three reference modes) against TRL's
+DPOTrainer + PEFT, in one run.
+
+Same model (SmolLM2-135M-Instruct, fp32, CPU), same preference pairs (MedQA: correct vs a
+wrong option, chat-formatted; synthetic when ../shared/data is absent), same max length,
+batch size (pairs per step), beta, learning rate, LoRA settings and gradient-checkpointing
+setting (off unless ``--gradient-checkpointing``; TRL's own default is on, and its bf16
+default is turned off). Each trainer runs in a fresh process. Throughput = non-padding tokens
+of chosen + rejected per second over the timed steps; peak RSS = ``VmHWM`` at the end.
+
+prefopt's modes: ``adapter`` (reference = the same model with LoRA disabled, one extra
+no-grad forward per step), ``cache`` (reference log-probs precomputed once into the on-disk
+cache, so no reference forward while training; the precompute time is reported apart), and
+``frozen`` (a separate frozen copy of the model as reference).
+
+    .venv/bin/pip install -c constraints.txt trl     # TRL is a benchmark-only extra
+    .venv/bin/python benchmarks/bench_dpo.py --steps 10 --batch-size 2 --max-length 320
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import preference_records, rss, run_worker  # noqa: E402
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+BETA, LR = 0.1, 1e-4
+
+
+def prefopt_worker(a, mode: str) -> dict:
+    from prefopt import load_model, load_tokenizer
+    from prefopt.data import load_preferences
+    from prefopt.model import resolve_model_dir
+    from prefopt.train import DPOConfig, DPOTrainer
+    from prefopt.train.run import prepare_model, reference_cache_for
+
+    base = rss("VmRSS")
+    cfg = DPOConfig(model=a.model_dir, data=a.data, output_dir=a.out, batch_size=a.batch_size, max_steps=a.steps,
+                    lr=LR, beta=BETA, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_targets=TARGETS,
+                    max_length=a.max_length, schedule="constant", progress=False, seed=0,
+                    gradient_checkpointing=a.gradient_checkpointing,
+                    ref_cache=str(Path(a.out) / "cache") if mode == "cache" else None)
+    tok = load_tokenizer(cfg.model)
+    pairs, _ = load_preferences(cfg.data, tok, max_length=cfg.max_length)
+    model = prepare_model(cfg)
+    ref = load_model(cfg.model) if mode == "frozen" else None
+    t_cache = time.perf_counter()
+    cache = reference_cache_for(cfg, model, None, resolve_model_dir(cfg.model)) if mode == "cache" else None
+    marks = []
+    trainer = DPOTrainer(model, cfg, pairs, pad_id=tok.pad_token_id, ref_model=ref, ref_cache=cache,
+                         callbacks=[lambda t, s, m: marks.append((time.perf_counter(), m["tokens"]))])
+    precompute = time.perf_counter() - t_cache if mode == "cache" else 0.0
+    marks.append((time.perf_counter(), 0))
+    trainer.train()
+    out = _summary(f"prefopt, reference: {mode}", marks, a.warmup, base, cumulative=False)
+    out.update(precompute_s=precompute, reference_forwards=trainer.ref_forwards)
+    return out
+
+
+def trl_worker(a) -> dict:
+    import datasets
+    import peft
+    import transformers
+    import trl
+
+    base = rss("VmRSS")
+    tok = transformers.AutoTokenizer.from_pretrained(a.model_dir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(a.model_dir, dtype="float32")
+    ds = datasets.Dataset.from_list([json.loads(line) for line in open(a.data)])
+    marks = []
+
+    class Clock(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            marks.append((time.perf_counter(), state.num_input_tokens_seen))
+
+    args = trl.DPOConfig(output_dir=a.out, per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=1,
+                         max_steps=a.steps, learning_rate=LR, beta=BETA, lr_scheduler_type="constant",
+                         max_length=a.max_length, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+                         bf16=False, fp16=False, dataloader_num_workers=0, seed=0, disable_tqdm=True,
+                         gradient_checkpointing=a.gradient_checkpointing,
+                         include_num_input_tokens_seen="non_padding")
+    lora = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=TARGETS, task_type="CAUSAL_LM")
+    trainer = trl.DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora,
+                             callbacks=[Clock()])
+    marks.append((time.perf_counter(), 0))
+    trainer.train()
+    return _summary("TRL DPOTrainer + PEFT", marks, a.warmup, base, cumulative=True)
+
+
+def _summary(name, marks, warmup, base, *, cumulative) -> dict:
+    t = [m[0] for m in marks]
+    toks = [m[1] for m in marks]
+    per_step = [toks[i] - toks[i - 1] for i in range(1, len(toks))] if cumulative else toks[1:]
+    timed = per_step[warmup:]
+    seconds = t[-1] - t[warmup]
+    return {"name": name, "tokens_per_s": sum(timed) / seconds, "s_per_step": seconds / len(timed),
+            "tokens_per_step": sum(timed) / len(timed), "peak_rss": rss("VmHWM"), "rss_after_imports": base}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=2, help="pairs per step")
+    ap.add_argument("--max-length", type=int, default=320)
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--modes", nargs="+", default=["trl", "adapter", "cache", "frozen"])
+    ap.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    if a.worker is not None:
+        kind, a.model_dir, a.data, a.out = a.worker
+        print(json.dumps(trl_worker(a) if kind == "trl" else prefopt_worker(a, kind)))
+        return
+    from prefopt.model import resolve_model_dir
+
+    model_dir = str(resolve_model_dir(a.model))
+    tmp = Path(tempfile.mkdtemp(prefix="bench_dpo_"))
+    data = tmp / "pairs.jsonl"
+    with data.open("w") as f:
+        for r in preference_records(a.batch_size * a.steps):
+            f.write(json.dumps(r) + "\n")
+    common = ["--steps", str(a.steps), "--warmup", str(a.warmup), "--batch-size", str(a.batch_size),
+              "--max-length", str(a.max_length)] + (["--gradient-checkpointing"] if a.gradient_checkpointing else [])
+    rows = {k: run_worker(__file__, *common, "--worker", k, model_dir, str(data), str(tmp / k)) for k in a.modes}
+    mib = 1024**2
+    print(f"model {a.model}, fp32, CPU ({platform.machine()}), {a.batch_size} pairs/step, max_length {a.max_length}, "
+          f"beta {BETA}, {a.steps} steps ({a.warmup} untimed), LoRA r16/a32/d0.05, gradient checkpointing "
+          f"{'on' if a.gradient_checkpointing else 'off'} in all")
+    print("| trainer | tokens/s | s/step | tokens/step | peak RSS (MiB) | vs TRL: throughput | vs TRL: peak RSS |")
+    print("|---|---|---|---|---|---|---|")
+    trl_row = rows.get("trl")
+    for r in rows.values():
+        rel = (f"{r['tokens_per_s'] / trl_row['tokens_per_s']:.2f}x | {r['peak_rss'] / trl_row['peak_rss']:.2f}x"
+               if trl_row else "- | -")
+        print(f"| {r['name']} | {r['tokens_per_s']:.0f} | {r['s_per_step']:.2f} | {r['tokens_per_step']:.0f} | "
+              f"{r['peak_rss'] / mib:.0f} | {rel} |")
+    if "cache" in rows:
+        print(f"cache: precompute {rows['cache']['precompute_s']:.1f} s for {a.batch_size * a.steps} pairs (once), "
+              f"reference forwards while training: {rows['cache']['reference_forwards']}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
