@@ -18,6 +18,56 @@ def rss(field: str = "VmHWM") -> int:
         return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1)) * 1024
 
 
+def step_summary(name: str, marks: list, warmup: int, rss_after_imports: int, *, cumulative: bool) -> dict:
+    """Throughput over the timed steps from ``marks`` = [(time, tokens)], marks[0] the start.
+
+    ``tokens`` is per step, or a running total when ``cumulative`` (TRL's num_input_tokens_seen).
+    """
+    t = [m[0] for m in marks]
+    toks = [m[1] for m in marks]
+    per_step = [toks[i] - toks[i - 1] for i in range(1, len(toks))] if cumulative else toks[1:]
+    timed = per_step[warmup:]
+    seconds = t[-1] - t[warmup]
+    return {"name": name, "tokens_per_s": sum(timed) / seconds, "s_per_step": seconds / len(timed),
+            "tokens_per_step": sum(timed) / len(timed), "peak_rss": rss("VmHWM"),
+            "rss_after_imports": rss_after_imports}
+
+
+def run_trl(kind: str, a, targets: list[str], **config_kw) -> dict:
+    """Train with TRL's ``SFTTrainer`` or ``DPOTrainer`` (``kind`` "sft"/"dpo") + a PEFT LoRA adapter,
+    under the settings the benchmarks share, and summarise the timed steps."""
+    import time
+
+    import datasets
+    import peft
+    import transformers
+    import trl
+
+    base = rss("VmRSS")
+    tok = transformers.AutoTokenizer.from_pretrained(a.model_dir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(a.model_dir, dtype="float32")
+    ds = datasets.Dataset.from_list([json.loads(line) for line in open(a.data)])
+    marks = []
+
+    class Clock(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            marks.append((time.perf_counter(), state.num_input_tokens_seen))
+
+    config_cls, trainer_cls = (trl.SFTConfig, trl.SFTTrainer) if kind == "sft" else (trl.DPOConfig, trl.DPOTrainer)
+    args = config_cls(output_dir=a.out, per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=1,
+                      max_steps=a.steps, lr_scheduler_type="constant", max_length=a.max_length, logging_steps=1,
+                      save_strategy="no", report_to=[], use_cpu=True, bf16=False, fp16=False, seed=0,
+                      dataloader_num_workers=0, disable_tqdm=True, gradient_checkpointing=a.gradient_checkpointing,
+                      include_num_input_tokens_seen="non_padding", **config_kw)
+    lora = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=targets, task_type="CAUSAL_LM")
+    trainer = trainer_cls(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora,
+                          callbacks=[Clock()])
+    marks.append((time.perf_counter(), 0))
+    trainer.train()
+    name = "TRL SFTTrainer + PEFT" if kind == "sft" else "TRL DPOTrainer + PEFT"
+    return step_summary(name, marks, a.warmup, base, cumulative=True)
+
+
 def run_worker(script: str, *args: str) -> dict:
     """Run ``script *args`` in a fresh process and return the JSON it prints last."""
     out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)

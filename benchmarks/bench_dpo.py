@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import preference_records, rss, run_worker  # noqa: E402
+from _common import preference_records, rss, run_trl, run_worker, step_summary  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BETA, LR = 0.1, 1e-4
@@ -58,49 +58,13 @@ def prefopt_worker(a, mode: str) -> dict:
     precompute = time.perf_counter() - t_cache if mode == "cache" else 0.0
     marks.append((time.perf_counter(), 0))
     trainer.train()
-    out = _summary(f"prefopt, reference: {mode}", marks, a.warmup, base, cumulative=False)
+    out = step_summary(f"prefopt, reference: {mode}", marks, a.warmup, base, cumulative=False)
     out.update(precompute_s=precompute, reference_forwards=trainer.ref_forwards)
     return out
 
 
 def trl_worker(a) -> dict:
-    import datasets
-    import peft
-    import transformers
-    import trl
-
-    base = rss("VmRSS")
-    tok = transformers.AutoTokenizer.from_pretrained(a.model_dir)
-    model = transformers.AutoModelForCausalLM.from_pretrained(a.model_dir, dtype="float32")
-    ds = datasets.Dataset.from_list([json.loads(line) for line in open(a.data)])
-    marks = []
-
-    class Clock(transformers.TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            marks.append((time.perf_counter(), state.num_input_tokens_seen))
-
-    args = trl.DPOConfig(output_dir=a.out, per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=1,
-                         max_steps=a.steps, learning_rate=LR, beta=BETA, lr_scheduler_type="constant",
-                         max_length=a.max_length, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
-                         bf16=False, fp16=False, dataloader_num_workers=0, seed=0, disable_tqdm=True,
-                         gradient_checkpointing=a.gradient_checkpointing,
-                         include_num_input_tokens_seen="non_padding")
-    lora = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=TARGETS, task_type="CAUSAL_LM")
-    trainer = trl.DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora,
-                             callbacks=[Clock()])
-    marks.append((time.perf_counter(), 0))
-    trainer.train()
-    return _summary("TRL DPOTrainer + PEFT", marks, a.warmup, base, cumulative=True)
-
-
-def _summary(name, marks, warmup, base, *, cumulative) -> dict:
-    t = [m[0] for m in marks]
-    toks = [m[1] for m in marks]
-    per_step = [toks[i] - toks[i - 1] for i in range(1, len(toks))] if cumulative else toks[1:]
-    timed = per_step[warmup:]
-    seconds = t[-1] - t[warmup]
-    return {"name": name, "tokens_per_s": sum(timed) / seconds, "s_per_step": seconds / len(timed),
-            "tokens_per_step": sum(timed) / len(timed), "peak_rss": rss("VmHWM"), "rss_after_imports": base}
+    return run_trl("dpo", a, TARGETS, learning_rate=LR, beta=BETA)
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import chat_records, rss, run_worker  # noqa: E402
+from _common import chat_records, rss, run_trl, run_worker, step_summary  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -34,7 +34,7 @@ def prefopt_worker(a) -> dict:
     from prefopt import load_tokenizer
     from prefopt.train import SFTTrainer, TrainConfig
     from prefopt.train.run import prepare_model
-    from prefopt.train.sft import load_sft_data
+    from prefopt.train.sft import load_train_eval
 
     base = rss("VmRSS")
     cfg = TrainConfig(model=a.model_dir, data=a.data, output_dir=a.out, batch_size=a.batch_size,
@@ -42,7 +42,7 @@ def prefopt_worker(a) -> dict:
                       lora_targets=TARGETS, max_length=a.max_length, schedule="constant", progress=False,
                       seed=0, gradient_checkpointing=a.gradient_checkpointing)
     tok = load_tokenizer(cfg.model)
-    train, _, _ = load_sft_data(cfg, tok)
+    train, _, _ = load_train_eval(cfg, tok)
     marks = []
     trainer = SFTTrainer(prepare_model(cfg), cfg, train, pad_id=tok.pad_token_id,
                          callbacks=[lambda t, s, m: marks.append((time.perf_counter(), m["tokens"]))])
@@ -50,50 +50,11 @@ def prefopt_worker(a) -> dict:
     marks.append((t0, 0))
     trainer.train()
     torch.cuda.synchronize() if torch.cuda.is_available() else None
-    return _summary("prefopt", marks, a.warmup, base)
+    return step_summary("prefopt", marks, a.warmup, base, cumulative=False)
 
 
 def trl_worker(a) -> dict:
-    import datasets
-    import peft
-    import torch  # noqa: F401
-    import transformers
-    import trl
-
-    base = rss("VmRSS")
-    tok = transformers.AutoTokenizer.from_pretrained(a.model_dir)
-    model = transformers.AutoModelForCausalLM.from_pretrained(a.model_dir, dtype="float32")
-    ds = datasets.Dataset.from_list([json.loads(line) for line in open(a.data)])
-    marks = []
-
-    class Clock(transformers.TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            marks.append((time.perf_counter(), state.num_input_tokens_seen))
-
-    args = trl.SFTConfig(output_dir=a.out, per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=1,
-                         max_steps=a.steps, learning_rate=2e-4, lr_scheduler_type="constant", max_length=a.max_length,
-                         completion_only_loss=True, packing=False, logging_steps=1, save_strategy="no",
-                         report_to=[], use_cpu=True, bf16=False, fp16=False, dataloader_num_workers=0, seed=0,
-                         gradient_checkpointing=a.gradient_checkpointing,
-                         include_num_input_tokens_seen="non_padding", disable_tqdm=True)
-    lora = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=TARGETS, task_type="CAUSAL_LM")
-    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora,
-                             callbacks=[Clock()])
-    marks.append((time.perf_counter(), 0))
-    trainer.train()
-    return _summary("TRL SFTTrainer + PEFT", marks, a.warmup, base)
-
-
-def _summary(name, marks, warmup, base) -> dict:
-    # marks[i] = (time, tokens) after step i (marks[0] = start); TRL's token count is cumulative
-    cumulative = name.startswith("TRL")
-    t = [m[0] for m in marks]
-    toks = [m[1] for m in marks]
-    per_step = [toks[i] - toks[i - 1] for i in range(1, len(toks))] if cumulative else toks[1:]
-    timed = per_step[warmup:]
-    seconds = t[-1] - t[warmup]
-    return {"name": name, "tokens_per_s": sum(timed) / seconds, "s_per_step": seconds / len(timed),
-            "tokens_per_step": sum(timed) / len(timed), "peak_rss": rss("VmHWM"), "rss_after_imports": base}
+    return run_trl("sft", a, TARGETS, learning_rate=2e-4, completion_only_loss=True, packing=False)
 
 
 def main() -> None:

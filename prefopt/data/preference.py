@@ -10,8 +10,8 @@ import torch
 
 from ..tokenizer import Tokenizer
 from .collate import pad_collate
-from .records import DataError, PreferenceRecord, parse_preference
-from .sft import IGNORE, LoadReport, TokenizedExample, load_records, prompt_len, truncate
+from .records import PreferenceRecord, parse_preference
+from .sft import IGNORE, LoadReport, TokenizedExample, load_tokenized, prompt_len, truncate
 
 
 @dataclass(frozen=True)
@@ -52,23 +52,10 @@ def load_preferences(path: str | Path, tok: Tokenizer, *, max_length: int = 1024
                      max_prompt_length: int | None = None, skip_bad: bool = False
                      ) -> tuple[list[PairExample], LoadReport]:
     """Read, validate and tokenize a preference file (TRL or OpenAI format; JSONL, JSON or CSV)."""
-    records, report = load_records(path, parse_preference, skip_bad)
-    pairs = []
-    for line, rec in records:
-        try:
-            pair, cut = tokenize_pair(rec, tok, max_length=max_length, max_prompt_length=max_prompt_length)
-        except ValueError as e:
-            err = DataError(path, line, "chosen", str(e))
-            if not skip_bad:
-                raise err from None
-            report.skipped.append(err)
-            continue
-        report.n_truncated += cut
-        pairs.append(pair)
-    report.n_kept = len(pairs)
-    if not pairs:
-        raise DataError(path, None, None, "no usable preference pairs")
-    return pairs, report
+    def encode(rec):
+        return tokenize_pair(rec, tok, max_length=max_length, max_prompt_length=max_prompt_length)
+
+    return load_tokenized(path, parse_preference, encode, skip_bad=skip_bad, field_of=lambda rec: "chosen")
 
 
 def pair_collate(pairs, pad_id: int) -> dict[str, torch.Tensor]:

@@ -143,14 +143,26 @@ def load_sft(
     Every record is checked; a bad one raises a :class:`DataError` naming the file, line and
     field, unless ``skip_bad=True``, which skips it and records why in the report.
     """
-    records, report = load_records(path, parse_sft, skip_bad)
+    def encode(rec):
+        return tokenize_sft(rec, tok, max_length=max_length, max_prompt_length=max_prompt_length)
+
+    return load_tokenized(path, parse_sft, encode, skip_bad=skip_bad,
+                          field_of=lambda rec: "messages" if rec.messages is not None else "completion")
+
+
+def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, field_of: Callable):
+    """Parse every record, then ``encode(record) -> (example, truncated)`` each one.
+
+    An encoding failure becomes a :class:`DataError` on ``field_of(record)`` at the record's
+    line, raised or (``skip_bad``) counted in the report like a parse failure.
+    """
+    records, report = load_records(path, parse, skip_bad)
     examples = []
     for line, rec in records:
         try:
-            ex, truncated = tokenize_sft(rec, tok, max_length=max_length, max_prompt_length=max_prompt_length)
+            ex, truncated = encode(rec)
         except ValueError as e:
-            field = "messages" if rec.messages is not None else "completion"
-            err = DataError(path, line, field, str(e))
+            err = DataError(path, line, field_of(rec), str(e))
             if not skip_bad:
                 raise err from None
             report.skipped.append(err)

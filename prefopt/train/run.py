@@ -12,7 +12,7 @@ from ..pretrained import load_model
 from ..tokenizer import load_tokenizer
 from .config import TrainConfig
 from .distributed import DistInfo
-from .sft import SFTTrainer, load_sft_data
+from .sft import SFTTrainer, load_train_eval
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -51,7 +51,7 @@ def save_result(trainer, tok, config: TrainConfig) -> Path | None:
 def run_sft(config: TrainConfig, callbacks=()) -> dict:
     """Fine-tune ``config.model`` on ``config.data``; returns the training summary."""
     tok = load_tokenizer(config.model)
-    train, evals, reports = load_sft_data(config, tok)
+    train, evals, reports = load_train_eval(config, tok)
     model = prepare_model(config)
     trainer = SFTTrainer(model, config, train, evals, pad_id=tok.pad_token_id or 0, callbacks=callbacks)
     if trainer.dist.is_main:
@@ -88,18 +88,10 @@ def run_dpo(config, callbacks=()) -> dict:
     from ..data.preference import load_preferences
     from ..model import resolve_model_dir
     from .dpo import DPOTrainer
-    from .sft import split_eval
+    from .sft import load_train_eval
 
     tok = load_tokenizer(config.model)
-    kw = dict(max_length=config.max_length, max_prompt_length=config.max_prompt_length,
-              skip_bad=config.skip_bad_records)
-    pairs, report = load_preferences(config.data, tok, **kw)
-    reports = [report]
-    if config.eval_data:
-        evals, eval_report = load_preferences(config.eval_data, tok, **kw)
-        reports.append(eval_report)
-    else:
-        pairs, evals = split_eval(pairs, config.eval_fraction, config.seed)
+    pairs, evals, reports = load_train_eval(config, tok, load_preferences)
     model = prepare_model(config)
     ref_model = None
     if config.ref:

@@ -65,14 +65,15 @@ def split_eval(examples: list, fraction: float, seed: int) -> tuple[list, list]:
     return [examples[i] for i in order[n_eval:]], [examples[i] for i in order[:n_eval]]
 
 
-def load_sft_data(config, tok):
-    """Train and eval examples for ``config``, with the load reports printed."""
+def load_train_eval(config, tok, loader=load_sft):
+    """Train and eval examples for ``config`` (eval from ``eval_data`` or a seeded split), and
+    the load reports. ``loader`` is :func:`load_sft` or ``load_preferences``."""
     kw = dict(max_length=config.max_length, max_prompt_length=config.max_prompt_length,
               skip_bad=config.skip_bad_records)
-    examples, report = load_sft(config.data, tok, **kw)
+    examples, report = loader(config.data, tok, **kw)
     reports = [report]
     if config.eval_data:
-        eval_examples, eval_report = load_sft(config.eval_data, tok, **kw)
+        eval_examples, eval_report = loader(config.eval_data, tok, **kw)
         reports.append(eval_report)
     else:
         examples, eval_examples = split_eval(examples, config.eval_fraction, config.seed)

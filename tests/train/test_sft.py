@@ -26,11 +26,11 @@ def _cfg(task, out, **kw):
 
 
 def test_lora_sft_trains(task, tmp_path):
-    from prefopt.train.sft import load_sft_data
+    from prefopt.train.sft import load_train_eval
 
     cfg = _cfg(task, tmp_path / "out")
     tok = load_tokenizer(cfg.model)
-    train, evals, _ = load_sft_data(cfg, tok)
+    train, evals, _ = load_train_eval(cfg, tok)
     model = prepare_model(cfg)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     summary = SFTTrainer(model, cfg, train, evals, pad_id=tok.pad_token_id).train()
@@ -45,11 +45,11 @@ def test_lora_sft_trains(task, tmp_path):
 
 def test_pinned_reference_run(task, tmp_path):
     """A fixed seed and 6 steps give a fixed loss curve; a silent change to the loop fails here."""
-    from prefopt.train.sft import load_sft_data
+    from prefopt.train.sft import load_train_eval
 
     cfg = _cfg(task, tmp_path / "pin", max_steps=6, eval_fraction=0.0, lora_dropout=0.1)
     tok = load_tokenizer(cfg.model)
-    train, _, _ = load_sft_data(cfg, tok)
+    train, _, _ = load_train_eval(cfg, tok)
     SFTTrainer(prepare_model(cfg), cfg, train, pad_id=tok.pad_token_id).train()
     losses = [round(m["loss"], 3) for m in read_metrics(cfg.output_dir)]
     assert losses == pytest.approx(PINNED, abs=5e-3), losses
