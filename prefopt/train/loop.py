@@ -72,6 +72,7 @@ class Trainer:
         )
         self.step = 0
         self._lengths = [self.length(e) for e in self.train_data]
+        self._order_cache: tuple[int | None, list[int]] = (None, [])
 
     # --- what a subclass defines -------------------------------------------------------
     def collate(self, examples: Sequence) -> Batch:
@@ -90,6 +91,8 @@ class Trainer:
 
     # --- data order ---------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> list[int]:
+        if self._order_cache[0] == epoch:
+            return self._order_cache[1]
         g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
         order = torch.randperm(len(self.train_data), generator=g).tolist()
         if self.config.group_by_length:  # sort within windows of 50 global batches, then shuffle the batches
@@ -100,6 +103,7 @@ class Trainer:
                                                                         self.global_batch)]
             perm = torch.randperm(len(batches), generator=g).tolist()
             order = [i for b in perm for i in batches[b]]
+        self._order_cache = (epoch, order)
         return order
 
     def micro_batches(self, step: int) -> list[Batch]:

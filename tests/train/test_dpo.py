@@ -178,3 +178,18 @@ def test_dpo_after_sft_uses_the_merged_sft_model_as_reference(task, tmp_path):
             got = trainer.model(ids)
     assert (got - want).abs().max() < 1e-5 and (got - base).abs().max() > 1e-3
     assert all(m.r == cfg.lora_r for _, m in lora_layers(trainer.model))  # a fresh adapter on top
+
+
+def test_cli_dpo_with_cache(task, tmp_path):
+    from prefopt.cli import main
+
+    model_dir, train, held = task
+    out = tmp_path / "cli"
+    assert main(["dpo", "--model", str(model_dir), "--data", str(train), "--eval-data", str(held),
+                 "--output-dir", str(out), "--max-steps", "2", "--batch-size", "4", "--loss", "robust",
+                 "--label-smoothing", "0.1", "--ref-cache", str(tmp_path / "cache"), "--no-progress"]) == 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["reference_forwards"] == 0
+    assert json.loads((out / "train_config.json").read_text())["loss"] == "robust"
+    assert (out / "final" / "adapter_config.json").exists()
+    assert json.loads((tmp_path / "cache" / "index.json").read_text())["entries"]

@@ -80,3 +80,19 @@ def test_cli_sft_refuses_bad_config_before_work(task, tmp_path, capsys):
                  "--batch-size", "0"]) == 2
     assert "batch_size must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_data_order_is_seeded_and_length_grouping_keeps_every_example(task, tmp_path):
+    from prefopt.data.sft import TokenizedExample
+
+    data = [TokenizedExample(list(range(n % 17 + 2)), [-100] + list(range(1, n % 17 + 2))) for n in range(40)]
+    cfg = _cfg(task, tmp_path / "o", batch_size=2, grad_accum=2, group_by_length=True, eval_fraction=0.0)
+    t = SFTTrainer(load_model(cfg.model), cfg, data, pad_id=0)
+    order = t._epoch_order(0)
+    assert sorted(order) == list(range(40))
+    widths = [max(t._lengths[i] for i in order[s:s + 4]) - min(t._lengths[i] for i in order[s:s + 4])
+              for s in range(0, 40, 4)]
+    assert max(widths) <= 1  # each global batch holds (nearly) equal lengths
+    assert t._epoch_order(1) != order and t._epoch_order(0) == order
+    batches = t.micro_batches(3)
+    assert len(batches) == 2 and all(b["input_ids"].shape[0] == 2 for b in batches)
