@@ -32,6 +32,20 @@ Batch = dict[str, torch.Tensor]
 Callback = Callable[["Trainer", int, dict], None]
 
 
+def peak_memory_mb(device: torch.device) -> float | None:
+    """Peak memory so far: CUDA's max allocated, or the process's peak RSS (Linux) on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -205,7 +219,7 @@ class Trainer:
             tokens += metrics["tokens"]
             elapsed = time.perf_counter() - t0
             metrics.update(step=self.step, epoch=self.step / self.steps_per_epoch,
-                           tokens_per_s=tokens / max(elapsed, 1e-9))
+                           tokens_per_s=tokens / max(elapsed, 1e-9), peak_mem_mb=peak_memory_mb(self.device))
             if c.eval_every and self.step % c.eval_every == 0 and self.step < self.total_steps:
                 metrics.update(self.evaluate())
             if log and (self.step % c.log_every == 0 or self.step == self.total_steps):

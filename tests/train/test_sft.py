@@ -41,6 +41,7 @@ def test_lora_sft_trains(task, tmp_path):
     assert summary["eval_after"]["eval_loss"] < 0.5 * summary["eval_before"]["eval_loss"]
     losses = [m["loss"] for m in read_metrics(cfg.output_dir) if "loss" in m]
     assert len(losses) == 24 and sum(losses[-4:]) / 4 < 0.5 * sum(losses[:4]) / 4
+    assert all(m["peak_mem_mb"] > 0 for m in read_metrics(cfg.output_dir) if "loss" in m)
 
 
 def test_pinned_reference_run(task, tmp_path):
