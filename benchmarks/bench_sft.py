@@ -29,7 +29,6 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 def prefopt_worker(a) -> dict:
-    import torch
 
     from prefopt import load_tokenizer
     from prefopt.train import SFTTrainer, TrainConfig
@@ -49,7 +48,6 @@ def prefopt_worker(a) -> dict:
     t0 = time.perf_counter()
     marks.append((t0, 0))
     trainer.train()
-    torch.cuda.synchronize() if torch.cuda.is_available() else None
     return step_summary("prefopt", marks, a.warmup, base, cumulative=False)
 
 

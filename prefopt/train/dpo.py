@@ -11,7 +11,7 @@ reference log-probs come from one of three places:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -38,8 +38,6 @@ class DPOConfig(TrainConfig):
     ref_cache: str | None = None  # folder of the on-disk reference cache
     sft_adapter: str | None = None  # merge this adapter into model and reference first (DPO after SFT)
     lr: float = 5e-5
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                             "gate_proj", "up_proj", "down_proj"])
 
     def __post_init__(self) -> None:
         super().__post_init__()
