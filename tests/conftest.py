@@ -6,6 +6,10 @@ import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+if not torch.cuda.is_available():
+    # Triton's interpreter must be chosen before triton is first imported: without a GPU the
+    # kernel tests run the Triton kernels on CPU tensors through it.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -2,11 +2,15 @@
 
 ``sequence_logprobs(hidden, weight, labels)`` dispatches to an implementation:
 
-- ``chunked`` (the CPU path, and the default until the Triton kernel lands): tiles over
-  tokens with a custom autograd function; memory O(chunk × V).
+- ``triton`` (the default on CUDA when triton is installed): a fused Triton kernel that tiles
+  over tokens and vocabulary and keeps only per-token logsumexp; see ``triton_logprobs.py``.
+- ``chunked`` (the CPU path): tiles over tokens with a custom autograd function; memory
+  O(chunk × V).
 - ``naive``: full logits, ``log_softmax``, gather; the reference for tests and benchmarks.
 
-Set ``PREFOPT_LOGPROBS=naive|chunked`` or pass ``impl=`` to force one.
+Set ``PREFOPT_LOGPROBS=triton|chunked|naive`` or pass ``impl=`` to force one (``auto``, the
+default, picks as above). ``fused_preference_loss`` (in ``fused.py``) puts a preference loss
+on top for the stacked ``[chosen; rejected]`` layout.
 """
 from __future__ import annotations
 
@@ -16,8 +20,20 @@ import torch
 
 from .chunked import chunked_logprobs
 from .naive import naive_logprobs
+from .triton_logprobs import available as triton_available
+from .triton_logprobs import triton_logprobs
 
-IMPLS = {"chunked": chunked_logprobs, "naive": naive_logprobs}
+IMPLS = {"chunked": chunked_logprobs, "naive": naive_logprobs, "triton": triton_logprobs}
+
+
+def resolve_impl(device: torch.device, impl: str | None = None) -> str:
+    """The implementation name to use: ``impl``, else ``$PREFOPT_LOGPROBS``, else ``auto``."""
+    name = impl or os.environ.get("PREFOPT_LOGPROBS") or "auto"
+    if name == "auto":
+        return "triton" if device.type == "cuda" and triton_available(device) else "chunked"
+    if name not in IMPLS:
+        raise ValueError(f"unknown log-prob implementation {name!r}; choose from {sorted(IMPLS)} or 'auto'")
+    return name
 
 
 def sequence_logprobs(
@@ -35,14 +51,14 @@ def sequence_logprobs(
             (position t predicts ``labels[t]``).
         weight: ``(V, D)`` lm_head weight; may be frozen.
         labels: ``(N,)`` or ``(R, T)`` token ids, ``ignore_index`` where no log-prob is wanted.
+            Ignored positions are dropped before any matmul, so only scored tokens cost work.
+        impl: ``auto`` (default), ``triton``, ``chunked`` or ``naive``.
 
     Returns:
         fp32 log-probs shaped like ``labels``, 0 at ignored positions. ``.sum(-1)`` gives
         per-sequence totals; ``(labels != ignore_index).sum(-1)`` the token counts.
     """
-    name = impl or os.environ.get("PREFOPT_LOGPROBS", "chunked")
-    if name not in IMPLS:
-        raise ValueError(f"unknown log-prob implementation {name!r}; choose from {sorted(IMPLS)}")
+    name = resolve_impl(hidden.device, impl)
     shape = labels.shape
     h = hidden.reshape(-1, hidden.shape[-1])
     y = labels.reshape(-1)
@@ -54,4 +70,7 @@ def sequence_logprobs(
     return out.reshape(shape)
 
 
-__all__ = ["IMPLS", "chunked_logprobs", "naive_logprobs", "sequence_logprobs"]
+from .fused import fused_preference_loss  # noqa: E402  (uses sequence_logprobs)
+
+__all__ = ["IMPLS", "chunked_logprobs", "fused_preference_loss", "naive_logprobs", "resolve_impl",
+           "sequence_logprobs", "triton_logprobs"]

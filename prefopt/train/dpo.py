@@ -17,9 +17,9 @@ import torch
 
 from ..data.preference import PairExample, pair_collate
 from ..data.sft import IGNORE
-from ..kernels import sequence_logprobs
+from ..kernels import fused_preference_loss, sequence_logprobs
 from ..lora import disable_adapter, lora_layers
-from ..losses import LOSSES, REFERENCE_FREE, PreferenceLogps, preference_loss
+from ..losses import LOSSES, REFERENCE_FREE
 from .config import TrainConfig
 from .loop import Batch, Trainer
 
@@ -157,8 +157,7 @@ class DPOTrainer(Trainer):
         return n
 
     def loss_sum(self, model, batch):
-        per_token, sums, counts = sequence_logps(model, batch)
-        B = sums.shape[0] // 2
+        B = batch["input_ids"].shape[0] // 2
         if self.ref_mode == "cache":
             ref_c, ref_r = batch["ref_chosen"], batch["ref_rejected"]
         elif self.ref_mode == "none":
@@ -166,10 +165,11 @@ class DPOTrainer(Trainer):
         else:
             ref = self.reference_logps(batch)
             ref_c, ref_r = ref[:B], ref[B:]
-        lp = PreferenceLogps(chosen=sums[:B], rejected=sums[B:], ref_chosen=ref_c, ref_rejected=ref_r,
-                             chosen_tokens=counts[:B], rejected_tokens=counts[B:],
-                             chosen_nll=-per_token[:B].sum() / counts[:B].sum().clamp(min=1))
-        out = preference_loss(self.config.loss, lp, **self.config.loss_kwargs())
+        hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)  # (2B, T, D)
+        out, lp = fused_preference_loss(hidden[:, :-1], getattr(model, "module", model).output_weight,
+                                        batch["labels"][:, 1:], ref_c, ref_r, self.config.loss,
+                                        ignore_index=IGNORE, **self.config.loss_kwargs())
+        sums = torch.cat([lp.chosen, lp.rejected])
         c, r = out.chosen_rewards, out.rejected_rewards
         metrics = {
             "rewards/chosen": c.sum(), "rewards/rejected": r.sum(), "rewards/accuracies": (c > r).float().sum(),

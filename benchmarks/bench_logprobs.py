@@ -1,0 +1,220 @@
+"""Forward + backward of per-token log-probs through the lm_head: time and peak memory, one run.
+
+Every method computes ``logp[i] = log_softmax(h[i] @ Wᵀ)[y[i]]`` for N tokens and back-propagates
+a random upstream gradient into ``h`` (N, D) and ``W`` (V, D).
+
+GPU (CUDA, bf16 by default) -- shapes Llama-3-8B (D=4096, V=128256) and SmolLM2 (D=576,
+V=49152), N in {4096, 16384}:
+- ``naive``: full logits, ``log_softmax``, gather; ``compile``: the same under ``torch.compile``
+- ``chunked``: prefopt's PyTorch path; ``triton``: prefopt's fused Triton kernel
+- ``liger``: Liger-Kernel's ``LigerFusedLinearDPOLoss`` (no reference model), where installed
+- ``cce``: Apple's cut-cross-entropy ``linear_cross_entropy(reduction="none")``, where installed
+- ``gemm limit``: the three bare GEMMs the work needs (``h·Wᵀ``, ``dlogits·W``, ``dlogitsᵀ·h``);
+  each method is also reported as a multiple of that time.
+"Extra peak" is the CUDA peak allocated minus the inputs and the gradients' own size.
+
+CPU (fp32): ``naive`` against ``chunked`` at N=4096, D=576, V=49152, each in a fresh process;
+"extra peak" is the peak RSS beyond the process after allocating inputs, minus the gradients.
+
+    python benchmarks/bench_logprobs.py                  # CPU comparison (what CI machines can run)
+    python benchmarks/bench_logprobs.py --gpu            # the GPU table (needs CUDA)
+    python benchmarks/bench_logprobs.py --gpu --shapes 576x49152 --tokens 4096
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import rss  # noqa: E402
+
+MiB = 1024**2
+
+
+def _inputs(N, D, V, dtype, device, seed=0):
+    import torch
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    h = (torch.randn(N, D, generator=g)).to(device, dtype).requires_grad_()
+    w = (torch.randn(V, D, generator=g) * D**-0.5).to(device, dtype).requires_grad_()
+    y = torch.randint(0, V, (N,), generator=g).to(device)
+    up = torch.randn(N, generator=g).to(device)
+    return h, w, y, up
+
+
+def _method(name: str):
+    """``fn(h, w, y, up)`` running forward + backward for method ``name``."""
+    import torch
+
+    from prefopt.kernels import naive_logprobs, sequence_logprobs
+
+    if name in ("chunked", "triton", "naive"):
+        return lambda h, w, y, up: (sequence_logprobs(h, w, y, impl=name) * up).sum().backward()
+    if name == "compile":
+        fn = torch.compile(naive_logprobs)
+        return lambda h, w, y, up: (fn(h, w, y) * up).sum().backward()
+    if name == "liger":
+        from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
+
+        loss = LigerFusedLinearDPOLoss(beta=0.1, compute_nll_loss=False, use_ref_model=False)
+
+        def run(h, w, y, up):  # stacked [chosen; rejected], 2 sequences of N/2 tokens
+            out = loss(w, h.reshape(2, -1, h.shape[-1]), y.reshape(2, -1))
+            (out[0] if isinstance(out, tuple) else out).backward()
+        return run
+    if name == "cce":
+        from cut_cross_entropy import linear_cross_entropy
+
+        return lambda h, w, y, up: (-linear_cross_entropy(h, w, y, reduction="none") * up).sum().backward()
+    raise ValueError(name)
+
+
+def _gemm_limit(N, D, V, dtype, reps):
+    import torch
+
+    h = torch.randn(N, D, device="cuda", dtype=dtype)
+    w = torch.randn(V, D, device="cuda", dtype=dtype)
+    dl = torch.empty(N, V, device="cuda", dtype=dtype)
+
+    def run():
+        torch.mm(h, w.T, out=dl)
+        torch.mm(dl, w)
+        torch.mm(dl.T, h)
+    return _cuda_time(run, reps)
+
+
+def _cuda_time(fn, reps):
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps / 1000
+
+
+def gpu_row(name, N, D, V, dtype, reps) -> dict:
+    import torch
+
+    h, w, y, up = _inputs(N, D, V, dtype, "cuda")
+    grads = (h.numel() + w.numel()) * h.element_size()
+    try:
+        fn = _method(name)
+
+        def step():
+            h.grad = w.grad = None
+            fn(h, w, y, up)
+        step()  # warm-up / compile
+        torch.cuda.synchronize()
+        h.grad = w.grad = None
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        extra = torch.cuda.max_memory_allocated() - base - grads
+        seconds = _cuda_time(step, reps)
+        return {"method": name, "seconds": seconds, "extra_peak": extra}
+    except Exception as e:  # noqa: BLE001  (an optional baseline may be missing or fail: say so)
+        return {"method": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"}
+    finally:
+        h.grad = w.grad = None
+
+
+def run_gpu(a) -> None:
+    import torch
+
+    dtype = getattr(torch, a.dtype)
+    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  dtype {a.dtype}  "
+          f"date {time.strftime('%Y-%m-%d')}")
+    rows = []
+    for shape in a.shapes:
+        D, V = map(int, shape.split("x"))
+        for N in a.tokens:
+            limit = _gemm_limit(N, D, V, dtype, a.reps)
+            print(f"\nD={D} V={V} N={N}: 3 bare GEMMs {limit * 1e3:.2f} ms")
+            print("| method | fwd+bwd (ms) | × GEMM limit | extra peak (MiB) |\n|---|---|---|---|")
+            for m in a.methods:
+                if m == "naive" and N * V * 4 * 3 > torch.cuda.mem_get_info()[0]:
+                    r = {"method": m, "error": "skipped: full logits would not fit"}
+                else:
+                    r = gpu_row(m, N, D, V, dtype, a.reps)
+                    torch.cuda.empty_cache()
+                r.update(D=D, V=V, N=N, gemm_limit=limit)
+                rows.append(r)
+                if "error" in r:
+                    print(f"| {m} | {r['error']} | | |")
+                else:
+                    print(f"| {m} | {r['seconds'] * 1e3:.2f} | {r['seconds'] / limit:.2f} | "
+                          f"{r['extra_peak'] / MiB:.0f} |")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=2))
+
+
+def cpu_worker(name: str, N: int, D: int, V: int) -> dict:
+    import torch
+
+    torch.set_num_threads(2)
+    h, w, y, up = _inputs(N, D, V, torch.float32, "cpu")
+    fn = _method(name)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak-RSS counter
+    base = rss("VmRSS")
+    t0 = time.perf_counter()
+    fn(h, w, y, up)
+    seconds = time.perf_counter() - t0
+    grads = (h.numel() + w.numel()) * 4
+    return {"method": name, "seconds": seconds, "extra_peak": rss("VmHWM") - base - grads, "grads": grads}
+
+
+def run_cpu(a) -> None:
+    N, D, V = a.cpu_shape
+    rows = []
+    for m in ("naive", "chunked"):
+        out = subprocess.run([sys.executable, __file__, "--cpu-worker", m, str(N), str(D), str(V)],
+                             capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(f"{m} failed:\n{out.stderr[-2000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"CPU ({platform.machine()}, 2 threads) fp32, N={N} D={D} V={V}, date {time.strftime('%Y-%m-%d')}")
+    print("| method | fwd+bwd (s) | extra peak RSS (MiB) | vs naive: time | vs naive: extra peak |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['seconds']:.2f} | {r['extra_peak'] / MiB:.0f} | "
+              f"{r['seconds'] / rows[0]['seconds']:.2f}x | {r['extra_peak'] / rows[0]['extra_peak']:.1%} |")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=2))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gpu", action="store_true", help="run the CUDA table instead of the CPU comparison")
+    ap.add_argument("--shapes", nargs="+", default=["4096x128256", "576x49152"], help="DxV head shapes")
+    ap.add_argument("--tokens", nargs="+", type=int, default=[4096, 16384])
+    ap.add_argument("--methods", nargs="+", default=["naive", "compile", "chunked", "triton", "liger", "cce"])
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--cpu-shape", nargs=3, type=int, default=[4096, 576, 49152], metavar=("N", "D", "V"))
+    ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--cpu-worker", nargs=4, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.cpu_worker:
+        name, *dims = a.cpu_worker
+        print(json.dumps(cpu_worker(name, *map(int, dims))))
+    elif a.gpu:
+        run_gpu(a)
+    else:
+        run_cpu(a)
+
+
+if __name__ == "__main__":
+    main()
