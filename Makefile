@@ -1,4 +1,4 @@
-# make demo: set up .venv, import SmolLM2-135M (once) and answer a medical question.
+# make demo: set up .venv, import SmolLM2-135M (once), run base -> SFT -> DPO on synthetic portal triage.
 # make test: set up .venv and run the test suite.
 PYTHON ?= python3
 VENV   := .venv
@@ -16,8 +16,7 @@ $(STAMP): constraints.txt setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/prefopt generate --model smollm2-135m --greedy --max-new-tokens 120 \
-	  --prompt "A 67-year-old woman has sudden weakness of her right arm and slurred speech that started 40 minutes ago. What should happen next?"
+	$(BIN)/python examples/run_triage.py --preset quick --output runs/triage-demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--output", required=True)
     m.add_argument("--dtype", choices=DTYPES, default="float32")
     m.set_defaults(func=_merge)
+
+    from .evaluate.cli import add_commands  # eval, compare (the task layer, imported lazily by them)
+
+    add_commands(sub)
     return p
 
 

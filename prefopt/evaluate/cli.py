@@ -1,0 +1,91 @@
+"""``prefopt eval`` and ``prefopt compare`` (registered by ``prefopt.cli``)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _options(pairs: list[str] | None) -> dict:
+    """``["levels=ktas", "disposition=true"]`` → ``{"levels": "ktas", "disposition": True}``."""
+    out = {}
+    for item in pairs or []:
+        if "=" not in item:
+            raise ValueError(f"--task-option takes key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def _eval(args) -> int:
+    from pathlib import Path
+
+    from ..pretrained import load_model
+    from ..tasks import get_task, split_records
+    from ..tokenizer import load_tokenizer
+    from .runner import predict, score, write_results
+
+    task = get_task(args.task, **_options(args.task_option))
+    records = task.load(args.data) if args.data else task.load()
+    if args.split == "test":
+        records = split_records(records, test=args.test, seed=args.seed)["test"]
+    if args.limit:
+        records = records[:args.limit]
+    model = load_model(args.model, adapter=args.adapter, merge=args.adapter is not None)
+    tok = load_tokenizer(args.model)
+    texts = predict(model, tok, task, records, batch_size=args.batch_size)
+    preds, metrics = score(task, records, texts)
+    write_results(args.output, task, records, texts, preds, metrics)
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
+    print(f"prefopt eval: wrote {Path(args.output) / 'predictions.jsonl'} and metrics.json")
+    return 0
+
+
+def _compare(args) -> int:
+    from .compare import CompareConfig, run_compare
+
+    overrides = _options(args.set)
+    cfg = CompareConfig(task=args.task, model=args.model, output=args.output, data=args.data, preset=args.preset,
+                        task_options=_options(args.task_option), strategy=args.strategy, loss=args.loss,
+                        seed=args.seed, judge=args.judge, n_resamples=args.n_resamples, overrides=overrides)
+    report = run_compare(cfg)
+    for k, v in report["comparisons"].items():
+        print(f"{k}: {v['verdict']}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    from ..tasks import TASKS
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--task", required=True, choices=sorted(TASKS))
+    common.add_argument("--model", required=True, help="model folder, alias (smollm2-135m) or hub id")
+    common.add_argument("--data", help="data file or folder (default: the task's bundled data, if any)")
+    common.add_argument("--output", required=True, help="output folder")
+    common.add_argument("--task-option", action="append", metavar="KEY=VALUE",
+                        help="task constructor option, e.g. levels=ktas (repeatable)")
+    common.add_argument("--seed", type=int, default=0)
+
+    e = sub.add_parser("eval", parents=[common], help="evaluate a model (+ adapter) on a task; "
+                       "writes predictions.jsonl and metrics.json")
+    e.add_argument("--adapter", help="PEFT-layout LoRA adapter folder")
+    e.add_argument("--split", choices=["test", "all"], default="test",
+                   help="the seeded test split (as compare makes it) or every record")
+    e.add_argument("--test", type=float, default=0.2, help="test fraction (<1) or count")
+    e.add_argument("--limit", type=int, help="at most this many records")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--judge", help=argparse.SUPPRESS)
+    e.set_defaults(func=_eval)
+
+    c = sub.add_parser("compare", parents=[common], help="base → SFT → DPO on one test set, with statistics")
+    c.add_argument("--preset", choices=["quick", "full"], default="quick")
+    c.add_argument("--strategy", choices=["wrong_label", "model_errors"], default="wrong_label",
+                   help="how DPO's rejected answers are made")
+    c.add_argument("--loss", default="sigmoid", help="preference loss (see prefopt dpo --help)")
+    c.add_argument("--judge", help="a local model that rates answers 1-5 (LLM judge)")
+    c.add_argument("--n-resamples", type=int, default=2000, help="paired bootstrap resamples")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a preset setting, e.g. sft_steps=100 (repeatable)")
+    c.set_defaults(func=_compare)

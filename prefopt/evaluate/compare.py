@@ -1,0 +1,206 @@
+"""``prefopt compare``: base → SFT (LoRA) → DPO (on the SFT result), every stage on one test set.
+
+Layout of the output folder (each step is skipped when its result is already there, so an
+interrupted run resumes where it stopped)::
+
+    DIR/split.json                   the seeded split (item ids); a rerun must match it
+    DIR/data/sft_train.jsonl         SFT records (chat prompt, reference answer)
+    DIR/data/pairs.jsonl             DPO pairs from the chosen strategy (+ pairs_report.json)
+    DIR/base|sft|dpo/predictions.jsonl, metrics.json
+    DIR/sft/train/final/             the SFT adapter;  DIR/dpo/train/final/  the DPO adapter
+    DIR/dpo/ref_cache/               reference log-probs (the SFT model), computed once
+    DIR/report.md, report.json, *.png
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..fileio import write_json_atomic, write_text_atomic
+from .runner import predict, read_results, score, write_results
+
+STAGES = ("base", "sft", "dpo")
+PRESETS = {
+    # small enough for 2 CPU cores in a few minutes (make demo)
+    "quick": {"max_train": 160, "test": 60, "sft_steps": 60, "dpo_steps": 40, "batch_size": 4, "max_length": 384,
+              "sft_lr": 3e-4, "dpo_lr": 1e-4, "beta": 0.1, "eval_batch_size": 16},
+    "full": {"max_train": None, "test": 0.2, "sft_steps": None, "dpo_steps": None, "sft_epochs": 2.0,
+             "dpo_epochs": 1.0, "batch_size": 8, "max_length": 1024, "sft_lr": 2e-4, "dpo_lr": 5e-5, "beta": 0.1,
+             "eval_batch_size": 16},
+}
+
+
+@dataclass
+class CompareConfig:
+    task: str
+    model: str
+    output: str
+    data: str | None = None  # None: the task's bundled data (portal)
+    preset: str = "quick"
+    task_options: dict = field(default_factory=dict)
+    strategy: str = "wrong_label"  # or model_errors
+    loss: str = "sigmoid"
+    seed: int = 0
+    judge: str | None = None  # a local model that rates answers 1-5
+    n_resamples: int = 2000
+    overrides: dict = field(default_factory=dict)  # any preset key
+
+    def settings(self) -> dict:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
+        unknown = set(self.overrides) - set(PRESETS["full"]) - set(PRESETS["quick"])
+        if unknown:
+            raise ValueError(f"unknown compare settings {sorted(unknown)}")
+        return {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}
+
+
+def _log(msg: str) -> None:
+    print(f"prefopt compare: {msg}", flush=True)
+
+
+def _split(cfg: CompareConfig, task, s: dict, out: Path):
+    from ..tasks import split_records
+
+    records = task.load(cfg.data) if cfg.data else task.load()
+    splits = split_records(records, test=s["test"], seed=cfg.seed, max_train=s["max_train"])
+    ids = {k: [r.id for r in v] for k, v in splits.items()}
+    path = out / "split.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != ids:
+            raise ValueError(f"{out} holds a run with a different split (other data, seed or preset); "
+                             "use a new --output")
+    else:
+        write_json_atomic(path, ids)
+    return splits
+
+
+def _train_config(cls, cfg, s, stage: str, data: Path, out: Path, **kw):
+    steps, epochs = s[f"{stage}_steps"], s[f"{stage}_epochs"]
+    return cls(model=cfg.model, data=str(data), output_dir=str(out), max_length=s["max_length"],
+               batch_size=s["batch_size"], lr=s[f"{stage}_lr"], max_steps=steps, epochs=epochs, seed=cfg.seed,
+               warmup_steps=min(5, (steps or 10) // 10), **kw)
+
+
+def _load_stage_model(cfg: CompareConfig, out: Path, stage: str):
+    from ..lora import load_adapter, merge_and_unload
+    from ..pretrained import load_model
+
+    if stage == "base":
+        return load_model(cfg.model)
+    model = load_model(cfg.model, adapter=out / "sft" / "train" / "final", merge=True)
+    if stage == "dpo":
+        merge_and_unload(load_adapter(model, out / "dpo" / "train" / "final"))
+    return model
+
+
+def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge) -> tuple[list[dict], dict]:
+    done = read_results(out / stage)
+    if done is not None:
+        _log(f"{stage}: reusing {out / stage / 'metrics.json'}")
+        return done
+    t0 = time.perf_counter()
+    model = _load_stage_model(cfg, out, stage)
+    texts = predict(model, tok, task, test, batch_size=s["eval_batch_size"], desc=f"{stage}: test set")
+    preds, metrics = score(task, test, texts)
+    extra = {}
+    if judge is not None:
+        from .judge import judge_scores
+
+        likert = judge_scores(judge[0], judge[1], task, test, texts)
+        extra["likert"] = likert
+        got = [x for x in likert if x is not None]
+        metrics["likert"] = sum(got) / len(got) if got else None
+        metrics["judge_unparsed"] = likert.count(None) / max(len(likert), 1)
+    metrics["eval_seconds"] = time.perf_counter() - t0
+    write_results(out / stage, task, test, texts, preds, metrics, extra)
+    _log(f"{stage}: {task.primary} = {metrics.get(task.primary, float('nan')):.3f} on {len(test)} test items")
+    return read_results(out / stage)
+
+
+def _sft(cfg, task, train, out: Path, s: dict) -> None:
+    from ..train import TrainConfig
+    from ..train.run import run_sft
+
+    final = out / "sft" / "train" / "final"
+    if (final / "adapter_model.safetensors").is_file():
+        _log(f"sft: reusing {final}")
+        return
+    data = out / "data" / "sft_train.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(data, "".join(json.dumps({"prompt": task.messages(r), "completion": r.target},
+                                               ensure_ascii=False) + "\n" for r in train))
+    run_sft(_train_config(TrainConfig, cfg, s, "sft", data, out / "sft" / "train", save_every=0, resume=False))
+
+
+def _pairs(cfg, task, tok, train, out: Path, s: dict) -> Path:
+    from ..tasks import model_error_pairs, wrong_label_pairs
+
+    path = out / "data" / "pairs.jsonl"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.strategy == "wrong_label":
+        pairs, report = wrong_label_pairs(task, train, seed=cfg.seed), {"strategy": "wrong_label"}
+    elif cfg.strategy == "model_errors":
+        model = _load_stage_model(cfg, out, "sft")
+        pairs, report = model_error_pairs(
+            task, train, lambda rs: predict(model, tok, task, rs, batch_size=s["eval_batch_size"],
+                                            desc="sft: mining training prompts"), seed=cfg.seed)
+        report["strategy"] = "model_errors"
+        del model
+    else:
+        raise ValueError(f"compare builds pairs with 'wrong_label' or 'model_errors', not {cfg.strategy!r} "
+                         "(for given pairs use `prefopt dpo --data pairs.jsonl`)")
+    report["pairs"] = len(pairs)
+    write_json_atomic(out / "data" / "pairs_report.json", report)
+    write_text_atomic(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
+    return path
+
+
+def _dpo(cfg, pairs: Path, out: Path, s: dict) -> None:
+    from ..train import DPOConfig
+    from ..train.run import run_dpo
+
+    final = out / "dpo" / "train" / "final"
+    if (final / "adapter_model.safetensors").is_file():
+        _log(f"dpo: reusing {final}")
+        return
+    run_dpo(_train_config(DPOConfig, cfg, s, "dpo", pairs, out / "dpo" / "train", loss=cfg.loss, beta=s["beta"],
+                          sft_adapter=str(out / "sft" / "train" / "final"), ref_cache=str(out / "dpo" / "ref_cache")))
+
+
+def run_compare(cfg: CompareConfig) -> dict:
+    """Run (or resume) the three stages and write the report; returns ``report.json``'s content."""
+    from ..tasks import get_task
+    from ..tokenizer import load_tokenizer
+    from .report import build_report
+
+    s = cfg.settings()
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "compare_config.json", {**asdict(cfg), "settings": s})
+    torch.manual_seed(cfg.seed)
+    task = get_task(cfg.task, **cfg.task_options)
+    splits = _split(cfg, task, s, out)
+    train, test = splits["train"], splits["test"]
+    _log(f"task {cfg.task}: {len(train)} train / {len(test)} test items; preset {cfg.preset}; output {out}")
+    tok = load_tokenizer(cfg.model)
+    judge = None
+    if cfg.judge:
+        from ..pretrained import load_model
+
+        judge = (load_model(cfg.judge), load_tokenizer(cfg.judge))
+    results = {"base": _evaluate(cfg, task, tok, test, out, "base", s, judge)}
+    _sft(cfg, task, train, out, s)
+    results["sft"] = _evaluate(cfg, task, tok, test, out, "sft", s, judge)
+    pairs = _pairs(cfg, task, tok, train, out, s)
+    _dpo(cfg, pairs, out, s)
+    results["dpo"] = _evaluate(cfg, task, tok, test, out, "dpo", s, judge)
+    report = build_report(cfg, task, test, results, out)
+    _log(f"report: {out / 'report.md'}")
+    return report

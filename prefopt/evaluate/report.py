@@ -1,0 +1,153 @@
+"""The comparison report: per-stage metrics with CIs, paired tests between stages, plots."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..fileio import write_json_atomic, write_text_atomic
+from .stats import bootstrap_ci, mcnemar_exact, paired_bootstrap, wilcoxon_signed_rank
+
+ALPHA = 0.05
+PAIRS = (("base", "sft"), ("sft", "dpo"), ("base", "dpo"))
+NAMES = {"base": "base", "sft": "SFT", "dpo": "SFT+DPO"}
+
+
+def _verdict(a: str, b: str, metric: str, cmp: dict) -> str:
+    d, (lo, hi), p = cmp["delta"], cmp["ci"], cmp["p_value"]
+    stats = f"Δ{metric} = {d:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}], bootstrap p = {p:.3g}"
+    if p < ALPHA and d > 0:
+        return f"**Yes**: {NAMES[b]} beat {NAMES[a]} ({stats})."
+    if p < ALPHA and d < 0:
+        return f"**No**: {NAMES[b]} was worse than {NAMES[a]} ({stats})."
+    lean = "higher" if d > 0 else "lower" if d < 0 else "equal"
+    return (f"**No significant difference**: {NAMES[b]} vs {NAMES[a]} ({stats}; the point estimate is {lean}, "
+            f"but the CI includes 0).")
+
+
+def compare_stages(task, test, results: dict, n_resamples: int = 2000, seed: int = 0) -> dict:
+    preds = {s: [row["prediction"] for row in rows] for s, (rows, _) in results.items()}
+    correct = {s: [row["correct"] for row in rows] for s, (rows, _) in results.items()}
+    fns = {s: task.primary_on(test, preds[s]) for s in results}
+    n = len(test)
+    stages = {}
+    for s, (_rows, metrics) in results.items():
+        stages[s] = {"primary": fns[s](np.arange(n)), "ci": bootstrap_ci(fns[s], n, n_resamples=n_resamples, seed=seed),
+                     "accuracy": float(np.mean(correct[s])), "metrics": metrics}
+    comparisons = {}
+    for a, b in PAIRS:
+        if a not in results or b not in results:
+            continue
+        c = {"primary": paired_bootstrap(fns[a], fns[b], n, n_resamples=n_resamples, seed=seed),
+             "mcnemar": mcnemar_exact(correct[a], correct[b])}
+        la = [row.get("likert") for row in results[a][0]]
+        lb = [row.get("likert") for row in results[b][0]]
+        both = [(x, y) for x, y in zip(la, lb) if x is not None and y is not None]
+        if both:
+            xa, xb = np.array([x for x, _ in both], float), np.array([y for _, y in both], float)
+            c["likert_wilcoxon"] = wilcoxon_signed_rank(xa, xb)
+            c["likert_bootstrap"] = paired_bootstrap(lambda i, v=xa: float(v[i].mean()),
+                                                     lambda i, v=xb: float(v[i].mean()),
+                                                     len(both), n_resamples=n_resamples, seed=seed)
+        c["verdict"] = _verdict(a, b, task.primary, c["primary"])
+        comparisons[f"{a}->{b}"] = c
+    return {"stages": stages, "comparisons": comparisons}
+
+
+def _plots(task, stats: dict, out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    files = []
+    st = stats["stages"]
+    names = [NAMES[s] for s in st]
+    vals = [st[s]["primary"] for s in st]
+    err = np.array([[v - st[s]["ci"][0], st[s]["ci"][1] - v] for s, v in zip(st, vals)]).T
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.bar(names, vals, yerr=err, capsize=6, color=["#9aa5b1", "#4c78a8", "#f58518"][:len(names)])
+    ax.set_ylabel(task.primary)
+    ax.set_title(f"{task.name}: {task.primary} by stage (95% CI)")
+    fig.tight_layout()
+    fig.savefig(out / "metric_by_stage.png", dpi=120)
+    plt.close(fig)
+    files.append("metric_by_stage.png")
+    for f in getattr(task, "fields", []):
+        fig, axes = plt.subplots(1, len(st), figsize=(3.6 * len(st), 3.4))
+        for ax, s in zip(np.atleast_1d(axes), st):
+            cm = st[s]["metrics"][f.name]["confusion"]
+            m = np.array(cm["matrix"])
+            ax.imshow(m, cmap="Blues")
+            ax.set_xticks(range(len(cm["labels"])), cm["labels"], rotation=45, ha="right", fontsize=7)
+            ax.set_yticks(range(len(cm["labels"]) - 1), cm["labels"][:-1], fontsize=7)
+            for (i, j), v in np.ndenumerate(m):
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+            ax.set_title(NAMES[s], fontsize=9)
+            ax.set_xlabel("predicted", fontsize=8)
+        np.atleast_1d(axes)[0].set_ylabel("true", fontsize=8)
+        fig.suptitle(f"{task.name}: {f.name} confusion matrices", fontsize=9)
+        fig.tight_layout()
+        name = f"confusion_{f.name.replace(' ', '_')}.png"
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        files.append(name)
+    return files
+
+
+def _fmt(v) -> str:
+    return "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def build_report(cfg, task, test, results: dict, out: Path) -> dict:
+    stats = compare_stages(task, test, results, n_resamples=cfg.n_resamples, seed=cfg.seed)
+    plots = _plots(task, stats, out)
+    st, cmp = stats["stages"], stats["comparisons"]
+    lines = [f"# prefopt compare: {task.name}", "",
+             f"Model `{cfg.model}`; data `{cfg.data or 'bundled'}`; preset `{cfg.preset}`; seed {cfg.seed}; "
+             f"{len(test)} test items; DPO pairs by `{cfg.strategy}`, loss `{cfg.loss}`.", "",
+             "## Does it help?", "",
+             f"- SFT vs base: {cmp['base->sft']['verdict']}",
+             f"- DPO vs SFT: {cmp['sft->dpo']['verdict']}", "",
+             "Exact McNemar on per-item correctness: " + "; ".join(
+                 f"{NAMES[k.split('->')[1]]} vs {NAMES[k.split('->')[0]]}: {v['mcnemar']['b_only']} items newly right, "
+                 f"{v['mcnemar']['a_only']} newly wrong, p = {v['mcnemar']['p_value']:.3g}" for k, v in cmp.items()) + ".",
+             "", "## Stages", "",
+             f"| stage | {task.primary} (95% CI) | accuracy | extra |", "|---|---|---|---|"]
+    for s, v in st.items():
+        m = v["metrics"]
+        extra = []
+        for f in getattr(task, "fields", []):
+            extra.append(f"{f.name} macro-F1 {m[f.name]['macro_f1']:.3f}, unparsed {m[f.name]['unparsed']:.0%}")
+            if "triage" in m[f.name]:
+                t = m[f.name]["triage"]
+                extra.append(f"under-triage {t['under_triage_rate']:.0%}, over-triage {t['over_triage_rate']:.0%}, "
+                             f"recall of '{t['most_urgent_class']}' {_fmt(t['most_urgent_recall'])}")
+        if "rouge1" in m:
+            extra.append(f"ROUGE-1/2/L {m['rouge1']:.3f}/{m['rouge2']:.3f}/{m['rougeL']:.3f}")
+        if m.get("likert") is not None:
+            extra.append(f"judge Likert {m['likert']:.2f}")
+        lines.append(f"| {NAMES[s]} | {v['primary']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}] | "
+                     f"{v['accuracy']:.3f} | {'; '.join(extra)} |")
+    lines += ["", "## Paired comparisons", "",
+              f"| comparison | Δ{task.primary} | 95% CI | bootstrap p | McNemar p | Wilcoxon p (Likert) |",
+              "|---|---|---|---|---|---|"]
+    for k, v in cmp.items():
+        a, b = k.split("->")
+        w = v.get("likert_wilcoxon", {}).get("p_value")
+        lines.append(f"| {NAMES[b]} vs {NAMES[a]} | {v['primary']['delta']:+.3f} | "
+                     f"[{v['primary']['ci'][0]:+.3f}, {v['primary']['ci'][1]:+.3f}] | {v['primary']['p_value']:.3g} | "
+                     f"{v['mcnemar']['p_value']:.3g} | {_fmt(w)} |")
+    lines += ["", f"Paired bootstrap: {cfg.n_resamples} resamples of the test items (seed {cfg.seed}), percentile CI; "
+              f"significance at p < {ALPHA}. Small test sets give wide CIs: read them before the point estimates."]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    else:
+        lines += ["", "(Plots skipped: install matplotlib, `pip install 'prefopt[plots]'`.)"]
+    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
+    report = {"task": task.name, "model": cfg.model, "preset": cfg.preset, "n_test": len(test), "plots": plots,
+              **stats}
+    write_json_atomic(out / "report.json", report)
+    return report

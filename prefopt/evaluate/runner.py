@@ -1,0 +1,63 @@
+"""Run a model on a task's records: generate, parse, score, and write the results."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .._deps import progress
+from ..fileio import write_json_atomic, write_text_atomic
+from ..model.generate import generate
+
+
+def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: int | None = None,
+            desc: str = "generating", show_progress: bool = True) -> list[str]:
+    """Greedy answers to each record's chat prompt, batched by prompt length."""
+    prompts = [tok.apply_chat_template(task.messages(r), add_generation_prompt=True) for r in records]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    texts: list[str] = [""] * len(prompts)
+    bar = progress(total=len(prompts), desc=desc, disable=not show_progress)
+    was_training = model.training
+    model.eval()
+    for s in range(0, len(order), batch_size):
+        chunk = order[s:s + batch_size]
+        new = generate(model, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens or task.max_new_tokens,
+                       eos_token_ids=tok.eos_token_ids, pad_token_id=tok.pad_token_id or 0)
+        for i, ids in zip(chunk, new):
+            texts[i] = tok.decode(ids).strip()
+        bar.update(len(chunk))
+    bar.close()
+    model.train(was_training)
+    return texts
+
+
+def score(task, records, texts: list[str]) -> tuple[list, dict]:
+    """Parsed predictions and the task's metrics for generated ``texts``."""
+    preds = [task.parse(t, r) for t, r in zip(texts, records)]
+    metrics = task.metrics(records, preds)
+    metrics["n"] = len(records)
+    return preds, metrics
+
+
+def write_results(out_dir: str | Path, task, records, texts, preds, metrics, extra: dict | None = None) -> None:
+    """``predictions.jsonl`` (one line per item) and ``metrics.json`` in ``out_dir``, atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scores = task.item_scores(records, preds)
+    lines = []
+    for r, t, p, s in zip(records, texts, preds, scores):
+        row = {"id": r.id, "target": r.target, "output": t, "prediction": p, "correct": bool(task.correct(r, p)),
+               "score": float(s), **({"labels": r.labels} if r.labels else {})}
+        for k, v in (extra or {}).items():
+            row[k] = v[len(lines)]
+        lines.append(json.dumps(row, ensure_ascii=False))
+    write_text_atomic(out / "predictions.jsonl", "\n".join(lines) + "\n")
+    write_json_atomic(out / "metrics.json", metrics)
+
+
+def read_results(out_dir: str | Path) -> tuple[list[dict], dict] | None:
+    """The rows and metrics a finished evaluation left in ``out_dir``, or ``None``."""
+    out = Path(out_dir)
+    if not (out / "metrics.json").is_file() or not (out / "predictions.jsonl").is_file():
+        return None
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    return rows, json.loads((out / "metrics.json").read_text(encoding="utf-8"))

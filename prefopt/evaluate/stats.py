@@ -1,0 +1,113 @@
+"""Paired statistics between two stages evaluated on the same test items.
+
+- :func:`mcnemar_exact`: accuracy, from the discordant pairs (exact binomial, two-sided).
+- :func:`paired_bootstrap`: any metric (macro-F1, ROUGE, Likert), resampling items with
+  replacement (seeded); percentile 95% CI of the difference and a two-sided bootstrap p-value.
+- :func:`wilcoxon_signed_rank`: Likert scores; exact null distribution when there are at most
+  50 non-zero differences and no ties, else the normal approximation with tie correction
+  (scipy's defaults: zeros dropped, no continuity correction).
+
+All are checked against scipy in the tests; scipy itself is not needed at run time.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+
+def _binom_two_sided_half(k: int, n: int) -> float:
+    """P(X ≤ k or X ≥ n−k) for X ~ Binomial(n, 1/2), with k ≤ n/2."""
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict:
+    """Exact McNemar test that stages A and B have the same accuracy on paired items."""
+    if len(correct_a) != len(correct_b):
+        raise ValueError("mcnemar: both stages must be scored on the same items")
+    b = sum(bool(x) and not bool(y) for x, y in zip(correct_a, correct_b))  # A right, B wrong
+    c = sum(not bool(x) and bool(y) for x, y in zip(correct_a, correct_b))  # A wrong, B right
+    n = len(correct_a)
+    return {"a_only": b, "b_only": c, "p_value": _binom_two_sided_half(min(b, c), b + c),
+            "delta": (c - b) / n if n else 0.0}
+
+
+def paired_bootstrap(stat_a: Callable[[np.ndarray], float], stat_b: Callable[[np.ndarray], float], n: int, *,
+                     n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
+    """Bootstrap the difference ``stat_b − stat_a`` over ``n`` paired items.
+
+    ``stat_a(idx)`` / ``stat_b(idx)`` compute a stage's metric on the items ``idx`` (an int
+    array, with repeats). The same resampled indices are used for both stages.
+    """
+    if n < 1:
+        raise ValueError("paired_bootstrap: no items")
+    if n_resamples < 1:
+        raise ValueError("paired_bootstrap: n_resamples must be positive")
+    rng = np.random.default_rng(seed)
+    full = np.arange(n)
+    delta = stat_b(full) - stat_a(full)
+    deltas = np.empty(n_resamples)
+    for i in range(n_resamples):
+        idx = rng.integers(0, n, n)
+        deltas[i] = stat_b(idx) - stat_a(idx)
+    lo, hi = np.quantile(deltas, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
+    p = min(1.0, 2 * min((deltas <= 0).mean(), (deltas >= 0).mean()))
+    return {"delta": float(delta), "ci": [float(lo), float(hi)], "p_value": float(p), "n_resamples": n_resamples}
+
+
+def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, *, n_resamples: int = 2000, seed: int = 0,
+                 confidence: float = 0.95) -> list[float]:
+    """Percentile CI of one stage's metric (for error bars)."""
+    rng = np.random.default_rng(seed)
+    vals = [stat(rng.integers(0, n, n)) for _ in range(n_resamples)]
+    lo, hi = np.quantile(vals, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
+    return [float(lo), float(hi)]
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based) with ties sharing their mean rank."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    sx = x[order]
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and sx[j + 1] == sx[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def _exact_cdf(t: float, n: int) -> float:
+    """P(R+ ≤ t) under H0, by counting subsets of {1..n} by their sum."""
+    top = n * (n + 1) // 2
+    counts = np.zeros(top + 1, dtype=np.float64)
+    counts[0] = 1
+    for k in range(1, n + 1):
+        counts[k:] = counts[k:] + counts[:-k].copy()
+    return counts[: int(math.floor(t)) + 1].sum() / 2**n
+
+
+def wilcoxon_signed_rank(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Two-sided Wilcoxon signed-rank test on the paired differences ``b − a``."""
+    d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    d = d[d != 0]
+    n = len(d)
+    if n == 0:
+        return {"statistic": 0.0, "p_value": 1.0, "n": 0, "method": "none"}
+    r = _ranks(np.abs(d))
+    r_plus, r_minus = r[d > 0].sum(), r[d < 0].sum()
+    t = min(r_plus, r_minus)
+    ties = len(np.unique(np.abs(d))) < n
+    if n <= 50 and not ties:
+        return {"statistic": float(t), "p_value": min(1.0, 2 * _exact_cdf(t, n)), "n": n, "method": "exact"}
+    _, counts = np.unique(r, return_counts=True)
+    var = n * (n + 1) * (2 * n + 1) / 24 - (counts**3 - counts).sum() / 48
+    z = (t - n * (n + 1) / 4) / math.sqrt(var)
+    return {"statistic": float(t), "p_value": float(math.erfc(abs(z) / math.sqrt(2))), "n": n,
+            "method": "asymptotic"}

@@ -1,0 +1,45 @@
+"""Medical task adapters, layered on the core (the core never imports this package).
+
+``get_task(name, **options)`` builds a task by name; :data:`TASKS` lists them:
+
+========================  =============================================================
+family                    tasks
+========================  =============================================================
+text classification       ``medical_abstracts``, ``text_classification`` (any text+label)
+numeric classification    ``uci_heart`` (binary or multiclass), ``numeric_table``
+clinical reasoning        ``medqa``, ``medqa_open`` (free text), ``pubmedqa``
+summarization             ``meqsum``, ``aci_bench``, ``summarization`` (any source+target)
+triage                    ``ktas`` (KTAS 1-5 or grouped, + disposition), ``portal`` (bundled)
+========================  =============================================================
+"""
+from __future__ import annotations
+
+from .base import ClassificationTask, GenerationTask, LabelField, Record, Task
+from .numeric import NumericTable, UCIHeart
+from .pairs import STRATEGIES, model_error_pairs, wrong_label_pairs
+from .reasoning import MedQA, MedQAOpen, PubMedQA
+from .splits import split_records
+from .summarization import ACIBench, MeQSum, Summarization
+from .text_classification import MedicalAbstracts, TextClassification
+from .triage import KTAS, PORTAL_DATA, PortalTriage
+
+TASKS: dict[str, type[Task]] = {t.name: t for t in (
+    MedicalAbstracts, TextClassification, UCIHeart, NumericTable, MedQA, MedQAOpen, PubMedQA, MeQSum, ACIBench,
+    Summarization, KTAS, PortalTriage)}
+
+FAMILIES = {"text classification": "medical_abstracts", "numeric classification": "uci_heart",
+            "clinical reasoning": "medqa", "summarization": "meqsum", "triage": "ktas"}
+
+
+def get_task(name: str, **options) -> Task:
+    """A task by name; ``options`` go to its constructor (e.g. ``levels="ktas"``)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose from {', '.join(sorted(TASKS))}")
+    try:
+        return TASKS[name](**options)
+    except TypeError as e:
+        raise ValueError(f"task {name!r}: bad option ({e})") from None
+
+
+__all__ = ["FAMILIES", "PORTAL_DATA", "STRATEGIES", "TASKS", "ClassificationTask", "GenerationTask", "LabelField",
+           "Record", "Task", "get_task", "model_error_pairs", "split_records", "wrong_label_pairs"]

@@ -1,0 +1,43 @@
+"""Reading task files: CSV (any delimiter and encoding), JSONL and JSON, with located errors."""
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..data.readers import read_rows
+from ..data.records import DataError
+
+
+def table(path: str | Path, *, delimiter: str = ",", encoding: str = "utf-8") -> Iterator[tuple[int, dict]]:
+    """``(line, row)`` for each record; malformed JSON records raise :class:`DataError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such data file")
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        for line, row in read_rows(path):
+            if isinstance(row, DataError):
+                raise row
+            yield line, row
+        return
+    with open(path, encoding=encoding, newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        for row in reader:
+            yield reader.line_num, row
+
+
+def need(row: dict, field: str, path, line: int) -> str:
+    """The non-empty text of ``row[field]``, or a :class:`DataError` naming file, line and field."""
+    if field not in row or row[field] is None:
+        raise DataError(path, line, field, f"missing field (have: {', '.join(map(str, row))})")
+    value = str(row[field]).strip()
+    if not value:
+        raise DataError(path, line, field, "empty")
+    return value
+
+
+def clip(text: str, limit: int) -> str:
+    """At most ``limit`` characters, cut at a word boundary, marked with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0] + " …"

@@ -1,0 +1,180 @@
+"""What a task is: records, prompts, SFT targets, a parser, metrics, and wrong answers.
+
+A :class:`Record` is one item of a task (a message to triage, a question to answer). A
+:class:`Task` turns records into chat prompts and SFT targets, parses generated text into a
+prediction, scores predictions, and proposes wrong answers for preference pairs. Two kinds:
+:class:`ClassificationTask` (one or more labelled fields) and :class:`GenerationTask`
+(free text scored by ROUGE or by matching the answer).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..evaluate.metrics import classification_report, macro_f1, triage_safety
+from ..evaluate.rouge import rouge
+from .parsing import find_label
+
+
+@dataclass
+class Record:
+    id: str
+    prompt: str
+    target: str  # the reference answer, as the model should write it
+    labels: dict[str, str] = field(default_factory=dict)  # classification: field -> canonical label
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. per-record aliases (option texts)
+
+    def stratum(self) -> str:
+        return "|".join(self.labels.values()) if self.labels else ""
+
+
+@dataclass
+class LabelField:
+    """A labelled output field. For an ordinal field (triage), ``labels`` run from the most to
+    the least urgent and the triage-safety metrics are reported."""
+
+    name: str
+    labels: list[str]
+    aliases: dict[str, list[str]] = field(default_factory=dict)
+    ordinal: bool = False
+
+
+class Task:
+    name = "task"
+    kind = "generation"
+    system: str | None = None
+    max_new_tokens = 64
+    primary = "rougeL"  # the headline metric, compared between stages by paired bootstrap
+
+    def load(self, path: str) -> list[Record]:
+        raise NotImplementedError
+
+    def messages(self, record: Record) -> list[dict]:
+        msgs = [{"role": "system", "content": self.system}] if self.system else []
+        return msgs + [{"role": "user", "content": record.prompt}]
+
+    def parse(self, text: str, record: Record):
+        raise NotImplementedError
+
+    def correct(self, record: Record, pred) -> bool:
+        raise NotImplementedError
+
+    def metrics(self, records: list[Record], preds: list) -> dict:
+        raise NotImplementedError
+
+    def item_scores(self, records: list[Record], preds: list) -> np.ndarray:
+        """Per-item scores whose mean is a metric (for CIs); classification uses correctness."""
+        return np.array([float(self.correct(r, p)) for r, p in zip(records, preds)])
+
+    def primary_on(self, records: list[Record], preds: list):
+        """``f(idx) -> primary metric`` on a resample of items (for the paired bootstrap)."""
+        scores = self.item_scores(records, preds)
+        return lambda idx: float(scores[idx].mean())
+
+    def wrong_answers(self, record: Record, rng: random.Random, others: list[Record]) -> list[str]:
+        """Plausible wrong answers for ``record``, hardest first where the task can tell."""
+        raise NotImplementedError
+
+
+class ClassificationTask(Task):
+    kind = "classification"
+    max_new_tokens = 16
+    primary = "macro_f1"
+
+    def __init__(self, fields: list[LabelField]):
+        self.fields = fields
+
+    def render(self, labels: dict[str, str], record: Record | None = None) -> str:
+        if len(self.fields) == 1:
+            return labels[self.fields[0].name]
+        return "\n".join(f"{f.name.capitalize()}: {labels[f.name]}" for f in self.fields)
+
+    def aliases(self, f: LabelField, record: Record) -> dict[str, list[str]]:
+        per_record = record.meta.get("aliases", {}).get(f.name, {})
+        return {label: list(f.aliases.get(label, [])) + list(per_record.get(label, [])) for label in f.labels}
+
+    def parse(self, text: str, record: Record) -> dict[str, str | None]:
+        return {f.name: find_label(text, self.aliases(f, record), f.name if len(self.fields) > 1 else None)
+                for f in self.fields}
+
+    def correct(self, record: Record, pred: dict) -> bool:
+        return all(pred.get(f.name) == record.labels[f.name] for f in self.fields)
+
+    def metrics(self, records, preds) -> dict:
+        out: dict[str, Any] = {"accuracy": float(np.mean([self.correct(r, p) for r, p in zip(records, preds)]))}
+        for f in self.fields:
+            gold = [r.labels[f.name] for r in records]
+            pred = [p.get(f.name) for p in preds]
+            rep = classification_report(gold, pred, f.labels)
+            if f.ordinal:
+                rep["triage"] = triage_safety(gold, pred, f.labels)
+            out[f.name] = rep
+        out["macro_f1"] = float(np.mean([out[f.name]["macro_f1"] for f in self.fields]))
+        return out
+
+    def primary_on(self, records, preds):
+        cols = [([r.labels[f.name] for r in records], [p.get(f.name) for p in preds], f.labels) for f in self.fields]
+        arrays = [(np.array(g, dtype=object), np.array(p, dtype=object), labels) for g, p, labels in cols]
+        return lambda idx: float(np.mean([macro_f1(g[idx].tolist(), p[idx].tolist(), labels)
+                                          for g, p, labels in arrays]))
+
+    def wrong_answers(self, record, rng, others):
+        """One field set to a wrong label: for ordinal fields the neighbouring levels come first
+        (the hardest mistakes); otherwise the wrong labels in random order."""
+        out = []
+        for f in self.fields:
+            gold = record.labels[f.name]
+            wrong = [c for c in f.labels if c != gold]
+            if f.ordinal:
+                i = f.labels.index(gold)
+                wrong.sort(key=lambda c: (abs(f.labels.index(c) - i), rng.random()))
+            else:
+                rng.shuffle(wrong)
+            out += [self.render({**record.labels, f.name: c}, record) for c in wrong]
+        return out
+
+
+class GenerationTask(Task):
+    """Free text. ``mode="rouge"`` (summaries) scores ROUGE-L F; ``mode="match"`` (open-ended
+    answers) counts an answer correct when it contains the reference answer or recalls at least
+    80% of its words (ROUGE-1 recall)."""
+
+    max_new_tokens = 96
+
+    def __init__(self, mode: str = "rouge"):
+        if mode not in ("rouge", "match"):
+            raise ValueError(f"generation mode must be 'rouge' or 'match', got {mode!r}")
+        self.mode = mode
+        self.primary = "rougeL" if mode == "rouge" else "accuracy"
+
+    def parse(self, text, record):
+        return (text or "").strip()
+
+    def correct(self, record, pred) -> bool:
+        if not pred:
+            return False
+        ref = record.meta.get("answer", record.target)
+        if " ".join(ref.lower().split()) in " ".join(pred.lower().split()):
+            return True
+        return rouge(ref, pred)["rouge1"]["recall"] >= 0.8
+
+    def item_scores(self, records, preds):
+        if self.mode == "match":
+            return super().item_scores(records, preds)
+        return np.array([rouge(r.target, p)["rougeL"]["fmeasure"] for r, p in zip(records, preds)])
+
+    def metrics(self, records, preds) -> dict:
+        scores = [rouge(r.target, p) for r, p in zip(records, preds)]
+        out = {k: float(np.mean([s[k]["fmeasure"] for s in scores])) for k in ("rouge1", "rouge2", "rougeL")}
+        out["accuracy"] = float(np.mean([self.correct(r, p) for r, p in zip(records, preds)]))
+        out["empty"] = float(np.mean([not p for p in preds]))
+        return out
+
+    def wrong_answers(self, record, rng, others):
+        """Another record's reference (a fluent but wrong answer), in random order."""
+        pool = [o.target for o in others if o.target != record.target]
+        rng.shuffle(pool)
+        return pool[:3]

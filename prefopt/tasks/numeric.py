@@ -1,0 +1,95 @@
+"""Numeric classification: UCI Heart Disease, or any table of numeric columns rendered into text.
+
+Missing values (``?`` or empty) are written as "missing", not dropped. ``target="binary"``
+asks "heart disease: yes/no" (num > 0); ``target="multiclass"`` asks for the 0-4 severity.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from ..data.records import DataError
+from ._io import need, table
+from .base import ClassificationTask, LabelField, Record
+
+UCI_COLUMNS = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak", "slope",
+               "ca", "thal", "num"]
+UCI_NAMES = {"age": "age (years)", "sex": "sex (1 male, 0 female)", "cp": "chest pain type (1-4)",
+             "trestbps": "resting blood pressure (mm Hg)", "chol": "serum cholesterol (mg/dl)",
+             "fbs": "fasting blood sugar > 120 mg/dl", "restecg": "resting ECG (0-2)",
+             "thalach": "maximum heart rate", "exang": "exercise-induced angina", "oldpeak": "ST depression",
+             "slope": "ST slope (1-3)", "ca": "major vessels coloured (0-3)", "thal": "thal (3, 6, 7)"}
+MISSING = {"", "?", "na", "nan", "none"}
+
+
+def _value(v: str) -> str:
+    return "missing" if v.strip().lower() in MISSING else v.strip()
+
+
+class NumericTable(ClassificationTask):
+    """Any CSV/JSONL: ``feature_columns`` rendered as "name: value" lines, ``label_column`` the class."""
+
+    name = "numeric_table"
+
+    def __init__(self, label_column: str = "label", feature_columns: list[str] | None = None,
+                 names: dict[str, str] | None = None, labels: list[str] | None = None, question: str | None = None):
+        super().__init__([LabelField("label", list(labels or []))])
+        self.label_column, self.feature_columns, self.names = label_column, feature_columns, names or {}
+        self.question = question or "What is the class of this record?"
+
+    def label_of(self, raw: str) -> str:
+        return raw.strip().lower()
+
+    def rows(self, path):
+        return table(path)
+
+    def load(self, path):
+        out = []
+        for line, row in self.rows(path):
+            label = self.label_of(need(row, self.label_column, path, line))
+            cols = self.feature_columns or [c for c in row if c not in (self.label_column, "_source")]
+            for c in cols:
+                if c not in row:
+                    raise DataError(path, line, c, "missing column")
+            lines = "\n".join(f"- {self.names.get(c, c)}: {_value(str(row[c]))}" for c in cols)
+            out.append(Record(f"{row.get('_source', Path(path).name)}:{line}", lines, label, {"label": label}))
+        if not self.fields[0].labels:
+            self.fields[0].labels = sorted({r.labels["label"] for r in out})
+        for r in out:
+            r.prompt = f"{self.question} Answer with one of: {', '.join(self.fields[0].labels)}.\n\n{r.prompt}"
+        return out
+
+
+class UCIHeart(NumericTable):
+    """``processed.*.data`` files (no header, 14 columns) or a folder of them."""
+
+    name = "uci_heart"
+
+    def __init__(self, target: str = "binary"):
+        if target not in ("binary", "multiclass"):
+            raise ValueError(f"uci_heart target must be 'binary' or 'multiclass', got {target!r}")
+        labels = ["no", "yes"] if target == "binary" else ["0", "1", "2", "3", "4"]
+        q = ("Does this patient have heart disease?" if target == "binary"
+             else "What is this patient's heart disease severity (0 none to 4 severe)?")
+        super().__init__("num", UCI_COLUMNS[:-1], UCI_NAMES, labels, q)
+        self.target = target
+        if target == "binary":
+            self.fields[0].aliases = {"yes": ["heart disease present"], "no": ["no heart disease"]}
+
+    def label_of(self, raw):
+        n = int(float(raw))
+        return ("yes" if n > 0 else "no") if self.target == "binary" else str(n)
+
+    def rows(self, path):
+        path = Path(path)
+        files = sorted(path.glob("processed.*.data")) if path.is_dir() else [path]
+        if not files:
+            raise FileNotFoundError(f"{path}: no processed.*.data files")
+        for f in files:
+            with open(f, encoding="latin-1") as fh:
+                for i, values in enumerate(csv.reader(fh), 1):
+                    if not values:
+                        continue
+                    if len(values) != len(UCI_COLUMNS):
+                        raise DataError(f, i, None, f"expected {len(UCI_COLUMNS)} values, got {len(values)}")
+                    yield i, {**dict(zip(UCI_COLUMNS, values)), "_source": f.name}

@@ -1,0 +1,111 @@
+"""Clinical reasoning: MedQA multiple choice (the letter, optionally with a short rationale),
+PubMedQA yes/no/maybe, and a free-text MedQA mode graded by matching the answer text."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..data.records import DataError
+from ._io import clip, need, table
+from .base import ClassificationTask, GenerationTask, LabelField, Record
+
+LETTERS = ["A", "B", "C", "D", "E"]
+
+
+def _medqa_rows(path):
+    for line, row in table(path):
+        q = need(row, "question", path, line)
+        options = row.get("options")
+        if not isinstance(options, dict) or len(options) < 2:
+            raise DataError(path, line, "options", "expected an object of lettered options")
+        answer = need(row, "answer_idx", path, line).upper()
+        if answer not in options:
+            raise DataError(path, line, "answer_idx", f"{answer!r} is not one of the options {sorted(options)}")
+        yield line, q, {k.upper(): str(v) for k, v in options.items()}, answer
+
+
+class MedQA(ClassificationTask):
+    """``medqa_usmle_4options.jsonl``: question, options {A..D}, answer_idx. The model answers
+    with the letter and the option's text (``rationale=True`` asks for one sentence of why,
+    though the SFT target then has no rationale to imitate; it stays the letter and text)."""
+
+    name = "medqa"
+
+    def __init__(self, rationale: bool = False):
+        super().__init__([LabelField("answer", LETTERS[:4])])
+        self.rationale = rationale
+        self.max_new_tokens = 64 if rationale else 24
+
+    def load(self, path):
+        out = []
+        for line, q, options, answer in _medqa_rows(path):
+            self.fields[0].labels = sorted(set(self.fields[0].labels) | set(options))
+            listing = "\n".join(f"{k}) {v}" for k, v in sorted(options.items()))
+            ask = "Answer with the letter of the best option" + (
+                ", then one sentence of reasoning." if self.rationale else ".")
+            prompt = f"{q}\n\n{listing}\n\n{ask}"
+            out.append(Record(f"medqa:{line}", prompt, f"{answer}) {options[answer]}", {"answer": answer},
+                              {"aliases": {"answer": {k: [v] for k, v in options.items()}}, "options": options}))
+        return out
+
+    def render(self, labels, record=None):
+        letter = labels["answer"]
+        return f"{letter}) {record.meta['options'][letter]}" if record is not None else letter
+
+    def wrong_answers(self, record, rng, others):
+        wrong = [k for k in record.meta["options"] if k != record.labels["answer"]]
+        rng.shuffle(wrong)
+        return [self.render({"answer": k}, record) for k in wrong]
+
+
+class MedQAOpen(GenerationTask):
+    """MedQA without the options: the model must name the answer; correct when the answer
+    text appears in its reply (or 80% of its words do). Like the study's open-ended reasoning."""
+
+    name = "medqa_open"
+    max_new_tokens = 32
+
+    def __init__(self):
+        super().__init__("match")
+
+    def load(self, path):
+        out = []
+        for line, q, options, answer in _medqa_rows(path):
+            out.append(Record(f"medqa:{line}", f"{q}\n\nAnswer in a few words.", options[answer],
+                              meta={"answer": options[answer], "options": options}))
+        return out
+
+    def wrong_answers(self, record, rng, others):
+        wrong = [v for k, v in record.meta["options"].items() if v != record.meta["answer"]]
+        rng.shuffle(wrong)
+        return wrong
+
+
+class PubMedQA(ClassificationTask):
+    """``ori_pqal.json`` (PQA-L): question + abstract contexts → yes / no / maybe."""
+
+    name = "pubmedqa"
+    max_new_tokens = 8
+
+    def __init__(self, max_chars: int = 1500):
+        super().__init__([LabelField("answer", ["yes", "no", "maybe"])])
+        self.max_chars = max_chars
+
+    def load(self, path):
+        path = Path(path)
+        if path.suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            rows = [(k, v) for k, v in data.items()] if isinstance(data, dict) else list(enumerate(data))
+        else:
+            rows = [(f"{path.name}:{line}", row) for line, row in table(path)]
+        out = []
+        for key, row in rows:
+            q = need(row, "QUESTION" if "QUESTION" in row else "question", path, None)
+            ctx = row.get("CONTEXTS") or row.get("context") or []
+            ctx = " ".join(ctx) if isinstance(ctx, list) else str(ctx)
+            label = need(row, "final_decision" if "final_decision" in row else "answer", path, None).lower()
+            if label not in ("yes", "no", "maybe"):
+                raise DataError(path, None, "final_decision", f"expected yes/no/maybe for {key}, got {label!r}")
+            prompt = f"Context: {clip(ctx, self.max_chars)}\n\nQuestion: {q}\n\nAnswer yes, no or maybe."
+            out.append(Record(f"pubmedqa:{key}", prompt, label, {"answer": label}))
+        return out

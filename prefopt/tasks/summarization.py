@@ -1,0 +1,50 @@
+"""Summarization: MeQSum (consumer question → short question), ACI-Bench (dialogue → note), or
+any file with a source and a target column."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._io import clip, need, table
+from .base import GenerationTask, Record
+
+
+class Summarization(GenerationTask):
+    name = "summarization"
+
+    def __init__(self, source_column: str = "source", target_column: str = "target",
+                 instruction: str = "Summarize the text.", max_chars: int = 3000, max_new_tokens: int = 96):
+        super().__init__("rouge")
+        self.source_column, self.target_column = source_column, target_column
+        self.instruction, self.max_chars, self.max_new_tokens = instruction, max_chars, max_new_tokens
+
+    def load(self, path):
+        out = []
+        for line, row in table(path):
+            src = need(row, self.source_column, path, line)
+            tgt = need(row, self.target_column, path, line)
+            out.append(Record(f"{Path(path).name}:{line}", f"{self.instruction}\n\n{clip(src, self.max_chars)}", tgt))
+        return out
+
+
+class MeQSum(Summarization):
+    name = "meqsum"
+
+    def __init__(self):
+        super().__init__("CHQ", "Summary", "Summarize this patient's question as one short question.", 1500, 48)
+
+
+class ACIBench(Summarization):
+    """ACI-Bench ``train.csv``/``valid.csv`` (dialogue, note). Dialogues are long: the prompt keeps
+    their first ``max_chars`` characters, and the note target is clipped the same way."""
+
+    name = "aci_bench"
+
+    def __init__(self, max_chars: int = 2500):
+        super().__init__("dialogue", "note", "Write the clinical note for this doctor-patient conversation.",
+                         max_chars, 256)
+
+    def load(self, path):
+        out = super().load(path)
+        for r in out:
+            r.target = clip(r.target, 1200)
+        return out

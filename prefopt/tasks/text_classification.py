@@ -1,0 +1,54 @@
+"""Text classification: Medical Abstracts (5 condition classes), or any text + label file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._io import clip, need, table
+from .base import ClassificationTask, LabelField, Record
+
+ABSTRACT_CLASSES = {"1": "neoplasms", "2": "digestive system diseases", "3": "nervous system diseases",
+                    "4": "cardiovascular diseases", "5": "general pathological conditions"}
+
+
+class TextClassification(ClassificationTask):
+    """Any CSV/JSONL with a text column and a label column (``text_column``, ``label_column``)."""
+
+    name = "text_classification"
+
+    def __init__(self, text_column: str = "text", label_column: str = "label", labels: list[str] | None = None,
+                 max_chars: int = 1500, instruction: str | None = None):
+        super().__init__([LabelField("label", list(labels or []))])
+        self.text_column, self.label_column, self.max_chars = text_column, label_column, max_chars
+        self.instruction = instruction
+
+    def label_of(self, raw: str) -> str:
+        return raw.strip().lower()
+
+    def load(self, path):
+        out = []
+        for line, row in table(path):
+            text = need(row, self.text_column, path, line)
+            label = self.label_of(need(row, self.label_column, path, line))
+            out.append(Record(f"{Path(path).name}:{line}", "", label, {"label": label}, {"text": text}))
+        if not self.fields[0].labels:
+            self.fields[0].labels = sorted({r.labels["label"] for r in out})
+        options = ", ".join(self.fields[0].labels)
+        for r in out:
+            r.prompt = (f"{self.instruction or 'Classify this text.'} Answer with one of: {options}.\n\n"
+                        f"{clip(r.meta.pop('text'), self.max_chars)}")
+        return out
+
+
+class MedicalAbstracts(TextClassification):
+    """``medical_tc.csv`` (condition_label 1-5, medical_abstract)."""
+
+    name = "medical_abstracts"
+
+    def __init__(self, max_chars: int = 1500):
+        super().__init__("medical_abstract", "condition_label", list(ABSTRACT_CLASSES.values()), max_chars,
+                         "Which condition class does this medical abstract describe?")
+
+    def label_of(self, raw):
+        if raw not in ABSTRACT_CLASSES:
+            raise ValueError(f"condition_label must be 1-5, got {raw!r}")
+        return ABSTRACT_CLASSES[raw]

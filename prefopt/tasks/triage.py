@@ -1,0 +1,128 @@
+"""Triage: KTAS emergency-department records, and patient-portal messages (bundled, synthetic).
+
+KTAS (``data.csv``, ``;``-separated, latin-1): chief complaint plus vitals → the expert's KTAS
+level (1 most urgent … 5), or grouped (emergency 1-2, urgent 3, non-urgent 4-5), optionally
+with the disposition (discharge / admission / transfer-or-other). Codes follow the dataset's
+documentation (Moon et al., 2019): sex 1 female 2 male; mental 1 alert, 2 responds to voice,
+3 to pain, 4 unresponsive; injury 2 yes; disposition 1 and 4 discharge, 2 ward, 3 ICU,
+7 surgery, 5 transfer, 6 death.
+
+Portal messages (``prefopt/tasks/data/portal_messages.jsonl``, see its README): message →
+urgency (emergency / urgent / routine) and the staff who should handle it (physician, nurse,
+pharmacist, front desk), as in the study's provider-triage task.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..data.records import DataError
+from ._io import need, table
+from .base import ClassificationTask, LabelField, Record
+
+PORTAL_DATA = Path(__file__).resolve().parent / "data" / "portal_messages.jsonl"
+GROUPS = {"1": "emergency", "2": "emergency", "3": "urgent", "4": "non-urgent", "5": "non-urgent"}
+DISPOSITION = {"1": "discharge", "4": "discharge", "2": "admission", "3": "admission", "7": "admission",
+               "5": "transfer or other", "6": "transfer or other"}
+MENTAL = {"1": "alert", "2": "responds to voice", "3": "responds to pain", "4": "unresponsive"}
+URGENCY_ALIASES = {"emergency": ["emergent", "critical", "call 911", "immediately"],
+                   "urgent": ["same day", "same-day", "soon"],
+                   "non-urgent": ["not urgent", "nonurgent", "non urgent", "routine", "less urgent"],
+                   "routine": ["not urgent", "non-urgent", "nonurgent", "non urgent"]}
+
+
+def _f(row: dict, key: str, unit: str = "") -> str:
+    v = str(row.get(key, "")).strip().replace(",", ".")
+    return f"{v}{unit}" if v and v not in ("??", "#BOÞ!") else "not recorded"
+
+
+class KTAS(ClassificationTask):
+    name = "ktas"
+
+    def __init__(self, levels: str = "grouped", disposition: bool = False):
+        if levels not in ("ktas", "grouped"):
+            raise ValueError(f"ktas levels must be 'ktas' (1-5) or 'grouped', got {levels!r}")
+        if levels == "ktas":
+            urgency = LabelField("urgency", ["1", "2", "3", "4", "5"], ordinal=True)
+        else:
+            urgency = LabelField("urgency", ["emergency", "urgent", "non-urgent"],
+                                 {k: URGENCY_ALIASES[k] for k in ("emergency", "urgent", "non-urgent")}, ordinal=True)
+        fields = [urgency]
+        if disposition:
+            fields.append(LabelField("disposition", ["admission", "discharge", "transfer or other"],
+                                     {"admission": ["admit", "admitted", "ward", "icu"],
+                                      "discharge": ["discharged", "home"], "transfer or other": ["transfer"]}))
+        super().__init__(fields)
+        self.levels, self.with_disposition = levels, disposition
+        self.max_new_tokens = 24 if disposition else 12
+
+    def render(self, labels, record=None):
+        shown = dict(labels)
+        if self.levels == "ktas":
+            shown["urgency"] = f"KTAS {labels['urgency']}"
+        if len(self.fields) == 1:
+            return shown["urgency"]
+        return "\n".join(f"{f.name.capitalize()}: {shown[f.name]}" for f in self.fields)
+
+    def load(self, path):
+        out = []
+        for line, row in table(path, delimiter=";", encoding="latin-1"):
+            complaint = need(row, "Chief_complain", path, line)
+            level = need(row, "KTAS_expert", path, line)
+            if level not in GROUPS:
+                raise DataError(path, line, "KTAS_expert", f"expected 1-5, got {level!r}")
+            labels = {"urgency": level if self.levels == "ktas" else GROUPS[level]}
+            if self.with_disposition:
+                d = need(row, "Disposition", path, line)
+                if d not in DISPOSITION:
+                    raise DataError(path, line, "Disposition", f"unknown code {d!r}")
+                labels["disposition"] = DISPOSITION[d]
+            sex = {"1": "female", "2": "male"}.get(str(row.get("Sex")).strip(), "unknown sex")
+            nrs = _f(row, "NRS_pain")
+            text = (f"{_f(row, 'Age')}-year-old {sex}, chief complaint: {complaint}.\n"
+                    f"Injury: {'yes' if str(row.get('Injury')).strip() == '2' else 'no'}; mental status: "
+                    f"{MENTAL.get(str(row.get('Mental')).strip(), 'not recorded')}; pain score: {nrs}.\n"
+                    f"BP {_f(row, 'SBP')}/{_f(row, 'DBP')} mmHg, HR {_f(row, 'HR')}/min, RR {_f(row, 'RR')}/min, "
+                    f"temperature {_f(row, 'BT')} C, SpO2 {_f(row, 'Saturation', '%')}.")
+            scale = ("KTAS level (1 most urgent to 5 least urgent)" if self.levels == "ktas"
+                     else "urgency (emergency, urgent or non-urgent)")
+            ask = f"Triage this emergency department patient. Give the {scale}"
+            ask += " and the likely disposition (admission, discharge, or transfer or other)." if \
+                self.with_disposition else "."
+            fmt = "Urgency: <level>\nDisposition: <disposition>" if self.with_disposition else "the level only"
+            out.append(Record(f"ktas:{line}", f"{ask} Answer with {fmt}.\n\n{text}", "", labels))
+        for r in out:
+            r.target = self.render(r.labels, r)
+        return out
+
+
+class PortalTriage(ClassificationTask):
+    name = "portal"
+
+    def __init__(self):
+        super().__init__([
+            LabelField("urgency", ["emergency", "urgent", "routine"],
+                       {k: URGENCY_ALIASES[k] for k in ("emergency", "urgent", "routine")}, ordinal=True),
+            LabelField("staff", ["physician", "nurse", "pharmacist", "front desk"],
+                       {"physician": ["doctor", "provider"], "nurse": ["nursing"], "pharmacist": ["pharmacy"],
+                        "front desk": ["front-desk", "administrative", "admin staff", "reception", "scheduling"]}),
+        ])
+        self.max_new_tokens = 16
+
+    def load(self, path=None):
+        path = path or PORTAL_DATA
+        out = []
+        for line, row in table(path):
+            msg = need(row, "message", path, line)
+            labels = {}
+            for f in self.fields:
+                v = need(row, f.name, path, line).lower()
+                if v not in f.labels:
+                    raise DataError(path, line, f.name, f"{v!r} is not one of {f.labels}")
+                labels[f.name] = v
+            prompt = ("Triage this patient portal message. How urgent is it (emergency, urgent or routine), and "
+                      "who should handle it (physician, nurse, pharmacist or front desk)? Answer as\n"
+                      f"Urgency: <urgency>\nStaff: <staff>\n\nMessage: {msg}")
+            rec = Record(str(row.get("id") or f"portal:{line}"), prompt, "", labels)
+            rec.target = self.render(labels, rec)
+            out.append(rec)
+        return out

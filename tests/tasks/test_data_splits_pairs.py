@@ -1,0 +1,95 @@
+"""Task loaders (errors name file, line and field), leak-free splits, preference-pair strategies."""
+import json
+import random
+
+import pytest
+
+from prefopt.data.records import DataError
+from prefopt.tasks import PORTAL_DATA, get_task, model_error_pairs, split_records, wrong_label_pairs
+
+
+def test_bundled_portal_set_is_synthetic_and_large_enough():
+    rows = [json.loads(line) for line in PORTAL_DATA.read_text().splitlines()]
+    assert len(rows) >= 300 and all(r["synthetic"] for r in rows)
+    assert "synthetic" in (PORTAL_DATA.parent / "README.md").read_text().lower()
+    recs = get_task("portal").load()
+    assert len({r.labels["staff"] for r in recs}) == 4 and len({r.labels["urgency"] for r in recs}) == 3
+
+
+def test_split_is_seeded_stratified_and_never_leaks():
+    recs = get_task("portal").load()
+    recs.append(type(recs[0])("dup", recs[0].prompt, recs[0].target, dict(recs[0].labels)))  # a duplicate prompt
+    a = split_records(recs, test=60, val=20, seed=3)
+    b = split_records(recs, test=60, val=20, seed=3)
+    assert [r.id for r in a["test"]] == [r.id for r in b["test"]]
+    assert [r.id for r in split_records(recs, test=60, seed=4)["test"]] != [r.id for r in a["test"]]
+    prompts = {k: {r.prompt for r in v} for k, v in a.items()}
+    assert not (prompts["train"] & prompts["test"]) and not (prompts["train"] & prompts["val"])
+    assert not (prompts["val"] & prompts["test"])
+    assert sum(len(v) for v in a.values()) == len(recs)
+    share = sum(r.labels["urgency"] == "emergency" for r in a["test"]) / len(a["test"])
+    overall = sum(r.labels["urgency"] == "emergency" for r in recs) / len(recs)
+    assert abs(share - overall) < 0.07
+    with pytest.raises(ValueError, match="no training data"):
+        split_records(recs[:10], test=8, val=2)
+
+
+def test_loader_errors_name_file_line_and_field(tmp_path):
+    p = tmp_path / "portal.jsonl"
+    p.write_text('{"message": "hi", "urgency": "urgent", "staff": "nurse"}\n'
+                 '{"message": "chest pain", "urgency": "soonish", "staff": "nurse"}\n')
+    with pytest.raises(DataError, match=r"portal.jsonl:2: field 'urgency'"):
+        get_task("portal").load(p)
+    p.write_text('{"message": "", "urgency": "urgent", "staff": "nurse"}\n')
+    with pytest.raises(DataError, match=r"portal.jsonl:1: field 'message': empty"):
+        get_task("portal").load(p)
+    p.write_text('{"message": "x", "urgency": "urgent", "staff": "nurse"\n')
+    with pytest.raises(DataError, match="malformed JSON"):
+        get_task("portal").load(p)
+    c = tmp_path / "t.csv"
+    c.write_text("text,label\nsome text,a\n,b\n")
+    with pytest.raises(DataError, match=r"t.csv:3: field 'text': empty"):
+        get_task("text_classification").load(c)
+    with pytest.raises(ValueError, match="unknown task"):
+        get_task("nope")
+    with pytest.raises(ValueError, match="bad option"):
+        get_task("portal", colour="red")
+
+
+def test_generic_files_with_user_named_columns(tmp_path):
+    c = tmp_path / "notes.csv"
+    c.write_text("note,dx\nCough and fever,infection\nChest pain on exertion,cardiac\nRash after drug,allergy\n")
+    t = get_task("text_classification", text_column="note", label_column="dx")
+    recs = t.load(c)
+    assert t.fields[0].labels == ["allergy", "cardiac", "infection"] and recs[1].labels == {"label": "cardiac"}
+    n = tmp_path / "vitals.csv"
+    n.write_text("hr,sbp,outcome\n120,85,sick\n?,120,well\n")
+    t = get_task("numeric_table", label_column="outcome")
+    recs = t.load(n)
+    assert "hr: missing" in recs[1].prompt and recs[0].labels == {"label": "sick"}
+    s = tmp_path / "s.jsonl"
+    s.write_text(json.dumps({"long": "The patient asks about the dose of metformin.", "short": "Metformin dose?"}))
+    recs = get_task("summarization", source_column="long", target_column="short").load(s)
+    assert recs[0].target == "Metformin dose?"
+
+
+def test_wrong_label_pairs_never_equal_chosen_and_prefer_neighbouring_levels():
+    task = get_task("portal")
+    recs = task.load()[:50]
+    pairs = wrong_label_pairs(task, recs, seed=0)
+    assert len(pairs) == 50 and all(p["chosen"] != p["rejected"] for p in pairs)
+    assert all(p["prompt"][-1]["role"] == "user" for p in pairs)
+    r = next(x for x in recs if x.labels["urgency"] == "emergency")
+    first = task.wrong_answers(r, random.Random(0), recs)[0]
+    assert "Urgency: urgent" in first  # the neighbouring level is the hardest mistake
+
+
+def test_model_error_pairs_use_the_models_wrong_answers_and_fall_back():
+    task = get_task("portal")
+    recs = task.load()[:4]
+    outputs = ["Urgency: routine\nStaff: front desk", recs[1].target, "", "blah"]
+    pairs, report = model_error_pairs(task, recs, lambda rs: outputs, seed=0)
+    assert report == {"prompts": 4, "model_errors": 2 - (recs[0].target == outputs[0]), "fallback_wrong_label":
+                      2 + (recs[0].target == outputs[0])}
+    assert pairs[3]["rejected"] == "blah" and pairs[3]["source"] == "model_errors"
+    assert pairs[1]["source"] == "wrong_label"  # the model was right there

@@ -1,0 +1,91 @@
+"""Parsers: chatter, casing, markdown, letters vs option text, empty output."""
+import pytest
+
+from prefopt.tasks import get_task
+from prefopt.tasks.base import Record
+from prefopt.tasks.parsing import find_label
+
+MEDQA_ROW = {"question": "Which drug?", "options": {"A": "Aspirin", "B": "Metoprolol", "C": "Warfarin",
+                                                    "D": "Non-steroidal anti-inflammatory drug"}, "answer_idx": "B"}
+
+
+@pytest.fixture
+def medqa(tmp_path):
+    import json
+
+    p = tmp_path / "medqa.jsonl"
+    p.write_text(json.dumps(MEDQA_ROW) + "\n")
+    task = get_task("medqa")
+    return task, task.load(p)[0]
+
+
+@pytest.mark.parametrize("text,want", [
+    ("B", "B"),
+    ("B) Metoprolol", "B"),
+    ("**B**", "B"),
+    ("The answer is B.", "B"),
+    ("answer: b", "B"),
+    ("I think the best option is (B) because it slows the heart.", "B"),
+    ("Metoprolol", "B"),  # the option's text, no letter
+    ("The correct choice would be metoprolol, a beta blocker.", "B"),
+    ("Sure! Let me think about it. A patient like this needs... The answer is C) Warfarin", "C"),
+    ("non-steroidal anti-inflammatory drug", "D"),
+    ("", None),
+    ("   ", None),
+    ("I am not sure.", None),
+    ("a patient should rest", None),  # the article 'a' is not option A
+])
+def test_medqa_parser(medqa, text, want):
+    task, rec = medqa
+    assert task.parse(text, rec) == {"answer": want}
+
+
+@pytest.mark.parametrize("text,urgency,staff", [
+    ("Urgency: urgent\nStaff: nurse", "urgent", "nurse"),
+    ("urgency: EMERGENCY\nstaff: Physician", "emergency", "physician"),
+    ("Sure! Urgency: **Routine**. Staff: front desk.", "routine", "front desk"),
+    ("This is not urgent; the pharmacy team can handle it.", "routine", "pharmacist"),
+    ("Urgency: non-urgent\nStaff: doctor", "routine", "physician"),
+    ("Urgency: <urgency>\nStaff: <staff>", None, None),
+    ("", None, None),
+    ("Call 911 now - this needs a doctor immediately", "emergency", "physician"),
+])
+def test_portal_parser(text, urgency, staff):
+    task = get_task("portal")
+    rec = Record("x", "", "", {"urgency": "urgent", "staff": "nurse"})
+    assert task.parse(text, rec) == {"urgency": urgency, "staff": staff}
+
+
+@pytest.mark.parametrize("text,want", [("KTAS 3", "3"), ("Level 2.", "2"), ("Urgency: KTAS 5", "5"), ("4", "4"),
+                                       ("The patient is 45 years old", None), ("", None)])
+def test_ktas_level_parser(text, want):
+    task = get_task("ktas", levels="ktas")
+    assert task.parse(text, Record("x", "", "", {"urgency": "3"}))["urgency"] == want
+
+
+@pytest.mark.parametrize("text,want", [("Yes.", "yes"), ("MAYBE", "maybe"), ("No, it does not.", "no"),
+                                       ("The answer is yes", "yes"), ("", None)])
+def test_pubmedqa_parser(text, want):
+    task = get_task("pubmedqa")
+    assert task.parse(text, Record("x", "", "", {"answer": "yes"}))["answer"] == want
+
+
+def test_longest_form_wins_a_tie_and_earliest_mention_wins():
+    aliases = {"urgent": [], "non-urgent": []}
+    assert find_label("non-urgent", aliases) == "non-urgent"
+    assert find_label("urgent, not non-urgent", aliases) == "urgent"
+
+
+def test_empty_output_scores_as_wrong_not_a_crash(medqa):
+    task, rec = medqa
+    preds = [task.parse("", rec)]
+    m = task.metrics([rec], preds)
+    assert m["accuracy"] == 0.0 and m["answer"]["unparsed"] == 1.0
+
+
+def test_open_answer_matching():
+    task = get_task("medqa_open")
+    rec = Record("x", "", "Metoprolol", meta={"answer": "Metoprolol"})
+    assert task.correct(rec, "I would give metoprolol.")
+    assert not task.correct(rec, "Aspirin")
+    assert not task.correct(rec, "")
