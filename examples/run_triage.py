@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--task", default="portal", choices=["portal", "ktas"])
     ap.add_argument("--data", help="data file (default: the bundled synthetic portal messages)")
     ap.add_argument("--preset", default="quick", choices=["quick", "full"])
-    ap.add_argument("--strategy", default="wrong_label", choices=["wrong_label", "model_errors"])
+    ap.add_argument("--strategy", default="wrong_label", choices=["wrong_label", "wrong_label_hardest", "model_errors"])
     ap.add_argument("--output", default="runs/triage-demo")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()

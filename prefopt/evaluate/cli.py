@@ -81,7 +81,7 @@ def add_commands(sub) -> None:
 
     c = sub.add_parser("compare", parents=[common], help="base → SFT → DPO on one test set, with statistics")
     c.add_argument("--preset", choices=["quick", "full"], default="quick")
-    c.add_argument("--strategy", choices=["wrong_label", "model_errors"], default="wrong_label",
+    c.add_argument("--strategy", choices=["wrong_label", "wrong_label_hardest", "model_errors"], default="wrong_label",
                    help="how DPO's rejected answers are made")
     c.add_argument("--loss", default="sigmoid", help="preference loss (see prefopt dpo --help)")
     c.add_argument("--judge", help="a local model that rates answers 1-5 (LLM judge)")

@@ -26,11 +26,11 @@ from .runner import predict, read_results, score, write_results
 STAGES = ("base", "sft", "dpo")
 PRESETS = {
     # small enough for 2 CPU cores in a few minutes (make demo)
-    "quick": {"max_train": 160, "test": 60, "sft_steps": 60, "dpo_steps": 40, "batch_size": 4, "max_length": 384,
-              "sft_lr": 3e-4, "dpo_lr": 1e-4, "beta": 0.1, "eval_batch_size": 16},
+    "quick": {"max_train": 160, "test": 60, "sft_steps": 60, "dpo_steps": 50, "batch_size": 4, "dpo_batch_size": 2,
+              "max_length": 384, "sft_lr": 3e-4, "dpo_lr": 1e-4, "beta": 0.1, "eval_batch_size": 16},
     "full": {"max_train": None, "test": 0.2, "sft_steps": None, "dpo_steps": None, "sft_epochs": 2.0,
-             "dpo_epochs": 1.0, "batch_size": 8, "max_length": 1024, "sft_lr": 2e-4, "dpo_lr": 5e-5, "beta": 0.1,
-             "eval_batch_size": 16},
+             "dpo_epochs": 1.0, "batch_size": 8, "dpo_batch_size": 4, "max_length": 1024, "sft_lr": 2e-4,
+             "dpo_lr": 5e-5, "beta": 0.1, "eval_batch_size": 16},
 }
 
 
@@ -42,7 +42,7 @@ class CompareConfig:
     data: str | None = None  # None: the task's bundled data (portal)
     preset: str = "quick"
     task_options: dict = field(default_factory=dict)
-    strategy: str = "wrong_label"  # or model_errors
+    strategy: str = "wrong_label"  # or wrong_label_hardest, model_errors
     loss: str = "sigmoid"
     seed: int = 0
     judge: str | None = None  # a local model that rates answers 1-5
@@ -82,7 +82,7 @@ def _split(cfg: CompareConfig, task, s: dict, out: Path):
 def _train_config(cls, cfg, s, stage: str, data: Path, out: Path, **kw):
     steps, epochs = s[f"{stage}_steps"], s[f"{stage}_epochs"]
     return cls(model=cfg.model, data=str(data), output_dir=str(out), max_length=s["max_length"],
-               batch_size=s["batch_size"], lr=s[f"{stage}_lr"], max_steps=steps, epochs=epochs, seed=cfg.seed,
+               batch_size=s["dpo_batch_size" if stage == "dpo" else "batch_size"], lr=s[f"{stage}_lr"], max_steps=steps, epochs=epochs, seed=cfg.seed,
                warmup_steps=min(5, (steps or 10) // 10), **kw)
 
 
@@ -144,8 +144,9 @@ def _pairs(cfg, task, tok, train, out: Path, s: dict) -> Path:
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    if cfg.strategy == "wrong_label":
-        pairs, report = wrong_label_pairs(task, train, seed=cfg.seed), {"strategy": "wrong_label"}
+    if cfg.strategy in ("wrong_label", "wrong_label_hardest"):
+        pairs = wrong_label_pairs(task, train, seed=cfg.seed, hardest=cfg.strategy == "wrong_label_hardest")
+        report = {"strategy": cfg.strategy}
     elif cfg.strategy == "model_errors":
         model = _load_stage_model(cfg, out, "sft")
         pairs, report = model_error_pairs(

@@ -13,9 +13,14 @@ PAIRS = (("base", "sft"), ("sft", "dpo"), ("base", "dpo"))
 NAMES = {"base": "base", "sft": "SFT", "dpo": "SFT+DPO"}
 
 
+def _p(cmp: dict) -> str:
+    """A bootstrap p-value of 0 means "below the resolution of the resamples"."""
+    return f"< {1 / cmp['n_resamples']:.2g}" if cmp["p_value"] == 0 else f"= {cmp['p_value']:.3g}"
+
+
 def _verdict(a: str, b: str, metric: str, cmp: dict) -> str:
     d, (lo, hi), p = cmp["delta"], cmp["ci"], cmp["p_value"]
-    stats = f"Δ{metric} = {d:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}], bootstrap p = {p:.3g}"
+    stats = f"Δ{metric} = {d:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}], bootstrap p {_p(cmp)}"
     if p < ALPHA and d > 0:
         return f"**Yes**: {NAMES[b]} beat {NAMES[a]} ({stats})."
     if p < ALPHA and d < 0:
@@ -138,7 +143,7 @@ def build_report(cfg, task, test, results: dict, out: Path) -> dict:
         a, b = k.split("->")
         w = v.get("likert_wilcoxon", {}).get("p_value")
         lines.append(f"| {NAMES[b]} vs {NAMES[a]} | {v['primary']['delta']:+.3f} | "
-                     f"[{v['primary']['ci'][0]:+.3f}, {v['primary']['ci'][1]:+.3f}] | {v['primary']['p_value']:.3g} | "
+                     f"[{v['primary']['ci'][0]:+.3f}, {v['primary']['ci'][1]:+.3f}] | {_p(v['primary']).lstrip('= ')} | "
                      f"{v['mcnemar']['p_value']:.3g} | {_fmt(w)} |")
     lines += ["", f"Paired bootstrap: {cfg.n_resamples} resamples of the test items (seed {cfg.seed}), percentile CI; "
               f"significance at p < {ALPHA}. Small test sets give wide CIs: read them before the point estimates."]

@@ -74,8 +74,8 @@ class Task:
         scores = self.item_scores(records, preds)
         return lambda idx: float(scores[idx].mean())
 
-    def wrong_answers(self, record: Record, rng: random.Random, others: list[Record]) -> list[str]:
-        """Plausible wrong answers for ``record``, hardest first where the task can tell."""
+    def wrong_answers(self, record: Record, rng: random.Random, others: list[Record], hardest: bool = False) -> list[str]:
+        """Plausible wrong answers for ``record`` (``hardest``: the hardest first, where the task can tell)."""
         raise NotImplementedError
 
 
@@ -121,19 +121,26 @@ class ClassificationTask(Task):
         return lambda idx: float(np.mean([macro_f1(g[idx].tolist(), p[idx].tolist(), labels)
                                           for g, p, labels in arrays]))
 
-    def wrong_answers(self, record, rng, others):
-        """One field set to a wrong label: for ordinal fields the neighbouring levels come first
-        (the hardest mistakes); otherwise the wrong labels in random order."""
-        out = []
-        for f in self.fields:
+    def wrong_answers(self, record, rng, others, hardest: bool = False):
+        """Answers with one field set to a wrong label, fields interleaved in random order.
+
+        By default the wrong labels are in random order, so every class is rejected about
+        equally often. ``hardest=True`` puts the neighbouring levels of ordinal fields first
+        (the most realistic triage mistakes) - but then the middle level is rejected far more
+        often than the others, which can teach the model to avoid it.
+        """
+        per_field = []
+        for f in rng.sample(self.fields, len(self.fields)):
             gold = record.labels[f.name]
             wrong = [c for c in f.labels if c != gold]
-            if f.ordinal:
+            rng.shuffle(wrong)
+            if hardest and f.ordinal:
                 i = f.labels.index(gold)
-                wrong.sort(key=lambda c: (abs(f.labels.index(c) - i), rng.random()))
-            else:
-                rng.shuffle(wrong)
-            out += [self.render({**record.labels, f.name: c}, record) for c in wrong]
+                wrong.sort(key=lambda c: abs(f.labels.index(c) - i))
+            per_field.append([self.render({**record.labels, f.name: c}, record) for c in wrong])
+        out = []
+        for k in range(max(map(len, per_field), default=0)):
+            out += [w[k] for w in per_field if k < len(w)]
         return out
 
 
@@ -173,7 +180,7 @@ class GenerationTask(Task):
         out["empty"] = float(np.mean([not p for p in preds]))
         return out
 
-    def wrong_answers(self, record, rng, others):
+    def wrong_answers(self, record, rng, others, hardest: bool = False):
         """Another record's reference (a fluent but wrong answer), in random order."""
         pool = [o.target for o in others if o.target != record.target]
         rng.shuffle(pool)

@@ -1,7 +1,8 @@
 """Preference pairs for DPO, by a named strategy for the rejected side.
 
-- ``wrong_label``: the reference answer against a wrong class or option (neighbouring levels
-  first for ordinal triage fields; another record's text for free-text tasks).
+- ``wrong_label``: the reference answer against a random wrong class or option (another
+  record's text for free-text tasks). ``wrong_label_hardest``: the hardest wrong answer
+  instead (the neighbouring level for ordinal triage fields).
 - ``model_errors``: on-policy negatives. The SFT model generates on the training prompts; its
   answers that the task's metric scores wrong (classification) or below the reference
   (free text, ROUGE-L under ``max_quality``) become the rejected side. Prompts it already gets
@@ -15,18 +16,19 @@ from collections.abc import Callable
 
 from .base import Record, Task
 
-STRATEGIES = ("wrong_label", "model_errors", "ranked")
+STRATEGIES = ("wrong_label", "wrong_label_hardest", "model_errors", "ranked")
 
 
 def _pair(task: Task, r: Record, rejected: str, source: str) -> dict:
     return {"prompt": task.messages(r), "chosen": r.target, "rejected": rejected, "id": r.id, "source": source}
 
 
-def wrong_label_pairs(task: Task, records: list[Record], *, seed: int = 0, per_record: int = 1) -> list[dict]:
+def wrong_label_pairs(task: Task, records: list[Record], *, seed: int = 0, per_record: int = 1,
+                      hardest: bool = False) -> list[dict]:
     rng = random.Random(seed)
     out = []
     for r in records:
-        wrong = [w for w in task.wrong_answers(r, rng, records) if w.strip() != r.target.strip()]
+        wrong = [w for w in task.wrong_answers(r, rng, records, hardest) if w.strip() != r.target.strip()]
         out += [_pair(task, r, w, "wrong_label") for w in wrong[:per_record]]
     return out
 

@@ -52,7 +52,7 @@ class MedQA(ClassificationTask):
         letter = labels["answer"]
         return f"{letter}) {record.meta['options'][letter]}" if record is not None else letter
 
-    def wrong_answers(self, record, rng, others):
+    def wrong_answers(self, record, rng, others, hardest: bool = False):
         wrong = [k for k in record.meta["options"] if k != record.labels["answer"]]
         rng.shuffle(wrong)
         return [self.render({"answer": k}, record) for k in wrong]
@@ -75,7 +75,7 @@ class MedQAOpen(GenerationTask):
                               meta={"answer": options[answer], "options": options}))
         return out
 
-    def wrong_answers(self, record, rng, others):
+    def wrong_answers(self, record, rng, others, hardest: bool = False):
         wrong = [v for k, v in record.meta["options"].items() if v != record.meta["answer"]]
         rng.shuffle(wrong)
         return wrong

@@ -73,15 +73,23 @@ def test_generic_files_with_user_named_columns(tmp_path):
     assert recs[0].target == "Metformin dose?"
 
 
-def test_wrong_label_pairs_never_equal_chosen_and_prefer_neighbouring_levels():
+def test_wrong_label_pairs_random_by_default_hardest_on_request():
     task = get_task("portal")
-    recs = task.load()[:50]
+    recs = task.load()
     pairs = wrong_label_pairs(task, recs, seed=0)
-    assert len(pairs) == 50 and all(p["chosen"] != p["rejected"] for p in pairs)
+    assert len(pairs) == len(recs) and all(p["chosen"] != p["rejected"] for p in pairs)
     assert all(p["prompt"][-1]["role"] == "user" for p in pairs)
+    changed = [next(line for line in p["rejected"].splitlines() if line not in p["chosen"].splitlines())
+               for p in pairs]
+    assert 0.3 < sum(c.startswith("Urgency") for c in changed) / len(changed) < 0.7  # both fields get negatives
+    rejected_urgency = [c.split(": ")[1] for c in changed if c.startswith("Urgency")]
+    assert min(rejected_urgency.count(u) for u in ("emergency", "urgent", "routine")) > 0.15 * len(rejected_urgency)
+
     r = next(x for x in recs if x.labels["urgency"] == "emergency")
-    first = task.wrong_answers(r, random.Random(0), recs)[0]
-    assert "Urgency: urgent" in first  # the neighbouring level is the hardest mistake
+    for seed in range(5):
+        answers = task.wrong_answers(r, random.Random(seed), recs, hardest=True)
+        first_urgency = next(a for a in answers if "Urgency: emergency" not in a)
+        assert "Urgency: urgent" in first_urgency  # the neighbouring level is the hardest mistake
 
 
 def test_model_error_pairs_use_the_models_wrong_answers_and_fall_back():
