@@ -115,3 +115,19 @@ def test_portal_compare_resumes_and_mines_model_errors(tiny_model, tmp_path, cap
 
     with pytest.raises(ValueError, match="different split"):
         run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), seed=1, overrides=TINY))
+
+
+def test_eval_cli_writes_predictions_and_metrics(tiny_model, tmp_path, capsys):
+    from prefopt.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--task", "portal", "--model", str(tiny_model), "--output", str(out), "--limit", "5",
+                 "--batch-size", "4"]) == 0
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(rows) == 5 and metrics["n"] == 5 and 0 <= metrics["macro_f1"] <= 1
+    assert {"id", "target", "output", "prediction", "correct"} <= set(rows[0])
+    assert "triage" in metrics["urgency"]
+    assert main(["eval", "--task", "portal", "--model", str(tiny_model), "--output", str(out),
+                 "--task-option", "nope=1"]) == 2
+    assert "bad option" in capsys.readouterr().err
