@@ -25,6 +25,9 @@ def _verdict(a: str, b: str, metric: str, cmp: dict) -> str:
         return f"**Yes**: {NAMES[b]} beat {NAMES[a]} ({stats})."
     if p < ALPHA and d < 0:
         return f"**No**: {NAMES[b]} was worse than {NAMES[a]} ({stats})."
+    if d == 0 and lo == hi == 0:
+        return (f"**No difference**: {NAMES[b]} and {NAMES[a]} score the same on every resample "
+                f"(Δ{metric} = 0; bootstrap p {_p(cmp)}).")
     lean = "higher" if d > 0 else "lower" if d < 0 else "equal"
     return (f"**No significant difference**: {NAMES[b]} vs {NAMES[a]} ({stats}; the point estimate is {lean}, "
             f"but the CI includes 0).")

@@ -1,8 +1,9 @@
 """Seeded, stratified train/validation/test splits that never leak.
 
 Records with the same prompt text are one group and go to one split together (duplicated
-messages are common in clinical exports); groups are stratified by label, so each split keeps
-the class mix. The same seed always gives the same split.
+messages are common in clinical exports); groups are stratified by label: each split takes its
+share of every class in proportion to the class's size (largest-remainder rounding), so each
+split keeps the class mix. The same seed always gives the same split.
 """
 from __future__ import annotations
 
@@ -30,20 +31,36 @@ def split_records(records: list[Record], *, test: int | float = 0.2, val: int | 
     if n_test + n_val >= n_groups:
         raise ValueError(f"split: test ({n_test}) + val ({n_val}) leave no training data out of {n_groups} groups")
     rng = random.Random(seed)
-    order = []  # round-robin over shuffled strata: every prefix is stratified
-    pools = []
-    for key in sorted(strata):
-        gs = strata[key][:]
-        rng.shuffle(gs)
-        pools.append(gs)
-    while any(pools):
-        for p in pools:
-            if p:
-                order.append(p.pop())
-    rng.shuffle(pools)  # keep rng use stable
-    out = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+    keys = sorted(strata)
+    for key in keys:
+        rng.shuffle(strata[key])
+    sizes = {k: len(strata[k]) for k in keys}
+    take_test = _allocate(sizes, n_test)
+    left = {k: sizes[k] - take_test[k] for k in keys}
+    take_val = _allocate(left, n_val)
+    out = {"test": [], "val": [], "train": []}
+    for k in keys:
+        gs, t, v = strata[k], take_test[k], take_val[k]
+        out["test"] += gs[:t]
+        out["val"] += gs[t:t + v]
+        out["train"] += gs[t + v:]
     flat = {k: [r for g in v for r in g] for k, v in out.items()}
     rng.shuffle(flat["train"])
     if max_train is not None:
         flat["train"] = flat["train"][:max_train]
     return flat
+
+
+def _allocate(sizes: dict[str, int], total: int) -> dict[str, int]:
+    """Split ``total`` over the strata in proportion to ``sizes`` (largest remainder), capped by size."""
+    n = sum(sizes.values())
+    if not n or not total:
+        return dict.fromkeys(sizes, 0)
+    exact = {k: total * v / n for k, v in sizes.items()}
+    take = {k: min(sizes[k], int(exact[k])) for k in sizes}
+    for k in sorted(sizes, key=lambda k: (-(exact[k] - int(exact[k])), k)):
+        if sum(take.values()) >= total:
+            break
+        if take[k] < sizes[k]:
+            take[k] += 1
+    return take

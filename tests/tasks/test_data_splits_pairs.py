@@ -34,6 +34,15 @@ def test_split_is_seeded_stratified_and_never_leaks():
         split_records(recs[:10], test=8, val=2)
 
 
+def test_split_is_proportional_for_imbalanced_classes():
+    from prefopt.tasks import Record
+
+    recs = [Record(str(i), f"case {i}", "", {"label": "common" if i < 80 else "rare"}) for i in range(100)]
+    s = split_records(recs, test=10, val=20, seed=0)
+    assert [sum(r.labels["label"] == "rare" for r in s[k]) for k in ("test", "val", "train")] == [2, 4, 14]
+    assert (len(s["test"]), len(s["val"]), len(s["train"])) == (10, 20, 70)
+
+
 def test_loader_errors_name_file_line_and_field(tmp_path):
     p = tmp_path / "portal.jsonl"
     p.write_text('{"message": "hi", "urgency": "urgent", "staff": "nurse"}\n'
