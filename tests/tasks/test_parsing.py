@@ -89,3 +89,12 @@ def test_open_answer_matching():
     assert task.correct(rec, "I would give metoprolol.")
     assert not task.correct(rec, "Aspirin")
     assert not task.correct(rec, "")
+
+
+def test_medqa_headline_is_accuracy_and_others_macro_f1(medqa):
+    import numpy as np
+
+    task, rec = medqa
+    assert task.primary == "accuracy" and get_task("portal").primary == "macro_f1"
+    f = task.primary_on([rec, rec], [{"answer": "B"}, {"answer": "A"}])
+    assert f(np.arange(2)) == 0.5
