@@ -9,6 +9,7 @@ prediction, scores predictions, and proposes wrong answers for preference pairs.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,16 +127,21 @@ class ClassificationTask(Task):
     def wrong_answers(self, record, rng, others, hardest: bool = False):
         """Answers with one field set to a wrong label, fields interleaved in random order.
 
-        By default the wrong labels are in random order, so every class is rejected about
-        equally often. ``hardest=True`` puts the neighbouring levels of ordinal fields first
-        (the most realistic triage mistakes) - but then the middle level is rejected far more
-        often than the others, which can teach the model to avoid it.
+        By default the wrong labels are drawn in proportion to their frequency in ``others``
+        (the training records), so each class is about as often rejected as it is chosen.
+        With uniform draws instead, rare classes are rejected far more often than they are
+        chosen, and DPO can lower its loss by simply favouring the majority class; on the
+        imbalanced triage sets that is what happened. ``hardest=True`` puts the neighbouring
+        levels of ordinal fields first (the most realistic triage mistakes), which has the
+        same kind of bias towards rejecting the middle level.
         """
         per_field = []
         for f in rng.sample(self.fields, len(self.fields)):
             gold = record.labels[f.name]
+            counts = Counter(o.labels.get(f.name) for o in others)
             wrong = [c for c in f.labels if c != gold]
-            rng.shuffle(wrong)
+            # a weighted random order: key u^(1/w) (Efraimidis-Spirakis), unseen classes last
+            wrong.sort(key=lambda c: -(rng.random() ** (1 / counts[c])) if counts[c] else 1 + rng.random())
             if hardest and f.ordinal:
                 i = f.labels.index(gold)
                 wrong.sort(key=lambda c: abs(f.labels.index(c) - i))
