@@ -123,7 +123,7 @@ def build_report(cfg, task, test, results: dict, out: Path) -> dict:
                  f"{NAMES[k.split('->')[1]]} vs {NAMES[k.split('->')[0]]}: {v['mcnemar']['b_only']} items newly right, "
                  f"{v['mcnemar']['a_only']} newly wrong, p = {v['mcnemar']['p_value']:.3g}" for k, v in cmp.items()) + ".",
              "", "## Stages", "",
-             f"| stage | {task.primary} (95% CI) | accuracy | extra |", "|---|---|---|---|"]
+             f"| stage | {task.primary} (95% CI) | exact match | extra |", "|---|---|---|---|"]
     for s, v in st.items():
         m = v["metrics"]
         extra = []
