@@ -76,7 +76,6 @@ def add_commands(sub) -> None:
     e.add_argument("--test", type=float, default=0.2, help="test fraction (<1) or count")
     e.add_argument("--limit", type=int, help="at most this many records")
     e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--judge", help=argparse.SUPPRESS)
     e.set_defaults(func=_eval)
 
     c = sub.add_parser("compare", parents=[common], help="base → SFT → DPO on one test set, with statistics")

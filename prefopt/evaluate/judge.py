@@ -1,6 +1,6 @@
 """An optional LLM judge: a local model rates each answer against the reference on a 1-5 scale.
 
-The prompt (also in docs/evaluation.md) asks for one digit; the first digit 1-5 in the
+The prompt (also in docs/evaluation.md) asks for one digit; the first standalone digit 1-5 in the
 judge's reply is the score, and a reply without one scores ``None`` (left out of means and of
 the Wilcoxon test, and counted in ``judge_unparsed``).
 """
@@ -25,7 +25,7 @@ Reply with the single digit only."""
 
 
 def parse_likert(text: str) -> int | None:
-    m = re.search(r"[1-5]", text or "")
+    m = re.search(r"(?<!\d)[1-5](?!\d)", text or "")
     return int(m.group()) if m else None
 
 
