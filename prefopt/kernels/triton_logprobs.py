@@ -18,22 +18,28 @@ On CPU tensors the same kernels run under Triton's interpreter, which is how CI 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 
 import torch
-
-try:
-    import triton
-except ImportError:  # triton is Linux-only and optional; callers fall back to the chunked path
-    triton = None
 
 BLOCKS_GPU = {"BLOCK_N": 64, "BLOCK_V": 128, "BLOCK_D": 64}
 BLOCKS_INTERPRET = {"BLOCK_N": 16, "BLOCK_V": 64, "BLOCK_D": 32}
 
 
+@functools.cache
+def _installed() -> bool:
+    """triton is Linux-only and optional (imported only when used; callers fall back to chunked)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def available(device: torch.device) -> bool:
     """Whether the Triton path can run on ``device`` (CUDA, or CPU under ``TRITON_INTERPRET=1``)."""
-    if triton is None:
+    if not _installed():
         return False
     if device.type == "cuda":
         return True
@@ -43,6 +49,8 @@ def available(device: torch.device) -> bool:
 @functools.cache
 def _kernels(interpret: bool):
     """JIT-compiled kernels for CUDA, or interpreted ones for CPU tensors."""
+    import triton
+
     from ._triton_kernels import _bwd, _fwd
 
     if interpret:
@@ -68,7 +76,7 @@ class _TritonLogprobs(torch.autograd.Function):
         V = weight.shape[0]
         lse = torch.empty(N, dtype=torch.float32, device=hidden.device)
         out = torch.empty(N, dtype=torch.float32, device=hidden.device)
-        fwd[(triton.cdiv(N, b["BLOCK_N"]),)](hidden, weight, labels, lse, out, N, V, D, **b)
+        fwd[(_cdiv(N, b["BLOCK_N"]),)](hidden, weight, labels, lse, out, N, V, D, **b)
         ctx.save_for_backward(hidden, weight, labels, lse)
         ctx.blocks = blocks
         return out
@@ -85,7 +93,7 @@ class _TritonLogprobs(torch.autograd.Function):
         f32 = dict(dtype=torch.float32, device=hidden.device)
         grad_h = torch.zeros(N, D, **f32) if need_h else torch.empty(0, **f32)
         grad_w = torch.zeros(V, D, **f32) if need_w else torch.empty(0, **f32)
-        grid = (triton.cdiv(N, b["BLOCK_N"]), triton.cdiv(V, b["BLOCK_V"]))
+        grid = (_cdiv(N, b["BLOCK_N"]), _cdiv(V, b["BLOCK_V"]))
         bwd[grid](hidden, weight, labels, lse, grad_out.float().contiguous(), grad_h, grad_w, N, V, D,
                   NEED_H=need_h, NEED_W=need_w, **b)
         return (grad_h.to(hidden.dtype) if need_h else None, grad_w.to(weight.dtype) if need_w else None,
@@ -99,7 +107,7 @@ def triton_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     ``blocks`` overrides the tile sizes (``BLOCK_N``, ``BLOCK_V``, ``BLOCK_D``; each ≥ 16).
     """
     if not available(hidden.device):
-        why = "triton is not installed (pip install 'prefopt[triton]')" if triton is None else (
+        why = "triton is not installed (pip install 'prefopt[triton]')" if not _installed() else (
             f"tensors are on {hidden.device.type}; the Triton path needs CUDA, or TRITON_INTERPRET=1 on CPU "
             "(set before triton is first imported)")
         raise RuntimeError(f"the triton log-prob kernel cannot run: {why}. Use impl='chunked'.")
