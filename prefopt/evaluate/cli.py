@@ -48,7 +48,7 @@ def _compare(args) -> int:
 
     overrides = _options(args.set)
     cfg = CompareConfig(task=args.task, model=args.model, output=args.output, data=args.data, preset=args.preset,
-                        task_options=_options(args.task_option), strategy=args.strategy, loss=args.loss,
+                        task_options=_options(args.task_option), strategy=args.strategy, pairs=args.pairs, loss=args.loss,
                         seed=args.seed, judge=args.judge, n_resamples=args.n_resamples, overrides=overrides)
     report = run_compare(cfg)
     for k, v in report["comparisons"].items():
@@ -80,8 +80,9 @@ def add_commands(sub) -> None:
 
     c = sub.add_parser("compare", parents=[common], help="base → SFT → DPO on one test set, with statistics")
     c.add_argument("--preset", choices=["quick", "full"], default="quick")
-    c.add_argument("--strategy", choices=["wrong_label", "wrong_label_hardest", "model_errors"], default="wrong_label",
-                   help="how DPO's rejected answers are made")
+    c.add_argument("--strategy", choices=["wrong_label", "wrong_label_hardest", "model_errors", "ranked"], default="wrong_label",
+                   help="how DPO's rejected answers are made (ranked: given pairs, see --pairs)")
+    c.add_argument("--pairs", help="ranked: JSONL of prompt/chosen/rejected pairs to train DPO on")
     c.add_argument("--loss", default="sigmoid", help="preference loss (see prefopt dpo --help)")
     c.add_argument("--judge", help="a local model that rates answers 1-5 (LLM judge)")
     c.add_argument("--n-resamples", type=int, default=2000, help="paired bootstrap resamples")

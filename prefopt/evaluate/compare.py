@@ -42,7 +42,8 @@ class CompareConfig:
     data: str | None = None  # None: the task's bundled data (portal)
     preset: str = "quick"
     task_options: dict = field(default_factory=dict)
-    strategy: str = "wrong_label"  # or wrong_label_hardest, model_errors
+    strategy: str = "wrong_label"  # or wrong_label_hardest, model_errors, ranked (needs pairs)
+    pairs: str | None = None  # ranked: a JSONL of {"prompt", "chosen", "rejected"} to train DPO on
     loss: str = "sigmoid"
     seed: int = 0
     judge: str | None = None  # a local model that rates answers 1-5
@@ -50,6 +51,12 @@ class CompareConfig:
     overrides: dict = field(default_factory=dict)  # any preset key
 
     def settings(self) -> dict:
+        if self.strategy not in ("wrong_label", "wrong_label_hardest", "model_errors", "ranked"):
+            raise ValueError(f"unknown pair strategy {self.strategy!r}; choose wrong_label, wrong_label_hardest, "
+                             "model_errors or ranked")
+        if self.strategy == "ranked" and not (self.pairs and Path(self.pairs).is_file()):
+            raise ValueError(f"strategy 'ranked' needs --pairs FILE with prompt/chosen/rejected records "
+                             f"(got {self.pairs!r})")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
         unknown = set(self.overrides) - set(PRESETS["full"]) - set(PRESETS["quick"])
@@ -140,6 +147,10 @@ def _sft(cfg, task, train, out: Path, s: dict) -> None:
 def _pairs(cfg, task, tok, train, out: Path, s: dict) -> Path:
     from ..tasks import model_error_pairs, wrong_label_pairs
 
+    if cfg.strategy == "ranked":  # given pairs: DPO reads (and validates, with file:line errors) the file itself
+        (out / "data").mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "data" / "pairs_report.json", {"strategy": "ranked", "source": str(cfg.pairs)})
+        return Path(cfg.pairs)
     path = out / "data" / "pairs.jsonl"
     if path.is_file():
         return path
@@ -155,8 +166,7 @@ def _pairs(cfg, task, tok, train, out: Path, s: dict) -> Path:
         report["strategy"] = "model_errors"
         del model
     else:
-        raise ValueError(f"compare builds pairs with 'wrong_label' or 'model_errors', not {cfg.strategy!r} "
-                         "(for given pairs use `prefopt dpo --data pairs.jsonl`)")
+        raise ValueError(f"unknown pair strategy {cfg.strategy!r}")
     report["pairs"] = len(pairs)
     write_json_atomic(out / "data" / "pairs_report.json", report)
     write_text_atomic(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))

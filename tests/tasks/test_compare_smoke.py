@@ -131,3 +131,30 @@ def test_eval_cli_writes_predictions_and_metrics(tiny_model, tmp_path, capsys):
     assert main(["eval", "--task", "portal", "--model", str(tiny_model), "--output", str(out),
                  "--task-option", "nope=1"]) == 2
     assert "bad option" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ranked_strategy_trains_on_given_pairs(tiny_model, tmp_path):
+    from prefopt.data.records import DataError
+    from prefopt.tasks import get_task
+
+    task = get_task("portal")
+    recs = task.load()[:6]
+    given = tmp_path / "given.jsonl"
+    given.write_text("".join(json.dumps({"prompt": task.messages(r), "chosen": r.target,
+                                         "rejected": "Urgency: routine\nStaff: front desk"
+                                         if r.labels["urgency"] != "routine" else "Urgency: emergency\nStaff: nurse"})
+                             + "\n" for r in recs))
+    out = tmp_path / "run"
+    run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), strategy="ranked",
+                              pairs=str(given), n_resamples=100, overrides=TINY))
+    _check(out)
+    assert json.loads((out / "data" / "pairs_report.json").read_text())["strategy"] == "ranked"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "chosen": "same", "rejected": "same"}\n')
+    with pytest.raises(DataError, match="bad.jsonl:1"):
+        run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "run2"),
+                                  strategy="ranked", pairs=str(bad), n_resamples=100, overrides=TINY))
+    with pytest.raises(ValueError, match="needs --pairs"):
+        run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "run3"),
+                                  strategy="ranked", overrides=TINY))
