@@ -71,7 +71,12 @@ def _train(args: argparse.Namespace) -> int:
         if missing:
             raise ValueError(f"missing {', '.join(missing)} (or give --config FILE)")
         config = cls(**{k: v for k, v in overrides.items() if v is not None})
-    run(config)
+    from .train.distributed import shutdown_distributed
+
+    try:
+        run(config)
+    finally:
+        shutdown_distributed()
     return 0
 
 

@@ -39,6 +39,18 @@ def init_distributed(device: torch.device) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group (if one is up) before the process exits.
+
+    Exiting with a live gloo group can abort in its C++ teardown ("terminate called without an
+    active exception"), which makes a finished run exit non-zero; call this at the end of a
+    torchrun job.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         x = x.clone()

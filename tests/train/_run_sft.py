@@ -5,6 +5,7 @@ import signal
 import sys
 
 from prefopt.train import TrainConfig, run_sft
+from prefopt.train.distributed import shutdown_distributed
 
 
 def main():
@@ -16,6 +17,7 @@ def main():
             os.kill(os.getpid(), signal.SIGKILL)
 
     run_sft(cfg, callbacks=[killer])
+    shutdown_distributed()
 
 
 if __name__ == "__main__":
