@@ -1,7 +1,8 @@
 """Preference pairs for DPO, by a named strategy for the rejected side.
 
-- ``wrong_label``: the reference answer against a random wrong class or option (another
-  record's text for free-text tasks). ``wrong_label_hardest``: the hardest wrong answer
+- ``wrong_label``: the reference answer against a wrong class or option, drawn in proportion
+  to class frequency so each class is about as often rejected as chosen (another record's
+  text for free-text tasks). ``wrong_label_hardest``: the hardest wrong answer
   instead (the neighbouring level for ordinal triage fields).
 - ``model_errors``: on-policy negatives. The SFT model generates on the training prompts; its
   answers that the task's metric scores wrong (classification) or below the reference
