@@ -12,7 +12,8 @@ from .records import DataError
 Row = dict[str, Any]
 
 
-def read_rows(path: str | Path) -> Iterator[tuple[int, Row | DataError]]:
+def read_rows(path: str | Path, *, delimiter: str = ",", encoding: str = "utf-8"
+              ) -> Iterator[tuple[int, Row | DataError]]:
     """Yield ``(line, row)`` for each record of a ``.jsonl``, ``.json`` or ``.csv`` file.
 
     A record that cannot be parsed is yielded as a :class:`DataError` in place of the row,
@@ -27,7 +28,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Row | DataError]]:
     elif suffix == ".json":
         yield from _json(path)
     elif suffix == ".csv":
-        yield from _csv(path)
+        yield from _csv(path, delimiter, encoding)
     else:
         raise ValueError(f"{path}: unknown data format {suffix!r}; use .jsonl, .json or .csv")
 
@@ -79,9 +80,9 @@ def _skip_ws(text: str, i: int) -> int:
     return i
 
 
-def _csv(path: Path):
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
+def _csv(path: Path, delimiter: str = ",", encoding: str = "utf-8"):
+    with open(path, encoding=encoding, newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
         start = 2  # line 1 is the header
         for row in reader:
             if None in row:

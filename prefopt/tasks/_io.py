@@ -1,7 +1,6 @@
 """Reading task files: CSV (any delimiter and encoding), JSONL and JSON, with located errors."""
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,20 +9,12 @@ from ..data.records import DataError
 
 
 def table(path: str | Path, *, delimiter: str = ",", encoding: str = "utf-8") -> Iterator[tuple[int, dict]]:
-    """``(line, row)`` for each record; malformed JSON records raise :class:`DataError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such data file")
-    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        for line, row in read_rows(path):
-            if isinstance(row, DataError):
-                raise row
-            yield line, row
-        return
-    with open(path, encoding=encoding, newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        for row in reader:
-            yield reader.line_num, row
+    """``(line, row)`` for each record of a CSV (any delimiter and encoding), JSONL or JSON file;
+    a malformed record raises :class:`DataError` with its file and line."""
+    for line, row in read_rows(path, delimiter=delimiter, encoding=encoding):
+        if isinstance(row, DataError):
+            raise row
+        yield line, row
 
 
 def need(row: dict, field: str, path, line: int) -> str:

@@ -17,11 +17,12 @@ import torch
 
 from ..data.preference import PairExample, pair_collate
 from ..data.sft import IGNORE
-from ..kernels import fused_preference_loss, sequence_logprobs
+from ..kernels import fused_preference_loss
 from ..lora import disable_adapter, lora_layers
 from ..losses import LOSSES, REFERENCE_FREE
 from .config import TrainConfig
 from .loop import Batch, Trainer
+from .sft import response_logprobs
 
 REF_MODES = ("adapter", "model", "cache", "none")
 
@@ -64,10 +65,7 @@ class DPOConfig(TrainConfig):
 
 def sequence_logps(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token log-probs ``(R, T-1)`` of the labels, their sums ``(R,)`` and token counts ``(R,)``."""
-    core = getattr(model, "module", model)
-    hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)  # (R, T, D)
-    labels = batch["labels"][:, 1:]
-    per_token = sequence_logprobs(hidden[:, :-1], core.output_weight, labels, ignore_index=IGNORE)
+    per_token, labels = response_logprobs(model, batch)
     return per_token, per_token.sum(-1), (labels != IGNORE).sum(-1)
 
 
@@ -169,11 +167,10 @@ class DPOTrainer(Trainer):
         out, lp = fused_preference_loss(hidden[:, :-1], getattr(model, "module", model).output_weight,
                                         batch["labels"][:, 1:], ref_c, ref_r, self.config.loss,
                                         ignore_index=IGNORE, **self.config.loss_kwargs())
-        sums = torch.cat([lp.chosen, lp.rejected])
         c, r = out.chosen_rewards, out.rejected_rewards
         metrics = {
             "rewards/chosen": c.sum(), "rewards/rejected": r.sum(), "rewards/accuracies": (c > r).float().sum(),
-            "rewards/margins": (c - r).sum(), "logps/chosen": sums[:B].detach().sum(),
-            "logps/rejected": sums[B:].detach().sum(),
+            "rewards/margins": (c - r).sum(), "logps/chosen": lp.chosen.detach().sum(),
+            "logps/rejected": lp.rejected.detach().sum(),
         }
         return out.losses.sum(), metrics

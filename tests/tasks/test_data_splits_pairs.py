@@ -59,6 +59,12 @@ def test_loader_errors_name_file_line_and_field(tmp_path):
     c.write_text("text,label\nsome text,a\n,b\n")
     with pytest.raises(DataError, match=r"t.csv:3: field 'text': empty"):
         get_task("text_classification").load(c)
+    c.write_text('text,label\n"a note\nover two lines",a\n,b\n')  # errors name the record's first line
+    with pytest.raises(DataError, match=r"t.csv:4: field 'text': empty"):
+        get_task("text_classification").load(c)
+    c.write_text("text,label\nsome text,a,extra\n")
+    with pytest.raises(DataError, match=r"t.csv:2: more cells than the header"):
+        get_task("text_classification").load(c)
     with pytest.raises(ValueError, match="unknown task"):
         get_task("nope")
     with pytest.raises(ValueError, match="bad option"):
