@@ -19,6 +19,7 @@ import os
 import torch
 
 from .chunked import chunked_logprobs
+from .fused import fused_preference_loss
 from .naive import naive_logprobs
 from .triton_logprobs import available as triton_available
 from .triton_logprobs import triton_logprobs
@@ -69,8 +70,6 @@ def sequence_logprobs(
     out = torch.zeros(y.shape, dtype=picked.dtype, device=y.device).index_put((keep,), picked)
     return out.reshape(shape)
 
-
-from .fused import fused_preference_loss  # noqa: E402  (uses sequence_logprobs)
 
 __all__ = ["IMPLS", "chunked_logprobs", "fused_preference_loss", "naive_logprobs", "resolve_impl",
            "sequence_logprobs", "triton_logprobs"]
