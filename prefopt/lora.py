@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fileio import write_json_atomic
+from .lora_ops import lora_linear
 from .model.safetensors_io import iter_tensors, save_file_atomic
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -62,7 +63,7 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, **factory)
         self.r, self.alpha, self.scaling = r, alpha, alpha / r
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = float(dropout)  # applied to the adapter's input in training mode
         self.merged = False
         self.disabled = False
         self.reset_lora()
@@ -79,10 +80,13 @@ class LoRALinear(nn.Module):
         return (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
         if self.merged or self.disabled:
-            return y
-        return y + self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
+            return F.linear(x, self.weight, self.bias)
+        p = self.dropout if self.training else 0.0
+        if not (self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)):
+            return lora_linear(x, self.weight, self.bias, self.lora_A.weight, self.lora_B.weight, self.scaling, p)
+        y = F.linear(x, self.weight, self.bias)  # a trainable base: plain autograd
+        return y + self.lora_B(self.lora_A(F.dropout(x, p, self.training))) * self.scaling
 
     @torch.no_grad()
     def merge(self) -> None:

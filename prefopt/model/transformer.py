@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from .config import ModelConfig
 from .kv_cache import KVCache
 from .rope import apply_rope, rope_cos_sin, rope_inv_freq
+from .swiglu import swiglu
 
 
 class RMSNorm(nn.Module):
@@ -72,7 +73,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(F_, D, bias=b)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
 class Block(nn.Module):

@@ -1,0 +1,86 @@
+"""The LoRA layer's forward and backward as one autograd function, lean on memory.
+
+A LoRA layer computes ``y = x Wᵀ + b + s · (dropout(x) Aᵀ) Bᵀ`` with the base ``W``, ``b``
+frozen. Built from stock ops, autograd keeps per layer a float dropout mask *and* the dropped
+copy of ``x``: two tensors the size of the input, for each of the seven adapted projections of
+every block. That is most of a LoRA step's activation memory. :func:`lora_linear` keeps
+instead:
+
+- ``x`` itself, which costs nothing extra when another op keeps it anyway or when several
+  layers read it (q/k/v read one input, as do gate/up);
+- a one-byte keep mask;
+- the rank-``r`` activation ``a = dropout(x) Aᵀ``.
+
+The dropped input is rebuilt in the backward pass, only for ``grad A = gₐᵀ · dropout(x)``.
+
+The keep mask is drawn from 16-bit random integers, four from each 64-bit draw, which on CPU
+is about 5× cheaper than ``bernoulli_`` (the largest single cost of a checkpointed CPU step,
+where every mask is drawn twice). The drop probability is rounded to a multiple of 2⁻¹⁶
+(0.05 → 0.050003) and the survivors are scaled by ``1 / (1 − p_rounded)``, so the expected
+output stays exactly ``x``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+_LEVELS = 1 << 16
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device=None) -> tuple[torch.Tensor, float]:
+    """A bool mask of ``shape``, each entry True (kept) with probability ``1 − p`` rounded
+    to a multiple of 2⁻¹⁶, and the scale ``1 / (1 − p_rounded)`` for the kept entries."""
+    drop = min(round(p * _LEVELS), _LEVELS - 1)
+    n = math.prod(shape)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(1 << 63), None)
+    keep = words.view(torch.int16)[:n] >= drop - (_LEVELS >> 1)  # int16 is uniform on [-2¹⁵, 2¹⁵)
+    return keep.view(shape), _LEVELS / (_LEVELS - drop)
+
+
+def lora_linear(x, weight, bias, lora_a, lora_b, scaling: float, dropout: float) -> torch.Tensor:
+    """``x Wᵀ + b + scaling · (dropout(x) Aᵀ) Bᵀ`` with a frozen ``weight``/``bias``.
+
+    ``dropout`` is applied when > 0 (pass 0 in eval mode). Gradients flow to ``x``,
+    ``lora_a`` and ``lora_b``; ``weight`` and ``bias`` must not require them.
+    """
+    return _LoRALinear.apply(x, weight, bias, lora_a, lora_b, scaling, dropout)
+
+
+class _LoRALinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, dropout):
+        device = x.device.type
+        if torch.is_autocast_enabled(device):  # cast as autocast would, then compute in that dtype
+            dt = torch.get_autocast_dtype(device)
+            x, weight, lora_a, lora_b = (t.to(dt) for t in (x, weight, lora_a, lora_b))
+            bias = bias.to(dt) if bias is not None else None
+        with torch.autocast(device, enabled=False):
+            mask, keep_scale = keep_mask(x.shape, dropout, x.device) if dropout > 0 else (None, 1.0)
+            xd = x if mask is None else x.mul(mask).mul_(keep_scale)
+            a = F.linear(xd, lora_a)  # (..., r)
+            y = F.linear(x, weight, bias).add_(F.linear(a, lora_b), alpha=scaling)
+        ctx.save_for_backward(x, weight, lora_a, lora_b, a, mask)
+        ctx.scaling, ctx.keep_scale, ctx.device = scaling, keep_scale, device
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, lora_a, lora_b, a, mask = ctx.saved_tensors
+        s, keep_scale = ctx.scaling, ctx.keep_scale
+        with torch.autocast(ctx.device, enabled=False):
+            g = grad_y.reshape(-1, grad_y.shape[-1]).to(x.dtype)  # (N, out)
+            a = a.reshape(-1, a.shape[-1])  # (N, r)
+            grad_b = (g.T @ a).mul_(s) if ctx.needs_input_grad[4] else None  # (out, r)
+            grad_a_act = (g @ lora_b).mul_(s)  # (N, r)
+            grad_A = grad_x = None
+            if ctx.needs_input_grad[3]:
+                xd = x if mask is None else x.mul(mask).mul_(keep_scale)
+                grad_A = grad_a_act.T @ xd.reshape(-1, xd.shape[-1])  # (r, in)
+            if ctx.needs_input_grad[0]:
+                lora_part = grad_a_act @ lora_a  # (N, in)
+                if mask is not None:
+                    lora_part.mul_(mask.reshape(lora_part.shape)).mul_(keep_scale)
+                grad_x = torch.addmm(lora_part, g, weight).reshape(x.shape)
+        return grad_x, None, None, grad_A, grad_b, None, None

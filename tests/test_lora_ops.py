@@ -1,0 +1,143 @@
+"""The fused LoRA autograd function and SwiGLU against stock-op references."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from prefopt.lora import LoRALinear
+from prefopt.lora_ops import keep_mask, lora_linear
+from prefopt.model.swiglu import swiglu
+
+
+def _reference(x, w, b, A, B, s, mask, scale):
+    xd = x if mask is None else x * mask * scale
+    return F.linear(x, w, b) + F.linear(F.linear(xd, A), B) * s
+
+
+def _inputs(dtype=torch.float64, bias=True, shape=(3, 7, 10)):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(*shape, generator=g, dtype=dtype, requires_grad=True)
+    w = torch.randn(6, shape[-1], generator=g, dtype=dtype)
+    b = torch.randn(6, generator=g, dtype=dtype) if bias else None
+    A = torch.randn(4, shape[-1], generator=g, dtype=dtype, requires_grad=True)
+    B = torch.randn(6, 4, generator=g, dtype=dtype, requires_grad=True)
+    return x, w, b, A, B
+
+
+def test_keep_mask_rate_scale_and_seed():
+    torch.manual_seed(0)
+    keep, scale = keep_mask((1001, 999), 0.05)  # n not a multiple of 4
+    assert keep.dtype == torch.bool and keep.shape == (1001, 999)
+    p_rounded = round(0.05 * 65536) / 65536
+    assert scale == pytest.approx(1 / (1 - p_rounded), rel=1e-12)
+    assert abs(keep.float().mean().item() - (1 - p_rounded)) < 2e-3  # ~9 standard errors
+    torch.manual_seed(0)
+    assert torch.equal(keep_mask((1001, 999), 0.05)[0], keep)
+    assert keep_mask((64,), 0.0)[0].all()
+    assert keep_mask((20000,), 0.5)[0].float().mean().item() == pytest.approx(0.5, abs=0.02)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_values_and_gradients_match_stock_ops(p, bias):
+    x, w, b, A, B = _inputs(bias=bias)
+    torch.manual_seed(3)
+    y = lora_linear(x, w, b, A, B, 1.5, p)
+    torch.manual_seed(3)
+    mask, scale = keep_mask(x.shape, p) if p else (None, 1.0)
+    want = _reference(x, w, b, A, B, 1.5, mask, scale)
+    assert (y - want).abs().max() < 1e-12
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, A, B), gy)
+    ref = torch.autograd.grad(want, (x, A, B), gy)
+    for g_, r_ in zip(got, ref):
+        assert (g_ - r_).abs().max() < 1e-12
+    if p:
+        assert not torch.equal(got[0], torch.autograd.grad(F.linear(x, w, b) + F.linear(F.linear(x, A), B) * 1.5,
+                                                           x, gy)[0])  # the mask really reaches grad x
+
+
+def test_gradcheck_with_a_fixed_mask():
+    x, w, b, A, B = _inputs(shape=(2, 5, 8))
+
+    def f(x, A, B):
+        torch.manual_seed(7)  # the same mask on every evaluation
+        return lora_linear(x, w, b, A, B, 2.0, 0.25)
+
+    assert torch.autograd.gradcheck(f, (x, A, B))
+
+
+def test_no_grad_for_the_input_when_it_needs_none():
+    x, w, b, A, B = _inputs()
+    x = x.detach()
+    y = lora_linear(x, w, b, A, B, 1.0, 0.1)
+    gA, gB = torch.autograd.grad(y.sum(), (A, B))
+    assert gA.abs().sum() > 0 and gB.abs().sum() > 0
+
+
+def test_saves_the_input_once_and_a_byte_mask():
+    x, w, b, A, B = _inputs(dtype=torch.float32, shape=(4, 64, 96))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        lora_linear(x, w, b, A, B, 1.0, 0.1)
+    big = [t for t in saved if t.numel() == x.numel()]
+    assert sorted(str(t.dtype) for t in big) == ["torch.bool", "torch.float32"], [t.dtype for t in big]
+    assert any(t is x or t.data_ptr() == x.data_ptr() for t in big)  # x itself, not a dropped copy
+
+
+def test_checkpointing_regenerates_the_same_mask():
+    x, w, b, A, B = _inputs(dtype=torch.float32)
+
+    def f(x):
+        return lora_linear(x, w, b, A, B, 1.0, 0.3).square().sum()
+
+    torch.manual_seed(5)
+    plain = torch.autograd.grad(f(x), (x, A, B))
+    torch.manual_seed(5)
+    ckpt = torch.autograd.grad(checkpoint(f, x, use_reentrant=False), (x, A, B))
+    for p_, c_ in zip(plain, ckpt):
+        assert torch.allclose(p_, c_, atol=1e-6)
+
+
+def test_autocast_matches_stock_autocast():
+    x, w, b, A, B = _inputs(dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = lora_linear(x, w, b, A, B, 1.0, 0.0)
+        want = F.linear(x, w, b) + F.linear(F.linear(x, A), B)
+    assert y.dtype == want.dtype == torch.bfloat16
+    assert (y.float() - want.float()).abs().max() < 0.1
+    gx, gA = torch.autograd.grad(y.float().sum(), (x, A))
+    rx, rA = torch.autograd.grad(want.float().sum(), (x, A))
+    assert gx.dtype == gA.dtype == torch.float32
+    assert (gx - rx).abs().max() < 0.1 and (gA - rA).abs().max() / rA.abs().max() < 0.02
+
+
+def test_layer_with_a_trainable_base_uses_plain_autograd():
+    layer = LoRALinear(torch.nn.Linear(8, 5), r=2, alpha=4, dropout=0.1)
+    torch.nn.init.normal_(layer.lora_B.weight)
+    x = torch.randn(3, 8)
+    layer(x).sum().backward()
+    assert layer.weight.grad is not None and layer.lora_A.weight.grad is not None
+    layer.weight.requires_grad_(False)
+    layer.bias.requires_grad_(False)
+    layer.eval()  # no dropout: both paths give the same output
+    with torch.no_grad():
+        want = F.linear(x, layer.weight, layer.bias) + layer.lora_B(layer.lora_A(x)) * layer.scaling
+        assert torch.allclose(layer(x), want, atol=1e-6)
+
+
+def test_swiglu_values_gradients_and_saved_tensors():
+    g = torch.Generator().manual_seed(2)
+    gate = torch.randn(3, 5, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(3, 5, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.equal(swiglu(gate, up), F.silu(gate) * up)
+    assert torch.autograd.gradcheck(swiglu, (gate, up))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        swiglu(gate, up)
+    assert len(saved) == 2
+    half = [t.detach().bfloat16().requires_grad_() for t in (gate, up)]
+    gb = torch.autograd.grad(swiglu(*half).sum(), half)
+    gf = torch.autograd.grad((F.silu(gate) * up).sum(), (gate, up))
+    for b_, f_ in zip(gb, gf):
+        assert b_.dtype == torch.bfloat16 and (b_.double() - f_).abs().max() < 0.05
