@@ -59,6 +59,13 @@ class RefCache:
     def __init__(self, root: str | Path, fingerprint: dict, *, log: Callable[[str], None] = print):
         self.root = Path(root)
         self.fingerprint = json.loads(json.dumps(fingerprint))  # normalised as stored
+        self.log = log
+        self.reload()
+
+    def reload(self) -> None:
+        """(Re-)read the index. Nothing is written or deleted here: a stale cache is only
+        noted (``stale_reason``) and wiped by the first :meth:`add`, so ranks other than
+        the one that fills the cache can open it read-only and ``reload()`` after it is done."""
         self.entries: dict[str, tuple[int, int]] = {}
         self._values: dict[str, tuple[float, float]] = {}
         self.stale_reason: str | None = None
@@ -69,9 +76,8 @@ class RefCache:
                 self.entries = {k: tuple(v) for k, v in d["entries"].items()}
             else:
                 self.stale_reason = _diff(d.get("fingerprint") or {}, self.fingerprint)
-                log(f"prefopt: reference cache {self.root} is stale ({self.stale_reason}); rebuilding it")
-                shutil.rmtree(self.root)
-        self.root.mkdir(parents=True, exist_ok=True)
+                self.log(f"prefopt: reference cache {self.root} is stale ({self.stale_reason}); it will be rebuilt")
+        self._wipe = self.stale_reason is not None
         self._n_shards = len({s for s, _ in self.entries.values()})
 
     def __len__(self) -> int:
@@ -85,6 +91,10 @@ class RefCache:
 
     def add(self, keys: Sequence[str], chosen: torch.Tensor, rejected: torch.Tensor) -> None:
         """Write one shard for these examples, then the index (both atomically)."""
+        if self._wipe:  # a stale cache: its shards belong to another reference
+            shutil.rmtree(self.root)
+            self._wipe = False
+        self.root.mkdir(parents=True, exist_ok=True)
         shard = self._n_shards
         save_file_atomic({"chosen": chosen.float().cpu(), "rejected": rejected.float().cpu()},
                          self.root / f"shard-{shard:05d}.safetensors")

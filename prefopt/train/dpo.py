@@ -151,7 +151,7 @@ class DPOTrainer(Trainer):
             self.ref_forwards = 0
         barrier(self.dist)
         if not self.dist.is_main:
-            self.ref_cache.__init__(self.ref_cache.root, self.ref_cache.fingerprint)  # re-read the index
+            self.ref_cache.reload()  # rank 0 has filled it
         return n
 
     def loss_sum(self, model, batch):

@@ -96,6 +96,16 @@ def test_cache_invalidates_exactly_what_changed(task, tmp_path):
 
     stale = reference_cache_for(cfg, ref, None, resolve_model_dir(cfg.model))
     assert "weights" in stale.stale_reason and len(stale) == 0
+    # opening deletes nothing (other ranks open the cache read-only); the first write wipes it
+    shards = lambda: sorted(f.name for f in (tmp_path / "cache").glob("shard-*"))  # noqa: E731
+    assert len(shards()) > 1
+    other_rank = reference_cache_for(cfg, ref, None, resolve_model_dir(cfg.model))
+    stale.add([pairs2[0].key], torch.tensor([-1.5]), torch.tensor([-2.5]))
+    assert shards() == ["shard-00000.safetensors"]
+    assert len(other_rank) == 0
+    other_rank.reload()
+    assert other_rank.stale_reason is None and len(other_rank) == 1
+    assert [t.item() for t in other_rank.get([pairs2[0].key])] == [-1.5, -2.5]
 
 
 def test_interrupted_fill_resumes(task, tmp_path):
