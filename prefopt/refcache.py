@@ -124,10 +124,12 @@ class RefCache:
         """Compute and store the reference log-probs of every pair not cached yet.
 
         ``compute(pairs) -> (chosen, rejected)`` runs the reference on one batch. Each batch is
-        written as it finishes, so an interrupted fill resumes. Returns how many were computed.
+        written as it finishes, so an interrupted fill resumes. Pairs (anything with ``key``
+        and ``input_ids``) are batched longest first. Returns how many were computed.
         """
         todo = {p.key: p for p in pairs if p.key not in self.entries}
-        items = list(todo.values())
+        # longest first: batches of similar length pad little, and a batch too big fails at once
+        items = sorted(todo.values(), key=lambda p: len(p.input_ids), reverse=True)
         bar = progress(total=len(items), desc="reference log-probs", unit="pair", disable=not show_progress)
         for s in range(0, len(items), batch_size):
             chunk = items[s:s + batch_size]

@@ -129,8 +129,14 @@ def test_interrupted_fill_resumes(task, tmp_path):
     assert len(cache) == 16
     reopened = reference_cache_for(cfg, model, None, resolve_model_dir(cfg.model))
     assert len(reopened) == 16
-    assert reopened.fill(pairs, lambda c: (torch.zeros(len(c)), torch.zeros(len(c))), batch_size=8,
-                         show_progress=False) == len(pairs) - 16
+    longest = []
+
+    def record(chunk):
+        longest.append(max(len(p.input_ids) for p in chunk))
+        return torch.zeros(len(chunk)), torch.zeros(len(chunk))
+
+    assert reopened.fill(pairs, record, batch_size=8, show_progress=False) == len(pairs) - 16
+    assert longest == sorted(longest, reverse=True) and len(set(longest)) > 1  # batched by length
 
 
 @pytest.mark.parametrize("loss", ["sigmoid", "ipo", "simpo", "orpo", "rpo"])
