@@ -69,6 +69,25 @@ def _log(msg: str) -> None:
     print(f"prefopt compare: {msg}", flush=True)
 
 
+# settings that change no stage's result: a resumed run may differ in these
+_REPORT_ONLY = ("output", "n_resamples")
+
+
+def _same_run(out: Path, config: dict) -> None:
+    """Record the run's settings, or refuse a folder whose finished stages used others
+    (they would be reused as if they were this run's)."""
+    path = out / "compare_config.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        new = json.loads(json.dumps(config))  # as stored (tuples become lists)
+        diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                if k not in _REPORT_ONLY and old.get(k) != new.get(k)]
+        if diff:
+            raise ValueError(f"{out} holds a run made with other settings ({'; '.join(diff)}); its finished "
+                             "stages would be reused as if they were this run's. Use a new --output, or delete it")
+    write_json_atomic(path, config)
+
+
 def _split(cfg: CompareConfig, task, s: dict, out: Path):
     from ..tasks import split_records
 
@@ -194,7 +213,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     s = cfg.settings()
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "compare_config.json", {**asdict(cfg), "settings": s})
+    _same_run(out, {**asdict(cfg), "settings": s})
     torch.manual_seed(cfg.seed)
     task = get_task(cfg.task, **cfg.task_options)
     splits = _split(cfg, task, s, out)

@@ -6,6 +6,7 @@ The five study families read a handful of real records from ``../shared/data`` (
 import json
 import os
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -113,8 +114,18 @@ def test_portal_compare_resumes_and_mines_model_errors(tiny_model, tmp_path, cap
     assert again["stages"]["base"] == report["stages"]["base"]
     assert again["stages"]["sft"]["primary"] == report["stages"]["sft"]["primary"]
 
+    # another loss (or seed, or any stage setting) must not reuse this run's stages
+    for change in ({"loss": "rpo"}, {"seed": 1}, {"overrides": {**TINY, "dpo_lr": 1e-3}}):
+        other = CompareConfig(**{**asdict(cfg), **change})
+        with pytest.raises(ValueError, match="other settings") as err:
+            run_compare(other)
+        assert next(iter(change)) in str(err.value)
+    assert json.loads((out / "compare_config.json").read_text())["loss"] == "sigmoid"  # untouched
+    run_compare(CompareConfig(**{**asdict(cfg), "n_resamples": 100}))  # report-only: allowed
+    # the data behind the same settings changed: the split check still refuses
+    (out / "split.json").write_text(json.dumps({"train": [], "test": ["x"]}))
     with pytest.raises(ValueError, match="different split"):
-        run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), seed=1, overrides=TINY))
+        run_compare(cfg)
 
 
 def test_eval_cli_writes_predictions_and_metrics(tiny_model, tmp_path, capsys):
