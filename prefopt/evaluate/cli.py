@@ -57,7 +57,7 @@ def _compare(args) -> int:
 
 
 def add_commands(sub) -> None:
-    from ..tasks import TASKS
+    from ..tasks import STRATEGIES, TASKS
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--task", required=True, choices=sorted(TASKS))
@@ -80,7 +80,7 @@ def add_commands(sub) -> None:
 
     c = sub.add_parser("compare", parents=[common], help="base → SFT → DPO on one test set, with statistics")
     c.add_argument("--preset", choices=["quick", "full"], default="quick")
-    c.add_argument("--strategy", choices=["wrong_label", "wrong_label_hardest", "model_errors", "ranked"], default="wrong_label",
+    c.add_argument("--strategy", choices=STRATEGIES, default="wrong_label",
                    help="how DPO's rejected answers are made (ranked: given pairs, see --pairs)")
     c.add_argument("--pairs", help="ranked: JSONL of prompt/chosen/rejected pairs to train DPO on")
     c.add_argument("--loss", default="sigmoid", help="preference loss (see prefopt dpo --help)")

@@ -51,9 +51,11 @@ class CompareConfig:
     overrides: dict = field(default_factory=dict)  # any preset key
 
     def settings(self) -> dict:
-        if self.strategy not in ("wrong_label", "wrong_label_hardest", "model_errors", "ranked"):
-            raise ValueError(f"unknown pair strategy {self.strategy!r}; choose wrong_label, wrong_label_hardest, "
-                             "model_errors or ranked")
+        from ..tasks import STRATEGIES
+
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown pair strategy {self.strategy!r}; choose {', '.join(STRATEGIES[:-1])} "
+                             f"or {STRATEGIES[-1]}")
         if self.strategy == "ranked" and not (self.pairs and Path(self.pairs).is_file()):
             raise ValueError(f"strategy 'ranked' needs --pairs FILE with prompt/chosen/rejected records "
                              f"(got {self.pairs!r})")

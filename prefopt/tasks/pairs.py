@@ -24,13 +24,17 @@ def _pair(task: Task, r: Record, rejected: str, source: str) -> dict:
     return {"prompt": task.messages(r), "chosen": r.target, "rejected": rejected, "id": r.id, "source": source}
 
 
+def _wrong(task: Task, r: Record, rng: random.Random, records: list[Record], hardest: bool = False) -> list[str]:
+    """The task's wrong answers for ``r``, without any that reads the same as its target."""
+    return [w for w in task.wrong_answers(r, rng, records, hardest) if w.strip() != r.target.strip()]
+
+
 def wrong_label_pairs(task: Task, records: list[Record], *, seed: int = 0, per_record: int = 1,
                       hardest: bool = False) -> list[dict]:
     rng = random.Random(seed)
     out = []
     for r in records:
-        wrong = [w for w in task.wrong_answers(r, rng, records, hardest) if w.strip() != r.target.strip()]
-        out += [_pair(task, r, w, "wrong_label") for w in wrong[:per_record]]
+        out += [_pair(task, r, w, "wrong_label") for w in _wrong(task, r, rng, records, hardest)[:per_record]]
     return out
 
 
@@ -50,7 +54,7 @@ def model_error_pairs(task: Task, records: list[Record], generate: Callable[[lis
             out.append(_pair(task, r, text.strip(), "model_errors"))
             mined += 1
         else:
-            wrong = [w for w in task.wrong_answers(r, rng, records) if w.strip() != r.target.strip()]
+            wrong = _wrong(task, r, rng, records)
             if wrong:
                 out.append(_pair(task, r, wrong[0], "wrong_label"))
     return out, {"prompts": len(records), "model_errors": mined, "fallback_wrong_label": len(out) - mined}
