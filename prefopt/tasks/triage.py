@@ -59,11 +59,15 @@ class KTAS(ClassificationTask):
         shown = dict(labels)
         if self.levels == "ktas":
             shown["urgency"] = f"KTAS {labels['urgency']}"
-        if len(self.fields) == 1:
-            return shown["urgency"]
-        return "\n".join(f"{f.name.capitalize()}: {shown[f.name]}" for f in self.fields)
+        return super().render(shown, record)
 
     def load(self, path):
+        scale = ("KTAS level (1 most urgent to 5 least urgent)" if self.levels == "ktas"
+                 else "urgency (emergency, urgent or non-urgent)")
+        ask = f"Triage this emergency department patient. Give the {scale}"
+        ask += " and the likely disposition (admission, discharge, or transfer or other)." if \
+            self.with_disposition else "."
+        fmt = "Urgency: <level>\nDisposition: <disposition>" if self.with_disposition else "the level only"
         out = []
         for line, row in table(path, delimiter=";", encoding="latin-1"):
             complaint = need(row, "Chief_complain", path, line)
@@ -83,12 +87,6 @@ class KTAS(ClassificationTask):
                     f"{MENTAL.get(str(row.get('Mental')).strip(), 'not recorded')}; pain score: {nrs}.\n"
                     f"BP {_f(row, 'SBP')}/{_f(row, 'DBP')} mmHg, HR {_f(row, 'HR')}/min, RR {_f(row, 'RR')}/min, "
                     f"temperature {_f(row, 'BT')} C, SpO2 {_f(row, 'Saturation', '%')}.")
-            scale = ("KTAS level (1 most urgent to 5 least urgent)" if self.levels == "ktas"
-                     else "urgency (emergency, urgent or non-urgent)")
-            ask = f"Triage this emergency department patient. Give the {scale}"
-            ask += " and the likely disposition (admission, discharge, or transfer or other)." if \
-                self.with_disposition else "."
-            fmt = "Urgency: <level>\nDisposition: <disposition>" if self.with_disposition else "the level only"
             out.append(Record(f"ktas:{line}", f"{ask} Answer with {fmt}.\n\n{text}", "", labels))
         for r in out:
             r.target = self.render(r.labels, r)
