@@ -27,6 +27,18 @@ def need(row: dict, field: str, path, line: int) -> str:
     return value
 
 
+def convert(fn, row: dict, field: str, path, line: int):
+    """``fn`` applied to the non-empty ``row[field]``; its ``ValueError`` becomes a
+    :class:`DataError` naming file, line and field."""
+    value = need(row, field, path, line)
+    try:
+        return fn(value)
+    except DataError:
+        raise
+    except ValueError as e:
+        raise DataError(path, line, field, str(e)) from None
+
+
 def clip(text: str, limit: int) -> str:
     """At most ``limit`` characters, cut at a word boundary, marked with an ellipsis."""
     if len(text) <= limit:

@@ -9,7 +9,7 @@ import csv
 from pathlib import Path
 
 from ..data.records import DataError
-from ._io import need, table
+from ._io import convert, table
 from .base import ClassificationTask, LabelField, Record
 
 UCI_COLUMNS = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak", "slope",
@@ -46,7 +46,7 @@ class NumericTable(ClassificationTask):
     def load(self, path):
         out = []
         for line, row in self.rows(path):
-            label = self.label_of(need(row, self.label_column, path, line))
+            label = convert(self.label_of, row, self.label_column, path, line)
             cols = self.feature_columns or [c for c in row if c not in (self.label_column, "_source")]
             for c in cols:
                 if c not in row:

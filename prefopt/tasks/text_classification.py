@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._io import clip, need, table
+from ._io import clip, convert, need, table
 from .base import ClassificationTask, LabelField, Record
 
 ABSTRACT_CLASSES = {"1": "neoplasms", "2": "digestive system diseases", "3": "nervous system diseases",
@@ -28,7 +28,7 @@ class TextClassification(ClassificationTask):
         out = []
         for line, row in table(path):
             text = need(row, self.text_column, path, line)
-            label = self.label_of(need(row, self.label_column, path, line))
+            label = convert(self.label_of, row, self.label_column, path, line)
             out.append(Record(f"{Path(path).name}:{line}", "", label, {"label": label}, {"text": text}))
         if not self.fields[0].labels:
             self.fields[0].labels = sorted({r.labels["label"] for r in out})

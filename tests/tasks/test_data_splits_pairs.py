@@ -65,6 +65,14 @@ def test_loader_errors_name_file_line_and_field(tmp_path):
     c.write_text("text,label\nsome text,a,extra\n")
     with pytest.raises(DataError, match=r"t.csv:2: more cells than the header"):
         get_task("text_classification").load(c)
+    # a label the task cannot read is located too (it used to be a bare ValueError)
+    c.write_text("condition_label,medical_abstract\n1,an abstract\n7,another abstract\n")
+    with pytest.raises(DataError, match=r"t.csv:3: field 'condition_label': condition_label must be 1-5"):
+        get_task("medical_abstracts").load(c)
+    h = tmp_path / "processed.test.data"
+    h.write_text("63,1,1,145,233,1,2,150,0,2.3,3,0,6,0\n67,1,4,160,286,0,2,108,1,1.5,2,3,3,x\n")
+    with pytest.raises(DataError, match=r"processed.test.data:2: field 'num'"):
+        get_task("uci_heart").load(h)
     with pytest.raises(ValueError, match="unknown task"):
         get_task("nope")
     with pytest.raises(ValueError, match="bad option"):
