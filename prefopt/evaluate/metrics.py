@@ -37,21 +37,29 @@ def per_class(gold: Sequence[str], pred: Sequence[str | None], labels: Sequence[
     return out
 
 
+def _present(gold: Sequence[str], labels: Sequence[str]) -> list[str]:
+    """The classes of ``labels`` that occur in ``gold`` (macro averages run over these)."""
+    seen = set(gold)
+    return [c for c in labels if c in seen]
+
+
+def _macro(pc: dict[str, dict], key: str) -> float:
+    return sum(v[key] for v in pc.values()) / max(len(pc), 1)
+
+
 def macro_f1(gold: Sequence[str], pred: Sequence[str | None], labels: Sequence[str] | None = None) -> float:
     """Mean F1 over the classes present in ``gold`` (or ``labels``), like scikit-learn's macro."""
     labels = list(labels) if labels is not None else sorted(set(gold))
-    pc = per_class(gold, pred, [c for c in labels if c in set(gold)])
-    return sum(v["f1"] for v in pc.values()) / max(len(pc), 1)
+    return _macro(per_class(gold, pred, _present(gold, labels)), "f1")
 
 
 def classification_report(gold: Sequence[str], pred: Sequence[str | None], labels: Sequence[str]) -> dict:
-    present = [c for c in labels if c in set(gold)]
-    pc = per_class(gold, pred, present)
+    pc = per_class(gold, pred, _present(gold, labels))
     return {
         "accuracy": accuracy(gold, pred),
-        "macro_precision": sum(v["precision"] for v in pc.values()) / max(len(pc), 1),
-        "macro_recall": sum(v["recall"] for v in pc.values()) / max(len(pc), 1),
-        "macro_f1": sum(v["f1"] for v in pc.values()) / max(len(pc), 1),
+        "macro_precision": _macro(pc, "precision"),
+        "macro_recall": _macro(pc, "recall"),
+        "macro_f1": _macro(pc, "f1"),
         "unparsed": sum(p is None for p in pred) / max(len(pred), 1),
         "per_class": pc,
         "confusion": confusion(gold, pred, labels),
