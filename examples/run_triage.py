@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from prefopt.evaluate.compare import CompareConfig, run_compare
+from prefopt.tasks import STRATEGIES
 
 
 def main() -> None:
@@ -25,7 +26,7 @@ def main() -> None:
     ap.add_argument("--task", default="portal", choices=["portal", "ktas"])
     ap.add_argument("--data", help="data file (default: the bundled synthetic portal messages)")
     ap.add_argument("--preset", default="quick", choices=["quick", "full"])
-    ap.add_argument("--strategy", default="wrong_label", choices=["wrong_label", "wrong_label_hardest", "model_errors"])
+    ap.add_argument("--strategy", default="wrong_label", choices=[s for s in STRATEGIES if s != "ranked"])  # ranked needs a pairs file: use prefopt compare
     ap.add_argument("--output", default="runs/triage-demo")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
