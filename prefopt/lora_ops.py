@@ -48,6 +48,11 @@ def lora_linear(x, weight, bias, lora_a, lora_b, scaling: float, dropout: float)
     return _LoRALinear.apply(x, weight, bias, lora_a, lora_b, scaling, dropout)
 
 
+def _dropped(x: torch.Tensor, mask: torch.Tensor | None, keep_scale: float) -> torch.Tensor:
+    """``dropout(x)`` for a given keep mask (built in forward, rebuilt in backward)."""
+    return x if mask is None else x.mul(mask).mul_(keep_scale)
+
+
 class _LoRALinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, dropout):
@@ -58,8 +63,7 @@ class _LoRALinear(torch.autograd.Function):
             bias = bias.to(dt) if bias is not None else None
         with torch.autocast(device, enabled=False):
             mask, keep_scale = keep_mask(x.shape, dropout, x.device) if dropout > 0 else (None, 1.0)
-            xd = x if mask is None else x.mul(mask).mul_(keep_scale)
-            a = F.linear(xd, lora_a)  # (..., r)
+            a = F.linear(_dropped(x, mask, keep_scale), lora_a)  # (..., r)
             y = F.linear(x, weight, bias).add_(F.linear(a, lora_b), alpha=scaling)
         ctx.save_for_backward(x, weight, lora_a, lora_b, a, mask)
         ctx.scaling, ctx.keep_scale, ctx.device = scaling, keep_scale, device
@@ -76,8 +80,7 @@ class _LoRALinear(torch.autograd.Function):
             grad_a_act = (g @ lora_b).mul_(s)  # (N, r)
             grad_A = grad_x = None
             if ctx.needs_input_grad[3]:
-                xd = x if mask is None else x.mul(mask).mul_(keep_scale)
-                grad_A = grad_a_act.T @ xd.reshape(-1, xd.shape[-1])  # (r, in)
+                grad_A = grad_a_act.T @ _dropped(x, mask, keep_scale).reshape(-1, x.shape[-1])  # (r, in)
             if ctx.needs_input_grad[0]:
                 lora_part = grad_a_act @ lora_a  # (N, in)
                 if mask is not None:
