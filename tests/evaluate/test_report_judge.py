@@ -16,8 +16,7 @@ def test_parse_likert(text, want):
 
 
 def test_judge_prompt_has_the_fields():
-    assert {"{prompt}", "{reference}", "{answer}"} <= {s for s in ("{prompt}", "{reference}", "{answer}")
-                                                        if s in JUDGE_PROMPT}
+    assert all(s in JUDGE_PROMPT for s in ("{prompt}", "{reference}", "{answer}"))
 
 
 def test_report_runs_wilcoxon_and_bootstrap_on_likert_scores():

@@ -38,8 +38,9 @@ def _subset(family: str, tmp: Path) -> tuple[str, Path, dict]:
     if family == "text classification":
         import csv
 
-        rows = list(csv.DictReader(open(SHARED / "text_classification/medical_abstracts/medical_tc.csv")))
-        picked = [next(r for r in rows if r["condition_label"] == c) for c in "12345" for _ in range(1)] + rows[:9]
+        with open(SHARED / "text_classification/medical_abstracts/medical_tc.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        picked = [next(r for r in rows if r["condition_label"] == c) for c in "12345"] + rows[:9]
         out = tmp / "abstracts.csv"
         with open(out, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["condition_label", "medical_abstract"])
