@@ -7,11 +7,14 @@ GPU (CUDA, bf16 by default) -- shapes Llama-3-8B (D=4096, V=128256) and SmolLM2 
 V=49152), N in {4096, 16384}:
 - ``naive``: full logits, ``log_softmax``, gather; ``compile``: the same under ``torch.compile``
 - ``chunked``: prefopt's PyTorch path; ``triton``: prefopt's fused Triton kernel
-- ``liger``: Liger-Kernel's ``LigerFusedLinearDPOLoss`` (no reference model), where installed
+- ``liger``: Liger-Kernel's ``LigerFusedLinearDPOLoss`` (no reference model; ``--seq-len``-token
+  sequences, one pair per chunk, its default), where installed
 - ``cce``: Apple's cut-cross-entropy ``linear_cross_entropy(reduction="none")``, where installed
 - ``gemm limit``: the three bare GEMMs the work needs (``h·Wᵀ``, ``dlogits·W``, ``dlogitsᵀ·h``);
   each method is also reported as a multiple of that time.
-"Extra peak" is the CUDA peak allocated minus the inputs and the gradients' own size.
+"Extra peak" is the CUDA peak allocated minus the inputs and the gradients' own size; times are
+medians of ``--reps`` runs. ``--frozen-weight`` drops the weight gradient (the LoRA case: the
+limit is then two GEMMs). ``benchmarks/gpu_session.sh`` runs the checks and the tables in one go.
 
 CPU (fp32): ``naive`` against ``chunked`` at N=4096, D=576, V=49152, each in a fresh process;
 "extra peak" is the peak RSS beyond the process after allocating inputs, minus the gradients.
@@ -36,25 +39,29 @@ from _common import rss  # noqa: E402
 MiB = 1024**2
 
 
-def _inputs(N, D, V, dtype, device, seed=0):
+def _inputs(N, D, V, dtype, device, seed=0, frozen_weight=False):
     import torch
 
     g = torch.Generator(device="cpu").manual_seed(seed)
     h = (torch.randn(N, D, generator=g)).to(device, dtype).requires_grad_()
-    w = (torch.randn(V, D, generator=g) * D**-0.5).to(device, dtype).requires_grad_()
+    w = (torch.randn(V, D, generator=g) * D**-0.5).to(device, dtype).requires_grad_(not frozen_weight)
     y = torch.randint(0, V, (N,), generator=g).to(device)
     up = torch.randn(N, generator=g).to(device)
     return h, w, y, up
 
 
-def _method(name: str):
+def _method(name: str, seq_len: int = 512, blocks: dict | None = None, budget: int | None = None):
     """``fn(h, w, y, up)`` running forward + backward for method ``name``."""
     import torch
 
-    from prefopt.kernels import naive_logprobs, sequence_logprobs
+    from prefopt.kernels import chunked_logprobs, naive_logprobs, sequence_logprobs, triton_logprobs
 
-    if name in ("chunked", "triton", "naive"):
+    if name == "naive":
         return lambda h, w, y, up: (sequence_logprobs(h, w, y, impl=name) * up).sum().backward()
+    if name == "chunked":
+        return lambda h, w, y, up: (chunked_logprobs(h, w, y, budget=budget) * up).sum().backward()
+    if name == "triton":
+        return lambda h, w, y, up: (triton_logprobs(h, w, y, blocks=blocks, budget=budget) * up).sum().backward()
     if name == "compile":
         fn = torch.compile(naive_logprobs)
         return lambda h, w, y, up: (fn(h, w, y) * up).sum().backward()
@@ -63,8 +70,8 @@ def _method(name: str):
 
         loss = LigerFusedLinearDPOLoss(beta=0.1, compute_nll_loss=False, use_ref_model=False)
 
-        def run(h, w, y, up):  # stacked [chosen; rejected], 2 sequences of N/2 tokens
-            out = loss(w, h.reshape(2, -1, h.shape[-1]), y.reshape(2, -1))
+        def run(h, w, y, up):  # stacked [chosen; rejected] sequences of seq_len tokens; one pair per chunk
+            out = loss(w, h.reshape(-1, seq_len, h.shape[-1]), y.reshape(-1, seq_len))
             (out[0] if isinstance(out, tuple) else out).backward()
         return run
     if name == "cce":
@@ -74,41 +81,48 @@ def _method(name: str):
     raise ValueError(name)
 
 
-def _gemm_limit(N, D, V, dtype, reps):
+def _gemm_limit(N, D, V, dtype, reps, frozen_weight=False):
+    """The bare GEMMs: ``h·Wᵀ``, ``dlogits·W`` and (unless the weight is frozen) ``dlogitsᵀ·h``."""
     import torch
 
     h = torch.randn(N, D, device="cuda", dtype=dtype)
-    w = torch.randn(V, D, device="cuda", dtype=dtype)
+    w = torch.randn(V, D, device="cuda", dtype=dtype) * D**-0.5
     dl = torch.empty(N, V, device="cuda", dtype=dtype)
 
     def run():
         torch.mm(h, w.T, out=dl)
         torch.mm(dl, w)
-        torch.mm(dl.T, h)
+        if not frozen_weight:
+            torch.mm(dl.T, h)
     return _cuda_time(run, reps)
 
 
 def _cuda_time(fn, reps):
+    """Median seconds of ``reps`` runs after one warm-up, each timed with CUDA events."""
+    import statistics
+
     import torch
 
     fn()
     torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
+    times = []
     for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps / 1000
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return statistics.median(times)
 
 
-def gpu_row(name, N, D, V, dtype, reps) -> dict:
+def gpu_row(name, N, D, V, dtype, a) -> dict:
     import torch
 
-    h, w, y, up = _inputs(N, D, V, dtype, "cuda")
-    grads = (h.numel() + w.numel()) * h.element_size()
+    h, w, y, up = _inputs(N, D, V, dtype, "cuda", frozen_weight=a.frozen_weight)
+    grads = (h.numel() + w.numel() * w.requires_grad) * h.element_size()
     try:
-        fn = _method(name)
+        fn = _method(name, a.seq_len, json.loads(a.blocks) if a.blocks else None, a.budget)
 
         def step():
             h.grad = w.grad = None
@@ -122,7 +136,7 @@ def gpu_row(name, N, D, V, dtype, reps) -> dict:
         step()
         torch.cuda.synchronize()
         extra = torch.cuda.max_memory_allocated() - base - grads
-        seconds = _cuda_time(step, reps)
+        seconds = _cuda_time(step, a.reps)
         return {"method": name, "seconds": seconds, "extra_peak": extra}
     except Exception as e:  # noqa: BLE001  (an optional baseline may be missing or fail: say so)
         return {"method": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"}
@@ -135,19 +149,20 @@ def run_gpu(a) -> None:
 
     dtype = getattr(torch, a.dtype)
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  dtype {a.dtype}  "
-          f"date {time.strftime('%Y-%m-%d')}")
+          f"date {time.strftime('%Y-%m-%d')}  weight {'frozen' if a.frozen_weight else 'trainable'}  "
+          f"blocks {a.blocks or 'default'}  budget {a.budget or 'default'}")
     rows = []
     for shape in a.shapes:
         D, V = map(int, shape.split("x"))
         for N in a.tokens:
-            limit = _gemm_limit(N, D, V, dtype, a.reps)
-            print(f"\nD={D} V={V} N={N}: 3 bare GEMMs {limit * 1e3:.2f} ms")
+            limit = _gemm_limit(N, D, V, dtype, a.reps, a.frozen_weight)
+            print(f"\nD={D} V={V} N={N}: {2 if a.frozen_weight else 3} bare GEMMs {limit * 1e3:.2f} ms")
             print("| method | fwd+bwd (ms) | × GEMM limit | extra peak (MiB) |\n|---|---|---|---|")
             for m in a.methods:
                 if m == "naive" and N * V * 4 * 3 > torch.cuda.mem_get_info()[0]:
                     r = {"method": m, "error": "skipped: full logits would not fit"}
                 else:
-                    r = gpu_row(m, N, D, V, dtype, a.reps)
+                    r = gpu_row(m, N, D, V, dtype, a)
                     torch.cuda.empty_cache()
                 r.update(D=D, V=V, N=N, gemm_limit=limit)
                 rows.append(r)
@@ -203,6 +218,10 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["naive", "compile", "chunked", "triton", "liger", "cce"])
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--frozen-weight", action="store_true", help="no weight gradient (the LoRA case)")
+    ap.add_argument("--seq-len", type=int, default=512, help="tokens per sequence for Liger's DPO loss")
+    ap.add_argument("--blocks", help='Triton options as JSON, e.g. \'{"BLOCK_N": 128, "num_warps": 8}\'')
+    ap.add_argument("--budget", type=int, help="logits per backward block (chunked and triton), elements")
     ap.add_argument("--cpu-shape", nargs=3, type=int, default=[4096, 576, 49152], metavar=("N", "D", "V"))
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--cpu-worker", nargs=4, help=argparse.SUPPRESS)

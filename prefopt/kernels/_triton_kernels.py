@@ -1,91 +1,79 @@
 """The raw Triton kernels behind ``triton_logprobs`` (imported only when triton is installed).
 
-Left undecorated: ``triton_logprobs`` wraps them in ``triton.jit`` for CUDA tensors, or in
-Triton's interpreter for CPU tensors (tests). ``UPCAST`` is set only there: the interpreter
-keeps bf16 as raw 16-bit integers, so half-precision tiles are widened to fp32 (exactly) right
-after loading, and ``dlogits`` is still rounded to the input dtype as on the GPU.
+``triton.jit`` picks compiled or interpreted kernels when this module is first imported, from
+``TRITON_INTERPRET``: compiled for CUDA, interpreted (CPU tensors, for tests) when it is ``1``.
+``UPCAST`` is set only when interpreted: the interpreter keeps bf16 as raw 16-bit integers, so
+half-precision tiles are widened to fp32 (exactly) right after loading.
 """
+import triton
 import triton.language as tl
 
 
-def _fwd(H, W, Y, LSE, OUT, N, V, D,
-         BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-    y = tl.load(Y + rows, mask=row_ok, other=0)
-    m = tl.full([BLOCK_N], float("-inf"), tl.float32)
-    s = tl.zeros([BLOCK_N], tl.float32)
-    target = tl.zeros([BLOCK_N], tl.float32)
-    for v0 in range(0, V, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V)
-        col_ok = cols < V
-        logits = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            ds = d0 + tl.arange(0, BLOCK_D)
-            d_ok = ds < D
-            h = tl.load(H + rows[:, None] * D + ds[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-            w = tl.load(W + cols[:, None] * D + ds[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-            if UPCAST:
-                h, w = h.to(tl.float32), w.to(tl.float32)
-            if IEEE:
-                logits = tl.dot(h, tl.trans(w), logits, input_precision="ieee")
-            else:
-                logits = tl.dot(h, tl.trans(w), logits)
-        logits = tl.where(col_ok[None, :], logits, float("-inf"))
-        m_new = tl.maximum(m, tl.max(logits, 1))
-        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(logits - m_new[:, None]), 1)
-        m = m_new
-        target += tl.sum(tl.where(cols[None, :] == y[:, None], logits, 0.0), 1)
-    lse = m + tl.log(s)
-    tl.store(LSE + rows, lse, mask=row_ok)
-    tl.store(OUT + rows, target - lse, mask=row_ok)
-
-
-def _bwd(H, W, Y, LSE, G, GH, GW, N, V, D,
-         NEED_H: tl.constexpr, NEED_W: tl.constexpr,
-         BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
-    row_ok = rows < N
-    col_ok = cols < V
+@triton.jit
+def _logits_tile(H, W, rows, cols, row_ok, col_ok, D,
+                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+                 IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """``H[rows] · W[cols]ᵀ`` as a ``BLOCK_N × BLOCK_V`` fp32 tile, ``BLOCK_D`` columns of D at a time."""
     logits = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
+    h_rows = rows.to(tl.int64)[:, None] * D
+    w_rows = cols.to(tl.int64)[:, None] * D
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         d_ok = ds < D
-        h = tl.load(H + rows[:, None] * D + ds[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        w = tl.load(W + cols[:, None] * D + ds[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+        h = tl.load(H + h_rows + ds[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        w = tl.load(W + w_rows + ds[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
         if UPCAST:
             h, w = h.to(tl.float32), w.to(tl.float32)
         if IEEE:
             logits = tl.dot(h, tl.trans(w), logits, input_precision="ieee")
         else:
             logits = tl.dot(h, tl.trans(w), logits)
+    return logits
+
+
+@triton.jit
+def _fwd(H, W, Y, M, S, TGT, N, V, D, V_PER_SPLIT,
+         BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
+         UPCAST: tl.constexpr):
+    """Program ``(token block, vocabulary split)``: running max, sum-exp and target logit over the
+    split's ``V_PER_SPLIT`` columns, written to row ``split`` of ``M``, ``S``, ``TGT`` ((splits, N))."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    split = tl.program_id(1)
+    row_ok = rows < N
+    y = tl.load(Y + rows, mask=row_ok, other=-1)
+    m = tl.full([BLOCK_N], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK_N], tl.float32)
+    target = tl.zeros([BLOCK_N], tl.float32)
+    v_end = tl.minimum(V, (split + 1) * V_PER_SPLIT)
+    for v0 in range(split * V_PER_SPLIT, v_end, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        col_ok = cols < v_end
+        logits = _logits_tile(H, W, rows, cols, row_ok, col_ok, D, BLOCK_N, BLOCK_V, BLOCK_D, IEEE, UPCAST)
+        logits = tl.where(col_ok[None, :], logits, float("-inf"))
+        m_new = tl.maximum(m, tl.max(logits, 1))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(logits - m_new[:, None]), 1)
+        m = m_new
+        target += tl.sum(tl.where((cols[None, :] == y[:, None]) & col_ok[None, :], logits, 0.0), 1)
+    out = split * N + rows
+    tl.store(M + out, m, mask=row_ok)
+    tl.store(S + out, s, mask=row_ok)
+    tl.store(TGT + out, target, mask=row_ok)
+
+
+@triton.jit
+def _dlogits(H, W, Y, LSE, G, DL, N, V, D,
+             BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
+             UPCAST: tl.constexpr):
+    """Program ``(token block, vocabulary tile)``: recompute the tile and write
+    ``g · (onehot(y) − softmax)`` into ``DL`` ((N, V), the input dtype, or fp32 when interpreted)."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    row_ok = rows < N
+    col_ok = cols < V
+    logits = _logits_tile(H, W, rows, cols, row_ok, col_ok, D, BLOCK_N, BLOCK_V, BLOCK_D, IEEE, UPCAST)
     y = tl.load(Y + rows, mask=row_ok, other=-1)
     lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
     g = tl.load(G + rows, mask=row_ok, other=0.0)
-    p = tl.where(col_ok[None, :], tl.exp(logits - lse[:, None]), 0.0)
-    dlogits = g[:, None] * (tl.where(cols[None, :] == y[:, None], 1.0, 0.0) - p)
-    dlogits = tl.where(row_ok[:, None], dlogits, 0.0).to(H.dtype.element_ty)  # as an unfused backward would
-    if UPCAST:
-        dlogits = dlogits.to(tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        ds = d0 + tl.arange(0, BLOCK_D)
-        d_ok = ds < D
-        if NEED_H:
-            w = tl.load(W + cols[:, None] * D + ds[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-            if UPCAST:
-                w = w.to(tl.float32)
-            if IEEE:
-                gh = tl.dot(dlogits, w, input_precision="ieee")
-            else:
-                gh = tl.dot(dlogits, w)
-            tl.atomic_add(GH + rows[:, None] * D + ds[None, :], gh, mask=row_ok[:, None] & d_ok[None, :])
-        if NEED_W:
-            h = tl.load(H + rows[:, None] * D + ds[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-            if UPCAST:
-                h = h.to(tl.float32)
-            if IEEE:
-                gw = tl.dot(tl.trans(dlogits), h, input_precision="ieee")
-            else:
-                gw = tl.dot(tl.trans(dlogits), h)
-            tl.atomic_add(GW + cols[:, None] * D + ds[None, :], gw, mask=col_ok[:, None] & d_ok[None, :])
+    d = g[:, None] * (tl.where(cols[None, :] == y[:, None], 1.0, 0.0) - tl.exp(logits - lse[:, None]))
+    tl.store(DL + rows.to(tl.int64)[:, None] * V + cols[None, :], d.to(DL.dtype.element_ty),
+             mask=row_ok[:, None] & col_ok[None, :])

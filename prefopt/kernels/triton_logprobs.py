@@ -1,30 +1,41 @@
 """Triton kernel: per-token log-probs from hidden states and the lm_head, no ``(N, V)`` logits.
 
-Forward (one program per block of ``BLOCK_N`` tokens): walk the vocabulary in ``BLOCK_V``
-tiles, build each logits tile in SRAM with ``tl.dot`` over ``BLOCK_D`` slices of the hidden
-size, keep an online max and sum-exp, and pick out the target logit. Only the per-token
-logsumexp and log-prob are written.
+Forward (one program per ``(block of BLOCK_N tokens, vocabulary split)``): walk the split in
+``BLOCK_V`` tiles, build each logits tile in SRAM with ``tl.dot`` over ``BLOCK_D`` slices of the
+hidden size, keep an online max and sum-exp, and pick out the target logit. The splits (several
+per token block when there are too few token blocks to fill the GPU) are merged into the
+per-token logsumexp and log-prob, which are all that is stored.
 
-Backward (one program per ``(token block, vocab tile)``): recompute the tile, form
-``dlogits = g · (onehot(y) − softmax)`` in fp32, and add ``dlogits · W`` into ``grad_hidden``
-and ``dlogitsᵀ · h`` into ``grad_weight`` with fp32 atomics, slice by slice of ``D``. The
-largest temporary is one ``BLOCK_N × BLOCK_V`` tile; the only full-size buffers are the fp32
-gradients themselves (``grad_weight`` only when the weight needs a gradient).
+Backward (``_backward.lm_head_backward``): a second kernel recomputes the logits block by block
+(a chunk of tokens, or a slab of the vocabulary) and writes ``dlogits = g · (onehot(y) −
+softmax)`` in the input dtype, as an unfused backward would; the two gradient GEMMs then run on
+cuBLAS with fp32 accumulation. No atomics, and the largest temporary is one block of
+``CHUNK_ELEMENTS`` dlogits (32 MiB in bf16) plus, when both gradients are wanted, an fp32 sum of
+the smaller one.
 
 Inputs may be fp32, bf16 or fp16; accumulation is fp32 (fp32 inputs use IEEE dots, not TF32).
 On CPU tensors the same kernels run under Triton's interpreter, which is how CI tests them
-(``TRITON_INTERPRET=1``); that path is for tests only, it is very slow.
+(``TRITON_INTERPRET=1`` before triton is first imported); that path is for tests only, it is
+very slow.
 """
 from __future__ import annotations
 
 import functools
 import importlib.util
 import os
+import sys
 
 import torch
 
-BLOCKS_GPU = {"BLOCK_N": 64, "BLOCK_V": 128, "BLOCK_D": 64}
+from ._backward import lm_head_backward
+
+# 8 warps: at 4, ptxas spills the 128x128 fp32 tile plus the softmax state to the stack on sm_90
+# (tests/kernels/test_triton_compile.py checks for spills without a GPU). Not yet timed on a GPU.
+BLOCKS_GPU = {"BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_D": 32, "num_warps": 8}
 BLOCKS_INTERPRET = {"BLOCK_N": 16, "BLOCK_V": 64, "BLOCK_D": 32}
+TILES = ("BLOCK_N", "BLOCK_V", "BLOCK_D")
+LAUNCH = ("num_warps", "num_stages")  # compiled kernels only
+_KERNELS = "prefopt.kernels._triton_kernels"
 
 
 @functools.cache
@@ -37,74 +48,96 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _interpreted() -> bool:
+    """Whether the kernels are (or will be, once imported) Triton-interpreted."""
+    if _KERNELS in sys.modules:
+        return sys.modules[_KERNELS].INTERPRETED
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def available(device: torch.device) -> bool:
     """Whether the Triton path can run on ``device`` (CUDA, or CPU under ``TRITON_INTERPRET=1``)."""
     if not _installed():
         return False
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+    return device.type == "cuda" or (device.type == "cpu" and _interpreted())
 
 
-@functools.cache
-def _kernels(interpret: bool):
-    """JIT-compiled kernels for CUDA, or interpreted ones for CPU tensors."""
-    import triton
+def _kernels():
+    import triton.runtime.interpreter as interp
 
-    from ._triton_kernels import _bwd, _fwd
+    from . import _triton_kernels as k
 
-    if interpret:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        return InterpretedFunction(_fwd), InterpretedFunction(_bwd)
-    return triton.jit(_fwd), triton.jit(_bwd)
+    k.INTERPRETED = isinstance(k._fwd, interp.InterpretedFunction)
+    return k
 
 
-def _launch_args(hidden: torch.Tensor, blocks: dict | None):
-    on_cpu = hidden.device.type == "cpu"
-    consts = dict(blocks or (BLOCKS_INTERPRET if on_cpu else BLOCKS_GPU))
-    consts.update(IEEE=hidden.dtype == torch.float32, UPCAST=on_cpu and hidden.dtype != torch.float32)
-    return _kernels(on_cpu), consts
+def _config(hidden: torch.Tensor, blocks: dict | None):
+    """``(kernels, tile constexprs, launch options, forward splits or None)``."""
+    k = _kernels()
+    cfg = dict(BLOCKS_INTERPRET if k.INTERPRETED else BLOCKS_GPU)
+    cfg.update(blocks or {})
+    unknown = set(cfg) - set(TILES) - set(LAUNCH) - {"splits"}
+    if unknown:
+        raise ValueError(f"unknown Triton block options {sorted(unknown)}; known: {[*TILES, *LAUNCH, 'splits']}")
+    consts = {t: cfg[t] for t in TILES}
+    consts.update(IEEE=hidden.dtype == torch.float32, UPCAST=k.INTERPRETED and hidden.dtype != torch.float32)
+    launch = {} if k.INTERPRETED else {o: cfg[o] for o in LAUNCH if o in cfg}
+    return k, consts, launch, cfg.get("splits")
+
+
+def _splits(n_row_blocks: int, n_vtiles: int, device: torch.device, asked: int | None) -> int:
+    """Vocabulary splits per token block: enough programs for two per SM on CUDA, else 1."""
+    if asked is None:
+        asked = 1
+        if device.type == "cuda":
+            sms = torch.cuda.get_device_properties(device).multi_processor_count
+            asked = _cdiv(2 * sms, n_row_blocks)
+    return max(1, min(asked, n_vtiles))
 
 
 class _TritonLogprobs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, blocks):
-        (fwd, _), b = _launch_args(hidden, blocks)
+    def forward(ctx, hidden, weight, labels, blocks, budget):
+        k, c, launch, asked = _config(hidden, blocks)
         hidden, weight, labels = hidden.contiguous(), weight.contiguous(), labels.contiguous()
         N, D = hidden.shape
         V = weight.shape[0]
-        lse = torch.empty(N, dtype=torch.float32, device=hidden.device)
-        out = torch.empty(N, dtype=torch.float32, device=hidden.device)
-        fwd[(_cdiv(N, b["BLOCK_N"]),)](hidden, weight, labels, lse, out, N, V, D, **b)
+        row_blocks, vtiles = _cdiv(N, c["BLOCK_N"]), _cdiv(V, c["BLOCK_V"])
+        per_split = _cdiv(vtiles, _splits(row_blocks, vtiles, hidden.device, asked)) * c["BLOCK_V"]
+        splits = _cdiv(V, per_split)  # none left empty
+        m, s, tgt = torch.empty(3, splits, N, dtype=torch.float32, device=hidden.device)
+        k._fwd[(row_blocks, splits)](hidden, weight, labels, m, s, tgt, N, V, D, per_split, **c, **launch)
+        top = m.amax(0)
+        lse = top + torch.log((s * torch.exp(m - top)).sum(0))
         ctx.save_for_backward(hidden, weight, labels, lse)
-        ctx.blocks = blocks
-        return out
+        ctx.blocks, ctx.budget = blocks, budget
+        return tgt.sum(0) - lse
 
     @staticmethod
     def backward(ctx, grad_out):
         hidden, weight, labels, lse = ctx.saved_tensors
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if not (need_h or need_w):
-            return None, None, None, None
-        (_, bwd), b = _launch_args(hidden, ctx.blocks)
-        N, D = hidden.shape
-        V = weight.shape[0]
-        f32 = dict(dtype=torch.float32, device=hidden.device)
-        grad_h = torch.zeros(N, D, **f32) if need_h else torch.empty(0, **f32)
-        grad_w = torch.zeros(V, D, **f32) if need_w else torch.empty(0, **f32)
-        grid = (_cdiv(N, b["BLOCK_N"]), _cdiv(V, b["BLOCK_V"]))
-        bwd[grid](hidden, weight, labels, lse, grad_out.float().contiguous(), grad_h, grad_w, N, V, D,
-                  NEED_H=need_h, NEED_W=need_w, **b)
-        return (grad_h.to(hidden.dtype) if need_h else None, grad_w.to(weight.dtype) if need_w else None,
-                None, None)
+        k, c, launch, _ = _config(hidden, ctx.blocks)
+        D = hidden.shape[1]
+
+        def dlogits(h, w, y, lse_rows, g):
+            n, v = h.shape[0], w.shape[0]
+            out = torch.empty(n, v, dtype=torch.float32 if c["UPCAST"] else h.dtype, device=h.device)
+            k._dlogits[(_cdiv(n, c["BLOCK_N"]), _cdiv(v, c["BLOCK_V"]))](h, w, y, lse_rows, g, out, n, v, D,
+                                                                        **c, **launch)
+            return out.to(h.dtype)
+
+        grad_h, grad_w = lm_head_backward(hidden, weight, labels, lse, grad_out, ctx.needs_input_grad[0],
+                                          ctx.needs_input_grad[1], dlogits, ctx.budget)
+        return grad_h, grad_w, None, None, None
 
 
 def triton_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                    blocks: dict | None = None) -> torch.Tensor:
+                    blocks: dict | None = None, budget: int | None = None) -> torch.Tensor:
     """``hidden`` (N, D), ``weight`` (V, D), ``labels`` (N,) → fp32 log-probs (N,).
 
-    ``blocks`` overrides the tile sizes (``BLOCK_N``, ``BLOCK_V``, ``BLOCK_D``; each ≥ 16).
+    ``blocks`` overrides the tiles (``BLOCK_N``, ``BLOCK_V``, ``BLOCK_D``; each ≥ 16), the
+    forward's vocabulary ``splits`` and, on CUDA, ``num_warps``/``num_stages``. ``budget`` caps
+    the dlogits block of the backward, in elements (default ``_backward.CHUNK_ELEMENTS``).
     """
     if not available(hidden.device):
         why = "triton is not installed (pip install 'prefopt[triton]')" if not _installed() else (
@@ -113,4 +146,4 @@ def triton_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
         raise RuntimeError(f"the triton log-prob kernel cannot run: {why}. Use impl='chunked'.")
     if hidden.dtype not in (torch.float32, torch.bfloat16, torch.float16) or weight.dtype != hidden.dtype:
         raise TypeError(f"triton log-probs need matching fp32/bf16/fp16 inputs, got {hidden.dtype} and {weight.dtype}")
-    return _TritonLogprobs.apply(hidden, weight, labels, blocks)
+    return _TritonLogprobs.apply(hidden, weight, labels, blocks, budget)

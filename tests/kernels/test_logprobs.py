@@ -19,12 +19,12 @@ def _run(impl, h, w, y, g):
     h.grad = w.grad = None
     lp = sequence_logprobs(h, w, y, impl=impl)
     (lp * g).sum().backward()
-    return lp.detach(), h.grad.clone(), None if w.grad is None else w.grad.clone()
+    return lp.detach(), *(None if t.grad is None else t.grad.clone() for t in (h, w))
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 def test_chunked_matches_naive_values_and_gradients(dtype, tol, monkeypatch):
-    monkeypatch.setattr("prefopt.kernels.chunked.CHUNK_ELEMENTS", 7 * 1000)  # 7-token chunks: uneven tail
+    monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", 7 * 1000)  # 7-token chunks: uneven tail
     h, w, y, g = _case(dtype)
     ref = _run("naive", h, w, y, g)
     got = _run("chunked", h, w, y, g)
@@ -32,6 +32,26 @@ def test_chunked_matches_naive_values_and_gradients(dtype, tol, monkeypatch):
     for a, b in zip(ref, got):
         scale = a.float().abs().max().clamp(min=1)
         assert ((a.float() - b.float()).abs().max() / scale) < tol
+
+
+@pytest.mark.parametrize("N,V", [(37, 1000), (60, 25)])  # N < V: vocabulary slabs; N >= V: token chunks
+@pytest.mark.parametrize("need", ["both", "hidden", "weight"])
+def test_every_backward_order_matches_naive(N, V, need):
+    """Each way ``lm_head_backward`` can walk the blocks (token chunks or vocabulary slabs, with
+    an fp32 running sum of one gradient or none) gives the naive gradients; the small budget
+    forces several uneven blocks either way."""
+    h, w, y, g = _case(torch.float32, N=N, V=V)
+    h.requires_grad_(need != "weight")
+    w.requires_grad_(need != "hidden")
+    ref = _run("naive", h, w, y, g)
+    h.grad = w.grad = None
+    lp = chunked_logprobs(h[y != -100], w, y[y != -100], budget=7 * max(N, V) // 3)
+    (lp * g[y != -100]).sum().backward()
+    assert torch.allclose(lp.detach(), ref[0][y != -100], atol=1e-5)
+    for want, got, needed in ((ref[1], h.grad, need != "weight"), (ref[2], w.grad, need != "hidden")):
+        assert (got is not None) == needed
+        if needed:
+            assert (want - got).abs().max() < 1e-5
 
 
 def test_frozen_weight_and_batched_shapes():
@@ -57,4 +77,4 @@ def test_chunked_gradcheck_float64():
     h = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)
     w = torch.randn(11, 4, dtype=torch.float64, generator=g, requires_grad=True)
     y = torch.randint(0, 11, (5,), generator=g)
-    assert torch.autograd.gradcheck(lambda a, b: chunked_logprobs(a, b, y, chunk=2), (h, w))
+    assert torch.autograd.gradcheck(lambda a, b: chunked_logprobs(a, b, y, budget=22), (h, w))

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU work of issue 5 in as few device calls as possible (each call: 10 min at most).
+#
+#   bash benchmarks/gpu_session.sh check   # the kernel tests on CUDA (compiled Triton), ~2 min
+#   bash benchmarks/gpu_session.sh table   # bench_logprobs.py --gpu, trainable and frozen weight
+#   bash benchmarks/gpu_session.sh sweep   # Triton tiles/warps/budget at D=4096 V=128256 N=16384
+#
+# Meant for the `device` tool's machine: its python3 already has torch and triton; the baselines
+# (liger-kernel, cut-cross-entropy) have no network there, so carry their wheels:
+#   pip download --no-deps -d .wheels liger-kernel cut-cross-entropy   # here; .wheels is git-ignored
+#   run(command="bash benchmarks/gpu_session.sh check table", carry=[".wheels"])
+# Everything printed is also written under $OUT (the device tool brings it back).
+set -uo pipefail
+OUT=${OUT:-/tmp/prefopt-gpu}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+status=0
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+  date -u +%Y-%m-%d
+} | tee "$OUT/device.txt"
+if compgen -G ".wheels/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-deps --no-index .wheels/*.whl || echo "wheel install failed (baselines will say so)"
+fi
+
+bench() {  # bench NAME ARGS...: one bench_logprobs.py run, table to stdout and $OUT/NAME.txt, rows to NAME.json
+  local name=$1
+  shift
+  $PY benchmarks/bench_logprobs.py --gpu --json "$OUT/$name.json" "$@" 2>&1 | tee "$OUT/$name.txt" || status=1
+}
+
+for step in "${@:-check}"; do
+  case $step in
+    check)
+      $PY -m pytest -q -p no:cacheprovider tests/kernels -rs 2>&1 | tee "$OUT/tests.txt" | tail -20
+      [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
+    table)
+      bench table
+      bench table_frozen --frozen-weight --shapes 4096x128256 --tokens 16384 --methods chunked triton liger cce ;;
+    sweep)
+      # tiles that compile without register spills on sm_90 (tests/kernels/test_triton_compile.py)
+      for cfg in '{"BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_D": 32, "num_warps": 8}' \
+                 '{"BLOCK_N": 64, "BLOCK_V": 128, "BLOCK_D": 64, "num_warps": 8}' \
+                 '{"BLOCK_N": 64, "BLOCK_V": 128, "BLOCK_D": 32, "num_warps": 8}' \
+                 '{"BLOCK_N": 64, "BLOCK_V": 64, "BLOCK_D": 64, "num_warps": 8}' \
+                 '{"BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_D": 32, "num_warps": 8, "num_stages": 4}'; do
+        for budget in 16777216 67108864; do
+          echo "== blocks $cfg budget $budget"
+          $PY benchmarks/bench_logprobs.py --gpu --methods triton --shapes 4096x128256 --tokens 16384 \
+            --blocks "$cfg" --budget "$budget" --reps 3 2>&1 | tail -1 | tee -a "$OUT/sweep.txt"
+        done
+      done ;;
+    *) echo "unknown step $step (check, table, sweep)"; status=2 ;;
+  esac
+done
+exit $status

@@ -1,0 +1,41 @@
+"""The compiled (not interpreted) Triton kernels build for real CUDA targets, without a GPU.
+
+CI has no GPU, and the interpreter accepts code the compiler may not. Triton compiles ahead of
+time for a named target with its bundled ``ptxas``, so here both kernels go all the way to a
+cubin for Hopper (sm_90) and Ampere (sm_80) with the default tiles; half precision must land on
+the tensor cores (``wgmma`` on Hopper, ``mma.sync`` on Ampere) without spilling registers.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+triton = pytest.importorskip("triton")
+if not all(list(Path(triton.__file__).parent.glob(f"backends/nvidia/bin/{t}*")) for t in ("ptxas", "cuobjdump")):
+    pytest.skip("this triton has no bundled ptxas/cuobjdump", allow_module_level=True)
+
+SCRIPT = Path(__file__).with_name("_compile_kernels.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _compile(arch: int, dtype: str) -> dict:
+    out = subprocess.run([sys.executable, str(SCRIPT), str(arch), dtype], capture_output=True, text=True,
+                         cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return {r["kernel"]: r for r in map(json.loads, out.stdout.strip().splitlines())}
+
+
+@pytest.mark.parametrize("arch,dtype,mma", [(90, "bf16", "wgmma"), (80, "fp16", "mma_sync"), (90, "fp32", None)])
+def test_kernels_compile_to_cubin(arch, dtype, mma):
+    rows = _compile(arch, dtype)
+    assert set(rows) == {"_fwd", "_dlogits"}
+    for r in rows.values():
+        assert r["shared"] <= 227 * 1024  # fits one SM's shared memory
+        assert 0 < r["reg"] <= 255
+        if mma:
+            assert r[mma], f"{r['kernel']} does not use {mma} for {dtype} on sm_{arch}"
+            assert r["stack"] == 0, f"{r['kernel']} spills {r['stack']} bytes per thread on sm_{arch}"
+        else:  # fp32 uses IEEE dots, not TF32 tensor cores (slow, for exactness; may spill)
+            assert not (r["wgmma"] or r["mma_sync"])
