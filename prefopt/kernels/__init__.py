@@ -55,18 +55,26 @@ def sequence_logprobs(
             Ignored positions are dropped before any matmul, so only scored tokens cost work.
         impl: ``auto`` (default), ``triton``, ``chunked`` or ``naive``.
 
+    Under ``torch.autocast`` the product runs in autocast's dtype (bf16 on CUDA training with
+    fp32 parameters), as ``F.linear`` would; gradients come back in the inputs' dtypes.
+
     Returns:
         fp32 log-probs shaped like ``labels``, 0 at ignored positions. ``.sum(-1)`` gives
         per-sequence totals; ``(labels != ignore_index).sum(-1)`` the token counts.
     """
     name = resolve_impl(hidden.device, impl)
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):  # the lm_head matmul in autocast's dtype, as F.linear would
+        dt = torch.get_autocast_dtype(device)
+        hidden, weight = hidden.to(dt), weight.to(dt)
     shape = labels.shape
     h = hidden.reshape(-1, hidden.shape[-1])
     y = labels.reshape(-1)
     keep = (y != ignore_index).nonzero().squeeze(-1)  # gather the scored tokens before any matmul
     if not keep.numel():
         return torch.zeros(shape, dtype=torch.float32, device=y.device) + 0 * hidden.sum()  # keeps the graph
-    picked = IMPLS[name](h.index_select(0, keep), weight, y.index_select(0, keep))
+    with torch.autocast(device, enabled=False):
+        picked = IMPLS[name](h.index_select(0, keep), weight, y.index_select(0, keep))
     out = torch.zeros(y.shape, dtype=picked.dtype, device=y.device).index_put((keep,), picked)
     return out.reshape(shape)
 

@@ -139,11 +139,11 @@ def triton_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     forward's vocabulary ``splits`` and, on CUDA, ``num_warps``/``num_stages``. ``budget`` caps
     the dlogits block of the backward, in elements (default ``_backward.CHUNK_ELEMENTS``).
     """
+    if hidden.dtype not in (torch.float32, torch.bfloat16, torch.float16) or weight.dtype != hidden.dtype:
+        raise TypeError(f"triton log-probs need matching fp32/bf16/fp16 inputs, got {hidden.dtype} and {weight.dtype}")
     if not available(hidden.device):
         why = "triton is not installed (pip install 'prefopt[triton]')" if not _installed() else (
             f"tensors are on {hidden.device.type}; the Triton path needs CUDA, or TRITON_INTERPRET=1 on CPU "
             "(set before triton is first imported)")
         raise RuntimeError(f"the triton log-prob kernel cannot run: {why}. Use impl='chunked'.")
-    if hidden.dtype not in (torch.float32, torch.bfloat16, torch.float16) or weight.dtype != hidden.dtype:
-        raise TypeError(f"triton log-probs need matching fp32/bf16/fp16 inputs, got {hidden.dtype} and {weight.dtype}")
     return _TritonLogprobs.apply(hidden, weight, labels, blocks, budget)

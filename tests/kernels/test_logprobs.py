@@ -78,3 +78,17 @@ def test_chunked_gradcheck_float64():
     w = torch.randn(11, 4, dtype=torch.float64, generator=g, requires_grad=True)
     y = torch.randint(0, 11, (5,), generator=g)
     assert torch.autograd.gradcheck(lambda a, b: chunked_logprobs(a, b, y, budget=22), (h, w))
+
+
+@pytest.mark.parametrize("impl", ["chunked", "naive"])
+def test_autocast_runs_the_head_in_the_autocast_dtype(impl):
+    """fp32 hidden states and weight under bf16 autocast (CUDA training with fp32 parameters):
+    the head runs in bf16, as ``F.linear`` would, and the gradients come back in fp32."""
+    h, w, y, g = _case(torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lp = sequence_logprobs(h, w, y, impl=impl)
+    (lp * g).sum().backward()
+    assert lp.dtype == torch.float32 and h.grad.dtype == w.grad.dtype == torch.float32
+    ref = _run(impl, h.detach().bfloat16().requires_grad_(), w.detach().bfloat16().requires_grad_(), y, g)
+    assert torch.equal(lp.detach(), ref[0])
+    assert torch.equal(h.grad, ref[1].float()) and torch.equal(w.grad, ref[2].float())

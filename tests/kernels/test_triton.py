@@ -167,6 +167,7 @@ def test_backward_blocks_in_every_order(N, V, need):
             assert (want - got).abs().max() < 1e-5
 
 
+@interp
 def test_unknown_block_option_is_refused():
     h, w, y, _ = _case(torch.float32, N=5, V=50)
     with pytest.raises(ValueError, match="unknown Triton block options"):
