@@ -3,18 +3,21 @@
 subsequence). Tested against ``rouge-score`` itself."""
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
+
+KEYS = ("rouge1", "rouge2", "rougeL")
 
 
 def tokenize(text: str) -> list[str]:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
 
 
-def _f(overlap: int, n_ref: int, n_pred: int) -> dict:
+def _f(overlap: int, n_ref: int, n_pred: int) -> tuple[float, float, float]:
     p = overlap / n_pred if n_pred else 0.0
     r = overlap / n_ref if n_ref else 0.0
-    return {"precision": p, "recall": r, "fmeasure": 2 * p * r / (p + r) if p + r else 0.0}
+    return p, r, 2 * p * r / (p + r) if p + r else 0.0
 
 
 def _ngrams(tokens: list[str], n: int) -> Counter:
@@ -31,12 +34,19 @@ def _lcs(a: list[str], b: list[str]) -> int:
     return prev[-1]
 
 
-def rouge(reference: str, prediction: str) -> dict[str, dict]:
-    """``{"rouge1"|"rouge2"|"rougeL": {"precision", "recall", "fmeasure"}}``."""
+@functools.lru_cache(maxsize=8192)
+def _scores(reference: str, prediction: str) -> tuple[tuple[float, float, float], ...]:
+    """(precision, recall, F) for ROUGE-1, -2, -L. Cached: a report scores each prediction for its
+    metrics, its per-item scores and the bootstrap, and the LCS is quadratic in pure Python."""
     ref, pred = tokenize(reference), tokenize(prediction)
-    out = {}
+    out = []
     for n in (1, 2):
         r, p = _ngrams(ref, n), _ngrams(pred, n)
-        out[f"rouge{n}"] = _f(sum((r & p).values()), sum(r.values()), sum(p.values()))
-    out["rougeL"] = _f(_lcs(ref, pred), len(ref), len(pred))
-    return out
+        out.append(_f(sum((r & p).values()), sum(r.values()), sum(p.values())))
+    out.append(_f(_lcs(ref, pred), len(ref), len(pred)))
+    return tuple(out)
+
+
+def rouge(reference: str, prediction: str) -> dict[str, dict]:
+    """``{"rouge1"|"rouge2"|"rougeL": {"precision", "recall", "fmeasure"}}`` (a fresh dict each call)."""
+    return {k: dict(zip(("precision", "recall", "fmeasure"), v)) for k, v in zip(KEYS, _scores(reference, prediction))}

@@ -51,6 +51,14 @@ def test_rouge_matches_rouge_score(ref, pred):
         assert got[k]["precision"] == pytest.approx(want[k].precision, abs=1e-12)
 
 
+def test_rouge_is_cached_but_hands_out_fresh_dicts():
+    ref, pred = "chest pain for three days", "three days of chest pain"
+    first = rouge(ref, pred)
+    first["rougeL"]["fmeasure"] = -1.0  # a caller editing its result must not poison the cache
+    again = rouge(ref, pred)
+    assert again["rougeL"]["fmeasure"] == pytest.approx(0.4) and again is not first  # LCS "chest pain": 2 of 5
+
+
 @pytest.mark.parametrize("b,c", [(0, 0), (3, 9), (10, 2), (25, 31), (7, 7), (0, 12)])
 def test_mcnemar_matches_scipy_binomtest(b, c):
     stats = pytest.importorskip("scipy.stats")
