@@ -85,8 +85,6 @@ class TrainConfig:
             errors.append("lora_dropout must be in [0, 1)")
         if self.fsdp and self.lora:
             errors.append("fsdp is for full fine-tuning: set lora=False (LoRA runs under plain DDP)")
-        if self.fsdp and (self.save_every or self.resume):
-            errors.append("fsdp runs do not write intermediate checkpoints yet: set save_every=0, resume=False")
         for name in ("data", "eval_data"):
             p = getattr(self, name)
             if p and not Path(p).is_file():

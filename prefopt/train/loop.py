@@ -245,14 +245,42 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The trained parameters as full CPU tensors, on the main rank ({} elsewhere). Every rank
+        must call it: FSDP2 shards are gathered one parameter at a time."""
         names = {id(p): n for n, p in self.model.named_parameters()}
-        return {names[id(p)]: _full(p) for p in self.params}
+        out = {}
+        for p in self.params:
+            t = _full(p, keep=self.dist.is_main)
+            if t is not None:
+                out[names[id(p)]] = t
+        return out
+
+    def optimizer_state(self) -> dict:
+        """The optimizer's state dict; under FSDP2 its sharded moments are gathered into full
+        CPU tensors on the main rank, one at a time (every rank must call it)."""
+        sd = self.optimizer.state_dict()
+        if not self.config.fsdp:
+            return sd
+        state = {pid: {k: _full(v, keep=self.dist.is_main) if hasattr(v, "full_tensor") else v
+                       for k, v in entries.items()} for pid, entries in sd["state"].items()}
+        return {"state": state, "param_groups": sd["param_groups"]}
+
+    def _load_optimizer_state(self, sd: dict) -> None:
+        if self.config.fsdp:  # full moments back into this rank's shards, laid out like their parameter
+            params = {pid: p for group_sd, group in zip(sd["param_groups"], self.optimizer.param_groups)
+                      for pid, p in zip(group_sd["params"], group["params"])}
+            for pid, entries in sd["state"].items():
+                p = params[pid]
+                for k, v in entries.items():
+                    if hasattr(p, "device_mesh") and torch.is_tensor(v) and v.shape == p.shape:
+                        entries[k] = _shard_like(p, v)
+        self.optimizer.load_state_dict(sd)
 
     def save_checkpoint(self) -> Path:
         final = ckpt_io.checkpoint_dir(self.output_dir, self.step)
         tmp = final.with_name(final.name + ".tmp")
         trainable = self.trainable_state()
-        optimizer_state = self.optimizer.state_dict()
+        optimizer_state = self.optimizer_state()
         if self.dist.is_main:
             tmp.mkdir(parents=True, exist_ok=True)
         barrier(self.dist)
@@ -276,23 +304,29 @@ class Trainer:
                 if name not in own:
                     raise ValueError(f"{ckpt}: parameter {name!r} is not in the model")
                 _assign(own[name], t)
-        self.optimizer.load_state_dict(optimizer_state)
+        self._load_optimizer_state(optimizer_state)
         self.step = state["step"]
         ckpt_io.restore_rng(ckpt, self.dist.rank, state)
 
 
-def _full(p: torch.Tensor) -> torch.Tensor:
-    """A parameter as a plain full CPU tensor (gathers FSDP2 DTensors)."""
+def _full(p: torch.Tensor, keep: bool = True) -> torch.Tensor | None:
+    """A parameter (or optimizer moment) as a plain full CPU tensor, gathering FSDP2 DTensors
+    (a collective: every rank calls it); ``keep=False`` takes part in the gather and returns None."""
     t = p.detach()
     if hasattr(t, "full_tensor"):
         t = t.full_tensor()
-    return t.cpu().clone()
+    return t.cpu().clone() if keep else None
+
+
+def _shard_like(p: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` (full) laid out as FSDP2 DTensor ``p`` is: this rank keeps only its shard."""
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(value.to(p.device), p.device_mesh, p.placements)
 
 
 def _assign(p: torch.Tensor, value: torch.Tensor) -> None:
     if hasattr(p, "device_mesh"):  # an FSDP2 DTensor: keep only this rank's shard
-        from torch.distributed.tensor import distribute_tensor
-
-        p.copy_(distribute_tensor(value.to(p.dtype), p.device_mesh, p.placements))
+        p.copy_(_shard_like(p, value.to(p.dtype)))
     else:
         p.copy_(value.to(device=p.device, dtype=p.dtype))

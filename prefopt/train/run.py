@@ -12,6 +12,7 @@ from ..pretrained import load_model
 from ..tokenizer import load_tokenizer
 from .config import TrainConfig
 from .distributed import DistInfo
+from .loop import _full
 from .sft import SFTTrainer, load_train_eval
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -35,8 +36,8 @@ def prepare_model(config: TrainConfig):
 def save_result(trainer, tok, config: TrainConfig) -> Path | None:
     """Write the adapter (PEFT layout) or the full model to ``output_dir/final``; rank 0 only."""
     info: DistInfo = trainer.dist
-    if config.fsdp:
-        state = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in trainer.model.state_dict().items()}
+    if config.fsdp:  # gathered one tensor at a time; only the main rank keeps a (CPU) copy
+        state = {k: _full(v, keep=info.is_main) for k, v in trainer.model.state_dict().items()}
     if not info.is_main:
         return None
     out = Path(config.output_dir) / "final"

@@ -1,9 +1,10 @@
-"""Exact resume after SIGKILL, and 2-process DDP (gloo, CPU) against 1 process."""
+"""Exact resume after SIGKILL (one process, and FSDP2 on two), and 2-process DDP/FSDP2 (gloo, CPU) against 1 process."""
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -60,9 +61,9 @@ def test_sigkill_then_resume_gives_the_same_run(task, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _torchrun(nproc, cfg_path):
+def _torchrun(nproc, cfg_path, *extra):
     return _run(["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                 str(ROOT / "tests" / "train" / "_run_sft.py"), str(cfg_path)])
+                 str(ROOT / "tests" / "train" / "_run_sft.py"), str(cfg_path), *extra])
 
 
 @pytest.mark.slow
@@ -85,3 +86,26 @@ def test_two_processes_match_one_with_the_same_global_batch(task, tmp_path, mode
     assert w1.keys() == w2.keys()
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
     assert not (tmp_path / "two" / "final" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_fsdp_run_killed_then_resumed_matches_an_uninterrupted_one(task, tmp_path):
+    """FSDP2 (2 processes, each holding half of every parameter and of its Adam moments): the
+    checkpoint gathers full parameters and moments, and resuming reshards them exactly."""
+    kw = dict(lora=False, lr=1e-3, fsdp=True, batch_size=2, max_steps=8, save_every=3)
+    full = _torchrun(2, _config(task, tmp_path / "full", **kw))
+    assert full.returncode == 0, full.stderr[-3000:]
+    cut = _torchrun(2, _config(task, tmp_path / "cut", **kw), "7")
+    assert cut.returncode != 0
+    ckpt = tmp_path / "cut" / "checkpoints" / "step-00000006"
+    params = load_file(ckpt / "trainable.safetensors")
+    optim = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    moments = Counter(tuple(st["exp_avg"].shape) for st in optim["state"].values())
+    assert moments == Counter(tuple(t.shape) for t in params.values())  # whole moments, not one rank's shard
+    resumed = _torchrun(2, _config(task, tmp_path / "cut", **kw, resume=True))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "step 6" in resumed.stdout
+    assert _losses(tmp_path / "cut") == _losses(tmp_path / "full")
+    a = load_file(tmp_path / "full" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "cut" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
