@@ -54,10 +54,10 @@ def _method(name: str, seq_len: int = 512, blocks: dict | None = None, budget: i
     """``fn(h, w, y, up)`` running forward + backward for method ``name``."""
     import torch
 
-    from prefopt.kernels import chunked_logprobs, naive_logprobs, sequence_logprobs, triton_logprobs
+    from prefopt.kernels import chunked_logprobs, naive_logprobs, triton_logprobs
 
     if name == "naive":
-        return lambda h, w, y, up: (sequence_logprobs(h, w, y, impl=name) * up).sum().backward()
+        return lambda h, w, y, up: (naive_logprobs(h, w, y) * up).sum().backward()
     if name == "chunked":
         return lambda h, w, y, up: (chunked_logprobs(h, w, y, budget=budget) * up).sum().backward()
     if name == "triton":
