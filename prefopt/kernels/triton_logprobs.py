@@ -127,7 +127,8 @@ class _TritonLogprobs(torch.autograd.Function):
             return out.to(h.dtype)
 
         grad_h, grad_w = lm_head_backward(hidden, weight, labels, lse, grad_out, ctx.needs_input_grad[0],
-                                          ctx.needs_input_grad[1], dlogits, ctx.budget)
+                                          ctx.needs_input_grad[1], dlogits, ctx.budget,
+                                          tiles=(c["BLOCK_N"], c["BLOCK_V"]))
         return grad_h, grad_w, None, None, None
 
 

@@ -92,3 +92,15 @@ def test_autocast_runs_the_head_in_the_autocast_dtype(impl):
     ref = _run(impl, h.detach().bfloat16().requires_grad_(), w.detach().bfloat16().requires_grad_(), y, g)
     assert torch.equal(lp.detach(), ref[0])
     assert torch.equal(h.grad, ref[1].float()) and torch.equal(w.grad, ref[2].float())
+
+
+def test_backward_blocks_are_whole_tiles():
+    """Blocks are whole multiples of the kernel's tile (a 130-token chunk would leave a second
+    128-token tile holding 2 tokens) and never smaller than one tile or larger than the total."""
+    from prefopt.kernels._backward import _step
+
+    assert _step(16384, 128256, 1 << 24, 128) == 128  # 2^24 // 128256 = 130 tokens -> 128
+    assert _step(100, 1000, 50_000, 16) == 48
+    assert _step(100, 10**6, 1000, 16) == 16  # the budget fits less than one tile
+    assert _step(10, 1000, 10**6, 16) == 10
+    assert _step(37, 1000, 7000) == 7  # the chunked path: any size
