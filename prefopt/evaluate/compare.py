@@ -114,10 +114,14 @@ def _train_config(cls, cfg, s, stage: str, data: Path, out: Path, **kw):
                warmup_steps=min(5, (steps or 10) // 10), **kw)
 
 
-def _load_stage_model(cfg: CompareConfig, out: Path, stage: str):
+def _load_stage_model(cfg: CompareConfig, out: Path, stage: str, keep: dict | None = None):
+    """The model of ``stage`` (base, or merged SFT / SFT+DPO adapters). ``keep``: a dict that
+    holds the SFT model between its evaluation and mining its errors for pairs (one load)."""
     from ..lora import load_adapter, merge_and_unload
     from ..pretrained import load_model
 
+    if keep is not None and stage in keep:
+        return keep.pop(stage)
     if stage == "base":
         return load_model(cfg.model)
     model = load_model(cfg.model, adapter=out / "sft" / "train" / "final", merge=True)
@@ -126,13 +130,16 @@ def _load_stage_model(cfg: CompareConfig, out: Path, stage: str):
     return model
 
 
-def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge) -> tuple[list[dict], dict]:
+def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep: dict | None = None
+              ) -> tuple[list[dict], dict]:
     done = read_results(out / stage)
     if done is not None:
         _log(f"{stage}: reusing {out / stage / 'metrics.json'}")
         return done
     t0 = time.perf_counter()
     model = _load_stage_model(cfg, out, stage)
+    if keep is not None:
+        keep[stage] = model
     texts = predict(model, tok, task, test, batch_size=s["eval_batch_size"], desc=f"{stage}: test set")
     preds, metrics = score(task, test, texts)
     extra = {}
@@ -165,7 +172,7 @@ def _sft(cfg, task, train, out: Path, s: dict) -> None:
     run_sft(_train_config(TrainConfig, cfg, s, "sft", data, out / "sft" / "train", save_every=0, resume=False))
 
 
-def _pairs(cfg, task, tok, train, out: Path, s: dict) -> Path:
+def _pairs(cfg, task, tok, train, out: Path, s: dict, keep: dict | None = None) -> Path:
     from ..tasks import model_error_pairs, wrong_label_pairs
 
     if cfg.strategy == "ranked":  # given pairs: DPO reads (and validates, with file:line errors) the file itself
@@ -180,7 +187,7 @@ def _pairs(cfg, task, tok, train, out: Path, s: dict) -> Path:
         pairs = wrong_label_pairs(task, train, seed=cfg.seed, hardest=cfg.strategy == "wrong_label_hardest")
         report = {"strategy": cfg.strategy}
     elif cfg.strategy == "model_errors":
-        model = _load_stage_model(cfg, out, "sft")
+        model = _load_stage_model(cfg, out, "sft", keep)
         pairs, report = model_error_pairs(
             task, train, lambda rs: predict(model, tok, task, rs, batch_size=s["eval_batch_size"],
                                             desc="sft: mining training prompts"), seed=cfg.seed)
@@ -229,8 +236,10 @@ def run_compare(cfg: CompareConfig) -> dict:
         judge = (load_model(cfg.judge), load_tokenizer(cfg.judge))
     results = {"base": _evaluate(cfg, task, tok, test, out, "base", s, judge)}
     _sft(cfg, task, train, out, s)
-    results["sft"] = _evaluate(cfg, task, tok, test, out, "sft", s, judge)
-    pairs = _pairs(cfg, task, tok, train, out, s)
+    keep = {} if cfg.strategy == "model_errors" and not (out / "data" / "pairs.jsonl").is_file() else None
+    results["sft"] = _evaluate(cfg, task, tok, test, out, "sft", s, judge, keep)
+    pairs = _pairs(cfg, task, tok, train, out, s, keep)
+    del keep  # the SFT model, if its errors were mined, is released before DPO
     _dpo(cfg, pairs, out, s)
     results["dpo"] = _evaluate(cfg, task, tok, test, out, "dpo", s, judge)
     report = build_report(cfg, task, test, results, out)

@@ -95,11 +95,18 @@ def test_every_family_runs_end_to_end(family, tiny_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_portal_compare_resumes_and_mines_model_errors(tiny_model, tmp_path, capsys):
+def test_portal_compare_resumes_and_mines_model_errors(tiny_model, tmp_path, capsys, monkeypatch):
+    import prefopt.pretrained
+
     out = tmp_path / "run"
     cfg = CompareConfig(task="portal", model=str(tiny_model), output=str(out), strategy="model_errors",
                         n_resamples=200, overrides=TINY)
+    loads, load = [], prefopt.pretrained.load_model
+    monkeypatch.setattr(prefopt.pretrained, "load_model",
+                        lambda *a, **kw: loads.append(kw.get("adapter")) or load(*a, **kw))
     run_compare(cfg)
+    sft = out / "sft" / "train" / "final"
+    assert loads == [None, sft, sft]  # base; SFT, evaluated then mined for errors (one load); SFT under DPO
     report = _check(out)
     pairs_report = json.loads((out / "data" / "pairs_report.json").read_text())
     assert pairs_report["strategy"] == "model_errors" and pairs_report["prompts"] == 8
