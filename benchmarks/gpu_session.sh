@@ -41,12 +41,12 @@ for step in "${@:-check}"; do
       bench table
       bench table_frozen --frozen-weight --shapes 4096x128256 --tokens 16384 --methods chunked triton liger cce ;;
     sweep)
-      # tiles that compile without register spills on sm_90 (tests/kernels/test_triton_compile.py)
-      for cfg in '{"BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_D": 32, "num_warps": 8}' \
-                 '{"BLOCK_N": 64, "BLOCK_V": 128, "BLOCK_D": 64, "num_warps": 8}' \
-                 '{"BLOCK_N": 64, "BLOCK_V": 128, "BLOCK_D": 32, "num_warps": 8}' \
-                 '{"BLOCK_N": 64, "BLOCK_V": 64, "BLOCK_D": 64, "num_warps": 8}' \
-                 '{"BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_D": 32, "num_warps": 8, "num_stages": 4}'; do
+      # tiles that compile to wgmma without spills on sm_90 (as tests/kernels/test_triton_compile.py checks)
+      for cfg in '{"BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_D": 64, "num_warps": 8}' \
+                 '{"BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_D": 64, "num_warps": 8, "num_stages": 4}' \
+                 '{"BLOCK_N": 64, "BLOCK_V": 256, "BLOCK_D": 64, "num_warps": 8}' \
+                 '{"BLOCK_N": 64, "BLOCK_V": 128, "BLOCK_D": 64, "num_warps": 4}' \
+                 '{"BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_D": 32, "num_warps": 8}'; do
         for budget in 16777216 67108864; do
           echo "== blocks $cfg budget $budget"
           $PY benchmarks/bench_logprobs.py --gpu --methods triton --shapes 4096x128256 --tokens 16384 \

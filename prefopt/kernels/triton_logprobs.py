@@ -29,9 +29,12 @@ import torch
 
 from ._backward import lm_head_backward
 
-# 8 warps: at 4, ptxas spills the 128x128 fp32 tile plus the softmax state to the stack on sm_90
-# (tests/kernels/test_triton_compile.py checks for spills without a GPU). Not yet timed on a GPU.
-BLOCKS_GPU = {"BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_D": 32, "num_warps": 8}
+# 128x128 tiles with 64-wide steps of D, 8 warps: on sm_90 this compiles to wgmma fed by 16-byte
+# asynchronous copies, 3 stages deep, with no register spills; with 4 warps it spills
+# (tests/kernels/test_triton_compile.py checks all this without a GPU). Not yet timed on a GPU.
+BLOCKS_GPU = {"BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_D": 64, "num_warps": 8}
+# fp32 tiles are twice the bytes: 32-wide steps keep 3 stages within an A100's 163 KiB of shared memory
+BLOCKS_GPU_FP32 = {**BLOCKS_GPU, "BLOCK_D": 32}
 BLOCKS_INTERPRET = {"BLOCK_N": 16, "BLOCK_V": 64, "BLOCK_D": 32}
 TILES = ("BLOCK_N", "BLOCK_V", "BLOCK_D")
 LAUNCH = ("num_warps", "num_stages")  # compiled kernels only
@@ -71,10 +74,17 @@ def _kernels():
     return k
 
 
+def defaults(dtype: torch.dtype, interpreted: bool = False) -> dict:
+    """The default tiles and launch options for ``dtype``."""
+    if interpreted:
+        return BLOCKS_INTERPRET
+    return BLOCKS_GPU_FP32 if dtype == torch.float32 else BLOCKS_GPU
+
+
 def _config(hidden: torch.Tensor, blocks: dict | None):
     """``(kernels, tile constexprs, launch options, forward splits or None)``."""
     k = _kernels()
-    cfg = dict(BLOCKS_INTERPRET if k.INTERPRETED else BLOCKS_GPU)
+    cfg = dict(defaults(hidden.dtype, k.INTERPRETED))
     cfg.update(blocks or {})
     unknown = set(cfg) - set(TILES) - set(LAUNCH) - {"splits"}
     if unknown:

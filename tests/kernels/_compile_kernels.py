@@ -1,9 +1,11 @@
 """Compile the Triton kernels ahead of time for a CUDA target, with no GPU: ``python
-_compile_kernels.py ARCH DTYPE`` prints one JSON line per kernel (its name, whether the PTX uses
-warpgroup MMA ``wgmma`` or warp MMA ``mma.sync``, shared memory bytes, registers and stack bytes
-per thread from ``cuobjdump -res-usage``; stack means spills). The tiles and warps are
-``BLOCKS_GPU``. Run it in a process without ``TRITON_INTERPRET`` (the kernels must be
-``triton.jit``-compiled, not interpreted)."""
+_compile_kernels.py ARCH DTYPE`` prints one JSON line per kernel: whether the PTX uses warpgroup
+MMA ``wgmma`` or warp MMA ``mma.sync``, shared memory bytes, registers and stack bytes per thread
+(``cuobjdump -res-usage``; stack means spills) and the number of 16-byte asynchronous copies
+(``LDGSTS...128`` in the SASS: pipelined, vectorised loads). The tiles and warps are
+``triton_logprobs.defaults(dtype)``, and the arguments are specialised as a real launch specialises them (pointers
+16-byte aligned; D, V and the split width multiples of 16; N not). Run it in a process without
+``TRITON_INTERPRET`` (the kernels must be ``triton.jit``-compiled, not interpreted)."""
 import json
 import os
 import re
@@ -13,12 +15,13 @@ import tempfile
 from pathlib import Path
 
 os.environ.pop("TRITON_INTERPRET", None)
+import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from prefopt.kernels import _triton_kernels as k  # noqa: E402
-from prefopt.kernels.triton_logprobs import BLOCKS_GPU  # noqa: E402
+from prefopt.kernels.triton_logprobs import defaults  # noqa: E402
 
 
 def _resources(cubin: bytes) -> dict:
@@ -26,22 +29,28 @@ def _resources(cubin: bytes) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
-    return {k.lower(): int(v) for k, v in re.findall(r"\b(REG|STACK):(\d+)", text)}
+        res, sass = (subprocess.run([str(tool), flag, f.name], capture_output=True, text=True, check=True).stdout
+                     for flag in ("-res-usage", "-sass"))
+    out = {k.lower(): int(v) for k, v in re.findall(r"\b(REG|STACK):(\d+)", res)}
+    out["async_copies_16B"] = len(re.findall(r"\bLDGSTS\.E\.[A-Z.]*128\b", sass))
+    return out
 
 
 def main(arch: int, dt: str) -> None:
-    launch = {o: BLOCKS_GPU[o] for o in ("num_warps", "num_stages") if o in BLOCKS_GPU}
-    consts = dict({t: BLOCKS_GPU[t] for t in ("BLOCK_N", "BLOCK_V", "BLOCK_D")}, IEEE=dt == "fp32", UPCAST=False)
+    blocks = defaults({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dt])
+    launch = {o: blocks[o] for o in ("num_warps", "num_stages") if o in blocks}
+    consts = dict({t: blocks[t] for t in ("BLOCK_N", "BLOCK_V", "BLOCK_D")}, IEEE=dt == "fp32", UPCAST=False)
     ints = dict(N="i32", V="i32", D="i32")
     sigs = {
         k._fwd: dict(H=f"*{dt}", W=f"*{dt}", Y="*i64", M="*fp32", S="*fp32", TGT="*fp32", **ints, V_PER_SPLIT="i32"),
         k._dlogits: dict(H=f"*{dt}", W=f"*{dt}", Y="*i64", LSE="*fp32", G="*fp32", DL=f"*{dt}", **ints),
     }
     for fn, sig in sigs.items():
+        aligned = [a for a, t in sig.items() if t.startswith("*") or a in ("V", "D", "V_PER_SPLIT")]
+        attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
         sig.update({c: "constexpr" for c in consts})
-        cc = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", arch, 32),
-                            options=launch)
+        cc = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+                            target=GPUTarget("cuda", arch, 32), options=launch)
         ptx = cc.asm["ptx"]
         print(json.dumps({"kernel": fn.__name__, "wgmma": "wgmma" in ptx, "mma_sync": "mma.sync" in ptx,
                           "shared": cc.metadata.shared, **_resources(cc.asm["cubin"])}))
