@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import rss  # noqa: E402
 
 MiB = 1024**2
+DEVICE = "cuda"  # the GPU table's device (tests run its code on CPU with stand-in timers)
 
 
 def _inputs(N, D, V, dtype, device, seed=0, frozen_weight=False):
@@ -85,9 +86,9 @@ def _gemm_limit(N, D, V, dtype, reps, frozen_weight=False):
     """The bare GEMMs: ``h·Wᵀ``, ``dlogits·W`` and (unless the weight is frozen) ``dlogitsᵀ·h``."""
     import torch
 
-    h = torch.randn(N, D, device="cuda", dtype=dtype)
-    w = torch.randn(V, D, device="cuda", dtype=dtype) * D**-0.5
-    dl = torch.empty(N, V, device="cuda", dtype=dtype)
+    h = torch.randn(N, D, device=DEVICE, dtype=dtype)
+    w = torch.randn(V, D, device=DEVICE, dtype=dtype) * D**-0.5
+    dl = torch.empty(N, V, device=DEVICE, dtype=dtype)
 
     def run():
         torch.mm(h, w.T, out=dl)
@@ -119,7 +120,7 @@ def _cuda_time(fn, reps):
 def gpu_row(name, N, D, V, dtype, a) -> dict:
     import torch
 
-    h, w, y, up = _inputs(N, D, V, dtype, "cuda", frozen_weight=a.frozen_weight)
+    h, w, y, up = _inputs(N, D, V, dtype, DEVICE, frozen_weight=a.frozen_weight)
     grads = (h.numel() + w.numel() * w.requires_grad) * h.element_size()
     try:
         fn = _method(name, a.seq_len, json.loads(a.blocks) if a.blocks else None, a.budget)
@@ -210,7 +211,7 @@ def run_cpu(a) -> None:
         Path(a.json).write_text(json.dumps(rows, indent=2))
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", action="store_true", help="run the CUDA table instead of the CPU comparison")
     ap.add_argument("--shapes", nargs="+", default=["4096x128256", "576x49152"], help="DxV head shapes")
@@ -225,7 +226,11 @@ def main() -> None:
     ap.add_argument("--cpu-shape", nargs=3, type=int, default=[4096, 576, 49152], metavar=("N", "D", "V"))
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--cpu-worker", nargs=4, help=argparse.SUPPRESS)
-    a = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main() -> None:
+    a = parse_args()
     if a.cpu_worker:
         name, *dims = a.cpu_worker
         print(json.dumps(cpu_worker(name, *map(int, dims))))

@@ -1,0 +1,72 @@
+"""The GPU table's code in ``benchmarks/bench_logprobs.py`` runs end to end on CPU, with stand-ins
+for CUDA events and memory statistics, so a lent GPU's minutes are not spent on a Python error.
+The figures it prints here mean nothing; the rows' shape, the errors for baselines that are not
+installed, and the frozen-weight mode are what is checked."""
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from prefopt.kernels.triton_logprobs import available
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_logprobs.py"
+# the Triton rows run on CPU only under the interpreter (conftest sets it where there is no CUDA)
+OURS = ["naive", "chunked"] + (["triton"] if available(torch.device("cpu")) else [])
+
+
+class _Event:
+    def __init__(self, enable_timing=True):
+        self.t = None
+
+    def record(self):
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, end):
+        return (end.t - self.t) * 1000
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_logprobs", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "DEVICE", "cpu")
+    for name, fn in {"Event": _Event, "synchronize": lambda: None, "empty_cache": lambda: None,
+                     "reset_peak_memory_stats": lambda: None, "memory_allocated": lambda: 0,
+                     "max_memory_allocated": lambda: 1 << 20, "get_device_name": lambda: "stand-in",
+                     "mem_get_info": lambda: (1 << 34, 1 << 34)}.items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+    return mod
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_gpu_table_code_runs_on_cpu(bench, tmp_path, capsys, frozen):
+    out = tmp_path / "rows.json"
+    argv = ["--gpu", "--shapes", "48x1000", "--tokens", "64", "--dtype", "float32", "--reps", "2", "--seq-len", "16",
+            "--methods", *OURS, "liger", "cce", "--budget", "4000",
+            "--blocks", '{"BLOCK_N": 16, "BLOCK_V": 64, "BLOCK_D": 16}', "--json", str(out)]
+    bench.run_gpu(bench.parse_args(argv + (["--frozen-weight"] if frozen else [])))
+    rows = {r["method"]: r for r in json.loads(out.read_text())}
+    assert set(rows) == {*OURS, "liger", "cce"}
+    for m in OURS:
+        assert rows[m]["seconds"] > 0 and rows[m]["gemm_limit"] > 0 and (rows[m]["D"], rows[m]["V"]) == (48, 1000)
+    for m in ("liger", "cce"):  # not installed here: the row says why instead of stopping the table
+        if importlib.util.find_spec({"liger": "liger_kernel", "cce": "cut_cross_entropy"}[m]) is None:
+            assert "ModuleNotFoundError" in rows[m]["error"]
+    printed = capsys.readouterr().out
+    assert f"{2 if frozen else 3} bare GEMMs" in printed and "| triton |" in printed
+
+
+def test_benchmark_methods_agree_on_cpu(bench):
+    """The methods the table compares compute the same gradients (so the table compares like with like)."""
+    grads = {}
+    for m in OURS:
+        h, w, y, up = bench._inputs(40, 32, 300, torch.float32, "cpu")
+        bench._method(m, budget=2000, blocks={"BLOCK_N": 16, "BLOCK_V": 64, "BLOCK_D": 16})(h, w, y, up)
+        grads[m] = (h.grad, w.grad)
+    for m in OURS[1:]:
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads["naive"], grads[m]))
