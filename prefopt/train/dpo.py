@@ -142,7 +142,8 @@ class DPOTrainer(Trainer):
 
             def compute(chunk):
                 b = {k: v.to(self.device) for k, v in pair_collate(chunk, self.pad_id).items()}
-                sums = self.reference_logps(b).float().cpu()
+                with self._autocast():  # the precision the policy will run in (bf16 on CUDA)
+                    sums = self.reference_logps(b).float().cpu()
                 return sums[:len(chunk)], sums[len(chunk):]
 
             n = self.ref_cache.fill(pairs, compute, batch_size=self.config.batch_size * 2,

@@ -68,6 +68,13 @@ def run_sft(config: TrainConfig, callbacks=()) -> dict:
     return summary
 
 
+def _autocast_on(config) -> bool:
+    """Whether the trainer will run under bf16 autocast (CUDA only), as the cached numbers then are."""
+    from .loop import pick_device
+
+    return config.bf16_autocast and pick_device(config.device).type == "cuda"
+
+
 def reference_cache_for(config, model, ref_model, model_dir: Path):
     """Open the cache at ``config.ref_cache`` under the fingerprint of this run's reference."""
     from ..refcache import RefCache, reference_fingerprint
@@ -79,7 +86,8 @@ def reference_cache_for(config, model, ref_model, model_dir: Path):
         tokenizer_files=[model_dir / "tokenizer.json", model_dir / "tokenizer_config.json",
                          model_dir / "chat_template.jinja"],
         max_length=config.max_length, max_prompt_length=config.max_prompt_length,
-        extra={"reference": "model" if ref_model is not None else "adapter-disabled"},
+        extra={"reference": "model" if ref_model is not None else "adapter-disabled",
+               **({"autocast": "bfloat16"} if _autocast_on(config) else {})},
     )
     return RefCache(config.ref_cache, fp)
 

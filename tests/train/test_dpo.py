@@ -209,3 +209,29 @@ def test_cli_dpo_with_cache(task, tmp_path):
     assert json.loads((out / "train_config.json").read_text())["loss"] == "robust"
     assert (out / "final" / "adapter_config.json").exists()
     assert json.loads((tmp_path / "cache" / "index.json").read_text())["entries"]
+
+
+def test_cache_is_filled_under_the_trainers_autocast(task, tmp_path, monkeypatch):
+    """On CUDA the policy runs under bf16 autocast; the cached reference must be computed the same
+    way, or the implicit rewards start from rounding noise instead of 0 (here: CPU bf16 autocast)."""
+    from prefopt.train.loop import Trainer
+
+    monkeypatch.setattr(Trainer, "_autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
+    cfg = _cfg(task, tmp_path / "a", ref_cache=str(tmp_path / "cache"), max_steps=1)
+    trainer, _ = _trainer(task, tmp_path, cfg, cache=True)
+    batch = trainer.collate(trainer.train_data[:8])
+    with torch.no_grad(), trainer._autocast():
+        _, metrics = trainer.loss_sum(trainer.model, batch)
+    # policy == reference (LoRA B is 0): every implicit reward is exactly 0
+    assert metrics["rewards/chosen"].item() == 0.0 and metrics["rewards/rejected"].item() == 0.0
+
+
+def test_a_cache_filled_without_autocast_is_stale_for_an_autocast_run(task, tmp_path, monkeypatch):
+    import prefopt.train.run as run
+    from prefopt.model import resolve_model_dir
+
+    cfg = _cfg(task, tmp_path / "a", ref_cache=str(tmp_path / "cache"), max_steps=1)
+    _trainer(task, tmp_path, cfg, cache=True)  # filled in fp32 (CPU: no autocast)
+    monkeypatch.setattr(run, "_autocast_on", lambda config: True)  # as on CUDA with bf16_autocast
+    cache = reference_cache_for(cfg, prepare_model(cfg), None, resolve_model_dir(cfg.model))
+    assert cache.stale_reason == "changed: autocast"
