@@ -14,7 +14,7 @@ V=49152), N in {4096, 16384}:
   each method is also reported as a multiple of that time.
 "Extra peak" is the CUDA peak allocated minus the inputs and the gradients' own size; times are
 medians of ``--reps`` runs. ``--frozen-weight`` drops the weight gradient (the LoRA case: the
-limit is then two GEMMs). ``benchmarks/gpu_session.sh`` runs the checks and the tables in one go.
+limit is then two GEMMs). ``benchmarks/gpu_session.sh`` runs the checks, the tables and a tile sweep on a lent GPU.
 
 CPU (fp32): ``naive`` against ``chunked`` at N=4096, D=576, V=49152, each in a fresh process;
 "extra peak" is the peak RSS beyond the process after allocating inputs, minus the gradients.

@@ -2,17 +2,28 @@
 # The GPU work of issue 5 in as few device calls as possible (each call: 10 min at most).
 #
 #   bash benchmarks/gpu_session.sh check   # the kernel tests on CUDA (compiled Triton), ~2 min
-#   bash benchmarks/gpu_session.sh table   # bench_logprobs.py --gpu, trainable and frozen weight
+#   bash benchmarks/gpu_session.sh table   # bench_logprobs.py --gpu: 2 heads x 2 token counts x 6 methods
+#                                          #   (torch.compile and Liger compile per shape: several minutes)
+#   bash benchmarks/gpu_session.sh frozen  # the frozen-head (LoRA) row at D=4096 V=128256 N=16384
 #   bash benchmarks/gpu_session.sh sweep   # Triton tiles/warps/budget at D=4096 V=128256 N=16384
+# Steps run in the order given; keep each call under the device tool's 10 minutes, e.g.
+# "check frozen", then "table", then "sweep".
 #
 # Meant for the `device` tool's machine: its python3 already has torch and triton; the baselines
 # (liger-kernel, cut-cross-entropy) have no network there, so carry their wheels:
 #   pip download --no-deps -d .wheels liger-kernel cut-cross-entropy   # here; .wheels is git-ignored
-#   run(command="bash benchmarks/gpu_session.sh check table", carry=[".wheels"])
+#   run(command="bash benchmarks/gpu_session.sh check frozen", carry=[".wheels"])
 # Everything printed is also written under $OUT (the device tool brings it back).
 set -uo pipefail
 OUT=${OUT:-/tmp/prefopt-gpu}
 PY=${PY:-python3}
+for step in "${@:-check}"; do
+  case $step in check|table|frozen|sweep) ;; *) echo "unknown step $step (check, table, frozen, sweep)"; exit 2 ;; esac
+done
+if ! $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+  echo "no CUDA GPU visible to $PY: this script is for a lent GPU machine (it also installs .wheels there)"
+  exit 3
+fi
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 status=0
@@ -38,7 +49,8 @@ for step in "${@:-check}"; do
       $PY -m pytest -q -p no:cacheprovider tests/kernels -rs 2>&1 | tee "$OUT/tests.txt" | tail -20
       [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
     table)
-      bench table
+      bench table ;;
+    frozen)
       bench table_frozen --frozen-weight --shapes 4096x128256 --tokens 16384 --methods chunked triton liger cce ;;
     sweep)
       # tiles that compile to wgmma without spills on sm_90 (as tests/kernels/test_triton_compile.py checks)
@@ -53,7 +65,6 @@ for step in "${@:-check}"; do
             --blocks "$cfg" --budget "$budget" --reps 3 2>&1 | tail -1 | tee -a "$OUT/sweep.txt"
         done
       done ;;
-    *) echo "unknown step $step (check, table, sweep)"; status=2 ;;
   esac
 done
 exit $status
