@@ -66,12 +66,9 @@ def available(device: torch.device) -> bool:
 
 
 def _kernels():
-    import triton.runtime.interpreter as interp
+    from . import _triton_kernels
 
-    from . import _triton_kernels as k
-
-    k.INTERPRETED = isinstance(k._fwd, interp.InterpretedFunction)
-    return k
+    return _triton_kernels
 
 
 def defaults(dtype: torch.dtype, interpreted: bool = False) -> dict:
