@@ -46,6 +46,11 @@ def peak_memory_mb(device: torch.device) -> float | None:
     return None
 
 
+def autocast_on(device: torch.device, config) -> bool:
+    """Whether a trainer on ``device`` runs under bf16 autocast (CUDA only, ``bf16_autocast``)."""
+    return device.type == "cuda" and config.bf16_autocast
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -134,7 +139,7 @@ class Trainer:
 
     # --- the loop -----------------------------------------------------------------------
     def _autocast(self):
-        enabled = self.device.type == "cuda" and self.config.bf16_autocast
+        enabled = autocast_on(self.device, self.config)
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def train_step(self, step: int) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from ..pretrained import load_model
 from ..tokenizer import load_tokenizer
 from .config import TrainConfig
 from .distributed import DistInfo
-from .loop import _full
+from .loop import _full, autocast_on, pick_device
 from .sft import SFTTrainer, load_train_eval
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -68,13 +68,6 @@ def run_sft(config: TrainConfig, callbacks=()) -> dict:
     return summary
 
 
-def _autocast_on(config) -> bool:
-    """Whether the trainer will run under bf16 autocast (CUDA only), as the cached numbers then are."""
-    from .loop import pick_device
-
-    return config.bf16_autocast and pick_device(config.device).type == "cuda"
-
-
 def reference_cache_for(config, model, ref_model, model_dir: Path):
     """Open the cache at ``config.ref_cache`` under the fingerprint of this run's reference."""
     from ..refcache import RefCache, reference_fingerprint
@@ -87,7 +80,7 @@ def reference_cache_for(config, model, ref_model, model_dir: Path):
                          model_dir / "chat_template.jinja"],
         max_length=config.max_length, max_prompt_length=config.max_prompt_length,
         extra={"reference": "model" if ref_model is not None else "adapter-disabled",
-               **({"autocast": "bfloat16"} if _autocast_on(config) else {})},
+               **({"autocast": "bfloat16"} if autocast_on(pick_device(config.device), config) else {})},
     )
     return RefCache(config.ref_cache, fp)
 

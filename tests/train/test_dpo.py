@@ -232,6 +232,6 @@ def test_a_cache_filled_without_autocast_is_stale_for_an_autocast_run(task, tmp_
 
     cfg = _cfg(task, tmp_path / "a", ref_cache=str(tmp_path / "cache"), max_steps=1)
     _trainer(task, tmp_path, cfg, cache=True)  # filled in fp32 (CPU: no autocast)
-    monkeypatch.setattr(run, "_autocast_on", lambda config: True)  # as on CUDA with bf16_autocast
+    monkeypatch.setattr(run, "autocast_on", lambda device, config: True)  # as on CUDA with bf16_autocast
     cache = reference_cache_for(cfg, prepare_model(cfg), None, resolve_model_dir(cfg.model))
     assert cache.stale_reason == "changed: autocast"
