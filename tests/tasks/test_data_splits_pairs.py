@@ -43,36 +43,31 @@ def test_split_is_proportional_for_imbalanced_classes():
     assert (len(s["test"]), len(s["val"]), len(s["train"])) == (10, 20, 70)
 
 
-def test_loader_errors_name_file_line_and_field(tmp_path):
-    p = tmp_path / "portal.jsonl"
-    p.write_text('{"message": "hi", "urgency": "urgent", "staff": "nurse"}\n'
-                 '{"message": "chest pain", "urgency": "soonish", "staff": "nurse"}\n')
-    with pytest.raises(DataError, match=r"portal.jsonl:2: field 'urgency'"):
-        get_task("portal").load(p)
-    p.write_text('{"message": "", "urgency": "urgent", "staff": "nurse"}\n')
-    with pytest.raises(DataError, match=r"portal.jsonl:1: field 'message': empty"):
-        get_task("portal").load(p)
-    p.write_text('{"message": "x", "urgency": "urgent", "staff": "nurse"\n')
-    with pytest.raises(DataError, match="malformed JSON"):
-        get_task("portal").load(p)
-    c = tmp_path / "t.csv"
-    c.write_text("text,label\nsome text,a\n,b\n")
-    with pytest.raises(DataError, match=r"t.csv:3: field 'text': empty"):
-        get_task("text_classification").load(c)
-    c.write_text('text,label\n"a note\nover two lines",a\n,b\n')  # errors name the record's first line
-    with pytest.raises(DataError, match=r"t.csv:4: field 'text': empty"):
-        get_task("text_classification").load(c)
-    c.write_text("text,label\nsome text,a,extra\n")
-    with pytest.raises(DataError, match=r"t.csv:2: more cells than the header"):
-        get_task("text_classification").load(c)
+LOADER_ERRORS = [  # (file name, content, task, the error it must raise)
+    ("portal.jsonl", '{"message": "hi", "urgency": "urgent", "staff": "nurse"}\n'
+                     '{"message": "chest pain", "urgency": "soonish", "staff": "nurse"}\n',
+     "portal", r"portal.jsonl:2: field 'urgency'"),
+    ("portal.jsonl", '{"message": "", "urgency": "urgent", "staff": "nurse"}\n',
+     "portal", r"portal.jsonl:1: field 'message': empty"),
+    ("portal.jsonl", '{"message": "x", "urgency": "urgent", "staff": "nurse"\n', "portal", "malformed JSON"),
+    ("t.csv", "text,label\nsome text,a\n,b\n", "text_classification", r"t.csv:3: field 'text': empty"),
+    # errors name the record's first line
+    ("t.csv", 'text,label\n"a note\nover two lines",a\n,b\n', "text_classification", r"t.csv:4: field 'text': empty"),
+    ("t.csv", "text,label\nsome text,a,extra\n", "text_classification", r"t.csv:2: more cells than the header"),
     # a label the task cannot read is located too (it used to be a bare ValueError)
-    c.write_text("condition_label,medical_abstract\n1,an abstract\n7,another abstract\n")
-    with pytest.raises(DataError, match=r"t.csv:3: field 'condition_label': condition_label must be 1-5"):
-        get_task("medical_abstracts").load(c)
-    h = tmp_path / "processed.test.data"
-    h.write_text("63,1,1,145,233,1,2,150,0,2.3,3,0,6,0\n67,1,4,160,286,0,2,108,1,1.5,2,3,3,x\n")
-    with pytest.raises(DataError, match=r"processed.test.data:2: field 'num'"):
-        get_task("uci_heart").load(h)
+    ("t.csv", "condition_label,medical_abstract\n1,an abstract\n7,another abstract\n", "medical_abstracts",
+     r"t.csv:3: field 'condition_label': condition_label must be 1-5"),
+    ("processed.test.data", "63,1,1,145,233,1,2,150,0,2.3,3,0,6,0\n67,1,4,160,286,0,2,108,1,1.5,2,3,3,x\n",
+     "uci_heart", r"processed.test.data:2: field 'num'"),
+]
+
+
+@pytest.mark.parametrize("name,content,task,error", LOADER_ERRORS)
+def test_loader_errors_name_file_line_and_field(tmp_path, name, content, task, error):
+    p = tmp_path / name
+    p.write_text(content)
+    with pytest.raises(DataError, match=error):
+        get_task(task).load(p)
     with pytest.raises(ValueError, match="unknown task"):
         get_task("nope")
     with pytest.raises(ValueError, match="bad option"):
