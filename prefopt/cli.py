@@ -71,12 +71,9 @@ def _train(args: argparse.Namespace) -> int:
         if missing:
             raise ValueError(f"missing {', '.join(missing)} (or give --config FILE)")
         config = cls(**{k: v for k, v in overrides.items() if v is not None})
-    from .train.distributed import shutdown_distributed
+    from .train.distributed import run_worker
 
-    try:
-        run(config)
-    finally:
-        shutdown_distributed()
+    run_worker(lambda: run(config))  # under torchrun this process ends here, with exit code 0
     return 0
 
 

@@ -6,9 +6,13 @@ sharded per rank, gradients are averaged by PyTorch's own DDP (or sharded by FSD
 """
 from __future__ import annotations
 
+import logging
 import os
+import sys
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -39,16 +43,47 @@ def init_distributed(device: torch.device) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def shutdown_distributed() -> None:
-    """Leave the process group (if one is up) before the process exits.
+def shutdown_distributed() -> bool:
+    """Leave the process group (if one is up); returns whether there was one to leave."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    dist.barrier()
+    dist.destroy_process_group()
+    return True
 
-    Exiting with a live gloo group can abort in its C++ teardown ("terminate called without an
-    active exception"), which makes a finished run exit non-zero; call this at the end of a
-    torchrun job.
+
+def exit_worker(code: int = 0) -> NoReturn:
+    """End a torchrun worker whose group is closed: flush the streams, then ``os._exit(code)``.
+
+    With torch 2.13 on CPU (gloo), a finished job whose group was destroyed can still abort in
+    the interpreter's own teardown, after the atexit handlers ("terminate called without an
+    active exception", SIGABRT), and torchrun then reports the whole job as failed. A 12-line
+    DDP script with no prefopt in it does the same on a loaded 2-core machine; see
+    docs/training.md. Skipping that teardown avoids it. Everything prefopt writes is closed
+    by then (checkpoints and results are renamed into place, metrics are appended line by line).
     """
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def run_worker(job: Callable[[], object]) -> object:
+    """Run ``job`` and leave the process group; a torchrun worker then exits 0 via :func:`exit_worker`.
+
+    Outside torchrun this only runs ``job`` and returns its result. If ``job`` raises, the
+    group is still left and the exception propagates (the process fails as usual).
+    """
+    try:
+        result = job()
+    finally:
+        closed = shutdown_distributed()
+    if closed:
+        exit_worker(0)
+    return result
 
 
 def all_reduce_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -5,7 +5,7 @@ import signal
 import sys
 
 from prefopt.train import TrainConfig, run_sft
-from prefopt.train.distributed import shutdown_distributed
+from prefopt.train.distributed import run_worker
 
 
 def main():
@@ -16,8 +16,7 @@ def main():
         if step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    run_sft(cfg, callbacks=[killer])
-    shutdown_distributed()
+    run_worker(lambda: run_sft(cfg, callbacks=[killer]))  # the CLI's own ending
 
 
 if __name__ == "__main__":

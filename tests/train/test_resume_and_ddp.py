@@ -33,8 +33,8 @@ def _config(task, out, **kw):
     return path
 
 
-def _run(args, **kw):
-    return subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=300, **kw)
+def _run(args, env=ENV, **kw):
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=300, **kw)
 
 
 def _losses(out):
@@ -109,3 +109,32 @@ def test_fsdp_run_killed_then_resumed_matches_an_uninterrupted_one(task, tmp_pat
     a = load_file(tmp_path / "full" / "final" / "model.safetensors")
     b = load_file(tmp_path / "cut" / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+_WORKER = """
+import sys, torch.distributed as dist
+from prefopt.train.distributed import run_worker
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+def job():
+    print("job ran", end="")  # no newline: lost unless exit_worker flushes the pipe
+    if sys.argv[2] == "raise":
+        raise RuntimeError("job failed")
+    return 5
+print(" result", run_worker(job))
+"""
+
+
+@pytest.mark.parametrize("how", ["ok", "raise"])
+def test_run_worker_leaves_the_group_then_exits_without_interpreter_teardown(tmp_path, how):
+    buffered = {k: v for k, v in ENV.items() if k != "PYTHONUNBUFFERED"}  # stdout to a pipe is block-buffered
+    r = _run(["-c", _WORKER, str(tmp_path / "store"), how], env=buffered)
+    if how == "ok":  # exits 0 inside run_worker: its return value is never printed
+        assert (r.returncode, r.stdout) == (0, "job ran"), r.stderr
+    else:  # the exception propagates as usual
+        assert r.returncode == 1 and r.stdout == "job ran" and "RuntimeError: job failed" in r.stderr
+
+
+def test_run_worker_outside_torchrun_only_runs_the_job():
+    from prefopt.train.distributed import run_worker
+
+    assert run_worker(lambda: 7) == 7
