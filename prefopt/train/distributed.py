@@ -6,6 +6,7 @@ sharded per rank, gradients are averaged by PyTorch's own DDP (or sharded by FSD
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -44,9 +45,14 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 
 def shutdown_distributed() -> bool:
-    """Leave the process group (if one is up); returns whether there was one to leave."""
+    """Leave the process group (if one is up); returns whether there was one to leave.
+
+    Garbage is collected first, so that models and optimizers dropped in reference cycles (DDP's
+    reducer holds the group) are freed while the interpreter is whole, not in its teardown.
+    """
     if not (dist.is_available() and dist.is_initialized()):
         return False
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
     return True
@@ -120,3 +126,19 @@ def no_sync(wrapped: torch.nn.Module, last_micro_step: bool):
     if not last_micro_step and hasattr(wrapped, "no_sync"):
         return wrapped.no_sync()
     return nullcontext()
+
+
+def gather_full(p: torch.Tensor, keep: bool = True) -> torch.Tensor | None:
+    """A parameter (or optimizer moment) as a plain full CPU tensor, gathering FSDP2 DTensors
+    (a collective: every rank calls it); ``keep=False`` takes part in the gather and returns None."""
+    t = p.detach()
+    if hasattr(t, "full_tensor"):
+        t = t.full_tensor()
+    return t.cpu().clone() if keep else None
+
+
+def shard_like(p: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` (full) laid out as FSDP2 DTensor ``p`` is: this rank keeps only its shard."""
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(value.to(p.device), p.device_mesh, p.placements)

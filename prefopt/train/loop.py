@@ -24,7 +24,16 @@ from .._deps import progress
 from ..fileio import write_json_atomic
 from . import state as ckpt_io
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, no_sync, wrap_model
+from .distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    gather_full,
+    init_distributed,
+    no_sync,
+    shard_like,
+    wrap_model,
+)
 from .metrics import MetricsLog
 from .schedule import lr_at
 
@@ -255,7 +264,7 @@ class Trainer:
         names = {id(p): n for n, p in self.model.named_parameters()}
         out = {}
         for p in self.params:
-            t = _full(p, keep=self.dist.is_main)
+            t = gather_full(p, keep=self.dist.is_main)
             if t is not None:
                 out[names[id(p)]] = t
         return out
@@ -266,7 +275,7 @@ class Trainer:
         sd = self.optimizer.state_dict()
         if not self.config.fsdp:
             return sd
-        state = {pid: {k: _full(v, keep=self.dist.is_main) if hasattr(v, "full_tensor") else v
+        state = {pid: {k: gather_full(v, keep=self.dist.is_main) if hasattr(v, "full_tensor") else v
                        for k, v in entries.items()} for pid, entries in sd["state"].items()}
         return {"state": state, "param_groups": sd["param_groups"]}
 
@@ -278,7 +287,7 @@ class Trainer:
                 p = params[pid]
                 for k, v in entries.items():
                     if hasattr(p, "device_mesh") and torch.is_tensor(v) and v.shape == p.shape:
-                        entries[k] = _shard_like(p, v)
+                        entries[k] = shard_like(p, v)
         self.optimizer.load_state_dict(sd)
 
     def save_checkpoint(self) -> Path:
@@ -314,24 +323,8 @@ class Trainer:
         ckpt_io.restore_rng(ckpt, self.dist.rank, state)
 
 
-def _full(p: torch.Tensor, keep: bool = True) -> torch.Tensor | None:
-    """A parameter (or optimizer moment) as a plain full CPU tensor, gathering FSDP2 DTensors
-    (a collective: every rank calls it); ``keep=False`` takes part in the gather and returns None."""
-    t = p.detach()
-    if hasattr(t, "full_tensor"):
-        t = t.full_tensor()
-    return t.cpu().clone() if keep else None
-
-
-def _shard_like(p: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """``value`` (full) laid out as FSDP2 DTensor ``p`` is: this rank keeps only its shard."""
-    from torch.distributed.tensor import distribute_tensor
-
-    return distribute_tensor(value.to(p.device), p.device_mesh, p.placements)
-
-
 def _assign(p: torch.Tensor, value: torch.Tensor) -> None:
     if hasattr(p, "device_mesh"):  # an FSDP2 DTensor: keep only this rank's shard
-        p.copy_(_shard_like(p, value.to(p.dtype)))
+        p.copy_(shard_like(p, value.to(p.dtype)))
     else:
         p.copy_(value.to(device=p.device, dtype=p.dtype))

@@ -11,8 +11,8 @@ from ..model import save_model
 from ..pretrained import load_model
 from ..tokenizer import load_tokenizer
 from .config import TrainConfig
-from .distributed import DistInfo
-from .loop import _full, autocast_on, pick_device
+from .distributed import DistInfo, gather_full
+from .loop import autocast_on, pick_device
 from .sft import SFTTrainer, load_train_eval
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -37,7 +37,7 @@ def save_result(trainer, tok, config: TrainConfig) -> Path | None:
     """Write the adapter (PEFT layout) or the full model to ``output_dir/final``; rank 0 only."""
     info: DistInfo = trainer.dist
     if config.fsdp:  # gathered one tensor at a time; only the main rank keeps a (CPU) copy
-        state = {k: _full(v, keep=info.is_main) for k, v in trainer.model.state_dict().items()}
+        state = {k: gather_full(v, keep=info.is_main) for k, v in trainer.model.state_dict().items()}
     if not info.is_main:
         return None
     out = Path(config.output_dir) / "final"
