@@ -78,16 +78,14 @@ def exit_worker(code: int = 0) -> NoReturn:
 
 
 def run_worker(job: Callable[[], object]) -> object:
-    """Run ``job`` and leave the process group; a torchrun worker then exits 0 via :func:`exit_worker`.
+    """Run ``job``, then leave the process group; a torchrun worker then exits 0 via :func:`exit_worker`.
 
     Outside torchrun this only runs ``job`` and returns its result. If ``job`` raises, the
-    group is still left and the exception propagates (the process fails as usual).
+    exception propagates at once, with no barrier: the other ranks may be waiting in a
+    collective this rank will never join, and torchrun stops them when this process fails.
     """
-    try:
-        result = job()
-    finally:
-        closed = shutdown_distributed()
-    if closed:
+    result = job()
+    if shutdown_distributed():
         exit_worker(0)
     return result
 

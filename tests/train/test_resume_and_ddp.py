@@ -33,8 +33,8 @@ def _config(task, out, **kw):
     return path
 
 
-def _run(args, env=ENV, **kw):
-    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=300, **kw)
+def _run(args, env=ENV, timeout=300, **kw):
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout, **kw)
 
 
 def _losses(out):
@@ -131,7 +131,29 @@ def test_run_worker_leaves_the_group_then_exits_without_interpreter_teardown(tmp
     if how == "ok":  # exits 0 inside run_worker: its return value is never printed
         assert (r.returncode, r.stdout) == (0, "job ran"), r.stderr
     else:  # the exception propagates as usual
-        assert r.returncode == 1 and r.stdout == "job ran" and "RuntimeError: job failed" in r.stderr
+        assert r.returncode != 0 and "RuntimeError: job failed" in r.stderr
+
+
+_FAILING_RANK = """
+import torch, torch.distributed as dist
+from prefopt.train.distributed import run_worker
+def job():
+    dist.init_process_group("gloo")
+    if dist.get_rank() == 1:
+        raise RuntimeError("rank 1 failed")
+    dist.all_reduce(torch.ones(1))  # waits for rank 1, which never joins
+run_worker(job)
+"""
+
+
+@pytest.mark.slow
+def test_a_failing_rank_ends_the_job_instead_of_waiting_in_a_barrier(tmp_path):
+    """With a barrier on the way out, rank 1 waited there while rank 0 waited in its all_reduce
+    (gloo's timeout is 30 minutes); without it, rank 1 fails and torchrun stops rank 0."""
+    script = tmp_path / "failing_rank.py"
+    script.write_text(_FAILING_RANK)
+    r = _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)], timeout=90)
+    assert r.returncode != 0 and "rank 1 failed" in r.stderr
 
 
 def test_run_worker_outside_torchrun_only_runs_the_job():
