@@ -70,7 +70,7 @@ def _add_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
 
 
-def _step(total: int, other: int, budget: int, multiple: int = 1) -> int:
+def block_rows(total: int, other: int, budget: int, multiple: int = 1) -> int:
     """Rows per block so that ``rows × other`` stays within ``budget`` elements, rounded down to
     a multiple of ``multiple`` (a kernel's tile, so no block ends in a mostly empty tile)."""
     rows = max(multiple, budget // max(other, 1) // multiple * multiple)
@@ -91,7 +91,7 @@ def lm_head_backward(hidden, weight, labels, lse, grad_out, need_h: bool, need_w
     if need_w and (not need_h or N < V):  # vocabulary slabs: grad_W exact per slab, grad_h summed
         sum_h = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
         grad_w = torch.empty_like(weight)
-        step = _step(V, N, budget, tiles[1])
+        step = block_rows(V, N, budget, tiles[1])
         for c in range(0, V, step):
             w = weight[c:c + step]
             d = dlogits(hidden, w, labels - c, lse, g)  # (N, slab)
@@ -102,7 +102,7 @@ def lm_head_backward(hidden, weight, labels, lse, grad_out, need_h: bool, need_w
     elif need_h or need_w:  # token chunks: grad_h exact per chunk, grad_W summed
         grad_h = torch.empty_like(hidden) if need_h else None
         sum_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-        step = _step(N, V, budget, tiles[0])
+        step = block_rows(N, V, budget, tiles[0])
         for r in range(0, N, step):
             h = hidden[r:r + step]
             d = dlogits(h, weight, labels[r:r + step], lse[r:r + step], g[r:r + step])  # (chunk, V)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import _backward
-from ._backward import acc_dtype, lm_head_backward, mm_acc
+from ._backward import acc_dtype, block_rows, lm_head_backward, mm_acc
 
 
 def _dlogits(h, w, y, lse, g):
@@ -29,7 +29,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
         acc = acc_dtype(hidden)
         lse = torch.empty(N, dtype=acc, device=hidden.device)
         out = torch.empty(N, dtype=acc, device=hidden.device)
-        chunk = max(1, min(N, budget // max(weight.shape[0], 1)))
+        chunk = block_rows(N, weight.shape[0], budget)
         for s in range(0, N, chunk):
             logits = mm_acc(hidden[s:s + chunk], weight.T, acc)  # (c, V)
             lse[s:s + chunk] = torch.logsumexp(logits, -1)

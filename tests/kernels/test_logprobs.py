@@ -97,10 +97,10 @@ def test_autocast_runs_the_head_in_the_autocast_dtype(impl):
 def test_backward_blocks_are_whole_tiles():
     """Blocks are whole multiples of the kernel's tile (a 130-token chunk would leave a second
     128-token tile holding 2 tokens) and never smaller than one tile or larger than the total."""
-    from prefopt.kernels._backward import _step
+    from prefopt.kernels._backward import block_rows
 
-    assert _step(16384, 128256, 1 << 24, 128) == 128  # 2^24 // 128256 = 130 tokens -> 128
-    assert _step(100, 1000, 50_000, 16) == 48
-    assert _step(100, 10**6, 1000, 16) == 16  # the budget fits less than one tile
-    assert _step(10, 1000, 10**6, 16) == 10
-    assert _step(37, 1000, 7000) == 7  # the chunked path: any size
+    assert block_rows(16384, 128256, 1 << 24, 128) == 128  # 2^24 // 128256 = 130 tokens -> 128
+    assert block_rows(100, 1000, 50_000, 16) == 48
+    assert block_rows(100, 10**6, 1000, 16) == 16  # the budget fits less than one tile
+    assert block_rows(10, 1000, 10**6, 16) == 10
+    assert block_rows(37, 1000, 7000) == 7  # the chunked path: any size
