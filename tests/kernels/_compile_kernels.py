@@ -21,7 +21,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from prefopt.kernels import _triton_kernels as k  # noqa: E402
-from prefopt.kernels.triton_logprobs import defaults  # noqa: E402
+from prefopt.kernels.triton_logprobs import LAUNCH, TILES, defaults  # noqa: E402
 
 
 def _resources(cubin: bytes) -> dict:
@@ -38,8 +38,8 @@ def _resources(cubin: bytes) -> dict:
 
 def main(arch: int, dt: str) -> None:
     blocks = defaults({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dt])
-    launch = {o: blocks[o] for o in ("num_warps", "num_stages") if o in blocks}
-    consts = dict({t: blocks[t] for t in ("BLOCK_N", "BLOCK_V", "BLOCK_D")}, IEEE=dt == "fp32", UPCAST=False)
+    launch = {o: blocks[o] for o in LAUNCH if o in blocks}
+    consts = dict({t: blocks[t] for t in TILES}, IEEE=dt == "fp32", UPCAST=False)
     ints = dict(N="i32", V="i32", D="i32")
     sigs = {
         k._fwd: dict(H=f"*{dt}", W=f"*{dt}", Y="*i64", M="*fp32", S="*fp32", TGT="*fp32", **ints, V_PER_SPLIT="i32"),
