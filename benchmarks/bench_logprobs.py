@@ -9,7 +9,8 @@ V=49152), N in {4096, 16384}:
 - ``chunked``: prefopt's PyTorch path; ``triton``: prefopt's fused Triton kernel
 - ``liger``: Liger-Kernel's ``LigerFusedLinearDPOLoss`` (no reference model; ``--seq-len``-token
   sequences, one pair per chunk, its default), where installed
-- ``cce``: Apple's cut-cross-entropy ``linear_cross_entropy(reduction="none")``, where installed
+- ``cce``: Apple's cut-cross-entropy ``linear_cross_entropy(reduction="none")``, where installed;
+  ``cce-exact``: the same with ``filter_eps=None`` (its default skips negligible gradient tiles)
 - ``gemm limit``: the three bare GEMMs the work needs (``h·Wᵀ``, ``dlogits·W``, ``dlogitsᵀ·h``);
   each method is also reported as a multiple of that time.
 "Extra peak" is the CUDA peak allocated minus the inputs and the gradients' own size; times are
@@ -75,10 +76,13 @@ def _method(name: str, seq_len: int = 512, blocks: dict | None = None, budget: i
             out = loss(w, h.reshape(-1, seq_len, h.shape[-1]), y.reshape(-1, seq_len))
             (out[0] if isinstance(out, tuple) else out).backward()
         return run
-    if name == "cce":
+    if name in ("cce", "cce-exact"):
         from cut_cross_entropy import linear_cross_entropy
 
-        return lambda h, w, y, up: (-linear_cross_entropy(h, w, y, reduction="none") * up).sum().backward()
+        # CCE's default (filter_eps="high") skips backward blocks whose gradient entries are all
+        # below the dtype's eps / 32; "cce-exact" turns that off, to compare like with like
+        kw = {"filter_eps": None} if name == "cce-exact" else {}
+        return lambda h, w, y, up: (-linear_cross_entropy(h, w, y, reduction="none", **kw) * up).sum().backward()
     raise ValueError(name)
 
 
@@ -216,7 +220,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--gpu", action="store_true", help="run the CUDA table instead of the CPU comparison")
     ap.add_argument("--shapes", nargs="+", default=["4096x128256", "576x49152"], help="DxV head shapes")
     ap.add_argument("--tokens", nargs="+", type=int, default=[4096, 16384])
-    ap.add_argument("--methods", nargs="+", default=["naive", "compile", "chunked", "triton", "liger", "cce"])
+    ap.add_argument("--methods", nargs="+", default=["naive", "compile", "chunked", "triton", "liger", "cce", "cce-exact"])
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--frozen-weight", action="store_true", help="no weight gradient (the LoRA case)")

@@ -51,7 +51,7 @@ for step in "${@:-check}"; do
     table)
       bench table ;;
     frozen)
-      bench table_frozen --frozen-weight --shapes 4096x128256 --tokens 16384 --methods chunked triton liger cce ;;
+      bench table_frozen --frozen-weight --shapes 4096x128256 --tokens 16384 --methods chunked triton liger cce cce-exact ;;
     sweep)
       # tiles that compile to wgmma without spills on sm_90 (as tests/kernels/test_triton_compile.py checks)
       for cfg in '{"BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_D": 64, "num_warps": 8}' \

@@ -5,6 +5,8 @@ shapes: N and V not multiples of the tiles, D not a multiple of BLOCK_D, ignored
 The ``gpu`` tests repeat the check at real head sizes and are skipped without CUDA.
 """
 import importlib
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,10 +18,27 @@ pytest.importorskip("triton")
 module = importlib.import_module("prefopt.kernels.triton_logprobs")  # the module (the package exports the function)
 from prefopt.kernels.triton_logprobs import triton_logprobs  # noqa: E402
 
+from ._interpreter import interpreter_problem  # noqa: E402
+
+CONSTRAINTS = Path(__file__).resolve().parents[2] / "constraints.txt"
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 # CPU tensors need the interpreter, chosen when triton is first imported (conftest sets
 # TRITON_INTERPRET=1 on machines without CUDA); on a GPU machine these tests skip.
-interp = pytest.mark.skipif(not module.available(torch.device("cpu")), reason="kernels are compiled, not interpreted")
+# Some Triton releases' interpreters break under newer numpy whatever the kernel (_interpreter.py);
+# the pinned versions must not (test below).
+_problem = interpreter_problem() if module.available(torch.device("cpu")) else "kernels are compiled, not interpreted"
+interp = pytest.mark.skipif(_problem is not None, reason=str(_problem))
+
+
+def test_the_pinned_triton_and_numpy_interpret_correctly():
+    """With the versions CI installs the interpreted tests must run, not skip."""
+    import numpy
+    import triton
+
+    pins = dict(re.findall(r"^(triton|numpy)==(\S+)", CONSTRAINTS.read_text(), re.M))
+    if (triton.__version__, numpy.__version__) != (pins["triton"], pins["numpy"]) or torch.cuda.is_available():
+        pytest.skip(f"not the pinned triton {pins['triton']} and numpy {pins['numpy']} on CPU")
+    assert _problem is None, _problem
 
 
 def _case(dtype, N=37, D=64, V=1000, seed=0, device="cpu", ignore_every=4):
