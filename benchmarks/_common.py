@@ -1,11 +1,13 @@
 """Shared helpers for the benchmarks: peak RSS, subprocess runs, benchmark data."""
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 MEQSUM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "summarization" / "meqsum" / "meqsum.jsonl"
@@ -66,6 +68,39 @@ def run_trl(kind: str, a, targets: list[str], **config_kw) -> dict:
     trainer.train()
     name = "TRL SFTTrainer + PEFT" if kind == "sft" else "TRL DPOTrainer + PEFT"
     return step_summary(name, marks, a.warmup, base, cumulative=True)
+
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # LoRA, in every trainer
+
+
+def trainer_bench_parser(doc: str, *, steps: int, batch_size: int, max_length: int,
+                         batch_help: str | None = None) -> argparse.ArgumentParser:
+    """The options bench_sft.py and bench_dpo.py share; each adds its own."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
+    ap.add_argument("--batch-size", type=int, default=batch_size, help=batch_help)
+    ap.add_argument("--max-length", type=int, default=max_length)
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="recompute activations in backward, in every trainer (TRL's own default is on)")
+    ap.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
+    ap.add_argument("--json", help="also write the results here")
+    return ap
+
+
+def run_trainer_workers(script: str, a: argparse.Namespace, records: list[dict], kinds: list[str]) -> dict:
+    """Write ``records`` to a temporary JSONL and train each of ``kinds`` on it in a fresh process
+    (``script --worker KIND MODEL_DIR DATA OUT`` with the shared settings); their results by kind."""
+    from prefopt.model import resolve_model_dir
+
+    model_dir = str(resolve_model_dir(a.model))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{Path(script).stem}_"))
+    data = tmp / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    common = ["--steps", str(a.steps), "--warmup", str(a.warmup), "--batch-size", str(a.batch_size),
+              "--max-length", str(a.max_length)] + (["--gradient-checkpointing"] if a.gradient_checkpointing else [])
+    return {k: run_worker(script, *common, "--worker", k, model_dir, str(data), str(tmp / k)) for k in kinds}
 
 
 def run_worker(script: str, *args: str) -> dict:

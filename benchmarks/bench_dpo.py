@@ -18,18 +18,23 @@ cache, so no reference forward while training; the precompute time is reported a
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import preference_records, rss, run_trl, run_worker, step_summary  # noqa: E402
+from _common import (  # noqa: E402
+    TARGETS,
+    preference_records,
+    rss,
+    run_trainer_workers,
+    run_trl,
+    step_summary,
+    trainer_bench_parser,
+)
 
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BETA, LR = 0.1, 1e-4
 
 
@@ -68,32 +73,14 @@ def trl_worker(a) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=2, help="pairs per step")
-    ap.add_argument("--max-length", type=int, default=320)
-    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap = trainer_bench_parser(__doc__, steps=10, batch_size=2, max_length=320, batch_help="pairs per step")
     ap.add_argument("--modes", nargs="+", default=["trl", "adapter", "cache", "frozen"])
-    ap.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
-    ap.add_argument("--json")
     a = ap.parse_args()
     if a.worker is not None:
         kind, a.model_dir, a.data, a.out = a.worker
         print(json.dumps(trl_worker(a) if kind == "trl" else prefopt_worker(a, kind)))
         return
-    from prefopt.model import resolve_model_dir
-
-    model_dir = str(resolve_model_dir(a.model))
-    tmp = Path(tempfile.mkdtemp(prefix="bench_dpo_"))
-    data = tmp / "pairs.jsonl"
-    with data.open("w") as f:
-        for r in preference_records(a.batch_size * a.steps):
-            f.write(json.dumps(r) + "\n")
-    common = ["--steps", str(a.steps), "--warmup", str(a.warmup), "--batch-size", str(a.batch_size),
-              "--max-length", str(a.max_length)] + (["--gradient-checkpointing"] if a.gradient_checkpointing else [])
-    rows = {k: run_worker(__file__, *common, "--worker", k, model_dir, str(data), str(tmp / k)) for k in a.modes}
+    rows = run_trainer_workers(__file__, a, preference_records(a.batch_size * a.steps), a.modes)
     mib = 1024**2
     print(f"model {a.model}, fp32, CPU ({platform.machine()}), {a.batch_size} pairs/step, max_length {a.max_length}, "
           f"beta {BETA}, {a.steps} steps ({a.warmup} untimed), LoRA r16/a32/d0.05, gradient checkpointing "

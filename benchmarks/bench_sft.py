@@ -14,22 +14,25 @@ process. Throughput = non-padding tokens / wall time over the timed steps (the f
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import chat_records, rss, run_trl, run_worker, step_summary  # noqa: E402
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from _common import (  # noqa: E402
+    TARGETS,
+    chat_records,
+    rss,
+    run_trainer_workers,
+    run_trl,
+    step_summary,
+    trainer_bench_parser,
+)
 
 
 def prefopt_worker(a) -> dict:
-
     from prefopt import load_tokenizer
     from prefopt.train import SFTTrainer, TrainConfig
     from prefopt.train.run import prepare_model
@@ -56,32 +59,12 @@ def trl_worker(a) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--gradient-checkpointing", action="store_true",
-                    help="recompute activations in backward, in both trainers (TRL's own default is on)")
-    ap.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
-    ap.add_argument("--json", help="also write the results here")
-    a = ap.parse_args()
+    a = trainer_bench_parser(__doc__, steps=12, batch_size=4, max_length=256).parse_args()
     if a.worker is not None:
         kind, a.model_dir, a.data, a.out = a.worker
         print(json.dumps(prefopt_worker(a) if kind == "prefopt" else trl_worker(a)))
         return
-    from prefopt.model import resolve_model_dir
-
-    model_dir = str(resolve_model_dir(a.model))
-    tmp = Path(tempfile.mkdtemp(prefix="bench_sft_"))
-    data = tmp / "data.jsonl"
-    with data.open("w") as f:
-        for r in chat_records(a.batch_size * a.steps):
-            f.write(json.dumps(r) + "\n")
-    common = ["--steps", str(a.steps), "--warmup", str(a.warmup), "--batch-size", str(a.batch_size),
-              "--max-length", str(a.max_length)] + (["--gradient-checkpointing"] if a.gradient_checkpointing else [])
-    rows = [run_worker(__file__, *common, "--worker", k, model_dir, str(data), str(tmp / k)) for k in ("trl", "prefopt")]
+    rows = list(run_trainer_workers(__file__, a, chat_records(a.batch_size * a.steps), ["trl", "prefopt"]).values())
     trl_row, ours = rows
     mib = 1024**2
     print(f"model {a.model}, fp32, CPU ({platform.machine()}), batch {a.batch_size}, max_length {a.max_length}, "
