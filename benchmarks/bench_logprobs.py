@@ -175,9 +175,9 @@ def run_gpu(a) -> None:
                     print(f"| {m} | {r['error']} | | |")
                 else:
                     print(f"| {m} | {r['seconds'] * 1e3:.2f} | {r['seconds'] / limit:.2f} | "
-                          f"{r['extra_peak'] / MiB:.0f} |")
-    if a.json:
-        Path(a.json).write_text(json.dumps(rows, indent=2))
+                          f"{r['extra_peak'] / MiB:.0f} |", flush=True)
+                if a.json:  # after every row: a run stopped at a time limit keeps what it measured
+                    Path(a.json).write_text(json.dumps(rows, indent=2))
 
 
 def cpu_worker(name: str, N: int, D: int, V: int) -> dict:

@@ -2,23 +2,25 @@
 # The GPU work of issue 5 in as few device calls as possible (each call: 10 min at most).
 #
 #   bash benchmarks/gpu_session.sh check   # the kernel tests on CUDA (compiled Triton), ~2 min
-#   bash benchmarks/gpu_session.sh table   # bench_logprobs.py --gpu: 2 heads x 2 token counts x 6 methods
-#                                          #   (torch.compile and Liger compile per shape: several minutes)
+#   bash benchmarks/gpu_session.sh table   # bench_logprobs.py --gpu: 2 heads x 2 token counts x 7 methods
+#                                          #   (torch.compile and Liger compile per shape: several minutes);
+#                                          #   table-llama / table-smol: one head each (4096x128256 / 576x49152)
 #   bash benchmarks/gpu_session.sh frozen  # the frozen-head (LoRA) row at D=4096 V=128256 N=16384
 #   bash benchmarks/gpu_session.sh sweep   # Triton tiles/warps/budget at D=4096 V=128256 N=16384
-# Steps run in the order given; keep each call under the device tool's 10 minutes, e.g.
-# "check frozen", then "table", then "sweep".
+# Steps run in the order given, each timed; keep each call under the device tool's 10 minutes, e.g.
+# "check frozen table-smol", then "table-llama", then "sweep".
 #
 # Meant for the `device` tool's machine: its python3 already has torch and triton; the baselines
 # (liger-kernel, cut-cross-entropy) have no network there, so carry their wheels:
 #   pip download --no-deps -d .wheels liger-kernel cut-cross-entropy   # here; .wheels is git-ignored
-#   run(command="bash benchmarks/gpu_session.sh check frozen", carry=[".wheels"])
+#   run(command="bash benchmarks/gpu_session.sh check frozen table-smol", carry=[".wheels"])
 # Everything printed is also written under $OUT (the device tool brings it back).
 set -uo pipefail
 OUT=${OUT:-/tmp/prefopt-gpu}
 PY=${PY:-python3}
 for step in "${@:-check}"; do
-  case $step in check|table|frozen|sweep) ;; *) echo "unknown step $step (check, table, frozen, sweep)"; exit 2 ;; esac
+  case $step in check|table|table-llama|table-smol|frozen|sweep) ;;
+    *) echo "unknown step $step (check, table, table-llama, table-smol, frozen, sweep)"; exit 2 ;; esac
 done
 if ! $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
   echo "no CUDA GPU visible to $PY: this script is for a lent GPU machine (it also installs .wheels there)"
@@ -44,12 +46,18 @@ bench() {  # bench NAME ARGS...: one bench_logprobs.py run, table to stdout and 
 }
 
 for step in "${@:-check}"; do
+  echo "== step $step (started $(date -u +%H:%M:%S))" | tee -a "$OUT/steps.txt"
+  SECONDS=0
   case $step in
     check)
       $PY -m pytest -q -p no:cacheprovider tests/kernels -rs 2>&1 | tee "$OUT/tests.txt" | tail -20
       [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
     table)
       bench table ;;
+    table-llama)
+      bench table_llama --shapes 4096x128256 ;;
+    table-smol)
+      bench table_smol --shapes 576x49152 ;;
     frozen)
       bench table_frozen --frozen-weight --shapes 4096x128256 --tokens 16384 --methods chunked triton liger cce cce-exact ;;
     sweep)
@@ -66,5 +74,6 @@ for step in "${@:-check}"; do
         done
       done ;;
   esac
+  echo "== step $step took ${SECONDS}s" | tee -a "$OUT/steps.txt"
 done
 exit $status

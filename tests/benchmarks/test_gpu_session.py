@@ -1,0 +1,73 @@
+"""``benchmarks/gpu_session.sh`` runs its steps in order and reports failures, checked on CPU with a
+stand-in Python that records what it is asked to run (the real thing needs a lent GPU, whose
+minutes should not go on a shell mistake)."""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "gpu_session.sh"
+
+STUB = """#!/usr/bin/env bash
+echo "$*" >> "$STUB_LOG"
+case "$1 $2" in
+  "-c import sys, torch; sys.exit(not torch.cuda.is_available())") exit "${STUB_CUDA_RC:-0}" ;;
+  "-m pytest") echo "stub pytest"; exit "${STUB_PYTEST_RC:-0}" ;;
+esac
+if [ "$1" = benchmarks/bench_logprobs.py ]; then
+  while [ $# -gt 0 ]; do [ "$1" = --json ] && echo "[]" > "$2"; shift; done
+  echo "stub table"; exit "${STUB_BENCH_RC:-0}"
+fi
+exit 0
+"""
+
+
+def _run(tmp_path, *steps, **env):
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    stub = tmp_path / "python"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    log, out = tmp_path / "calls.log", tmp_path / "out"
+    proc = subprocess.run(["bash", str(SCRIPT), *steps], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PY": str(stub), "OUT": str(out), "STUB_LOG": str(log), **env})
+    calls = log.read_text().splitlines() if log.exists() else []
+    return proc, calls, out
+
+
+def test_steps_run_in_order_with_their_arguments_and_timings(tmp_path):
+    proc, calls, out = _run(tmp_path, "check", "frozen", "table-smol", "table-llama", "sweep")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    benches = [c for c in calls if c.startswith("benchmarks/bench_logprobs.py")]
+    assert any(c.startswith("-m pytest -q -p no:cacheprovider tests/kernels") for c in calls)
+    assert "--frozen-weight --shapes 4096x128256 --tokens 16384" in benches[0]
+    assert "cce-exact" in benches[0] and str(out / "table_frozen.json") in benches[0]
+    assert benches[1].endswith("--shapes 576x49152") and benches[2].endswith("--shapes 4096x128256")
+    assert len(benches) == 3 + 10  # five tile configurations x two budgets in the sweep
+    assert all("--methods triton" in c and "--blocks" in c for c in benches[3:])
+    took = [line for line in (out / "steps.txt").read_text().splitlines() if " took " in line]
+    assert [line.split()[2] for line in took] == ["check", "frozen", "table-smol", "table-llama", "sweep"]
+
+
+@pytest.mark.parametrize("steps", [("check", "frozen", "table-smol"), ("table-llama",), ("sweep",)])
+def test_each_planned_call_leaves_at_most_eight_files(tmp_path, steps):
+    """The device tool brings back at most 8 files from $OUT; the documented three calls fit."""
+    proc, _, out = _run(tmp_path, *steps)
+    assert proc.returncode == 0 and 0 < len(list(out.iterdir())) <= 8
+
+
+@pytest.mark.parametrize("env", [{"STUB_PYTEST_RC": "1"}, {"STUB_BENCH_RC": "1"}])
+def test_a_failing_step_fails_the_call_but_later_steps_still_run(tmp_path, env):
+    proc, calls, _ = _run(tmp_path, "check", "table-smol", **env)
+    assert proc.returncode == 1
+    assert any(c.startswith("benchmarks/bench_logprobs.py") for c in calls)
+
+
+def test_refuses_unknown_steps_and_machines_without_cuda(tmp_path):
+    proc, calls, _ = _run(tmp_path, "check", "tabel")
+    assert proc.returncode == 2 and "unknown step tabel" in proc.stdout and calls == []
+    proc, calls, out = _run(tmp_path, "check", STUB_CUDA_RC="1")
+    assert proc.returncode == 3 and "no CUDA GPU" in proc.stdout and len(calls) == 1 and not out.exists()
