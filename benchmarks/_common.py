@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmarks: peak RSS, subprocess runs, benchmark data."""
+"""Shared helpers for the benchmarks: peak RSS, subprocess runs, benchmark data, and the options and
+worker launch that the trainer benchmarks (bench_sft.py, bench_dpo.py) have in common."""
 from __future__ import annotations
 
 import argparse
@@ -95,12 +96,13 @@ def run_trainer_workers(script: str, a: argparse.Namespace, records: list[dict],
     from prefopt.model import resolve_model_dir
 
     model_dir = str(resolve_model_dir(a.model))
-    tmp = Path(tempfile.mkdtemp(prefix=f"{Path(script).stem}_"))
-    data = tmp / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in records))
     common = ["--steps", str(a.steps), "--warmup", str(a.warmup), "--batch-size", str(a.batch_size),
               "--max-length", str(a.max_length)] + (["--gradient-checkpointing"] if a.gradient_checkpointing else [])
-    return {k: run_worker(script, *common, "--worker", k, model_dir, str(data), str(tmp / k)) for k in kinds}
+    with tempfile.TemporaryDirectory(prefix=f"{Path(script).stem}_") as tmp:  # data and the workers' outputs
+        data = Path(tmp) / "data.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in records))
+        return {k: run_worker(script, *common, "--worker", k, model_dir, str(data), str(Path(tmp) / k))
+                for k in kinds}
 
 
 def run_worker(script: str, *args: str) -> dict:
