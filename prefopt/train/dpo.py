@@ -11,6 +11,7 @@ reference log-probs come from one of three places:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ from ..losses import LOSSES, REFERENCE_FREE
 from .config import TrainConfig
 from .loop import Batch, Trainer
 from .sft import response_logprobs
+from .shared_prompt import shared_prompt_logps, shares_prompts
 
 REF_MODES = ("adapter", "model", "cache", "none")
 
@@ -118,18 +120,26 @@ class DPOTrainer(Trainer):
     def units(self, batch: Batch) -> int:
         return batch["input_ids"].shape[0] // 2
 
+    @contextmanager
+    def _reference(self):
+        """The reference model: the frozen copy, or the policy in eval mode with its adapters off."""
+        if self.ref_mode == "model":
+            yield self.ref_model
+            return
+        was_training = self.model.training
+        self.model.eval()  # no adapter dropout in the reference
+        try:
+            with disable_adapter(self.model):
+                yield self.model
+        finally:
+            self.model.train(was_training)
+
     @torch.no_grad()
     def reference_logps(self, batch: Batch) -> torch.Tensor:
         """Sequence log-prob sums ``(2B,)`` under the reference."""
         self.ref_forwards += 1
-        if self.ref_mode == "model":
-            return sequence_logps(self.ref_model, batch)[1]
-        was_training = self.model.training
-        self.model.eval()  # no adapter dropout in the reference
-        with disable_adapter(self.model):
-            out = sequence_logps(self.model, batch)[1]
-        self.model.train(was_training)
-        return out
+        with self._reference() as ref:
+            return sequence_logps(ref, batch)[1]
 
     def fill_cache(self, pairs: Sequence[PairExample]) -> int:
         """Compute the reference log-probs of every pair the cache lacks (rank 0), then share."""
@@ -137,17 +147,27 @@ class DPOTrainer(Trainer):
 
         n = 0
         if self.dist.is_main:
-            mode = "model" if self.ref_model is not None else "adapter"
-            self.ref_mode = mode
+            self.ref_mode = "model" if self.ref_model is not None else "adapter"
+            with self._reference() as ref, self._autocast():
+                # In fp32 the prompt-once forward matches the policy's full-sequence forward to ~1e-6
+                # relative; in bf16 its other rounding would start the implicit rewards from noise.
+                fp32 = (getattr(ref, "module", ref).output_weight.dtype == torch.float32
+                        and not torch.is_autocast_enabled(self.device.type))
 
             def compute(chunk):
-                b = {k: v.to(self.device) for k, v in pair_collate(chunk, self.pad_id).items()}
                 with self._autocast():  # the precision the policy will run in (bf16 on CUDA)
+                    if fp32 and shares_prompts(chunk):  # each prompt once, for chosen and rejected
+                        self.ref_forwards += 1
+                        with self._reference() as reference:
+                            c, r = shared_prompt_logps(reference, chunk, self.pad_id, self.device)
+                        return c.cpu(), r.cpu()
+                    b = {k: v.to(self.device) for k, v in pair_collate(chunk, self.pad_id).items()}
                     sums = self.reference_logps(b).float().cpu()
                 return sums[:len(chunk)], sums[len(chunk):]
 
-            n = self.ref_cache.fill(pairs, compute, batch_size=self.config.batch_size * 2,
-                                    show_progress=self.config.progress)
+            # twice a step's pairs per chunk; four times when each prompt runs once (about half the tokens)
+            pairs_per_chunk = self.config.batch_size * (4 if fp32 else 2)
+            n = self.ref_cache.fill(pairs, compute, batch_size=pairs_per_chunk, show_progress=self.config.progress)
             self.ref_mode = "cache"
             self.ref_forwards = 0
         barrier(self.dist)

@@ -235,3 +235,25 @@ def test_a_cache_filled_without_autocast_is_stale_for_an_autocast_run(task, tmp_
     monkeypatch.setattr(run, "autocast_on", lambda device, config: True)  # as on CUDA with bf16_autocast
     cache = reference_cache_for(cfg, prepare_model(cfg), None, resolve_model_dir(cfg.model))
     assert cache.stale_reason == "changed: autocast"
+
+
+def test_cache_fill_runs_each_prompt_once_in_fp32_and_not_under_autocast(task, tmp_path, monkeypatch):
+    """In fp32 the precompute runs each prompt once for both answers (prefopt.train.shared_prompt),
+    and the cached sums equal the full-sequence reference's; under bf16 autocast it keeps the
+    full-sequence forward, whose rounding the policy's forward shares."""
+    import prefopt.train.dpo as dpo
+    from prefopt.train.loop import Trainer
+
+    real, calls = dpo.shared_prompt_logps, []
+    monkeypatch.setattr(dpo, "shared_prompt_logps", lambda m, pairs, *a: calls.append(len(pairs)) or real(m, pairs, *a))
+    cfg = _cfg(task, tmp_path / "a", ref_cache=str(tmp_path / "c1"), eval_data=None, max_steps=1)
+    trainer, pairs = _trainer(task, tmp_path, cfg, cache=True)
+    assert sum(calls) == len(pairs) and trainer.ref_forwards == 0
+    batch = trainer.collate(pairs[:8])
+    live = trainer.reference_logps(batch)
+    assert torch.allclose(torch.cat([batch["ref_chosen"], batch["ref_rejected"]]), live, rtol=1e-5, atol=1e-5)
+
+    calls.clear()
+    monkeypatch.setattr(Trainer, "_autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
+    _trainer(task, tmp_path, _cfg(task, tmp_path / "b", ref_cache=str(tmp_path / "c2"), eval_data=None), cache=True)
+    assert calls == []
