@@ -10,7 +10,7 @@ Layout: prompts left-padded to ``Lp`` (so every prompt ends at column ``Lp - 1``
 state predicts the first completion token), completions right-padded after them. The attention
 mask covers both, and positions count real tokens only, so each row sees exactly the tokens and
 positions of its unpadded ``prompt + completion`` sequence. The sums equal the full-sequence
-forward's up to float rounding (the same sums in another order: ~1e-6 relative in fp32).
+forward's up to float rounding (the same sums in another order: up to ~1e-5 relative in fp32).
 
 The cache holds ``2 · layers · rows · kv_heads · length · head_dim`` values, so pairs are taken
 in groups whose cache fits ``kv_budget`` bytes (at least one pair per group).
@@ -32,10 +32,12 @@ KV_BUDGET = 512 * 2**20  # bytes of keys and values per group of pairs
 
 def split_pair(pair: PairExample) -> tuple[list[int], list[int], list[int], list[int], list[int]] | None:
     """``(prompt, chosen ids, chosen labels, rejected ids, rejected labels)`` after the shared
-    prompt, or None when the two sides do not start with the same non-empty prompt."""
+    prompt, or None when the two sides do not start with the same non-empty prompt followed by a
+    non-empty answer."""
     c, r = pair.chosen, pair.rejected
     p = prompt_len(c.labels)
-    if p == 0 or p != prompt_len(r.labels) or c.input_ids[:p] != r.input_ids[:p]:
+    if (p == 0 or p != prompt_len(r.labels) or c.input_ids[:p] != r.input_ids[:p]
+            or p == len(c.input_ids) or p == len(r.input_ids)):
         return None
     return c.input_ids[:p], c.input_ids[p:], c.labels[p:], r.input_ids[p:], r.labels[p:]
 
@@ -85,7 +87,7 @@ def _group(model, parts, pad_id, device, dtype) -> tuple[torch.Tensor, torch.Ten
     Lp = ids.shape[1]
     cache = KVCache(core.config, len(parts), Lp + max(max(len(s[1]), len(s[3])) for s in parts),
                     dtype=dtype, device=device)
-    last = model(ids, mask, kv_cache=cache, return_hidden=True)[:, -1:]  # (B, 1, D): predicts token 1
+    last = model(ids, mask, kv_cache=cache, return_hidden=True)[:, -1:]  # (B, 1, D): predicts the first answer token
     out = []
     for ids_at, labels_at in ((1, 2), (3, 4)):  # chosen, then rejected, against the same prompt cache
         cache.rewind(Lp)

@@ -56,9 +56,10 @@ def test_pairs_that_do_not_share_their_prompt_are_refused():
     a = PairExample(_example([5, 6, 7], [8]), _example([5, 6, 9], [8]))  # same length, other tokens
     b = PairExample(_example([5, 6, 7], [8]), _example([5, 6], [7, 8]))  # other prompt length
     c = PairExample(TokenizedExample([5, 6], [5, 6]), TokenizedExample([5, 6], [5, 6]))  # no prompt
+    d = PairExample(_example([5, 6, 7], [8]), TokenizedExample([5, 6, 7], [IGNORE] * 3))  # no answer
     good = _pairs(n=1)[0]
     assert split_pair(good) is not None and shares_prompts([good])
-    for bad in (a, b, c):
+    for bad in (a, b, c, d):
         assert split_pair(bad) is None and not shares_prompts([good, bad])
     with pytest.raises(ValueError, match="same prompt"):
         shared_prompt_logps(None, [good, a], PAD, torch.device("cpu"))
