@@ -148,11 +148,12 @@ class DPOTrainer(Trainer):
         n = 0
         if self.dist.is_main:
             self.ref_mode = "model" if self.ref_model is not None else "adapter"
-            with self._reference() as ref, self._autocast():
-                # In fp32 the prompt-once forward matches the policy's full-sequence forward to ~1e-6
-                # relative; in bf16 its other rounding would start the implicit rewards from noise.
-                fp32 = (getattr(ref, "module", ref).output_weight.dtype == torch.float32
-                        and not torch.is_autocast_enabled(self.device.type))
+            # In fp32 the prompt-once forward matches the policy's full-sequence forward to ~1e-5
+            # relative; in bf16 its other rounding would start the implicit rewards from noise.
+            with self._autocast():
+                autocast = torch.is_autocast_enabled(self.device.type)
+            ref = self.ref_model if self.ref_model is not None else self.model
+            fp32 = getattr(ref, "module", ref).output_weight.dtype == torch.float32 and not autocast
 
             def compute(chunk):
                 with self._autocast():  # the precision the policy will run in (bf16 on CUDA)

@@ -21,8 +21,9 @@ from collections.abc import Sequence
 
 import torch
 
+from ..data.collate import pad_collate
 from ..data.preference import PairExample
-from ..data.sft import IGNORE, prompt_len
+from ..data.sft import IGNORE, TokenizedExample, prompt_len
 from ..kernels import sequence_logprobs
 from ..model.generate import left_pad
 from ..model.kv_cache import KVCache
@@ -30,27 +31,19 @@ from ..model.kv_cache import KVCache
 KV_BUDGET = 512 * 2**20  # bytes of keys and values per group of pairs
 
 
-def split_pair(pair: PairExample) -> tuple[list[int], list[int], list[int], list[int], list[int]] | None:
-    """``(prompt, chosen ids, chosen labels, rejected ids, rejected labels)`` after the shared
-    prompt, or None when the two sides do not start with the same non-empty prompt followed by a
-    non-empty answer."""
+def split_pair(pair: PairExample) -> tuple[list[int], TokenizedExample, TokenizedExample] | None:
+    """``(prompt, chosen answer, rejected answer)``, the answers with their labels, or None when
+    the two sides do not start with the same non-empty prompt followed by a non-empty answer."""
     c, r = pair.chosen, pair.rejected
     p = prompt_len(c.labels)
     if (p == 0 or p != prompt_len(r.labels) or c.input_ids[:p] != r.input_ids[:p]
             or p == len(c.input_ids) or p == len(r.input_ids)):
         return None
-    return c.input_ids[:p], c.input_ids[p:], c.labels[p:], r.input_ids[p:], r.labels[p:]
+    return c.input_ids[:p], *(TokenizedExample(e.input_ids[p:], e.labels[p:]) for e in (c, r))
 
 
 def shares_prompts(pairs: Sequence[PairExample]) -> bool:
     return all(split_pair(p) is not None for p in pairs)
-
-
-def _right_pad(rows: list[list[int]], fill: int, device) -> torch.Tensor:
-    out = torch.full((len(rows), max(len(r) for r in rows)), fill, dtype=torch.long, device=device)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-    return out
 
 
 @torch.no_grad()
@@ -64,18 +57,18 @@ def shared_prompt_logps(model: torch.nn.Module, pairs: Sequence[PairExample], pa
     parts = [split_pair(p) for p in pairs]
     if any(s is None for s in parts):
         raise ValueError("shared_prompt_logps needs pairs whose chosen and rejected start with the same prompt")
-    cfg = getattr(model, "module", model).config
-    dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
-             else getattr(model, "module", model).output_weight.dtype)
+    core = getattr(model, "module", model)
+    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else core.output_weight.dtype
+    cfg = core.config
     per_position = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * dtype.itemsize
-    groups, group, prompt, completion = [], [], 0, 0  # pairs, and the cache length they need
+    groups, group, prompt, answer = [], [], 0, 0  # pairs, and the cache length they need
     for s in parts:
-        p, c = max(prompt, len(s[0])), max(completion, len(s[1]), len(s[3]))
-        if group and per_position * (len(group) + 1) * (p + c) > kv_budget:
+        p, a = max(prompt, len(s[0])), max(answer, *(len(e.input_ids) for e in s[1:]))
+        if group and per_position * (len(group) + 1) * (p + a) > kv_budget:
             groups.append(group)
-            group, p, c = [], len(s[0]), max(len(s[1]), len(s[3]))
+            group, p, a = [], len(s[0]), max(len(e.input_ids) for e in s[1:])
         group.append(s)
-        prompt, completion = p, c
+        prompt, answer = p, a
     groups.append(group)
     chosen, rejected = zip(*(_group(model, g, pad_id, device, dtype) for g in groups))
     return torch.cat(chosen), torch.cat(rejected)
@@ -85,16 +78,14 @@ def _group(model, parts, pad_id, device, dtype) -> tuple[torch.Tensor, torch.Ten
     core = getattr(model, "module", model)
     ids, mask = left_pad([s[0] for s in parts], pad_id, device)  # (B, Lp)
     Lp = ids.shape[1]
-    cache = KVCache(core.config, len(parts), Lp + max(max(len(s[1]), len(s[3])) for s in parts),
+    cache = KVCache(core.config, len(parts), Lp + max(len(e.input_ids) for s in parts for e in s[1:]),
                     dtype=dtype, device=device)
     last = model(ids, mask, kv_cache=cache, return_hidden=True)[:, -1:]  # (B, 1, D): predicts the first answer token
     out = []
-    for ids_at, labels_at in ((1, 2), (3, 4)):  # chosen, then rejected, against the same prompt cache
+    for side in (1, 2):  # chosen, then rejected, against the same prompt cache
         cache.rewind(Lp)
-        cids = _right_pad([s[ids_at] for s in parts], pad_id, device)  # (B, Lc)
-        labels = _right_pad([s[labels_at] for s in parts], IGNORE, device)
-        cmask = _right_pad([[1] * len(s[ids_at]) for s in parts], 0, device)
-        hidden = model(cids, torch.cat([mask, cmask], 1), kv_cache=cache, return_hidden=True)  # (B, Lc, D)
-        hidden = torch.cat([last, hidden[:, :-1]], 1)  # position j predicts completion token j
-        out.append(sequence_logprobs(hidden, core.output_weight, labels, ignore_index=IGNORE).sum(-1).float())
+        b = {k: v.to(device) for k, v in pad_collate([s[side] for s in parts], pad_id).items()}  # (B, La)
+        hidden = model(b["input_ids"], torch.cat([mask, b["attention_mask"]], 1), kv_cache=cache, return_hidden=True)
+        hidden = torch.cat([last, hidden[:, :-1]], 1)  # position j predicts answer token j
+        out.append(sequence_logprobs(hidden, core.output_weight, b["labels"], ignore_index=IGNORE).sum(-1).float())
     return out[0], out[1]
