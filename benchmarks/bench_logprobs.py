@@ -19,8 +19,11 @@ limit is then two GEMMs). ``benchmarks/gpu_session.sh`` runs the checks, the tab
 
 CPU (fp32): ``naive`` against ``chunked`` at N=4096, D=576, V=49152, each in a fresh process;
 "extra peak" is the peak RSS beyond the process after allocating inputs, minus the gradients.
+With ``--frozen-weight`` also ``chunked-recompute``: the frozen-head backward that recomputes
+the logits instead of using the hidden-state gradient formed in the forward.
 
     python benchmarks/bench_logprobs.py                  # CPU comparison (what CI machines can run)
+    python benchmarks/bench_logprobs.py --frozen-weight --cpu-reps 3   # the same, frozen head (LoRA)
     python benchmarks/bench_logprobs.py --gpu            # the GPU table (needs CUDA)
     python benchmarks/bench_logprobs.py --gpu --shapes 576x49152 --tokens 4096
 """
@@ -62,6 +65,9 @@ def _method(name: str, seq_len: int = 512, blocks: dict | None = None, budget: i
         return lambda h, w, y, up: (naive_logprobs(h, w, y) * up).sum().backward()
     if name == "chunked":
         return lambda h, w, y, up: (chunked_logprobs(h, w, y, budget=budget) * up).sum().backward()
+    if name == "chunked-recompute":  # the frozen-head backward as it was: recompute the logits
+        return lambda h, w, y, up: (chunked_logprobs(h, w, y, budget=budget, grad_in_forward=False)
+                                    * up).sum().backward()
     if name == "triton":
         return lambda h, w, y, up: (triton_logprobs(h, w, y, blocks=blocks, budget=budget) * up).sum().backward()
     if name == "compile":
@@ -180,32 +186,43 @@ def run_gpu(a) -> None:
                     Path(a.json).write_text(json.dumps(rows, indent=2))
 
 
-def cpu_worker(name: str, N: int, D: int, V: int) -> dict:
+def cpu_worker(name: str, N: int, D: int, V: int, frozen: int = 0, reps: int = 1) -> dict:
+    """Peak RSS of the first forward + backward; time: the median of ``reps`` runs (the first included)."""
+    import statistics
+
     import torch
 
     torch.set_num_threads(2)
-    h, w, y, up = _inputs(N, D, V, torch.float32, "cpu")
+    h, w, y, up = _inputs(N, D, V, torch.float32, "cpu", frozen_weight=bool(frozen))
     fn = _method(name)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak-RSS counter
     base = rss("VmRSS")
-    t0 = time.perf_counter()
-    fn(h, w, y, up)
-    seconds = time.perf_counter() - t0
-    grads = (h.numel() + w.numel()) * 4
-    return {"method": name, "seconds": seconds, "extra_peak": rss("VmHWM") - base - grads, "grads": grads}
+    times = []
+    for i in range(reps):
+        h.grad = w.grad = None
+        t0 = time.perf_counter()
+        fn(h, w, y, up)
+        times.append(time.perf_counter() - t0)
+        if i == 0:
+            peak = rss("VmHWM")
+    grads = (h.numel() + w.numel() * w.requires_grad) * 4
+    return {"method": name, "seconds": statistics.median(times), "extra_peak": peak - base - grads, "grads": grads}
 
 
 def run_cpu(a) -> None:
     N, D, V = a.cpu_shape
     rows = []
-    for m in ("naive", "chunked"):
-        out = subprocess.run([sys.executable, __file__, "--cpu-worker", m, str(N), str(D), str(V)],
-                             capture_output=True, text=True)
+    methods = ("naive", "chunked", "chunked-recompute") if a.frozen_weight else ("naive", "chunked")
+    for m in methods:
+        out = subprocess.run([sys.executable, __file__, "--cpu-worker", m, str(N), str(D), str(V),
+                              str(int(a.frozen_weight)), str(a.cpu_reps)], capture_output=True, text=True)
         if out.returncode:
             sys.exit(f"{m} failed:\n{out.stderr[-2000:]}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"CPU ({platform.machine()}, 2 threads) fp32, N={N} D={D} V={V}, date {time.strftime('%Y-%m-%d')}")
+    print(f"CPU ({platform.machine()}, 2 threads) fp32, N={N} D={D} V={V}, "
+          f"weight {'frozen' if a.frozen_weight else 'trainable'}, median of {a.cpu_reps}, "
+          f"date {time.strftime('%Y-%m-%d')}")
     print("| method | fwd+bwd (s) | extra peak RSS (MiB) | vs naive: time | vs naive: extra peak |")
     print("|---|---|---|---|---|")
     for r in rows:
@@ -229,7 +246,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--budget", type=int, help="logits per backward block (chunked and triton), elements")
     ap.add_argument("--cpu-shape", nargs=3, type=int, default=[4096, 576, 49152], metavar=("N", "D", "V"))
     ap.add_argument("--json", help="also write the rows here")
-    ap.add_argument("--cpu-worker", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--cpu-reps", type=int, default=1, help="CPU: forward+backward runs per method (median)")
+    ap.add_argument("--cpu-worker", nargs=6, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 

@@ -98,6 +98,7 @@ def lm_head_backward(hidden, weight, labels, lse, grad_out, need_h: bool, need_w
             torch.mm(d.T, hidden, out=grad_w[c:c + step])
             if need_h:
                 _add_mm(sum_h, d, w)
+            del d  # before the next block's: one alive at a time
         grad_h = sum_h.to(hidden.dtype) if need_h else None
     elif need_h or need_w:  # token chunks: grad_h exact per chunk, grad_W summed
         grad_h = torch.empty_like(hidden) if need_h else None
@@ -110,5 +111,6 @@ def lm_head_backward(hidden, weight, labels, lse, grad_out, need_h: bool, need_w
                 torch.mm(d, weight, out=grad_h[r:r + step])
             if need_w:
                 _add_mm(sum_w, d.T, h)
+            del d
         grad_w = sum_w.to(weight.dtype) if need_w else None
     return grad_h, grad_w

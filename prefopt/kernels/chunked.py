@@ -4,6 +4,11 @@ Forward, per chunk of tokens: logits = h Wᵀ (fp32), store only logsumexp and t
 logit. Backward (``_backward.lm_head_backward``) recomputes the logits block by block, forms
 ``dlogits = g · (onehot(y) − softmax)`` and runs the two gradient GEMMs with fp32
 accumulation. Memory: O(``CHUNK_ELEMENTS``) beyond inputs and gradients.
+
+Frozen weight (the LoRA case) under autograd: the hidden-state gradient per unit of upstream
+gradient, ``(onehot(y) − softmax) · W``, is formed in the forward while each chunk's logits are
+still alive, and the backward only scales it by ``g`` row by row. That is two GEMM-sized passes
+instead of three (no recompute), for an ``(N, D)`` fp32 buffer kept until the backward.
 """
 from __future__ import annotations
 
@@ -13,43 +18,69 @@ from . import _backward
 from ._backward import acc_dtype, block_rows, lm_head_backward, mm_acc
 
 
+def _onehot_minus_softmax_(logits, y, lse):
+    """``onehot(y) − exp(logits − lse)``, in place in ``logits``; labels outside ``[0, V)``
+    (another slab's, or ignored) add no one-hot."""
+    d = torch.exp_(logits.sub_(lse[:, None])).neg_()
+    rows = ((y >= 0) & (y < logits.shape[1])).nonzero().squeeze(-1)
+    return d.index_put_((rows, y.index_select(0, rows)), torch.ones((), dtype=d.dtype), accumulate=True)
+
+
 def _dlogits(h, w, y, lse, g):
-    """``g · (onehot(y) − softmax(h wᵀ − lse))`` for one block, in ``h``'s dtype; labels outside
-    ``[0, len(w))`` (another slab's, or ignored) add no one-hot."""
-    d = torch.exp_(mm_acc(h, w.T, lse.dtype).sub_(lse[:, None])).neg_()
-    rows = ((y >= 0) & (y < w.shape[0])).nonzero().squeeze(-1)
-    d.index_put_((rows, y.index_select(0, rows)), torch.ones((), dtype=d.dtype), accumulate=True)
-    return d.mul_(g[:, None]).to(h.dtype)
+    """``g · (onehot(y) − softmax(h wᵀ − lse))`` for one block, in ``h``'s dtype."""
+    return _onehot_minus_softmax_(mm_acc(h, w.T, lse.dtype), y, lse).mul_(g[:, None]).to(h.dtype)
 
 
 class _ChunkedLogprobs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, budget):
+    def forward(ctx, hidden, weight, labels, budget, grad_in_forward):
         N = hidden.shape[0]
         acc = acc_dtype(hidden)
         lse = torch.empty(N, dtype=acc, device=hidden.device)
         out = torch.empty(N, dtype=acc, device=hidden.device)
+        jac = torch.empty(hidden.shape, dtype=acc, device=hidden.device) if grad_in_forward else None
         chunk = block_rows(N, weight.shape[0], budget)
         for s in range(0, N, chunk):
-            logits = mm_acc(hidden[s:s + chunk], weight.T, acc)  # (c, V)
-            lse[s:s + chunk] = torch.logsumexp(logits, -1)
-            out[s:s + chunk] = logits.gather(-1, labels[s:s + chunk, None]).squeeze(-1) - lse[s:s + chunk]
-        ctx.save_for_backward(hidden, weight, labels, lse)
-        ctx.budget = budget
+            rows = slice(s, s + chunk)
+            logits = mm_acc(hidden[rows], weight.T, acc)  # (c, V)
+            lse[rows] = torch.logsumexp(logits, -1)
+            out[rows] = logits.gather(-1, labels[rows, None]).squeeze(-1) - lse[rows]
+            if jac is not None:  # d logp / d h for this chunk, while its logits are alive
+                logits = _onehot_minus_softmax_(logits, labels[rows], lse[rows]).to(hidden.dtype)
+                jac[rows] = mm_acc(logits, weight, acc)
+            del logits  # before the next chunk's: one block alive at a time
+        if jac is not None:
+            ctx.save_for_backward(jac)
+        else:
+            ctx.save_for_backward(hidden, weight, labels, lse)
+        ctx.budget, ctx.grad_in_forward, ctx.h_dtype = budget, grad_in_forward, hidden.dtype
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
+        if ctx.grad_in_forward:
+            (jac,) = ctx.saved_tensors
+            grad_h = torch.empty(jac.shape, dtype=ctx.h_dtype, device=jac.device)
+            return torch.mul(jac, grad_out.to(jac.dtype)[:, None], out=grad_h), None, None, None, None
         hidden, weight, labels, lse = ctx.saved_tensors
         grad_h, grad_w = lm_head_backward(hidden, weight, labels, lse, grad_out, ctx.needs_input_grad[0],
                                           ctx.needs_input_grad[1], _dlogits, ctx.budget)
-        return grad_h, grad_w, None, None
+        return grad_h, grad_w, None, None, None
 
 
 def chunked_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                     budget: int | None = None) -> torch.Tensor:
+                     budget: int | None = None, grad_in_forward: bool | None = None) -> torch.Tensor:
     """``hidden`` (N, D), ``weight`` (V, D), ``labels`` (N,) → fp32 log-probs (N,).
 
     ``budget`` caps the logits alive at once, in elements (default ``CHUNK_ELEMENTS``, 2^24).
+    ``grad_in_forward``: form the hidden-state gradient in the forward (two GEMM passes, not
+    three, plus an ``(N, D)`` fp32 buffer until the backward). ``None`` (default) does so when
+    autograd will want only that gradient: grad mode on, ``hidden`` requiring grad, ``weight``
+    not (a frozen head, as under LoRA). ``False`` always recomputes in the backward.
     """
-    return _ChunkedLogprobs.apply(hidden, weight, labels, budget or _backward.CHUNK_ELEMENTS)
+    wants_h_only = torch.is_grad_enabled() and hidden.requires_grad and not weight.requires_grad
+    if grad_in_forward is None:
+        grad_in_forward = wants_h_only
+    elif grad_in_forward and not wants_h_only:
+        raise ValueError("grad_in_forward=True needs grad mode on, hidden requiring grad and a frozen weight")
+    return _ChunkedLogprobs.apply(hidden, weight, labels, budget or _backward.CHUNK_ELEMENTS, grad_in_forward)

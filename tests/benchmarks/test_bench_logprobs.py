@@ -74,3 +74,28 @@ def test_benchmark_methods_agree_on_cpu(bench):
         grads[m] = (h.grad, w.grad)
     for m in OURS[1:]:
         assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads["naive"], grads[m]))
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_cpu_table_runs_each_method_in_its_own_process(bench, tmp_path, capsys, frozen):
+    out = tmp_path / "rows.json"
+    argv = ["--cpu-shape", "64", "32", "500", "--cpu-reps", "2", "--json", str(out)]
+    bench.run_cpu(bench.parse_args(argv + (["--frozen-weight"] if frozen else [])))
+    rows = {r["method"]: r for r in json.loads(out.read_text())}
+    want = ["naive", "chunked"] + (["chunked-recompute"] if frozen else [])
+    assert list(rows) == want
+    assert all(r["seconds"] > 0 and r["grads"] == (64 * 32 + 500 * 32 * (not frozen)) * 4 for r in rows.values())
+    printed = capsys.readouterr().out
+    assert ("weight frozen" if frozen else "weight trainable") in printed and "median of 2" in printed
+
+
+def test_frozen_head_methods_agree_on_cpu(bench):
+    """The frozen-head rows (gradient formed in the forward, or recomputed) give the naive gradient."""
+    grads = {}
+    for m in ("naive", "chunked", "chunked-recompute"):
+        h, w, y, up = bench._inputs(40, 32, 300, torch.float32, "cpu", frozen_weight=True)
+        bench._method(m, budget=2000)(h, w, y, up)
+        assert w.grad is None
+        grads[m] = h.grad
+    assert torch.allclose(grads["naive"], grads["chunked"], atol=1e-5)
+    assert torch.allclose(grads["naive"], grads["chunked-recompute"], atol=1e-5)

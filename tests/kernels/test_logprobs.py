@@ -104,3 +104,59 @@ def test_backward_blocks_are_whole_tiles():
     assert block_rows(100, 10**6, 1000, 16) == 16  # the budget fits less than one tile
     assert block_rows(10, 1000, 10**6, 16) == 10
     assert block_rows(37, 1000, 7000) == 7  # the chunked path: any size
+
+
+def _count_gemms(monkeypatch):
+    """Count the chunked path's logits-sized products (``mm_acc`` calls), forward and backward."""
+    import prefopt.kernels.chunked as chunked
+
+    calls = []
+    real = chunked.mm_acc
+
+    def counted(a, b, dtype):
+        calls.append(tuple(a.shape))
+        return real(a, b, dtype)
+    monkeypatch.setattr(chunked, "mm_acc", counted)
+    return calls
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_frozen_head_forms_the_hidden_gradient_in_the_forward(dtype, tol, monkeypatch):
+    """Frozen weight under autograd (LoRA): two GEMMs per chunk, both in the forward, none in
+    the backward; values and gradient match the naive path and the recomputing backward."""
+    monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", 7 * 1000)  # 7-token chunks: uneven tail
+    h, w, y, g = _case(dtype)
+    w.requires_grad_(False)
+    ref = _run("naive", h, w, y, g)
+    calls = _count_gemms(monkeypatch)
+    lp = sequence_logprobs(h, w, y, impl="chunked")
+    chunks = -(-int((y != -100).sum()) // 7)
+    assert len(calls) == 2 * chunks  # logits, then (onehot - softmax) . W, chunk by chunk
+    h.grad = None
+    (lp * g).sum().backward()
+    assert len(calls) == 2 * chunks and h.grad.dtype == dtype and w.grad is None
+    scale = ref[1].float().abs().max()
+    assert torch.allclose(lp.detach(), ref[0], atol=tol)
+    assert ((h.grad.float() - ref[1].float()).abs().max() / scale) < tol
+    grad_early = h.grad.clone()
+    h.grad = None
+    keep = y != -100
+    (chunked_logprobs(h[keep], w, y[keep], budget=7000, grad_in_forward=False) * g[keep]).sum().backward()
+    assert len(calls) == 2 * chunks + chunks + chunks  # recompute in the backward: one more pass
+    assert ((h.grad.float() - grad_early.float()).abs().max() / scale) < tol
+
+
+def test_grad_in_forward_only_where_autograd_wants_the_hidden_gradient_alone(monkeypatch):
+    h, w, y, g = _case(torch.float32)
+    keep = y != -100
+    h, y, g = h[keep].detach().requires_grad_(), y[keep], g[keep]
+    calls = _count_gemms(monkeypatch)
+    with torch.no_grad():  # evaluation, reference passes: the forward pass alone
+        chunked_logprobs(h, w.detach(), y)
+    chunked_logprobs(h.detach(), w.detach(), y)
+    chunked_logprobs(h, w, y)  # both gradients: the backward recomputes (as before)
+    assert len(calls) == 3
+    with pytest.raises(ValueError, match="frozen weight"):
+        chunked_logprobs(h, w, y, grad_in_forward=True)
+    with pytest.raises(ValueError, match="grad mode"), torch.no_grad():
+        chunked_logprobs(h, w.detach(), y, grad_in_forward=True)
