@@ -12,8 +12,15 @@ running fp32 sum across blocks, and the smaller one at that:
 - hidden frozen: vocabulary slabs; each slab's ``grad_W`` is one GEMM, written once.
 - both: the order whose running sum is smaller (``grad_h``, N×D, when N < V; else ``grad_W``).
 
+The running sum is bounded by ``SUM_ELEMENTS`` (128 MiB in fp32): a larger one is built in
+groups (of tokens for ``grad_h``, of the vocabulary for ``grad_W``), each walked through every
+block. The other gradient then gets one contribution per group, added in fp32 and rounded once
+into its dtype per group; with a single group (N × D ≤ 2^25 for ``grad_h``) it is written once.
+So the memory beyond inputs and gradients stays O(``CHUNK_ELEMENTS`` + ``SUM_ELEMENTS``)
+whatever N is.
+
 Every GEMM accumulates in fp32 (half inputs on CUDA use cuBLAS's fp32 output where a running
-sum needs it), so nothing is summed in bf16 across blocks.
+sum needs it), so no block's product is rounded to half before it is summed.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import warnings
 import torch
 
 CHUNK_ELEMENTS = 1 << 24  # logits per block (64 MiB in fp32, 32 MiB in bf16)
+SUM_ELEMENTS = 1 << 25  # the fp32 running sum of one gradient, at most (128 MiB)
 
 
 def acc_dtype(x: torch.Tensor) -> torch.dtype:
@@ -77,40 +85,63 @@ def block_rows(total: int, other: int, budget: int, multiple: int = 1) -> int:
     return min(total, rows)
 
 
+def _set_or_add(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool) -> None:
+    """``out = a @ b`` for the first group, else ``out += a @ b``: the sum taken in fp32 (or
+    fp64) and rounded once into ``out``'s dtype."""
+    if first:
+        torch.mm(a, b, out=out)
+        return
+    total = out.to(acc_dtype(out))
+    _add_mm(total, a, b)
+    out.copy_(total)
+
+
 def lm_head_backward(hidden, weight, labels, lse, grad_out, need_h: bool, need_w: bool, dlogits,
-                     budget: int | None = None, tiles: tuple[int, int] = (1, 1)):
+                     budget: int | None = None, tiles: tuple[int, int] = (1, 1), sum_budget: int | None = None):
     """``(grad_hidden or None, grad_weight or None)`` for ``logp = log_softmax(h Wᵀ)[y]``.
 
+    ``budget``: dlogits elements per block (default ``CHUNK_ELEMENTS``). ``sum_budget``: elements
+    of the fp32 running sum (default ``SUM_ELEMENTS``); past it, the summed gradient is built
+    group by group, and the other one gets one fp32 sum and one rounding per extra group.
     ``tiles``: (tokens, vocabulary entries) per kernel tile; blocks are whole multiples of them.
     """
-    budget = budget or CHUNK_ELEMENTS
-    N, V = hidden.shape[0], weight.shape[0]
+    budget, sum_budget = budget or CHUNK_ELEMENTS, sum_budget or SUM_ELEMENTS
+    (N, D), V = hidden.shape, weight.shape[0]
     acc = acc_dtype(hidden)
     g = grad_out.to(lse.dtype).contiguous()
-    grad_h = grad_w = None
-    if need_w and (not need_h or N < V):  # vocabulary slabs: grad_W exact per slab, grad_h summed
-        sum_h = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
-        grad_w = torch.empty_like(weight)
-        step = block_rows(V, N, budget, tiles[1])
-        for c in range(0, V, step):
-            w = weight[c:c + step]
-            d = dlogits(hidden, w, labels - c, lse, g)  # (N, slab)
-            torch.mm(d.T, hidden, out=grad_w[c:c + step])
+    grad_h = torch.empty_like(hidden) if need_h else None
+    grad_w = torch.empty_like(weight) if need_w else None
+    if need_w and (not need_h or N < V):  # groups of tokens, each walked by vocabulary slabs:
+        group = block_rows(N, D, sum_budget, tiles[0]) if need_h else N  # grad_h summed in fp32
+        for r in range(0, N, group):
+            h, rows = hidden[r:r + group], slice(r, r + group)
+            sum_h = torch.zeros(h.shape, dtype=acc, device=h.device) if need_h else None
+            step = block_rows(V, h.shape[0], budget, tiles[1])
+            for c in range(0, V, step):
+                w = weight[c:c + step]
+                d = dlogits(h, w, labels[rows] - c, lse[rows], g[rows])  # (group, slab)
+                _set_or_add(grad_w[c:c + step], d.T, h, first=r == 0)
+                if need_h:
+                    _add_mm(sum_h, d, w)
+                del d  # before the next block's: one alive at a time
             if need_h:
-                _add_mm(sum_h, d, w)
-            del d  # before the next block's: one alive at a time
-        grad_h = sum_h.to(hidden.dtype) if need_h else None
-    elif need_h or need_w:  # token chunks: grad_h exact per chunk, grad_W summed
-        grad_h = torch.empty_like(hidden) if need_h else None
-        sum_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-        step = block_rows(N, V, budget, tiles[0])
-        for r in range(0, N, step):
-            h = hidden[r:r + step]
-            d = dlogits(h, weight, labels[r:r + step], lse[r:r + step], g[r:r + step])  # (chunk, V)
-            if need_h:
-                torch.mm(d, weight, out=grad_h[r:r + step])
+                grad_h[rows] = sum_h
+            del sum_h
+    elif need_h or need_w:  # groups of the vocabulary, each walked by token chunks:
+        group = block_rows(V, D, sum_budget, tiles[1]) if need_w else V  # grad_W summed in fp32
+        for c in range(0, V, group):
+            w = weight[c:c + group]
+            sum_w = torch.zeros(w.shape, dtype=acc, device=w.device) if need_w else None
+            step = block_rows(N, w.shape[0], budget, tiles[0])
+            for r in range(0, N, step):
+                h = hidden[r:r + step]
+                d = dlogits(h, w, labels[r:r + step] - c, lse[r:r + step], g[r:r + step])  # (chunk, group)
+                if need_h:
+                    _set_or_add(grad_h[r:r + step], d, w, first=c == 0)
+                if need_w:
+                    _add_mm(sum_w, d.T, h)
+                del d
             if need_w:
-                _add_mm(sum_w, d.T, h)
-            del d
-        grad_w = sum_w.to(weight.dtype) if need_w else None
+                grad_w[c:c + group] = sum_w
+            del sum_w
     return grad_h, grad_w

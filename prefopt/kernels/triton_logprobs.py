@@ -11,7 +11,7 @@ Backward (``_backward.lm_head_backward``): a second kernel recomputes the logits
 softmax)`` in the input dtype, as an unfused backward would; the two gradient GEMMs then run on
 cuBLAS with fp32 accumulation. No atomics, and the largest temporary is one block of
 ``CHUNK_ELEMENTS`` dlogits (32 MiB in bf16) plus, when both gradients are wanted, an fp32 sum of
-the smaller one.
+the smaller one, at most ``SUM_ELEMENTS`` (128 MiB; built in groups past that).
 
 Inputs may be fp32, bf16 or fp16; accumulation is fp32 (fp32 inputs use IEEE dots, not TF32).
 On CPU tensors the same kernels run under Triton's interpreter, which is how CI tests them

@@ -36,10 +36,13 @@ def test_chunked_matches_naive_values_and_gradients(dtype, tol, monkeypatch):
 
 @pytest.mark.parametrize("N,V", [(37, 1000), (60, 25)])  # N < V: vocabulary slabs; N >= V: token chunks
 @pytest.mark.parametrize("need", ["both", "hidden", "weight"])
-def test_every_backward_order_matches_naive(N, V, need):
+@pytest.mark.parametrize("sum_rows", [None, 4])  # the fp32 running sum: whole, or groups of 4 rows
+def test_every_backward_order_matches_naive(N, V, need, sum_rows, monkeypatch):
     """Each way ``lm_head_backward`` can walk the blocks (token chunks or vocabulary slabs, with
-    an fp32 running sum of one gradient or none) gives the naive gradients; the small budget
-    forces several uneven blocks either way."""
+    an fp32 running sum of one gradient or none, whole or in groups) gives the naive gradients;
+    the small budgets force several uneven blocks and groups either way."""
+    if sum_rows:
+        monkeypatch.setattr("prefopt.kernels._backward.SUM_ELEMENTS", sum_rows * 64)
     h, w, y, g = _case(torch.float32, N=N, V=V)
     h.requires_grad_(need != "weight")
     w.requires_grad_(need != "hidden")
@@ -160,3 +163,42 @@ def test_grad_in_forward_only_where_autograd_wants_the_hidden_gradient_alone(mon
         chunked_logprobs(h, w, y, grad_in_forward=True)
     with pytest.raises(ValueError, match="grad mode"), torch.no_grad():
         chunked_logprobs(h, w.detach(), y, grad_in_forward=True)
+
+
+def test_running_sum_in_groups_is_bounded_and_as_precise_in_bf16(monkeypatch):
+    """Past ``SUM_ELEMENTS`` the summed gradient is built group by group (its fp32 buffer never
+    holds more rows than that), and the other gradient, summed over the groups in fp32 and
+    rounded once per group, stays as close to an fp32 reference as the ungrouped result."""
+    import prefopt.kernels._backward as bw
+
+    h, w, y, g = _case(torch.bfloat16, N=48, V=1000, seed=3)
+    keep = y != -100
+    h, y, g = h[keep].detach().requires_grad_(), y[keep], g[keep]
+    exact = _run("naive", h.detach().float().requires_grad_(), w.detach().float().requires_grad_(), y, g)
+    whole = _run("chunked", h, w, y, g)
+    rows = []
+    real = bw.torch.zeros
+
+    def zeros(shape, **kw):  # (torch.zeros is patched for every caller: keep the 2-D sums)
+        if len(shape) == 2:
+            rows.append(shape[0])
+        return real(shape, **kw)
+    monkeypatch.setattr(bw.torch, "zeros", zeros)
+    monkeypatch.setattr(bw, "SUM_ELEMENTS", 10 * 64)  # groups of 10 tokens (the last one 6)
+    grouped = _run("chunked", h, w, y, g)
+    assert rows == [10, 10, 10, 6]
+    for e, a, b in zip(exact[1:], whole[1:], grouped[1:]):
+        err_whole, err_grouped = ((e - t.float()).abs().max() / e.abs().max() for t in (a, b))
+        assert err_grouped <= 1.5 * err_whole + 1e-3 and err_grouped < 1e-2
+
+
+def test_adding_a_group_sums_in_fp32_and_rounds_once():
+    from prefopt.kernels._backward import _set_or_add
+
+    g = torch.Generator().manual_seed(0)
+    out, a, b = (torch.randn(*s, generator=g).bfloat16() for s in ((30, 20), (30, 300), (300, 20)))
+    want = (out.float() + a.float() @ b.float()).bfloat16()
+    _set_or_add(out, a, b, first=False)
+    assert torch.equal(out, want)
+    _set_or_add(out, a, b, first=True)
+    assert torch.equal(out, (a @ b))

@@ -169,11 +169,15 @@ def test_forward_split_over_the_vocabulary_merges_exactly(splits):
 
 
 @interp
-@pytest.mark.parametrize("N,V", [(37, 1000), (70, 40)])  # vocabulary slabs, token chunks
+@pytest.mark.parametrize("N,V,sum_rows", [(37, 1000, None), (70, 40, None),  # vocabulary slabs, token chunks
+                                          (37, 1000, 16), (140, 130, 64)])  # the same, the running sum in groups
 @pytest.mark.parametrize("need", ["both", "hidden", "weight"])
-def test_backward_blocks_in_every_order(N, V, need):
+def test_backward_blocks_in_every_order(N, V, sum_rows, need, monkeypatch):
     """A small budget splits the backward into several uneven blocks, by tokens or by vocabulary
-    depending on the shape and which gradients are wanted; the gradients stay the naive ones."""
+    depending on the shape and which gradients are wanted, and a small ``SUM_ELEMENTS`` the
+    fp32 running sum into groups of whole tiles; the gradients stay the naive ones."""
+    if sum_rows:
+        monkeypatch.setattr("prefopt.kernels._backward.SUM_ELEMENTS", sum_rows * 64)
     h, w, y, g = _case(torch.float32, N=N, V=V, ignore_every=0)
     h.requires_grad_(need != "weight")
     w.requires_grad_(need != "hidden")
@@ -196,10 +200,14 @@ def test_unknown_block_option_is_refused():
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
-@pytest.mark.parametrize("N,V,need", [(1000, 49152, "both"), (1000, 49152, "hidden"), (3000, 1000, "both")])
-def test_gpu_real_head_sizes(dtype, tol, N, V, need):
-    """Compiled kernels at SmolLM2's head (vocabulary slabs with an fp32 grad_h sum; frozen
-    weight: token chunks) and with N > V (token chunks with an fp32 grad_W sum)."""
+@pytest.mark.parametrize("N,V,need,sum_rows", [(1000, 49152, "both", None), (1000, 49152, "hidden", None),
+                                               (3000, 1000, "both", None), (1000, 49152, "both", 256)])
+def test_gpu_real_head_sizes(dtype, tol, N, V, need, sum_rows, monkeypatch):
+    """Compiled kernels at SmolLM2's head (vocabulary slabs with an fp32 grad_h sum, whole or in
+    groups of 256 tokens; frozen weight: token chunks) and with N > V (token chunks with an fp32
+    grad_W sum)."""
+    if sum_rows:
+        monkeypatch.setattr("prefopt.kernels._backward.SUM_ELEMENTS", sum_rows * 576)
     h, w, y, g = _case(dtype, N=N, D=576, V=V, device="cuda")
     w.requires_grad_(need == "both")
     exact = _grads("naive", h.detach().float().requires_grad_(), w.detach().float().requires_grad_(need == "both"),
