@@ -5,16 +5,21 @@ Same model (SmolLM2-135M-Instruct, fp32, CPU), same preference pairs (MedQA: cor
 wrong option, chat-formatted; synthetic when ../shared/data is absent), same max length,
 batch size (pairs per step), beta, learning rate, LoRA settings and gradient-checkpointing
 setting (off unless ``--gradient-checkpointing``; TRL's own default is on, and its bf16
-default is turned off). Each trainer runs in a fresh process. Throughput = non-padding tokens
-of chosen + rejected per second over the timed steps; peak RSS = ``VmHWM`` at the end.
+default is turned off). Each trainer runs in a fresh process. Throughput = pairs per second
+over the timed steps (every trainer sees the same pairs per step); "tokens/step" counts the
+non-padding tokens a trainer ran through the model, so a prompt run once for both answers
+counts once. Peak RSS = ``VmHWM`` at the end.
 
 prefopt's modes: ``adapter`` (reference = the same model with LoRA disabled, one extra
 no-grad forward per step), ``cache`` (reference log-probs precomputed once into the on-disk
 cache, so no reference forward while training; the precompute time is reported apart), and
-``frozen`` (a separate frozen copy of the model as reference).
+``frozen`` (a separate frozen copy of the model as reference). By default prefopt packs each
+pair into one row so its prompt runs once (``DPOConfig.share_prompt``); a ``-stacked`` suffix
+(``cache-stacked``, ...) runs the same mode with the chosen and rejected sequences stacked.
 
     .venv/bin/pip install -c constraints.txt trl     # TRL is a benchmark-only extra
     .venv/bin/python benchmarks/bench_dpo.py --steps 10 --batch-size 2 --max-length 320
+    .venv/bin/python benchmarks/bench_dpo.py --modes cache cache-stacked adapter adapter-stacked
 """
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ from _common import (  # noqa: E402
 BETA, LR = 0.1, 1e-4
 
 
-def prefopt_worker(a, mode: str) -> dict:
+def prefopt_worker(a, name: str) -> dict:
     from prefopt import load_model, load_tokenizer
     from prefopt.data import load_preferences
     from prefopt.model import resolve_model_dir
@@ -46,7 +51,8 @@ def prefopt_worker(a, mode: str) -> dict:
     from prefopt.train.run import prepare_model, reference_cache_for
 
     base = rss("VmRSS")
-    cfg = DPOConfig(model=a.model_dir, data=a.data, output_dir=a.out, batch_size=a.batch_size, max_steps=a.steps,
+    mode, _, layout = name.partition("-")
+    cfg = DPOConfig(share_prompt=layout != "stacked", model=a.model_dir, data=a.data, output_dir=a.out, batch_size=a.batch_size, max_steps=a.steps,
                     lr=LR, beta=BETA, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_targets=TARGETS,
                     max_length=a.max_length, schedule="constant", progress=False, seed=0,
                     gradient_checkpointing=a.gradient_checkpointing,
@@ -63,7 +69,8 @@ def prefopt_worker(a, mode: str) -> dict:
     precompute = time.perf_counter() - t_cache if mode == "cache" else 0.0
     marks.append((time.perf_counter(), 0))
     trainer.train()
-    out = step_summary(f"prefopt, reference: {mode}", marks, a.warmup, base, cumulative=False)
+    label = f"prefopt, reference: {mode}, " + ("pairs stacked" if layout == "stacked" else "each prompt once")
+    out = step_summary(label, marks, a.warmup, base, cumulative=False)
     out.update(precompute_s=precompute, reference_forwards=trainer.ref_forwards)
     return out
 
@@ -85,13 +92,15 @@ def main() -> None:
     print(f"model {a.model}, fp32, CPU ({platform.machine()}), {a.batch_size} pairs/step, max_length {a.max_length}, "
           f"beta {BETA}, {a.steps} steps ({a.warmup} untimed), LoRA r16/a32/d0.05, gradient checkpointing "
           f"{'on' if a.gradient_checkpointing else 'off'} in all")
-    print("| trainer | tokens/s | s/step | tokens/step | peak RSS (MiB) | vs TRL: throughput | vs TRL: peak RSS |")
+    print("| trainer | pairs/s | s/step | tokens/step | peak RSS (MiB) | vs TRL: pairs/s | vs TRL: peak RSS |")
     print("|---|---|---|---|---|---|---|")
+    for r in rows.values():
+        r["pairs_per_s"] = a.batch_size / r["s_per_step"]
     trl_row = rows.get("trl")
     for r in rows.values():
-        rel = (f"{r['tokens_per_s'] / trl_row['tokens_per_s']:.2f}x | {r['peak_rss'] / trl_row['peak_rss']:.2f}x"
+        rel = (f"{r['pairs_per_s'] / trl_row['pairs_per_s']:.2f}x | {r['peak_rss'] / trl_row['peak_rss']:.2f}x"
                if trl_row else "- | -")
-        print(f"| {r['name']} | {r['tokens_per_s']:.0f} | {r['s_per_step']:.2f} | {r['tokens_per_step']:.0f} | "
+        print(f"| {r['name']} | {r['pairs_per_s']:.2f} | {r['s_per_step']:.2f} | {r['tokens_per_step']:.0f} | "
               f"{r['peak_rss'] / mib:.0f} | {rel} |")
     if "cache" in rows:
         print(f"cache: precompute {rows['cache']['precompute_s']:.1f} s for {a.batch_size * a.steps} pairs (once), "

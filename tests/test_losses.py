@@ -98,7 +98,7 @@ class TestTRLParity:
     @pytest.mark.parametrize("loss,ls", [("sigmoid", 0.0), ("ipo", 0.0), ("hinge", 0.0), ("robust", 0.2)])
     def test_loss_and_gradients_match_trl(self, setup, tmp_path, loss, ls):
         from prefopt import load_model, load_tokenizer
-        from prefopt.data.preference import tokenize_pair
+        from prefopt.data.preference import pair_collate, tokenize_pair
         from prefopt.data.records import PreferenceRecord
         from prefopt.train.dpo import DPOConfig, DPOTrainer
 
@@ -130,8 +130,12 @@ class TestTRLParity:
         def rows(b):  # each sequence without padding, with its trained positions
             return sorted((tuple(r[m.bool()].tolist()), tuple((lab[m.bool()] != -100).tolist()))
                           for r, m, lab in zip(b["input_ids"], b["attention_mask"], b["labels"]))
-        assert rows(dpo.collate(pairs)) == rows(ours_batch)  # our tokenization = TRL's, prompt mask included
-        loss_sum, _ = dpo.loss_sum(ours, ours_batch)
+        assert rows(pair_collate(pairs, tok.pad_token_id)) == rows(ours_batch)  # our tokenization = TRL's
+        with torch.no_grad():  # training packs each pair into one row (the prompt once): the same loss
+            packed = dpo.collate(pairs)
+            assert packed["input_ids"].shape[0] == 4
+            assert abs(dpo.loss_sum(ours, packed)[0].item() / 4 - want.item()) < 1e-5
+        loss_sum, _ = dpo.loss_sum(ours, ours_batch)  # TRL's own stacked rows
         got = loss_sum / 4
         got.backward()
         assert abs(got.item() - want.item()) < 1e-5, (got.item(), want.item())

@@ -32,12 +32,6 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
-    def rewind(self, length: int) -> None:
-        """Keep only the first ``length`` positions; the next update overwrites the rest."""
-        if not 0 <= length <= self.length:
-            raise ValueError(f"cannot rewind a cache of {self.length} positions to {length}")
-        self.length = length
-
     def select(self, rows: torch.Tensor) -> None:
         """Keep only the batch ``rows`` (drop finished sequences)."""
         self.k = [t[rows] for t in self.k]

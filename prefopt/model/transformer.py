@@ -138,6 +138,10 @@ class Transformer(nn.Module):
             input_ids: ``(B, T)`` token ids.
             attention_mask: ``(B, S)`` with 1 for real tokens and 0 for padding, left or
                 right. ``S = T``, or with a ``kv_cache`` the cached length plus ``T``.
+                Or a boolean ``(B, 1, T, T)``: which keys each query may see, for layouts a
+                causal mask cannot express (a prompt shared by two answers); it then needs
+                ``position_ids`` and no ``kv_cache``, and a sliding window is applied by
+                position distance.
             position_ids: ``(B, T)``; by default counted over real tokens only, so a
                 left-padded row gives the same result as the unpadded one.
             kv_cache: a :class:`KVCache` to read and extend (generation).
@@ -148,11 +152,14 @@ class Transformer(nn.Module):
         """
         B, T = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
-        if position_ids is None:
-            position_ids = _positions(attention_mask, past, T, input_ids.device)
+        if attention_mask is not None and attention_mask.dim() == 4:
+            mask = _explicit_mask(attention_mask, position_ids, kv_cache, self.config.sliding_window)
+        else:
+            if position_ids is None:
+                position_ids = _positions(attention_mask, past, T, input_ids.device)
+            mask = _attention_mask(attention_mask, T, past + T, self.config.sliding_window, input_ids.device)
         x = self.model.embed_tokens(input_ids)  # (B, T, D)
         cos, sin = rope_cos_sin(self.inv_freq, position_ids, x.dtype)
-        mask = _attention_mask(attention_mask, T, past + T, self.config.sliding_window, x.device)
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.model.layers:
             if ckpt:
@@ -190,3 +197,14 @@ def _attention_mask(attention_mask, T: int, S: int, window: int | None, device) 
         # a padding query sees no key at all; letting it see itself keeps SDPA finite
         allowed = allowed | (k == q)[None, None]
     return allowed
+
+
+def _explicit_mask(allowed, position_ids, kv_cache, window: int | None) -> torch.Tensor:
+    """A caller's ``(B, 1, T, T)`` "may attend" mask, with the sliding window applied by
+    position distance and each query always seeing itself (keeps SDPA finite on padding)."""
+    T = allowed.shape[-1]
+    if position_ids is None or kv_cache is not None or allowed.dtype != torch.bool or allowed.shape[-2] != T:
+        raise ValueError("a (B, 1, T, T) boolean attention mask needs position_ids and no kv_cache")
+    if window is not None:
+        allowed = allowed & (position_ids[:, None, :, None] - position_ids[:, None, None, :] < window)
+    return allowed | torch.eye(T, dtype=torch.bool, device=allowed.device)

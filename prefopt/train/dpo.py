@@ -1,7 +1,10 @@
 """DPO and its relatives on the shared loop.
 
-Chosen and rejected go through the policy in one forward pass, stacked ``(2B, T)``. The
-reference log-probs come from one of three places:
+Chosen and rejected go through the policy in one forward pass. Where a pair's chosen and
+rejected share their prompt (the usual case), it is one packed row, ``[prompt | chosen |
+rejected]``, so the prompt runs once, forward and backward (``shared_prompt.py``;
+``share_prompt=False`` turns this off); otherwise the two sequences are stacked ``(2B, T)``.
+The reference log-probs come from one of three places:
 
 - ``"adapter"``: the same model with its LoRA adapters disabled (the default with LoRA);
 - ``"model"``: a separate frozen model (``ref_model=``);
@@ -18,13 +21,13 @@ import torch
 
 from ..data.preference import PairExample, pair_collate
 from ..data.sft import IGNORE
-from ..kernels import fused_preference_loss
+from ..kernels import fused_preference_loss, sequence_logprobs
 from ..lora import disable_adapter, lora_layers
 from ..losses import LOSSES, REFERENCE_FREE
 from .config import TrainConfig
 from .loop import Batch, Trainer
 from .sft import response_logprobs
-from .shared_prompt import shared_prompt_logps, shares_prompts
+from .shared_prompt import pack_pairs, packed_hidden
 
 REF_MODES = ("adapter", "model", "cache", "none")
 
@@ -40,6 +43,7 @@ class DPOConfig(TrainConfig):
     ref: str | None = None  # a frozen reference model (folder/alias/hub id); default: adapter-disabled
     ref_cache: str | None = None  # folder of the on-disk reference cache
     sft_adapter: str | None = None  # merge this adapter into model and reference first (DPO after SFT)
+    share_prompt: bool = True  # one packed row per pair: each prompt runs once (falls back per batch)
     lr: float = 5e-5
 
     def __post_init__(self) -> None:
@@ -69,6 +73,15 @@ def sequence_logps(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, 
     """Per-token log-probs ``(R, T-1)`` of the labels, their sums ``(R,)`` and token counts ``(R,)``."""
     per_token, labels = response_logprobs(model, batch)
     return per_token, per_token.sum(-1), (labels != IGNORE).sum(-1)
+
+
+def pair_hidden(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states ``(2B, L, D)`` and the labels ``(2B, L)`` they predict, chosen rows first,
+    for a packed batch (``shared_prompt.pack_pairs``) or a stacked one (``pair_collate``)."""
+    if "gather" in batch:
+        return packed_hidden(model, batch), batch["labels"]
+    hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)  # (2B, T, D)
+    return hidden[:, :-1], batch["labels"][:, 1:]  # position t predicts token t+1
 
 
 class DPOTrainer(Trainer):
@@ -111,14 +124,20 @@ class DPOTrainer(Trainer):
         if self.ref_mode == "cache":
             self.fill_cache(self.train_data + self.eval_data)
 
+    def pair_batch(self, pairs) -> Batch:
+        """Packed rows (each prompt once) where every pair shares its prompt and
+        ``share_prompt`` is on; else the chosen and rejected sequences stacked."""
+        packed = pack_pairs(pairs, self.pad_id) if self.config.share_prompt else None
+        return packed if packed is not None else pair_collate(pairs, self.pad_id)
+
     def collate(self, pairs):
-        batch = pair_collate(pairs, self.pad_id)
+        batch = self.pair_batch(pairs)
         if self.ref_mode == "cache":
             batch["ref_chosen"], batch["ref_rejected"] = self.ref_cache.get([p.key for p in pairs])
         return batch
 
     def units(self, batch: Batch) -> int:
-        return batch["input_ids"].shape[0] // 2
+        return batch["labels"].shape[0] // 2
 
     @contextmanager
     def _reference(self):
@@ -139,7 +158,9 @@ class DPOTrainer(Trainer):
         """Sequence log-prob sums ``(2B,)`` under the reference."""
         self.ref_forwards += 1
         with self._reference() as ref:
-            return sequence_logps(ref, batch)[1]
+            hidden, labels = pair_hidden(ref, batch)
+            weight = getattr(ref, "module", ref).output_weight
+            return sequence_logprobs(hidden, weight, labels, ignore_index=IGNORE).sum(-1)
 
     def fill_cache(self, pairs: Sequence[PairExample]) -> int:
         """Compute the reference log-probs of every pair the cache lacks (rank 0), then share."""
@@ -148,26 +169,15 @@ class DPOTrainer(Trainer):
         n = 0
         if self.dist.is_main:
             self.ref_mode = "model" if self.ref_model is not None else "adapter"
-            # In fp32 the prompt-once forward matches the policy's full-sequence forward to ~1e-5
-            # relative; in bf16 its other rounding would start the implicit rewards from noise.
-            with self._autocast():
-                autocast = torch.is_autocast_enabled(self.device.type)
-            ref = self.ref_model if self.ref_model is not None else self.model
-            fp32 = getattr(ref, "module", ref).output_weight.dtype == torch.float32 and not autocast
 
-            def compute(chunk):
-                with self._autocast():  # the precision the policy will run in (bf16 on CUDA)
-                    if fp32 and shares_prompts(chunk):  # each prompt once, for chosen and rejected
-                        self.ref_forwards += 1
-                        with self._reference() as reference:
-                            c, r = shared_prompt_logps(reference, chunk, self.pad_id, self.device)
-                        return c.cpu(), r.cpu()
-                    b = {k: v.to(self.device) for k, v in pair_collate(chunk, self.pad_id).items()}
+            def compute(chunk):  # the batch layout and precision the policy will run in (bf16 on CUDA)
+                b = {k: v.to(self.device) for k, v in self.pair_batch(chunk).items()}
+                with self._autocast():
                     sums = self.reference_logps(b).float().cpu()
                 return sums[:len(chunk)], sums[len(chunk):]
 
             # twice a step's pairs per chunk; four times when each prompt runs once (about half the tokens)
-            pairs_per_chunk = self.config.batch_size * (4 if fp32 else 2)
+            pairs_per_chunk = self.config.batch_size * (4 if self.config.share_prompt else 2)
             n = self.ref_cache.fill(pairs, compute, batch_size=pairs_per_chunk, show_progress=self.config.progress)
             self.ref_mode = "cache"
             self.ref_forwards = 0
@@ -177,7 +187,7 @@ class DPOTrainer(Trainer):
         return n
 
     def loss_sum(self, model, batch):
-        B = batch["input_ids"].shape[0] // 2
+        B = self.units(batch)
         if self.ref_mode == "cache":
             ref_c, ref_r = batch["ref_chosen"], batch["ref_rejected"]
         elif self.ref_mode == "none":
@@ -185,10 +195,9 @@ class DPOTrainer(Trainer):
         else:
             ref = self.reference_logps(batch)
             ref_c, ref_r = ref[:B], ref[B:]
-        hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)  # (2B, T, D)
-        out, lp = fused_preference_loss(hidden[:, :-1], getattr(model, "module", model).output_weight,
-                                        batch["labels"][:, 1:], ref_c, ref_r, self.config.loss,
-                                        ignore_index=IGNORE, **self.config.loss_kwargs())
+        hidden, labels = pair_hidden(model, batch)
+        out, lp = fused_preference_loss(hidden, getattr(model, "module", model).output_weight, labels, ref_c, ref_r,
+                                        self.config.loss, ignore_index=IGNORE, **self.config.loss_kwargs())
         c, r = out.chosen_rewards, out.rejected_rewards
         metrics = {
             "rewards/chosen": c.sum(), "rewards/rejected": r.sum(), "rewards/accuracies": (c > r).float().sum(),

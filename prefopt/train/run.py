@@ -68,6 +68,15 @@ def run_sft(config: TrainConfig, callbacks=()) -> dict:
     return summary
 
 
+def _rounding(config) -> dict:
+    """What sets the reference's rounding beyond the weights: under bf16 autocast, also the
+    pairs' layout (one packed row or two stacked sequences round differently in bf16; in fp32
+    they agree to ~1e-6, so a cache serves both)."""
+    if not autocast_on(pick_device(config.device), config):
+        return {}
+    return {"autocast": "bfloat16", "pairs": "packed" if getattr(config, "share_prompt", True) else "stacked"}
+
+
 def reference_cache_for(config, model, ref_model, model_dir: Path):
     """Open the cache at ``config.ref_cache`` under the fingerprint of this run's reference."""
     from ..refcache import RefCache, reference_fingerprint
@@ -79,8 +88,7 @@ def reference_cache_for(config, model, ref_model, model_dir: Path):
         tokenizer_files=[model_dir / "tokenizer.json", model_dir / "tokenizer_config.json",
                          model_dir / "chat_template.jinja"],
         max_length=config.max_length, max_prompt_length=config.max_prompt_length,
-        extra={"reference": "model" if ref_model is not None else "adapter-disabled",
-               **({"autocast": "bfloat16"} if autocast_on(pick_device(config.device), config) else {})},
+        extra={"reference": "model" if ref_model is not None else "adapter-disabled", **_rounding(config)},
     )
     return RefCache(config.ref_cache, fp)
 

@@ -1,19 +1,22 @@
-"""Sequence log-probs of preference pairs with each prompt run once, for the reference precompute.
+"""Preference pairs with each prompt run once: one packed row per pair.
 
 Chosen and rejected share their prompt, and in the medical tasks the prompt (a note, a
-message, a question with its options) is most of the tokens. Without gradients the prompt
-can run once per pair: its keys and values go into a :class:`~prefopt.model.KVCache`, the
-chosen completions run against it, the cache is rewound to the prompt, and the rejected
-completions run against the same keys and values.
+message, a question with its options) is most of the tokens. Run as two full sequences, the
+prompt goes through the model twice, forward and backward. Packed, a pair is one row::
 
-Layout: prompts left-padded to ``Lp`` (so every prompt ends at column ``Lp - 1``, whose hidden
-state predicts the first completion token), completions right-padded after them. The attention
-mask covers both, and positions count real tokens only, so each row sees exactly the tokens and
-positions of its unpadded ``prompt + completion`` sequence. The sums equal the full-sequence
-forward's up to float rounding (the same sums in another order: up to ~1e-5 relative in fp32).
+    [ prompt | chosen answer | rejected answer | padding ]
 
-The cache holds ``2 · layers · rows · kv_heads · length · head_dim`` values, so pairs are taken
-in groups whose cache fits ``kv_budget`` bytes (at least one pair per group).
+with a boolean attention mask (the model's ``(B, 1, S, S)`` form) under which every answer
+token sees the prompt and the earlier tokens of its own answer, never the other answer, and
+positions that restart after the prompt for each answer. Each answer's tokens then see exactly
+the tokens and positions of their unpadded ``prompt + answer`` sequence, so the log-probs equal
+the full-sequence forward's up to float rounding (the same sums in another order), and so do
+the gradients. The last prompt position predicts the first token of both answers.
+
+:func:`pack_pairs` builds the batch (``None`` when a pair does not share a non-empty prompt
+followed by a non-empty answer: the caller falls back to two full sequences), and
+:func:`packed_hidden` runs the model and gathers the answers' hidden states into the stacked
+``[chosen; rejected]`` layout that ``prefopt.kernels.fused_preference_loss`` takes.
 """
 from __future__ import annotations
 
@@ -21,14 +24,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ..data.collate import pad_collate
 from ..data.preference import PairExample
 from ..data.sft import IGNORE, TokenizedExample, prompt_len
 from ..kernels import sequence_logprobs
-from ..model.generate import left_pad
-from ..model.kv_cache import KVCache
-
-KV_BUDGET = 512 * 2**20  # bytes of keys and values per group of pairs
 
 
 def split_pair(pair: PairExample) -> tuple[list[int], TokenizedExample, TokenizedExample] | None:
@@ -46,46 +44,64 @@ def shares_prompts(pairs: Sequence[PairExample]) -> bool:
     return all(split_pair(p) is not None for p in pairs)
 
 
+def pack_pairs(pairs: Sequence[PairExample], pad_id: int) -> dict[str, torch.Tensor] | None:
+    """One row per pair (see the module doc), or None if some pair does not share its prompt.
+
+    Returns ``input_ids``, ``attention_mask`` (1 on real tokens) and ``position_ids``, all
+    ``(B, S)``; ``pair_mask`` ``(B, 1, S, S)``; ``labels`` ``(2B, La)`` (chosen rows first, the
+    answers' labels, ``IGNORE`` on padding) and ``gather`` ``(2B, La)``: the column whose hidden
+    state predicts each label.
+    """
+    parts = [split_pair(p) for p in pairs]
+    if not parts or any(s is None for s in parts):
+        return None
+    B = len(parts)
+    S = max(len(s[0]) + len(s[1].input_ids) + len(s[2].input_ids) for s in parts)
+    La = max(len(e.input_ids) for s in parts for e in s[1:])
+    ids = torch.full((B, S), pad_id, dtype=torch.long)
+    pos = torch.zeros((B, S), dtype=torch.long)
+    side = torch.full((B, S), -1, dtype=torch.long)  # 0 prompt, 1 chosen, 2 rejected, -1 padding
+    labels = torch.full((2 * B, La), IGNORE, dtype=torch.long)
+    gather = torch.zeros((2 * B, La), dtype=torch.long)
+    for b, (prompt, *answers) in enumerate(parts):
+        p = start = len(prompt)
+        ids[b, :p], pos[b, :p], side[b, :p] = torch.tensor(prompt), torch.arange(p), 0
+        for k, ans in enumerate(answers):
+            a = len(ans.input_ids)
+            ids[b, start:start + a] = torch.tensor(ans.input_ids)
+            pos[b, start:start + a], side[b, start:start + a] = p + torch.arange(a), k + 1
+            labels[b + k * B, :a] = torch.tensor(ans.labels)
+            gather[b + k * B, :a] = torch.cat([torch.tensor([p - 1]), start + torch.arange(a - 1)])
+            start += a
+    # Padding only at the end of a row: a pair's real tokens sit in the same columns whatever
+    # else is in the batch, so its sums do not depend on the batch (also in bf16).
+    col = torch.arange(S)
+    may_see = (col[None, :] <= col[:, None])[None] & (side >= 0)[:, None, :]  # causal in the row, real keys
+    may_see &= (side[:, None, :] == 0) | (side[:, None, :] == side[:, :, None])  # the prompt, or its own answer
+    return {"input_ids": ids, "attention_mask": (side >= 0).long(), "position_ids": pos, "pair_mask": may_see[:, None],
+            "labels": labels, "gather": gather}
+
+
+def packed_hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The hidden states ``(2B, La, D)`` that predict ``batch["labels"]``, chosen rows first."""
+    hidden = model(batch["input_ids"], batch["pair_mask"], batch["position_ids"], return_hidden=True)  # (B, S, D)
+    rows = torch.arange(hidden.shape[0], device=hidden.device).repeat(2)[:, None]
+    return hidden[rows, batch["gather"]]
+
+
 @torch.no_grad()
-def shared_prompt_logps(model: torch.nn.Module, pairs: Sequence[PairExample], pad_id: int, device: torch.device,
-                        kv_budget: int = KV_BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
+def shared_prompt_logps(model: torch.nn.Module, pairs: Sequence[PairExample], pad_id: int,
+                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Chosen and rejected sequence log-prob sums ``(B,)`` each, fp32, each prompt run once.
 
     ``model`` is a prefopt causal LM (or a wrapper with ``.module``); every pair must pass
     :func:`shares_prompts`.
     """
-    parts = [split_pair(p) for p in pairs]
-    if any(s is None for s in parts):
+    batch = pack_pairs(pairs, pad_id)
+    if batch is None:
         raise ValueError("shared_prompt_logps needs pairs whose chosen and rejected start with the same prompt")
+    batch = {k: v.to(device) for k, v in batch.items()}
     core = getattr(model, "module", model)
-    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else core.output_weight.dtype
-    cfg = core.config
-    per_position = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * dtype.itemsize
-    groups, group, prompt, answer = [], [], 0, 0  # pairs, and the cache length they need
-    for s in parts:
-        p, a = max(prompt, len(s[0])), max(answer, *(len(e.input_ids) for e in s[1:]))
-        if group and per_position * (len(group) + 1) * (p + a) > kv_budget:
-            groups.append(group)
-            group, p, a = [], len(s[0]), max(len(e.input_ids) for e in s[1:])
-        group.append(s)
-        prompt, answer = p, a
-    groups.append(group)
-    chosen, rejected = zip(*(_group(model, g, pad_id, device, dtype) for g in groups))
-    return torch.cat(chosen), torch.cat(rejected)
-
-
-def _group(model, parts, pad_id, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    core = getattr(model, "module", model)
-    ids, mask = left_pad([s[0] for s in parts], pad_id, device)  # (B, Lp)
-    Lp = ids.shape[1]
-    cache = KVCache(core.config, len(parts), Lp + max(len(e.input_ids) for s in parts for e in s[1:]),
-                    dtype=dtype, device=device)
-    last = model(ids, mask, kv_cache=cache, return_hidden=True)[:, -1:]  # (B, 1, D): predicts the first answer token
-    out = []
-    for side in (1, 2):  # chosen, then rejected, against the same prompt cache
-        cache.rewind(Lp)
-        b = {k: v.to(device) for k, v in pad_collate([s[side] for s in parts], pad_id).items()}  # (B, La)
-        hidden = model(b["input_ids"], torch.cat([mask, b["attention_mask"]], 1), kv_cache=cache, return_hidden=True)
-        hidden = torch.cat([last, hidden[:, :-1]], 1)  # position j predicts answer token j
-        out.append(sequence_logprobs(hidden, core.output_weight, b["labels"], ignore_index=IGNORE).sum(-1).float())
-    return out[0], out[1]
+    sums = sequence_logprobs(packed_hidden(model, batch), core.output_weight, batch["labels"],
+                             ignore_index=IGNORE).sum(-1).float()
+    return sums[:len(pairs)], sums[len(pairs):]

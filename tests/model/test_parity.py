@@ -123,3 +123,28 @@ def test_half_precision_close_to_fp32(tmp_path, dtype):
     assert got.dtype == dtype
     rel = (got.float() - ref).norm() / ref.norm()
     assert rel < 0.05
+
+
+def test_an_explicit_mask_with_positions_equals_the_causal_forward(tmp_path):
+    """A (B, 1, T, T) boolean mask plus position_ids: the causal mask given explicitly gives the
+    plain forward (with a sliding window applied by position); a token hidden from the others
+    changes them; the mask is refused without positions or with a KV cache."""
+    from prefopt.model import KVCache
+
+    build_hf_model(tmp_path, arch="mistral", sliding_window=5, tokenizer=False)
+    m = load_model(tmp_path).eval()
+    ids = torch.randint(0, 400, (2, 13), generator=torch.Generator().manual_seed(7))
+    pos = torch.arange(13)[None].expand(2, -1)
+    causal = torch.ones(13, 13, dtype=torch.bool).tril()[None, None].expand(2, 1, -1, -1)
+    with torch.no_grad():
+        want = m(ids)
+        got = m(ids, causal, pos)
+        hidden = causal.clone()
+        hidden[:, :, 5:, 3] = False  # later tokens do not see token 3
+        other = m(ids, hidden, pos)
+    assert (got - want).abs().max().item() < 1e-5
+    assert (other[:, :4] - want[:, :4]).abs().max().item() < 1e-5 and (other[:, 5:] - want[:, 5:]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="needs position_ids"):
+        m(ids, causal)
+    with pytest.raises(ValueError, match="no kv_cache"):
+        m(ids, causal, pos, kv_cache=KVCache(m.config, 2, 20, dtype=torch.float32, device="cpu"))

@@ -6,6 +6,7 @@ import torch
 
 from prefopt import load_tokenizer
 from prefopt.data.preference import load_preferences
+from prefopt.lora import lora_layers
 from prefopt.train.dpo import DPOConfig, DPOTrainer
 from prefopt.train.run import prepare_model, reference_cache_for, run_dpo
 from tests.train._fixtures import write_task
@@ -234,26 +235,66 @@ def test_a_cache_filled_without_autocast_is_stale_for_an_autocast_run(task, tmp_
     _trainer(task, tmp_path, cfg, cache=True)  # filled in fp32 (CPU: no autocast)
     monkeypatch.setattr(run, "autocast_on", lambda device, config: True)  # as on CUDA with bf16_autocast
     cache = reference_cache_for(cfg, prepare_model(cfg), None, resolve_model_dir(cfg.model))
-    assert cache.stale_reason == "changed: autocast"
+    assert cache.stale_reason == "changed: autocast, pairs"
 
 
-def test_cache_fill_runs_each_prompt_once_in_fp32_and_not_under_autocast(task, tmp_path, monkeypatch):
-    """In fp32 the precompute runs each prompt once for both answers (prefopt.train.shared_prompt),
-    and the cached sums equal the full-sequence reference's; under bf16 autocast it keeps the
-    full-sequence forward, whose rounding the policy's forward shares."""
+def test_cache_fill_and_training_run_each_prompt_once(task, tmp_path, monkeypatch):
+    """The precompute and the training batches pack each pair into one row (the prompt once,
+    prefopt.train.shared_prompt), and the cached sums equal the full-sequence reference's;
+    ``share_prompt=False`` stacks the two full sequences instead."""
     import prefopt.train.dpo as dpo
-    from prefopt.train.loop import Trainer
+    from prefopt.data.preference import pair_collate
 
-    real, calls = dpo.shared_prompt_logps, []
-    monkeypatch.setattr(dpo, "shared_prompt_logps", lambda m, pairs, *a: calls.append(len(pairs)) or real(m, pairs, *a))
+    real, calls = dpo.pack_pairs, []
+    monkeypatch.setattr(dpo, "pack_pairs", lambda pairs, pad: calls.append(len(pairs)) or real(pairs, pad))
     cfg = _cfg(task, tmp_path / "a", ref_cache=str(tmp_path / "c1"), eval_data=None, max_steps=1)
     trainer, pairs = _trainer(task, tmp_path, cfg, cache=True)
     assert sum(calls) == len(pairs) and trainer.ref_forwards == 0
     batch = trainer.collate(pairs[:8])
-    live = trainer.reference_logps(batch)
-    assert torch.allclose(torch.cat([batch["ref_chosen"], batch["ref_rejected"]]), live, rtol=1e-5, atol=1e-5)
+    assert batch["input_ids"].shape[0] == 8 and batch["labels"].shape[0] == 16 and trainer.units(batch) == 8
+    full = trainer.reference_logps(pair_collate(pairs[:8], trainer.pad_id))
+    assert torch.allclose(torch.cat([batch["ref_chosen"], batch["ref_rejected"]]), full, rtol=1e-5, atol=1e-5)
 
     calls.clear()
-    monkeypatch.setattr(Trainer, "_autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
-    _trainer(task, tmp_path, _cfg(task, tmp_path / "b", ref_cache=str(tmp_path / "c2"), eval_data=None), cache=True)
-    assert calls == []
+    cfg = _cfg(task, tmp_path / "b", ref_cache=str(tmp_path / "c2"), eval_data=None, share_prompt=False)
+    trainer, _ = _trainer(task, tmp_path, cfg, cache=True)
+    assert calls == [] and trainer.collate(pairs[:8])["input_ids"].shape[0] == 16
+
+
+def test_packed_pairs_give_the_full_sequence_loss_and_gradients(task, tmp_path):
+    """One packed row per pair is the same computation as the two stacked full sequences: same
+    loss, metrics and LoRA gradients (fp32), with the reference live from the adapter-off model."""
+    from prefopt.data.preference import pair_collate
+
+    trainer, pairs = _trainer(task, tmp_path, _cfg(task, tmp_path / "a", eval_data=None))
+    g = torch.Generator().manual_seed(0)
+    for _, m in lora_layers(trainer.model):  # a trained-looking adapter, so every LoRA weight gets a gradient
+        m.lora_B.weight.data = torch.randn(m.lora_B.weight.shape, generator=g) * 0.05
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    out = []
+    for batch in (trainer.pair_batch(pairs[:6]), pair_collate(pairs[:6], trainer.pad_id)):
+        trainer.model.zero_grad()
+        loss, metrics = trainer.loss_sum(trainer.model, batch)
+        loss.backward()
+        out.append((loss.detach(), {k: float(v) for k, v in metrics.items()}, [p.grad.clone() for p in params]))
+    (l1, m1, g1), (l2, m2, g2) = out
+    assert "gather" in trainer.pair_batch(pairs[:6]) and abs(m1["rewards/margins"]) > 1e-3
+    assert torch.allclose(l1, l2, rtol=1e-5) and all(abs(m1[k] - m2[k]) < 1e-4 for k in m1)
+    assert all(a.abs().max() > 0 and torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g1, g2))
+
+
+def test_under_autocast_the_pairs_layout_is_part_of_the_cache_fingerprint(task, tmp_path, monkeypatch):
+    """bf16 rounds a packed row and two stacked sequences differently: switching share_prompt
+    under autocast rebuilds the cache (in fp32 they agree to ~1e-6 and one cache serves both)."""
+    import prefopt.train.run as run
+    from prefopt.model import resolve_model_dir
+
+    def cache(share, autocast):
+        monkeypatch.setattr(run, "autocast_on", lambda device, config: autocast)
+        cfg = _cfg(task, tmp_path / "a", ref_cache=str(tmp_path / "cache"), share_prompt=share)
+        return reference_cache_for(cfg, prepare_model(cfg), None, resolve_model_dir(cfg.model))
+
+    cache(True, True).add(["pair-0"], torch.zeros(1), torch.zeros(1))  # written under the packed layout
+    assert cache(True, True).stale_reason is None
+    assert cache(False, True).stale_reason == "changed: pairs"
+    assert cache(False, False).fingerprint == cache(True, False).fingerprint

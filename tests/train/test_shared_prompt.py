@@ -63,36 +63,3 @@ def test_pairs_that_do_not_share_their_prompt_are_refused():
         assert split_pair(bad) is None and not shares_prompts([good, bad])
     with pytest.raises(ValueError, match="same prompt"):
         shared_prompt_logps(None, [good, a], PAD, torch.device("cpu"))
-
-
-def test_a_small_kv_budget_takes_the_pairs_in_groups_with_the_same_sums(model, monkeypatch):
-    import prefopt.train.shared_prompt as sp
-
-    pairs, sizes = _pairs(n=6), []
-    real = sp._group
-    monkeypatch.setattr(sp, "_group", lambda m, g, *a: sizes.append(len(g)) or real(m, g, *a))
-    whole = shared_prompt_logps(model, pairs, PAD, torch.device("cpu"))
-    assert sizes == [6]
-    cfg = model.config
-    per_position = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4
-    sizes.clear()
-    grouped = shared_prompt_logps(model, pairs, PAD, torch.device("cpu"), kv_budget=per_position * 60)
-    assert len(sizes) > 1 and sum(sizes) == 6
-    sizes.clear()
-    one_by_one = shared_prompt_logps(model, pairs, PAD, torch.device("cpu"), kv_budget=1)  # at least one pair
-    assert sizes == [1] * 6
-    for got in (grouped, one_by_one):
-        assert torch.allclose(torch.cat(got), torch.cat(whole), rtol=1e-5, atol=1e-5)
-
-
-def test_kv_cache_rewind_is_checked():
-    from prefopt.model.config import ModelConfig
-    from prefopt.model.kv_cache import KVCache
-
-    cfg = ModelConfig(vocab_size=10, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2)
-    cache = KVCache(cfg, 1, 8, dtype=torch.float32, device="cpu")
-    cache.advance(5)
-    cache.rewind(3)
-    assert cache.length == 3
-    with pytest.raises(ValueError, match="cannot rewind"):
-        cache.rewind(4)
