@@ -52,11 +52,12 @@ def prefopt_worker(a, name: str) -> dict:
 
     base = rss("VmRSS")
     mode, _, layout = name.partition("-")
-    cfg = DPOConfig(share_prompt=layout != "stacked", model=a.model_dir, data=a.data, output_dir=a.out, batch_size=a.batch_size, max_steps=a.steps,
+    cfg = DPOConfig(model=a.model_dir, data=a.data, output_dir=a.out, batch_size=a.batch_size, max_steps=a.steps,
                     lr=LR, beta=BETA, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_targets=TARGETS,
                     max_length=a.max_length, schedule="constant", progress=False, seed=0,
                     gradient_checkpointing=a.gradient_checkpointing,
-                    ref_cache=str(Path(a.out) / "cache") if mode == "cache" else None)
+                    ref_cache=str(Path(a.out) / "cache") if mode == "cache" else None,
+                    share_prompt=layout != "stacked")
     tok = load_tokenizer(cfg.model)
     pairs, _ = load_preferences(cfg.data, tok, max_length=cfg.max_length)
     model = prepare_model(cfg)

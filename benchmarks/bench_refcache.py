@@ -1,4 +1,4 @@
-"""Reference precompute for the DPO cache: each prompt once (prefopt's default in fp32) against the
+"""Reference precompute for the DPO cache: each prompt once (prefopt's default) against the
 full chosen and rejected sequences, in one run on the same pairs and model.
 
 Pairs: ``--task portal`` builds one wrong-label pair per bundled synthetic portal message (what
@@ -62,8 +62,7 @@ def main() -> None:
     from prefopt import load_model, load_tokenizer
     from prefopt.data import load_preferences
     from prefopt.data.preference import pair_collate
-    from prefopt.train.dpo import sequence_logps
-    from prefopt.train.shared_prompt import shared_prompt_logps
+    from prefopt.train.shared_prompt import pair_logp_sums, shared_prompt_logps
 
     torch.set_num_threads(2)
     tok = load_tokenizer(a.model)
@@ -76,7 +75,7 @@ def main() -> None:
     device = torch.device("cpu")
 
     def full(chunk):
-        s = sequence_logps(model, pair_collate(chunk, tok.pad_token_id))[1]
+        s = pair_logp_sums(model, pair_collate(chunk, tok.pad_token_id))
         return s[:len(chunk)], s[len(chunk):]
 
     def once(chunk):

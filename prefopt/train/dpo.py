@@ -21,13 +21,12 @@ import torch
 
 from ..data.preference import PairExample, pair_collate
 from ..data.sft import IGNORE
-from ..kernels import fused_preference_loss, sequence_logprobs
+from ..kernels import fused_preference_loss
 from ..lora import disable_adapter, lora_layers
 from ..losses import LOSSES, REFERENCE_FREE
 from .config import TrainConfig
 from .loop import Batch, Trainer
-from .sft import response_logprobs
-from .shared_prompt import pack_pairs, packed_hidden
+from .shared_prompt import pack_pairs, pair_hidden, pair_logp_sums
 
 REF_MODES = ("adapter", "model", "cache", "none")
 
@@ -67,21 +66,6 @@ class DPOConfig(TrainConfig):
         if self.loss == "orpo":
             kw = {"lambda_": self.orpo_lambda}
         return kw
-
-
-def sequence_logps(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token log-probs ``(R, T-1)`` of the labels, their sums ``(R,)`` and token counts ``(R,)``."""
-    per_token, labels = response_logprobs(model, batch)
-    return per_token, per_token.sum(-1), (labels != IGNORE).sum(-1)
-
-
-def pair_hidden(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hidden states ``(2B, L, D)`` and the labels ``(2B, L)`` they predict, chosen rows first,
-    for a packed batch (``shared_prompt.pack_pairs``) or a stacked one (``pair_collate``)."""
-    if "gather" in batch:
-        return packed_hidden(model, batch), batch["labels"]
-    hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)  # (2B, T, D)
-    return hidden[:, :-1], batch["labels"][:, 1:]  # position t predicts token t+1
 
 
 class DPOTrainer(Trainer):
@@ -158,9 +142,7 @@ class DPOTrainer(Trainer):
         """Sequence log-prob sums ``(2B,)`` under the reference."""
         self.ref_forwards += 1
         with self._reference() as ref:
-            hidden, labels = pair_hidden(ref, batch)
-            weight = getattr(ref, "module", ref).output_weight
-            return sequence_logprobs(hidden, weight, labels, ignore_index=IGNORE).sum(-1)
+            return pair_logp_sums(ref, batch)
 
     def fill_cache(self, pairs: Sequence[PairExample]) -> int:
         """Compute the reference log-probs of every pair the cache lacks (rank 0), then share."""

@@ -40,10 +40,6 @@ def split_pair(pair: PairExample) -> tuple[list[int], TokenizedExample, Tokenize
     return c.input_ids[:p], *(TokenizedExample(e.input_ids[p:], e.labels[p:]) for e in (c, r))
 
 
-def shares_prompts(pairs: Sequence[PairExample]) -> bool:
-    return all(split_pair(p) is not None for p in pairs)
-
-
 def pack_pairs(pairs: Sequence[PairExample], pad_id: int) -> dict[str, torch.Tensor] | None:
     """One row per pair (see the module doc), or None if some pair does not share its prompt.
 
@@ -89,19 +85,32 @@ def packed_hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tor
     return hidden[rows, batch["gather"]]
 
 
+def pair_hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states ``(2B, L, D)`` and the labels ``(2B, L)`` they predict, chosen rows first,
+    for a packed batch (:func:`pack_pairs`) or a stacked one (``data.preference.pair_collate``)."""
+    if "gather" in batch:
+        return packed_hidden(model, batch), batch["labels"]
+    hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)  # (2B, T, D)
+    return hidden[:, :-1], batch["labels"][:, 1:]  # position t predicts token t+1
+
+
+def pair_logp_sums(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sequence log-prob sums ``(2B,)`` of the answers, chosen rows first, either layout."""
+    hidden, labels = pair_hidden(model, batch)
+    weight = getattr(model, "module", model).output_weight
+    return sequence_logprobs(hidden, weight, labels, ignore_index=IGNORE).sum(-1)
+
+
 @torch.no_grad()
 def shared_prompt_logps(model: torch.nn.Module, pairs: Sequence[PairExample], pad_id: int,
                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Chosen and rejected sequence log-prob sums ``(B,)`` each, fp32, each prompt run once.
 
-    ``model`` is a prefopt causal LM (or a wrapper with ``.module``); every pair must pass
-    :func:`shares_prompts`.
+    ``model`` is a prefopt causal LM (or a wrapper with ``.module``); every pair must share its
+    prompt (:func:`split_pair`).
     """
     batch = pack_pairs(pairs, pad_id)
     if batch is None:
         raise ValueError("shared_prompt_logps needs pairs whose chosen and rejected start with the same prompt")
-    batch = {k: v.to(device) for k, v in batch.items()}
-    core = getattr(model, "module", model)
-    sums = sequence_logprobs(packed_hidden(model, batch), core.output_weight, batch["labels"],
-                             ignore_index=IGNORE).sum(-1).float()
+    sums = pair_logp_sums(model, {k: v.to(device) for k, v in batch.items()}).float()
     return sums[:len(pairs)], sums[len(pairs):]

@@ -5,8 +5,7 @@ import torch
 from prefopt import load_model
 from prefopt.data.preference import PairExample, pair_collate
 from prefopt.data.sft import IGNORE, TokenizedExample
-from prefopt.train.dpo import sequence_logps
-from prefopt.train.shared_prompt import shared_prompt_logps, shares_prompts, split_pair
+from prefopt.train.shared_prompt import pack_pairs, pair_logp_sums, shared_prompt_logps, split_pair
 from tests._tiny import build_hf_model
 
 PAD = 2
@@ -43,7 +42,7 @@ def test_prompt_once_equals_the_full_sequence_forward(model):
     pairs = _pairs()
     pairs.append(PairExample(_example([5, 6, 7], [8, 9, 10, 11], masked_tail=2), _example([5, 6, 7], [12])))
     with torch.no_grad():
-        full = sequence_logps(model, pair_collate(pairs, PAD))[1]
+        full = pair_logp_sums(model, pair_collate(pairs, PAD))
     chosen, rejected = shared_prompt_logps(model, pairs, PAD, torch.device("cpu"))
     assert chosen.dtype == torch.float32 and chosen.shape == (len(pairs),)
     assert torch.allclose(torch.cat([chosen, rejected]), full, rtol=1e-5, atol=1e-5)
@@ -58,8 +57,8 @@ def test_pairs_that_do_not_share_their_prompt_are_refused():
     c = PairExample(TokenizedExample([5, 6], [5, 6]), TokenizedExample([5, 6], [5, 6]))  # no prompt
     d = PairExample(_example([5, 6, 7], [8]), TokenizedExample([5, 6, 7], [IGNORE] * 3))  # no answer
     good = _pairs(n=1)[0]
-    assert split_pair(good) is not None and shares_prompts([good])
+    assert split_pair(good) is not None and pack_pairs([good], PAD) is not None
     for bad in (a, b, c, d):
-        assert split_pair(bad) is None and not shares_prompts([good, bad])
+        assert split_pair(bad) is None and pack_pairs([good, bad], PAD) is None
     with pytest.raises(ValueError, match="same prompt"):
         shared_prompt_logps(None, [good, a], PAD, torch.device("cpu"))
