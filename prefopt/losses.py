@@ -5,6 +5,11 @@ for the policy and, where used, the reference, plus response token counts) and k
 hyper-parameters, and returns a :class:`LossOutput` of per-example losses and the chosen
 and rejected rewards. Register your own with :func:`register_loss`.
 
+Every built-in loss is *pairwise*: example i's loss depends only on pair i's fields and on
+``chosen_nll``, the batch mean of the chosen tokens' NLL, which is linear in the log-probs.
+``prefopt.kernels.onepass`` relies on that to form the lm_head gradients chunk by chunk in
+the forward; a loss registered without ``pairwise=True`` takes the per-token path.
+
 Conventions (TRL's, see docs/dpo.md): logps are sums over response tokens; rewards are
 ``beta * (policy - reference)`` for the reference-based losses and ``beta * mean token
 logp`` for the reference-free ones; IPO and SimPO length-normalise by token counts.
@@ -42,14 +47,20 @@ class LossOutput:
 LossFn = Callable[..., LossOutput]
 LOSSES: dict[str, LossFn] = {}
 REFERENCE_FREE: set[str] = set()
+PAIRWISE: set[str] = set()
 
 
-def register_loss(name: str, *, reference_free: bool = False) -> Callable[[LossFn], LossFn]:
-    """Decorator: make ``fn(lp: PreferenceLogps, **hparams) -> LossOutput`` available by name."""
+def register_loss(name: str, *, reference_free: bool = False, pairwise: bool = False) -> Callable[[LossFn], LossFn]:
+    """Decorator: make ``fn(lp: PreferenceLogps, **hparams) -> LossOutput`` available by name.
+
+    ``pairwise=True`` promises that example i's loss depends only on pair i's entries and on
+    ``lp.chosen_nll`` (so the loss of a few pairs can be taken on their own)."""
     def add(fn: LossFn) -> LossFn:
         LOSSES[name] = fn
-        if reference_free:
-            REFERENCE_FREE.add(name)
+        for names, flag in ((REFERENCE_FREE, reference_free), (PAIRWISE, pairwise)):
+            names.discard(name)
+            if flag:
+                names.add(name)
         return fn
     return add
 
@@ -78,7 +89,7 @@ def _need(lp: PreferenceLogps, field: str, loss: str) -> torch.Tensor:
     return v
 
 
-@register_loss("sigmoid")
+@register_loss("sigmoid", pairwise=True)
 def sigmoid_loss(lp: PreferenceLogps, *, beta: float = 0.1, label_smoothing: float = 0.0, **_) -> LossOutput:
     """DPO: ``-log σ(β·Δ)`` with Δ the difference of log-ratios. ``label_smoothing`` ε > 0
     gives conservative DPO (cDPO): ``-(1-ε) log σ(βΔ) - ε log σ(-βΔ)``."""
@@ -88,7 +99,7 @@ def sigmoid_loss(lp: PreferenceLogps, *, beta: float = 0.1, label_smoothing: flo
     return _rewards(beta, c, r, losses)
 
 
-@register_loss("robust")
+@register_loss("robust", pairwise=True)
 def robust_loss(lp: PreferenceLogps, *, beta: float = 0.1, label_smoothing: float = 0.0, **_) -> LossOutput:
     """Robust DPO (Chowdhury et al. 2024): unbiased under label-flip rate ε,
     ``(-(1-ε) log σ(βΔ) + ε log σ(-βΔ)) / (1 - 2ε)``."""
@@ -100,14 +111,14 @@ def robust_loss(lp: PreferenceLogps, *, beta: float = 0.1, label_smoothing: floa
     return _rewards(beta, c, r, losses)
 
 
-@register_loss("hinge")
+@register_loss("hinge", pairwise=True)
 def hinge_loss(lp: PreferenceLogps, *, beta: float = 0.1, **_) -> LossOutput:
     """SLiC-style hinge: ``max(0, 1 - βΔ)``."""
     c, r = _ratios(lp)
     return _rewards(beta, c, r, torch.relu(1 - beta * (c - r)))
 
 
-@register_loss("ipo")
+@register_loss("ipo", pairwise=True)
 def ipo_loss(lp: PreferenceLogps, *, beta: float = 0.1, **_) -> LossOutput:
     """IPO (Azar et al. 2023, Eq. 17): ``(Δ̄ - 1/(2β))²`` with log-ratios averaged per token."""
     c, r = _ratios(lp)
@@ -117,7 +128,7 @@ def ipo_loss(lp: PreferenceLogps, *, beta: float = 0.1, **_) -> LossOutput:
     return _rewards(beta, c, r, losses)
 
 
-@register_loss("rpo")
+@register_loss("rpo", pairwise=True)
 def rpo_loss(lp: PreferenceLogps, *, beta: float = 0.1, rpo_alpha: float = 1.0, label_smoothing: float = 0.0,
              **_) -> LossOutput:
     """RPO (Pang et al. 2024): DPO plus ``rpo_alpha`` × the chosen responses' mean token NLL."""
@@ -126,7 +137,7 @@ def rpo_loss(lp: PreferenceLogps, *, beta: float = 0.1, rpo_alpha: float = 1.0, 
     return LossOutput(out.losses + rpo_alpha * nll, out.chosen_rewards, out.rejected_rewards)
 
 
-@register_loss("simpo", reference_free=True)
+@register_loss("simpo", reference_free=True, pairwise=True)
 def simpo_loss(lp: PreferenceLogps, *, beta: float = 2.0, gamma: float = 0.5, label_smoothing: float = 0.0,
                **_) -> LossOutput:
     """SimPO (Meng et al. 2024): ``-log σ(β(c̄ - r̄) - γ)`` on mean token log-probs; no reference."""
@@ -137,7 +148,7 @@ def simpo_loss(lp: PreferenceLogps, *, beta: float = 2.0, gamma: float = 0.5, la
     return _rewards(beta, c, r, losses)
 
 
-@register_loss("orpo", reference_free=True)
+@register_loss("orpo", reference_free=True, pairwise=True)
 def orpo_loss(lp: PreferenceLogps, *, lambda_: float = 0.1, **_) -> LossOutput:
     """ORPO (Hong et al. 2024): chosen NLL − λ·log σ(log odds(c) − log odds(r)), on mean token
     log-probs, where odds(p) = p / (1 - p). Rewards are λ × mean token log-probs."""
@@ -148,4 +159,4 @@ def orpo_loss(lp: PreferenceLogps, *, lambda_: float = 0.1, **_) -> LossOutput:
     return _rewards(lambda_, c, r, losses)
 
 
-__all__ = ["LOSSES", "REFERENCE_FREE", "LossOutput", "PreferenceLogps", "preference_loss", "register_loss"]
+__all__ = ["LOSSES", "PAIRWISE", "REFERENCE_FREE", "LossOutput", "PreferenceLogps", "preference_loss", "register_loss"]

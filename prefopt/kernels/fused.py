@@ -5,12 +5,18 @@ matching rejected), per-token log-probs come from ``sequence_logprobs`` (the Tri
 CUDA, the chunked path on CPU) and are summed per sequence; the loss is then looked up in
 ``prefopt.losses``. Reference log-probs are plain tensors, so they can come from the on-disk
 reference cache: no reference model and no reference logits are needed.
+
+With ``reduction="sum"`` and a trainable head, the chunked path instead forms both lm_head
+gradients in the forward, a chunk of whole pairs at a time (``onepass.py``): three GEMM passes
+instead of four.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
-from ..losses import LossOutput, PreferenceLogps, preference_loss
+from ..losses import PAIRWISE, LossOutput, PreferenceLogps, preference_loss
 
 
 def fused_preference_loss(
@@ -23,6 +29,8 @@ def fused_preference_loss(
     *,
     ignore_index: int = -100,
     impl: str | None = None,
+    reduction: str = "none",
+    one_pass: bool | None = None,
     **hparams,
 ) -> tuple[LossOutput, PreferenceLogps]:
     """Preference loss straight from final hidden states.
@@ -35,10 +43,17 @@ def fused_preference_loss(
         ref_chosen_logps, ref_rejected_logps: ``(B,)`` reference sequence log-prob sums, or
             ``None`` for the reference-free losses (``simpo``, ``orpo``).
         loss: a name registered in ``prefopt.losses.LOSSES``; ``hparams`` go to it (``beta``...).
+        impl: the log-prob implementation (see ``sequence_logprobs``).
+        reduction: ``"none"``: per-example losses; ``"sum"``: their sum, a scalar.
+        one_pass: with ``reduction="sum"``, form the lm_head gradients in the forward
+            (``onepass.py``; a pairwise loss under autograd). ``None`` (default, or
+            ``$PREFOPT_ONEPASS`` = 0/1): where the head is trainable and the log-probs would
+            take the chunked path; where it applies it saves one of four GEMM passes.
 
     Returns:
-        ``(LossOutput, PreferenceLogps)``: per-example losses and rewards, and the policy's
-        sequence log-probs and token counts (for metrics).
+        ``(LossOutput, PreferenceLogps)``: the losses (per example, or their sum) and rewards,
+        and the policy's sequence log-probs and token counts (for metrics; detached when the
+        gradients were formed in the forward).
 
     Example::
 
@@ -50,11 +65,47 @@ def fused_preference_loss(
 
     if hidden.dim() != 3 or hidden.shape[0] % 2:
         raise ValueError(f"hidden must be (2B, T, D) with chosen rows then rejected rows, got {tuple(hidden.shape)}")
-    per_token = sequence_logprobs(hidden, weight, labels, ignore_index=ignore_index, impl=impl)
-    sums = per_token.sum(-1)
+    if reduction not in ("none", "sum"):
+        raise ValueError(f"reduction must be 'none' or 'sum', got {reduction!r}")
     counts = (labels != ignore_index).sum(-1)
-    B = sums.shape[0] // 2
-    lp = PreferenceLogps(chosen=sums[:B], rejected=sums[B:], ref_chosen=ref_chosen_logps,
-                         ref_rejected=ref_rejected_logps, chosen_tokens=counts[:B], rejected_tokens=counts[B:],
-                         chosen_nll=-per_token[:B].sum() / counts[:B].sum().clamp(min=1))
-    return preference_loss(loss, lp, **hparams), lp
+    B = counts.shape[0] // 2
+    chosen_tokens = counts[:B].sum().clamp(min=1)
+
+    def logps(sums: torch.Tensor, pairs: slice = slice(None), nll_scale: float = 1.0) -> PreferenceLogps:
+        ref = (ref_chosen_logps, ref_rejected_logps)
+        return PreferenceLogps(chosen=sums[:B][pairs], rejected=sums[B:][pairs],
+                               ref_chosen=None if ref[0] is None else ref[0][pairs],
+                               ref_rejected=None if ref[1] is None else ref[1][pairs],
+                               chosen_tokens=counts[:B][pairs], rejected_tokens=counts[B:][pairs],
+                               chosen_nll=-sums[:B][pairs].sum() / chosen_tokens * nll_scale)
+
+    if reduction == "sum" and _one_pass(one_pass, loss, hidden, weight, impl):
+        from .onepass import onepass_loss
+
+        def pair_loss(sums, pairs, scale):
+            return preference_loss(loss, logps(sums, pairs, scale), **hparams).losses.sum()
+        total, sums = onepass_loss(hidden, weight, labels, ignore_index, pair_loss)
+        lp = logps(sums)
+        out = preference_loss(loss, lp, **hparams)
+        return LossOutput(total, out.chosen_rewards, out.rejected_rewards), lp
+    per_token = sequence_logprobs(hidden, weight, labels, ignore_index=ignore_index, impl=impl)
+    lp = logps(per_token.sum(-1))
+    out = preference_loss(loss, lp, **hparams)
+    if reduction == "sum":
+        out = LossOutput(out.losses.sum(), out.chosen_rewards, out.rejected_rewards)
+    return out, lp
+
+
+def _one_pass(asked: bool | None, loss: str, hidden: torch.Tensor, weight: torch.Tensor, impl: str | None) -> bool:
+    """Whether ``fused_preference_loss(reduction="sum")`` forms the gradients in the forward."""
+    from . import resolve_impl
+
+    if asked is None and os.environ.get("PREFOPT_ONEPASS") in ("0", "1"):
+        asked = os.environ["PREFOPT_ONEPASS"] == "1"
+    if asked is False or loss not in PAIRWISE:
+        if asked:
+            raise ValueError(f"one_pass needs a pairwise loss (prefopt.losses.PAIRWISE); {loss!r} is not")
+        return False
+    if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
+        return False  # no gradients wanted: the per-token forward is all there is to do
+    return asked or (weight.requires_grad and resolve_impl(hidden.device, impl) == "chunked")

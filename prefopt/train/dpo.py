@@ -179,11 +179,12 @@ class DPOTrainer(Trainer):
             ref_c, ref_r = ref[:B], ref[B:]
         hidden, labels = pair_hidden(model, batch)
         out, lp = fused_preference_loss(hidden, getattr(model, "module", model).output_weight, labels, ref_c, ref_r,
-                                        self.config.loss, ignore_index=IGNORE, **self.config.loss_kwargs())
+                                        self.config.loss, ignore_index=IGNORE, reduction="sum",
+                                        **self.config.loss_kwargs())
         c, r = out.chosen_rewards, out.rejected_rewards
         metrics = {
             "rewards/chosen": c.sum(), "rewards/rejected": r.sum(), "rewards/accuracies": (c > r).float().sum(),
             "rewards/margins": (c - r).sum(), "logps/chosen": lp.chosen.detach().sum(),
             "logps/rejected": lp.rejected.detach().sum(),
         }
-        return out.losses.sum(), metrics
+        return out.losses, metrics

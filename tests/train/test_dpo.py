@@ -298,3 +298,33 @@ def test_under_autocast_the_pairs_layout_is_part_of_the_cache_fingerprint(task, 
     assert cache(True, True).stale_reason is None
     assert cache(False, True).stale_reason == "changed: pairs"
     assert cache(False, False).fingerprint == cache(True, False).fingerprint
+
+
+def test_full_fine_tuning_forms_the_head_gradients_in_one_pass(task, tmp_path, monkeypatch):
+    """No LoRA, so the (tied) head trains: the trainer's loss takes the one-pass path, with the
+    per-token path's loss, metrics and gradients on every parameter (fp32)."""
+    from prefopt import load_model
+    from prefopt.kernels import onepass
+
+    cfg = _cfg(task, tmp_path / "o", eval_data=None, lora=False, ref=task[0])
+    trainer, pairs = _trainer(task, tmp_path, cfg, ref_model=load_model(task[0]))
+    with torch.no_grad():  # a policy that differs from its reference
+        for p in trainer.model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    calls = []
+    monkeypatch.setattr(onepass, "onepass_loss", lambda *a, _f=onepass.onepass_loss, **k: calls.append(1) or _f(*a, **k))
+    out = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("PREFOPT_ONEPASS", flag)
+        trainer.model.zero_grad()
+        loss, metrics = trainer.loss_sum(trainer.model, trainer.pair_batch(pairs[:6]))
+        loss.backward()
+        out.append((loss.detach(), {k: float(v) for k, v in metrics.items()},
+                    [p.grad.clone() for p in trainer.model.parameters()]))
+    monkeypatch.delenv("PREFOPT_ONEPASS")
+    assert calls == [1] and len(out[0][2]) > 10  # one pass, then per token
+    (l1, m1, g1), (l2, m2, g2) = out
+    assert torch.allclose(l1, l2, rtol=1e-5) and all(abs(m1[k] - m2[k]) < 1e-4 for k in m1)
+    assert all(a.abs().max() > 0 and torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g1, g2))
+    trainer.train_step(0)
+    assert calls == [1, 1]  # the default: one pass, the head being trainable on CPU

@@ -1,0 +1,145 @@
+"""A preference loss and its lm_head gradients in one pass over the logits.
+
+A pairwise preference loss (``prefopt.losses.PAIRWISE``) is a sum of per-pair terms; the
+chosen-NLL term of ``rpo`` and ``orpo`` is a batch mean, linear in the log-probs. So once a
+chunk of *whole pairs* has its logits, the gradient of the summed loss with respect to each of
+its tokens' log-probs is known: the pair's ``d loss / d sequence log-prob``. The forward then
+forms ``dlogits = g · (onehot − softmax)`` while the logits are alive and runs both gradient
+GEMMs at once. That is three GEMM passes with a trainable head (``h·Wᵀ``, ``dlogits·W``,
+``dlogitsᵀ·h``, the bare minimum) against four when the backward recomputes the logits, and
+two with a frozen one. The backward only scales the stored gradients by the upstream scalar.
+
+- Pairs are grouped in order into chunks of at most ``CHUNK_ELEMENTS`` logits. A pair longer
+  than that alone takes two walks over its own blocks: log-probs first, then the gradients.
+- The gradients exist from the forward on: ``grad_h`` (N, D) and ``grad_W`` (V, D). ``grad_W``
+  is summed over chunks in fp32 when the weight is fp32 (under autocast the fp32 master weight,
+  so the sum *is* its gradient) or when V × D ≤ ``SUM_ELEMENTS``; otherwise (a large half
+  weight) in the weight's dtype, each chunk's GEMM accumulating in fp32 and its result added
+  with one rounding.
+- The output is the *sum* of the per-pair losses; per-pair values come back detached. One
+  backward only.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from . import _backward
+from ._backward import _add_mm, acc_dtype, mm_acc
+from .chunked import _onehot_minus_softmax_
+
+
+def plan(pair_tokens: list[int], rows: int) -> list[tuple[int, int, int, int]]:
+    """``(first token, end token, first pair, end pair)`` per chunk: consecutive pairs whose
+    tokens fit in ``rows`` together; a pair with more tokens than that is a chunk of its own."""
+    chunks, start, tok, first = [], 0, 0, 0
+    for p, n in enumerate(pair_tokens):
+        if tok - start + n > rows and p > first:
+            chunks.append((start, tok, first, p))
+            start, first = tok, p
+        tok += n
+    if pair_tokens:
+        chunks.append((start, tok, first, len(pair_tokens)))
+    return chunks
+
+
+PairGrads = Callable[[int, int, torch.Tensor], torch.Tensor]
+
+
+class _OnePass(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, slots, chunks, n_seq, pair_grads, total, dtype, budget):
+        """``hidden`` (M, D) and ``labels`` (M,): the scored tokens, pair by pair (chosen's then
+        rejected's); ``slots`` (M,): each token's sequence (chosen p at p, rejected p at B + p)."""
+        acc = acc_dtype(hidden)
+        h_all, w = hidden.to(dtype), weight.to(dtype)
+        need_h, need_w = ctx.needs_input_grad[:2]
+        V = weight.shape[0]
+        rows = max(1, budget // V)
+        sums = torch.zeros(n_seq, dtype=acc, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if need_h else None
+        exact = weight.dtype == acc or weight.numel() <= _backward.SUM_ELEMENTS
+        grad_w = torch.zeros(weight.shape, dtype=acc if exact else weight.dtype, device=weight.device) if need_w else None
+
+        def logits_of(a, b):
+            logits = mm_acc(h_all[a:b], w.T, acc)
+            lse = torch.logsumexp(logits, -1)
+            sums.index_add_(0, slots[a:b], logits.gather(-1, labels[a:b, None]).squeeze(-1) - lse)
+            return logits, lse
+
+        def backprop(a, b, logits, lse, g):  # dlogits of tokens a:b, then both gradient GEMMs
+            d = _onehot_minus_softmax_(logits, labels[a:b], lse).mul_(g[:, None]).to(dtype)
+            if need_h:
+                grad_h[a:b] = mm_acc(d, w, acc)
+            if need_w:
+                if grad_w.dtype == acc:
+                    _add_mm(grad_w, d.T, h_all[a:b])
+                else:
+                    grad_w.addmm_(d.T, h_all[a:b])
+
+        for s, e, p0, p1 in chunks:
+            if e - s <= rows:
+                logits, lse = logits_of(s, e)
+                backprop(s, e, logits, lse, pair_grads(p0, p1, sums)[slots[s:e]])
+                del logits
+                continue
+            lses = []  # one pair longer than a block: its log-prob first, then its gradients
+            for a in range(s, e, rows):
+                logits, lse = logits_of(a, min(a + rows, e))
+                lses.append(lse)
+                del logits
+            g = pair_grads(p0, p1, sums)
+            for a, lse in zip(range(s, e, rows), lses):
+                b = min(a + rows, e)
+                logits = mm_acc(h_all[a:b], w.T, acc)
+                backprop(a, b, logits, lse, g[slots[a:b]])
+                del logits
+        ctx.grads = [grad_h, None if grad_w is None else grad_w.to(weight.dtype)]
+        ctx.mark_non_differentiable(sums)
+        return total(sums), sums
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_sums):
+        if ctx.grads is None:
+            raise RuntimeError("the one-pass preference loss supports a single backward (no retain_graph)")
+        grad_h, grad_w = ctx.grads
+        ctx.grads = None  # handed over, so autograd can keep them as .grad without a copy
+        for t in (grad_h, grad_w):
+            if t is not None:
+                t.mul_(grad_total.to(t.dtype))
+        return grad_h, grad_w, *([None] * 8)
+
+
+def onepass_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int,
+                 pair_loss: Callable[[torch.Tensor, slice, float], torch.Tensor],
+                 budget: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(summed loss, sequence log-prob sums (2B,) detached)`` for the stacked layout.
+
+    ``hidden`` (2B, T, D), ``labels`` (2B, T). ``pair_loss(sums, pairs, scale)`` returns the
+    summed loss of the pairs in ``pairs`` (a slice) from ``sums``, the (2B,) sequence
+    log-probs; ``scale`` multiplies the batch-mean terms (``chosen_nll``) so that the chunks'
+    sums add up to the batch's (B / pairs in the chunk; 1 for the whole batch).
+    """
+    R, T, D = hidden.shape
+    B = R // 2
+    budget = budget or _backward.CHUNK_ELEMENTS
+    keep = (labels.reshape(-1) != ignore_index).nonzero().squeeze(-1)
+    seq = keep // T
+    order = torch.sort(seq % B, stable=True).indices  # pair by pair, chosen's tokens first
+    keep, seq = keep.index_select(0, order), seq.index_select(0, order)
+    pair_tokens = torch.bincount(seq % B, minlength=B).tolist()
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+
+    def pair_grads(p0: int, p1: int, sums: torch.Tensor) -> torch.Tensor:
+        x = sums.detach().clone().requires_grad_()
+        with torch.enable_grad():
+            loss = pair_loss(x, slice(p0, p1), B / (p1 - p0))
+            (g,) = torch.autograd.grad(loss, x)
+        return g
+
+    with torch.autocast(device, enabled=False):
+        return _OnePass.apply(hidden.reshape(-1, D).index_select(0, keep), weight,
+                              labels.reshape(-1).index_select(0, keep), seq, plan(pair_tokens, max(1, budget // weight.shape[0])),
+                              R, pair_grads, lambda s: pair_loss(s, slice(0, B), 1.0), dtype, budget)

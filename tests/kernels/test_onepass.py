@@ -1,0 +1,156 @@
+"""The one-pass preference loss: the lm_head gradients formed in the forward, a chunk of whole
+pairs at a time, against the naive full-logits loss (values, rewards and both gradients)."""
+import pytest
+import torch
+
+import prefopt.kernels.onepass as onepass
+from prefopt.kernels import fused_preference_loss
+from prefopt.kernels.fused import _one_pass
+from prefopt.losses import LOSSES, PAIRWISE, LossOutput, register_loss
+
+KW = {"sigmoid": {}, "robust": {"label_smoothing": 0.1}, "hinge": {}, "ipo": {"beta": 0.5},
+      "rpo": {"rpo_alpha": 0.7}, "simpo": {"beta": 2.0}, "orpo": {}}
+V = 50
+
+
+def _case(dtype=torch.float64, B=3, T=9, D=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(2 * B, T, D, generator=g).to(dtype).requires_grad_()
+    w = (torch.randn(V, D, generator=g) * 0.3).to(dtype).requires_grad_()
+    y = torch.randint(0, V, (2 * B, T), generator=g)
+    y[:, :3] = -100  # prompts
+    y[1, 5:] = -100  # a short chosen answer
+    y[2 * B - 2, 4:] = -100
+    ref = (torch.randn(B, generator=g) * 3 - 10).double(), (torch.randn(B, generator=g) * 3 - 10).double()
+    return h, w, y, ref
+
+
+def _run(h, w, y, ref, loss, scale=1.0, **kw):
+    h.grad = w.grad = None
+    if loss in ("simpo", "orpo"):
+        ref = (None, None)
+    out, lp = fused_preference_loss(h, w, y, *ref, loss, **KW[loss], **kw)
+    (out.losses.sum() * scale).backward()
+    grads = [None if t.grad is None else t.grad.clone() for t in (h, w)]
+    return out, lp, grads
+
+
+@pytest.mark.parametrize("rows", [None, 13, 4])  # one chunk; pairs of 12, 3 and 12 tokens in 3 chunks; two pairs too long
+@pytest.mark.parametrize("loss", sorted(KW))
+def test_one_pass_equals_the_naive_loss_and_gradients(loss, rows, monkeypatch):
+    assert set(KW) == PAIRWISE  # every built-in loss is tested here
+    if rows:
+        monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", rows * V)
+    h, w, y, ref = _case()
+    want, wlp, wgrad = _run(h, w, y, ref, loss, impl="naive")
+    got, glp, ggrad = _run(h, w, y, ref, loss, scale=0.5, reduction="sum", one_pass=True)  # 0.5: the backward scales
+    assert got.losses.dim() == 0 and torch.allclose(got.losses, want.losses.sum(), rtol=1e-12, atol=1e-12)
+    for a, b in ((wlp.chosen, glp.chosen), (wlp.rejected, glp.rejected), (want.chosen_rewards, got.chosen_rewards),
+                 (want.rejected_rewards, got.rejected_rewards)):
+        assert torch.allclose(a.detach(), b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(wgrad, ggrad):
+        assert a.abs().max() > 1e-3 and torch.allclose(a * 0.5, b, rtol=1e-10, atol=1e-12)
+
+
+def test_chunks_hold_whole_pairs_within_the_budget():
+    assert onepass.plan([3, 4, 10, 2, 2], 6) == [(0, 3, 0, 1), (3, 7, 1, 2), (7, 17, 2, 3), (17, 21, 3, 5)]
+    assert onepass.plan([0, 2, 0], 6) == [(0, 2, 0, 3)]
+    assert onepass.plan([], 6) == []
+
+
+def _count_products(monkeypatch):
+    """Every logits-sized product in ``onepass``: ``mm_acc`` (logits, grad_h) and the weight
+    gradient's addmm, each tagged forward or backward."""
+    calls = []
+    for name in ("mm_acc", "_add_mm"):
+        real = getattr(onepass, name)
+
+        def counted(*a, _real=real, _name=name):
+            calls.append((_name, torch.is_grad_enabled()))
+            return _real(*a)
+        monkeypatch.setattr(onepass, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_three_products_per_chunk_all_in_the_forward(frozen, monkeypatch):
+    """Both gradients: logits, dlogits·W and dlogitsᵀ·h once per chunk (the bare minimum; the
+    recomputing path runs the logits twice); a frozen head: two. None in the backward."""
+    monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", 13 * V)
+    h, w, y, ref = _case(torch.float32)
+    w.requires_grad_(not frozen)
+    calls = _count_products(monkeypatch)
+    out, _ = fused_preference_loss(h, w, y, *ref, reduction="sum", one_pass=True)
+    chunks = len(onepass.plan(torch.bincount(((y != -100).nonzero()[:, 0]) % 3, minlength=3).tolist(), 13))
+    assert chunks == 3 and len(calls) == chunks * (2 if frozen else 3)
+    n = len(calls)
+    out.losses.backward()
+    assert len(calls) == n and (w.grad is None) == frozen and h.grad.abs().max() > 0
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_bf16_weight_gradient_in_fp32_or_rounded_per_chunk(large, monkeypatch):
+    """bf16 inputs: the weight gradient summed over chunks in fp32 (small head) or in bf16, one
+    rounding per chunk (a head larger than SUM_ELEMENTS); both within bf16 tolerance of the
+    fp64 gradients."""
+    monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", 4 * V)
+    if large:
+        monkeypatch.setattr("prefopt.kernels._backward.SUM_ELEMENTS", 100)
+    h, w, y, ref = _case()
+    _, _, want = _run(h, w, y, ref, "sigmoid", impl="naive")
+    hb, wb = (t.detach().bfloat16().requires_grad_() for t in (h, w))
+    got, _, grads = _run(hb, wb, y, ref, "sigmoid", reduction="sum", one_pass=True)
+    assert grads[0].dtype == grads[1].dtype == torch.bfloat16
+    for a, b in zip(want, grads):
+        assert (a - b.double()).abs().max() / a.abs().max() < 2e-2
+
+
+def test_under_autocast_the_fp32_weight_gets_an_fp32_gradient(monkeypatch):
+    """fp32 parameters under bf16 autocast (CUDA training): the head runs in bf16, the weight
+    gradient is summed in fp32 straight into the fp32 gradient, close to the per-token path."""
+    monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", 13 * V)
+    h, w, y, ref = _case(torch.float32)
+    out = []
+    for one in (False, True):
+        h.grad = w.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = fused_preference_loss(h, w, y, *ref, reduction="sum", one_pass=one, impl="chunked")
+        loss.losses.backward()
+        out.append((loss.losses.detach(), h.grad.clone(), w.grad.clone()))
+    assert out[1][1].dtype == out[1][2].dtype == torch.float32
+    for a, b in zip(*out):
+        assert (a - b).abs().max() <= 1e-2 * a.abs().max()
+
+
+def test_when_the_gradients_are_formed_in_the_forward(monkeypatch):
+    h, w, y, _ = _case(torch.float32)
+    monkeypatch.delenv("PREFOPT_ONEPASS", raising=False)
+    assert _one_pass(None, "sigmoid", h, w, None)  # trainable head on the chunked (CPU) path
+    assert not _one_pass(None, "sigmoid", h, w.detach(), None)  # frozen head: two passes either way
+    assert not _one_pass(None, "sigmoid", h, w, "naive")
+    with torch.no_grad():
+        assert not _one_pass(True, "sigmoid", h, w, None)  # no gradients wanted
+    monkeypatch.setenv("PREFOPT_ONEPASS", "0")
+    assert not _one_pass(None, "sigmoid", h, w, None)
+    monkeypatch.setenv("PREFOPT_ONEPASS", "1")
+    assert _one_pass(None, "sigmoid", h, w.detach(), "naive")
+    monkeypatch.delenv("PREFOPT_ONEPASS")
+
+    @register_loss("test_batch_coupled")
+    def coupled(lp, **_):  # each example's loss depends on the whole batch: not pairwise
+        z = lp.chosen - lp.rejected
+        return LossOutput(-(z - z.mean()), z.detach(), z.detach())
+    try:
+        assert not _one_pass(None, "test_batch_coupled", h, w, None)
+        with pytest.raises(ValueError, match="needs a pairwise loss"):
+            _one_pass(True, "test_batch_coupled", h, w, None)
+    finally:
+        LOSSES.pop("test_batch_coupled")
+
+
+def test_a_second_backward_is_refused():
+    h, w, y, ref = _case(torch.float32)
+    out, _ = fused_preference_loss(h, w, y, *ref, reduction="sum", one_pass=True)
+    out.losses.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="single backward"):
+        out.losses.backward()
