@@ -7,8 +7,12 @@ GPU (CUDA, bf16 by default) -- shapes Llama-3-8B (D=4096, V=128256) and SmolLM2 
 V=49152), N in {4096, 16384}:
 - ``naive``: full logits, ``log_softmax``, gather; ``compile``: the same under ``torch.compile``
 - ``chunked``: prefopt's PyTorch path; ``triton``: prefopt's fused Triton kernel
-- ``liger``: Liger-Kernel's ``LigerFusedLinearDPOLoss`` (no reference model; ``--seq-len``-token
-  sequences, one pair per chunk, its default), where installed
+- ``onepass``: prefopt's ``fused_preference_loss(reduction="sum")`` with the lm_head gradients
+  formed in the forward (a sigmoid DPO loss over ``--seq-len``-token answers, stacked
+  ``[chosen; rejected]``; the default 64 is a short medical answer, and a pair fits one
+  2^24-logit chunk at V=128256)
+- ``liger``: Liger-Kernel's ``LigerFusedLinearDPOLoss`` (no reference model; the same
+  ``--seq-len``-token sequences, one pair per chunk, its default), where installed
 - ``cce``: Apple's cut-cross-entropy ``linear_cross_entropy(reduction="none")``, where installed;
   ``cce-exact``: the same with ``filter_eps=None`` (its default skips negligible gradient tiles)
 - ``gemm limit``: the three bare GEMMs the work needs (``h·Wᵀ``, ``dlogits·W``, ``dlogitsᵀ·h``);
@@ -17,8 +21,9 @@ V=49152), N in {4096, 16384}:
 medians of ``--reps`` runs. ``--frozen-weight`` drops the weight gradient (the LoRA case: the
 limit is then two GEMMs). ``benchmarks/gpu_session.sh`` runs the checks, the tables and a tile sweep on a lent GPU.
 
-CPU (fp32): ``naive`` against ``chunked`` at N=4096, D=576, V=49152, each in a fresh process;
-"extra peak" is the peak RSS beyond the process after allocating inputs, minus the gradients.
+CPU (fp32): ``naive`` against ``chunked`` (and ``onepass`` with a trainable head) at N=4096,
+D=576, V=49152, each in a fresh process; "extra peak" is the peak RSS beyond the process after
+allocating inputs, minus the gradients.
 With ``--frozen-weight`` also ``chunked-recompute``: the frozen-head backward that recomputes
 the logits instead of using the hidden-state gradient formed in the forward.
 
@@ -55,7 +60,7 @@ def _inputs(N, D, V, dtype, device, seed=0, frozen_weight=False):
     return h, w, y, up
 
 
-def _method(name: str, seq_len: int = 512, blocks: dict | None = None, budget: int | None = None):
+def _method(name: str, seq_len: int = 64, blocks: dict | None = None, budget: int | None = None):
     """``fn(h, w, y, up)`` running forward + backward for method ``name``."""
     import torch
 
@@ -68,6 +73,16 @@ def _method(name: str, seq_len: int = 512, blocks: dict | None = None, budget: i
     if name == "chunked-recompute":  # the frozen-head backward as it was: recompute the logits
         return lambda h, w, y, up: (chunked_logprobs(h, w, y, budget=budget, grad_in_forward=False)
                                     * up).sum().backward()
+    if name == "onepass":
+        from prefopt.kernels import fused_preference_loss
+
+        def run(h, w, y, up):  # a DPO loss, like liger's: the upstream per-token gradient is its own
+            hs, ys = h.reshape(-1, seq_len, h.shape[-1]), y.reshape(-1, seq_len)
+            ref = torch.zeros(hs.shape[0] // 2, device=h.device)
+            out, _ = fused_preference_loss(hs, w, ys, ref, ref, "sigmoid", beta=0.1, reduction="sum",
+                                           one_pass=True, budget=budget)
+            out.losses.backward()
+        return run
     if name == "triton":
         return lambda h, w, y, up: (triton_logprobs(h, w, y, blocks=blocks, budget=budget) * up).sum().backward()
     if name == "compile":
@@ -186,7 +201,7 @@ def run_gpu(a) -> None:
                     Path(a.json).write_text(json.dumps(rows, indent=2))
 
 
-def cpu_worker(name: str, N: int, D: int, V: int, frozen: int = 0, reps: int = 1) -> dict:
+def cpu_worker(name: str, N: int, D: int, V: int, frozen: int = 0, reps: int = 1, seq_len: int = 64) -> dict:
     """Peak RSS of the first forward + backward; time: the median of ``reps`` runs (the first included)."""
     import statistics
 
@@ -194,7 +209,7 @@ def cpu_worker(name: str, N: int, D: int, V: int, frozen: int = 0, reps: int = 1
 
     torch.set_num_threads(2)
     h, w, y, up = _inputs(N, D, V, torch.float32, "cpu", frozen_weight=bool(frozen))
-    fn = _method(name)
+    fn = _method(name, seq_len)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak-RSS counter
     base = rss("VmRSS")
@@ -213,10 +228,10 @@ def cpu_worker(name: str, N: int, D: int, V: int, frozen: int = 0, reps: int = 1
 def run_cpu(a) -> None:
     N, D, V = a.cpu_shape
     rows = []
-    methods = ("naive", "chunked", "chunked-recompute") if a.frozen_weight else ("naive", "chunked")
+    methods = ("naive", "chunked", "chunked-recompute") if a.frozen_weight else ("naive", "chunked", "onepass")
     for m in methods:
         out = subprocess.run([sys.executable, __file__, "--cpu-worker", m, str(N), str(D), str(V),
-                              str(int(a.frozen_weight)), str(a.cpu_reps)], capture_output=True, text=True)
+                              str(int(a.frozen_weight)), str(a.cpu_reps), str(a.seq_len)], capture_output=True, text=True)
         if out.returncode:
             sys.exit(f"{m} failed:\n{out.stderr[-2000:]}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -237,17 +252,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--gpu", action="store_true", help="run the CUDA table instead of the CPU comparison")
     ap.add_argument("--shapes", nargs="+", default=["4096x128256", "576x49152"], help="DxV head shapes")
     ap.add_argument("--tokens", nargs="+", type=int, default=[4096, 16384])
-    ap.add_argument("--methods", nargs="+", default=["naive", "compile", "chunked", "triton", "liger", "cce", "cce-exact"])
+    ap.add_argument("--methods", nargs="+",
+                    default=["naive", "compile", "chunked", "triton", "onepass", "liger", "cce", "cce-exact"])
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--frozen-weight", action="store_true", help="no weight gradient (the LoRA case)")
-    ap.add_argument("--seq-len", type=int, default=512, help="tokens per sequence for Liger's DPO loss")
+    ap.add_argument("--seq-len", type=int, default=64, help="tokens per answer for the DPO losses (onepass, liger)")
     ap.add_argument("--blocks", help='Triton options as JSON, e.g. \'{"BLOCK_N": 128, "num_warps": 8}\'')
-    ap.add_argument("--budget", type=int, help="logits per backward block (chunked and triton), elements")
+    ap.add_argument("--budget", type=int, help="logits per block (chunked and triton backward, onepass chunks), elements")
     ap.add_argument("--cpu-shape", nargs=3, type=int, default=[4096, 576, 49152], metavar=("N", "D", "V"))
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--cpu-reps", type=int, default=1, help="CPU: forward+backward runs per method (median)")
-    ap.add_argument("--cpu-worker", nargs=6, help=argparse.SUPPRESS)
+    ap.add_argument("--cpu-worker", nargs=7, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 

@@ -31,6 +31,7 @@ def fused_preference_loss(
     impl: str | None = None,
     reduction: str = "none",
     one_pass: bool | None = None,
+    budget: int | None = None,
     **hparams,
 ) -> tuple[LossOutput, PreferenceLogps]:
     """Preference loss straight from final hidden states.
@@ -49,6 +50,8 @@ def fused_preference_loss(
             (``onepass.py``; a pairwise loss under autograd). ``None`` (default, or
             ``$PREFOPT_ONEPASS`` = 0/1): where the head is trainable and the log-probs would
             take the chunked path; where it applies it saves one of four GEMM passes.
+        budget: logits per chunk on the one-pass path, in elements (default
+            ``CHUNK_ELEMENTS``, 2^24): a pair whose tokens do not fit takes two walks.
 
     Returns:
         ``(LossOutput, PreferenceLogps)``: the losses (per example, or their sum) and rewards,
@@ -84,7 +87,7 @@ def fused_preference_loss(
 
         def pair_loss(sums, pairs, scale):
             return preference_loss(loss, logps(sums, pairs, scale), **hparams).losses.sum()
-        total, sums = onepass_loss(hidden, weight, labels, ignore_index, pair_loss)
+        total, sums = onepass_loss(hidden, weight, labels, ignore_index, pair_loss, budget)
         lp = logps(sums)
         out = preference_loss(loss, lp, **hparams)
         return LossOutput(total, out.chosen_rewards, out.rejected_rewards), lp

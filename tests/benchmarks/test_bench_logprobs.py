@@ -16,7 +16,7 @@ from ..kernels._interpreter import interpreter_problem
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_logprobs.py"
 # the Triton rows run on CPU only under a working interpreter (conftest sets it where there is no CUDA)
-OURS = ["naive", "chunked"] + (["triton"] if available(torch.device("cpu")) and not interpreter_problem() else [])
+OURS = ["naive", "chunked", "onepass"] + (["triton"] if available(torch.device("cpu")) and not interpreter_problem() else [])
 
 BASELINES = {"liger": "liger_kernel", "cce": "cut_cross_entropy", "cce-exact": "cut_cross_entropy"}
 
@@ -70,19 +70,27 @@ def test_benchmark_methods_agree_on_cpu(bench):
     grads = {}
     for m in OURS:
         h, w, y, up = bench._inputs(40, 32, 300, torch.float32, "cpu")
-        bench._method(m, budget=2000, blocks={"BLOCK_N": 16, "BLOCK_V": 64, "BLOCK_D": 16})(h, w, y, up)
+        bench._method(m, seq_len=10, budget=2000, blocks={"BLOCK_N": 16, "BLOCK_V": 64, "BLOCK_D": 16})(h, w, y, up)
         grads[m] = (h.grad, w.grad)
-    for m in OURS[1:]:
+    for m in set(OURS) - {"naive", "onepass"}:
         assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads["naive"], grads[m]))
+    # onepass is a DPO loss, as liger's row is: its gradients are the naive DPO loss's
+    from prefopt.kernels import fused_preference_loss
+
+    h, w, y, _ = bench._inputs(40, 32, 300, torch.float32, "cpu")
+    ref = torch.zeros(2)
+    out, _ = fused_preference_loss(h.reshape(4, 10, 32), w, y.reshape(4, 10), ref, ref, beta=0.1, impl="naive")
+    out.losses.sum().backward()
+    assert all(a.abs().max() > 0 and torch.allclose(a, b, atol=1e-6) for a, b in zip((h.grad, w.grad), grads["onepass"]))
 
 
 @pytest.mark.parametrize("frozen", [False, True])
 def test_cpu_table_runs_each_method_in_its_own_process(bench, tmp_path, capsys, frozen):
     out = tmp_path / "rows.json"
-    argv = ["--cpu-shape", "64", "32", "500", "--cpu-reps", "2", "--json", str(out)]
+    argv = ["--cpu-shape", "64", "32", "500", "--cpu-reps", "2", "--seq-len", "16", "--json", str(out)]
     bench.run_cpu(bench.parse_args(argv + (["--frozen-weight"] if frozen else [])))
     rows = {r["method"]: r for r in json.loads(out.read_text())}
-    want = ["naive", "chunked"] + (["chunked-recompute"] if frozen else [])
+    want = ["naive", "chunked"] + (["chunked-recompute"] if frozen else ["onepass"])
     assert list(rows) == want
     assert all(r["seconds"] > 0 and r["grads"] == (64 * 32 + 500 * 32 * (not frozen)) * 4 for r in rows.values())
     printed = capsys.readouterr().out
