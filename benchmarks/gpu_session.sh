@@ -2,7 +2,7 @@
 # The GPU work of issue 5 in as few device calls as possible (each call: 10 min at most).
 #
 #   bash benchmarks/gpu_session.sh check   # the kernel tests on CUDA (compiled Triton), ~2 min
-#   bash benchmarks/gpu_session.sh table   # bench_logprobs.py --gpu: 2 heads x 2 token counts x 7 methods
+#   bash benchmarks/gpu_session.sh table   # bench_logprobs.py --gpu: 2 heads x 2 token counts x 8 methods
 #                                          #   (torch.compile and Liger compile per shape: several minutes);
 #                                          #   table-llama / table-smol: one head each (4096x128256 / 576x49152)
 #   bash benchmarks/gpu_session.sh frozen  # the frozen-head (LoRA) row at D=4096 V=128256 N=16384

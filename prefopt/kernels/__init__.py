@@ -10,7 +10,8 @@
 
 Set ``PREFOPT_LOGPROBS=triton|chunked|naive`` or pass ``impl=`` to force one (``auto``, the
 default, picks as above). ``fused_preference_loss`` (in ``fused.py``) puts a preference loss
-on top for the stacked ``[chosen; rejected]`` layout.
+on top for the stacked ``[chosen; rejected]`` layout, and ``nll_sum`` SFT's summed NLL; with a
+trainable head both form the lm_head gradients in the forward (``onepass.py``).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import os
 import torch
 
 from .chunked import chunked_logprobs
-from .fused import fused_preference_loss
+from .fused import fused_preference_loss, nll_sum
 from .naive import naive_logprobs
 from .triton_logprobs import available as triton_available
 from .triton_logprobs import triton_logprobs
@@ -79,5 +80,5 @@ def sequence_logprobs(
     return out.reshape(shape)
 
 
-__all__ = ["IMPLS", "chunked_logprobs", "fused_preference_loss", "naive_logprobs", "resolve_impl",
+__all__ = ["IMPLS", "chunked_logprobs", "fused_preference_loss", "naive_logprobs", "nll_sum", "resolve_impl",
            "sequence_logprobs", "triton_logprobs"]

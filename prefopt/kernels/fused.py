@@ -1,4 +1,4 @@
-"""The fused DPO entry point: hidden states in, preference loss out, no logits in memory.
+"""The fused entry points: hidden states in, a loss out, no logits in memory.
 
 For the stacked ``[chosen; rejected]`` layout (rows ``0..B-1`` chosen, ``B..2B-1`` the
 matching rejected), per-token log-probs come from ``sequence_logprobs`` (the Triton kernel on
@@ -8,11 +8,9 @@ reference cache: no reference model and no reference logits are needed.
 
 With ``reduction="sum"`` and a trainable head, the chunked path instead forms both lm_head
 gradients in the forward, a chunk of whole pairs at a time (``onepass.py``): three GEMM passes
-instead of four.
+instead of four. ``nll_sum`` (SFT's loss) does the same for the summed token NLL.
 """
 from __future__ import annotations
-
-import os
 
 import torch
 
@@ -101,14 +99,26 @@ def fused_preference_loss(
 
 def _one_pass(asked: bool | None, loss: str, hidden: torch.Tensor, weight: torch.Tensor, impl: str | None) -> bool:
     """Whether ``fused_preference_loss(reduction="sum")`` forms the gradients in the forward."""
-    from . import resolve_impl
+    from .onepass import wanted
 
-    if asked is None and os.environ.get("PREFOPT_ONEPASS") in ("0", "1"):
-        asked = os.environ["PREFOPT_ONEPASS"] == "1"
-    if asked is False or loss not in PAIRWISE:
+    if loss not in PAIRWISE:
         if asked:
             raise ValueError(f"one_pass needs a pairwise loss (prefopt.losses.PAIRWISE); {loss!r} is not")
         return False
-    if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
-        return False  # no gradients wanted: the per-token forward is all there is to do
-    return asked or (weight.requires_grad and resolve_impl(hidden.device, impl) == "chunked")
+    return wanted(asked, hidden, weight, impl)
+
+
+def nll_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100,
+            impl: str | None = None, one_pass: bool | None = None) -> torch.Tensor:
+    """``−Σ log p(label)`` over the tokens not equal to ``ignore_index``: SFT's summed loss.
+
+    ``hidden`` ``(..., D)`` aligned with ``labels`` ``(...)``, as for ``sequence_logprobs``.
+    ``one_pass`` as in ``fused_preference_loss``: by default the lm_head gradients are formed
+    in the forward where the head is trainable and the log-probs would take the chunked path.
+    """
+    from . import sequence_logprobs
+    from .onepass import onepass_nll, wanted
+
+    if wanted(one_pass, hidden, weight, impl):
+        return onepass_nll(hidden, weight, labels, ignore_index)
+    return -sequence_logprobs(hidden, weight, labels, ignore_index=ignore_index, impl=impl).sum()

@@ -1,4 +1,4 @@
-"""A preference loss and its lm_head gradients in one pass over the logits.
+"""A loss and its lm_head gradients in one pass over the logits (preference losses and SFT's NLL).
 
 A pairwise preference loss (``prefopt.losses.PAIRWISE``) is a sum of per-pair terms; the
 chosen-NLL term of ``rpo`` and ``orpo`` is a batch mean, linear in the log-probs. So once a
@@ -18,9 +18,13 @@ two with a frozen one. The backward only scales the stored gradients by the upst
   with one rounding.
 - The output is the *sum* of the per-pair losses; per-pair values come back detached. One
   backward only.
+
+SFT's loss, the summed token NLL, is the simplest case: every token's gradient is −1, so any
+chunk of tokens will do (``onepass_nll``).
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -111,6 +115,42 @@ class _OnePass(torch.autograd.Function):
         return grad_h, grad_w, *([None] * 8)
 
 
+def wanted(asked: bool | None, hidden: torch.Tensor, weight: torch.Tensor, impl: str | None) -> bool:
+    """Whether to form the lm_head gradients in the forward: ``asked`` (or ``$PREFOPT_ONEPASS``
+    = 0/1) where gradients are wanted at all; by default where the head is trainable and the
+    log-probs would take the chunked path (measured there: benchmarks/bench_logprobs.py)."""
+    from . import resolve_impl
+
+    if asked is None and os.environ.get("PREFOPT_ONEPASS") in ("0", "1"):
+        asked = os.environ["PREFOPT_ONEPASS"] == "1"
+    if asked is False or not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
+        return False  # no gradients wanted: the per-token forward is all there is to do
+    return asked or (weight.requires_grad and resolve_impl(hidden.device, impl) == "chunked")
+
+
+def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
+    device = hidden.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+
+
+def onepass_nll(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int,
+                budget: int | None = None) -> torch.Tensor:
+    """``−Σ log p(label)`` over the scored tokens (SFT's summed loss) with the lm_head gradients
+    formed in the forward. ``hidden`` (..., D), ``labels`` (...) aligned with it."""
+    D = hidden.shape[-1]
+    budget = budget or _backward.CHUNK_ELEMENTS
+    keep = (labels.reshape(-1) != ignore_index).nonzero().squeeze(-1)
+    rows = max(1, budget // weight.shape[0])
+    M = keep.numel()
+    chunks = [(s, min(s + rows, M), 0, 0) for s in range(0, M, rows)]
+    minus_one = torch.full((1,), -1.0, dtype=acc_dtype(hidden), device=hidden.device)
+    with torch.autocast(hidden.device.type, enabled=False):
+        total, _ = _OnePass.apply(hidden.reshape(-1, D).index_select(0, keep), weight,
+                                  labels.reshape(-1).index_select(0, keep), torch.zeros_like(keep), chunks, 1,
+                                  lambda p0, p1, sums: minus_one, lambda sums: -sums[0], _compute_dtype(hidden), budget)
+    return total
+
+
 def onepass_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int,
                  pair_loss: Callable[[torch.Tensor, slice, float], torch.Tensor],
                  budget: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,8 +169,6 @@ def onepass_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
     order = torch.sort(seq % B, stable=True).indices  # pair by pair, chosen's tokens first
     keep, seq = keep.index_select(0, order), seq.index_select(0, order)
     pair_tokens = torch.bincount(seq % B, minlength=B).tolist()
-    device = hidden.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
 
     def pair_grads(p0: int, p1: int, sums: torch.Tensor) -> torch.Tensor:
         x = sums.detach().clone().requires_grad_()
@@ -139,7 +177,7 @@ def onepass_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
             (g,) = torch.autograd.grad(loss, x)
         return g
 
-    with torch.autocast(device, enabled=False):
+    with torch.autocast(hidden.device.type, enabled=False):
         return _OnePass.apply(hidden.reshape(-1, D).index_select(0, keep), weight,
                               labels.reshape(-1).index_select(0, keep), seq, plan(pair_tokens, max(1, budget // weight.shape[0])),
-                              R, pair_grads, lambda s: pair_loss(s, slice(0, B), 1.0), dtype, budget)
+                              R, pair_grads, lambda s: pair_loss(s, slice(0, B), 1.0), _compute_dtype(hidden), budget)

@@ -7,20 +7,8 @@ import torch
 
 from ..data import load_sft, pad_collate
 from ..data.sft import IGNORE, TokenizedExample
-from ..kernels import sequence_logprobs
+from ..kernels import nll_sum
 from .loop import Batch, Trainer
-
-
-def response_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs ``(B, T-1)`` of each next token, and the shifted labels.
-
-    The model returns hidden states, and only response positions reach the lm_head
-    (``prefopt.kernels.sequence_logprobs``), so ``(B, T, V)`` logits are never built.
-    """
-    core = getattr(model, "module", model)
-    hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)  # (B, T, D)
-    labels = batch["labels"][:, 1:]  # position t predicts token t+1
-    return sequence_logprobs(hidden[:, :-1], core.output_weight, labels, ignore_index=IGNORE), labels
 
 
 class SFTTrainer(Trainer):
@@ -51,8 +39,11 @@ class SFTTrainer(Trainer):
         return int((batch["labels"][:, 1:] != IGNORE).sum())
 
     def loss_sum(self, model, batch):
-        logp, _ = response_logprobs(model, batch)
-        return -logp.sum(), {}
+        """Summed NLL of the response tokens. The model returns hidden states and only response
+        positions reach the lm_head (``prefopt.kernels.nll_sum``): no ``(B, T, V)`` logits."""
+        hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)  # (B, T, D)
+        weight = getattr(model, "module", model).output_weight
+        return nll_sum(hidden[:, :-1], weight, batch["labels"][:, 1:], ignore_index=IGNORE), {}
 
 
 def split_eval(examples: list, fraction: float, seed: int) -> tuple[list, list]:

@@ -154,3 +154,28 @@ def test_a_second_backward_is_refused():
     out.losses.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="single backward"):
         out.losses.backward()
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("rows", [None, 7])
+def test_nll_sum_in_one_pass_equals_the_naive_nll(frozen, rows, monkeypatch):
+    """SFT's summed NLL: every token's gradient is −1, so chunks of any tokens; values and
+    gradients equal the naive path, three products per chunk (two with a frozen head)."""
+    from prefopt.kernels import nll_sum
+
+    if rows:
+        monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", rows * V)
+    h, w, y, _ = _case()
+    w.requires_grad_(not frozen)
+    want = nll_sum(h, w, y, impl="naive")
+    want.backward()
+    wgrad = [None if t.grad is None else t.grad.clone() for t in (h, w)]
+    h.grad = w.grad = None
+    calls = _count_products(monkeypatch)
+    got = nll_sum(h, w, y, one_pass=True)
+    n = int((y != -100).sum())
+    assert len(calls) == -(-n // (rows or n)) * (2 if frozen else 3)
+    (got * 3).backward()
+    assert torch.allclose(got, want, rtol=1e-12) and len(calls) == -(-n // (rows or n)) * (2 if frozen else 3)
+    for a, b in zip(wgrad, (h.grad, w.grad)):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a * 3, b, rtol=1e-10, atol=1e-12))

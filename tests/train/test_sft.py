@@ -98,3 +98,35 @@ def test_data_order_is_seeded_and_length_grouping_keeps_every_example(task, tmp_
     assert t._epoch_order(1) != order and t._epoch_order(0) == order
     batches = t.micro_batches(3)
     assert len(batches) == 2 and all(b["input_ids"].shape[0] == 2 for b in batches)
+
+
+def test_full_fine_tuning_forms_the_head_gradients_in_one_pass(task, tmp_path, monkeypatch):
+    """No LoRA, so the (tied) head trains: the SFT loss takes the one-pass path by default, with
+    the per-token path's loss and gradients on every parameter; training still lowers the loss."""
+    from prefopt.kernels import onepass
+    from prefopt.train.sft import load_train_eval
+
+    cfg = _cfg(task, tmp_path / "full", lora=False, eval_fraction=0.0, lr=1e-3, max_steps=4)
+    tok = load_tokenizer(cfg.model)
+    train, _, _ = load_train_eval(cfg, tok)
+    trainer = SFTTrainer(prepare_model(cfg), cfg, train, pad_id=tok.pad_token_id)
+    calls = []
+    monkeypatch.setattr(onepass, "onepass_nll", lambda *a, _f=onepass.onepass_nll: calls.append(1) or _f(*a))
+    batch = trainer.collate(train[:4])
+    out = []
+    for flag in (None, "0"):
+        if flag:
+            monkeypatch.setenv("PREFOPT_ONEPASS", flag)
+        trainer.model.zero_grad()
+        loss, _ = trainer.loss_sum(trainer.model, batch)
+        loss.backward()
+        out.append((loss.detach(), [p.grad.clone() for p in trainer.model.parameters()]))
+    monkeypatch.delenv("PREFOPT_ONEPASS")
+    assert calls == [1] and len(out[0][1]) > 10  # the default took one pass; "0" the per-token path
+    (l1, g1), (l2, g2) = out
+    assert torch.allclose(l1, l2, rtol=1e-5)
+    assert all(a.abs().max() > 0 and torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g1, g2))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    losses = [trainer.train_step(s)["loss"] for s in range(4)]
+    assert losses[-1] < losses[0] and calls == [1] * 5
+    assert all(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
