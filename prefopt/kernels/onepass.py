@@ -48,9 +48,6 @@ def plan(pair_tokens: list[int], rows: int) -> list[tuple[int, int, int, int]]:
     return chunks
 
 
-PairGrads = Callable[[int, int, torch.Tensor], torch.Tensor]
-
-
 class _OnePass(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, slots, chunks, n_seq, pair_grads, total, dtype, budget):
@@ -66,14 +63,19 @@ class _OnePass(torch.autograd.Function):
         exact = weight.dtype == acc or weight.numel() <= _backward.SUM_ELEMENTS
         grad_w = torch.zeros(weight.shape, dtype=acc if exact else weight.dtype, device=weight.device) if need_w else None
 
-        def logits_of(a, b):
-            logits = mm_acc(h_all[a:b], w.T, acc)
-            lse = torch.logsumexp(logits, -1)
-            sums.index_add_(0, slots[a:b], logits.gather(-1, labels[a:b, None]).squeeze(-1) - lse)
-            return logits, lse
+        def exp_logits(a, b):
+            """Tokens a:b: ``exp(logits − row max)`` (the logits' own buffer), its row sums and the
+            logsumexp; their log-probs go into ``sums``."""
+            e = mm_acc(h_all[a:b], w.T, acc)
+            tgt = e.gather(-1, labels[a:b, None]).squeeze(-1)
+            top = e.amax(-1)
+            norm = e.sub_(top[:, None]).exp_().sum(-1)
+            lse = top + norm.log()
+            sums.index_add_(0, slots[a:b], tgt - lse)
+            return e, norm, lse
 
-        def backprop(a, b, logits, lse, g):  # dlogits of tokens a:b, then both gradient GEMMs
-            d = _onehot_minus_softmax_(logits, labels[a:b], lse).mul_(g[:, None]).to(dtype)
+        def backprop(a, b, d):  # d = g · (onehot − softmax) for tokens a:b; then both gradient GEMMs
+            d = d.to(dtype)
             if need_h:
                 grad_h[a:b] = mm_acc(d, w, acc)
             if need_w:
@@ -84,21 +86,21 @@ class _OnePass(torch.autograd.Function):
 
         for s, e, p0, p1 in chunks:
             if e - s <= rows:
-                logits, lse = logits_of(s, e)
-                backprop(s, e, logits, lse, pair_grads(p0, p1, sums)[slots[s:e]])
-                del logits
+                ex, norm, _ = exp_logits(s, e)
+                g = pair_grads(p0, p1, sums)[slots[s:e]]
+                d = ex.mul_((-g / norm)[:, None])  # −g · softmax, in place; then + g at each label
+                backprop(s, e, d.index_put_((torch.arange(e - s, device=d.device), labels[s:e]), g, accumulate=True))
+                del ex, d
                 continue
             lses = []  # one pair longer than a block: its log-prob first, then its gradients
             for a in range(s, e, rows):
-                logits, lse = logits_of(a, min(a + rows, e))
-                lses.append(lse)
-                del logits
+                lses.append(exp_logits(a, min(a + rows, e))[2])
             g = pair_grads(p0, p1, sums)
             for a, lse in zip(range(s, e, rows), lses):
                 b = min(a + rows, e)
-                logits = mm_acc(h_all[a:b], w.T, acc)
-                backprop(a, b, logits, lse, g[slots[a:b]])
-                del logits
+                d = _onehot_minus_softmax_(mm_acc(h_all[a:b], w.T, acc), labels[a:b], lse)
+                backprop(a, b, d.mul_(g[slots[a:b]][:, None]))
+                del d
         ctx.grads = [grad_h, None if grad_w is None else grad_w.to(weight.dtype)]
         ctx.mark_non_differentiable(sums)
         return total(sums), sums
