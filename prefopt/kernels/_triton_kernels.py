@@ -1,4 +1,5 @@
-"""The raw Triton kernels behind ``triton_logprobs`` (imported only when triton is installed).
+"""The raw Triton kernels behind ``triton_logprobs`` and the one-pass loss (imported only when
+triton is installed).
 
 ``triton.jit`` picks compiled or interpreted kernels when this module is first imported, from
 ``TRITON_INTERPRET``: compiled for CUDA, interpreted (CPU tensors, for tests) when it is ``1``.
@@ -78,6 +79,41 @@ def _dlogits(H, W, Y, LSE, G, DL, N, V, D,
     d = g[:, None] * (tl.where(cols[None, :] == y[:, None], 1.0, 0.0) - tl.exp(logits - lse[:, None]))
     tl.store(DL + rows.to(tl.int64)[:, None] * V + cols[None, :], d.to(DL.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _row_lse(X, Y, LSE, LOGP, V, BLOCK_V: tl.constexpr):
+    """Program ``row``: one read of the row's fp32 logits ``X`` ((rows, V)), ``BLOCK_V`` at a time,
+    with an online max and sum-exp; writes its logsumexp and its label's log-prob."""
+    row = tl.program_id(0).to(tl.int64)
+    y = tl.load(Y + row)
+    zeros = tl.zeros([BLOCK_V], tl.float32)
+    m = tl.max(zeros + float("-inf"), 0)  # fp32 scalars, carried through the loop
+    s = tl.sum(zeros, 0)
+    target = tl.sum(zeros, 0)
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        x = tl.load(X + row * V + cols, mask=cols < V, other=float("-inf"))
+        m_new = tl.maximum(m, tl.max(x, 0))  # finite from the first tile on (it holds column 0)
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), 0)
+        m = m_new
+        target += tl.sum(tl.where(cols == y, x, 0.0), 0)
+    lse = m + tl.log(s)
+    tl.store(LSE + row, lse)
+    tl.store(LOGP + row, target - lse)
+
+
+@triton.jit
+def _row_dlogits(X, Y, LSE, G, DL, V, BLOCK_V: tl.constexpr):
+    """Program ``(row, vocabulary tile)``: ``g · (onehot(y) − exp(x − lse))`` from the fp32 logits
+    ``X`` into ``DL`` (the input dtype, or fp32 when interpreted)."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    ok = cols < V
+    x = tl.load(X + row * V + cols, mask=ok, other=0.0)
+    y, lse, g = tl.load(Y + row), tl.load(LSE + row), tl.load(G + row)
+    d = g * (tl.where(cols == y, 1.0, 0.0) - tl.exp(x - lse))
+    tl.store(DL + row * V + cols, d.to(DL.dtype.element_ty), mask=ok)
 
 
 INTERPRETED = isinstance(_fwd, InterpretedFunction)  # as triton.jit chose at import

@@ -50,7 +50,7 @@ def plan(pair_tokens: list[int], rows: int) -> list[tuple[int, int, int, int]]:
 
 class _OnePass(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, slots, chunks, n_seq, pair_grads, total, dtype, budget):
+    def forward(ctx, hidden, weight, labels, slots, chunks, n_seq, pair_grads, total, dtype, budget, rowwise):
         """``hidden`` (M, D) and ``labels`` (M,): the scored tokens, pair by pair (chosen's then
         rejected's); ``slots`` (M,): each token's sequence (chosen p at p, rejected p at B + p)."""
         acc = acc_dtype(hidden)
@@ -63,19 +63,34 @@ class _OnePass(torch.autograd.Function):
         exact = weight.dtype == acc or weight.numel() <= _backward.SUM_ELEMENTS
         grad_w = torch.zeros(weight.shape, dtype=acc if exact else weight.dtype, device=weight.device) if need_w else None
 
-        def exp_logits(a, b):
-            """Tokens a:b: ``exp(logits − row max)`` (the logits' own buffer), its row sums and the
-            logsumexp; their log-probs go into ``sums``."""
-            e = mm_acc(h_all[a:b], w.T, acc)
-            tgt = e.gather(-1, labels[a:b, None]).squeeze(-1)
-            top = e.amax(-1)
-            norm = e.sub_(top[:, None]).exp_().sum(-1)
-            lse = top + norm.log()
-            sums.index_add_(0, slots[a:b], tgt - lse)
-            return e, norm, lse
+        def log_probs(a, b):
+            """Tokens a:b: their logits block, its row sums of ``exp(logits − row max)`` (the
+            PyTorch path turns the block into those, in place; None on the Triton path) and the
+            logsumexp. Their log-probs go into ``sums``."""
+            x = mm_acc(h_all[a:b], w.T, acc)
+            if rowwise:
+                lse, logp = _rows_lse(x, labels[a:b])
+                norm = None
+            else:
+                tgt = x.gather(-1, labels[a:b, None]).squeeze(-1)
+                top = x.amax(-1)
+                norm = x.sub_(top[:, None]).exp_().sum(-1)
+                lse = top + norm.log()
+                logp = tgt - lse
+            sums.index_add_(0, slots[a:b], logp)
+            return x, norm, lse
 
-        def backprop(a, b, d):  # d = g · (onehot − softmax) for tokens a:b; then both gradient GEMMs
-            d = d.to(dtype)
+        def dlogits(a, b, x, norm, lse, g):
+            """``g · (onehot − softmax)`` for tokens a:b in the input dtype, from their logits
+            block ``x`` (or its ``exp(logits − row max)`` form when ``norm`` is given)."""
+            if rowwise:
+                return _rows_dlogits(x, labels[a:b], lse, g, dtype)
+            if norm is None:
+                return _onehot_minus_softmax_(x, labels[a:b], lse).mul_(g[:, None]).to(dtype)
+            d = x.mul_((-g / norm)[:, None])  # −g · softmax, in place; then + g at each label
+            return d.index_put_((torch.arange(b - a, device=d.device), labels[a:b]), g, accumulate=True).to(dtype)
+
+        def backprop(a, b, d):  # both gradient GEMMs for tokens a:b
             if need_h:
                 grad_h[a:b] = mm_acc(d, w, acc)
             if need_w:
@@ -86,21 +101,15 @@ class _OnePass(torch.autograd.Function):
 
         for s, e, p0, p1 in chunks:
             if e - s <= rows:
-                ex, norm, _ = exp_logits(s, e)
-                g = pair_grads(p0, p1, sums)[slots[s:e]]
-                d = ex.mul_((-g / norm)[:, None])  # −g · softmax, in place; then + g at each label
-                backprop(s, e, d.index_put_((torch.arange(e - s, device=d.device), labels[s:e]), g, accumulate=True))
-                del ex, d
+                x, norm, lse = log_probs(s, e)
+                backprop(s, e, dlogits(s, e, x, norm, lse, pair_grads(p0, p1, sums)[slots[s:e]]))
+                del x
                 continue
-            lses = []  # one pair longer than a block: its log-prob first, then its gradients
-            for a in range(s, e, rows):
-                lses.append(exp_logits(a, min(a + rows, e))[2])
-            g = pair_grads(p0, p1, sums)
+            lses = [log_probs(a, min(a + rows, e))[2] for a in range(s, e, rows)]  # a pair longer
+            g = pair_grads(p0, p1, sums)  # than a block: its log-prob first, then its gradients
             for a, lse in zip(range(s, e, rows), lses):
                 b = min(a + rows, e)
-                d = _onehot_minus_softmax_(mm_acc(h_all[a:b], w.T, acc), labels[a:b], lse)
-                backprop(a, b, d.mul_(g[slots[a:b]][:, None]))
-                del d
+                backprop(a, b, dlogits(a, b, mm_acc(h_all[a:b], w.T, acc), None, lse, g[slots[a:b]]))
         ctx.grads = [grad_h, None if grad_w is None else grad_w.to(weight.dtype)]
         ctx.mark_non_differentiable(sums)
         return total(sums), sums
@@ -114,7 +123,42 @@ class _OnePass(torch.autograd.Function):
         for t in (grad_h, grad_w):
             if t is not None:
                 t.mul_(grad_total.to(t.dtype))
-        return grad_h, grad_w, *([None] * 8)
+        return grad_h, grad_w, *([None] * 9)
+
+
+# The per-chunk elementwise work: "triton" (two row kernels, one read of the logits each) or
+# "torch" (PyTorch ops); None picks triton on CUDA. Tests set "triton" to run it interpreted.
+ROWWISE: str | None = None
+ROW_BLOCKS = {"lse": 4096, "dlogits": 2048, "interpreted": 64}
+
+
+def _rowwise(device: torch.device) -> bool:
+    if ROWWISE is not None:
+        return ROWWISE == "triton"
+    from .triton_logprobs import available
+
+    return device.type == "cuda" and available(device)
+
+
+def _rows_lse(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton: ``(logsumexp, log-prob of y)`` per row of the fp32 logits ``x``."""
+    from . import _triton_kernels as k
+
+    n, V = x.shape
+    lse, logp = torch.empty(2, n, dtype=torch.float32, device=x.device)
+    k._row_lse[(n,)](x, y, lse, logp, V, BLOCK_V=ROW_BLOCKS["interpreted" if k.INTERPRETED else "lse"])
+    return lse, logp
+
+
+def _rows_dlogits(x, y, lse, g, dtype: torch.dtype) -> torch.Tensor:
+    """Triton: ``g · (onehot(y) − exp(x − lse))`` in ``dtype`` from the fp32 logits ``x``."""
+    from . import _triton_kernels as k
+
+    n, V = x.shape
+    block = ROW_BLOCKS["interpreted" if k.INTERPRETED else "dlogits"]
+    out = torch.empty(n, V, dtype=torch.float32 if k.INTERPRETED else dtype, device=x.device)  # the
+    k._row_dlogits[(n, -(-V // block))](x, y, lse, g.contiguous(), out, V, BLOCK_V=block)  # interpreter: fp32
+    return out.to(dtype)
 
 
 def wanted(asked: bool | None, hidden: torch.Tensor, weight: torch.Tensor, impl: str | None) -> bool:
@@ -149,7 +193,8 @@ def onepass_nll(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
     with torch.autocast(hidden.device.type, enabled=False):
         total, _ = _OnePass.apply(hidden.reshape(-1, D).index_select(0, keep), weight,
                                   labels.reshape(-1).index_select(0, keep), torch.zeros_like(keep), chunks, 1,
-                                  lambda p0, p1, sums: minus_one, lambda sums: -sums[0], _compute_dtype(hidden), budget)
+                                  lambda p0, p1, sums: minus_one, lambda sums: -sums[0], _compute_dtype(hidden), budget,
+                                  _rowwise(hidden.device))
     return total
 
 
@@ -182,4 +227,5 @@ def onepass_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
     with torch.autocast(hidden.device.type, enabled=False):
         return _OnePass.apply(hidden.reshape(-1, D).index_select(0, keep), weight,
                               labels.reshape(-1).index_select(0, keep), seq, plan(pair_tokens, max(1, budget // weight.shape[0])),
-                              R, pair_grads, lambda s: pair_loss(s, slice(0, B), 1.0), _compute_dtype(hidden), budget)
+                              R, pair_grads, lambda s: pair_loss(s, slice(0, B), 1.0), _compute_dtype(hidden), budget,
+                              _rowwise(hidden.device))

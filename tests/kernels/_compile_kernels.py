@@ -3,7 +3,7 @@ _compile_kernels.py ARCH DTYPE`` prints one JSON line per kernel: whether the PT
 MMA ``wgmma`` or warp MMA ``mma.sync``, shared memory bytes, registers and stack bytes per thread
 (``cuobjdump -res-usage``; stack means spills) and the number of 16-byte asynchronous copies
 (``LDGSTS...128`` in the SASS: pipelined, vectorised loads). The tiles and warps are
-``triton_logprobs.defaults(dtype)``, and the arguments are specialised as a real launch specialises them (pointers
+``triton_logprobs.defaults(dtype)`` (the one-pass row kernels: ``onepass.ROW_BLOCKS``), and the arguments are specialised as a real launch specialises them (pointers
 16-byte aligned; D, V and the split width multiples of 16; N not). Run it in a process without
 ``TRITON_INTERPRET`` (the kernels must be ``triton.jit``-compiled, not interpreted)."""
 import json
@@ -21,6 +21,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from prefopt.kernels import _triton_kernels as k  # noqa: E402
+from prefopt.kernels.onepass import ROW_BLOCKS  # noqa: E402
 from prefopt.kernels.triton_logprobs import LAUNCH, TILES, defaults  # noqa: E402
 
 
@@ -45,14 +46,21 @@ def main(arch: int, dt: str) -> None:
         k._fwd: dict(H=f"*{dt}", W=f"*{dt}", Y="*i64", M="*fp32", S="*fp32", TGT="*fp32", **ints, V_PER_SPLIT="i32"),
         k._dlogits: dict(H=f"*{dt}", W=f"*{dt}", Y="*i64", LSE="*fp32", G="*fp32", DL=f"*{dt}", **ints),
     }
-    for fn, sig in sigs.items():
+    rows = {  # the one-pass loss's row kernels: fp32 logits in, default launch options
+        k._row_lse: (dict(X="*fp32", Y="*i64", LSE="*fp32", LOGP="*fp32", V="i32"), {"BLOCK_V": ROW_BLOCKS["lse"]}),
+        k._row_dlogits: (dict(X="*fp32", Y="*i64", LSE="*fp32", G="*fp32", DL=f"*{dt}", V="i32"),
+                         {"BLOCK_V": ROW_BLOCKS["dlogits"]}),
+    }
+    jobs = [(fn, sig, consts, launch) for fn, sig in sigs.items()] + [(fn, sig, c, {}) for fn, (sig, c) in rows.items()]
+    for fn, sig, const, options in jobs:
         aligned = [a for a, t in sig.items() if t.startswith("*") or a in ("V", "D", "V_PER_SPLIT")]
         attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
-        sig.update({c: "constexpr" for c in consts})
-        cc = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
-                            target=GPUTarget("cuda", arch, 32), options=launch)
+        sig.update({c: "constexpr" for c in const})
+        cc = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs),
+                            target=GPUTarget("cuda", arch, 32), options=options)
         ptx = cc.asm["ptx"]
         print(json.dumps({"kernel": fn.__name__, "wgmma": "wgmma" in ptx, "mma_sync": "mma.sync" in ptx,
+                          "vector_loads": len(re.findall(r"ld\.global(?:\.\w+)*\.v4", ptx)),
                           "shared": cc.metadata.shared, **_resources(cc.asm["cubin"])}))
 
 

@@ -197,6 +197,74 @@ def test_unknown_block_option_is_refused():
         triton_logprobs(h, w, y, blocks={"BLOCK_M": 16})
 
 
+def _pairs(dtype, B=3, T=9, D=48, V=1000, device="cpu", seed=0):
+    """A stacked [chosen; rejected] batch with prompts, a short answer and an empty one."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(2 * B, T, D, generator=g).to(device, dtype).requires_grad_()
+    w = (torch.randn(V, D, generator=g) * 0.3).to(device, dtype).requires_grad_()
+    y = torch.randint(0, V, (2 * B, T), generator=g)
+    y[:, :3] = -100
+    y[1, 5:] = -100
+    y[2 * B - 2, 3:] = -100
+    ref = [(torch.randn(B, generator=g) - 30).to(device) for _ in range(2)]
+    return h, w, y.to(device), ref
+
+
+def _loss_grads(h, w, y, ref, **kw):
+    h.grad = w.grad = None
+    out, lp = fused_preference_loss(h, w, y, *ref, "rpo", beta=0.1, **kw)
+    out.losses.sum().backward()
+    return out.losses.sum().detach(), lp.chosen.detach(), h.grad.clone(), w.grad.clone()
+
+
+@interp
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("rows", [None, 13, 4])  # one chunk; a few pairs per chunk; pairs longer than a block
+def test_one_pass_row_kernels_match_the_naive_loss(dtype, tol, rows, monkeypatch):
+    """The one-pass loss with its per-chunk elementwise work in the two Triton row kernels (what
+    CUDA runs; V=1000 is not a multiple of their block): the naive loss's value and gradients."""
+    import prefopt.kernels.onepass as onepass
+
+    monkeypatch.setattr(onepass, "ROWWISE", "triton")
+    if rows:
+        monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", rows * 1000)
+    calls = []
+
+    def counted(name):
+        real = getattr(onepass, name)
+        return lambda *a: calls.append(name) or real(*a)
+    for name in ("_rows_lse", "_rows_dlogits"):
+        monkeypatch.setattr(onepass, name, counted(name))
+    h, w, y, ref = _pairs(dtype)
+    exact = _loss_grads(h.detach().float().requires_grad_(), w.detach().float().requires_grad_(), y, ref, impl="naive")
+    got = _loss_grads(h, w, y, ref, reduction="sum", one_pass=True)
+    assert {"_rows_lse", "_rows_dlogits"} <= set(calls)
+    assert got[2].dtype == got[3].dtype == dtype
+    for e, t in zip(exact, got):
+        assert _rel_err(e, t) < tol
+
+
+@interp
+def test_row_kernels_against_pytorch():
+    """``_row_lse`` and ``_row_dlogits`` alone: logsumexp, the label's log-prob and
+    ``g · (onehot − softmax)`` of fp32 logits rows, V not a multiple of the block, in bf16 too."""
+    from prefopt.kernels.onepass import _rows_dlogits, _rows_lse
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 1000, generator=g) * 8
+    x[2, 700:] = -1e4  # a row whose tail is all but impossible
+    y = torch.randint(0, 1000, (5,), generator=g)
+    up = torch.randn(5, generator=g)
+    lse, logp = _rows_lse(x, y)
+    assert torch.allclose(lse, torch.logsumexp(x, -1), atol=1e-5)
+    assert torch.allclose(logp, x.log_softmax(-1).gather(-1, y[:, None]).squeeze(-1), atol=1e-5)
+    want = up[:, None] * (torch.nn.functional.one_hot(y, 1000) - x.softmax(-1))
+    full = _rows_dlogits(x, y, lse, up, torch.float32)
+    assert torch.allclose(full, want, atol=1e-6)
+    half = _rows_dlogits(x, y, lse, up, torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and torch.equal(half, full.bfloat16())  # rounded once
+
+
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
@@ -218,3 +286,23 @@ def test_gpu_real_head_sizes(dtype, tol, N, V, need, sum_rows, monkeypatch):
     for e, t in zip(exact, got):
         if e is not None:
             assert _rel_err(e, t) < tol
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("frozen", [False, True])
+def test_gpu_one_pass_at_smollm2_head(frozen):
+    """Compiled row kernels (the CUDA default for the one-pass loss) at SmolLM2's head, bf16,
+    several chunks: the fp32 naive loss's value and gradients within bf16 tolerance."""
+    from prefopt.kernels.onepass import _rowwise
+
+    h, w, y, ref = _pairs(torch.bfloat16, B=16, T=96, D=576, V=49152, device="cuda")
+    exact = _loss_grads(h.detach().float().requires_grad_(), w.detach().float().requires_grad_(), y, ref, impl="naive")
+    w.requires_grad_(not frozen)
+    h.grad = w.grad = None
+    out, _ = fused_preference_loss(h, w, y, *ref, "rpo", beta=0.1, reduction="sum", one_pass=True)
+    out.losses.backward()
+    assert _rowwise(h.device) and (w.grad is None) == frozen
+    assert _rel_err(exact[0], out.losses.detach()) < 1e-2 and _rel_err(exact[2], h.grad) < 2e-2
+    if not frozen:
+        assert _rel_err(exact[3], w.grad) < 2e-2

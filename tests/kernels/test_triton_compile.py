@@ -1,10 +1,11 @@
 """The compiled (not interpreted) Triton kernels build for real CUDA targets, without a GPU.
 
 CI has no GPU, and the interpreter accepts code the compiler may not. Triton compiles ahead of
-time for a named target with its bundled ``ptxas``, so here both kernels go all the way to a
+time for a named target with its bundled ``ptxas``, so here the kernels go all the way to a
 cubin for Hopper (sm_90) and Ampere (sm_80) with the default tiles, the arguments specialised
 as a real launch specialises them; half precision must land on the tensor cores (``wgmma`` on
 Hopper, ``mma.sync`` on Ampere), fed by pipelined 16-byte copies, without spilling registers.
+The one-pass loss's two row kernels must read the logits with 16-byte vector loads, unspilled.
 """
 import inspect
 import json
@@ -39,7 +40,11 @@ SHARED_MAX = {90: 227 * 1024, 80: 163 * 1024}  # per block, H100 and A100
                                             (80, "fp32", None)])
 def test_kernels_compile_to_cubin(arch, dtype, mma):
     rows = _compile(arch, dtype)
-    assert set(rows) == {"_fwd", "_dlogits"}
+    assert set(rows) == {"_fwd", "_dlogits", "_row_lse", "_row_dlogits"}
+    for name in ("_row_lse", "_row_dlogits"):  # the one-pass loss's elementwise passes: bandwidth-bound
+        r = rows.pop(name)
+        assert r["stack"] == 0 and 0 < r["reg"] <= 255, r
+        assert r["vector_loads"] > 0, f"{name}: the logits are not read with 16-byte vector loads"
     for r in rows.values():
         assert r["shared"] <= SHARED_MAX[arch], f"{r['kernel']} needs {r['shared']} bytes of shared memory"
         assert 0 < r["reg"] <= 255
