@@ -7,6 +7,7 @@
 #                                          #   table-llama / table-smol: one head each (4096x128256 / 576x49152)
 #   bash benchmarks/gpu_session.sh frozen  # the frozen-head (LoRA) row at D=4096 V=128256 N=16384
 #   bash benchmarks/gpu_session.sh sweep   # Triton tiles/warps/budget at D=4096 V=128256 N=16384
+#   bash benchmarks/gpu_session.sh onepass # the one-pass DPO loss against triton/liger at budgets 2^24 and 2^26
 # Steps run in the order given, each timed; keep each call under the device tool's 10 minutes, e.g.
 # "check frozen table-smol", then "table-llama", then "sweep".
 #
@@ -19,8 +20,8 @@ set -uo pipefail
 OUT=${OUT:-/tmp/prefopt-gpu}
 PY=${PY:-python3}
 for step in "${@:-check}"; do
-  case $step in check|table|table-llama|table-smol|frozen|sweep) ;;
-    *) echo "unknown step $step (check, table, table-llama, table-smol, frozen, sweep)"; exit 2 ;; esac
+  case $step in check|table|table-llama|table-smol|frozen|sweep|onepass) ;;
+    *) echo "unknown step $step (check, table, table-llama, table-smol, frozen, sweep, onepass)"; exit 2 ;; esac
 done
 if ! $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
   echo "no CUDA GPU visible to $PY: this script is for a lent GPU machine (it also installs .wheels there)"
@@ -60,6 +61,14 @@ for step in "${@:-check}"; do
       bench table_smol --shapes 576x49152 ;;
     frozen)
       bench table_frozen --frozen-weight --shapes 4096x128256 --tokens 16384 --methods chunked triton liger cce cce-exact ;;
+    onepass)  # one file for the four tables (the device tool brings back at most 8)
+      for budget in 16777216 67108864; do
+        for weight in "" --frozen-weight; do
+          $PY benchmarks/bench_logprobs.py --gpu --shapes 4096x128256 --tokens 16384 --budget "$budget" --reps 3 \
+            $weight --methods onepass triton $([ -n "$weight" ] && echo chunked || echo liger) 2>&1 \
+            | tee -a "$OUT/onepass.txt" || status=1
+        done
+      done ;;
     sweep)
       # tiles that compile to wgmma without spills on sm_90 (as tests/kernels/test_triton_compile.py checks)
       for cfg in '{"BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_D": 64, "num_warps": 8}' \

@@ -52,7 +52,19 @@ def test_steps_run_in_order_with_their_arguments_and_timings(tmp_path):
     assert [line.split()[2] for line in took] == ["check", "frozen", "table-smol", "table-llama", "sweep"]
 
 
-@pytest.mark.parametrize("steps", [("check", "frozen", "table-smol"), ("table-llama",), ("sweep",)])
+def test_the_onepass_step_times_both_budgets_trainable_and_frozen(tmp_path):
+    proc, calls, out = _run(tmp_path, "onepass")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    benches = [c for c in calls if c.startswith("benchmarks/bench_logprobs.py")]
+    assert len(benches) == 4 and all("--shapes 4096x128256 --tokens 16384" in c for c in benches)
+    assert [("--budget 16777216" in c, "--frozen-weight" in c) for c in benches] == [
+        (True, False), (True, True), (False, False), (False, True)]
+    assert all(c.endswith("--methods onepass triton " + ("chunked" if "--frozen-weight" in c else "liger"))
+               for c in benches)
+    assert (out / "onepass.txt").read_text().count("stub table") == 4
+
+
+@pytest.mark.parametrize("steps", [("check", "frozen", "table-smol"), ("table-llama",), ("sweep",), ("onepass",)])
 def test_each_planned_call_leaves_at_most_eight_files(tmp_path, steps):
     """The device tool brings back at most 8 files from $OUT; the documented three calls fit."""
     proc, _, out = _run(tmp_path, *steps)
