@@ -9,7 +9,7 @@
 #   bash benchmarks/gpu_session.sh sweep   # Triton tiles/warps/budget at D=4096 V=128256 N=16384
 #   bash benchmarks/gpu_session.sh onepass # the one-pass DPO loss against triton/liger at budgets 2^24 and 2^26
 # Steps run in the order given, each timed; keep each call under the device tool's 10 minutes, e.g.
-# "check frozen table-smol", then "table-llama", then "sweep".
+# "check frozen table-smol", then "table-llama", then "onepass", then "sweep".
 #
 # Meant for the `device` tool's machine: its python3 already has torch and triton; the baselines
 # (liger-kernel, cut-cross-entropy) have no network there, so carry their wheels:

@@ -318,13 +318,14 @@ def test_full_fine_tuning_forms_the_head_gradients_in_one_pass(task, tmp_path, m
         monkeypatch.setenv("PREFOPT_ONEPASS", flag)
         trainer.model.zero_grad()
         loss, metrics = trainer.loss_sum(trainer.model, trainer.pair_batch(pairs[:6]))
-        loss.backward()
+        (loss / 4).backward()  # scaled, as the loop scales it: the one-pass backward must pass that on
         out.append((loss.detach(), {k: float(v) for k, v in metrics.items()},
                     [p.grad.clone() for p in trainer.model.parameters()]))
     monkeypatch.delenv("PREFOPT_ONEPASS")
     assert calls == [1] and len(out[0][2]) > 10  # one pass, then per token
     (l1, m1, g1), (l2, m2, g2) = out
     assert torch.allclose(l1, l2, rtol=1e-5) and all(abs(m1[k] - m2[k]) < 1e-4 for k in m1)
-    assert all(a.abs().max() > 0 and torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g1, g2))
+    # fp32 sums over many tokens in another order: equal to rounding, relative to each tensor's scale
+    assert all(a.abs().max() > 0 and (a - b).abs().max() <= 1e-5 * a.abs().max() for a, b in zip(g1, g2))
     trainer.train_step(0)
     assert calls == [1, 1]  # the default: one pass, the head being trainable on CPU

@@ -119,13 +119,14 @@ def test_full_fine_tuning_forms_the_head_gradients_in_one_pass(task, tmp_path, m
             monkeypatch.setenv("PREFOPT_ONEPASS", flag)
         trainer.model.zero_grad()
         loss, _ = trainer.loss_sum(trainer.model, batch)
-        loss.backward()
+        (loss / 4).backward()  # scaled, as the loop scales it: the one-pass backward must pass that on
         out.append((loss.detach(), [p.grad.clone() for p in trainer.model.parameters()]))
     monkeypatch.delenv("PREFOPT_ONEPASS")
     assert calls == [1] and len(out[0][1]) > 10  # the default took one pass; "0" the per-token path
     (l1, g1), (l2, g2) = out
     assert torch.allclose(l1, l2, rtol=1e-5)
-    assert all(a.abs().max() > 0 and torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g1, g2))
+    # fp32 sums over many tokens in another order: equal to rounding, relative to each tensor's scale
+    assert all(a.abs().max() > 0 and (a - b).abs().max() <= 1e-5 * a.abs().max() for a, b in zip(g1, g2))
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     losses = [trainer.train_step(s)["loss"] for s in range(4)]
     assert losses[-1] < losses[0] and calls == [1] * 5
