@@ -152,14 +152,21 @@ class DPOTrainer(Trainer):
         if self.dist.is_main:
             self.ref_mode = "model" if self.ref_model is not None else "adapter"
 
+            # twice a step's pairs per chunk; four times when each prompt runs once (about half the tokens)
+            pairs_per_chunk = self.config.batch_size * (4 if self.config.share_prompt else 2)
+
             def compute(chunk):  # the batch layout and precision the policy will run in (bf16 on CUDA)
-                b = {k: v.to(self.device) for k, v in self.pair_batch(chunk).items()}
+                batch = self.pair_batch(chunk)
+                if "gather" not in batch and len(chunk) > 2 * self.config.batch_size:
+                    # not packed (some pair shares no prompt): two full rows a pair, so at most
+                    # twice a step's pairs at once, not the four times meant for packed rows
+                    parts = [compute(chunk[i:i + 2 * self.config.batch_size])
+                             for i in range(0, len(chunk), 2 * self.config.batch_size)]
+                    return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
+                b = {k: v.to(self.device) for k, v in batch.items()}
                 with self._autocast():
                     sums = self.reference_logps(b).float().cpu()
                 return sums[:len(chunk)], sums[len(chunk):]
-
-            # twice a step's pairs per chunk; four times when each prompt runs once (about half the tokens)
-            pairs_per_chunk = self.config.batch_size * (4 if self.config.share_prompt else 2)
             n = self.ref_cache.fill(pairs, compute, batch_size=pairs_per_chunk, show_progress=self.config.progress)
             self.ref_mode = "cache"
             self.ref_forwards = 0

@@ -329,3 +329,23 @@ def test_full_fine_tuning_forms_the_head_gradients_in_one_pass(task, tmp_path, m
     assert all(a.abs().max() > 0 and (a - b).abs().max() <= 1e-5 * a.abs().max() for a, b in zip(g1, g2))
     trainer.train_step(0)
     assert calls == [1, 1]  # the default: one pass, the head being trainable on CPU
+
+
+def test_a_fill_chunk_that_cannot_be_packed_runs_at_most_twice_a_steps_pairs(task, tmp_path, monkeypatch):
+    """Packed fill chunks hold 4 × batch_size pairs (one row each). A chunk that falls back to the
+    stacked layout (two full rows a pair) is split so that one forward holds at most
+    2 × batch_size pairs, and the cached sums are the same as the packed fill's (fp32)."""
+    import prefopt.train.dpo as dpo
+
+    cfg = _cfg(task, tmp_path / "a", ref_cache=str(tmp_path / "c1"), eval_data=None, max_steps=1)
+    packed, pairs = _trainer(task, tmp_path, cfg, cache=True)
+    rows = []
+    real = DPOTrainer.reference_logps
+    monkeypatch.setattr(DPOTrainer, "reference_logps", lambda self, b: rows.append(b["input_ids"].shape[0]) or real(self, b))
+    monkeypatch.setattr(dpo, "pack_pairs", lambda pairs, pad: None)  # as if some pair shared no prompt
+    cfg = _cfg(task, tmp_path / "b", ref_cache=str(tmp_path / "c2"), eval_data=None, max_steps=1)
+    stacked, _ = _trainer(task, tmp_path, cfg, cache=True)
+    assert rows and max(rows) == 2 * (2 * cfg.batch_size) and sum(rows) == 2 * len(pairs)
+    keys = [p.key for p in pairs]
+    for a, b in zip(packed.ref_cache.get(keys), stacked.ref_cache.get(keys)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
