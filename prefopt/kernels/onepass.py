@@ -100,6 +100,8 @@ class _OnePass(torch.autograd.Function):
                     grad_w.addmm_(d.T, h_all[a:b])
 
         for s, e, p0, p1 in chunks:
+            if e == s:  # no scored tokens: nothing to add
+                continue
             if e - s <= rows:
                 x, norm, lse = log_probs(s, e)
                 backprop(s, e, dlogits(s, e, x, norm, lse, pair_grads(p0, p1, sums)[slots[s:e]]))

@@ -179,3 +179,20 @@ def test_nll_sum_in_one_pass_equals_the_naive_nll(frozen, rows, monkeypatch):
     assert torch.allclose(got, want, rtol=1e-12) and len(calls) == -(-n // (rows or n)) * (2 if frozen else 3)
     for a, b in zip(wgrad, (h.grad, w.grad)):
         assert (a is None) == (b is None) and (a is None or torch.allclose(a * 3, b, rtol=1e-10, atol=1e-12))
+
+
+def test_a_batch_with_no_scored_tokens(monkeypatch):
+    """All labels ignored: the loss is the naive one (log-prob sums 0), and the backward gives
+    zero gradients, on both one-pass entry points."""
+    from prefopt.kernels import nll_sum
+
+    h, w, y, ref = _case()
+    y[:] = -100
+    want, _, _ = _run(h, w, y, ref, "sigmoid", impl="naive")
+    got, lp, grads = _run(h, w, y, ref, "sigmoid", reduction="sum", one_pass=True)
+    assert torch.allclose(got.losses, want.losses.sum()) and torch.equal(lp.chosen, torch.zeros(3, dtype=lp.chosen.dtype))
+    assert all(g is not None and not g.any() for g in grads)
+    h.grad = w.grad = None
+    loss = nll_sum(h, w, y, one_pass=True)
+    loss.backward()
+    assert loss.item() == 0 and not h.grad.any() and not w.grad.any()
