@@ -9,8 +9,9 @@ GEMMs at once. That is three GEMM passes with a trainable head (``h·Wᵀ``, ``d
 ``dlogitsᵀ·h``, the bare minimum) against four when the backward recomputes the logits, and
 two with a frozen one. The backward only scales the stored gradients by the upstream scalar.
 
-- Pairs are grouped in order into chunks of at most ``CHUNK_ELEMENTS`` logits. A pair longer
-  than that alone takes two walks over its own blocks: log-probs first, then the gradients.
+- Pairs are grouped in order into chunks of at most ``CHUNK_ELEMENTS`` logits (on CUDA a
+  multiple of 128 tokens, cuBLAS's row tile). A pair longer than that alone takes two walks
+  over its own blocks: log-probs first, then the gradients.
 - The gradients exist from the forward on: ``grad_h`` (N, D) and ``grad_W`` (V, D). ``grad_W``
   is summed over chunks in fp32 when the weight is fp32 (under autocast the fp32 master weight,
   so the sum *is* its gradient) or when V × D ≤ ``SUM_ELEMENTS``; otherwise (a large half
@@ -48,16 +49,24 @@ def plan(pair_tokens: list[int], rows: int) -> list[tuple[int, int, int, int]]:
     return chunks
 
 
+GEMM_ROWS = 128  # on CUDA, chunks are whole multiples of cuBLAS's row tile where one fits
+
+
+def chunk_rows(budget: int | None, V: int, device: torch.device) -> int:
+    """Tokens per chunk: ``budget`` (default ``CHUNK_ELEMENTS``) logits of width ``V``, rounded
+    down to a multiple of ``GEMM_ROWS`` on CUDA (130 rows would leave a nearly empty tile)."""
+    rows = max(1, (budget or _backward.CHUNK_ELEMENTS) // V)
+    return rows // GEMM_ROWS * GEMM_ROWS if device.type == "cuda" and rows >= GEMM_ROWS else rows
+
+
 class _OnePass(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, slots, chunks, n_seq, pair_grads, total, dtype, budget, rowwise):
+    def forward(ctx, hidden, weight, labels, slots, chunks, n_seq, pair_grads, total, dtype, rows, rowwise):
         """``hidden`` (M, D) and ``labels`` (M,): the scored tokens, pair by pair (chosen's then
         rejected's); ``slots`` (M,): each token's sequence (chosen p at p, rejected p at B + p)."""
         acc = acc_dtype(hidden)
         h_all, w = hidden.to(dtype), weight.to(dtype)
         need_h, need_w = ctx.needs_input_grad[:2]
-        V = weight.shape[0]
-        rows = max(1, budget // V)
         sums = torch.zeros(n_seq, dtype=acc, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None
         exact = weight.dtype == acc or weight.numel() <= _backward.SUM_ELEMENTS
@@ -186,16 +195,15 @@ def onepass_nll(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
     """``−Σ log p(label)`` over the scored tokens (SFT's summed loss) with the lm_head gradients
     formed in the forward. ``hidden`` (..., D), ``labels`` (...) aligned with it."""
     D = hidden.shape[-1]
-    budget = budget or _backward.CHUNK_ELEMENTS
     keep = (labels.reshape(-1) != ignore_index).nonzero().squeeze(-1)
-    rows = max(1, budget // weight.shape[0])
+    rows = chunk_rows(budget, weight.shape[0], hidden.device)
     M = keep.numel()
     chunks = [(s, min(s + rows, M), 0, 0) for s in range(0, M, rows)]
     minus_one = torch.full((1,), -1.0, dtype=acc_dtype(hidden), device=hidden.device)
     with torch.autocast(hidden.device.type, enabled=False):
         total, _ = _OnePass.apply(hidden.reshape(-1, D).index_select(0, keep), weight,
                                   labels.reshape(-1).index_select(0, keep), torch.zeros_like(keep), chunks, 1,
-                                  lambda p0, p1, sums: minus_one, lambda sums: -sums[0], _compute_dtype(hidden), budget,
+                                  lambda p0, p1, sums: minus_one, lambda sums: -sums[0], _compute_dtype(hidden), rows,
                                   _rowwise(hidden.device))
     return total
 
@@ -212,7 +220,7 @@ def onepass_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
     """
     R, T, D = hidden.shape
     B = R // 2
-    budget = budget or _backward.CHUNK_ELEMENTS
+    rows = chunk_rows(budget, weight.shape[0], hidden.device)
     keep = (labels.reshape(-1) != ignore_index).nonzero().squeeze(-1)
     seq = keep // T
     order = torch.sort(seq % B, stable=True).indices  # pair by pair, chosen's tokens first
@@ -228,6 +236,6 @@ def onepass_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
 
     with torch.autocast(hidden.device.type, enabled=False):
         return _OnePass.apply(hidden.reshape(-1, D).index_select(0, keep), weight,
-                              labels.reshape(-1).index_select(0, keep), seq, plan(pair_tokens, max(1, budget // weight.shape[0])),
-                              R, pair_grads, lambda s: pair_loss(s, slice(0, B), 1.0), _compute_dtype(hidden), budget,
+                              labels.reshape(-1).index_select(0, keep), seq, plan(pair_tokens, rows), R, pair_grads,
+                              lambda s: pair_loss(s, slice(0, B), 1.0), _compute_dtype(hidden), rows,
                               _rowwise(hidden.device))

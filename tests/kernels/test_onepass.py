@@ -52,6 +52,13 @@ def test_one_pass_equals_the_naive_loss_and_gradients(loss, rows, monkeypatch):
         assert a.abs().max() > 1e-3 and torch.allclose(a * 0.5, b, rtol=1e-10, atol=1e-12)
 
 
+def test_chunk_rows_are_whole_gemm_tiles_on_cuda():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # only the device type is read
+    assert onepass.chunk_rows(None, 128256, cpu) == 130 and onepass.chunk_rows(None, 128256, cuda) == 128
+    assert onepass.chunk_rows(1 << 26, 128256, cuda) == 512 and onepass.chunk_rows(1 << 24, 49152, cuda) == 256
+    assert onepass.chunk_rows(100 * 1000, 1000, cuda) == 100 and onepass.chunk_rows(10, 1000, cpu) == 1
+
+
 def test_chunks_hold_whole_pairs_within_the_budget():
     assert onepass.plan([3, 4, 10, 2, 2], 6) == [(0, 3, 0, 1), (3, 7, 1, 2), (7, 17, 2, 3), (17, 21, 3, 5)]
     assert onepass.plan([0, 2, 0], 6) == [(0, 2, 0, 3)]
