@@ -1,7 +1,7 @@
 """Chunked log-probs in PyTorch: never more than one block of logits alive.
 
-Forward, per chunk of tokens: logits = h Wᵀ (fp32), store only logsumexp and the target
-logit. Backward (``_backward.lm_head_backward``) recomputes the logits block by block, forms
+Forward, per chunk of tokens: logits = h Wᵀ (fp32), turned into ``exp(logits − row max)`` in
+place; store only the logsumexp and the target's log-prob. Backward (``_backward.lm_head_backward``) recomputes the logits block by block, forms
 ``dlogits = g · (onehot(y) − softmax)`` and runs the two gradient GEMMs with fp32
 accumulation. Memory: O(``CHUNK_ELEMENTS``) beyond inputs and gradients.
 
@@ -26,6 +26,25 @@ def _onehot_minus_softmax_(logits, y, lse):
     return d.index_put_((rows, y.index_select(0, rows)), torch.ones((), dtype=d.dtype), accumulate=True)
 
 
+def _exp_rows_(logits, y):
+    """Turn a block of logits into ``exp(logits − row max)`` in place (one buffer, no other
+    block-sized temporary); return the labels' log-probs, the logsumexp and the row sums."""
+    target = logits.gather(-1, y[:, None]).squeeze(-1)
+    top = logits.amax(-1)
+    norm = logits.sub_(top[:, None]).exp_().sum(-1)
+    lse = top + norm.log()
+    return target - lse, lse, norm
+
+
+def _softmax_grad_(e, y, norm, g=None):
+    """``g · (onehot(y) − softmax)`` in place in ``e = exp(logits − row max)`` with row sums
+    ``norm``; ``g`` per row, or 1."""
+    if g is None:
+        g = torch.ones_like(norm)
+    d = e.mul_((-g / norm)[:, None])
+    return d.index_put_((torch.arange(e.shape[0], device=e.device), y), g, accumulate=True)
+
+
 def _dlogits(h, w, y, lse, g):
     """``g · (onehot(y) − softmax(h wᵀ − lse))`` for one block, in ``h``'s dtype."""
     return _onehot_minus_softmax_(mm_acc(h, w.T, lse.dtype), y, lse).mul_(g[:, None]).to(h.dtype)
@@ -42,13 +61,11 @@ class _ChunkedLogprobs(torch.autograd.Function):
         chunk = block_rows(N, weight.shape[0], budget)
         for s in range(0, N, chunk):
             rows = slice(s, s + chunk)
-            logits = mm_acc(hidden[rows], weight.T, acc)  # (c, V)
-            lse[rows] = torch.logsumexp(logits, -1)
-            out[rows] = logits.gather(-1, labels[rows, None]).squeeze(-1) - lse[rows]
+            e = mm_acc(hidden[rows], weight.T, acc)  # (c, V) logits, then exp(logits − row max)
+            out[rows], lse[rows], norm = _exp_rows_(e, labels[rows])
             if jac is not None:  # d logp / d h for this chunk, while its logits are alive
-                logits = _onehot_minus_softmax_(logits, labels[rows], lse[rows]).to(hidden.dtype)
-                jac[rows] = mm_acc(logits, weight, acc)
-            del logits  # before the next chunk's: one block alive at a time
+                jac[rows] = mm_acc(_softmax_grad_(e, labels[rows], norm).to(hidden.dtype), weight, acc)
+            del e  # before the next chunk's: one block alive at a time
         if jac is not None:
             ctx.save_for_backward(jac)
         else:

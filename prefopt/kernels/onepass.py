@@ -32,7 +32,7 @@ import torch
 
 from . import _backward
 from ._backward import _add_mm, acc_dtype, mm_acc
-from .chunked import _onehot_minus_softmax_
+from .chunked import _exp_rows_, _onehot_minus_softmax_, _softmax_grad_
 
 
 def plan(pair_tokens: list[int], rows: int) -> list[tuple[int, int, int, int]]:
@@ -81,11 +81,7 @@ class _OnePass(torch.autograd.Function):
                 lse, logp = _rows_lse(x, labels[a:b])
                 norm = None
             else:
-                tgt = x.gather(-1, labels[a:b, None]).squeeze(-1)
-                top = x.amax(-1)
-                norm = x.sub_(top[:, None]).exp_().sum(-1)
-                lse = top + norm.log()
-                logp = tgt - lse
+                logp, lse, norm = _exp_rows_(x, labels[a:b])
             sums.index_add_(0, slots[a:b], logp)
             return x, norm, lse
 
@@ -96,8 +92,7 @@ class _OnePass(torch.autograd.Function):
                 return _rows_dlogits(x, labels[a:b], lse, g, dtype)
             if norm is None:
                 return _onehot_minus_softmax_(x, labels[a:b], lse).mul_(g[:, None]).to(dtype)
-            d = x.mul_((-g / norm)[:, None])  # −g · softmax, in place; then + g at each label
-            return d.index_put_((torch.arange(b - a, device=d.device), labels[a:b]), g, accumulate=True).to(dtype)
+            return _softmax_grad_(x, labels[a:b], norm, g).to(dtype)
 
         def backprop(a, b, d):  # both gradient GEMMs for tokens a:b
             if need_h:
