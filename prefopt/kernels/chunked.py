@@ -1,7 +1,8 @@
 """Chunked log-probs in PyTorch: never more than one block of logits alive.
 
 Forward, per chunk of tokens: logits = h Wᵀ (fp32), turned into ``exp(logits − row max)`` in
-place; store only the logsumexp and the target's log-prob. Backward (``_backward.lm_head_backward``) recomputes the logits block by block, forms
+place; store only the logsumexp and the target's log-prob. Backward
+(``_backward.lm_head_backward``) recomputes the logits block by block, forms
 ``dlogits = g · (onehot(y) − softmax)`` and runs the two gradient GEMMs with fp32
 accumulation. Memory: O(``CHUNK_ELEMENTS``) beyond inputs and gradients.
 
