@@ -19,6 +19,7 @@ import os
 
 import torch
 
+from ._tokens import scored
 from .chunked import chunked_logprobs
 from .fused import fused_preference_loss, nll_sum
 from .naive import naive_logprobs
@@ -68,16 +69,12 @@ def sequence_logprobs(
     if torch.is_autocast_enabled(device):  # the lm_head matmul in autocast's dtype, as F.linear would
         dt = torch.get_autocast_dtype(device)
         hidden, weight = hidden.to(dt), weight.to(dt)
-    shape = labels.shape
-    h = hidden.reshape(-1, hidden.shape[-1])
-    y = labels.reshape(-1)
-    keep = (y != ignore_index).nonzero().squeeze(-1)  # gather the scored tokens before any matmul
-    if not keep.numel():
-        return torch.zeros(shape, dtype=torch.float32, device=y.device) + 0 * hidden.sum()  # keeps the graph
+    index, h, y = scored(hidden, labels, ignore_index)  # the scored tokens, before any matmul
+    if not y.numel():
+        return torch.zeros(labels.shape, dtype=torch.float32, device=labels.device) + 0 * hidden.sum()  # keeps the graph
     with torch.autocast(device, enabled=False):
-        picked = IMPLS[name](h.index_select(0, keep), weight, y.index_select(0, keep))
-    out = torch.zeros(y.shape, dtype=picked.dtype, device=y.device).index_put((keep,), picked)
-    return out.reshape(shape)
+        picked = IMPLS[name](h, weight, y)
+    return torch.zeros(labels.shape, dtype=picked.dtype, device=labels.device).index_put(index, picked)
 
 
 __all__ = ["IMPLS", "chunked_logprobs", "fused_preference_loss", "naive_logprobs", "nll_sum", "resolve_impl",

@@ -32,6 +32,7 @@ import torch
 
 from . import _backward
 from ._backward import _add_mm, acc_dtype, mm_acc
+from ._tokens import scored
 from .chunked import _exp_rows_, _onehot_minus_softmax_, _softmax_grad_
 
 
@@ -189,15 +190,13 @@ def onepass_nll(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
                 budget: int | None = None) -> torch.Tensor:
     """``−Σ log p(label)`` over the scored tokens (SFT's summed loss) with the lm_head gradients
     formed in the forward. ``hidden`` (..., D), ``labels`` (...) aligned with it."""
-    D = hidden.shape[-1]
-    keep = (labels.reshape(-1) != ignore_index).nonzero().squeeze(-1)
+    _, h, y = scored(hidden, labels, ignore_index)
     rows = chunk_rows(budget, weight.shape[0], hidden.device)
-    M = keep.numel()
+    M = y.numel()
     chunks = [(s, min(s + rows, M), 0, 0) for s in range(0, M, rows)]
     minus_one = torch.full((1,), -1.0, dtype=acc_dtype(hidden), device=hidden.device)
     with torch.autocast(hidden.device.type, enabled=False):
-        total, _ = _OnePass.apply(hidden.reshape(-1, D).index_select(0, keep), weight,
-                                  labels.reshape(-1).index_select(0, keep), torch.zeros_like(keep), chunks, 1,
+        total, _ = _OnePass.apply(h, weight, y, torch.zeros_like(y), chunks, 1,
                                   lambda p0, p1, sums: minus_one, lambda sums: -sums[0], _compute_dtype(hidden), rows,
                                   _rowwise(hidden.device))
     return total
@@ -213,13 +212,12 @@ def onepass_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
     log-probs; ``scale`` multiplies the batch-mean terms (``chosen_nll``) so that the chunks'
     sums add up to the batch's (B / pairs in the chunk; 1 for the whole batch).
     """
-    R, T, D = hidden.shape
+    R = hidden.shape[0]
     B = R // 2
     rows = chunk_rows(budget, weight.shape[0], hidden.device)
-    keep = (labels.reshape(-1) != ignore_index).nonzero().squeeze(-1)
-    seq = keep // T
+    seq, pos = (labels != ignore_index).nonzero(as_tuple=True)  # (row, position) of each scored token
     order = torch.sort(seq % B, stable=True).indices  # pair by pair, chosen's tokens first
-    keep, seq = keep.index_select(0, order), seq.index_select(0, order)
+    seq, pos = seq.index_select(0, order), pos.index_select(0, order)
     pair_tokens = torch.bincount(seq % B, minlength=B).tolist()
 
     def pair_grads(p0: int, p1: int, sums: torch.Tensor) -> torch.Tensor:
@@ -230,7 +228,6 @@ def onepass_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
         return g
 
     with torch.autocast(hidden.device.type, enabled=False):
-        return _OnePass.apply(hidden.reshape(-1, D).index_select(0, keep), weight,
-                              labels.reshape(-1).index_select(0, keep), seq, plan(pair_tokens, rows), R, pair_grads,
+        return _OnePass.apply(hidden[seq, pos], weight, labels[seq, pos], seq, plan(pair_tokens, rows), R, pair_grads,
                               lambda s: pair_loss(s, slice(0, B), 1.0), _compute_dtype(hidden), rows,
                               _rowwise(hidden.device))

@@ -202,3 +202,37 @@ def test_adding_a_group_sums_in_fp32_and_rounds_once():
     assert torch.equal(out, want)
     _set_or_add(out, a, b, first=True)
     assert torch.equal(out, (a @ b))
+
+
+@pytest.mark.parametrize("entry", ["sequence_logprobs", "nll_sum one pass", "preference one pass"])
+def test_the_scored_tokens_are_gathered_without_copying_the_hidden_view(entry):
+    """The trainers pass ``hidden[:, :-1]`` (not contiguous). Only the scored rows may be read:
+    no tensor as large as the view is made in the forward (``reshape`` used to copy it whole)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from prefopt.kernels import fused_preference_loss, nll_sum
+
+    class Largest(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    self.largest = max(self.largest, t.numel())
+            return out
+
+    g = torch.Generator().manual_seed(0)
+    full = torch.randn(4, 201, 64, generator=g, requires_grad=True)
+    w = torch.randn(50, 64, generator=g, requires_grad=True)
+    hidden = full[:, :-1]
+    y = torch.full((4, 200), -100)
+    y[:, -3:] = 7  # three scored tokens a row
+    with Largest() as mode:
+        if entry == "sequence_logprobs":
+            sequence_logprobs(hidden, w.detach(), y)
+        elif entry == "nll_sum one pass":
+            nll_sum(hidden, w, y, one_pass=True)
+        else:
+            fused_preference_loss(hidden, w, y, torch.zeros(2), torch.zeros(2), reduction="sum", one_pass=True)
+    assert not hidden.is_contiguous() and mode.largest < hidden.numel() // 10
