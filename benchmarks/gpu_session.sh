@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU work of issue 5 in as few device calls as possible (each call: 10 min at most).
 #
-#   bash benchmarks/gpu_session.sh check   # the kernel tests on CUDA (compiled Triton), ~2 min
+#   bash benchmarks/gpu_session.sh check   # the kernel tests on CUDA (compiled Triton) and the trainers
+#                                          #   end to end there (tests/train/test_cuda_training.py), ~2 min
 #   bash benchmarks/gpu_session.sh table   # bench_logprobs.py --gpu: 2 heads x 2 token counts x 8 methods
 #                                          #   (torch.compile and Liger compile per shape: several minutes);
 #                                          #   table-llama / table-smol: one head each (4096x128256 / 576x49152)
@@ -51,7 +52,7 @@ for step in "${@:-check}"; do
   SECONDS=0
   case $step in
     check)
-      $PY -m pytest -q -p no:cacheprovider tests/kernels -rs 2>&1 | tee "$OUT/tests.txt" | tail -20
+      $PY -m pytest -q -p no:cacheprovider tests/kernels tests/train/test_cuda_training.py -rs 2>&1 | tee "$OUT/tests.txt" | tail -20
       [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
     table)
       bench table ;;

@@ -1,4 +1,4 @@
-"""A tiny model and a learnable synthetic SFT task, written to disk for training tests."""
+"""A tiny model and learnable synthetic SFT and DPO tasks, written to disk for training tests."""
 import json
 from pathlib import Path
 
@@ -19,3 +19,13 @@ def write_task(root: Path, n: int = 48) -> tuple[Path, Path]:
             f.write(json.dumps({"prompt": f"Case {i}: triage code for patient {i % 4}?",
                                 "completion": f"Code {code}."}) + "\n")
     return model_dir, data
+
+
+def write_pairs(path: Path, n: int = 64, offset: int = 0) -> Path:
+    """A learnable preference signal: the preferred answer depends on a code in the prompt."""
+    with open(path, "w") as f:
+        for i in range(offset, offset + n):
+            good, bad = ("urgent review", "routine visit") if i % 2 else ("routine visit", "urgent review")
+            f.write(json.dumps({"prompt": f"Message {i}, code {'A' if i % 2 else 'B'}. Triage?",
+                                "chosen": good, "rejected": bad}) + "\n")
+    return path

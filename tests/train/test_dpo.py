@@ -9,17 +9,7 @@ from prefopt.data.preference import load_preferences
 from prefopt.lora import lora_layers
 from prefopt.train.dpo import DPOConfig, DPOTrainer
 from prefopt.train.run import prepare_model, reference_cache_for, run_dpo
-from tests.train._fixtures import write_task
-
-
-def write_pairs(path, n=64, offset=0):
-    """A learnable signal: the preferred answer depends on a code in the prompt."""
-    with open(path, "w") as f:
-        for i in range(offset, offset + n):
-            good, bad = ("urgent review", "routine visit") if i % 2 else ("routine visit", "urgent review")
-            f.write(json.dumps({"prompt": f"Message {i}, code {'A' if i % 2 else 'B'}. Triage?",
-                                "chosen": good, "rejected": bad}) + "\n")
-    return path
+from tests.train._fixtures import write_pairs, write_task
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,153 @@
+"""The trainers end to end on a GPU, the way a user runs them there (skipped without CUDA).
+
+On CUDA the trainers run the Triton log-prob kernel under bf16 autocast, and fill the reference
+cache under autocast too; none of that runs in CI. These tests check, on CUDA:
+
+- in fp32, one SFT or DPO step gives the CPU's loss and every trainable gradient (LoRA and full
+  fine-tuning, one pass forced on and off), and the default path there is the Triton kernel;
+- under the defaults (bf16 autocast) SFT and DPO learn, and DPO's implicit rewards start at
+  exactly 0 with a cached reference.
+
+Each test also runs with ``device="cpu"`` (in CI): that checks the tests themselves, which
+would otherwise only ever run on a lent GPU (the comparison is then CPU against CPU).
+"""
+import pytest
+import torch
+
+from prefopt import kernels, load_tokenizer
+from prefopt.data.preference import load_preferences
+from prefopt.lora import lora_layers
+from prefopt.model import resolve_model_dir
+from prefopt.train import SFTTrainer, TrainConfig
+from prefopt.train.dpo import DPOConfig, DPOTrainer
+from prefopt.train.run import prepare_model, reference_cache_for, run_dpo, run_sft
+from prefopt.train.sft import load_train_eval
+from tests.train._fixtures import write_pairs, write_task
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+def device(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cuda")
+    model_dir, sft = write_task(root)
+    return model_dir, sft, write_pairs(root / "pairs.jsonl"), write_pairs(root / "heldout.jsonl", n=16, offset=1000)
+
+
+def _config(task, kind: str, out, **kw):
+    model_dir, sft, pairs, _ = task
+    common = dict(model=str(model_dir), output_dir=str(out), batch_size=4, lora_r=8, lora_alpha=16,
+                  lora_dropout=0.0, progress=False)
+    if kind == "sft":
+        return TrainConfig(**{**common, "data": str(sft), "max_steps": 24, "lr": 3e-3, **kw})
+    return DPOConfig(**{**common, "data": str(pairs), "max_steps": 16, "lr": 5e-3, "beta": 0.1, **kw})
+
+
+def _trainer(cfg, kind: str):
+    tok = load_tokenizer(cfg.model)
+    model = prepare_model(cfg)
+    if cfg.lora:  # LoRA B starts at 0, which would leave A without a gradient: a seeded start
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for _, layer in lora_layers(model):
+                layer.lora_B.weight.copy_(0.02 * torch.randn(layer.lora_B.weight.shape, generator=g))
+    if kind == "sft":
+        train, _, _ = load_train_eval(cfg, tok)
+        return SFTTrainer(model, cfg, train, pad_id=tok.pad_token_id)
+    pairs, _ = load_preferences(cfg.data, tok, max_length=cfg.max_length)
+    cache = reference_cache_for(cfg, model, None, resolve_model_dir(cfg.model)) if cfg.ref_cache else None
+    return DPOTrainer(model, cfg, pairs, pad_id=tok.pad_token_id, ref_cache=cache)
+
+
+def _step_grads(trainer) -> tuple[float, dict[str, torch.Tensor]]:
+    """The summed loss of the first 4 examples and every trainable parameter's gradient (on the CPU)."""
+    batch = {k: v.to(trainer.device) for k, v in trainer.collate(trainer.train_data[:4]).items()}
+    trainer.model.train()
+    with trainer._autocast():
+        loss, _ = trainer.loss_sum(trainer.model, batch)
+    loss.backward()
+    grads = {n: p.grad.detach().cpu() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    return loss.item(), grads
+
+
+@pytest.mark.parametrize("kind, lora, one_pass", [
+    ("sft", True, None), ("sft", False, None), ("sft", False, "1"),
+    ("dpo", True, None), ("dpo", False, None), ("dpo", False, "1"),
+])
+def test_an_fp32_step_on_the_device_equals_the_cpu_step(task, tmp_path, monkeypatch, device, kind, lora, one_pass):
+    if one_pass is not None:
+        monkeypatch.setenv("PREFOPT_ONEPASS", one_pass)
+    calls = []
+    default = kernels.resolve_impl(torch.device(device))
+    impl = kernels.IMPLS[default]
+    monkeypatch.setitem(kernels.IMPLS, default, lambda *a, **k: calls.append(1) or impl(*a, **k))
+    results = {}
+    for i, dev in enumerate(("cpu", device)):
+        kw = {} if lora else {"lora": False}
+        if kind == "dpo" and not lora:  # full fine-tuning needs a reference: the cache
+            kw["ref_cache"] = str(tmp_path / f"cache{i}")
+        cfg = _config(task, kind, tmp_path / f"run{i}", device=dev, bf16_autocast=False, **kw)
+        trainer = _trainer(cfg, kind)
+        calls.clear()  # count the step's calls only, not the reference cache's fill
+        results[i] = _step_grads(trainer)
+    (cpu_loss, cpu_grads), (loss, grads) = results[0], results[1]
+    assert loss == pytest.approx(cpu_loss, rel=1e-5)
+    assert grads.keys() == cpu_grads.keys() and grads
+    for name, g in grads.items():
+        scale = cpu_grads[name].abs().max().item()
+        assert scale > 0, name  # every trainable tensor gets a gradient
+        assert (g - cpu_grads[name]).abs().max().item() <= 1e-4 * scale, name
+    # which path the step took: on CUDA the Triton kernel unless one pass is forced on; on the CPU
+    # the chunked kernel with LoRA, one pass (which does not go through it) for a trainable head
+    if device == "cuda":
+        assert default == "triton" and bool(calls) == (one_pass != "1")
+    else:
+        assert default == "chunked" and bool(calls) == lora
+
+
+def test_sft_learns_under_the_device_defaults(task, tmp_path, device):
+    from safetensors.torch import load_file
+
+    from prefopt.train.metrics import read_metrics
+
+    cfg = _config(task, "sft", tmp_path / "sft", device=device, eval_fraction=0.25, warmup_steps=2)
+    summary = run_sft(cfg)
+    assert summary["eval_after"]["eval_loss"] < 0.5 * summary["eval_before"]["eval_loss"]
+    losses = [m["loss"] for m in read_metrics(cfg.output_dir) if "loss" in m]
+    assert len(losses) == 24 and sum(losses[-4:]) < 0.5 * sum(losses[:4])
+    assert all(m["peak_mem_mb"] > 0 for m in read_metrics(cfg.output_dir) if "loss" in m)
+    saved = load_file(tmp_path / "sft" / "final" / "adapter_model.safetensors")
+    b = [t for k, t in saved.items() if "lora_B" in k]
+    assert b and all(t.isfinite().all() and t.abs().max() > 0 for t in b)  # every B left its zero start
+
+
+def test_dpo_with_a_cached_reference_learns_under_the_device_defaults(task, tmp_path, device):
+    _, _, _, heldout = task
+    cfg = _config(task, "dpo", tmp_path / "dpo", device=device, eval_data=str(heldout), max_steps=32,
+                  ref_cache=str(tmp_path / "cache"))
+    summary = run_dpo(cfg)
+    before, after = summary["eval_before"], summary["eval_after"]
+    assert after["eval_rewards/accuracies"] >= 0.9 and after["eval_loss"] < before["eval_loss"] - 0.2
+    assert after["eval_rewards/margins"] > 0
+    assert summary["reference_forwards"] == 0
+
+
+def test_cached_reference_rewards_start_at_zero_under_the_device_defaults(task, tmp_path, device):
+    """docs/dpo.md: the cache is filled in the policy's precision and layout, and a pair's row
+    does not depend on its batch, so at step 0 (policy == reference) every implicit reward is
+    exactly 0, also under bf16 autocast. The fill runs 16 pairs per forward, evaluation 4: on
+    CUDA this also checks that cuBLAS rounds a row alike in both (if not, the docs must say so)."""
+    _, _, _, heldout = task
+    cfg = _config(task, "dpo", tmp_path / "dpo", device=device, eval_data=str(heldout), max_steps=1,
+                  ref_cache=str(tmp_path / "cache"))
+    trainer = _trainer(cfg, "dpo")
+    with torch.no_grad():
+        for _, layer in lora_layers(trainer.model):  # policy == reference again
+            layer.lora_B.weight.zero_()
+    trainer.eval_data = trainer.train_data[:16]
+    metrics = trainer.evaluate()
+    assert metrics["eval_rewards/chosen"] == 0.0 and metrics["eval_rewards/rejected"] == 0.0
