@@ -52,7 +52,7 @@ for step in "${@:-check}"; do
   SECONDS=0
   case $step in
     check)
-      $PY -m pytest -q -p no:cacheprovider tests/kernels tests/train/test_cuda_training.py -rs 2>&1 | tee "$OUT/tests.txt" | tail -20
+      $PY -m pytest -q -p no:cacheprovider tests/kernels tests/train/test_cuda_training.py tests/model/test_generate.py -rs 2>&1 | tee "$OUT/tests.txt" | tail -20
       [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
     table)
       bench table ;;

@@ -42,7 +42,8 @@ def test_steps_run_in_order_with_their_arguments_and_timings(tmp_path):
     proc, calls, out = _run(tmp_path, "check", "frozen", "table-smol", "table-llama", "sweep")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     benches = [c for c in calls if c.startswith("benchmarks/bench_logprobs.py")]
-    assert any(c.startswith("-m pytest -q -p no:cacheprovider tests/kernels tests/train/test_cuda_training.py")
+    assert any(c.startswith("-m pytest -q -p no:cacheprovider tests/kernels tests/train/test_cuda_training.py "
+                            "tests/model/test_generate.py")
                for c in calls)
     assert "--frozen-weight --shapes 4096x128256 --tokens 16384" in benches[0]
     assert "cce-exact" in benches[0] and str(out / "table_frozen.json") in benches[0]

@@ -102,3 +102,18 @@ def test_cli_reports_missing_model_without_traceback(capsys, tmp_path):
 
     assert main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "x"]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_logits_and_batched_greedy_generation_match_the_cpu(tiny):
+    """What ``prefopt eval``/``compare`` run on a GPU: the KV-cached, left-padded batch in fp32."""
+    import copy
+
+    _, ours, _ = tiny
+    gpu = copy.deepcopy(ours).cuda()
+    ids = torch.tensor([PROMPTS[2]])
+    with torch.no_grad():
+        want, got = ours(ids), gpu(ids.cuda()).cpu()
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+    assert generate(gpu, PROMPTS, max_new_tokens=16) == generate(ours, PROMPTS, max_new_tokens=16)
