@@ -1,4 +1,4 @@
-"""The trainers end to end on a GPU, the way a user runs them there (skipped without CUDA).
+"""The trainers end to end on a GPU, the way a user runs them there (the CUDA variants need one).
 
 On CUDA the trainers run the Triton log-prob kernel under bf16 autocast, and fill the reference
 cache under autocast too; none of that runs in CI. These tests check, on CUDA:
@@ -141,10 +141,8 @@ def test_cached_reference_rewards_start_at_zero_under_the_device_defaults(task, 
     does not depend on its batch, so at step 0 (policy == reference) every implicit reward is
     exactly 0, also under bf16 autocast. The fill runs 16 pairs per forward, evaluation 4: on
     CUDA this also checks that cuBLAS rounds a row alike in both (if not, the docs must say so)."""
-    _, _, _, heldout = task
-    cfg = _config(task, "dpo", tmp_path / "dpo", device=device, eval_data=str(heldout), max_steps=1,
-                  ref_cache=str(tmp_path / "cache"))
-    trainer = _trainer(cfg, "dpo")
+    cfg = _config(task, "dpo", tmp_path / "dpo", device=device, max_steps=1, ref_cache=str(tmp_path / "cache"))
+    trainer = _trainer(cfg, "dpo")  # fills the cache for the training pairs
     with torch.no_grad():
         for _, layer in lora_layers(trainer.model):  # policy == reference again
             layer.lora_B.weight.zero_()
