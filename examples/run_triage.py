@@ -40,6 +40,8 @@ def main() -> None:
     for k, v in report["comparisons"].items():
         if k != "base->dpo":
             print(v["verdict"].replace("**", ""))
+    if report.get("advice"):
+        print("What to try:", report["advice"])
     print(f"\nDone in {time.perf_counter() - t0:.0f} s. Report: {Path(a.output).resolve() / 'report.md'}")
     print("The portal messages are synthetic; see prefopt/tasks/data/README.md for what the scores can and cannot say.")
 

@@ -53,6 +53,8 @@ def _compare(args) -> int:
     report = run_compare(cfg)
     for k, v in report["comparisons"].items():
         print(f"{k}: {v['verdict']}")
+    if report.get("advice"):
+        print(f"what to try: {report['advice']}")
     return 0
 
 

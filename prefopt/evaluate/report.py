@@ -33,6 +33,21 @@ def _verdict(a: str, b: str, metric: str, cmp: dict) -> str:
             f"but the CI includes 0).")
 
 
+NLL_ANCHORED = ("rpo", "orpo")  # losses with a term that keeps the chosen answers likely
+
+
+def advice(loss: str, comparisons: dict) -> str | None:
+    """A next step for when DPO made the SFT model significantly worse, under a loss without an
+    NLL term; else None."""
+    c = comparisons.get("sft->dpo", {}).get("primary")
+    if c is None or c["p_value"] >= ALPHA or c["delta"] >= 0 or loss in NLL_ANCHORED:
+        return None
+    return (f"DPO (loss `{loss}`) made the SFT model worse. With a small model and few pairs, DPO without an "
+            "NLL term often shifts the answer prior (a class, a length) instead of learning the items. "
+            "`--loss rpo` adds the chosen answers' NLL; where sigmoid DPO made SmolLM2-135M significantly worse "
+            "(KTAS, MeQSum), RPO was neutral (docs/results.md).")
+
+
 def compare_stages(task, test, results: dict, n_resamples: int = 2000, seed: int = 0) -> dict:
     preds = {s: [row["prediction"] for row in rows] for s, (rows, _) in results.items()}
     correct = {s: [row["correct"] for row in rows] for s, (rows, _) in results.items()}
@@ -113,12 +128,14 @@ def build_report(cfg, task, test, results: dict, out: Path) -> dict:
     stats = compare_stages(task, test, results, n_resamples=cfg.n_resamples, seed=cfg.seed)
     plots = _plots(task, stats, out)
     st, cmp = stats["stages"], stats["comparisons"]
+    stats["advice"] = advice(cfg.loss, cmp)
     lines = [f"# prefopt compare: {task.name}", "",
              f"Model `{cfg.model}`; data `{cfg.data or 'bundled'}`; preset `{cfg.preset}`; seed {cfg.seed}; "
              f"{len(test)} test items; DPO pairs by `{cfg.strategy}`, loss `{cfg.loss}`.", "",
              "## Does it help?", "",
              f"- SFT vs base: {cmp['base->sft']['verdict']}",
-             f"- DPO vs SFT: {cmp['sft->dpo']['verdict']}", "",
+             f"- DPO vs SFT: {cmp['sft->dpo']['verdict']}",
+             *([f"- What to try: {stats['advice']}"] if stats["advice"] else []), "",
              "Exact McNemar on per-item correctness: " + "; ".join(
                  f"{NAMES[k.split('->')[1]]} vs {NAMES[k.split('->')[0]]}: {v['mcnemar']['b_only']} items newly right, "
                  f"{v['mcnemar']['a_only']} newly wrong, p = {v['mcnemar']['p_value']:.3g}" for k, v in cmp.items()) + ".",

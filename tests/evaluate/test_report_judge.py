@@ -37,3 +37,41 @@ def test_report_runs_wilcoxon_and_bootstrap_on_likert_scores():
     assert c["likert_wilcoxon"] == wilcoxon_signed_rank([x for x, _ in pairs], [y for _, y in pairs])
     assert c["likert_bootstrap"]["delta"] == pytest.approx(np.mean([y - x for x, y in pairs]))
     assert c["primary"]["delta"] > 0 and "beat" in c["verdict"]  # ROUGE-L rose on every item
+
+
+def _worse_dpo_results(n=30):
+    test = [Record(str(i), "q", f"what is the dose of drug {i}") for i in range(n)]
+    good = [{"prediction": r.target, "correct": True} for r in test]
+    bad = [{"prediction": "what is it", "correct": False} for _ in test]
+    return test, {"base": (bad, {}), "sft": (good, {}), "dpo": (bad, {})}
+
+
+@pytest.mark.parametrize("loss, dpo_worse, advised", [
+    ("sigmoid", True, True), ("ipo", True, True), ("rpo", True, False), ("orpo", True, False), ("sigmoid", False, False),
+])
+def test_advice_follows_a_significant_drop_under_a_loss_without_nll(loss, dpo_worse, advised):
+    from prefopt.evaluate.report import advice
+
+    test, results = _worse_dpo_results()
+    if not dpo_worse:
+        results["dpo"] = results["sft"]
+    cmp = compare_stages(get_task("meqsum"), test, results, n_resamples=300)["comparisons"]
+    text = advice(loss, cmp)
+    assert (text is not None) == advised
+    if advised:
+        assert "--loss rpo" in text and f"`{loss}`" in text
+
+
+def test_report_md_and_json_carry_the_advice(tmp_path):
+    from types import SimpleNamespace
+
+    from prefopt.evaluate.report import build_report
+
+    test, results = _worse_dpo_results()
+    cfg = SimpleNamespace(model="m", data="d.jsonl", preset="quick", seed=0, strategy="wrong_label", loss="sigmoid",
+                          n_resamples=300)
+    report = build_report(cfg, get_task("meqsum"), test, results, tmp_path)
+    assert "--loss rpo" in report["advice"]
+    md = (tmp_path / "report.md").read_text()
+    assert "- What to try: DPO (loss `sigmoid`) made the SFT model worse" in md
+    assert '"advice"' in (tmp_path / "report.json").read_text()
