@@ -119,6 +119,11 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, *, fsdp: bool) -> torch.n
     return DDP(model, device_ids=device_ids)
 
 
+def head_weight(wrapped: torch.nn.Module) -> torch.Tensor:
+    """The lm_head weight ``(V, D)`` of a prefopt causal LM, bare or inside ``wrap_model``'s DDP."""
+    return getattr(wrapped, "module", wrapped).output_weight
+
+
 def no_sync(wrapped: torch.nn.Module, last_micro_step: bool):
     """Skip DDP's gradient all-reduce on all but the last micro-step of an accumulation."""
     if not last_micro_step and hasattr(wrapped, "no_sync"):

@@ -25,6 +25,7 @@ from ..kernels import fused_preference_loss
 from ..lora import disable_adapter, lora_layers
 from ..losses import LOSSES, REFERENCE_FREE
 from .config import TrainConfig
+from .distributed import head_weight
 from .loop import Batch, Trainer
 from .shared_prompt import pack_pairs, pair_hidden, pair_logp_sums
 
@@ -156,13 +157,14 @@ class DPOTrainer(Trainer):
             pairs_per_chunk = self.config.batch_size * (4 if self.config.share_prompt else 2)
 
             def compute(chunk):  # the batch layout and precision the policy will run in (bf16 on CUDA)
-                batch = self.pair_batch(chunk)
-                if "gather" not in batch and len(chunk) > 2 * self.config.batch_size:
+                stacked = 2 * self.config.batch_size  # pairs at once in the stacked layout
+                batch = pack_pairs(chunk, self.pad_id) if self.config.share_prompt else None
+                if batch is None and len(chunk) > stacked:
                     # not packed (some pair shares no prompt): two full rows a pair, so at most
                     # twice a step's pairs at once, not the four times meant for packed rows
-                    parts = [compute(chunk[i:i + 2 * self.config.batch_size])
-                             for i in range(0, len(chunk), 2 * self.config.batch_size)]
+                    parts = [compute(chunk[i:i + stacked]) for i in range(0, len(chunk), stacked)]
                     return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
+                batch = batch if batch is not None else pair_collate(chunk, self.pad_id)
                 b = {k: v.to(self.device) for k, v in batch.items()}
                 with self._autocast():
                     sums = self.reference_logps(b).float().cpu()
@@ -185,7 +187,7 @@ class DPOTrainer(Trainer):
             ref = self.reference_logps(batch)
             ref_c, ref_r = ref[:B], ref[B:]
         hidden, labels = pair_hidden(model, batch)
-        out, lp = fused_preference_loss(hidden, getattr(model, "module", model).output_weight, labels, ref_c, ref_r,
+        out, lp = fused_preference_loss(hidden, head_weight(model), labels, ref_c, ref_r,
                                         self.config.loss, ignore_index=IGNORE, reduction="sum",
                                         **self.config.loss_kwargs())
         c, r = out.chosen_rewards, out.rejected_rewards

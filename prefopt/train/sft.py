@@ -8,6 +8,7 @@ import torch
 from ..data import load_sft, pad_collate
 from ..data.sft import IGNORE, TokenizedExample
 from ..kernels import nll_sum
+from .distributed import head_weight
 from .loop import Batch, Trainer
 
 
@@ -42,7 +43,7 @@ class SFTTrainer(Trainer):
         """Summed NLL of the response tokens. The model returns hidden states and only response
         positions reach the lm_head (``prefopt.kernels.nll_sum``): no ``(B, T, V)`` logits."""
         hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)  # (B, T, D)
-        weight = getattr(model, "module", model).output_weight
+        weight = head_weight(model)
         return nll_sum(hidden[:, :-1], weight, batch["labels"][:, 1:], ignore_index=IGNORE), {}
 
 

@@ -27,6 +27,7 @@ import torch
 from ..data.preference import PairExample
 from ..data.sft import IGNORE, TokenizedExample, prompt_len
 from ..kernels import sequence_logprobs
+from .distributed import head_weight
 
 
 def split_pair(pair: PairExample) -> tuple[list[int], TokenizedExample, TokenizedExample] | None:
@@ -97,7 +98,7 @@ def pair_hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple
 def pair_logp_sums(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sequence log-prob sums ``(2B,)`` of the answers, chosen rows first, either layout."""
     hidden, labels = pair_hidden(model, batch)
-    weight = getattr(model, "module", model).output_weight
+    weight = head_weight(model)
     return sequence_logprobs(hidden, weight, labels, ignore_index=IGNORE).sum(-1)
 
 
