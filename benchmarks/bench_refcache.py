@@ -34,7 +34,7 @@ def pair_records(task: str, n: int) -> list[dict]:
         from prefopt.tasks.pairs import wrong_label_pairs
 
         t = get_task("portal")
-        return wrong_label_pairs(t, t.load())[:n]
+        return wrong_label_pairs(t, t.read())[:n]
     if not MEDQA.is_file():
         sys.exit(f"MedQA not found at {MEDQA} (../shared/data is not shipped with prefopt)")
     sys.path.insert(0, str(ROOT / "examples"))

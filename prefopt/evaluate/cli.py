@@ -28,7 +28,7 @@ def _eval(args) -> int:
     from .runner import predict, score, write_results
 
     task = get_task(args.task, **_options(args.task_option))
-    records = task.load(args.data) if args.data else task.load()
+    records = task.read(args.data)
     if args.split == "test":
         records = split_records(records, test=args.test, seed=args.seed)["test"]
     if args.limit:

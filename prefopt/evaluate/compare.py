@@ -90,10 +90,9 @@ def _same_run(out: Path, config: dict) -> None:
     write_json_atomic(path, config)
 
 
-def _split(cfg: CompareConfig, task, s: dict, out: Path):
+def _split(cfg: CompareConfig, records: list, s: dict, out: Path):
     from ..tasks import split_records
 
-    records = task.load(cfg.data) if cfg.data else task.load()
     splits = split_records(records, test=s["test"], seed=cfg.seed, max_train=s["max_train"])
     ids = {k: [r.id for r in v] for k, v in splits.items()}
     path = out / "split.json"
@@ -220,12 +219,13 @@ def run_compare(cfg: CompareConfig) -> dict:
     from .report import build_report
 
     s = cfg.settings()
+    task = get_task(cfg.task, **cfg.task_options)
+    records = task.read(cfg.data)  # bad data stops the run before its folder is claimed
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     _same_run(out, {**asdict(cfg), "settings": s})
     torch.manual_seed(cfg.seed)
-    task = get_task(cfg.task, **cfg.task_options)
-    splits = _split(cfg, task, s, out)
+    splits = _split(cfg, records, s, out)
     train, test = splits["train"], splits["test"]
     _log(f"task {cfg.task}: {len(train)} train / {len(test)} test items; preset {cfg.preset}; output {out}")
     tok = load_tokenizer(cfg.model)

@@ -50,8 +50,20 @@ class Task:
     max_new_tokens = 64
     primary = "rougeL"  # the headline metric, compared between stages by paired bootstrap
 
+    bundled_data = None  # a data file shipped with prefopt, read when no path is given
+
     def load(self, path: str) -> list[Record]:
         raise NotImplementedError
+
+    def read(self, path: str | None = None) -> list[Record]:
+        """``load(path)``, or the bundled data where ``path`` is None; a clear error where the
+        task ships none (the real datasets are not redistributed with prefopt)."""
+        if path:
+            return self.load(path)
+        if self.bundled_data is None:
+            raise ValueError(f"task {self.name!r} ships no data: pass --data with the dataset's file "
+                             "(docs/evaluation.md lists each task's format and source)")
+        return self.load(self.bundled_data)
 
     def messages(self, record: Record) -> list[dict]:
         msgs = [{"role": "system", "content": self.system}] if self.system else []

@@ -95,6 +95,7 @@ class KTAS(ClassificationTask):
 
 class PortalTriage(ClassificationTask):
     name = "portal"
+    bundled_data = PORTAL_DATA
 
     def __init__(self):
         super().__init__([
@@ -107,7 +108,7 @@ class PortalTriage(ClassificationTask):
         self.max_new_tokens = 16
 
     def load(self, path=None):
-        path = path or PORTAL_DATA
+        path = path or self.bundled_data
         out = []
         for line, row in table(path):
             msg = need(row, "message", path, line)

@@ -152,6 +152,17 @@ def test_eval_cli_writes_predictions_and_metrics(tiny_model, tmp_path, capsys):
     assert "bad option" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["eval", "compare"])
+def test_a_task_without_bundled_data_asks_for_data_and_claims_no_folder(command, tiny_model, tmp_path, capsys):
+    from prefopt.cli import main
+
+    out = tmp_path / "run"
+    assert main([command, "--task", "medqa", "--model", str(tiny_model), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "task 'medqa' ships no data: pass --data" in err and "Traceback" not in err
+    assert not out.exists()  # a rerun with --data is not refused as "other settings"
+
+
 @pytest.mark.slow
 def test_ranked_strategy_trains_on_given_pairs(tiny_model, tmp_path):
     from prefopt.data.records import DataError
