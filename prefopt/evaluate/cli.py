@@ -29,7 +29,9 @@ def _eval(args) -> int:
 
     task = get_task(args.task, **_options(args.task_option))
     records = task.read(args.data)
-    if args.split == "test":
+    if args.split_file:
+        records = _from_split_file(records, args.split_file)
+    elif args.split == "test":
         records = split_records(records, test=args.test, seed=args.seed)["test"]
     if args.limit:
         records = records[:args.limit]
@@ -41,6 +43,22 @@ def _eval(args) -> int:
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
     print(f"prefopt eval: wrote {Path(args.output) / 'predictions.jsonl'} and metrics.json")
     return 0
+
+
+def _from_split_file(records: list, path: str) -> list:
+    """The records named in the ``"test"`` list of a compare run's ``split.json``, in its order."""
+    from pathlib import Path
+
+    try:
+        ids = json.loads(Path(path).read_text(encoding="utf-8"))["test"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a compare split.json (no 'test' list of record ids): {e}") from e
+    by_id = {r.id: r for r in records}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} of {len(ids)} test ids are not in the data (first: {missing[0]!r}); "
+                         "pass the --data the compare run used")
+    return [by_id[i] for i in ids]
 
 
 def _compare(args) -> int:
@@ -76,6 +94,8 @@ def add_commands(sub) -> None:
     e.add_argument("--split", choices=["test", "all"], default="test",
                    help="the seeded test split (as compare makes it) or every record")
     e.add_argument("--test", type=float, default=0.2, help="test fraction (<1) or count")
+    e.add_argument("--split-file", help="a compare run's split.json: evaluate exactly its test items (a compare "
+                   "adapter was trained on that run's train items, which another split may include)")
     e.add_argument("--limit", type=int, help="at most this many records")
     e.add_argument("--batch-size", type=int, default=16)
     e.set_defaults(func=_eval)

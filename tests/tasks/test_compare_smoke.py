@@ -152,6 +152,25 @@ def test_eval_cli_writes_predictions_and_metrics(tiny_model, tmp_path, capsys):
     assert "bad option" in capsys.readouterr().err
 
 
+def test_eval_on_a_compare_runs_split_file_scores_exactly_its_test_items(tiny_model, tmp_path, capsys):
+    from prefopt.cli import main
+    from prefopt.tasks import get_task
+
+    ids = [r.id for r in get_task("portal").read()]
+    chosen = [ids[7], ids[2], ids[11]]
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ids[20:], "test": chosen}))
+    out = tmp_path / "eval"
+    assert main(["eval", "--task", "portal", "--model", str(tiny_model), "--output", str(out),
+                 "--split-file", str(split)]) == 0
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == chosen
+    split.write_text(json.dumps({"test": [ids[0], "portal:nope"]}))
+    assert main(["eval", "--task", "portal", "--model", str(tiny_model), "--output", str(out),
+                 "--split-file", str(split)]) == 2
+    assert "1 of 2 test ids are not in the data (first: 'portal:nope')" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", ["eval", "compare"])
 def test_a_task_without_bundled_data_asks_for_data_and_claims_no_folder(command, tiny_model, tmp_path, capsys):
     from prefopt.cli import main
