@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from prefopt.evaluate.compare import CompareConfig, run_compare
+from prefopt.evaluate.dynamics import dynamics_lines
 from prefopt.tasks import STRATEGIES
 
 
@@ -40,6 +41,8 @@ def main() -> None:
     for k, v in report["comparisons"].items():
         if k != "base->dpo":
             print(v["verdict"].replace("**", ""))
+    for line in dynamics_lines(report.get("training", {})):
+        print(line.lstrip("- "))
     if report.get("advice"):
         print("What to try:", report["advice"])
     print(f"\nDone in {time.perf_counter() - t0:.0f} s. Report: {Path(a.output).resolve() / 'report.md'}")

@@ -63,6 +63,7 @@ def _from_split_file(records: list, path: str) -> list:
 
 def _compare(args) -> int:
     from .compare import CompareConfig, run_compare
+    from .dynamics import dynamics_lines
 
     overrides = _options(args.set)
     cfg = CompareConfig(task=args.task, model=args.model, output=args.output, data=args.data, preset=args.preset,
@@ -71,6 +72,8 @@ def _compare(args) -> int:
     report = run_compare(cfg)
     for k, v in report["comparisons"].items():
         print(f"{k}: {v['verdict']}")
+    for line in dynamics_lines(report.get("training", {})):
+        print(line.lstrip("- "))
     if report.get("advice"):
         print(f"what to try: {report['advice']}")
     return 0

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import write_json_atomic, write_text_atomic
+from .dynamics import dynamics_lines, training_dynamics
 from .stats import bootstrap_ci, mcnemar_exact, paired_bootstrap, wilcoxon_signed_rank
 
 ALPHA = 0.05
@@ -129,6 +130,8 @@ def build_report(cfg, task, test, results: dict, out: Path) -> dict:
     plots = _plots(task, stats, out)
     st, cmp = stats["stages"], stats["comparisons"]
     stats["advice"] = advice(cfg.loss, cmp)
+    stats["training"] = training_dynamics(out)
+    trained = dynamics_lines(stats["training"])
     lines = [f"# prefopt compare: {task.name}", "",
              f"Model `{cfg.model}`; data `{cfg.data or 'bundled'}`; preset `{cfg.preset}`; seed {cfg.seed}; "
              f"{len(test)} test items; DPO pairs by `{cfg.strategy}`, loss `{cfg.loss}`.", "",
@@ -139,6 +142,7 @@ def build_report(cfg, task, test, results: dict, out: Path) -> dict:
              "Exact McNemar on per-item correctness: " + "; ".join(
                  f"{NAMES[k.split('->')[1]]} vs {NAMES[k.split('->')[0]]}: {v['mcnemar']['b_only']} items newly right, "
                  f"{v['mcnemar']['a_only']} newly wrong, p = {v['mcnemar']['p_value']:.3g}" for k, v in cmp.items()) + ".",
+             *(["", "## Training", "", *trained] if trained else []),
              "", "## Stages", "",
              f"| stage | {task.primary} (95% CI) | exact match | extra |", "|---|---|---|---|"]
     for s, v in st.items():

@@ -1,4 +1,6 @@
 """The LLM-judge parser and the report's paired tests on judge scores."""
+import json
+
 import numpy as np
 import pytest
 
@@ -75,3 +77,45 @@ def test_report_md_and_json_carry_the_advice(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "- What to try: DPO (loss `sigmoid`) made the SFT model worse" in md
     assert '"advice"' in (tmp_path / "report.json").read_text()
+
+
+def _write_log(train_dir, rows):
+    train_dir.mkdir(parents=True)
+    (train_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_training_dynamics_compares_the_first_and_last_quarter_of_logged_steps(tmp_path):
+    from prefopt.evaluate.dynamics import training_dynamics
+
+    acc = [0.0, 0.5, 0.5, 0.5, 0.5, 1.0, 0.5, 1.0]
+    rows = [{"step": i + 1, "loss": 1.0 - i / 10, "rewards/accuracies": a, "rewards/margins": i / 100}
+            for i, a in enumerate(acc)]
+    _write_log(tmp_path / "dpo" / "train", rows + [{"step": 8, "eval_loss": 9.0}])  # the eval line is left out
+    _write_log(tmp_path / "sft" / "train", [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}])
+    dyn = training_dynamics(tmp_path)
+    d = dyn["dpo"]
+    assert d["steps"] == 8 and d["window"] == 2
+    assert d["first"]["rewards/accuracies"] == pytest.approx(0.25) and d["last"]["rewards/accuracies"] == 0.75
+    assert d["first"]["loss"] == pytest.approx(0.95) and d["last"]["loss"] == pytest.approx(0.35)
+    assert d["first"]["logps/chosen"] is None  # not logged: reported as missing, not as 0
+    assert dyn["sft"]["first"]["loss"] == 2.0 and dyn["sft"]["last"]["loss"] == 1.0
+    assert training_dynamics(tmp_path / "nothing") == {}
+
+
+@pytest.mark.parametrize("final_acc, warned", [(0.5, True), (0.9, False)])
+def test_report_says_when_dpo_never_learned_its_pairs(tmp_path, final_acc, warned):
+    from types import SimpleNamespace
+
+    from prefopt.evaluate.report import build_report
+
+    rows = [{"step": i + 1, "loss": 0.69, "rewards/accuracies": final_acc, "rewards/margins": 0.0,
+             "logps/chosen": -1.0, "logps/rejected": -1.5} for i in range(12)]
+    _write_log(tmp_path / "dpo" / "train", rows)
+    test, results = _worse_dpo_results()
+    cfg = SimpleNamespace(model="m", data="d.jsonl", preset="quick", seed=0, strategy="wrong_label", loss="sigmoid",
+                          n_resamples=300)
+    report = build_report(cfg, get_task("meqsum"), test, results, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert f"- DPO: pair accuracy {final_acc:.2f} → {final_acc:.2f}" in md and "## Training" in md
+    assert ("DPO did not learn to rank its training pairs" in md) == warned
+    assert report["training"]["dpo"]["last"]["rewards/accuracies"] == pytest.approx(final_acc)

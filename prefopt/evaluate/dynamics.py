@@ -1,0 +1,69 @@
+"""What training did, read back from each stage's ``metrics.jsonl``, for the compare report.
+
+A test-set verdict says whether DPO helped, not why. The training log says more: each step's
+implicit-reward pair accuracy is measured on that step's batch *before* its update, so within
+the first epoch it is an accuracy on pairs the model has not yet trained on. If it ends near
+0.5, DPO never learned to tell chosen from rejected answers, and whatever it changed on the test
+set came from elsewhere (most often a shift in the answer prior).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..train.metrics import read_metrics
+
+WINDOW = 0.25  # the first and last quarter of the logged steps are compared
+LEARNED = 0.6  # a final pair accuracy below this: DPO did not learn to rank its training pairs
+KEYS = {"sft": ("loss",),
+        "dpo": ("loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")}
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    return sum(vals) / len(vals) if vals else None
+
+
+def stage_dynamics(train_dir: Path, keys: tuple[str, ...]) -> dict | None:
+    """``{"steps", "window", "first": {key: mean}, "last": {key: mean}}`` over the first and last
+    ``WINDOW`` of the logged training steps (eval lines are left out); None without a log."""
+    if not (Path(train_dir) / "metrics.jsonl").is_file():
+        return None
+    rows = [r for r in read_metrics(train_dir) if "loss" in r]
+    if not rows:
+        return None
+    k = max(1, round(len(rows) * WINDOW))
+    return {"steps": rows[-1]["step"], "window": k,
+            "first": {key: _mean(rows[:k], key) for key in keys},
+            "last": {key: _mean(rows[-k:], key) for key in keys}}
+
+
+def training_dynamics(out: Path) -> dict:
+    """``{"sft": ..., "dpo": ...}`` for a compare folder (a stage without a log is left out)."""
+    found = {s: stage_dynamics(Path(out) / s / "train", keys) for s, keys in KEYS.items()}
+    return {s: d for s, d in found.items() if d is not None}
+
+
+def _arrow(d: dict, key: str, fmt: str) -> str:
+    a, b = d["first"].get(key), d["last"].get(key)
+    return "—" if a is None or b is None else f"{a:{fmt}} → {b:{fmt}}"
+
+
+def dynamics_lines(dyn: dict) -> list[str]:
+    """The report's "Training" bullets (empty without logs)."""
+    lines = []
+    if "sft" in dyn:
+        d = dyn["sft"]
+        lines.append(f"- SFT: token NLL {_arrow(d, 'loss', '.3f')} (mean of the first and last {d['window']} "
+                     f"of {d['steps']} steps).")
+    if "dpo" in dyn:
+        d = dyn["dpo"]
+        lines.append(f"- DPO: pair accuracy {_arrow(d, 'rewards/accuracies', '.2f')}, reward margin "
+                     f"{_arrow(d, 'rewards/margins', '+.3f')}, chosen log-prob {_arrow(d, 'logps/chosen', '.2f')}, "
+                     f"rejected {_arrow(d, 'logps/rejected', '.2f')} (each step's batch before its update; mean of "
+                     f"the first and last {d['window']} of {d['steps']} steps).")
+        acc = d["last"].get("rewards/accuracies")
+        if acc is not None and acc < LEARNED:
+            lines.append(f"- DPO did not learn to rank its training pairs: pair accuracy {acc:.2f} at the end, where 0.5 "
+                         "is chance. Any change on the test set is then a shift in what the model prefers overall "
+                         "(a class, a length), not item knowledge. More pairs or steps, or a larger model, may help.")
+    return lines
