@@ -158,13 +158,12 @@ class DPOTrainer(Trainer):
 
             def compute(chunk):  # the batch layout and precision the policy will run in (bf16 on CUDA)
                 stacked = 2 * self.config.batch_size  # pairs at once in the stacked layout
-                batch = pack_pairs(chunk, self.pad_id) if self.config.share_prompt else None
-                if batch is None and len(chunk) > stacked:
+                batch = self.pair_batch(chunk)
+                if "gather" not in batch and len(chunk) > stacked:
                     # not packed (some pair shares no prompt): two full rows a pair, so at most
                     # twice a step's pairs at once, not the four times meant for packed rows
                     parts = [compute(chunk[i:i + stacked]) for i in range(0, len(chunk), stacked)]
                     return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
-                batch = batch if batch is not None else pair_collate(chunk, self.pad_id)
                 b = {k: v.to(self.device) for k, v in batch.items()}
                 with self._autocast():
                     sums = self.reference_logps(b).float().cpu()
