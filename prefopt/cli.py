@@ -1,4 +1,5 @@
-"""The ``prefopt`` command line: generate, convert-gguf, sft, dpo, merge."""
+"""The ``prefopt`` command line: generate, convert-gguf, sft, dpo, merge (eval and compare live in
+``prefopt.evaluate.cli``)."""
 from __future__ import annotations
 
 import argparse
@@ -11,11 +12,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .model import generate, load_model
+    from .model import generate
+    from .pretrained import load_model
     from .tokenizer import load_tokenizer
 
     tok = load_tokenizer(args.model)
-    model = load_model(args.model, dtype=DTYPES[args.dtype], device=args.device)
+    model = load_model(args.model, dtype=DTYPES[args.dtype], device=args.device, adapter=args.adapter)
     if args.no_chat or not tok.chat_template:
         prompt_ids = tok.encode(args.prompt)
     else:
@@ -113,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="complete a prompt with a model")
     g.add_argument("--model", required=True, help="model folder, alias (smollm2-135m) or hub id")
+    g.add_argument("--adapter", help="a LoRA adapter folder to apply (e.g. runs/sft/final)")
     g.add_argument("--prompt", required=True)
     g.add_argument("--system", help="system message (chat models)")
     g.add_argument("--max-new-tokens", type=int, default=256)

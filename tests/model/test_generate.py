@@ -97,6 +97,32 @@ def test_cli_generate_prints_completion(tiny, capsys):
     assert printed == want + "\n"
 
 
+def test_cli_generate_applies_an_adapter(tiny, capsys, tmp_path):
+    """``--adapter`` generates with the LoRA-adapted model, not the base one."""
+    from prefopt import apply_lora, save_adapter
+    from prefopt.cli import main
+    from prefopt.lora import lora_layers
+
+    _, _, d = tiny
+    tok = load_tokenizer(d)
+    adapted = apply_lora(load_model(d), r=4, alpha=8.0)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for _, m in lora_layers(adapted):
+            m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g))
+    save_adapter(adapted, tmp_path / "ad")
+    ids = tok.apply_chat_template([{"role": "user", "content": "chest pain"}], add_generation_prompt=True)
+    kw = dict(max_new_tokens=8, eos_token_ids=tok.eos_token_ids, pad_token_id=tok.pad_token_id)
+    want = tok.decode(generate(adapted.eval(), [ids], **kw)[0])
+    base = tok.decode(generate(load_model(d), [ids], **kw)[0])
+    assert want != base  # the adapter changes the answer, so the check below can fail
+    args = ["generate", "--model", str(d), "--prompt", "chest pain", "--greedy", "--max-new-tokens", "8"]
+    assert main(args + ["--adapter", str(tmp_path / "ad")]) == 0
+    assert capsys.readouterr().out == want + "\n"
+    assert main(args + ["--adapter", str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
 def test_cli_reports_missing_model_without_traceback(capsys, tmp_path):
     from prefopt.cli import main
 
