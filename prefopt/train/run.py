@@ -11,7 +11,7 @@ from ..model import save_model
 from ..pretrained import load_model
 from ..tokenizer import load_tokenizer
 from .config import TrainConfig
-from .distributed import DistInfo, gather_full
+from .distributed import DistInfo, gather_full, init_distributed
 from .loop import autocast_on, pick_device
 from .sft import SFTTrainer, load_train_eval
 
@@ -64,8 +64,23 @@ def run_sft(config: TrainConfig, callbacks=()) -> dict:
     out = save_result(trainer, tok, config)
     if out is not None:
         summary["saved"] = str(out)
-        print(f"prefopt: saved to {out}", flush=True)
+        print_outcome(summary, config)
     return summary
+
+
+EVAL_LINES = {"eval_loss": "eval loss", "eval_rewards/accuracies": "eval pair accuracy",
+              "eval_rewards/margins": "eval reward margin"}
+
+
+def print_outcome(summary: dict, config: TrainConfig) -> None:
+    """What the run did, on the console: the eval metrics before → after, and where things went."""
+    before, after = summary.get("eval_before") or {}, summary.get("eval_after") or {}
+    for key, label in EVAL_LINES.items():
+        if key in after:
+            was = f"{before[key]:.4f} → " if key in before else ""
+            print(f"prefopt: {label}: {was}{after[key]:.4f}", flush=True)
+    print(f"prefopt: saved to {summary['saved']}; per-step metrics in "
+          f"{Path(config.output_dir) / 'metrics.jsonl'}", flush=True)
 
 
 def _rounding(config) -> dict:
@@ -108,8 +123,9 @@ def run_dpo(config, callbacks=()) -> dict:
         ref_model = load_model(config.ref, dtype=DTYPES[config.dtype], adapter=config.sft_adapter,
                                merge=config.sft_adapter is not None)
     cache = reference_cache_for(config, model, ref_model, resolve_model_dir(config.model)) if config.ref_cache else None
-    for r in reports:
-        print("prefopt:", r.summary(), flush=True)
+    if init_distributed(pick_device(config.device)).is_main:  # the trainer joins the same group
+        for r in reports:
+            print("prefopt:", r.summary(), flush=True)
     trainer = DPOTrainer(model, config, pairs, evals, pad_id=tok.pad_token_id or 0, ref_model=ref_model,
                          ref_cache=cache, callbacks=callbacks)
     if trainer.dist.is_main:
@@ -121,5 +137,5 @@ def run_dpo(config, callbacks=()) -> dict:
     if out is not None:
         summary["saved"] = str(out)
         write_json_atomic(Path(config.output_dir) / "train_summary.json", summary)
-        print(f"prefopt: saved to {out}", flush=True)
+        print_outcome(summary, config)
     return summary

@@ -187,7 +187,7 @@ def test_dpo_after_sft_uses_the_merged_sft_model_as_reference(task, tmp_path):
     assert all(m.r == cfg.lora_r for _, m in lora_layers(trainer.model))  # a fresh adapter on top
 
 
-def test_cli_dpo_with_cache(task, tmp_path):
+def test_cli_dpo_with_cache(task, tmp_path, capsys):
     from prefopt.cli import main
 
     model_dir, train, held = task
@@ -200,6 +200,11 @@ def test_cli_dpo_with_cache(task, tmp_path):
     assert json.loads((out / "train_config.json").read_text())["loss"] == "robust"
     assert (out / "final" / "adapter_config.json").exists()
     assert json.loads((tmp_path / "cache" / "index.json").read_text())["entries"]
+    printed = capsys.readouterr().out  # the run's outcome on the console, as the summary has it
+    before, after = summary["eval_before"], summary["eval_after"]
+    for key, label in (("eval_loss", "eval loss"), ("eval_rewards/accuracies", "eval pair accuracy")):
+        assert f"prefopt: {label}: {before[key]:.4f} → {after[key]:.4f}\n" in printed
+    assert f"saved to {out / 'final'}; per-step metrics in {out / 'metrics.jsonl'}" in printed
 
 
 def test_cache_is_filled_under_the_trainers_autocast(task, tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""Exact resume after SIGKILL (one process, and FSDP2 on two), and 2-process DDP/FSDP2 (gloo, CPU) against 1 process."""
+"""Exact resume after SIGKILL (one process, and FSDP2 on two), and 2-process DDP/FSDP2 (gloo, CPU) against 1
+process, for SFT and for DPO with a reference cache."""
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from prefopt.train.metrics import read_metrics
-from tests.train._fixtures import write_task
+from tests.train._fixtures import write_pairs, write_task
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -43,7 +44,7 @@ def _losses(out):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_run(task, tmp_path):
-    script = str(ROOT / "tests" / "train" / "_run_sft.py")
+    script = str(ROOT / "tests" / "train" / "_run_config.py")
     full = _run([script, str(_config(task, tmp_path / "full"))])
     assert full.returncode == 0, full.stderr
     killed = _run([script, str(_config(task, tmp_path / "cut")), "7"])
@@ -63,7 +64,7 @@ def test_sigkill_then_resume_gives_the_same_run(task, tmp_path):
 
 def _torchrun(nproc, cfg_path, *extra):
     return _run(["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                 str(ROOT / "tests" / "train" / "_run_sft.py"), str(cfg_path), *extra])
+                 str(ROOT / "tests" / "train" / "_run_config.py"), str(cfg_path), *extra])
 
 
 @pytest.mark.slow
@@ -72,7 +73,7 @@ def test_two_processes_match_one_with_the_same_global_batch(task, tmp_path, mode
     kw = dict(lora_dropout=0.0, save_every=0, max_steps=5, eval_fraction=0.25)
     if mode == "fsdp_full":
         kw.update(lora=False, lr=1e-3)
-    one = _run([str(ROOT / "tests" / "train" / "_run_sft.py"), str(_config(task, tmp_path / "one", batch_size=4, **kw))])
+    one = _run([str(ROOT / "tests" / "train" / "_run_config.py"), str(_config(task, tmp_path / "one", batch_size=4, **kw))])
     assert one.returncode == 0, one.stderr
     two = _torchrun(2, _config(task, tmp_path / "two", batch_size=2, fsdp=mode == "fsdp_full", **kw))
     assert two.returncode == 0, two.stderr[-3000:]
@@ -86,6 +87,36 @@ def test_two_processes_match_one_with_the_same_global_batch(task, tmp_path, mode
     assert w1.keys() == w2.keys()
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
     assert not (tmp_path / "two" / "final" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_dpo_with_a_reference_cache_on_two_processes_matches_one(task, tmp_path):
+    """Rank 0 fills the cache, the other rank waits and reads it; DDP then matches one process."""
+    model_dir, _ = task
+    pairs = write_pairs(tmp_path / "pairs.jsonl", n=24)
+
+    def config(name, batch_size):
+        return _config(task, tmp_path / name, kind="dpo", data=str(pairs), batch_size=batch_size, max_steps=12,
+                       lr=5e-3, lora_dropout=0.0, save_every=0, eval_fraction=0.25,
+                       ref_cache=str(tmp_path / name / "cache"))
+
+    one = _run([str(ROOT / "tests" / "train" / "_run_config.py"), str(config("one", 4))])
+    assert one.returncode == 0, one.stderr
+    two = _torchrun(2, config("two", 2))
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("records kept") == 1 and two.stdout.count("saved to") == 1  # rank 0 speaks
+    l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert [s for s, *_ in l1] == [s for s, *_ in l2] == [0, *range(1, 13), 12]
+    for (_, a, ea), (_, b, eb) in zip(l1, l2):
+        for x, y in ((a, b), (ea, eb)):
+            assert (x is None) == (y is None) and (x is None or abs(x - y) < 1e-4 * max(1, abs(x))), (l1, l2)
+    assert l2[-1][2] < l2[0][2] - 1e-3  # it learned: the held-out DPO loss fell
+    for run in ("one", "two"):
+        summary = json.loads((tmp_path / run / "train_summary.json").read_text())
+        assert summary["reference_forwards"] == 0  # training ran on the cache alone
+    w1 = load_file(tmp_path / "one" / "final" / "adapter_model.safetensors")
+    w2 = load_file(tmp_path / "two" / "final" / "adapter_model.safetensors")
+    assert w1.keys() == w2.keys() and max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
 
 
 @pytest.mark.slow

@@ -65,8 +65,11 @@ def test_cli_sft_writes_a_peft_adapter_and_merge_works(task, tmp_path, capsys):
     model_dir, data = task
     out = tmp_path / "cli"
     assert main(["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(out),
-                 "--max-steps", "3", "--batch-size", "4", "--lora-r", "4", "--no-progress"]) == 0
+                 "--max-steps", "3", "--batch-size", "4", "--lora-r", "4", "--no-progress", "--eval-fraction", "0.2"]) == 0
     assert json.loads((out / "final" / "adapter_config.json").read_text())["r"] == 4
+    summary = json.loads((out / "train_summary.json").read_text())
+    loss = f"{summary['eval_before']['eval_loss']:.4f} → {summary['eval_after']['eval_loss']:.4f}"
+    assert f"prefopt: eval loss: {loss}\n" in capsys.readouterr().out
     assert all(k.startswith("base_model.model.") for k in load_file(out / "final" / "adapter_model.safetensors"))
     assert main(["merge", "--model", str(model_dir), "--adapter", str(out / "final"),
                  "--output", str(tmp_path / "merged")]) == 0
