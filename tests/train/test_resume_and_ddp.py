@@ -43,16 +43,24 @@ def _losses(out):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_gives_the_same_run(task, tmp_path):
+@pytest.mark.parametrize("kind", ["sft", "dpo"])
+def test_sigkill_then_resume_gives_the_same_run(task, tmp_path, kind):
     script = str(ROOT / "tests" / "train" / "_run_config.py")
-    full = _run([script, str(_config(task, tmp_path / "full"))])
+    pairs = write_pairs(tmp_path / "pairs.jsonl", n=48)
+
+    def cfg(name, **kw):  # DPO: LoRA dropout on, the reference from an on-disk cache the resumed run reopens
+        if kind == "dpo":
+            kw.update(kind="dpo", data=str(pairs), lr=5e-3, ref_cache=str(tmp_path / f"{name}.cache"))
+        return str(_config(task, tmp_path / name, **kw))
+
+    full = _run([script, cfg("full")])
     assert full.returncode == 0, full.stderr
-    killed = _run([script, str(_config(task, tmp_path / "cut")), "7"])
+    killed = _run([script, cfg("cut"), "7"])
     assert killed.returncode == -signal.SIGKILL
     ckpts = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir())
     assert ckpts == ["latest", "step-00000003", "step-00000006"]  # the step-9 save never happened
     assert not (tmp_path / "cut" / "final").exists()
-    resumed = _run([script, str(_config(task, tmp_path / "cut", resume=True))])
+    resumed = _run([script, cfg("cut", resume=True)])
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout and "step 6" in resumed.stdout
     assert json.loads((tmp_path / "cut" / "train_summary.json").read_text())["resumed_from_step"] == 6
