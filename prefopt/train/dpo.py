@@ -74,7 +74,7 @@ class DPOTrainer(Trainer):
 
     Example::
 
-        from prefopt import DPOTrainer, load_model, load_tokenizer, apply_lora
+        from prefopt import DPOTrainer, apply_lora, load_model, load_tokenizer, save_adapter
         from prefopt.data import load_preferences
         from prefopt.train.dpo import DPOConfig
 
@@ -83,6 +83,7 @@ class DPOTrainer(Trainer):
         model = apply_lora(load_model(cfg.model), r=cfg.lora_r, alpha=cfg.lora_alpha)
         pairs, report = load_preferences(cfg.data, tok, max_length=cfg.max_length)
         DPOTrainer(model, cfg, pairs, pad_id=tok.pad_token_id).train()   # reference: adapters disabled
+        save_adapter(model, "runs/dpo/final", base_model=cfg.model)     # PEFT layout; or run_dpo(cfg)
 
     Metrics use TRL's names: ``rewards/chosen``, ``rewards/rejected``, ``rewards/accuracies``,
     ``rewards/margins``, ``logps/chosen``, ``logps/rejected``.

@@ -17,7 +17,7 @@ class SFTTrainer(Trainer):
 
     Example::
 
-        from prefopt import load_model, load_tokenizer, apply_lora
+        from prefopt import apply_lora, load_model, load_tokenizer, save_adapter
         from prefopt.data import load_sft
         from prefopt.train import SFTTrainer, TrainConfig
 
@@ -26,6 +26,7 @@ class SFTTrainer(Trainer):
         model = apply_lora(load_model(cfg.model), r=cfg.lora_r, alpha=cfg.lora_alpha)
         train, report = load_sft(cfg.data, tok, max_length=cfg.max_length)
         SFTTrainer(model, cfg, train, pad_id=tok.pad_token_id).train()
+        save_adapter(model, "out/sft/final", base_model=cfg.model)   # PEFT layout; or run_sft(cfg)
     """
 
     def __init__(self, model, config, train_data: Sequence[TokenizedExample], eval_data=None, *, pad_id: int,
