@@ -202,11 +202,18 @@ def save_adapter(model: nn.Module, out_dir: str | Path, *, base_model: str | Non
     cfg: LoRAConfig = getattr(model, "lora_config", None)
     if cfg is None:
         raise ValueError("the model has no LoRA adapters (apply_lora first)")
+    return write_adapter(lora_state_dict(model), cfg, out_dir,
+                         base_model=base_model or getattr(model, "name_or_path", None))
+
+
+def write_adapter(tensors: dict[str, torch.Tensor], cfg: LoRAConfig, out_dir: str | Path, *,
+                  base_model: str | None = None) -> Path:
+    """Write adapter tensors (prefopt's module names) and their config in PEFT's layout."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {PEFT_PREFIX + k: v for k, v in lora_state_dict(model).items()}
-    save_file_atomic(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
-    write_json_atomic(out / "adapter_config.json", _peft_config(cfg, base_model or getattr(model, "name_or_path", None)))
+    save_file_atomic({PEFT_PREFIX + k: v for k, v in tensors.items()}, out / "adapter_model.safetensors",
+                     metadata={"format": "pt"})
+    write_json_atomic(out / "adapter_config.json", _peft_config(cfg, base_model))
     return out
 
 
@@ -252,21 +259,32 @@ def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
     return LoRAConfig(r=d["r"], alpha=d["lora_alpha"], dropout=d.get("lora_dropout", 0.0), target_modules=tuple(targets))
 
 
-def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
-    """Apply the adapter in ``adapter_dir`` (PEFT layout) to ``model``; check every key and shape."""
+def read_adapter(adapter_dir: str | Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of a PEFT-layout adapter, the tensors under prefopt's module names."""
     cfg = read_adapter_config(adapter_dir)
-    apply_lora(model, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules)
     path = Path(adapter_dir) / "adapter_model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{adapter_dir}: no adapter_model.safetensors (only safetensors adapters are read)")
-    own = lora_state_dict(model)
-    loaded = {}
+    tensors = {}
     for key, t in iter_tensors(path):
         name = key.removeprefix(PEFT_PREFIX).replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
+        tensors[name] = t
+    return cfg, tensors
+
+
+def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
+    """Apply the adapter in ``adapter_dir`` (PEFT layout) to ``model``; check every key and shape."""
+    cfg, tensors = read_adapter(adapter_dir)
+    apply_lora(model, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules)
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    own = lora_state_dict(model)
+    loaded = {}
+    for name, t in tensors.items():
         if name not in own:
-            raise ValueError(f"{path}: adapter tensor {key!r} matches no LoRA layer of the model")
+            raise ValueError(f"{path}: adapter tensor {PEFT_PREFIX + name!r} matches no LoRA layer of the model")
         if own[name].shape != t.shape:
-            raise ValueError(f"{path}: {key!r} has shape {tuple(t.shape)}, the model expects {tuple(own[name].shape)}")
+            raise ValueError(f"{path}: {PEFT_PREFIX + name!r} has shape {tuple(t.shape)}, "
+                             f"the model expects {tuple(own[name].shape)}")
         loaded[name] = t.to(own[name].dtype)
     missing = sorted(set(own) - set(loaded))
     if missing:
@@ -277,5 +295,6 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
 
 __all__ = [
     "LoRAConfig", "LoRALinear", "apply_lora", "disable_adapter", "load_adapter", "lora_layers",
-    "lora_state_dict", "merge_and_unload", "merge_lora", "merged_state_dict", "read_adapter_config", "save_adapter",
+    "lora_state_dict", "merge_and_unload", "merge_lora", "merged_state_dict", "read_adapter", "read_adapter_config",
+    "save_adapter", "write_adapter",
 ]

@@ -7,7 +7,8 @@ interrupted run resumes where it stopped)::
     DIR/data/sft_train.jsonl         SFT records (chat prompt, reference answer)
     DIR/data/pairs.jsonl             DPO pairs from the chosen strategy (+ pairs_report.json)
     DIR/base|sft|dpo/predictions.jsonl, metrics.json
-    DIR/sft/train/final/             the SFT adapter;  DIR/dpo/train/final/  the DPO adapter
+    DIR/sft/train/final/             the SFT adapter
+    DIR/dpo/train/final/             the SFT+DPO adapter (both updates; loads on the base model)
     DIR/dpo/ref_cache/               reference log-probs (the SFT model), computed once
     DIR/report.md, report.json, *.png
 """
@@ -117,15 +118,19 @@ def _load_stage_model(cfg: CompareConfig, out: Path, stage: str, keep: dict | No
     """The model of ``stage`` (base, or merged SFT / SFT+DPO adapters). ``keep``: a dict that
     holds the SFT model between its evaluation and mining its errors for pairs (one load)."""
     from ..lora import load_adapter, merge_and_unload
+    from ..lora_stack import is_stacked
     from ..pretrained import load_model
 
     if keep is not None and stage in keep:
         return keep.pop(stage)
     if stage == "base":
         return load_model(cfg.model)
+    dpo = out / "dpo" / "train" / "final"
+    if stage == "dpo" and is_stacked(dpo):  # holds the SFT update too (prefopt.lora_stack)
+        return load_model(cfg.model, adapter=dpo, merge=True)
     model = load_model(cfg.model, adapter=out / "sft" / "train" / "final", merge=True)
-    if stage == "dpo":
-        merge_and_unload(load_adapter(model, out / "dpo" / "train" / "final"))
+    if stage == "dpo":  # a run from before stacked adapters: its DPO adapter goes on the merged SFT model
+        merge_and_unload(load_adapter(model, dpo))
     return model
 
 

@@ -7,6 +7,7 @@ import torch
 
 from ..fileio import write_json_atomic
 from ..lora import apply_lora, save_adapter
+from ..lora_stack import save_stacked_adapter
 from ..model import save_model
 from ..pretrained import load_model
 from ..tokenizer import load_tokenizer
@@ -34,14 +35,20 @@ def prepare_model(config: TrainConfig):
 
 
 def save_result(trainer, tok, config: TrainConfig) -> Path | None:
-    """Write the adapter (PEFT layout) or the full model to ``output_dir/final``; rank 0 only."""
+    """Write the adapter (PEFT layout) or the full model to ``output_dir/final``; rank 0 only.
+    After SFT (``sft_adapter``) the adapter holds the SFT adapter's update too, so it loads on
+    the base model like any other (``prefopt.lora_stack``)."""
     info: DistInfo = trainer.dist
     if config.fsdp:  # gathered one tensor at a time; only the main rank keeps a (CPU) copy
         state = {k: gather_full(v, keep=info.is_main) for k, v in trainer.model.state_dict().items()}
     if not info.is_main:
         return None
     out = Path(config.output_dir) / "final"
-    if config.lora:
+    sft_adapter = getattr(config, "sft_adapter", None)
+    if config.lora and sft_adapter:  # DPO after SFT: one adapter on the base model, both updates in it
+        save_stacked_adapter(trainer.model, sft_adapter, out, base_model=config.model)
+        tok.save(out)
+    elif config.lora:
         save_adapter(trainer.model, out, base_model=config.model)
         tok.save(out)
     else:

@@ -105,8 +105,9 @@ def test_portal_compare_resumes_and_mines_model_errors(tiny_model, tmp_path, cap
     monkeypatch.setattr(prefopt.pretrained, "load_model",
                         lambda *a, **kw: loads.append(kw.get("adapter")) or load(*a, **kw))
     run_compare(cfg)
-    sft = out / "sft" / "train" / "final"
-    assert loads == [None, sft, sft]  # base; SFT, evaluated then mined for errors (one load); SFT under DPO
+    sft, dpo = out / "sft" / "train" / "final", out / "dpo" / "train" / "final"
+    # base; SFT, evaluated then mined for errors (one load); SFT+DPO, one adapter that holds both
+    assert loads == [None, sft, dpo]
     report = _check(out)
     pairs_report = json.loads((out / "data" / "pairs_report.json").read_text())
     assert pairs_report["strategy"] == "model_errors" and pairs_report["prompts"] == 8

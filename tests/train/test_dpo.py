@@ -187,6 +187,32 @@ def test_dpo_after_sft_uses_the_merged_sft_model_as_reference(task, tmp_path):
     assert all(m.r == cfg.lora_r for _, m in lora_layers(trainer.model))  # a fresh adapter on top
 
 
+def test_dpo_after_sft_saves_one_adapter_that_holds_both_on_the_base_model(task, tmp_path):
+    """``final/`` on the base model (prefopt eval/generate/merge, PEFT) is the trained SFT+DPO model."""
+    from prefopt import apply_lora, load_model, save_adapter
+    from prefopt.cli import main
+
+    model_dir = task[0]
+    sft = apply_lora(load_model(model_dir), r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for _, m in lora_layers(sft):
+            m.lora_B.weight.normal_(0, 0.05)
+    save_adapter(sft, tmp_path / "sft")
+    seen = {}
+    run_dpo(_cfg(task, tmp_path / "o", sft_adapter=str(tmp_path / "sft"), eval_data=None, max_steps=3),
+            callbacks=[lambda trainer, step, metrics: seen.update(trainer=trainer)])
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    final = tmp_path / "o" / "final"
+    assert main(["merge", "--model", str(model_dir), "--adapter", str(final), "--output", str(tmp_path / "m")]) == 0
+    with torch.no_grad():
+        want = seen["trainer"].model.eval()(ids)
+        got = load_model(model_dir, adapter=final)(ids)
+        merged = load_model(tmp_path / "m")(ids)
+        only_sft = sft.eval()(ids)
+    assert (got - want).abs().max() < 1e-4 and (merged - want).abs().max() < 1e-4
+    assert (only_sft - want).abs().max() > 1e-3  # DPO moved the model, so a dropped SFT or DPO part shows
+
+
 def test_cli_dpo_with_cache(task, tmp_path, capsys):
     from prefopt.cli import main
 

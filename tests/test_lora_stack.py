@@ -1,0 +1,88 @@
+"""DPO after SFT saved as one adapter on the base model: equal to SFT merged, then the DPO adapter,
+in prefopt and in PEFT."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from prefopt import apply_lora, load_model, save_adapter
+from prefopt.lora import lora_layers, merge_and_unload, read_adapter_config
+from prefopt.lora_stack import STACK_FILE, is_stacked, save_stacked_adapter
+from tests._tiny import build_hf_model
+
+IDS = torch.randint(0, 400, (2, 11), generator=torch.Generator().manual_seed(0))
+
+
+def _randomize(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, m in lora_layers(model):
+            m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.1)
+
+
+@pytest.fixture
+def stacked(tmp_path):
+    """Base; an SFT adapter (r 4, attention only); a DPO adapter (r 8, other targets) on SFT merged."""
+    base = tmp_path / "base"
+    build_hf_model(base)
+    sft = apply_lora(load_model(base), r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj", "o_proj"])
+    _randomize(sft, 1)
+    save_adapter(sft, tmp_path / "sft", base_model=str(base))
+    on_sft = merge_and_unload(load_model(base, adapter=tmp_path / "sft"))
+    dpo = apply_lora(on_sft, r=8, alpha=32, dropout=0.1, target_modules=["v_proj", "o_proj", "up_proj", "down_proj"])
+    _randomize(dpo, 2)
+    save_stacked_adapter(dpo, tmp_path / "sft", tmp_path / "both", base_model=str(base))
+    save_adapter(dpo, tmp_path / "dpo_alone", base_model=str(base))  # the bare layout of older runs
+    with torch.no_grad():
+        want = dpo.eval()(IDS)
+        only_sft = load_model(base, adapter=tmp_path / "sft")(IDS)
+    return base, tmp_path / "both", want, only_sft
+
+
+def test_the_stacked_adapter_on_the_base_model_equals_sft_merged_then_dpo(stacked):
+    base, both, want, only_sft = stacked
+    cfg = read_adapter_config(both)
+    assert cfg.r == 12 and cfg.alpha == 12.0  # ranks side by side, scaling 1
+    assert set(cfg.target_modules) == {"q_proj", "v_proj", "o_proj", "up_proj", "down_proj"}
+    assert is_stacked(both) and json.loads((both / STACK_FILE).read_text())["ranks"] == [4, 8]
+    with torch.no_grad():
+        got = load_model(base, adapter=both)(IDS)
+        merged = load_model(base, adapter=both, merge=True)(IDS)
+    assert (got - want).abs().max().item() < 1e-4 and (merged - want).abs().max().item() < 1e-4
+    assert (only_sft - want).abs().max().item() > 1e-3  # the DPO part matters, so the check can fail
+
+
+def test_the_stacked_adapter_loads_in_peft(stacked):
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    base, both, want, _ = stacked
+    hf = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = peft.PeftModel.from_pretrained(hf, both).eval()
+    with torch.no_grad():
+        assert (model(IDS).logits - want).abs().max().item() < 1e-4
+
+
+def test_adapters_that_disagree_on_a_shape_are_refused(stacked, tmp_path):
+    base, both, _, _ = stacked
+    other = tmp_path / "other"
+    build_hf_model(other, hidden_size=48)
+    dpo = apply_lora(load_model(other), r=2, alpha=4, target_modules=["q_proj"])
+    with pytest.raises(ValueError, match="disagree on its shape"):
+        save_stacked_adapter(dpo, both, tmp_path / "bad")
+
+
+@pytest.mark.parametrize("layout", ["stacked", "bare"])
+def test_compare_loads_the_sft_dpo_stage_from_either_layout(stacked, tmp_path, layout):
+    """New compare runs save the stacked adapter; runs from before it hold a bare DPO adapter that
+    goes on the merged SFT model. Both load as the same SFT+DPO model."""
+    from prefopt.evaluate.compare import CompareConfig, _load_stage_model
+
+    base, both, want, _ = stacked
+    run = tmp_path / "run"
+    shutil.copytree(tmp_path / "sft", run / "sft" / "train" / "final")
+    shutil.copytree(both if layout == "stacked" else tmp_path / "dpo_alone", run / "dpo" / "train" / "final")
+    assert is_stacked(run / "dpo" / "train" / "final") == (layout == "stacked")
+    model = _load_stage_model(CompareConfig(task="portal", model=str(base), output=str(run)), run, "dpo")
+    with torch.no_grad():
+        assert (model(IDS) - want).abs().max().item() < 1e-4
