@@ -165,16 +165,23 @@ def test_dpo_config_is_validated(task, tmp_path):
         _cfg(task, tmp_path, lora=False)
 
 
-def test_dpo_after_sft_uses_the_merged_sft_model_as_reference(task, tmp_path):
-    from prefopt import apply_lora, disable_adapter, load_model, save_adapter
-    from prefopt.lora import lora_layers
+def _sft_adapter(model_dir, out):
+    """A random (non-zero) SFT adapter saved to ``out``; returns the adapted model."""
+    from prefopt import apply_lora, load_model, save_adapter
 
-    model_dir = task[0]
     sft = apply_lora(load_model(model_dir), r=4, alpha=8, dropout=0.0)
     with torch.no_grad():
         for _, m in lora_layers(sft):
             m.lora_B.weight.normal_(0, 0.05)
-    save_adapter(sft, tmp_path / "sft")
+    save_adapter(sft, out)
+    return sft
+
+
+def test_dpo_after_sft_uses_the_merged_sft_model_as_reference(task, tmp_path):
+    from prefopt import disable_adapter, load_model
+
+    model_dir = task[0]
+    sft = _sft_adapter(model_dir, tmp_path / "sft")
     cfg = _cfg(task, tmp_path / "o", sft_adapter=str(tmp_path / "sft"), eval_data=None, max_steps=2)
     trainer, _ = _trainer(task, tmp_path, cfg)
     ids = torch.tensor([[5, 6, 7, 8]])
@@ -189,15 +196,11 @@ def test_dpo_after_sft_uses_the_merged_sft_model_as_reference(task, tmp_path):
 
 def test_dpo_after_sft_saves_one_adapter_that_holds_both_on_the_base_model(task, tmp_path):
     """``final/`` on the base model (prefopt eval/generate/merge, PEFT) is the trained SFT+DPO model."""
-    from prefopt import apply_lora, load_model, save_adapter
+    from prefopt import load_model
     from prefopt.cli import main
 
     model_dir = task[0]
-    sft = apply_lora(load_model(model_dir), r=4, alpha=8, dropout=0.0)
-    with torch.no_grad():
-        for _, m in lora_layers(sft):
-            m.lora_B.weight.normal_(0, 0.05)
-    save_adapter(sft, tmp_path / "sft")
+    sft = _sft_adapter(model_dir, tmp_path / "sft")
     seen = {}
     run_dpo(_cfg(task, tmp_path / "o", sft_adapter=str(tmp_path / "sft"), eval_data=None, max_steps=3),
             callbacks=[lambda trainer, step, metrics: seen.update(trainer=trainer)])
