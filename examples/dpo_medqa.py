@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--max-length", type=int, default=320)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output")
     args = ap.parse_args()
     src = args.data_dir / "medqa_usmle_4options.jsonl"
     if not src.is_file():
@@ -66,7 +67,7 @@ def main() -> None:
                     beta=args.beta, lr=args.lr, max_steps=args.max_steps, batch_size=args.batch_size,
                     warmup_steps=5, max_length=args.max_length, max_prompt_length=args.max_length - 64,
                     lora_r=16, lora_alpha=32, lora_dropout=0.05, eval_every=max(1, args.max_steps // 2),
-                    seed=args.seed)
+                    seed=args.seed, overwrite=args.overwrite)
     s = run_dpo(cfg)
     b, a = s["eval_before"], s["eval_after"]
     print(f"held-out MedQA pairs ({args.n_eval}): rewards/accuracies {b['eval_rewards/accuracies']:.3f} -> "

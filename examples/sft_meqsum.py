@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=100)
     ap.add_argument("--max-length", type=int, default=384)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output")
     args = ap.parse_args()
     if not (args.data_dir / "meqsum.jsonl").is_file():
         raise SystemExit(f"MeQSum not found at {args.data_dir} (expected meqsum.jsonl); pass --data-dir")
@@ -50,7 +51,7 @@ def main() -> None:
     cfg = TrainConfig(model=args.model, data=str(train), eval_data=str(evals), output_dir=str(args.output),
                       max_steps=args.max_steps, batch_size=args.batch_size, lr=3e-4, warmup_steps=10,
                       lora_r=16, lora_alpha=32, lora_dropout=0.05, max_length=args.max_length,
-                      eval_every=50, seed=args.seed)
+                      eval_every=50, seed=args.seed, overwrite=args.overwrite)
     summary = run_sft(cfg)
     before, after = summary["eval_before"]["eval_loss"], summary["eval_after"]["eval_loss"]
     print(f"MeQSum eval loss (per response token, {args.n_eval} held-out questions): "

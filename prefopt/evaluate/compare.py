@@ -108,10 +108,13 @@ def _split(cfg: CompareConfig, records: list, s: dict, out: Path):
 
 
 def _train_config(cls, cfg, s, stage: str, data: Path, out: Path, **kw):
+    """A stage's training settings. It trains only where its ``final/`` is missing, so whatever an
+    interrupted attempt left in its folder is replaced (``overwrite``)."""
     steps, epochs = s[f"{stage}_steps"], s[f"{stage}_epochs"]
     return cls(model=cfg.model, data=str(data), output_dir=str(out), max_length=s["max_length"],
-               batch_size=s["dpo_batch_size" if stage == "dpo" else "batch_size"], lr=s[f"{stage}_lr"], max_steps=steps, epochs=epochs, seed=cfg.seed,
-               warmup_steps=min(5, (steps or 10) // 10), **kw)
+               batch_size=s["dpo_batch_size" if stage == "dpo" else "batch_size"], lr=s[f"{stage}_lr"],
+               max_steps=steps, epochs=epochs, seed=cfg.seed, warmup_steps=min(5, (steps or 10) // 10),
+               overwrite=True, **kw)
 
 
 def _load_stage_model(cfg: CompareConfig, out: Path, stage: str, keep: dict | None = None):

@@ -53,7 +53,8 @@ class TrainConfig:
     eval_every: int = 0  # 0: evaluate only before and after training
     save_every: int = 0  # 0: no intermediate checkpoints
     save_total_limit: int = 2
-    resume: bool = False
+    resume: bool = False  # continue from the newest checkpoint in output_dir
+    overwrite: bool = False  # replace an earlier run in output_dir (else training into it is refused)
     fsdp: bool = False  # FSDP2 full fine-tuning under torchrun (needs lora=False)
     progress: bool = True
 

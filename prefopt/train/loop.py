@@ -78,6 +78,8 @@ class Trainer:
         self.config = config
         self.device = pick_device(config.device)
         self.dist: DistInfo = init_distributed(self.device)
+        ckpt_io.claim_output_dir(config.output_dir, resume=config.resume, overwrite=config.overwrite,
+                                 is_main=self.dist.is_main)
         self.model = model.to(self.device)
         self.model.gradient_checkpointing = config.gradient_checkpointing
         self.train_data, self.eval_data = list(train_data), list(eval_data or [])
@@ -310,6 +312,7 @@ class Trainer:
 
     def _load_checkpoint(self, ckpt: Path) -> None:
         trainable, optimizer_state, state = ckpt_io.read_checkpoint(ckpt)
+        ckpt_io.check_resumable(ckpt, state.get("config"), self.config.to_dict())
         if state.get("world", 1) != self.dist.world:
             raise ValueError(f"{ckpt} was written by {state.get('world')} processes; resume with the same number")
         own = dict(self.model.named_parameters())

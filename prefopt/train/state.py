@@ -95,3 +95,39 @@ def read_checkpoint(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
     optimizer_state = torch.load(ckpt / "optimizer.pt", weights_only=True)
     state = json.loads((ckpt / "trainer_state.json").read_text())
     return trainable, optimizer_state, state
+
+
+RUN_FILES = ("train_config.json", "train_summary.json", "metrics.jsonl", "final", "checkpoints", "tensorboard")
+# settings a resumed run may change: where things go, how often it logs/evaluates/saves, how long it runs
+RESUMABLE = {"output_dir", "ref_cache", "resume", "overwrite", "progress", "log_every", "eval_every", "save_every",
+             "save_total_limit", "max_steps", "epochs", "device"}
+
+
+def claim_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, is_main: bool = True) -> None:
+    """Refuse to train into a folder that holds an earlier run, unless the run continues it
+    (``resume``, with a checkpoint to continue from) or replaces it (``overwrite``: rank 0 removes
+    the earlier run's files first; anything else in the folder, such as a reference cache, stays)."""
+    out = Path(output_dir)
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if not found or (resume and latest_checkpoint(out) is not None):
+        return
+    if not overwrite:
+        why = "it has no checkpoint to resume from (set save_every)" if resume else "it would be overwritten"
+        raise ValueError(f"{out} holds an earlier run ({', '.join(found)}) and {why}: pass --overwrite "
+                         f"(overwrite=True) to replace it, --resume to continue it, or another --output-dir")
+    if is_main:
+        for name in found:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def check_resumable(ckpt: Path, saved: dict | None, current: dict) -> None:
+    """A checkpoint resumes exactly only under the settings it was written with (bar ``RESUMABLE``)."""
+    if saved is None:
+        return
+    changed = sorted(k for k in set(saved) | set(current) if k not in RESUMABLE and saved.get(k) != current.get(k))
+    if changed:
+        diff = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        raise ValueError(f"{ckpt} was written under other settings ({diff}); resume with the same ones, or start "
+                         f"a new run (--overwrite or another --output-dir)")
+

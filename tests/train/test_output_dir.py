@@ -1,0 +1,69 @@
+"""An output folder holding an earlier run is never trained into silently, and a checkpoint
+resumes only under the settings it was written with."""
+import json
+
+import pytest
+
+from prefopt.cli import main
+from prefopt.train import TrainConfig
+from prefopt.train.run import run_sft
+from tests.train._fixtures import write_task
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return write_task(tmp_path_factory.mktemp("outdir"), n=16)
+
+
+def _cfg(task, out, **kw):
+    model_dir, data = task
+    base = dict(model=str(model_dir), data=str(data), output_dir=str(out), batch_size=4, max_steps=3, lr=3e-3,
+                lora_r=4, lora_alpha=8, progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def _files(out):
+    return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+
+def test_a_second_run_into_the_same_folder_is_refused_and_changes_nothing(task, tmp_path, capsys):
+    out = tmp_path / "run"
+    run_sft(_cfg(task, out, save_every=1))
+    before = _files(out)
+    with pytest.raises(ValueError, match="holds an earlier run .*checkpoints.*--overwrite"):
+        run_sft(_cfg(task, out, lr=1e-3))
+    model_dir, data = task
+    argv = ["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(out), "--max-steps", "2",
+            "--no-progress"]
+    assert main(argv) == 2
+    assert "holds an earlier run" in capsys.readouterr().err
+    assert _files(out) == before  # nothing written, nothing removed
+
+
+def test_overwrite_replaces_the_earlier_run_and_keeps_other_files(task, tmp_path):
+    out = tmp_path / "run"
+    run_sft(_cfg(task, out, save_every=1, max_steps=4))
+    (out / "ref_cache").mkdir()
+    (out / "ref_cache" / "keep.txt").write_text("a cache shared between runs")
+    run_sft(_cfg(task, out, overwrite=True, max_steps=2))
+    assert not (out / "checkpoints").exists()  # the old run's step-1..3 are gone, so --resume cannot mix runs
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert json.loads((out / "train_config.json").read_text())["max_steps"] == 2
+    assert (out / "ref_cache" / "keep.txt").is_file()
+
+
+def test_resume_needs_a_checkpoint_and_the_same_settings(task, tmp_path):
+    out = tmp_path / "run"
+    run_sft(_cfg(task, out, save_every=0))
+    with pytest.raises(ValueError, match="no checkpoint to resume from"):
+        run_sft(_cfg(task, out, resume=True))
+    run_sft(_cfg(task, out, overwrite=True, save_every=1, max_steps=3))
+    with pytest.raises(ValueError, match=r"other settings \(batch_size: 4 -> 2; lr: 0.003 -> 0.001\)"):
+        run_sft(_cfg(task, out, resume=True, lr=1e-3, batch_size=2))
+    summary = run_sft(_cfg(task, out, resume=True, max_steps=5, eval_every=2, progress=False))
+    assert summary["resumed_from_step"] == 2 and summary["total_steps"] == 5  # longer: allowed
+
+
+def test_resume_into_an_empty_folder_starts_a_new_run(task, tmp_path):
+    summary = run_sft(_cfg(task, tmp_path / "fresh", resume=True))
+    assert summary["resumed_from_step"] == 0 and (tmp_path / "fresh" / "final").is_dir()
