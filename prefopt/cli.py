@@ -1,5 +1,5 @@
-"""The ``prefopt`` command line: generate, convert-gguf, sft, dpo, merge (eval and compare live in
-``prefopt.evaluate.cli``)."""
+"""The ``prefopt`` command line: generate, convert-gguf, sft, dpo, merge, stack-adapters (eval and
+compare live in ``prefopt.evaluate.cli``)."""
 from __future__ import annotations
 
 import argparse
@@ -89,6 +89,13 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stack_adapters(args: argparse.Namespace) -> int:
+    from .lora_stack import restack
+
+    print(f"wrote {restack(args.first, args.second, args.output)}")
+    return 0
+
+
 def _config_fields(cls):
     from dataclasses import fields
 
@@ -151,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--output", required=True)
     m.add_argument("--dtype", choices=DTYPES, default="float32")
     m.set_defaults(func=_merge)
+
+    st = sub.add_parser("stack-adapters", help="one adapter on the base model from an SFT adapter and a DPO "
+                        "adapter trained on top of it (for DPO adapters saved alone, before prefopt stacked them)")
+    st.add_argument("first", help="the SFT adapter folder")
+    st.add_argument("second", help="the adapter trained with the first merged in")
+    st.add_argument("output")
+    st.set_defaults(func=_stack_adapters)
 
     from .evaluate.cli import add_commands  # eval, compare (the task layer, imported lazily by them)
 

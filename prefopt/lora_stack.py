@@ -12,13 +12,14 @@ the adapter names the adapters folded in, so a reader can tell a stacked adapter
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .fileio import write_json_atomic
-from .lora import LoRAConfig, lora_layers, read_adapter, write_adapter
+from .lora import LoRAConfig, lora_state_dict, read_adapter, write_adapter
 
 STACK_FILE = "stacked_on.json"
 
@@ -30,16 +31,14 @@ def _updates(tensors: dict[str, torch.Tensor], scaling: float) -> dict[str, tupl
             for name, a in tensors.items() if ".lora_A." in name}
 
 
-def stack_adapters(first: tuple[LoRAConfig, dict[str, torch.Tensor]], model: nn.Module
+def stack_adapters(first: tuple[LoRAConfig, dict[str, torch.Tensor]], second: tuple[LoRAConfig, dict[str, torch.Tensor]]
                    ) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
-    """One adapter equal to ``first`` (config, tensors) followed by ``model``'s own LoRA layers,
-    which were trained on the model with ``first`` merged in. Tensors in the model's LoRA dtype."""
-    (cfg1, t1), cfg2 = first, model.lora_config
-    layers = dict(lora_layers(model))
-    dtype = next(iter(layers.values())).lora_A.weight.dtype
-    one = _updates(t1, cfg1.scaling)
-    two = _updates({f"{n}.lora_{x}.weight": getattr(m, f"lora_{x}").weight for n, m in layers.items() for x in "AB"},
-                   cfg2.scaling)
+    """One adapter equal to ``first`` followed by ``second`` (each a config and its tensors under
+    prefopt's names), ``second`` having been trained on the model with ``first`` merged in.
+    Tensors in ``second``'s dtype."""
+    (cfg1, t1), (cfg2, t2) = first, second
+    dtype = next(iter(t2.values())).dtype
+    one, two = _updates(t1, cfg1.scaling), _updates(t2, cfg2.scaling)
     tensors = {}
     for module in sorted(set(one) | set(two)):
         a, b = one.get(module) or two[module]
@@ -55,23 +54,46 @@ def stack_adapters(first: tuple[LoRAConfig, dict[str, torch.Tensor]], model: nn.
     return LoRAConfig(r=r, alpha=float(r), dropout=cfg2.dropout, target_modules=targets), tensors
 
 
+def _write(first_dir, first, second, out_dir, base_model: str | None) -> Path:
+    cfg, tensors = stack_adapters(first, second)
+    out = write_adapter(tensors, cfg, out_dir, base_model=base_model)
+    write_json_atomic(out / STACK_FILE, {
+        "adapters": [str(Path(first_dir).resolve()), "the adapter trained on top of it"],
+        "ranks": [first[0].r, second[0].r],
+        "note": "one LoRA adapter on the base model: the adapters' updates side by side (alpha = r, scaling 1)",
+    })
+    return out
+
+
 def save_stacked_adapter(model: nn.Module, first_dir: str | Path, out_dir: str | Path, *,
                          base_model: str | None = None) -> Path:
     """Save ``model``'s adapter, trained on top of the merged adapter in ``first_dir``, as one
     adapter on the base model (see the module's docstring)."""
-    first = read_adapter(first_dir)
-    cfg, tensors = stack_adapters(first, model)
-    out = write_adapter(tensors, cfg, out_dir, base_model=base_model)
-    write_json_atomic(out / STACK_FILE, {
-        "adapters": [str(Path(first_dir).resolve()), "this run's own adapter"],
-        "ranks": [first[0].r, model.lora_config.r],
-        "note": "one LoRA adapter on the base model: the adapters' updates side by side (alpha = r, scaling 1)",
-    })
-    return out
+    return _write(first_dir, read_adapter(first_dir), (model.lora_config, lora_state_dict(model)), out_dir,
+                  base_model)
+
+
+def restack(first_dir: str | Path, second_dir: str | Path, out_dir: str | Path) -> Path:
+    """Stack two saved adapters, the second trained on the model with the first merged in: for
+    DPO adapters saved on their own, before prefopt stacked them."""
+    first, second = read_adapter(first_dir), read_adapter(second_dir)
+    base = json.loads((Path(second_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    return _write(first_dir, first, second, out_dir, base)
+
+
+def trained_on_top_of(adapter_dir: str | Path) -> str | None:
+    """The SFT adapter that a bare (unstacked) DPO adapter was trained on top of, read from its
+    run's ``train_config.json``; None for any other adapter."""
+    adapter_dir = Path(adapter_dir)
+    config = adapter_dir.parent / "train_config.json"
+    if is_stacked(adapter_dir) or adapter_dir.name != "final" or not config.is_file():
+        return None
+    d = json.loads(config.read_text())
+    return d.get("sft_adapter") if d.get("lora") else None
 
 
 def is_stacked(adapter_dir: str | Path) -> bool:
     return (Path(adapter_dir) / STACK_FILE).is_file()
 
 
-__all__ = ["STACK_FILE", "is_stacked", "save_stacked_adapter", "stack_adapters"]
+__all__ = ["STACK_FILE", "is_stacked", "restack", "save_stacked_adapter", "stack_adapters", "trained_on_top_of"]

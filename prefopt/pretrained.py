@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from .lora import load_adapter, merge_and_unload, merged_state_dict
+from .lora_stack import trained_on_top_of
 from .model import checkpoint
 from .model.transformer import Transformer
 
@@ -30,6 +31,11 @@ def load_model(
     Returns:
         the model in eval mode; ``model(input_ids)`` gives logits ``(B, T, V)``.
     """
+    if adapter is not None and (sft := trained_on_top_of(adapter)):
+        raise ValueError(
+            f"{adapter} holds a DPO update trained on top of the SFT adapter {sft}, saved on its own (before "
+            f"prefopt stacked them); on the base model it would drop the SFT part. Stack the two once with "
+            f"`prefopt stack-adapters {sft} {adapter} OUT` and load OUT")
     model = checkpoint.load_model(name_or_path, dtype=dtype, device=device, revision=revision)
     if adapter is not None:
         load_adapter(model, adapter)

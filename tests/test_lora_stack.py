@@ -86,3 +86,20 @@ def test_compare_loads_the_sft_dpo_stage_from_either_layout(stacked, tmp_path, l
     model = _load_stage_model(CompareConfig(task="portal", model=str(base), output=str(run)), run, "dpo")
     with torch.no_grad():
         assert (model(IDS) - want).abs().max().item() < 1e-4
+
+
+def test_a_bare_dpo_adapter_from_an_older_run_is_refused_until_stacked(stacked, tmp_path, capsys):
+    """Loading it alone would drop the SFT part; ``prefopt stack-adapters`` makes the stacked one."""
+    from prefopt.cli import main
+
+    base, _, want, _ = stacked
+    run = tmp_path / "dpo_run"
+    shutil.copytree(tmp_path / "dpo_alone", run / "final")
+    (run / "train_config.json").write_text(json.dumps({"sft_adapter": str(tmp_path / "sft"), "lora": True}))
+    with pytest.raises(ValueError, match="trained on top of the SFT adapter .*prefopt stack-adapters"):
+        load_model(base, adapter=run / "final")
+    assert main(["stack-adapters", str(tmp_path / "sft"), str(run / "final"), str(tmp_path / "fixed")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    with torch.no_grad():
+        assert (load_model(base, adapter=tmp_path / "fixed")(IDS) - want).abs().max().item() < 1e-4
+    assert read_adapter_config(tmp_path / "fixed").r == 12
