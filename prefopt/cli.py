@@ -176,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # the trainer has said where it stopped and how to go on
+        if os.environ.get("PREFOPT_DEBUG"):
+            raise
+        return 130
     except (FileNotFoundError, ValueError, ImportError) as e:
         if os.environ.get("PREFOPT_DEBUG"):
             raise

@@ -13,6 +13,7 @@ resumed run sees exactly the batches the interrupted one would have.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -228,6 +229,27 @@ class Trainer:
             summary["eval_before"] = first
         bar = progress(total=self.total_steps, initial=self.step, desc="train", unit="step",
                        disable=not (c.progress and self.dist.is_main)) if self.dist.is_main else None
+        try:
+            self._run_steps(log, bar)
+        except KeyboardInterrupt:  # Ctrl-C: say where the run stopped and how to go on
+            if self.dist.is_main:
+                self._say_interrupted()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        final_eval = self.evaluate()
+        if final_eval and log:
+            log.write({"step": self.step, **final_eval})
+        summary["eval_after"] = final_eval
+        if log:
+            log.close()
+            write_json_atomic(self.output_dir / "train_summary.json", summary)
+        return summary
+
+    def _run_steps(self, log: MetricsLog | None, bar) -> None:
+        """Train from ``self.step`` to ``total_steps``: log, evaluate, save and call back as configured."""
+        c = self.config
         t0, tokens = time.perf_counter(), 0
         while self.step < self.total_steps:
             metrics = self.train_step(self.step)
@@ -248,16 +270,14 @@ class Trainer:
                 self.save_checkpoint()
             for cb in self.callbacks:
                 cb(self, self.step, metrics)
-        if bar is not None:
-            bar.close()
-        final_eval = self.evaluate()
-        if final_eval and log:
-            log.write({"step": self.step, **final_eval})
-        summary["eval_after"] = final_eval
-        if log:
-            log.close()
-            write_json_atomic(self.output_dir / "train_summary.json", summary)
-        return summary
+
+    def _say_interrupted(self) -> None:
+        last = ckpt_io.latest_checkpoint(self.output_dir)
+        if last is not None:
+            what = f"rerun with --resume to continue from {last}"
+        else:
+            what = "it saved no checkpoint (set --save-every); rerun with --overwrite to start again"
+        print(f"\nprefopt: interrupted at step {self.step} of {self.total_steps}; {what}", file=sys.stderr, flush=True)
 
     # --- checkpoints --------------------------------------------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:

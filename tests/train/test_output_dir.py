@@ -67,3 +67,31 @@ def test_resume_needs_a_checkpoint_and_the_same_settings(task, tmp_path):
 def test_resume_into_an_empty_folder_starts_a_new_run(task, tmp_path):
     summary = run_sft(_cfg(task, tmp_path / "fresh", resume=True))
     assert summary["resumed_from_step"] == 0 and (tmp_path / "fresh" / "final").is_dir()
+
+
+@pytest.mark.parametrize("save_every", [1, 0])
+def test_ctrl_c_says_where_the_run_stopped_and_how_to_go_on(task, tmp_path, capsys, monkeypatch, save_every):
+    def ctrl_c(trainer, step, metrics):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_sft(_cfg(task, out, save_every=save_every, max_steps=4), callbacks=[ctrl_c])
+    err = capsys.readouterr().err
+    if save_every:
+        assert "interrupted at step 2 of 4; rerun with --resume to continue from" in err and "step-00000002" in err
+        assert run_sft(_cfg(task, out, save_every=1, max_steps=4, resume=True))["resumed_from_step"] == 2
+    else:
+        assert "interrupted at step 2 of 4; it saved no checkpoint (set --save-every); rerun with --overwrite" in err
+
+
+def test_the_cli_exits_130_on_ctrl_c(task, tmp_path, monkeypatch):
+    import prefopt.train
+
+    def interrupted(config, callbacks=()):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prefopt.train, "run_sft", interrupted)
+    model_dir, data = task
+    assert main(["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(tmp_path / "cli")]) == 130
