@@ -89,6 +89,8 @@ class DPOTrainer(Trainer):
     ``rewards/margins``, ``logps/chosen``, ``logps/rejected``.
     """
 
+    noun = "pairs"
+
     def __init__(self, model, config: DPOConfig, train_data: Sequence[PairExample], eval_data=None, *, pad_id: int,
                  ref_model: torch.nn.Module | None = None, ref_cache=None, callbacks=()):
         self.pad_id = pad_id

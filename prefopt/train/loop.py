@@ -106,6 +106,8 @@ class Trainer:
         self._order_cache: tuple[int | None, list[int]] = (None, [])
 
     # --- what a subclass defines -------------------------------------------------------
+    noun = "examples"  # what the training data holds, for the console
+
     def collate(self, examples: Sequence) -> Batch:
         raise NotImplementedError
 
@@ -219,6 +221,8 @@ class Trainer:
         if resume_from is not None:
             self._load_checkpoint(resume_from)
         log = MetricsLog(self.output_dir, resume_step=self.step if resume_from else None) if self.dist.is_main else None
+        if log:
+            print(f"prefopt: {self.plan()}", flush=True)
         if log and resume_from:
             print(f"prefopt: resuming from {resume_from} (step {self.step})", flush=True)
         summary: dict[str, Any] = {"total_steps": self.total_steps, "resumed_from_step": self.step}
@@ -246,6 +250,17 @@ class Trainer:
             log.close()
             write_json_atomic(self.output_dir / "train_summary.json", summary)
         return summary
+
+    def plan(self) -> str:
+        """One line on what the run will do: data, steps, what trains, where."""
+        c = self.config
+        n = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        what = f"LoRA r{c.lora_r} on {', '.join(c.lora_targets)}" if c.lora else "all weights"
+        precision = "bf16 autocast" if autocast_on(self.device, c) else c.dtype
+        evals = f", {len(self.eval_data)} eval" if self.eval_data else ""
+        return (f"{len(self.train_data)} training{evals} {self.noun}; {self.total_steps} steps of {self.global_batch} "
+                f"({self.total_steps / self.steps_per_epoch:.2f} epochs); {n:,} trainable parameters ({what}); "
+                f"{self.device.type}, {precision}")
 
     def _run_steps(self, log: MetricsLog | None, bar) -> None:
         """Train from ``self.step`` to ``total_steps``: log, evaluate, save and call back as configured."""

@@ -69,7 +69,12 @@ def test_cli_sft_writes_a_peft_adapter_and_merge_works(task, tmp_path, capsys):
     assert json.loads((out / "final" / "adapter_config.json").read_text())["r"] == 4
     summary = json.loads((out / "train_summary.json").read_text())
     loss = f"{summary['eval_before']['eval_loss']:.4f} → {summary['eval_after']['eval_loss']:.4f}"
-    assert f"prefopt: eval loss: {loss}\n" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"prefopt: eval loss: {loss}\n" in printed
+    trainable = sum(v.numel() for v in load_file(out / "final" / "adapter_model.safetensors").values())
+    assert (f"prefopt: 38 training, 10 eval examples; 3 steps of 4 (0.33 epochs); {trainable:,} trainable "
+            f"parameters (LoRA r4 on q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj); cpu, float32"
+            in printed)
     assert all(k.startswith("base_model.model.") for k in load_file(out / "final" / "adapter_model.safetensors"))
     assert main(["merge", "--model", str(model_dir), "--adapter", str(out / "final"),
                  "--output", str(tmp_path / "merged")]) == 0
