@@ -56,8 +56,18 @@ def save_result(trainer, tok, config: TrainConfig) -> Path | None:
     return out
 
 
+def claim_output_dir(config: TrainConfig) -> None:
+    """Before any loading: refuse an output folder that holds an earlier run, or clear it for
+    ``overwrite`` (the trainer checks again, for runs built by hand)."""
+    from .state import claim_output_dir as claim
+
+    claim(config.output_dir, resume=config.resume, overwrite=config.overwrite,
+          is_main=init_distributed(pick_device(config.device)).is_main)
+
+
 def run_sft(config: TrainConfig, callbacks=()) -> dict:
     """Fine-tune ``config.model`` on ``config.data``; returns the training summary."""
+    claim_output_dir(config)
     tok = load_tokenizer(config.model)
     train, evals, reports = load_train_eval(config, tok)
     model = prepare_model(config)
@@ -122,6 +132,7 @@ def run_dpo(config, callbacks=()) -> dict:
     from .dpo import DPOTrainer
     from .sft import load_train_eval
 
+    claim_output_dir(config)
     tok = load_tokenizer(config.model)
     pairs, evals, reports = load_train_eval(config, tok, load_preferences)
     model = prepare_model(config)

@@ -112,9 +112,12 @@ def claim_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, i
     if not found or (resume and latest_checkpoint(out) is not None):
         return
     if not overwrite:
-        why = "it has no checkpoint to resume from (set save_every)" if resume else "it would be overwritten"
-        raise ValueError(f"{out} holds an earlier run ({', '.join(found)}) and {why}: pass --overwrite "
-                         f"(overwrite=True) to replace it, --resume to continue it, or another --output-dir")
+        held = f"{out} holds an earlier run ({', '.join(found)})"
+        if resume:
+            raise ValueError(f"{held} with no checkpoint to resume from (save_every was 0): pass --overwrite "
+                             f"(overwrite=True) to replace it, or another --output-dir")
+        raise ValueError(f"{held}: pass --overwrite (overwrite=True) to replace it, --resume to continue it, "
+                         f"or another --output-dir")
     if is_main:
         for name in found:
             path = out / name

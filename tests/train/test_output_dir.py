@@ -6,8 +6,9 @@ import pytest
 
 from prefopt.cli import main
 from prefopt.train import TrainConfig
-from prefopt.train.run import run_sft
-from tests.train._fixtures import write_task
+from prefopt.train.dpo import DPOConfig
+from prefopt.train.run import run_dpo, run_sft
+from tests.train._fixtures import write_pairs, write_task
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +33,28 @@ def test_a_second_run_into_the_same_folder_is_refused_and_changes_nothing(task, 
     before = _files(out)
     with pytest.raises(ValueError, match="holds an earlier run .*checkpoints.*--overwrite"):
         run_sft(_cfg(task, out, lr=1e-3))
+    with pytest.raises(ValueError, match="holds an earlier run"):  # said before anything loads
+        run_sft(_cfg(task, out, model=str(tmp_path / "no-such-model")))
     model_dir, data = task
     argv = ["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(out), "--max-steps", "2",
             "--no-progress"]
     assert main(argv) == 2
     assert "holds an earlier run" in capsys.readouterr().err
     assert _files(out) == before  # nothing written, nothing removed
+
+
+def test_dpo_refuses_an_earlier_run_but_keeps_its_reference_cache_on_overwrite(task, tmp_path):
+    model_dir, _ = task
+    out = tmp_path / "dpo"
+    cfg = dict(model=str(model_dir), data=str(write_pairs(tmp_path / "pairs.jsonl", n=16)), output_dir=str(out),
+               batch_size=4, max_steps=2, lora_r=4, lora_alpha=8, progress=False, ref_cache=str(out / "ref_cache"))
+    run_dpo(DPOConfig(**cfg))
+    cache = {p.name: p.stat().st_mtime_ns for p in (out / "ref_cache").iterdir()}
+    with pytest.raises(ValueError, match="holds an earlier run"):
+        run_dpo(DPOConfig(**cfg))
+    summary = run_dpo(DPOConfig(**cfg, overwrite=True))
+    assert summary["reference_forwards"] == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "ref_cache").iterdir()} == cache  # reused, not refilled
 
 
 def test_overwrite_replaces_the_earlier_run_and_keeps_other_files(task, tmp_path):
@@ -55,7 +72,7 @@ def test_overwrite_replaces_the_earlier_run_and_keeps_other_files(task, tmp_path
 def test_resume_needs_a_checkpoint_and_the_same_settings(task, tmp_path):
     out = tmp_path / "run"
     run_sft(_cfg(task, out, save_every=0))
-    with pytest.raises(ValueError, match="no checkpoint to resume from"):
+    with pytest.raises(ValueError, match="no checkpoint to resume from .*--overwrite"):
         run_sft(_cfg(task, out, resume=True))
     run_sft(_cfg(task, out, overwrite=True, save_every=1, max_steps=3))
     with pytest.raises(ValueError, match=r"other settings \(batch_size: 4 -> 2; lr: 0.003 -> 0.001\)"):
