@@ -76,12 +76,13 @@ class TestTRLParity:
     datasets = pytest.importorskip("datasets")
 
     @pytest.fixture(scope="class")
-    def setup(self, tmp_path_factory):
+    @classmethod
+    def setup(cls, tmp_path_factory):
         from tests._tiny import build_hf_model
 
         root = tmp_path_factory.mktemp("trl")
         build_hf_model(root / "ref", initializer_range=0.1)
-        policy = self.transformers.AutoModelForCausalLM.from_pretrained(root / "ref")
+        policy = cls.transformers.AutoModelForCausalLM.from_pretrained(root / "ref")
         torch.manual_seed(3)
         with torch.no_grad():  # make the policy differ from the reference
             for p in policy.parameters():
