@@ -23,7 +23,7 @@ def _eval(args) -> int:
     from pathlib import Path
 
     from ..pretrained import load_model
-    from ..tasks import get_task, split_records
+    from ..tasks import get_task, sample_records, split_records
     from ..tokenizer import load_tokenizer
     from .runner import predict, score, write_results
 
@@ -34,7 +34,7 @@ def _eval(args) -> int:
     elif args.split == "test":
         records = split_records(records, test=args.test, seed=args.seed)["test"]
     if args.limit:
-        records = records[:args.limit]
+        records = sample_records(records, args.limit, seed=args.seed)
     model = load_model(args.model, adapter=args.adapter, merge=args.adapter is not None)
     tok = load_tokenizer(args.model)
     texts = predict(model, tok, task, records, batch_size=args.batch_size)
@@ -99,7 +99,7 @@ def add_commands(sub) -> None:
     e.add_argument("--test", type=float, default=0.2, help="test fraction (<1) or count")
     e.add_argument("--split-file", help="a compare run's split.json: evaluate exactly its test items (a compare "
                    "adapter was trained on that run's train items, which another split may include)")
-    e.add_argument("--limit", type=int, help="at most this many records")
+    e.add_argument("--limit", type=int, help="at most this many records: a seeded sample that keeps the class mix")
     e.add_argument("--batch-size", type=int, default=16)
     e.set_defaults(func=_eval)
 

@@ -51,6 +51,21 @@ def split_records(records: list[Record], *, test: int | float = 0.2, val: int | 
     return flat
 
 
+def sample_records(records: list[Record], k: int, *, seed: int = 0) -> list[Record]:
+    """At most ``k`` records, a seeded sample that keeps the class mix (each label stratum gets
+    its share, largest remainder), in the order they came. ``records[:k]`` would not: a split's
+    test list runs class by class, and data files are often sorted by label."""
+    if k >= len(records):
+        return list(records)
+    strata: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        strata[r.stratum()].append(i)
+    take = _allocate({key: len(v) for key, v in strata.items()}, k)
+    rng = random.Random(seed)
+    keep = sorted(i for key in sorted(strata) for i in rng.sample(strata[key], take[key]))
+    return [records[i] for i in keep]
+
+
 def _allocate(sizes: dict[str, int], total: int) -> dict[str, int]:
     """Split ``total`` over the strata in proportion to ``sizes`` (largest remainder), capped by size."""
     n = sum(sizes.values())

@@ -147,6 +147,7 @@ def test_eval_cli_writes_predictions_and_metrics(tiny_model, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(rows) == 5 and metrics["n"] == 5 and 0 <= metrics["macro_f1"] <= 1
     assert {"id", "target", "output", "prediction", "correct"} <= set(rows[0])
+    assert len({r["target"] for r in rows}) > 1  # a sample of the split, not its first class
     assert "triage" in metrics["urgency"]
     assert main(["eval", "--task", "portal", "--model", str(tiny_model), "--output", str(out),
                  "--task-option", "nope=1"]) == 2

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from prefopt.data.records import DataError
-from prefopt.tasks import PORTAL_DATA, get_task, model_error_pairs, split_records, wrong_label_pairs
+from prefopt.tasks import PORTAL_DATA, get_task, model_error_pairs, sample_records, split_records, wrong_label_pairs
 
 
 def test_bundled_portal_set_is_synthetic_and_large_enough():
@@ -41,6 +41,23 @@ def test_split_is_proportional_for_imbalanced_classes():
     s = split_records(recs, test=10, val=20, seed=0)
     assert [sum(r.labels["label"] == "rare" for r in s[k]) for k in ("test", "val", "train")] == [2, 4, 14]
     assert (len(s["test"]), len(s["val"]), len(s["train"])) == (10, 20, 70)
+
+
+def test_a_limited_sample_keeps_the_class_mix_and_the_order():
+    from collections import Counter
+
+    test = split_records(get_task("portal").load(), test=90, seed=0)["test"]  # runs class by class
+    assert len({r.stratum() for r in test[:10]}) == 1  # so test[:10] would be one class
+    kinds = Counter(r.stratum() for r in test)
+    part = sample_records(test, 30, seed=0)
+    assert len(part) == 30 and len({r.id for r in part}) == 30
+    got = Counter(r.stratum() for r in part)
+    assert set(got) == set(kinds) and all(abs(got[k] - 30 * kinds[k] / 90) < 1 for k in kinds)
+    where = {r.id: i for i, r in enumerate(test)}
+    assert [where[r.id] for r in part] == sorted(where[r.id] for r in part)  # in the order they came
+    assert [r.id for r in sample_records(test, 30, seed=0)] == [r.id for r in part]
+    assert [r.id for r in sample_records(test, 30, seed=1)] != [r.id for r in part]
+    assert sample_records(test, 500) == test
 
 
 LOADER_ERRORS = [  # (file name, content, task, the error it must raise)
