@@ -6,7 +6,7 @@ scaled by ``alpha / r``::
 
     y = x Wᵀ + b + (α/r) · B A x        A: (r, in)  B: (out, r), B starts at zero
 
-Adapters are saved in PEFT's layout (``adapter_config.json`` + ``adapter_model.safetensors``
+Adapters are saved (``prefopt.lora_stack.save_adapter``) in PEFT's layout (``adapter_config.json`` + ``adapter_model.safetensors``
 with keys ``base_model.model.<module>.lora_A.weight``), so PEFT, vLLM and others read them.
 """
 from __future__ import annotations
@@ -130,6 +130,7 @@ def apply_lora(
     for name, p in model.named_parameters():
         p.requires_grad_(".lora_A." in name or ".lora_B." in name)
     model.lora_config = cfg
+    model.lora_source = None  # a fresh adapter; load_adapter names the folder it came from
     return model
 
 
@@ -162,11 +163,27 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
+@dataclass
+class MergedAdapter:
+    """An adapter folded into the model's weights, kept (on the CPU) so that an adapter trained
+    on top of it can be saved with it (``prefopt.lora_stack.save_adapter``)."""
+    config: LoRAConfig
+    tensors: dict[str, torch.Tensor]  # under prefopt's module names
+    source: str | None  # the folder it was loaded from, if any
+
+
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Fold every adapter into its weight and put a plain ``nn.Linear`` back in its place.
 
-    The result has no LoRA left, so a fresh adapter can be applied on top (DPO after SFT).
+    The result has no LoRA left, so a fresh adapter can be applied on top (DPO after SFT). The
+    folded adapter is kept in ``model.merged_adapters``, so that ``save_adapter`` writes the
+    next one together with it, an adapter that is right on the base model.
     """
+    cfg = getattr(model, "lora_config", None)
+    if cfg is not None:
+        tensors = {k: v.detach().to("cpu", copy=True) for k, v in lora_state_dict(model).items()}
+        model.merged_adapters = [*getattr(model, "merged_adapters", []),
+                                 MergedAdapter(cfg, tensors, getattr(model, "lora_source", None))]
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, LoRALinear):
@@ -195,15 +212,6 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Only the adapter tensors, under prefopt's own module names."""
     return {k: v for k, v in model.state_dict().items() if ".lora_A." in k or ".lora_B." in k}
-
-
-def save_adapter(model: nn.Module, out_dir: str | Path, *, base_model: str | None = None) -> Path:
-    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` in PEFT's layout."""
-    cfg: LoRAConfig = getattr(model, "lora_config", None)
-    if cfg is None:
-        raise ValueError("the model has no LoRA adapters (apply_lora first)")
-    return write_adapter(lora_state_dict(model), cfg, out_dir,
-                         base_model=base_model or getattr(model, "name_or_path", None))
 
 
 def write_adapter(tensors: dict[str, torch.Tensor], cfg: LoRAConfig, out_dir: str | Path, *,
@@ -290,11 +298,12 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     if missing:
         raise ValueError(f"{path}: missing adapter tensors, e.g. {missing[0]!r} ({len(missing)} in all)")
     model.load_state_dict(loaded, strict=False)
+    model.lora_source = str(Path(adapter_dir).resolve())
     return model
 
 
 __all__ = [
-    "LoRAConfig", "LoRALinear", "apply_lora", "disable_adapter", "load_adapter", "lora_layers",
+    "LoRAConfig", "LoRALinear", "MergedAdapter", "apply_lora", "disable_adapter", "load_adapter", "lora_layers",
     "lora_state_dict", "merge_and_unload", "merge_lora", "merged_state_dict", "read_adapter", "read_adapter_config",
-    "save_adapter", "write_adapter",
+    "write_adapter",
 ]

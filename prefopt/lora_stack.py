@@ -12,6 +12,7 @@ the adapter names the adapters folded in, so a reader can tell a stacked adapter
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -54,31 +55,45 @@ def stack_adapters(first: tuple[LoRAConfig, dict[str, torch.Tensor]], second: tu
     return LoRAConfig(r=r, alpha=float(r), dropout=cfg2.dropout, target_modules=targets), tensors
 
 
-def _write(first_dir, first, second, out_dir, base_model: str | None) -> Path:
-    cfg, tensors = stack_adapters(first, second)
+def _write(parts: list[tuple[LoRAConfig, dict[str, torch.Tensor]]], sources: list[str], out_dir,
+           base_model: str | None) -> Path:
+    """``parts`` stacked in order (each trained on the model with the ones before it merged in),
+    written as one adapter plus ``stacked_on.json``."""
+    cfg, tensors = functools.reduce(stack_adapters, parts)
     out = write_adapter(tensors, cfg, out_dir, base_model=base_model)
     write_json_atomic(out / STACK_FILE, {
-        "adapters": [str(Path(first_dir).resolve()), "the adapter trained on top of it"],
-        "ranks": [first[0].r, second[0].r],
+        "adapters": [*sources, "the adapter trained on top of them"],
+        "ranks": [c.r for c, _ in parts],
         "note": "one LoRA adapter on the base model: the adapters' updates side by side (alpha = r, scaling 1)",
     })
     return out
 
 
-def save_stacked_adapter(model: nn.Module, first_dir: str | Path, out_dir: str | Path, *,
-                         base_model: str | None = None) -> Path:
-    """Save ``model``'s adapter, trained on top of the merged adapter in ``first_dir``, as one
-    adapter on the base model (see the module's docstring)."""
-    return _write(first_dir, read_adapter(first_dir), (model.lora_config, lora_state_dict(model)), out_dir,
-                  base_model)
+def save_adapter(model: nn.Module, out_dir: str | Path, *, base_model: str | None = None, stack: bool = True) -> Path:
+    """Write ``model``'s adapter in PEFT's layout (``adapter_config.json`` +
+    ``adapter_model.safetensors``); ``base_model`` defaults to the model's own name.
+
+    Where adapters were merged into the model before this one was applied (DPO after SFT:
+    ``load_model(base, adapter=sft, merge=True)`` or ``merge_and_unload``), the file holds their
+    updates and this one's side by side, so it is right on the base model it names, and
+    ``stacked_on.json`` lists them. ``stack=False`` writes this adapter's update alone, which is
+    right only on a model with the others merged in."""
+    cfg: LoRAConfig = getattr(model, "lora_config", None)
+    if cfg is None:
+        raise ValueError("the model has no LoRA adapters (apply_lora first)")
+    base_model = base_model or getattr(model, "name_or_path", None)
+    merged = getattr(model, "merged_adapters", []) if stack else []
+    if not merged:
+        return write_adapter(lora_state_dict(model), cfg, out_dir, base_model=base_model)
+    parts = [(m.config, m.tensors) for m in merged] + [(cfg, lora_state_dict(model))]
+    return _write(parts, [m.source or "an adapter merged in memory" for m in merged], out_dir, base_model)
 
 
 def restack(first_dir: str | Path, second_dir: str | Path, out_dir: str | Path) -> Path:
     """Stack two saved adapters, the second trained on the model with the first merged in: for
     DPO adapters saved on their own, before prefopt stacked them."""
-    first, second = read_adapter(first_dir), read_adapter(second_dir)
     base = json.loads((Path(second_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    return _write(first_dir, first, second, out_dir, base)
+    return _write([read_adapter(first_dir), read_adapter(second_dir)], [str(Path(first_dir).resolve())], out_dir, base)
 
 
 def trained_on_top_of(adapter_dir: str | Path) -> str | None:
@@ -96,4 +111,4 @@ def is_stacked(adapter_dir: str | Path) -> bool:
     return (Path(adapter_dir) / STACK_FILE).is_file()
 
 
-__all__ = ["STACK_FILE", "is_stacked", "restack", "save_stacked_adapter", "stack_adapters", "trained_on_top_of"]
+__all__ = ["STACK_FILE", "is_stacked", "restack", "save_adapter", "stack_adapters", "trained_on_top_of"]

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from prefopt import apply_lora, load_model, save_adapter
-from prefopt.lora import lora_layers, merge_and_unload, read_adapter_config
-from prefopt.lora_stack import STACK_FILE, is_stacked, save_stacked_adapter
+from prefopt.lora import lora_layers, lora_state_dict, merge_and_unload, read_adapter, read_adapter_config
+from prefopt.lora_stack import STACK_FILE, is_stacked, stack_adapters
 from tests._tiny import build_hf_model
 
 IDS = torch.randint(0, 400, (2, 11), generator=torch.Generator().manual_seed(0))
@@ -29,11 +29,11 @@ def stacked(tmp_path):
     sft = apply_lora(load_model(base), r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj", "o_proj"])
     _randomize(sft, 1)
     save_adapter(sft, tmp_path / "sft", base_model=str(base))
-    on_sft = merge_and_unload(load_model(base, adapter=tmp_path / "sft"))
+    on_sft = load_model(base, adapter=tmp_path / "sft", merge=True)  # as run_dpo does, or a notebook
     dpo = apply_lora(on_sft, r=8, alpha=32, dropout=0.1, target_modules=["v_proj", "o_proj", "up_proj", "down_proj"])
     _randomize(dpo, 2)
-    save_stacked_adapter(dpo, tmp_path / "sft", tmp_path / "both", base_model=str(base))
-    save_adapter(dpo, tmp_path / "dpo_alone", base_model=str(base))  # the bare layout of older runs
+    save_adapter(dpo, tmp_path / "both", base_model=str(base))  # the SFT update goes in with it
+    save_adapter(dpo, tmp_path / "dpo_alone", base_model=str(base), stack=False)  # the layout of older runs
     with torch.no_grad():
         want = dpo.eval()(IDS)
         only_sft = load_model(base, adapter=tmp_path / "sft")(IDS)
@@ -46,6 +46,8 @@ def test_the_stacked_adapter_on_the_base_model_equals_sft_merged_then_dpo(stacke
     assert cfg.r == 12 and cfg.alpha == 12.0  # ranks side by side, scaling 1
     assert set(cfg.target_modules) == {"q_proj", "v_proj", "o_proj", "up_proj", "down_proj"}
     assert is_stacked(both) and json.loads((both / STACK_FILE).read_text())["ranks"] == [4, 8]
+    assert json.loads((both / STACK_FILE).read_text())["adapters"][0] == str((both.parent / "sft").resolve())
+    assert not is_stacked(both.parent / "dpo_alone") and read_adapter_config(both.parent / "dpo_alone").r == 8
     with torch.no_grad():
         got = load_model(base, adapter=both)(IDS)
         merged = load_model(base, adapter=both, merge=True)(IDS)
@@ -69,7 +71,29 @@ def test_adapters_that_disagree_on_a_shape_are_refused(stacked, tmp_path):
     build_hf_model(other, hidden_size=48)
     dpo = apply_lora(load_model(other), r=2, alpha=4, target_modules=["q_proj"])
     with pytest.raises(ValueError, match="disagree on its shape"):
-        save_stacked_adapter(dpo, both, tmp_path / "bad")
+        stack_adapters(read_adapter(both), (dpo.lora_config, lora_state_dict(dpo)))
+
+
+def test_an_adapter_merged_in_memory_is_saved_with_the_next_one_all_three_stacked(tmp_path):
+    """A notebook's SFT → merge → DPO → merge → another stage: each save holds every update before it."""
+    base = tmp_path / "base"
+    build_hf_model(base)
+    model = load_model(base)
+    want_stages = []
+    for seed, (r, targets) in enumerate([(2, ["q_proj"]), (4, ["v_proj", "up_proj"]), (3, ["q_proj", "down_proj"])]):
+        if seed:
+            merge_and_unload(model)
+        apply_lora(model, r=r, alpha=2 * r, dropout=0.0, target_modules=targets)
+        _randomize(model, seed + 5)
+        with torch.no_grad():
+            want_stages.append(model.eval()(IDS))
+    save_adapter(model, tmp_path / "all", base_model=str(base))
+    note = json.loads((tmp_path / "all" / STACK_FILE).read_text())
+    assert note["ranks"] == [2, 4, 3] and note["adapters"][:2] == ["an adapter merged in memory"] * 2
+    with torch.no_grad():
+        got = load_model(base, adapter=tmp_path / "all")(IDS)
+    assert (got - want_stages[-1]).abs().max().item() < 1e-4
+    assert (want_stages[-1] - want_stages[-2]).abs().max().item() > 1e-3  # the last stage matters
 
 
 @pytest.mark.parametrize("layout", ["stacked", "bare"])

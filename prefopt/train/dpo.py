@@ -81,6 +81,8 @@ class DPOTrainer(Trainer):
         cfg = DPOConfig(model="smollm2-135m", data="pairs.jsonl", output_dir="runs/dpo", beta=0.1, max_steps=100)
         tok = load_tokenizer(cfg.model)
         model = apply_lora(load_model(cfg.model), r=cfg.lora_r, alpha=cfg.lora_alpha)
+        # after SFT: load_model(cfg.model, adapter="runs/sft/final", merge=True); save_adapter
+        # then writes the SFT and DPO updates together, one adapter on the base model
         pairs, report = load_preferences(cfg.data, tok, max_length=cfg.max_length)
         DPOTrainer(model, cfg, pairs, pad_id=tok.pad_token_id).train()   # reference: adapters disabled
         save_adapter(model, "runs/dpo/final", base_model=cfg.model)     # PEFT layout; or run_dpo(cfg)

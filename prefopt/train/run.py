@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 
 from ..fileio import write_json_atomic
-from ..lora import apply_lora, save_adapter
-from ..lora_stack import save_stacked_adapter
+from ..lora import apply_lora
+from ..lora_stack import save_adapter
 from ..model import save_model
 from ..pretrained import load_model
 from ..tokenizer import load_tokenizer
@@ -44,11 +44,7 @@ def save_result(trainer, tok, config: TrainConfig) -> Path | None:
     if not info.is_main:
         return None
     out = Path(config.output_dir) / "final"
-    sft_adapter = getattr(config, "sft_adapter", None)
-    if config.lora and sft_adapter:  # DPO after SFT: one adapter on the base model, both updates in it
-        save_stacked_adapter(trainer.model, sft_adapter, out, base_model=config.model)
-        tok.save(out)
-    elif config.lora:
+    if config.lora:  # after SFT (merged in by prepare_model), both updates in one adapter
         save_adapter(trainer.model, out, base_model=config.model)
         tok.save(out)
     else:
