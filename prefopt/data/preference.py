@@ -55,7 +55,9 @@ def load_preferences(path: str | Path, tok: Tokenizer, *, max_length: int = 1024
     def encode(rec):
         return tokenize_pair(rec, tok, max_length=max_length, max_prompt_length=max_prompt_length)
 
-    return load_tokenized(path, parse_preference, encode, skip_bad=skip_bad, field_of=lambda rec: "chosen")
+    pairs, report = load_tokenized(path, parse_preference, encode, skip_bad=skip_bad, field_of=lambda rec: "chosen")
+    report.max_length = max_length
+    return pairs, report
 
 
 def pair_collate(pairs, pad_id: int) -> dict[str, torch.Tensor]:

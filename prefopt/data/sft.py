@@ -31,12 +31,13 @@ class LoadReport:
     n_read: int = 0
     n_kept: int = 0
     n_truncated: int = 0
+    max_length: int | None = None  # the limit they were truncated to
     skipped: list[DataError] = field(default_factory=list)
 
     def summary(self) -> str:
         msg = f"{self.path}: {self.n_kept} of {self.n_read} records kept"
         if self.n_truncated:
-            msg += f", {self.n_truncated} truncated to fit"
+            msg += f", {self.n_truncated} truncated to fit" + (f" max_length={self.max_length}" if self.max_length else "")
         if self.skipped:
             reasons = Counter(e.reason for e in self.skipped)
             msg += f"; {len(self.skipped)} skipped: " + "; ".join(f"{n}x {r}" for r, n in reasons.most_common())
@@ -146,8 +147,10 @@ def load_sft(
     def encode(rec):
         return tokenize_sft(rec, tok, max_length=max_length, max_prompt_length=max_prompt_length)
 
-    return load_tokenized(path, parse_sft, encode, skip_bad=skip_bad,
-                          field_of=lambda rec: "messages" if rec.messages is not None else "completion")
+    examples, report = load_tokenized(path, parse_sft, encode, skip_bad=skip_bad,
+                                      field_of=lambda rec: "messages" if rec.messages is not None else "completion")
+    report.max_length = max_length
+    return examples, report
 
 
 def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, field_of: Callable):

@@ -109,7 +109,7 @@ def test_truncation_keeps_the_end_of_the_prompt_and_is_reported(tmp_path, tok):
     long_prompt = "history " * 200 + "Now: chest pain. Triage?"
     path = _jsonl(tmp_path / "d.jsonl", [{"prompt": long_prompt, "completion": "urgent"}, GOOD])
     examples, report = load_sft(path, tok, max_length=160)
-    assert report.n_truncated == 1 and "1 truncated" in report.summary()
+    assert report.n_truncated == 1 and "1 truncated to fit max_length=160" in report.summary()
     ex = examples[0]
     assert len(ex.input_ids) == 160 and len(examples[1].input_ids) < 160
     prompt_text = tok.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab == -100], skip_special_tokens=False)
