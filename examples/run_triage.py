@@ -7,17 +7,21 @@ verdicts and where the report is. ``make demo`` runs it with the quick preset.
     .venv/bin/python examples/run_triage.py                      # quick preset, runs/triage-demo
     .venv/bin/python examples/run_triage.py --preset full --output runs/triage-full
     .venv/bin/python examples/run_triage.py --task ktas --data ../shared/data/triage/ktas/data.csv
+    .venv/bin/python examples/run_triage.py --loss rpo --output runs/triage-rpo
 
 Rerunning with the same --output reuses finished stages; delete the folder to start over.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
+from prefopt.evaluate.cli import key_values
 from prefopt.evaluate.compare import CompareConfig, run_compare
 from prefopt.evaluate.dynamics import dynamics_lines
+from prefopt.losses import LOSSES
 from prefopt.tasks import STRATEGIES
 
 
@@ -28,12 +32,17 @@ def main() -> None:
     ap.add_argument("--data", help="data file (default: the bundled synthetic portal messages)")
     ap.add_argument("--preset", default="quick", choices=["quick", "full"])
     ap.add_argument("--strategy", default="wrong_label", choices=[s for s in STRATEGIES if s != "ranked"])  # ranked needs a pairs file: use prefopt compare
+    ap.add_argument("--loss", default="sigmoid", choices=sorted(LOSSES),
+                    help="preference loss (rpo adds the chosen answer's NLL; see docs/results.md)")
     ap.add_argument("--output", default="runs/triage-demo")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a preset setting, e.g. sft_steps=100 (repeatable; see prefopt compare --help)")
     a = ap.parse_args()
     t0 = time.perf_counter()
     report = run_compare(CompareConfig(task=a.task, model=a.model, output=a.output, data=a.data, preset=a.preset,
-                                       strategy=a.strategy, seed=a.seed))
+                                       strategy=a.strategy, loss=a.loss, seed=a.seed,
+                                       overrides=key_values(a.set)))
     print()
     for stage, s in report["stages"].items():
         print(f"{stage:>4}: macro-F1 {s['primary']:.3f}  95% CI [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]  "
@@ -50,4 +59,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the trainer has said where it stopped and how to go on
+        sys.exit(130)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        sys.exit(f"run_triage: error: {e}")

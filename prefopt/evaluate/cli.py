@@ -5,12 +5,12 @@ import argparse
 import json
 
 
-def _options(pairs: list[str] | None) -> dict:
+def key_values(pairs: list[str] | None) -> dict:
     """``["levels=ktas", "disposition=true"]`` → ``{"levels": "ktas", "disposition": True}``."""
     out = {}
     for item in pairs or []:
         if "=" not in item:
-            raise ValueError(f"--task-option takes key=value, got {item!r}")
+            raise ValueError(f"expected key=value, got {item!r}")
         k, v = item.split("=", 1)
         try:
             out[k.strip()] = json.loads(v)
@@ -27,7 +27,7 @@ def _eval(args) -> int:
     from ..tokenizer import load_tokenizer
     from .runner import predict, score, write_results
 
-    task = get_task(args.task, **_options(args.task_option))
+    task = get_task(args.task, **key_values(args.task_option))
     records = task.read(args.data)
     if args.split_file:
         records = _from_split_file(records, args.split_file)
@@ -65,9 +65,9 @@ def _compare(args) -> int:
     from .compare import CompareConfig, run_compare
     from .dynamics import dynamics_lines
 
-    overrides = _options(args.set)
+    overrides = key_values(args.set)
     cfg = CompareConfig(task=args.task, model=args.model, output=args.output, data=args.data, preset=args.preset,
-                        task_options=_options(args.task_option), strategy=args.strategy, pairs=args.pairs, loss=args.loss,
+                        task_options=key_values(args.task_option), strategy=args.strategy, pairs=args.pairs, loss=args.loss,
                         seed=args.seed, judge=args.judge, n_resamples=args.n_resamples, overrides=overrides)
     report = run_compare(cfg)
     for k, v in report["comparisons"].items():
