@@ -62,7 +62,7 @@ def _write(parts: list[tuple[LoRAConfig, dict[str, torch.Tensor]]], sources: lis
     cfg, tensors = functools.reduce(stack_adapters, parts)
     out = write_adapter(tensors, cfg, out_dir, base_model=base_model)
     write_json_atomic(out / STACK_FILE, {
-        "adapters": [*sources, "the adapter trained on top of them"],
+        "adapters": [*sources, f"the adapter trained on top of {'it' if len(sources) == 1 else 'them'}"],
         "ranks": [c.r for c, _ in parts],
         "note": "one LoRA adapter on the base model: the adapters' updates side by side (alpha = r, scaling 1)",
     })

@@ -8,12 +8,15 @@ set came from elsewhere (most often a shift in the answer prior).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..train.metrics import read_metrics
 
 WINDOW = 0.25  # the first and last quarter of the logged steps are compared
 LEARNED = 0.6  # a final pair accuracy below this: DPO did not learn to rank its training pairs
+CHOSEN_DROP = 1.0  # nats: a larger fall of the chosen answers' mean log-prob is pointed out
+NLL_ANCHORED = ("rpo", "orpo")  # losses with a term that keeps the chosen answers likely
 KEYS = {"sft": ("loss",),
         "dpo": ("loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")}
 
@@ -25,16 +28,21 @@ def _mean(rows: list[dict], key: str) -> float | None:
 
 def stage_dynamics(train_dir: Path, keys: tuple[str, ...]) -> dict | None:
     """``{"steps", "window", "first": {key: mean}, "last": {key: mean}}`` over the first and last
-    ``WINDOW`` of the logged training steps (eval lines are left out); None without a log."""
+    ``WINDOW`` of the logged training steps (eval lines are left out), and ``"loss"`` where the
+    run's ``train_config.json`` names a preference loss; None without a log."""
     if not (Path(train_dir) / "metrics.jsonl").is_file():
         return None
     rows = [r for r in read_metrics(train_dir) if "loss" in r]
     if not rows:
         return None
     k = max(1, round(len(rows) * WINDOW))
-    return {"steps": rows[-1]["step"], "window": k,
-            "first": {key: _mean(rows[:k], key) for key in keys},
-            "last": {key: _mean(rows[-k:], key) for key in keys}}
+    out = {"steps": rows[-1]["step"], "window": k,
+           "first": {key: _mean(rows[:k], key) for key in keys},
+           "last": {key: _mean(rows[-k:], key) for key in keys}}
+    config = Path(train_dir) / "train_config.json"
+    if config.is_file() and "loss" in (c := json.loads(config.read_text())):
+        out["loss"] = c["loss"]
+    return out
 
 
 def training_dynamics(out: Path) -> dict:
@@ -66,4 +74,9 @@ def dynamics_lines(dyn: dict) -> list[str]:
             lines.append(f"- DPO did not learn to rank its training pairs: pair accuracy {acc:.2f} at the end, where 0.5 "
                          "is chance. Any change on the test set is then a shift in what the model prefers overall "
                          "(a class, a length), not item knowledge. More pairs or steps, or a larger model, may help.")
+        a, b = d["first"].get("logps/chosen"), d["last"].get("logps/chosen")
+        if a is not None and b is not None and a - b > CHOSEN_DROP and d.get("loss") not in NLL_ANCHORED:
+            lines.append(f"- DPO made the chosen (right) training answers less likely: their log-prob fell by "
+                         f"{a - b:.2f}, a known failure of DPO without an NLL term. `--loss rpo` adds the chosen "
+                         "answers' NLL; in docs/results.md it kept their log-prob where sigmoid DPO lowered it.")
     return lines

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import write_json_atomic, write_text_atomic
-from .dynamics import dynamics_lines, training_dynamics
+from .dynamics import NLL_ANCHORED, dynamics_lines, training_dynamics
 from .stats import bootstrap_ci, mcnemar_exact, paired_bootstrap, wilcoxon_signed_rank
 
 ALPHA = 0.05
@@ -32,9 +32,6 @@ def _verdict(a: str, b: str, metric: str, cmp: dict) -> str:
     lean = "higher" if d > 0 else "lower" if d < 0 else "equal"
     return (f"**No significant difference**: {NAMES[b]} vs {NAMES[a]} ({stats}; the point estimate is {lean}, "
             f"but the CI includes 0).")
-
-
-NLL_ANCHORED = ("rpo", "orpo")  # losses with a term that keeps the chosen answers likely
 
 
 def advice(loss: str, comparisons: dict) -> str | None:

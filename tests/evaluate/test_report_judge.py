@@ -102,6 +102,25 @@ def test_training_dynamics_compares_the_first_and_last_quarter_of_logged_steps(t
     assert training_dynamics(tmp_path / "nothing") == {}
 
 
+@pytest.mark.parametrize("loss, chosen_end, warned", [("sigmoid", -3.2, True), ("sigmoid", -1.5, False),
+                                                     ("rpo", -3.2, False), (None, -3.2, True)])
+def test_training_says_when_dpo_made_the_chosen_answers_less_likely(tmp_path, loss, chosen_end, warned):
+    """Sigmoid DPO on the demo: chosen log-prob -1.20 -> -3.26; RPO keeps it (docs/results.md)."""
+    from prefopt.evaluate.dynamics import dynamics_lines, training_dynamics
+
+    rows = [{"step": i + 1, "loss": 0.6, "rewards/accuracies": 0.7,
+             "logps/chosen": -1.2 if i < 4 else chosen_end} for i in range(16)]
+    _write_log(tmp_path / "dpo" / "train", rows)
+    if loss:
+        (tmp_path / "dpo" / "train" / "train_config.json").write_text(json.dumps({"loss": loss, "beta": 0.1}))
+    dyn = training_dynamics(tmp_path)
+    assert dyn["dpo"].get("loss") == loss
+    said = [line for line in dynamics_lines(dyn) if "less likely" in line]
+    assert bool(said) == warned
+    if warned:
+        assert f"fell by {-1.2 - chosen_end:.2f}" in said[0] and "--loss rpo" in said[0]
+
+
 @pytest.mark.parametrize("final_acc, warned", [(0.5, True), (0.9, False)])
 def test_report_says_when_dpo_never_learned_its_pairs(tmp_path, final_acc, warned):
     from types import SimpleNamespace
