@@ -71,7 +71,7 @@ def _compare(args) -> int:
                         seed=args.seed, judge=args.judge, n_resamples=args.n_resamples, overrides=overrides)
     report = run_compare(cfg)
     for k, v in report["comparisons"].items():
-        print(f"{k}: {v['verdict']}")
+        print(f"{k}: {v['verdict'].replace('**', '')}")  # markdown bold is for report.md
     for line in dynamics_lines(report.get("training", {})):
         print(line.lstrip("- "))
     if report.get("advice"):
