@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import MISSING
 
 import torch
 
@@ -107,7 +108,12 @@ def _add_config_flags(p: argparse.ArgumentParser, cls) -> None:
     kinds = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str}
     for name, f in _config_fields(cls).items():
         flag = "--" + name.replace("_", "-")
-        help_ = f"(default: {f.default!r})" if not callable(f.default_factory) else None
+        text = f.metadata.get("help", "")
+        if f.default is not MISSING and f.default is not None:
+            text += f" (default: {f.default})"
+        elif f.default_factory is not MISSING:
+            text += f" (default: {' '.join(f.default_factory())})"
+        help_ = text.strip().replace("%", "%%")
         if f.type == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif f.type == "list[str]":

@@ -14,49 +14,55 @@ SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+def opt(default: Any = MISSING, help: str = "", *, factory: Any = MISSING):
+    """A config field with its help text (``prefopt sft --help`` and ``prefopt dpo --help`` show it)."""
+    return field(default=default, default_factory=factory, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    model: str  # folder, alias (smollm2-135m) or hub id
-    data: str  # JSONL, JSON or CSV
-    output_dir: str
-    eval_data: str | None = None  # a separate eval file; else eval_fraction of data
-    eval_fraction: float = 0.0
-    max_length: int = 1024
-    max_prompt_length: int | None = None
-    skip_bad_records: bool = False  # skip (and report) bad records instead of stopping
-    batch_size: int = 4  # per process, per micro-step
-    grad_accum: int = 1
-    epochs: float = 1.0
-    max_steps: int | None = None  # overrides epochs
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    schedule: str = "cosine"
-    min_lr_ratio: float = 0.0
-    max_grad_norm: float | None = 1.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    lora: bool = True  # train a LoRA adapter (default) or all weights
-    lora_r: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.05
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                             "gate_proj", "up_proj", "down_proj"])
-    gradient_checkpointing: bool = False
-    dtype: str = "float32"  # parameter dtype
-    bf16_autocast: bool = True  # on CUDA only
-    device: str = "auto"
-    seed: int = 0
-    group_by_length: bool = False
-    log_every: int = 1
-    eval_every: int = 0  # 0: evaluate only before and after training
-    save_every: int = 0  # 0: no intermediate checkpoints
-    save_total_limit: int = 2
-    resume: bool = False  # continue from the newest checkpoint in output_dir
-    overwrite: bool = False  # replace an earlier run in output_dir (else training into it is refused)
-    fsdp: bool = False  # FSDP2 full fine-tuning under torchrun (needs lora=False)
-    progress: bool = True
+    model: str = opt(help="model folder, alias (smollm2-135m) or hub id (required)")
+    data: str = opt(help="training data: JSONL, JSON or CSV (required)")
+    output_dir: str = opt(help="run folder: final/, checkpoints/, metrics.jsonl, train_config.json (required)")
+    eval_data: str | None = opt(None, "a separate eval file; else eval_fraction of data")
+    eval_fraction: float = opt(0.0, "hold out this fraction of data for eval (before and after training)")
+    max_length: int = opt(1024, "tokens per example; the prompt is cut from its start first")
+    max_prompt_length: int | None = opt(None, "cut every prompt to its last N tokens")
+    skip_bad_records: bool = opt(False, "skip (and count) bad records instead of stopping at the first")
+    batch_size: int = opt(4, "examples per process per micro-step")
+    grad_accum: int = opt(1, "micro-steps per optimizer step")
+    epochs: float = opt(1.0, "passes over the data (max_steps overrides)")
+    max_steps: int | None = opt(None, "optimizer steps; overrides epochs")
+    lr: float = opt(2e-4, "peak learning rate (AdamW)")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    warmup_steps: int = opt(0, "linear warm-up steps")
+    schedule: str = opt("cosine", f"learning-rate decay after warm-up: {', '.join(SCHEDULES)}")
+    min_lr_ratio: float = opt(0.0, "the schedule ends at this fraction of lr")
+    max_grad_norm: float | None = opt(1.0, "clip the gradient norm to this (null in a --config file: no clipping)")
+    adam_beta1: float = opt(0.9, "AdamW beta1")
+    adam_beta2: float = opt(0.999, "AdamW beta2")
+    adam_eps: float = opt(1e-8, "AdamW epsilon")
+    lora: bool = opt(True, "train a LoRA adapter (default) or, with --no-lora, all weights")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: float = opt(32.0, "LoRA alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = opt(0.05, "dropout on the LoRA input")
+    lora_targets: list[str] = opt(help="module names that get an adapter",
+                                  factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                   "down_proj"])
+    gradient_checkpointing: bool = opt(False, "recompute each layer in the backward: less memory, more time")
+    dtype: str = opt("float32", f"parameter dtype: {', '.join(DTYPES)}")
+    bf16_autocast: bool = opt(True, "bf16 autocast (on CUDA only)")
+    device: str = opt("auto", "auto (CUDA if there is one, else CPU), cpu, cuda or cuda:N")
+    seed: int = opt(0, "seed for the data order, LoRA init and dropout")
+    group_by_length: bool = opt(False, "batch examples of similar length (less padding)")
+    log_every: int = opt(1, "write metrics every N steps")
+    eval_every: int = opt(0, "evaluate every N steps (0: only before and after training)")
+    save_every: int = opt(0, "checkpoint every N steps (0: no intermediate checkpoints)")
+    save_total_limit: int = opt(2, "checkpoints to keep")
+    resume: bool = opt(False, "continue from the newest checkpoint in output_dir")
+    overwrite: bool = opt(False, "replace an earlier run in output_dir (else training into it is refused)")
+    fsdp: bool = opt(False, "FSDP2 full fine-tuning under torchrun (needs --no-lora)")
+    progress: bool = opt(True, "show a progress bar")
 
     def __post_init__(self) -> None:
         errors = []

@@ -24,7 +24,7 @@ from ..data.sft import IGNORE
 from ..kernels import fused_preference_loss
 from ..lora import disable_adapter, lora_layers
 from ..losses import LOSSES, REFERENCE_FREE
-from .config import TrainConfig
+from .config import TrainConfig, opt
 from .distributed import head_weight
 from .loop import Batch, Trainer
 from .shared_prompt import pack_pairs, pair_hidden, pair_logp_sums
@@ -34,17 +34,19 @@ REF_MODES = ("adapter", "model", "cache", "none")
 
 @dataclass
 class DPOConfig(TrainConfig):
-    loss: str = "sigmoid"  # a name in prefopt.losses.LOSSES
-    beta: float = 0.1
-    label_smoothing: float = 0.0  # cDPO / robust
-    rpo_alpha: float = 1.0
-    simpo_gamma: float = 0.5
-    orpo_lambda: float = 0.1
-    ref: str | None = None  # a frozen reference model (folder/alias/hub id); default: adapter-disabled
-    ref_cache: str | None = None  # folder of the on-disk reference cache
-    sft_adapter: str | None = None  # merge this adapter into model and reference first (DPO after SFT)
-    share_prompt: bool = True  # one packed row per pair: each prompt runs once (falls back per batch)
-    lr: float = 5e-5
+    loss: str = opt("sigmoid", f"preference loss: {', '.join(sorted(LOSSES))} (docs/dpo.md)")
+    beta: float = opt(0.1, "DPO beta: how far the policy may move from the reference")
+    label_smoothing: float = opt(0.0, "cDPO / robust: the assumed share of flipped labels, in [0, 0.5)")
+    rpo_alpha: float = opt(1.0, "rpo: weight of the chosen answers' NLL")
+    simpo_gamma: float = opt(0.5, "simpo: target reward margin")
+    orpo_lambda: float = opt(0.1, "orpo: weight of the odds-ratio term")
+    ref: str | None = opt(None, "a frozen reference model (folder, alias or hub id); default: the model "
+                                "with its adapter disabled")
+    ref_cache: str | None = opt(None, "folder of the on-disk reference log-prob cache (filled once, reused)")
+    sft_adapter: str | None = opt(None, "DPO after SFT: merge this adapter into the model and reference first; "
+                                        "final/ then holds both updates")
+    share_prompt: bool = opt(True, "one packed row per pair, so each prompt runs once")
+    lr: float = opt(5e-5, "peak learning rate (AdamW)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

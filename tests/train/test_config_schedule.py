@@ -44,3 +44,24 @@ def test_config_from_json_and_yaml(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"model": "m", "data": str(data), "output_dir": "o", "lr_rate": 1}))
     with pytest.raises(ValueError, match="unknown config keys"):
         TrainConfig.from_file(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("command", ["sft", "dpo"])
+def test_every_config_flag_has_help_and_a_readable_default(command, capsys):
+    """``prefopt sft/dpo --help`` is built from the config fields: each says what it does."""
+    from dataclasses import fields
+
+    from prefopt.cli import main
+    from prefopt.train import DPOConfig, TrainConfig
+
+    cls = DPOConfig if command == "dpo" else TrainConfig
+    assert all(f.metadata.get("help") for f in fields(cls)), [f.name for f in fields(cls) if not f.metadata.get("help")]
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "MISSING" not in text and "(default: None)" not in text
+    assert "--lora-r LORA_R LoRA rank (default: 16)" in text
+    assert "model folder, alias (smollm2-135m) or hub id (required)" in text
+    assert "(default: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)" in text
+    if command == "dpo":
+        assert "--lr LR peak learning rate (AdamW) (default: 5e-05)" in text and "rpo: weight of the chosen" in text
