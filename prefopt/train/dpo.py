@@ -8,11 +8,12 @@ The reference log-probs come from one of three places:
 
 - ``"adapter"``: the same model with its LoRA adapters disabled (the default with LoRA);
 - ``"model"``: a separate frozen model (``ref_model=``);
-- ``"cache"``: an on-disk :class:`~prefopt.refcache.RefCache`, filled once by a no-grad pass;
-  training then runs no reference forward at all.
+- ``"cache"``: an on-disk :class:`~prefopt.refcache.RefCache` (``ref_cache=``, the cache or
+  its folder), filled once by a no-grad pass; training then runs no reference forward at all.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from ..losses import LOSSES, REFERENCE_FREE
 from .config import TrainConfig, opt
 from .distributed import head_weight
 from .loop import Batch, Trainer
+from .reference import reference_cache_for
 from .shared_prompt import pack_pairs, pair_hidden, pair_logp_sums
 
 REF_MODES = ("adapter", "model", "cache", "none")
@@ -86,7 +88,8 @@ class DPOTrainer(Trainer):
         # after SFT: load_model(cfg.model, adapter="runs/sft/final", merge=True); save_adapter
         # then writes the SFT and DPO updates together, one adapter on the base model
         pairs, report = load_preferences(cfg.data, tok, max_length=cfg.max_length)
-        DPOTrainer(model, cfg, pairs, pad_id=tok.pad_token_id).train()   # reference: adapters disabled
+        DPOTrainer(model, cfg, pairs, pad_id=tok.pad_token_id,         # reference: adapters disabled,
+                   ref_cache="runs/dpo/ref_cache").train()             # its log-probs cached on disk
         save_adapter(model, "runs/dpo/final", base_model=cfg.model)     # PEFT layout; or run_dpo(cfg)
 
     Metrics use TRL's names: ``rewards/chosen``, ``rewards/rejected``, ``rewards/accuracies``,
@@ -97,6 +100,8 @@ class DPOTrainer(Trainer):
 
     def __init__(self, model, config: DPOConfig, train_data: Sequence[PairExample], eval_data=None, *, pad_id: int,
                  ref_model: torch.nn.Module | None = None, ref_cache=None, callbacks=()):
+        if isinstance(ref_cache, (str, os.PathLike)):  # a folder: opened for this reference
+            ref_cache = reference_cache_for(config, model, ref_model, root=ref_cache)
         self.pad_id = pad_id
         self.ref_model = ref_model
         self.ref_cache = ref_cache

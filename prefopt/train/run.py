@@ -13,7 +13,8 @@ from ..pretrained import load_model
 from ..tokenizer import load_tokenizer
 from .config import TrainConfig
 from .distributed import DistInfo, gather_full, init_distributed
-from .loop import autocast_on, pick_device
+from .loop import pick_device
+from .reference import reference_cache_for
 from .sft import SFTTrainer, load_train_eval
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -96,35 +97,9 @@ def print_outcome(summary: dict, config: TrainConfig) -> None:
           f"{Path(config.output_dir) / 'metrics.jsonl'}", flush=True)
 
 
-def _rounding(config) -> dict:
-    """What sets the reference's rounding beyond the weights: under bf16 autocast, also the
-    pairs' layout (one packed row or two stacked sequences round differently in bf16; in fp32
-    they agree to ~1e-6, so a cache serves both)."""
-    if not autocast_on(pick_device(config.device), config):
-        return {}
-    return {"autocast": "bfloat16", "pairs": "packed" if getattr(config, "share_prompt", True) else "stacked"}
-
-
-def reference_cache_for(config, model, ref_model, model_dir: Path):
-    """Open the cache at ``config.ref_cache`` under the fingerprint of this run's reference."""
-    from ..refcache import RefCache, reference_fingerprint
-
-    ref = ref_model if ref_model is not None else model
-    named = [(n, t) for n, t in ref.state_dict().items() if ".lora_A." not in n and ".lora_B." not in n]
-    fp = reference_fingerprint(
-        config=ref.config.to_hf_dict(), named_tensors=named, dtype=config.dtype,
-        tokenizer_files=[model_dir / "tokenizer.json", model_dir / "tokenizer_config.json",
-                         model_dir / "chat_template.jinja"],
-        max_length=config.max_length, max_prompt_length=config.max_prompt_length,
-        extra={"reference": "model" if ref_model is not None else "adapter-disabled", **_rounding(config)},
-    )
-    return RefCache(config.ref_cache, fp)
-
-
 def run_dpo(config, callbacks=()) -> dict:
     """Preference-tune ``config.model`` on ``config.data`` (a :class:`DPOConfig`)."""
     from ..data.preference import load_preferences
-    from ..model import resolve_model_dir
     from .dpo import DPOTrainer
     from .sft import load_train_eval
 
@@ -136,7 +111,7 @@ def run_dpo(config, callbacks=()) -> dict:
     if config.ref:
         ref_model = load_model(config.ref, dtype=DTYPES[config.dtype], adapter=config.sft_adapter,
                                merge=config.sft_adapter is not None)
-    cache = reference_cache_for(config, model, ref_model, resolve_model_dir(config.model)) if config.ref_cache else None
+    cache = reference_cache_for(config, model, ref_model) if config.ref_cache else None
     if init_distributed(pick_device(config.device)).is_main:  # the trainer joins the same group
         for r in reports:
             print("prefopt:", r.summary(), flush=True)

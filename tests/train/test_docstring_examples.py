@@ -38,3 +38,6 @@ def test_the_docstring_example_trains_and_saves_an_adapter(cls, tmp_path, monkey
     cfg = json.loads((out / "final" / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == str(model_dir)
     assert (out / "final" / "adapter_model.safetensors").stat().st_size > 0
+    if cls is DPOTrainer:  # ref_cache="runs/dpo/ref_cache": a folder, opened for this reference and filled
+        index = json.loads((out / "ref_cache" / "index.json").read_text())
+        assert len(index["entries"]) == 16 and index["fingerprint"]["reference"] == "adapter-disabled"

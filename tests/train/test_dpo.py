@@ -252,12 +252,12 @@ def test_cache_is_filled_under_the_trainers_autocast(task, tmp_path, monkeypatch
 
 
 def test_a_cache_filled_without_autocast_is_stale_for_an_autocast_run(task, tmp_path, monkeypatch):
-    import prefopt.train.run as run
+    import prefopt.train.reference as ref_module
     from prefopt.model import resolve_model_dir
 
     cfg = _cfg(task, tmp_path / "a", ref_cache=str(tmp_path / "cache"), max_steps=1)
     _trainer(task, tmp_path, cfg, cache=True)  # filled in fp32 (CPU: no autocast)
-    monkeypatch.setattr(run, "autocast_on", lambda device, config: True)  # as on CUDA with bf16_autocast
+    monkeypatch.setattr(ref_module, "autocast_on", lambda device, config: True)  # as on CUDA with bf16_autocast
     cache = reference_cache_for(cfg, prepare_model(cfg), None, resolve_model_dir(cfg.model))
     assert cache.stale_reason == "changed: autocast, pairs"
 
@@ -310,11 +310,11 @@ def test_packed_pairs_give_the_full_sequence_loss_and_gradients(task, tmp_path):
 def test_under_autocast_the_pairs_layout_is_part_of_the_cache_fingerprint(task, tmp_path, monkeypatch):
     """bf16 rounds a packed row and two stacked sequences differently: switching share_prompt
     under autocast rebuilds the cache (in fp32 they agree to ~1e-6 and one cache serves both)."""
-    import prefopt.train.run as run
+    import prefopt.train.reference as ref_module
     from prefopt.model import resolve_model_dir
 
     def cache(share, autocast):
-        monkeypatch.setattr(run, "autocast_on", lambda device, config: autocast)
+        monkeypatch.setattr(ref_module, "autocast_on", lambda device, config: autocast)
         cfg = _cfg(task, tmp_path / "a", ref_cache=str(tmp_path / "cache"), share_prompt=share)
         return reference_cache_for(cfg, prepare_model(cfg), None, resolve_model_dir(cfg.model))
 

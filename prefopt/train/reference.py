@@ -1,0 +1,40 @@
+"""The DPO reference's on-disk cache, opened under a fingerprint of the reference it stands for."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..refcache import RefCache, reference_fingerprint
+from .loop import autocast_on, pick_device
+
+
+def _rounding(config) -> dict:
+    """What sets the reference's rounding beyond the weights: under bf16 autocast, also the
+    pairs' layout (one packed row or two stacked sequences round differently in bf16; in fp32
+    they agree to ~1e-6, so a cache serves both)."""
+    if not autocast_on(pick_device(config.device), config):
+        return {}
+    return {"autocast": "bfloat16", "pairs": "packed" if getattr(config, "share_prompt", True) else "stacked"}
+
+
+def reference_cache_for(config, model, ref_model, model_dir: Path | None = None, *,
+                        root: str | Path | None = None) -> RefCache:
+    """Open the cache at ``root`` (default ``config.ref_cache``) under the fingerprint of this
+    run's reference: ``ref_model``, or ``model`` with its adapters disabled. ``model_dir``
+    (default: ``config.model`` resolved) holds the tokenizer files that go into it."""
+    if model_dir is None:
+        from ..model import resolve_model_dir
+
+        model_dir = resolve_model_dir(config.model)
+    ref = ref_model if ref_model is not None else model
+    named = [(n, t) for n, t in ref.state_dict().items() if ".lora_A." not in n and ".lora_B." not in n]
+    fp = reference_fingerprint(
+        config=ref.config.to_hf_dict(), named_tensors=named, dtype=config.dtype,
+        tokenizer_files=[model_dir / "tokenizer.json", model_dir / "tokenizer_config.json",
+                         model_dir / "chat_template.jinja"],
+        max_length=config.max_length, max_prompt_length=config.max_prompt_length,
+        extra={"reference": "model" if ref_model is not None else "adapter-disabled", **_rounding(config)},
+    )
+    return RefCache(root if root is not None else config.ref_cache, fp)
+
+
+__all__ = ["reference_cache_for"]
