@@ -80,7 +80,9 @@ def _compare(args) -> int:
 
 
 def add_commands(sub) -> None:
+    from ..losses import LOSSES
     from ..tasks import STRATEGIES, TASKS
+    from .compare import PRESETS
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--task", required=True, choices=sorted(TASKS))
@@ -89,7 +91,7 @@ def add_commands(sub) -> None:
     common.add_argument("--output", required=True, help="output folder")
     common.add_argument("--task-option", action="append", metavar="KEY=VALUE",
                         help="task constructor option, e.g. levels=ktas (repeatable)")
-    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--seed", type=int, default=0, help="seed of the test split, of eval's --limit sample and of compare's training")
 
     e = sub.add_parser("eval", parents=[common], help="evaluate a model (+ adapter) on a task; "
                        "writes predictions.jsonl and metrics.json")
@@ -104,13 +106,15 @@ def add_commands(sub) -> None:
     e.set_defaults(func=_eval)
 
     c = sub.add_parser("compare", parents=[common], help="base → SFT → DPO on one test set, with statistics")
-    c.add_argument("--preset", choices=["quick", "full"], default="quick")
+    c.add_argument("--preset", choices=sorted(PRESETS), default="quick",
+                   help="quick: 160 training items, fixed steps, minutes on a CPU; full: all the data, epochs")
     c.add_argument("--strategy", choices=STRATEGIES, default="wrong_label",
                    help="how DPO's rejected answers are made (ranked: given pairs, see --pairs)")
     c.add_argument("--pairs", help="ranked: JSONL of prompt/chosen/rejected pairs to train DPO on")
-    c.add_argument("--loss", default="sigmoid", help="preference loss (see prefopt dpo --help)")
+    c.add_argument("--loss", default="sigmoid", choices=sorted(LOSSES),
+                   help="preference loss (docs/dpo.md); rpo adds the chosen answers' NLL")
     c.add_argument("--judge", help="a local model that rates answers 1-5 (LLM judge)")
     c.add_argument("--n-resamples", type=int, default=2000, help="paired bootstrap resamples")
     c.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a preset setting, e.g. sft_steps=100 (repeatable)")
+                   help="override a preset setting (repeatable): " + ", ".join(sorted({*PRESETS["quick"], *PRESETS["full"]})))
     c.set_defaults(func=_compare)
