@@ -43,7 +43,7 @@ def advice(loss: str, comparisons: dict) -> str | None:
     return (f"DPO (loss `{loss}`) made the SFT model worse. With a small model and few pairs, DPO without an "
             "NLL term often shifts the answer prior (a class, a length) instead of learning the items. "
             "`--loss rpo` adds the chosen answers' NLL; where sigmoid DPO made SmolLM2-135M significantly worse "
-            "(KTAS, MeQSum, Medical Abstracts), RPO was neutral, and with four times the KTAS data it "
+            "(KTAS, MeQSum, Medical Abstracts, the portal demo), RPO was neutral, and with four times the KTAS data it "
             "raised macro-F1 on three seeds of three (significantly on one; docs/results.md).")
 
 
