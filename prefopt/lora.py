@@ -6,8 +6,9 @@ scaled by ``alpha / r``::
 
     y = x Wᵀ + b + (α/r) · B A x        A: (r, in)  B: (out, r), B starts at zero
 
-Adapters are saved (``prefopt.lora_stack.save_adapter``) in PEFT's layout (``adapter_config.json`` + ``adapter_model.safetensors``
-with keys ``base_model.model.<module>.lora_A.weight``), so PEFT, vLLM and others read them.
+Adapters are written in PEFT's layout (``adapter_config.json`` + ``adapter_model.safetensors``
+with keys ``base_model.model.<module>.lora_A.weight``), so PEFT, vLLM and others read them;
+``prefopt.lora_stack.save_adapter`` saves a model's adapter (with any merged before it).
 """
 from __future__ import annotations
 

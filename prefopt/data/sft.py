@@ -37,7 +37,8 @@ class LoadReport:
     def summary(self) -> str:
         msg = f"{self.path}: {self.n_kept} of {self.n_read} records kept"
         if self.n_truncated:
-            msg += f", {self.n_truncated} truncated to fit" + (f" max_length={self.max_length}" if self.max_length else "")
+            msg += f", {self.n_truncated} truncated to fit"
+            msg += f" max_length={self.max_length}" if self.max_length else ""
         if self.skipped:
             reasons = Counter(e.reason for e in self.skipped)
             msg += f"; {len(self.skipped)} skipped: " + "; ".join(f"{n}x {r}" for r, n in reasons.most_common())

@@ -91,7 +91,8 @@ def add_commands(sub) -> None:
     common.add_argument("--output", required=True, help="output folder")
     common.add_argument("--task-option", action="append", metavar="KEY=VALUE",
                         help="task constructor option, e.g. levels=ktas (repeatable)")
-    common.add_argument("--seed", type=int, default=0, help="seed of the test split, of eval's --limit sample and of compare's training")
+    common.add_argument("--seed", type=int, default=0,
+                        help="seed of the test split, of eval's --limit sample and of compare's training")
 
     e = sub.add_parser("eval", parents=[common], help="evaluate a model (+ adapter) on a task; "
                        "writes predictions.jsonl and metrics.json")
@@ -116,5 +117,6 @@ def add_commands(sub) -> None:
     c.add_argument("--judge", help="a local model that rates answers 1-5 (LLM judge)")
     c.add_argument("--n-resamples", type=int, default=2000, help="paired bootstrap resamples")
     c.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a preset setting (repeatable): " + ", ".join(sorted({*PRESETS["quick"], *PRESETS["full"]})))
+                   help="override a preset setting (repeatable): "
+                   + ", ".join(sorted({*PRESETS["quick"], *PRESETS["full"]})))
     c.set_defaults(func=_compare)
