@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..train.metrics import read_metrics
+from ..train.metrics import first_and_last
 
 WINDOW = 0.25  # the first and last quarter of the logged steps are compared
 LEARNED = 0.6  # a final pair accuracy below this: DPO did not learn to rank its training pairs
@@ -21,26 +21,12 @@ KEYS = {"sft": ("loss",),
         "dpo": ("loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")}
 
 
-def _mean(rows: list[dict], key: str) -> float | None:
-    vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
-    return sum(vals) / len(vals) if vals else None
-
-
 def stage_dynamics(train_dir: Path, keys: tuple[str, ...]) -> dict | None:
-    """``{"steps", "window", "first": {key: mean}, "last": {key: mean}}`` over the first and last
-    ``WINDOW`` of the logged training steps (eval lines are left out), and ``"loss"`` where the
-    run's ``train_config.json`` names a preference loss; None without a log."""
-    if not (Path(train_dir) / "metrics.jsonl").is_file():
-        return None
-    rows = [r for r in read_metrics(train_dir) if "loss" in r]
-    if not rows:
-        return None
-    k = max(1, round(len(rows) * WINDOW))
-    out = {"steps": rows[-1]["step"], "window": k,
-           "first": {key: _mean(rows[:k], key) for key in keys},
-           "last": {key: _mean(rows[-k:], key) for key in keys}}
+    """``first_and_last`` of the stage's log over ``WINDOW`` of its steps, and ``"loss"`` where
+    the run's ``train_config.json`` names a preference loss; None without a log."""
+    out = first_and_last(train_dir, keys, WINDOW)
     config = Path(train_dir) / "train_config.json"
-    if config.is_file() and "loss" in (c := json.loads(config.read_text())):
+    if out is not None and config.is_file() and "loss" in (c := json.loads(config.read_text())):
         out["loss"] = c["loss"]
     return out
 

@@ -40,3 +40,22 @@ class MetricsLog:
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(output_dir) / "metrics.jsonl"
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def first_and_last(output_dir: str | Path, keys: tuple[str, ...], window: float = 0.25) -> dict | None:
+    """``{"steps", "window", "first": {key: mean}, "last": {key: mean}}`` over the first and last
+    ``window`` of the logged training steps (eval lines left out; a key never logged is None);
+    None without a log."""
+    if not (Path(output_dir) / "metrics.jsonl").is_file():
+        return None
+    rows = [r for r in read_metrics(output_dir) if "loss" in r]
+    if not rows:
+        return None
+    k = max(1, round(len(rows) * window))
+
+    def mean(part: list[dict], key: str) -> float | None:
+        vals = [r[key] for r in part if isinstance(r.get(key), (int, float))]
+        return sum(vals) / len(vals) if vals else None
+
+    return {"steps": rows[-1]["step"], "window": k,
+            "first": {key: mean(rows[:k], key) for key in keys}, "last": {key: mean(rows[-k:], key) for key in keys}}

@@ -14,6 +14,7 @@ from ..tokenizer import load_tokenizer
 from .config import TrainConfig
 from .distributed import DistInfo, gather_full, init_distributed
 from .loop import pick_device
+from .metrics import first_and_last
 from .reference import reference_cache_for
 from .sft import SFTTrainer, load_train_eval
 
@@ -86,8 +87,28 @@ EVAL_LINES = {"eval_loss": "eval loss", "eval_rewards/accuracies": "eval pair ac
               "eval_rewards/margins": "eval reward margin"}
 
 
+TRAIN_LINES = {"loss": ("training loss", ".4f"), "rewards/accuracies": ("pair accuracy", ".2f"),
+               "logps/chosen": ("chosen log-prob", ".2f"), "logps/rejected": ("rejected log-prob", ".2f")}
+
+
+def training_line(output_dir: str | Path, dpo: bool) -> str | None:
+    """The logged training metrics, first → last quarter of the steps (without an eval set, the
+    only sign of what training did); None without a log."""
+    keys = ("loss", "rewards/accuracies", "logps/chosen", "logps/rejected") if dpo else ("loss",)
+    d = first_and_last(output_dir, keys)
+    if d is None:
+        return None
+    parts = [f"{TRAIN_LINES[k][0]} {a:{TRAIN_LINES[k][1]}} → {b:{TRAIN_LINES[k][1]}}" for k in keys
+             if (a := d["first"][k]) is not None and (b := d["last"][k]) is not None]
+    return f"{', '.join(parts)} (mean of the first and last {d['window']} of {d['steps']} logged steps)"
+
+
 def print_outcome(summary: dict, config: TrainConfig) -> None:
-    """What the run did, on the console: the eval metrics before → after, and where things went."""
+    """What the run did, on the console: training's first → last steps, the eval metrics
+    before → after, and where things went."""
+    line = training_line(config.output_dir, dpo=hasattr(config, "loss"))
+    if line:
+        print(f"prefopt: {line}", flush=True)
     before, after = summary.get("eval_before") or {}, summary.get("eval_after") or {}
     for key, label in EVAL_LINES.items():
         if key in after:

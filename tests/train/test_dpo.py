@@ -8,6 +8,7 @@ from prefopt import load_tokenizer
 from prefopt.data.preference import load_preferences
 from prefopt.lora import lora_layers
 from prefopt.train.dpo import DPOConfig, DPOTrainer
+from prefopt.train.metrics import read_metrics
 from prefopt.train.run import prepare_model, reference_cache_for, run_dpo
 from tests.train._fixtures import write_pairs, write_task
 
@@ -230,6 +231,9 @@ def test_cli_dpo_with_cache(task, tmp_path, capsys):
     assert (out / "final" / "adapter_config.json").exists()
     assert json.loads((tmp_path / "cache" / "index.json").read_text())["entries"]
     printed = capsys.readouterr().out  # the run's outcome on the console, as the summary has it
+    first, last = [m for m in read_metrics(out) if "loss" in m]  # 2 steps: a quarter is one step
+    assert (f"pair accuracy {first['rewards/accuracies']:.2f} → {last['rewards/accuracies']:.2f}, "
+            f"chosen log-prob {first['logps/chosen']:.2f} → {last['logps/chosen']:.2f}") in printed
     before, after = summary["eval_before"], summary["eval_after"]
     for key, label in (("eval_loss", "eval loss"), ("eval_rewards/accuracies", "eval pair accuracy")):
         assert f"prefopt: {label}: {before[key]:.4f} → {after[key]:.4f}\n" in printed

@@ -71,6 +71,9 @@ def test_cli_sft_writes_a_peft_adapter_and_merge_works(task, tmp_path, capsys):
     loss = f"{summary['eval_before']['eval_loss']:.4f} → {summary['eval_after']['eval_loss']:.4f}"
     printed = capsys.readouterr().out
     assert f"prefopt: eval loss: {loss}\n" in printed
+    steps = [m for m in read_metrics(out) if "loss" in m]  # 3 steps: the first and the last one
+    assert (f"prefopt: training loss {steps[0]['loss']:.4f} → {steps[-1]['loss']:.4f} (mean of the first and "
+            "last 1 of 3 logged steps)\n") in printed
     trainable = sum(v.numel() for v in load_file(out / "final" / "adapter_model.safetensors").values())
     assert (f"prefopt: 38 training, 10 eval examples; 3 steps of 4 (0.33 epochs); {trainable:,} trainable "
             f"parameters (LoRA r4 on q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj); cpu, float32"
