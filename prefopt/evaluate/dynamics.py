@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..train.metrics import first_and_last
+from ..train.metrics import first_and_last, first_to_last
 
 WINDOW = 0.25  # the first and last quarter of the logged steps are compared
 LEARNED = 0.6  # a final pair accuracy below this: DPO did not learn to rank its training pairs
@@ -38,8 +38,7 @@ def training_dynamics(out: Path) -> dict:
 
 
 def _arrow(d: dict, key: str, fmt: str) -> str:
-    a, b = d["first"].get(key), d["last"].get(key)
-    return "—" if a is None or b is None else f"{a:{fmt}} → {b:{fmt}}"
+    return first_to_last(d, key, fmt) or "—"
 
 
 def dynamics_lines(dyn: dict) -> list[str]:

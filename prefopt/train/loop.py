@@ -258,7 +258,8 @@ class Trainer:
         what = f"LoRA r{c.lora_r} on {', '.join(c.lora_targets)}" if c.lora else "all weights"
         precision = "bf16 autocast" if autocast_on(self.device, c) else c.dtype
         evals = f", {len(self.eval_data)} eval" if self.eval_data else ""
-        return (f"{len(self.train_data)} training{evals} {self.noun}; {self.total_steps} step{'s' * (self.total_steps != 1)} of {self.global_batch} "
+        steps = f"{self.total_steps} step{'s' * (self.total_steps != 1)}"
+        return (f"{len(self.train_data)} training{evals} {self.noun}; {steps} of {self.global_batch} "
                 f"({self.total_steps / self.steps_per_epoch:.2f} epochs); {n:,} trainable parameters ({what}); "
                 f"{self.device.type}, {precision}")
 

@@ -59,3 +59,10 @@ def first_and_last(output_dir: str | Path, keys: tuple[str, ...], window: float 
 
     return {"steps": rows[-1]["step"], "window": k,
             "first": {key: mean(rows[:k], key) for key in keys}, "last": {key: mean(rows[-k:], key) for key in keys}}
+
+
+def first_to_last(d: dict, key: str, fmt: str) -> str | None:
+    """``"a → b"`` for ``key`` in a ``first_and_last`` result, each formatted with ``fmt``; None
+    where the key was not logged."""
+    a, b = d["first"].get(key), d["last"].get(key)
+    return None if a is None or b is None else f"{a:{fmt}} → {b:{fmt}}"

@@ -14,7 +14,7 @@ from ..tokenizer import load_tokenizer
 from .config import TrainConfig
 from .distributed import DistInfo, gather_full, init_distributed
 from .loop import pick_device
-from .metrics import first_and_last
+from .metrics import first_and_last, first_to_last
 from .reference import reference_cache_for
 from .sft import SFTTrainer, load_train_eval
 
@@ -98,8 +98,7 @@ def training_line(output_dir: str | Path, dpo: bool) -> str | None:
     d = first_and_last(output_dir, keys)
     if d is None:
         return None
-    parts = [f"{TRAIN_LINES[k][0]} {a:{TRAIN_LINES[k][1]}} → {b:{TRAIN_LINES[k][1]}}" for k in keys
-             if (a := d["first"][k]) is not None and (b := d["last"][k]) is not None]
+    parts = [f"{TRAIN_LINES[k][0]} {arrow}" for k in keys if (arrow := first_to_last(d, k, TRAIN_LINES[k][1]))]
     return f"{', '.join(parts)} (mean of the first and last {d['window']} of {d['steps']} logged steps)"
 
 
