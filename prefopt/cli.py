@@ -67,6 +67,8 @@ def _train(args: argparse.Namespace) -> int:
 
     cls, run = (DPOConfig, run_dpo) if args.command == "dpo" else (TrainConfig, run_sft)
     overrides = {f: getattr(args, f) for f in _config_fields(cls)}
+    nulls = {k: None for k, v in overrides.items() if v is _NULL}  # "--max-grad-norm none"
+    overrides.update(nulls)
     if args.config:
         config = cls.from_file(args.config, **overrides)
     else:
@@ -74,6 +76,10 @@ def _train(args: argparse.Namespace) -> int:
         if missing:
             raise ValueError(f"missing {', '.join(missing)} (or give --config FILE)")
         config = cls(**{k: v for k, v in overrides.items() if v is not None})
+    if nulls:
+        from dataclasses import replace
+
+        config = replace(config, **nulls)
     from .train.distributed import run_worker
 
     run_worker(lambda: run(config))  # under torchrun this process ends here, with exit code 0
@@ -103,9 +109,23 @@ def _config_fields(cls):
     return {f.name: f for f in fields(cls)}
 
 
+_NULL = object()  # a "none" given to an optional field's flag; unset flags are None
+
+
+def _or_none(kind):
+    """The argparse type of an optional field: its kind, or the word ``none``."""
+    def parse(text: str):
+        return _NULL if text.strip().lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the kind in its errors
+    return parse
+
+
 def _add_config_flags(p: argparse.ArgumentParser, cls) -> None:
-    """One flag per config field; unset flags stay None so a --config file's values win."""
-    kinds = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str}
+    """One flag per config field; unset flags stay None so a --config file's values win.
+    An optional field (``int | None`` ...) also takes ``none``: ``--max-grad-norm none``."""
+    kinds = {"int": int, "float": float, "str": str}
+    kinds.update({f"{k} | None": _or_none(v) for k, v in kinds.items()})
     for name, f in _config_fields(cls).items():
         flag = "--" + name.replace("_", "-")
         text = f.metadata.get("help", "")

@@ -27,13 +27,22 @@ class PairExample:
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
     @property
+    def n_tokens(self) -> int:
+        return self.chosen.n_tokens + self.rejected.n_tokens
+
+    @property
     def input_ids(self) -> list[int]:  # for length-grouped batching: the longer side
         return max(self.chosen.input_ids, self.rejected.input_ids, key=len)
 
 
 def tokenize_pair(rec: PreferenceRecord, tok: Tokenizer, *, max_length: int,
-                  max_prompt_length: int | None = None) -> tuple[PairExample, bool]:
-    """Encode prompt+chosen and prompt+rejected; both keep the same (possibly truncated) prompt."""
+                  max_prompt_length: int | None = None) -> tuple[PairExample, int]:
+    """Encode prompt+chosen and prompt+rejected; both keep the same (possibly truncated) prompt.
+
+    Returns the pair and how many tokens truncation dropped from the two sequences. A pair
+    that truncation makes identical (the responses differ only past ``max_length``) is an
+    error: it would carry no preference at all.
+    """
     c = tok.encode_prompt_response(rec.prompt, rec.chosen)
     r = tok.encode_prompt_response(rec.prompt, rec.rejected)
     if c.ids[:c.prompt_len] != r.ids[:r.prompt_len]:
@@ -45,7 +54,13 @@ def tokenize_pair(rec: PreferenceRecord, tok: Tokenizer, *, max_length: int,
         out.append(truncate(enc.ids, labels, max_length=max_length, max_prompt_length=max_prompt_length,
                             budget_for=longest))
     (ce, c_cut), (re_, r_cut) = out
-    return PairExample(ce, re_), c_cut or r_cut
+    if c_cut + r_cut and ce.input_ids == re_.input_ids:
+        first = next((i for i, (a, b) in enumerate(zip(c.ids, r.ids)) if a != b), min(len(c.ids), len(r.ids)))
+        first -= c.prompt_len
+        raise ValueError(f"chosen and rejected are identical once cut to max_length={max_length}: they differ "
+                         f"only from response token {first + 1}, and {ce.n_label_tokens} response tokens fit; "
+                         "raise max_length or cut the prompt with max_prompt_length")
+    return PairExample(ce, re_), c_cut + r_cut
 
 
 def load_preferences(path: str | Path, tok: Tokenizer, *, max_length: int = 1024,

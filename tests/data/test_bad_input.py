@@ -4,7 +4,7 @@ import json
 import pytest
 
 from prefopt import load_tokenizer
-from prefopt.data import DataError, load_sft, read_rows
+from prefopt.data import DataError, load_preferences, load_sft, read_rows
 from prefopt.data.records import parse_preference
 from prefopt.data.sft import load_records
 from tests._tiny import build_tokenizer
@@ -110,10 +110,29 @@ def test_truncation_keeps_the_end_of_the_prompt_and_is_reported(tmp_path, tok):
     path = _jsonl(tmp_path / "d.jsonl", [{"prompt": long_prompt, "completion": "urgent"}, GOOD])
     examples, report = load_sft(path, tok, max_length=160)
     assert report.n_truncated == 1 and "1 truncated to fit max_length=160" in report.summary()
+    n_long = len(tok.encode_prompt_response(long_prompt, "urgent").ids)
+    assert (report.n_tokens_cut, report.n_tokens) == (n_long - 160, n_long + len(examples[1].input_ids))
+    assert f"({report.n_tokens_cut / report.n_tokens:.0%} of all tokens cut)" in report.summary()
     ex = examples[0]
     assert len(ex.input_ids) == 160 and len(examples[1].input_ids) < 160
     prompt_text = tok.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab == -100], skip_special_tokens=False)
     assert "Triage?" in prompt_text and tok.decode([t for t in ex.labels if t != -100]).startswith("urgent")
+
+
+def test_a_pair_that_truncation_makes_identical_is_refused(tmp_path, tok):
+    """Chosen and rejected that differ only past ``max_length`` would train on no preference at
+    all (the DPO gradient of an identical pair is zero): an error naming the line, or a skip."""
+    same_start = "Call an ambulance right now please and then "
+    rows = [{"prompt": "Chest pain, what now?", "chosen": "Go to the ED.", "rejected": "Rest at home."},
+            {"prompt": "Chest pain, what now?", "chosen": same_start + "sit down.",
+             "rejected": same_start + "go jogging."}]
+    path = _jsonl(tmp_path / "p.jsonl", rows)
+    assert load_preferences(path, tok, max_length=64)[1].n_kept == 2
+    with pytest.raises(DataError, match=r"p.jsonl:2: field 'chosen'.*identical once cut to max_length=12"):
+        load_preferences(path, tok, max_length=12)
+    pairs, report = load_preferences(path, tok, max_length=12, skip_bad=True)
+    assert len(pairs) == report.n_kept == 1 and "1 skipped" in report.summary()
+    assert pairs[0].chosen.input_ids != pairs[0].rejected.input_ids
 
 
 def test_empty_file_is_an_error(tmp_path, tok):

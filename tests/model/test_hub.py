@@ -1,6 +1,7 @@
 """Resolving model names: folders, aliases and hub ids (offline, on local cache folders)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,14 @@ def test_alias_is_imported_once_into_the_cache(tmp_path, monkeypatch):
     assert len(calls) == 1
     assert json.loads((first / "prefopt_source.json").read_text())["gguf"] == str(gguf_file)
     assert not list((tmp_path / "home" / "models").glob(".tiny.tmp-*"))
+    # the same file installed elsewhere (a second venv) is recognised by its content ...
+    copy = tmp_path / "venv2" / "tiny.gguf"
+    copy.parent.mkdir()
+    shutil.copy(gguf_file, copy)
+    monkeypatch.setattr(hub.Alias, "gguf_path", lambda self: copy)
+    assert resolve_model_dir("tiny") == first and len(calls) == 1
+    # ... and a changed file of the same size is imported again
+    data = bytearray(copy.read_bytes())
+    data[-1] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    assert resolve_model_dir("tiny") == first and len(calls) == 2

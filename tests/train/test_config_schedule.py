@@ -65,3 +65,28 @@ def test_every_config_flag_has_help_and_a_readable_default(command, capsys):
     assert "(default: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)" in text
     if command == "dpo":
         assert "--lr LR peak learning rate (AdamW) (default: 5e-05)" in text and "rpo: weight of the chosen" in text
+
+
+@pytest.mark.parametrize("source", ["flags", "file"])
+def test_none_on_the_command_line_unsets_an_optional_field(source, tmp_path, monkeypatch):
+    """``--max-grad-norm none`` switches clipping off (before, only ``null`` in a file could);
+    a number still sets it, and a typo is an argparse error, not a silent default."""
+    import prefopt.train
+    from prefopt.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("{}\n")
+    seen = []
+    monkeypatch.setattr(prefopt.train, "run_sft", seen.append)
+    base = ["--model", "m", "--data", str(data), "--output-dir", "o"]
+    if source == "file":
+        (tmp_path / "c.json").write_text(json.dumps({"model": "m", "data": str(data), "output_dir": "o",
+                                                     "max_grad_norm": 2.0, "max_steps": 5}))
+        base = ["--config", str(tmp_path / "c.json")]
+    assert main(["sft", *base, "--max-grad-norm", "None", "--max-steps", "none"]) == 0
+    assert seen[-1].max_grad_norm is None and seen[-1].max_steps is None
+    main(["sft", *base, "--max-grad-norm", "0.5"])
+    assert seen[-1].max_grad_norm == 0.5
+    assert seen[-1].max_steps == (5 if source == "file" else None)
+    with pytest.raises(SystemExit):
+        main(["sft", *base, "--max-grad-norm", "off"])
