@@ -1,8 +1,9 @@
 """LoRA SFT of SmolLM2-135M-Instruct on MeQSum (consumer health question → short question).
 
 Reads the real MeQSum file from ../shared/data (CC BY 4.0, Ben Abacha & Demner-Fushman,
-ACL 2019), turns it into prompt/completion records, holds out a seeded eval set, trains
-a LoRA adapter on CPU and prints the eval loss before and after.
+ACL 2019) with prefopt's ``meqsum`` task, turns it into prompt/completion records, holds out
+a seeded eval set, trains a LoRA adapter on CPU and prints the eval loss before and after.
+A malformed MeQSum row stops it with the file, line and field.
 
     .venv/bin/python examples/sft_meqsum.py                    # defaults below
     .venv/bin/python examples/sft_meqsum.py --max-steps 300 --output runs/meqsum
@@ -11,25 +12,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
+import sys
 from pathlib import Path
 
+from prefopt.tasks import MeQSum, split_records
 from prefopt.train import TrainConfig, run_sft
 
-PROMPT = "Summarize this patient's question as one short question.\n\n{question}"
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "summarization" / "meqsum"
 
 
 def write_records(src: Path, out_dir: Path, n_eval: int, seed: int) -> tuple[Path, Path]:
-    rows = [json.loads(line) for line in (src / "meqsum.jsonl").open()]
-    random.Random(seed).shuffle(rows)
+    """``train.jsonl`` and ``eval.jsonl`` SFT records (chat prompt, reference question)."""
+    task = MeQSum()
+    parts = split_records(task.load(src), test=n_eval, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = out_dir / "train.jsonl", out_dir / "eval.jsonl"
-    for path, part in zip(paths, (rows[n_eval:], rows[:n_eval])):
-        with path.open("w") as f:
-            for r in part:
-                f.write(json.dumps({"prompt": PROMPT.format(question=r["CHQ"].strip()),
-                                    "completion": r["Summary"].strip()}) + "\n")
+    for path, part in zip(paths, (parts["train"], parts["test"])):
+        path.write_text("".join(json.dumps({"prompt": task.messages(r), "completion": r.target}, ensure_ascii=False)
+                                + "\n" for r in part))
     return paths
 
 
@@ -45,18 +45,26 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output")
     args = ap.parse_args()
-    if not (args.data_dir / "meqsum.jsonl").is_file():
-        raise SystemExit(f"MeQSum not found at {args.data_dir} (expected meqsum.jsonl); pass --data-dir")
-    train, evals = write_records(args.data_dir, args.output / "data", args.n_eval, args.seed)
+    src = args.data_dir / "meqsum.jsonl"
+    if not src.is_file():
+        raise FileNotFoundError(f"MeQSum not found at {src}; pass --data-dir")
+    train, evals = write_records(src, args.output / "data", args.n_eval, args.seed)
     cfg = TrainConfig(model=args.model, data=str(train), eval_data=str(evals), output_dir=str(args.output),
-                      max_steps=args.max_steps, batch_size=args.batch_size, lr=3e-4, warmup_steps=10,
-                      lora_r=16, lora_alpha=32, lora_dropout=0.05, max_length=args.max_length,
-                      eval_every=50, seed=args.seed, overwrite=args.overwrite)
+                      max_steps=args.max_steps, batch_size=args.batch_size, lr=3e-4,
+                      warmup_steps=min(10, args.max_steps // 2), lora_r=16, lora_alpha=32, lora_dropout=0.05,
+                      max_length=args.max_length, eval_every=min(50, args.max_steps), seed=args.seed,
+                      overwrite=args.overwrite)
     summary = run_sft(cfg)
     before, after = summary["eval_before"]["eval_loss"], summary["eval_after"]["eval_loss"]
-    print(f"MeQSum eval loss (per response token, {args.n_eval} held-out questions): "
+    n_eval = sum(1 for _ in evals.open())
+    print(f"MeQSum eval loss (per response token, {n_eval} held-out questions): "
           f"before {before:.4f} -> after {after:.4f}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the trainer has said where it stopped and how to go on
+        sys.exit(130)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        sys.exit(f"sft_meqsum: error: {e}")

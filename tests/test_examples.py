@@ -39,3 +39,79 @@ def test_run_triage_reports_bad_input_without_a_traceback(tmp_path):
     assert "Traceback" not in done.stderr
     done = _run("--set", "sft_steps", "--output", str(tmp_path / "run"))
     assert done.returncode == 1 and "expected key=value, got 'sft_steps'" in done.stderr
+
+
+def _example(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _write_jsonl(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+# Synthetic rows in the real files' formats (the real MedQA and MeQSum live in ../shared/data).
+def _medqa_rows(n: int) -> list[dict]:
+    drugs = ["aspirin", "heparin", "insulin", "atropine", "naloxone", "adenosine"]
+    return [{"question": f"Patient {i} has symptom {i % 5}. Which drug is first line?",
+             "options": {k: drugs[(i + j) % len(drugs)] for j, k in enumerate("ABCD")},
+             "answer_idx": "ABCD"[i % 4]} for i in range(n)]
+
+
+def _meqsum_rows(n: int) -> list[dict]:
+    return [{"File": f"{i}.txt", "CHQ": f"SUBJECT: drug {i}\nMESSAGE: my doctor gave me drug {i}, is it safe with milk?",
+             "Summary": f"Is drug {i} safe with milk?"} for i in range(n)]
+
+
+@pytest.mark.slow
+def test_dpo_medqa_trains_on_pairs_from_disjoint_questions(tmp_path):
+    model = tmp_path / "tiny"
+    build_hf_model(model, max_position_embeddings=1024)
+    _write_jsonl(tmp_path / "medqa" / "medqa_usmle_4options.jsonl", _medqa_rows(14))
+    out = tmp_path / "run"
+    done = _example("dpo_medqa.py", "--data-dir", str(tmp_path / "medqa"), "--output", str(out), "--model", str(model),
+                    "--n-train", "10", "--n-eval", "4", "--max-steps", "2", "--batch-size", "2", "--max-length", "256")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "held-out MedQA pairs (4): rewards/accuracies" in done.stdout
+    assert "reference forwards during training: 0" in done.stdout
+    train = [json.loads(x) for x in (out / "data" / "train.jsonl").read_text().splitlines()]
+    heldout = [json.loads(x) for x in (out / "data" / "heldout.jsonl").read_text().splitlines()]
+    assert (len(train), len(heldout)) == (10, 4) and not {p["id"] for p in train} & {p["id"] for p in heldout}
+    assert all(p["chosen"] != p["rejected"] and p["chosen"][:2] in ("A)", "B)", "C)", "D)") for p in train)
+    assert (out / "final" / "adapter_model.safetensors").is_file()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) >= 2
+
+
+@pytest.mark.slow
+def test_sft_meqsum_trains_and_reports_the_eval_loss(tmp_path):
+    model = tmp_path / "tiny"
+    build_hf_model(model, max_position_embeddings=1024)
+    _write_jsonl(tmp_path / "meqsum" / "meqsum.jsonl", _meqsum_rows(12))
+    out = tmp_path / "run"
+    done = _example("sft_meqsum.py", "--data-dir", str(tmp_path / "meqsum"), "--output", str(out),
+                    "--model", str(model), "--n-eval", "3", "--max-steps", "2", "--batch-size", "2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "MeQSum eval loss (per response token, 3 held-out questions): before " in done.stdout
+    evals = [json.loads(x) for x in (out / "data" / "eval.jsonl").read_text().splitlines()]
+    assert len(evals) == 3 and evals[0]["completion"].startswith("Is drug ")
+    assert (out / "final" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name, folder, file, rows, where", [
+    ("dpo_medqa.py", "medqa", "medqa_usmle_4options.jsonl",
+     [*map(json.dumps, _medqa_rows(2)), json.dumps({**_medqa_rows(1)[0], "answer_idx": "E"})],
+     "medqa_usmle_4options.jsonl:3: field 'answer_idx'"),
+    ("dpo_medqa.py", "medqa", "medqa_usmle_4options.jsonl", [json.dumps(_medqa_rows(1)[0]), '{"question": "x",'],
+     "medqa_usmle_4options.jsonl:2"),
+    ("sft_meqsum.py", "meqsum", "meqsum.jsonl", [*map(json.dumps, _meqsum_rows(2)), json.dumps({"CHQ": "q?"})],
+     "meqsum.jsonl:3: field 'Summary': missing field"),
+])
+def test_the_real_data_examples_report_bad_rows_without_a_traceback(tmp_path, name, folder, file, rows, where):
+    _write_jsonl(tmp_path / folder / file, rows)
+    done = _example(name, "--data-dir", str(tmp_path / folder), "--output", str(tmp_path / "run"), "--model", "none")
+    assert done.returncode == 1 and done.stderr.startswith(f"{name[:-3]}: error: "), done.stderr[-2000:]
+    assert where in done.stderr and "Traceback" not in done.stderr
+    done = _example(name, "--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "run"))
+    assert done.returncode == 1 and "not found at" in done.stderr and "pass --data-dir" in done.stderr
