@@ -20,7 +20,7 @@ from pathlib import Path
 
 from prefopt.evaluate.cli import key_values
 from prefopt.evaluate.compare import CompareConfig, run_compare
-from prefopt.evaluate.dynamics import dynamics_lines
+from prefopt.evaluate.report import console_lines
 from prefopt.losses import LOSSES
 from prefopt.tasks import STRATEGIES
 
@@ -47,13 +47,7 @@ def main() -> None:
     for stage, s in report["stages"].items():
         print(f"{stage:>4}: macro-F1 {s['primary']:.3f}  95% CI [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]  "
               f"exact-match accuracy {s['accuracy']:.3f}")
-    for k, v in report["comparisons"].items():
-        if k != "base->dpo":
-            print(v["verdict"].replace("**", ""))
-    for line in dynamics_lines(report.get("training", {})):
-        print(line.lstrip("- "))
-    if report.get("advice"):
-        print("What to try:", report["advice"])
+    print("\n".join(console_lines(report, ("base->sft", "sft->dpo"))))
     print(f"\nDone in {time.perf_counter() - t0:.0f} s. Report: {Path(a.output).resolve() / 'report.md'}")
     print("The portal messages are synthetic; see prefopt/tasks/data/README.md for what the scores can and cannot say.")
 

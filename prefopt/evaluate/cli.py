@@ -63,19 +63,13 @@ def _from_split_file(records: list, path: str) -> list:
 
 def _compare(args) -> int:
     from .compare import CompareConfig, run_compare
-    from .dynamics import dynamics_lines
+    from .report import console_lines
 
     overrides = key_values(args.set)
     cfg = CompareConfig(task=args.task, model=args.model, output=args.output, data=args.data, preset=args.preset,
                         task_options=key_values(args.task_option), strategy=args.strategy, pairs=args.pairs, loss=args.loss,
                         seed=args.seed, judge=args.judge, n_resamples=args.n_resamples, overrides=overrides)
-    report = run_compare(cfg)
-    for k, v in report["comparisons"].items():
-        print(f"{k}: {v['verdict'].replace('**', '')}")  # markdown bold is for report.md
-    for line in dynamics_lines(report.get("training", {})):
-        print(line.lstrip("- "))
-    if report.get("advice"):
-        print(f"what to try: {report['advice']}")
+    print("\n".join(console_lines(run_compare(cfg))))
     return 0
 
 

@@ -123,6 +123,15 @@ def _fmt(v) -> str:
     return "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def console_lines(report: dict, comparisons: tuple[str, ...] = ("base->sft", "sft->dpo", "base->dpo")) -> list[str]:
+    """A compare report's verdicts, training notes and advice as plain text for a terminal
+    (report.md has the same sentences as markdown)."""
+    lines = [f"{k}: {report['comparisons'][k]['verdict'].replace('**', '')}"
+             for k in comparisons if k in report["comparisons"]]
+    lines += [line.removeprefix("- ") for line in dynamics_lines(report.get("training", {}))]
+    return lines + ([f"what to try: {report['advice']}"] if report.get("advice") else [])
+
+
 def build_report(cfg, task, test, results: dict, out: Path) -> dict:
     stats = compare_stages(task, test, results, n_resamples=cfg.n_resamples, seed=cfg.seed)
     plots = _plots(task, stats, out)

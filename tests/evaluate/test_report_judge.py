@@ -77,6 +77,15 @@ def test_report_md_and_json_carry_the_advice(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "- What to try: DPO (loss `sigmoid`) made the SFT model worse" in md
     assert '"advice"' in (tmp_path / "report.json").read_text()
+    # the terminal gets the same sentences, without markdown (prefopt compare; run_triage leaves out base->dpo)
+    from prefopt.evaluate.report import console_lines
+
+    lines = console_lines(report)
+    assert [ln.split(":")[0] for ln in lines] == ["base->sft", "sft->dpo", "base->dpo", "what to try"]
+    assert lines[1] == "sft->dpo: " + report["comparisons"]["sft->dpo"]["verdict"].replace("**", "")
+    assert "**" in report["comparisons"]["sft->dpo"]["verdict"] and not any("**" in ln for ln in lines)
+    assert lines[-1] == f"what to try: {report['advice']}"
+    assert len(console_lines(report, ("base->sft", "sft->dpo"))) == 3
 
 
 def _write_log(train_dir, rows):
