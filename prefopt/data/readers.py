@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,24 +34,37 @@ def read_rows(path: str | Path, *, delimiter: str = ",", encoding: str = "utf-8"
         raise ValueError(f"{path}: unknown data format {suffix!r}; use .jsonl, .json or .csv")
 
 
+def _text(path: Path, encoding: str = "utf-8") -> str:
+    """The file's text. A UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped, and bytes
+    that are not valid in ``encoding`` are a :class:`DataError` at their line."""
+    data = path.read_bytes()
+    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+        encoding = "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line, column = data.count(b"\n", 0, e.start) + 1, e.start - data.rfind(b"\n", 0, e.start)
+        raise DataError(path, line, None, f"not {encoding.removesuffix('-sig')} text (byte {data[e.start]:#04x} at "
+                        f"column {column}); save the file as UTF-8") from None
+
+
 def _jsonl(path: Path):
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield line_no, DataError(path, line_no, None, f"malformed JSON: {e.msg} (column {e.colno})")
-                continue
-            if not isinstance(row, dict):
-                yield line_no, DataError(path, line_no, None, f"expected a JSON object, got {type(row).__name__}")
-                continue
-            yield line_no, row
+    for line_no, line in enumerate(_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield line_no, DataError(path, line_no, None, f"malformed JSON: {e.msg} (column {e.colno})")
+            continue
+        if not isinstance(row, dict):
+            yield line_no, DataError(path, line_no, None, f"expected a JSON object, got {type(row).__name__}")
+            continue
+        yield line_no, row
 
 
 def _json(path: Path):
-    text = path.read_text(encoding="utf-8")
+    text = _text(path)
     dec = json.JSONDecoder()
     i = _skip_ws(text, 0)
     if i >= len(text) or text[i] != "[":
@@ -81,7 +95,7 @@ def _skip_ws(text: str, i: int) -> int:
 
 
 def _csv(path: Path, delimiter: str = ",", encoding: str = "utf-8"):
-    with open(path, encoding=encoding, newline="") as f:
+    with io.StringIO(_text(path, encoding), newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         start = 2  # line 1 is the header
         for row in reader:

@@ -135,6 +135,27 @@ def test_a_pair_that_truncation_makes_identical_is_refused(tmp_path, tok):
     assert pairs[0].chosen.input_ids != pairs[0].rejected.input_ids
 
 
+def test_excel_byte_order_marks_are_read_and_bad_encodings_named(tmp_path, tok):
+    """Excel's "CSV UTF-8" starts with a byte-order mark, which used to hide the first header
+    ("field 'prompt': missing field"); CRLF endings too. Text that is not UTF-8 (a Windows-1252
+    export) is an error at its line, not a bare codec message."""
+    (tmp_path / "d.csv").write_bytes(b'\xef\xbb\xbfprompt,completion\r\nWhat is BP?,Blood pressure.\r\n'
+                                     b'"Chest pain,\r\nsweating",Call 911.\r\n')
+    examples, report = load_sft(tmp_path / "d.csv", tok)
+    assert report.n_kept == 2
+    assert tok.decode([t for t in examples[1].labels if t != -100]).startswith("Call 911.")
+    (tmp_path / "d.jsonl").write_bytes(b'\xef\xbb\xbf{"prompt": "a", "completion": "b"}\r\n'
+                                       b'{"prompt": "c", "completion": "d"}\r\n')
+    assert load_sft(tmp_path / "d.jsonl", tok)[1].n_kept == 2
+    (tmp_path / "w.jsonl").write_bytes(b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "d"}\n')
+    with pytest.raises(DataError, match=r"w.jsonl:2: not utf-8 text \(byte 0xe9 at column 16\); save the file as UTF-8"):
+        load_sft(tmp_path / "w.jsonl", tok)
+    (tmp_path / "w.csv").write_bytes(b'prompt,completion\nok,fine\nfi\xe8vre,yes\n')
+    with pytest.raises(DataError, match=r"w.csv:3: not utf-8"):
+        load_sft(tmp_path / "w.csv", tok)
+    assert [r["prompt"] for _, r in read_rows(tmp_path / "w.csv", encoding="cp1252")] == ["ok", "fièvre"]
+
+
 def test_empty_file_is_an_error(tmp_path, tok):
     (tmp_path / "e.jsonl").write_text("\n")
     with pytest.raises(DataError, match="no usable records"):
