@@ -67,6 +67,16 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _check_context(model: torch.nn.Module, examples: Sequence) -> None:
+    """Refuse examples longer than the model's context: positions past ``max_position_embeddings``
+    were never trained (RoPE would extrapolate silently)."""
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    longest = max((len(ex.input_ids) for ex in examples), default=0)
+    if context and longest > context:
+        raise ValueError(f"the longest example has {longest} tokens, more than the model's context of {context} "
+                         f"(max_position_embeddings); pass max_length={context} or less (--max-length)")
+
+
 class Trainer:
     """Owns the step, accumulation, evaluation, logging and checkpoints.
 
@@ -91,6 +101,7 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ValueError(f"{len(self.train_data)} training examples are fewer than one global batch "
                              f"({config.batch_size} x {config.grad_accum} accumulation x {self.dist.world} processes)")
+        _check_context(model, self.train_data + self.eval_data)
         self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:

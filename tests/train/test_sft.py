@@ -95,6 +95,27 @@ def test_cli_sft_refuses_bad_config_before_work(task, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_examples_longer_than_the_model_context_are_refused(task, tmp_path, capsys):
+    """The tiny model's context is 256 positions: a 300-token example would run on positions it
+    was never trained on. Refused with the fix named, by the trainer (notebook) and the CLI."""
+    model_dir, _ = task
+    long = tmp_path / "long.jsonl"
+    long.write_text("".join(json.dumps({"prompt": "word " * (400 if i == 3 else 5), "completion": "ok"}) + "\n"
+                            for i in range(8)))
+    cfg = _cfg(task, tmp_path / "out", data=str(long), eval_fraction=0.0, max_length=1024, batch_size=2)
+    from prefopt.data import load_sft
+
+    examples, _ = load_sft(long, load_tokenizer(cfg.model), max_length=1024)
+    assert max(len(e.input_ids) for e in examples) > 256
+    with pytest.raises(ValueError, match=r"longest example has \d+ tokens, more than the model's context of 256"):
+        SFTTrainer(prepare_model(cfg), cfg, examples, pad_id=0)
+    args = ["sft", "--model", str(model_dir), "--data", str(long), "--output-dir", str(tmp_path / "cli"),
+            "--batch-size", "2", "--max-steps", "1"]
+    assert main([*args, "--max-length", "1024"]) == 2
+    assert "pass max_length=256 or less (--max-length)" in capsys.readouterr().err
+    assert main([*args, "--max-length", "256"]) == 0  # the long prompt is cut to fit
+
+
 def test_data_order_is_seeded_and_length_grouping_keeps_every_example(task, tmp_path):
     from prefopt.data.sft import TokenizedExample
 
