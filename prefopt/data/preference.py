@@ -11,7 +11,7 @@ import torch
 from ..tokenizer import Tokenizer
 from .collate import pad_collate
 from .records import PreferenceRecord, parse_preference
-from .sft import IGNORE, LoadReport, TokenizedExample, load_tokenized, prompt_len, truncate
+from .sft import IGNORE, Cut, LoadReport, TokenizedExample, load_tokenized, prompt_len, truncate
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,10 @@ class PairExample:
 
 
 def tokenize_pair(rec: PreferenceRecord, tok: Tokenizer, *, max_length: int,
-                  max_prompt_length: int | None = None) -> tuple[PairExample, int]:
+                  max_prompt_length: int | None = None) -> tuple[PairExample, Cut]:
     """Encode prompt+chosen and prompt+rejected; both keep the same (possibly truncated) prompt.
 
-    Returns the pair and how many tokens truncation dropped from the two sequences. A pair
+    Returns the pair and what truncation dropped from its two sequences (:class:`Cut`). A pair
     that truncation makes identical (the responses differ only past ``max_length``) is an
     error: it would carry no preference at all.
     """
@@ -54,7 +54,7 @@ def tokenize_pair(rec: PreferenceRecord, tok: Tokenizer, *, max_length: int,
         out.append(truncate(enc.ids, labels, max_length=max_length, max_prompt_length=max_prompt_length,
                             budget_for=longest))
     (ce, c_cut), (re_, r_cut) = out
-    if c_cut + r_cut and ce.input_ids == re_.input_ids:
+    if ce.input_ids == re_.input_ids:
         first = next((i for i, (a, b) in enumerate(zip(c.ids, r.ids)) if a != b), min(len(c.ids), len(r.ids)))
         first -= c.prompt_len
         raise ValueError(f"chosen and rejected are identical once cut to max_length={max_length}: they differ "

@@ -27,6 +27,21 @@ class TokenizedExample:
         return len(self.input_ids)
 
 
+@dataclass(frozen=True)
+class Cut:
+    """What truncation dropped from one example (or both sequences of a pair)."""
+
+    prompt: int = 0  # tokens cut from the start of the prompt
+    response: int = 0  # tokens cut from the end of the response: it no longer ends as written
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt + self.response
+
+    def __add__(self, other: Cut) -> Cut:
+        return Cut(self.prompt + other.prompt, self.response + other.response)
+
+
 @dataclass
 class LoadReport:
     """What loading a file did: how many records were read, kept, skipped (and why), truncated."""
@@ -38,6 +53,7 @@ class LoadReport:
     max_length: int | None = None  # the limit they were truncated to
     n_tokens: int = 0  # in the kept records, before truncation
     n_tokens_cut: int = 0  # of those, dropped by truncation
+    n_response_cut: int = 0  # records whose response lost its end (and its end-of-turn token)
     skipped: list[DataError] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -46,7 +62,8 @@ class LoadReport:
             msg += f", {self.n_truncated} truncated to fit"
             msg += f" max_length={self.max_length}" if self.max_length else ""
             share = self.n_tokens_cut / max(self.n_tokens, 1)
-            msg += f" ({share:.0%} of all tokens cut)" if share >= 0.005 else " (under 1% of all tokens cut)"
+            msg += f" ({share:.0%} of all tokens cut" if share >= 0.005 else " (under 1% of all tokens cut"
+            msg += f"; {self.n_response_cut} lost the end of their response)" if self.n_response_cut else ")"
         if self.skipped:
             reasons = Counter(e.reason for e in self.skipped)
             msg += f"; {len(self.skipped)} skipped: " + "; ".join(f"{n}x {r}" for r, n in reasons.most_common())
@@ -78,8 +95,8 @@ def load_records(path, parse: Callable, skip_bad: bool = False) -> tuple[list[tu
 
 def tokenize_sft(
     rec: SFTRecord, tok: Tokenizer, *, max_length: int, max_prompt_length: int | None = None
-) -> tuple[TokenizedExample, int]:
-    """Token ids and labels for one record, and how many tokens truncation dropped.
+) -> tuple[TokenizedExample, Cut]:
+    """Token ids and labels for one record, and what truncation dropped (:class:`Cut`).
 
     Raises ``BoundaryError`` or ``ValueError`` for records that cannot be encoded exactly.
     """
@@ -122,11 +139,10 @@ def truncate(ids, labels, *, max_length: int, max_prompt_length: int | None = No
     what the response leaves free but no shorter than half of ``max_length``. Then the
     response is cut from the right. ``budget_for`` sizes the prompt's cut for a response of
     that length instead of this one's, so a chosen/rejected pair can share one prompt cut.
-    Returns the example and the number of tokens dropped.
+    Returns the example and what was dropped (:class:`Cut`).
     """
     first = prompt_len(labels)
     p_ids, p_lab, r_ids, r_lab = ids[:first], labels[:first], ids[first:], labels[first:]
-    n_before = len(ids)
     if max_prompt_length is not None and len(p_ids) > max_prompt_length:
         p_ids, p_lab = p_ids[-max_prompt_length:], p_lab[-max_prompt_length:]
     reserve = len(r_ids) if budget_for is None else budget_for
@@ -134,11 +150,12 @@ def truncate(ids, labels, *, max_length: int, max_prompt_length: int | None = No
         keep = max(min(len(p_ids), max_length // 2), max_length - reserve)
         if keep < len(p_ids):
             p_ids, p_lab = p_ids[len(p_ids) - keep:], p_lab[len(p_lab) - keep:]
+    cut = Cut(prompt=first - len(p_ids), response=max(0, len(r_ids) - (max_length - len(p_ids))))
     r_ids, r_lab = r_ids[: max_length - len(p_ids)], r_lab[: max_length - len(p_ids)]
     ids, labels = p_ids + r_ids, p_lab + r_lab
     if all(x == IGNORE for x in labels):
         raise ValueError(f"no response token fits in max_length={max_length} (prompt has {len(p_ids)} tokens)")
-    return TokenizedExample(ids, labels), n_before - len(ids)
+    return TokenizedExample(ids, labels), cut
 
 
 def load_sft(
@@ -164,7 +181,7 @@ def load_sft(
 
 
 def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, field_of: Callable):
-    """Parse every record, then ``encode(record) -> (example, tokens cut)`` each one.
+    """Parse every record, then ``encode(record) -> (example, Cut)`` each one.
 
     An encoding failure becomes a :class:`DataError` on ``field_of(record)`` at the record's
     line, raised or (``skip_bad``) counted in the report like a parse failure.
@@ -173,16 +190,17 @@ def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, f
     examples = []
     for line, rec in records:
         try:
-            ex, n_cut = encode(rec)
+            ex, cut = encode(rec)
         except ValueError as e:
             err = DataError(path, line, field_of(rec), str(e))
             if not skip_bad:
                 raise err from None
             report.skipped.append(err)
             continue
-        report.n_truncated += n_cut > 0
-        report.n_tokens += ex.n_tokens + n_cut
-        report.n_tokens_cut += n_cut
+        report.n_truncated += cut.tokens > 0
+        report.n_response_cut += cut.response > 0
+        report.n_tokens += ex.n_tokens + cut.tokens
+        report.n_tokens_cut += cut.tokens
         examples.append(ex)
     report.n_kept = len(examples)
     if not examples:

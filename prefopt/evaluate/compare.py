@@ -228,6 +228,10 @@ def run_compare(cfg: CompareConfig) -> dict:
 
     s = cfg.settings()
     task = get_task(cfg.task, **cfg.task_options)
+    if task.train_length and s["max_length"] < task.train_length and "max_length" not in cfg.overrides:
+        _log(f"max_length {task.train_length}, not the {cfg.preset} preset's {s['max_length']}: {task.name} "
+             "examples need it (--set max_length=N to choose)")
+        s["max_length"] = task.train_length
     records = task.read(cfg.data)  # bad data stops the run before its folder is claimed
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)

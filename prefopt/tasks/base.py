@@ -49,6 +49,7 @@ class Task:
     system: str | None = None
     max_new_tokens = 64
     primary = "rougeL"  # the headline metric, compared between stages by paired bootstrap
+    train_length: int | None = None  # max_length its training examples need; compare raises a preset's below it
 
     bundled_data = None  # a data file shipped with prefopt, read when no path is given
 

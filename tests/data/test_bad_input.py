@@ -113,6 +113,14 @@ def test_truncation_keeps_the_end_of_the_prompt_and_is_reported(tmp_path, tok):
     n_long = len(tok.encode_prompt_response(long_prompt, "urgent").ids)
     assert (report.n_tokens_cut, report.n_tokens) == (n_long - 160, n_long + len(examples[1].input_ids))
     assert f"({report.n_tokens_cut / report.n_tokens:.0%} of all tokens cut)" in report.summary()
+    assert report.n_response_cut == 0  # only the prompt's start was cut
+    # a response longer than max_length itself loses its end (and its end-of-turn token): said so
+    path = _jsonl(tmp_path / "r.jsonl", [{"prompt": "Summarize.", "completion": "note " * 300}, {"prompt": "Hi", "completion": "ok"}])
+    cut, cut_report = load_sft(path, tok, max_length=160)
+    assert (cut_report.n_truncated, cut_report.n_response_cut) == (1, 1)
+    assert "1 truncated to fit max_length=160" in cut_report.summary()
+    assert "; 1 lost the end of their response)" in cut_report.summary()
+    assert cut[0].input_ids[-1] not in tok.eos_token_ids and len(cut[0].input_ids) == 160
     ex = examples[0]
     assert len(ex.input_ids) == 160 and len(examples[1].input_ids) < 160
     prompt_text = tok.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab == -100], skip_special_tokens=False)

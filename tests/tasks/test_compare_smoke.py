@@ -209,3 +209,33 @@ def test_ranked_strategy_trains_on_given_pairs(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="needs --pairs"):
         run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "run3"),
                                   strategy="ranked", overrides=TINY))
+
+
+@pytest.mark.parametrize("overrides, expected", [({}, 1024), ({"max_length": 512}, 512)])
+def test_compare_raises_max_length_to_what_the_task_needs(overrides, expected, tmp_path, monkeypatch, capsys):
+    """ACI-Bench notes run to ~930 tokens: at the quick preset's 384 every note lost its end (and its
+    end-of-turn token), so compare trains at the task's 1024 unless --set max_length says otherwise."""
+    import csv
+
+    import prefopt.evaluate.compare as compare
+
+    data = tmp_path / "aci.csv"
+    with open(data, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["dialogue", "note"])
+        w.writeheader()
+        w.writerows({"dialogue": f"[doctor] hello {i}. [patient] my knee hurts.", "note": f"Knee pain {i}."}
+                    for i in range(6))
+
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Stop
+
+    monkeypatch.setattr(compare, "_split", stop)  # the settings are stored before the split
+    with pytest.raises(Stop):
+        run_compare(CompareConfig(task="aci_bench", model="unused", data=str(data), output=str(tmp_path / "run"),
+                                  overrides=overrides))
+    stored = json.loads((tmp_path / "run" / "compare_config.json").read_text())["settings"]
+    assert stored["max_length"] == expected
+    assert ("max_length 1024, not the quick preset's 384" in capsys.readouterr().out) == (not overrides)
