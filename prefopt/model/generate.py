@@ -1,6 +1,7 @@
 """Text generation with a KV cache: greedy or temperature/top-p sampling, batched with left padding."""
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -70,6 +71,11 @@ def generate(
     device = model.output_weight.device
     ids, mask = left_pad(prompts, pad_token_id, device)
     B, T = ids.shape
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context and T + max_new_tokens > context:
+        warnings.warn(f"a prompt of {T} tokens plus {max_new_tokens} new ones runs past the model's context of "
+                      f"{context} positions (max_position_embeddings), which it was never trained on; the "
+                      "output may degrade. Shorten the prompt or max_new_tokens.", stacklevel=2)
     cache = KVCache(model.config, B, T + max_new_tokens, dtype=model.output_weight.dtype, device=device)
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     eos = torch.tensor(list(eos_token_ids) or [-1], device=device)

@@ -84,6 +84,19 @@ def test_bad_arguments_are_refused(tiny):
         generate(ours, [[1], []], max_new_tokens=2)
 
 
+def test_running_past_the_context_is_warned(tiny):
+    _, ours, _ = tiny
+    assert ours.config.max_position_embeddings == 256
+    with pytest.warns(UserWarning, match="a prompt of 250 tokens plus 8 new ones runs past the model's context of 256"):
+        out = generate(ours, [[5] * 250], max_new_tokens=8)
+    assert len(out[0]) == 8  # a warning, not a refusal: the caller asked for it
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate(ours, [[5] * 250], max_new_tokens=6)  # exactly fills the context: no warning
+
+
 def test_cli_generate_prints_completion(tiny, capsys):
     from prefopt.cli import main
 
