@@ -12,9 +12,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["max_train=8", "test=4", "sft_steps=2", "dpo_steps=2", "batch_size=2", "max_length=256", "eval_batch_size=8"]
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "examples" / "run_triage.py"), *args], cwd=ROOT,
+def _example(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return _example("run_triage.py", *args)
 
 
 @pytest.mark.slow
@@ -41,11 +45,6 @@ def test_run_triage_reports_bad_input_without_a_traceback(tmp_path):
     assert done.returncode == 1 and "expected key=value, got 'sft_steps'" in done.stderr
 
 
-def _example(name: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-
-
 def _write_jsonl(path: Path, rows) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
@@ -65,11 +64,16 @@ def _meqsum_rows(n: int) -> list[dict]:
              "Summary": f"Is drug {i} safe with milk?"} for i in range(n)]
 
 
+def _tiny_model_and_data(tmp_path: Path, folder: str, file: str, rows: list[dict]) -> Path:
+    """A tiny model at ``tmp_path/tiny`` and ``rows`` in ``tmp_path/folder/file``; the model's path."""
+    build_hf_model(tmp_path / "tiny", max_position_embeddings=1024)
+    _write_jsonl(tmp_path / folder / file, rows)
+    return tmp_path / "tiny"
+
+
 @pytest.mark.slow
 def test_dpo_medqa_trains_on_pairs_from_disjoint_questions(tmp_path):
-    model = tmp_path / "tiny"
-    build_hf_model(model, max_position_embeddings=1024)
-    _write_jsonl(tmp_path / "medqa" / "medqa_usmle_4options.jsonl", _medqa_rows(14))
+    model = _tiny_model_and_data(tmp_path, "medqa", "medqa_usmle_4options.jsonl", _medqa_rows(14))
     out = tmp_path / "run"
     done = _example("dpo_medqa.py", "--data-dir", str(tmp_path / "medqa"), "--output", str(out), "--model", str(model),
                     "--n-train", "10", "--n-eval", "4", "--max-steps", "2", "--batch-size", "2", "--max-length", "256")
@@ -86,9 +90,7 @@ def test_dpo_medqa_trains_on_pairs_from_disjoint_questions(tmp_path):
 
 @pytest.mark.slow
 def test_sft_meqsum_trains_and_reports_the_eval_loss(tmp_path):
-    model = tmp_path / "tiny"
-    build_hf_model(model, max_position_embeddings=1024)
-    _write_jsonl(tmp_path / "meqsum" / "meqsum.jsonl", _meqsum_rows(12))
+    model = _tiny_model_and_data(tmp_path, "meqsum", "meqsum.jsonl", _meqsum_rows(12))
     out = tmp_path / "run"
     done = _example("sft_meqsum.py", "--data-dir", str(tmp_path / "meqsum"), "--output", str(out),
                     "--model", str(model), "--n-eval", "3", "--max-steps", "2", "--batch-size", "2")
