@@ -63,10 +63,11 @@ def tokenize_pair(rec: PreferenceRecord, tok: Tokenizer, *, max_length: int,
     return PairExample(ce, re_), c_cut + r_cut
 
 
-def load_preferences(path: str | Path, tok: Tokenizer, *, max_length: int = 1024,
+def load_preferences(path: str | Path | list[dict], tok: Tokenizer, *, max_length: int = 1024,
                      max_prompt_length: int | None = None, skip_bad: bool = False
                      ) -> tuple[list[PairExample], LoadReport]:
-    """Read, validate and tokenize a preference file (TRL or OpenAI format; JSONL, JSON or CSV)."""
+    """Read, validate and tokenize a preference file (TRL or OpenAI format; JSONL, JSON or CSV),
+    or a list of record dicts; errors as :func:`~prefopt.data.load_sft`."""
     def encode(rec):
         return tokenize_pair(rec, tok, max_length=max_length, max_prompt_length=max_prompt_length)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +13,27 @@ from .records import DataError
 Row = dict[str, Any]
 
 
-def read_rows(path: str | Path, *, delimiter: str = ",", encoding: str = "utf-8"
+RECORDS = "<records>"  # how errors name an in-memory list of records (its "lines" count from 1)
+
+
+def source_name(source) -> str | Path:
+    """What errors call ``source``: its path, or :data:`RECORDS` for a list of dicts."""
+    return RECORDS if isinstance(source, (list, tuple)) else Path(source)
+
+
+def read_rows(path: str | Path | Sequence[Row], *, delimiter: str = ",", encoding: str = "utf-8"
               ) -> Iterator[tuple[int, Row | DataError]]:
-    """Yield ``(line, row)`` for each record of a ``.jsonl``, ``.json`` or ``.csv`` file.
+    """Yield ``(line, row)`` for each record of a ``.jsonl``, ``.json`` or ``.csv`` file, or of
+    a list of dicts (numbered from 1, as :data:`RECORDS`).
 
     A record that cannot be parsed is yielded as a :class:`DataError` in place of the row,
     so the caller decides whether to stop or skip; nothing after it is lost.
     """
+    if isinstance(path, (list, tuple)):
+        for i, row in enumerate(path, 1):
+            yield i, row if isinstance(row, dict) else DataError(RECORDS, i, None, f"expected a dict, got "
+                                                                                   f"{type(row).__name__}")
+        return
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")

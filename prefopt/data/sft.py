@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..tokenizer import BoundaryError, Tokenizer
-from .readers import read_rows
+from .readers import read_rows, source_name
 from .records import DataError, SFTRecord, parse_sft
 
 IGNORE = -100
@@ -77,14 +77,15 @@ def load_records(path, parse: Callable, skip_bad: bool = False) -> tuple[list[tu
     A bad record raises its :class:`DataError` (file, line, field), unless ``skip_bad``:
     then it is counted in the report, with its reason, and loading goes on.
     """
-    report = LoadReport(Path(path))
+    name = source_name(path)
+    report = LoadReport(Path(name))
     out = []
     for line, row in read_rows(path):
         report.n_read += 1
         try:
             if isinstance(row, DataError):
                 raise row
-            out.append((line, parse(row, path, line)))
+            out.append((line, parse(row, name, line)))
         except DataError as e:
             if not skip_bad:
                 raise
@@ -159,17 +160,18 @@ def truncate(ids, labels, *, max_length: int, max_prompt_length: int | None = No
 
 
 def load_sft(
-    path: str | Path,
+    path: str | Path | list[dict],
     tok: Tokenizer,
     *,
     max_length: int = 1024,
     max_prompt_length: int | None = None,
     skip_bad: bool = False,
 ) -> tuple[list[TokenizedExample], LoadReport]:
-    """Read, validate and tokenize an SFT file (JSONL, JSON or CSV).
+    """Read, validate and tokenize an SFT file (JSONL, JSON or CSV), or a list of record dicts.
 
     Every record is checked; a bad one raises a :class:`DataError` naming the file, line and
-    field, unless ``skip_bad=True``, which skips it and records why in the report.
+    field (``<records>:3`` for the third dict of a list), unless ``skip_bad=True``, which skips
+    it and records why in the report.
     """
     def encode(rec):
         return tokenize_sft(rec, tok, max_length=max_length, max_prompt_length=max_prompt_length)
@@ -192,7 +194,7 @@ def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, f
         try:
             ex, cut = encode(rec)
         except ValueError as e:
-            err = DataError(path, line, field_of(rec), str(e))
+            err = DataError(source_name(path), line, field_of(rec), str(e))
             if not skip_bad:
                 raise err from None
             report.skipped.append(err)
@@ -204,5 +206,6 @@ def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, f
         examples.append(ex)
     report.n_kept = len(examples)
     if not examples:
-        raise DataError(path, None, None, "no usable records" + (f": {report.summary()}" if report.skipped else ""))
+        why = f": {report.summary()}" if report.skipped else ""
+        raise DataError(source_name(path), None, None, "no usable records" + why)
     return examples, report

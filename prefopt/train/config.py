@@ -22,8 +22,9 @@ def opt(default: Any = MISSING, help: str = "", *, factory: Any = MISSING):
 @dataclass
 class TrainConfig:
     model: str = opt(help="model folder, alias (smollm2-135m) or hub id (required)")
-    data: str = opt(help="training data: JSONL, JSON or CSV (required)")
     output_dir: str = opt(help="run folder: final/, checkpoints/, metrics.jsonl, train_config.json (required)")
+    data: str | None = opt(None, "training data: JSONL, JSON or CSV (required, but by a Trainer built in Python, "
+                                 "which takes its examples directly)")
     eval_data: str | None = opt(None, "a separate eval file; else eval_fraction of data")
     eval_fraction: float = opt(0.0, "hold out this fraction of data for eval (before and after training)")
     max_length: int = opt(1024, "tokens per example; the prompt is cut from its start first")

@@ -97,6 +97,8 @@ class DPOTrainer(Trainer):
     """
 
     noun = "pairs"
+    item_type = PairExample
+    item_source = "prefopt.data.load_preferences(path or list of dicts, tok)"
 
     def __init__(self, model, config: DPOConfig, train_data: Sequence[PairExample], eval_data=None, *, pad_id: int,
                  ref_model: torch.nn.Module | None = None, ref_cache=None, callbacks=()):

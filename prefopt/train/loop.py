@@ -23,6 +23,7 @@ import torch
 
 from .._deps import progress
 from ..fileio import write_json_atomic
+from ..lora import lora_layers
 from . import state as ckpt_io
 from .config import TrainConfig
 from .distributed import (
@@ -67,6 +68,16 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _trained_part(model: torch.nn.Module) -> str:
+    """What trains, read from the model (a Trainer built in Python may differ from its config)."""
+    layers = list(lora_layers(model))
+    if not layers:
+        return "all weights" if all(p.requires_grad for p in model.parameters()) else "some weights"
+    ranks = "/".join(str(r) for r in sorted({m.r for _, m in layers}))
+    targets = dict.fromkeys(name.rsplit(".", 1)[-1] for name, _ in layers)
+    return f"LoRA r{ranks} on {', '.join(targets)}"
+
+
 def _check_context(model: torch.nn.Module, examples: Sequence) -> None:
     """Refuse examples longer than the model's context: positions past ``max_position_embeddings``
     were never trained (RoPE would extrapolate silently)."""
@@ -101,6 +112,8 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ValueError(f"{len(self.train_data)} training examples are fewer than one global batch "
                              f"({config.batch_size} x {config.grad_accum} accumulation x {self.dist.world} processes)")
+        self._check_items(self.train_data, "train_data")
+        self._check_items(self.eval_data, "eval_data")
         _check_context(model, self.train_data + self.eval_data)
         self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -118,6 +131,16 @@ class Trainer:
 
     # --- what a subclass defines -------------------------------------------------------
     noun = "examples"  # what the training data holds, for the console
+    item_type: type | None = None  # the class of each training item
+    item_source = ""  # the function that makes them, for the error on anything else
+
+    def _check_items(self, items: list, name: str) -> None:
+        if self.item_type is None:
+            return
+        bad = next((i for i, x in enumerate(items) if not isinstance(x, self.item_type)), None)
+        if bad is not None:
+            raise TypeError(f"{type(self).__name__}: {name}[{bad}] is a {type(items[bad]).__name__}, not a "
+                            f"{self.item_type.__name__}; tokenize your records first with {self.item_source}")
 
     def collate(self, examples: Sequence) -> Batch:
         raise NotImplementedError
@@ -266,7 +289,7 @@ class Trainer:
         """One line on what the run will do: data, steps, what trains, where."""
         c = self.config
         n = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        what = f"LoRA r{c.lora_r} on {', '.join(c.lora_targets)}" if c.lora else "all weights"
+        what = _trained_part(self.model)
         precision = "bf16 autocast" if autocast_on(self.device, c) else c.dtype
         evals = f", {len(self.eval_data)} eval" if self.eval_data else ""
         steps = f"{self.total_steps} step{'s' * (self.total_steps != 1)}"

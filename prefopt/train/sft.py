@@ -29,6 +29,9 @@ class SFTTrainer(Trainer):
         save_adapter(model, "out/sft/final", base_model=cfg.model)   # PEFT layout; or run_sft(cfg)
     """
 
+    item_type = TokenizedExample
+    item_source = "prefopt.data.load_sft(path or list of dicts, tok)"
+
     def __init__(self, model, config, train_data: Sequence[TokenizedExample], eval_data=None, *, pad_id: int,
                  callbacks=()):
         self.pad_id = pad_id
@@ -61,6 +64,8 @@ def split_eval(examples: list, fraction: float, seed: int) -> tuple[list, list]:
 def load_train_eval(config, tok, loader=load_sft):
     """Train and eval examples for ``config`` (eval from ``eval_data`` or a seeded split), and
     the load reports. ``loader`` is :func:`load_sft` or ``load_preferences``."""
+    if not config.data:
+        raise ValueError("no training data: set data (--data) to a JSONL, JSON or CSV file")
     kw = dict(max_length=config.max_length, max_prompt_length=config.max_prompt_length,
               skip_bad=config.skip_bad_records)
     examples, report = loader(config.data, tok, **kw)

@@ -164,6 +164,21 @@ def test_excel_byte_order_marks_are_read_and_bad_encodings_named(tmp_path, tok):
     assert [r["prompt"] for _, r in read_rows(tmp_path / "w.csv", encoding="cp1252")] == ["ok", "fièvre"]
 
 
+def test_a_list_of_records_loads_like_a_file(tok):
+    """For notebooks: ``load_sft(list_of_dicts, tok)``; errors name ``<records>`` and the 1-based
+    position, and a non-dict item is a bad record like a non-object JSON line."""
+    rows = [{"prompt": "What is BP?", "completion": "Blood pressure."}, GOOD]
+    examples, report = load_sft(rows, tok)
+    assert len(examples) == 2 and report.summary() == "<records>: 2 of 2 records kept"
+    assert examples[0].input_ids == load_sft([rows[0]], tok)[0][0].input_ids
+    with pytest.raises(DataError, match=r"<records>:2: field 'completion': missing field"):
+        load_sft([GOOD, {"prompt": "x"}], tok)
+    with pytest.raises(DataError, match=r"<records>:1: expected a dict, got str"):
+        load_sft(["prompt: x"], tok)
+    examples, report = load_sft([GOOD, "junk", GOOD], tok, skip_bad=True)
+    assert len(examples) == 2 and "1 skipped" in report.summary()
+
+
 def test_empty_file_is_an_error(tmp_path, tok):
     (tmp_path / "e.jsonl").write_text("\n")
     with pytest.raises(DataError, match="no usable records"):

@@ -41,3 +41,19 @@ def test_the_docstring_example_trains_and_saves_an_adapter(cls, tmp_path, monkey
     if cls is DPOTrainer:  # ref_cache="runs/dpo/ref_cache": a folder, opened for this reference and filled
         index = json.loads((out / "ref_cache" / "index.json").read_text())
         assert len(index["entries"]) == 16 and index["fingerprint"]["reference"] == "adapter-disabled"
+
+
+def test_the_readme_in_memory_example_runs_as_written(tmp_path, monkeypatch):
+    """README's "Records already in memory" block: a list of dicts, no data file."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "load_preferences(records" in b)
+    model_dir, _ = write_task(tmp_path, n=4)
+    records = [json.loads(x) for x in write_pairs(tmp_path / "pairs.jsonl", n=8).read_text().splitlines()]
+    code = code.replace('"smollm2-135m"', repr(str(model_dir))).replace("max_steps=100", "max_steps=2, progress=False")
+    monkeypatch.chdir(tmp_path)
+    exec(compile("from prefopt import DPOConfig\n" + code, "README", "exec"), {"records": records})
+    steps = [json.loads(line)["step"] for line in (tmp_path / "runs/dpo/metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2] and (tmp_path / "runs/dpo/final/adapter_model.safetensors").is_file()

@@ -377,3 +377,31 @@ def test_a_fill_chunk_that_cannot_be_packed_runs_at_most_twice_a_steps_pairs(tas
     keys = [p.key for p in pairs]
     for a, b in zip(packed.ref_cache.get(keys), stacked.ref_cache.get(keys)):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_notebook_trains_on_records_in_memory_without_a_data_file(task, tmp_path, capsys):
+    """Records from a DataFrame or a database (``df.to_dict("records")``) go through
+    ``load_preferences`` as a list; the config needs no data file. Dicts handed straight to the
+    trainer are refused with the function to use, and a bad record is named by its position."""
+    from prefopt import apply_lora, load_model
+
+    model_dir, train, _ = task
+    rows = [json.loads(x) for x in train.read_text().splitlines()]
+    cfg = DPOConfig(model=str(model_dir), output_dir=str(tmp_path / "nb"), batch_size=4, max_steps=32, lr=5e-3,
+                    lora_dropout=0.0)
+    tok = load_tokenizer(cfg.model)
+    model = apply_lora(load_model(cfg.model), r=8, alpha=16, dropout=0.0)
+    with pytest.raises(TypeError, match=r"train_data\[0\] is a dict, not a PairExample.*load_preferences\("):
+        DPOTrainer(model, cfg, rows, pad_id=tok.pad_token_id)
+    with pytest.raises(ValueError, match=r"<records>:3: field 'rejected': missing field"):
+        load_preferences(rows[:2] + [{"prompt": "p", "chosen": "c"}], tok)
+    pairs, report = load_preferences(rows, tok)
+    assert report.summary() == f"<records>: {len(rows)} of {len(rows)} records kept"
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    DPOTrainer(model, cfg, pairs, pad_id=tok.pad_token_id).train()
+    losses = [m["loss"] for m in read_metrics(cfg.output_dir) if "loss" in m]
+    assert sum(losses[-4:]) < 0.8 * sum(losses[:4]) and any(not torch.equal(p, before[n])
+                                                      for n, p in model.named_parameters() if p.requires_grad)
+    assert "LoRA r8 on q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no training data: set data"):
+        run_dpo(DPOConfig(model=str(model_dir), output_dir=str(tmp_path / "cli")))
