@@ -1,0 +1,92 @@
+"""Looking at a data file before training on it: which records are bad, how long the rest are
+in tokens, what a ``max_length`` would cut, and which repeat (``prefopt check-data``)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..tokenizer import Tokenizer
+from .preference import PairExample, load_preferences
+from .readers import read_rows
+from .sft import LoadReport, TokenizedExample, load_sft, prompt_len
+
+KINDS = ("sft", "preference")
+UNLIMITED = 1 << 30  # a max_length nothing reaches: lengths before any truncation
+
+
+def detect_kind(path) -> str:
+    """``"preference"`` when the first readable record has chosen/rejected (TRL) or
+    preferred_output (OpenAI) fields, else ``"sft"``."""
+    for _, row in read_rows(path):
+        if isinstance(row, dict):
+            return "preference" if {"chosen", "rejected", "preferred_output"} & set(row) else "sft"
+    return "sft"
+
+
+@dataclass
+class DataCheck:
+    kind: str
+    report: LoadReport  # at the max_length asked for
+    total: list[int]  # tokens per kept record before truncation (a pair: its longer sequence)
+    prompt: list[int]
+    response: list[int]  # a pair: its longer response
+    duplicates: int  # kept records that repeat an earlier one token for token
+
+    def lines(self) -> list[str]:
+        """The check as console lines: what was kept and why not, lengths, truncation, repeats."""
+        r = self.report
+        kind = "preference pairs" if self.kind == "preference" else "SFT records"
+        out = [f"{r.path}: {kind}; {r.summary().split(': ', 1)[1]}"]
+        out += [f"  bad: {e}" for e in r.skipped[:5]]
+        if len(r.skipped) > 5:
+            out.append(f"  ... and {len(r.skipped) - 5} more bad records")
+        if self.total:
+            out.append(f"  tokens per record: {_spread(self.total)}")
+            out.append(f"    prompt: {_spread(self.prompt)}; response: {_spread(self.response)}")
+            longest = max(self.total)
+            out.append(f"  max_length={longest} would fit every record" if r.n_truncated else
+                       f"  every record fits max_length={r.max_length} (the longest has {longest} tokens)")
+        if self.duplicates:
+            n = self.duplicates
+            out.append(f"  {n} record{'s repeat' if n != 1 else ' repeats'} an earlier one token for token"
+                       + (" (the same prompt, chosen and rejected)" if self.kind == "preference" else ""))
+        return out
+
+
+def _spread(xs: list[int]) -> str:
+    s = sorted(xs)
+
+    def pct(q: float) -> int:
+        return s[min(len(s) - 1, int(q * len(s)))]
+
+    return f"median {pct(0.5)}, 90% {pct(0.9)}, 99% {pct(0.99)}, max {s[-1]}"
+
+
+def check_data(path: str | Path | list[dict], tok: Tokenizer, *, kind: str | None = None, max_length: int = 1024,
+               max_prompt_length: int | None = None) -> DataCheck:
+    """Load ``path`` as training would (every bad record counted, none fatal) and measure it."""
+    kind = kind or detect_kind(path)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS} (got {kind!r})")
+    loader: Callable = load_preferences if kind == "preference" else load_sft
+    full, _ = loader(path, tok, max_length=UNLIMITED, skip_bad=True)  # no usable record: a DataError
+    _, report = loader(path, tok, max_length=max_length, max_prompt_length=max_prompt_length, skip_bad=True)
+    sides = [_sides(x) for x in full]
+    seen: set = set()
+    duplicates = 0
+    for x in full:
+        key = x.key if isinstance(x, PairExample) else (tuple(x.input_ids), tuple(x.labels))
+        duplicates += key in seen
+        seen.add(key)
+    return DataCheck(kind, report, [t for t, _, _ in sides], [p for _, p, _ in sides], [r for _, _, r in sides],
+                     duplicates)
+
+
+def _sides(x: TokenizedExample | PairExample) -> tuple[int, int, int]:
+    """(tokens, prompt tokens, response tokens) of a record; a pair's longer side."""
+    if isinstance(x, PairExample):
+        p = prompt_len(x.chosen.labels)
+        return len(x.input_ids), p, max(len(x.chosen.input_ids), len(x.rejected.input_ids)) - p
+    p = prompt_len(x.labels)
+    return len(x.input_ids), p, len(x.input_ids) - p

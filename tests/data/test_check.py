@@ -1,0 +1,55 @@
+"""prefopt check-data: bad records, token lengths, what max_length cuts, repeats; before training."""
+import json
+
+import pytest
+
+from prefopt.cli import main
+from prefopt.data.check import check_data, detect_kind
+from tests._tiny import build_hf_model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("check")
+    build_hf_model(d)
+    return d
+
+
+def _jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_an_sft_file_is_measured_and_its_bad_records_named(model, tmp_path, capsys):
+    from prefopt import load_tokenizer
+
+    good = {"prompt": "Chest pain. Triage?", "completion": "Emergency."}
+    rows = [good, {"prompt": "history " * 100 + "Triage?", "completion": "Urgent."}, good,
+            {"prompt": "x", "completion": ""}, "{not json", {"prompt": "Rash.", "completion": "Routine."}]
+    path = _jsonl(tmp_path / "train.jsonl", rows)
+    assert detect_kind(path) == "sft"
+    tok = load_tokenizer(model)
+    check = check_data(path, tok, max_length=160)
+    lengths = [len(tok.encode_prompt_response(r["prompt"], r["completion"]).ids) for r in (good, rows[1], rows[5])]
+    assert sorted(check.total) == sorted([lengths[0], lengths[1], lengths[0], lengths[2]])
+    assert check.duplicates == 1 and check.report.n_kept == 4 and len(check.report.skipped) == 2
+    assert all(p + r == t for p, r, t in zip(check.prompt, check.response, check.total))
+    assert main(["check-data", "--model", str(model), "--data", str(path), "--max-length", "160"]) == 1
+    out = capsys.readouterr().out
+    assert "train.jsonl: SFT records; 4 of 6 records kept, 1 truncated to fit max_length=160" in out
+    assert "  bad: " in out and "train.jsonl:4: field 'completion'" in out and "train.jsonl:5: malformed JSON" in out
+    assert f"max_length={max(lengths)} would fit every record" in out
+    assert "  1 record repeats an earlier one token for token\n" in out
+
+
+def test_a_preference_file_is_detected_and_a_clean_one_exits_0(model, tmp_path, capsys):
+    rows = [{"prompt": f"Message {i}. Triage?", "chosen": "urgent review", "rejected": "routine visit"}
+            for i in range(3)]
+    path = _jsonl(tmp_path / "pairs.jsonl", rows)
+    assert detect_kind(path) == "preference"
+    assert main(["check-data", "--model", str(model), "--data", str(path), "--max-length", "256"]) == 0
+    out = capsys.readouterr().out
+    assert "pairs.jsonl: preference pairs; 3 of 3 records kept" in out
+    assert "every record fits max_length=256" in out and "repeat" not in out and "context" not in out
+    assert main(["check-data", "--model", str(model), "--data", str(path)]) == 0  # the default, 1024
+    assert "max_length=1024 is past the model's context of 256 tokens" in capsys.readouterr().out
