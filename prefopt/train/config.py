@@ -39,7 +39,8 @@ class TrainConfig:
     warmup_steps: int = opt(0, "linear warm-up steps")
     schedule: str = opt("cosine", f"learning-rate decay after warm-up: {', '.join(SCHEDULES)}")
     min_lr_ratio: float = opt(0.0, "the schedule ends at this fraction of lr")
-    max_grad_norm: float | None = opt(1.0, "clip the gradient norm to this (none, or null in a --config file: no clipping)")
+    max_grad_norm: float | None = opt(1.0, "clip the gradient norm to this (none, or null in a --config file: "
+                                           "no clipping)")
     adam_beta1: float = opt(0.9, "AdamW beta1")
     adam_beta2: float = opt(0.999, "AdamW beta2")
     adam_eps: float = opt(1e-8, "AdamW epsilon")

@@ -98,13 +98,16 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, config: TrainConfig, train_data: Sequence,
                  eval_data: Sequence | None = None, *, callbacks: Sequence[Callback] = ()):
         self.config = config
+        self.train_data, self.eval_data = list(train_data), list(eval_data or [])
+        self._check_items(self.train_data, "train_data")  # before the output folder is claimed
+        self._check_items(self.eval_data, "eval_data")
+        _check_context(model, self.train_data + self.eval_data)
         self.device = pick_device(config.device)
         self.dist: DistInfo = init_distributed(self.device)
         ckpt_io.claim_output_dir(config.output_dir, resume=config.resume, overwrite=config.overwrite,
                                  is_main=self.dist.is_main)
         self.model = model.to(self.device)
         self.model.gradient_checkpointing = config.gradient_checkpointing
-        self.train_data, self.eval_data = list(train_data), list(eval_data or [])
         self.callbacks = list(callbacks)
         self.output_dir = Path(config.output_dir)
         self.global_batch = config.batch_size * config.grad_accum * self.dist.world
@@ -112,9 +115,6 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ValueError(f"{len(self.train_data)} training examples are fewer than one global batch "
                              f"({config.batch_size} x {config.grad_accum} accumulation x {self.dist.world} processes)")
-        self._check_items(self.train_data, "train_data")
-        self._check_items(self.eval_data, "eval_data")
-        _check_context(model, self.train_data + self.eval_data)
         self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:

@@ -55,12 +55,13 @@ def save_result(trainer, tok, config: TrainConfig) -> Path | None:
 
 
 def claim_output_dir(config: TrainConfig) -> None:
-    """Before any loading: refuse an output folder that holds an earlier run, or clear it for
-    ``overwrite`` (the trainer checks again, for runs built by hand)."""
+    """Before any loading: refuse an output folder that holds an earlier run. An ``overwrite``
+    clears it later, in the trainer, once the data and model have loaded: bad data keeps the
+    earlier run."""
     from .state import claim_output_dir as claim
 
     claim(config.output_dir, resume=config.resume, overwrite=config.overwrite,
-          is_main=init_distributed(pick_device(config.device)).is_main)
+          is_main=init_distributed(pick_device(config.device)).is_main, clear=False)
 
 
 def run_sft(config: TrainConfig, callbacks=()) -> dict:

@@ -103,10 +103,12 @@ RESUMABLE = {"output_dir", "ref_cache", "resume", "overwrite", "progress", "log_
              "save_total_limit", "max_steps", "epochs", "device"}
 
 
-def claim_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, is_main: bool = True) -> None:
+def claim_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, is_main: bool = True,
+                     clear: bool = True) -> None:
     """Refuse to train into a folder that holds an earlier run, unless the run continues it
     (``resume``, with a checkpoint to continue from) or replaces it (``overwrite``: rank 0 removes
-    the earlier run's files first; anything else in the folder, such as a reference cache, stays)."""
+    the earlier run's files first; anything else in the folder, such as a reference cache, stays).
+    ``clear=False`` only refuses: a run checks early and clears once its data has loaded."""
     out = Path(output_dir)
     found = [name for name in RUN_FILES if (out / name).exists()]
     if not found or (resume and latest_checkpoint(out) is not None):
@@ -118,7 +120,7 @@ def claim_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, i
                              f"(overwrite=True) to replace it, or another --output-dir")
         raise ValueError(f"{held}: pass --overwrite (overwrite=True) to replace it, --resume to continue it, "
                          f"or another --output-dir")
-    if is_main:
+    if is_main and clear:
         for name in found:
             path = out / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()

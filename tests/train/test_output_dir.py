@@ -69,6 +69,19 @@ def test_overwrite_replaces_the_earlier_run_and_keeps_other_files(task, tmp_path
     assert (out / "ref_cache" / "keep.txt").is_file()
 
 
+def test_overwrite_with_bad_data_keeps_the_earlier_run(task, tmp_path):
+    """--overwrite clears the earlier run only once the new run's data has loaded: a typo in the
+    data (here a malformed line) must not cost the run it was meant to replace."""
+    out = tmp_path / "run"
+    run_sft(_cfg(task, out, save_every=1))
+    before = _files(out)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": \n')
+    with pytest.raises(ValueError, match="bad.jsonl:2: malformed JSON"):
+        run_sft(_cfg(task, out, overwrite=True, data=str(bad)))
+    assert _files(out) == before
+
+
 def test_resume_needs_a_checkpoint_and_the_same_settings(task, tmp_path):
     out = tmp_path / "run"
     run_sft(_cfg(task, out, save_every=0))
