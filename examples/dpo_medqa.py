@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from prefopt.cli import run_script
 from prefopt.tasks import MedQA, split_records, wrong_label_pairs
 from prefopt.train import DPOConfig, run_dpo
 
@@ -71,9 +71,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # the trainer has said where it stopped and how to go on
-        sys.exit(130)
-    except (FileNotFoundError, ValueError, ImportError) as e:
-        sys.exit(f"dpo_medqa: error: {e}")
+    run_script(main, "dpo_medqa")  # bad input: one line, no traceback; Ctrl-C: exit 130

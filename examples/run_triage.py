@@ -14,10 +14,10 @@ Rerunning with the same --output reuses finished stages; delete the folder to st
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
+from prefopt.cli import run_script
 from prefopt.evaluate.cli import key_values
 from prefopt.evaluate.compare import CompareConfig, run_compare
 from prefopt.evaluate.report import console_lines
@@ -53,9 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # the trainer has said where it stopped and how to go on
-        sys.exit(130)
-    except (FileNotFoundError, ValueError, ImportError) as e:
-        sys.exit(f"run_triage: error: {e}")
+    run_script(main, "run_triage")  # bad input: one line, no traceback; Ctrl-C: exit 130

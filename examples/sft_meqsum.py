@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from prefopt.cli import run_script
 from prefopt.tasks import MeQSum, split_records
 from prefopt.train import TrainConfig, run_sft
 
@@ -62,9 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # the trainer has said where it stopped and how to go on
-        sys.exit(130)
-    except (FileNotFoundError, ValueError, ImportError) as e:
-        sys.exit(f"sft_meqsum: error: {e}")
+    run_script(main, "sft_meqsum")  # bad input: one line, no traceback; Ctrl-C: exit 130

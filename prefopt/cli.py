@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import MISSING
 
 import torch
@@ -225,6 +226,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+USER_ERRORS = (FileNotFoundError, ValueError, ImportError)  # bad input, a missing extra: one line, no traceback
+
+
+def run_script(main: Callable[[], object], prog: str) -> None:
+    """Run a script's ``main`` (``examples/``) as ``prefopt`` runs its commands: Ctrl-C exits 130
+    (the trainer has said where it stopped and how to go on), bad input exits 1 with one line,
+    ``prog: error: ...`` (``PREFOPT_DEBUG=1``: the traceback instead)."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        if os.environ.get("PREFOPT_DEBUG"):
+            raise
+        sys.exit(130)
+    except USER_ERRORS as e:
+        if os.environ.get("PREFOPT_DEBUG"):
+            raise
+        sys.exit(f"{prog}: error: {e}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -233,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("PREFOPT_DEBUG"):
             raise
         return 130
-    except (FileNotFoundError, ValueError, ImportError) as e:
+    except USER_ERRORS as e:
         if os.environ.get("PREFOPT_DEBUG"):
             raise
         print(f"prefopt {args.command}: error: {e}", file=sys.stderr)
