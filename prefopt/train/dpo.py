@@ -102,13 +102,14 @@ class DPOTrainer(Trainer):
 
     def __init__(self, model, config: DPOConfig, train_data: Sequence[PairExample], eval_data=None, *, pad_id: int,
                  ref_model: torch.nn.Module | None = None, ref_cache=None, callbacks=()):
-        if isinstance(ref_cache, (str, os.PathLike)):  # a folder: opened for this reference
-            ref_cache = reference_cache_for(config, model, ref_model, root=ref_cache)
         self.pad_id = pad_id
         self.ref_model = ref_model
-        self.ref_cache = ref_cache
         self.ref_forwards = 0  # reference forward passes made (0 with a cache)
         super().__init__(model, config, train_data, eval_data, callbacks=callbacks)
+        if isinstance(ref_cache, (str, os.PathLike)):  # a folder: opened for this reference, once
+            # the data are checked and the output folder claimed (hashing the weights takes a while)
+            ref_cache = reference_cache_for(config, self.model, ref_model, root=ref_cache)
+        self.ref_cache = ref_cache
         if config.loss in REFERENCE_FREE:
             self.ref_mode = "none"
         elif ref_cache is not None:

@@ -379,7 +379,7 @@ def test_a_fill_chunk_that_cannot_be_packed_runs_at_most_twice_a_steps_pairs(tas
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_a_notebook_trains_on_records_in_memory_without_a_data_file(task, tmp_path, capsys):
+def test_a_notebook_trains_on_records_in_memory_without_a_data_file(task, tmp_path, capsys, monkeypatch):
     """Records from a DataFrame or a database (``df.to_dict("records")``) go through
     ``load_preferences`` as a list; the config needs no data file. Dicts handed straight to the
     trainer are refused with the function to use, and a bad record is named by its position."""
@@ -393,6 +393,12 @@ def test_a_notebook_trains_on_records_in_memory_without_a_data_file(task, tmp_pa
     model = apply_lora(load_model(cfg.model), r=8, alpha=16, dropout=0.0)
     with pytest.raises(TypeError, match=r"train_data\[0\] is a dict, not a PairExample.*load_preferences\("):
         DPOTrainer(model, cfg, rows, pad_id=tok.pad_token_id)
+    opened = []  # refused before the cache is opened (which hashes every weight)
+    monkeypatch.setattr("prefopt.train.dpo.reference_cache_for", lambda *a, **k: opened.append(a))
+    with pytest.raises(TypeError, match=r"not a PairExample"):
+        DPOTrainer(model, cfg, rows, pad_id=tok.pad_token_id, ref_cache=tmp_path / "cache")
+    assert opened == [] and not (tmp_path / "cache").exists()
+    monkeypatch.undo()
     with pytest.raises(ValueError, match=r"<records>:3: field 'rejected': missing field"):
         load_preferences(rows[:2] + [{"prompt": "p", "chosen": "c"}], tok)
     pairs, report = load_preferences(rows, tok)
