@@ -21,6 +21,9 @@ def source_name(source) -> str | Path:
     return RECORDS if isinstance(source, (list, tuple)) else Path(source)
 
 
+_FORMATS = (".jsonl", ".ndjson", ".json", ".csv")
+
+
 def read_rows(path: str | Path | Sequence[Row], *, delimiter: str = ",", encoding: str = "utf-8"
               ) -> Iterator[tuple[int, Row | DataError]]:
     """Yield ``(line, row)`` for each record of a ``.jsonl``, ``.json`` or ``.csv`` file, or of
@@ -35,6 +38,10 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str = ",", encodin
                                                                                    f"{type(row).__name__}")
         return
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _FORMATS)
+        raise FileNotFoundError(f"{path}: a folder, not a data file; pass one of its files"
+                                + (f" ({', '.join(found)})" if found else " (it holds no .jsonl, .json or .csv)"))
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
     suffix = path.suffix.lower()

@@ -91,6 +91,19 @@ def _same_run(out: Path, config: dict) -> None:
     write_json_atomic(path, config)
 
 
+def _fit_test_size(cfg: CompareConfig, s: dict, records: list) -> None:
+    """A preset's test *count* that would leave less to train on than to test (the quick preset's
+    60 of ACI-Bench's 87 encounters) becomes a fifth of the data, as in the full preset, unless
+    ``--set test`` chose it."""
+    from ..tasks import count_groups
+
+    n, t = count_groups(records), s["test"]
+    if t >= 1 and 2 * t > n and "test" not in cfg.overrides:
+        s["test"] = max(1, round(0.2 * n))
+        _log(f"test {s['test']} of {n} items (a fifth), not the {cfg.preset} preset's {t}, which would leave "
+             f"{max(n - t, 0)} to train on (--set test=N to choose)")
+
+
 def _split(cfg: CompareConfig, records: list, s: dict, out: Path):
     from ..tasks import split_records
 
@@ -233,6 +246,7 @@ def run_compare(cfg: CompareConfig) -> dict:
              "examples need it (--set max_length=N to choose)")
         s["max_length"] = task.train_length
     records = task.read(cfg.data)  # bad data stops the run before its folder is claimed
+    _fit_test_size(cfg, s, records)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     _same_run(out, {**asdict(cfg), "settings": s})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,13 +53,21 @@ class Task:
     train_length: int | None = None  # max_length its training examples need; compare raises a preset's below it
 
     bundled_data = None  # a data file shipped with prefopt, read when no path is given
+    folder_files: tuple[str, ...] = ()  # the files read, in this order, when the path is the dataset's folder
 
     def load(self, path: str) -> list[Record]:
         raise NotImplementedError
 
     def read(self, path: str | None = None) -> list[Record]:
         """``load(path)``, or the bundled data where ``path`` is None; a clear error where the
-        task ships none (the real datasets are not redistributed with prefopt)."""
+        task ships none (the real datasets are not redistributed with prefopt). A folder reads
+        the task's ``folder_files`` in order (ACI-Bench: its train and valid splits)."""
+        if path and self.folder_files and Path(path).is_dir():
+            missing = [f for f in self.folder_files if not (Path(path) / f).is_file()]
+            if missing:
+                raise FileNotFoundError(f"{path}: no {', '.join(missing)} (task {self.name!r} reads "
+                                        f"{', '.join(self.folder_files)} from its folder; or pass one file)")
+            return [r for f in self.folder_files for r in self.load(Path(path) / f)]
         if path:
             return self.load(path)
         if self.bundled_data is None:

@@ -13,12 +13,21 @@ from collections import defaultdict
 from .base import Record
 
 
+def _group_key(r: Record) -> str:
+    return " ".join(r.prompt.split())
+
+
+def count_groups(records: list[Record]) -> int:
+    """How many groups (distinct prompts, up to whitespace) :func:`split_records` deals out."""
+    return len({_group_key(r) for r in records})
+
+
 def split_records(records: list[Record], *, test: int | float = 0.2, val: int | float = 0.0, seed: int = 0,
                   max_train: int | None = None) -> dict[str, list[Record]]:
     """``{"train", "val", "test"}``. ``test``/``val`` are fractions (< 1) or counts (≥ 1) of groups."""
     groups: dict[str, list[Record]] = defaultdict(list)
     for r in records:
-        groups[" ".join(r.prompt.split())].append(r)
+        groups[_group_key(r)].append(r)
     strata: dict[str, list[list[Record]]] = defaultdict(list)
     for g in groups.values():
         strata[g[0].stratum()].append(g)

@@ -34,10 +34,12 @@ class MeQSum(Summarization):
 
 
 class ACIBench(Summarization):
-    """ACI-Bench ``train.csv``/``valid.csv`` (dialogue, note). Dialogues are long: the prompt keeps
-    their first ``max_chars`` characters, and the note target is clipped the same way."""
+    """ACI-Bench ``train.csv``/``valid.csv`` (dialogue, note), or its folder: both splits, 87
+    encounters. Dialogues are long: the prompt keeps their first ``max_chars`` characters, and the
+    note target is clipped the same way."""
 
     name = "aci_bench"
+    folder_files = ("train.csv", "valid.csv")
     train_length = 1024  # a clipped dialogue and note: ~930 tokens with SmolLM2 (at 384 every note lost its end)
 
     def __init__(self, max_chars: int = 2500):

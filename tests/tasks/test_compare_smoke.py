@@ -239,3 +239,32 @@ def test_compare_raises_max_length_to_what_the_task_needs(overrides, expected, t
     stored = json.loads((tmp_path / "run" / "compare_config.json").read_text())["settings"]
     assert stored["max_length"] == expected
     assert ("max_length 1024, not the quick preset's 384" in capsys.readouterr().out) == (not overrides)
+
+
+@pytest.mark.parametrize("overrides, expected", [({}, 2), ({"test": 5}, 5)])
+def test_compare_keeps_most_of_a_small_dataset_for_training(overrides, expected, tmp_path, monkeypatch, capsys):
+    """The quick preset tests on 60 items: on ACI-Bench's 87 encounters (67 in train.csv) that left 27
+    (or 7) to train on. A count that would leave less to train on than to test becomes a fifth."""
+    import prefopt.evaluate.compare as compare
+
+    data = tmp_path / "portal.jsonl"
+    data.write_text("".join(json.dumps({"message": f"Refill request number {i}, please.", "urgency": "routine",
+                                        "staff": "pharmacist"}) + "\n" for i in range(10)))
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def stop(cfg, records, s, out):
+        seen.update(s)
+        raise Stop
+
+    monkeypatch.setattr(compare, "_split", stop)
+    with pytest.raises(Stop):
+        run_compare(CompareConfig(task="portal", model="unused", data=str(data), output=str(tmp_path / "run"),
+                                  overrides=overrides))
+    stored = json.loads((tmp_path / "run" / "compare_config.json").read_text())["settings"]
+    assert stored["test"] == seen["test"] == expected
+    log = capsys.readouterr().out
+    assert ("test 2 of 10 items (a fifth), not the quick preset's 60, which would leave 0 to train on" in log) \
+        == (not overrides)

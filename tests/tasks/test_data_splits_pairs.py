@@ -108,6 +108,33 @@ def test_generic_files_with_user_named_columns(tmp_path):
     assert recs[0].target == "Metformin dose?"
 
 
+def test_a_dataset_folder_reads_the_tasks_files_or_names_the_ones_to_pass(tmp_path):
+    """ACI-Bench ships train.csv and valid.csv (plus metadata): its folder reads both splits. A
+    folder given to a task that reads one file used to fail as "no such data file"."""
+    import csv
+
+    for name, n in (("train.csv", 3), ("valid.csv", 2)):
+        with open(tmp_path / name, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["encounter_id", "dialogue", "note"])
+            w.writeheader()
+            w.writerows({"encounter_id": f"{name}{i}", "dialogue": f"[doctor] {name} visit {i}",
+                         "note": f"Note {i}."} for i in range(n))
+    (tmp_path / "train_metadata.csv").write_text("encounter_id,cc\nx,knee pain\n")
+    recs = get_task("aci_bench").read(str(tmp_path))
+    assert [r.id for r in recs] == ["train.csv:2", "train.csv:3", "train.csv:4", "valid.csv:2", "valid.csv:3"]
+    assert "valid.csv visit 1" in recs[-1].prompt and recs[-1].target == "Note 1."
+    (tmp_path / "valid.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no valid.csv \(task 'aci_bench' reads train.csv, valid.csv"):
+        get_task("aci_bench").read(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"a folder, not a data file; pass one of its files "
+                                                r"\(train.csv, train_metadata.csv\)"):
+        get_task("meqsum").read(str(tmp_path))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no .jsonl, .json or .csv"):
+        get_task("meqsum").read(str(empty))
+
+
 def test_wrong_label_pairs_random_by_default_hardest_on_request():
     task = get_task("portal")
     recs = task.load()
