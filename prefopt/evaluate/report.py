@@ -56,12 +56,19 @@ def compare_stages(task, test, results: dict, n_resamples: int = 2000, seed: int
     for s, (_rows, metrics) in results.items():
         stages[s] = {"primary": fns[s](np.arange(n)), "ci": bootstrap_ci(fns[s], n, n_resamples=n_resamples, seed=seed),
                      "accuracy": float(np.mean(correct[s])), "metrics": metrics}
+    graded = task.item_test == "wilcoxon"
+    scores = {s: task.item_scores(test, preds[s]) for s in results} if graded else {}
     comparisons = {}
     for a, b in PAIRS:
         if a not in results or b not in results:
             continue
-        c = {"primary": paired_bootstrap(fns[a], fns[b], n, n_resamples=n_resamples, seed=seed),
-             "mcnemar": mcnemar_exact(correct[a], correct[b])}
+        c = {"primary": paired_bootstrap(fns[a], fns[b], n, n_resamples=n_resamples, seed=seed)}
+        if graded:
+            c["item_wilcoxon"] = {"higher": int((scores[b] > scores[a]).sum()),
+                                  "lower": int((scores[b] < scores[a]).sum()),
+                                  **wilcoxon_signed_rank(scores[a], scores[b])}
+        else:
+            c["mcnemar"] = mcnemar_exact(correct[a], correct[b])
         la = [row.get("likert") for row in results[a][0]]
         lb = [row.get("likert") for row in results[b][0]]
         both = [(x, y) for x, y in zip(la, lb) if x is not None and y is not None]
@@ -132,6 +139,26 @@ def console_lines(report: dict, comparisons: tuple[str, ...] = ("base->sft", "sf
     return lines + ([f"what to try: {report['advice']}"] if report.get("advice") else [])
 
 
+def _item_test_name(task) -> str:
+    return f"Wilcoxon (per-item {task.primary})" if task.item_test == "wilcoxon" else "McNemar"
+
+
+def _item_test_line(task, cmp: dict) -> str:
+    """The per-item paired test in words: McNemar on right/wrong items, or the Wilcoxon
+    signed-rank test on a graded per-item score (ROUGE-L), where no summary is right or wrong."""
+    def vs(k):
+        a, b = k.split("->")
+        return f"{NAMES[b]} vs {NAMES[a]}"
+
+    if task.item_test == "wilcoxon":
+        return (f"Wilcoxon signed-rank on per-item {task.primary}: " + "; ".join(
+            f"{vs(k)}: {v['item_wilcoxon']['higher']} items higher, {v['item_wilcoxon']['lower']} lower, "
+            f"p = {v['item_wilcoxon']['p_value']:.3g}" for k, v in cmp.items()) + ".")
+    return ("Exact McNemar on per-item correctness: " + "; ".join(
+        f"{vs(k)}: {v['mcnemar']['b_only']} items newly right, {v['mcnemar']['a_only']} newly wrong, "
+        f"p = {v['mcnemar']['p_value']:.3g}" for k, v in cmp.items()) + ".")
+
+
 def build_report(cfg, task, test, results: dict, out: Path) -> dict:
     stats = compare_stages(task, test, results, n_resamples=cfg.n_resamples, seed=cfg.seed)
     plots = _plots(task, stats, out)
@@ -146,9 +173,7 @@ def build_report(cfg, task, test, results: dict, out: Path) -> dict:
              f"- SFT vs base: {cmp['base->sft']['verdict']}",
              f"- DPO vs SFT: {cmp['sft->dpo']['verdict']}",
              *([f"- What to try: {stats['advice']}"] if stats["advice"] else []), "",
-             "Exact McNemar on per-item correctness: " + "; ".join(
-                 f"{NAMES[k.split('->')[1]]} vs {NAMES[k.split('->')[0]]}: {v['mcnemar']['b_only']} items newly right, "
-                 f"{v['mcnemar']['a_only']} newly wrong, p = {v['mcnemar']['p_value']:.3g}" for k, v in cmp.items()) + ".",
+             _item_test_line(task, cmp),
              *(["", "## Training", "", *trained] if trained else []),
              "", "## Stages", "",
              f"| stage | {task.primary} (95% CI) | exact match | extra |", "|---|---|---|---|"]
@@ -168,14 +193,14 @@ def build_report(cfg, task, test, results: dict, out: Path) -> dict:
         lines.append(f"| {NAMES[s]} | {v['primary']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}] | "
                      f"{v['accuracy']:.3f} | {'; '.join(extra)} |")
     lines += ["", "## Paired comparisons", "",
-              f"| comparison | Δ{task.primary} | 95% CI | bootstrap p | McNemar p | Wilcoxon p (Likert) |",
+              f"| comparison | Δ{task.primary} | 95% CI | bootstrap p | {_item_test_name(task)} p | Wilcoxon p (Likert) |",
               "|---|---|---|---|---|---|"]
     for k, v in cmp.items():
         a, b = k.split("->")
         w = v.get("likert_wilcoxon", {}).get("p_value")
         lines.append(f"| {NAMES[b]} vs {NAMES[a]} | {v['primary']['delta']:+.3f} | "
                      f"[{v['primary']['ci'][0]:+.3f}, {v['primary']['ci'][1]:+.3f}] | {_p(v['primary']).lstrip('= ')} | "
-                     f"{v['mcnemar']['p_value']:.3g} | {_fmt(w)} |")
+                     f"{v.get('mcnemar', v.get('item_wilcoxon'))['p_value']:.3g} | {_fmt(w)} |")
     lines += ["", f"Paired bootstrap: {cfg.n_resamples} resamples of the test items (seed {cfg.seed}), percentile CI; "
               f"significance at p < {ALPHA}. Small test sets give wide CIs: read them before the point estimates."]
     if plots:

@@ -51,6 +51,9 @@ class Task:
     max_new_tokens = 64
     primary = "rougeL"  # the headline metric, compared between stages by paired bootstrap
     train_length: int | None = None  # max_length its training examples need; compare raises a preset's below it
+    # the report's per-item paired test: "mcnemar" on right/wrong items, or "wilcoxon" on a graded
+    # per-item score (ROUGE-L), where right/wrong means little (a summary is never word for word)
+    item_test = "mcnemar"
 
     bundled_data = None  # a data file shipped with prefopt, read when no path is given
     folder_files: tuple[str, ...] = ()  # the files read, in this order, when the path is the dataset's folder
@@ -186,6 +189,7 @@ class GenerationTask(Task):
             raise ValueError(f"generation mode must be 'rouge' or 'match', got {mode!r}")
         self.mode = mode
         self.primary = "rougeL" if mode == "rouge" else "accuracy"
+        self.item_test = "wilcoxon" if mode == "rouge" else "mcnemar"
 
     def parse(self, text, record):
         return (text or "").strip()

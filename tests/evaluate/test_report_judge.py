@@ -88,6 +88,47 @@ def test_report_md_and_json_carry_the_advice(tmp_path):
     assert len(console_lines(report, ("base->sft", "sft->dpo"))) == 3
 
 
+def test_summaries_are_compared_item_by_item_on_rouge_not_on_right_or_wrong(tmp_path):
+    """A note is never word for word: on ACI-Bench every stage scored 0 "correct", and McNemar said
+    "0 newly right, 0 newly wrong, p = 1" for every pair. ROUGE tasks get the Wilcoxon signed-rank
+    test on per-item ROUGE-L instead; answer-matching and classification tasks keep McNemar."""
+    from types import SimpleNamespace
+
+    from prefopt.evaluate.report import build_report
+    from prefopt.evaluate.rouge import rouge
+
+    test = [Record(str(i), "q", f"knee pain for {i} weeks, ibuprofen and a brace, review in {i + 2} weeks")
+            for i in range(12)]
+    base = [f"patient {i} here" for i in range(12)]
+    sft = [f"knee pain for {i} weeks, ibuprofen" for i in range(12)]
+    dpo = [f"knee pain for {i} weeks, ibuprofen and a brace" if i % 3 else "knee" for i in range(12)]
+    results = {s: ([{"prediction": p, "correct": False} for p in preds], {})
+               for s, preds in (("base", base), ("sft", sft), ("dpo", dpo))}
+    cfg = SimpleNamespace(model="m", data="d.csv", preset="quick", seed=0, strategy="wrong_label", loss="sigmoid",
+                          n_resamples=200)
+    report = build_report(cfg, get_task("aci_bench"), test, results, tmp_path)
+    c = report["comparisons"]["sft->dpo"]
+    r = {s: [rouge(t.target, p)["rougeL"]["fmeasure"] for t, p in zip(test, v)]
+         for s, v in (("base", base), ("sft", sft), ("dpo", dpo))}
+    assert "mcnemar" not in c
+    assert {k: c["item_wilcoxon"][k] for k in ("statistic", "p_value", "n")} == \
+        {k: wilcoxon_signed_rank(r["sft"], r["dpo"])[k] for k in ("statistic", "p_value", "n")}
+    assert (c["item_wilcoxon"]["higher"], c["item_wilcoxon"]["lower"]) == (8, 4)
+    md = (tmp_path / "report.md").read_text()
+    p = wilcoxon_signed_rank(r["base"], r["sft"])["p_value"]
+    assert f"Wilcoxon signed-rank on per-item rougeL: SFT vs base: 12 items higher, 0 lower, p = {p:.3g};" in md
+    assert "SFT+DPO vs SFT: 8 items higher, 4 lower" in md and "McNemar" not in md
+    assert "| Wilcoxon (per-item rougeL) p |" in md
+    # an answer-matching task keeps McNemar on right/wrong items
+    results = {s: ([{"prediction": "x", "correct": ok} for ok in flags], {})
+               for s, flags in (("base", [False] * 12), ("sft", [True] * 8 + [False] * 4), ("dpo", [True] * 12))}
+    report = build_report(cfg, get_task("medqa_open"), test, results, tmp_path)
+    assert report["comparisons"]["sft->dpo"]["mcnemar"]["b_only"] == 4
+    md = (tmp_path / "report.md").read_text()
+    assert "Exact McNemar on per-item correctness: SFT vs base: 8 items newly right, 0 newly wrong" in md
+    assert "| McNemar p |" in md and "Wilcoxon signed-rank on per-item" not in md
+
+
 def _write_log(train_dir, rows):
     train_dir.mkdir(parents=True)
     (train_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
