@@ -25,7 +25,7 @@ def _eval(args) -> int:
     from ..pretrained import load_model
     from ..tasks import get_task, sample_records, split_records
     from ..tokenizer import load_tokenizer
-    from .runner import predict, score, write_results
+    from .runner import fit_max_new_tokens, predict, score, write_results
 
     task = get_task(args.task, **key_values(args.task_option))
     records = task.read(args.data)
@@ -35,9 +35,15 @@ def _eval(args) -> int:
         records = split_records(records, test=args.test, seed=args.seed)["test"]
     if args.limit:
         records = sample_records(records, args.limit, seed=args.seed)
-    model = load_model(args.model, adapter=args.adapter, merge=args.adapter is not None)
     tok = load_tokenizer(args.model)
-    texts = predict(model, tok, task, records, batch_size=args.batch_size)
+    max_new = args.max_new_tokens
+    if max_new is None:
+        max_new, cut = fit_max_new_tokens(task, tok, records)
+        if cut:
+            print(f"prefopt eval: max_new_tokens {max_new}, not {task.name}'s {task.max_new_tokens}: {cut} of "
+                  f"{len(records)} reference answers are longer (--max-new-tokens N to choose)", flush=True)
+    model = load_model(args.model, adapter=args.adapter, merge=args.adapter is not None)
+    texts = predict(model, tok, task, records, batch_size=args.batch_size, max_new_tokens=max_new)
     preds, metrics = score(task, records, texts)
     write_results(args.output, task, records, texts, preds, metrics)
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
@@ -98,6 +104,8 @@ def add_commands(sub) -> None:
                    "adapter was trained on that run's train items, which another split may include)")
     e.add_argument("--limit", type=int, help="at most this many records: a seeded sample that keeps the class mix")
     e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--max-new-tokens", type=int, help="generation cap (default: the task's, raised for free-text "
+                   "tasks whose reference answers are longer)")
     e.set_defaults(func=_eval)
 
     c = sub.add_parser("compare", parents=[common], help="base → SFT → DPO on one test set, with statistics")

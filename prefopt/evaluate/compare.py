@@ -22,16 +22,18 @@ from pathlib import Path
 import torch
 
 from ..fileio import write_json_atomic, write_text_atomic
-from .runner import predict, read_results, score, write_results
+from .runner import fit_max_new_tokens, predict, read_results, score, write_results
 
 STAGES = ("base", "sft", "dpo")
 PRESETS = {
     # small enough for 2 CPU cores in a few minutes (make demo)
     "quick": {"max_train": 160, "test": 60, "sft_steps": 60, "dpo_steps": 50, "batch_size": 4, "dpo_batch_size": 2,
-              "max_length": 384, "sft_lr": 3e-4, "dpo_lr": 1e-4, "beta": 0.1, "eval_batch_size": 16},
+              "max_length": 384, "sft_lr": 3e-4, "dpo_lr": 1e-4, "beta": 0.1, "eval_batch_size": 16,
+              "max_new_tokens": None},
     "full": {"max_train": None, "test": 0.2, "sft_steps": None, "dpo_steps": None, "sft_epochs": 2.0,
              "dpo_epochs": 1.0, "batch_size": 8, "dpo_batch_size": 4, "max_length": 1024, "sft_lr": 2e-4,
-             "dpo_lr": 5e-5, "beta": 0.1, "eval_batch_size": 16},
+             "dpo_lr": 5e-5, "beta": 0.1, "eval_batch_size": 16, "max_new_tokens": None},
+    # max_new_tokens None: the task's, raised where its reference answers are longer (runner.fit_max_new_tokens)
 }
 
 
@@ -160,7 +162,8 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
     model = _load_stage_model(cfg, out, stage)
     if keep is not None:
         keep[stage] = model
-    texts = predict(model, tok, task, test, batch_size=s["eval_batch_size"], desc=f"{stage}: test set")
+    texts = predict(model, tok, task, test, batch_size=s["eval_batch_size"], max_new_tokens=s["max_new_tokens"],
+                    desc=f"{stage}: test set")
     preds, metrics = score(task, test, texts)
     extra = {}
     if judge is not None:
@@ -210,7 +213,8 @@ def _pairs(cfg, task, tok, train, out: Path, s: dict, keep: dict | None = None) 
         model = _load_stage_model(cfg, out, "sft", keep)
         pairs, report = model_error_pairs(
             task, train, lambda rs: predict(model, tok, task, rs, batch_size=s["eval_batch_size"],
-                                            desc="sft: mining training prompts"), seed=cfg.seed)
+                                            max_new_tokens=s["max_new_tokens"], desc="sft: mining training prompts"),
+            seed=cfg.seed)
         report["strategy"] = "model_errors"
         del model
     else:
@@ -247,6 +251,13 @@ def run_compare(cfg: CompareConfig) -> dict:
         s["max_length"] = task.train_length
     records = task.read(cfg.data)  # bad data stops the run before its folder is claimed
     _fit_test_size(cfg, s, records)
+    tok = load_tokenizer(cfg.model)
+    if s["max_new_tokens"] is None:
+        s["max_new_tokens"], cut = fit_max_new_tokens(task, tok, records)
+        if cut:
+            _log(f"max_new_tokens {s['max_new_tokens']}, not {task.name}'s {task.max_new_tokens}: {cut} of "
+                 f"{len(records)} reference answers are longer, and would be cut before they end "
+                 "(--set max_new_tokens=N to choose)")
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     _same_run(out, {**asdict(cfg), "settings": s})
@@ -254,7 +265,6 @@ def run_compare(cfg: CompareConfig) -> dict:
     splits = _split(cfg, records, s, out)
     train, test = splits["train"], splits["test"]
     _log(f"task {cfg.task}: {len(train)} train / {len(test)} test items; preset {cfg.preset}; output {out}")
-    tok = load_tokenizer(cfg.model)
     judge = None
     if cfg.judge:
         from ..pretrained import load_model

@@ -30,6 +30,20 @@ def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: 
     return texts
 
 
+def fit_max_new_tokens(task, tok, records) -> tuple[int | None, int]:
+    """``(max_new_tokens, cut)``: for a free-text task whose longest reference answer would not fit in
+    its ``max_new_tokens``, room for it (10% more, rounded up to 32 tokens) and how many references
+    the default would have cut; else ``(None, 0)`` (the task's own). Scoring an answer cut before it
+    could end would measure the cap, not the model (ACI-Bench notes: 84 of 87 past its old 256)."""
+    if task.kind != "generation" or not records:
+        return None, 0
+    lengths = [len(tok.encode(r.target)) + 1 for r in records]  # + the end-of-turn token
+    cut = sum(n > task.max_new_tokens for n in lengths)
+    if not cut:
+        return None, 0
+    return -(-int(1.1 * max(lengths)) // 32) * 32, cut
+
+
 def score(task, records, texts: list[str]) -> tuple[list, dict]:
     """Parsed predictions and the task's metrics for generated ``texts``."""
     preds = [task.parse(t, r) for t, r in zip(texts, records)]

@@ -214,7 +214,8 @@ def test_ranked_strategy_trains_on_given_pairs(tiny_model, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, expected", [({}, 1024), ({"max_length": 512}, 512)])
-def test_compare_raises_max_length_to_what_the_task_needs(overrides, expected, tmp_path, monkeypatch, capsys):
+def test_compare_raises_max_length_to_what_the_task_needs(overrides, expected, tiny_model, tmp_path, monkeypatch,
+                                                          capsys):
     """ACI-Bench notes run to ~930 tokens: at the quick preset's 384 every note lost its end (and its
     end-of-turn token), so compare trains at the task's 1024 unless --set max_length says otherwise."""
     import csv
@@ -236,7 +237,7 @@ def test_compare_raises_max_length_to_what_the_task_needs(overrides, expected, t
 
     monkeypatch.setattr(compare, "_split", stop)  # the settings are stored before the split
     with pytest.raises(Stop):
-        run_compare(CompareConfig(task="aci_bench", model="unused", data=str(data), output=str(tmp_path / "run"),
+        run_compare(CompareConfig(task="aci_bench", model=str(tiny_model), data=str(data), output=str(tmp_path / "run"),
                                   overrides=overrides))
     stored = json.loads((tmp_path / "run" / "compare_config.json").read_text())["settings"]
     assert stored["max_length"] == expected
@@ -244,7 +245,8 @@ def test_compare_raises_max_length_to_what_the_task_needs(overrides, expected, t
 
 
 @pytest.mark.parametrize("overrides, expected", [({}, 2), ({"test": 5}, 5)])
-def test_compare_keeps_most_of_a_small_dataset_for_training(overrides, expected, tmp_path, monkeypatch, capsys):
+def test_compare_keeps_most_of_a_small_dataset_for_training(overrides, expected, tiny_model, tmp_path, monkeypatch,
+                                                            capsys):
     """The quick preset tests on 60 items: on ACI-Bench's 87 encounters (67 in train.csv) that left 27
     (or 7) to train on. A count that would leave less to train on than to test becomes a fifth."""
     import prefopt.evaluate.compare as compare
@@ -263,10 +265,93 @@ def test_compare_keeps_most_of_a_small_dataset_for_training(overrides, expected,
 
     monkeypatch.setattr(compare, "_split", stop)
     with pytest.raises(Stop):
-        run_compare(CompareConfig(task="portal", model="unused", data=str(data), output=str(tmp_path / "run"),
+        run_compare(CompareConfig(task="portal", model=str(tiny_model), data=str(data), output=str(tmp_path / "run"),
                                   overrides=overrides))
     stored = json.loads((tmp_path / "run" / "compare_config.json").read_text())["settings"]
     assert stored["test"] == seen["test"] == expected
     log = capsys.readouterr().out
     assert ("test 2 of 10 items (a fifth), not the quick preset's 60, which would leave 0 to train on" in log) \
         == (not overrides)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"max_new_tokens": 40}])
+def test_compare_lets_long_reference_answers_end(overrides, tiny_model, tmp_path, monkeypatch, capsys):
+    """ACI-Bench's notes run to ~350 tokens and it generated 256: every note of every stage was cut
+    before it could end, and ROUGE scored the cap. Free-text tasks now generate room for their
+    longest reference (10% more, rounded up to 32 tokens) unless --set max_new_tokens says."""
+    import csv
+
+    import prefopt.evaluate.compare as compare
+    from prefopt.evaluate.runner import fit_max_new_tokens
+    from prefopt.tasks import get_task
+    from prefopt.tokenizer import load_tokenizer
+
+    data = tmp_path / "notes.csv"
+    with open(data, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["source", "target"])
+        w.writeheader()
+        w.writerows({"source": f"Visit {i}: knee pain.", "target": " ".join(["knee pain and swelling"] * (30 + i))}
+                    for i in range(10))
+    task, tok = get_task("summarization"), load_tokenizer(str(tiny_model))
+    want, cut = fit_max_new_tokens(task, tok, task.read(str(data)))
+    assert cut == 10 and want % 32 == 0 and want >= 1.1 * (len(tok.encode(task.read(str(data))[-1].target)) + 1)
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def predict(*a, max_new_tokens=None, **k):
+        seen.append(max_new_tokens)
+        raise Stop
+
+    monkeypatch.setattr(compare, "predict", predict)
+    with pytest.raises(Stop):
+        run_compare(CompareConfig(task="summarization", model=str(tiny_model), data=str(data),
+                                  output=str(tmp_path / "run"), overrides={"test": 2, **overrides}))
+    expected = overrides.get("max_new_tokens", want)
+    stored = json.loads((tmp_path / "run" / "compare_config.json").read_text())["settings"]
+    assert seen == [expected] and stored["max_new_tokens"] == expected
+    log = capsys.readouterr().out
+    assert (f"max_new_tokens {want}, not summarization's 96: 10 of 10 reference answers are longer" in log) \
+        == (not overrides)
+
+
+def test_fit_max_new_tokens_leaves_short_answers_and_labels_to_the_task():
+    from types import SimpleNamespace
+
+    from prefopt.evaluate.runner import fit_max_new_tokens
+    from prefopt.tasks import get_task
+    from prefopt.tasks.base import Record
+
+    words = SimpleNamespace(encode=str.split)  # one token per word
+    short = [Record("1", "q", "Is metformin safe in pregnancy?")]
+    long = [Record("1", "q", "word " * 95), Record("2", "q", "word " * 200)]
+    assert fit_max_new_tokens(get_task("meqsum"), words, short) == (None, 0)
+    assert fit_max_new_tokens(get_task("summarization"), words, long) == (224, 1)  # 1.1 * 201 → 221 → 224
+    assert fit_max_new_tokens(get_task("summarization"), words, long[:1]) == (None, 0)  # 96 fits 95 + end
+    assert fit_max_new_tokens(get_task("portal"), words, long) == (None, 0)  # labels: parsed from the start
+
+
+@pytest.mark.parametrize("flag", [[], ["--max-new-tokens", "50"]])
+def test_eval_cli_lets_long_reference_answers_end(flag, tiny_model, tmp_path, monkeypatch, capsys):
+    import prefopt.evaluate.runner as runner
+    from prefopt.cli import main
+
+    data = tmp_path / "notes.jsonl"
+    data.write_text("".join(json.dumps({"source": f"Visit {i}.", "target": "knee pain and swelling " * 40}) + "\n"
+                            for i in range(5)))
+    seen = []
+
+    def predict(model, tok, task, records, *, max_new_tokens=None, **k):
+        seen.append(max_new_tokens)
+        return ["knee pain"] * len(records)
+
+    monkeypatch.setattr(runner, "predict", predict)
+    assert main(["eval", "--task", "summarization", "--model", str(tiny_model), "--data", str(data), "--split", "all",
+                 "--output", str(tmp_path / "eval"), *flag]) == 0
+    out = capsys.readouterr().out
+    if flag:
+        assert seen == [50] and "reference answers are longer" not in out
+    else:
+        assert seen[0] > 96 and seen[0] % 32 == 0
+        assert f"max_new_tokens {seen[0]}, not summarization's 96: 5 of 5 reference answers are longer" in out
