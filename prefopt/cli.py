@@ -42,6 +42,7 @@ def _generate(args: argparse.Namespace) -> int:
     new = generate(
         model, [prompt_ids], max_new_tokens=args.max_new_tokens,
         temperature=0.0 if args.greedy else args.temperature, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
         eos_token_ids=tok.eos_token_ids, pad_token_id=tok.pad_token_id or 0, seed=args.seed,
         stop=stop if stops else None, on_step=stream,
     )
@@ -174,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--greedy", action="store_true", help="greedy decoding (default: sampling)")
     g.add_argument("--temperature", type=float, default=0.7)
     g.add_argument("--top-p", type=float, default=0.9)
+    g.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="above 1, tokens already in the text become less likely (1.1-1.3 breaks loops)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--no-chat", action="store_true", help="do not apply the chat template")

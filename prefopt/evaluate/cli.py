@@ -43,7 +43,8 @@ def _eval(args) -> int:
             print(f"prefopt eval: max_new_tokens {max_new}, not {task.name}'s {task.max_new_tokens}: {cut} of "
                   f"{len(records)} reference answers are longer (--max-new-tokens N to choose)", flush=True)
     model = load_model(args.model, adapter=args.adapter, merge=args.adapter is not None)
-    texts = predict(model, tok, task, records, batch_size=args.batch_size, max_new_tokens=max_new)
+    texts = predict(model, tok, task, records, batch_size=args.batch_size, max_new_tokens=max_new,
+                    repetition_penalty=args.repetition_penalty)
     preds, metrics = score(task, records, texts)
     write_results(args.output, task, records, texts, preds, metrics)
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
@@ -106,6 +107,8 @@ def add_commands(sub) -> None:
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--max-new-tokens", type=int, help="generation cap (default: the task's, raised for free-text "
                    "tasks whose reference answers are longer)")
+    e.add_argument("--repetition-penalty", type=float, help="above 1 breaks the loops a small model falls into "
+                   "when decoding greedily (1.1-1.3; default: none)")
     e.set_defaults(func=_eval)
 
     c = sub.add_parser("compare", parents=[common], help="base → SFT → DPO on one test set, with statistics")

@@ -29,11 +29,13 @@ PRESETS = {
     # small enough for 2 CPU cores in a few minutes (make demo)
     "quick": {"max_train": 160, "test": 60, "sft_steps": 60, "dpo_steps": 50, "batch_size": 4, "dpo_batch_size": 2,
               "max_length": 384, "sft_lr": 3e-4, "dpo_lr": 1e-4, "beta": 0.1, "eval_batch_size": 16,
-              "max_new_tokens": None},
+              "max_new_tokens": None, "repetition_penalty": None},
     "full": {"max_train": None, "test": 0.2, "sft_steps": None, "dpo_steps": None, "sft_epochs": 2.0,
              "dpo_epochs": 1.0, "batch_size": 8, "dpo_batch_size": 4, "max_length": 1024, "sft_lr": 2e-4,
-             "dpo_lr": 5e-5, "beta": 0.1, "eval_batch_size": 16, "max_new_tokens": None},
-    # max_new_tokens None: the task's, raised where its reference answers are longer (runner.fit_max_new_tokens)
+             "dpo_lr": 5e-5, "beta": 0.1, "eval_batch_size": 16, "max_new_tokens": None,
+             "repetition_penalty": None},
+    # max_new_tokens None: the task's, raised where its reference answers are longer (runner.fit_max_new_tokens);
+    # repetition_penalty None: none (greedy decoding as it is)
 }
 
 
@@ -163,7 +165,7 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
     if keep is not None:
         keep[stage] = model
     texts = predict(model, tok, task, test, batch_size=s["eval_batch_size"], max_new_tokens=s["max_new_tokens"],
-                    desc=f"{stage}: test set")
+                    repetition_penalty=s["repetition_penalty"], desc=f"{stage}: test set")
     preds, metrics = score(task, test, texts)
     extra = {}
     if judge is not None:
@@ -213,7 +215,9 @@ def _pairs(cfg, task, tok, train, out: Path, s: dict, keep: dict | None = None) 
         model = _load_stage_model(cfg, out, "sft", keep)
         pairs, report = model_error_pairs(
             task, train, lambda rs: predict(model, tok, task, rs, batch_size=s["eval_batch_size"],
-                                            max_new_tokens=s["max_new_tokens"], desc="sft: mining training prompts"),
+                                            max_new_tokens=s["max_new_tokens"],
+                                            repetition_penalty=s["repetition_penalty"],
+                                            desc="sft: mining training prompts"),
             seed=cfg.seed)
         report["strategy"] = "model_errors"
         del model

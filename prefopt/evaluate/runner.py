@@ -10,8 +10,10 @@ from ..model.generate import generate
 
 
 def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: int | None = None,
-            desc: str = "generating", show_progress: bool = True) -> list[str]:
-    """Greedy answers to each record's chat prompt, batched by prompt length."""
+            repetition_penalty: float | None = None, desc: str = "generating", show_progress: bool = True
+            ) -> list[str]:
+    """Greedy answers to each record's chat prompt, batched by prompt length (``repetition_penalty``:
+    see :func:`~prefopt.model.generate.generate`; None is 1, none)."""
     prompts = [tok.apply_chat_template(task.messages(r), add_generation_prompt=True) for r in records]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
@@ -21,7 +23,8 @@ def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: 
     for s in range(0, len(order), batch_size):
         chunk = order[s:s + batch_size]
         new = generate(model, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens or task.max_new_tokens,
-                       eos_token_ids=tok.eos_token_ids, pad_token_id=tok.pad_token_id or 0)
+                       repetition_penalty=repetition_penalty or 1.0, eos_token_ids=tok.eos_token_ids,
+                       pad_token_id=tok.pad_token_id or 0)
         for i, ids in zip(chunk, new):
             texts[i] = tok.decode(ids).strip()
         bar.update(len(chunk))

@@ -97,16 +97,19 @@ def test_running_past_the_context_is_warned(tiny):
         generate(ours, [[5] * 250], max_new_tokens=6)  # exactly fills the context: no warning
 
 
-def test_cli_generate_prints_completion(tiny, capsys):
+@pytest.mark.parametrize("penalty", [None, "1.5"])
+def test_cli_generate_prints_completion(tiny, capsys, penalty):
     from prefopt.cli import main
 
     _, ours, d = tiny
     tok = load_tokenizer(d)
-    assert main(["generate", "--model", str(d), "--prompt", "chest pain", "--greedy", "--max-new-tokens", "8"]) == 0
+    flag = ["--repetition-penalty", penalty] if penalty else []
+    assert main(["generate", "--model", str(d), "--prompt", "chest pain", "--greedy", "--max-new-tokens", "8",
+                 *flag]) == 0
     printed = capsys.readouterr().out
     ids = tok.apply_chat_template([{"role": "user", "content": "chest pain"}], add_generation_prompt=True)
     want = tok.decode(generate(ours, [ids], max_new_tokens=8, eos_token_ids=tok.eos_token_ids,
-                               pad_token_id=tok.pad_token_id)[0])
+                               pad_token_id=tok.pad_token_id, repetition_penalty=float(penalty or 1))[0])
     assert printed == want + "\n"
 
 
@@ -156,3 +159,30 @@ def test_on_cuda_logits_and_batched_greedy_generation_match_the_cpu(tiny):
         want, got = ours(ids), gpu(ids.cuda()).cpu()
     assert (got - want).abs().max() <= 1e-4 * want.abs().max()
     assert generate(gpu, PROMPTS, max_new_tokens=16) == generate(ours, PROMPTS, max_new_tokens=16)
+
+
+@pytest.mark.parametrize("penalty", [1.3, 0.8])
+def test_repetition_penalty_matches_transformers(tiny, penalty):
+    """transformers' RepetitionPenaltyLogitsProcessor: a token already in the row (prompt or output)
+    has its logit divided by the penalty where positive, multiplied where negative."""
+    hf, ours, _ = tiny
+    plain = generate(ours, [PROMPTS[0]], max_new_tokens=24)[0]
+    for p in PROMPTS:
+        want = hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                           max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=2,
+                           repetition_penalty=penalty)
+        assert generate(ours, [p], max_new_tokens=24, repetition_penalty=penalty) == [want[0, len(p):].tolist()]
+    assert generate(ours, [PROMPTS[0]], max_new_tokens=24, repetition_penalty=penalty)[0] != plain
+    # left padding does not count as the row's tokens: batched equals one at a time
+    batched = generate(ours, PROMPTS, max_new_tokens=16, repetition_penalty=penalty, pad_token_id=PROMPTS[0][0])
+    assert batched == [generate(ours, [p], max_new_tokens=16, repetition_penalty=penalty)[0] for p in PROMPTS]
+    with pytest.raises(ValueError, match="repetition_penalty must be positive"):
+        generate(ours, [[1, 2]], max_new_tokens=2, repetition_penalty=0)
+
+
+def test_penalize_repeats_by_hand():
+    from prefopt.model.generate import penalize_repeats
+
+    logits = torch.tensor([[2.0, -1.0, 0.5, -3.0]])
+    seen = torch.tensor([[True, True, False, False]])
+    assert penalize_repeats(logits, seen, 2.0).tolist() == [[1.0, -2.0, 0.5, -3.0]]

@@ -274,7 +274,7 @@ def test_compare_keeps_most_of_a_small_dataset_for_training(overrides, expected,
         == (not overrides)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"max_new_tokens": 40}])
+@pytest.mark.parametrize("overrides", [{}, {"max_new_tokens": 40}, {"repetition_penalty": 1.2}])
 def test_compare_lets_long_reference_answers_end(overrides, tiny_model, tmp_path, monkeypatch, capsys):
     """ACI-Bench's notes run to ~350 tokens and it generated 256: every note of every stage was cut
     before it could end, and ROUGE scored the cap. Free-text tasks now generate room for their
@@ -300,8 +300,8 @@ def test_compare_lets_long_reference_answers_end(overrides, tiny_model, tmp_path
     class Stop(Exception):
         pass
 
-    def predict(*a, max_new_tokens=None, **k):
-        seen.append(max_new_tokens)
+    def predict(*a, max_new_tokens=None, repetition_penalty=None, **k):
+        seen.append((max_new_tokens, repetition_penalty))
         raise Stop
 
     monkeypatch.setattr(compare, "predict", predict)
@@ -310,10 +310,10 @@ def test_compare_lets_long_reference_answers_end(overrides, tiny_model, tmp_path
                                   output=str(tmp_path / "run"), overrides={"test": 2, **overrides}))
     expected = overrides.get("max_new_tokens", want)
     stored = json.loads((tmp_path / "run" / "compare_config.json").read_text())["settings"]
-    assert seen == [expected] and stored["max_new_tokens"] == expected
+    assert seen == [(expected, overrides.get("repetition_penalty"))] and stored["max_new_tokens"] == expected
     log = capsys.readouterr().out
     assert (f"max_new_tokens {want}, not summarization's 96: 10 of 10 reference answers are longer" in log) \
-        == (not overrides)
+        == ("max_new_tokens" not in overrides)
 
 
 def test_fit_max_new_tokens_leaves_short_answers_and_labels_to_the_task():
@@ -332,7 +332,7 @@ def test_fit_max_new_tokens_leaves_short_answers_and_labels_to_the_task():
     assert fit_max_new_tokens(get_task("portal"), words, long) == (None, 0)  # labels: parsed from the start
 
 
-@pytest.mark.parametrize("flag", [[], ["--max-new-tokens", "50"]])
+@pytest.mark.parametrize("flag", [[], ["--max-new-tokens", "50"], ["--max-new-tokens", "50", "--repetition-penalty", "1.2"]])
 def test_eval_cli_lets_long_reference_answers_end(flag, tiny_model, tmp_path, monkeypatch, capsys):
     import prefopt.evaluate.runner as runner
     from prefopt.cli import main
@@ -340,16 +340,18 @@ def test_eval_cli_lets_long_reference_answers_end(flag, tiny_model, tmp_path, mo
     data = tmp_path / "notes.jsonl"
     data.write_text("".join(json.dumps({"source": f"Visit {i}.", "target": "knee pain and swelling " * 40}) + "\n"
                             for i in range(5)))
-    seen = []
+    seen, penalties = [], []
 
-    def predict(model, tok, task, records, *, max_new_tokens=None, **k):
+    def predict(model, tok, task, records, *, max_new_tokens=None, repetition_penalty=None, **k):
         seen.append(max_new_tokens)
+        penalties.append(repetition_penalty)
         return ["knee pain"] * len(records)
 
     monkeypatch.setattr(runner, "predict", predict)
     assert main(["eval", "--task", "summarization", "--model", str(tiny_model), "--data", str(data), "--split", "all",
                  "--output", str(tmp_path / "eval"), *flag]) == 0
     out = capsys.readouterr().out
+    assert penalties == [1.2 if "--repetition-penalty" in flag else None]
     if flag:
         assert seen == [50] and "reference answers are longer" not in out
     else:
