@@ -29,13 +29,13 @@ PRESETS = {
     # small enough for 2 CPU cores in a few minutes (make demo)
     "quick": {"max_train": 160, "test": 60, "sft_steps": 60, "dpo_steps": 50, "batch_size": 4, "dpo_batch_size": 2,
               "max_length": 384, "sft_lr": 3e-4, "dpo_lr": 1e-4, "beta": 0.1, "eval_batch_size": 16,
-              "max_new_tokens": None, "repetition_penalty": None},
+              "max_new_tokens": None, "repetition_penalty": None, "gradient_checkpointing": False},
     "full": {"max_train": None, "test": 0.2, "sft_steps": None, "dpo_steps": None, "sft_epochs": 2.0,
              "dpo_epochs": 1.0, "batch_size": 8, "dpo_batch_size": 4, "max_length": 1024, "sft_lr": 2e-4,
              "dpo_lr": 5e-5, "beta": 0.1, "eval_batch_size": 16, "max_new_tokens": None,
-             "repetition_penalty": None},
+             "repetition_penalty": None, "gradient_checkpointing": False},
     # max_new_tokens None: the task's, raised where its reference answers are longer (runner.fit_max_new_tokens);
-    # repetition_penalty None: none (greedy decoding as it is)
+    # repetition_penalty None: none (greedy decoding as it is); gradient_checkpointing: less memory, more time
 }
 
 
@@ -78,6 +78,7 @@ def _log(msg: str) -> None:
 
 # settings that change no stage's result: a resumed run may differ in these
 _REPORT_ONLY = ("output", "n_resamples")
+_MEMORY_ONLY = ("gradient_checkpointing",)  # settings that change memory and time, not results
 
 
 def _same_run(out: Path, config: dict) -> None:
@@ -87,6 +88,9 @@ def _same_run(out: Path, config: dict) -> None:
     if path.is_file():
         old = json.loads(path.read_text())
         new = json.loads(json.dumps(config))  # as stored (tuples become lists)
+        for c in (old, new):  # an interrupted run may resume with checkpointing on, to fit in memory
+            for part in ("settings", "overrides"):
+                c[part] = {k: v for k, v in c.get(part, {}).items() if k not in _MEMORY_ONLY}
         diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
                 if k not in _REPORT_ONLY and old.get(k) != new.get(k)]
         if diff:
@@ -131,6 +135,7 @@ def _train_config(cls, cfg, s, stage: str, data: Path, out: Path, **kw):
     return cls(model=cfg.model, data=str(data), output_dir=str(out), max_length=s["max_length"],
                batch_size=s["dpo_batch_size" if stage == "dpo" else "batch_size"], lr=s[f"{stage}_lr"],
                max_steps=steps, epochs=epochs, seed=cfg.seed, warmup_steps=min(5, (steps or 10) // 10),
+               gradient_checkpointing=bool(s["gradient_checkpointing"]),
                overwrite=True, **kw)
 
 
