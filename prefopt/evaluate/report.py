@@ -58,6 +58,9 @@ def compare_stages(task, test, results: dict, n_resamples: int = 2000, seed: int
                      "accuracy": float(np.mean(correct[s])), "metrics": metrics}
     graded = task.item_test == "wilcoxon"
     scores = {s: task.item_scores(test, preds[s]) for s in results} if graded else {}
+    if graded:  # free text: how long the answers run against the references (DPO tends to lengthen them)
+        for s in results:
+            stages[s]["mean_words"] = float(np.mean([len(str(p or "").split()) for p in preds[s]]))
     comparisons = {}
     for a, b in PAIRS:
         if a not in results or b not in results:
@@ -139,6 +142,14 @@ def console_lines(report: dict, comparisons: tuple[str, ...] = ("base->sft", "sf
     return lines + ([f"what to try: {report['advice']}"] if report.get("advice") else [])
 
 
+def _second_column(task, test) -> str:
+    """Exact match for labels and short answers; for free text, which is never word for word,
+    the answers' mean length against the references'."""
+    if task.item_test == "wilcoxon":
+        return f"mean words (reference {np.mean([len(r.target.split()) for r in test]):.1f})"
+    return "exact match"
+
+
 def _item_test_name(task) -> str:
     return f"Wilcoxon (per-item {task.primary})" if task.item_test == "wilcoxon" else "McNemar"
 
@@ -176,7 +187,7 @@ def build_report(cfg, task, test, results: dict, out: Path) -> dict:
              _item_test_line(task, cmp),
              *(["", "## Training", "", *trained] if trained else []),
              "", "## Stages", "",
-             f"| stage | {task.primary} (95% CI) | exact match | extra |", "|---|---|---|---|"]
+             f"| stage | {task.primary} (95% CI) | {_second_column(task, test)} | extra |", "|---|---|---|---|"]
     for s, v in st.items():
         m = v["metrics"]
         extra = []
@@ -190,8 +201,9 @@ def build_report(cfg, task, test, results: dict, out: Path) -> dict:
             extra.append(f"ROUGE-1/2/L {m['rouge1']:.3f}/{m['rouge2']:.3f}/{m['rougeL']:.3f}")
         if m.get("likert") is not None:
             extra.append(f"judge Likert {m['likert']:.2f}")
-        lines.append(f"| {NAMES[s]} | {v['primary']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}] | "
-                     f"{v['accuracy']:.3f} | {'; '.join(extra)} |")
+        second = f"{v['mean_words']:.1f}" if "mean_words" in v else f"{v['accuracy']:.3f}"
+        lines.append(f"| {NAMES[s]} | {v['primary']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}] | {second} | "
+                     f"{'; '.join(extra)} |")
     lines += ["", "## Paired comparisons", "",
               f"| comparison | Δ{task.primary} | 95% CI | bootstrap p | {_item_test_name(task)} p | Wilcoxon p (Likert) |",
               "|---|---|---|---|---|---|"]

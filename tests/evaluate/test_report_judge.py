@@ -119,6 +119,10 @@ def test_summaries_are_compared_item_by_item_on_rouge_not_on_right_or_wrong(tmp_
     assert f"Wilcoxon signed-rank on per-item rougeL: SFT vs base: 12 items higher, 0 lower, p = {p:.3g};" in md
     assert "SFT+DPO vs SFT: 8 items higher, 4 lower" in md and "McNemar" not in md
     assert "| Wilcoxon (per-item rougeL) p |" in md
+    # free text has no exact match: the stage table gives the answers' mean length instead
+    assert "| stage | rougeL (95% CI) | mean words (reference 13.0) | extra |" in md
+    assert report["stages"]["dpo"]["mean_words"] == pytest.approx((8 * 9 + 4 * 1) / 12)
+    assert "] | 6.0 | " in md.split("| SFT |")[1].splitlines()[0]
     # an answer-matching task keeps McNemar on right/wrong items
     results = {s: ([{"prediction": "x", "correct": ok} for ok in flags], {})
                for s, flags in (("base", [False] * 12), ("sft", [True] * 8 + [False] * 4), ("dpo", [True] * 12))}
@@ -127,6 +131,7 @@ def test_summaries_are_compared_item_by_item_on_rouge_not_on_right_or_wrong(tmp_
     md = (tmp_path / "report.md").read_text()
     assert "Exact McNemar on per-item correctness: SFT vs base: 8 items newly right, 0 newly wrong" in md
     assert "| McNemar p |" in md and "Wilcoxon signed-rank on per-item" not in md
+    assert "| exact match |" in md and "mean words" not in md and "mean_words" not in report["stages"]["sft"]
 
 
 def _write_log(train_dir, rows):
