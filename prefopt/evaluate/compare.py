@@ -78,7 +78,24 @@ def _log(msg: str) -> None:
 
 # settings that change no stage's result: a resumed run may differ in these
 _REPORT_ONLY = ("output", "n_resamples")
-_MEMORY_ONLY = ("gradient_checkpointing",)  # settings that change memory and time, not results
+_MEMORY_ONLY = ("gradient_checkpointing",)  # change memory and time, not results: a run may resume with them
+# settings added after runs were made, with the values those runs used
+_ADDED_SETTINGS = {"max_new_tokens": None, "repetition_penalty": None, "gradient_checkpointing": False}
+
+
+def _flat(config: dict) -> dict:
+    """``config`` as ``{"loss": ..., "settings.beta": ..., "overrides.test": ...}`` for comparing,
+    with settings that change no result left out and settings added since filled in."""
+    out = {}
+    for k, v in config.items():
+        if k in _REPORT_ONLY:
+            continue
+        if k in ("settings", "overrides") and isinstance(v, dict):
+            v = {**_ADDED_SETTINGS, **v} if k == "settings" else v
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items() if kk not in _MEMORY_ONLY})
+        else:
+            out[k] = v
+    return out
 
 
 def _same_run(out: Path, config: dict) -> None:
@@ -86,13 +103,10 @@ def _same_run(out: Path, config: dict) -> None:
     (they would be reused as if they were this run's)."""
     path = out / "compare_config.json"
     if path.is_file():
-        old = json.loads(path.read_text())
-        new = json.loads(json.dumps(config))  # as stored (tuples become lists)
-        for c in (old, new):  # an interrupted run may resume with checkpointing on, to fit in memory
-            for part in ("settings", "overrides"):
-                c[part] = {k: v for k, v in c.get(part, {}).items() if k not in _MEMORY_ONLY}
+        old = _flat(json.loads(path.read_text()))
+        new = _flat(json.loads(json.dumps(config)))  # as stored (tuples become lists)
         diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-                if k not in _REPORT_ONLY and old.get(k) != new.get(k)]
+                if old.get(k) != new.get(k)]
         if diff:
             raise ValueError(f"{out} holds a run made with other settings ({'; '.join(diff)}); its finished "
                              "stages would be reused as if they were this run's. Use a new --output, or delete it")

@@ -382,3 +382,32 @@ def test_compare_trains_with_gradient_checkpointing_and_resumes_with_it(tiny_mod
     with pytest.raises(ValueError, match="other settings.*sft_lr"):
         run_compare(CompareConfig(task="portal", model=str(tiny_model), output=out,
                                   overrides={**TINY, "sft_lr": 1e-3}))
+
+
+def test_a_run_made_before_a_setting_was_added_still_resumes(tiny_model, tmp_path, monkeypatch):
+    """compare_config.json files written before max_new_tokens, repetition_penalty and
+    gradient_checkpointing existed lack them; their values then were None, None and False. Such a
+    folder (runs/triage-demo of an earlier make demo) resumes; a real change is named key by key."""
+    import prefopt.train.run as run
+
+    class Stop(Exception):
+        pass
+
+    def run_sft(config):
+        raise Stop
+
+    monkeypatch.setattr(run, "run_sft", run_sft)
+    out = tmp_path / "run"
+    cfg = CompareConfig(task="portal", model=str(tiny_model), output=str(out), overrides=TINY)
+    with pytest.raises(Stop):
+        run_compare(cfg)
+    stored = json.loads((out / "compare_config.json").read_text())
+    for key in ("max_new_tokens", "repetition_penalty", "gradient_checkpointing"):
+        del stored["settings"][key]
+    (out / "compare_config.json").write_text(json.dumps(stored))
+    with pytest.raises(Stop):
+        run_compare(cfg)
+    with pytest.raises(ValueError) as err:
+        run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out),
+                                  overrides={**TINY, "repetition_penalty": 1.2}))
+    assert "(overrides.repetition_penalty: None -> 1.2; settings.repetition_penalty: None -> 1.2)" in str(err.value)
