@@ -10,13 +10,16 @@ from ..model.generate import generate
 
 
 def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: int | None = None,
-            repetition_penalty: float | None = None, desc: str = "generating", show_progress: bool = True
-            ) -> list[str]:
+            repetition_penalty: float | None = None, desc: str = "generating", show_progress: bool = True,
+            return_ended: bool = False) -> list[str] | tuple[list[str], list[bool]]:
     """Greedy answers to each record's chat prompt, batched by prompt length (``repetition_penalty``:
-    see :func:`~prefopt.model.generate.generate`; None is 1, none)."""
+    see :func:`~prefopt.model.generate.generate`; None is 1, none). ``return_ended``: also whether
+    each answer ended with an end-of-turn token (False: ``max_new_tokens`` stopped it)."""
     prompts = [tok.apply_chat_template(task.messages(r), add_generation_prompt=True) for r in records]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
+    ended = [False] * len(prompts)
+    eos = set(tok.eos_token_ids)
     bar = progress(total=len(prompts), desc=desc, disable=not show_progress)
     was_training = model.training
     model.eval()
@@ -27,10 +30,11 @@ def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: 
                        pad_token_id=tok.pad_token_id or 0)
         for i, ids in zip(chunk, new):
             texts[i] = tok.decode(ids).strip()
+            ended[i] = bool(ids) and ids[-1] in eos
         bar.update(len(chunk))
     bar.close()
     model.train(was_training)
-    return texts
+    return (texts, ended) if return_ended else texts
 
 
 def fit_max_new_tokens(task, tok, records) -> tuple[int | None, int]:

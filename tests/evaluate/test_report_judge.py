@@ -102,8 +102,8 @@ def test_summaries_are_compared_item_by_item_on_rouge_not_on_right_or_wrong(tmp_
     base = [f"patient {i} here" for i in range(12)]
     sft = [f"knee pain for {i} weeks, ibuprofen" for i in range(12)]
     dpo = [f"knee pain for {i} weeks, ibuprofen and a brace" if i % 3 else "knee" for i in range(12)]
-    results = {s: ([{"prediction": p, "correct": False} for p in preds], {})
-               for s, preds in (("base", base), ("sft", sft), ("dpo", dpo))}
+    results = {s: ([{"prediction": p, "correct": False} for p in preds], {"unfinished": u, "max_new_tokens": 384})
+               for s, preds, u in (("base", base, 1.0), ("sft", sft, 0.25), ("dpo", dpo, 0.0))}
     cfg = SimpleNamespace(model="m", data="d.csv", preset="quick", seed=0, strategy="wrong_label", loss="sigmoid",
                           n_resamples=200)
     report = build_report(cfg, get_task("aci_bench"), test, results, tmp_path)
@@ -122,7 +122,8 @@ def test_summaries_are_compared_item_by_item_on_rouge_not_on_right_or_wrong(tmp_
     # free text has no exact match: the stage table gives the answers' mean length instead
     assert "| stage | rougeL (95% CI) | mean words (reference 13.0) | extra |" in md
     assert report["stages"]["dpo"]["mean_words"] == pytest.approx((8 * 9 + 4 * 1) / 12)
-    assert "] | 6.0 | " in md.split("| SFT |")[1].splitlines()[0]
+    assert "] | 6.0 | unfinished 25% (stopped by the 384-token cap) |" in md.split("| SFT |")[1].splitlines()[0]
+    assert "unfinished 100% (stopped by the 384-token cap)" in md and md.count("unfinished") == 2  # not at 0%
     # an answer-matching task keeps McNemar on right/wrong items
     results = {s: ([{"prediction": "x", "correct": ok} for ok in flags], {})
                for s, flags in (("base", [False] * 12), ("sft", [True] * 8 + [False] * 4), ("dpo", [True] * 12))}

@@ -71,8 +71,10 @@ def _check(out: Path) -> dict:
     assert set(report["stages"]) == {"base", "sft", "dpo"}
     assert set(report["comparisons"]) == {"base->sft", "sft->dpo", "base->dpo"}
     for s in ("base", "sft", "dpo"):
-        rows = (out / s / "predictions.jsonl").read_text().splitlines()
+        rows = [json.loads(line) for line in (out / s / "predictions.jsonl").read_text().splitlines()]
         assert len(rows) == n_test
+        unfinished = json.loads((out / s / "metrics.json").read_text())["unfinished"]
+        assert unfinished == pytest.approx(1 - sum(r["ended"] for r in rows) / n_test)
     for s in ("sft", "dpo"):
         assert (out / s / "train" / "final" / "adapter_model.safetensors").is_file()
     text = (out / "report.md").read_text()
@@ -342,16 +344,18 @@ def test_eval_cli_lets_long_reference_answers_end(flag, tiny_model, tmp_path, mo
                             for i in range(5)))
     seen, penalties = [], []
 
-    def predict(model, tok, task, records, *, max_new_tokens=None, repetition_penalty=None, **k):
+    def predict(model, tok, task, records, *, max_new_tokens=None, repetition_penalty=None, return_ended=False, **k):
         seen.append(max_new_tokens)
         penalties.append(repetition_penalty)
-        return ["knee pain"] * len(records)
+        return ["knee pain"] * len(records), [True, False, True, True, True]
 
     monkeypatch.setattr(runner, "predict", predict)
     assert main(["eval", "--task", "summarization", "--model", str(tiny_model), "--data", str(data), "--split", "all",
                  "--output", str(tmp_path / "eval"), *flag]) == 0
     out = capsys.readouterr().out
     assert penalties == [1.2 if "--repetition-penalty" in flag else None]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["unfinished"] == pytest.approx(0.2) and metrics["max_new_tokens"] == seen[0]
     if flag:
         assert seen == [50] and "reference answers are longer" not in out
     else:
@@ -411,3 +415,22 @@ def test_a_run_made_before_a_setting_was_added_still_resumes(tiny_model, tmp_pat
         run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out),
                                   overrides={**TINY, "repetition_penalty": 1.2}))
     assert "(overrides.repetition_penalty: None -> 1.2; settings.repetition_penalty: None -> 1.2)" in str(err.value)
+
+
+def test_predict_tells_answers_the_cap_stopped_from_those_that_ended(monkeypatch):
+    """ACI-Bench: every note of every stage ran to the cap, which nothing in the report showed."""
+    from types import SimpleNamespace
+
+    import prefopt.evaluate.runner as runner
+    from prefopt.tasks import get_task
+    from prefopt.tasks.base import Record
+
+    tok = SimpleNamespace(eos_token_ids=[2, 9], pad_token_id=0, apply_chat_template=lambda m, **k: [1, 1],
+                          decode=lambda ids: " ".join(map(str, ids)))
+    monkeypatch.setattr(runner, "generate", lambda model, prompts, **k: [[5, 9], [5, 6, 7], [], [4, 2]][:len(prompts)])
+    model = SimpleNamespace(training=False, eval=lambda: None, train=lambda mode: None)
+    records = [Record(str(i), "q", "a") for i in range(4)]
+    texts, ended = runner.predict(model, tok, get_task("meqsum"), records, batch_size=4, show_progress=False,
+                                  return_ended=True)
+    assert ended == [True, False, False, True] and texts[1] == "5 6 7"
+    assert runner.predict(model, tok, get_task("meqsum"), records, batch_size=4, show_progress=False) == texts
