@@ -48,7 +48,7 @@ def _eval(args) -> int:
     preds, metrics = score(task, records, texts)
     metrics["unfinished"] = 1 - sum(ended) / max(len(ended), 1)  # stopped by the cap, not by the model
     metrics["max_new_tokens"] = max_new or task.max_new_tokens
-    write_results(args.output, task, records, texts, preds, metrics)
+    write_results(args.output, task, records, texts, preds, metrics, {"ended": ended})
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
     print(f"prefopt eval: wrote {Path(args.output) / 'predictions.jsonl'} and metrics.json")
     return 0

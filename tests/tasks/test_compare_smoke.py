@@ -356,6 +356,8 @@ def test_eval_cli_lets_long_reference_answers_end(flag, tiny_model, tmp_path, mo
     assert penalties == [1.2 if "--repetition-penalty" in flag else None]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["unfinished"] == pytest.approx(0.2) and metrics["max_new_tokens"] == seen[0]
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["ended"] for r in rows] == [True, False, True, True, True]
     if flag:
         assert seen == [50] and "reference answers are longer" not in out
     else:
