@@ -45,9 +45,7 @@ def _eval(args) -> int:
     model = load_model(args.model, adapter=args.adapter, merge=args.adapter is not None)
     texts, ended = predict(model, tok, task, records, batch_size=args.batch_size, max_new_tokens=max_new,
                            repetition_penalty=args.repetition_penalty, return_ended=True)
-    preds, metrics = score(task, records, texts)
-    metrics["unfinished"] = 1 - sum(ended) / max(len(ended), 1)  # stopped by the cap, not by the model
-    metrics["max_new_tokens"] = max_new or task.max_new_tokens
+    preds, metrics = score(task, records, texts, ended, max_new)
     write_results(args.output, task, records, texts, preds, metrics, {"ended": ended})
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
     print(f"prefopt eval: wrote {Path(args.output) / 'predictions.jsonl'} and metrics.json")

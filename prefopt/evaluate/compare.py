@@ -186,9 +186,7 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
     texts, ended = predict(model, tok, task, test, batch_size=s["eval_batch_size"],
                            max_new_tokens=s["max_new_tokens"], repetition_penalty=s["repetition_penalty"],
                            desc=f"{stage}: test set", return_ended=True)
-    preds, metrics = score(task, test, texts)
-    metrics["unfinished"] = 1 - sum(ended) / max(len(ended), 1)  # stopped by the cap, not by the model
-    metrics["max_new_tokens"] = s["max_new_tokens"] or task.max_new_tokens
+    preds, metrics = score(task, test, texts, ended, s["max_new_tokens"])
     extra = {"ended": ended}
     if judge is not None:
         from .judge import judge_scores

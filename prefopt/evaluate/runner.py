@@ -51,11 +51,16 @@ def fit_max_new_tokens(task, tok, records) -> tuple[int | None, int]:
     return -(-int(1.1 * max(lengths)) // 32) * 32, cut
 
 
-def score(task, records, texts: list[str]) -> tuple[list, dict]:
-    """Parsed predictions and the task's metrics for generated ``texts``."""
+def score(task, records, texts: list[str], ended: list[bool] | None = None, max_new_tokens: int | None = None
+          ) -> tuple[list, dict]:
+    """Parsed predictions and the task's metrics for generated ``texts``; with ``ended`` (from
+    :func:`predict`), also the share ``unfinished`` that the ``max_new_tokens`` cap stopped."""
     preds = [task.parse(t, r) for t, r in zip(texts, records)]
     metrics = task.metrics(records, preds)
     metrics["n"] = len(records)
+    if ended is not None:
+        metrics["unfinished"] = 1 - sum(ended) / max(len(ended), 1)  # stopped by the cap, not by the model
+        metrics["max_new_tokens"] = max_new_tokens or task.max_new_tokens
     return preds, metrics
 
 

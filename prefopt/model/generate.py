@@ -97,8 +97,8 @@ def generate(
     seen = None
     if repetition_penalty != 1.0:  # which tokens each row holds; padding is not the row's
         seen = torch.zeros(B, model.output_weight.shape[0], dtype=torch.bool, device=device)
-        real = mask.bool()
-        seen[torch.arange(B, device=device)[:, None].expand(B, T)[real], ids[real]] = True
+        rows, cols = mask.nonzero(as_tuple=True)
+        seen[rows, ids[rows, cols]] = True
     step_ids = ids
     for _ in range(max_new_tokens):
         h = model(step_ids, mask, kv_cache=cache, return_hidden=True)[:, -1]  # (B, D)
