@@ -34,7 +34,9 @@ def _generate(args: argparse.Namespace) -> int:
         return any(s in text for s in stops)
 
     def stream(rows):
-        text = _cut(tok.decode(rows[0]), stops)
+        # a character split across tokens (µ, °, ≥, an emoji) decodes as U+FFFD until its last byte
+        # comes: hold those back, or the replacement marks stay printed before the character
+        text = _cut(tok.decode(rows[0]), stops).rstrip("\ufffd")
         sys.stdout.write(text[printed[0]:])
         sys.stdout.flush()
         printed[0] = len(text)
@@ -42,7 +44,8 @@ def _generate(args: argparse.Namespace) -> int:
     new = generate(
         model, [prompt_ids], max_new_tokens=args.max_new_tokens,
         temperature=0.0 if args.greedy else args.temperature, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
+        repetition_penalty=args.repetition_penalty or 1.0, no_repeat_ngram_size=args.no_repeat_ngram_size or 0,
+        repeat_scope=args.repeat_scope or "all",
         eos_token_ids=tok.eos_token_ids, pad_token_id=tok.pad_token_id or 0, seed=args.seed,
         stop=stop if stops else None, on_step=stream,
     )
@@ -163,6 +166,8 @@ def _add_config_flags(p: argparse.ArgumentParser, cls) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .evaluate.cli import add_commands, add_repeat_flags  # eval, compare (the task layer, imported lazily by them)
+
     p = argparse.ArgumentParser(prog="prefopt", description="Local SFT and DPO fine-tuning for clinical LLMs.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -175,13 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--greedy", action="store_true", help="greedy decoding (default: sampling)")
     g.add_argument("--temperature", type=float, default=0.7)
     g.add_argument("--top-p", type=float, default=0.9)
-    g.add_argument("--repetition-penalty", type=float, default=1.0,
-                   help="above 1, tokens already in the text become less likely (1.1-1.3 breaks loops)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     g.add_argument("--dtype", choices=DTYPES, default="float32")
     g.add_argument("--device", default="cpu")
+    add_repeat_flags(g)
     g.set_defaults(func=_generate)
 
     c = sub.add_parser("convert-gguf", help="import a GGUF file into an HF-layout folder")
@@ -222,8 +226,6 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("second", help="the adapter trained with the first merged in")
     st.add_argument("output")
     st.set_defaults(func=_stack_adapters)
-
-    from .evaluate.cli import add_commands  # eval, compare (the task layer, imported lazily by them)
 
     add_commands(sub)
     return p

@@ -25,7 +25,7 @@ def _eval(args) -> int:
     from ..pretrained import load_model
     from ..tasks import get_task, sample_records, split_records
     from ..tokenizer import load_tokenizer
-    from .runner import fit_max_new_tokens, predict, score, write_results
+    from .runner import DECODING, fit_max_new_tokens, predict, score, write_results
 
     task = get_task(args.task, **key_values(args.task_option))
     records = task.read(args.data)
@@ -43,9 +43,9 @@ def _eval(args) -> int:
             print(f"prefopt eval: max_new_tokens {max_new}, not {task.name}'s {task.max_new_tokens}: {cut} of "
                   f"{len(records)} reference answers are longer (--max-new-tokens N to choose)", flush=True)
     model = load_model(args.model, adapter=args.adapter, merge=args.adapter is not None)
-    texts, ended = predict(model, tok, task, records, batch_size=args.batch_size, max_new_tokens=max_new,
-                           repetition_penalty=args.repetition_penalty, return_ended=True)
-    preds, metrics = score(task, records, texts, ended, max_new)
+    settings = {k: getattr(args, k) for k in DECODING} | {"max_new_tokens": max_new}
+    texts, ended = predict(model, tok, task, records, batch_size=args.batch_size, return_ended=True, **settings)
+    preds, metrics = score(task, records, texts, ended, settings)
     write_results(args.output, task, records, texts, preds, metrics, {"ended": ended})
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
     print(f"prefopt eval: wrote {Path(args.output) / 'predictions.jsonl'} and metrics.json")
@@ -80,6 +80,21 @@ def _compare(args) -> int:
     return 0
 
 
+def add_repeat_flags(p: argparse.ArgumentParser) -> None:
+    """``--repetition-penalty``, ``--no-repeat-ngram-size`` and ``--repeat-scope`` (generate and eval);
+    each defaults to None: none."""
+    from ..model.repeats import SCOPES
+
+    p.add_argument("--repetition-penalty", type=float,
+                   help="above 1 breaks the loops a small model falls into when decoding greedily (1.1-1.3; "
+                   "default: none)")
+    p.add_argument("--no-repeat-ngram-size", type=int, metavar="N",
+                   help="ban any token that would repeat an N-gram (3-4 stops loops; default: none)")
+    p.add_argument("--repeat-scope", choices=SCOPES,
+                   help="what both count as repeated: all (prompt and output, as transformers; default) or "
+                   "output (the answer only: copying from the prompt stays free, as a summary needs)")
+
+
 def add_commands(sub) -> None:
     from ..losses import LOSSES
     from ..tasks import STRATEGIES, TASKS
@@ -107,8 +122,7 @@ def add_commands(sub) -> None:
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--max-new-tokens", type=int, help="generation cap (default: the task's, raised for free-text "
                    "tasks whose reference answers are longer)")
-    e.add_argument("--repetition-penalty", type=float, help="above 1 breaks the loops a small model falls into "
-                   "when decoding greedily (1.1-1.3; default: none)")
+    add_repeat_flags(e)
     e.set_defaults(func=_eval)
 
     c = sub.add_parser("compare", parents=[common], help="base → SFT → DPO on one test set, with statistics")

@@ -22,20 +22,23 @@ from pathlib import Path
 import torch
 
 from ..fileio import write_json_atomic, write_text_atomic
-from .runner import fit_max_new_tokens, predict, read_results, score, write_results
+from .runner import DECODING, decoding, fit_max_new_tokens, predict, read_results, score, write_results
 
 STAGES = ("base", "sft", "dpo")
 PRESETS = {
     # small enough for 2 CPU cores in a few minutes (make demo)
     "quick": {"max_train": 160, "test": 60, "sft_steps": 60, "dpo_steps": 50, "batch_size": 4, "dpo_batch_size": 2,
               "max_length": 384, "sft_lr": 3e-4, "dpo_lr": 1e-4, "beta": 0.1, "eval_batch_size": 16,
-              "max_new_tokens": None, "repetition_penalty": None, "gradient_checkpointing": False},
+              "max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
+              "gradient_checkpointing": False},
     "full": {"max_train": None, "test": 0.2, "sft_steps": None, "dpo_steps": None, "sft_epochs": 2.0,
              "dpo_epochs": 1.0, "batch_size": 8, "dpo_batch_size": 4, "max_length": 1024, "sft_lr": 2e-4,
              "dpo_lr": 5e-5, "beta": 0.1, "eval_batch_size": 16, "max_new_tokens": None,
-             "repetition_penalty": None, "gradient_checkpointing": False},
+             "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
+             "gradient_checkpointing": False},
     # max_new_tokens None: the task's, raised where its reference answers are longer (runner.fit_max_new_tokens);
-    # repetition_penalty None: none (greedy decoding as it is); gradient_checkpointing: less memory, more time
+    # repetition_penalty, no_repeat_ngram_size None: none (greedy decoding as it is); repeat_scope None: "all";
+    # gradient_checkpointing: less memory, more time
 }
 
 
@@ -80,19 +83,27 @@ def _log(msg: str) -> None:
 _REPORT_ONLY = ("output", "n_resamples")
 _MEMORY_ONLY = ("gradient_checkpointing",)  # change memory and time, not results: a run may resume with them
 # settings added after runs were made, with the values those runs used
-_ADDED_SETTINGS = {"max_new_tokens": None, "repetition_penalty": None, "gradient_checkpointing": False}
+_ADDED_SETTINGS = {"max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None,
+                   "repeat_scope": None, "gradient_checkpointing": False}
+
+
+def _eval_only(config: dict) -> tuple[str, ...]:
+    """Settings that change only the evaluations: decoding, unless the SFT model's answers to the
+    training prompts (made with it) become DPO's pairs. A stage evaluated with other values is
+    evaluated again (:func:`_evaluate`); nothing is retrained."""
+    return () if config.get("strategy") == "model_errors" else tuple(DECODING)
 
 
 def _flat(config: dict) -> dict:
     """``config`` as ``{"loss": ..., "settings.beta": ..., "overrides.test": ...}`` for comparing,
-    with settings that change no result left out and settings added since filled in."""
-    out = {}
+    with settings that change no training result left out and settings added since filled in."""
+    out, skip = {}, (*_MEMORY_ONLY, *_eval_only(config))
     for k, v in config.items():
         if k in _REPORT_ONLY:
             continue
         if k in ("settings", "overrides") and isinstance(v, dict):
             v = {**_ADDED_SETTINGS, **v} if k == "settings" else v
-            out.update({f"{k}.{kk}": vv for kk, vv in v.items() if kk not in _MEMORY_ONLY})
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items() if kk not in skip})
         else:
             out[k] = v
     return out
@@ -173,20 +184,31 @@ def _load_stage_model(cfg: CompareConfig, out: Path, stage: str, keep: dict | No
     return model
 
 
+def _changed_decoding(metrics: dict, want: dict) -> list[str]:
+    """How the decoding ``want`` differs from what made a finished evaluation. Its ``metrics.json``
+    records it (runs from before a setting existed lack the key: they used none of it, and their
+    ``max_new_tokens`` is unknown, so taken as it is)."""
+    had = {**DECODING, "max_new_tokens": want["max_new_tokens"], **{k: metrics[k] for k in DECODING if k in metrics}}
+    return [f"{k} {had[k]!r} -> {want[k]!r}" for k in DECODING if had[k] != want[k]]
+
+
 def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep: dict | None = None
               ) -> tuple[list[dict], dict]:
     done = read_results(out / stage)
     if done is not None:
-        _log(f"{stage}: reusing {out / stage / 'metrics.json'}")
-        return done
+        changed = _changed_decoding(done[1], decoding(s, task))
+        if not changed:
+            _log(f"{stage}: reusing {out / stage / 'metrics.json'}")
+            return done
+        _log(f"{stage}: evaluating again, its answers were made with other decoding settings "
+             f"({', '.join(changed)}); they are replaced")
     t0 = time.perf_counter()
     model = _load_stage_model(cfg, out, stage)
     if keep is not None:
         keep[stage] = model
-    texts, ended = predict(model, tok, task, test, batch_size=s["eval_batch_size"],
-                           max_new_tokens=s["max_new_tokens"], repetition_penalty=s["repetition_penalty"],
-                           desc=f"{stage}: test set", return_ended=True)
-    preds, metrics = score(task, test, texts, ended, s["max_new_tokens"])
+    texts, ended = predict(model, tok, task, test, batch_size=s["eval_batch_size"], desc=f"{stage}: test set",
+                           return_ended=True, **{k: s[k] for k in DECODING})
+    preds, metrics = score(task, test, texts, ended, s)
     extra = {"ended": ended}
     if judge is not None:
         from .judge import judge_scores
@@ -235,9 +257,7 @@ def _pairs(cfg, task, tok, train, out: Path, s: dict, keep: dict | None = None) 
         model = _load_stage_model(cfg, out, "sft", keep)
         pairs, report = model_error_pairs(
             task, train, lambda rs: predict(model, tok, task, rs, batch_size=s["eval_batch_size"],
-                                            max_new_tokens=s["max_new_tokens"],
-                                            repetition_penalty=s["repetition_penalty"],
-                                            desc="sft: mining training prompts"),
+                                            desc="sft: mining training prompts", **{k: s[k] for k in DECODING}),
             seed=cfg.seed)
         report["strategy"] = "model_errors"
         del model

@@ -8,13 +8,26 @@ from .._deps import progress
 from ..fileio import write_json_atomic, write_text_atomic
 from ..model.generate import generate
 
+# the settings of greedy decoding an evaluation may set (compare: --set KEY=VALUE), with what None means
+DECODING = {"max_new_tokens": None, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "repeat_scope": "all"}
+
+
+def decoding(settings: dict, task) -> dict:
+    """The decoding settings in ``settings`` (a compare run's, or eval's flags), None replaced by what
+    it means: ``max_new_tokens`` the task's own, the others none. These go into ``metrics.json``."""
+    out = {k: settings.get(k) if settings.get(k) is not None else v for k, v in DECODING.items()}
+    out["max_new_tokens"] = out["max_new_tokens"] or task.max_new_tokens
+    return out
+
 
 def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: int | None = None,
-            repetition_penalty: float | None = None, desc: str = "generating", show_progress: bool = True,
+            repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
+            repeat_scope: str | None = None, desc: str = "generating", show_progress: bool = True,
             return_ended: bool = False) -> list[str] | tuple[list[str], list[bool]]:
-    """Greedy answers to each record's chat prompt, batched by prompt length (``repetition_penalty``:
-    see :func:`~prefopt.model.generate.generate`; None is 1, none). ``return_ended``: also whether
-    each answer ended with an end-of-turn token (False: ``max_new_tokens`` stopped it)."""
+    """Greedy answers to each record's chat prompt, batched by prompt length. ``repetition_penalty``,
+    ``no_repeat_ngram_size``, ``repeat_scope``: see :func:`~prefopt.model.generate.generate` (None:
+    none). ``return_ended``: also whether each answer ended with an end-of-turn token (False:
+    ``max_new_tokens`` stopped it)."""
     prompts = [tok.apply_chat_template(task.messages(r), add_generation_prompt=True) for r in records]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
@@ -26,7 +39,8 @@ def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: 
     for s in range(0, len(order), batch_size):
         chunk = order[s:s + batch_size]
         new = generate(model, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens or task.max_new_tokens,
-                       repetition_penalty=repetition_penalty or 1.0, eos_token_ids=tok.eos_token_ids,
+                       repetition_penalty=repetition_penalty or 1.0, no_repeat_ngram_size=no_repeat_ngram_size or 0,
+                       repeat_scope=repeat_scope or "all", eos_token_ids=tok.eos_token_ids,
                        pad_token_id=tok.pad_token_id or 0)
         for i, ids in zip(chunk, new):
             texts[i] = tok.decode(ids).strip()
@@ -51,16 +65,17 @@ def fit_max_new_tokens(task, tok, records) -> tuple[int | None, int]:
     return -(-int(1.1 * max(lengths)) // 32) * 32, cut
 
 
-def score(task, records, texts: list[str], ended: list[bool] | None = None, max_new_tokens: int | None = None
+def score(task, records, texts: list[str], ended: list[bool] | None = None, settings: dict | None = None
           ) -> tuple[list, dict]:
     """Parsed predictions and the task's metrics for generated ``texts``; with ``ended`` (from
-    :func:`predict`), also the share ``unfinished`` that the ``max_new_tokens`` cap stopped."""
+    :func:`predict`), also the share ``unfinished`` that the ``max_new_tokens`` cap stopped, and
+    the decoding ``settings`` that made them (:func:`decoding`)."""
     preds = [task.parse(t, r) for t, r in zip(texts, records)]
     metrics = task.metrics(records, preds)
     metrics["n"] = len(records)
     if ended is not None:
         metrics["unfinished"] = 1 - sum(ended) / max(len(ended), 1)  # stopped by the cap, not by the model
-        metrics["max_new_tokens"] = max_new_tokens or task.max_new_tokens
+        metrics.update(decoding(settings or {}, task))
     return preds, metrics
 
 

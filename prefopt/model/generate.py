@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .kv_cache import KVCache
+from .repeats import RepeatGuard, check_repeat_options
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,13 +38,6 @@ def sample_next(logits: torch.Tensor, *, temperature: float, top_p: float, gener
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """The repetition penalty of Keskar et al. (2019), as transformers applies it: the logit of a
-    token already in the row (prompt or output) is divided by ``penalty`` where positive and
-    multiplied by it where negative, so it becomes less likely either way. ``seen``: ``(B, V)`` bool."""
-    return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
-
-
 @torch.no_grad()
 def generate(
     model,
@@ -53,6 +47,8 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
+    repeat_scope: str = "all",
     eos_token_ids: Sequence[int] = (),
     pad_token_id: int = 0,
     seed: int | None = None,
@@ -67,9 +63,12 @@ def generate(
         max_new_tokens: the most tokens added to each prompt.
         temperature: 0 for greedy decoding, else sampling at this temperature.
         top_p: nucleus sampling mass (with ``temperature > 0``).
-        repetition_penalty: above 1, tokens already in the row (prompt or output) become less
-            likely (:func:`penalize_repeats`); small models decoding greedily often loop on a
-            sentence until the token cap, and 1.1-1.3 breaks such loops.
+        repetition_penalty: above 1, tokens already in the row become less likely; small models
+            decoding greedily often loop on a sentence until the token cap, and 1.1-1.3 breaks such
+            loops (:mod:`prefopt.model.repeats`).
+        no_repeat_ngram_size: n > 0 bans any token that would complete an n-gram already in the row.
+        repeat_scope: what both count as the row: ``"all"`` (prompt and output, as transformers) or
+            ``"output"`` (the generated tokens only, so copying from the prompt is not penalised).
         eos_token_ids: a row stops after producing any of these.
         seed: seeds sampling, so the same call gives the same text.
         stop: ``stop(row, new_tokens) -> bool``; a row also stops when it returns True.
@@ -79,8 +78,7 @@ def generate(
         raise ValueError("max_new_tokens must be at least 1")
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
-    if repetition_penalty <= 0:
-        raise ValueError(f"repetition_penalty must be positive (1 = none), got {repetition_penalty}")
+    check_repeat_options(repetition_penalty, no_repeat_ngram_size, repeat_scope)
     device = model.output_weight.device
     ids, mask = left_pad(prompts, pad_token_id, device)
     B, T = ids.shape
@@ -94,23 +92,21 @@ def generate(
     eos = torch.tensor(list(eos_token_ids) or [-1], device=device)
     out: list[list[int]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    seen = None
-    if repetition_penalty != 1.0:  # which tokens each row holds; padding is not the row's
-        seen = torch.zeros(B, model.output_weight.shape[0], dtype=torch.bool, device=device)
-        rows, cols = mask.nonzero(as_tuple=True)
-        seen[rows, ids[rows, cols]] = True
+    guard = RepeatGuard(prompts, model.output_weight.shape[0], repetition_penalty=repetition_penalty,
+                        no_repeat_ngram_size=no_repeat_ngram_size, scope=repeat_scope, device=device)
     step_ids = ids
     for _ in range(max_new_tokens):
         h = model(step_ids, mask, kv_cache=cache, return_hidden=True)[:, -1]  # (B, D)
         logits = F.linear(h, model.output_weight).float()  # (B, V)
-        if seen is not None:
-            logits = penalize_repeats(logits, seen, repetition_penalty)
+        if guard.active:
+            logits = guard.apply(logits)
         nxt = sample_next(logits, temperature=temperature, top_p=top_p, generator=gen)
         nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
-        if seen is not None:
-            seen[torch.arange(B, device=device), nxt] = True
-        for i in (~done).nonzero().flatten().tolist():
+        going = (~done).nonzero().flatten().tolist()
+        for i in going:
             out[i].append(int(nxt[i]))
+        if guard.active:
+            guard.add([out[i][-1] for i in going], going)
         done |= torch.isin(nxt, eos)
         if stop is not None:
             for i in (~done).nonzero().flatten().tolist():

@@ -97,20 +97,46 @@ def test_running_past_the_context_is_warned(tiny):
         generate(ours, [[5] * 250], max_new_tokens=6)  # exactly fills the context: no warning
 
 
-@pytest.mark.parametrize("penalty", [None, "1.5"])
-def test_cli_generate_prints_completion(tiny, capsys, penalty):
+@pytest.mark.parametrize("flags, kw", [([], {}), (["--repetition-penalty", "1.5"], dict(repetition_penalty=1.5)),
+                                       (["--no-repeat-ngram-size", "1", "--repeat-scope", "output"],
+                                        dict(no_repeat_ngram_size=1, repeat_scope="output"))])
+def test_cli_generate_prints_completion(tiny, capsys, flags, kw):
     from prefopt.cli import main
 
     _, ours, d = tiny
     tok = load_tokenizer(d)
-    flag = ["--repetition-penalty", penalty] if penalty else []
-    assert main(["generate", "--model", str(d), "--prompt", "chest pain", "--greedy", "--max-new-tokens", "8",
-                 *flag]) == 0
+    assert main(["generate", "--model", str(d), "--prompt", "chest pain", "--greedy", "--max-new-tokens", "24",
+                 *flags]) == 0
     printed = capsys.readouterr().out
     ids = tok.apply_chat_template([{"role": "user", "content": "chest pain"}], add_generation_prompt=True)
-    want = tok.decode(generate(ours, [ids], max_new_tokens=8, eos_token_ids=tok.eos_token_ids,
-                               pad_token_id=tok.pad_token_id, repetition_penalty=float(penalty or 1))[0])
+    kw = dict(max_new_tokens=24, eos_token_ids=tok.eos_token_ids, pad_token_id=tok.pad_token_id, **kw)
+    want = tok.decode(generate(ours, [ids], **kw)[0])
     assert printed == want + "\n"
+    if flags:  # the flags reach generate: they change this answer
+        assert want != tok.decode(generate(ours, [ids], **{**kw, **dict(repetition_penalty=1.0,
+                                                                          no_repeat_ngram_size=0)})[0])
+
+
+def test_cli_streams_a_character_split_across_tokens_once(tiny, capsys, monkeypatch):
+    """Byte-level tokens split "°" and "µ" in two; the first half decodes as U+FFFD. Streaming used to
+    print that mark and then the character after it: "38.5�°C"."""
+    import prefopt.model
+    from prefopt.cli import main
+
+    _, _, d = tiny
+    tok = load_tokenizer(d)
+    text = "fever 38.5°C, 5 µg"
+    ids = tok.encode(text)
+    assert any(tok.decode(ids[:i]).endswith("\ufffd") for i in range(len(ids)))  # the case this is about
+
+    def fake_generate(model, prompts, *, on_step, **kw):
+        for i in range(1, len(ids) + 1):
+            on_step([ids[:i]])
+        return [ids]
+
+    monkeypatch.setattr(prefopt.model, "generate", fake_generate)
+    assert main(["generate", "--model", str(d), "--prompt", "temperature?"]) == 0
+    assert capsys.readouterr().out == text + "\n"
 
 
 def test_cli_generate_applies_an_adapter(tiny, capsys, tmp_path):
@@ -181,8 +207,82 @@ def test_repetition_penalty_matches_transformers(tiny, penalty):
 
 
 def test_penalize_repeats_by_hand():
-    from prefopt.model.generate import penalize_repeats
+    from prefopt.model.repeats import penalize_repeats
 
     logits = torch.tensor([[2.0, -1.0, 0.5, -3.0]])
     seen = torch.tensor([[True, True, False, False]])
     assert penalize_repeats(logits, seen, 2.0).tolist() == [[1.0, -2.0, 0.5, -3.0]]
+
+
+@pytest.fixture(scope="module")
+def looping(tmp_path_factory):
+    """A tiny model that, like small real ones decoding greedily, repeats itself (a token, a few)."""
+    d = tmp_path_factory.mktemp("loop")
+    return build_hf_model(d, arch="llama", initializer_range=0.1), load_model(d)
+
+
+def _ngrams(seq, n):
+    return [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_no_repeat_ngram_size_matches_transformers(looping, n):
+    """transformers' NoRepeatNGramLogitsProcessor: no n-gram occurs twice in prompt + output."""
+    hf, ours = looping
+    plain = generate(ours, [PROMPTS[0]], max_new_tokens=30)[0]
+    assert len(set(_ngrams(PROMPTS[0] + plain, n))) < len(_ngrams(PROMPTS[0] + plain, n))  # it does repeat
+    for p in PROMPTS:
+        want = hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                           max_new_tokens=30, do_sample=False, eos_token_id=None, pad_token_id=2,
+                           no_repeat_ngram_size=n)
+        got = generate(ours, [p], max_new_tokens=30, no_repeat_ngram_size=n)
+        assert got == [want[0, len(p):].tolist()]
+        grams = _ngrams(p + got[0], n)
+        assert len(set(grams)) == len(grams)
+    batched = generate(ours, PROMPTS, max_new_tokens=16, no_repeat_ngram_size=n, pad_token_id=PROMPTS[0][0])
+    assert batched == [generate(ours, [p], max_new_tokens=16, no_repeat_ngram_size=n)[0] for p in PROMPTS]
+
+
+def _greedy_by_hand(model, prompt, steps, *, penalty=1.0, n=0, scope="all"):
+    """Full recompute each step; the row is rescanned from scratch for repeats."""
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(torch.tensor([seq]))[0, -1].float()
+            row = seq if scope == "all" else seq[len(prompt):]
+            for t in set(row):
+                logits[t] = logits[t] * penalty if logits[t] < 0 else logits[t] / penalty
+            if n and len(row) >= n - 1:
+                tail = tuple(row[len(row) - n + 1:])
+                for g in _ngrams(row, n):
+                    if g[:-1] == tail:
+                        logits[g[-1]] = float("-inf")
+            seq.append(int(logits.argmax()))
+    return seq[len(prompt):]
+
+
+@pytest.mark.parametrize("kw", [dict(n=3), dict(n=1), dict(penalty=1.5), dict(penalty=1.3, n=2)])
+def test_repeat_scope_output_counts_only_the_generated_tokens(looping, kw):
+    """``repeat_scope="output"``: prompt tokens may be copied; only the output's own repeats count."""
+    _, ours = looping
+    args = dict(repetition_penalty=kw.get("penalty", 1.0), no_repeat_ngram_size=kw.get("n", 0))
+    for p in PROMPTS:
+        got = generate(ours, [p], max_new_tokens=20, repeat_scope="output", **args)[0]
+        assert got == _greedy_by_hand(ours, p, 20, scope="output", **kw)
+        if kw.get("n"):
+            assert len(set(_ngrams(got, kw["n"]))) == len(_ngrams(got, kw["n"]))
+    # a prompt that already holds the model's loop: "all" pushes the output off it, "output" does not
+    echo = PROMPTS[0] + generate(ours, [PROMPTS[0]], max_new_tokens=16)[0]
+    prompts = [echo, *PROMPTS]
+    outs = {s: generate(ours, prompts, max_new_tokens=20, repeat_scope=s, **args) for s in ("all", "output")}
+    assert outs["all"][0] != outs["output"][0]
+    assert outs["output"] == [generate(ours, [p], max_new_tokens=20, repeat_scope="output", **args)[0]
+                              for p in prompts]
+
+
+@pytest.mark.parametrize("kw, match", [(dict(no_repeat_ngram_size=-1), "no_repeat_ngram_size"),
+                                       (dict(no_repeat_ngram_size=2.5), "no_repeat_ngram_size"),
+                                       (dict(repeat_scope="prompt"), "repeat_scope")])
+def test_repeat_options_are_checked(tiny, kw, match):
+    with pytest.raises(ValueError, match=match):
+        generate(tiny[1], [[1, 2]], max_new_tokens=2, **kw)

@@ -128,7 +128,9 @@ def test_portal_compare_resumes_and_mines_model_errors(tiny_model, tmp_path, cap
     assert again["stages"]["sft"]["primary"] == report["stages"]["sft"]["primary"]
 
     # another loss (or seed, or any stage setting) must not reuse this run's stages
-    for change in ({"loss": "rpo"}, {"seed": 1}, {"overrides": {**TINY, "dpo_lr": 1e-3}}):
+    # decoding too: the SFT model's answers to the training prompts became the pairs
+    for change in ({"loss": "rpo"}, {"seed": 1}, {"overrides": {**TINY, "dpo_lr": 1e-3}},
+                   {"overrides": {**TINY, "no_repeat_ngram_size": 3}}):
         other = CompareConfig(**{**asdict(cfg), **change})
         with pytest.raises(ValueError, match="other settings") as err:
             run_compare(other)
@@ -334,7 +336,8 @@ def test_fit_max_new_tokens_leaves_short_answers_and_labels_to_the_task():
     assert fit_max_new_tokens(get_task("portal"), words, long) == (None, 0)  # labels: parsed from the start
 
 
-@pytest.mark.parametrize("flag", [[], ["--max-new-tokens", "50"], ["--max-new-tokens", "50", "--repetition-penalty", "1.2"]])
+@pytest.mark.parametrize("flag", [[], ["--max-new-tokens", "50"], ["--max-new-tokens", "50", "--repetition-penalty", "1.2"],
+                                  ["--max-new-tokens", "50", "--no-repeat-ngram-size", "3", "--repeat-scope", "output"]])
 def test_eval_cli_lets_long_reference_answers_end(flag, tiny_model, tmp_path, monkeypatch, capsys):
     import prefopt.evaluate.runner as runner
     from prefopt.cli import main
@@ -342,27 +345,34 @@ def test_eval_cli_lets_long_reference_answers_end(flag, tiny_model, tmp_path, mo
     data = tmp_path / "notes.jsonl"
     data.write_text("".join(json.dumps({"source": f"Visit {i}.", "target": "knee pain and swelling " * 40}) + "\n"
                             for i in range(5)))
-    seen, penalties = [], []
+    seen = []
 
-    def predict(model, tok, task, records, *, max_new_tokens=None, repetition_penalty=None, return_ended=False, **k):
-        seen.append(max_new_tokens)
-        penalties.append(repetition_penalty)
+    def predict(model, tok, task, records, *, return_ended=False, **k):
+        seen.append(k)
         return ["knee pain"] * len(records), [True, False, True, True, True]
 
     monkeypatch.setattr(runner, "predict", predict)
     assert main(["eval", "--task", "summarization", "--model", str(tiny_model), "--data", str(data), "--split", "all",
                  "--output", str(tmp_path / "eval"), *flag]) == 0
     out = capsys.readouterr().out
-    assert penalties == [1.2 if "--repetition-penalty" in flag else None]
+    given = dict(zip(flag[::2], flag[1::2]))
+    assert seen[0]["repetition_penalty"] == (1.2 if "--repetition-penalty" in given else None)
+    assert seen[0]["no_repeat_ngram_size"] == (3 if "--no-repeat-ngram-size" in given else None)
+    assert seen[0]["repeat_scope"] == given.get("--repeat-scope")
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert metrics["unfinished"] == pytest.approx(0.2) and metrics["max_new_tokens"] == seen[0]
+    assert metrics["unfinished"] == pytest.approx(0.2) and metrics["max_new_tokens"] == seen[0]["max_new_tokens"]
+    # what made the answers, with None spelt out as what it means
+    assert (metrics["repetition_penalty"], metrics["no_repeat_ngram_size"], metrics["repeat_scope"]) == \
+        (float(given.get("--repetition-penalty", 1)), int(given.get("--no-repeat-ngram-size", 0)),
+         given.get("--repeat-scope", "all"))
     rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert [r["ended"] for r in rows] == [True, False, True, True, True]
     if flag:
-        assert seen == [50] and "reference answers are longer" not in out
+        assert seen[0]["max_new_tokens"] == 50 and "reference answers are longer" not in out
     else:
-        assert seen[0] > 96 and seen[0] % 32 == 0
-        assert f"max_new_tokens {seen[0]}, not summarization's 96: 5 of 5 reference answers are longer" in out
+        n = seen[0]["max_new_tokens"]
+        assert n > 96 and n % 32 == 0
+        assert f"max_new_tokens {n}, not summarization's 96: 5 of 5 reference answers are longer" in out
 
 
 def test_compare_trains_with_gradient_checkpointing_and_resumes_with_it(tiny_model, tmp_path, monkeypatch):
@@ -408,15 +418,58 @@ def test_a_run_made_before_a_setting_was_added_still_resumes(tiny_model, tmp_pat
     with pytest.raises(Stop):
         run_compare(cfg)
     stored = json.loads((out / "compare_config.json").read_text())
-    for key in ("max_new_tokens", "repetition_penalty", "gradient_checkpointing"):
+    for key in ("max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "repeat_scope",
+                "gradient_checkpointing"):
         del stored["settings"][key]
     (out / "compare_config.json").write_text(json.dumps(stored))
     with pytest.raises(Stop):
         run_compare(cfg)
     with pytest.raises(ValueError) as err:
         run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out),
-                                  overrides={**TINY, "repetition_penalty": 1.2}))
-    assert "(overrides.repetition_penalty: None -> 1.2; settings.repetition_penalty: None -> 1.2)" in str(err.value)
+                                  overrides={**TINY, "beta": 0.5}))
+    assert "(overrides.beta: None -> 0.5; settings.beta: 0.1 -> 0.5)" in str(err.value)
+
+
+@pytest.mark.slow
+def test_new_decoding_settings_evaluate_every_stage_again_and_retrain_nothing(tiny_model, tmp_path, capsys,
+                                                                             monkeypatch):
+    """Decoding changes only the evaluations (wrong_label pairs do not depend on it), so a finished run
+    may be re-run with --set no_repeat_ngram_size=3: each stage is evaluated again, no adapter is
+    retrained. A stage whose answers were made with another cap (a task default changed since, as
+    ACI-Bench's 256 → 384) is evaluated again too, where it used to be reused silently."""
+    import prefopt.evaluate.compare as compare
+
+    out = tmp_path / "run"
+    cfg = CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100, overrides=TINY)
+    run_compare(cfg)
+    adapters = {s: (out / s / "train" / "final" / "adapter_model.safetensors").read_bytes() for s in ("sft", "dpo")}
+    calls, predict = [], compare.predict
+    monkeypatch.setattr(compare, "predict", lambda *a, **k: calls.append(k) or predict(*a, **k))
+    capsys.readouterr()
+    new = CompareConfig(**{**asdict(cfg), "overrides": {**TINY, "no_repeat_ngram_size": 3, "repeat_scope": "output"}})
+    run_compare(new)
+    log = capsys.readouterr().out
+    for stage in ("base", "sft", "dpo"):
+        assert (f"{stage}: evaluating again, its answers were made with other decoding settings "
+                "(no_repeat_ngram_size 0 -> 3, repeat_scope 'all' -> 'output')") in log
+        metrics = json.loads((out / stage / "metrics.json").read_text())
+        assert (metrics["no_repeat_ngram_size"], metrics["repeat_scope"]) == (3, "output")
+    assert [(k["no_repeat_ngram_size"], k["repeat_scope"]) for k in calls] == [(3, "output")] * 3
+    assert "sft: reusing" in log and "dpo: reusing" in log
+    assert adapters == {s: (out / s / "train" / "final" / "adapter_model.safetensors").read_bytes()
+                        for s in ("sft", "dpo")}
+    _check(out)
+
+    run_compare(new)  # the same again: nothing to do
+    assert not calls[3:] and "evaluating again" not in capsys.readouterr().out
+    path = out / "sft" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    path.write_text(json.dumps({**metrics, "max_new_tokens": 7}))
+    run_compare(new)
+    log = capsys.readouterr().out
+    assert f"sft: evaluating again, its answers were made with other decoding settings (max_new_tokens 7 -> " \
+           f"{metrics['max_new_tokens']})" in log
+    assert len(calls) == 4 and "base: reusing" in log and "dpo: reusing" in log
 
 
 def test_predict_tells_answers_the_cap_stopped_from_those_that_ended(monkeypatch):
