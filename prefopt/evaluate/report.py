@@ -170,6 +170,27 @@ def _item_test_line(task, cmp: dict) -> str:
         f"p = {v['mcnemar']['p_value']:.3g}" for k, v in cmp.items()) + ".")
 
 
+def decoding_line(results: dict) -> str | None:
+    """How the stages' answers were decoded, from what each ``metrics.json`` recorded (None for runs
+    from before it was recorded)."""
+    said = {}
+    for s, (_, m) in results.items():
+        if "max_new_tokens" not in m:
+            continue
+        text = f"greedy decoding, at most {m['max_new_tokens']} new tokens"
+        repeats = [f"repetition penalty {m['repetition_penalty']:g}" if m.get("repetition_penalty", 1) != 1 else "",
+                   f"no repeated {m['no_repeat_ngram_size']}-grams" if m.get("no_repeat_ngram_size") else ""]
+        if any(repeats):
+            where = "the answer's own tokens" if m.get("repeat_scope") == "output" else "prompt and answer"
+            text += f"; {', '.join(r for r in repeats if r)} (counted over {where})"
+        said.setdefault(text, []).append(NAMES[s])
+    if not said:
+        return None
+    if len(said) == 1:
+        return f"Answers: {next(iter(said))}."
+    return "Answers: " + "; ".join(f"{', '.join(names)}: {text}" for text, names in said.items()) + "."
+
+
 def build_report(cfg, task, test, results: dict, out: Path) -> dict:
     stats = compare_stages(task, test, results, n_resamples=cfg.n_resamples, seed=cfg.seed)
     plots = _plots(task, stats, out)
@@ -177,9 +198,11 @@ def build_report(cfg, task, test, results: dict, out: Path) -> dict:
     stats["advice"] = advice(cfg.loss, cmp)
     stats["training"] = training_dynamics(out)
     trained = dynamics_lines(stats["training"])
+    decoded = decoding_line(results)
     lines = [f"# prefopt compare: {task.name}", "",
              f"Model `{cfg.model}`; data `{cfg.data or 'bundled'}`; preset `{cfg.preset}`; seed {cfg.seed}; "
-             f"{len(test)} test items; DPO pairs by `{cfg.strategy}`, loss `{cfg.loss}`.", "",
+             f"{len(test)} test items; DPO pairs by `{cfg.strategy}`, loss `{cfg.loss}`.",
+             *([decoded] if decoded else []), "",
              "## Does it help?", "",
              f"- SFT vs base: {cmp['base->sft']['verdict']}",
              f"- DPO vs SFT: {cmp['sft->dpo']['verdict']}",

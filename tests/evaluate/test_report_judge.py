@@ -124,6 +124,15 @@ def test_summaries_are_compared_item_by_item_on_rouge_not_on_right_or_wrong(tmp_
     assert report["stages"]["dpo"]["mean_words"] == pytest.approx((8 * 9 + 4 * 1) / 12)
     assert "] | 6.0 | unfinished 25% (stopped by the 384-token cap) |" in md.split("| SFT |")[1].splitlines()[0]
     assert "unfinished 100% (stopped by the 384-token cap)" in md and md.count("unfinished") == 2  # not at 0%
+    assert "\nAnswers: greedy decoding, at most 384 new tokens.\n" in md
+    # decoding settings as the stages' metrics.json recorded them; a stage decoded otherwise is named
+    plain = {"max_new_tokens": 384, "repetition_penalty": 1.0, "no_repeat_ngram_size": 4, "repeat_scope": "output"}
+    results = {s: (rows, {**m, **plain}) for s, (rows, m) in results.items()}
+    results["base"][1].update(repetition_penalty=1.2, no_repeat_ngram_size=0, repeat_scope="all")
+    build_report(cfg, get_task("aci_bench"), test, results, tmp_path)
+    assert ("\nAnswers: base: greedy decoding, at most 384 new tokens; repetition penalty 1.2 (counted over prompt "
+            "and answer); SFT, SFT+DPO: greedy decoding, at most 384 new tokens; no repeated 4-grams (counted over "
+            "the answer's own tokens).\n") in (tmp_path / "report.md").read_text()
     # an answer-matching task keeps McNemar on right/wrong items
     results = {s: ([{"prediction": "x", "correct": ok} for ok in flags], {})
                for s, flags in (("base", [False] * 12), ("sft", [True] * 8 + [False] * 4), ("dpo", [True] * 12))}
