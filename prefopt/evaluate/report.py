@@ -202,7 +202,7 @@ def build_report(cfg, task, test, results: dict, out: Path) -> dict:
     lines = [f"# prefopt compare: {task.name}", "",
              f"Model `{cfg.model}`; data `{cfg.data or 'bundled'}`; preset `{cfg.preset}`; seed {cfg.seed}; "
              f"{len(test)} test items; DPO pairs by `{cfg.strategy}`, loss `{cfg.loss}`.",
-             *([decoded] if decoded else []), "",
+             *(["", decoded] if decoded else []), "",
              "## Does it help?", "",
              f"- SFT vs base: {cmp['base->sft']['verdict']}",
              f"- DPO vs SFT: {cmp['sft->dpo']['verdict']}",

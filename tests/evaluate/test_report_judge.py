@@ -124,7 +124,7 @@ def test_summaries_are_compared_item_by_item_on_rouge_not_on_right_or_wrong(tmp_
     assert report["stages"]["dpo"]["mean_words"] == pytest.approx((8 * 9 + 4 * 1) / 12)
     assert "] | 6.0 | unfinished 25% (stopped by the 384-token cap) |" in md.split("| SFT |")[1].splitlines()[0]
     assert "unfinished 100% (stopped by the 384-token cap)" in md and md.count("unfinished") == 2  # not at 0%
-    assert "\nAnswers: greedy decoding, at most 384 new tokens.\n" in md
+    assert "\n\nAnswers: greedy decoding, at most 384 new tokens.\n\n" in md
     # decoding settings as the stages' metrics.json recorded them; a stage decoded otherwise is named
     plain = {"max_new_tokens": 384, "repetition_penalty": 1.0, "no_repeat_ngram_size": 4, "repeat_scope": "output"}
     results = {s: (rows, {**m, **plain}) for s, (rows, m) in results.items()}
