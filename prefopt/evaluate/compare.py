@@ -7,6 +7,7 @@ interrupted run resumes where it stopped)::
     DIR/data/sft_train.jsonl         SFT records (chat prompt, reference answer)
     DIR/data/pairs.jsonl             DPO pairs from the chosen strategy (+ pairs_report.json)
     DIR/base|sft|dpo/predictions.jsonl, metrics.json
+    DIR/base|sft|dpo/earlier/N/      evaluations made with other decoding settings, kept when redone
     DIR/sft/train/final/             the SFT adapter
     DIR/dpo/train/final/             the SFT+DPO adapter (both updates; loads on the base model)
     DIR/dpo/ref_cache/               reference log-probs (the SFT model), computed once
@@ -192,6 +193,19 @@ def _changed_decoding(metrics: dict, want: dict) -> list[str]:
     return [f"{k} {had[k]!r} -> {want[k]!r}" for k in DECODING if had[k] != want[k]]
 
 
+def _keep_earlier(stage_dir: Path) -> Path:
+    """Move a stage's finished evaluation to ``earlier/N/`` (the next free N), out of the way of a new
+    one, and return that folder."""
+    n = 1
+    while (stage_dir / "earlier" / str(n)).exists():
+        n += 1
+    dest = stage_dir / "earlier" / str(n)
+    dest.mkdir(parents=True)
+    for name in ("predictions.jsonl", "metrics.json"):
+        (stage_dir / name).replace(dest / name)
+    return dest
+
+
 def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep: dict | None = None
               ) -> tuple[list[dict], dict]:
     done = read_results(out / stage)
@@ -200,8 +214,9 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
         if not changed:
             _log(f"{stage}: reusing {out / stage / 'metrics.json'}")
             return done
+        kept = _keep_earlier(out / stage)
         _log(f"{stage}: evaluating again, its answers were made with other decoding settings "
-             f"({', '.join(changed)}); they are replaced")
+             f"({', '.join(changed)}); those are kept in {kept}")
     t0 = time.perf_counter()
     model = _load_stage_model(cfg, out, stage)
     if keep is not None:

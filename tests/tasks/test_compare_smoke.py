@@ -442,6 +442,7 @@ def test_new_decoding_settings_evaluate_every_stage_again_and_retrain_nothing(ti
     out = tmp_path / "run"
     cfg = CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100, overrides=TINY)
     run_compare(cfg)
+    first = {s: [(out / s / f).read_text() for f in ("predictions.jsonl", "metrics.json")] for s in ("base", "sft", "dpo")}
     adapters = {s: (out / s / "train" / "final" / "adapter_model.safetensors").read_bytes() for s in ("sft", "dpo")}
     calls, predict = [], compare.predict
     monkeypatch.setattr(compare, "predict", lambda *a, **k: calls.append(k) or predict(*a, **k))
@@ -451,7 +452,11 @@ def test_new_decoding_settings_evaluate_every_stage_again_and_retrain_nothing(ti
     log = capsys.readouterr().out
     for stage in ("base", "sft", "dpo"):
         assert (f"{stage}: evaluating again, its answers were made with other decoding settings "
-                "(no_repeat_ngram_size 0 -> 3, repeat_scope 'all' -> 'output')") in log
+                f"(no_repeat_ngram_size 0 -> 3, repeat_scope 'all' -> 'output'); those are kept in "
+                f"{out / stage / 'earlier' / '1'}") in log
+        # nothing is lost: the first evaluation is kept as it was
+        assert [(out / stage / "earlier" / "1" / f).read_text() for f in ("predictions.jsonl", "metrics.json")] \
+            == first[stage]
         metrics = json.loads((out / stage / "metrics.json").read_text())
         assert (metrics["no_repeat_ngram_size"], metrics["repeat_scope"]) == (3, "output")
     assert [(k["no_repeat_ngram_size"], k["repeat_scope"]) for k in calls] == [(3, "output")] * 3
@@ -468,7 +473,7 @@ def test_new_decoding_settings_evaluate_every_stage_again_and_retrain_nothing(ti
     run_compare(new)
     log = capsys.readouterr().out
     assert f"sft: evaluating again, its answers were made with other decoding settings (max_new_tokens 7 -> " \
-           f"{metrics['max_new_tokens']})" in log
+           f"{metrics['max_new_tokens']}); those are kept in {out / 'sft' / 'earlier' / '2'}" in log
     assert len(calls) == 4 and "base: reusing" in log and "dpo: reusing" in log
 
 
