@@ -105,6 +105,30 @@ def test_json_and_csv_name_the_line(tmp_path, tok):
     assert [line for line, _ in rows] == [2, 3, 5]
 
 
+def test_a_json_list_reads_in_linear_time_with_the_right_lines(tmp_path):
+    """Each record's line used to be counted from the file's start: 40,000 records (17 MB) took two
+    minutes to read. A JSON list now reads about as fast as the same records in JSONL."""
+    import json
+    import time
+
+    recs = [{"prompt": f"Patient {i} reports chest pain radiating to the left arm.", "chosen": "Emergency",
+             "rejected": "Routine"} for i in range(10_000)]
+    (tmp_path / "d.json").write_text(json.dumps(recs, indent=1))  # "[", then 5 lines per record
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    rows = list(read_rows(tmp_path / "d.json"))
+    assert [line for line, _ in rows[:3]] == [2, 7, 12] and rows[-1] == (2 + 5 * 9_999, recs[-1])
+
+    def seconds(path):
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            sum(1 for _ in read_rows(path))
+            best = min(best, time.perf_counter() - t)
+        return best
+
+    assert seconds(tmp_path / "d.json") < 10 * seconds(tmp_path / "d.jsonl") + 0.05
+
+
 def test_truncation_keeps_the_end_of_the_prompt_and_is_reported(tmp_path, tok):
     long_prompt = "history " * 200 + "Now: chest pain. Triage?"
     path = _jsonl(tmp_path / "d.jsonl", [{"prompt": long_prompt, "completion": "urgent"}, GOOD])
