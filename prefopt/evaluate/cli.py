@@ -25,7 +25,7 @@ def _eval(args) -> int:
     from ..pretrained import load_model
     from ..tasks import get_task, sample_records, split_records
     from ..tokenizer import load_tokenizer
-    from .runner import DECODING, fit_max_new_tokens, predict, score, write_results
+    from .runner import DECODING, fit_max_new_tokens, keep_earlier, predict, score, write_results
 
     task = get_task(args.task, **key_values(args.task_option))
     records = task.read(args.data)
@@ -46,6 +46,9 @@ def _eval(args) -> int:
     settings = {k: getattr(args, k) for k in DECODING} | {"max_new_tokens": max_new}
     texts, ended = predict(model, tok, task, records, batch_size=args.batch_size, return_ended=True, **settings)
     preds, metrics = score(task, records, texts, ended, settings)
+    kept = keep_earlier(args.output)
+    if kept:
+        print(f"prefopt eval: {args.output} held an evaluation; it is kept in {kept}", flush=True)
     write_results(args.output, task, records, texts, preds, metrics, {"ended": ended})
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
     print(f"prefopt eval: wrote {Path(args.output) / 'predictions.jsonl'} and metrics.json")

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..fileio import write_json_atomic, write_text_atomic
-from .runner import DECODING, decoding, fit_max_new_tokens, predict, read_results, score, write_results
+from .runner import DECODING, decoding, fit_max_new_tokens, keep_earlier, predict, read_results, score, write_results
 
 STAGES = ("base", "sft", "dpo")
 PRESETS = {
@@ -193,19 +193,6 @@ def _changed_decoding(metrics: dict, want: dict) -> list[str]:
     return [f"{k} {had[k]!r} -> {want[k]!r}" for k in DECODING if had[k] != want[k]]
 
 
-def _keep_earlier(stage_dir: Path) -> Path:
-    """Move a stage's finished evaluation to ``earlier/N/`` (the next free N), out of the way of a new
-    one, and return that folder."""
-    n = 1
-    while (stage_dir / "earlier" / str(n)).exists():
-        n += 1
-    dest = stage_dir / "earlier" / str(n)
-    dest.mkdir(parents=True)
-    for name in ("predictions.jsonl", "metrics.json"):
-        (stage_dir / name).replace(dest / name)
-    return dest
-
-
 def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep: dict | None = None
               ) -> tuple[list[dict], dict]:
     done = read_results(out / stage)
@@ -214,7 +201,7 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
         if not changed:
             _log(f"{stage}: reusing {out / stage / 'metrics.json'}")
             return done
-        kept = _keep_earlier(out / stage)
+        kept = keep_earlier(out / stage)
         _log(f"{stage}: evaluating again, its answers were made with other decoding settings "
              f"({', '.join(changed)}); those are kept in {kept}")
     t0 = time.perf_counter()

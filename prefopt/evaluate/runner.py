@@ -95,6 +95,24 @@ def write_results(out_dir: str | Path, task, records, texts, preds, metrics, ext
     write_json_atomic(out / "metrics.json", metrics)
 
 
+def keep_earlier(out_dir: str | Path) -> Path | None:
+    """Move the evaluation in ``out_dir`` (``predictions.jsonl``, ``metrics.json``) to
+    ``out_dir/earlier/N/`` (the next free N), out of the way of a new one; return that folder,
+    or None where there was nothing to move."""
+    out = Path(out_dir)
+    names = [n for n in ("predictions.jsonl", "metrics.json") if (out / n).is_file()]
+    if not names:
+        return None
+    n = 1
+    while (out / "earlier" / str(n)).exists():
+        n += 1
+    dest = out / "earlier" / str(n)
+    dest.mkdir(parents=True)
+    for name in names:
+        (out / name).replace(dest / name)
+    return dest
+
+
 def read_results(out_dir: str | Path) -> tuple[list[dict], dict] | None:
     """The rows and metrics a finished evaluation left in ``out_dir``, or ``None``."""
     out = Path(out_dir)

@@ -158,6 +158,13 @@ def test_eval_cli_writes_predictions_and_metrics(tiny_model, tmp_path, capsys):
     assert main(["eval", "--task", "portal", "--model", str(tiny_model), "--output", str(out),
                  "--task-option", "nope=1"]) == 2
     assert "bad option" in capsys.readouterr().err
+    # a second evaluation into the same folder keeps the first one
+    first = [(out / f).read_text() for f in ("predictions.jsonl", "metrics.json")]
+    assert main(["eval", "--task", "portal", "--model", str(tiny_model), "--output", str(out), "--limit", "3",
+                 "--batch-size", "4"]) == 0
+    assert f"{out} held an evaluation; it is kept in {out / 'earlier' / '1'}" in capsys.readouterr().out
+    assert [(out / "earlier" / "1" / f).read_text() for f in ("predictions.jsonl", "metrics.json")] == first
+    assert json.loads((out / "metrics.json").read_text())["n"] == 3
 
 
 def test_eval_on_a_compare_runs_split_file_scores_exactly_its_test_items(tiny_model, tmp_path, capsys):
