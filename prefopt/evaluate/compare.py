@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..fileio import write_json_atomic, write_text_atomic
+from ..model.repeats import check_repeat_options
 from .runner import DECODING, decoding, fit_max_new_tokens, keep_earlier, predict, read_results, score, write_results
 
 STAGES = ("base", "sft", "dpo")
@@ -73,7 +74,10 @@ class CompareConfig:
         unknown = set(self.overrides) - set(PRESETS["full"]) - set(PRESETS["quick"])
         if unknown:
             raise ValueError(f"unknown compare settings {sorted(unknown)}")
-        return {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}
+        s = {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}
+        d = decoding(s)  # checked before the run claims its folder
+        check_repeat_options(d["repetition_penalty"], d["no_repeat_ngram_size"], d["repeat_scope"])
+        return s
 
 
 def _log(msg: str) -> None:

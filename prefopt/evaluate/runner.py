@@ -12,11 +12,13 @@ from ..model.generate import generate
 DECODING = {"max_new_tokens": None, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "repeat_scope": "all"}
 
 
-def decoding(settings: dict, task) -> dict:
+def decoding(settings: dict, task=None) -> dict:
     """The decoding settings in ``settings`` (a compare run's, or eval's flags), None replaced by what
-    it means: ``max_new_tokens`` the task's own, the others none. These go into ``metrics.json``."""
+    it means: ``max_new_tokens`` the task's own (with a task), the others none. These go into
+    ``metrics.json``."""
     out = {k: settings.get(k) if settings.get(k) is not None else v for k, v in DECODING.items()}
-    out["max_new_tokens"] = out["max_new_tokens"] or task.max_new_tokens
+    if task is not None:
+        out["max_new_tokens"] = out["max_new_tokens"] or task.max_new_tokens
     return out
 
 

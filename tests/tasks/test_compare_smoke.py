@@ -484,6 +484,16 @@ def test_new_decoding_settings_evaluate_every_stage_again_and_retrain_nothing(ti
     assert len(calls) == 4 and "base: reusing" in log and "dpo: reusing" in log
 
 
+@pytest.mark.parametrize("bad, match", [({"repeat_scope": "prompt"}, "repeat_scope must be one of all, output"),
+                                        ({"no_repeat_ngram_size": "four"}, "no_repeat_ngram_size must be a whole"),
+                                        ({"repetition_penalty": 0}, "repetition_penalty must be positive")])
+def test_bad_decoding_settings_stop_compare_before_it_claims_a_folder(bad, match, tiny_model, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "run"),
+                                  overrides={**TINY, **bad}))
+    assert not (tmp_path / "run").exists()
+
+
 def test_predict_tells_answers_the_cap_stopped_from_those_that_ended(monkeypatch):
     """ACI-Bench: every note of every stage ran to the cap, which nothing in the report showed."""
     from types import SimpleNamespace
