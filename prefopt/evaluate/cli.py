@@ -25,7 +25,7 @@ def _eval(args) -> int:
     from ..pretrained import load_model
     from ..tasks import get_task, sample_records, split_records
     from ..tokenizer import load_tokenizer
-    from .runner import DECODING, fit_max_new_tokens, keep_earlier, predict, score, write_results
+    from .runner import DECODING, choose_max_new_tokens, keep_earlier, predict, score, write_results
 
     task = get_task(args.task, **key_values(args.task_option))
     records = task.read(args.data)
@@ -38,10 +38,9 @@ def _eval(args) -> int:
     tok = load_tokenizer(args.model)
     max_new = args.max_new_tokens
     if max_new is None:
-        max_new, cut = fit_max_new_tokens(task, tok, records)
-        if cut:
-            print(f"prefopt eval: max_new_tokens {max_new}, not {task.name}'s {task.max_new_tokens}: {cut} of "
-                  f"{len(records)} reference answers are longer (--max-new-tokens N to choose)", flush=True)
+        max_new, note = choose_max_new_tokens(task, tok, records, "--max-new-tokens N")
+        if note:
+            print(f"prefopt eval: {note}", flush=True)
     model = load_model(args.model, adapter=args.adapter, merge=args.adapter is not None)
     settings = {k: getattr(args, k) for k in DECODING} | {"max_new_tokens": max_new}
     texts, ended = predict(model, tok, task, records, batch_size=args.batch_size, return_ended=True, **settings)

@@ -24,7 +24,7 @@ import torch
 
 from ..fileio import write_json_atomic, write_text_atomic
 from ..model.repeats import check_repeat_options
-from .runner import DECODING, decoding, fit_max_new_tokens, keep_earlier, predict, read_results, score, write_results
+from .runner import DECODING, choose_max_new_tokens, decoding, keep_earlier, predict, read_results, score, write_results
 
 STAGES = ("base", "sft", "dpo")
 PRESETS = {
@@ -303,11 +303,9 @@ def run_compare(cfg: CompareConfig) -> dict:
     _fit_test_size(cfg, s, records)
     tok = load_tokenizer(cfg.model)
     if s["max_new_tokens"] is None:
-        s["max_new_tokens"], cut = fit_max_new_tokens(task, tok, records)
-        if cut:
-            _log(f"max_new_tokens {s['max_new_tokens']}, not {task.name}'s {task.max_new_tokens}: {cut} of "
-                 f"{len(records)} reference answers are longer, and would be cut before they end "
-                 "(--set max_new_tokens=N to choose)")
+        s["max_new_tokens"], note = choose_max_new_tokens(task, tok, records, "--set max_new_tokens=N")
+        if note:
+            _log(note)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     _same_run(out, {**asdict(cfg), "settings": s})

@@ -67,6 +67,16 @@ def fit_max_new_tokens(task, tok, records) -> tuple[int | None, int]:
     return -(-int(1.1 * max(lengths)) // 32) * 32, cut
 
 
+def choose_max_new_tokens(task, tok, records, flag: str) -> tuple[int | None, str | None]:
+    """:func:`fit_max_new_tokens`'s cap, and the line that says why where it raised the task's
+    (naming ``flag``, which sets it by hand), for compare and eval to print."""
+    cap, cut = fit_max_new_tokens(task, tok, records)
+    if not cut:
+        return cap, None
+    return cap, (f"max_new_tokens {cap}, not {task.name}'s {task.max_new_tokens}: {cut} of {len(records)} reference "
+                 f"answers are longer, and would be cut before they end ({flag} to choose)")
+
+
 def score(task, records, texts: list[str], ended: list[bool] | None = None, settings: dict | None = None
           ) -> tuple[list, dict]:
     """Parsed predictions and the task's metrics for generated ``texts``; with ``ended`` (from
