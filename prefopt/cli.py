@@ -13,6 +13,9 @@ import torch
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+REPEAT_FLAGS = ("repetition_penalty", "no_repeat_ngram_size", "repeat_scope")  # add_repeat_flags' options
+
+
 def _generate(args: argparse.Namespace) -> int:
     from .model import generate
     from .pretrained import load_model
@@ -44,8 +47,7 @@ def _generate(args: argparse.Namespace) -> int:
     new = generate(
         model, [prompt_ids], max_new_tokens=args.max_new_tokens,
         temperature=0.0 if args.greedy else args.temperature, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty or 1.0, no_repeat_ngram_size=args.no_repeat_ngram_size or 0,
-        repeat_scope=args.repeat_scope or "all",
+        **{k: getattr(args, k) for k in REPEAT_FLAGS if getattr(args, k) is not None},  # unset: generate's default
         eos_token_ids=tok.eos_token_ids, pad_token_id=tok.pad_token_id or 0, seed=args.seed,
         stop=stop if stops else None, on_step=stream,
     )

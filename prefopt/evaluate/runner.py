@@ -30,6 +30,8 @@ def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: 
     ``no_repeat_ngram_size``, ``repeat_scope``: see :func:`~prefopt.model.generate.generate` (None:
     none). ``return_ended``: also whether each answer ended with an end-of-turn token (False:
     ``max_new_tokens`` stopped it)."""
+    settings = decoding(dict(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
+                             no_repeat_ngram_size=no_repeat_ngram_size, repeat_scope=repeat_scope), task)
     prompts = [tok.apply_chat_template(task.messages(r), add_generation_prompt=True) for r in records]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
@@ -40,9 +42,7 @@ def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: 
     model.eval()
     for s in range(0, len(order), batch_size):
         chunk = order[s:s + batch_size]
-        new = generate(model, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens or task.max_new_tokens,
-                       repetition_penalty=repetition_penalty or 1.0, no_repeat_ngram_size=no_repeat_ngram_size or 0,
-                       repeat_scope=repeat_scope or "all", eos_token_ids=tok.eos_token_ids,
+        new = generate(model, [prompts[i] for i in chunk], **settings, eos_token_ids=tok.eos_token_ids,
                        pad_token_id=tok.pad_token_id or 0)
         for i, ids in zip(chunk, new):
             texts[i] = tok.decode(ids).strip()

@@ -165,6 +165,23 @@ def test_cli_generate_applies_an_adapter(tiny, capsys, tmp_path):
     assert "nope" in capsys.readouterr().err
 
 
+def test_a_bad_repeat_flag_is_refused_not_dropped(tiny, capsys):
+    """``--repetition-penalty 0`` used to become 1.0 (``0 or 1.0``): no penalty, and no word of it."""
+    from types import SimpleNamespace
+
+    from prefopt.cli import main
+    from prefopt.evaluate.runner import predict
+    from prefopt.tasks import get_task
+    from prefopt.tasks.base import Record
+
+    _, ours, d = tiny
+    assert main(["generate", "--model", str(d), "--prompt", "x", "--greedy", "--repetition-penalty", "0"]) == 2
+    assert "repetition_penalty must be positive (1 = none), got 0" in capsys.readouterr().err
+    tok = SimpleNamespace(eos_token_ids=[2], pad_token_id=0, apply_chat_template=lambda m, **k: [5, 6], decode=str)
+    with pytest.raises(ValueError, match="repetition_penalty must be positive"):
+        predict(ours, tok, get_task("meqsum"), [Record("1", "q", "a")], repetition_penalty=0, show_progress=False)
+
+
 def test_cli_reports_missing_model_without_traceback(capsys, tmp_path):
     from prefopt.cli import main
 
