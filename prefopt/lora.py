@@ -114,20 +114,28 @@ def apply_lora(
     alpha: float = 32.0,
     dropout: float = 0.05,
     target_modules: Iterable[str] = DEFAULT_TARGETS,
+    *,
+    strict: bool = True,
 ) -> nn.Module:
     """Replace each ``nn.Linear`` whose name ends in one of ``target_modules`` with a
-    :class:`LoRALinear`, and freeze every other parameter. Returns ``model``."""
+    :class:`LoRALinear`, and freeze every other parameter. Returns ``model``.
+
+    Every name must match some layer (``strict``): a misspelt one would otherwise leave that
+    layer untrained without a word. :func:`load_adapter` is lenient, as PEFT is: an adapter's
+    tensors, checked key by key, say which layers it holds.
+    """
     cfg = LoRAConfig(r=r, alpha=alpha, dropout=dropout, target_modules=tuple(target_modules))
-    replaced = 0
+    linear = {name for m in model.modules() for name, c in m.named_children() if type(c) is nn.Linear}
+    unmatched = [t for t in cfg.target_modules if t not in linear]
+    if unmatched and (strict or len(unmatched) == len(cfg.target_modules)):
+        raise ValueError(f"no nn.Linear named {unmatched} found in the model; its linear layers are "
+                         f"{sorted(linear)}")
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if type(child) is nn.Linear and child_name in cfg.target_modules:
                 lora = LoRALinear(child, cfg.r, cfg.alpha, cfg.dropout)
                 lora.train(child.training)  # an eval-mode model stays in eval mode (no dropout)
                 setattr(module, child_name, lora)
-                replaced += 1
-    if not replaced:
-        raise ValueError(f"no nn.Linear named {list(cfg.target_modules)} found in the model")
     for name, p in model.named_parameters():
         p.requires_grad_(".lora_A." in name or ".lora_B." in name)
     model.lora_config = cfg
@@ -284,7 +292,7 @@ def read_adapter(adapter_dir: str | Path) -> tuple[LoRAConfig, dict[str, torch.T
 def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     """Apply the adapter in ``adapter_dir`` (PEFT layout) to ``model``; check every key and shape."""
     cfg, tensors = read_adapter(adapter_dir)
-    apply_lora(model, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules)
+    apply_lora(model, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, strict=False)
     path = Path(adapter_dir) / "adapter_model.safetensors"
     own = lora_state_dict(model)
     loaded = {}

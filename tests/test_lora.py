@@ -111,6 +111,22 @@ def test_bad_adapter_files_are_named(tiny, tmp_path):
         load_model(tiny, adapter=tmp_path / "ad")
 
 
+def test_a_target_name_that_matches_no_layer_is_refused_not_ignored(tiny, tmp_path):
+    """A misspelt target among good ones ("qproj") would leave that layer untrained silently."""
+    with pytest.raises(ValueError, match=r"no nn.Linear named \['qproj'\].*'q_proj'"):
+        apply_lora(load_model(tiny), r=4, target_modules=["v_proj", "qproj"])
+    # loading is lenient, as PEFT's is: the tensors, checked key by key, say which layers it holds
+    model = apply_lora(load_model(tiny), r=4, alpha=8, target_modules=["v_proj"])
+    save_adapter(model, tmp_path / "ad")
+    cfg = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    (tmp_path / "ad" / "adapter_config.json").write_text(json.dumps({**cfg, "target_modules": ["v_proj", "fc1"]}))
+    loaded = load_model(tiny, adapter=tmp_path / "ad")
+    assert {n.rsplit(".", 1)[-1] for n, _ in lora_layers(loaded)} == {"v_proj"}
+    (tmp_path / "ad" / "adapter_config.json").write_text(json.dumps({**cfg, "target_modules": ["fc1"]}))
+    with pytest.raises(ValueError, match="no nn.Linear named"):
+        load_model(tiny, adapter=tmp_path / "ad")
+
+
 class TestPeft:
     peft = pytest.importorskip("peft")
     transformers = pytest.importorskip("transformers")
