@@ -8,10 +8,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import MISSING
 
-import torch
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
+from .devices import DTYPES, resolve_device, resolve_dtype
 
 REPEAT_FLAGS = ("repetition_penalty", "no_repeat_ngram_size", "repeat_scope")  # add_repeat_flags' options
 
@@ -21,8 +18,9 @@ def _generate(args: argparse.Namespace) -> int:
     from .pretrained import load_model
     from .tokenizer import load_tokenizer
 
+    device = resolve_device(args.device)  # a device this machine lacks: said before any loading
     tok = load_tokenizer(args.model)
-    model = load_model(args.model, dtype=DTYPES[args.dtype], device=args.device, adapter=args.adapter)
+    model = load_model(args.model, dtype=resolve_dtype(args.dtype, device), device=device, adapter=args.adapter)
     if args.no_chat or not tok.chat_template:
         prompt_ids = tok.encode(args.prompt)
     else:
@@ -168,7 +166,11 @@ def _add_config_flags(p: argparse.ArgumentParser, cls) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .evaluate.cli import add_commands, add_repeat_flags  # eval, compare (the task layer, imported lazily by them)
+    from .evaluate.cli import (  # eval, compare (the task layer, imported lazily by them)
+        add_commands,
+        add_device_flags,
+        add_repeat_flags,
+    )
 
     p = argparse.ArgumentParser(prog="prefopt", description="Local SFT and DPO fine-tuning for clinical LLMs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -185,8 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
-    g.add_argument("--dtype", choices=DTYPES, default="float32")
-    g.add_argument("--device", default="cpu")
+    add_device_flags(g)
     add_repeat_flags(g)
     g.set_defaults(func=_generate)
 

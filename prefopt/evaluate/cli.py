@@ -22,12 +22,15 @@ def key_values(pairs: list[str] | None) -> dict:
 def _eval(args) -> int:
     from pathlib import Path
 
+    from ..devices import resolve_device, resolve_dtype
     from ..pretrained import load_model
     from ..tasks import get_task, sample_records, split_records
     from ..tokenizer import load_tokenizer
-    from .runner import DECODING, choose_max_new_tokens, keep_earlier, predict, score, write_results
+    from .runner import DECODING, choose_max_new_tokens, keep_earlier, placement, predict, score, write_results
 
     task = get_task(args.task, **key_values(args.task_option))
+    device = resolve_device(args.device)  # a device this machine lacks stops here, before any work
+    dtype = resolve_dtype(args.dtype, device)
     records = task.read(args.data)
     if args.split_file:
         records = _from_split_file(records, args.split_file)
@@ -41,10 +44,11 @@ def _eval(args) -> int:
         max_new, note = choose_max_new_tokens(task, tok, records, "--max-new-tokens N")
         if note:
             print(f"prefopt eval: {note}", flush=True)
-    model = load_model(args.model, adapter=args.adapter, merge=args.adapter is not None)
+    model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None)
     settings = {k: getattr(args, k) for k in DECODING} | {"max_new_tokens": max_new}
     texts, ended = predict(model, tok, task, records, batch_size=args.batch_size, return_ended=True, **settings)
     preds, metrics = score(task, records, texts, ended, settings)
+    metrics.update(placement(model))
     kept = keep_earlier(args.output)
     if kept:
         print(f"prefopt eval: {args.output} held an evaluation; it is kept in {kept}", flush=True)
@@ -77,9 +81,21 @@ def _compare(args) -> int:
     overrides = key_values(args.set)
     cfg = CompareConfig(task=args.task, model=args.model, output=args.output, data=args.data, preset=args.preset,
                         task_options=key_values(args.task_option), strategy=args.strategy, pairs=args.pairs, loss=args.loss,
-                        seed=args.seed, judge=args.judge, n_resamples=args.n_resamples, overrides=overrides)
+                        seed=args.seed, judge=args.judge, n_resamples=args.n_resamples, overrides=overrides,
+                        device=args.device, eval_dtype=args.eval_dtype)
     print("\n".join(console_lines(run_compare(cfg))))
     return 0
+
+
+def add_device_flags(p: argparse.ArgumentParser, dtype_flag: str = "--dtype", dtype_help: str = "") -> None:
+    """``--device`` and a dtype flag (generate, eval, compare), both "auto" by default."""
+    from ..devices import DTYPES
+
+    p.add_argument("--device", default="auto",
+                   help="auto (a CUDA GPU if one is visible, else the CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument(dtype_flag, choices=["auto", *DTYPES], default="auto",
+                   help=dtype_help or "parameter dtype; auto: bfloat16 on a CUDA GPU (float16 where it lacks "
+                   "bfloat16), float32 elsewhere")
 
 
 def add_repeat_flags(p: argparse.ArgumentParser) -> None:
@@ -125,6 +141,7 @@ def add_commands(sub) -> None:
     e.add_argument("--max-new-tokens", type=int, help="generation cap (default: the task's, raised for free-text "
                    "tasks whose reference answers are longer)")
     add_repeat_flags(e)
+    add_device_flags(e)
     e.set_defaults(func=_eval)
 
     c = sub.add_parser("compare", parents=[common], help="base → SFT → DPO on one test set, with statistics")
@@ -140,4 +157,7 @@ def add_commands(sub) -> None:
     c.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a preset setting (repeatable): "
                    + ", ".join(sorted({*PRESETS["quick"], *PRESETS["full"]})))
+    add_device_flags(c, "--eval-dtype", "parameter dtype of the evaluations; auto: bfloat16 on a CUDA GPU "
+                     "(float16 where it lacks bfloat16), float32 elsewhere. Training keeps float32 weights (under "
+                     "bf16 autocast on CUDA)")
     c.set_defaults(func=_compare)

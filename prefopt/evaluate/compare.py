@@ -24,7 +24,17 @@ import torch
 
 from ..fileio import write_json_atomic, write_text_atomic
 from ..model.repeats import check_repeat_options
-from .runner import DECODING, choose_max_new_tokens, decoding, keep_earlier, predict, read_results, score, write_results
+from .runner import (
+    DECODING,
+    choose_max_new_tokens,
+    decoding,
+    keep_earlier,
+    placement,
+    predict,
+    read_results,
+    score,
+    write_results,
+)
 
 STAGES = ("base", "sft", "dpo")
 PRESETS = {
@@ -59,6 +69,15 @@ class CompareConfig:
     judge: str | None = None  # a local model that rates answers 1-5
     n_resamples: int = 2000
     overrides: dict = field(default_factory=dict)  # any preset key
+    device: str = "auto"  # training and evaluation: auto (a CUDA GPU if one is visible), cpu, cuda, cuda:N
+    eval_dtype: str = "auto"  # evaluations' weights: auto is bfloat16 on CUDA, float32 on a CPU
+
+    def placement(self) -> tuple[torch.device, torch.dtype]:
+        """The device and the evaluations' dtype, checked (a device this machine lacks is an error)."""
+        from ..devices import resolve_device, resolve_dtype
+
+        device = resolve_device(self.device)
+        return device, resolve_dtype(self.eval_dtype, device)
 
     def settings(self) -> dict:
         from ..tasks import STRATEGIES
@@ -75,6 +94,7 @@ class CompareConfig:
         if unknown:
             raise ValueError(f"unknown compare settings {sorted(unknown)}")
         s = {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}
+        self.placement()
         d = decoding(s)  # checked before the run claims its folder
         check_repeat_options(d["repetition_penalty"], d["no_repeat_ngram_size"], d["repeat_scope"])
         return s
@@ -86,6 +106,8 @@ def _log(msg: str) -> None:
 
 # settings that change no stage's result: a resumed run may differ in these
 _REPORT_ONLY = ("output", "n_resamples")
+# where it runs: a run started on a CPU may finish on a GPU (metrics.json says where each evaluation ran)
+_MACHINE_ONLY = ("device", "eval_dtype")
 _MEMORY_ONLY = ("gradient_checkpointing",)  # change memory and time, not results: a run may resume with them
 # settings added after runs were made, with the values those runs used
 _ADDED_SETTINGS = {"max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None,
@@ -104,7 +126,7 @@ def _flat(config: dict) -> dict:
     with settings that change no training result left out and settings added since filled in."""
     out, skip = {}, (*_MEMORY_ONLY, *_eval_only(config))
     for k, v in config.items():
-        if k in _REPORT_ONLY:
+        if k in _REPORT_ONLY or k in _MACHINE_ONLY:
             continue
         if k in ("settings", "overrides") and isinstance(v, dict):
             v = {**_ADDED_SETTINGS, **v} if k == "settings" else v
@@ -165,7 +187,7 @@ def _train_config(cls, cfg, s, stage: str, data: Path, out: Path, **kw):
     return cls(model=cfg.model, data=str(data), output_dir=str(out), max_length=s["max_length"],
                batch_size=s["dpo_batch_size" if stage == "dpo" else "batch_size"], lr=s[f"{stage}_lr"],
                max_steps=steps, epochs=epochs, seed=cfg.seed, warmup_steps=min(5, (steps or 10) // 10),
-               gradient_checkpointing=bool(s["gradient_checkpointing"]),
+               gradient_checkpointing=bool(s["gradient_checkpointing"]), device=cfg.device,
                overwrite=True, **kw)
 
 
@@ -178,12 +200,13 @@ def _load_stage_model(cfg: CompareConfig, out: Path, stage: str, keep: dict | No
 
     if keep is not None and stage in keep:
         return keep.pop(stage)
+    device, dtype = cfg.placement()
     if stage == "base":
-        return load_model(cfg.model)
+        return load_model(cfg.model, dtype=dtype, device=device)
     dpo = out / "dpo" / "train" / "final"
     if stage == "dpo" and is_stacked(dpo):  # holds the SFT update too (prefopt.lora_stack)
-        return load_model(cfg.model, adapter=dpo, merge=True)
-    model = load_model(cfg.model, adapter=out / "sft" / "train" / "final", merge=True)
+        return load_model(cfg.model, dtype=dtype, device=device, adapter=dpo, merge=True)
+    model = load_model(cfg.model, dtype=dtype, device=device, adapter=out / "sft" / "train" / "final", merge=True)
     if stage == "dpo":  # a run from before stacked adapters: its DPO adapter goes on the merged SFT model
         merge_and_unload(load_adapter(model, dpo))
     return model
@@ -215,6 +238,7 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
     texts, ended = predict(model, tok, task, test, batch_size=s["eval_batch_size"], desc=f"{stage}: test set",
                            return_ended=True, **{k: s[k] for k in DECODING})
     preds, metrics = score(task, test, texts, ended, s)
+    metrics.update(placement(model))
     extra = {"ended": ended}
     if judge is not None:
         from .judge import judge_scores
@@ -317,7 +341,8 @@ def run_compare(cfg: CompareConfig) -> dict:
     if cfg.judge:
         from ..pretrained import load_model
 
-        judge = (load_model(cfg.judge), load_tokenizer(cfg.judge))
+        device, dtype = cfg.placement()
+        judge = (load_model(cfg.judge, dtype=dtype, device=device), load_tokenizer(cfg.judge))
     results = {"base": _evaluate(cfg, task, tok, test, out, "base", s, judge)}
     _sft(cfg, task, train, out, s)
     keep = {} if cfg.strategy == "model_errors" and not (out / "data" / "pairs.jsonl").is_file() else None

@@ -171,8 +171,8 @@ def _item_test_line(task, cmp: dict) -> str:
 
 
 def decoding_line(results: dict) -> str | None:
-    """How the stages' answers were decoded, from what each ``metrics.json`` recorded (None for runs
-    from before it was recorded)."""
+    """How the stages' answers were decoded, and where, from what each ``metrics.json`` recorded
+    (None for runs from before it was recorded)."""
     said = {}
     for s, (_, m) in results.items():
         if "max_new_tokens" not in m:
@@ -183,6 +183,8 @@ def decoding_line(results: dict) -> str | None:
         if any(repeats):
             where = "the answer's own tokens" if m.get("repeat_scope") == "output" else "prompt and answer"
             text += f"; {', '.join(r for r in repeats if r)} (counted over {where})"
+        if "device" in m:  # recorded since runs could move to a GPU
+            text += f"; run on {m['device']} in {m['dtype']}"
         said.setdefault(text, []).append(NAMES[s])
     if not said:
         return None

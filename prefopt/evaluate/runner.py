@@ -22,6 +22,13 @@ def decoding(settings: dict, task=None) -> dict:
     return out
 
 
+def placement(model) -> dict:
+    """Where ``model`` runs, for ``metrics.json``: ``{"device": "cuda:0", "dtype": "bfloat16"}``. Greedy
+    answers can differ between precisions (a near tie between two tokens breaks the other way)."""
+    w = model.output_weight
+    return {"device": str(w.device), "dtype": str(w.dtype).removeprefix("torch.")}
+
+
 def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: int | None = None,
             repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
             repeat_scope: str | None = None, desc: str = "generating", show_progress: bool = True,

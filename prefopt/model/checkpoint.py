@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import resolve_device
 from ..fileio import write_json_atomic
 from .config import ModelConfig
 from .hub import resolve_model_dir
@@ -57,12 +58,14 @@ def load_model(
         name_or_path: local HF-layout folder, a prefopt alias, or a Hugging Face Hub
             repo id (resolved through ``huggingface_hub``, cache first).
         dtype: parameter dtype; floating tensors are cast while loading.
-        device: where the parameters live.
+        device: where the parameters live: ``"auto"`` (a CUDA GPU if one is visible), ``"cpu"``,
+            ``"cuda"``, ``"cuda:N"`` or ``"mps"`` (:func:`prefopt.devices.resolve_device`).
 
     Returns:
         a :class:`~prefopt.model.Transformer` in eval mode. ``model(input_ids)`` gives
         logits ``(B, T, V)``; ``model(input_ids, return_hidden=True)`` gives ``(B, T, D)``.
     """
+    device = resolve_device(device)
     model_dir = resolve_model_dir(name_or_path, revision=revision)
     cfg = ModelConfig.from_hf(model_dir)
     with torch.device("meta"):

@@ -10,8 +10,11 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..devices import DTYPES as _DTYPES
+from ..devices import resolve_device
+
 SCHEDULES = ("cosine", "linear", "constant")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = tuple(_DTYPES)
 
 
 def opt(default: Any = MISSING, help: str = "", *, factory: Any = MISSING):
@@ -90,6 +93,10 @@ class TrainConfig:
             errors.append(f"schedule must be one of {SCHEDULES} (got {self.schedule!r})")
         if self.dtype not in DTYPES:
             errors.append(f"dtype must be one of {DTYPES} (got {self.dtype!r})")
+        try:
+            resolve_device(self.device)
+        except ValueError as e:
+            errors.append(str(e))
         if not 0 <= self.lora_dropout < 1:
             errors.append("lora_dropout must be in [0, 1)")
         if self.fsdp and self.lora:

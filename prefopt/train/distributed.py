@@ -34,12 +34,23 @@ class DistInfo:
         return self.world > 1
 
 
+def local_device(device: torch.device) -> torch.device:
+    """This process's device. Under torchrun a bare ``cuda`` means ``cuda:LOCAL_RANK``: each rank
+    gets its own GPU (all on GPU 0, NCCL refuses the duplicate or one card holds every copy)."""
+    if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
 def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA)."""
+    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA, each rank on
+    :func:`local_device`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(local_device(device))
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from .._deps import progress
+from ..devices import resolve_device
 from ..fileio import write_json_atomic
 from ..lora import lora_layers
 from . import state as ckpt_io
@@ -32,6 +33,7 @@ from .distributed import (
     barrier,
     gather_full,
     init_distributed,
+    local_device,
     no_sync,
     shard_like,
     wrap_model,
@@ -60,12 +62,6 @@ def peak_memory_mb(device: torch.device) -> float | None:
 def autocast_on(device: torch.device, config) -> bool:
     """Whether a trainer on ``device`` runs under bf16 autocast (CUDA only, ``bf16_autocast``)."""
     return device.type == "cuda" and config.bf16_autocast
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _trained_part(model: torch.nn.Module) -> str:
@@ -102,7 +98,7 @@ class Trainer:
         self._check_items(self.train_data, "train_data")  # before the output folder is claimed
         self._check_items(self.eval_data, "eval_data")
         _check_context(model, self.train_data + self.eval_data)
-        self.device = pick_device(config.device)
+        self.device = local_device(resolve_device(config.device))
         self.dist: DistInfo = init_distributed(self.device)
         ckpt_io.claim_output_dir(config.output_dir, resume=config.resume, overwrite=config.overwrite,
                                  is_main=self.dist.is_main)

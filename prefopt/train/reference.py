@@ -3,15 +3,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..devices import resolve_device
 from ..refcache import RefCache, reference_fingerprint
-from .loop import autocast_on, pick_device
+from .loop import autocast_on
 
 
 def _rounding(config) -> dict:
     """What sets the reference's rounding beyond the weights: under bf16 autocast, also the
     pairs' layout (one packed row or two stacked sequences round differently in bf16; in fp32
     they agree to ~1e-6, so a cache serves both)."""
-    if not autocast_on(pick_device(config.device), config):
+    if not autocast_on(resolve_device(config.device), config):
         return {}
     return {"autocast": "bfloat16", "pairs": "packed" if getattr(config, "share_prompt", True) else "stacked"}
 

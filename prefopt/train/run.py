@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import DTYPES, resolve_device
 from ..fileio import write_json_atomic
 from ..lora import apply_lora
 from ..lora_stack import save_adapter
@@ -13,12 +14,9 @@ from ..pretrained import load_model
 from ..tokenizer import load_tokenizer
 from .config import TrainConfig
 from .distributed import DistInfo, gather_full, init_distributed
-from .loop import pick_device
 from .metrics import first_and_last, first_to_last
 from .reference import reference_cache_for
 from .sft import SFTTrainer, load_train_eval
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def prepare_model(config: TrainConfig):
@@ -61,7 +59,7 @@ def claim_output_dir(config: TrainConfig) -> None:
     from .state import claim_output_dir as claim
 
     claim(config.output_dir, resume=config.resume, overwrite=config.overwrite,
-          is_main=init_distributed(pick_device(config.device)).is_main, clear=False)
+          is_main=init_distributed(resolve_device(config.device)).is_main, clear=False)
 
 
 def run_sft(config: TrainConfig, callbacks=()) -> dict:
@@ -133,7 +131,7 @@ def run_dpo(config, callbacks=()) -> dict:
         ref_model = load_model(config.ref, dtype=DTYPES[config.dtype], adapter=config.sft_adapter,
                                merge=config.sft_adapter is not None)
     cache = reference_cache_for(config, model, ref_model) if config.ref_cache else None
-    if init_distributed(pick_device(config.device)).is_main:  # the trainer joins the same group
+    if init_distributed(resolve_device(config.device)).is_main:  # the trainer joins the same group
         for r in reports:
             print("prefopt:", r.summary(), flush=True)
     trainer = DPOTrainer(model, config, pairs, evals, pad_id=tok.pad_token_id or 0, ref_model=ref_model,

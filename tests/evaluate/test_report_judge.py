@@ -133,6 +133,13 @@ def test_summaries_are_compared_item_by_item_on_rouge_not_on_right_or_wrong(tmp_
     assert ("\nAnswers: base: greedy decoding, at most 384 new tokens; repetition penalty 1.2 (counted over prompt "
             "and answer); SFT, SFT+DPO: greedy decoding, at most 384 new tokens; no repeated 4-grams (counted over "
             "the answer's own tokens).\n") in (tmp_path / "report.md").read_text()
+    # and where each stage ran, since a run may move from a CPU to a GPU between stages
+    results = {s: (rows, {**m, **plain, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "device": "cpu",
+                          "dtype": "float32"}) for s, (rows, m) in results.items()}
+    results["dpo"][1].update(device="cuda:0", dtype="bfloat16")
+    build_report(cfg, get_task("aci_bench"), test, results, tmp_path)
+    assert ("\nAnswers: base, SFT: greedy decoding, at most 384 new tokens; run on cpu in float32; SFT+DPO: greedy "
+            "decoding, at most 384 new tokens; run on cuda:0 in bfloat16.\n") in (tmp_path / "report.md").read_text()
     # an answer-matching task keeps McNemar on right/wrong items
     results = {s: ([{"prediction": "x", "correct": ok} for ok in flags], {})
                for s, flags in (("base", [False] * 12), ("sft", [True] * 8 + [False] * 4), ("dpo", [True] * 12))}

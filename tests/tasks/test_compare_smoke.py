@@ -407,6 +407,68 @@ def test_compare_trains_with_gradient_checkpointing_and_resumes_with_it(tiny_mod
                                   overrides={**TINY, "sft_lr": 1e-3}))
 
 
+def test_eval_and_compare_run_where_they_are_told_and_record_it(tiny_model, tmp_path, monkeypatch, capsys):
+    """They loaded every model on the CPU in float32, whatever the machine had: an 8B model on a GPU
+    box was evaluated on its CPU. Now --device/--dtype (auto: the GPU, in bfloat16) as training."""
+    import torch
+
+    import prefopt.train.run as run
+    from prefopt.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--task", "portal", "--model", str(tiny_model), "--output", str(out), "--limit", "3",
+                 "--dtype", "bfloat16", "--device", "cpu"]) == 0
+    assert {k: json.loads((out / "metrics.json").read_text())[k] for k in ("device", "dtype")} == \
+        {"device": "cpu", "dtype": "bfloat16"}
+    if not torch.cuda.is_available():
+        assert main(["eval", "--task", "portal", "--model", str(tiny_model), "--output", str(tmp_path / "e2"),
+                     "--device", "cuda"]) == 2
+        assert "prefopt eval: error: device 'cuda': " in capsys.readouterr().err
+        assert not (tmp_path / "e2").exists()
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def run_sft(config):
+        seen.append(config.device)
+        raise Stop
+
+    monkeypatch.setattr(run, "run_sft", run_sft)
+    run_dir = tmp_path / "run"
+    for device in ("cpu", "auto"):  # where it runs is no setting of the run's: it may resume elsewhere
+        with pytest.raises(Stop):
+            run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(run_dir), overrides=TINY,
+                                      device=device, eval_dtype="float32"))
+    assert seen == ["cpu", "auto"]
+    assert {k: json.loads((run_dir / "base" / "metrics.json").read_text())[k] for k in ("device", "dtype")} == \
+        {"device": "cpu", "dtype": "float32"}
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "r2"), device="gpu"))
+    assert not (tmp_path / "r2").exists()
+
+
+@pytest.mark.gpu
+def test_eval_on_a_gpu_by_default_gives_the_cpus_answers_in_float32(tiny_model, tmp_path):
+    import torch
+
+    from prefopt.cli import main
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    common = ["eval", "--task", "portal", "--model", str(tiny_model), "--limit", "8", "--batch-size", "4"]
+    runs = {"auto": [], "gpu32": ["--dtype", "float32"], "cpu": ["--device", "cpu"]}
+    for name, flags in runs.items():
+        assert main([*common, "--output", str(tmp_path / name), *flags]) == 0
+    got = {n: json.loads((tmp_path / n / "metrics.json").read_text()) for n in runs}
+    assert (got["auto"]["device"], got["auto"]["dtype"]) == ("cuda:0", "bfloat16")
+    assert (got["gpu32"]["device"], got["cpu"]["dtype"]) == ("cuda:0", "float32")
+    outputs = {n: [json.loads(x)["output"] for x in (tmp_path / n / "predictions.jsonl").read_text().splitlines()]
+               for n in ("gpu32", "cpu")}
+    assert outputs["gpu32"] == outputs["cpu"]
+
+
 def test_a_run_made_before_a_setting_was_added_still_resumes(tiny_model, tmp_path, monkeypatch):
     """compare_config.json files written before max_new_tokens, repetition_penalty and
     gradient_checkpointing existed lack them; their values then were None, None and False. Such a

@@ -1,0 +1,57 @@
+"""Where a model runs and in what precision: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
+``"mps"``, and ``"auto"`` or a dtype name, checked up front with errors that say what to do."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+KINDS = ("cpu", "cuda", "mps")
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """The device ``name`` means: ``"auto"`` is the first CUDA GPU where one is visible, else the
+    CPU. A device this machine lacks is a ``ValueError`` that says why (a CPU build of torch, no
+    visible GPU, an index past the last GPU), not a traceback from deep inside torch."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type not in KINDS:
+        raise ValueError(f"device {name!r}: prefopt runs on {', '.join(KINDS)} (or auto)")
+    if dev.type == "cuda":
+        if torch.version.cuda is None and torch.version.hip is None:
+            raise ValueError(f"device {name!r}: this torch ({torch.__version__}) was built without CUDA; "
+                             "install a CUDA build of torch, or use --device cpu")
+        if not torch.cuda.is_available():
+            seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+            raise ValueError(f"device {name!r}: no CUDA GPU is visible"
+                             + (f" (CUDA_VISIBLE_DEVICES={seen!r})" if seen is not None else "")
+                             + "; check nvidia-smi, or use --device cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"device {name!r}: only {n} CUDA GPU{'s are' if n != 1 else ' is'} visible "
+                             f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: MPS (Apple GPU) is not available here; use --device cpu")
+    return dev
+
+
+def resolve_dtype(name: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """The parameter dtype ``name`` means on ``device``. ``"auto"``, for running a model rather than
+    training it: bfloat16 on a CUDA GPU that has it (float16 on older ones), float32 elsewhere (CPUs
+    are slow at half-precision matmuls, and a 135M model is small either way)."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}: use auto or one of {', '.join(DTYPES)}")
+    return DTYPES[name]
