@@ -382,37 +382,43 @@ def test_eval_cli_lets_long_reference_answers_end(flag, tiny_model, tmp_path, mo
         assert f"max_new_tokens {n}, not summarization's 96: 5 of 5 reference answers are longer" in out
 
 
-def test_compare_trains_with_gradient_checkpointing_and_resumes_with_it(tiny_model, tmp_path, monkeypatch):
-    """ACI-Bench at 1024 tokens peaked at 9.5 GB in training. --set gradient_checkpointing=true trades
-    time for memory; it changes no result, so a run interrupted for want of memory may resume with it."""
-    import prefopt.train.run as run
+class StopAtSFT(Exception):
+    pass
 
-    class Stop(Exception):
-        pass
+
+@pytest.fixture
+def sft_configs(monkeypatch) -> list:
+    """The TrainConfig of each compare run's SFT stage, which then stops it (:class:`StopAtSFT`)."""
+    import prefopt.train.run as run
 
     seen = []
 
     def run_sft(config):
-        seen.append(config.gradient_checkpointing)
-        raise Stop
+        seen.append(config)
+        raise StopAtSFT
 
     monkeypatch.setattr(run, "run_sft", run_sft)
+    return seen
+
+
+def test_compare_trains_with_gradient_checkpointing_and_resumes_with_it(tiny_model, tmp_path, sft_configs):
+    """ACI-Bench at 1024 tokens peaked at 9.5 GB in training. --set gradient_checkpointing=true trades
+    time for memory; it changes no result, so a run interrupted for want of memory may resume with it."""
     out = str(tmp_path / "run")
     for extra in ({}, {"gradient_checkpointing": True}):
-        with pytest.raises(Stop):
+        with pytest.raises(StopAtSFT):
             run_compare(CompareConfig(task="portal", model=str(tiny_model), output=out, overrides={**TINY, **extra}))
-    assert seen == [False, True]
+    assert [c.gradient_checkpointing for c in sft_configs] == [False, True]
     with pytest.raises(ValueError, match="other settings.*sft_lr"):
         run_compare(CompareConfig(task="portal", model=str(tiny_model), output=out,
                                   overrides={**TINY, "sft_lr": 1e-3}))
 
 
-def test_eval_and_compare_run_where_they_are_told_and_record_it(tiny_model, tmp_path, monkeypatch, capsys):
+def test_eval_and_compare_run_where_they_are_told_and_record_it(tiny_model, tmp_path, sft_configs, capsys):
     """They loaded every model on the CPU in float32, whatever the machine had: an 8B model on a GPU
     box was evaluated on its CPU. Now --device/--dtype (auto: the GPU, in bfloat16) as training."""
     import torch
 
-    import prefopt.train.run as run
     from prefopt.cli import main
 
     out = tmp_path / "eval"
@@ -426,22 +432,12 @@ def test_eval_and_compare_run_where_they_are_told_and_record_it(tiny_model, tmp_
         assert "prefopt eval: error: device 'cuda': " in capsys.readouterr().err
         assert not (tmp_path / "e2").exists()
 
-    class Stop(Exception):
-        pass
-
-    seen = []
-
-    def run_sft(config):
-        seen.append(config.device)
-        raise Stop
-
-    monkeypatch.setattr(run, "run_sft", run_sft)
     run_dir = tmp_path / "run"
     for device in ("cpu", "auto"):  # where it runs is no setting of the run's: it may resume elsewhere
-        with pytest.raises(Stop):
+        with pytest.raises(StopAtSFT):
             run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(run_dir), overrides=TINY,
                                       device=device, eval_dtype="float32"))
-    assert seen == ["cpu", "auto"]
+    assert [c.device for c in sft_configs] == ["cpu", "auto"]
     assert {k: json.loads((run_dir / "base" / "metrics.json").read_text())[k] for k in ("device", "dtype")} == \
         {"device": "cpu", "dtype": "float32"}
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
