@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from prefopt.cli import run_script
-from prefopt.evaluate.cli import key_values
+from prefopt.evaluate.cli import add_device_flags, key_values
 from prefopt.evaluate.compare import CompareConfig, run_compare
 from prefopt.evaluate.report import console_lines
 from prefopt.losses import LOSSES
@@ -38,11 +38,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a preset setting, e.g. sft_steps=100 (repeatable; see prefopt compare --help)")
+    add_device_flags(ap, "--eval-dtype", "the evaluations' dtype (auto: bfloat16 on a GPU, float32 on a CPU)")
     a = ap.parse_args()
     t0 = time.perf_counter()
     report = run_compare(CompareConfig(task=a.task, model=a.model, output=a.output, data=a.data, preset=a.preset,
                                        strategy=a.strategy, loss=a.loss, seed=a.seed,
-                                       overrides=key_values(a.set)))
+                                       overrides=key_values(a.set), device=a.device, eval_dtype=a.eval_dtype))
     print()
     for stage, s in report["stages"].items():
         print(f"{stage:>4}: macro-F1 {s['primary']:.3f}  95% CI [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]  "

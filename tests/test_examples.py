@@ -26,7 +26,8 @@ def test_run_triage_compares_three_stages_with_the_loss_and_settings_asked_for(t
     model = tmp_path / "tiny"
     build_hf_model(model, max_position_embeddings=4096)
     out = tmp_path / "run"
-    done = _run("--model", str(model), "--output", str(out), "--loss", "rpo", *[x for kv in TINY for x in ("--set", kv)])
+    done = _run("--model", str(model), "--output", str(out), "--loss", "rpo", "--device", "cpu",
+                "--eval-dtype", "bfloat16", *[x for kv in TINY for x in ("--set", kv)])
     assert done.returncode == 0, done.stderr[-2000:]
     for stage in ("base", "sft", "dpo"):
         assert f"{stage:>4}: macro-F1 " in done.stdout
@@ -35,6 +36,7 @@ def test_run_triage_compares_three_stages_with_the_loss_and_settings_asked_for(t
     assert config["loss"] == "rpo" and config["overrides"]["sft_steps"] == 2
     steps = (out / "dpo" / "train" / "metrics.jsonl").read_text().splitlines()
     assert len(steps) == 2
+    assert "; run on cpu in bfloat16." in (out / "report.md").read_text()
 
 
 def test_run_triage_reports_bad_input_without_a_traceback(tmp_path):
@@ -43,6 +45,9 @@ def test_run_triage_reports_bad_input_without_a_traceback(tmp_path):
     assert "Traceback" not in done.stderr
     done = _run("--set", "sft_steps", "--output", str(tmp_path / "run"))
     assert done.returncode == 1 and "expected key=value, got 'sft_steps'" in done.stderr
+    done = _run("--device", "gpu", "--output", str(tmp_path / "run"))
+    assert done.returncode == 1 and "run_triage: error: unknown device 'gpu'" in done.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def _write_jsonl(path: Path, rows) -> Path:
