@@ -58,6 +58,9 @@ def split_eval(examples: list, fraction: float, seed: int) -> tuple[list, list]:
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(examples), generator=g).tolist()
     n_eval = max(1, round(fraction * len(examples)))
+    if n_eval >= len(examples):
+        raise ValueError(f"eval_fraction {fraction:g} of {len(examples)} example{'s' * (len(examples) != 1)} holds "
+                         f"out {n_eval} for eval and leaves none to train on; lower it or pass eval_data")
     return [examples[i] for i in order[n_eval:]], [examples[i] for i in order[:n_eval]]
 
 

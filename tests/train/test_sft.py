@@ -95,6 +95,18 @@ def test_cli_sft_refuses_bad_config_before_work(task, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_an_eval_fraction_that_leaves_nothing_to_train_on_says_so(task, tmp_path, capsys):
+    """It said "0 training examples are fewer than one global batch", naming neither the split nor the fix."""
+    model_dir, _ = task
+    one = tmp_path / "one.jsonl"
+    one.write_text('{"prompt": "Chest pain for 2 hours.", "completion": "urgent"}\n')
+    assert main(["sft", "--model", str(model_dir), "--data", str(one), "--output-dir", str(tmp_path / "x"),
+                 "--batch-size", "1", "--eval-fraction", "0.5"]) == 2
+    assert ("eval_fraction 0.5 of 1 example holds out 1 for eval and leaves none to train on; lower it or pass "
+            "eval_data") in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_examples_longer_than_the_model_context_are_refused(task, tmp_path, capsys):
     """The tiny model's context is 256 positions: a 300-token example would run on positions it
     was never trained on. Refused with the fix named, by the trainer (notebook) and the CLI."""
