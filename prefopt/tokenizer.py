@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ class Tokenizer:
         self.pad_token_id = self._id(self.pad_token)
         eos = [self.eos_token_id, *extra_eos_ids]
         self.eos_token_ids: list[int] = list(dict.fromkeys(i for i in eos if i is not None))
+        self._seen: dict[tuple[str, bool], list[int]] | None = None  # see remembering()
 
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self.backend.token_to_id(token)
@@ -57,7 +60,23 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text``; ``add_special_tokens`` applies the tokenizer's template (e.g. BOS)."""
-        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        if self._seen is None:
+            return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        key = (text, add_special_tokens)
+        if key not in self._seen:
+            self._seen[key] = self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        return list(self._seen[key])
+
+    @contextmanager
+    def remembering(self) -> Iterator[Tokenizer]:
+        """Within the block, a text encoded before is not encoded again (``check_data`` reads a
+        file twice, and a pair's prompt comes with both responses). It holds every text's ids
+        until the block ends."""
+        outer, self._seen = self._seen, {} if self._seen is None else self._seen
+        try:
+            yield self
+        finally:
+            self._seen = outer
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
