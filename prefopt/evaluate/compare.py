@@ -92,7 +92,10 @@ class CompareConfig:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
         unknown = set(self.overrides) - set(PRESETS["full"]) - set(PRESETS["quick"])
         if unknown:
-            raise ValueError(f"unknown compare settings {sorted(unknown)}")
+            where = sorted(unknown & {"device", "eval_dtype"})
+            raise ValueError(f"unknown compare settings {sorted(unknown)}"
+                             + (f"; {', '.join(where)} {'is' if len(where) == 1 else 'are'} not a preset setting: "
+                                f"pass {' and '.join('--' + w.replace('_', '-') for w in where)}" if where else ""))
         s = {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}
         self.placement()
         d = decoding(s)  # checked before the run claims its folder

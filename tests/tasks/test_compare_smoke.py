@@ -440,6 +440,10 @@ def test_eval_and_compare_run_where_they_are_told_and_record_it(tiny_model, tmp_
     assert [c.device for c in sft_configs] == ["cpu", "auto"]
     assert {k: json.loads((run_dir / "base" / "metrics.json").read_text())[k] for k in ("device", "dtype")} == \
         {"device": "cpu", "dtype": "float32"}
+    with pytest.raises(ValueError, match=r"unknown compare settings \['device'\]; device is not a preset setting: "
+                       "pass --device"):
+        run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "r2"),
+                                  overrides={"device": "cpu"}))
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "r2"), device="gpu"))
     assert not (tmp_path / "r2").exists()
