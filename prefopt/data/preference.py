@@ -43,8 +43,9 @@ def tokenize_pair(rec: PreferenceRecord, tok: Tokenizer, *, max_length: int,
     that truncation makes identical (the responses differ only past ``max_length``) is an
     error: it would carry no preference at all.
     """
-    c = tok.encode_prompt_response(rec.prompt, rec.chosen)
-    r = tok.encode_prompt_response(rec.prompt, rec.rejected)
+    with tok.remembering():  # the prompt is encoded once for both
+        c = tok.encode_prompt_response(rec.prompt, rec.chosen)
+        r = tok.encode_prompt_response(rec.prompt, rec.rejected)
     if c.ids[:c.prompt_len] != r.ids[:r.prompt_len]:
         raise ValueError("the prompt encodes differently in front of chosen and rejected")
     longest = max(len(c.ids) - c.prompt_len, len(r.ids) - r.prompt_len)

@@ -57,8 +57,9 @@ def test_a_preference_file_is_detected_and_a_clean_one_exits_0(model, tmp_path, 
 
 def test_check_data_encodes_each_text_once_and_forgets_them_after(model, tmp_path):
     """It loaded the file twice (untruncated, then at max_length), encoding every text twice: 51 s
-    for 20,000 records where training's load took 24 s."""
+    for 20,000 records where training's load took 24 s. Loading pairs encoded each prompt twice."""
     from prefopt import load_tokenizer
+    from prefopt.data import load_preferences
 
     rows = [{"prompt": f"Message {i}. Triage?", "chosen": "urgent review", "rejected": "routine visit"}
             for i in range(4)]
@@ -70,6 +71,9 @@ def test_check_data_encodes_each_text_once_and_forgets_them_after(model, tmp_pat
                                         "encode": lambda self, text, **kw: texts.append(text) or real(text, **kw)})()
     plain = check_data(path, tok, max_length=256)
     assert len(texts) == len(set(texts)) == 4 * 3  # each pair: its prompt, prompt+chosen, prompt+rejected
+    texts.clear()
+    load_preferences(path, tok)  # a pair's prompt is encoded once, not once per response
+    assert len(texts) == len(set(texts)) == 4 * 3
     assert tok._seen is None  # nothing kept after the check
     with tok.remembering():
         ids = tok.encode("Message 0. Triage?")
