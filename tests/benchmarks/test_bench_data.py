@@ -1,0 +1,28 @@
+"""benchmarks/bench_data.py runs end to end on a tiny tokenizer (its figures mean nothing here)."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from tests._tiny import build_hf_model
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_data.py"
+
+
+def test_bench_data_times_every_case_and_writes_its_ratios(tmp_path, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("bench_data", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    build_hf_model(tmp_path / "tiny")
+    sft, pairs = mod.records(3)
+    assert sft == mod.records(3)[0] and [p["prompt"] for p in pairs] == [r["prompt"] for r in sft]  # seeded
+    out = tmp_path / "data.json"
+    monkeypatch.setattr(sys, "argv", ["bench_data.py", "--model", str(tmp_path / "tiny"), "--records", "12",
+                                      "--reps", "1", "--max-length", "200", "--json", str(out)])
+    mod.main()
+    got = json.loads(out.read_text())
+    assert [r["case"] for r in got["rows"]] == ["load sft", "load pairs", "pairs, prompt per response", "check sft",
+                                                "two loads sft", "check pairs", "two loads pairs"]
+    assert all(r["seconds"] > 0 for r in got["rows"]) and set(got["ratios"]) == {"load pairs", "check sft",
+                                                                                 "check pairs"}
+    assert "x the line below" in capsys.readouterr().out
