@@ -121,8 +121,9 @@ class Tokenizer:
             prompt_ids = self.encode(prompt_text, add_special_tokens=False)
             full_ids = self.encode(full_text, add_special_tokens=False)
         else:
-            if not isinstance(prompt, str):
-                raise TypeError("a message-list prompt needs a chat template")
+            if not isinstance(prompt, str):  # a ValueError: the loaders name the file, line and field
+                raise ValueError("a message-list prompt needs a chat template, and this tokenizer has none "
+                                 "(tokenizer_config.json has no 'chat_template'); give the prompt as text")
             prompt_ids = self.encode(prompt)
             full_ids = self.encode(prompt + response)
             if self.eos_token_id is not None and (not full_ids or full_ids[-1] != self.eos_token_id):

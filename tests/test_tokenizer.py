@@ -79,6 +79,28 @@ def test_plain_prompt_response_appends_eos_and_rejects_merged_boundary(tmp_path)
         tok.encode_prompt_response("Triage level: ", "urgent", chat=False)
 
 
+def test_a_message_prompt_without_a_chat_template_is_a_data_error_at_its_line(tmp_path, capsys):
+    """It was a TypeError, which the loaders do not turn into file:line errors: a traceback."""
+    from prefopt.cli import main
+    from prefopt.data import load_sft
+    from prefopt.data.records import DataError
+    from tests._tiny import build_hf_model
+
+    d = tmp_path / "base"
+    build_hf_model(d)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    (d / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": None}))
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"prompt": "Rash for 2 days.", "completion": " routine"}) + "\n"
+                    + json.dumps({"prompt": [{"role": "user", "content": "Chest pain."}], "completion": "urgent"}) + "\n")
+    with pytest.raises(DataError, match=r"train.jsonl:2: .*a message-list prompt needs a chat template, and this "
+                                        r"tokenizer has none .*give the prompt as text"):
+        load_sft(data, load_tokenizer(d))
+    assert main(["sft", "--model", str(d), "--data", str(data), "--output-dir", str(tmp_path / "o"),
+                 "--batch-size", "1"]) == 2
+    assert "prefopt sft: error: " in capsys.readouterr().err
+
+
 def test_chat_template_file_and_special_token_dicts(tmp_path):
     d = build_tokenizer(tmp_path)
     cfg = json.loads((d / "tokenizer_config.json").read_text())

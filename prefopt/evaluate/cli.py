@@ -26,7 +26,16 @@ def _eval(args) -> int:
     from ..pretrained import load_model
     from ..tasks import get_task, sample_records, split_records
     from ..tokenizer import load_tokenizer
-    from .runner import DECODING, choose_max_new_tokens, keep_earlier, placement, predict, score, write_results
+    from .runner import (
+        DECODING,
+        choose_max_new_tokens,
+        keep_earlier,
+        placement,
+        predict,
+        require_chat,
+        score,
+        write_results,
+    )
 
     task = get_task(args.task, **key_values(args.task_option))
     device = resolve_device(args.device)  # a device this machine lacks stops here, before any work
@@ -39,6 +48,7 @@ def _eval(args) -> int:
     if args.limit:
         records = sample_records(records, args.limit, seed=args.seed)
     tok = load_tokenizer(args.model)
+    require_chat(tok, args.model)
     max_new = args.max_new_tokens
     if max_new is None:
         max_new, note = choose_max_new_tokens(task, tok, records, "--max-new-tokens N")

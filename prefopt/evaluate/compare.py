@@ -32,6 +32,7 @@ from .runner import (
     placement,
     predict,
     read_results,
+    require_chat,
     score,
     write_results,
 )
@@ -329,6 +330,9 @@ def run_compare(cfg: CompareConfig) -> dict:
     records = task.read(cfg.data)  # bad data stops the run before its folder is claimed
     _fit_test_size(cfg, s, records)
     tok = load_tokenizer(cfg.model)
+    require_chat(tok, cfg.model)
+    if cfg.judge:  # it reads the answers as a chat too
+        require_chat(load_tokenizer(cfg.judge), cfg.judge)
     if s["max_new_tokens"] is None:
         s["max_new_tokens"], note = choose_max_new_tokens(task, tok, records, "--set max_new_tokens=N")
         if note:

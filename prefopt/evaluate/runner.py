@@ -22,6 +22,15 @@ def decoding(settings: dict, task=None) -> dict:
     return out
 
 
+def require_chat(tok, model: str) -> None:
+    """Tasks ask in chat messages: a tokenizer without a chat template (a base model's) is refused
+    here, before any work, not at the first prompt."""
+    if not tok.chat_template:
+        raise ValueError(f"{model}: its tokenizer has no chat template (tokenizer_config.json has no "
+                         "'chat_template'), and the tasks' prompts are chat messages; use an instruct (chat) "
+                         "model, or add the template its instruct version uses")
+
+
 def placement(model) -> dict:
     """Where ``model`` runs, for ``metrics.json``: ``{"device": "cuda:0", "dtype": "bfloat16"}``. Greedy
     answers can differ between precisions (a near tie between two tokens breaks the other way)."""

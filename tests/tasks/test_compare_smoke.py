@@ -197,6 +197,26 @@ def test_a_task_without_bundled_data_asks_for_data_and_claims_no_folder(command,
     assert not out.exists()  # a rerun with --data is not refused as "other settings"
 
 
+@pytest.mark.parametrize("command", ["eval", "compare", "compare --judge"])
+def test_a_model_without_a_chat_template_is_refused_before_any_work(command, tiny_model, tmp_path, capsys):
+    """A base model's tokenizer has no chat template: eval crashed at the first prompt, and compare
+    after claiming its folder, with "this tokenizer has no chat template" and a traceback."""
+    from prefopt.cli import main
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model, base)
+    cfg = json.loads((base / "tokenizer_config.json").read_text())
+    (base / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": None}))
+    out = tmp_path / "run"
+    name, *judge = command.split()
+    model, judge = (tiny_model, [*judge, str(base)]) if judge else (base, [])
+    assert main([name, "--task", "portal", "--model", str(model), "--output", str(out), *judge]) == 2
+    err = capsys.readouterr().err
+    assert (f"prefopt {name}: error: {base}: its tokenizer has no chat template (tokenizer_config.json has no "
+            "'chat_template'), and the tasks' prompts are chat messages; use an instruct (chat) model") in err
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_ranked_strategy_trains_on_given_pairs(tiny_model, tmp_path):
     from prefopt.data.records import DataError
