@@ -130,10 +130,13 @@ class Tokenizer:
                 full_ids = full_ids + [self.eos_token_id]
         n = len(prompt_ids)
         if full_ids[:n] != prompt_ids:
+            glued = isinstance(prompt, str) and prompt[-1:].isalnum() and response[:1].isalnum()
+            fix = ("Start the response with a space or a newline: the two texts run together" if glued else
+                   "Move trailing whitespace from the prompt into the response")
             raise BoundaryError(
                 "the prompt's tokens are not a prefix of prompt+response: the tokenizer merged text across "
                 f"the boundary (prompt ends {self.decode(prompt_ids[-3:], False)!r}, response starts "
-                f"{response[:20]!r}). Move trailing whitespace from the prompt into the response."
+                f"{response[:20]!r}). {fix}."
             )
         if len(full_ids) == n:
             raise BoundaryError("the response encodes to no tokens")

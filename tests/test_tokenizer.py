@@ -77,6 +77,9 @@ def test_plain_prompt_response_appends_eos_and_rejects_merged_boundary(tmp_path)
     assert enc.ids[-1] == tok.eos_token_id
     with pytest.raises(BoundaryError, match="Move trailing whitespace"):
         tok.encode_prompt_response("Triage level: ", "urgent", chat=False)
+    # without a template the texts are concatenated: "pain" + "urgent" merge into one word
+    with pytest.raises(BoundaryError, match="Start the response with a space or a newline: the two texts run"):
+        tok.encode_prompt_response("Chest pain", "urgent", chat=False)
 
 
 def test_a_message_prompt_without_a_chat_template_is_a_data_error_at_its_line(tmp_path, capsys):
