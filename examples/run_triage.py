@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a preset setting, e.g. sft_steps=100 (repeatable; see prefopt compare --help)")
-    add_device_flags(ap, "--eval-dtype", "the evaluations' dtype (auto: bfloat16 on a GPU, float32 on a CPU)")
+    add_device_flags(ap, "--eval-dtype", "parameter dtype of the evaluations")
     a = ap.parse_args()
     t0 = time.perf_counter()
     report = run_compare(CompareConfig(task=a.task, model=a.model, output=a.output, data=a.data, preset=a.preset,

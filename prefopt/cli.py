@@ -8,19 +8,18 @@ import sys
 from collections.abc import Callable
 from dataclasses import MISSING
 
-from .devices import DTYPES, resolve_device, resolve_dtype
-
-REPEAT_FLAGS = ("repetition_penalty", "no_repeat_ngram_size", "repeat_scope")  # add_repeat_flags' options
+from .devices import DTYPES, resolve
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from .evaluate.cli import REPEAT_FLAGS
     from .model import generate
     from .pretrained import load_model
     from .tokenizer import load_tokenizer
 
-    device = resolve_device(args.device)  # a device this machine lacks: said before any loading
+    device, dtype = resolve(args.device, args.dtype)  # a device this machine lacks: said before any loading
     tok = load_tokenizer(args.model)
-    model = load_model(args.model, dtype=resolve_dtype(args.dtype, device), device=device, adapter=args.adapter)
+    model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter)
     if args.no_chat or not tok.chat_template:
         prompt_ids = tok.encode(args.prompt)
     else:

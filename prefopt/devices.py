@@ -42,6 +42,12 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def resolve(device: str | torch.device, dtype: str | torch.dtype) -> tuple[torch.device, torch.dtype]:
+    """:func:`resolve_device` and then :func:`resolve_dtype` on that device."""
+    dev = resolve_device(device)
+    return dev, resolve_dtype(dtype, dev)
+
+
 def resolve_dtype(name: str | torch.dtype, device: torch.device) -> torch.dtype:
     """The parameter dtype ``name`` means on ``device``. ``"auto"``, for running a model rather than
     training it: bfloat16 on a CUDA GPU that has it (float16 on older ones), float32 elsewhere (CPUs

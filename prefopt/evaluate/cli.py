@@ -22,7 +22,7 @@ def key_values(pairs: list[str] | None) -> dict:
 def _eval(args) -> int:
     from pathlib import Path
 
-    from ..devices import resolve_device, resolve_dtype
+    from ..devices import resolve
     from ..pretrained import load_model
     from ..tasks import get_task, sample_records, split_records
     from ..tokenizer import load_tokenizer
@@ -38,8 +38,7 @@ def _eval(args) -> int:
     )
 
     task = get_task(args.task, **key_values(args.task_option))
-    device = resolve_device(args.device)  # a device this machine lacks stops here, before any work
-    dtype = resolve_dtype(args.dtype, device)
+    device, dtype = resolve(args.device, args.dtype)  # a device this machine lacks stops here, before any work
     records = task.read(args.data)
     if args.split_file:
         records = _from_split_file(records, args.split_file)
@@ -97,15 +96,19 @@ def _compare(args) -> int:
     return 0
 
 
-def add_device_flags(p: argparse.ArgumentParser, dtype_flag: str = "--dtype", dtype_help: str = "") -> None:
-    """``--device`` and a dtype flag (generate, eval, compare), both "auto" by default."""
+def add_device_flags(p: argparse.ArgumentParser, dtype_flag: str = "--dtype", of: str = "parameter dtype",
+                     note: str = "") -> None:
+    """``--device`` and a dtype flag (generate, eval, compare), both "auto" by default; the dtype's
+    help is ``of``, what auto means, then ``note``."""
     from ..devices import DTYPES
 
     p.add_argument("--device", default="auto",
                    help="auto (a CUDA GPU if one is visible, else the CPU), cpu, cuda, cuda:N or mps")
     p.add_argument(dtype_flag, choices=["auto", *DTYPES], default="auto",
-                   help=dtype_help or "parameter dtype; auto: bfloat16 on a CUDA GPU (float16 where it lacks "
-                   "bfloat16), float32 elsewhere")
+                   help=f"{of}; auto: bfloat16 on a CUDA GPU (float16 where it lacks bfloat16), float32 elsewhere{note}")
+
+
+REPEAT_FLAGS = ("repetition_penalty", "no_repeat_ngram_size", "repeat_scope")  # add_repeat_flags' options
 
 
 def add_repeat_flags(p: argparse.ArgumentParser) -> None:
@@ -167,7 +170,6 @@ def add_commands(sub) -> None:
     c.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a preset setting (repeatable): "
                    + ", ".join(sorted({*PRESETS["quick"], *PRESETS["full"]})))
-    add_device_flags(c, "--eval-dtype", "parameter dtype of the evaluations; auto: bfloat16 on a CUDA GPU "
-                     "(float16 where it lacks bfloat16), float32 elsewhere. Training keeps float32 weights (under "
-                     "bf16 autocast on CUDA)")
+    add_device_flags(c, "--eval-dtype", "parameter dtype of the evaluations",
+                     ". Training keeps float32 weights (under bf16 autocast on CUDA)")
     c.set_defaults(func=_compare)

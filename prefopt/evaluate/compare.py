@@ -73,12 +73,11 @@ class CompareConfig:
     device: str = "auto"  # training and evaluation: auto (a CUDA GPU if one is visible), cpu, cuda, cuda:N
     eval_dtype: str = "auto"  # evaluations' weights: auto is bfloat16 on CUDA, float32 on a CPU
 
-    def placement(self) -> tuple[torch.device, torch.dtype]:
+    def device_and_dtype(self) -> tuple[torch.device, torch.dtype]:
         """The device and the evaluations' dtype, checked (a device this machine lacks is an error)."""
-        from ..devices import resolve_device, resolve_dtype
+        from ..devices import resolve
 
-        device = resolve_device(self.device)
-        return device, resolve_dtype(self.eval_dtype, device)
+        return resolve(self.device, self.eval_dtype)
 
     def settings(self) -> dict:
         from ..tasks import STRATEGIES
@@ -98,7 +97,7 @@ class CompareConfig:
                              + (f"; {', '.join(where)} {'is' if len(where) == 1 else 'are'} not a preset setting: "
                                 f"pass {' and '.join('--' + w.replace('_', '-') for w in where)}" if where else ""))
         s = {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}
-        self.placement()
+        self.device_and_dtype()
         d = decoding(s)  # checked before the run claims its folder
         check_repeat_options(d["repetition_penalty"], d["no_repeat_ngram_size"], d["repeat_scope"])
         return s
@@ -204,7 +203,7 @@ def _load_stage_model(cfg: CompareConfig, out: Path, stage: str, keep: dict | No
 
     if keep is not None and stage in keep:
         return keep.pop(stage)
-    device, dtype = cfg.placement()
+    device, dtype = cfg.device_and_dtype()
     if stage == "base":
         return load_model(cfg.model, dtype=dtype, device=device)
     dpo = out / "dpo" / "train" / "final"
@@ -331,8 +330,9 @@ def run_compare(cfg: CompareConfig) -> dict:
     _fit_test_size(cfg, s, records)
     tok = load_tokenizer(cfg.model)
     require_chat(tok, cfg.model)
-    if cfg.judge:  # it reads the answers as a chat too
-        require_chat(load_tokenizer(cfg.judge), cfg.judge)
+    judge_tok = load_tokenizer(cfg.judge) if cfg.judge else None
+    if judge_tok is not None:  # it reads the answers as a chat too
+        require_chat(judge_tok, cfg.judge)
     if s["max_new_tokens"] is None:
         s["max_new_tokens"], note = choose_max_new_tokens(task, tok, records, "--set max_new_tokens=N")
         if note:
@@ -348,8 +348,8 @@ def run_compare(cfg: CompareConfig) -> dict:
     if cfg.judge:
         from ..pretrained import load_model
 
-        device, dtype = cfg.placement()
-        judge = (load_model(cfg.judge, dtype=dtype, device=device), load_tokenizer(cfg.judge))
+        device, dtype = cfg.device_and_dtype()
+        judge = (load_model(cfg.judge, dtype=dtype, device=device), judge_tok)
     results = {"base": _evaluate(cfg, task, tok, test, out, "base", s, judge)}
     _sft(cfg, task, train, out, s)
     keep = {} if cfg.strategy == "model_errors" and not (out / "data" / "pairs.jsonl").is_file() else None
