@@ -3,11 +3,15 @@
 The environment matches transformers': a sandbox, ``trim_blocks`` and ``lstrip_blocks``,
 the ``loopcontrols`` extension, a ``tojson`` filter that keeps non-ASCII text, and the
 ``raise_exception`` and ``strftime_now`` globals.
+
+``strftime_now`` is today's date, as in transformers, unless the caller pins one (``today``):
+templates such as Llama 3.1's print it in every system prompt, so the same data would
+tokenize differently from one day to the next (see :func:`parse_chat_date`).
 """
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import date, datetime, time
 from functools import lru_cache
 from typing import Any
 
@@ -38,16 +42,34 @@ def _compile(template: str):
     return env.from_string(template)
 
 
+def prints_date(template: str | None) -> bool:
+    """Whether ``template`` asks for today's date (Llama 3.1 and later put it in the system prompt)."""
+    return bool(template) and "strftime_now" in template
+
+
+def parse_chat_date(text: str, what: str = "chat_date") -> date:
+    """``"2026-11-30"`` → that date; anything else is a ValueError that names ``what``."""
+    try:
+        return date.fromisoformat(str(text))
+    except ValueError:
+        raise ValueError(f"{what} must be a date as YYYY-MM-DD (got {text!r})") from None
+
+
 def render_chat(
     template: str,
     messages: list[dict[str, Any]],
     *,
     add_generation_prompt: bool = False,
     special_tokens: dict[str, str | None] | None = None,
+    today: date | None = None,
     **kwargs: Any,
 ) -> str:
-    """Render ``messages`` (``[{"role": ..., "content": ...}, ...]``) with ``template``."""
+    """Render ``messages`` (``[{"role": ..., "content": ...}, ...]``) with ``template``. ``today``: the
+    date ``strftime_now`` gives (at midnight), instead of the clock's."""
     _check_messages(messages)
+    if today is not None:
+        pinned = datetime.combine(today, time())
+        kwargs["strftime_now"] = pinned.strftime  # the template's context shadows the global
     return _compile(template).render(
         messages=messages,
         add_generation_prompt=add_generation_prompt,

@@ -10,10 +10,11 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
-from .chat_template import render_chat
+from .chat_template import prints_date, render_chat
 from .fileio import write_json_atomic
 
 Messages = list[dict[str, Any]]
@@ -51,6 +52,14 @@ class Tokenizer:
         eos = [self.eos_token_id, *extra_eos_ids]
         self.eos_token_ids: list[int] = list(dict.fromkeys(i for i in eos if i is not None))
         self._seen: dict[tuple[str, bool], list[int]] | None = None  # see remembering()
+        # the date a chat template that prints today's date shows; None: the clock's (as transformers).
+        # Training runs pin it (TrainConfig.chat_date), so a resumed run tokenizes its data the same.
+        self.chat_date: date | None = None
+
+    @property
+    def prints_date(self) -> bool:
+        """Whether the chat template puts today's date in its prompts (Llama 3.1 and later)."""
+        return prints_date(self.chat_template)
 
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self.backend.token_to_id(token)
@@ -88,7 +97,7 @@ class Tokenizer:
         specials = {k: _token_str(v) for k, v in self.config.items() if k.endswith("_token")}
         return render_chat(
             self.chat_template, messages, add_generation_prompt=add_generation_prompt,
-            special_tokens=specials, **kwargs,
+            special_tokens=specials, today=self.chat_date, **kwargs,
         )
 
     def apply_chat_template(

@@ -41,6 +41,18 @@ LLAMA3 = """{{- bos_token }}
 {%- endif %}
 """
 
+# Llama 3.1 style: today's date in every system prompt, from strftime_now unless date_string is given
+LLAMA31 = LLAMA3.replace("""{{- "<|start_header_id|>system<|end_header_id|>\\n\\n" + system_message""", """\
+{%- if not date_string is defined %}
+    {%- if strftime_now is defined %}
+        {%- set date_string = strftime_now("%d %b %Y") %}
+    {%- else %}
+        {%- set date_string = "26 Jul 2024" %}
+    {%- endif %}
+{%- endif %}
+{{- "<|start_header_id|>system<|end_header_id|>\\n\\nToday Date: " + date_string + "\\n\\n" + system_message""")
+assert LLAMA31 != LLAMA3
+
 
 def build_tokenizer(out: Path, *, template: str = CHATML, vocab_size: int = 400,
                     bos="<|im_start|>", eos="<|im_end|>") -> Path:

@@ -6,7 +6,7 @@ import pytest
 from prefopt import load_tokenizer
 from prefopt.chat_template import ChatTemplateError
 from prefopt.tokenizer import BoundaryError
-from tests._tiny import CHATML, LLAMA3, build_tokenizer
+from tests._tiny import CHATML, LLAMA3, LLAMA31, build_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -49,6 +49,26 @@ def test_llama3_template_uses_bos_and_raise_exception(tmp_path):
     with pytest.raises(ChatTemplateError, match="unknown role tool"):
         tok.apply_chat_template([{"role": "tool", "content": "x"}])
 
+
+
+def test_a_dated_template_shows_today_or_the_pinned_date_as_transformers_does(tmp_path):
+    """Llama 3.1's template prints today's date. Unpinned, ours renders transformers' text (the
+    clock's date); pinned (``chat_date``, as training runs do), the text transformers renders when
+    given that ``date_string``, whatever the day."""
+    from datetime import date
+
+    d = build_tokenizer(tmp_path, template=LLAMA31, bos="<|begin_of_text|>", eos="<|eot_id|>")
+    ours, theirs = load_tokenizer(d), transformers.AutoTokenizer.from_pretrained(d)
+    msgs = CONVERSATIONS[0]
+    assert ours.prints_date and not load_tokenizer(build_tokenizer(tmp_path / "plain", template=LLAMA3)).prints_date
+    today = ours.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert today == theirs.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert f"Today Date: {date.today():%d %b %Y}" in today
+    ours.chat_date = date(2024, 2, 29)
+    pinned = ours.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert "Today Date: 29 Feb 2024\n" in pinned
+    assert pinned == theirs.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False,
+                                                date_string="29 Feb 2024")
 
 def test_encode_decode_and_special_tokens_match_transformers(toks):
     ours, theirs = toks

@@ -20,8 +20,10 @@ def key_values(pairs: list[str] | None) -> dict:
 
 
 def _eval(args) -> int:
+    from datetime import date
     from pathlib import Path
 
+    from ..chat_template import parse_chat_date
     from ..devices import resolve
     from ..pretrained import load_model
     from ..tasks import get_task, sample_records, split_records
@@ -32,6 +34,7 @@ def _eval(args) -> int:
         keep_earlier,
         placement,
         predict,
+        prompt_date,
         require_chat,
         score,
         write_results,
@@ -48,6 +51,7 @@ def _eval(args) -> int:
         records = sample_records(records, args.limit, seed=args.seed)
     tok = load_tokenizer(args.model)
     require_chat(tok, args.model)
+    tok.chat_date = parse_chat_date(args.chat_date, "--chat-date") if args.chat_date else date.today()
     max_new = args.max_new_tokens
     if max_new is None:
         max_new, note = choose_max_new_tokens(task, tok, records, "--max-new-tokens N")
@@ -57,7 +61,7 @@ def _eval(args) -> int:
     settings = {k: getattr(args, k) for k in DECODING} | {"max_new_tokens": max_new}
     texts, ended = predict(model, tok, task, records, batch_size=args.batch_size, return_ended=True, **settings)
     preds, metrics = score(task, records, texts, ended, settings)
-    metrics.update(placement(model))
+    metrics.update(placement(model) | prompt_date(tok))
     kept = keep_earlier(args.output)
     if kept:
         print(f"prefopt eval: {args.output} held an evaluation; it is kept in {kept}", flush=True)
@@ -91,7 +95,7 @@ def _compare(args) -> int:
     cfg = CompareConfig(task=args.task, model=args.model, output=args.output, data=args.data, preset=args.preset,
                         task_options=key_values(args.task_option), strategy=args.strategy, pairs=args.pairs, loss=args.loss,
                         seed=args.seed, judge=args.judge, n_resamples=args.n_resamples, overrides=overrides,
-                        device=args.device, eval_dtype=args.eval_dtype)
+                        device=args.device, eval_dtype=args.eval_dtype, chat_date=args.chat_date)
     print("\n".join(console_lines(run_compare(cfg))))
     return 0
 
@@ -140,6 +144,9 @@ def add_commands(sub) -> None:
                         help="task constructor option, e.g. levels=ktas (repeatable)")
     common.add_argument("--seed", type=int, default=0,
                         help="seed of the test split, of eval's --limit sample and of compare's training")
+    common.add_argument("--chat-date", metavar="YYYY-MM-DD",
+                        help="the date a chat template that prints today's date (Llama 3.1+) shows in every prompt "
+                        "(default: the day the run starts; a resumed compare run keeps its own)")
 
     e = sub.add_parser("eval", parents=[common], help="evaluate a model (+ adapter) on a task; "
                        "writes predictions.jsonl and metrics.json")

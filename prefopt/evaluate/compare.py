@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date
 from pathlib import Path
 
 import torch
 
+from ..chat_template import parse_chat_date
 from ..fileio import write_json_atomic, write_text_atomic
 from ..model.repeats import check_repeat_options
 from .runner import (
@@ -31,6 +33,7 @@ from .runner import (
     keep_earlier,
     placement,
     predict,
+    prompt_date,
     read_results,
     require_chat,
     score,
@@ -72,6 +75,9 @@ class CompareConfig:
     overrides: dict = field(default_factory=dict)  # any preset key
     device: str = "auto"  # training and evaluation: auto (a CUDA GPU if one is visible), cpu, cuda, cuda:N
     eval_dtype: str = "auto"  # evaluations' weights: auto is bfloat16 on CUDA, float32 on a CPU
+    # YYYY-MM-DD: the date a chat template that prints today's (Llama 3.1+) shows in every prompt, training
+    # and evaluation alike; None: the day the run starts (a resumed run keeps its own, from compare_config.json)
+    chat_date: str | None = None
 
     def device_and_dtype(self) -> tuple[torch.device, torch.dtype]:
         """The device and the evaluations' dtype, checked (a device this machine lacks is an error)."""
@@ -98,6 +104,8 @@ class CompareConfig:
                                 f"pass {' and '.join('--' + w.replace('_', '-') for w in where)}" if where else ""))
         s = {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}
         self.device_and_dtype()
+        if self.chat_date is not None:
+            parse_chat_date(self.chat_date)
         d = decoding(s)  # checked before the run claims its folder
         check_repeat_options(d["repetition_penalty"], d["no_repeat_ngram_size"], d["repeat_scope"])
         return s
@@ -154,6 +162,22 @@ def _same_run(out: Path, config: dict) -> None:
     write_json_atomic(path, config)
 
 
+def _pin_chat_date(cfg: CompareConfig, out: Path, toks) -> CompareConfig:
+    """The run with its ``chat_date`` fixed: given, else the one an earlier attempt recorded (None for a
+    run from before the setting: the clock's date, as it had), else today; set on the tokenizers
+    ``toks`` (the judge's too), and passed to each stage's training."""
+    if cfg.chat_date is None:
+        path = out / "compare_config.json"
+        cfg = replace(cfg, chat_date=json.loads(path.read_text()).get("chat_date") if path.is_file()
+                      else date.today().isoformat())
+    for tok in toks:
+        tok.chat_date = parse_chat_date(cfg.chat_date) if cfg.chat_date else None
+    if any(tok.prints_date for tok in toks) and cfg.chat_date:
+        _log(f"the chat template prints today's date: every prompt shows {parse_chat_date(cfg.chat_date):%d %b %Y} "
+             f"(chat_date {cfg.chat_date})")
+    return cfg
+
+
 def _fit_test_size(cfg: CompareConfig, s: dict, records: list) -> None:
     """A preset's test *count* that would leave less to train on than to test (the quick preset's
     60 of ACI-Bench's 87 encounters) becomes a fifth of the data, as in the full preset, unless
@@ -191,7 +215,7 @@ def _train_config(cls, cfg, s, stage: str, data: Path, out: Path, **kw):
                batch_size=s["dpo_batch_size" if stage == "dpo" else "batch_size"], lr=s[f"{stage}_lr"],
                max_steps=steps, epochs=epochs, seed=cfg.seed, warmup_steps=min(5, (steps or 10) // 10),
                gradient_checkpointing=bool(s["gradient_checkpointing"]), device=cfg.device,
-               overwrite=True, **kw)
+               chat_date=cfg.chat_date, overwrite=True, **kw)
 
 
 def _load_stage_model(cfg: CompareConfig, out: Path, stage: str, keep: dict | None = None):
@@ -241,7 +265,7 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
     texts, ended = predict(model, tok, task, test, batch_size=s["eval_batch_size"], desc=f"{stage}: test set",
                            return_ended=True, **{k: s[k] for k in DECODING})
     preds, metrics = score(task, test, texts, ended, s)
-    metrics.update(placement(model))
+    metrics.update(placement(model) | prompt_date(tok))
     extra = {"ended": ended}
     if judge is not None:
         from .judge import judge_scores
@@ -338,6 +362,7 @@ def run_compare(cfg: CompareConfig) -> dict:
         if note:
             _log(note)
     out = Path(cfg.output)
+    cfg = _pin_chat_date(cfg, out, [t for t in (tok, judge_tok) if t is not None])
     out.mkdir(parents=True, exist_ok=True)
     _same_run(out, {**asdict(cfg), "settings": s})
     torch.manual_seed(cfg.seed)

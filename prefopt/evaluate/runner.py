@@ -38,6 +38,12 @@ def placement(model) -> dict:
     return {"device": str(w.device), "dtype": str(w.dtype).removeprefix("torch.")}
 
 
+def prompt_date(tok) -> dict:
+    """``{"chat_date": "2026-11-30"}`` where ``tok``'s chat template prints the date (it is in every
+    prompt, so the answers depend on it), for ``metrics.json``; else ``{}``."""
+    return {"chat_date": tok.chat_date.isoformat()} if tok.prints_date and tok.chat_date else {}
+
+
 def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: int | None = None,
             repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
             repeat_scope: str | None = None, desc: str = "generating", show_progress: bool = True,

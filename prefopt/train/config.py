@@ -10,6 +10,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..chat_template import parse_chat_date
 from ..devices import DTYPES as _DTYPES
 from ..devices import resolve_device
 
@@ -59,6 +60,9 @@ class TrainConfig:
     bf16_autocast: bool = opt(True, "bf16 autocast (on CUDA only)")
     device: str = opt("auto", "auto (CUDA if there is one, else CPU), cpu, cuda or cuda:N")
     seed: int = opt(0, "seed for the data order, LoRA init and dropout")
+    chat_date: str | None = opt(None, "YYYY-MM-DD: the date a chat template that prints today's date (Llama 3.1+) "
+                                      "shows in every example; default: the day the run starts (a resumed run keeps "
+                                      "its own)")
     group_by_length: bool = opt(False, "batch examples of similar length (less padding)")
     log_every: int = opt(1, "write metrics every N steps")
     eval_every: int = opt(0, "evaluate every N steps (0: only before and after training)")
@@ -97,6 +101,11 @@ class TrainConfig:
             resolve_device(self.device)
         except ValueError as e:
             errors.append(str(e))
+        if self.chat_date is not None:
+            try:
+                parse_chat_date(self.chat_date)
+            except ValueError as e:
+                errors.append(str(e))
         if not 0 <= self.lora_dropout < 1:
             errors.append("lora_dropout must be in [0, 1)")
         if self.fsdp and self.lora:

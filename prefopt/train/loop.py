@@ -27,6 +27,7 @@ from ..fileio import write_json_atomic
 from ..lora import lora_layers
 from . import state as ckpt_io
 from .config import TrainConfig
+from .data_digest import check_same_data, data_digest
 from .distributed import (
     DistInfo,
     all_reduce_sum,
@@ -124,6 +125,7 @@ class Trainer:
         self.step = 0
         self._lengths = [self.length(e) for e in self.train_data]
         self._order_cache: tuple[int | None, list[int]] = (None, [])
+        self._digest: tuple[dict | None] | None = None  # data_digest(train_data), once asked for
 
     # --- what a subclass defines -------------------------------------------------------
     noun = "examples"  # what the training data holds, for the console
@@ -371,14 +373,21 @@ class Trainer:
         if self.dist.is_main:
             ckpt_io.write_checkpoint(tmp, final, trainable=trainable, optimizer_state=optimizer_state,
                                      step=self.step, extra={"config": self.config.to_dict(),
-                                                            "world": self.dist.world},
+                                                            "world": self.dist.world, "data": self.train_data_digest()},
                                      keep=self.config.save_total_limit)
         barrier(self.dist)
         return final
 
+    def train_data_digest(self) -> dict | None:
+        """The training examples' digest, which a checkpoint records (:mod:`.data_digest`)."""
+        if self._digest is None:
+            self._digest = (data_digest(self.train_data),)
+        return self._digest[0]
+
     def _load_checkpoint(self, ckpt: Path) -> None:
         trainable, optimizer_state, state = ckpt_io.read_checkpoint(ckpt)
         ckpt_io.check_resumable(ckpt, state.get("config"), self.config.to_dict())
+        check_same_data(ckpt, state.get("data"), self.train_data_digest())
         if state.get("world", 1) != self.dist.world:
             raise ValueError(f"{ckpt} was written by {state.get('world')} processes; resume with the same number")
         own = dict(self.model.named_parameters())

@@ -1,22 +1,42 @@
 """Building a run from a :class:`TrainConfig`: model, adapter, data, trainer, final save."""
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import date
 from pathlib import Path
 
 import torch
 
+from ..chat_template import parse_chat_date
 from ..devices import DTYPES, resolve_device
 from ..fileio import write_json_atomic
 from ..lora import apply_lora
 from ..lora_stack import save_adapter
 from ..model import save_model
 from ..pretrained import load_model
-from ..tokenizer import load_tokenizer
+from ..tokenizer import Tokenizer, load_tokenizer
+from . import state as ckpt_io
 from .config import TrainConfig
 from .distributed import DistInfo, gather_full, init_distributed
 from .metrics import first_and_last, first_to_last
 from .reference import reference_cache_for
 from .sft import SFTTrainer, load_train_eval
+
+
+def pin_chat_date(config: TrainConfig, tok: Tokenizer) -> tuple[TrainConfig, str | None]:
+    """Fix the date ``tok``'s chat template shows for the whole run: ``config.chat_date``, else the
+    resumed checkpoint's, else today. Returns the config with it set (it goes into the checkpoints,
+    so a resume on another day renders the same text) and, where the template prints a date, the
+    line that says so."""
+    if config.chat_date is None:
+        saved = ckpt_io.checkpoint_config(config.output_dir) if config.resume else None
+        # a checkpoint from before chat_date existed keeps the clock's date (None), as it had
+        config = replace(config, chat_date=saved.get("chat_date") if saved else date.today().isoformat())
+    tok.chat_date = parse_chat_date(config.chat_date) if config.chat_date else None
+    if not tok.prints_date or tok.chat_date is None:
+        return config, None
+    return config, (f"the chat template prints today's date: every example shows {tok.chat_date:%d %b %Y} "
+                    f"(chat_date {config.chat_date})")
 
 
 def prepare_model(config: TrainConfig):
@@ -56,20 +76,21 @@ def claim_output_dir(config: TrainConfig) -> None:
     """Before any loading: refuse an output folder that holds an earlier run. An ``overwrite``
     clears it later, in the trainer, once the data and model have loaded: bad data keeps the
     earlier run."""
-    from .state import claim_output_dir as claim
-
-    claim(config.output_dir, resume=config.resume, overwrite=config.overwrite,
-          is_main=init_distributed(resolve_device(config.device)).is_main, clear=False)
+    ckpt_io.claim_output_dir(config.output_dir, resume=config.resume, overwrite=config.overwrite,
+                             is_main=init_distributed(resolve_device(config.device)).is_main, clear=False)
 
 
 def run_sft(config: TrainConfig, callbacks=()) -> dict:
     """Fine-tune ``config.model`` on ``config.data``; returns the training summary."""
     claim_output_dir(config)
     tok = load_tokenizer(config.model)
+    config, dated = pin_chat_date(config, tok)
     train, evals, reports = load_train_eval(config, tok)
     model = prepare_model(config)
     trainer = SFTTrainer(model, config, train, evals, pad_id=tok.pad_token_id or 0, callbacks=callbacks)
     if trainer.dist.is_main:
+        if dated:
+            print("prefopt:", dated, flush=True)
         for r in reports:
             print("prefopt:", r.summary(), flush=True)
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
@@ -124,6 +145,7 @@ def run_dpo(config, callbacks=()) -> dict:
 
     claim_output_dir(config)
     tok = load_tokenizer(config.model)
+    config, dated = pin_chat_date(config, tok)
     pairs, evals, reports = load_train_eval(config, tok, load_preferences)
     model = prepare_model(config)
     ref_model = None
@@ -132,6 +154,8 @@ def run_dpo(config, callbacks=()) -> dict:
                                merge=config.sft_adapter is not None)
     cache = reference_cache_for(config, model, ref_model) if config.ref_cache else None
     if init_distributed(resolve_device(config.device)).is_main:  # the trainer joins the same group
+        if dated:
+            print("prefopt:", dated, flush=True)
         for r in reports:
             print("prefopt:", r.summary(), flush=True)
     trainer = DPOTrainer(model, config, pairs, evals, pad_id=tok.pad_token_id or 0, ref_model=ref_model,

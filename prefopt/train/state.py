@@ -98,8 +98,9 @@ def read_checkpoint(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
 
 
 RUN_FILES = ("train_config.json", "train_summary.json", "metrics.jsonl", "final", "checkpoints", "tensorboard")
-# settings a resumed run may change: where things go, how often it logs/evaluates/saves, how long it runs
-RESUMABLE = {"output_dir", "ref_cache", "resume", "overwrite", "progress", "log_every", "eval_every", "save_every",
+# settings a resumed run may change: where things go, how often it logs/evaluates/saves, how long it runs, and
+# where the data file is (the checkpoint's data digest checks what it holds: .data_digest)
+RESUMABLE = {"output_dir", "data", "ref_cache", "resume", "overwrite", "progress", "log_every", "eval_every", "save_every",
              "save_total_limit", "max_steps", "epochs", "device"}
 
 
@@ -124,6 +125,14 @@ def claim_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, i
         for name in found:
             path = out / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def checkpoint_config(output_dir: str | Path) -> dict | None:
+    """The settings the newest checkpoint in ``output_dir`` was written with, or None."""
+    ckpt = latest_checkpoint(output_dir)
+    if ckpt is None:
+        return None
+    return json.loads((ckpt / "trainer_state.json").read_text()).get("config")
 
 
 def check_resumable(ckpt: Path, saved: dict | None, current: dict) -> None:

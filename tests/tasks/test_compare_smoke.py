@@ -510,6 +510,7 @@ def test_a_run_made_before_a_setting_was_added_still_resumes(tiny_model, tmp_pat
     for key in ("max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "repeat_scope",
                 "gradient_checkpointing"):
         del stored["settings"][key]
+    del stored["chat_date"]  # added in session 18
     (out / "compare_config.json").write_text(json.dumps(stored))
     with pytest.raises(Stop):
         run_compare(cfg)
@@ -593,3 +594,77 @@ def test_predict_tells_answers_the_cap_stopped_from_those_that_ended(monkeypatch
                                   return_ended=True)
     assert ended == [True, False, False, True] and texts[1] == "5 6 7"
     assert runner.predict(model, tok, get_task("meqsum"), records, batch_size=4, show_progress=False) == texts
+
+
+@pytest.fixture(scope="module")
+def dated_model(tmp_path_factory):
+    """A tiny model whose chat template prints today's date (Llama 3.1's way)."""
+    from tests._tiny import LLAMA31, build_tokenizer
+
+    d = tmp_path_factory.mktemp("dated")
+    build_hf_model(d, tokenizer=False, max_position_embeddings=4096)
+    build_tokenizer(d, template=LLAMA31, bos="<|begin_of_text|>", eos="<|eot_id|>")
+    return d
+
+
+def test_eval_pins_the_date_a_chat_template_prints_and_records_it(dated_model, tiny_model, tmp_path, capsys,
+                                                                  monkeypatch):
+    import prefopt.evaluate.runner as runner
+    from prefopt.cli import main
+    from prefopt.tokenizer import load_tokenizer
+
+    prompts, generate = [], runner.generate
+    monkeypatch.setattr(runner, "generate", lambda model, ids, **kw: prompts.extend(ids) or generate(model, ids, **kw))
+    out = tmp_path / "eval"
+    assert main(["eval", "--task", "portal", "--model", str(dated_model), "--output", str(out), "--limit", "3",
+                 "--chat-date", "2024-02-29"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["chat_date"] == "2024-02-29"
+    tok = load_tokenizer(dated_model)
+    assert len(prompts) == 3 and all("Today Date: 29 Feb 2024\n" in tok.decode(p, False) for p in prompts)
+    assert main(["eval", "--task", "portal", "--model", str(tiny_model), "--output", str(tmp_path / "plain"),
+                 "--limit", "3"]) == 0
+    assert "chat_date" not in json.loads((tmp_path / "plain" / "metrics.json").read_text())  # its prompts hold none
+    assert main(["eval", "--task", "portal", "--model", str(dated_model), "--output", str(tmp_path / "bad"),
+                 "--chat-date", "29.02.2024"]) == 2
+    assert "--chat-date must be a date as YYYY-MM-DD (got '29.02.2024')" in capsys.readouterr().err
+
+
+def test_a_compare_run_keeps_the_date_its_chat_template_prints(dated_model, tmp_path, sft_configs, capsys,
+                                                               monkeypatch):
+    """With Llama 3.1's template every prompt holds today's date. A run records the day it started and
+    keeps it for every stage, so one resumed the next day reuses its base evaluation and trains on the
+    same text; metrics.json says which date the prompts showed."""
+    from datetime import date, datetime, time, timedelta
+
+    out, today = tmp_path / "run", date.today()
+    cfg = CompareConfig(task="portal", model=str(dated_model), output=str(out), overrides=TINY)
+    with pytest.raises(StopAtSFT):
+        run_compare(cfg)
+    assert f"every prompt shows {today:%d %b %Y} (chat_date {today.isoformat()})" in capsys.readouterr().out
+    base = json.loads((out / "base" / "metrics.json").read_text())
+    assert base["chat_date"] == json.loads((out / "compare_config.json").read_text())["chat_date"] == today.isoformat()
+
+    tomorrow = today + timedelta(days=1)
+
+    class NextDay(date):
+        @classmethod
+        def today(cls):
+            return tomorrow
+
+    class NextDayClock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.combine(tomorrow, time(9))
+
+    monkeypatch.setattr("prefopt.evaluate.compare.date", NextDay)
+    monkeypatch.setattr("prefopt.train.run.date", NextDay)
+    monkeypatch.setattr("prefopt.chat_template.datetime", NextDayClock)
+    with pytest.raises(StopAtSFT):
+        run_compare(cfg)
+    assert "base: reusing" in capsys.readouterr().out
+    assert [c.chat_date for c in sft_configs] == [today.isoformat()] * 2  # SFT trains on the first day's text
+    with pytest.raises(ValueError, match=rf"other settings \(chat_date: '{today.isoformat()}' -> '2025-01-02'\)"):
+        run_compare(CompareConfig(**{**asdict(cfg), "chat_date": "2025-01-02"}))
+    with pytest.raises(ValueError, match="chat_date must be a date as YYYY-MM-DD"):
+        run_compare(CompareConfig(**{**asdict(cfg), "output": str(tmp_path / "other"), "chat_date": "tomorrow"}))
+    assert not (tmp_path / "other").exists()

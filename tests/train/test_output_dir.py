@@ -125,3 +125,83 @@ def test_the_cli_exits_130_on_ctrl_c(task, tmp_path, monkeypatch):
     monkeypatch.setattr(prefopt.train, "run_sft", interrupted)
     model_dir, data = task
     assert main(["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(tmp_path / "cli")]) == 130
+
+
+def test_resume_on_changed_data_is_refused(task, tmp_path):
+    """The settings match but the examples do not: the data file was edited (or it tokenizes
+    differently). The checkpoint's data digest says so, where the resume was silently inexact."""
+    _, data = task
+    copy = tmp_path / "moved" / "sft.jsonl"
+    copy.parent.mkdir()
+    copy.write_text(data.read_text())
+    out = tmp_path / "run"
+    run_sft(_cfg(task, out, save_every=1, max_steps=3, data=str(copy)))
+    lines = copy.read_text().splitlines()
+    copy.write_text("\n".join([*lines[:5], lines[5].replace("Code", "Triage code"), *lines[6:]]) + "\n")
+    with pytest.raises(ValueError, match=r"other training data \(16 examples then and now, but other tokens\): the "
+                                         r"data file changed.*chat_date"):
+        run_sft(_cfg(task, out, resume=True, data=str(copy), max_steps=4))
+    copy.write_text(copy.read_text() + lines[0] + "\n")
+    with pytest.raises(ValueError, match=r"\(16 examples then, 17 now\)"):
+        run_sft(_cfg(task, out, resume=True, data=str(copy), max_steps=4))
+    summary = run_sft(_cfg(task, out, resume=True, max_steps=4))  # the same examples, from where they first were
+    assert summary["resumed_from_step"] == 2
+
+
+def test_data_digest_sees_tokens_and_order_and_skips_unknown_items():
+    from prefopt.data.preference import PairExample
+    from prefopt.data.sft import TokenizedExample
+    from prefopt.train.data_digest import data_digest
+
+    a, b = TokenizedExample([1, 2, 3], [-100, 2, 3]), TokenizedExample([1, 2, 4], [-100, 2, 4])
+    d = data_digest([a, b])
+    assert d["examples"] == 2
+    assert data_digest([TokenizedExample([1, 2, 3], [-100, 2, 3]), b]) == d  # by value
+    assert data_digest([b, a]) != d  # the order is what a resumed run replays
+    assert data_digest([a, TokenizedExample([1, 2, 4], [-100, -100, 4])]) != d  # labels count
+    assert data_digest([PairExample(a, b)]) != data_digest([PairExample(b, a)])
+    assert data_digest([{"input_ids": [1, 2], "note": "x"}]) != data_digest([{"input_ids": [1, 2], "note": "y"}])
+    assert data_digest([object()]) is None  # no reproducible bytes: unchecked rather than refused
+
+
+def test_a_run_resumed_on_another_day_shows_its_own_date(tmp_path, monkeypatch, capsys):
+    """Llama 3.1's chat template prints today's date in every prompt. A run pins the day it
+    started (``chat_date``, recorded in its checkpoints), so resuming it the next day renders the
+    same tokens; with the clock's date the data digest would refuse the resume."""
+    from datetime import date, datetime, time, timedelta
+
+    from tests._tiny import LLAMA31, build_hf_model, build_tokenizer
+    from tests.train._fixtures import COLORS
+
+    model_dir = tmp_path / "model"
+    build_hf_model(model_dir, tokenizer=False, initializer_range=0.1)
+    build_tokenizer(model_dir, template=LLAMA31, bos="<|begin_of_text|>", eos="<|eot_id|>")
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Case {i}?", "completion": f"Code {COLORS[i % 4]}."}) + "\n"
+                            for i in range(16)))
+    out, today = tmp_path / "run", date.today()
+    run_sft(_cfg((model_dir, data), out, save_every=1, max_steps=3))
+    assert (f"every example shows {today:%d %b %Y} (chat_date {today.isoformat()})" in capsys.readouterr().out)
+    assert json.loads((out / "train_config.json").read_text())["chat_date"] == today.isoformat()
+
+    tomorrow = today + timedelta(days=1)
+
+    class NextDay(date):
+        @classmethod
+        def today(cls):
+            return tomorrow
+
+    class NextDayClock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.combine(tomorrow, time(9))
+
+    monkeypatch.setattr("prefopt.train.run.date", NextDay)
+    monkeypatch.setattr("prefopt.chat_template.datetime", NextDayClock)
+    with pytest.raises(ValueError, match=rf"other settings \(chat_date: '{today.isoformat()}' -> '2020-01-01'\)"):
+        run_sft(_cfg((model_dir, data), out, resume=True, max_steps=4, chat_date="2020-01-01"))
+    assert run_sft(_cfg((model_dir, data), out, resume=True, max_steps=4))["resumed_from_step"] == 2
+    run_sft(_cfg((model_dir, data), tmp_path / "new", max_steps=1))  # a new run: the new day
+    assert json.loads((tmp_path / "new" / "train_config.json").read_text())["chat_date"] == tomorrow.isoformat()
+    with pytest.raises(ValueError, match=r"chat_date must be a date as YYYY-MM-DD \(got '30/11/2026'\)"):
+        _cfg((model_dir, data), tmp_path / "x", chat_date="30/11/2026")
