@@ -634,7 +634,9 @@ def test_a_compare_run_keeps_the_date_its_chat_template_prints(dated_model, tmp_
     """With Llama 3.1's template every prompt holds today's date. A run records the day it started and
     keeps it for every stage, so one resumed the next day reuses its base evaluation and trains on the
     same text; metrics.json says which date the prompts showed."""
-    from datetime import date, datetime, time, timedelta
+    from datetime import date
+
+    from tests._clock import move_to_next_day
 
     out, today = tmp_path / "run", date.today()
     cfg = CompareConfig(task="portal", model=str(dated_model), output=str(out), overrides=TINY)
@@ -644,21 +646,7 @@ def test_a_compare_run_keeps_the_date_its_chat_template_prints(dated_model, tmp_
     base = json.loads((out / "base" / "metrics.json").read_text())
     assert base["chat_date"] == json.loads((out / "compare_config.json").read_text())["chat_date"] == today.isoformat()
 
-    tomorrow = today + timedelta(days=1)
-
-    class NextDay(date):
-        @classmethod
-        def today(cls):
-            return tomorrow
-
-    class NextDayClock(datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return datetime.combine(tomorrow, time(9))
-
-    monkeypatch.setattr("prefopt.evaluate.compare.date", NextDay)
-    monkeypatch.setattr("prefopt.train.run.date", NextDay)
-    monkeypatch.setattr("prefopt.chat_template.datetime", NextDayClock)
+    move_to_next_day(monkeypatch, "prefopt.evaluate.compare", "prefopt.train.run")
     with pytest.raises(StopAtSFT):
         run_compare(cfg)
     assert "base: reusing" in capsys.readouterr().out

@@ -168,8 +168,9 @@ def test_a_run_resumed_on_another_day_shows_its_own_date(tmp_path, monkeypatch, 
     """Llama 3.1's chat template prints today's date in every prompt. A run pins the day it
     started (``chat_date``, recorded in its checkpoints), so resuming it the next day renders the
     same tokens; with the clock's date the data digest would refuse the resume."""
-    from datetime import date, datetime, time, timedelta
+    from datetime import date
 
+    from tests._clock import move_to_next_day
     from tests._tiny import LLAMA31, build_hf_model, build_tokenizer
     from tests.train._fixtures import COLORS
 
@@ -184,20 +185,7 @@ def test_a_run_resumed_on_another_day_shows_its_own_date(tmp_path, monkeypatch, 
     assert (f"every example shows {today:%d %b %Y} (chat_date {today.isoformat()})" in capsys.readouterr().out)
     assert json.loads((out / "train_config.json").read_text())["chat_date"] == today.isoformat()
 
-    tomorrow = today + timedelta(days=1)
-
-    class NextDay(date):
-        @classmethod
-        def today(cls):
-            return tomorrow
-
-    class NextDayClock(datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return datetime.combine(tomorrow, time(9))
-
-    monkeypatch.setattr("prefopt.train.run.date", NextDay)
-    monkeypatch.setattr("prefopt.chat_template.datetime", NextDayClock)
+    tomorrow = move_to_next_day(monkeypatch, "prefopt.train.run")
     with pytest.raises(ValueError, match=rf"other settings \(chat_date: '{today.isoformat()}' -> '2020-01-01'\)"):
         run_sft(_cfg((model_dir, data), out, resume=True, max_steps=4, chat_date="2020-01-01"))
     assert run_sft(_cfg((model_dir, data), out, resume=True, max_steps=4))["resumed_from_step"] == 2
