@@ -10,6 +10,10 @@ out. Each line times one thing, best of ``--reps``:
 - ``check sft`` / ``check pairs``: ``check_data`` (two passes over the records, each text encoded once);
 - ``two loads sft`` / ``two loads pairs``: what ``check_data`` did before: load untruncated, load again.
 
+Then the memory the loaded pairs hold (``tracemalloc``, bytes a token) and the time to batch them
+all, as int32 arrays (prefopt's examples) and as the Python lists of ints they were before
+2026-11-30, rebuilt from the same pairs.
+
     python benchmarks/bench_data.py                    # 5,000 records, SmolLM2's tokenizer
     python benchmarks/bench_data.py --records 500 --model DIR
 """
@@ -21,6 +25,7 @@ import json
 import platform
 import random
 import time
+import tracemalloc
 
 WORDS = ("patient presents with chest pain fever cough dyspnea history of hypertension diabetes nausea "
          "syncope headache abdominal tenderness tachycardia").split()
@@ -76,6 +81,54 @@ def run(model: str, n: int, max_length: int, reps: int) -> list[dict]:
     return [{"case": name, "seconds": best(f, reps)} for name, f in cases.items()]
 
 
+def traced(build):
+    """``(bytes still allocated after build(), its result)``."""
+    tracemalloc.start()
+    try:
+        out = build()
+        return tracemalloc.get_traced_memory()[0], out
+    finally:
+        tracemalloc.stop()
+
+
+def as_lists(examples):
+    """The examples as they were kept before 2026-11-30: lists of ints, the labels sharing the ids'
+    int objects where they train on them (as ``[IGNORE] * p + ids[p:]`` did)."""
+    return [[ids, [i if x != -100 else -100 for i, x in zip(ids, e.labels)]]
+            for e in examples for ids in [list(e.input_ids)]]
+
+
+class ListExample:
+    """An example as it was before 2026-11-30, for batching: ids and labels as lists."""
+
+    def __init__(self, ids, labels):
+        self.input_ids, self.labels = ids, labels
+
+
+def storage(model: str, n: int, max_length: int, reps: int) -> dict:
+    """Bytes a token the loaded pairs hold, and the time to batch them all (``pair_collate``, 8
+    pairs a batch), as int32 arrays and as lists."""
+    from prefopt import load_tokenizer
+    from prefopt.data import load_preferences
+    from prefopt.data.collate import pad_collate
+
+    tok = load_tokenizer(model)
+    _, pairs = records(n)
+    arrays, (loaded, _) = traced(lambda: load_preferences(pairs, tok, max_length=max_length))
+    sides = [e for p in loaded for e in (p.chosen, p.rejected)]
+    lists, rebuilt = traced(lambda: as_lists(sides))
+    as_list = [ListExample(ids, labels) for ids, labels in rebuilt]
+
+    def batches(xs):
+        for s in range(0, len(xs), 16):
+            pad_collate(xs[s:s + 16], 0)
+
+    tokens = sum(len(e.input_ids) for e in sides)
+    return {"tokens": tokens, "arrays_bytes_per_token": arrays / tokens, "lists_bytes_per_token": lists / tokens,
+            "collate_arrays_seconds": best(lambda: batches(sides), reps),
+            "collate_lists_seconds": best(lambda: batches(as_list), reps)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m", help="whose tokenizer and chat template")
@@ -93,9 +146,17 @@ def main() -> None:
     for r in rows:
         ratio = ratios.get(r["case"])
         print(f"  {r['case']:<28} {r['seconds']:7.2f} s" + (f"   {ratio:.2f}x the line below" if ratio else ""))
+    mem = storage(a.model, a.records, a.max_length, a.reps)
+    print(f"  kept in memory, {mem['tokens']:,} tokens of pairs: {mem['arrays_bytes_per_token']:.1f} bytes a token as "
+          f"int32 arrays, {mem['lists_bytes_per_token']:.1f} as Python lists "
+          f"({mem['arrays_bytes_per_token'] / mem['lists_bytes_per_token']:.2f}x)")
+    print(f"  batching them (8 pairs a batch): {mem['collate_arrays_seconds']:.2f} s from arrays, "
+          f"{mem['collate_lists_seconds']:.2f} s from lists "
+          f"({mem['collate_arrays_seconds'] / mem['collate_lists_seconds']:.2f}x)")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"records": a.records, "max_length": a.max_length, "rows": rows, "ratios": ratios}, f, indent=2)
+            json.dump({"records": a.records, "max_length": a.max_length, "rows": rows, "ratios": ratios,
+                       "memory": mem}, f, indent=2)
 
 
 if __name__ == "__main__":

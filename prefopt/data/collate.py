@@ -1,11 +1,20 @@
-"""Batching: right-pad token lists into tensors; labels are -100 on padding."""
+"""Batching: right-pad token arrays into tensors; labels are -100 on padding."""
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 
 import torch
 
 IGNORE = -100
+
+
+def as_tensor(ids: Sequence[int]) -> torch.Tensor:
+    """An example's ids (an ``array('i')``, as :class:`~prefopt.data.sft.TokenizedExample` keeps them)
+    as a 1-D tensor without a per-element copy (it shares the array's memory: read it, copy it on)."""
+    if isinstance(ids, array) and ids.typecode == "i":
+        return torch.frombuffer(ids, dtype=torch.int32) if len(ids) else torch.zeros(0, dtype=torch.int32)
+    return torch.tensor(list(ids), dtype=torch.long)
 
 
 def pad_collate(examples: Sequence, pad_id: int) -> dict[str, torch.Tensor]:
@@ -21,7 +30,7 @@ def pad_collate(examples: Sequence, pad_id: int) -> dict[str, torch.Tensor]:
     mask = torch.zeros((B, T), dtype=torch.long)
     for i, e in enumerate(examples):
         n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
+        ids[i, :n] = as_tensor(e.input_ids)
+        labels[i, :n] = as_tensor(e.labels)
         mask[i, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}

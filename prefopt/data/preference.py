@@ -22,8 +22,8 @@ class PairExample:
     @property
     def key(self) -> str:
         """A hash of exactly what the model sees: both token sequences and their prompt lengths."""
-        payload = json.dumps([self.chosen.input_ids, prompt_len(self.chosen.labels),
-                              self.rejected.input_ids, prompt_len(self.rejected.labels)])
+        payload = json.dumps([self.chosen.input_ids.tolist(), prompt_len(self.chosen.labels),
+                              self.rejected.input_ids.tolist(), prompt_len(self.rejected.labels)])
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
     @property

@@ -36,7 +36,7 @@ def _feed(h, x) -> None:
         h.update(type(x).__name__.encode())
         for f in dataclasses.fields(x):
             _feed(h, getattr(x, f.name))
-    elif isinstance(x, (list, tuple)):
+    elif isinstance(x, (list, tuple, array)):
         try:  # token ids: the common case, hashed as one block
             block = array("q", x).tobytes()
         except (TypeError, OverflowError):

@@ -24,13 +24,14 @@ from collections.abc import Sequence
 
 import torch
 
+from ..data.collate import as_tensor
 from ..data.preference import PairExample
 from ..data.sft import IGNORE, TokenizedExample, prompt_len
 from ..kernels import sequence_logprobs
 from .distributed import head_weight
 
 
-def split_pair(pair: PairExample) -> tuple[list[int], TokenizedExample, TokenizedExample] | None:
+def split_pair(pair: PairExample) -> tuple[Sequence[int], TokenizedExample, TokenizedExample] | None:
     """``(prompt, chosen answer, rejected answer)``, the answers with their labels, or None when
     the two sides do not start with the same non-empty prompt followed by a non-empty answer."""
     c, r = pair.chosen, pair.rejected
@@ -62,12 +63,12 @@ def pack_pairs(pairs: Sequence[PairExample], pad_id: int) -> dict[str, torch.Ten
     gather = torch.zeros((2 * B, La), dtype=torch.long)
     for b, (prompt, *answers) in enumerate(parts):
         p = start = len(prompt)
-        ids[b, :p], pos[b, :p], side[b, :p] = torch.tensor(prompt), torch.arange(p), 0
+        ids[b, :p], pos[b, :p], side[b, :p] = as_tensor(prompt), torch.arange(p), 0
         for k, ans in enumerate(answers):
             a = len(ans.input_ids)
-            ids[b, start:start + a] = torch.tensor(ans.input_ids)
+            ids[b, start:start + a] = as_tensor(ans.input_ids)
             pos[b, start:start + a], side[b, start:start + a] = p + torch.arange(a), k + 1
-            labels[b + k * B, :a] = torch.tensor(ans.labels)
+            labels[b + k * B, :a] = as_tensor(ans.labels)
             gather[b + k * B, :a] = torch.cat([torch.tensor([p - 1]), start + torch.arange(a - 1)])
             start += a
     # Padding only at the end of a row: a pair's real tokens sit in the same columns whatever

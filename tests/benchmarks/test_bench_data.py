@@ -26,3 +26,6 @@ def test_bench_data_times_every_case_and_writes_its_ratios(tmp_path, monkeypatch
     assert all(r["seconds"] > 0 for r in got["rows"]) and set(got["ratios"]) == {"load pairs", "check sft",
                                                                                  "check pairs"}
     assert "x the line below" in capsys.readouterr().out
+    mem = got["memory"]  # lists hold an 8-byte pointer and often a 28-byte int per token; arrays 4 bytes
+    assert mem["tokens"] > 12 * 2 * 100 and mem["arrays_bytes_per_token"] < 12 < mem["lists_bytes_per_token"]
+    assert mem["collate_arrays_seconds"] > 0 and mem["collate_lists_seconds"] > 0

@@ -1,0 +1,68 @@
+"""Tokenized examples are kept as int32 arrays: 8 bytes a token for ids and labels together,
+where Python lists of ints took 46 (a 100k-pair dataset of 900-token sequences: 1.4 GB, not 8.3)."""
+import hashlib
+import json
+import tracemalloc
+from array import array
+
+import pytest
+import torch
+
+from prefopt import load_tokenizer
+from prefopt.data import load_preferences, load_sft
+from prefopt.data.collate import pad_collate
+from prefopt.data.preference import PairExample, pair_collate
+from prefopt.data.sft import IGNORE, TokenizedExample, prompt_len
+from tests._tiny import build_tokenizer
+
+WORDS = "patient fever cough chest pain triage urgent routine nurse blood pressure heart rate".split()
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return load_tokenizer(build_tokenizer(tmp_path_factory.mktemp("tok")))
+
+
+def _pairs(n):
+    return [{"prompt": " ".join(WORDS[(i + k) % len(WORDS)] for k in range(60)),
+             "chosen": f"urgent review {i}", "rejected": f"routine visit {i}"} for i in range(n)]
+
+
+def test_examples_hold_int32_arrays_and_batch_as_lists_did(tok):
+    examples, _ = load_sft([{"prompt": p["prompt"], "completion": p["chosen"]} for p in _pairs(5)], tok)
+    assert all(isinstance(v, array) and v.typecode == "i" for e in examples for v in (e.input_ids, e.labels))
+    batch = pad_collate(examples, pad_id=7)
+    T = max(len(e.input_ids) for e in examples)
+    for i, e in enumerate(examples):  # the batch a list-based example gives, built by hand
+        n = len(e.input_ids)
+        assert batch["input_ids"][i].tolist() == list(e.input_ids) + [7] * (T - n)
+        assert batch["labels"][i].tolist() == list(e.labels) + [IGNORE] * (T - n)
+        assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (T - n)
+    assert batch["input_ids"].dtype == torch.long
+    made = TokenizedExample([5, 6, 7], [IGNORE, 6, 7])  # lists (a user's own) are accepted
+    assert made == TokenizedExample(array("i", [5, 6, 7]), (IGNORE, 6, 7)) and made.input_ids.typecode == "i"
+    assert pad_collate([made, TokenizedExample([], [])], pad_id=0)["input_ids"].tolist() == [[5, 6, 7], [0, 0, 0]]
+
+
+def test_a_pairs_cache_key_is_what_it_was_with_lists(tok):
+    """A reference cache filled before the arrays keys each pair by the JSON of its token lists."""
+    pairs, _ = load_preferences(_pairs(3), tok)
+    for p in pairs:
+        c, r = p.chosen, p.rejected
+        payload = json.dumps([list(c.input_ids), prompt_len(c.labels), list(r.input_ids), prompt_len(r.labels)])
+        assert p.key == hashlib.sha256(payload.encode()).hexdigest()[:32]
+    assert pair_collate(pairs, 0)["input_ids"].shape[0] == 6
+
+
+def test_a_loaded_dataset_takes_about_8_bytes_a_token(tok):
+    records = _pairs(300)
+    tracemalloc.start()
+    try:
+        pairs, _ = load_preferences(records, tok)
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    tokens = sum(p.n_tokens for p in pairs)
+    assert tokens > 300 * 100
+    assert kept / tokens < 12  # arrays: 8 bytes a token plus each object's header; lists took 46
+    assert isinstance(pairs[0], PairExample)
