@@ -12,7 +12,8 @@ out. Each line times one thing, best of ``--reps``:
 
 Then the memory the loaded pairs hold (``tracemalloc``, bytes a token) and the time to batch them
 all, as int32 arrays (prefopt's examples) and as the Python lists of ints they were before
-2026-11-30, rebuilt from the same pairs.
+2026-11-30, rebuilt from the same pairs; and the peak memory of ``check pairs`` (which holds
+every text's ids between its two passes) and of ``two loads pairs``.
 
     python benchmarks/bench_data.py                    # 5,000 records, SmolLM2's tokenizer
     python benchmarks/bench_data.py --records 500 --model DIR
@@ -81,12 +82,12 @@ def run(model: str, n: int, max_length: int, reps: int) -> list[dict]:
     return [{"case": name, "seconds": best(f, reps)} for name, f in cases.items()]
 
 
-def traced(build):
-    """``(bytes still allocated after build(), its result)``."""
+def traced(build, peak: bool = False):
+    """``(bytes still allocated after build(), or at most while it ran, its result)``."""
     tracemalloc.start()
     try:
         out = build()
-        return tracemalloc.get_traced_memory()[0], out
+        return tracemalloc.get_traced_memory()[1 if peak else 0], out
     finally:
         tracemalloc.stop()
 
@@ -110,10 +111,14 @@ def storage(model: str, n: int, max_length: int, reps: int) -> dict:
     pairs a batch), as int32 arrays and as lists."""
     from prefopt import load_tokenizer
     from prefopt.data import load_preferences
+    from prefopt.data.check import UNLIMITED, check_data
     from prefopt.data.collate import pad_collate
 
     tok = load_tokenizer(model)
     _, pairs = records(n)
+    check_peak, _ = traced(lambda: check_data(pairs, tok, kind="preference", max_length=max_length), peak=True)
+    loads_peak, _ = traced(lambda: [load_preferences(pairs, tok, max_length=m, skip_bad=True)
+                                    for m in (UNLIMITED, max_length)], peak=True)
     arrays, (loaded, _) = traced(lambda: load_preferences(pairs, tok, max_length=max_length))
     sides = [e for p in loaded for e in (p.chosen, p.rejected)]
     lists, rebuilt = traced(lambda: as_lists(sides))
@@ -126,7 +131,8 @@ def storage(model: str, n: int, max_length: int, reps: int) -> dict:
     tokens = sum(len(e.input_ids) for e in sides)
     return {"tokens": tokens, "arrays_bytes_per_token": arrays / tokens, "lists_bytes_per_token": lists / tokens,
             "collate_arrays_seconds": best(lambda: batches(sides), reps),
-            "collate_lists_seconds": best(lambda: batches(as_list), reps)}
+            "collate_lists_seconds": best(lambda: batches(as_list), reps),
+            "check_pairs_peak_mib": check_peak / 2**20, "two_loads_pairs_peak_mib": loads_peak / 2**20}
 
 
 def main() -> None:
@@ -153,6 +159,8 @@ def main() -> None:
     print(f"  batching them (8 pairs a batch): {mem['collate_arrays_seconds']:.2f} s from arrays, "
           f"{mem['collate_lists_seconds']:.2f} s from lists "
           f"({mem['collate_arrays_seconds'] / mem['collate_lists_seconds']:.2f}x)")
+    print(f"  peak memory (tracemalloc): check pairs {mem['check_pairs_peak_mib']:.0f} MiB, two loads pairs "
+          f"{mem['two_loads_pairs_peak_mib']:.0f} MiB")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"records": a.records, "max_length": a.max_length, "rows": rows, "ratios": ratios,

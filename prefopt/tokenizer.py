@@ -5,8 +5,10 @@ prompt/response encoding for training (see :meth:`Tokenizer.encode_prompt_respon
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,7 +53,7 @@ class Tokenizer:
         self.pad_token_id = self._id(self.pad_token)
         eos = [self.eos_token_id, *extra_eos_ids]
         self.eos_token_ids: list[int] = list(dict.fromkeys(i for i in eos if i is not None))
-        self._seen: dict[tuple[str, bool], list[int]] | None = None  # see remembering()
+        self._seen: dict[tuple[bytes, bool], array] | None = None  # see remembering()
         # the date a chat template that prints today's date shows; None: the clock's (as transformers).
         # Training runs pin it (TrainConfig.chat_date), so a resumed run tokenizes its data the same.
         self.chat_date: date | None = None
@@ -71,10 +73,11 @@ class Tokenizer:
         """Token ids of ``text``; ``add_special_tokens`` applies the tokenizer's template (e.g. BOS)."""
         if self._seen is None:
             return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
-        key = (text, add_special_tokens)
+        # a digest of the text, and the ids as int32: what a file's worth of texts holds stays small
+        key = (hashlib.blake2b(text.encode(), digest_size=16).digest(), add_special_tokens)
         if key not in self._seen:
-            self._seen[key] = self.backend.encode(text, add_special_tokens=add_special_tokens).ids
-        return list(self._seen[key])
+            self._seen[key] = array("i", self.backend.encode(text, add_special_tokens=add_special_tokens).ids)
+        return self._seen[key].tolist()
 
     @contextmanager
     def remembering(self) -> Iterator[Tokenizer]:

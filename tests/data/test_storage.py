@@ -66,3 +66,30 @@ def test_a_loaded_dataset_takes_about_8_bytes_a_token(tok):
     assert tokens > 300 * 100
     assert kept / tokens < 12  # arrays: 8 bytes a token plus each object's header; lists took 46
     assert isinstance(pairs[0], PairExample)
+
+
+def test_check_data_holds_little_more_than_two_loads(tok):
+    """check_data remembers every text's ids between its two passes. The memo keeps a digest of
+    each text and its ids as int32, so the check's peak stays near two plain loads' (with the texts
+    and lists of ints it was 3.2x theirs here; with SmolLM2's tokenizer the memo cost 268 MiB
+    for 5,000 pairs, about 11 GB for 100,000 pairs of 900 tokens: docs/benchmarks.md)."""
+    from prefopt.data.check import UNLIMITED, check_data
+
+    records = _pairs(300)
+
+    def peak(f):
+        tracemalloc.start()
+        try:
+            f()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    check = peak(lambda: check_data(records, tok, kind="preference", max_length=256))
+    loads = peak(lambda: [load_preferences(records, tok, max_length=m, skip_bad=True) for m in (UNLIMITED, 256)])
+    assert check < 2.5 * loads
+    with tok.remembering():
+        ids = tok.encode(records[0]["prompt"])
+        assert tok.encode(records[0]["prompt"]) == ids and isinstance(ids, list)  # a list, as without the memo
+        (key, special), = tok._seen
+        assert isinstance(key, bytes) and len(key) == 16 and tok._seen[(key, special)].typecode == "i"
