@@ -65,14 +65,15 @@ def tokenize_pair(rec: PreferenceRecord, tok: Tokenizer, *, max_length: int,
 
 
 def load_preferences(path: str | Path | list[dict], tok: Tokenizer, *, max_length: int = 1024,
-                     max_prompt_length: int | None = None, skip_bad: bool = False
+                     max_prompt_length: int | None = None, skip_bad: bool = False, show_progress: bool = True
                      ) -> tuple[list[PairExample], LoadReport]:
     """Read, validate and tokenize a preference file (TRL or OpenAI format; JSONL, JSON or CSV),
-    or a list of record dicts; errors as :func:`~prefopt.data.load_sft`."""
+    or a list of record dicts; errors and ``show_progress`` as :func:`~prefopt.data.load_sft`."""
     def encode(rec):
         return tokenize_pair(rec, tok, max_length=max_length, max_prompt_length=max_prompt_length)
 
-    pairs, report = load_tokenized(path, parse_preference, encode, skip_bad=skip_bad, field_of=lambda rec: "chosen")
+    pairs, report = load_tokenized(path, parse_preference, encode, skip_bad=skip_bad, show_progress=show_progress,
+                                   field_of=lambda rec: "chosen")
     report.max_length = max_length
     return pairs, report
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._deps import progress
 from ..tokenizer import BoundaryError, Tokenizer
 from .readers import read_rows, source_name
 from .records import DataError, SFTRecord, parse_sft
@@ -177,31 +178,37 @@ def load_sft(
     max_length: int = 1024,
     max_prompt_length: int | None = None,
     skip_bad: bool = False,
+    show_progress: bool = True,
 ) -> tuple[list[TokenizedExample], LoadReport]:
     """Read, validate and tokenize an SFT file (JSONL, JSON or CSV), or a list of record dicts.
 
     Every record is checked; a bad one raises a :class:`DataError` naming the file, line and
     field (``<records>:3`` for the third dict of a list), unless ``skip_bad=True``, which skips
-    it and records why in the report.
+    it and records why in the report. ``show_progress``: a progress bar, once tokenizing has
+    taken 2 s (about 1,500 records of 400 tokens).
     """
     def encode(rec):
         return tokenize_sft(rec, tok, max_length=max_length, max_prompt_length=max_prompt_length)
 
-    examples, report = load_tokenized(path, parse_sft, encode, skip_bad=skip_bad,
+    examples, report = load_tokenized(path, parse_sft, encode, skip_bad=skip_bad, show_progress=show_progress,
                                       field_of=lambda rec: "messages" if rec.messages is not None else "completion")
     report.max_length = max_length
     return examples, report
 
 
-def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, field_of: Callable):
-    """Parse every record, then ``encode(record) -> (example, Cut)`` each one.
+def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, field_of: Callable,
+                   show_progress: bool = True):
+    """Parse every record, then ``encode(record) -> (example, Cut)`` each one, under a progress bar
+    that shows once it has taken 2 s (``show_progress``).
 
     An encoding failure becomes a :class:`DataError` on ``field_of(record)`` at the record's
     line, raised or (``skip_bad``) counted in the report like a parse failure.
     """
     records, report = load_records(path, parse, skip_bad)
     examples = []
-    for line, rec in records:
+    name = Path(str(source_name(path))).name
+    for line, rec in progress(records, desc=f"tokenizing {name}", unit="record", delay=2, leave=False,
+                              disable=not show_progress):
         try:
             ex, cut = encode(rec)
         except ValueError as e:

@@ -70,7 +70,7 @@ def load_train_eval(config, tok, loader=load_sft):
     if not config.data:
         raise ValueError("no training data: set data (--data) to a JSONL, JSON or CSV file")
     kw = dict(max_length=config.max_length, max_prompt_length=config.max_prompt_length,
-              skip_bad=config.skip_bad_records)
+              skip_bad=config.skip_bad_records, show_progress=config.progress)
     examples, report = loader(config.data, tok, **kw)
     reports = [report]
     if config.eval_data:

@@ -93,3 +93,30 @@ def test_check_data_holds_little_more_than_two_loads(tok):
         assert tok.encode(records[0]["prompt"]) == ids and isinstance(ids, list)  # a list, as without the memo
         (key, special), = tok._seen
         assert isinstance(key, bytes) and len(key) == 16 and tok._seen[(key, special)].typecode == "i"
+
+
+def test_tokenizing_a_file_shows_a_progress_bar_unless_switched_off(tok, tmp_path, monkeypatch):
+    """100,000 records take minutes to tokenize: a bar (shown once it has taken 2 s) says how far."""
+    import prefopt.data.sft as sft
+
+    seen = []
+
+    def bar(iterable, **kw):
+        seen.append(kw)
+        return iterable
+
+    monkeypatch.setattr(sft, "progress", bar)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _pairs(4)))
+    assert len(load_preferences(path, tok)[0]) == 4
+    load_sft([{"prompt": "a", "completion": "b"}], tok, show_progress=False)
+    assert [(kw["desc"], kw["delay"], kw["disable"]) for kw in seen] == [("tokenizing pairs.jsonl", 2, False),
+                                                                         ("tokenizing <records>", 2, True)]
+    from prefopt.train import TrainConfig
+    from prefopt.train.sft import load_train_eval
+
+    seen.clear()
+    sft_file = tmp_path / "sft.jsonl"
+    sft_file.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
+    load_train_eval(TrainConfig(model="m", output_dir=str(tmp_path / "o"), data=str(sft_file), progress=False), tok)
+    assert [kw["disable"] for kw in seen] == [True]  # --no-progress: no bar here either
