@@ -3,8 +3,10 @@
 A checkpoint is a folder ``checkpoints/step-00000042/`` holding:
 
 - ``trainable.safetensors``: the parameters being trained (the LoRA adapter, or all weights);
-- ``optimizer.pt``: the optimizer's state dict, tensors and numbers only, read back with
-  ``torch.load(weights_only=True)`` (no arbitrary unpickling);
+- ``optimizer.safetensors`` + ``optimizer.json``: the optimizer's state dict, its tensors
+  (``"<param id>.<name>"``: AdamW's moments and step) and the rest (parameter groups, any
+  number in the state) apart, so nothing is unpickled (checkpoints from before 2026-11-30 hold
+  ``optimizer.pt`` instead, still read with ``torch.load(weights_only=True)``);
 - ``rng-rank{r}.safetensors``: each rank's torch (and CUDA) RNG state;
 - ``trainer_state.json``: step, Python/NumPy RNG states, config.
 
@@ -54,7 +56,7 @@ def write_checkpoint(tmp: Path, final: Path, *, trainable: dict[str, torch.Tenso
                      step: int, extra: dict[str, Any], keep: int) -> Path:
     """Rank 0's part: everything but the RNG files (each rank wrote its own), then the rename."""
     save_file_atomic(trainable, tmp / "trainable.safetensors")
-    torch.save(optimizer_state, tmp / "optimizer.pt")
+    write_optimizer(optimizer_state, tmp)
     py = random.getstate()
     np_state = np.random.get_state()
     state = {"step": step, "python_rng": [py[0], list(py[1]), py[2]],
@@ -89,10 +91,39 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
+def write_optimizer(sd: dict, folder: Path) -> None:
+    """An optimizer state dict as ``optimizer.safetensors`` (its tensors) and ``optimizer.json``."""
+    tensors: dict[str, torch.Tensor] = {}
+    other: dict[str, dict] = {}
+    for pid, entries in sd["state"].items():
+        for key, v in entries.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{key}"] = v.detach().contiguous().cpu()
+            else:
+                other.setdefault(str(pid), {})[key] = v
+    save_file_atomic(tensors, folder / "optimizer.safetensors")
+    write_json_atomic(folder / "optimizer.json", {"param_groups": sd["param_groups"], "state": other})
+
+
+def read_optimizer(folder: Path) -> dict:
+    """What :func:`write_optimizer` wrote, as a state dict ``optimizer.load_state_dict`` takes."""
+    if not (folder / "optimizer.safetensors").is_file() and (folder / "optimizer.pt").is_file():
+        return torch.load(folder / "optimizer.pt", weights_only=True)  # a checkpoint from before 2026-11-30
+    meta = json.loads((folder / "optimizer.json").read_text())
+    state: dict[int, dict] = {}
+    for name, t in load_file(folder / "optimizer.safetensors").items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = t
+    for pid, entries in meta["state"].items():
+        state.setdefault(int(pid), {}).update(entries)
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": dict(sorted(state.items())), "param_groups": groups}
+
+
 def read_checkpoint(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
-    """``(trainable tensors, optimizer state, trainer state)``; the optimizer via weights_only."""
+    """``(trainable tensors, optimizer state, trainer state)``, none of it unpickled."""
     trainable = load_file(ckpt / "trainable.safetensors")
-    optimizer_state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    optimizer_state = read_optimizer(ckpt)
     state = json.loads((ckpt / "trainer_state.json").read_text())
     return trainable, optimizer_state, state
 

@@ -193,3 +193,35 @@ def test_a_run_resumed_on_another_day_shows_its_own_date(tmp_path, monkeypatch, 
     assert json.loads((tmp_path / "new" / "train_config.json").read_text())["chat_date"] == tomorrow.isoformat()
     with pytest.raises(ValueError, match=r"chat_date must be a date as YYYY-MM-DD \(got '30/11/2026'\)"):
         _cfg((model_dir, data), tmp_path / "x", chat_date="30/11/2026")
+
+
+def test_a_checkpoint_holds_no_pickle_and_its_optimizer_state_round_trips(task, tmp_path):
+    """Weights, moments and RNG states in safetensors, the rest in JSON: nothing is unpickled on
+    resume. The optimizer state read back equals the one written, tensor for tensor; a checkpoint
+    from before (optimizer.pt) still reads."""
+    import torch
+
+    from prefopt.train.state import latest_checkpoint, read_optimizer, write_optimizer
+
+    out = tmp_path / "run"
+    run_sft(_cfg(task, out, save_every=1, max_steps=3))
+    ckpt = latest_checkpoint(out)
+    assert sorted(p.suffix for p in ckpt.iterdir()) == [".json", ".json", ".safetensors", ".safetensors",
+                                                       ".safetensors"]
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.8, 0.95), foreach=True)
+    for _ in range(3):
+        model(torch.randn(5, 3)).square().sum().backward()
+        opt.step()
+    sd = opt.state_dict()
+    write_optimizer(sd, tmp_path)
+    back = read_optimizer(tmp_path)
+    assert back["param_groups"] == sd["param_groups"] and back["state"].keys() == sd["state"].keys()
+    assert all(torch.equal(back["state"][i][k], v) for i, st in sd["state"].items() for k, v in st.items())
+    fresh = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.8, 0.95), foreach=True)
+    fresh.load_state_dict(back)
+    assert fresh.param_groups[0]["betas"] == (0.8, 0.95)
+    old = tmp_path / "old"
+    old.mkdir()
+    torch.save(sd, old / "optimizer.pt")
+    assert read_optimizer(old)["param_groups"] == sd["param_groups"]

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from prefopt.train.metrics import read_metrics
+from prefopt.train.state import read_optimizer
 from tests.train._fixtures import write_pairs, write_task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,7 +152,7 @@ def test_fsdp_run_killed_then_resumed_matches_an_uninterrupted_one(task, tmp_pat
     assert cut.returncode != 0
     ckpt = tmp_path / "cut" / "checkpoints" / "step-00000006"
     params = load_file(ckpt / "trainable.safetensors")
-    optim = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    optim = read_optimizer(ckpt)
     moments = Counter(tuple(st["exp_avg"].shape) for st in optim["state"].values())
     assert moments == Counter(tuple(t.shape) for t in params.values())  # whole moments, not one rank's shard
     resumed = _torchrun(2, _config(task, tmp_path / "cut", **kw, resume=True))
