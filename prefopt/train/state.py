@@ -121,7 +121,8 @@ def read_optimizer(folder: Path) -> dict:
 
 
 def read_checkpoint(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
-    """``(trainable tensors, optimizer state, trainer state)``, none of it unpickled."""
+    """``(trainable tensors, optimizer state, trainer state)``; nothing unpickled but a pre-2026-11-30
+    checkpoint's optimizer.pt (through ``weights_only``)."""
     trainable = load_file(ckpt / "trainable.safetensors")
     optimizer_state = read_optimizer(ckpt)
     state = json.loads((ckpt / "trainer_state.json").read_text())
