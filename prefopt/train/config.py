@@ -102,8 +102,8 @@ class TrainConfig:
         except ValueError as e:
             errors.append(str(e))
         if self.chat_date is not None:
-            try:
-                parse_chat_date(self.chat_date)
+            try:  # a YAML file's unquoted 2026-11-30 arrives as a date: kept as its text
+                self.chat_date = parse_chat_date(self.chat_date).isoformat()
             except ValueError as e:
                 errors.append(str(e))
         if not 0 <= self.lora_dropout < 1:

@@ -41,6 +41,9 @@ def test_config_from_json_and_yaml(tmp_path):
     pytest.importorskip("yaml")
     (tmp_path / "c.yaml").write_text(f"model: m\ndata: {data}\noutput_dir: o\nschedule: linear\n")
     assert TrainConfig.from_file(tmp_path / "c.yaml").schedule == "linear"
+    (tmp_path / "d.yaml").write_text(f"model: m\ndata: {data}\noutput_dir: o\nchat_date: 2026-11-30\n")
+    cfg = TrainConfig.from_file(tmp_path / "d.yaml")  # YAML reads an unquoted date as a date
+    assert cfg.chat_date == "2026-11-30" and json.loads(json.dumps(cfg.to_dict()))["chat_date"] == "2026-11-30"
     (tmp_path / "bad.json").write_text(json.dumps({"model": "m", "data": str(data), "output_dir": "o", "lr_rate": 1}))
     with pytest.raises(ValueError, match="unknown config keys"):
         TrainConfig.from_file(tmp_path / "bad.json")
