@@ -162,20 +162,21 @@ def _same_run(out: Path, config: dict) -> None:
     write_json_atomic(path, config)
 
 
-def _pin_chat_date(cfg: CompareConfig, out: Path, toks) -> CompareConfig:
+def _pin_chat_date(cfg: CompareConfig, out: Path, toks) -> tuple[CompareConfig, str | None]:
     """The run with its ``chat_date`` fixed: given, else the one an earlier attempt recorded (None for a
     run from before the setting: the clock's date, as it had), else today; set on the tokenizers
-    ``toks`` (the judge's too), and passed to each stage's training."""
+    ``toks`` (the judge's too), and passed to each stage's training. Also the line that says so,
+    where a template prints the date."""
     if cfg.chat_date is None:
         path = out / "compare_config.json"
         cfg = replace(cfg, chat_date=json.loads(path.read_text()).get("chat_date") if path.is_file()
                       else date.today().isoformat())
     for tok in toks:
         tok.chat_date = parse_chat_date(cfg.chat_date) if cfg.chat_date else None
-    if any(tok.prints_date for tok in toks) and cfg.chat_date:
-        _log(f"the chat template prints today's date: every prompt shows {parse_chat_date(cfg.chat_date):%d %b %Y} "
-             f"(chat_date {cfg.chat_date})")
-    return cfg
+    if not (cfg.chat_date and any(tok.prints_date for tok in toks)):
+        return cfg, None
+    return cfg, (f"the chat template prints today's date: every prompt shows "
+                 f"{parse_chat_date(cfg.chat_date):%d %b %Y} (chat_date {cfg.chat_date})")
 
 
 def _fit_test_size(cfg: CompareConfig, s: dict, records: list) -> None:
@@ -362,9 +363,11 @@ def run_compare(cfg: CompareConfig) -> dict:
         if note:
             _log(note)
     out = Path(cfg.output)
-    cfg = _pin_chat_date(cfg, out, [t for t in (tok, judge_tok) if t is not None])
+    cfg, dated = _pin_chat_date(cfg, out, [t for t in (tok, judge_tok) if t is not None])
     out.mkdir(parents=True, exist_ok=True)
     _same_run(out, {**asdict(cfg), "settings": s})
+    if dated:  # once the folder is known to be this run's
+        _log(dated)
     torch.manual_seed(cfg.seed)
     splits = _split(cfg, records, s, out)
     train, test = splits["train"], splits["test"]

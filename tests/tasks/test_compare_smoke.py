@@ -651,8 +651,10 @@ def test_a_compare_run_keeps_the_date_its_chat_template_prints(dated_model, tmp_
         run_compare(cfg)
     assert "base: reusing" in capsys.readouterr().out
     assert [c.chat_date for c in sft_configs] == [today.isoformat()] * 2  # SFT trains on the first day's text
+    capsys.readouterr()
     with pytest.raises(ValueError, match=rf"other settings \(chat_date: '{today.isoformat()}' -> '2025-01-02'\)"):
         run_compare(CompareConfig(**{**asdict(cfg), "chat_date": "2025-01-02"}))
+    assert "every prompt shows" not in capsys.readouterr().out  # not said of a run that is refused
     with pytest.raises(ValueError, match="chat_date must be a date as YYYY-MM-DD"):
         run_compare(CompareConfig(**{**asdict(cfg), "output": str(tmp_path / "other"), "chat_date": "tomorrow"}))
     assert not (tmp_path / "other").exists()
