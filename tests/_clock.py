@@ -1,23 +1,29 @@
-"""Tomorrow, for tests of what a run does when it is resumed on another day."""
+"""A fixed today, and tomorrow, for tests of what a run does when it is resumed on another day."""
 from datetime import date, datetime, time, timedelta
+
+DAY = date(2026, 11, 30)  # the tests' "today", whatever the clock says (a test run may span midnight)
+
+
+def set_today(monkeypatch, day: date, *modules: str) -> date:
+    """From here on, ``date.today()`` in each of ``modules`` (they import ``date`` by name) and the
+    clock a chat template reads (``strftime_now``) say ``day``; returns it."""
+
+    class Fixed(date):
+        @classmethod
+        def today(cls):
+            return day
+
+    class FixedClock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.combine(day, time(9))
+
+    for module in modules:
+        monkeypatch.setattr(f"{module}.date", Fixed)
+    monkeypatch.setattr("prefopt.chat_template.datetime", FixedClock)
+    return day
 
 
 def move_to_next_day(monkeypatch, *modules: str) -> date:
-    """From here on, ``date.today()`` in each of ``modules`` (they import ``date`` by name) and the
-    clock a chat template reads (``strftime_now``) say tomorrow; returns tomorrow."""
-    tomorrow = date.today() + timedelta(days=1)
-
-    class NextDay(date):
-        @classmethod
-        def today(cls):
-            return tomorrow
-
-    class NextDayClock(datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return datetime.combine(tomorrow, time(9))
-
-    for module in modules:
-        monkeypatch.setattr(f"{module}.date", NextDay)
-    monkeypatch.setattr("prefopt.chat_template.datetime", NextDayClock)
-    return tomorrow
+    """:func:`set_today` with the day after :data:`DAY`."""
+    return set_today(monkeypatch, DAY + timedelta(days=1), *modules)

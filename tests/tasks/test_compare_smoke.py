@@ -634,11 +634,9 @@ def test_a_compare_run_keeps_the_date_its_chat_template_prints(dated_model, tmp_
     """With Llama 3.1's template every prompt holds today's date. A run records the day it started and
     keeps it for every stage, so one resumed the next day reuses its base evaluation and trains on the
     same text; metrics.json says which date the prompts showed."""
-    from datetime import date
+    from tests._clock import DAY, move_to_next_day, set_today
 
-    from tests._clock import move_to_next_day
-
-    out, today = tmp_path / "run", date.today()
+    out, today = tmp_path / "run", set_today(monkeypatch, DAY, "prefopt.evaluate.compare", "prefopt.train.run")
     cfg = CompareConfig(task="portal", model=str(dated_model), output=str(out), overrides=TINY)
     with pytest.raises(StopAtSFT):
         run_compare(cfg)

@@ -168,9 +168,7 @@ def test_a_run_resumed_on_another_day_shows_its_own_date(tmp_path, monkeypatch, 
     """Llama 3.1's chat template prints today's date in every prompt. A run pins the day it
     started (``chat_date``, recorded in its checkpoints), so resuming it the next day renders the
     same tokens; with the clock's date the data digest would refuse the resume."""
-    from datetime import date
-
-    from tests._clock import move_to_next_day
+    from tests._clock import DAY, move_to_next_day, set_today
     from tests._tiny import LLAMA31, build_hf_model, build_tokenizer
     from tests.train._fixtures import COLORS
 
@@ -180,7 +178,7 @@ def test_a_run_resumed_on_another_day_shows_its_own_date(tmp_path, monkeypatch, 
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Case {i}?", "completion": f"Code {COLORS[i % 4]}."}) + "\n"
                             for i in range(16)))
-    out, today = tmp_path / "run", date.today()
+    out, today = tmp_path / "run", set_today(monkeypatch, DAY, "prefopt.train.run")
     run_sft(_cfg((model_dir, data), out, save_every=1, max_steps=3))
     assert (f"every example shows {today:%d %b %Y} (chat_date {today.isoformat()})" in capsys.readouterr().out)
     assert json.loads((out / "train_config.json").read_text())["chat_date"] == today.isoformat()
