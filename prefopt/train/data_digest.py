@@ -36,8 +36,10 @@ def _feed(h, x) -> None:
         h.update(type(x).__name__.encode())
         for f in dataclasses.fields(x):
             _feed(h, getattr(x, f.name))
-    elif isinstance(x, (list, tuple, array)):
-        try:  # token ids: the common case, hashed as one block
+    elif isinstance(x, array):  # token ids as TokenizedExample keeps them: one block, no per-item work
+        h.update(b"a%s%d:" % (x.typecode.encode(), len(x)) + x.tobytes())
+    elif isinstance(x, (list, tuple)):
+        try:  # ids in a list: hashed as one block too
             block = array("q", x).tobytes()
         except (TypeError, OverflowError):
             h.update(b"[%d" % len(x))
