@@ -12,8 +12,8 @@ out. Each line times one thing, best of ``--reps``:
 
 Then the memory the loaded pairs hold (``tracemalloc``, bytes a token) and the time to batch them
 all, as int32 arrays (prefopt's examples) and as the Python lists of ints they were before
-2026-11-30, rebuilt from the same pairs; and the peak memory of ``check pairs`` (which holds
-every text's ids between its two passes) and of ``two loads pairs``.
+2026-11-30, rebuilt from the same pairs; and the peak memory of ``check pairs`` / ``check sft``
+(which hold every text's ids between their two passes) and of two plain loads.
 
     python benchmarks/bench_data.py                    # 5,000 records, SmolLM2's tokenizer
     python benchmarks/bench_data.py --records 500 --model DIR
@@ -27,6 +27,7 @@ import platform
 import random
 import time
 import tracemalloc
+from functools import partial
 
 WORDS = ("patient presents with chest pain fever cough dyspnea history of hypertension diabetes nausea "
          "syncope headache abdominal tenderness tachycardia").split()
@@ -106,19 +107,29 @@ class ListExample:
         self.input_ids, self.labels = ids, labels
 
 
+KIND = {"pairs": "preference", "sft": "sft"}  # check_data's name for each
+
+
 def storage(model: str, n: int, max_length: int, reps: int) -> dict:
     """Bytes a token the loaded pairs hold, and the time to batch them all (``pair_collate``, 8
     pairs a batch), as int32 arrays and as lists."""
     from prefopt import load_tokenizer
-    from prefopt.data import load_preferences
+    from prefopt.data import load_preferences, load_sft
     from prefopt.data.check import UNLIMITED, check_data
     from prefopt.data.collate import pad_collate
 
     tok = load_tokenizer(model)
-    _, pairs = records(n)
-    check_peak, _ = traced(lambda: check_data(pairs, tok, kind="preference", max_length=max_length), peak=True)
-    loads_peak, _ = traced(lambda: [load_preferences(pairs, tok, max_length=m, skip_bad=True)
-                                    for m in (UNLIMITED, max_length)], peak=True)
+    sft, pairs = records(n)
+    def check(kind, data):
+        return check_data(data, tok, kind=KIND[kind], max_length=max_length)
+
+    def two_loads(loader, data):
+        return [loader(data, tok, max_length=m, skip_bad=True) for m in (UNLIMITED, max_length)]
+
+    peaks = {}
+    for kind, data, loader in (("pairs", pairs, load_preferences), ("sft", sft, load_sft)):
+        peaks[f"check_{kind}_peak_mib"] = traced(partial(check, kind, data), peak=True)[0] / 2**20
+        peaks[f"two_loads_{kind}_peak_mib"] = traced(partial(two_loads, loader, data), peak=True)[0] / 2**20
     arrays, (loaded, _) = traced(lambda: load_preferences(pairs, tok, max_length=max_length))
     sides = [e for p in loaded for e in (p.chosen, p.rejected)]
     lists, rebuilt = traced(lambda: as_lists(sides))
@@ -131,8 +142,7 @@ def storage(model: str, n: int, max_length: int, reps: int) -> dict:
     tokens = sum(len(e.input_ids) for e in sides)
     return {"tokens": tokens, "arrays_bytes_per_token": arrays / tokens, "lists_bytes_per_token": lists / tokens,
             "collate_arrays_seconds": best(lambda: batches(sides), reps),
-            "collate_lists_seconds": best(lambda: batches(as_list), reps),
-            "check_pairs_peak_mib": check_peak / 2**20, "two_loads_pairs_peak_mib": loads_peak / 2**20}
+            "collate_lists_seconds": best(lambda: batches(as_list), reps), **peaks}
 
 
 def main() -> None:
@@ -159,8 +169,9 @@ def main() -> None:
     print(f"  batching them (8 pairs a batch): {mem['collate_arrays_seconds']:.2f} s from arrays, "
           f"{mem['collate_lists_seconds']:.2f} s from lists "
           f"({mem['collate_arrays_seconds'] / mem['collate_lists_seconds']:.2f}x)")
-    print(f"  peak memory (tracemalloc): check pairs {mem['check_pairs_peak_mib']:.0f} MiB, two loads pairs "
-          f"{mem['two_loads_pairs_peak_mib']:.0f} MiB")
+    for kind in ("pairs", "sft"):
+        print(f"  peak memory (tracemalloc): check {kind} {mem[f'check_{kind}_peak_mib']:.0f} MiB, two loads {kind} "
+              f"{mem[f'two_loads_{kind}_peak_mib']:.0f} MiB")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"records": a.records, "max_length": a.max_length, "rows": rows, "ratios": ratios,

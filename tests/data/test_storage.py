@@ -88,6 +88,12 @@ def test_check_data_holds_little_more_than_two_loads(tok):
     check = peak(lambda: check_data(records, tok, kind="preference", max_length=256))
     loads = peak(lambda: [load_preferences(records, tok, max_length=m, skip_bad=True) for m in (UNLIMITED, 256)])
     assert check < 2.5 * loads
+    # SFT repeats are found by a digest, not a set of token tuples (which was 4.3x two loads here;
+    # with SmolLM2, 2,000 records: 79 MiB against 12, now 21)
+    sft = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in records]
+    check = peak(lambda: check_data(sft, tok, kind="sft", max_length=256))
+    loads = peak(lambda: [load_sft(sft, tok, max_length=m, skip_bad=True) for m in (UNLIMITED, 256)])
+    assert check < 2.5 * loads
     with tok.remembering():
         ids = tok.encode(records[0]["prompt"])
         assert tok.encode(records[0]["prompt"]) == ids and isinstance(ids, list)  # a list, as without the memo
