@@ -111,8 +111,9 @@ KIND = {"pairs": "preference", "sft": "sft"}  # check_data's name for each
 
 
 def storage(model: str, n: int, max_length: int, reps: int) -> dict:
-    """Bytes a token the loaded pairs hold, and the time to batch them all (``pair_collate``, 8
-    pairs a batch), as int32 arrays and as lists."""
+    """Bytes a token the loaded pairs hold and the time to batch them all (``pad_collate``, 8 pairs
+    a batch), as int32 arrays and as lists; and the peak memory of ``check_data`` and of two plain
+    loads, for the pairs and the SFT records."""
     from prefopt import load_tokenizer
     from prefopt.data import load_preferences, load_sft
     from prefopt.data.check import UNLIMITED, check_data
@@ -120,6 +121,7 @@ def storage(model: str, n: int, max_length: int, reps: int) -> dict:
 
     tok = load_tokenizer(model)
     sft, pairs = records(n)
+
     def check(kind, data):
         return check_data(data, tok, kind=KIND[kind], max_length=max_length)
 
