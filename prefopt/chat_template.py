@@ -55,6 +55,17 @@ def parse_chat_date(text: str, what: str = "chat_date") -> date:
         raise ValueError(f"{what} must be a date as YYYY-MM-DD (got {text!r})") from None
 
 
+def run_chat_date(given: str | None, earlier: dict | None) -> str | None:
+    """The date (YYYY-MM-DD) a run's prompts show: ``given``; else, where the run continues an earlier
+    attempt (``earlier``: the settings it recorded), that attempt's (None for one from before the
+    setting: the clock's date, as it had); else today."""
+    if given is not None:
+        return given
+    if earlier:
+        return earlier.get("chat_date")
+    return date.today().isoformat()
+
+
 def render_chat(
     template: str,
     messages: list[dict[str, Any]],

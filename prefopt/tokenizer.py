@@ -9,14 +9,14 @@ import hashlib
 import json
 import os
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from .chat_template import prints_date, render_chat
+from .chat_template import parse_chat_date, prints_date, render_chat
 from .fileio import write_json_atomic
 
 Messages = list[dict[str, Any]]
@@ -163,6 +163,18 @@ class Tokenizer:
         if self.chat_template:
             config["chat_template"] = self.chat_template
         write_json_atomic(out / "tokenizer_config.json", config)
+
+
+def set_chat_date(toks: Iterable[Tokenizer], chat_date: str | None, shown_in: str) -> str | None:
+    """Set ``chat_date`` (YYYY-MM-DD, or None: the clock's) on each tokenizer in ``toks``; where one's
+    chat template prints the date, return the line that says which it shows in every ``shown_in``."""
+    toks = list(toks)
+    day = parse_chat_date(chat_date) if chat_date else None
+    for tok in toks:
+        tok.chat_date = day
+    if day is None or not any(tok.prints_date for tok in toks):
+        return None
+    return f"the chat template prints today's date: every {shown_in} shows {day:%d %b %Y} (chat_date {chat_date})"
 
 
 def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:

@@ -4,8 +4,8 @@ from datetime import date, datetime, time, timedelta
 DAY = date(2026, 11, 30)  # the tests' "today", whatever the clock says (a test run may span midnight)
 
 
-def set_today(monkeypatch, day: date, *modules: str) -> date:
-    """From here on, ``date.today()`` in each of ``modules`` (they import ``date`` by name) and the
+def set_today(monkeypatch, day: date) -> date:
+    """From here on, the day a run takes as today (``prefopt.chat_template.run_chat_date``) and the
     clock a chat template reads (``strftime_now``) say ``day``; returns it."""
 
     class Fixed(date):
@@ -18,12 +18,11 @@ def set_today(monkeypatch, day: date, *modules: str) -> date:
         def now(cls, tz=None):
             return datetime.combine(day, time(9))
 
-    for module in modules:
-        monkeypatch.setattr(f"{module}.date", Fixed)
+    monkeypatch.setattr("prefopt.chat_template.date", Fixed)
     monkeypatch.setattr("prefopt.chat_template.datetime", FixedClock)
     return day
 
 
-def move_to_next_day(monkeypatch, *modules: str) -> date:
+def move_to_next_day(monkeypatch) -> date:
     """:func:`set_today` with the day after :data:`DAY`."""
-    return set_today(monkeypatch, DAY + timedelta(days=1), *modules)
+    return set_today(monkeypatch, DAY + timedelta(days=1))

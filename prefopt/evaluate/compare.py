@@ -18,14 +18,14 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
-from datetime import date
 from pathlib import Path
 
 import torch
 
-from ..chat_template import parse_chat_date
+from ..chat_template import parse_chat_date, run_chat_date
 from ..fileio import write_json_atomic, write_text_atomic
 from ..model.repeats import check_repeat_options
+from ..tokenizer import set_chat_date
 from .runner import (
     DECODING,
     choose_max_new_tokens,
@@ -163,20 +163,14 @@ def _same_run(out: Path, config: dict) -> None:
 
 
 def _pin_chat_date(cfg: CompareConfig, out: Path, toks) -> tuple[CompareConfig, str | None]:
-    """The run with its ``chat_date`` fixed: given, else the one an earlier attempt recorded (None for a
-    run from before the setting: the clock's date, as it had), else today; set on the tokenizers
-    ``toks`` (the judge's too), and passed to each stage's training. Also the line that says so,
-    where a template prints the date."""
-    if cfg.chat_date is None:
-        path = out / "compare_config.json"
-        cfg = replace(cfg, chat_date=json.loads(path.read_text()).get("chat_date") if path.is_file()
-                      else date.today().isoformat())
-    for tok in toks:
-        tok.chat_date = parse_chat_date(cfg.chat_date) if cfg.chat_date else None
-    if not (cfg.chat_date and any(tok.prints_date for tok in toks)):
-        return cfg, None
-    return cfg, (f"the chat template prints today's date: every prompt shows "
-                 f"{parse_chat_date(cfg.chat_date):%d %b %Y} (chat_date {cfg.chat_date})")
+    """The run with its ``chat_date`` fixed: given, else the one an earlier attempt recorded in
+    ``compare_config.json``, else today (:func:`~prefopt.chat_template.run_chat_date`); set on the
+    tokenizers ``toks`` (the judge's too), and passed to each stage's training. Also the line that
+    says so, where a template prints the date."""
+    path = out / "compare_config.json"
+    earlier = json.loads(path.read_text()) if cfg.chat_date is None and path.is_file() else None
+    cfg = replace(cfg, chat_date=run_chat_date(cfg.chat_date, earlier))
+    return cfg, set_chat_date(toks, cfg.chat_date, "prompt")
 
 
 def _fit_test_size(cfg: CompareConfig, s: dict, records: list) -> None:

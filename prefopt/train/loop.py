@@ -12,6 +12,7 @@ resumed run sees exactly the batches the interrupted one would have.
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -125,7 +126,6 @@ class Trainer:
         self.step = 0
         self._lengths = [self.length(e) for e in self.train_data]
         self._order_cache: tuple[int | None, list[int]] = (None, [])
-        self._digest: tuple[dict | None] | None = None  # data_digest(train_data), once asked for
 
     # --- what a subclass defines -------------------------------------------------------
     noun = "examples"  # what the training data holds, for the console
@@ -373,21 +373,20 @@ class Trainer:
         if self.dist.is_main:
             ckpt_io.write_checkpoint(tmp, final, trainable=trainable, optimizer_state=optimizer_state,
                                      step=self.step, extra={"config": self.config.to_dict(),
-                                                            "world": self.dist.world, "data": self.train_data_digest()},
+                                                            "world": self.dist.world, "data": self.train_data_digest},
                                      keep=self.config.save_total_limit)
         barrier(self.dist)
         return final
 
+    @functools.cached_property
     def train_data_digest(self) -> dict | None:
-        """The training examples' digest, which a checkpoint records (:mod:`.data_digest`)."""
-        if self._digest is None:
-            self._digest = (data_digest(self.train_data),)
-        return self._digest[0]
+        """The training examples' digest, which a checkpoint records (:mod:`.data_digest`); made once."""
+        return data_digest(self.train_data)
 
     def _load_checkpoint(self, ckpt: Path) -> None:
         trainable, optimizer_state, state = ckpt_io.read_checkpoint(ckpt)
         ckpt_io.check_resumable(ckpt, state.get("config"), self.config.to_dict())
-        check_same_data(ckpt, state.get("data"), self.train_data_digest())
+        check_same_data(ckpt, state.get("data"), self.train_data_digest)
         if state.get("world", 1) != self.dist.world:
             raise ValueError(f"{ckpt} was written by {state.get('world')} processes; resume with the same number")
         own = dict(self.model.named_parameters())

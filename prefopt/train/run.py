@@ -2,19 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import date
 from pathlib import Path
 
 import torch
 
-from ..chat_template import parse_chat_date
+from ..chat_template import run_chat_date
 from ..devices import DTYPES, resolve_device
 from ..fileio import write_json_atomic
 from ..lora import apply_lora
 from ..lora_stack import save_adapter
 from ..model import save_model
 from ..pretrained import load_model
-from ..tokenizer import Tokenizer, load_tokenizer
+from ..tokenizer import Tokenizer, load_tokenizer, set_chat_date
 from . import state as ckpt_io
 from .config import TrainConfig
 from .distributed import DistInfo, gather_full, init_distributed
@@ -28,15 +27,9 @@ def pin_chat_date(config: TrainConfig, tok: Tokenizer) -> tuple[TrainConfig, str
     resumed checkpoint's, else today. Returns the config with it set (it goes into the checkpoints,
     so a resume on another day renders the same text) and, where the template prints a date, the
     line that says so."""
-    if config.chat_date is None:
-        saved = ckpt_io.checkpoint_config(config.output_dir) if config.resume else None
-        # a checkpoint from before chat_date existed keeps the clock's date (None), as it had
-        config = replace(config, chat_date=saved.get("chat_date") if saved else date.today().isoformat())
-    tok.chat_date = parse_chat_date(config.chat_date) if config.chat_date else None
-    if not tok.prints_date or tok.chat_date is None:
-        return config, None
-    return config, (f"the chat template prints today's date: every example shows {tok.chat_date:%d %b %Y} "
-                    f"(chat_date {config.chat_date})")
+    saved = ckpt_io.checkpoint_config(config.output_dir) if config.resume and config.chat_date is None else None
+    config = replace(config, chat_date=run_chat_date(config.chat_date, saved))
+    return config, set_chat_date([tok], config.chat_date, "example")
 
 
 def prepare_model(config: TrainConfig):

@@ -636,7 +636,7 @@ def test_a_compare_run_keeps_the_date_its_chat_template_prints(dated_model, tmp_
     same text; metrics.json says which date the prompts showed."""
     from tests._clock import DAY, move_to_next_day, set_today
 
-    out, today = tmp_path / "run", set_today(monkeypatch, DAY, "prefopt.evaluate.compare", "prefopt.train.run")
+    out, today = tmp_path / "run", set_today(monkeypatch, DAY)
     cfg = CompareConfig(task="portal", model=str(dated_model), output=str(out), overrides=TINY)
     with pytest.raises(StopAtSFT):
         run_compare(cfg)
@@ -644,7 +644,7 @@ def test_a_compare_run_keeps_the_date_its_chat_template_prints(dated_model, tmp_
     base = json.loads((out / "base" / "metrics.json").read_text())
     assert base["chat_date"] == json.loads((out / "compare_config.json").read_text())["chat_date"] == today.isoformat()
 
-    move_to_next_day(monkeypatch, "prefopt.evaluate.compare", "prefopt.train.run")
+    move_to_next_day(monkeypatch)
     with pytest.raises(StopAtSFT):
         run_compare(cfg)
     assert "base: reusing" in capsys.readouterr().out

@@ -178,12 +178,12 @@ def test_a_run_resumed_on_another_day_shows_its_own_date(tmp_path, monkeypatch, 
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Case {i}?", "completion": f"Code {COLORS[i % 4]}."}) + "\n"
                             for i in range(16)))
-    out, today = tmp_path / "run", set_today(monkeypatch, DAY, "prefopt.train.run")
+    out, today = tmp_path / "run", set_today(monkeypatch, DAY)
     run_sft(_cfg((model_dir, data), out, save_every=1, max_steps=3))
     assert (f"every example shows {today:%d %b %Y} (chat_date {today.isoformat()})" in capsys.readouterr().out)
     assert json.loads((out / "train_config.json").read_text())["chat_date"] == today.isoformat()
 
-    tomorrow = move_to_next_day(monkeypatch, "prefopt.train.run")
+    tomorrow = move_to_next_day(monkeypatch)
     with pytest.raises(ValueError, match=rf"other settings \(chat_date: '{today.isoformat()}' -> '2020-01-01'\)"):
         run_sft(_cfg((model_dir, data), out, resume=True, max_steps=4, chat_date="2020-01-01"))
     assert run_sft(_cfg((model_dir, data), out, resume=True, max_steps=4))["resumed_from_step"] == 2
