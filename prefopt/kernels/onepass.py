@@ -11,11 +11,15 @@ two with a frozen one. The backward only scales the stored gradients by the upst
 
 - Pairs are grouped in order into chunks of at most ``CHUNK_ELEMENTS`` logits (on CUDA a
   multiple of 128 tokens, cuBLAS's row tile). A pair longer than that alone takes two walks
-  over its own blocks: log-probs first, then the gradients.
-- The gradients exist from the forward on: ``grad_h`` (N, D) and ``grad_W`` (V, D). ``grad_W``
-  is summed over chunks in fp32 when the weight is fp32 (under autocast the fp32 master weight,
+  over its own blocks: log-probs first, then the gradients. The scored tokens' hidden states
+  are gathered a chunk at a time.
+- On CUDA the chunks' dlogits (half precision there) are staged, ``GRAD_ELEMENTS`` at most,
+  and the gradient GEMMs run once per stage: ``grad_W``'s sum is read and written once per
+  stage rather than once per small chunk.
+- The gradients exist from the forward on: ``grad_h`` (M, D) for the M scored tokens and
+  ``grad_W`` (V, D). ``grad_W`` is summed over stages in fp32 when the weight is fp32 (under autocast the fp32 master weight,
   so the sum *is* its gradient) or when V × D ≤ ``SUM_ELEMENTS``; otherwise (a large half
-  weight) in the weight's dtype, each chunk's GEMM accumulating in fp32 and its result added
+  weight) in the weight's dtype, each stage's GEMM accumulating in fp32 and its result added
   with one rounding.
 - The output is the *sum* of the per-pair losses; per-pair values come back detached. One
   backward only.
@@ -32,7 +36,6 @@ import torch
 
 from . import _backward
 from ._backward import _add_mm, acc_dtype, mm_acc
-from ._tokens import scored
 from .chunked import _exp_rows_, _onehot_minus_softmax_, _softmax_grad_
 
 
@@ -51,6 +54,14 @@ def plan(pair_tokens: list[int], rows: int) -> list[tuple[int, int, int, int]]:
 
 
 GEMM_ROWS = 128  # on CUDA, chunks are whole multiples of cuBLAS's row tile where one fits
+# On CUDA the dlogits of consecutive chunks are staged, up to this many elements (128 MiB in
+# bf16), and the two gradient GEMMs run once per stage: grad_W's (V, D) sum is read and written
+# once per stage, not once per chunk. With 128-token chunks at V=128256 that read-modify-write
+# (2 GB in bf16) cost about as much as the product itself (0.8 ms of 1.1 ms a chunk, measured
+# on an H200: docs/benchmarks.md); a 512-token stage pays it a quarter as often, while the fp32
+# logits stay one 128-token chunk (63 MiB) and the staged dlogits half precision (125 MiB).
+GRAD_ELEMENTS = 1 << 26
+STAGE_DEVICES = ("cuda",)  # elsewhere a stage is one chunk (a CPU's GEMMs are not bandwidth-bound)
 
 
 def chunk_rows(budget: int | None, V: int, device: torch.device) -> int:
@@ -60,24 +71,41 @@ def chunk_rows(budget: int | None, V: int, device: torch.device) -> int:
     return rows // GEMM_ROWS * GEMM_ROWS if device.type == "cuda" and rows >= GEMM_ROWS else rows
 
 
+def stage_rows(rows: int, V: int, device: torch.device) -> int:
+    """Tokens whose dlogits are staged before the gradient GEMMs run: ``GRAD_ELEMENTS`` of width
+    ``V`` (whole chunks of ``rows`` on CUDA) where staging pays, else one chunk."""
+    if device.type not in STAGE_DEVICES:
+        return rows
+    return max(rows, GRAD_ELEMENTS // V // rows * rows)
+
+
 class _OnePass(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, slots, chunks, n_seq, pair_grads, total, dtype, rows, rowwise):
-        """``hidden`` (M, D) and ``labels`` (M,): the scored tokens, pair by pair (chosen's then
-        rejected's); ``slots`` (M,): each token's sequence (chosen p at p, rejected p at B + p)."""
+    def forward(ctx, hidden, weight, labels, index, slots, chunks, n_seq, pair_grads, total, dtype, rows, rowwise):
+        """``hidden`` (..., D), read only at ``index`` (a tuple of index tensors, as from
+        ``nonzero(as_tuple=True)``): the M scored tokens, pair by pair (chosen's then
+        rejected's), gathered one chunk at a time (no (M, D) copy of them; their gradient is
+        the one (M, D) tensor). ``labels`` (M,): their labels; ``slots`` (M,): each token's
+        sequence (chosen p at p, rejected p at B + p)."""
         acc = acc_dtype(hidden)
-        h_all, w = hidden.to(dtype), weight.to(dtype)
+        w = weight.to(dtype)
         need_h, need_w = ctx.needs_input_grad[:2]
         sums = torch.zeros(n_seq, dtype=acc, device=hidden.device)
-        grad_h = torch.empty_like(hidden) if need_h else None
+        M, V = labels.numel(), weight.shape[0]
+        grad_h = torch.empty(M, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device) if need_h else None
         exact = weight.dtype == acc or weight.numel() <= _backward.SUM_ELEMENTS
         grad_w = torch.zeros(weight.shape, dtype=acc if exact else weight.dtype, device=weight.device) if need_w else None
+        stage = torch.empty(min(M, stage_rows(rows, V, hidden.device)), V, dtype=dtype, device=hidden.device)
+        staged = [0, 0]  # the stage holds the dlogits of tokens staged[0] : staged[0] + staged[1]
+
+        def at(a, b):
+            return tuple(i[a:b] for i in index)
 
         def log_probs(a, b):
             """Tokens a:b: their logits block, its row sums of ``exp(logits − row max)`` (the
             PyTorch path turns the block into those, in place; None on the Triton path) and the
             logsumexp. Their log-probs go into ``sums``."""
-            x = mm_acc(h_all[a:b], w.T, acc)
+            x = mm_acc(hidden[at(a, b)].to(dtype), w.T, acc)
             if rowwise:
                 lse, logp = _rows_lse(x, labels[a:b])
                 norm = None
@@ -86,38 +114,51 @@ class _OnePass(torch.autograd.Function):
             sums.index_add_(0, slots[a:b], logp)
             return x, norm, lse
 
-        def dlogits(a, b, x, norm, lse, g):
-            """``g · (onehot − softmax)`` for tokens a:b in the input dtype, from their logits
-            block ``x`` (or its ``exp(logits − row max)`` form when ``norm`` is given)."""
-            if rowwise:
-                return _rows_dlogits(x, labels[a:b], lse, g, dtype)
-            if norm is None:
-                return _onehot_minus_softmax_(x, labels[a:b], lse).mul_(g[:, None]).to(dtype)
-            return _softmax_grad_(x, labels[a:b], norm, g).to(dtype)
-
-        def backprop(a, b, d):  # both gradient GEMMs for tokens a:b
+        def flush():  # both gradient GEMMs for the staged tokens
+            first, n = staged
+            if n == 0:
+                return
+            d = stage[:n]
             if need_h:
-                grad_h[a:b] = mm_acc(d, w, acc)
+                grad_h[first:first + n] = mm_acc(d, w, acc)
             if need_w:
+                h = hidden[at(first, first + n)].to(dtype)
                 if grad_w.dtype == acc:
-                    _add_mm(grad_w, d.T, h_all[a:b])
+                    _add_mm(grad_w, d.T, h)
                 else:
-                    grad_w.addmm_(d.T, h_all[a:b])
+                    grad_w.addmm_(d.T, h)
+            staged[:] = [first + n, 0]
+
+        def dlogits(a, b, x, norm, lse, g):
+            """Stage ``g · (onehot − softmax)`` for tokens a:b in the compute dtype, from their
+            logits block ``x`` (or its ``exp(logits − row max)`` form when ``norm`` is given)."""
+            if staged[1] + b - a > stage.shape[0]:
+                flush()
+            out = stage[staged[1]:staged[1] + b - a]
+            if rowwise:
+                _rows_dlogits(x, labels[a:b], lse, g, out)
+            elif norm is None:
+                out.copy_(_onehot_minus_softmax_(x, labels[a:b], lse).mul_(g[:, None]))
+            else:
+                out.copy_(_softmax_grad_(x, labels[a:b], norm, g))
+            staged[1] += b - a
 
         for s, e, p0, p1 in chunks:
             if e == s:  # no scored tokens: nothing to add
                 continue
             if e - s <= rows:
                 x, norm, lse = log_probs(s, e)
-                backprop(s, e, dlogits(s, e, x, norm, lse, pair_grads(p0, p1, sums)[slots[s:e]]))
+                dlogits(s, e, x, norm, lse, pair_grads(p0, p1, sums)[slots[s:e]])
                 del x
                 continue
             lses = [log_probs(a, min(a + rows, e))[2] for a in range(s, e, rows)]  # a pair longer
             g = pair_grads(p0, p1, sums)  # than a block: its log-prob first, then its gradients
             for a, lse in zip(range(s, e, rows), lses):
                 b = min(a + rows, e)
-                backprop(a, b, dlogits(a, b, mm_acc(h_all[a:b], w.T, acc), None, lse, g[slots[a:b]]))
+                dlogits(a, b, mm_acc(hidden[at(a, b)].to(dtype), w.T, acc), None, lse, g[slots[a:b]])
+        flush()
         ctx.grads = [grad_h, None if grad_w is None else grad_w.to(weight.dtype)]
+        ctx.index, ctx.shape = index, hidden.shape
         ctx.mark_non_differentiable(sums)
         return total(sums), sums
 
@@ -130,7 +171,9 @@ class _OnePass(torch.autograd.Function):
         for t in (grad_h, grad_w):
             if t is not None:
                 t.mul_(grad_total.to(t.dtype))
-        return grad_h, grad_w, *([None] * 9)
+        if grad_h is not None:  # the scored tokens' rows into a gradient shaped like hidden
+            grad_h = grad_h.new_zeros(ctx.shape).index_put_(ctx.index, grad_h)
+        return grad_h, grad_w, *([None] * 10)
 
 
 # The per-chunk elementwise work: "triton" (two row kernels, one read of the logits each) or
@@ -157,15 +200,17 @@ def _rows_lse(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return lse, logp
 
 
-def _rows_dlogits(x, y, lse, g, dtype: torch.dtype) -> torch.Tensor:
-    """Triton: ``g · (onehot(y) − exp(x − lse))`` in ``dtype`` from the fp32 logits ``x``."""
+def _rows_dlogits(x, y, lse, g, out: torch.Tensor) -> None:
+    """Triton: ``g · (onehot(y) − exp(x − lse))`` from the fp32 logits ``x`` into ``out``
+    (contiguous rows, the compute dtype)."""
     from . import _triton_kernels as k
 
     n, V = x.shape
     block = ROW_BLOCKS["interpreted" if k.INTERPRETED else "dlogits"]
-    out = torch.empty(n, V, dtype=torch.float32 if k.INTERPRETED else dtype, device=x.device)  # the
-    k._row_dlogits[(n, -(-V // block))](x, y, lse, g.contiguous(), out, V, BLOCK_V=block)  # interpreter: fp32
-    return out.to(dtype)
+    into = torch.empty(n, V, device=x.device) if k.INTERPRETED and out.dtype != torch.float32 else out  # the
+    k._row_dlogits[(n, -(-V // block))](x, y, lse, g.contiguous(), into, V, BLOCK_V=block)  # interpreter: fp32
+    if into is not out:
+        out.copy_(into)
 
 
 def wanted(asked: bool | None, hidden: torch.Tensor, weight: torch.Tensor, impl: str | None) -> bool:
@@ -190,13 +235,14 @@ def onepass_nll(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
                 budget: int | None = None) -> torch.Tensor:
     """``−Σ log p(label)`` over the scored tokens (SFT's summed loss) with the lm_head gradients
     formed in the forward. ``hidden`` (..., D), ``labels`` (...) aligned with it."""
-    _, h, y = scored(hidden, labels, ignore_index)
+    index = (labels != ignore_index).nonzero(as_tuple=True)
+    y = labels[index]
     rows = chunk_rows(budget, weight.shape[0], hidden.device)
     M = y.numel()
     chunks = [(s, min(s + rows, M), 0, 0) for s in range(0, M, rows)]
     minus_one = torch.full((1,), -1.0, dtype=acc_dtype(hidden), device=hidden.device)
     with torch.autocast(hidden.device.type, enabled=False):
-        total, _ = _OnePass.apply(h, weight, y, torch.zeros_like(y), chunks, 1,
+        total, _ = _OnePass.apply(hidden, weight, y, index, torch.zeros_like(y), chunks, 1,
                                   lambda p0, p1, sums: minus_one, lambda sums: -sums[0], _compute_dtype(hidden), rows,
                                   _rowwise(hidden.device))
     return total
@@ -228,6 +274,6 @@ def onepass_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
         return g
 
     with torch.autocast(hidden.device.type, enabled=False):
-        return _OnePass.apply(hidden[seq, pos], weight, labels[seq, pos], seq, plan(pair_tokens, rows), R, pair_grads,
-                              lambda s: pair_loss(s, slice(0, B), 1.0), _compute_dtype(hidden), rows,
+        return _OnePass.apply(hidden, weight, labels[seq, pos], (seq, pos), seq, plan(pair_tokens, rows), R,
+                              pair_grads, lambda s: pair_loss(s, slice(0, B), 1.0), _compute_dtype(hidden), rows,
                               _rowwise(hidden.device))

@@ -203,3 +203,62 @@ def test_a_batch_with_no_scored_tokens(monkeypatch):
     loss = nll_sum(h, w, y, one_pass=True)
     loss.backward()
     assert loss.item() == 0 and not h.grad.any() and not w.grad.any()
+
+
+@pytest.mark.parametrize("rowwise", ["torch", "triton"])
+def test_staged_gradient_gemms_run_once_per_stage(rowwise, monkeypatch):
+    """Where dlogits are staged (CUDA; here CPU too), chunks of 4 tokens share a stage of 8: the
+    gradient GEMMs run once per stage, not per chunk, with the naive loss's values and gradients."""
+    if rowwise == "triton":
+        from tests.kernels._interpreter import interpreter_problem
+
+        if interpreter_problem():
+            pytest.skip(interpreter_problem())
+    monkeypatch.setattr(onepass, "ROWWISE", rowwise)
+    monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", 4 * V)
+    monkeypatch.setattr(onepass, "STAGE_DEVICES", ("cpu",))
+    monkeypatch.setattr(onepass, "GRAD_ELEMENTS", 8 * V)
+    assert onepass.stage_rows(4, V, torch.device("cpu")) == 8
+    h, w, y, ref = _case(torch.float32)
+    _, _, want = _run(h, w, y, ref, "sigmoid", impl="naive")
+    calls = _count_products(monkeypatch)
+    _, _, got = _run(h, w, y, ref, "sigmoid", reduction="sum", one_pass=True)
+    tokens = int((y != -100).sum())
+    logits = sum(1 for c in calls if c[0] == "mm_acc") - sum(1 for c in calls if c[0] == "_add_mm")
+    assert sum(1 for c in calls if c[0] == "_add_mm") == -(-tokens // 8) < logits  # a weight-gradient GEMM per stage
+    for a, b in zip(want, got):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_no_copy_of_all_scored_hidden_states(monkeypatch):
+    """The scored tokens are read from ``hidden`` one chunk at a time, whatever the view (the
+    trainers pass ``hidden[:, :-1]``): the only (M, D) tensor of all M scored tokens made in the
+    forward is their gradient (it used to gather a copy of their hidden states too); every other
+    D-wide tensor but the weight's is at most a chunk."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", 13 * V)
+    h, w, y, ref = _case(torch.float32, T=10)
+    view = h[:, :-1]
+    labels = y[:, 1:]
+    D, rows = h.shape[-1], 13
+
+    class Shapes(TorchDispatchMode):
+        seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape == (t.shape[0], D) != w.shape:
+                    self.seen.append(t.shape[0])
+            return out
+    with Shapes():
+        out, _ = fused_preference_loss(view, w, labels, *ref, reduction="sum", one_pass=True)
+    M = int((labels != -100).sum())
+    assert M > rows and sorted(Shapes.seen)[-2:] == [rows, M], (M, Shapes.seen)
+    out.losses.backward()
+    got = h.grad.clone()
+    h.grad = None
+    want, _ = fused_preference_loss(view, w, labels, *ref, impl="naive")
+    want.losses.sum().backward()
+    assert torch.allclose(got, h.grad, atol=1e-6) and got[:, -1].abs().max() == 0

@@ -259,10 +259,11 @@ def test_row_kernels_against_pytorch():
     assert torch.allclose(lse, torch.logsumexp(x, -1), atol=1e-5)
     assert torch.allclose(logp, x.log_softmax(-1).gather(-1, y[:, None]).squeeze(-1), atol=1e-5)
     want = up[:, None] * (torch.nn.functional.one_hot(y, 1000) - x.softmax(-1))
-    full = _rows_dlogits(x, y, lse, up, torch.float32)
+    full, half = torch.full_like(x, float("nan")), torch.full(x.shape, float("nan"), dtype=torch.bfloat16)
+    _rows_dlogits(x, y, lse, up, full)
     assert torch.allclose(full, want, atol=1e-6)
-    half = _rows_dlogits(x, y, lse, up, torch.bfloat16)
-    assert half.dtype == torch.bfloat16 and torch.equal(half, full.bfloat16())  # rounded once
+    _rows_dlogits(x, y, lse, up, half)
+    assert torch.equal(half, full.bfloat16())  # rounded once
 
 
 @pytest.mark.gpu
