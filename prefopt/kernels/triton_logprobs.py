@@ -31,7 +31,8 @@ from ._backward import lm_head_backward
 
 # 128x128 tiles with 64-wide steps of D, 8 warps: on sm_90 this compiles to wgmma fed by 16-byte
 # asynchronous copies, 3 stages deep, with no register spills; with 4 warps it spills
-# (tests/kernels/test_triton_compile.py checks all this without a GPU). Not yet timed on a GPU.
+# (tests/kernels/test_triton_compile.py checks all this without a GPU). On an H200 other tiles
+# were no faster (docs/benchmarks.md: the sweep; 4 stages 1.3% faster).
 BLOCKS_GPU = {"BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_D": 64, "num_warps": 8}
 # fp32 tiles are twice the bytes: 32-wide steps keep 3 stages within an A100's 163 KiB of shared memory
 BLOCKS_GPU_FP32 = {**BLOCKS_GPU, "BLOCK_D": 32}
