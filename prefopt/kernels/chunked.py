@@ -1,7 +1,9 @@
 """Chunked log-probs in PyTorch: never more than one block of logits alive.
 
 Forward, per chunk of tokens: logits = h Wᵀ (fp32), turned into ``exp(logits − row max)`` in
-place; store only the logsumexp and the target's log-prob. Backward
+place; store only the logsumexp and the target's log-prob. On CUDA the elementwise work is the
+Triton row kernels of ``_rows.py`` instead (one read of the logits for the forward, one more
+for each dlogits block), so the path is cuBLAS GEMMs plus memory-bound row passes. Backward
 (``_backward.lm_head_backward``) recomputes the logits block by block, forms
 ``dlogits = g · (onehot(y) − softmax)`` and runs the two gradient GEMMs with fp32
 accumulation. Memory: O(``CHUNK_ELEMENTS``) beyond inputs and gradients.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _backward
+from . import _backward, _rows
 from ._backward import acc_dtype, block_rows, lm_head_backward, mm_acc
 
 
@@ -51,6 +53,13 @@ def _dlogits(h, w, y, lse, g):
     return _onehot_minus_softmax_(mm_acc(h, w.T, lse.dtype), y, lse).mul_(g[:, None]).to(h.dtype)
 
 
+def _dlogits_rows(h, w, y, lse, g):
+    """The same through the Triton row kernel, from cuBLAS's fp32 logits."""
+    out = torch.empty(h.shape[0], w.shape[0], dtype=h.dtype, device=h.device)
+    _rows.dlogits(mm_acc(h, w.T, lse.dtype), y, lse, g, out)
+    return out
+
+
 class _ChunkedLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, budget, grad_in_forward):
@@ -60,12 +69,22 @@ class _ChunkedLogprobs(torch.autograd.Function):
         out = torch.empty(N, dtype=acc, device=hidden.device)
         jac = torch.empty(hidden.shape, dtype=acc, device=hidden.device) if grad_in_forward else None
         chunk = block_rows(N, weight.shape[0], budget)
+        rowwise = _rows.wanted(hidden.device, acc)
         for s in range(0, N, chunk):
             rows = slice(s, s + chunk)
-            e = mm_acc(hidden[rows], weight.T, acc)  # (c, V) logits, then exp(logits − row max)
-            out[rows], lse[rows], norm = _exp_rows_(e, labels[rows])
+            e = mm_acc(hidden[rows], weight.T, acc)  # (c, V) logits
+            if rowwise:  # the Triton row kernels read them (CUDA)
+                lse[rows], out[rows] = _rows.lse(e, labels[rows])
+            else:  # PyTorch ops turn them into exp(logits − row max), in place
+                out[rows], lse[rows], norm = _exp_rows_(e, labels[rows])
             if jac is not None:  # d logp / d h for this chunk, while its logits are alive
-                jac[rows] = mm_acc(_softmax_grad_(e, labels[rows], norm).to(hidden.dtype), weight, acc)
+                if rowwise:
+                    d = torch.empty(e.shape, dtype=hidden.dtype, device=e.device)
+                    _rows.dlogits(e, labels[rows], lse[rows], torch.ones_like(lse[rows]), d)
+                else:
+                    d = _softmax_grad_(e, labels[rows], norm).to(hidden.dtype)
+                jac[rows] = mm_acc(d, weight, acc)
+                del d
             del e  # before the next chunk's: one block alive at a time
         if jac is not None:
             ctx.save_for_backward(jac)
@@ -81,8 +100,9 @@ class _ChunkedLogprobs(torch.autograd.Function):
             grad_h = torch.empty(jac.shape, dtype=ctx.h_dtype, device=jac.device)
             return torch.mul(jac, grad_out.to(jac.dtype)[:, None], out=grad_h), None, None, None, None
         hidden, weight, labels, lse = ctx.saved_tensors
+        dlogits = _dlogits_rows if _rows.wanted(hidden.device, lse.dtype) else _dlogits
         grad_h, grad_w = lm_head_backward(hidden, weight, labels, lse, grad_out, ctx.needs_input_grad[0],
-                                          ctx.needs_input_grad[1], _dlogits, ctx.budget)
+                                          ctx.needs_input_grad[1], dlogits, ctx.budget)
         return grad_h, grad_w, None, None, None
 
 

@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import _backward
+from . import _backward, _rows
 from ._backward import _add_mm, acc_dtype, mm_acc
 from .chunked import _exp_rows_, _onehot_minus_softmax_, _softmax_grad_
 
@@ -107,7 +107,7 @@ class _OnePass(torch.autograd.Function):
             logsumexp. Their log-probs go into ``sums``."""
             x = mm_acc(hidden[at(a, b)].to(dtype), w.T, acc)
             if rowwise:
-                lse, logp = _rows_lse(x, labels[a:b])
+                lse, logp = _rows.lse(x, labels[a:b])
                 norm = None
             else:
                 logp, lse, norm = _exp_rows_(x, labels[a:b])
@@ -136,7 +136,7 @@ class _OnePass(torch.autograd.Function):
                 flush()
             out = stage[staged[1]:staged[1] + b - a]
             if rowwise:
-                _rows_dlogits(x, labels[a:b], lse, g, out)
+                _rows.dlogits(x, labels[a:b], lse, g, out)
             elif norm is None:
                 out.copy_(_onehot_minus_softmax_(x, labels[a:b], lse).mul_(g[:, None]))
             else:
@@ -176,43 +176,6 @@ class _OnePass(torch.autograd.Function):
         return grad_h, grad_w, *([None] * 10)
 
 
-# The per-chunk elementwise work: "triton" (two row kernels, one read of the logits each) or
-# "torch" (PyTorch ops); None picks triton on CUDA. Tests set "triton" to run it interpreted.
-ROWWISE: str | None = None
-ROW_BLOCKS = {"lse": 4096, "dlogits": 2048, "interpreted": 64}
-
-
-def _rowwise(device: torch.device) -> bool:
-    if ROWWISE is not None:
-        return ROWWISE == "triton"
-    from .triton_logprobs import available
-
-    return device.type == "cuda" and available(device)
-
-
-def _rows_lse(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton: ``(logsumexp, log-prob of y)`` per row of the fp32 logits ``x``."""
-    from . import _triton_kernels as k
-
-    n, V = x.shape
-    lse, logp = torch.empty(2, n, dtype=torch.float32, device=x.device)
-    k._row_lse[(n,)](x, y, lse, logp, V, BLOCK_V=ROW_BLOCKS["interpreted" if k.INTERPRETED else "lse"])
-    return lse, logp
-
-
-def _rows_dlogits(x, y, lse, g, out: torch.Tensor) -> None:
-    """Triton: ``g · (onehot(y) − exp(x − lse))`` from the fp32 logits ``x`` into ``out``
-    (contiguous rows, the compute dtype)."""
-    from . import _triton_kernels as k
-
-    n, V = x.shape
-    block = ROW_BLOCKS["interpreted" if k.INTERPRETED else "dlogits"]
-    into = torch.empty(n, V, device=x.device) if k.INTERPRETED and out.dtype != torch.float32 else out  # the
-    k._row_dlogits[(n, -(-V // block))](x, y, lse, g.contiguous(), into, V, BLOCK_V=block)  # interpreter: fp32
-    if into is not out:
-        out.copy_(into)
-
-
 def wanted(asked: bool | None, hidden: torch.Tensor, weight: torch.Tensor, impl: str | None) -> bool:
     """Whether to form the lm_head gradients in the forward: ``asked`` (or ``$PREFOPT_ONEPASS``
     = 0/1) where gradients are wanted at all; by default where the head is trainable and the
@@ -244,7 +207,7 @@ def onepass_nll(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
     with torch.autocast(hidden.device.type, enabled=False):
         total, _ = _OnePass.apply(hidden, weight, y, index, torch.zeros_like(y), chunks, 1,
                                   lambda p0, p1, sums: minus_one, lambda sums: -sums[0], _compute_dtype(hidden), rows,
-                                  _rowwise(hidden.device))
+                                  _rows.wanted(hidden.device, acc_dtype(hidden)))
     return total
 
 
@@ -276,4 +239,4 @@ def onepass_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
     with torch.autocast(hidden.device.type, enabled=False):
         return _OnePass.apply(hidden, weight, labels[seq, pos], (seq, pos), seq, plan(pair_tokens, rows), R,
                               pair_grads, lambda s: pair_loss(s, slice(0, B), 1.0), _compute_dtype(hidden), rows,
-                              _rowwise(hidden.device))
+                              _rows.wanted(hidden.device, acc_dtype(hidden)))

@@ -214,7 +214,7 @@ def test_staged_gradient_gemms_run_once_per_stage(rowwise, monkeypatch):
 
         if interpreter_problem():
             pytest.skip(interpreter_problem())
-    monkeypatch.setattr(onepass, "ROWWISE", rowwise)
+    monkeypatch.setattr("prefopt.kernels._rows.ROWWISE", rowwise)
     monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", 4 * V)
     monkeypatch.setattr(onepass, "STAGE_DEVICES", ("cpu",))
     monkeypatch.setattr(onepass, "GRAD_ELEMENTS", 8 * V)

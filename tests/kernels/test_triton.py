@@ -190,6 +190,49 @@ def test_backward_blocks_in_every_order(N, V, sum_rows, need, monkeypatch):
             assert (want - got).abs().max() < 1e-5
 
 
+def _row_kernels_counted(monkeypatch) -> list:
+    """Force the Triton row kernels (``_rows.py``, interpreted here) and record each call's name."""
+    import prefopt.kernels._rows as rowk
+
+    monkeypatch.setattr(rowk, "ROWWISE", "triton")
+    calls = []
+
+    def counted(name):
+        real = getattr(rowk, name)
+        return lambda *a: calls.append(name) or real(*a)
+    for name in ("lse", "dlogits"):
+        monkeypatch.setattr(rowk, name, counted(name))
+    return calls
+
+
+@interp
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("N,V,need", [(37, 1000, "both"), (70, 40, "both"), (37, 1000, "frozen"),
+                                      (37, 1000, "frozen, recompute"), (37, 1000, "weight")])
+def test_chunked_path_with_the_row_kernels(dtype, tol, N, V, need, monkeypatch):
+    """The chunked path as CUDA runs it: cuBLAS logits and the Triton row kernels for the
+    logsumexp, the dlogits of each backward block (vocabulary slabs or token chunks) and, with a
+    frozen head, the hidden-state gradient formed in the forward (or recomputed, token chunks):
+    the naive values and gradients."""
+    from prefopt.kernels import chunked_logprobs
+
+    calls = _row_kernels_counted(monkeypatch)
+    h, w, y, g = _case(dtype, N=N, V=V, ignore_every=0)
+    h.requires_grad_(need != "weight")
+    w.requires_grad_(need in ("both", "weight"))
+    recompute = False if need == "frozen, recompute" else None
+    exact = _grads("naive", *(t.detach().float().requires_grad_(t.requires_grad) for t in (h, w)), y, g)
+    h.grad = w.grad = None
+    lp = chunked_logprobs(h, w, y, budget=5 * max(N, V) // 2, grad_in_forward=recompute)
+    (lp * g).sum().backward()
+    assert calls.count("lse") >= 2 and "dlogits" in calls  # several chunks, every block through the kernels
+    for want, got in zip(exact, (lp.detach(), h.grad, w.grad)):
+        assert (want is None) == (got is None)
+        if want is not None:
+            assert _rel_err(want, got) < tol
+    assert all(t.grad is None or t.grad.dtype == dtype for t in (h, w))
+
+
 @interp
 def test_unknown_block_option_is_refused():
     h, w, y, _ = _case(torch.float32, N=5, V=50)
@@ -223,22 +266,13 @@ def _loss_grads(h, w, y, ref, **kw):
 def test_one_pass_row_kernels_match_the_naive_loss(dtype, tol, rows, monkeypatch):
     """The one-pass loss with its per-chunk elementwise work in the two Triton row kernels (what
     CUDA runs; V=1000 is not a multiple of their block): the naive loss's value and gradients."""
-    import prefopt.kernels.onepass as onepass
-
-    monkeypatch.setattr(onepass, "ROWWISE", "triton")
     if rows:
         monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", rows * 1000)
-    calls = []
-
-    def counted(name):
-        real = getattr(onepass, name)
-        return lambda *a: calls.append(name) or real(*a)
-    for name in ("_rows_lse", "_rows_dlogits"):
-        monkeypatch.setattr(onepass, name, counted(name))
+    calls = _row_kernels_counted(monkeypatch)
     h, w, y, ref = _pairs(dtype)
     exact = _loss_grads(h.detach().float().requires_grad_(), w.detach().float().requires_grad_(), y, ref, impl="naive")
     got = _loss_grads(h, w, y, ref, reduction="sum", one_pass=True)
-    assert {"_rows_lse", "_rows_dlogits"} <= set(calls)
+    assert {"lse", "dlogits"} <= set(calls)
     assert got[2].dtype == got[3].dtype == dtype
     for e, t in zip(exact, got):
         assert _rel_err(e, t) < tol
@@ -248,7 +282,8 @@ def test_one_pass_row_kernels_match_the_naive_loss(dtype, tol, rows, monkeypatch
 def test_row_kernels_against_pytorch():
     """``_row_lse`` and ``_row_dlogits`` alone: logsumexp, the label's log-prob and
     ``g · (onehot − softmax)`` of fp32 logits rows, V not a multiple of the block, in bf16 too."""
-    from prefopt.kernels.onepass import _rows_dlogits, _rows_lse
+    from prefopt.kernels._rows import dlogits as _rows_dlogits
+    from prefopt.kernels._rows import lse as _rows_lse
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(5, 1000, generator=g) * 8
@@ -271,17 +306,18 @@ def test_row_kernels_against_pytorch():
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("N,V,need,sum_rows", [(1000, 49152, "both", None), (1000, 49152, "hidden", None),
                                                (3000, 1000, "both", None), (1000, 49152, "both", 256)])
-def test_gpu_real_head_sizes(dtype, tol, N, V, need, sum_rows, monkeypatch):
+@pytest.mark.parametrize("impl", ["triton", "chunked"])
+def test_gpu_real_head_sizes(dtype, tol, N, V, need, sum_rows, impl, monkeypatch):
     """Compiled kernels at SmolLM2's head (vocabulary slabs with an fp32 grad_h sum, whole or in
     groups of 256 tokens; frozen weight: token chunks) and with N > V (token chunks with an fp32
-    grad_W sum)."""
+    grad_W sum): the Triton GEMM kernels, and the chunked path's cuBLAS GEMMs with the row kernels."""
     if sum_rows:
         monkeypatch.setattr("prefopt.kernels._backward.SUM_ELEMENTS", sum_rows * 576)
     h, w, y, g = _case(dtype, N=N, D=576, V=V, device="cuda")
     w.requires_grad_(need == "both")
     exact = _grads("naive", h.detach().float().requires_grad_(), w.detach().float().requires_grad_(need == "both"),
                    y, g)
-    got = _grads("triton", h, w, y, g)
+    got = _grads(impl, h, w, y, g)
     assert resolve_impl(h.device) == "triton"
     assert (got[2] is None) == (need != "both")
     for e, t in zip(exact, got):
@@ -295,7 +331,7 @@ def test_gpu_real_head_sizes(dtype, tol, N, V, need, sum_rows, monkeypatch):
 def test_gpu_one_pass_at_smollm2_head(frozen):
     """Compiled row kernels (the CUDA default for the one-pass loss) at SmolLM2's head, bf16,
     several chunks: the fp32 naive loss's value and gradients within bf16 tolerance."""
-    from prefopt.kernels.onepass import _rowwise
+    from prefopt.kernels._rows import wanted as _rowwise
 
     h, w, y, ref = _pairs(torch.bfloat16, B=16, T=96, D=576, V=49152, device="cuda")
     exact = _loss_grads(h.detach().float().requires_grad_(), w.detach().float().requires_grad_(), y, ref, impl="naive")
