@@ -2,15 +2,18 @@
 # The GPU work of issue 5 in as few device calls as possible (each call: 10 min at most).
 #
 #   bash benchmarks/gpu_session.sh check   # the kernel tests on CUDA (compiled Triton) and the trainers
-#                                          #   end to end there (tests/train/test_cuda_training.py), ~2 min
+#                                          #   end to end there (tests/train/test_cuda_training.py), ~1 min
+#   bash benchmarks/gpu_session.sh goals   # issue 5's goal shape (D=4096 V=128256 N=16384): every method,
+#                                          #   trainable and frozen, then profile_logprobs.py, ~4 min
 #   bash benchmarks/gpu_session.sh table   # bench_logprobs.py --gpu: 2 heads x 2 token counts x 8 methods
 #                                          #   (torch.compile and Liger compile per shape: several minutes);
 #                                          #   table-llama / table-smol: one head each (4096x128256 / 576x49152)
 #   bash benchmarks/gpu_session.sh frozen  # the frozen-head (LoRA) row at D=4096 V=128256 N=16384
 #   bash benchmarks/gpu_session.sh sweep   # Triton tiles/warps/budget at D=4096 V=128256 N=16384
 #   bash benchmarks/gpu_session.sh onepass # the one-pass DPO loss against triton/liger at budgets 2^24 and 2^26
-# Steps run in the order given, each timed; keep each call under the device tool's 10 minutes, e.g.
-# "check frozen table-smol", then "table-llama", then "onepass", then "sweep".
+# Steps run in the order given, each timed; keep each call under the device tool's 10 minutes. With
+# 15 minutes of device time a session (a start costs about 40 s), "check goals" first (on an H200
+# the check and the goal tables took about 4 minutes on 2026-11-30), then "table-smol", "onepass".
 #
 # Meant for the `device` tool's machine: its python3 already has torch and triton; the baselines
 # (liger-kernel, cut-cross-entropy) have no network there, so carry their wheels:
@@ -21,8 +24,8 @@ set -uo pipefail
 OUT=${OUT:-/tmp/prefopt-gpu}
 PY=${PY:-python3}
 for step in "${@:-check}"; do
-  case $step in check|table|table-llama|table-smol|frozen|sweep|onepass) ;;
-    *) echo "unknown step $step (check, table, table-llama, table-smol, frozen, sweep, onepass)"; exit 2 ;; esac
+  case $step in check|goals|table|table-llama|table-smol|frozen|sweep|onepass) ;;
+    *) echo "unknown step $step (check, goals, table, table-llama, table-smol, frozen, sweep, onepass)"; exit 2 ;; esac
 done
 if ! $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
   echo "no CUDA GPU visible to $PY: this script is for a lent GPU machine (it also installs .wheels there)"
@@ -55,6 +58,12 @@ for step in "${@:-check}"; do
       $PY -m pytest -q -p no:cacheprovider tests/kernels tests/train/test_cuda_training.py tests/model/test_generate.py \
         tests/tasks/test_compare_smoke.py::test_eval_on_a_gpu_by_default_gives_the_cpus_answers_in_float32 -rs 2>&1 | tee "$OUT/tests.txt" | tail -20
       [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
+    goals)  # the goal shape, trainable and frozen, and where each of prefopt's methods spends its time
+      bench goals --shapes 4096x128256 --tokens 16384
+      bench goals_frozen --frozen-weight --shapes 4096x128256 --tokens 16384 \
+        --methods chunked triton onepass liger cce cce-exact
+      $PY benchmarks/profile_logprobs.py --methods triton chunked onepass --cpu-ops 2>&1 | tee "$OUT/profile.txt" \
+        || status=1 ;;
     table)
       bench table ;;
     table-llama)

@@ -7,6 +7,7 @@ the dlogits recompute, the gradient GEMMs, copies and casts).
 
     python benchmarks/profile_logprobs.py                         # triton and onepass, D=4096 V=128256 N=16384
     python benchmarks/profile_logprobs.py --methods triton --frozen-weight --budget 67108864
+    python benchmarks/profile_logprobs.py --methods onepass --frozen-weight --cpu-ops   # the host's side too
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def profile(name: str, N: int, D: int, V: int, a) -> None:
     from torch.profiler import ProfilerActivity
 
     dtype = getattr(torch, a.dtype)
-    h, w, y, up = bl._inputs(N, D, V, dtype, "cuda", frozen_weight=a.frozen_weight)
+    h, w, y, up = bl._inputs(N, D, V, dtype, bl.DEVICE, frozen_weight=a.frozen_weight)
     fn = bl._method(name, a.seq_len, json.loads(a.blocks) if a.blocks else None, a.budget)
 
     def step():
@@ -47,13 +48,17 @@ def profile(name: str, N: int, D: int, V: int, a) -> None:
             line += f"  forward {bl._cuda_time(lambda: fwd(h, w, y), a.reps) * 1e3:.2f} ms"
     line += f"  fwd+bwd {bl._cuda_time(step, a.reps) * 1e3:.2f} ms"
     print(line)
-    with torch.profiler.profile(activities=[ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if a.cpu_ops else [])
+    with torch.profiler.profile(activities=activities) as prof:
         step()
         torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=a.rows, max_name_column_width=70))
+    events = prof.key_averages()
+    print(events.table(sort_by="self_device_time_total", row_limit=a.rows, max_name_column_width=70))
+    if a.cpu_ops:  # the host side: where a method that launches many small operations spends its time
+        print(events.table(sort_by="self_cpu_time_total", row_limit=a.rows, max_name_column_width=70))
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="+", default=["triton", "onepass"])
     ap.add_argument("--shape", default="4096x128256", help="DxV")
@@ -65,7 +70,12 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--blocks")
     ap.add_argument("--budget", type=int)
-    a = ap.parse_args()
+    ap.add_argument("--cpu-ops", action="store_true", help="also profile the host: PyTorch ops by CPU time")
+    return ap.parse_args(argv)
+
+
+def main() -> None:
+    a = parse_args()
     import torch
 
     if not torch.cuda.is_available():

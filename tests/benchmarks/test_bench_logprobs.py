@@ -107,3 +107,18 @@ def test_frozen_head_methods_agree_on_cpu(bench):
         grads[m] = h.grad
     assert torch.allclose(grads["naive"], grads["chunked"], atol=1e-5)
     assert torch.allclose(grads["naive"], grads["chunked-recompute"], atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")
+def test_the_profile_script_runs_on_cpu(bench, monkeypatch, capsys):
+    """``profile_logprobs.py`` (where a method's GPU time goes) with the same stand-ins: each
+    method's timing line and a table of the operations of one step, the host's too."""
+    prof = importlib.import_module("profile_logprobs")
+    monkeypatch.setattr(prof, "bl", bench)
+    a = prof.parse_args(["--dtype", "float32", "--reps", "1", "--seq-len", "16", "--budget", "4000", "--cpu-ops",
+                         "--methods", "chunked", "onepass"])
+    for m in a.methods:
+        prof.profile(m, 64, 48, 1000, a)
+    printed = capsys.readouterr().out
+    assert "## chunked  D=48 V=1000 N=64" in printed and "forward" in printed.split("## onepass")[0]
+    assert "## onepass" in printed and "fwd+bwd" in printed and "aten::mm" in printed

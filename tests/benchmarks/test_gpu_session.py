@@ -66,7 +66,19 @@ def test_the_onepass_step_times_both_budgets_trainable_and_frozen(tmp_path):
     assert (out / "onepass.txt").read_text().count("stub table") == 4
 
 
-@pytest.mark.parametrize("steps", [("check", "frozen", "table-smol"), ("table-llama",), ("sweep",), ("onepass",)])
+def test_the_goals_step_times_every_method_at_the_goal_shape_and_profiles(tmp_path):
+    proc, calls, out = _run(tmp_path, "goals")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    benches = [c for c in calls if c.startswith("benchmarks/bench_logprobs.py")]
+    assert len(benches) == 2 and all("--shapes 4096x128256 --tokens 16384" in c for c in benches)
+    assert "--methods" not in benches[0] and "--frozen-weight" in benches[1] and "onepass liger" in benches[1]
+    assert [c for c in calls if c.startswith("benchmarks/profile_logprobs.py")] == [
+        "benchmarks/profile_logprobs.py --methods triton chunked onepass --cpu-ops"]
+    assert {"goals.json", "goals_frozen.json", "profile.txt"} <= {f.name for f in out.iterdir()}
+
+
+@pytest.mark.parametrize("steps", [("check", "goals"), ("check", "frozen", "table-smol"), ("table-llama",), ("sweep",),
+                                   ("onepass",)])
 def test_each_planned_call_leaves_at_most_eight_files(tmp_path, steps):
     """The device tool brings back at most 8 files from $OUT; the documented three calls fit."""
     proc, _, out = _run(tmp_path, *steps)
