@@ -17,10 +17,10 @@ two with a frozen one. The backward only scales the stored gradients by the upst
   and the gradient GEMMs run once per stage: ``grad_W``'s sum is read and written once per
   stage rather than once per small chunk.
 - The gradients exist from the forward on: ``grad_h`` (M, D) for the M scored tokens and
-  ``grad_W`` (V, D). ``grad_W`` is summed over stages in fp32 when the weight is fp32 (under autocast the fp32 master weight,
-  so the sum *is* its gradient) or when V × D ≤ ``SUM_ELEMENTS``; otherwise (a large half
-  weight) in the weight's dtype, each stage's GEMM accumulating in fp32 and its result added
-  with one rounding.
+  ``grad_W`` (V, D). ``grad_W`` is summed over stages in fp32 when the weight is fp32 (under
+  autocast the fp32 master weight, so the sum *is* its gradient) or when V × D ≤
+  ``SUM_ELEMENTS``; otherwise (a large half weight) in the weight's dtype, each stage's GEMM
+  accumulating in fp32 and its result added with one rounding.
 - The output is the *sum* of the per-pair losses; per-pair values come back detached. One
   backward only.
 
