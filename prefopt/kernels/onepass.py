@@ -95,7 +95,8 @@ class _OnePass(torch.autograd.Function):
         grad_h = torch.empty(M, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device) if need_h else None
         exact = weight.dtype == acc or weight.numel() <= _backward.SUM_ELEMENTS
         grad_w = torch.zeros(weight.shape, dtype=acc if exact else weight.dtype, device=weight.device) if need_w else None
-        stage = torch.empty(min(M, stage_rows(rows, V, hidden.device)), V, dtype=dtype, device=hidden.device)
+        capacity = min(M, stage_rows(rows, V, hidden.device))
+        stage = torch.empty(capacity, V, dtype=dtype, device=hidden.device) if capacity > rows else None
         staged = [0, 0]  # the stage holds the dlogits of tokens staged[0] : staged[0] + staged[1]
 
         def at(a, b):
@@ -114,34 +115,45 @@ class _OnePass(torch.autograd.Function):
             sums.index_add_(0, slots[a:b], logp)
             return x, norm, lse
 
-        def flush():  # both gradient GEMMs for the staged tokens
-            first, n = staged
-            if n == 0:
-                return
-            d = stage[:n]
+        def backprop(a, d):  # both gradient GEMMs for tokens a : a + len(d)
+            b = a + d.shape[0]
             if need_h:
-                grad_h[first:first + n] = mm_acc(d, w, acc)
+                grad_h[a:b] = mm_acc(d, w, acc)
             if need_w:
-                h = hidden[at(first, first + n)].to(dtype)
+                h = hidden[at(a, b)].to(dtype)
                 if grad_w.dtype == acc:
                     _add_mm(grad_w, d.T, h)
                 else:
                     grad_w.addmm_(d.T, h)
-            staged[:] = [first + n, 0]
+
+        def flush():
+            if staged[1]:
+                backprop(staged[0], stage[:staged[1]])
+            staged[:] = [staged[0] + staged[1], 0]
 
         def dlogits(a, b, x, norm, lse, g):
-            """Stage ``g · (onehot − softmax)`` for tokens a:b in the compute dtype, from their
-            logits block ``x`` (or its ``exp(logits − row max)`` form when ``norm`` is given)."""
-            if staged[1] + b - a > stage.shape[0]:
-                flush()
-            out = stage[staged[1]:staged[1] + b - a]
+            """``g · (onehot − softmax)`` for tokens a:b in the compute dtype, from their logits
+            block ``x`` (or its ``exp(logits − row max)`` form when ``norm`` is given): into the
+            stage, or (no stage) formed in place where the dtypes allow and back-propagated."""
+            if stage is None:
+                out = torch.empty(b - a, V, dtype=dtype, device=x.device) if rowwise else None
+            else:
+                if staged[1] + b - a > stage.shape[0]:
+                    flush()
+                out = stage[staged[1]:staged[1] + b - a]
             if rowwise:
                 _rows.dlogits(x, labels[a:b], lse, g, out)
+                d = out
             elif norm is None:
-                out.copy_(_onehot_minus_softmax_(x, labels[a:b], lse).mul_(g[:, None]))
+                d = _onehot_minus_softmax_(x, labels[a:b], lse).mul_(g[:, None])
             else:
-                out.copy_(_softmax_grad_(x, labels[a:b], norm, g))
-            staged[1] += b - a
+                d = _softmax_grad_(x, labels[a:b], norm, g)
+            if stage is None:
+                backprop(a, d.to(dtype))  # no copy when x is already in the compute dtype (fp32)
+            else:
+                if d is not out:
+                    out.copy_(d)
+                staged[1] += b - a
 
         for s, e, p0, p1 in chunks:
             if e == s:  # no scored tokens: nothing to add

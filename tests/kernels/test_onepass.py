@@ -262,3 +262,33 @@ def test_no_copy_of_all_scored_hidden_states(monkeypatch):
     want, _ = fused_preference_loss(view, w, labels, *ref, impl="naive")
     want.losses.sum().backward()
     assert torch.allclose(got, h.grad, atol=1e-6) and got[:, -1].abs().max() == 0
+
+
+def test_one_logits_block_alive_at_a_time_without_a_stage(monkeypatch):
+    """Where there is no stage (CPU), an fp32 chunk's dlogits are formed in place in its logits
+    block and back-propagated from there: one (rows, V) block alive at a time, as before staging
+    (a separate one-chunk stage had two, +39 MiB in bench_logprobs.py's CPU onepass row)."""
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", 13 * V)
+    h, w, y, ref = _case(torch.float32)
+    weight = w.untyped_storage().data_ptr()  # Wᵀ is (D, V): not a block
+
+    class Blocks(TorchDispatchMode):
+        alive, most = [], 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[1] == V and t.shape[0] > 1:
+                    self.alive.append(weakref.ref(t))
+            live = {r().untyped_storage().data_ptr() for r in self.alive if r() is not None} - {weight}
+            self.most = max(self.most, len(live))
+            return out
+    with Blocks() as mode:
+        out, _ = fused_preference_loss(h, w, y, *ref, reduction="sum", one_pass=True)
+    assert onepass.stage_rows(13, V, h.device) == 13 and mode.alive and mode.most == 1
+    out.losses.backward()
+    assert h.grad.abs().max() > 0 and w.grad.abs().max() > 0
