@@ -9,7 +9,7 @@
 #                                          #   (torch.compile and Liger compile per shape: several minutes);
 #                                          #   table-llama / table-smol: one head each (4096x128256 / 576x49152)
 #   bash benchmarks/gpu_session.sh frozen  # the frozen-head (LoRA) row at D=4096 V=128256 N=16384
-#   bash benchmarks/gpu_session.sh sweep   # Triton tiles/warps/budget at D=4096 V=128256 N=16384
+#   bash benchmarks/gpu_session.sh sweep   # Triton order/splits/tiles/warps/budget at D=4096 V=128256 N=16384
 #   bash benchmarks/gpu_session.sh onepass # the one-pass DPO loss against triton/liger at budgets 2^24 and 2^26
 # Steps run in the order given, each timed; keep each call under the device tool's 10 minutes. With
 # 15 minutes of device time a session (a start costs about 40 s), "check goals" first (on an H200
@@ -81,8 +81,9 @@ for step in "${@:-check}"; do
         done
       done ;;
     sweep)
-      # tiles that compile to wgmma without spills on sm_90 (as tests/kernels/test_triton_compile.py checks)
-      for cfg in '{"BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_D": 64, "num_warps": 8}' \
+      # tiles that compile to wgmma without spills on sm_90 (as tests/kernels/test_triton_compile.py checks),
+      # the launch order and splits (the first: the defaults until 2026-11-30, then 16, 32 (the default now), 64)
+      for cfg in '{"order": "rows", "splits": 3}' '{"splits": 16}' '{"splits": 32}' '{"splits": 64}' \
                  '{"BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_D": 64, "num_warps": 8, "num_stages": 4}' \
                  '{"BLOCK_N": 64, "BLOCK_V": 256, "BLOCK_D": 64, "num_warps": 8}' \
                  '{"BLOCK_N": 64, "BLOCK_V": 128, "BLOCK_D": 64, "num_warps": 4}' \
@@ -92,6 +93,11 @@ for step in "${@:-check}"; do
           $PY benchmarks/bench_logprobs.py --gpu --methods triton --shapes 4096x128256 --tokens 16384 \
             --blocks "$cfg" --budget "$budget" --reps 3 2>&1 | tail -1 | tee -a "$OUT/sweep.txt"
         done
+      done
+      for budget in 16777216 67108864; do  # frozen head: token chunks, each reading the whole weight
+        echo "== frozen budget $budget"
+        $PY benchmarks/bench_logprobs.py --gpu --methods triton --shapes 4096x128256 --tokens 16384 --frozen-weight \
+          --budget "$budget" --reps 3 2>&1 | tail -1 | tee -a "$OUT/sweep.txt"
       done ;;
   esac
   echo "== step $step took ${SECONDS}s" | tee -a "$OUT/steps.txt"

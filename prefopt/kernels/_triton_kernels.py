@@ -36,11 +36,16 @@ def _logits_tile(H, W, rows, cols, row_ok, col_ok, D,
 @triton.jit
 def _fwd(H, W, Y, M, S, TGT, N, V, D, V_PER_SPLIT,
          BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
-         UPCAST: tl.constexpr):
+         UPCAST: tl.constexpr, VOCAB_FIRST: tl.constexpr):
     """Program ``(token block, vocabulary split)``: running max, sum-exp and target logit over the
-    split's ``V_PER_SPLIT`` columns, written to row ``split`` of ``M``, ``S``, ``TGT`` ((splits, N))."""
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    split = tl.program_id(1)
+    split's ``V_PER_SPLIT`` columns, written to row ``split`` of ``M``, ``S``, ``TGT`` ((splits, N)).
+    ``VOCAB_FIRST``: the grid is ``(splits, token blocks)``, so programs launched together share a
+    few token blocks (their hidden states stay in L2); else ``(token blocks, splits)``."""
+    if VOCAB_FIRST:
+        split, block = tl.program_id(0), tl.program_id(1)
+    else:
+        block, split = tl.program_id(0), tl.program_id(1)
+    rows = block * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     y = tl.load(Y + rows, mask=row_ok, other=-1)
     m = tl.full([BLOCK_N], float("-inf"), tl.float32)
@@ -65,11 +70,16 @@ def _fwd(H, W, Y, M, S, TGT, N, V, D, V_PER_SPLIT,
 @triton.jit
 def _dlogits(H, W, Y, LSE, G, DL, N, V, D,
              BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
-             UPCAST: tl.constexpr):
+             UPCAST: tl.constexpr, VOCAB_FIRST: tl.constexpr):
     """Program ``(token block, vocabulary tile)``: recompute the tile and write
-    ``g · (onehot(y) − softmax)`` into ``DL`` ((N, V), the input dtype, or fp32 when interpreted)."""
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    ``g · (onehot(y) − softmax)`` into ``DL`` ((N, V), the input dtype, or fp32 when interpreted).
+    ``VOCAB_FIRST``: the grid is ``(vocabulary tiles, token blocks)``, as in ``_fwd``."""
+    if VOCAB_FIRST:
+        tile, block = tl.program_id(0), tl.program_id(1)
+    else:
+        block, tile = tl.program_id(0), tl.program_id(1)
+    rows = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tile * BLOCK_V + tl.arange(0, BLOCK_V)
     row_ok = rows < N
     col_ok = cols < V
     logits = _logits_tile(H, W, rows, cols, row_ok, col_ok, D, BLOCK_N, BLOCK_V, BLOCK_D, IEEE, UPCAST)

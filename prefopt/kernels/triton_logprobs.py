@@ -39,6 +39,16 @@ BLOCKS_GPU_FP32 = {**BLOCKS_GPU, "BLOCK_D": 32}
 BLOCKS_INTERPRET = {"BLOCK_N": 16, "BLOCK_V": 64, "BLOCK_D": 32}
 TILES = ("BLOCK_N", "BLOCK_V", "BLOCK_D")
 LAUNCH = ("num_warps", "num_stages")  # compiled kernels only
+ORDERS = ("vocab", "rows")  # launch order: vocabulary splits (tiles) of a token block together, or token blocks
+# On CUDA each token block's vocabulary is walked in splits of about this many tiles (4096 columns
+# at the default tiles): 32 splits at V=128256, so the ~264 programs resident at once cover about
+# 8 token blocks, whose hidden states (1 MiB each at D=4096) stay in L2 while every split reads
+# them. With 3 splits and token blocks launched first (the order before 2026-11-30) they covered
+# all 128 blocks of N=16384 (128 MiB, beyond an H200's 60 MB of L2), so each block's hidden states
+# came from DRAM once per vocabulary tile: about 128 GB, some 27 ms at 4.8 TB/s, which fits the
+# forward's measured 47 ms against 25 for cuBLAS's GEMM of that size. Not yet timed (the
+# gpu_session.sh sweep compares it with {"order": "rows", "splits": 3}).
+SPLIT_TILES = 32
 _KERNELS = "prefopt.kernels._triton_kernels"
 
 
@@ -84,22 +94,27 @@ def _config(hidden: torch.Tensor, blocks: dict | None):
     k = _kernels()
     cfg = dict(defaults(hidden.dtype, k.INTERPRETED))
     cfg.update(blocks or {})
-    unknown = set(cfg) - set(TILES) - set(LAUNCH) - {"splits"}
+    unknown = set(cfg) - set(TILES) - set(LAUNCH) - {"splits", "order"}
     if unknown:
-        raise ValueError(f"unknown Triton block options {sorted(unknown)}; known: {[*TILES, *LAUNCH, 'splits']}")
+        raise ValueError(f"unknown Triton block options {sorted(unknown)}; known: {[*TILES, *LAUNCH, 'splits', 'order']}")
+    order = cfg.get("order", ORDERS[0])
+    if order not in ORDERS:
+        raise ValueError(f"Triton block option order must be one of {ORDERS}, got {order!r}")
     consts = {t: cfg[t] for t in TILES}
-    consts.update(IEEE=hidden.dtype == torch.float32, UPCAST=k.INTERPRETED and hidden.dtype != torch.float32)
+    consts.update(IEEE=hidden.dtype == torch.float32, UPCAST=k.INTERPRETED and hidden.dtype != torch.float32,
+                  VOCAB_FIRST=order == "vocab")
     launch = {} if k.INTERPRETED else {o: cfg[o] for o in LAUNCH if o in cfg}
     return k, consts, launch, cfg.get("splits")
 
 
 def _splits(n_row_blocks: int, n_vtiles: int, device: torch.device, asked: int | None) -> int:
-    """Vocabulary splits per token block: enough programs for two per SM on CUDA, else 1."""
+    """Vocabulary splits per token block: on CUDA about ``SPLIT_TILES`` tiles each, and enough
+    programs for two per SM; else 1."""
     if asked is None:
         asked = 1
         if device.type == "cuda":
             sms = torch.cuda.get_device_properties(device).multi_processor_count
-            asked = _cdiv(2 * sms, n_row_blocks)
+            asked = max(_cdiv(2 * sms, n_row_blocks), _cdiv(n_vtiles, SPLIT_TILES))
     return max(1, min(asked, n_vtiles))
 
 
@@ -114,7 +129,8 @@ class _TritonLogprobs(torch.autograd.Function):
         per_split = _cdiv(vtiles, _splits(row_blocks, vtiles, hidden.device, asked)) * c["BLOCK_V"]
         splits = _cdiv(V, per_split)  # none left empty
         m, s, tgt = torch.empty(3, splits, N, dtype=torch.float32, device=hidden.device)
-        k._fwd[(row_blocks, splits)](hidden, weight, labels, m, s, tgt, N, V, D, per_split, **c, **launch)
+        grid = (splits, row_blocks) if c["VOCAB_FIRST"] else (row_blocks, splits)
+        k._fwd[grid](hidden, weight, labels, m, s, tgt, N, V, D, per_split, **c, **launch)
         top = m.amax(0)
         lse = top + torch.log((s * torch.exp(m - top)).sum(0))
         ctx.save_for_backward(hidden, weight, labels, lse)
@@ -130,8 +146,8 @@ class _TritonLogprobs(torch.autograd.Function):
         def dlogits(h, w, y, lse_rows, g):
             n, v = h.shape[0], w.shape[0]
             out = torch.empty(n, v, dtype=torch.float32 if c["UPCAST"] else h.dtype, device=h.device)
-            k._dlogits[(_cdiv(n, c["BLOCK_N"]), _cdiv(v, c["BLOCK_V"]))](h, w, y, lse_rows, g, out, n, v, D,
-                                                                        **c, **launch)
+            grid = (_cdiv(n, c["BLOCK_N"]), _cdiv(v, c["BLOCK_V"]))
+            k._dlogits[grid[::-1] if c["VOCAB_FIRST"] else grid](h, w, y, lse_rows, g, out, n, v, D, **c, **launch)
             return out.to(h.dtype)
 
         grad_h, grad_w = lm_head_backward(hidden, weight, labels, lse, grad_out, ctx.needs_input_grad[0],
@@ -145,7 +161,9 @@ def triton_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     """``hidden`` (N, D), ``weight`` (V, D), ``labels`` (N,) → fp32 log-probs (N,).
 
     ``blocks`` overrides the tiles (``BLOCK_N``, ``BLOCK_V``, ``BLOCK_D``; each ≥ 16), the
-    forward's vocabulary ``splits`` and, on CUDA, ``num_warps``/``num_stages``. ``budget`` caps
+    forward's vocabulary ``splits``, the launch ``order`` (``"vocab"``: a token block's
+    vocabulary splits or tiles together, the default; ``"rows"``: token blocks together) and, on
+    CUDA, ``num_warps``/``num_stages``. ``budget`` caps
     the dlogits block of the backward, in elements (default ``_backward.CHUNK_ELEMENTS``).
     """
     if hidden.dtype not in (torch.float32, torch.bfloat16, torch.float16) or weight.dtype != hidden.dtype:

@@ -48,8 +48,10 @@ def test_steps_run_in_order_with_their_arguments_and_timings(tmp_path):
     assert "--frozen-weight --shapes 4096x128256 --tokens 16384" in benches[0]
     assert "cce-exact" in benches[0] and str(out / "table_frozen.json") in benches[0]
     assert benches[1].endswith("--shapes 576x49152") and benches[2].endswith("--shapes 4096x128256")
-    assert len(benches) == 3 + 10  # five tile configurations x two budgets in the sweep
-    assert all("--methods triton" in c and "--blocks" in c for c in benches[3:])
+    assert len(benches) == 3 + 16 + 2  # eight configurations x two budgets in the sweep, then two frozen budgets
+    assert all("--methods triton" in c and "--blocks" in c for c in benches[3:-2])
+    assert '--blocks {"order": "rows", "splits": 3}' in benches[3]  # the defaults before 2026-11-30, to compare
+    assert all("--frozen-weight" in c for c in benches[-2:])
     took = [line for line in (out / "steps.txt").read_text().splitlines() if " took " in line]
     assert [line.split()[2] for line in took] == ["check", "frozen", "table-smol", "table-llama", "sweep"]
 

@@ -40,7 +40,7 @@ def _resources(cubin: bytes) -> dict:
 def main(arch: int, dt: str) -> None:
     blocks = defaults({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dt])
     launch = {o: blocks[o] for o in LAUNCH if o in blocks}
-    consts = dict({t: blocks[t] for t in TILES}, IEEE=dt == "fp32", UPCAST=False)
+    consts = dict({t: blocks[t] for t in TILES}, IEEE=dt == "fp32", UPCAST=False, VOCAB_FIRST=True)
     ints = dict(N="i32", V="i32", D="i32")
     sigs = {
         k._fwd: dict(H=f"*{dt}", W=f"*{dt}", Y="*i64", M="*fp32", S="*fp32", TGT="*fp32", **ints, V_PER_SPLIT="i32"),

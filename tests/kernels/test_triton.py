@@ -154,15 +154,18 @@ def test_dispatch_defaults_to_chunked_on_cpu_and_explains_a_forced_triton(monkey
 
 
 @interp
+@pytest.mark.parametrize("order", ["vocab", "rows"])
 @pytest.mark.parametrize("splits", [2, 3, 40])
-def test_forward_split_over_the_vocabulary_merges_exactly(splits):
+def test_forward_split_over_the_vocabulary_merges_exactly(splits, order):
     """Several programs per token block, each on a slice of the vocabulary (40 asks for more
-    splits than there are tiles, and is capped); their partial sums merge into the same values."""
+    splits than there are tiles, and is capped); their partial sums merge into the same values,
+    whichever way the grid is laid out (a token block's splits together, or token blocks), and
+    the backward's dlogits tiles likewise."""
     h, w, y, g = _case(torch.float32)
     ref = _grads("naive", h, w, y, g)
     h.grad = w.grad = None
     keep = y != -100
-    lp = triton_logprobs(h[keep], w, y[keep], blocks={"splits": splits})
+    lp = triton_logprobs(h[keep], w, y[keep], blocks={"splits": splits, "order": order}, budget=40 * 64)
     (lp * g[keep]).sum().backward()
     assert (lp.detach() - ref[0][keep]).abs().max() < 1e-5
     assert (h.grad - ref[1]).abs().max() < 1e-5 and (w.grad - ref[2]).abs().max() < 1e-5
@@ -238,6 +241,23 @@ def test_unknown_block_option_is_refused():
     h, w, y, _ = _case(torch.float32, N=5, V=50)
     with pytest.raises(ValueError, match="unknown Triton block options"):
         triton_logprobs(h, w, y, blocks={"BLOCK_M": 16})
+    with pytest.raises(ValueError, match="order must be one of"):
+        triton_logprobs(h, w, y, blocks={"order": "columns"})
+
+
+def test_cuda_splits_walk_about_32_tiles_each_and_fill_the_gpu(monkeypatch):
+    """On CUDA each token block's vocabulary is split into walks of about ``SPLIT_TILES`` tiles
+    (so the programs resident together share a few token blocks), and there are at least two
+    programs per SM; elsewhere one split, and never more splits than tiles."""
+    class Props:
+        multi_processor_count = 132
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert module._splits(128, 1002, cuda, None) == 32  # Llama 3's head, N=16384
+    assert module._splits(32, 384, cuda, None) == 12  # SmolLM2's, N=4096
+    assert module._splits(2, 384, cuda, None) == 132  # few tokens: two programs per SM
+    assert module._splits(4, 10, cuda, None) == 10 and module._splits(128, 1002, cpu, None) == 1
+    assert module._splits(128, 1002, cuda, 3) == 3
 
 
 def _pairs(dtype, B=3, T=9, D=48, V=1000, device="cpu", seed=0):
