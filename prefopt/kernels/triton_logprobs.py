@@ -118,6 +118,18 @@ def _splits(n_row_blocks: int, n_vtiles: int, device: torch.device, asked: int |
     return max(1, min(asked, n_vtiles))
 
 
+MAX_GRID_Y = 65535  # CUDA's limit on a grid's second dimension
+
+
+def _launch(row_blocks: int, per_row: int, consts: dict) -> tuple[tuple[int, int], dict]:
+    """The grid for ``row_blocks`` token blocks × ``per_row`` programs each (vocabulary splits or
+    tiles) in the asked order, and the constants to launch with: token blocks first where they
+    would not fit in the grid's second dimension."""
+    if consts["VOCAB_FIRST"] and row_blocks > MAX_GRID_Y:
+        consts = {**consts, "VOCAB_FIRST": False}
+    return ((per_row, row_blocks) if consts["VOCAB_FIRST"] else (row_blocks, per_row)), consts
+
+
 class _TritonLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, blocks, budget):
@@ -129,7 +141,7 @@ class _TritonLogprobs(torch.autograd.Function):
         per_split = _cdiv(vtiles, _splits(row_blocks, vtiles, hidden.device, asked)) * c["BLOCK_V"]
         splits = _cdiv(V, per_split)  # none left empty
         m, s, tgt = torch.empty(3, splits, N, dtype=torch.float32, device=hidden.device)
-        grid = (splits, row_blocks) if c["VOCAB_FIRST"] else (row_blocks, splits)
+        grid, c = _launch(row_blocks, splits, c)
         k._fwd[grid](hidden, weight, labels, m, s, tgt, N, V, D, per_split, **c, **launch)
         top = m.amax(0)
         lse = top + torch.log((s * torch.exp(m - top)).sum(0))
@@ -146,8 +158,8 @@ class _TritonLogprobs(torch.autograd.Function):
         def dlogits(h, w, y, lse_rows, g):
             n, v = h.shape[0], w.shape[0]
             out = torch.empty(n, v, dtype=torch.float32 if c["UPCAST"] else h.dtype, device=h.device)
-            grid = (_cdiv(n, c["BLOCK_N"]), _cdiv(v, c["BLOCK_V"]))
-            k._dlogits[grid[::-1] if c["VOCAB_FIRST"] else grid](h, w, y, lse_rows, g, out, n, v, D, **c, **launch)
+            grid, consts = _launch(_cdiv(n, c["BLOCK_N"]), _cdiv(v, c["BLOCK_V"]), c)
+            k._dlogits[grid](h, w, y, lse_rows, g, out, n, v, D, **consts, **launch)
             return out.to(h.dtype)
 
         grad_h, grad_w = lm_head_backward(hidden, weight, labels, lse, grad_out, ctx.needs_input_grad[0],

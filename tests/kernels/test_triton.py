@@ -245,6 +245,19 @@ def test_unknown_block_option_is_refused():
         triton_logprobs(h, w, y, blocks={"order": "columns"})
 
 
+@interp
+def test_too_many_token_blocks_for_the_grid_launch_token_blocks_first(monkeypatch):
+    """CUDA grids allow 65535 in their second dimension: past that many token blocks the launch
+    falls back to token blocks first (here with the limit lowered to 2), with the same values."""
+    monkeypatch.setattr(module, "MAX_GRID_Y", 2)
+    assert module._launch(3, 5, {"VOCAB_FIRST": True}) == ((3, 5), {"VOCAB_FIRST": False})
+    assert module._launch(2, 5, {"VOCAB_FIRST": True}) == ((5, 2), {"VOCAB_FIRST": True})
+    h, w, y, g = _case(torch.float32, ignore_every=0)
+    ref = _grads("naive", h, w, y, g)
+    got = _grads("triton", h, w, y, g)
+    assert all((a - b).abs().max() < 1e-5 for a, b in zip(ref, got))
+
+
 def test_cuda_splits_walk_about_32_tiles_each_and_fill_the_gpu(monkeypatch):
     """On CUDA each token block's vocabulary is split into walks of about ``SPLIT_TILES`` tiles
     (so the programs resident together share a few token blocks), and there are at least two
