@@ -45,32 +45,46 @@ class LossOutput:
 
 
 LossFn = Callable[..., LossOutput]
+PairGrad = Callable[..., tuple[torch.Tensor, torch.Tensor, float]]
 LOSSES: dict[str, LossFn] = {}
 REFERENCE_FREE: set[str] = set()
 PAIRWISE: set[str] = set()
+PAIR_GRADS: dict[str, PairGrad] = {}  # closed-form gradients of pairwise losses (pair_grads.py)
 
 
-def register_loss(name: str, *, reference_free: bool = False, pairwise: bool = False) -> Callable[[LossFn], LossFn]:
+def register_loss(name: str, *, reference_free: bool = False, pairwise: bool = False,
+                  pair_grad: PairGrad | None = None) -> Callable[[LossFn], LossFn]:
     """Decorator: make ``fn(lp: PreferenceLogps, **hparams) -> LossOutput`` available by name.
 
     ``pairwise=True`` promises that example i's loss depends only on pair i's entries and on
-    ``lp.chosen_nll`` (so the loss of a few pairs can be taken on their own)."""
+    ``lp.chosen_nll`` (so the loss of a few pairs can be taken on their own). ``pair_grad``,
+    optional, gives the gradient of the summed losses in closed form, ``(d/d chosen,
+    d/d rejected, d/d chosen_nll)`` from the same arguments; without one the one-pass kernel
+    asks autograd. Registering a name again drops a closed form it had."""
     def add(fn: LossFn) -> LossFn:
         LOSSES[name] = fn
         for names, flag in ((REFERENCE_FREE, reference_free), (PAIRWISE, pairwise)):
             names.discard(name)
             if flag:
                 names.add(name)
+        PAIR_GRADS.pop(name, None)
+        if pair_grad is not None:
+            PAIR_GRADS[name] = pair_grad
         return fn
     return add
 
 
-def preference_loss(name: str, lp: PreferenceLogps, **hparams) -> LossOutput:
-    """Look up loss ``name`` and apply it."""
+def check_loss(name: str, lp: PreferenceLogps) -> None:
+    """The errors ``preference_loss`` gives before it computes: an unknown name, missing references."""
     if name not in LOSSES:
         raise ValueError(f"unknown preference loss {name!r}; registered: {sorted(LOSSES)}")
     if name not in REFERENCE_FREE and (lp.ref_chosen is None or lp.ref_rejected is None):
         raise ValueError(f"loss {name!r} needs reference log-probs")
+
+
+def preference_loss(name: str, lp: PreferenceLogps, **hparams) -> LossOutput:
+    """Look up loss ``name`` and apply it."""
+    check_loss(name, lp)
     return LOSSES[name](lp, **hparams)
 
 
@@ -89,7 +103,20 @@ def _need(lp: PreferenceLogps, field: str, loss: str) -> torch.Tensor:
     return v
 
 
-@register_loss("sigmoid", pairwise=True)
+def _d_smoothed_logsigmoid(z: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """d/dz of ``-(1-ε) log σ(z) - ε log σ(-z)``."""
+    if not label_smoothing:  # the usual case, in two operations (the one-pass kernel runs this per chunk)
+        return -torch.sigmoid(-z)
+    return -(1 - label_smoothing) * torch.sigmoid(-z) + label_smoothing * torch.sigmoid(z)
+
+
+def _sigmoid_grad(lp: PreferenceLogps, *, beta: float = 0.1, label_smoothing: float = 0.0, **_):
+    c, r = _ratios(lp)
+    dz = beta * _d_smoothed_logsigmoid(beta * (c - r), label_smoothing)
+    return dz, -dz, 0.0
+
+
+@register_loss("sigmoid", pairwise=True, pair_grad=_sigmoid_grad)
 def sigmoid_loss(lp: PreferenceLogps, *, beta: float = 0.1, label_smoothing: float = 0.0, **_) -> LossOutput:
     """DPO: ``-log σ(β·Δ)`` with Δ the difference of log-ratios. ``label_smoothing`` ε > 0
     gives conservative DPO (cDPO): ``-(1-ε) log σ(βΔ) - ε log σ(-βΔ)``."""
@@ -99,7 +126,16 @@ def sigmoid_loss(lp: PreferenceLogps, *, beta: float = 0.1, label_smoothing: flo
     return _rewards(beta, c, r, losses)
 
 
-@register_loss("robust", pairwise=True)
+def _robust_grad(lp: PreferenceLogps, *, beta: float = 0.1, label_smoothing: float = 0.0, **_):
+    if not 0 <= label_smoothing < 0.5:
+        raise ValueError("robust loss needs label_smoothing in [0, 0.5)")
+    c, r = _ratios(lp)
+    z = beta * (c - r)
+    dz = beta * (-(1 - label_smoothing) * torch.sigmoid(-z) - label_smoothing * torch.sigmoid(z)) / (1 - 2 * label_smoothing)
+    return dz, -dz, 0.0
+
+
+@register_loss("robust", pairwise=True, pair_grad=_robust_grad)
 def robust_loss(lp: PreferenceLogps, *, beta: float = 0.1, label_smoothing: float = 0.0, **_) -> LossOutput:
     """Robust DPO (Chowdhury et al. 2024): unbiased under label-flip rate ε,
     ``(-(1-ε) log σ(βΔ) + ε log σ(-βΔ)) / (1 - 2ε)``."""
@@ -111,14 +147,28 @@ def robust_loss(lp: PreferenceLogps, *, beta: float = 0.1, label_smoothing: floa
     return _rewards(beta, c, r, losses)
 
 
-@register_loss("hinge", pairwise=True)
+def _hinge_grad(lp: PreferenceLogps, *, beta: float = 0.1, **_):
+    c, r = _ratios(lp)
+    dz = -beta * (beta * (c - r) < 1).to(c.dtype)  # relu's gradient: 1 where its input > 0
+    return dz, -dz, 0.0
+
+
+@register_loss("hinge", pairwise=True, pair_grad=_hinge_grad)
 def hinge_loss(lp: PreferenceLogps, *, beta: float = 0.1, **_) -> LossOutput:
     """SLiC-style hinge: ``max(0, 1 - βΔ)``."""
     c, r = _ratios(lp)
     return _rewards(beta, c, r, torch.relu(1 - beta * (c - r)))
 
 
-@register_loss("ipo", pairwise=True)
+def _ipo_grad(lp: PreferenceLogps, *, beta: float = 0.1, **_):
+    c, r = _ratios(lp)
+    nc = _need(lp, "chosen_tokens", "ipo").clamp(min=1)
+    nr = _need(lp, "rejected_tokens", "ipo").clamp(min=1)
+    u = 2 * (c / nc - r / nr - 1 / (2 * beta))
+    return u / nc, -u / nr, 0.0
+
+
+@register_loss("ipo", pairwise=True, pair_grad=_ipo_grad)
 def ipo_loss(lp: PreferenceLogps, *, beta: float = 0.1, **_) -> LossOutput:
     """IPO (Azar et al. 2023, Eq. 17): ``(Δ̄ - 1/(2β))²`` with log-ratios averaged per token."""
     c, r = _ratios(lp)
@@ -128,7 +178,14 @@ def ipo_loss(lp: PreferenceLogps, *, beta: float = 0.1, **_) -> LossOutput:
     return _rewards(beta, c, r, losses)
 
 
-@register_loss("rpo", pairwise=True)
+def _rpo_grad(lp: PreferenceLogps, *, beta: float = 0.1, rpo_alpha: float = 1.0, label_smoothing: float = 0.0,
+              **_):
+    _need(lp, "chosen_nll", "rpo")
+    dc, dr, _ = _sigmoid_grad(lp, beta=beta, label_smoothing=label_smoothing)
+    return dc, dr, rpo_alpha * lp.chosen.shape[0]  # every pair's loss adds α × chosen_nll
+
+
+@register_loss("rpo", pairwise=True, pair_grad=_rpo_grad)
 def rpo_loss(lp: PreferenceLogps, *, beta: float = 0.1, rpo_alpha: float = 1.0, label_smoothing: float = 0.0,
              **_) -> LossOutput:
     """RPO (Pang et al. 2024): DPO plus ``rpo_alpha`` × the chosen responses' mean token NLL."""
@@ -137,7 +194,14 @@ def rpo_loss(lp: PreferenceLogps, *, beta: float = 0.1, rpo_alpha: float = 1.0, 
     return LossOutput(out.losses + rpo_alpha * nll, out.chosen_rewards, out.rejected_rewards)
 
 
-@register_loss("simpo", reference_free=True, pairwise=True)
+def _simpo_grad(lp: PreferenceLogps, *, beta: float = 2.0, gamma: float = 0.5, label_smoothing: float = 0.0, **_):
+    nc = _need(lp, "chosen_tokens", "simpo").clamp(min=1)
+    nr = _need(lp, "rejected_tokens", "simpo").clamp(min=1)
+    dz = beta * _d_smoothed_logsigmoid(beta * (lp.chosen / nc - lp.rejected / nr) - gamma, label_smoothing)
+    return dz / nc, -dz / nr, 0.0
+
+
+@register_loss("simpo", reference_free=True, pairwise=True, pair_grad=_simpo_grad)
 def simpo_loss(lp: PreferenceLogps, *, beta: float = 2.0, gamma: float = 0.5, label_smoothing: float = 0.0,
                **_) -> LossOutput:
     """SimPO (Meng et al. 2024): ``-log σ(β(c̄ - r̄) - γ)`` on mean token log-probs; no reference."""
@@ -148,7 +212,22 @@ def simpo_loss(lp: PreferenceLogps, *, beta: float = 2.0, gamma: float = 0.5, la
     return _rewards(beta, c, r, losses)
 
 
-@register_loss("orpo", reference_free=True, pairwise=True)
+def _orpo_grad(lp: PreferenceLogps, *, lambda_: float = 0.1, **_):
+    nc = _need(lp, "chosen_tokens", "orpo").clamp(min=1)
+    nr = _need(lp, "rejected_tokens", "orpo").clamp(min=1)
+    _need(lp, "chosen_nll", "orpo")
+    c, r = lp.chosen / nc, lp.rejected / nr
+    ec, er = torch.exp(c), torch.exp(r)
+    top = 1 - 1e-6  # the loss clamps exp(mean logp) there: no gradient through the clamp above it
+
+    def d_log_odds(p):  # d/dm of m - log1p(-min(exp(m), top)), with p = exp(m)
+        return 1 + torch.where(p <= top, p / (1 - p.clamp(max=top)), torch.zeros_like(p))
+    log_odds = (c - r) - (torch.log1p(-ec.clamp(max=top)) - torch.log1p(-er.clamp(max=top)))
+    dlo = -lambda_ * torch.sigmoid(-log_odds)
+    return dlo * d_log_odds(ec) / nc, -dlo * d_log_odds(er) / nr, float(c.shape[0])  # each loss adds chosen_nll
+
+
+@register_loss("orpo", reference_free=True, pairwise=True, pair_grad=_orpo_grad)
 def orpo_loss(lp: PreferenceLogps, *, lambda_: float = 0.1, **_) -> LossOutput:
     """ORPO (Hong et al. 2024): chosen NLL − λ·log σ(log odds(c) − log odds(r)), on mean token
     log-probs, where odds(p) = p / (1 - p). Rewards are λ × mean token log-probs."""
@@ -159,4 +238,5 @@ def orpo_loss(lp: PreferenceLogps, *, lambda_: float = 0.1, **_) -> LossOutput:
     return _rewards(lambda_, c, r, losses)
 
 
-__all__ = ["LOSSES", "PAIRWISE", "REFERENCE_FREE", "LossOutput", "PreferenceLogps", "preference_loss", "register_loss"]
+__all__ = ["LOSSES", "PAIRWISE", "PAIR_GRADS", "REFERENCE_FREE", "LossOutput", "PreferenceLogps", "check_loss",
+           "preference_loss", "register_loss"]

@@ -65,6 +65,51 @@ def test_a_user_can_register_a_loss():
         LOSSES.pop("test_margin")
 
 
+
+GRAD_KW = {"sigmoid": [{}, {"label_smoothing": 0.2}], "robust": [{"label_smoothing": 0.2}], "hinge": [{}, {"beta": 2.0}],
+           "ipo": [{"beta": 0.5}], "rpo": [{"rpo_alpha": 0.7}], "simpo": [{}, {"label_smoothing": 0.1}],
+           "orpo": [{"lambda_": 0.3}]}
+
+
+@pytest.mark.parametrize("name,kw", [(n, kw) for n, kws in GRAD_KW.items() for kw in kws])
+def test_closed_form_pair_gradients_equal_autograd(name, kw):
+    """``PAIR_GRADS`` (what the one-pass kernel uses instead of an autograd call per chunk): the
+    gradient of the summed losses with respect to the chosen and rejected log-probs and to
+    ``chosen_nll``, against autograd, over pairs on both sides of the hinge and, for ORPO, mean
+    log-probs of 0 and just below (its clamp at 1 - 1e-6 is the edge)."""
+    from prefopt.losses import PAIR_GRADS, PAIRWISE
+
+    assert set(GRAD_KW) == PAIRWISE == set(PAIR_GRADS)  # every built-in pairwise loss has one, tested here
+    g = torch.Generator().manual_seed(0)
+    t = lambda *size: torch.randn(*size, generator=g, dtype=torch.float64)  # noqa: E731
+    chosen, rejected = t(8) * 3 - 12, t(8) * 3 - 12
+    chosen[:2] = torch.tensor([0.0, -1e-9], dtype=torch.float64)  # ORPO's clamp, on and just off
+    rejected[2] = 0.0
+    lp = PreferenceLogps(chosen.requires_grad_(), rejected.requires_grad_(), t(8) - 12, t(8) - 12,
+                         torch.arange(8, dtype=torch.float64) % 5, torch.full((8,), 3.0, dtype=torch.float64),
+                         torch.tensor(2.5, dtype=torch.float64, requires_grad=True))
+    want = torch.autograd.grad(preference_loss(name, lp, **kw).losses.sum(), (lp.chosen, lp.rejected, lp.chosen_nll),
+                               allow_unused=True)
+    dc, dr, dnll = PAIR_GRADS[name](lp, **kw)
+    assert torch.allclose(dc, want[0], rtol=1e-10, atol=1e-12) and torch.allclose(dr, want[1], rtol=1e-10, atol=1e-12)
+    assert dnll == pytest.approx(0.0 if want[2] is None else want[2].item())
+    if name == "hinge":  # both sides of max(0, 1 - βΔ)
+        assert (dc == 0).any() and (dc != 0).any()
+
+
+def test_registering_a_name_again_drops_its_closed_form():
+    """A user's own ``sigmoid`` must not get the built-in's gradient formula."""
+    from prefopt.losses import PAIR_GRADS, sigmoid_loss
+
+    builtin = PAIR_GRADS["sigmoid"]
+    try:
+        register_loss("sigmoid", pairwise=True)(lambda lp, **kw: sigmoid_loss(lp, **kw))
+        assert "sigmoid" not in PAIR_GRADS
+    finally:
+        register_loss("sigmoid", pairwise=True, pair_grad=builtin)(sigmoid_loss)
+    assert PAIR_GRADS["sigmoid"] is builtin
+
+
 class TestTRLParity:
     """Same tiny model, same batch: prefopt's loss and gradients against TRL's DPOTrainer (fp32).
 

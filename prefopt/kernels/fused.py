@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import PAIRWISE, LossOutput, PreferenceLogps, preference_loss
+from ..losses import PAIR_GRADS, PAIRWISE, LossOutput, PreferenceLogps, check_loss, preference_loss
 
 
 def fused_preference_loss(
@@ -85,7 +85,18 @@ def fused_preference_loss(
 
         def pair_loss(sums, pairs, scale):
             return preference_loss(loss, logps(sums, pairs, scale), **hparams).losses.sum()
-        total, sums = onepass_loss(hidden, weight, labels, ignore_index, pair_loss, budget)
+
+        def pair_grad(sums, pairs, scale):  # the same sum's gradient, in closed form
+            lp = logps(sums, pairs, scale)
+            dc, dr, dnll = PAIR_GRADS[loss](lp, **hparams)
+            if dnll:  # chosen_nll = -Σ chosen / chosen_tokens × scale (an integer count: divide in sums' dtype)
+                dc = dc - dnll * scale / chosen_tokens.to(sums.dtype)
+            g = torch.zeros_like(sums)
+            g[:B][pairs], g[B:][pairs] = dc, dr
+            return g
+        check_loss(loss, logps(torch.zeros(2 * B, device=hidden.device)))  # its errors before any work
+        total, sums = onepass_loss(hidden, weight, labels, ignore_index, pair_loss, budget,
+                                   pair_grad if loss in PAIR_GRADS else None)
         lp = logps(sums)
         out = preference_loss(loss, lp, **hparams)
         return LossOutput(total, out.chosen_rewards, out.rejected_rewards), lp

@@ -225,13 +225,18 @@ def onepass_nll(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
 
 def onepass_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int,
                  pair_loss: Callable[[torch.Tensor, slice, float], torch.Tensor],
-                 budget: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 budget: int | None = None,
+                 pair_grad: Callable[[torch.Tensor, slice, float], torch.Tensor] | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(summed loss, sequence log-prob sums (2B,) detached)`` for the stacked layout.
 
     ``hidden`` (2B, T, D), ``labels`` (2B, T). ``pair_loss(sums, pairs, scale)`` returns the
     summed loss of the pairs in ``pairs`` (a slice) from ``sums``, the (2B,) sequence
     log-probs; ``scale`` multiplies the batch-mean terms (``chosen_nll``) so that the chunks'
     sums add up to the batch's (B / pairs in the chunk; 1 for the whole batch).
+    ``pair_grad(sums, pairs, scale)``, optional, returns that sum's gradient with respect to
+    ``sums`` (2B,) in closed form; without it each chunk asks autograd (some 70 small
+    operations a chunk, which on a GPU can cost more than the chunk's GEMMs).
     """
     R = hidden.shape[0]
     B = R // 2
@@ -242,6 +247,8 @@ def onepass_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
     pair_tokens = torch.bincount(seq % B, minlength=B).tolist()
 
     def pair_grads(p0: int, p1: int, sums: torch.Tensor) -> torch.Tensor:
+        if pair_grad is not None:
+            return pair_grad(sums, slice(p0, p1), B / (p1 - p0))
         x = sums.detach().clone().requires_grad_()
         with torch.enable_grad():
             loss = pair_loss(x, slice(p0, p1), B / (p1 - p0))

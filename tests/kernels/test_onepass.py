@@ -292,3 +292,34 @@ def test_one_logits_block_alive_at_a_time_without_a_stage(monkeypatch):
     assert onepass.stage_rows(13, V, h.device) == 13 and mode.alive and mode.most == 1
     out.losses.backward()
     assert h.grad.abs().max() > 0 and w.grad.abs().max() > 0
+
+
+def test_closed_form_pair_gradients_replace_autograd_and_a_users_loss_falls_back(monkeypatch):
+    """Built-in losses give each chunk's pair gradients in closed form (no autograd call per
+    chunk); a user's pairwise loss without one still gets them from autograd. Both equal the
+    naive loss's gradients."""
+    monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", 4 * V)
+    calls = []
+    real = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(1) or real(*a, **k))
+    h, w, y, ref = _case()
+    for name in ("sigmoid", "users_sigmoid"):
+        if name == "users_sigmoid":
+            register_loss(name, pairwise=True)(lambda lp, **kw: LOSSES["sigmoid"](lp, **kw))
+        try:
+            _, _, want = _run_named(h, w, y, ref, name, impl="naive")
+            calls.clear()
+            _, _, got = _run_named(h, w, y, ref, name, reduction="sum", one_pass=True)
+            assert (len(calls) == 0) == (name == "sigmoid") and (name == "sigmoid" or len(calls) >= 3)
+            assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(want, got))
+        finally:
+            if name == "users_sigmoid":
+                for registry in (LOSSES, PAIRWISE):
+                    registry.discard(name) if isinstance(registry, set) else registry.pop(name)
+
+
+def _run_named(h, w, y, ref, loss, **kw):
+    h.grad = w.grad = None
+    out, _ = fused_preference_loss(h, w, y, *ref, loss, beta=0.1, **kw)
+    out.losses.sum().backward()
+    return out, None, [h.grad.clone(), w.grad.clone()]
