@@ -8,7 +8,9 @@ and rejected rewards. Register your own with :func:`register_loss`.
 Every built-in loss is *pairwise*: example i's loss depends only on pair i's fields and on
 ``chosen_nll``, the batch mean of the chosen tokens' NLL, which is linear in the log-probs.
 ``prefopt.kernels.onepass`` relies on that to form the lm_head gradients chunk by chunk in
-the forward; a loss registered without ``pairwise=True`` takes the per-token path.
+the forward; a loss registered without ``pairwise=True`` takes the per-token path. Each
+built-in loss also has its gradient in closed form (``PAIR_GRADS``), which spares the one-pass
+kernel an autograd call per chunk.
 
 Conventions (TRL's, see docs/dpo.md): logps are sums over response tokens; rewards are
 ``beta * (policy - reference)`` for the reference-based losses and ``beta * mean token
@@ -49,7 +51,7 @@ PairGrad = Callable[..., tuple[torch.Tensor, torch.Tensor, float]]
 LOSSES: dict[str, LossFn] = {}
 REFERENCE_FREE: set[str] = set()
 PAIRWISE: set[str] = set()
-PAIR_GRADS: dict[str, PairGrad] = {}  # closed-form gradients of pairwise losses (pair_grads.py)
+PAIR_GRADS: dict[str, PairGrad] = {}  # closed-form gradients of pairwise losses (each beside its loss)
 
 
 def register_loss(name: str, *, reference_free: bool = False, pairwise: bool = False,

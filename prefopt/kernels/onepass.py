@@ -57,9 +57,10 @@ GEMM_ROWS = 128  # on CUDA, chunks are whole multiples of cuBLAS's row tile wher
 # On CUDA the dlogits of consecutive chunks are staged, up to this many elements (128 MiB in
 # bf16), and the two gradient GEMMs run once per stage: grad_W's (V, D) sum is read and written
 # once per stage, not once per chunk. With 128-token chunks at V=128256 that read-modify-write
-# (2 GB in bf16) cost about as much as the product itself (0.8 ms of 1.1 ms a chunk, measured
-# on an H200: docs/benchmarks.md); a 512-token stage pays it a quarter as often, while the fp32
-# logits stay one 128-token chunk (63 MiB) and the staged dlogits half precision (125 MiB).
+# (2 GB in bf16) made grad_W's GEMM take 805 µs a chunk, 103 of the 233 ms of a forward +
+# backward at N=16384 (an H200: docs/benchmarks.md); a 512-token stage pays it a quarter as
+# often, while the fp32 logits stay one 128-token chunk (63 MiB) and the staged dlogits are
+# half precision (125 MiB).
 GRAD_ELEMENTS = 1 << 26
 STAGE_DEVICES = ("cuda",)  # elsewhere a stage is one chunk (a CPU's GEMMs are not bandwidth-bound)
 
