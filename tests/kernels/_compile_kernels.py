@@ -3,8 +3,9 @@ _compile_kernels.py ARCH DTYPE`` prints one JSON line per kernel: whether the PT
 MMA ``wgmma`` or warp MMA ``mma.sync``, shared memory bytes, registers and stack bytes per thread
 (``cuobjdump -res-usage``; stack means spills) and the number of 16-byte asynchronous copies
 (``LDGSTS...128`` in the SASS: pipelined, vectorised loads). The tiles and warps are
-``triton_logprobs.defaults(dtype)`` (the one-pass row kernels: ``_rows.BLOCKS``), and the arguments are specialised as a real launch specialises them (pointers
-16-byte aligned; D, V and the split width multiples of 16; N not). Run it in a process without
+``triton_logprobs.defaults(dtype)`` (the row kernels: ``_rows.BLOCKS``), and the arguments are
+specialised as a real launch specialises them (pointers 16-byte aligned; D, V and the split
+width multiples of 16; N not). Run it in a process without
 ``TRITON_INTERPRET`` (the kernels must be ``triton.jit``-compiled, not interpreted)."""
 import json
 import os
