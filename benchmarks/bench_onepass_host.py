@@ -3,8 +3,8 @@
 The one-pass loss (``prefopt/kernels/onepass.py``) works a chunk of whole pairs at a time and,
 per chunk, needs each pair's ``d loss / d sequence log-prob`` before its logits can become
 dlogits. On a GPU the host issues every small operation of that, and at 128-token chunks
-(Llama 3's head, the default budget) it was the bottleneck: about 1.5 ms a chunk where the GPU
-work is about 0.5 ms (docs/benchmarks.md, 2026-11-30). This measures the host's share on the
+(Llama 3's head, the default budget) it looked to be the bottleneck: about 1.5 ms a chunk where
+the GPU work is an estimated 0.5 ms (docs/benchmarks.md, 2026-11-30). This measures the host's share on the
 CPU, with shapes so small (D=16, V=64) that the arithmetic is negligible: forward + backward
 time per chunk, for the built-in loss's closed-form gradient (``prefopt.losses.PAIR_GRADS``) and
 for the autograd call it replaces (the same loss with its closed form removed), in one run.

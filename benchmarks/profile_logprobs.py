@@ -1,7 +1,7 @@
 """Where a log-prob method's GPU time goes: one forward + backward under ``torch.profiler``.
 
 Prints, for each method, the forward alone and forward + backward (medians of CUDA-event timed
-runs) and the CUDA kernels of one profiled forward + backward, by total time, so a method's
+runs) and the CUDA kernels of one profiled forward + backward, by their own time, so a method's
 distance from the bare-GEMM limit of ``bench_logprobs.py`` can be placed (the forward kernel,
 the dlogits recompute, the gradient GEMMs, copies and casts).
 
