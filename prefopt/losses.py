@@ -128,9 +128,13 @@ def sigmoid_loss(lp: PreferenceLogps, *, beta: float = 0.1, label_smoothing: flo
     return _rewards(beta, c, r, losses)
 
 
-def _robust_grad(lp: PreferenceLogps, *, beta: float = 0.1, label_smoothing: float = 0.0, **_):
+def _robust_smoothing(label_smoothing: float) -> None:
     if not 0 <= label_smoothing < 0.5:
         raise ValueError("robust loss needs label_smoothing in [0, 0.5)")
+
+
+def _robust_grad(lp: PreferenceLogps, *, beta: float = 0.1, label_smoothing: float = 0.0, **_):
+    _robust_smoothing(label_smoothing)
     c, r = _ratios(lp)
     z = beta * (c - r)
     dz = beta * (-(1 - label_smoothing) * torch.sigmoid(-z) - label_smoothing * torch.sigmoid(z)) / (1 - 2 * label_smoothing)
@@ -141,8 +145,7 @@ def _robust_grad(lp: PreferenceLogps, *, beta: float = 0.1, label_smoothing: flo
 def robust_loss(lp: PreferenceLogps, *, beta: float = 0.1, label_smoothing: float = 0.0, **_) -> LossOutput:
     """Robust DPO (Chowdhury et al. 2024): unbiased under label-flip rate ε,
     ``(-(1-ε) log σ(βΔ) + ε log σ(-βΔ)) / (1 - 2ε)``."""
-    if not 0 <= label_smoothing < 0.5:
-        raise ValueError("robust loss needs label_smoothing in [0, 0.5)")
+    _robust_smoothing(label_smoothing)
     c, r = _ratios(lp)
     z = beta * (c - r)
     losses = (-(1 - label_smoothing) * F.logsigmoid(z) + label_smoothing * F.logsigmoid(-z)) / (1 - 2 * label_smoothing)

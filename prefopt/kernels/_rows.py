@@ -39,14 +39,19 @@ def lse(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out, logp
 
 
-def dlogits(x: torch.Tensor, y: torch.Tensor, lse_rows: torch.Tensor, g: torch.Tensor, out: torch.Tensor) -> None:
-    """``g · (onehot(y) − exp(x − lse))`` from the fp32 logits ``x`` into ``out`` (contiguous
-    rows of the same shape, the compute dtype); ``g`` fp32 per row."""
+def dlogits(x: torch.Tensor, y: torch.Tensor, lse_rows: torch.Tensor, g: torch.Tensor,
+            out: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``g · (onehot(y) − exp(x − lse))`` from the fp32 logits ``x`` into ``out`` (contiguous rows
+    of the same shape, the compute dtype), or into a new tensor of ``dtype``; returns it. ``g``
+    fp32 per row."""
     from . import _triton_kernels as k
 
     n, V = x.shape
+    if out is None:
+        out = torch.empty(n, V, dtype=dtype, device=x.device)
     block = BLOCKS["interpreted" if k.INTERPRETED else "dlogits"]
     into = torch.empty(n, V, device=x.device) if k.INTERPRETED and out.dtype != torch.float32 else out  # the
     k._row_dlogits[(n, -(-V // block))](x, y, lse_rows, g.contiguous(), into, V, BLOCK_V=block)  # interpreter: fp32
     if into is not out:
         out.copy_(into)
+    return out

@@ -55,9 +55,7 @@ def _dlogits(h, w, y, lse, g):
 
 def _dlogits_rows(h, w, y, lse, g):
     """The same through the Triton row kernel, from cuBLAS's fp32 logits."""
-    out = torch.empty(h.shape[0], w.shape[0], dtype=h.dtype, device=h.device)
-    _rows.dlogits(mm_acc(h, w.T, lse.dtype), y, lse, g, out)
-    return out
+    return _rows.dlogits(mm_acc(h, w.T, lse.dtype), y, lse, g, dtype=h.dtype)
 
 
 class _ChunkedLogprobs(torch.autograd.Function):
@@ -79,8 +77,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
                 out[rows], lse[rows], norm = _exp_rows_(e, labels[rows])
             if jac is not None:  # d logp / d h for this chunk, while its logits are alive
                 if rowwise:
-                    d = torch.empty(e.shape, dtype=hidden.dtype, device=e.device)
-                    _rows.dlogits(e, labels[rows], lse[rows], torch.ones_like(lse[rows]), d)
+                    d = _rows.dlogits(e, labels[rows], lse[rows], torch.ones_like(lse[rows]), dtype=hidden.dtype)
                 else:
                     d = _softmax_grad_(e, labels[rows], norm).to(hidden.dtype)
                 jac[rows] = mm_acc(d, weight, acc)

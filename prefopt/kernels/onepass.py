@@ -136,25 +136,21 @@ class _OnePass(torch.autograd.Function):
             """``g · (onehot − softmax)`` for tokens a:b in the compute dtype, from their logits
             block ``x`` (or its ``exp(logits − row max)`` form when ``norm`` is given): into the
             stage, or (no stage) formed in place where the dtypes allow and back-propagated."""
-            if stage is None:
-                out = torch.empty(b - a, V, dtype=dtype, device=x.device) if rowwise else None
-            else:
-                if staged[1] + b - a > stage.shape[0]:
-                    flush()
-                out = stage[staged[1]:staged[1] + b - a]
+            if stage is not None and staged[1] + b - a > stage.shape[0]:
+                flush()
+            out = None if stage is None else stage[staged[1]:staged[1] + b - a]
             if rowwise:
-                _rows.dlogits(x, labels[a:b], lse, g, out)
-                d = out
+                d = _rows.dlogits(x, labels[a:b], lse, g, out, dtype)
             elif norm is None:
                 d = _onehot_minus_softmax_(x, labels[a:b], lse).mul_(g[:, None])
             else:
                 d = _softmax_grad_(x, labels[a:b], norm, g)
             if stage is None:
                 backprop(a, d.to(dtype))  # no copy when x is already in the compute dtype (fp32)
-            else:
-                if d is not out:
-                    out.copy_(d)
-                staged[1] += b - a
+                return
+            if d is not out:
+                out.copy_(d)
+            staged[1] += b - a
 
         for s, e, p0, p1 in chunks:
             if e == s:  # no scored tokens: nothing to add

@@ -202,7 +202,7 @@ def _row_kernels_counted(monkeypatch) -> list:
 
     def counted(name):
         real = getattr(rowk, name)
-        return lambda *a: calls.append(name) or real(*a)
+        return lambda *a, **kw: calls.append(name) or real(*a, **kw)
     for name in ("lse", "dlogits"):
         monkeypatch.setattr(rowk, name, counted(name))
     return calls
