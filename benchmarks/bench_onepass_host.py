@@ -7,10 +7,13 @@ dlogits. On a GPU the host issues every small operation of that, and at 128-toke
 the GPU work is an estimated 0.5 ms (docs/benchmarks.md, 2026-11-30). This measures the host's share on the
 CPU, with shapes so small (D=16, V=64) that the arithmetic is negligible: forward + backward
 time per chunk, for the built-in loss's closed-form gradient (``prefopt.losses.PAIR_GRADS``) and
-for the autograd call it replaces (the same loss with its closed form removed), in one run.
+for the autograd call it replaces (the same loss with its closed form removed), in one run, and
+the aten operations dispatched per chunk (each one a kernel launch or a view on a GPU, and the
+host's cost there: a count does not depend on this machine's speed).
 
     python benchmarks/bench_onepass_host.py            # sigmoid, 64 chunks of one 128-token pair
     python benchmarks/bench_onepass_host.py --loss rpo --reps 20
+    python benchmarks/bench_onepass_host.py --stage 4   # stages of 4 pairs (512 tokens), as on CUDA
 """
 from __future__ import annotations
 
@@ -19,11 +22,22 @@ import statistics
 import time
 
 
-def per_chunk(loss: str, closed_form: bool, pairs: int, reps: int) -> float:
-    """Median seconds per chunk of ``reps`` forward + backward runs (after two warm-ups)."""
+def per_chunk(loss: str, closed_form: bool, pairs: int, reps: int, stage: int = 0) -> tuple[float, float]:
+    """``(median seconds, aten operations)`` per chunk of ``reps`` forward + backward runs (after
+    two warm-ups; the operations counted in one more). ``stage``: pairs per stage of the staged
+    gradient GEMMs (as on CUDA), or 0 for none (the CPU's way)."""
     import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.ops += 1
+            return func(*args, **(kwargs or {}))
 
     import prefopt.kernels._backward as backward
+    import prefopt.kernels.onepass as onepass
     from prefopt.kernels import fused_preference_loss
     from prefopt.losses import PAIR_GRADS
 
@@ -34,21 +48,29 @@ def per_chunk(loss: str, closed_form: bool, pairs: int, reps: int) -> float:
     y = torch.randint(0, V, (2 * pairs, T), generator=g)
     ref = torch.zeros(pairs) - 100
     saved, budget = PAIR_GRADS.get(loss), backward.CHUNK_ELEMENTS
+    staging = onepass.STAGE_DEVICES, onepass.GRAD_ELEMENTS
     backward.CHUNK_ELEMENTS = 2 * T * V  # one pair per chunk
+    if stage:
+        onepass.STAGE_DEVICES, onepass.GRAD_ELEMENTS = ("cpu",), stage * 2 * T * V
     if not closed_form:
         PAIR_GRADS.pop(loss, None)
+    def step():
+        h.grad = w.grad = None
+        out, _ = fused_preference_loss(h, w, y, ref, ref, loss, reduction="sum", one_pass=True)
+        out.losses.backward()
     try:
         times = []
         for i in range(reps + 2):
-            h.grad = w.grad = None
             t0 = time.perf_counter()
-            out, _ = fused_preference_loss(h, w, y, ref, ref, loss, reduction="sum", one_pass=True)
-            out.losses.backward()
+            step()
             if i >= 2:
                 times.append((time.perf_counter() - t0) / pairs)
-        return statistics.median(times)
+        with Count():
+            step()
+        return statistics.median(times), Count.ops / pairs
     finally:
         backward.CHUNK_ELEMENTS = budget
+        onepass.STAGE_DEVICES, onepass.GRAD_ELEMENTS = staging
         if saved is not None:
             PAIR_GRADS[loss] = saved
 
@@ -58,17 +80,20 @@ def main() -> None:
     ap.add_argument("--loss", default="sigmoid")
     ap.add_argument("--pairs", type=int, default=64, help="pairs, one chunk each")
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--stage", type=int, default=0,
+                    help="pairs per stage of the gradient GEMMs, as on CUDA (4: 512 tokens); 0: none, the CPU's way")
     a = ap.parse_args()
     import torch
 
     torch.set_num_threads(2)
-    rows = [(name, per_chunk(a.loss, closed, a.pairs, a.reps)) for name, closed in
+    rows = [(name, per_chunk(a.loss, closed, a.pairs, a.reps, a.stage)) for name, closed in
             (("autograd per chunk", False), ("closed form", True))]
-    print(f"one-pass {a.loss} loss, {a.pairs} chunks of one 128-token pair, D=16 V=64, CPU, torch {torch.__version__}, "
-          f"median of {a.reps}, date {time.strftime('%Y-%m-%d')}")
-    print("| pair gradients | host ms per chunk | vs autograd |\n|---|---|---|")
-    for name, sec in rows:
-        print(f"| {name} | {sec * 1e3:.3f} | {sec / rows[0][1]:.2f}x |")
+    staged = f", stages of {a.stage} pairs" if a.stage else ""
+    print(f"one-pass {a.loss} loss, {a.pairs} chunks of one 128-token pair{staged}, D=16 V=64, CPU, "
+          f"torch {torch.__version__}, median of {a.reps}, date {time.strftime('%Y-%m-%d')}")
+    print("| pair gradients | host ms per chunk | vs autograd | aten ops per chunk |\n|---|---|---|---|")
+    for name, (sec, ops) in rows:
+        print(f"| {name} | {sec * 1e3:.3f} | {sec / rows[0][1][0]:.2f}x | {ops:.1f} |")
 
 
 if __name__ == "__main__":

@@ -29,12 +29,14 @@ def wanted(device: torch.device, acc: torch.dtype = torch.float32) -> bool:
     return device.type == "cuda" and available(device)
 
 
-def lse(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logsumexp, log-prob of y)`` per row of the fp32 logits ``x`` (n, V)."""
+def lse(x: torch.Tensor, y: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None,
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logsumexp, log-prob of y)`` per row of the fp32 logits ``x`` (n, V): into ``out`` (two
+    contiguous fp32 (n,) tensors) or new ones."""
     from . import _triton_kernels as k
 
     n, V = x.shape
-    out, logp = torch.empty(2, n, dtype=torch.float32, device=x.device)
+    out, logp = torch.empty(2, n, dtype=torch.float32, device=x.device) if out is None else out
     k._row_lse[(n,)](x, y, out, logp, V, BLOCK_V=BLOCKS["interpreted" if k.INTERPRETED else "lse"])
     return out, logp
 

@@ -7,7 +7,7 @@ CUDA, the chunked path on CPU) and are summed per sequence; the loss is then loo
 reference cache: no reference model and no reference logits are needed.
 
 With ``reduction="sum"`` and a trainable head, the chunked path instead forms both lm_head
-gradients in the forward, a chunk of whole pairs at a time (``onepass.py``): three GEMM passes
+gradients in the forward, a stage of whole pairs at a time (``onepass.py``): three GEMM passes
 instead of four. ``nll_sum`` (SFT's loss) does the same for the summed token NLL.
 """
 from __future__ import annotations
@@ -48,8 +48,10 @@ def fused_preference_loss(
             (``onepass.py``; a pairwise loss under autograd). ``None`` (default, or
             ``$PREFOPT_ONEPASS`` = 0/1): where the head is trainable and the log-probs would
             take the chunked path; where it applies it saves one of four GEMM passes.
-        budget: logits per chunk on the one-pass path, in elements (default
-            ``CHUNK_ELEMENTS``, 2^24): a pair whose tokens do not fit takes two walks.
+        budget: logits per block on the one-pass path, in elements (default
+            ``CHUNK_ELEMENTS``, 2^24). Pairs are taken a stage at a time: one block, or on CUDA
+            ``onepass.GRAD_ELEMENTS`` (2^26) of them; a pair whose tokens do not fit in a
+            stage takes two walks.
 
     Returns:
         ``(LossOutput, PreferenceLogps)``: the losses (per example, or their sum) and rewards,

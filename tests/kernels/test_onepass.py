@@ -95,14 +95,19 @@ def test_three_products_per_chunk_all_in_the_forward(frozen, monkeypatch):
     assert len(calls) == n and (w.grad is None) == frozen and h.grad.abs().max() > 0
 
 
+@pytest.mark.parametrize("staged", [False, True])
 @pytest.mark.parametrize("large", [False, True])
-def test_bf16_weight_gradient_in_fp32_or_rounded_per_chunk(large, monkeypatch):
+def test_bf16_weight_gradient_in_fp32_or_rounded_per_chunk(large, staged, monkeypatch):
     """bf16 inputs: the weight gradient summed over chunks in fp32 (small head) or in bf16, one
     rounding per chunk (a head larger than SUM_ELEMENTS); both within bf16 tolerance of the
-    fp64 gradients."""
+    fp64 gradients. ``staged``: ``onehot − softmax`` kept in a bf16 stage (as on CUDA) and scaled
+    by each token's gradient on the D-wide side."""
     monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", 4 * V)
     if large:
         monkeypatch.setattr("prefopt.kernels._backward.SUM_ELEMENTS", 100)
+    if staged:
+        monkeypatch.setattr(onepass, "STAGE_DEVICES", ("cpu",))
+        monkeypatch.setattr(onepass, "GRAD_ELEMENTS", 16 * V)
     h, w, y, ref = _case()
     _, _, want = _run(h, w, y, ref, "sigmoid", impl="naive")
     hb, wb = (t.detach().bfloat16().requires_grad_() for t in (h, w))
@@ -229,6 +234,43 @@ def test_staged_gradient_gemms_run_once_per_stage(rowwise, monkeypatch):
     chunks = sum(1 for c in calls if c[0] == "mm_acc") - len(stages)  # mm_acc: each chunk's logits, each stage's grad_h
     assert sum(stages) == int((y != -100).sum()) and max(stages) <= 8 and len(stages) < chunks
     assert any(n > 4 for n in stages)  # a stage holding more than one chunk's tokens
+    for a, b in zip(want, got):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("rowwise", ["torch", "triton"])
+def test_pairs_longer_than_a_block_are_computed_once_within_a_stage(rowwise, monkeypatch):
+    """Logits blocks of 4 tokens, stages of 16: the pairs (12, 3 and 12 scored tokens) make two
+    stages (pairs 0 and 1, then pair 2), walked 4 tokens at a time across pair boundaries. Each
+    token's logits are computed once (a pair longer than a block used to take two walks, 51
+    token-rows for these 27 tokens), the loss gradient is taken once per stage (not per pair)
+    and the gradient GEMMs run once per stage; values and gradients equal the naive loss's."""
+    from prefopt.losses import PAIR_GRADS
+
+    if rowwise == "triton":
+        from tests.kernels._interpreter import interpreter_problem
+
+        if interpreter_problem():
+            pytest.skip(interpreter_problem())
+    monkeypatch.setattr("prefopt.kernels._rows.ROWWISE", rowwise)
+    monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", 4 * V)
+    monkeypatch.setattr(onepass, "STAGE_DEVICES", ("cpu",))
+    monkeypatch.setattr(onepass, "GRAD_ELEMENTS", 16 * V)
+    h, w, y, ref = _case(torch.float32)
+    assert onepass.plan([12, 3, 12], 16) == [(0, 15, 0, 2), (15, 27, 2, 3)]
+    _, _, want = _run(h, w, y, ref, "sigmoid", impl="naive")
+    logits, products, grads = [], [], []
+    mm_acc, add_mm, pair_grad = onepass.mm_acc, onepass._add_mm, PAIR_GRADS["sigmoid"]
+
+    def counted_mm(a, b, dtype):
+        (logits if b.shape == w.T.shape else products).append(a.shape[0])
+        return mm_acc(a, b, dtype)
+    monkeypatch.setattr(onepass, "mm_acc", counted_mm)
+    monkeypatch.setattr(onepass, "_add_mm", lambda acc, a, b: products.append(a.shape[1]) or add_mm(acc, a, b))
+    monkeypatch.setitem(PAIR_GRADS, "sigmoid", lambda lp, **kw: grads.append(lp.chosen.numel()) or pair_grad(lp, **kw))
+    _, _, got = _run(h, w, y, ref, "sigmoid", reduction="sum", one_pass=True)
+    assert logits == [4, 4, 4, 3, 4, 4, 4] and grads == [2, 1]
+    assert products == [15, 15, 12, 12]  # grad_h then grad_W, per stage
     for a, b in zip(want, got):
         assert torch.allclose(a, b, atol=1e-5)
 
