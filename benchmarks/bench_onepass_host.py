@@ -1,17 +1,19 @@
-"""Host time per chunk of the one-pass DPO loss: closed-form pair gradients against autograd.
+"""Host time per 128-token pair of the one-pass DPO loss: closed-form pair gradients against autograd.
 
-The one-pass loss (``prefopt/kernels/onepass.py``) works a chunk of whole pairs at a time and,
-per chunk, needs each pair's ``d loss / d sequence log-prob`` before its logits can become
-dlogits. On a GPU the host issues every small operation of that, and at 128-token chunks
+The one-pass loss (``prefopt/kernels/onepass.py``) works a stage of whole pairs at a time, a
+block of logits after another, and per stage needs each pair's ``d loss / d sequence
+log-prob``. On a GPU the host issues every small operation of that, and at 128-token chunks
 (Llama 3's head, the default budget) it looked to be the bottleneck: about 1.5 ms a chunk where
-the GPU work is an estimated 0.5 ms (docs/benchmarks.md, 2026-11-30). This measures the host's share on the
-CPU, with shapes so small (D=16, V=64) that the arithmetic is negligible: forward + backward
-time per chunk, for the built-in loss's closed-form gradient (``prefopt.losses.PAIR_GRADS``) and
-for the autograd call it replaces (the same loss with its closed form removed), in one run, and
-the aten operations dispatched per chunk (each one a kernel launch or a view on a GPU, and the
-host's cost there: a count does not depend on this machine's speed).
+the GPU work is an estimated 0.5 ms (docs/benchmarks.md, 2026-11-30). This measures the host's
+share on the CPU, with shapes so small (D=16, V=64) that the arithmetic is negligible: forward +
+backward time per pair (one 128-token block each), for the built-in loss's closed-form gradient
+(``prefopt.losses.PAIR_GRADS``) and for the autograd call it replaces (the same loss with its
+closed form removed), in one run, and the aten operations dispatched per pair (each one a
+kernel launch or a view on a GPU, and the host's cost there: a count does not depend on this
+machine's speed). ``--stage 4`` groups 4 pairs a stage, as CUDA's 512-token stages do at
+V=128256; without it a stage is one block, the CPU's way.
 
-    python benchmarks/bench_onepass_host.py            # sigmoid, 64 chunks of one 128-token pair
+    python benchmarks/bench_onepass_host.py            # sigmoid, 64 pairs of 128 tokens
     python benchmarks/bench_onepass_host.py --loss rpo --reps 20
     python benchmarks/bench_onepass_host.py --stage 4   # stages of 4 pairs (512 tokens), as on CUDA
 """
@@ -23,7 +25,7 @@ import time
 
 
 def per_chunk(loss: str, closed_form: bool, pairs: int, reps: int, stage: int = 0) -> tuple[float, float]:
-    """``(median seconds, aten operations)`` per chunk of ``reps`` forward + backward runs (after
+    """``(median seconds, aten operations)`` per pair (a block) of ``reps`` forward + backward runs (after
     two warm-ups; the operations counted in one more). ``stage``: pairs per stage of the staged
     gradient GEMMs (as on CUDA), or 0 for none (the CPU's way)."""
     import torch
@@ -78,7 +80,7 @@ def per_chunk(loss: str, closed_form: bool, pairs: int, reps: int, stage: int = 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--loss", default="sigmoid")
-    ap.add_argument("--pairs", type=int, default=64, help="pairs, one chunk each")
+    ap.add_argument("--pairs", type=int, default=64, help="pairs of 128 tokens, one logits block each")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--stage", type=int, default=0,
                     help="pairs per stage of the gradient GEMMs, as on CUDA (4: 512 tokens); 0: none, the CPU's way")
@@ -87,11 +89,11 @@ def main() -> None:
 
     torch.set_num_threads(2)
     rows = [(name, per_chunk(a.loss, closed, a.pairs, a.reps, a.stage)) for name, closed in
-            (("autograd per chunk", False), ("closed form", True))]
+            (("by autograd", False), ("in closed form", True))]
     staged = f", stages of {a.stage} pairs" if a.stage else ""
-    print(f"one-pass {a.loss} loss, {a.pairs} chunks of one 128-token pair{staged}, D=16 V=64, CPU, "
+    print(f"one-pass {a.loss} loss, {a.pairs} pairs of 128 tokens{staged}, D=16 V=64, CPU, "
           f"torch {torch.__version__}, median of {a.reps}, date {time.strftime('%Y-%m-%d')}")
-    print("| pair gradients | host ms per chunk | vs autograd | aten ops per chunk |\n|---|---|---|---|")
+    print("| pair gradients | host ms per pair | vs autograd | aten ops per pair |\n|---|---|---|---|")
     for name, (sec, ops) in rows:
         print(f"| {name} | {sec * 1e3:.3f} | {sec / rows[0][1][0]:.2f}x | {ops:.1f} |")
 
