@@ -10,7 +10,8 @@
 #                                          #   table-llama / table-smol: one head each (4096x128256 / 576x49152)
 #   bash benchmarks/gpu_session.sh frozen  # the frozen-head (LoRA) row at D=4096 V=128256 N=16384
 #   bash benchmarks/gpu_session.sh sweep   # Triton order/splits/tiles/warps/budget at D=4096 V=128256 N=16384
-#   bash benchmarks/gpu_session.sh onepass # the one-pass DPO loss against triton/liger at budgets 2^24 and 2^26
+#   bash benchmarks/gpu_session.sh onepass # the one-pass DPO loss against triton/liger (chunked when frozen),
+#                                          #   answers of 64 and 256 tokens (pairs of 128 and 512: a block, a stage)
 # Steps run in the order given, each timed; keep each call under the device tool's 10 minutes. With
 # 15 minutes of device time a session (a start costs about 40 s), "check goals" first (on an H200
 # the check and the goal tables took about 4 minutes on 2026-11-30), then "table-smol", "onepass".
@@ -72,10 +73,10 @@ for step in "${@:-check}"; do
       bench table_smol --shapes 576x49152 ;;
     frozen)
       bench table_frozen --frozen-weight --shapes 4096x128256 --tokens 16384 --methods chunked triton liger cce cce-exact ;;
-    onepass)  # one file for the four tables (the device tool brings back at most 8)
-      for budget in 16777216 67108864; do
+    onepass)  # pairs of 128 and 512 scored tokens (one block, a whole stage); one file for the four tables
+      for seq in 64 256; do
         for weight in "" --frozen-weight; do
-          $PY benchmarks/bench_logprobs.py --gpu --shapes 4096x128256 --tokens 16384 --budget "$budget" --reps 3 \
+          $PY benchmarks/bench_logprobs.py --gpu --shapes 4096x128256 --tokens 16384 --seq-len "$seq" --reps 3 \
             $weight --methods onepass triton $([ -n "$weight" ] && echo chunked || echo liger) 2>&1 \
             | tee -a "$OUT/onepass.txt" || status=1
         done

@@ -56,13 +56,16 @@ def test_steps_run_in_order_with_their_arguments_and_timings(tmp_path):
     assert [line.split()[2] for line in took] == ["check", "frozen", "table-smol", "table-llama", "sweep"]
 
 
-def test_the_onepass_step_times_both_budgets_trainable_and_frozen(tmp_path):
+def test_the_onepass_step_times_short_and_long_pairs_trainable_and_frozen(tmp_path):
+    """Pairs of 128 scored tokens (one block at V=128256) and of 512 (a whole stage, which took
+    two walks before stages), each with a trainable and a frozen head."""
     proc, calls, out = _run(tmp_path, "onepass")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     benches = [c for c in calls if c.startswith("benchmarks/bench_logprobs.py")]
     assert len(benches) == 4 and all("--shapes 4096x128256 --tokens 16384" in c for c in benches)
-    assert [("--budget 16777216" in c, "--frozen-weight" in c) for c in benches] == [
+    assert [("--seq-len 64" in c, "--frozen-weight" in c) for c in benches] == [
         (True, False), (True, True), (False, False), (False, True)]
+    assert all("--budget" not in c and ("--seq-len 64" in c) != ("--seq-len 256" in c) for c in benches)
     assert all(c.endswith("--methods onepass triton " + ("chunked" if "--frozen-weight" in c else "liger"))
                for c in benches)
     assert (out / "onepass.txt").read_text().count("stub table") == 4
