@@ -276,10 +276,10 @@ def test_pairs_longer_than_a_block_are_computed_once_within_a_stage(rowwise, mon
 
 
 def test_no_copy_of_all_scored_hidden_states(monkeypatch):
-    """The scored tokens are read from ``hidden`` one chunk at a time, whatever the view (the
-    trainers pass ``hidden[:, :-1]``): the only (M, D) tensor of all M scored tokens made in the
-    forward is their gradient (it used to gather a copy of their hidden states too); every other
-    D-wide tensor but the weight's is at most a chunk."""
+    """The scored tokens are read from ``hidden`` one stage at a time (here, with no staging on
+    CPU, a block), whatever the view (the trainers pass ``hidden[:, :-1]``): the only (M, D)
+    tensor of all M scored tokens made in the forward is their gradient (it used to gather a copy
+    of their hidden states too); every other D-wide tensor but the weight's is at most a stage."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", 13 * V)
