@@ -30,6 +30,15 @@ import torch
 
 CHUNK_ELEMENTS = 1 << 24  # logits per block (64 MiB in fp32, 32 MiB in bf16)
 SUM_ELEMENTS = 1 << 25  # the fp32 running sum of one gradient, at most (128 MiB)
+# Per device type, the library GEMM's row tile: a block of tokens (or of vocabulary rows) that
+# feeds it is a whole multiple of this where it can be, so no block's GEMM ends in a nearly empty
+# tile (at V=128256 the budget gives 130 rows, 128 of them in one cuBLAS tile and 2 in another).
+GEMM_ROWS = {"cuda": 128}
+
+
+def gemm_rows(device: torch.device) -> int:
+    """The multiple that token blocks on ``device`` are rounded to (``GEMM_ROWS``; else 1)."""
+    return GEMM_ROWS.get(device.type, 1)
 
 
 def acc_dtype(x: torch.Tensor) -> torch.dtype:

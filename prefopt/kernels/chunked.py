@@ -11,7 +11,8 @@ accumulation. Memory: O(``CHUNK_ELEMENTS``) beyond inputs and gradients.
 Frozen weight (the LoRA case) under autograd: the hidden-state gradient per unit of upstream
 gradient, ``(onehot(y) − softmax) · W``, is formed in the forward while each chunk's logits are
 still alive, and the backward only scales it by ``g`` row by row. That is two GEMM-sized passes
-instead of three (no recompute), for an ``(N, D)`` fp32 buffer kept until the backward.
+instead of three (no recompute), for an ``(N, D)`` buffer in the input dtype (each row an fp32
+GEMM's, rounded once) kept until the backward.
 """
 from __future__ import annotations
 
@@ -65,8 +66,8 @@ class _ChunkedLogprobs(torch.autograd.Function):
         acc = acc_dtype(hidden)
         lse = torch.empty(N, dtype=acc, device=hidden.device)
         out = torch.empty(N, dtype=acc, device=hidden.device)
-        jac = torch.empty(hidden.shape, dtype=acc, device=hidden.device) if grad_in_forward else None
-        chunk = block_rows(N, weight.shape[0], budget)
+        jac = torch.empty_like(hidden) if grad_in_forward else None  # each row rounded once (an fp32 GEMM's)
+        chunk = block_rows(N, weight.shape[0], budget, _backward.gemm_rows(hidden.device))
         rowwise = _rows.wanted(hidden.device, acc)
         for s in range(0, N, chunk):
             rows = slice(s, s + chunk)
@@ -87,19 +88,20 @@ class _ChunkedLogprobs(torch.autograd.Function):
             ctx.save_for_backward(jac)
         else:
             ctx.save_for_backward(hidden, weight, labels, lse)
-        ctx.budget, ctx.grad_in_forward, ctx.h_dtype = budget, grad_in_forward, hidden.dtype
+        ctx.budget, ctx.grad_in_forward = budget, grad_in_forward
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         if ctx.grad_in_forward:
             (jac,) = ctx.saved_tensors
-            grad_h = torch.empty(jac.shape, dtype=ctx.h_dtype, device=jac.device)
-            return torch.mul(jac, grad_out.to(jac.dtype)[:, None], out=grad_h), None, None, None, None
+            grad_h = torch.empty_like(jac)  # g · jac taken in g's fp32, rounded once
+            return torch.mul(jac, grad_out[:, None], out=grad_h), None, None, None, None
         hidden, weight, labels, lse = ctx.saved_tensors
         dlogits = _dlogits_rows if _rows.wanted(hidden.device, lse.dtype) else _dlogits
+        tile = _backward.gemm_rows(hidden.device)
         grad_h, grad_w = lm_head_backward(hidden, weight, labels, lse, grad_out, ctx.needs_input_grad[0],
-                                          ctx.needs_input_grad[1], dlogits, ctx.budget)
+                                          ctx.needs_input_grad[1], dlogits, ctx.budget, tiles=(tile, tile))
         return grad_h, grad_w, None, None, None
 
 
@@ -109,7 +111,7 @@ def chunked_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.T
 
     ``budget`` caps the logits alive at once, in elements (default ``CHUNK_ELEMENTS``, 2^24).
     ``grad_in_forward``: form the hidden-state gradient in the forward (two GEMM passes, not
-    three, plus an ``(N, D)`` fp32 buffer until the backward). ``None`` (default) does so when
+    three, plus an ``(N, D)`` buffer in the input dtype until the backward). ``None`` (default) does so when
     autograd will want only that gradient: grad mode on, ``hidden`` requiring grad, ``weight``
     not (a frozen head, as under LoRA). ``False`` always recomputes in the backward.
     """

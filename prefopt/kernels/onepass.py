@@ -58,7 +58,6 @@ def plan(pair_tokens: list[int], rows: int) -> list[tuple[int, int, int, int]]:
     return stages
 
 
-GEMM_ROWS = 128  # on CUDA, logits blocks are whole multiples of cuBLAS's row tile where one fits
 # On CUDA a stage holds the onehot − softmax of up to this many logits (128 MiB in bf16), its
 # blocks' together, and the two gradient GEMMs run once per stage: grad_W's (V, D) sum is read and
 # written once per stage, not once per block. With 128-token blocks at V=128256 that
@@ -72,9 +71,10 @@ STAGE_DEVICES = ("cuda",)  # elsewhere a stage is one block (a CPU's GEMMs are n
 
 def chunk_rows(budget: int | None, V: int, device: torch.device) -> int:
     """Tokens per logits block: ``budget`` (default ``CHUNK_ELEMENTS``) logits of width ``V``, rounded
-    down to a multiple of ``GEMM_ROWS`` on CUDA (130 rows would leave a nearly empty tile)."""
-    rows = max(1, (budget or _backward.CHUNK_ELEMENTS) // V)
-    return rows // GEMM_ROWS * GEMM_ROWS if device.type == "cuda" and rows >= GEMM_ROWS else rows
+    down to a multiple of ``_backward.gemm_rows`` where one fits (128 on CUDA: 130 rows would leave
+    a nearly empty tile)."""
+    rows, tile = max(1, (budget or _backward.CHUNK_ELEMENTS) // V), _backward.gemm_rows(device)
+    return rows // tile * tile if rows >= tile else rows
 
 
 def stage_rows(rows: int, V: int, device: torch.device) -> int:

@@ -106,7 +106,7 @@ def test_backward_blocks_are_whole_tiles():
     assert block_rows(100, 1000, 50_000, 16) == 48
     assert block_rows(100, 10**6, 1000, 16) == 16  # the budget fits less than one tile
     assert block_rows(10, 1000, 10**6, 16) == 10
-    assert block_rows(37, 1000, 7000) == 7  # the chunked path: any size
+    assert block_rows(37, 1000, 7000) == 7  # the chunked path on CPU: any size
 
 
 def _count_gemms(monkeypatch):
@@ -121,6 +121,35 @@ def _count_gemms(monkeypatch):
         return real(a, b, dtype)
     monkeypatch.setattr(chunked, "mm_acc", counted)
     return calls
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_chunked_blocks_are_whole_gemm_tiles_where_the_device_has_them(frozen, monkeypatch):
+    """On CUDA the chunked path's token blocks (forward, the frozen head's gradient in the
+    forward) and the backward's vocabulary slabs are whole multiples of cuBLAS's 128-row tile
+    (``_backward.GEMM_ROWS``; 130 tokens at V=128256 left a 2-token tile). Here the CPU is given
+    a tile of 8: for the 27 scored tokens, 11-token budget blocks become 8 and the backward's
+    20-row vocabulary slabs 16, and the values and gradients stay the naive path's."""
+    monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", 11 * 50)
+    monkeypatch.setattr("prefopt.kernels._backward.GEMM_ROWS", {"cpu": 8})
+    h, w, y, g = _case(torch.float32, V=50)
+    w.requires_grad_(not frozen)
+    M, D = int((y != -100).sum()), h.shape[1]
+    want = _run("naive", h, w, y, g)
+    import prefopt.kernels.chunked as chunked
+
+    products, mm_acc = [], chunked.mm_acc  # the shape of each product: (rows, columns)
+    monkeypatch.setattr(chunked, "mm_acc", lambda a, b, dtype: products.append((a.shape[0], b.shape[1])) or
+                        mm_acc(a, b, dtype))
+    got = _run("chunked", h, w, y, g)
+    assert M == 27
+    assert [r for r, c in products if c == 50] == [8, 8, 8, 3]  # the forward's logits blocks
+    if frozen:  # each block's hidden-state gradient in the forward, (block, V) · W
+        assert [r for r, c in products if c == D] == [8, 8, 8, 3]
+    else:  # the backward: each vocabulary slab's logits for all the tokens, h · slabᵀ
+        assert [c for r, c in products if r == M] == [16, 16, 16, 2]
+    for a, b in zip(want, got):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-5))
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
@@ -147,6 +176,23 @@ def test_frozen_head_forms_the_hidden_gradient_in_the_forward(dtype, tol, monkey
     (chunked_logprobs(h[keep], w, y[keep], budget=7000, grad_in_forward=False) * g[keep]).sum().backward()
     assert len(calls) == 2 * chunks + chunks + chunks  # recompute in the backward: one more pass
     assert ((h.grad.float() - grad_early.float()).abs().max() / scale) < tol
+
+
+def test_the_frozen_heads_buffer_is_in_the_input_dtype():
+    """The hidden-state gradient formed in the forward is kept in the input dtype (bf16: half
+    of fp32's (N, D), 128 MiB instead of 256 at D=4096, N=16384), rounded once from each
+    chunk's fp32 GEMM; the backward scales it in fp32 and rounds once more. Against an fp64
+    reference that is as close as bf16 allows."""
+    h, w, y, g = _case(torch.float64)
+    keep = y != -100
+    h, y, g, w = h[keep].detach().requires_grad_(), y[keep], g[keep], w.detach()
+    (want,) = torch.autograd.grad((torch.log_softmax(h @ w.T, -1).gather(-1, y[:, None]) * g[:, None]).sum(), h)
+    hb = h.detach().bfloat16().requires_grad_()
+    lp = chunked_logprobs(hb, w.bfloat16(), y, budget=7000)
+    (buffer,) = lp.grad_fn.saved_tensors
+    assert buffer.dtype == torch.bfloat16 and buffer.shape == hb.shape
+    (got,) = torch.autograd.grad((lp * g.float()).sum(), hb)
+    assert got.dtype == torch.bfloat16 and (got.double() - want).abs().max() / want.abs().max() < 1e-2
 
 
 def test_grad_in_forward_only_where_autograd_wants_the_hidden_gradient_alone(monkeypatch):
