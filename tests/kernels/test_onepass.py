@@ -35,6 +35,22 @@ def _run(h, w, y, ref, loss, scale=1.0, **kw):
     return out, lp, grads
 
 
+def _staged(monkeypatch, block, stage, rowwise=None):
+    """Logits blocks of ``block`` tokens and, where ``stage``, stages of that many on the CPU too
+    (as on CUDA); ``rowwise``: force the Triton row kernels (interpreted) or PyTorch's ops."""
+    if rowwise == "triton":
+        from tests.kernels._interpreter import interpreter_problem
+
+        if interpreter_problem():
+            pytest.skip(interpreter_problem())
+    if rowwise:
+        monkeypatch.setattr("prefopt.kernels._rows.ROWWISE", rowwise)
+    monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", block * V)
+    if stage:
+        monkeypatch.setattr(onepass, "STAGE_DEVICES", ("cpu",))
+        monkeypatch.setattr(onepass, "GRAD_ELEMENTS", stage * V)
+
+
 @pytest.mark.parametrize("rows", [None, 13, 4])  # one chunk; pairs of 12, 3 and 12 tokens in 3 chunks; two pairs too long
 @pytest.mark.parametrize("loss", sorted(KW))
 def test_one_pass_equals_the_naive_loss_and_gradients(loss, rows, monkeypatch):
@@ -102,12 +118,9 @@ def test_bf16_weight_gradient_in_fp32_or_rounded_per_chunk(large, staged, monkey
     rounding per chunk (a head larger than SUM_ELEMENTS); both within bf16 tolerance of the
     fp64 gradients. ``staged``: ``onehot − softmax`` kept in a bf16 stage (as on CUDA) and scaled
     by each token's gradient on the D-wide side."""
-    monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", 4 * V)
+    _staged(monkeypatch, 4, 16 if staged else 0)
     if large:
         monkeypatch.setattr("prefopt.kernels._backward.SUM_ELEMENTS", 100)
-    if staged:
-        monkeypatch.setattr(onepass, "STAGE_DEVICES", ("cpu",))
-        monkeypatch.setattr(onepass, "GRAD_ELEMENTS", 16 * V)
     h, w, y, ref = _case()
     _, _, want = _run(h, w, y, ref, "sigmoid", impl="naive")
     hb, wb = (t.detach().bfloat16().requires_grad_() for t in (h, w))
@@ -214,15 +227,7 @@ def test_a_batch_with_no_scored_tokens(monkeypatch):
 def test_staged_gradient_gemms_run_once_per_stage(rowwise, monkeypatch):
     """Where dlogits are staged (CUDA; here CPU too), chunks of 4 tokens share a stage of 8: the
     gradient GEMMs run once per stage, not per chunk, with the naive loss's values and gradients."""
-    if rowwise == "triton":
-        from tests.kernels._interpreter import interpreter_problem
-
-        if interpreter_problem():
-            pytest.skip(interpreter_problem())
-    monkeypatch.setattr("prefopt.kernels._rows.ROWWISE", rowwise)
-    monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", 4 * V)
-    monkeypatch.setattr(onepass, "STAGE_DEVICES", ("cpu",))
-    monkeypatch.setattr(onepass, "GRAD_ELEMENTS", 8 * V)
+    _staged(monkeypatch, 4, 8, rowwise)
     assert onepass.stage_rows(4, V, torch.device("cpu")) == 8
     h, w, y, ref = _case(torch.float32)
     _, _, want = _run(h, w, y, ref, "sigmoid", impl="naive")
@@ -247,15 +252,7 @@ def test_pairs_longer_than_a_block_are_computed_once_within_a_stage(rowwise, mon
     and the gradient GEMMs run once per stage; values and gradients equal the naive loss's."""
     from prefopt.losses import PAIR_GRADS
 
-    if rowwise == "triton":
-        from tests.kernels._interpreter import interpreter_problem
-
-        if interpreter_problem():
-            pytest.skip(interpreter_problem())
-    monkeypatch.setattr("prefopt.kernels._rows.ROWWISE", rowwise)
-    monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", 4 * V)
-    monkeypatch.setattr(onepass, "STAGE_DEVICES", ("cpu",))
-    monkeypatch.setattr(onepass, "GRAD_ELEMENTS", 16 * V)
+    _staged(monkeypatch, 4, 16, rowwise)
     h, w, y, ref = _case(torch.float32)
     assert onepass.plan([12, 3, 12], 16) == [(0, 15, 0, 2), (15, 27, 2, 3)]
     _, _, want = _run(h, w, y, ref, "sigmoid", impl="naive")
