@@ -306,15 +306,18 @@ def test_no_copy_of_all_scored_hidden_states(monkeypatch):
     assert torch.allclose(got, h.grad, atol=1e-6) and got[:, -1].abs().max() == 0
 
 
-def test_one_logits_block_alive_at_a_time_without_a_stage(monkeypatch):
-    """Where there is no stage (CPU), an fp32 chunk's dlogits are formed in place in its logits
-    block and back-propagated from there: one (rows, V) block alive at a time, as before staging
-    (a separate one-chunk stage had two, +39 MiB in bench_logprobs.py's CPU onepass row)."""
+@pytest.mark.parametrize("staged", [False, True])
+def test_one_logits_block_alive_at_a_time(staged, monkeypatch):
+    """Where there is no stage (CPU), an fp32 block's ``onehot − softmax`` is formed in place in
+    its logits and back-propagated from there: one (rows, V) block alive at a time (a separate
+    one-block stage had two, +39 MiB in bench_logprobs.py's CPU onepass row). With a stage (CUDA;
+    4-token blocks, 16-token stages here), the stage and one block: a block is freed before the
+    next one's GEMM (a first version of the stages kept it, +63 MiB at Llama's head)."""
     import weakref
 
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", 13 * V)
+    _staged(monkeypatch, 4 if staged else 13, 16 if staged else 0)
     h, w, y, ref = _case(torch.float32)
     weight = w.untyped_storage().data_ptr()  # Wᵀ is (D, V): not a block
 
@@ -331,7 +334,9 @@ def test_one_logits_block_alive_at_a_time_without_a_stage(monkeypatch):
             return out
     with Blocks() as mode:
         out, _ = fused_preference_loss(h, w, y, *ref, reduction="sum", one_pass=True)
-    assert onepass.stage_rows(13, V, h.device) == 13 and mode.alive and mode.most == 1
+    rows = 4 if staged else 13
+    assert onepass.stage_rows(rows, V, h.device) == (16 if staged else 13) and mode.alive
+    assert mode.most == (2 if staged else 1)
     out.losses.backward()
     assert h.grad.abs().max() > 0 and w.grad.abs().max() > 0
 
