@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import prefopt.kernels.onepass as onepass
 from prefopt.kernels import fused_preference_loss, resolve_impl, sequence_logprobs
 from prefopt.losses import PreferenceLogps, preference_loss
 
@@ -360,13 +361,18 @@ def test_gpu_real_head_sizes(dtype, tol, N, V, need, sum_rows, impl, monkeypatch
 
 @pytest.mark.gpu
 @cuda
+@pytest.mark.parametrize("B,T", [(16, 96), (3, 400), (2, 700)])
 @pytest.mark.parametrize("frozen", [False, True])
-def test_gpu_one_pass_at_smollm2_head(frozen):
-    """Compiled row kernels (the CUDA default for the one-pass loss) at SmolLM2's head, bf16,
-    several chunks: the fp32 naive loss's value and gradients within bf16 tolerance."""
+def test_gpu_one_pass_at_smollm2_head(frozen, B, T):
+    """Compiled row kernels (the CUDA default for the one-pass loss) at SmolLM2's head, bf16:
+    256-token blocks in 1280-token stages. Pairs of about 186 scored tokens (several a stage,
+    blocks across them), about 794 (longer than a block: one a stage) and about 1394 (longer than
+    a stage: two walks). The fp32 naive loss's value and gradients within bf16 tolerance."""
     from prefopt.kernels._rows import wanted as _rowwise
 
-    h, w, y, ref = _pairs(torch.bfloat16, B=16, T=96, D=576, V=49152, device="cuda")
+    assert onepass.chunk_rows(None, 49152, torch.device("cuda")) == 256
+    assert onepass.stage_rows(256, 49152, torch.device("cuda")) == 1280
+    h, w, y, ref = _pairs(torch.bfloat16, B=B, T=T, D=576, V=49152, device="cuda")
     exact = _loss_grads(h.detach().float().requires_grad_(), w.detach().float().requires_grad_(), y, ref, impl="naive")
     w.requires_grad_(not frozen)
     h.grad = w.grad = None
