@@ -24,10 +24,10 @@ import statistics
 import time
 
 
-def per_chunk(loss: str, closed_form: bool, pairs: int, reps: int, stage: int = 0) -> tuple[float, float]:
-    """``(median seconds, aten operations)`` per pair (a block) of ``reps`` forward + backward runs (after
-    two warm-ups; the operations counted in one more). ``stage``: pairs per stage of the staged
-    gradient GEMMs (as on CUDA), or 0 for none (the CPU's way)."""
+def per_pair(loss: str, closed_form: bool, pairs: int, reps: int, stage: int = 0) -> tuple[float, float]:
+    """``(median seconds, aten operations)`` per pair (a block) of ``reps`` forward + backward
+    runs (after two warm-ups; the operations counted in one more). ``stage``: pairs per stage of
+    the staged gradient GEMMs (as on CUDA), or 0 for none (the CPU's way)."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -88,7 +88,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    rows = [(name, per_chunk(a.loss, closed, a.pairs, a.reps, a.stage)) for name, closed in
+    rows = [(name, per_pair(a.loss, closed, a.pairs, a.reps, a.stage)) for name, closed in
             (("by autograd", False), ("in closed form", True))]
     staged = f", stages of {a.stage} pairs" if a.stage else ""
     print(f"one-pass {a.loss} loss, {a.pairs} pairs of 128 tokens{staged}, D=16 V=64, CPU, "

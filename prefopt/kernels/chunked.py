@@ -111,9 +111,9 @@ def chunked_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.T
 
     ``budget`` caps the logits alive at once, in elements (default ``CHUNK_ELEMENTS``, 2^24).
     ``grad_in_forward``: form the hidden-state gradient in the forward (two GEMM passes, not
-    three, plus an ``(N, D)`` buffer in the input dtype until the backward). ``None`` (default) does so when
-    autograd will want only that gradient: grad mode on, ``hidden`` requiring grad, ``weight``
-    not (a frozen head, as under LoRA). ``False`` always recomputes in the backward.
+    three, plus an ``(N, D)`` buffer in the input dtype until the backward). ``None`` (default)
+    does so when autograd will want only that gradient: grad mode on, ``hidden`` requiring grad,
+    ``weight`` not (a frozen head, as under LoRA). ``False`` always recomputes in the backward.
     """
     wants_h_only = torch.is_grad_enabled() and hidden.requires_grad and not weight.requires_grad
     if grad_in_forward is None:

@@ -103,7 +103,7 @@ class _OnePass(torch.autograd.Function):
         M, V = labels.numel(), weight.shape[0]
         logp = torch.empty(M, dtype=acc, device=device)  # each token's, summed into sums a stage at a time
         lse = torch.empty(min(M, rows), dtype=acc, device=device)  # one block's
-        ones = torch.ones(min(M, rows), dtype=acc, device=device)
+        ones = torch.ones(min(M, rows), dtype=acc, device=device) if rowwise else None  # the row kernel's g
         grad_h = torch.empty(M, hidden.shape[-1], dtype=hidden.dtype, device=device) if need_h else None
         exact = weight.dtype == acc or weight.numel() <= _backward.SUM_ELEMENTS
         grad_w = torch.zeros(weight.shape, dtype=acc if exact else weight.dtype, device=weight.device) if need_w else None

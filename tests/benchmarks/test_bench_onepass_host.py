@@ -18,7 +18,7 @@ def test_both_rows_are_timed_and_counted_and_the_settings_restored():
     ops = {}
     for stage in (0, 3):
         for closed in (False, True):
-            sec, ops[stage, closed] = mod.per_chunk("rpo", closed, pairs=3, reps=1, stage=stage)
+            sec, ops[stage, closed] = mod.per_pair("rpo", closed, pairs=3, reps=1, stage=stage)
             assert sec > 0 and ops[stage, closed] > 10
             assert (dict(PAIR_GRADS), backward.CHUNK_ELEMENTS, onepass.STAGE_DEVICES, onepass.GRAD_ELEMENTS) == before
     assert ops[0, True] < ops[0, False] and ops[3, True] < ops[3, False]  # the closed form spares autograd's
