@@ -107,7 +107,8 @@ class _ChunkedLogprobs(torch.autograd.Function):
 
 def chunked_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                      budget: int | None = None, grad_in_forward: bool | None = None) -> torch.Tensor:
-    """``hidden`` (N, D), ``weight`` (V, D), ``labels`` (N,) → fp32 log-probs (N,).
+    """``hidden`` (N, D), ``weight`` (V, D), ``labels`` (N,) in ``[0, V)`` (unchecked here; the
+    entry points check) → fp32 log-probs (N,).
 
     ``budget`` caps the logits alive at once, in elements (default ``CHUNK_ELEMENTS``, 2^24).
     ``grad_in_forward``: form the hidden-state gradient in the forward (two GEMM passes, not

@@ -170,7 +170,8 @@ class _TritonLogprobs(torch.autograd.Function):
 
 def triton_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                     blocks: dict | None = None, budget: int | None = None) -> torch.Tensor:
-    """``hidden`` (N, D), ``weight`` (V, D), ``labels`` (N,) → fp32 log-probs (N,).
+    """``hidden`` (N, D), ``weight`` (V, D), ``labels`` (N,) in ``[0, V)`` (unchecked here: one
+    outside gets ``−logsumexp``; the entry points check) → fp32 log-probs (N,).
 
     ``blocks`` overrides the tiles (``BLOCK_N``, ``BLOCK_V``, ``BLOCK_D``; each ≥ 16), the
     forward's vocabulary ``splits``, the launch ``order`` (``"vocab"``: a token block's

@@ -75,6 +75,40 @@ def test_all_ignored_gives_zeros_and_bad_impl_is_refused():
         sequence_logprobs(h, w, y, impl="magic")
 
 
+@pytest.mark.parametrize("entry", ["naive", "chunked", "triton", "fused", "onepass", "nll_sum", "onepass_nll"])
+def test_a_label_outside_the_vocabulary_is_refused_by_name(entry):
+    """A scored label outside ``[0, V)`` (a tokenizer with tokens the head lacks; a wrong
+    ignore_index) is refused before any work, naming its position and value, by every entry
+    point and implementation: the Triton kernels would otherwise return a wrong log-prob
+    silently. ``ignore_index`` itself, whatever its value, passes."""
+    from prefopt.kernels import fused_preference_loss, nll_sum
+
+    if entry == "triton":
+        from tests.kernels._interpreter import interpreter_problem
+
+        if interpreter_problem():
+            pytest.skip(interpreter_problem())
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(4, 6, 8, generator=g, requires_grad=True)
+    w = torch.randn(20, 8, generator=g, requires_grad=True)
+    y = torch.randint(0, 20, (4, 6), generator=g)
+    y[:, :2] = -1  # prompts, under a non-default ignore_index
+    ref = torch.zeros(2)
+    run = {"fused": lambda y: fused_preference_loss(h, w, y, ref, ref, ignore_index=-1, one_pass=False),
+           "onepass": lambda y: fused_preference_loss(h, w, y, ref, ref, ignore_index=-1, reduction="sum",
+                                                      one_pass=True),
+           "nll_sum": lambda y: nll_sum(h, w, y, ignore_index=-1, one_pass=False),
+           "onepass_nll": lambda y: nll_sum(h, w, y, ignore_index=-1, one_pass=True),
+           }.get(entry, lambda y: sequence_logprobs(h, w, y, ignore_index=-1, impl=entry))
+    run(y)  # every label in range, -1 ignored
+    for bad in (20, -100):  # one past the head; the default ignore_index, not this call's
+        y2 = y.clone()
+        y2[2, 4] = bad
+        with pytest.raises(ValueError, match=rf"labels\[2, 4\] = {bad}: not a token of the lm_head's vocabulary "
+                                             r"\[0, 20\) nor ignore_index \(-1\)"):
+            run(y2)
+
+
 def test_chunked_gradcheck_float64():
     g = torch.Generator().manual_seed(1)
     h = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)
