@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from ._tokens import check_labels, scored
+from ._tokens import check_inputs, scored
 from .chunked import chunked_logprobs
 from .fused import fused_preference_loss, nll_sum
 from .naive import naive_logprobs
@@ -69,7 +69,7 @@ def sequence_logprobs(
     if torch.is_autocast_enabled(device):  # the lm_head matmul in autocast's dtype, as F.linear would
         dt = torch.get_autocast_dtype(device)
         hidden, weight = hidden.to(dt), weight.to(dt)
-    check_labels(labels, weight.shape[0], ignore_index)
+    check_inputs(hidden, weight, labels, ignore_index)
     index, h, y = scored(hidden, labels, ignore_index)  # the scored tokens, before any matmul
     if not y.numel():
         return torch.zeros(labels.shape, dtype=torch.float32, device=labels.device) + 0 * hidden.sum()  # keeps the graph

@@ -41,7 +41,7 @@ import torch
 
 from . import _backward, _rows
 from ._backward import _add_mm, acc_dtype, mm_acc
-from ._tokens import check_labels
+from ._tokens import check_inputs
 from .chunked import _exp_rows_, _softmax_grad_
 
 
@@ -216,7 +216,7 @@ def onepass_nll(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
                 budget: int | None = None) -> torch.Tensor:
     """``−Σ log p(label)`` over the scored tokens (SFT's summed loss) with the lm_head gradients
     formed in the forward. ``hidden`` (..., D), ``labels`` (...) aligned with it."""
-    check_labels(labels, weight.shape[0], ignore_index)
+    check_inputs(hidden, weight, labels, ignore_index)
     index = (labels != ignore_index).nonzero(as_tuple=True)
     y = labels[index]
     rows = chunk_rows(budget, weight.shape[0], hidden.device)
@@ -246,7 +246,7 @@ def onepass_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
     ``sums`` (2B,) in closed form; without it each stage asks autograd (some 20 more small
     operations a stage, which on a GPU cost host time).
     """
-    check_labels(labels, weight.shape[0], ignore_index)
+    check_inputs(hidden, weight, labels, ignore_index)
     R = hidden.shape[0]
     B = R // 2
     rows = chunk_rows(budget, weight.shape[0], hidden.device)

@@ -28,6 +28,7 @@ import sys
 import torch
 
 from ._backward import lm_head_backward
+from ._tokens import check_shapes
 
 # 128x128 tiles with 64-wide steps of D, 8 warps: on sm_90 this compiles to wgmma fed by 16-byte
 # asynchronous copies, 3 stages deep, with no register spills; with 4 warps it spills
@@ -179,6 +180,7 @@ def triton_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     CUDA, ``num_warps``/``num_stages``. ``budget`` caps
     the dlogits block of the backward, in elements (default ``_backward.CHUNK_ELEMENTS``).
     """
+    check_shapes(hidden, weight, labels)  # a wrong width would be read with the wrong stride, silently
     if hidden.dtype not in (torch.float32, torch.bfloat16, torch.float16) or weight.dtype != hidden.dtype:
         raise TypeError(f"triton log-probs need matching fp32/bf16/fp16 inputs, got {hidden.dtype} and {weight.dtype}")
     if not available(hidden.device):

@@ -109,6 +109,39 @@ def test_a_label_outside_the_vocabulary_is_refused_by_name(entry):
             run(y2)
 
 
+@pytest.mark.parametrize("impl", ["naive", "chunked", "triton", "raw triton"])
+def test_inputs_the_kernels_would_misread_are_refused(impl):
+    """A width that differs from the head's, labels shaped unlike ``hidden`` (not aligned), float
+    labels and a weight that is not (V, D) are refused with the shapes named. Before, the Triton
+    path returned log-probs for the first three (a width read with the wrong stride, the
+    positions the labels happen to cover, labels cast), and the others did for misaligned labels."""
+    if "triton" in impl:
+        from tests.kernels._interpreter import interpreter_problem
+
+        if interpreter_problem():
+            pytest.skip(interpreter_problem())
+    h, w, y = torch.randn(5, 16), torch.randn(20, 16), torch.tensor([1, 2, 3, 3, 4])
+
+    def run(h, w, y):
+        if impl == "raw triton":
+            from prefopt.kernels.triton_logprobs import triton_logprobs
+
+            return triton_logprobs(h, w, y)
+        return sequence_logprobs(h, w, y, impl=impl)
+    for args, err, match in [
+        ((h, torch.randn(20, 12), y), ValueError, r"hidden \(5, 16\) must end in the lm_head's width D = 12"),
+        ((h, w, y[:4]), ValueError, r"labels \(4,\) must be shaped like hidden without its last dimension, \(5,\)"),
+        ((h, w, y.float()), TypeError, "labels must be integer token ids, got torch.float32"),
+        ((h, w[None], y), ValueError, r"weight must be the \(V, D\) lm_head weight, got shape \(1, 20, 16\)"),
+    ]:
+        with pytest.raises(err, match=match):
+            run(*args)
+    assert run(h, w, y).shape == (5,)
+    if impl != "raw triton":  # (R, T, D) with (R, T - 1) labels: the shift forgotten on one side
+        with pytest.raises(ValueError, match=r"labels \(2, 4\) must be shaped like hidden"):
+            run(torch.randn(2, 5, 16), w, torch.randint(0, 20, (2, 4)))
+
+
 def test_chunked_gradcheck_float64():
     g = torch.Generator().manual_seed(1)
     h = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)
