@@ -77,11 +77,20 @@ def register_loss(name: str, *, reference_free: bool = False, pairwise: bool = F
 
 
 def check_loss(name: str, lp: PreferenceLogps) -> None:
-    """The errors ``preference_loss`` gives before it computes: an unknown name, missing references."""
+    """The errors ``preference_loss`` gives before it computes: an unknown name, missing
+    references, per-pair entries that are not all ``(B,)`` (a ``(B, 1)`` reference would
+    broadcast against ``(B,)`` log-probs into a ``(B, B)`` loss without a word)."""
     if name not in LOSSES:
         raise ValueError(f"unknown preference loss {name!r}; registered: {sorted(LOSSES)}")
     if name not in REFERENCE_FREE and (lp.ref_chosen is None or lp.ref_rejected is None):
         raise ValueError(f"loss {name!r} needs reference log-probs")
+    if lp.chosen.dim() != 1:
+        raise ValueError(f"chosen log-probs must be (B,), one per pair, got shape {tuple(lp.chosen.shape)}")
+    for field in ("rejected", "ref_chosen", "ref_rejected", "chosen_tokens", "rejected_tokens"):
+        t = getattr(lp, field)
+        if t is not None and t.shape != lp.chosen.shape:
+            raise ValueError(f"{field} has shape {tuple(t.shape)} where chosen has {tuple(lp.chosen.shape)}: every "
+                             "per-pair entry is one value per pair (the reference log-probs: one sum per pair)")
 
 
 def preference_loss(name: str, lp: PreferenceLogps, **hparams) -> LossOutput:

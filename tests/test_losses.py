@@ -196,3 +196,28 @@ class TestTRLParity:
             if n == "model.embed_tokens.weight":
                 g_ours, g_trl = g_ours[keep], g_trl[keep]
             assert (g_ours - g_trl).abs().max().item() < 1e-5, n
+
+
+def test_per_pair_entries_must_all_be_one_per_pair():
+    """A (B, 1) reference would broadcast against (B,) log-probs into a (B, B) loss, and a (1,)
+    one over the batch, without a word: ``preference_loss`` refuses both, naming the entry, and
+    ``fused_preference_loss`` names its own argument (a 0-dim one included)."""
+    from prefopt.kernels import fused_preference_loss
+
+    two = _lp(chosen=torch.tensor([-10.0, -9.0]), rejected=torch.tensor([-12.0, -11.0]),
+              ref_chosen=torch.tensor([-11.0, -10.0]), ref_rejected=torch.tensor([-11.0, -10.0]),
+              chosen_tokens=torch.tensor([4.0, 4.0]), rejected_tokens=torch.tensor([5.0, 5.0]))
+    assert preference_loss("sigmoid", two).losses.shape == (2,)
+    for field, bad in (("ref_chosen", torch.zeros(2, 1)), ("ref_rejected", torch.zeros(1)),
+                       ("rejected", torch.zeros(3)), ("chosen_tokens", torch.ones(2, 1))):
+        with pytest.raises(ValueError, match=rf"{field} has shape \({', '.join(map(str, bad.shape))},?\) where chosen "
+                                             r"has \(2,\)"):
+            preference_loss("sigmoid", PreferenceLogps(**{**two.__dict__, field: bad}))
+    with pytest.raises(ValueError, match=r"chosen log-probs must be \(B,\), one per pair, got shape \(2, 1\)"):
+        preference_loss("sigmoid", PreferenceLogps(**{**two.__dict__, "chosen": torch.zeros(2, 1)}))
+    h, w, y = torch.randn(4, 5, 8, requires_grad=True), torch.randn(20, 8), torch.randint(0, 20, (4, 5))
+    for one_pass in (False, True):
+        for bad in (torch.zeros(2, 1), torch.tensor(0.0)):
+            with pytest.raises(ValueError, match=rf"ref_rejected_logps must be \(2,\), one reference log-prob sum "
+                                                 rf"per pair of the 4 rows, got shape \({', '.join(map(str, bad.shape))}"):
+                fused_preference_loss(h, w.requires_grad_(), y, torch.zeros(2), bad, reduction="sum", one_pass=one_pass)

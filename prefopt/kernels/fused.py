@@ -72,6 +72,10 @@ def fused_preference_loss(
         raise ValueError(f"reduction must be 'none' or 'sum', got {reduction!r}")
     counts = (labels != ignore_index).sum(-1)
     B = counts.shape[0] // 2
+    for arg, ref in (("ref_chosen_logps", ref_chosen_logps), ("ref_rejected_logps", ref_rejected_logps)):
+        if ref is not None and tuple(ref.shape) != (B,):
+            raise ValueError(f"{arg} must be ({B},), one reference log-prob sum per pair of the {2 * B} rows, "
+                             f"got shape {tuple(ref.shape)}")
     chosen_tokens = counts[:B].sum().clamp(min=1)
 
     def logps(sums: torch.Tensor, pairs: slice = slice(None), nll_scale: float = 1.0) -> PreferenceLogps:
