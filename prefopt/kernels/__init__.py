@@ -35,7 +35,8 @@ def resolve_impl(device: torch.device, impl: str | None = None) -> str:
     if name == "auto":
         return "triton" if device.type == "cuda" and triton_available(device) else "chunked"
     if name not in IMPLS:
-        raise ValueError(f"unknown log-prob implementation {name!r}; choose from {sorted(IMPLS)} or 'auto'")
+        source = "" if impl else " (from $PREFOPT_LOGPROBS)"
+        raise ValueError(f"unknown log-prob implementation {name!r}{source}; choose from {sorted(IMPLS)} or 'auto'")
     return name
 
 

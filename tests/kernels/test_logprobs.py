@@ -68,11 +68,14 @@ def test_frozen_weight_and_batched_shapes():
     assert torch.allclose(lp.reshape(-1)[y != -100], ref[y != -100], atol=1e-5)
 
 
-def test_all_ignored_gives_zeros_and_bad_impl_is_refused():
+def test_all_ignored_gives_zeros_and_bad_impl_is_refused(monkeypatch):
     h, w, y, _ = _case(torch.float32)
     assert torch.equal(sequence_logprobs(h, w, torch.full_like(y, -100)), torch.zeros(37))
-    with pytest.raises(ValueError, match="unknown log-prob implementation"):
+    with pytest.raises(ValueError, match=r"unknown log-prob implementation 'magic'; choose from"):
         sequence_logprobs(h, w, y, impl="magic")
+    monkeypatch.setenv("PREFOPT_LOGPROBS", "magic")  # the variable named where the name came from it
+    with pytest.raises(ValueError, match=r"'magic' \(from \$PREFOPT_LOGPROBS\); choose from"):
+        sequence_logprobs(h, w, y)
 
 
 @pytest.mark.parametrize("entry", ["naive", "chunked", "triton", "fused", "onepass", "nll_sum", "onepass_nll"])
