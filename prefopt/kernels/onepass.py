@@ -200,8 +200,11 @@ def wanted(asked: bool | None, hidden: torch.Tensor, weight: torch.Tensor, impl:
     log-probs would take the chunked path (measured there: benchmarks/bench_logprobs.py)."""
     from . import resolve_impl
 
-    if asked is None and os.environ.get("PREFOPT_ONEPASS") in ("0", "1"):
-        asked = os.environ["PREFOPT_ONEPASS"] == "1"
+    env = os.environ.get("PREFOPT_ONEPASS", "")
+    if env not in ("", "0", "1"):
+        raise ValueError(f"$PREFOPT_ONEPASS must be 0 or 1 (or unset), got {env!r}")
+    if asked is None and env:
+        asked = env == "1"
     if asked is False or not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
         return False  # no gradients wanted: the per-token forward is all there is to do
     return asked or (weight.requires_grad and resolve_impl(hidden.device, impl) == "chunked")

@@ -159,6 +159,9 @@ def test_when_the_gradients_are_formed_in_the_forward(monkeypatch):
     assert not _one_pass(None, "sigmoid", h, w, None)
     monkeypatch.setenv("PREFOPT_ONEPASS", "1")
     assert _one_pass(None, "sigmoid", h, w.detach(), "naive")
+    monkeypatch.setenv("PREFOPT_ONEPASS", "true")  # not silently the default
+    with pytest.raises(ValueError, match=r"\$PREFOPT_ONEPASS must be 0 or 1 \(or unset\), got 'true'"):
+        _one_pass(None, "sigmoid", h, w, None)
     monkeypatch.delenv("PREFOPT_ONEPASS")
 
     @register_loss("test_batch_coupled")
