@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..losses import PAIR_GRADS, PAIRWISE, LossOutput, PreferenceLogps, check_loss, preference_loss
+from ._tokens import check_shapes
 
 
 def fused_preference_loss(
@@ -70,6 +71,7 @@ def fused_preference_loss(
         raise ValueError(f"hidden must be (2B, T, D) with chosen rows then rejected rows, got {tuple(hidden.shape)}")
     if reduction not in ("none", "sum"):
         raise ValueError(f"reduction must be 'none' or 'sum', got {reduction!r}")
+    check_shapes(hidden, weight, labels)  # before B is read from the labels
     counts = (labels != ignore_index).sum(-1)
     B = counts.shape[0] // 2
     for arg, ref in (("ref_chosen_logps", ref_chosen_logps), ("ref_rejected_logps", ref_rejected_logps)):

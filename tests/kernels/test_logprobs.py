@@ -143,6 +143,12 @@ def test_inputs_the_kernels_would_misread_are_refused(impl):
     if impl != "raw triton":  # (R, T, D) with (R, T - 1) labels: the shift forgotten on one side
         with pytest.raises(ValueError, match=r"labels \(2, 4\) must be shaped like hidden"):
             run(torch.randn(2, 5, 16), w, torch.randint(0, 20, (2, 4)))
+    if impl == "naive":  # the fused loss says so too, before it reads the batch size from the labels
+        from prefopt.kernels import fused_preference_loss
+
+        with pytest.raises(ValueError, match=r"labels \(2, 5\) must be shaped like hidden without its last dimension, "
+                                             r"\(4, 5\)"):
+            fused_preference_loss(torch.randn(4, 5, 16), w, torch.randint(0, 20, (2, 5)), torch.zeros(2), torch.zeros(2))
 
 
 def test_chunked_gradcheck_float64():
