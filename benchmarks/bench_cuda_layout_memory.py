@@ -58,42 +58,38 @@ def cuda_layout() -> dict:
     return {"gemm_rows": backward.gemm_rows(torch.device("cpu"))}
 
 
-class LiveTensors:
+def live_tensors(inputs):
     """A dispatch mode that tracks the storage of every tensor an operation returns while any
     tensor on it is alive: the peak of their sum is what a caching allocator would count (the
     storage of ``inputs``, views of them included, excluded), and what was alive at that peak,
-    largest first."""
+    largest first (``at_peak``: (bytes, shape, dtype))."""
+    import weakref
 
-    def __new__(cls, inputs):
-        import weakref
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
 
-        from torch.utils._python_dispatch import TorchDispatchMode
+    class LiveTensors(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.refs, self.sizes, self.peak, self.at_peak = {}, {}, 0, []
+            self.inputs = {t.untyped_storage().data_ptr() for t in inputs}
 
-        class Mode(TorchDispatchMode):
-            def __init__(self):
-                super().__init__()
-                self.refs, self.sizes, self.peak, self.at_peak = {}, {}, 0, []
-                self.inputs = {t.untyped_storage().data_ptr() for t in inputs}
-
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                import torch
-
-                for t in out if isinstance(out, (tuple, list)) else (out,):
-                    if isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.untyped_storage().nbytes():
-                        key = t.untyped_storage().data_ptr()
-                        if key in self.inputs:
-                            continue
-                        self.refs.setdefault(key, []).append((weakref.ref(t), tuple(t.shape), str(t.dtype)))
-                        self.sizes[key] = t.untyped_storage().nbytes()
-                live = {k: v for k, v in self.refs.items() if any(r() is not None for r, _, _ in v)}
-                self.refs = live
-                total = sum(self.sizes[k] for k in live)
-                if total > self.peak:
-                    self.peak = total
-                    self.at_peak = sorted(((self.sizes[k], v[0][1], v[0][2]) for k, v in live.items()), reverse=True)
-                return out
-        return Mode()
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.untyped_storage().nbytes():
+                    key = t.untyped_storage().data_ptr()
+                    if key in self.inputs:
+                        continue
+                    self.refs.setdefault(key, []).append((weakref.ref(t), tuple(t.shape), str(t.dtype)))
+                    self.sizes[key] = t.untyped_storage().nbytes()
+            self.refs = {k: v for k, v in self.refs.items() if any(r() is not None for r, _, _ in v)}
+            total = sum(self.sizes[k] for k in self.refs)
+            if total > self.peak:
+                self.peak = total
+                self.at_peak = sorted(((self.sizes[k], v[0][1], v[0][2]) for k, v in self.refs.items()), reverse=True)
+            return out
+    return LiveTensors()
 
 
 def worker(name: str, N: int, D: int, V: int, seq_len: int, tensors: int = 0) -> dict:
@@ -110,7 +106,7 @@ def worker(name: str, N: int, D: int, V: int, seq_len: int, tensors: int = 0) ->
     fn = bl._method(method, seq_len)
     grads = (h.numel() + w.numel() * w.requires_grad) * h.element_size()
     if tensors:  # the tensors' own count, slower (every operation checks what is alive)
-        with LiveTensors((h, w, y, up)) as mode:
+        with live_tensors((h, w, y, up)) as mode:
             t0 = time.perf_counter()
             fn(h, w, y, up)
             seconds = time.perf_counter() - t0

@@ -7,10 +7,10 @@ and rejected rewards. Register your own with :func:`register_loss`.
 
 Every built-in loss is *pairwise*: example i's loss depends only on pair i's fields and on
 ``chosen_nll``, the batch mean of the chosen tokens' NLL, which is linear in the log-probs.
-``prefopt.kernels.onepass`` relies on that to form the lm_head gradients chunk by chunk in
+``prefopt.kernels.onepass`` relies on that to form the lm_head gradients stage by stage in
 the forward; a loss registered without ``pairwise=True`` takes the per-token path. Each
 built-in loss also has its gradient in closed form (``PAIR_GRADS``), which spares the one-pass
-kernel an autograd call per chunk.
+kernel an autograd call per stage.
 
 Conventions (TRL's, see docs/dpo.md): logps are sums over response tokens; rewards are
 ``beta * (policy - reference)`` for the reference-based losses and ``beta * mean token
@@ -116,7 +116,7 @@ def _need(lp: PreferenceLogps, field: str, loss: str) -> torch.Tensor:
 
 def _d_smoothed_logsigmoid(z: torch.Tensor, label_smoothing: float) -> torch.Tensor:
     """d/dz of ``-(1-ε) log σ(z) - ε log σ(-z)``."""
-    if not label_smoothing:  # the usual case, in two operations (the one-pass kernel runs this per chunk)
+    if not label_smoothing:  # the usual case, in two operations (the one-pass kernel runs this per stage)
         return -torch.sigmoid(-z)
     return -(1 - label_smoothing) * torch.sigmoid(-z) + label_smoothing * torch.sigmoid(z)
 
