@@ -34,6 +34,10 @@ class PromptResponse:
     prompt_len: int
 
 
+# where a model folder's chat template is looked for, for the errors that say it is missing
+NO_TEMPLATE_WHERE = "no 'chat_template' in tokenizer_config.json, no chat_template.jinja beside it"
+
+
 class Tokenizer:
     """Wraps a ``tokenizers.Tokenizer`` with HF's special tokens and chat template.
 
@@ -96,7 +100,7 @@ class Tokenizer:
     def render_chat(self, messages: Messages, add_generation_prompt: bool = False, **kwargs) -> str:
         """The chat template's text for ``messages``."""
         if not self.chat_template:
-            raise ValueError("this tokenizer has no chat template (tokenizer_config.json has no 'chat_template')")
+            raise ValueError(f"this tokenizer has no chat template ({NO_TEMPLATE_WHERE})")
         specials = {k: _token_str(v) for k, v in self.config.items() if k.endswith("_token")}
         return render_chat(
             self.chat_template, messages, add_generation_prompt=add_generation_prompt,
@@ -135,7 +139,7 @@ class Tokenizer:
         else:
             if not isinstance(prompt, str):  # a ValueError: the loaders name the file, line and field
                 raise ValueError("a message-list prompt needs a chat template, and this tokenizer has none "
-                                 "(tokenizer_config.json has no 'chat_template'); give the prompt as text")
+                                 f"({NO_TEMPLATE_WHERE}); give the prompt as text")
             prompt_ids = self.encode(prompt)
             full_ids = self.encode(prompt + response)
             if self.eos_token_id is not None and (not full_ids or full_ids[-1] != self.eos_token_id):

@@ -7,6 +7,7 @@ from pathlib import Path
 from .._deps import progress
 from ..fileio import write_json_atomic, write_text_atomic
 from ..model.generate import generate
+from ..tokenizer import NO_TEMPLATE_WHERE
 
 # the settings of greedy decoding an evaluation may set (compare: --set KEY=VALUE), with what None means
 DECODING = {"max_new_tokens": None, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "repeat_scope": "all"}
@@ -26,9 +27,9 @@ def require_chat(tok, model: str) -> None:
     """Tasks ask in chat messages: a tokenizer without a chat template (a base model's) is refused
     here, before any work, not at the first prompt."""
     if not tok.chat_template:
-        raise ValueError(f"{model}: its tokenizer has no chat template (tokenizer_config.json has no "
-                         "'chat_template'), and the tasks' prompts are chat messages; use an instruct (chat) "
-                         "model, or add the template its instruct version uses")
+        raise ValueError(f"{model}: its tokenizer has no chat template ({NO_TEMPLATE_WHERE}), and the tasks' "
+                         "prompts are chat messages; use an instruct (chat) model, or copy the chat_template.jinja "
+                         "of its instruct version into its folder")
 
 
 def placement(model) -> dict:

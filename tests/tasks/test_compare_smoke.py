@@ -212,9 +212,30 @@ def test_a_model_without_a_chat_template_is_refused_before_any_work(command, tin
     model, judge = (tiny_model, [*judge, str(base)]) if judge else (base, [])
     assert main([name, "--task", "portal", "--model", str(model), "--output", str(out), *judge]) == 2
     err = capsys.readouterr().err
-    assert (f"prefopt {name}: error: {base}: its tokenizer has no chat template (tokenizer_config.json has no "
-            "'chat_template'), and the tasks' prompts are chat messages; use an instruct (chat) model") in err
+    assert (f"prefopt {name}: error: {base}: its tokenizer has no chat template (no 'chat_template' in "
+            "tokenizer_config.json, no chat_template.jinja beside it), and the tasks' prompts are chat messages; use "
+            "an instruct (chat) model, or copy the chat_template.jinja of its instruct version into its folder") in err
     assert not out.exists()
+
+
+def test_a_chat_template_file_in_the_folder_is_what_the_refusal_says_it_is(tiny_model, tmp_path):
+    """The refusal above suggests adding chat_template.jinja to the base model's folder: done, the
+    tokenizer reads it and the check passes, and prompts render as with the config's template."""
+    from prefopt.evaluate.runner import require_chat
+    from prefopt.tokenizer import load_tokenizer
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model, base)
+    cfg = json.loads((base / "tokenizer_config.json").read_text())
+    (base / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": None}))
+    with pytest.raises(ValueError, match="no chat_template.jinja beside it"):
+        require_chat(load_tokenizer(base), str(base))
+    (base / "chat_template.jinja").write_text(cfg["chat_template"])
+    tok = load_tokenizer(base)
+    require_chat(tok, str(base))
+    messages = [{"role": "user", "content": "Chest pain since this morning."}]
+    assert tok.apply_chat_template(messages, add_generation_prompt=True) == \
+        load_tokenizer(tiny_model).apply_chat_template(messages, add_generation_prompt=True)
 
 
 @pytest.mark.slow
