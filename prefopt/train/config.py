@@ -15,6 +15,7 @@ from ..devices import DTYPES as _DTYPES
 from ..devices import resolve_device
 
 SCHEDULES = ("cosine", "linear", "constant")
+BEST_MODES = ("auto", "min", "max")
 DTYPES = tuple(_DTYPES)
 
 
@@ -68,6 +69,11 @@ class TrainConfig:
     eval_every: int = opt(0, "evaluate every N steps (0: only before and after training)")
     save_every: int = opt(0, "checkpoint every N steps (0: no intermediate checkpoints)")
     save_total_limit: int = opt(2, "checkpoints to keep")
+    best_metric: str | None = opt(None, "keep the weights that score best on this eval metric (eval_loss, "
+                                        "eval_rewards/accuracies, ...) in output_dir/best, judged at every "
+                                        "evaluation, the one before training included; needs an eval set")
+    best_mode: str = opt("auto", "min or max: which way best_metric improves (auto: min for a loss or NLL, max for "
+                                 "accuracies and margins)")
     resume: bool = opt(False, "continue from the newest checkpoint in output_dir")
     overwrite: bool = opt(False, "replace an earlier run in output_dir (else training into it is refused)")
     fsdp: bool = opt(False, "FSDP2 full fine-tuning under torchrun (needs --no-lora)")
@@ -106,6 +112,7 @@ class TrainConfig:
                 self.chat_date = parse_chat_date(self.chat_date).isoformat()
             except ValueError as e:
                 errors.append(str(e))
+        errors += self._check_best()
         if not 0 <= self.lora_dropout < 1:
             errors.append("lora_dropout must be in [0, 1)")
         if self.fsdp and self.lora:
@@ -116,6 +123,25 @@ class TrainConfig:
                 errors.append(f"{name}: no such file {p}")
         if errors:
             raise ValueError("invalid training config:\n  " + "\n  ".join(errors))
+
+    def _check_best(self) -> list[str]:
+        """Validate ``best_metric``/``best_mode``; the metric's name gets its ``eval_`` prefix."""
+        if self.best_mode not in BEST_MODES:
+            return [f"best_mode must be one of {BEST_MODES} (got {self.best_mode!r})"]
+        if self.best_metric is None:
+            return []
+        if not self.best_metric.startswith("eval_"):
+            self.best_metric = f"eval_{self.best_metric}"  # the name metrics.jsonl gives it
+        if self.best_mode == "auto" and best_direction(self.best_metric) is None:
+            return [f"best_mode: say min or max for best_metric {self.best_metric!r} (auto knows losses, NLLs, "
+                    f"accuracies and margins)"]
+        if self.data and not (self.eval_data or self.eval_fraction):
+            return [f"best_metric {self.best_metric!r} needs an eval set: eval_data or eval_fraction"]
+        return []
+
+    def best_order(self) -> str:
+        """``"min"`` or ``"max"``: which way ``best_metric`` improves."""
+        return best_direction(self.best_metric) if self.best_mode == "auto" else self.best_mode
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
@@ -135,6 +161,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def best_direction(metric: str) -> str | None:
+    """Which way an eval metric improves, by its name: ``"min"`` for a loss or NLL, ``"max"`` for
+    accuracies and margins; None where the name does not say."""
+    name = metric.removeprefix("eval_")
+    if name.endswith(("loss", "nll")):
+        return "min"
+    if name.endswith(("accuracies", "accuracy", "margins")):
+        return "max"
+    return None
 
 
 def required_fields() -> list[str]:

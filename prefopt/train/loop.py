@@ -41,6 +41,7 @@ from .distributed import (
     wrap_model,
 )
 from .metrics import MetricsLog
+from .saving import BestWeights
 from .schedule import lr_at
 
 Batch = dict[str, torch.Tensor]
@@ -91,15 +92,21 @@ class Trainer:
 
     Subclasses implement :meth:`loss_sum` (batch → summed loss, units, metric sums) and
     :meth:`collate`. ``callbacks`` are called as ``cb(trainer, step, metrics)`` after each step.
+    ``tokenizer``, optional, is written beside the weights the trainer saves (``best/``; the
+    CLI's ``final/``).
     """
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, train_data: Sequence,
-                 eval_data: Sequence | None = None, *, callbacks: Sequence[Callback] = ()):
+                 eval_data: Sequence | None = None, *, callbacks: Sequence[Callback] = (), tokenizer=None):
         self.config = config
+        self.tokenizer = tokenizer
         self.train_data, self.eval_data = list(train_data), list(eval_data or [])
         self._check_items(self.train_data, "train_data")  # before the output folder is claimed
         self._check_items(self.eval_data, "eval_data")
         _check_context(model, self.train_data + self.eval_data)
+        if config.best_metric and not self.eval_data:
+            raise ValueError(f"best_metric {config.best_metric!r} needs an eval set (eval_data; the CLI: --eval-data "
+                             f"or --eval-fraction)")
         self.device = local_device(resolve_device(config.device))
         self.dist: DistInfo = init_distributed(self.device)
         ckpt_io.claim_output_dir(config.output_dir, resume=config.resume, overwrite=config.overwrite,
@@ -108,6 +115,7 @@ class Trainer:
         self.model.gradient_checkpointing = config.gradient_checkpointing
         self.callbacks = list(callbacks)
         self.output_dir = Path(config.output_dir)
+        self.best = BestWeights(config, self.output_dir)
         self.global_batch = config.batch_size * config.grad_accum * self.dist.world
         self.steps_per_epoch = len(self.train_data) // self.global_batch
         if self.steps_per_epoch < 1:
@@ -263,6 +271,7 @@ class Trainer:
             if first and log:
                 log.write({"step": 0, **first})
             summary["eval_before"] = first
+            self.best.consider(self, first, 0)
         bar = progress(total=self.total_steps, initial=self.step, desc="train", unit="step",
                        disable=not (c.progress and self.dist.is_main)) if self.dist.is_main else None
         try:
@@ -278,6 +287,9 @@ class Trainer:
         if final_eval and log:
             log.write({"step": self.step, **final_eval})
         summary["eval_after"] = final_eval
+        self.best.consider(self, final_eval, self.step)
+        if self.best.record is not None:
+            summary["best"] = {**self.best.record, "saved": str(self.best.folder)}
         if log:
             log.close()
             write_json_atomic(self.output_dir / "train_summary.json", summary)
@@ -307,7 +319,9 @@ class Trainer:
             metrics.update(step=self.step, epoch=self.step / self.steps_per_epoch,
                            tokens_per_s=tokens / max(elapsed, 1e-9), peak_mem_mb=peak_memory_mb(self.device))
             if c.eval_every and self.step % c.eval_every == 0 and self.step < self.total_steps:
-                metrics.update(self.evaluate())
+                evaluated = self.evaluate()
+                metrics.update(evaluated)
+                self.best.consider(self, evaluated, self.step)
             if log and (self.step % c.log_every == 0 or self.step == self.total_steps):
                 log.write(metrics)
             if bar is not None:
@@ -372,7 +386,7 @@ class Trainer:
         barrier(self.dist)
         if self.dist.is_main:
             ckpt_io.write_checkpoint(tmp, final, trainable=trainable, optimizer_state=optimizer_state,
-                                     step=self.step, extra={"config": self.config.to_dict(),
+                                     step=self.step, extra={"config": self.config.to_dict(), "best": self.best.record,
                                                             "world": self.dist.world, "data": self.train_data_digest},
                                      keep=self.config.save_total_limit)
         barrier(self.dist)
@@ -397,6 +411,7 @@ class Trainer:
                 _assign(own[name], t)
         self._load_optimizer_state(optimizer_state)
         self.step = state["step"]
+        self.best.record = state.get("best")  # best/ may hold a later step's weights; this run redoes that step
         ckpt_io.restore_rng(ckpt, self.dist.rank, state)
 
 

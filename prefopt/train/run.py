@@ -10,15 +10,14 @@ from ..chat_template import run_chat_date
 from ..devices import DTYPES, resolve_device
 from ..fileio import write_json_atomic
 from ..lora import apply_lora
-from ..lora_stack import save_adapter
-from ..model import save_model
 from ..pretrained import load_model
 from ..tokenizer import Tokenizer, load_tokenizer, set_chat_date
 from . import state as ckpt_io
 from .config import TrainConfig
-from .distributed import DistInfo, gather_full, init_distributed
+from .distributed import init_distributed
 from .metrics import first_and_last, first_to_last
 from .reference import reference_cache_for
+from .saving import save_weights
 from .sft import SFTTrainer, load_train_eval
 
 
@@ -47,22 +46,12 @@ def prepare_model(config: TrainConfig):
     return model
 
 
-def save_result(trainer, tok, config: TrainConfig) -> Path | None:
-    """Write the adapter (PEFT layout) or the full model to ``output_dir/final``; rank 0 only.
-    After SFT (``sft_adapter``) the adapter holds the SFT adapter's update too, so it loads on
-    the base model like any other (``prefopt.lora_stack``)."""
-    info: DistInfo = trainer.dist
-    if config.fsdp:  # gathered one tensor at a time; only the main rank keeps a (CPU) copy
-        state = {k: gather_full(v, keep=info.is_main) for k, v in trainer.model.state_dict().items()}
-    if not info.is_main:
-        return None
-    out = Path(config.output_dir) / "final"
-    if config.lora:  # after SFT (merged in by prepare_model), both updates in one adapter
-        save_adapter(trainer.model, out, base_model=config.model)
-        tok.save(out)
-    else:
-        save_model(trainer.model, out, tok, state_dict=state if config.fsdp else None)
-    return out
+def save_result(trainer, config: TrainConfig) -> Path | None:
+    """Write the adapter (PEFT layout) or the full model, with the tokenizer, to
+    ``output_dir/final``; every rank calls it, rank 0 writes (``saving.save_weights``). After SFT
+    (``sft_adapter``) the adapter holds the SFT adapter's update too, so it loads on the base
+    model like any other (``prefopt.lora_stack``)."""
+    return save_weights(trainer, Path(config.output_dir) / "final")
 
 
 def claim_output_dir(config: TrainConfig) -> None:
@@ -80,7 +69,8 @@ def run_sft(config: TrainConfig, callbacks=()) -> dict:
     config, dated = pin_chat_date(config, tok)
     train, evals, reports = load_train_eval(config, tok)
     model = prepare_model(config)
-    trainer = SFTTrainer(model, config, train, evals, pad_id=tok.pad_token_id or 0, callbacks=callbacks)
+    trainer = SFTTrainer(model, config, train, evals, pad_id=tok.pad_token_id or 0, callbacks=callbacks,
+                         tokenizer=tok)
     if trainer.dist.is_main:
         if dated:
             print("prefopt:", dated, flush=True)
@@ -89,7 +79,7 @@ def run_sft(config: TrainConfig, callbacks=()) -> dict:
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(config.output_dir) / "train_config.json", config.to_dict())
     summary = trainer.train()
-    out = save_result(trainer, tok, config)
+    out = save_result(trainer, config)
     if out is not None:
         summary["saved"] = str(out)
         print_outcome(summary, config)
@@ -126,6 +116,11 @@ def print_outcome(summary: dict, config: TrainConfig) -> None:
         if key in after:
             was = f"{before[key]:.4f} → " if key in before else ""
             print(f"prefopt: {label}: {was}{after[key]:.4f}", flush=True)
+    best = summary.get("best")
+    if best:
+        when = "before training" if best["step"] == 0 else f"at step {best['step']}"
+        print(f"prefopt: best {best['metric']} ({best['order']}) {best['value']:.4f} {when}: weights in "
+              f"{best['saved']}", flush=True)
     print(f"prefopt: saved to {summary['saved']}; per-step metrics in "
           f"{Path(config.output_dir) / 'metrics.jsonl'}", flush=True)
 
@@ -152,13 +147,13 @@ def run_dpo(config, callbacks=()) -> dict:
         for r in reports:
             print("prefopt:", r.summary(), flush=True)
     trainer = DPOTrainer(model, config, pairs, evals, pad_id=tok.pad_token_id or 0, ref_model=ref_model,
-                         ref_cache=cache, callbacks=callbacks)
+                         ref_cache=cache, callbacks=callbacks, tokenizer=tok)
     if trainer.dist.is_main:
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(config.output_dir) / "train_config.json", config.to_dict())
     summary = trainer.train()
     summary["reference_forwards"] = trainer.ref_forwards
-    out = save_result(trainer, tok, config)
+    out = save_result(trainer, config)
     if out is not None:
         summary["saved"] = str(out)
         write_json_atomic(Path(config.output_dir) / "train_summary.json", summary)

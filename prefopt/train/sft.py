@@ -33,9 +33,9 @@ class SFTTrainer(Trainer):
     item_source = "prefopt.data.load_sft(path or list of dicts, tok)"
 
     def __init__(self, model, config, train_data: Sequence[TokenizedExample], eval_data=None, *, pad_id: int,
-                 callbacks=()):
+                 callbacks=(), tokenizer=None):
         self.pad_id = pad_id
-        super().__init__(model, config, train_data, eval_data, callbacks=callbacks)
+        super().__init__(model, config, train_data, eval_data, callbacks=callbacks, tokenizer=tokenizer)
 
     def collate(self, examples):
         return pad_collate(examples, self.pad_id)

@@ -129,7 +129,7 @@ def read_checkpoint(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
     return trainable, optimizer_state, state
 
 
-RUN_FILES = ("train_config.json", "train_summary.json", "metrics.jsonl", "final", "checkpoints", "tensorboard")
+RUN_FILES = ("train_config.json", "train_summary.json", "metrics.jsonl", "final", "best", "checkpoints", "tensorboard")
 # settings a resumed run may change: where things go, how often it logs/evaluates/saves, how long it runs, and
 # where the data file is (the checkpoint's data digest checks what it holds: .data_digest)
 RESUMABLE = {"output_dir", "data", "ref_cache", "resume", "overwrite", "progress", "log_every", "eval_every", "save_every",

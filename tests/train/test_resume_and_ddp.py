@@ -92,7 +92,7 @@ def _torchrun(nproc, cfg_path, *extra):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ddp_lora", "fsdp_full"])
 def test_two_processes_match_one_with_the_same_global_batch(task, tmp_path, mode):
-    kw = dict(lora_dropout=0.0, save_every=0, max_steps=5, eval_fraction=0.25)
+    kw = dict(lora_dropout=0.0, save_every=0, max_steps=5, eval_fraction=0.25, eval_every=2, best_metric="eval_loss")
     if mode == "fsdp_full":
         kw.update(lora=False, lr=1e-3)
     one = _run([str(ROOT / "tests" / "train" / "_run_config.py"), str(_config(task, tmp_path / "one", batch_size=4, **kw))])
@@ -105,9 +105,12 @@ def test_two_processes_match_one_with_the_same_global_batch(task, tmp_path, mode
         for x, y in ((a, b), (ea, eb)):
             assert (x is None) == (y is None) and (x is None or abs(x - y) < 1e-4 * max(1, abs(x))), (l1, l2)
     name = "adapter_model.safetensors" if mode == "ddp_lora" else "model.safetensors"
-    w1, w2 = load_file(tmp_path / "one" / "final" / name), load_file(tmp_path / "two" / "final" / name)
-    assert w1.keys() == w2.keys()
-    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
+    for folder in ("final", "best"):  # best/: every rank takes part in saving it (FSDP2 gathers the shards)
+        w1, w2 = load_file(tmp_path / "one" / folder / name), load_file(tmp_path / "two" / folder / name)
+        assert w1.keys() == w2.keys()
+        assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
+    b1, b2 = (json.loads((tmp_path / run / "best" / "best.json").read_text()) for run in ("one", "two"))
+    assert b1["step"] == b2["step"] and b1["value"] == pytest.approx(b2["value"], rel=1e-4)
     assert not (tmp_path / "two" / "final" / "metrics.jsonl").exists()
 
 

@@ -1,0 +1,161 @@
+"""``best_metric``: the weights of the evaluation that scores best are kept in ``output_dir/best``."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prefopt.cli import main
+from prefopt.train import TrainConfig
+from prefopt.train.config import best_direction
+from prefopt.train.dpo import DPOConfig
+from prefopt.train.run import run_dpo, run_sft
+from tests.train._fixtures import write_pairs, write_task
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return write_task(tmp_path_factory.mktemp("best"), n=32)
+
+
+def _cfg(task, out, **kw):
+    model_dir, data = task
+    base = dict(model=str(model_dir), data=str(data), output_dir=str(out), batch_size=4, max_steps=6, lr=1e-2,
+                schedule="constant", lora_r=4, lora_alpha=8, lora_dropout=0.0, eval_fraction=0.25, eval_every=1,
+                best_metric="eval_loss", progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def _evals(out, key="eval_loss") -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r[key] for r in rows if key in r}
+
+
+def _adapter(folder):
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def _spoil_after(at):
+    """A callback that, after step ``at`` (its evaluation done), adds noise to every lora_B: the
+    evaluations after it score worse, so ``at`` is the best step."""
+    def spoil(trainer, step, metrics):
+        if step == at:
+            g = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for name, p in trainer.model.named_parameters():
+                    if p.requires_grad and "lora_B" in name:
+                        p.add_(torch.randn(p.shape, generator=g))
+    return spoil
+
+
+@pytest.mark.parametrize("mode,spoil,expected", [("min", None, 6), ("max", None, 0), ("min", 3, 3)])
+def test_best_holds_the_weights_of_the_best_evaluation(task, tmp_path, mode, spoil, expected):
+    """With a constant learning rate the first k steps do not depend on the run's length, so the
+    weights kept for step k are exactly those a k-step run ends with; step 0's are the untrained
+    adapter (every lora_B zero). Training lowers the eval loss (best last, or worst first with
+    ``max``) unless the weights are spoiled after step 3."""
+    out = tmp_path / "run"
+    summary = run_sft(_cfg(task, out, best_mode=mode), callbacks=[_spoil_after(spoil)] if spoil else [])
+    evals = _evals(out)
+    assert sorted(evals) == list(range(7))  # before training, then after every step
+    pick = min if mode == "min" else max
+    assert evals[expected] == pick(evals.values())
+    record = json.loads((out / "best" / "best.json").read_text())
+    assert record == {"metric": "eval_loss", "order": mode, "value": pytest.approx(evals[expected], abs=1e-6),
+                      "step": expected}
+    assert summary["best"]["step"] == expected and summary["best"]["saved"] == str(out / "best")
+    best = _adapter(out / "best")
+    assert (out / "best" / "tokenizer.json").is_file() and not (out / "best.tmp").exists()
+    if expected == 0:
+        assert all(not t.any() for k, t in best.items() if "lora_B" in k)
+    else:
+        run_sft(_cfg(task, tmp_path / "short", max_steps=expected, best_metric=None))
+        short = _adapter(tmp_path / "short" / "final")
+        assert best.keys() == short.keys()
+        assert all((best[k] == short[k]).all() for k in best)
+
+
+def test_the_cli_says_which_step_was_best(task, tmp_path, capsys):
+    model_dir, data = task
+    out = tmp_path / "run"
+    argv = ["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(out), "--max-steps", "3",
+            "--eval-fraction", "0.25", "--eval-every", "1", "--best-metric", "loss", "--lr", "1e-2", "--no-progress"]
+    assert main(argv) == 0
+    record = json.loads((out / "best" / "best.json").read_text())
+    assert record["metric"] == "eval_loss" and record["order"] == "min"  # the eval_ prefix is added
+    printed = capsys.readouterr().out
+    assert f"best eval_loss (min) {record['value']:.4f} at step {record['step']}: weights in {out / 'best'}" in printed
+
+
+def test_dpo_keeps_the_best_pair_accuracy(task, tmp_path):
+    model_dir, _ = task
+    out = tmp_path / "dpo"
+    cfg = DPOConfig(model=str(model_dir), data=str(write_pairs(tmp_path / "pairs.jsonl", n=32)), output_dir=str(out),
+                    batch_size=4, max_steps=4, lr=1e-2, lora_r=4, lora_alpha=8, eval_fraction=0.25, eval_every=2,
+                    best_metric="rewards/accuracies", progress=False)
+    run_dpo(cfg)
+    evals = _evals(out, "eval_rewards/accuracies")
+    assert sorted(evals) == [0, 2, 4]
+    record = json.loads((out / "best" / "best.json").read_text())
+    first_best = min(s for s in evals if evals[s] == max(evals.values()))  # ties keep the earlier step
+    assert (record["metric"], record["order"], record["step"]) == ("eval_rewards/accuracies", "max", first_best)
+
+
+def test_an_interrupted_run_resumed_keeps_the_same_best(task, tmp_path):
+    """The best so far (step 3, before the interruption at 4) travels in the checkpoint: a resumed
+    run that forgot it would take step 5's weights as the best."""
+    whole = tmp_path / "whole"
+    run_sft(_cfg(task, whole, save_every=2), callbacks=[_spoil_after(3)])
+    assert json.loads((whole / "best" / "best.json").read_text())["step"] == 3
+
+    def ctrl_c(trainer, step, metrics):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        run_sft(_cfg(task, cut, save_every=2), callbacks=[_spoil_after(3), ctrl_c])
+    stopped = json.loads((cut / "best" / "best.json").read_text())
+    run_sft(_cfg(task, cut, save_every=2, resume=True))
+    assert (cut / "best" / "best.json").read_text() == (whole / "best" / "best.json").read_text()
+    resumed, uninterrupted = _adapter(cut / "best"), _adapter(whole / "best")
+    assert all((resumed[k] == uninterrupted[k]).all() for k in uninterrupted)
+    ckpt = json.loads((cut / "checkpoints" / "step-00000004" / "trainer_state.json").read_text())
+    assert ckpt["best"] == stopped  # the checkpoint carries the best so far
+
+
+def test_an_unknown_metric_is_named_before_any_step(task, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"best_metric 'eval_rewards/accuracies' is not among this run's eval "
+                                         r"metrics: eval_loss"):
+        run_sft(_cfg(task, out, best_metric="rewards/accuracies", best_mode="max"))
+    assert not (out / "best").exists() and not (out / "final").exists()
+    assert sorted(_evals(out)) == [0]  # stopped after the evaluation before training
+
+
+def test_settings_that_cannot_work_are_refused(task, tmp_path):
+    with pytest.raises(ValueError, match="best_metric 'eval_loss' needs an eval set: eval_data or eval_fraction"):
+        _cfg(task, tmp_path / "a", eval_fraction=0.0)
+    with pytest.raises(ValueError, match="best_mode: say min or max for best_metric 'eval_logps/chosen'"):
+        _cfg(task, tmp_path / "b", best_metric="logps/chosen")
+    with pytest.raises(ValueError, match=r"best_mode must be one of \('auto', 'min', 'max'\) \(got 'lowest'\)"):
+        _cfg(task, tmp_path / "c", best_mode="lowest")
+    assert _cfg(task, tmp_path / "d", best_metric="logps/chosen", best_mode="max").best_order() == "max"
+
+
+def test_a_trainer_built_in_python_without_eval_data_refuses_best_metric(task, tmp_path):
+    from prefopt import SFTTrainer, load_model, load_tokenizer
+    from prefopt.data.sft import load_sft
+
+    model_dir, data = task
+    tok = load_tokenizer(model_dir)
+    examples = load_sft(data, tok, max_length=64)[0]
+    cfg = _cfg(task, tmp_path / "run", data=None, eval_fraction=0.0)
+    with pytest.raises(ValueError, match="best_metric 'eval_loss' needs an eval set"):
+        SFTTrainer(load_model(model_dir), cfg, examples, pad_id=tok.pad_token_id or 0)
+
+
+@pytest.mark.parametrize("name,order", [("eval_loss", "min"), ("nll", "min"), ("eval_rewards/accuracies", "max"),
+                                        ("rewards/margins", "max"), ("logps/chosen", None), ("rewards/chosen", None)])
+def test_which_way_a_metric_improves(name, order):
+    assert best_direction(name) == order
