@@ -162,6 +162,12 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Each setting's default (those with one), as ``to_dict`` writes them."""
+        return {f.name: f.default if f.default is not MISSING else f.default_factory()
+                for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING}
+
 
 def best_direction(metric: str) -> str | None:
     """Which way an eval metric improves, by its name: ``"min"`` for a loss or NLL, ``"max"`` for

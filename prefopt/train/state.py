@@ -167,10 +167,13 @@ def checkpoint_config(output_dir: str | Path) -> dict | None:
     return json.loads((ckpt / "trainer_state.json").read_text()).get("config")
 
 
-def check_resumable(ckpt: Path, saved: dict | None, current: dict) -> None:
-    """A checkpoint resumes exactly only under the settings it was written with (bar ``RESUMABLE``)."""
+def check_resumable(ckpt: Path, saved: dict | None, current: dict, defaults: dict | None = None) -> None:
+    """A checkpoint resumes exactly only under the settings it was written with (bar ``RESUMABLE``).
+    A setting the checkpoint does not record (one added to prefopt since) counts as its default
+    from ``defaults``."""
     if saved is None:
         return
+    saved = {**{k: v for k, v in (defaults or {}).items() if k in current}, **saved}
     changed = sorted(k for k in set(saved) | set(current) if k not in RESUMABLE and saved.get(k) != current.get(k))
     if changed:
         diff = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)

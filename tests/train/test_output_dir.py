@@ -94,6 +94,21 @@ def test_resume_needs_a_checkpoint_and_the_same_settings(task, tmp_path):
     assert summary["resumed_from_step"] == 2 and summary["total_steps"] == 5  # longer: allowed
 
 
+def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default(task, tmp_path):
+    """best_metric and best_mode came after checkpoints that do not record them: those resume
+    where the new settings keep their defaults, and not under another value."""
+    out = tmp_path / "run"
+    run_sft(_cfg(task, out, save_every=1, max_steps=3))
+    state_file = out / "checkpoints" / "step-00000002" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    for key in ("best_metric", "best_mode"):
+        del state["config"][key]
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"other settings \(best_mode: 'auto' -> 'max'\)"):
+        run_sft(_cfg(task, out, resume=True, save_every=1, max_steps=4, best_mode="max"))
+    assert run_sft(_cfg(task, out, resume=True, save_every=1, max_steps=4))["resumed_from_step"] == 2
+
+
 def test_resume_into_an_empty_folder_starts_a_new_run(task, tmp_path):
     summary = run_sft(_cfg(task, tmp_path / "fresh", resume=True))
     assert summary["resumed_from_step"] == 0 and (tmp_path / "fresh" / "final").is_dir()
