@@ -74,6 +74,8 @@ class TrainConfig:
                                         "evaluation, the one before training included; needs an eval set")
     best_mode: str = opt("auto", "min or max: which way best_metric improves (auto: min for a loss or NLL, max for "
                                  "accuracies and margins)")
+    patience: int = opt(0, "stop early once best_metric has not improved for this many evaluations in a row "
+                           "(0: never); needs best_metric")
     resume: bool = opt(False, "continue from the newest checkpoint in output_dir")
     overwrite: bool = opt(False, "replace an earlier run in output_dir (else training into it is refused)")
     fsdp: bool = opt(False, "FSDP2 full fine-tuning under torchrun (needs --no-lora)")
@@ -128,8 +130,10 @@ class TrainConfig:
         """Validate ``best_metric``/``best_mode``; the metric's name gets its ``eval_`` prefix."""
         if self.best_mode not in BEST_MODES:
             return [f"best_mode must be one of {BEST_MODES} (got {self.best_mode!r})"]
+        if self.patience < 0:
+            return [f"patience must be >= 0 (got {self.patience})"]
         if self.best_metric is None:
-            return []
+            return [f"patience {self.patience} needs best_metric (the eval metric it watches)"] if self.patience else []
         if not self.best_metric.startswith("eval_"):
             self.best_metric = f"eval_{self.best_metric}"  # the name metrics.jsonl gives it
         if self.best_mode == "auto" and best_direction(self.best_metric) is None:

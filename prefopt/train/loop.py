@@ -132,6 +132,7 @@ class Trainer:
             weight_decay=config.weight_decay, foreach=True,
         )
         self.step = 0
+        self.stopped_early = False
         self._lengths = [self.length(e) for e in self.train_data]
         self._order_cache: tuple[int | None, list[int]] = (None, [])
 
@@ -283,11 +284,15 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        final_eval = self.evaluate()
-        if final_eval and log:
-            log.write({"step": self.step, **final_eval})
+        if self.stopped_early:  # the weights were just evaluated, and judged
+            final_eval = {k: v for k, v in self._last_metrics.items() if k.startswith("eval_")}
+            summary["stopped_early"] = {"step": self.step, "patience": c.patience, "metric": c.best_metric}
+        else:
+            final_eval = self.evaluate()
+            if final_eval and log:
+                log.write({"step": self.step, **final_eval})
+            self.best.consider(self, final_eval, self.step)
         summary["eval_after"] = final_eval
-        self.best.consider(self, final_eval, self.step)
         if self.best.record is not None:
             summary["best"] = {**self.best.record, "saved": str(self.best.folder)}
         if log:
@@ -318,11 +323,13 @@ class Trainer:
             elapsed = time.perf_counter() - t0
             metrics.update(step=self.step, epoch=self.step / self.steps_per_epoch,
                            tokens_per_s=tokens / max(elapsed, 1e-9), peak_mem_mb=peak_memory_mb(self.device))
+            stop = False
             if c.eval_every and self.step % c.eval_every == 0 and self.step < self.total_steps:
                 evaluated = self.evaluate()
                 metrics.update(evaluated)
                 self.best.consider(self, evaluated, self.step)
-            if log and (self.step % c.log_every == 0 or self.step == self.total_steps):
+                stop = self.best.out_of_patience  # judged on an evaluation only
+            if log and (self.step % c.log_every == 0 or self.step == self.total_steps or stop):
                 log.write(metrics)
             if bar is not None:
                 bar.update(1)
@@ -332,6 +339,9 @@ class Trainer:
                 self.save_checkpoint()
             for cb in self.callbacks:
                 cb(self, self.step, metrics)
+            if stop:  # every rank sees the same all-reduced metrics, so all stop here
+                self.stopped_early, self._last_metrics = True, metrics
+                return
 
     def _say_interrupted(self) -> None:
         last = ckpt_io.latest_checkpoint(self.output_dir)
@@ -386,7 +396,7 @@ class Trainer:
         barrier(self.dist)
         if self.dist.is_main:
             ckpt_io.write_checkpoint(tmp, final, trainable=trainable, optimizer_state=optimizer_state,
-                                     step=self.step, extra={"config": self.config.to_dict(), "best": self.best.record,
+                                     step=self.step, extra={"config": self.config.to_dict(), **self.best.state(),
                                                             "world": self.dist.world, "data": self.train_data_digest},
                                      keep=self.config.save_total_limit)
         barrier(self.dist)
@@ -411,7 +421,7 @@ class Trainer:
                 _assign(own[name], t)
         self._load_optimizer_state(optimizer_state)
         self.step = state["step"]
-        self.best.record = state.get("best")  # best/ may hold a later step's weights; this run redoes that step
+        self.best.load_state(state)  # best/ may hold a later step's weights; this run redoes that step
         ckpt_io.restore_rng(ckpt, self.dist.rank, state)
 
 

@@ -116,6 +116,10 @@ def print_outcome(summary: dict, config: TrainConfig) -> None:
         if key in after:
             was = f"{before[key]:.4f} → " if key in before else ""
             print(f"prefopt: {label}: {was}{after[key]:.4f}", flush=True)
+    stopped = summary.get("stopped_early")
+    if stopped:
+        print(f"prefopt: stopped early at step {stopped['step']} of {summary['total_steps']}: {stopped['metric']} had "
+              f"not improved for {stopped['patience']} evaluations", flush=True)
     best = summary.get("best")
     if best:
         when = "before training" if best["step"] == 0 else f"at step {best['step']}"

@@ -44,13 +44,27 @@ def save_weights(trainer, out: str | Path, notes: dict[str, dict] | None = None)
 class BestWeights:
     """Keeps the weights of the evaluation that scores best on ``config.best_metric`` in
     ``output_dir/best`` (with ``best.json``: the metric, its value and the step). Ties keep the
-    earlier step; a NaN never counts as best."""
+    earlier step; a NaN never counts as best. Counts the evaluations since the best, for
+    ``config.patience``."""
 
     def __init__(self, config, output_dir: Path):
         self.metric = config.best_metric
         self.order = config.best_order() if self.metric else None
+        self.patience = config.patience
         self.folder = output_dir / "best"
         self.record: dict | None = None  # {"metric", "order", "value", "step"} of the weights in folder
+        self.stale = 0  # evaluations since the best
+
+    def state(self) -> dict:
+        """What a checkpoint keeps, so a resumed run judges and stops as an uninterrupted one."""
+        return {"best": self.record, "best_stale": self.stale}
+
+    def load_state(self, state: dict) -> None:
+        self.record, self.stale = state.get("best"), state.get("best_stale", 0)
+
+    @property
+    def out_of_patience(self) -> bool:
+        return bool(self.patience) and self.stale >= self.patience
 
     def better(self, value: float) -> bool:
         if math.isnan(value):
@@ -70,7 +84,9 @@ class BestWeights:
             raise ValueError(f"best_metric {self.metric!r} is not among this run's eval metrics: {', '.join(known)}")
         value = float(metrics[self.metric])
         if not self.better(value):
+            self.stale += 1
             return False
+        self.stale = 0
         record = {"metric": self.metric, "order": self.order, "value": value, "step": step}
         save_weights(trainer, self.folder, notes={"best.json": record})
         self.record = record

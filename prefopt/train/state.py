@@ -133,7 +133,7 @@ RUN_FILES = ("train_config.json", "train_summary.json", "metrics.jsonl", "final"
 # settings a resumed run may change: where things go, how often it logs/evaluates/saves, how long it runs, and
 # where the data file is (the checkpoint's data digest checks what it holds: .data_digest)
 RESUMABLE = {"output_dir", "data", "ref_cache", "resume", "overwrite", "progress", "log_every", "eval_every", "save_every",
-             "save_total_limit", "max_steps", "epochs", "device"}
+             "save_total_limit", "max_steps", "epochs", "device", "patience"}
 
 
 def claim_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, is_main: bool = True,

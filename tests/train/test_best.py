@@ -159,3 +159,54 @@ def test_a_trainer_built_in_python_without_eval_data_refuses_best_metric(task, t
                                         ("rewards/margins", "max"), ("logps/chosen", None), ("rewards/chosen", None)])
 def test_which_way_a_metric_improves(name, order):
     assert best_direction(name) == order
+
+
+def _steps(out) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_patience_stops_the_run_after_that_many_evaluations_without_a_better_one(task, tmp_path, capsys):
+    """Spoiled after step 2, the evaluations at 3 and 4 are worse than step 2's: with patience 2
+    the run stops at step 4 of 8; its last evaluation is not repeated (or logged twice)."""
+    out = tmp_path / "run"
+    summary = run_sft(_cfg(task, out, max_steps=8, patience=2), callbacks=[_spoil_after(2)])
+    evals = _evals(out)
+    assert _steps(out) == [0, 1, 2, 3, 4]
+    assert min(evals[3], evals[4]) > evals[2]
+    assert summary["stopped_early"] == {"step": 4, "patience": 2, "metric": "eval_loss"}
+    assert summary["best"]["step"] == 2 and summary["eval_after"] == {"eval_loss": evals[4]}
+    assert (out / "final" / "adapter_model.safetensors").is_file()
+    assert "prefopt: stopped early at step 4 of 8: eval_loss had not improved for 2 evaluations" in \
+        capsys.readouterr().out
+
+
+def test_patience_never_stops_a_run_that_keeps_improving(task, tmp_path):
+    summary = run_sft(_cfg(task, tmp_path / "run", patience=1))
+    assert "stopped_early" not in summary and _steps(tmp_path / "run")[-1] == 6
+
+
+def test_a_resumed_run_stops_where_an_uninterrupted_one_does(task, tmp_path):
+    """The count of evaluations since the best travels in the checkpoint: interrupted at step 4
+    (two evaluations since step 2's best), resumed, the run stops at 5 like an uninterrupted one;
+    one that forgot the count would train on (step 6 improves) to step 8."""
+    kw = dict(max_steps=8, patience=3, save_every=1)
+    whole = run_sft(_cfg(task, tmp_path / "whole", **kw), callbacks=[_spoil_after(2)])
+    assert whole["stopped_early"]["step"] == 5
+
+    def ctrl_c(trainer, step, metrics):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        run_sft(_cfg(task, cut, **kw), callbacks=[_spoil_after(2), ctrl_c])
+    resumed = run_sft(_cfg(task, cut, resume=True, **kw))
+    assert resumed["stopped_early"] == whole["stopped_early"] and resumed["best"]["step"] == 2
+    assert _evals(cut) == _evals(tmp_path / "whole")
+
+
+def test_patience_needs_best_metric(task, tmp_path):
+    with pytest.raises(ValueError, match="patience 2 needs best_metric"):
+        _cfg(task, tmp_path / "a", best_metric=None, patience=2)
+    with pytest.raises(ValueError, match=r"patience must be >= 0 \(got -1\)"):
+        _cfg(task, tmp_path / "b", patience=-1)
