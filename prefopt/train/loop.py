@@ -45,6 +45,7 @@ from .saving import BestWeights
 from .schedule import lr_at
 
 Batch = dict[str, torch.Tensor]
+EVAL_BAR_MIN = 64  # an eval set this small (per process) finishes without a bar
 Callback = Callable[["Trainer", int, dict], None]
 
 
@@ -242,6 +243,8 @@ class Trainer:
         bs, world, rank = self.config.batch_size, self.dist.world, self.dist.rank
         mine = self.eval_data[rank::world]
         total, units, sums = 0.0, 0.0, {}
+        bar = progress(total=len(mine), desc="eval", unit=self.noun.rstrip("s"), leave=False,
+                       disable=not (self.config.progress and self.dist.is_main) or len(mine) <= EVAL_BAR_MIN)
         for s in range(0, len(mine), bs):
             batch = {k: v.to(self.device) for k, v in self.collate(mine[s:s + bs]).items()}
             with self._autocast():
@@ -250,6 +253,8 @@ class Trainer:
             units += self.units(batch)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
+            bar.update(len(mine[s:s + bs]))
+        bar.close()
         keys = sorted(sums)
         r = all_reduce_sum(torch.tensor([total, units, *[sums[k] for k in keys]]), self.dist)
         out = {"eval_loss": r[0].item() / max(r[1].item(), 1.0)}

@@ -175,3 +175,20 @@ def test_full_fine_tuning_forms_the_head_gradients_in_one_pass(task, tmp_path, m
     losses = [trainer.train_step(s)["loss"] for s in range(4)]
     assert losses[-1] < losses[0] and calls == [1] * 5
     assert all(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+
+
+@pytest.mark.parametrize("n_eval,progress,bar", [(80, True, True), (12, True, False), (80, False, False)])
+def test_a_long_evaluation_shows_a_progress_bar(tmp_path, capsys, monkeypatch, n_eval, progress, bar):
+    """Evaluating a large eval set takes a while (minutes for thousands of pairs on a CPU): it gets
+    its own bar, unless it is short or bars are off."""
+    import prefopt.train.loop
+
+    monkeypatch.setattr(prefopt.train.loop, "EVAL_BAR_MIN", 64)
+    model_dir, data = write_task(tmp_path, n=16 + n_eval)
+    cfg = TrainConfig(model=str(model_dir), data=str(data), output_dir=str(tmp_path / "out"), batch_size=8,
+                      max_steps=1, lora_r=4, lora_alpha=8, eval_fraction=n_eval / (16 + n_eval), progress=progress)
+    from prefopt.train.run import run_sft
+
+    run_sft(cfg)
+    err = capsys.readouterr().err
+    assert ("eval: 100%|" in err and f"{n_eval}/{n_eval}" in err) == bar
