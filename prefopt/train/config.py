@@ -127,21 +127,27 @@ class TrainConfig:
             raise ValueError("invalid training config:\n  " + "\n  ".join(errors))
 
     def _check_best(self) -> list[str]:
-        """Validate ``best_metric``/``best_mode``; the metric's name gets its ``eval_`` prefix."""
+        """Validate ``best_metric``, ``best_mode`` and ``patience``; the metric's name gets its
+        ``eval_`` prefix."""
+        errors = []
         if self.best_mode not in BEST_MODES:
-            return [f"best_mode must be one of {BEST_MODES} (got {self.best_mode!r})"]
+            errors.append(f"best_mode must be one of {BEST_MODES} (got {self.best_mode!r})")
         if self.patience < 0:
-            return [f"patience must be >= 0 (got {self.patience})"]
+            errors.append(f"patience must be >= 0 (got {self.patience})")
+        elif self.patience and self.best_metric is None:
+            errors.append(f"patience {self.patience} needs best_metric (the eval metric it watches)")
+        elif self.patience and not self.eval_every:
+            errors.append(f"patience {self.patience} needs eval_every (evaluations during training to judge)")
         if self.best_metric is None:
-            return [f"patience {self.patience} needs best_metric (the eval metric it watches)"] if self.patience else []
+            return errors
         if not self.best_metric.startswith("eval_"):
             self.best_metric = f"eval_{self.best_metric}"  # the name metrics.jsonl gives it
         if self.best_mode == "auto" and best_direction(self.best_metric) is None:
-            return [f"best_mode: say min or max for best_metric {self.best_metric!r} (auto knows losses, NLLs, "
-                    f"accuracies and margins)"]
+            errors.append(f"best_mode: say min or max for best_metric {self.best_metric!r} (auto knows losses, NLLs, "
+                          f"accuracies and margins)")
         if self.data and not (self.eval_data or self.eval_fraction):
-            return [f"best_metric {self.best_metric!r} needs an eval set: eval_data or eval_fraction"]
-        return []
+            errors.append(f"best_metric {self.best_metric!r} needs an eval set: eval_data or eval_fraction")
+        return errors
 
     def best_order(self) -> str:
         """``"min"`` or ``"max"``: which way ``best_metric`` improves."""

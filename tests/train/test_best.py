@@ -210,3 +210,8 @@ def test_patience_needs_best_metric(task, tmp_path):
         _cfg(task, tmp_path / "a", best_metric=None, patience=2)
     with pytest.raises(ValueError, match=r"patience must be >= 0 \(got -1\)"):
         _cfg(task, tmp_path / "b", patience=-1)
+    with pytest.raises(ValueError, match=r"patience 3 needs eval_every"):  # it could never stop the run
+        _cfg(task, tmp_path / "c", patience=3, eval_every=0)
+    with pytest.raises(ValueError) as every:  # every problem at once
+        _cfg(task, tmp_path / "d", best_mode="lowest", patience=-1, best_metric="logps/chosen")
+    assert "best_mode must be one of" in str(every.value) and "patience must be >= 0" in str(every.value)
