@@ -4,7 +4,9 @@
 #   bash benchmarks/gpu_session.sh check   # the kernel tests on CUDA (compiled Triton) and the trainers
 #                                          #   end to end there (tests/train/test_cuda_training.py), ~1 min
 #   bash benchmarks/gpu_session.sh goals   # issue 5's goal shape (D=4096 V=128256 N=16384): every method,
-#                                          #   trainable and frozen, then profile_logprobs.py, ~4 min
+#                                          #   trainable and frozen, the verdict (goals_verdict.py, into
+#                                          #   goals.txt: each goal met or not, what it decides), then
+#                                          #   profile_logprobs.py, ~4 min
 #   bash benchmarks/gpu_session.sh table   # bench_logprobs.py --gpu: 2 heads x 2 token counts x 8 methods
 #                                          #   (torch.compile and Liger compile per shape: several minutes);
 #                                          #   table-llama / table-smol: one head each (4096x128256 / 576x49152)
@@ -63,6 +65,9 @@ for step in "${@:-check}"; do
       bench goals --shapes 4096x128256 --tokens 16384
       bench goals_frozen --frozen-weight --shapes 4096x128256 --tokens 16384 \
         --methods chunked triton onepass liger cce cce-exact
+      # appended to goals.txt: the device tool brings back 8 files, and "check goals" writes 8 without it
+      $PY benchmarks/goals_verdict.py "$OUT/goals.json" "$OUT/goals_frozen.json" 2>&1 | tee -a "$OUT/goals.txt" \
+        || status=1
       $PY benchmarks/profile_logprobs.py --methods triton chunked onepass --cpu-ops 2>&1 | tee "$OUT/profile.txt" \
         || status=1 ;;
     table)

@@ -79,7 +79,11 @@ def test_the_goals_step_times_every_method_at_the_goal_shape_and_profiles(tmp_pa
     assert "--methods" not in benches[0] and "--frozen-weight" in benches[1] and "onepass liger" in benches[1]
     assert [c for c in calls if c.startswith("benchmarks/profile_logprobs.py")] == [
         "benchmarks/profile_logprobs.py --methods triton chunked onepass --cpu-ops"]
+    verdict = [i for i, c in enumerate(calls) if c.startswith("benchmarks/goals_verdict.py")]
+    assert [calls[i] for i in verdict] == [f"benchmarks/goals_verdict.py {out / 'goals.json'} {out / 'goals_frozen.json'}"]
+    assert calls.index(next(c for c in calls if "profile_logprobs" in c)) > verdict[0]  # before the slow profile
     assert {"goals.json", "goals_frozen.json", "profile.txt"} <= {f.name for f in out.iterdir()}
+    assert (out / "goals.txt").read_text().startswith("stub table")  # the verdict follows the table
 
 
 @pytest.mark.parametrize("steps", [("check", "goals"), ("check", "frozen", "table-smol"), ("table-llama",), ("sweep",),

@@ -1,0 +1,129 @@
+"""Issue 5's GPU goals read off the ``goals`` step's tables, and what they decide.
+
+    python3 benchmarks/goals_verdict.py OUT/goals.json OUT/goals_frozen.json
+
+Reads the rows ``bench_logprobs.py --json`` wrote at D=4096, V=128256, N=16384 (trainable head,
+then frozen) and prints, as markdown for docs/benchmarks.md:
+
+- each of prefopt's methods against the three goals: extra peak ≤ 256 MB (244.1 MiB), time ≤
+  1.3× the bare GEMMs of the same run, faster than Liger's fused DPO loss and no slower than
+  cut-cross-entropy (its default, filtering, and exact);
+- the decisions they settle (docs/benchmarks.md, "Rerunning"): whether the one-pass loss should
+  be the trainers' CUDA default with a trainable head (it meets the time and memory goals and
+  beats the Triton path), and which path is fastest within the memory goal with a frozen head.
+
+It only reads and compares; it changes no default. ``gpu_session.sh goals`` runs it after the
+tables (its output follows the trainable table in ``goals.txt``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+MiB = 2**20
+MEMORY_GOAL = 256e6  # bytes: the issue's 256 MB
+TIME_GOAL = 1.3  # × the bare GEMMs
+OURS = ("triton", "chunked", "onepass")
+DEFAULT = "triton"  # what the trainers use on CUDA today (fused_preference_loss → resolve_impl)
+
+
+def _rows(path: str | Path) -> dict[str, dict]:
+    """The rows of a bench_logprobs --json file by method (the goal shape only)."""
+    rows = json.loads(Path(path).read_text())
+    return {r["method"]: r for r in rows if (r.get("D"), r.get("V"), r.get("N")) == (4096, 128256, 16384)}
+
+
+def _ratio(r: dict) -> float | None:
+    return r["seconds"] / r["gemm_limit"] if "seconds" in r else None
+
+
+def judge(rows: dict[str, dict]) -> list[dict]:
+    """For each of prefopt's methods measured: its time, ratio and memory, and each goal met or not
+    (None where a baseline is missing or failed)."""
+    def baseline(name):
+        r = rows.get(name, {})
+        return r.get("seconds")
+
+    liger, cce, cce_exact = baseline("liger"), baseline("cce"), baseline("cce-exact")
+    out = []
+    for m in OURS:
+        r = rows.get(m)
+        if r is None:
+            continue
+        if "seconds" not in r:
+            out.append({"method": m, "error": r.get("error", "no time")})
+            continue
+        t = r["seconds"]
+        out.append({"method": m, "ms": t * 1e3, "ratio": _ratio(r), "extra_mib": r["extra_peak"] / MiB,
+                    "memory": r["extra_peak"] <= MEMORY_GOAL, "time": _ratio(r) <= TIME_GOAL,
+                    "liger": None if liger is None else t < liger,
+                    "cce": None if cce is None else t <= cce,
+                    "cce_exact": None if cce_exact is None else t <= cce_exact})
+    return out
+
+
+def _mark(v) -> str:
+    return "n/a" if v is None else ("yes" if v else "**no**")
+
+
+def table(verdicts: list[dict], title: str) -> str:
+    lines = [f"**{title}**", "", "| method | ms | × GEMM | extra MiB | ≤ 256 MB | ≤ 1.3× | < Liger | ≤ CCE | ≤ CCE exact |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for v in verdicts:
+        if "error" in v:
+            lines.append(f"| {v['method']} | {v['error']} | | | | | | | |")
+            continue
+        lines.append(f"| {v['method']} | {v['ms']:.2f} | {v['ratio']:.2f} | {v['extra_mib']:.0f} | {_mark(v['memory'])} "
+                     f"| {_mark(v['time'])} | {_mark(v['liger'])} | {_mark(v['cce'])} | {_mark(v['cce_exact'])} |")
+    return "\n".join(lines)
+
+
+def decisions(trainable: list[dict], frozen: list[dict]) -> list[str]:
+    """The lines that say what the tables decide."""
+    by = {v["method"]: v for v in trainable if "error" not in v}
+    out = []
+    one, default = by.get("onepass"), by.get(DEFAULT)
+    if one is None:
+        out.append("- trainable head: no one-pass figure, nothing to decide")
+    elif one["memory"] and one["time"] and (default is None or one["ms"] < default["ms"]):
+        out.append(f"- trainable head: the one-pass loss meets the time and memory goals ({one['ratio']:.2f}×, "
+                   f"{one['extra_mib']:.0f} MiB) and beats {DEFAULT}: make it the trainers' CUDA default "
+                   f"(onepass.wanted)")
+    else:
+        why = [w for w, bad in (("over 1.3×", not one["time"]), ("over 256 MB", not one["memory"]),
+                                (f"slower than {DEFAULT}", default is not None and one["ms"] >= default["ms"])) if bad]
+        out.append(f"- trainable head: keep {DEFAULT} as the CUDA default; the one-pass loss is {', '.join(why)} "
+                   f"({one['ratio']:.2f}×, {one['extra_mib']:.0f} MiB)")
+    within = [v for v in frozen if "error" not in v and v["memory"]]
+    if within:
+        best = min(within, key=lambda v: v["ms"])
+        liger = "faster than Liger" if best["liger"] else ("Liger missing" if best["liger"] is None else
+                                                           "**slower than Liger**")
+        change = "" if best["method"] == DEFAULT else f"; resolve_impl's auto should pick {best['method']} for a frozen head"
+        out.append(f"- frozen head: fastest within 256 MB is {best['method']} ({best['ms']:.2f} ms, "
+                   f"{best['ratio']:.2f}×; {liger}){change}")
+    else:
+        out.append("- frozen head: no method within 256 MB measured")
+    met = [v["method"] for v in trainable if "error" not in v and v["memory"] and v["time"] and v["liger"] is not False
+           and v["cce"] is not False]
+    out.append(f"- issue 5 point 3 (trainable head): {'met by ' + ', '.join(met) if met else 'not met by any method'}"
+               f"{'' if not met or DEFAULT in met else ' (not the current default: switch it first)'}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("trainable", help="goals.json (bench_logprobs.py --json, trainable head)")
+    ap.add_argument("frozen", help="goals_frozen.json (the same with --frozen-weight)")
+    a = ap.parse_args(argv)
+    trainable, frozen = judge(_rows(a.trainable)), judge(_rows(a.frozen))
+    print(table(trainable, "Trainable head (D=4096, V=128256, N=16384, bf16)"))
+    print()
+    print(table(frozen, "Frozen head"))
+    print()
+    print("\n".join(decisions(trainable, frozen)))
+
+
+if __name__ == "__main__":
+    main()
