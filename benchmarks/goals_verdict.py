@@ -100,7 +100,9 @@ def decisions(trainable: list[dict], frozen: list[dict]) -> list[str]:
         best = min(within, key=lambda v: v["ms"])
         liger = "faster than Liger" if best["liger"] else ("Liger missing" if best["liger"] is None else
                                                            "**slower than Liger**")
-        change = "" if best["method"] == DEFAULT else f"; resolve_impl's auto should pick {best['method']} for a frozen head"
+        change = {DEFAULT: "", "onepass": "; the one-pass loss should be the default for a frozen head too "
+                                          "(onepass.wanted)"}.get(
+            best["method"], f"; resolve_impl's auto should pick {best['method']} for a frozen head")
         out.append(f"- frozen head: fastest within 256 MB is {best['method']} ({best['ms']:.2f} ms, "
                    f"{best['ratio']:.2f}×; {liger}){change}")
     else:

@@ -62,3 +62,10 @@ def test_a_one_pass_loss_over_a_goal_keeps_the_default_and_says_why(verdict, tmp
     assert "| chunked | RuntimeError: boom |" in out
     assert "frozen head: fastest within 256 MB is triton (130.00 ms, 2.55×; Liger missing)" in out
     assert "resolve_impl" not in out and "not met by any method" in out
+
+
+def test_a_one_pass_loss_fastest_with_a_frozen_head_is_named_for_that_default(verdict, tmp_path, capsys):
+    out = _run(verdict, tmp_path, capsys, {"triton": (144.0, 192), "onepass": (92.0, 193)},
+               {**FROZEN, "onepass": (55.0, 224)})
+    assert "fastest within 256 MB is onepass (55.00 ms, 1.08×; faster than Liger); the one-pass loss should be " \
+           "the default for a frozen head too (onepass.wanted)" in out
