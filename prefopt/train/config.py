@@ -73,7 +73,7 @@ class TrainConfig:
                                         "eval_rewards/accuracies, ...) in output_dir/best, judged at every "
                                         "evaluation, the one before training included; needs an eval set")
     best_mode: str = opt("auto", "min or max: which way best_metric improves (auto: min for a loss or NLL, max for "
-                                 "accuracies and margins)")
+                                 "accuracies, margins and F1)")
     patience: int = opt(0, "stop early once best_metric has not improved for this many evaluations in a row "
                            "(0: never); needs best_metric")
     resume: bool = opt(False, "continue from the newest checkpoint in output_dir")
@@ -144,7 +144,7 @@ class TrainConfig:
             self.best_metric = f"eval_{self.best_metric}"  # the name metrics.jsonl gives it
         if self.best_mode == "auto" and best_direction(self.best_metric) is None:
             errors.append(f"best_mode: say min or max for best_metric {self.best_metric!r} (auto knows losses, NLLs, "
-                          f"accuracies and margins)")
+                          f"accuracies, margins and F1)")
         if self.data and not (self.eval_data or self.eval_fraction):
             errors.append(f"best_metric {self.best_metric!r} needs an eval set: eval_data or eval_fraction")
         return errors
@@ -181,13 +181,13 @@ class TrainConfig:
 
 def best_direction(metric: str) -> str | None:
     """Which way an eval metric improves, by its name: ``"min"`` for a loss or NLL, ``"max"`` for
-    accuracies and margins; None where the name does not say."""
+    accuracies, margins and F1; None where the name does not say."""
     name = metric.removeprefix("eval_")
     if name.endswith(("loss", "nll")):
         return "min"
-    if name.endswith(("accuracies", "accuracy", "margins")):
+    if name.endswith(("accuracies", "accuracy", "margins", "f1")):
         return "max"
-    return None
+    return None  # e.g. a log-prob, a reward, a ROUGE variant: the run must say
 
 
 def required_fields() -> list[str]:

@@ -101,11 +101,11 @@ class DPOTrainer(Trainer):
     item_source = "prefopt.data.load_preferences(path or list of dicts, tok)"
 
     def __init__(self, model, config: DPOConfig, train_data: Sequence[PairExample], eval_data=None, *, pad_id: int,
-                 ref_model: torch.nn.Module | None = None, ref_cache=None, callbacks=(), tokenizer=None):
+                 ref_model: torch.nn.Module | None = None, ref_cache=None, **kw):
         self.pad_id = pad_id
         self.ref_model = ref_model
         self.ref_forwards = 0  # reference forward passes made (0 with a cache)
-        super().__init__(model, config, train_data, eval_data, callbacks=callbacks, tokenizer=tokenizer)
+        super().__init__(model, config, train_data, eval_data, **kw)  # callbacks, tokenizer, evaluators
         if isinstance(ref_cache, (str, os.PathLike)):  # a folder: opened for this reference, once
             # the data are checked and the output folder claimed (hashing the weights takes a while)
             ref_cache = reference_cache_for(config, self.model, ref_model, root=ref_cache)

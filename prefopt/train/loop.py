@@ -47,6 +47,7 @@ from .schedule import lr_at
 Batch = dict[str, torch.Tensor]
 EVAL_BAR_MIN = 64  # an eval set this small (per process) finishes without a bar
 Callback = Callable[["Trainer", int, dict], None]
+Evaluator = Callable[["Trainer"], dict[str, float]]
 
 
 def peak_memory_mb(device: torch.device) -> float | None:
@@ -94,20 +95,26 @@ class Trainer:
     Subclasses implement :meth:`loss_sum` (batch → summed loss, units, metric sums) and
     :meth:`collate`. ``callbacks`` are called as ``cb(trainer, step, metrics)`` after each step.
     ``tokenizer``, optional, is written beside the weights the trainer saves (``best/``; the
-    CLI's ``final/``).
+    CLI's ``final/``). ``evaluators`` add metrics of your own to every evaluation: each is called
+    as ``fn(trainer)`` (model in eval mode, no gradients) and returns ``{name: value}``, logged
+    as ``eval_name`` and usable as ``best_metric``, e.g. a task score of greedy answers on a
+    validation set. Under torchrun every process calls it and the values are averaged, so
+    score the same items on each (or equal shares).
     """
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, train_data: Sequence,
-                 eval_data: Sequence | None = None, *, callbacks: Sequence[Callback] = (), tokenizer=None):
+                 eval_data: Sequence | None = None, *, callbacks: Sequence[Callback] = (), tokenizer=None,
+                 evaluators: Sequence[Evaluator] = ()):
         self.config = config
         self.tokenizer = tokenizer
+        self.evaluators = list(evaluators)
         self.train_data, self.eval_data = list(train_data), list(eval_data or [])
         self._check_items(self.train_data, "train_data")  # before the output folder is claimed
         self._check_items(self.eval_data, "eval_data")
         _check_context(model, self.train_data + self.eval_data)
-        if config.best_metric and not self.eval_data:
+        if config.best_metric and not (self.eval_data or self.evaluators):
             raise ValueError(f"best_metric {config.best_metric!r} needs an eval set (eval_data; the CLI: --eval-data "
-                             f"or --eval-fraction)")
+                             f"or --eval-fraction) or evaluators")
         self.device = local_device(resolve_device(config.device))
         self.dist: DistInfo = init_distributed(self.device)
         ckpt_io.claim_output_dir(config.output_dir, resume=config.resume, overwrite=config.overwrite,
@@ -236,9 +243,20 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Loss (and metrics) over the whole eval set, per unit; sharded across ranks."""
-        if not self.eval_data:
-            return {}
+        """Loss (and metrics) over the whole eval set, per unit, sharded across ranks; then the
+        ``evaluators``' metrics."""
+        out = self._eval_loss() if self.eval_data else {}
+        if self.evaluators:
+            self.wrapped.eval()
+            mine = {}
+            for fn in self.evaluators:
+                mine.update({f"eval_{k}": float(v) for k, v in fn(self).items()})
+            keys = sorted(mine)
+            r = all_reduce_sum(torch.tensor([mine[k] for k in keys], dtype=torch.float64), self.dist)
+            out.update({k: r[j].item() / self.dist.world for j, k in enumerate(keys)})
+        return out
+
+    def _eval_loss(self) -> dict[str, float]:
         self.wrapped.eval()
         bs, world, rank = self.config.batch_size, self.dist.world, self.dist.rank
         mine = self.eval_data[rank::world]

@@ -32,10 +32,10 @@ class SFTTrainer(Trainer):
     item_type = TokenizedExample
     item_source = "prefopt.data.load_sft(path or list of dicts, tok)"
 
-    def __init__(self, model, config, train_data: Sequence[TokenizedExample], eval_data=None, *, pad_id: int,
-                 callbacks=(), tokenizer=None):
+    def __init__(self, model, config, train_data: Sequence[TokenizedExample], eval_data=None, *, pad_id: int, **kw):
+        """``kw``: the :class:`Trainer` options (``callbacks``, ``tokenizer``, ``evaluators``)."""
         self.pad_id = pad_id
-        super().__init__(model, config, train_data, eval_data, callbacks=callbacks, tokenizer=tokenizer)
+        super().__init__(model, config, train_data, eval_data, **kw)
 
     def collate(self, examples):
         return pad_collate(examples, self.pad_id)

@@ -215,3 +215,60 @@ def test_patience_needs_best_metric(task, tmp_path):
     with pytest.raises(ValueError) as every:  # every problem at once
         _cfg(task, tmp_path / "d", best_mode="lowest", patience=-1, best_metric="logps/chosen")
     assert "best_mode must be one of" in str(every.value) and "patience must be >= 0" in str(every.value)
+
+
+def _trainer(task, out, evaluators, eval_fraction=0.25, **kw):
+    from prefopt import SFTTrainer, load_tokenizer
+    from prefopt.train.run import prepare_model
+    from prefopt.train.sft import load_train_eval
+
+    tok = load_tokenizer(task[0])
+    train, evals, _ = load_train_eval(_cfg(task, out, eval_fraction=eval_fraction, best_metric=None), tok)
+    cfg = _cfg(task, out, eval_fraction=eval_fraction, data=None, **kw)  # examples given, as in a notebook
+    return SFTTrainer(prepare_model(cfg), cfg, train, evals, pad_id=tok.pad_token_id or 0, tokenizer=tok,
+                      evaluators=evaluators), tok
+
+
+def test_an_evaluator_adds_metrics_of_its_own_that_best_metric_can_use(task, tmp_path):
+    """An evaluator runs at every evaluation, in eval mode without gradients; its metrics are
+    logged with the eval_ prefix and can pick the best weights (here the smallest lora_B norm:
+    before training, when every lora_B is zero)."""
+    seen = []
+
+    def lora_b_norm(trainer):
+        seen.append((trainer.step, trainer.model.training, torch.is_grad_enabled()))
+        norm = sum(float(p.norm() ** 2) for n, p in trainer.model.named_parameters() if "lora_B" in n) ** 0.5
+        return {"lora_b_norm": norm}
+
+    trainer, _ = _trainer(task, tmp_path / "run", [lora_b_norm], best_metric="eval_lora_b_norm", best_mode="min")
+    summary = trainer.train()
+    assert seen == [(s, False, False) for s in range(7)]
+    norms = _evals(tmp_path / "run", "eval_lora_b_norm")
+    assert norms[0] == 0 and all(norms[s] > 0 for s in range(1, 7))
+    assert "eval_loss" in summary["eval_after"] and summary["best"]["step"] == 0
+
+
+def test_a_task_score_of_greedy_answers_as_the_best_metric(task, tmp_path):
+    """The use it is for: score greedy answers to held-out prompts (here the tiny task's colour
+    codes) and keep the weights that answer best, with no eval loss at all."""
+    from prefopt import generate
+
+    def code_accuracy(trainer):
+        tok, right = trainer.tokenizer, 0
+        prompts = [tok.apply_chat_template([{"role": "user", "content": f"Case {i}: triage code for patient "
+                                             f"{i % 4}?"}], add_generation_prompt=True) for i in range(100, 108)]
+        answers = generate(trainer.model, prompts, max_new_tokens=4, eos_token_ids=tok.eos_token_ids,
+                           pad_token_id=tok.pad_token_id or 0)
+        for i, ids in zip(range(100, 108), answers):
+            right += ["red", "blue", "green", "amber"][i % 4] in tok.decode(ids)
+        return {"code_accuracy": right / 8}
+
+    trainer, _ = _trainer(task, tmp_path / "run", [code_accuracy], eval_fraction=0.0, best_metric="code_accuracy",
+                          max_steps=4)
+    summary = trainer.train()
+    scores = _evals(tmp_path / "run", "eval_code_accuracy")
+    assert sorted(scores) == [0, 1, 2, 3, 4] and all(0 <= v <= 1 for v in scores.values())
+    assert summary["best"]["order"] == "max"  # auto: an accuracy
+    best = max(scores.values())
+    assert summary["best"]["value"] == best and summary["best"]["step"] == min(s for s in scores if scores[s] == best)
+    assert (tmp_path / "run" / "best" / "best.json").is_file() and "eval_loss" not in summary["eval_after"]
