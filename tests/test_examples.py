@@ -122,3 +122,26 @@ def test_the_real_data_examples_report_bad_rows_without_a_traceback(tmp_path, na
     assert where in done.stderr and "Traceback" not in done.stderr
     done = _example(name, "--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "run"))
     assert done.returncode == 1 and "not found at" in done.stderr and "pass --data-dir" in done.stderr
+
+
+@pytest.mark.slow
+def test_dpo_best_by_task_reruns_a_compare_runs_dpo_keeping_the_best_validation_step(tmp_path):
+    """examples/dpo_best_by_task.py on a tiny compare run: validation records' pairs are left out,
+    every evaluation scores greedy answers to them, and the test table compares each stage with SFT."""
+    model = tmp_path / "tiny"
+    build_hf_model(model, max_position_embeddings=4096)
+    run = tmp_path / "run"
+    settings = [x for kv in TINY + ["max_train=12", "dpo_steps=3"] for x in ("--set", kv)]
+    assert _run("--model", str(model), "--output", str(run), "--device", "cpu", *settings).returncode == 0
+    out = tmp_path / "best"
+    done = _example("dpo_best_by_task.py", "--run", str(run), "--output", str(out), "--val", "4", "--eval-every", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    pairs = sum(1 for _ in (run / "data" / "pairs.jsonl").open())
+    assert summary["val"] == 4 and summary["pairs"] < pairs  # the held-out records' pairs are not trained on
+    steps = [json.loads(line) for line in (out / "dpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if "eval_val_macro_f1" in r] == [0, 1, 2, 3]
+    assert summary["best"]["metric"] == "eval_val_macro_f1" and (out / "dpo" / "best" / "best.json").is_file()
+    assert [r["stage"] for r in summary["test"]] == ["SFT", "SFT+DPO (compare run)", "SFT+DPO, best validation step",
+                                                     "SFT+DPO, this run's last step"]
+    assert "SFT+DPO, best validation step: macro_f1" in done.stdout

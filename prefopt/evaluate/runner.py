@@ -76,6 +76,21 @@ def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: 
     return (texts, ended) if return_ended else texts
 
 
+def task_evaluator(task, records, *, batch_size: int = 16, prefix: str = "val_"):
+    """An evaluator for the trainers (``evaluators=[...]``): greedy answers to ``records`` scored by
+    ``task``, as ``{prefix + metric: value}`` (``val_macro_f1``, ...; numbers only), so that
+    ``best_metric="val_macro_f1"`` keeps the weights that answer best. The trainer needs its
+    ``tokenizer``."""
+    def evaluate(trainer) -> dict[str, float]:
+        if trainer.tokenizer is None:
+            raise ValueError("task_evaluator needs the trainer's tokenizer: pass tokenizer=tok to the trainer")
+        texts = predict(trainer.model, trainer.tokenizer, task, records, batch_size=batch_size, show_progress=False)
+        _, metrics = score(task, records, texts)
+        return {prefix + k: float(v) for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"}
+    return evaluate
+
+
 def fit_max_new_tokens(task, tok, records) -> tuple[int | None, int]:
     """``(max_new_tokens, cut)``: for a free-text task whose longest reference answer would not fit in
     its ``max_new_tokens``, room for it (10% more, rounded up to 32 tokens) and how many references

@@ -1,0 +1,33 @@
+"""``task_evaluator``: a task's score of greedy answers as a trainer's evaluator (for best_metric)."""
+from types import SimpleNamespace
+
+import pytest
+
+from prefopt import load_model, load_tokenizer
+from prefopt.evaluate.runner import predict, score, task_evaluator
+from prefopt.tasks import get_task
+from tests._tiny import build_hf_model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    build_hf_model(d, max_position_embeddings=4096)
+    task = get_task("portal")
+    return task, task.read()[:6], load_model(d), load_tokenizer(d)
+
+
+def test_it_returns_the_tasks_metrics_of_greedy_answers_prefixed(setup):
+    task, records, model, tok = setup
+    got = task_evaluator(task, records, batch_size=4)(SimpleNamespace(model=model, tokenizer=tok))
+    _, expected = score(task, records, predict(model, tok, task, records, show_progress=False))
+    assert "val_macro_f1" in got and "val_n" not in got
+    assert got == {f"val_{k}": float(v) for k, v in expected.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"}
+    assert all(isinstance(v, float) for v in got.values())
+
+
+def test_it_needs_the_trainers_tokenizer(setup):
+    task, records, model, _ = setup
+    with pytest.raises(ValueError, match="pass tokenizer=tok to the trainer"):
+        task_evaluator(task, records)(SimpleNamespace(model=model, tokenizer=None))
