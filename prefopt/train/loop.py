@@ -250,7 +250,8 @@ class Trainer:
             self.wrapped.eval()
             mine = {}
             for fn in self.evaluators:
-                mine.update({f"eval_{k}": float(v) for k, v in fn(self).items()})
+                with self._autocast():  # as the loss is evaluated (bf16 on CUDA)
+                    mine.update({f"eval_{k}": float(v) for k, v in fn(self).items()})
             keys = sorted(mine)
             r = all_reduce_sum(torch.tensor([mine[k] for k in keys], dtype=torch.float64), self.dist)
             out.update({k: r[j].item() / self.dist.world for j, k in enumerate(keys)})
