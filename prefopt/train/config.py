@@ -71,11 +71,12 @@ class TrainConfig:
     save_total_limit: int = opt(2, "checkpoints to keep")
     best_metric: str | None = opt(None, "keep the weights that score best on this eval metric (eval_loss, "
                                         "eval_rewards/accuracies, ...) in output_dir/best, judged at every "
-                                        "evaluation, the one before training included; needs an eval set")
+                                        "evaluation, the one before training included; needs an eval set (in Python, "
+                                        "or a trainer's evaluators)")
     best_mode: str = opt("auto", "min or max: which way best_metric improves (auto: min for a loss or NLL, max for "
                                  "accuracies, margins and F1)")
     patience: int = opt(0, "stop early once best_metric has not improved for this many evaluations in a row "
-                           "(0: never); needs best_metric")
+                           "(0: never); needs best_metric and eval_every")
     resume: bool = opt(False, "continue from the newest checkpoint in output_dir")
     overwrite: bool = opt(False, "replace an earlier run in output_dir (else training into it is refused)")
     fsdp: bool = opt(False, "FSDP2 full fine-tuning under torchrun (needs --no-lora)")
