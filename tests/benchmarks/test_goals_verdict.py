@@ -69,3 +69,9 @@ def test_a_one_pass_loss_fastest_with_a_frozen_head_is_named_for_that_default(ve
                {**FROZEN, "onepass": (55.0, 224)})
     assert "fastest within 256 MB is onepass (55.00 ms, 1.08×; faster than Liger); the one-pass loss should be " \
            "the default for a frozen head too (onepass.wanted)" in out
+
+
+def test_a_missing_baseline_is_not_taken_as_beaten(verdict, tmp_path, capsys):
+    out = _run(verdict, tmp_path, capsys, {"triton": (144.0, 192), "onepass": (92.0, 193), "cce": (193.0, 2)}, FROZEN)
+    assert "issue 5 point 3 (trainable head): not met by any method; onepass within time and memory, but Liger or " \
+           "CCE was not measured" in out
