@@ -26,6 +26,7 @@ def main() -> None:
     from prefopt.data import load_preferences
     from prefopt.evaluate.runner import predict, score, task_evaluator
     from prefopt.evaluate.stats import paired_bootstrap
+    from prefopt.fileio import write_json_atomic
     from prefopt.tasks import get_task
     from prefopt.tokenizer import set_chat_date
     from prefopt.train import DPOConfig
@@ -51,6 +52,9 @@ def main() -> None:
     val_ids = set(random.Random(a.seed).sample(sorted(split["train"]), a.val))
     val = [by_id[i] for i in sorted(val_ids)]
     pairs = [json.loads(line) for line in (a.run / "data" / "pairs.jsonl").read_text().splitlines() if line]
+    if not all("id" in p for p in pairs):  # given pairs (strategy "ranked") need not name their record
+        raise ValueError(f"{a.run / 'data' / 'pairs.jsonl'}: pairs without an 'id' cannot be matched to the "
+                         f"held-out records; use a run whose pairs prefopt made (wrong_label, model_errors)")
     kept = [p for p in pairs if p["id"] not in val_ids]
 
     tok = load_tokenizer(trained["model"])
@@ -90,8 +94,7 @@ def main() -> None:
         else:
             rows.append({"stage": name, task.primary: metrics[task.primary]})
         print(line, flush=True)
-    (a.output / "summary.json").write_text(json.dumps({"best": best, "test": rows, "val": len(val),
-                                                       "pairs": len(kept)}, indent=2))
+    write_json_atomic(a.output / "summary.json", {"best": best, "test": rows, "val": len(val), "pairs": len(kept)})
 
 
 if __name__ == "__main__":
