@@ -34,10 +34,6 @@ def _rows(path: str | Path) -> dict[str, dict]:
     return {r["method"]: r for r in rows if (r.get("D"), r.get("V"), r.get("N")) == (4096, 128256, 16384)}
 
 
-def _ratio(r: dict) -> float | None:
-    return r["seconds"] / r["gemm_limit"] if "seconds" in r else None
-
-
 def judge(rows: dict[str, dict]) -> list[dict]:
     """For each of prefopt's methods measured: its time, ratio and memory, and each goal met or not
     (None where a baseline is missing or failed)."""
@@ -55,8 +51,9 @@ def judge(rows: dict[str, dict]) -> list[dict]:
             out.append({"method": m, "error": r.get("error", "no time")})
             continue
         t = r["seconds"]
-        out.append({"method": m, "ms": t * 1e3, "ratio": _ratio(r), "extra_mib": r["extra_peak"] / MiB,
-                    "memory": r["extra_peak"] <= MEMORY_GOAL, "time": _ratio(r) <= TIME_GOAL,
+        ratio = t / r["gemm_limit"]
+        out.append({"method": m, "ms": t * 1e3, "ratio": ratio, "extra_mib": r["extra_peak"] / MiB,
+                    "memory": r["extra_peak"] <= MEMORY_GOAL, "time": ratio <= TIME_GOAL,
                     "liger": None if liger is None else t < liger,
                     "cce": None if cce is None else t <= cce,
                     "cce_exact": None if cce_exact is None else t <= cce_exact})

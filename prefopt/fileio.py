@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,6 @@ def replace_dir(tmp: str | Path, final: str | Path) -> None:
     """Put the folder ``tmp`` (complete) in place of ``final`` by renames: an earlier ``final`` moves
     to ``final.old`` first and is removed after, so a crash leaves a whole folder under one of the
     two names, never a half-written one."""
-    import shutil
-
     tmp, final = Path(tmp), Path(final)
     old = final.with_name(final.name + ".old")
     if old.exists():

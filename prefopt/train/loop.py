@@ -140,7 +140,6 @@ class Trainer:
             weight_decay=config.weight_decay, foreach=True,
         )
         self.step = 0
-        self.stopped_early = False
         self._lengths = [self.length(e) for e in self.train_data]
         self._order_cache: tuple[int | None, list[int]] = (None, [])
 
@@ -265,14 +264,15 @@ class Trainer:
         bar = progress(total=len(mine), desc="eval", unit=self.noun.rstrip("s"), leave=False,
                        disable=not (self.config.progress and self.dist.is_main) or len(mine) <= EVAL_BAR_MIN)
         for s in range(0, len(mine), bs):
-            batch = {k: v.to(self.device) for k, v in self.collate(mine[s:s + bs]).items()}
+            part = mine[s:s + bs]
+            batch = {k: v.to(self.device) for k, v in self.collate(part).items()}
             with self._autocast():
                 loss, metrics = self.loss_sum(self.model, batch)
             total += float(loss)
             units += self.units(batch)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-            bar.update(len(mine[s:s + bs]))
+            bar.update(len(part))
         bar.close()
         keys = sorted(sums)
         r = all_reduce_sum(torch.tensor([total, units, *[sums[k] for k in keys]]), self.dist)
@@ -300,7 +300,7 @@ class Trainer:
         bar = progress(total=self.total_steps, initial=self.step, desc="train", unit="step",
                        disable=not (c.progress and self.dist.is_main)) if self.dist.is_main else None
         try:
-            self._run_steps(log, bar)
+            stopped = self._run_steps(log, bar)
         except KeyboardInterrupt:  # Ctrl-C: say where the run stopped and how to go on
             if self.dist.is_main:
                 self._say_interrupted()
@@ -308,8 +308,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        if self.stopped_early:  # the weights were just evaluated, and judged
-            final_eval = {k: v for k, v in self._last_metrics.items() if k.startswith("eval_")}
+        if stopped is not None:  # the weights were just evaluated, and judged
+            final_eval = stopped
             summary["stopped_early"] = {"step": self.step, "patience": c.patience, "metric": c.best_metric}
         else:
             final_eval = self.evaluate()
@@ -336,8 +336,9 @@ class Trainer:
                 f"({self.total_steps / self.steps_per_epoch:.2f} epochs); {n:,} trainable parameters ({what}); "
                 f"{self.device.type}, {precision}")
 
-    def _run_steps(self, log: MetricsLog | None, bar) -> None:
-        """Train from ``self.step`` to ``total_steps``: log, evaluate, save and call back as configured."""
+    def _run_steps(self, log: MetricsLog | None, bar) -> dict[str, float] | None:
+        """Train from ``self.step`` to ``total_steps``: log, evaluate, save and call back as configured.
+        Returns the last evaluation's metrics where ``patience`` stopped the run early, else None."""
         c = self.config
         t0, tokens = time.perf_counter(), 0
         while self.step < self.total_steps:
@@ -364,8 +365,8 @@ class Trainer:
             for cb in self.callbacks:
                 cb(self, self.step, metrics)
             if stop:  # every rank sees the same all-reduced metrics, so all stop here
-                self.stopped_early, self._last_metrics = True, metrics
-                return
+                return evaluated
+        return None
 
     def _say_interrupted(self) -> None:
         last = ckpt_io.latest_checkpoint(self.output_dir)
