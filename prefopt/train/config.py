@@ -6,6 +6,7 @@ flags from the same fields, so a file and the command line speak the same names.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -146,9 +147,14 @@ class TrainConfig:
         if self.best_mode == "auto" and best_direction(self.best_metric) is None:
             errors.append(f"best_mode: say min or max for best_metric {self.best_metric!r} (auto knows losses, NLLs, "
                           f"accuracies, margins and F1)")
-        if self.data and not (self.eval_data or self.eval_fraction):
-            errors.append(f"best_metric {self.best_metric!r} needs an eval set: eval_data or eval_fraction")
         return errors
+
+    def check_eval_set(self, evaluators: Sequence = ()) -> None:
+        """Before anything loads: ``best_metric`` needs evaluations to judge, on an eval set
+        (``eval_data``, ``eval_fraction``) or from ``evaluators`` (``run_sft``/``run_dpo`` call it;
+        a trainer built by hand checks its loaded eval data the same way)."""
+        if self.best_metric and not (self.eval_data or self.eval_fraction or evaluators):
+            raise ValueError(no_eval_set(self.best_metric))
 
     def best_order(self) -> str:
         """``"min"`` or ``"max"``: which way ``best_metric`` improves."""
@@ -178,6 +184,12 @@ class TrainConfig:
         """Each setting's default (those with one), as ``to_dict`` writes them."""
         return {f.name: f.default if f.default is not MISSING else f.default_factory()
                 for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING}
+
+
+def no_eval_set(metric: str) -> str:
+    """The error for a ``best_metric`` with nothing to judge it on."""
+    return (f"best_metric {metric!r} needs an eval set (eval_data or eval_fraction; the CLI: --eval-data or "
+            f"--eval-fraction) or evaluators")
 
 
 def best_direction(metric: str) -> str | None:

@@ -27,7 +27,7 @@ from ..devices import resolve_device
 from ..fileio import write_json_atomic
 from ..lora import lora_layers
 from . import state as ckpt_io
-from .config import TrainConfig
+from .config import TrainConfig, no_eval_set
 from .data_digest import check_same_data, data_digest
 from .distributed import (
     DistInfo,
@@ -113,8 +113,7 @@ class Trainer:
         self._check_items(self.eval_data, "eval_data")
         _check_context(model, self.train_data + self.eval_data)
         if config.best_metric and not (self.eval_data or self.evaluators):
-            raise ValueError(f"best_metric {config.best_metric!r} needs an eval set (eval_data; the CLI: --eval-data "
-                             f"or --eval-fraction) or evaluators")
+            raise ValueError(no_eval_set(config.best_metric))
         self.device = local_device(resolve_device(config.device))
         self.dist: DistInfo = init_distributed(self.device)
         ckpt_io.claim_output_dir(config.output_dir, resume=config.resume, overwrite=config.overwrite,

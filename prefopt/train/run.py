@@ -62,15 +62,17 @@ def claim_output_dir(config: TrainConfig) -> None:
                              is_main=init_distributed(resolve_device(config.device)).is_main, clear=False)
 
 
-def run_sft(config: TrainConfig, callbacks=()) -> dict:
-    """Fine-tune ``config.model`` on ``config.data``; returns the training summary."""
+def run_sft(config: TrainConfig, callbacks=(), evaluators=()) -> dict:
+    """Fine-tune ``config.model`` on ``config.data``; returns the training summary.
+    ``callbacks`` and ``evaluators``: as :class:`~prefopt.train.loop.Trainer` takes them."""
+    config.check_eval_set(evaluators)
     claim_output_dir(config)
     tok = load_tokenizer(config.model)
     config, dated = pin_chat_date(config, tok)
     train, evals, reports = load_train_eval(config, tok)
     model = prepare_model(config)
     trainer = SFTTrainer(model, config, train, evals, pad_id=tok.pad_token_id or 0, callbacks=callbacks,
-                         tokenizer=tok)
+                         tokenizer=tok, evaluators=evaluators)
     if trainer.dist.is_main:
         if dated:
             print("prefopt:", dated, flush=True)
@@ -129,12 +131,15 @@ def print_outcome(summary: dict, config: TrainConfig) -> None:
           f"{Path(config.output_dir) / 'metrics.jsonl'}", flush=True)
 
 
-def run_dpo(config, callbacks=()) -> dict:
-    """Preference-tune ``config.model`` on ``config.data`` (a :class:`DPOConfig`)."""
+def run_dpo(config, callbacks=(), evaluators=()) -> dict:
+    """Preference-tune ``config.model`` on ``config.data`` (a :class:`DPOConfig`); returns the
+    training summary. ``callbacks`` and ``evaluators``: as :class:`~prefopt.train.loop.Trainer`
+    takes them."""
     from ..data.preference import load_preferences
     from .dpo import DPOTrainer
     from .sft import load_train_eval
 
+    config.check_eval_set(evaluators)
     claim_output_dir(config)
     tok = load_tokenizer(config.model)
     config, dated = pin_chat_date(config, tok)
@@ -151,7 +156,7 @@ def run_dpo(config, callbacks=()) -> dict:
         for r in reports:
             print("prefopt:", r.summary(), flush=True)
     trainer = DPOTrainer(model, config, pairs, evals, pad_id=tok.pad_token_id or 0, ref_model=ref_model,
-                         ref_cache=cache, callbacks=callbacks, tokenizer=tok)
+                         ref_cache=cache, callbacks=callbacks, tokenizer=tok, evaluators=evaluators)
     if trainer.dist.is_main:
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(config.output_dir) / "train_config.json", config.to_dict())

@@ -134,8 +134,10 @@ def test_an_unknown_metric_is_named_before_any_step(task, tmp_path):
 
 
 def test_settings_that_cannot_work_are_refused(task, tmp_path):
-    with pytest.raises(ValueError, match="best_metric 'eval_loss' needs an eval set: eval_data or eval_fraction"):
-        _cfg(task, tmp_path / "a", eval_fraction=0.0)
+    for run in (run_sft, run_dpo):  # before any loading: the folder is not claimed
+        with pytest.raises(ValueError, match=r"best_metric 'eval_loss' needs an eval set \(eval_data or eval_fraction"):
+            run(_cfg(task, tmp_path / "a", eval_fraction=0.0))
+        assert not (tmp_path / "a").exists()
     with pytest.raises(ValueError, match="best_mode: say min or max for best_metric 'eval_logps/chosen'"):
         _cfg(task, tmp_path / "b", best_metric="logps/chosen")
     with pytest.raises(ValueError, match=r"best_mode must be one of \('auto', 'min', 'max'\) \(got 'lowest'\)"):
@@ -272,3 +274,24 @@ def test_a_task_score_of_greedy_answers_as_the_best_metric(task, tmp_path):
     best = max(scores.values())
     assert summary["best"]["value"] == best and summary["best"]["step"] == min(s for s in scores if scores[s] == best)
     assert (tmp_path / "run" / "best" / "best.json").is_file() and "eval_loss" not in summary["eval_after"]
+
+
+def _lora_b_norm(trainer):
+    return {"lora_b_norm": sum(float(p.norm() ** 2) for n, p in trainer.model.named_parameters() if "lora_B" in n)}
+
+
+def test_run_sft_and_run_dpo_take_evaluators_in_place_of_an_eval_set(task, tmp_path):
+    """``prefopt compare``'s validation messages reach DPO this way: no eval split, an evaluator
+    instead, and the best weights kept by its metric (here step 0, the only one with lora_B zero)."""
+    model_dir, _ = task
+    sft = run_sft(_cfg(task, tmp_path / "sft", eval_fraction=0.0, eval_every=2, max_steps=4,
+                       best_metric="lora_b_norm", best_mode="min"), evaluators=[_lora_b_norm])
+    dpo = run_dpo(DPOConfig(model=str(model_dir), data=str(write_pairs(tmp_path / "pairs.jsonl", n=16)),
+                            output_dir=str(tmp_path / "dpo"), batch_size=4, max_steps=4, lr=1e-2, lora_r=4,
+                            lora_alpha=8, eval_every=2, best_metric="lora_b_norm", best_mode="min", progress=False),
+                  evaluators=[_lora_b_norm])
+    for summary, out in ((sft, tmp_path / "sft"), (dpo, tmp_path / "dpo")):
+        norms = _evals(out, "eval_lora_b_norm")
+        assert sorted(norms) == [0, 2, 4] and norms[0] == 0 < norms[4]
+        assert summary["best"]["step"] == 0 and "eval_loss" not in summary["eval_after"]
+        assert all(float(t.abs().max()) == 0 for k, t in _adapter(out / "best").items() if "lora_B" in k)
