@@ -10,12 +10,15 @@ interrupted run resumes where it stopped)::
     DIR/base|sft|dpo/earlier/N/      evaluations made with other decoding settings, kept when redone
     DIR/sft/train/final/             the SFT adapter
     DIR/dpo/train/final/             the SFT+DPO adapter (both updates; loads on the base model)
+    DIR/dpo/train/best/              with ``--set val=N``: the SFT+DPO weights whose answers to the N
+                                     held-out validation items scored best; the "dpo" stage's model
     DIR/dpo/ref_cache/               reference log-probs (the SFT model), computed once
     DIR/report.md, report.json, *.png
 """
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -46,12 +49,15 @@ PRESETS = {
     "quick": {"max_train": 160, "test": 60, "sft_steps": 60, "dpo_steps": 50, "batch_size": 4, "dpo_batch_size": 2,
               "max_length": 384, "sft_lr": 3e-4, "dpo_lr": 1e-4, "beta": 0.1, "eval_batch_size": 16,
               "max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
-              "gradient_checkpointing": False},
+              "gradient_checkpointing": False, "val": None, "dpo_eval_every": None},
     "full": {"max_train": None, "test": 0.2, "sft_steps": None, "dpo_steps": None, "sft_epochs": 2.0,
              "dpo_epochs": 1.0, "batch_size": 8, "dpo_batch_size": 4, "max_length": 1024, "sft_lr": 2e-4,
              "dpo_lr": 5e-5, "beta": 0.1, "eval_batch_size": 16, "max_new_tokens": None,
              "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
-             "gradient_checkpointing": False},
+             "gradient_checkpointing": False, "val": None, "dpo_eval_every": None},
+    # val None: no validation set. A count (>= 1) or fraction (< 1) of the items is held out of both
+    # training stages; DPO then answers them every dpo_eval_every steps (None: about ten times a run) and the
+    # weights that score best on the task's primary metric are the "dpo" stage (step 0: the SFT model itself);
     # max_new_tokens None: the task's, raised where its reference answers are longer (runner.fit_max_new_tokens);
     # repetition_penalty, no_repeat_ngram_size None: none (greedy decoding as it is); repeat_scope None: "all";
     # gradient_checkpointing: less memory, more time
@@ -103,12 +109,27 @@ class CompareConfig:
                              + (f"; {', '.join(where)} {'is' if len(where) == 1 else 'are'} not a preset setting: "
                                 f"pass {' and '.join('--' + w.replace('_', '-') for w in where)}" if where else ""))
         s = {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}
+        _check_validation(s)
         self.device_and_dtype()
         if self.chat_date is not None:
             parse_chat_date(self.chat_date)
         d = decoding(s)  # checked before the run claims its folder
         check_repeat_options(d["repetition_penalty"], d["no_repeat_ngram_size"], d["repeat_scope"])
         return s
+
+
+def _check_validation(s: dict) -> None:
+    """``val``: None, 0, a fraction in (0, 1) or a whole count; ``dpo_eval_every``: None or a
+    positive whole number, and only with ``val`` (it has nothing to evaluate otherwise)."""
+    val, every = s["val"], s["dpo_eval_every"]
+    number = isinstance(val, (int, float)) and not isinstance(val, bool)
+    if val is not None and not (number and val >= 0 and (val < 1 or float(val).is_integer())):
+        raise ValueError(f"val: a count of items (a whole number) or a fraction in (0, 1) to hold out for choosing "
+                         f"DPO's weights, or 0 for none (got {val!r})")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ValueError(f"dpo_eval_every: a whole number of steps >= 1 (got {every!r})")
+    if every is not None and not val:
+        raise ValueError("dpo_eval_every needs val: the validation items each evaluation answers (--set val=N)")
 
 
 def _log(msg: str) -> None:
@@ -122,7 +143,7 @@ _MACHINE_ONLY = ("device", "eval_dtype")
 _MEMORY_ONLY = ("gradient_checkpointing",)  # change memory and time, not results: a run may resume with them
 # settings added after runs were made, with the values those runs used
 _ADDED_SETTINGS = {"max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None,
-                   "repeat_scope": None, "gradient_checkpointing": False}
+                   "repeat_scope": None, "gradient_checkpointing": False, "val": None, "dpo_eval_every": None}
 
 
 def _eval_only(config: dict) -> tuple[str, ...]:
@@ -189,7 +210,7 @@ def _fit_test_size(cfg: CompareConfig, s: dict, records: list) -> None:
 def _split(cfg: CompareConfig, records: list, s: dict, out: Path):
     from ..tasks import split_records
 
-    splits = split_records(records, test=s["test"], seed=cfg.seed, max_train=s["max_train"])
+    splits = split_records(records, test=s["test"], val=s["val"] or 0, seed=cfg.seed, max_train=s["max_train"])
     ids = {k: [r.id for r in v] for k, v in splits.items()}
     path = out / "split.json"
     if path.is_file():
@@ -225,7 +246,7 @@ def _load_stage_model(cfg: CompareConfig, out: Path, stage: str, keep: dict | No
     device, dtype = cfg.device_and_dtype()
     if stage == "base":
         return load_model(cfg.model, dtype=dtype, device=device)
-    dpo = out / "dpo" / "train" / "final"
+    dpo = dpo_weights(out)
     if stage == "dpo" and is_stacked(dpo):  # holds the SFT update too (prefopt.lora_stack)
         return load_model(cfg.model, dtype=dtype, device=device, adapter=dpo, merge=True)
     model = load_model(cfg.model, dtype=dtype, device=device, adapter=out / "sft" / "train" / "final", merge=True)
@@ -321,7 +342,55 @@ def _pairs(cfg, task, tok, train, out: Path, s: dict, keep: dict | None = None) 
     return path
 
 
-def _dpo(cfg, pairs: Path, out: Path, s: dict) -> None:
+def dpo_weights(out: Path) -> Path:
+    """The SFT+DPO adapter the "dpo" stage evaluates: the one chosen on the validation items where
+    the run held some out (``best/``), else the last step's (``final/``)."""
+    train = Path(out) / "dpo" / "train"
+    return train / "best" if (train / "best" / "best.json").is_file() else train / "final"
+
+
+def _dpo_steps(s: dict, pairs: Path) -> int:
+    """How many optimizer steps the DPO stage takes: ``dpo_steps``, else its epochs over the pairs."""
+    if s["dpo_steps"]:
+        return s["dpo_steps"]
+    from ..data.readers import read_rows
+
+    n = sum(1 for _, row in read_rows(pairs) if isinstance(row, dict))
+    return max(1, math.ceil(math.ceil(n / s["dpo_batch_size"]) * s["dpo_epochs"]))
+
+
+def _validation(task, val: list, pairs: Path, s: dict) -> tuple[dict, list]:
+    """With validation items: the DPO stage's settings that keep its best weights by the task's
+    score of greedy answers to them (decoded as the test set's answers are), and the evaluator
+    that makes the score; else nothing."""
+    from .runner import task_evaluator
+
+    if not val:
+        return {}, []
+    every = s["dpo_eval_every"] or max(1, round(_dpo_steps(s, pairs) / 10))
+    evaluator = task_evaluator(task, val, batch_size=s["eval_batch_size"], **{k: s[k] for k in DECODING})
+    return {"eval_every": every, "best_metric": f"val_{task.primary}", "best_mode": "max"}, [evaluator]
+
+
+def _given_pairs_outside(pairs: Path, val: list) -> None:
+    """Given pairs (``ranked``) whose prompt is word for word a validation item's message would
+    train DPO on the items that choose its weights: refused, by file and line."""
+    from ..data.readers import read_rows
+    from ..data.records import DataError
+
+    held = {" ".join(r.prompt.split()): r.id for r in val}
+    for line, row in read_rows(pairs):  # a bad row is DPO's loader's to report, with the rest
+        prompt = row.get("prompt") if isinstance(row, dict) else None
+        if isinstance(prompt, list):  # chat messages: the last user turn
+            prompt = next((m.get("content") for m in reversed(prompt) if isinstance(m, dict)
+                           and m.get("role") == "user"), None)
+        if isinstance(prompt, str) and " ".join(prompt.split()) in held:
+            raise DataError(pairs, line, "prompt", f"the message of validation item {held[' '.join(prompt.split())]!r}; "
+                            f"DPO would train on the items that choose its weights. Drop such pairs, or run "
+                            f"without --set val")
+
+
+def _dpo(cfg, task, pairs: Path, val: list, out: Path, s: dict) -> None:
     from ..train import DPOConfig
     from ..train.run import run_dpo
 
@@ -329,8 +398,13 @@ def _dpo(cfg, pairs: Path, out: Path, s: dict) -> None:
     if (final / "adapter_model.safetensors").is_file():
         _log(f"dpo: reusing {final}")
         return
+    chosen, evaluators = _validation(task, val, pairs, s)
+    if val:
+        _log(f"dpo: scoring greedy answers to {len(val)} validation items every {chosen['eval_every']} steps; "
+             f"the weights with the best {task.primary} on them are the SFT+DPO model")
     run_dpo(_train_config(DPOConfig, cfg, s, "dpo", pairs, out / "dpo" / "train", loss=cfg.loss, beta=s["beta"],
-                          sft_adapter=str(out / "sft" / "train" / "final"), ref_cache=str(out / "dpo" / "ref_cache")))
+                          sft_adapter=str(out / "sft" / "train" / "final"), ref_cache=str(out / "dpo" / "ref_cache"),
+                          **chosen), evaluators=evaluators)
 
 
 def run_compare(cfg: CompareConfig) -> dict:
@@ -364,8 +438,11 @@ def run_compare(cfg: CompareConfig) -> dict:
         _log(dated)
     torch.manual_seed(cfg.seed)
     splits = _split(cfg, records, s, out)
-    train, test = splits["train"], splits["test"]
-    _log(f"task {cfg.task}: {len(train)} train / {len(test)} test items; preset {cfg.preset}; output {out}")
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    held = f" / {len(val)} validation" if val else ""
+    _log(f"task {cfg.task}: {len(train)} train{held} / {len(test)} test items; preset {cfg.preset}; output {out}")
+    if val and cfg.strategy == "ranked":
+        _given_pairs_outside(Path(cfg.pairs), val)
     judge = None
     if cfg.judge:
         from ..pretrained import load_model
@@ -378,7 +455,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     results["sft"] = _evaluate(cfg, task, tok, test, out, "sft", s, judge, keep)
     pairs = _pairs(cfg, task, tok, train, out, s, keep)
     del keep  # the SFT model, if its errors were mined, is released before DPO
-    _dpo(cfg, pairs, out, s)
+    _dpo(cfg, task, pairs, val, out, s)
     results["dpo"] = _evaluate(cfg, task, tok, test, out, "dpo", s, judge)
     report = build_report(cfg, task, test, results, out)
     _log(f"report: {out / 'report.md'}")

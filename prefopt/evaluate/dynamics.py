@@ -31,10 +31,40 @@ def stage_dynamics(train_dir: Path, keys: tuple[str, ...]) -> dict | None:
     return out
 
 
+def dpo_selection(out: Path) -> dict | None:
+    """Where a compare run held validation items out (``--set val``): the DPO step whose weights
+    became the "dpo" stage (``best.json``: metric, value, step), the run's ``total_steps``, the
+    number of validation items ``n_val``, and the validation score at every evaluation
+    (``curve``: ``[step, value]`` pairs); None for a run without them."""
+    train = Path(out) / "dpo" / "train"
+    if not (train / "best" / "best.json").is_file():
+        return None
+    best = json.loads((train / "best" / "best.json").read_text())
+    rows = [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    summary = json.loads((train / "train_summary.json").read_text())
+    split = json.loads((Path(out) / "split.json").read_text())
+    return {**best, "total_steps": summary["total_steps"], "n_val": len(split.get("val", [])),
+            "curve": [[r["step"], r[best["metric"]]] for r in rows if best["metric"] in r]}
+
+
 def training_dynamics(out: Path) -> dict:
-    """``{"sft": ..., "dpo": ...}`` for a compare folder (a stage without a log is left out)."""
+    """``{"sft": ..., "dpo": ..., "selection": ...}`` for a compare folder (a stage without a log,
+    or a run without validation items, is left out)."""
     found = {s: stage_dynamics(Path(out) / s / "train", keys) for s, keys in KEYS.items()}
+    found["selection"] = dpo_selection(out)
     return {s: d for s, d in found.items() if d is not None}
+
+
+def selection_line(sel: dict) -> str:
+    """The report's bullet on which DPO weights the validation items chose."""
+    name = sel["metric"].removeprefix("eval_").removeprefix("val_")
+    curve = ", ".join(f"{v:.3f} (step {k})" for k, v in sel["curve"])
+    line = (f"- DPO weights chosen on {sel['n_val']} validation items (held out of both training stages): step "
+            f"{sel['step']} of {sel['total_steps']}, validation {name} {sel['value']:.3f}; at each evaluation: {curve}.")
+    if sel["step"] == 0:
+        line += (" Step 0 is the SFT model: no DPO step answered the validation items better, so the SFT+DPO "
+                 "stage is the SFT model (the last step's adapter is in dpo/train/final).")
+    return line
 
 
 def _arrow(d: dict, key: str, fmt: str) -> str:
@@ -64,4 +94,6 @@ def dynamics_lines(dyn: dict) -> list[str]:
             lines.append(f"- DPO made the chosen (right) training answers less likely: their log-prob fell by "
                          f"{a - b:.2f}, a known failure of DPO without an NLL term. `--loss rpo` adds the chosen "
                          "answers' NLL; in docs/results.md it kept their log-prob where sigmoid DPO lowered it.")
+    if "selection" in dyn:
+        lines.append(selection_line(dyn["selection"]))
     return lines

@@ -76,15 +76,17 @@ def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: 
     return (texts, ended) if return_ended else texts
 
 
-def task_evaluator(task, records, *, batch_size: int = 16, prefix: str = "val_"):
+def task_evaluator(task, records, *, batch_size: int = 16, prefix: str = "val_", **decode):
     """An evaluator for the trainers (``evaluators=[...]``): greedy answers to ``records`` scored by
     ``task``, as ``{prefix + metric: value}`` (``val_macro_f1``, ...; numbers only), so that
-    ``best_metric="val_macro_f1"`` keeps the weights that answer best. The trainer needs its
-    ``tokenizer``."""
+    ``best_metric="val_macro_f1"`` keeps the weights that answer best. ``decode``: :func:`predict`'s
+    decoding settings (``max_new_tokens``, ``repetition_penalty``, ...), to score the answers as the
+    test set's are made. The trainer needs its ``tokenizer``."""
     def evaluate(trainer) -> dict[str, float]:
         if trainer.tokenizer is None:
             raise ValueError("task_evaluator needs the trainer's tokenizer: pass tokenizer=tok to the trainer")
-        texts = predict(trainer.model, trainer.tokenizer, task, records, batch_size=batch_size, show_progress=False)
+        texts = predict(trainer.model, trainer.tokenizer, task, records, batch_size=batch_size, show_progress=False,
+                        **decode)
         _, metrics = score(task, records, texts)
         return {prefix + k: float(v) for k, v in metrics.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"}

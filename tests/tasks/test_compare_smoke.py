@@ -511,8 +511,8 @@ def test_eval_on_a_gpu_by_default_gives_the_cpus_answers_in_float32(tiny_model, 
 
 
 def test_a_run_made_before_a_setting_was_added_still_resumes(tiny_model, tmp_path, monkeypatch):
-    """compare_config.json files written before max_new_tokens, repetition_penalty and
-    gradient_checkpointing existed lack them; their values then were None, None and False. Such a
+    """compare_config.json files written before max_new_tokens, repetition_penalty,
+    gradient_checkpointing and val existed lack them; their values then were None, None, False and None. Such a
     folder (runs/triage-demo of an earlier make demo) resumes; a real change is named key by key."""
     import prefopt.train.run as run
 
@@ -529,7 +529,7 @@ def test_a_run_made_before_a_setting_was_added_still_resumes(tiny_model, tmp_pat
         run_compare(cfg)
     stored = json.loads((out / "compare_config.json").read_text())
     for key in ("max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "repeat_scope",
-                "gradient_checkpointing"):
+                "gradient_checkpointing", "val", "dpo_eval_every"):
         del stored["settings"][key]
     del stored["chat_date"]  # added on 2026-11-30: such a run keeps the clock's date, as it had
     (out / "compare_config.json").write_text(json.dumps(stored))

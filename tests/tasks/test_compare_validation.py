@@ -1,0 +1,128 @@
+"""``prefopt compare --set val=N``: items held out of both training stages choose DPO's weights."""
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from prefopt.evaluate.compare import CompareConfig, run_compare
+from tests._tiny import build_hf_model
+
+TINY = {"max_train": 8, "test": 4, "sft_steps": 2, "dpo_steps": 4, "batch_size": 2, "max_length": 256,
+        "eval_batch_size": 8, "val": 4, "dpo_eval_every": 2}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    build_hf_model(d, max_position_embeddings=4096)
+    return d
+
+
+def _ids(path) -> list[str]:
+    return [json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _loads(monkeypatch) -> list:
+    """The adapter folder of each model compare loads (None: the base model)."""
+    import prefopt.pretrained
+
+    seen, load = [], prefopt.pretrained.load_model
+    monkeypatch.setattr(prefopt.pretrained, "load_model",
+                        lambda *a, **kw: seen.append(kw.get("adapter")) or load(*a, **kw))
+    return seen
+
+
+def test_validation_items_are_held_out_and_choose_the_dpo_weights(tiny_model, tmp_path, monkeypatch):
+    """The validation items are in neither training set; DPO scores greedy answers to them (the
+    task's primary metric) before training and every 2 steps; the best evaluation's weights (ties:
+    the earliest) are the ones the "dpo" stage evaluates on the test set, and the report says
+    which step that was."""
+    from prefopt.tasks import get_task
+
+    loads = _loads(monkeypatch)
+    out = tmp_path / "run"
+    report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
+                                       overrides=TINY))
+    split = json.loads((out / "split.json").read_text())
+    val = set(split["val"])
+    assert len(val) == 4 and not val & set(split["train"]) and not val & set(split["test"])
+    task = get_task("portal")
+    held = {" ".join(r.prompt.split()) for r in task.load() if r.id in val}
+    sft_prompts = [json.loads(line)["prompt"][-1]["content"] for line in
+                   (out / "data" / "sft_train.jsonl").read_text().splitlines()]
+    assert sft_prompts and not held & {" ".join(p.split()) for p in sft_prompts}
+    assert not val & set(_ids(out / "data" / "pairs.jsonl"))
+
+    sel = report["training"]["selection"]
+    steps = [s for s, _ in sel["curve"]]
+    assert steps == [0, 2, 4] and sel["metric"] == "eval_val_macro_f1" and sel["n_val"] == 4
+    best = max(v for _, v in sel["curve"])
+    assert sel["value"] == best and sel["step"] == min(s for s, v in sel["curve"] if v == best)
+    train = out / "dpo" / "train"
+    assert loads == [None, out / "sft" / "train" / "final", train / "best"]
+    assert json.loads((train / "best" / "best.json").read_text())["step"] == sel["step"]
+    text = (out / "report.md").read_text()
+    assert f"DPO weights chosen on 4 validation items (held out of both training stages): step {sel['step']} of 4" \
+        in text
+    assert ("Step 0 is the SFT model" in text) == (sel["step"] == 0)
+
+
+def test_the_dpo_stage_is_the_step_the_validation_score_picks(tiny_model, tmp_path, monkeypatch):
+    """With a validation score that peaks at step 2, the "dpo" stage is step 2's adapter, not the
+    last step's: the weights in best/ differ from final/'s, and the test set is answered by them."""
+    import prefopt.evaluate.runner as runner
+
+    def peak_at_2(task, records, **kw):
+        assert len(records) == 4 and "max_new_tokens" in kw  # decoded as the test set is
+        return lambda trainer: {"val_macro_f1": [0.2, 0.5, 0.9, 0.4, 0.3][trainer.step]}
+
+    monkeypatch.setattr(runner, "task_evaluator", peak_at_2)
+    loads = _loads(monkeypatch)
+    out = tmp_path / "run"
+    report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
+                                       overrides={**TINY, "dpo_eval_every": 1}))
+    sel = report["training"]["selection"]
+    assert sel["step"] == 2 and sel["curve"] == [[0, 0.2], [1, 0.5], [2, 0.9], [3, 0.4], [4, 0.3]]
+    train = out / "dpo" / "train"
+    assert loads[-1] == train / "best"
+    best, final = (load_file(train / d / "adapter_model.safetensors") for d in ("best", "final"))
+    assert best.keys() == final.keys() and any(not (best[k] == final[k]).all() for k in best)
+    assert "step 2 of 4, validation macro_f1 0.900" in (out / "report.md").read_text()
+    # a rerun reuses every stage, the chosen weights included
+    loads.clear()
+    assert run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
+                                     overrides={**TINY, "dpo_eval_every": 1}))["training"]["selection"] == sel
+    assert loads == []
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"val": -1}, r"val: a count of items .* \(got -1\)"), ({"val": 2.5}, r"\(got 2.5\)"),
+    ({"val": "ten"}, r"\(got 'ten'\)"), ({"val": None, "dpo_eval_every": 3}, "dpo_eval_every needs val"),
+    ({"dpo_eval_every": 0}, r"dpo_eval_every: a whole number of steps >= 1 \(got 0\)")])
+def test_bad_validation_settings_stop_compare_before_it_claims_a_folder(bad, match, tiny_model, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "run"),
+                                  overrides={**TINY, **bad}))
+    assert not (tmp_path / "run").exists()
+
+
+def test_given_pairs_on_a_validation_item_are_refused_before_training(tiny_model, tmp_path, monkeypatch):
+    """Ranked pairs are the user's: one whose prompt is a validation item's message (as chat
+    messages or as text) would let DPO train on what chooses its weights."""
+    import prefopt.train.run as run
+    from prefopt.data.records import DataError
+    from prefopt.tasks import get_task, split_records
+
+    monkeypatch.setattr(run, "run_sft", lambda config: pytest.fail("SFT ran"))
+    task = get_task("portal")
+    records = task.load()
+    val = split_records(records, test=4, val=4, seed=0, max_train=8)["val"]
+    other = next(r for r in records if r.id not in {v.id for v in val})
+    for i, prompt in enumerate((task.messages(val[1]), "  " + val[1].prompt.replace(" ", "\n", 1))):
+        given = tmp_path / f"given{i}.jsonl"
+        given.write_text("".join(json.dumps({"prompt": p, "chosen": "a", "rejected": "b"}) + "\n"
+                                 for p in (task.messages(other), prompt)))
+        with pytest.raises(DataError, match=rf"given{i}.jsonl:2: field 'prompt': the message of "
+                                            rf"validation item '{val[1].id}'; DPO would train"):
+            run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / f"run{i}"),
+                                      strategy="ranked", pairs=str(given), overrides=TINY))
