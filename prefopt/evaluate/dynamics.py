@@ -34,7 +34,8 @@ def stage_dynamics(train_dir: Path, keys: tuple[str, ...]) -> dict | None:
 def dpo_selection(out: Path) -> dict | None:
     """Where a compare run held validation items out (``--set val``): the DPO step whose weights
     became the "dpo" stage (``best.json``: metric, value, step), the run's ``total_steps``, the
-    number of validation items ``n_val``, and the validation score at every evaluation
+    number of validation items ``n_val``, the gain a step needed to replace the best before it
+    (``min_gain``), and the validation score at every evaluation
     (``curve``: ``[step, value]`` pairs); None for a run without them."""
     train = Path(out) / "dpo" / "train"
     if not (train / "best" / "best.json").is_file():
@@ -43,7 +44,9 @@ def dpo_selection(out: Path) -> dict | None:
     rows = [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines() if line.strip()]
     summary = json.loads((train / "train_summary.json").read_text())
     split = json.loads((Path(out) / "split.json").read_text())
+    config = json.loads((train / "train_config.json").read_text())
     return {**best, "total_steps": summary["total_steps"], "n_val": len(split.get("val", [])),
+            "min_gain": config.get("best_min_delta", 0.0),
             "curve": [[r["step"], r[best["metric"]]] for r in rows if best["metric"] in r]}
 
 
@@ -60,7 +63,9 @@ def selection_line(sel: dict) -> str:
     name = sel["metric"].removeprefix("eval_").removeprefix("val_")
     curve = ", ".join(f"{v:.3f} (step {k})" for k, v in sel["curve"])
     line = (f"- DPO weights chosen on {sel['n_val']} validation items (held out of both training stages): step "
-            f"{sel['step']} of {sel['total_steps']}, validation {name} {sel['value']:.3f}; at each evaluation: {curve}.")
+            f"{sel['step']} of {sel['total_steps']}, validation {name} {sel['value']:.3f}"
+            + (f" (a step had to beat the best before it by more than {sel['min_gain']:g})" if sel.get("min_gain") else "")
+            + f"; at each evaluation: {curve}.")
     if sel["step"] == 0:
         line += (" Step 0 is the SFT model: no DPO step answered the validation items better, so the SFT+DPO "
                  "stage is the SFT model (the last step's adapter is in dpo/train/final).")

@@ -76,6 +76,9 @@ class TrainConfig:
                                         "or a trainer's evaluators)")
     best_mode: str = opt("auto", "min or max: which way best_metric improves (auto: min for a loss or NLL, max for "
                                  "accuracies, margins and F1)")
+    best_min_delta: float = opt(0.0, "an evaluation counts as better than the best so far only if it beats it by "
+                                     "more than this (best_metric's units): small noisy gains keep the earlier "
+                                     "weights")
     patience: int = opt(0, "stop early once best_metric has not improved for this many evaluations in a row "
                            "(0: never); needs best_metric and eval_every")
     resume: bool = opt(False, "continue from the newest checkpoint in output_dir")
@@ -134,6 +137,8 @@ class TrainConfig:
         errors = []
         if self.best_mode not in BEST_MODES:
             errors.append(f"best_mode must be one of {BEST_MODES} (got {self.best_mode!r})")
+        if not self.best_min_delta >= 0:  # NaN too
+            errors.append(f"best_min_delta must be >= 0 (got {self.best_min_delta})")
         if self.patience < 0:
             errors.append(f"patience must be >= 0 (got {self.patience})")
         elif self.patience and self.best_metric is None:

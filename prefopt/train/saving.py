@@ -44,13 +44,14 @@ def save_weights(trainer, out: str | Path, notes: dict[str, dict] | None = None)
 class BestWeights:
     """Keeps the weights of the evaluation that scores best on ``config.best_metric`` in
     ``output_dir/best`` (with ``best.json``: the metric, its value and the step). Ties keep the
-    earlier step; a NaN never counts as best. Counts the evaluations since the best, for
-    ``config.patience``."""
+    earlier step, as does any gain of at most ``config.best_min_delta``; a NaN never counts as
+    best. Counts the evaluations since the best, for ``config.patience``."""
 
     def __init__(self, config, output_dir: Path):
         self.metric = config.best_metric
         self.order = config.best_order() if self.metric else None
         self.patience = config.patience
+        self.min_delta = config.best_min_delta
         self.folder = output_dir / "best"
         self.record: dict | None = None  # {"metric", "order", "value", "step"} of the weights in folder
         self.stale = 0  # evaluations since the best
@@ -71,8 +72,8 @@ class BestWeights:
             return False
         if self.record is None:
             return True
-        best = self.record["value"]
-        return value < best if self.order == "min" else value > best
+        best, delta = self.record["value"], self.min_delta
+        return value < best - delta if self.order == "min" else value > best + delta
 
     def consider(self, trainer, metrics: dict, step: int) -> bool:
         """After an evaluation (``metrics`` holds its ``eval_*`` entries): save the weights if they

@@ -95,10 +95,29 @@ def test_the_dpo_stage_is_the_step_the_validation_score_picks(tiny_model, tmp_pa
     assert loads == []
 
 
+def test_dpo_min_gain_keeps_the_sft_model_over_a_gain_within_it(tiny_model, tmp_path, monkeypatch):
+    """The same curve with --set dpo_min_gain=0.75: step 2's 0.9 beats step 0's 0.2 by 0.7, too
+    little, so the SFT model (step 0) stays; the report says why."""
+    import prefopt.evaluate.runner as runner
+
+    monkeypatch.setattr(runner, "task_evaluator", lambda task, records, **kw: lambda trainer: {
+        "val_macro_f1": [0.2, 0.5, 0.9, 0.4, 0.3][trainer.step]})
+    out = tmp_path / "run"
+    report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
+                                       overrides={**TINY, "dpo_eval_every": 1, "dpo_min_gain": 0.75}))
+    sel = report["training"]["selection"]
+    assert sel["step"] == 0 and sel["value"] == 0.2 and sel["min_gain"] == 0.75
+    text = (out / "report.md").read_text()
+    assert "step 0 of 4, validation macro_f1 0.200 (a step had to beat the best before it by more than 0.75)" in text
+    assert "Step 0 is the SFT model" in text
+
+
 @pytest.mark.parametrize("bad, match", [
     ({"val": -1}, r"val: a count of items .* \(got -1\)"), ({"val": 2.5}, r"\(got 2.5\)"),
     ({"val": "ten"}, r"\(got 'ten'\)"), ({"val": None, "dpo_eval_every": 3}, "dpo_eval_every needs val"),
-    ({"dpo_eval_every": 0}, r"dpo_eval_every: a whole number of steps >= 1 \(got 0\)")])
+    ({"dpo_eval_every": 0}, r"dpo_eval_every: a whole number of steps >= 1 \(got 0\)"),
+    ({"dpo_min_gain": -0.1}, r"dpo_min_gain: a number >= 0, in the task's primary metric \(got -0.1\)"),
+    ({"val": 0, "dpo_eval_every": None, "dpo_min_gain": 0.05}, "dpo_min_gain needs val")])
 def test_bad_validation_settings_stop_compare_before_it_claims_a_folder(bad, match, tiny_model, tmp_path):
     with pytest.raises(ValueError, match=match):
         run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "run"),

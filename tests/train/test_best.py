@@ -295,3 +295,29 @@ def test_run_sft_and_run_dpo_take_evaluators_in_place_of_an_eval_set(task, tmp_p
         assert sorted(norms) == [0, 2, 4] and norms[0] == 0 < norms[4]
         assert summary["best"]["step"] == 0 and "eval_loss" not in summary["eval_after"]
         assert all(float(t.abs().max()) == 0 for k, t in _adapter(out / "best").items() if "lora_B" in k)
+
+
+@pytest.mark.parametrize("min_delta, step, value", [(0.0, 3, 0.61), (0.05, 2, 0.60), (0.2, 0, 0.50)])
+def test_best_min_delta_keeps_the_earlier_weights_over_a_small_gain(task, tmp_path, min_delta, step, value):
+    """Scores 0.50, 0.52, 0.60, 0.61, 0.58: every gain counts without a margin (step 3); with 0.05,
+    0.52 and 0.61 are too close to the best before them (step 2); with 0.2 nothing beats step 0."""
+    scores = [0.50, 0.52, 0.60, 0.61, 0.58]
+    out = tmp_path / "run"
+    summary = run_sft(_cfg(task, out, eval_fraction=0.0, max_steps=4, best_metric="val_f1",
+                           best_min_delta=min_delta), evaluators=[lambda trainer: {"val_f1": scores[trainer.step]}])
+    assert {k: summary["best"][k] for k in ("step", "value")} == {"step": step, "value": value}
+    assert json.loads((out / "best" / "best.json").read_text())["step"] == step
+
+
+def test_best_min_delta_works_both_ways_and_must_not_be_negative(task, tmp_path):
+    from pathlib import Path
+
+    from prefopt.train.saving import BestWeights
+
+    best = BestWeights(_cfg(task, tmp_path / "a", best_min_delta=0.1), Path(tmp_path))  # eval_loss: min
+    best.record = {"value": 1.0}
+    assert not best.better(0.95) and not best.better(0.9) and best.better(0.89)
+    with pytest.raises(ValueError, match=r"best_min_delta must be >= 0 \(got -0.1\)"):
+        _cfg(task, tmp_path / "b", best_min_delta=-0.1)
+    with pytest.raises(ValueError, match=r"best_min_delta must be >= 0 \(got nan\)"):
+        _cfg(task, tmp_path / "c", best_min_delta=float("nan"))
