@@ -10,6 +10,9 @@ and this run's best and final weights are scored on the compare run's test messa
 against SFT with a paired bootstrap.
 
     .venv/bin/python examples/dpo_best_by_task.py --run runs/triage-demo --output runs/triage-best
+
+For a new run, ``prefopt compare --set val=N`` (or ``examples/run_triage.py --set val=N``) does
+this inside the run, with the validation items held out of SFT as well (docs/evaluation.md).
 """
 from __future__ import annotations
 

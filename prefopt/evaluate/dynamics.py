@@ -67,8 +67,9 @@ def selection_line(sel: dict) -> str:
             + (f" (a step had to beat the best before it by more than {sel['min_gain']:g})" if sel.get("min_gain") else "")
             + f"; at each evaluation: {curve}.")
     if sel["step"] == 0:
-        line += (" Step 0 is the SFT model: no DPO step answered the validation items better, so the SFT+DPO "
-                 "stage is the SFT model (the last step's adapter is in dpo/train/final).")
+        margin = f" by more than {sel['min_gain']:g}" if sel.get("min_gain") else ""
+        line += (f" Step 0 is the SFT model: no DPO step answered the validation items better{margin}, so the "
+                 "SFT+DPO stage is the SFT model (the last step's adapter is in dpo/train/final).")
     return line
 
 

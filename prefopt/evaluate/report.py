@@ -193,6 +193,13 @@ def decoding_line(results: dict) -> str | None:
     return "Answers: " + "; ".join(f"{', '.join(names)}: {text}" for text, names in said.items()) + "."
 
 
+def _chosen(stats: dict) -> str:
+    """Where validation items chose the DPO weights, which step the SFT+DPO stage is."""
+    sel = stats["training"].get("selection")
+    return "" if sel is None else (f"; the SFT+DPO weights are step {sel['step']} of {sel['total_steps']}, chosen on "
+                                   f"{sel['n_val']} validation items (see Training)")
+
+
 def build_report(cfg, task, test, results: dict, out: Path) -> dict:
     stats = compare_stages(task, test, results, n_resamples=cfg.n_resamples, seed=cfg.seed)
     plots = _plots(task, stats, out)
@@ -203,7 +210,7 @@ def build_report(cfg, task, test, results: dict, out: Path) -> dict:
     decoded = decoding_line(results)
     lines = [f"# prefopt compare: {task.name}", "",
              f"Model `{cfg.model}`; data `{cfg.data or 'bundled'}`; preset `{cfg.preset}`; seed {cfg.seed}; "
-             f"{len(test)} test items; DPO pairs by `{cfg.strategy}`, loss `{cfg.loss}`.",
+             f"{len(test)} test items; DPO pairs by `{cfg.strategy}`, loss `{cfg.loss}`{_chosen(stats)}.",
              *(["", decoded] if decoded else []), "",
              "## Does it help?", "",
              f"- SFT vs base: {cmp['base->sft']['verdict']}",

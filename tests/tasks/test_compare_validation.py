@@ -65,6 +65,7 @@ def test_validation_items_are_held_out_and_choose_the_dpo_weights(tiny_model, tm
     assert f"DPO weights chosen on 4 validation items (held out of both training stages): step {sel['step']} of 4" \
         in text
     assert ("Step 0 is the SFT model" in text) == (sel["step"] == 0)
+    assert f"the SFT+DPO weights are step {sel['step']} of 4, chosen on 4 validation items" in text.splitlines()[2]
 
 
 def test_the_dpo_stage_is_the_step_the_validation_score_picks(tiny_model, tmp_path, monkeypatch):
@@ -109,7 +110,7 @@ def test_dpo_min_gain_keeps_the_sft_model_over_a_gain_within_it(tiny_model, tmp_
     assert sel["step"] == 0 and sel["value"] == 0.2 and sel["min_gain"] == 0.75
     text = (out / "report.md").read_text()
     assert "step 0 of 4, validation macro_f1 0.200 (a step had to beat the best before it by more than 0.75)" in text
-    assert "Step 0 is the SFT model" in text
+    assert "Step 0 is the SFT model: no DPO step answered the validation items better by more than 0.75" in text
 
 
 @pytest.mark.parametrize("bad, match", [
