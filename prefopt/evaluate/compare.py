@@ -49,16 +49,17 @@ PRESETS = {
     "quick": {"max_train": 160, "test": 60, "sft_steps": 60, "dpo_steps": 50, "batch_size": 4, "dpo_batch_size": 2,
               "max_length": 384, "sft_lr": 3e-4, "dpo_lr": 1e-4, "beta": 0.1, "eval_batch_size": 16,
               "max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
-              "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None},
+              "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None, "dpo_patience": None},
     "full": {"max_train": None, "test": 0.2, "sft_steps": None, "dpo_steps": None, "sft_epochs": 2.0,
              "dpo_epochs": 1.0, "batch_size": 8, "dpo_batch_size": 4, "max_length": 1024, "sft_lr": 2e-4,
              "dpo_lr": 5e-5, "beta": 0.1, "eval_batch_size": 16, "max_new_tokens": None,
              "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
-             "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None},
+             "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None, "dpo_patience": None},
     # val None: no validation set. A count (>= 1) or fraction (< 1) of the items is held out of both
     # training stages; DPO then answers them every dpo_eval_every steps (None: about ten times a run) and the
     # weights that score best on the task's primary metric are the "dpo" stage (step 0: the SFT model itself);
     # dpo_min_gain None (0): a step must beat the best before it by more than this to replace it;
+    # dpo_patience None (0: never): DPO stops once this many evaluations in a row have not replaced the best;
     # max_new_tokens None: the task's, raised where its reference answers are longer (runner.fit_max_new_tokens);
     # repetition_penalty, no_repeat_ngram_size None: none (greedy decoding as it is); repeat_scope None: "all";
     # gradient_checkpointing: less memory, more time
@@ -121,9 +122,9 @@ class CompareConfig:
 
 def _check_validation(s: dict) -> None:
     """``val``: None, 0, a fraction in (0, 1) or a whole count; ``dpo_eval_every``: None or a
-    positive whole number; ``dpo_min_gain``: None or a number >= 0; these two only with ``val``
-    (they have nothing to evaluate otherwise)."""
-    val, every, gain = s["val"], s["dpo_eval_every"], s["dpo_min_gain"]
+    positive whole number; ``dpo_min_gain``: None or a number >= 0; ``dpo_patience``: None or a
+    whole number >= 0; these three only with ``val`` (they have nothing to evaluate otherwise)."""
+    val, every, gain, patience = s["val"], s["dpo_eval_every"], s["dpo_min_gain"], s["dpo_patience"]
     number = isinstance(val, (int, float)) and not isinstance(val, bool)
     if val is not None and not (number and val >= 0 and (val < 1 or float(val).is_integer())):
         raise ValueError(f"val: a count of items (a whole number) or a fraction in (0, 1) to hold out for choosing "
@@ -132,7 +133,9 @@ def _check_validation(s: dict) -> None:
         raise ValueError(f"dpo_eval_every: a whole number of steps >= 1 (got {every!r})")
     if gain is not None and (isinstance(gain, bool) or not isinstance(gain, (int, float)) or not gain >= 0):
         raise ValueError(f"dpo_min_gain: a number >= 0, in the task's primary metric (got {gain!r})")
-    for name in ("dpo_eval_every", "dpo_min_gain"):
+    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 0):
+        raise ValueError(f"dpo_patience: a whole number of evaluations >= 0 (got {patience!r})")
+    for name in ("dpo_eval_every", "dpo_min_gain", "dpo_patience"):
         if s[name] is not None and not val:
             raise ValueError(f"{name} needs val: the validation items each evaluation answers (--set val=N)")
 
@@ -148,7 +151,7 @@ _MACHINE_ONLY = ("device", "eval_dtype")
 _MEMORY_ONLY = ("gradient_checkpointing",)  # change memory and time, not results: a run may resume with them
 # settings added after runs were made, with the values those runs used
 _ADDED_SETTINGS = {"max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None,
-                   "repeat_scope": None, "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None}
+                   "repeat_scope": None, "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None, "dpo_patience": None}
 
 
 def _eval_only(config: dict) -> tuple[str, ...]:
@@ -375,7 +378,7 @@ def _validation(task, val: list, pairs: Path, s: dict) -> tuple[dict, list]:
     every = s["dpo_eval_every"] or max(1, round(_dpo_steps(s, pairs) / 10))
     evaluator = task_evaluator(task, val, batch_size=s["eval_batch_size"], **{k: s[k] for k in DECODING})
     return ({"eval_every": every, "best_metric": f"val_{task.primary}", "best_mode": "max",
-             "best_min_delta": float(s["dpo_min_gain"] or 0.0)}, [evaluator])
+             "best_min_delta": float(s["dpo_min_gain"] or 0.0), "patience": s["dpo_patience"] or 0}, [evaluator])
 
 
 def _given_pairs_outside(pairs: Path, val: list) -> None:

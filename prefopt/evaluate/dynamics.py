@@ -35,7 +35,8 @@ def dpo_selection(out: Path) -> dict | None:
     """Where a compare run held validation items out (``--set val``): the DPO step whose weights
     became the "dpo" stage (``best.json``: metric, value, step), the run's ``total_steps``, the
     number of validation items ``n_val``, the gain a step needed to replace the best before it
-    (``min_gain``), and the validation score at every evaluation
+    (``min_gain``), where the run stopped early (``stopped_early``, else None), and the
+    validation score at every evaluation
     (``curve``: ``[step, value]`` pairs); None for a run without them."""
     train = Path(out) / "dpo" / "train"
     if not (train / "best" / "best.json").is_file():
@@ -46,6 +47,7 @@ def dpo_selection(out: Path) -> dict | None:
     split = json.loads((Path(out) / "split.json").read_text())
     config = json.loads((train / "train_config.json").read_text())
     return {**best, "total_steps": summary["total_steps"], "n_val": len(split.get("val", [])),
+            "stopped_early": summary.get("stopped_early"),
             "min_gain": config.get("best_min_delta", 0.0),
             "curve": [[r["step"], r[best["metric"]]] for r in rows if best["metric"] in r]}
 
@@ -66,6 +68,11 @@ def selection_line(sel: dict) -> str:
             f"{sel['step']} of {sel['total_steps']}, validation {name} {sel['value']:.3f}"
             + (f" (a step had to beat the best before it by more than {sel['min_gain']:g})" if sel.get("min_gain") else "")
             + f"; at each evaluation: {curve}.")
+    stop = sel.get("stopped_early")
+    if stop:
+        n = stop["patience"]
+        which = "the evaluation after the best" if n == 1 else f"{n} evaluations in a row"
+        line += f" DPO stopped early at step {stop['step']}: {which} did not replace it."
     if sel["step"] == 0:
         margin = f" by more than {sel['min_gain']:g}" if sel.get("min_gain") else ""
         line += (f" Step 0 is the SFT model: no DPO step answered the validation items better{margin}, so the "

@@ -113,12 +113,34 @@ def test_dpo_min_gain_keeps_the_sft_model_over_a_gain_within_it(tiny_model, tmp_
     assert "Step 0 is the SFT model: no DPO step answered the validation items better by more than 0.75" in text
 
 
+def test_dpo_patience_stops_dpo_once_the_validation_score_turns(tiny_model, tmp_path, monkeypatch):
+    """The same curve with --set dpo_patience=1: step 3 does not beat step 2, so DPO stops there
+    (no step 4); step 2's weights are still the SFT+DPO stage."""
+    import prefopt.evaluate.runner as runner
+
+    calls = []
+    monkeypatch.setattr(runner, "task_evaluator", lambda task, records, **kw: lambda trainer: calls.append(
+        trainer.step) or {"val_macro_f1": [0.2, 0.5, 0.9, 0.4, 0.3][trainer.step]})
+    out = tmp_path / "run"
+    report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
+                                       overrides={**TINY, "dpo_eval_every": 1, "dpo_patience": 1}))
+    sel = report["training"]["selection"]
+    assert calls == [0, 1, 2, 3] and sel["step"] == 2
+    assert sel["stopped_early"] == {"step": 3, "patience": 1, "metric": "eval_val_macro_f1"}
+    steps = [json.loads(line)["step"] for line in (out / "dpo" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 3
+    assert "DPO stopped early at step 3: the evaluation after the best did not replace it." in \
+        (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("bad, match", [
     ({"val": -1}, r"val: a count of items .* \(got -1\)"), ({"val": 2.5}, r"\(got 2.5\)"),
     ({"val": "ten"}, r"\(got 'ten'\)"), ({"val": None, "dpo_eval_every": 3}, "dpo_eval_every needs val"),
     ({"dpo_eval_every": 0}, r"dpo_eval_every: a whole number of steps >= 1 \(got 0\)"),
     ({"dpo_min_gain": -0.1}, r"dpo_min_gain: a number >= 0, in the task's primary metric \(got -0.1\)"),
-    ({"val": 0, "dpo_eval_every": None, "dpo_min_gain": 0.05}, "dpo_min_gain needs val")])
+    ({"val": 0, "dpo_eval_every": None, "dpo_min_gain": 0.05}, "dpo_min_gain needs val"),
+    ({"dpo_patience": 2.5}, r"dpo_patience: a whole number of evaluations >= 0 \(got 2.5\)"),
+    ({"val": None, "dpo_eval_every": None, "dpo_patience": 3}, "dpo_patience needs val")])
 def test_bad_validation_settings_stop_compare_before_it_claims_a_folder(bad, match, tiny_model, tmp_path):
     with pytest.raises(ValueError, match=match):
         run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "run"),
