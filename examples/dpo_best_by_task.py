@@ -27,6 +27,7 @@ from prefopt.cli import run_script
 def main() -> None:
     from prefopt import load_model, load_tokenizer
     from prefopt.data import load_preferences
+    from prefopt.evaluate.compare import dpo_weights
     from prefopt.evaluate.runner import predict, score, task_evaluator
     from prefopt.evaluate.stats import paired_bootstrap
     from prefopt.fileio import write_json_atomic
@@ -82,7 +83,7 @@ def main() -> None:
         model = load_model(compare["model"], adapter=adapter, merge=True)
         return score(task, test, predict(model, tok, task, test, batch_size=16, desc=f"test: {name}"))
 
-    stages = {"SFT": a.run / "sft" / "train" / "final", "SFT+DPO (compare run)": a.run / "dpo" / "train" / "final",
+    stages = {"SFT": a.run / "sft" / "train" / "final", "SFT+DPO (compare run)": dpo_weights(a.run),
               "SFT+DPO, best validation step": a.output / "dpo" / "best", "SFT+DPO, this run's last step": final}
     scored = {name: answers(name, path) for name, path in stages.items()}
     sft_preds = scored["SFT"][0]

@@ -49,12 +49,14 @@ PRESETS = {
     "quick": {"max_train": 160, "test": 60, "sft_steps": 60, "dpo_steps": 50, "batch_size": 4, "dpo_batch_size": 2,
               "max_length": 384, "sft_lr": 3e-4, "dpo_lr": 1e-4, "beta": 0.1, "eval_batch_size": 16,
               "max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
-              "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None, "dpo_patience": None},
+              "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None,
+              "dpo_patience": None},
     "full": {"max_train": None, "test": 0.2, "sft_steps": None, "dpo_steps": None, "sft_epochs": 2.0,
              "dpo_epochs": 1.0, "batch_size": 8, "dpo_batch_size": 4, "max_length": 1024, "sft_lr": 2e-4,
              "dpo_lr": 5e-5, "beta": 0.1, "eval_batch_size": 16, "max_new_tokens": None,
              "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
-             "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None, "dpo_patience": None},
+             "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None,
+             "dpo_patience": None},
     # val None: no validation set. A count (>= 1) or fraction (< 1) of the items is held out of both
     # training stages; DPO then answers them every dpo_eval_every steps (None: about ten times a run) and the
     # weights that score best on the task's primary metric are the "dpo" stage (step 0: the SFT model itself);
@@ -151,7 +153,8 @@ _MACHINE_ONLY = ("device", "eval_dtype")
 _MEMORY_ONLY = ("gradient_checkpointing",)  # change memory and time, not results: a run may resume with them
 # settings added after runs were made, with the values those runs used
 _ADDED_SETTINGS = {"max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None,
-                   "repeat_scope": None, "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None, "dpo_patience": None}
+                   "repeat_scope": None, "gradient_checkpointing": False, "val": None, "dpo_eval_every": None,
+                   "dpo_min_gain": None, "dpo_patience": None}
 
 
 def _eval_only(config: dict) -> tuple[str, ...]:
@@ -393,10 +396,10 @@ def _given_pairs_outside(pairs: Path, val: list) -> None:
         if isinstance(prompt, list):  # chat messages: the last user turn
             prompt = next((m.get("content") for m in reversed(prompt) if isinstance(m, dict)
                            and m.get("role") == "user"), None)
-        if isinstance(prompt, str) and " ".join(prompt.split()) in held:
-            raise DataError(pairs, line, "prompt", f"the message of validation item {held[' '.join(prompt.split())]!r}; "
-                            f"DPO would train on the items that choose its weights. Drop such pairs, or run "
-                            f"without --set val")
+        item = held.get(" ".join(prompt.split())) if isinstance(prompt, str) else None
+        if item is not None:
+            raise DataError(pairs, line, "prompt", f"the message of validation item {item!r}; DPO would train on the "
+                            f"items that choose its weights. Drop such pairs, or run without --set val")
 
 
 def _dpo(cfg, task, pairs: Path, val: list, out: Path, s: dict) -> None:

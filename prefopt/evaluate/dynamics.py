@@ -35,9 +35,8 @@ def dpo_selection(out: Path) -> dict | None:
     """Where a compare run held validation items out (``--set val``): the DPO step whose weights
     became the "dpo" stage (``best.json``: metric, value, step), the run's ``total_steps``, the
     number of validation items ``n_val``, the gain a step needed to replace the best before it
-    (``min_gain``), where the run stopped early (``stopped_early``, else None), and the
-    validation score at every evaluation
-    (``curve``: ``[step, value]`` pairs); None for a run without them."""
+    (``min_gain``), where the run stopped early (``stopped_early``, else None), and the validation
+    score at every evaluation (``curve``: ``[step, value]`` pairs); None for a run without them."""
     train = Path(out) / "dpo" / "train"
     if not (train / "best" / "best.json").is_file():
         return None
@@ -47,8 +46,7 @@ def dpo_selection(out: Path) -> dict | None:
     split = json.loads((Path(out) / "split.json").read_text())
     config = json.loads((train / "train_config.json").read_text())
     return {**best, "total_steps": summary["total_steps"], "n_val": len(split.get("val", [])),
-            "stopped_early": summary.get("stopped_early"),
-            "min_gain": config.get("best_min_delta", 0.0),
+            "stopped_early": summary.get("stopped_early"), "min_gain": config.get("best_min_delta", 0.0),
             "curve": [[r["step"], r[best["metric"]]] for r in rows if best["metric"] in r]}
 
 
@@ -64,17 +62,18 @@ def selection_line(sel: dict) -> str:
     """The report's bullet on which DPO weights the validation items chose."""
     name = sel["metric"].removeprefix("eval_").removeprefix("val_")
     curve = ", ".join(f"{v:.3f} (step {k})" for k, v in sel["curve"])
+    gain = sel.get("min_gain")
+    margin = f" (a step had to beat the best before it by more than {gain:g})" if gain else ""
     line = (f"- DPO weights chosen on {sel['n_val']} validation items (held out of both training stages): step "
-            f"{sel['step']} of {sel['total_steps']}, validation {name} {sel['value']:.3f}"
-            + (f" (a step had to beat the best before it by more than {sel['min_gain']:g})" if sel.get("min_gain") else "")
-            + f"; at each evaluation: {curve}.")
+            f"{sel['step']} of {sel['total_steps']}, validation {name} {sel['value']:.3f}{margin}; at each "
+            f"evaluation: {curve}.")
     stop = sel.get("stopped_early")
     if stop:
         n = stop["patience"]
         which = "the evaluation after the best" if n == 1 else f"{n} evaluations in a row"
         line += f" DPO stopped early at step {stop['step']}: {which} did not replace it."
     if sel["step"] == 0:
-        margin = f" by more than {sel['min_gain']:g}" if sel.get("min_gain") else ""
+        margin = f" by more than {gain:g}" if gain else ""
         line += (f" Step 0 is the SFT model: no DPO step answered the validation items better{margin}, so the "
                  "SFT+DPO stage is the SFT model (the last step's adapter is in dpo/train/final).")
     return line
