@@ -296,17 +296,10 @@ class Trainer:
                 log.write({"step": 0, **first})
             summary["eval_before"] = first
             self.best.consider(self, first, 0)
-        bar = progress(total=self.total_steps, initial=self.step, desc="train", unit="step",
-                       disable=not (c.progress and self.dist.is_main)) if self.dist.is_main else None
-        try:
-            stopped = self._run_steps(log, bar)
-        except KeyboardInterrupt:  # Ctrl-C: say where the run stopped and how to go on
-            if self.dist.is_main:
-                self._say_interrupted()
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
+        if resume_from is not None and self.best.out_of_patience:  # written at the step the run stopped early
+            stopped = self.evaluate()  # the same weights: the evaluation that stopped it, again (not logged twice)
+        else:
+            stopped = self._train_with_bar(log)
         if stopped is not None:  # the weights were just evaluated, and judged
             final_eval = stopped
             summary["stopped_early"] = {"step": self.step, "patience": c.patience, "metric": c.best_metric}
@@ -322,6 +315,20 @@ class Trainer:
             log.close()
             write_json_atomic(self.output_dir / "train_summary.json", summary)
         return summary
+
+    def _train_with_bar(self, log: MetricsLog | None) -> dict[str, float] | None:
+        """:meth:`_run_steps` under the progress bar; a Ctrl-C says where the run stopped."""
+        bar = progress(total=self.total_steps, initial=self.step, desc="train", unit="step",
+                       disable=not (self.config.progress and self.dist.is_main)) if self.dist.is_main else None
+        try:
+            return self._run_steps(log, bar)
+        except KeyboardInterrupt:  # Ctrl-C: say where the run stopped and how to go on
+            if self.dist.is_main:
+                self._say_interrupted()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
 
     def plan(self) -> str:
         """One line on what the run will do: data, steps, what trains, where."""

@@ -207,6 +207,25 @@ def test_a_resumed_run_stops_where_an_uninterrupted_one_does(task, tmp_path):
     assert _evals(cut) == _evals(tmp_path / "whole")
 
 
+def test_resuming_from_the_checkpoint_written_where_the_run_stopped_stops_there(task, tmp_path):
+    from prefopt.train.state import checkpoint_dir
+
+    """A run that stopped early at step 5 left a checkpoint of step 5 (as a run whose final save
+    was cut short would): resumed from it, the run stops at once with the same weights, as it did,
+    rather than training on to the next evaluation."""
+    kw = dict(max_steps=8, patience=3, save_every=1, save_total_limit=10)
+    out = tmp_path / "run"
+    first = run_sft(_cfg(task, out, **kw), callbacks=[_spoil_after(2)])
+    assert first["stopped_early"]["step"] == 5 and checkpoint_dir(out, 5).is_dir()
+    final, evals = _adapter(out / "final"), _evals(out)
+    steps = []
+    again = run_sft(_cfg(task, out, resume=True, **kw), callbacks=[lambda trainer, step, m: steps.append(step)])
+    assert steps == [] and again["stopped_early"] == first["stopped_early"]
+    assert again["eval_after"] == first["eval_after"] and again["best"]["step"] == 2
+    assert _evals(out) == evals and _steps(out)[-1] == 5
+    assert all(torch.equal(final[k], v) for k, v in _adapter(out / "final").items())
+
+
 def test_patience_needs_best_metric(task, tmp_path):
     with pytest.raises(ValueError, match="patience 2 needs best_metric"):
         _cfg(task, tmp_path / "a", best_metric=None, patience=2)
