@@ -1,5 +1,5 @@
 """Run SFT (or DPO, with ``"kind": "dpo"`` in the config) from a JSON config in a subprocess;
-optionally SIGKILL itself after a given step."""
+optionally SIGKILL itself after a given step. ``"evaluators": true`` adds :func:`rank_and_norm`."""
 import json
 import os
 import signal
@@ -9,8 +9,16 @@ from prefopt.train import DPOConfig, TrainConfig, run_dpo, run_sft
 from prefopt.train.distributed import run_worker
 
 
+def rank_and_norm(trainer):
+    """The process's rank (so the logged value is the ranks' mean) and the lora_B norm (the same on
+    every rank under DDP: zero before training, so best_metric min picks step 0)."""
+    norm = sum(float(p.norm() ** 2) for n, p in trainer.model.named_parameters() if "lora_B" in n) ** 0.5
+    return {"rank": float(trainer.dist.rank), "lora_b_norm": norm}
+
+
 def main():
     fields = json.loads(open(sys.argv[1]).read())
+    evaluators = [rank_and_norm] if fields.pop("evaluators", False) else []
     if fields.pop("kind", "sft") == "dpo":
         cfg, run = DPOConfig(**fields), run_dpo
     else:
@@ -21,7 +29,7 @@ def main():
         if step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    run_worker(lambda: run(cfg, callbacks=[killer]))  # the CLI's own ending
+    run_worker(lambda: run(cfg, callbacks=[killer], evaluators=evaluators))  # the CLI's own ending
 
 
 if __name__ == "__main__":

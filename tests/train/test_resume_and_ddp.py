@@ -115,6 +115,20 @@ def test_two_processes_match_one_with_the_same_global_batch(task, tmp_path, mode
 
 
 @pytest.mark.slow
+def test_evaluators_on_two_processes_are_averaged_and_pick_the_same_best(task, tmp_path):
+    """Every process calls the evaluators and the values are averaged: rank 0 and 1 log 0.5; the
+    lora_B norm, the same on both, is the best_metric (min: step 0) with no eval set at all."""
+    kw = dict(lora_dropout=0.0, save_every=0, max_steps=4, eval_fraction=0.0, eval_every=2, evaluators=True,
+              best_metric="lora_b_norm", best_mode="min", batch_size=2)
+    two = _torchrun(2, _config(task, tmp_path / "two", **kw))
+    assert two.returncode == 0, two.stderr[-3000:]
+    evals = [m for m in read_metrics(tmp_path / "two") if "eval_rank" in m]
+    assert [m["step"] for m in evals] == [0, 2, 4] and all(m["eval_rank"] == 0.5 for m in evals)
+    assert evals[0]["eval_lora_b_norm"] == 0 < evals[-1]["eval_lora_b_norm"] and "eval_loss" not in evals[0]
+    assert json.loads((tmp_path / "two" / "best" / "best.json").read_text())["step"] == 0
+
+
+@pytest.mark.slow
 def test_dpo_with_a_reference_cache_on_two_processes_matches_one(task, tmp_path):
     """Rank 0 fills the cache, the other rank waits and reads it; DDP then matches one process."""
     model_dir, _ = task
