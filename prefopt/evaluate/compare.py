@@ -12,6 +12,7 @@ interrupted run resumes where it stopped)::
     DIR/dpo/train/final/             the SFT+DPO adapter (both updates; loads on the base model)
     DIR/dpo/train/best/              with ``--set val=N``: the SFT+DPO weights whose answers to the N
                                      held-out validation items scored best; the "dpo" stage's model
+    DIR/dpo/train/val_answers.jsonl  with ``--set val=N``: the parsed answers at every evaluation
     DIR/dpo/ref_cache/               reference log-probs (the SFT model), computed once
     DIR/report.md, report.json, *.png
 """
@@ -370,16 +371,18 @@ def _dpo_steps(s: dict, pairs: Path) -> int:
     return max(1, math.ceil(math.ceil(n / s["dpo_batch_size"]) * s["dpo_epochs"]))
 
 
-def _validation(task, val: list, pairs: Path, s: dict) -> tuple[dict, list]:
+def _validation(task, val: list, pairs: Path, s: dict, out: Path) -> tuple[dict, list]:
     """With validation items: the DPO stage's settings that keep its best weights by the task's
     score of greedy answers to them (decoded as the test set's answers are), and the evaluator
-    that makes the score; else nothing."""
+    that makes the score and keeps the answers (``dpo/train/val_answers.jsonl``); else nothing."""
+    from .dynamics import VAL_ANSWERS
     from .runner import task_evaluator
 
     if not val:
         return {}, []
     every = s["dpo_eval_every"] or max(1, round(_dpo_steps(s, pairs) / 10))
-    evaluator = task_evaluator(task, val, batch_size=s["eval_batch_size"], **{k: s[k] for k in DECODING})
+    evaluator = task_evaluator(task, val, batch_size=s["eval_batch_size"], answers=out / "dpo" / "train" / VAL_ANSWERS,
+                               **{k: s[k] for k in DECODING})
     return ({"eval_every": every, "best_metric": f"val_{task.primary}", "best_mode": "max",
              "best_min_delta": float(s["dpo_min_gain"] or 0.0), "patience": s["dpo_patience"] or 0}, [evaluator])
 
@@ -410,7 +413,7 @@ def _dpo(cfg, task, pairs: Path, val: list, out: Path, s: dict) -> None:
     if (final / "adapter_model.safetensors").is_file():
         _log(f"dpo: reusing {final}")
         return
-    chosen, evaluators = _validation(task, val, pairs, s)
+    chosen, evaluators = _validation(task, val, pairs, s, out)
     if val:
         _log(f"dpo: scoring greedy answers to {len(val)} validation items every {chosen['eval_every']} steps; "
              f"the weights with the best {task.primary} on them are the SFT+DPO model")
@@ -469,6 +472,6 @@ def run_compare(cfg: CompareConfig) -> dict:
     del keep  # the SFT model, if its errors were mined, is released before DPO
     _dpo(cfg, task, pairs, val, out, s)
     results["dpo"] = _evaluate(cfg, task, tok, test, out, "dpo", s, judge)
-    report = build_report(cfg, task, test, results, out)
+    report = build_report(cfg, task, test, results, out, val)
     _log(f"report: {out / 'report.md'}")
     return report

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..train.metrics import first_and_last, first_to_last
 
+VAL_ANSWERS = "val_answers.jsonl"  # in dpo/train: the validation answers at every evaluation (compare --set val)
 WINDOW = 0.25  # the first and last quarter of the logged steps are compared
 LEARNED = 0.6  # a final pair accuracy below this: DPO did not learn to rank its training pairs
 CHOSEN_DROP = 1.0  # nats: a larger fall of the chosen answers' mean log-prob is pointed out
@@ -50,6 +51,24 @@ def dpo_selection(out: Path) -> dict | None:
             "curve": [[r["step"], r[best["metric"]]] for r in rows if best["metric"] in r]}
 
 
+def against_step_0(task, val: list, out: Path, n_resamples: int, seed: int) -> dict | None:
+    """The chosen DPO step against step 0 (the SFT model) on the validation items, by paired
+    bootstrap of the task's primary metric over them (``delta``, ``ci``, ``p_value``): how far the
+    choice could be noise. None where step 0 was chosen or the answers file lacks either step."""
+    from .runner import read_answers
+    from .stats import paired_bootstrap
+
+    sel = dpo_selection(out)
+    answers = read_answers(Path(out) / "dpo" / "train" / VAL_ANSWERS)
+    if sel is None or sel["step"] == 0 or 0 not in answers or sel["step"] not in answers:
+        return None
+    a, b = ({i: p for i, p in zip(answers[k]["ids"], answers[k]["predictions"])} for k in (0, sel["step"]))
+    if not all(r.id in a and r.id in b for r in val):
+        return None
+    return paired_bootstrap(task.primary_on(val, [a[r.id] for r in val]), task.primary_on(val, [b[r.id] for r in val]),
+                            len(val), n_resamples=n_resamples, seed=seed)
+
+
 def training_dynamics(out: Path) -> dict:
     """``{"sft": ..., "dpo": ..., "selection": ...}`` for a compare folder (a stage without a log,
     or a run without validation items, is left out)."""
@@ -67,6 +86,12 @@ def selection_line(sel: dict) -> str:
     line = (f"- DPO weights chosen on {sel['n_val']} validation items (held out of both training stages): step "
             f"{sel['step']} of {sel['total_steps']}, validation {name} {sel['value']:.3f}{margin}; at each "
             f"evaluation: {curve}.")
+    vs = sel.get("against_step_0")
+    if vs:
+        (lo, hi), p = vs["ci"], vs["p_value"]
+        line += (f" Against step 0 (the SFT model) on the same validation items: {vs['delta']:+.3f} [{lo:+.3f}, "
+                 f"{hi:+.3f}], bootstrap p = {p:.3g}" + (": a gain the validation set cannot tell from noise."
+                                                          if p >= 0.05 else "."))
     stop = sel.get("stopped_early")
     if stop:
         n = stop["patience"]

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import write_json_atomic, write_text_atomic
-from .dynamics import NLL_ANCHORED, dynamics_lines, training_dynamics
+from .dynamics import NLL_ANCHORED, against_step_0, dynamics_lines, training_dynamics
 from .stats import bootstrap_ci, mcnemar_exact, paired_bootstrap, wilcoxon_signed_rank
 
 ALPHA = 0.05
@@ -200,12 +200,16 @@ def _chosen(stats: dict) -> str:
                                    f"{sel['n_val']} validation items (see Training)")
 
 
-def build_report(cfg, task, test, results: dict, out: Path) -> dict:
+def build_report(cfg, task, test, results: dict, out: Path, val: list | None = None) -> dict:
+    """Write ``report.md`` and ``report.json`` (returned) for a compare folder. ``val``: the
+    validation items that chose the DPO weights, if the run held any out."""
     stats = compare_stages(task, test, results, n_resamples=cfg.n_resamples, seed=cfg.seed)
     plots = _plots(task, stats, out)
     st, cmp = stats["stages"], stats["comparisons"]
     stats["advice"] = advice(cfg.loss, cmp)
     stats["training"] = training_dynamics(out)
+    if "selection" in stats["training"] and val:
+        stats["training"]["selection"]["against_step_0"] = against_step_0(task, val, out, cfg.n_resamples, cfg.seed)
     trained = dynamics_lines(stats["training"])
     decoded = decoding_line(results)
     lines = [f"# prefopt compare: {task.name}", "",

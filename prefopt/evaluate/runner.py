@@ -76,21 +76,38 @@ def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: 
     return (texts, ended) if return_ended else texts
 
 
-def task_evaluator(task, records, *, batch_size: int = 16, prefix: str = "val_", **decode):
+def task_evaluator(task, records, *, batch_size: int = 16, prefix: str = "val_", answers: str | Path | None = None,
+                   **decode):
     """An evaluator for the trainers (``evaluators=[...]``): greedy answers to ``records`` scored by
     ``task``, as ``{prefix + metric: value}`` (``val_macro_f1``, ...; numbers only), so that
     ``best_metric="val_macro_f1"`` keeps the weights that answer best. ``decode``: :func:`predict`'s
     decoding settings (``max_new_tokens``, ``repetition_penalty``, ...), to score the answers as the
-    test set's are made. The trainer needs its ``tokenizer``."""
+    test set's are made. ``answers``: a JSONL file that gets one line per evaluation, ``{"step",
+    "ids", "predictions"}`` (the main process writes it; :func:`read_answers` reads it back), to
+    compare two evaluations item by item. The trainer needs its ``tokenizer``."""
     def evaluate(trainer) -> dict[str, float]:
         if trainer.tokenizer is None:
             raise ValueError("task_evaluator needs the trainer's tokenizer: pass tokenizer=tok to the trainer")
         texts = predict(trainer.model, trainer.tokenizer, task, records, batch_size=batch_size, show_progress=False,
                         **decode)
-        _, metrics = score(task, records, texts)
+        preds, metrics = score(task, records, texts)
+        if answers is not None and trainer.dist.is_main:
+            with open(answers, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": trainer.step, "ids": [r.id for r in records], "predictions": preds},
+                                   ensure_ascii=False) + "\n")
         return {prefix + k: float(v) for k, v in metrics.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"}
     return evaluate
+
+
+def read_answers(path: str | Path) -> dict[int, dict]:
+    """``{step: {"ids", "predictions"}}`` from a :func:`task_evaluator` answers file (a step
+    evaluated twice, as a resumed run may, keeps its last line); {} where there is no file."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {r["step"]: {"ids": r["ids"], "predictions": r["predictions"]} for r in rows}
 
 
 def fit_max_new_tokens(task, tok, records) -> tuple[int | None, int]:

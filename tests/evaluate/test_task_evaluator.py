@@ -1,4 +1,5 @@
 """``task_evaluator``: a task's score of greedy answers as a trainer's evaluator (for best_metric)."""
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -31,3 +32,23 @@ def test_it_needs_the_trainers_tokenizer(setup):
     task, records, model, _ = setup
     with pytest.raises(ValueError, match="pass tokenizer=tok to the trainer"):
         task_evaluator(task, records)(SimpleNamespace(model=model, tokenizer=None))
+
+
+def test_it_keeps_each_evaluations_answers_for_an_item_by_item_comparison(setup, tmp_path):
+    """With ``answers=FILE`` the main process appends the parsed answers of every evaluation; a
+    step evaluated twice (a resumed run) reads back as its last line; other processes write none."""
+    from prefopt.evaluate.runner import read_answers
+
+    task, records, model, tok = setup
+    path = tmp_path / "val_answers.jsonl"
+    evaluate = task_evaluator(task, records, batch_size=4, answers=path)
+    main = SimpleNamespace(is_main=True)
+    for step in (0, 5, 5):
+        evaluate(SimpleNamespace(model=model, tokenizer=tok, step=step, dist=main))
+    evaluate(SimpleNamespace(model=model, tokenizer=tok, step=9, dist=SimpleNamespace(is_main=False)))
+    assert len(path.read_text().splitlines()) == 3
+    got = read_answers(path)
+    expected, _ = score(task, records, predict(model, tok, task, records, show_progress=False))
+    assert sorted(got) == [0, 5] and got[5]["ids"] == [r.id for r in records]
+    assert got[0]["predictions"] == json.loads(json.dumps(expected))  # as JSON gives them back
+    assert read_answers(tmp_path / "none.jsonl") == {}

@@ -73,9 +73,16 @@ def test_the_dpo_stage_is_the_step_the_validation_score_picks(tiny_model, tmp_pa
     last step's: the weights in best/ differ from final/'s, and the test set is answered by them."""
     import prefopt.evaluate.runner as runner
 
-    def peak_at_2(task, records, **kw):
+    def peak_at_2(task, records, answers, **kw):
+        """Scores that peak at step 2, and answers to match: every one right at step 2, none before."""
         assert len(records) == 4 and "max_new_tokens" in kw  # decoded as the test set is
-        return lambda trainer: {"val_macro_f1": [0.2, 0.5, 0.9, 0.4, 0.3][trainer.step]}
+
+        def evaluate(trainer):
+            preds = [task.parse(r.target if trainer.step == 2 else "", r) for r in records]
+            with open(answers, "a") as f:
+                f.write(json.dumps({"step": trainer.step, "ids": [r.id for r in records], "predictions": preds}) + "\n")
+            return {"val_macro_f1": [0.2, 0.5, 0.9, 0.4, 0.3][trainer.step]}
+        return evaluate
 
     monkeypatch.setattr(runner, "task_evaluator", peak_at_2)
     loads = _loads(monkeypatch)
@@ -89,6 +96,18 @@ def test_the_dpo_stage_is_the_step_the_validation_score_picks(tiny_model, tmp_pa
     best, final = (load_file(train / d / "adapter_model.safetensors") for d in ("best", "final"))
     assert best.keys() == final.keys() and any(not (best[k] == final[k]).all() for k in best)
     assert "step 2 of 4, validation macro_f1 0.900" in (out / "report.md").read_text()
+    # how far the choice could be noise: step 2's answers against step 0's, item by item
+    from prefopt.evaluate.stats import paired_bootstrap
+    from prefopt.tasks import get_task
+
+    task = get_task("portal")
+    val = [r for i in json.loads((out / "split.json").read_text())["val"] for r in task.load() if r.id == i]
+    expected = paired_bootstrap(task.primary_on(val, [task.parse("", r) for r in val]),
+                                task.primary_on(val, [task.parse(r.target, r) for r in val]), 4, n_resamples=100, seed=0)
+    assert sel["against_step_0"] == json.loads(json.dumps(expected)) and expected["delta"] > 0
+    vs = expected
+    assert (f"Against step 0 (the SFT model) on the same validation items: {vs['delta']:+.3f} [{vs['ci'][0]:+.3f}, "
+            f"{vs['ci'][1]:+.3f}], bootstrap p = {vs['p_value']:.3g}") in (out / "report.md").read_text()
     # a rerun reuses every stage, the chosen weights included
     loads.clear()
     assert run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
