@@ -30,6 +30,7 @@ from ..chat_template import parse_chat_date, run_chat_date
 from ..fileio import write_json_atomic, write_text_atomic
 from ..model.repeats import check_repeat_options
 from ..tokenizer import set_chat_date
+from .dynamics import CHOICE, VAL_ANSWERS, against_step_0
 from .runner import (
     DECODING,
     choose_max_new_tokens,
@@ -51,18 +52,20 @@ PRESETS = {
               "max_length": 384, "sft_lr": 3e-4, "dpo_lr": 1e-4, "beta": 0.1, "eval_batch_size": 16,
               "max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
               "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None,
-              "dpo_patience": None},
+              "dpo_patience": None, "dpo_max_p": None},
     "full": {"max_train": None, "test": 0.2, "sft_steps": None, "dpo_steps": None, "sft_epochs": 2.0,
              "dpo_epochs": 1.0, "batch_size": 8, "dpo_batch_size": 4, "max_length": 1024, "sft_lr": 2e-4,
              "dpo_lr": 5e-5, "beta": 0.1, "eval_batch_size": 16, "max_new_tokens": None,
              "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
              "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None,
-             "dpo_patience": None},
+             "dpo_patience": None, "dpo_max_p": None},
     # val None: no validation set. A count (>= 1) or fraction (< 1) of the items is held out of both
     # training stages; DPO then answers them every dpo_eval_every steps (None: about ten times a run) and the
     # weights that score best on the task's primary metric are the "dpo" stage (step 0: the SFT model itself);
     # dpo_min_gain None (0): a step must beat the best before it by more than this to replace it;
     # dpo_patience None (0: never): DPO stops once this many evaluations in a row have not replaced the best;
+    # dpo_max_p None (off): the chosen step stays only if it beats step 0 on the validation items at bootstrap
+    # p < dpo_max_p, else the "dpo" stage is the SFT model;
     # max_new_tokens None: the task's, raised where its reference answers are longer (runner.fit_max_new_tokens);
     # repetition_penalty, no_repeat_ngram_size None: none (greedy decoding as it is); repeat_scope None: "all";
     # gradient_checkpointing: less memory, more time
@@ -126,8 +129,10 @@ class CompareConfig:
 def _check_validation(s: dict) -> None:
     """``val``: None, 0, a fraction in (0, 1) or a whole count; ``dpo_eval_every``: None or a
     positive whole number; ``dpo_min_gain``: None or a number >= 0; ``dpo_patience``: None or a
-    whole number >= 0; these three only with ``val`` (they have nothing to evaluate otherwise)."""
+    whole number >= 0; ``dpo_max_p``: None or a p-value in (0, 1]; these four only with ``val``
+    (they have nothing to evaluate otherwise)."""
     val, every, gain, patience = s["val"], s["dpo_eval_every"], s["dpo_min_gain"], s["dpo_patience"]
+    max_p = s["dpo_max_p"]
     number = isinstance(val, (int, float)) and not isinstance(val, bool)
     if val is not None and not (number and val >= 0 and (val < 1 or float(val).is_integer())):
         raise ValueError(f"val: a count of items (a whole number) or a fraction in (0, 1) to hold out for choosing "
@@ -138,7 +143,9 @@ def _check_validation(s: dict) -> None:
         raise ValueError(f"dpo_min_gain: a number >= 0, in the task's primary metric (got {gain!r})")
     if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 0):
         raise ValueError(f"dpo_patience: a whole number of evaluations >= 0 (got {patience!r})")
-    for name in ("dpo_eval_every", "dpo_min_gain", "dpo_patience"):
+    if max_p is not None and (isinstance(max_p, bool) or not isinstance(max_p, (int, float)) or not 0 < max_p <= 1):
+        raise ValueError(f"dpo_max_p: a p-value in (0, 1], e.g. 0.1 (got {max_p!r})")
+    for name in ("dpo_eval_every", "dpo_min_gain", "dpo_patience", "dpo_max_p"):
         if s[name] is not None and not val:
             raise ValueError(f"{name} needs val: the validation items each evaluation answers (--set val=N)")
 
@@ -155,7 +162,7 @@ _MEMORY_ONLY = ("gradient_checkpointing",)  # change memory and time, not result
 # settings added after runs were made, with the values those runs used
 _ADDED_SETTINGS = {"max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None,
                    "repeat_scope": None, "gradient_checkpointing": False, "val": None, "dpo_eval_every": None,
-                   "dpo_min_gain": None, "dpo_patience": None}
+                   "dpo_min_gain": None, "dpo_patience": None, "dpo_max_p": None}
 
 
 def _eval_only(config: dict) -> tuple[str, ...]:
@@ -258,11 +265,11 @@ def _load_stage_model(cfg: CompareConfig, out: Path, stage: str, keep: dict | No
     device, dtype = cfg.device_and_dtype()
     if stage == "base":
         return load_model(cfg.model, dtype=dtype, device=device)
-    dpo = dpo_weights(out)
+    dpo, sft = dpo_weights(out), out / "sft" / "train" / "final"
     if stage == "dpo" and is_stacked(dpo):  # holds the SFT update too (prefopt.lora_stack)
         return load_model(cfg.model, dtype=dtype, device=device, adapter=dpo, merge=True)
-    model = load_model(cfg.model, dtype=dtype, device=device, adapter=out / "sft" / "train" / "final", merge=True)
-    if stage == "dpo":  # a run from before stacked adapters: its DPO adapter goes on the merged SFT model
+    model = load_model(cfg.model, dtype=dtype, device=device, adapter=sft, merge=True)
+    if stage == "dpo" and dpo != sft:  # a run from before stacked adapters: its DPO adapter goes on the merged SFT model
         merge_and_unload(load_adapter(model, dpo))
     return model
 
@@ -354,11 +361,33 @@ def _pairs(cfg, task, tok, train, out: Path, s: dict, keep: dict | None = None) 
     return path
 
 
+DECIDE_RESAMPLES = 2000  # fixed, so that --n-resamples (a report setting) cannot change a decided stage
+
+
 def dpo_weights(out: Path) -> Path:
-    """The SFT+DPO adapter the "dpo" stage evaluates: the one chosen on the validation items where
-    the run held some out (``best/``), else the last step's (``final/``)."""
+    """The adapter the "dpo" stage evaluates: the one chosen on the validation items where the run
+    held some out (``best/``), unless ``dpo_max_p`` found its gain over the SFT model too weak to
+    trust (then the SFT adapter); else the last step's (``final/``)."""
     train = Path(out) / "dpo" / "train"
+    if (train / CHOICE).is_file() and json.loads((train / CHOICE).read_text())["weights"] == "sft":
+        return Path(out) / "sft" / "train" / "final"
     return train / "best" if (train / "best" / "best.json").is_file() else train / "final"
+
+
+def _require_gain(cfg, task, val: list, out: Path, s: dict) -> None:
+    """With ``dpo_max_p``: the chosen DPO step stays the "dpo" stage only if its answers beat step
+    0's (the SFT model's) on the validation items at paired-bootstrap p < ``dpo_max_p``; else the
+    stage is the SFT model. Decided once, in ``dpo/train/choice.json``."""
+    path = out / "dpo" / "train" / CHOICE
+    if not (val and s["dpo_max_p"]) or path.is_file():
+        return
+    vs = against_step_0(task, val, out, DECIDE_RESAMPLES, cfg.seed)  # None: step 0 (the SFT model) was chosen
+    keep = vs is not None and vs["p_value"] < s["dpo_max_p"]
+    write_json_atomic(path, {"weights": "best" if keep else "sft", "max_p": s["dpo_max_p"],
+                             "p_value": None if vs is None else vs["p_value"], "n_resamples": DECIDE_RESAMPLES})
+    if vs is not None:
+        _log(f"dpo: the chosen step's validation gain over SFT {vs['delta']:+.3f}, bootstrap p = {vs['p_value']:.3g}: "
+             + ("kept" if keep else f"not below dpo_max_p {s['dpo_max_p']:g}, so the SFT+DPO stage is the SFT model"))
 
 
 def _dpo_steps(s: dict, pairs: Path) -> int:
@@ -375,7 +404,6 @@ def _validation(task, val: list, pairs: Path, s: dict, out: Path) -> tuple[dict,
     """With validation items: the DPO stage's settings that keep its best weights by the task's
     score of greedy answers to them (decoded as the test set's answers are), and the evaluator
     that makes the score and keeps the answers (``dpo/train/val_answers.jsonl``); else nothing."""
-    from .dynamics import VAL_ANSWERS
     from .runner import task_evaluator
 
     if not val:
@@ -413,6 +441,8 @@ def _dpo(cfg, task, pairs: Path, val: list, out: Path, s: dict) -> None:
     if (final / "adapter_model.safetensors").is_file():
         _log(f"dpo: reusing {final}")
         return
+    for stale in (VAL_ANSWERS, CHOICE):  # an interrupted attempt's: an overwrite clears only the run's own files
+        (out / "dpo" / "train" / stale).unlink(missing_ok=True)
     chosen, evaluators = _validation(task, val, pairs, s, out)
     if val:
         _log(f"dpo: scoring greedy answers to {len(val)} validation items every {chosen['eval_every']} steps; "
@@ -471,6 +501,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     pairs = _pairs(cfg, task, tok, train, out, s, keep)
     del keep  # the SFT model, if its errors were mined, is released before DPO
     _dpo(cfg, task, pairs, val, out, s)
+    _require_gain(cfg, task, val, out, s)
     results["dpo"] = _evaluate(cfg, task, tok, test, out, "dpo", s, judge)
     report = build_report(cfg, task, test, results, out, val)
     _log(f"report: {out / 'report.md'}")

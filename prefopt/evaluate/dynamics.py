@@ -14,6 +14,7 @@ from pathlib import Path
 from ..train.metrics import first_and_last, first_to_last
 
 VAL_ANSWERS = "val_answers.jsonl"  # in dpo/train: the validation answers at every evaluation (compare --set val)
+CHOICE = "choice.json"  # in dpo/train, with compare's dpo_max_p: whether the chosen step's gain held up
 WINDOW = 0.25  # the first and last quarter of the logged steps are compared
 LEARNED = 0.6  # a final pair accuracy below this: DPO did not learn to rank its training pairs
 CHOSEN_DROP = 1.0  # nats: a larger fall of the chosen answers' mean log-prob is pointed out
@@ -36,8 +37,10 @@ def dpo_selection(out: Path) -> dict | None:
     """Where a compare run held validation items out (``--set val``): the DPO step whose weights
     became the "dpo" stage (``best.json``: metric, value, step), the run's ``total_steps``, the
     number of validation items ``n_val``, the gain a step needed to replace the best before it
-    (``min_gain``), where the run stopped early (``stopped_early``, else None), and the validation
-    score at every evaluation (``curve``: ``[step, value]`` pairs); None for a run without them."""
+    (``min_gain``), where the run stopped early (``stopped_early``, else None), compare's
+    ``dpo_max_p`` decision (``choice``: ``{"weights": "best" or "sft", "max_p", "p_value"}``, else
+    None), and the validation score at every evaluation (``curve``: ``[step, value]`` pairs); None
+    for a run without them."""
     train = Path(out) / "dpo" / "train"
     if not (train / "best" / "best.json").is_file():
         return None
@@ -46,7 +49,8 @@ def dpo_selection(out: Path) -> dict | None:
     summary = json.loads((train / "train_summary.json").read_text())
     split = json.loads((Path(out) / "split.json").read_text())
     config = json.loads((train / "train_config.json").read_text())
-    return {**best, "total_steps": summary["total_steps"], "n_val": len(split.get("val", [])),
+    choice = json.loads((train / CHOICE).read_text()) if (train / CHOICE).is_file() else None
+    return {**best, "choice": choice, "total_steps": summary["total_steps"], "n_val": len(split.get("val", [])),
             "stopped_early": summary.get("stopped_early"), "min_gain": config.get("best_min_delta", 0.0),
             "curve": [[r["step"], r[best["metric"]]] for r in rows if best["metric"] in r]}
 
@@ -92,6 +96,12 @@ def selection_line(sel: dict) -> str:
         line += (f" Against step 0 (the SFT model) on the same validation items: {vs['delta']:+.3f} [{lo:+.3f}, "
                  f"{hi:+.3f}], bootstrap p = {p:.3g}" + (": a gain the validation set cannot tell from noise."
                                                           if p >= 0.05 else "."))
+    choice = sel.get("choice")
+    if choice and sel["step"] != 0:
+        p = "unknown" if choice["p_value"] is None else f"{choice['p_value']:.3g}"
+        line += (f" With dpo_max_p {choice['max_p']:g}: its gain over step 0 has p = {p}, "
+                 + (f"below it, so step {sel['step']} is the SFT+DPO stage." if choice["weights"] == "best" else
+                    "not below it, so the SFT+DPO stage is the SFT model."))
     stop = sel.get("stopped_early")
     if stop:
         n = stop["patience"]

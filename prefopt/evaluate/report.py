@@ -196,8 +196,13 @@ def decoding_line(results: dict) -> str | None:
 def _chosen(stats: dict) -> str:
     """Where validation items chose the DPO weights, which step the SFT+DPO stage is."""
     sel = stats["training"].get("selection")
-    return "" if sel is None else (f"; the SFT+DPO weights are step {sel['step']} of {sel['total_steps']}, chosen on "
-                                   f"{sel['n_val']} validation items (see Training)")
+    if sel is None:
+        return ""
+    if (sel.get("choice") or {}).get("weights") == "sft" and sel["step"] != 0:
+        return (f"; the SFT+DPO stage is the SFT model: DPO's best step on {sel['n_val']} validation items "
+                f"(step {sel['step']} of {sel['total_steps']}) did not beat it significantly (see Training)")
+    return (f"; the SFT+DPO weights are step {sel['step']} of {sel['total_steps']}, chosen on {sel['n_val']} "
+            f"validation items (see Training)")
 
 
 def build_report(cfg, task, test, results: dict, out: Path, val: list | None = None) -> dict:

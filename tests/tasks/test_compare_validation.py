@@ -73,16 +73,9 @@ def test_the_dpo_stage_is_the_step_the_validation_score_picks(tiny_model, tmp_pa
     last step's: the weights in best/ differ from final/'s, and the test set is answered by them."""
     import prefopt.evaluate.runner as runner
 
-    def peak_at_2(task, records, answers, **kw):
-        """Scores that peak at step 2, and answers to match: every one right at step 2, none before."""
+    def peak_at_2(task, records, **kw):
         assert len(records) == 4 and "max_new_tokens" in kw  # decoded as the test set is
-
-        def evaluate(trainer):
-            preds = [task.parse(r.target if trainer.step == 2 else "", r) for r in records]
-            with open(answers, "a") as f:
-                f.write(json.dumps({"step": trainer.step, "ids": [r.id for r in records], "predictions": preds}) + "\n")
-            return {"val_macro_f1": [0.2, 0.5, 0.9, 0.4, 0.3][trainer.step]}
-        return evaluate
+        return _scripted(2)(task, records, **kw)
 
     monkeypatch.setattr(runner, "task_evaluator", peak_at_2)
     loads = _loads(monkeypatch)
@@ -113,6 +106,53 @@ def test_the_dpo_stage_is_the_step_the_validation_score_picks(tiny_model, tmp_pa
     assert run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
                                      overrides={**TINY, "dpo_eval_every": 1}))["training"]["selection"] == sel
     assert loads == []
+
+
+def _scripted(right_at: int | None):
+    """A task_evaluator stand-in: scores that peak at step 2, and answers that are all right at
+    step ``right_at`` (None: never) and unparsed otherwise."""
+    def make(task, records, answers, **kw):
+        def evaluate(trainer):
+            preds = [task.parse(r.target if trainer.step == right_at else "", r) for r in records]
+            with open(answers, "a") as f:
+                f.write(json.dumps({"step": trainer.step, "ids": [r.id for r in records], "predictions": preds}) + "\n")
+            return {"val_macro_f1": [0.2, 0.5, 0.9, 0.4, 0.3][trainer.step]}
+        return evaluate
+    return make
+
+
+@pytest.mark.parametrize("right_at, kept", [(2, True), (None, False)])
+def test_dpo_max_p_keeps_the_chosen_step_only_if_its_gain_is_significant(right_at, kept, tiny_model, tmp_path,
+                                                                          monkeypatch):
+    """Step 2 has the best score either way; with its answers all right where step 0's are all
+    wrong the gain is significant and step 2 stays, with the same answers as step 0's it is not,
+    and the SFT+DPO stage is the SFT model (its adapter, its answers)."""
+    import prefopt.evaluate.runner as runner
+
+    monkeypatch.setattr(runner, "task_evaluator", _scripted(right_at))
+    loads = _loads(monkeypatch)
+    out = tmp_path / "run"
+    report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
+                                       overrides={**TINY, "dpo_eval_every": 1, "dpo_max_p": 0.5}))
+    sel, sft = report["training"]["selection"], out / "sft" / "train" / "final"
+    choice = json.loads((out / "dpo" / "train" / "choice.json").read_text())
+    assert sel["step"] == 2 and choice["weights"] == ("best" if kept else "sft") and choice["max_p"] == 0.5
+    assert (choice["p_value"] < 0.5) == kept and sel["choice"] == choice
+    assert loads[-1] == (out / "dpo" / "train" / "best" if kept else sft)
+    text = (out / "report.md").read_text()
+    if kept:
+        assert "below it, so step 2 is the SFT+DPO stage." in text
+    else:
+        assert "not below it, so the SFT+DPO stage is the SFT model." in text
+        assert "the SFT+DPO stage is the SFT model: DPO's best step on 4 validation items (step 2 of 4)" in text
+        assert report["stages"]["dpo"]["primary"] == report["stages"]["sft"]["primary"]
+        rows = {s: (out / s / "predictions.jsonl").read_text() for s in ("sft", "dpo")}
+        assert rows["sft"] == rows["dpo"]
+    # decided once: a rerun with other --n-resamples (a report setting) reuses the decision and every stage
+    loads.clear()
+    run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=50,
+                              overrides={**TINY, "dpo_eval_every": 1, "dpo_max_p": 0.5}))
+    assert loads == [] and json.loads((out / "dpo" / "train" / "choice.json").read_text()) == choice
 
 
 def test_dpo_min_gain_keeps_the_sft_model_over_a_gain_within_it(tiny_model, tmp_path, monkeypatch):
@@ -159,6 +199,8 @@ def test_dpo_patience_stops_dpo_once_the_validation_score_turns(tiny_model, tmp_
     ({"dpo_min_gain": -0.1}, r"dpo_min_gain: a number >= 0, in the task's primary metric \(got -0.1\)"),
     ({"val": 0, "dpo_eval_every": None, "dpo_min_gain": 0.05}, "dpo_min_gain needs val"),
     ({"dpo_patience": 2.5}, r"dpo_patience: a whole number of evaluations >= 0 \(got 2.5\)"),
+    ({"dpo_max_p": 0}, r"dpo_max_p: a p-value in \(0, 1\], e.g. 0.1 \(got 0\)"),
+    ({"val": None, "dpo_eval_every": None, "dpo_max_p": 0.1}, "dpo_max_p needs val"),
     ({"val": None, "dpo_eval_every": None, "dpo_patience": 3}, "dpo_patience needs val")])
 def test_bad_validation_settings_stop_compare_before_it_claims_a_folder(bad, match, tiny_model, tmp_path):
     with pytest.raises(ValueError, match=match):
