@@ -27,8 +27,8 @@ from prefopt.cli import run_script
 def main() -> None:
     from prefopt import load_model, load_tokenizer
     from prefopt.data import load_preferences
-    from prefopt.evaluate.compare import dpo_weights
     from prefopt.evaluate.runner import predict, score, task_evaluator
+    from prefopt.evaluate.selection import dpo_weights
     from prefopt.evaluate.stats import paired_bootstrap
     from prefopt.fileio import write_json_atomic
     from prefopt.tasks import get_task

@@ -13,13 +13,14 @@ interrupted run resumes where it stopped)::
     DIR/dpo/train/best/              with ``--set val=N``: the SFT+DPO weights whose answers to the N
                                      held-out validation items scored best; the "dpo" stage's model
     DIR/dpo/train/val_answers.jsonl  with ``--set val=N``: the parsed answers at every evaluation
+    DIR/dpo/train/choice.json        with ``--set dpo_max_p``: whether the chosen step's gain held up
+                                     (``prefopt.evaluate.selection``)
     DIR/dpo/ref_cache/               reference log-probs (the SFT model), computed once
     DIR/report.md, report.json, *.png
 """
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,7 +31,6 @@ from ..chat_template import parse_chat_date, run_chat_date
 from ..fileio import write_json_atomic, write_text_atomic
 from ..model.repeats import check_repeat_options
 from ..tokenizer import set_chat_date
-from .dynamics import CHOICE, VAL_ANSWERS, against_step_0
 from .runner import (
     DECODING,
     choose_max_new_tokens,
@@ -43,6 +43,15 @@ from .runner import (
     require_chat,
     score,
     write_results,
+)
+from .selection import (
+    CHOICE,
+    VAL_ANSWERS,
+    check_settings,
+    dpo_weights,
+    given_pairs_outside,
+    require_gain,
+    trainer_settings,
 )
 
 STAGES = ("base", "sft", "dpo")
@@ -117,37 +126,13 @@ class CompareConfig:
                              + (f"; {', '.join(where)} {'is' if len(where) == 1 else 'are'} not a preset setting: "
                                 f"pass {' and '.join('--' + w.replace('_', '-') for w in where)}" if where else ""))
         s = {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}
-        _check_validation(s)
+        check_settings(s)
         self.device_and_dtype()
         if self.chat_date is not None:
             parse_chat_date(self.chat_date)
         d = decoding(s)  # checked before the run claims its folder
         check_repeat_options(d["repetition_penalty"], d["no_repeat_ngram_size"], d["repeat_scope"])
         return s
-
-
-def _check_validation(s: dict) -> None:
-    """``val``: None, 0, a fraction in (0, 1) or a whole count; ``dpo_eval_every``: None or a
-    positive whole number; ``dpo_min_gain``: None or a number >= 0; ``dpo_patience``: None or a
-    whole number >= 0; ``dpo_max_p``: None or a p-value in (0, 1]; these four only with ``val``
-    (they have nothing to evaluate otherwise)."""
-    val, every, gain, patience = s["val"], s["dpo_eval_every"], s["dpo_min_gain"], s["dpo_patience"]
-    max_p = s["dpo_max_p"]
-    number = isinstance(val, (int, float)) and not isinstance(val, bool)
-    if val is not None and not (number and val >= 0 and (val < 1 or float(val).is_integer())):
-        raise ValueError(f"val: a count of items (a whole number) or a fraction in (0, 1) to hold out for choosing "
-                         f"DPO's weights, or 0 for none (got {val!r})")
-    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-        raise ValueError(f"dpo_eval_every: a whole number of steps >= 1 (got {every!r})")
-    if gain is not None and (isinstance(gain, bool) or not isinstance(gain, (int, float)) or not gain >= 0):
-        raise ValueError(f"dpo_min_gain: a number >= 0, in the task's primary metric (got {gain!r})")
-    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 0):
-        raise ValueError(f"dpo_patience: a whole number of evaluations >= 0 (got {patience!r})")
-    if max_p is not None and (isinstance(max_p, bool) or not isinstance(max_p, (int, float)) or not 0 < max_p <= 1):
-        raise ValueError(f"dpo_max_p: a p-value in (0, 1], e.g. 0.1 (got {max_p!r})")
-    for name in ("dpo_eval_every", "dpo_min_gain", "dpo_patience", "dpo_max_p"):
-        if s[name] is not None and not val:
-            raise ValueError(f"{name} needs val: the validation items each evaluation answers (--set val=N)")
 
 
 def _log(msg: str) -> None:
@@ -361,78 +346,6 @@ def _pairs(cfg, task, tok, train, out: Path, s: dict, keep: dict | None = None) 
     return path
 
 
-DECIDE_RESAMPLES = 2000  # fixed, so that --n-resamples (a report setting) cannot change a decided stage
-
-
-def dpo_weights(out: Path) -> Path:
-    """The adapter the "dpo" stage evaluates: the one chosen on the validation items where the run
-    held some out (``best/``), unless ``dpo_max_p`` found its gain over the SFT model too weak to
-    trust (then the SFT adapter); else the last step's (``final/``)."""
-    train = Path(out) / "dpo" / "train"
-    if (train / CHOICE).is_file() and json.loads((train / CHOICE).read_text())["weights"] == "sft":
-        return Path(out) / "sft" / "train" / "final"
-    return train / "best" if (train / "best" / "best.json").is_file() else train / "final"
-
-
-def _require_gain(cfg, task, val: list, out: Path, s: dict) -> None:
-    """With ``dpo_max_p``: the chosen DPO step stays the "dpo" stage only if its answers beat step
-    0's (the SFT model's) on the validation items at paired-bootstrap p < ``dpo_max_p``; else the
-    stage is the SFT model. Decided once, in ``dpo/train/choice.json``."""
-    path = out / "dpo" / "train" / CHOICE
-    if not (val and s["dpo_max_p"]) or path.is_file():
-        return
-    vs = against_step_0(task, val, out, DECIDE_RESAMPLES, cfg.seed)  # None: step 0 (the SFT model) was chosen
-    keep = vs is not None and vs["p_value"] < s["dpo_max_p"]
-    write_json_atomic(path, {"weights": "best" if keep else "sft", "max_p": s["dpo_max_p"],
-                             "p_value": None if vs is None else vs["p_value"], "n_resamples": DECIDE_RESAMPLES})
-    if vs is not None:
-        _log(f"dpo: the chosen step's validation gain over SFT {vs['delta']:+.3f}, bootstrap p = {vs['p_value']:.3g}: "
-             + ("kept" if keep else f"not below dpo_max_p {s['dpo_max_p']:g}, so the SFT+DPO stage is the SFT model"))
-
-
-def _dpo_steps(s: dict, pairs: Path) -> int:
-    """How many optimizer steps the DPO stage takes: ``dpo_steps``, else its epochs over the pairs."""
-    if s["dpo_steps"]:
-        return s["dpo_steps"]
-    from ..data.readers import read_rows
-
-    n = sum(1 for _, row in read_rows(pairs) if isinstance(row, dict))
-    return max(1, math.ceil(math.ceil(n / s["dpo_batch_size"]) * s["dpo_epochs"]))
-
-
-def _validation(task, val: list, pairs: Path, s: dict, out: Path) -> tuple[dict, list]:
-    """With validation items: the DPO stage's settings that keep its best weights by the task's
-    score of greedy answers to them (decoded as the test set's answers are), and the evaluator
-    that makes the score and keeps the answers (``dpo/train/val_answers.jsonl``); else nothing."""
-    from .runner import task_evaluator
-
-    if not val:
-        return {}, []
-    every = s["dpo_eval_every"] or max(1, round(_dpo_steps(s, pairs) / 10))
-    evaluator = task_evaluator(task, val, batch_size=s["eval_batch_size"], answers=out / "dpo" / "train" / VAL_ANSWERS,
-                               **{k: s[k] for k in DECODING})
-    return ({"eval_every": every, "best_metric": f"val_{task.primary}", "best_mode": "max",
-             "best_min_delta": float(s["dpo_min_gain"] or 0.0), "patience": s["dpo_patience"] or 0}, [evaluator])
-
-
-def _given_pairs_outside(pairs: Path, val: list) -> None:
-    """Given pairs (``ranked``) whose prompt is word for word a validation item's message would
-    train DPO on the items that choose its weights: refused, by file and line."""
-    from ..data.readers import read_rows
-    from ..data.records import DataError
-
-    held = {" ".join(r.prompt.split()): r.id for r in val}
-    for line, row in read_rows(pairs):  # a bad row is DPO's loader's to report, with the rest
-        prompt = row.get("prompt") if isinstance(row, dict) else None
-        if isinstance(prompt, list):  # chat messages: the last user turn
-            prompt = next((m.get("content") for m in reversed(prompt) if isinstance(m, dict)
-                           and m.get("role") == "user"), None)
-        item = held.get(" ".join(prompt.split())) if isinstance(prompt, str) else None
-        if item is not None:
-            raise DataError(pairs, line, "prompt", f"the message of validation item {item!r}; DPO would train on the "
-                            f"items that choose its weights. Drop such pairs, or run without --set val")
-
-
 def _dpo(cfg, task, pairs: Path, val: list, out: Path, s: dict) -> None:
     from ..train import DPOConfig
     from ..train.run import run_dpo
@@ -443,7 +356,7 @@ def _dpo(cfg, task, pairs: Path, val: list, out: Path, s: dict) -> None:
         return
     for stale in (VAL_ANSWERS, CHOICE):  # an interrupted attempt's: an overwrite clears only the run's own files
         (out / "dpo" / "train" / stale).unlink(missing_ok=True)
-    chosen, evaluators = _validation(task, val, pairs, s, out)
+    chosen, evaluators = trainer_settings(task, val, pairs, s, out)
     if val:
         _log(f"dpo: scoring greedy answers to {len(val)} validation items every {chosen['eval_every']} steps; "
              f"the weights with the best {task.primary} on them are the SFT+DPO model")
@@ -487,7 +400,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     held = f" / {len(val)} validation" if val else ""
     _log(f"task {cfg.task}: {len(train)} train{held} / {len(test)} test items; preset {cfg.preset}; output {out}")
     if val and cfg.strategy == "ranked":
-        _given_pairs_outside(Path(cfg.pairs), val)
+        given_pairs_outside(Path(cfg.pairs), val)
     judge = None
     if cfg.judge:
         from ..pretrained import load_model
@@ -501,7 +414,9 @@ def run_compare(cfg: CompareConfig) -> dict:
     pairs = _pairs(cfg, task, tok, train, out, s, keep)
     del keep  # the SFT model, if its errors were mined, is released before DPO
     _dpo(cfg, task, pairs, val, out, s)
-    _require_gain(cfg, task, val, out, s)
+    decided = require_gain(task, val, out, s, cfg.seed)
+    if decided:
+        _log(decided)
     results["dpo"] = _evaluate(cfg, task, tok, test, out, "dpo", s, judge)
     report = build_report(cfg, task, test, results, out, val)
     _log(f"report: {out / 'report.md'}")

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import write_json_atomic, write_text_atomic
-from .dynamics import NLL_ANCHORED, against_step_0, dynamics_lines, training_dynamics
+from .dynamics import NLL_ANCHORED, dynamics_lines, training_dynamics
+from .selection import against_step_0
 from .stats import bootstrap_ci, mcnemar_exact, paired_bootstrap, wilcoxon_signed_rank
 
 ALPHA = 0.05

@@ -71,13 +71,13 @@ def test_validation_items_are_held_out_and_choose_the_dpo_weights(tiny_model, tm
 def test_the_dpo_stage_is_the_step_the_validation_score_picks(tiny_model, tmp_path, monkeypatch):
     """With a validation score that peaks at step 2, the "dpo" stage is step 2's adapter, not the
     last step's: the weights in best/ differ from final/'s, and the test set is answered by them."""
-    import prefopt.evaluate.runner as runner
+    import prefopt.evaluate.selection as selection
 
     def peak_at_2(task, records, **kw):
         assert len(records) == 4 and "max_new_tokens" in kw  # decoded as the test set is
         return _scripted(2)(task, records, **kw)
 
-    monkeypatch.setattr(runner, "task_evaluator", peak_at_2)
+    monkeypatch.setattr(selection, "task_evaluator", peak_at_2)
     loads = _loads(monkeypatch)
     out = tmp_path / "run"
     report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
@@ -127,9 +127,9 @@ def test_dpo_max_p_keeps_the_chosen_step_only_if_its_gain_is_significant(right_a
     """Step 2 has the best score either way; with its answers all right where step 0's are all
     wrong the gain is significant and step 2 stays, with the same answers as step 0's it is not,
     and the SFT+DPO stage is the SFT model (its adapter, its answers)."""
-    import prefopt.evaluate.runner as runner
+    import prefopt.evaluate.selection as selection
 
-    monkeypatch.setattr(runner, "task_evaluator", _scripted(right_at))
+    monkeypatch.setattr(selection, "task_evaluator", _scripted(right_at))
     loads = _loads(monkeypatch)
     out = tmp_path / "run"
     report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
@@ -158,9 +158,9 @@ def test_dpo_max_p_keeps_the_chosen_step_only_if_its_gain_is_significant(right_a
 def test_dpo_min_gain_keeps_the_sft_model_over_a_gain_within_it(tiny_model, tmp_path, monkeypatch):
     """The same curve with --set dpo_min_gain=0.75: step 2's 0.9 beats step 0's 0.2 by 0.7, too
     little, so the SFT model (step 0) stays; the report says why."""
-    import prefopt.evaluate.runner as runner
+    import prefopt.evaluate.selection as selection
 
-    monkeypatch.setattr(runner, "task_evaluator", lambda task, records, **kw: lambda trainer: {
+    monkeypatch.setattr(selection, "task_evaluator", lambda task, records, **kw: lambda trainer: {
         "val_macro_f1": [0.2, 0.5, 0.9, 0.4, 0.3][trainer.step]})
     out = tmp_path / "run"
     report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
@@ -175,10 +175,10 @@ def test_dpo_min_gain_keeps_the_sft_model_over_a_gain_within_it(tiny_model, tmp_
 def test_dpo_patience_stops_dpo_once_the_validation_score_turns(tiny_model, tmp_path, monkeypatch):
     """The same curve with --set dpo_patience=1: step 3 does not beat step 2, so DPO stops there
     (no step 4); step 2's weights are still the SFT+DPO stage."""
-    import prefopt.evaluate.runner as runner
+    import prefopt.evaluate.selection as selection
 
     calls = []
-    monkeypatch.setattr(runner, "task_evaluator", lambda task, records, **kw: lambda trainer: calls.append(
+    monkeypatch.setattr(selection, "task_evaluator", lambda task, records, **kw: lambda trainer: calls.append(
         trainer.step) or {"val_macro_f1": [0.2, 0.5, 0.9, 0.4, 0.3][trainer.step]})
     out = tmp_path / "run"
     report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
