@@ -254,7 +254,9 @@ def _load_stage_model(cfg: CompareConfig, out: Path, stage: str, keep: dict | No
     if stage == "dpo" and is_stacked(dpo):  # holds the SFT update too (prefopt.lora_stack)
         return load_model(cfg.model, dtype=dtype, device=device, adapter=dpo, merge=True)
     model = load_model(cfg.model, dtype=dtype, device=device, adapter=sft, merge=True)
-    if stage == "dpo" and dpo != sft:  # a run from before stacked adapters: its DPO adapter goes on the merged SFT model
+    # dpo is sft where dpo_max_p kept the SFT model; else a run from before stacked adapters: its DPO
+    # adapter goes on the merged SFT model
+    if stage == "dpo" and dpo != sft:
         merge_and_unload(load_adapter(model, dpo))
     return model
 
