@@ -211,10 +211,16 @@ def _fit_test_size(cfg: CompareConfig, s: dict, records: list) -> None:
              f"{max(n - t, 0)} to train on (--set test=N to choose)")
 
 
-def _split(cfg: CompareConfig, records: list, s: dict, out: Path):
+def _split(cfg: CompareConfig, records: list, s: dict) -> dict:
+    """The seeded train/val/test split; made before the run claims its folder, so sizes that leave
+    nothing to train on stop it there."""
     from ..tasks import split_records
 
-    splits = split_records(records, test=s["test"], val=s["val"] or 0, seed=cfg.seed, max_train=s["max_train"])
+    return split_records(records, test=s["test"], val=s["val"] or 0, seed=cfg.seed, max_train=s["max_train"])
+
+
+def _keep_split(splits: dict, out: Path) -> None:
+    """Record the split's item ids in ``split.json``, or refuse a folder whose run had another."""
     ids = {k: [r.id for r in v] for k, v in splits.items()}
     path = out / "split.json"
     if path.is_file():
@@ -224,7 +230,6 @@ def _split(cfg: CompareConfig, records: list, s: dict, out: Path):
                              "use a new --output")
     else:
         write_json_atomic(path, ids)
-    return splits
 
 
 def _train_config(cls, cfg, s, stage: str, data: Path, out: Path, **kw):
@@ -381,6 +386,9 @@ def run_compare(cfg: CompareConfig) -> dict:
         s["max_length"] = task.train_length
     records = task.read(cfg.data)  # bad data stops the run before its folder is claimed
     _fit_test_size(cfg, s, records)
+    splits = _split(cfg, records, s)
+    if splits["val"] and cfg.strategy == "ranked":  # given pairs on a validation item: refused before any work
+        given_pairs_outside(Path(cfg.pairs), splits["val"])
     tok = load_tokenizer(cfg.model)
     require_chat(tok, cfg.model)
     judge_tok = load_tokenizer(cfg.judge) if cfg.judge else None
@@ -397,12 +405,10 @@ def run_compare(cfg: CompareConfig) -> dict:
     if dated:  # once the folder is known to be this run's
         _log(dated)
     torch.manual_seed(cfg.seed)
-    splits = _split(cfg, records, s, out)
+    _keep_split(splits, out)
     train, val, test = splits["train"], splits["val"], splits["test"]
     held = f" / {len(val)} validation" if val else ""
     _log(f"task {cfg.task}: {len(train)} train{held} / {len(test)} test items; preset {cfg.preset}; output {out}")
-    if val and cfg.strategy == "ranked":
-        given_pairs_outside(Path(cfg.pairs), val)
     judge = None
     if cfg.judge:
         from ..pretrained import load_model

@@ -209,6 +209,29 @@ def test_bad_validation_settings_stop_compare_before_it_claims_a_folder(bad, mat
     assert not (tmp_path / "run").exists()
 
 
+def test_a_validation_set_that_leaves_nothing_to_train_on_stops_compare_before_it_claims_a_folder(tiny_model,
+                                                                                                   tmp_path,
+                                                                                                   monkeypatch):
+    """Were the split made after the folder is claimed, the corrected rerun would be refused as a
+    run "made with other settings"."""
+    import prefopt.train.run as run
+
+    class StopAtSFT(Exception):
+        pass
+
+    def stop(config):
+        raise StopAtSFT
+
+    monkeypatch.setattr(run, "run_sft", stop)
+    with pytest.raises(ValueError, match=r"split: test \(4\) \+ val \(400\) leave no training data out of \d+ groups"):
+        run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "run"),
+                                  overrides={**TINY, "val": 400}))
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(StopAtSFT):  # the corrected rerun gets to training
+        run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "run"),
+                                  overrides={**TINY, "val": 40}))
+
+
 def test_given_pairs_on_a_validation_item_are_refused_before_training(tiny_model, tmp_path, monkeypatch):
     """Ranked pairs are the user's: one whose prompt is a validation item's message (as chat
     messages or as text) would let DPO train on what chooses its weights."""
@@ -229,3 +252,4 @@ def test_given_pairs_on_a_validation_item_are_refused_before_training(tiny_model
                                             rf"validation item '{val[1].id}'; DPO would train"):
             run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / f"run{i}"),
                                       strategy="ranked", pairs=str(given), overrides=TINY))
+        assert not (tmp_path / f"run{i}").exists()  # refused before the folder is claimed
