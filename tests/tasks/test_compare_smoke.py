@@ -287,7 +287,7 @@ def test_compare_raises_max_length_to_what_the_task_needs(overrides, expected, t
     def stop(*a, **k):
         raise Stop
 
-    monkeypatch.setattr(compare, "_split", stop)  # the settings are stored before the split
+    monkeypatch.setattr(compare, "_keep_split", stop)  # the settings are stored before the split is
     with pytest.raises(Stop):
         run_compare(CompareConfig(task="aci_bench", model=str(tiny_model), data=str(data), output=str(tmp_path / "run"),
                                   overrides=overrides))
@@ -311,11 +311,11 @@ def test_compare_keeps_most_of_a_small_dataset_for_training(overrides, expected,
     class Stop(Exception):
         pass
 
-    def stop(cfg, records, s, out):
-        seen.update(s)
+    def stop(splits, out):
+        seen["test"] = len(splits["test"])
         raise Stop
 
-    monkeypatch.setattr(compare, "_split", stop)
+    monkeypatch.setattr(compare, "_keep_split", stop)
     with pytest.raises(Stop):
         run_compare(CompareConfig(task="portal", model=str(tiny_model), data=str(data), output=str(tmp_path / "run"),
                                   overrides=overrides))
