@@ -214,8 +214,9 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
     st, cmp = stats["stages"], stats["comparisons"]
     stats["advice"] = advice(cfg.loss, cmp)
     stats["training"] = training_dynamics(out)
-    if "selection" in stats["training"] and val:
-        stats["training"]["selection"]["against_step_0"] = against_step_0(task, val, out, cfg.n_resamples, cfg.seed)
+    sel = stats["training"].get("selection")
+    if sel is not None and val:
+        sel["against_step_0"] = against_step_0(task, val, out, sel["step"], cfg.n_resamples, cfg.seed)
     trained = dynamics_lines(stats["training"])
     decoded = decoding_line(results)
     lines = [f"# prefopt compare: {task.name}", "",

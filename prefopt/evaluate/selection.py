@@ -102,7 +102,8 @@ def require_gain(task, val: list, out: Path, s: dict, seed: int) -> str | None:
     path = out / "dpo" / "train" / CHOICE
     if not (val and s["dpo_max_p"]) or path.is_file():
         return None
-    vs = against_step_0(task, val, out, DECIDE_RESAMPLES, seed)  # None: step 0 (the SFT model) was chosen
+    sel = dpo_selection(out)  # vs None below: step 0 (the SFT model) was chosen
+    vs = None if sel is None else against_step_0(task, val, out, sel["step"], DECIDE_RESAMPLES, seed)
     keep = vs is not None and vs["p_value"] < s["dpo_max_p"]
     write_json_atomic(path, {"weights": "best" if keep else "sft", "max_p": s["dpo_max_p"],
                              "p_value": None if vs is None else vs["p_value"], "n_resamples": DECIDE_RESAMPLES})
@@ -134,15 +135,14 @@ def dpo_selection(out: Path) -> dict | None:
             "curve": [[r["step"], r[best["metric"]]] for r in rows if best["metric"] in r]}
 
 
-def against_step_0(task, val: list, out: Path, n_resamples: int, seed: int) -> dict | None:
-    """The chosen DPO step against step 0 (the SFT model) on the validation items, by paired
+def against_step_0(task, val: list, out: Path, step: int, n_resamples: int, seed: int) -> dict | None:
+    """The chosen DPO ``step`` against step 0 (the SFT model) on the validation items, by paired
     bootstrap of the task's primary metric over them (``delta``, ``ci``, ``p_value``): how far the
     choice could be noise. None where step 0 was chosen or the answers file lacks either step."""
-    sel = dpo_selection(out)
     answers = read_answers(Path(out) / "dpo" / "train" / VAL_ANSWERS)
-    if sel is None or sel["step"] == 0 or 0 not in answers or sel["step"] not in answers:
+    if step == 0 or 0 not in answers or step not in answers:
         return None
-    a, b = ({i: p for i, p in zip(answers[k]["ids"], answers[k]["predictions"])} for k in (0, sel["step"]))
+    a, b = ({i: p for i, p in zip(answers[k]["ids"], answers[k]["predictions"])} for k in (0, step))
     if not all(r.id in a and r.id in b for r in val):
         return None
     return paired_bootstrap(task.primary_on(val, [a[r.id] for r in val]), task.primary_on(val, [b[r.id] for r in val]),
