@@ -73,8 +73,9 @@ PRESETS = {
     # weights that score best on the task's primary metric are the "dpo" stage (step 0: the SFT model itself);
     # dpo_min_gain None (0): a step must beat the best before it by more than this to replace it;
     # dpo_patience None (0: never): DPO stops once this many evaluations in a row have not replaced the best;
-    # dpo_max_p None (off): the chosen step stays only if it beats step 0 on the validation items at bootstrap
-    # p < dpo_max_p, else the "dpo" stage is the SFT model;
+    # dpo_max_p None (off): the chosen step stays only if it beats step 0 on the validation items at p < dpo_max_p
+    # by a bootstrap that allows for its choice as the best step (stats.best_of_bootstrap), else the "dpo"
+    # stage is the SFT model;
     # max_new_tokens None: the task's, raised where its reference answers are longer (runner.fit_max_new_tokens);
     # repetition_penalty, no_repeat_ngram_size None: none (greedy decoding as it is); repeat_scope None: "all";
     # gradient_checkpointing: less memory, more time

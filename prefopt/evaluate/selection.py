@@ -3,8 +3,9 @@
 The items are held out of both training stages. DPO answers them at every evaluation
 (:func:`~prefopt.evaluate.runner.task_evaluator`, its answers kept in ``dpo/train/val_answers.jsonl``),
 the trainer keeps the best weights (``best_metric``, ``best_min_delta``, ``patience``), and
-with ``dpo_max_p`` the chosen step must also beat step 0, the SFT model, on them by paired
-bootstrap (``dpo/train/choice.json``). This module holds the settings' checks, the trainer
+with ``dpo_max_p`` the chosen step must also beat step 0, the SFT model, on them by a bootstrap
+that allows for its having been chosen as the best of the evaluated steps
+(``dpo/train/choice.json``). This module holds the settings' checks, the trainer
 settings, which adapter the "dpo" stage is, and what the report says about the choice.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ..data.readers import read_rows
 from ..data.records import DataError
 from ..fileio import write_json_atomic
 from .runner import DECODING, read_answers, task_evaluator
-from .stats import paired_bootstrap
+from .stats import best_of_bootstrap, paired_bootstrap
 
 VAL_ANSWERS = "val_answers.jsonl"  # in dpo/train: the validation answers at every evaluation (compare --set val)
 CHOICE = "choice.json"  # in dpo/train, with compare's dpo_max_p: whether the chosen step's gain held up
@@ -96,20 +97,25 @@ def dpo_weights(out: Path) -> Path:
 
 def require_gain(task, val: list, out: Path, s: dict, seed: int) -> str | None:
     """With ``dpo_max_p``: the chosen DPO step stays the "dpo" stage only if its answers beat step
-    0's (the SFT model's) on the validation items at paired-bootstrap p < ``dpo_max_p``; else the
-    stage is the SFT model. Decided once, in ``dpo/train/choice.json``; returns the line that says
-    what was decided, if anything was."""
+    0's (the SFT model's) on the validation items at p < ``dpo_max_p``, by a bootstrap that allows
+    for its having been chosen as the best of the evaluated steps (:func:`~.stats.best_of_bootstrap`);
+    else the stage is the SFT model. Decided once, in ``dpo/train/choice.json``; returns the line
+    that says what was decided, if anything was."""
     path = out / "dpo" / "train" / CHOICE
     if not (val and s["dpo_max_p"]) or path.is_file():
         return None
     sel = dpo_selection(out)  # vs None below: step 0 (the SFT model) was chosen
     vs = None if sel is None else against_step_0(task, val, out, sel["step"], DECIDE_RESAMPLES, seed)
-    keep = vs is not None and vs["p_value"] < s["dpo_max_p"]
+    best_of = None if vs is None else vs["best_of"]
+    keep = best_of is not None and best_of["p_value"] < s["dpo_max_p"]
     write_json_atomic(path, {"weights": "best" if keep else "sft", "max_p": s["dpo_max_p"],
-                             "p_value": None if vs is None else vs["p_value"], "n_resamples": DECIDE_RESAMPLES})
-    if vs is None:
+                             "p_value": None if best_of is None else best_of["p_value"], "test": "best_of",
+                             "n_candidates": None if best_of is None else best_of["n_candidates"],
+                             "n_resamples": DECIDE_RESAMPLES})
+    if best_of is None:
         return None
-    return (f"dpo: the chosen step's validation gain over SFT {vs['delta']:+.3f}, bootstrap p = {vs['p_value']:.3g}: "
+    return (f"dpo: the chosen step's validation gain over SFT {vs['delta']:+.3f}, p = {best_of['p_value']:.3g} as the "
+            f"best of {best_of['n_candidates']} evaluated steps: "
             + ("kept" if keep else f"not below dpo_max_p {s['dpo_max_p']:g}, so the SFT+DPO stage is the SFT model"))
 
 
@@ -136,17 +142,23 @@ def dpo_selection(out: Path) -> dict | None:
 
 
 def against_step_0(task, val: list, out: Path, step: int, n_resamples: int, seed: int) -> dict | None:
-    """The chosen DPO ``step`` against step 0 (the SFT model) on the validation items, by paired
-    bootstrap of the task's primary metric over them (``delta``, ``ci``, ``p_value``): how far the
-    choice could be noise. None where step 0 was chosen or the answers file lacks either step."""
-    answers = read_answers(Path(out) / "dpo" / "train" / VAL_ANSWERS)
-    if step == 0 or 0 not in answers or step not in answers:
+    """The chosen DPO ``step`` against step 0 (the SFT model) on the validation items: a paired
+    bootstrap of the task's primary metric over them (``delta``, ``ci``, two-sided ``p_value``,
+    ``n_resamples`` resamples), and under ``best_of`` the one-sided test that allows for the step's
+    having been chosen as the best of all the evaluated steps (:func:`~.stats.best_of_bootstrap`,
+    ``DECIDE_RESAMPLES`` resamples, so that it is the p-value ``dpo_max_p`` decides by). None where
+    step 0 was chosen or the answers file lacks either step."""
+    scored = {}  # step -> its primary metric on resampled validation items, for the steps that answered them all
+    for k, a in sorted(read_answers(Path(out) / "dpo" / "train" / VAL_ANSWERS).items()):
+        by_id = dict(zip(a["ids"], a["predictions"]))
+        if all(r.id in by_id for r in val):
+            scored[k] = task.primary_on(val, [by_id[r.id] for r in val])
+    if step == 0 or 0 not in scored or step not in scored:
         return None
-    a, b = ({i: p for i, p in zip(answers[k]["ids"], answers[k]["predictions"])} for k in (0, step))
-    if not all(r.id in a and r.id in b for r in val):
-        return None
-    return paired_bootstrap(task.primary_on(val, [a[r.id] for r in val]), task.primary_on(val, [b[r.id] for r in val]),
-                            len(val), n_resamples=n_resamples, seed=seed)
+    steps = [k for k in scored if k != 0]
+    vs = paired_bootstrap(scored[0], scored[step], len(val), n_resamples=n_resamples, seed=seed)
+    return {**vs, "best_of": best_of_bootstrap(scored[0], [scored[k] for k in steps], len(val),
+                                               chosen=steps.index(step), n_resamples=DECIDE_RESAMPLES, seed=seed)}
 
 
 def selection_line(sel: dict) -> str:
@@ -160,14 +172,20 @@ def selection_line(sel: dict) -> str:
             f"evaluation: {curve}.")
     vs = sel.get("against_step_0")
     if vs:
-        (lo, hi), p = vs["ci"], vs["p_value"]
+        (lo, hi), best_of = vs["ci"], vs.get("best_of")
         line += (f" Against step 0 (the SFT model) on the same validation items: {vs['delta']:+.3f} [{lo:+.3f}, "
-                 f"{hi:+.3f}], bootstrap p = {p:.3g}" + (": a gain the validation set cannot tell from noise."
-                                                          if p >= 0.05 else "."))
+                 f"{hi:+.3f}], bootstrap p = {vs['p_value']:.3g}")
+        if best_of:  # reports written before the best-of test have only the plain one
+            line += (f"; allowing for its choice as the best of {best_of['n_candidates']} evaluated steps "
+                     f"(one-sided), p = {best_of['p_value']:.3g}")
+        p = (best_of or vs)["p_value"]
+        line += ": a gain the validation set cannot tell from noise." if p >= 0.05 else "."
     choice = sel.get("choice")
     if choice and sel["step"] != 0:
         p = "unknown" if choice["p_value"] is None else f"{choice['p_value']:.3g}"
-        line += (f" With dpo_max_p {choice['max_p']:g}: its gain over step 0 has p = {p}, "
+        how = ("as the best of the evaluated steps" if choice.get("test") == "best_of" else
+               "by a plain two-sided bootstrap (decided by an earlier prefopt)")
+        line += (f" With dpo_max_p {choice['max_p']:g}: its gain over step 0 has p = {p} {how}, "
                  + (f"below it, so step {sel['step']} is the SFT+DPO stage." if choice["weights"] == "best" else
                     "not below it, so the SFT+DPO stage is the SFT model."))
     stop = sel.get("stopped_early")

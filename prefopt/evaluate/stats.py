@@ -3,6 +3,9 @@
 - :func:`mcnemar_exact`: accuracy, from the discordant pairs (exact binomial, two-sided).
 - :func:`paired_bootstrap`: any metric (macro-F1, ROUGE, Likert), resampling items with
   replacement (seeded); percentile 95% CI of the difference and a two-sided bootstrap p-value.
+- :func:`best_of_bootstrap`: whether the best of several candidates (the DPO steps a validation
+  set chose among) beats a baseline, corrected for having picked it as the best: White's (2000)
+  reality check, with Hansen's (2005) recentring of the candidates that are clearly worse.
 - :func:`wilcoxon_signed_rank`: Likert scores; exact null distribution when there are at most
   50 non-zero differences and no ties, else the normal approximation with tie correction
   (scipy's defaults: zeros dropped, no continuity correction).
@@ -57,6 +60,49 @@ def paired_bootstrap(stat_a: Callable[[np.ndarray], float], stat_b: Callable[[np
     lo, hi = np.quantile(deltas, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
     p = min(1.0, 2 * min((deltas <= 0).mean(), (deltas >= 0).mean()))
     return {"delta": float(delta), "ci": [float(lo), float(hi)], "p_value": float(p), "n_resamples": n_resamples}
+
+
+def best_of_bootstrap(stat_base: Callable[[np.ndarray], float], stats: Sequence[Callable[[np.ndarray], float]],
+                      n: int, *, chosen: int, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """One-sided test that candidate ``chosen`` of ``stats`` beats ``stat_base``, where it was
+    chosen *because* it scored best of them on these ``n`` items.
+
+    A plain paired bootstrap of the chosen candidate against the baseline ignores the choice: of
+    ten candidates no better than the baseline, the best beats it by luck more often than one
+    would. Here the null distribution is that of the *largest* difference among all candidates,
+    each resampled difference centred on its own observed value (White's reality check). A
+    candidate clearly worse than the baseline (its observed difference below ``-c`` bootstrap
+    standard errors, ``c = sqrt(2 log log n)``) keeps its negative centre instead of 0 (Hansen's
+    consistent recentring), so that the steps where training went wrong do not make the test
+    needlessly strict. The p-value is the share of resamples whose largest centred difference
+    reaches the chosen candidate's observed one; any rule that picked ``chosen`` from ``stats``
+    is covered, the earliest best and a minimum gain included.
+
+    Returns ``delta`` (chosen − baseline on all items), ``p_value``, ``n_candidates`` and
+    ``n_resamples``.
+    """
+    if n < 1 or not stats:
+        raise ValueError("best_of_bootstrap: needs items and at least one candidate")
+    if not 0 <= chosen < len(stats):
+        raise ValueError(f"best_of_bootstrap: chosen {chosen} is not one of the {len(stats)} candidates")
+    if n_resamples < 2:
+        raise ValueError("best_of_bootstrap: n_resamples must be at least 2")
+    rng = np.random.default_rng(seed)
+    full = np.arange(n)
+    base = stat_base(full)
+    observed = np.array([s(full) - base for s in stats])
+    diffs = np.empty((n_resamples, len(stats)))
+    for i in range(n_resamples):
+        idx = rng.integers(0, n, n)
+        b = stat_base(idx)
+        diffs[i] = [s(idx) - b for s in stats]
+    c = math.sqrt(2 * math.log(math.log(n))) if n > math.e else 0.0
+    worse = observed < -c * diffs.std(axis=0, ddof=1)
+    centre = np.where(worse, observed, 0.0)
+    largest = (diffs - observed + centre).max(axis=1)
+    delta = float(observed[chosen])
+    return {"delta": delta, "p_value": float((largest >= delta).mean()), "n_candidates": len(stats),
+            "n_resamples": n_resamples}
 
 
 def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, *, n_resamples: int = 2000, seed: int = 0,

@@ -4,7 +4,13 @@ import pytest
 
 from prefopt.evaluate.metrics import classification_report, confusion, macro_f1, triage_safety
 from prefopt.evaluate.rouge import rouge
-from prefopt.evaluate.stats import bootstrap_ci, mcnemar_exact, paired_bootstrap, wilcoxon_signed_rank
+from prefopt.evaluate.stats import (
+    best_of_bootstrap,
+    bootstrap_ci,
+    mcnemar_exact,
+    paired_bootstrap,
+    wilcoxon_signed_rank,
+)
 
 
 def test_classification_metrics_by_hand():
@@ -102,3 +108,79 @@ def test_paired_bootstrap_ci_agrees_with_scipy_and_is_seeded():
     assert null["delta"] == 0 and null["p_value"] == 1.0
     lo, hi = bootstrap_ci(mean_a, 200)
     assert lo < a.mean() < hi
+
+
+def _accuracy(correct: np.ndarray):
+    return lambda idx: float(correct[idx].mean())
+
+
+def test_best_of_bootstrap_with_one_candidate_is_the_one_sided_bootstrap_by_hand():
+    """One candidate: p is the share of resamples whose difference, centred on the observed one,
+    reaches the observed one (the same seeded indices, drawn here by hand)."""
+    rng = np.random.default_rng(3)
+    base, cand = rng.random(40) < 0.5, rng.random(40) < 0.7
+    got = best_of_bootstrap(_accuracy(base), [_accuracy(cand)], 40, chosen=0, n_resamples=300, seed=5)
+    delta = cand.mean() - base.mean()
+    draw = np.random.default_rng(5)
+    resampled = [cand[i].mean() - base[i].mean() for i in (draw.integers(0, 40, 40) for _ in range(300))]
+    assert delta > 0 and got["delta"] == pytest.approx(delta)
+    assert got["p_value"] == np.mean([d - delta >= delta - 1e-12 for d in resampled])
+    assert got["n_candidates"] == 1 and got["n_resamples"] == 300
+    same = best_of_bootstrap(_accuracy(base), [_accuracy(base)] * 3, 40, chosen=1, n_resamples=50)
+    assert same["delta"] == 0 and same["p_value"] == 1.0
+
+
+def _false_passes(n_candidates: int, sims: int = 150, n: int = 32) -> tuple[float, float]:
+    """Ten (or ``n_candidates``) steps no better than the baseline, each answering ``n`` items
+    right with probability 0.5 as the baseline does; the best is chosen. How often p < 0.1 by the
+    plain one-sided bootstrap of the chosen step alone, and by the best-of test."""
+    rng = np.random.default_rng(0)
+    plain = corrected = 0
+    for s in range(sims):
+        base = rng.random(n) < 0.5
+        steps = [rng.random(n) < 0.5 for _ in range(n_candidates)]
+        best = int(np.argmax([x.mean() for x in steps]))
+        if steps[best].mean() <= base.mean():
+            continue  # the baseline itself would be chosen: nothing to test
+        plain += best_of_bootstrap(_accuracy(base), [_accuracy(steps[best])], n, chosen=0, n_resamples=200,
+                                   seed=s)["p_value"] < 0.1
+        corrected += best_of_bootstrap(_accuracy(base), [_accuracy(x) for x in steps], n, chosen=best,
+                                       n_resamples=200, seed=s)["p_value"] < 0.1
+    return plain / sims, corrected / sims
+
+
+def test_best_of_bootstrap_holds_its_level_where_the_plain_test_of_the_best_does_not():
+    """Where no step is better than the baseline, the best of ten passes the plain test at p < 0.1
+    far more often than one time in ten; the best-of test keeps to about one in ten or fewer."""
+    plain, corrected = _false_passes(10)
+    assert plain > 0.2 and corrected <= 0.12 and plain > 2.5 * corrected
+
+
+def test_best_of_bootstrap_is_not_made_stricter_by_steps_that_are_clearly_worse():
+    """A step with a real gain among nine where training went wrong (far below the baseline): p
+    is about what it is for that step alone, where nine steps as good as the baseline raise it."""
+    rng = np.random.default_rng(1)
+    n = 32
+    base = np.arange(n) % 2 == 0  # 16 of 32 right
+    good = base | (np.arange(n) % 4 == 1)  # those and 8 more: +0.25
+    worse = [rng.random(n) < 0.1 for _ in range(9)]
+    null = [base.copy() for _ in range(9)]
+    for x in null:  # as good as the baseline, answering other items right
+        rng.shuffle(x)
+    stat = _accuracy(base)
+    alone = best_of_bootstrap(stat, [_accuracy(good)], n, chosen=0, n_resamples=1000)["p_value"]
+    among_worse = best_of_bootstrap(stat, [_accuracy(good)] + [_accuracy(x) for x in worse], n, chosen=0,
+                                    n_resamples=1000)["p_value"]
+    among_null = best_of_bootstrap(stat, [_accuracy(good)] + [_accuracy(x) for x in null], n, chosen=0,
+                                   n_resamples=1000)["p_value"]
+    assert good.mean() - base.mean() == 0.25 and max(x.mean() for x in worse) < 0.3
+    assert among_worse == pytest.approx(alone, abs=0.01) and among_null > alone + 0.02
+
+
+@pytest.mark.parametrize("kw, match", [({"chosen": 2}, "chosen 2 is not one of the 2 candidates"),
+                                       ({"chosen": 0, "n_resamples": 1}, "n_resamples must be at least 2")])
+def test_best_of_bootstrap_refuses_bad_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        best_of_bootstrap(_accuracy(np.ones(4)), [_accuracy(np.ones(4))] * 2, 4, **kw)
+    with pytest.raises(ValueError, match="at least one candidate"):
+        best_of_bootstrap(_accuracy(np.ones(4)), [], 4, chosen=0)

@@ -89,18 +89,22 @@ def test_the_dpo_stage_is_the_step_the_validation_score_picks(tiny_model, tmp_pa
     best, final = (load_file(train / d / "adapter_model.safetensors") for d in ("best", "final"))
     assert best.keys() == final.keys() and any(not (best[k] == final[k]).all() for k in best)
     assert "step 2 of 4, validation macro_f1 0.900" in (out / "report.md").read_text()
-    # how far the choice could be noise: step 2's answers against step 0's, item by item
-    from prefopt.evaluate.stats import paired_bootstrap
+    # how far the choice could be noise: step 2's answers against step 0's, item by item, alone
+    # and as the best of the four evaluated steps (1 to 4; all but step 2 answer as step 0 does)
+    from prefopt.evaluate.stats import best_of_bootstrap, paired_bootstrap
     from prefopt.tasks import get_task
 
     task = get_task("portal")
     val = [r for i in json.loads((out / "split.json").read_text())["val"] for r in task.load() if r.id == i]
-    expected = paired_bootstrap(task.primary_on(val, [task.parse("", r) for r in val]),
-                                task.primary_on(val, [task.parse(r.target, r) for r in val]), 4, n_resamples=100, seed=0)
+    wrong = task.primary_on(val, [task.parse("", r) for r in val])
+    right = task.primary_on(val, [task.parse(r.target, r) for r in val])
+    expected = {**paired_bootstrap(wrong, right, 4, n_resamples=100, seed=0),
+                "best_of": best_of_bootstrap(wrong, [wrong, right, wrong, wrong], 4, chosen=1, n_resamples=2000)}
     assert sel["against_step_0"] == json.loads(json.dumps(expected)) and expected["delta"] > 0
     vs = expected
     assert (f"Against step 0 (the SFT model) on the same validation items: {vs['delta']:+.3f} [{vs['ci'][0]:+.3f}, "
-            f"{vs['ci'][1]:+.3f}], bootstrap p = {vs['p_value']:.3g}") in (out / "report.md").read_text()
+            f"{vs['ci'][1]:+.3f}], bootstrap p = {vs['p_value']:.3g}; allowing for its choice as the best of 4 "
+            f"evaluated steps (one-sided), p = {vs['best_of']['p_value']:.3g}") in (out / "report.md").read_text()
     # a rerun reuses every stage, the chosen weights included
     loads.clear()
     assert run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
@@ -138,10 +142,12 @@ def test_dpo_max_p_keeps_the_chosen_step_only_if_its_gain_is_significant(right_a
     choice = json.loads((out / "dpo" / "train" / "choice.json").read_text())
     assert sel["step"] == 2 and choice["weights"] == ("best" if kept else "sft") and choice["max_p"] == 0.5
     assert (choice["p_value"] < 0.5) == kept and sel["choice"] == choice
+    assert choice["test"] == "best_of" and choice["n_candidates"] == 4  # steps 1 to 4, against step 0
+    assert choice["p_value"] == sel["against_step_0"]["best_of"]["p_value"]
     assert loads[-1] == (out / "dpo" / "train" / "best" if kept else sft)
     text = (out / "report.md").read_text()
     if kept:
-        assert "below it, so step 2 is the SFT+DPO stage." in text
+        assert "as the best of the evaluated steps, below it, so step 2 is the SFT+DPO stage." in text
     else:
         assert "not below it, so the SFT+DPO stage is the SFT model." in text
         assert "the SFT+DPO stage is the SFT model: DPO's best step on 4 validation items (step 2 of 4)" in text
@@ -253,3 +259,80 @@ def test_given_pairs_on_a_validation_item_are_refused_before_training(tiny_model
             run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / f"run{i}"),
                                       strategy="ranked", pairs=str(given), overrides=TINY))
         assert not (tmp_path / f"run{i}").exists()  # refused before the folder is claimed
+
+
+def test_the_report_names_the_test_a_choice_was_decided_by():
+    """A choice.json written before the best-of test (no "test" key) was decided by the plain
+    two-sided bootstrap, and an against_step_0 without "best_of" judges noise by the plain p; the
+    report says so rather than claim the correction."""
+    from prefopt.evaluate.selection import selection_line
+
+    sel = {"metric": "eval_val_macro_f1", "curve": [[0, 0.5], [5, 0.52]], "n_val": 32, "step": 5, "total_steps": 50,
+           "value": 0.52, "min_gain": 0.0, "stopped_early": None,
+           "against_step_0": {"delta": 0.02, "ci": [-0.05, 0.1], "p_value": 0.6},
+           "choice": {"weights": "sft", "max_p": 0.1, "p_value": 0.6}}
+    old = selection_line(sel)
+    assert "bootstrap p = 0.6: a gain the validation set cannot tell from noise." in old
+    assert "by a plain two-sided bootstrap (decided by an earlier prefopt), not below it" in old
+    assert "allowing for" not in old
+    sel["against_step_0"]["best_of"] = {"p_value": 0.04, "n_candidates": 10}
+    sel["choice"] = {"weights": "best", "max_p": 0.1, "p_value": 0.04, "test": "best_of", "n_candidates": 10}
+    sel["against_step_0"]["p_value"] = 0.3  # the plain p no longer judges: the best-of p (0.04) does
+    new = selection_line(sel)
+    assert ("bootstrap p = 0.3; allowing for its choice as the best of 10 evaluated steps (one-sided), p = 0.04."
+            in new) and "cannot tell from noise" not in new
+    assert "p = 0.04 as the best of the evaluated steps, below it, so step 5 is the SFT+DPO stage." in new
+
+
+def _selection_run(out, task, val, answers: dict[int, list[bool]], chosen: int):
+    """The files a DPO stage with validation items leaves (what require_gain reads): the answers
+    at each step (True: the item's right label, False: unparsed), the chosen step's best.json."""
+    train = out / "dpo" / "train"
+    (train / "best").mkdir(parents=True)
+    with open(train / "val_answers.jsonl", "w") as f:
+        for step, right in answers.items():
+            preds = [task.parse(r.target if ok else "", r) for r, ok in zip(val, right)]
+            f.write(json.dumps({"step": step, "ids": [r.id for r in val], "predictions": preds}) + "\n")
+    scores = {step: task.primary_on(val, [task.parse(r.target if ok else "", r) for r, ok in zip(val, right)])(
+        list(range(len(val)))) for step, right in answers.items()}
+    (train / "best" / "best.json").write_text(json.dumps({"metric": "eval_val_macro_f1", "value": scores[chosen],
+                                                          "step": chosen}))
+    (train / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "eval_val_macro_f1": v}) + "\n"
+                                                 for s, v in scores.items()))
+    (train / "train_summary.json").write_text(json.dumps({"total_steps": max(answers)}))
+    (train / "train_config.json").write_text(json.dumps({"best_min_delta": 0.0}))
+    (out / "split.json").write_text(json.dumps({"val": [r.id for r in val]}))
+    return scores
+
+
+def test_dpo_max_p_allows_for_the_step_being_the_best_of_many(tmp_path):
+    """Ten evaluated steps, each right on another random half of 40 validation items where step 0
+    (the SFT model) is right on the first half; the best of them passes the plain bootstrap at
+    p < dpo_max_p but not the best-of test, so the SFT model stays. With the same step the only
+    one evaluated, it is kept: the choice among many is what the guard discounts."""
+    import numpy as np
+
+    from prefopt.evaluate.selection import against_step_0, require_gain
+    from prefopt.tasks import get_task
+
+    task = get_task("portal")
+    val = task.load()[:40]
+    rng = np.random.default_rng(1)
+    answers = {0: [i < 20 for i in range(40)], **{s: list(rng.random(40) < 0.5) for s in range(1, 11)}}
+    scores = {s: task.primary_on(val, [task.parse(r.target if ok else "", r) for r, ok in zip(val, right)])(
+        list(range(40))) for s, right in answers.items()}
+    best = max(scores, key=scores.get)
+    one = _selection_run(tmp_path / "one", task, val, {0: answers[0], best: answers[best]}, best)
+    many = _selection_run(tmp_path / "many", task, val, answers, best)
+    assert one[best] == many[best] > many[0]
+    plain = against_step_0(task, val, tmp_path / "many", best, 2000, 0)
+    alone, of_many = (against_step_0(task, val, tmp_path / d, best, 2000, 0)["best_of"]["p_value"]
+                      for d in ("one", "many"))
+    max_p = (alone + of_many) / 2
+    assert plain["p_value"] < max_p < of_many and alone < max_p
+    settings = {"dpo_max_p": max_p}
+    assert "kept" in require_gain(task, val, tmp_path / "one", settings, 0)
+    assert "so the SFT+DPO stage is the SFT model" in require_gain(task, val, tmp_path / "many", settings, 0)
+    for d, weights in (("one", "best"), ("many", "sft")):
+        choice = json.loads((tmp_path / d / "dpo" / "train" / "choice.json").read_text())
+        assert choice["weights"] == weights and choice["n_candidates"] == (1 if d == "one" else 10)
