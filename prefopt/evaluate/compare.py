@@ -286,6 +286,8 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
         kept = keep_earlier(out / stage)
         _log(f"{stage}: evaluating again, its answers were made with other decoding settings "
              f"({', '.join(changed)}); those are kept in {kept}")
+    if stage == "dpo" and dpo_weights(out) == out / "sft" / "train" / "final" and read_results(out / "sft"):
+        return _same_as_sft(out)
     t0 = time.perf_counter()
     model = _load_stage_model(cfg, out, stage)
     if keep is not None:
@@ -307,6 +309,18 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
     write_results(out / stage, task, test, texts, preds, metrics, extra)
     _log(f"{stage}: {task.primary} = {metrics.get(task.primary, float('nan')):.3f} on {len(test)} test items")
     return read_results(out / stage)
+
+
+def _same_as_sft(out: Path) -> tuple[list[dict], dict]:
+    """The "dpo" stage where it is the SFT model (validation items chose step 0, or ``dpo_max_p``
+    kept the SFT model): the SFT stage's answers, evaluated just before with the same decoding,
+    copied rather than made again (``metrics.json`` says so: ``answers_of: "sft"``)."""
+    metrics = read_results(out / "sft")[1]
+    (out / "dpo").mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "dpo" / "predictions.jsonl", (out / "sft" / "predictions.jsonl").read_text(encoding="utf-8"))
+    write_json_atomic(out / "dpo" / "metrics.json", {**metrics, "answers_of": "sft", "eval_seconds": 0.0})
+    _log("dpo: the SFT+DPO stage is the SFT model; its answers are the SFT stage's")
+    return read_results(out / "dpo")
 
 
 def _sft(cfg, task, train, out: Path, s: dict) -> None:

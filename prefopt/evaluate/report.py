@@ -189,9 +189,11 @@ def decoding_line(results: dict) -> str | None:
         said.setdefault(text, []).append(NAMES[s])
     if not said:
         return None
+    copied = "".join(f" {NAMES[s]}'s answers are {NAMES[m['answers_of']]}'s, not made again: it is the same model."
+                     for s, (_, m) in results.items() if m.get("answers_of"))
     if len(said) == 1:
-        return f"Answers: {next(iter(said))}."
-    return "Answers: " + "; ".join(f"{', '.join(names)}: {text}" for text, names in said.items()) + "."
+        return f"Answers: {next(iter(said))}.{copied}"
+    return "Answers: " + "; ".join(f"{', '.join(names)}: {text}" for text, names in said.items()) + "." + copied
 
 
 def _chosen(stats: dict) -> str:

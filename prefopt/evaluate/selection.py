@@ -87,12 +87,15 @@ def given_pairs_outside(pairs: Path, val: list) -> None:
 
 def dpo_weights(out: Path) -> Path:
     """The adapter the "dpo" stage evaluates: the one chosen on the validation items where the run
-    held some out (``best/``), unless ``dpo_max_p`` found its gain over the SFT model too weak to
-    trust (then the SFT adapter); else the last step's (``final/``)."""
-    train = Path(out) / "dpo" / "train"
+    held some out (``best/``), unless that is step 0 or ``dpo_max_p`` found its gain over the SFT
+    model too weak to trust (then the SFT adapter itself: step 0 *is* the SFT model, and
+    ``best/``'s copy of it differs only by rounding); else the last step's (``final/``)."""
+    train, sft = Path(out) / "dpo" / "train", Path(out) / "sft" / "train" / "final"
     if (train / CHOICE).is_file() and json.loads((train / CHOICE).read_text())["weights"] == "sft":
-        return Path(out) / "sft" / "train" / "final"
-    return train / "best" if (train / "best" / "best.json").is_file() else train / "final"
+        return sft
+    if (train / "best" / "best.json").is_file():
+        return sft if json.loads((train / "best" / "best.json").read_text())["step"] == 0 else train / "best"
+    return train / "final"
 
 
 def require_gain(task, val: list, out: Path, s: dict, seed: int) -> str | None:

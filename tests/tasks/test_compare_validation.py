@@ -59,7 +59,8 @@ def test_validation_items_are_held_out_and_choose_the_dpo_weights(tiny_model, tm
     best = max(v for _, v in sel["curve"])
     assert sel["value"] == best and sel["step"] == min(s for s, v in sel["curve"] if v == best)
     train = out / "dpo" / "train"
-    assert loads == [None, out / "sft" / "train" / "final", train / "best"]
+    # step 0 is the SFT model: its answers are not made again
+    assert loads == [None, out / "sft" / "train" / "final"] + ([train / "best"] if sel["step"] else [])
     assert json.loads((train / "best" / "best.json").read_text())["step"] == sel["step"]
     text = (out / "report.md").read_text()
     assert f"DPO weights chosen on 4 validation items (held out of both training stages): step {sel['step']} of 4" \
@@ -144,16 +145,22 @@ def test_dpo_max_p_keeps_the_chosen_step_only_if_its_gain_is_significant(right_a
     assert (choice["p_value"] < 0.5) == kept and sel["choice"] == choice
     assert choice["test"] == "best_of" and choice["n_candidates"] == 4  # steps 1 to 4, against step 0
     assert choice["p_value"] == sel["against_step_0"]["best_of"]["p_value"]
-    assert loads[-1] == (out / "dpo" / "train" / "best" if kept else sft)
+    # not kept: the SFT+DPO stage is the SFT model, whose answers are copied, not made again
+    assert loads == [None, sft] + ([out / "dpo" / "train" / "best"] if kept else [])
     text = (out / "report.md").read_text()
     if kept:
         assert "as the best of the evaluated steps, below it, so step 2 is the SFT+DPO stage." in text
+        assert "not made again" not in text
     else:
         assert "not below it, so the SFT+DPO stage is the SFT model." in text
         assert "the SFT+DPO stage is the SFT model: DPO's best step on 4 validation items (step 2 of 4)" in text
+        assert "SFT+DPO's answers are SFT's, not made again: it is the same model." in text
         assert report["stages"]["dpo"]["primary"] == report["stages"]["sft"]["primary"]
         rows = {s: (out / s / "predictions.jsonl").read_text() for s in ("sft", "dpo")}
         assert rows["sft"] == rows["dpo"]
+        metrics = {s: json.loads((out / s / "metrics.json").read_text()) for s in ("sft", "dpo")}
+        assert metrics["dpo"].pop("answers_of") == "sft" and metrics["dpo"].pop("eval_seconds") == 0
+        assert metrics["dpo"] == {k: v for k, v in metrics["sft"].items() if k != "eval_seconds"}
     # decided once: a rerun with other --n-resamples (a report setting) reuses the decision and every stage
     loads.clear()
     run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=50,
@@ -176,6 +183,11 @@ def test_dpo_min_gain_keeps_the_sft_model_over_a_gain_within_it(tiny_model, tmp_
     text = (out / "report.md").read_text()
     assert "step 0 of 4, validation macro_f1 0.200 (a step had to beat the best before it by more than 0.75)" in text
     assert "Step 0 is the SFT model: no DPO step answered the validation items better by more than 0.75" in text
+    # so the SFT+DPO stage is the SFT adapter itself (best/ holds step 0's copy of it, equal up to rounding)
+    from prefopt.evaluate.selection import dpo_weights
+
+    assert dpo_weights(out) == out / "sft" / "train" / "final"
+    assert (out / "dpo" / "predictions.jsonl").read_text() == (out / "sft" / "predictions.jsonl").read_text()
 
 
 def test_dpo_patience_stops_dpo_once_the_validation_score_turns(tiny_model, tmp_path, monkeypatch):
