@@ -18,7 +18,7 @@ def _generate(args: argparse.Namespace) -> int:
     from .tokenizer import load_tokenizer
 
     device, dtype = resolve(args.device, args.dtype)  # a device this machine lacks: said before any loading
-    tok = load_tokenizer(args.model)
+    tok = _dated(load_tokenizer(args.model), args.chat_date, "prompt")
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter)
     if args.no_chat or not tok.chat_template:
         prompt_ids = tok.encode(args.prompt)
@@ -51,6 +51,25 @@ def _generate(args: argparse.Namespace) -> int:
     text = _cut(tok.decode(new[0]), stops)
     sys.stdout.write(text[printed[0]:] + "\n")
     return 0
+
+
+def _dated(tok, chat_date: str | None, shown_in: str):
+    """``tok`` showing ``--chat-date`` (None: the clock's date) where its chat template prints
+    today's date; says so on stderr (stdout is the answer or the check)."""
+    from .chat_template import parse_chat_date
+    from .tokenizer import set_chat_date
+
+    if chat_date:
+        parse_chat_date(chat_date, "--chat-date")  # a bad date, named by its flag
+    said = set_chat_date([tok], chat_date, shown_in)
+    if said:
+        print(f"prefopt: {said}", file=sys.stderr)
+    return tok
+
+
+def _add_chat_date_flag(p: argparse.ArgumentParser, shown_in: str) -> None:
+    p.add_argument("--chat-date", metavar="YYYY-MM-DD", help="the date a chat template that prints today's date "
+                   f"(Llama 3.1+) shows in every {shown_in}, e.g. a training run's chat_date (default: today)")
 
 
 def _cut(text: str, stops: list[str]) -> str:
@@ -114,7 +133,8 @@ def _check_data(args: argparse.Namespace) -> int:
     from .model import resolve_model_dir
     from .tokenizer import load_tokenizer
 
-    check = check_data(args.data, load_tokenizer(args.model), kind=args.kind, max_length=args.max_length,
+    tok = _dated(load_tokenizer(args.model), args.chat_date, "example")
+    check = check_data(args.data, tok, kind=args.kind, max_length=args.max_length,
                        max_prompt_length=args.max_prompt_length)
     print("\n".join(check.lines()))
     config = resolve_model_dir(args.model) / "config.json"
@@ -186,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    _add_chat_date_flag(g, "prompt")
     add_device_flags(g)
     add_repeat_flags(g)
     g.set_defaults(func=_generate)
@@ -213,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--kind", choices=["sft", "preference"], help="default: from the first record's fields")
     k.add_argument("--max-length", type=int, default=1024, help="the training max_length to measure against")
     k.add_argument("--max-prompt-length", type=int)
+    _add_chat_date_flag(k, "example")
     k.set_defaults(func=_check_data)
 
     m = sub.add_parser("merge", help="fold a LoRA adapter into its base model and save an HF folder")

@@ -135,3 +135,48 @@ def test_chat_template_file_and_special_token_dicts(tmp_path):
     tok = load_tokenizer(d)
     assert tok.chat_template == template and tok.eos_token == "<|im_end|>"
     assert tok.eos_token_ids == [tok.eos_token_id, 4]
+
+
+@pytest.mark.parametrize("command", ["generate", "check-data"])
+def test_generate_and_check_data_show_the_chat_date_they_are_given(command, tmp_path, monkeypatch, capsys):
+    """``--chat-date`` pins the date a dated template (Llama 3.1) prints, as a training run's
+    ``chat_date`` does, so that a prompt or a check renders the text training saw; said on stderr.
+    Without it, the clock's date; a bad one is refused by its flag's name before any model loads."""
+    from datetime import date
+
+    import prefopt.data.check
+    import prefopt.model
+    import prefopt.pretrained
+    from prefopt.cli import main
+    from tests._tiny import build_hf_model
+
+    d = tmp_path / "m"
+    build_hf_model(d, tokenizer=False)
+    build_tokenizer(d, template=LLAMA31, bos="<|begin_of_text|>", eos="<|eot_id|>")
+    rendered = []
+    if command == "generate":
+        def fake_generate(model, prompts, **kw):
+            rendered.append(load_tokenizer(d).decode(prompts[0], skip_special_tokens=False))
+            return [[]]
+        monkeypatch.setattr(prefopt.model, "generate", fake_generate)
+        args = ["generate", "--model", str(d), "--prompt", "Chest pain since noon.", "--greedy"]
+    else:
+        check = prefopt.data.check.check_data
+
+        def spy(path, tok, **kw):
+            rendered.append(tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False))
+            return check(path, tok, **kw)
+        monkeypatch.setattr(prefopt.data.check, "check_data", spy)
+        data = tmp_path / "train.jsonl"
+        data.write_text(json.dumps({"prompt": "Chest pain since noon.", "completion": "Emergency."}) + "\n")
+        args = ["check-data", "--model", str(d), "--data", str(data), "--max-length", "200"]
+    shown_in = "prompt" if command == "generate" else "example"
+    assert main(args + ["--chat-date", "2024-02-29"]) == 0
+    assert "Today Date: 29 Feb 2024\n" in rendered[-1]
+    assert f"every {shown_in} shows 29 Feb 2024 (chat_date 2024-02-29)" in capsys.readouterr().err
+    assert main(args) == 0
+    assert f"Today Date: {date.today():%d %b %Y}\n" in rendered[-1] and "chat_date" not in capsys.readouterr().err
+    loads = []
+    monkeypatch.setattr(prefopt.pretrained, "load_model", lambda *a, **kw: loads.append(a))
+    assert main(args + ["--chat-date", "29/02/2024"]) == 2 and loads == [] and len(rendered) == 2
+    assert "--chat-date must be a date as YYYY-MM-DD (got '29/02/2024')" in capsys.readouterr().err
