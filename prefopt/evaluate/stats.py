@@ -10,7 +10,8 @@
   50 non-zero differences and no ties, else the normal approximation with tie correction
   (scipy's defaults: zeros dropped, no continuity correction).
 
-All are checked against scipy in the tests; scipy itself is not needed at run time.
+All are checked against independent implementations in the tests (scipy; the best-of test against
+the ``arch`` package's SPA, its "consistent" p-value); neither is needed at run time.
 """
 from __future__ import annotations
 
