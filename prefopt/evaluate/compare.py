@@ -260,8 +260,8 @@ def _load_stage_model(cfg: CompareConfig, out: Path, stage: str, keep: dict | No
     if stage == "dpo" and is_stacked(dpo):  # holds the SFT update too (prefopt.lora_stack)
         return load_model(cfg.model, dtype=dtype, device=device, adapter=dpo, merge=True)
     model = load_model(cfg.model, dtype=dtype, device=device, adapter=sft, merge=True)
-    # dpo is sft where dpo_max_p kept the SFT model; else a run from before stacked adapters: its DPO
-    # adapter goes on the merged SFT model
+    # dpo is sft where the stage is the SFT model (step 0 chosen, or dpo_max_p kept it) and there were no SFT
+    # answers to copy; else a run from before stacked adapters: its DPO adapter goes on the merged SFT model
     if stage == "dpo" and dpo != sft:
         merge_and_unload(load_adapter(model, dpo))
     return model
@@ -286,8 +286,8 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
         kept = keep_earlier(out / stage)
         _log(f"{stage}: evaluating again, its answers were made with other decoding settings "
              f"({', '.join(changed)}); those are kept in {kept}")
-    if stage == "dpo" and dpo_weights(out) == out / "sft" / "train" / "final" and read_results(out / "sft"):
-        return _same_as_sft(out)
+    if stage == "dpo" and dpo_weights(out) == out / "sft" / "train" / "final" and (sft := read_results(out / "sft")):
+        return _same_as_sft(out, *sft)
     t0 = time.perf_counter()
     model = _load_stage_model(cfg, out, stage)
     if keep is not None:
@@ -311,16 +311,16 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
     return read_results(out / stage)
 
 
-def _same_as_sft(out: Path) -> tuple[list[dict], dict]:
+def _same_as_sft(out: Path, rows: list[dict], metrics: dict) -> tuple[list[dict], dict]:
     """The "dpo" stage where it is the SFT model (validation items chose step 0, or ``dpo_max_p``
-    kept the SFT model): the SFT stage's answers, evaluated just before with the same decoding,
-    copied rather than made again (``metrics.json`` says so: ``answers_of: "sft"``)."""
-    metrics = read_results(out / "sft")[1]
+    kept the SFT model): the SFT stage's answers (``rows``, ``metrics``), evaluated just before with
+    the same decoding, copied rather than made again (``metrics.json`` says so: ``answers_of: "sft"``)."""
+    metrics = {**metrics, "answers_of": "sft", "eval_seconds": 0.0}
     (out / "dpo").mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "dpo" / "predictions.jsonl", (out / "sft" / "predictions.jsonl").read_text(encoding="utf-8"))
-    write_json_atomic(out / "dpo" / "metrics.json", {**metrics, "answers_of": "sft", "eval_seconds": 0.0})
+    write_json_atomic(out / "dpo" / "metrics.json", metrics)
     _log("dpo: the SFT+DPO stage is the SFT model; its answers are the SFT stage's")
-    return read_results(out / "dpo")
+    return rows, metrics
 
 
 def _sft(cfg, task, train, out: Path, s: dict) -> None:
