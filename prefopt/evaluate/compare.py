@@ -14,7 +14,9 @@ interrupted run resumes where it stopped)::
                                      held-out validation items scored best; the "dpo" stage's model
     DIR/dpo/train/val_answers.jsonl  with ``--set val=N``: the parsed answers at every evaluation
     DIR/dpo/train/choice.json        with ``--set dpo_max_p``: whether the chosen step's gain held up
-                                     (``prefopt.evaluate.selection``)
+                                     (``prefopt.evaluate.selection``); a rerun with another dpo_max_p
+                                     decides again, and evaluates the "dpo" stage again if that
+                                     changes its weights (``dpo/metrics.json`` names them)
     DIR/dpo/ref_cache/               reference log-probs (the SFT model), computed once
     DIR/report.md, report.json, *.png
 """
@@ -145,6 +147,9 @@ _REPORT_ONLY = ("output", "n_resamples")
 # where it runs: a run started on a CPU may finish on a GPU (metrics.json says where each evaluation ran)
 _MACHINE_ONLY = ("device", "eval_dtype")
 _MEMORY_ONLY = ("gradient_checkpointing",)  # change memory and time, not results: a run may resume with them
+# decide only which trained weights the "dpo" stage is (selection.require_gain): a finished run may be given
+# another value; the decision is made again, and the stage evaluated again only if its weights changed
+_DECISION_ONLY = ("dpo_max_p",)
 # settings added after runs were made, with the values those runs used
 _ADDED_SETTINGS = {"max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None,
                    "repeat_scope": None, "gradient_checkpointing": False, "val": None, "dpo_eval_every": None,
@@ -161,7 +166,7 @@ def _eval_only(config: dict) -> tuple[str, ...]:
 def _flat(config: dict) -> dict:
     """``config`` as ``{"loss": ..., "settings.beta": ..., "overrides.test": ...}`` for comparing,
     with settings that change no training result left out and settings added since filled in."""
-    out, skip = {}, (*_MEMORY_ONLY, *_eval_only(config))
+    out, skip = {}, (*_MEMORY_ONLY, *_DECISION_ONLY, *_eval_only(config))
     for k, v in config.items():
         if k in _REPORT_ONLY or k in _MACHINE_ONLY:
             continue
@@ -277,16 +282,19 @@ def _changed_decoding(metrics: dict, want: dict) -> list[str]:
 
 def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep: dict | None = None
               ) -> tuple[list[dict], dict]:
+    weights = _weights_name(out, stage)
     done = read_results(out / stage)
     if done is not None:
         changed = _changed_decoding(done[1], decoding(s, task))
-        if not changed:
+        made_by = _made_by(done[1]) if weights else None
+        if not changed and made_by in (None, weights):
             _log(f"{stage}: reusing {out / stage / 'metrics.json'}")
             return done
         kept = keep_earlier(out / stage)
-        _log(f"{stage}: evaluating again, its answers were made with other decoding settings "
-             f"({', '.join(changed)}); those are kept in {kept}")
-    if stage == "dpo" and dpo_weights(out) == out / "sft" / "train" / "final" and (sft := read_results(out / "sft")):
+        why = ([f"made with other decoding settings ({', '.join(changed)})"] * bool(changed)
+               + [f"made by {made_by}, and the stage is now {weights}"] * (made_by not in (None, weights)))
+        _log(f"{stage}: evaluating again, its answers were {' and '.join(why)}; those are kept in {kept}")
+    if weights == SFT_WEIGHTS and (sft := read_results(out / "sft")):
         return _same_as_sft(out, *sft)
     t0 = time.perf_counter()
     model = _load_stage_model(cfg, out, stage)
@@ -295,7 +303,7 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
     texts, ended = predict(model, tok, task, test, batch_size=s["eval_batch_size"], desc=f"{stage}: test set",
                            return_ended=True, **{k: s[k] for k in DECODING})
     preds, metrics = score(task, test, texts, ended, s)
-    metrics.update(placement(model) | prompt_date(tok))
+    metrics.update(placement(model) | prompt_date(tok) | ({"weights": weights} if weights else {}))
     extra = {"ended": ended}
     if judge is not None:
         from .judge import judge_scores
@@ -311,11 +319,27 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
     return read_results(out / stage)
 
 
+SFT_WEIGHTS = "sft/train/final"  # the "dpo" stage's weights where it is the SFT model, as metrics.json names them
+
+
+def _weights_name(out: Path, stage: str) -> str | None:
+    """For the "dpo" stage: the adapter it evaluates (:func:`~.selection.dpo_weights`), relative to
+    the run's folder (``dpo/train/best``, ``dpo/train/final`` or ``sft/train/final``), as its
+    ``metrics.json`` records it under ``weights``; None for the other stages."""
+    return dpo_weights(out).relative_to(out).as_posix() if stage == "dpo" else None
+
+
+def _made_by(metrics: dict) -> str | None:
+    """The weights a finished "dpo" evaluation's ``metrics.json`` says made its answers; None where it
+    cannot tell (written before prefopt recorded them, and not a copy of SFT's answers)."""
+    return metrics.get("weights") or (SFT_WEIGHTS if metrics.get("answers_of") == "sft" else None)
+
+
 def _same_as_sft(out: Path, rows: list[dict], metrics: dict) -> tuple[list[dict], dict]:
     """The "dpo" stage where it is the SFT model (validation items chose step 0, or ``dpo_max_p``
     kept the SFT model): the SFT stage's answers (``rows``, ``metrics``), evaluated just before with
     the same decoding, copied rather than made again (``metrics.json`` says so: ``answers_of: "sft"``)."""
-    metrics = {**metrics, "answers_of": "sft", "eval_seconds": 0.0}
+    metrics = {**metrics, "answers_of": "sft", "weights": SFT_WEIGHTS, "eval_seconds": 0.0}
     (out / "dpo").mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "dpo" / "predictions.jsonl", (out / "sft" / "predictions.jsonl").read_text(encoding="utf-8"))
     write_json_atomic(out / "dpo" / "metrics.json", metrics)

@@ -102,10 +102,17 @@ def require_gain(task, val: list, out: Path, s: dict, seed: int) -> str | None:
     """With ``dpo_max_p``: the chosen DPO step stays the "dpo" stage only if its answers beat step
     0's (the SFT model's) on the validation items at p < ``dpo_max_p``, by a bootstrap that allows
     for its having been chosen as the best of the evaluated steps (:func:`~.stats.best_of_bootstrap`);
-    else the stage is the SFT model. Decided once, in ``dpo/train/choice.json``; returns the line
+    else the stage is the SFT model. Decided once, in ``dpo/train/choice.json``, and again only for
+    another ``dpo_max_p`` (None removes the decision: the chosen step is the stage); returns the line
     that says what was decided, if anything was."""
     path = out / "dpo" / "train" / CHOICE
-    if not (val and s["dpo_max_p"]) or path.is_file():
+    had = json.loads(path.read_text()) if path.is_file() else None
+    if had is not None and not (val and s["dpo_max_p"]):
+        path.unlink()
+        kept = "the chosen step" if had["weights"] == "best" else "the SFT model"
+        return (f"dpo: no dpo_max_p this time, so the earlier decision (dpo_max_p {had['max_p']:g} kept {kept}) is "
+                "dropped: the step the validation items chose is the SFT+DPO stage")
+    if not (val and s["dpo_max_p"]) or (had is not None and had["max_p"] == s["dpo_max_p"]):
         return None
     sel = dpo_selection(out)  # vs None below: step 0 (the SFT model) was chosen
     vs = None if sel is None else against_step_0(task, val, out, sel["step"], DECIDE_RESAMPLES, seed)

@@ -113,12 +113,16 @@ def test_the_dpo_stage_is_the_step_the_validation_score_picks(tiny_model, tmp_pa
     assert loads == []
 
 
-def _scripted(right_at: int | None):
+def _scripted(right_at: int | None, right: dict | None = None):
     """A task_evaluator stand-in: scores that peak at step 2, and answers that are all right at
-    step ``right_at`` (None: never) and unparsed otherwise."""
+    step ``right_at`` (None: never) and unparsed otherwise; or, given ``right`` (``{step: item
+    indices}``), right on those items at those steps."""
+    right = right if right is not None else {} if right_at is None else {right_at: range(10**6)}
+
     def make(task, records, answers, **kw):
         def evaluate(trainer):
-            preds = [task.parse(r.target if trainer.step == right_at else "", r) for r in records]
+            preds = [task.parse(r.target if i in right.get(trainer.step, ()) else "", r)
+                     for i, r in enumerate(records)]
             with open(answers, "a") as f:
                 f.write(json.dumps({"step": trainer.step, "ids": [r.id for r in records], "predictions": preds}) + "\n")
             return {"val_macro_f1": [0.2, 0.5, 0.9, 0.4, 0.3][trainer.step]}
@@ -160,12 +164,63 @@ def test_dpo_max_p_keeps_the_chosen_step_only_if_its_gain_is_significant(right_a
         assert rows["sft"] == rows["dpo"]
         metrics = {s: json.loads((out / s / "metrics.json").read_text()) for s in ("sft", "dpo")}
         assert metrics["dpo"].pop("answers_of") == "sft" and metrics["dpo"].pop("eval_seconds") == 0
+        assert metrics["dpo"].pop("weights") == "sft/train/final"
         assert metrics["dpo"] == {k: v for k, v in metrics["sft"].items() if k != "eval_seconds"}
     # decided once: a rerun with other --n-resamples (a report setting) reuses the decision and every stage
     loads.clear()
     run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=50,
                               overrides={**TINY, "dpo_eval_every": 1, "dpo_max_p": 0.5}))
     assert loads == [] and json.loads((out / "dpo" / "train" / "choice.json").read_text()) == choice
+
+
+def test_another_dpo_max_p_decides_again_and_trains_nothing(tiny_model, tmp_path, monkeypatch, capsys):
+    """dpo_max_p decides only which trained weights the "dpo" stage is: a finished run given another
+    value (or none) decides again from the kept validation answers, trains nothing, and evaluates
+    the stage again only where its weights changed (the answers it had are kept in earlier/)."""
+    import prefopt.evaluate.selection as selection
+
+    # a gain, but not a sure one: step 0 answers one item right, step 2 two others
+    monkeypatch.setattr(selection, "task_evaluator", _scripted(None, {0: {0}, 2: {1, 2}}))
+    loads = _loads(monkeypatch)
+    out, train = tmp_path / "run", tmp_path / "run" / "dpo" / "train"
+    sft, best = out / "sft" / "train" / "final", train / "best"
+
+    def run(max_p):
+        loads.clear()
+        capsys.readouterr()
+        report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
+                                           overrides={**TINY, "dpo_eval_every": 1, "dpo_max_p": max_p}))
+        choice = json.loads((train / "choice.json").read_text()) if (train / "choice.json").is_file() else None
+        return report, choice, json.loads((out / "dpo" / "metrics.json").read_text())["weights"]
+
+    report, choice, weights = run(None)  # no guard: step 2, the best on validation, is the stage
+    assert choice is None and weights == "dpo/train/best" and loads == [None, sft, best]
+    trained = {f: f.stat().st_mtime_ns for f in out.rglob("*.safetensors")}
+    answers = (out / "dpo" / "predictions.jsonl").read_text()
+
+    report, choice, weights = run(0.9)
+    p = choice["p_value"]
+    assert 0 < p < 0.9 and choice["weights"] == "best" and choice["max_p"] == 0.9
+    assert weights == "dpo/train/best" and loads == [] and "dpo: reusing" in capsys.readouterr().out
+
+    report, choice, weights = run(p / 2)  # the same p, now not below: the stage is the SFT model, SFT's answers
+    assert choice["weights"] == "sft" and choice["p_value"] == p and loads == []
+    assert weights == "sft/train/final" and report["stages"]["dpo"]["primary"] == report["stages"]["sft"]["primary"]
+    assert "made by dpo/train/best, and the stage is now sft/train/final" in capsys.readouterr().out
+    assert (out / "dpo" / "earlier" / "1" / "predictions.jsonl").read_text() == answers
+    assert "not below it, so the SFT+DPO stage is the SFT model." in (out / "report.md").read_text()
+
+    report, choice, weights = run(0.9)  # back: step 2's answers made again, the SFT copy kept
+    assert choice["weights"] == "best" and weights == "dpo/train/best" and loads == [best]
+    assert (out / "dpo" / "predictions.jsonl").read_text() == answers
+    assert (out / "dpo" / "earlier" / "2" / "predictions.jsonl").read_text() == \
+        (out / "sft" / "predictions.jsonl").read_text()
+
+    report, choice, weights = run(None)  # the decision is dropped; the stage was step 2 already
+    assert choice is None and weights == "dpo/train/best" and loads == []
+    assert "the earlier decision (dpo_max_p 0.9 kept the chosen step) is dropped" in capsys.readouterr().out
+    assert "dpo_max_p" not in (out / "report.md").read_text()
+    assert {f: f.stat().st_mtime_ns for f in out.rglob("*.safetensors")} == trained  # nothing trained again
 
 
 def test_dpo_min_gain_keeps_the_sft_model_over_a_gain_within_it(tiny_model, tmp_path, monkeypatch):
