@@ -330,9 +330,18 @@ def _weights_name(out: Path, stage: str) -> str | None:
 
 
 def _made_by(metrics: dict) -> str | None:
-    """The weights a finished "dpo" evaluation's ``metrics.json`` says made its answers; None where it
-    cannot tell (written before prefopt recorded them, and not a copy of SFT's answers)."""
-    return metrics.get("weights") or (SFT_WEIGHTS if metrics.get("answers_of") == "sft" else None)
+    """The weights a finished "dpo" evaluation's ``metrics.json`` says made its answers (None: it
+    does not say; :func:`_name_old_weights` names them before a decision can change them)."""
+    return metrics.get("weights")
+
+
+def _name_old_weights(out: Path) -> None:
+    """A "dpo" evaluation from before ``metrics.json`` named its weights: name them, as they are
+    before ``dpo_max_p`` decides again (then they are the ones its answers were made by), so that
+    a changed decision evaluates the stage again."""
+    path = out / "dpo" / "metrics.json"
+    if path.is_file() and "weights" not in (metrics := json.loads(path.read_text(encoding="utf-8"))):
+        write_json_atomic(path, {**metrics, "weights": _weights_name(out, "dpo")})
 
 
 def _same_as_sft(out: Path, rows: list[dict], metrics: dict) -> tuple[list[dict], dict]:
@@ -461,6 +470,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     pairs = _pairs(cfg, task, tok, train, out, s, keep)
     del keep  # the SFT model, if its errors were mined, is released before DPO
     _dpo(cfg, task, pairs, val, out, s)
+    _name_old_weights(out)
     decided = require_gain(task, val, out, s, cfg.seed)
     if decided:
         _log(decided)

@@ -203,6 +203,9 @@ def test_another_dpo_max_p_decides_again_and_trains_nothing(tiny_model, tmp_path
     assert 0 < p < 0.9 and choice["weights"] == "best" and choice["max_p"] == 0.9
     assert weights == "dpo/train/best" and loads == [] and "dpo: reusing" in capsys.readouterr().out
 
+    # as a run from before metrics.json named its weights: they are named before the decision changes
+    metrics = json.loads((out / "dpo" / "metrics.json").read_text())
+    (out / "dpo" / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k != "weights"}))
     report, choice, weights = run(p / 2)  # the same p, now not below: the stage is the SFT model, SFT's answers
     assert choice["weights"] == "sft" and choice["p_value"] == p and loads == []
     assert weights == "sft/train/final" and report["stages"]["dpo"]["primary"] == report["stages"]["sft"]["primary"]
