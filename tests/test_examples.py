@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from tests._formats import medqa_rows as _medqa_rows
+from tests._formats import meqsum_rows as _meqsum_rows
+from tests._formats import write_jsonl as _write_jsonl
 from tests._tiny import build_hf_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,25 +51,6 @@ def test_run_triage_reports_bad_input_without_a_traceback(tmp_path):
     done = _run("--device", "gpu", "--output", str(tmp_path / "run"))
     assert done.returncode == 1 and "run_triage: error: unknown device 'gpu'" in done.stderr
     assert not (tmp_path / "run").exists()
-
-
-def _write_jsonl(path: Path, rows) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
-
-
-# Synthetic rows in the real files' formats (the real MedQA and MeQSum live in ../shared/data).
-def _medqa_rows(n: int) -> list[dict]:
-    drugs = ["aspirin", "heparin", "insulin", "atropine", "naloxone", "adenosine"]
-    return [{"question": f"Patient {i} has symptom {i % 5}. Which drug is first line?",
-             "options": {k: drugs[(i + j) % len(drugs)] for j, k in enumerate("ABCD")},
-             "answer_idx": "ABCD"[i % 4]} for i in range(n)]
-
-
-def _meqsum_rows(n: int) -> list[dict]:
-    return [{"File": f"{i}.txt", "CHQ": f"SUBJECT: drug {i}\nMESSAGE: my doctor gave me drug {i}, is it safe with milk?",
-             "Summary": f"Is drug {i} safe with milk?"} for i in range(n)]
 
 
 def _tiny_model_and_data(tmp_path: Path, folder: str, file: str, rows: list[dict]) -> Path:

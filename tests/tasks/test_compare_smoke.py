@@ -1,7 +1,8 @@
 """End to end for every task family on a tiny random model: load → SFT → DPO → eval → report.
 
 The five study families read a handful of real records from ``../shared/data`` (or
-``$PREFOPT_SHARED_DATA``) and skip cleanly without it; the bundled portal set always runs.
+``$PREFOPT_SHARED_DATA``) and skip cleanly without it, and always run on synthetic rows in the
+same formats (tests/_formats.py); the bundled portal set always runs.
 """
 import json
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from prefopt.evaluate.compare import CompareConfig, run_compare
+from tests import _formats as formats
 from tests._tiny import build_hf_model
 
 SHARED = Path(os.environ.get("PREFOPT_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
@@ -32,7 +34,23 @@ def _head(src: Path, dst: Path, n: int, encoding="utf-8") -> Path:
     return dst
 
 
+def _synthetic(family: str, tmp: Path) -> tuple[str, Path, dict]:
+    """The family's task on made-up rows in its real file's format (tests/_formats.py)."""
+    if family == "text classification":
+        return "medical_abstracts", formats.write_abstracts(tmp / "medical_tc.csv", 14), {}
+    if family == "numeric classification":
+        return "uci_heart", formats.write_uci(tmp / "uci", 16), {}
+    if family == "clinical reasoning":
+        return "medqa", formats.write_jsonl(tmp / "medqa.jsonl", formats.medqa_rows(14)), {}
+    if family == "summarization":
+        return "meqsum", formats.write_jsonl(tmp / "meqsum.jsonl", formats.meqsum_rows(14)), {}
+    if family == "triage":
+        return "ktas", formats.write_ktas(tmp / "data.csv", 15), {"disposition": True}
+    raise ValueError(family)
+
+
 def _subset(family: str, tmp: Path) -> tuple[str, Path, dict]:
+    """The first rows of the family's real dataset (skipped where ../shared/data is absent)."""
     if not SHARED.is_dir():
         pytest.skip(f"shared datasets not found at {SHARED}")
     if family == "text classification":
@@ -88,10 +106,13 @@ def _check(out: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("source", ["real", "synthetic"])
 @pytest.mark.parametrize("family", ["text classification", "numeric classification", "clinical reasoning",
                                     "summarization", "triage"])
-def test_every_family_runs_end_to_end(family, tiny_model, tmp_path):
-    task, data, options = _subset(family, tmp_path)
+def test_every_family_runs_end_to_end(family, source, tiny_model, tmp_path):
+    """Each task family through base -> SFT -> DPO and the report: on the first rows of its real
+    dataset where ../shared/data is present, and always on synthetic rows in the same format."""
+    task, data, options = (_subset if source == "real" else _synthetic)(family, tmp_path)
     out = tmp_path / "run"
     run_compare(CompareConfig(task=task, model=str(tiny_model), output=str(out), data=str(data),
                               task_options=options, n_resamples=200, overrides=TINY))
