@@ -62,30 +62,47 @@ def claim_output_dir(config: TrainConfig) -> None:
                              is_main=init_distributed(resolve_device(config.device)).is_main, clear=False)
 
 
-def run_sft(config: TrainConfig, callbacks=(), evaluators=()) -> dict:
-    """Fine-tune ``config.model`` on ``config.data``; returns the training summary.
-    ``callbacks`` and ``evaluators``: as :class:`~prefopt.train.loop.Trainer` takes them."""
+def _start(config: TrainConfig, evaluators, *loader) -> tuple:
+    """What both runs do before the model loads: check the evaluators, claim the output folder,
+    load the tokenizer, pin the chat date, and read and check the data (``loader``: the records'
+    reader, SFT's by default); then print, on the main process, the date line and the data
+    reports. Returns ``(config, tok, train, evals)``."""
     config.check_eval_set(evaluators)
     claim_output_dir(config)
     tok = load_tokenizer(config.model)
     config, dated = pin_chat_date(config, tok)
-    train, evals, reports = load_train_eval(config, tok)
-    model = prepare_model(config)
-    trainer = SFTTrainer(model, config, train, evals, pad_id=tok.pad_token_id or 0, callbacks=callbacks,
-                         tokenizer=tok, evaluators=evaluators)
+    train, evals, reports = load_train_eval(config, tok, *loader)
+    if init_distributed(resolve_device(config.device)).is_main:  # the trainer joins the same group
+        for line in ([dated] if dated else []) + [r.summary() for r in reports]:
+            print("prefopt:", line, flush=True)
+    return config, tok, train, evals
+
+
+def _train_and_save(trainer, config: TrainConfig, **extra) -> dict:
+    """Record the run's settings (``train_config.json``: after the trainer, which clears an
+    overwritten folder), train, save ``final/`` and the summary (with ``extra``), and print what
+    the run did; returns the summary."""
     if trainer.dist.is_main:
-        if dated:
-            print("prefopt:", dated, flush=True)
-        for r in reports:
-            print("prefopt:", r.summary(), flush=True)
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(config.output_dir) / "train_config.json", config.to_dict())
     summary = trainer.train()
+    summary.update(extra)
     out = save_result(trainer, config)
     if out is not None:
         summary["saved"] = str(out)
+        write_json_atomic(Path(config.output_dir) / "train_summary.json", summary)
         print_outcome(summary, config)
     return summary
+
+
+def run_sft(config: TrainConfig, callbacks=(), evaluators=()) -> dict:
+    """Fine-tune ``config.model`` on ``config.data``; returns the training summary.
+    ``callbacks`` and ``evaluators``: as :class:`~prefopt.train.loop.Trainer` takes them."""
+    config, tok, train, evals = _start(config, evaluators)
+    model = prepare_model(config)
+    trainer = SFTTrainer(model, config, train, evals, pad_id=tok.pad_token_id or 0, callbacks=callbacks,
+                         tokenizer=tok, evaluators=evaluators)
+    return _train_and_save(trainer, config)
 
 
 EVAL_LINES = {"eval_loss": "eval loss", "eval_rewards/accuracies": "eval pair accuracy",
@@ -137,34 +154,14 @@ def run_dpo(config, callbacks=(), evaluators=()) -> dict:
     takes them."""
     from ..data.preference import load_preferences
     from .dpo import DPOTrainer
-    from .sft import load_train_eval
 
-    config.check_eval_set(evaluators)
-    claim_output_dir(config)
-    tok = load_tokenizer(config.model)
-    config, dated = pin_chat_date(config, tok)
-    pairs, evals, reports = load_train_eval(config, tok, load_preferences)
+    config, tok, pairs, evals = _start(config, evaluators, load_preferences)
     model = prepare_model(config)
     ref_model = None
     if config.ref:
         ref_model = load_model(config.ref, dtype=DTYPES[config.dtype], adapter=config.sft_adapter,
                                merge=config.sft_adapter is not None)
     cache = reference_cache_for(config, model, ref_model) if config.ref_cache else None
-    if init_distributed(resolve_device(config.device)).is_main:  # the trainer joins the same group
-        if dated:
-            print("prefopt:", dated, flush=True)
-        for r in reports:
-            print("prefopt:", r.summary(), flush=True)
     trainer = DPOTrainer(model, config, pairs, evals, pad_id=tok.pad_token_id or 0, ref_model=ref_model,
                          ref_cache=cache, callbacks=callbacks, tokenizer=tok, evaluators=evaluators)
-    if trainer.dist.is_main:
-        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(config.output_dir) / "train_config.json", config.to_dict())
-    summary = trainer.train()
-    summary["reference_forwards"] = trainer.ref_forwards
-    out = save_result(trainer, config)
-    if out is not None:
-        summary["saved"] = str(out)
-        write_json_atomic(Path(config.output_dir) / "train_summary.json", summary)
-        print_outcome(summary, config)
-    return summary
+    return _train_and_save(trainer, config, reference_forwards=trainer.ref_forwards)
