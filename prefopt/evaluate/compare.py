@@ -7,7 +7,8 @@ interrupted run resumes where it stopped)::
     DIR/data/sft_train.jsonl         SFT records (chat prompt, reference answer)
     DIR/data/pairs.jsonl             DPO pairs from the chosen strategy (+ pairs_report.json)
     DIR/base|sft|dpo/predictions.jsonl, metrics.json
-    DIR/base|sft|dpo/earlier/N/      evaluations made with other decoding settings, kept when redone
+    DIR/base|sft|dpo/earlier/N/      evaluations made with other decoding settings (or, for dpo, by
+                                     weights another dpo_max_p no longer chose), kept when redone
     DIR/sft/train/final/             the SFT adapter
     DIR/dpo/train/final/             the SFT+DPO adapter (both updates; loads on the base model)
     DIR/dpo/train/best/              with ``--set val=N``: the SFT+DPO weights whose answers to the N
