@@ -189,8 +189,11 @@ def _same_run(out: Path, config: dict) -> None:
         diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
                 if old.get(k) != new.get(k)]
         if diff:
+            free = [*_eval_only(config), *_DECISION_ONLY, *_MEMORY_ONLY]
             raise ValueError(f"{out} holds a run made with other settings ({'; '.join(diff)}); its finished "
-                             "stages would be reused as if they were this run's. Use a new --output, or delete it")
+                             "stages would be reused as if they were this run's. Use a new --output, or delete it. "
+                             f"(A finished run may be rerun with another {', '.join(free)}, --n-resamples, --device "
+                             "or --eval-dtype: they train nothing.)")
     write_json_atomic(path, config)
 
 

@@ -156,6 +156,9 @@ def test_portal_compare_resumes_and_mines_model_errors(tiny_model, tmp_path, cap
         with pytest.raises(ValueError, match="other settings") as err:
             run_compare(other)
         assert next(iter(change)) in str(err.value)
+        # what may change instead; not decoding here, where the SFT model's answers became the pairs
+        assert str(err.value).endswith("(A finished run may be rerun with another dpo_max_p, gradient_checkpointing, "
+                                       "--n-resamples, --device or --eval-dtype: they train nothing.)")
     assert json.loads((out / "compare_config.json").read_text())["loss"] == "sigmoid"  # untouched
     run_compare(CompareConfig(**{**asdict(cfg), "n_resamples": 100}))  # report-only: allowed
     # the data behind the same settings changed: the split check still refuses
@@ -471,7 +474,8 @@ def test_compare_trains_with_gradient_checkpointing_and_resumes_with_it(tiny_mod
         with pytest.raises(StopAtSFT):
             run_compare(CompareConfig(task="portal", model=str(tiny_model), output=out, overrides={**TINY, **extra}))
     assert [c.gradient_checkpointing for c in sft_configs] == [False, True]
-    with pytest.raises(ValueError, match="other settings.*sft_lr"):
+    with pytest.raises(ValueError, match="other settings.*sft_lr.*rerun with another max_new_tokens, repetition_penalty, "
+                                         "no_repeat_ngram_size, repeat_scope, dpo_max_p"):
         run_compare(CompareConfig(task="portal", model=str(tiny_model), output=out,
                                   overrides={**TINY, "sft_lr": 1e-3}))
 
