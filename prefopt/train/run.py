@@ -78,15 +78,16 @@ def _start(config: TrainConfig, evaluators, *loader) -> tuple:
     return config, tok, train, evals
 
 
-def _train_and_save(trainer, config: TrainConfig, **extra) -> dict:
+def _train_and_save(trainer, config: TrainConfig) -> dict:
     """Record the run's settings (``train_config.json``: after the trainer, which clears an
-    overwritten folder), train, save ``final/`` and the summary (with ``extra``), and print what
-    the run did; returns the summary."""
+    overwritten folder), train, save ``final/`` and the summary (a DPO run's with how many
+    reference forwards training made: 0 on a cache), and print what the run did; returns the summary."""
     if trainer.dist.is_main:
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(config.output_dir) / "train_config.json", config.to_dict())
     summary = trainer.train()
-    summary.update(extra)
+    if hasattr(trainer, "ref_forwards"):  # counted during training: read after it
+        summary["reference_forwards"] = trainer.ref_forwards
     out = save_result(trainer, config)
     if out is not None:
         summary["saved"] = str(out)
@@ -164,4 +165,4 @@ def run_dpo(config, callbacks=(), evaluators=()) -> dict:
     cache = reference_cache_for(config, model, ref_model) if config.ref_cache else None
     trainer = DPOTrainer(model, config, pairs, evals, pad_id=tok.pad_token_id or 0, ref_model=ref_model,
                          ref_cache=cache, callbacks=callbacks, tokenizer=tok, evaluators=evaluators)
-    return _train_and_save(trainer, config, reference_forwards=trainer.ref_forwards)
+    return _train_and_save(trainer, config)

@@ -33,6 +33,10 @@ def test_dpo_raises_heldout_reward_accuracy(task, tmp_path):
     assert before["eval_rewards/accuracies"] == 0.0  # policy == reference: every margin is 0
     assert after["eval_rewards/accuracies"] >= 0.9
     assert after["eval_loss"] < before["eval_loss"] - 0.2
+    # no cache: the reference ran at every step (counted after training, in the summary and its file)
+    assert summary["reference_forwards"] >= 32
+    saved = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert saved["reference_forwards"] == summary["reference_forwards"]
     assert after["eval_rewards/margins"] > 0
     assert (tmp_path / "run" / "final" / "adapter_model.safetensors").exists()
 
