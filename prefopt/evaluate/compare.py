@@ -290,13 +290,13 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
     done = read_results(out / stage)
     if done is not None:
         changed = _changed_decoding(done[1], decoding(s, task))
-        made_by = _made_by(done[1]) if weights else None
-        if not changed and made_by in (None, weights):
+        made_by = done[1].get("weights")  # None but for "dpo", whose weights _name_old_weights named
+        if not changed and made_by == weights:
             _log(f"{stage}: reusing {out / stage / 'metrics.json'}")
             return done
         kept = keep_earlier(out / stage)
         why = ([f"made with other decoding settings ({', '.join(changed)})"] * bool(changed)
-               + [f"made by {made_by}, and the stage is now {weights}"] * (made_by not in (None, weights)))
+               + [f"made by {made_by}, and the stage is now {weights}"] * (made_by != weights))
         _log(f"{stage}: evaluating again, its answers were {' and '.join(why)}; those are kept in {kept}")
     if weights == SFT_WEIGHTS and (sft := read_results(out / "sft")):
         return _same_as_sft(out, *sft)
@@ -331,12 +331,6 @@ def _weights_name(out: Path, stage: str) -> str | None:
     the run's folder (``dpo/train/best``, ``dpo/train/final`` or ``sft/train/final``), as its
     ``metrics.json`` records it under ``weights``; None for the other stages."""
     return dpo_weights(out).relative_to(out).as_posix() if stage == "dpo" else None
-
-
-def _made_by(metrics: dict) -> str | None:
-    """The weights a finished "dpo" evaluation's ``metrics.json`` says made its answers (None: it
-    does not say; :func:`_name_old_weights` names them before a decision can change them)."""
-    return metrics.get("weights")
 
 
 def _name_old_weights(out: Path) -> None:
