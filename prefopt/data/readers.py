@@ -21,16 +21,26 @@ def source_name(source) -> str | Path:
     return RECORDS if isinstance(source, (list, tuple)) else Path(source)
 
 
-_FORMATS = (".jsonl", ".ndjson", ".json", ".csv")
+_FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv")
+DELIMITERS = (",", ";", "\t", "|")  # what a .csv file's header is tried with, in order of preference
 
 
-def read_rows(path: str | Path | Sequence[Row], *, delimiter: str = ",", encoding: str = "utf-8"
+class EncodingError(DataError):
+    """A file whose bytes are not text in the encoding it was read with (at ``line``)."""
+
+
+def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None, encoding: str = "utf-8"
               ) -> Iterator[tuple[int, Row | DataError]]:
-    """Yield ``(line, row)`` for each record of a ``.jsonl``, ``.json`` or ``.csv`` file, or of
-    a list of dicts (numbered from 1, as :data:`RECORDS`).
+    """Yield ``(line, row)`` for each record of a ``.jsonl``, ``.json``, ``.csv`` or ``.tsv``
+    file, or of a list of dicts (numbered from 1, as :data:`RECORDS`).
 
-    A record that cannot be parsed is yielded as a :class:`DataError` in place of the row,
-    so the caller decides whether to stop or skip; nothing after it is lost.
+    A ``.csv`` file's delimiter, unless given, is the one of :data:`DELIMITERS` that splits its
+    header into the most columns (Excel writes ``;`` where the decimal mark is a comma); a
+    ``.tsv`` file's is a tab. Rows whose every cell is blank (an export's trailing ``;;;``) are
+    skipped, as blank lines are. A record that cannot be parsed is yielded as a
+    :class:`DataError` in place of the row, so the caller decides whether to stop or skip;
+    nothing after it is lost. Bytes that are not text in ``encoding`` raise
+    :class:`EncodingError`, naming their line.
     """
     if isinstance(path, (list, tuple)):
         for i, row in enumerate(path, 1):
@@ -41,7 +51,7 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str = ",", encodin
     if path.is_dir():
         found = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _FORMATS)
         raise FileNotFoundError(f"{path}: a folder, not a data file; pass one of its files"
-                                + (f" ({', '.join(found)})" if found else " (it holds no .jsonl, .json or .csv)"))
+                                + (f" ({', '.join(found)})" if found else " (it holds no .jsonl, .json, .csv or .tsv)"))
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
     suffix = path.suffix.lower()
@@ -49,10 +59,10 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str = ",", encodin
         yield from _jsonl(path)
     elif suffix == ".json":
         yield from _json(path)
-    elif suffix == ".csv":
-        yield from _csv(path, delimiter, encoding)
+    elif suffix in (".csv", ".tsv"):
+        yield from _csv(path, delimiter or ("\t" if suffix == ".tsv" else None), encoding)
     else:
-        raise ValueError(f"{path}: unknown data format {suffix!r}; use .jsonl, .json or .csv")
+        raise ValueError(f"{path}: unknown data format {suffix!r}; use .jsonl, .json, .csv or .tsv")
 
 
 def _text(path: Path, encoding: str = "utf-8") -> str:
@@ -65,7 +75,7 @@ def _text(path: Path, encoding: str = "utf-8") -> str:
         return data.decode(encoding)
     except UnicodeDecodeError as e:
         line, column = data.count(b"\n", 0, e.start) + 1, e.start - data.rfind(b"\n", 0, e.start)
-        raise DataError(path, line, None, f"not {encoding.removesuffix('-sig')} text (byte {data[e.start]:#04x} at "
+        raise EncodingError(path, line, None, f"not {encoding.removesuffix('-sig')} text (byte {data[e.start]:#04x} at "
                         f"column {column}); save the file as UTF-8") from None
 
 
@@ -116,12 +126,23 @@ def _skip_ws(text: str, i: int) -> int:
     return i
 
 
-def _csv(path: Path, delimiter: str = ",", encoding: str = "utf-8"):
-    with io.StringIO(_text(path, encoding), newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
+def sniff_delimiter(text: str) -> str:
+    """The one of :data:`DELIMITERS` that splits the first line of ``text`` (a CSV header)
+    into the most cells; ``,`` where none splits it."""
+    header = text.split("\n", 1)[0]
+    counts = [len(next(csv.reader([header], delimiter=d), [])) for d in DELIMITERS]
+    return DELIMITERS[counts.index(max(counts))]
+
+
+def _csv(path: Path, delimiter: str | None = None, encoding: str = "utf-8"):
+    text = _text(path, encoding)
+    with io.StringIO(text, newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter or sniff_delimiter(text))
         start = 2  # line 1 is the header
         for row in reader:
-            if None in row:
+            if None not in row and not any(v and v.strip() for v in row.values()):
+                pass  # a row of blank cells holds nothing: skipped, as a blank line is
+            elif None in row:
                 yield start, DataError(path, start, None, f"more cells than the header has columns: {row[None]!r}")
             elif any(v is None for v in row.values()):
                 missing = [k for k, v in row.items() if v is None]

@@ -1,20 +1,49 @@
 """Reading task files: CSV (any delimiter and encoding), JSONL and JSON, with located errors."""
 from __future__ import annotations
 
+import codecs
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..data.readers import read_rows
+from ..data.readers import EncodingError, read_rows
 from ..data.records import DataError
 
+DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
 
-def table(path: str | Path, *, delimiter: str = ",", encoding: str = "utf-8") -> Iterator[tuple[int, dict]]:
-    """``(line, row)`` for each record of a CSV (any delimiter and encoding), JSONL or JSON file;
-    a malformed record raises :class:`DataError` with its file and line."""
-    for line, row in read_rows(path, delimiter=delimiter, encoding=encoding):
-        if isinstance(row, DataError):
-            raise row
-        yield line, row
+
+def file_options(task, delimiter: str | None = None, encoding: str = "utf-8") -> dict:
+    """A generic task's ``delimiter`` and ``encoding`` options, checked, as :func:`table`'s keywords.
+    ``delimiter`` may be a character or a name (``tab``, ``\\t``, ``semicolon``, ...); None reads it
+    off a CSV's header. A bad byte's error names the options where ``task``'s class takes them (a
+    dataset's own task, such as ``medical_abstracts``, has its format fixed)."""
+    delimiter = DELIMITER_NAMES.get(delimiter, delimiter)
+    if delimiter is not None and (not isinstance(delimiter, str) or len(delimiter) != 1):
+        raise ValueError(f"delimiter must be one character or one of {', '.join(DELIMITER_NAMES)}, got {delimiter!r}")
+    try:
+        codecs.lookup(encoding)
+    except (LookupError, TypeError):
+        raise ValueError(f"unknown encoding {encoding!r} (e.g. utf-8, cp1252, latin-1)") from None
+    return {"delimiter": delimiter, "encoding": encoding,
+            "task_options": "encoding" in inspect.signature(type(task)).parameters}
+
+
+def table(path: str | Path, *, delimiter: str | None = None, encoding: str = "utf-8",
+          task_options: bool = False) -> Iterator[tuple[int, dict]]:
+    """``(line, row)`` for each record of a CSV/TSV (any delimiter and encoding), JSONL or JSON
+    file; a malformed record raises :class:`DataError` with its file and line. A CSV's delimiter,
+    unless given, is read off its header (:func:`prefopt.data.readers.read_rows`).
+    ``task_options``: the task takes :func:`file_options`, so a bad byte's error names them."""
+    try:
+        for line, row in read_rows(path, delimiter=delimiter, encoding=encoding):
+            if isinstance(row, DataError):
+                raise row
+            yield line, row
+    except EncodingError as e:
+        if not task_options:
+            raise
+        raise DataError(e.path, e.line, None, f"{e.reason}, or name its encoding (--task-option encoding=cp1252 "
+                                              "for Excel's CSV on Western-European Windows)") from None
 
 
 def need(row: dict, field: str, path, line: int) -> str:

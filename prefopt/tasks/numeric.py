@@ -9,7 +9,7 @@ import csv
 from pathlib import Path
 
 from ..data.records import DataError
-from ._io import convert, table
+from ._io import convert, file_options, table
 from .base import ClassificationTask, LabelField, Record
 
 UCI_COLUMNS = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak", "slope",
@@ -27,13 +27,16 @@ def _value(v: str) -> str:
 
 
 class NumericTable(ClassificationTask):
-    """Any CSV/JSONL: ``feature_columns`` rendered as "name: value" lines, ``label_column`` the class."""
+    """Any CSV/TSV/JSONL: ``feature_columns`` rendered as "name: value" lines, ``label_column`` the
+    class (``delimiter`` and ``encoding`` as for :class:`~.text_classification.TextClassification`)."""
 
     name = "numeric_table"
 
     def __init__(self, label_column: str = "label", feature_columns: list[str] | None = None,
-                 names: dict[str, str] | None = None, labels: list[str] | None = None, question: str | None = None):
+                 names: dict[str, str] | None = None, labels: list[str] | None = None, question: str | None = None,
+                 delimiter: str | None = None, encoding: str = "utf-8"):
         super().__init__([LabelField("label", list(labels or []))])
+        self.file = file_options(self, delimiter, encoding)
         self.label_column, self.feature_columns, self.names = label_column, feature_columns, names or {}
         self.question = question or "What is the class of this record?"
 
@@ -41,7 +44,7 @@ class NumericTable(ClassificationTask):
         return raw.strip().lower()
 
     def rows(self, path):
-        return table(path)
+        return table(path, **self.file)
 
     def load(self, path):
         out = []

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._io import clip, need, table
+from ._io import clip, file_options, need, table
 from .base import GenerationTask, Record
 
 
 class Summarization(GenerationTask):
+    """Any CSV/TSV/JSONL with a source and a target column (``delimiter`` and ``encoding`` as for
+    :class:`~.text_classification.TextClassification`)."""
+
     name = "summarization"
 
     def __init__(self, source_column: str = "source", target_column: str = "target",
-                 instruction: str = "Summarize the text.", max_chars: int = 3000, max_new_tokens: int = 96):
+                 instruction: str = "Summarize the text.", max_chars: int = 3000, max_new_tokens: int = 96,
+                 delimiter: str | None = None, encoding: str = "utf-8"):
         super().__init__("rouge")
+        self.file = file_options(self, delimiter, encoding)
         self.source_column, self.target_column = source_column, target_column
         self.instruction, self.max_chars, self.max_new_tokens = instruction, max_chars, max_new_tokens
 
     def load(self, path):
         out = []
-        for line, row in table(path):
+        for line, row in table(path, **self.file):
             src = need(row, self.source_column, path, line)
             tgt = need(row, self.target_column, path, line)
             out.append(Record(f"{Path(path).name}:{line}", f"{self.instruction}\n\n{clip(src, self.max_chars)}", tgt))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._io import clip, convert, need, table
+from ._io import clip, convert, file_options, need, table
 from .base import ClassificationTask, LabelField, Record
 
 ABSTRACT_CLASSES = {"1": "neoplasms", "2": "digestive system diseases", "3": "nervous system diseases",
@@ -11,22 +11,24 @@ ABSTRACT_CLASSES = {"1": "neoplasms", "2": "digestive system diseases", "3": "ne
 
 
 class TextClassification(ClassificationTask):
-    """Any CSV/JSONL with a text column and a label column (``text_column``, ``label_column``)."""
+    """Any CSV/TSV/JSONL with a text column and a label column (``text_column``, ``label_column``);
+    a CSV's ``delimiter`` is read off its header unless given, ``encoding`` is UTF-8 unless given."""
 
     name = "text_classification"
 
     def __init__(self, text_column: str = "text", label_column: str = "label", labels: list[str] | None = None,
-                 max_chars: int = 1500, instruction: str | None = None):
+                 max_chars: int = 1500, instruction: str | None = None, delimiter: str | None = None,
+                 encoding: str = "utf-8"):
         super().__init__([LabelField("label", list(labels or []))])
         self.text_column, self.label_column, self.max_chars = text_column, label_column, max_chars
-        self.instruction = instruction
+        self.instruction, self.file = instruction, file_options(self, delimiter, encoding)
 
     def label_of(self, raw: str) -> str:
         return raw.strip().lower()
 
     def load(self, path):
         out = []
-        for line, row in table(path):
+        for line, row in table(path, **self.file):
             text = need(row, self.text_column, path, line)
             label = convert(self.label_of, row, self.label_column, path, line)
             out.append(Record(f"{Path(path).name}:{line}", "", label, {"label": label}, {"text": text}))

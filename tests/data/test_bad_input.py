@@ -5,6 +5,7 @@ import pytest
 
 from prefopt import load_tokenizer
 from prefopt.data import DataError, load_preferences, load_sft, read_rows
+from prefopt.data.readers import sniff_delimiter
 from prefopt.data.records import parse_preference
 from prefopt.data.sft import load_records
 from tests._tiny import build_tokenizer
@@ -186,6 +187,32 @@ def test_excel_byte_order_marks_are_read_and_bad_encodings_named(tmp_path, tok):
     with pytest.raises(DataError, match=r"w.csv:3: not utf-8"):
         load_sft(tmp_path / "w.csv", tok)
     assert [r["prompt"] for _, r in read_rows(tmp_path / "w.csv", encoding="cp1252")] == ["ok", "fièvre"]
+
+
+def test_a_csvs_delimiter_is_read_off_its_header_and_blank_rows_skipped(tmp_path, tok):
+    """Excel writes ';' where the decimal mark is a comma; a .tsv is tab-separated. Rows of blank
+    cells (an export's trailing ';;') are skipped without moving any later record's line."""
+    assert [sniff_delimiter(h) for h in ("prompt,completion\n", "prompt;completion", "a\tb\tc", "a|b", "prompt",
+                                         '"dose, mg";note\n')] == [",", ";", "\t", "|", ",", ";"]
+    (tmp_path / "d.csv").write_text('prompt;completion\r\nBP 120/80, pulse 70?;"Normal; no action."\r\n;\r\n'
+                                    '"Chest pain;\r\nsweating";Call 911.\r\n;\r\nonly-one-cell\r\n')
+    rows = list(read_rows(tmp_path / "d.csv"))
+    assert [(line, r["completion"]) for line, r in rows[:2]] == [(2, "Normal; no action."), (4, "Call 911.")]
+    assert rows[0][1]["prompt"] == "BP 120/80, pulse 70?" and rows[1][1]["prompt"] == "Chest pain;\r\nsweating"
+    assert isinstance(rows[2][1], DataError) and rows[2][0] == 7  # after the blank row at line 6
+    with pytest.raises(DataError, match=r"d.csv:7: field 'completion': row has fewer cells"):
+        load_sft(tmp_path / "d.csv", tok)
+    forced = list(read_rows(tmp_path / "d.csv", delimiter=","))  # a delimiter given is used as given
+    assert "more cells than the header has columns: [' pulse 70?;" in str(forced[0][1])  # header: 1 column
+    (tmp_path / "d.tsv").write_text("prompt\tcompletion\nfever, cough; 3 days\tSee a GP today.\n\t\n")
+    examples, report = load_sft(tmp_path / "d.tsv", tok)
+    assert report.n_kept == 1 and [r["prompt"] for _, r in read_rows(tmp_path / "d.tsv")] == ["fever, cough; 3 days"]
+    (tmp_path / "p.tsv").write_text("prompt\tchosen\trejected\nq\tgood\tbad\n")
+    pairs, _ = load_preferences(tmp_path / "p.tsv", tok)
+    assert len(pairs) == 1
+    (tmp_path / "d.txt").write_text("prompt\tcompletion\n")
+    with pytest.raises(ValueError, match=r"unknown data format '.txt'; use .jsonl, .json, .csv or .tsv"):
+        list(read_rows(tmp_path / "d.txt"))
 
 
 def test_a_list_of_records_loads_like_a_file(tok):

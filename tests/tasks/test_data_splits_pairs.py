@@ -131,8 +131,53 @@ def test_a_dataset_folder_reads_the_tasks_files_or_names_the_ones_to_pass(tmp_pa
         get_task("meqsum").read(str(tmp_path))
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(FileNotFoundError, match="holds no .jsonl, .json or .csv"):
+    with pytest.raises(FileNotFoundError, match=r"holds no .jsonl, .json, .csv or .tsv\)"):
         get_task("meqsum").read(str(empty))
+
+
+def test_generic_tasks_read_spreadsheet_exports_with_their_delimiter_and_encoding(tmp_path):
+    """A Western-European Excel export: ';' between cells (the decimal mark is a comma), cp1252
+    text, trailing rows of empty cells. The delimiter is read off the header; the encoding must be
+    named, and the error says how."""
+    rows = "note;urgency;temp\r\nfi\xe8vre et toux, 3 jours;urgent;38,5\r\n\"douleur; thorax\";urgent;37,0\r\n" \
+           "renouvellement d'ordonnance;routine;36,8\r\n;;\r\n;;\r\n"
+    p = tmp_path / "export.csv"
+    p.write_bytes(rows.encode("cp1252"))
+    with pytest.raises(DataError, match=r"export.csv:2: not utf-8 text \(byte 0xe8 at column 3\); save the file as "
+                                        r"UTF-8, or name its encoding \(--task-option encoding=cp1252"):
+        get_task("text_classification", text_column="note", label_column="urgency").load(p)
+    t = get_task("text_classification", text_column="note", label_column="urgency", encoding="cp1252")
+    recs = t.load(p)
+    assert [r.id for r in recs] == ["export.csv:2", "export.csv:3", "export.csv:4"]  # the blank rows skipped
+    assert "fièvre et toux, 3 jours" in recs[0].prompt and "douleur; thorax" in recs[1].prompt
+    assert t.fields[0].labels == ["routine", "urgent"]
+    n = get_task("numeric_table", label_column="urgency", feature_columns=["temp"], encoding="cp1252").load(p)
+    assert "- temp: 38,5" in n[0].prompt and n[2].labels == {"label": "routine"}
+    s = get_task("summarization", source_column="note", target_column="urgency", encoding="latin-1").load(p)
+    assert s[0].target == "urgent" and "fièvre" in s[0].prompt
+
+    tsv = tmp_path / "notes.tsv"  # a .tsv is tab-separated, even where a header name holds a comma
+    tsv.write_text("note, as written\tlabel\nCough, fever; 3 days\tinfection\nChest pain\tcardiac\n")
+    recs = get_task("text_classification", text_column="note, as written").load(tsv)
+    assert [r.labels["label"] for r in recs] == ["infection", "cardiac"] and "Cough, fever; 3 days" in recs[0].prompt
+    piped = tmp_path / "piped.csv"  # '|' read off the header or named; a named delimiter is used as named
+    piped.write_text("text|label\nCough, fever\tday 3|infection\n")
+    for name in (None, "|", "pipe"):
+        assert get_task("text_classification", delimiter=name).load(piped)[0].labels == {"label": "infection"}
+    with pytest.raises(DataError, match=r"piped.csv:2: more cells than the header has columns: \[' fever"):
+        get_task("text_classification", delimiter="comma").load(piped)
+
+    with pytest.raises(ValueError, match="delimiter must be one character or one of tab"):
+        get_task("text_classification", delimiter="semi")
+    with pytest.raises(ValueError, match="unknown encoding 'latin-9x'"):
+        get_task("summarization", encoding="latin-9x")
+    with pytest.raises(ValueError, match="task 'meqsum': bad option"):  # a dataset's own reader has its format
+        get_task("meqsum", encoding="cp1252")
+    bad = tmp_path / "bad.csv"  # there the error names no option it does not take
+    bad.write_bytes("condition_label,medical_abstract\n1,fi\xe8vre\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"bad.csv:2: not utf-8 text \(byte 0xe8 at column 5\); save the file as "
+                                        r"UTF-8$"):
+        get_task("medical_abstracts").load(bad)
 
 
 def test_wrong_label_pairs_random_by_default_hardest_on_request():
