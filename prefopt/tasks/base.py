@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.records import DataError
 from ..evaluate.metrics import classification_report, macro_f1, triage_safety
 from ..evaluate.rouge import rouge
 from .parsing import find_label
@@ -105,6 +106,17 @@ class Task:
         raise NotImplementedError
 
 
+def label_list(labels: list[str] | str | None) -> list[str]:
+    """A generic task's ``labels`` option as the labels its rows are compared with: stripped,
+    lower-cased, once each; a string is split at commas (``--task-option labels=urgent,routine``)."""
+    if isinstance(labels, str):
+        labels = labels.split(",")
+    out = [str(x).strip().lower() for x in labels or []]
+    if "" in out:
+        raise ValueError(f"labels: an empty label in {labels!r}")
+    return list(dict.fromkeys(out))
+
+
 class ClassificationTask(Task):
     kind = "classification"
     max_new_tokens = 16
@@ -112,6 +124,13 @@ class ClassificationTask(Task):
 
     def __init__(self, fields: list[LabelField]):
         self.fields = fields
+
+    def own_label(self, label: str, given: bool, path, line: int, column: str) -> str:
+        """``label``; where the labels were ``given``, it must be one of them (else a :class:`DataError`)."""
+        if given and label not in self.fields[0].labels:
+            raise DataError(path, line, column,
+                            f"{label!r} is not one of the labels given ({', '.join(self.fields[0].labels)})")
+        return label
 
     def render(self, labels: dict[str, str], record: Record | None = None) -> str:
         if len(self.fields) == 1:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..data.records import DataError
 from ._io import convert, file_options, table
-from .base import ClassificationTask, LabelField, Record
+from .base import ClassificationTask, LabelField, Record, label_list
 
 UCI_COLUMNS = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak", "slope",
                "ca", "thal", "num"]
@@ -35,8 +35,8 @@ class NumericTable(ClassificationTask):
     def __init__(self, label_column: str = "label", feature_columns: list[str] | None = None,
                  names: dict[str, str] | None = None, labels: list[str] | None = None, question: str | None = None,
                  delimiter: str | None = None, encoding: str = "utf-8"):
-        super().__init__([LabelField("label", list(labels or []))])
-        self.file = file_options(self, delimiter, encoding)
+        super().__init__([LabelField("label", label_list(labels))])
+        self.labels_given, self.file = bool(labels), file_options(self, delimiter, encoding)
         self.label_column, self.feature_columns, self.names = label_column, feature_columns, names or {}
         self.question = question or "What is the class of this record?"
 
@@ -49,7 +49,8 @@ class NumericTable(ClassificationTask):
     def load(self, path):
         out = []
         for line, row in self.rows(path):
-            label = convert(self.label_of, row, self.label_column, path, line)
+            label = self.own_label(convert(self.label_of, row, self.label_column, path, line), self.labels_given,
+                                   path, line, self.label_column)
             cols = self.feature_columns or [c for c in row if c not in (self.label_column, "_source")]
             for c in cols:
                 if c not in row:

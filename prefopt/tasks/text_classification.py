@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._io import clip, convert, file_options, need, table
-from .base import ClassificationTask, LabelField, Record
+from .base import ClassificationTask, LabelField, Record, label_list
 
 ABSTRACT_CLASSES = {"1": "neoplasms", "2": "digestive system diseases", "3": "nervous system diseases",
                     "4": "cardiovascular diseases", "5": "general pathological conditions"}
@@ -19,7 +19,8 @@ class TextClassification(ClassificationTask):
     def __init__(self, text_column: str = "text", label_column: str = "label", labels: list[str] | None = None,
                  max_chars: int = 1500, instruction: str | None = None, delimiter: str | None = None,
                  encoding: str = "utf-8"):
-        super().__init__([LabelField("label", list(labels or []))])
+        super().__init__([LabelField("label", label_list(labels))])
+        self.labels_given = bool(labels)
         self.text_column, self.label_column, self.max_chars = text_column, label_column, max_chars
         self.instruction, self.file = instruction, file_options(self, delimiter, encoding)
 
@@ -30,7 +31,8 @@ class TextClassification(ClassificationTask):
         out = []
         for line, row in table(path, **self.file):
             text = need(row, self.text_column, path, line)
-            label = convert(self.label_of, row, self.label_column, path, line)
+            label = self.own_label(convert(self.label_of, row, self.label_column, path, line), self.labels_given,
+                                   path, line, self.label_column)
             out.append(Record(f"{Path(path).name}:{line}", "", label, {"label": label}, {"text": text}))
         if not self.fields[0].labels:
             self.fields[0].labels = sorted({r.labels["label"] for r in out})

@@ -135,6 +135,28 @@ def test_a_dataset_folder_reads_the_tasks_files_or_names_the_ones_to_pass(tmp_pa
         get_task("meqsum").read(str(empty))
 
 
+def test_labels_given_to_a_generic_task_are_the_only_ones_its_rows_may_hold(tmp_path):
+    """``labels`` fixes the answer set (and its order in the prompt): a row with another label is
+    an error at its line, not a record the parser can never get right. Given on the command line
+    as ``labels=Urgent,routine`` it is split at commas, and compared as rows are (case, spaces)."""
+    c = tmp_path / "t.csv"
+    c.write_text("text,label\nchest pain,URGENT\nrefill, Routine \nrash,soon\n")
+    for labels in ("Urgent, routine", ["urgent", " Routine", "URGENT"]):
+        t = get_task("text_classification", labels=labels)
+        assert t.fields[0].labels == ["urgent", "routine"]
+        with pytest.raises(DataError, match=r"t.csv:4: field 'label': 'soon' is not one of the labels given "
+                                            r"\(urgent, routine\)"):
+            t.load(c)
+    with pytest.raises(DataError, match=r"t.csv:4: field 'label': 'soon' is not one of the labels given"):
+        get_task("numeric_table", labels="urgent,routine", feature_columns=["text"]).load(c)
+    c.write_text("text,label\nchest pain,URGENT\nrefill, Routine \n")
+    recs = get_task("text_classification", labels="routine,urgent,soon").load(c)
+    assert [r.labels["label"] for r in recs] == ["urgent", "routine"]
+    assert "Answer with one of: routine, urgent, soon." in recs[0].prompt  # a label no row holds may be offered
+    with pytest.raises(ValueError, match="labels: an empty label"):
+        get_task("text_classification", labels="urgent,,routine")
+
+
 def test_generic_tasks_read_spreadsheet_exports_with_their_delimiter_and_encoding(tmp_path):
     """A Western-European Excel export: ';' between cells (the decimal mark is a comma), cp1252
     text, trailing rows of empty cells. The delimiter is read off the header; the encoding must be
