@@ -106,15 +106,18 @@ class Task:
         raise NotImplementedError
 
 
+def name_list(option: str, value: list[str] | str | None) -> list[str]:
+    """A list option of a generic task: a list, or a string split at commas (``--task-option
+    labels=urgent,routine``), each name stripped and kept once."""
+    names = [str(x).strip() for x in (value.split(",") if isinstance(value, str) else value or [])]
+    if "" in names:
+        raise ValueError(f"{option}: an empty name in {value!r}")
+    return list(dict.fromkeys(names))
+
+
 def label_list(labels: list[str] | str | None) -> list[str]:
-    """A generic task's ``labels`` option as the labels its rows are compared with: stripped,
-    lower-cased, once each; a string is split at commas (``--task-option labels=urgent,routine``)."""
-    if isinstance(labels, str):
-        labels = labels.split(",")
-    out = [str(x).strip().lower() for x in labels or []]
-    if "" in out:
-        raise ValueError(f"labels: an empty label in {labels!r}")
-    return list(dict.fromkeys(out))
+    """A generic task's ``labels`` option as the labels its rows are compared with (lower-cased)."""
+    return list(dict.fromkeys(x.lower() for x in name_list("labels", labels)))
 
 
 class ClassificationTask(Task):

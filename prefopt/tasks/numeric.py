@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..data.records import DataError
 from ._io import convert, file_options, table
-from .base import ClassificationTask, LabelField, Record, label_list
+from .base import ClassificationTask, LabelField, Record, label_list, name_list
 
 UCI_COLUMNS = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak", "slope",
                "ca", "thal", "num"]
@@ -37,7 +37,8 @@ class NumericTable(ClassificationTask):
                  delimiter: str | None = None, encoding: str = "utf-8"):
         super().__init__([LabelField("label", label_list(labels))])
         self.labels_given, self.file = bool(labels), file_options(self, delimiter, encoding)
-        self.label_column, self.feature_columns, self.names = label_column, feature_columns, names or {}
+        self.label_column, self.names = label_column, names or {}
+        self.feature_columns = name_list("feature_columns", feature_columns) or None
         self.question = question or "What is the class of this record?"
 
     def label_of(self, raw: str) -> str:
