@@ -191,6 +191,29 @@ def test_eval_cli_writes_predictions_and_metrics(tiny_model, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["n"] == 3
 
 
+def test_eval_reads_a_spreadsheet_export_given_its_options_on_the_command_line(tiny_model, tmp_path, capsys):
+    """A German Excel export (';' between cells, cp1252, a trailing row of empty cells) through
+    the command line: without its encoding it stops at the first bad byte and says which option
+    to pass; with it (and the labels as a comma list) every row is evaluated."""
+    from prefopt.cli import main
+
+    data = tmp_path / "export.csv"
+    rows = ["Notiz;Dringlichkeit"] + [f'"Rezept für Ramipril; {i} Packungen";Routine' if i % 2 else
+                                      f"Brustschmerz seit {i} Std., Übelkeit;dringend" for i in range(6)] + [";"]
+    data.write_bytes("\r\n".join(rows).encode("cp1252") + b"\r\n")
+    args = ["eval", "--task", "text_classification", "--model", str(tiny_model), "--data", str(data), "--split", "all",
+            "--task-option", "text_column=Notiz", "--task-option", "label_column=Dringlichkeit",
+            "--task-option", "labels=dringend,routine", "--max-new-tokens", "4"]
+    assert main(args + ["--output", str(tmp_path / "no")]) == 2
+    err = capsys.readouterr().err
+    assert "export.csv:2: not utf-8 text (byte 0xdc at column 27)" in err and "--task-option encoding=cp1252" in err
+    assert not (tmp_path / "no").exists()
+    assert main(args + ["--task-option", "encoding=cp1252", "--output", str(tmp_path / "eval")]) == 0
+    preds = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in preds) == [f"export.csv:{i}" for i in range(2, 8)]
+    assert sorted(r["target"] for r in preds) == ["dringend"] * 3 + ["routine"] * 3
+
+
 def test_eval_on_a_compare_runs_split_file_scores_exactly_its_test_items(tiny_model, tmp_path, capsys):
     from prefopt.cli import main
     from prefopt.tasks import get_task
