@@ -19,7 +19,7 @@ interrupted run resumes where it stopped)::
                                      decides again, and evaluates the "dpo" stage again if that
                                      changes its weights (``dpo/metrics.json`` names them)
     DIR/dpo/ref_cache/               reference log-probs (the SFT model), computed once
-    DIR/report.md, report.json, *.png
+    DIR/report.md, report.json, *.png  (report.md ends with the commands that use the adapters)
 """
 from __future__ import annotations
 
@@ -49,11 +49,13 @@ from .runner import (
 )
 from .selection import (
     CHOICE,
+    SFT_WEIGHTS,
     VAL_ANSWERS,
     check_settings,
     dpo_weights,
     given_pairs_outside,
     require_gain,
+    stage_weights,
     trainer_settings,
 )
 
@@ -265,7 +267,7 @@ def _load_stage_model(cfg: CompareConfig, out: Path, stage: str, keep: dict | No
     device, dtype = cfg.device_and_dtype()
     if stage == "base":
         return load_model(cfg.model, dtype=dtype, device=device)
-    dpo, sft = dpo_weights(out), out / "sft" / "train" / "final"
+    dpo, sft = dpo_weights(out), out / SFT_WEIGHTS
     if stage == "dpo" and is_stacked(dpo):  # holds the SFT update too (prefopt.lora_stack)
         return load_model(cfg.model, dtype=dtype, device=device, adapter=dpo, merge=True)
     model = load_model(cfg.model, dtype=dtype, device=device, adapter=sft, merge=True)
@@ -323,14 +325,10 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
     return read_results(out / stage)
 
 
-SFT_WEIGHTS = "sft/train/final"  # the "dpo" stage's weights where it is the SFT model, as metrics.json names them
-
-
 def _weights_name(out: Path, stage: str) -> str | None:
-    """For the "dpo" stage: the adapter it evaluates (:func:`~.selection.dpo_weights`), relative to
-    the run's folder (``dpo/train/best``, ``dpo/train/final`` or ``sft/train/final``), as its
-    ``metrics.json`` records it under ``weights``; None for the other stages."""
-    return dpo_weights(out).relative_to(out).as_posix() if stage == "dpo" else None
+    """For the "dpo" stage: the adapter it evaluates (``dpo/train/best``, ``dpo/train/final`` or
+    ``sft/train/final``), as its ``metrics.json`` records it under ``weights``; None for the others."""
+    return stage_weights(out)["dpo"] if stage == "dpo" else None
 
 
 def _name_old_weights(out: Path) -> None:

@@ -7,8 +7,9 @@ import numpy as np
 
 from ..fileio import write_json_atomic, write_text_atomic
 from .dynamics import NLL_ANCHORED, dynamics_lines, training_dynamics
-from .selection import against_step_0
+from .selection import against_step_0, stage_weights
 from .stats import bootstrap_ci, mcnemar_exact, paired_bootstrap, wilcoxon_signed_rank
+from .usage import models_lines
 
 ALPHA = 0.05
 PAIRS = (("base", "sft"), ("sft", "dpo"), ("base", "dpo"))
@@ -262,12 +263,14 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
                      f"{v.get('mcnemar', v.get('item_wilcoxon'))['p_value']:.3g} | {_fmt(w)} |")
     lines += ["", f"Paired bootstrap: {cfg.n_resamples} resamples of the test items (seed {cfg.seed}), percentile CI; "
               f"significance at p < {ALPHA}. Small test sets give wide CIs: read them before the point estimates."]
+    weights = stage_weights(out)
+    lines += ["", *models_lines(cfg, task, out, weights, results["dpo"][1])]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     else:
         lines += ["", "(Plots skipped: install matplotlib, `pip install 'prefopt[plots]'`.)"]
     write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
     report = {"task": task.name, "model": cfg.model, "preset": cfg.preset, "n_test": len(test), "plots": plots,
-              **stats}
+              "weights": weights, **stats}
     write_json_atomic(out / "report.json", report)
     return report

@@ -85,12 +85,21 @@ def given_pairs_outside(pairs: Path, val: list) -> None:
                             f"items that choose its weights. Drop such pairs, or run without --set val")
 
 
+SFT_WEIGHTS = "sft/train/final"  # the SFT stage's adapter, relative to a compare run's folder
+
+
+def stage_weights(out: Path) -> dict[str, str]:
+    """The adapter each trained stage evaluates, relative to the run's folder (``metrics.json``
+    and ``report.json`` name them so): SFT's, and :func:`dpo_weights`."""
+    return {"sft": SFT_WEIGHTS, "dpo": dpo_weights(out).relative_to(out).as_posix()}
+
+
 def dpo_weights(out: Path) -> Path:
     """The adapter the "dpo" stage evaluates: the one chosen on the validation items where the run
     held some out (``best/``), unless that is step 0 or ``dpo_max_p`` found its gain over the SFT
     model too weak to trust (then the SFT adapter itself: step 0 *is* the SFT model, and
     ``best/``'s copy of it differs only by rounding); else the last step's (``final/``)."""
-    train, sft = Path(out) / "dpo" / "train", Path(out) / "sft" / "train" / "final"
+    train, sft = Path(out) / "dpo" / "train", Path(out) / SFT_WEIGHTS
     if (train / CHOICE).is_file() and json.loads((train / CHOICE).read_text())["weights"] == "sft":
         return sft
     if (train / "best" / "best.json").is_file():

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from prefopt.evaluate.compare import CompareConfig, run_compare
+from prefopt.tasks import PORTAL_DATA
 from tests import _formats as formats
 from tests._tiny import build_hf_model
 
@@ -102,7 +103,33 @@ def _check(out: Path) -> dict:
     assert (out / "metric_by_stage.png").is_file() or "Plots skipped" in text
     summary = json.loads((out / "dpo" / "train" / "train_summary.json").read_text())
     assert summary["reference_forwards"] == 0  # DPO used the reference cache
+    _use_the_models(out, report)
     return report
+
+
+def _use_the_models(out: Path, report: dict) -> None:
+    """The report's "The models" commands run as written: eval on the run's own data (for
+    NEW_FILE), generate and merge; the merged folder answers as the adapter does."""
+    import shlex
+
+    from prefopt.cli import main
+    from prefopt.evaluate.cli import key_values
+
+    text = (out / "report.md").read_text()
+    assert f"- SFT+DPO: `{report['weights']['dpo']}`" in text and report["weights"]["sft"] == "sft/train/final"
+    block = text.split("## The models", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line) for line in block.splitlines() if line and not line.startswith("#")]
+    assert [c[:2] for c in commands] == [["prefopt", "eval"], ["prefopt", "generate"], ["prefopt", "merge"]]
+    assert all(c[c.index("--adapter") + 1] == str(out / report["weights"]["dpo"]) for c in commands)
+    config = json.loads((out / "compare_config.json").read_text())
+    options = [a for before, a in zip(commands[0], commands[0][1:]) if before == "--task-option"]
+    assert key_values(options) == config["task_options"]  # the task as the run made it (ktas: disposition)
+    evaluate = [config["data"] or str(PORTAL_DATA) if a == "NEW_FILE" else a for a in commands[0][1:]]
+    assert main(evaluate + ["--limit", "3"]) == 0
+    assert len((out / "new-eval" / "predictions.jsonl").read_text().splitlines()) == 3
+    generate = [a if a != "..." else "Chest pain since this morning." for a in commands[1][1:]]
+    assert main(generate + ["--max-new-tokens", "3"]) == 0
+    assert main(commands[2][1:]) == 0 and (out / "merged" / "config.json").is_file()
 
 
 @pytest.mark.slow

@@ -1,0 +1,56 @@
+"""The report's "The models" section: where a compare run's trained weights are, and the
+commands that use them (evaluate new records as the run did, answer a prompt, merge)."""
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+from ..lora_stack import is_stacked
+from .runner import DECODING
+
+WHAT = {"dpo/train/best": "one adapter holding the SFT update and the chosen DPO step's",
+        "dpo/train/final": "one adapter holding the SFT update and the DPO one",
+        "sft/train/final": "the SFT adapter: the SFT+DPO stage is the SFT model"}
+
+
+def eval_flags(cfg, task, metrics: dict) -> list[str]:
+    """``prefopt eval``'s flags that ask a new file's records as the run asked its test items:
+    the task's options and the decoding the SFT+DPO stage's ``metrics.json`` records."""
+    flags = []
+    for k, v in cfg.task_options.items():
+        flags += ["--task-option", f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
+    if metrics.get("max_new_tokens") not in (None, task.max_new_tokens):
+        flags += ["--max-new-tokens", str(metrics["max_new_tokens"])]
+    for k in ("repetition_penalty", "no_repeat_ngram_size", "repeat_scope"):
+        if metrics.get(k, DECODING[k]) != DECODING[k]:
+            flags += [f"--{k.replace('_', '-')}", str(metrics[k])]
+    return flags
+
+
+def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dict) -> list[str]:
+    """Markdown: each trained stage's adapter (``weights``, relative to ``out``) and the commands."""
+    folder = Path(cfg.output)
+    q = shlex.quote
+    model, adapter = q(str(cfg.model)), q(str(folder / weights["dpo"]))
+    evaluate = " ".join(["prefopt eval --task", q(task.name), "--model", model, "--adapter", adapter,
+                         *map(q, eval_flags(cfg, task, dpo_metrics)), "--data NEW_FILE --split all --output",
+                         q(str(folder / "new-eval"))])
+    system = f" --system {q(task.system)}" if task.system else ""
+    dpo = f"- SFT+DPO: `{weights['dpo']}` ({WHAT.get(weights['dpo'], 'its adapter')})"
+    if weights["dpo"] != weights["sft"] and not is_stacked(out / weights["dpo"]):  # saved before adapters stacked
+        dpo = (f"- SFT+DPO: `{weights['dpo']}`, a DPO adapter saved alone on top of the SFT one: make one adapter "
+               f"of both first (`prefopt stack-adapters {q(str(folder / weights['sft']))} {adapter} OUT`) and use OUT "
+               "below")
+    return ["## The models", "",
+            f"LoRA adapters on `{cfg.model}`, each with its tokenizer:", "",
+            f"- SFT: `{weights['sft']}`", dpo, "",
+            "To use the SFT+DPO stage's:", "",
+            "```bash",
+            "# score it on another labelled file of this task (NEW_FILE in the run's data format), asked as the run "
+            "asked its test items",
+            evaluate,
+            "# answer a prompt of your own (the models learnt the task's prompts: data/sft_train.jsonl holds them)",
+            f"prefopt generate --model {model} --adapter {adapter}{system} --greedy --prompt \"...\"",
+            "# fold it into the base weights: a plain HF folder, for serving elsewhere",
+            f"prefopt merge --model {model} --adapter {adapter} --output {q(str(folder / 'merged'))}", "```"]
