@@ -1,0 +1,53 @@
+"""The report's "The models" section: the adapters it names and commands that parse as written."""
+import shlex
+
+from prefopt.cli import build_parser
+from prefopt.evaluate.cli import key_values
+from prefopt.evaluate.compare import CompareConfig
+from prefopt.evaluate.usage import eval_flags, models_lines
+from prefopt.lora_stack import STACK_FILE
+from prefopt.tasks import get_task
+
+
+def _commands(lines: list[str]) -> list[list[str]]:
+    block = "\n".join(lines).split("```bash\n", 1)[1].split("```", 1)[0]
+    return [shlex.split(line) for line in block.splitlines() if line and not line.startswith("#")]
+
+
+def test_eval_command_asks_as_the_run_did(tmp_path):
+    """Task options (lists as JSON) and every decoding setting the run changed become eval's flags,
+    which eval's own parser reads back to the same values; defaults add nothing."""
+    options = {"text_column": "Notiz", "labels": ["dringend", "routine"], "encoding": "cp1252"}
+    cfg = CompareConfig(task="text_classification", model="my model", output=str(tmp_path / "run 1"),
+                        data="x.csv", task_options=options)
+    task = get_task("text_classification", **options)
+    assert eval_flags(cfg, task, {"max_new_tokens": task.max_new_tokens, "repetition_penalty": 1.0,
+                                  "no_repeat_ngram_size": 0, "repeat_scope": "all"})[-1] == "encoding=cp1252"
+    decoded = {"max_new_tokens": 40, "repetition_penalty": 1.2, "no_repeat_ngram_size": 4, "repeat_scope": "output"}
+    (tmp_path / "run 1/dpo/train/best").mkdir(parents=True)
+    (tmp_path / "run 1/dpo/train/best" / STACK_FILE).write_text("{}")
+    lines = models_lines(cfg, task, tmp_path / "run 1", {"sft": "sft/train/final", "dpo": "dpo/train/best"}, decoded)
+    evaluate, generate, merge = _commands(lines)
+    args = build_parser().parse_args([a if a != "NEW_FILE" else "new.csv" for a in evaluate[1:]])
+    assert key_values(args.task_option) == options
+    assert (args.max_new_tokens, args.repetition_penalty, args.no_repeat_ngram_size, args.repeat_scope) == (
+        40, 1.2, 4, "output")
+    assert (args.model, args.adapter, args.split) == ("my model", str(tmp_path / "run 1" / "dpo/train/best"), "all")
+    assert build_parser().parse_args(generate[1:]).adapter == build_parser().parse_args(merge[1:]).adapter == args.adapter
+    assert "- SFT+DPO: `dpo/train/best` (one adapter holding the SFT update and the chosen DPO step's)" in lines
+
+
+def test_an_adapter_saved_alone_is_stacked_first_and_the_sft_model_said_so(tmp_path):
+    cfg = CompareConfig(task="portal", model="smollm2-135m", output=str(tmp_path))
+    task = get_task("portal")
+    (tmp_path / "dpo/train/final").mkdir(parents=True)
+    weights = {"sft": "sft/train/final", "dpo": "dpo/train/final"}
+    lines = models_lines(cfg, task, tmp_path, weights, {})
+    assert (f"make one adapter of both first (`prefopt stack-adapters {tmp_path}/sft/train/final "
+            f"{tmp_path}/dpo/train/final OUT`)") in "\n".join(lines)
+    (tmp_path / "dpo/train/final" / STACK_FILE).write_text("{}")  # saved by prefopt since adapters stack
+    lines = models_lines(cfg, task, tmp_path, weights, {})
+    assert "- SFT+DPO: `dpo/train/final` (one adapter holding the SFT update and the DPO one)" in lines
+    lines = models_lines(cfg, task, tmp_path, {"sft": "sft/train/final", "dpo": "sft/train/final"}, {})
+    assert "- SFT+DPO: `sft/train/final` (the SFT adapter: the SFT+DPO stage is the SFT model)" in lines
+    assert all(c[c.index("--adapter") + 1] == f"{tmp_path}/sft/train/final" for c in _commands(lines))
