@@ -75,8 +75,8 @@ def _text(path: Path, encoding: str = "utf-8") -> str:
         return data.decode(encoding)
     except UnicodeDecodeError as e:
         line, column = data.count(b"\n", 0, e.start) + 1, e.start - data.rfind(b"\n", 0, e.start)
-        raise EncodingError(path, line, None, f"not {encoding.removesuffix('-sig')} text (byte {data[e.start]:#04x} at "
-                        f"column {column}); save the file as UTF-8") from None
+        raise EncodingError(path, line, None, f"not {encoding.removesuffix('-sig')} text (byte {data[e.start]:#04x} "
+                                              f"at column {column}); save the file as UTF-8") from None
 
 
 def _jsonl(path: Path):
