@@ -2,6 +2,7 @@
 commands that use them (evaluate new records as the run did, answer a prompt, merge)."""
 from __future__ import annotations
 
+import inspect
 import json
 import shlex
 from pathlib import Path
@@ -16,9 +17,15 @@ WHAT = {"dpo/train/best": "one adapter holding the SFT update and the chosen DPO
 
 def eval_flags(cfg, task, metrics: dict) -> list[str]:
     """``prefopt eval``'s flags that ask a new file's records as the run asked its test items:
-    the task's options and the decoding the SFT+DPO stage's ``metrics.json`` records."""
+    the task's options, the labels where the task read them off the run's data (another file
+    may hold fewer, and the prompt lists them), and the decoding the SFT+DPO stage's
+    ``metrics.json`` records."""
+    options = dict(cfg.task_options)
+    if "labels" not in options and "labels" in inspect.signature(type(task)).parameters:
+        labels = task.fields[0].labels
+        options["labels"] = labels if any("," in x for x in labels) else ",".join(labels)
     flags = []
-    for k, v in cfg.task_options.items():
+    for k, v in options.items():
         flags += ["--task-option", f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
     if metrics.get("max_new_tokens") not in (None, task.max_new_tokens):
         flags += ["--max-new-tokens", str(metrics["max_new_tokens"])]

@@ -37,6 +37,25 @@ def test_eval_command_asks_as_the_run_did(tmp_path):
     assert "- SFT+DPO: `dpo/train/best` (one adapter holding the SFT update and the chosen DPO step's)" in lines
 
 
+def test_labels_read_off_the_runs_data_are_pinned(tmp_path):
+    """A task that reads its labels off the data lists them in every prompt: eval on another file
+    (which may lack a class) must be given the run's, in the run's order."""
+    data = tmp_path / "t.csv"
+    data.write_text("text,label\nchest pain,urgent\nrefill,routine\nrash,soon\n")
+    cfg = CompareConfig(task="text_classification", model="m", output=str(tmp_path), data=str(data))
+    task = get_task("text_classification")
+    prompt = task.load(data)[0].prompt
+    flags = eval_flags(cfg, task, {})
+    assert flags == ["--task-option", "labels=routine,soon,urgent"]
+    other = tmp_path / "other.csv"
+    other.write_text("text,label\nchest pain,urgent\nrefill,routine\n")
+    assert get_task("text_classification", **key_values(flags[1::2])).load(other)[0].prompt == prompt
+    assert get_task("text_classification").load(other)[0].prompt != prompt  # what a bare eval would ask
+    task.fields[0].labels = ["a, b", "c"]  # a label with a comma goes as a JSON list
+    assert key_values(eval_flags(cfg, task, {})[1::2]) == {"labels": ["a, b", "c"]}
+    assert eval_flags(cfg, get_task("portal"), {}) == []  # a task whose labels are its own
+
+
 def test_an_adapter_saved_alone_is_stacked_first_and_the_sft_model_said_so(tmp_path):
     cfg = CompareConfig(task="portal", model="smollm2-135m", output=str(tmp_path))
     task = get_task("portal")
