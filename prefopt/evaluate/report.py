@@ -21,18 +21,19 @@ def _p(cmp: dict) -> str:
     return f"< {1 / cmp['n_resamples']:.2g}" if cmp["p_value"] == 0 else f"= {cmp['p_value']:.3g}"
 
 
-def _verdict(a: str, b: str, metric: str, cmp: dict) -> str:
+def verdict(a: str, b: str, metric: str, cmp: dict) -> str:
+    """``b`` against ``a`` (names as shown) on the primary metric's paired bootstrap ``cmp``, in words."""
     d, (lo, hi), p = cmp["delta"], cmp["ci"], cmp["p_value"]
     stats = f"Δ{metric} = {d:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}], bootstrap p {_p(cmp)}"
     if p < ALPHA and d > 0:
-        return f"**Yes**: {NAMES[b]} beat {NAMES[a]} ({stats})."
+        return f"**Yes**: {b} beat {a} ({stats})."
     if p < ALPHA and d < 0:
-        return f"**No**: {NAMES[b]} was worse than {NAMES[a]} ({stats})."
+        return f"**No**: {b} was worse than {a} ({stats})."
     if d == 0 and lo == hi == 0:
-        return (f"**No difference**: {NAMES[b]} and {NAMES[a]} score the same on every resample "
+        return (f"**No difference**: {b} and {a} score the same on every resample "
                 f"(Δ{metric} = 0; bootstrap p {_p(cmp)}).")
     lean = "higher" if d > 0 else "lower" if d < 0 else "equal"
-    return (f"**No significant difference**: {NAMES[b]} vs {NAMES[a]} ({stats}; the point estimate is {lean}, "
+    return (f"**No significant difference**: {b} vs {a} ({stats}; the point estimate is {lean}, "
             f"but the CI includes 0).")
 
 
@@ -49,42 +50,46 @@ def advice(loss: str, comparisons: dict) -> str | None:
             "raised macro-F1 on three seeds of three (significantly on one; docs/results.md).")
 
 
+def compare_pair(task, test, rows_a: list[dict], rows_b: list[dict], n_resamples: int = 2000, seed: int = 0
+                 ) -> dict:
+    """``rows_b``'s answers against ``rows_a``'s on the same items ``test`` (``predictions.jsonl``
+    rows, in ``test``'s order): the primary metric's paired bootstrap, then exact McNemar on
+    right/wrong items, or for free text the Wilcoxon signed-rank test on per-item scores, and
+    the judge's Likert scores where both have them."""
+    pa, pb = [row["prediction"] for row in rows_a], [row["prediction"] for row in rows_b]
+    c = {"primary": paired_bootstrap(task.primary_on(test, pa), task.primary_on(test, pb), len(test),
+                                     n_resamples=n_resamples, seed=seed)}
+    if task.item_test == "wilcoxon":
+        sa, sb = task.item_scores(test, pa), task.item_scores(test, pb)
+        c["item_wilcoxon"] = {"higher": int((sb > sa).sum()), "lower": int((sb < sa).sum()),
+                              **wilcoxon_signed_rank(sa, sb)}
+    else:
+        c["mcnemar"] = mcnemar_exact([row["correct"] for row in rows_a], [row["correct"] for row in rows_b])
+    both = [(x["likert"], y["likert"]) for x, y in zip(rows_a, rows_b)
+            if x.get("likert") is not None and y.get("likert") is not None]
+    if both:
+        xa, xb = np.array([x for x, _ in both], float), np.array([y for _, y in both], float)
+        c["likert_wilcoxon"] = wilcoxon_signed_rank(xa, xb)
+        c["likert_bootstrap"] = paired_bootstrap(lambda i, v=xa: float(v[i].mean()), lambda i, v=xb: float(v[i].mean()),
+                                                 len(both), n_resamples=n_resamples, seed=seed)
+    return c
+
+
 def compare_stages(task, test, results: dict, n_resamples: int = 2000, seed: int = 0) -> dict:
-    preds = {s: [row["prediction"] for row in rows] for s, (rows, _) in results.items()}
-    correct = {s: [row["correct"] for row in rows] for s, (rows, _) in results.items()}
-    fns = {s: task.primary_on(test, preds[s]) for s in results}
     n = len(test)
     stages = {}
-    for s, (_rows, metrics) in results.items():
-        stages[s] = {"primary": fns[s](np.arange(n)), "ci": bootstrap_ci(fns[s], n, n_resamples=n_resamples, seed=seed),
-                     "accuracy": float(np.mean(correct[s])), "metrics": metrics}
-    graded = task.item_test == "wilcoxon"
-    scores = {s: task.item_scores(test, preds[s]) for s in results} if graded else {}
-    if graded:  # free text: how long the answers run against the references (DPO tends to lengthen them)
-        for s in results:
-            stages[s]["mean_words"] = float(np.mean([len(str(p or "").split()) for p in preds[s]]))
+    for s, (rows, metrics) in results.items():
+        fn = task.primary_on(test, [row["prediction"] for row in rows])
+        stages[s] = {"primary": fn(np.arange(n)), "ci": bootstrap_ci(fn, n, n_resamples=n_resamples, seed=seed),
+                     "accuracy": float(np.mean([row["correct"] for row in rows])), "metrics": metrics}
+        if task.item_test == "wilcoxon":  # free text: how long the answers run against the references
+            stages[s]["mean_words"] = float(np.mean([len(str(row["prediction"] or "").split()) for row in rows]))
     comparisons = {}
     for a, b in PAIRS:
-        if a not in results or b not in results:
-            continue
-        c = {"primary": paired_bootstrap(fns[a], fns[b], n, n_resamples=n_resamples, seed=seed)}
-        if graded:
-            c["item_wilcoxon"] = {"higher": int((scores[b] > scores[a]).sum()),
-                                  "lower": int((scores[b] < scores[a]).sum()),
-                                  **wilcoxon_signed_rank(scores[a], scores[b])}
-        else:
-            c["mcnemar"] = mcnemar_exact(correct[a], correct[b])
-        la = [row.get("likert") for row in results[a][0]]
-        lb = [row.get("likert") for row in results[b][0]]
-        both = [(x, y) for x, y in zip(la, lb) if x is not None and y is not None]
-        if both:
-            xa, xb = np.array([x for x, _ in both], float), np.array([y for _, y in both], float)
-            c["likert_wilcoxon"] = wilcoxon_signed_rank(xa, xb)
-            c["likert_bootstrap"] = paired_bootstrap(lambda i, v=xa: float(v[i].mean()),
-                                                     lambda i, v=xb: float(v[i].mean()),
-                                                     len(both), n_resamples=n_resamples, seed=seed)
-        c["verdict"] = _verdict(a, b, task.primary, c["primary"])
-        comparisons[f"{a}->{b}"] = c
+        if a in results and b in results:
+            c = compare_pair(task, test, results[a][0], results[b][0], n_resamples, seed)
+            c["verdict"] = verdict(NAMES[a], NAMES[b], task.primary, c["primary"])
+            comparisons[f"{a}->{b}"] = c
     return {"stages": stages, "comparisons": comparisons}
 
 
@@ -156,19 +161,16 @@ def _item_test_name(task) -> str:
     return f"Wilcoxon (per-item {task.primary})" if task.item_test == "wilcoxon" else "McNemar"
 
 
-def _item_test_line(task, cmp: dict) -> str:
-    """The per-item paired test in words: McNemar on right/wrong items, or the Wilcoxon
-    signed-rank test on a graded per-item score (ROUGE-L), where no summary is right or wrong."""
-    def vs(k):
-        a, b = k.split("->")
-        return f"{NAMES[b]} vs {NAMES[a]}"
-
+def item_test_line(task, cmp: dict[str, dict]) -> str:
+    """The per-item paired tests in words, each under its label (e.g. "SFT vs base"): McNemar on
+    right/wrong items, or the Wilcoxon signed-rank test on a graded per-item score (ROUGE-L),
+    where no summary is right or wrong."""
     if task.item_test == "wilcoxon":
         return (f"Wilcoxon signed-rank on per-item {task.primary}: " + "; ".join(
-            f"{vs(k)}: {v['item_wilcoxon']['higher']} items higher, {v['item_wilcoxon']['lower']} lower, "
+            f"{k}: {v['item_wilcoxon']['higher']} items higher, {v['item_wilcoxon']['lower']} lower, "
             f"p = {v['item_wilcoxon']['p_value']:.3g}" for k, v in cmp.items()) + ".")
     return ("Exact McNemar on per-item correctness: " + "; ".join(
-        f"{vs(k)}: {v['mcnemar']['b_only']} items newly right, {v['mcnemar']['a_only']} newly wrong, "
+        f"{k}: {v['mcnemar']['b_only']} items newly right, {v['mcnemar']['a_only']} newly wrong, "
         f"p = {v['mcnemar']['p_value']:.3g}" for k, v in cmp.items()) + ".")
 
 
@@ -230,7 +232,8 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
              f"- SFT vs base: {cmp['base->sft']['verdict']}",
              f"- DPO vs SFT: {cmp['sft->dpo']['verdict']}",
              *([f"- What to try: {stats['advice']}"] if stats["advice"] else []), "",
-             _item_test_line(task, cmp),
+             item_test_line(task, {f"{NAMES[b]} vs {NAMES[a]}": v for k, v in cmp.items()
+                                   for a, b in [k.split("->")]}),
              *(["", "## Training", "", *trained] if trained else []),
              "", "## Stages", "",
              f"| stage | {task.primary} (95% CI) | {_second_column(task, test)} | extra |", "|---|---|---|---|"]

@@ -71,7 +71,7 @@ def test_report_md_and_json_carry_the_advice(tmp_path):
 
     test, results = _worse_dpo_results()
     cfg = SimpleNamespace(model="m", data="d.jsonl", preset="quick", seed=0, strategy="wrong_label", loss="sigmoid",
-                          n_resamples=300)
+                          n_resamples=300, output=str(tmp_path), task_options={})
     report = build_report(cfg, get_task("meqsum"), test, results, tmp_path)
     assert "--loss rpo" in report["advice"]
     md = (tmp_path / "report.md").read_text()
@@ -105,7 +105,7 @@ def test_summaries_are_compared_item_by_item_on_rouge_not_on_right_or_wrong(tmp_
     results = {s: ([{"prediction": p, "correct": False} for p in preds], {"unfinished": u, "max_new_tokens": 384})
                for s, preds, u in (("base", base, 1.0), ("sft", sft, 0.25), ("dpo", dpo, 0.0))}
     cfg = SimpleNamespace(model="m", data="d.csv", preset="quick", seed=0, strategy="wrong_label", loss="sigmoid",
-                          n_resamples=200)
+                          n_resamples=200, output=str(tmp_path), task_options={})
     report = build_report(cfg, get_task("aci_bench"), test, results, tmp_path)
     c = report["comparisons"]["sft->dpo"]
     r = {s: [rouge(t.target, p)["rougeL"]["fmeasure"] for t, p in zip(test, v)]
@@ -204,7 +204,7 @@ def test_report_says_when_dpo_never_learned_its_pairs(tmp_path, final_acc, warne
     _write_log(tmp_path / "dpo" / "train", rows)
     test, results = _worse_dpo_results()
     cfg = SimpleNamespace(model="m", data="d.jsonl", preset="quick", seed=0, strategy="wrong_label", loss="sigmoid",
-                          n_resamples=300)
+                          n_resamples=300, output=str(tmp_path), task_options={})
     report = build_report(cfg, get_task("meqsum"), test, results, tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert f"- DPO: pair accuracy {final_acc:.2f} → {final_acc:.2f}" in md and "## Training" in md
