@@ -49,6 +49,7 @@ def _eval(args) -> int:
         records = split_records(records, test=args.test, seed=args.seed)["test"]
     if args.limit:
         records = sample_records(records, args.limit, seed=args.seed)
+    against = _against_rows(args.against, records) if args.against else None  # before any model loads
     tok = load_tokenizer(args.model)
     require_chat(tok, args.model)
     tok.chat_date = parse_chat_date(args.chat_date, "--chat-date") if args.chat_date else date.today()
@@ -68,7 +69,45 @@ def _eval(args) -> int:
     write_results(args.output, task, records, texts, preds, metrics, {"ended": ended})
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
     print(f"prefopt eval: wrote {Path(args.output) / 'predictions.jsonl'} and metrics.json")
+    if against is not None:
+        _test_against(task, records, against, args)
     return 0
+
+
+def _against_rows(folder: str, records: list) -> list[dict]:
+    """The answers an earlier evaluation in ``folder`` gave to ``records``, in their order; an
+    error where it lacks one of them or holds another reference for it (other data)."""
+    from .runner import read_results
+
+    done = read_results(folder)
+    if done is None:
+        raise ValueError(f"--against {folder}: no evaluation there (predictions.jsonl and metrics.json)")
+    by_id = {row["id"]: row for row in done[0]}
+    missing = [r.id for r in records if r.id not in by_id]
+    if missing:
+        raise ValueError(f"--against {folder}: {len(missing)} of the {len(records)} items are not in that evaluation "
+                         f"(first: {missing[0]!r}); evaluate the same --data with the same --split, --limit and --seed")
+    other = next((r.id for r in records if by_id[r.id]["target"] != r.target), None)
+    if other is not None:
+        raise ValueError(f"--against {folder}: item {other!r} has another reference there: it evaluated other data")
+    return [by_id[r.id] for r in records]
+
+
+def _test_against(task, records: list, against: list[dict], args) -> None:
+    """This evaluation against ``--against``'s, paired on the same items: printed, and written
+    to ``paired.json`` beside the predictions."""
+    from pathlib import Path
+
+    from ..fileio import write_json_atomic
+    from .report import compare_pair, item_test_line, verdict
+    from .runner import read_results
+
+    rows = read_results(args.output)[0]
+    c = compare_pair(task, records, against, rows, n_resamples=args.n_resamples, seed=args.seed)
+    c["verdict"] = verdict(str(args.against), str(args.output), task.primary, c["primary"])
+    write_json_atomic(Path(args.output) / "paired.json", {"against": str(args.against), "n": len(records), **c})
+    print(f"prefopt eval: {c['verdict'].replace('**', '')}")
+    print(f"prefopt eval: {item_test_line(task, {f'{args.output} vs {args.against}': c})}")
 
 
 def _from_split_file(records: list, path: str) -> list:
@@ -160,6 +199,10 @@ def add_commands(sub) -> None:
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--max-new-tokens", type=int, help="generation cap (default: the task's, raised for free-text "
                    "tasks whose reference answers are longer)")
+    e.add_argument("--against", metavar="DIR", help="an earlier evaluation of the same items (another model or "
+                   "adapter, e.g. the SFT one's): test this one against it, paired (the task's metric by bootstrap, "
+                   "McNemar or Wilcoxon per item); printed and written to paired.json")
+    e.add_argument("--n-resamples", type=int, default=2000, help="paired bootstrap resamples (with --against)")
     add_repeat_flags(e)
     add_device_flags(e)
     e.set_defaults(func=_eval)

@@ -40,9 +40,11 @@ def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dic
     folder = Path(cfg.output)
     q = shlex.quote
     model, adapter = q(str(cfg.model)), q(str(folder / weights["dpo"]))
-    evaluate = " ".join(["prefopt eval --task", q(task.name), "--model", model, "--adapter", adapter,
+
+    def evaluate(weights_dir: str, output: str, *more: str) -> str:
+        return " ".join(["prefopt eval --task", q(task.name), "--model", model, "--adapter", weights_dir,
                          *map(q, eval_flags(cfg, task, dpo_metrics)), "--data NEW_FILE --split all --output",
-                         q(str(folder / "new-eval"))])
+                         q(str(folder / output)), *more])
     system = f" --system {q(task.system)}" if task.system else ""
     dpo = f"- SFT+DPO: `{weights['dpo']}` ({WHAT.get(weights['dpo'], 'its adapter')})"
     if weights["dpo"] != weights["sft"] and not is_stacked(out / weights["dpo"]):  # saved before adapters stacked
@@ -56,7 +58,10 @@ def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dic
             "```bash",
             "# score it on another labelled file of this task (NEW_FILE in the run's data format), asked as the run "
             "asked its test items",
-            evaluate,
+            evaluate(adapter, "new-eval"),
+            *(["# the SFT adapter on the same file, tested against it item by item (paired; into paired.json)",
+               evaluate(q(str(folder / weights["sft"])), "new-eval-sft", "--against", q(str(folder / "new-eval")))]
+              if weights["dpo"] != weights["sft"] else []),
             "# answer a prompt of your own (the models learnt the task's prompts: data/sft_train.jsonl holds them)",
             f"prefopt generate --model {model} --adapter {adapter}{system} --greedy --prompt \"...\"",
             "# fold it into the base weights: a plain HF folder, for serving elsewhere",

@@ -27,12 +27,16 @@ def test_eval_command_asks_as_the_run_did(tmp_path):
     (tmp_path / "run 1/dpo/train/best").mkdir(parents=True)
     (tmp_path / "run 1/dpo/train/best" / STACK_FILE).write_text("{}")
     lines = models_lines(cfg, task, tmp_path / "run 1", {"sft": "sft/train/final", "dpo": "dpo/train/best"}, decoded)
-    evaluate, generate, merge = _commands(lines)
+    evaluate, against, generate, merge = _commands(lines)
     args = build_parser().parse_args([a if a != "NEW_FILE" else "new.csv" for a in evaluate[1:]])
     assert key_values(args.task_option) == options
     assert (args.max_new_tokens, args.repetition_penalty, args.no_repeat_ngram_size, args.repeat_scope) == (
         40, 1.2, 4, "output")
     assert (args.model, args.adapter, args.split) == ("my model", str(tmp_path / "run 1" / "dpo/train/best"), "all")
+    sft = build_parser().parse_args([a if a != "NEW_FILE" else "new.csv" for a in against[1:]])
+    assert (sft.adapter, sft.against) == (str(tmp_path / "run 1" / "sft/train/final"), args.output)
+    assert {k: v for k, v in vars(sft).items() if k not in ("adapter", "against", "output")} == \
+        {k: v for k, v in vars(args).items() if k not in ("adapter", "against", "output")}
     assert build_parser().parse_args(generate[1:]).adapter == build_parser().parse_args(merge[1:]).adapter == args.adapter
     assert "- SFT+DPO: `dpo/train/best` (one adapter holding the SFT update and the chosen DPO step's)" in lines
 
@@ -69,4 +73,6 @@ def test_an_adapter_saved_alone_is_stacked_first_and_the_sft_model_said_so(tmp_p
     assert "- SFT+DPO: `dpo/train/final` (one adapter holding the SFT update and the DPO one)" in lines
     lines = models_lines(cfg, task, tmp_path, {"sft": "sft/train/final", "dpo": "sft/train/final"}, {})
     assert "- SFT+DPO: `sft/train/final` (the SFT adapter: the SFT+DPO stage is the SFT model)" in lines
-    assert all(c[c.index("--adapter") + 1] == f"{tmp_path}/sft/train/final" for c in _commands(lines))
+    commands = _commands(lines)  # no SFT evaluation to test it against: the SFT+DPO stage is the SFT model
+    assert [c[1] for c in commands] == ["eval", "generate", "merge"]
+    assert all(c[c.index("--adapter") + 1] == f"{tmp_path}/sft/train/final" for c in commands)

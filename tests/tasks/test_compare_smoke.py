@@ -109,7 +109,8 @@ def _check(out: Path) -> dict:
 
 def _use_the_models(out: Path, report: dict) -> None:
     """The report's "The models" commands run as written: eval on the run's own data (for
-    NEW_FILE), generate and merge; the merged folder answers as the adapter does."""
+    NEW_FILE), the SFT adapter's eval tested against it where SFT+DPO is another model, generate
+    and merge."""
     import shlex
 
     from prefopt.cli import main
@@ -119,17 +120,22 @@ def _use_the_models(out: Path, report: dict) -> None:
     assert f"- SFT+DPO: `{report['weights']['dpo']}`" in text and report["weights"]["sft"] == "sft/train/final"
     block = text.split("## The models", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     commands = [shlex.split(line) for line in block.splitlines() if line and not line.startswith("#")]
-    assert [c[:2] for c in commands] == [["prefopt", "eval"], ["prefopt", "generate"], ["prefopt", "merge"]]
-    assert all(c[c.index("--adapter") + 1] == str(out / report["weights"]["dpo"]) for c in commands)
+    paired = report["weights"]["dpo"] != report["weights"]["sft"]  # an SFT evaluation to test SFT+DPO's against
+    assert [c[1] for c in commands] == ["eval"] * (1 + paired) + ["generate", "merge"]
+    assert all(c[c.index("--adapter") + 1] == str(out / report["weights"]["dpo"]) for c in commands[:1] + commands[-2:])
     config = json.loads((out / "compare_config.json").read_text())
     options = [a for before, a in zip(commands[0], commands[0][1:]) if before == "--task-option"]
     assert key_values(options) == config["task_options"]  # the task as the run made it (ktas: disposition)
-    evaluate = [config["data"] or str(PORTAL_DATA) if a == "NEW_FILE" else a for a in commands[0][1:]]
-    assert main(evaluate + ["--limit", "3"]) == 0
+    for c in commands[:1 + paired]:  # NEW_FILE: the run's own data; the same 3 items each time
+        assert main([config["data"] or str(PORTAL_DATA) if a == "NEW_FILE" else a for a in c[1:]] + ["--limit", "3"]) == 0
     assert len((out / "new-eval" / "predictions.jsonl").read_text().splitlines()) == 3
-    generate = [a if a != "..." else "Chest pain since this morning." for a in commands[1][1:]]
+    if paired:
+        test = json.loads((out / "new-eval-sft" / "paired.json").read_text())
+        assert test["against"] == str(out / "new-eval") and test["n"] == 3 and ("mcnemar" in test) != (
+            "item_wilcoxon" in test) and test["verdict"]
+    generate = [a if a != "..." else "Chest pain since this morning." for a in commands[-2][1:]]
     assert main(generate + ["--max-new-tokens", "3"]) == 0
-    assert main(commands[2][1:]) == 0 and (out / "merged" / "config.json").is_file()
+    assert main(commands[-1][1:]) == 0 and (out / "merged" / "config.json").is_file()
 
 
 @pytest.mark.slow
@@ -239,6 +245,37 @@ def test_eval_reads_a_spreadsheet_export_given_its_options_on_the_command_line(t
     preds = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert sorted(r["id"] for r in preds) == [f"export.csv:{i}" for i in range(2, 8)]
     assert sorted(r["target"] for r in preds) == ["dringend"] * 3 + ["routine"] * 3
+
+
+def test_eval_against_an_earlier_evaluation_tests_the_pair_on_the_same_items(tiny_model, tmp_path, capsys):
+    """``--against DIR``: this evaluation against DIR's, item by item, into paired.json; refused
+    before any model loads where DIR lacks an item or holds another reference for it."""
+    from prefopt.cli import main
+
+    base = ["eval", "--task", "portal", "--model", str(tiny_model), "--limit", "5", "--batch-size", "8",
+            "--n-resamples", "300"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(base + ["--output", str(first)]) == 0
+    assert main(base + ["--output", str(second), "--against", str(first)]) == 0
+    out = capsys.readouterr().out
+    paired = json.loads((second / "paired.json").read_text())  # the same model twice: nothing changes
+    assert paired["against"] == str(first) and paired["n"] == 5 and paired["primary"]["delta"] == 0
+    assert paired["mcnemar"]["a_only"] == paired["mcnemar"]["b_only"] == 0 and paired["primary"]["n_resamples"] == 300
+    assert f"prefopt eval: No difference: {second} and {first} score the same on every resample" in out
+    assert f"Exact McNemar on per-item correctness: {second} vs {first}: 0 items newly right, 0 newly wrong" in out
+
+    for args, error in ((["--limit", "9"], "of the 9 items are not in that evaluation (first: "),
+                        (["--against", str(tmp_path / "none")], "no evaluation there (predictions.jsonl and metrics")):
+        argv = base + ["--output", str(tmp_path / "refused"), "--against", str(first)] + args
+        assert main(argv) == 2
+        assert error in capsys.readouterr().err and not (tmp_path / "refused").exists()
+    rows = [json.loads(line) for line in (first / "predictions.jsonl").read_text().splitlines()]
+    rows[2]["target"] = "Urgency: routine\nStaff: nobody"
+    (first / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(base + ["--output", str(tmp_path / "refused"), "--against", str(first)]) == 2
+    assert f"item {rows[2]['id']!r} has another reference there: it evaluated other data" in capsys.readouterr().err
+    assert main(base + ["--output", str(second)]) == 0  # a new evaluation there: the old test moves with its answers
+    assert not (second / "paired.json").exists() and (second / "earlier" / "1" / "paired.json").is_file()
 
 
 def test_eval_on_a_compare_runs_split_file_scores_exactly_its_test_items(tiny_model, tmp_path, capsys):
