@@ -26,13 +26,22 @@ def eval_flags(cfg, task, metrics: dict) -> list[str]:
         options["labels"] = labels if any("," in x for x in labels) else ",".join(labels)
     flags = []
     for k, v in options.items():
-        flags += ["--task-option", f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
+        flags += ["--task-option", f"{k}={v if isinstance(v, str) and not _json(v) else json.dumps(v)}"]
     if metrics.get("max_new_tokens") not in (None, task.max_new_tokens):
         flags += ["--max-new-tokens", str(metrics["max_new_tokens"])]
     for k in ("repetition_penalty", "no_repeat_ngram_size", "repeat_scope"):
         if metrics.get(k, DECODING[k]) != DECODING[k]:
             flags += [f"--{k.replace('_', '-')}", str(metrics[k])]
     return flags
+
+
+def _json(text: str) -> bool:
+    """Whether ``--task-option k=text`` would be read as JSON (``123``, ``true``), not as the text."""
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dict) -> list[str]:

@@ -17,12 +17,12 @@ def _commands(lines: list[str]) -> list[list[str]]:
 def test_eval_command_asks_as_the_run_did(tmp_path):
     """Task options (lists as JSON) and every decoding setting the run changed become eval's flags,
     which eval's own parser reads back to the same values; defaults add nothing."""
-    options = {"text_column": "Notiz", "labels": ["dringend", "routine"], "encoding": "cp1252"}
+    options = {"text_column": "Notiz", "labels": ["dringend", "routine"], "encoding": "cp1252", "label_column": "2024"}
     cfg = CompareConfig(task="text_classification", model="my model", output=str(tmp_path / "run 1"),
                         data="x.csv", task_options=options)
     task = get_task("text_classification", **options)
     assert eval_flags(cfg, task, {"max_new_tokens": task.max_new_tokens, "repetition_penalty": 1.0,
-                                  "no_repeat_ngram_size": 0, "repeat_scope": "all"})[-1] == "encoding=cp1252"
+                                  "no_repeat_ngram_size": 0, "repeat_scope": "all"})[-1] == 'label_column="2024"'
     decoded = {"max_new_tokens": 40, "repetition_penalty": 1.2, "no_repeat_ngram_size": 4, "repeat_scope": "output"}
     (tmp_path / "run 1/dpo/train/best").mkdir(parents=True)
     (tmp_path / "run 1/dpo/train/best" / STACK_FILE).write_text("{}")
