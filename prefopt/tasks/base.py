@@ -124,13 +124,15 @@ class ClassificationTask(Task):
     kind = "classification"
     max_new_tokens = 16
     primary = "macro_f1"
+    labels_given = False  # a generic task given its labels: rows must hold one of them (own_label)
 
     def __init__(self, fields: list[LabelField]):
         self.fields = fields
 
-    def own_label(self, label: str, given: bool, path, line: int, column: str) -> str:
-        """``label``; where the labels were ``given``, it must be one of them (else a :class:`DataError`)."""
-        if given and label not in self.fields[0].labels:
+    def own_label(self, label: str, path, line: int, column: str) -> str:
+        """``label``; where the labels were given (``labels_given``), it must be one of them (else a
+        :class:`DataError` at ``path:line``, field ``column``)."""
+        if self.labels_given and label not in self.fields[0].labels:
             raise DataError(path, line, column,
                             f"{label!r} is not one of the labels given ({', '.join(self.fields[0].labels)})")
         return label

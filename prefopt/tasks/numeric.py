@@ -50,8 +50,8 @@ class NumericTable(ClassificationTask):
     def load(self, path):
         out = []
         for line, row in self.rows(path):
-            label = self.own_label(convert(self.label_of, row, self.label_column, path, line), self.labels_given,
-                                   path, line, self.label_column)
+            label = self.own_label(convert(self.label_of, row, self.label_column, path, line), path, line,
+                                   self.label_column)
             cols = self.feature_columns or [c for c in row if c not in (self.label_column, "_source")]
             for c in cols:
                 if c not in row:

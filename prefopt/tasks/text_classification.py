@@ -31,8 +31,8 @@ class TextClassification(ClassificationTask):
         out = []
         for line, row in table(path, **self.file):
             text = need(row, self.text_column, path, line)
-            label = self.own_label(convert(self.label_of, row, self.label_column, path, line), self.labels_given,
-                                   path, line, self.label_column)
+            label = self.own_label(convert(self.label_of, row, self.label_column, path, line), path, line,
+                                   self.label_column)
             out.append(Record(f"{Path(path).name}:{line}", "", label, {"label": label}, {"text": text}))
         if not self.fields[0].labels:
             self.fields[0].labels = sorted({r.labels["label"] for r in out})
