@@ -129,7 +129,7 @@ def _skip_ws(text: str, i: int) -> int:
 def sniff_delimiter(text: str) -> str:
     """The one of :data:`DELIMITERS` that splits the first line of ``text`` (a CSV header)
     into the most cells; ``,`` where none splits it."""
-    header = text.split("\n", 1)[0]
+    header = text.replace("\r", "\n", 1).split("\n", 1)[0]  # (classic Mac files end lines with \r alone)
     counts = [len(next(csv.reader([header], delimiter=d), [])) for d in DELIMITERS]
     return DELIMITERS[counts.index(max(counts))]
 

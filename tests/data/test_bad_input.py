@@ -193,7 +193,9 @@ def test_a_csvs_delimiter_is_read_off_its_header_and_blank_rows_skipped(tmp_path
     """Excel writes ';' where the decimal mark is a comma; a .tsv is tab-separated. Rows of blank
     cells (an export's trailing ';;') are skipped without moving any later record's line."""
     assert [sniff_delimiter(h) for h in ("prompt,completion\n", "prompt;completion", "a\tb\tc", "a|b", "prompt",
-                                         '"dose, mg";note\n')] == [",", ";", "\t", "|", ",", ";"]
+                                         '"dose, mg";note\n', "a;b\rx;y\r")] == [",", ";", "\t", "|", ",", ";", ";"]
+    (tmp_path / "mac.csv").write_text("prompt;completion\rBP?;Normal.\r;\rPulse?;70.\r", newline="")
+    assert [(line, r["completion"]) for line, r in read_rows(tmp_path / "mac.csv")] == [(2, "Normal."), (4, "70.")]
     (tmp_path / "d.csv").write_text('prompt;completion\r\nBP 120/80, pulse 70?;"Normal; no action."\r\n;\r\n'
                                     '"Chest pain;\r\nsweating";Call 911.\r\n;\r\nonly-one-cell\r\n')
     rows = list(read_rows(tmp_path / "d.csv"))
