@@ -67,14 +67,15 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
 
 def _text(path: Path, encoding: str = "utf-8") -> str:
     """The file's text. A UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped, and bytes
-    that are not valid in ``encoding`` are a :class:`DataError` at their line."""
+    that are not valid in ``encoding`` are an :class:`EncodingError` at their line and column."""
     data = path.read_bytes()
     if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
         encoding = "utf-8-sig"
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as e:
-        line, column = data.count(b"\n", 0, e.start) + 1, e.start - data.rfind(b"\n", 0, e.start)
+        before = data[:e.start].replace(b"\r\n", b"\n").replace(b"\r", b"\n")  # a lone CR ends a line too
+        line, column = before.count(b"\n") + 1, len(before) - before.rfind(b"\n")
         raise EncodingError(path, line, None, f"not {encoding.removesuffix('-sig')} text (byte {data[e.start]:#04x} "
                                               f"at column {column}); save the file as UTF-8") from None
 

@@ -196,6 +196,9 @@ def test_a_csvs_delimiter_is_read_off_its_header_and_blank_rows_skipped(tmp_path
                                          '"dose, mg";note\n', "a;b\rx;y\r")] == [",", ";", "\t", "|", ",", ";", ";"]
     (tmp_path / "mac.csv").write_text("prompt;completion\rBP?;Normal.\r;\rPulse?;70.\r", newline="")
     assert [(line, r["completion"]) for line, r in read_rows(tmp_path / "mac.csv")] == [(2, "Normal."), (4, "70.")]
+    (tmp_path / "mac.csv").write_bytes(b"prompt;completion\rBP?;Normal.\r\nPulse?;fi\xe8vre\r")
+    with pytest.raises(DataError, match=r"mac.csv:3: not utf-8 text \(byte 0xe8 at column 10\)"):
+        list(read_rows(tmp_path / "mac.csv"))
     (tmp_path / "d.csv").write_text('prompt;completion\r\nBP 120/80, pulse 70?;"Normal; no action."\r\n;\r\n'
                                     '"Chest pain;\r\nsweating";Call 911.\r\n;\r\nonly-one-cell\r\n')
     rows = list(read_rows(tmp_path / "d.csv"))
