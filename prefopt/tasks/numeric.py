@@ -52,7 +52,8 @@ class NumericTable(ClassificationTask):
         for line, row in self.rows(path):
             label = self.own_label(convert(self.label_of, row, self.label_column, path, line), path, line,
                                    self.label_column)
-            cols = self.feature_columns or [c for c in row if c not in (self.label_column, "_source")]
+            # every named column but the label (an export's trailing ";;" makes unnamed, empty ones)
+            cols = self.feature_columns or [c for c in row if c.strip() and c not in (self.label_column, "_source")]
             for c in cols:
                 if c not in row:
                     raise DataError(path, line, c, "missing column")

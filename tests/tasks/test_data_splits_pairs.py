@@ -156,9 +156,11 @@ def test_labels_given_to_a_generic_task_are_the_only_ones_its_rows_may_hold(tmp_
     with pytest.raises(ValueError, match="labels: an empty name"):
         get_task("text_classification", labels="urgent,,routine")
     n = tmp_path / "vitals.csv"  # feature_columns too: "hr,sbp" is two columns, not six characters
-    n.write_text("hr,sbp,temp,outcome\n120,85,39.1,sick\n")
+    n.write_text("hr;sbp;temp;outcome;;\n120;85;39,1;sick;;\n")
     assert get_task("numeric_table", label_column="outcome", feature_columns="hr, sbp").load(n)[0].prompt.endswith(
         "\n\n- hr: 120\n- sbp: 85")
+    assert get_task("numeric_table", label_column="outcome").load(n)[0].prompt.endswith(  # unnamed columns left out
+        "\n\n- hr: 120\n- sbp: 85\n- temp: 39,1")
 
 
 def test_generic_tasks_read_spreadsheet_exports_with_their_delimiter_and_encoding(tmp_path):
