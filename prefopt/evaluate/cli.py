@@ -139,6 +139,19 @@ def _compare(args) -> int:
     return 0
 
 
+def _study(args) -> int:
+    from .study import run_study
+
+    study = run_study(args.model, args.output, args.data_root, tasks=args.tasks, preset=args.preset, loss=args.loss,
+                      strategy=args.strategy, seed=args.seed, n_resamples=args.n_resamples,
+                      overrides=key_values(args.set), device=args.device, eval_dtype=args.eval_dtype,
+                      chat_date=args.chat_date)
+    counts = {s: sum(r["status"] == s for r in study["arms"]) for s in ("ran", "failed", "not run")}
+    print(f"prefopt study: {counts['ran']} ran, {counts['failed']} failed, {counts['not run']} not run; "
+          f"table: {args.output}/study.md")
+    return 1 if counts["failed"] else 0
+
+
 def add_device_flags(p: argparse.ArgumentParser, dtype_flag: str = "--dtype", of: str = "parameter dtype",
                      note: str = "") -> None:
     """``--device`` and a dtype flag (generate, eval, compare), both "auto" by default; the dtype's
@@ -224,3 +237,23 @@ def add_commands(sub) -> None:
     add_device_flags(c, "--eval-dtype", "parameter dtype of the evaluations",
                      ". Training keeps float32 weights (under bf16 autocast on CUDA)")
     c.set_defaults(func=_compare)
+
+    from .study import TASK_NAMES
+
+    st = sub.add_parser("study", help="compare on every kind of task the study covered, one table of them all")
+    st.add_argument("--model", required=True, help="model folder, alias (smollm2-135m) or hub id")
+    st.add_argument("--output", required=True, help="output folder: one compare run per task, study.md, study.json")
+    st.add_argument("--data-root", help="the datasets, laid out as ../shared/data (docs/evaluation.md); without "
+                    "it only the bundled synthetic portal messages run")
+    st.add_argument("--tasks", help=f"comma-separated, default all: {','.join(TASK_NAMES)}")
+    st.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="as compare's, for every task")
+    st.add_argument("--loss", default="sigmoid", choices=sorted(LOSSES), help="preference loss, as compare's")
+    st.add_argument("--strategy", choices=[s for s in STRATEGIES if s != "ranked"], default="wrong_label",
+                    help="how DPO's rejected answers are made, as compare's")
+    st.add_argument("--seed", type=int, default=0, help="seed of every task's split and training")
+    st.add_argument("--set", action="append", metavar="KEY=VALUE", help="a compare setting for every task "
+                    "(repeatable), e.g. test=120 or val=64")
+    st.add_argument("--n-resamples", type=int, default=2000, help="paired bootstrap resamples")
+    st.add_argument("--chat-date", metavar="YYYY-MM-DD", help="as compare's")
+    add_device_flags(st, "--eval-dtype", "parameter dtype of the evaluations")
+    st.set_defaults(func=_study)

@@ -273,7 +273,7 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
     else:
         lines += ["", "(Plots skipped: install matplotlib, `pip install 'prefopt[plots]'`.)"]
     write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
-    report = {"task": task.name, "model": cfg.model, "preset": cfg.preset, "n_test": len(test), "plots": plots,
-              "weights": weights, **stats}
+    report = {"task": task.name, "model": cfg.model, "preset": cfg.preset, "n_test": len(test), "metric": task.primary,
+              "plots": plots, "weights": weights, **stats}
     write_json_atomic(out / "report.json", report)
     return report

@@ -1,0 +1,81 @@
+"""``prefopt study``: one compare run per dataset found under a data root, one table of them all."""
+import json
+
+import pytest
+
+from prefopt.cli import main
+from prefopt.evaluate.study import ARMS
+from tests import _formats as formats
+from tests._tiny import build_hf_model
+
+TINY = {"max_train": 8, "test": 4, "sft_steps": 2, "dpo_steps": 2, "batch_size": 2, "max_length": 256,
+        "eval_batch_size": 8}
+
+
+def _root(tmp_path):
+    """A data root laid out as ../shared/data with synthetic rows in five of the seven datasets'
+    formats (PubMedQA and ACI-Bench absent)."""
+    root = tmp_path / "data"
+    paths = {a.task: root / a.data for a in ARMS if a.data}
+    for p in paths.values():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    formats.write_abstracts(paths["medical_abstracts"], 14)
+    formats.write_uci(paths["uci_heart"], 16)
+    formats.write_jsonl(paths["medqa"], formats.medqa_rows(14))
+    formats.write_jsonl(paths["meqsum"], formats.meqsum_rows(14))
+    formats.write_ktas(paths["ktas"], 15)
+    return root, paths
+
+
+@pytest.mark.slow
+def test_study_runs_every_dataset_present_and_tabulates_them(tmp_path, capsys):
+    model = tmp_path / "tiny"
+    build_hf_model(model, max_position_embeddings=4096)
+    root, paths = _root(tmp_path)
+    good_ktas = paths["ktas"].read_bytes()
+    paths["ktas"].write_bytes(good_ktas.replace(b";diagnosis 3;", b";diagnosis 3;;"))  # a row with a cell too many
+    out = tmp_path / "study"
+    argv = ["study", "--model", str(model), "--output", str(out), "--data-root", str(root), "--n-resamples", "200",
+            *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]]
+    assert main(argv) == 1  # one arm failed; the others ran
+    log = capsys.readouterr().out
+    assert "prefopt study: 6 of 6: portal" in log and "prefopt study: ktas failed: " in log
+    assert "prefopt study: 5 ran, 1 failed, 2 not run" in log
+    study = json.loads((out / "study.json").read_text())
+    status = {r["task"]: r["status"] for r in study["arms"]}
+    assert status == {"medical_abstracts": "ran", "uci_heart": "ran", "medqa": "ran", "pubmedqa": "not run",
+                      "meqsum": "ran", "aci_bench": "not run", "ktas": "failed", "portal": "ran"}
+    arms = {r["task"]: r for r in study["arms"]}
+    assert "more cells than the header" in arms["ktas"]["why"]
+    assert arms["pubmedqa"]["why"] == f"no {root / 'clinical_reasoning/pubmedqa/ori_pqal.json'}"
+    for task in ("medical_abstracts", "uci_heart", "medqa", "meqsum", "portal"):  # each row is its run's report
+        report = json.loads((out / task / "report.json").read_text())
+        row = arms[task]
+        assert row["n_test"] == report["n_test"] and row["metric"] == report["metric"]
+        assert row["dpo"]["primary"] == report["stages"]["dpo"]["primary"]
+        assert row["dpo_vs_sft"]["p_value"] == report["comparisons"]["sft->dpo"]["primary"]["p_value"]
+        assert row["verdict"] == report["comparisons"]["sft->dpo"]["verdict"]
+    assert arms["meqsum"]["metric"] == "rougeL" and arms["medqa"]["metric"] == "accuracy"
+    md = (out / "study.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ") and "`" in line]
+    assert [line.split("`")[1] for line in table] == ["medical_abstracts", "uci_heart", "medqa", "meqsum", "portal"]
+    assert "| triage (synthetic) | `portal` | (as KTAS) |" in md and "F1 0.63 → 0.98 with SFT" in md
+    assert "- `ktas`: DataError: " in md and "more cells than the header" in md and "- `aci_bench`: no " in md
+
+    paths["ktas"].write_bytes(good_ktas)  # fixed: the rerun trains only KTAS
+    assert main(argv) == 0
+    log = capsys.readouterr().out
+    assert log.count("base: reusing") == 5 and "prefopt study: 6 ran, 0 failed, 2 not run" in log
+    assert {r["task"] for r in json.loads((out / "study.json").read_text())["arms"] if r["status"] == "ran"} == \
+        {"medical_abstracts", "uci_heart", "medqa", "meqsum", "ktas", "portal"}
+
+
+def test_study_refuses_bad_settings_before_any_task_runs(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(["study", "--model", "m", "--output", str(out), "--tasks", "medqa,triage"]) == 2
+    assert "study tasks: unknown triage; choose from medical_abstracts," in capsys.readouterr().err
+    assert main(["study", "--model", "m", "--output", str(out), "--tasks", "medqa"]) == 2  # no --data-root
+    assert "study: no dataset to run (medqa: needs --data-root)" in capsys.readouterr().err
+    assert main(["study", "--model", "m", "--output", str(out), "--set", "sft_stepz=3"]) == 2
+    assert "unknown compare settings ['sft_stepz']" in capsys.readouterr().err
+    assert not out.exists()
