@@ -119,8 +119,10 @@ def study_markdown(study: dict) -> str:
     ran = [r for r in study["arms"] if r["status"] == "ran"]
     lines = ["# prefopt study: base → SFT → SFT+DPO on each kind of task", "",
              f"Model `{study['model']}`; preset `{s.get('preset', 'quick')}`; loss `{s.get('loss', 'sigmoid')}`; "
-             f"seed {s.get('seed', 0)}" + (f"; settings {s['overrides']}" if s.get("overrides") else "")
-             + f"; data root `{study['data_root']}`. Each row is one `prefopt compare` run in the folder named by its "
+             f"seed {s.get('seed', 0)}"
+             + ("; " + " ".join(f"`--set {k}={v}`" for k, v in s["overrides"].items()) if s.get("overrides") else "")
+             + (f"; data root `{study['data_root']}`" if study["data_root"] else "; no data root (bundled data only)")
+             + ". Each row is one `prefopt compare` run in the folder named by its "
              "task, whose report.md has the details. The study (Savage et al., JMIR 2025) fine-tuned 8B models on its "
              "own data: its figures are there for orientation, not as the same measurement.", "",
              "| kind of task | task | study (8B) | test items | metric | base | SFT | SFT+DPO | SFT vs base | "
