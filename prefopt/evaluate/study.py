@@ -86,8 +86,8 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
             rows.append({"task": arm.task, "kind": arm.kind, "status": "failed", "why": f"{type(e).__name__}: {e}"})
         else:
             rows.append(_row(arm, report, time.perf_counter() - start))
-        _write(out, model, root, compare, rows)
-    return _write(out, model, root, compare, rows)
+        study = _write(out, model, root, compare, rows)  # after each task: the table so far
+    return study
 
 
 def _row(arm: Arm, report: dict, seconds: float) -> dict:
