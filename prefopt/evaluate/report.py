@@ -16,22 +16,23 @@ PAIRS = (("base", "sft"), ("sft", "dpo"), ("base", "dpo"))
 NAMES = {"base": "base", "sft": "SFT", "dpo": "SFT+DPO"}
 
 
-def _p(cmp: dict) -> str:
-    """A bootstrap p-value of 0 means "below the resolution of the resamples"."""
+def p_text(cmp: dict) -> str:
+    """``= p``, or ``< 1/n_resamples`` for a bootstrap p-value of 0 ("below the resolution of the
+    resamples"); ``cmp``: :func:`~.stats.paired_bootstrap`'s result."""
     return f"< {1 / cmp['n_resamples']:.2g}" if cmp["p_value"] == 0 else f"= {cmp['p_value']:.3g}"
 
 
 def verdict(a: str, b: str, metric: str, cmp: dict) -> str:
     """``b`` against ``a`` (names as shown) on the primary metric's paired bootstrap ``cmp``, in words."""
     d, (lo, hi), p = cmp["delta"], cmp["ci"], cmp["p_value"]
-    stats = f"Δ{metric} = {d:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}], bootstrap p {_p(cmp)}"
+    stats = f"Δ{metric} = {d:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}], bootstrap p {p_text(cmp)}"
     if p < ALPHA and d > 0:
         return f"**Yes**: {b} beat {a} ({stats})."
     if p < ALPHA and d < 0:
         return f"**No**: {b} was worse than {a} ({stats})."
     if d == 0 and lo == hi == 0:
         return (f"**No difference**: {b} and {a} score the same on every resample "
-                f"(Δ{metric} = 0; bootstrap p {_p(cmp)}).")
+                f"(Δ{metric} = 0; bootstrap p {p_text(cmp)}).")
     lean = "higher" if d > 0 else "lower" if d < 0 else "equal"
     return (f"**No significant difference**: {b} vs {a} ({stats}; the point estimate is {lean}, "
             f"but the CI includes 0).")
@@ -262,7 +263,7 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
         a, b = k.split("->")
         w = v.get("likert_wilcoxon", {}).get("p_value")
         lines.append(f"| {NAMES[b]} vs {NAMES[a]} | {v['primary']['delta']:+.3f} | "
-                     f"[{v['primary']['ci'][0]:+.3f}, {v['primary']['ci'][1]:+.3f}] | {_p(v['primary']).lstrip('= ')} | "
+                     f"[{v['primary']['ci'][0]:+.3f}, {v['primary']['ci'][1]:+.3f}] | {p_text(v['primary']).lstrip('= ')} | "
                      f"{v.get('mcnemar', v.get('item_wilcoxon'))['p_value']:.3g} | {_fmt(w)} |")
     lines += ["", f"Paired bootstrap: {cfg.n_resamples} resamples of the test items (seed {cfg.seed}), percentile CI; "
               f"significance at p < {ALPHA}. Small test sets give wide CIs: read them before the point estimates."]

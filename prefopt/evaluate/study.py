@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..fileio import write_json_atomic, write_text_atomic
 from .compare import CompareConfig, run_compare
+from .report import p_text
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,8 @@ def _row(arm: Arm, report: dict, seconds: float) -> dict:
     return {"task": arm.task, "kind": arm.kind, "status": "ran", "study": arm.study, "n_test": report["n_test"],
             "metric": report["metric"], "seconds": round(seconds, 1),
             **{s: {"primary": st[s]["primary"], "ci": st[s]["ci"]} for s in ("base", "sft", "dpo")},
-            "sft_vs_base": {k: c["base->sft"]["primary"][k] for k in ("delta", "ci", "p_value")},
-            "dpo_vs_sft": {k: c["sft->dpo"]["primary"][k] for k in ("delta", "ci", "p_value")},
+            "sft_vs_base": {k: c["base->sft"]["primary"][k] for k in ("delta", "ci", "p_value", "n_resamples")},
+            "dpo_vs_sft": {k: c["sft->dpo"]["primary"][k] for k in ("delta", "ci", "p_value", "n_resamples")},
             "verdict": c["sft->dpo"]["verdict"]}
 
 
@@ -108,10 +109,6 @@ def _write(out: Path, model: str, root: Path | None, compare: dict, rows: list[d
     write_json_atomic(out / "study.json", study)
     write_text_atomic(out / "study.md", study_markdown(study))
     return study
-
-
-def _p(p: float) -> str:
-    return "< 0.0005" if p == 0 else f"{p:.3g}"
 
 
 def study_markdown(study: dict) -> str:
@@ -131,8 +128,8 @@ def study_markdown(study: dict) -> str:
         a, d = r["sft_vs_base"], r["dpo_vs_sft"]
         lines.append(f"| {r['kind']} | `{r['task']}` | {r['study']} | {r['n_test']} | {r['metric']} | "
                      f"{r['base']['primary']:.3f} | {r['sft']['primary']:.3f} | {r['dpo']['primary']:.3f} | "
-                     f"{a['delta']:+.3f}, p {_p(a['p_value'])} | {d['delta']:+.3f} [{d['ci'][0]:+.3f}, "
-                     f"{d['ci'][1]:+.3f}], p {_p(d['p_value'])} |")
+                     f"{a['delta']:+.3f}, p {p_text(a).lstrip('= ')} | {d['delta']:+.3f} [{d['ci'][0]:+.3f}, "
+                     f"{d['ci'][1]:+.3f}], p {p_text(d).lstrip('= ')} |")
     if ran:
         lines += ["", "Does DPO after SFT beat SFT alone?", ""]
         lines += [f"- `{r['task']}`: {r['verdict']}" for r in ran]

@@ -8,6 +8,7 @@ import shlex
 from pathlib import Path
 
 from ..lora_stack import is_stacked
+from .cli import REPEAT_FLAGS
 from .runner import DECODING
 
 WHAT = {"dpo/train/best": "one adapter holding the SFT update and the chosen DPO step's",
@@ -29,7 +30,7 @@ def eval_flags(cfg, task, metrics: dict) -> list[str]:
         flags += ["--task-option", f"{k}={v if isinstance(v, str) and not _json(v) else json.dumps(v)}"]
     if metrics.get("max_new_tokens") not in (None, task.max_new_tokens):
         flags += ["--max-new-tokens", str(metrics["max_new_tokens"])]
-    for k in ("repetition_penalty", "no_repeat_ngram_size", "repeat_scope"):
+    for k in REPEAT_FLAGS:
         if metrics.get(k, DECODING[k]) != DECODING[k]:
             flags += [f"--{k.replace('_', '-')}", str(metrics[k])]
     return flags

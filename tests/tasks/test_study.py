@@ -79,3 +79,15 @@ def test_study_refuses_bad_settings_before_any_task_runs(tmp_path, capsys):
     assert main(["study", "--model", "m", "--output", str(out), "--set", "sft_stepz=3"]) == 2
     assert "unknown compare settings ['sft_stepz']" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_p_value_of_0_is_shown_at_the_resamples_resolution():
+    """As the report does: p = 0 from 200 resamples is "< 0.005", not the default's "< 0.0005"."""
+    from prefopt.evaluate.study import study_markdown
+
+    vs = {"delta": 0.25, "ci": [0.1, 0.4], "p_value": 0.0, "n_resamples": 200}
+    row = {"task": "ktas", "kind": "triage", "status": "ran", "study": "F1 0.58 → 0.74", "n_test": 60,
+           "metric": "macro_f1", "base": {"primary": 0.1}, "sft": {"primary": 0.35}, "dpo": {"primary": 0.6},
+           "sft_vs_base": vs, "dpo_vs_sft": {**vs, "p_value": 0.0123}, "verdict": "**Yes**"}
+    md = study_markdown({"model": "m", "data_root": "d", "settings": {}, "arms": [row]})
+    assert "| 0.100 | 0.350 | 0.600 | +0.250, p < 0.005 | +0.250 [+0.100, +0.400], p 0.0123 |" in md
