@@ -74,6 +74,46 @@ def _eval(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    from datetime import date
+    from pathlib import Path
+
+    from ..chat_template import parse_chat_date
+    from ..devices import resolve
+    from ..pretrained import load_model
+    from ..tasks import get_task
+    from ..tokenizer import load_tokenizer
+    from .new_records import FILES, counts, delimiter_of, prediction_rows, summary, table_format, write_predictions
+    from .runner import DECODING, decoding, keep_earlier, placement, predict, prompt_date, require_chat
+
+    options = key_values(args.task_option)
+    task = get_task(args.task, **options)
+    fmt = table_format(args.data, args.format)
+    device, dtype = resolve(args.device, args.dtype)
+    records = task.read(args.data, labelled=False)  # bad rows stop here, before any model loads
+    if not records:
+        raise ValueError(f"{args.data}: no records")
+    tok = load_tokenizer(args.model)
+    require_chat(tok, args.model)
+    tok.chat_date = parse_chat_date(args.chat_date, "--chat-date") if args.chat_date else date.today()
+    model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None)
+    settings = {k: getattr(args, k) for k in DECODING}
+    texts, ended = predict(model, tok, task, records, batch_size=args.batch_size, return_ended=True,
+                           desc="predicting", **settings)
+    rows = prediction_rows(task, records, texts, ended)
+    tally = counts(task, rows)
+    kept = keep_earlier(args.output, FILES)
+    if kept:
+        print(f"prefopt predict: {args.output} held predictions; they are kept in {kept}", flush=True)
+    path = write_predictions(args.output, rows, fmt, delimiter_of(args.data, fmt, task), {
+        "task": task.name, "task_options": options, "model": args.model, "adapter": args.adapter,
+        "data": str(Path(args.data).resolve()), **decoding(settings, task), **placement(model), **prompt_date(tok),
+        "date": date.today().isoformat(), **tally})
+    print(f"prefopt predict: {summary(tally)}")
+    print(f"prefopt predict: wrote {path} and predict.json")
+    return 0
+
+
 def _against_rows(folder: str, records: list) -> list[dict]:
     """The answers an earlier evaluation in ``folder`` gave to ``records``, in their order; an
     error where it lacks one of them or holds another reference for it (other data)."""
@@ -219,6 +259,27 @@ def add_commands(sub) -> None:
     add_repeat_flags(e)
     add_device_flags(e)
     e.set_defaults(func=_eval)
+
+    pr = sub.add_parser("predict", help="answer new records that have no labels yet (a trained adapter on "
+                        "today's messages); writes their table with a prediction column per field")
+    pr.add_argument("--task", required=True, choices=sorted(TASKS))
+    pr.add_argument("--model", required=True, help="model folder, alias (smollm2-135m) or hub id")
+    pr.add_argument("--adapter", help="PEFT-layout LoRA adapter folder (a compare run's: its report.md names them)")
+    pr.add_argument("--data", required=True, help="the records, in the task's data format; their label columns "
+                    "are not read and may be absent")
+    pr.add_argument("--output", required=True, help="output folder: predictions.csv/.tsv/.jsonl and predict.json")
+    pr.add_argument("--format", choices=["csv", "tsv", "jsonl"],
+                    help="of the predictions table (default: the input's; a CSV keeps the input's delimiter)")
+    pr.add_argument("--task-option", action="append", metavar="KEY=VALUE",
+                    help="task constructor option, as the model was trained with (repeatable); a generic classifier "
+                    "needs labels=a,b,c")
+    pr.add_argument("--batch-size", type=int, default=16)
+    pr.add_argument("--max-new-tokens", type=int, help="generation cap (default: the task's)")
+    pr.add_argument("--chat-date", metavar="YYYY-MM-DD", help="the date a chat template that prints today's date "
+                    "(Llama 3.1+) shows in every prompt (default: today)")
+    add_repeat_flags(pr)
+    add_device_flags(pr)
+    pr.set_defaults(func=_predict)
 
     c = sub.add_parser("compare", parents=[common], help="base → SFT → DPO on one test set, with statistics")
     c.add_argument("--preset", choices=sorted(PRESETS), default="quick",

@@ -164,12 +164,12 @@ def write_results(out_dir: str | Path, task, records, texts, preds, metrics, ext
     write_json_atomic(out / "metrics.json", metrics)
 
 
-def keep_earlier(out_dir: str | Path) -> Path | None:
-    """Move the evaluation in ``out_dir`` (``predictions.jsonl``, ``metrics.json``, ``paired.json``) to
-    ``out_dir/earlier/N/`` (the next free N), out of the way of a new one; return that folder,
-    or None where there was nothing to move."""
+def keep_earlier(out_dir: str | Path, files: tuple[str, ...] = ("predictions.jsonl", "metrics.json", "paired.json")
+                 ) -> Path | None:
+    """Move the evaluation in ``out_dir`` (its ``files``) to ``out_dir/earlier/N/`` (the next free
+    N), out of the way of a new one; return that folder, or None where there was nothing to move."""
     out = Path(out_dir)
-    names = [n for n in ("predictions.jsonl", "metrics.json", "paired.json") if (out / n).is_file()]
+    names = [n for n in files if (out / n).is_file()]
     if not names:
         return None
     n = 1

@@ -1,5 +1,6 @@
 """The report's "The models" section: where a compare run's trained weights are, and the
-commands that use them (evaluate new records as the run did, answer a prompt, merge)."""
+commands that use them (evaluate new records as the run did, predict unlabelled ones, answer a
+prompt, merge)."""
 from __future__ import annotations
 
 import inspect
@@ -72,6 +73,11 @@ def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dic
             *(["# the SFT adapter on the same file, tested against it item by item (paired; into paired.json)",
                evaluate(q(str(folder / weights["sft"])), "new-eval-sft", "--against", q(str(folder / "new-eval")))]
               if weights["dpo"] != weights["sft"] else []),
+            "# answer new records that have no labels yet (NEW_RECORDS: the same format, label columns not needed): "
+            "predictions/predictions.csv (or .tsv, .jsonl, as the input) is their table with a prediction column",
+            " ".join(["prefopt predict --task", q(task.name), "--model", model, "--adapter", adapter,
+                      *map(q, eval_flags(cfg, task, dpo_metrics)), "--data NEW_RECORDS --output",
+                      q(str(folder / "predictions"))]),
             "# answer a prompt of your own (the models learnt the task's prompts: data/sft_train.jsonl holds them)",
             f"prefopt generate --model {model} --adapter {adapter}{system} --greedy --prompt \"...\"",
             "# fold it into the base weights: a plain HF folder, for serving elsewhere",

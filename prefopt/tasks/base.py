@@ -59,25 +59,28 @@ class Task:
     bundled_data = None  # a data file shipped with prefopt, read when no path is given
     folder_files: tuple[str, ...] = ()  # the files read, in this order, when the path is the dataset's folder
 
-    def load(self, path: str) -> list[Record]:
+    def load(self, path: str, labelled: bool = True) -> list[Record]:
+        """The records of the file at ``path``, each with its input row in ``meta["row"]``.
+        ``labelled=False``: new records to predict, whose answer columns are not read (they may
+        be absent): ``labels`` is {} and ``target`` empty."""
         raise NotImplementedError
 
-    def read(self, path: str | None = None) -> list[Record]:
-        """``load(path)``, or the bundled data where ``path`` is None; a clear error where the
-        task ships none (the real datasets are not redistributed with prefopt). A folder reads
-        the task's ``folder_files`` in order (ACI-Bench: its train and valid splits)."""
+    def read(self, path: str | None = None, labelled: bool = True) -> list[Record]:
+        """``load(path, labelled)``, or the bundled data where ``path`` is None; a clear error
+        where the task ships none (the real datasets are not redistributed with prefopt). A
+        folder reads the task's ``folder_files`` in order (ACI-Bench: its train and valid splits)."""
         if path and self.folder_files and Path(path).is_dir():
             missing = [f for f in self.folder_files if not (Path(path) / f).is_file()]
             if missing:
                 raise FileNotFoundError(f"{path}: no {', '.join(missing)} (task {self.name!r} reads "
                                         f"{', '.join(self.folder_files)} from its folder; or pass one file)")
-            return [r for f in self.folder_files for r in self.load(Path(path) / f)]
+            return [r for f in self.folder_files for r in self.load(Path(path) / f, labelled)]
         if path:
-            return self.load(path)
+            return self.load(path, labelled)
         if self.bundled_data is None:
             raise ValueError(f"task {self.name!r} ships no data: pass --data with the dataset's file "
                              "(docs/evaluation.md lists each task's format and source)")
-        return self.load(self.bundled_data)
+        return self.load(self.bundled_data, labelled)
 
     def messages(self, record: Record) -> list[dict]:
         msgs = [{"role": "system", "content": self.system}] if self.system else []
@@ -136,6 +139,13 @@ class ClassificationTask(Task):
             raise DataError(path, line, column,
                             f"{label!r} is not one of the labels given ({', '.join(self.fields[0].labels)})")
         return label
+
+    def labels_known(self, labelled: bool) -> None:
+        """Unlabelled records (``labelled=False``) need the labels given: a generic task reads them
+        off its data's rows otherwise, and the prompt lists them."""
+        if not labelled and not all(f.labels for f in self.fields):
+            raise ValueError(f"task {self.name!r}: records without labels need the labels the model was trained "
+                             "on: --task-option labels=a,b,c (the compare report's commands give them)")
 
     def render(self, labels: dict[str, str], record: Record | None = None) -> str:
         if len(self.fields) == 1:

@@ -44,21 +44,25 @@ class NumericTable(ClassificationTask):
     def label_of(self, raw: str) -> str:
         return raw.strip().lower()
 
-    def rows(self, path):
+    def rows(self, path, labelled=True):
         return table(path, **self.file)
 
-    def load(self, path):
+    def load(self, path, labelled=True):
+        self.labels_known(labelled)
         out = []
-        for line, row in self.rows(path):
-            label = self.own_label(convert(self.label_of, row, self.label_column, path, line), path, line,
-                                   self.label_column)
+        for line, row in self.rows(path, labelled):
+            labels = {}
+            if labelled:
+                labels["label"] = self.own_label(convert(self.label_of, row, self.label_column, path, line), path,
+                                                 line, self.label_column)
             # every named column but the label (an export's trailing ";;" makes unnamed, empty ones)
             cols = self.feature_columns or [c for c in row if c.strip() and c not in (self.label_column, "_source")]
             for c in cols:
                 if c not in row:
                     raise DataError(path, line, c, "missing column")
             lines = "\n".join(f"- {self.names.get(c, c)}: {_value(str(row[c]))}" for c in cols)
-            out.append(Record(f"{row.get('_source', Path(path).name)}:{line}", lines, label, {"label": label}))
+            out.append(Record(f"{row.get('_source', Path(path).name)}:{line}", lines, labels.get("label", ""), labels,
+                              {"row": row}))
         if not self.fields[0].labels:
             self.fields[0].labels = sorted({r.labels["label"] for r in out})
         for r in out:
@@ -86,16 +90,18 @@ class UCIHeart(NumericTable):
         n = int(float(raw))
         return ("yes" if n > 0 else "no") if self.target == "binary" else str(n)
 
-    def rows(self, path):
+    def rows(self, path, labelled=True):
+        """Each line's values by column name; without labels, a line may also stop before ``num``."""
         path = Path(path)
         files = sorted(path.glob("processed.*.data")) if path.is_dir() else [path]
         if not files:
             raise FileNotFoundError(f"{path}: no processed.*.data files")
+        sizes = (len(UCI_COLUMNS),) if labelled else (len(UCI_COLUMNS) - 1, len(UCI_COLUMNS))
         for f in files:
             with open(f, encoding="latin-1") as fh:
                 for i, values in enumerate(csv.reader(fh), 1):
                     if not values:
                         continue
-                    if len(values) != len(UCI_COLUMNS):
-                        raise DataError(f, i, None, f"expected {len(UCI_COLUMNS)} values, got {len(values)}")
+                    if len(values) not in sizes:
+                        raise DataError(f, i, None, f"expected {' or '.join(map(str, sizes))} values, got {len(values)}")
                     yield i, {**dict(zip(UCI_COLUMNS, values)), "_source": f.name}

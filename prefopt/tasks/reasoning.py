@@ -12,16 +12,18 @@ from .base import ClassificationTask, GenerationTask, LabelField, Record
 LETTERS = ["A", "B", "C", "D", "E"]
 
 
-def _medqa_rows(path):
+def _medqa_rows(path, labelled=True):
+    """``(line, row, question, options, answer letter)`` of each row (the letter None unlabelled)."""
     for line, row in table(path):
         q = need(row, "question", path, line)
         options = row.get("options")
         if not isinstance(options, dict) or len(options) < 2:
             raise DataError(path, line, "options", "expected an object of lettered options")
-        answer = need(row, "answer_idx", path, line).upper()
-        if answer not in options:
+        options = {k.upper(): str(v) for k, v in options.items()}
+        answer = need(row, "answer_idx", path, line).upper() if labelled else None
+        if labelled and answer not in options:
             raise DataError(path, line, "answer_idx", f"{answer!r} is not one of the options {sorted(options)}")
-        yield line, q, {k.upper(): str(v) for k, v in options.items()}, answer
+        yield line, row, q, options, answer
 
 
 class MedQA(ClassificationTask):
@@ -37,16 +39,18 @@ class MedQA(ClassificationTask):
         self.rationale = rationale
         self.max_new_tokens = 64 if rationale else 24
 
-    def load(self, path):
+    def load(self, path, labelled=True):
         out = []
-        for line, q, options, answer in _medqa_rows(path):
+        for line, row, q, options, answer in _medqa_rows(path, labelled):
             self.fields[0].labels = sorted(set(self.fields[0].labels) | set(options))
             listing = "\n".join(f"{k}) {v}" for k, v in sorted(options.items()))
             ask = "Answer with the letter of the best option" + (
                 ", then one sentence of reasoning." if self.rationale else ".")
             prompt = f"{q}\n\n{listing}\n\n{ask}"
-            out.append(Record(f"medqa:{line}", prompt, f"{answer}) {options[answer]}", {"answer": answer},
-                              {"aliases": {"answer": {k: [v] for k, v in options.items()}}, "options": options}))
+            out.append(Record(f"medqa:{line}", prompt, f"{answer}) {options[answer]}" if answer else "",
+                              {"answer": answer} if answer else {},
+                              {"aliases": {"answer": {k: [v] for k, v in options.items()}}, "options": options,
+                               "row": row}))
         return out
 
     def render(self, labels, record=None):
@@ -69,11 +73,12 @@ class MedQAOpen(GenerationTask):
     def __init__(self):
         super().__init__("match")
 
-    def load(self, path):
+    def load(self, path, labelled=True):
         out = []
-        for line, q, options, answer in _medqa_rows(path):
-            out.append(Record(f"medqa:{line}", f"{q}\n\nAnswer in a few words.", options[answer],
-                              meta={"answer": options[answer], "options": options}))
+        for line, row, q, options, answer in _medqa_rows(path, labelled):
+            text = options[answer] if answer else ""
+            out.append(Record(f"medqa:{line}", f"{q}\n\nAnswer in a few words.", text,
+                              meta={"answer": text, "options": options, "row": row}))
         return out
 
     def wrong_answers(self, record, rng, others, hardest: bool = False):
@@ -92,7 +97,7 @@ class PubMedQA(ClassificationTask):
         super().__init__([LabelField("answer", ["yes", "no", "maybe"])])
         self.max_chars = max_chars
 
-    def load(self, path):
+    def load(self, path, labelled=True):
         path = Path(path)
         if path.suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -104,9 +109,11 @@ class PubMedQA(ClassificationTask):
             q = need(row, "QUESTION" if "QUESTION" in row else "question", path, None)
             ctx = row.get("CONTEXTS") or row.get("context") or []
             ctx = " ".join(ctx) if isinstance(ctx, list) else str(ctx)
-            label = need(row, "final_decision" if "final_decision" in row else "answer", path, None).lower()
-            if label not in ("yes", "no", "maybe"):
+            label = need(row, "final_decision" if "final_decision" in row else "answer", path, None).lower() \
+                if labelled else ""
+            if labelled and label not in ("yes", "no", "maybe"):
                 raise DataError(path, None, "final_decision", f"expected yes/no/maybe for {key}, got {label!r}")
             prompt = f"Context: {clip(ctx, self.max_chars)}\n\nQuestion: {q}\n\nAnswer yes, no or maybe."
-            out.append(Record(f"pubmedqa:{key}", prompt, label, {"answer": label}))
+            out.append(Record(f"pubmedqa:{key}", prompt, label, {"answer": label} if labelled else {},
+                              {"row": row}))
         return out

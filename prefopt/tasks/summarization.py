@@ -22,12 +22,13 @@ class Summarization(GenerationTask):
         self.source_column, self.target_column = source_column, target_column
         self.instruction, self.max_chars, self.max_new_tokens = instruction, max_chars, max_new_tokens
 
-    def load(self, path):
+    def load(self, path, labelled=True):
         out = []
         for line, row in table(path, **self.file):
             src = need(row, self.source_column, path, line)
-            tgt = need(row, self.target_column, path, line)
-            out.append(Record(f"{Path(path).name}:{line}", f"{self.instruction}\n\n{clip(src, self.max_chars)}", tgt))
+            tgt = need(row, self.target_column, path, line) if labelled else ""
+            out.append(Record(f"{Path(path).name}:{line}", f"{self.instruction}\n\n{clip(src, self.max_chars)}", tgt,
+                              meta={"row": row}))
         return out
 
 
@@ -51,8 +52,8 @@ class ACIBench(Summarization):
         super().__init__("dialogue", "note", "Write the clinical note for this doctor-patient conversation.",
                          max_chars, 384)  # a note clipped to 1200 characters runs to ~350 tokens with SmolLM2
 
-    def load(self, path):
-        out = super().load(path)
+    def load(self, path, labelled=True):
+        out = super().load(path, labelled)
         for r in out:
             r.target = clip(r.target, 1200)
         return out

@@ -27,13 +27,17 @@ class TextClassification(ClassificationTask):
     def label_of(self, raw: str) -> str:
         return raw.strip().lower()
 
-    def load(self, path):
+    def load(self, path, labelled=True):
+        self.labels_known(labelled)
         out = []
         for line, row in table(path, **self.file):
             text = need(row, self.text_column, path, line)
-            label = self.own_label(convert(self.label_of, row, self.label_column, path, line), path, line,
-                                   self.label_column)
-            out.append(Record(f"{Path(path).name}:{line}", "", label, {"label": label}, {"text": text}))
+            labels = {}
+            if labelled:
+                labels["label"] = self.own_label(convert(self.label_of, row, self.label_column, path, line), path,
+                                                 line, self.label_column)
+            out.append(Record(f"{Path(path).name}:{line}", "", labels.get("label", ""), labels,
+                              {"text": text, "row": row}))
         if not self.fields[0].labels:
             self.fields[0].labels = sorted({r.labels["label"] for r in out})
         options = ", ".join(self.fields[0].labels)

@@ -61,7 +61,7 @@ class KTAS(ClassificationTask):
             shown["urgency"] = f"KTAS {labels['urgency']}"
         return super().render(shown, record)
 
-    def load(self, path):
+    def load(self, path, labelled=True):
         scale = ("KTAS level (1 most urgent to 5 least urgent)" if self.levels == "ktas"
                  else "urgency (emergency, urgent or non-urgent)")
         ask = f"Triage this emergency department patient. Give the {scale}"
@@ -71,15 +71,7 @@ class KTAS(ClassificationTask):
         out = []
         for line, row in table(path, delimiter=";", encoding="latin-1"):
             complaint = need(row, "Chief_complain", path, line)
-            level = need(row, "KTAS_expert", path, line)
-            if level not in GROUPS:
-                raise DataError(path, line, "KTAS_expert", f"expected 1-5, got {level!r}")
-            labels = {"urgency": level if self.levels == "ktas" else GROUPS[level]}
-            if self.with_disposition:
-                d = need(row, "Disposition", path, line)
-                if d not in DISPOSITION:
-                    raise DataError(path, line, "Disposition", f"unknown code {d!r}")
-                labels["disposition"] = DISPOSITION[d]
+            labels = self._labels(row, path, line) if labelled else {}
             sex = {"1": "female", "2": "male"}.get(str(row.get("Sex")).strip(), "unknown sex")
             nrs = _f(row, "NRS_pain")
             text = (f"{_f(row, 'Age')}-year-old {sex}, chief complaint: {complaint}.\n"
@@ -87,10 +79,22 @@ class KTAS(ClassificationTask):
                     f"{MENTAL.get(str(row.get('Mental')).strip(), 'not recorded')}; pain score: {nrs}.\n"
                     f"BP {_f(row, 'SBP')}/{_f(row, 'DBP')} mmHg, HR {_f(row, 'HR')}/min, RR {_f(row, 'RR')}/min, "
                     f"temperature {_f(row, 'BT')} C, SpO2 {_f(row, 'Saturation', '%')}.")
-            out.append(Record(f"ktas:{line}", f"{ask} Answer with {fmt}.\n\n{text}", "", labels))
+            out.append(Record(f"ktas:{line}", f"{ask} Answer with {fmt}.\n\n{text}", "", labels, {"row": row}))
         for r in out:
-            r.target = self.render(r.labels, r)
+            r.target = self.render(r.labels, r) if labelled else ""
         return out
+
+    def _labels(self, row: dict, path, line: int) -> dict[str, str]:
+        level = need(row, "KTAS_expert", path, line)
+        if level not in GROUPS:
+            raise DataError(path, line, "KTAS_expert", f"expected 1-5, got {level!r}")
+        labels = {"urgency": level if self.levels == "ktas" else GROUPS[level]}
+        if self.with_disposition:
+            d = need(row, "Disposition", path, line)
+            if d not in DISPOSITION:
+                raise DataError(path, line, "Disposition", f"unknown code {d!r}")
+            labels["disposition"] = DISPOSITION[d]
+        return labels
 
 
 class PortalTriage(ClassificationTask):
@@ -107,13 +111,13 @@ class PortalTriage(ClassificationTask):
         ])
         self.max_new_tokens = 16
 
-    def load(self, path=None):
+    def load(self, path=None, labelled=True):
         path = path or self.bundled_data
         out = []
         for line, row in table(path):
             msg = need(row, "message", path, line)
             labels = {}
-            for f in self.fields:
+            for f in self.fields if labelled else []:
                 v = need(row, f.name, path, line).lower()
                 if v not in f.labels:
                     raise DataError(path, line, f.name, f"{v!r} is not one of {f.labels}")
@@ -121,7 +125,7 @@ class PortalTriage(ClassificationTask):
             prompt = ("Triage this patient portal message. How urgent is it (emergency, urgent or routine), and "
                       "who should handle it (physician, nurse, pharmacist or front desk)? Answer as\n"
                       f"Urgency: <urgency>\nStaff: <staff>\n\nMessage: {msg}")
-            rec = Record(str(row.get("id") or f"portal:{line}"), prompt, "", labels)
-            rec.target = self.render(labels, rec)
+            rec = Record(str(row.get("id") or f"portal:{line}"), prompt, "", labels, {"row": row})
+            rec.target = self.render(labels, rec) if labelled else ""
             out.append(rec)
         return out

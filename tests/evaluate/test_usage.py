@@ -2,7 +2,7 @@
 import shlex
 
 from prefopt.cli import build_parser
-from prefopt.evaluate.cli import key_values
+from prefopt.evaluate.cli import REPEAT_FLAGS, key_values
 from prefopt.evaluate.compare import CompareConfig
 from prefopt.evaluate.usage import eval_flags, models_lines
 from prefopt.lora_stack import STACK_FILE
@@ -27,7 +27,7 @@ def test_eval_command_asks_as_the_run_did(tmp_path):
     (tmp_path / "run 1/dpo/train/best").mkdir(parents=True)
     (tmp_path / "run 1/dpo/train/best" / STACK_FILE).write_text("{}")
     lines = models_lines(cfg, task, tmp_path / "run 1", {"sft": "sft/train/final", "dpo": "dpo/train/best"}, decoded)
-    evaluate, against, generate, merge = _commands(lines)
+    evaluate, against, predict, generate, merge = _commands(lines)
     args = build_parser().parse_args([a if a != "NEW_FILE" else "new.csv" for a in evaluate[1:]])
     assert key_values(args.task_option) == options
     assert (args.max_new_tokens, args.repetition_penalty, args.no_repeat_ngram_size, args.repeat_scope) == (
@@ -38,6 +38,12 @@ def test_eval_command_asks_as_the_run_did(tmp_path):
     assert {k: v for k, v in vars(sft).items() if k not in ("adapter", "against", "output")} == \
         {k: v for k, v in vars(args).items() if k not in ("adapter", "against", "output")}
     assert build_parser().parse_args(generate[1:]).adapter == build_parser().parse_args(merge[1:]).adapter == args.adapter
+    new = build_parser().parse_args([a if a != "NEW_RECORDS" else "new.csv" for a in predict[1:]])
+    assert (new.command, new.adapter, new.data, new.output) == ("predict", args.adapter, "new.csv",
+                                                                str(tmp_path / "run 1" / "predictions"))
+    assert key_values(new.task_option) == options  # the records asked as the run asked, decoded alike
+    assert {k: getattr(new, k) for k in ("task", "model", "max_new_tokens", *REPEAT_FLAGS, "device", "dtype")} == \
+        {k: getattr(args, k) for k in ("task", "model", "max_new_tokens", *REPEAT_FLAGS, "device", "dtype")}
     assert "- SFT+DPO: `dpo/train/best` (one adapter holding the SFT update and the chosen DPO step's)" in lines
 
 
@@ -74,5 +80,5 @@ def test_an_adapter_saved_alone_is_stacked_first_and_the_sft_model_said_so(tmp_p
     lines = models_lines(cfg, task, tmp_path, {"sft": "sft/train/final", "dpo": "sft/train/final"}, {})
     assert "- SFT+DPO: `sft/train/final` (the SFT adapter: the SFT+DPO stage is the SFT model)" in lines
     commands = _commands(lines)  # no SFT evaluation to test it against: the SFT+DPO stage is the SFT model
-    assert [c[1] for c in commands] == ["eval", "generate", "merge"]
+    assert [c[1] for c in commands] == ["eval", "predict", "generate", "merge"]
     assert all(c[c.index("--adapter") + 1] == f"{tmp_path}/sft/train/final" for c in commands)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from prefopt.evaluate.compare import CompareConfig, run_compare
-from prefopt.tasks import PORTAL_DATA
+from prefopt.tasks import PORTAL_DATA, get_task
 from tests import _formats as formats
 from tests._tiny import build_hf_model
 
@@ -121,7 +121,7 @@ def _use_the_models(out: Path, report: dict) -> None:
     block = text.split("## The models", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     commands = [shlex.split(line) for line in block.splitlines() if line and not line.startswith("#")]
     paired = report["weights"]["dpo"] != report["weights"]["sft"]  # an SFT evaluation to test SFT+DPO's against
-    assert [c[1] for c in commands] == ["eval"] * (1 + paired) + ["generate", "merge"]
+    assert [c[1] for c in commands] == ["eval"] * (1 + paired) + ["predict", "generate", "merge"]
     assert all(c[c.index("--adapter") + 1] == str(out / report["weights"]["dpo"]) for c in commands[:1] + commands[-2:])
     config = json.loads((out / "compare_config.json").read_text())
     options = [a for before, a in zip(commands[0], commands[0][1:]) if before == "--task-option"]
@@ -133,6 +133,11 @@ def _use_the_models(out: Path, report: dict) -> None:
         test = json.loads((out / "new-eval-sft" / "paired.json").read_text())
         assert test["against"] == str(out / "new-eval") and test["n"] == 3 and ("mcnemar" in test) != (
             "item_wilcoxon" in test) and test["verdict"]
+    data = config["data"] or str(PORTAL_DATA)  # NEW_RECORDS: the run's labelled data (the labels go unread)
+    assert main([data if a == "NEW_RECORDS" else a for a in commands[-3][1:]]) == 0
+    n = len(get_task(config["task"], **config["task_options"]).read(data))
+    written = json.loads((out / "predictions" / "predict.json").read_text())
+    assert written["n"] == n and written["adapter"] == str(out / report["weights"]["dpo"])
     generate = [a if a != "..." else "Chest pain since this morning." for a in commands[-2][1:]]
     assert main(generate + ["--max-new-tokens", "3"]) == 0
     assert main(commands[-1][1:]) == 0 and (out / "merged" / "config.json").is_file()

@@ -1,0 +1,114 @@
+"""``prefopt predict``: a trained model's answers to new records that have no labels yet (today's
+portal messages, a week of triage notes), written as a table that keeps each input row beside
+its prediction, with the settings that made them."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+from ..data.readers import sniff_delimiter
+from ..fileio import write_json_atomic, write_text_atomic
+
+FORMATS = ("csv", "tsv", "jsonl")
+FILES = tuple(f"predictions.{f}" for f in FORMATS) + ("predict.json",)  # what a predict folder holds
+ADDED = ("model_output", "finished", "record")  # the columns written after the prediction's
+
+
+def table_format(data: str | Path | None, chosen: str | None = None) -> str:
+    """The output's format: ``chosen``, else the input's (``.csv`` → csv, ``.tsv`` → tsv, anything
+    else, JSONL or JSON, → jsonl)."""
+    if chosen:
+        if chosen not in FORMATS:
+            raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {chosen!r}")
+        return chosen
+    suffix = Path(data).suffix.lower() if data else ""
+    return {".csv": "csv", ".tsv": "tsv"}.get(suffix, "jsonl")
+
+
+def delimiter_of(data: str | Path | None, fmt: str, task) -> str:
+    """The output's delimiter: a tab for tsv; for csv, the input CSV's own (the task's ``delimiter``
+    option, else read off its header), so that a spreadsheet that opened the input opens the
+    output alike; ``,`` for any other input."""
+    if fmt == "tsv":
+        return "\t"
+    given = getattr(task, "file", {}).get("delimiter")
+    if given:
+        return given
+    if data and Path(data).suffix.lower() == ".csv" and Path(data).is_file():
+        with open(data, encoding=getattr(task, "file", {}).get("encoding", "utf-8"), errors="replace") as f:
+            return sniff_delimiter(f.readline())
+    return ","
+
+
+def prediction_rows(task, records, texts: list[str], ended: list[bool]) -> list[dict]:
+    """One row per record: its input row's columns, then the parsed prediction
+    (``predicted_<field>`` per labelled field, empty where the answer named none of the labels;
+    ``predicted`` for free text), the ``model_output`` it was parsed from, whether the model
+    ``finished`` it (False: the ``max_new_tokens`` cap stopped it), and the ``record`` id. A
+    column of the input with one of those names is replaced (predictions run on a file of
+    earlier predictions renew them)."""
+    rows = []
+    for record, text, done in zip(records, texts, ended):
+        pred = task.parse(text, record)
+        row = {k: v for k, v in record.meta.get("row", {}).items()
+               if str(k).strip() and not str(k).startswith("_")}  # not a trailing ";;"'s nameless columns
+        if isinstance(pred, dict):
+            row.update({f"predicted_{k}": v or "" for k, v in pred.items()})
+        else:
+            row["predicted"] = pred
+        rows.append(row | {"model_output": text, "finished": bool(done), "record": record.id})
+    return rows
+
+
+def counts(task, rows: list[dict]) -> dict:
+    """``{"n", "unfinished"}``, and for a classification task ``"labels"`` (each field's predicted
+    labels: ``{field: {label: count}}``) and ``"unanswered"`` (``{field: count}`` of answers that
+    named none of them), for the summary line and ``predict.json``."""
+    out: dict = {"n": len(rows), "unfinished": sum(not r["finished"] for r in rows)}
+    for f in getattr(task, "fields", []):
+        seen = Counter(r[f"predicted_{f.name}"] for r in rows)
+        out.setdefault("labels", {})[f.name] = {label: seen[label] for label in f.labels if seen[label]}
+        out.setdefault("unanswered", {})[f.name] = seen[""]
+    return out
+
+
+def summary(tally: dict) -> str:
+    """One line: how many records, each field's predicted labels with counts, and how many
+    answers named none of them or were cut by the cap."""
+    parts = [f"{tally['n']} records"]
+    for name, by_label in tally.get("labels", {}).items():
+        missed = tally["unanswered"][name]
+        parts.append(f"{name}: " + ", ".join([f"{label} {c}" for label, c in by_label.items()]
+                                             + ([f"no label {missed}"] if missed else [])))
+    if tally["unfinished"]:
+        parts.append(f"{tally['unfinished']} answers stopped by the max_new_tokens cap")
+    return "; ".join(parts)
+
+
+def table_text(rows: list[dict], fmt: str, delimiter: str = ",") -> str:
+    """``rows`` as a JSONL, CSV or TSV text. A CSV/TSV has every row's columns in first-seen order
+    and starts with a UTF-8 byte-order mark, so that Excel reads its accents right (prefopt's
+    readers drop it); values that are not text (MedQA's options) are written as JSON."""
+    if fmt == "jsonl":
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, delimiter="\t" if fmt == "tsv" else delimiter, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in r.items()})
+    return "\ufeff" + buf.getvalue()
+
+
+def write_predictions(out_dir: str | Path, rows: list[dict], fmt: str, delimiter: str, settings: dict) -> Path:
+    """``predictions.<fmt>`` and ``predict.json`` (``settings``: what made them) in ``out_dir``,
+    each written atomically; returns the table's path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"predictions.{fmt}"
+    write_text_atomic(path, table_text(rows, fmt, delimiter))
+    write_json_atomic(out / "predict.json", settings)
+    return path

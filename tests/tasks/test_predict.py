@@ -1,0 +1,237 @@
+"""``prefopt predict``: every task reads records without their labels, asked exactly as its
+labelled records are; the table written keeps each input row beside its prediction."""
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from prefopt.cli import main
+from prefopt.data.readers import read_rows
+from prefopt.data.records import DataError
+from prefopt.evaluate.new_records import counts, delimiter_of, prediction_rows, summary, table_format, table_text
+from prefopt.tasks import PORTAL_DATA, get_task
+from tests import _formats as formats
+from tests._tiny import build_hf_model
+
+
+def _csv(path: Path, rows: list[dict], delimiter=",", encoding="utf-8") -> Path:
+    with open(path, "w", newline="", encoding=encoding) as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter=delimiter)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _without(src: Path, tmp: Path, drop: set[str], delimiter=",", encoding="utf-8") -> Path:
+    """``src`` (CSV or JSONL) written to ``tmp/new/`` under its name (record ids name the file), in
+    its format, less the ``drop`` columns."""
+    (tmp / "new").mkdir(exist_ok=True)
+    dst = tmp / "new" / src.name
+    rows = [{k: v for k, v in row.items() if k not in drop}
+            for _, row in read_rows(src, delimiter=delimiter if src.suffix == ".csv" else None, encoding=encoding)]
+    if src.suffix == ".csv":
+        return _csv(dst, rows, delimiter, encoding)
+    return formats.write_jsonl(dst, rows)
+
+
+def _pubmedqa(path: Path, labelled: bool) -> Path:
+    rows = {str(100 + i): {"QUESTION": f"Does drug {i} help?", "CONTEXTS": [f"Trial {i}.", "Mixed results."],
+                           **({"final_decision": ["yes", "no", "maybe"][i % 3]} if labelled else {})}
+            for i in range(6)}
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def _files(name: str, tmp: Path) -> tuple[dict, Path, Path]:
+    """The task's options, a labelled file and the same records without their label columns."""
+    if name in ("medical_abstracts", "text_classification"):
+        data = formats.write_abstracts(tmp / "abstracts.csv", 10)
+        options = {} if name == "medical_abstracts" else {
+            "text_column": "medical_abstract", "label_column": "condition_label", "labels": "1,2,3,4,5"}
+        return options, data, _without(data, tmp, {"condition_label"})
+    if name == "uci_heart":
+        data = formats.write_uci(tmp / "uci", 8)
+        new = tmp / "new"
+        new.mkdir()
+        for f in data.iterdir():  # the 14th value, num, is the label
+            (new / f.name).write_text("".join(line.rsplit(",", 1)[0] + "\n" for line in f.read_text().splitlines()))
+        return {}, data, new
+    if name == "numeric_table":
+        data = _csv(tmp / "vitals.csv", [{"hr": 60 + 9 * i, "sbp": 100 + 7 * i, "ward": ["icu", "home"][i % 2]}
+                                         for i in range(8)], ";")
+        return ({"label_column": "ward", "labels": "icu,home"}, data,
+                _without(data, tmp, {"ward"}, ";"))
+    if name in ("medqa", "medqa_open"):
+        data = formats.write_jsonl(tmp / "medqa.jsonl", formats.medqa_rows(8))
+        return {}, data, _without(data, tmp, {"answer_idx"})
+    if name == "pubmedqa":
+        return {}, _pubmedqa(tmp / "pqa.json", True), _pubmedqa(tmp / "new.json", False)
+    if name in ("meqsum", "summarization"):
+        data = formats.write_jsonl(tmp / "meqsum.jsonl", formats.meqsum_rows(6))
+        options = {} if name == "meqsum" else {"source_column": "CHQ", "target_column": "Summary"}
+        return options, data, _without(data, tmp, {"Summary"})
+    if name == "aci_bench":
+        data = _csv(tmp / "train.csv", [{"dialogue": f"[doctor] hi {i} [patient] my knee hurts", "note": f"Knee {i}."}
+                                        for i in range(5)])
+        return {}, data, _without(data, tmp, {"note"})
+    if name == "ktas":
+        data = formats.write_ktas(tmp / "data.csv", 10)
+        return ({"disposition": True}, data,
+                _without(data, tmp, {"KTAS_expert", "Disposition"}, ";", "latin-1"))
+    if name == "portal":
+        return {}, PORTAL_DATA, _without(PORTAL_DATA, tmp, {"urgency", "staff"})
+    raise ValueError(name)
+
+
+TASK_NAMES = ["medical_abstracts", "text_classification", "uci_heart", "numeric_table", "medqa", "medqa_open",
+              "pubmedqa", "meqsum", "aci_bench", "summarization", "ktas", "portal"]
+
+
+def test_every_task_is_covered():
+    from prefopt.tasks import TASKS
+
+    assert sorted(TASK_NAMES) == sorted(TASKS)
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_records_without_labels_are_asked_as_the_labelled_ones(name, tmp_path):
+    """The model must see the prompt it was trained on: a file without its label columns gives the
+    same records (ids, prompts) as the labelled file, with no labels and no reference answer, and
+    keeps each input row; the labelled read of that file still refuses it, naming the field."""
+    options, labelled, unlabelled = _files(name, tmp_path)
+    task = get_task(name, **options)
+    known = task.read(str(labelled))
+    new = get_task(name, **options).read(str(unlabelled), labelled=False)
+    assert [(r.id, r.prompt) for r in new] == [(r.id, r.prompt) for r in known]
+    assert all(r.labels == {} and r.target == "" for r in new)
+    assert all(r.meta["row"] for r in new)
+    assert all(r.target and (r.labels or task.kind == "generation") for r in known)
+    with pytest.raises(DataError, match="field '|expected 14 values"):  # uci_heart's rows are positional
+        get_task(name, **options).read(str(unlabelled))
+
+
+def test_a_generic_classifier_needs_its_labels_given_for_records_without_them(tmp_path):
+    """It reads its labels off a labelled file's rows, and lists them in the prompt: without rows
+    to read them from, they must be given (as the report's commands give them)."""
+    data = _csv(tmp_path / "new.csv", [{"text": "chest pain"}, {"text": "refill"}])
+    with pytest.raises(ValueError, match="labels=a,b,c"):
+        get_task("text_classification").read(str(data), labelled=False)
+    with pytest.raises(ValueError, match="labels=a,b,c"):
+        get_task("numeric_table", feature_columns="text").read(str(data), labelled=False)
+    new = get_task("text_classification", labels="urgent,routine").read(str(data), labelled=False)
+    assert "Answer with one of: urgent, routine." in new[0].prompt
+    bad = tmp_path / "bad.csv"
+    bad.write_text("mrn,text\nA1,chest pain\n  \nA2,\"\"\n")  # a blank line is skipped; an empty text is an error
+    with pytest.raises(DataError, match=r"bad.csv:4: field 'text': empty"):
+        get_task("text_classification", labels="a,b").read(str(bad), labelled=False)
+
+
+def test_uci_rows_without_labels_may_stop_before_num(tmp_path):
+    f = tmp_path / "processed.x.data"
+    f.write_text("63.0,1.0,1.0,145.0,233.0,1.0,2.0,150.0,0.0,2.3,3.0,0.0,6.0\n")
+    assert get_task("uci_heart").read(str(f), labelled=False)[0].labels == {}
+    with pytest.raises(DataError, match="expected 14 values, got 13"):
+        get_task("uci_heart").read(str(f))
+    f.write_text("63.0,1.0\n")
+    with pytest.raises(DataError, match="expected 13 or 14 values, got 2"):
+        get_task("uci_heart").read(str(f), labelled=False)
+
+
+def test_prediction_table_keeps_the_input_and_reads_back(tmp_path):
+    """Input columns first, then each field's prediction (empty where the answer named no label),
+    the raw answer, whether it finished, the record id; a CSV keeps the input's delimiter, starts
+    with a byte-order mark (Excel's accents) and reads back through prefopt's own reader."""
+    data = _csv(tmp_path / "msgs.csv", [{"mrn": "A1", "message": "Crushing chest pain — sweating"},
+                                        {"mrn": "A2", "message": "Refill my statin please"},
+                                        {"mrn": "A3", "message": "Can I move Tuesday?"}], ";")
+    task = get_task("portal")
+    records = task.read(str(data), labelled=False)
+    texts = ["Urgency: emergency\nStaff: physician", "Urgency: routine\nStaff: pharmacy", "I am not sure what"]
+    rows = prediction_rows(task, records, texts, [True, True, False])
+    assert [(r["mrn"], r["predicted_urgency"], r["predicted_staff"], r["finished"]) for r in rows] == [
+        ("A1", "emergency", "physician", True), ("A2", "routine", "pharmacist", True), ("A3", "", "", False)]
+    assert list(rows[0]) == ["mrn", "message", "predicted_urgency", "predicted_staff", "model_output", "finished",
+                             "record"]
+    tally = counts(task, rows)
+    assert tally == {"n": 3, "unfinished": 1, "labels": {"urgency": {"emergency": 1, "routine": 1},
+                                                         "staff": {"physician": 1, "pharmacist": 1}},
+                     "unanswered": {"urgency": 1, "staff": 1}}
+    assert summary(tally) == ("3 records; urgency: emergency 1, routine 1, no label 1; staff: physician 1, "
+                              "pharmacist 1, no label 1; 1 answers stopped by the max_new_tokens cap")
+    fmt = table_format(data)
+    out = tmp_path / "predictions.csv"
+    out.write_text(table_text(rows, fmt, delimiter_of(data, fmt, task)), encoding="utf-8")
+    assert out.read_bytes().startswith(b"\xef\xbb\xbfmrn;message;predicted_urgency")
+    back = [row for _, row in read_rows(out)]
+    assert back == [{k: v if isinstance(v, str) else json.dumps(v) for k, v in r.items()} for r in rows]
+    again = get_task("portal").read(str(out), labelled=False)  # predicting on earlier predictions
+    assert [r.prompt for r in again] == [r.prompt for r in records]
+    assert list(prediction_rows(task, again, texts, [True] * 3)[0]) == list(rows[0])  # renewed, not doubled
+
+
+def test_formats_and_delimiters_follow_the_input(tmp_path):
+    ktas = formats.write_ktas(tmp_path / "data.csv", 2)
+    assert (table_format(ktas), delimiter_of(ktas, "csv", get_task("ktas"))) == ("csv", ";")
+    assert (table_format(PORTAL_DATA), delimiter_of(PORTAL_DATA, "jsonl", get_task("portal"))) == ("jsonl", ",")
+    assert table_format(tmp_path / "x.tsv") == "tsv" and table_format(tmp_path / "q.json") == "jsonl"
+    assert delimiter_of(PORTAL_DATA, "csv", get_task("portal")) == ","
+    piped = get_task("text_classification", labels="a", delimiter="pipe")
+    assert delimiter_of(ktas, "csv", piped) == "|"  # the delimiter given wins over the header's
+    assert table_format(ktas, "jsonl") == "jsonl"
+    with pytest.raises(ValueError, match="--format must be one of csv, tsv, jsonl"):
+        table_format(ktas, "xlsx")
+    medqa = get_task("medqa")
+    records = medqa.read(str(formats.write_jsonl(tmp_path / "q.jsonl", formats.medqa_rows(2))), labelled=False)
+    rows = prediction_rows(medqa, records, ["B) heparin", "no idea"], [True, True])
+    back = [row for _, row in read_rows(_write(tmp_path / "p.tsv", table_text(rows, "tsv")))]
+    assert json.loads(back[0]["options"]) == rows[0]["options"] and back[0]["predicted_answer"] == "B"
+    lines = table_text(rows, "jsonl").splitlines()
+    assert [json.loads(line) for line in lines] == rows  # options stay an object
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    build_hf_model(d, max_position_embeddings=4096)
+    return d
+
+
+def test_predict_writes_its_table_and_settings_and_keeps_an_earlier_one(tiny_model, tmp_path, capsys):
+    data = _csv(tmp_path / "msgs.csv", [{"message": f"Message {i}: my knee hurts since {i} days"} for i in range(5)])
+    out = tmp_path / "pred"
+    argv = ["predict", "--task", "portal", "--model", str(tiny_model), "--data", str(data), "--output", str(out),
+            "--max-new-tokens", "4", "--chat-date", "2026-01-02"]
+    assert main(argv) == 0
+    rows = [row for _, row in read_rows(out / "predictions.csv")]
+    assert [r["message"] for r in rows] == [f"Message {i}: my knee hurts since {i} days" for i in range(5)]
+    assert [r["record"] for r in rows] == [f"portal:{i}" for i in range(2, 7)]
+    settings = json.loads((out / "predict.json").read_text())
+    assert settings["n"] == 5 and settings["max_new_tokens"] == 4 and settings["task"] == "portal"
+    assert settings["data"] == str(data) and settings["adapter"] is None and settings["dtype"] == "float32"
+    assert sum(settings["labels"]["urgency"].values()) + settings["unanswered"]["urgency"] == 5
+    said = capsys.readouterr().out
+    assert "prefopt predict: 5 records; urgency: " in said and f"wrote {out / 'predictions.csv'}" in said
+    first = (out / "predictions.csv").read_bytes()
+    assert main(argv + ["--format", "jsonl"]) == 0
+    assert (out / "earlier" / "1" / "predictions.csv").read_bytes() == first  # nothing lost
+    assert not (out / "predictions.csv").exists() and (out / "predictions.jsonl").is_file()
+
+
+def test_predict_refuses_bad_records_before_loading_any_model(tmp_path, capsys):
+    """A bad row is named by file, line and field, and nothing is written (the model path here
+    does not exist: the data is read first)."""
+    data = tmp_path / "msgs.csv"
+    data.write_text("mrn,message\nA1,chest pain\nA2, \n")
+    out = tmp_path / "pred"
+    assert main(["predict", "--task", "portal", "--model", str(tmp_path / "none"), "--data", str(data),
+                 "--output", str(out)]) == 2
+    assert f"{data}:3: field 'message': empty" in capsys.readouterr().err and not out.exists()
+    assert main(["predict", "--task", "text_classification", "--model", str(tmp_path / "none"), "--data", str(data),
+                 "--output", str(out), "--task-option", "text_column=message"]) == 2
+    assert "labels=a,b,c" in capsys.readouterr().err and not out.exists()
