@@ -6,7 +6,8 @@ runs :func:`~.compare.run_compare` on each public dataset of those kinds found u
 (laid out as ``../shared/data``: ``text_classification/medical_abstracts/medical_tc.csv``, ...),
 plus the bundled synthetic portal messages, into ``OUTPUT/<task>/``, and writes ``study.md`` and
 ``study.json`` after each. A dataset that is absent is listed as not run; one that fails is
-listed with its error and the others still run. Rerunning resumes: finished stages are reused.
+listed with its error and the others still run. Rerunning resumes: finished stages are reused;
+``--tasks`` reruns some tasks and keeps the table's other rows.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from ..fileio import write_json_atomic, write_text_atomic
 from .compare import CompareConfig, run_compare
 from .report import p_text
+from .runner import keep_earlier
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
     if not plan:
         raise ValueError("study: no dataset to run (" + "; ".join(f"{r['task']}: {r['why']}" for r in rows) + ")")
     out.mkdir(parents=True, exist_ok=True)
+    rows += _kept(out, _header(model, root, compare), {a.task for a in pick(tasks)})
     for i, (arm, cfg) in enumerate(plan, 1):
         print(f"prefopt study: {i} of {len(plan)}: {arm.task} ({arm.kind}) into {cfg.output}", flush=True)
         start = time.perf_counter()
@@ -101,11 +104,31 @@ def _row(arm: Arm, report: dict, seconds: float) -> dict:
             "verdict": c["sft->dpo"]["verdict"]}
 
 
+def _header(model: str, root: Path | None, compare: dict) -> dict:
+    """``study.json``'s fields other than its rows: what every arm was run with."""
+    return {"model": model, "data_root": None if root is None else str(root),
+            "settings": json.loads(json.dumps(compare, default=str))}
+
+
+def _kept(out: Path, header: dict, picked: set[str]) -> list[dict]:
+    """The rows of an earlier ``study.json`` in ``out`` for the tasks this command does not run
+    (``--tasks ktas`` after a whole study keeps the other tasks' rows), where it was made with
+    the same model, data root and settings; where not, its table moves to ``earlier/N/``."""
+    path = out / "study.json"
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    if {k: earlier.get(k) for k in header} != header:
+        kept = keep_earlier(out, ("study.json", "study.md"))
+        print(f"prefopt study: {out} held a study made with other settings; its table is kept in {kept}", flush=True)
+        return []
+    return [r for r in earlier.get("arms", []) if r["task"] not in picked]
+
+
 def _write(out: Path, model: str, root: Path | None, compare: dict, rows: list[dict]) -> dict:
     order = {t: i for i, t in enumerate(TASK_NAMES)}
     rows = sorted(rows, key=lambda r: order[r["task"]])
-    study = {"model": model, "data_root": None if root is None else str(root),
-             "settings": json.loads(json.dumps(compare, default=str)), "arms": rows}
+    study = {**_header(model, root, compare), "arms": rows}
     write_json_atomic(out / "study.json", study)
     write_text_atomic(out / "study.md", study_markdown(study))
     return study

@@ -66,8 +66,21 @@ def test_study_runs_every_dataset_present_and_tabulates_them(tmp_path, capsys):
     assert main(argv) == 0
     log = capsys.readouterr().out
     assert log.count("base: reusing") == 5 and "prefopt study: 6 ran, 0 failed, 2 not run" in log
-    assert {r["task"] for r in json.loads((out / "study.json").read_text())["arms"] if r["status"] == "ran"} == \
+    whole = json.loads((out / "study.json").read_text())
+    assert {r["task"] for r in whole["arms"] if r["status"] == "ran"} == \
         {"medical_abstracts", "uci_heart", "medqa", "meqsum", "ktas", "portal"}
+
+    assert main(argv + ["--tasks", "ktas"]) == 0  # one task again: the table keeps the others' rows
+    again = json.loads((out / "study.json").read_text())
+    assert [r["task"] for r in again["arms"]] == [r["task"] for r in whole["arms"]]
+    assert [r for r in again["arms"] if r["task"] != "ktas"] == [r for r in whole["arms"] if r["task"] != "ktas"]
+    assert (out / "study.md").read_text().count("| `") == 6
+    capsys.readouterr()
+    assert main(argv + ["--tasks", "portal", "--n-resamples", "300"]) == 0  # other settings: a new table
+    assert f"held a study made with other settings; its table is kept in {out / 'earlier' / '1'}" in \
+        capsys.readouterr().out
+    assert json.loads((out / "earlier" / "1" / "study.json").read_text()) == again
+    assert [r["task"] for r in json.loads((out / "study.json").read_text())["arms"]] == ["portal"]
 
 
 def test_study_refuses_bad_settings_before_any_task_runs(tmp_path, capsys):
