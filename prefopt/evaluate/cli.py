@@ -83,6 +83,7 @@ def _predict(args) -> int:
     from ..pretrained import load_model
     from ..tasks import get_task
     from ..tokenizer import load_tokenizer
+    from .confidence import label_probabilities, scorable
     from .new_records import FILES, counts, delimiter_of, prediction_rows, summary, table_format, write_predictions
     from .runner import DECODING, decoding, keep_earlier, placement, predict, prompt_date, require_chat
 
@@ -100,7 +101,14 @@ def _predict(args) -> int:
     settings = {k: getattr(args, k) for k in DECODING}
     texts, ended = predict(model, tok, task, records, batch_size=args.batch_size, return_ended=True,
                            desc="predicting", **settings)
-    rows = prediction_rows(task, records, texts, ended)
+    probabilities = None
+    if args.confidence:
+        unscorable = scorable(task)
+        if unscorable:
+            print(f"prefopt predict: no confidence column: {unscorable}", flush=True)
+        else:
+            probabilities = label_probabilities(model, tok, task, records, batch_size=args.batch_size)
+    rows = prediction_rows(task, records, texts, ended, probabilities)
     tally = counts(task, rows)
     kept = keep_earlier(args.output, FILES)
     if kept:
@@ -274,6 +282,9 @@ def add_commands(sub) -> None:
                     help="task constructor option, as the model was trained with (repeatable); a generic classifier "
                     "needs labels=a,b,c")
     pr.add_argument("--batch-size", type=int, default=16)
+    pr.add_argument("--no-confidence", dest="confidence", action="store_false",
+                    help="skip the confidence_<field> columns (each predicted label's probability under the model, "
+                    "every possible answer scored; about as long again as the answers)")
     pr.add_argument("--max-new-tokens", type=int, help="generation cap (default: the task's)")
     pr.add_argument("--chat-date", metavar="YYYY-MM-DD", help="the date a chat template that prints today's date "
                     "(Llama 3.1+) shows in every prompt (default: today)")

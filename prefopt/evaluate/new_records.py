@@ -43,20 +43,26 @@ def delimiter_of(data: str | Path | None, fmt: str, task) -> str:
     return ","
 
 
-def prediction_rows(task, records, texts: list[str], ended: list[bool]) -> list[dict]:
+def prediction_rows(task, records, texts: list[str], ended: list[bool],
+                    probabilities: list[dict[str, dict[str, float]]] | None = None) -> list[dict]:
     """One row per record: its input row's columns, then the parsed prediction
-    (``predicted_<field>`` per labelled field, empty where the answer named none of the labels;
-    ``predicted`` for free text), the ``model_output`` it was parsed from, whether the model
-    ``finished`` it (False: the ``max_new_tokens`` cap stopped it), and the ``record`` id. A
-    column of the input with one of those names is replaced (predictions run on a file of
-    earlier predictions renew them)."""
+    (``predicted_<field>`` per labelled field, empty where the answer named none of the labels,
+    each followed by ``confidence_<field>``, the probability the model gives that label, where
+    ``probabilities`` (:func:`~.confidence.label_probabilities`) are given; ``predicted`` for
+    free text), the ``model_output`` it was parsed from, whether the model ``finished`` it
+    (False: the ``max_new_tokens`` cap stopped it), and the ``record`` id. A column of the input
+    with one of those names is replaced (predictions run on a file of earlier predictions renew
+    them)."""
     rows = []
-    for record, text, done in zip(records, texts, ended):
+    for i, (record, text, done) in enumerate(zip(records, texts, ended)):
         pred = task.parse(text, record)
         row = {k: v for k, v in record.meta.get("row", {}).items()
                if str(k).strip() and not str(k).startswith("_")}  # not a trailing ";;"'s nameless columns
         if isinstance(pred, dict):
-            row.update({f"predicted_{k}": v or "" for k, v in pred.items()})
+            for k, v in pred.items():
+                row[f"predicted_{k}"] = v or ""
+                if probabilities is not None:
+                    row[f"confidence_{k}"] = round(probabilities[i][k][v], 4) if v else ""
         else:
             row["predicted"] = pred
         rows.append(row | {"model_output": text, "finished": bool(done), "record": record.id})

@@ -152,6 +152,10 @@ class ClassificationTask(Task):
             return labels[self.fields[0].name]
         return "\n".join(f"{f.name.capitalize()}: {labels[f.name]}" for f in self.fields)
 
+    def choices(self, f: LabelField, record: Record) -> list[str]:
+        """The labels of ``f`` that ``record`` may be answered with (all of them, but for MedQA)."""
+        return list(f.labels)
+
     def aliases(self, f: LabelField, record: Record) -> dict[str, list[str]]:
         per_record = record.meta.get("aliases", {}).get(f.name, {})
         return {label: list(f.aliases.get(label, [])) + list(per_record.get(label, [])) for label in f.labels}

@@ -53,6 +53,9 @@ class MedQA(ClassificationTask):
                                "row": row}))
         return out
 
+    def choices(self, f, record):
+        return sorted(record.meta["options"])  # 4 or 5 letters, as the question has them
+
     def render(self, labels, record=None):
         letter = labels["answer"]
         return f"{letter}) {record.meta['options'][letter]}" if record is not None else letter

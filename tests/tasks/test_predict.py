@@ -235,3 +235,65 @@ def test_predict_refuses_bad_records_before_loading_any_model(tmp_path, capsys):
     assert main(["predict", "--task", "text_classification", "--model", str(tmp_path / "none"), "--data", str(data),
                  "--output", str(out), "--task-option", "text_column=message"]) == 2
     assert "labels=a,b,c" in capsys.readouterr().err and not out.exists()
+
+
+def _reference_probabilities(hf_model, tok, task, record) -> dict[str, dict[str, float]]:
+    """Each field's label probabilities computed apart: transformers' logits for each whole answer,
+    log_softmax and gather at the answer's tokens, softmax over the answers, summed per label."""
+    import itertools
+
+    import torch
+
+    combos = [dict(zip([f.name for f in task.fields], c))
+              for c in itertools.product(*[task.choices(f, record) for f in task.fields])]
+    logps = []
+    for labels in combos:
+        enc = tok.encode_prompt_response(task.messages(record), task.render(labels, record))
+        ids = torch.tensor([enc.ids])
+        with torch.no_grad():
+            logits = hf_model(ids).logits[0, :-1].double()
+        lp = torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None])[:, 0]
+        logps.append(lp[enc.prompt_len - 1:].sum())
+    p = torch.softmax(torch.stack(logps), 0)
+    out = {f.name: {} for f in task.fields}
+    for labels, q in zip(combos, p.tolist()):
+        for k, v in labels.items():
+            out[k][v] = out[k].get(v, 0.0) + q
+    return out
+
+
+def test_label_probabilities_match_a_reference_computed_apart(tmp_path):
+    """Portal (2 fields, 12 answers) and MedQA (a 5-option and a 4-option question): each field's
+    probabilities sum to 1 and equal transformers' for the same answers; the batch size (and
+    so the padding) changes nothing."""
+    from prefopt.evaluate.confidence import label_probabilities
+    from prefopt.pretrained import load_model
+    from prefopt.tokenizer import load_tokenizer
+
+    hf = build_hf_model(tmp_path / "m", max_position_embeddings=4096)
+    model, tok = load_model(str(tmp_path / "m")), load_tokenizer(str(tmp_path / "m"))
+    portal = get_task("portal")
+    records = portal.read()[:3]
+    medqa = get_task("medqa")
+    rows = formats.medqa_rows(2)
+    rows[0]["options"]["E"] = "metformin"
+    qs = medqa.read(str(formats.write_jsonl(tmp_path / "q.jsonl", rows)), labelled=False)
+    for task, recs in ((portal, records), (medqa, qs)):
+        got = label_probabilities(model, tok, task, recs, batch_size=16, show_progress=False)
+        one = label_probabilities(model, tok, task, recs, batch_size=1, show_progress=False)
+        for r, g, o in zip(recs, got, one):
+            ref = _reference_probabilities(hf, tok, task, r)
+            assert set(g) == {f.name for f in task.fields}
+            for name in g:
+                assert sum(g[name].values()) == pytest.approx(1, abs=1e-6)
+                assert g[name] == pytest.approx(ref[name], abs=1e-4) and g[name] == pytest.approx(o[name], abs=1e-5)
+    assert sorted(got[0]["answer"]) == list("ABCDE") and sorted(got[1]["answer"]) == list("ABCD")
+
+
+def test_only_label_sets_small_enough_are_scored():
+    from prefopt.evaluate.confidence import scorable
+
+    assert scorable(get_task("portal")) is None and scorable(get_task("ktas", levels="ktas", disposition=True)) is None
+    assert "free text" in scorable(get_task("meqsum"))
+    many = get_task("text_classification", labels=",".join(f"c{i}" for i in range(65)))
+    assert "65 combinations of labels, more than the 64" in scorable(many)
