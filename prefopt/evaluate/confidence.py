@@ -42,12 +42,20 @@ def scorable(task) -> str | None:
     return None
 
 
-@torch.no_grad()
 def label_probabilities(model, tok, task, records, *, batch_size: int = 16, show_progress: bool = True
                         ) -> list[dict[str, dict[str, float]]]:
-    """For each record, ``{field: {label: probability}}`` (each field's labels sum to 1), from the
-    model's probability of every possible answer (see the module doc). ``batch_size``: sequences
-    per forward pass."""
+    """For each record, ``{field: {label: probability}}`` (each field's labels sum to 1): the
+    :func:`marginals` of :func:`answer_logprobs`."""
+    return [marginals(task, scored) for scored in answer_logprobs(model, tok, task, records, batch_size=batch_size,
+                                                                  show_progress=show_progress)]
+
+
+@torch.no_grad()
+def answer_logprobs(model, tok, task, records, *, batch_size: int = 16, show_progress: bool = True
+                    ) -> list[list[tuple[dict[str, str], float]]]:
+    """For each record, ``(labels, log-prob)`` of every possible answer (:func:`answers`): the sum
+    of the log-probs of the answer's tokens, as SFT trained them, after the record's prompt.
+    ``batch_size``: sequences per forward pass."""
     why = scorable(task)
     if why:
         raise ValueError(why)
@@ -58,7 +66,7 @@ def label_probabilities(model, tok, task, records, *, batch_size: int = 16, show
             seqs.append((enc.ids, enc.prompt_len))
             owner.append((i, labels))
     order = sorted(range(len(seqs)), key=lambda k: len(seqs[k][0]))  # similar lengths share a batch
-    logp = torch.empty(len(seqs), dtype=torch.float64)
+    logp = [0.0] * len(seqs)
     device = model.output_weight.device
     was_training = model.training
     model.eval()
@@ -75,25 +83,27 @@ def label_probabilities(model, tok, task, records, *, batch_size: int = 16, show
             ids[row, :len(seq)] = torch.tensor(seq)
             mask[row, :len(seq)] = 1
             labels[row, p:len(seq)] = torch.tensor(seq[p:])
-        hidden = model(ids.to(device), mask.to(device), return_hidden=True)
+        hidden = model(ids.to(device), mask.to(device), return_hidden=True)  # position t predicts token t+1
         lp = sequence_logprobs(hidden[:, :-1], model.output_weight, labels[:, 1:].to(device), ignore_index=IGNORE)
-        logp[chunk] = lp.sum(-1).double().cpu()
-        finished = (s + len(chunk)) * len(records) // len(seqs)
+        for k, v in zip(chunk, lp.sum(-1).tolist()):
+            logp[k] = v
+        finished = (s + len(chunk)) * len(records) // len(seqs)  # the bar counts records, roughly
         bar.update(finished - done)
         done = finished
     bar.close()
     model.train(was_training)
-    by_record: dict[int, list[int]] = {}
-    for k, (i, _) in enumerate(owner):
-        by_record.setdefault(i, []).append(k)
-    return [_marginals(task, [owner[k][1] for k in by_record[i]], logp[by_record[i]]) for i in range(len(records))]
+    out: list[list[tuple[dict[str, str], float]]] = [[] for _ in records]
+    for (i, labels), v in zip(owner, logp):
+        out[i].append((labels, v))
+    return out
 
 
-def _marginals(task, combos: list[dict[str, str]], logp: torch.Tensor) -> dict[str, dict[str, float]]:
-    """Each field's label probabilities from the answers' log-probs (softmax, then summed per label)."""
-    p = torch.softmax(logp, 0)
-    out = {f.name: dict.fromkeys((c[f.name] for c in combos), 0.0) for f in task.fields}
-    for combo, q in zip(combos, p.tolist()):
-        for name, label in combo.items():
+def marginals(task, scored: list[tuple[dict[str, str], float]]) -> dict[str, dict[str, float]]:
+    """Each field's label probabilities from one record's answers' log-probs: a softmax over the
+    answers, then each label's answers summed."""
+    p = torch.softmax(torch.tensor([v for _, v in scored], dtype=torch.float64), 0).tolist()
+    out = {f.name: dict.fromkeys((labels[f.name] for labels, _ in scored), 0.0) for f in task.fields}
+    for (labels, _), q in zip(scored, p):
+        for name, label in labels.items():
             out[name][label] += q
     return out

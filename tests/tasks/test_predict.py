@@ -237,57 +237,63 @@ def test_predict_refuses_bad_records_before_loading_any_model(tmp_path, capsys):
     assert "labels=a,b,c" in capsys.readouterr().err and not out.exists()
 
 
-def _reference_probabilities(hf_model, tok, task, record) -> dict[str, dict[str, float]]:
-    """Each field's label probabilities computed apart: transformers' logits for each whole answer,
-    log_softmax and gather at the answer's tokens, softmax over the answers, summed per label."""
+def _reference_logprobs(hf_model, tok, task, record) -> list[tuple[dict, float]]:
+    """Every answer's log-prob computed apart: transformers' logits for prompt + answer,
+    log_softmax in float64, gathered at the answer's tokens, summed."""
     import itertools
 
     import torch
 
-    combos = [dict(zip([f.name for f in task.fields], c))
-              for c in itertools.product(*[task.choices(f, record) for f in task.fields])]
-    logps = []
-    for labels in combos:
+    out = []
+    for combo in itertools.product(*[task.choices(f, record) for f in task.fields]):
+        labels = dict(zip([f.name for f in task.fields], combo))
         enc = tok.encode_prompt_response(task.messages(record), task.render(labels, record))
         ids = torch.tensor([enc.ids])
         with torch.no_grad():
             logits = hf_model(ids).logits[0, :-1].double()
         lp = torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None])[:, 0]
-        logps.append(lp[enc.prompt_len - 1:].sum())
-    p = torch.softmax(torch.stack(logps), 0)
-    out = {f.name: {} for f in task.fields}
-    for labels, q in zip(combos, p.tolist()):
-        for k, v in labels.items():
-            out[k][v] = out[k].get(v, 0.0) + q
+        out.append((labels, float(lp[enc.prompt_len - 1:].sum())))
     return out
 
 
-def test_label_probabilities_match_a_reference_computed_apart(tmp_path):
-    """Portal (2 fields, 12 answers) and MedQA (a 5-option and a 4-option question): each field's
-    probabilities sum to 1 and equal transformers' for the same answers; the batch size (and
-    so the padding) changes nothing."""
-    from prefopt.evaluate.confidence import label_probabilities
+def test_answer_logprobs_match_a_reference_computed_apart(tmp_path):
+    """Portal (2 fields, 12 answers) and MedQA (a 5-option and a 4-option question): every answer's
+    log-prob equals transformers' for the same tokens, whatever the batch size (padding)."""
+    from prefopt.evaluate.confidence import answer_logprobs
     from prefopt.pretrained import load_model
     from prefopt.tokenizer import load_tokenizer
 
     hf = build_hf_model(tmp_path / "m", max_position_embeddings=4096)
     model, tok = load_model(str(tmp_path / "m")), load_tokenizer(str(tmp_path / "m"))
-    portal = get_task("portal")
-    records = portal.read()[:3]
     medqa = get_task("medqa")
     rows = formats.medqa_rows(2)
     rows[0]["options"]["E"] = "metformin"
     qs = medqa.read(str(formats.write_jsonl(tmp_path / "q.jsonl", rows)), labelled=False)
-    for task, recs in ((portal, records), (medqa, qs)):
-        got = label_probabilities(model, tok, task, recs, batch_size=16, show_progress=False)
-        one = label_probabilities(model, tok, task, recs, batch_size=1, show_progress=False)
+    for task, recs in ((get_task("portal"), get_task("portal").read()[:3]), (medqa, qs)):
+        got = answer_logprobs(model, tok, task, recs, batch_size=16, show_progress=False)
+        one = answer_logprobs(model, tok, task, recs, batch_size=1, show_progress=False)
         for r, g, o in zip(recs, got, one):
-            ref = _reference_probabilities(hf, tok, task, r)
-            assert set(g) == {f.name for f in task.fields}
-            for name in g:
-                assert sum(g[name].values()) == pytest.approx(1, abs=1e-6)
-                assert g[name] == pytest.approx(ref[name], abs=1e-4) and g[name] == pytest.approx(o[name], abs=1e-5)
-    assert sorted(got[0]["answer"]) == list("ABCDE") and sorted(got[1]["answer"]) == list("ABCD")
+            ref = _reference_logprobs(hf, tok, task, r)
+            assert [labels for labels, _ in g] == [labels for labels, _ in ref] == [labels for labels, _ in o]
+            assert [v for _, v in g] == pytest.approx([v for _, v in ref], rel=1e-5, abs=1e-3)
+            assert [v for _, v in g] == pytest.approx([v for _, v in o], rel=1e-6, abs=1e-4)
+        assert len({round(v) for _, v in got[0]}) > 1  # the answers differ: a token missed would show
+    assert [labels["answer"] for labels, _ in got[0]] == list("ABCDE") and len(got[1]) == 4
+
+
+def test_marginals_sum_each_fields_answers():
+    """Four answers of probability 0.1, 0.2, 0.3, 0.4 over two fields of two labels."""
+    import math
+
+    from prefopt.evaluate.confidence import marginals
+
+    task = get_task("portal")
+    scored = [({"urgency": u, "staff": s}, math.log(p) + 7)  # an offset common to all cancels
+              for (u, s), p in zip([("urgent", "nurse"), ("urgent", "physician"), ("routine", "nurse"),
+                                    ("routine", "physician")], [0.1, 0.2, 0.3, 0.4])]
+    got = marginals(task, scored)
+    assert got["urgency"] == pytest.approx({"urgent": 0.3, "routine": 0.7})
+    assert got["staff"] == pytest.approx({"nurse": 0.4, "physician": 0.6})
 
 
 def test_only_label_sets_small_enough_are_scored():
