@@ -116,7 +116,7 @@ def _predict(args) -> int:
     path = write_predictions(args.output, rows, fmt, delimiter_of(args.data, fmt, task), {
         "task": task.name, "task_options": options, "model": args.model, "adapter": args.adapter,
         "data": str(Path(args.data).resolve()), **decoding(settings, task), **placement(model), **prompt_date(tok),
-        "date": date.today().isoformat(), **tally})
+        "date": date.today().isoformat(), "confidence": probabilities is not None, **tally})
     print(f"prefopt predict: {summary(tally)}")
     print(f"prefopt predict: wrote {path} and predict.json")
     return 0

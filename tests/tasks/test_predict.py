@@ -215,12 +215,31 @@ def test_predict_writes_its_table_and_settings_and_keeps_an_earlier_one(tiny_mod
     assert settings["n"] == 5 and settings["max_new_tokens"] == 4 and settings["task"] == "portal"
     assert settings["data"] == str(data) and settings["adapter"] is None and settings["dtype"] == "float32"
     assert sum(settings["labels"]["urgency"].values()) + settings["unanswered"]["urgency"] == 5
+    assert settings["confidence"] is True
+    for r in rows:  # each predicted label's probability; none where the answer named no label
+        for field in ("urgency", "staff"):
+            assert (r[f"confidence_{field}"] == "") == (r[f"predicted_{field}"] == "")
+            assert r[f"predicted_{field}"] == "" or 0 <= float(r[f"confidence_{field}"]) <= 1
     said = capsys.readouterr().out
     assert "prefopt predict: 5 records; urgency: " in said and f"wrote {out / 'predictions.csv'}" in said
     first = (out / "predictions.csv").read_bytes()
-    assert main(argv + ["--format", "jsonl"]) == 0
+    assert main(argv + ["--format", "jsonl", "--no-confidence"]) == 0
     assert (out / "earlier" / "1" / "predictions.csv").read_bytes() == first  # nothing lost
     assert not (out / "predictions.csv").exists() and (out / "predictions.jsonl").is_file()
+    again = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["model_output"] for r in again] == [r["model_output"] for r in rows]
+    assert not any(k.startswith("confidence_") for k in again[0])
+    assert json.loads((out / "predict.json").read_text())["confidence"] is False
+
+
+def test_predict_on_free_text_says_there_is_no_confidence(tiny_model, tmp_path, capsys):
+    data = formats.write_jsonl(tmp_path / "q.jsonl", [{"CHQ": "is drug 1 safe with milk?"}])
+    out = tmp_path / "pred"
+    assert main(["predict", "--task", "meqsum", "--model", str(tiny_model), "--data", str(data), "--output", str(out),
+                 "--max-new-tokens", "3"]) == 0
+    assert "no confidence column: meqsum answers in free text" in capsys.readouterr().out
+    row = json.loads((out / "predictions.jsonl").read_text())
+    assert row["CHQ"] == "is drug 1 safe with milk?" and "predicted" in row and "Summary" not in row
 
 
 def test_predict_refuses_bad_records_before_loading_any_model(tmp_path, capsys):
