@@ -28,6 +28,7 @@ def _eval(args) -> int:
     from ..pretrained import load_model
     from ..tasks import get_task, sample_records, split_records
     from ..tokenizer import load_tokenizer
+    from .confidence import chosen, confidence_line, confidence_metrics, probabilities_for
     from .runner import (
         DECODING,
         choose_max_new_tokens,
@@ -63,11 +64,19 @@ def _eval(args) -> int:
     texts, ended = predict(model, tok, task, records, batch_size=args.batch_size, return_ended=True, **settings)
     preds, metrics = score(task, records, texts, ended, settings)
     metrics.update(placement(model) | prompt_date(tok))
+    extra = {"ended": ended}
+    probabilities = probabilities_for(model, tok, task, records, batch_size=args.batch_size, command="eval") \
+        if args.confidence else None
+    if probabilities is not None:
+        metrics["confidence"] = confidence_metrics(task, records, preds, probabilities)
+        extra["confidence"] = chosen(task, preds, probabilities)
     kept = keep_earlier(args.output)
     if kept:
         print(f"prefopt eval: {args.output} held an evaluation; it is kept in {kept}", flush=True)
-    write_results(args.output, task, records, texts, preds, metrics, {"ended": ended})
+    write_results(args.output, task, records, texts, preds, metrics, extra)
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
+    for name, c in metrics.get("confidence", {}).items():
+        print(f"prefopt eval: confidence in {name}: {confidence_line(c)}")
     print(f"prefopt eval: wrote {Path(args.output) / 'predictions.jsonl'} and metrics.json")
     if against is not None:
         _test_against(task, records, against, args)
@@ -83,7 +92,7 @@ def _predict(args) -> int:
     from ..pretrained import load_model
     from ..tasks import get_task
     from ..tokenizer import load_tokenizer
-    from .confidence import label_probabilities, scorable
+    from .confidence import probabilities_for
     from .new_records import FILES, counts, delimiter_of, prediction_rows, summary, table_format, write_predictions
     from .runner import DECODING, decoding, keep_earlier, placement, predict, prompt_date, require_chat
 
@@ -101,13 +110,8 @@ def _predict(args) -> int:
     settings = {k: getattr(args, k) for k in DECODING}
     texts, ended = predict(model, tok, task, records, batch_size=args.batch_size, return_ended=True,
                            desc="predicting", **settings)
-    probabilities = None
-    if args.confidence:
-        unscorable = scorable(task)
-        if unscorable:
-            print(f"prefopt predict: no confidence column: {unscorable}", flush=True)
-        else:
-            probabilities = label_probabilities(model, tok, task, records, batch_size=args.batch_size)
+    probabilities = probabilities_for(model, tok, task, records, batch_size=args.batch_size, command="predict") \
+        if args.confidence else None
     rows = prediction_rows(task, records, texts, ended, probabilities)
     tally = counts(task, rows)
     kept = keep_earlier(args.output, FILES)
@@ -264,6 +268,9 @@ def add_commands(sub) -> None:
                    "adapter, e.g. the SFT one's): test this one against it, paired (the task's metric by bootstrap, "
                    "McNemar or Wilcoxon per item); printed and written to paired.json")
     e.add_argument("--n-resamples", type=int, default=2000, help="paired bootstrap resamples (with --against)")
+    e.add_argument("--confidence", action="store_true", help="also score every possible answer: each predicted "
+                   "label's probability (predictions.jsonl) and how well it tells right answers from wrong "
+                   "(metrics.json: AUROC, accuracy of the more confident half); about as long again")
     add_repeat_flags(e)
     add_device_flags(e)
     e.set_defaults(func=_eval)

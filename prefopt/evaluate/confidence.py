@@ -7,18 +7,19 @@ assistant turn, its end-of-turn token included, teacher-forced after the record'
 answers' probabilities, normalised over all of them, give each field's distribution over its
 labels by summing out the other fields. Staff can read the least sure answers first.
 
-It costs one forward pass per possible answer and record (batched), about as much again as the
-greedy answers for the portal task's 12 combinations.
+Each record's prompt runs once, with its answers packed after it (:func:`answer_logprobs`).
 """
 from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import torch
 
 from .._deps import progress
 from ..data.sft import IGNORE
 from ..kernels import sequence_logprobs
+from .stats import average_ranks
 
 MAX_ANSWERS = 64  # the most answer combinations scored per record
 
@@ -55,47 +56,78 @@ def answer_logprobs(model, tok, task, records, *, batch_size: int = 16, show_pro
                     ) -> list[list[tuple[dict[str, str], float]]]:
     """For each record, ``(labels, log-prob)`` of every possible answer (:func:`answers`): the sum
     of the log-probs of the answer's tokens, as SFT trained them, after the record's prompt.
-    ``batch_size``: sequences per forward pass."""
+
+    The prompt runs once per record: a row holds ``[prompt | answer 1 | answer 2 | ...]`` under a
+    mask by which each answer sees the prompt and itself, at the positions it would have alone
+    (as :mod:`prefopt.train.shared_prompt` packs a preference pair). ``batch_size``: records per
+    forward pass."""
     why = scorable(task)
     if why:
         raise ValueError(why)
-    seqs, owner = [], []  # (ids, prompt length) of every answer to every record; its record and labels
-    for i, r in enumerate(records):
-        for labels in answers(task, r):
-            enc = tok.encode_prompt_response(task.messages(r), task.render(labels, r))
-            seqs.append((enc.ids, enc.prompt_len))
-            owner.append((i, labels))
-    order = sorted(range(len(seqs)), key=lambda k: len(seqs[k][0]))  # similar lengths share a batch
-    logp = [0.0] * len(seqs)
     device = model.output_weight.device
     was_training = model.training
     model.eval()
     bar = progress(total=len(records), desc="scoring labels", disable=not show_progress)
-    done = 0
-    for s in range(0, len(order), batch_size):
-        chunk = order[s:s + batch_size]
-        T = max(len(seqs[k][0]) for k in chunk)
-        ids = torch.full((len(chunk), T), tok.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros((len(chunk), T), dtype=torch.long)
-        labels = torch.full((len(chunk), T), IGNORE, dtype=torch.long)
-        for row, k in enumerate(chunk):
-            seq, p = seqs[k]
-            ids[row, :len(seq)] = torch.tensor(seq)
-            mask[row, :len(seq)] = 1
-            labels[row, p:len(seq)] = torch.tensor(seq[p:])
-        hidden = model(ids.to(device), mask.to(device), return_hidden=True)  # position t predicts token t+1
-        lp = sequence_logprobs(hidden[:, :-1], model.output_weight, labels[:, 1:].to(device), ignore_index=IGNORE)
-        for k, v in zip(chunk, lp.sum(-1).tolist()):
-            logp[k] = v
-        finished = (s + len(chunk)) * len(records) // len(seqs)  # the bar counts records, roughly
-        bar.update(finished - done)
-        done = finished
+    out: list[list[tuple[dict[str, str], float]]] = []
+    for s in range(0, len(records), batch_size):
+        rows = [_encode(tok, task, r) for r in records[s:s + batch_size]]
+        batch = _pack([(prompt, [ids for _, ids in scored]) for prompt, scored in rows], tok.pad_token_id or 0)
+        hidden = model(batch["input_ids"].to(device), batch["mask"].to(device), batch["position_ids"].to(device),
+                       return_hidden=True)  # (B, S, D)
+        h = hidden[batch["row"].to(device)[:, None], batch["gather"].to(device)]  # (answers, La, D)
+        sums = sequence_logprobs(h, model.output_weight, batch["labels"].to(device), ignore_index=IGNORE).sum(-1)
+        sums = iter(sums.tolist())
+        out += [[(labels, next(sums)) for labels, _ in scored] for _, scored in rows]
+        bar.update(len(rows))
     bar.close()
     model.train(was_training)
-    out: list[list[tuple[dict[str, str], float]]] = [[] for _ in records]
-    for (i, labels), v in zip(owner, logp):
-        out[i].append((labels, v))
     return out
+
+
+def _encode(tok, task, record) -> tuple[list[int], list[tuple[dict[str, str], list[int]]]]:
+    """The record's prompt ids and each possible answer's ids after it, encoded as SFT encodes them."""
+    prompt, scored = None, []
+    for labels in answers(task, record):
+        enc = tok.encode_prompt_response(task.messages(record), task.render(labels, record))
+        if prompt is None:
+            prompt = enc.ids[:enc.prompt_len]
+        elif enc.ids[:enc.prompt_len] != prompt:
+            raise ValueError(f"record {record.id}: the prompt encodes differently before two of its answers")
+        scored.append((labels, enc.ids[enc.prompt_len:]))
+    return prompt, scored
+
+
+def _pack(rows: list[tuple[list[int], list[list[int]]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """One row per record, ``[prompt | answer 1 | answer 2 | ... | padding]``: ``input_ids`` and
+    ``position_ids`` ``(B, S)``, the boolean ``mask`` ``(B, 1, S, S)`` (causal, and an answer sees
+    only the prompt and itself), and per answer (record by record): its ``row``, the ``gather``
+    columns whose hidden states predict its tokens, and its ``labels`` (``IGNORE`` past its end)."""
+    B = len(rows)
+    S = max(len(p) + sum(map(len, a)) for p, a in rows)
+    La = max(len(x) for _, a in rows for x in a)
+    n = sum(len(a) for _, a in rows)
+    ids = torch.full((B, S), pad_id, dtype=torch.long)
+    pos = torch.zeros((B, S), dtype=torch.long)
+    side = torch.full((B, S), -1, dtype=torch.long)  # 0 the prompt, k the k-th answer, -1 padding
+    row = torch.zeros(n, dtype=torch.long)
+    gather = torch.zeros((n, La), dtype=torch.long)
+    labels = torch.full((n, La), IGNORE, dtype=torch.long)
+    k = 0
+    for b, (prompt, ans) in enumerate(rows):
+        p = start = len(prompt)
+        ids[b, :p], pos[b, :p], side[b, :p] = torch.tensor(prompt), torch.arange(p), 0
+        for j, a in enumerate(ans, 1):
+            ids[b, start:start + len(a)] = torch.tensor(a)
+            pos[b, start:start + len(a)], side[b, start:start + len(a)] = p + torch.arange(len(a)), j
+            row[k], labels[k, :len(a)] = b, torch.tensor(a)
+            gather[k, :len(a)] = torch.cat([torch.tensor([p - 1]), start + torch.arange(len(a) - 1)])
+            start += len(a)
+            k += 1
+    col = torch.arange(S)
+    mask = (col[None, :] <= col[:, None])[None] & (side >= 0)[:, None, :]  # causal, real keys
+    mask &= (side[:, None, :] == 0) | (side[:, None, :] == side[:, :, None])  # the prompt, or its own answer
+    return {"input_ids": ids, "position_ids": pos, "mask": mask[:, None], "row": row, "gather": gather,
+            "labels": labels}
 
 
 def marginals(task, scored: list[tuple[dict[str, str], float]]) -> dict[str, dict[str, float]]:
@@ -107,3 +139,57 @@ def marginals(task, scored: list[tuple[dict[str, str], float]]) -> dict[str, dic
         for name, label in labels.items():
             out[name][label] += q
     return out
+
+
+def auroc(scores, right) -> float | None:
+    """The probability that a right answer's score exceeds a wrong one's (ties count half: the
+    Mann-Whitney U over the pairs); None without both kinds of answer."""
+    scores, right = np.asarray(scores, dtype=float), np.asarray(right, dtype=bool)
+    pos, neg = int(right.sum()), int((~right).sum())
+    if not pos or not neg:
+        return None
+    ranks = average_ranks(scores)
+    return float((ranks[right].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def chosen(task, preds: list[dict], probabilities: list[dict]) -> list[dict[str, float | None]]:
+    """Each record's confidence in its prediction: ``{field: probability of the predicted label}``
+    (None where the answer named no label)."""
+    return [{f.name: p[f.name][pred[f.name]] if pred.get(f.name) else None for f in task.fields}
+            for pred, p in zip(preds, probabilities)]
+
+
+def probabilities_for(model, tok, task, records, *, batch_size: int, command: str) -> list[dict] | None:
+    """:func:`label_probabilities`, or None with a line that says why where ``task`` cannot be
+    scored (free text, too many labels)."""
+    why = scorable(task)
+    if why:
+        print(f"prefopt {command}: no confidence: {why}", flush=True)
+        return None
+    return label_probabilities(model, tok, task, records, batch_size=batch_size)
+
+
+def confidence_metrics(task, records, preds: list[dict], probabilities: list[dict]) -> dict:
+    """Per field, how well the predicted label's probability tells right answers from wrong on
+    labelled ``records``: ``auroc``, the accuracy of the more confident half of the answers and of
+    the rest, and the ``median`` confidence (an answer that named no label has confidence 0)."""
+    out = {}
+    sure = chosen(task, preds, probabilities)
+    for f in task.fields:
+        conf = np.array([s[f.name] or 0.0 for s in sure])
+        right = np.array([pred.get(f.name) == r.labels[f.name] for pred, r in zip(preds, records)])
+        order = np.argsort(-conf, kind="stable")  # the more confident half: the first ceil(n/2) by confidence
+        top = np.zeros(len(conf), dtype=bool)
+        top[order[:(len(conf) + 1) // 2]] = True
+        out[f.name] = {"auroc": auroc(conf, right), "accuracy_confident_half": float(right[top].mean()),
+                       "accuracy_other_half": float(right[~top].mean()) if (~top).any() else None,
+                       "median": float(np.median(conf))}
+    return out
+
+
+def confidence_line(c: dict) -> str:
+    """One field's :func:`confidence_metrics` in words."""
+    auroc_text = "n/a (all right or all wrong)" if c["auroc"] is None else f"{c['auroc']:.3f}"
+    other = "" if c["accuracy_other_half"] is None else f", the others {c['accuracy_other_half']:.3f}"
+    return (f"AUROC {auroc_text} (right vs wrong answers); accuracy of the more confident half "
+            f"{c['accuracy_confident_half']:.3f}{other}; median {c['median']:.3f}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..data.readers import sniff_delimiter
 from ..fileio import write_json_atomic, write_text_atomic
+from .confidence import chosen
 
 FORMATS = ("csv", "tsv", "jsonl")
 FILES = tuple(f"predictions.{f}" for f in FORMATS) + ("predict.json",)  # what a predict folder holds
@@ -53,16 +54,17 @@ def prediction_rows(task, records, texts: list[str], ended: list[bool],
     (False: the ``max_new_tokens`` cap stopped it), and the ``record`` id. A column of the input
     with one of those names is replaced (predictions run on a file of earlier predictions renew
     them)."""
+    preds = [task.parse(text, record) for text, record in zip(texts, records)]
+    sure = chosen(task, preds, probabilities) if probabilities is not None else [None] * len(records)
     rows = []
-    for i, (record, text, done) in enumerate(zip(records, texts, ended)):
-        pred = task.parse(text, record)
+    for record, text, done, pred, confidence in zip(records, texts, ended, preds, sure):
         row = {k: v for k, v in record.meta.get("row", {}).items()
                if str(k).strip() and not str(k).startswith("_")}  # not a trailing ";;"'s nameless columns
         if isinstance(pred, dict):
             for k, v in pred.items():
                 row[f"predicted_{k}"] = v or ""
-                if probabilities is not None:
-                    row[f"confidence_{k}"] = round(probabilities[i][k][v], 4) if v else ""
+                if confidence is not None:
+                    row[f"confidence_{k}"] = "" if confidence[k] is None else round(confidence[k], 4)
         else:
             row["predicted"] = pred
         rows.append(row | {"model_output": text, "finished": bool(done), "record": record.id})

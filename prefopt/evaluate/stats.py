@@ -115,7 +115,7 @@ def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, *, n_resamples: in
     return [float(lo), float(hi)]
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
+def average_ranks(x: np.ndarray) -> np.ndarray:
     """Average ranks (1-based) with ties sharing their mean rank."""
     order = np.argsort(x, kind="mergesort")
     ranks = np.empty(len(x))
@@ -147,7 +147,7 @@ def wilcoxon_signed_rank(a: Sequence[float], b: Sequence[float]) -> dict:
     n = len(d)
     if n == 0:
         return {"statistic": 0.0, "p_value": 1.0, "n": 0, "method": "none"}
-    r = _ranks(np.abs(d))
+    r = average_ranks(np.abs(d))
     r_plus, r_minus = r[d > 0].sum(), r[d < 0].sum()
     t = min(r_plus, r_minus)
     ties = len(np.unique(np.abs(d))) < n

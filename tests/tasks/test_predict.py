@@ -237,7 +237,7 @@ def test_predict_on_free_text_says_there_is_no_confidence(tiny_model, tmp_path, 
     out = tmp_path / "pred"
     assert main(["predict", "--task", "meqsum", "--model", str(tiny_model), "--data", str(data), "--output", str(out),
                  "--max-new-tokens", "3"]) == 0
-    assert "no confidence column: meqsum answers in free text" in capsys.readouterr().out
+    assert "prefopt predict: no confidence: meqsum answers in free text" in capsys.readouterr().out
     row = json.loads((out / "predictions.jsonl").read_text())
     assert row["CHQ"] == "is drug 1 safe with milk?" and "predicted" in row and "Summary" not in row
 
@@ -322,3 +322,60 @@ def test_only_label_sets_small_enough_are_scored():
     assert "free text" in scorable(get_task("meqsum"))
     many = get_task("text_classification", labels=",".join(f"c{i}" for i in range(65)))
     assert "65 combinations of labels, more than the 64" in scorable(many)
+
+
+def test_auroc_counts_the_pairs_a_right_answer_outranks():
+    import itertools
+
+    from prefopt.evaluate.confidence import auroc
+
+    rng = __import__("random").Random(0)
+    scores = [rng.choice([0.1, 0.5, 0.5, 0.7, 0.9]) for _ in range(40)]
+    right = [rng.random() < 0.6 for _ in range(40)]
+    pairs = [(a, b) for (a, ra), (b, rb) in itertools.product(zip(scores, right), repeat=2) if ra and not rb]
+    brute = sum((a > b) + 0.5 * (a == b) for a, b in pairs) / len(pairs)
+    assert auroc(scores, right) == pytest.approx(brute)
+    assert auroc([0.9, 0.2], [True, False]) == 1 and auroc([0.2, 0.9], [True, False]) == 0
+    assert auroc([0.5, 0.6], [True, True]) is None
+
+
+def test_confidence_metrics_split_the_answers_by_confidence():
+    """Five answers: the three most confident (one without a label: confidence 0 counts last)."""
+    from prefopt.evaluate.confidence import confidence_line, confidence_metrics
+    from prefopt.tasks.base import Record
+
+    task = get_task("text_classification", labels="a,b")
+    records = [Record(str(i), "", g, {"label": g}) for i, g in enumerate("aabba")]
+    preds = [{"label": x} for x in ["a", "b", "b", "a", None]]
+    probs = [{"label": {"a": 1 - q, "b": q}} for q in (0.1, 0.6, 0.8, 0.15, 0.5)]  # chosen: .9 .6 .8 .85 and 0
+    got = confidence_metrics(task, records, preds, probs)["label"]
+    # right 1 0 1 0 0 at .9 .6 .8 .85 0: right over wrong in 5 of 6 pairs (.8 < .85); the more
+    # confident half (3 of 5): .9 .85 .8, 2 of them right
+    assert got == {"auroc": pytest.approx(5 / 6), "accuracy_confident_half": pytest.approx(2 / 3),
+                   "accuracy_other_half": 0.0, "median": pytest.approx(0.8)}
+    assert confidence_line(got) == ("AUROC 0.833 (right vs wrong answers); accuracy of the more confident half "
+                                    "0.667, the others 0.000; median 0.800")
+
+
+def test_eval_confidence_agrees_with_predicts(tiny_model, tmp_path, capsys):
+    """eval --confidence writes each answer's confidence and the summary; predict gives the same
+    confidences to the same records without their labels."""
+    data = formats.write_jsonl(tmp_path / "m.jsonl", [
+        {"id": f"m{i}", "message": f"Message {i}: my knee hurts since {i} days", "urgency": ["urgent", "routine"][i % 2],
+         "staff": "nurse"} for i in range(6)])
+    common = ["--task", "portal", "--model", str(tiny_model), "--data", str(data), "--max-new-tokens", "6"]
+    assert main(["eval", *common, "--split", "all", "--output", str(tmp_path / "e"), "--confidence"]) == 0
+    assert "prefopt eval: confidence in urgency: AUROC " in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert set(metrics["confidence"]) == {"urgency", "staff"}
+    assert set(metrics["confidence"]["urgency"]) == {"auroc", "accuracy_confident_half", "accuracy_other_half",
+                                                      "median"}
+    rows = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "e/predictions.jsonl").read_text().splitlines()}
+    assert main(["predict", *common, "--output", str(tmp_path / "p")]) == 0
+    for r in (json.loads(line) for line in (tmp_path / "p/predictions.jsonl").read_text().splitlines()):
+        e = rows[r["record"]]
+        assert r["model_output"] == e["output"]
+        for field in ("urgency", "staff"):
+            want = e["confidence"][field]
+            assert (r[f"confidence_{field}"] == "") == (want is None)
+            assert want is None or r[f"confidence_{field}"] == pytest.approx(want, abs=1e-4)
