@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..lora_stack import is_stacked
 from .cli import REPEAT_FLAGS
+from .confidence import scorable
 from .runner import DECODING
 
 WHAT = {"dpo/train/best": "one adapter holding the SFT update and the chosen DPO step's",
@@ -52,10 +53,12 @@ def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dic
     q = shlex.quote
     model, adapter = q(str(cfg.model)), q(str(folder / weights["dpo"]))
 
+    confidence = ["--confidence"] if scorable(task) is None else []  # does predict's confidence column mean much?
+
     def evaluate(weights_dir: str, output: str, *more: str) -> str:
         return " ".join(["prefopt eval --task", q(task.name), "--model", model, "--adapter", weights_dir,
                          *map(q, eval_flags(cfg, task, dpo_metrics)), "--data NEW_FILE --split all --output",
-                         q(str(folder / output)), *more])
+                         q(str(folder / output)), *confidence, *more])
     system = f" --system {q(task.system)}" if task.system else ""
     dpo = f"- SFT+DPO: `{weights['dpo']}` ({WHAT.get(weights['dpo'], 'its adapter')})"
     if weights["dpo"] != weights["sft"] and not is_stacked(out / weights["dpo"]):  # saved before adapters stacked
@@ -68,7 +71,8 @@ def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dic
             "To use the SFT+DPO stage's:", "",
             "```bash",
             "# score it on another labelled file of this task (NEW_FILE in the run's data format), asked as the run "
-            "asked its test items",
+            "asked its test items" + ("; --confidence: how well its confidence in an answer tells right from wrong"
+                                      if confidence else ""),
             evaluate(adapter, "new-eval"),
             *(["# the SFT adapter on the same file, tested against it item by item (paired; into paired.json)",
                evaluate(q(str(folder / weights["sft"])), "new-eval-sft", "--against", q(str(folder / "new-eval")))]

@@ -33,6 +33,7 @@ def test_eval_command_asks_as_the_run_did(tmp_path):
     assert (args.max_new_tokens, args.repetition_penalty, args.no_repeat_ngram_size, args.repeat_scope) == (
         40, 1.2, 4, "output")
     assert (args.model, args.adapter, args.split) == ("my model", str(tmp_path / "run 1" / "dpo/train/best"), "all")
+    assert args.confidence  # a classifier: whether predict's confidence column means much
     sft = build_parser().parse_args([a if a != "NEW_FILE" else "new.csv" for a in against[1:]])
     assert (sft.adapter, sft.against) == (str(tmp_path / "run 1" / "sft/train/final"), args.output)
     assert {k: v for k, v in vars(sft).items() if k not in ("adapter", "against", "output")} == \
@@ -79,6 +80,8 @@ def test_an_adapter_saved_alone_is_stacked_first_and_the_sft_model_said_so(tmp_p
     assert "- SFT+DPO: `dpo/train/final` (one adapter holding the SFT update and the DPO one)" in lines
     lines = models_lines(cfg, task, tmp_path, {"sft": "sft/train/final", "dpo": "sft/train/final"}, {})
     assert "- SFT+DPO: `sft/train/final` (the SFT adapter: the SFT+DPO stage is the SFT model)" in lines
+    assert build_parser().parse_args(_commands(models_lines(
+        cfg, get_task("meqsum"), tmp_path, weights, {}))[0][1:]).confidence is False  # free text: nothing to score
     commands = _commands(lines)  # no SFT evaluation to test it against: the SFT+DPO stage is the SFT model
     assert [c[1] for c in commands] == ["eval", "predict", "generate", "merge"]
     assert all(c[c.index("--adapter") + 1] == f"{tmp_path}/sft/train/final" for c in commands)
