@@ -92,9 +92,8 @@ def _predict(args) -> int:
     from ..pretrained import load_model
     from ..tasks import get_task
     from ..tokenizer import load_tokenizer
-    from .confidence import probabilities_for
-    from .new_records import FILES, counts, delimiter_of, prediction_rows, summary, table_format, write_predictions
-    from .runner import DECODING, decoding, keep_earlier, placement, predict, prompt_date, require_chat
+    from .new_records import FILES, counts, delimiter_of, predict_rows, summary, table_format, write_predictions
+    from .runner import DECODING, decoding, keep_earlier, placement, prompt_date, require_chat
 
     options = key_values(args.task_option)
     task = get_task(args.task, **options)
@@ -108,11 +107,7 @@ def _predict(args) -> int:
     tok.chat_date = parse_chat_date(args.chat_date, "--chat-date") if args.chat_date else date.today()
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None)
     settings = {k: getattr(args, k) for k in DECODING}
-    texts, ended = predict(model, tok, task, records, batch_size=args.batch_size, return_ended=True,
-                           desc="predicting", **settings)
-    probabilities = probabilities_for(model, tok, task, records, batch_size=args.batch_size, command="predict") \
-        if args.confidence else None
-    rows = prediction_rows(task, records, texts, ended, probabilities)
+    rows = predict_rows(model, tok, task, records, batch_size=args.batch_size, confidence=args.confidence, **settings)
     tally = counts(task, rows)
     kept = keep_earlier(args.output, FILES)
     if kept:
@@ -120,7 +115,7 @@ def _predict(args) -> int:
     path = write_predictions(args.output, rows, fmt, delimiter_of(args.data, fmt, task), {
         "task": task.name, "task_options": options, "model": args.model, "adapter": args.adapter,
         "data": str(Path(args.data).resolve()), **decoding(settings, task), **placement(model), **prompt_date(tok),
-        "date": date.today().isoformat(), "confidence": probabilities is not None, **tally})
+        "date": date.today().isoformat(), "confidence": any(k.startswith("confidence_") for k in rows[0]), **tally})
     print(f"prefopt predict: {summary(tally)}")
     print(f"prefopt predict: wrote {path} and predict.json")
     return 0

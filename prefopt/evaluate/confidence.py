@@ -159,14 +159,15 @@ def chosen(task, preds: list[dict], probabilities: list[dict]) -> list[dict[str,
             for pred, p in zip(preds, probabilities)]
 
 
-def probabilities_for(model, tok, task, records, *, batch_size: int, command: str) -> list[dict] | None:
+def probabilities_for(model, tok, task, records, *, batch_size: int, command: str, show_progress: bool = True
+                      ) -> list[dict] | None:
     """:func:`label_probabilities`, or None with a line that says why where ``task`` cannot be
     scored (free text, too many labels)."""
     why = scorable(task)
     if why:
         print(f"prefopt {command}: no confidence: {why}", flush=True)
         return None
-    return label_probabilities(model, tok, task, records, batch_size=batch_size)
+    return label_probabilities(model, tok, task, records, batch_size=batch_size, show_progress=show_progress)
 
 
 def confidence_metrics(task, records, preds: list[dict], probabilities: list[dict]) -> dict:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ..data.readers import sniff_delimiter
 from ..fileio import write_json_atomic, write_text_atomic
-from .confidence import chosen
+from .confidence import chosen, probabilities_for
+from .runner import predict
 
 FORMATS = ("csv", "tsv", "jsonl")
 FILES = tuple(f"predictions.{f}" for f in FORMATS) + ("predict.json",)  # what a predict folder holds
@@ -42,6 +43,23 @@ def delimiter_of(data: str | Path | None, fmt: str, task) -> str:
         with open(data, encoding=getattr(task, "file", {}).get("encoding", "utf-8"), errors="replace") as f:
             return sniff_delimiter(f.readline())
     return ","
+
+
+def predict_rows(model, tok, task, records, *, batch_size: int = 16, confidence: bool = True,
+                 show_progress: bool = True, **decode) -> list[dict]:
+    """The predictions table's rows (:func:`prediction_rows`) for ``records``, e.g. read with
+    ``task.read(path, labelled=False)``: greedy answers (``decode``: :func:`~.runner.predict`'s
+    settings), parsed, each with its confidence where ``confidence`` and the task has labels to
+    score. In a notebook::
+
+        task = get_task("portal")
+        rows = predict_rows(model, tok, task, task.read("new.csv", labelled=False))
+    """
+    texts, ended = predict(model, tok, task, records, batch_size=batch_size, return_ended=True, desc="predicting",
+                           show_progress=show_progress, **decode)
+    probabilities = probabilities_for(model, tok, task, records, batch_size=batch_size, command="predict",
+                                      show_progress=show_progress) if confidence else None
+    return prediction_rows(task, records, texts, ended, probabilities)
 
 
 def prediction_rows(task, records, texts: list[str], ended: list[bool],
