@@ -92,7 +92,17 @@ def _predict(args) -> int:
     from ..pretrained import load_model
     from ..tasks import get_task
     from ..tokenizer import load_tokenizer
-    from .new_records import FILES, counts, delimiter_of, predict_rows, summary, table_format, write_predictions
+    from .confidence import scorable
+    from .new_records import (
+        FILES,
+        counts,
+        delimiter_of,
+        fingerprint,
+        predict_in_blocks,
+        summary,
+        table_format,
+        write_predictions,
+    )
     from .runner import DECODING, decoding, keep_earlier, placement, prompt_date, require_chat
 
     options = key_values(args.task_option)
@@ -107,15 +117,21 @@ def _predict(args) -> int:
     tok.chat_date = parse_chat_date(args.chat_date, "--chat-date") if args.chat_date else date.today()
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None)
     settings = {k: getattr(args, k) for k in DECODING}
-    rows = predict_rows(model, tok, task, records, batch_size=args.batch_size, confidence=args.confidence, **settings)
+    unscorable = scorable(task) if args.confidence else None
+    if unscorable:
+        print(f"prefopt predict: no confidence: {unscorable}", flush=True)
+    confidence = args.confidence and not unscorable
+    made = {"task": task.name, "task_options": options, "model": args.model, "adapter": args.adapter,
+            "data": str(Path(args.data).resolve()), **decoding(settings, task), **placement(model), **prompt_date(tok),
+            "confidence": confidence}
+    rows = predict_in_blocks(model, tok, task, records, args.output, fingerprint(records, made),
+                             batch_size=args.batch_size, confidence=confidence, **settings)
     tally = counts(task, rows)
     kept = keep_earlier(args.output, FILES)
     if kept:
         print(f"prefopt predict: {args.output} held predictions; they are kept in {kept}", flush=True)
-    path = write_predictions(args.output, rows, fmt, delimiter_of(args.data, fmt, task), {
-        "task": task.name, "task_options": options, "model": args.model, "adapter": args.adapter,
-        "data": str(Path(args.data).resolve()), **decoding(settings, task), **placement(model), **prompt_date(tok),
-        "date": date.today().isoformat(), "confidence": any(k.startswith("confidence_") for k in rows[0]), **tally})
+    path = write_predictions(args.output, rows, fmt, delimiter_of(args.data, fmt, task),
+                             {**made, "date": date.today().isoformat(), **tally})
     print(f"prefopt predict: {summary(tally)}")
     print(f"prefopt predict: wrote {path} and predict.json")
     return 0

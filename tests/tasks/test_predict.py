@@ -379,3 +379,42 @@ def test_eval_confidence_agrees_with_predicts(tiny_model, tmp_path, capsys):
             want = e["confidence"][field]
             assert (r[f"confidence_{field}"] == "") == (want is None)
             assert want is None or r[f"confidence_{field}"] == pytest.approx(want, abs=1e-4)
+
+
+def test_a_stopped_predict_goes_on_from_the_records_it_answered(tiny_model, tmp_path, monkeypatch):
+    """Each block's rows reach the partial file before the next block starts; the same command
+    after a stop answers only the rest, and its table equals an unstopped run's; another setting
+    starts over; the partial file goes once the table is written."""
+    import prefopt.evaluate.new_records as nr
+
+    monkeypatch.setattr(nr, "BLOCK", 2)
+    data = _csv(tmp_path / "msgs.csv", [{"message": f"Message {i}: chest pain for {i} hours"} for i in range(5)])
+    argv = ["predict", "--task", "portal", "--model", str(tiny_model), "--data", str(data), "--max-new-tokens", "4"]
+    assert main(argv + ["--output", str(tmp_path / "whole")]) == 0
+    whole = (tmp_path / "whole" / "predictions.csv").read_text()
+    assert not (tmp_path / "whole" / nr.PARTIAL).exists()
+
+    answered, real = [], nr.predict_rows
+
+    def stop_at_the_second_block(model, tok, task, records, **kw):
+        if len(answered) == 2:
+            raise KeyboardInterrupt
+        answered.extend(r.id for r in records)
+        return real(model, tok, task, records, **kw)
+
+    monkeypatch.setattr(nr, "predict_rows", stop_at_the_second_block)
+    out = tmp_path / "stopped"
+    assert main(argv + ["--output", str(out)]) == 130
+    partial = (out / nr.PARTIAL).read_text().splitlines()
+    assert len(partial) == 3 and not (out / "predictions.csv").exists()  # the stamp, then the first block's 2 rows
+    (out / nr.PARTIAL).write_text("\n".join(partial) + '\n{"message": "cut sh')  # a line cut by the stop
+    answered.clear()
+    monkeypatch.setattr(nr, "predict_rows", lambda *a, **kw: answered.extend(r.id for r in a[3]) or real(*a, **kw))
+    assert main(argv + ["--output", str(out)]) == 0
+    assert answered == [f"portal:{i}" for i in range(4, 7)]  # only the last three
+    assert (out / "predictions.csv").read_text() == whole and not (out / nr.PARTIAL).exists()
+
+    answered.clear()
+    nr.start_partial(out, {"max_new_tokens": 99}, [{"record": "x"}])  # another run's answers are not reused
+    assert main(argv + ["--output", str(out)]) == 0
+    assert len(answered) == 5 and (out / "earlier" / "1" / "predictions.csv").read_text() == whole
