@@ -78,7 +78,8 @@ def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dic
                evaluate(q(str(folder / weights["sft"])), "new-eval-sft", "--against", q(str(folder / "new-eval")))]
               if weights["dpo"] != weights["sft"] else []),
             "# answer new records that have no labels yet (NEW_RECORDS: the same format, label columns not needed): "
-            "predictions/predictions.csv (or .tsv, .jsonl, as the input) is their table with a prediction column",
+            "predictions/predictions.csv (or .tsv, .jsonl, as the input) is their table with a prediction column"
+            + (" and a confidence column per field" if confidence else ""),
             " ".join(["prefopt predict --task", q(task.name), "--model", model, "--adapter", adapter,
                       *map(q, eval_flags(cfg, task, dpo_metrics)), "--data NEW_RECORDS --output",
                       q(str(folder / "predictions"))]),
