@@ -418,3 +418,26 @@ def test_a_stopped_predict_goes_on_from_the_records_it_answered(tiny_model, tmp_
     nr.start_partial(out, {"max_new_tokens": 99}, [{"record": "x"}])  # another run's answers are not reused
     assert main(argv + ["--output", str(out)]) == 0
     assert len(answered) == 5 and (out / "earlier" / "1" / "predictions.csv").read_text() == whole
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_answer_logprobs_on_cuda_match_the_cpus(tiny_model, dtype):
+    """On a GPU the log-probs go through the Triton kernel (bf16 where the model is): the same
+    answers' log-probs as on the CPU in float32, to the precision's tolerance."""
+    import torch
+
+    from prefopt.evaluate.confidence import answer_logprobs
+    from prefopt.pretrained import load_model
+    from prefopt.tokenizer import load_tokenizer
+
+    tok, task = load_tokenizer(str(tiny_model)), get_task("portal")
+    records = task.read()[:4]
+    cpu = answer_logprobs(load_model(str(tiny_model)), tok, task, records, show_progress=False)
+    gpu = answer_logprobs(load_model(str(tiny_model), dtype=getattr(torch, dtype), device="cuda"), tok, task, records,
+                          show_progress=False)
+    tol = {"float32": 1e-3, "bfloat16": 0.5}[dtype]
+    for c, g in zip(cpu, gpu):
+        assert [labels for labels, _ in c] == [labels for labels, _ in g]
+        assert [v for _, v in g] == pytest.approx([v for _, v in c], rel=0.02, abs=tol)
