@@ -93,16 +93,8 @@ def _predict(args) -> int:
     from ..tasks import get_task
     from ..tokenizer import load_tokenizer
     from .confidence import scorable
-    from .new_records import (
-        FILES,
-        counts,
-        delimiter_of,
-        fingerprint,
-        predict_in_blocks,
-        summary,
-        table_format,
-        write_predictions,
-    )
+    from .new_records import FILES, counts, delimiter_of, predict_in_blocks, summary, table_format, write_predictions
+    from .partial import claimed, fingerprint
     from .runner import DECODING, decoding, keep_earlier, placement, prompt_date, require_chat
 
     options = key_values(args.task_option)
@@ -124,14 +116,15 @@ def _predict(args) -> int:
     made = {"task": task.name, "task_options": options, "model": args.model, "adapter": args.adapter,
             "data": str(Path(args.data).resolve()), **decoding(settings, task), **placement(model), **prompt_date(tok),
             "confidence": confidence}
-    rows = predict_in_blocks(model, tok, task, records, args.output, fingerprint(records, made),
-                             batch_size=args.batch_size, confidence=confidence, **settings)
-    tally = counts(task, rows)
-    kept = keep_earlier(args.output, FILES)
-    if kept:
-        print(f"prefopt predict: {args.output} held predictions; they are kept in {kept}", flush=True)
-    path = write_predictions(args.output, rows, fmt, delimiter_of(args.data, fmt, task),
-                             {**made, "date": date.today().isoformat(), **tally})
+    with claimed(args.output):
+        rows = predict_in_blocks(model, tok, task, records, args.output, fingerprint(records, made),
+                                 batch_size=args.batch_size, confidence=confidence, **settings)
+        tally = counts(task, rows)
+        kept = keep_earlier(args.output, FILES)
+        if kept:
+            print(f"prefopt predict: {args.output} held predictions; they are kept in {kept}", flush=True)
+        path = write_predictions(args.output, rows, fmt, delimiter_of(args.data, fmt, task),
+                                 {**made, "date": date.today().isoformat(), **tally})
     print(f"prefopt predict: {summary(tally)}")
     print(f"prefopt predict: wrote {path} and predict.json")
     return 0

@@ -4,10 +4,8 @@ its prediction, with the settings that made them."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -15,58 +13,12 @@ from .._deps import progress
 from ..data.readers import sniff_delimiter
 from ..fileio import write_json_atomic, write_text_atomic
 from .confidence import chosen, probabilities_for
+from .partial import PARTIAL, append_partial, resume, start_partial
 from .runner import predict
 
-PARTIAL = ".predict-partial.jsonl"  # the rows answered so far, a block at a time (a stopped run goes on from them)
-BLOCK = 64  # records answered between two appends to it
+BLOCK = 64  # records answered between two appends to the partial file
 FORMATS = ("csv", "tsv", "jsonl")
 FILES = tuple(f"predictions.{f}" for f in FORMATS) + ("predict.json",)  # what a predict folder holds
-ADDED = ("model_output", "finished", "record")  # the columns written after the prediction's
-
-
-def fingerprint(records, settings: dict) -> dict:
-    """What a run's answers depend on: ``settings`` (task, model, adapter, decoding, device...) and
-    the records' ids and prompts (a digest), for :func:`resume` to tell the same run."""
-    h = hashlib.sha256()
-    for r in records:
-        h.update(json.dumps([r.id, r.prompt], ensure_ascii=False).encode() + b"\n")
-    return {**settings, "records": len(records), "prompts_sha256": h.hexdigest()}
-
-
-def resume(out_dir: str | Path, stamp: dict) -> list[dict]:
-    """The rows that a stopped run with the same :func:`fingerprint` left in ``out_dir``'s partial
-    file (all but a last line cut by the stop); [] where there is none, or it is another run's."""
-    path = Path(out_dir) / PARTIAL
-    if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    try:
-        if json.loads(lines[0]) != {"fingerprint": stamp}:
-            return []
-    except json.JSONDecodeError:
-        return []
-    rows = []
-    for line in lines[1:]:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
-
-
-def start_partial(out_dir: str | Path, stamp: dict, rows: list[dict]) -> None:
-    """``out_dir``'s partial file, written afresh (atomically) with ``stamp`` and the ``rows`` so far."""
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    write_text_atomic(Path(out_dir) / PARTIAL, "".join(json.dumps(x, ensure_ascii=False) + "\n"
-                                                       for x in [{"fingerprint": stamp}, *rows]))
-
-
-def append_partial(out_dir: str | Path, rows: list[dict]) -> None:
-    """Add ``rows`` to ``out_dir``'s partial file, on disk before this returns."""
-    with open(Path(out_dir) / PARTIAL, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def table_format(data: str | Path | None, chosen: str | None = None) -> str:

@@ -386,13 +386,14 @@ def test_a_stopped_predict_goes_on_from_the_records_it_answered(tiny_model, tmp_
     after a stop answers only the rest, and its table equals an unstopped run's; another setting
     starts over; the partial file goes once the table is written."""
     import prefopt.evaluate.new_records as nr
+    from prefopt.evaluate.partial import PARTIAL, start_partial
 
     monkeypatch.setattr(nr, "BLOCK", 2)
     data = _csv(tmp_path / "msgs.csv", [{"message": f"Message {i}: chest pain for {i} hours"} for i in range(5)])
     argv = ["predict", "--task", "portal", "--model", str(tiny_model), "--data", str(data), "--max-new-tokens", "4"]
     assert main(argv + ["--output", str(tmp_path / "whole")]) == 0
     whole = (tmp_path / "whole" / "predictions.csv").read_text()
-    assert not (tmp_path / "whole" / nr.PARTIAL).exists()
+    assert not (tmp_path / "whole" / PARTIAL).exists()
 
     answered, real = [], nr.predict_rows
 
@@ -405,17 +406,17 @@ def test_a_stopped_predict_goes_on_from_the_records_it_answered(tiny_model, tmp_
     monkeypatch.setattr(nr, "predict_rows", stop_at_the_second_block)
     out = tmp_path / "stopped"
     assert main(argv + ["--output", str(out)]) == 130
-    partial = (out / nr.PARTIAL).read_text().splitlines()
+    partial = (out / PARTIAL).read_text().splitlines()
     assert len(partial) == 3 and not (out / "predictions.csv").exists()  # the stamp, then the first block's 2 rows
-    (out / nr.PARTIAL).write_text("\n".join(partial) + '\n{"message": "cut sh')  # a line cut by the stop
+    (out / PARTIAL).write_text("\n".join(partial) + '\n{"message": "cut sh')  # a line cut by the stop
     answered.clear()
     monkeypatch.setattr(nr, "predict_rows", lambda *a, **kw: answered.extend(r.id for r in a[3]) or real(*a, **kw))
     assert main(argv + ["--output", str(out)]) == 0
     assert answered == [f"portal:{i}" for i in range(4, 7)]  # only the last three
-    assert (out / "predictions.csv").read_text() == whole and not (out / nr.PARTIAL).exists()
+    assert (out / "predictions.csv").read_text() == whole and not (out / PARTIAL).exists()
 
     answered.clear()
-    nr.start_partial(out, {"max_new_tokens": 99}, [{"record": "x"}])  # another run's answers are not reused
+    start_partial(out, {"max_new_tokens": 99}, [{"record": "x"}])  # another run's answers are not reused
     assert main(argv + ["--output", str(out)]) == 0
     assert len(answered) == 5 and (out / "earlier" / "1" / "predictions.csv").read_text() == whole
 
@@ -441,3 +442,30 @@ def test_answer_logprobs_on_cuda_match_the_cpus(tiny_model, dtype):
     for c, g in zip(cpu, gpu):
         assert [labels for labels, _ in c] == [labels for labels, _ in g]
         assert [v for _, v in g] == pytest.approx([v for _, v in c], rel=0.02, abs=tol)
+
+
+def test_a_folder_being_predicted_into_is_refused_to_a_second_run(tiny_model, tmp_path, capsys):
+    """Two runs into one folder would interleave their rows in the partial file: the second is
+    refused while the first lives; a lock left by a run that died is taken over, and a run
+    removes its own."""
+    import os
+    import subprocess
+    import sys
+
+    from prefopt.evaluate.partial import LOCK, claimed
+
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / LOCK).write_text(str(os.getppid()))  # a live process that is not this one
+    data = _csv(tmp_path / "msgs.csv", [{"message": "chest pain"}])
+    argv = ["predict", "--task", "portal", "--model", str(tiny_model), "--data", str(data), "--output", str(out),
+            "--max-new-tokens", "3"]
+    assert main(argv) == 2
+    assert f"another prefopt predict (pid {os.getppid()}) is writing into this folder" in capsys.readouterr().err
+    assert not (out / "predictions.csv").exists() and (out / LOCK).read_text() == str(os.getppid())
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / LOCK).write_text(dead.stdout.strip())
+    with claimed(out):
+        assert (out / LOCK).read_text() == str(os.getpid())
+    assert not (out / LOCK).exists()
+    assert main(argv) == 0 and (out / "predictions.csv").is_file() and not (out / LOCK).exists()

@@ -1,0 +1,102 @@
+"""A long job's rows kept on disk as they are made, so that the same command after a stop goes
+on from them (``prefopt predict``), and the folder held against a second run meanwhile."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..fileio import write_text_atomic
+
+LOCK = ".predict.lock"  # the pid of the predict run writing into the folder
+PARTIAL = ".predict-partial.jsonl"  # the rows answered so far, a block at a time (a stopped run goes on from them)
+
+
+@contextmanager
+def claimed(out_dir: str | Path):
+    """Hold ``out_dir`` for this process while predicting into it: a second run into the same
+    folder would interleave its rows with this one's in the partial file, so it is refused while
+    the first is alive (a lock left by a run that died is taken over)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            pid = _pid_in(lock)
+            if pid is not None and pid != os.getpid() and _alive(pid):
+                raise ValueError(f"{out}: another prefopt predict (pid {pid}) is writing into this folder; wait "
+                                 f"for it, or stop it and run this again (it goes on from the records answered)") from None
+            lock.unlink(missing_ok=True)  # its run has ended without removing it
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield out
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _pid_in(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def fingerprint(records, settings: dict) -> dict:
+    """What a run's answers depend on: ``settings`` (task, model, adapter, decoding, device...) and
+    the records' ids and prompts (a digest), for :func:`resume` to tell the same run."""
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps([r.id, r.prompt], ensure_ascii=False).encode() + b"\n")
+    return {**settings, "records": len(records), "prompts_sha256": h.hexdigest()}
+
+
+def resume(out_dir: str | Path, stamp: dict) -> list[dict]:
+    """The rows that a stopped run with the same :func:`fingerprint` left in ``out_dir``'s partial
+    file (all but a last line cut by the stop); [] where there is none, or it is another run's."""
+    path = Path(out_dir) / PARTIAL
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    try:
+        if json.loads(lines[0]) != {"fingerprint": stamp}:
+            return []
+    except json.JSONDecodeError:
+        return []
+    rows = []
+    for line in lines[1:]:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def start_partial(out_dir: str | Path, stamp: dict, rows: list[dict]) -> None:
+    """``out_dir``'s partial file, written afresh (atomically) with ``stamp`` and the ``rows`` so far."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(out_dir) / PARTIAL, "".join(json.dumps(x, ensure_ascii=False) + "\n"
+                                                       for x in [{"fingerprint": stamp}, *rows]))
+
+
+def append_partial(out_dir: str | Path, rows: list[dict]) -> None:
+    """Add ``rows`` to ``out_dir``'s partial file, on disk before this returns."""
+    with open(Path(out_dir) / PARTIAL, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
