@@ -21,13 +21,13 @@ FORMATS = ("csv", "tsv", "jsonl")
 FILES = tuple(f"predictions.{f}" for f in FORMATS) + ("predict.json",)  # what a predict folder holds
 
 
-def table_format(data: str | Path | None, chosen: str | None = None) -> str:
-    """The output's format: ``chosen``, else the input's (``.csv`` → csv, ``.tsv`` → tsv, anything
-    else, JSONL or JSON, → jsonl)."""
-    if chosen:
-        if chosen not in FORMATS:
-            raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {chosen!r}")
-        return chosen
+def table_format(data: str | Path | None, given: str | None = None) -> str:
+    """The output's format: ``given`` (``--format``), else the input's (``.csv`` → csv, ``.tsv`` →
+    tsv, anything else, JSONL or JSON, → jsonl)."""
+    if given:
+        if given not in FORMATS:
+            raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {given!r}")
+        return given
     suffix = Path(data).suffix.lower() if data else ""
     return {".csv": "csv", ".tsv": "tsv"}.get(suffix, "jsonl")
 
