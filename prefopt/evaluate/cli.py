@@ -196,13 +196,14 @@ def _compare(args) -> int:
 
 
 def _study(args) -> int:
-    from .study import run_study
+    from .study import pick, run_study
 
     study = run_study(args.model, args.output, args.data_root, tasks=args.tasks, preset=args.preset, loss=args.loss,
                       strategy=args.strategy, seed=args.seed, n_resamples=args.n_resamples,
                       overrides=key_values(args.set), device=args.device, eval_dtype=args.eval_dtype,
                       chat_date=args.chat_date)
-    counts = {s: sum(r["status"] == s for r in study["arms"]) for s in ("ran", "failed", "not run")}
+    asked = {a.task for a in pick(args.tasks)}  # the table also keeps rows of tasks an earlier command ran
+    counts = {s: sum(r["status"] == s for r in study["arms"] if r["task"] in asked) for s in ("ran", "failed", "not run")}
     print(f"prefopt study: {counts['ran']} ran, {counts['failed']} failed, {counts['not run']} not run; "
           f"table: {args.output}/study.md")
     return 1 if counts["failed"] else 0

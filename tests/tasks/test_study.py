@@ -62,6 +62,10 @@ def test_study_runs_every_dataset_present_and_tabulates_them(tmp_path, capsys):
     assert "| triage (synthetic) | `portal` | (as KTAS) |" in md and "F1 0.63 → 0.98 with SFT" in md
     assert "- `ktas`: DataError: " in md and "more cells than the header" in md and "- `aci_bench`: no " in md
 
+    assert main(argv + ["--tasks", "portal"]) == 0  # KTAS's failure was an earlier command's: kept in the table
+    assert "prefopt study: 1 ran, 0 failed, 0 not run" in capsys.readouterr().out
+    assert "- `ktas`: DataError: " in (out / "study.md").read_text()
+
     paths["ktas"].write_bytes(good_ktas)  # fixed: the rerun trains only KTAS
     assert main(argv) == 0
     log = capsys.readouterr().out
@@ -70,7 +74,9 @@ def test_study_runs_every_dataset_present_and_tabulates_them(tmp_path, capsys):
     assert {r["task"] for r in whole["arms"] if r["status"] == "ran"} == \
         {"medical_abstracts", "uci_heart", "medqa", "meqsum", "ktas", "portal"}
 
+    capsys.readouterr()
     assert main(argv + ["--tasks", "ktas"]) == 0  # one task again: the table keeps the others' rows
+    assert "prefopt study: 1 ran, 0 failed, 0 not run" in capsys.readouterr().out  # this command's tasks
     again = json.loads((out / "study.json").read_text())
     assert [r["task"] for r in again["arms"]] == [r["task"] for r in whole["arms"]]
     assert [r for r in again["arms"] if r["task"] != "ktas"] == [r for r in whole["arms"] if r["task"] != "ktas"]
