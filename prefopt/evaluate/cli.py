@@ -28,7 +28,7 @@ def _eval(args) -> int:
     from ..pretrained import load_model
     from ..tasks import get_task, sample_records, split_records
     from ..tokenizer import load_tokenizer
-    from .confidence import chosen, confidence_line, confidence_metrics, probabilities_for
+    from .confidence import chosen, confidence_line, confidence_metrics, likeliest, probabilities_for
     from .runner import (
         DECODING,
         choose_max_new_tokens,
@@ -70,6 +70,7 @@ def _eval(args) -> int:
     if probabilities is not None:
         metrics["confidence"] = confidence_metrics(task, records, preds, probabilities)
         extra["confidence"] = chosen(task, preds, probabilities)
+        extra["likeliest"] = likeliest(task, probabilities)
     kept = keep_earlier(args.output)
     if kept:
         print(f"prefopt eval: {args.output} held an evaluation; it is kept in {kept}", flush=True)
@@ -274,8 +275,9 @@ def add_commands(sub) -> None:
                    "McNemar or Wilcoxon per item); printed and written to paired.json")
     e.add_argument("--n-resamples", type=int, default=2000, help="paired bootstrap resamples (with --against)")
     e.add_argument("--confidence", action="store_true", help="also score every possible answer: each predicted "
-                   "label's probability (predictions.jsonl) and how well it tells right answers from wrong "
-                   "(metrics.json: AUROC, accuracy of the more confident half); about as long again")
+                   "label's probability and the likeliest label (predictions.jsonl), and how well they do "
+                   "(metrics.json: AUROC, accuracy of the more confident half, of the likeliest labels); about as "
+                   "long again")
     add_repeat_flags(e)
     add_device_flags(e)
     e.set_defaults(func=_eval)
@@ -295,8 +297,9 @@ def add_commands(sub) -> None:
                     "needs labels=a,b,c")
     pr.add_argument("--batch-size", type=int, default=16)
     pr.add_argument("--no-confidence", dest="confidence", action="store_false",
-                    help="skip the confidence_<field> columns (each predicted label's probability under the model, "
-                    "every possible answer scored; about as long again as the answers)")
+                    help="skip the confidence_<field> and likeliest_<field> columns (each predicted label's "
+                    "probability under the model, and the label it finds likeliest, every possible answer scored; "
+                    "about as long again as the answers)")
     pr.add_argument("--max-new-tokens", type=int, help="generation cap (default: the task's)")
     pr.add_argument("--chat-date", metavar="YYYY-MM-DD", help="the date a chat template that prints today's date "
                     "(Llama 3.1+) shows in every prompt (default: today)")

@@ -159,6 +159,13 @@ def chosen(task, preds: list[dict], probabilities: list[dict]) -> list[dict[str,
             for pred, p in zip(preds, probabilities)]
 
 
+def likeliest(task, probabilities: list[dict]) -> list[dict[str, str]]:
+    """Each record's likeliest label per field, ``{field: label}``: the one the model gives the
+    highest probability (on a tie, the first in the field's order). It is usually the label the
+    answer named; where the answer named none, it is the model's best guess."""
+    return [{f.name: max(p[f.name], key=p[f.name].get) for f in task.fields} for p in probabilities]
+
+
 def probabilities_for(model, tok, task, records, *, batch_size: int, command: str, show_progress: bool = True
                       ) -> list[dict] | None:
     """:func:`label_probabilities`, or None with a line that says why where ``task`` cannot be
@@ -173,9 +180,11 @@ def probabilities_for(model, tok, task, records, *, batch_size: int, command: st
 def confidence_metrics(task, records, preds: list[dict], probabilities: list[dict]) -> dict:
     """Per field, how well the predicted label's probability tells right answers from wrong on
     labelled ``records``: ``auroc``, the accuracy of the more confident half of the answers and of
-    the rest, and the ``median`` confidence (an answer that named no label has confidence 0)."""
+    the rest, the ``median`` confidence (an answer that named no label has confidence 0), and
+    ``accuracy_likeliest``, that of the :func:`likeliest` labels in place of the answers'."""
     out = {}
     sure = chosen(task, preds, probabilities)
+    best = likeliest(task, probabilities)
     for f in task.fields:
         conf = np.array([s[f.name] or 0.0 for s in sure])
         right = np.array([pred.get(f.name) == r.labels[f.name] for pred, r in zip(preds, records)])
@@ -184,7 +193,9 @@ def confidence_metrics(task, records, preds: list[dict], probabilities: list[dic
         top[order[:(len(conf) + 1) // 2]] = True
         out[f.name] = {"auroc": auroc(conf, right), "accuracy_confident_half": float(right[top].mean()),
                        "accuracy_other_half": float(right[~top].mean()) if (~top).any() else None,
-                       "median": float(np.median(conf))}
+                       "median": float(np.median(conf)),
+                       "accuracy_likeliest": float(np.mean([b[f.name] == r.labels[f.name]
+                                                            for b, r in zip(best, records)]))}
     return out
 
 
@@ -193,4 +204,5 @@ def confidence_line(c: dict) -> str:
     auroc_text = "n/a (all right or all wrong)" if c["auroc"] is None else f"{c['auroc']:.3f}"
     other = "" if c["accuracy_other_half"] is None else f", the others {c['accuracy_other_half']:.3f}"
     return (f"AUROC {auroc_text} (right vs wrong answers); accuracy of the more confident half "
-            f"{c['accuracy_confident_half']:.3f}{other}; median {c['median']:.3f}")
+            f"{c['accuracy_confident_half']:.3f}{other}; median {c['median']:.3f}; accuracy of the likeliest "
+            f"labels {c['accuracy_likeliest']:.3f}")

@@ -12,7 +12,7 @@ from pathlib import Path
 from .._deps import progress
 from ..data.readers import sniff_delimiter
 from ..fileio import write_json_atomic, write_text_atomic
-from .confidence import chosen, probabilities_for
+from .confidence import chosen, likeliest, probabilities_for
 from .partial import PARTIAL, append_partial, resume, start_partial
 from .runner import predict
 
@@ -88,16 +88,20 @@ def prediction_rows(task, records, texts: list[str], ended: list[bool],
                     probabilities: list[dict[str, dict[str, float]]] | None = None) -> list[dict]:
     """One row per record: its input row's columns, then the parsed prediction
     (``predicted_<field>`` per labelled field, empty where the answer named none of the labels,
-    each followed by ``confidence_<field>``, the probability the model gives that label, where
-    ``probabilities`` (:func:`~.confidence.label_probabilities`) are given; ``predicted`` for
+    each followed, where ``probabilities`` (:func:`~.confidence.label_probabilities`) are given,
+    by ``confidence_<field>``, the probability the model gives that label, and
+    ``likeliest_<field>``, the label it gives the highest probability; ``predicted`` for
     free text), the ``model_output`` it was parsed from, whether the model ``finished`` it
     (False: the ``max_new_tokens`` cap stopped it), and the ``record`` id. A column of the input
     with one of those names is replaced (predictions run on a file of earlier predictions renew
     them)."""
     preds = [task.parse(text, record) for text, record in zip(texts, records)]
-    sure = chosen(task, preds, probabilities) if probabilities is not None else [None] * len(records)
+    if probabilities is None:
+        sure = best = [None] * len(records)
+    else:
+        sure, best = chosen(task, preds, probabilities), likeliest(task, probabilities)
     rows = []
-    for record, text, done, pred, confidence in zip(records, texts, ended, preds, sure):
+    for record, text, done, pred, confidence, top in zip(records, texts, ended, preds, sure, best):
         row = {k: v for k, v in record.meta.get("row", {}).items()
                if str(k).strip() and not str(k).startswith("_")}  # not a trailing ";;"'s nameless columns
         if isinstance(pred, dict):
@@ -105,6 +109,7 @@ def prediction_rows(task, records, texts: list[str], ended: list[bool],
                 row[f"predicted_{k}"] = v or ""
                 if confidence is not None:
                     row[f"confidence_{k}"] = "" if confidence[k] is None else round(confidence[k], 4)
+                    row[f"likeliest_{k}"] = top[k]
         else:
             row["predicted"] = pred
         rows.append(row | {"model_output": text, "finished": bool(done), "record": record.id})

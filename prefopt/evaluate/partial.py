@@ -30,7 +30,9 @@ def claimed(out_dir: str | Path):
             pid = _pid_in(lock)
             if pid is not None and pid != os.getpid() and _alive(pid):
                 raise ValueError(f"{out}: another prefopt predict (pid {pid}) is writing into this folder; wait "
-                                 f"for it, or stop it and run this again (it goes on from the records answered)") from None
+                                 f"for it, or stop it and run this again (it goes on from the records answered). "
+                                 f"Where pid {pid} is no prefopt run (a machine restarted since), remove {lock}"
+                                 ) from None
             lock.unlink(missing_ok=True)  # its run has ended without removing it
     try:
         os.write(fd, str(os.getpid()).encode())

@@ -170,6 +170,26 @@ def test_prediction_table_keeps_the_input_and_reads_back(tmp_path):
     assert list(prediction_rows(task, again, texts, [True] * 3)[0]) == list(rows[0])  # renewed, not doubled
 
 
+def test_confidence_columns_give_the_predicted_labels_probability_and_the_likeliest_label(tmp_path):
+    """After each prediction: the probability of the label it named (empty where it named none)
+    and the label of highest probability, which fills in a best guess for an unparsed answer."""
+    task = get_task("portal")
+    data = _csv(tmp_path / "msgs.csv", [{"message": "Crushing chest pain"}, {"message": "Refill please"}])
+    records = task.read(str(data), labelled=False)
+    probs = [{"urgency": {"emergency": 0.7, "urgent": 0.2, "routine": 0.1},
+              "staff": {"nurse": 0.3, "physician": 0.6, "pharmacist": 0.05, "scheduling": 0.05}},
+             {"urgency": {"emergency": 0.1, "urgent": 0.3, "routine": 0.6},
+              "staff": {"nurse": 0.2, "physician": 0.1, "pharmacist": 0.65, "scheduling": 0.05}}]
+    rows = prediction_rows(task, records, ["Urgency: urgent\nStaff: physician", "I cannot say"], [True, True], probs)
+    assert list(rows[0]) == ["message", "predicted_urgency", "confidence_urgency", "likeliest_urgency",
+                             "predicted_staff", "confidence_staff", "likeliest_staff", "model_output", "finished",
+                             "record"]
+    assert [(r["predicted_urgency"], r["confidence_urgency"], r["likeliest_urgency"]) for r in rows] == [
+        ("urgent", 0.2, "emergency"), ("", "", "routine")]
+    assert [(r["predicted_staff"], r["confidence_staff"], r["likeliest_staff"]) for r in rows] == [
+        ("physician", 0.6, "physician"), ("", "", "pharmacist")]
+
+
 def test_formats_and_delimiters_follow_the_input(tmp_path):
     ktas = formats.write_ktas(tmp_path / "data.csv", 2)
     assert (table_format(ktas), delimiter_of(ktas, "csv", get_task("ktas"))) == ("csv", ";")
@@ -351,10 +371,11 @@ def test_confidence_metrics_split_the_answers_by_confidence():
     got = confidence_metrics(task, records, preds, probs)["label"]
     # right 1 0 1 0 0 at .9 .6 .8 .85 0: right over wrong in 5 of 6 pairs (.8 < .85); the more
     # confident half (3 of 5): .9 .85 .8, 2 of them right
+    # the likeliest labels a b b a, and a for the tie at 0.5 (the first label): right 1 0 1 0 1
     assert got == {"auroc": pytest.approx(5 / 6), "accuracy_confident_half": pytest.approx(2 / 3),
-                   "accuracy_other_half": 0.0, "median": pytest.approx(0.8)}
+                   "accuracy_other_half": 0.0, "median": pytest.approx(0.8), "accuracy_likeliest": pytest.approx(0.6)}
     assert confidence_line(got) == ("AUROC 0.833 (right vs wrong answers); accuracy of the more confident half "
-                                    "0.667, the others 0.000; median 0.800")
+                                    "0.667, the others 0.000; median 0.800; accuracy of the likeliest labels 0.600")
 
 
 def test_eval_confidence_agrees_with_predicts(tiny_model, tmp_path, capsys):
@@ -369,8 +390,11 @@ def test_eval_confidence_agrees_with_predicts(tiny_model, tmp_path, capsys):
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert set(metrics["confidence"]) == {"urgency", "staff"}
     assert set(metrics["confidence"]["urgency"]) == {"auroc", "accuracy_confident_half", "accuracy_other_half",
-                                                      "median"}
+                                                      "median", "accuracy_likeliest"}
     rows = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "e/predictions.jsonl").read_text().splitlines()}
+    for field in ("urgency", "staff"):
+        right = [r["likeliest"][field] == r["labels"][field] for r in rows.values()]
+        assert metrics["confidence"][field]["accuracy_likeliest"] == pytest.approx(sum(right) / 6)
     assert main(["predict", *common, "--output", str(tmp_path / "p")]) == 0
     for r in (json.loads(line) for line in (tmp_path / "p/predictions.jsonl").read_text().splitlines()):
         e = rows[r["record"]]
@@ -379,6 +403,7 @@ def test_eval_confidence_agrees_with_predicts(tiny_model, tmp_path, capsys):
             want = e["confidence"][field]
             assert (r[f"confidence_{field}"] == "") == (want is None)
             assert want is None or r[f"confidence_{field}"] == pytest.approx(want, abs=1e-4)
+            assert r[f"likeliest_{field}"] == e["likeliest"][field]
 
 
 def test_a_stopped_predict_goes_on_from_the_records_it_answered(tiny_model, tmp_path, monkeypatch):
@@ -461,7 +486,9 @@ def test_a_folder_being_predicted_into_is_refused_to_a_second_run(tiny_model, tm
     argv = ["predict", "--task", "portal", "--model", str(tiny_model), "--data", str(data), "--output", str(out),
             "--max-new-tokens", "3"]
     assert main(argv) == 2
-    assert f"another prefopt predict (pid {os.getppid()}) is writing into this folder" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert f"another prefopt predict (pid {os.getppid()}) is writing into this folder" in said
+    assert f"remove {out / LOCK}" in said  # a way out where the pid is not a prefopt run's
     assert not (out / "predictions.csv").exists() and (out / LOCK).read_text() == str(os.getppid())
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (out / LOCK).write_text(dead.stdout.strip())
