@@ -177,9 +177,9 @@ def test_confidence_columns_give_the_predicted_labels_probability_and_the_likeli
     data = _csv(tmp_path / "msgs.csv", [{"message": "Crushing chest pain"}, {"message": "Refill please"}])
     records = task.read(str(data), labelled=False)
     probs = [{"urgency": {"emergency": 0.7, "urgent": 0.2, "routine": 0.1},
-              "staff": {"nurse": 0.3, "physician": 0.6, "pharmacist": 0.05, "scheduling": 0.05}},
+              "staff": {"nurse": 0.3, "physician": 0.6, "pharmacist": 0.05, "front desk": 0.05}},
              {"urgency": {"emergency": 0.1, "urgent": 0.3, "routine": 0.6},
-              "staff": {"nurse": 0.2, "physician": 0.1, "pharmacist": 0.65, "scheduling": 0.05}}]
+              "staff": {"nurse": 0.2, "physician": 0.1, "pharmacist": 0.65, "front desk": 0.05}}]
     rows = prediction_rows(task, records, ["Urgency: urgent\nStaff: physician", "I cannot say"], [True, True], probs)
     assert list(rows[0]) == ["message", "predicted_urgency", "confidence_urgency", "likeliest_urgency",
                              "predicted_staff", "confidence_staff", "likeliest_staff", "model_output", "finished",
