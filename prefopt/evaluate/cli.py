@@ -94,7 +94,16 @@ def _predict(args) -> int:
     from ..tasks import get_task
     from ..tokenizer import load_tokenizer
     from .confidence import scorable
-    from .new_records import FILES, counts, delimiter_of, predict_in_blocks, summary, table_format, write_predictions
+    from .new_records import (
+        FILES,
+        ROW_FORMAT,
+        counts,
+        delimiter_of,
+        predict_in_blocks,
+        summary,
+        table_format,
+        write_predictions,
+    )
     from .partial import claimed, fingerprint
     from .runner import DECODING, decoding, keep_earlier, placement, prompt_date, require_chat
 
@@ -118,7 +127,8 @@ def _predict(args) -> int:
             "data": str(Path(args.data).resolve()), **decoding(settings, task), **placement(model), **prompt_date(tok),
             "confidence": confidence}
     with claimed(args.output):
-        rows = predict_in_blocks(model, tok, task, records, args.output, fingerprint(records, made),
+        stamp = fingerprint(records, made | {"row_format": ROW_FORMAT})  # what a stopped run must match
+        rows = predict_in_blocks(model, tok, task, records, args.output, stamp,
                                  batch_size=args.batch_size, confidence=confidence, **settings)
         tally = counts(task, rows)
         kept = keep_earlier(args.output, FILES)

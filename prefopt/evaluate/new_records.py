@@ -17,6 +17,7 @@ from .partial import PARTIAL, append_partial, resume, start_partial
 from .runner import predict
 
 BLOCK = 64  # records answered between two appends to the partial file
+ROW_FORMAT = 2  # the rows' columns; raised when they change, so that a run does not go on from older rows
 FORMATS = ("csv", "tsv", "jsonl")
 FILES = tuple(f"predictions.{f}" for f in FORMATS) + ("predict.json",)  # what a predict folder holds
 

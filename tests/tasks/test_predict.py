@@ -445,6 +445,13 @@ def test_a_stopped_predict_goes_on_from_the_records_it_answered(tiny_model, tmp_
     assert main(argv + ["--output", str(out)]) == 0
     assert len(answered) == 5 and (out / "earlier" / "1" / "predictions.csv").read_text() == whole
 
+    answered.clear()  # nor are rows of an older column layout, though the run is the same
+    stamp = json.loads(partial[0])["fingerprint"]
+    assert stamp["row_format"] == nr.ROW_FORMAT
+    start_partial(out, stamp | {"row_format": nr.ROW_FORMAT - 1}, [json.loads(x) for x in partial[1:]])
+    assert main(argv + ["--output", str(out)]) == 0
+    assert len(answered) == 5
+
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
