@@ -119,24 +119,33 @@ def prediction_rows(task, records, texts: list[str], ended: list[bool],
 
 def counts(task, rows: list[dict]) -> dict:
     """``{"n", "unfinished"}``, and for a classification task ``"labels"`` (each field's predicted
-    labels: ``{field: {label: count}}``) and ``"unanswered"`` (``{field: count}`` of answers that
-    named none of them), for the summary line and ``predict.json``."""
+    labels: ``{field: {label: count}}``), ``"unanswered"`` (``{field: count}`` of answers that
+    named none of them) and, where the rows have ``likeliest_<field>``, ``"likeliest_unanswered"``
+    (``{field: {label: count}}``: those answers' likeliest labels), for the summary line and
+    ``predict.json``."""
     out: dict = {"n": len(rows), "unfinished": sum(not r["finished"] for r in rows)}
     for f in getattr(task, "fields", []):
         seen = Counter(r[f"predicted_{f.name}"] for r in rows)
         out.setdefault("labels", {})[f.name] = {label: seen[label] for label in f.labels if seen[label]}
         out.setdefault("unanswered", {})[f.name] = seen[""]
+        if rows and f"likeliest_{f.name}" in rows[0]:
+            guess = Counter(r[f"likeliest_{f.name}"] for r in rows if not r[f"predicted_{f.name}"])
+            out.setdefault("likeliest_unanswered", {})[f.name] = {label: guess[label] for label in f.labels
+                                                                  if guess[label]}
     return out
 
 
 def summary(tally: dict) -> str:
-    """One line: how many records, each field's predicted labels with counts, and how many
-    answers named none of them or were cut by the cap."""
+    """One line: how many records, each field's predicted labels with counts, how many answers
+    named none of them (and their likeliest labels, where scored) or were cut by the cap."""
     parts = [f"{tally['n']} records"]
     for name, by_label in tally.get("labels", {}).items():
         missed = tally["unanswered"][name]
+        guess = tally.get("likeliest_unanswered", {}).get(name)
+        guessed = f" (likeliest_{name}: " + ", ".join(f"{label} {c}" for label, c in guess.items()) + ")" \
+            if missed and guess else ""
         parts.append(f"{name}: " + ", ".join([f"{label} {c}" for label, c in by_label.items()]
-                                             + ([f"no label {missed}"] if missed else [])))
+                                             + ([f"no label {missed}{guessed}"] if missed else [])))
     if tally["unfinished"]:
         parts.append(f"{tally['unfinished']} answers stopped by the max_new_tokens cap")
     return "; ".join(parts)

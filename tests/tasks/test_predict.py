@@ -188,6 +188,10 @@ def test_confidence_columns_give_the_predicted_labels_probability_and_the_likeli
         ("urgent", 0.2, "emergency"), ("", "", "routine")]
     assert [(r["predicted_staff"], r["confidence_staff"], r["likeliest_staff"]) for r in rows] == [
         ("physician", 0.6, "physician"), ("", "", "pharmacist")]
+    tally = counts(task, rows)  # the unanswered ones' likeliest labels, in predict.json and the summary
+    assert tally["likeliest_unanswered"] == {"urgency": {"routine": 1}, "staff": {"pharmacist": 1}}
+    assert summary(tally) == ("2 records; urgency: urgent 1, no label 1 (likeliest_urgency: routine 1); "
+                              "staff: physician 1, no label 1 (likeliest_staff: pharmacist 1)")
 
 
 def test_formats_and_delimiters_follow_the_input(tmp_path):
