@@ -79,7 +79,7 @@ def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dic
               if weights["dpo"] != weights["sft"] else []),
             "# answer new records that have no labels yet (NEW_RECORDS: the same format, label columns not needed): "
             "predictions/predictions.csv (or .tsv, .jsonl, as the input) is their table with a prediction column"
-            + (" and a confidence column per field" if confidence else ""),
+            + (" per field, its confidence and the likeliest label" if confidence else ""),
             " ".join(["prefopt predict --task", q(task.name), "--model", model, "--adapter", adapter,
                       *map(q, eval_flags(cfg, task, dpo_metrics)), "--data NEW_RECORDS --output",
                       q(str(folder / "predictions"))]),
