@@ -93,7 +93,7 @@ def _predict(args) -> int:
     from ..pretrained import load_model
     from ..tasks import get_task
     from ..tokenizer import load_tokenizer
-    from .confidence import scorable
+    from .confidence import confidence_possible
     from .new_records import (
         FILES,
         ROW_FORMAT,
@@ -119,10 +119,7 @@ def _predict(args) -> int:
     tok.chat_date = parse_chat_date(args.chat_date, "--chat-date") if args.chat_date else date.today()
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None)
     settings = {k: getattr(args, k) for k in DECODING}
-    unscorable = scorable(task) if args.confidence else None
-    if unscorable:
-        print(f"prefopt predict: no confidence: {unscorable}", flush=True)
-    confidence = args.confidence and not unscorable
+    confidence = args.confidence and confidence_possible(task, "predict")
     made = {"task": task.name, "task_options": options, "model": args.model, "adapter": args.adapter,
             "data": str(Path(args.data).resolve()), **decoding(settings, task), **placement(model), **prompt_date(tok),
             "confidence": confidence}

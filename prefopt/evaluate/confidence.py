@@ -166,13 +166,20 @@ def likeliest(task, probabilities: list[dict]) -> list[dict[str, str]]:
     return [{f.name: max(p[f.name], key=p[f.name].get) for f in task.fields} for p in probabilities]
 
 
-def probabilities_for(model, tok, task, records, *, batch_size: int, command: str, show_progress: bool = True
-                      ) -> list[dict] | None:
-    """:func:`label_probabilities`, or None with a line that says why where ``task`` cannot be
-    scored (free text, too many labels)."""
+def confidence_possible(task, command: str) -> bool:
+    """Whether ``task``'s answers can be scored (:func:`scorable`); where not, ``prefopt
+    <command>`` prints a line that says why (free text, too many labels)."""
     why = scorable(task)
     if why:
         print(f"prefopt {command}: no confidence: {why}", flush=True)
+    return why is None
+
+
+def probabilities_for(model, tok, task, records, *, batch_size: int, command: str, show_progress: bool = True
+                      ) -> list[dict] | None:
+    """:func:`label_probabilities`, or None where ``task`` cannot be scored
+    (:func:`confidence_possible` says why)."""
+    if not confidence_possible(task, command):
         return None
     return label_probabilities(model, tok, task, records, batch_size=batch_size, show_progress=show_progress)
 
