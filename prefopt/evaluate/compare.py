@@ -66,13 +66,13 @@ PRESETS = {
               "max_length": 384, "sft_lr": 3e-4, "dpo_lr": 1e-4, "beta": 0.1, "eval_batch_size": 16,
               "max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
               "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None,
-              "dpo_patience": None, "dpo_max_p": None},
+              "dpo_patience": None, "dpo_max_p": None, "confidence": True},
     "full": {"max_train": None, "test": 0.2, "sft_steps": None, "dpo_steps": None, "sft_epochs": 2.0,
              "dpo_epochs": 1.0, "batch_size": 8, "dpo_batch_size": 4, "max_length": 1024, "sft_lr": 2e-4,
              "dpo_lr": 5e-5, "beta": 0.1, "eval_batch_size": 16, "max_new_tokens": None,
              "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
              "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None,
-             "dpo_patience": None, "dpo_max_p": None},
+             "dpo_patience": None, "dpo_max_p": None, "confidence": True},
     # val None: no validation set. A count (>= 1) or fraction (< 1) of the items is held out of both
     # training stages; DPO then answers them every dpo_eval_every steps (None: about ten times a run) and the
     # weights that score best on the task's primary metric are the "dpo" stage (step 0: the SFT model itself);
@@ -83,7 +83,9 @@ PRESETS = {
     # stage is the SFT model;
     # max_new_tokens None: the task's, raised where its reference answers are longer (runner.fit_max_new_tokens);
     # repetition_penalty, no_repeat_ngram_size None: none (greedy decoding as it is); repeat_scope None: "all";
-    # gradient_checkpointing: less memory, more time
+    # gradient_checkpointing: less memory, more time;
+    # confidence True: where the task's answers are labels, each stage also scores every possible answer after each
+    # test prompt, for how sure it is of its answers and whether that tells right from wrong (stage_confidence)
 }
 
 
@@ -133,6 +135,8 @@ class CompareConfig:
                                 f"pass {' and '.join('--' + w.replace('_', '-') for w in where)}" if where else ""))
         s = {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}
         check_settings(s)
+        if not isinstance(s["confidence"], bool):
+            raise ValueError(f"confidence: true or false (got {s['confidence']!r})")
         self.device_and_dtype()
         if self.chat_date is not None:
             parse_chat_date(self.chat_date)
@@ -153,6 +157,8 @@ _MEMORY_ONLY = ("gradient_checkpointing",)  # change memory and time, not result
 # decide only which trained weights the "dpo" stage is (selection.require_gain): a finished run may be given
 # another value; the decision is made again, and the stage evaluated again only if its weights changed
 _DECISION_ONLY = ("dpo_max_p",)
+# adds to the evaluations without changing their answers: a finished stage is scored when it is turned on
+_SCORING_ONLY = ("confidence",)
 # settings added after runs were made, with the values those runs used
 _ADDED_SETTINGS = {"max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None,
                    "repeat_scope": None, "gradient_checkpointing": False, "val": None, "dpo_eval_every": None,
@@ -169,7 +175,7 @@ def _eval_only(config: dict) -> tuple[str, ...]:
 def _flat(config: dict) -> dict:
     """``config`` as ``{"loss": ..., "settings.beta": ..., "overrides.test": ...}`` for comparing,
     with settings that change no training result left out and settings added since filled in."""
-    out, skip = {}, (*_MEMORY_ONLY, *_DECISION_ONLY, *_eval_only(config))
+    out, skip = {}, (*_MEMORY_ONLY, *_DECISION_ONLY, *_SCORING_ONLY, *_eval_only(config))
     for k, v in config.items():
         if k in _REPORT_ONLY or k in _MACHINE_ONLY:
             continue
@@ -191,7 +197,7 @@ def _same_run(out: Path, config: dict) -> None:
         diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
                 if old.get(k) != new.get(k)]
         if diff:
-            free = [*_eval_only(config), *_DECISION_ONLY, *_MEMORY_ONLY]
+            free = [*_eval_only(config), *_DECISION_ONLY, *_SCORING_ONLY, *_MEMORY_ONLY]
             raise ValueError(f"{out} holds a run made with other settings ({'; '.join(diff)}); its finished "
                              "stages would be reused as if they were this run's. Use a new --output, or delete it. "
                              f"(A finished run may be rerun with another {', '.join(free)}, --n-resamples, --device "
@@ -295,13 +301,13 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
         made_by = done[1].get("weights")  # None but for "dpo", whose weights _name_old_weights named
         if not changed and made_by == weights:
             _log(f"{stage}: reusing {out / stage / 'metrics.json'}")
-            return done
+            return _confident(cfg, task, tok, test, out, stage, s, done, keep=keep)
         kept = keep_earlier(out / stage)
         why = ([f"made with other decoding settings ({', '.join(changed)})"] * bool(changed)
                + [f"made by {made_by}, and the stage is now {weights}"] * (made_by != weights))
         _log(f"{stage}: evaluating again, its answers were {' and '.join(why)}; those are kept in {kept}")
     if weights == SFT_WEIGHTS and (sft := read_results(out / "sft")):
-        return _same_as_sft(out, *sft)
+        return _confident(cfg, task, tok, test, out, stage, s, _same_as_sft(out, *sft))
     t0 = time.perf_counter()
     model = _load_stage_model(cfg, out, stage)
     if keep is not None:
@@ -322,7 +328,26 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
     metrics["eval_seconds"] = time.perf_counter() - t0
     write_results(out / stage, task, test, texts, preds, metrics, extra)
     _log(f"{stage}: {task.primary} = {metrics.get(task.primary, float('nan')):.3f} on {len(test)} test items")
-    return read_results(out / stage)
+    return _confident(cfg, task, tok, test, out, stage, s, read_results(out / stage), model)
+
+
+def _confident(cfg, task, tok, test, out: Path, stage: str, s: dict, done: tuple[list[dict], dict], model=None,
+               keep: dict | None = None) -> tuple[list[dict], dict]:
+    """A stage's evaluation ``done`` with its confidence (:mod:`.stage_confidence`) where the run
+    wants it and it lacks it. ``model``: the stage's, if loaded; else it loads (into ``keep``, if given)."""
+    from .stage_confidence import add_confidence, wanted
+
+    if not wanted(task, s) or "confidence" in done[1]:
+        return done
+    if model is None:
+        model = _load_stage_model(cfg, out, stage, keep)
+        if keep is not None:
+            keep[stage] = model
+    t0 = time.perf_counter()
+    done = add_confidence(model, tok, task, test, out / stage, *done, batch_size=s["eval_batch_size"],
+                          desc=f"{stage}: scoring labels")
+    _log(f"{stage}: scored every label of the {len(test)} test items in {time.perf_counter() - t0:.1f} s")
+    return done
 
 
 def _weights_name(out: Path, stage: str) -> str | None:

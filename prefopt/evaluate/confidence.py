@@ -43,31 +43,31 @@ def scorable(task) -> str | None:
     return None
 
 
-def label_probabilities(model, tok, task, records, *, batch_size: int = 16, show_progress: bool = True
-                        ) -> list[dict[str, dict[str, float]]]:
+def label_probabilities(model, tok, task, records, *, batch_size: int = 16, show_progress: bool = True,
+                        desc: str = "scoring labels") -> list[dict[str, dict[str, float]]]:
     """For each record, ``{field: {label: probability}}`` (each field's labels sum to 1): the
     :func:`marginals` of :func:`answer_logprobs`."""
     return [marginals(task, scored) for scored in answer_logprobs(model, tok, task, records, batch_size=batch_size,
-                                                                  show_progress=show_progress)]
+                                                                  show_progress=show_progress, desc=desc)]
 
 
 @torch.no_grad()
-def answer_logprobs(model, tok, task, records, *, batch_size: int = 16, show_progress: bool = True
-                    ) -> list[list[tuple[dict[str, str], float]]]:
+def answer_logprobs(model, tok, task, records, *, batch_size: int = 16, show_progress: bool = True,
+                    desc: str = "scoring labels") -> list[list[tuple[dict[str, str], float]]]:
     """For each record, ``(labels, log-prob)`` of every possible answer (:func:`answers`): the sum
     of the log-probs of the answer's tokens, as SFT trained them, after the record's prompt.
 
     The prompt runs once per record: a row holds ``[prompt | answer 1 | answer 2 | ...]`` under a
     mask by which each answer sees the prompt and itself, at the positions it would have alone
     (as :mod:`prefopt.train.shared_prompt` packs a preference pair). ``batch_size``: records per
-    forward pass."""
+    forward pass; ``desc``: the progress bar's label."""
     why = scorable(task)
     if why:
         raise ValueError(why)
     device = model.output_weight.device
     was_training = model.training
     model.eval()
-    bar = progress(total=len(records), desc="scoring labels", disable=not show_progress)
+    bar = progress(total=len(records), desc=desc, disable=not show_progress)
     out: list[list[tuple[dict[str, str], float]]] = []
     for s in range(0, len(records), batch_size):
         rows = [_encode(tok, task, r) for r in records[s:s + batch_size]]

@@ -8,6 +8,7 @@ import numpy as np
 from ..fileio import write_json_atomic, write_text_atomic
 from .dynamics import NLL_ANCHORED, dynamics_lines, training_dynamics
 from .selection import against_step_0, stage_weights
+from .stage_confidence import confidence_lines, confidence_console_lines
 from .stats import bootstrap_ci, mcnemar_exact, paired_bootstrap, wilcoxon_signed_rank
 from .usage import models_lines
 
@@ -146,6 +147,7 @@ def console_lines(report: dict, comparisons: tuple[str, ...] = ("base->sft", "sf
     (report.md has the same sentences as markdown)."""
     lines = [f"{k}: {report['comparisons'][k]['verdict'].replace('**', '')}"
              for k in comparisons if k in report["comparisons"]]
+    lines += confidence_console_lines({NAMES[s]: v["metrics"] for s, v in report["stages"].items()})
     lines += [line.removeprefix("- ") for line in dynamics_lines(report.get("training", {}))]
     return lines + ([f"what to try: {report['advice']}"] if report.get("advice") else [])
 
@@ -267,6 +269,8 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
                      f"{v.get('mcnemar', v.get('item_wilcoxon'))['p_value']:.3g} | {_fmt(w)} |")
     lines += ["", f"Paired bootstrap: {cfg.n_resamples} resamples of the test items (seed {cfg.seed}), percentile CI; "
               f"significance at p < {ALPHA}. Small test sets give wide CIs: read them before the point estimates."]
+    confident = confidence_lines({NAMES[s]: v["metrics"] for s, v in st.items()})
+    lines += ["", *confident] if confident else []
     weights = stage_weights(out)
     lines += ["", *models_lines(cfg, task, out, weights, results["dpo"][1])]
     if plots:

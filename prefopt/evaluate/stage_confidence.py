@@ -1,0 +1,79 @@
+"""``prefopt compare``'s confidence: how sure each stage is of its answers, and whether that tells
+right answers from wrong.
+
+With the ``confidence`` setting (on by default) and a task whose answers are labels
+(:func:`~.confidence.scorable`), each stage's every possible answer is scored after each test
+prompt (:func:`~.confidence.label_probabilities`). The stage's ``metrics.json`` gains
+``confidence`` (:func:`~.confidence.confidence_metrics`), and each line of its
+``predictions.jsonl`` the probability of each predicted label (``confidence``) and the
+``likeliest`` labels, as ``prefopt eval --confidence`` writes them. A stage answered before (by an
+earlier run, or one without the setting) is scored without answering again. The report sets the
+stages side by side (:func:`confidence_lines`): DPO sharpens a model's preferences, and a stage
+that is more accurate may still be less able to say which of its answers to check.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..fileio import write_json_atomic, write_text_atomic
+from .confidence import chosen, confidence_metrics, label_probabilities, likeliest, scorable
+
+def wanted(task, settings: dict) -> bool:
+    """Whether a compare run with ``settings`` scores ``task``'s stages' labels."""
+    return bool(settings.get("confidence")) and scorable(task) is None
+
+
+def add_confidence(model, tok, task, test, out_dir: str | Path, rows: list[dict], metrics: dict, *,
+                   batch_size: int, desc: str = "scoring labels") -> tuple[list[dict], dict]:
+    """A finished evaluation's ``rows`` and ``metrics`` (:func:`~.runner.read_results` of
+    ``out_dir``, made on ``test``) with ``model``'s confidence added; both files rewritten
+    atomically, the predictions first (the metrics' ``confidence`` marks the work done)."""
+    if [row["id"] for row in rows] != [r.id for r in test]:
+        raise ValueError(f"{out_dir}: predictions.jsonl answers other items than the test set; delete the folder "
+                         "to evaluate the stage again")
+    probabilities = label_probabilities(model, tok, task, test, batch_size=batch_size, desc=desc)
+    preds = [row["prediction"] for row in rows]
+    metrics = {**metrics, "confidence": confidence_metrics(task, test, preds, probabilities)}
+    rows = [{**row, "confidence": c, "likeliest": b}
+            for row, c, b in zip(rows, chosen(task, preds, probabilities), likeliest(task, probabilities))]
+    out = Path(out_dir)
+    write_text_atomic(out / "predictions.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    write_json_atomic(out / "metrics.json", metrics)
+    return rows, metrics
+
+
+def confidence_lines(stages: dict[str, dict]) -> list[str]:
+    """report.md's Confidence section for ``stages`` (``{stage's name: its metrics}``), or nothing
+    where a stage was not scored."""
+    if not stages or any("confidence" not in m for m in stages.values()):
+        return []
+    lines = ["## Confidence", "",
+             "Each stage scored every possible answer after each test prompt; a label's probability is the share of "
+             "the answers that name it. AUROC: how well the probability of the label an answer named tells right "
+             "answers from wrong (0.5: not at all; —: all right or all wrong; an answer that named no label counts as 0). The likeliest labels "
+             "are those given the highest probability: the model's best guess, also where its answer named none.", "",
+             "| stage | field | accuracy of the answers | AUROC | more confident half | the others | median "
+             "confidence | accuracy of the likeliest labels |", "|---|---|---|---|---|---|---|---|"]
+    for stage, m in stages.items():
+        for name, c in m["confidence"].items():
+            lines.append(f"| {stage} | {name} | {_fmt(m.get(name, {}).get('accuracy'))} | "
+                         f"{_fmt(c['auroc'])} | {_fmt(c['accuracy_confident_half'])} | "
+                         f"{_fmt(c['accuracy_other_half'])} | {_fmt(c['median'])} | "
+                         f"{_fmt(c['accuracy_likeliest'])} |")
+    return lines
+
+
+def confidence_console_lines(stages: dict[str, dict]) -> list[str]:
+    """Per field, each stage's AUROC and likeliest-label accuracy in a line for a terminal."""
+    if not stages or any("confidence" not in m for m in stages.values()):
+        return []
+    return [f"confidence in {name}: AUROC " + ", ".join(
+                f"{s} {_fmt(m['confidence'][name]['auroc'], 'n/a')}" for s, m in stages.items())
+            + "; accuracy of the likeliest labels " + ", ".join(
+                f"{s} {_fmt(m['confidence'][name]['accuracy_likeliest'])}" for s, m in stages.items())
+            for name in next(iter(stages.values()))["confidence"]]
+
+
+def _fmt(v, none: str = "—") -> str:
+    return none if v is None else f"{v:.3f}"
