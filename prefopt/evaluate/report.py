@@ -8,7 +8,7 @@ import numpy as np
 from ..fileio import write_json_atomic, write_text_atomic
 from .dynamics import NLL_ANCHORED, dynamics_lines, training_dynamics
 from .selection import against_step_0, stage_weights
-from .stage_confidence import confidence_lines, confidence_console_lines
+from .stage_confidence import confidence_console_lines, confidence_lines
 from .stats import bootstrap_ci, mcnemar_exact, paired_bootstrap, wilcoxon_signed_rank
 from .usage import models_lines
 

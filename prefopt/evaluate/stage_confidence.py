@@ -19,6 +19,7 @@ from pathlib import Path
 from ..fileio import write_json_atomic, write_text_atomic
 from .confidence import chosen, confidence_metrics, label_probabilities, likeliest, scorable
 
+
 def wanted(task, settings: dict) -> bool:
     """Whether a compare run with ``settings`` scores ``task``'s stages' labels."""
     return bool(settings.get("confidence")) and scorable(task) is None

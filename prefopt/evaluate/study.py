@@ -101,7 +101,10 @@ def _row(arm: Arm, report: dict, seconds: float) -> dict:
             **{s: {"primary": st[s]["primary"], "ci": st[s]["ci"]} for s in ("base", "sft", "dpo")},
             "sft_vs_base": {k: c["base->sft"]["primary"][k] for k in ("delta", "ci", "p_value", "n_resamples")},
             "dpo_vs_sft": {k: c["sft->dpo"]["primary"][k] for k in ("delta", "ci", "p_value", "n_resamples")},
-            "verdict": c["sft->dpo"]["verdict"]}
+            "verdict": c["sft->dpo"]["verdict"],
+            **({"confidence": {s: {name: {k: v[k] for k in ("auroc", "accuracy_likeliest")}
+                                    for name, v in st[s]["metrics"]["confidence"].items()} for s in st}}
+               if all("confidence" in st[s]["metrics"] for s in st) else {})}
 
 
 def _header(model: str, root: Path | None, compare: dict) -> dict:
@@ -156,9 +159,30 @@ def study_markdown(study: dict) -> str:
     if ran:
         lines += ["", "Does DPO after SFT beat SFT alone?", ""]
         lines += [f"- `{r['task']}`: {r['verdict']}" for r in ran]
+    lines += _confidence_lines(ran)
     for status, title in (("failed", "Failed (rerun the same command after fixing it; finished stages are kept)"),
                           ("not run", "Not run")):
         rest = [r for r in study["arms"] if r["status"] == status]
         if rest:
             lines += ["", f"{title}:", ""] + [f"- `{r['task']}`: {r['why']}" for r in rest]
     return "\n".join(lines) + "\n"
+
+
+def _confidence_lines(ran: list[dict]) -> list[str]:
+    """study.md's table of each stage's confidence, for the tasks whose answers are labels."""
+    scored = [r for r in ran if r.get("confidence")]
+    if not scored:
+        return []
+
+    def cells(r: dict, name: str, key: str) -> str:
+        return " | ".join("—" if (v := r["confidence"][s][name][key]) is None else f"{v:.3f}" for s in ("base", "sft", "dpo"))
+
+    lines = ["", "How sure is each stage of its answers? AUROC: how well the probability of the label an answer named "
+             "tells right answers from wrong (0.5: not at all; —: all right or all wrong). Likeliest: the accuracy of "
+             "the labels each stage gives the highest probability, where its answers named one or not (each task's "
+             "report.md, Confidence).", "",
+             "| task | field | AUROC base | SFT | SFT+DPO | likeliest base | SFT | SFT+DPO |", "|---|---|---|---|---|---|---|---|"]
+    for r in scored:
+        for name in r["confidence"]["base"]:
+            lines.append(f"| `{r['task']}` | {name} | {cells(r, name, 'auroc')} | {cells(r, name, 'accuracy_likeliest')} |")
+    return lines

@@ -10,7 +10,6 @@ from prefopt.evaluate.compare import CompareConfig, run_compare
 from prefopt.evaluate.confidence import auroc, label_probabilities
 from prefopt.evaluate.report import console_lines
 from prefopt.evaluate.stage_confidence import add_confidence, confidence_console_lines, confidence_lines
-from prefopt.pretrained import load_model
 from prefopt.tasks import get_task
 from prefopt.tokenizer import load_tokenizer
 from tests import _formats as formats

@@ -92,12 +92,15 @@ def _check(out: Path) -> dict:
     for s in ("base", "sft", "dpo"):
         rows = [json.loads(line) for line in (out / s / "predictions.jsonl").read_text().splitlines()]
         assert len(rows) == n_test
-        unfinished = json.loads((out / s / "metrics.json").read_text())["unfinished"]
-        assert unfinished == pytest.approx(1 - sum(r["ended"] for r in rows) / n_test)
+        metrics = json.loads((out / s / "metrics.json").read_text())
+        assert metrics["unfinished"] == pytest.approx(1 - sum(r["ended"] for r in rows) / n_test)
+        # every task whose answers are labels is scored for confidence (tests/tasks/test_compare_confidence.py)
+        assert ("confidence" in metrics) == all("likeliest" in r for r in rows) == (report["task"] != "meqsum")
     for s in ("sft", "dpo"):
         assert (out / s / "train" / "final" / "adapter_model.safetensors").is_file()
     text = (out / "report.md").read_text()
     assert "SFT vs base:" in text and "DPO vs SFT:" in text
+    assert ("## Confidence" in text) == (report["task"] != "meqsum")
     test_line = "Wilcoxon signed-rank on per-item rougeL" if report["task"] == "meqsum" else "Exact McNemar"
     assert test_line in text
     assert (out / "metric_by_stage.png").is_file() or "Plots skipped" in text
@@ -195,7 +198,8 @@ def test_portal_compare_resumes_and_mines_model_errors(tiny_model, tmp_path, cap
             run_compare(other)
         assert next(iter(change)) in str(err.value)
         # what may change instead; not decoding here, where the SFT model's answers became the pairs
-        assert str(err.value).endswith("(A finished run may be rerun with another dpo_max_p, gradient_checkpointing, "
+        assert str(err.value).endswith("(A finished run may be rerun with another dpo_max_p, confidence, "
+                                       "gradient_checkpointing, "
                                        "--n-resamples, --device or --eval-dtype: they train nothing.)")
     assert json.loads((out / "compare_config.json").read_text())["loss"] == "sigmoid"  # untouched
     run_compare(CompareConfig(**{**asdict(cfg), "n_resamples": 100}))  # report-only: allowed
@@ -647,7 +651,7 @@ def test_a_run_made_before_a_setting_was_added_still_resumes(tiny_model, tmp_pat
     stored = json.loads((out / "compare_config.json").read_text())
     for key in ("max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "repeat_scope",
                 "gradient_checkpointing", "val", "dpo_eval_every", "dpo_min_gain",
-                "dpo_patience", "dpo_max_p"):
+                "dpo_patience", "dpo_max_p", "confidence"):
         del stored["settings"][key]
     del stored["chat_date"]  # added on 2026-11-30: such a run keeps the clock's date, as it had
     (out / "compare_config.json").write_text(json.dumps(stored))

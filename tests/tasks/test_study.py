@@ -57,8 +57,20 @@ def test_study_runs_every_dataset_present_and_tabulates_them(tmp_path, capsys):
         assert row["verdict"] == report["comparisons"]["sft->dpo"]["verdict"]
     assert arms["meqsum"]["metric"] == "rougeL" and arms["medqa"]["metric"] == "accuracy"
     md = (out / "study.md").read_text()
-    table = [line for line in md.splitlines() if line.startswith("| ") and "`" in line]
+    main_md, sure_md = md.split("How sure is each stage", 1)
+    table = [line for line in main_md.splitlines() if line.startswith("| ") and "`" in line]
     assert [line.split("`")[1] for line in table] == ["medical_abstracts", "uci_heart", "medqa", "meqsum", "portal"]
+    # confidence: every task whose answers are labels, a row per field, as its report.json has it (not meqsum)
+    sure = [[c.strip() for c in line.split("|")[1:-1]] for line in sure_md.splitlines() if line.startswith("| `")]
+    assert [(r[0], r[1]) for r in sure] == [("`medical_abstracts`", "label"), ("`uci_heart`", "label"),
+                                            ("`medqa`", "answer"), ("`portal`", "urgency"), ("`portal`", "staff")]
+    for r in sure:
+        report = json.loads((out / r[0].strip("`") / "report.json").read_text())
+        c = [report["stages"][s]["metrics"]["confidence"][r[1]] for s in ("base", "sft", "dpo")]
+        assert r[2:] == ["—" if x["auroc"] is None else f"{x['auroc']:.3f}" for x in c] + [
+            f"{x['accuracy_likeliest']:.3f}" for x in c]
+        assert arms[r[0].strip("`")]["confidence"]["dpo"][r[1]]["auroc"] == c[2]["auroc"]
+    assert "confidence" not in arms["meqsum"]
     assert "| triage (synthetic) | `portal` | (as KTAS) |" in md and "F1 0.63 → 0.98 with SFT" in md
     assert "- `ktas`: DataError: " in md and "more cells than the header" in md and "- `aci_bench`: no " in md
 
@@ -80,7 +92,7 @@ def test_study_runs_every_dataset_present_and_tabulates_them(tmp_path, capsys):
     again = json.loads((out / "study.json").read_text())
     assert [r["task"] for r in again["arms"]] == [r["task"] for r in whole["arms"]]
     assert [r for r in again["arms"] if r["task"] != "ktas"] == [r for r in whole["arms"] if r["task"] != "ktas"]
-    assert (out / "study.md").read_text().count("| `") == 6
+    assert (out / "study.md").read_text().split("How sure")[0].count("| `") == 6
     capsys.readouterr()
     assert main(argv + ["--tasks", "portal", "--n-resamples", "300"]) == 0  # other settings: a new table
     assert f"held a study made with other settings; its table is kept in {out / 'earlier' / '1'}" in \
