@@ -52,8 +52,9 @@ def confidence_lines(stages: dict[str, dict]) -> list[str]:
     lines = ["## Confidence", "",
              "Each stage scored every possible answer after each test prompt; a label's probability is the share of "
              "the answers that name it. AUROC: how well the probability of the label an answer named tells right "
-             "answers from wrong (0.5: not at all; —: all right or all wrong; an answer that named no label counts as 0). The likeliest labels "
-             "are those given the highest probability: the model's best guess, also where its answer named none.", "",
+             "answers from wrong (0.5: not at all; —: all right or all wrong; an answer that named no label counts "
+             "as 0). The likeliest labels are those given the highest probability: the model's best guess, also "
+             "where its answer named none.", "",
              "| stage | field | accuracy of the answers | AUROC | more confident half | the others | median "
              "confidence | accuracy of the likeliest labels |", "|---|---|---|---|---|---|---|---|"]
     for stage, m in stages.items():

@@ -175,14 +175,16 @@ def _confidence_lines(ran: list[dict]) -> list[str]:
         return []
 
     def cells(r: dict, name: str, key: str) -> str:
-        return " | ".join("—" if (v := r["confidence"][s][name][key]) is None else f"{v:.3f}" for s in ("base", "sft", "dpo"))
+        values = [r["confidence"][s][name][key] for s in ("base", "sft", "dpo")]
+        return " | ".join("—" if v is None else f"{v:.3f}" for v in values)
 
-    lines = ["", "How sure is each stage of its answers? AUROC: how well the probability of the label an answer named "
-             "tells right answers from wrong (0.5: not at all; —: all right or all wrong). Likeliest: the accuracy of "
-             "the labels each stage gives the highest probability, where its answers named one or not (each task's "
-             "report.md, Confidence).", "",
-             "| task | field | AUROC base | SFT | SFT+DPO | likeliest base | SFT | SFT+DPO |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["", "How sure is each stage of its answers? AUROC: how well the probability of the label an answer "
+             "named tells right answers from wrong (0.5: not at all; —: all right or all wrong). Likeliest: the "
+             "accuracy of the labels each stage gives the highest probability, where its answers named one or not "
+             "(each task's report.md, Confidence).", "",
+             "| task | field | AUROC base | SFT | SFT+DPO | likeliest base | SFT | SFT+DPO |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in scored:
-        for name in r["confidence"]["base"]:
-            lines.append(f"| `{r['task']}` | {name} | {cells(r, name, 'auroc')} | {cells(r, name, 'accuracy_likeliest')} |")
+        lines += [f"| `{r['task']}` | {name} | {cells(r, name, 'auroc')} | {cells(r, name, 'accuracy_likeliest')} |"
+                  for name in r["confidence"]["base"]]
     return lines
