@@ -187,8 +187,11 @@ def probabilities_for(model, tok, task, records, *, batch_size: int, command: st
 def confidence_metrics(task, records, preds: list[dict], probabilities: list[dict]) -> dict:
     """Per field, how well the predicted label's probability tells right answers from wrong on
     labelled ``records``: ``auroc``, the accuracy of the more confident half of the answers and of
-    the rest, the ``median`` confidence (an answer that named no label has confidence 0), and
-    ``accuracy_likeliest``, that of the :func:`likeliest` labels in place of the answers'."""
+    the rest, the ``median`` confidence (an answer that named no label has confidence 0, so it
+    ranks last and is wrong), and ``accuracy_likeliest``, that of the :func:`likeliest` labels in
+    place of the answers'. ``auroc_named`` is the AUROC among the answers that named a label (the
+    share ``named``): where many name none, ``auroc`` mostly tells those from the rest, and this
+    says whether the probability itself sorts the answers."""
     out = {}
     sure = chosen(task, preds, probabilities)
     best = likeliest(task, probabilities)
@@ -198,7 +201,9 @@ def confidence_metrics(task, records, preds: list[dict], probabilities: list[dic
         order = np.argsort(-conf, kind="stable")  # the more confident half: the first ceil(n/2) by confidence
         top = np.zeros(len(conf), dtype=bool)
         top[order[:(len(conf) + 1) // 2]] = True
-        out[f.name] = {"auroc": auroc(conf, right), "accuracy_confident_half": float(right[top].mean()),
+        named = np.array([s[f.name] is not None for s in sure])
+        out[f.name] = {"auroc": auroc(conf, right), "auroc_named": auroc(conf[named], right[named]),
+                       "named": float(named.mean()), "accuracy_confident_half": float(right[top].mean()),
                        "accuracy_other_half": float(right[~top].mean()) if (~top).any() else None,
                        "median": float(np.median(conf)),
                        "accuracy_likeliest": float(np.mean([b[f.name] == r.labels[f.name]
@@ -210,6 +215,9 @@ def confidence_line(c: dict) -> str:
     """One field's :func:`confidence_metrics` in words."""
     auroc_text = "n/a (all right or all wrong)" if c["auroc"] is None else f"{c['auroc']:.3f}"
     other = "" if c["accuracy_other_half"] is None else f", the others {c['accuracy_other_half']:.3f}"
+    if c["named"] < 1:  # the answers that named no label rank last, and are wrong
+        named = "n/a" if c["auroc_named"] is None else f"{c['auroc_named']:.3f}"
+        auroc_text += f"; {named} among the {c['named']:.0%} of answers that named a label"
     return (f"AUROC {auroc_text} (right vs wrong answers); accuracy of the more confident half "
             f"{c['accuracy_confident_half']:.3f}{other}; median {c['median']:.3f}; accuracy of the likeliest "
             f"labels {c['accuracy_likeliest']:.3f}")

@@ -52,26 +52,30 @@ def confidence_lines(stages: dict[str, dict]) -> list[str]:
     lines = ["## Confidence", "",
              "Each stage scored every possible answer after each test prompt; a label's probability is the share of "
              "the answers that name it. AUROC: how well the probability of the label an answer named tells right "
-             "answers from wrong (0.5: not at all; —: all right or all wrong; an answer that named no label counts "
-             "as 0). The likeliest labels are those given the highest probability: the model's best guess, also "
-             "where its answer named none.", "",
-             "| stage | field | accuracy of the answers | AUROC | more confident half | the others | median "
-             "confidence | accuracy of the likeliest labels |", "|---|---|---|---|---|---|---|---|"]
+             "answers from wrong (0.5: not at all; —: all right or all wrong), over all answers (one that named no "
+             "label counts as 0, so it ranks last and is wrong) and over those that named a label. Where many named "
+             "none, the first mostly tells those from the rest; the second says whether the probability itself "
+             "sorts the answers. The likeliest labels are those given the highest probability: the model's best "
+             "guess, also where its answer named none.", "",
+             "| stage | field | accuracy of the answers | named a label | AUROC, all answers | AUROC, those named | "
+             "accuracy, more confident half | the others | median confidence | accuracy of the likeliest labels |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for stage, m in stages.items():
         for name, c in m["confidence"].items():
-            lines.append(f"| {stage} | {name} | {_fmt(m.get(name, {}).get('accuracy'))} | "
-                         f"{_fmt(c['auroc'])} | {_fmt(c['accuracy_confident_half'])} | "
+            lines.append(f"| {stage} | {name} | {_fmt(m.get(name, {}).get('accuracy'))} | {_fmt(c.get('named'))} | "
+                         f"{_fmt(c['auroc'])} | {_fmt(c.get('auroc_named'))} | {_fmt(c['accuracy_confident_half'])} | "
                          f"{_fmt(c['accuracy_other_half'])} | {_fmt(c['median'])} | "
                          f"{_fmt(c['accuracy_likeliest'])} |")
     return lines
 
 
 def confidence_console_lines(stages: dict[str, dict]) -> list[str]:
-    """Per field, each stage's AUROC and likeliest-label accuracy in a line for a terminal."""
+    """Per field, each stage's AUROC among the answers that named a label and its likeliest-label
+    accuracy, in a line for a terminal."""
     if not stages or any("confidence" not in m for m in stages.values()):
         return []
-    return [f"confidence in {name}: AUROC " + ", ".join(
-                f"{s} {_fmt(m['confidence'][name]['auroc'], 'n/a')}" for s, m in stages.items())
+    return [f"confidence in {name}: AUROC among answers that named a label " + ", ".join(
+                f"{s} {_fmt(m['confidence'][name].get('auroc_named'), 'n/a')}" for s, m in stages.items())
             + "; accuracy of the likeliest labels " + ", ".join(
                 f"{s} {_fmt(m['confidence'][name]['accuracy_likeliest'])}" for s, m in stages.items())
             for name in next(iter(stages.values()))["confidence"]]

@@ -102,7 +102,7 @@ def _row(arm: Arm, report: dict, seconds: float) -> dict:
             "sft_vs_base": {k: c["base->sft"]["primary"][k] for k in ("delta", "ci", "p_value", "n_resamples")},
             "dpo_vs_sft": {k: c["sft->dpo"]["primary"][k] for k in ("delta", "ci", "p_value", "n_resamples")},
             "verdict": c["sft->dpo"]["verdict"],
-            **({"confidence": {s: {name: {k: v[k] for k in ("auroc", "accuracy_likeliest")}
+            **({"confidence": {s: {name: {k: v.get(k) for k in ("auroc", "auroc_named", "accuracy_likeliest")}
                                     for name, v in st[s]["metrics"]["confidence"].items()} for s in st}}
                if all("confidence" in st[s]["metrics"] for s in st) else {})}
 
@@ -179,12 +179,12 @@ def _confidence_lines(ran: list[dict]) -> list[str]:
         return " | ".join("—" if v is None else f"{v:.3f}" for v in values)
 
     lines = ["", "How sure is each stage of its answers? AUROC: how well the probability of the label an answer "
-             "named tells right answers from wrong (0.5: not at all; —: all right or all wrong). Likeliest: the "
-             "accuracy of the labels each stage gives the highest probability, where its answers named one or not "
-             "(each task's report.md, Confidence).", "",
+             "named tells right answers from wrong, among the answers that named a label (0.5: not at all; —: all "
+             "right or all wrong). Likeliest: the accuracy of the labels each stage gives the highest probability, "
+             "where its answers named one or not (each task's report.md, Confidence, has more).", "",
              "| task | field | AUROC base | SFT | SFT+DPO | likeliest base | SFT | SFT+DPO |",
              "|---|---|---|---|---|---|---|---|"]
     for r in scored:
-        lines += [f"| `{r['task']}` | {name} | {cells(r, name, 'auroc')} | {cells(r, name, 'accuracy_likeliest')} |"
-                  for name in r["confidence"]["base"]]
+        lines += [f"| `{r['task']}` | {name} | {cells(r, name, 'auroc_named')} | "
+                  f"{cells(r, name, 'accuracy_likeliest')} |" for name in r["confidence"]["base"]]
     return lines

@@ -90,6 +90,9 @@ def test_each_stage_is_scored_later_without_answering_again_and_the_report_sets_
             conf = [r["confidence"][f.name] or 0.0 for r in rows]
             right = [r["prediction"][f.name] == r["labels"][f.name] for r in rows]
             assert c["auroc"] == auroc(conf, right)
+            named = [r["confidence"][f.name] is not None for r in rows]
+            assert c["named"] == sum(named) / len(rows)
+            assert c["auroc_named"] == auroc([x for x, n in zip(conf, named) if n], [x for x, n in zip(right, named) if n])
             assert c["accuracy_likeliest"] == pytest.approx(
                 sum(r["likeliest"][f.name] == r["labels"][f.name] for r in rows) / len(rows))
         assert report["stages"][stage]["metrics"]["confidence"] == metrics["confidence"]
@@ -148,12 +151,13 @@ def test_add_confidence_refuses_answers_to_other_items(tiny_model, tmp_path):
 
 
 def test_the_sections_need_every_stage_scored_and_say_n_a_where_auroc_is_undefined():
-    c = {"auroc": None, "accuracy_confident_half": 1.0, "accuracy_other_half": None, "median": 0.9,
-         "accuracy_likeliest": 1.0}
+    c = {"auroc": None, "auroc_named": None, "named": 1.0, "accuracy_confident_half": 1.0, "accuracy_other_half": None,
+         "median": 0.9, "accuracy_likeliest": 1.0}
     scored = {"triage": {"accuracy": 1.0}, "confidence": {"triage": c}}
     assert confidence_lines({"base": {"triage": {}}, "SFT": scored}) == []
     assert confidence_console_lines({"base": {}, "SFT": scored}) == []
     lines = confidence_lines({"SFT": scored})
-    assert lines[-1] == "| SFT | triage | 1.000 | — | 1.000 | — | 0.900 | 1.000 |"
+    assert lines[-1] == "| SFT | triage | 1.000 | 1.000 | — | — | 1.000 | — | 0.900 | 1.000 |"
     assert confidence_console_lines({"SFT": scored}) == [
-        "confidence in triage: AUROC SFT n/a; accuracy of the likeliest labels SFT 1.000"]
+        "confidence in triage: AUROC among answers that named a label SFT n/a; accuracy of the likeliest labels "
+        "SFT 1.000"]

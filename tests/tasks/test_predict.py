@@ -376,10 +376,16 @@ def test_confidence_metrics_split_the_answers_by_confidence():
     # right 1 0 1 0 0 at .9 .6 .8 .85 0: right over wrong in 5 of 6 pairs (.8 < .85); the more
     # confident half (3 of 5): .9 .85 .8, 2 of them right
     # the likeliest labels a b b a, and a for the tie at 0.5 (the first label): right 1 0 1 0 1
-    assert got == {"auroc": pytest.approx(5 / 6), "accuracy_confident_half": pytest.approx(2 / 3),
-                   "accuracy_other_half": 0.0, "median": pytest.approx(0.8), "accuracy_likeliest": pytest.approx(0.6)}
-    assert confidence_line(got) == ("AUROC 0.833 (right vs wrong answers); accuracy of the more confident half "
-                                    "0.667, the others 0.000; median 0.800; accuracy of the likeliest labels 0.600")
+    # among the four that named a label (.9 .6 .8 .85, right 1 0 1 0): right over wrong in 3 of 4 pairs
+    assert got == {"auroc": pytest.approx(5 / 6), "auroc_named": pytest.approx(3 / 4), "named": pytest.approx(0.8),
+                   "accuracy_confident_half": pytest.approx(2 / 3), "accuracy_other_half": 0.0,
+                   "median": pytest.approx(0.8), "accuracy_likeliest": pytest.approx(0.6)}
+    assert confidence_line(got) == ("AUROC 0.833; 0.750 among the 80% of answers that named a label (right vs wrong "
+                                    "answers); accuracy of the more confident half 0.667, the others 0.000; median "
+                                    "0.800; accuracy of the likeliest labels 0.600")
+    every = confidence_metrics(task, records[:4], preds[:4], probs[:4])["label"]  # each answer named a label
+    assert every["auroc"] == every["auroc_named"] == pytest.approx(3 / 4) and every["named"] == 1
+    assert confidence_line(every).startswith("AUROC 0.750 (right vs wrong answers); ")
 
 
 def test_eval_confidence_agrees_with_predicts(tiny_model, tmp_path, capsys):
@@ -393,8 +399,8 @@ def test_eval_confidence_agrees_with_predicts(tiny_model, tmp_path, capsys):
     assert "prefopt eval: confidence in urgency: AUROC " in capsys.readouterr().out
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert set(metrics["confidence"]) == {"urgency", "staff"}
-    assert set(metrics["confidence"]["urgency"]) == {"auroc", "accuracy_confident_half", "accuracy_other_half",
-                                                      "median", "accuracy_likeliest"}
+    assert set(metrics["confidence"]["urgency"]) == {"auroc", "auroc_named", "named", "accuracy_confident_half",
+                                                      "accuracy_other_half", "median", "accuracy_likeliest"}
     rows = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "e/predictions.jsonl").read_text().splitlines()}
     for field in ("urgency", "staff"):
         right = [r["likeliest"][field] == r["labels"][field] for r in rows.values()]

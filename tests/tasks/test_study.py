@@ -67,7 +67,7 @@ def test_study_runs_every_dataset_present_and_tabulates_them(tmp_path, capsys):
     for r in sure:
         report = json.loads((out / r[0].strip("`") / "report.json").read_text())
         c = [report["stages"][s]["metrics"]["confidence"][r[1]] for s in ("base", "sft", "dpo")]
-        assert r[2:] == ["—" if x["auroc"] is None else f"{x['auroc']:.3f}" for x in c] + [
+        assert r[2:] == ["—" if x["auroc_named"] is None else f"{x['auroc_named']:.3f}" for x in c] + [
             f"{x['accuracy_likeliest']:.3f}" for x in c]
         assert arms[r[0].strip("`")]["confidence"]["dpo"][r[1]]["auroc"] == c[2]["auroc"]
     assert "confidence" not in arms["meqsum"]
