@@ -326,7 +326,8 @@ def add_commands(sub) -> None:
     c.add_argument("--n-resamples", type=int, default=2000, help="paired bootstrap resamples")
     c.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a preset setting (repeatable); val=N holds N items out of training to "
-                   "choose DPO's weights by the task's score on them (docs/evaluation.md). Settings: "
+                   "choose DPO's weights by the task's score on them; confidence=false skips scoring each "
+                   "stage's labels (docs/evaluation.md). Settings: "
                    + ", ".join(sorted({*PRESETS["quick"], *PRESETS["full"]})))
     add_device_flags(c, "--eval-dtype", "parameter dtype of the evaluations",
                      ". Training keeps float32 weights (under bf16 autocast on CUDA)")

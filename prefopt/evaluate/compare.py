@@ -7,6 +7,8 @@ interrupted run resumes where it stopped)::
     DIR/data/sft_train.jsonl         SFT records (chat prompt, reference answer)
     DIR/data/pairs.jsonl             DPO pairs from the chosen strategy (+ pairs_report.json)
     DIR/base|sft|dpo/predictions.jsonl, metrics.json
+                                     each stage's answers and scores (where the answers are labels, with
+                                     its confidence in them: ``prefopt.evaluate.stage_confidence``)
     DIR/base|sft|dpo/earlier/N/      evaluations made with other decoding settings (or, for dpo, by
                                      weights another dpo_max_p no longer chose), kept when redone
     DIR/sft/train/final/             the SFT adapter
