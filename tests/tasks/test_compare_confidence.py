@@ -104,9 +104,9 @@ def test_each_stage_is_scored_later_without_answering_again_and_the_report_sets_
         (name, field) for name in ("base", "SFT", "SFT+DPO") for field in ("urgency", "staff")]
     likeliest = _metrics(out, "dpo")["confidence"]["staff"]["accuracy_likeliest"]
     assert body[-1].split("|")[-2].strip() == f"{likeliest:.3f}"
-    said = console_lines(report)
-    assert [line for line in said if line.startswith("confidence in ")] == [
-        line for line in said if "AUROC" in line] and len([line for line in said if "AUROC" in line]) == 2
+    said = [line for line in console_lines(report) if "AUROC" in line]  # the terminal's summary, a line per field
+    assert said == confidence_console_lines({n: _metrics(out, s) for n, s in zip(("base", "SFT", "SFT+DPO"), STAGES)})
+    assert [line.split(":")[0] for line in said] == ["confidence in urgency", "confidence in staff"]
 
     capsys.readouterr()
     run_compare(CompareConfig(**{**asdict(off), "overrides": TINY}))
