@@ -8,19 +8,13 @@ import numpy as np
 from ..fileio import write_json_atomic, write_text_atomic
 from .dynamics import NLL_ANCHORED, dynamics_lines, training_dynamics
 from .selection import against_step_0, stage_weights
-from .stage_confidence import confidence_console_lines, confidence_lines
-from .stats import bootstrap_ci, mcnemar_exact, paired_bootstrap, wilcoxon_signed_rank
+from .stage_confidence import auroc_comparison_lines, compare_auroc, confidence_console_lines, confidence_lines
+from .stats import bootstrap_ci, mcnemar_exact, p_text, paired_bootstrap, wilcoxon_signed_rank
 from .usage import models_lines
 
 ALPHA = 0.05
 PAIRS = (("base", "sft"), ("sft", "dpo"), ("base", "dpo"))
 NAMES = {"base": "base", "sft": "SFT", "dpo": "SFT+DPO"}
-
-
-def p_text(cmp: dict) -> str:
-    """``= p``, or ``< 1/n_resamples`` for a bootstrap p-value of 0 ("below the resolution of the
-    resamples"); ``cmp``: :func:`~.stats.paired_bootstrap`'s result."""
-    return f"< {1 / cmp['n_resamples']:.2g}" if cmp["p_value"] == 0 else f"= {cmp['p_value']:.3g}"
 
 
 def verdict(a: str, b: str, metric: str, cmp: dict) -> str:
@@ -67,6 +61,9 @@ def compare_pair(task, test, rows_a: list[dict], rows_b: list[dict], n_resamples
                               **wilcoxon_signed_rank(sa, sb)}
     else:
         c["mcnemar"] = mcnemar_exact([row["correct"] for row in rows_a], [row["correct"] for row in rows_b])
+    sure = compare_auroc(rows_a, rows_b, n_resamples=n_resamples, seed=seed)
+    if sure:  # both stages scored every label (prefopt.evaluate.stage_confidence)
+        c["confidence_auroc"] = sure
     both = [(x["likert"], y["likert"]) for x, y in zip(rows_a, rows_b)
             if x.get("likert") is not None and y.get("likert") is not None]
     if both:
@@ -270,7 +267,10 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
     lines += ["", f"Paired bootstrap: {cfg.n_resamples} resamples of the test items (seed {cfg.seed}), percentile CI; "
               f"significance at p < {ALPHA}. Small test sets give wide CIs: read them before the point estimates."]
     confident = confidence_lines({NAMES[s]: v["metrics"] for s, v in st.items()})
+    tested = auroc_comparison_lines({f"{NAMES[b]} vs {NAMES[a]}": v.get("confidence_auroc") for k, v in cmp.items()
+                                     for a, b in [k.split("->")]})
     lines += ["", *confident] if confident else []
+    lines += ["", *tested] if confident and tested else []
     weights = stage_weights(out)
     lines += ["", *models_lines(cfg, task, out, weights, results["dpo"][1])]
     if plots:

@@ -16,8 +16,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from ..fileio import write_json_atomic, write_text_atomic
-from .confidence import chosen, confidence_metrics, label_probabilities, likeliest, scorable
+from .confidence import auroc, chosen, confidence_metrics, label_probabilities, likeliest, scorable
+from .stats import p_text, paired_bootstrap
 
 
 def wanted(task, settings: dict) -> bool:
@@ -44,6 +47,35 @@ def add_confidence(model, tok, task, test, out_dir: str | Path, rows: list[dict]
     return rows, metrics
 
 
+def compare_auroc(rows_a: list[dict], rows_b: list[dict], *, n_resamples: int = 2000, seed: int = 0
+                  ) -> dict[str, dict | None]:
+    """Per field, stage b's AUROC among the answers that named a label against stage a's, by the
+    paired bootstrap over the same test items (``rows_*``: two stages' ``predictions.jsonl``
+    rows, scored). None for a field where either AUROC is undefined on all the items; resamples
+    on which one is undefined are left out (``n_valid``). Empty where a stage was not scored."""
+    if not all("confidence" in row for row in rows_a + rows_b):
+        return {}
+    return {name: _auroc_test(rows_a, rows_b, name, n_resamples, seed) for name in rows_a[0]["confidence"]}
+
+
+def _auroc_test(rows_a, rows_b, name, n_resamples, seed) -> dict | None:
+    def stat(rows):
+        conf = np.array([np.nan if r["confidence"][name] is None else r["confidence"][name] for r in rows])
+        right = np.array([r["prediction"].get(name) == r["labels"][name] for r in rows])
+
+        def on(idx: np.ndarray) -> float:
+            named = ~np.isnan(conf[idx])
+            a = auroc(conf[idx][named], right[idx][named])
+            return np.nan if a is None else a
+        return on
+
+    a, b = stat(rows_a), stat(rows_b)
+    everything = np.arange(len(rows_a))
+    if np.isnan(a(everything)) or np.isnan(b(everything)):
+        return None
+    return paired_bootstrap(a, b, len(rows_a), n_resamples=n_resamples, seed=seed)
+
+
 def confidence_lines(stages: dict[str, dict]) -> list[str]:
     """report.md's Confidence section for ``stages`` (``{stage's name: its metrics}``), or nothing
     where a stage was not scored."""
@@ -66,6 +98,24 @@ def confidence_lines(stages: dict[str, dict]) -> list[str]:
                          f"{_fmt(c['auroc'])} | {_fmt(c.get('auroc_named'))} | {_fmt(c['accuracy_confident_half'])} | "
                          f"{_fmt(c['accuracy_other_half'])} | {_fmt(c['median'])} | "
                          f"{_fmt(c['accuracy_likeliest'])} |")
+    return lines
+
+
+def auroc_comparison_lines(comparisons: dict[str, dict]) -> list[str]:
+    """report.md's table of :func:`compare_auroc` for each comparison (``{"SFT+DPO vs SFT":
+    {field: result or None}}``), or nothing where none was made."""
+    if not any(comparisons.values()):
+        return []
+    lines = ["Paired bootstrap of the AUROC among answers that named a label, over the same test items (a "
+             "resample holding only right or only wrong named answers has no AUROC and is left out):", "",
+             "| comparison | field | ΔAUROC, named | 95% CI | bootstrap p | resamples used |", "|---|---|---|---|---|---|"]
+    for label, fields in comparisons.items():
+        for name, c in (fields or {}).items():
+            if c is None:
+                lines.append(f"| {label} | {name} | — (undefined in a stage: its named answers all right, all wrong, or none) | | | |")
+                continue
+            lines.append(f"| {label} | {name} | {c['delta']:+.3f} | [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | "
+                         f"{p_text(c).lstrip('= ')} | {c.get('n_valid', c['n_resamples'])} of {c['n_resamples']} |")
     return lines
 
 

@@ -45,7 +45,9 @@ def paired_bootstrap(stat_a: Callable[[np.ndarray], float], stat_b: Callable[[np
     """Bootstrap the difference ``stat_b − stat_a`` over ``n`` paired items.
 
     ``stat_a(idx)`` / ``stat_b(idx)`` compute a stage's metric on the items ``idx`` (an int
-    array, with repeats). The same resampled indices are used for both stages.
+    array, with repeats). The same resampled indices are used for both stages. A metric that is
+    undefined on some resamples (NaN: an AUROC where they hold only right or only wrong answers)
+    is summarised over the others, and ``n_valid`` says how many those were.
     """
     if n < 1:
         raise ValueError("paired_bootstrap: no items")
@@ -58,9 +60,23 @@ def paired_bootstrap(stat_a: Callable[[np.ndarray], float], stat_b: Callable[[np
     for i in range(n_resamples):
         idx = rng.integers(0, n, n)
         deltas[i] = stat_b(idx) - stat_a(idx)
+    valid = np.isfinite(deltas)
+    extra = {} if valid.all() else {"n_valid": int(valid.sum())}
+    if not valid.any():
+        return {"delta": float(delta), "ci": [float("nan")] * 2, "p_value": float("nan"), "n_resamples": n_resamples,
+                **extra}
+    deltas = deltas[valid]
     lo, hi = np.quantile(deltas, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
     p = min(1.0, 2 * min((deltas <= 0).mean(), (deltas >= 0).mean()))
-    return {"delta": float(delta), "ci": [float(lo), float(hi)], "p_value": float(p), "n_resamples": n_resamples}
+    return {"delta": float(delta), "ci": [float(lo), float(hi)], "p_value": float(p), "n_resamples": n_resamples,
+            **extra}
+
+
+def p_text(cmp: dict) -> str:
+    """``= p``, or ``< 1/n`` for a bootstrap p-value of 0 ("below the resolution of the
+    resamples", ``n`` those that counted); ``cmp``: :func:`paired_bootstrap`'s result."""
+    n = cmp.get("n_valid", cmp["n_resamples"])
+    return f"< {1 / n:.2g}" if cmp["p_value"] == 0 else f"= {cmp['p_value']:.3g}"
 
 
 def best_of_bootstrap(stat_base: Callable[[np.ndarray], float], stats: Sequence[Callable[[np.ndarray], float]],

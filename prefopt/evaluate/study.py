@@ -18,8 +18,8 @@ from pathlib import Path
 
 from ..fileio import write_json_atomic, write_text_atomic
 from .compare import CompareConfig, run_compare
-from .report import p_text
 from .runner import keep_earlier
+from .stats import p_text
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,31 @@ def test_paired_bootstrap_ci_agrees_with_scipy_and_is_seeded():
     assert lo < a.mean() < hi
 
 
+def test_paired_bootstrap_leaves_out_resamples_on_which_a_metric_is_undefined():
+    """A metric that is NaN on some resamples (an AUROC of one class) is summarised over the
+    others, counted in ``n_valid``, by hand with the same draws; p = 0 reads at their resolution."""
+    from prefopt.evaluate.stats import p_text
+
+    x = np.array([0.0, 0.0, 1.0, 2.0, 5.0])
+
+    def a(idx):  # undefined where the resample lacks item 4
+        return float(x[idx].mean()) if 4 in idx else float("nan")
+
+    def b(idx):
+        return float(x[idx].mean()) + 1.0
+
+    got = paired_bootstrap(a, b, 5, n_resamples=300, seed=3)
+    rng = np.random.default_rng(3)
+    draws = [rng.integers(0, 5, 5) for _ in range(300)]
+    kept = [b(i) - a(i) for i in draws if 4 in i]
+    assert got["n_valid"] == len(kept) < 300 and got["delta"] == pytest.approx(1.0)
+    assert got["ci"] == pytest.approx(list(np.quantile(kept, [0.025, 0.975])))
+    assert got["p_value"] == 0 and p_text(got) == f"< {1 / len(kept):.2g}"
+    assert "n_valid" not in paired_bootstrap(b, b, 5, n_resamples=50)  # every resample counted
+    never = paired_bootstrap(lambda i: float("nan"), b, 5, n_resamples=20)
+    assert never["n_valid"] == 0 and np.isnan(never["p_value"])
+
+
 def _accuracy(correct: np.ndarray):
     return lambda idx: float(correct[idx].mean())
 

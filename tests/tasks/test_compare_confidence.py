@@ -3,13 +3,20 @@ without answering again, and set side by side in the report (prefopt.evaluate.st
 import json
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
 
 from prefopt.evaluate.compare import CompareConfig, run_compare
 from prefopt.evaluate.confidence import auroc, label_probabilities
 from prefopt.evaluate.report import console_lines
-from prefopt.evaluate.stage_confidence import add_confidence, confidence_console_lines, confidence_lines
+from prefopt.evaluate.stage_confidence import (
+    add_confidence,
+    auroc_comparison_lines,
+    compare_auroc,
+    confidence_console_lines,
+    confidence_lines,
+)
 from prefopt.tasks import get_task
 from prefopt.tokenizer import load_tokenizer
 from tests import _formats as formats
@@ -98,12 +105,20 @@ def test_each_stage_is_scored_later_without_answering_again_and_the_report_sets_
         assert report["stages"][stage]["metrics"]["confidence"] == metrics["confidence"]
 
     text = (out / "report.md").read_text()
-    table = text.split("## Confidence", 1)[1].split("\n## ", 1)[0]
+    section = text.split("## Confidence", 1)[1].split("\n## ", 1)[0]
+    table, tested = section.split("Paired bootstrap of the AUROC", 1)
     body = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| stage")]
     assert [tuple(cell.strip() for cell in line.split("|")[1:3]) for line in body] == [
         (name, field) for name in ("base", "SFT", "SFT+DPO") for field in ("urgency", "staff")]
     likeliest = _metrics(out, "dpo")["confidence"]["staff"]["accuracy_likeliest"]
     assert body[-1].split("|")[-2].strip() == f"{likeliest:.3f}"
+    for pair, c in report["comparisons"].items():  # each pair of stages: its named AUROCs' paired bootstrap
+        a, b = (_metrics(out, s)["confidence"] for s in pair.split("->"))
+        for f in task.fields:
+            got, x, y = c["confidence_auroc"][f.name], a[f.name]["auroc_named"], b[f.name]["auroc_named"]
+            assert (got is None) == (x is None or y is None)
+            assert got is None or got["delta"] == pytest.approx(y - x)
+    assert len([line for line in tested.splitlines() if line.startswith("| SFT")]) == 6
     said = [line for line in console_lines(report) if "AUROC" in line]  # the terminal's summary, a line per field
     assert said == confidence_console_lines({n: _metrics(out, s) for n, s in zip(("base", "SFT", "SFT+DPO"), STAGES)})
     assert [line.split(":")[0] for line in said] == ["confidence in urgency", "confidence in staff"]
@@ -161,3 +176,51 @@ def test_the_sections_need_every_stage_scored_and_say_n_a_where_auroc_is_undefin
     assert confidence_console_lines({"SFT": scored}) == [
         "confidence in triage: AUROC among answers that named a label SFT n/a; accuracy of the likeliest labels "
         "SFT 1.000"]
+
+
+def _brute_auroc(conf, right):
+    """Right over wrong among all pairs, ties half: the definition, pair by pair."""
+    pairs = [(c, d) for c, r in zip(conf, right) if r for d, w in zip(conf, right) if not w]
+    return sum((c > d) + 0.5 * (c == d) for c, d in pairs) / len(pairs) if pairs else None
+
+
+def test_compare_auroc_is_the_paired_bootstrap_of_the_named_answers_auroc_by_hand():
+    """Two stages' rows: b's AUROC among named answers against a's, each resample's AUROCs by
+    pair counting on the same draws; a resample where either is undefined is left out."""
+    rng = np.random.default_rng(5)
+    rows = {}
+    for stage in ("a", "b"):
+        rows[stage] = []
+        for i in range(12):
+            gold = "x" if i % 2 else "y"
+            named = None if (stage == "a" and i in (3, 8)) else ("x" if rng.random() < 0.6 else "y")
+            rows[stage].append({"labels": {"f": gold}, "prediction": {"f": named},
+                                "confidence": {"f": None if named is None else float(rng.random())}})
+
+    def on(stage, idx):
+        kept = [rows[stage][i] for i in idx if rows[stage][i]["confidence"]["f"] is not None]
+        return _brute_auroc([r["confidence"]["f"] for r in kept], [r["prediction"]["f"] == r["labels"]["f"]
+                                                                   for r in kept])
+
+    got = compare_auroc(rows["a"], rows["b"], n_resamples=400, seed=2)["f"]
+    draws = np.random.default_rng(2)
+    deltas = []
+    for _ in range(400):
+        idx = draws.integers(0, 12, 12)
+        x, y = on("a", idx), on("b", idx)
+        if x is not None and y is not None:
+            deltas.append(y - x)
+    assert got["delta"] == pytest.approx(on("b", range(12)) - on("a", range(12)))
+    assert got.get("n_valid", 400) == len(deltas)
+    assert got["ci"] == pytest.approx(list(np.quantile(deltas, [0.025, 0.975])))
+    assert got["p_value"] == pytest.approx(min(1.0, 2 * min(np.mean(np.array(deltas) <= 0),
+                                                            np.mean(np.array(deltas) >= 0))))
+    # a stage whose named answers are all right has no AUROC: no test; unscored rows: nothing
+    right = [{**r, "prediction": {"f": r["labels"]["f"]}, "confidence": {"f": 0.5}} for r in rows["a"]]
+    assert compare_auroc(right, rows["b"]) == {"f": None}
+    assert compare_auroc([{k: v for k, v in r.items() if k != "confidence"} for r in rows["a"]], rows["b"]) == {}
+    lines = auroc_comparison_lines({"B vs A": {"f": got}, "B vs C": {"f": None}, "C vs A": {}})
+    assert lines[-2] == (f"| B vs A | f | {got['delta']:+.3f} | [{got['ci'][0]:+.3f}, {got['ci'][1]:+.3f}] | "
+                         f"{got['p_value']:.3g} | {len(deltas)} of 400 |")
+    assert lines[-1].startswith("| B vs C | f | — (undefined in a stage")
+    assert auroc_comparison_lines({"B vs A": {}, "B vs C": None}) == []
