@@ -108,11 +108,13 @@ def auroc_comparison_lines(comparisons: dict[str, dict]) -> list[str]:
         return []
     lines = ["Paired bootstrap of the AUROC among answers that named a label, over the same test items (a "
              "resample holding only right or only wrong named answers has no AUROC and is left out):", "",
-             "| comparison | field | ΔAUROC, named | 95% CI | bootstrap p | resamples used |", "|---|---|---|---|---|---|"]
+             "| comparison | field | ΔAUROC, named | 95% CI | bootstrap p | resamples used |",
+             "|---|---|---|---|---|---|"]
     for label, fields in comparisons.items():
         for name, c in (fields or {}).items():
             if c is None:
-                lines.append(f"| {label} | {name} | — (undefined in a stage: its named answers all right, all wrong, or none) | | | |")
+                lines.append(f"| {label} | {name} | — (undefined in a stage: its named answers all right, all "
+                             "wrong, or none) | | | |")
                 continue
             lines.append(f"| {label} | {name} | {c['delta']:+.3f} | [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | "
                          f"{p_text(c).lstrip('= ')} | {c.get('n_valid', c['n_resamples'])} of {c['n_resamples']} |")

@@ -103,7 +103,8 @@ def _row(arm: Arm, report: dict, seconds: float) -> dict:
             "dpo_vs_sft": {k: c["sft->dpo"]["primary"][k] for k in ("delta", "ci", "p_value", "n_resamples")},
             "verdict": c["sft->dpo"]["verdict"],
             **({"confidence": {s: {name: {k: v.get(k) for k in ("auroc", "auroc_named", "accuracy_likeliest")}
-                                    for name, v in st[s]["metrics"]["confidence"].items()} for s in st}}
+                                    for name, v in st[s]["metrics"]["confidence"].items()} for s in st},
+                "auroc_dpo_vs_sft": c["sft->dpo"].get("confidence_auroc", {})}
                if all("confidence" in st[s]["metrics"] for s in st) else {})}
 
 
@@ -178,13 +179,20 @@ def _confidence_lines(ran: list[dict]) -> list[str]:
         values = [r["confidence"][s][name][key] for s in ("base", "sft", "dpo")]
         return " | ".join("—" if v is None else f"{v:.3f}" for v in values)
 
+    def test(r: dict, name: str) -> str:  # SFT+DPO's named AUROC against SFT's (stage_confidence.compare_auroc)
+        c = r.get("auroc_dpo_vs_sft", {}).get(name)
+        if c is None:
+            return "—"
+        return f"{c['delta']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}], p {p_text(c).lstrip('= ')}"
+
     lines = ["", "How sure is each stage of its answers? AUROC: how well the probability of the label an answer "
              "named tells right answers from wrong, among the answers that named a label (0.5: not at all; —: all "
-             "right or all wrong). Likeliest: the accuracy of the labels each stage gives the highest probability, "
-             "where its answers named one or not (each task's report.md, Confidence, has more).", "",
-             "| task | field | AUROC base | SFT | SFT+DPO | likeliest base | SFT | SFT+DPO |",
-             "|---|---|---|---|---|---|---|---|"]
+             "right or all wrong), and SFT+DPO's against SFT's by the paired bootstrap. Likeliest: the accuracy "
+             "of the labels each stage gives the highest probability, where its answers named one or not (each "
+             "task's report.md, Confidence, has more).", "",
+             "| task | field | AUROC base | SFT | SFT+DPO | SFT+DPO vs SFT: ΔAUROC [95% CI], p | likeliest base "
+             "| SFT | SFT+DPO |", "|---|---|---|---|---|---|---|---|---|"]
     for r in scored:
-        lines += [f"| `{r['task']}` | {name} | {cells(r, name, 'auroc_named')} | "
+        lines += [f"| `{r['task']}` | {name} | {cells(r, name, 'auroc_named')} | {test(r, name)} | "
                   f"{cells(r, name, 'accuracy_likeliest')} |" for name in r["confidence"]["base"]]
     return lines

@@ -99,7 +99,8 @@ def test_each_stage_is_scored_later_without_answering_again_and_the_report_sets_
             assert c["auroc"] == auroc(conf, right)
             named = [r["confidence"][f.name] is not None for r in rows]
             assert c["named"] == sum(named) / len(rows)
-            assert c["auroc_named"] == auroc([x for x, n in zip(conf, named) if n], [x for x, n in zip(right, named) if n])
+            assert c["auroc_named"] == auroc([x for x, n in zip(conf, named) if n],
+                                             [x for x, n in zip(right, named) if n])
             assert c["accuracy_likeliest"] == pytest.approx(
                 sum(r["likeliest"][f.name] == r["labels"][f.name] for r in rows) / len(rows))
         assert report["stages"][stage]["metrics"]["confidence"] == metrics["confidence"]

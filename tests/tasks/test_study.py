@@ -4,6 +4,7 @@ import json
 import pytest
 
 from prefopt.cli import main
+from prefopt.evaluate.stats import p_text
 from prefopt.evaluate.study import ARMS
 from tests import _formats as formats
 from tests._tiny import build_hf_model
@@ -67,7 +68,10 @@ def test_study_runs_every_dataset_present_and_tabulates_them(tmp_path, capsys):
     for r in sure:
         report = json.loads((out / r[0].strip("`") / "report.json").read_text())
         c = [report["stages"][s]["metrics"]["confidence"][r[1]] for s in ("base", "sft", "dpo")]
-        assert r[2:] == ["—" if x["auroc_named"] is None else f"{x['auroc_named']:.3f}" for x in c] + [
+        t = report["comparisons"]["sft->dpo"]["confidence_auroc"][r[1]]  # SFT+DPO's named AUROC against SFT's
+        tested = "—" if t is None else (f"{t['delta']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}], "
+                                        f"p {p_text(t).lstrip('= ')}")
+        assert r[2:] == ["—" if x["auroc_named"] is None else f"{x['auroc_named']:.3f}" for x in c] + [tested] + [
             f"{x['accuracy_likeliest']:.3f}" for x in c]
         assert arms[r[0].strip("`")]["confidence"]["dpo"][r[1]]["auroc"] == c[2]["auroc"]
     assert "confidence" not in arms["meqsum"]
