@@ -28,7 +28,7 @@ def _eval(args) -> int:
     from ..pretrained import load_model
     from ..tasks import get_task, sample_records, split_records
     from ..tokenizer import load_tokenizer
-    from .confidence import chosen, confidence_line, confidence_metrics, likeliest, probabilities_for
+    from .confidence import confidence_line, probabilities_for, scored_answers
     from .runner import (
         DECODING,
         choose_max_new_tokens,
@@ -68,9 +68,8 @@ def _eval(args) -> int:
     probabilities = probabilities_for(model, tok, task, records, batch_size=args.batch_size, command="eval") \
         if args.confidence else None
     if probabilities is not None:
-        metrics["confidence"] = confidence_metrics(task, records, preds, probabilities)
-        extra["confidence"] = chosen(task, preds, probabilities)
-        extra["likeliest"] = likeliest(task, probabilities)
+        metrics["confidence"], per_row = scored_answers(task, records, preds, probabilities)
+        extra.update(per_row)
     kept = keep_earlier(args.output)
     if kept:
         print(f"prefopt eval: {args.output} held an evaluation; it is kept in {kept}", flush=True)

@@ -211,6 +211,15 @@ def confidence_metrics(task, records, preds: list[dict], probabilities: list[dic
     return out
 
 
+def scored_answers(task, records, preds: list[dict], probabilities: list[dict]) -> tuple[dict, dict[str, list]]:
+    """What an evaluation with confidence adds (``prefopt eval --confidence``, each ``prefopt
+    compare`` stage): ``metrics.json``'s ``confidence`` (:func:`confidence_metrics`) and the
+    per-row ``confidence`` (:func:`chosen`) and ``likeliest`` (:func:`likeliest`) of
+    ``predictions.jsonl``."""
+    return (confidence_metrics(task, records, preds, probabilities),
+            {"confidence": chosen(task, preds, probabilities), "likeliest": likeliest(task, probabilities)})
+
+
 def confidence_line(c: dict) -> str:
     """One field's :func:`confidence_metrics` in words."""
     auroc_text = "n/a (all right or all wrong)" if c["auroc"] is None else f"{c['auroc']:.3f}"

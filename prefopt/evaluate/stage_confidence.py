@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import write_json_atomic, write_text_atomic
-from .confidence import auroc, chosen, confidence_metrics, label_probabilities, likeliest, scorable
+from .confidence import auroc, label_probabilities, scorable, scored_answers
 from .stats import p_text, paired_bootstrap
 
 
@@ -37,10 +37,9 @@ def add_confidence(model, tok, task, test, out_dir: str | Path, rows: list[dict]
         raise ValueError(f"{out_dir}: predictions.jsonl answers other items than the test set; delete the folder "
                          "to evaluate the stage again")
     probabilities = label_probabilities(model, tok, task, test, batch_size=batch_size, desc=desc)
-    preds = [row["prediction"] for row in rows]
-    metrics = {**metrics, "confidence": confidence_metrics(task, test, preds, probabilities)}
-    rows = [{**row, "confidence": c, "likeliest": b}
-            for row, c, b in zip(rows, chosen(task, preds, probabilities), likeliest(task, probabilities))]
+    summary, per_row = scored_answers(task, test, [row["prediction"] for row in rows], probabilities)
+    metrics = {**metrics, "confidence": summary}
+    rows = [{**row, **{k: v[i] for k, v in per_row.items()}} for i, row in enumerate(rows)]
     out = Path(out_dir)
     write_text_atomic(out / "predictions.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     write_json_atomic(out / "metrics.json", metrics)
