@@ -85,16 +85,41 @@ def answer_logprobs(model, tok, task, records, *, batch_size: int = 16, show_pro
 
 
 def _encode(tok, task, record) -> tuple[list[int], list[tuple[dict[str, str], list[int]]]]:
-    """The record's prompt ids and each possible answer's ids after it, encoded as SFT encodes them."""
+    """The record's prompt ids and each possible answer's ids after it, encoded as SFT encodes
+    them: all of them, or where the task names a :meth:`scored_prefix`, the answer's first tokens
+    that the prefix alone encodes to as well."""
     prompt, scored = None, []
-    for labels in answers(task, record):
-        enc = tok.encode_prompt_response(task.messages(record), task.render(labels, record))
+    messages = task.messages(record)
+
+    def response(text):
+        nonlocal prompt
+        enc = tok.encode_prompt_response(messages, text)
         if prompt is None:
             prompt = enc.ids[:enc.prompt_len]
         elif enc.ids[:enc.prompt_len] != prompt:
             raise ValueError(f"record {record.id}: the prompt encodes differently before two of its answers")
-        scored.append((labels, enc.ids[enc.prompt_len:]))
+        return enc.ids[enc.prompt_len:]
+
+    for labels in answers(task, record):
+        ids = response(task.render(labels, record))
+        head = task.scored_prefix(labels, record)
+        if head is not None:
+            ids = ids[:_common_start(ids, response(head))]
+            if not ids:
+                raise ValueError(f"record {record.id}: the answer {task.render(labels, record)!r} does not start "
+                                 f"with the tokens of its scored prefix {head!r}")
+        scored.append((labels, ids))
+    if len({tuple(ids) for _, ids in scored}) < len(scored):
+        raise ValueError(f"record {record.id}: two of its answers have the same scored tokens")
     return prompt, scored
+
+
+def _common_start(a: list[int], b: list[int]) -> int:
+    """How many ids ``a`` and ``b`` share from their start."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def _pack(rows: list[tuple[list[int], list[list[int]]]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -156,6 +156,12 @@ class ClassificationTask(Task):
         """The labels of ``f`` that ``record`` may be answered with (all of them, but for MedQA)."""
         return list(f.labels)
 
+    def scored_prefix(self, labels: dict[str, str], record: Record) -> str | None:
+        """The start of :meth:`render`'s answer whose probability stands for the whole answer's
+        when :mod:`prefopt.evaluate.confidence` scores it; None (the default): the whole answer,
+        its end of turn included."""
+        return None
+
     def aliases(self, f: LabelField, record: Record) -> dict[str, list[str]]:
         per_record = record.meta.get("aliases", {}).get(f.name, {})
         return {label: list(f.aliases.get(label, [])) + list(per_record.get(label, [])) for label in f.labels}

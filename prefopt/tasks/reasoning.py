@@ -60,6 +60,11 @@ class MedQA(ClassificationTask):
         letter = labels["answer"]
         return f"{letter}) {record.meta['options'][letter]}" if record is not None else letter
 
+    def scored_prefix(self, labels, record):
+        """The letter and its parenthesis: the letter picks the option, and its text, fixed by the
+        letter, would make a short option likelier than a long one."""
+        return f"{labels['answer']})"
+
     def wrong_answers(self, record, rng, others, hardest: bool = False):
         wrong = [k for k in record.meta["options"] if k != record.labels["answer"]]
         rng.shuffle(wrong)

@@ -282,7 +282,8 @@ def test_predict_refuses_bad_records_before_loading_any_model(tmp_path, capsys):
 
 def _reference_logprobs(hf_model, tok, task, record) -> list[tuple[dict, float]]:
     """Every answer's log-prob computed apart: transformers' logits for prompt + answer,
-    log_softmax in float64, gathered at the answer's tokens, summed."""
+    log_softmax in float64, gathered at the answer's tokens, summed; where the task names a scored
+    prefix (MedQA's "B)"), over the answer's fewest first tokens that decode to it."""
     import itertools
 
     import torch
@@ -294,8 +295,13 @@ def _reference_logprobs(hf_model, tok, task, record) -> list[tuple[dict, float]]
         ids = torch.tensor([enc.ids])
         with torch.no_grad():
             logits = hf_model(ids).logits[0, :-1].double()
-        lp = torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None])[:, 0]
-        out.append((labels, float(lp[enc.prompt_len - 1:].sum())))
+        lp = torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None])[:, 0][enc.prompt_len - 1:]
+        head = task.scored_prefix(labels, record)
+        if head is not None:
+            answer = enc.ids[enc.prompt_len:]
+            n = next(k for k in range(1, len(answer) + 1) if tok.decode(answer[:k]).startswith(head))
+            lp = lp[:n]
+        out.append((labels, float(lp.sum())))
     return out
 
 
@@ -322,6 +328,53 @@ def test_answer_logprobs_match_a_reference_computed_apart(tmp_path):
             assert [v for _, v in g] == pytest.approx([v for _, v in o], rel=1e-6, abs=1e-4)
         assert len({round(v) for _, v in got[0]}) > 1  # the answers differ: a token missed would show
     assert [labels["answer"] for labels, _ in got[0]] == list("ABCDE") and len(got[1]) == 4
+
+
+def test_medqa_scores_the_letter_not_the_options_text(tmp_path):
+    """A MedQA answer's probability is its letter's (the option's text would favour short options):
+    the option texts the answers render with may change, the prompt staying, and every answer's
+    log-prob stays; a task that scores whole answers sees the change. A prefix the answer does not
+    start with, or one shared by two answers, is refused."""
+    from prefopt.evaluate.confidence import answer_logprobs
+    from prefopt.pretrained import load_model
+    from prefopt.tokenizer import load_tokenizer
+
+    build_hf_model(tmp_path / "m", max_position_embeddings=4096)
+    model, tok = load_model(str(tmp_path / "m")), load_tokenizer(str(tmp_path / "m"))
+    medqa = get_task("medqa")
+    rec = medqa.read(str(formats.write_jsonl(tmp_path / "q.jsonl", formats.medqa_rows(1))), labelled=False)[0]
+    longer = type(rec)(rec.id, rec.prompt, rec.target, rec.labels,
+                       {**rec.meta, "options": {k: v + " twice daily with food for a fortnight"
+                                                for k, v in rec.meta["options"].items()}})
+
+    def scores(task, *recs):
+        return [[v for _, v in r] for r in answer_logprobs(model, tok, task, list(recs), show_progress=False)]
+
+    letter, long_letter = scores(medqa, rec, longer)
+    assert letter == pytest.approx(long_letter, rel=1e-6, abs=1e-5)
+
+    class WholeOption(type(medqa)):
+        def scored_prefix(self, labels, record):
+            return None
+
+    whole, long_whole = scores(WholeOption(), rec, longer)
+    assert max(abs(a - b) for a, b in zip(whole, long_whole)) > 1.0  # 8 more tokens each
+    assert all(w < x for w, x in zip(whole, letter))  # the letter is the start of the whole answer
+
+    class Wrong(type(medqa)):
+        def scored_prefix(self, labels, record):
+            return "?"
+
+    with pytest.raises(ValueError, match=r"does not start with the tokens of its scored prefix '\?'"):
+        scores(Wrong(), rec)
+    portal = get_task("portal")
+
+    class FieldName(type(portal)):
+        def scored_prefix(self, labels, record):
+            return "Urgency:"  # every answer starts so
+
+    with pytest.raises(ValueError, match="two of its answers have the same scored tokens"):
+        scores(FieldName(), portal.read()[0])
 
 
 def test_marginals_sum_each_fields_answers():
