@@ -336,10 +336,11 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
 def _confident(cfg, task, tok, test, out: Path, stage: str, s: dict, done: tuple[list[dict], dict], model=None,
                keep: dict | None = None) -> tuple[list[dict], dict]:
     """A stage's evaluation ``done`` with its confidence (:mod:`.stage_confidence`) where the run
-    wants it and it lacks it. ``model``: the stage's, if loaded; else it loads (into ``keep``, if given)."""
-    from .stage_confidence import add_confidence, wanted
+    wants it and it lacks it, or has it scored as an earlier prefopt scored it. ``model``: the
+    stage's, if loaded; else it loads (into ``keep``, if given)."""
+    from .stage_confidence import add_confidence, scored, wanted
 
-    if not wanted(task, s) or "confidence" in done[1]:
+    if not wanted(task, s) or scored(done[1]):
         return done
     if model is None:
         model = _load_stage_model(cfg, out, stage, keep)

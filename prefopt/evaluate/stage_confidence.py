@@ -10,6 +10,9 @@ prompt (:func:`~.confidence.label_probabilities`). The stage's ``metrics.json`` 
 earlier run, or one without the setting) is scored without answering again. The report sets the
 stages side by side (:func:`confidence_lines`): DPO sharpens a model's preferences, and a stage
 that is more accurate may still be less able to say which of its answers to check.
+
+``metrics.json`` records how the answers were scored (``confidence_scoring``, :data:`SCORING`); a
+stage scored by an earlier prefopt that scored them otherwise is scored again.
 """
 from __future__ import annotations
 
@@ -21,6 +24,14 @@ import numpy as np
 from ..fileio import write_json_atomic, write_text_atomic
 from .confidence import auroc, label_probabilities, scorable, scored_answers
 from .stats import p_text, paired_bootstrap
+
+
+SCORING = 2  # how answers are scored; 2: MedQA by its letter (Task.scored_prefix), 1 (unrecorded): whole answers
+
+
+def scored(metrics: dict) -> bool:
+    """Whether a stage's ``metrics`` hold confidence scored as prefopt scores it now."""
+    return "confidence" in metrics and metrics.get("confidence_scoring") == SCORING
 
 
 def wanted(task, settings: dict) -> bool:
@@ -38,7 +49,7 @@ def add_confidence(model, tok, task, test, out_dir: str | Path, rows: list[dict]
                          "to evaluate the stage again")
     probabilities = label_probabilities(model, tok, task, test, batch_size=batch_size, desc=desc)
     summary, per_row = scored_answers(task, test, [row["prediction"] for row in rows], probabilities)
-    metrics = {**metrics, "confidence": summary}
+    metrics = {**metrics, "confidence": summary, "confidence_scoring": SCORING}
     rows = [{**row, **{k: v[i] for k, v in per_row.items()}} for i, row in enumerate(rows)]
     out = Path(out_dir)
     write_text_atomic(out / "predictions.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

@@ -11,6 +11,7 @@ from prefopt.evaluate.compare import CompareConfig, run_compare
 from prefopt.evaluate.confidence import auroc, label_probabilities
 from prefopt.evaluate.report import console_lines
 from prefopt.evaluate.stage_confidence import (
+    SCORING,
     add_confidence,
     auroc_comparison_lines,
     compare_auroc,
@@ -127,6 +128,16 @@ def test_each_stage_is_scored_later_without_answering_again_and_the_report_sets_
     capsys.readouterr()
     run_compare(CompareConfig(**{**asdict(off), "overrides": TINY}))
     assert "scored every label" not in capsys.readouterr().out and len(loads) == 3
+
+    # a stage scored by an earlier prefopt (no confidence_scoring recorded) is scored again, alone
+    old = _metrics(out, "sft")
+    assert old["confidence_scoring"] == SCORING and all(_metrics(out, s)["confidence_scoring"] == SCORING
+                                                        for s in STAGES)
+    (out / "sft" / "metrics.json").write_text(json.dumps({k: v for k, v in old.items() if k != "confidence_scoring"}))
+    run_compare(CompareConfig(**{**asdict(off), "overrides": TINY}))
+    log = capsys.readouterr().out
+    assert "sft: scored every label" in log and log.count("scored every label") == 1
+    assert loads[3:] == [out / "sft/train/final"] and calls == [] and _metrics(out, "sft") == old
 
 
 def test_a_free_text_task_is_not_scored_and_a_bad_value_stops_the_run_before_its_folder(tiny_model, tmp_path,
