@@ -25,7 +25,6 @@ from ..fileio import write_json_atomic, write_text_atomic
 from .confidence import auroc, label_probabilities, scorable, scored_answers
 from .stats import p_text, paired_bootstrap
 
-
 SCORING = 2  # how answers are scored; 2: MedQA by its letter (Task.scored_prefix), 1 (unrecorded): whole answers
 
 

@@ -102,7 +102,7 @@ def _row(arm: Arm, report: dict, seconds: float) -> dict:
             "sft_vs_base": {k: c["base->sft"]["primary"][k] for k in ("delta", "ci", "p_value", "n_resamples")},
             "dpo_vs_sft": {k: c["sft->dpo"]["primary"][k] for k in ("delta", "ci", "p_value", "n_resamples")},
             "verdict": c["sft->dpo"]["verdict"],
-            **({"confidence": {s: {name: {k: v.get(k) for k in ("auroc", "auroc_named", "accuracy_likeliest")}
+            **({"confidence": {s: {name: {k: v.get(k) for k in ("auroc", "auroc_named", "named", "accuracy_likeliest")}
                                     for name, v in st[s]["metrics"]["confidence"].items()} for s in st},
                 "auroc_dpo_vs_sft": c["sft->dpo"].get("confidence_auroc", {})}
                if all("confidence" in st[s]["metrics"] for s in st) else {})}
@@ -176,8 +176,12 @@ def _confidence_lines(ran: list[dict]) -> list[str]:
         return []
 
     def cells(r: dict, name: str, key: str) -> str:
-        values = [r["confidence"][s][name][key] for s in ("base", "sft", "dpo")]
-        return " | ".join("—" if v is None else f"{v:.3f}" for v in values)
+        return " | ".join(cell(r, r["confidence"][s][name], key) for s in ("base", "sft", "dpo"))
+
+    def cell(r: dict, c: dict, key: str) -> str:  # an AUROC over fewer than all answers says over how many
+        text = "—" if c[key] is None else f"{c[key]:.3f}"
+        named = c.get("named") if key == "auroc_named" else None
+        return text if named is None or named == 1 else f"{text} ({round(named * r['n_test'])} of {r['n_test']} named)"
 
     def test(r: dict, name: str) -> str:  # SFT+DPO's named AUROC against SFT's (stage_confidence.compare_auroc)
         c = r.get("auroc_dpo_vs_sft", {}).get(name)
@@ -187,7 +191,7 @@ def _confidence_lines(ran: list[dict]) -> list[str]:
 
     lines = ["", "How sure is each stage of its answers? AUROC: how well the probability of the label an answer "
              "named tells right answers from wrong, among the answers that named a label (0.5: not at all; —: all "
-             "right or all wrong), and SFT+DPO's against SFT's by the paired bootstrap. Likeliest: the accuracy "
+             "right or all wrong; how many named one where not all did), and SFT+DPO's against SFT's by the paired bootstrap. Likeliest: the accuracy "
              "of the labels each stage gives the highest probability, where its answers named one or not (each "
              "task's report.md, Confidence, has more).", "",
              "| task | field | AUROC base | SFT | SFT+DPO | SFT+DPO vs SFT: ΔAUROC [95% CI], p | likeliest base "

@@ -65,15 +65,20 @@ def test_study_runs_every_dataset_present_and_tabulates_them(tmp_path, capsys):
     sure = [[c.strip() for c in line.split("|")[1:-1]] for line in sure_md.splitlines() if line.startswith("| `")]
     assert [(r[0], r[1]) for r in sure] == [("`medical_abstracts`", "label"), ("`uci_heart`", "label"),
                                             ("`medqa`", "answer"), ("`portal`", "urgency"), ("`portal`", "staff")]
+    counted = 0  # AUROCs over fewer than all answers, which say over how many
     for r in sure:
         report = json.loads((out / r[0].strip("`") / "report.json").read_text())
         c = [report["stages"][s]["metrics"]["confidence"][r[1]] for s in ("base", "sft", "dpo")]
         t = report["comparisons"]["sft->dpo"]["confidence_auroc"][r[1]]  # SFT+DPO's named AUROC against SFT's
         tested = "—" if t is None else (f"{t['delta']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}], "
                                         f"p {p_text(t).lstrip('= ')}")
-        assert r[2:] == ["—" if x["auroc_named"] is None else f"{x['auroc_named']:.3f}" for x in c] + [tested] + [
-            f"{x['accuracy_likeliest']:.3f}" for x in c]
+        n = report["n_test"]
+        aurocs = ["—" if x["auroc_named"] is None else f"{x['auroc_named']:.3f}" for x in c]
+        aurocs = [a if x["named"] == 1 else f"{a} ({round(x['named'] * n)} of {n} named)" for a, x in zip(aurocs, c)]
+        assert r[2:] == aurocs + [tested] + [f"{x['accuracy_likeliest']:.3f}" for x in c]
+        counted += sum(x["named"] < 1 for x in c)
         assert arms[r[0].strip("`")]["confidence"]["dpo"][r[1]]["auroc"] == c[2]["auroc"]
+    assert counted and "named)" in sure_md
     assert "confidence" not in arms["meqsum"]
     assert "| triage (synthetic) | `portal` | (as KTAS) |" in md and "F1 0.63 → 0.98 with SFT" in md
     assert "- `ktas`: DataError: " in md and "more cells than the header" in md and "- `aci_bench`: no " in md
@@ -126,3 +131,26 @@ def test_a_p_value_of_0_is_shown_at_the_resamples_resolution():
            "sft_vs_base": vs, "dpo_vs_sft": {**vs, "p_value": 0.0123}, "verdict": "**Yes**"}
     md = study_markdown({"model": "m", "data_root": "d", "settings": {}, "arms": [row]})
     assert "| 0.100 | 0.350 | 0.600 | +0.250, p < 0.005 | +0.250 [+0.100, +0.400], p 0.0123 |" in md
+
+
+def test_an_auroc_among_fewer_than_all_answers_says_among_how_many():
+    """The portal base model named a label in 8 and 2 of 60 answers: its AUROCs say so; one over
+    every answer does not, nor does a row from before ``named`` was kept."""
+    from prefopt.evaluate.study import study_markdown
+
+    vs = {"delta": 0.0, "ci": [-0.1, 0.1], "p_value": 1.0, "n_resamples": 200}
+
+    def c(auroc, named):
+        return {"auroc": auroc, "auroc_named": auroc, **({} if named is None else {"named": named}),
+                "accuracy_likeliest": 0.5}
+
+    row = {"task": "portal", "kind": "triage", "status": "ran", "study": "(as KTAS)", "n_test": 60,
+           "metric": "macro_f1", "base": {"primary": 0.1}, "sft": {"primary": 0.35}, "dpo": {"primary": 0.6},
+           "sft_vs_base": vs, "dpo_vs_sft": vs, "verdict": "no",
+           "confidence": {"base": {"urgency": c(0.933, 8 / 60), "staff": c(None, 0.0)},
+                          "sft": {"urgency": c(0.736, 1.0), "staff": c(0.7, None)},
+                          "dpo": {"urgency": c(0.681, 55 / 60), "staff": c(0.651, 45 / 60)}},
+           "auroc_dpo_vs_sft": {}}
+    md = study_markdown({"model": "m", "data_root": "d", "settings": {}, "arms": [row]})
+    assert "| `portal` | urgency | 0.933 (8 of 60 named) | 0.736 | 0.681 (55 of 60 named) | — |" in md
+    assert "| `portal` | staff | — (0 of 60 named) | 0.700 | 0.651 (45 of 60 named) | — |" in md
