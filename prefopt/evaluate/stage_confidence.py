@@ -136,10 +136,17 @@ def confidence_console_lines(stages: dict[str, dict]) -> list[str]:
     if not stages or any("confidence" not in m for m in stages.values()):
         return []
     return [f"confidence in {name}: AUROC among answers that named a label " + ", ".join(
-                f"{s} {_fmt(m['confidence'][name].get('auroc_named'), 'n/a')}" for s, m in stages.items())
+                f"{s} {auroc_named_text(m['confidence'][name], m.get('n'), 'n/a')}" for s, m in stages.items())
             + "; accuracy of the likeliest labels " + ", ".join(
                 f"{s} {_fmt(m['confidence'][name]['accuracy_likeliest'])}" for s, m in stages.items())
             for name in next(iter(stages.values()))["confidence"]]
+
+
+def auroc_named_text(c: dict, n: int | None, none: str = "—") -> str:
+    """A field's AUROC among the answers that named a label (``c``: its :func:`~.confidence.confidence_metrics`),
+    with how many of the ``n`` answers did where not all did: "0.933 (8 of 60 named)"."""
+    text, named = _fmt(c.get("auroc_named"), none), c.get("named")
+    return text if named is None or named == 1 or n is None else f"{text} ({round(named * n)} of {n} named)"
 
 
 def _fmt(v, none: str = "—") -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from ..fileio import write_json_atomic, write_text_atomic
 from .compare import CompareConfig, run_compare
 from .runner import keep_earlier
+from .stage_confidence import auroc_named_text
 from .stats import p_text
 
 
@@ -175,13 +176,10 @@ def _confidence_lines(ran: list[dict]) -> list[str]:
     if not scored:
         return []
 
-    def cells(r: dict, name: str, key: str) -> str:
-        return " | ".join(cell(r, r["confidence"][s][name], key) for s in ("base", "sft", "dpo"))
-
-    def cell(r: dict, c: dict, key: str) -> str:  # an AUROC over fewer than all answers says over how many
-        text = "—" if c[key] is None else f"{c[key]:.3f}"
-        named = c.get("named") if key == "auroc_named" else None
-        return text if named is None or named == 1 else f"{text} ({round(named * r['n_test'])} of {r['n_test']} named)"
+    def cells(r: dict, name: str, key: str) -> str:  # an AUROC over fewer than all answers says over how many
+        return " | ".join(auroc_named_text(c, r["n_test"]) if key == "auroc_named" else
+                          "—" if c[key] is None else f"{c[key]:.3f}"
+                          for c in (r["confidence"][s][name] for s in ("base", "sft", "dpo")))
 
     def test(r: dict, name: str) -> str:  # SFT+DPO's named AUROC against SFT's (stage_confidence.compare_auroc)
         c = r.get("auroc_dpo_vs_sft", {}).get(name)

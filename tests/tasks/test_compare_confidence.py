@@ -188,6 +188,10 @@ def test_the_sections_need_every_stage_scored_and_say_n_a_where_auroc_is_undefin
     assert confidence_console_lines({"SFT": scored}) == [
         "confidence in triage: AUROC among answers that named a label SFT n/a; accuracy of the likeliest labels "
         "SFT 1.000"]
+    few = {"n": 60, "triage": {"accuracy": 0.1}, "confidence": {"triage": {**c, "auroc_named": 0.0, "named": 2 / 60}}}
+    assert confidence_console_lines({"base": few, "SFT": {**scored, "n": 60}}) == [
+        "confidence in triage: AUROC among answers that named a label base 0.000 (2 of 60 named), SFT n/a; "
+        "accuracy of the likeliest labels base 1.000, SFT 1.000"]
 
 
 def _brute_auroc(conf, right):
