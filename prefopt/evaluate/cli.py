@@ -92,7 +92,7 @@ def _predict(args) -> int:
     from ..pretrained import load_model
     from ..tasks import get_task
     from ..tokenizer import load_tokenizer
-    from .confidence import confidence_possible
+    from .confidence import SCORING, confidence_possible
     from .new_records import (
         FILES,
         ROW_FORMAT,
@@ -121,7 +121,7 @@ def _predict(args) -> int:
     confidence = args.confidence and confidence_possible(task, "predict")
     made = {"task": task.name, "task_options": options, "model": args.model, "adapter": args.adapter,
             "data": str(Path(args.data).resolve()), **decoding(settings, task), **placement(model), **prompt_date(tok),
-            "confidence": confidence}
+            "confidence": confidence, **({"confidence_scoring": SCORING} if confidence else {})}
     with claimed(args.output):
         stamp = fingerprint(records, made | {"row_format": ROW_FORMAT})  # what a stopped run must match
         rows = predict_in_blocks(model, tok, task, records, args.output, stamp,

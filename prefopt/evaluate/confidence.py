@@ -22,6 +22,9 @@ from ..kernels import sequence_logprobs
 from .stats import average_ranks
 
 MAX_ANSWERS = 64  # the most answer combinations scored per record
+# How answers are scored, recorded beside the scores (compare's metrics.json, predict's settings) so that scores made
+# otherwise are not reused: 2, MedQA by its letter (Task.scored_prefix); 1 (before it was recorded), whole answers.
+SCORING = 2
 
 
 def answers(task, record) -> list[dict[str, str]]:

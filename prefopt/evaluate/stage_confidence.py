@@ -11,8 +11,9 @@ earlier run, or one without the setting) is scored without answering again. The 
 stages side by side (:func:`confidence_lines`): DPO sharpens a model's preferences, and a stage
 that is more accurate may still be less able to say which of its answers to check.
 
-``metrics.json`` records how the answers were scored (``confidence_scoring``, :data:`SCORING`); a
-stage scored by an earlier prefopt that scored them otherwise is scored again.
+``metrics.json`` records how the answers were scored (``confidence_scoring``,
+:data:`~.confidence.SCORING`); a stage scored by an earlier prefopt that scored them otherwise is
+scored again.
 """
 from __future__ import annotations
 
@@ -22,10 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import write_json_atomic, write_text_atomic
-from .confidence import auroc, label_probabilities, scorable, scored_answers
+from .confidence import SCORING, auroc, label_probabilities, scorable, scored_answers
 from .stats import p_text, paired_bootstrap
-
-SCORING = 2  # how answers are scored; 2: MedQA by its letter (Task.scored_prefix), 1 (unrecorded): whole answers
 
 
 def scored(metrics: dict) -> bool:

@@ -189,9 +189,9 @@ def _confidence_lines(ran: list[dict]) -> list[str]:
 
     lines = ["", "How sure is each stage of its answers? AUROC: how well the probability of the label an answer "
              "named tells right answers from wrong, among the answers that named a label (0.5: not at all; —: all "
-             "right or all wrong; how many named one where not all did), and SFT+DPO's against SFT's by the paired bootstrap. Likeliest: the accuracy "
-             "of the labels each stage gives the highest probability, where its answers named one or not (each "
-             "task's report.md, Confidence, has more).", "",
+             "right or all wrong; how many named one where not all did), and SFT+DPO's against SFT's by the paired "
+             "bootstrap. Likeliest: the accuracy of the labels each stage gives the highest probability, where its "
+             "answers named one or not (each task's report.md, Confidence, has more).", "",
              "| task | field | AUROC base | SFT | SFT+DPO | SFT+DPO vs SFT: ΔAUROC [95% CI], p | likeliest base "
              "| SFT | SFT+DPO |", "|---|---|---|---|---|---|---|---|---|"]
     for r in scored:

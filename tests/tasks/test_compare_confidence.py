@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from prefopt.evaluate.compare import CompareConfig, run_compare
-from prefopt.evaluate.confidence import auroc, label_probabilities
+from prefopt.evaluate.confidence import SCORING, auroc, label_probabilities
 from prefopt.evaluate.report import console_lines
 from prefopt.evaluate.stage_confidence import (
-    SCORING,
     add_confidence,
     auroc_comparison_lines,
     compare_auroc,

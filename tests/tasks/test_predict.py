@@ -9,6 +9,7 @@ import pytest
 from prefopt.cli import main
 from prefopt.data.readers import read_rows
 from prefopt.data.records import DataError
+from prefopt.evaluate.confidence import SCORING
 from prefopt.evaluate.new_records import counts, delimiter_of, prediction_rows, summary, table_format, table_text
 from prefopt.tasks import PORTAL_DATA, get_task
 from tests import _formats as formats
@@ -514,6 +515,14 @@ def test_a_stopped_predict_goes_on_from_the_records_it_answered(tiny_model, tmp_
     start_partial(out, stamp | {"row_format": nr.ROW_FORMAT - 1}, [json.loads(x) for x in partial[1:]])
     assert main(argv + ["--output", str(out)]) == 0
     assert len(answered) == 5
+
+    answered.clear()  # nor are confidences scored as an earlier prefopt scored them (before it was recorded)
+    assert stamp["confidence"] is True and stamp["confidence_scoring"] == SCORING
+    start_partial(out, {k: v for k, v in stamp.items() if k != "confidence_scoring"},
+                  [json.loads(x) for x in partial[1:]])
+    assert main(argv + ["--output", str(out)]) == 0
+    assert len(answered) == 5
+    assert json.loads((out / "predict.json").read_text())["confidence_scoring"] == SCORING
 
 
 @pytest.mark.gpu
