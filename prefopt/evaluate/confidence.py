@@ -104,13 +104,14 @@ def _encode(tok, task, record) -> tuple[list[int], list[tuple[dict[str, str], li
         return enc.ids[enc.prompt_len:]
 
     for labels in answers(task, record):
-        ids = response(task.render(labels, record))
+        text = task.render(labels, record)
+        ids = response(text)
         head = task.scored_prefix(labels, record)
         if head is not None:
             ids = ids[:_common_start(ids, response(head))]
             if not ids:
-                raise ValueError(f"record {record.id}: the answer {task.render(labels, record)!r} does not start "
-                                 f"with the tokens of its scored prefix {head!r}")
+                raise ValueError(f"record {record.id}: the answer {text!r} does not start with the tokens of its "
+                                 f"scored prefix {head!r}")
         scored.append((labels, ids))
     if len({tuple(ids) for _, ids in scored}) < len(scored):
         raise ValueError(f"record {record.id}: two of its answers have the same scored tokens")

@@ -102,10 +102,10 @@ def confidence_lines(stages: dict[str, dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for stage, m in stages.items():
         for name, c in m["confidence"].items():
-            lines.append(f"| {stage} | {name} | {_fmt(m.get(name, {}).get('accuracy'))} | {_fmt(c.get('named'))} | "
-                         f"{_fmt(c['auroc'])} | {_fmt(c.get('auroc_named'))} | {_fmt(c['accuracy_confident_half'])} | "
-                         f"{_fmt(c['accuracy_other_half'])} | {_fmt(c['median'])} | "
-                         f"{_fmt(c['accuracy_likeliest'])} |")
+            lines.append(f"| {stage} | {name} | {fmt(m.get(name, {}).get('accuracy'))} | {fmt(c.get('named'))} | "
+                         f"{fmt(c['auroc'])} | {fmt(c.get('auroc_named'))} | {fmt(c['accuracy_confident_half'])} | "
+                         f"{fmt(c['accuracy_other_half'])} | {fmt(c['median'])} | "
+                         f"{fmt(c['accuracy_likeliest'])} |")
     return lines
 
 
@@ -137,16 +137,17 @@ def confidence_console_lines(stages: dict[str, dict]) -> list[str]:
     return [f"confidence in {name}: AUROC among answers that named a label " + ", ".join(
                 f"{s} {auroc_named_text(m['confidence'][name], m.get('n'), 'n/a')}" for s, m in stages.items())
             + "; accuracy of the likeliest labels " + ", ".join(
-                f"{s} {_fmt(m['confidence'][name]['accuracy_likeliest'])}" for s, m in stages.items())
+                f"{s} {fmt(m['confidence'][name]['accuracy_likeliest'])}" for s, m in stages.items())
             for name in next(iter(stages.values()))["confidence"]]
 
 
 def auroc_named_text(c: dict, n: int | None, none: str = "—") -> str:
     """A field's AUROC among the answers that named a label (``c``: its :func:`~.confidence.confidence_metrics`),
     with how many of the ``n`` answers did where not all did: "0.933 (8 of 60 named)"."""
-    text, named = _fmt(c.get("auroc_named"), none), c.get("named")
+    text, named = fmt(c.get("auroc_named"), none), c.get("named")
     return text if named is None or named == 1 or n is None else f"{text} ({round(named * n)} of {n} named)"
 
 
-def _fmt(v, none: str = "—") -> str:
+def fmt(v, none: str = "—") -> str:
+    """A figure to three decimals, or ``none`` where it is undefined."""
     return none if v is None else f"{v:.3f}"

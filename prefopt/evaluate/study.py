@@ -19,7 +19,7 @@ from pathlib import Path
 from ..fileio import write_json_atomic, write_text_atomic
 from .compare import CompareConfig, run_compare
 from .runner import keep_earlier
-from .stage_confidence import auroc_named_text
+from .stage_confidence import auroc_named_text, fmt
 from .stats import p_text
 
 
@@ -177,9 +177,8 @@ def _confidence_lines(ran: list[dict]) -> list[str]:
         return []
 
     def cells(r: dict, name: str, key: str) -> str:  # an AUROC over fewer than all answers says over how many
-        return " | ".join(auroc_named_text(c, r["n_test"]) if key == "auroc_named" else
-                          "—" if c[key] is None else f"{c[key]:.3f}"
-                          for c in (r["confidence"][s][name] for s in ("base", "sft", "dpo")))
+        stages = [r["confidence"][s][name] for s in ("base", "sft", "dpo")]
+        return " | ".join(auroc_named_text(c, r["n_test"]) if key == "auroc_named" else fmt(c[key]) for c in stages)
 
     def test(r: dict, name: str) -> str:  # SFT+DPO's named AUROC against SFT's (stage_confidence.compare_auroc)
         c = r.get("auroc_dpo_vs_sft", {}).get(name)
