@@ -129,20 +129,20 @@ def _stack_adapters(args: argparse.Namespace) -> int:
 def _check_data(args: argparse.Namespace) -> int:
     import json
 
-    from .data.check import check_data
+    from .data.check import SHOW_BAD, check_data
     from .model import resolve_model_dir
     from .tokenizer import load_tokenizer
 
     tok = _dated(load_tokenizer(args.model), args.chat_date, "example")
     check = check_data(args.data, tok, kind=args.kind, max_length=args.max_length,
                        max_prompt_length=args.max_prompt_length)
-    print("\n".join(check.lines()))
+    print("\n".join(check.lines(show_bad=None if args.all_bad else SHOW_BAD)))
     config = resolve_model_dir(args.model) / "config.json"
     context = json.loads(config.read_text()).get("max_position_embeddings") if config.is_file() else None
     if context and args.max_length > context:
         print(f"  max_length={args.max_length} is past the model's context of {context} tokens: training "
               f"refuses examples longer than that; pass --max-length {context} or less")
-    return 1 if check.report.skipped else 0
+    return 1 if check.report.skipped or not check.report.n_kept else 0
 
 
 def _config_fields(cls):
@@ -228,12 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
         t.set_defaults(func=_train)
 
     k = sub.add_parser("check-data", help="check a training file before training: bad records (file, line, "
-                       "field), token lengths, what --max-length would cut, repeats; exit 1 if any record is bad")
+                       "field), token lengths, what --max-length would cut, repeats; exit 1 if any record is bad "
+                       "or none is usable")
     k.add_argument("--model", required=True, help="the model whose tokenizer and chat template training will use")
     k.add_argument("--data", required=True, help="JSONL, JSON or CSV training file")
     k.add_argument("--kind", choices=["sft", "preference"], help="default: from the first record's fields")
     k.add_argument("--max-length", type=int, default=1024, help="the training max_length to measure against")
     k.add_argument("--max-prompt-length", type=int)
+    k.add_argument("--all-bad", action="store_true", help="list every bad record (default: the first 10)")
     _add_chat_date_flag(k, "example")
     k.set_defaults(func=_check_data)
 

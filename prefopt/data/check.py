@@ -10,9 +10,10 @@ from pathlib import Path
 from ..tokenizer import Tokenizer
 from .preference import PairExample, load_preferences
 from .readers import read_rows
-from .sft import LoadReport, TokenizedExample, load_sft, prompt_len
+from .sft import LoadReport, NoRecordsError, TokenizedExample, load_sft, prompt_len
 
 KINDS = ("sft", "preference")
+SHOW_BAD = 10  # bad records listed by default (``lines(show_bad=None)``: every one)
 UNLIMITED = 1 << 30  # a max_length nothing reaches: lengths before any truncation
 
 
@@ -34,14 +35,18 @@ class DataCheck:
     response: list[int]  # a pair: its longer response
     duplicates: int  # kept records that repeat an earlier one token for token
 
-    def lines(self) -> list[str]:
-        """The check as console lines: what was kept and why not, lengths, truncation, repeats."""
+    def lines(self, show_bad: int | None = SHOW_BAD) -> list[str]:
+        """The check as console lines: what was kept and why not (the first ``show_bad`` bad records
+        by file, line and field; None: all), lengths, truncation, repeats."""
         r = self.report
         kind = "preference pairs" if self.kind == "preference" else "SFT records"
         out = [f"{r.path}: {kind}; {r.summary().split(': ', 1)[1]}"]
-        out += [f"  bad: {e}" for e in r.skipped[:5]]
-        if len(r.skipped) > 5:
-            out.append(f"  ... and {len(r.skipped) - 5} more bad records")
+        shown = r.skipped if show_bad is None else r.skipped[:show_bad]
+        out += [f"  bad: {e}" for e in shown]
+        if len(r.skipped) > len(shown):
+            out.append(f"  ... and {len(r.skipped) - len(shown)} more bad records (--all-bad lists them all)")
+        if not r.n_read:
+            out.append("  the file holds no records")
         if self.total:
             out.append(f"  tokens per record: {_spread(self.total)}")
             out.append(f"    prompt: {_spread(self.prompt)}; response: {_spread(self.response)}")
@@ -72,8 +77,9 @@ def check_data(path: str | Path | list[dict], tok: Tokenizer, *, kind: str | Non
         raise ValueError(f"kind must be one of {KINDS} (got {kind!r})")
     loader: Callable = load_preferences if kind == "preference" else load_sft
     with tok.remembering():  # the second pass re-encodes nothing (half the time)
-        full, _ = loader(path, tok, max_length=UNLIMITED, skip_bad=True)  # no usable record: a DataError
-        _, report = loader(path, tok, max_length=max_length, max_prompt_length=max_prompt_length, skip_bad=True)
+        full, report = _load(loader, path, tok, max_length=UNLIMITED)
+        if full:
+            _, report = _load(loader, path, tok, max_length=max_length, max_prompt_length=max_prompt_length)
     sides = [_sides(x) for x in full]
     seen: set = set()
     duplicates = 0
@@ -85,6 +91,15 @@ def check_data(path: str | Path | list[dict], tok: Tokenizer, *, kind: str | Non
         seen.add(key)
     return DataCheck(kind, report, [t for t, _, _ in sides], [p for _, p, _ in sides], [r for _, _, r in sides],
                      duplicates)
+
+
+def _load(loader: Callable, path, tok: Tokenizer, **kw) -> tuple[list, LoadReport]:
+    """Every usable record and the report; none usable (every record bad, or none at all) is a
+    finding here, not an error."""
+    try:
+        return loader(path, tok, skip_bad=True, **kw)
+    except NoRecordsError as e:
+        return [], e.report
 
 
 def _sides(x: TokenizedExample | PairExample) -> tuple[int, int, int]:

@@ -83,6 +83,14 @@ class LoadReport:
         return msg
 
 
+class NoRecordsError(DataError):
+    """Not one record of a file was usable; ``report`` holds what was read and why each was skipped."""
+
+    def __init__(self, path, line, field, message: str, report: LoadReport):
+        super().__init__(path, line, field, message)
+        self.report = report
+
+
 def load_records(path, parse: Callable, skip_bad: bool = False) -> tuple[list[tuple[int, object]], LoadReport]:
     """Parse every row of ``path`` with ``parse(row, path, line)``.
 
@@ -225,5 +233,5 @@ def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, f
     report.n_kept = len(examples)
     if not examples:
         why = f": {report.summary()}" if report.skipped else ""
-        raise DataError(source_name(path), None, None, "no usable records" + why)
+        raise NoRecordsError(source_name(path), None, None, "no usable records" + why, report)
     return examples, report

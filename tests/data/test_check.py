@@ -82,3 +82,35 @@ def test_check_data_encodes_each_text_once_and_forgets_them_after(model, tmp_pat
     texts.clear()
     again = check_data(path, tok, max_length=256)
     assert len(texts) == 12 and again.total == plain.total and again.report.n_kept == 4
+
+
+def test_a_file_with_no_usable_record_is_listed_not_refused(model, tmp_path, capsys):
+    """check-data stopped with one line ("no usable records ... first: ...") and exit 2 exactly
+    where the listing matters most: a file whose every record is bad."""
+    from prefopt import load_tokenizer
+    from prefopt.data import DataError, load_preferences
+    from prefopt.data.sft import NoRecordsError
+
+    rows = [{"prompt": f"Message {i}.", "chosen": "same", "rejected": "same"} for i in range(11)] + ["{oops"]
+    path = _jsonl(tmp_path / "pairs.jsonl", rows)
+    assert main(["check-data", "--model", str(model), "--data", str(path), "--kind", "preference",
+                 "--max-length", "256"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{path}: preference pairs; 0 of 12 records kept; 12 skipped: 11x identical")
+    bad = [x.removeprefix(f"  bad: {path}:") for x in out if x.startswith("  bad: ")]
+    assert bad == [f"{n}: field 'rejected': identical to chosen: a preference pair needs two different responses"
+                   for n in range(1, 11)]
+    assert out[11] == "  ... and 2 more bad records (--all-bad lists them all)" and len(out) == 12
+    assert main(["check-data", "--model", str(model), "--data", str(path), "--all-bad"]) == 1
+    listed = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  bad: ")]
+    assert len(listed) == 12 and listed[-1] == f"  bad: {path}:12: malformed JSON: Expecting property name " \
+        "enclosed in double quotes (column 2)"
+    # training still refuses such a file, with the report of what each record lacked
+    with pytest.raises(DataError, match="no usable records") as err:
+        load_preferences(path, load_tokenizer(model), skip_bad=True)
+    assert isinstance(err.value, NoRecordsError) and len(err.value.report.skipped) == 12
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    assert main(["check-data", "--model", str(model), "--data", str(empty), "--max-length", "256"]) == 1
+    assert capsys.readouterr().out == f"{empty}: SFT records; 0 of 0 records kept\n  the file holds no records\n"
