@@ -28,7 +28,7 @@ def _eval(args) -> int:
     from ..pretrained import load_model
     from ..tasks import get_task, sample_records, split_records
     from ..tokenizer import load_tokenizer
-    from .confidence import confidence_line, probabilities_for, scored_answers
+    from .confidence import SCORING, confidence_line, probabilities_for, scored_answers
     from .runner import (
         DECODING,
         choose_max_new_tokens,
@@ -69,6 +69,7 @@ def _eval(args) -> int:
         if args.confidence else None
     if probabilities is not None:
         metrics["confidence"], per_row = scored_answers(task, records, preds, probabilities)
+        metrics["confidence_scoring"] = SCORING
         extra.update(per_row)
     kept = keep_earlier(args.output)
     if kept:
@@ -139,8 +140,11 @@ def _predict(args) -> int:
 
 def _against_rows(folder: str, records: list) -> list[dict]:
     """The answers an earlier evaluation in ``folder`` gave to ``records``, in their order; an
-    error where it lacks one of them or holds another reference for it (other data)."""
+    error where it lacks one of them or holds another reference for it (other data). Answers
+    whose confidence was scored otherwise (an earlier prefopt) come without it: their AUROC is
+    not compared with this one's."""
     from .runner import read_results
+    from .stage_confidence import scored
 
     done = read_results(folder)
     if done is None:
@@ -153,7 +157,12 @@ def _against_rows(folder: str, records: list) -> list[dict]:
     other = next((r.id for r in records if by_id[r.id]["target"] != r.target), None)
     if other is not None:
         raise ValueError(f"--against {folder}: item {other!r} has another reference there: it evaluated other data")
-    return [by_id[r.id] for r in records]
+    rows = [by_id[r.id] for r in records]
+    if any("confidence" in row for row in rows) and not scored(done[1]):
+        print(f"prefopt eval: {folder}'s confidence was scored by an earlier prefopt, otherwise than now; its AUROC "
+              "is not compared (evaluate it again with --confidence to compare)", flush=True)
+        rows = [{k: v for k, v in row.items() if k != "confidence"} for row in rows]
+    return rows
 
 
 def _test_against(task, records: list, against: list[dict], args) -> None:

@@ -452,13 +452,24 @@ def test_eval_confidence_agrees_with_predicts(tiny_model, tmp_path, capsys):
     assert main(["eval", *common, "--split", "all", "--output", str(tmp_path / "e"), "--confidence"]) == 0
     assert "prefopt eval: confidence in urgency: AUROC " in capsys.readouterr().out
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
-    assert set(metrics["confidence"]) == {"urgency", "staff"}
+    assert set(metrics["confidence"]) == {"urgency", "staff"} and metrics["confidence_scoring"] == SCORING
     assert set(metrics["confidence"]["urgency"]) == {"auroc", "auroc_named", "named", "accuracy_confident_half",
                                                       "accuracy_other_half", "median", "accuracy_likeliest"}
     rows = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "e/predictions.jsonl").read_text().splitlines()}
     for field in ("urgency", "staff"):
         right = [r["likeliest"][field] == r["labels"][field] for r in rows.values()]
         assert metrics["confidence"][field]["accuracy_likeliest"] == pytest.approx(sum(right) / 6)
+    # --against pairs the two evaluations' AUROCs only where both were scored the same way
+    assert main(["eval", *common, "--split", "all", "--output", str(tmp_path / "e2"), "--confidence",
+                 "--against", str(tmp_path / "e"), "--n-resamples", "50"]) == 0
+    assert set(json.loads((tmp_path / "e2/paired.json").read_text())["confidence_auroc"]) == {"urgency", "staff"}
+    assert "scored by an earlier prefopt" not in capsys.readouterr().out
+    (tmp_path / "e/metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k != "confidence_scoring"}))
+    assert main(["eval", *common, "--split", "all", "--output", str(tmp_path / "e3"), "--confidence",
+                 "--against", str(tmp_path / "e"), "--n-resamples", "50"]) == 0
+    assert f"{tmp_path / 'e'}'s confidence was scored by an earlier prefopt" in capsys.readouterr().out
+    paired = json.loads((tmp_path / "e3/paired.json").read_text())
+    assert "confidence_auroc" not in paired and "mcnemar" in paired
     assert main(["predict", *common, "--output", str(tmp_path / "p")]) == 0
     for r in (json.loads(line) for line in (tmp_path / "p/predictions.jsonl").read_text().splitlines()):
         e = rows[r["record"]]
