@@ -54,6 +54,6 @@ def test_the_readme_in_memory_example_runs_as_written(tmp_path, monkeypatch):
     records = [json.loads(x) for x in write_pairs(tmp_path / "pairs.jsonl", n=8).read_text().splitlines()]
     code = code.replace('"smollm2-135m"', repr(str(model_dir))).replace("max_steps=100", "max_steps=2, progress=False")
     monkeypatch.chdir(tmp_path)
-    exec(compile("from prefopt import DPOConfig\n" + code, "README", "exec"), {"records": records})
+    exec(compile(code, "README", "exec"), {"records": records})  # a notebook cell: its own imports
     steps = [json.loads(line)["step"] for line in (tmp_path / "runs/dpo/metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2] and (tmp_path / "runs/dpo/final/adapter_model.safetensors").is_file()
