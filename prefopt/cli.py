@@ -110,19 +110,27 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
+    from .fileio import check_new_dir, new_dir
+    from .model import resolve_model_dir
     from .pretrained import load_model, save_merged
     from .tokenizer import load_tokenizer
 
+    check_new_dir(args.output, [resolve_model_dir(args.model), args.adapter], args.overwrite)  # before any load
     model = load_model(args.model, dtype=DTYPES[args.dtype], adapter=args.adapter)
-    out = save_merged(model, args.output, load_tokenizer(args.model))
-    print(f"wrote {out}")
+    with new_dir(args.output) as tmp:
+        save_merged(model, tmp, load_tokenizer(args.model))
+    print(f"wrote {args.output}")
     return 0
 
 
 def _stack_adapters(args: argparse.Namespace) -> int:
+    from .fileio import check_new_dir, new_dir
     from .lora_stack import restack
 
-    print(f"wrote {restack(args.first, args.second, args.output)}")
+    check_new_dir(args.output, [args.first, args.second], args.overwrite)
+    with new_dir(args.output) as tmp:
+        restack(args.first, args.second, tmp)
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -244,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--adapter", required=True, help="PEFT-layout adapter folder")
     m.add_argument("--output", required=True)
     m.add_argument("--dtype", choices=DTYPES, default="float32")
+    m.add_argument("--overwrite", action="store_true", help="replace an --output folder that holds files already")
     m.set_defaults(func=_merge)
 
     st = sub.add_parser("stack-adapters", help="one adapter on the base model from an SFT adapter and a DPO "
@@ -251,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("first", help="the SFT adapter folder")
     st.add_argument("second", help="the adapter trained with the first merged in")
     st.add_argument("output")
+    st.add_argument("--overwrite", action="store_true", help="replace an output folder that holds files already")
     st.set_defaults(func=_stack_adapters)
 
     add_commands(sub)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +37,34 @@ def replace_dir(tmp: str | Path, final: str | Path) -> None:
     tmp.rename(final)
     if old.exists():
         shutil.rmtree(old)
+
+
+def check_new_dir(out: str | Path, inputs: Sequence[str | Path], overwrite: bool, flag: str = "--overwrite") -> None:
+    """Refuse to write the folder ``out`` where that would lose something: where it is, or holds,
+    one of the ``inputs`` (always), or already holds files (unless ``overwrite``)."""
+    out = Path(out).resolve()
+    for src in inputs:
+        src = Path(src).resolve()
+        if src == out or out in src.parents:
+            raise ValueError(f"{out}: the output would replace {src}, which this command reads; choose another folder")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"{out}: holds files already; pass {flag} to replace the folder, or choose another")
+
+
+@contextmanager
+def new_dir(out: str | Path) -> Iterator[Path]:
+    """A temporary folder beside ``out`` to write into; on success it replaces ``out`` whole
+    (:func:`replace_dir`), on an error it is removed: ``out`` is never left half-written."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, out)

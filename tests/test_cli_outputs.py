@@ -1,0 +1,97 @@
+"""merge and stack-adapters never lose a folder: not the model or adapter they read, not an
+earlier output (without --overwrite), and an interrupted write leaves the old folder whole."""
+import os
+
+import pytest
+import torch
+
+from prefopt import apply_lora, load_model, save_adapter
+from prefopt.cli import main
+from prefopt.lora import lora_layers
+from tests._tiny import build_hf_model
+
+IDS = torch.tensor([[5, 6, 7, 8, 9]])
+
+
+@pytest.fixture
+def base_and_adapter(tmp_path):
+    base = tmp_path / "base"
+    build_hf_model(base)
+    model = apply_lora(load_model(base), r=4, alpha=8, dropout=0.0)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _, m in lora_layers(model):
+            m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.1)
+    save_adapter(model, tmp_path / "runs" / "final", base_model=str(base))
+    return base, tmp_path / "runs" / "final"
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _merge(base, adapter, out, *extra):
+    return main(["merge", "--model", str(base), "--adapter", str(adapter), "--output", str(out), *extra])
+
+
+def test_merge_refuses_to_write_over_what_it_reads(base_and_adapter, tmp_path, capsys):
+    """``--output`` = the adapter folder mixed a model into it; = the base model's folder replaced
+    the base weights by the merged ones; a folder above either would be replaced with them."""
+    base, adapter = base_and_adapter
+    before = {d: _files(d) for d in (base, adapter)}
+    for out in (adapter, base, tmp_path / "runs"):
+        assert _merge(base, adapter, out, "--overwrite") == 2
+        assert "which this command reads; choose another folder" in capsys.readouterr().err
+    assert {d: _files(d) for d in (base, adapter)} == before
+    assert sorted(os.listdir(tmp_path)) == ["base", "runs"]  # no temporary folder left either
+
+
+def test_merge_keeps_an_earlier_output_unless_overwrite_and_replaces_it_whole(base_and_adapter, tmp_path, capsys):
+    base, adapter = base_and_adapter
+    out = tmp_path / "merged"
+    assert _merge(base, adapter, out) == 0
+    with torch.no_grad():
+        want = load_model(base, adapter=adapter)(IDS)
+        assert (load_model(out)(IDS) - want).abs().max() < 1e-4
+    first = _files(out)
+    (out / "notes.txt").write_text("mine")
+    assert _merge(base, adapter, out) == 2
+    assert f"{out}: holds files already; pass --overwrite" in capsys.readouterr().err
+    assert _files(out) == {**first, "notes.txt": b"mine"}
+    assert _merge(base, adapter, out, "--dtype", "bfloat16", "--overwrite") == 0
+    assert set(_files(out)) == set(first) and _files(out) != first  # the whole folder: the bf16 model alone
+    assert '"dtype": "bfloat16"' in (out / "config.json").read_text()
+    (tmp_path / "empty").mkdir()
+    assert _merge(base, adapter, tmp_path / "empty") == 0  # an empty folder is no earlier output
+
+
+def test_an_interrupted_merge_leaves_the_earlier_folder_whole(base_and_adapter, tmp_path, monkeypatch):
+    import prefopt.pretrained as pretrained
+
+    base, adapter = base_and_adapter
+    out = tmp_path / "merged"
+    assert _merge(base, adapter, out) == 0
+    first = _files(out)
+    real = pretrained.checkpoint.save_model
+
+    def disk_full_at_the_end(model, out_dir, *args, **kw):
+        real(model, out_dir, *args, **kw)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pretrained.checkpoint, "save_model", disk_full_at_the_end)
+    with pytest.raises(OSError, match="No space left"):
+        _merge(base, adapter, out, "--overwrite")
+    assert _files(out) == first and sorted(os.listdir(tmp_path)) == ["base", "merged", "runs"]
+
+
+def test_stack_adapters_refuses_its_inputs_and_an_earlier_output(base_and_adapter, tmp_path, capsys):
+    base, adapter = base_and_adapter
+    before = _files(adapter)
+    assert main(["stack-adapters", str(adapter), str(adapter), str(adapter), "--overwrite"]) == 2
+    assert "which this command reads" in capsys.readouterr().err and _files(adapter) == before
+    out = tmp_path / "stacked"
+    assert main(["stack-adapters", str(adapter), str(adapter), str(out)]) == 0
+    assert main(["stack-adapters", str(adapter), str(adapter), str(out)]) == 2
+    assert "holds files already; pass --overwrite" in capsys.readouterr().err
+    assert main(["stack-adapters", str(adapter), str(adapter), str(out), "--overwrite"]) == 0
+    assert {"adapter_config.json", "adapter_model.safetensors", "stacked_on.json"} <= set(_files(out))
