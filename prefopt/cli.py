@@ -79,9 +79,12 @@ def _cut(text: str, stops: list[str]) -> str:
 
 def _convert_gguf(args: argparse.Namespace) -> int:
     from .convert.gguf import convert_gguf
+    from .fileio import check_new_dir, new_dir
 
-    out = convert_gguf(args.gguf, args.out_dir, dtype=DTYPES[args.dtype])
-    print(f"wrote {out}")
+    check_new_dir(args.out_dir, [args.gguf], args.overwrite)
+    with new_dir(args.out_dir) as tmp:
+        convert_gguf(args.gguf, tmp, dtype=DTYPES[args.dtype])
+    print(f"wrote {args.out_dir}")
     return 0
 
 
@@ -223,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("gguf", help="path to a .gguf file (llama architecture)")
     c.add_argument("out_dir")
     c.add_argument("--dtype", choices=DTYPES, default="float32")
+    c.add_argument("--overwrite", action="store_true", help="replace an OUT_DIR that holds files already")
     c.set_defaults(func=_convert_gguf)
 
     from .train import DPOConfig, TrainConfig

@@ -95,3 +95,23 @@ def test_stack_adapters_refuses_its_inputs_and_an_earlier_output(base_and_adapte
     assert "holds files already; pass --overwrite" in capsys.readouterr().err
     assert main(["stack-adapters", str(adapter), str(adapter), str(out), "--overwrite"]) == 0
     assert {"adapter_config.json", "adapter_model.safetensors", "stacked_on.json"} <= set(_files(out))
+
+
+def test_convert_gguf_keeps_an_earlier_folder_unless_overwrite(tmp_path, capsys):
+    """It wrote its files among whatever the folder held (another model's shards, a user's notes)."""
+    pytest.importorskip("gguf")
+    from tests._tiny import write_tiny_gguf
+
+    build_hf_model(tmp_path / "hf", intermediate_size=128)
+    (tmp_path / "files").mkdir()
+    gguf_file = write_tiny_gguf(tmp_path / "hf", tmp_path / "files" / "tiny.gguf")
+    out = tmp_path / "imported"
+    assert main(["convert-gguf", str(gguf_file), str(out)]) == 0
+    first = _files(out)
+    (out / "notes.txt").write_text("mine")
+    assert main(["convert-gguf", str(gguf_file), str(out)]) == 2
+    assert "holds files already; pass --overwrite" in capsys.readouterr().err and (out / "notes.txt").is_file()
+    assert main(["convert-gguf", str(gguf_file), str(out), "--overwrite"]) == 0
+    assert _files(out) == first
+    assert main(["convert-gguf", str(gguf_file), str(gguf_file.parent), "--overwrite"]) == 2
+    assert "which this command reads" in capsys.readouterr().err and gguf_file.is_file()

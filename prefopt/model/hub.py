@@ -10,9 +10,10 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..fileio import new_dir
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -92,17 +93,11 @@ def ensure_alias(alias: str, *, progress: bool = True) -> Path:
     source = {"gguf": str(gguf), "size": gguf.stat().st_size, "sha256": _sha256(gguf), "importer": IMPORTER_VERSION}
     from ..convert.gguf import convert_gguf
 
-    tmp = out.with_name(f".{alias}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     if progress:
         print(f"prefopt: importing {spec.filename} into {out} (once)", flush=True)
-    try:
+    with new_dir(out) as tmp:  # an interrupted import leaves the earlier folder, or none
         convert_gguf(gguf, tmp, progress=progress)
         (tmp / "prefopt_source.json").write_text(json.dumps(source, indent=2) + "\n")
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
