@@ -3,9 +3,11 @@ compare live in ``prefopt.evaluate.cli``)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import MISSING
 
 from .devices import DTYPES, resolve
@@ -274,12 +276,25 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = (FileNotFoundError, ValueError, ImportError)  # bad input, a missing extra: one line, no traceback
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(prog: str) -> Iterator[None]:
+    """Warnings as one line each, ``prog: warning: ...``, not Python's two lines that name
+    the file inside prefopt or torch that raised them (``PREFOPT_DEBUG=1``: Python's)."""
+    if os.environ.get("PREFOPT_DEBUG"):
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_: print(f"{prog}: warning: {message}", file=sys.stderr)
+        yield
+
+
 def run_script(main: Callable[[], object], prog: str) -> None:
     """Run a script's ``main`` (``examples/``) as ``prefopt`` runs its commands: Ctrl-C exits 130
     (the trainer has said where it stopped and how to go on), bad input exits 1 with one line,
     ``prog: error: ...`` (``PREFOPT_DEBUG=1``: the traceback instead)."""
     try:
-        main()
+        with _warnings_as_lines(prog):
+            main()
     except KeyboardInterrupt:
         if os.environ.get("PREFOPT_DEBUG"):
             raise
@@ -293,7 +308,8 @@ def run_script(main: Callable[[], object], prog: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with _warnings_as_lines(f"prefopt {args.command}"):
+            return args.func(args)
     except KeyboardInterrupt:  # the trainer has said where it stopped and how to go on
         if os.environ.get("PREFOPT_DEBUG"):
             raise

@@ -97,6 +97,19 @@ def test_running_past_the_context_is_warned(tiny):
         generate(ours, [[5] * 250], max_new_tokens=6)  # exactly fills the context: no warning
 
 
+def test_the_command_line_prints_a_warning_as_one_line(tiny, capsys, monkeypatch):
+    """It printed Python's two lines, the first naming torch/utils/_contextlib.py (generate's no_grad
+    wrapper) as where the warning came from."""
+    from prefopt.cli import main
+
+    _, _, d = tiny
+    monkeypatch.delenv("PREFOPT_DEBUG", raising=False)
+    assert main(["generate", "--model", str(d), "--prompt", "pain " * 240, "--greedy", "--max-new-tokens", "30"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("prefopt generate: warning: a prompt of ") and err.count("\n") == 1 and ".py" not in err
+    assert "past the model's context of 256 positions" in err
+
+
 @pytest.mark.parametrize("flags, kw", [([], {}), (["--repetition-penalty", "1.5"], dict(repetition_penalty=1.5)),
                                        (["--no-repeat-ngram-size", "1", "--repeat-scope", "output"],
                                         dict(no_repeat_ngram_size=1, repeat_scope="output"))])
