@@ -289,6 +289,8 @@ class Trainer:
             print(f"prefopt: {self.plan()}", flush=True)
         if log and resume_from:
             print(f"prefopt: resuming from {resume_from} (step {self.step})", flush=True)
+        elif log and c.resume:
+            print(f"prefopt: --resume: no checkpoint in {self.output_dir} yet; starting at step 0", flush=True)
         summary: dict[str, Any] = {"total_steps": self.total_steps, "resumed_from_step": self.step}
         if self.step == 0:
             first = self.evaluate()

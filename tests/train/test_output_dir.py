@@ -109,9 +109,11 @@ def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default(task,
     assert run_sft(_cfg(task, out, resume=True, save_every=1, max_steps=4))["resumed_from_step"] == 2
 
 
-def test_resume_into_an_empty_folder_starts_a_new_run(task, tmp_path):
+def test_resume_into_an_empty_folder_starts_a_new_run(task, tmp_path, capsys):
+    """A job rerun with the same command after a preemption; the first run says it starts afresh."""
     summary = run_sft(_cfg(task, tmp_path / "fresh", resume=True))
     assert summary["resumed_from_step"] == 0 and (tmp_path / "fresh" / "final").is_dir()
+    assert f"prefopt: --resume: no checkpoint in {tmp_path / 'fresh'} yet; starting at step 0\n" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("save_every", [1, 0])
