@@ -319,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"prefopt {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `prefopt ... | head` stopped reading: stop quietly, as shell tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's exit flush fails again
+        return 141
 
 
 if __name__ == "__main__":

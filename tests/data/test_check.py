@@ -114,3 +114,17 @@ def test_a_file_with_no_usable_record_is_listed_not_refused(model, tmp_path, cap
     empty.write_text("\n\n")
     assert main(["check-data", "--model", str(model), "--data", str(empty), "--max-length", "256"]) == 1
     assert capsys.readouterr().out == f"{empty}: SFT records; 0 of 0 records kept\n  the file holds no records\n"
+
+
+def test_a_listing_piped_into_head_ends_quietly(model, tmp_path):
+    """``prefopt check-data ... --all-bad | head`` printed a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    path = _jsonl(tmp_path / "pairs.jsonl", ["{oops"] * 4000)  # a listing larger than a pipe's buffer
+    p = subprocess.Popen([sys.executable, "-m", "prefopt.cli", "check-data", "--model", str(model), "--data", str(path),
+                          "--all-bad", "--max-length", "256"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = p.stdout.readline()
+    p.stdout.close()  # as head does after its lines
+    err = p.stderr.read()
+    assert first.startswith(str(path).encode()) and p.wait(timeout=60) == 141 and err == b""
