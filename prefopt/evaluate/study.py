@@ -66,6 +66,8 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
     ``study.json``'s content. Every arm's settings are checked before the first one runs."""
     out = Path(output)
     root = Path(data_root) if data_root is not None else None
+    if root is not None and not root.is_dir():
+        raise ValueError(f"--data-root {root}: no such folder")
     plan, rows = [], []
     for arm in pick(tasks):
         path = None if arm.data is None else (root / arm.data if root is not None else None)
@@ -79,6 +81,12 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
         plan.append((arm, cfg))
     if not plan:
         raise ValueError("study: no dataset to run (" + "; ".join(f"{r['task']}: {r['why']}" for r in rows) + ")")
+    if root is not None and rows and not any(arm.data for arm, _ in plan):
+        tops = sorted({a.data.split("/")[0] + "/" for a in ARMS if a.data})
+        raise ValueError(f"--data-root {root}: none of the datasets is there ({rows[0]['why']}, ...); it is the folder "
+                         f"that holds {', '.join(tops)}")
+    for r in rows:
+        print(f"prefopt study: {r['task']} not run: {r['why']}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     rows += _kept(out, _header(model, root, compare), {a.task for a in pick(tasks)})
     for i, (arm, cfg) in enumerate(plan, 1):

@@ -41,6 +41,8 @@ def test_study_runs_every_dataset_present_and_tabulates_them(tmp_path, capsys):
     assert main(argv) == 1  # one arm failed; the others ran
     log = capsys.readouterr().out
     assert "prefopt study: 6 of 6: portal" in log and "prefopt study: ktas failed: " in log
+    assert f"prefopt study: pubmedqa not run: no {root / 'clinical_reasoning/pubmedqa/ori_pqal.json'}\n" in log
+    assert log.index("not run: no") < log.index("prefopt study: 1 of 6")  # said before the hours of work
     assert "prefopt study: 5 ran, 1 failed, 2 not run" in log
     study = json.loads((out / "study.json").read_text())
     status = {r["task"]: r["status"] for r in study["arms"]}
@@ -118,6 +120,15 @@ def test_study_refuses_bad_settings_before_any_task_runs(tmp_path, capsys):
     assert "study: no dataset to run (medqa: needs --data-root)" in capsys.readouterr().err
     assert main(["study", "--model", "m", "--output", str(out), "--set", "sft_stepz=3"]) == 2
     assert "unknown compare settings ['sft_stepz']" in capsys.readouterr().err
+    # a --data-root that is not there, or holds none of the datasets, ran the bundled portal task alone
+    assert main(["study", "--model", "m", "--output", str(out), "--data-root", str(tmp_path / "typo")]) == 2
+    assert f"--data-root {tmp_path / 'typo'}: no such folder" in capsys.readouterr().err
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    assert main(["study", "--model", "m", "--output", str(out), "--data-root", str(tmp_path / "shared")]) == 2
+    assert (f"--data-root {tmp_path / 'shared'}: none of the datasets is there (no {tmp_path / 'shared'}/"
+            "text_classification/medical_abstracts/medical_tc.csv, ...); it is the folder that holds "
+            "clinical_reasoning/, numeric_classification/, summarization/, text_classification/, triage/") \
+        in capsys.readouterr().err
     assert not out.exists()
 
 
