@@ -68,8 +68,8 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
     root = Path(data_root) if data_root is not None else None
     if root is not None and not root.is_dir():
         raise ValueError(f"--data-root {root}: no such folder")
-    plan, rows = [], []
-    for arm in pick(tasks):
+    plan, rows, picked = [], [], pick(tasks)
+    for arm in picked:
         path = None if arm.data is None else (root / arm.data if root is not None else None)
         if arm.data is not None and (path is None or not path.exists()):
             rows.append({"task": arm.task, "kind": arm.kind, "status": "not run",
@@ -88,7 +88,7 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
     for r in rows:
         print(f"prefopt study: {r['task']} not run: {r['why']}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    rows += _kept(out, _header(model, root, compare), {a.task for a in pick(tasks)})
+    rows += _kept(out, _header(model, root, compare), {a.task for a in picked})
     for i, (arm, cfg) in enumerate(plan, 1):
         print(f"prefopt study: {i} of {len(plan)}: {arm.task} ({arm.kind}) into {cfg.output}", flush=True)
         start = time.perf_counter()
