@@ -6,10 +6,12 @@ SmolLM2-135M-Instruct, imported once from the GGUF file shipped in the PyPI pack
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,15 +92,39 @@ def ensure_alias(alias: str, *, progress: bool = True) -> Path:
         )
     if stamp.is_file() and _same_source(json.loads(stamp.read_text()), gguf):
         return out
-    source = {"gguf": str(gguf), "size": gguf.stat().st_size, "sha256": _sha256(gguf), "importer": IMPORTER_VERSION}
-    from ..convert.gguf import convert_gguf
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # one import at a time (torchrun's ranks on a first run, two commands at once): the others
+    # wait, then find it done
+    with _exclusive(out.with_name(f".{alias}.lock")):
+        if stamp.is_file() and _same_source(json.loads(stamp.read_text()), gguf):
+            return out
+        source = {"gguf": str(gguf), "size": gguf.stat().st_size, "sha256": _sha256(gguf),
+                  "importer": IMPORTER_VERSION}
+        from ..convert.gguf import convert_gguf
 
-    if progress:
-        print(f"prefopt: importing {spec.filename} into {out} (once)", flush=True)
-    with new_dir(out) as tmp:  # an interrupted import leaves the earlier folder, or none
-        convert_gguf(gguf, tmp, progress=progress)
-        (tmp / "prefopt_source.json").write_text(json.dumps(source, indent=2) + "\n")
+        if progress:
+            print(f"prefopt: importing {spec.filename} into {out} (once)", flush=True)
+        with new_dir(out) as tmp:  # an interrupted import leaves the earlier folder, or none
+            convert_gguf(gguf, tmp, progress=progress)
+            (tmp / "prefopt_source.json").write_text(json.dumps(source, indent=2) + "\n")
     return out
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``lock`` (``flock``; released if the process dies).
+    Where ``fcntl`` is missing (Windows), no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _same_source(stamp: dict, gguf: Path) -> bool:

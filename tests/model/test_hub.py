@@ -89,3 +89,41 @@ def test_alias_is_imported_once_into_the_cache(tmp_path, monkeypatch):
     data[-1] ^= 0xFF
     copy.write_bytes(bytes(data))
     assert resolve_model_dir("tiny") == first and len(calls) == 2
+
+
+def test_two_first_uses_at_once_import_the_alias_once(tmp_path, monkeypatch):
+    """torchrun's ranks on a cold cache each imported it, into the same temporary folder (one pid
+    per rank, but threads share one) and over each other's finished folder."""
+    import threading
+    import time
+
+    pytest.importorskip("gguf")
+    build_hf_model(tmp_path / "hf", intermediate_size=128)
+    gguf_file = write_tiny_gguf(tmp_path / "hf", tmp_path / "tiny.gguf")
+    monkeypatch.setenv("PREFOPT_HOME", str(tmp_path / "home"))
+    monkeypatch.setitem(hub.ALIASES, "tiny", hub.Alias("x", "tiny-pkg", "tiny.gguf", "org/tiny"))
+    monkeypatch.setattr(hub.Alias, "gguf_path", lambda self: gguf_file)
+    calls = []
+    real = __import__("prefopt.convert.gguf", fromlist=["convert_gguf"]).convert_gguf
+
+    def slow(*a, **k):
+        calls.append(1)
+        time.sleep(0.3)  # the other caller arrives while this import runs
+        return real(*a, **k)
+
+    monkeypatch.setattr("prefopt.convert.gguf.convert_gguf", slow)
+    got, errors = [], []
+
+    def use():
+        try:
+            got.append(resolve_model_dir("tiny"))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=use) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(calls) == 1 and got == [tmp_path / "home" / "models" / "tiny"] * 3
+    assert (got[0] / "model.safetensors").is_file()
