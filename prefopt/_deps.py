@@ -7,6 +7,7 @@ from types import ModuleType
 _EXTRAS = {
     "gguf": ("gguf", "importing GGUF files"),
     "jinja2": ("chat", "chat templates"),
+    "matplotlib": ("plots", "plots"),
     "tqdm": ("progress", "progress bars"),
 }
 

@@ -139,6 +139,13 @@ def _stack_adapters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _curves(args: argparse.Namespace) -> int:
+    from .train.curves import plot_curves
+
+    print(f"wrote {plot_curves(args.run_dir, args.output)}")
+    return 0
+
+
 def _check_data(args: argparse.Namespace) -> int:
     import json
 
@@ -252,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--all-bad", action="store_true", help="list every bad record (default: the first 10)")
     _add_chat_date_flag(k, "example")
     k.set_defaults(func=_check_data)
+
+    cv = sub.add_parser("curves", help="draw a training run's metrics.jsonl (loss, eval loss, DPO's pair accuracy, "
+                        "margins and log-probs) as a PNG; also while it runs")
+    cv.add_argument("run_dir", help="the run's --output-dir")
+    cv.add_argument("--output", help="the PNG to write (default: RUN_DIR/training_curves.png)")
+    cv.set_defaults(func=_curves)
 
     m = sub.add_parser("merge", help="fold a LoRA adapter into its base model and save an HF folder")
     m.add_argument("--model", required=True)

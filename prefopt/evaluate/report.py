@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import write_json_atomic, write_text_atomic
+from ..train.curves import FILE as CURVES
 from .dynamics import NLL_ANCHORED, dynamics_lines, training_dynamics
 from .selection import against_step_0, stage_weights
 from .stage_confidence import auroc_comparison_lines, compare_auroc, confidence_console_lines, confidence_lines
@@ -132,7 +133,7 @@ def _plots(task, stats: dict, out: Path) -> list[str]:
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
         files.append(name)
-    return files
+    return files + [f"{s}/train/{CURVES}" for s in ("sft", "dpo") if (out / s / "train" / CURVES).is_file()]
 
 
 def _fmt(v) -> str:

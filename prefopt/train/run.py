@@ -14,6 +14,7 @@ from ..pretrained import load_model
 from ..tokenizer import Tokenizer, load_tokenizer, set_chat_date
 from . import state as ckpt_io
 from .config import TrainConfig
+from .curves import curves_line
 from .distributed import init_distributed
 from .metrics import first_and_last, first_to_last
 from .reference import reference_cache_for
@@ -147,6 +148,7 @@ def print_outcome(summary: dict, config: TrainConfig) -> None:
               f"{best['saved']}", flush=True)
     print(f"prefopt: saved to {summary['saved']}; per-step metrics in "
           f"{Path(config.output_dir) / 'metrics.jsonl'}", flush=True)
+    print(f"prefopt: {curves_line(config.output_dir)}", flush=True)
 
 
 def run_dpo(config, callbacks=(), evaluators=()) -> dict:

@@ -104,6 +104,10 @@ def _check(out: Path) -> dict:
     test_line = "Wilcoxon signed-rank on per-item rougeL" if report["task"] == "meqsum" else "Exact McNemar"
     assert test_line in text
     assert (out / "metric_by_stage.png").is_file() or "Plots skipped" in text
+    if (out / "metric_by_stage.png").is_file():  # each training stage's curves, linked from the report
+        assert all(f"![{s}/train/training_curves.png]({s}/train/training_curves.png)" in text for s in ("sft", "dpo"))
+        assert all((out / s / "train" / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+                   for s in ("sft", "dpo"))
     summary = json.loads((out / "dpo" / "train" / "train_summary.json").read_text())
     assert summary["reference_forwards"] == 0  # DPO used the reference cache
     _use_the_models(out, report)

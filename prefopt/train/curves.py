@@ -1,0 +1,107 @@
+"""A training run's curves as one PNG beside its ``metrics.jsonl`` (``training_curves.png``).
+
+One panel per kind of number the run logged, each with its training value at every logged step
+(thin), a moving average over about a twentieth of the steps (thick) and, where the run was
+evaluated, the eval value at each evaluation (dots): the loss; for DPO the pair accuracy, the
+reward margin and the chosen and rejected log-probs; and any metric an evaluator added (compare's
+held-out score, ``eval_macro_f1``...). Written at the end of every run (``prefopt sft``/``dpo``)
+and by ``prefopt curves RUN_DIR`` at any time, also while the run is going. matplotlib is
+optional (``pip install 'prefopt[plots]'``): without it nothing is drawn and the caller says so.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .._deps import MissingDependencyError, require
+from .metrics import read_metrics
+
+FILE = "training_curves.png"
+# (panel title, training keys, eval keys): a panel is drawn when any of its keys was logged
+PANELS = (
+    ("loss", ("loss",), ("eval_loss",)),
+    ("pair accuracy (chosen above rejected)", ("rewards/accuracies",), ("eval_rewards/accuracies",)),
+    ("reward margin (chosen − rejected)", ("rewards/margins",), ("eval_rewards/margins",)),
+    ("log-prob of the response", ("logps/chosen", "logps/rejected"), ("eval_logps/chosen", "eval_logps/rejected")),
+)
+_COVERED = {k for _, train, evals in PANELS for k in (*train, *evals)}
+
+
+def curves(rows: list[dict]) -> list[tuple[str, dict[str, list[tuple[int, float]]]]]:
+    """The panels the logged ``rows`` hold: ``(title, {key: [(step, value), ...]})``, in the
+    order of :data:`PANELS`, then one panel per other ``eval_*`` metric (an evaluator's)."""
+    def points(key: str) -> list[tuple[int, float]]:
+        return [(int(r["step"]), float(r[key])) for r in rows if isinstance(r.get(key), (int, float))]
+
+    out = []
+    for title, train, evals in PANELS:
+        found = {k: points(k) for k in (*train, *evals)}
+        found = {k: v for k, v in found.items() if v}
+        if found:
+            out.append((title, found))
+    extra = sorted({k for r in rows for k in r if k.startswith("eval_") and k not in _COVERED})
+    out += [(f"held-out {k.removeprefix('eval_')}", {k: points(k)}) for k in extra if points(k)]
+    return out
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """The mean of each value and the ``window - 1`` before it (fewer at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Draw ``run_dir``'s ``metrics.jsonl`` into ``out`` (default ``run_dir/training_curves.png``)
+    and return its path. Errors: no log, no step logged yet, matplotlib missing
+    (:class:`~prefopt._deps.MissingDependencyError`, naming the extra to install)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise FileNotFoundError(f"{run_dir}: no metrics.jsonl (not a prefopt training run, or it has not logged yet)")
+    panels = curves(read_metrics(run_dir))
+    if not panels:
+        raise ValueError(f"{run_dir / 'metrics.jsonl'}: no step logged yet")
+    require("matplotlib", "drawing training curves").use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out) if out is not None else run_dir / FILE
+    cols = 2 if len(panels) == 4 else min(len(panels), 3)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.1 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (title, found) in zip(axes.flat, panels):
+        for i, (key, pts) in enumerate(found.items()):
+            steps, vals = [s for s, _ in pts], [v for _, v in pts]
+            color = f"C{i}"
+            if key.startswith("eval_"):
+                ax.plot(steps, vals, "o-", color=color, markersize=4, linewidth=1, label=key)
+            else:
+                ax.plot(steps, vals, color=color, linewidth=0.6, alpha=0.35)
+                ax.plot(steps, moving_average(vals, max(1, len(vals) // 20)), color=color, linewidth=1.8, label=key)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    fig.suptitle(str(run_dir), fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")  # a viewer never sees half a file
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def curves_line(run_dir: str | Path) -> str:
+    """Draw the curves at the end of a run and say where they are, or why not: a finished run
+    is never failed by its plot."""
+    try:
+        return f"training curves in {plot_curves(run_dir)}"
+    except MissingDependencyError:
+        return "training curves not drawn: install matplotlib (pip install 'prefopt[plots]'), then `prefopt curves RUN_DIR`"
+    except (OSError, ValueError, RuntimeError) as e:
+        return f"training curves not drawn: {type(e).__name__}: {e}"
