@@ -68,3 +68,34 @@ def new_dir(out: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, out)
+
+
+class Held(Exception):
+    """The lock is held by another process (:func:`file_lock` with ``wait=False``)."""
+
+
+@contextmanager
+def file_lock(path: str | Path, *, wait: bool = True, note: str = "") -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created; ``note``, such as this pid, written
+    into it): released when the block ends or the process dies, whatever the file says after a
+    crash or a restart. ``wait=False``: :class:`Held` at once where another process holds it. The
+    file stays (removing it would let a waiter lock the old file while a newcomer locks a new
+    one). Where ``fcntl`` is missing (Windows), no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise Held(path) from None
+        try:
+            if note:
+                f.truncate(0)
+                f.write(note)
+                f.flush()
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

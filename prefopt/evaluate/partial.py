@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from ..fileio import write_text_atomic
+from ..fileio import Held, file_lock, write_text_atomic
 
-LOCK = ".predict.lock"  # the pid of the predict run writing into the folder
+LOCK = ".predict.lock"  # locked by the predict run writing into the folder (its pid inside)
 PARTIAL = ".predict-partial.jsonl"  # the rows answered so far, a block at a time (a stopped run goes on from them)
 
 
@@ -18,45 +18,20 @@ PARTIAL = ".predict-partial.jsonl"  # the rows answered so far, a block at a tim
 def claimed(out_dir: str | Path):
     """Hold ``out_dir`` for this process while predicting into it: a second run into the same
     folder would interleave its rows with this one's in the partial file, so it is refused while
-    the first is alive (a lock left by a run that died is taken over)."""
+    the first holds the folder's lock (``flock``: a run that died, or a machine that restarted,
+    holds nothing)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lock = out / LOCK
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            pid = _pid_in(lock)
-            if pid is not None and pid != os.getpid() and _alive(pid):
-                raise ValueError(f"{out}: another prefopt predict (pid {pid}) is writing into this folder; wait "
-                                 f"for it, or stop it and run this again (it goes on from the records answered). "
-                                 f"Where pid {pid} is no prefopt run (a machine restarted since), remove {lock}"
-                                 ) from None
-            lock.unlink(missing_ok=True)  # its run has ended without removing it
+    held = ExitStack()
     try:
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
+        held.enter_context(file_lock(lock, wait=False, note=str(os.getpid())))
+    except Held:
+        pid = lock.read_text().strip() or "?"
+        raise ValueError(f"{out}: another prefopt predict (pid {pid}) is writing into this folder; wait for it, or "
+                         "stop it and run this again (it goes on from the records answered)") from None
+    with held:
         yield out
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _pid_in(lock: Path) -> int | None:
-    try:
-        return int(lock.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def fingerprint(records, settings: dict) -> dict:

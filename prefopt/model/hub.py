@@ -6,16 +6,14 @@ SmolLM2-135M-Instruct, imported once from the GGUF file shipped in the PyPI pack
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fileio import new_dir
+from ..fileio import file_lock, new_dir
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -95,7 +93,7 @@ def ensure_alias(alias: str, *, progress: bool = True) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     # one import at a time (torchrun's ranks on a first run, two commands at once): the others
     # wait, then find it done
-    with _exclusive(out.with_name(f".{alias}.lock")):
+    with file_lock(out.with_name(f".{alias}.lock")):
         if stamp.is_file() and _same_source(json.loads(stamp.read_text()), gguf):
             return out
         source = {"gguf": str(gguf), "size": gguf.stat().st_size, "sha256": _sha256(gguf),
@@ -108,23 +106,6 @@ def ensure_alias(alias: str, *, progress: bool = True) -> Path:
             convert_gguf(gguf, tmp, progress=progress)
             (tmp / "prefopt_source.json").write_text(json.dumps(source, indent=2) + "\n")
     return out
-
-
-@contextlib.contextmanager
-def _exclusive(lock: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the file ``lock`` (``flock``; released if the process dies).
-    Where ``fcntl`` is missing (Windows), no lock."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _same_source(stamp: dict, gguf: Path) -> bool:

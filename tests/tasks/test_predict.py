@@ -561,8 +561,9 @@ def test_answer_logprobs_on_cuda_match_the_cpus(tiny_model, dtype):
 
 def test_a_folder_being_predicted_into_is_refused_to_a_second_run(tiny_model, tmp_path, capsys):
     """Two runs into one folder would interleave their rows in the partial file: the second is
-    refused while the first lives; a lock left by a run that died is taken over, and a run
-    removes its own."""
+    refused while the first holds the folder's lock. The lock is an flock, so a run that died (or
+    a machine restarted since) holds nothing, whatever its lock file says; before, a pid left in
+    the file after a restart could name a live process and refuse the folder until removed."""
     import os
     import subprocess
     import sys
@@ -570,19 +571,25 @@ def test_a_folder_being_predicted_into_is_refused_to_a_second_run(tiny_model, tm
     from prefopt.evaluate.partial import LOCK, claimed
 
     out = tmp_path / "pred"
-    out.mkdir()
-    (out / LOCK).write_text(str(os.getppid()))  # a live process that is not this one
     data = _csv(tmp_path / "msgs.csv", [{"message": "chest pain"}])
     argv = ["predict", "--task", "portal", "--model", str(tiny_model), "--data", str(data), "--output", str(out),
             "--max-new-tokens", "3"]
-    assert main(argv) == 2
-    said = capsys.readouterr().err
-    assert f"another prefopt predict (pid {os.getppid()}) is writing into this folder" in said
-    assert f"remove {out / LOCK}" in said  # a way out where the pid is not a prefopt run's
-    assert not (out / "predictions.csv").exists() and (out / LOCK).read_text() == str(os.getppid())
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (out / LOCK).write_text(dead.stdout.strip())
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from prefopt.evaluate.partial import claimed\n"
+                               f"with claimed({str(out)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert main(argv) == 2
+        said = capsys.readouterr().err
+        assert f"{out}: another prefopt predict (pid {holder.pid}) is writing into this folder" in said
+        assert not (out / "predictions.csv").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    (out / LOCK).write_text(str(os.getppid()))  # a live pid left in the file: no lock held, no refusal
     with claimed(out):
         assert (out / LOCK).read_text() == str(os.getpid())
-    assert not (out / LOCK).exists()
-    assert main(argv) == 0 and (out / "predictions.csv").is_file() and not (out / LOCK).exists()
+        with pytest.raises(ValueError, match=f"another prefopt predict \\(pid {os.getpid()}\\)"):
+            with claimed(out):  # held here: refused, even in the same process
+                pass
+    assert main(argv) == 0 and (out / "predictions.csv").is_file()
