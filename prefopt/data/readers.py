@@ -16,6 +16,11 @@ Row = dict[str, Any]
 RECORDS = "<records>"  # how errors name an in-memory list of records (its "lines" count from 1)
 
 
+# what to do with a spreadsheet's own formats: prefopt reads none of them (no extra package)
+_SHEET = " (in Excel or LibreOffice: File > Save As > \"CSV UTF-8\"; one sheet per file)"
+SAVE_AS = {".xlsx": _SHEET, ".xls": _SHEET, ".xlsm": _SHEET, ".ods": _SHEET,
+           ".parquet": " (pandas: pd.read_parquet(path).to_json(out, orient='records', lines=True))"}
+
 def source_name(source) -> str | Path:
     """What errors call ``source``: its path, or :data:`RECORDS` for a list of dicts."""
     return RECORDS if isinstance(source, (list, tuple)) else Path(source)
@@ -62,7 +67,8 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
     elif suffix in (".csv", ".tsv"):
         yield from _csv(path, delimiter or ("\t" if suffix == ".tsv" else None), encoding)
     else:
-        raise ValueError(f"{path}: unknown data format {suffix!r}; use .jsonl, .json, .csv or .tsv")
+        how = SAVE_AS.get(suffix, "")
+        raise ValueError(f"{path}: unknown data format {suffix!r}; use .jsonl, .json, .csv or .tsv" + how)
 
 
 def _text(path: Path, encoding: str = "utf-8") -> str:

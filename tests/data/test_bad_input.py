@@ -218,6 +218,10 @@ def test_a_csvs_delimiter_is_read_off_its_header_and_blank_rows_skipped(tmp_path
     (tmp_path / "d.txt").write_text("prompt\tcompletion\n")
     with pytest.raises(ValueError, match=r"unknown data format '.txt'; use .jsonl, .json, .csv or .tsv"):
         list(read_rows(tmp_path / "d.txt"))
+    (tmp_path / "notes.xlsx").write_bytes(b"PK\x03\x04")  # a workbook says how to save it as CSV
+    with pytest.raises(ValueError, match=r"unknown data format '.xlsx'; .* \(in Excel or LibreOffice: File > Save As > "
+                                         r'"CSV UTF-8"; one sheet per file\)$'):
+        list(read_rows(tmp_path / "notes.xlsx"))
 
 
 def test_a_list_of_records_loads_like_a_file(tok):
