@@ -3,6 +3,7 @@ in tokens, what a ``max_length`` would cut, and which repeat (``prefopt check-da
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,10 +11,12 @@ from pathlib import Path
 from ..tokenizer import Tokenizer
 from .preference import PairExample, load_preferences
 from .readers import read_rows
-from .sft import LoadReport, NoRecordsError, TokenizedExample, load_sft, prompt_len
+from .records import SFTRecord, parse_preference, parse_sft
+from .sft import LoadReport, NoRecordsError, TokenizedExample, load_records, load_sft, prompt_len
 
 KINDS = ("sft", "preference")
 SHOW_BAD = 10  # bad records listed by default (``lines(show_bad=None)``: every one)
+LABELS = 12  # a side with at most this many distinct answers is shown as labels: each with its count
 UNLIMITED = 1 << 30  # a max_length nothing reaches: lengths before any truncation
 
 
@@ -34,6 +37,7 @@ class DataCheck:
     prompt: list[int]
     response: list[int]  # a pair: its longer response
     duplicates: int  # kept records that repeat an earlier one token for token
+    answers: dict[str, Counter]  # per side ("completion"; "chosen", "rejected"): how often each answer is given
 
     def lines(self, show_bad: int | None = SHOW_BAD) -> list[str]:
         """The check as console lines: what was kept and why not (the first ``show_bad`` bad records
@@ -53,6 +57,7 @@ class DataCheck:
             longest = max(self.total)
             out.append(f"  max_length={longest} would fit every record" if r.n_truncated else
                        f"  every record fits max_length={r.max_length} (the longest has {longest} tokens)")
+        out += [_answer_line(side, counts) for side, counts in self.answers.items() if counts]
         if self.duplicates:
             n = self.duplicates
             out.append(f"  {n} record{'s repeat' if n != 1 else ' repeats'} an earlier one token for token"
@@ -90,7 +95,38 @@ def check_data(path: str | Path | list[dict], tok: Tokenizer, *, kind: str | Non
         duplicates += key in seen
         seen.add(key)
     return DataCheck(kind, report, [t for t, _, _ in sides], [p for _, p, _ in sides], [r for _, _, r in sides],
-                     duplicates)
+                     duplicates, _answers(path, kind))
+
+
+def _answers(path, kind: str) -> dict[str, Counter]:
+    """How often each answer (stripped) is given, per side, over the records that parse."""
+    if kind == "preference":
+        rows, _ = load_records(path, parse_preference, skip_bad=True)
+        return {"chosen": Counter(r.chosen.strip() for _, r in rows),
+                "rejected": Counter(r.rejected.strip() for _, r in rows)}
+    rows, _ = load_records(path, parse_sft, skip_bad=True)
+    return {"completion": Counter(_answer(r).strip() for _, r in rows)}
+
+
+def _answer(r: SFTRecord) -> str:
+    """The completion, or a chat's last assistant turn."""
+    if r.messages is None:
+        return r.completion
+    return next(m["content"] for m in reversed(r.messages) if m["role"] == "assistant")
+
+
+def _answer_line(side: str, counts: Counter) -> str:
+    """``completion: 3 distinct: 'routine' 12 (60%), ...`` where the answers are few (labels),
+    else how many distinct of how many."""
+    n = sum(counts.values())
+    if len(counts) > LABELS:
+        return f"  {side}: {len(counts):,} distinct of {n:,}"
+
+    def short(text: str) -> str:
+        return repr(text if len(text) <= 40 else text[:37] + "...")
+
+    return f"  {side}: {len(counts)} distinct: " + ", ".join(
+        f"{short(a)} {k} ({k / n:.0%})" for a, k in counts.most_common())
 
 
 def _load(loader: Callable, path, tok: Tokenizer, **kw) -> tuple[list, LoadReport]:

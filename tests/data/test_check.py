@@ -40,6 +40,8 @@ def test_an_sft_file_is_measured_and_its_bad_records_named(model, tmp_path, caps
     assert "  bad: " in out and "train.jsonl:4: field 'completion'" in out and "train.jsonl:5: malformed JSON" in out
     assert f"max_length={max(lengths)} would fit every record" in out
     assert "  1 record repeats an earlier one token for token\n" in out
+    # the answers, counted over the records that parse (the bad ones left out): a label's share
+    assert "  completion: 3 distinct: 'Emergency.' 2 (50%), 'Urgent.' 1 (25%), 'Routine.' 1 (25%)\n" in out
 
 
 def test_a_preference_file_is_detected_and_a_clean_one_exits_0(model, tmp_path, capsys):
@@ -51,6 +53,7 @@ def test_a_preference_file_is_detected_and_a_clean_one_exits_0(model, tmp_path, 
     out = capsys.readouterr().out
     assert "pairs.jsonl: preference pairs; 3 of 3 records kept" in out
     assert "every record fits max_length=256" in out and "repeat" not in out and "context" not in out
+    assert "  chosen: 1 distinct: 'urgent review' 3 (100%)\n  rejected: 1 distinct: 'routine visit' 3 (100%)\n" in out
     assert main(["check-data", "--model", str(model), "--data", str(path)]) == 0  # the default, 1024
     assert "max_length=1024 is past the model's context of 256 tokens" in capsys.readouterr().out
 
@@ -128,3 +131,20 @@ def test_a_listing_piped_into_head_ends_quietly(model, tmp_path):
     p.stdout.close()  # as head does after its lines
     err = p.stderr.read()
     assert first.startswith(str(path).encode()) and p.wait(timeout=60) == 141 and err == b""
+
+
+def test_free_text_answers_are_counted_not_listed(model, tmp_path):
+    """Past twelve distinct answers they are free text: how many distinct, not each. A chat's
+    answer is its last assistant turn; a long label is shortened."""
+    from prefopt import load_tokenizer
+    from prefopt.data.check import LABELS
+
+    tok = load_tokenizer(model)
+    rows = [{"prompt": f"Note {i}.", "completion": f"Summary number {i}."} for i in range(LABELS + 1)]
+    check = check_data(_jsonl(tmp_path / "free.jsonl", rows), tok, max_length=256)
+    assert f"  completion: {LABELS + 1} distinct of {LABELS + 1}" in check.lines()
+    chat = [{"messages": [{"role": "user", "content": "Rash?"}, {"role": "assistant", "content": "Look."},
+                          {"role": "user", "content": "And?"}, {"role": "assistant", "content": "x" * 50}]}]
+    line = [x for x in check_data(_jsonl(tmp_path / "chat.jsonl", chat), tok, max_length=256).lines()
+            if "completion" in x]
+    assert line == [f"  completion: 1 distinct: '{'x' * 37}...' 1 (100%)"]
