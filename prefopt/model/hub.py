@@ -6,14 +6,13 @@ SmolLM2-135M-Instruct, imported once from the GGUF file shipped in the PyPI pack
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fileio import file_lock, new_dir
+from ..fileio import file_lock, new_dir, sha256_of
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -96,7 +95,7 @@ def ensure_alias(alias: str, *, progress: bool = True) -> Path:
     with file_lock(out.with_name(f".{alias}.lock")):
         if stamp.is_file() and _same_source(json.loads(stamp.read_text()), gguf):
             return out
-        source = {"gguf": str(gguf), "size": gguf.stat().st_size, "sha256": _sha256(gguf),
+        source = {"gguf": str(gguf), "size": gguf.stat().st_size, "sha256": sha256_of(gguf),
                   "importer": IMPORTER_VERSION}
         from ..convert.gguf import convert_gguf
 
@@ -113,15 +112,7 @@ def _same_source(stamp: dict, gguf: Path) -> bool:
     so at once; another path (the package installed in a second venv) is compared by content."""
     if stamp.get("importer") != IMPORTER_VERSION or stamp.get("size") != gguf.stat().st_size:
         return False
-    return stamp.get("gguf") == str(gguf) or stamp.get("sha256") == _sha256(gguf)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return stamp.get("gguf") == str(gguf) or stamp.get("sha256") == sha256_of(gguf)
 
 
 def _looks_like_hub_id(name: str) -> bool:

@@ -13,6 +13,7 @@ from ..lora import apply_lora
 from ..pretrained import load_model
 from ..tokenizer import Tokenizer, load_tokenizer, set_chat_date
 from . import state as ckpt_io
+from .card import FILE, write_card
 from .config import TrainConfig
 from .curves import curves_line
 from .distributed import init_distributed
@@ -93,6 +94,8 @@ def _train_and_save(trainer, config: TrainConfig) -> dict:
     if out is not None:
         summary["saved"] = str(out)
         write_json_atomic(Path(config.output_dir) / "train_summary.json", summary)
+        write_card(out, config, summary, len(trainer.train_data), len(trainer.eval_data or ()),
+                   outcome_lines(summary, config), str(trainer.device))
         print_outcome(summary, config)
     return summary
 
@@ -126,27 +129,31 @@ def training_line(output_dir: str | Path, dpo: bool) -> str | None:
     return f"{', '.join(parts)} (mean of the first and last {d['window']} of {d['steps']} logged steps)"
 
 
-def print_outcome(summary: dict, config: TrainConfig) -> None:
-    """What the run did, on the console: training's first → last steps, the eval metrics
-    before → after, and where things went."""
-    line = training_line(config.output_dir, dpo=hasattr(config, "loss"))
-    if line:
-        print(f"prefopt: {line}", flush=True)
+def outcome_lines(summary: dict, config: TrainConfig) -> list[str]:
+    """What the run did: training's first → last steps, the eval metrics before → after, an
+    early stop, the best evaluation's weights."""
+    lines = [line] if (line := training_line(config.output_dir, dpo=hasattr(config, "loss"))) else []
     before, after = summary.get("eval_before") or {}, summary.get("eval_after") or {}
     for key, label in EVAL_LINES.items():
         if key in after:
             was = f"{before[key]:.4f} → " if key in before else ""
-            print(f"prefopt: {label}: {was}{after[key]:.4f}", flush=True)
+            lines.append(f"{label}: {was}{after[key]:.4f}")
     stopped = summary.get("stopped_early")
     if stopped:
-        print(f"prefopt: stopped early at step {stopped['step']} of {summary['total_steps']}: {stopped['metric']} had "
-              f"not improved for {stopped['patience']} evaluations", flush=True)
+        lines.append(f"stopped early at step {stopped['step']} of {summary['total_steps']}: {stopped['metric']} had "
+                     f"not improved for {stopped['patience']} evaluations")
     best = summary.get("best")
     if best:
         when = "before training" if best["step"] == 0 else f"at step {best['step']}"
-        print(f"prefopt: best {best['metric']} ({best['order']}) {best['value']:.4f} {when}: weights in "
-              f"{best['saved']}", flush=True)
-    print(f"prefopt: saved to {summary['saved']}; per-step metrics in "
+        lines.append(f"best {best['metric']} ({best['order']}) {best['value']:.4f} {when}: weights in {best['saved']}")
+    return lines
+
+
+def print_outcome(summary: dict, config: TrainConfig) -> None:
+    """What the run did (:func:`outcome_lines`) and where things went, on the console."""
+    for line in outcome_lines(summary, config):
+        print(f"prefopt: {line}", flush=True)
+    print(f"prefopt: saved to {summary['saved']} (model card: {FILE}); per-step metrics in "
           f"{Path(config.output_dir) / 'metrics.jsonl'}", flush=True)
     print(f"prefopt: {curves_line(config.output_dir)}", flush=True)
 

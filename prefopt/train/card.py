@@ -1,0 +1,83 @@
+"""A model card, ``README.md`` in a run's ``final/``: what the weights are, what trained them and
+how, and how the run went, so that an adapter copied to another machine still says where it
+came from (the data file's SHA-256, the settings that differ from the defaults, the versions).
+Its front matter is the Hugging Face model-card header (``base_model``, ``library_name``,
+``tags``), which PEFT and the Hub read; the folder loads as before."""
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from ..fileio import sha256_of, write_text_atomic
+
+FILE = "README.md"
+# settings every card lists; the others only where they differ from the default
+ALWAYS = ("model", "data", "eval_data", "max_length", "lr", "batch_size", "grad_accum", "seed")
+NOT_SETTINGS = {"output_dir", "resume", "overwrite", "progress", "log_every", "save_every", "save_total_limit"}
+
+
+def _what(config) -> tuple[str, list[str]]:
+    """The card's title and its tags."""
+    dpo = hasattr(config, "loss")
+    method = f"{config.loss} preference loss (DPO family), beta {config.beta:g}" if dpo else "SFT"
+    weights = f"LoRA adapter (r {config.lora_r}, alpha {config.lora_alpha:g})" if config.lora else "Full weights"
+    title = f"{weights} for {config.model}, trained with {method}"
+    tags = ["prefopt", "dpo" if dpo else "sft", *([config.loss] if dpo else []), *(["lora"] if config.lora else [])]
+    return title, tags
+
+
+def _data_lines(config, n_train: int, n_eval: int) -> list[str]:
+    lines = []
+    for name in ("data", "eval_data"):
+        path = getattr(config, name, None)
+        if path and Path(path).is_file():
+            lines.append(f"- `{name}`: `{Path(path).resolve()}` (SHA-256 `{sha256_of(path)}`)")
+    held = f" ({config.eval_fraction:g} of the data file held out)" if not config.eval_data and n_eval else ""
+    lines.append(f"- {n_train} training {'pairs' if hasattr(config, 'loss') else 'examples'}, "
+                 f"{n_eval} for evaluation{held}; max_length {config.max_length}")
+    if getattr(config, "sft_adapter", None):
+        lines.append(f"- trained on top of the SFT adapter `{Path(config.sft_adapter).resolve()}`, whose update these "
+                     "weights include: load them on the base model alone")
+    return lines
+
+
+def _settings_lines(config) -> list[str]:
+    now, defaults = config.to_dict(), config.defaults()
+    keys = [k for k in now if k not in NOT_SETTINGS and now[k] is not None
+            and (k in ALWAYS or now[k] != defaults.get(k, object()))]
+    return ["| setting | value |", "|---|---|", *[f"| `{k}` | `{now[k]}` |" for k in keys]]
+
+
+def card_text(config, summary: dict, n_train: int, n_eval: int, outcome: list[str], device: str) -> str:
+    """The card's Markdown. ``outcome``: lines on how the run went (the console's)."""
+    from .. import __version__
+
+    title, tags = _what(config)
+    weights = f"--model {config.model} --adapter THIS_FOLDER" if config.lora else "--model THIS_FOLDER"
+    library = "peft" if config.lora else "transformers"
+    lines = ["---", f"base_model: {config.model}", f"library_name: {library}", "tags:", *[f"- {t}" for t in tags],
+             "---", "", f"# {title}", "",
+             f"Made by prefopt {__version__} on {date.today().isoformat()} (torch {torch.__version__}, {device}, "
+             f"{summary.get('total_steps', '?')} steps). The run's folder also holds `train_config.json` (every "
+             "setting), `metrics.jsonl` (every logged step) and `training_curves.png`.", "",
+             "## Training data", "", *_data_lines(config, n_train, n_eval), "",
+             "## Settings (those that differ from prefopt's defaults, and the main ones)", "",
+             *_settings_lines(config), "", "## How the run went", "", *[f"- {x}" for x in outcome], "",
+             "## Use", "", "```bash",
+             f"prefopt generate {weights} --prompt \"...\"",
+             f"prefopt eval --task TASK {weights} --data YOUR_HELD_OUT.csv --output runs/eval  # before any use",
+             "```", "",
+             "## Before anyone relies on it", "",
+             "These weights have not been validated for clinical use. Measure them on held-out data of your own "
+             "(`prefopt eval`, `prefopt compare`), with the people who will use the answers, before they inform "
+             "any decision about a patient."]
+    return "\n".join(lines) + "\n"
+
+
+def write_card(folder: str | Path, config, summary: dict, n_train: int, n_eval: int, outcome: list[str],
+               device: str) -> Path:
+    path = Path(folder) / FILE
+    write_text_atomic(path, card_text(config, summary, n_train, n_eval, outcome, device))
+    return path

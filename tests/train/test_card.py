@@ -1,0 +1,59 @@
+"""The model card in a run's final/: what the weights are, the data file by its SHA-256, the
+settings that differ from the defaults, how the run went (the console's lines), how to use it."""
+import hashlib
+import json
+
+from prefopt import load_model
+from prefopt.cli import main
+from tests.train._fixtures import write_pairs, write_task
+
+
+def _card(folder):
+    text = (folder / "README.md").read_text()
+    head, body = text.split("---\n")[1], text.split("---\n", 2)[2]
+    return head, body
+
+
+def test_an_sft_adapter_says_what_trained_it(tmp_path, capsys):
+    model_dir, data = write_task(tmp_path, n=16)
+    out = tmp_path / "sft"
+    assert main(["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(out), "--max-steps", "3",
+                 "--batch-size", "4", "--lora-r", "4", "--lr", "1e-3", "--no-progress", "--eval-fraction", "0.25"]) == 0
+    console = [x.removeprefix("prefopt: ") for x in capsys.readouterr().out.splitlines()]
+    head, body = _card(out / "final")
+    assert head == f"base_model: {model_dir}\nlibrary_name: peft\ntags:\n- prefopt\n- sft\n- lora\n"
+    assert body.startswith(f"\n# LoRA adapter (r 4, alpha 32) for {model_dir}, trained with SFT\n")
+    digest = hashlib.sha256(data.read_bytes()).hexdigest()
+    assert f"- `data`: `{data.resolve()}` (SHA-256 `{digest}`)" in body
+    assert "- 12 training examples, 4 for evaluation (0.25 of the data file held out); max_length 1024" in body
+    table = [line for line in body.splitlines() if line.startswith("| `")]
+    settings = {line.split("`")[1]: line.split("`")[3] for line in table}
+    assert settings["lr"] == "0.001" and settings["lora_r"] == "4" and settings["max_steps"] == "3"
+    assert "output_dir" not in settings and "eval_data" not in settings and "lora_dropout" not in settings  # default
+    went = body.split("## How the run went\n\n")[1].split("\n\n")[0].splitlines()
+    assert went and [x.removeprefix("- ") for x in went] == [x for x in console if x in body]
+    assert went[0].startswith("- training loss ") and "- eval loss: " in went[1]
+    assert f"prefopt generate --model {model_dir} --adapter THIS_FOLDER" in body and "clinical use" in body
+    assert load_model(model_dir, adapter=out / "final") is not None  # the folder loads as before
+
+
+def test_full_weights_and_dpo_after_sft_say_so(tmp_path):
+    model_dir, data = write_task(tmp_path, n=8)
+    assert main(["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(tmp_path / "full"),
+                 "--max-steps", "1", "--batch-size", "4", "--no-lora", "--no-progress"]) == 0
+    head, body = _card(tmp_path / "full" / "final")
+    assert "library_name: transformers" in head and "- lora" not in head
+    assert f"# Full weights for {model_dir}, trained with SFT" in body and "--model THIS_FOLDER" in body
+    assert json.loads((tmp_path / "full" / "final" / "config.json").read_text())  # still an HF model folder
+    assert main(["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(tmp_path / "sft"),
+                 "--max-steps", "1", "--batch-size", "4", "--no-progress"]) == 0
+    pairs = write_pairs(tmp_path / "pairs.jsonl", n=8)
+    assert main(["dpo", "--model", str(model_dir), "--data", str(pairs), "--output-dir", str(tmp_path / "dpo"),
+                 "--sft-adapter", str(tmp_path / "sft" / "final"), "--max-steps", "1", "--batch-size", "4",
+                 "--loss", "ipo", "--beta", "0.5", "--no-progress"]) == 0
+    head, body = _card(tmp_path / "dpo" / "final")
+    assert head.endswith("tags:\n- prefopt\n- dpo\n- ipo\n- lora\n")
+    assert "trained with ipo preference loss (DPO family), beta 0.5" in body
+    assert (f"- trained on top of the SFT adapter `{(tmp_path / 'sft' / 'final').resolve()}`, whose update these "
+            "weights include: load them on the base model alone") in body
+    assert "- 8 training pairs, 0 for evaluation; max_length 1024" in body
