@@ -241,7 +241,7 @@ def test_cli_dpo_with_cache(task, tmp_path, capsys):
     before, after = summary["eval_before"], summary["eval_after"]
     for key, label in (("eval_loss", "eval loss"), ("eval_rewards/accuracies", "eval pair accuracy")):
         assert f"prefopt: {label}: {before[key]:.4f} → {after[key]:.4f}\n" in printed
-    assert f"saved to {out / 'final'}; per-step metrics in {out / 'metrics.jsonl'}" in printed
+    assert f"saved to {out / 'final'} (model card: README.md); per-step metrics in {out / 'metrics.jsonl'}" in printed
 
 
 def test_cache_is_filled_under_the_trainers_autocast(task, tmp_path, monkeypatch):
