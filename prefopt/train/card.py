@@ -1,5 +1,5 @@
-"""A model card, ``README.md`` in a run's ``final/``: what the weights are, what trained them and
-how, and how the run went, so that an adapter copied to another machine still says where it
+"""A model card, ``README.md`` in a run's ``final/`` (and ``best/``, naming the evaluation it
+kept): what the weights are, what trained them and how, and how the run went, so that an adapter copied to another machine still says where it
 came from (the data file's SHA-256, the settings that differ from the defaults, the versions).
 Its front matter is the Hugging Face model-card header (``base_model``, ``library_name``,
 ``tags``), which PEFT and the Hub read; the folder loads as before."""
@@ -50,24 +50,27 @@ def _settings_lines(config) -> list[str]:
     return ["| setting | value |", "|---|---|", *[f"| `{k}` | `{now[k]}` |" for k in keys]]
 
 
-def card_text(config, summary: dict, n_train: int, n_eval: int, outcome: list[str], device: str) -> str:
-    """The card's Markdown. ``outcome``: lines on how the run went (the console's)."""
+def card_text(config, summary: dict, n_train: int, n_eval: int, outcome: list[str], device: str,
+              weights: str = "the last step's") -> str:
+    """The card's Markdown. ``outcome``: lines on how the run went (the console's); ``weights``:
+    which of the run's weights the folder holds."""
     from .. import __version__
 
     title, tags = _what(config)
-    weights = f"--model {config.model} --adapter THIS_FOLDER" if config.lora else "--model THIS_FOLDER"
+    load = f"--model {config.model} --adapter THIS_FOLDER" if config.lora else "--model THIS_FOLDER"
     library = "peft" if config.lora else "transformers"
     lines = ["---", f"base_model: {config.model}", f"library_name: {library}", "tags:", *[f"- {t}" for t in tags],
              "---", "", f"# {title}", "",
              f"Made by prefopt {__version__} on {date.today().isoformat()} (torch {torch.__version__}, {device}, "
-             f"{summary.get('total_steps', '?')} steps). The run's folder also holds `train_config.json` (every "
-             "setting), `metrics.jsonl` (every logged step) and `training_curves.png`.", "",
+             f"{summary.get('total_steps', '?')} steps); these are {weights} weights. The run's folder also holds "
+             "`train_config.json` (every setting), `metrics.jsonl` (every logged step) and `training_curves.png`.",
+             "",
              "## Training data", "", *_data_lines(config, n_train, n_eval), "",
              "## Settings (those that differ from prefopt's defaults, and the main ones)", "",
              *_settings_lines(config), "", "## How the run went", "", *[f"- {x}" for x in outcome], "",
              "## Use", "", "```bash",
-             f"prefopt generate {weights} --prompt \"...\"",
-             f"prefopt eval --task TASK {weights} --data YOUR_HELD_OUT.csv --output runs/eval  # before any use",
+             f"prefopt generate {load} --prompt \"...\"",
+             f"prefopt eval --task TASK {load} --data YOUR_HELD_OUT.csv --output runs/eval  # before any use",
              "```", "",
              "## Before anyone relies on it", "",
              "These weights have not been validated for clinical use. Measure them on held-out data of your own "
@@ -77,7 +80,7 @@ def card_text(config, summary: dict, n_train: int, n_eval: int, outcome: list[st
 
 
 def write_card(folder: str | Path, config, summary: dict, n_train: int, n_eval: int, outcome: list[str],
-               device: str) -> Path:
+               device: str, weights: str = "the last step's") -> Path:
     path = Path(folder) / FILE
-    write_text_atomic(path, card_text(config, summary, n_train, n_eval, outcome, device))
+    write_text_atomic(path, card_text(config, summary, n_train, n_eval, outcome, device, weights))
     return path

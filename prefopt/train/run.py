@@ -94,8 +94,12 @@ def _train_and_save(trainer, config: TrainConfig) -> dict:
     if out is not None:
         summary["saved"] = str(out)
         write_json_atomic(Path(config.output_dir) / "train_summary.json", summary)
-        write_card(out, config, summary, len(trainer.train_data), len(trainer.eval_data or ()),
-                   outcome_lines(summary, config), str(trainer.device))
+        counts, outcome = (len(trainer.train_data), len(trainer.eval_data or ())), outcome_lines(summary, config)
+        write_card(out, config, summary, *counts, outcome, str(trainer.device))
+        best = summary.get("best")
+        if best and Path(best["saved"]).is_dir():  # the weights of the best evaluation: their own card
+            write_card(best["saved"], config, summary, *counts, outcome, str(trainer.device),
+                       weights=f"the best evaluation's ({best['metric']} {best['value']:.4f} at step {best['step']})")
         print_outcome(summary, config)
     return summary
 

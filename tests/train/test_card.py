@@ -18,7 +18,8 @@ def test_an_sft_adapter_says_what_trained_it(tmp_path, capsys):
     model_dir, data = write_task(tmp_path, n=16)
     out = tmp_path / "sft"
     assert main(["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(out), "--max-steps", "3",
-                 "--batch-size", "4", "--lora-r", "4", "--lr", "1e-3", "--no-progress", "--eval-fraction", "0.25"]) == 0
+                 "--batch-size", "4", "--lora-r", "4", "--lr", "1e-3", "--no-progress", "--eval-fraction", "0.25",
+                 "--eval-every", "1", "--best-metric", "eval_loss"]) == 0
     console = [x.removeprefix("prefopt: ") for x in capsys.readouterr().out.splitlines()]
     head, body = _card(out / "final")
     assert head == f"base_model: {model_dir}\nlibrary_name: peft\ntags:\n- prefopt\n- sft\n- lora\n"
@@ -35,6 +36,12 @@ def test_an_sft_adapter_says_what_trained_it(tmp_path, capsys):
     assert went[0].startswith("- training loss ") and "- eval loss: " in went[1]
     assert f"prefopt generate --model {model_dir} --adapter THIS_FOLDER" in body and "clinical use" in body
     assert load_model(model_dir, adapter=out / "final") is not None  # the folder loads as before
+    assert "(torch " in body and ", 3 steps); these are the last step's weights. The run's folder" in body
+    best = json.loads((out / "best" / "best.json").read_text())  # the best evaluation's weights say so
+    _, best_body = _card(out / "best")
+    assert (f"these are the best evaluation's (eval_loss {best['value']:.4f} at step {best['step']}) weights."
+            in best_body)
+    assert best_body.split("## Training data")[1] == body.split("## Training data")[1]
 
 
 def test_full_weights_and_dpo_after_sft_say_so(tmp_path):
