@@ -62,15 +62,21 @@ def test_alias_without_its_package_says_how_to_install(monkeypatch):
         resolve_model_dir("smollm2-135m")
 
 
-def test_alias_is_imported_once_into_the_cache(tmp_path, monkeypatch):
+def _tiny_alias(tmp_path, monkeypatch):
+    """The alias "tiny" for a tiny model's GGUF, cached under tmp_path/home; returns the file and
+    the real ``convert_gguf`` (to wrap)."""
     pytest.importorskip("gguf")
     build_hf_model(tmp_path / "hf", intermediate_size=128)
     gguf_file = write_tiny_gguf(tmp_path / "hf", tmp_path / "tiny.gguf")
     monkeypatch.setenv("PREFOPT_HOME", str(tmp_path / "home"))
     monkeypatch.setitem(hub.ALIASES, "tiny", hub.Alias("x", "tiny-pkg", "tiny.gguf", "org/tiny"))
     monkeypatch.setattr(hub.Alias, "gguf_path", lambda self: gguf_file)
+    return gguf_file, __import__("prefopt.convert.gguf", fromlist=["convert_gguf"]).convert_gguf
+
+
+def test_alias_is_imported_once_into_the_cache(tmp_path, monkeypatch):
+    gguf_file, real = _tiny_alias(tmp_path, monkeypatch)
     calls = []
-    real = __import__("prefopt.convert.gguf", fromlist=["convert_gguf"]).convert_gguf
     monkeypatch.setattr("prefopt.convert.gguf.convert_gguf", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = resolve_model_dir("tiny")
     second = resolve_model_dir("tiny")
@@ -97,14 +103,8 @@ def test_two_first_uses_at_once_import_the_alias_once(tmp_path, monkeypatch):
     import threading
     import time
 
-    pytest.importorskip("gguf")
-    build_hf_model(tmp_path / "hf", intermediate_size=128)
-    gguf_file = write_tiny_gguf(tmp_path / "hf", tmp_path / "tiny.gguf")
-    monkeypatch.setenv("PREFOPT_HOME", str(tmp_path / "home"))
-    monkeypatch.setitem(hub.ALIASES, "tiny", hub.Alias("x", "tiny-pkg", "tiny.gguf", "org/tiny"))
-    monkeypatch.setattr(hub.Alias, "gguf_path", lambda self: gguf_file)
+    gguf_file, real = _tiny_alias(tmp_path, monkeypatch)
     calls = []
-    real = __import__("prefopt.convert.gguf", fromlist=["convert_gguf"]).convert_gguf
 
     def slow(*a, **k):
         calls.append(1)
