@@ -21,6 +21,7 @@ _SHEET = " (in Excel or LibreOffice: File > Save As > \"CSV UTF-8\"; one sheet p
 SAVE_AS = {".xlsx": _SHEET, ".xls": _SHEET, ".xlsm": _SHEET, ".ods": _SHEET,
            ".parquet": " (pandas: pd.read_parquet(path).to_json(out, orient='records', lines=True))"}
 
+
 def source_name(source) -> str | Path:
     """What errors call ``source``: its path, or :data:`RECORDS` for a list of dicts."""
     return RECORDS if isinstance(source, (list, tuple)) else Path(source)

@@ -1,8 +1,9 @@
 """A model card, ``README.md`` in a run's ``final/`` (and ``best/``, naming the evaluation it
-kept): what the weights are, what trained them and how, and how the run went, so that an adapter copied to another machine still says where it
-came from (the data file's SHA-256, the settings that differ from the defaults, the versions).
-Its front matter is the Hugging Face model-card header (``base_model``, ``library_name``,
-``tags``), which PEFT and the Hub read; the folder loads as before."""
+kept): what the weights are, what trained them and how, and how the run went, so that an
+adapter copied to another machine still says where it came from (the data file's SHA-256, the
+settings that differ from the defaults, the versions). Its front matter is the Hugging Face
+model-card header (``base_model``, ``library_name``, ``tags``), which PEFT and the Hub read;
+the folder loads as before."""
 from __future__ import annotations
 
 from datetime import date

@@ -3,8 +3,8 @@
 One panel per kind of number the run logged, each with its training value at every logged step
 (thin), a moving average over about a twentieth of the steps (thick) and, where the run was
 evaluated, the eval value at each evaluation (dots): the loss; for DPO the pair accuracy, the
-reward margin and the chosen and rejected log-probs; and any metric an evaluator added (compare's
-held-out score, ``eval_macro_f1``...). Written at the end of every run (``prefopt sft``/``dpo``)
+reward margin, the rewards and the chosen and rejected log-probs; and anything else a loss (RPO's
+NLL...) or an evaluator (compare's held-out score, ``eval_macro_f1``...) logged. Written at the end of every run (``prefopt sft``/``dpo``)
 and by ``prefopt curves RUN_DIR`` at any time, also while the run is going. matplotlib is
 optional (``pip install 'prefopt[plots]'``): without it nothing is drawn and the caller says so.
 """
@@ -21,9 +21,13 @@ PANELS = (
     ("loss", ("loss",), ("eval_loss",)),
     ("pair accuracy (chosen above rejected)", ("rewards/accuracies",), ("eval_rewards/accuracies",)),
     ("reward margin (chosen − rejected)", ("rewards/margins",), ("eval_rewards/margins",)),
+    ("reward (β × log-ratio to the reference)", ("rewards/chosen", "rewards/rejected"),
+     ("eval_rewards/chosen", "eval_rewards/rejected")),
     ("log-prob of the response", ("logps/chosen", "logps/rejected"), ("eval_logps/chosen", "eval_logps/rejected")),
 )
 _COVERED = {k for _, train, evals in PANELS for k in (*train, *evals)}
+# logged, but about the run's pace and schedule, not what it learns (metrics.jsonl keeps them)
+NOT_DRAWN = {"step", "epoch", "lr", "tokens", "tokens_per_s", "peak_mem_mb", "grad_norm"}
 
 
 def curves(rows: list[dict]) -> list[tuple[str, dict[str, list[tuple[int, float]]]]]:
@@ -38,8 +42,11 @@ def curves(rows: list[dict]) -> list[tuple[str, dict[str, list[tuple[int, float]
         found = {k: v for k, v in found.items() if v}
         if found:
             out.append((title, found))
-    extra = sorted({k for r in rows for k in r if k.startswith("eval_") and k not in _COVERED})
-    out += [(f"held-out {k.removeprefix('eval_')}", {k: points(k)}) for k in extra if points(k)]
+    # anything else a loss or an evaluator logged: a panel each, its eval values beside its training ones
+    others = {k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k not in _COVERED | NOT_DRAWN}
+    for name in sorted({k.removeprefix("eval_") for k in others}):
+        found = {k: points(k) for k in (name, f"eval_{name}") if k in others}
+        out.append((name if name in others else f"held-out {name}", found))
     return out
 
 
@@ -66,6 +73,7 @@ def plot_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
         raise ValueError(f"{run_dir / 'metrics.jsonl'}: no step logged yet")
     require("matplotlib", "drawing training curves").use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out = Path(out) if out is not None else run_dir / FILE
     cols = 2 if len(panels) == 4 else min(len(panels), 3)
@@ -74,9 +82,10 @@ def plot_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax, (title, found) in zip(axes.flat, panels):
-        for i, (key, pts) in enumerate(found.items()):
+        names = list(dict.fromkeys(k.removeprefix("eval_") for k in found))  # a quantity and its eval: one colour
+        for key, pts in found.items():
             steps, vals = [s for s, _ in pts], [v for _, v in pts]
-            color = f"C{i}"
+            color = f"C{names.index(key.removeprefix('eval_'))}"
             if key.startswith("eval_"):
                 ax.plot(steps, vals, "o-", color=color, markersize=4, linewidth=1, label=key)
             else:
@@ -84,6 +93,7 @@ def plot_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
                 ax.plot(steps, moving_average(vals, max(1, len(vals) // 20)), color=color, linewidth=1.8, label=key)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
     fig.suptitle(str(run_dir), fontsize=8)

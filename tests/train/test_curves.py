@@ -16,9 +16,16 @@ def test_the_panels_are_what_the_run_logged():
            {"step": 2, "loss": 0.60, "rewards/accuracies": 0.75, "rewards/margins": 0.2, "logps/chosen": -2.8,
             "logps/rejected": -3.1, "lr": 1e-5},
            {"step": 2, "eval_loss": 0.65, "eval_rewards/accuracies": 0.625, "eval_macro_f1": 0.45}]
+    dpo[1].update({"rewards/chosen": 0.1, "rewards/rejected": -0.1, "nll": 1.5, "grad_norm": 2.0, "tokens": 90})
+    dpo[-1].update({"eval_rewards/chosen": 0.2, "eval_nll": 1.4})
     got = dict(curves(dpo))
     assert list(got) == ["loss", "pair accuracy (chosen above rejected)", "reward margin (chosen − rejected)",
-                         "log-prob of the response", "held-out macro_f1"]
+                         "reward (β × log-ratio to the reference)", "log-prob of the response",
+                         "held-out macro_f1", "nll"]  # a loss's own term (RPO's NLL) with its eval values
+    assert got["reward (β × log-ratio to the reference)"] == {"rewards/chosen": [(1, 0.1)],
+                                                              "rewards/rejected": [(1, -0.1)],
+                                                              "eval_rewards/chosen": [(2, 0.2)]}
+    assert got["nll"] == {"nll": [(1, 1.5)], "eval_nll": [(2, 1.4)]}  # grad_norm, tokens: pace, not drawn
     assert got["loss"] == {"loss": [(1, 0.70), (2, 0.60)], "eval_loss": [(0, 0.69), (2, 0.65)]}
     assert got["pair accuracy (chosen above rejected)"]["eval_rewards/accuracies"] == [(0, 0.5), (2, 0.625)]
     assert got["log-prob of the response"] == {"logps/chosen": [(1, -3.0), (2, -2.8)],
