@@ -258,7 +258,7 @@ def add_repeat_flags(p: argparse.ArgumentParser) -> None:
 def add_commands(sub) -> None:
     from ..losses import LOSSES
     from ..tasks import STRATEGIES, TASKS
-    from .compare import PRESETS
+    from .compare_config import PRESETS
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--task", required=True, choices=sorted(TASKS))

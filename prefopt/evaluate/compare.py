@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-from ..chat_template import parse_chat_date, run_chat_date
+from ..chat_template import run_chat_date
 from ..fileio import write_json_atomic, write_text_atomic
-from ..model.repeats import check_repeat_options
 from ..tokenizer import set_chat_date
+from .compare_config import CompareConfig, same_run
 from .runner import (
     DECODING,
     choose_max_new_tokens,
@@ -53,7 +53,6 @@ from .selection import (
     CHOICE,
     SFT_WEIGHTS,
     VAL_ANSWERS,
-    check_settings,
     dpo_weights,
     given_pairs_outside,
     require_gain,
@@ -61,150 +60,9 @@ from .selection import (
     trainer_settings,
 )
 
-STAGES = ("base", "sft", "dpo")
-PRESETS = {
-    # small enough for 2 CPU cores in a few minutes (make demo)
-    "quick": {"max_train": 160, "test": 60, "sft_steps": 60, "dpo_steps": 50, "batch_size": 4, "dpo_batch_size": 2,
-              "max_length": 384, "sft_lr": 3e-4, "dpo_lr": 1e-4, "beta": 0.1, "eval_batch_size": 16,
-              "max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
-              "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None,
-              "dpo_patience": None, "dpo_max_p": None, "confidence": True},
-    "full": {"max_train": None, "test": 0.2, "sft_steps": None, "dpo_steps": None, "sft_epochs": 2.0,
-             "dpo_epochs": 1.0, "batch_size": 8, "dpo_batch_size": 4, "max_length": 1024, "sft_lr": 2e-4,
-             "dpo_lr": 5e-5, "beta": 0.1, "eval_batch_size": 16, "max_new_tokens": None,
-             "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
-             "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None,
-             "dpo_patience": None, "dpo_max_p": None, "confidence": True},
-    # val None: no validation set. A count (>= 1) or fraction (< 1) of the items is held out of both
-    # training stages; DPO then answers them every dpo_eval_every steps (None: about ten times a run) and the
-    # weights that score best on the task's primary metric are the "dpo" stage (step 0: the SFT model itself);
-    # dpo_min_gain None (0): a step must beat the best before it by more than this to replace it;
-    # dpo_patience None (0: never): DPO stops once this many evaluations in a row have not replaced the best;
-    # dpo_max_p None (off): the chosen step stays only if it beats step 0 on the validation items at p < dpo_max_p
-    # by a bootstrap that allows for its choice as the best step (stats.best_of_bootstrap), else the "dpo"
-    # stage is the SFT model;
-    # max_new_tokens None: the task's, raised where its reference answers are longer (runner.fit_max_new_tokens);
-    # repetition_penalty, no_repeat_ngram_size None: none (greedy decoding as it is); repeat_scope None: "all";
-    # gradient_checkpointing: less memory, more time;
-    # confidence True: where the task's answers are labels, each stage also scores every possible answer after each
-    # test prompt, for how sure it is of its answers and whether that tells right from wrong (stage_confidence)
-}
-
-
-@dataclass
-class CompareConfig:
-    task: str
-    model: str
-    output: str
-    data: str | None = None  # None: the task's bundled data (portal)
-    preset: str = "quick"
-    task_options: dict = field(default_factory=dict)
-    strategy: str = "wrong_label"  # or wrong_label_hardest, model_errors, ranked (needs pairs)
-    pairs: str | None = None  # ranked: a JSONL of {"prompt", "chosen", "rejected"} to train DPO on
-    loss: str = "sigmoid"
-    seed: int = 0
-    judge: str | None = None  # a local model that rates answers 1-5
-    n_resamples: int = 2000
-    overrides: dict = field(default_factory=dict)  # any preset key
-    device: str = "auto"  # training and evaluation: auto (a CUDA GPU if one is visible), cpu, cuda, cuda:N
-    eval_dtype: str = "auto"  # evaluations' weights: auto is bfloat16 on CUDA, float32 on a CPU
-    # YYYY-MM-DD: the date a chat template that prints today's (Llama 3.1+) shows in every prompt, training
-    # and evaluation alike; None: the day the run starts (a resumed run keeps its own, from compare_config.json)
-    chat_date: str | None = None
-
-    def device_and_dtype(self) -> tuple[torch.device, torch.dtype]:
-        """The device and the evaluations' dtype, checked (a device this machine lacks is an error)."""
-        from ..devices import resolve
-
-        return resolve(self.device, self.eval_dtype)
-
-    def settings(self) -> dict:
-        from ..tasks import STRATEGIES
-
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown pair strategy {self.strategy!r}; choose {', '.join(STRATEGIES[:-1])} "
-                             f"or {STRATEGIES[-1]}")
-        if self.strategy == "ranked" and not (self.pairs and Path(self.pairs).is_file()):
-            raise ValueError(f"strategy 'ranked' needs --pairs FILE with prompt/chosen/rejected records "
-                             f"(got {self.pairs!r})")
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
-        unknown = set(self.overrides) - set(PRESETS["full"]) - set(PRESETS["quick"])
-        if unknown:
-            where = sorted(unknown & {"device", "eval_dtype"})
-            raise ValueError(f"unknown compare settings {sorted(unknown)}"
-                             + (f"; {', '.join(where)} {'is' if len(where) == 1 else 'are'} not a preset setting: "
-                                f"pass {' and '.join('--' + w.replace('_', '-') for w in where)}" if where else ""))
-        s = {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}
-        check_settings(s)
-        if not isinstance(s["confidence"], bool):
-            raise ValueError(f"confidence: true or false (got {s['confidence']!r})")
-        self.device_and_dtype()
-        if self.chat_date is not None:
-            parse_chat_date(self.chat_date)
-        d = decoding(s)  # checked before the run claims its folder
-        check_repeat_options(d["repetition_penalty"], d["no_repeat_ngram_size"], d["repeat_scope"])
-        return s
-
 
 def _log(msg: str) -> None:
     print(f"prefopt compare: {msg}", flush=True)
-
-
-# settings that change no stage's result: a resumed run may differ in these
-_REPORT_ONLY = ("output", "n_resamples")
-# where it runs: a run started on a CPU may finish on a GPU (metrics.json says where each evaluation ran)
-_MACHINE_ONLY = ("device", "eval_dtype")
-_MEMORY_ONLY = ("gradient_checkpointing",)  # change memory and time, not results: a run may resume with them
-# decide only which trained weights the "dpo" stage is (selection.require_gain): a finished run may be given
-# another value; the decision is made again, and the stage evaluated again only if its weights changed
-_DECISION_ONLY = ("dpo_max_p",)
-# adds to the evaluations without changing their answers: a finished stage is scored when it is turned on
-_SCORING_ONLY = ("confidence",)
-# settings added after runs were made, with the values those runs used
-_ADDED_SETTINGS = {"max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None,
-                   "repeat_scope": None, "gradient_checkpointing": False, "val": None, "dpo_eval_every": None,
-                   "dpo_min_gain": None, "dpo_patience": None, "dpo_max_p": None}
-
-
-def _eval_only(config: dict) -> tuple[str, ...]:
-    """Settings that change only the evaluations: decoding, unless the SFT model's answers to the
-    training prompts (made with it) become DPO's pairs. A stage evaluated with other values is
-    evaluated again (:func:`_evaluate`); nothing is retrained."""
-    return () if config.get("strategy") == "model_errors" else tuple(DECODING)
-
-
-def _flat(config: dict) -> dict:
-    """``config`` as ``{"loss": ..., "settings.beta": ..., "overrides.test": ...}`` for comparing,
-    with settings that change no training result left out and settings added since filled in."""
-    out, skip = {}, (*_MEMORY_ONLY, *_DECISION_ONLY, *_SCORING_ONLY, *_eval_only(config))
-    for k, v in config.items():
-        if k in _REPORT_ONLY or k in _MACHINE_ONLY:
-            continue
-        if k in ("settings", "overrides") and isinstance(v, dict):
-            v = {**_ADDED_SETTINGS, **v} if k == "settings" else v
-            out.update({f"{k}.{kk}": vv for kk, vv in v.items() if kk not in skip})
-        else:
-            out[k] = v
-    return out
-
-
-def _same_run(out: Path, config: dict) -> None:
-    """Record the run's settings, or refuse a folder whose finished stages used others
-    (they would be reused as if they were this run's)."""
-    path = out / "compare_config.json"
-    if path.is_file():
-        old = _flat(json.loads(path.read_text()))
-        new = _flat(json.loads(json.dumps(config)))  # as stored (tuples become lists)
-        diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-                if old.get(k) != new.get(k)]
-        if diff:
-            free = [*_eval_only(config), *_DECISION_ONLY, *_SCORING_ONLY, *_MEMORY_ONLY]
-            raise ValueError(f"{out} holds a run made with other settings ({'; '.join(diff)}); its finished "
-                             "stages would be reused as if they were this run's. Use a new --output, or delete it. "
-                             f"(A finished run may be rerun with another {', '.join(free)}, --n-resamples, --device "
-                             "or --eval-dtype: they train nothing.)")
-    write_json_atomic(path, config)
 
 
 def _pin_chat_date(cfg: CompareConfig, out: Path, toks) -> tuple[CompareConfig, str | None]:
@@ -473,7 +331,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     out = Path(cfg.output)
     cfg, dated = _pin_chat_date(cfg, out, [t for t in (tok, judge_tok) if t is not None])
     out.mkdir(parents=True, exist_ok=True)
-    _same_run(out, {**asdict(cfg), "settings": s})
+    same_run(out, {**asdict(cfg), "settings": s})
     if dated:  # once the folder is known to be this run's
         _log(dated)
     torch.manual_seed(cfg.seed)
