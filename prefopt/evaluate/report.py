@@ -7,6 +7,7 @@ import numpy as np
 
 from ..fileio import write_json_atomic, write_text_atomic
 from ..train.curves import FILE as CURVES
+from ..train.curves import plot_curves
 from .dynamics import NLL_ANCHORED, dynamics_lines, training_dynamics
 from .selection import against_step_0, stage_weights
 from .stage_confidence import auroc_comparison_lines, compare_auroc, confidence_console_lines, confidence_lines
@@ -133,7 +134,13 @@ def _plots(task, stats: dict, out: Path) -> list[str]:
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
         files.append(name)
-    return files + [f"{s}/train/{CURVES}" for s in ("sft", "dpo") if (out / s / "train" / CURVES).is_file()]
+    for stage in ("sft", "dpo"):
+        train = out / stage / "train"
+        if not (train / CURVES).is_file() and (train / "metrics.jsonl").is_file():  # a run from before the curves
+            plot_curves(train)
+        if (train / CURVES).is_file():
+            files.append(f"{stage}/train/{CURVES}")
+    return files
 
 
 def _fmt(v) -> str:

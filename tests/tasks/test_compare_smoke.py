@@ -186,10 +186,13 @@ def test_portal_compare_resumes_and_mines_model_errors(tiny_model, tmp_path, cap
     # interrupt after SFT: the DPO stage and report are gone; a rerun reuses base and SFT
     shutil.rmtree(out / "dpo")
     (out / "report.json").unlink()
+    (out / "sft" / "train" / "training_curves.png").unlink()  # as a run from before the curves
     capsys.readouterr()
     again = run_compare(cfg)
     log = capsys.readouterr().out
     assert "base: reusing" in log and "sft: reusing" in log and "dpo: reusing" not in log
+    assert (out / "sft" / "train" / "training_curves.png").is_file()  # drawn for the report from its metrics
+    assert "sft/train/training_curves.png" in again["plots"]
     assert again["stages"]["base"] == report["stages"]["base"]
     assert again["stages"]["sft"]["primary"] == report["stages"]["sft"]["primary"]
 
