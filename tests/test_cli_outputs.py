@@ -54,6 +54,7 @@ def test_merge_keeps_an_earlier_output_unless_overwrite_and_replaces_it_whole(ba
         want = load_model(base, adapter=adapter)(IDS)
         assert (load_model(out)(IDS) - want).abs().max() < 1e-4
     first = _files(out)
+    assert b"The adapter had no model card" in first["README.md"]  # saved by save_adapter, not a training run
     (out / "notes.txt").write_text("mine")
     assert _merge(base, adapter, out) == 2
     assert f"{out}: holds files already; pass --overwrite" in capsys.readouterr().err

@@ -85,3 +85,25 @@ def write_card(folder: str | Path, config, summary: dict, n_train: int, n_eval: 
     path = Path(folder) / FILE
     write_text_atomic(path, card_text(config, summary, n_train, n_eval, outcome, device, weights))
     return path
+
+
+def merged_card(model: str, adapter: str | Path, dtype: str) -> str:
+    """The card of a merged model: which base and which adapter (by absolute path), how to use
+    it, then the adapter's own card where it has one (its headings one level down, its "Use"
+    section, which loads the adapter, left out)."""
+    from .. import __version__
+
+    adapter = Path(adapter).resolve()
+    own = adapter / FILE
+    lines = ["---", f"base_model: {model}", "library_name: transformers", "tags:", "- prefopt", "- merged", "---", "",
+             f"# {model} with the adapter `{adapter}` merged in", "",
+             f"Made by `prefopt merge` {__version__} on {date.today().isoformat()}; weights saved in {dtype}. "
+             "It loads as a plain model folder, with no adapter:", "", "```bash",
+             'prefopt generate --model THIS_FOLDER --prompt "..."', "```"]
+    if not own.is_file():
+        return "\n".join([*lines, "", "The adapter had no model card (made before prefopt wrote them, or elsewhere)."]) + "\n"
+    body = own.read_text(encoding="utf-8").split("---\n", 2)[-1].strip("\n").split("\n## ")
+    kept = [body[0]] + [f"## {part}" for part in body[1:] if not part.startswith("Use\n")]
+    lines += ["", "The adapter's own card:", ""]
+    lines += [("#" + x if x.startswith("#") else x) for x in "\n".join(kept).splitlines()]
+    return "\n".join(lines) + "\n"

@@ -64,3 +64,22 @@ def test_full_weights_and_dpo_after_sft_say_so(tmp_path):
     assert (f"- trained on top of the SFT adapter `{(tmp_path / 'sft' / 'final').resolve()}`, whose update these "
             "weights include: load them on the base model alone") in body
     assert "- 8 training pairs, 0 for evaluation; max_length 1024" in body
+
+
+def test_a_merged_model_carries_its_adapters_card(tmp_path):
+    model_dir, data = write_task(tmp_path, n=8)
+    assert main(["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(tmp_path / "sft"),
+                 "--max-steps", "1", "--batch-size", "4", "--no-progress"]) == 0
+    adapter = tmp_path / "sft" / "final"
+    assert main(["merge", "--model", str(model_dir), "--adapter", str(adapter), "--output", str(tmp_path / "m"),
+                 "--dtype", "bfloat16"]) == 0
+    head, body = _card(tmp_path / "m")
+    assert head == f"base_model: {model_dir}\nlibrary_name: transformers\ntags:\n- prefopt\n- merged\n"
+    assert body.startswith(f"\n# {model_dir} with the adapter `{adapter.resolve()}` merged in\n")
+    assert "weights saved in bfloat16" in body and 'prefopt generate --model THIS_FOLDER --prompt "..."' in body
+    _, own = _card(adapter)  # the adapter's card follows, a level down, without its adapter-loading "Use"
+    assert f"\n## LoRA adapter (r 16, alpha 32) for {model_dir}, trained with SFT\n" in body
+    assert "\n### Training data\n" in body and "\n### Before anyone relies on it\n" in body
+    assert "--adapter THIS_FOLDER" in own and "--adapter THIS_FOLDER" not in body and "### Use" not in body
+    assert own.split("## Training data")[1].split("## Use")[0].replace("\n## ", "\n### ") in body
+    assert load_model(tmp_path / "m") is not None
