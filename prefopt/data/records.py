@@ -109,6 +109,9 @@ def parse_sft(row: dict, path, line: int) -> SFTRecord:
         return SFTRecord(messages=msgs)
     if "prompt" not in row and "completion" not in row:
         raise err("prompt", "missing field (an SFT record needs 'prompt' and 'completion', or 'messages')")
+    if "completion" not in row and {"chosen", "rejected"} <= set(row):
+        raise err("completion", "missing field: 'chosen' and 'rejected' make this a preference record; train on "
+                                "it with prefopt dpo, not sft")
     return SFTRecord(prompt=_prompt(row, "prompt", err), completion=_response(row.get("completion"), "completion", err))
 
 
@@ -125,7 +128,10 @@ def parse_preference(row: dict, path, line: int) -> PreferenceRecord:
     else:
         for key in ("prompt", "chosen", "rejected"):
             if key not in row:
-                raise err(key, "missing field (a preference record needs 'prompt', 'chosen', 'rejected')")
+                sft = ({"completion", "messages"} & set(row)) and not ({"chosen", "rejected"} & set(row))
+                raise err(key, "missing field (a preference record needs 'prompt', 'chosen', 'rejected')" + (
+                    f"; with {' and '.join(repr(k) for k in row if k in ('prompt', 'completion', 'messages'))} "
+                    "it is an SFT record: train on it with prefopt sft" if sft else ""))
         prompt = _prompt(row, "prompt", err)
         chosen = _response(row["chosen"], "chosen", err)
         rejected = _response(row["rejected"], "rejected", err)

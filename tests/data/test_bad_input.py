@@ -33,6 +33,9 @@ SFT_FAULTS = [
     ({"messages": [{"role": "user", "content": "hi"}]}, "messages", "no assistant turn"),
     ({"messages": [{"role": "doctor", "content": "hi"}]}, "messages[0].role", "unknown role"),
     ('[1, 2]', None, "expected a JSON object"),
+    # a preference pair given to SFT: the error says which command trains it
+    ({"prompt": "x", "chosen": "a", "rejected": "b"}, "completion",
+     "missing field: 'chosen' and 'rejected' make this a preference record; train on it with prefopt dpo, not sft"),
 ]
 
 
@@ -72,6 +75,9 @@ PREF_FAULTS = [
     ({"input": {}, "preferred_output": "a", "non_preferred_output": "b"}, "input.messages", "missing field"),
     ({"prompt": "x", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"}, "chosen",
      "exactly one assistant message"),
+    ({"prompt": "x", "completion": "a"}, "chosen",  # an SFT record given to DPO: which command trains it
+     "missing field (a preference record needs 'prompt', 'chosen', 'rejected'); with 'prompt' and 'completion' it "
+     "is an SFT record: train on it with prefopt sft"),
 ]
 
 
