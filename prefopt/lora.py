@@ -260,6 +260,9 @@ def _peft_config(cfg: LoRAConfig, base_model: str | None) -> dict:
 def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
     path = Path(adapter_dir) / "adapter_config.json"
     if not path.is_file():
+        if (Path(adapter_dir) / "config.json").is_file():  # a model (a merged one, say) passed as the adapter
+            raise FileNotFoundError(f"{adapter_dir}: a model folder, not an adapter: pass it as the model "
+                                    "(--model), without --adapter")
         raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (is this a PEFT LoRA adapter?)")
     d = json.loads(path.read_text())
     unsupported = {k: d[k] for k in ("use_rslora", "use_dora", "fan_in_fan_out") if d.get(k)}

@@ -116,3 +116,15 @@ def test_convert_gguf_keeps_an_earlier_folder_unless_overwrite(tmp_path, capsys)
     assert _files(out) == first
     assert main(["convert-gguf", str(gguf_file), str(gguf_file.parent), "--overwrite"]) == 2
     assert "which this command reads" in capsys.readouterr().err and gguf_file.is_file()
+
+
+def test_an_adapter_given_as_the_model_or_a_model_as_the_adapter_says_which_is_which(base_and_adapter, tmp_path,
+                                                                                   capsys):
+    base, adapter = base_and_adapter
+    assert main(["generate", "--model", str(adapter), "--prompt", "hi", "--max-new-tokens", "2"]) == 2
+    assert (f"{adapter}: a LoRA adapter, not a model: pass the base model as the model ({base}) and this folder as "
+            "the adapter (--adapter)") in capsys.readouterr().err
+    assert _merge(base, adapter, tmp_path / "merged") == 0
+    assert main(["generate", "--model", str(base), "--adapter", str(tmp_path / "merged"), "--prompt", "hi"]) == 2
+    assert (f"{tmp_path / 'merged'}: a model folder, not an adapter: pass it as the model (--model), without "
+            "--adapter") in capsys.readouterr().err
