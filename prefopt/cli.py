@@ -157,15 +157,27 @@ def _check_data(args: argparse.Namespace) -> int:
     from .tokenizer import load_tokenizer
 
     tok = _dated(load_tokenizer(args.model), args.chat_date, "example")
-    check = check_data(args.data, tok, kind=args.kind, max_length=args.max_length,
-                       max_prompt_length=args.max_prompt_length)
-    print("\n".join(check.lines(show_bad=None if args.all_bad else SHOW_BAD)))
+    if args.task:  # a task's data (compare, eval, predict): read as the task reads it; a bad row stops here
+        from .evaluate.cli import key_values
+        from .tasks import get_task
+        from .tasks.check import check_task_data
+
+        print("\n".join(check_task_data(get_task(args.task, **key_values(args.task_option)), args.data, tok,
+                                        max_length=args.max_length)))
+        bad = False
+    elif args.data is None:
+        raise ValueError("--data FILE is needed (a task's bundled data only with --task)")
+    else:
+        check = check_data(args.data, tok, kind=args.kind, max_length=args.max_length,
+                           max_prompt_length=args.max_prompt_length)
+        print("\n".join(check.lines(show_bad=None if args.all_bad else SHOW_BAD)))
+        bad = bool(check.report.skipped or not check.report.n_kept)
     config = resolve_model_dir(args.model) / "config.json"
     context = json.loads(config.read_text()).get("max_position_embeddings") if config.is_file() else None
     if context and args.max_length > context:
         print(f"  max_length={args.max_length} is past the model's context of {context} tokens: training "
               f"refuses examples longer than that; pass --max-length {context} or less")
-    return 1 if check.report.skipped or not check.report.n_kept else 0
+    return 1 if bad else 0
 
 
 def _config_fields(cls):
@@ -255,7 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "field), token lengths, what --max-length would cut, repeats; exit 1 if any record is bad "
                        "or none is usable")
     k.add_argument("--model", required=True, help="the model whose tokenizer and chat template training will use")
-    k.add_argument("--data", required=True, help="JSONL, JSON or CSV training file")
+    k.add_argument("--data", help="JSONL, JSON or CSV training file; with --task, the task's data file or folder "
+                   "(default: its bundled data)")
+    k.add_argument("--task", help="check a task's data as compare, eval and predict read it: its class mix per "
+                   "field, and the SFT examples compare builds from it (lengths, cuts, repeats)")
+    k.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="with --task: a task option")
     k.add_argument("--kind", choices=["sft", "preference"], help="default: from the first record's fields")
     k.add_argument("--max-length", type=int, default=1024, help="the training max_length to measure against")
     k.add_argument("--max-prompt-length", type=int)

@@ -57,7 +57,7 @@ class DataCheck:
             longest = max(self.total)
             out.append(f"  max_length={longest} would fit every record" if r.n_truncated else
                        f"  every record fits max_length={r.max_length} (the longest has {longest} tokens)")
-        out += [_answer_line(side, counts) for side, counts in self.answers.items() if counts]
+        out += [answer_line(side, counts) for side, counts in self.answers.items() if counts]
         if self.duplicates:
             n = self.duplicates
             out.append(f"  {n} record{'s repeat' if n != 1 else ' repeats'} an earlier one token for token"
@@ -115,18 +115,18 @@ def _answer(r: SFTRecord) -> str:
     return next(m["content"] for m in reversed(r.messages) if m["role"] == "assistant")
 
 
-def _answer_line(side: str, counts: Counter) -> str:
-    """``completion: 3 distinct: 'routine' 12 (60%), ...`` where the answers are few (labels),
-    else how many distinct of how many."""
+def answer_line(side: str, counts: Counter, limit: int = LABELS, noun: str = "distinct") -> str:
+    """``completion: 3 distinct: 'routine' 12 (60%), ...`` where the answers are few (at most
+    ``limit``: labels), else how many distinct of how many."""
     n = sum(counts.values())
-    if len(counts) > LABELS:
+    if len(counts) > limit:
         return f"  {side}: {len(counts):,} distinct of {n:,}"
 
     def short(text: str) -> str:
         return repr(text if len(text) <= 40 else text[:37] + "...")
 
-    return f"  {side}: {len(counts)} distinct: " + ", ".join(
-        f"{short(a)} {k} ({k / n:.0%})" for a, k in counts.most_common())
+    return f"  {side}: {len(counts)} {noun}: " + ", ".join(
+        f"{short(a)} {k} ({k / max(n, 1):.0%})" for a, k in counts.most_common())
 
 
 def _load(loader: Callable, path, tok: Tokenizer, **kw) -> tuple[list, LoadReport]:

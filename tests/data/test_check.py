@@ -148,3 +148,42 @@ def test_free_text_answers_are_counted_not_listed(model, tmp_path):
     line = [x for x in check_data(_jsonl(tmp_path / "chat.jsonl", chat), tok, max_length=256).lines()
             if "completion" in x]
     assert line == [f"  completion: 1 distinct: '{'x' * 37}...' 1 (100%)"]
+
+
+def test_a_tasks_data_is_checked_as_compare_reads_it(model, tmp_path, capsys):
+    """--task: the records as the task reads them, each field's class mix (a label no record has
+    shows as 0), and the SFT examples compare would build, measured like any training file."""
+    from collections import Counter
+
+    from prefopt import load_tokenizer
+    from prefopt.tasks import get_task
+
+    task = get_task("portal")
+    records = task.read(None)
+    assert main(["check-data", "--model", str(model), "--task", "portal", "--max-length", "4096"]) == 0
+    out = capsys.readouterr().out.splitlines()  # the tiny model's tokens are short: a long example
+    assert out[0].endswith(f"portal_messages.jsonl: portal records, as compare's SFT examples; {len(records)} of "
+                           f"{len(records)} records kept")
+    tok = load_tokenizer(model)
+    longest = max(len(tok.encode_prompt_response(task.messages(r), r.target).ids) for r in records)
+    assert f"  every record fits max_length=4096 (the longest has {longest} tokens)" in out
+    assert "  max_length=4096 is past the model's context of 256 tokens" in out[-1]
+    for f in task.fields:
+        counts = Counter(dict.fromkeys(f.labels, 0)) + Counter(r.labels[f.name] for r in records)  # ties: field order
+        line = next(x for x in out if x.startswith(f"  {f.name}: "))
+        assert line == f"  {f.name}: {len(f.labels)} labels: " + ", ".join(
+            f"'{a}' {k} ({k / len(records):.0%})" for a, k in counts.most_common())
+    assert not any(x.startswith("  completion:") for x in out)  # labels per field instead of rendered answers
+
+    csv = tmp_path / "notes.csv"
+    csv.write_text("note,urgency\nchest pain,urgent\nrash,routine\nknee,routine\n")
+    argv = ["check-data", "--model", str(model), "--task", "text_classification", "--data", str(csv),
+            "--task-option", "text_column=note", "--task-option", "label_column=urgency",
+            "--task-option", "labels=urgent,routine,emergency", "--max-length", "4096"]
+    assert main(argv) == 0
+    assert "  label: 3 labels: 'routine' 2 (67%), 'urgent' 1 (33%), 'emergency' 0 (0%)" in capsys.readouterr().out
+    csv.write_text("note,urgency\nchest pain,urgent\n,routine\n")
+    assert main(argv) == 2  # a bad row stops as compare would stop, naming it
+    assert f"{csv}:3: field 'note'" in capsys.readouterr().err
+    assert main(["check-data", "--model", str(model)]) == 2
+    assert "--data FILE is needed" in capsys.readouterr().err
