@@ -137,7 +137,10 @@ def _plots(task, stats: dict, out: Path) -> list[str]:
     for stage in ("sft", "dpo"):
         train = out / stage / "train"
         if not (train / CURVES).is_file() and (train / "metrics.jsonl").is_file():  # a run from before the curves
-            plot_curves(train)
+            try:
+                plot_curves(train)
+            except ValueError:  # nothing logged: no curves, and the report goes on
+                pass
         if (train / CURVES).is_file():
             files.append(f"{stage}/train/{CURVES}")
     return files
