@@ -264,8 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
         t.set_defaults(func=_train)
 
     k = sub.add_parser("check-data", help="check a training file before training: bad records (file, line, "
-                       "field), token lengths, what --max-length would cut, repeats; exit 1 if any record is bad "
-                       "or none is usable")
+                       "field), token lengths, what --max-length would cut, the answers' mix, repeats; exit 1 if any "
+                       "record is bad or none is usable. --task: a task's data, as compare reads it")
     k.add_argument("--model", required=True, help="the model whose tokenizer and chat template training will use")
     k.add_argument("--data", help="JSONL, JSON or CSV training file; with --task, the task's data file or folder "
                    "(default: its bundled data)")
