@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..train.diagnosis import dpo_warnings
 from ..train.metrics import first_and_last, first_to_last
 from .selection import dpo_selection, selection_line
 
 WINDOW = 0.25  # the first and last quarter of the logged steps are compared
-LEARNED = 0.6  # a final pair accuracy below this: DPO did not learn to rank its training pairs
-CHOSEN_DROP = 1.0  # nats: a larger fall of the chosen answers' mean log-prob is pointed out
-NLL_ANCHORED = ("rpo", "orpo")  # losses with a term that keeps the chosen answers likely
 KEYS = {"sft": ("loss",),
         "dpo": ("loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")}
 
@@ -57,16 +55,7 @@ def dynamics_lines(dyn: dict) -> list[str]:
                      f"{_arrow(d, 'rewards/margins', '+.3f')}, chosen log-prob {_arrow(d, 'logps/chosen', '.2f')}, "
                      f"rejected {_arrow(d, 'logps/rejected', '.2f')} (each step's batch before its update; mean of "
                      f"the first and last {d['window']} of {d['steps']} steps).")
-        acc = d["last"].get("rewards/accuracies")
-        if acc is not None and acc < LEARNED:
-            lines.append(f"- DPO did not learn to rank its training pairs: pair accuracy {acc:.2f} at the end, where 0.5 "
-                         "is chance. Any change on the test set is then a shift in what the model prefers overall "
-                         "(a class, a length), not item knowledge. More pairs or steps, or a larger model, may help.")
-        a, b = d["first"].get("logps/chosen"), d["last"].get("logps/chosen")
-        if a is not None and b is not None and a - b > CHOSEN_DROP and d.get("loss") not in NLL_ANCHORED:
-            lines.append(f"- DPO made the chosen (right) training answers less likely: their log-prob fell by "
-                         f"{a - b:.2f}, a known failure of DPO without an NLL term. `--loss rpo` adds the chosen "
-                         "answers' NLL; in docs/results.md it kept their log-prob where sigmoid DPO lowered it.")
+        lines += [f"- {w}" for w in dpo_warnings(d, d.get("loss"))]
     if "selection" in dyn:
         lines.append(selection_line(dyn["selection"]))
     return lines

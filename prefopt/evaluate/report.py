@@ -8,7 +8,8 @@ import numpy as np
 from ..fileio import write_json_atomic, write_text_atomic
 from ..train.curves import FILE as CURVES
 from ..train.curves import plot_curves
-from .dynamics import NLL_ANCHORED, dynamics_lines, training_dynamics
+from ..train.diagnosis import NLL_ANCHORED
+from .dynamics import dynamics_lines, training_dynamics
 from .selection import against_step_0, stage_weights
 from .stage_confidence import auroc_comparison_lines, compare_auroc, confidence_console_lines, confidence_lines
 from .stats import bootstrap_ci, mcnemar_exact, p_text, paired_bootstrap, wilcoxon_signed_rank

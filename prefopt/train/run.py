@@ -16,6 +16,7 @@ from . import state as ckpt_io
 from .card import FILE, write_card
 from .config import TrainConfig
 from .curves import curves_line
+from .diagnosis import dpo_warnings
 from .distributed import init_distributed
 from .metrics import first_and_last, first_to_last
 from .reference import reference_cache_for
@@ -136,7 +137,10 @@ def training_line(output_dir: str | Path, dpo: bool) -> str | None:
 def outcome_lines(summary: dict, config: TrainConfig) -> list[str]:
     """What the run did: training's first → last steps, the eval metrics before → after, an
     early stop, the best evaluation's weights."""
-    lines = [line] if (line := training_line(config.output_dir, dpo=hasattr(config, "loss"))) else []
+    dpo = hasattr(config, "loss")
+    lines = [line] if (line := training_line(config.output_dir, dpo=dpo)) else []
+    logged = first_and_last(config.output_dir, ("rewards/accuracies", "logps/chosen")) if dpo else None
+    lines += dpo_warnings(logged, config.loss) if logged else []
     before, after = summary.get("eval_before") or {}, summary.get("eval_after") or {}
     for key, label in EVAL_LINES.items():
         if key in after:

@@ -1,0 +1,25 @@
+"""What a DPO run's log says went wrong, in words: the pair accuracy stayed near chance (it never
+learned to rank its pairs), or the chosen answers became less likely (DPO without an NLL term).
+Read from the first and last quarter of the logged steps (:func:`.metrics.first_and_last`);
+said at the end of ``prefopt dpo``, in the model card and in compare's report."""
+from __future__ import annotations
+
+LEARNED = 0.6  # a final pair accuracy below this: DPO did not learn to rank its training pairs
+CHOSEN_DROP = 1.0  # nats: a larger fall of the chosen answers' mean log-prob is pointed out
+NLL_ANCHORED = ("rpo", "orpo")  # losses with a term that keeps the chosen answers likely
+
+
+def dpo_warnings(d: dict, loss: str | None) -> list[str]:
+    """Sentences for ``d``, a ``first_and_last`` of a DPO log; ``loss``: the preference loss."""
+    out = []
+    acc = d["last"].get("rewards/accuracies")
+    if acc is not None and acc < LEARNED:
+        out.append(f"DPO did not learn to rank its training pairs: pair accuracy {acc:.2f} at the end, where 0.5 is "
+                   "chance. Any change in its answers is then a shift in what the model prefers overall (a class, a "
+                   "length), not item knowledge. More pairs or steps, or a larger model, may help.")
+    a, b = d["first"].get("logps/chosen"), d["last"].get("logps/chosen")
+    if a is not None and b is not None and a - b > CHOSEN_DROP and loss not in NLL_ANCHORED:
+        out.append(f"DPO made the chosen (right) training answers less likely: their log-prob fell by {a - b:.2f}, a "
+                   "known failure of DPO without an NLL term. `--loss rpo` adds the chosen answers' NLL; in "
+                   "docs/results.md it kept their log-prob where sigmoid DPO lowered it.")
+    return out
