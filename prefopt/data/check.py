@@ -38,12 +38,13 @@ class DataCheck:
     response: list[int]  # a pair: its longer response
     duplicates: int  # kept records that repeat an earlier one token for token
     answers: dict[str, Counter]  # per side ("completion"; "chosen", "rejected"): how often each answer is given
+    title: str | None = None  # what the first line calls the records; None: "SFT records" or "preference pairs"
 
     def lines(self, show_bad: int | None = SHOW_BAD) -> list[str]:
         """The check as console lines: what was kept and why not (the first ``show_bad`` bad records
         by file, line and field; None: all), lengths, truncation, repeats."""
         r = self.report
-        kind = "preference pairs" if self.kind == "preference" else "SFT records"
+        kind = self.title or ("preference pairs" if self.kind == "preference" else "SFT records")
         out = [f"{r.path}: {kind}; {r.summary().split(': ', 1)[1]}"]
         shown = r.skipped if show_bad is None else r.skipped[:show_bad]
         out += [f"  bad: {e}" for e in shown]

@@ -19,10 +19,10 @@ def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length:
     examples = [{"prompt": task.messages(r), "completion": r.target} for r in records]
     check = check_data(examples, tok, kind="sft", max_length=max_length)
     check.report.path = Path(path) if path else Path(task.bundled_data or task.name)
+    check.title = f"{task.name} records, as compare's SFT examples"
     if isinstance(task, ClassificationTask):  # the labels per field, not the rendered answers
         check.answers = {}
     lines = check.lines()
-    lines[0] = lines[0].replace(": SFT records; ", f": {task.name} records, as compare's SFT examples; ", 1)
     if isinstance(task, ClassificationTask):
         for f in task.fields:
             counts = Counter({label: 0 for label in f.labels})  # a label no record has shows as 0
