@@ -51,10 +51,10 @@ def _settings_lines(config) -> list[str]:
     return ["| setting | value |", "|---|---|", *[f"| `{k}` | `{now[k]}` |" for k in keys]]
 
 
-def card_text(config, summary: dict, n_train: int, n_eval: int, outcome: list[str], device: str,
+def card_text(config, summary: dict, data: list[str], outcome: list[str], device: str,
               weights: str = "the last step's") -> str:
-    """The card's Markdown. ``outcome``: lines on how the run went (the console's); ``weights``:
-    which of the run's weights the folder holds."""
+    """The card's Markdown. ``data``: :func:`_data_lines`; ``outcome``: lines on how the run went
+    (the console's); ``weights``: which of the run's weights the folder holds."""
     from .. import __version__
 
     title, tags = _what(config)
@@ -66,7 +66,7 @@ def card_text(config, summary: dict, n_train: int, n_eval: int, outcome: list[st
              f"{summary.get('total_steps', '?')} steps); these are {weights} weights. The run's folder also holds "
              "`train_config.json` (every setting), `metrics.jsonl` (every logged step) and `training_curves.png`.",
              "",
-             "## Training data", "", *_data_lines(config, n_train, n_eval), "",
+             "## Training data", "", *data, "",
              "## Settings (those that differ from prefopt's defaults, and the main ones)", "",
              *_settings_lines(config), "", "## How the run went", "", *[f"- {x}" for x in outcome], "",
              "## Use", "", "```bash",
@@ -80,11 +80,13 @@ def card_text(config, summary: dict, n_train: int, n_eval: int, outcome: list[st
     return "\n".join(lines) + "\n"
 
 
-def write_card(folder: str | Path, config, summary: dict, n_train: int, n_eval: int, outcome: list[str],
-               device: str, weights: str = "the last step's") -> Path:
-    path = Path(folder) / FILE
-    write_text_atomic(path, card_text(config, summary, n_train, n_eval, outcome, device, weights))
-    return path
+def write_cards(folders: dict[str | Path, str], config, summary: dict, n_train: int, n_eval: int,
+                outcome: list[str], device: str) -> None:
+    """A card in each of ``folders`` (folder → which of the run's weights it holds, e.g. "the last
+    step's"); the data files are hashed once for all of them."""
+    data = _data_lines(config, n_train, n_eval)
+    for folder, weights in folders.items():
+        write_text_atomic(Path(folder) / FILE, card_text(config, summary, data, outcome, device, weights))
 
 
 def merged_card(model: str, adapter: str | Path, dtype: str) -> str:

@@ -13,7 +13,7 @@ from ..lora import apply_lora
 from ..pretrained import load_model
 from ..tokenizer import Tokenizer, load_tokenizer, set_chat_date
 from . import state as ckpt_io
-from .card import FILE, write_card
+from .card import FILE, write_cards
 from .config import TrainConfig
 from .curves import curves_line
 from .diagnosis import dpo_warnings
@@ -95,13 +95,14 @@ def _train_and_save(trainer, config: TrainConfig) -> dict:
     if out is not None:
         summary["saved"] = str(out)
         write_json_atomic(Path(config.output_dir) / "train_summary.json", summary)
-        counts, outcome = (len(trainer.train_data), len(trainer.eval_data or ())), outcome_lines(summary, config)
-        write_card(out, config, summary, *counts, outcome, str(trainer.device))
+        folders = {out: "the last step's"}
         best = summary.get("best")
         if best and Path(best["saved"]).is_dir():  # the weights of the best evaluation: their own card
-            write_card(best["saved"], config, summary, *counts, outcome, str(trainer.device),
-                       weights=f"the best evaluation's ({best['metric']} {best['value']:.4f} at step {best['step']})")
-        print_outcome(summary, config)
+            folders[best["saved"]] = f"the best evaluation's ({best['metric']} {best['value']:.4f} at step {best['step']})"
+        outcome = outcome_lines(summary, config)
+        write_cards(folders, config, summary, len(trainer.train_data), len(trainer.eval_data or ()), outcome,
+                    str(trainer.device))
+        print_outcome(summary, config, outcome)
     return summary
 
 
@@ -157,9 +158,9 @@ def outcome_lines(summary: dict, config: TrainConfig) -> list[str]:
     return lines
 
 
-def print_outcome(summary: dict, config: TrainConfig) -> None:
-    """What the run did (:func:`outcome_lines`) and where things went, on the console."""
-    for line in outcome_lines(summary, config):
+def print_outcome(summary: dict, config: TrainConfig, outcome: list[str]) -> None:
+    """What the run did (``outcome``: :func:`outcome_lines`) and where things went, on the console."""
+    for line in outcome:
         print(f"prefopt: {line}", flush=True)
     print(f"prefopt: saved to {summary['saved']} (model card: {FILE}); per-step metrics in "
           f"{Path(config.output_dir) / 'metrics.jsonl'}", flush=True)
