@@ -302,7 +302,34 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=_stack_adapters)
 
     add_commands(sub)
+    p.commands = sub.choices  # each command's own parser, for parse_args' errors
     return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed; a flag the command does not have is refused by that command
+    (its own usage line), with the flag it most likely meant: ``--learning-rate``: ``--lr``."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = parser.commands[args.command]
+        flags = [s for action in command._actions for s in action.option_strings]
+        hints = [f"{x.split('=')[0]}: {hint}" for x in extra if x.startswith("--")
+                 for hint in [_flag_hint(x.split("=")[0], flags)] if hint]
+        command.error(f"unrecognized arguments: {' '.join(extra)}" + "".join(f"\n  {h}" for h in hints))
+    return args
+
+
+def _flag_hint(flag: str, flags: list[str]) -> str:
+    """``prefopt calls it --lr`` for another library's name of a flag (``--learning-rate``),
+    ``did you mean '--beta'?`` for a near miss, else ``""``."""
+    from .hints import did_you_mean
+    from .train.config_file import OTHER_NAMES
+
+    other = "--" + OTHER_NAMES.get(flag[2:].replace("-", "_"), "").replace("_", "-")
+    if other in flags:
+        return f"prefopt calls it {other}"
+    return did_you_mean(flag, flags).strip(" ()")
 
 
 USER_ERRORS = (FileNotFoundError, ValueError, ImportError)  # bad input, a missing extra: one line, no traceback
@@ -338,7 +365,7 @@ def run_script(main: Callable[[], object], prog: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         with _warnings_as_lines(f"prefopt {args.command}"):
             return args.func(args)

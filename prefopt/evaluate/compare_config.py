@@ -11,6 +11,7 @@ import torch
 
 from ..chat_template import parse_chat_date
 from ..fileio import write_json_atomic
+from ..hints import did_you_mean
 from ..model.repeats import check_repeat_options
 from .runner import DECODING, decoding
 from .selection import check_settings
@@ -85,9 +86,12 @@ class CompareConfig:
         unknown = set(self.overrides) - set(PRESETS["full"]) - set(PRESETS["quick"])
         if unknown:
             where = sorted(unknown & {"device", "eval_dtype"})
-            raise ValueError(f"unknown compare settings {sorted(unknown)}"
+            known = sorted({*PRESETS["full"], *PRESETS["quick"]})
+            hints = "".join(did_you_mean(u, known) for u in sorted(unknown) if u not in where)
+            raise ValueError(f"unknown compare settings {sorted(unknown)}{hints}"
                              + (f"; {', '.join(where)} {'is' if len(where) == 1 else 'are'} not a preset setting: "
-                                f"pass {' and '.join('--' + w.replace('_', '-') for w in where)}" if where else ""))
+                                f"pass {' and '.join('--' + w.replace('_', '-') for w in where)}" if where
+                                else f"; the settings: {', '.join(known)}"))
         s = {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}
         check_settings(s)
         if not isinstance(s["confidence"], bool):

@@ -5,7 +5,6 @@ flags from the same fields, so a file and the command line speak the same names.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 from ..chat_template import parse_chat_date
 from ..devices import DTYPES as _DTYPES
 from ..devices import resolve_device
+from .config_file import read_config_file, typed_value
 
 SCHEDULES = ("cosine", "linear", "constant")
 BEST_MODES = ("auto", "min", "max")
@@ -88,6 +88,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         errors = []
+        for f in fields(self):  # a value of the wrong kind would fail below with a bare TypeError
+            try:
+                setattr(self, f.name, typed_value(f.type, getattr(self, f.name)))
+            except ValueError as e:
+                errors.append(f"{f.name}: {e}")
+        if errors:
+            raise ValueError("invalid training config:\n  " + "\n  ".join(errors))
         for name in ("max_length", "batch_size", "grad_accum", "lora_r", "log_every", "save_total_limit"):
             if getattr(self, name) < 1:
                 errors.append(f"{name} must be >= 1 (got {getattr(self, name)})")
@@ -167,19 +174,15 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """Read a YAML (``.yaml``/``.yml``, needs PyYAML) or JSON file; ``overrides`` win."""
-        path = Path(path)
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            from .._deps import require
-
-            d = require("yaml", "reading a YAML config").safe_load(text) or {}
-        else:
-            d = json.loads(text)
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
-        return cls(**{**d, **{k: v for k, v in overrides.items() if v is not None}})
+        """Read a YAML (``.yaml``/``.yml``, needs PyYAML) or JSON file; ``overrides`` that are
+        not None win. Each problem the file has names its line and setting."""
+        d = read_config_file(path, {f.name: f.type for f in fields(cls)})
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        missing = [f"{name} (--{name.replace('_', '-')})" for name in required_fields(cls) if name not in d]
+        if missing:
+            raise ValueError(f"{path}: missing {', '.join(missing)}: set {'it' if len(missing) == 1 else 'them'} in the "
+                             f"file or on the command line")
+        return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,5 +211,5 @@ def best_direction(metric: str) -> str | None:
     return None  # e.g. a log-prob, a reward, a ROUGE variant: the run must say
 
 
-def required_fields() -> list[str]:
-    return [f.name for f in fields(TrainConfig) if f.default is MISSING and f.default_factory is MISSING]
+def required_fields(cls: type = TrainConfig) -> list[str]:
+    return [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]

@@ -45,7 +45,7 @@ def test_config_from_json_and_yaml(tmp_path):
     cfg = TrainConfig.from_file(tmp_path / "d.yaml")  # YAML reads an unquoted date as a date
     assert cfg.chat_date == "2026-11-30" and json.loads(json.dumps(cfg.to_dict()))["chat_date"] == "2026-11-30"
     (tmp_path / "bad.json").write_text(json.dumps({"model": "m", "data": str(data), "output_dir": "o", "lr_rate": 1}))
-    with pytest.raises(ValueError, match="unknown config keys"):
+    with pytest.raises(ValueError, match="bad.json:1: unknown setting .lr_rate."):
         TrainConfig.from_file(tmp_path / "bad.json")
 
 

@@ -1,0 +1,115 @@
+"""A training config from a file, from Python and from flags: values of the wrong kind, typos and
+other libraries' names get one clear message (file, line, setting), never a traceback."""
+import json
+from pathlib import Path
+
+import pytest
+
+from prefopt.train import DPOConfig, TrainConfig
+from prefopt.train.config_file import typed_value
+
+
+@pytest.fixture
+def data(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text("{}\n")
+    return p
+
+
+def _errors(path) -> str:
+    with pytest.raises(ValueError) as e:
+        DPOConfig.from_file(path)
+    return str(e.value)
+
+
+def test_typed_value_by_kind():
+    assert typed_value("float", "1e-4") == 1e-4 and isinstance(typed_value("float", 2), float)
+    assert typed_value("int", "1e3") == 1000 and typed_value("int | None", 7.0) == 7
+    assert typed_value("int | None", None) is None and typed_value("str | None", Path("a/b")) == "a/b"
+    assert typed_value("list[str]", "q_proj, v_proj") == ["q_proj", "v_proj"]
+    assert typed_value("list[str]", ("q_proj",)) == ["q_proj"]
+    for kind, value, why in [("float", "fast", "expected a number, got 'fast'"), ("int", 2.5, "whole number"),
+                             ("int", True, "expected a number"), ("bool", "yes please", "true or false"),
+                             ("float", None, "needs a value"), ("str", 3, "expected text"),
+                             ("list[str]", [], "list of names"), ("list[str]", ["q", 1], "list of names")]:
+        with pytest.raises(ValueError, match=why):
+            typed_value(kind, value)
+
+
+def test_a_yaml_file_with_yamls_own_readings_loads(tmp_path, data):
+    """YAML reads ``1e-4`` (no dot) as text and ``q_proj, v_proj`` as one string: both are what
+    the user meant, so both load."""
+    pytest.importorskip("yaml")
+    p = tmp_path / "c.yaml"
+    p.write_text(f"model: m\ndata: {data}\noutput_dir: o\nlr: 1e-4\nmax_steps: 1e3\nlora_targets: q_proj, v_proj\n")
+    cfg = DPOConfig.from_file(p)
+    assert (cfg.lr, cfg.max_steps, cfg.lora_targets) == (1e-4, 1000, ["q_proj", "v_proj"])
+    assert isinstance(cfg.lr, float) and isinstance(cfg.max_steps, int)
+
+
+def test_every_problem_in_a_file_is_named_with_its_line(tmp_path, data):
+    pytest.importorskip("yaml")
+    p = tmp_path / "c.yaml"
+    p.write_text(f"model: m\ndata: {data}\noutput_dir: o\nlr: fast\nmax_steps: 2.5\nlora: maybe\n"
+                 "learning_rate: 1\nbeat: 0.2\nsomething: 1\nwarmup_steps:\n")
+    msg = _errors(p)
+    for part in (f"{p}:4: lr: expected a number, got 'fast'", f"{p}:5: max_steps: expected a whole number",
+                 f"{p}:6: lora: expected true or false", f"{p}:7: unknown setting 'learning_rate' (prefopt calls it 'lr')",
+                 f"{p}:8: unknown setting 'beat' (did you mean 'beta'?)", f"{p}:9: unknown setting 'something'\n",
+                 f"{p}:10: warmup_steps: needs a value"):
+        assert part in msg + "\n", part
+    j = tmp_path / "c.json"
+    j.write_text('{"model": "m", "output_dir": "o",\n "lora_r": "four"}')
+    assert f"{j}:2: lora_r: expected a number, got 'four'" in _errors(j)
+
+
+def test_a_broken_or_missing_file_is_named(tmp_path):
+    pytest.importorskip("yaml")
+    cases = {"a.yaml": ("model: [m\n", "a.yaml:2: not valid YAML"),
+             "b.json": ('{"model": "m",\n}', "b.json:2: not valid JSON"),
+             "c.yaml": ("- model\n- lr\n", "c.yaml: expected settings as name: value pairs, got a list"),
+             "d.json": ("[1]", "got a list"),
+             "e.yaml": ("lr: 0.1\n", "e.yaml: missing model (--model), output_dir (--output-dir): set them")}
+    for name, (text, part) in cases.items():
+        (tmp_path / name).write_text(text)
+        assert part in _errors(tmp_path / name), name
+    assert "nothing.yaml: no such config file" in _errors(tmp_path / "nothing.yaml")
+    (tmp_path / "f.yaml").write_text("")  # empty: every setting from the command line
+    assert DPOConfig.from_file(tmp_path / "f.yaml", model="m", output_dir="o").lr == 5e-5
+
+
+def test_python_values_of_the_wrong_kind_are_named(data):
+    with pytest.raises(ValueError) as e:
+        DPOConfig(model="m", output_dir="o", lr="fast", beta=None, lora=1)
+    msg = str(e.value)
+    assert "lr: expected a number" in msg and "beta: needs a value" in msg and "lora: expected true or false" in msg
+    cfg = TrainConfig(model="m", output_dir=Path("runs") / "x", data=data, lora_targets="q_proj")
+    assert cfg.output_dir == "runs/x" and cfg.data == str(data) and cfg.lora_targets == ["q_proj"]
+    assert json.loads(json.dumps(cfg.to_dict()))["output_dir"] == "runs/x"  # train_config.json can be written
+
+
+def test_a_flag_the_command_lacks_names_the_one_meant(capsys):
+    from prefopt.cli import main
+
+    for argv, hints in [(["sft", "--learning-rate=1e-4", "--num-train-epochs", "2"],
+                         ["--learning-rate: prefopt calls it --lr", "--num-train-epochs: prefopt calls it --epochs"]),
+                        (["dpo", "--beat", "0.1"], ["--beat: did you mean '--beta'?"]),
+                        (["generate", "--model", "m", "--prompt", "p", "--max-tokens", "5"],
+                         ["--max-tokens: did you mean '--max-new-tokens'?"])]:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"prefopt {argv[0]}: error: unrecognized arguments" in err
+        for h in hints:
+            assert h in err, (argv, err)
+    with pytest.raises(SystemExit):
+        main(["sft", "--model", "m", "stray"])
+    assert "unrecognized arguments: stray" in capsys.readouterr().err
+
+
+def test_an_unknown_compare_setting_names_the_one_meant():
+    from prefopt.evaluate.compare_config import CompareConfig
+
+    cfg = CompareConfig(task="portal", model="m", output="o", overrides={"max_trian": 3})
+    with pytest.raises(ValueError, match=r"\['max_trian'\] \(did you mean 'max_train'\?\); the settings: batch_size"):
+        cfg.settings()
