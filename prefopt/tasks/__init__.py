@@ -14,6 +14,9 @@ triage                    ``ktas`` (KTAS 1-5 or grouped, + disposition), ``porta
 """
 from __future__ import annotations
 
+import inspect
+
+from ..hints import did_you_mean
 from .base import ClassificationTask, GenerationTask, LabelField, Record, Task
 from .numeric import NumericTable, UCIHeart
 from .pairs import STRATEGIES, model_error_pairs, wrong_label_pairs
@@ -34,11 +37,24 @@ FAMILIES = {"text classification": "medical_abstracts", "numeric classification"
 def get_task(name: str, **options) -> Task:
     """A task by name; ``options`` go to its constructor (e.g. ``levels="ktas"``)."""
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose from {', '.join(sorted(TASKS))}")
+        raise ValueError(f"unknown task {name!r}{did_you_mean(name, TASKS)}; choose from {', '.join(sorted(TASKS))}")
+    known = task_options(name)
+    for key in options:
+        if key not in known:
+            listed = ", ".join(f"{k}={v!r}" for k, v in known.items()) or "none"
+            raise ValueError(f"task {name!r} has no option {key!r}{did_you_mean(key, known)}; its options "
+                             f"(with their defaults): {listed}")
     try:
         return TASKS[name](**options)
     except TypeError as e:
         raise ValueError(f"task {name!r}: bad option ({e})") from None
+
+
+def task_options(name: str) -> dict:
+    """The options task ``name`` takes (``--task-option KEY=VALUE``), each with its default."""
+    params = inspect.signature(TASKS[name]).parameters.values()
+    return {p.name: p.default for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty}
 
 
 __all__ = ["FAMILIES", "PORTAL_DATA", "STRATEGIES", "TASKS", "ClassificationTask", "GenerationTask", "LabelField",

@@ -230,7 +230,7 @@ def test_eval_cli_writes_predictions_and_metrics(tiny_model, tmp_path, capsys):
     assert "triage" in metrics["urgency"]
     assert main(["eval", "--task", "portal", "--model", str(tiny_model), "--output", str(out),
                  "--task-option", "nope=1"]) == 2
-    assert "bad option" in capsys.readouterr().err
+    assert "task 'portal' has no option 'nope'" in capsys.readouterr().err
     # a second evaluation into the same folder keeps the first one
     first = [(out / f).read_text() for f in ("predictions.jsonl", "metrics.json")]
     assert main(["eval", "--task", "portal", "--model", str(tiny_model), "--output", str(out), "--limit", "3",

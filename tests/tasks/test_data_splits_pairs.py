@@ -85,10 +85,13 @@ def test_loader_errors_name_file_line_and_field(tmp_path, name, content, task, e
     p.write_text(content)
     with pytest.raises(DataError, match=error):
         get_task(task).load(p)
-    with pytest.raises(ValueError, match="unknown task"):
-        get_task("nope")
-    with pytest.raises(ValueError, match="bad option"):
+    with pytest.raises(ValueError, match="unknown task 'medq' \\(did you mean 'medqa'\\?\\)"):
+        get_task("medq")
+    with pytest.raises(ValueError, match="task 'portal' has no option 'colour'; its options .*: none"):
         get_task("portal", colour="red")
+    with pytest.raises(ValueError, match="no option 'levls' \\(did you mean 'levels'\\?\\); .*: levels='grouped', "
+                                         "disposition=False"):
+        get_task("ktas", levls="ktas")
 
 
 def test_generic_files_with_user_named_columns(tmp_path):
@@ -199,7 +202,7 @@ def test_generic_tasks_read_spreadsheet_exports_with_their_delimiter_and_encodin
         get_task("text_classification", delimiter="semi")
     with pytest.raises(ValueError, match="unknown encoding 'latin-9x'"):
         get_task("summarization", encoding="latin-9x")
-    with pytest.raises(ValueError, match="task 'meqsum': bad option"):  # a dataset's own reader has its format
+    with pytest.raises(ValueError, match="task 'meqsum' has no option 'encoding'"):  # a dataset's reader has its format
         get_task("meqsum", encoding="cp1252")
     bad = tmp_path / "bad.csv"  # there the error names no option it does not take
     bad.write_bytes("condition_label,medical_abstract\n1,fi\xe8vre\n".encode("latin-1"))
