@@ -23,8 +23,13 @@ SAVE_AS = {".xlsx": _SHEET, ".xls": _SHEET, ".xlsm": _SHEET, ".ods": _SHEET,
 
 
 def source_name(source) -> str | Path:
-    """What errors call ``source``: its path, or :data:`RECORDS` for a list of dicts."""
-    return RECORDS if isinstance(source, (list, tuple)) else Path(source)
+    """What errors call ``source``: its path, or :data:`RECORDS` for a list of dicts (or a DataFrame)."""
+    return RECORDS if isinstance(source, (list, tuple)) or _is_frame(source) else Path(source)
+
+
+def _is_frame(source) -> bool:
+    """A pandas (or alike) DataFrame: read as its ``to_dict("records")``."""
+    return not isinstance(source, (str, Path, list, tuple, dict)) and callable(getattr(source, "to_dict", None))
 
 
 _FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv")
@@ -48,6 +53,8 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
     nothing after it is lost. Bytes that are not text in ``encoding`` raise
     :class:`EncodingError`, naming their line.
     """
+    if _is_frame(path):
+        path = path.to_dict("records")
     if isinstance(path, (list, tuple)):
         for i, row in enumerate(path, 1):
             yield i, row if isinstance(row, dict) else DataError(RECORDS, i, None, f"expected a dict, got "

@@ -35,6 +35,9 @@ def _data_lines(config, n_train: int, n_eval: int) -> list[str]:
         path = getattr(config, name, None)
         if path and Path(path).is_file():
             lines.append(f"- `{name}`: `{Path(path).resolve()}` (SHA-256 `{sha256_of(path)}`)")
+    if not config.data:
+        lines.append("- the training records were given in memory (`records=`), not read from a file: no file "
+                     "to hash")
     held = f" ({config.eval_fraction:g} of the data file held out)" if not config.eval_data and n_eval else ""
     lines.append(f"- {n_train} training {'pairs' if hasattr(config, 'loss') else 'examples'}, "
                  f"{n_eval} for evaluation{held}; max_length {config.max_length}")

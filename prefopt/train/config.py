@@ -161,11 +161,11 @@ class TrainConfig:
                           f"accuracies, margins and F1)")
         return errors
 
-    def check_eval_set(self, evaluators: Sequence = ()) -> None:
+    def check_eval_set(self, evaluators: Sequence = (), eval_records: bool = False) -> None:
         """Before anything loads: ``best_metric`` needs evaluations to judge, on an eval set
-        (``eval_data``, ``eval_fraction``) or from ``evaluators`` (``run_sft``/``run_dpo`` call it;
-        a trainer built by hand checks its loaded eval data the same way)."""
-        if self.best_metric and not (self.eval_data or self.eval_fraction or evaluators):
+        (``eval_data``, ``eval_fraction``, ``eval_records`` given in memory) or from ``evaluators``
+        (``run_sft``/``run_dpo`` call it; a trainer built by hand checks its loaded eval data the same way)."""
+        if self.best_metric and not (self.eval_data or self.eval_fraction or eval_records or evaluators):
             raise ValueError(no_eval_set(self.best_metric))
 
     def best_order(self) -> str:

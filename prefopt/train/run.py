@@ -65,16 +65,16 @@ def claim_output_dir(config: TrainConfig) -> None:
                              is_main=init_distributed(resolve_device(config.device)).is_main, clear=False)
 
 
-def _start(config: TrainConfig, evaluators, *loader) -> tuple:
+def _start(config: TrainConfig, evaluators, records, eval_records, *loader) -> tuple:
     """What both runs do before the model loads: check the evaluators, claim the output folder,
     load the tokenizer, pin the chat date, and read and check the data (``loader``: the records'
-    reader, SFT's by default); then print, on the main process, the date line and the data
-    reports. Returns ``(config, tok, train, evals)``."""
-    config.check_eval_set(evaluators)
+    reader, SFT's by default; ``records``, ``eval_records``: in place of the files); then print,
+    on the main process, the date line and the data reports. Returns ``(config, tok, train, evals)``."""
+    config.check_eval_set(evaluators, eval_records is not None)
     claim_output_dir(config)
     tok = load_tokenizer(config.model)
     config, dated = pin_chat_date(config, tok)
-    train, evals, reports = load_train_eval(config, tok, *loader)
+    train, evals, reports = load_train_eval(config, tok, *loader, records=records, eval_records=eval_records)
     if init_distributed(resolve_device(config.device)).is_main:  # the trainer joins the same group
         for line in ([dated] if dated else []) + [r.summary() for r in reports]:
             print("prefopt:", line, flush=True)
@@ -106,10 +106,13 @@ def _train_and_save(trainer, config: TrainConfig) -> dict:
     return summary
 
 
-def run_sft(config: TrainConfig, callbacks=(), evaluators=()) -> dict:
+def run_sft(config: TrainConfig, callbacks=(), evaluators=(), *, records=None, eval_records=None) -> dict:
     """Fine-tune ``config.model`` on ``config.data``; returns the training summary.
-    ``callbacks`` and ``evaluators``: as :class:`~prefopt.train.loop.Trainer` takes them."""
-    config, tok, train, evals = _start(config, evaluators)
+    ``callbacks`` and ``evaluators``: as :class:`~prefopt.train.loop.Trainer` takes them.
+    ``records`` and ``eval_records`` (lists of dicts, or DataFrames) take the place of the
+    ``data`` and ``eval_data`` files: a notebook's records get the whole run, model card and
+    curves included."""
+    config, tok, train, evals = _start(config, evaluators, records, eval_records)
     model = prepare_model(config)
     trainer = SFTTrainer(model, config, train, evals, pad_id=tok.pad_token_id or 0, callbacks=callbacks,
                          tokenizer=tok, evaluators=evaluators)
@@ -167,14 +170,14 @@ def print_outcome(summary: dict, config: TrainConfig, outcome: list[str]) -> Non
     print(f"prefopt: {curves_line(config.output_dir)}", flush=True)
 
 
-def run_dpo(config, callbacks=(), evaluators=()) -> dict:
+def run_dpo(config, callbacks=(), evaluators=(), *, records=None, eval_records=None) -> dict:
     """Preference-tune ``config.model`` on ``config.data`` (a :class:`DPOConfig`); returns the
     training summary. ``callbacks`` and ``evaluators``: as :class:`~prefopt.train.loop.Trainer`
-    takes them."""
+    takes them; ``records`` and ``eval_records``: as :func:`run_sft` takes them."""
     from ..data.preference import load_preferences
     from .dpo import DPOTrainer
 
-    config, tok, pairs, evals = _start(config, evaluators, load_preferences)
+    config, tok, pairs, evals = _start(config, evaluators, records, eval_records, load_preferences)
     model = prepare_model(config)
     ref_model = None
     if config.ref:

@@ -64,17 +64,25 @@ def split_eval(examples: list, fraction: float, seed: int) -> tuple[list, list]:
     return [examples[i] for i in order[n_eval:]], [examples[i] for i in order[:n_eval]]
 
 
-def load_train_eval(config, tok, loader=load_sft):
+def load_train_eval(config, tok, loader=load_sft, records=None, eval_records=None):
     """Train and eval examples for ``config`` (eval from ``eval_data`` or a seeded split), and
-    the load reports. ``loader`` is :func:`load_sft` or ``load_preferences``."""
-    if not config.data:
-        raise ValueError("no training data: set data (--data) to a JSONL, JSON or CSV file")
+    the load reports. ``loader`` is :func:`load_sft` or ``load_preferences``. ``records`` and
+    ``eval_records`` (lists of dicts, or DataFrames) take the place of ``data`` and ``eval_data``."""
+    for given, name, flag in ((records, "data", "records"), (eval_records, "eval_data", "eval_records")):
+        if given is not None and getattr(config, name):
+            raise ValueError(f"give {name} (a file) or {flag} (in memory), not both")
+    if eval_records is not None and config.eval_fraction:
+        raise ValueError("give eval_records or eval_fraction, not both")
+    source = records if records is not None else config.data
+    if source is None or (isinstance(source, str) and not source.strip()):
+        raise ValueError("no training data: set data (--data) to a JSONL, JSON or CSV file, or pass records")
     kw = dict(max_length=config.max_length, max_prompt_length=config.max_prompt_length,
               skip_bad=config.skip_bad_records, show_progress=config.progress)
-    examples, report = loader(config.data, tok, **kw)
+    examples, report = loader(source, tok, **kw)
     reports = [report]
-    if config.eval_data:
-        eval_examples, eval_report = loader(config.eval_data, tok, **kw)
+    eval_source = eval_records if eval_records is not None else config.eval_data
+    if eval_source is not None:
+        eval_examples, eval_report = loader(eval_source, tok, **kw)
         reports.append(eval_report)
     else:
         examples, eval_examples = split_eval(examples, config.eval_fraction, config.seed)

@@ -44,16 +44,19 @@ def test_the_docstring_example_trains_and_saves_an_adapter(cls, tmp_path, monkey
 
 
 def test_the_readme_in_memory_example_runs_as_written(tmp_path, monkeypatch):
-    """README's "Records already in memory" block: a list of dicts, no data file."""
+    """README's "Records already in memory" block: lists of dicts, no data file, the whole run."""
     import re
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    code = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "load_preferences(records" in b)
+    code = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "records=records" in b)
     model_dir, _ = write_task(tmp_path, n=4)
     records = [json.loads(x) for x in write_pairs(tmp_path / "pairs.jsonl", n=8).read_text().splitlines()]
+    held_out = [json.loads(x) for x in write_pairs(tmp_path / "held.jsonl", n=4, offset=100).read_text().splitlines()]
     code = code.replace('"smollm2-135m"', repr(str(model_dir))).replace("max_steps=100", "max_steps=2, progress=False")
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README", "exec"), {"records": records})  # a notebook cell: its own imports
-    steps = [json.loads(line)["step"] for line in (tmp_path / "runs/dpo/metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2] and (tmp_path / "runs/dpo/final/adapter_model.safetensors").is_file()
+    exec(compile(code, "README", "exec"), {"records": records, "held_out": held_out})  # a notebook cell
+    rows = [json.loads(line) for line in (tmp_path / "runs/dpo/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2] and "eval_loss" in rows[-1]
+    assert (tmp_path / "runs/dpo/final/adapter_model.safetensors").is_file()
+    assert "given in memory" in (tmp_path / "runs/dpo/final/README.md").read_text()

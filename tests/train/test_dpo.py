@@ -415,3 +415,37 @@ def test_a_notebook_trains_on_records_in_memory_without_a_data_file(task, tmp_pa
     assert "LoRA r8 on q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj" in capsys.readouterr().out
     with pytest.raises(ValueError, match="no training data: set data"):
         run_dpo(DPOConfig(model=str(model_dir), output_dir=str(tmp_path / "cli")))
+
+
+class _Frame:
+    """What the readers need of a pandas DataFrame (pandas is not a dependency): ``to_dict("records")``."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def to_dict(self, orient):
+        assert orient == "records"
+        return list(self.rows)
+
+
+def test_run_dpo_takes_records_in_memory_and_gives_the_whole_run(task, tmp_path):
+    """``run_dpo(cfg, records=..., eval_records=...)``: a notebook's records (a list of dicts or
+    a DataFrame) get what a data file gets: the eval set, best/, the model card and the summary."""
+    model_dir, train, held = task
+    rows = [json.loads(x) for x in train.read_text().splitlines()]
+    evals = [json.loads(x) for x in held.read_text().splitlines()]
+    cfg = _cfg(task, tmp_path / "nb", data=None, eval_data=None, best_metric="rewards/accuracies")
+    summary = run_dpo(cfg, records=_Frame(rows), eval_records=evals)
+    assert summary["eval_after"]["eval_rewards/accuracies"] > summary["eval_before"]["eval_rewards/accuracies"]
+    card = (tmp_path / "nb" / "final" / "README.md").read_text()
+    assert f"- {len(rows)} training pairs, {len(evals)} for evaluation" in card
+    assert "given in memory (`records=`), not read from a file" in card
+    assert (tmp_path / "nb" / "best" / "README.md").is_file()
+    with pytest.raises(ValueError, match="give data \\(a file\\) or records \\(in memory\\), not both"):
+        run_dpo(_cfg(task, tmp_path / "both"), records=rows)
+    with pytest.raises(ValueError, match="give eval_records or eval_fraction, not both"):
+        run_dpo(_cfg(task, tmp_path / "frac", data=None, eval_data=None, eval_fraction=0.1), records=rows,
+                eval_records=evals)
+    with pytest.raises(ValueError, match=r"<records>:2: field 'chosen'"):
+        run_dpo(_cfg(task, tmp_path / "bad", data=None), records=[rows[0], {"prompt": "p", "rejected": "r"}])
+    assert not (tmp_path / "both").exists() and not (tmp_path / "bad" / "final").exists()
