@@ -9,8 +9,29 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING
+from pathlib import Path
 
 from .devices import DTYPES, resolve
+
+
+def _prompt_text(given: str) -> str:
+    """``--prompt``: the text itself, ``@FILE``'s text or, for ``-``, standard input's."""
+    if given == "-":
+        text, where = sys.stdin.read(), "standard input"
+    elif given.startswith("@") and len(given) > 1:
+        path = Path(given[1:])
+        if not path.is_file():
+            raise FileNotFoundError(f"--prompt {given}: no such file {path} (a prompt that starts with @ names a file)")
+        try:
+            text, where = path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"--prompt {given}: not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start}); "
+                             "save it as UTF-8") from None
+    else:
+        return given
+    if not text.strip():
+        raise ValueError(f"--prompt {given}: {where} is empty")
+    return text.rstrip("\n")
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -20,6 +41,7 @@ def _generate(args: argparse.Namespace) -> int:
     from .tokenizer import load_tokenizer
 
     device, dtype = resolve(args.device, args.dtype)  # a device this machine lacks: said before any loading
+    args.prompt = _prompt_text(args.prompt)
     tok = _dated(load_tokenizer(args.model), args.chat_date, "prompt")
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter)
     if args.no_chat or not tok.chat_template:
@@ -232,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="complete a prompt with a model")
     g.add_argument("--model", required=True, help="model folder, alias (smollm2-135m) or hub id")
     g.add_argument("--adapter", help="a LoRA adapter folder to apply (e.g. runs/sft/final)")
-    g.add_argument("--prompt", required=True)
+    g.add_argument("--prompt", required=True, help="the prompt; @FILE reads it from a UTF-8 text file (a long "
+                   "note), - from standard input")
     g.add_argument("--system", help="system message (chat models)")
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--greedy", action="store_true", help="greedy decoding (default: sampling)")

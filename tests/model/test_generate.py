@@ -130,6 +130,32 @@ def test_cli_generate_prints_completion(tiny, capsys, flags, kw):
                                                                           no_repeat_ngram_size=0)})[0])
 
 
+def test_cli_generate_reads_a_long_prompt_from_a_file_or_stdin(tiny, capsys, tmp_path, monkeypatch):
+    """``--prompt @note.txt`` and ``--prompt -`` give the same answer as the text itself; a missing,
+    empty or non-UTF-8 file is one line naming it."""
+    import io
+
+    from prefopt.cli import main
+
+    _, _, d = tiny
+    text = "67-year-old, chest pain\nradiating to the left arm"
+    args = ["generate", "--model", str(d), "--greedy", "--max-new-tokens", "12", "--prompt"]
+    assert main([*args, text]) == 0
+    want = capsys.readouterr().out
+    (tmp_path / "note.txt").write_text(text + "\n", encoding="utf-8")
+    assert main([*args, f"@{tmp_path / 'note.txt'}"]) == 0
+    assert capsys.readouterr().out == want
+    monkeypatch.setattr("sys.stdin", io.StringIO(text + "\n"))
+    assert main([*args, "-"]) == 0
+    assert capsys.readouterr().out == want
+    (tmp_path / "empty.txt").write_text("\n")
+    (tmp_path / "latin.txt").write_bytes("fi\xe8vre".encode("latin-1"))
+    for name, error in [("nope.txt", "no such file"), ("empty.txt", "is empty"), ("latin.txt", "not UTF-8 text")]:
+        assert main([*args, f"@{tmp_path / name}"]) == 2
+        err = capsys.readouterr().err
+        assert f"prefopt generate: error: --prompt @{tmp_path / name}: " in err and error in err, err
+
+
 def test_cli_streams_a_character_split_across_tokens_once(tiny, capsys, monkeypatch):
     """Byte-level tokens split "°" and "µ" in two; the first half decodes as U+FFFD. Streaming used to
     print that mark and then the character after it: "38.5�°C"."""
