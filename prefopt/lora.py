@@ -301,10 +301,11 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     loaded = {}
     for name, t in tensors.items():
         if name not in own:
-            raise ValueError(f"{path}: adapter tensor {PEFT_PREFIX + name!r} matches no LoRA layer of the model")
+            raise ValueError(f"{path}: adapter tensor {PEFT_PREFIX + name!r} matches no LoRA layer of the model"
+                             + _trained_on(adapter_dir))
         if own[name].shape != t.shape:
             raise ValueError(f"{path}: {PEFT_PREFIX + name!r} has shape {tuple(t.shape)}, "
-                             f"the model expects {tuple(own[name].shape)}")
+                             f"the model expects {tuple(own[name].shape)}" + _trained_on(adapter_dir))
         loaded[name] = t.to(own[name].dtype)
     missing = sorted(set(own) - set(loaded))
     if missing:
@@ -312,6 +313,17 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     model.load_state_dict(loaded, strict=False)
     model.lora_source = str(Path(adapter_dir).resolve())
     return model
+
+
+def _trained_on(adapter_dir: str | Path) -> str:
+    """``; it was trained on 'M' ...``: the base model its adapter_config.json names, for the error
+    of an adapter that does not fit the model it was given."""
+    try:
+        base = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        base = None
+    return (f"; the adapter was trained on {base!r} (its adapter_config.json's base_model_name_or_path): load it on "
+            "that model" if base else "; it was trained on another base model")
 
 
 __all__ = [

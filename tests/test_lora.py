@@ -111,6 +111,15 @@ def test_bad_adapter_files_are_named(tiny, tmp_path):
         load_model(tiny, adapter=tmp_path / "ad")
 
 
+def test_an_adapter_on_another_base_model_names_the_one_it_was_trained_on(tiny, tmp_path):
+    model = apply_lora(load_model(tiny), r=4, alpha=8, target_modules=["q_proj"])
+    save_adapter(model, tmp_path / "ad", base_model="my-base")
+    build_hf_model(tmp_path / "wider", hidden_size=96, tokenizer=False)
+    with pytest.raises(ValueError, match=r"shape \(4, 64\), the model expects \(4, 96\); the adapter was trained "
+                                         r"on 'my-base' \(its adapter_config.json's base_model_name_or_path\)"):
+        load_model(tmp_path / "wider", adapter=tmp_path / "ad")
+
+
 def test_a_target_name_that_matches_no_layer_is_refused_not_ignored(tiny, tmp_path):
     """A misspelt target among good ones ("qproj") would leave that layer untrained silently."""
     with pytest.raises(ValueError, match=r"no nn.Linear named \['qproj'\].*'q_proj'"):
