@@ -182,7 +182,15 @@ class TrainConfig:
         if missing:
             raise ValueError(f"{path}: missing {', '.join(missing)}: set {'it' if len(missing) == 1 else 'them'} in the "
                              f"file or on the command line")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except ValueError as e:
+            lost = [d[k] for k in ("data", "eval_data") if d.get(k) and not Path(d[k]).is_absolute()
+                    and not Path(d[k]).is_file()]
+            if not lost:
+                raise
+            raise ValueError(f"{e}\n  ({path}: its relative paths, such as {lost[0]}, are read from the current "
+                             f"folder, {Path.cwd()}, not the file's)") from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -113,3 +113,19 @@ def test_an_unknown_compare_setting_names_the_one_meant():
     cfg = CompareConfig(task="portal", model="m", output="o", overrides={"max_trian": 3})
     with pytest.raises(ValueError, match=r"\['max_trian'\] \(did you mean 'max_train'\?\); the settings: batch_size"):
         cfg.settings()
+
+
+def test_a_relative_data_path_that_is_missing_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    """A run's train_config.json reused from another folder: its relative ``data`` was the run's
+    current folder's; the error says paths are read from here, not from the file's folder."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_config.json").write_text(json.dumps({"model": "m", "output_dir": "o", "data": "d/train.jsonl"}))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match=r"no such file d/train.jsonl\n  \(.*train_config.json: its relative paths, "
+                                         r"such as d/train.jsonl, are read from the current folder, .*elsewhere, not"):
+        TrainConfig.from_file(run / "train_config.json")
+    with pytest.raises(ValueError) as e:  # an absolute path: nothing to add
+        TrainConfig.from_file(run / "train_config.json", data=str(tmp_path / "none.jsonl"))
+    assert "relative paths" not in str(e.value)
