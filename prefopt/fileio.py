@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +48,23 @@ def replace_dir(tmp: str | Path, final: str | Path) -> None:
     tmp.rename(final)
     if old.exists():
         shutil.rmtree(old)
+
+
+def check_writable(out: str | Path) -> None:
+    """Before any long work: the folder ``out`` (made later, perhaps) can be made and written in;
+    ValueError naming it where not (a file in the way, a read-only or missing mount)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file, not a folder")
+    base = out.absolute()
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise ValueError(f"{out}: cannot be made: {base} is a file")
+    try:
+        tempfile.TemporaryDirectory(dir=base, prefix=".prefopt-probe-").cleanup()
+    except OSError as e:
+        raise ValueError(f"{out}: cannot write in {base} ({e.strerror or e})") from None
 
 
 def check_new_dir(out: str | Path, inputs: Sequence[str | Path], overwrite: bool, flag: str = "--overwrite") -> None:

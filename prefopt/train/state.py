@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from ..fileio import write_json_atomic, write_text_atomic
+from ..fileio import check_writable, write_json_atomic, write_text_atomic
 from ..model.safetensors_io import save_file_atomic
 
 
@@ -143,6 +143,8 @@ def claim_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, i
     the earlier run's files first; anything else in the folder, such as a reference cache, stays).
     ``clear=False`` only refuses: a run checks early and clears once its data has loaded."""
     out = Path(output_dir)
+    if is_main:
+        check_writable(out)  # before the model and data load, not at the first save
     found = [name for name in RUN_FILES if (out / name).exists()]
     if not found or (resume and latest_checkpoint(out) is not None):
         return

@@ -240,3 +240,24 @@ def test_a_checkpoint_holds_no_pickle_and_its_optimizer_state_round_trips(task, 
     old.mkdir()
     torch.save(sd, old / "optimizer.pt")
     assert read_optimizer(old)["param_groups"] == sd["param_groups"]
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_anything_loads(task, tmp_path, monkeypatch):
+    """A file in the way, or a place nothing can be written (a read-only mount): said at once, with
+    the folder, not as a bare errno after the model and data have loaded and training ran."""
+    (tmp_path / "afile").write_text("x")
+    loaded = []
+    monkeypatch.setattr("prefopt.train.run.load_tokenizer", lambda *a: loaded.append(a))
+    for out, error in [(tmp_path / "afile", "afile: is a file, not a folder"),
+                       (tmp_path / "afile" / "run", "run: cannot be made: .*afile is a file")]:
+        with pytest.raises(ValueError, match=error):
+            run_sft(_cfg(task, out))
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Read-only file system")
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr("prefopt.fileio.tempfile.TemporaryDirectory", refuse)
+    with pytest.raises(ValueError, match=r"ro/run: cannot write in .*ro \(Read-only file system\)"):
+        run_sft(_cfg(task, tmp_path / "ro" / "run"))
+    assert loaded == [] and not (tmp_path / "ro" / "run").exists()
