@@ -355,7 +355,8 @@ def _flag_hint(flag: str, flags: list[str]) -> str:
     return did_you_mean(flag, flags).strip(" ()")
 
 
-USER_ERRORS = (FileNotFoundError, ValueError, ImportError)  # bad input, a missing extra: one line, no traceback
+# bad input, a missing extra, a file that cannot be read or written (a full disk): one line, no traceback
+USER_ERRORS = (OSError, ValueError, ImportError)
 
 
 @contextlib.contextmanager
@@ -381,6 +382,9 @@ def run_script(main: Callable[[], object], prog: str) -> None:
         if os.environ.get("PREFOPT_DEBUG"):
             raise
         sys.exit(130)
+    except BrokenPipeError:  # `... | head` stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except USER_ERRORS as e:
         if os.environ.get("PREFOPT_DEBUG"):
             raise
@@ -396,14 +400,14 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("PREFOPT_DEBUG"):
             raise
         return 130
+    except BrokenPipeError:  # `prefopt ... | head` stopped reading: stop quietly, as shell tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's exit flush fails again
+        return 141
     except USER_ERRORS as e:
         if os.environ.get("PREFOPT_DEBUG"):
             raise
         print(f"prefopt {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `prefopt ... | head` stopped reading: stop quietly, as shell tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's exit flush fails again
-        return 141
 
 
 if __name__ == "__main__":

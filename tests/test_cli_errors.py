@@ -1,0 +1,51 @@
+"""How the command line fails: one line naming what went wrong, the exit code a shell expects,
+and for a flag the command lacks, the flag it most likely meant."""
+import pytest
+
+from prefopt import cli
+from prefopt.cli import main
+
+
+def test_a_flag_the_command_lacks_names_the_one_meant(capsys):
+    from prefopt.cli import main
+
+    for argv, hints in [(["sft", "--learning-rate=1e-4", "--num-train-epochs", "2"],
+                         ["--learning-rate: prefopt calls it --lr", "--num-train-epochs: prefopt calls it --epochs"]),
+                        (["dpo", "--beat", "0.1"], ["--beat: did you mean '--beta'?"]),
+                        (["generate", "--model", "m", "--prompt", "p", "--max-tokens", "5"],
+                         ["--max-tokens: did you mean '--max-new-tokens'?"])]:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"prefopt {argv[0]}: error: unrecognized arguments" in err
+        for h in hints:
+            assert h in err, (argv, err)
+    with pytest.raises(SystemExit):
+        main(["sft", "--model", "m", "stray"])
+    assert "unrecognized arguments: stray" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error, code, line", [
+    (OSError(28, "No space left on device", "/runs/x/checkpoints/step-4"), 2,
+     "prefopt generate: error: [Errno 28] No space left on device: '/runs/x/checkpoints/step-4'\n"),
+    (PermissionError(13, "Permission denied", "/data/notes.csv"), 2,
+     "prefopt generate: error: [Errno 13] Permission denied: '/data/notes.csv'\n"),
+    (BrokenPipeError(32, "Broken pipe"), 141, ""),
+])
+def test_an_os_error_is_one_line_and_a_closed_pipe_is_quiet(monkeypatch, capsys, error, code, line):
+    """A full disk or an unreadable file mid-command: one line with the path (PREFOPT_DEBUG=1: the
+    traceback); ``| head`` closing the pipe: exit 141 and nothing on stderr."""
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(cli, "_generate", fail)
+    if code == 141:  # what main does to stdout after a closed pipe, made harmless under pytest's capture
+        monkeypatch.setattr(cli.os, "dup2", lambda *a: None)
+        monkeypatch.setattr(cli.os, "open", lambda *a: None)
+        monkeypatch.setattr(cli.sys.stdout, "fileno", lambda: 1, raising=False)
+    assert main(["generate", "--model", "m", "--prompt", "p"]) == code
+    assert capsys.readouterr().err == line
+    monkeypatch.setenv("PREFOPT_DEBUG", "1")
+    if code == 2:
+        with pytest.raises(type(error)):
+            main(["generate", "--model", "m", "--prompt", "p"])
