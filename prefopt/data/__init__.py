@@ -1,11 +1,11 @@
 """Training data: reading files, validating records, tokenizing, batching."""
 from .collate import pad_collate
 from .preference import PairExample, load_preferences, pair_collate, tokenize_pair
-from .readers import read_rows
+from .readers import Records, read_rows
 from .records import DataError, PreferenceRecord, SFTRecord, parse_preference, parse_sft
 from .sft import LoadReport, TokenizedExample, load_sft, tokenize_sft
 
 __all__ = [
     "DataError", "LoadReport", "PairExample", "PreferenceRecord", "load_preferences", "pair_collate", "tokenize_pair", "SFTRecord", "TokenizedExample", "load_sft",
-    "pad_collate", "parse_preference", "parse_sft", "read_rows", "tokenize_sft",
+    "Records", "pad_collate", "parse_preference", "parse_sft", "read_rows", "tokenize_sft",
 ]

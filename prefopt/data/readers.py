@@ -22,8 +22,20 @@ SAVE_AS = {".xlsx": _SHEET, ".xls": _SHEET, ".xlsm": _SHEET, ".ods": _SHEET,
            ".parquet": " (pandas: pd.read_parquet(path).to_json(out, orient='records', lines=True))"}
 
 
+class Records(list):
+    """Record dicts in memory that errors and progress bars call ``name`` (``<eval_records>:3``,
+    ``tokenizing ktas records``) rather than :data:`RECORDS`."""
+
+    def __init__(self, rows, name: str = RECORDS):
+        super().__init__(rows.to_dict("records") if _is_frame(rows) else rows)
+        self.name = name
+
+
 def source_name(source) -> str | Path:
-    """What errors call ``source``: its path, or :data:`RECORDS` for a list of dicts (or a DataFrame)."""
+    """What errors call ``source``: its path, :data:`RECORDS` for a list of dicts (or a
+    DataFrame), or a :class:`Records`' own name."""
+    if isinstance(source, Records):
+        return source.name
     return RECORDS if isinstance(source, (list, tuple)) or _is_frame(source) else Path(source)
 
 
@@ -57,8 +69,8 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
         path = path.to_dict("records")
     if isinstance(path, (list, tuple)):
         for i, row in enumerate(path, 1):
-            yield i, row if isinstance(row, dict) else DataError(RECORDS, i, None, f"expected a dict, got "
-                                                                                   f"{type(row).__name__}")
+            yield i, row if isinstance(row, dict) else DataError(source_name(path), i, None, f"expected a dict, "
+                                                                                               f"got {type(row).__name__}")
         return
     path = Path(path)
     if path.is_dir():

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from ..data import Records
 from ..data.check import answer_line, check_data
 from ..tokenizer import Tokenizer
 from .base import ClassificationTask, Task
@@ -16,7 +17,7 @@ from .base import ClassificationTask, Task
 def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length: int) -> list[str]:
     """The check as console lines. ``path`` None: the task's bundled data."""
     records = task.read(path)
-    examples = [{"prompt": task.messages(r), "completion": r.target} for r in records]
+    examples = Records([{"prompt": task.messages(r), "completion": r.target} for r in records], f"{task.name} records")
     check = check_data(examples, tok, kind="sft", max_length=max_length)
     check.report.path = Path(path) if path else Path(task.bundled_data or task.name)
     check.title = f"{task.name} records, as compare's SFT examples"

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..data import load_sft, pad_collate
+from ..data import Records, load_sft, pad_collate
 from ..data.sft import IGNORE, TokenizedExample
 from ..kernels import nll_sum
 from .distributed import head_weight
@@ -80,7 +80,7 @@ def load_train_eval(config, tok, loader=load_sft, records=None, eval_records=Non
               skip_bad=config.skip_bad_records, show_progress=config.progress)
     examples, report = loader(source, tok, **kw)
     reports = [report]
-    eval_source = eval_records if eval_records is not None else config.eval_data
+    eval_source = Records(eval_records, "<eval_records>") if eval_records is not None else config.eval_data
     if eval_source is not None:
         eval_examples, eval_report = loader(eval_source, tok, **kw)
         reports.append(eval_report)

@@ -448,4 +448,7 @@ def test_run_dpo_takes_records_in_memory_and_gives_the_whole_run(task, tmp_path)
                 eval_records=evals)
     with pytest.raises(ValueError, match=r"<records>:2: field 'chosen'"):
         run_dpo(_cfg(task, tmp_path / "bad", data=None), records=[rows[0], {"prompt": "p", "rejected": "r"}])
+    with pytest.raises(ValueError, match=r"<eval_records>:1: field 'prompt'"):  # not the training records' name
+        run_dpo(_cfg(task, tmp_path / "bad", data=None, eval_data=None), records=rows,
+                eval_records=_Frame([{"chosen": "c", "rejected": "r"}]))
     assert not (tmp_path / "both").exists() and not (tmp_path / "bad" / "final").exists()
