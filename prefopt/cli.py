@@ -1,4 +1,4 @@
-"""The ``prefopt`` command line: generate, convert-gguf, sft, dpo, merge, stack-adapters (eval and
+"""The ``prefopt`` command line: generate, convert-gguf, export-gguf, sft, dpo, merge, stack-adapters (eval and
 compare live in ``prefopt.evaluate.cli``)."""
 from __future__ import annotations
 
@@ -109,6 +109,23 @@ def _convert_gguf(args: argparse.Namespace) -> int:
     with new_dir(args.out_dir) as tmp:
         convert_gguf(args.gguf, tmp, dtype=DTYPES[args.dtype])
     print(f"wrote {args.out_dir}")
+    return 0
+
+
+def _export_gguf(args: argparse.Namespace) -> int:
+    from .convert.gguf_export import export_gguf
+    from .fileio import check_writable
+
+    out = Path(args.output)
+    if out.is_dir():
+        raise ValueError(f"--output {out}: a folder; name the .gguf file to write")
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"--output {out}: exists; pass --overwrite to replace it, or choose another name")
+    check_writable(out.parent)  # before the model loads
+    export_gguf(args.model, out, adapter=args.adapter, out_type=args.type, name=args.name)
+    size = out.stat().st_size / 2**20
+    print(f"wrote {out} ({size:,.0f} MiB, {args.type}); llama.cpp: llama-cli -m {out}; Ollama: a Modelfile with "
+          f"'FROM {out.resolve()}', then ollama create NAME -f Modelfile")
     return 0
 
 
@@ -275,6 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=DTYPES, default="float32")
     c.add_argument("--overwrite", action="store_true", help="replace an OUT_DIR that holds files already")
     c.set_defaults(func=_convert_gguf)
+
+    e = sub.add_parser("export-gguf", help="write a model (with a LoRA adapter merged in) as a GGUF file for "
+                       "llama.cpp or Ollama")
+    e.add_argument("--model", required=True, help="model folder, alias (smollm2-135m) or hub id")
+    e.add_argument("--adapter", help="a LoRA adapter folder to merge in first (e.g. runs/dpo/final)")
+    e.add_argument("--output", required=True, help="the .gguf file to write")
+    e.add_argument("--type", choices=("f32", "f16", "q8_0"), default="f16",
+                   help="the matrices' type: f16 (default, half the size of f32, no loss that matters), q8_0 (a "
+                   "quarter, 8-bit blocks) or f32 (exact); norms stay f32")
+    e.add_argument("--name", help="general.name in the file (default: the model folder's name)")
+    e.add_argument("--overwrite", action="store_true", help="replace an OUTPUT file that exists")
+    e.set_defaults(func=_export_gguf)
 
     from .train import DPOConfig, TrainConfig
 

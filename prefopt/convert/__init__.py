@@ -1,1 +1,1 @@
-"""Importers that turn other checkpoint formats into HF-layout folders."""
+"""Converters between HF-layout folders and other checkpoint formats: GGUF import (``gguf``) and export (``gguf_export``)."""

@@ -1,0 +1,242 @@
+"""Export an HF-layout Llama-family model (with a LoRA adapter merged in, if given) to a llama.cpp
+GGUF file, for serving a fine-tuned model with llama.cpp or Ollama on the hospital's machines
+(needs the ``gguf`` extra). The inverse of :func:`prefopt.convert.gguf.convert_gguf`:
+
+- the hyper-parameters and the tokenizer (byte-level BPE: tokens, token types, merges, special
+  token ids, whether a BOS is added, the chat template) go into the ``llama.*`` and
+  ``tokenizer.*`` metadata, as llama.cpp's own converter writes them;
+- each weight gets its GGUF name, q/k rows llama.cpp's RoPE order (:func:`permute_qk`), and the
+  type asked for: ``f32``, ``f16`` or ``q8_0`` (norms stay f32; a matrix whose rows do not split
+  into q8_0 blocks of 32 is written f16, as llama.cpp does);
+- the file is written under a temporary name and renamed into place, tensor by tensor, so the
+  model is in memory once and a failed export leaves no partial file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._deps import progress, require
+from ..model.config import UnsupportedModelError
+from .gguf import _GLOBAL_NAMES, _LAYER_NAMES, _LLAMA3_SPLIT, permute_qk
+
+TYPES = ("f32", "f16", "q8_0")
+_FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}  # llama.cpp's general.file_type: ALL_F32, MOSTLY_F16, MOSTLY_Q8_0
+_NORMAL, _CONTROL, _USER_DEFINED, _UNUSED = 1, 3, 4, 5  # llama.cpp token types
+_TO_GGUF = {hf: g for g, hf in _GLOBAL_NAMES.items()}
+_LAYER_TO_GGUF = {hf: g for g, hf in _LAYER_NAMES.items()}
+
+
+def export_gguf(model_dir: str | Path, out_path: str | Path, *, adapter: str | Path | None = None,
+                out_type: str = "f16", name: str | None = None, show_progress: bool = True) -> Path:
+    """Write ``model_dir`` (an HF-layout folder, alias or hub id; ``adapter`` merged in) as the
+    GGUF file ``out_path`` with its matrices in ``out_type`` (``f32``, ``f16`` or ``q8_0``)."""
+    from ..model import resolve_model_dir
+    from ..pretrained import load_model
+
+    gguf = require("gguf", "exporting a GGUF file")
+    if out_type not in TYPES:
+        raise ValueError(f"GGUF type must be one of {TYPES} (got {out_type!r})")
+    src = resolve_model_dir(model_dir)
+    model = load_model(src, dtype=torch.float32, adapter=adapter, merge=adapter is not None)
+    cfg = model.config
+    _check_exportable(cfg, src)
+    tokenizer = _tokenizer_metadata(src, cfg.vocab_size)
+    out = Path(out_path)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tensors = [(n, t) for n, t in model.state_dict().items() if not (cfg.tie_word_embeddings and n == "lm_head.weight")]
+    try:
+        writer = gguf.GGUFWriter(str(tmp), "llama")
+        _write_metadata(writer, cfg, tokenizer, name or Path(src).name, out_type)
+        plan = [(_gguf_name(n, src), _qtype(gguf, t, out_type)) for n, t in tensors]
+        for (g_name, qtype), (_, t) in zip(plan, tensors):
+            shape, dtype, nbytes = _layout(gguf, t.shape, qtype)
+            writer.add_tensor_info(g_name, shape, dtype, nbytes, raw_dtype=qtype if dtype == np.uint8 else None)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        bar = progress(list(zip(plan, tensors)), desc="writing GGUF", unit="tensor", disable=not show_progress)
+        for (_, qtype), (hf_name, t) in bar:
+            writer.write_tensor_data(_encode(gguf, _gguf_order(hf_name, t, cfg), qtype))
+        writer.close()
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _check_exportable(cfg, src) -> None:
+    """GGUF's ``llama`` architecture holds Llama and Mistral-style models without biases or
+    Llama 3.1's RoPE scaling (llama.cpp stores that as a tensor this exporter does not write)."""
+    if cfg.model_type not in ("llama", "mistral"):
+        raise UnsupportedModelError(f"{src}: model_type {cfg.model_type!r}: prefopt exports the llama architecture "
+                                    "(Llama, Mistral, SmolLM2) to GGUF only")
+    if cfg.attention_bias or cfg.mlp_bias:
+        raise UnsupportedModelError(f"{src}: biases on the attention or MLP are not part of GGUF's llama architecture")
+    if cfg.rope_type not in ("default", "linear"):
+        raise UnsupportedModelError(f"{src}: RoPE scaling {cfg.rope_type!r} is not exported (llama.cpp keeps it as a "
+                                    "rope_freqs tensor); use llama.cpp's convert_hf_to_gguf.py on the merged folder")
+    if cfg.sliding_window:
+        raise UnsupportedModelError(f"{src}: sliding-window attention ({cfg.sliding_window}) is not exported")
+
+
+def _gguf_name(hf_name: str, src) -> str:
+    if hf_name in _TO_GGUF:
+        return _TO_GGUF[hf_name]
+    parts = hf_name.split(".")  # model.layers.N.<module>.<sub>.weight
+    if len(parts) >= 5 and parts[:2] == ["model", "layers"]:
+        module = ".".join(parts[3:-1])
+        if module in _LAYER_TO_GGUF:
+            return f"blk.{parts[2]}.{_LAYER_TO_GGUF[module]}.{parts[-1]}"
+    raise UnsupportedModelError(f"{src}: tensor {hf_name!r} has no GGUF counterpart")
+
+
+def _gguf_order(hf_name: str, t: torch.Tensor, cfg) -> np.ndarray:
+    """The tensor as llama.cpp stores it: float32, q/k rows in its RoPE order."""
+    t = t.detach().float()
+    if hf_name.endswith("self_attn.q_proj.weight"):
+        t = permute_qk(t, cfg.num_attention_heads)
+    elif hf_name.endswith("self_attn.k_proj.weight"):
+        t = permute_qk(t, cfg.num_key_value_heads or cfg.num_attention_heads)
+    return np.ascontiguousarray(t.numpy())
+
+
+def _qtype(gguf, t: torch.Tensor, out_type: str):
+    q = gguf.GGMLQuantizationType
+    if t.dim() == 1 or out_type == "f32":
+        return q.F32
+    if out_type == "q8_0" and t.shape[-1] % gguf.GGML_QUANT_SIZES[q.Q8_0][0] == 0:
+        return q.Q8_0
+    return q.F16
+
+
+def _layout(gguf, shape, qtype) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, numpy dtype, bytes)`` of a tensor as the writer is told of it before its data."""
+    q = gguf.GGMLQuantizationType
+    n = int(np.prod(shape))
+    if qtype == q.F32:
+        return tuple(shape), np.dtype(np.float32), 4 * n
+    if qtype == q.F16:
+        return tuple(shape), np.dtype(np.float16), 2 * n
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    byte_shape = (*shape[:-1], shape[-1] // block * size)
+    return byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape))
+
+
+def _encode(gguf, w: np.ndarray, qtype) -> np.ndarray:
+    q = gguf.GGMLQuantizationType
+    if qtype == q.F32:
+        return w
+    if qtype == q.F16:
+        return w.astype(np.float16)
+    return gguf.quants.quantize(w, qtype)
+
+
+def _write_metadata(writer, cfg, tok: dict, name: str, out_type: str) -> None:
+    head_dim = cfg.head_dim or cfg.hidden_size // cfg.num_attention_heads
+    writer.add_type("model")
+    writer.add_name(name)
+    writer.add_file_type(_FILE_TYPES[out_type])
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads or cfg.num_attention_heads)
+    writer.add_rope_freq_base(float(cfg.rope_theta))
+    writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_rope_dimension_count(head_dim)
+    if head_dim != cfg.hidden_size // cfg.num_attention_heads:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    if cfg.rope_type == "linear":
+        writer.add_rope_scaling_type("linear")
+        writer.add_rope_scaling_factor(float(cfg.rope_scaling["factor"]))
+    if out_type == "q8_0":
+        writer.add_quantization_version(2)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(tok["pre"])
+    writer.add_add_space_prefix(False)
+    writer.add_token_list(tok["tokens"])
+    writer.add_token_types(tok["types"])
+    writer.add_token_merges(tok["merges"])
+    writer.add_add_bos_token(tok["add_bos"])
+    for key, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
+                     ("unk", writer.add_unk_token_id), ("pad", writer.add_pad_token_id)):
+        if tok.get(key) is not None:
+            add(tok[key])
+    if tok.get("chat_template"):
+        writer.add_chat_template(tok["chat_template"])
+
+
+def _tokenizer_metadata(src: Path, vocab_size: int) -> dict:
+    """The ``tokenizer.ggml.*`` values for a byte-level BPE ``tokenizer.json``: every id's token
+    (padded to the embedding's rows with unused ``[PAD{i}]``), its type, the merges, how text is
+    split before BPE (llama.cpp's pre-tokenizer name), the special ids and the chat template."""
+    tk_mod = require("tokenizers", "reading the tokenizer")
+    path = src / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{src}: no tokenizer.json to export")
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE" or not _has_byte_level(spec.get("pre_tokenizer")):
+        raise UnsupportedModelError(f"{path}: only byte-level BPE tokenizers are exported (got {model.get('type')!r})")
+    by_id = {i: t for t, i in model["vocab"].items()}
+    types = {i: _NORMAL for i in by_id}
+    for added in spec.get("added_tokens") or []:
+        by_id[added["id"]] = added["content"]
+        types[added["id"]] = _CONTROL if added.get("special") else _USER_DEFINED
+    n = max(vocab_size, max(by_id) + 1)
+    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(n)]
+    kinds = [types.get(i, _UNUSED) for i in range(n)]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    config_path = src / "tokenizer_config.json"
+    tcfg = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    ids = {t: i for i, t in enumerate(tokens)}
+
+    def special(key):
+        v = tcfg.get(f"{key}_token")
+        v = v.get("content") if isinstance(v, dict) else v
+        return ids.get(v) if v is not None else None
+
+    tk = tk_mod.Tokenizer.from_file(str(path))
+    bos = special("bos")
+    first = tk.encode("a").ids
+    template = tcfg.get("chat_template")
+    if isinstance(template, list):  # named templates: the default one
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    return {"pre": _pre_tokenizer(spec.get("pre_tokenizer"), path), "tokens": tokens, "types": kinds, "merges": merges,
+            "bos": bos, "eos": special("eos"), "unk": special("unk"), "pad": special("pad"),
+            "add_bos": bool(bos is not None and first and first[0] == bos), "chat_template": template}
+
+
+def _parts(pre) -> list[dict]:
+    if not pre:
+        return []
+    return list(pre["pretokenizers"]) if pre.get("type") == "Sequence" else [pre]
+
+
+def _has_byte_level(pre) -> bool:
+    return any(p.get("type") == "ByteLevel" for p in _parts(pre))
+
+
+def _pre_tokenizer(pre, path) -> str:
+    """llama.cpp's name for how ``tokenizer.json`` splits text before BPE, among those
+    :func:`~prefopt.convert.gguf.convert_gguf` reads back the same way."""
+    kinds = [p.get("type") for p in _parts(pre)]
+    last = _parts(pre)[-1] if kinds else {}
+    if kinds == ["ByteLevel"] and last.get("use_regex", True):
+        return "gpt2"
+    if kinds == ["Digits", "ByteLevel"] and _parts(pre)[0].get("individual_digits") and last.get("use_regex", True):
+        return "smollm"
+    if kinds == ["Split", "ByteLevel"] and not last.get("use_regex", True):
+        pattern = (_parts(pre)[0].get("pattern") or {}).get("Regex")
+        if pattern == _LLAMA3_SPLIT:
+            return "llama-bpe"
+    raise UnsupportedModelError(f"{path}: its pre-tokenizer ({' + '.join(kinds) or 'none'}) is not one prefopt can "
+                                "name for llama.cpp (GPT-2, SmolLM2 or Llama 3 style)")

@@ -1,0 +1,146 @@
+"""GGUF export, checked three ways: against llama.cpp's own SmolLM2 file (metadata and every
+tensor), through transformers' GGUF loader (an independent reader), and back through our import."""
+import numpy as np
+import pytest
+import torch
+
+from prefopt import apply_lora, load_model, load_tokenizer, save_adapter
+from prefopt.cli import main
+from prefopt.convert.gguf import convert_gguf
+from prefopt.convert.gguf_export import export_gguf
+from prefopt.lora import lora_layers
+from prefopt.model import UnsupportedModelError
+from tests._tiny import CORPUS, build_hf_model
+
+gguf = pytest.importorskip("gguf")
+IDS = torch.randint(0, 400, (2, 21), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny llama, a LoRA adapter on it with a non-zero update, and the merged model's logits."""
+    root = tmp_path_factory.mktemp("export")
+    build_hf_model(root / "hf", tie_word_embeddings=False)
+    model = apply_lora(load_model(root / "hf"), r=4, alpha=8, dropout=0.0)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _, m in lora_layers(model):
+            m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.1)
+        want = model(IDS)
+        base = load_model(root / "hf")(IDS)
+    save_adapter(model, root / "adapter", base_model=str(root / "hf"))
+    assert (want - base).abs().max() > 1e-2  # the adapter changes the model, so merging it shows
+    with torch.no_grad():  # the weights the export holds: W + (alpha / r) B A, folded in once
+        merged = load_model(root / "hf", adapter=root / "adapter", merge=True)(IDS)
+    assert (merged - want).abs().max() < 1e-4
+    return root / "hf", root / "adapter", merged
+
+
+def _types(path) -> dict[str, str]:
+    return {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+
+
+def test_f32_export_with_an_adapter_round_trips_exactly(tiny, tmp_path):
+    hf_dir, adapter, want = tiny
+    path = export_gguf(hf_dir, tmp_path / "m.gguf", adapter=adapter, out_type="f32", show_progress=False)
+    back = convert_gguf(path, tmp_path / "back", progress=False)
+    with torch.no_grad():
+        assert (load_model(back)(IDS) - want).abs().max().item() < 1e-5
+    ours, orig = load_tokenizer(back), load_tokenizer(hf_dir)
+    for text in CORPUS + ["12345 mg/dL <|im_start|>user\nhi<|im_end|>"]:
+        assert ours.encode(text) == orig.encode(text)
+    msgs = [{"role": "user", "content": "chest pain?"}]
+    assert ours.apply_chat_template(msgs, add_generation_prompt=True) == orig.apply_chat_template(
+        msgs, add_generation_prompt=True)
+    assert not list(tmp_path.glob(".m.gguf.tmp-*"))
+
+
+def test_transformers_reads_the_export_as_the_merged_model(tiny, tmp_path):
+    """transformers' GGUF loader, written apart from prefopt, undoes the q/k permutation and reads
+    the metadata its own way: its logits are the merged model's."""
+    transformers = pytest.importorskip("transformers")
+    hf_dir, adapter, want = tiny
+    export_gguf(hf_dir, tmp_path / "m.gguf", adapter=adapter, out_type="f32", show_progress=False)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32)
+    with torch.no_grad():
+        assert (theirs.eval()(IDS).logits - want).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("out_type, matrix, tolerance", [("f16", "F16", 5e-3), ("q8_0", "Q8_0", 0.1)])
+def test_smaller_types_keep_norms_f32_and_stay_close(tiny, tmp_path, out_type, matrix, tolerance):
+    hf_dir, adapter, want = tiny
+    f32 = export_gguf(hf_dir, tmp_path / "f32.gguf", adapter=adapter, out_type="f32", show_progress=False)
+    path = export_gguf(hf_dir, tmp_path / f"{out_type}.gguf", adapter=adapter, out_type=out_type, show_progress=False)
+    types = _types(path)
+    assert {types[n] for n in types if "norm" in n} == {"F32"}
+    assert types["blk.0.attn_q.weight"] == matrix and types["token_embd.weight"] == matrix
+    assert types["blk.0.ffn_down.weight"] == "F16"  # its rows (112) do not split into q8_0's blocks of 32
+    assert path.stat().st_size < 0.6 * f32.stat().st_size
+    with torch.no_grad():
+        got = load_model(convert_gguf(path, tmp_path / "back", progress=False))(IDS)
+    assert 0 < (got - want).abs().max().item() < tolerance * want.abs().max().item()  # as test_gguf's q8_0 import
+
+
+def test_smollm2_export_matches_llama_cpps_own_file(smollm_dir, tmp_path):
+    """Our import of llama.cpp's SmolLM2 file, exported again: the same metadata (tokens, types,
+    merges, special ids, pre-tokenizer, chat template, hyper-parameters) and, tensor by tensor,
+    the same names, shapes and values as the original's dequantized weights."""
+    from tests.conftest import smollm_gguf_path
+
+    out = export_gguf(smollm_dir, tmp_path / "smol.gguf", out_type="f32", show_progress=False)
+    theirs, ours = gguf.GGUFReader(str(smollm_gguf_path())), gguf.GGUFReader(str(out))
+    fields = [{k: f.contents() for k, f in r.fields.items() if not k.startswith(("GGUF.", "general."))}
+              for r in (theirs, ours)]
+    assert fields[0].keys() == fields[1].keys() and len(fields[0]) == 22
+    for key in fields[0]:
+        assert fields[0][key] == fields[1][key], key
+    mine = {t.name: t for t in ours.tensors}
+    assert sorted(mine) == sorted(t.name for t in theirs.tensors)
+    for t in theirs.tensors:
+        assert mine[t.name].shape.tolist() == t.shape.tolist()
+        assert np.array_equal(gguf.quants.dequantize(t.data, t.tensor_type).reshape(-1),
+                              np.asarray(mine[t.name].data, np.float32).reshape(-1)), t.name
+
+
+def test_what_cannot_be_exported_is_refused_by_name(tmp_path):
+    build_hf_model(tmp_path / "qwen", arch="qwen2")
+    with pytest.raises(UnsupportedModelError, match="model_type 'qwen2'"):
+        export_gguf(tmp_path / "qwen", tmp_path / "q.gguf", show_progress=False)
+    with pytest.raises(ValueError, match="GGUF type must be one of"):
+        export_gguf(tmp_path / "qwen", tmp_path / "q.gguf", out_type="q4_0")
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_cli_export_never_loses_a_file(tiny, tmp_path, capsys, monkeypatch):
+    hf_dir, adapter, want = tiny
+    out = tmp_path / "m.gguf"
+    argv = ["export-gguf", "--model", str(hf_dir), "--adapter", str(adapter), "--output", str(out), "--type", "f32"]
+    assert main(argv) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    first = out.read_bytes()
+    assert main(argv) == 2 and "exists; pass --overwrite" in capsys.readouterr().err
+    assert main([*argv[:-2], "--type", "q8_0", "--output", str(tmp_path)]) == 2
+    assert "a folder; name the .gguf file" in capsys.readouterr().err
+
+    def broken(*a):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("prefopt.convert.gguf_export._encode", broken)
+    assert main([*argv, "--overwrite"]) == 2 and "No space left on device" in capsys.readouterr().err
+    assert out.read_bytes() == first and not list(tmp_path.glob(".m.gguf.tmp-*"))  # the earlier file stays whole
+
+
+@pytest.mark.parametrize("out_type, max_kl, min_agree", [("f16", 1e-4, 1.0), ("q8_0", 1e-2, 0.95)])
+def test_smollm2_exported_smaller_predicts_as_the_full_model(smollm_dir, tmp_path, out_type, max_kl, min_agree):
+    """On the real model, a clinical prompt: f16 and q8_0 change next-token distributions little
+    (measured 2026-12-01: KL 3e-6 and 0.0023 nats a token, top token the same at 100% and 98%)."""
+    tok = load_tokenizer(smollm_dir)
+    ids = torch.tensor([tok.apply_chat_template([{"role": "user", "content": "A 67-year-old man has chest pain "
+                                                  "radiating to the left arm. Urgency?"}], add_generation_prompt=True)])
+    path = export_gguf(smollm_dir, tmp_path / "s.gguf", out_type=out_type, show_progress=False)
+    with torch.no_grad():
+        ref = load_model(smollm_dir)(ids).log_softmax(-1)
+        got = load_model(convert_gguf(path, tmp_path / "back", progress=False))(ids).log_softmax(-1)
+    kl = (ref.exp() * (ref - got)).sum(-1).mean().item()
+    assert 0 < kl < max_kl
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean().item() >= min_agree
