@@ -86,4 +86,7 @@ def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dic
             "# answer a prompt of your own (the models learnt the task's prompts: data/sft_train.jsonl holds them)",
             f"prefopt generate --model {model} --adapter {adapter}{system} --greedy --prompt \"...\"",
             "# fold it into the base weights: a plain HF folder, for serving elsewhere",
-            f"prefopt merge --model {model} --adapter {adapter} --output {q(str(folder / 'merged'))}", "```"]
+            f"prefopt merge --model {model} --adapter {adapter} --output {q(str(folder / 'merged'))}",
+            "# one GGUF file, the adapter merged in, for llama.cpp or Ollama (q8_0: about a quarter of f32's size)",
+            f"prefopt export-gguf --model {model} --adapter {adapter} --output {q(str(folder / 'sft-dpo.gguf'))} "
+            "--type q8_0", "```"]

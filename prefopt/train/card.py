@@ -75,6 +75,7 @@ def card_text(config, summary: dict, data: list[str], outcome: list[str], device
              "## Use", "", "```bash",
              f"prefopt generate {load} --prompt \"...\"",
              f"prefopt eval --task TASK {load} --data YOUR_HELD_OUT.csv --output runs/eval  # before any use",
+             f"prefopt export-gguf {load} --output model.gguf --type q8_0  # for llama.cpp or Ollama",
              "```", "",
              "## Before anyone relies on it", "",
              "These weights have not been validated for clinical use. Measure them on held-out data of your own "

@@ -27,7 +27,7 @@ def test_eval_command_asks_as_the_run_did(tmp_path):
     (tmp_path / "run 1/dpo/train/best").mkdir(parents=True)
     (tmp_path / "run 1/dpo/train/best" / STACK_FILE).write_text("{}")
     lines = models_lines(cfg, task, tmp_path / "run 1", {"sft": "sft/train/final", "dpo": "dpo/train/best"}, decoded)
-    evaluate, against, predict, generate, merge = _commands(lines)
+    evaluate, against, predict, generate, merge, export = _commands(lines)
     args = build_parser().parse_args([a if a != "NEW_FILE" else "new.csv" for a in evaluate[1:]])
     assert key_values(args.task_option) == options
     assert (args.max_new_tokens, args.repetition_penalty, args.no_repeat_ngram_size, args.repeat_scope) == (
@@ -39,6 +39,7 @@ def test_eval_command_asks_as_the_run_did(tmp_path):
     assert {k: v for k, v in vars(sft).items() if k not in ("adapter", "against", "output")} == \
         {k: v for k, v in vars(args).items() if k not in ("adapter", "against", "output")}
     assert build_parser().parse_args(generate[1:]).adapter == build_parser().parse_args(merge[1:]).adapter == args.adapter
+    assert build_parser().parse_args(export[1:]).adapter == args.adapter
     new = build_parser().parse_args([a if a != "NEW_RECORDS" else "new.csv" for a in predict[1:]])
     assert (new.command, new.adapter, new.data, new.output) == ("predict", args.adapter, "new.csv",
                                                                 str(tmp_path / "run 1" / "predictions"))
@@ -83,5 +84,5 @@ def test_an_adapter_saved_alone_is_stacked_first_and_the_sft_model_said_so(tmp_p
     assert build_parser().parse_args(_commands(models_lines(
         cfg, get_task("meqsum"), tmp_path, weights, {}))[0][1:]).confidence is False  # free text: nothing to score
     commands = _commands(lines)  # no SFT evaluation to test it against: the SFT+DPO stage is the SFT model
-    assert [c[1] for c in commands] == ["eval", "predict", "generate", "merge"]
+    assert [c[1] for c in commands] == ["eval", "predict", "generate", "merge", "export-gguf"]
     assert all(c[c.index("--adapter") + 1] == f"{tmp_path}/sft/train/final" for c in commands)
