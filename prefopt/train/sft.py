@@ -80,8 +80,8 @@ def load_train_eval(config, tok, loader=load_sft, records=None, eval_records=Non
               skip_bad=config.skip_bad_records, show_progress=config.progress)
     examples, report = loader(source, tok, **kw)
     reports = [report]
-    eval_source = Records(eval_records, "<eval_records>") if eval_records is not None else config.eval_data
-    if eval_source is not None:
+    if eval_records is not None or config.eval_data:
+        eval_source = Records(eval_records, "<eval_records>") if eval_records is not None else config.eval_data
         eval_examples, eval_report = loader(eval_source, tok, **kw)
         reports.append(eval_report)
     else:
