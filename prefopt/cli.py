@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--type", choices=("f32", "f16", "q8_0"), default="f16",
                    help="the matrices' type: f16 (default, half the size of f32, no loss that matters), q8_0 (a "
                    "quarter, 8-bit blocks) or f32 (exact); norms stay f32")
-    e.add_argument("--name", help="general.name in the file (default: the model folder's name)")
+    e.add_argument("--name", help="general.name in the file (default: the model's name, + the adapter's path)")
     e.add_argument("--overwrite", action="store_true", help="replace an OUTPUT file that exists")
     e.set_defaults(func=_export_gguf)
 

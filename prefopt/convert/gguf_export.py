@@ -51,7 +51,8 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, *, adapter: str | P
     tensors = [(n, t) for n, t in model.state_dict().items() if not (cfg.tie_word_embeddings and n == "lm_head.weight")]
     try:
         writer = gguf.GGUFWriter(str(tmp), "llama")
-        _write_metadata(writer, cfg, tokenizer, name or Path(src).name, out_type)
+        default = Path(str(model_dir)).name + (f" + {adapter}" if adapter is not None else "")  # as given, not a snapshot
+        _write_metadata(writer, cfg, tokenizer, name or default, out_type)
         plan = [(_gguf_name(n, src), _qtype(gguf, t, out_type)) for n, t in tensors]
         for (g_name, qtype), (_, t) in zip(plan, tensors):
             shape, dtype, nbytes = _layout(gguf, t.shape, qtype)

@@ -43,6 +43,7 @@ def _types(path) -> dict[str, str]:
 def test_f32_export_with_an_adapter_round_trips_exactly(tiny, tmp_path):
     hf_dir, adapter, want = tiny
     path = export_gguf(hf_dir, tmp_path / "m.gguf", adapter=adapter, out_type="f32", show_progress=False)
+    assert gguf.GGUFReader(str(path)).fields["general.name"].contents() == f"hf + {adapter}"  # what it was made of
     back = convert_gguf(path, tmp_path / "back", progress=False)
     with torch.no_grad():
         assert (load_model(back)(IDS) - want).abs().max().item() < 1e-5
