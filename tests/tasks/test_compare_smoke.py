@@ -128,7 +128,7 @@ def _use_the_models(out: Path, report: dict) -> None:
     block = text.split("## The models", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     commands = [shlex.split(line) for line in block.splitlines() if line and not line.startswith("#")]
     paired = report["weights"]["dpo"] != report["weights"]["sft"]  # an SFT evaluation to test SFT+DPO's against
-    assert [c[1] for c in commands] == ["eval"] * (1 + paired) + ["predict", "generate", "merge"]
+    assert [c[1] for c in commands] == ["eval"] * (1 + paired) + ["predict", "generate", "merge", "export-gguf"]
     assert all(c[c.index("--adapter") + 1] == str(out / report["weights"]["dpo"]) for c in commands[:1] + commands[-2:])
     config = json.loads((out / "compare_config.json").read_text())
     options = [a for before, a in zip(commands[0], commands[0][1:]) if before == "--task-option"]
