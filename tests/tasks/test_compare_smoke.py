@@ -116,8 +116,8 @@ def _check(out: Path) -> dict:
 
 def _use_the_models(out: Path, report: dict) -> None:
     """The report's "The models" commands run as written: eval on the run's own data (for
-    NEW_FILE), the SFT adapter's eval tested against it where SFT+DPO is another model, generate
-    and merge."""
+    NEW_FILE), the SFT adapter's eval tested against it where SFT+DPO is another model, predict,
+    generate, merge and export-gguf."""
     import shlex
 
     from prefopt.cli import main
@@ -129,7 +129,9 @@ def _use_the_models(out: Path, report: dict) -> None:
     commands = [shlex.split(line) for line in block.splitlines() if line and not line.startswith("#")]
     paired = report["weights"]["dpo"] != report["weights"]["sft"]  # an SFT evaluation to test SFT+DPO's against
     assert [c[1] for c in commands] == ["eval"] * (1 + paired) + ["predict", "generate", "merge", "export-gguf"]
-    assert all(c[c.index("--adapter") + 1] == str(out / report["weights"]["dpo"]) for c in commands[:1] + commands[-2:])
+    by_name = {c[1]: c for c in commands}
+    assert all(c[c.index("--adapter") + 1] == str(out / report["weights"]["dpo"])
+               for c in [commands[0], *(by_name[n] for n in ("predict", "generate", "merge", "export-gguf"))])
     config = json.loads((out / "compare_config.json").read_text())
     options = [a for before, a in zip(commands[0], commands[0][1:]) if before == "--task-option"]
     assert key_values(options) == config["task_options"]  # the task as the run made it (ktas: disposition)
@@ -141,13 +143,14 @@ def _use_the_models(out: Path, report: dict) -> None:
         assert test["against"] == str(out / "new-eval") and test["n"] == 3 and ("mcnemar" in test) != (
             "item_wilcoxon" in test) and test["verdict"]
     data = config["data"] or str(PORTAL_DATA)  # NEW_RECORDS: the run's labelled data (the labels go unread)
-    assert main([data if a == "NEW_RECORDS" else a for a in commands[-3][1:]]) == 0
+    assert main([data if a == "NEW_RECORDS" else a for a in by_name["predict"][1:]]) == 0
     n = len(get_task(config["task"], **config["task_options"]).read(data))
     written = json.loads((out / "predictions" / "predict.json").read_text())
     assert written["n"] == n and written["adapter"] == str(out / report["weights"]["dpo"])
-    generate = [a if a != "..." else "Chest pain since this morning." for a in commands[-2][1:]]
+    generate = [a if a != "..." else "Chest pain since this morning." for a in by_name["generate"][1:]]
     assert main(generate + ["--max-new-tokens", "3"]) == 0
-    assert main(commands[-1][1:]) == 0 and (out / "merged" / "config.json").is_file()
+    assert main(by_name["merge"][1:]) == 0 and (out / "merged" / "config.json").is_file()
+    assert main(by_name["export-gguf"][1:]) == 0 and (out / "sft-dpo.gguf").stat().st_size > 0
 
 
 @pytest.mark.slow
