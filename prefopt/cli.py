@@ -158,14 +158,11 @@ def _merge(args: argparse.Namespace) -> int:
     from .model import resolve_model_dir
     from .pretrained import load_model, save_merged
     from .tokenizer import load_tokenizer
-    from .train.card import FILE as CARD
-    from .train.card import merged_card
 
     check_new_dir(args.output, [resolve_model_dir(args.model), args.adapter], args.overwrite)  # before any load
     model = load_model(args.model, dtype=DTYPES[args.dtype], adapter=args.adapter)
     with new_dir(args.output) as tmp:
-        save_merged(model, tmp, load_tokenizer(args.model))
-        (tmp / CARD).write_text(merged_card(args.model, args.adapter, args.dtype), encoding="utf-8")
+        save_merged(model, tmp, load_tokenizer(args.model), base_model=args.model)  # with its model card
     print(f"wrote {args.output}")
     return 0
 

@@ -1,6 +1,7 @@
 """``load_model`` with an optional LoRA adapter: the public entry point for loading."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -44,6 +45,19 @@ def load_model(
     return model
 
 
-def save_merged(model: Transformer, out_dir: str | Path, tokenizer=None) -> Path:
-    """Save ``model`` with its adapters folded in, as a plain HF-layout folder."""
-    return checkpoint.save_model(model, out_dir, tokenizer, state_dict=merged_state_dict(model))
+def save_merged(model: Transformer, out_dir: str | Path, tokenizer=None, *, base_model: str | None = None) -> Path:
+    """Save ``model`` with its adapters folded in, as a plain HF-layout folder; with an adapter
+    loaded from a folder, also a model card (``README.md``) naming the base model (``base_model``,
+    else the adapter's ``base_model_name_or_path``) and the adapter, then the adapter's own card."""
+    out = checkpoint.save_model(model, out_dir, tokenizer, state_dict=merged_state_dict(model))
+    source = getattr(model, "lora_source", None)
+    if source:
+        from .fileio import write_text_atomic
+        from .train.card import FILE, merged_card
+
+        if base_model is None:
+            config = Path(source) / "adapter_config.json"
+            base_model = json.loads(config.read_text()).get("base_model_name_or_path") if config.is_file() else None
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        write_text_atomic(Path(out) / FILE, merged_card(base_model or "the base model", source, dtype))
+    return out

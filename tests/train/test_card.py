@@ -83,3 +83,11 @@ def test_a_merged_model_carries_its_adapters_card(tmp_path):
     assert "--adapter THIS_FOLDER" in own and "--adapter THIS_FOLDER" not in body and "### Use" not in body
     assert own.split("## Training data")[1].split("## Use")[0].replace("\n## ", "\n### ") in body
     assert load_model(tmp_path / "m") is not None
+    from prefopt import save_merged  # from Python: the same card, the base named by the adapter's config
+
+    save_merged(load_model(model_dir, adapter=adapter), tmp_path / "py")
+    head, py = _card(tmp_path / "py")
+    assert head.startswith(f"base_model: {model_dir}\n") and "weights saved in float32" in py
+    assert py.split("The adapter's own card:")[1] == body.split("The adapter's own card:")[1]
+    save_merged(load_model(model_dir), tmp_path / "plain")  # no adapter: nothing to say
+    assert not (tmp_path / "plain" / "README.md").exists()
