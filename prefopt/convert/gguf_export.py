@@ -192,9 +192,11 @@ def _tokenizer_metadata(src: Path, vocab_size: int) -> dict:
     for added in spec.get("added_tokens") or []:
         by_id[added["id"]] = added["content"]
         types[added["id"]] = _CONTROL if added.get("special") else _USER_DEFINED
-    n = max(vocab_size, max(by_id) + 1)
-    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(n)]
-    kinds = [types.get(i, _UNUSED) for i in range(n)]
+    if max(by_id) >= vocab_size:
+        raise UnsupportedModelError(f"{path}: token id {max(by_id)} has no row in the model's embedding "
+                                    f"({vocab_size} rows): the tokenizer is not this model's")
+    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(vocab_size)]
+    kinds = [types.get(i, _UNUSED) for i in range(vocab_size)]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
     config_path = src / "tokenizer_config.json"
     tcfg = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}

@@ -104,6 +104,9 @@ def test_smollm2_export_matches_llama_cpps_own_file(smollm_dir, tmp_path):
 
 
 def test_what_cannot_be_exported_is_refused_by_name(tmp_path):
+    build_hf_model(tmp_path / "small", vocab_size=300)  # the tokenizer has ids up to 399
+    with pytest.raises(UnsupportedModelError, match=r"token id 3\d\d has no row in the model's embedding \(300 rows\)"):
+        export_gguf(tmp_path / "small", tmp_path / "s.gguf", show_progress=False)
     build_hf_model(tmp_path / "qwen", arch="qwen2")
     with pytest.raises(UnsupportedModelError, match="model_type 'qwen2'"):
         export_gguf(tmp_path / "qwen", tmp_path / "q.gguf", show_progress=False)
