@@ -29,6 +29,8 @@ def typed_value(kind: str, value: Any) -> Any:
         if isinstance(value, bool):
             return value
         raise ValueError(f"expected true or false, got {value!r}")
+    if base == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value  # as it is: a float would round a large one
     if base in ("int", "float"):
         number = None if isinstance(value, bool) else _number(value)
         if number is None:

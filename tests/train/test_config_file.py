@@ -25,6 +25,7 @@ def _errors(path) -> str:
 def test_typed_value_by_kind():
     assert typed_value("float", "1e-4") == 1e-4 and isinstance(typed_value("float", 2), float)
     assert typed_value("int", "1e3") == 1000 and typed_value("int | None", 7.0) == 7
+    assert typed_value("int", 2**60 + 1) == 2**60 + 1  # not rounded through a float
     assert typed_value("int | None", None) is None and typed_value("str | None", Path("a/b")) == "a/b"
     assert typed_value("list[str]", "q_proj, v_proj") == ["q_proj", "v_proj"]
     assert typed_value("list[str]", ("q_proj",)) == ["q_proj"]
