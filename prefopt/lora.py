@@ -259,6 +259,11 @@ def _peft_config(cfg: LoRAConfig, base_model: str | None) -> dict:
 
 def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
     path = Path(adapter_dir) / "adapter_config.json"
+    if not Path(adapter_dir).is_dir():
+        old = Path(str(adapter_dir).rstrip("/") + ".old")
+        raise FileNotFoundError(f"{adapter_dir}: no such adapter folder" + (
+            f"; {old} holds the copy an interrupted save left: rename it to {Path(adapter_dir).name}"
+            if (old / "adapter_config.json").is_file() else ""))
     if not path.is_file():
         if (Path(adapter_dir) / "config.json").is_file():  # a model (a merged one, say) passed as the adapter
             raise FileNotFoundError(f"{adapter_dir}: a model folder, not an adapter: pass it as the model "

@@ -109,6 +109,11 @@ def test_bad_adapter_files_are_named(tiny, tmp_path):
     (tmp_path / "ad" / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))
     with pytest.raises(ValueError, match="only plain LoRA"):
         load_model(tiny, adapter=tmp_path / "ad")
+    with pytest.raises(FileNotFoundError, match="final: no such adapter folder$"):
+        load_model(tiny, adapter=tmp_path / "final")
+    (tmp_path / "ad").rename(tmp_path / "final.old")  # what a save interrupted between its two renames leaves
+    with pytest.raises(FileNotFoundError, match=r"final.old holds the copy an interrupted save left: rename it to final"):
+        load_model(tiny, adapter=tmp_path / "final")
 
 
 def test_an_adapter_on_another_base_model_names_the_one_it_was_trained_on(tiny, tmp_path):
