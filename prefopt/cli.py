@@ -260,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_commands,
         add_device_flags,
         add_repeat_flags,
+        task_options_epilog,
     )
 
     p = argparse.ArgumentParser(prog="prefopt", description="Local SFT and DPO fine-tuning for clinical LLMs.")
@@ -314,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("check-data", help="check a training file before training: bad records (file, line, "
                        "field), token lengths, what --max-length would cut, the answers' mix, repeats; exit 1 if any "
-                       "record is bad or none is usable. --task: a task's data, as compare reads it")
+                       "record is bad or none is usable. --task: a task's data, as compare reads it",
+                       epilog=task_options_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     k.add_argument("--model", required=True, help="the model whose tokenizer and chat template training will use")
     k.add_argument("--data", help="JSONL, JSON or CSV training file; with --task, the task's data file or folder "
                    "(default: its bundled data)")

@@ -255,10 +255,23 @@ def add_repeat_flags(p: argparse.ArgumentParser) -> None:
                    "output (the answer only: copying from the prompt stays free, as a summary needs)")
 
 
+def task_options_epilog() -> str:
+    """Each task's options (``--task-option KEY=VALUE``) with their defaults, for ``--help``."""
+    from ..tasks import TASKS, task_options
+
+    lines = ["task options (--task-option KEY=VALUE; a list as a,b,c), with their defaults:"]
+    for name in sorted(TASKS):
+        opts = task_options(name)
+        lines.append(f"  {name}: " + (", ".join(f"{k}={v!r}" for k, v in opts.items()) or "none"))
+    return "\n".join(lines)
+
+
 def add_commands(sub) -> None:
     from ..losses import LOSSES
     from ..tasks import STRATEGIES, TASKS
     from .compare_config import PRESETS
+
+    shown = dict(epilog=task_options_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--task", required=True, choices=sorted(TASKS))
@@ -274,7 +287,7 @@ def add_commands(sub) -> None:
                         "(default: the day the run starts; a resumed compare run keeps its own)")
 
     e = sub.add_parser("eval", parents=[common], help="evaluate a model (+ adapter) on a task; "
-                       "writes predictions.jsonl and metrics.json")
+                       "writes predictions.jsonl and metrics.json", **shown)
     e.add_argument("--adapter", help="PEFT-layout LoRA adapter folder")
     e.add_argument("--split", choices=["test", "all"], default="test",
                    help="the seeded test split (as compare makes it) or every record")
@@ -298,7 +311,7 @@ def add_commands(sub) -> None:
     e.set_defaults(func=_eval)
 
     pr = sub.add_parser("predict", help="answer new records that have no labels yet (a trained adapter on "
-                        "today's messages); writes their table with a prediction column per field")
+                        "today's messages); writes their table with a prediction column per field", **shown)
     pr.add_argument("--task", required=True, choices=sorted(TASKS))
     pr.add_argument("--model", required=True, help="model folder, alias (smollm2-135m) or hub id")
     pr.add_argument("--adapter", help="PEFT-layout LoRA adapter folder (a compare run's: its report.md names them)")
@@ -322,7 +335,8 @@ def add_commands(sub) -> None:
     add_device_flags(pr)
     pr.set_defaults(func=_predict)
 
-    c = sub.add_parser("compare", parents=[common], help="base → SFT → DPO on one test set, with statistics")
+    c = sub.add_parser("compare", parents=[common], help="base → SFT → DPO on one test set, with statistics",
+                       **shown)
     c.add_argument("--preset", choices=sorted(PRESETS), default="quick",
                    help="quick: 160 training items, fixed steps, minutes on a CPU; full: all the data, epochs")
     c.add_argument("--strategy", choices=STRATEGIES, default="wrong_label",

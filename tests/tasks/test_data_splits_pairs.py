@@ -239,3 +239,16 @@ def test_model_error_pairs_use_the_models_wrong_answers_and_fall_back():
                       2 + (recs[0].target == outputs[0])}
     assert pairs[3]["rejected"] == "blah" and pairs[3]["source"] == "model_errors"
     assert pairs[1]["source"] == "wrong_label"  # the model was right there
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "compare", "check-data"])
+def test_help_lists_every_tasks_options_with_their_defaults(command, capsys):
+    """``--task-option`` takes what the task's constructor takes: --help shows each task's."""
+    from prefopt.cli import main
+    from prefopt.tasks import TASKS
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "\n  ktas: levels='grouped', disposition=False\n" in out and "\n  portal: none\n" in out
+    assert all(f"\n  {name}: " in out for name in TASKS)
