@@ -44,10 +44,30 @@ def get_task(name: str, **options) -> Task:
             listed = ", ".join(f"{k}={v!r}" for k, v in known.items()) or "none"
             raise ValueError(f"task {name!r} has no option {key!r}{did_you_mean(key, known)}; its options "
                              f"(with their defaults): {listed}")
+        options[key] = _option_value(name, key, options[key], known[key])
     try:
         return TASKS[name](**options)
     except TypeError as e:
         raise ValueError(f"task {name!r}: bad option ({e})") from None
+
+
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+def _option_value(task: str, key: str, value, default):
+    """An option given as text (``--task-option disposition=False``) as its default's kind: a
+    yes/no option takes true/false (any case), yes/no, 1/0, on/off; a number option a number."""
+    if isinstance(default, bool) and not isinstance(value, bool):
+        text = str(value).strip().lower()
+        if text in _TRUE + _FALSE:
+            return text in _TRUE
+        raise ValueError(f"task {task!r}: option {key} is true or false (got {value!r})")
+    if isinstance(default, int) and not isinstance(default, bool) and not isinstance(value, int):
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ValueError(f"task {task!r}: option {key} is a whole number (got {value!r})") from None
+    return value
 
 
 def task_options(name: str) -> dict:

@@ -92,6 +92,14 @@ def test_loader_errors_name_file_line_and_field(tmp_path, name, content, task, e
     with pytest.raises(ValueError, match="no option 'levls' \\(did you mean 'levels'\\?\\); .*: levels='grouped', "
                                          "disposition=False"):
         get_task("ktas", levls="ktas")
+    # options typed on the command line arrive as text: "False" (not JSON) must not switch one on
+    assert [f.name for f in get_task("ktas", disposition="False").fields] == ["urgency"]
+    assert [f.name for f in get_task("ktas", disposition="yes").fields] == ["urgency", "disposition"]
+    assert get_task("pubmedqa", max_chars="900").max_chars == 900
+    with pytest.raises(ValueError, match="option disposition is true or false \\(got 'maybe'\\)"):
+        get_task("ktas", disposition="maybe")
+    with pytest.raises(ValueError, match="option max_chars is a whole number \\(got 'lots'\\)"):
+        get_task("pubmedqa", max_chars="lots")
 
 
 def test_generic_files_with_user_named_columns(tmp_path):
