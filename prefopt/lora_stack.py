@@ -92,8 +92,9 @@ def save_adapter(model: nn.Module, out_dir: str | Path, *, base_model: str | Non
 def restack(first_dir: str | Path, second_dir: str | Path, out_dir: str | Path) -> Path:
     """Stack two saved adapters, the second trained on the model with the first merged in: for
     DPO adapters saved on their own, before prefopt stacked them."""
+    parts = [read_adapter(first_dir), read_adapter(second_dir)]  # each checked, in order, before anything else
     base = json.loads((Path(second_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    return _write([read_adapter(first_dir), read_adapter(second_dir)], [str(Path(first_dir).resolve())], out_dir, base)
+    return _write(parts, [str(Path(first_dir).resolve())], out_dir, base)
 
 
 def trained_on_top_of(adapter_dir: str | Path) -> str | None:

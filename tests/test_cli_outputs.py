@@ -87,6 +87,8 @@ def test_an_interrupted_merge_leaves_the_earlier_folder_whole(base_and_adapter, 
 
 def test_stack_adapters_refuses_its_inputs_and_an_earlier_output(base_and_adapter, tmp_path, capsys):
     base, adapter = base_and_adapter
+    assert main(["stack-adapters", str(tmp_path / "none"), str(adapter), str(tmp_path / "s")]) == 2
+    assert "none: no such adapter folder" in capsys.readouterr().err  # the first input, checked first
     before = _files(adapter)
     assert main(["stack-adapters", str(adapter), str(adapter), str(adapter), "--overwrite"]) == 2
     assert "which this command reads" in capsys.readouterr().err and _files(adapter) == before

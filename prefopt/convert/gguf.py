@@ -64,7 +64,12 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype=torch.floa
         dtype: dtype of the saved weights; float32 keeps dequantized values exact.
     """
     gguf = require("gguf", "importing a GGUF file")
-    reader = gguf.GGUFReader(str(gguf_path))
+    if not Path(gguf_path).is_file():
+        raise FileNotFoundError(f"{gguf_path}: no such GGUF file")
+    try:
+        reader = gguf.GGUFReader(str(gguf_path))
+    except ValueError as e:  # gguf says "GGUF magic invalid", naming no file
+        raise ValueError(f"{gguf_path}: not a GGUF file, or a damaged one ({e})") from None
     meta = _Metadata(reader, gguf_path)
     cfg = _config(meta, tied=not any(t.name == "output.weight" for t in reader.tensors))
     out = Path(out_dir)

@@ -74,3 +74,15 @@ def test_cli_convert_gguf(src, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     with torch.no_grad():
         assert (load_model(tmp_path / "cli")(IDS) - hf(IDS).logits).abs().max().item() < 1e-5
+
+
+def test_a_missing_or_broken_gguf_file_is_named(src, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.gguf: no such GGUF file"):
+        convert_gguf(tmp_path / "nothing.gguf", tmp_path / "out", progress=False)
+    (tmp_path / "notes.gguf").write_text("not a model")
+    good = write_tiny_gguf(src[1], tmp_path / "m.gguf")
+    (tmp_path / "cut.gguf").write_bytes(good.read_bytes()[:1000])  # a download that stopped early
+    for name in ("notes.gguf", "cut.gguf"):
+        with pytest.raises(ValueError, match=f"{name}: not a GGUF file, or a damaged one"):
+            convert_gguf(tmp_path / name, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
