@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="complete a prompt with a model")
-    g.add_argument("--model", required=True, help="model folder, alias (smollm2-135m) or hub id")
+    g.add_argument("--model", required=True, help="model folder, alias (smollm2-135m), hub id or .gguf file")
     g.add_argument("--adapter", help="a LoRA adapter folder to apply (e.g. runs/sft/final)")
     g.add_argument("--prompt", required=True, help="the prompt; @FILE reads it from a UTF-8 text file (a long "
                    "note), - from standard input")
@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export-gguf", help="write a model (with a LoRA adapter merged in) as a GGUF file for "
                        "llama.cpp or Ollama")
-    e.add_argument("--model", required=True, help="model folder, alias (smollm2-135m) or hub id")
+    e.add_argument("--model", required=True, help="model folder, alias (smollm2-135m), hub id or .gguf file")
     e.add_argument("--adapter", help="a LoRA adapter folder to merge in first (e.g. runs/dpo/final)")
     e.add_argument("--output", required=True, help="the .gguf file to write")
     e.add_argument("--type", choices=("f32", "f16", "q8_0"), default="f16",

@@ -275,7 +275,7 @@ def add_commands(sub) -> None:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--task", required=True, choices=sorted(TASKS))
-    common.add_argument("--model", required=True, help="model folder, alias (smollm2-135m) or hub id")
+    common.add_argument("--model", required=True, help="model folder, alias (smollm2-135m), hub id or .gguf file")
     common.add_argument("--data", help="data file or folder (default: the task's bundled data, if any)")
     common.add_argument("--output", required=True, help="output folder")
     common.add_argument("--task-option", action="append", metavar="KEY=VALUE",
@@ -313,7 +313,7 @@ def add_commands(sub) -> None:
     pr = sub.add_parser("predict", help="answer new records that have no labels yet (a trained adapter on "
                         "today's messages); writes their table with a prediction column per field", **shown)
     pr.add_argument("--task", required=True, choices=sorted(TASKS))
-    pr.add_argument("--model", required=True, help="model folder, alias (smollm2-135m) or hub id")
+    pr.add_argument("--model", required=True, help="model folder, alias (smollm2-135m), hub id or .gguf file")
     pr.add_argument("--adapter", help="PEFT-layout LoRA adapter folder (a compare run's: its report.md names them)")
     pr.add_argument("--data", required=True, help="the records, in the task's data format; their label columns "
                     "are not read and may be absent")
@@ -358,7 +358,7 @@ def add_commands(sub) -> None:
     from .study import TASK_NAMES
 
     st = sub.add_parser("study", help="compare on every kind of task the study covered, one table of them all")
-    st.add_argument("--model", required=True, help="model folder, alias (smollm2-135m) or hub id")
+    st.add_argument("--model", required=True, help="model folder, alias (smollm2-135m), hub id or .gguf file")
     st.add_argument("--output", required=True, help="output folder: one compare run per task, study.md, study.json")
     st.add_argument("--data-root", help="the datasets, laid out as ../shared/data (docs/evaluation.md); without "
                     "it only the bundled synthetic portal messages run")

