@@ -148,3 +148,56 @@ def test_smollm2_exported_smaller_predicts_as_the_full_model(smollm_dir, tmp_pat
     kl = (ref.exp() * (ref - got)).sum(-1).mean().item()
     assert 0 < kl < max_kl
     assert (got.argmax(-1) == ref.argmax(-1)).float().mean().item() >= min_agree
+
+
+def _tokenizer(out, style: str) -> None:
+    """A small byte-level BPE in the style of GPT-2 (byte-level's own split) or Llama 3 (its split
+    regex, a BOS added to every text), with tokenizer_config.json."""
+    import json
+
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from prefopt.convert.gguf import _LLAMA3_SPLIT
+    from tests._tiny import CHATML, SPECIALS
+
+    tk = Tokenizer(models.BPE())
+    if style == "llama3":
+        tk.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=380, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(CORPUS * 20, trainer)
+    tk.add_tokens([AddedToken("<note>", special=False, normalized=False)])  # a user-defined token
+    bos = "<|begin_of_text|>"
+    if style == "llama3":
+        tk.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tk.token_to_id(bos))])
+    else:
+        tk.post_processor = processors.ByteLevel(trim_offsets=False)
+    tk.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos, "eos_token": "<|eot_id|>",
+        "pad_token": "<|eot_id|>", "chat_template": CHATML}))
+
+
+@pytest.mark.parametrize("style, pre", [("llama3", "llama-bpe"), ("gpt2", "gpt2")])
+def test_other_tokenizer_styles_survive_export_and_import(tmp_path, style, pre):
+    """Llama 3's split regex with a BOS on every text, and GPT-2's plain byte-level split: named
+    for llama.cpp as its converter names them, and read back to the same ids, BOS included."""
+    build_hf_model(tmp_path / "hf", tokenizer=False)
+    _tokenizer(tmp_path / "hf", style)
+    path = export_gguf(tmp_path / "hf", tmp_path / "m.gguf", out_type="f32", show_progress=False)
+    fields = gguf.GGUFReader(str(path)).fields
+    assert fields["tokenizer.ggml.pre"].contents() == pre
+    assert fields["tokenizer.ggml.add_bos_token"].contents() is (style == "llama3")
+    types = fields["tokenizer.ggml.token_type"].contents()
+    tokens = fields["tokenizer.ggml.tokens"].contents()
+    assert types[tokens.index("<note>")] == 4 and types[tokens.index("<|eot_id|>")] == 3
+    assert types[-1] == 5 and tokens[-1] == "[PAD399]"  # rows past the tokenizer: unused
+    ours, orig = load_tokenizer(convert_gguf(path, tmp_path / "back", progress=False)), load_tokenizer(tmp_path / "hf")
+    for text in CORPUS + ["I'll see 12345 mg/dL, they've <note> it\n\n  done", "don't  stop\r\n"]:
+        assert ours.encode(text) == orig.encode(text), text
+    assert (orig.encode("a")[0] == orig.bos_token_id) is (style == "llama3")
