@@ -49,10 +49,17 @@ def _text(row: dict, key: str, err) -> str:
         raise err(key, "missing field")
     v = row[key]
     if not isinstance(v, str):
-        raise err(key, f"expected text, got {type(v).__name__}")
+        raise err(key, _not_text(v))
     if not v.strip():
         raise err(key, "empty text")
     return v
+
+
+def _not_text(v: Any) -> str:
+    """Why ``v`` is not a text: a DataFrame's empty cell arrives as NaN, a float."""
+    if isinstance(v, float) and v != v:
+        return "empty (NaN: a DataFrame's missing cell)"
+    return f"expected text, got {type(v).__name__}"
 
 
 def _messages(v: Any, field: str, err) -> Messages:
@@ -87,7 +94,7 @@ def _response(v: Any, field: str, err) -> str:
     if v is None:
         raise err(field, "missing field")
     if not isinstance(v, str):
-        raise err(field, f"expected text, got {type(v).__name__}")
+        raise err(field, _not_text(v))
     if not v.strip():
         raise err(field, "empty response")
     return v

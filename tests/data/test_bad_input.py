@@ -30,6 +30,7 @@ SFT_FAULTS = [
     ({"prompt": "x", "completion": "   "}, "completion", "empty response"),
     ({"prompt": "", "completion": "y"}, "prompt", "empty text"),
     ({"prompt": "x", "completion": 3}, "completion", "expected text"),
+    ({"prompt": float("nan"), "completion": "y"}, "prompt", "empty (NaN: a DataFrame's missing cell)"),
     ({"messages": [{"role": "user", "content": "hi"}]}, "messages", "no assistant turn"),
     ({"messages": [{"role": "doctor", "content": "hi"}]}, "messages[0].role", "unknown role"),
     ('[1, 2]', None, "expected a JSON object"),
