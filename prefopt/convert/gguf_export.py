@@ -8,8 +8,9 @@ GGUF file, for serving a fine-tuned model with llama.cpp or Ollama on the hospit
 - each weight gets its GGUF name, q/k rows llama.cpp's RoPE order (:func:`permute_qk`), and the
   type asked for: ``f32``, ``f16`` or ``q8_0`` (norms stay f32; a matrix whose rows do not split
   into q8_0 blocks of 32 is written f16, as llama.cpp does);
-- the file is written under a temporary name and renamed into place, tensor by tensor, so the
-  model is in memory once and a failed export leaves no partial file.
+- the model loads in its stored dtype (bf16 for most hub models), each tensor becomes float32
+  only as it is written, and the file is written tensor by tensor under a temporary name and
+  renamed into place: the model is in memory once, and a failed export leaves no partial file.
 """
 from __future__ import annotations
 
@@ -42,7 +43,9 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, *, adapter: str | P
     if out_type not in TYPES:
         raise ValueError(f"GGUF type must be one of {TYPES} (got {out_type!r})")
     src = resolve_model_dir(model_dir)
-    model = load_model(src, dtype=torch.float32, adapter=adapter, merge=adapter is not None)
+    # the weights' own dtype (bf16 for most hub models: half of float32's memory); each tensor is
+    # made float32 only as it is written, and a merge adds the update in float32
+    model = load_model(src, dtype=_stored_dtype(src), adapter=adapter, merge=adapter is not None)
     cfg = model.config
     _check_exportable(cfg, src)
     tokenizer = _tokenizer_metadata(src, cfg.vocab_size)
@@ -68,6 +71,13 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, *, adapter: str | P
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def _stored_dtype(src: Path) -> torch.dtype:
+    """The dtype config.json says the weights are stored in; float32 where it says none."""
+    d = json.loads((src / "config.json").read_text()) if (src / "config.json").is_file() else {}
+    name = d.get("dtype") or d.get("torch_dtype")
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
 
 
 def _check_exportable(cfg, src) -> None:

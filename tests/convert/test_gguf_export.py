@@ -201,3 +201,21 @@ def test_other_tokenizer_styles_survive_export_and_import(tmp_path, style, pre):
     for text in CORPUS + ["I'll see 12345 mg/dL, they've <note> it\n\n  done", "don't  stop\r\n"]:
         assert ours.encode(text) == orig.encode(text), text
     assert (orig.encode("a")[0] == orig.bos_token_id) is (style == "llama3")
+
+
+def test_a_bf16_folder_is_exported_from_its_own_weights(tiny, tmp_path, monkeypatch):
+    """A folder stored in bfloat16 loads as bfloat16 (half of float32's memory) and exports its
+    values exactly (f32 holds every bf16 value)."""
+    from prefopt import save_model
+    from prefopt.pretrained import load_model as real_load
+
+    hf_dir, _, _ = tiny
+    save_model(load_model(hf_dir), tmp_path / "bf16", load_tokenizer(hf_dir), dtype=torch.bfloat16)
+    loaded = []
+    monkeypatch.setattr("prefopt.pretrained.load_model",
+                        lambda *a, **k: loaded.append(k["dtype"]) or real_load(*a, **k))
+    path = export_gguf(tmp_path / "bf16", tmp_path / "m.gguf", out_type="f32", show_progress=False)
+    assert loaded == [torch.bfloat16]
+    with torch.no_grad():
+        want = load_model(tmp_path / "bf16")(IDS)  # the bf16 values, as float32
+        assert torch.equal(load_model(convert_gguf(path, tmp_path / "back", progress=False))(IDS), want)
