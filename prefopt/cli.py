@@ -256,6 +256,7 @@ def _add_config_flags(p: argparse.ArgumentParser, cls) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     from .evaluate.cli import (  # eval, compare (the task layer, imported lazily by them)
         add_commands,
         add_device_flags,
@@ -264,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = argparse.ArgumentParser(prog="prefopt", description="Local SFT and DPO fine-tuning for clinical LLMs.")
+    p.add_argument("--version", action="version", version=f"prefopt {__version__} (torch {_torch_version()})")
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="complete a prompt with a model")
@@ -355,6 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(sub)
     p.commands = sub.choices  # each command's own parser, for parse_args' errors
     return p
+
+
+def _torch_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -49,3 +49,12 @@ def test_an_os_error_is_one_line_and_a_closed_pipe_is_quiet(monkeypatch, capsys,
     if code == 2:
         with pytest.raises(type(error)):
             main(["generate", "--model", "m", "--prompt", "p"])
+
+
+def test_version_says_prefopt_and_torch(capsys):
+    import prefopt
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith(f"prefopt {prefopt.__version__} (torch 2.")
