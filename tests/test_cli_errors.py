@@ -1,5 +1,5 @@
-"""How the command line fails: one line naming what went wrong, the exit code a shell expects,
-and for a flag the command lacks, the flag it most likely meant."""
+"""How the command line fails (one line naming what went wrong, the exit code a shell expects,
+and for a flag the command lacks, the flag it most likely meant), and what --version says."""
 import pytest
 
 from prefopt import cli
