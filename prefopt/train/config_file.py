@@ -118,7 +118,7 @@ def read_config_file(path: str | Path, kinds: dict[str, str]) -> dict[str, Any]:
 
 
 def _parse(path: Path, text: str) -> Any:
-    if path.suffix in (".yaml", ".yml"):
+    if path.suffix.lower() in (".yaml", ".yml"):
         from .._deps import require
 
         yaml = require("yaml", "reading a YAML config")
@@ -132,7 +132,7 @@ def _parse(path: Path, text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: not valid JSON: {e.msg} (column {e.colno})"
-                         + ("; a .yaml or .yml file is read as YAML" if path.suffix != ".json" else "")) from None
+                         + ("; a .yaml or .yml file is read as YAML" if path.suffix.lower() != ".json" else "")) from None
 
 
 def _line_of(text: str, name: str) -> int | str:

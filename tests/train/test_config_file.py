@@ -45,6 +45,8 @@ def test_a_yaml_file_with_yamls_own_readings_loads(tmp_path, data):
     p.write_text(f"model: m\ndata: {data}\noutput_dir: o\nlr: 1e-4\nmax_steps: 1e3\nlora_targets: q_proj, v_proj\n")
     cfg = DPOConfig.from_file(p)
     assert (cfg.lr, cfg.max_steps, cfg.lora_targets) == (1e-4, 1000, ["q_proj", "v_proj"])
+    p.rename(tmp_path / "C.YML")  # a Windows-made name
+    assert DPOConfig.from_file(tmp_path / "C.YML").lr == 1e-4
     assert isinstance(cfg.lr, float) and isinstance(cfg.max_steps, int)
 
 
