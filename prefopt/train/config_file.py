@@ -96,7 +96,7 @@ def read_config_file(path: str | Path, kinds: dict[str, str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such config file")
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows Notepad) is not part of the text
     d = _parse(path, text)
     if d is None:
         d = {}

@@ -64,6 +64,8 @@ def test_every_problem_in_a_file_is_named_with_its_line(tmp_path, data):
     j = tmp_path / "c.json"
     j.write_text('{"model": "m", "output_dir": "o",\n "lora_r": "four"}')
     assert f"{j}:2: lora_r: expected a number, got 'four'" in _errors(j)
+    j.write_bytes(b"\xef\xbb\xbf" + b'{"model": "m", "output_dir": "o", "lora_r": 4}')  # saved by Notepad, with a BOM
+    assert DPOConfig.from_file(j).lora_r == 4
 
 
 def test_a_broken_or_missing_file_is_named(tmp_path):
