@@ -96,7 +96,11 @@ def read_config_file(path: str | Path, kinds: dict[str, str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such config file")
-    text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows Notepad) is not part of the text
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows Notepad) is not part of the text
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start}); save it as "
+                         "UTF-8") from None
     d = _parse(path, text)
     if d is None:
         d = {}
