@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -59,6 +60,8 @@ class DPOConfig(TrainConfig):
             errors.append("beta must be > 0")
         if not 0 <= self.label_smoothing < 0.5:
             errors.append("label_smoothing must be in [0, 0.5)")
+        if self.ref_cache and Path(self.ref_cache).exists() and not Path(self.ref_cache).is_dir():
+            errors.append(f"ref_cache: {self.ref_cache} is a file; the cache is a folder (e.g. OUTPUT_DIR/ref_cache)")
         if not self.lora and self.ref is None and self.ref_cache is None and self.loss not in REFERENCE_FREE:
             errors.append("full fine-tuning needs a reference: give ref (a frozen model) or ref_cache")
         if errors:

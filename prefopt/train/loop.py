@@ -126,8 +126,10 @@ class Trainer:
         self.global_batch = config.batch_size * config.grad_accum * self.dist.world
         self.steps_per_epoch = len(self.train_data) // self.global_batch
         if self.steps_per_epoch < 1:
-            raise ValueError(f"{len(self.train_data)} training examples are fewer than one global batch "
-                             f"({config.batch_size} x {config.grad_accum} accumulation x {self.dist.world} processes)")
+            n = len(self.train_data)
+            raise ValueError(f"{n} training example{'s are' if n != 1 else ' is'} fewer than one global batch "
+                             f"({config.batch_size} x {config.grad_accum} accumulation x {self.dist.world} processes): "
+                             "lower batch_size (--batch-size), or give more data")
         self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:

@@ -168,6 +168,8 @@ def test_dpo_config_is_validated(task, tmp_path):
         _cfg(task, tmp_path, loss="dpo3")
     with pytest.raises(ValueError, match="full fine-tuning needs a reference"):
         _cfg(task, tmp_path, lora=False)
+    with pytest.raises(ValueError, match=r"ref_cache: .*train.jsonl is a file; the cache is a folder"):
+        _cfg(task, tmp_path, ref_cache=str(task[1]))  # the data file given as the cache: refused before any work
 
 
 def _sft_adapter(model_dir, out):
