@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_commands,
         add_device_flags,
         add_repeat_flags,
+        positive_int,
         task_options_epilog,
     )
 
@@ -274,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", required=True, help="the prompt; @FILE reads it from a UTF-8 text file (a long "
                    "note), - from standard input")
     g.add_argument("--system", help="system message (chat models)")
-    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--max-new-tokens", type=positive_int, default=256)
     g.add_argument("--greedy", action="store_true", help="greedy decoding (default: sampling)")
     g.add_argument("--temperature", type=float, default=0.7)
     g.add_argument("--top-p", type=float, default=0.9)
@@ -326,8 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "field, and the SFT examples compare builds from it (lengths, cuts, repeats)")
     k.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="with --task: a task option")
     k.add_argument("--kind", choices=["sft", "preference"], help="default: from the first record's fields")
-    k.add_argument("--max-length", type=int, default=1024, help="the training max_length to measure against")
-    k.add_argument("--max-prompt-length", type=int)
+    k.add_argument("--max-length", type=positive_int, default=1024, help="the training max_length to measure against")
+    k.add_argument("--max-prompt-length", type=positive_int)
     k.add_argument("--all-bad", action="store_true", help="list every bad record (default: the first 10)")
     _add_chat_date_flag(k, "example")
     k.set_defaults(func=_check_data)

@@ -58,3 +58,24 @@ def test_version_says_prefopt_and_torch(capsys):
         main(["--version"])
     assert e.value.code == 0
     assert capsys.readouterr().out.startswith(f"prefopt {prefopt.__version__} (torch 2.")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--task", "portal", "--model", "m", "--output", "o", "--batch-size", "0"],
+     "argument --batch-size: must be at least 1, got 0"),
+    (["eval", "--task", "portal", "--model", "m", "--output", "o", "--limit", "0"], "argument --limit: must be at least 1"),
+    (["eval", "--task", "portal", "--model", "m", "--output", "o", "--test", "1.5"],
+     "argument --test: a fraction between 0 and 1 or a whole count, got 1.5"),
+    (["predict", "--task", "portal", "--model", "m", "--data", "d", "--output", "o", "--max-new-tokens", "0"],
+     "argument --max-new-tokens: must be at least 1"),
+    (["generate", "--model", "m", "--prompt", "p", "--max-new-tokens", "many"],
+     "argument --max-new-tokens: expected a whole number, got 'many'"),
+])
+def test_counts_below_one_are_refused_by_the_parser(argv, message, capsys, tmp_path, monkeypatch):
+    """--batch-size 0 failed deep in the evaluation (range() arg 3 must not be zero); --limit 0 and
+    --max-new-tokens 0 wrote metrics of nothing."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

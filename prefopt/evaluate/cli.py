@@ -240,6 +240,28 @@ def add_device_flags(p: argparse.ArgumentParser, dtype_flag: str = "--dtype", of
 REPEAT_FLAGS = ("repetition_penalty", "no_repeat_ngram_size", "repeat_scope")  # add_repeat_flags' options
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (``--batch-size 0`` failed deep inside)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def share_or_count(text: str) -> float:
+    """``--test``: a fraction in (0, 1) or a whole count of at least 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (0 < value < 1 or (value >= 1 and value.is_integer())):
+        raise argparse.ArgumentTypeError(f"a fraction between 0 and 1 or a whole count, got {text}")
+    return value
+
+
 def add_repeat_flags(p: argparse.ArgumentParser) -> None:
     """``--repetition-penalty``, ``--no-repeat-ngram-size`` and ``--repeat-scope`` (generate and eval);
     each defaults to None: none."""
@@ -291,17 +313,17 @@ def add_commands(sub) -> None:
     e.add_argument("--adapter", help="PEFT-layout LoRA adapter folder")
     e.add_argument("--split", choices=["test", "all"], default="test",
                    help="the seeded test split (as compare makes it) or every record")
-    e.add_argument("--test", type=float, default=0.2, help="test fraction (<1) or count")
+    e.add_argument("--test", type=share_or_count, default=0.2, help="test fraction (<1) or count")
     e.add_argument("--split-file", help="a compare run's split.json: evaluate exactly its test items (a compare "
                    "adapter was trained on that run's train items, which another split may include)")
-    e.add_argument("--limit", type=int, help="at most this many records: a seeded sample that keeps the class mix")
-    e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--max-new-tokens", type=int, help="generation cap (default: the task's, raised for free-text "
+    e.add_argument("--limit", type=positive_int, help="at most this many records: a seeded sample that keeps the class mix")
+    e.add_argument("--batch-size", type=positive_int, default=16)
+    e.add_argument("--max-new-tokens", type=positive_int, help="generation cap (default: the task's, raised for free-text "
                    "tasks whose reference answers are longer)")
     e.add_argument("--against", metavar="DIR", help="an earlier evaluation of the same items (another model or "
                    "adapter, e.g. the SFT one's): test this one against it, paired (the task's metric by bootstrap, "
                    "McNemar or Wilcoxon per item); printed and written to paired.json")
-    e.add_argument("--n-resamples", type=int, default=2000, help="paired bootstrap resamples (with --against)")
+    e.add_argument("--n-resamples", type=positive_int, default=2000, help="paired bootstrap resamples (with --against)")
     e.add_argument("--confidence", action="store_true", help="also score every possible answer: each predicted "
                    "label's probability and the likeliest label (predictions.jsonl), and how well they do "
                    "(metrics.json: AUROC, accuracy of the more confident half, of the likeliest labels); about as "
@@ -323,12 +345,12 @@ def add_commands(sub) -> None:
     pr.add_argument("--task-option", action="append", metavar="KEY=VALUE",
                     help="task constructor option, as the model was trained with (repeatable); a generic classifier "
                     "needs labels=a,b,c")
-    pr.add_argument("--batch-size", type=int, default=16)
+    pr.add_argument("--batch-size", type=positive_int, default=16)
     pr.add_argument("--no-confidence", dest="confidence", action="store_false",
                     help="skip the confidence_<field> and likeliest_<field> columns (each predicted label's "
                     "probability under the model, and the label it finds likeliest, every possible answer scored; "
                     "about as long again as the answers)")
-    pr.add_argument("--max-new-tokens", type=int, help="generation cap (default: the task's)")
+    pr.add_argument("--max-new-tokens", type=positive_int, help="generation cap (default: the task's)")
     pr.add_argument("--chat-date", metavar="YYYY-MM-DD", help="the date a chat template that prints today's date "
                     "(Llama 3.1+) shows in every prompt (default: today)")
     add_repeat_flags(pr)
@@ -345,7 +367,7 @@ def add_commands(sub) -> None:
     c.add_argument("--loss", default="sigmoid", choices=sorted(LOSSES),
                    help="preference loss (docs/dpo.md); rpo adds the chosen answers' NLL")
     c.add_argument("--judge", help="a local model that rates answers 1-5 (LLM judge)")
-    c.add_argument("--n-resamples", type=int, default=2000, help="paired bootstrap resamples")
+    c.add_argument("--n-resamples", type=positive_int, default=2000, help="paired bootstrap resamples")
     c.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a preset setting (repeatable); val=N holds N items out of training to "
                    "choose DPO's weights by the task's score on them; confidence=false skips scoring each "
@@ -370,7 +392,7 @@ def add_commands(sub) -> None:
     st.add_argument("--seed", type=int, default=0, help="seed of every task's split and training")
     st.add_argument("--set", action="append", metavar="KEY=VALUE", help="a compare setting for every task "
                     "(repeatable), e.g. test=120 or val=64")
-    st.add_argument("--n-resamples", type=int, default=2000, help="paired bootstrap resamples")
+    st.add_argument("--n-resamples", type=positive_int, default=2000, help="paired bootstrap resamples")
     st.add_argument("--chat-date", metavar="YYYY-MM-DD", help="as compare's")
     add_device_flags(st, "--eval-dtype", "parameter dtype of the evaluations")
     st.set_defaults(func=_study)

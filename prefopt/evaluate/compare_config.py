@@ -93,6 +93,7 @@ class CompareConfig:
                                 f"pass {' and '.join('--' + w.replace('_', '-') for w in where)}" if where
                                 else f"; the settings: {', '.join(known)}"))
         s = {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}
+        check_numbers(s)
         check_settings(s)
         if not isinstance(s["confidence"], bool):
             raise ValueError(f"confidence: true or false (got {s['confidence']!r})")
@@ -102,6 +103,37 @@ class CompareConfig:
         d = decoding(s)  # checked before the run claims its folder
         check_repeat_options(d["repetition_penalty"], d["no_repeat_ngram_size"], d["repeat_scope"])
         return s
+
+
+WHOLE = ("batch_size", "dpo_batch_size", "eval_batch_size", "max_length")  # whole numbers >= 1
+WHOLE_OR_NONE = ("max_train", "sft_steps", "dpo_steps", "max_new_tokens")  # the same, or None: the preset's way
+POSITIVE = ("sft_lr", "dpo_lr", "beta", "sft_epochs", "dpo_epochs")  # numbers > 0
+
+
+def check_numbers(s: dict) -> None:
+    """The preset settings that are counts or rates, checked before the run claims its folder
+    (``--set sft_steps=0`` used to fail after the base model's evaluation, naming ``max_steps``);
+    a whole number given as ``1e3`` becomes 1000. Every problem is listed at once."""
+    problems = []
+    for name in WHOLE + WHOLE_OR_NONE:
+        v = s[name]
+        if v is None and name in WHOLE_OR_NONE:
+            continue
+        if isinstance(v, float) and v.is_integer():
+            s[name] = v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            problems.append(f"{name}: a whole number >= 1{' or null' if name in WHOLE_OR_NONE else ''} (got {v!r})")
+    for name in POSITIVE:
+        v = s[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            problems.append(f"{name}: a number > 0 (got {v!r})")
+    t = s["test"]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 < t < 1 or (t >= 1 and float(t).is_integer())):
+        problems.append(f"test: a fraction in (0, 1) or a whole count of test items (got {t!r})")
+    elif isinstance(t, float) and t >= 1:
+        s["test"] = int(t)
+    if problems:
+        raise ValueError("compare settings: " + "; ".join(problems))
 
 
 # settings that change no stage's result: a resumed run may differ in these

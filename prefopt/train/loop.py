@@ -86,7 +86,8 @@ def _check_context(model: torch.nn.Module, examples: Sequence) -> None:
     longest = max((len(ex.input_ids) for ex in examples), default=0)
     if context and longest > context:
         raise ValueError(f"the longest example has {longest} tokens, more than the model's context of {context} "
-                         f"(max_position_embeddings); pass max_length={context} or less (--max-length)")
+                         f"(max_position_embeddings); pass max_length={context} or less (sft, dpo: --max-length; "
+                         f"compare: --set max_length={context})")
 
 
 class Trainer:

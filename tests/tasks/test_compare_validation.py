@@ -406,3 +406,22 @@ def test_dpo_max_p_allows_for_the_step_being_the_best_of_many(tmp_path):
     for d, weights in (("one", "best"), ("many", "sft")):
         choice = json.loads((tmp_path / d / "dpo" / "train" / "choice.json").read_text())
         assert choice["weights"] == weights and choice["n_candidates"] == (1 if d == "one" else 10)
+
+
+def test_bad_numbers_in_set_are_all_named_before_the_folder_is_claimed(tmp_path):
+    """``--set sft_steps=0`` failed after the base model's evaluation, naming ``max_steps``; a
+    whole number given as 1e3 is taken as one."""
+    from prefopt.evaluate.compare_config import CompareConfig
+
+    bad = {"sft_steps": 0, "dpo_lr": -1, "beta": 0, "batch_size": 2.5, "test": 1.5, "max_new_tokens": "many"}
+    with pytest.raises(ValueError) as e:
+        CompareConfig(task="portal", model="m", output=str(tmp_path / "o"), overrides=bad).settings()
+    for part in ("sft_steps: a whole number >= 1 or null (got 0)", "dpo_lr: a number > 0 (got -1)",
+                 "beta: a number > 0 (got 0)", "batch_size: a whole number >= 1 (got 2.5)",
+                 "test: a fraction in (0, 1) or a whole count of test items (got 1.5)",
+                 "max_new_tokens: a whole number >= 1 or null (got 'many')"):
+        assert part in str(e.value)
+    s = CompareConfig(task="portal", model="m", output=str(tmp_path / "o"),
+                      overrides={"max_train": 1e3, "test": 40.0}).settings()
+    assert (s["max_train"], s["test"]) == (1000, 40) and isinstance(s["max_train"], int)
+    assert not (tmp_path / "o").exists()

@@ -124,7 +124,7 @@ def test_examples_longer_than_the_model_context_are_refused(task, tmp_path, caps
     args = ["sft", "--model", str(model_dir), "--data", str(long), "--output-dir", str(tmp_path / "cli"),
             "--batch-size", "2", "--max-steps", "1"]
     assert main([*args, "--max-length", "1024"]) == 2
-    assert "pass max_length=256 or less (--max-length)" in capsys.readouterr().err
+    assert "pass max_length=256 or less (sft, dpo: --max-length; compare: --set max_length=256)" in capsys.readouterr().err
     assert main([*args, "--max-length", "256"]) == 0  # the long prompt is cut to fit
 
 
