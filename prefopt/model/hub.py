@@ -45,6 +45,7 @@ ALIASES: dict[str, Alias] = {
     ),
 }
 IMPORTER_VERSION = 1  # bump when convert_gguf's output changes, to re-import cached aliases
+STAMP = "prefopt_source.json"  # in a cached import: what it was made from
 _HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.jinja"]
 
 
@@ -101,9 +102,6 @@ def ensure_gguf(gguf: str | Path, *, progress: bool = True) -> Path:
     gguf = Path(gguf).resolve()
     key = hashlib.sha256(str(gguf).encode()).hexdigest()[:12]
     return _imported(gguf, cache_dir() / "models" / "gguf" / f"{gguf.stem}-{key}", progress)
-
-
-STAMP = "prefopt_source.json"  # what a cached import was made from
 
 
 def _imported(gguf: Path, out: Path, progress: bool) -> Path:
