@@ -1,13 +1,14 @@
-"""Export an HF-layout Llama-family model (with a LoRA adapter merged in, if given) to a llama.cpp
-GGUF file, for serving a fine-tuned model with llama.cpp or Ollama on the hospital's machines
+"""Export an HF-layout Llama-family or Qwen2 model (with a LoRA adapter merged in, if given) to a
+llama.cpp GGUF file, for serving a fine-tuned model with llama.cpp or Ollama on the hospital's machines
 (needs the ``gguf`` extra). The inverse of :func:`prefopt.convert.gguf.convert_gguf`:
 
 - the hyper-parameters and the tokenizer (byte-level BPE: tokens, token types, merges, special
-  token ids, whether a BOS is added, the chat template) go into the ``llama.*`` and
-  ``tokenizer.*`` metadata, as llama.cpp's own converter writes them;
-- each weight gets its GGUF name, q/k rows llama.cpp's RoPE order (:func:`permute_qk`), and the
-  type asked for: ``f32``, ``f16`` or ``q8_0`` (norms stay f32; a matrix whose rows do not split
-  into q8_0 blocks of 32 is written f16, as llama.cpp does);
+  token ids, whether a BOS is added, the chat template) go into the architecture's metadata
+  (``llama.*`` or ``qwen2.*``) and ``tokenizer.*``, as llama.cpp's own converter writes them;
+- each weight gets its GGUF name, for the llama architecture q/k rows in llama.cpp's RoPE order
+  (:func:`permute_qk`; qwen2 keeps HF's), and the type asked for: ``f32``, ``f16`` or ``q8_0``
+  (norms and biases stay f32; a matrix whose rows do not split into q8_0 blocks of 32 is written
+  f16, as llama.cpp does);
 - the model loads in its stored dtype (bf16 for most hub models), each tensor becomes float32
   only as it is written, and the file is written tensor by tensor under a temporary name and
   renamed into place: the model is in memory once, and a failed export leaves no partial file.
@@ -26,6 +27,11 @@ from ..model.config import UnsupportedModelError
 from .gguf import _GLOBAL_NAMES, _LAYER_NAMES, _LLAMA3_SPLIT, permute_qk
 
 TYPES = ("f32", "f16", "q8_0")
+# Qwen2's split before BPE (llama.cpp's "qwen2"): as Llama 3's, but each digit on its own
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}  # llama.cpp's general.file_type: ALL_F32, MOSTLY_F16, MOSTLY_Q8_0
 _NORMAL, _CONTROL, _USER_DEFINED, _UNUSED = 1, 3, 4, 5  # llama.cpp token types
 _TO_GGUF = {hf: g for g, hf in _GLOBAL_NAMES.items()}
@@ -53,7 +59,7 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, *, adapter: str | P
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tensors = [(n, t) for n, t in model.state_dict().items() if not (cfg.tie_word_embeddings and n == "lm_head.weight")]
     try:
-        writer = gguf.GGUFWriter(str(tmp), "llama")
+        writer = gguf.GGUFWriter(str(tmp), _arch(cfg))
         default = Path(str(model_dir)).name + (f" + {adapter}" if adapter is not None else "")  # as given, not a snapshot
         _write_metadata(writer, cfg, tokenizer, name or default, out_type)
         plan = [(_gguf_name(n, src), _qtype(gguf, t, out_type)) for n, t in tensors]
@@ -81,12 +87,13 @@ def _stored_dtype(src: Path) -> torch.dtype:
 
 
 def _check_exportable(cfg, src) -> None:
-    """GGUF's ``llama`` architecture holds Llama and Mistral-style models without biases or
-    Llama 3.1's RoPE scaling (llama.cpp stores that as a tensor this exporter does not write)."""
-    if cfg.model_type not in ("llama", "mistral"):
-        raise UnsupportedModelError(f"{src}: model_type {cfg.model_type!r}: prefopt exports the llama architecture "
-                                    "(Llama, Mistral, SmolLM2) to GGUF only")
-    if cfg.attention_bias or cfg.mlp_bias:
+    """GGUF's ``llama`` architecture holds Llama and Mistral-style models without biases, its
+    ``qwen2`` one Qwen2 (q/k/v biases); neither Llama 3.1's RoPE scaling (llama.cpp stores that
+    as a tensor this exporter does not write) nor a sliding window."""
+    if cfg.model_type not in ("llama", "mistral", "qwen2"):
+        raise UnsupportedModelError(f"{src}: model_type {cfg.model_type!r}: prefopt exports Llama, Mistral, SmolLM2 "
+                                    "and Qwen2 to GGUF")
+    if cfg.mlp_bias or (cfg.attention_bias and cfg.model_type != "qwen2"):
         raise UnsupportedModelError(f"{src}: biases on the attention or MLP are not part of GGUF's llama architecture")
     if cfg.rope_type not in ("default", "linear"):
         raise UnsupportedModelError(f"{src}: RoPE scaling {cfg.rope_type!r} is not exported (llama.cpp keeps it as a "
@@ -106,12 +113,20 @@ def _gguf_name(hf_name: str, src) -> str:
     raise UnsupportedModelError(f"{src}: tensor {hf_name!r} has no GGUF counterpart")
 
 
+def _arch(cfg) -> str:
+    """The GGUF architecture: ``qwen2`` for Qwen2, else ``llama`` (llama.cpp's converter writes
+    Mistral as llama too)."""
+    return "qwen2" if cfg.model_type == "qwen2" else "llama"
+
+
 def _gguf_order(hf_name: str, t: torch.Tensor, cfg) -> np.ndarray:
-    """The tensor as llama.cpp stores it: float32, q/k rows in its RoPE order."""
+    """The tensor as llama.cpp stores it: float32; for the llama architecture, q/k rows in its
+    RoPE order (qwen2 keeps HF's order: llama.cpp reads it with NeoX-style RoPE)."""
     t = t.detach().float()
-    if hf_name.endswith("self_attn.q_proj.weight"):
+    llama = _arch(cfg) == "llama"
+    if llama and hf_name.endswith("self_attn.q_proj.weight"):
         t = permute_qk(t, cfg.num_attention_heads)
-    elif hf_name.endswith("self_attn.k_proj.weight"):
+    elif llama and hf_name.endswith("self_attn.k_proj.weight"):
         t = permute_qk(t, cfg.num_key_value_heads or cfg.num_attention_heads)
     return np.ascontiguousarray(t.numpy())
 
@@ -251,5 +266,7 @@ def _pre_tokenizer(pre, path) -> str:
         pattern = (_parts(pre)[0].get("pattern") or {}).get("Regex")
         if pattern == _LLAMA3_SPLIT:
             return "llama-bpe"
+        if pattern == _QWEN2_SPLIT:
+            return "qwen2"
     raise UnsupportedModelError(f"{path}: its pre-tokenizer ({' + '.join(kinds) or 'none'}) is not one prefopt can "
-                                "name for llama.cpp (GPT-2, SmolLM2 or Llama 3 style)")
+                                "name for llama.cpp (GPT-2, SmolLM2, Llama 3 or Qwen2 style)")

@@ -107,11 +107,14 @@ def test_what_cannot_be_exported_is_refused_by_name(tmp_path):
     build_hf_model(tmp_path / "small", vocab_size=300)  # the tokenizer has ids up to 399
     with pytest.raises(UnsupportedModelError, match=r"token id 3\d\d has no row in the model's embedding \(300 rows\)"):
         export_gguf(tmp_path / "small", tmp_path / "s.gguf", show_progress=False)
-    build_hf_model(tmp_path / "qwen", arch="qwen2")
-    with pytest.raises(UnsupportedModelError, match="model_type 'qwen2'"):
-        export_gguf(tmp_path / "qwen", tmp_path / "q.gguf", show_progress=False)
+    build_hf_model(tmp_path / "window", arch="mistral", sliding_window=64)
+    with pytest.raises(UnsupportedModelError, match=r"sliding-window attention \(64\) is not exported"):
+        export_gguf(tmp_path / "window", tmp_path / "w.gguf", show_progress=False)
+    build_hf_model(tmp_path / "mlpbias", mlp_bias=True)
+    with pytest.raises(UnsupportedModelError, match="biases on the attention or MLP"):
+        export_gguf(tmp_path / "mlpbias", tmp_path / "b.gguf", show_progress=False)
     with pytest.raises(ValueError, match="GGUF type must be one of"):
-        export_gguf(tmp_path / "qwen", tmp_path / "q.gguf", out_type="q4_0")
+        export_gguf(tmp_path / "window", tmp_path / "w.gguf", out_type="q4_0")
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*tmp*"))
 
 
@@ -151,19 +154,20 @@ def test_smollm2_exported_smaller_predicts_as_the_full_model(smollm_dir, tmp_pat
 
 
 def _tokenizer(out, style: str) -> None:
-    """A small byte-level BPE in the style of GPT-2 (byte-level's own split) or Llama 3 (its split
-    regex, a BOS added to every text), with tokenizer_config.json."""
+    """A small byte-level BPE in the style of GPT-2 (byte-level's own split), Llama 3 (its split
+    regex, a BOS added to every text) or Qwen2 (its split regex), with tokenizer_config.json."""
     import json
 
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     from prefopt.convert.gguf import _LLAMA3_SPLIT
+    from prefopt.convert.gguf_export import _QWEN2_SPLIT
     from tests._tiny import CHATML, SPECIALS
 
     tk = Tokenizer(models.BPE())
-    if style == "llama3":
+    if style in ("llama3", "qwen2"):
         tk.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT if style == "llama3" else _QWEN2_SPLIT), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     else:
         tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -219,3 +223,27 @@ def test_a_bf16_folder_is_exported_from_its_own_weights(tiny, tmp_path, monkeypa
     with torch.no_grad():
         want = load_model(tmp_path / "bf16")(IDS)  # the bf16 values, as float32
         assert torch.equal(load_model(convert_gguf(path, tmp_path / "back", progress=False))(IDS), want)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_qwen2_exports_as_its_own_architecture_and_transformers_reads_it(tmp_path, tied):
+    """Qwen2 (q/k/v biases, no q/k permutation: llama.cpp's qwen2 reads HF's row order) read by
+    transformers' GGUF loader: the same logits as prefopt's model, and its tokenizer from the
+    file splits text as the source's does."""
+    transformers = pytest.importorskip("transformers")
+    build_hf_model(tmp_path / "hf", arch="qwen2", tokenizer=False, tie_word_embeddings=tied)
+    _tokenizer(tmp_path / "hf", "qwen2")
+    export_gguf(tmp_path / "hf", tmp_path / "q.gguf", out_type="f32", show_progress=False)
+    reader = gguf.GGUFReader(str(tmp_path / "q.gguf"))
+    assert reader.fields["general.architecture"].contents() == "qwen2"
+    assert reader.fields["tokenizer.ggml.pre"].contents() == "qwen2"
+    assert "blk.0.attn_q.bias" in {t.name for t in reader.tensors}
+    assert ("output.weight" in {t.name for t in reader.tensors}) is not tied
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="q.gguf", dtype=torch.float32)
+    with torch.no_grad():
+        want = load_model(tmp_path / "hf")(IDS)
+        assert (theirs.eval()(IDS).logits - want).abs().max().item() < 1e-4
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="q.gguf")
+    orig = load_tokenizer(tmp_path / "hf")
+    for text in CORPUS + ["I'll see 12345 mg/dL, they've it\n\n  done"]:
+        assert tok(text, add_special_tokens=False)["input_ids"] == orig.encode(text), text
