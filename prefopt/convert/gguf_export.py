@@ -203,11 +203,12 @@ def _write_metadata(writer, cfg, tok: dict, name: str, out_type: str) -> None:
 def _tokenizer_metadata(src: Path, vocab_size: int) -> dict:
     """The ``tokenizer.ggml.*`` values for a byte-level BPE ``tokenizer.json``: every id's token
     (padded to the embedding's rows with unused ``[PAD{i}]``), its type, the merges, how text is
-    split before BPE (llama.cpp's pre-tokenizer name), the special ids and the chat template."""
-    tk_mod = require("tokenizers", "reading the tokenizer")
+    split before BPE (llama.cpp's pre-tokenizer name), the special ids and the chat template (as
+    :func:`~prefopt.tokenizer.load_tokenizer` reads them, from every file that may hold them)."""
+    from ..tokenizer import load_tokenizer
+
+    tok = load_tokenizer(src)  # no tokenizer.json: its error
     path = src / "tokenizer.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{src}: no tokenizer.json to export")
     spec = json.loads(path.read_text(encoding="utf-8"))
     model = spec.get("model") or {}
     if model.get("type") != "BPE" or not _has_byte_level(spec.get("pre_tokenizer")):
@@ -223,24 +224,15 @@ def _tokenizer_metadata(src: Path, vocab_size: int) -> dict:
     tokens = [by_id.get(i, f"[PAD{i}]") for i in range(vocab_size)]
     kinds = [types.get(i, _UNUSED) for i in range(vocab_size)]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-    config_path = src / "tokenizer_config.json"
-    tcfg = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     ids = {t: i for i, t in enumerate(tokens)}
-
-    def special(key):
-        v = tcfg.get(f"{key}_token")
-        v = v.get("content") if isinstance(v, dict) else v
-        return ids.get(v) if v is not None else None
-
-    tk = tk_mod.Tokenizer.from_file(str(path))
-    bos = special("bos")
-    first = tk.encode("a").ids
-    template = tcfg.get("chat_template")
+    pad = tok.pad_token if tok.config.get("pad_token") is not None else None  # not the tokenizer's fallback to EOS
+    template = tok.chat_template
     if isinstance(template, list):  # named templates: the default one
         template = next((t["template"] for t in template if t.get("name") == "default"), None)
     return {"pre": _pre_tokenizer(spec.get("pre_tokenizer"), path), "tokens": tokens, "types": kinds, "merges": merges,
-            "bos": bos, "eos": special("eos"), "unk": special("unk"), "pad": special("pad"),
-            "add_bos": bool(bos is not None and first and first[0] == bos), "chat_template": template}
+            "bos": ids.get(tok.bos_token), "eos": ids.get(tok.eos_token), "unk": ids.get(tok.unk_token),
+            "pad": ids.get(pad), "add_bos": tok.bos_token_id is not None and tok.encode("a")[:1] == [tok.bos_token_id],
+            "chat_template": template}
 
 
 def _parts(pre) -> list[dict]:
