@@ -19,14 +19,13 @@ def _prompt_text(given: str) -> str:
     if given == "-":
         text, where = sys.stdin.read(), "standard input"
     elif given.startswith("@") and len(given) > 1:
+        from .data.readers import read_text
+
         path = Path(given[1:])
         if not path.is_file():
             raise FileNotFoundError(f"--prompt {given}: no such file {path} (a prompt that starts with @ names a file)")
-        try:
-            text, where = path.read_text(encoding="utf-8"), str(path)
-        except UnicodeDecodeError as e:
-            raise ValueError(f"--prompt {given}: not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start}); "
-                             "save it as UTF-8") from None
+        # a byte that is not UTF-8: named by line and column; Windows line ends read as "\n"
+        text, where = read_text(path).replace("\r\n", "\n").replace("\r", "\n"), str(path)
     else:
         return given
     if not text.strip():

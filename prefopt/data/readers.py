@@ -91,7 +91,7 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
         raise ValueError(f"{path}: unknown data format {suffix!r}; use .jsonl, .json, .csv or .tsv" + how)
 
 
-def _text(path: Path, encoding: str = "utf-8") -> str:
+def read_text(path: Path, encoding: str = "utf-8") -> str:
     """The file's text. A UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped, and bytes
     that are not valid in ``encoding`` are an :class:`EncodingError` at their line and column."""
     data = path.read_bytes()
@@ -107,7 +107,7 @@ def _text(path: Path, encoding: str = "utf-8") -> str:
 
 
 def _jsonl(path: Path):
-    for line_no, line in enumerate(_text(path).split("\n"), 1):
+    for line_no, line in enumerate(read_text(path).split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -122,7 +122,7 @@ def _jsonl(path: Path):
 
 
 def _json(path: Path):
-    text = _text(path)
+    text = read_text(path)
     dec = json.JSONDecoder()
     i = _skip_ws(text, 0)
     if i >= len(text) or text[i] != "[":
@@ -162,7 +162,7 @@ def sniff_delimiter(text: str) -> str:
 
 
 def _csv(path: Path, delimiter: str | None = None, encoding: str = "utf-8"):
-    text = _text(path, encoding)
+    text = read_text(path, encoding)
     with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter or sniff_delimiter(text))
         start = 2  # line 1 is the header

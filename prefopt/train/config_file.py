@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..data.readers import read_text
 from ..hints import did_you_mean
 
 
@@ -96,11 +97,7 @@ def read_config_file(path: str | Path, kinds: dict[str, str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such config file")
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows Notepad) is not part of the text
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start}); save it as "
-                         "UTF-8") from None
+    text = read_text(path)  # a BOM (Windows Notepad) dropped; a byte that is not UTF-8 named by line and column
     d = _parse(path, text)
     if d is None:
         d = {}

@@ -150,10 +150,16 @@ def test_cli_generate_reads_a_long_prompt_from_a_file_or_stdin(tiny, capsys, tmp
     assert capsys.readouterr().out == want
     (tmp_path / "empty.txt").write_text("\n")
     (tmp_path / "latin.txt").write_bytes("fi\xe8vre".encode("latin-1"))
-    for name, error in [("nope.txt", "no such file"), ("empty.txt", "is empty"), ("latin.txt", "not UTF-8 text")]:
+    for name, error in [("nope.txt", "no such file"), ("empty.txt", "is empty")]:
         assert main([*args, f"@{tmp_path / name}"]) == 2
         err = capsys.readouterr().err
         assert f"prefopt generate: error: --prompt @{tmp_path / name}: " in err and error in err, err
+    assert main([*args, f"@{tmp_path / 'latin.txt'}"]) == 2  # read as data files are: line and column
+    assert (f"prefopt generate: error: {tmp_path / 'latin.txt'}:1: not utf-8 text (byte 0xe8 at column 3); save the "
+            "file as UTF-8") in capsys.readouterr().err
+    (tmp_path / "crlf.txt").write_bytes(text.replace("\n", "\r\n").encode() + b"\r\n")  # saved on Windows
+    assert main([*args, f"@{tmp_path / 'crlf.txt'}"]) == 0
+    assert capsys.readouterr().out == want
 
 
 def test_cli_streams_a_character_split_across_tokens_once(tiny, capsys, monkeypatch):

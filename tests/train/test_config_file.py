@@ -67,7 +67,7 @@ def test_every_problem_in_a_file_is_named_with_its_line(tmp_path, data):
     j.write_bytes(b"\xef\xbb\xbf" + b'{"model": "m", "output_dir": "o", "lora_r": 4}')  # saved by Notepad, with a BOM
     assert DPOConfig.from_file(j).lora_r == 4
     j.write_bytes('{"model": "Modèle"}'.encode("latin-1"))
-    assert f"{j}: not UTF-8 text (byte 0xe8" in _errors(j)
+    assert f"{j}:1: not utf-8 text (byte 0xe8 at column 15); save the file as UTF-8" in _errors(j)
 
 
 def test_a_broken_or_missing_file_is_named(tmp_path):
