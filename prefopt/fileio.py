@@ -69,14 +69,14 @@ def check_writable(out: str | Path) -> None:
 
 def check_new_dir(out: str | Path, inputs: Sequence[str | Path], overwrite: bool, flag: str = "--overwrite") -> None:
     """Refuse to write the folder ``out`` where that would lose something: where it is, or holds,
-    one of the ``inputs`` (always), or already holds files (unless ``overwrite``)."""
+    one of the ``inputs`` (always), or already holds files (unless ``overwrite``); or where it
+    cannot be written (:func:`check_writable`)."""
     out = Path(out).resolve()
     for src in inputs:
         src = Path(src).resolve()
         if src == out or out in src.parents:
             raise ValueError(f"{out}: the output would replace {src}, which this command reads; choose another folder")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: is a file, not a folder")
+    check_writable(out)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"{out}: holds files already; pass {flag} to replace the folder, or choose another")
 
