@@ -320,19 +320,25 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     return model
 
 
+def adapter_base(adapter_dir: str | Path) -> str | None:
+    """The base model an adapter folder's ``adapter_config.json`` names (PEFT's
+    ``base_model_name_or_path``); None where it names none, or cannot be read."""
+    try:
+        return json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        return None
+
+
 def _trained_on(adapter_dir: str | Path) -> str:
     """``; it was trained on 'M' ...``: the base model its adapter_config.json names, for the error
     of an adapter that does not fit the model it was given."""
-    try:
-        base = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError):
-        base = None
+    base = adapter_base(adapter_dir)
     return (f"; the adapter was trained on {base!r} (its adapter_config.json's base_model_name_or_path): load it on "
             "that model" if base else "; it was trained on another base model")
 
 
 __all__ = [
-    "LoRAConfig", "LoRALinear", "MergedAdapter", "apply_lora", "disable_adapter", "load_adapter", "lora_layers",
+    "LoRAConfig", "LoRALinear", "MergedAdapter", "adapter_base", "apply_lora", "disable_adapter", "load_adapter", "lora_layers",
     "lora_state_dict", "merge_and_unload", "merge_lora", "merged_state_dict", "read_adapter", "read_adapter_config",
     "write_adapter",
 ]

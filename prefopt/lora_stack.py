@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .fileio import write_json_atomic
-from .lora import LoRAConfig, lora_state_dict, read_adapter, write_adapter
+from .lora import LoRAConfig, adapter_base, lora_state_dict, read_adapter, write_adapter
 
 STACK_FILE = "stacked_on.json"
 
@@ -93,8 +93,7 @@ def restack(first_dir: str | Path, second_dir: str | Path, out_dir: str | Path) 
     """Stack two saved adapters, the second trained on the model with the first merged in: for
     DPO adapters saved on their own, before prefopt stacked them."""
     parts = [read_adapter(first_dir), read_adapter(second_dir)]  # each checked, in order, before anything else
-    base = json.loads((Path(second_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    return _write(parts, [str(Path(first_dir).resolve())], out_dir, base)
+    return _write(parts, [str(Path(first_dir).resolve())], out_dir, adapter_base(second_dir))
 
 
 def trained_on_top_of(adapter_dir: str | Path) -> str | None:

@@ -1,12 +1,11 @@
 """``load_model`` with an optional LoRA adapter: the public entry point for loading."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from .lora import load_adapter, merge_and_unload, merged_state_dict
+from .lora import adapter_base, load_adapter, merge_and_unload, merged_state_dict
 from .lora_stack import trained_on_top_of
 from .model import checkpoint
 from .model.transformer import Transformer
@@ -55,9 +54,7 @@ def save_merged(model: Transformer, out_dir: str | Path, tokenizer=None, *, base
         from .fileio import write_text_atomic
         from .train.card import FILE, merged_card
 
-        if base_model is None:
-            config = Path(source) / "adapter_config.json"
-            base_model = json.loads(config.read_text()).get("base_model_name_or_path") if config.is_file() else None
+        base_model = base_model or adapter_base(source)
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         write_text_atomic(Path(out) / FILE, merged_card(base_model or "the base model", source, dtype))
     return out
