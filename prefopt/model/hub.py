@@ -116,10 +116,11 @@ def _imported(gguf: Path, out: Path, progress: bool) -> Path:
     # one import at a time (torchrun's ranks on a first run, two commands at once): the others
     # wait, then find it done
     with file_lock(out.with_name(f".{out.name}.lock")):
-        if stamp.is_file() and _same_source(json.loads(stamp.read_text()), gguf):
+        made = json.loads(stamp.read_text()) if stamp.is_file() else {}  # another process may have made it
+        if _same_source(made, gguf):
             return out
         source = _source(gguf)
-        if stamp.is_file() and _same_content(json.loads(stamp.read_text()), source):
+        if _same_content(made, source):
             write_json_atomic(stamp, source)  # touched or moved, not changed: only the stamp is new
             return out
         from ..convert.gguf import convert_gguf
