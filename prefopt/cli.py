@@ -411,43 +411,42 @@ def _warnings_as_lines(prog: str) -> Iterator[None]:
         yield
 
 
-def run_script(main: Callable[[], object], prog: str) -> None:
-    """Run a script's ``main`` (``examples/``) as ``prefopt`` runs its commands: Ctrl-C exits 130
-    (the trainer has said where it stopped and how to go on), bad input exits 1 with one line,
-    ``prog: error: ...`` (``PREFOPT_DEBUG=1``: the traceback instead)."""
+def _guarded(job: Callable[[], int | None], prog: str, error_code: int) -> int | None:
+    """``job()``'s result, run as prefopt runs its commands: warnings as one line; Ctrl-C gives
+    130 (the trainer has said where it stopped and how to go on); ``| head`` closing the pipe,
+    141, quietly; bad input (:data:`USER_ERRORS`) one line, ``prog: error: ...``, and
+    ``error_code``. ``PREFOPT_DEBUG=1``: the traceback instead."""
     try:
         with _warnings_as_lines(prog):
-            main()
+            return job()
     except KeyboardInterrupt:
         if os.environ.get("PREFOPT_DEBUG"):
             raise
-        sys.exit(130)
-    except BrokenPipeError:  # `... | head` stopped reading
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(141)
-    except USER_ERRORS as e:
-        if os.environ.get("PREFOPT_DEBUG"):
-            raise
-        sys.exit(f"{prog}: error: {e}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        with _warnings_as_lines(f"prefopt {args.command}"):
-            return args.func(args)
-    except KeyboardInterrupt:  # the trainer has said where it stopped and how to go on
-        if os.environ.get("PREFOPT_DEBUG"):
-            raise
         return 130
-    except BrokenPipeError:  # `prefopt ... | head` stopped reading: stop quietly, as shell tools do
+    except BrokenPipeError:  # stop quietly, as shell tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's exit flush fails again
         return 141
     except USER_ERRORS as e:
         if os.environ.get("PREFOPT_DEBUG"):
             raise
-        print(f"prefopt {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return error_code
+
+
+def run_script(main: Callable[[], object], prog: str) -> None:
+    """Run a script's ``main`` (``examples/``) as ``prefopt`` runs its commands (:func:`_guarded`);
+    bad input exits 1."""
+    def job() -> None:
+        main()  # what it returns is not an exit code
+
+    code = _guarded(job, prog, 1)
+    if code:
+        sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return _guarded(lambda: args.func(args), f"prefopt {args.command}", 2)
 
 
 if __name__ == "__main__":
