@@ -78,5 +78,5 @@ def task_options(name: str) -> dict:
 
 
 __all__ = ["FAMILIES", "PORTAL_DATA", "STRATEGIES", "TASKS", "ClassificationTask", "GenerationTask", "LabelField",
-           "Record", "Task", "count_groups", "get_task", "model_error_pairs", "sample_records", "split_records", "task_options",
-           "wrong_label_pairs"]
+           "Record", "Task", "count_groups", "get_task", "model_error_pairs", "sample_records", "split_records",
+           "task_options", "wrong_label_pairs"]
