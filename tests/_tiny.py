@@ -173,3 +173,14 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def randomize_lora(model, seed: int = 1) -> None:
+    """Give every LoRA layer's B a random (non-zero) value: a fresh adapter is a no-op, so what an
+    adapter changes would not show."""
+    from prefopt.lora import lora_layers
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, m in lora_layers(model):
+            m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.1)

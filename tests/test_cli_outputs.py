@@ -7,8 +7,7 @@ import torch
 
 from prefopt import apply_lora, load_model, save_adapter
 from prefopt.cli import main
-from prefopt.lora import lora_layers
-from tests._tiny import build_hf_model
+from tests._tiny import build_hf_model, randomize_lora
 
 IDS = torch.tensor([[5, 6, 7, 8, 9]])
 
@@ -18,10 +17,7 @@ def base_and_adapter(tmp_path):
     base = tmp_path / "base"
     build_hf_model(base)
     model = apply_lora(load_model(base), r=4, alpha=8, dropout=0.0)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for _, m in lora_layers(model):
-            m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.1)
+    randomize_lora(model)
     save_adapter(model, tmp_path / "runs" / "final", base_model=str(base))
     return base, tmp_path / "runs" / "final"
 

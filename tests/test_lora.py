@@ -6,7 +6,7 @@ import torch
 
 from prefopt import apply_lora, disable_adapter, load_model, merge_lora, save_adapter, save_merged
 from prefopt.lora import LoRALinear, lora_layers, merged_state_dict
-from tests._tiny import build_hf_model
+from tests._tiny import build_hf_model, randomize_lora
 
 IDS = torch.randint(0, 400, (2, 11), generator=torch.Generator().manual_seed(0))
 
@@ -15,13 +15,6 @@ IDS = torch.randint(0, 400, (2, 11), generator=torch.Generator().manual_seed(0))
 def tiny(tmp_path):
     build_hf_model(tmp_path / "base")
     return tmp_path / "base"
-
-
-def _randomize(model, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, m in lora_layers(model):
-            m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.1)
 
 
 def test_merge_is_w_plus_scaled_ba_and_idempotent():
@@ -62,7 +55,7 @@ def test_disable_adapter_gives_base_logits_exactly(tiny):
     with torch.no_grad():
         want = load_model(tiny)(IDS)
     model = apply_lora(load_model(tiny), r=4, alpha=8, dropout=0.0)
-    _randomize(model)
+    randomize_lora(model)
     with torch.no_grad():
         assert not torch.allclose(model(IDS), want)
         with disable_adapter(model):
@@ -72,7 +65,7 @@ def test_disable_adapter_gives_base_logits_exactly(tiny):
 
 def test_module_merge_and_state_dict_merge_agree(tiny, tmp_path):
     model = apply_lora(load_model(tiny), r=4, alpha=8, dropout=0.0)
-    _randomize(model)
+    randomize_lora(model)
     with torch.no_grad():
         adapted = model(IDS)
     sd = merged_state_dict(model)
@@ -90,7 +83,7 @@ def test_module_merge_and_state_dict_merge_agree(tiny, tmp_path):
 
 def test_adapter_save_load_round_trip(tiny, tmp_path):
     model = apply_lora(load_model(tiny), r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
-    _randomize(model)
+    randomize_lora(model)
     save_adapter(model, tmp_path / "ad")
     cfg = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["target_modules"] == ["q_proj", "v_proj"]
@@ -147,7 +140,7 @@ class TestPeft:
 
     def test_prefopt_adapter_loads_in_peft(self, tiny, tmp_path):
         model = apply_lora(load_model(tiny), r=4, alpha=16, dropout=0.0)
-        _randomize(model)
+        randomize_lora(model)
         save_adapter(model, tmp_path / "ad", base_model=str(tiny))
         hf = self.transformers.AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
         peft_model = self.peft.PeftModel.from_pretrained(hf, tmp_path / "ad").eval()
@@ -174,6 +167,6 @@ class TestPeft:
 def test_adapter_on_an_eval_model_stays_in_eval_mode(tiny):
     model = apply_lora(load_model(tiny), r=4, alpha=8, dropout=0.5)
     assert not any(m.training for m in model.modules())
-    _randomize(model)
+    randomize_lora(model)
     with torch.no_grad():
         assert torch.equal(model(IDS), model(IDS))  # dropout inactive

@@ -7,18 +7,11 @@ import pytest
 import torch
 
 from prefopt import apply_lora, load_model, save_adapter
-from prefopt.lora import lora_layers, lora_state_dict, merge_and_unload, read_adapter, read_adapter_config
+from prefopt.lora import lora_state_dict, merge_and_unload, read_adapter, read_adapter_config
 from prefopt.lora_stack import STACK_FILE, is_stacked, stack_adapters
-from tests._tiny import build_hf_model
+from tests._tiny import build_hf_model, randomize_lora
 
 IDS = torch.randint(0, 400, (2, 11), generator=torch.Generator().manual_seed(0))
-
-
-def _randomize(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, m in lora_layers(model):
-            m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.1)
 
 
 @pytest.fixture
@@ -27,11 +20,11 @@ def stacked(tmp_path):
     base = tmp_path / "base"
     build_hf_model(base)
     sft = apply_lora(load_model(base), r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj", "o_proj"])
-    _randomize(sft, 1)
+    randomize_lora(sft, 1)
     save_adapter(sft, tmp_path / "sft", base_model=str(base))
     on_sft = load_model(base, adapter=tmp_path / "sft", merge=True)  # as run_dpo does, or a notebook
     dpo = apply_lora(on_sft, r=8, alpha=32, dropout=0.1, target_modules=["v_proj", "o_proj", "up_proj", "down_proj"])
-    _randomize(dpo, 2)
+    randomize_lora(dpo, 2)
     save_adapter(dpo, tmp_path / "both", base_model=str(base))  # the SFT update goes in with it
     save_adapter(dpo, tmp_path / "dpo_alone", base_model=str(base), stack=False)  # the layout of older runs
     with torch.no_grad():
@@ -84,7 +77,7 @@ def test_an_adapter_merged_in_memory_is_saved_with_the_next_one_all_three_stacke
         if seed:
             merge_and_unload(model)
         apply_lora(model, r=r, alpha=2 * r, dropout=0.0, target_modules=targets)
-        _randomize(model, seed + 5)
+        randomize_lora(model, seed + 5)
         with torch.no_grad():
             want_stages.append(model.eval()(IDS))
     save_adapter(model, tmp_path / "all", base_model=str(base))

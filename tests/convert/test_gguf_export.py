@@ -8,9 +8,8 @@ from prefopt import apply_lora, load_model, load_tokenizer, save_adapter
 from prefopt.cli import main
 from prefopt.convert.gguf import convert_gguf
 from prefopt.convert.gguf_export import export_gguf
-from prefopt.lora import lora_layers
 from prefopt.model import UnsupportedModelError
-from tests._tiny import CORPUS, build_hf_model
+from tests._tiny import CORPUS, build_hf_model, randomize_lora
 
 gguf = pytest.importorskip("gguf")
 IDS = torch.randint(0, 400, (2, 21), generator=torch.Generator().manual_seed(0))
@@ -22,10 +21,8 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     build_hf_model(root / "hf", tie_word_embeddings=False)
     model = apply_lora(load_model(root / "hf"), r=4, alpha=8, dropout=0.0)
-    g = torch.Generator().manual_seed(1)
+    randomize_lora(model)
     with torch.no_grad():
-        for _, m in lora_layers(model):
-            m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.1)
         want = model(IDS)
         base = load_model(root / "hf")(IDS)
     save_adapter(model, root / "adapter", base_model=str(root / "hf"))
