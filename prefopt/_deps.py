@@ -8,6 +8,7 @@ _EXTRAS = {
     "gguf": ("gguf", "importing GGUF files"),
     "jinja2": ("chat", "chat templates"),
     "matplotlib": ("plots", "plots"),
+    "pyarrow": ("parquet", "reading .parquet data files"),
     "tqdm": ("progress", "progress bars"),
 }
 
@@ -21,10 +22,11 @@ def require(module: str, purpose: str | None = None) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError:
-        extra, default_purpose = _EXTRAS.get(module, (None, module))
-        hint = f"pip install 'prefopt[{extra}]'  (or: pip install {module})" if extra else f"pip install {module}"
+        package = module.split(".")[0]  # pyarrow.parquet comes with pyarrow
+        extra, default_purpose = _EXTRAS.get(package, (None, package))
+        hint = f"pip install 'prefopt[{extra}]'  (or: pip install {package})" if extra else f"pip install {package}"
         raise MissingDependencyError(
-            f"{purpose or default_purpose} needs the optional package {module!r}, which is not installed. "
+            f"{purpose or default_purpose} needs the optional package {package!r}, which is not installed. "
             f"Install it with: {hint}"
         ) from None
 

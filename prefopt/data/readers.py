@@ -1,4 +1,4 @@
-"""Reading JSONL, JSON and CSV files as ``(line, row)`` pairs, with line numbers for errors."""
+"""Reading JSONL, JSON, CSV and Parquet files as ``(line, row)`` pairs, with line numbers for errors."""
 from __future__ import annotations
 
 import csv
@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._deps import require
 from .records import DataError
 
 Row = dict[str, Any]
@@ -18,8 +19,7 @@ RECORDS = "<records>"  # how errors name an in-memory list of records (its "line
 
 # what to do with a spreadsheet's own formats: prefopt reads none of them (no extra package)
 _SHEET = " (in Excel or LibreOffice: File > Save As > \"CSV UTF-8\"; one sheet per file)"
-SAVE_AS = {".xlsx": _SHEET, ".xls": _SHEET, ".xlsm": _SHEET, ".ods": _SHEET,
-           ".parquet": " (pandas: pd.read_parquet(path).to_json(out, orient='records', lines=True))"}
+SAVE_AS = {".xlsx": _SHEET, ".xls": _SHEET, ".xlsm": _SHEET, ".ods": _SHEET}
 
 
 class Records(list):
@@ -27,7 +27,7 @@ class Records(list):
     ``tokenizing ktas records``) rather than :data:`RECORDS`."""
 
     def __init__(self, rows, name: str = RECORDS):
-        super().__init__(rows.to_dict("records") if _is_frame(rows) else rows)
+        super().__init__(frame_rows(rows) if _is_frame(rows) else rows)
         self.name = name
 
 
@@ -44,7 +44,18 @@ def _is_frame(source) -> bool:
     return not isinstance(source, (str, Path, list, tuple, dict)) and callable(getattr(source, "to_dict", None))
 
 
-_FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv")
+def frame_rows(frame) -> list[Row]:
+    """A DataFrame's rows as dicts of plain Python values: a list column read from Parquet (a
+    Hugging Face dataset's messages) holds numpy arrays, given back as lists."""
+    return [{k: _plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
+
+
+def _plain(v):
+    return v.tolist() if type(v).__module__ == "numpy" and hasattr(v, "tolist") else v
+
+
+_FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
+_NAMES = ".jsonl, .json, .csv, .tsv or .parquet"
 DELIMITERS = (",", ";", "\t", "|")  # what a .csv file's header is tried with, in order of preference
 
 
@@ -54,8 +65,9 @@ class EncodingError(DataError):
 
 def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None, encoding: str = "utf-8"
               ) -> Iterator[tuple[int, Row | DataError]]:
-    """Yield ``(line, row)`` for each record of a ``.jsonl``, ``.json``, ``.csv`` or ``.tsv``
-    file, or of a list of dicts (numbered from 1, as :data:`RECORDS`).
+    """Yield ``(line, row)`` for each record of a ``.jsonl``, ``.json``, ``.csv``, ``.tsv`` or
+    ``.parquet`` file (a Parquet file's "line" is its row, from 1), or of a list of dicts
+    (numbered from 1, as :data:`RECORDS`) or a DataFrame.
 
     A ``.csv`` file's delimiter, unless given, is the one of :data:`DELIMITERS` that splits its
     header into the most columns (Excel writes ``;`` where the decimal mark is a comma); a
@@ -66,7 +78,7 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
     :class:`EncodingError`, naming their line.
     """
     if _is_frame(path):
-        path = path.to_dict("records")
+        path = frame_rows(path)
     if isinstance(path, (list, tuple)):
         for i, row in enumerate(path, 1):
             yield i, row if isinstance(row, dict) else DataError(source_name(path), i, None, f"expected a dict, "
@@ -76,7 +88,7 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
     if path.is_dir():
         found = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _FORMATS)
         raise FileNotFoundError(f"{path}: a folder, not a data file; pass one of its files"
-                                + (f" ({', '.join(found)})" if found else " (it holds no .jsonl, .json, .csv or .tsv)"))
+                                + (f" ({', '.join(found)})" if found else f" (it holds no {_NAMES})"))
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
     suffix = path.suffix.lower()
@@ -86,9 +98,11 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
         yield from _json(path)
     elif suffix in (".csv", ".tsv"):
         yield from _csv(path, delimiter or ("\t" if suffix == ".tsv" else None), encoding)
+    elif suffix == ".parquet":
+        yield from _parquet(path)
     else:
         how = SAVE_AS.get(suffix, "")
-        raise ValueError(f"{path}: unknown data format {suffix!r}; use .jsonl, .json, .csv or .tsv" + how)
+        raise ValueError(f"{path}: unknown data format {suffix!r}; use {_NAMES}" + how)
 
 
 def read_text(path: Path, encoding: str = "utf-8") -> str:
@@ -145,6 +159,22 @@ def _json(path: Path):
         i = _skip_ws(text, end)
         if i < len(text) and text[i] == ",":
             i = _skip_ws(text, i + 1)
+
+
+def _parquet(path: Path, batch_rows: int = 1024):
+    """A Parquet file (a Hugging Face dataset's own format), read a batch of rows at a time."""
+    pq = require("pyarrow.parquet", "reading .parquet data files")
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+        row_no = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                row_no += 1
+                yield row_no, row
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError: not Parquet, or cut short
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise DataError(path, None, None, f"not a readable Parquet file ({e})") from None
 
 
 def _skip_ws(text: str, i: int) -> int:

@@ -6,6 +6,8 @@ SFT:
 
 Preference:
 - TRL: ``{"prompt", "chosen", "rejected"}``, each a string or a message list
+- TRL's implicit prompt: ``{"chosen", "rejected"}`` each holding the whole exchange (messages or
+  text); what the two share at the start is the prompt (:func:`shared_prompt`)
 - OpenAI preference fine-tuning: ``{"input": {"messages": [...]}, "preferred_output": [...],
   "non_preferred_output": [...]}``
 """
@@ -17,6 +19,7 @@ from typing import Any
 
 Messages = list[dict[str, Any]]
 ROLES = ("system", "user", "assistant", "tool")
+IDENTICAL = "identical to {}: a preference pair needs two different responses"
 
 
 class DataError(ValueError):
@@ -133,16 +136,75 @@ def parse_preference(row: dict, path, line: int) -> PreferenceRecord:
         rejected = _response(row.get("non_preferred_output"), "non_preferred_output", err)
         fields = ("preferred_output", "non_preferred_output")
     else:
-        for key in ("prompt", "chosen", "rejected"):
+        for key in ("chosen", "rejected"):
             if key not in row:
                 sft = ({"completion", "messages"} & set(row)) and not ({"chosen", "rejected"} & set(row))
                 raise err(key, "missing field (a preference record needs 'prompt', 'chosen', 'rejected')" + (
                     f"; with {' and '.join(repr(k) for k in row if k in ('prompt', 'completion', 'messages'))} "
                     "it is an SFT record: train on it with prefopt sft" if sft else ""))
-        prompt = _prompt(row, "prompt", err)
-        chosen = _response(row["chosen"], "chosen", err)
-        rejected = _response(row["rejected"], "rejected", err)
         fields = ("chosen", "rejected")
+        if row.get("prompt") is None or _whole_exchanges(row):
+            prompt, chosen, rejected = shared_prompt(row, err)
+        else:
+            prompt = _prompt(row, "prompt", err)
+            chosen = _response(row["chosen"], "chosen", err)
+            rejected = _response(row["rejected"], "rejected", err)
     if chosen.strip() == rejected.strip():
-        raise err(fields[1], f"identical to {fields[0]}: a preference pair needs two different responses")
+        raise err(fields[1], IDENTICAL.format(fields[0]))
     return PreferenceRecord(prompt, chosen, rejected)
+
+
+def _whole_exchanges(row: dict) -> bool:
+    """chosen and rejected are conversations that hold their prompt (HuggingFaceH4's UltraFeedback:
+    a text prompt beside ``[user, assistant]`` lists)."""
+    return all(isinstance(row[k], list) and len(row[k]) > 1 for k in ("chosen", "rejected"))
+
+
+def shared_prompt(row: dict, err) -> tuple[str | Messages, str, str]:
+    """TRL's implicit prompt: ``chosen`` and ``rejected`` each hold the whole exchange.
+
+    Messages: the opening messages the two share are the prompt, and what follows on each side
+    must be one assistant message. Text: the prompt is the longest common start cut back to a
+    word boundary (a space there goes with the responses, as BPE tokenizers join it to the next
+    word), so a word the two responses share stays in the prompt; DPO's log-ratio of such
+    shared tokens is the same on both sides and cancels. A ``prompt`` given as well must agree.
+    """
+    c, r = row["chosen"], row["rejected"]
+    if c == r:
+        raise err("rejected", IDENTICAL.format("chosen"))
+    if isinstance(c, list) and isinstance(r, list):
+        cm, rm = _messages(c, "chosen", err), _messages(r, "rejected", err)
+        n = 0
+        while n < min(len(cm), len(rm)) and cm[n] == rm[n]:
+            n += 1
+        if n == 0:
+            raise err("prompt", "missing field, and chosen and rejected share no opening message to take it from")
+        for field, rest in (("chosen", cm[n:]), ("rejected", rm[n:])):
+            if len(rest) != 1 or rest[0]["role"] != "assistant":
+                got = ", ".join(m["role"] for m in rest) or "nothing"
+                raise err(field, f"after the {n} opening message(s) chosen and rejected share (the prompt), "
+                                 f"expected one assistant message, got {got}")
+        prompt: str | Messages = cm[:n]
+        given = row.get("prompt")
+        if given is not None and given != prompt and not (
+                isinstance(given, str) and given.strip() == _last_user(prompt).strip()):
+            raise err("prompt", "does not match the opening messages chosen and rejected share (their last "
+                                f"user message begins {_last_user(prompt)[:40]!r})")
+        return prompt, _response(cm[n:], "chosen", err), _response(rm[n:], "rejected", err)
+    if isinstance(c, str) and isinstance(r, str):
+        n = 0
+        while n < min(len(c), len(r)) and c[n] == r[n]:
+            n += 1
+        while n > 0 and not c[n - 1].isspace():  # back to a word boundary
+            n -= 1
+        if n and c[n - 1] == " ":
+            n -= 1
+        if not c[:n].strip():
+            raise err("prompt", "missing field, and chosen and rejected share no opening text to take it from")
+        return c[:n], _response(c[n:], "chosen", err), _response(r[n:], "rejected", err)
+    raise err("prompt", "missing field; without it chosen and rejected must both be message lists or both text, "
+                        "each holding the whole exchange")
+
+
+def _last_user(messages: Messages) -> str:
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")

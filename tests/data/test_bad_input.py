@@ -223,7 +223,7 @@ def test_a_csvs_delimiter_is_read_off_its_header_and_blank_rows_skipped(tmp_path
     pairs, _ = load_preferences(tmp_path / "p.tsv", tok)
     assert len(pairs) == 1
     (tmp_path / "d.txt").write_text("prompt\tcompletion\n")
-    with pytest.raises(ValueError, match=r"unknown data format '.txt'; use .jsonl, .json, .csv or .tsv"):
+    with pytest.raises(ValueError, match=r"unknown data format '.txt'; use .jsonl, .json, .csv, .tsv or .parquet"):
         list(read_rows(tmp_path / "d.txt"))
     (tmp_path / "notes.xlsx").write_bytes(b"PK\x03\x04")  # a workbook says how to save it as CSV
     with pytest.raises(ValueError, match=r"unknown data format '.xlsx'; .* \(in Excel or LibreOffice: File > Save As > "

@@ -1,0 +1,139 @@
+"""Preference data as other tools write it: TRL's implicit prompt (chosen and rejected each hold
+the whole exchange), Parquet files (a Hugging Face dataset's own format) and DataFrames read
+from them, whose list columns hold numpy arrays."""
+import json
+import sys
+
+import pytest
+
+from prefopt import load_tokenizer
+from prefopt.data import DataError, load_preferences, read_rows
+from prefopt.data.records import PreferenceRecord, parse_preference
+from tests._tiny import build_tokenizer
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def assistant(text):
+    return {"role": "assistant", "content": text}
+
+
+QUESTION = [{"role": "system", "content": "You triage patient messages."}, user("Fever and a stiff neck since noon?")]
+EXPLICIT = {"prompt": QUESTION, "chosen": [assistant("Go to the emergency department now.")],
+            "rejected": [assistant("Rest and drink fluids.")]}
+IMPLICIT = {"chosen": QUESTION + EXPLICIT["chosen"], "rejected": QUESTION + EXPLICIT["rejected"]}
+HH = {"chosen": "\n\nHuman: Fever and a stiff neck?\n\nAssistant: Go to the emergency department now.",
+      "rejected": "\n\nHuman: Fever and a stiff neck?\n\nAssistant: Rest and drink fluids."}
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return load_tokenizer(build_tokenizer(tmp_path_factory.mktemp("tok")))
+
+
+def parse(row):
+    return parse_preference(row, "p.jsonl", 7)
+
+
+def test_an_implicit_prompt_is_what_chosen_and_rejected_share_as_trl_reads_it():
+    """The shared opening messages (system included) are the prompt; the same split as TRL's
+    ``maybe_extract_prompt`` gives, for messages and for text that differs at a word."""
+    from trl.data_utils import maybe_extract_prompt
+
+    assert parse(IMPLICIT) == parse(EXPLICIT) == PreferenceRecord(
+        QUESTION, "Go to the emergency department now.", "Rest and drink fluids.")
+    trl = maybe_extract_prompt(dict(IMPLICIT))
+    assert parse(IMPLICIT) == parse(trl)
+    # HuggingFaceH4's UltraFeedback: a text prompt beside whole conversations; it must agree with them
+    h4 = {"prompt": "Fever and a stiff neck since noon?", **IMPLICIT}
+    assert parse(h4) == parse(EXPLICIT) and parse(maybe_extract_prompt(dict(h4))) == parse(h4)
+    with pytest.raises(DataError, match=r"p.jsonl:7: field 'prompt': does not match the opening messages chosen and "
+                                        r"rejected share \(their last user message begins 'Fever and"):
+        parse({**IMPLICIT, "prompt": "Chest pain?"})
+    got = parse(HH)  # Anthropic HH style: the prompt is text; the space before the answer goes with it (BPE)
+    assert got == PreferenceRecord("\n\nHuman: Fever and a stiff neck?\n\nAssistant:",
+                                   " Go to the emergency department now.", " Rest and drink fluids.")
+    assert got == parse(maybe_extract_prompt(dict(HH)))
+
+
+def test_a_word_the_two_texts_share_at_the_start_stays_whole():
+    """TRL cuts at the first differing character ("The" | "y"); prefopt backs off to the word
+    boundary, so each response starts with a whole word."""
+    row = {"chosen": "Q: fever? A: The patient needs care.", "rejected": "Q: fever? A: They can wait."}
+    assert parse(row) == PreferenceRecord("Q: fever? A:", " The patient needs care.", " They can wait.")
+    row = {"chosen": "Q: fever? A: Go now.", "rejected": "Q: fever? A: Go now. Or tomorrow."}  # one extends the other
+    assert parse(row) == PreferenceRecord("Q: fever? A: Go", " now.", " now. Or tomorrow.")
+
+
+@pytest.mark.parametrize("row,field,reason", [
+    ({"chosen": [user("a"), assistant("b")], "rejected": [user("c"), assistant("d")]}, "prompt",
+     "missing field, and chosen and rejected share no opening message to take it from"),
+    ({"chosen": [user("a"), assistant("b"), user("more?")], "rejected": [user("a"), assistant("d")]}, "chosen",
+     "after the 1 opening message(s) chosen and rejected share (the prompt), expected one assistant message, "
+     "got assistant, user"),
+    ({"chosen": [user("a"), assistant("b")], "rejected": [user("a")]}, "rejected",
+     "expected one assistant message, got nothing"),
+    ({"chosen": IMPLICIT["chosen"], "rejected": IMPLICIT["chosen"]}, "rejected", "identical to chosen"),
+    ({"chosen": "Go now.", "rejected": "Wait."}, "prompt",
+     "missing field, and chosen and rejected share no opening text to take it from"),
+    ({"chosen": IMPLICIT["chosen"], "rejected": "Wait."}, "prompt",
+     "missing field; without it chosen and rejected must both be message lists or both text"),
+    ({"chosen": "Q: x? A: yes", "rejected": "Q: x? A: yes "}, "rejected", "identical to chosen"),
+])
+def test_an_implicit_prompt_that_cannot_be_found_is_named(row, field, reason):
+    with pytest.raises(DataError) as e:
+        parse(row)
+    assert (e.value.line, e.value.field) == (7, field) and reason in e.value.reason
+
+
+def test_implicit_and_explicit_pairs_tokenize_the_same(tmp_path, tok):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (IMPLICIT, EXPLICIT, HH)) + "\n")
+    pairs, report = load_preferences(path, tok)
+    assert report.n_kept == 3 and pairs[0].key == pairs[1].key
+
+
+pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow: the parquet extra")
+
+
+def _parquet(path, rows):
+    import pyarrow as pa
+
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def test_a_parquet_file_is_read_row_by_row_and_errors_name_the_row(tmp_path, tok):
+    rows = [IMPLICIT] * 3 + [{"chosen": IMPLICIT["chosen"], "rejected": IMPLICIT["chosen"]}] + [IMPLICIT] * 2
+    path = _parquet(tmp_path / "prefs.parquet", rows)
+    with pytest.raises(DataError, match=r"prefs.parquet:4: field 'rejected': identical to chosen"):
+        load_preferences(path, tok)
+    pairs, report = load_preferences(path, tok, skip_bad=True)
+    assert len(pairs) == 5 and [s.line for s in report.skipped] == [4]
+    assert pairs[0].key == load_preferences([EXPLICIT], tok)[0][0].key
+    from prefopt.data import readers
+
+    many = _parquet(tmp_path / "many.parquet", [{"prompt": f"q{i}", "chosen": "a", "rejected": "b"} for i in range(7)])
+    assert [(n, r["prompt"]) for n, r in readers._parquet(many, batch_rows=3)] == [(i + 1, f"q{i}") for i in range(7)]
+    (tmp_path / "cut.parquet").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(DataError, match=r"cut.parquet: not a readable Parquet file \("):
+        list(read_rows(tmp_path / "cut.parquet"))
+
+
+def test_parquet_without_pyarrow_says_how_to_get_it(tmp_path, monkeypatch):
+    path = _parquet(tmp_path / "p.parquet", [EXPLICIT])
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # import fails as if not installed
+    with pytest.raises(ImportError, match=r"reading .parquet data files needs the optional package 'pyarrow'.*"
+                                          r"pip install 'prefopt\[parquet\]'  \(or: pip install pyarrow\)"):
+        list(read_rows(path))
+
+
+def test_a_dataframe_read_from_parquet_loads_its_message_columns(tmp_path, tok):
+    """pandas gives a list column back as numpy arrays of dicts; they load as the lists they were."""
+    pd = pytest.importorskip("pandas")
+    frame = pd.read_parquet(_parquet(tmp_path / "p.parquet", [EXPLICIT, IMPLICIT]))  # IMPLICIT's prompt: None
+    assert type(frame.iloc[0]["chosen"]).__name__ == "ndarray"
+    pairs, report = load_preferences(frame, tok)
+    assert report.n_kept == 2 and pairs[0].key == pairs[1].key
