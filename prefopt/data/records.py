@@ -73,9 +73,21 @@ def _messages(v: Any, field: str, err) -> Messages:
             raise err(f"{field}[{i}]", "a message needs 'role' and 'content'")
         if m["role"] not in ROLES:
             raise err(f"{field}[{i}].role", f"unknown role {m['role']!r}; expected one of {ROLES}")
-        if not isinstance(m["content"], str):
-            raise err(f"{field}[{i}].content", "expected text")
-    return [{"role": m["role"], "content": m["content"]} for m in v]
+    return [{"role": m["role"], "content": _content(m["content"], f"{field}[{i}].content", err)}
+            for i, m in enumerate(v)]
+
+
+def _content(v: Any, field: str, err) -> str:
+    """A message's text; OpenAI's list of content parts is read when every part is text."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list) and v and all(isinstance(part, dict) for part in v):
+        for j, part in enumerate(v):
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise err(f"{field}[{j}]", f"a part of type {part.get('type')!r}: prefopt trains on text "
+                                           "only (parts of type 'text' with a 'text' field)")
+        return "".join(part["text"] for part in v)
+    raise err(field, "expected text (or a list of text parts)")
 
 
 def _prompt(row: dict, key: str, err) -> str | Messages:
@@ -138,10 +150,8 @@ def parse_preference(row: dict, path, line: int) -> PreferenceRecord:
     else:
         for key in ("chosen", "rejected"):
             if key not in row:
-                sft = ({"completion", "messages"} & set(row)) and not ({"chosen", "rejected"} & set(row))
-                raise err(key, "missing field (a preference record needs 'prompt', 'chosen', 'rejected')" + (
-                    f"; with {' and '.join(repr(k) for k in row if k in ('prompt', 'completion', 'messages'))} "
-                    "it is an SFT record: train on it with prefopt sft" if sft else ""))
+                raise err(key, "missing field (a preference record needs 'prompt', 'chosen', 'rejected')"
+                          + _what_it_is(row))
         fields = ("chosen", "rejected")
         if row.get("prompt") is None or _whole_exchanges(row):
             prompt, chosen, rejected = shared_prompt(row, err)
@@ -152,6 +162,17 @@ def parse_preference(row: dict, path, line: int) -> PreferenceRecord:
     if chosen.strip() == rejected.strip():
         raise err(fields[1], IDENTICAL.format(fields[0]))
     return PreferenceRecord(prompt, chosen, rejected)
+
+
+def _what_it_is(row: dict) -> str:
+    """For a record given to DPO that lacks a pair: the kind of record it is instead."""
+    if {"chosen", "rejected"} & set(row) or not {"completion", "messages"} & set(row):
+        return ""
+    if "label" in row and "completion" in row:
+        return ("; with 'completion' and 'label' it is an unpaired preference record (TRL's KTO format): "
+                "DPO needs a chosen and a rejected response to the same prompt")
+    given = " and ".join(repr(k) for k in row if k in ("prompt", "completion", "messages"))
+    return f"; with {given} it is an SFT record: train on it with prefopt sft"
 
 
 def _whole_exchanges(row: dict) -> bool:

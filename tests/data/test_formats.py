@@ -81,6 +81,9 @@ def test_a_word_the_two_texts_share_at_the_start_stays_whole():
     ({"chosen": IMPLICIT["chosen"], "rejected": "Wait."}, "prompt",
      "missing field; without it chosen and rejected must both be message lists or both text"),
     ({"chosen": "Q: x? A: yes", "rejected": "Q: x? A: yes "}, "rejected", "identical to chosen"),
+    ({"prompt": "Fever?", "completion": "Go now.", "label": True}, "chosen",  # unpaired: not something DPO trains on
+     "with 'completion' and 'label' it is an unpaired preference record (TRL's KTO format): DPO needs a chosen and "
+     "a rejected response to the same prompt"),
 ])
 def test_an_implicit_prompt_that_cannot_be_found_is_named(row, field, reason):
     with pytest.raises(DataError) as e:
@@ -137,3 +140,17 @@ def test_a_dataframe_read_from_parquet_loads_its_message_columns(tmp_path, tok):
     assert type(frame.iloc[0]["chosen"]).__name__ == "ndarray"
     pairs, report = load_preferences(frame, tok)
     assert report.n_kept == 2 and pairs[0].key == pairs[1].key
+
+
+def test_openai_content_parts_are_read_when_every_part_is_text():
+    """OpenAI's ``"content": [{"type": "text", "text": ...}, ...]`` is the parts' text run together
+    (as chat templates that take parts print them); an image part is refused by its place."""
+    parts = [{"type": "text", "text": "Fever and a stiff neck "}, {"type": "text", "text": "since noon?"}]
+    row = {**EXPLICIT, "prompt": [QUESTION[0], {"role": "user", "content": parts}]}
+    assert parse(row) == parse({**EXPLICIT, "prompt": QUESTION})
+    row["prompt"][1]["content"] = parts + [{"type": "image_url", "image_url": {"url": "x.png"}}]
+    with pytest.raises(DataError, match=r"p.jsonl:7: field 'prompt\[1\].content\[2\]': a part of type 'image_url': "
+                                        r"prefopt trains on text only"):
+        parse(row)
+    with pytest.raises(DataError, match=r"field 'chosen\[0\].content': expected text \(or a list of text parts\)"):
+        parse({**EXPLICIT, "chosen": [{"role": "assistant", "content": 3}]})

@@ -10,6 +10,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from prefopt.evaluate.compare import CompareConfig, run_compare
@@ -366,6 +367,47 @@ def test_a_chat_template_file_in_the_folder_is_what_the_refusal_says_it_is(tiny_
     messages = [{"role": "user", "content": "Chest pain since this morning."}]
     assert tok.apply_chat_template(messages, add_generation_prompt=True) == \
         load_tokenizer(tiny_model).apply_chat_template(messages, add_generation_prompt=True)
+
+
+def test_a_judge_scores_every_stage_and_the_report_tests_its_scores(tiny_model, tmp_path, monkeypatch):
+    """``compare --judge``: the judge reads each test item's prompt, reference and the stage's
+    answer; its replies become Likert scores (one it cannot parse is left out and counted), their
+    mean is in each stage's metrics and the report's table, and each comparison has a Wilcoxon
+    test and a paired bootstrap on them. The judge's replies are scripted (a random tiny model's
+    are noise); everything around them is the real path."""
+    import prefopt.evaluate.runner as runner
+
+    replies = iter([["3", "Score: 3", "no idea", "3"], ["4", "4", "4/5", "4"], ["5", "5 - as good", "5", "five"]])
+    seen, predict = [], runner.predict
+
+    def scripted(model, tok, task, records, **kw):
+        if kw.get("desc") != "judging":
+            return predict(model, tok, task, records, **kw)
+        seen.append([r.prompt for r in records])
+        return next(replies)
+
+    monkeypatch.setattr(runner, "predict", scripted)
+    _, data, _ = _synthetic("summarization", tmp_path)
+    out = tmp_path / "run"
+    report = run_compare(CompareConfig(task="meqsum", model=str(tiny_model), output=str(out), data=str(data),
+                                       judge=str(tiny_model), n_resamples=200, overrides=TINY))
+    test = get_task("meqsum").read(str(data))
+    test = {r.id: r for r in test}
+    for stage, prompts, likert, unparsed in zip(("base", "sft", "dpo"), seen, ([3, 3, None, 3], [4] * 4, [5, 5, 5, None]),
+                                                (0.25, 0, 0.25)):
+        rows = [json.loads(line) for line in (out / stage / "predictions.jsonl").read_text().splitlines()]
+        assert [r["likert"] for r in rows] == likert
+        for prompt, row in zip(prompts, rows):
+            item = test[row["id"]]
+            assert item.prompt in prompt and item.target in prompt and (row["output"] or "(empty)") in prompt
+        metrics = json.loads((out / stage / "metrics.json").read_text())
+        assert metrics["likert"] == pytest.approx(np.mean([x for x in likert if x is not None]))
+        assert metrics["judge_unparsed"] == unparsed
+    base_to_dpo = report["comparisons"]["base->dpo"]
+    assert base_to_dpo["likert_wilcoxon"]["p_value"] is not None  # on the 2 items both stages' replies scored
+    assert base_to_dpo["likert_bootstrap"]["delta"] == pytest.approx(2.0)
+    text = (out / "report.md").read_text()
+    assert "judge Likert 3.00" in text and "judge Likert 4.00" in text and "judge Likert 5.00" in text
 
 
 @pytest.mark.slow
