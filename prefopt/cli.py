@@ -192,20 +192,25 @@ def _check_data(args: argparse.Namespace) -> int:
     from .tokenizer import load_tokenizer
 
     tok = _dated(load_tokenizer(args.model), args.chat_date, "example")
-    if args.task:  # a task's data (compare, eval, predict): read as the task reads it; a bad row stops here
+    show_bad = None if args.all_bad else SHOW_BAD
+    if args.task:  # a task's data (compare, eval, predict): read as the task reads it
         from .evaluate.cli import key_values
         from .tasks import get_task
         from .tasks.check import check_task_data
 
-        print("\n".join(check_task_data(get_task(args.task, **key_values(args.task_option)), args.data, tok,
-                                        max_length=args.max_length)))
-        bad = False
+        if args.kind or args.max_prompt_length:
+            raise ValueError(f"{'--kind' if args.kind else '--max-prompt-length'} is for a training file; with "
+                             "--task the records are what compare builds from the task's data")
+        lines, n_bad = check_task_data(get_task(args.task, **key_values(args.task_option)), args.data, tok,
+                                       max_length=args.max_length, show_bad=show_bad)
+        print("\n".join(lines))
+        bad = n_bad > 0
     elif args.data is None:
         raise ValueError("--data FILE is needed (a task's bundled data only with --task)")
     else:
         check = check_data(args.data, tok, kind=args.kind, max_length=args.max_length,
                            max_prompt_length=args.max_prompt_length)
-        print("\n".join(check.lines(show_bad=None if args.all_bad else SHOW_BAD)))
+        print("\n".join(check.lines(show_bad=show_bad)))
         bad = bool(check.report.skipped or not check.report.n_kept)
     config = resolve_model_dir(args.model) / "config.json"
     context = json.loads(config.read_text()).get("max_position_embeddings") if config.is_file() else None

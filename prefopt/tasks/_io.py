@@ -4,12 +4,14 @@ from __future__ import annotations
 import codecs
 import inspect
 from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 from ..data.readers import EncodingError, read_rows
 from ..data.records import DataError
 
 DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+_SET_ASIDE: ContextVar[frozenset] = ContextVar("set_aside", default=frozenset())  # (path, line) table() passes over
 
 
 def file_options(task, delimiter: str | None = None, encoding: str = "utf-8") -> dict:
@@ -34,8 +36,11 @@ def table(path: str | Path, *, delimiter: str | None = None, encoding: str = "ut
     file; a malformed record raises :class:`DataError` with its file and line. A CSV's delimiter,
     unless given, is read off its header (:func:`prefopt.data.readers.read_rows`).
     ``task_options``: the task takes :func:`file_options`, so a bad byte's error names them."""
+    set_aside = _SET_ASIDE.get()
     try:
         for line, row in read_rows(path, delimiter=delimiter, encoding=encoding):
+            if (str(Path(path)), line) in set_aside:
+                continue
             if isinstance(row, DataError):
                 raise row
             yield line, row
@@ -44,6 +49,28 @@ def table(path: str | Path, *, delimiter: str | None = None, encoding: str = "ut
             raise
         raise DataError(e.path, e.line, None, f"{e.reason}, or name its encoding (--task-option encoding=cp1252 "
                                               "for Excel's CSV on Western-European Windows)") from None
+
+
+def read_past_bad_rows(task, path: str | None, *, limit: int | None = None
+                       ) -> tuple[list | None, list[DataError]]:
+    """``task.read(path)`` that goes on past bad rows: each one that stops the read is set aside and
+    the file read again without it. Returns the good records and the bad rows' errors, in file
+    order; past ``limit`` bad rows it stops looking and returns ``(None, errors)``. Each bad row
+    costs one more read of the file. A failure that is not a row of a table (a missing file, a
+    header, a file a task reads by itself) is raised as it is."""
+    bad: list[DataError] = []
+    while True:
+        token = _SET_ASIDE.set(frozenset((str(e.path), e.line) for e in bad))
+        try:
+            return task.read(path), bad
+        except DataError as e:
+            if e.line is None or (str(e.path), e.line) in _SET_ASIDE.get():
+                raise
+            bad.append(e)
+            if limit is not None and len(bad) > limit:
+                return None, bad
+        finally:
+            _SET_ASIDE.reset(token)
 
 
 def need(row: dict, field: str, path, line: int) -> str:

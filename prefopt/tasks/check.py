@@ -1,5 +1,5 @@
 """A task's data looked at before ``prefopt compare`` trains on it (``prefopt check-data --task``):
-its records read as the task reads them (a bad row stops with its file, line and field), each
+its records read as the task reads them (every bad row with its file, line and field), each
 label field's class mix, and the SFT examples compare would build from them measured as any
 training file is (:func:`prefopt.data.check.check_data`: lengths, what ``--max-length`` cuts,
 repeats)."""
@@ -9,24 +9,35 @@ from collections import Counter
 from pathlib import Path
 
 from ..data import Records
-from ..data.check import answer_line, check_data
+from ..data.check import SHOW_BAD, answer_line, check_data
 from ..tokenizer import Tokenizer
+from ._io import read_past_bad_rows
 from .base import ClassificationTask, Task
 
 
-def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length: int) -> list[str]:
-    """The check as console lines. ``path`` None: the task's bundled data."""
-    records = task.read(path)
+def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length: int,
+                    show_bad: int | None = SHOW_BAD) -> tuple[list[str], int]:
+    """The check as console lines, and how many bad rows it found. ``path`` None: the task's
+    bundled data. The read goes on past bad rows (:func:`~prefopt.tasks._io.read_past_bad_rows`):
+    past ``show_bad`` of them (None: never) it stops and lists those, measuring nothing."""
+    records, bad = read_past_bad_rows(task, path, limit=show_bad)
+    where = Path(path) if path else Path(task.bundled_data or task.name)
+    if records is None:
+        return [f"{where}: {task.name} records; more than {show_bad} bad rows, the first {show_bad}:",
+                *(f"  bad: {e}" for e in bad[:show_bad]),
+                "  ... and more (--all-bad finds every one, reading the file once more past each, and measures "
+                "what is left: lengths, cuts, the class mix)"], len(bad)
     examples = Records([{"prompt": task.messages(r), "completion": r.target} for r in records], f"{task.name} records")
     check = check_data(examples, tok, kind="sft", max_length=max_length)
-    check.report.path = Path(path) if path else Path(task.bundled_data or task.name)
+    check.report.path = where
+    check.report.skipped, check.report.n_read = bad, check.report.n_read + len(bad)
     check.title = f"{task.name} records, as compare's SFT examples"
     if isinstance(task, ClassificationTask):  # the labels per field, not the rendered answers
         check.answers = {}
-    lines = check.lines()
+    lines = check.lines(show_bad)
     if isinstance(task, ClassificationTask):
         for f in task.fields:
             counts = Counter({label: 0 for label in f.labels})  # a label no record has shows as 0
             counts.update(r.labels[f.name] for r in records if f.name in r.labels)
             lines.append(answer_line(f.name, counts, limit=len(counts), noun="labels"))
-    return lines
+    return lines, len(bad)

@@ -182,8 +182,33 @@ def test_a_tasks_data_is_checked_as_compare_reads_it(model, tmp_path, capsys):
             "--task-option", "labels=urgent,routine,emergency", "--max-length", "4096"]
     assert main(argv) == 0
     assert "  label: 3 labels: 'routine' 2 (67%), 'urgent' 1 (33%), 'emergency' 0 (0%)" in capsys.readouterr().out
-    csv.write_text("note,urgency\nchest pain,urgent\n,routine\n")
-    assert main(argv) == 2  # a bad row stops as compare would stop, naming it
-    assert f"{csv}:3: field 'note'" in capsys.readouterr().err
+    csv.write_text("note,urgency\nchest pain,urgent\n,routine\nrash,sometime\nknee,routine\n")
+    assert main(argv) == 1  # compare stops at the first bad row; the check names every one and measures the rest
+    out = capsys.readouterr().out.splitlines()
+    assert out[:3] == [f"{csv}: text_classification records, as compare's SFT examples; 2 of 4 records kept; 2 "
+                       f"skipped: 1x empty; 1x 'sometime' is not one of the labels given (urgent, routine, emergency) "
+                       f"(first: {csv}:3: field 'note': empty)",
+                       f"  bad: {csv}:3: field 'note': empty",
+                       f"  bad: {csv}:4: field 'urgency': 'sometime' is not one of the labels given (urgent, routine, "
+                       "emergency)"]
+    assert "  label: 3 labels: 'urgent' 1 (50%), 'routine' 1 (50%), 'emergency' 0 (0%)" in out
+    csv.write_text("note,urgency\n" + "".join(f"note {i},{'urgent' if i % 3 else 'later'}\n" for i in range(40)))
+    assert main(argv) == 1  # 14 bad rows: the first 10, and no measures of what is left
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{csv}: text_classification records; more than 10 bad rows, the first 10:"
+    assert [x.split(": field")[0] for x in out[1:11]] == [f"  bad: {csv}:{2 + i}" for i in range(0, 30, 3)]
+    assert out[11].startswith("  ... and more (--all-bad finds every one") and "model's context" in out[12]
+    assert main(argv + ["--all-bad"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert "26 of 40 records kept; 14 skipped: 14x 'later' is not one of" in out[0] and len(
+        [x for x in out if x.startswith("  bad: ")]) == 14
+    assert main(argv + ["--kind", "sft"]) == 2
+    assert "--kind is for a training file; with --task the records are what compare builds" in capsys.readouterr().err
+    (tmp_path / "ktas.csv").write_text("Sex;Age\n1;40\n")  # another file's header: each row says what it has
+    assert main(["check-data", "--model", str(model), "--task", "ktas", "--data", str(tmp_path / "ktas.csv")]) == 1
+    assert f"  bad: {tmp_path / 'ktas.csv'}:2: field 'Chief_complain': missing field (have: Sex, Age)" in (
+        capsys.readouterr().out.splitlines())
+    assert main(["check-data", "--model", str(model), "--task", "ktas", "--data", str(tmp_path / "none.csv")]) == 2
+    assert "none.csv: no such data file" in capsys.readouterr().err  # not a row: one error, as before
     assert main(["check-data", "--model", str(model)]) == 2
     assert "--data FILE is needed" in capsys.readouterr().err
