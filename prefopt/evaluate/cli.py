@@ -27,6 +27,7 @@ def _eval(args) -> int:
     from ..devices import resolve
     from ..pretrained import load_model
     from ..tasks import get_task, sample_records, split_records
+    from ..tasks.check import read_labelled
     from ..tokenizer import load_tokenizer
     from .confidence import SCORING, confidence_line, probabilities_for, scored_answers
     from .runner import (
@@ -43,7 +44,7 @@ def _eval(args) -> int:
 
     task = get_task(args.task, **key_values(args.task_option))
     device, dtype = resolve(args.device, args.dtype)  # a device this machine lacks stops here, before any work
-    records = task.read(args.data)
+    records = read_labelled(task, args.data)
     if args.split_file:
         records = _from_split_file(records, args.split_file)
     elif args.split == "test":

@@ -305,6 +305,7 @@ def _dpo(cfg, task, pairs: Path, val: list, out: Path, s: dict) -> None:
 def run_compare(cfg: CompareConfig) -> dict:
     """Run (or resume) the three stages and write the report; returns ``report.json``'s content."""
     from ..tasks import get_task
+    from ..tasks.check import read_labelled
     from ..tokenizer import load_tokenizer
     from .report import build_report
 
@@ -314,7 +315,7 @@ def run_compare(cfg: CompareConfig) -> dict:
         _log(f"max_length {task.train_length}, not the {cfg.preset} preset's {s['max_length']}: {task.name} "
              "examples need it (--set max_length=N to choose)")
         s["max_length"] = task.train_length
-    records = task.read(cfg.data)  # bad data stops the run before its folder is claimed
+    records = read_labelled(task, cfg.data)  # bad data stops the run before its folder is claimed
     _fit_test_size(cfg, s, records)
     splits = _split(cfg, records, s)
     if splits["val"] and cfg.strategy == "ranked":  # given pairs on a validation item: refused before any work

@@ -8,11 +8,23 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from ..data import Records
+from ..data import DataError, Records
 from ..data.check import SHOW_BAD, answer_line, check_data
 from ..tokenizer import Tokenizer
 from ._io import read_past_bad_rows
 from .base import ClassificationTask, Task
+
+
+def read_labelled(task: Task, path: str | None) -> list:
+    """``task.read(path)`` for eval and compare: a bad row stops it, its error pointing at the check
+    that lists every one (:func:`check_task_data`)."""
+    try:
+        return task.read(path)
+    except DataError as e:
+        if e.line is None:
+            raise
+        raise DataError(e.path, e.line, e.field, f"{e.reason} (prefopt check-data --task {task.name} lists every "
+                                                 "bad row)") from None
 
 
 def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length: int,

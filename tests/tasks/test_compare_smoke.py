@@ -328,6 +328,25 @@ def test_a_task_without_bundled_data_asks_for_data_and_claims_no_folder(command,
     assert not out.exists()  # a rerun with --data is not refused as "other settings"
 
 
+@pytest.mark.parametrize("command", ["eval", "compare"])
+def test_a_bad_row_stops_eval_and_compare_pointing_at_the_check_that_lists_every_one(command, tiny_model, tmp_path,
+                                                                                     capsys):
+    from prefopt.cli import main
+
+    rows = [json.loads(x) for x in PORTAL_DATA.read_text().splitlines()[:12]]
+    rows[4]["urgency"], rows[7]["message"] = "whenever", " "
+    data = tmp_path / "portal.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    assert main([command, "--task", "portal", "--model", str(tiny_model), "--data", str(data), "--output", str(out)]) == 2
+    assert (f"prefopt {command}: error: {data}:5: field 'urgency': 'whenever' is not one of ['emergency', 'urgent', "
+            "'routine'] (prefopt check-data --task portal lists every bad row)") in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["check-data", "--task", "portal", "--model", str(tiny_model), "--data", str(data)]) == 1
+    bad = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  bad: ")]
+    assert [x.split(": field ")[0] for x in bad] == [f"  bad: {data}:5", f"  bad: {data}:8"]
+
+
 @pytest.mark.parametrize("command", ["eval", "compare", "compare --judge"])
 def test_a_model_without_a_chat_template_is_refused_before_any_work(command, tiny_model, tmp_path, capsys):
     """A base model's tokenizer has no chat template: eval crashed at the first prompt, and compare
