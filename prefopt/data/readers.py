@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import datetime
+import decimal
 import io
 import json
 from collections.abc import Iterator, Sequence
@@ -45,13 +47,26 @@ def _is_frame(source) -> bool:
 
 
 def frame_rows(frame) -> list[Row]:
-    """A DataFrame's rows as dicts of plain Python values: a list column read from Parquet (a
-    Hugging Face dataset's messages) holds numpy arrays, given back as lists."""
-    return [{k: _plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
+    """A DataFrame's rows as dicts of plain values (:func:`plain`): a list column read from
+    Parquet (a Hugging Face dataset's messages) holds numpy arrays, given back as lists."""
+    return [plain(row) for row in frame.to_dict("records")]
 
 
-def _plain(v):
-    return v.tolist() if type(v).__module__ == "numpy" and hasattr(v, "tolist") else v
+def plain(v):
+    """``v`` as JSON holds it, so that a row can go into predictions and digests as it came:
+    numpy arrays and numbers as lists and numbers, dates and times (a timestamp column) as ISO
+    text, decimals and durations as text; within lists and dicts alike."""
+    if isinstance(v, dict):
+        return {k: plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    if type(v).__module__ == "numpy" and hasattr(v, "tolist"):
+        return plain(v.tolist())
+    if isinstance(v, (datetime.date, datetime.time)) or callable(getattr(v, "isoformat", None)):
+        return v.isoformat()  # (pandas' NaT too: 'NaT')
+    if isinstance(v, (decimal.Decimal, datetime.timedelta)):
+        return str(v)
+    return v
 
 
 _FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
@@ -170,7 +185,7 @@ def _parquet(path: Path, batch_rows: int = 1024):
         for batch in batches:
             for row in batch.to_pylist():
                 row_no += 1
-                yield row_no, row
+                yield row_no, plain(row)
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError: not Parquet, or cut short
         if isinstance(e, FileNotFoundError):
             raise

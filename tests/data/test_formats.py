@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from prefopt import load_tokenizer
-from prefopt.data import DataError, load_preferences, read_rows
+from prefopt.data import DataError, Records, load_preferences, read_rows
 from prefopt.data.records import PreferenceRecord, parse_preference
 from tests._tiny import build_tokenizer
 
@@ -154,3 +154,21 @@ def test_openai_content_parts_are_read_when_every_part_is_text():
         parse(row)
     with pytest.raises(DataError, match=r"field 'chosen\[0\].content': expected text \(or a list of text parts\)"):
         parse({**EXPLICIT, "chosen": [{"role": "assistant", "content": 3}]})
+
+
+def test_a_parquet_tables_dates_and_decimals_come_as_text_json_can_hold(tmp_path):
+    """A hospital export's timestamp or decimal column rides along with each row into the
+    predictions (JSONL, CSV) and the data digest, which take JSON's values only."""
+    import datetime
+    import decimal
+
+    row = {**EXPLICIT, "received": datetime.datetime(2026, 11, 30, 8, 15), "day": datetime.date(2026, 11, 30),
+           "waited": datetime.timedelta(minutes=42), "temp": decimal.Decimal("38.25"), "ward": None}
+    [(line, got)] = list(read_rows(_parquet(tmp_path / "p.parquet", [row])))
+    assert line == 1 and json.loads(json.dumps(got)) == {
+        **EXPLICIT, "received": "2026-11-30T08:15:00", "day": "2026-11-30", "waited": "0:42:00", "temp": "38.25",
+        "ward": None}
+    pd = pytest.importorskip("pandas")
+    frame = pd.read_parquet(tmp_path / "p.parquet")
+    [got] = Records(frame)
+    assert got["received"] == "2026-11-30T08:15:00" and got["chosen"] == EXPLICIT["chosen"]
