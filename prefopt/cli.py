@@ -198,9 +198,11 @@ def _check_data(args: argparse.Namespace) -> int:
         from .tasks import get_task
         from .tasks.check import check_task_data
 
-        if args.kind or args.max_prompt_length:
-            raise ValueError(f"{'--kind' if args.kind else '--max-prompt-length'} is for a training file; with "
-                             "--task the records are what compare builds from the task's data")
+        given = [flag for flag, v in (("--kind", args.kind), ("--max-prompt-length", args.max_prompt_length),
+                                      ("--columns", args.columns)) if v]
+        if given:
+            raise ValueError(f"{given[0]} is for a training file; with --task the records are what compare builds "
+                             "from the task's data (its columns: --task-option)")
         lines, n_bad = check_task_data(get_task(args.task, **key_values(args.task_option)), args.data, tok,
                                        max_length=args.max_length, show_bad=show_bad)
         print("\n".join(lines))
@@ -208,8 +210,10 @@ def _check_data(args: argparse.Namespace) -> int:
     elif args.data is None:
         raise ValueError("--data FILE is needed (a task's bundled data only with --task)")
     else:
+        from .data.columns import column_map
+
         check = check_data(args.data, tok, kind=args.kind, max_length=args.max_length,
-                           max_prompt_length=args.max_prompt_length)
+                           max_prompt_length=args.max_prompt_length, columns=column_map(args.columns))
         print("\n".join(check.lines(show_bad=show_bad)))
         bad = bool(check.report.skipped or not check.report.n_kept)
     config = resolve_model_dir(args.model) / "config.json"
@@ -248,13 +252,15 @@ def _add_config_flags(p: argparse.ArgumentParser, cls) -> None:
         text = f.metadata.get("help", "")
         if f.default is not MISSING and f.default is not None:
             text += f" (default: {f.default})"
-        elif f.default_factory is not MISSING:
+        elif f.default_factory is not MISSING and f.default_factory():
             text += f" (default: {' '.join(f.default_factory())})"
         help_ = text.strip().replace("%", "%%")
         if f.type == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif f.type == "list[str]":
             p.add_argument(flag, nargs="+", default=None, help=help_)
+        elif f.type == "dict[str, str]":  # FIELD=COLUMN entries, read by the config's typed_value
+            p.add_argument(flag, nargs="+", default=None, metavar="FIELD=COLUMN", help=help_)
         else:
             p.add_argument(flag, type=kinds[f.type], default=None, help=help_)
 
@@ -332,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "field, and the SFT examples compare builds from it (lengths, cuts, repeats)")
     k.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="with --task: a task option")
     k.add_argument("--kind", choices=["sft", "preference"], help="default: from the first record's fields")
+    k.add_argument("--columns", nargs="+", metavar="FIELD=COLUMN", help="read a record's field from a column of "
+                   "another name, as sft and dpo --columns do (e.g. prompt=question 'chosen=good answer')")
     k.add_argument("--max-length", type=positive_int, default=1024, help="the training max_length to measure against")
     k.add_argument("--max-prompt-length", type=positive_int)
     k.add_argument("--all-bad", action="store_true", help="list every bad record (default: the first 10)")

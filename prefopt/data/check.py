@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..tokenizer import Tokenizer
+from .columns import renamed, with_columns
 from .preference import PairExample, load_preferences
 from .readers import read_rows
 from .records import SFTRecord, parse_preference, parse_sft
@@ -20,12 +21,13 @@ LABELS = 12  # a side with at most this many distinct answers is shown as labels
 UNLIMITED = 1 << 30  # a max_length nothing reaches: lengths before any truncation
 
 
-def detect_kind(path) -> str:
+def detect_kind(path, columns: dict[str, str] | None = None) -> str:
     """``"preference"`` when the first readable record has chosen/rejected (TRL) or
-    preferred_output (OpenAI) fields, else ``"sft"``."""
+    preferred_output (OpenAI) fields (read through ``columns``), else ``"sft"``."""
     for _, row in read_rows(path):
         if isinstance(row, dict):
-            return "preference" if {"chosen", "rejected", "preferred_output"} & set(row) else "sft"
+            fields = set(renamed(row, columns or {}))
+            return "preference" if {"chosen", "rejected", "preferred_output"} & fields else "sft"
     return "sft"
 
 
@@ -76,16 +78,18 @@ def _spread(xs: list[int]) -> str:
 
 
 def check_data(path: str | Path | list[dict], tok: Tokenizer, *, kind: str | None = None, max_length: int = 1024,
-               max_prompt_length: int | None = None) -> DataCheck:
-    """Load ``path`` as training would (every bad record counted, none fatal) and measure it."""
-    kind = kind or detect_kind(path)
+               max_prompt_length: int | None = None, columns: dict[str, str] | None = None) -> DataCheck:
+    """Load ``path`` as training would (every bad record counted, none fatal; ``columns`` as
+    :func:`~prefopt.data.load_sft` takes them) and measure it."""
+    kind = kind or detect_kind(path, columns)
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS} (got {kind!r})")
     loader: Callable = load_preferences if kind == "preference" else load_sft
     with tok.remembering():  # the second pass re-encodes nothing (half the time)
-        full, report = _load(loader, path, tok, max_length=UNLIMITED)
+        full, report = _load(loader, path, tok, max_length=UNLIMITED, columns=columns)
         if full:
-            _, report = _load(loader, path, tok, max_length=max_length, max_prompt_length=max_prompt_length)
+            _, report = _load(loader, path, tok, max_length=max_length, max_prompt_length=max_prompt_length,
+                              columns=columns)
     sides = [_sides(x) for x in full]
     seen: set = set()
     duplicates = 0
@@ -96,16 +100,16 @@ def check_data(path: str | Path | list[dict], tok: Tokenizer, *, kind: str | Non
         duplicates += key in seen
         seen.add(key)
     return DataCheck(kind, report, [t for t, _, _ in sides], [p for _, p, _ in sides], [r for _, _, r in sides],
-                     duplicates, _answers(path, kind))
+                     duplicates, _answers(path, kind, columns))
 
 
-def _answers(path, kind: str) -> dict[str, Counter]:
+def _answers(path, kind: str, columns: dict[str, str] | None = None) -> dict[str, Counter]:
     """How often each answer (stripped) is given, per side, over the records that parse."""
     if kind == "preference":
-        rows, _ = load_records(path, parse_preference, skip_bad=True)
+        rows, _ = load_records(path, with_columns(parse_preference, columns), skip_bad=True)
         return {"chosen": Counter(r.chosen.strip() for _, r in rows),
                 "rejected": Counter(r.rejected.strip() for _, r in rows)}
-    rows, _ = load_records(path, parse_sft, skip_bad=True)
+    rows, _ = load_records(path, with_columns(parse_sft, columns), skip_bad=True)
     return {"completion": Counter(_answer(r).strip() for _, r in rows)}
 
 

@@ -10,6 +10,7 @@ import torch
 
 from ..tokenizer import Tokenizer
 from .collate import pad_collate
+from .columns import column_of, with_columns
 from .records import PreferenceRecord, parse_preference
 from .sft import IGNORE, Cut, LoadReport, TokenizedExample, load_tokenized, prompt_len, truncate
 
@@ -65,15 +66,16 @@ def tokenize_pair(rec: PreferenceRecord, tok: Tokenizer, *, max_length: int,
 
 
 def load_preferences(path: str | Path | list[dict], tok: Tokenizer, *, max_length: int = 1024,
-                     max_prompt_length: int | None = None, skip_bad: bool = False, show_progress: bool = True
-                     ) -> tuple[list[PairExample], LoadReport]:
-    """Read, validate and tokenize a preference file (TRL or OpenAI format; JSONL, JSON or CSV),
-    or a list of record dicts; errors and ``show_progress`` as :func:`~prefopt.data.load_sft`."""
+                     max_prompt_length: int | None = None, skip_bad: bool = False, show_progress: bool = True,
+                     columns: dict[str, str] | None = None) -> tuple[list[PairExample], LoadReport]:
+    """Read, validate and tokenize a preference file (TRL or OpenAI format; JSONL, JSON, CSV or
+    Parquet), or a list of record dicts; errors, ``show_progress`` and ``columns`` as
+    :func:`~prefopt.data.load_sft`."""
     def encode(rec):
         return tokenize_pair(rec, tok, max_length=max_length, max_prompt_length=max_prompt_length)
 
-    pairs, report = load_tokenized(path, parse_preference, encode, skip_bad=skip_bad, show_progress=show_progress,
-                                   field_of=lambda rec: "chosen")
+    pairs, report = load_tokenized(path, with_columns(parse_preference, columns), encode, skip_bad=skip_bad,
+                                   show_progress=show_progress, field_of=lambda rec: column_of("chosen", columns))
     report.max_length = max_length
     return pairs, report
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..chat_template import parse_chat_date
+from ..data.columns import column_map
 from ..devices import DTYPES as _DTYPES
 from ..devices import resolve_device
 from .config_file import read_config_file, typed_value
@@ -32,6 +33,8 @@ class TrainConfig:
     data: str | None = opt(None, "training data: JSONL, JSON or CSV (required, but by a Trainer built in Python, "
                                  "which takes its examples directly)")
     eval_data: str | None = opt(None, "a separate eval file; else eval_fraction of data")
+    columns: dict[str, str] = opt(help="read a record's field from a column of another name (a CSV header, a "
+                                       "JSON key): prompt=question 'chosen=good answer'", factory=dict)
     eval_fraction: float = opt(0.0, "hold out this fraction of data for eval (before and after training)")
     max_length: int = opt(1024, "tokens per example; the prompt is cut from its start first")
     max_prompt_length: int | None = opt(None, "cut every prompt to its last N tokens")
@@ -131,6 +134,10 @@ class TrainConfig:
             errors.append("lora_dropout must be in [0, 1)")
         if self.fsdp and self.lora:
             errors.append("fsdp is for full fine-tuning: set lora=False (LoRA runs under plain DDP)")
+        try:
+            column_map(self.columns)
+        except ValueError as e:
+            errors.append(str(e))
         for name in ("data", "eval_data"):
             p = getattr(self, name)
             if p and not Path(p).is_file():

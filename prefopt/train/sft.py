@@ -77,7 +77,7 @@ def load_train_eval(config, tok, loader=load_sft, records=None, eval_records=Non
     if source is None or (isinstance(source, str) and not source.strip()):
         raise ValueError("no training data: set data (--data) to a JSONL, JSON or CSV file, or pass records")
     kw = dict(max_length=config.max_length, max_prompt_length=config.max_prompt_length,
-              skip_bad=config.skip_bad_records, show_progress=config.progress)
+              skip_bad=config.skip_bad_records, show_progress=config.progress, columns=config.columns)
     examples, report = loader(source, tok, **kw)
     reports = [report]
     if eval_records is not None or config.eval_data:

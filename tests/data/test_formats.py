@@ -172,3 +172,39 @@ def test_a_parquet_tables_dates_and_decimals_come_as_text_json_can_hold(tmp_path
     frame = pd.read_parquet(tmp_path / "p.parquet")
     [got] = Records(frame)
     assert got["received"] == "2026-11-30T08:15:00" and got["chosen"] == EXPLICIT["chosen"]
+
+
+def test_columns_of_other_names_are_read_as_the_fields_and_named_in_errors(tmp_path, tok, capsys):
+    """A spreadsheet's own headers (``columns={"prompt": "Patient message", ...}``): read as the
+    fields, for SFT, pairs and check-data alike; an error names the file's column."""
+    from prefopt.cli import main
+    from prefopt.data import load_sft
+    from prefopt.data.check import check_data
+
+    cols = {"prompt": "Patient message", "chosen": "Clinician answer", "rejected": "Draft"}
+    path = tmp_path / "pairs.csv"
+    path.write_text("Patient message,Clinician answer,Draft,prompt\n"  # a column named 'prompt' read from elsewhere
+                    "Fever and a stiff neck?,Go to the emergency department now.,Rest.,ignored\n"
+                    "Refill please,The pharmacist will call you today.,Go to the emergency department now.,x\n"
+                    ",Call us.,Ignore it.,x\n")
+    pairs, report = load_preferences(path, tok, columns=cols, skip_bad=True)
+    plain, _ = load_preferences([{"prompt": "Fever and a stiff neck?", "chosen": "Go to the emergency department "
+                                  "now.", "rejected": "Rest."}], tok)
+    assert report.n_kept == 2 and pairs[0].key == plain[0].key
+    assert str(report.skipped[0]) == f"{path}:4: field 'Patient message': empty text"
+    check = check_data(path, tok, columns=cols)
+    assert check.kind == "preference" and check.report.n_kept == 2 and check.answers["rejected"]["Rest."] == 1
+    with pytest.raises(DataError, match=r"field 'Draft': missing column \(read as 'rejected'; the record has: "
+                                        r"Patient message, Clinician answer, prompt\)"):
+        load_preferences([{"Patient message": "q", "Clinician answer": "a", "prompt": "p"}], tok, columns=cols)
+    with pytest.raises(DataError, match=r"<records>:1: field 'Reply\[0\].content': expected text"):
+        load_sft([{"q": "Fever?", "Reply": [{"role": "assistant", "content": 3}]}], tok,
+                 columns={"prompt": "q", "completion": "Reply"})
+    model = tmp_path / "model"
+    from tests._tiny import build_hf_model
+
+    build_hf_model(model)
+    argv = ["check-data", "--model", str(model), "--data", str(path), "--columns", "prompt=Patient message",
+            "chosen=Clinician answer", "rejected=Draft", "--max-length", "256"]
+    assert main(argv) == 1  # the empty row is bad
+    assert f"  bad: {path}:4: field 'Patient message': empty text" in capsys.readouterr().out.splitlines()

@@ -117,3 +117,28 @@ def test_a_relative_data_path_that_is_missing_says_where_it_was_looked_for(tmp_p
     with pytest.raises(ValueError) as e:  # an absolute path: nothing to add
         TrainConfig.from_file(run / "train_config.json", data=str(tmp_path / "none.jsonl"))
     assert "relative paths" not in str(e.value)
+
+
+def test_columns_load_from_a_mapping_entries_or_text_and_bad_ones_are_named(tmp_path, data):
+    """``columns`` ({field: column}) from a YAML mapping, a list of FIELD=COLUMN entries (the
+    flag's form) or one line of them; a column name may hold spaces."""
+    pytest.importorskip("yaml")
+    want = {"prompt": "Patient message", "chosen": "Clinician answer"}
+    for text in ("columns:\n  prompt: Patient message\n  chosen: Clinician answer\n",
+                 "columns:\n  - prompt=Patient message\n  - chosen = Clinician answer\n",
+                 "columns: prompt=Patient message, chosen=Clinician answer\n"):
+        p = tmp_path / "c.yaml"
+        p.write_text(f"model: m\ndata: {data}\noutput_dir: o\n{text}")
+        assert DPOConfig.from_file(p).columns == want
+    assert TrainConfig(model="m", output_dir="o").columns == {}
+    with pytest.raises(ValueError, match=r"columns: promt=q: no field 'promt' \(did you mean 'prompt'\?\)"):
+        TrainConfig(model="m", output_dir="o", columns=["promt=q", "chosen=a"])
+    with pytest.raises(ValueError, match=r"columns: 'chosen' is given twice"):
+        TrainConfig(model="m", output_dir="o", columns=["chosen=a", "chosen=b"])
+    with pytest.raises(ValueError, match=r"columns: expected FIELD=COLUMN entries or a mapping, got \['prompt'\]"):
+        TrainConfig(model="m", output_dir="o", columns=["prompt"])
+    from prefopt.cli import parse_args
+
+    args = parse_args(["dpo", "--model", "m", "--output-dir", "o", "--columns", "prompt=Patient message",
+                       "chosen=Clinician answer"])
+    assert typed_value("dict[str, str]", args.columns) == want
