@@ -51,7 +51,17 @@ def _settings_lines(config) -> list[str]:
     now, defaults = config.to_dict(), config.defaults()
     keys = [k for k in now if k not in NOT_SETTINGS and now[k] is not None
             and (k in ALWAYS or now[k] != defaults.get(k, object()))]
-    return ["| setting | value |", "|---|---|", *[f"| `{k}` | `{now[k]}` |" for k in keys]]
+    return ["| setting | value |", "|---|---|", *[f"| `{k}` | `{_shown(now[k])}` |" for k in keys]]
+
+
+def _shown(value) -> str:
+    """A setting as the command line gives it: ``prompt=question, chosen=good`` and ``q_proj, v_proj``,
+    not Python's reprs; a ``|`` escaped, as a table cell needs."""
+    if isinstance(value, dict):
+        value = ", ".join(f"{k}={v}" for k, v in value.items())
+    elif isinstance(value, list):
+        value = ", ".join(map(str, value))
+    return str(value).replace("|", "\\|")
 
 
 def card_text(config, summary: dict, data: list[str], outcome: list[str], device: str,

@@ -19,7 +19,7 @@ def test_an_sft_adapter_says_what_trained_it(tmp_path, capsys):
     out = tmp_path / "sft"
     assert main(["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(out), "--max-steps", "3",
                  "--batch-size", "4", "--lora-r", "4", "--lr", "1e-3", "--no-progress", "--eval-fraction", "0.25",
-                 "--eval-every", "1", "--best-metric", "eval_loss"]) == 0
+                 "--eval-every", "1", "--best-metric", "eval_loss", "--lora-targets", "q_proj", "v_proj"]) == 0
     console = [x.removeprefix("prefopt: ") for x in capsys.readouterr().out.splitlines()]
     head, body = _card(out / "final")
     assert head == f"base_model: {model_dir}\nlibrary_name: peft\ntags:\n- prefopt\n- sft\n- lora\n"
@@ -30,6 +30,10 @@ def test_an_sft_adapter_says_what_trained_it(tmp_path, capsys):
     table = [line for line in body.splitlines() if line.startswith("| `")]
     settings = {line.split("`")[1]: line.split("`")[3] for line in table}
     assert settings["lr"] == "0.001" and settings["lora_r"] == "4" and settings["max_steps"] == "3"
+    assert settings["lora_targets"] == "q_proj, v_proj"  # as the command line gives it, not a Python list
+    from prefopt.train.card import _shown
+
+    assert _shown({"prompt": "Message | note", "chosen": "good"}) == "prompt=Message \\| note, chosen=good"
     assert "output_dir" not in settings and "eval_data" not in settings and "lora_dropout" not in settings  # default
     went = body.split("## How the run went\n\n")[1].split("\n\n")[0].splitlines()
     assert went and [x.removeprefix("- ") for x in went] == [x for x in console if x in body]
