@@ -10,24 +10,35 @@ from .records import DataError
 FIELDS = ("prompt", "completion", "messages", "chosen", "rejected")
 
 
-def column_map(given: Sequence[str] | Mapping[str, str] | None) -> dict[str, str]:
-    """``["prompt=question", ...]`` (or ``{"prompt": "question"}``) as ``{field: column}``. A
-    ValueError lists every entry that is not ``FIELD=COLUMN`` with one of :data:`FIELDS`."""
-    if not given:
-        return {}
-    pairs = list(given.items()) if isinstance(given, Mapping) else [
-        tuple(part.strip() for part in entry.split("=", 1)) if "=" in entry else (entry, "") for entry in given]
-    out, errors = {}, []
-    for field, column in pairs:
-        if field not in FIELDS:
-            errors.append(f"{field}={column}: no field {field!r}" + (did_you_mean(field, FIELDS) or
-                                                                     f" (fields: {', '.join(FIELDS)})"))
-        elif not column:
-            errors.append(f"{field!r}: expected FIELD=COLUMN, such as prompt=question")
-        elif field in out:
-            errors.append(f"{field!r} is given twice ({out[field]}, {column})")
-        else:
-            out[field] = column
+def field_columns(given: str | Sequence[str] | Mapping[str, str]) -> dict[str, str]:
+    """FIELD=COLUMN entries (a list, or one text of them separated by commas; a column name may
+    hold spaces) or a mapping, as ``{field: column}``; a ValueError for an entry without ``=`` or a
+    field given twice."""
+    if isinstance(given, Mapping):
+        if all(isinstance(k, str) and isinstance(v, str) for k, v in given.items()):
+            return dict(given)
+    else:
+        entries = [e for e in given.split(",") if e.strip()] if isinstance(given, str) else given
+        if isinstance(entries, (list, tuple)) and all(isinstance(e, str) for e in entries):
+            out: dict[str, str] = {}
+            for entry in entries:
+                if "=" not in entry:
+                    raise ValueError(f"{entry!r}: expected FIELD=COLUMN, such as prompt=question")
+                field, column = (part.strip() for part in entry.split("=", 1))
+                if field in out:
+                    raise ValueError(f"{field!r} is given twice ({out[field]}, {column})")
+                out[field] = column
+            return out
+    raise ValueError(f"expected FIELD=COLUMN entries or a mapping, got {given!r}")
+
+
+def column_map(given: str | Sequence[str] | Mapping[str, str] | None) -> dict[str, str]:
+    """:func:`field_columns`, each field checked: a ValueError lists every one that is not among
+    :data:`FIELDS` or has no column."""
+    out = field_columns(given) if given else {}
+    errors = [f"{field}={column}: no field {field!r}" + (did_you_mean(field, FIELDS) or f" (fields: {', '.join(FIELDS)})")
+              for field, column in out.items() if field not in FIELDS]
+    errors += [f"{field}=: no column given" for field, column in out.items() if field in FIELDS and not column]
     if errors:
         raise ValueError("columns: " + "; ".join(errors))
     return out
@@ -37,6 +48,7 @@ def with_columns(parse: Callable, columns: Mapping[str, str] | None) -> Callable
     """``parse(row, path, line)`` reading each field from its column; its errors name the column."""
     if not columns:
         return parse
+    columns = column_map(columns)
 
     def parse_renamed(row: dict, path, line: int):
         missing = [c for c in columns.values() if c not in row]

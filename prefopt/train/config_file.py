@@ -49,17 +49,10 @@ def typed_value(kind: str, value: Any) -> Any:
         if isinstance(value, str):
             return value
         raise ValueError(f"expected text, got {value!r}")
-    if base == "dict[str, str]":  # columns: {field: column}, or FIELD=COLUMN entries (a column name may hold spaces)
-        entries = [e for e in value.split(",") if e.strip()] if isinstance(value, str) else value
-        if isinstance(entries, (list, tuple)) and all(isinstance(e, str) and "=" in e for e in entries):
-            pairs = [tuple(part.strip() for part in e.split("=", 1)) for e in entries]
-            twice = [k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i])]
-            if twice:
-                raise ValueError(f"{twice[0]!r} is given twice")
-            entries = dict(pairs)
-        if isinstance(entries, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in entries.items()):
-            return dict(entries)
-        raise ValueError(f"expected FIELD=COLUMN entries or a mapping, got {value!r}")
+    if base == "dict[str, str]":  # columns: {field: column}, or FIELD=COLUMN entries
+        from ..data.columns import field_columns
+
+        return field_columns(value)
     if base == "list[str]":
         names = value.replace(",", " ").split() if isinstance(value, str) else value
         if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):

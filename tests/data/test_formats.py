@@ -197,6 +197,8 @@ def test_columns_of_other_names_are_read_as_the_fields_and_named_in_errors(tmp_p
     with pytest.raises(DataError, match=r"field 'Draft': missing column \(read as 'rejected'; the record has: "
                                         r"Patient message, Clinician answer, prompt\)"):
         load_preferences([{"Patient message": "q", "Clinician answer": "a", "prompt": "p"}], tok, columns=cols)
+    with pytest.raises(ValueError, match=r"columns: promt=q: no field 'promt' \(did you mean 'prompt'\?\)"):
+        load_sft([{"q": "Fever?", "completion": "Go."}], tok, columns={"promt": "q"})  # checked in Python too
     with pytest.raises(DataError, match=r"<records>:1: field 'Reply\[0\].content': expected text"):
         load_sft([{"q": "Fever?", "Reply": [{"role": "assistant", "content": 3}]}], tok,
                  columns={"prompt": "q", "completion": "Reply"})

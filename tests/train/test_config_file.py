@@ -135,8 +135,12 @@ def test_columns_load_from_a_mapping_entries_or_text_and_bad_ones_are_named(tmp_
         TrainConfig(model="m", output_dir="o", columns=["promt=q", "chosen=a"])
     with pytest.raises(ValueError, match=r"columns: 'chosen' is given twice"):
         TrainConfig(model="m", output_dir="o", columns=["chosen=a", "chosen=b"])
-    with pytest.raises(ValueError, match=r"columns: expected FIELD=COLUMN entries or a mapping, got \['prompt'\]"):
+    with pytest.raises(ValueError, match=r"columns: 'prompt': expected FIELD=COLUMN, such as prompt=question"):
         TrainConfig(model="m", output_dir="o", columns=["prompt"])
+    with pytest.raises(ValueError, match=r"columns: expected FIELD=COLUMN entries or a mapping, got \{'prompt': 3\}"):
+        TrainConfig(model="m", output_dir="o", columns={"prompt": 3})
+    with pytest.raises(ValueError, match=r"columns: prompt=: no column given"):
+        TrainConfig(model="m", output_dir="o", columns=["prompt="])
     from prefopt.cli import parse_args
 
     args = parse_args(["dpo", "--model", "m", "--output-dir", "o", "--columns", "prompt=Patient message",
