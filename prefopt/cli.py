@@ -332,8 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "record is bad or none is usable. --task: a task's data, as compare reads it",
                        epilog=task_options_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     k.add_argument("--model", required=True, help="the model whose tokenizer and chat template training will use")
-    k.add_argument("--data", help="JSONL, JSON or CSV training file; with --task, the task's data file or folder "
-                   "(default: its bundled data)")
+    k.add_argument("--data", help="JSONL, JSON, CSV, TSV or Parquet training file; with --task, the task's data "
+                   "file or folder (default: its bundled data)")
     k.add_argument("--task", help="check a task's data as compare, eval and predict read it: its class mix per "
                    "field, and the SFT examples compare builds from it (lengths, cuts, repeats)")
     k.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="with --task: a task option")

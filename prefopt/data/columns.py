@@ -36,7 +36,8 @@ def column_map(given: str | Sequence[str] | Mapping[str, str] | None) -> dict[st
     """:func:`field_columns`, each field checked: a ValueError lists every one that is not among
     :data:`FIELDS` or has no column."""
     out = field_columns(given) if given else {}
-    errors = [f"{field}={column}: no field {field!r}" + (did_you_mean(field, FIELDS) or f" (fields: {', '.join(FIELDS)})")
+    errors = [f"{field}={column}: no field {field!r}" + (did_you_mean(field, FIELDS)
+                                                         or f" (fields: {', '.join(FIELDS)})")
               for field, column in out.items() if field not in FIELDS]
     errors += [f"{field}=: no column given" for field, column in out.items() if field in FIELDS and not column]
     if errors:

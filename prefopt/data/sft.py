@@ -190,7 +190,8 @@ def load_sft(
     show_progress: bool = True,
     columns: dict[str, str] | None = None,
 ) -> tuple[list[TokenizedExample], LoadReport]:
-    """Read, validate and tokenize an SFT file (JSONL, JSON or CSV), or a list of record dicts.
+    """Read, validate and tokenize an SFT file (JSONL, JSON, CSV, TSV or Parquet), a list of record
+    dicts or a DataFrame.
 
     Every record is checked; a bad one raises a :class:`DataError` naming the file, line and
     field (``<records>:3`` for the third dict of a list), unless ``skip_bad=True``, which skips

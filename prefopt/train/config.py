@@ -30,8 +30,8 @@ def opt(default: Any = MISSING, help: str = "", *, factory: Any = MISSING):
 class TrainConfig:
     model: str = opt(help="model folder, alias (smollm2-135m), hub id or .gguf file (required)")
     output_dir: str = opt(help="run folder: final/, checkpoints/, metrics.jsonl, train_config.json (required)")
-    data: str | None = opt(None, "training data: JSONL, JSON or CSV (required, but by a Trainer built in Python, "
-                                 "which takes its examples directly)")
+    data: str | None = opt(None, "training data: JSONL, JSON, CSV, TSV or Parquet (required, but by a Trainer "
+                                 "built in Python, which takes its examples directly)")
     eval_data: str | None = opt(None, "a separate eval file; else eval_fraction of data")
     columns: dict[str, str] = opt(help="read a record's field from a column of another name (a CSV header, a "
                                        "JSON key): prompt=question 'chosen=good answer'", factory=dict)
