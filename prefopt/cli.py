@@ -34,46 +34,65 @@ def _prompt_text(given: str) -> str:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .evaluate.cli import REPEAT_FLAGS
-    from .model import generate
-    from .pretrained import load_model
-    from .tokenizer import load_tokenizer
+    from .interactive import stream_answer
 
-    device, dtype = resolve(args.device, args.dtype)  # a device this machine lacks: said before any loading
     args.prompt = _prompt_text(args.prompt)
-    tok = _dated(load_tokenizer(args.model), args.chat_date, "prompt")
-    model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter)
+    model, tok = _chat_model(args, "prompt")
     if args.no_chat or not tok.chat_template:
         prompt_ids = tok.encode(args.prompt)
     else:
         msgs = ([{"role": "system", "content": args.system}] if args.system else [])
         msgs.append({"role": "user", "content": args.prompt})
         prompt_ids = tok.apply_chat_template(msgs, add_generation_prompt=True)
-    stops = args.stop or []
-    printed = [0]
-
-    def stop(_row, new_ids):
-        text = tok.decode(new_ids)
-        return any(s in text for s in stops)
-
-    def stream(rows):
-        # a character split across tokens (µ, °, ≥, an emoji) decodes as U+FFFD until its last byte
-        # comes: hold those back, or the replacement marks stay printed before the character
-        text = _cut(tok.decode(rows[0]), stops).rstrip("\ufffd")
-        sys.stdout.write(text[printed[0]:])
-        sys.stdout.flush()
-        printed[0] = len(text)
-
-    new = generate(
-        model, [prompt_ids], max_new_tokens=args.max_new_tokens,
-        temperature=0.0 if args.greedy else args.temperature, top_p=args.top_p,
-        **{k: getattr(args, k) for k in REPEAT_FLAGS if getattr(args, k) is not None},  # unset: generate's default
-        eos_token_ids=tok.eos_token_ids, pad_token_id=tok.pad_token_id or 0, seed=args.seed,
-        stop=stop if stops else None, on_step=stream,
-    )
-    text = _cut(tok.decode(new[0]), stops)
-    sys.stdout.write(text[printed[0]:] + "\n")
+    stream_answer(model, tok, prompt_ids, stops=args.stop or [], max_new_tokens=args.max_new_tokens,
+                  **_decoding(args))
     return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from .interactive import chat
+
+    model, tok = _chat_model(args, "turn")
+    if not tok.chat_template:
+        raise ValueError(f"{args.model}: its tokenizer has no chat template, and chat sends chat messages; use an "
+                         "instruct (chat) model, or prefopt generate --no-chat for plain text")
+    return chat(model, tok, system=args.system, context=model.config.max_position_embeddings,
+                max_new_tokens=args.max_new_tokens, **_decoding(args))
+
+
+def _chat_model(args: argparse.Namespace, shown_in: str):
+    """generate's and chat's model (with ``--adapter``) and tokenizer (``--chat-date``); a device
+    this machine lacks is said before any loading."""
+    from .pretrained import load_model
+    from .tokenizer import load_tokenizer
+
+    device, dtype = resolve(args.device, args.dtype)
+    tok = _dated(load_tokenizer(args.model), args.chat_date, shown_in)
+    return load_model(args.model, dtype=dtype, device=device, adapter=args.adapter), tok
+
+
+def _decoding(args: argparse.Namespace) -> dict:
+    """generate's and chat's sampling and repetition settings (an unset repetition flag: generate's default)."""
+    from .evaluate.cli import REPEAT_FLAGS
+
+    return dict(temperature=0.0 if args.greedy else args.temperature, top_p=args.top_p, seed=args.seed,
+                **{k: getattr(args, k) for k in REPEAT_FLAGS if getattr(args, k) is not None})
+
+
+def _add_answer_flags(p: argparse.ArgumentParser) -> None:
+    """generate's and chat's model and decoding flags."""
+    from .evaluate.cli import add_device_flags, add_repeat_flags, positive_int
+
+    p.add_argument("--model", required=True, help="model folder, alias (smollm2-135m), hub id or .gguf file")
+    p.add_argument("--adapter", help="a LoRA adapter folder to apply (e.g. runs/sft/final)")
+    p.add_argument("--system", help="system message (chat models)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256)
+    p.add_argument("--greedy", action="store_true", help="greedy decoding (default: sampling)")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--seed", type=int, default=0)
+    add_device_flags(p)
+    add_repeat_flags(p)
 
 
 def _dated(tok, chat_date: str | None, shown_in: str):
@@ -93,11 +112,6 @@ def _dated(tok, chat_date: str | None, shown_in: str):
 def _add_chat_date_flag(p: argparse.ArgumentParser, shown_in: str) -> None:
     p.add_argument("--chat-date", metavar="YYYY-MM-DD", help="the date a chat template that prints today's date "
                    f"(Llama 3.1+) shows in every {shown_in}, e.g. a training run's chat_date (default: today)")
-
-
-def _cut(text: str, stops: list[str]) -> str:
-    cut = min((text.find(s) for s in stops if s in text), default=len(text))
-    return text[:cut]
 
 
 def _convert_gguf(args: argparse.Namespace) -> int:
@@ -269,33 +283,32 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .evaluate.cli import (  # eval, compare (the task layer, imported lazily by them)
         add_commands,
-        add_device_flags,
-        add_repeat_flags,
         positive_int,
         task_options_epilog,
     )
+    from .interactive import CHAT_HELP
 
     p = argparse.ArgumentParser(prog="prefopt", description="Local SFT and DPO fine-tuning for clinical LLMs.")
     p.add_argument("--version", action="version", version=f"prefopt {__version__} (torch {_torch_version()})")
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="complete a prompt with a model")
-    g.add_argument("--model", required=True, help="model folder, alias (smollm2-135m), hub id or .gguf file")
-    g.add_argument("--adapter", help="a LoRA adapter folder to apply (e.g. runs/sft/final)")
+    _add_answer_flags(g)
     g.add_argument("--prompt", required=True, help="the prompt; @FILE reads it from a UTF-8 text file (a long "
                    "note), - from standard input")
-    g.add_argument("--system", help="system message (chat models)")
-    g.add_argument("--max-new-tokens", type=positive_int, default=256)
-    g.add_argument("--greedy", action="store_true", help="greedy decoding (default: sampling)")
-    g.add_argument("--temperature", type=float, default=0.7)
-    g.add_argument("--top-p", type=float, default=0.9)
-    g.add_argument("--seed", type=int, default=0)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     _add_chat_date_flag(g, "prompt")
-    add_device_flags(g)
-    add_repeat_flags(g)
     g.set_defaults(func=_generate)
+
+    ch = sub.add_parser("chat", help="talk to a model (+ adapter) in the terminal, turn by turn; it keeps the "
+                        "conversation, and /reset, /system, /file PATH, /exit steer it",
+                        description="Each line you type is your turn; the answer streams back and the model sees "
+                        "the whole conversation (its earliest exchanges left out, with a note, once it outgrows the "
+                        "model's context). " + "; ".join(x.strip() for x in CHAT_HELP.split("   ")) + ".")
+    _add_answer_flags(ch)
+    _add_chat_date_flag(ch, "turn")
+    ch.set_defaults(func=_chat)
 
     c = sub.add_parser("convert-gguf", help="import a GGUF file into an HF-layout folder")
     c.add_argument("gguf", help="path to a .gguf file (llama architecture)")

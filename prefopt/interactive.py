@@ -1,0 +1,124 @@
+"""Answers written to the terminal as they are generated: ``prefopt generate`` (one prompt) and
+``prefopt chat`` (a conversation, turn by turn, to try a fine-tuned model by hand)."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+CHAT_HELP = ("/reset: a new conversation   /system TEXT: the system message (/system alone: none)   "
+             "/file PATH: send a text file (a long note)   /exit or Ctrl-D: quit")
+
+
+def stream_answer(model, tok, prompt_ids: list[int], *, stops: list[str] | tuple = (), out: TextIO | None = None,
+                  **settings) -> str:
+    """Generate from ``prompt_ids`` (``settings``: :func:`~prefopt.model.generate`'s), writing the
+    text to ``out`` (stdout) as it comes; returns the answer, cut before the first of ``stops``."""
+    from .model import generate
+
+    out = out or sys.stdout
+    stops = list(stops)
+    printed = [0]
+
+    def stop(_row, new_ids):
+        return any(s in tok.decode(new_ids) for s in stops)
+
+    def stream(rows):
+        # a character split across tokens (µ, °, ≥, an emoji) decodes as U+FFFD until its last byte
+        # comes: hold those back, or the replacement marks stay printed before the character
+        text = cut_at(tok.decode(rows[0]), stops).rstrip("\ufffd")
+        out.write(text[printed[0]:])
+        out.flush()
+        printed[0] = len(text)
+
+    new = generate(model, [prompt_ids], eos_token_ids=tok.eos_token_ids, pad_token_id=tok.pad_token_id or 0,
+                   stop=stop if stops else None, on_step=stream, **settings)
+    text = cut_at(tok.decode(new[0]), stops)
+    out.write(text[printed[0]:] + "\n")
+    out.flush()
+    return text
+
+
+def cut_at(text: str, stops: list[str]) -> str:
+    """``text`` up to the first of ``stops`` found in it."""
+    return text[:min((text.find(s) for s in stops if s in text), default=len(text))]
+
+
+def fit_turns(tok, system: str | None, turns: list[dict], room: int) -> tuple[list[int], int]:
+    """The chat prompt of ``system`` and the latest ``turns`` that fits in ``room`` tokens, and how
+    many of the earliest turns it leaves out (whole exchanges, a user turn and its answer). The
+    last user turn alone not fitting is a ValueError."""
+    head = [{"role": "system", "content": system}] if system else []
+    for start in range(0, len(turns), 2):
+        ids = tok.apply_chat_template(head + turns[start:], add_generation_prompt=True)
+        if len(ids) <= room:
+            return ids, start
+    raise ValueError(f"that message is {len(ids)} tokens with the chat template, and {room} fit (the model's context "
+                     "less --max-new-tokens)")
+
+
+def chat(model, tok, *, system: str | None = None, context: int, max_new_tokens: int,
+         read: Callable[[str], str] | None = None, out: TextIO | None = None, **settings) -> int:
+    """A conversation in the terminal: each line read is the user's turn; the model's answer is
+    streamed back and kept, so later turns see the whole exchange. Where the conversation no
+    longer fits ``context`` tokens (with room for ``max_new_tokens``), its earliest exchanges are
+    left out, and it says so. Commands: :data:`CHAT_HELP`. ``read(prompt)`` gives each line
+    (default: :func:`input`). Returns 0 at ``/exit`` or end of input."""
+    from .data.readers import read_text
+
+    out, read = out or sys.stdout, read or input  # input: line editing and history where readline is there
+    turns: list[dict] = []
+
+    def say(text: str) -> None:
+        out.write(f"({text})\n")
+        out.flush()
+
+    say(CHAT_HELP)
+    while True:
+        try:
+            line = read("you> ")
+        except EOFError:
+            out.write("\n")
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            return 0
+        if text == "/reset":
+            turns = []
+            say("a new conversation")
+            continue
+        if text == "/system" or text.startswith("/system "):
+            system = text[len("/system"):].strip() or None
+            say(f"system message: {system!r}" if system else "no system message")
+            continue
+        if text.startswith("/file "):
+            path = Path(text[len("/file "):].strip()).expanduser()
+            try:
+                text = read_text(path).replace("\r\n", "\n").strip()
+            except (OSError, ValueError) as e:
+                say(f"{path}: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
+                continue
+            if not text:
+                say(f"{path} is empty")
+                continue
+            say(f"sent {path} ({len(text)} characters)")
+        elif text.startswith("/"):
+            say(f"unknown command {text.split()[0]!r}; {CHAT_HELP}")
+            continue
+        turns.append({"role": "user", "content": text})
+        try:
+            ids, left_out = fit_turns(tok, system, turns, context - max_new_tokens)
+        except ValueError as e:
+            turns.pop()
+            say(str(e))
+            continue
+        if left_out:
+            turns = turns[left_out:]
+            say(f"the earliest {left_out // 2} exchange(s) no longer fit the model's context of {context} tokens: "
+                "left out from here on")
+        out.write("model> ")
+        turns.append({"role": "assistant", "content": stream_answer(model, tok, ids, out=out,
+                                                                    max_new_tokens=max_new_tokens, **settings)})

@@ -1,0 +1,102 @@
+"""``prefopt chat``: a conversation in the terminal on a tiny model. Each turn's prompt holds the
+whole conversation as the chat template renders it, the commands steer it, and a conversation
+that outgrows the model's context drops its earliest exchanges and says so."""
+import pytest
+
+import prefopt.model
+from prefopt import generate, load_model, load_tokenizer
+from prefopt.cli import main
+from tests._tiny import build_hf_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("chat")
+    build_hf_model(d, arch="llama", initializer_range=0.5)  # context: 256 positions
+    return d
+
+
+def converse(d, lines, monkeypatch, capsys, *flags):
+    """Run ``prefopt chat`` on ``lines`` typed in; returns (exit code, console lines, the prompt
+    of each answer and the answer's text)."""
+    typed = iter(lines)
+
+    def read(prompt):
+        print(prompt, end="")
+        try:
+            return next(typed)
+        except StopIteration:
+            raise EOFError from None
+
+    tok, real, asked = load_tokenizer(d), prefopt.model.generate, []
+
+    def recorded(model, prompts, **kw):
+        new = real(model, prompts, **kw)
+        asked.append((list(prompts[0]), tok.decode(new[0])))
+        return new
+
+    monkeypatch.setattr("builtins.input", read)
+    monkeypatch.setattr(prefopt.model, "generate", recorded)
+    code = main(["chat", "--model", str(d), "--greedy", "--max-new-tokens", "6", *flags])
+    return code, capsys.readouterr().out.splitlines(), asked
+
+
+def test_each_turn_sees_the_whole_conversation_and_commands_steer_it(tiny, monkeypatch, capsys, tmp_path):
+    tok = load_tokenizer(tiny)
+    note = tmp_path / "note.txt"
+    note.write_text("54-year-old man, chest pain for two hours.\r\n")
+    code, out, asked = converse(tiny, ["Fever and a stiff neck?", "  ", "/system You triage messages.",
+                                       "And a rash?", f"/file {note}", f"/file {tmp_path / 'none.txt'}", "/what",
+                                       "/reset", "/system", "hello", "/exit", "never read"], monkeypatch, capsys)
+    assert code == 0 and len(asked) == 4
+    (p1, a1), (p2, a2), (p3, _), (p4, _) = asked
+    user = {"role": "user", "content": "Fever and a stiff neck?"}
+    assert p1 == tok.apply_chat_template([user], add_generation_prompt=True)
+    first = [user, {"role": "assistant", "content": a1}]
+    system = [{"role": "system", "content": "You triage messages."}]
+    assert p2 == tok.apply_chat_template(system + first + [{"role": "user", "content": "And a rash?"}],
+                                         add_generation_prompt=True)
+    assert p3 == tok.apply_chat_template(system + first + [{"role": "user", "content": "And a rash?"},
+                                                           {"role": "assistant", "content": a2},
+                                                           {"role": "user", "content": note.read_text().strip()}],
+                                         add_generation_prompt=True)
+    assert p4 == tok.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True)
+    # the answers as streamed: each after its "model> ", the same text generate gives
+    model = load_model(tiny)
+    want = tok.decode(generate(model, [p1], max_new_tokens=6, eos_token_ids=tok.eos_token_ids,
+                               pad_token_id=tok.pad_token_id)[0])
+    assert out[1] == f"you> model> {want}" and a1 == want
+    assert "you> you> (system message: 'You triage messages.')" in out  # a blank line: asked again
+    assert "you> (no system message)" in out
+    assert f"you> (sent {note} (42 characters))" in out
+    assert f"you> ({tmp_path / 'none.txt'}: No such file or directory)" in out
+    assert any(x.startswith("you> (unknown command '/what'; /reset: a new conversation") for x in out)
+    assert "you> (a new conversation)" in out and out[-1] == "you> "
+
+
+def test_a_conversation_past_the_context_drops_its_earliest_exchanges(tiny, monkeypatch, capsys):
+    """Context 256, 6 new tokens: the prompt must stay within 250. The fourth long message pushes
+    the first exchanges out (said once); a message that alone does not fit is refused, the
+    conversation kept."""
+    tok = load_tokenizer(tiny)
+    long = "the patient reports fever and cough for three days " * 3
+    code, out, asked = converse(tiny, [f"{i}: {long}" for i in range(5)] + ["x " * 400, "still here?"],
+                                monkeypatch, capsys)
+    assert code == 0 and len(asked) == 6  # the one too long alone was not answered
+    assert all(len(p) <= 250 for p, _ in asked)
+    dropped = [x for x in out if "no longer fit the model's context of 256 tokens" in x]
+    assert dropped and all("left out from here on" in x for x in dropped)
+    assert "0: the patient" not in tok.decode(asked[-1][0]) and "still here?" in tok.decode(asked[-1][0])
+    assert any("that message is" in x and "and 250 fit (the model's context less --max-new-tokens)" in x for x in out)
+
+
+def test_chat_needs_a_chat_template(tiny, tmp_path, capsys):
+    import json
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny, base)
+    cfg = json.loads((base / "tokenizer_config.json").read_text())
+    (base / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": None}))
+    assert main(["chat", "--model", str(base)]) == 2
+    assert "its tokenizer has no chat template, and chat sends chat messages" in capsys.readouterr().err
