@@ -110,11 +110,11 @@ def _answers(path, kind: str, columns: dict[str, str] | None = None) -> dict[str
         return {"chosen": Counter(r.chosen.strip() for _, r in rows),
                 "rejected": Counter(r.rejected.strip() for _, r in rows)}
     rows, _ = load_records(path, with_columns(parse_sft, columns), skip_bad=True)
-    return {"completion": Counter(_answer(r).strip() for _, r in rows)}
+    return {"completion": Counter(_answer(r).strip() for _, r in rows if r.text is None)}
 
 
 def _answer(r: SFTRecord) -> str:
-    """The completion, or a chat's last assistant turn."""
+    """The completion, or a chat's last assistant turn (a text record has none)."""
     if r.messages is None:
         return r.completion
     return next(m["content"] for m in reversed(r.messages) if m["role"] == "assistant")

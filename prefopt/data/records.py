@@ -3,6 +3,7 @@
 SFT:
 - ``{"prompt": str | messages, "completion": str}``
 - ``{"messages": [{"role", "content"}, ...]}`` (chat; only assistant turns are trained)
+- ``{"text": str}`` (language modelling: every token trained, no chat template)
 
 Preference:
 - TRL: ``{"prompt", "chosen", "rejected"}``, each a string or a message list
@@ -33,11 +34,13 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class SFTRecord:
-    """A prompt (text or messages) and its completion; or a whole chat in ``messages``."""
+    """A prompt (text or messages) and its completion; or a whole chat in ``messages``; or a
+    ``text`` to learn every token of."""
 
     prompt: str | Messages | None = None
     completion: str | None = None
     messages: Messages | None = None
+    text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,9 @@ def parse_sft(row: dict, path, line: int) -> SFTRecord:
                 raise err(f"messages[{i}].content", "empty assistant turn")
         return SFTRecord(messages=msgs)
     if "prompt" not in row and "completion" not in row:
-        raise err("prompt", "missing field (an SFT record needs 'prompt' and 'completion', or 'messages')")
+        if "text" in row:  # TRL's language-modelling records
+            return SFTRecord(text=_text(row, "text", err))
+        raise err("prompt", "missing field (an SFT record needs 'prompt' and 'completion', 'messages', or 'text')")
     if "completion" not in row and {"chosen", "rejected"} <= set(row):
         raise err("completion", "missing field: 'chosen' and 'rejected' make this a preference record; train on "
                                 "it with prefopt dpo, not sft")

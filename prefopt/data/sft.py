@@ -124,6 +124,11 @@ def tokenize_sft(
     """
     if rec.messages is not None:
         ids, labels = _encode_chat(rec.messages, tok)
+    elif rec.text is not None:  # every token is learnt; nothing is a prompt
+        ids = tok.encode(rec.text)
+        if tok.eos_token_id is not None and (not ids or ids[-1] != tok.eos_token_id):
+            ids = ids + [tok.eos_token_id]
+        labels = list(ids)
     else:
         enc = tok.encode_prompt_response(rec.prompt, rec.completion)
         ids, labels = enc.ids, [IGNORE] * enc.prompt_len + enc.ids[enc.prompt_len:]
@@ -203,10 +208,14 @@ def load_sft(
         return tokenize_sft(rec, tok, max_length=max_length, max_prompt_length=max_prompt_length)
 
     examples, report = load_tokenized(path, with_columns(parse_sft, columns), encode, skip_bad=skip_bad,
-                                      show_progress=show_progress, field_of=lambda rec: column_of(
-                                          "messages" if rec.messages is not None else "completion", columns))
+                                      show_progress=show_progress, field_of=lambda rec: column_of(_field(rec), columns))
     report.max_length = max_length
     return examples, report
+
+
+def _field(rec: SFTRecord) -> str:
+    """The field an SFT record's encoding error is named by."""
+    return "messages" if rec.messages is not None else "text" if rec.text is not None else "completion"
 
 
 def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, field_of: Callable,

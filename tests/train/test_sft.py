@@ -10,7 +10,7 @@ from prefopt.cli import main
 from prefopt.train import SFTTrainer, TrainConfig
 from prefopt.train.metrics import read_metrics
 from prefopt.train.run import prepare_model
-from tests.train._fixtures import write_task
+from tests.train._fixtures import COLORS, write_task
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +193,29 @@ def test_a_long_evaluation_shows_a_progress_bar(tmp_path, capsys, monkeypatch, n
     err = capsys.readouterr().err
     # the bar's first frame (0/80): later ones depend on tqdm's refresh interval, and leave=False clears it
     assert (f" 0/{n_eval} " in err and "\reval: " in err) == bar
+
+
+def test_text_records_train_on_every_token(task, tmp_path):
+    """``{"text": ...}`` (TRL's language-modelling records; continued training on notes): every
+    token is a label, no chat template is applied, an end-of-text token closes each; the run
+    learns them (eval loss halves, the adapter changes)."""
+    from prefopt.data import load_sft
+    from prefopt.train.run import run_sft
+
+    model_dir, _ = task
+    data = tmp_path / "notes.jsonl"
+    data.write_text("".join(json.dumps({"text": f"Discharge note {i}: triage code {COLORS[i % 4]}."}) + "\n"
+                            for i in range(48)))
+    tok = load_tokenizer(model_dir)
+    [ex], _ = load_sft([{"text": "Discharge note 1: triage code blue."}], tok)
+    ids = tok.encode("Discharge note 1: triage code blue.")
+    assert list(ex.input_ids) == ids + [tok.eos_token_id] and list(ex.labels) == list(ex.input_ids)
+    summary = run_sft(_cfg(task, tmp_path / "out", data=str(data), lr=5e-3))
+    assert summary["eval_after"]["eval_loss"] < 0.5 * summary["eval_before"]["eval_loss"]
+    with pytest.raises(ValueError, match=r"<records>:1: field 'text': empty text"):
+        load_sft([{"text": " "}], tok)
+    with pytest.raises(ValueError, match=r"field 'prompt': missing field \(an SFT record needs 'prompt' and "
+                                         r"'completion', 'messages', or 'text'\)"):
+        load_sft([{"note": "x"}], tok)
+    [by_column], _ = load_sft([{"Note": "Discharge note 1: triage code blue."}], tok, columns={"text": "Note"})
+    assert list(by_column.input_ids) == list(ex.input_ids)
