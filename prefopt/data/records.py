@@ -212,6 +212,8 @@ def shared_prompt(row: dict, err) -> tuple[str | Messages, str, str]:
                                  f"expected one assistant message, got {got}")
         prompt: str | Messages = cm[:n]
         given = row.get("prompt")
+        if isinstance(given, list):  # as the responses' messages are read (extra keys, text parts)
+            given = _messages(given, "prompt", err)
         if given is not None and given != prompt and not (
                 isinstance(given, str) and given.strip() == _last_user(prompt).strip()):
             raise err("prompt", "does not match the opening messages chosen and rejected share (their last "

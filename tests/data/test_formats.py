@@ -49,6 +49,9 @@ def test_an_implicit_prompt_is_what_chosen_and_rejected_share_as_trl_reads_it():
     # HuggingFaceH4's UltraFeedback: a text prompt beside whole conversations; it must agree with them
     h4 = {"prompt": "Fever and a stiff neck since noon?", **IMPLICIT}
     assert parse(h4) == parse(EXPLICIT) and parse(maybe_extract_prompt(dict(h4))) == parse(h4)
+    parts = [{"role": "system", "content": [{"type": "text", "text": QUESTION[0]["content"]}]},
+             {**QUESTION[1], "name": "patient"}]  # the same messages, as another tool writes them
+    assert parse({"prompt": parts, **IMPLICIT}) == parse(EXPLICIT)
     with pytest.raises(DataError, match=r"p.jsonl:7: field 'prompt': does not match the opening messages chosen and "
                                         r"rejected share \(their last user message begins 'Fever and"):
         parse({**IMPLICIT, "prompt": "Chest pain?"})
