@@ -68,6 +68,7 @@ class LoadReport:
     n_tokens_cut: int = 0  # of those, dropped by truncation
     n_response_cut: int = 0  # records whose response lost its end (and its end-of-turn token)
     skipped: list[DataError] = field(default_factory=list)
+    kept_lines: list[int] = field(default_factory=list)  # each kept record's line, in the examples' order
 
     def summary(self) -> str:
         msg = f"{self.path}: {self.n_kept} of {self.n_read} records kept"
@@ -244,6 +245,7 @@ def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, f
         report.n_tokens += ex.n_tokens + cut.tokens
         report.n_tokens_cut += cut.tokens
         examples.append(ex)
+        report.kept_lines.append(line)
     report.n_kept = len(examples)
     if not examples:
         why = f": {report.summary()}" if report.skipped else ""

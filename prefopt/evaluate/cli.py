@@ -85,6 +85,60 @@ def _eval(args) -> int:
     return 0
 
 
+def _eval_pairs(args) -> int:
+    from pathlib import Path
+
+    from ..data.columns import column_map
+    from ..data.preference import load_preferences
+    from ..devices import resolve
+    from ..fileio import check_writable, write_json_atomic, write_text_atomic
+    from ..pretrained import load_model
+    from ..tokenizer import load_tokenizer, set_chat_date
+    from .pair_eval import pair_logps, pair_metrics, summary_lines
+    from .runner import keep_earlier, placement
+
+    say = lambda line: print(f"prefopt eval-pairs: {line}", flush=True)  # noqa: E731
+    if args.reference_adapter and not args.adapter:
+        raise ValueError("--reference-adapter needs --adapter: the adapter measured against it")
+    device, dtype = resolve(args.device, args.dtype)
+    check_writable(args.output)  # before the model loads
+    tok = load_tokenizer(args.model)
+    dated = set_chat_date([tok], args.chat_date, "prompt")
+    pairs, report = load_preferences(args.data, tok, max_length=args.max_length, skip_bad=args.skip_bad_records,
+                                     columns=column_map(args.columns))
+    for line in ([dated] if dated else []) + [report.summary()]:
+        say(line)
+    model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter)
+    pad = tok.pad_token_id or 0
+    policy = pair_logps(model, pairs, pad, batch_size=args.batch_size)
+    if args.reference_adapter:
+        reference_model = load_model(args.model, dtype=dtype, device=device, adapter=args.reference_adapter)
+        reference = pair_logps(reference_model, pairs, pad, batch_size=args.batch_size, desc="reference")
+        del reference_model
+    elif args.adapter:
+        reference = pair_logps(model, pairs, pad, batch_size=args.batch_size, base=True, desc="reference")
+    else:
+        reference = None
+        say("no --adapter: nothing to measure rewards against, so the model's own log-probs only")
+    metrics, rows = pair_metrics(pairs, policy, reference, beta=args.beta, n_resamples=args.n_resamples)
+    metrics |= {"model": args.model, "adapter": args.adapter, "data": str(args.data), "max_length": args.max_length,
+                "reference": args.reference_adapter or ("the model without the adapter" if args.adapter else None),
+                "skipped_records": len(report.skipped)} | placement(model)
+    kept = keep_earlier(args.output, ("pairs.jsonl", "metrics.json"))
+    if kept:
+        say(f"{args.output} held an evaluation; it is kept in {kept}")
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for row, line in zip(rows, report.kept_lines):  # where each pair is in the data
+        row["line"] = line
+    write_text_atomic(out / "pairs.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_json_atomic(out / "metrics.json", metrics)
+    for line in summary_lines(metrics):
+        say(line)
+    say(f"wrote {out / 'pairs.jsonl'} and metrics.json")
+    return 0
+
+
 def _predict(args) -> int:
     from datetime import date
     from pathlib import Path
@@ -357,6 +411,27 @@ def add_commands(sub) -> None:
     add_repeat_flags(pr)
     add_device_flags(pr)
     pr.set_defaults(func=_predict)
+
+    ep = sub.add_parser("eval-pairs", help="how a model (+ adapter) ranks held-out preference pairs: DPO's reward "
+                        "accuracy and margin against a reference, and the model's own preference, with 95%% CIs; "
+                        "writes pairs.jsonl and metrics.json")
+    ep.add_argument("--model", required=True, help="model folder, alias (smollm2-135m), hub id or .gguf file")
+    ep.add_argument("--adapter", help="the adapter whose preferences to measure (e.g. a DPO run's final/)")
+    ep.add_argument("--reference-adapter", help="the reference's adapter, on the same model: the SFT adapter a DPO "
+                    "run trained on top of (default: the model without --adapter, as a DPO run without "
+                    "--sft-adapter used)")
+    ep.add_argument("--data", required=True, help="preference pairs, as dpo reads them (any of its formats)")
+    ep.add_argument("--output", required=True, help="output folder: pairs.jsonl (one row a pair) and metrics.json")
+    ep.add_argument("--columns", nargs="+", metavar="FIELD=COLUMN", help="the data's own column names, as dpo's")
+    ep.add_argument("--beta", type=float, default=0.1, help="the DPO beta the rewards are scaled by (the run's)")
+    ep.add_argument("--max-length", type=positive_int, default=1024, help="as the run's max_length")
+    ep.add_argument("--skip-bad-records", action="store_true", help="skip (and count) bad pairs instead of stopping")
+    ep.add_argument("--batch-size", type=positive_int, default=8)
+    ep.add_argument("--n-resamples", type=positive_int, default=2000, help="bootstrap resamples for the CIs")
+    ep.add_argument("--chat-date", metavar="YYYY-MM-DD", help="the date a chat template that prints today's date "
+                    "(Llama 3.1+) shows in every prompt, e.g. the run's chat_date (default: today)")
+    add_device_flags(ep)
+    ep.set_defaults(func=_eval_pairs)
 
     c = sub.add_parser("compare", parents=[common], help="base → SFT → DPO on one test set, with statistics",
                        **shown)

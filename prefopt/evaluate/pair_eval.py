@@ -1,0 +1,88 @@
+"""How a model (+ adapter) ranks held-out preference pairs (``prefopt eval-pairs``): DPO's implicit
+reward of each answer, ``beta * (log-prob under the model - log-prob under the reference)``, as the
+DPO trainer's eval set measures it (TRL's names: ``rewards/accuracies``, ``rewards/margins``,
+``logps/chosen``, ``logps/rejected``), with bootstrap intervals; and, with no reference needed,
+how often the model alone gives the chosen answer the higher log-prob, summed and per token
+(summed log-probs favour the shorter answer)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from .._deps import progress
+from ..data.preference import PairExample, pair_collate
+from ..lora import disable_adapter
+from ..train.shared_prompt import pair_logp_sums
+from .stats import bootstrap_ci
+
+
+@torch.no_grad()
+def pair_logps(model, pairs: Sequence[PairExample], pad_id: int, *, batch_size: int = 8,
+               base: bool = False, desc: str = "scoring pairs") -> tuple[np.ndarray, np.ndarray]:
+    """Chosen and rejected answers' log-prob sums ``(n,)`` each, fp32, under ``model`` in eval mode
+    (``base``: with its adapters off)."""
+    device = next(model.parameters()).device
+    model.eval()
+    chosen, rejected = [], []
+    bar = progress(total=len(pairs), desc=desc, unit="pair", delay=2, leave=False)
+    with disable_adapter(model) if base else nullcontext():
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i:i + batch_size]
+            sums = pair_logp_sums(model, {k: v.to(device) for k, v in pair_collate(chunk, pad_id).items()})
+            sums = sums.float().cpu().numpy()
+            chosen.append(sums[:len(chunk)])
+            rejected.append(sums[len(chunk):])
+            bar.update(len(chunk))
+    bar.close()
+    return np.concatenate(chosen), np.concatenate(rejected)
+
+
+def pair_metrics(pairs: Sequence[PairExample], policy: tuple[np.ndarray, np.ndarray],
+                 reference: tuple[np.ndarray, np.ndarray] | None, *, beta: float, n_resamples: int = 2000,
+                 seed: int = 0) -> tuple[dict, list[dict]]:
+    """The metrics and one row per pair. Without ``reference`` only the model's own log-probs."""
+    n = len(pairs)
+    pc, pr = policy
+    tokens_c = np.array([p.chosen.n_label_tokens for p in pairs], float)
+    tokens_r = np.array([p.rejected.n_label_tokens for p in pairs], float)
+
+    def share(right: np.ndarray) -> dict:
+        return {"value": float(right.mean()), "ci": bootstrap_ci(lambda i: float(right[i].mean()), n,
+                                                                 n_resamples=n_resamples, seed=seed)}
+
+    m = {"n_pairs": n, "logps/chosen": float(pc.mean()), "logps/rejected": float(pr.mean()),
+         "prefers_chosen_logp_sum": share(pc > pr), "prefers_chosen_logp_per_token": share(pc / tokens_c > pr / tokens_r)}
+    rows = [{"pair": i + 1, "logp_chosen": float(pc[i]), "logp_rejected": float(pr[i]),
+             "tokens_chosen": int(tokens_c[i]), "tokens_rejected": int(tokens_r[i])} for i in range(n)]
+    if reference is not None:
+        rc, rr = reference
+        reward_c, reward_r = beta * (pc - rc), beta * (pr - rr)
+        margin = reward_c - reward_r
+        m |= {"beta": beta, "rewards/chosen": float(reward_c.mean()), "rewards/rejected": float(reward_r.mean()),
+              "rewards/accuracies": share(margin > 0),
+              "rewards/margins": {"value": float(margin.mean()), "ci": bootstrap_ci(
+                  lambda i: float(margin[i].mean()), n, n_resamples=n_resamples, seed=seed)}}
+        for row, c, r in zip(rows, rc, rr):
+            row |= {"ref_logp_chosen": float(c), "ref_logp_rejected": float(r),
+                    "margin": float(beta * ((row["logp_chosen"] - c) - (row["logp_rejected"] - r)))}
+    return m, rows
+
+
+def summary_lines(m: dict) -> list[str]:
+    """The metrics as console lines."""
+    def pct(k: str) -> str:
+        lo, hi = m[k]["ci"]
+        return f"{m[k]['value']:.0%} [{lo:.0%}, {hi:.0%}]"
+
+    lines = []
+    if "rewards/accuracies" in m:
+        lo, hi = m["rewards/margins"]["ci"]
+        lines.append(f"reward accuracy {pct('rewards/accuracies')} of {m['n_pairs']} pairs; mean margin "
+                     f"{m['rewards/margins']['value']:.3f} [{lo:.3f}, {hi:.3f}] (beta {m['beta']})")
+    lines.append(f"the model alone prefers the chosen answer in {pct('prefers_chosen_logp_sum')} (log-prob sum), "
+                 f"{pct('prefers_chosen_logp_per_token')} (per token); mean log-prob chosen {m['logps/chosen']:.2f}, "
+                 f"rejected {m['logps/rejected']:.2f}")
+    return lines

@@ -1,0 +1,79 @@
+"""``prefopt eval-pairs``: a trained DPO adapter's rewards on held-out pairs are the ones the DPO
+run's own evaluation reported; the log-probs are the model's, summed by hand from its logits."""
+import json
+
+import pytest
+import torch
+
+from prefopt import load_model, load_tokenizer
+from prefopt.cli import main
+from prefopt.data.preference import load_preferences
+from prefopt.train.dpo import DPOConfig
+from prefopt.train.run import run_dpo
+from tests.train._fixtures import write_pairs, write_task
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A DPO adapter trained on one set of pairs and evaluated by its run on another."""
+    root = tmp_path_factory.mktemp("pairs")
+    model_dir, _ = write_task(root, n=8)
+    train, held = write_pairs(root / "train.jsonl"), write_pairs(root / "held.jsonl", n=16, offset=1000)
+    cfg = DPOConfig(model=str(model_dir), data=str(train), eval_data=str(held), output_dir=str(root / "dpo"),
+                    batch_size=4, max_steps=16, lr=5e-3, beta=0.1, lora_r=8, lora_alpha=16, lora_dropout=0.0,
+                    progress=False)
+    summary = run_dpo(cfg)
+    return model_dir, held, root / "dpo" / "final", summary["eval_after"]
+
+
+def _run(args, out) -> dict:
+    assert main(["eval-pairs", *map(str, args), "--output", str(out), "--n-resamples", "200"]) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_rewards_are_those_the_dpo_run_reported_on_the_same_pairs(trained, tmp_path, capsys):
+    model_dir, held, adapter, after = trained
+    m = _run(["--model", model_dir, "--adapter", adapter, "--data", held], tmp_path / "e")
+    assert m["n_pairs"] == 16 and m["reference"] == "the model without the adapter"
+    assert m["rewards/accuracies"]["value"] == pytest.approx(after["eval_rewards/accuracies"])
+    assert m["rewards/margins"]["value"] == pytest.approx(after["eval_rewards/margins"], abs=1e-4)
+    assert m["logps/chosen"] == pytest.approx(after["eval_logps/chosen"], abs=1e-3)
+    lo, hi = m["rewards/margins"]["ci"]
+    assert lo <= m["rewards/margins"]["value"] <= hi and m["rewards/margins"]["value"] > 0
+    rows = [json.loads(x) for x in (tmp_path / "e" / "pairs.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rows] == list(range(1, 17))
+    assert all(r["margin"] == pytest.approx(0.1 * ((r["logp_chosen"] - r["ref_logp_chosen"])
+                                                   - (r["logp_rejected"] - r["ref_logp_rejected"]))) for r in rows)
+    out = capsys.readouterr().out
+    assert f"prefopt eval-pairs: reward accuracy {m['rewards/accuracies']['value']:.0%}" in out
+
+    # by hand: the model's logits, log-softmax, the answer tokens' log-probs summed
+    tok = load_tokenizer(model_dir)
+    pairs, _ = load_preferences(held, tok)
+    model = load_model(model_dir, adapter=adapter).eval()
+    ex = pairs[0].chosen
+    ids, labels = torch.tensor([list(ex.input_ids)]), torch.tensor(list(ex.labels))
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids)[0, :-1].double(), -1)
+    keep = labels[1:] != -100
+    by_hand = logp[torch.arange(len(keep)), labels[1:].clamp(min=0)][keep].sum().item()
+    assert rows[0]["logp_chosen"] == pytest.approx(by_hand, abs=1e-3)
+    assert rows[0]["tokens_chosen"] == int(keep.sum())
+
+    # a second evaluation into the same folder keeps the first
+    _run(["--model", model_dir, "--adapter", adapter, "--data", held, "--reference-adapter", adapter], tmp_path / "e")
+    assert (tmp_path / "e" / "earlier" / "1" / "metrics.json").is_file()
+    same = json.loads((tmp_path / "e" / "metrics.json").read_text())  # the adapter against itself: no margin
+    assert same["rewards/margins"]["value"] == 0 and same["rewards/accuracies"]["value"] == 0
+    assert same["reference"] == str(adapter)
+
+
+def test_without_an_adapter_only_the_models_own_preference_is_measured(trained, tmp_path, capsys):
+    model_dir, held, adapter, _ = trained
+    m = _run(["--model", model_dir, "--data", held], tmp_path / "base")
+    assert "rewards/accuracies" not in m and m["reference"] is None
+    assert 0 <= m["prefers_chosen_logp_sum"]["value"] <= 1
+    assert "nothing to measure rewards against" in capsys.readouterr().out
+    assert main(["eval-pairs", "--model", str(model_dir), "--data", str(held), "--output", str(tmp_path / "x"),
+                 "--reference-adapter", str(adapter)]) == 2
+    assert "--reference-adapter needs --adapter" in capsys.readouterr().err
