@@ -97,7 +97,9 @@ def _eval_pairs(args) -> int:
     from .pair_eval import pair_logps, pair_metrics, summary_lines
     from .runner import keep_earlier, placement
 
-    say = lambda line: print(f"prefopt eval-pairs: {line}", flush=True)  # noqa: E731
+    def say(line: str) -> None:
+        print(f"prefopt eval-pairs: {line}", flush=True)
+
     if args.reference_adapter and not args.adapter:
         raise ValueError("--reference-adapter needs --adapter: the adapter measured against it")
     device, dtype = resolve(args.device, args.dtype)
