@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TextIO
 
 CHAT_HELP = ("/reset: a new conversation   /system TEXT: the system message (/system alone: none)   "
-             "/file PATH: send a text file (a long note)   /exit or Ctrl-D: quit")
+             "/file PATH: send a text file (a long note)   Ctrl-C: stop an answer   /exit or Ctrl-D: quit")
 
 
 def stream_answer(model, tok, prompt_ids: list[int], *, stops: list[str] | tuple = (), out: TextIO | None = None,
@@ -63,8 +63,9 @@ def chat(model, tok, *, system: str | None = None, context: int, max_new_tokens:
     """A conversation in the terminal: each line read is the user's turn; the model's answer is
     streamed back and kept, so later turns see the whole exchange. Where the conversation no
     longer fits ``context`` tokens (with room for ``max_new_tokens``), its earliest exchanges are
-    left out, and it says so. Commands: :data:`CHAT_HELP`. ``read(prompt)`` gives each line
-    (default: :func:`input`). Returns 0 at ``/exit`` or end of input."""
+    left out, and it says so. Commands: :data:`CHAT_HELP`; Ctrl-C stops an answer (its turn left
+    out), and at the prompt quits. ``read(prompt)`` gives each line (default: :func:`input`).
+    Returns 0 at ``/exit`` or end of input."""
     from .data.readers import read_text
 
     out, read = out or sys.stdout, read or input  # input: line editing and history where readline is there
@@ -120,5 +121,11 @@ def chat(model, tok, *, system: str | None = None, context: int, max_new_tokens:
             say(f"the earliest {left_out // 2} exchange(s) no longer fit the model's context of {context} tokens: "
                 "left out from here on")
         out.write("model> ")
-        turns.append({"role": "assistant", "content": stream_answer(model, tok, ids, out=out,
-                                                                    max_new_tokens=max_new_tokens, **settings)})
+        try:
+            answer = stream_answer(model, tok, ids, out=out, max_new_tokens=max_new_tokens, **settings)
+        except KeyboardInterrupt:  # Ctrl-C stops this answer; at the prompt it quits
+            turns.pop()
+            out.write("\n")
+            say("stopped: this turn is left out of the conversation")
+            continue
+        turns.append({"role": "assistant", "content": answer})

@@ -100,3 +100,28 @@ def test_chat_needs_a_chat_template(tiny, tmp_path, capsys):
     (base / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": None}))
     assert main(["chat", "--model", str(base)]) == 2
     assert "its tokenizer has no chat template, and chat sends chat messages" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_an_answer_and_leaves_its_turn_out(tiny, monkeypatch, capsys):
+    tok, calls = load_tokenizer(tiny), []
+    real = prefopt.model.generate
+
+    def interrupted_once(model, prompts, **kw):
+        calls.append(list(prompts[0]))
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(model, prompts, **kw)
+
+    lines = iter(["Fever and a stiff neck?", "hello"])
+
+    def read(prompt):
+        line = next(lines, None)
+        if line is None:
+            raise KeyboardInterrupt
+        return line
+
+    monkeypatch.setattr("builtins.input", read)
+    monkeypatch.setattr(prefopt.model, "generate", interrupted_once)
+    assert main(["chat", "--model", str(tiny), "--greedy", "--max-new-tokens", "4"]) == 130  # Ctrl-C at the prompt
+    assert "(stopped: this turn is left out of the conversation)" in capsys.readouterr().out
+    assert calls[1] == tok.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True)
