@@ -52,22 +52,23 @@ def _generate(args: argparse.Namespace) -> int:
 def _chat(args: argparse.Namespace) -> int:
     from .interactive import chat
 
-    model, tok = _chat_model(args, "turn")
-    if not tok.chat_template:
-        raise ValueError(f"{args.model}: its tokenizer has no chat template, and chat sends chat messages; use an "
-                         "instruct (chat) model, or prefopt generate --no-chat for plain text")
+    model, tok = _chat_model(args, "turn", need_template=True)
     return chat(model, tok, system=args.system, context=model.config.max_position_embeddings,
                 max_new_tokens=args.max_new_tokens, **_decoding(args))
 
 
-def _chat_model(args: argparse.Namespace, shown_in: str):
+def _chat_model(args: argparse.Namespace, shown_in: str, need_template: bool = False):
     """generate's and chat's model (with ``--adapter``) and tokenizer (``--chat-date``); a device
-    this machine lacks is said before any loading."""
+    this machine lacks, or a tokenizer without the chat template chat needs, is said before the
+    model loads."""
     from .pretrained import load_model
     from .tokenizer import load_tokenizer
 
     device, dtype = resolve(args.device, args.dtype)
     tok = _dated(load_tokenizer(args.model), args.chat_date, shown_in)
+    if need_template and not tok.chat_template:
+        raise ValueError(f"{args.model}: its tokenizer has no chat template, and chat sends chat messages; use an "
+                         "instruct (chat) model, or prefopt generate --no-chat for plain text")
     return load_model(args.model, dtype=dtype, device=device, adapter=args.adapter), tok
 
 

@@ -98,6 +98,7 @@ def test_chat_needs_a_chat_template(tiny, tmp_path, capsys):
     shutil.copytree(tiny, base)
     cfg = json.loads((base / "tokenizer_config.json").read_text())
     (base / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": None}))
+    (base / "model.safetensors").unlink()  # refused from the tokenizer, before the model loads
     assert main(["chat", "--model", str(base)]) == 2
     assert "its tokenizer has no chat template, and chat sends chat messages" in capsys.readouterr().err
 
