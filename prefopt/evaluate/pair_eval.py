@@ -15,7 +15,7 @@ import torch
 from .._deps import progress
 from ..data.preference import PairExample, pair_collate
 from ..lora import disable_adapter
-from ..train.shared_prompt import pair_logp_sums
+from ..train.shared_prompt import pack_pairs, pair_logp_sums
 from .stats import bootstrap_ci
 
 
@@ -23,7 +23,8 @@ from .stats import bootstrap_ci
 def pair_logps(model, pairs: Sequence[PairExample], pad_id: int, *, batch_size: int = 8,
                base: bool = False, desc: str = "scoring pairs") -> tuple[np.ndarray, np.ndarray]:
     """Chosen and rejected answers' log-prob sums ``(n,)`` each, fp32, under ``model`` in eval mode
-    (``base``: with its adapters off)."""
+    (``base``: with its adapters off); a batch whose pairs share their prompts runs each prompt
+    once, as DPO training does (:func:`~prefopt.train.shared_prompt.pack_pairs`)."""
     device = next(model.parameters()).device
     model.eval()
     chosen, rejected = [], []
@@ -31,7 +32,8 @@ def pair_logps(model, pairs: Sequence[PairExample], pad_id: int, *, batch_size: 
     with disable_adapter(model) if base else nullcontext():
         for i in range(0, len(pairs), batch_size):
             chunk = pairs[i:i + batch_size]
-            sums = pair_logp_sums(model, {k: v.to(device) for k, v in pair_collate(chunk, pad_id).items()})
+            batch = pack_pairs(chunk, pad_id) or pair_collate(chunk, pad_id)  # each prompt once where shared
+            sums = pair_logp_sums(model, {k: v.to(device) for k, v in batch.items()})
             sums = sums.float().cpu().numpy()
             chosen.append(sums[:len(chunk)])
             rejected.append(sums[len(chunk):])
