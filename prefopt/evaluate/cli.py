@@ -94,7 +94,7 @@ def _eval_pairs(args) -> int:
     from ..fileio import check_writable, write_json_atomic, write_text_atomic
     from ..pretrained import load_model
     from ..tokenizer import load_tokenizer, set_chat_date
-    from .pair_eval import pair_logps, pair_metrics, summary_lines
+    from .pair_eval import against, against_line, check_same_pairs, pair_logps, pair_metrics, summary_lines
     from .runner import keep_earlier, placement
 
     def say(line: str) -> None:
@@ -102,6 +102,12 @@ def _eval_pairs(args) -> int:
 
     if args.reference_adapter and not args.adapter:
         raise ValueError("--reference-adapter needs --adapter: the adapter measured against it")
+    earlier = None
+    if args.against:  # read before any model loads
+        rows_file = Path(args.against) / "pairs.jsonl"
+        if not rows_file.is_file():
+            raise FileNotFoundError(f"--against {args.against}: no pairs.jsonl (an eval-pairs output folder)")
+        earlier = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
     device, dtype = resolve(args.device, args.dtype)
     check_writable(args.output)  # before the model loads
     tok = load_tokenizer(args.model)
@@ -110,6 +116,8 @@ def _eval_pairs(args) -> int:
                                      columns=column_map(args.columns))
     for line in ([dated] if dated else []) + [report.summary()]:
         say(line)
+    if earlier is not None:
+        check_same_pairs(report.kept_lines, earlier)  # before any model loads
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter)
     pad = tok.pad_token_id or 0
     policy = pair_logps(model, pairs, pad, batch_size=args.batch_size)
@@ -126,16 +134,19 @@ def _eval_pairs(args) -> int:
     metrics |= {"model": args.model, "adapter": args.adapter, "data": str(args.data), "max_length": args.max_length,
                 "reference": args.reference_adapter or ("the model without the adapter" if args.adapter else None),
                 "skipped_records": len(report.skipped)} | placement(model)
-    kept = keep_earlier(args.output, ("pairs.jsonl", "metrics.json"))
+    for row, line in zip(rows, report.kept_lines):  # where each pair is in the data
+        row["line"] = line
+    paired = against(rows, earlier, n_resamples=args.n_resamples) if earlier is not None else None
+    kept = keep_earlier(args.output, ("pairs.jsonl", "metrics.json", "paired.json"))
     if kept:
         say(f"{args.output} held an evaluation; it is kept in {kept}")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    for row, line in zip(rows, report.kept_lines):  # where each pair is in the data
-        row["line"] = line
     write_text_atomic(out / "pairs.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     write_json_atomic(out / "metrics.json", metrics)
-    for line in summary_lines(metrics):
+    if paired is not None:
+        write_json_atomic(out / "paired.json", {"against": str(args.against), **paired})
+    for line in summary_lines(metrics) + ([against_line(paired, args.against)] if paired else []):
         say(line)
     say(f"wrote {out / 'pairs.jsonl'} and metrics.json")
     return 0
@@ -430,6 +441,9 @@ def add_commands(sub) -> None:
     ep.add_argument("--skip-bad-records", action="store_true", help="skip (and count) bad pairs instead of stopping")
     ep.add_argument("--batch-size", type=positive_int, default=8)
     ep.add_argument("--n-resamples", type=positive_int, default=2000, help="bootstrap resamples for the CIs")
+    ep.add_argument("--against", metavar="DIR", help="an earlier eval-pairs of the same pairs (e.g. the SFT "
+                    "adapter's): test, paired, how often each model alone prefers the chosen answer (bootstrap, "
+                    "exact McNemar); printed and written to paired.json")
     ep.add_argument("--chat-date", metavar="YYYY-MM-DD", help="the date a chat template that prints today's date "
                     "(Llama 3.1+) shows in every prompt, e.g. the run's chat_date (default: today)")
     add_device_flags(ep)

@@ -16,7 +16,7 @@ from .._deps import progress
 from ..data.preference import PairExample, pair_collate
 from ..lora import disable_adapter
 from ..train.shared_prompt import pack_pairs, pair_logp_sums
-from .stats import bootstrap_ci
+from .stats import bootstrap_ci, mcnemar_exact, paired_bootstrap
 
 
 @torch.no_grad()
@@ -56,7 +56,8 @@ def pair_metrics(pairs: Sequence[PairExample], policy: tuple[np.ndarray, np.ndar
                                                                  n_resamples=n_resamples, seed=seed)}
 
     m = {"n_pairs": n, "logps/chosen": float(pc.mean()), "logps/rejected": float(pr.mean()),
-         "prefers_chosen_logp_sum": share(pc > pr), "prefers_chosen_logp_per_token": share(pc / tokens_c > pr / tokens_r)}
+         "prefers_chosen_logp_sum": share(pc > pr),
+         "prefers_chosen_logp_per_token": share(pc / tokens_c > pr / tokens_r)}
     rows = [{"pair": i + 1, "logp_chosen": float(pc[i]), "logp_rejected": float(pr[i]),
              "tokens_chosen": int(tokens_c[i]), "tokens_rejected": int(tokens_r[i])} for i in range(n)]
     if reference is not None:
@@ -88,3 +89,43 @@ def summary_lines(m: dict) -> list[str]:
                  f"{pct('prefers_chosen_logp_per_token')} (per token); mean log-prob chosen {m['logps/chosen']:.2f}, "
                  f"rejected {m['logps/rejected']:.2f}")
     return lines
+
+
+def against(rows: list[dict], earlier: list[dict], *, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """This evaluation's pairs against an earlier one's of the same pairs (another adapter, such
+    as the SFT one): how often each model alone prefers the chosen answer (log-prob sum, and per
+    token), paired: the difference with its bootstrap interval, and exact McNemar on the pairs
+    where the two disagree. Rewards are left out: each is measured against its own reference."""
+    check_same_pairs([r["line"] for r in rows], earlier)
+    out = {"n_pairs": len(rows)}
+    for name, per_token in (("prefers_chosen_logp_sum", False), ("prefers_chosen_logp_per_token", True)):
+        a, b = (np.array([_prefers(r, per_token) for r in side], float) for side in (earlier, rows))
+        out[name] = {"earlier": float(a.mean()), "this": float(b.mean()),
+                     **paired_bootstrap(lambda i, v=a: float(v[i].mean()), lambda i, v=b: float(v[i].mean()),
+                                        len(rows), n_resamples=n_resamples, seed=seed),
+                     "mcnemar": mcnemar_exact(a.astype(bool), b.astype(bool))}
+    return out
+
+
+def check_same_pairs(lines: list[int], earlier: list[dict]) -> None:
+    """ValueError unless the earlier evaluation's rows are the pairs at ``lines`` of the data."""
+    if lines != [r["line"] for r in earlier]:
+        raise ValueError("--against: that evaluation scored other pairs (their lines in the data differ); evaluate "
+                         "both on the same data with the same --max-length")
+
+
+def _prefers(row: dict, per_token: bool) -> bool:
+    if per_token:
+        return row["logp_chosen"] / row["tokens_chosen"] > row["logp_rejected"] / row["tokens_rejected"]
+    return row["logp_chosen"] > row["logp_rejected"]
+
+
+def against_line(c: dict, where: str) -> str:
+    """The paired test as a console line."""
+    s = c["prefers_chosen_logp_sum"]
+    lo, hi = s["ci"]
+    m = s["mcnemar"]
+    return (f"against {where}: the model alone prefers the chosen answer in {s['this']:.0%} of pairs, there "
+            f"{s['earlier']:.0%} (difference {s['delta']:+.1%} [{lo:+.1%}, {hi:+.1%}], bootstrap p = "
+            f"{s['p_value']:.3g}; McNemar p = {m['p_value']:.3g}: {m['b_only']} pairs newly right, {m['a_only']} "
+            "newly wrong)")

@@ -77,3 +77,38 @@ def test_without_an_adapter_only_the_models_own_preference_is_measured(trained, 
     assert main(["eval-pairs", "--model", str(model_dir), "--data", str(held), "--output", str(tmp_path / "x"),
                  "--reference-adapter", str(adapter)]) == 2
     assert "--reference-adapter needs --adapter" in capsys.readouterr().err
+
+
+def test_against_an_earlier_evaluation_tests_the_models_own_preferences_paired(trained, tmp_path, capsys):
+    """The DPO adapter against the base model on the same pairs: the two shares of pairs whose
+    chosen answer the model alone prefers, their difference with its bootstrap interval, and
+    exact McNemar on the pairs where they disagree; other pairs are refused before any model loads."""
+    model_dir, held, adapter, _ = trained
+    base = _run(["--model", model_dir, "--data", held], tmp_path / "base")
+    dpo = _run(["--model", model_dir, "--adapter", adapter, "--data", held, "--against", tmp_path / "base"],
+               tmp_path / "dpo")
+    paired = json.loads((tmp_path / "dpo" / "paired.json").read_text())
+    s = paired["prefers_chosen_logp_sum"]
+    assert paired["against"] == str(tmp_path / "base") and paired["n_pairs"] == 16
+    assert s["earlier"] == base["prefers_chosen_logp_sum"]["value"]
+    assert s["this"] == dpo["prefers_chosen_logp_sum"]["value"]
+    assert s["delta"] == pytest.approx(s["this"] - s["earlier"])
+    assert s["delta"] == pytest.approx((s["mcnemar"]["b_only"] - s["mcnemar"]["a_only"]) / 16)
+    assert s["ci"][0] <= s["delta"] <= s["ci"][1]
+    rows = {d: [json.loads(x) for x in (tmp_path / d / "pairs.jsonl").read_text().splitlines()]
+            for d in ("base", "dpo")}
+    newly_right = sum(b["logp_chosen"] > b["logp_rejected"] and not a["logp_chosen"] > a["logp_rejected"]
+                      for a, b in zip(rows["base"], rows["dpo"]))
+    assert s["mcnemar"]["b_only"] == newly_right
+    assert f"against {tmp_path / 'base'}: the model alone prefers the chosen answer in {s['this']:.0%}" in (
+        capsys.readouterr().out)
+
+    other = tmp_path / "other.jsonl"
+    write_pairs(other, n=12, offset=5000)
+    assert main(["eval-pairs", "--model", str(model_dir), "--data", str(other), "--output", str(tmp_path / "o"),
+                 "--against", str(tmp_path / "base")]) == 2
+    assert "--against: that evaluation scored other pairs" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "metrics.json").exists()
+    assert main(["eval-pairs", "--model", str(model_dir), "--data", str(held), "--output", str(tmp_path / "o"),
+                 "--against", str(tmp_path / "nowhere")]) == 2
+    assert "no pairs.jsonl (an eval-pairs output folder)" in capsys.readouterr().err
