@@ -102,8 +102,12 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
     path = Path(path)
     if path.is_dir():
         found = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _FORMATS)
+        shards = [name for name in found if "-of-" in name]  # a Hugging Face dataset's train-00000-of-00002.parquet
+        join = ("; a split saved in several files is one file to prefopt: join them first (pandas: pd.concat(["
+                "pd.read_parquet(f) for f in sorted(files)]).to_parquet('train.parquet')), or give the records from "
+                "Python (run_sft/run_dpo(cfg, records=frame))") if len(shards) > 1 else ""
         raise FileNotFoundError(f"{path}: a folder, not a data file; pass one of its files"
-                                + (f" ({', '.join(found)})" if found else f" (it holds no {_NAMES})"))
+                                + (f" ({', '.join(found)})" if found else f" (it holds no {_NAMES})") + join)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
     suffix = path.suffix.lower()

@@ -213,3 +213,13 @@ def test_columns_of_other_names_are_read_as_the_fields_and_named_in_errors(tmp_p
             "chosen=Clinician answer", "rejected=Draft", "--max-length", "256"]
     assert main(argv) == 1  # the empty row is bad
     assert f"  bad: {path}:4: field 'Patient message': empty text" in capsys.readouterr().out.splitlines()
+
+
+def test_a_folder_of_a_datasets_shards_says_how_to_join_them(tmp_path):
+    for i in range(2):
+        _parquet(tmp_path / f"train-0000{i}-of-00002.parquet", [EXPLICIT])
+    with pytest.raises(FileNotFoundError, match=r"a folder, not a data file; pass one of its files "
+                                                r"\(train-00000-of-00002.parquet, train-00001-of-00002.parquet\); a "
+                                                r"split saved in several files is one file to prefopt: join them first "
+                                                r"\(pandas: pd.concat\(.*records=frame\)\)$"):
+        list(read_rows(tmp_path))
