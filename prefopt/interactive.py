@@ -2,13 +2,15 @@
 ``prefopt chat`` (a conversation, turn by turn, to try a fine-tuned model by hand)."""
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
 CHAT_HELP = ("/reset: a new conversation   /system TEXT: the system message (/system alone: none)   "
-             "/file PATH: send a text file (a long note)   Ctrl-C: stop an answer   /exit or Ctrl-D: quit")
+             "/file PATH: send a text file (a long note)   /save PATH: add the conversation to a JSONL file   "
+             "Ctrl-C: stop an answer   /exit or Ctrl-D: quit")
 
 
 def stream_answer(model, tok, prompt_ids: list[int], *, stops: list[str] | tuple = (), out: TextIO | None = None,
@@ -95,6 +97,9 @@ def chat(model, tok, *, system: str | None = None, context: int, max_new_tokens:
             system = text[len("/system"):].strip() or None
             say(f"system message: {system!r}" if system else "no system message")
             continue
+        if text.startswith("/save "):
+            say(save_conversation(Path(text[len("/save "):].strip()).expanduser(), system, turns))
+            continue
         if text.startswith("/file "):
             path = Path(text[len("/file "):].strip()).expanduser()
             try:
@@ -129,3 +134,18 @@ def chat(model, tok, *, system: str | None = None, context: int, max_new_tokens:
             say("stopped: this turn is left out of the conversation")
             continue
         turns.append({"role": "assistant", "content": answer})
+
+
+def save_conversation(path: Path, system: str | None, turns: list[dict]) -> str:
+    """Add the conversation to ``path`` as one ``{"messages": [...]}`` line (an SFT record, once its
+    answers are what they should be); what happened, as a line to show."""
+    if not turns:
+        return "nothing to save yet"
+    messages = ([{"role": "system", "content": system}] if system else []) + turns
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+    except OSError as e:
+        return f"{path}: {e.strerror or e}"
+    return (f"added {len(turns) // 2} exchange(s) to {path}: a {{\"messages\"}} record, which prefopt sft trains on "
+            "once its answers are corrected")

@@ -1,6 +1,8 @@
 """``prefopt chat``: a conversation in the terminal on a tiny model. Each turn's prompt holds the
 whole conversation as the chat template renders it, the commands steer it, and a conversation
 that outgrows the model's context drops its earliest exchanges and says so."""
+import json
+
 import pytest
 
 import prefopt.model
@@ -126,3 +128,25 @@ def test_ctrl_c_stops_an_answer_and_leaves_its_turn_out(tiny, monkeypatch, capsy
     assert main(["chat", "--model", str(tiny), "--greedy", "--max-new-tokens", "4"]) == 130  # Ctrl-C at the prompt
     assert "(stopped: this turn is left out of the conversation)" in capsys.readouterr().out
     assert calls[1] == tok.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True)
+
+
+def test_save_adds_the_conversation_as_an_sft_record(tiny, monkeypatch, capsys, tmp_path):
+    from prefopt.data import load_sft
+
+    saved = tmp_path / "chats.jsonl"
+    code, out, asked = converse(tiny, [f"/save {saved}", "/system You triage messages.", "Fever?",
+                                       f"/save {saved}", f"/save {tmp_path / 'no' / 'x.jsonl'}", "/reset", "Rash?",
+                                       f"/save {saved}"], monkeypatch, capsys)
+    assert code == 0 and "you> (nothing to save yet)" in out
+    assert f"you> (added 1 exchange(s) to {saved}: a {{\"messages\"}} record, which prefopt sft trains on once its " \
+           "answers are corrected)" in out
+    assert f"you> ({tmp_path / 'no' / 'x.jsonl'}: No such file or directory)" in out
+    records = [json.loads(line) for line in saved.read_text().splitlines()]
+    assert [r["messages"] for r in records] == [
+        [{"role": "system", "content": "You triage messages."}, {"role": "user", "content": "Fever?"},
+         {"role": "assistant", "content": asked[0][1]}],
+        [{"role": "system", "content": "You triage messages."}, {"role": "user", "content": "Rash?"},
+         {"role": "assistant", "content": asked[1][1]}]]
+    examples, report = load_sft(saved, load_tokenizer(tiny), skip_bad=True)  # what sft reads (an empty answer: bad)
+    assert report.n_read == 2 and report.n_kept + len(report.skipped) == 2
+    assert all("empty assistant turn" in e.reason for e in report.skipped), report.summary()
