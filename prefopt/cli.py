@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_generate)
 
     ch = sub.add_parser("chat", help="talk to a model (+ adapter) in the terminal, turn by turn; it keeps the "
-                        "conversation, and /reset, /system, /file PATH, /exit steer it",
+                        "conversation, and /reset, /system, /file PATH, /save PATH, /exit steer it",
                         description="Each line you type is your turn; the answer streams back and the model sees "
                         "the whole conversation (its earliest exchanges left out, with a note, once it outgrows the "
                         "model's context). " + "; ".join(x.strip() for x in CHAT_HELP.split("   ")) + ".")
