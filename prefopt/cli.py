@@ -19,13 +19,12 @@ def _prompt_text(given: str) -> str:
     if given == "-":
         text, where = sys.stdin.read(), "standard input"
     elif given.startswith("@") and len(given) > 1:
-        from .data.readers import read_text
+        from .interactive import prompt_file_text
 
         path = Path(given[1:])
         if not path.is_file():
             raise FileNotFoundError(f"--prompt {given}: no such file {path} (a prompt that starts with @ names a file)")
-        # a byte that is not UTF-8: named by line and column; Windows line ends read as "\n"
-        text, where = read_text(path).replace("\r\n", "\n").replace("\r", "\n"), str(path)
+        text, where = prompt_file_text(path), str(path)
     else:
         return given
     if not text.strip():

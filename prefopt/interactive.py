@@ -42,6 +42,14 @@ def stream_answer(model, tok, prompt_ids: list[int], *, stops: list[str] | tuple
     return text
 
 
+def prompt_file_text(path: Path) -> str:
+    """A text file given as a prompt (``generate --prompt @FILE``, chat's ``/file``): UTF-8 (a bad
+    byte named by line and column), Windows and old Mac line ends read as ``\n``."""
+    from .data.readers import read_text
+
+    return read_text(path).replace("\r\n", "\n").replace("\r", "\n")
+
+
 def cut_at(text: str, stops: list[str]) -> str:
     """``text`` up to the first of ``stops`` found in it."""
     return text[:min((text.find(s) for s in stops if s in text), default=len(text))]
@@ -68,8 +76,6 @@ def chat(model, tok, *, system: str | None = None, context: int, max_new_tokens:
     left out, and it says so. Commands: :data:`CHAT_HELP`; Ctrl-C stops an answer (its turn left
     out), and at the prompt quits. ``read(prompt)`` gives each line (default: :func:`input`).
     Returns 0 at ``/exit`` or end of input."""
-    from .data.readers import read_text
-
     out, read = out or sys.stdout, read or input  # input: line editing and history where readline is there
     turns: list[dict] = []
 
@@ -103,7 +109,7 @@ def chat(model, tok, *, system: str | None = None, context: int, max_new_tokens:
         if text.startswith("/file "):
             path = Path(text[len("/file "):].strip()).expanduser()
             try:
-                text = read_text(path).replace("\r\n", "\n").strip()
+                text = prompt_file_text(path).strip()
             except (OSError, ValueError) as e:
                 say(f"{path}: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
                 continue
