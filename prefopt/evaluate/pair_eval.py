@@ -55,11 +55,12 @@ def pair_metrics(pairs: Sequence[PairExample], policy: tuple[np.ndarray, np.ndar
         return {"value": float(right.mean()), "ci": bootstrap_ci(lambda i: float(right[i].mean()), n,
                                                                  n_resamples=n_resamples, seed=seed)}
 
+    prefers = {"prefers_chosen_logp_sum": pc > pr, "prefers_chosen_logp_per_token": pc / tokens_c > pr / tokens_r}
     m = {"n_pairs": n, "logps/chosen": float(pc.mean()), "logps/rejected": float(pr.mean()),
-         "prefers_chosen_logp_sum": share(pc > pr),
-         "prefers_chosen_logp_per_token": share(pc / tokens_c > pr / tokens_r)}
+         **{name: share(right) for name, right in prefers.items()}}
     rows = [{"pair": i + 1, "logp_chosen": float(pc[i]), "logp_rejected": float(pr[i]),
-             "tokens_chosen": int(tokens_c[i]), "tokens_rejected": int(tokens_r[i])} for i in range(n)]
+             "tokens_chosen": int(tokens_c[i]), "tokens_rejected": int(tokens_r[i]),
+             **{name: bool(right[i]) for name, right in prefers.items()}} for i in range(n)]
     if reference is not None:
         rc, rr = reference
         reward_c, reward_r = beta * (pc - rc), beta * (pr - rr)
@@ -98,8 +99,8 @@ def against(rows: list[dict], earlier: list[dict], *, n_resamples: int = 2000, s
     where the two disagree. Rewards are left out: each is measured against its own reference."""
     check_same_pairs([r["line"] for r in rows], earlier)
     out = {"n_pairs": len(rows)}
-    for name, per_token in (("prefers_chosen_logp_sum", False), ("prefers_chosen_logp_per_token", True)):
-        a, b = (np.array([_prefers(r, per_token) for r in side], float) for side in (earlier, rows))
+    for name in ("prefers_chosen_logp_sum", "prefers_chosen_logp_per_token"):  # as pair_metrics put them in rows
+        a, b = (np.array([r[name] for r in side], float) for side in (earlier, rows))
         out[name] = {"earlier": float(a.mean()), "this": float(b.mean()),
                      **paired_bootstrap(lambda i, v=a: float(v[i].mean()), lambda i, v=b: float(v[i].mean()),
                                         len(rows), n_resamples=n_resamples, seed=seed),
@@ -112,12 +113,6 @@ def check_same_pairs(lines: list[int], earlier: list[dict]) -> None:
     if lines != [r["line"] for r in earlier]:
         raise ValueError("--against: that evaluation scored other pairs (their lines in the data differ); evaluate "
                          "both on the same data with the same --max-length")
-
-
-def _prefers(row: dict, per_token: bool) -> bool:
-    if per_token:
-        return row["logp_chosen"] / row["tokens_chosen"] > row["logp_rejected"] / row["tokens_rejected"]
-    return row["logp_chosen"] > row["logp_rejected"]
 
 
 def against_line(c: dict, where: str) -> str:
