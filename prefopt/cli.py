@@ -217,7 +217,10 @@ def _check_data(args: argparse.Namespace) -> int:
         if given:
             raise ValueError(f"{given[0]} is for a training file; with --task the records are what compare builds "
                              "from the task's data (its columns: --task-option)")
-        lines, n_bad = check_task_data(get_task(args.task, **key_values(args.task_option)), args.data, tok,
+        if args.data and len(args.data) > 1:
+            raise ValueError("--task reads one data file (or the task's folder); join the files first")
+        lines, n_bad = check_task_data(get_task(args.task, **key_values(args.task_option)),
+                                       args.data[0] if args.data else None, tok,
                                        max_length=args.max_length, show_bad=show_bad)
         print("\n".join(lines))
         bad = n_bad > 0
@@ -226,7 +229,8 @@ def _check_data(args: argparse.Namespace) -> int:
     else:
         from .data.columns import column_map
 
-        check = check_data(args.data, tok, kind=args.kind, max_length=args.max_length,
+        check = check_data(args.data[0] if len(args.data) == 1 else args.data, tok, kind=args.kind,
+                           max_length=args.max_length,
                            max_prompt_length=args.max_prompt_length, columns=column_map(args.columns))
         print("\n".join(check.lines(show_bad=show_bad)))
         bad = bool(check.report.skipped or not check.report.n_kept)
@@ -273,6 +277,8 @@ def _add_config_flags(p: argparse.ArgumentParser, cls) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif f.type == "list[str]":
             p.add_argument(flag, nargs="+", default=None, help=help_)
+        elif f.type == "str | list[str] | None":  # data files: one or several, read by the config's typed_value
+            p.add_argument(flag, nargs="+", default=None, metavar="PATH", help=help_)
         elif f.type == "dict[str, str]":  # FIELD=COLUMN entries, read by the config's typed_value
             p.add_argument(flag, nargs="+", default=None, metavar="FIELD=COLUMN", help=help_)
         else:
@@ -345,8 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "record is bad or none is usable. --task: a task's data, as compare reads it",
                        epilog=task_options_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     k.add_argument("--model", required=True, help="the model whose tokenizer and chat template training will use")
-    k.add_argument("--data", help="JSONL, JSON, CSV, TSV or Parquet training file; with --task, the task's data "
-                   "file or folder (default: its bundled data)")
+    k.add_argument("--data", nargs="+", metavar="PATH", help="JSONL, JSON, CSV, TSV or Parquet training file (or "
+                   "several, a folder of one split's shards, a quoted pattern: as sft and dpo read them, one check "
+                   "over all); with --task, the task's data file or folder (default: its bundled data)")
     k.add_argument("--task", help="check a task's data as compare, eval and predict read it: its class mix per "
                    "field, and the SFT examples compare builds from it (lengths, cuts, repeats)")
     k.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="with --task: a task option")

@@ -13,7 +13,7 @@ from .columns import renamed, with_columns
 from .preference import PairExample, load_preferences
 from .readers import read_rows
 from .records import SFTRecord, parse_preference, parse_sft
-from .sft import LoadReport, NoRecordsError, TokenizedExample, load_records, load_sft, prompt_len
+from .sft import LoadReport, NoRecordsError, TokenizedExample, load_records, load_sft, prompt_len, sources
 
 KINDS = ("sft", "preference")
 SHOW_BAD = 10  # bad records listed by default (``lines(show_bad=None)``: every one)
@@ -24,10 +24,11 @@ UNLIMITED = 1 << 30  # a max_length nothing reaches: lengths before any truncati
 def detect_kind(path, columns: dict[str, str] | None = None) -> str:
     """``"preference"`` when the first readable record has chosen/rejected (TRL) or
     preferred_output (OpenAI) fields (read through ``columns``), else ``"sft"``."""
-    for _, row in read_rows(path):
-        if isinstance(row, dict):
-            fields = set(renamed(row, columns or {}))
-            return "preference" if {"chosen", "rejected", "preferred_output"} & fields else "sft"
+    for source in sources(path):
+        for _, row in read_rows(source):
+            if isinstance(row, dict):
+                fields = set(renamed(row, columns or {}))
+                return "preference" if {"chosen", "rejected", "preferred_output"} & fields else "sft"
     return "sft"
 
 
@@ -47,7 +48,7 @@ class DataCheck:
         by file, line and field; None: all), lengths, truncation, repeats."""
         r = self.report
         kind = self.title or ("preference pairs" if self.kind == "preference" else "SFT records")
-        out = [f"{r.path}: {kind}; {r.summary().split(': ', 1)[1]}"]
+        out = [f"{r.name}: {kind}; {r.summary().removeprefix(r.name + ': ')}"]
         shown = r.skipped if show_bad is None else r.skipped[:show_bad]
         out += [f"  bad: {e}" for e in shown]
         if len(r.skipped) > len(shown):

@@ -69,8 +69,8 @@ def plain(v):
     return v
 
 
-_FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
-_NAMES = ".jsonl, .json, .csv, .tsv or .parquet"
+FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
+NAMES = ".jsonl, .json, .csv, .tsv or .parquet"
 DELIMITERS = (",", ";", "\t", "|")  # what a .csv file's header is tried with, in order of preference
 
 
@@ -101,13 +101,13 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
         return
     path = Path(path)
     if path.is_dir():
-        found = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _FORMATS)
+        found = sorted(p.name for p in path.iterdir() if p.suffix.lower() in FORMATS)
         shards = [name for name in found if "-of-" in name]  # a Hugging Face dataset's train-00000-of-00002.parquet
-        join = ("; a split saved in several files is one file to prefopt: join them first (pandas: pd.concat(["
-                "pd.read_parquet(f) for f in sorted(files)]).to_parquet('train.parquet')), or give the records from "
-                "Python (run_sft/run_dpo(cfg, records=frame))") if len(shards) > 1 else ""
+        join = ("; a task's split saved in several files is one file to it: join them first (pandas: pd.concat(["
+                "pd.read_parquet(f) for f in sorted(files)]).to_parquet('test.parquet')); sft, dpo and check-data "
+                "read such a folder whole") if len(shards) > 1 else ""
         raise FileNotFoundError(f"{path}: a folder, not a data file; pass one of its files"
-                                + (f" ({', '.join(found)})" if found else f" (it holds no {_NAMES})") + join)
+                                + (f" ({', '.join(found)})" if found else f" (it holds no {NAMES})") + join)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
     suffix = path.suffix.lower()
@@ -121,7 +121,7 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
         yield from _parquet(path)
     else:
         how = SAVE_AS.get(suffix, "")
-        raise ValueError(f"{path}: unknown data format {suffix!r}; use {_NAMES}" + how)
+        raise ValueError(f"{path}: unknown data format {suffix!r}; use {NAMES}" + how)
 
 
 def read_text(path: Path, encoding: str = "utf-8") -> str:

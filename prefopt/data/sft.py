@@ -10,6 +10,7 @@ from pathlib import Path
 from .._deps import progress
 from ..tokenizer import BoundaryError, Tokenizer
 from .columns import column_of, with_columns
+from .files import data_files, describe, is_paths
 from .readers import read_rows, source_name
 from .records import DataError, SFTRecord, parse_sft
 
@@ -57,9 +58,10 @@ class Cut:
 
 @dataclass
 class LoadReport:
-    """What loading a file did: how many records were read, kept, skipped (and why), truncated."""
+    """What loading a file (or several) did: how many records were read, kept, skipped (and why),
+    truncated."""
 
-    path: Path
+    path: Path  # the file, or what names several (a folder, a pattern, a list: :func:`~.files.describe`)
     n_read: int = 0
     n_kept: int = 0
     n_truncated: int = 0
@@ -69,9 +71,28 @@ class LoadReport:
     n_response_cut: int = 0  # records whose response lost its end (and its end-of-turn token)
     skipped: list[DataError] = field(default_factory=list)
     kept_lines: list[int] = field(default_factory=list)  # each kept record's line, in the examples' order
+    files: list[Path] = field(default_factory=list)  # the files read, in order (none for records in memory)
+
+    @classmethod
+    def merged(cls, path, parts: list[LoadReport]) -> LoadReport:
+        """One report for files loaded one by one: counts summed, skips and lines in order (a
+        line alone no longer says which file it is in: see ``files`` and each skip's path)."""
+        out = cls(path, max_length=parts[0].max_length if parts else None)
+        for r in parts:
+            for name in ("n_read", "n_kept", "n_truncated", "n_tokens", "n_tokens_cut", "n_response_cut"):
+                setattr(out, name, getattr(out, name) + getattr(r, name))
+            out.skipped += r.skipped
+            out.kept_lines += r.kept_lines
+            out.files += r.files
+        return out
+
+    @property
+    def name(self) -> str:
+        """The path, and how many files it stands for where several were read."""
+        return f"{self.path} ({len(self.files)} files)" if len(self.files) > 1 else str(self.path)
 
     def summary(self) -> str:
-        msg = f"{self.path}: {self.n_kept} of {self.n_read} records kept"
+        msg = f"{self.name}: {self.n_kept} of {self.n_read} records kept"
         if self.n_truncated:
             msg += f", {self.n_truncated} truncated to fit"
             msg += f" max_length={self.max_length}" if self.max_length else ""
@@ -93,16 +114,33 @@ class NoRecordsError(DataError):
         self.report = report
 
 
+def sources(path) -> list:
+    """What is read one by one for ``path``: the files it names (:func:`~.files.data_files`), or
+    ``path`` itself where it holds records (a list of dicts, a DataFrame)."""
+    return data_files(path) if is_paths(path) else [path]
+
+
+def source_label(path) -> str | Path:
+    """What errors and reports call ``path`` as a whole."""
+    return Path(describe(path)) if is_paths(path) else source_name(path)
+
+
 def load_records(path, parse: Callable, skip_bad: bool = False) -> tuple[list[tuple[int, object]], LoadReport]:
-    """Parse every row of ``path`` with ``parse(row, path, line)``.
+    """Parse every row of ``path`` (a file, several, or records in memory) with ``parse(row,
+    file, line)``; returns ``(line, record)`` pairs, file after file.
 
     A bad record raises its :class:`DataError` (file, line, field), unless ``skip_bad``:
     then it is counted in the report, with its reason, and loading goes on.
     """
-    name = source_name(path)
-    report = LoadReport(Path(name))
+    parts = [_records(s, parse, skip_bad) for s in sources(path)]
+    return [x for recs, _ in parts for x in recs], LoadReport.merged(source_label(path), [r for _, r in parts])
+
+
+def _records(source, parse: Callable, skip_bad: bool) -> tuple[list[tuple[int, object]], LoadReport]:
+    name = source_name(source)
+    report = LoadReport(Path(name), files=[Path(source)] if is_paths(source) else [])
     out = []
-    for line, row in read_rows(path):
+    for line, row in read_rows(source):
         report.n_read += 1
         try:
             if isinstance(row, DataError):
@@ -222,20 +260,32 @@ def _field(rec: SFTRecord) -> str:
 def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, field_of: Callable,
                    show_progress: bool = True):
     """Parse every record, then ``encode(record) -> (example, Cut)`` each one, under a progress bar
-    that shows once it has taken 2 s (``show_progress``).
+    that shows once it has taken 2 s (``show_progress``); file after file where ``path`` names
+    several (:func:`~.files.data_files`).
 
     An encoding failure becomes a :class:`DataError` on ``field_of(record)`` at the record's
-    line, raised or (``skip_bad``) counted in the report like a parse failure.
+    file and line, raised or (``skip_bad``) counted in the report like a parse failure. Raises
+    :class:`NoRecordsError` when not one record of all the files is usable.
     """
-    records, report = load_records(path, parse, skip_bad)
+    parts = [_tokenized(s, parse, encode, skip_bad, field_of, show_progress) for s in sources(path)]
+    examples = [ex for exs, _ in parts for ex in exs]
+    report = LoadReport.merged(source_label(path), [r for _, r in parts])
+    if not examples:
+        why = f": {report.summary()}" if report.skipped else ""
+        raise NoRecordsError(source_label(path), None, None, "no usable records" + why, report)
+    return examples, report
+
+
+def _tokenized(source, parse: Callable, encode: Callable, skip_bad: bool, field_of: Callable, show_progress: bool):
+    records, report = _records(source, parse, skip_bad)
     examples = []
-    name = Path(str(source_name(path))).name
-    for line, rec in progress(records, desc=f"tokenizing {name}", unit="record", delay=2, leave=False,
-                              disable=not show_progress):
+    name = source_name(source)
+    for line, rec in progress(records, desc=f"tokenizing {Path(str(name)).name}", unit="record", delay=2,
+                              leave=False, disable=not show_progress):
         try:
             ex, cut = encode(rec)
         except ValueError as e:
-            err = DataError(source_name(path), line, field_of(rec), str(e))
+            err = DataError(name, line, field_of(rec), str(e))
             if not skip_bad:
                 raise err from None
             report.skipped.append(err)
@@ -247,7 +297,4 @@ def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, f
         examples.append(ex)
         report.kept_lines.append(line)
     report.n_kept = len(examples)
-    if not examples:
-        why = f": {report.summary()}" if report.skipped else ""
-        raise NoRecordsError(source_name(path), None, None, "no usable records" + why, report)
     return examples, report

@@ -89,6 +89,7 @@ def _eval_pairs(args) -> int:
     from pathlib import Path
 
     from ..data.columns import column_map
+    from ..data.files import data_files
     from ..data.preference import load_preferences
     from ..devices import resolve
     from ..fileio import check_writable, write_json_atomic, write_text_atomic
@@ -102,6 +103,9 @@ def _eval_pairs(args) -> int:
 
     if args.reference_adapter and not args.adapter:
         raise ValueError("--reference-adapter needs --adapter: the adapter measured against it")
+    if len(data_files(args.data)) > 1:  # pairs.jsonl names each pair by its line: of one file
+        raise ValueError(f"--data {args.data}: eval-pairs reads one file (each pair is named by its line); join the "
+                         "files first")
     earlier = None
     if args.against:  # read before any model loads
         rows_file = Path(args.against) / "pairs.jsonl"

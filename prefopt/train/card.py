@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.files import data_files
 from ..fileio import sha256_of, write_text_atomic
 
 FILE = "README.md"
@@ -32,13 +33,19 @@ def _what(config) -> tuple[str, list[str]]:
 def _data_lines(config, n_train: int, n_eval: int) -> list[str]:
     lines = []
     for name in ("data", "eval_data"):
-        path = getattr(config, name, None)
-        if path and Path(path).is_file():
-            lines.append(f"- `{name}`: `{Path(path).resolve()}` (SHA-256 `{sha256_of(path)}`)")
+        try:
+            files = data_files(getattr(config, name, None) or [])
+        except (OSError, ValueError):  # gone since the run read it
+            continue
+        if len(files) == 1:
+            lines.append(f"- `{name}`: `{files[0].resolve()}` (SHA-256 `{sha256_of(files[0])}`)")
+        elif files:
+            lines.append(f"- `{name}`: {len(files)} files, read in this order:")
+            lines += [f"  - `{f.resolve()}` (SHA-256 `{sha256_of(f)}`)" for f in files]
     if not config.data:
         lines.append("- the training records were given in memory (`records=`), not read from a file: no file "
                      "to hash")
-    held = f" ({config.eval_fraction:g} of the data file held out)" if not config.eval_data and n_eval else ""
+    held = f" ({config.eval_fraction:g} of the data held out)" if not config.eval_data and n_eval else ""
     lines.append(f"- {n_train} training {'pairs' if hasattr(config, 'loss') else 'examples'}, "
                  f"{n_eval} for evaluation{held}; max_length {config.max_length}")
     if getattr(config, "sft_adapter", None):

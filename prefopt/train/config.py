@@ -5,6 +5,7 @@ flags from the same fields, so a file and the command line speak the same names.
 """
 from __future__ import annotations
 
+import glob
 from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 from ..chat_template import parse_chat_date
 from ..data.columns import column_map
+from ..data.files import data_files
 from ..devices import DTYPES as _DTYPES
 from ..devices import resolve_device
 from .config_file import read_config_file, typed_value
@@ -30,9 +32,12 @@ def opt(default: Any = MISSING, help: str = "", *, factory: Any = MISSING):
 class TrainConfig:
     model: str = opt(help="model folder, alias (smollm2-135m), hub id or .gguf file (required)")
     output_dir: str = opt(help="run folder: final/, checkpoints/, metrics.jsonl, train_config.json (required)")
-    data: str | None = opt(None, "training data: JSONL, JSON, CSV, TSV or Parquet (required, but by a Trainer "
-                                 "built in Python, which takes its examples directly)")
-    eval_data: str | None = opt(None, "a separate eval file; else eval_fraction of data")
+    data: str | list[str] | None = opt(None, "training data: JSONL, JSON, CSV, TSV or Parquet; several files, a "
+                                             "folder of one split's shards, or a quoted pattern ('notes/*.jsonl') "
+                                             "are read one after another (required, but by a Trainer built in "
+                                             "Python, which takes its examples directly)")
+    eval_data: str | list[str] | None = opt(None, "a separate eval file (or files, as data); else eval_fraction "
+                                                  "of data")
     columns: dict[str, str] = opt(help="read a record's field from a column of another name (a CSV header, a "
                                        "JSON key): prompt=question 'chosen=good answer'", factory=dict)
     eval_fraction: float = opt(0.0, "hold out this fraction of data for eval (before and after training)")
@@ -139,9 +144,11 @@ class TrainConfig:
         except ValueError as e:
             errors.append(str(e))
         for name in ("data", "eval_data"):
-            p = getattr(self, name)
-            if p and not Path(p).is_file():
-                errors.append(f"{name}: no such file {p}")
+            if getattr(self, name):
+                try:
+                    data_files(getattr(self, name))
+                except (OSError, ValueError) as e:
+                    errors.append(f"{name}: {e}")
         if errors:
             raise ValueError("invalid training config:\n  " + "\n  ".join(errors))
 
@@ -192,8 +199,9 @@ class TrainConfig:
         try:
             return cls(**d)
         except ValueError as e:
-            lost = [d[k] for k in ("data", "eval_data") if d.get(k) and not Path(d[k]).is_absolute()
-                    and not Path(d[k]).is_file()]
+            named = [p for k in ("data", "eval_data") if d.get(k)
+                     for p in (d[k] if isinstance(d[k], (list, tuple)) else [d[k]])]
+            lost = [p for p in named if not Path(p).is_absolute() and not glob.glob(str(p))]
             if not lost:
                 raise
             raise ValueError(f"{e}\n  ({path}: its relative paths, such as {lost[0]}, are read from the current "

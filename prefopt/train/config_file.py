@@ -53,6 +53,12 @@ def typed_value(kind: str, value: Any) -> Any:
         from ..data.columns import field_columns
 
         return field_columns(value)
+    if base == "str | list[str]":  # data: one path, or several (a single one is kept as text)
+        paths = [value] if isinstance(value, (str, os.PathLike)) else value
+        if isinstance(paths, (list, tuple)) and paths and all(isinstance(p, (str, os.PathLike)) for p in paths):
+            paths = [os.fspath(p) for p in paths]
+            return paths[0] if len(paths) == 1 else paths
+        raise ValueError(f"expected a path or a list of paths, got {value!r}")
     if base == "list[str]":
         names = value.replace(",", " ").split() if isinstance(value, str) else value
         if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):

@@ -215,11 +215,14 @@ def test_columns_of_other_names_are_read_as_the_fields_and_named_in_errors(tmp_p
     assert f"  bad: {path}:4: field 'Patient message': empty text" in capsys.readouterr().out.splitlines()
 
 
-def test_a_folder_of_a_datasets_shards_says_how_to_join_them(tmp_path):
+def test_a_folder_of_a_datasets_shards_is_one_set_to_training_and_a_task_is_told_to_join_them(tmp_path, tok):
     for i in range(2):
         _parquet(tmp_path / f"train-0000{i}-of-00002.parquet", [EXPLICIT])
     with pytest.raises(FileNotFoundError, match=r"a folder, not a data file; pass one of its files "
                                                 r"\(train-00000-of-00002.parquet, train-00001-of-00002.parquet\); a "
-                                                r"split saved in several files is one file to prefopt: join them first "
-                                                r"\(pandas: pd.concat\(.*records=frame\)\)$"):
-        list(read_rows(tmp_path))
+                                                r"task's split saved in several files is one file to it: join them "
+                                                r"first \(pandas: pd.concat\(.*\); sft, dpo and check-data read such a "
+                                                r"folder whole$"):
+        list(read_rows(tmp_path))  # as a task reads its data
+    pairs, report = load_preferences(tmp_path, tok)  # as dpo reads it
+    assert len(pairs) == 2 and report.name == f"{tmp_path} (2 files)"

@@ -26,7 +26,7 @@ def test_an_sft_adapter_says_what_trained_it(tmp_path, capsys):
     assert body.startswith(f"\n# LoRA adapter (r 4, alpha 32) for {model_dir}, trained with SFT\n")
     digest = hashlib.sha256(data.read_bytes()).hexdigest()
     assert f"- `data`: `{data.resolve()}` (SHA-256 `{digest}`)" in body
-    assert "- 12 training examples, 4 for evaluation (0.25 of the data file held out); max_length 1024" in body
+    assert "- 12 training examples, 4 for evaluation (0.25 of the data held out); max_length 1024" in body
     table = [line for line in body.splitlines() if line.startswith("| `")]
     settings = {line.split("`")[1]: line.split("`")[3] for line in table}
     assert settings["lr"] == "0.001" and settings["lora_r"] == "4" and settings["max_steps"] == "3"

@@ -111,7 +111,7 @@ def test_a_relative_data_path_that_is_missing_says_where_it_was_looked_for(tmp_p
     (run / "train_config.json").write_text(json.dumps({"model": "m", "output_dir": "o", "data": "d/train.jsonl"}))
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    with pytest.raises(ValueError, match=r"no such file d/train.jsonl\n  \(.*train_config.json: its relative paths, "
+    with pytest.raises(ValueError, match=r"data: d/train.jsonl: no such data file\n  \(.*train_config.json: its relative paths, "
                                          r"such as d/train.jsonl, are read from the current folder, .*elsewhere, not"):
         TrainConfig.from_file(run / "train_config.json")
     with pytest.raises(ValueError) as e:  # an absolute path: nothing to add

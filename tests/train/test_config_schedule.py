@@ -26,7 +26,7 @@ def test_config_errors_are_all_reported_before_any_work(tmp_path):
                      eval_data=str(tmp_path / "missing.jsonl"), eval_fraction=0.1)
     msg = str(e.value)
     for part in ("batch_size must be >= 1", "schedule must be one of", "lr must be > 0",
-                 "eval_data: no such file", "not both"):
+                 f"eval_data: {tmp_path}/missing.jsonl: no such data file", "not both"):
         assert part in msg
     with pytest.raises(ValueError, match="fsdp is for full fine-tuning"):
         TrainConfig(model="m", data=str(data), output_dir="o", fsdp=True)

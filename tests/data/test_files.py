@@ -1,0 +1,176 @@
+"""Training data in several files: a list, a folder of one split's shards, a pattern. Each file
+keeps its own lines in errors; the examples are each file's, in order; unsafe sets are refused."""
+import hashlib
+import json
+
+import pytest
+
+from prefopt.cli import main
+from prefopt.data import DataError, load_preferences, load_sft
+from prefopt.data.files import data_files
+from prefopt.data.sft import NoRecordsError
+from prefopt.tokenizer import load_tokenizer
+from prefopt.train import TrainConfig
+from tests._tiny import build_tokenizer
+from tests.train._fixtures import write_pairs, write_task
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return load_tokenizer(build_tokenizer(tmp_path_factory.mktemp("tok")))
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _sft(i):
+    return {"prompt": f"Case {i}: fever?", "completion": f"Answer {i}."}
+
+
+def _ids(examples):
+    return [list(e.input_ids) for e in examples]
+
+
+def test_a_folder_of_one_splits_shards_is_read_in_shard_order(tmp_path, tok):
+    shards = tmp_path / "data"
+    shards.mkdir()
+    for i in (1, 0, 2):  # written out of order: read by name
+        _jsonl(shards / f"train-0000{i}-of-00003.jsonl", [_sft(10 * i), _sft(10 * i + 1)])
+    (shards / "README.md").write_text("not data")  # beside the shards, as a dataset's card is
+    assert [p.name for p in data_files(shards)] == [f"train-0000{i}-of-00003.jsonl" for i in range(3)]
+    examples, report = load_sft(shards, tok)
+    alone = [e for i in range(3) for e in load_sft(shards / f"train-0000{i}-of-00003.jsonl", tok)[0]]
+    assert _ids(examples) == _ids(alone) and len(examples) == 6
+    assert report.summary() == f"{shards} (3 files): 6 of 6 records kept"
+    assert report.files == [shards / f"train-0000{i}-of-00003.jsonl" for i in range(3)]
+    assert data_files(str(shards / "train-*.jsonl")) == report.files  # a pattern: the same files, sorted
+
+
+def test_a_list_is_read_in_its_own_order_and_an_error_names_its_file_and_line(tmp_path, tok):
+    a = _jsonl(tmp_path / "a.jsonl", [_sft(1), _sft(2)])
+    b = _jsonl(tmp_path / "b.jsonl", [_sft(3), {"prompt": "Cough?"}])
+    examples, report = load_sft([b, a], tok, skip_bad=True)
+    assert _ids(examples) == _ids(load_sft([_sft(3)], tok)[0] + load_sft(a, tok)[0])
+    assert (report.n_read, report.n_kept, len(report.skipped)) == (4, 3, 1)
+    assert str(report.skipped[0]) == f"{b}:2: field 'completion': missing field"
+    assert report.kept_lines == [1, 1, 2] and report.files == [b, a]
+    with pytest.raises(DataError, match=rf"^{b}:2: field 'completion': missing field$"):
+        load_sft([a, b], tok)
+
+
+def test_a_file_with_no_usable_record_among_good_ones_is_skipped_only_when_asked(tmp_path, tok):
+    good = _jsonl(tmp_path / "good.jsonl", [_sft(1)])
+    bad = _jsonl(tmp_path / "bad.jsonl", [{"prompt": "x"}, {"prompt": "y"}])
+    examples, report = load_sft([good, bad], tok, skip_bad=True)
+    assert len(examples) == 1 and len(report.skipped) == 2
+    with pytest.raises(NoRecordsError, match=r"no usable records: .* \(2 files\): 0 of 3 records kept"):
+        load_sft([bad, _jsonl(tmp_path / "bad2.jsonl", [{"prompt": "z"}])], tok, skip_bad=True)
+
+
+@pytest.mark.parametrize("layout,message", [
+    ({"train-00000-of-00001.jsonl": 1, "test-00000-of-00001.jsonl": 1},
+     r"a folder is read whole only when it holds one split's shards .* it holds test-00000-of-00001.jsonl, "
+     r"train-00000-of-00001.jsonl\. Name the files, or a pattern such as '.*test-\*'"),
+    ({"train.jsonl": 1, "eval.jsonl": 1}, r"it holds eval.jsonl, train.jsonl\. Name the files"),
+])
+def test_a_folder_that_mixes_splits_is_refused(tmp_path, layout, message):
+    for name, n in layout.items():
+        _jsonl(tmp_path / name, [_sft(i) for i in range(n)])
+    with pytest.raises(ValueError, match=message):
+        data_files(tmp_path)
+
+
+def test_a_shard_set_with_a_gap_names_the_missing_shard(tmp_path):
+    for i in (0, 2):
+        _jsonl(tmp_path / f"train-0000{i}-of-00003.jsonl", [_sft(i)])
+    with pytest.raises(FileNotFoundError, match=r"train-00001-of-00003.jsonl missing: the data holds 2 of the 3 "
+                                                r"shards of 'train' \(a download cut short\?\)"):
+        data_files(tmp_path)
+    with pytest.raises(FileNotFoundError, match="train-00001-of-00003.jsonl missing"):  # by a pattern too
+        data_files(str(tmp_path / "train-*"))
+    (tmp_path / "ones").mkdir()
+    for i in (1, 2):  # numbered from 1, as some tools write them
+        _jsonl(tmp_path / "ones" / f"part-{i}-of-2.jsonl", [_sft(i)])
+    assert [p.name for p in data_files(tmp_path / "ones")] == ["part-1-of-2.jsonl", "part-2-of-2.jsonl"]
+
+
+def test_unreadable_sets_are_refused_with_their_reason(tmp_path):
+    a = _jsonl(tmp_path / "a.jsonl", [_sft(1)])
+    with pytest.raises(ValueError, match=r"named twice in the data .*trained on twice"):
+        data_files([a, tmp_path / "." / "a.jsonl"])
+    with pytest.raises(FileNotFoundError, match=r"nothing\*.jsonl: the pattern matches no file"):
+        data_files(str(tmp_path / "nothing*.jsonl"))
+    with pytest.raises(FileNotFoundError, match=r"gone.jsonl: no such data file"):
+        data_files([a, tmp_path / "gone.jsonl"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty: a folder holding no data file"):
+        data_files(tmp_path / "empty")
+
+
+def test_preference_shards_in_parquet_load_as_the_files_do(tmp_path, tok):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    rows = [json.loads(line) for line in write_pairs(tmp_path / "p.jsonl", n=6).read_text().splitlines()]
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for i in range(2):
+        pd.DataFrame(rows[3 * i: 3 * i + 3]).to_parquet(folder / f"train-0000{i}-of-00002.parquet")
+    pairs, report = load_preferences(folder, tok)
+    alone, _ = load_preferences(tmp_path / "p.jsonl", tok)
+    assert [list(p.chosen.input_ids) for p in pairs] == [list(p.chosen.input_ids) for p in alone]
+    assert report.kept_lines == [1, 2, 3, 1, 2, 3]
+
+
+def test_the_config_takes_one_path_or_several(tmp_path):
+    a, b = (_jsonl(tmp_path / f"{n}.jsonl", [_sft(1)]) for n in "ab")
+    assert TrainConfig(model="m", output_dir="o", data=[str(a)]).data == str(a)  # one: kept as text
+    assert TrainConfig(model="m", output_dir="o", data=[a, b]).data == [str(a), str(b)]
+    with pytest.raises(ValueError, match=r"data: .*c.jsonl: no such data file"):
+        TrainConfig(model="m", output_dir="o", data=[str(a), str(tmp_path / "c.jsonl")])
+    with pytest.raises(ValueError, match=r"data: expected a path or a list of paths, got \[1\]"):
+        TrainConfig(model="m", output_dir="o", data=[1])
+    (tmp_path / "run.yaml").write_text(f"model: m\noutput_dir: o\ndata:\n  - {a}\n  - {b}\n")
+    pytest.importorskip("yaml")
+    assert TrainConfig.from_file(tmp_path / "run.yaml").data == [str(a), str(b)]
+
+
+def test_sft_trains_on_every_file_and_its_card_hashes_each(tmp_path, capsys):
+    model_dir, data = write_task(tmp_path, n=12)
+    lines = data.read_text().splitlines()
+    first = tmp_path / "first.jsonl"
+    second = tmp_path / "second.jsonl"
+    first.write_text("\n".join(lines[:8]) + "\n")
+    second.write_text("\n".join(lines[8:]) + "\n")
+    out = tmp_path / "run"
+    assert main(["sft", "--model", str(model_dir), "--data", str(first), str(second), "--output-dir", str(out),
+                 "--max-steps", "1", "--batch-size", "2", "--lora-r", "4", "--no-progress"]) == 0
+    assert f"prefopt: {first}, {second} (2 files): 12 of 12 records kept" in capsys.readouterr().out
+    assert json.loads((out / "train_config.json").read_text())["data"] == [str(first), str(second)]
+    card = (out / "final" / "README.md").read_text()
+    assert "- `data`: 2 files, read in this order:\n" in card
+    for f in (first, second):
+        assert f"  - `{f.resolve()}` (SHA-256 `{hashlib.sha256(f.read_bytes()).hexdigest()}`)" in card
+    assert "- 12 training examples, 0 for evaluation" in card
+
+
+def test_check_data_checks_several_files_as_one_set(tmp_path, capsys):
+    model_dir, _ = write_task(tmp_path, n=1)
+    a = _jsonl(tmp_path / "a.jsonl", [_sft(1), _sft(2)])
+    b = _jsonl(tmp_path / "b.jsonl", [_sft(2), {"prompt": "Cough?"}])  # a repeat of a's second, and a bad one
+    assert main(["check-data", "--model", str(model_dir), "--data", str(a), str(b)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{a}, {b} (2 files): SFT records; 3 of 4 records kept; 1 skipped: 1x missing field " \
+                     f"(first: {b}:2: field 'completion': missing field)"
+    assert f"  bad: {b}:2: field 'completion': missing field" in out
+    assert "  1 record repeats an earlier one token for token" in out
+
+
+def test_eval_pairs_reads_one_file(tmp_path, capsys):
+    model_dir, _ = write_task(tmp_path, n=1)
+    write_pairs(tmp_path / "a.jsonl", n=2), write_pairs(tmp_path / "b.jsonl", n=2, offset=2)
+    assert main(["eval-pairs", "--model", str(model_dir), "--data", str(tmp_path / "*.jsonl"), "--output",
+                 str(tmp_path / "out")]) == 2
+    assert "eval-pairs reads one file (each pair is named by its line); join the files first" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
