@@ -61,6 +61,10 @@ class DataCheck:
             longest = max(self.total)
             out.append(f"  max_length={longest} would fit every record" if r.n_truncated else
                        f"  every record fits max_length={r.max_length} (the longest has {longest} tokens)")
+            long_texts = sum(1 for t, p in zip(self.total, self.prompt) if p == 0 and t > (r.max_length or t))
+            if self.kind == "sft" and long_texts:  # a text record trains every token: no prompt
+                out.append(f"  {long_texts} text record{'s lose their end' if long_texts != 1 else ' loses its end'} "
+                           f"past max_length: --text-windows trains on all of each, in windows")
         out += [answer_line(side, counts) for side, counts in self.answers.items() if counts]
         if self.duplicates:
             n = self.duplicates

@@ -72,6 +72,8 @@ class LoadReport:
     skipped: list[DataError] = field(default_factory=list)
     kept_lines: list[int] = field(default_factory=list)  # each kept record's line, in the examples' order
     files: list[Path] = field(default_factory=list)  # the files read, in order (none for records in memory)
+    # each example's record, counted from 0 over all files: a text split into windows gives several examples
+    kept_records: list[int] = field(default_factory=list)
 
     @classmethod
     def merged(cls, path, parts: list[LoadReport]) -> LoadReport:
@@ -79,6 +81,7 @@ class LoadReport:
         line alone no longer says which file it is in: see ``files`` and each skip's path)."""
         out = cls(path, max_length=parts[0].max_length if parts else None)
         for r in parts:
+            out.kept_records += [out.n_kept + i for i in r.kept_records]
             for name in ("n_read", "n_kept", "n_truncated", "n_tokens", "n_tokens_cut", "n_response_cut"):
                 setattr(out, name, getattr(out, name) + getattr(r, name))
             out.skipped += r.skipped
@@ -164,14 +167,36 @@ def tokenize_sft(
     if rec.messages is not None:
         ids, labels = _encode_chat(rec.messages, tok)
     elif rec.text is not None:  # every token is learnt; nothing is a prompt
-        ids = tok.encode(rec.text)
-        if tok.eos_token_id is not None and (not ids or ids[-1] != tok.eos_token_id):
-            ids = ids + [tok.eos_token_id]
+        ids = _text_ids(rec.text, tok)
         labels = list(ids)
     else:
         enc = tok.encode_prompt_response(rec.prompt, rec.completion)
         ids, labels = enc.ids, [IGNORE] * enc.prompt_len + enc.ids[enc.prompt_len:]
     return truncate(ids, labels, max_length=max_length, max_prompt_length=max_prompt_length)
+
+
+def _text_ids(text: str, tok: Tokenizer) -> list[int]:
+    """A text record's tokens, ending with the end-of-text token."""
+    ids = tok.encode(text)
+    if tok.eos_token_id is not None and (not ids or ids[-1] != tok.eos_token_id):
+        ids = ids + [tok.eos_token_id]
+    return ids
+
+
+def text_windows_of(text: str, tok: Tokenizer, max_length: int) -> list[TokenizedExample]:
+    """A text's tokens as windows of at most ``max_length`` that together train each token once.
+
+    A window's first token is only read, never predicted (a causal model predicts token ``t``
+    from those before it), so each window after the first starts on the last token of the one
+    before: the windows step by ``max_length - 1`` and every token of the text but its first is
+    a target exactly once, as in one pass over the whole text, with at most ``max_length - 1``
+    tokens of context (a window's early tokens see little of what came before)."""
+    if max_length < 2:
+        raise ValueError(f"max_length={max_length}: a window needs 2 tokens (one read, one learnt)")
+    ids = _text_ids(text, tok)
+    step = max_length - 1
+    return [TokenizedExample(ids[i: i + max_length], ids[i: i + max_length])
+            for i in range(0, max(len(ids) - 1, 1), step)]
 
 
 def _encode_chat(messages, tok: Tokenizer) -> tuple[list[int], list[int]]:
@@ -233,6 +258,7 @@ def load_sft(
     skip_bad: bool = False,
     show_progress: bool = True,
     columns: dict[str, str] | None = None,
+    text_windows: bool = False,
 ) -> tuple[list[TokenizedExample], LoadReport]:
     """Read, validate and tokenize an SFT file (JSONL, JSON, CSV, TSV or Parquet), a list of record
     dicts or a DataFrame.
@@ -242,8 +268,12 @@ def load_sft(
     it and records why in the report. ``show_progress``: a progress bar, once tokenizing has
     taken 2 s (about 1,500 records of 400 tokens). ``columns``: ``{field: column}``, each field
     read from a column of another name (:func:`~prefopt.data.columns.column_map`); errors name the column.
+    ``text_windows``: a ``{"text"}`` record longer than ``max_length`` becomes several examples
+    (:func:`text_windows`) instead of being cut to its start.
     """
     def encode(rec):
+        if text_windows and rec.text is not None:
+            return text_windows_of(rec.text, tok, max_length), Cut()
         return tokenize_sft(rec, tok, max_length=max_length, max_prompt_length=max_prompt_length)
 
     examples, report = load_tokenized(path, with_columns(parse_sft, columns), encode, skip_bad=skip_bad,
@@ -279,6 +309,7 @@ def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, f
 def _tokenized(source, parse: Callable, encode: Callable, skip_bad: bool, field_of: Callable, show_progress: bool):
     records, report = _records(source, parse, skip_bad)
     examples = []
+    report.n_kept = 0  # counted again: a record whose encoding fails is not kept
     name = source_name(source)
     for line, rec in progress(records, desc=f"tokenizing {Path(str(name)).name}", unit="record", delay=2,
                               leave=False, disable=not show_progress):
@@ -290,11 +321,13 @@ def _tokenized(source, parse: Callable, encode: Callable, skip_bad: bool, field_
                 raise err from None
             report.skipped.append(err)
             continue
+        windows = ex if isinstance(ex, list) else [ex]  # a text split into windows: several examples
         report.n_truncated += cut.tokens > 0
         report.n_response_cut += cut.response > 0
-        report.n_tokens += ex.n_tokens + cut.tokens
+        report.n_tokens += sum(w.n_tokens for w in windows) - (len(windows) - 1) + cut.tokens  # windows share a token
         report.n_tokens_cut += cut.tokens
-        examples.append(ex)
-        report.kept_lines.append(line)
-    report.n_kept = len(examples)
+        examples += windows
+        report.kept_lines += [line] * len(windows)
+        report.kept_records += [report.n_kept] * len(windows)
+        report.n_kept += 1
     return examples, report

@@ -43,6 +43,8 @@ class TrainConfig:
     eval_fraction: float = opt(0.0, "hold out this fraction of data for eval (before and after training)")
     max_length: int = opt(1024, "tokens per example; the prompt is cut from its start first")
     max_prompt_length: int | None = opt(None, "cut every prompt to its last N tokens")
+    text_windows: bool = opt(False, "SFT: split a {\"text\"} record longer than max_length into windows that "
+                                    "together train every token once (else it is cut, its start kept)")
     skip_bad_records: bool = opt(False, "skip (and count) bad records instead of stopping at the first")
     batch_size: int = opt(4, "examples per process per micro-step")
     grad_accum: int = opt(1, "micro-steps per optimizer step")

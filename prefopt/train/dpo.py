@@ -58,6 +58,8 @@ class DPOConfig(TrainConfig):
             errors.append(f"loss must be one of {sorted(LOSSES)} (got {self.loss!r})")
         if self.beta <= 0:
             errors.append("beta must be > 0")
+        if self.text_windows:
+            errors.append("text_windows is for SFT's {\"text\"} records; a preference pair is not split")
         if not 0 <= self.label_smoothing < 0.5:
             errors.append("label_smoothing must be in [0, 0.5)")
         if self.ref_cache and Path(self.ref_cache).exists() and not Path(self.ref_cache).is_dir():

@@ -51,17 +51,26 @@ class SFTTrainer(Trainer):
         return nll_sum(hidden[:, :-1], weight, batch["labels"][:, 1:], ignore_index=IGNORE), {}
 
 
-def split_eval(examples: list, fraction: float, seed: int) -> tuple[list, list]:
-    """A seeded random split: ``(train, eval)``; eval gets ``round(fraction * n)`` examples."""
+def split_eval(examples: list, fraction: float, seed: int, records: list[int] | None = None) -> tuple[list, list]:
+    """A seeded random split: ``(train, eval)``; eval gets ``round(fraction * n)`` of the ``n``
+    records. ``records``: each example's record (:attr:`LoadReport.kept_records`), so that the
+    windows of one text fall on one side; by default each example is its own."""
     if not fraction:
         return examples, []
+    records = list(range(len(examples))) if records is None else records
+    by_record: dict[int, list] = {}
+    for x, r in zip(examples, records, strict=True):
+        by_record.setdefault(r, []).append(x)
+    keys, n = sorted(by_record), len(by_record)
     g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(examples), generator=g).tolist()
-    n_eval = max(1, round(fraction * len(examples)))
-    if n_eval >= len(examples):
-        raise ValueError(f"eval_fraction {fraction:g} of {len(examples)} example{'s' * (len(examples) != 1)} holds "
-                         f"out {n_eval} for eval and leaves none to train on; lower it or pass eval_data")
-    return [examples[i] for i in order[n_eval:]], [examples[i] for i in order[:n_eval]]
+    order = torch.randperm(n, generator=g).tolist()
+    n_eval = max(1, round(fraction * n))
+    if n_eval >= n:
+        noun = "example" if n == len(examples) else "record"
+        raise ValueError(f"eval_fraction {fraction:g} of {n} {noun}{'s' * (n != 1)} holds out {n_eval} for eval and "
+                         "leaves none to train on; lower it or pass eval_data")
+    return ([x for i in order[n_eval:] for x in by_record[keys[i]]],
+            [x for i in order[:n_eval] for x in by_record[keys[i]]])
 
 
 def load_train_eval(config, tok, loader=load_sft, records=None, eval_records=None):
@@ -78,7 +87,8 @@ def load_train_eval(config, tok, loader=load_sft, records=None, eval_records=Non
         raise ValueError("no training data: set data (--data) to a JSONL, JSON, CSV, TSV or Parquet file, or pass "
                          "records")
     kw = dict(max_length=config.max_length, max_prompt_length=config.max_prompt_length,
-              skip_bad=config.skip_bad_records, show_progress=config.progress, columns=config.columns)
+              skip_bad=config.skip_bad_records, show_progress=config.progress, columns=config.columns,
+              **({"text_windows": True} if config.text_windows else {}))  # SFT's alone (DPO refuses it)
     examples, report = loader(source, tok, **kw)
     reports = [report]
     if eval_records is not None or config.eval_data:
@@ -86,5 +96,5 @@ def load_train_eval(config, tok, loader=load_sft, records=None, eval_records=Non
         eval_examples, eval_report = loader(eval_source, tok, **kw)
         reports.append(eval_report)
     else:
-        examples, eval_examples = split_eval(examples, config.eval_fraction, config.seed)
+        examples, eval_examples = split_eval(examples, config.eval_fraction, config.seed, report.kept_records)
     return examples, eval_examples, reports
