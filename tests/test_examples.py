@@ -1,4 +1,5 @@
 """examples/run_triage.py (what ``make demo`` runs) end to end on a tiny random model."""
+import csv
 import json
 import subprocess
 import sys
@@ -129,3 +130,35 @@ def test_dpo_best_by_task_reruns_a_compare_runs_dpo_keeping_the_best_validation_
     assert [r["stage"] for r in summary["test"]] == ["SFT", "SFT+DPO (compare run)", "SFT+DPO, best validation step",
                                                      "SFT+DPO, this run's last step"]
     assert "SFT+DPO, best validation step: macro_f1" in done.stdout
+
+
+@pytest.mark.slow
+def test_notes_windows_trains_cut_and_windowed_adapters_and_scores_held_out_notes(tmp_path):
+    """examples/notes_windows.py on a tiny model: two runs of the same steps, one cut and one in
+    windows, and held-out notes scored past their first window too."""
+    build_hf_model(tmp_path / "tiny", max_position_embeddings=1024)
+    for name, n in (("train", 6), ("valid", 3)):
+        with open(tmp_path / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["encounter_id", "note"])
+            for i in range(n):
+                w.writerow([f"D{i}", f"Note {i}. " + "Fever and cough, seen in clinic, antibiotics started. " * (i + 2)])
+    out = tmp_path / "run"
+    done = _example("notes_windows.py", "--train", str(tmp_path / "train.csv"), "--eval", str(tmp_path / "valid.csv"),
+                    "--model", str(tmp_path / "tiny"), "--max-length", "24", "--max-steps", "3", "--batch-size", "2",
+                    "--lr", "5e-3", "--output", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "nll.json").read_text())
+    assert result["notes"] == 3 and result["tokens"]["tail"] > result["tokens"]["first"] > 0
+    train_cfg = {name: json.loads((out / name / "train_config.json").read_text()) for name in ("cut", "windows")}
+    assert [train_cfg[n]["text_windows"] for n in ("cut", "windows")] == [False, True]
+    assert all(c["max_steps"] == 3 and c["columns"] == {"text": "note"} for c in train_cfg.values())
+    nll = result["nll_per_token"]
+    assert set(nll) == {"base", "cut", "windows"} and len({nll[n]["tail"] for n in nll}) == 3  # each model its own
+    for part in ("first", "tail"):
+        cmp = result["windows_vs_cut"][part]
+        assert cmp["delta"] == pytest.approx(nll["windows"][part] - nll["cut"][part])
+        assert cmp["ci"][0] <= cmp["ci"][1] and 0 <= cmp["p_value"] <= 1
+    assert "windows - cut, past it: " in done.stdout
+    done = _example("notes_windows.py", "--train", str(tmp_path / "none.csv"), "--output", str(out))
+    assert done.returncode == 1 and "none.csv: no such file (pass --train and --eval)" in done.stderr
