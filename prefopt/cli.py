@@ -213,7 +213,7 @@ def _check_data(args: argparse.Namespace) -> int:
         from .tasks.check import check_task_data
 
         given = [flag for flag, v in (("--kind", args.kind), ("--max-prompt-length", args.max_prompt_length),
-                                      ("--columns", args.columns)) if v]
+                                      ("--columns", args.columns), ("--text-windows", args.text_windows)) if v]
         if given:
             raise ValueError(f"{given[0]} is for a training file; with --task the records are what compare builds "
                              "from the task's data (its columns: --task-option)")
@@ -230,7 +230,7 @@ def _check_data(args: argparse.Namespace) -> int:
         from .data.columns import column_map
 
         check = check_data(args.data[0] if len(args.data) == 1 else args.data, tok, kind=args.kind,
-                           max_length=args.max_length,
+                           max_length=args.max_length, text_windows=args.text_windows,
                            max_prompt_length=args.max_prompt_length, columns=column_map(args.columns))
         print("\n".join(check.lines(show_bad=show_bad)))
         bad = bool(check.report.skipped or not check.report.n_kept)
@@ -362,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "another name, as sft and dpo --columns do (e.g. prompt=question 'chosen=good answer')")
     k.add_argument("--max-length", type=positive_int, default=1024, help="the training max_length to measure against")
     k.add_argument("--max-prompt-length", type=positive_int)
+    k.add_argument("--text-windows", action="store_true", help="as sft --text-windows: a text record longer than "
+                   "--max-length is split into windows, not cut")
     k.add_argument("--all-bad", action="store_true", help="list every bad record (default: the first 10)")
     _add_chat_date_flag(k, "example")
     k.set_defaults(func=_check_data)

@@ -13,7 +13,16 @@ from .columns import renamed, with_columns
 from .preference import PairExample, load_preferences
 from .readers import read_rows
 from .records import SFTRecord, parse_preference, parse_sft
-from .sft import LoadReport, NoRecordsError, TokenizedExample, load_records, load_sft, prompt_len, sources
+from .sft import (
+    WINDOWS_ARE_SFT,
+    LoadReport,
+    NoRecordsError,
+    TokenizedExample,
+    load_records,
+    load_sft,
+    prompt_len,
+    sources,
+)
 
 KINDS = ("sft", "preference")
 SHOW_BAD = 10  # bad records listed by default (``lines(show_bad=None)``: every one)
@@ -42,6 +51,7 @@ class DataCheck:
     duplicates: int  # kept records that repeat an earlier one token for token
     answers: dict[str, Counter]  # per side ("completion"; "chosen", "rejected"): how often each answer is given
     title: str | None = None  # what the first line calls the records; None: "SFT records" or "preference pairs"
+    windows: int | None = None  # with text_windows: the examples training would make (long texts split)
 
     def lines(self, show_bad: int | None = SHOW_BAD) -> list[str]:
         """The check as console lines: what was kept and why not (the first ``show_bad`` bad records
@@ -59,10 +69,15 @@ class DataCheck:
             out.append(f"  tokens per record: {_spread(self.total)}")
             out.append(f"    prompt: {_spread(self.prompt)}; response: {_spread(self.response)}")
             longest = max(self.total)
-            out.append(f"  max_length={longest} would fit every record" if r.n_truncated else
-                       f"  every record fits max_length={r.max_length} (the longest has {longest} tokens)")
             long_texts = sum(1 for t, p in zip(self.total, self.prompt) if p == 0 and t > (r.max_length or t))
-            if self.kind == "sft" and long_texts:  # a text record trains every token: no prompt
+            if self.windows is not None and long_texts:
+                out.append(f"  {self.windows} training examples: {long_texts} text record"
+                           f"{'s' * (long_texts != 1)} longer than max_length={r.max_length} in windows")
+            out.append(f"  max_length={longest} would fit every record" if r.n_truncated else
+                       f"  every record fits max_length={r.max_length} (the longest has {longest} tokens)"
+                       if longest <= (r.max_length or longest) else
+                       f"  nothing is cut at max_length={r.max_length} (the longest record has {longest} tokens)")
+            if self.windows is None and self.kind == "sft" and long_texts:  # a text record trains every token
                 out.append(f"  {long_texts} text record{'s lose their end' if long_texts != 1 else ' loses its end'} "
                            f"past max_length: --text-windows trains on all of each, in windows")
         out += [answer_line(side, counts) for side, counts in self.answers.items() if counts]
@@ -83,18 +98,22 @@ def _spread(xs: list[int]) -> str:
 
 
 def check_data(path: str | Path | list[dict], tok: Tokenizer, *, kind: str | None = None, max_length: int = 1024,
-               max_prompt_length: int | None = None, columns: dict[str, str] | None = None) -> DataCheck:
-    """Load ``path`` as training would (every bad record counted, none fatal; ``columns`` as
-    :func:`~prefopt.data.load_sft` takes them) and measure it."""
+               max_prompt_length: int | None = None, columns: dict[str, str] | None = None,
+               text_windows: bool = False) -> DataCheck:
+    """Load ``path`` as training would (every bad record counted, none fatal; ``columns`` and
+    ``text_windows`` as :func:`~prefopt.data.load_sft` takes them) and measure it."""
     kind = kind or detect_kind(path, columns)
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS} (got {kind!r})")
+    if text_windows and kind != "sft":
+        raise ValueError(WINDOWS_ARE_SFT)
     loader: Callable = load_preferences if kind == "preference" else load_sft
+    windows = {"text_windows": True} if text_windows else {}
     with tok.remembering():  # the second pass re-encodes nothing (half the time)
         full, report = _load(loader, path, tok, max_length=UNLIMITED, columns=columns)
         if full:
-            _, report = _load(loader, path, tok, max_length=max_length, max_prompt_length=max_prompt_length,
-                              columns=columns)
+            trained, report = _load(loader, path, tok, max_length=max_length, max_prompt_length=max_prompt_length,
+                                    columns=columns, **windows)
     sides = [_sides(x) for x in full]
     seen: set = set()
     duplicates = 0
@@ -105,7 +124,7 @@ def check_data(path: str | Path | list[dict], tok: Tokenizer, *, kind: str | Non
         duplicates += key in seen
         seen.add(key)
     return DataCheck(kind, report, [t for t, _, _ in sides], [p for _, p, _ in sides], [r for _, _, r in sides],
-                     duplicates, _answers(path, kind, columns))
+                     duplicates, _answers(path, kind, columns), windows=len(trained) if text_windows and full else None)
 
 
 def _answers(path, kind: str, columns: dict[str, str] | None = None) -> dict[str, Counter]:

@@ -15,6 +15,7 @@ from .readers import read_rows, source_name
 from .records import DataError, SFTRecord, parse_sft
 
 IGNORE = -100
+WINDOWS_ARE_SFT = "text_windows is for SFT's {\"text\"} records; a preference pair is not split"
 
 
 @dataclass(frozen=True)

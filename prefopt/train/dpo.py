@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..data.preference import PairExample, pair_collate
-from ..data.sft import IGNORE
+from ..data.sft import IGNORE, WINDOWS_ARE_SFT
 from ..kernels import fused_preference_loss
 from ..lora import disable_adapter, lora_layers
 from ..losses import LOSSES, REFERENCE_FREE
@@ -59,7 +59,7 @@ class DPOConfig(TrainConfig):
         if self.beta <= 0:
             errors.append("beta must be > 0")
         if self.text_windows:
-            errors.append("text_windows is for SFT's {\"text\"} records; a preference pair is not split")
+            errors.append(WINDOWS_ARE_SFT)
         if not 0 <= self.label_smoothing < 0.5:
             errors.append("label_smoothing must be in [0, 0.5)")
         if self.ref_cache and Path(self.ref_cache).exists() and not Path(self.ref_cache).is_dir():

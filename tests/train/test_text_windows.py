@@ -105,6 +105,19 @@ def test_check_data_points_long_texts_at_windows_and_dpo_refuses_them(task, tmp_
     assert main(["check-data", "--model", str(model_dir), "--data", str(data), "--max-length", "16"]) == 0
     assert "  1 text record loses its end past max_length: --text-windows trains on all of each, in windows" in \
         capsys.readouterr().out.splitlines()
+    assert main(["check-data", "--model", str(model_dir), "--data", str(data), "--max-length", "16",
+                 "--text-windows"]) == 0
+    tok = load_tokenizer(model_dir)
+    n, n_note = len(text_windows_of(NOTE, tok, 16)) + 1, len(tok.encode(NOTE)) + 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == [f"  {n} training examples: 1 text record longer than max_length=16 in windows",
+                        f"  nothing is cut at max_length=16 (the longest record has {n_note} tokens)"]
+    assert out[0].endswith("SFT records; 2 of 2 records kept")  # nothing cut
+    assert main(["check-data", "--model", str(model_dir), "--data", str(data), "--kind", "preference",
+                 "--text-windows"]) == 2
+    assert "text_windows is for SFT's {\"text\"} records" in capsys.readouterr().err
+    assert main(["check-data", "--model", str(model_dir), "--task", "ktas", "--text-windows"]) == 2
+    assert "--text-windows is for a training file" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"text_windows is for SFT's \{\"text\"\} records"):
         DPOConfig(model="m", output_dir="o", text_windows=True)
     assert TrainConfig(model="m", output_dir="o", text_windows=True).text_windows
