@@ -174,3 +174,24 @@ def test_eval_pairs_reads_one_file(tmp_path, capsys):
                  str(tmp_path / "out")]) == 2
     assert "eval-pairs reads one file (each pair is named by its line); join the files first" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_resumed_run_needs_its_files_in_their_order(tmp_path):
+    from prefopt.train import run_sft
+
+    model_dir, data = write_task(tmp_path, n=8)
+    lines = data.read_text().splitlines()
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("\n".join(lines[:4]) + "\n")
+    b.write_text("\n".join(lines[4:]) + "\n")
+
+    def cfg(files, **kw):
+        return TrainConfig(model=str(model_dir), data=[str(f) for f in files], output_dir=str(tmp_path / "run"),
+                           batch_size=2, lora_r=4, progress=False, save_every=1, **kw)
+
+    run_sft(cfg([a, b], max_steps=2))
+    with pytest.raises(ValueError, match=r"other training data \(8 examples then and now, but other tokens\): the "
+                                         r"data changed \(a file edited, or files named in another order\)"):
+        run_sft(cfg([b, a], max_steps=3, resume=True))
+    summary = run_sft(cfg([a, b], max_steps=3, resume=True))
+    assert (summary["resumed_from_step"], summary["total_steps"]) == (1, 3)  # the last checkpoint: step 1
