@@ -2,7 +2,7 @@
 
 ``LoRALinear`` keeps the ``weight`` (and ``bias``) of the layer it replaces, so a base
 checkpoint loads into an adapted model unchanged. The adapter adds ``lora_B(lora_A(x))``
-scaled by ``alpha / r``::
+scaled by ``alpha / r`` (rank-stabilised LoRA, PEFT's ``use_rslora``: ``alpha / sqrt(r)``)::
 
     y = x Wᵀ + b + (α/r) · B A x        A: (r, in)  B: (out, r), B starts at zero
 
@@ -37,6 +37,7 @@ class LoRAConfig:
     alpha: float = 32.0
     dropout: float = 0.05
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    rslora: bool = False  # rank-stabilised: the update scaled by alpha / sqrt(r) (Kalajdzievski 2023)
 
     def __post_init__(self):
         if self.r < 1:
@@ -49,13 +50,18 @@ class LoRAConfig:
 
     @property
     def scaling(self) -> float:
-        return self.alpha / self.r
+        return lora_scaling(self.r, self.alpha, self.rslora)
+
+
+def lora_scaling(r: int, alpha: float, rslora: bool = False) -> float:
+    """What the update ``B A`` is multiplied by: ``alpha / r``, or ``alpha / sqrt(r)`` (rsLoRA)."""
+    return alpha / math.sqrt(r) if rslora else alpha / r
 
 
 class LoRALinear(nn.Module):
     """``nn.Linear`` plus a rank-``r`` adapter. Keeps the ``weight``/``bias`` keys."""
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False):
         super().__init__()
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight
@@ -63,7 +69,7 @@ class LoRALinear(nn.Module):
         factory = dict(device=base.weight.device, dtype=base.weight.dtype)
         self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, **factory)
-        self.r, self.alpha, self.scaling = r, alpha, alpha / r
+        self.r, self.alpha, self.rslora, self.scaling = r, alpha, rslora, lora_scaling(r, alpha, rslora)
         self.dropout = float(dropout)  # applied to the adapter's input in training mode
         self.merged = False
         self.disabled = False
@@ -77,7 +83,7 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
 
     def delta_weight(self) -> torch.Tensor:
-        """(α/r) · B A, shaped like ``weight``; computed in fp32."""
+        """scaling · B A (α/r, or α/√r for rsLoRA), shaped like ``weight``; computed in fp32."""
         return (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,7 +111,8 @@ class LoRALinear(nn.Module):
         self.merged = False
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, r={self.r}, alpha={self.alpha}, merged={self.merged}"
+        return (f"in={self.in_features}, out={self.out_features}, r={self.r}, alpha={self.alpha}, "
+                f"scaling={self.scaling:g}, merged={self.merged}")
 
 
 def apply_lora(
@@ -116,15 +123,17 @@ def apply_lora(
     target_modules: Iterable[str] = DEFAULT_TARGETS,
     *,
     strict: bool = True,
+    rslora: bool = False,
 ) -> nn.Module:
     """Replace each ``nn.Linear`` whose name ends in one of ``target_modules`` with a
     :class:`LoRALinear`, and freeze every other parameter. Returns ``model``.
 
     Every name must match some layer (``strict``): a misspelt one would otherwise leave that
     layer untrained without a word. :func:`load_adapter` is lenient, as PEFT is: an adapter's
-    tensors, checked key by key, say which layers it holds.
+    tensors, checked key by key, say which layers it holds. ``rslora``: scale the update by
+    ``alpha / sqrt(r)`` instead of ``alpha / r`` (PEFT's ``use_rslora``).
     """
-    cfg = LoRAConfig(r=r, alpha=alpha, dropout=dropout, target_modules=tuple(target_modules))
+    cfg = LoRAConfig(r=r, alpha=alpha, dropout=dropout, target_modules=tuple(target_modules), rslora=rslora)
     linear = {name for m in model.modules() for name, c in m.named_children() if type(c) is nn.Linear}
     unmatched = [t for t in cfg.target_modules if t not in linear]
     if unmatched and (strict or len(unmatched) == len(cfg.target_modules)):
@@ -133,7 +142,7 @@ def apply_lora(
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if type(child) is nn.Linear and child_name in cfg.target_modules:
-                lora = LoRALinear(child, cfg.r, cfg.alpha, cfg.dropout)
+                lora = LoRALinear(child, cfg.r, cfg.alpha, cfg.dropout, cfg.rslora)
                 lora.train(child.training)  # an eval-mode model stays in eval mode (no dropout)
                 setattr(module, child_name, lora)
     for name, p in model.named_parameters():
@@ -248,7 +257,7 @@ def _peft_config(cfg: LoRAConfig, base_model: str | None) -> dict:
         "inference_mode": True,
         "init_lora_weights": True,
         "modules_to_save": None,
-        "use_rslora": False,
+        "use_rslora": cfg.rslora,
         "use_dora": False,
         "layers_to_transform": None,
         "rank_pattern": {},
@@ -270,10 +279,10 @@ def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
                                     "(--model), without --adapter")
         raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (is this a PEFT LoRA adapter?)")
     d = json.loads(path.read_text())
-    unsupported = {k: d[k] for k in ("use_rslora", "use_dora", "fan_in_fan_out") if d.get(k)}
+    unsupported = {k: d[k] for k in ("use_dora", "fan_in_fan_out") if d.get(k)}
     if d.get("peft_type", "LORA") != "LORA" or unsupported or d.get("rank_pattern") or d.get("alpha_pattern"):
         raise ValueError(
-            f"{path}: only plain LoRA adapters are supported (peft_type LORA, no rslora/dora/fan_in_fan_out, "
+            f"{path}: only plain LoRA adapters (rsLoRA too) are supported (peft_type LORA, no dora/fan_in_fan_out, "
             f"no per-module rank or alpha); got peft_type={d.get('peft_type')!r} {unsupported}"
         )
     if d.get("bias", "none") != "none":
@@ -281,7 +290,8 @@ def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
     targets = d["target_modules"]
     if isinstance(targets, str):
         raise ValueError(f"{path}: target_modules given as a regex ({targets!r}) is not supported; list the names")
-    return LoRAConfig(r=d["r"], alpha=d["lora_alpha"], dropout=d.get("lora_dropout", 0.0), target_modules=tuple(targets))
+    return LoRAConfig(r=d["r"], alpha=d["lora_alpha"], dropout=d.get("lora_dropout", 0.0), target_modules=tuple(targets),
+                      rslora=bool(d.get("use_rslora", False)))
 
 
 def read_adapter(adapter_dir: str | Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
@@ -300,7 +310,7 @@ def read_adapter(adapter_dir: str | Path) -> tuple[LoRAConfig, dict[str, torch.T
 def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     """Apply the adapter in ``adapter_dir`` (PEFT layout) to ``model``; check every key and shape."""
     cfg, tensors = read_adapter(adapter_dir)
-    apply_lora(model, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, strict=False)
+    apply_lora(model, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, strict=False, rslora=cfg.rslora)
     path = Path(adapter_dir) / "adapter_model.safetensors"
     own = lora_state_dict(model)
     loaded = {}
@@ -338,7 +348,8 @@ def _trained_on(adapter_dir: str | Path) -> str:
 
 
 __all__ = [
-    "LoRAConfig", "LoRALinear", "MergedAdapter", "adapter_base", "apply_lora", "disable_adapter", "load_adapter", "lora_layers",
+    "LoRAConfig", "LoRALinear", "MergedAdapter", "adapter_base", "apply_lora", "disable_adapter", "load_adapter",
+    "lora_layers", "lora_scaling",
     "lora_state_dict", "merge_and_unload", "merge_lora", "merged_state_dict", "read_adapter", "read_adapter_config",
     "write_adapter",
 ]

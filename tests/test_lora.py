@@ -100,7 +100,7 @@ def test_bad_adapter_files_are_named(tiny, tmp_path):
     with pytest.raises(ValueError, match=r"lora_A.weight.*shape \(4, 64\).*\(8, 64\)"):
         load_model(tiny, adapter=tmp_path / "ad")
     (tmp_path / "ad" / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))
-    with pytest.raises(ValueError, match="only plain LoRA"):
+    with pytest.raises(ValueError, match=r"only plain LoRA adapters \(rsLoRA too\) are supported .*'use_dora': True"):
         load_model(tiny, adapter=tmp_path / "ad")
     with pytest.raises(FileNotFoundError, match="final: no such adapter folder$"):
         load_model(tiny, adapter=tmp_path / "final")
@@ -138,10 +138,13 @@ class TestPeft:
     peft = pytest.importorskip("peft")
     transformers = pytest.importorskip("transformers")
 
-    def test_prefopt_adapter_loads_in_peft(self, tiny, tmp_path):
-        model = apply_lora(load_model(tiny), r=4, alpha=16, dropout=0.0)
+    @pytest.mark.parametrize("rslora", [False, True])
+    def test_prefopt_adapter_loads_in_peft(self, tiny, tmp_path, rslora):
+        model = apply_lora(load_model(tiny), r=4, alpha=16, dropout=0.0, rslora=rslora)
+        assert [m.scaling for _, m in lora_layers(model)][0] == (8.0 if rslora else 4.0)  # 16 / sqrt(4), 16 / 4
         randomize_lora(model)
         save_adapter(model, tmp_path / "ad", base_model=str(tiny))
+        assert json.loads((tmp_path / "ad" / "adapter_config.json").read_text())["use_rslora"] is rslora
         hf = self.transformers.AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
         peft_model = self.peft.PeftModel.from_pretrained(hf, tmp_path / "ad").eval()
         with torch.no_grad():
@@ -150,9 +153,10 @@ class TestPeft:
                 base = peft_model(IDS).logits
             assert (model(IDS) - base).abs().max().item() > 1e-3  # the adapter really does something
 
-    def test_peft_adapter_loads_in_prefopt(self, tiny, tmp_path):
+    @pytest.mark.parametrize("rslora", [False, True])
+    def test_peft_adapter_loads_in_prefopt(self, tiny, tmp_path, rslora):
         hf = self.transformers.AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
-        cfg = self.peft.LoraConfig(r=4, lora_alpha=12, lora_dropout=0.0, init_lora_weights=False,
+        cfg = self.peft.LoraConfig(r=4, lora_alpha=12, lora_dropout=0.0, init_lora_weights=False, use_rslora=rslora,
                                    target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"])
         peft_model = self.peft.get_peft_model(hf, cfg).eval()
         peft_model.save_pretrained(tmp_path / "peft_ad")

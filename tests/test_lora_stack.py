@@ -16,10 +16,12 @@ IDS = torch.randint(0, 400, (2, 11), generator=torch.Generator().manual_seed(0))
 
 @pytest.fixture
 def stacked(tmp_path):
-    """Base; an SFT adapter (r 4, attention only); a DPO adapter (r 8, other targets) on SFT merged."""
+    """Base; an SFT adapter (r 4, attention only, rsLoRA: scaled by alpha / sqrt(r)); a plain DPO
+    adapter (r 8, other targets) on SFT merged."""
     base = tmp_path / "base"
     build_hf_model(base)
-    sft = apply_lora(load_model(base), r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj", "o_proj"])
+    sft = apply_lora(load_model(base), r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj", "o_proj"],
+                     rslora=True)
     randomize_lora(sft, 1)
     save_adapter(sft, tmp_path / "sft", base_model=str(base))
     on_sft = load_model(base, adapter=tmp_path / "sft", merge=True)  # as run_dpo does, or a notebook

@@ -24,7 +24,8 @@ def _what(config) -> tuple[str, list[str]]:
     """The card's title and its tags."""
     dpo = hasattr(config, "loss")
     method = f"{config.loss} preference loss (DPO family), beta {config.beta:g}" if dpo else "SFT"
-    weights = f"LoRA adapter (r {config.lora_r}, alpha {config.lora_alpha:g})" if config.lora else "Full weights"
+    rs = ", rsLoRA" if getattr(config, "lora_rslora", False) else ""
+    weights = f"LoRA adapter (r {config.lora_r}, alpha {config.lora_alpha:g}{rs})" if config.lora else "Full weights"
     title = f"{weights} for {config.model}, trained with {method}"
     tags = ["prefopt", "dpo" if dpo else "sft", *([config.loss] if dpo else []), *(["lora"] if config.lora else [])]
     return title, tags

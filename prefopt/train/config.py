@@ -63,6 +63,8 @@ class TrainConfig:
     lora: bool = opt(True, "train a LoRA adapter (default) or, with --no-lora, all weights")
     lora_r: int = opt(16, "LoRA rank")
     lora_alpha: float = opt(32.0, "LoRA alpha (the update is scaled by alpha / r)")
+    lora_rslora: bool = opt(False, "rank-stabilised LoRA: scale the update by alpha / sqrt(r) instead (PEFT's "
+                                   "use_rslora; steadier at high ranks)")
     lora_dropout: float = opt(0.05, "dropout on the LoRA input")
     lora_targets: list[str] = opt(help="module names that get an adapter",
                                   factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",

@@ -76,7 +76,8 @@ def _trained_part(model: torch.nn.Module) -> str:
         return "all weights" if all(p.requires_grad for p in model.parameters()) else "some weights"
     ranks = "/".join(str(r) for r in sorted({m.r for _, m in layers}))
     targets = dict.fromkeys(name.rsplit(".", 1)[-1] for name, _ in layers)
-    return f"LoRA r{ranks} on {', '.join(targets)}"
+    kind = "rsLoRA" if all(m.rslora for _, m in layers) else "LoRA"
+    return f"{kind} r{ranks} on {', '.join(targets)}"
 
 
 def _check_context(model: torch.nn.Module, examples: Sequence) -> None:

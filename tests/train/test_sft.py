@@ -5,8 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prefopt import load_model, load_tokenizer
+from prefopt import apply_lora, load_model, load_tokenizer
 from prefopt.cli import main
+from prefopt.lora import lora_layers, lora_state_dict
 from prefopt.train import SFTTrainer, TrainConfig
 from prefopt.train.metrics import read_metrics
 from prefopt.train.run import prepare_model
@@ -85,6 +86,29 @@ def test_cli_sft_writes_a_peft_adapter_and_merge_works(task, tmp_path, capsys):
     with torch.no_grad():
         want = load_model(model_dir, adapter=out / "final")(ids)
         assert (load_model(tmp_path / "merged")(ids) - want).abs().max() < 1e-4
+
+
+def test_cli_sft_trains_an_rslora_adapter_that_peft_reads_as_such(task, tmp_path, capsys):
+    """``--lora-rslora``: the update scaled by alpha / sqrt(r); the adapter says use_rslora and
+    reloads to the model that trained; the plan and the card name it."""
+    model_dir, data = task
+    out = tmp_path / "rs"
+    assert main(["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(out), "--max-steps", "3",
+                 "--batch-size", "4", "--lora-r", "4", "--lora-alpha", "8", "--lora-rslora", "--lr", "1e-2",
+                 "--no-progress"]) == 0
+    config = json.loads((out / "final" / "adapter_config.json").read_text())
+    assert config["use_rslora"] is True and (config["r"], config["lora_alpha"]) == (4, 8)
+    assert "trainable parameters (rsLoRA r4 on q_proj, " in capsys.readouterr().out
+    assert "LoRA adapter (r 4, alpha 8, rsLoRA)" in (out / "final" / "README.md").read_text()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        loaded = load_model(model_dir, adapter=out / "final")
+        assert {m.scaling for _, m in lora_layers(loaded)} == {4.0}  # 8 / sqrt(4), not 8 / 4
+        as_plain = load_model(model_dir)
+        apply_lora(as_plain, r=4, alpha=16, target_modules=config["target_modules"])  # alpha / r = 4 too
+        as_plain.load_state_dict(lora_state_dict(loaded), strict=False)
+        assert (loaded(ids) - as_plain(ids)).abs().max() < 1e-5
+        assert (loaded(ids) - load_model(model_dir)(ids)).abs().max() > 1e-4  # it trained
 
 
 def test_cli_sft_refuses_bad_config_before_work(task, tmp_path, capsys):
