@@ -59,6 +59,12 @@ class DataCheck:
         r = self.report
         kind = self.title or ("preference pairs" if self.kind == "preference" else "SFT records")
         out = [f"{r.name}: {kind}; {r.summary().removeprefix(r.name + ': ')}"]
+        if r.per_file:
+            names = [f.name for f, _, _ in r.per_file]
+            shown = names if len(set(names)) == len(names) else [str(f) for f, _, _ in r.per_file]
+            counts = [f"{name} {kept} of {read}" for name, (_, read, kept) in zip(shown, r.per_file)]
+            more = f", and {len(counts) - 12} more" if len(counts) > 12 else ""
+            out.append(f"  kept per file: {', '.join(counts[:12])}{more}")
         shown = r.skipped if show_bad is None else r.skipped[:show_bad]
         out += [f"  bad: {e}" for e in shown]
         if len(r.skipped) > len(shown):

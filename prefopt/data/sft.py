@@ -75,6 +75,7 @@ class LoadReport:
     files: list[Path] = field(default_factory=list)  # the files read, in order (none for records in memory)
     # each example's record, counted from 0 over all files: a text split into windows gives several examples
     kept_records: list[int] = field(default_factory=list)
+    per_file: list[tuple[Path, int, int]] = field(default_factory=list)  # (file, read, kept) where several were read
 
     @classmethod
     def merged(cls, path, parts: list[LoadReport]) -> LoadReport:
@@ -88,6 +89,9 @@ class LoadReport:
             out.skipped += r.skipped
             out.kept_lines += r.kept_lines
             out.files += r.files
+            out.per_file += r.per_file or [(f, r.n_read, r.n_kept) for f in r.files]
+        if len(out.per_file) < 2:
+            out.per_file = []
         return out
 
     @property
