@@ -79,13 +79,14 @@ def _decoding(args: argparse.Namespace) -> dict:
                 **{k: getattr(args, k) for k in REPEAT_FLAGS if getattr(args, k) is not None})
 
 
-def _add_answer_flags(p: argparse.ArgumentParser) -> None:
-    """generate's and chat's model and decoding flags."""
+def _add_answer_flags(p: argparse.ArgumentParser, system: bool = True) -> None:
+    """generate's, chat's and make-pairs' model and decoding flags (``--system`` where ``system``)."""
     from .evaluate.cli import add_device_flags, add_repeat_flags, positive_int
 
     p.add_argument("--model", required=True, help="model folder, alias (smollm2-135m), hub id or .gguf file")
     p.add_argument("--adapter", help="a LoRA adapter folder to apply (e.g. runs/sft/final)")
-    p.add_argument("--system", help="system message (chat models)")
+    if system:
+        p.add_argument("--system", help="system message (chat models)")
     p.add_argument("--max-new-tokens", type=positive_int, default=256)
     p.add_argument("--greedy", action="store_true", help="greedy decoding (default: sampling)")
     p.add_argument("--temperature", type=float, default=0.7)
@@ -242,6 +243,94 @@ def _check_data(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _add_make_pairs(sub) -> None:
+    """The ``make-pairs`` subcommand (:mod:`prefopt.evaluate.answer_pairs`)."""
+    from .evaluate.cli import positive_int
+
+    p = sub.add_parser("make-pairs", help="preference pairs without annotation: each SFT record's reference answer "
+                       "(chosen) against the model's own answer to its prompt (rejected), where they differ; "
+                       "writes pairs.jsonl for prefopt dpo",
+                       description="The model (usually with the SFT adapter) answers each record's prompt as SFT "
+                       "tokenized it; an answer that differs from the reference (case, spacing and end punctuation "
+                       "aside) becomes the rejected side of a pair. Every answer is kept in answers.jsonl; a stopped "
+                       "run goes on from the answers made.")
+    _add_answer_flags(p, system=False)
+    p.add_argument("--data", required=True, nargs="+", metavar="PATH", help="SFT records (prompt/completion, or "
+                   "messages ending with the reference answer), as sft reads them: one file or several, a folder of "
+                   "shards, a quoted pattern")
+    p.add_argument("--output", required=True, help="output folder: pairs.jsonl, answers.jsonl, make_pairs.json")
+    p.add_argument("--columns", nargs="+", metavar="FIELD=COLUMN", help="the data's own column names, as sft's")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="prompts answered at once")
+    p.add_argument("--max-prompt-length", type=positive_int, help="keep each prompt's last N tokens (as training's)")
+    p.add_argument("--skip-bad-records", action="store_true", help="skip (and count) bad records instead of stopping")
+    _add_chat_date_flag(p, "prompt")
+    p.set_defaults(func=_make_pairs)
+
+
+def _make_pairs(args: argparse.Namespace) -> int:
+    """DPO pairs from an SFT file and a model's own answers."""
+    import time
+    from datetime import date
+
+    from .data.columns import column_map
+    from .data.files import data_files, describe
+    from .devices import resolve
+    from .evaluate.answer_pairs import (
+        FILES,
+        JOB,
+        answer_in_blocks,
+        json_line,
+        pairs_from,
+        read_prompts,
+        stamp,
+        summary_line,
+    )
+    from .evaluate.partial import claimed, partial_file
+    from .evaluate.runner import keep_earlier, placement, prompt_date
+    from .fileio import check_writable, write_json_atomic, write_text_atomic
+    from .pretrained import load_model
+    from .tokenizer import load_tokenizer
+
+    def say(line: str) -> None:
+        print(f"prefopt make-pairs: {line}", flush=True)
+
+    t0 = time.time()
+    data = args.data[0] if len(args.data) == 1 else args.data
+    several = len(data_files(data)) > 1
+    device, dtype = resolve(args.device, args.dtype)
+    check_writable(args.output)  # before the model loads
+    tok = _dated(load_tokenizer(args.model), args.chat_date, "prompt")
+    prompts, bad = read_prompts(data, tok, columns=column_map(args.columns), max_prompt_length=args.max_prompt_length,
+                                skip_bad=args.skip_bad_records)
+    say(f"{len(prompts)} prompts from {describe(data)}" + (f"; {len(bad)} bad records skipped (first: {bad[0]})"
+                                                            if bad else ""))
+    if not prompts:
+        raise ValueError(f"{describe(data)}: no usable records")
+    model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None)
+    decode = _decoding(args)
+    made = {"model": args.model, "adapter": args.adapter, "data": describe(data), "columns": args.columns,
+            "max_new_tokens": args.max_new_tokens, "max_prompt_length": args.max_prompt_length,
+            "batch_size": args.batch_size, **decode, **placement(model), **prompt_date(tok)}
+    with claimed(args.output, JOB):
+        rows = answer_in_blocks(model, tok, prompts, args.output, stamp(prompts, made), batch_size=args.batch_size,
+                                max_new_tokens=args.max_new_tokens, **decode)
+        pairs, counts = pairs_from(prompts, rows, several_files=several)
+        kept = keep_earlier(args.output, FILES)
+        if kept:
+            say(f"{args.output} held pairs made before; they are kept in {kept}")
+        out = Path(args.output)
+        write_text_atomic(out / "answers.jsonl", "".join(json_line(r) for r in rows))
+        write_text_atomic(out / "pairs.jsonl", "".join(json_line(p) for p in pairs))
+        write_json_atomic(out / "make_pairs.json", {**made, **counts, "bad_records": len(bad),
+                                                    "date": date.today().isoformat(),
+                                                    "seconds": round(time.time() - t0, 1)})
+        (out / partial_file(JOB)).unlink(missing_ok=True)
+    say(summary_line(counts))
+    say(f"wrote {out / 'pairs.jsonl'} (train on it: prefopt dpo --data {out / 'pairs.jsonl'} ...), answers.jsonl "
+        "(every answer, for review) and make_pairs.json")
+    return 0
+
+
 def _config_fields(cls):
     from dataclasses import fields
 
@@ -315,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_answer_flags(ch)
     _add_chat_date_flag(ch, "turn")
     ch.set_defaults(func=_chat)
+
+    _add_make_pairs(sub)
 
     c = sub.add_parser("convert-gguf", help="import a GGUF file into an HF-layout folder")
     c.add_argument("gguf", help="path to a .gguf file (llama architecture)")

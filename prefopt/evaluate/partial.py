@@ -1,5 +1,6 @@
 """A long job's rows kept on disk as they are made, so that the same command after a stop goes
-on from them (``prefopt predict``), and the folder held against a second run meanwhile."""
+on from them (``prefopt predict``, ``prefopt make-pairs``: ``job``), and the folder held against
+a second run meanwhile."""
 from __future__ import annotations
 
 import hashlib
@@ -10,25 +11,36 @@ from pathlib import Path
 
 from ..fileio import Held, file_lock, write_text_atomic
 
-LOCK = ".predict.lock"  # locked by the predict run writing into the folder (its pid inside)
-PARTIAL = ".predict-partial.jsonl"  # the rows answered so far, a block at a time (a stopped run goes on from them)
+
+def _files(job: str) -> tuple[str, str]:
+    """A job's lock file (locked by the run writing into the folder, its pid inside) and partial
+    file (the rows answered so far, a block at a time: a stopped run goes on from them)."""
+    return f".{job}.lock", f".{job}-partial.jsonl"
+
+
+def partial_file(job: str) -> str:
+    """A job's partial file name."""
+    return _files(job)[1]
+
+
+LOCK, PARTIAL = _files("predict")
 
 
 @contextmanager
-def claimed(out_dir: str | Path):
+def claimed(out_dir: str | Path, job: str = "predict"):
     """Hold ``out_dir`` for this process while predicting into it: a second run into the same
     folder would interleave its rows with this one's in the partial file, so it is refused while
     the first holds the folder's lock (``flock``: a run that died, or a machine that restarted,
     holds nothing)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lock = out / LOCK
+    lock = out / _files(job)[0]
     held = ExitStack()
     try:
         held.enter_context(file_lock(lock, wait=False, note=str(os.getpid())))
     except Held:
         pid = lock.read_text().strip() or "?"
-        raise ValueError(f"{out}: another prefopt predict (pid {pid}) is writing into this folder; wait for it, or "
+        raise ValueError(f"{out}: another prefopt {job} (pid {pid}) is writing into this folder; wait for it, or "
                          "stop it and run this again (it goes on from the records answered)") from None
     with held:
         yield out
@@ -43,10 +55,10 @@ def fingerprint(records, settings: dict) -> dict:
     return {**settings, "records": len(records), "prompts_sha256": h.hexdigest()}
 
 
-def resume(out_dir: str | Path, stamp: dict) -> list[dict]:
+def resume(out_dir: str | Path, stamp: dict, job: str = "predict") -> list[dict]:
     """The rows that a stopped run with the same :func:`fingerprint` left in ``out_dir``'s partial
     file (all but a last line cut by the stop); [] where there is none, or it is another run's."""
-    path = Path(out_dir) / PARTIAL
+    path = Path(out_dir) / _files(job)[1]
     if not path.is_file():
         return []
     lines = path.read_text(encoding="utf-8").split("\n")
@@ -64,16 +76,16 @@ def resume(out_dir: str | Path, stamp: dict) -> list[dict]:
     return rows
 
 
-def start_partial(out_dir: str | Path, stamp: dict, rows: list[dict]) -> None:
+def start_partial(out_dir: str | Path, stamp: dict, rows: list[dict], job: str = "predict") -> None:
     """``out_dir``'s partial file, written afresh (atomically) with ``stamp`` and the ``rows`` so far."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    write_text_atomic(Path(out_dir) / PARTIAL, "".join(json.dumps(x, ensure_ascii=False) + "\n"
+    write_text_atomic(Path(out_dir) / _files(job)[1], "".join(json.dumps(x, ensure_ascii=False) + "\n"
                                                        for x in [{"fingerprint": stamp}, *rows]))
 
 
-def append_partial(out_dir: str | Path, rows: list[dict]) -> None:
+def append_partial(out_dir: str | Path, rows: list[dict], job: str = "predict") -> None:
     """Add ``rows`` to ``out_dir``'s partial file, on disk before this returns."""
-    with open(Path(out_dir) / PARTIAL, "a", encoding="utf-8") as f:
+    with open(Path(out_dir) / _files(job)[1], "a", encoding="utf-8") as f:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         f.flush()
         os.fsync(f.fileno())

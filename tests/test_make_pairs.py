@@ -1,0 +1,147 @@
+"""``prefopt make-pairs``: the reference answer (chosen) against the model's own answer to the
+same prompt, tokenized as SFT trained on it (rejected); answers that read the same make no pair;
+a stopped run goes on from the answers made."""
+import json
+
+import pytest
+import torch
+
+import prefopt.evaluate.answer_pairs as ap
+from prefopt import load_model, load_tokenizer
+from prefopt.cli import main
+from prefopt.data import DataError, load_preferences
+from prefopt.data.records import parse_sft
+from prefopt.data.sft import prompt_len, tokenize_sft
+from prefopt.evaluate.answer_pairs import pairs_from, read_prompts, same_answer
+from prefopt.model.generate import generate
+from tests._tiny import build_hf_model
+
+SYSTEM = {"role": "system", "content": "You triage portal messages."}
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _records(n):
+    return [{"prompt": f"Message {i}: fever for {i} days. Urgency?", "completion": f"Urgency: code {i % 3}"}
+            for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mp") / "tiny"
+    build_hf_model(path)
+    return path
+
+
+def test_prompts_are_tokenized_as_sft_trained_on_them(tiny, tmp_path):
+    tok = load_tokenizer(tiny)
+    chat = {"messages": [SYSTEM, {"role": "user", "content": "Chest pain?"}, {"role": "assistant", "content": "Go."}]}
+    rows = [_records(1)[0], chat, {"prompt": [SYSTEM, {"role": "user", "content": "Rash?"}], "completion": "Wait."}]
+    prompts, bad = read_prompts(_jsonl(tmp_path / "d.jsonl", rows), tok)
+    assert not bad and [p.reference for p in prompts] == ["Urgency: code 0", "Go.", "Wait."]
+    for p, row in zip(prompts, rows):
+        ex, _ = tokenize_sft(parse_sft(row, "d.jsonl", 1), tok, max_length=1024)
+        assert p.ids == list(ex.input_ids)[:prompt_len(ex.labels)]  # up to the first trained token
+    assert prompts[1].prompt == chat["messages"][:2] and (prompts[1].file, prompts[1].line) == (str(tmp_path / "d.jsonl"), 2)
+    [short], _ = read_prompts([rows[0]], tok, max_prompt_length=5)
+    assert short.ids == prompts[0].ids[-5:]
+
+
+def test_records_without_a_prompt_or_a_reference_are_named(tiny, tmp_path):
+    tok = load_tokenizer(tiny)
+    rows = [_records(1)[0], {"text": "A note."}, {"messages": [{"role": "user", "content": "Cough?"},
+                                                              {"role": "assistant", "content": "Rest."},
+                                                              {"role": "user", "content": "And fever?"}]}]
+    path = _jsonl(tmp_path / "d.jsonl", rows)
+    with pytest.raises(DataError, match=rf"^{path}:2: field 'text': a text record has no prompt to answer"):
+        read_prompts(path, tok)
+    prompts, bad = read_prompts(path, tok, skip_bad=True)
+    assert len(prompts) == 1 and [str(e) for e in bad] == [
+        f"{path}:2: field 'text': a text record has no prompt to answer; make-pairs needs prompt/completion or "
+        "messages records",
+        f"{path}:3: field 'messages': the last message is not an assistant turn (it is the reference answer)"]
+
+
+def test_answers_that_read_the_same_make_no_pair():
+    assert same_answer("Urgent.", " urgent") and same_answer("Urgency: routine\nStaff:  nurse", "urgency: routine staff: nurse")
+    assert not same_answer("Urgent", "Routine") and not same_answer("not urgent", "urgent")
+    prompts = [ap.Prompt("d.jsonl", i, "q", ref, [1]) for i, ref in enumerate(["Urgent", "Routine", "Nurse", "Desk"], 1)]
+    rows = [{"answer": a, "finished": f} for a, f in (("urgent.", True), ("Emergency", True), ("", False),
+                                                       ("Desk desk desk", False))]
+    pairs, counts = pairs_from(prompts, rows, several_files=False)
+    assert [(p["chosen"], p["rejected"], p["line"]) for p in pairs] == [("Routine", "Emergency", 2),
+                                                                        ("Desk", "Desk desk desk", 4)]
+    assert counts == {"prompts": 4, "pairs": 2, "same_as_reference": 1, "empty_answers": 1, "unfinished_rejected": 1}
+    assert "file" not in pairs[0] and pairs_from(prompts, rows, several_files=True)[0][0]["file"] == "d.jsonl"
+
+
+def _make(tiny, data, out, *extra):
+    return main(["make-pairs", "--model", str(tiny), "--data", *map(str, data), "--output", str(out), "--greedy",
+                 "--max-new-tokens", "6", "--device", "cpu", *extra])
+
+
+def test_the_command_pairs_each_reference_with_the_models_own_answer(tiny, tmp_path, capsys):
+    data = _jsonl(tmp_path / "d.jsonl", _records(5))
+    assert _make(tiny, [data], tmp_path / "out", "--batch-size", "1") == 0
+    answers = [json.loads(x) for x in (tmp_path / "out" / "answers.jsonl").read_text().splitlines()]
+    tok, model = load_tokenizer(tiny), load_model(tiny).eval()
+    prompts, _ = read_prompts(data, tok)
+    with torch.no_grad():  # the answers are the model's greedy continuations of the SFT prompts
+        want = [tok.decode(generate(model, [p.ids], max_new_tokens=6, eos_token_ids=tok.eos_token_ids)[0]).strip()
+                for p in prompts]
+    assert [a["answer"] for a in answers] == want and [a["line"] for a in answers] == [1, 2, 3, 4, 5]
+    # a record whose reference is what the model says makes no pair
+    same = _jsonl(tmp_path / "same.jsonl", [{**_records(5)[2], "completion": want[2] + "."}, *_records(5)[:2]])
+    assert _make(tiny, [same], tmp_path / "out2") == 0
+    made = json.loads((tmp_path / "out2" / "make_pairs.json").read_text())
+    assert (made["prompts"], made["pairs"], made["same_as_reference"]) == (3, 2 - sum(not w for w in want[:2]), 1)
+    pairs, report = load_preferences(tmp_path / "out" / "pairs.jsonl", tok)  # dpo reads them as they are
+    rows = [json.loads(x) for x in (tmp_path / "out" / "pairs.jsonl").read_text().splitlines()]
+    assert all(r["chosen"] == _records(5)[r["line"] - 1]["completion"] and r["rejected"] == want[r["line"] - 1]
+               for r in rows) and len(pairs) == len(rows) == report.n_kept
+    assert "pairs from 5 prompts" in capsys.readouterr().out
+    assert _make(tiny, [data], tmp_path / "out") == 0  # again into the same folder: the earlier files kept
+    assert (tmp_path / "out" / "earlier" / "1" / "pairs.jsonl").is_file()
+
+
+def test_a_stopped_run_goes_on_from_the_answers_made(tiny, tmp_path, monkeypatch, capsys):
+    data = _jsonl(tmp_path / "d.jsonl", _records(7))
+    assert _make(tiny, [data], tmp_path / "whole") == 0
+    monkeypatch.setattr(ap, "BLOCK", 2)
+    calls = []
+    real = ap.answer
+
+    def stop_after_two_blocks(*a, **kw):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ap, "answer", stop_after_two_blocks)
+    assert _make(tiny, [data], tmp_path / "stopped") == 130
+    partial = tmp_path / "stopped" / ".make-pairs-partial.jsonl"
+    assert len(partial.read_text().splitlines()) == 1 + 4  # the stamp, then two blocks of two
+    monkeypatch.setattr(ap, "answer", real)
+    capsys.readouterr()
+    assert _make(tiny, [data], tmp_path / "stopped") == 0
+    assert "going on from the 4 of 7 prompts answered before" in capsys.readouterr().out
+    for name in ("answers.jsonl", "pairs.jsonl"):  # the same as a run that was never stopped
+        assert (tmp_path / "stopped" / name).read_text() == (tmp_path / "whole" / name).read_text()
+    assert not partial.exists()
+    assert _make(tiny, [data], tmp_path / "other", "--max-new-tokens", "3") == 0  # other settings: started afresh
+
+
+def test_bad_input_is_named_before_the_model_loads(tiny, tmp_path, capsys):
+    data = _jsonl(tmp_path / "d.jsonl", [*_records(2), {"prompt": "x"}])
+    assert _make(tiny, [data], tmp_path / "out") == 2
+    assert f"{data}:3: field 'completion': missing field" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert _make(tiny, [data], tmp_path / "out", "--skip-bad-records") == 0
+    assert "2 prompts from" in capsys.readouterr().out
+    b = _jsonl(tmp_path / "b.jsonl", _records(1))
+    assert _make(tiny, [b, data], tmp_path / "two", "--skip-bad-records") == 0  # several files: each pair names its own
+    rows = [json.loads(x) for x in (tmp_path / "two" / "pairs.jsonl").read_text().splitlines()]
+    assert {r["file"] for r in rows} <= {str(b), str(data)} and rows[0]["file"] == str(b)
