@@ -328,6 +328,8 @@ def _make_pairs(args: argparse.Namespace) -> int:
     say(summary_line(counts))
     say(f"wrote {out / 'pairs.jsonl'} (train on it: prefopt dpo --data {out / 'pairs.jsonl'} ...), answers.jsonl "
         "(every answer, for review) and make_pairs.json")
+    say(f"before training, look at each side's mix (prefopt check-data --model {args.model} --data "
+        f"{out / 'pairs.jsonl'}): pairs that mostly reject one answer teach that prior (docs/dpo.md)")
     return 0
 
 
