@@ -76,11 +76,12 @@ class LoadReport:
     # each example's record, counted from 0 over all files: a text split into windows gives several examples
     kept_records: list[int] = field(default_factory=list)
     per_file: list[tuple[Path, int, int]] = field(default_factory=list)  # (file, read, kept) where several were read
+    kept_files: list[str] = field(default_factory=list)  # each example's file, beside kept_lines, where several
 
     @classmethod
     def merged(cls, path, parts: list[LoadReport]) -> LoadReport:
         """One report for files loaded one by one: counts summed, skips and lines in order (a
-        line alone no longer says which file it is in: see ``files`` and each skip's path)."""
+        line alone no longer says which file it is in: ``kept_files`` does, and each skip's path)."""
         out = cls(path, max_length=parts[0].max_length if parts else None)
         for r in parts:
             out.kept_records += [out.n_kept + i for i in r.kept_records]
@@ -92,6 +93,8 @@ class LoadReport:
             out.per_file += r.per_file or [(f, r.n_read, r.n_kept) for f in r.files]
         if len(out.per_file) < 2:
             out.per_file = []
+        else:
+            out.kept_files = [str(r.files[0]) for r in parts for _ in r.kept_lines]
         return out
 
     @property

@@ -89,7 +89,7 @@ def _eval_pairs(args) -> int:
     from pathlib import Path
 
     from ..data.columns import column_map
-    from ..data.files import data_files
+    from ..data.files import describe
     from ..data.preference import load_preferences
     from ..devices import resolve
     from ..fileio import check_writable, write_json_atomic, write_text_atomic
@@ -103,9 +103,6 @@ def _eval_pairs(args) -> int:
 
     if args.reference_adapter and not args.adapter:
         raise ValueError("--reference-adapter needs --adapter: the adapter measured against it")
-    if len(data_files(args.data)) > 1:  # pairs.jsonl names each pair by its line: of one file
-        raise ValueError(f"--data {args.data}: eval-pairs reads one file (each pair is named by its line); join the "
-                         "files first")
     earlier = None
     if args.against:  # read before any model loads
         rows_file = Path(args.against) / "pairs.jsonl"
@@ -116,12 +113,14 @@ def _eval_pairs(args) -> int:
     check_writable(args.output)  # before the model loads
     tok = load_tokenizer(args.model)
     dated = set_chat_date([tok], args.chat_date, "prompt")
-    pairs, report = load_preferences(args.data, tok, max_length=args.max_length, skip_bad=args.skip_bad_records,
+    data = args.data[0] if len(args.data) == 1 else args.data
+    pairs, report = load_preferences(data, tok, max_length=args.max_length, skip_bad=args.skip_bad_records,
                                      columns=column_map(args.columns))
     for line in ([dated] if dated else []) + [report.summary()]:
         say(line)
+    places = [(f, line) for f, line in zip(report.kept_files or [None] * len(pairs), report.kept_lines)]
     if earlier is not None:
-        check_same_pairs(report.kept_lines, earlier)  # before any model loads
+        check_same_pairs(places, earlier)  # before any model loads
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter)
     pad = tok.pad_token_id or 0
     policy = pair_logps(model, pairs, pad, batch_size=args.batch_size)
@@ -135,11 +134,11 @@ def _eval_pairs(args) -> int:
         reference = None
         say("no --adapter: nothing to measure rewards against, so the model's own log-probs only")
     metrics, rows = pair_metrics(pairs, policy, reference, beta=args.beta, n_resamples=args.n_resamples)
-    metrics |= {"model": args.model, "adapter": args.adapter, "data": str(args.data), "max_length": args.max_length,
+    metrics |= {"model": args.model, "adapter": args.adapter, "data": describe(data), "max_length": args.max_length,
                 "reference": args.reference_adapter or ("the model without the adapter" if args.adapter else None),
                 "skipped_records": len(report.skipped)} | placement(model)
-    for row, line in zip(rows, report.kept_lines):  # where each pair is in the data
-        row["line"] = line
+    for row, (file, line) in zip(rows, places):  # where each pair is in the data (its file where several)
+        row.update({"file": file} if file else {}, line=line)
     paired = against(rows, earlier, n_resamples=args.n_resamples) if earlier is not None else None
     kept = keep_earlier(args.output, ("pairs.jsonl", "metrics.json", "paired.json"))
     if kept:
@@ -437,7 +436,8 @@ def add_commands(sub) -> None:
     ep.add_argument("--reference-adapter", help="the reference's adapter, on the same model: the SFT adapter a DPO "
                     "run trained on top of (default: the model without --adapter, as a DPO run without "
                     "--sft-adapter used)")
-    ep.add_argument("--data", required=True, help="preference pairs, as dpo reads them (any of its formats)")
+    ep.add_argument("--data", required=True, nargs="+", metavar="PATH", help="preference pairs, as dpo reads them "
+                    "(any of its formats; several files, a folder of shards or a quoted pattern too)")
     ep.add_argument("--output", required=True, help="output folder: pairs.jsonl (one row a pair) and metrics.json")
     ep.add_argument("--columns", nargs="+", metavar="FIELD=COLUMN", help="the data's own column names, as dpo's")
     ep.add_argument("--beta", type=float, default=0.1, help="the DPO beta the rewards are scaled by (the run's)")

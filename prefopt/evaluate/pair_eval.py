@@ -97,7 +97,7 @@ def against(rows: list[dict], earlier: list[dict], *, n_resamples: int = 2000, s
     as the SFT one): how often each model alone prefers the chosen answer (log-prob sum, and per
     token), paired: the difference with its bootstrap interval, and exact McNemar on the pairs
     where the two disagree. Rewards are left out: each is measured against its own reference."""
-    check_same_pairs([r["line"] for r in rows], earlier)
+    check_same_pairs([place(r) for r in rows], earlier)
     out = {"n_pairs": len(rows)}
     for name in ("prefers_chosen_logp_sum", "prefers_chosen_logp_per_token"):  # as pair_metrics put them in rows
         a, b = (np.array([r[name] for r in side], float) for side in (earlier, rows))
@@ -108,11 +108,17 @@ def against(rows: list[dict], earlier: list[dict], *, n_resamples: int = 2000, s
     return out
 
 
-def check_same_pairs(lines: list[int], earlier: list[dict]) -> None:
-    """ValueError unless the earlier evaluation's rows are the pairs at ``lines`` of the data."""
-    if lines != [r["line"] for r in earlier]:
-        raise ValueError("--against: that evaluation scored other pairs (their lines in the data differ); evaluate "
-                         "both on the same data with the same --max-length")
+def place(row: dict) -> tuple[str | None, int]:
+    """Where a pairs.jsonl row's pair is in the data: its file (where several were read) and line."""
+    return row.get("file"), row["line"]
+
+
+def check_same_pairs(places: list[tuple[str | None, int]], earlier: list[dict]) -> None:
+    """ValueError unless the earlier evaluation's rows are the pairs at ``places`` of the data
+    (:func:`place`)."""
+    if places != [place(r) for r in earlier]:
+        raise ValueError("--against: that evaluation scored other pairs (their files or lines in the data differ); "
+                         "evaluate both on the same data with the same --max-length")
 
 
 def against_line(c: dict, where: str) -> str:

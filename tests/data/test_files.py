@@ -168,13 +168,24 @@ def test_check_data_checks_several_files_as_one_set(tmp_path, capsys):
     assert "  1 record repeats an earlier one token for token" in out
 
 
-def test_eval_pairs_reads_one_file(tmp_path, capsys):
+def test_eval_pairs_names_each_pairs_file_and_checks_them_against_an_earlier_run(tmp_path, capsys):
     model_dir, _ = write_task(tmp_path, n=1)
-    write_pairs(tmp_path / "a.jsonl", n=2), write_pairs(tmp_path / "b.jsonl", n=2, offset=2)
-    assert main(["eval-pairs", "--model", str(model_dir), "--data", str(tmp_path / "*.jsonl"), "--output",
-                 str(tmp_path / "out")]) == 2
-    assert "eval-pairs reads one file (each pair is named by its line); join the files first" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    a, b = write_pairs(tmp_path / "a.jsonl", n=2), write_pairs(tmp_path / "b.jsonl", n=3, offset=2)
+
+    def run(out, *data, against=()):
+        return main(["eval-pairs", "--model", str(model_dir), "--data", *map(str, data), "--output", str(out),
+                     "--n-resamples", "50", *against])
+
+    assert run(tmp_path / "one", a, b) == 0
+    rows = [json.loads(x) for x in (tmp_path / "one" / "pairs.jsonl").read_text().splitlines()]
+    assert [(r["file"], r["line"]) for r in rows] == [(str(a), 1), (str(a), 2), (str(b), 1), (str(b), 2), (str(b), 3)]
+    assert json.loads((tmp_path / "one" / "metrics.json").read_text())["data"] == f"{a}, {b}"
+    assert run(tmp_path / "two", a, b, against=("--against", str(tmp_path / "one"))) == 0
+    capsys.readouterr()
+    assert run(tmp_path / "three", b, a, against=("--against", str(tmp_path / "one"))) == 2
+    assert "that evaluation scored other pairs (their files or lines in the data differ)" in capsys.readouterr().err
+    assert run(tmp_path / "single", a) == 0  # one file: rows name their line alone, as before
+    assert "file" not in json.loads((tmp_path / "single" / "pairs.jsonl").read_text().splitlines()[0])
 
 
 def test_a_resumed_run_needs_its_files_in_their_order(tmp_path):
