@@ -277,7 +277,7 @@ def load_sft(
     taken 2 s (about 1,500 records of 400 tokens). ``columns``: ``{field: column}``, each field
     read from a column of another name (:func:`~prefopt.data.columns.column_map`); errors name the column.
     ``text_windows``: a ``{"text"}`` record longer than ``max_length`` becomes several examples
-    (:func:`text_windows`) instead of being cut to its start.
+    (:func:`text_windows_of`) instead of being cut to its start.
     """
     def encode(rec):
         if text_windows and rec.text is not None:

@@ -58,7 +58,7 @@ def fingerprint(records, settings: dict) -> dict:
 def resume(out_dir: str | Path, stamp: dict, job: str = "predict") -> list[dict]:
     """The rows that a stopped run with the same :func:`fingerprint` left in ``out_dir``'s partial
     file (all but a last line cut by the stop); [] where there is none, or it is another run's."""
-    path = Path(out_dir) / _files(job)[1]
+    path = Path(out_dir) / partial_file(job)
     if not path.is_file():
         return []
     lines = path.read_text(encoding="utf-8").split("\n")
@@ -79,13 +79,13 @@ def resume(out_dir: str | Path, stamp: dict, job: str = "predict") -> list[dict]
 def start_partial(out_dir: str | Path, stamp: dict, rows: list[dict], job: str = "predict") -> None:
     """``out_dir``'s partial file, written afresh (atomically) with ``stamp`` and the ``rows`` so far."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    write_text_atomic(Path(out_dir) / _files(job)[1], "".join(json.dumps(x, ensure_ascii=False) + "\n"
+    write_text_atomic(Path(out_dir) / partial_file(job), "".join(json.dumps(x, ensure_ascii=False) + "\n"
                                                        for x in [{"fingerprint": stamp}, *rows]))
 
 
 def append_partial(out_dir: str | Path, rows: list[dict], job: str = "predict") -> None:
     """Add ``rows`` to ``out_dir``'s partial file, on disk before this returns."""
-    with open(Path(out_dir) / _files(job)[1], "a", encoding="utf-8") as f:
+    with open(Path(out_dir) / partial_file(job), "a", encoding="utf-8") as f:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         f.flush()
         os.fsync(f.fileno())
