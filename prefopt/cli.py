@@ -1,5 +1,5 @@
-"""The ``prefopt`` command line: generate, convert-gguf, export-gguf, sft, dpo, merge, stack-adapters (eval and
-compare live in ``prefopt.evaluate.cli``)."""
+"""The ``prefopt`` command line: generate, chat, make-pairs, convert-gguf, export-gguf, sft, dpo, check-data,
+curves, merge, stack-adapters (eval, predict, eval-pairs, compare and study live in ``prefopt.evaluate.cli``)."""
 from __future__ import annotations
 
 import argparse
