@@ -38,6 +38,7 @@ class LoRAConfig:
     dropout: float = 0.05
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
     rslora: bool = False  # rank-stabilised: the update scaled by alpha / sqrt(r) (Kalajdzievski 2023)
+    dora: bool = False  # weight-decomposed (Liu et al. 2024; PEFT's use_dora): read and merged, not trained
 
     def __post_init__(self):
         if self.r < 1:
@@ -61,7 +62,8 @@ def lora_scaling(r: int, alpha: float, rslora: bool = False) -> float:
 class LoRALinear(nn.Module):
     """``nn.Linear`` plus a rank-``r`` adapter. Keeps the ``weight``/``bias`` keys."""
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False):
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False,
+                 dora: bool = False):
         super().__init__()
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight
@@ -73,6 +75,10 @@ class LoRALinear(nn.Module):
         self.dropout = float(dropout)  # applied to the adapter's input in training mode
         self.merged = False
         self.disabled = False
+        # DoRA: each output row's magnitude (PEFT's lora_magnitude_vector); None for plain LoRA
+        self.lora_magnitude = nn.Parameter(base.weight.detach().float().norm(dim=1).to(base.weight.dtype),
+                                           requires_grad=False) if dora else None
+        self._merged_norm = None  # DoRA: the row norms a merge divided by, for its unmerge
         self.reset_lora()
 
     def reset_lora(self) -> None:
@@ -82,14 +88,36 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
 
-    def delta_weight(self) -> torch.Tensor:
+    def lora_delta(self) -> torch.Tensor:
         """scaling · B A (α/r, or α/√r for rsLoRA), shaped like ``weight``; computed in fp32."""
         return (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
+
+    def delta_weight(self) -> torch.Tensor:
+        """What the adapter adds to ``weight`` (of the unmerged layer), in fp32: ``lora_delta``, or
+        for DoRA ``m / ‖W + ΔW‖ · (W + ΔW) − W``, each row scaled to its magnitude ``m``."""
+        delta = self.lora_delta()
+        if self.lora_magnitude is None:
+            return delta
+        w = self.weight.float()
+        return self._dora_scale(w + delta)[:, None] * (w + delta) - w
+
+    def _dora_scale(self, adapted: torch.Tensor) -> torch.Tensor:
+        """``m / ‖row‖`` of the adapted weight (the norm taken as a constant, as PEFT does)."""
+        return self.lora_magnitude.float() / adapted.norm(dim=1).detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged or self.disabled:
             return F.linear(x, self.weight, self.bias)
         p = self.dropout if self.training else 0.0
+        if self.lora_magnitude is not None:  # DoRA, as PEFT computes it: W x + b + (s - 1) W x' + s ΔW x'
+            with torch.no_grad():  # the norm is a constant (DoRA's section 4.3; PEFT detaches it too)
+                norm = (self.weight.float() + self.lora_delta()).norm(dim=1)
+            scale = (self.lora_magnitude.float() / norm).to(x.dtype)
+            xd = F.dropout(x, p, self.training)
+            lora = self.lora_B(self.lora_A(xd)) * self.scaling
+            if p == 0:  # x' = x: s (W x + ΔW x) + b in one product with W
+                return scale * (F.linear(x, self.weight) + lora) + (0 if self.bias is None else self.bias)
+            return F.linear(x, self.weight, self.bias) + (scale - 1) * F.linear(xd, self.weight) + scale * lora
         if not (self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)):
             return lora_linear(x, self.weight, self.bias, self.lora_A.weight, self.lora_B.weight, self.scaling, p)
         y = F.linear(x, self.weight, self.bias)  # a trainable base: plain autograd
@@ -100,6 +128,8 @@ class LoRALinear(nn.Module):
         """Fold the adapter into ``weight``; a second call does nothing."""
         if self.merged:
             return
+        if self.lora_magnitude is not None:
+            self._merged_norm = (self.weight.float() + self.lora_delta()).norm(dim=1)
         self.weight.data = (self.weight.float() + self.delta_weight()).to(self.weight.dtype)
         self.merged = True
 
@@ -107,7 +137,11 @@ class LoRALinear(nn.Module):
     def unmerge(self) -> None:
         if not self.merged:
             return
-        self.weight.data = (self.weight.float() - self.delta_weight()).to(self.weight.dtype)
+        if self.lora_magnitude is not None:  # W' = (m / n) · (W + ΔW), so W = W' · n / m − ΔW
+            w = self.weight.float() * (self._merged_norm / self.lora_magnitude.float())[:, None] - self.lora_delta()
+            self.weight.data, self._merged_norm = w.to(self.weight.dtype), None
+        else:
+            self.weight.data = (self.weight.float() - self.delta_weight()).to(self.weight.dtype)
         self.merged = False
 
     def extra_repr(self) -> str:
@@ -124,6 +158,7 @@ def apply_lora(
     *,
     strict: bool = True,
     rslora: bool = False,
+    dora: bool = False,
 ) -> nn.Module:
     """Replace each ``nn.Linear`` whose name ends in one of ``target_modules`` with a
     :class:`LoRALinear`, and freeze every other parameter. Returns ``model``.
@@ -131,9 +166,11 @@ def apply_lora(
     Every name must match some layer (``strict``): a misspelt one would otherwise leave that
     layer untrained without a word. :func:`load_adapter` is lenient, as PEFT is: an adapter's
     tensors, checked key by key, say which layers it holds. ``rslora``: scale the update by
-    ``alpha / sqrt(r)`` instead of ``alpha / r`` (PEFT's ``use_rslora``).
+    ``alpha / sqrt(r)`` instead of ``alpha / r`` (PEFT's ``use_rslora``). ``dora``: layers for a
+    DoRA adapter (:func:`load_adapter` reads one); prefopt does not train DoRA.
     """
-    cfg = LoRAConfig(r=r, alpha=alpha, dropout=dropout, target_modules=tuple(target_modules), rslora=rslora)
+    cfg = LoRAConfig(r=r, alpha=alpha, dropout=dropout, target_modules=tuple(target_modules), rslora=rslora,
+                     dora=dora)
     linear = {name for m in model.modules() for name, c in m.named_children() if type(c) is nn.Linear}
     unmatched = [t for t in cfg.target_modules if t not in linear]
     if unmatched and (strict or len(unmatched) == len(cfg.target_modules)):
@@ -142,7 +179,7 @@ def apply_lora(
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if type(child) is nn.Linear and child_name in cfg.target_modules:
-                lora = LoRALinear(child, cfg.r, cfg.alpha, cfg.dropout, cfg.rslora)
+                lora = LoRALinear(child, cfg.r, cfg.alpha, cfg.dropout, cfg.rslora, cfg.dora)
                 lora.train(child.training)  # an eval-mode model stays in eval mode (no dropout)
                 setattr(module, child_name, lora)
     for name, p in model.named_parameters():
@@ -221,15 +258,19 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     out = {}
     deltas = {f"{n}.weight": m.delta_weight() for n, m in lora_layers(model) if not m.merged}
     for k, v in model.state_dict().items():
-        if ".lora_A." in k or ".lora_B." in k:
+        if _is_adapter_key(k):
             continue
         out[k] = (v.float() + deltas[k]).to(v.dtype) if k in deltas else v
     return out
 
 
+def _is_adapter_key(k: str) -> bool:
+    return ".lora_A." in k or ".lora_B." in k or k.endswith(".lora_magnitude")
+
+
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the adapter tensors, under prefopt's own module names."""
-    return {k: v for k, v in model.state_dict().items() if ".lora_A." in k or ".lora_B." in k}
+    """Only the adapter tensors (DoRA's magnitudes too), under prefopt's own module names."""
+    return {k: v for k, v in model.state_dict().items() if _is_adapter_key(k)}
 
 
 def write_adapter(tensors: dict[str, torch.Tensor], cfg: LoRAConfig, out_dir: str | Path, *,
@@ -237,8 +278,8 @@ def write_adapter(tensors: dict[str, torch.Tensor], cfg: LoRAConfig, out_dir: st
     """Write adapter tensors (prefopt's module names) and their config in PEFT's layout."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file_atomic({PEFT_PREFIX + k: v for k, v in tensors.items()}, out / "adapter_model.safetensors",
-                     metadata={"format": "pt"})
+    save_file_atomic({PEFT_PREFIX + k.replace(".lora_magnitude", ".lora_magnitude_vector"): v
+                      for k, v in tensors.items()}, out / "adapter_model.safetensors", metadata={"format": "pt"})
     write_json_atomic(out / "adapter_config.json", _peft_config(cfg, base_model))
     return out
 
@@ -258,7 +299,7 @@ def _peft_config(cfg: LoRAConfig, base_model: str | None) -> dict:
         "init_lora_weights": True,
         "modules_to_save": None,
         "use_rslora": cfg.rslora,
-        "use_dora": False,
+        "use_dora": cfg.dora,
         "layers_to_transform": None,
         "rank_pattern": {},
         "alpha_pattern": {},
@@ -279,10 +320,10 @@ def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
                                     "(--model), without --adapter")
         raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (is this a PEFT LoRA adapter?)")
     d = json.loads(path.read_text())
-    unsupported = {k: d[k] for k in ("use_dora", "fan_in_fan_out") if d.get(k)}
+    unsupported = {k: d[k] for k in ("fan_in_fan_out",) if d.get(k)}
     if d.get("peft_type", "LORA") != "LORA" or unsupported or d.get("rank_pattern") or d.get("alpha_pattern"):
         raise ValueError(
-            f"{path}: only plain LoRA adapters (rsLoRA too) are supported (peft_type LORA, no dora/fan_in_fan_out, "
+            f"{path}: only LoRA adapters (rsLoRA and DoRA too) are supported (peft_type LORA, no fan_in_fan_out, "
             f"no per-module rank or alpha); got peft_type={d.get('peft_type')!r} {unsupported}"
         )
     if d.get("bias", "none") != "none":
@@ -291,7 +332,7 @@ def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
     if isinstance(targets, str):
         raise ValueError(f"{path}: target_modules given as a regex ({targets!r}) is not supported; list the names")
     return LoRAConfig(r=d["r"], alpha=d["lora_alpha"], dropout=d.get("lora_dropout", 0.0), target_modules=tuple(targets),
-                      rslora=bool(d.get("use_rslora", False)))
+                      rslora=bool(d.get("use_rslora", False)), dora=bool(d.get("use_dora", False)))
 
 
 def read_adapter(adapter_dir: str | Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
@@ -303,6 +344,9 @@ def read_adapter(adapter_dir: str | Path) -> tuple[LoRAConfig, dict[str, torch.T
     tensors = {}
     for key, t in iter_tensors(path):
         name = key.removeprefix(PEFT_PREFIX).replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
+        for peft_name in (".lora_magnitude_vector.default.weight", ".lora_magnitude_vector"):  # DoRA's, by PEFT version
+            if name.endswith(peft_name):
+                name = name.removesuffix(peft_name) + ".lora_magnitude"
         tensors[name] = t
     return cfg, tensors
 
@@ -310,7 +354,8 @@ def read_adapter(adapter_dir: str | Path) -> tuple[LoRAConfig, dict[str, torch.T
 def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     """Apply the adapter in ``adapter_dir`` (PEFT layout) to ``model``; check every key and shape."""
     cfg, tensors = read_adapter(adapter_dir)
-    apply_lora(model, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, strict=False, rslora=cfg.rslora)
+    apply_lora(model, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, strict=False, rslora=cfg.rslora,
+               dora=cfg.dora)
     path = Path(adapter_dir) / "adapter_model.safetensors"
     own = lora_state_dict(model)
     loaded = {}

@@ -23,6 +23,8 @@ from .fileio import write_json_atomic
 from .lora import LoRAConfig, adapter_base, lora_state_dict, read_adapter, write_adapter
 
 STACK_FILE = "stacked_on.json"
+DORA_STACK = ("a DoRA adapter scales the base weights row by row, so no single LoRA adapter equals it stacked with "
+              "another: merge it into the model first (prefopt merge) and train on the merged folder (--model)")
 
 
 def _updates(tensors: dict[str, torch.Tensor], scaling: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -38,6 +40,8 @@ def stack_adapters(first: tuple[LoRAConfig, dict[str, torch.Tensor]], second: tu
     prefopt's names), ``second`` having been trained on the model with ``first`` merged in.
     Tensors in ``second``'s dtype."""
     (cfg1, t1), (cfg2, t2) = first, second
+    if cfg1.dora or cfg2.dora:
+        raise ValueError(DORA_STACK)
     dtype = next(iter(t2.values())).dtype
     one, two = _updates(t1, cfg1.scaling), _updates(t2, cfg2.scaling)
     tensors = {}

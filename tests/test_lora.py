@@ -99,8 +99,12 @@ def test_bad_adapter_files_are_named(tiny, tmp_path):
     (tmp_path / "ad" / "adapter_config.json").write_text(json.dumps({**cfg, "r": 8}))
     with pytest.raises(ValueError, match=r"lora_A.weight.*shape \(4, 64\).*\(8, 64\)"):
         load_model(tiny, adapter=tmp_path / "ad")
-    (tmp_path / "ad" / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))
-    with pytest.raises(ValueError, match=r"only plain LoRA adapters \(rsLoRA too\) are supported .*'use_dora': True"):
+    (tmp_path / "ad" / "adapter_config.json").write_text(json.dumps({**cfg, "r": 4, "use_dora": True}))
+    with pytest.raises(ValueError, match=r"missing adapter tensors, e.g. '.*lora_magnitude'"):  # DoRA's magnitudes
+        load_model(tiny, adapter=tmp_path / "ad")
+    (tmp_path / "ad" / "adapter_config.json").write_text(json.dumps({**cfg, "fan_in_fan_out": True}))
+    with pytest.raises(ValueError, match=r"only LoRA adapters \(rsLoRA and DoRA too\) are supported .*"
+                                         r"'fan_in_fan_out': True"):
         load_model(tiny, adapter=tmp_path / "ad")
     with pytest.raises(FileNotFoundError, match="final: no such adapter folder$"):
         load_model(tiny, adapter=tmp_path / "final")
@@ -174,3 +178,76 @@ def test_adapter_on_an_eval_model_stays_in_eval_mode(tiny):
     randomize_lora(model)
     with torch.no_grad():
         assert torch.equal(model(IDS), model(IDS))  # dropout inactive
+
+
+def test_a_dora_layer_scales_each_row_to_its_magnitude_and_merges_exactly():
+    """DoRA (Liu et al. 2024): W' = m / ‖W + ΔW‖ · (W + ΔW), row by row, with ΔW = (α/r) B A."""
+    base = torch.nn.Linear(6, 5)
+    w0 = base.weight.detach().clone()
+    layer = LoRALinear(base, r=2, alpha=4.0, dora=True)
+    assert torch.allclose(layer.lora_magnitude, w0.norm(dim=1))  # as PEFT starts it: B = 0, so m = ‖W‖
+    with torch.no_grad():
+        layer.lora_A.weight.copy_(torch.randn(2, 6))
+        layer.lora_B.weight.copy_(torch.randn(5, 2))
+        layer.lora_magnitude.copy_(torch.rand(5) + 0.5)
+    adapted = w0 + 2.0 * layer.lora_B.weight @ layer.lora_A.weight
+    want = (layer.lora_magnitude / adapted.norm(dim=1))[:, None] * adapted
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), x @ want.T + base.bias, atol=1e-5)
+        assert torch.allclose(w0 + layer.delta_weight(), want, atol=1e-6)
+        before = layer(x)
+        layer.merge()
+        assert torch.allclose(layer.weight, want, atol=1e-6) and torch.allclose(layer(x), before, atol=1e-5)
+        layer.unmerge()
+        assert torch.allclose(layer.weight, w0, atol=1e-5)
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_a_peft_dora_adapter_loads_merges_and_exports_in_prefopt(tiny, tmp_path, rslora):
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    cfg = peft.LoraConfig(r=4, lora_alpha=12, lora_dropout=0.0, init_lora_weights=False, use_dora=True,
+                          use_rslora=rslora, target_modules=["q_proj", "v_proj", "up_proj"])
+    peft_model = peft.get_peft_model(hf, cfg).eval()
+    with torch.no_grad():  # magnitudes away from their start (‖W + ΔW‖), so that DoRA really differs from LoRA
+        for name, p in peft_model.named_parameters():
+            if "lora_magnitude_vector" in name:
+                p.mul_(torch.rand(p.shape, generator=torch.Generator().manual_seed(len(name))) + 0.5)
+    peft_model.save_pretrained(tmp_path / "dora")
+    ours = load_model(tiny, adapter=tmp_path / "dora")
+    assert all(m.lora_magnitude is not None for _, m in lora_layers(ours))
+    with torch.no_grad():
+        want = peft_model(IDS).logits
+        assert (ours(IDS) - want).abs().max().item() < 1e-4
+        as_lora = load_model(tiny)  # the same A and B read as plain LoRA: another model
+        apply_lora(as_lora, r=4, alpha=12, target_modules=["q_proj", "v_proj", "up_proj"], rslora=rslora)
+        as_lora.load_state_dict({k: v for k, v in ours.state_dict().items() if "magnitude" not in k}, strict=False)
+        assert (as_lora(IDS) - want).abs().max().item() > 1e-3
+        with disable_adapter(ours):
+            assert (ours(IDS) - want).abs().max().item() > 1e-3
+        merged = load_model(tiny, adapter=tmp_path / "dora", merge=True)
+        assert (merged(IDS) - want).abs().max().item() < 1e-4
+        save_merged(ours, tmp_path / "merged")  # what prefopt merge and export-gguf fold in
+        assert (load_model(tmp_path / "merged")(IDS) - want).abs().max().item() < 1e-4
+    save_adapter(ours, tmp_path / "again")  # written back in PEFT's layout, PEFT reads it as it was
+    again = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32),
+                                           tmp_path / "again").eval()
+    with torch.no_grad():
+        assert (again(IDS).logits - want).abs().max().item() < 1e-4
+
+
+def test_a_dora_sft_adapter_is_refused_for_dpo_before_training(tiny, tmp_path):
+    from prefopt.lora import read_adapter
+    from prefopt.lora_stack import stack_adapters
+    from prefopt.train import DPOConfig
+
+    model = apply_lora(load_model(tiny), r=4, alpha=8, target_modules=["q_proj"], dora=True)
+    save_adapter(model, tmp_path / "dora")
+    with pytest.raises(ValueError, match=r"sft_adapter: .*dora: a DoRA adapter scales the base weights row by row"):
+        DPOConfig(model=str(tiny), output_dir=str(tmp_path / "o"), sft_adapter=str(tmp_path / "dora"))
+    DPOConfig(model=str(tiny), output_dir=str(tmp_path / "o"), sft_adapter=str(tmp_path / "dora"), lora=False,
+              ref_cache=str(tmp_path / "cache"))  # full fine-tuning saves whole weights: nothing to stack
+    with pytest.raises(ValueError, match="no single LoRA adapter equals it stacked"):
+        stack_adapters(read_adapter(tmp_path / "dora"), read_adapter(tmp_path / "dora"))
