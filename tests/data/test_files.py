@@ -56,6 +56,7 @@ def test_a_list_is_read_in_its_own_order_and_an_error_names_its_file_and_line(tm
     assert (report.n_read, report.n_kept, len(report.skipped)) == (4, 3, 1)
     assert str(report.skipped[0]) == f"{b}:2: field 'completion': missing field"
     assert report.kept_lines == [1, 1, 2] and report.files == [b, a]
+    assert report.kept_records == [0, 1, 2] and report.kept_files == [str(b), str(a), str(a)]
     with pytest.raises(DataError, match=rf"^{b}:2: field 'completion': missing field$"):
         load_sft([a, b], tok)
 
@@ -74,6 +75,8 @@ def test_a_file_with_no_usable_record_among_good_ones_is_skipped_only_when_asked
      r"a folder is read whole only when it holds one split's shards .* it holds test-00000-of-00001.jsonl, "
      r"train-00000-of-00001.jsonl\. Name the files, or a pattern such as '.*test-\*'"),
     ({"train.jsonl": 1, "eval.jsonl": 1}, r"it holds eval.jsonl, train.jsonl\. Name the files"),
+    ({"train-00000-of-00001.jsonl": 1, "notes.jsonl": 1}, r"it holds notes.jsonl, train-00000-of-00001.jsonl\. "
+                                                          r"Name the files, or a pattern such as '.*train-\*'"),
 ])
 def test_a_folder_that_mixes_splits_is_refused(tmp_path, layout, message):
     for name, n in layout.items():
