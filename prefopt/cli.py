@@ -270,8 +270,10 @@ def _add_make_pairs(sub) -> None:
 def _make_pairs(args: argparse.Namespace) -> int:
     """DPO pairs from an SFT file and a model's own answers."""
     import time
+    from collections import Counter
     from datetime import date
 
+    from .data.check import lopsided_lines
     from .data.columns import column_map
     from .data.files import data_files, describe
     from .devices import resolve
@@ -326,6 +328,8 @@ def _make_pairs(args: argparse.Namespace) -> int:
                                                     "seconds": round(time.time() - t0, 1)})
         (out / partial_file(JOB)).unlink(missing_ok=True)
     say(summary_line(counts))
+    for line in lopsided_lines(Counter(p["chosen"].strip() for p in pairs), Counter(p["rejected"].strip() for p in pairs)):
+        say(line.strip())
     say(f"wrote {out / 'pairs.jsonl'} (train on it: prefopt dpo --data {out / 'pairs.jsonl'} ...), answers.jsonl "
         "(every answer, for review) and make_pairs.json")
     say(f"before training, look at each side's mix (prefopt check-data --model {args.model} --data "

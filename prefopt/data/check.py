@@ -87,6 +87,8 @@ class DataCheck:
                 out.append(f"  {long_texts} text record{'s lose their end' if long_texts != 1 else ' loses its end'} "
                            f"past max_length: --text-windows trains on all of each, in windows")
         out += [answer_line(side, counts) for side, counts in self.answers.items() if counts]
+        if self.kind == "preference":
+            out += lopsided_lines(self.answers.get("chosen", Counter()), self.answers.get("rejected", Counter()))
         if self.duplicates:
             n = self.duplicates
             out.append(f"  {n} record{'s repeat' if n != 1 else ' repeats'} an earlier one token for token"
@@ -162,6 +164,23 @@ def answer_line(side: str, counts: Counter, limit: int = LABELS, noun: str = "di
 
     return f"  {side}: {len(counts)} {noun}: " + ", ".join(
         f"{short(a)} {k} ({k / max(n, 1):.0%})" for a, k in counts.most_common())
+
+
+def lopsided_lines(chosen: Counter, rejected: Counter, limit: int = LABELS) -> list[str]:
+    """Where pairs answer with labels (at most ``limit`` distinct per side): each answer rejected
+    at least twice as often as it is chosen, in at least a tenth of the pairs (and 5). DPO then learns to
+    avoid that answer whatever the prompt, a prior rather than item knowledge (docs/dpo.md:
+    on-policy negatives made a triage model call nearly everything urgent)."""
+    n = sum(rejected.values())
+    if not n or len(chosen) > limit or len(rejected) > limit:
+        return []
+    out = []
+    for answer, k in rejected.most_common():
+        if k >= max(5, 0.1 * n) and k >= 2 * chosen.get(answer, 0):
+            shown = repr(answer if len(answer) <= 40 else answer[:37] + "...")
+            out.append(f"  lopsided: {shown} is rejected in {k} pairs and chosen in {chosen.get(answer, 0)}: DPO "
+                       "may learn to avoid it whatever the prompt; balance the pairs (docs/dpo.md)")
+    return out
 
 
 def _load(loader: Callable, path, tok: Tokenizer, **kw) -> tuple[list, LoadReport]:

@@ -212,3 +212,30 @@ def test_a_tasks_data_is_checked_as_compare_reads_it(model, tmp_path, capsys):
     assert "none.csv: no such data file" in capsys.readouterr().err  # not a row: one error, as before
     assert main(["check-data", "--model", str(model)]) == 2
     assert "--data FILE is needed" in capsys.readouterr().err
+
+
+def test_pairs_that_mostly_reject_one_label_are_called_lopsided(model, tmp_path, capsys):
+    """On-policy negatives carry the direction of a model's errors: an answer rejected far more
+    often than chosen teaches DPO to avoid it whatever the prompt (docs/dpo.md)."""
+    from prefopt.data.check import lopsided_lines
+
+    labels = ["routine", "urgent", "emergency"]
+    balanced = [{"prompt": f"Message {i}?", "chosen": labels[i % 3], "rejected": labels[(i + 1) % 3]} for i in range(9)]
+    assert main(["check-data", "--model", str(model), "--data", str(_jsonl(tmp_path / "b.jsonl", balanced)),
+                 "--max-length", "256"]) == 0
+    assert "lopsided" not in capsys.readouterr().out
+    skewed = balanced + [{"prompt": f"Message {i}?", "chosen": "urgent", "rejected": "routine"} for i in range(9, 15)]
+    assert main(["check-data", "--model", str(model), "--data", str(_jsonl(tmp_path / "s.jsonl", skewed)),
+                 "--max-length", "256"]) == 0  # a finding, not a bad record
+    assert ("  lopsided: 'routine' is rejected in 9 pairs and chosen in 3: DPO may learn to avoid it whatever the "
+            "prompt; balance the pairs (docs/dpo.md)") in capsys.readouterr().out.splitlines()
+    from collections import Counter
+
+    free = Counter({f"answer {i}": 1 for i in range(20)})  # free text: no labels to speak of
+    assert lopsided_lines(free, Counter({"short": 20})) == []
+    assert lopsided_lines(Counter({"a": 5}), Counter({"b": 1, "c": 9})) == [
+        "  lopsided: 'c' is rejected in 9 pairs and chosen in 0: DPO may learn to avoid it whatever the prompt; "
+        "balance the pairs (docs/dpo.md)"]  # 'b': in under 5 pairs
+    assert lopsided_lines(Counter({"a": 60}), Counter({"b": 5, "c": 55})) == [
+        "  lopsided: 'c' is rejected in 55 pairs and chosen in 0: DPO may learn to avoid it whatever the prompt; "
+        "balance the pairs (docs/dpo.md)"]  # 'b': in under a tenth of them
