@@ -201,6 +201,12 @@ def test_a_dora_layer_scales_each_row_to_its_magnitude_and_merges_exactly():
         assert torch.allclose(layer.weight, want, atol=1e-6) and torch.allclose(layer(x), before, atol=1e-5)
         layer.unmerge()
         assert torch.allclose(layer.weight, w0, atol=1e-5)
+        layer(x)  # the row norms are kept between calls, and computed again once W, A or B change
+        for t in (layer.lora_B.weight, layer.lora_A.weight, layer.weight):
+            t.mul_(1.5)
+            adapted = layer.weight + 2.0 * layer.lora_B.weight @ layer.lora_A.weight
+            want = (layer.lora_magnitude / adapted.norm(dim=1))[:, None] * adapted
+            assert torch.allclose(layer(x), x @ want.T + base.bias, atol=1e-5)
 
 
 @pytest.mark.parametrize("rslora", [False, True])
