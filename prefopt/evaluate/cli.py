@@ -453,6 +453,10 @@ def add_commands(sub) -> None:
     add_device_flags(ep)
     ep.set_defaults(func=_eval_pairs)
 
+    from .nll_cli import add_command as add_eval_nll
+
+    add_eval_nll(sub)
+
     c = sub.add_parser("compare", parents=[common], help="base → SFT → DPO on one test set, with statistics",
                        **shown)
     c.add_argument("--preset", choices=sorted(PRESETS), default="quick",

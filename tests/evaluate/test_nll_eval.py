@@ -1,0 +1,83 @@
+"""``prefopt eval-nll``: NLL per trained token of held-out SFT records, as SFT's eval loss counts it,
+with a bootstrap interval over records and a paired test against an earlier evaluation."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from prefopt import load_model, load_tokenizer
+from prefopt.cli import main
+from prefopt.data import load_sft
+from prefopt.data.sft import IGNORE
+from prefopt.evaluate.nll_eval import by_record, example_nll
+from tests.train._fixtures import write_task
+
+NOTE = "Discharge summary. Fever and a stiff neck since noon, lumbar puncture, antibiotics, home in three days. "
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return write_task(tmp_path_factory.mktemp("nll"), n=24)
+
+
+def test_each_examples_nll_is_its_trained_tokens_log_softmax_summed(task):
+    model_dir, data = task
+    tok, model = load_tokenizer(model_dir), load_model(model_dir).eval()
+    examples, _ = load_sft(data, tok)
+    examples = examples[:5]
+    nll, tokens = example_nll(model, examples, tok.pad_token_id or 0, batch_size=3)
+    for i, ex in enumerate(examples):  # one at a time, no padding, the full log-softmax
+        ids, labels = torch.tensor([list(ex.input_ids)]), torch.tensor(list(ex.labels))
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids)[0, :-1].float(), -1)
+        mask = labels[1:] != IGNORE
+        want = -logp[torch.arange(len(labels) - 1), labels[1:].clamp(min=0)][mask].sum()
+        assert nll[i] == pytest.approx(float(want), rel=1e-4) and tokens[i] == int(mask.sum())
+    assert by_record(np.array([1.0, 2.0, 4.0]), [0, 0, 1]).tolist() == [3.0, 4.0]
+
+
+def test_it_equals_the_sft_runs_eval_loss_and_tests_two_models_paired(task, tmp_path, capsys):
+    model_dir, data = task
+    lines = data.read_text().splitlines()
+    train, held = tmp_path / "train.jsonl", tmp_path / "held.jsonl"
+    train.write_text("\n".join(lines[:16]) + "\n")
+    held.write_text("\n".join(lines[16:]) + "\n")
+    run = tmp_path / "run"
+    assert main(["sft", "--model", str(model_dir), "--data", str(train), "--eval-data", str(held), "--output-dir",
+                 str(run), "--max-steps", "6", "--batch-size", "4", "--lr", "3e-3", "--lora-r", "4",
+                 "--lora-dropout", "0", "--no-progress"]) == 0
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert main(["eval-nll", "--model", str(model_dir), "--data", str(held), "--output", str(tmp_path / "base"),
+                 "--n-resamples", "200"]) == 0
+    assert main(["eval-nll", "--model", str(model_dir), "--adapter", str(run / "final"), "--data", str(held),
+                 "--output", str(tmp_path / "sft"), "--n-resamples", "200", "--against", str(tmp_path / "base")]) == 0
+    base, sft = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("base", "sft"))
+    assert base["nll_per_token"] == pytest.approx(summary["eval_before"]["eval_loss"], rel=1e-4)
+    assert sft["nll_per_token"] == pytest.approx(summary["eval_after"]["eval_loss"], rel=1e-4)
+    assert sft["n_records"] == 8 and sft["ci"][0] <= sft["nll_per_token"] <= sft["ci"][1]
+    paired = json.loads((tmp_path / "sft" / "paired.json").read_text())
+    assert paired["delta"] == pytest.approx(sft["nll_per_token"] - base["nll_per_token"]) and paired["delta"] < 0
+    rows = [json.loads(x) for x in (tmp_path / "sft" / "records.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rows] == list(range(1, 9))
+    assert sum(r["nll"] for r in rows) / sum(r["tokens"] for r in rows) == pytest.approx(sft["nll_per_token"])
+    assert "against " in capsys.readouterr().out
+    other = tmp_path / "other.jsonl"
+    other.write_text("\n".join(lines[15:]) + "\n")
+    assert main(["eval-nll", "--model", str(model_dir), "--data", str(other), "--output", str(tmp_path / "x"),
+                 "--against", str(tmp_path / "base")]) == 2
+    assert "that evaluation scored other records" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_a_long_text_is_one_record_scored_whole_in_windows(task, tmp_path):
+    model_dir, _ = task
+    tok = load_tokenizer(model_dir)
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text(json.dumps({"text": NOTE * 3}) + "\n" + json.dumps({"text": "Short note."}) + "\n")
+    assert main(["eval-nll", "--model", str(model_dir), "--data", str(notes), "--output", str(tmp_path / "w"),
+                 "--max-length", "16", "--text-windows", "--n-resamples", "100"]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "w" / "records.jsonl").read_text().splitlines()]
+    n = len(tok.encode(NOTE * 3)) + 1  # with the end-of-text token
+    assert [(r["line"], r["tokens"]) for r in rows] == [(1, n - 1), (2, len(tok.encode("Short note.")))]
+    metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    assert metrics["examples"] > 2 and metrics["n_records"] == 2 and metrics["text_windows"] is True
