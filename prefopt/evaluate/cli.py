@@ -86,29 +86,22 @@ def _eval(args) -> int:
 
 
 def _eval_pairs(args) -> int:
-    from pathlib import Path
-
     from ..data.columns import column_map
     from ..data.files import describe
     from ..data.preference import load_preferences
     from ..devices import resolve
-    from ..fileio import check_writable, write_json_atomic, write_text_atomic
+    from ..fileio import check_writable
     from ..pretrained import load_model
     from ..tokenizer import load_tokenizer, set_chat_date
     from .pair_eval import against, against_line, check_same_pairs, pair_logps, pair_metrics, summary_lines
-    from .runner import keep_earlier, placement
+    from .runner import placement, read_earlier_rows, write_evaluation
 
     def say(line: str) -> None:
         print(f"prefopt eval-pairs: {line}", flush=True)
 
     if args.reference_adapter and not args.adapter:
         raise ValueError("--reference-adapter needs --adapter: the adapter measured against it")
-    earlier = None
-    if args.against:  # read before any model loads
-        rows_file = Path(args.against) / "pairs.jsonl"
-        if not rows_file.is_file():
-            raise FileNotFoundError(f"--against {args.against}: no pairs.jsonl (an eval-pairs output folder)")
-        earlier = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+    earlier = read_earlier_rows(args.against, "pairs.jsonl", "eval-pairs")
     device, dtype = resolve(args.device, args.dtype)
     check_writable(args.output)  # before the model loads
     tok = load_tokenizer(args.model)
@@ -140,15 +133,7 @@ def _eval_pairs(args) -> int:
     for row, (file, line) in zip(rows, places):  # where each pair is in the data (its file where several)
         row.update({"file": file} if file else {}, line=line)
     paired = against(rows, earlier, n_resamples=args.n_resamples) if earlier is not None else None
-    kept = keep_earlier(args.output, ("pairs.jsonl", "metrics.json", "paired.json"))
-    if kept:
-        say(f"{args.output} held an evaluation; it is kept in {kept}")
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "pairs.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    write_json_atomic(out / "metrics.json", metrics)
-    if paired is not None:
-        write_json_atomic(out / "paired.json", {"against": str(args.against), **paired})
+    out = write_evaluation(args.output, "pairs.jsonl", rows, metrics, paired, args.against, say)
     for line in summary_lines(metrics) + ([against_line(paired, args.against)] if paired else []):
         say(line)
     say(f"wrote {out / 'pairs.jsonl'} and metrics.json")

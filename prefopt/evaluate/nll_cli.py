@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def add_command(sub) -> None:
@@ -34,15 +33,13 @@ def add_command(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import numpy as np
 
     from ..data.columns import column_map
     from ..data.files import describe
     from ..data.sft import IGNORE, load_sft
     from ..devices import resolve
-    from ..fileio import check_writable, write_json_atomic, write_text_atomic
+    from ..fileio import check_writable
     from ..pretrained import load_model
     from ..tokenizer import load_tokenizer, set_chat_date
     from .nll_eval import (
@@ -54,17 +51,12 @@ def run(args: argparse.Namespace) -> int:
         nll_metrics,
         summary_line,
     )
-    from .runner import keep_earlier, placement
+    from .runner import placement, read_earlier_rows, write_evaluation
 
     def say(line: str) -> None:
         print(f"prefopt eval-nll: {line}", flush=True)
 
-    earlier = None
-    if args.against:  # read before any model loads
-        rows_file = Path(args.against) / "records.jsonl"
-        if not rows_file.is_file():
-            raise FileNotFoundError(f"--against {args.against}: no records.jsonl (an eval-nll output folder)")
-        earlier = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+    earlier = read_earlier_rows(args.against, "records.jsonl", "eval-nll")  # before any model loads
     device, dtype = resolve(args.device, args.dtype)
     check_writable(args.output)
     tok = load_tokenizer(args.model)
@@ -94,15 +86,7 @@ def run(args: argparse.Namespace) -> int:
                 "max_prompt_length": args.max_prompt_length, "text_windows": args.text_windows,
                 "examples": len(examples), "skipped_records": len(report.skipped)} | placement(model)
     paired = against(rows, earlier, n_resamples=args.n_resamples) if earlier is not None else None
-    kept = keep_earlier(args.output, ("records.jsonl", "metrics.json", "paired.json"))
-    if kept:
-        say(f"{args.output} held an evaluation; it is kept in {kept}")
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "records.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    write_json_atomic(out / "metrics.json", metrics)
-    if paired is not None:
-        write_json_atomic(out / "paired.json", {"against": str(args.against), **paired})
+    out = write_evaluation(args.output, "records.jsonl", rows, metrics, paired, args.against, say)
     say(summary_line(metrics))
     if paired is not None:
         say(against_line(paired, args.against))

@@ -189,3 +189,32 @@ def read_results(out_dir: str | Path) -> tuple[list[dict], dict] | None:
         return None
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines() if line]
     return rows, json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+
+
+def read_earlier_rows(against: str | Path | None, rows_name: str, command: str) -> list[dict] | None:
+    """The rows an earlier ``command`` (eval-pairs, eval-nll) wrote to ``against/rows_name``, read
+    before any model loads; None without ``--against``."""
+    if not against:
+        return None
+    path = Path(against) / rows_name
+    if not path.is_file():
+        article = "an" if command[0] in "aeiou" else "a"
+        raise FileNotFoundError(f"--against {against}: no {rows_name} ({article} {command} output folder)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_evaluation(out_dir: str | Path, rows_name: str, rows: list[dict], metrics: dict, paired: dict | None,
+                     against: str | None, say) -> Path:
+    """An eval-pairs or eval-nll result in ``out_dir``: ``rows_name`` (one JSON line a row),
+    ``metrics.json`` and, with ``--against``, ``paired.json``; an earlier result there moves to
+    ``earlier/N/`` first (said through ``say``)."""
+    kept = keep_earlier(out_dir, (rows_name, "metrics.json", "paired.json"))
+    if kept:
+        say(f"{out_dir} held an evaluation; it is kept in {kept}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / rows_name, "".join(json.dumps(r) + "\n" for r in rows))
+    write_json_atomic(out / "metrics.json", metrics)
+    if paired is not None:
+        write_json_atomic(out / "paired.json", {"against": str(against), **paired})
+    return out
