@@ -77,6 +77,11 @@ def run(args: argparse.Namespace) -> int:
     if earlier is not None:
         check_same_records(rows, earlier)  # before any model loads
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter)
+    context = getattr(model.config, "max_position_embeddings", None)
+    longest = max(len(ex.input_ids) for ex in examples)
+    if context and longest > context:  # as the trainer refuses them: positions the model never saw
+        raise ValueError(f"the longest example has {longest} tokens, more than the model's context of {context}: "
+                         f"pass --max-length {context} or less")
     nll = by_record(example_nll(model, examples, tok.pad_token_id or 0, batch_size=args.batch_size)[0],
                     report.kept_records)
     for row, value, n in zip(rows, nll, tokens):

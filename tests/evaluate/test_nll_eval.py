@@ -69,7 +69,7 @@ def test_it_equals_the_sft_runs_eval_loss_and_tests_two_models_paired(task, tmp_
     assert "that evaluation scored other records" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
-def test_a_long_text_is_one_record_scored_whole_in_windows(task, tmp_path):
+def test_a_long_text_is_one_record_scored_whole_in_windows(task, tmp_path, capsys):
     model_dir, _ = task
     tok = load_tokenizer(model_dir)
     notes = tmp_path / "notes.jsonl"
@@ -81,3 +81,8 @@ def test_a_long_text_is_one_record_scored_whole_in_windows(task, tmp_path):
     assert [(r["line"], r["tokens"]) for r in rows] == [(1, n - 1), (2, len(tok.encode("Short note.")))]
     metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
     assert metrics["examples"] > 2 and metrics["n_records"] == 2 and metrics["text_windows"] is True
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"text": NOTE * 12}) + "\n")  # past the tiny model's 256 positions, uncut
+    assert main(["eval-nll", "--model", str(model_dir), "--data", str(long), "--output", str(tmp_path / "l"),
+                 "--max-length", "4096"]) == 2
+    assert "more than the model's context of 256: pass --max-length 256 or less" in capsys.readouterr().err
