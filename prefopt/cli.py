@@ -229,8 +229,9 @@ def _check_data(args: argparse.Namespace) -> int:
         raise ValueError("--data FILE is needed (a task's bundled data only with --task)")
     else:
         from .data.columns import column_map
+        from .data.files import given_paths
 
-        check = check_data(args.data[0] if len(args.data) == 1 else args.data, tok, kind=args.kind,
+        check = check_data(given_paths(args.data), tok, kind=args.kind,
                            max_length=args.max_length, text_windows=args.text_windows,
                            max_prompt_length=args.max_prompt_length, columns=column_map(args.columns))
         print("\n".join(check.lines(show_bad=show_bad)))
@@ -275,7 +276,7 @@ def _make_pairs(args: argparse.Namespace) -> int:
 
     from .data.check import lopsided_lines
     from .data.columns import column_map
-    from .data.files import data_files, describe
+    from .data.files import data_files, describe, given_paths
     from .devices import resolve
     from .evaluate.answer_pairs import (
         FILES,
@@ -297,7 +298,7 @@ def _make_pairs(args: argparse.Namespace) -> int:
         print(f"prefopt make-pairs: {line}", flush=True)
 
     t0 = time.time()
-    data = args.data[0] if len(args.data) == 1 else args.data
+    data = given_paths(args.data)
     several = len(data_files(data)) > 1
     device, dtype = resolve(args.device, args.dtype)
     check_writable(args.output)  # before the model loads

@@ -22,7 +22,8 @@ _SHARD = re.compile(r"^(?P<split>.+)-(?P<i>\d+)-of-(?P<n>\d+)(?P<ext>\.[^.]+)$")
 def is_paths(source) -> bool:
     """``source`` names files (a path, or a list of paths), rather than holding records (a list
     of dicts, a DataFrame). A list's text items are paths when each looks like one: a data file's
-    name or pattern, or a folder that exists; else they are records (each then a bad one: not a dict)."""
+    name, a pattern, or a file or folder that exists; else they are records (each then a bad one:
+    not a dict)."""
     if isinstance(source, (str, os.PathLike)):
         return True
     return isinstance(source, (list, tuple)) and bool(source) and all(_looks_like_path(s) for s in source)
@@ -31,7 +32,15 @@ def is_paths(source) -> bool:
 def _looks_like_path(item) -> bool:
     if isinstance(item, os.PathLike):
         return True
-    return isinstance(item, str) and (Path(item).suffix.lower() in FORMATS or Path(item).is_dir())
+    return isinstance(item, str) and (Path(item).suffix.lower() in FORMATS or bool(_PATTERN.search(item))
+                                      or Path(item).exists())
+
+
+def given_paths(values: Sequence[str]) -> Path | list[Path]:
+    """A command line's ``--data PATH [PATH ...]``: one path as itself, several as a list; as paths
+    whatever their names (``notes.txt`` beside ``a.jsonl`` is a file of an unknown format, not a record)."""
+    paths = [Path(v) for v in values]
+    return paths[0] if len(paths) == 1 else paths
 
 
 def data_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:

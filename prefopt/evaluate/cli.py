@@ -87,7 +87,7 @@ def _eval(args) -> int:
 
 def _eval_pairs(args) -> int:
     from ..data.columns import column_map
-    from ..data.files import describe
+    from ..data.files import describe, given_paths
     from ..data.preference import load_preferences
     from ..devices import resolve
     from ..fileio import check_writable
@@ -106,7 +106,7 @@ def _eval_pairs(args) -> int:
     check_writable(args.output)  # before the model loads
     tok = load_tokenizer(args.model)
     dated = set_chat_date([tok], args.chat_date, "prompt")
-    data = args.data[0] if len(args.data) == 1 else args.data
+    data = given_paths(args.data)
     pairs, report = load_preferences(data, tok, max_length=args.max_length, skip_bad=args.skip_bad_records,
                                      columns=column_map(args.columns))
     for line in ([dated] if dated else []) + [report.summary()]:

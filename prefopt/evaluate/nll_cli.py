@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..data.columns import column_map
-    from ..data.files import describe
+    from ..data.files import describe, given_paths
     from ..data.sft import IGNORE, load_sft
     from ..devices import resolve
     from ..fileio import check_writable
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     check_writable(args.output)
     tok = load_tokenizer(args.model)
     dated = set_chat_date([tok], args.chat_date, "prompt")
-    data = args.data[0] if len(args.data) == 1 else args.data
+    data = given_paths(args.data)
     examples, report = load_sft(data, tok, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
                                 skip_bad=args.skip_bad_records, columns=column_map(args.columns),
                                 text_windows=args.text_windows)

@@ -210,3 +210,15 @@ def test_a_resumed_run_needs_its_files_in_their_order(tmp_path):
         run_sft(cfg([b, a], max_steps=3, resume=True))
     summary = run_sft(cfg([a, b], max_steps=3, resume=True))
     assert (summary["resumed_from_step"], summary["total_steps"]) == (1, 3)  # the last checkpoint: step 1
+
+
+def test_a_file_of_an_unknown_format_among_the_paths_is_named_as_such(tmp_path, tok, capsys):
+    """Paths stay paths whatever their names (they were once taken for records: "expected a dict")."""
+    a = _jsonl(tmp_path / "a.jsonl", [_sft(1)])
+    (tmp_path / "notes.txt").write_text("x\n")
+    with pytest.raises(ValueError, match=r"notes.txt: unknown data format '\.txt'"):
+        load_sft([str(a), str(tmp_path / "notes.txt")], tok)
+    model_dir, _ = write_task(tmp_path, n=1)
+    assert main(["check-data", "--model", str(model_dir), "--data", str(a), str(tmp_path / "notes.txt")]) == 2
+    assert "notes.txt: unknown data format '.txt'" in capsys.readouterr().err
+    assert load_sft([str(tmp_path / "a*")], tok)[1].files == [a]  # a pattern in a list is a path too
