@@ -21,9 +21,9 @@ from .._deps import progress
 from ..data.columns import column_of, with_columns
 from ..data.records import DataError, SFTRecord, parse_sft
 from ..data.sft import load_records, sources
-from ..model.generate import generate
 from ..tokenizer import Tokenizer
 from .partial import append_partial, resume, start_partial
+from .runner import answer_prompts
 
 BLOCK = 32  # prompts answered between two writes of the partial file
 JOB = "make-pairs"
@@ -108,27 +108,14 @@ def stamp(prompts: list[Prompt], settings: dict) -> dict:
 
 def answer(model, tok: Tokenizer, prompts: list[Prompt], *, batch_size: int = 8, max_new_tokens: int = 256,
            show_progress: bool = True, **decode) -> list[dict]:
-    """The model's answer to each prompt (batched by length, in the prompts' order): rows of
-    ``{file, line, reference, answer, finished}``; ``finished`` False where ``max_new_tokens``
-    stopped it. ``decode``: :func:`~prefopt.model.generate.generate`'s sampling settings."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].ids))
-    rows: list[dict] = [{}] * len(prompts)
-    eos = set(tok.eos_token_ids)
-    was_training = model.training
-    model.eval()
-    bar = progress(total=len(prompts), desc="answering", unit="prompt", disable=not show_progress, leave=False)
-    for s in range(0, len(order), batch_size):
-        chunk = order[s:s + batch_size]
-        new = generate(model, [prompts[i].ids for i in chunk], max_new_tokens=max_new_tokens,
-                       eos_token_ids=tok.eos_token_ids, pad_token_id=tok.pad_token_id or 0, **decode)
-        for i, ids in zip(chunk, new):
-            p = prompts[i]
-            rows[i] = {"file": p.file, "line": p.line, "reference": p.reference, "answer": tok.decode(ids).strip(),
-                       "finished": bool(ids) and ids[-1] in eos}
-        bar.update(len(chunk))
-    bar.close()
-    model.train(was_training)
-    return rows
+    """The model's answer to each prompt (:func:`~.runner.answer_prompts`: batched by length, in
+    the prompts' order): rows of ``{file, line, reference, answer, finished}``; ``finished`` False
+    where ``max_new_tokens`` stopped it. ``decode``: :func:`~prefopt.model.generate.generate`'s
+    sampling settings."""
+    texts, ended = answer_prompts(model, tok, [p.ids for p in prompts], batch_size=batch_size, desc="answering",
+                                  unit="prompt", show_progress=show_progress, max_new_tokens=max_new_tokens, **decode)
+    return [{"file": p.file, "line": p.line, "reference": p.reference, "answer": text, "finished": done}
+            for p, text, done in zip(prompts, texts, ended)]
 
 
 def answer_in_blocks(model, tok: Tokenizer, prompts: list[Prompt], out_dir: str | Path, run_stamp: dict,

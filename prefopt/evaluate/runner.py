@@ -56,11 +56,22 @@ def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: 
     settings = decoding(dict(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
                              no_repeat_ngram_size=no_repeat_ngram_size, repeat_scope=repeat_scope), task)
     prompts = [tok.apply_chat_template(task.messages(r), add_generation_prompt=True) for r in records]
+    texts, ended = answer_prompts(model, tok, prompts, batch_size=batch_size, desc=desc, show_progress=show_progress,
+                                  **settings)
+    return (texts, ended) if return_ended else texts
+
+
+def answer_prompts(model, tok, prompts: list[list[int]], *, batch_size: int = 16, desc: str = "generating",
+                   show_progress: bool = True, unit: str = "it", **settings) -> tuple[list[str], list[bool]]:
+    """The model's answer to each prompt (token ids), batched by prompt length, in the prompts'
+    order, and whether each ended with an end-of-turn token (False: ``max_new_tokens`` stopped it);
+    ``settings``: :func:`~prefopt.model.generate.generate`'s. The model runs in eval mode, and
+    goes back to the mode it was in."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
     ended = [False] * len(prompts)
     eos = set(tok.eos_token_ids)
-    bar = progress(total=len(prompts), desc=desc, disable=not show_progress)
+    bar = progress(total=len(prompts), desc=desc, unit=unit, disable=not show_progress)
     was_training = model.training
     model.eval()
     for s in range(0, len(order), batch_size):
@@ -73,7 +84,7 @@ def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: 
         bar.update(len(chunk))
     bar.close()
     model.train(was_training)
-    return (texts, ended) if return_ended else texts
+    return texts, ended
 
 
 def task_evaluator(task, records, *, batch_size: int = 16, prefix: str = "val_", answers: str | Path | None = None,
