@@ -100,7 +100,7 @@ class LoRALinear(nn.Module):
         if self.lora_magnitude is None:
             return delta
         w = self.weight.float()
-        return self._dora_scale(w + delta)[:, None] * (w + delta) - w
+        return (self.lora_magnitude.float() / self._dora_norm())[:, None] * (w + delta) - w
 
     def _dora_norm(self) -> torch.Tensor:
         """Each row's norm of ``W + ΔW``, a constant (DoRA's section 4.3; PEFT detaches it too), kept
@@ -111,10 +111,6 @@ class LoRALinear(nn.Module):
             with torch.no_grad():
                 self._norm_cache = (key, (self.weight.float() + self.lora_delta()).norm(dim=1))
         return self._norm_cache[1]
-
-    def _dora_scale(self, adapted: torch.Tensor) -> torch.Tensor:
-        """``m / ‖row‖`` of the adapted weight (the norm taken as a constant, as PEFT does)."""
-        return self.lora_magnitude.float() / adapted.norm(dim=1).detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged or self.disabled:
@@ -138,7 +134,7 @@ class LoRALinear(nn.Module):
         if self.merged:
             return
         if self.lora_magnitude is not None:
-            self._merged_norm = (self.weight.float() + self.lora_delta()).norm(dim=1)
+            self._merged_norm = self._dora_norm()  # of the unmerged weight, as the merge divides by it
         self.weight.data = (self.weight.float() + self.delta_weight()).to(self.weight.dtype)
         self.merged = True
 
