@@ -158,12 +158,13 @@ def answer_line(side: str, counts: Counter, limit: int = LABELS, noun: str = "di
     n = sum(counts.values())
     if len(counts) > limit:
         return f"  {side}: {len(counts):,} distinct of {n:,}"
-
-    def short(text: str) -> str:
-        return repr(text if len(text) <= 40 else text[:37] + "...")
-
     return f"  {side}: {len(counts)} {noun}: " + ", ".join(
-        f"{short(a)} {k} ({k / max(n, 1):.0%})" for a, k in counts.most_common())
+        f"{_short(a)} {k} ({k / max(n, 1):.0%})" for a, k in counts.most_common())
+
+
+def _short(text: str) -> str:
+    """An answer as the check shows it: quoted, at most 40 characters."""
+    return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
 def lopsided_lines(chosen: Counter, rejected: Counter, limit: int = LABELS) -> list[str]:
@@ -177,8 +178,7 @@ def lopsided_lines(chosen: Counter, rejected: Counter, limit: int = LABELS) -> l
     out = []
     for answer, k in rejected.most_common():
         if k >= max(5, 0.1 * n) and k >= 2 * chosen.get(answer, 0):
-            shown = repr(answer if len(answer) <= 40 else answer[:37] + "...")
-            out.append(f"  lopsided: {shown} is rejected in {k} pairs and chosen in {chosen.get(answer, 0)}: DPO "
+            out.append(f"  lopsided: {_short(answer)} is rejected in {k} pairs and chosen in {chosen.get(answer, 0)}: DPO "
                        "may learn to avoid it whatever the prompt; balance the pairs (docs/dpo.md)")
     return out
 

@@ -98,6 +98,11 @@ class LoadReport:
         return out
 
     @property
+    def kept_places(self) -> list[tuple[str | None, int]]:
+        """Each example's file (None where one file or records in memory were read) and line."""
+        return list(zip(self.kept_files or [None] * len(self.kept_lines), self.kept_lines))
+
+    @property
     def name(self) -> str:
         """The path, and how many files it stands for where several were read."""
         return f"{self.path} ({len(self.files)} files)" if len(self.files) > 1 else str(self.path)

@@ -111,7 +111,7 @@ def _eval_pairs(args) -> int:
                                      columns=column_map(args.columns))
     for line in ([dated] if dated else []) + [report.summary()]:
         say(line)
-    places = [(f, line) for f, line in zip(report.kept_files or [None] * len(pairs), report.kept_lines)]
+    places = report.kept_places
     if earlier is not None:
         check_same_pairs(places, earlier)  # before any model loads
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter)

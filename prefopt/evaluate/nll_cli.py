@@ -72,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
         first.setdefault(r, i)
     scored = np.array([sum(1 for x in ex.labels[1:] if x != IGNORE) for ex in examples], float)  # as the loss counts
     tokens = by_record(scored, report.kept_records)
-    rows = [{**({"file": report.kept_files[first[r]]} if report.kept_files else {}),
-             "line": report.kept_lines[first[r]], "tokens": int(tokens[r])} for r in range(len(tokens))]
+    places = report.kept_places
+    rows = [{**({"file": places[first[r]][0]} if places[first[r]][0] else {}), "line": places[first[r]][1],
+             "tokens": int(tokens[r])} for r in range(len(tokens))]
     if earlier is not None:
         check_same_records(rows, earlier)  # before any model loads
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter)
