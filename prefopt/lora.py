@@ -6,6 +6,9 @@ scaled by ``alpha / r`` (rank-stabilised LoRA, PEFT's ``use_rslora``: ``alpha / 
 
     y = x Wᵀ + b + (α/r) · B A x        A: (r, in)  B: (out, r), B starts at zero
 
+DoRA (PEFT's ``use_dora``) also learns each output row's magnitude ``m``, and scales each row
+of ``W + ΔW`` to it: ``W' = m / ‖W + ΔW‖ · (W + ΔW)``, the norm taken as a constant.
+
 Adapters are written in PEFT's layout (``adapter_config.json`` + ``adapter_model.safetensors``
 with keys ``base_model.model.<module>.lora_A.weight``), so PEFT, vLLM and others read them;
 ``prefopt.lora_stack.save_adapter`` saves a model's adapter (with any merged before it).
@@ -16,7 +19,7 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,7 +41,7 @@ class LoRAConfig:
     dropout: float = 0.05
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
     rslora: bool = False  # rank-stabilised: the update scaled by alpha / sqrt(r) (Kalajdzievski 2023)
-    dora: bool = False  # weight-decomposed (Liu et al. 2024; PEFT's use_dora): read and merged, not trained
+    dora: bool = False  # weight-decomposed (Liu et al. 2024; PEFT's use_dora): a magnitude per output row too
 
     def __post_init__(self):
         if self.r < 1:
@@ -77,7 +80,7 @@ class LoRALinear(nn.Module):
         self.disabled = False
         # DoRA: each output row's magnitude (PEFT's lora_magnitude_vector); None for plain LoRA
         self.lora_magnitude = nn.Parameter(base.weight.detach().float().norm(dim=1).to(base.weight.dtype),
-                                           requires_grad=False) if dora else None
+                                           requires_grad=False) if dora else None  # apply_lora makes it trainable
         self._merged_norm = None  # DoRA: the row norms a merge divided by, for its unmerge
         self._norm_cache = None  # DoRA: (what it was computed from, the row norms of W + ΔW)
         self.reset_lora()
@@ -171,8 +174,8 @@ def apply_lora(
     Every name must match some layer (``strict``): a misspelt one would otherwise leave that
     layer untrained without a word. :func:`load_adapter` is lenient, as PEFT is: an adapter's
     tensors, checked key by key, say which layers it holds. ``rslora``: scale the update by
-    ``alpha / sqrt(r)`` instead of ``alpha / r`` (PEFT's ``use_rslora``). ``dora``: layers for a
-    DoRA adapter (:func:`load_adapter` reads one); prefopt does not train DoRA.
+    ``alpha / sqrt(r)`` instead of ``alpha / r`` (PEFT's ``use_rslora``). ``dora``: DoRA layers,
+    each output row's magnitude trained with A and B (PEFT's ``use_dora``).
     """
     cfg = LoRAConfig(r=r, alpha=alpha, dropout=dropout, target_modules=tuple(target_modules), rslora=rslora,
                      dora=dora)
@@ -188,7 +191,7 @@ def apply_lora(
                 lora.train(child.training)  # an eval-mode model stays in eval mode (no dropout)
                 setattr(module, child_name, lora)
     for name, p in model.named_parameters():
-        p.requires_grad_(".lora_A." in name or ".lora_B." in name)
+        p.requires_grad_(is_adapter_key(name))
     model.lora_config = cfg
     model.lora_source = None  # a fresh adapter; load_adapter names the folder it came from
     return model
@@ -230,6 +233,8 @@ class MergedAdapter:
     config: LoRAConfig
     tensors: dict[str, torch.Tensor]  # under prefopt's module names
     source: str | None  # the folder it was loaded from, if any
+    # DoRA: each layer's row scale at the merge, m / ‖W + ΔW‖ (fp32), which the stacking needs
+    row_scales: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def merge_and_unload(model: nn.Module) -> nn.Module:
@@ -240,20 +245,23 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     next one together with it, an adapter that is right on the base model.
     """
     cfg = getattr(model, "lora_config", None)
-    if cfg is not None:
-        tensors = {k: v.detach().to("cpu", copy=True) for k, v in lora_state_dict(model).items()}
-        model.merged_adapters = [*getattr(model, "merged_adapters", []),
-                                 MergedAdapter(cfg, tensors, getattr(model, "lora_source", None))]
-    for module in list(model.modules()):
+    tensors = {k: v.detach().to("cpu", copy=True) for k, v in lora_state_dict(model).items()}
+    row_scales = {}
+    for prefix, module in list(model.named_modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, LoRALinear):
                 child.merge()
+                if child.lora_magnitude is not None:
+                    scale = child.lora_magnitude.detach().float() / child._merged_norm
+                    row_scales[f"{prefix}.{name}" if prefix else name] = scale.cpu()
                 plain = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
                                   device="meta")
                 plain.weight, plain.bias = child.weight, child.bias
                 plain.train(child.training)
                 setattr(module, name, plain)
-    if hasattr(model, "lora_config"):
+    if cfg is not None:
+        model.merged_adapters = [*getattr(model, "merged_adapters", []),
+                                 MergedAdapter(cfg, tensors, getattr(model, "lora_source", None), row_scales)]
         del model.lora_config
     return model
 
@@ -263,19 +271,20 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     out = {}
     deltas = {f"{n}.weight": m.delta_weight() for n, m in lora_layers(model) if not m.merged}
     for k, v in model.state_dict().items():
-        if _is_adapter_key(k):
+        if is_adapter_key(k):
             continue
         out[k] = (v.float() + deltas[k]).to(v.dtype) if k in deltas else v
     return out
 
 
-def _is_adapter_key(k: str) -> bool:
+def is_adapter_key(k: str) -> bool:
+    """Whether a state-dict key is an adapter tensor (A, B, or a DoRA magnitude), not a base weight."""
     return ".lora_A." in k or ".lora_B." in k or k.endswith(".lora_magnitude")
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Only the adapter tensors (DoRA's magnitudes too), under prefopt's own module names."""
-    return {k: v for k, v in model.state_dict().items() if _is_adapter_key(k)}
+    return {k: v for k, v in model.state_dict().items() if is_adapter_key(k)}
 
 
 def write_adapter(tensors: dict[str, torch.Tensor], cfg: LoRAConfig, out_dir: str | Path, *,
@@ -398,7 +407,8 @@ def _trained_on(adapter_dir: str | Path) -> str:
 
 
 __all__ = [
-    "LoRAConfig", "LoRALinear", "MergedAdapter", "adapter_base", "apply_lora", "disable_adapter", "load_adapter",
+    "LoRAConfig", "LoRALinear", "MergedAdapter", "adapter_base", "apply_lora", "disable_adapter", "is_adapter_key",
+    "load_adapter",
     "lora_layers", "lora_scaling",
     "lora_state_dict", "merge_and_unload", "merge_lora", "merged_state_dict", "read_adapter", "read_adapter_config",
     "write_adapter",

@@ -7,12 +7,13 @@ the trainer saves the two stacked, one plain LoRA of rank r₁ + r₂ with scali
 
     s₁ B₁ A₁ + s₂ B₂ A₂ = [s₁B₁ | s₂B₂] · [A₁; A₂]        (lora_alpha = r = r₁ + r₂)
 
-A layer that only one of them adapts gets zeros in the other's rows. ``stacked_on.json`` beside
-the adapter names the adapters folded in, so a reader can tell a stacked adapter from a bare one.
+A layer that only one of them adapts gets zeros in the other's rows. Where either is DoRA the
+stack is one DoRA adapter (:func:`stack_parts`: each row's scale is carried into the updates
+after it, and the magnitudes are the final weight's row norms). ``stacked_on.json`` beside the
+adapter names the adapters folded in, so a reader can tell a stacked adapter from a bare one.
 """
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -20,11 +21,12 @@ import torch
 from torch import nn
 
 from .fileio import write_json_atomic
-from .lora import LoRAConfig, adapter_base, lora_state_dict, read_adapter, write_adapter
+from .lora import LoRAConfig, LoRALinear, adapter_base, lora_state_dict, read_adapter, write_adapter
 
 STACK_FILE = "stacked_on.json"
-DORA_STACK = ("a DoRA adapter scales the base weights row by row, so no single LoRA adapter equals it stacked with "
-              "another: merge it into the model first (prefopt merge) and train on the merged folder (--model)")
+DORA_NEEDS_WEIGHTS = ("stacking a DoRA adapter needs the model's weights (each row's magnitude is a norm of "
+                      "them): prefopt stacks one when it saves it (save_adapter, as sft and dpo do); from files, "
+                      "merge the first adapter into the model (prefopt merge) and pass that folder as the model")
 
 
 def _updates(tensors: dict[str, torch.Tensor], scaling: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -34,42 +36,82 @@ def _updates(tensors: dict[str, torch.Tensor], scaling: float) -> dict[str, tupl
             for name, a in tensors.items() if ".lora_A." in name}
 
 
+def stack_parts(parts: list[tuple[LoRAConfig, dict[str, torch.Tensor]]], *,
+                row_scales: list[dict[str, torch.Tensor]] | None = None,
+                magnitudes: dict[str, torch.Tensor] | None = None) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
+    """One adapter on the base model equal to ``parts`` applied in order (each a config and its
+    tensors under prefopt's names, each trained on the model with the ones before it merged in).
+    Tensors in the last part's dtype.
+
+    Plain LoRA parts stack into one LoRA. With a DoRA part the model after each merge is
+    ``c ⊙ (W₀ + ΔW')`` row by row (``c`` = 1 until a DoRA part merges, then times its
+    ``m / ‖W + ΔW‖``), so the stack is one DoRA adapter: each part's update enters ``ΔW'`` divided
+    row-wise by the ``c`` before it, and its magnitude is the final weight's row norm. For that,
+    ``row_scales`` holds each part's ``{module: m / ‖W + ΔW‖}`` at its merge (``MergedAdapter.
+    row_scales``; empty for LoRA) and ``magnitudes`` the final weight's row norms per module."""
+    dora = any(cfg.dora for cfg, _ in parts)
+    if dora and magnitudes is None:
+        raise ValueError(DORA_NEEDS_WEIGHTS)
+    row_scales = row_scales or [{} for _ in parts]
+    dtype = next(iter(parts[-1][1].values())).dtype
+    updates = [_updates(tensors, cfg.scaling) for cfg, tensors in parts]
+    shapes = {}
+    for one in updates:
+        for module, (a, b) in one.items():
+            if shapes.setdefault(module, (a.shape[1], b.shape[0])) != (a.shape[1], b.shape[0]):
+                raise ValueError(f"{module}: the adapters disagree on its shape")
+    tensors = {}
+    for module, (n_in, n_out) in sorted(shapes.items()):
+        a_parts, b_parts, c = [], [], torch.ones(n_out)
+        for (cfg, _), one, scales in zip(parts, updates, row_scales):
+            a, b = one.get(module, (torch.zeros(cfg.r, n_in), torch.zeros(n_out, cfg.r)))
+            a_parts.append(a)
+            b_parts.append(b / c[:, None])
+            if module in scales:
+                c = c * scales[module]
+        tensors[f"{module}.lora_A.weight"] = torch.cat(a_parts, 0).to(dtype)
+        tensors[f"{module}.lora_B.weight"] = torch.cat(b_parts, 1).to(dtype)
+        if dora:
+            tensors[f"{module}.lora_magnitude"] = magnitudes[module].float().cpu().to(dtype)
+    r = sum(cfg.r for cfg, _ in parts)
+    targets = tuple(sorted(set().union(*(cfg.target_modules for cfg, _ in parts))))
+    return LoRAConfig(r=r, alpha=float(r), dropout=parts[-1][0].dropout, target_modules=targets, dora=dora), tensors
+
+
 def stack_adapters(first: tuple[LoRAConfig, dict[str, torch.Tensor]], second: tuple[LoRAConfig, dict[str, torch.Tensor]]
                    ) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
     """One adapter equal to ``first`` followed by ``second`` (each a config and its tensors under
-    prefopt's names), ``second`` having been trained on the model with ``first`` merged in.
-    Tensors in ``second``'s dtype."""
-    (cfg1, t1), (cfg2, t2) = first, second
-    if cfg1.dora or cfg2.dora:
-        raise ValueError(DORA_STACK)
-    dtype = next(iter(t2.values())).dtype
-    one, two = _updates(t1, cfg1.scaling), _updates(t2, cfg2.scaling)
-    tensors = {}
-    for module in sorted(set(one) | set(two)):
-        a, b = one.get(module) or two[module]
-        n_in, n_out = a.shape[1], b.shape[0]
-        parts = [updates.get(module, (torch.zeros(r, n_in), torch.zeros(n_out, r)))
-                 for updates, r in ((one, cfg1.r), (two, cfg2.r))]
-        if parts[0][0].shape[1] != parts[1][0].shape[1] or parts[0][1].shape[0] != parts[1][1].shape[0]:
-            raise ValueError(f"{module}: the two adapters disagree on its shape")
-        tensors[f"{module}.lora_A.weight"] = torch.cat([p[0] for p in parts], 0).to(dtype)
-        tensors[f"{module}.lora_B.weight"] = torch.cat([p[1] for p in parts], 1).to(dtype)
-    r = cfg1.r + cfg2.r
-    targets = tuple(sorted(set(cfg1.target_modules) | set(cfg2.target_modules)))
-    return LoRAConfig(r=r, alpha=float(r), dropout=cfg2.dropout, target_modules=targets), tensors
+    prefopt's names), ``second`` having been trained on the model with ``first`` merged in; plain
+    LoRA only (DoRA: :func:`stack_parts`, with the model's row norms)."""
+    return stack_parts([first, second])
 
 
 def _write(parts: list[tuple[LoRAConfig, dict[str, torch.Tensor]]], sources: list[str], out_dir,
-           base_model: str | None) -> Path:
+           base_model: str | None, **dora) -> Path:
     """``parts`` stacked in order (each trained on the model with the ones before it merged in),
-    written as one adapter plus ``stacked_on.json``."""
-    cfg, tensors = functools.reduce(stack_adapters, parts)
+    written as one adapter plus ``stacked_on.json``; ``dora``: :func:`stack_parts`' row scales and
+    magnitudes."""
+    cfg, tensors = stack_parts(parts, **dora)
     out = write_adapter(tensors, cfg, out_dir, base_model=base_model)
+    kind = "DoRA" if cfg.dora else "LoRA"
     write_json_atomic(out / STACK_FILE, {
         "adapters": [*sources, f"the adapter trained on top of {'it' if len(sources) == 1 else 'them'}"],
         "ranks": [c.r for c, _ in parts],
-        "note": "one LoRA adapter on the base model: the adapters' updates side by side (alpha = r, scaling 1)",
+        "note": f"one {kind} adapter on the base model: the adapters' updates side by side (alpha = r, scaling 1)",
     })
+    return out
+
+
+def _row_norms(model: nn.Module, modules) -> dict[str, torch.Tensor]:
+    """Each of ``modules``' weight row norms as the model computes with it (its adapter included), fp32."""
+    out = {}
+    for name in modules:
+        layer = model.get_submodule(name)
+        with torch.no_grad():
+            w = layer.weight.float()
+            if isinstance(layer, LoRALinear) and not layer.merged:
+                w = w + layer.delta_weight()
+            out[name] = w.norm(dim=1).cpu()
     return out
 
 
@@ -90,7 +132,11 @@ def save_adapter(model: nn.Module, out_dir: str | Path, *, base_model: str | Non
     if not merged:
         return write_adapter(lora_state_dict(model), cfg, out_dir, base_model=base_model)
     parts = [(m.config, m.tensors) for m in merged] + [(cfg, lora_state_dict(model))]
-    return _write(parts, [m.source or "an adapter merged in memory" for m in merged], out_dir, base_model)
+    dora = {}
+    if any(c.dora for c, _ in parts):
+        modules = {k.split(".lora_A.")[0] for _, tensors in parts for k in tensors if ".lora_A." in k}
+        dora = {"row_scales": [m.row_scales for m in merged] + [{}], "magnitudes": _row_norms(model, modules)}
+    return _write(parts, [m.source or "an adapter merged in memory" for m in merged], out_dir, base_model, **dora)
 
 
 def restack(first_dir: str | Path, second_dir: str | Path, out_dir: str | Path) -> Path:
@@ -115,4 +161,5 @@ def is_stacked(adapter_dir: str | Path) -> bool:
     return (Path(adapter_dir) / STACK_FILE).is_file()
 
 
-__all__ = ["STACK_FILE", "is_stacked", "restack", "save_adapter", "stack_adapters", "trained_on_top_of"]
+__all__ = ["STACK_FILE", "is_stacked", "restack", "save_adapter", "stack_adapters", "stack_parts",
+           "trained_on_top_of"]

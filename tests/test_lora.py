@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from prefopt import apply_lora, disable_adapter, load_model, merge_lora, save_adapter, save_merged
-from prefopt.lora import LoRALinear, lora_layers, merged_state_dict
+from prefopt.lora import LoRALinear, lora_layers, lora_state_dict, merged_state_dict
 from tests._tiny import build_hf_model, randomize_lora
 
 IDS = torch.randint(0, 400, (2, 11), generator=torch.Generator().manual_seed(0))
@@ -244,16 +244,30 @@ def test_a_peft_dora_adapter_loads_merges_and_exports_in_prefopt(tiny, tmp_path,
         assert (again(IDS).logits - want).abs().max().item() < 1e-4
 
 
-def test_a_dora_sft_adapter_is_refused_for_dpo_before_training(tiny, tmp_path):
-    from prefopt.lora import read_adapter
-    from prefopt.lora_stack import stack_adapters
-    from prefopt.train import DPOConfig
+def test_dora_trains_with_the_gradients_peft_gives(tiny, tmp_path):
+    """DoRA training: A, B and each row's magnitude get PEFT's gradients (the norm a constant in
+    both), in training mode, with the same adapter in both models."""
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False, use_dora=True,
+                          target_modules=["q_proj", "v_proj", "down_proj"])
+    theirs = peft.get_peft_model(hf, cfg).train()
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            if "lora_magnitude_vector" in name:
+                p.mul_(torch.rand(p.shape, generator=torch.Generator().manual_seed(len(name))) + 0.5)
+    theirs.save_pretrained(tmp_path / "dora")
+    ours = load_model(tiny, adapter=tmp_path / "dora").train()
+    assert {n for n, p in ours.named_parameters() if p.requires_grad} == set(lora_state_dict(ours))
+    weights = torch.randn(2, 11, 400, generator=torch.Generator().manual_seed(3))
+    (theirs(IDS).logits * weights).sum().backward()
+    (ours(IDS) * weights).sum().backward()
+    peft_grads = {n.removeprefix("base_model.model.").replace(".default", "").replace("_vector.weight", ""): p.grad
+                  for n, p in theirs.named_parameters() if p.requires_grad}
+    our_grads = {n: p.grad for n, p in ours.named_parameters() if p.requires_grad}
+    assert set(our_grads) == set(peft_grads) and any(n.endswith(".lora_magnitude") for n in our_grads)
+    for name, grad in our_grads.items():
+        assert grad.abs().max() > 0, name
+        assert (grad - peft_grads[name]).abs().max() <= 1e-5 * peft_grads[name].abs().max(), name  # fp32 sums
 
-    model = apply_lora(load_model(tiny), r=4, alpha=8, target_modules=["q_proj"], dora=True)
-    save_adapter(model, tmp_path / "dora")
-    with pytest.raises(ValueError, match=r"sft_adapter: .*dora: a DoRA adapter scales the base weights row by row"):
-        DPOConfig(model=str(tiny), output_dir=str(tmp_path / "o"), sft_adapter=str(tmp_path / "dora"))
-    DPOConfig(model=str(tiny), output_dir=str(tmp_path / "o"), sft_adapter=str(tmp_path / "dora"), lora=False,
-              ref_cache=str(tmp_path / "cache"))  # full fine-tuning saves whole weights: nothing to stack
-    with pytest.raises(ValueError, match="no single LoRA adapter equals it stacked"):
-        stack_adapters(read_adapter(tmp_path / "dora"), read_adapter(tmp_path / "dora"))

@@ -122,3 +122,62 @@ def test_a_bare_dpo_adapter_from_an_older_run_is_refused_until_stacked(stacked, 
     with torch.no_grad():
         assert (load_model(base, adapter=tmp_path / "fixed")(IDS) - want).abs().max().item() < 1e-4
     assert read_adapter_config(tmp_path / "fixed").r == 12
+
+
+def _randomize_magnitudes(model, seed: int) -> None:
+    """DoRA magnitudes away from their start (the row norms), so that DoRA really differs from LoRA."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".lora_magnitude"):
+                p.mul_(torch.rand(p.shape, generator=g) + 0.5)
+
+
+@pytest.mark.parametrize("kinds", [("lora", "dora"), ("dora", "lora"), ("dora", "dora"), ("dora", "lora", "dora")])
+def test_stages_with_dora_stack_into_one_dora_adapter_that_prefopt_and_peft_read(tmp_path, kinds):
+    """Each stage trained on the model with the ones before merged in, some DoRA: saved as one DoRA
+    adapter on the base model (row scales carried into the later updates, magnitudes the final row
+    norms) that gives the last stage's logits, unmerged and merged, in prefopt and in PEFT. The
+    stages adapt overlapping layers, so a layer may be adapted by a LoRA stage alone."""
+    base = tmp_path / "base"
+    build_hf_model(base)
+    model = load_model(base)
+    stages = [(2, ["q_proj", "v_proj"]), (4, ["v_proj", "up_proj"]), (3, ["q_proj", "down_proj"])]
+    want = []
+    for i, kind in enumerate(kinds):
+        if i:
+            merge_and_unload(model)
+        r, targets = stages[i]
+        apply_lora(model, r=r, alpha=2 * r, dropout=0.0, target_modules=targets, dora=kind == "dora", rslora=i == 1)
+        randomize_lora(model, i + 5)
+        _randomize_magnitudes(model, i + 7)
+        with torch.no_grad():
+            want.append(model.eval()(IDS))
+    save_adapter(model, tmp_path / "all", base_model=str(base))
+    cfg = read_adapter_config(tmp_path / "all")
+    assert cfg.dora and cfg.r == sum(stages[i][0] for i in range(len(kinds))) and cfg.alpha == cfg.r
+    assert "one DoRA adapter" in json.loads((tmp_path / "all" / STACK_FILE).read_text())["note"]
+    with torch.no_grad():
+        got = load_model(base, adapter=tmp_path / "all")(IDS)
+        merged = load_model(base, adapter=tmp_path / "all", merge=True)(IDS)
+    assert (got - want[-1]).abs().max().item() < 1e-4 and (merged - want[-1]).abs().max().item() < 1e-4
+    assert (want[-1] - want[-2]).abs().max().item() > 1e-3  # the last stage matters, so the check can fail
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    with torch.no_grad():
+        assert (peft.PeftModel.from_pretrained(hf, tmp_path / "all").eval()(IDS).logits - want[-1]).abs().max() < 1e-4
+
+
+def test_stacking_dora_adapters_from_files_alone_is_refused_with_the_way_round(tmp_path):
+    """A DoRA stack's magnitudes are norms of the model's weights, which two adapter files lack."""
+    from prefopt.cli import main
+
+    base = tmp_path / "base"
+    build_hf_model(base)
+    first = apply_lora(load_model(base), r=2, alpha=4, target_modules=["q_proj"], dora=True)
+    save_adapter(first, tmp_path / "dora")
+    with pytest.raises(ValueError, match=r"needs the model.s weights .*\(prefopt merge\)"):
+        stack_adapters(read_adapter(tmp_path / "dora"), read_adapter(tmp_path / "dora"))
+    assert main(["stack-adapters", str(tmp_path / "dora"), str(tmp_path / "dora"), str(tmp_path / "out")]) != 0
+    assert not (tmp_path / "out").exists()

@@ -25,9 +25,12 @@ def _what(config) -> tuple[str, list[str]]:
     dpo = hasattr(config, "loss")
     method = f"{config.loss} preference loss (DPO family), beta {config.beta:g}" if dpo else "SFT"
     rs = ", rsLoRA" if getattr(config, "lora_rslora", False) else ""
-    weights = f"LoRA adapter (r {config.lora_r}, alpha {config.lora_alpha:g}{rs})" if config.lora else "Full weights"
+    dora = config.lora and getattr(config, "lora_dora", False)
+    kind = "DoRA" if dora else "LoRA"
+    weights = f"{kind} adapter (r {config.lora_r}, alpha {config.lora_alpha:g}{rs})" if config.lora else "Full weights"
     title = f"{weights} for {config.model}, trained with {method}"
-    tags = ["prefopt", "dpo" if dpo else "sft", *([config.loss] if dpo else []), *(["lora"] if config.lora else [])]
+    tags = ["prefopt", "dpo" if dpo else "sft", *([config.loss] if dpo else []), *(["lora"] if config.lora else []),
+            *(["dora"] if dora else [])]
     return title, tags
 
 

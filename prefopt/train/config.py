@@ -65,6 +65,7 @@ class TrainConfig:
     lora_alpha: float = opt(32.0, "LoRA alpha (the update is scaled by alpha / r)")
     lora_rslora: bool = opt(False, "rank-stabilised LoRA: scale the update by alpha / sqrt(r) instead (PEFT's "
                                    "use_rslora; steadier at high ranks)")
+    lora_dora: bool = opt(False, "DoRA: also learn each output row's magnitude (PEFT's use_dora; Liu et al. 2024)")
     lora_dropout: float = opt(0.05, "dropout on the LoRA input")
     lora_targets: list[str] = opt(help="module names that get an adapter",
                                   factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",

@@ -86,7 +86,8 @@ OTHER_NAMES = {
     "save_steps": "save_every", "metric_for_best_model": "best_metric", "loss_type": "loss",
     "r": "lora_r", "target_modules": "lora_targets", "train_file": "data", "dataset": "data",
     "validation_file": "eval_data", "model_name_or_path": "model", "ref_model": "ref",
-    "resume_from_checkpoint": "resume", "early_stopping_patience": "patience",
+    "resume_from_checkpoint": "resume", "early_stopping_patience": "patience", "use_dora": "lora_dora",
+    "use_rslora": "lora_rslora",
 }
 
 

@@ -24,8 +24,7 @@ import torch
 from ..data.preference import PairExample, pair_collate
 from ..data.sft import IGNORE, WINDOWS_ARE_SFT
 from ..kernels import fused_preference_loss
-from ..lora import disable_adapter, lora_layers, read_adapter_config
-from ..lora_stack import DORA_STACK
+from ..lora import disable_adapter, lora_layers
 from ..losses import LOSSES, REFERENCE_FREE
 from .config import TrainConfig, opt
 from .distributed import head_weight
@@ -67,8 +66,6 @@ class DPOConfig(TrainConfig):
             errors.append(f"ref_cache: {self.ref_cache} is a file; the cache is a folder (e.g. OUTPUT_DIR/ref_cache)")
         if not self.lora and self.ref is None and self.ref_cache is None and self.loss not in REFERENCE_FREE:
             errors.append("full fine-tuning needs a reference: give ref (a frozen model) or ref_cache")
-        if self.sft_adapter and self.lora and _is_dora(self.sft_adapter):  # before any training, not at the save
-            errors.append(f"sft_adapter: {self.sft_adapter}: {DORA_STACK}")
         if errors:
             raise ValueError("invalid DPO config:\n  " + "\n  ".join(errors))
 
@@ -219,11 +216,3 @@ class DPOTrainer(Trainer):
             "logps/rejected": lp.rejected.detach().sum(),
         }
         return out.losses, metrics
-
-
-def _is_dora(adapter_dir: str) -> bool:
-    """Whether the adapter in ``adapter_dir`` is DoRA (False where it cannot be read: loading says why)."""
-    try:
-        return read_adapter_config(adapter_dir).dora
-    except (OSError, ValueError):
-        return False

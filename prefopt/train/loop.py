@@ -77,6 +77,8 @@ def _trained_part(model: torch.nn.Module) -> str:
     ranks = "/".join(str(r) for r in sorted({m.r for _, m in layers}))
     targets = dict.fromkeys(name.rsplit(".", 1)[-1] for name, _ in layers)
     kind = "rsLoRA" if all(m.rslora for _, m in layers) else "LoRA"
+    if all(m.lora_magnitude is not None for _, m in layers):
+        kind = "DoRA" if kind == "LoRA" else "DoRA (rsLoRA)"
     return f"{kind} r{ranks} on {', '.join(targets)}"
 
 

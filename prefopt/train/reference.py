@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..devices import resolve_device
+from ..lora import is_adapter_key
 from ..refcache import RefCache, reference_fingerprint
 from .loop import autocast_on
 
@@ -27,7 +28,7 @@ def reference_cache_for(config, model, ref_model, model_dir: Path | None = None,
 
         model_dir = resolve_model_dir(config.model)
     ref = ref_model if ref_model is not None else model
-    named = [(n, t) for n, t in ref.state_dict().items() if ".lora_A." not in n and ".lora_B." not in n]
+    named = [(n, t) for n, t in ref.state_dict().items() if not is_adapter_key(n)]  # DoRA's magnitudes too
     fp = reference_fingerprint(
         config=ref.config.to_hf_dict(), named_tensors=named, dtype=config.dtype,
         tokenizer_files=[model_dir / "tokenizer.json", model_dir / "tokenizer_config.json",

@@ -42,7 +42,8 @@ def prepare_model(config: TrainConfig):
     model = load_model(config.model, dtype=DTYPES[config.dtype], adapter=adapter, merge=adapter is not None)
     if config.lora:
         apply_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
-                   target_modules=config.lora_targets, rslora=config.lora_rslora)
+                   target_modules=config.lora_targets, rslora=config.lora_rslora,
+                   dora=config.lora_dora)
     else:
         for p in model.parameters():
             p.requires_grad_(True)

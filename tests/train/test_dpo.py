@@ -66,6 +66,26 @@ def test_cache_second_run_makes_no_reference_forward_and_same_loss(task, tmp_pat
     assert max(abs(a - b) for a, b in zip(losses_cached, losses_live)) < 1e-6
 
 
+def test_the_reference_cache_outlives_a_trained_dora_adapter(task, tmp_path):
+    """The reference is the model with its adapter off: a DoRA adapter's magnitudes, like A and B,
+    are not part of its fingerprint (they were: a trained DoRA run's cache went stale)."""
+    from prefopt.model import resolve_model_dir
+
+    cfg = _cfg(task, tmp_path / "o", ref_cache=str(tmp_path / "cache"), eval_data=None, lora_dora=True)
+    model = prepare_model(cfg)
+    cache = reference_cache_for(cfg, model, None, resolve_model_dir(cfg.model))
+    cache.add(["k"], torch.tensor([-1.5]), torch.tensor([-2.5]))
+    with torch.no_grad():
+        for _, m in lora_layers(model):
+            m.lora_magnitude.mul_(1.1)
+            m.lora_B.weight.add_(0.1)
+    again = reference_cache_for(cfg, model, None, resolve_model_dir(cfg.model))
+    assert again.stale_reason is None and len(again) == 1
+    with torch.no_grad():
+        model.model.norm.weight.mul_(1.01)  # a base weight: stale, so the check can fail
+    assert "weights" in reference_cache_for(cfg, model, None, resolve_model_dir(cfg.model)).stale_reason
+
+
 def test_cache_invalidates_exactly_what_changed(task, tmp_path):
     model_dir, train, _ = task
     data = tmp_path / "d.jsonl"
@@ -172,14 +192,17 @@ def test_dpo_config_is_validated(task, tmp_path):
         _cfg(task, tmp_path, ref_cache=str(task[1]))  # the data file given as the cache: refused before any work
 
 
-def _sft_adapter(model_dir, out):
-    """A random (non-zero) SFT adapter saved to ``out``; returns the adapted model."""
+def _sft_adapter(model_dir, out, dora=False):
+    """A random (non-zero) SFT adapter saved to ``out`` (DoRA: magnitudes off their start too);
+    returns the adapted model."""
     from prefopt import apply_lora, load_model, save_adapter
 
-    sft = apply_lora(load_model(model_dir), r=4, alpha=8, dropout=0.0)
+    sft = apply_lora(load_model(model_dir), r=4, alpha=8, dropout=0.0, dora=dora)
     with torch.no_grad():
         for _, m in lora_layers(sft):
             m.lora_B.weight.normal_(0, 0.05)
+            if dora:
+                m.lora_magnitude.mul_(torch.rand(m.lora_magnitude.shape) + 0.5)
     save_adapter(sft, out)
     return sft
 
@@ -201,16 +224,20 @@ def test_dpo_after_sft_uses_the_merged_sft_model_as_reference(task, tmp_path):
     assert all(m.r == cfg.lora_r for _, m in lora_layers(trainer.model))  # a fresh adapter on top
 
 
-def test_dpo_after_sft_saves_one_adapter_that_holds_both_on_the_base_model(task, tmp_path):
-    """``final/`` on the base model (prefopt eval/generate/merge, PEFT) is the trained SFT+DPO model."""
+@pytest.mark.parametrize("sft_dora, dpo_dora", [(False, False), (True, False), (False, True), (True, True)])
+def test_dpo_after_sft_saves_one_adapter_that_holds_both_on_the_base_model(task, tmp_path, sft_dora, dpo_dora):
+    """``final/`` on the base model (prefopt eval/generate/merge, PEFT) is the trained SFT+DPO model;
+    one DoRA adapter where either is DoRA (a DoRA SFT adapter was refused before)."""
     from prefopt import load_model
     from prefopt.cli import main
+    from prefopt.lora import read_adapter_config
 
     model_dir = task[0]
-    sft = _sft_adapter(model_dir, tmp_path / "sft")
+    sft = _sft_adapter(model_dir, tmp_path / "sft", dora=sft_dora)
     seen = {}
-    run_dpo(_cfg(task, tmp_path / "o", sft_adapter=str(tmp_path / "sft"), eval_data=None, max_steps=3),
-            callbacks=[lambda trainer, step, metrics: seen.update(trainer=trainer)])
+    run_dpo(_cfg(task, tmp_path / "o", sft_adapter=str(tmp_path / "sft"), eval_data=None, max_steps=3,
+                 lora_dora=dpo_dora), callbacks=[lambda trainer, step, metrics: seen.update(trainer=trainer)])
+    assert read_adapter_config(tmp_path / "o" / "final").dora == (sft_dora or dpo_dora)
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     final = tmp_path / "o" / "final"
     assert main(["merge", "--model", str(model_dir), "--adapter", str(final), "--output", str(tmp_path / "m")]) == 0

@@ -44,15 +44,18 @@ def _losses(out):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["sft", "dpo"])
+@pytest.mark.parametrize("kind", ["sft", "dpo", "dora_dpo"])
 def test_sigkill_then_resume_gives_the_same_run(task, tmp_path, kind):
+    """``dora_dpo``: a DoRA DPO adapter (dropout on) over a DoRA SFT adapter, stacked into one."""
     script = str(ROOT / "tests" / "train" / "_run_config.py")
     pairs = write_pairs(tmp_path / "pairs.jsonl", n=48)
+    dora = kind == "dora_dpo"
 
-    if kind == "dpo":  # DPO after SFT: the SFT adapter is merged in again on resume
+    if kind != "sft":  # DPO after SFT: the SFT adapter is merged in again on resume
         from prefopt import apply_lora, load_model, save_adapter
 
-        sft = apply_lora(load_model(task[0]), r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+        sft = apply_lora(load_model(task[0]), r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"],
+                         dora=dora)
         with torch.no_grad():
             for name, p in sft.named_parameters():
                 if ".lora_B." in name:
@@ -60,9 +63,9 @@ def test_sigkill_then_resume_gives_the_same_run(task, tmp_path, kind):
         save_adapter(sft, tmp_path / "sft")
 
     def cfg(name, **kw):  # DPO: LoRA dropout on, the reference from an on-disk cache the resumed run reopens
-        if kind == "dpo":
+        if kind != "sft":
             kw.update(kind="dpo", data=str(pairs), lr=5e-3, ref_cache=str(tmp_path / f"{name}.cache"),
-                      sft_adapter=str(tmp_path / "sft"))
+                      sft_adapter=str(tmp_path / "sft"), lora_dora=dora)
         return str(_config(task, tmp_path / name, **kw))
 
     full = _run([script, cfg("full")])
@@ -80,8 +83,9 @@ def test_sigkill_then_resume_gives_the_same_run(task, tmp_path, kind):
     a = load_file(tmp_path / "full" / "final" / "adapter_model.safetensors")
     b = load_file(tmp_path / "cut" / "final" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    if kind == "dpo":  # SFT (r 4) and DPO (r 8) updates in one adapter, in the resumed run too
+    if kind != "sft":  # SFT (r 4) and DPO (r 8) updates in one adapter, in the resumed run too
         assert json.loads((tmp_path / "cut" / "final" / "stacked_on.json").read_text())["ranks"] == [4, 8]
+        assert any(k.endswith("lora_magnitude_vector") for k in b) == dora
 
 
 def _torchrun(nproc, cfg_path, *extra):
