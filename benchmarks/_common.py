@@ -62,12 +62,13 @@ def run_trl(kind: str, a, targets: list[str], **config_kw) -> dict:
                       save_strategy="no", report_to=[], use_cpu=True, bf16=False, fp16=False, seed=0,
                       dataloader_num_workers=0, disable_tqdm=True, gradient_checkpointing=a.gradient_checkpointing,
                       include_num_input_tokens_seen="non_padding", **config_kw)
-    lora = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=targets, task_type="CAUSAL_LM")
+    lora = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=targets, task_type="CAUSAL_LM",
+                           use_dora=a.dora)
     trainer = trainer_cls(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora,
                           callbacks=[Clock()])
     marks.append((time.perf_counter(), 0))
     trainer.train()
-    name = "TRL SFTTrainer + PEFT" if kind == "sft" else "TRL DPOTrainer + PEFT"
+    name = ("TRL SFTTrainer + PEFT" if kind == "sft" else "TRL DPOTrainer + PEFT") + (" DoRA" if a.dora else "")
     return step_summary(name, marks, a.warmup, base, cumulative=True)
 
 
@@ -85,6 +86,7 @@ def trainer_bench_parser(doc: str, *, steps: int, batch_size: int, max_length: i
     ap.add_argument("--max-length", type=int, default=max_length)
     ap.add_argument("--gradient-checkpointing", action="store_true",
                     help="recompute activations in backward, in every trainer (TRL's own default is on)")
+    ap.add_argument("--dora", action="store_true", help="DoRA adapters (PEFT's use_dora) in every trainer")
     ap.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the results here")
     return ap
@@ -97,7 +99,8 @@ def run_trainer_workers(script: str, a: argparse.Namespace, records: list[dict],
 
     model_dir = str(resolve_model_dir(a.model))
     common = ["--steps", str(a.steps), "--warmup", str(a.warmup), "--batch-size", str(a.batch_size),
-              "--max-length", str(a.max_length)] + (["--gradient-checkpointing"] if a.gradient_checkpointing else [])
+              "--max-length", str(a.max_length)] + (["--gradient-checkpointing"] if a.gradient_checkpointing else []) \
+        + (["--dora"] if a.dora else [])
     with tempfile.TemporaryDirectory(prefix=f"{Path(script).stem}_") as tmp:  # data and the workers' outputs
         data = Path(tmp) / "data.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -53,8 +53,8 @@ def prefopt_worker(a, name: str) -> dict:
     base = rss("VmRSS")
     mode, _, layout = name.partition("-")
     cfg = DPOConfig(model=a.model_dir, data=a.data, output_dir=a.out, batch_size=a.batch_size, max_steps=a.steps,
-                    lr=LR, beta=BETA, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_targets=TARGETS,
-                    max_length=a.max_length, schedule="constant", progress=False, seed=0,
+                    lr=LR, beta=BETA, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_dora=a.dora,
+                    lora_targets=TARGETS, max_length=a.max_length, schedule="constant", progress=False, seed=0,
                     gradient_checkpointing=a.gradient_checkpointing,
                     ref_cache=str(Path(a.out) / "cache") if mode == "cache" else None,
                     share_prompt=layout != "stacked")
@@ -91,7 +91,7 @@ def main() -> None:
     rows = run_trainer_workers(__file__, a, preference_records(a.batch_size * a.steps), a.modes)
     mib = 1024**2
     print(f"model {a.model}, fp32, CPU ({platform.machine()}), {a.batch_size} pairs/step, max_length {a.max_length}, "
-          f"beta {BETA}, {a.steps} steps ({a.warmup} untimed), LoRA r16/a32/d0.05, gradient checkpointing "
+          f"beta {BETA}, {a.steps} steps ({a.warmup} untimed), {'DoRA' if a.dora else 'LoRA'} r16/a32/d0.05, gradient checkpointing "
           f"{'on' if a.gradient_checkpointing else 'off'} in all")
     print("| trainer | pairs/s | s/step | tokens/step | peak RSS (MiB) | vs TRL: pairs/s | vs TRL: peak RSS |")
     print("|---|---|---|---|---|---|---|")

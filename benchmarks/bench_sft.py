@@ -40,7 +40,7 @@ def prefopt_worker(a) -> dict:
 
     base = rss("VmRSS")
     cfg = TrainConfig(model=a.model_dir, data=a.data, output_dir=a.out, batch_size=a.batch_size,
-                      max_steps=a.steps, lr=2e-4, lora_r=16, lora_alpha=32, lora_dropout=0.05,
+                      max_steps=a.steps, lr=2e-4, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_dora=a.dora,
                       lora_targets=TARGETS, max_length=a.max_length, schedule="constant", progress=False,
                       seed=0, gradient_checkpointing=a.gradient_checkpointing)
     tok = load_tokenizer(cfg.model)
@@ -68,7 +68,7 @@ def main() -> None:
     trl_row, ours = rows
     mib = 1024**2
     print(f"model {a.model}, fp32, CPU ({platform.machine()}), batch {a.batch_size}, max_length {a.max_length}, "
-          f"{a.steps} steps ({a.warmup} untimed), LoRA r16/a32/d0.05 on {len(TARGETS)} projections, "
+          f"{a.steps} steps ({a.warmup} untimed), {'DoRA' if a.dora else 'LoRA'} r16/a32/d0.05 on {len(TARGETS)} projections, "
           f"gradient checkpointing {'on' if a.gradient_checkpointing else 'off'} in both")
     print("| trainer | tokens/s | s/step | tokens/step | peak RSS (MiB) | RSS after imports (MiB) |")
     print("|---|---|---|---|---|---|")

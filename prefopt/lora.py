@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fileio import write_json_atomic
-from .lora_ops import lora_linear
+from .lora_ops import dora_linear, lora_linear
 from .model.safetensors_io import iter_tensors, save_file_atomic
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -119,14 +119,16 @@ class LoRALinear(nn.Module):
         if self.merged or self.disabled:
             return F.linear(x, self.weight, self.bias)
         p = self.dropout if self.training else 0.0
-        if self.lora_magnitude is not None:  # DoRA, as PEFT computes it: W x + b + (s - 1) W x' + s ΔW x'
+        frozen = not (self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad))
+        if self.lora_magnitude is not None and frozen:
+            return dora_linear(x, self.weight, self.bias, self.lora_A.weight, self.lora_B.weight, self.lora_magnitude,
+                               self._dora_norm(), self.scaling, p)
+        if self.lora_magnitude is not None:  # DoRA on a trainable base, as PEFT computes it: plain autograd
             scale = (self.lora_magnitude.float() / self._dora_norm()).to(x.dtype)
             xd = F.dropout(x, p, self.training)
             lora = self.lora_B(self.lora_A(xd)) * self.scaling
-            if p == 0:  # x' = x: s (W x + ΔW x) + b in one product with W
-                return scale * (F.linear(x, self.weight) + lora) + (0 if self.bias is None else self.bias)
             return F.linear(x, self.weight, self.bias) + (scale - 1) * F.linear(xd, self.weight) + scale * lora
-        if not (self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)):
+        if frozen:
             return lora_linear(x, self.weight, self.bias, self.lora_A.weight, self.lora_B.weight, self.scaling, p)
         y = F.linear(x, self.weight, self.bias)  # a trainable base: plain autograd
         return y + self.lora_B(self.lora_A(F.dropout(x, p, self.training))) * self.scaling

@@ -87,3 +87,73 @@ class _LoRALinear(torch.autograd.Function):
                     lora_part.mul_(mask.reshape(lora_part.shape)).mul_(keep_scale)
                 grad_x = torch.addmm(lora_part, g, weight).reshape(x.shape)
         return grad_x, None, None, grad_A, grad_b, None, None
+
+
+def dora_linear(x, weight, bias, lora_a, lora_b, magnitude, norm, scaling: float, dropout: float) -> torch.Tensor:
+    """A DoRA layer with a frozen ``weight``/``bias``: each output row of ``W + ΔW`` scaled by
+    ``s = magnitude / norm`` (``norm``, the rows' norms of ``W + ΔW``, a constant), as PEFT
+    computes it::
+
+        y = x Wᵀ + b + (s − 1) · dropout(x) Wᵀ + s · scaling · (dropout(x) Aᵀ) Bᵀ
+
+    (without dropout ``s · (x Wᵀ + scaling · (x Aᵀ) Bᵀ) + b``). Gradients flow to ``x``, A, B and
+    ``magnitude``. Kept for the backward: ``x`` by reference, the byte mask, the rank-``r``
+    activation and one output-sized tensor (``v = dropout(x) Wᵀ + scaling · a Bᵀ``, for the
+    magnitude's gradient ``Σ g ⊙ v / norm``), where stock ops keep a dropped copy of ``x`` and
+    two output-sized tensors.
+    """
+    return _DoRALinear.apply(x, weight, bias, lora_a, lora_b, magnitude, norm, scaling, dropout)
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in fp32 at least (fp64 stays fp64): the magnitude's scale and gradient sums."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+class _DoRALinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, magnitude, norm, scaling, dropout):
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            dt = torch.get_autocast_dtype(device)
+            x, weight, lora_a, lora_b = (t.to(dt) for t in (x, weight, lora_a, lora_b))
+            bias = bias.to(dt) if bias is not None else None
+        with torch.autocast(device, enabled=False):
+            scale = (_wide(magnitude) / norm).to(x.dtype)
+            mask, keep_scale = keep_mask(x.shape, dropout, x.device) if dropout > 0 else (None, 1.0)
+            xd = _dropped(x, mask, keep_scale)
+            a = F.linear(xd, lora_a)  # (..., r)
+            v = F.linear(xd, weight).add_(F.linear(a, lora_b), alpha=scaling)  # dropout(x) Wᵀ + ΔW dropout(x)
+            if mask is None:  # s · v + b
+                y = v * scale if bias is None else torch.addcmul(bias, v, scale)
+            else:  # x Wᵀ + b + (s − 1) · dropout(x) Wᵀ + s · l  =  x Wᵀ + b + (s − 1) · v + l
+                y = F.linear(x, weight, bias).addcmul_(v, scale - 1).add_(F.linear(a, lora_b), alpha=scaling)
+        ctx.save_for_backward(x, weight, lora_a, lora_b, a, mask, v, scale, norm)
+        ctx.scaling, ctx.keep_scale, ctx.device, ctx.m_dtype = scaling, keep_scale, device, magnitude.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, lora_a, lora_b, a, mask, v, scale, norm = ctx.saved_tensors
+        s, keep_scale = ctx.scaling, ctx.keep_scale
+        with torch.autocast(ctx.device, enabled=False):
+            g = grad_y.reshape(-1, grad_y.shape[-1]).to(x.dtype)  # (N, out)
+            a = a.reshape(-1, a.shape[-1])
+            gs = g * scale  # what reaches the adapter's output
+            grad_m = None
+            if ctx.needs_input_grad[5]:
+                grad_m = ((_wide(g) * _wide(v.reshape(g.shape))).sum(0) / norm).to(ctx.m_dtype)
+            grad_b = (gs.T @ a).mul_(s) if ctx.needs_input_grad[4] else None
+            grad_a_act = (gs @ lora_b).mul_(s)  # (N, r)
+            grad_A = grad_x = None
+            if ctx.needs_input_grad[3]:
+                grad_A = grad_a_act.T @ _dropped(x, mask, keep_scale).reshape(-1, x.shape[-1])
+            if ctx.needs_input_grad[0]:
+                if mask is None:  # y = s · (x Wᵀ + ΔW x) + b
+                    grad_x = torch.addmm(grad_a_act @ lora_a, gs, weight)
+                else:  # the dropped path: (s − 1) through W, s through ΔW, then the mask
+                    dropped = torch.addmm(grad_a_act @ lora_a, g * (scale - 1), weight)
+                    dropped.mul_(mask.reshape(dropped.shape)).mul_(keep_scale)
+                    grad_x = torch.addmm(dropped, g, weight)
+                grad_x = grad_x.reshape(x.shape)
+        return grad_x, None, None, grad_A, grad_b, grad_m, None, None, None

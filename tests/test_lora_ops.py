@@ -141,3 +141,77 @@ def test_swiglu_values_gradients_and_saved_tensors():
     gf = torch.autograd.grad((F.silu(gate) * up).sum(), (gate, up))
     for b_, f_ in zip(gb, gf):
         assert b_.dtype == torch.bfloat16 and (b_.double() - f_).abs().max() < 0.05
+
+
+def _dora_reference(x, w, b, A, B, m, norm, s, mask, keep):
+    """DoRA from stock ops, as PEFT writes it: x Wᵀ + b + (m/n − 1) · xd Wᵀ + m/n · s · (xd Aᵀ) Bᵀ."""
+    xd = x if mask is None else x * mask * keep
+    scale = m / norm
+    return F.linear(x, w, b) + (scale - 1) * F.linear(xd, w) + scale * F.linear(F.linear(xd, A), B) * s
+
+
+def _dora_inputs(bias=True, shape=(3, 7, 10)):
+    x, w, b, A, B = _inputs(bias=bias, shape=shape)
+    norm = (w + 1.5 * B.detach() @ A.detach()).norm(dim=1)
+    m = (norm * torch.linspace(0.5, 1.5, 6, dtype=norm.dtype)).requires_grad_(True)  # off its start (m = n)
+    return x, w, b, A, B, m, norm
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_dora_values_and_gradients_match_stock_ops(p, bias):
+    from prefopt.lora_ops import dora_linear
+
+    x, w, b, A, B, m, norm = _dora_inputs(bias=bias)
+    torch.manual_seed(3)
+    y = dora_linear(x, w, b, A, B, m, norm, 1.5, p)
+    torch.manual_seed(3)
+    mask, keep = keep_mask(x.shape, p) if p else (None, 1.0)
+    want = _dora_reference(x, w, b, A, B, m, norm, 1.5, mask, keep)
+    assert (y - want).abs().max() < 1e-12
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, A, B, m), gy)
+    ref = torch.autograd.grad(want, (x, A, B, m), gy)
+    for g_, r_ in zip(got, ref):
+        assert (g_ - r_).abs().max() < 1e-12
+
+
+def test_dora_gradcheck_with_a_fixed_mask():
+    from prefopt.lora_ops import dora_linear
+
+    x, w, b, A, B, m, norm = _dora_inputs(shape=(2, 5, 10))
+
+    def f(x, A, B, m):
+        torch.manual_seed(7)
+        return dora_linear(x, w, b, A, B, m, norm, 2.0, 0.25)
+
+    assert torch.autograd.gradcheck(f, (x, A, B, m))
+
+
+def test_dora_keeps_the_input_a_byte_mask_and_one_output_sized_tensor():
+    """Stock ops keep a dropped copy of x and two output-sized tensors besides."""
+    from prefopt.lora_ops import dora_linear
+
+    x, w, b, A, B, m, norm = (t.float() if t is not None else t for t in _dora_inputs(shape=(4, 64, 10)))
+    x, A, B, m = (t.detach().requires_grad_(True) for t in (x, A, B, m))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = dora_linear(x, w, b, A, B, m, norm, 1.0, 0.1)
+    big = sorted(str(t.dtype) for t in saved if t.numel() in (x.numel(), y.numel()))
+    assert big == ["torch.bool", "torch.float32", "torch.float32"], big
+    assert any(t.data_ptr() == x.data_ptr() for t in saved)
+
+
+def test_dora_autocast_matches_stock_autocast():
+    from prefopt.lora_ops import dora_linear
+
+    x, w, b, A, B, m, norm = (t.float() if t is not None else t for t in _dora_inputs())
+    x, A, B, m = (t.detach().requires_grad_(True) for t in (x, A, B, m))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = dora_linear(x, w, b, A, B, m, norm, 1.0, 0.0)
+    want = _dora_reference(x, w, b, A, B, m, norm, 1.0, None, 1.0)
+    assert y.dtype == torch.bfloat16 and (y.float() - want).abs().max() / want.abs().max() < 0.02
+    gm, gA = torch.autograd.grad(y.float().sum(), (m, A))
+    rm, rA = torch.autograd.grad(want.sum(), (m, A))
+    assert gm.dtype == gA.dtype == torch.float32
+    assert (gm - rm).abs().max() / rm.abs().max() < 0.02 and (gA - rA).abs().max() / rA.abs().max() < 0.02
