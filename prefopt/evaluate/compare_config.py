@@ -16,19 +16,20 @@ from ..model.repeats import check_repeat_options
 from .runner import DECODING, decoding
 from .selection import check_settings
 
+LORA = {"lora_r": 16, "lora_alpha": 32.0, "lora_dora": False}  # both stages' adapters, in every preset
 PRESETS = {
     # small enough for 2 CPU cores in a few minutes (make demo)
     "quick": {"max_train": 160, "test": 60, "sft_steps": 60, "dpo_steps": 50, "batch_size": 4, "dpo_batch_size": 2,
               "max_length": 384, "sft_lr": 3e-4, "dpo_lr": 1e-4, "beta": 0.1, "eval_batch_size": 16,
               "max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
               "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None,
-              "dpo_patience": None, "dpo_max_p": None, "confidence": True},
+              "dpo_patience": None, "dpo_max_p": None, "confidence": True, **LORA},
     "full": {"max_train": None, "test": 0.2, "sft_steps": None, "dpo_steps": None, "sft_epochs": 2.0,
              "dpo_epochs": 1.0, "batch_size": 8, "dpo_batch_size": 4, "max_length": 1024, "sft_lr": 2e-4,
              "dpo_lr": 5e-5, "beta": 0.1, "eval_batch_size": 16, "max_new_tokens": None,
              "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
              "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None,
-             "dpo_patience": None, "dpo_max_p": None, "confidence": True},
+             "dpo_patience": None, "dpo_max_p": None, "confidence": True, **LORA},
     # val None: no validation set. A count (>= 1) or fraction (< 1) of the items is held out of both
     # training stages; DPO then answers them every dpo_eval_every steps (None: about ten times a run) and the
     # weights that score best on the task's primary metric are the "dpo" stage (step 0: the SFT model itself);
@@ -40,6 +41,7 @@ PRESETS = {
     # max_new_tokens None: the task's, raised where its reference answers are longer (runner.fit_max_new_tokens);
     # repetition_penalty, no_repeat_ngram_size None: none (greedy decoding as it is); repeat_scope None: "all";
     # gradient_checkpointing: less memory, more time;
+    # lora_r, lora_alpha, lora_dora: each stage's adapter (rank, alpha: scaled by alpha / r; DoRA or plain LoRA);
     # confidence True: where the task's answers are labels, each stage also scores every possible answer after each
     # test prompt, for how sure it is of its answers and whether that tells right from wrong (stage_confidence)
 }
@@ -95,8 +97,9 @@ class CompareConfig:
         s = {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}
         check_numbers(s)
         check_settings(s)
-        if not isinstance(s["confidence"], bool):
-            raise ValueError(f"confidence: true or false (got {s['confidence']!r})")
+        for name in ("confidence", "lora_dora"):
+            if not isinstance(s[name], bool):
+                raise ValueError(f"{name}: true or false (got {s[name]!r})")
         self.device_and_dtype()
         if self.chat_date is not None:
             parse_chat_date(self.chat_date)
@@ -105,9 +108,9 @@ class CompareConfig:
         return s
 
 
-WHOLE = ("batch_size", "dpo_batch_size", "eval_batch_size", "max_length")  # whole numbers >= 1
+WHOLE = ("batch_size", "dpo_batch_size", "eval_batch_size", "max_length", "lora_r")  # whole numbers >= 1
 WHOLE_OR_NONE = ("max_train", "sft_steps", "dpo_steps", "max_new_tokens")  # the same, or None: the preset's way
-POSITIVE = ("sft_lr", "dpo_lr", "beta", "sft_epochs", "dpo_epochs")  # numbers > 0
+POSITIVE = ("sft_lr", "dpo_lr", "beta", "sft_epochs", "dpo_epochs", "lora_alpha")  # numbers > 0
 
 
 def check_numbers(s: dict) -> None:
@@ -149,7 +152,7 @@ _SCORING_ONLY = ("confidence",)
 # settings added after runs were made, with the values those runs used
 _ADDED_SETTINGS = {"max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None,
                    "repeat_scope": None, "gradient_checkpointing": False, "val": None, "dpo_eval_every": None,
-                   "dpo_min_gain": None, "dpo_patience": None, "dpo_max_p": None}
+                   "dpo_min_gain": None, "dpo_patience": None, "dpo_max_p": None, **LORA}
 
 
 def _eval_only(config: dict) -> tuple[str, ...]:

@@ -722,7 +722,7 @@ def test_a_run_made_before_a_setting_was_added_still_resumes(tiny_model, tmp_pat
     stored = json.loads((out / "compare_config.json").read_text())
     for key in ("max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "repeat_scope",
                 "gradient_checkpointing", "val", "dpo_eval_every", "dpo_min_gain",
-                "dpo_patience", "dpo_max_p", "confidence"):
+                "dpo_patience", "dpo_max_p", "confidence", "lora_r", "lora_alpha", "lora_dora"):
         del stored["settings"][key]
     del stored["chat_date"]  # added on 2026-11-30: such a run keeps the clock's date, as it had
     (out / "compare_config.json").write_text(json.dumps(stored))
@@ -732,6 +732,29 @@ def test_a_run_made_before_a_setting_was_added_still_resumes(tiny_model, tmp_pat
         run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out),
                                   overrides={**TINY, "beta": 0.5}))
     assert "(overrides.beta: None -> 0.5; settings.beta: 0.1 -> 0.5)" in str(err.value)
+    with pytest.raises(ValueError, match=r"settings.lora_dora: False -> True"):  # another adapter: not the same run
+        run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out),
+                                  overrides={**TINY, "lora_dora": True}))
+
+
+def test_compare_trains_dora_adapters_with_the_rank_it_is_given(tiny_model, tmp_path):
+    """``--set lora_dora=true --set lora_r=4``: both stages train DoRA r 4; the SFT+DPO adapter is
+    one DoRA adapter on the base model (r 4 + 4); bad values are named before any work."""
+    from prefopt.lora import read_adapter_config
+
+    out = tmp_path / "run"
+    report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out),
+                                       overrides={**TINY, "lora_dora": True, "lora_r": 4, "lora_alpha": 8}))
+    sft = read_adapter_config(out / "sft" / "train" / "final")
+    dpo = read_adapter_config(out / report["weights"]["dpo"])
+    assert (sft.dora, sft.r, sft.alpha) == (True, 4, 8.0)
+    assert (dpo.dora, dpo.r) == (True, 8) and (out / report["weights"]["dpo"] / "stacked_on.json").is_file()
+    with pytest.raises(ValueError, match="lora_dora: true or false"):
+        CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "x"),
+                      overrides={"lora_dora": "yes"}).settings()
+    with pytest.raises(ValueError, match="lora_r: a whole number >= 1"):
+        CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "x"),
+                      overrides={"lora_r": 0}).settings()
 
 
 @pytest.mark.slow
