@@ -110,8 +110,8 @@ class LoRALinear(nn.Module):
         until ``W``, A or B change (their version counters: an optimizer step or a load bumps them),
         so that generating token by token does not recompute it at every step (3x the time)."""
         key = tuple((t.data_ptr(), t._version) for t in (self.weight, self.lora_A.weight, self.lora_B.weight))
-        if self._norm_cache is None or self._norm_cache[0] != key:
-            with torch.no_grad():
+        if self._norm_cache is None or self._norm_cache[0] != key:  # in fp32 whatever autocast is on, so kept
+            with torch.no_grad(), torch.autocast(self.weight.device.type, enabled=False):  # values never differ
                 self._norm_cache = (key, (self.weight.float() + self.lora_delta()).norm(dim=1))
         return self._norm_cache[1]
 

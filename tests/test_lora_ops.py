@@ -215,3 +215,28 @@ def test_dora_autocast_matches_stock_autocast():
     rm, rA = torch.autograd.grad(want.sum(), (m, A))
     assert gm.dtype == gA.dtype == torch.float32
     assert (gm - rm).abs().max() / rm.abs().max() < 0.02 and (gA - rA).abs().max() / rA.abs().max() < 0.02
+
+
+def test_dora_checkpointing_regenerates_the_same_mask_and_norms_ignore_autocast():
+    """A checkpointed DoRA layer recomputes the forward with the same dropout mask; its row norms
+    are fp32 whether autocast is on (CUDA training) or not (evaluation), so the kept ones match."""
+    layer = LoRALinear(torch.nn.Linear(10, 6), r=3, alpha=6, dropout=0.3, dora=True).requires_grad_(False)
+    for t in (layer.lora_A.weight, layer.lora_B.weight, layer.lora_magnitude):
+        t.requires_grad_(True)
+    torch.nn.init.normal_(layer.lora_B.weight)
+    x = torch.randn(4, 10, requires_grad=True)
+    params = (x, layer.lora_A.weight, layer.lora_B.weight, layer.lora_magnitude)
+
+    def f(x):
+        return layer(x).square().sum()
+
+    torch.manual_seed(5)
+    plain = torch.autograd.grad(f(x), params)
+    torch.manual_seed(5)
+    ckpt = torch.autograd.grad(checkpoint(f, x, use_reentrant=False), params)
+    for p_, c_ in zip(plain, ckpt):
+        assert torch.allclose(p_, c_, atol=1e-6)
+    want = (layer.weight + 2.0 * layer.lora_B.weight @ layer.lora_A.weight).detach().norm(dim=1)
+    layer._norm_cache = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.allclose(layer._dora_norm(), want, rtol=1e-6)
