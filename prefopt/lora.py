@@ -29,6 +29,7 @@ from torch import nn
 from .fileio import write_json_atomic
 from .lora_ops import dora_linear, lora_linear
 from .model.safetensors_io import iter_tensors, save_file_atomic
+from .quant import QuantLinear
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PEFT_PREFIX = "base_model.model."
@@ -69,7 +70,7 @@ class LoRALinear(nn.Module):
                  dora: bool = False):
         super().__init__()
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight = base.weight
+        self._keep_base(base)
         self.bias = base.bias
         factory = dict(device=base.weight.device, dtype=base.weight.dtype)
         self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
@@ -84,6 +85,17 @@ class LoRALinear(nn.Module):
         self._merged_norm = None  # DoRA: the row norms a merge divided by, for its unmerge
         self._norm_cache = None  # DoRA: (what it was computed from, the row norms of W + ΔW)
         self.reset_lora()
+
+    def _keep_base(self, base: nn.Module) -> None:
+        self.weight = base.weight
+
+    def _weight_source(self):
+        """What the fused ops read the base weight from (a quantized layer: its codes, not a copy)."""
+        return self.weight
+
+    def _base_key(self) -> tuple:
+        """What tells whether the base weight changed (for DoRA's kept norms)."""
+        return self.weight.data_ptr(), self.weight._version
 
     def reset_lora(self) -> None:
         """PEFT's default init: A Kaiming-uniform, B zero (so the adapter starts as a no-op)."""
@@ -109,7 +121,7 @@ class LoRALinear(nn.Module):
         """Each row's norm of ``W + ΔW``, a constant (DoRA's section 4.3; PEFT detaches it too), kept
         until ``W``, A or B change (their version counters: an optimizer step or a load bumps them),
         so that generating token by token does not recompute it at every step (3x the time)."""
-        key = tuple((t.data_ptr(), t._version) for t in (self.weight, self.lora_A.weight, self.lora_B.weight))
+        key = (self._base_key(), *((t.data_ptr(), t._version) for t in (self.lora_A.weight, self.lora_B.weight)))
         if self._norm_cache is None or self._norm_cache[0] != key:  # in fp32 whatever autocast is on, so kept
             with torch.no_grad(), torch.autocast(self.weight.device.type, enabled=False):  # values never differ
                 self._norm_cache = (key, (self.weight.float() + self.lora_delta()).norm(dim=1))
@@ -121,15 +133,16 @@ class LoRALinear(nn.Module):
         p = self.dropout if self.training else 0.0
         frozen = not (self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad))
         if self.lora_magnitude is not None and frozen:
-            return dora_linear(x, self.weight, self.bias, self.lora_A.weight, self.lora_B.weight, self.lora_magnitude,
-                               self._dora_norm(), self.scaling, p)
+            return dora_linear(x, self._weight_source(), self.bias, self.lora_A.weight, self.lora_B.weight,
+                               self.lora_magnitude, self._dora_norm(), self.scaling, p)
         if self.lora_magnitude is not None:  # DoRA on a trainable base, as PEFT computes it: plain autograd
             scale = (self.lora_magnitude.float() / self._dora_norm()).to(x.dtype)
             xd = F.dropout(x, p, self.training)
             lora = self.lora_B(self.lora_A(xd)) * self.scaling
             return F.linear(x, self.weight, self.bias) + (scale - 1) * F.linear(xd, self.weight) + scale * lora
         if frozen:
-            return lora_linear(x, self.weight, self.bias, self.lora_A.weight, self.lora_B.weight, self.scaling, p)
+            return lora_linear(x, self._weight_source(), self.bias, self.lora_A.weight, self.lora_B.weight,
+                               self.scaling, p)
         y = F.linear(x, self.weight, self.bias)  # a trainable base: plain autograd
         return y + self.lora_B(self.lora_A(F.dropout(x, p, self.training))) * self.scaling
 
@@ -159,6 +172,38 @@ class LoRALinear(nn.Module):
                 f"scaling={self.scaling:g}, merged={self.merged}")
 
 
+
+class QLoRALinear(LoRALinear):
+    """A :class:`LoRALinear` on a 4-bit base (``prefopt.quant.QuantLinear``; QLoRA). ``weight`` is
+    the base's dequantized weight, made on each access; the fused ops dequantize it in the forward
+    and again in the backward, so only the codes stay in memory. The adapter cannot be merged
+    into 4 bits: merge on the full-precision base (``prefopt merge`` loads it so)."""
+
+    def _keep_base(self, base: QuantLinear) -> None:
+        self.base_layer = base
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    def _weight_source(self):
+        return self.base_layer
+
+    def _base_key(self) -> tuple:
+        return self.base_layer.codes.data_ptr(), self.base_layer.codes._version
+
+    def merge(self) -> None:
+        raise RuntimeError(QUANTIZED_MERGE)
+
+    def unmerge(self) -> None:
+        if self.merged:
+            raise RuntimeError(QUANTIZED_MERGE)
+
+
+QUANTIZED_MERGE = ("an adapter cannot be merged into 4-bit (quantized) weights: merge it on the full-precision "
+                   "model (load_model without quantizing, or prefopt merge)")
+
+
 def apply_lora(
     model: nn.Module,
     r: int = 16,
@@ -181,15 +226,16 @@ def apply_lora(
     """
     cfg = LoRAConfig(r=r, alpha=alpha, dropout=dropout, target_modules=tuple(target_modules), rslora=rslora,
                      dora=dora)
-    linear = {name for m in model.modules() for name, c in m.named_children() if type(c) is nn.Linear}
+    linear = {name for m in model.modules() for name, c in m.named_children() if type(c) in (nn.Linear, QuantLinear)}
     unmatched = [t for t in cfg.target_modules if t not in linear]
     if unmatched and (strict or len(unmatched) == len(cfg.target_modules)):
         raise ValueError(f"no nn.Linear named {unmatched} found in the model; its linear layers are "
                          f"{sorted(linear)}")
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
-            if type(child) is nn.Linear and child_name in cfg.target_modules:
-                lora = LoRALinear(child, cfg.r, cfg.alpha, cfg.dropout, cfg.rslora, cfg.dora)
+            if type(child) in (nn.Linear, QuantLinear) and child_name in cfg.target_modules:
+                layer = QLoRALinear if type(child) is QuantLinear else LoRALinear
+                lora = layer(child, cfg.r, cfg.alpha, cfg.dropout, cfg.rslora, cfg.dora)
                 lora.train(child.training)  # an eval-mode model stays in eval mode (no dropout)
                 setattr(module, child_name, lora)
     for name, p in model.named_parameters():
@@ -270,6 +316,8 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
 
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The base model's state dict with every adapter folded in, for export; ``model`` is unchanged."""
+    if any(isinstance(m, QuantLinear) for m in model.modules()):
+        raise RuntimeError(QUANTIZED_MERGE)
     out = {}
     deltas = {f"{n}.weight": m.delta_weight() for n, m in lora_layers(model) if not m.merged}
     for k, v in model.state_dict().items():
@@ -409,7 +457,7 @@ def _trained_on(adapter_dir: str | Path) -> str:
 
 
 __all__ = [
-    "LoRAConfig", "LoRALinear", "MergedAdapter", "adapter_base", "apply_lora", "disable_adapter", "is_adapter_key",
+    "LoRAConfig", "LoRALinear", "MergedAdapter", "QLoRALinear", "adapter_base", "apply_lora", "disable_adapter", "is_adapter_key",
     "load_adapter",
     "lora_layers", "lora_scaling",
     "lora_state_dict", "merge_and_unload", "merge_lora", "merged_state_dict", "read_adapter", "read_adapter_config",

@@ -43,9 +43,23 @@ def lora_linear(x, weight, bias, lora_a, lora_b, scaling: float, dropout: float)
     """``x Wᵀ + b + scaling · (dropout(x) Aᵀ) Bᵀ`` with a frozen ``weight``/``bias``.
 
     ``dropout`` is applied when > 0 (pass 0 in eval mode). Gradients flow to ``x``,
-    ``lora_a`` and ``lora_b``; ``weight`` and ``bias`` must not require them.
+    ``lora_a`` and ``lora_b``; ``weight`` and ``bias`` must not require them. ``weight`` may be a
+    quantized layer (``prefopt.quant.QuantLinear``): its weight is dequantized in the forward and
+    again in the backward, never kept.
     """
     return _LoRALinear.apply(x, weight, bias, lora_a, lora_b, scaling, dropout)
+
+
+def _base_weight(source) -> torch.Tensor:
+    """A frozen base weight: ``source`` itself, or a quantized layer's weight, dequantized afresh
+    (``prefopt.quant.QuantLinear``: only its 4-bit codes are kept between forward and backward)."""
+    return source if isinstance(source, torch.Tensor) else source.weight
+
+
+def _kept(source, weight: torch.Tensor) -> tuple[torch.Tensor | None, object]:
+    """What the backward keeps of the base weight: ``(the tensor, None)``, or for a quantized
+    layer ``(None, the layer)``, whose weight the backward dequantizes again."""
+    return (weight, None) if isinstance(source, torch.Tensor) else (None, source)
 
 
 def _dropped(x: torch.Tensor, mask: torch.Tensor | None, keep_scale: float) -> torch.Tensor:
@@ -55,8 +69,8 @@ def _dropped(x: torch.Tensor, mask: torch.Tensor | None, keep_scale: float) -> t
 
 class _LoRALinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, dropout):
-        device = x.device.type
+    def forward(ctx, x, source, bias, lora_a, lora_b, scaling, dropout):
+        device, weight = x.device.type, _base_weight(source)
         if torch.is_autocast_enabled(device):  # cast as autocast would, then compute in that dtype
             dt = torch.get_autocast_dtype(device)
             x, weight, lora_a, lora_b = (t.to(dt) for t in (x, weight, lora_a, lora_b))
@@ -65,13 +79,15 @@ class _LoRALinear(torch.autograd.Function):
             mask, keep_scale = keep_mask(x.shape, dropout, x.device) if dropout > 0 else (None, 1.0)
             a = F.linear(_dropped(x, mask, keep_scale), lora_a)  # (..., r)
             y = F.linear(x, weight, bias).add_(F.linear(a, lora_b), alpha=scaling)
-        ctx.save_for_backward(x, weight, lora_a, lora_b, a, mask)
+        kept, ctx.source = _kept(source, weight)
+        ctx.save_for_backward(x, kept, lora_a, lora_b, a, mask)
         ctx.scaling, ctx.keep_scale, ctx.device = scaling, keep_scale, device
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         x, weight, lora_a, lora_b, a, mask = ctx.saved_tensors
+        weight = _base_weight(ctx.source).to(x.dtype) if weight is None else weight
         s, keep_scale = ctx.scaling, ctx.keep_scale
         with torch.autocast(ctx.device, enabled=False):
             g = grad_y.reshape(-1, grad_y.shape[-1]).to(x.dtype)  # (N, out)
@@ -112,8 +128,8 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
 
 class _DoRALinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, magnitude, norm, scaling, dropout):
-        device = x.device.type
+    def forward(ctx, x, source, bias, lora_a, lora_b, magnitude, norm, scaling, dropout):
+        device, weight = x.device.type, _base_weight(source)
         if torch.is_autocast_enabled(device):
             dt = torch.get_autocast_dtype(device)
             x, weight, lora_a, lora_b = (t.to(dt) for t in (x, weight, lora_a, lora_b))
@@ -128,13 +144,15 @@ class _DoRALinear(torch.autograd.Function):
                 y = v * scale if bias is None else torch.addcmul(bias, v, scale)
             else:  # x Wᵀ + b + (s − 1) · dropout(x) Wᵀ + s · l  =  x Wᵀ + b + (s − 1) · v + l
                 y = F.linear(x, weight, bias).addcmul_(v, scale - 1).add_(F.linear(a, lora_b), alpha=scaling)
-        ctx.save_for_backward(x, weight, lora_a, lora_b, a, mask, v, scale, norm)
+        kept, ctx.source = _kept(source, weight)
+        ctx.save_for_backward(x, kept, lora_a, lora_b, a, mask, v, scale, norm)
         ctx.scaling, ctx.keep_scale, ctx.device, ctx.m_dtype = scaling, keep_scale, device, magnitude.dtype
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         x, weight, lora_a, lora_b, a, mask, v, scale, norm = ctx.saved_tensors
+        weight = _base_weight(ctx.source).to(x.dtype) if weight is None else weight
         s, keep_scale = ctx.scaling, ctx.keep_scale
         with torch.autocast(ctx.device, enabled=False):
             g = grad_y.reshape(-1, grad_y.shape[-1]).to(x.dtype)  # (N, out)

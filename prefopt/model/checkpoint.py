@@ -120,6 +120,9 @@ def save_model(
     plus ``model.safetensors.index.json``) and, given a tokenizer, its files. Each file is
     written atomically; shards left by an earlier save are removed.
     """
+    if state_dict is None and getattr(model, "quantized", None):
+        raise ValueError(f"the model's weights are {model.quantized} (4-bit, prefopt.quant): they are not saved; save "
+                         "its adapter, or load the model in full precision to save it")
     out = Path(out_dir)
     writer = ShardWriter(out, max_shard_bytes)
     first_dtype = None

@@ -28,7 +28,8 @@ def _what(config) -> tuple[str, list[str]]:
     dora = config.lora and getattr(config, "lora_dora", False)
     kind = "DoRA" if dora else "LoRA"
     weights = f"{kind} adapter (r {config.lora_r}, alpha {config.lora_alpha:g}{rs})" if config.lora else "Full weights"
-    title = f"{weights} for {config.model}, trained with {method}"
+    on_4bit = f" on its {config.quantize} (4-bit) base" if config.lora and getattr(config, "quantize", None) else ""
+    title = f"{weights} for {config.model}{on_4bit}, trained with {method}"
     tags = ["prefopt", "dpo" if dpo else "sft", *([config.loss] if dpo else []), *(["lora"] if config.lora else []),
             *(["dora"] if dora else [])]
     return title, tags

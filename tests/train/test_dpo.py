@@ -250,6 +250,29 @@ def test_dpo_after_sft_saves_one_adapter_that_holds_both_on_the_base_model(task,
     assert (only_sft - want).abs().max() > 1e-3  # DPO moved the model, so a dropped SFT or DPO part shows
 
 
+def test_dpo_after_sft_on_a_4bit_base_learns_and_saves_both_updates(task, tmp_path):
+    """QLoRA DPO: the SFT adapter merged in full precision, then the adapted layers in 4 bits; the
+    held-out pair accuracy rises, the reference comes from the cache, and final/ stacks SFT and
+    DPO for the full-precision base."""
+    from prefopt import load_model
+    from prefopt.quant import QuantLinear
+
+    model_dir = task[0]
+    sft = _sft_adapter(model_dir, tmp_path / "sft")
+    seen = {}
+    summary = run_dpo(_cfg(task, tmp_path / "o", sft_adapter=str(tmp_path / "sft"), quantize="nf4", max_steps=32,
+                           ref_cache=str(tmp_path / "cache")),
+                      callbacks=[lambda trainer, step, metrics: seen.update(trainer=trainer)])
+    assert any(isinstance(m, QuantLinear) for m in seen["trainer"].model.modules())
+    assert summary["eval_after"]["eval_rewards/accuracies"] >= 0.9 and summary["reference_forwards"] == 0
+    final = tmp_path / "o" / "final"
+    assert json.loads((final / "stacked_on.json").read_text())["ranks"] == [4, 8]
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        got = load_model(model_dir, adapter=final)(ids)
+        assert (got - sft.eval()(ids)).abs().max() > 1e-3  # the DPO part is in it
+
+
 def test_cli_dpo_with_cache(task, tmp_path, capsys):
     from prefopt.cli import main
 

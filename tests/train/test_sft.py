@@ -150,6 +150,35 @@ def test_cli_sft_dora_flag_names_it_in_the_plan(task, tmp_path, capsys):
     assert json.loads((tmp_path / "d" / "final" / "adapter_config.json").read_text())["use_dora"] is True
 
 
+def test_cli_sft_on_a_4bit_base_trains_an_adapter_for_the_full_precision_base(task, tmp_path, capsys):
+    """``--quantize nf4`` (QLoRA): the adapted layers' base weights in 4 bits while the adapter
+    trains; the loss falls, the plan and card say so, and the adapter loads on the base model."""
+    from prefopt.quant import QuantLinear
+
+    model_dir, data = task
+    out = tmp_path / "q"
+    seen = {}
+    run_sft(_cfg(task, out, quantize="nf4", eval_fraction=0.0),
+            callbacks=[lambda trainer, step, metrics: seen.update(trainer=trainer)])
+    trained = seen["trainer"].model
+    assert sum(isinstance(m, QuantLinear) for m in trained.modules()) == 7 * trained.config.num_hidden_layers
+    losses = [m["loss"] for m in read_metrics(out) if "loss" in m]
+    assert losses[-1] < losses[0] - 0.3
+    assert "on its nf4 (4-bit) base" in (out / "final" / "README.md").read_text()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        full = load_model(model_dir, adapter=out / "final")(ids)
+        assert (full - load_model(model_dir)(ids)).abs().max() > 1e-3  # it trained, and loads on the full base
+        assert torch.nn.functional.cosine_similarity(full.flatten(), trained.eval()(ids).flatten(), 0) > 0.95
+    assert main(["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(tmp_path / "c"),
+                 "--max-steps", "1", "--batch-size", "4", "--quantize", "nf4", "--no-progress"]) == 0
+    assert "down_proj, the base in 4 bits); cpu" in capsys.readouterr().out
+    for bad, message in ((dict(quantize="int3"), "quantize must be one of nf4"),
+                         (dict(quantize="nf4", lora=False), "it needs LoRA")):
+        with pytest.raises(ValueError, match=message):
+            _cfg(task, tmp_path / "x", **bad)
+
+
 def test_cli_sft_refuses_bad_config_before_work(task, tmp_path, capsys):
     model_dir, data = task
     assert main(["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(tmp_path / "x"),

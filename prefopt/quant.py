@@ -1,0 +1,124 @@
+"""4-bit NormalFloat (NF4) base weights for LoRA training on little memory (QLoRA, Dettmers et al. 2023).
+
+A frozen linear layer's weight is stored as 4-bit codes, two to a byte, with one fp32 scale
+(the block's largest magnitude) per ``block`` consecutive values: 0.5 + 4/``block`` bytes per
+weight (0.5625 at the default 64), against 2 in bf16 and 4 in fp32. Each code indexes the 16
+NF4 levels, which are quantiles of a standard normal scaled to [-1, 1] (with an exact zero), so
+that normally distributed weights use each level about equally often. :class:`QuantLinear`
+dequantizes its weight when it computes, one layer at a time, and keeps nothing else;
+:func:`quantize_model` swaps a model's linear layers for it. Adapters train on top in
+higher precision (``prefopt.lora``); the base cannot take one merged in (merge in full
+precision first, then quantize).
+
+Pure PyTorch: the same code runs on CPU and CUDA. It is not bitsandbytes' kernel, and its
+quantized weights are never saved: a run saves its adapter, which loads on the full-precision
+base as on the quantized one.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BLOCK = 64
+# NF4's tail: the quantiles run from 1 - OFFSET to OFFSET (QLoRA's choice; it keeps ±1 finite)
+OFFSET = 0.9677083
+QUANT_KINDS = ("nf4",)
+
+
+def nf4_levels() -> torch.Tensor:
+    """The 16 NF4 levels, ascending, in fp32: 7 negative and 8 positive normal quantiles, equal
+    steps in probability from the middle to ``OFFSET``, each side scaled so its extreme is ±1, and 0."""
+    from torch.special import ndtri
+
+    positive = ndtri(torch.linspace(OFFSET, 0.5, 9, dtype=torch.float64)[:-1])
+    negative = -ndtri(torch.linspace(OFFSET, 0.5, 8, dtype=torch.float64)[:-1])
+    levels = torch.cat([negative, torch.zeros(1, dtype=torch.float64), positive]).sort().values
+    return (levels / levels.abs().max()).float()
+
+
+_LEVELS = nf4_levels()
+
+
+def quantize_nf4(weight: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(codes, scales)``: ``weight``'s values in blocks of ``block`` (an even number; the last
+    block padded with zeros), each scaled by its block's largest magnitude and rounded to the
+    nearest NF4 level; two 4-bit codes a byte (uint8, the first value in the low half), one fp32
+    scale a block."""
+    if block < 2 or block % 2:
+        raise ValueError(f"block must be an even number >= 2, got {block}")
+    w = weight.detach().float().reshape(-1)
+    w = F.pad(w, (0, -w.numel() % block)).reshape(-1, block)
+    scales = w.abs().amax(dim=1)
+    normed = w / scales.clamp_min(torch.finfo(torch.float32).tiny)[:, None]
+    levels = _LEVELS.to(w.device)
+    midpoints = (levels[1:] + levels[:-1]) / 2
+    codes = torch.bucketize(normed, midpoints).to(torch.uint8).reshape(-1, 2)  # the nearest level
+    return codes[:, 0] | (codes[:, 1] << 4), scales
+
+
+def dequantize_nf4(codes: torch.Tensor, scales: torch.Tensor, shape: torch.Size | tuple[int, ...],
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The weight :func:`quantize_nf4` encoded, shaped ``shape``, in ``dtype``."""
+    levels = _LEVELS.to(codes.device)
+    both = torch.stack([levels[(codes & 15).long()], levels[(codes >> 4).long()]], dim=1)  # (n/2, 2)
+    values = (both.reshape(scales.numel(), -1) * scales[:, None]).reshape(-1)
+    return values[:torch.Size(shape).numel()].to(dtype).reshape(shape)
+
+
+class QuantLinear(nn.Module):
+    """A frozen ``nn.Linear`` whose weight is kept in NF4 (the bias as it was). ``weight`` is the
+    dequantized weight in the layer's compute dtype, made afresh on each access; the layer keeps
+    only ``codes`` and ``scales`` (buffers: they move with ``.to(device)``)."""
+
+    def __init__(self, base: nn.Linear, block: int = BLOCK):
+        super().__init__()
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.dtype, self.block = base.weight.dtype, block
+        codes, scales = quantize_nf4(base.weight, block)
+        self.register_buffer("codes", codes)
+        self.register_buffer("scales", scales)
+        self.bias = None if base.bias is None else nn.Parameter(base.bias.detach(), requires_grad=False)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return dequantize_nf4(self.codes, self.scales, (self.out_features, self.in_features), self.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, nf4, block={self.block}, dtype={self.dtype}"
+
+
+def quantize_model(model: nn.Module, target_modules: Iterable[str], kind: str = "nf4", block: int = BLOCK, *,
+                   device: str | torch.device | None = None) -> nn.Module:
+    """Replace each ``nn.Linear`` named in ``target_modules`` with a :class:`QuantLinear`, in place,
+    quantized on ``device`` (default: where each weight is) and kept there, one layer at a time.
+    Returns ``model``, with ``model.quantized`` naming the kind. An adapter merged before stays in
+    the quantized weights; none can be merged after."""
+    if kind not in QUANT_KINDS:
+        raise ValueError(f"unknown quantization {kind!r}; choose from {', '.join(QUANT_KINDS)}")
+    targets = set(target_modules)
+    found = False
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Linear and name in targets:
+                q = QuantLinear(child.to(device) if device is not None else child, block)
+                q.train(child.training)
+                setattr(module, name, q)
+                found = True
+    if not found:
+        raise ValueError(f"no nn.Linear named {sorted(targets)} found in the model to quantize")
+    model.quantized = kind
+    return model
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, QuantLinear) for m in model.modules())
+
+
+__all__ = ["BLOCK", "QUANT_KINDS", "QuantLinear", "dequantize_nf4", "is_quantized", "nf4_levels", "quantize_model",
+           "quantize_nf4"]

@@ -1,0 +1,115 @@
+"""NF4 base weights (QLoRA): the levels, the round trip's error, the layer, the model swap."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prefopt.quant import BLOCK, QuantLinear, dequantize_nf4, nf4_levels, quantize_model, quantize_nf4
+
+# NF4 as QLoRA publishes it (Dettmers et al. 2023, appendix E), to the digits given there
+PUBLISHED = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+             -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+             0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+             0.7229568362236023, 1.0]
+
+
+def test_the_levels_are_qloras():
+    assert torch.allclose(nf4_levels(), torch.tensor(PUBLISHED), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(48, 64), (7, 9)])  # a whole number of blocks, and not (the last one padded)
+def test_round_trip_error_is_at_most_half_a_level_gap_of_each_blocks_scale(shape):
+    w = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    codes, scales = quantize_nf4(w)
+    n = w.numel()
+    assert codes.dtype == torch.uint8 and codes.numel() == -(-n // BLOCK) * BLOCK // 2
+    assert scales.numel() == -(-n // BLOCK)
+    back = dequantize_nf4(codes, scales, shape)
+    assert back.shape == w.shape
+    flat = F.pad(w.reshape(-1), (0, -n % BLOCK)).reshape(-1, BLOCK)
+    bound = (nf4_levels().diff().max() / 2 * flat.abs().amax(1))[:, None]
+    err = F.pad((back - w).reshape(-1), (0, -n % BLOCK)).reshape(-1, BLOCK).abs()
+    assert (err <= bound + 1e-6).all()
+    assert (back - w).abs().mean() < 0.1 * w.abs().mean()  # most values land close
+    # the largest magnitude of each block and the levels themselves come back exactly
+    levels = nf4_levels()
+    exact = (levels[torch.arange(BLOCK) % 16] * 3.0).reshape(1, BLOCK)
+    assert torch.equal(dequantize_nf4(*quantize_nf4(exact), exact.shape), exact)
+
+
+def test_quant_linear_computes_with_the_dequantized_weight_and_keeps_a_quarter_of_bf16():
+    base = torch.nn.Linear(128, 96).to(torch.bfloat16)
+    torch.nn.init.normal_(base.weight, std=0.05, generator=torch.Generator().manual_seed(0))  # as trained weights are
+    q = QuantLinear(base)
+    x = torch.randn(5, 128, dtype=torch.bfloat16)
+    w = dequantize_nf4(q.codes, q.scales, (96, 128), torch.bfloat16)
+    assert torch.equal(q(x), F.linear(x, w, base.bias))
+    assert F.cosine_similarity(q(x).float().flatten(), base(x).float().flatten(), 0) > 0.99
+    kept = sum(t.numel() * t.element_size() for t in (q.codes, q.scales))
+    assert kept / (base.weight.numel() * 2) == pytest.approx((0.5 + 4 / BLOCK) / 2)  # 0.28 of bf16
+    assert not any(p.requires_grad for p in q.parameters())
+
+
+def test_quantize_model_swaps_the_named_layers_only(tmp_path):
+    from prefopt import load_model
+    from tests._tiny import build_hf_model
+
+    build_hf_model(tmp_path)
+    model = load_model(tmp_path)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        before = model(ids)
+    quantize_model(model, ["q_proj", "up_proj"])
+    kinds = {name.rsplit(".", 1)[-1]: type(m).__name__ for name, m in model.named_modules()
+             if name.endswith(("q_proj", "k_proj", "up_proj"))}
+    assert kinds == {"q_proj": "QuantLinear", "k_proj": "Linear", "up_proj": "QuantLinear"}
+    with torch.no_grad():
+        after = model(ids)
+    assert (after - before).abs().max() > 0 and F.cosine_similarity(after.flatten(), before.flatten(), 0) > 0.95
+    with pytest.raises(ValueError, match="no nn.Linear named"):
+        quantize_model(load_model(tmp_path), ["qproj"])
+    with pytest.raises(ValueError, match="unknown quantization 'int3'"):
+        quantize_model(load_model(tmp_path), ["q_proj"], kind="int3")
+
+
+@pytest.mark.parametrize("dora", [False, True])
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_an_adapter_on_a_4bit_base_equals_one_on_its_dequantized_weights_and_keeps_no_copy(dora, dropout):
+    """QLoRA: the same values and gradients as the adapter on a plain layer holding the
+    dequantized weight; the backward keeps no weight-sized tensor (it dequantizes again)."""
+    from prefopt.lora import LoRALinear, QLoRALinear
+
+    g = torch.Generator().manual_seed(1)
+    base = torch.nn.Linear(128, 64)
+    torch.nn.init.normal_(base.weight, std=0.05, generator=g)
+    q = QuantLinear(base)
+    plain = torch.nn.Linear(128, 64)
+    with torch.no_grad():
+        plain.weight.copy_(q.weight)
+        plain.bias.copy_(base.bias)
+    layers = [cls(b, r=4, alpha=8, dropout=dropout, dora=dora) for cls, b in ((QLoRALinear, q), (LoRALinear, plain))]
+    for layer in layers:
+        layer.requires_grad_(False)
+        with torch.no_grad():
+            layer.lora_B.weight.copy_(torch.randn(64, 4, generator=torch.Generator().manual_seed(2)))
+            layer.lora_A.weight.copy_(torch.randn(4, 128, generator=torch.Generator().manual_seed(3)) * 0.1)
+        trainable = [layer.lora_A.weight, layer.lora_B.weight] + ([layer.lora_magnitude] if dora else [])
+        for t in trainable:
+            t.requires_grad_(True)
+        layer.train()
+    x = torch.randn(3, 5, 128, generator=g, requires_grad=True)
+    outs, grads = [], []
+    for layer in layers:
+        saved = []
+        torch.manual_seed(4)  # the same dropout mask
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t) or t, lambda t: t):
+            y = layer(x)
+        outs.append(y)
+        params = [layer.lora_A.weight, layer.lora_B.weight] + ([layer.lora_magnitude] if dora else [])
+        grads.append(torch.autograd.grad((y * torch.linspace(-1, 1, 64)).sum(), [x, *params]))
+        if layer is layers[0]:
+            assert not any(t.numel() == 64 * 128 for t in saved), [t.shape for t in saved]
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(RuntimeError, match="cannot be merged into 4-bit"):
+        layers[0].merge()
