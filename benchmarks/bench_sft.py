@@ -32,7 +32,9 @@ from _common import (  # noqa: E402
 )
 
 
-def prefopt_worker(a) -> dict:
+def prefopt_worker(a, quantize: str | None = None) -> dict:
+    """prefopt's run (``quantize``: its base in 4 bits, for bench_qlora.py); also the model's own
+    bytes (parameters and buffers) and the mean loss of the last three steps."""
     from prefopt import load_tokenizer
     from prefopt.train import SFTTrainer, TrainConfig
     from prefopt.train.run import prepare_model
@@ -42,16 +44,20 @@ def prefopt_worker(a) -> dict:
     cfg = TrainConfig(model=a.model_dir, data=a.data, output_dir=a.out, batch_size=a.batch_size,
                       max_steps=a.steps, lr=2e-4, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_dora=a.dora,
                       lora_targets=TARGETS, max_length=a.max_length, schedule="constant", progress=False,
-                      seed=0, gradient_checkpointing=a.gradient_checkpointing)
+                      seed=0, gradient_checkpointing=a.gradient_checkpointing, quantize=quantize)
     tok = load_tokenizer(cfg.model)
     train, _, _ = load_train_eval(cfg, tok)
-    marks = []
-    trainer = SFTTrainer(prepare_model(cfg), cfg, train, pad_id=tok.pad_token_id,
-                         callbacks=[lambda t, s, m: marks.append((time.perf_counter(), m["tokens"]))])
+    marks, losses = [], []
+    model = prepare_model(cfg)
+    model_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    trainer = SFTTrainer(model, cfg, train, pad_id=tok.pad_token_id,
+                         callbacks=[lambda t, s, m: marks.append((time.perf_counter(), m["tokens"])) or
+                                    losses.append(m["loss"])])
     t0 = time.perf_counter()
     marks.append((t0, 0))
     trainer.train()
-    return step_summary("prefopt", marks, a.warmup, base, cumulative=False)
+    return {**step_summary("prefopt", marks, a.warmup, base, cumulative=False), "model_bytes": model_bytes,
+            "last_loss": sum(losses[-3:]) / len(losses[-3:])}
 
 
 def trl_worker(a) -> dict:
