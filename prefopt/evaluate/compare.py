@@ -119,7 +119,7 @@ def _train_config(cls, cfg, s, stage: str, data: Path, out: Path, **kw):
                max_steps=steps, epochs=epochs, seed=cfg.seed, warmup_steps=min(5, (steps or 10) // 10),
                gradient_checkpointing=bool(s["gradient_checkpointing"]), device=cfg.device,
                chat_date=cfg.chat_date, lora_r=s["lora_r"], lora_alpha=s["lora_alpha"], lora_dora=s["lora_dora"],
-               overwrite=True, **kw)
+               quantize=s["quantize"], overwrite=True, **kw)
 
 
 def _load_stage_model(cfg: CompareConfig, out: Path, stage: str, keep: dict | None = None):

@@ -13,10 +13,12 @@ from ..chat_template import parse_chat_date
 from ..fileio import write_json_atomic
 from ..hints import did_you_mean
 from ..model.repeats import check_repeat_options
+from ..quant import QUANT_KINDS
 from .runner import DECODING, decoding
 from .selection import check_settings
 
-LORA = {"lora_r": 16, "lora_alpha": 32.0, "lora_dora": False}  # both stages' adapters, in every preset
+# both stages' adapters, in every preset; quantize "nf4": their base weights in 4 bits while they train (QLoRA)
+LORA = {"lora_r": 16, "lora_alpha": 32.0, "lora_dora": False, "quantize": None}
 PRESETS = {
     # small enough for 2 CPU cores in a few minutes (make demo)
     "quick": {"max_train": 160, "test": 60, "sft_steps": 60, "dpo_steps": 50, "batch_size": 4, "dpo_batch_size": 2,
@@ -42,6 +44,7 @@ PRESETS = {
     # repetition_penalty, no_repeat_ngram_size None: none (greedy decoding as it is); repeat_scope None: "all";
     # gradient_checkpointing: less memory, more time;
     # lora_r, lora_alpha, lora_dora: each stage's adapter (rank, alpha: scaled by alpha / r; DoRA or plain LoRA);
+    # quantize None or "nf4": the base weights the adapters train on (evaluations run on the full-precision base);
     # confidence True: where the task's answers are labels, each stage also scores every possible answer after each
     # test prompt, for how sure it is of its answers and whether that tells right from wrong (stage_confidence)
 }
@@ -100,6 +103,8 @@ class CompareConfig:
         for name in ("confidence", "lora_dora"):
             if not isinstance(s[name], bool):
                 raise ValueError(f"{name}: true or false (got {s[name]!r})")
+        if s["quantize"] is not None and s["quantize"] not in QUANT_KINDS:
+            raise ValueError(f"quantize: null or one of {', '.join(QUANT_KINDS)} (got {s['quantize']!r})")
         self.device_and_dtype()
         if self.chat_date is not None:
             parse_chat_date(self.chat_date)

@@ -722,7 +722,7 @@ def test_a_run_made_before_a_setting_was_added_still_resumes(tiny_model, tmp_pat
     stored = json.loads((out / "compare_config.json").read_text())
     for key in ("max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "repeat_scope",
                 "gradient_checkpointing", "val", "dpo_eval_every", "dpo_min_gain",
-                "dpo_patience", "dpo_max_p", "confidence", "lora_r", "lora_alpha", "lora_dora"):
+                "dpo_patience", "dpo_max_p", "confidence", "lora_r", "lora_alpha", "lora_dora", "quantize"):
         del stored["settings"][key]
     del stored["chat_date"]  # added on 2026-11-30: such a run keeps the clock's date, as it had
     (out / "compare_config.json").write_text(json.dumps(stored))
@@ -738,13 +738,17 @@ def test_a_run_made_before_a_setting_was_added_still_resumes(tiny_model, tmp_pat
 
 
 def test_compare_trains_dora_adapters_with_the_rank_it_is_given(tiny_model, tmp_path):
-    """``--set lora_dora=true --set lora_r=4``: both stages train DoRA r 4; the SFT+DPO adapter is
-    one DoRA adapter on the base model (r 4 + 4); bad values are named before any work."""
+    """``--set lora_dora=true --set lora_r=4 --set quantize=nf4``: both stages train DoRA r 4 on a
+    4-bit base; the SFT+DPO adapter is one DoRA adapter on the base model (r 4 + 4); bad values
+    are named before any work."""
     from prefopt.lora import read_adapter_config
 
     out = tmp_path / "run"
     report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out),
-                                       overrides={**TINY, "lora_dora": True, "lora_r": 4, "lora_alpha": 8}))
+                                       overrides={**TINY, "lora_dora": True, "lora_r": 4, "lora_alpha": 8,
+                                                  "quantize": "nf4"}))
+    assert all("on its nf4 (4-bit) base" in (out / s / "train" / "final" / "README.md").read_text()
+               for s in ("sft", "dpo"))
     sft = read_adapter_config(out / "sft" / "train" / "final")
     dpo = read_adapter_config(out / report["weights"]["dpo"])
     assert (sft.dora, sft.r, sft.alpha) == (True, 4, 8.0)
@@ -752,6 +756,9 @@ def test_compare_trains_dora_adapters_with_the_rank_it_is_given(tiny_model, tmp_
     with pytest.raises(ValueError, match="lora_dora: true or false"):
         CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "x"),
                       overrides={"lora_dora": "yes"}).settings()
+    with pytest.raises(ValueError, match="quantize: null or one of nf4"):
+        CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "x"),
+                      overrides={"quantize": "int8"}).settings()
     with pytest.raises(ValueError, match="lora_r: a whole number >= 1"):
         CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "x"),
                       overrides={"lora_r": 0}).settings()
