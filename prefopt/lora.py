@@ -97,6 +97,10 @@ class LoRALinear(nn.Module):
         """What tells whether the base weight changed (for DoRA's kept norms)."""
         return self.weight.data_ptr(), self.weight._version
 
+    def _frozen_base(self) -> bool:
+        """Whether the base weight and bias take no gradient (then the fused ops run)."""
+        return not (self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad))
+
     def reset_lora(self) -> None:
         """PEFT's default init: A Kaiming-uniform, B zero (so the adapter starts as a no-op)."""
         if self.lora_A.weight.is_meta:
@@ -123,7 +127,7 @@ class LoRALinear(nn.Module):
         so that generating token by token does not recompute it at every step (3x the time)."""
         key = (self._base_key(), *((t.data_ptr(), t._version) for t in (self.lora_A.weight, self.lora_B.weight)))
         if self._norm_cache is None or self._norm_cache[0] != key:  # in fp32 whatever autocast is on, so kept
-            with torch.no_grad(), torch.autocast(self.weight.device.type, enabled=False):  # values never differ
+            with torch.no_grad(), torch.autocast(self.lora_A.weight.device.type, enabled=False):  # values never differ
                 self._norm_cache = (key, (self.weight.float() + self.lora_delta()).norm(dim=1))
         return self._norm_cache[1]
 
@@ -131,7 +135,7 @@ class LoRALinear(nn.Module):
         if self.merged or self.disabled:
             return F.linear(x, self.weight, self.bias)
         p = self.dropout if self.training else 0.0
-        frozen = not (self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad))
+        frozen = self._frozen_base()
         if self.lora_magnitude is not None and frozen:
             return dora_linear(x, self._weight_source(), self.bias, self.lora_A.weight, self.lora_B.weight,
                                self.lora_magnitude, self._dora_norm(), self.scaling, p)
@@ -172,7 +176,6 @@ class LoRALinear(nn.Module):
                 f"scaling={self.scaling:g}, merged={self.merged}")
 
 
-
 class QLoRALinear(LoRALinear):
     """A :class:`LoRALinear` on a 4-bit base (``prefopt.quant.QuantLinear``; QLoRA). ``weight`` is
     the base's dequantized weight, made on each access; the fused ops dequantize it in the forward
@@ -191,6 +194,9 @@ class QLoRALinear(LoRALinear):
 
     def _base_key(self) -> tuple:
         return self.base_layer.codes.data_ptr(), self.base_layer.codes._version
+
+    def _frozen_base(self) -> bool:  # 4-bit codes take no gradient; asking the weight would dequantize it
+        return self.bias is None or not self.bias.requires_grad
 
     def merge(self) -> None:
         raise RuntimeError(QUANTIZED_MERGE)
@@ -457,9 +463,7 @@ def _trained_on(adapter_dir: str | Path) -> str:
 
 
 __all__ = [
-    "LoRAConfig", "LoRALinear", "MergedAdapter", "QLoRALinear", "adapter_base", "apply_lora", "disable_adapter", "is_adapter_key",
-    "load_adapter",
-    "lora_layers", "lora_scaling",
-    "lora_state_dict", "merge_and_unload", "merge_lora", "merged_state_dict", "read_adapter", "read_adapter_config",
+    "LoRAConfig", "LoRALinear", "MergedAdapter", "QLoRALinear", "adapter_base", "apply_lora", "disable_adapter",
+    "is_adapter_key", "load_adapter", "lora_layers", "lora_scaling", "lora_state_dict", "merge_and_unload", "merge_lora", "merged_state_dict", "read_adapter", "read_adapter_config",
     "write_adapter",
 ]

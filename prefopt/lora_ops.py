@@ -62,6 +62,15 @@ def _kept(source, weight: torch.Tensor) -> tuple[torch.Tensor | None, object]:
     return (weight, None) if isinstance(source, torch.Tensor) else (None, source)
 
 
+def _autocast_inputs(device: str, x, weight, bias, lora_a, lora_b) -> tuple:
+    """The inputs cast as autocast would cast them where it is on (then the op computes in that
+    dtype with autocast off), else as they are."""
+    if not torch.is_autocast_enabled(device):
+        return x, weight, bias, lora_a, lora_b
+    dt = torch.get_autocast_dtype(device)
+    return (*(t.to(dt) for t in (x, weight)), None if bias is None else bias.to(dt), lora_a.to(dt), lora_b.to(dt))
+
+
 def _dropped(x: torch.Tensor, mask: torch.Tensor | None, keep_scale: float) -> torch.Tensor:
     """``dropout(x)`` for a given keep mask (built in forward, rebuilt in backward)."""
     return x if mask is None else x.mul(mask).mul_(keep_scale)
@@ -70,11 +79,8 @@ def _dropped(x: torch.Tensor, mask: torch.Tensor | None, keep_scale: float) -> t
 class _LoRALinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, source, bias, lora_a, lora_b, scaling, dropout):
-        device, weight = x.device.type, _base_weight(source)
-        if torch.is_autocast_enabled(device):  # cast as autocast would, then compute in that dtype
-            dt = torch.get_autocast_dtype(device)
-            x, weight, lora_a, lora_b = (t.to(dt) for t in (x, weight, lora_a, lora_b))
-            bias = bias.to(dt) if bias is not None else None
+        device = x.device.type
+        x, weight, bias, lora_a, lora_b = _autocast_inputs(device, x, _base_weight(source), bias, lora_a, lora_b)
         with torch.autocast(device, enabled=False):
             mask, keep_scale = keep_mask(x.shape, dropout, x.device) if dropout > 0 else (None, 1.0)
             a = F.linear(_dropped(x, mask, keep_scale), lora_a)  # (..., r)
@@ -129,21 +135,20 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
 class _DoRALinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, source, bias, lora_a, lora_b, magnitude, norm, scaling, dropout):
-        device, weight = x.device.type, _base_weight(source)
-        if torch.is_autocast_enabled(device):
-            dt = torch.get_autocast_dtype(device)
-            x, weight, lora_a, lora_b = (t.to(dt) for t in (x, weight, lora_a, lora_b))
-            bias = bias.to(dt) if bias is not None else None
+        device = x.device.type
+        x, weight, bias, lora_a, lora_b = _autocast_inputs(device, x, _base_weight(source), bias, lora_a, lora_b)
         with torch.autocast(device, enabled=False):
             scale = (_wide(magnitude) / norm).to(x.dtype)
             mask, keep_scale = keep_mask(x.shape, dropout, x.device) if dropout > 0 else (None, 1.0)
             xd = _dropped(x, mask, keep_scale)
             a = F.linear(xd, lora_a)  # (..., r)
-            v = F.linear(xd, weight).add_(F.linear(a, lora_b), alpha=scaling)  # dropout(x) Wᵀ + ΔW dropout(x)
+            lora = F.linear(a, lora_b).mul_(scaling)  # ΔW dropout(x)
+            v = F.linear(xd, weight).add_(lora)  # dropout(x) Wᵀ + ΔW dropout(x)
             if mask is None:  # s · v + b
                 y = v * scale if bias is None else torch.addcmul(bias, v, scale)
-            else:  # x Wᵀ + b + (s − 1) · dropout(x) Wᵀ + s · l  =  x Wᵀ + b + (s − 1) · v + l
-                y = F.linear(x, weight, bias).addcmul_(v, scale - 1).add_(F.linear(a, lora_b), alpha=scaling)
+            else:  # x Wᵀ + b + (s − 1) · dropout(x) Wᵀ + s · ΔW dropout(x)  =  x Wᵀ + b + (s − 1) · v + ΔW dropout(x)
+                y = F.linear(x, weight, bias).addcmul_(v, scale - 1).add_(lora)
+            del lora
         kept, ctx.source = _kept(source, weight)
         ctx.save_for_backward(x, kept, lora_a, lora_b, a, mask, v, scale, norm)
         ctx.scaling, ctx.keep_scale, ctx.device, ctx.m_dtype = scaling, keep_scale, device, magnitude.dtype

@@ -40,6 +40,8 @@ def nf4_levels() -> torch.Tensor:
 
 
 _LEVELS = nf4_levels()
+# each byte's two values (low half first): one gather dequantizes two weights
+_PAIRS = torch.stack([_LEVELS[torch.arange(256) & 15], _LEVELS[torch.arange(256) >> 4]], dim=1)
 
 
 def quantize_nf4(weight: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,8 +64,7 @@ def quantize_nf4(weight: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor
 def dequantize_nf4(codes: torch.Tensor, scales: torch.Tensor, shape: torch.Size | tuple[int, ...],
                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The weight :func:`quantize_nf4` encoded, shaped ``shape``, in ``dtype``."""
-    levels = _LEVELS.to(codes.device)
-    both = torch.stack([levels[(codes & 15).long()], levels[(codes >> 4).long()]], dim=1)  # (n/2, 2)
+    both = _PAIRS.to(codes.device)[codes.long()]  # (n/2, 2)
     values = (both.reshape(scales.numel(), -1) * scales[:, None]).reshape(-1)
     return values[:torch.Size(shape).numel()].to(dtype).reshape(shape)
 
@@ -87,7 +88,8 @@ class QuantLinear(nn.Module):
         return dequantize_nf4(self.codes, self.scales, (self.out_features, self.in_features), self.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        w = dequantize_nf4(self.codes, self.scales, (self.out_features, self.in_features), x.dtype)
+        return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, nf4, block={self.block}, dtype={self.dtype}"
