@@ -12,6 +12,8 @@ def test_a_flag_the_command_lacks_names_the_one_meant(capsys):
     for argv, hints in [(["sft", "--learning-rate=1e-4", "--num-train-epochs", "2"],
                          ["--learning-rate: prefopt calls it --lr", "--num-train-epochs: prefopt calls it --epochs"]),
                         (["dpo", "--beat", "0.1"], ["--beat: did you mean '--beta'?"]),
+                        (["sft", "--use-dora", "--use-rslora"],  # PEFT's names
+                         ["--use-dora: prefopt calls it --lora-dora", "--use-rslora: prefopt calls it --lora-rslora"]),
                         (["generate", "--model", "m", "--prompt", "p", "--max-tokens", "5"],
                          ["--max-tokens: did you mean '--max-new-tokens'?"])]:
         with pytest.raises(SystemExit) as e:
