@@ -40,8 +40,15 @@ def nf4_levels() -> torch.Tensor:
 
 
 _LEVELS = nf4_levels()
-# each byte's two values (low half first): one gather dequantizes two weights
-_PAIRS = torch.stack([_LEVELS[torch.arange(256) & 15], _LEVELS[torch.arange(256) >> 4]], dim=1)
+# each byte's two values (low half first): one gather dequantizes two weights; a copy per device
+_PAIRS = {torch.device("cpu"): torch.stack([_LEVELS[torch.arange(256) & 15], _LEVELS[torch.arange(256) >> 4]], 1)}
+
+
+def _pairs_on(device: torch.device) -> torch.Tensor:
+    """The byte → two levels table on ``device``, copied there once (not at every dequantization)."""
+    if device not in _PAIRS:
+        _PAIRS[device] = _PAIRS[torch.device("cpu")].to(device)
+    return _PAIRS[device]
 
 
 def quantize_nf4(weight: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +71,7 @@ def quantize_nf4(weight: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor
 def dequantize_nf4(codes: torch.Tensor, scales: torch.Tensor, shape: torch.Size | tuple[int, ...],
                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The weight :func:`quantize_nf4` encoded, shaped ``shape``, in ``dtype``."""
-    both = _PAIRS.to(codes.device)[codes.long()]  # (n/2, 2)
+    both = _pairs_on(codes.device)[codes.long()]  # (n/2, 2)
     values = (both.reshape(scales.numel(), -1) * scales[:, None]).reshape(-1)
     return values[:torch.Size(shape).numel()].to(dtype).reshape(shape)
 
