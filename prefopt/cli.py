@@ -68,7 +68,7 @@ def _chat_model(args: argparse.Namespace, shown_in: str, need_template: bool = F
     if need_template and not tok.chat_template:
         raise ValueError(f"{args.model}: its tokenizer has no chat template, and chat sends chat messages; use an "
                          "instruct (chat) model, or prefopt generate --no-chat for plain text")
-    return load_model(args.model, dtype=dtype, device=device, adapter=args.adapter), tok
+    return load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, quantize=args.quantize), tok
 
 
 def _decoding(args: argparse.Namespace) -> dict:
@@ -92,7 +92,7 @@ def _add_answer_flags(p: argparse.ArgumentParser, system: bool = True) -> None:
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=0)
-    add_device_flags(p)
+    add_device_flags(p, quantize=True)
     add_repeat_flags(p)
 
 
@@ -309,7 +309,8 @@ def _make_pairs(args: argparse.Namespace) -> int:
                                                             if bad else ""))
     if not prompts:
         raise ValueError(f"{describe(data)}: no usable records")
-    model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None)
+    model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
+                       quantize=args.quantize)
     decode = _decoding(args)
     made = {"model": args.model, "adapter": args.adapter, "data": describe(data), "columns": args.columns,
             "max_new_tokens": args.max_new_tokens, "max_prompt_length": args.max_prompt_length,

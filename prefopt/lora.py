@@ -29,9 +29,9 @@ from torch import nn
 from .fileio import write_json_atomic
 from .lora_ops import dora_linear, lora_linear
 from .model.safetensors_io import iter_tensors, save_file_atomic
-from .quant import QuantLinear
+from .quant import PROJECTIONS, QuantLinear
 
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_TARGETS = PROJECTIONS  # every attention and MLP projection
 PEFT_PREFIX = "base_model.model."
 
 
@@ -464,6 +464,6 @@ def _trained_on(adapter_dir: str | Path) -> str:
 
 __all__ = [
     "LoRAConfig", "LoRALinear", "MergedAdapter", "QLoRALinear", "adapter_base", "apply_lora", "disable_adapter",
-    "is_adapter_key", "load_adapter", "lora_layers", "lora_scaling", "lora_state_dict", "merge_and_unload", "merge_lora", "merged_state_dict", "read_adapter", "read_adapter_config",
-    "write_adapter",
+    "is_adapter_key", "load_adapter", "lora_layers", "lora_scaling", "lora_state_dict", "merge_and_unload",
+    "merge_lora", "merged_state_dict", "read_adapter", "read_adapter_config", "write_adapter",
 ]

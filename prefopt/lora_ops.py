@@ -146,7 +146,7 @@ class _DoRALinear(torch.autograd.Function):
             v = F.linear(xd, weight).add_(lora)  # dropout(x) Wᵀ + ΔW dropout(x)
             if mask is None:  # s · v + b
                 y = v * scale if bias is None else torch.addcmul(bias, v, scale)
-            else:  # x Wᵀ + b + (s − 1) · dropout(x) Wᵀ + s · ΔW dropout(x)  =  x Wᵀ + b + (s − 1) · v + ΔW dropout(x)
+            else:  # x Wᵀ + b + (s − 1) · dropout(x) Wᵀ + s · ΔW dropout(x), as x Wᵀ + b + (s − 1) · v + ΔW dropout(x)
                 y = F.linear(x, weight, bias).addcmul_(v, scale - 1).add_(lora)
             del lora
         kept, ctx.source = _kept(source, weight)

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import torch
 
-from .lora import adapter_base, load_adapter, merge_and_unload, merged_state_dict
+from .lora import adapter_base, load_adapter, merge_and_unload, merged_state_dict, read_adapter_config
 from .lora_stack import trained_on_top_of
 from .model import checkpoint
 from .model.transformer import Transformer
+from .quant import quantize_model, quantized_layers
 
 
 def load_model(
@@ -19,6 +20,7 @@ def load_model(
     adapter: str | Path | None = None,
     merge: bool = False,
     revision: str | None = None,
+    quantize: str | None = None,
 ) -> Transformer:
     """Load a model (folder, alias or hub id), optionally with a PEFT-layout LoRA adapter.
 
@@ -27,6 +29,9 @@ def load_model(
         dtype, device: parameter dtype and device.
         adapter: folder with ``adapter_config.json`` + ``adapter_model.safetensors``.
         merge: fold the adapter into the base weights after loading, leaving a plain model.
+        quantize: "nf4": the projections (and the adapter's layers) in 4 bits (``prefopt.quant``),
+            the adapter applied on top unmerged, as ``--quantize`` trains it (``merge`` is then
+            moot: nothing merges into 4 bits).
 
     Returns:
         the model in eval mode; ``model(input_ids)`` gives logits ``(B, T, V)``.
@@ -37,9 +42,12 @@ def load_model(
             f"prefopt stacked them); on the base model it would drop the SFT part. Stack the two once with "
             f"`prefopt stack-adapters {sft} {adapter} OUT` and load OUT")
     model = checkpoint.load_model(name_or_path, dtype=dtype, device=device, revision=revision)
+    if quantize:
+        targets = read_adapter_config(adapter).target_modules if adapter is not None else ()
+        quantize_model(model, quantized_layers(targets), quantize)
     if adapter is not None:
         load_adapter(model, adapter)
-        if merge:
+        if merge and not quantize:
             merge_and_unload(model)
     return model
 

@@ -125,9 +125,18 @@ def quantize_model(model: nn.Module, target_modules: Iterable[str], kind: str = 
     return model
 
 
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def quantized_layers(adapted: Iterable[str] = ()) -> tuple[str, ...]:
+    """The layers ``--quantize`` keeps in 4 bits: every attention and MLP projection, and any other
+    layer an adapter adapts (QLoRA quantizes the whole base, not only what the adapter touches)."""
+    return tuple(dict.fromkeys([*PROJECTIONS, *adapted]))
+
+
 def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, QuantLinear) for m in model.modules())
 
 
-__all__ = ["BLOCK", "QUANT_KINDS", "QuantLinear", "dequantize_nf4", "is_quantized", "nf4_levels", "quantize_model",
-           "quantize_nf4"]
+__all__ = ["BLOCK", "PROJECTIONS", "QUANT_KINDS", "QuantLinear", "dequantize_nf4", "is_quantized", "nf4_levels",
+           "quantize_model", "quantize_nf4", "quantized_layers"]

@@ -65,6 +65,13 @@ def test_quantize_model_swaps_the_named_layers_only(tmp_path):
     with torch.no_grad():
         after = model(ids)
     assert (after - before).abs().max() > 0 and F.cosine_similarity(after.flatten(), before.flatten(), 0) > 0.95
+    from prefopt.evaluate.runner import placement
+
+    assert placement(model)["quantized"] == "nf4" and "quantized" not in placement(load_model(tmp_path))  # metrics.json
+    with pytest.raises(ValueError, match="they are not saved; save its adapter"):
+        from prefopt import save_model
+
+        save_model(model, tmp_path / "out")
     with pytest.raises(ValueError, match="no nn.Linear named"):
         quantize_model(load_model(tmp_path), ["qproj"])
     with pytest.raises(ValueError, match="unknown quantization 'int3'"):

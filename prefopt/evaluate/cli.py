@@ -60,7 +60,8 @@ def _eval(args) -> int:
         max_new, note = choose_max_new_tokens(task, tok, records, "--max-new-tokens N")
         if note:
             print(f"prefopt eval: {note}", flush=True)
-    model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None)
+    model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
+                       quantize=args.quantize)
     settings = {k: getattr(args, k) for k in DECODING} | {"max_new_tokens": max_new}
     texts, ended = predict(model, tok, task, records, batch_size=args.batch_size, return_ended=True, **settings)
     preds, metrics = score(task, records, texts, ended, settings)
@@ -114,11 +115,12 @@ def _eval_pairs(args) -> int:
     places = report.kept_places
     if earlier is not None:
         check_same_pairs(places, earlier)  # before any model loads
-    model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter)
+    model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, quantize=args.quantize)
     pad = tok.pad_token_id or 0
     policy = pair_logps(model, pairs, pad, batch_size=args.batch_size)
     if args.reference_adapter:
-        reference_model = load_model(args.model, dtype=dtype, device=device, adapter=args.reference_adapter)
+        reference_model = load_model(args.model, dtype=dtype, device=device, adapter=args.reference_adapter,
+                                     quantize=args.quantize)
         reference = pair_logps(reference_model, pairs, pad, batch_size=args.batch_size, desc="reference")
         del reference_model
     elif args.adapter:
@@ -173,7 +175,8 @@ def _predict(args) -> int:
     tok = load_tokenizer(args.model)
     require_chat(tok, args.model)
     tok.chat_date = parse_chat_date(args.chat_date, "--chat-date") if args.chat_date else date.today()
-    model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None)
+    model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
+                       quantize=args.quantize)
     settings = {k: getattr(args, k) for k in DECODING}
     confidence = args.confidence and confidence_possible(task, "predict")
     made = {"task": task.name, "task_options": options, "model": args.model, "adapter": args.adapter,
@@ -282,15 +285,20 @@ def _study(args) -> int:
 
 
 def add_device_flags(p: argparse.ArgumentParser, dtype_flag: str = "--dtype", of: str = "parameter dtype",
-                     note: str = "") -> None:
+                     note: str = "", *, quantize: bool = False) -> None:
     """``--device`` and a dtype flag (generate, eval, compare), both "auto" by default; the dtype's
-    help is ``of``, what auto means, then ``note``."""
+    help is ``of``, what auto means, then ``note``. ``quantize``: ``--quantize`` too (one model's
+    commands; compare and study take ``--set quantize=nf4``)."""
     from ..devices import DTYPES
+    from ..quant import QUANT_KINDS
 
     p.add_argument("--device", default="auto",
                    help="auto (a CUDA GPU if one is visible, else the CPU), cpu, cuda, cuda:N or mps")
     p.add_argument(dtype_flag, choices=["auto", *DTYPES], default="auto",
                    help=f"{of}; auto: bfloat16 on a CUDA GPU (float16 where it lacks bfloat16), float32 elsewhere{note}")
+    if quantize:
+        p.add_argument("--quantize", choices=QUANT_KINDS, help="the projections in 4 bits (nf4), the adapter on top "
+                       "unmerged, as sft/dpo --quantize train it: about a quarter of bf16's memory for them")
 
 
 REPEAT_FLAGS = ("repetition_penalty", "no_repeat_ngram_size", "repeat_scope")  # add_repeat_flags' options
@@ -385,7 +393,7 @@ def add_commands(sub) -> None:
                    "(metrics.json: AUROC, accuracy of the more confident half, of the likeliest labels); about as "
                    "long again")
     add_repeat_flags(e)
-    add_device_flags(e)
+    add_device_flags(e, quantize=True)
     e.set_defaults(func=_eval)
 
     pr = sub.add_parser("predict", help="answer new records that have no labels yet (a trained adapter on "
@@ -410,7 +418,7 @@ def add_commands(sub) -> None:
     pr.add_argument("--chat-date", metavar="YYYY-MM-DD", help="the date a chat template that prints today's date "
                     "(Llama 3.1+) shows in every prompt (default: today)")
     add_repeat_flags(pr)
-    add_device_flags(pr)
+    add_device_flags(pr, quantize=True)
     pr.set_defaults(func=_predict)
 
     ep = sub.add_parser("eval-pairs", help="how a model (+ adapter) ranks held-out preference pairs: DPO's reward "
@@ -435,7 +443,7 @@ def add_commands(sub) -> None:
                     "exact McNemar); printed and written to paired.json")
     ep.add_argument("--chat-date", metavar="YYYY-MM-DD", help="the date a chat template that prints today's date "
                     "(Llama 3.1+) shows in every prompt, e.g. the run's chat_date (default: today)")
-    add_device_flags(ep)
+    add_device_flags(ep, quantize=True)
     ep.set_defaults(func=_eval_pairs)
 
     from .nll_cli import add_command as add_eval_nll

@@ -28,7 +28,7 @@ def add_command(sub) -> None:
                    "another adapter's): the difference in NLL per token, paired by record; paired.json")
     p.add_argument("--chat-date", metavar="YYYY-MM-DD", help="the date a chat template that prints today's date "
                    "(Llama 3.1+) shows in every prompt, e.g. the run's chat_date (default: today)")
-    add_device_flags(p)
+    add_device_flags(p, quantize=True)
     p.set_defaults(func=run)
 
 
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
              "tokens": int(tokens[r])} for r in range(len(tokens))]
     if earlier is not None:
         check_same_records(rows, earlier)  # before any model loads
-    model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter)
+    model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, quantize=args.quantize)
     context = getattr(model.config, "max_position_embeddings", None)
     longest = max(len(ex.input_ids) for ex in examples)
     if context and longest > context:  # as the trainer refuses them: positions the model never saw

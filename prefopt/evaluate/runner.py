@@ -33,10 +33,13 @@ def require_chat(tok, model: str) -> None:
 
 
 def placement(model) -> dict:
-    """Where ``model`` runs, for ``metrics.json``: ``{"device": "cuda:0", "dtype": "bfloat16"}``. Greedy
-    answers can differ between precisions (a near tie between two tokens breaks the other way)."""
+    """Where ``model`` runs, for ``metrics.json``: ``{"device": "cuda:0", "dtype": "bfloat16"}``, and
+    ``"quantized": "nf4"`` for a 4-bit base. Greedy answers can differ between precisions (a near
+    tie between two tokens breaks the other way)."""
     w = model.output_weight
-    return {"device": str(w.device), "dtype": str(w.dtype).removeprefix("torch.")}
+    where = {"device": str(w.device), "dtype": str(w.dtype).removeprefix("torch.")}
+    quantized = getattr(model, "quantized", None)
+    return {**where, "quantized": quantized} if quantized else where
 
 
 def prompt_date(tok) -> dict:

@@ -67,8 +67,8 @@ class TrainConfig:
     lora_rslora: bool = opt(False, "rank-stabilised LoRA: scale the update by alpha / sqrt(r) instead (PEFT's "
                                    "use_rslora; steadier at high ranks)")
     lora_dora: bool = opt(False, "DoRA: also learn each output row's magnitude (PEFT's use_dora; Liu et al. 2024)")
-    quantize: str | None = opt(None, "nf4: keep the adapted layers' base weights in 4-bit NormalFloat while the "
-                                     "adapter trains (QLoRA: about a quarter of bf16's memory for them; needs LoRA)")
+    quantize: str | None = opt(None, "nf4: keep the base's projections in 4-bit NormalFloat while the adapter "
+                                     "trains (QLoRA: about a quarter of bf16's memory for them; needs LoRA)")
     lora_dropout: float = opt(0.05, "dropout on the LoRA input")
     lora_targets: list[str] = opt(help="module names that get an adapter",
                                   factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",

@@ -11,7 +11,7 @@ from ..devices import DTYPES, resolve_device
 from ..fileio import write_json_atomic
 from ..lora import apply_lora
 from ..pretrained import load_model
-from ..quant import quantize_model
+from ..quant import quantize_model, quantized_layers
 from ..tokenizer import Tokenizer, load_tokenizer, set_chat_date
 from . import state as ckpt_io
 from .card import FILE, write_cards
@@ -43,7 +43,7 @@ def prepare_model(config: TrainConfig):
     adapter = getattr(config, "sft_adapter", None)
     model = load_model(config.model, dtype=DTYPES[config.dtype], adapter=adapter, merge=adapter is not None)
     if config.quantize:  # after the SFT adapter is merged in full precision: 4 bits take no merge
-        quantize_model(model, config.lora_targets, config.quantize, device=resolve_device(config.device))
+        quantize_model(model, quantized_layers(config.lora_targets), config.quantize, device=resolve_device(config.device))
     if config.lora:
         apply_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
                    target_modules=config.lora_targets, rslora=config.lora_rslora,

@@ -169,7 +169,14 @@ def test_cli_sft_on_a_4bit_base_trains_an_adapter_for_the_full_precision_base(ta
     with torch.no_grad():
         full = load_model(model_dir, adapter=out / "final")(ids)
         assert (full - load_model(model_dir)(ids)).abs().max() > 1e-3  # it trained, and loads on the full base
-        assert torch.nn.functional.cosine_similarity(full.flatten(), trained.eval()(ids).flatten(), 0) > 0.95
+        want = trained.eval()(ids)
+        assert torch.nn.functional.cosine_similarity(full.flatten(), want.flatten(), 0) > 0.95
+        # loaded as it trained: the same 4-bit base, the adapter on top unmerged (merge is moot)
+        as_trained = load_model(model_dir, adapter=out / "final", quantize="nf4", merge=True)
+        assert (as_trained(ids) - want).abs().max() < 1e-5
+    assert sum(isinstance(m, QuantLinear) for m in as_trained.modules()) == 7 * trained.config.num_hidden_layers
+    assert main(["generate", "--model", str(model_dir), "--adapter", str(out / "final"), "--quantize", "nf4",
+                 "--prompt", "hello", "--max-new-tokens", "3", "--greedy", "--no-chat"]) == 0
     assert main(["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(tmp_path / "c"),
                  "--max-steps", "1", "--batch-size", "4", "--quantize", "nf4", "--no-progress"]) == 0
     assert "down_proj, the base in 4 bits); cpu" in capsys.readouterr().out
