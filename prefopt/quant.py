@@ -71,8 +71,8 @@ def quantize_nf4(weight: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor
 def dequantize_nf4(codes: torch.Tensor, scales: torch.Tensor, shape: torch.Size | tuple[int, ...],
                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The weight :func:`quantize_nf4` encoded, shaped ``shape``, in ``dtype``."""
-    both = _pairs_on(codes.device)[codes.long()]  # (n/2, 2)
-    values = (both.reshape(scales.numel(), -1) * scales[:, None]).reshape(-1)
+    both = _pairs_on(codes.device).index_select(0, codes.int())  # (n/2, 2); int32 indices: half of int64's bytes
+    values = both.view(scales.numel(), -1).mul_(scales[:, None]).view(-1)  # in place: one weight-sized buffer
     return values[:torch.Size(shape).numel()].to(dtype).reshape(shape)
 
 
