@@ -200,7 +200,8 @@ def decoding_line(results: dict) -> str | None:
             where = "the answer's own tokens" if m.get("repeat_scope") == "output" else "prompt and answer"
             text += f"; {', '.join(r for r in repeats if r)} (counted over {where})"
         if "device" in m:  # recorded since runs could move to a GPU
-            text += f"; run on {m['device']} in {m['dtype']}" + (f" ({m['quantized']} base)" if m.get("quantized") else "")
+            text += f"; run on {m['device']} in {m['dtype']}"
+            text += f" ({m['quantized']} base)" if m.get("quantized") else ""
         said.setdefault(text, []).append(NAMES[s])
     if not said:
         return None

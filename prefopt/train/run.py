@@ -36,14 +36,15 @@ def pin_chat_date(config: TrainConfig, tok: Tokenizer) -> tuple[TrainConfig, str
 
 
 def prepare_model(config: TrainConfig):
-    """The base model (with ``config.sft_adapter`` merged in, for DPO after SFT; then its adapted
-    layers in 4 bits where ``config.quantize`` says so) and a fresh LoRA adapter, or all weights
-    trainable; seeded."""
+    """The base model (with ``config.sft_adapter`` merged in, for DPO after SFT; then its
+    projections in 4 bits where ``config.quantize`` says so) and a fresh LoRA adapter, or all
+    weights trainable; seeded."""
     torch.manual_seed(config.seed)
     adapter = getattr(config, "sft_adapter", None)
     model = load_model(config.model, dtype=DTYPES[config.dtype], adapter=adapter, merge=adapter is not None)
     if config.quantize:  # after the SFT adapter is merged in full precision: 4 bits take no merge
-        quantize_model(model, quantized_layers(config.lora_targets), config.quantize, device=resolve_device(config.device))
+        quantize_model(model, quantized_layers(config.lora_targets), config.quantize,
+                       device=resolve_device(config.device))
     if config.lora:
         apply_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
                    target_modules=config.lora_targets, rslora=config.lora_rslora,
