@@ -179,8 +179,9 @@ class LoRALinear(nn.Module):
 class QLoRALinear(LoRALinear):
     """A :class:`LoRALinear` on a 4-bit base (``prefopt.quant.QuantLinear``; QLoRA). ``weight`` is
     the base's dequantized weight, made on each access; the fused ops dequantize it in the forward
-    and again in the backward, so only the codes stay in memory. The adapter cannot be merged
-    into 4 bits: merge on the full-precision base (``prefopt merge`` loads it so)."""
+    and again in the backward, so only the codes stay in memory. A merge keeps the update beside
+    the codes as its factors (``QuantLinear.add_update``), exact and for good (no unmerge); a DoRA
+    adapter, which rescales whole rows, cannot merge into 4 bits."""
 
     def _keep_base(self, base: QuantLinear) -> None:
         self.base_layer = base
@@ -193,21 +194,30 @@ class QLoRALinear(LoRALinear):
         return self.base_layer
 
     def _base_key(self) -> tuple:
-        return self.base_layer.codes.data_ptr(), self.base_layer.codes._version
+        q = self.base_layer
+        return q.codes.data_ptr(), q.codes._version, None if q.update_a is None else q.update_a.data_ptr()
 
     def _frozen_base(self) -> bool:  # 4-bit codes take no gradient; asking the weight would dequantize it
         return self.bias is None or not self.bias.requires_grad
 
+    @torch.no_grad()
     def merge(self) -> None:
-        raise RuntimeError(QUANTIZED_MERGE)
+        if self.merged:
+            return
+        if self.lora_magnitude is not None:
+            raise RuntimeError(QUANTIZED_DORA_MERGE)
+        self.base_layer.add_update(self.lora_A.weight, self.lora_B.weight * self.scaling)
+        self.merged = True
 
     def unmerge(self) -> None:
         if self.merged:
-            raise RuntimeError(QUANTIZED_MERGE)
+            raise RuntimeError("an adapter merged into a 4-bit layer stays merged (load the model again to drop it)")
 
 
-QUANTIZED_MERGE = ("an adapter cannot be merged into 4-bit (quantized) weights: merge it on the full-precision "
-                   "model (load_model without quantizing, or prefopt merge)")
+QUANTIZED_MERGE = ("a 4-bit (quantized) model cannot be exported or saved whole: load it in full precision "
+                   "(load_model without quantize, or prefopt merge) to fold adapters into its weights")
+QUANTIZED_DORA_MERGE = ("a DoRA adapter rescales whole rows of the weight, which 4-bit layers cannot take in: load the "
+                        "model in full precision to merge it (or keep it unmerged on the 4-bit model)")
 
 
 def apply_lora(
@@ -303,7 +313,10 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     row_scales = {}
     for prefix, module in list(model.named_modules()):
         for name, child in list(module.named_children()):
-            if isinstance(child, LoRALinear):
+            if isinstance(child, QLoRALinear):  # the update goes beside the 4-bit codes
+                child.merge()
+                setattr(module, name, child.base_layer)
+            elif isinstance(child, LoRALinear):
                 child.merge()
                 if child.lora_magnitude is not None:
                     scale = child.lora_magnitude.detach().float() / child._merged_norm

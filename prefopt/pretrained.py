@@ -30,26 +30,32 @@ def load_model(
         adapter: folder with ``adapter_config.json`` + ``adapter_model.safetensors``.
         merge: fold the adapter into the base weights after loading, leaving a plain model.
         quantize: "nf4": the projections (and the adapter's layers) in 4 bits (``prefopt.quant``),
-            the adapter applied on top unmerged, as ``--quantize`` trains it (``merge`` is then
-            moot: nothing merges into 4 bits).
+            then the adapter on top, as ``--quantize`` trains it; merged, its update stays beside
+            the 4-bit codes (exact; a DoRA adapter cannot merge into them).
 
     Returns:
         the model in eval mode; ``model(input_ids)`` gives logits ``(B, T, V)``.
     """
-    if adapter is not None and (sft := trained_on_top_of(adapter)):
-        raise ValueError(
-            f"{adapter} holds a DPO update trained on top of the SFT adapter {sft}, saved on its own (before "
-            f"prefopt stacked them); on the base model it would drop the SFT part. Stack the two once with "
-            f"`prefopt stack-adapters {sft} {adapter} OUT` and load OUT")
+    if adapter is not None:
+        refuse_bare_dpo_adapter(adapter)
     model = checkpoint.load_model(name_or_path, dtype=dtype, device=device, revision=revision)
     if quantize:
         targets = read_adapter_config(adapter).target_modules if adapter is not None else ()
         quantize_model(model, quantized_layers(targets), quantize)
     if adapter is not None:
         load_adapter(model, adapter)
-        if merge and not quantize:
+        if merge:
             merge_and_unload(model)
     return model
+
+
+def refuse_bare_dpo_adapter(adapter: str | Path) -> None:
+    """Refuse a DPO adapter an older prefopt saved without the SFT adapter under it."""
+    if sft := trained_on_top_of(adapter):
+        raise ValueError(
+            f"{adapter} holds a DPO update trained on top of the SFT adapter {sft}, saved on its own (before "
+            f"prefopt stacked them); on the base model it would drop the SFT part. Stack the two once with "
+            f"`prefopt stack-adapters {sft} {adapter} OUT` and load OUT")
 
 
 def save_merged(model: Transformer, out_dir: str | Path, tokenizer=None, *, base_model: str | None = None) -> Path:

@@ -7,8 +7,8 @@ NF4 levels, which are quantiles of a standard normal scaled to [-1, 1] (with an 
 that normally distributed weights use each level about equally often. :class:`QuantLinear`
 dequantizes its weight when it computes, one layer at a time, and keeps nothing else;
 :func:`quantize_model` swaps a model's linear layers for it. Adapters train on top in
-higher precision (``prefopt.lora``); the base cannot take one merged in (merge in full
-precision first, then quantize).
+higher precision (``prefopt.lora``); one merged into the 4-bit layer stays beside the codes
+as its low-rank factors (:meth:`QuantLinear.add_update`).
 
 Pure PyTorch: the same code runs on CPU and CUDA. It is not bitsandbytes' kernel, and its
 quantized weights are never saved: a run saves its adapter, which loads on the full-precision
@@ -79,7 +79,12 @@ def dequantize_nf4(codes: torch.Tensor, scales: torch.Tensor, shape: torch.Size 
 class QuantLinear(nn.Module):
     """A frozen ``nn.Linear`` whose weight is kept in NF4 (the bias as it was). ``weight`` is the
     dequantized weight in the layer's compute dtype, made afresh on each access; the layer keeps
-    only ``codes`` and ``scales`` (buffers: they move with ``.to(device)``)."""
+    only ``codes`` and ``scales`` (buffers: they move with ``.to(device)``).
+
+    An adapter merged into it (:meth:`add_update`; ``merge_and_unload`` on a 4-bit model: the SFT
+    adapter under DPO) stays beside the codes as its low-rank factors, added to each dequantized
+    weight: rounding it into the 4-bit levels would erase most of it (an adapter's update is
+    mostly smaller than a level's step)."""
 
     def __init__(self, base: nn.Linear, block: int = BLOCK):
         super().__init__()
@@ -88,15 +93,32 @@ class QuantLinear(nn.Module):
         codes, scales = quantize_nf4(base.weight, block)
         self.register_buffer("codes", codes)
         self.register_buffer("scales", scales)
+        self.register_buffer("update_a", None)  # (r, in) and (out, r), scaling folded into update_b
+        self.register_buffer("update_b", None)
         self.bias = None if base.bias is None else nn.Parameter(base.bias.detach(), requires_grad=False)
 
     @property
     def weight(self) -> torch.Tensor:
-        return dequantize_nf4(self.codes, self.scales, (self.out_features, self.in_features), self.dtype)
+        return self.dequantized(self.dtype)
+
+    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        """The 4-bit weight in ``dtype``, with any merged update added."""
+        w = dequantize_nf4(self.codes, self.scales, (self.out_features, self.in_features), dtype)
+        if self.update_a is None:
+            return w
+        return torch.addmm(w, self.update_b.to(dtype), self.update_a.to(dtype))
+
+    @torch.no_grad()
+    def add_update(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Merge the update ``b @ a`` (``a``: (r, in), ``b``: (out, r), any scaling folded into
+        ``b``) into the layer, kept as its factors (several merges stack their ranks)."""
+        a, b = (t.detach().to(self.codes.device, self.dtype) for t in (a, b))
+        if self.update_a is not None:
+            a, b = torch.cat([self.update_a, a], 0), torch.cat([self.update_b, b], 1)
+        self.update_a, self.update_b = a, b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = dequantize_nf4(self.codes, self.scales, (self.out_features, self.in_features), x.dtype)
-        return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+        return F.linear(x, self.dequantized(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, nf4, block={self.block}, dtype={self.dtype}"
@@ -106,8 +128,8 @@ def quantize_model(model: nn.Module, target_modules: Iterable[str], kind: str = 
                    device: str | torch.device | None = None) -> nn.Module:
     """Replace each ``nn.Linear`` named in ``target_modules`` with a :class:`QuantLinear`, in place,
     quantized on ``device`` (default: where each weight is) and kept there, one layer at a time.
-    Returns ``model``, with ``model.quantized`` naming the kind. An adapter merged before stays in
-    the quantized weights; none can be merged after."""
+    Returns ``model``, with ``model.quantized`` naming the kind. Merge adapters after quantizing,
+    not before: one merged before would be rounded into the 4-bit levels (mostly away)."""
     if kind not in QUANT_KINDS:
         raise ValueError(f"unknown quantization {kind!r}; choose from {', '.join(QUANT_KINDS)}")
     targets = set(target_modules)

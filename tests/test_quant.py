@@ -118,5 +118,16 @@ def test_an_adapter_on_a_4bit_base_equals_one_on_its_dequantized_weights_and_kee
     assert torch.allclose(outs[0], outs[1], atol=1e-5)
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-5)
-    with pytest.raises(RuntimeError, match="cannot be merged into 4-bit"):
-        layers[0].merge()
+    q_layer = layers[0].eval()
+    with torch.no_grad():
+        before = q_layer(x)
+        if dora:  # whole rows rescaled: not a low-rank update beside the codes
+            with pytest.raises(RuntimeError, match="rescales whole rows"):
+                q_layer.merge()
+        else:  # the update goes beside the 4-bit codes as its factors: the same outputs, exactly kept
+            q_layer.merge()
+            assert q_layer.base_layer.update_a.shape == (4, 128)
+            assert torch.allclose(q_layer(x), before, atol=1e-5) and torch.allclose(q.weight, plain.weight + (
+                layers[1].lora_B.weight @ layers[1].lora_A.weight * layers[1].scaling), atol=1e-6)
+            with pytest.raises(RuntimeError, match="stays merged"):
+                q_layer.unmerge()

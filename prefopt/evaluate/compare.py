@@ -35,7 +35,7 @@ import torch
 from ..chat_template import run_chat_date
 from ..fileio import write_json_atomic, write_text_atomic
 from ..tokenizer import set_chat_date
-from .compare_config import CompareConfig, same_run
+from .compare_config import PRESETS, CompareConfig, same_run
 from .runner import (
     DECODING,
     choose_max_new_tokens,
@@ -132,12 +132,14 @@ def _load_stage_model(cfg: CompareConfig, out: Path, stage: str, keep: dict | No
     if keep is not None and stage in keep:
         return keep.pop(stage)
     device, dtype = cfg.device_and_dtype()
+    # a run that trained on a 4-bit base is evaluated on it, every stage, the adapters on top as they trained
+    kw = dict(dtype=dtype, device=device, quantize={**PRESETS[cfg.preset], **cfg.overrides}["quantize"])
     if stage == "base":
-        return load_model(cfg.model, dtype=dtype, device=device)
+        return load_model(cfg.model, **kw)
     dpo, sft = dpo_weights(out), out / SFT_WEIGHTS
     if stage == "dpo" and is_stacked(dpo):  # holds the SFT update too (prefopt.lora_stack)
-        return load_model(cfg.model, dtype=dtype, device=device, adapter=dpo, merge=True)
-    model = load_model(cfg.model, dtype=dtype, device=device, adapter=sft, merge=True)
+        return load_model(cfg.model, adapter=dpo, merge=True, **kw)
+    model = load_model(cfg.model, adapter=sft, merge=True, **kw)
     # dpo is sft where the stage is the SFT model (step 0 chosen, or dpo_max_p kept it) and there were no SFT
     # answers to copy; else a run from before stacked adapters: its DPO adapter goes on the merged SFT model
     if stage == "dpo" and dpo != sft:

@@ -24,7 +24,7 @@ import torch
 from ..data.preference import PairExample, pair_collate
 from ..data.sft import IGNORE, WINDOWS_ARE_SFT
 from ..kernels import fused_preference_loss
-from ..lora import disable_adapter, lora_layers
+from ..lora import QUANTIZED_DORA_MERGE, disable_adapter, lora_layers, read_adapter_config
 from ..losses import LOSSES, REFERENCE_FREE
 from .config import TrainConfig, opt
 from .distributed import head_weight
@@ -66,6 +66,8 @@ class DPOConfig(TrainConfig):
             errors.append(f"ref_cache: {self.ref_cache} is a file; the cache is a folder (e.g. OUTPUT_DIR/ref_cache)")
         if not self.lora and self.ref is None and self.ref_cache is None and self.loss not in REFERENCE_FREE:
             errors.append("full fine-tuning needs a reference: give ref (a frozen model) or ref_cache")
+        if self.quantize and self.sft_adapter and _is_dora(self.sft_adapter):  # before any training
+            errors.append(f"sft_adapter: {self.sft_adapter}: {QUANTIZED_DORA_MERGE}")
         if errors:
             raise ValueError("invalid DPO config:\n  " + "\n  ".join(errors))
 
@@ -216,3 +218,11 @@ class DPOTrainer(Trainer):
             "logps/rejected": lp.rejected.detach().sum(),
         }
         return out.losses, metrics
+
+
+def _is_dora(adapter_dir: str) -> bool:
+    """Whether the adapter in ``adapter_dir`` is DoRA (False where it cannot be read: loading says why)."""
+    try:
+        return read_adapter_config(adapter_dir).dora
+    except (OSError, ValueError):
+        return False

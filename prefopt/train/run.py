@@ -9,8 +9,8 @@ import torch
 from ..chat_template import run_chat_date
 from ..devices import DTYPES, resolve_device
 from ..fileio import write_json_atomic
-from ..lora import apply_lora
-from ..pretrained import load_model
+from ..lora import apply_lora, load_adapter, merge_and_unload, read_adapter_config
+from ..pretrained import load_model, refuse_bare_dpo_adapter
 from ..quant import quantize_model, quantized_layers
 from ..tokenizer import Tokenizer, load_tokenizer, set_chat_date
 from . import state as ckpt_io
@@ -41,10 +41,17 @@ def prepare_model(config: TrainConfig):
     weights trainable; seeded."""
     torch.manual_seed(config.seed)
     adapter = getattr(config, "sft_adapter", None)
-    model = load_model(config.model, dtype=DTYPES[config.dtype], adapter=adapter, merge=adapter is not None)
-    if config.quantize:  # after the SFT adapter is merged in full precision: 4 bits take no merge
-        quantize_model(model, quantized_layers(config.lora_targets), config.quantize,
+    if not config.quantize:
+        model = load_model(config.model, dtype=DTYPES[config.dtype], adapter=adapter, merge=adapter is not None)
+    else:  # 4 bits first (on the training device), then the SFT adapter merged beside the codes, not rounded in
+        if adapter is not None:
+            refuse_bare_dpo_adapter(adapter)
+        model = load_model(config.model, dtype=DTYPES[config.dtype])
+        sft_targets = read_adapter_config(adapter).target_modules if adapter is not None else ()
+        quantize_model(model, quantized_layers([*config.lora_targets, *sft_targets]), config.quantize,
                        device=resolve_device(config.device))
+        if adapter is not None:
+            merge_and_unload(load_adapter(model, adapter))
     if config.lora:
         apply_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
                    target_modules=config.lora_targets, rslora=config.lora_rslora,

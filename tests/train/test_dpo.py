@@ -251,10 +251,11 @@ def test_dpo_after_sft_saves_one_adapter_that_holds_both_on_the_base_model(task,
 
 
 def test_dpo_after_sft_on_a_4bit_base_learns_and_saves_both_updates(task, tmp_path):
-    """QLoRA DPO: the SFT adapter merged in full precision, then the adapted layers in 4 bits; the
-    held-out pair accuracy rises, the reference comes from the cache, and final/ stacks SFT and
-    DPO for the full-precision base."""
-    from prefopt import load_model
+    """QLoRA DPO: the projections in 4 bits, the SFT adapter merged beside the codes (rounding it
+    in would erase most of it), a fresh adapter on top. The reference (adapter off) is the 4-bit
+    SFT model exactly; the held-out pair accuracy rises with the reference from the cache; final/
+    stacks SFT and DPO, and on the 4-bit base it is the trained model to 1e-5."""
+    from prefopt import disable_adapter, load_model
     from prefopt.quant import QuantLinear
 
     model_dir = task[0]
@@ -268,9 +269,23 @@ def test_dpo_after_sft_on_a_4bit_base_learns_and_saves_both_updates(task, tmp_pa
     final = tmp_path / "o" / "final"
     assert json.loads((final / "stacked_on.json").read_text())["ranks"] == [4, 8]
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    trained = seen["trainer"].model.eval()
     with torch.no_grad():
         got = load_model(model_dir, adapter=final)(ids)
         assert (got - sft.eval()(ids)).abs().max() > 1e-3  # the DPO part is in it
+        as_trained = load_model(model_dir, adapter=final, quantize="nf4", merge=True)(ids)
+        assert (as_trained - trained(ids)).abs().max() < 1e-5
+        with disable_adapter(trained):
+            reference = trained(ids)
+        sft_4bit = load_model(model_dir, adapter=tmp_path / "sft", quantize="nf4")(ids)
+        assert (reference - sft_4bit).abs().max() < 1e-5  # the SFT update kept whole under DPO
+        assert (sft_4bit - load_model(model_dir, quantize="nf4")(ids)).abs().max() > 1e-3
+    from prefopt import apply_lora, save_adapter
+
+    save_adapter(apply_lora(load_model(model_dir), r=2, alpha=4, target_modules=["q_proj"], dora=True),
+                 tmp_path / "dora_sft")
+    with pytest.raises(ValueError, match="rescales whole rows"):
+        _cfg(task, tmp_path / "x", sft_adapter=str(tmp_path / "dora_sft"), quantize="nf4")
 
 
 def test_cli_dpo_with_cache(task, tmp_path, capsys):
