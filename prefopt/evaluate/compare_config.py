@@ -44,7 +44,7 @@ PRESETS = {
     # repetition_penalty, no_repeat_ngram_size None: none (greedy decoding as it is); repeat_scope None: "all";
     # gradient_checkpointing: less memory, more time;
     # lora_r, lora_alpha, lora_dora: each stage's adapter (rank, alpha: scaled by alpha / r; DoRA or plain LoRA);
-    # quantize None or "nf4": the base weights the adapters train on (evaluations run on the full-precision base);
+    # quantize None or "nf4": the base weights the adapters train on, and every stage is evaluated on;
     # confidence True: where the task's answers are labels, each stage also scores every possible answer after each
     # test prompt, for how sure it is of its answers and whether that tells right from wrong (stage_confidence)
 }
