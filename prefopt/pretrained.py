@@ -31,7 +31,7 @@ def load_model(
         merge: fold the adapter into the base weights after loading, leaving a plain model.
         quantize: "nf4": the projections (and the adapter's layers) in 4 bits (``prefopt.quant``),
             then the adapter on top, as ``--quantize`` trains it; merged, its update stays beside
-            the 4-bit codes (exact; a DoRA adapter cannot merge into them).
+            the 4-bit codes (exact; a DoRA adapter stays unmerged, which computes the same).
 
     Returns:
         the model in eval mode; ``model(input_ids)`` gives logits ``(B, T, V)``.
@@ -44,7 +44,7 @@ def load_model(
         quantize_model(model, quantized_layers(targets), quantize)
     if adapter is not None:
         load_adapter(model, adapter)
-        if merge:
+        if merge and not (quantize and model.lora_config.dora):  # DoRA cannot go into 4 bits: it stays on top
             merge_and_unload(model)
     return model
 

@@ -131,3 +131,23 @@ def test_an_adapter_on_a_4bit_base_equals_one_on_its_dequantized_weights_and_kee
                 layers[1].lora_B.weight @ layers[1].lora_A.weight * layers[1].scaling), atol=1e-6)
             with pytest.raises(RuntimeError, match="stays merged"):
                 q_layer.unmerge()
+
+
+def test_a_dora_adapter_on_a_4bit_base_stays_unmerged_when_loaded_to_merge(tmp_path):
+    """eval/predict load their adapter merged; on 4 bits a LoRA one goes beside the codes, a DoRA
+    one (whole rows rescaled) stays on top, computing the same as unmerged."""
+    from prefopt import apply_lora, load_model, save_adapter
+    from prefopt.lora import QLoRALinear
+    from tests._tiny import build_hf_model, randomize_lora
+
+    build_hf_model(tmp_path / "base")
+    for dora in (False, True):
+        model = apply_lora(load_model(tmp_path / "base"), r=2, alpha=4, target_modules=["q_proj"], dora=dora)
+        randomize_lora(model, 3)
+        save_adapter(model, tmp_path / f"ad{dora}")
+        ids = torch.tensor([[5, 6, 7, 8]])
+        with torch.no_grad():
+            unmerged = load_model(tmp_path / "base", adapter=tmp_path / f"ad{dora}", quantize="nf4")
+            merged = load_model(tmp_path / "base", adapter=tmp_path / f"ad{dora}", quantize="nf4", merge=True)
+            assert (merged(ids) - unmerged(ids)).abs().max() < 1e-5
+        assert any(isinstance(m, QLoRALinear) for m in merged.modules()) == dora

@@ -105,6 +105,9 @@ class CompareConfig:
                 raise ValueError(f"{name}: true or false (got {s[name]!r})")
         if s["quantize"] is not None and s["quantize"] not in QUANT_KINDS:
             raise ValueError(f"quantize: null or one of {', '.join(QUANT_KINDS)} (got {s['quantize']!r})")
+        if s["quantize"] and s["lora_dora"]:
+            raise ValueError("lora_dora with quantize: DPO trains on the SFT model, and a DoRA SFT adapter cannot be "
+                             "merged into 4-bit weights; use one or the other")
         self.device_and_dtype()
         if self.chat_date is not None:
             parse_chat_date(self.chat_date)

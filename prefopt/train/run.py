@@ -36,9 +36,9 @@ def pin_chat_date(config: TrainConfig, tok: Tokenizer) -> tuple[TrainConfig, str
 
 
 def prepare_model(config: TrainConfig):
-    """The base model (with ``config.sft_adapter`` merged in, for DPO after SFT; then its
-    projections in 4 bits where ``config.quantize`` says so) and a fresh LoRA adapter, or all
-    weights trainable; seeded."""
+    """The base model (its projections in 4 bits where ``config.quantize`` says so), with
+    ``config.sft_adapter`` merged in for DPO after SFT (beside the 4-bit codes, after quantizing),
+    and a fresh LoRA adapter, or all weights trainable; seeded."""
     torch.manual_seed(config.seed)
     adapter = getattr(config, "sft_adapter", None)
     if not config.quantize:
@@ -195,7 +195,7 @@ def run_dpo(config, callbacks=(), evaluators=(), *, records=None, eval_records=N
     ref_model = None
     if config.ref:
         ref_model = load_model(config.ref, dtype=DTYPES[config.dtype], adapter=config.sft_adapter,
-                               merge=config.sft_adapter is not None)
+                               merge=config.sft_adapter is not None, quantize=config.quantize)  # as the policy's
     cache = reference_cache_for(config, model, ref_model) if config.ref_cache else None
     trainer = DPOTrainer(model, config, pairs, evals, pad_id=tok.pad_token_id or 0, ref_model=ref_model,
                          ref_cache=cache, callbacks=callbacks, tokenizer=tok, evaluators=evaluators)

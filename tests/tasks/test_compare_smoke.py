@@ -738,17 +738,19 @@ def test_a_run_made_before_a_setting_was_added_still_resumes(tiny_model, tmp_pat
 
 
 def test_compare_trains_dora_adapters_with_the_rank_it_is_given(tiny_model, tmp_path):
-    """``--set lora_dora=true --set lora_r=4 --set quantize=nf4``: both stages train DoRA r 4 on a
-    4-bit base; the SFT+DPO adapter is one DoRA adapter on the base model (r 4 + 4); bad values
-    are named before any work."""
+    """``--set lora_dora=true --set lora_r=4``: both stages train DoRA r 4; the SFT+DPO adapter is
+    one DoRA adapter on the base model (r 4 + 4). ``--set quantize=nf4``: both train on a 4-bit
+    base and every stage is evaluated on it. Bad values are named before any work."""
     from prefopt.lora import read_adapter_config
 
+    q = tmp_path / "nf4"
+    run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(q), overrides={**TINY, "quantize": "nf4"}))
+    assert all("on its nf4 (4-bit) base" in (q / s / "train" / "final" / "README.md").read_text()
+               for s in ("sft", "dpo"))
+    assert all(json.loads((q / s / "metrics.json").read_text())["quantized"] == "nf4" for s in ("base", "sft", "dpo"))
     out = tmp_path / "run"
     report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out),
-                                       overrides={**TINY, "lora_dora": True, "lora_r": 4, "lora_alpha": 8,
-                                                  "quantize": "nf4"}))
-    assert all("on its nf4 (4-bit) base" in (out / s / "train" / "final" / "README.md").read_text()
-               for s in ("sft", "dpo"))
+                                       overrides={**TINY, "lora_dora": True, "lora_r": 4, "lora_alpha": 8}))
     sft = read_adapter_config(out / "sft" / "train" / "final")
     dpo = read_adapter_config(out / report["weights"]["dpo"])
     assert (sft.dora, sft.r, sft.alpha) == (True, 4, 8.0)
@@ -756,6 +758,9 @@ def test_compare_trains_dora_adapters_with_the_rank_it_is_given(tiny_model, tmp_
     with pytest.raises(ValueError, match="lora_dora: true or false"):
         CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "x"),
                       overrides={"lora_dora": "yes"}).settings()
+    with pytest.raises(ValueError, match="lora_dora with quantize"):
+        CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "x"),
+                      overrides={"lora_dora": True, "quantize": "nf4"}).settings()
     with pytest.raises(ValueError, match="quantize: null or one of nf4"):
         CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "x"),
                       overrides={"quantize": "int8"}).settings()
