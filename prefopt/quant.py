@@ -12,7 +12,8 @@ as its low-rank factors (:meth:`QuantLinear.add_update`).
 
 Pure PyTorch: the same code runs on CPU and CUDA. It is not bitsandbytes' kernel, and its
 quantized weights are never saved: a run saves its adapter, which loads on the full-precision
-base as on the quantized one.
+base as on the 4-bit one; use it on the 4-bit one (``load_model(..., quantize="nf4")``), since it
+learnt that model's corrections too.
 """
 from __future__ import annotations
 
