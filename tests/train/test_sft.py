@@ -186,6 +186,17 @@ def test_cli_sft_on_a_4bit_base_trains_an_adapter_for_the_full_precision_base(ta
             _cfg(task, tmp_path / "x", **bad)
 
 
+def test_a_4bit_run_with_gradient_checkpointing_is_the_same_run(task, tmp_path):
+    """QLoRA's usual memory setting: recomputing each layer (dequantizing again, the same dropout
+    masks) leaves every step's loss as it was."""
+    losses = {}
+    for ck in (False, True):
+        run_sft(_cfg(task, tmp_path / str(ck), quantize="nf4", gradient_checkpointing=ck, lora_dropout=0.1,
+                     max_steps=6, eval_fraction=0.0))
+        losses[ck] = [m["loss"] for m in read_metrics(tmp_path / str(ck)) if "loss" in m]
+    assert len(losses[True]) == 6 and losses[True] == pytest.approx(losses[False], abs=1e-6)
+
+
 def test_cli_sft_refuses_bad_config_before_work(task, tmp_path, capsys):
     model_dir, data = task
     assert main(["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(tmp_path / "x"),
