@@ -3,11 +3,12 @@ from .lora import apply_lora, disable_adapter, load_adapter, merge_lora
 from .lora_stack import save_adapter
 from .model import ModelConfig, Transformer, generate, save_model
 from .pretrained import load_model, save_merged
+from .quant import quantize_model
 from .tokenizer import Tokenizer, load_tokenizer
 from .train import DPOConfig, DPOTrainer, SFTTrainer, TrainConfig
 
 __version__ = "0.1.0"
 __all__ = [
     "DPOConfig", "DPOTrainer", "ModelConfig", "SFTTrainer", "Tokenizer", "TrainConfig", "Transformer", "apply_lora", "disable_adapter", "generate", "load_adapter",
-    "load_model", "load_tokenizer", "merge_lora", "save_adapter", "save_merged", "save_model",
+    "load_model", "load_tokenizer", "merge_lora", "quantize_model", "save_adapter", "save_merged", "save_model",
 ]
