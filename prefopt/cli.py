@@ -282,7 +282,6 @@ def _make_pairs(args: argparse.Namespace) -> int:
         FILES,
         JOB,
         answer_in_blocks,
-        json_line,
         pairs_from,
         read_prompts,
         stamp,
@@ -290,7 +289,7 @@ def _make_pairs(args: argparse.Namespace) -> int:
     )
     from .evaluate.partial import claimed, partial_file
     from .evaluate.runner import keep_earlier, placement, prompt_date
-    from .fileio import check_writable, write_json_atomic, write_text_atomic
+    from .fileio import check_writable, jsonl_text, write_json_atomic, write_text_atomic
     from .pretrained import load_model
     from .tokenizer import load_tokenizer
 
@@ -323,8 +322,8 @@ def _make_pairs(args: argparse.Namespace) -> int:
         if kept:
             say(f"{args.output} held pairs made before; they are kept in {kept}")
         out = Path(args.output)
-        write_text_atomic(out / "answers.jsonl", "".join(json_line(r) for r in rows))
-        write_text_atomic(out / "pairs.jsonl", "".join(json_line(p) for p in pairs))
+        write_text_atomic(out / "answers.jsonl", jsonl_text(rows))
+        write_text_atomic(out / "pairs.jsonl", jsonl_text(pairs))
         write_json_atomic(out / "make_pairs.json", {**made, **counts, "bad_records": len(bad),
                                                     "date": date.today().isoformat(),
                                                     "seconds": round(time.time() - t0, 1)})

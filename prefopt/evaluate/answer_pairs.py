@@ -168,7 +168,3 @@ def summary_line(c: dict) -> str:
                  "what DPO sees)")
     return line
 
-
-def json_line(row: dict) -> str:
-    """A row as one line of JSONL (text as written, not escaped)."""
-    return json.dumps(row, ensure_ascii=False) + "\n"

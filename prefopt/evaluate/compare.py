@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from ..chat_template import run_chat_date
-from ..fileio import write_json_atomic, write_text_atomic
+from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 from ..tokenizer import set_chat_date
 from .compare_config import PRESETS, CompareConfig, same_run
 from .runner import (
@@ -251,8 +251,7 @@ def _sft(cfg, task, train, out: Path, s: dict) -> None:
         return
     data = out / "data" / "sft_train.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(data, "".join(json.dumps({"prompt": task.messages(r), "completion": r.target},
-                                               ensure_ascii=False) + "\n" for r in train))
+    write_text_atomic(data, jsonl_text({"prompt": task.messages(r), "completion": r.target} for r in train))
     run_sft(_train_config(TrainConfig, cfg, s, "sft", data, out / "sft" / "train", save_every=0, resume=False))
 
 
@@ -282,7 +281,7 @@ def _pairs(cfg, task, tok, train, out: Path, s: dict, keep: dict | None = None) 
         raise ValueError(f"unknown pair strategy {cfg.strategy!r}")
     report["pairs"] = len(pairs)
     write_json_atomic(out / "data" / "pairs_report.json", report)
-    write_text_atomic(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
+    write_text_atomic(path, jsonl_text(pairs))
     return path
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .._deps import progress
 from ..data.readers import sniff_delimiter
-from ..fileio import write_json_atomic, write_text_atomic
+from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 from .confidence import chosen, likeliest, probabilities_for
 from .partial import PARTIAL, append_partial, resume, start_partial
 from .runner import predict
@@ -156,7 +156,7 @@ def table_text(rows: list[dict], fmt: str, delimiter: str = ",") -> str:
     and starts with a UTF-8 byte-order mark, so that Excel reads its accents right (prefopt's
     readers drop it); values that are not text (MedQA's options) are written as JSON."""
     if fmt == "jsonl":
-        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        return jsonl_text(rows)
     columns = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, delimiter="\t" if fmt == "tsv" else delimiter, lineterminator="\n")

@@ -9,7 +9,7 @@ import os
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from ..fileio import Held, file_lock, write_text_atomic
+from ..fileio import Held, file_lock, jsonl_text, write_text_atomic
 
 
 def _files(job: str) -> tuple[str, str]:
@@ -79,13 +79,12 @@ def resume(out_dir: str | Path, stamp: dict, job: str = "predict") -> list[dict]
 def start_partial(out_dir: str | Path, stamp: dict, rows: list[dict], job: str = "predict") -> None:
     """``out_dir``'s partial file, written afresh (atomically) with ``stamp`` and the ``rows`` so far."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    write_text_atomic(Path(out_dir) / partial_file(job), "".join(json.dumps(x, ensure_ascii=False) + "\n"
-                                                       for x in [{"fingerprint": stamp}, *rows]))
+    write_text_atomic(Path(out_dir) / partial_file(job), jsonl_text([{"fingerprint": stamp}, *rows]))
 
 
 def append_partial(out_dir: str | Path, rows: list[dict], job: str = "predict") -> None:
     """Add ``rows`` to ``out_dir``'s partial file, on disk before this returns."""
     with open(Path(out_dir) / partial_file(job), "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.write(jsonl_text(rows))
         f.flush()
         os.fsync(f.fileno())

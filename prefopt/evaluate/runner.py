@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from .._deps import progress
-from ..fileio import write_json_atomic, write_text_atomic
+from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 from ..model.generate import generate
 from ..tokenizer import NO_TEMPLATE_WHERE
 
@@ -214,7 +214,7 @@ def read_earlier_rows(against: str | Path | None, rows_name: str, command: str) 
     if not path.is_file():
         article = "an" if command[0] in "aeiou" else "a"
         raise FileNotFoundError(f"--against {against}: no {rows_name} ({article} {command} output folder)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def write_evaluation(out_dir: str | Path, rows_name: str, rows: list[dict], metrics: dict, paired: dict | None,
@@ -227,7 +227,7 @@ def write_evaluation(out_dir: str | Path, rows_name: str, rows: list[dict], metr
         say(f"{out_dir} held an evaluation; it is kept in {kept}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / rows_name, "".join(json.dumps(r) + "\n" for r in rows))
+    write_text_atomic(out / rows_name, jsonl_text(rows))
     write_json_atomic(out / "metrics.json", metrics)
     if paired is not None:
         write_json_atomic(out / "paired.json", {"against": str(against), **paired})

@@ -17,12 +17,11 @@ scored again.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from ..fileio import write_json_atomic, write_text_atomic
+from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 from .confidence import SCORING, auroc, label_probabilities, scorable, scored_answers
 from .stats import p_text, paired_bootstrap
 
@@ -50,7 +49,7 @@ def add_confidence(model, tok, task, test, out_dir: str | Path, rows: list[dict]
     metrics = {**metrics, "confidence": summary, "confidence_scoring": SCORING}
     rows = [{**row, **{k: v[i] for k, v in per_row.items()}} for i, row in enumerate(rows)]
     out = Path(out_dir)
-    write_text_atomic(out / "predictions.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    write_text_atomic(out / "predictions.jsonl", jsonl_text(rows))
     write_json_atomic(out / "metrics.json", metrics)
     return rows, metrics
 
