@@ -28,7 +28,7 @@ from torch import nn
 
 from .fileio import write_json_atomic
 from .lora_ops import dora_linear, lora_linear
-from .model.safetensors_io import iter_tensors, save_file_atomic
+from .model.safetensors_io import iter_tensors, read_header, save_file_atomic
 from .quant import PROJECTIONS, QuantLinear
 
 DEFAULT_TARGETS = PROJECTIONS  # every attention and MLP projection
@@ -150,6 +150,28 @@ class LoRALinear(nn.Module):
         y = F.linear(x, self.weight, self.bias)  # a trainable base: plain autograd
         return y + self.lora_B(self.lora_A(F.dropout(x, p, self.training))) * self.scaling
 
+    def fused_operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x', w')`` whose product ``x' w'ᵀ`` is this layer's output (less its bias), for a
+        product taken elsewhere as one matmul: the lm_head's, by the fused log-prob kernels, which
+        take the hidden states and one weight. The adapter widens both by its rank:
+        ``[x, s·drop(x) Aᵀ]`` and ``[W, B]``; DoRA's row scale ``c = m / ‖W + ΔW‖`` gives
+        ``[c·W, c·B]``, and with dropout in training (PEFT's ``x Wᵀ + (c−1)·drop(x) Wᵀ +
+        c·s·drop(x) Aᵀ Bᵀ``) ``[x, drop(x), s·drop(x) Aᵀ]`` and ``[W, (c−1)·W, c·B]``. Autograd
+        takes the gradients to A, B and m through them; ``w'`` is a new weight-sized tensor."""
+        w = self.weight
+        if self.merged or self.disabled:
+            return x, w
+        p = self.dropout if self.training else 0.0
+        xd = F.dropout(x, p, self.training) if p else x
+        low = (F.linear(xd, self.lora_A.weight) * self.scaling).to(x.dtype)
+        b = self.lora_B.weight.to(w.dtype)
+        if self.lora_magnitude is None:
+            return torch.cat([x, low], -1), torch.cat([w, b], -1)
+        c = (self.lora_magnitude.float() / self._dora_norm()).to(w.dtype)[:, None]
+        if not p:
+            return torch.cat([x, low], -1), torch.cat([c * w, c * b], -1)
+        return torch.cat([x, xd, low], -1), torch.cat([w, (c - 1) * w, c * b], -1)
+
     @torch.no_grad()
     def merge(self) -> None:
         """Fold the adapter into ``weight``; a second call does nothing."""
@@ -214,6 +236,14 @@ class QLoRALinear(LoRALinear):
             raise RuntimeError("an adapter merged into a 4-bit layer stays merged (load the model again to drop it)")
 
 
+TIED_HEAD = ("lm_head: this model's output head is its input embedding (tie_word_embeddings), which prefopt puts no "
+             "adapter on (merged, it would change the input embedding too); leave lm_head out of the LoRA targets")
+
+
+def _tied(model: nn.Module) -> bool:
+    return bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+
+
 QUANTIZED_MERGE = ("a 4-bit (quantized) model cannot be exported or saved whole: load it in full precision "
                    "(load_model without quantize, or prefopt merge) to fold adapters into its weights")
 QUANTIZED_DORA_MERGE = ("a DoRA adapter rescales whole rows of the weight, which 4-bit layers cannot take in: load the "
@@ -244,6 +274,8 @@ def apply_lora(
                      dora=dora)
     linear = {name for m in model.modules() for name, c in m.named_children() if type(c) in (nn.Linear, QuantLinear)}
     unmatched = [t for t in cfg.target_modules if t not in linear]
+    if "lm_head" in unmatched and _tied(model):
+        raise ValueError(TIED_HEAD)
     if unmatched and (strict or len(unmatched) == len(cfg.target_modules)):
         raise ValueError(f"no nn.Linear named {unmatched} found in the model; its linear layers are "
                          f"{sorted(linear)}")
@@ -419,13 +451,17 @@ def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
 
 
 def read_adapter(adapter_dir: str | Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
-    """The config and tensors of a PEFT-layout adapter, the tensors under prefopt's module names."""
+    """The config and tensors of a PEFT-layout adapter, the tensors under prefopt's module names.
+    Copies of base weights that PEFT saves beside an adapter on the lm_head or the embedding
+    (``save_embedding_layers``; ``<module>.base_layer.weight``) are left out: :func:`load_adapter`
+    checks them against the model's (:func:`check_base_copies`)."""
     cfg = read_adapter_config(adapter_dir)
     path = Path(adapter_dir) / "adapter_model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{adapter_dir}: no adapter_model.safetensors (only safetensors adapters are read)")
     tensors = {}
-    for key, t in iter_tensors(path):
+    names = set(read_header(path)) - set(_base_copies(path)) - {"__metadata__"}
+    for key, t in iter_tensors(path, names):
         name = key.removeprefix(PEFT_PREFIX).replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
         for peft_name in (".lora_magnitude_vector.default.weight", ".lora_magnitude_vector"):  # DoRA's, by PEFT version
             if name.endswith(peft_name):
@@ -453,9 +489,37 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     missing = sorted(set(own) - set(loaded))
     if missing:
         raise ValueError(f"{path}: missing adapter tensors, e.g. {missing[0]!r} ({len(missing)} in all)")
+    check_base_copies(model, path)
     model.load_state_dict(loaded, strict=False)
     model.lora_source = str(Path(adapter_dir).resolve())
     return model
+
+
+def _base_copies(path: Path) -> dict[str, str]:
+    """``{file key: module}`` of the base weights PEFT copied into an adapter file."""
+    suffix = ".base_layer.weight"
+    return {k: k.removeprefix(PEFT_PREFIX).removesuffix(suffix) for k in read_header(path) if k.endswith(suffix)}
+
+
+def check_base_copies(model: nn.Module, path: str | Path) -> None:
+    """PEFT saves a copy of the base weights of an lm_head (or embedding) it put an adapter on, for
+    a model whose vocabulary was resized or whose head was trained with it. prefopt reads adapters
+    only, so a copy that differs from ``model``'s own weights (after rounding to their dtype) is
+    refused, not silently dropped. A 4-bit layer cannot be compared bit for bit and is let be."""
+    copies = _base_copies(Path(path))
+    if not copies:
+        return
+    modules = dict(model.named_modules())
+    for key, t in iter_tensors(path, set(copies)):
+        layer = modules.get(copies[key])
+        if isinstance(layer, QLoRALinear):
+            continue
+        own = getattr(layer, "weight", None)
+        if own is None or own.shape != t.shape or not torch.equal(t.to(own.dtype), own.detach().cpu()):
+            raise ValueError(f"{path}: {key!r} is a copy of the model's {copies[key]} weights (PEFT's "
+                             "save_embedding_layers) that differs from this model's: it was trained or resized "
+                             "with the adapter, and prefopt loads adapters only; load it in PEFT and save the "
+                             "merged model (merge_and_unload) to use it here")
 
 
 def adapter_base(adapter_dir: str | Path) -> str | None:

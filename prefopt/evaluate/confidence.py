@@ -78,7 +78,7 @@ def answer_logprobs(model, tok, task, records, *, batch_size: int = 16, show_pro
         hidden = model(batch["input_ids"].to(device), batch["mask"].to(device), batch["position_ids"].to(device),
                        return_hidden=True)  # (B, S, D)
         h = hidden[batch["row"].to(device)[:, None], batch["gather"].to(device)]  # (answers, La, D)
-        sums = sequence_logprobs(h, model.output_weight, batch["labels"].to(device), ignore_index=IGNORE).sum(-1)
+        sums = sequence_logprobs(*model.head(h), batch["labels"].to(device), ignore_index=IGNORE).sum(-1)
         sums = iter(sums.tolist())
         out += [[(labels, next(sums)) for labels, _ in scored] for _, scored in rows]
         bar.update(len(rows))

@@ -19,7 +19,7 @@ from .._deps import progress
 from ..data.collate import pad_collate
 from ..data.sft import IGNORE, TokenizedExample
 from ..kernels import sequence_logprobs
-from ..train.distributed import head_weight
+from ..train.distributed import head_operands
 from .stats import bootstrap_ci, p_text, paired_bootstrap
 
 
@@ -39,7 +39,7 @@ def example_nll(model, examples: Sequence[TokenizedExample], pad_id: int, *, bat
         batch = {k: v.to(device) for k, v in pad_collate([examples[i] for i in chunk], pad_id).items()}
         hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)
         labels = batch["labels"][:, 1:]  # position t predicts token t + 1
-        logp = sequence_logprobs(hidden[:, :-1], head_weight(model), labels, ignore_index=IGNORE)
+        logp = sequence_logprobs(*head_operands(model, hidden[:, :-1]), labels, ignore_index=IGNORE)
         nll[chunk] = (-logp.float().sum(-1)).cpu().numpy()
         tokens[chunk] = (labels != IGNORE).sum(-1).cpu().numpy()
         bar.update(len(chunk))

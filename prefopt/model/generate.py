@@ -97,7 +97,7 @@ def generate(
     step_ids = ids
     for _ in range(max_new_tokens):
         h = model(step_ids, mask, kv_cache=cache, return_hidden=True)[:, -1]  # (B, D)
-        logits = F.linear(h, model.output_weight).float()  # (B, V)
+        logits = model.logits(h).float()  # (B, V)
         if guard.active:
             logits = guard.apply(logits)
         nxt = sample_next(logits, temperature=temperature, top_p=top_p, generator=gen)

@@ -120,8 +120,24 @@ class Transformer(nn.Module):
 
     @property
     def output_weight(self) -> torch.Tensor:
-        """The ``(V, D)`` lm_head weight (the embedding matrix when tied)."""
+        """The ``(V, D)`` lm_head weight (the embedding matrix when tied), without any adapter on it:
+        for logits use :meth:`logits`, for the fused log-prob kernels :meth:`head`."""
         return self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The logits ``(..., V)`` of final hidden states ``h`` (``forward(..., return_hidden=True)``),
+        through the lm_head and any adapter on it."""
+        return F.linear(h, self.model.embed_tokens.weight) if self.config.tie_word_embeddings else self.lm_head(h)
+
+    def head(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h', W')`` whose product ``h' W'ᵀ`` is :meth:`logits`, for kernels that take the hidden
+        states and one ``(V, D')`` weight (``prefopt.kernels``): ``h`` and the lm_head weight, or
+        where an adapter sits on the lm_head (``--lora-targets ... lm_head``) both widened by its
+        rank (``LoRALinear.fused_operands``), so that the adapter is trained and applied there too."""
+        if self.config.tie_word_embeddings:
+            return h, self.model.embed_tokens.weight
+        fused = getattr(self.lm_head, "fused_operands", None)
+        return fused(h) if fused is not None else (h, self.lm_head.weight)
 
     def forward(
         self,
@@ -169,7 +185,7 @@ class Transformer(nn.Module):
         if kv_cache is not None:
             kv_cache.advance(T)
         h = self.model.norm(x)
-        return h if return_hidden else F.linear(h, self.output_weight)
+        return h if return_hidden else self.logits(h)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -130,9 +130,11 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, *, fsdp: bool) -> torch.n
     return DDP(model, device_ids=device_ids)
 
 
-def head_weight(wrapped: torch.nn.Module) -> torch.Tensor:
-    """The lm_head weight ``(V, D)`` of a prefopt causal LM, bare or inside ``wrap_model``'s DDP."""
-    return getattr(wrapped, "module", wrapped).output_weight
+def head_operands(wrapped: torch.nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(hidden', weight)`` for the fused log-prob kernels (``Transformer.head``: the lm_head weight
+    ``(V, D)``, both widened where an adapter sits on the lm_head) of a prefopt causal LM, bare or
+    inside ``wrap_model``'s DDP."""
+    return getattr(wrapped, "module", wrapped).head(hidden)
 
 
 def no_sync(wrapped: torch.nn.Module, last_micro_step: bool):

@@ -27,7 +27,7 @@ from ..kernels import fused_preference_loss
 from ..lora import QUANTIZED_DORA_MERGE, disable_adapter, lora_layers, read_adapter_config
 from ..losses import LOSSES, REFERENCE_FREE
 from .config import TrainConfig, opt
-from .distributed import head_weight
+from .distributed import head_operands
 from .loop import Batch, Trainer
 from .reference import reference_cache_for
 from .shared_prompt import pack_pairs, pair_hidden, pair_logp_sums
@@ -208,7 +208,7 @@ class DPOTrainer(Trainer):
             ref = self.reference_logps(batch)
             ref_c, ref_r = ref[:B], ref[B:]
         hidden, labels = pair_hidden(model, batch)
-        out, lp = fused_preference_loss(hidden, head_weight(model), labels, ref_c, ref_r,
+        out, lp = fused_preference_loss(*head_operands(model, hidden), labels, ref_c, ref_r,
                                         self.config.loss, ignore_index=IGNORE, reduction="sum",
                                         **self.config.loss_kwargs())
         c, r = out.chosen_rewards, out.rejected_rewards

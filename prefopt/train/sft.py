@@ -8,7 +8,7 @@ import torch
 from ..data import Records, load_sft, pad_collate
 from ..data.sft import IGNORE, TokenizedExample
 from ..kernels import nll_sum
-from .distributed import head_weight
+from .distributed import head_operands
 from .loop import Batch, Trainer
 
 
@@ -47,8 +47,8 @@ class SFTTrainer(Trainer):
         """Summed NLL of the response tokens. The model returns hidden states and only response
         positions reach the lm_head (``prefopt.kernels.nll_sum``): no ``(B, T, V)`` logits."""
         hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)  # (B, T, D)
-        weight = head_weight(model)
-        return nll_sum(hidden[:, :-1], weight, batch["labels"][:, 1:], ignore_index=IGNORE), {}
+        hidden, weight = head_operands(model, hidden[:, :-1])
+        return nll_sum(hidden, weight, batch["labels"][:, 1:], ignore_index=IGNORE), {}
 
 
 def split_eval(examples: list, fraction: float, seed: int, records: list[int] | None = None) -> tuple[list, list]:

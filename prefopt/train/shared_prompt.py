@@ -28,7 +28,7 @@ from ..data.collate import as_tensor
 from ..data.preference import PairExample
 from ..data.sft import IGNORE, TokenizedExample, prompt_len
 from ..kernels import sequence_logprobs
-from .distributed import head_weight
+from .distributed import head_operands
 
 
 def split_pair(pair: PairExample) -> tuple[Sequence[int], TokenizedExample, TokenizedExample] | None:
@@ -99,8 +99,7 @@ def pair_hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple
 def pair_logp_sums(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sequence log-prob sums ``(2B,)`` of the answers, chosen rows first, either layout."""
     hidden, labels = pair_hidden(model, batch)
-    weight = head_weight(model)
-    return sequence_logprobs(hidden, weight, labels, ignore_index=IGNORE).sum(-1)
+    return sequence_logprobs(*head_operands(model, hidden), labels, ignore_index=IGNORE).sum(-1)
 
 
 @torch.no_grad()

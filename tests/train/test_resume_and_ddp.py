@@ -94,11 +94,13 @@ def _torchrun(nproc, cfg_path, *extra):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["ddp_lora", "fsdp_full"])
+@pytest.mark.parametrize("mode", ["ddp_lora", "ddp_lora_head", "fsdp_full"])
 def test_two_processes_match_one_with_the_same_global_batch(task, tmp_path, mode):
     kw = dict(lora_dropout=0.0, save_every=0, max_steps=5, eval_fraction=0.25, eval_every=2, best_metric="eval_loss")
     if mode == "fsdp_full":
         kw.update(lora=False, lr=1e-3)
+    if mode == "ddp_lora_head":  # an adapter on the lm_head too, used outside DDP's forward (Transformer.head)
+        kw.update(lora_targets=["q_proj", "v_proj", "lm_head"])
     one = _run([str(ROOT / "tests" / "train" / "_run_config.py"), str(_config(task, tmp_path / "one", batch_size=4, **kw))])
     assert one.returncode == 0, one.stderr
     two = _torchrun(2, _config(task, tmp_path / "two", batch_size=2, fsdp=mode == "fsdp_full", **kw))
@@ -108,7 +110,7 @@ def test_two_processes_match_one_with_the_same_global_batch(task, tmp_path, mode
     for (_, a, ea), (_, b, eb) in zip(l1, l2):
         for x, y in ((a, b), (ea, eb)):
             assert (x is None) == (y is None) and (x is None or abs(x - y) < 1e-4 * max(1, abs(x))), (l1, l2)
-    name = "adapter_model.safetensors" if mode == "ddp_lora" else "model.safetensors"
+    name = "model.safetensors" if mode == "fsdp_full" else "adapter_model.safetensors"
     for folder in ("final", "best"):  # best/: every rank takes part in saving it (FSDP2 gathers the shards)
         w1, w2 = load_file(tmp_path / "one" / folder / name), load_file(tmp_path / "two" / folder / name)
         assert w1.keys() == w2.keys()
