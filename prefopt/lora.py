@@ -236,6 +236,8 @@ class QLoRALinear(LoRALinear):
             raise RuntimeError("an adapter merged into a 4-bit layer stays merged (load the model again to drop it)")
 
 
+MERGE_IN_PEFT = ("to use it, load it in PEFT, merge it (merge_and_unload), save that model (save_pretrained) and "
+                 "pass its folder as the model")
 TIED_HEAD = ("lm_head: this model's output head is its input embedding (tie_word_embeddings), which prefopt puts no "
              "adapter on (merged, it would change the input embedding too); leave lm_head out of the LoRA targets")
 
@@ -443,6 +445,9 @@ def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
         )
     if d.get("bias", "none") != "none":
         raise ValueError(f"{path}: adapters that train biases (bias={d['bias']!r}) are not supported")
+    if d.get("modules_to_save"):
+        raise ValueError(f"{path}: this adapter also holds whole trained layers (modules_to_save="
+                         f"{d['modules_to_save']!r}), which prefopt does not load; " + MERGE_IN_PEFT)
     targets = d["target_modules"]
     if isinstance(targets, str):
         raise ValueError(f"{path}: target_modules given as a regex ({targets!r}) is not supported; list the names")
@@ -462,6 +467,9 @@ def read_adapter(adapter_dir: str | Path) -> tuple[LoRAConfig, dict[str, torch.T
     tensors = {}
     names = set(read_header(path)) - set(_base_copies(path)) - {"__metadata__"}
     for key, t in iter_tensors(path, names):
+        if ".lora_embedding_" in key:
+            raise ValueError(f"{path}: {key!r} is an adapter on an embedding layer, which prefopt does not load; "
+                             + MERGE_IN_PEFT)
         name = key.removeprefix(PEFT_PREFIX).replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
         for peft_name in (".lora_magnitude_vector.default.weight", ".lora_magnitude_vector"):  # DoRA's, by PEFT version
             if name.endswith(peft_name):
@@ -518,8 +526,7 @@ def check_base_copies(model: nn.Module, path: str | Path) -> None:
         if own is None or own.shape != t.shape or not torch.equal(t.to(own.dtype), own.detach().cpu()):
             raise ValueError(f"{path}: {key!r} is a copy of the model's {copies[key]} weights (PEFT's "
                              "save_embedding_layers) that differs from this model's: it was trained or resized "
-                             "with the adapter, and prefopt loads adapters only; load it in PEFT and save the "
-                             "merged model (merge_and_unload) to use it here")
+                             "with the adapter, and prefopt loads adapters only; " + MERGE_IN_PEFT)
 
 
 def adapter_base(adapter_dir: str | Path) -> str | None:

@@ -113,6 +113,24 @@ def test_bad_adapter_files_are_named(tiny, tmp_path):
         load_model(tiny, adapter=tmp_path / "final")
 
 
+@pytest.mark.parametrize("kind", ["embedding", "modules_to_save"])
+def test_peft_adapters_prefopt_cannot_load_are_refused_with_the_way_round(tiny, tmp_path, kind):
+    """A LoRA on the embedding, or whole trained layers (modules_to_save), are named, with how to
+    use them (merge in PEFT), not reported as an adapter for another base model."""
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    extra = dict(target_modules=["q_proj", "embed_tokens"]) if kind == "embedding" else dict(
+        target_modules=["q_proj"], modules_to_save=["lm_head"])
+    peft.get_peft_model(hf, peft.LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, **extra)).save_pretrained(
+        tmp_path / "ad")
+    why = (r"adapter_model.safetensors: 'base_model.model.model.embed_tokens.lora_embedding_A' is an adapter on an "
+           r"embedding layer" if kind == "embedding" else
+           r"adapter_config.json: this adapter also holds whole trained layers \(modules_to_save=\['lm_head'\]\)")
+    with pytest.raises(ValueError, match=why + r".*merge it \(merge_and_unload\), save that model"):
+        load_model(tiny, adapter=tmp_path / "ad")
+
+
 def test_an_adapter_on_another_base_model_names_the_one_it_was_trained_on(tiny, tmp_path):
     model = apply_lora(load_model(tiny), r=4, alpha=8, target_modules=["q_proj"])
     save_adapter(model, tmp_path / "ad", base_model="my-base")
