@@ -119,7 +119,8 @@ def _train_config(cls, cfg, s, stage: str, data: Path, out: Path, **kw):
                max_steps=steps, epochs=epochs, seed=cfg.seed, warmup_steps=min(5, (steps or 10) // 10),
                gradient_checkpointing=bool(s["gradient_checkpointing"]), device=cfg.device,
                chat_date=cfg.chat_date, lora_r=s["lora_r"], lora_alpha=s["lora_alpha"], lora_dora=s["lora_dora"],
-               quantize=s["quantize"], overwrite=True, **kw)
+               lora_rslora=s["lora_rslora"], lora_dropout=s["lora_dropout"], quantize=s["quantize"], overwrite=True,
+               **({"lora_targets": s["lora_targets"]} if s["lora_targets"] else {}), **kw)
 
 
 def _load_stage_model(cfg: CompareConfig, out: Path, stage: str, keep: dict | None = None):
@@ -304,6 +305,17 @@ def _dpo(cfg, task, pairs: Path, val: list, out: Path, s: dict) -> None:
                           **chosen), evaluators=evaluators)
 
 
+def _refuse_tied_head(model: str) -> None:
+    """``--set lora_targets=...,lm_head`` on a model whose head is its embedding: refused here, not
+    at SFT after the base model's evaluation."""
+    from ..lora import TIED_HEAD
+    from ..model.config import ModelConfig
+    from ..model.hub import resolve_model_dir
+
+    if ModelConfig.from_hf(resolve_model_dir(model)).tie_word_embeddings:
+        raise ValueError(f"{model}: {TIED_HEAD}")
+
+
 def run_compare(cfg: CompareConfig) -> dict:
     """Run (or resume) the three stages and write the report; returns ``report.json``'s content."""
     from ..tasks import get_task
@@ -324,6 +336,8 @@ def run_compare(cfg: CompareConfig) -> dict:
         given_pairs_outside(Path(cfg.pairs), splits["val"])
     tok = load_tokenizer(cfg.model)
     require_chat(tok, cfg.model)
+    if "lm_head" in (s["lora_targets"] or ()):
+        _refuse_tied_head(cfg.model)
     judge_tok = load_tokenizer(cfg.judge) if cfg.judge else None
     if judge_tok is not None:  # it reads the answers as a chat too
         require_chat(judge_tok, cfg.judge)

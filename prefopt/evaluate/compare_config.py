@@ -18,7 +18,8 @@ from .runner import DECODING, decoding
 from .selection import check_settings
 
 # both stages' adapters, in every preset; quantize "nf4": their base weights in 4 bits while they train (QLoRA)
-LORA = {"lora_r": 16, "lora_alpha": 32.0, "lora_dora": False, "quantize": None}
+LORA = {"lora_r": 16, "lora_alpha": 32.0, "lora_dora": False, "lora_rslora": False, "lora_dropout": 0.05,
+        "lora_targets": None, "quantize": None}
 PRESETS = {
     # small enough for 2 CPU cores in a few minutes (make demo)
     "quick": {"max_train": 160, "test": 60, "sft_steps": 60, "dpo_steps": 50, "batch_size": 4, "dpo_batch_size": 2,
@@ -43,7 +44,9 @@ PRESETS = {
     # max_new_tokens None: the task's, raised where its reference answers are longer (runner.fit_max_new_tokens);
     # repetition_penalty, no_repeat_ngram_size None: none (greedy decoding as it is); repeat_scope None: "all";
     # gradient_checkpointing: less memory, more time;
-    # lora_r, lora_alpha, lora_dora: each stage's adapter (rank, alpha: scaled by alpha / r; DoRA or plain LoRA);
+    # lora_r, lora_alpha, lora_dora, lora_rslora, lora_dropout: each stage's adapter (rank; alpha: scaled by
+    # alpha / r, or alpha / sqrt(r) with lora_rslora; DoRA or plain LoRA; dropout on its input);
+    # lora_targets None (every attention and MLP projection) or the layers that get one ("q_proj,v_proj,lm_head");
     # quantize None or "nf4": the base weights the adapters train on, and every stage is evaluated on;
     # confidence True: where the task's answers are labels, each stage also scores every possible answer after each
     # test prompt, for how sure it is of its answers and whether that tells right from wrong (stage_confidence)
@@ -100,9 +103,10 @@ class CompareConfig:
         s = {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}
         check_numbers(s)
         check_settings(s)
-        for name in ("confidence", "lora_dora"):
+        for name in ("confidence", "lora_dora", "lora_rslora"):
             if not isinstance(s[name], bool):
                 raise ValueError(f"{name}: true or false (got {s[name]!r})")
+        check_lora_targets(s)
         if s["quantize"] is not None and s["quantize"] not in QUANT_KINDS:
             raise ValueError(f"quantize: null or one of {', '.join(QUANT_KINDS)} (got {s['quantize']!r})")
         if s["quantize"] and s["lora_dora"]:
@@ -119,6 +123,26 @@ class CompareConfig:
 WHOLE = ("batch_size", "dpo_batch_size", "eval_batch_size", "max_length", "lora_r")  # whole numbers >= 1
 WHOLE_OR_NONE = ("max_train", "sft_steps", "dpo_steps", "max_new_tokens")  # the same, or None: the preset's way
 POSITIVE = ("sft_lr", "dpo_lr", "beta", "sft_epochs", "dpo_epochs", "lora_alpha")  # numbers > 0
+FRACTIONS = ("lora_dropout",)  # numbers in [0, 1)
+
+
+def check_lora_targets(s: dict) -> None:
+    """``lora_targets``: None, or layer names as a list or one comma-separated string (``--set
+    lora_targets=q_proj,v_proj``), stored as a list; each one a layer of every Llama-family model."""
+    from ..quant import PROJECTIONS
+
+    v = s["lora_targets"]
+    if v is None:
+        return
+    names = [n.strip() for n in v.split(",")] if isinstance(v, str) else v
+    known = (*PROJECTIONS, "lm_head")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"lora_targets: null or layer names, comma-separated ({','.join(known)}); got {v!r}")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"lora_targets: no layer named {unknown}{did_you_mean(unknown[0], known)}; the layers: "
+                         f"{', '.join(known)}")
+    s["lora_targets"] = list(dict.fromkeys(names))
 
 
 def check_numbers(s: dict) -> None:
@@ -138,6 +162,10 @@ def check_numbers(s: dict) -> None:
         v = s[name]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
             problems.append(f"{name}: a number > 0 (got {v!r})")
+    for name in FRACTIONS:
+        v = s[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            problems.append(f"{name}: a number in [0, 1) (got {v!r})")
     t = s["test"]
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 < t < 1 or (t >= 1 and float(t).is_integer())):
         problems.append(f"test: a fraction in (0, 1) or a whole count of test items (got {t!r})")
