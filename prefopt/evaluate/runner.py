@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .._deps import progress
 from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
-from ..model.generate import generate
+from ..model.generate import generate, row_seeds
 from ..tokenizer import NO_TEMPLATE_WHERE
 
 # the settings of greedy decoding an evaluation may set (compare: --set KEY=VALUE), with what None means
@@ -68,8 +68,11 @@ def answer_prompts(model, tok, prompts: list[list[int]], *, batch_size: int = 16
                    show_progress: bool = True, unit: str = "it", **settings) -> tuple[list[str], list[bool]]:
     """The model's answer to each prompt (token ids), batched by prompt length, in the prompts'
     order, and whether each ended with an end-of-turn token (False: ``max_new_tokens`` stopped it);
-    ``settings``: :func:`~prefopt.model.generate.generate`'s. The model runs in eval mode, and
-    goes back to the mode it was in."""
+    ``settings``: :func:`~prefopt.model.generate.generate`'s; a sampling ``seed`` seeds each prompt
+    by its place among them all (``row_seeds``), so that its answer does not depend on
+    ``batch_size``. The model runs in eval mode, and goes back to the mode it was in."""
+    seed = settings.pop("seed", None)
+    seeds = row_seeds(seed, prompts) if isinstance(seed, int) else seed
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
     ended = [False] * len(prompts)
@@ -80,7 +83,7 @@ def answer_prompts(model, tok, prompts: list[list[int]], *, batch_size: int = 16
     for s in range(0, len(order), batch_size):
         chunk = order[s:s + batch_size]
         new = generate(model, [prompts[i] for i in chunk], **settings, eos_token_ids=tok.eos_token_ids,
-                       pad_token_id=tok.pad_token_id or 0)
+                       pad_token_id=tok.pad_token_id or 0, seed=None if seeds is None else [seeds[i] for i in chunk])
         for i, ids in zip(chunk, new):
             texts[i] = tok.decode(ids).strip()
             ended[i] = bool(ids) and ids[-1] in eos

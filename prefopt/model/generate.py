@@ -1,7 +1,10 @@
 """Text generation with a KV cache: greedy or temperature/top-p sampling, batched with left padding."""
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import torch
@@ -24,8 +27,23 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device=None) -> tupl
     return ids, mask
 
 
+def row_seeds(seed: int, prompts: Sequence[Sequence[int]]) -> list[int]:
+    """A seed for each prompt, from ``seed``, the prompt's tokens and how many times the same prompt
+    came before it in ``prompts``: a row's sample then depends on neither the batch it runs in (its
+    size, the other prompts, their order) nor its place, and a repeated prompt gets other samples."""
+    seen: Counter = Counter()
+    out = []
+    for p in prompts:
+        key = tuple(p)
+        digest = hashlib.sha256(json.dumps([seed, list(key), seen[key]]).encode()).digest()
+        seen[key] += 1
+        out.append(int.from_bytes(digest[:8], "little") >> 1)  # a non-negative int64
+    return out
+
+
 def sample_next(logits: torch.Tensor, *, temperature: float, top_p: float, generator) -> torch.Tensor:
-    """One token per row of ``logits`` ``(B, V)``: greedy when ``temperature == 0``."""
+    """One token per row of ``logits`` ``(B, V)``: greedy when ``temperature == 0``. ``generator``:
+    None, one ``torch.Generator``, or a list of one per row (each row drawn from its own)."""
     if temperature == 0:
         return logits.argmax(-1)
     probs = F.softmax(logits.float() / temperature, dim=-1)
@@ -35,6 +53,8 @@ def sample_next(logits: torch.Tensor, *, temperature: float, top_p: float, gener
         drop = sorted_p.cumsum(-1) - sorted_p >= top_p
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+    if isinstance(generator, (list, tuple)):
+        return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generator, strict=True)])
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -51,7 +71,7 @@ def generate(
     repeat_scope: str = "all",
     eos_token_ids: Sequence[int] = (),
     pad_token_id: int = 0,
-    seed: int | None = None,
+    seed: int | Sequence[int] | None = None,
     stop: Callable[[int, list[int]], bool] | None = None,
     on_step: Callable[[list[list[int]]], None] | None = None,
 ) -> list[list[int]]:
@@ -70,7 +90,10 @@ def generate(
         repeat_scope: what both count as the row: ``"all"`` (prompt and output, as transformers) or
             ``"output"`` (the generated tokens only, so copying from the prompt is not penalised).
         eos_token_ids: a row stops after producing any of these.
-        seed: seeds sampling, so the same call gives the same text.
+        seed: seeds sampling, so the same call gives the same text: each row draws from its own
+            generator, seeded by :func:`row_seeds` (or by ``seed[i]``, a list of one per prompt), so
+            a prompt's text does not depend on the prompts batched with it (up to float rounding
+            in the batched forward, which can tip a near tie).
         stop: ``stop(row, new_tokens) -> bool``; a row also stops when it returns True.
         on_step: called with every row's tokens so far after each step (for streaming).
     """
@@ -88,7 +111,12 @@ def generate(
                       f"{context} positions (max_position_embeddings), which it was never trained on; the "
                       "output may degrade. Shorten the prompt or max_new_tokens.", stacklevel=2)
     cache = KVCache(model.config, B, T + max_new_tokens, dtype=model.output_weight.dtype, device=device)
-    gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    gen = None
+    if seed is not None and temperature > 0:
+        seeds = row_seeds(seed, prompts) if isinstance(seed, int) else list(seed)
+        if len(seeds) != B:
+            raise ValueError(f"seed: {len(seeds)} seeds for {B} prompts")
+        gen = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     eos = torch.tensor(list(eos_token_ids) or [-1], device=device)
     out: list[list[int]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool, device=device)

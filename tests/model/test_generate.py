@@ -68,6 +68,27 @@ def test_sampling_is_seeded_and_varies(tiny):
     assert a == b and a != c
 
 
+def test_a_sampled_answer_does_not_depend_on_the_prompts_batched_with_it(tiny):
+    """Each row draws from its own generator (``row_seeds``): a prompt sampled alone, in a batch,
+    or in another order gives the same text; a repeated prompt gets another sample, and
+    ``answer_prompts`` gives the same answers at any batch size."""
+    from prefopt.evaluate.runner import answer_prompts
+
+    _, ours, d = tiny
+    kw = dict(max_new_tokens=12, temperature=1.5, seed=3)
+    together = generate(ours, PROMPTS, **kw)
+    assert [generate(ours, [p], **kw)[0] for p in PROMPTS] == together
+    assert generate(ours, PROMPTS[::-1], **kw) == together[::-1]
+    twice = generate(ours, [PROMPTS[1], PROMPTS[1]], **kw)
+    assert twice[0] == together[1] and twice[1] != twice[0]
+    tok = load_tokenizer(d)
+    prompts = [p for p in PROMPTS for _ in range(2)]
+    texts = {b: answer_prompts(ours, tok, prompts, batch_size=b, show_progress=False, **kw)[0] for b in (1, 2, 4)}
+    assert texts[1] == texts[2] == texts[4] and len(set(texts[1])) > 3
+    with pytest.raises(ValueError, match="seed: 2 seeds for 3 prompts"):
+        generate(ours, PROMPTS, max_new_tokens=2, temperature=1.0, seed=[1, 2])
+
+
 def test_top_p_keeps_only_the_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     g = torch.Generator().manual_seed(0)
