@@ -315,7 +315,10 @@ def _make_pairs(args: argparse.Namespace) -> int:
             "max_new_tokens": args.max_new_tokens, "max_prompt_length": args.max_prompt_length,
             "batch_size": args.batch_size, **decode, **placement(model), **prompt_date(tok)}
     with claimed(args.output, JOB):
-        rows = answer_in_blocks(model, tok, prompts, args.output, stamp(prompts, made), batch_size=args.batch_size,
+        # the batch size changes no answer (each prompt seeded alone): a run stopped for want of memory goes on
+        # with a smaller one
+        run_stamp = stamp(prompts, {k: v for k, v in made.items() if k != "batch_size"})
+        rows = answer_in_blocks(model, tok, prompts, args.output, run_stamp, batch_size=args.batch_size,
                                 max_new_tokens=args.max_new_tokens, **decode)
         pairs, counts = pairs_from(prompts, rows, several_files=several)
         kept = keep_earlier(args.output, FILES)

@@ -134,6 +134,43 @@ def test_a_stopped_run_goes_on_from_the_answers_made(tiny, tmp_path, monkeypatch
     assert _make(tiny, [data], tmp_path / "other", "--max-new-tokens", "3") == 0  # other settings: started afresh
 
 
+def test_sampled_answers_go_on_at_another_batch_size_as_if_never_stopped(tiny, tmp_path, monkeypatch, capsys):
+    """Sampling seeds each prompt by its place among them all: a run stopped after a block and
+    resumed with another --batch-size (for want of memory, say) writes what one run made; a prompt
+    given twice gets two samples, in different blocks too."""
+    records = _records(5)
+    data = _jsonl(tmp_path / "d.jsonl", [*records, records[1]])
+    sample = ["--temperature", "1.5", "--top-p", "1.0", "--seed", "7"]
+
+    def make(out, *extra):
+        return main(["make-pairs", "--model", str(tiny), "--data", str(data), "--output", str(out),
+                     "--max-new-tokens", "6", "--device", "cpu", *sample, *extra])
+
+    assert make(tmp_path / "whole", "--batch-size", "4") == 0
+    monkeypatch.setattr(ap, "BLOCK", 2)
+    real = ap.answer
+    calls = []
+
+    def stop_after_one_block(*a, **kw):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ap, "answer", stop_after_one_block)
+    assert make(tmp_path / "stopped", "--batch-size", "2") == 130
+    monkeypatch.setattr(ap, "answer", real)
+    capsys.readouterr()
+    assert make(tmp_path / "stopped", "--batch-size", "1") == 0
+    assert "going on from the 2 of 6 prompts answered before" in capsys.readouterr().out
+    answers = (tmp_path / "whole" / "answers.jsonl").read_text()
+    assert (tmp_path / "stopped" / "answers.jsonl").read_text() == answers
+    texts = [json.loads(x)["answer"] for x in answers.splitlines()]
+    assert texts[1] != texts[5]  # the same prompt, sampled twice
+    assert make(tmp_path / "other", "--batch-size", "4", "--seed", "8") == 0
+    assert (tmp_path / "other" / "answers.jsonl").read_text() != answers
+
+
 def test_bad_input_is_named_before_the_model_loads(tiny, tmp_path, capsys):
     data = _jsonl(tmp_path / "d.jsonl", [*_records(2), {"prompt": "x"}])
     assert _make(tiny, [data], tmp_path / "out") == 2

@@ -21,6 +21,7 @@ from .._deps import progress
 from ..data.columns import column_of, with_columns
 from ..data.records import DataError, SFTRecord, parse_sft
 from ..data.sft import load_records, sources
+from ..model.generate import row_seeds
 from ..tokenizer import Tokenizer
 from .partial import append_partial, resume, start_partial
 from .runner import answer_prompts
@@ -121,7 +122,11 @@ def answer(model, tok: Tokenizer, prompts: list[Prompt], *, batch_size: int = 8,
 def answer_in_blocks(model, tok: Tokenizer, prompts: list[Prompt], out_dir: str | Path, run_stamp: dict,
                      **kw) -> list[dict]:
     """:func:`answer`, :data:`BLOCK` prompts at a time, each block on disk before the next; a
-    stopped run with the same :func:`stamp` goes on from the answers it left."""
+    stopped run with the same :func:`stamp` goes on from the answers it left. A sampling ``seed``
+    seeds each prompt by its place among them all (``row_seeds``), so the blocks and the batch
+    size change no answer."""
+    if isinstance(kw.get("seed"), int):
+        kw["seed"] = row_seeds(kw["seed"], [p.ids for p in prompts])
     rows = resume(out_dir, run_stamp, JOB)
     if rows:
         print(f"prefopt make-pairs: going on from the {len(rows)} of {len(prompts)} prompts answered before",
@@ -129,7 +134,8 @@ def answer_in_blocks(model, tok: Tokenizer, prompts: list[Prompt], out_dir: str 
     start_partial(out_dir, run_stamp, rows, JOB)
     bar = progress(total=len(prompts), initial=len(rows), desc="make-pairs", unit="prompt")
     for s in range(len(rows), len(prompts), BLOCK):
-        block = answer(model, tok, prompts[s:s + BLOCK], show_progress=False, **kw)
+        seeds = {"seed": kw["seed"][s:s + BLOCK]} if isinstance(kw.get("seed"), list) else {}
+        block = answer(model, tok, prompts[s:s + BLOCK], show_progress=False, **{**kw, **seeds})
         append_partial(out_dir, block, JOB)
         rows += block
         bar.update(len(block))
