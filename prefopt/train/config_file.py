@@ -59,10 +59,12 @@ def typed_value(kind: str, value: Any) -> Any:
             paths = [os.fspath(p) for p in paths]
             return paths[0] if len(paths) == 1 else paths
         raise ValueError(f"expected a path or a list of paths, got {value!r}")
-    if base == "list[str]":
-        names = value.replace(",", " ").split() if isinstance(value, str) else value
+    if base == "list[str]":  # names: a list, or text, split at commas and spaces (--lora-targets q_proj,v_proj)
+        names = [value] if isinstance(value, str) else value
         if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
-            return list(names)
+            names = [part for n in names for part in n.replace(",", " ").split()]
+        if names and isinstance(names, list) and all(isinstance(n, str) for n in names):
+            return names
         raise ValueError(f"expected a list of names, got {value!r}")
     return value
 

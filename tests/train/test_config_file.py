@@ -29,6 +29,7 @@ def test_typed_value_by_kind():
     assert typed_value("int | None", None) is None and typed_value("str | None", Path("a/b")) == "a/b"
     assert typed_value("list[str]", "q_proj, v_proj") == ["q_proj", "v_proj"]
     assert typed_value("list[str]", ("q_proj",)) == ["q_proj"]
+    assert typed_value("list[str]", ["q_proj,v_proj", "lm_head"]) == ["q_proj", "v_proj", "lm_head"]  # as the CLI gives it
     for kind, value, why in [("float", "fast", "expected a number, got 'fast'"), ("int", 2.5, "whole number"),
                              ("int", True, "expected a number"), ("bool", "yes please", "true or false"),
                              ("float", None, "needs a value"), ("str", 3, "expected text"),
