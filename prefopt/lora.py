@@ -445,6 +445,13 @@ def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
         )
     if d.get("bias", "none") != "none":
         raise ValueError(f"{path}: adapters that train biases (bias={d['bias']!r}) are not supported")
+    scoped = {k: d[k] for k in ("layers_to_transform", "exclude_modules") if d.get(k) not in (None, [], "")}
+    if scoped:
+        raise ValueError(f"{path}: this adapter is on some of its target layers only ({scoped}), which prefopt does "
+                         "not load; " + MERGE_IN_PEFT)
+    if d.get("lora_bias"):
+        raise ValueError(f"{path}: this adapter trains a bias beside its B matrices (lora_bias), which prefopt does "
+                         "not load; " + MERGE_IN_PEFT)
     if d.get("modules_to_save"):
         raise ValueError(f"{path}: this adapter also holds whole trained layers (modules_to_save="
                          f"{d['modules_to_save']!r}), which prefopt does not load; " + MERGE_IN_PEFT)

@@ -113,20 +113,26 @@ def test_bad_adapter_files_are_named(tiny, tmp_path):
         load_model(tiny, adapter=tmp_path / "final")
 
 
-@pytest.mark.parametrize("kind", ["embedding", "modules_to_save"])
+@pytest.mark.parametrize("kind", ["embedding", "modules_to_save", "layers_to_transform", "exclude_modules", "lora_bias"])
 def test_peft_adapters_prefopt_cannot_load_are_refused_with_the_way_round(tiny, tmp_path, kind):
     """A LoRA on the embedding, or whole trained layers (modules_to_save), are named, with how to
     use them (merge in PEFT), not reported as an adapter for another base model."""
     peft = pytest.importorskip("peft")
     transformers = pytest.importorskip("transformers")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
-    extra = dict(target_modules=["q_proj", "embed_tokens"]) if kind == "embedding" else dict(
-        target_modules=["q_proj"], modules_to_save=["lm_head"])
+    extra, why = {
+        "embedding": (dict(target_modules=["q_proj", "embed_tokens"]), r"adapter_model.safetensors: 'base_model.model."
+                      r"model.embed_tokens.lora_embedding_A' is an adapter on an embedding layer"),
+        "modules_to_save": (dict(target_modules=["q_proj"], modules_to_save=["lm_head"]), r"adapter_config.json: this "
+                            r"adapter also holds whole trained layers \(modules_to_save=\['lm_head'\]\)"),
+        "layers_to_transform": (dict(target_modules=["q_proj"], layers_to_transform=[1]), r"adapter_config.json: this "
+                                r"adapter is on some of its target layers only \(\{'layers_to_transform': \[1\]\}\)"),
+        "exclude_modules": (dict(target_modules=["q_proj"], exclude_modules=["model.layers.0.self_attn.q_proj"]),
+                            r"on some of its target layers only \(\{'exclude_modules': \['model.layers.0"),
+        "lora_bias": (dict(target_modules=["q_proj"], lora_bias=True), r"a bias beside its B matrices \(lora_bias\)"),
+    }[kind]
     peft.get_peft_model(hf, peft.LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, **extra)).save_pretrained(
         tmp_path / "ad")
-    why = (r"adapter_model.safetensors: 'base_model.model.model.embed_tokens.lora_embedding_A' is an adapter on an "
-           r"embedding layer" if kind == "embedding" else
-           r"adapter_config.json: this adapter also holds whole trained layers \(modules_to_save=\['lm_head'\]\)")
     with pytest.raises(ValueError, match=why + r".*merge it \(merge_and_unload\), save that model"):
         load_model(tiny, adapter=tmp_path / "ad")
 
