@@ -52,6 +52,10 @@ def _eval(args) -> int:
     if args.limit:
         records = sample_records(records, args.limit, seed=args.seed)
     against = _against_rows(args.against, records) if args.against else None  # before any model loads
+    if args.answers:
+        return _rescore(task, records, against, args)
+    if not args.model:
+        raise ValueError("--model is needed (or --answers DIR: score an earlier evaluation's answers)")
     tok = load_tokenizer(args.model)
     require_chat(tok, args.model)
     tok.chat_date = parse_chat_date(args.chat_date, "--chat-date") if args.chat_date else date.today()
@@ -197,7 +201,43 @@ def _predict(args) -> int:
     return 0
 
 
-def _against_rows(folder: str, records: list) -> list[dict]:
+_ROW_KEYS = ("id", "target", "output", "prediction", "correct", "score", "labels")  # what write_results makes
+
+
+def _rescore(task, records: list, against: list[dict] | None, args) -> int:
+    """``eval --answers DIR``: the answers an earlier evaluation in DIR gave to ``records``, scored
+    again by the task (no model loads), written to ``--output`` as an evaluation (each row's other
+    fields, such as its confidence, kept) and tested ``--against`` another: two finished runs
+    compared item by item without answering again."""
+    from pathlib import Path
+
+    from .runner import keep_earlier, read_results, score, write_results
+
+    if Path(args.output).resolve() == Path(args.answers).resolve():
+        raise ValueError(f"--output {args.output} is the --answers folder: write the rescored evaluation elsewhere")
+    rows = _against_rows(args.answers, records, flag="--answers")
+    earlier = read_results(args.answers)[1]
+    texts = [row["output"] for row in rows]
+    preds, metrics = score(task, records, texts)
+    ended = [row.get("ended", True) for row in rows]
+    metrics["unfinished"] = 1 - sum(ended) / max(len(ended), 1)
+    kept = ("max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "repeat_scope", "device", "dtype",
+            "quantized", "chat_date", "confidence_scoring")
+    metrics |= {k: earlier[k] for k in kept if k in earlier} | {"answers_from": str(args.answers)}
+    extra = {k: [row.get(k) for row in rows] for k in dict.fromkeys(k for row in rows for k in row) if k not in _ROW_KEYS}
+    moved = keep_earlier(args.output)
+    if moved:
+        print(f"prefopt eval: {args.output} held an evaluation; it is kept in {moved}", flush=True)
+    write_results(args.output, task, records, texts, preds, metrics, extra)
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
+    print(f"prefopt eval: {args.answers}'s answers to {len(records)} items scored again; wrote "
+          f"{Path(args.output) / 'predictions.jsonl'} and metrics.json")
+    if against is not None:
+        _test_against(task, records, against, args, name=str(args.answers))
+    return 0
+
+
+def _against_rows(folder: str, records: list, flag: str = "--against") -> list[dict]:
     """The answers an earlier evaluation in ``folder`` gave to ``records``, in their order; an
     error where it lacks one of them or holds another reference for it (other data). Answers
     whose confidence was scored otherwise (an earlier prefopt) come without it: their AUROC is
@@ -207,15 +247,15 @@ def _against_rows(folder: str, records: list) -> list[dict]:
 
     done = read_results(folder)
     if done is None:
-        raise ValueError(f"--against {folder}: no evaluation there (predictions.jsonl and metrics.json)")
+        raise ValueError(f"{flag} {folder}: no evaluation there (predictions.jsonl and metrics.json)")
     by_id = {row["id"]: row for row in done[0]}
     missing = [r.id for r in records if r.id not in by_id]
     if missing:
-        raise ValueError(f"--against {folder}: {len(missing)} of the {len(records)} items are not in that evaluation "
+        raise ValueError(f"{flag} {folder}: {len(missing)} of the {len(records)} items are not in that evaluation "
                          f"(first: {missing[0]!r}); evaluate the same --data with the same --split, --limit and --seed")
     other = next((r.id for r in records if by_id[r.id]["target"] != r.target), None)
     if other is not None:
-        raise ValueError(f"--against {folder}: item {other!r} has another reference there: it evaluated other data")
+        raise ValueError(f"{flag} {folder}: item {other!r} has another reference there: it evaluated other data")
     rows = [by_id[r.id] for r in records]
     if any("confidence" in row for row in rows) and not scored(done[1]):
         print(f"prefopt eval: {folder}'s confidence was scored by an earlier prefopt, otherwise than now; its AUROC "
@@ -224,9 +264,9 @@ def _against_rows(folder: str, records: list) -> list[dict]:
     return rows
 
 
-def _test_against(task, records: list, against: list[dict], args) -> None:
+def _test_against(task, records: list, against: list[dict], args, name: str | None = None) -> None:
     """This evaluation against ``--against``'s, paired on the same items: printed, and written
-    to ``paired.json`` beside the predictions."""
+    to ``paired.json`` beside the predictions. ``name``: what to call this one (default: its folder)."""
     from pathlib import Path
 
     from ..fileio import write_json_atomic
@@ -235,10 +275,11 @@ def _test_against(task, records: list, against: list[dict], args) -> None:
 
     rows = read_results(args.output)[0]
     c = compare_pair(task, records, against, rows, n_resamples=args.n_resamples, seed=args.seed)
-    c["verdict"] = verdict(str(args.against), str(args.output), task.primary, c["primary"])
+    name = name or str(args.output)
+    c["verdict"] = verdict(str(args.against), name, task.primary, c["primary"])
     write_json_atomic(Path(args.output) / "paired.json", {"against": str(args.against), "n": len(records), **c})
     print(f"prefopt eval: {c['verdict'].replace('**', '')}")
-    print(f"prefopt eval: {item_test_line(task, {f'{args.output} vs {args.against}': c})}")
+    print(f"prefopt eval: {item_test_line(task, {f'{name} vs {args.against}': c})}")
 
 
 def _from_split_file(records: list, path: str) -> list:
@@ -261,6 +302,8 @@ def _compare(args) -> int:
     from .compare import CompareConfig, run_compare
     from .report import console_lines
 
+    if not args.model:
+        raise ValueError("--model is needed: the model compare trains and evaluates")
     overrides = key_values(args.set)
     cfg = CompareConfig(task=args.task, model=args.model, output=args.output, data=args.data, preset=args.preset,
                         task_options=key_values(args.task_option), strategy=args.strategy, pairs=args.pairs, loss=args.loss,
@@ -361,7 +404,8 @@ def add_commands(sub) -> None:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--task", required=True, choices=sorted(TASKS))
-    common.add_argument("--model", required=True, help="model folder, alias (smollm2-135m), hub id or .gguf file")
+    common.add_argument("--model", help="model folder, alias (smollm2-135m), hub id or .gguf file (needed but by "
+                        "eval --answers)")
     common.add_argument("--data", help="data file or folder (default: the task's bundled data, if any)")
     common.add_argument("--output", required=True, help="output folder")
     common.add_argument("--task-option", action="append", metavar="KEY=VALUE",
@@ -387,6 +431,9 @@ def add_commands(sub) -> None:
     e.add_argument("--against", metavar="DIR", help="an earlier evaluation of the same items (another model or "
                    "adapter, e.g. the SFT one's): test this one against it, paired (the task's metric by bootstrap, "
                    "McNemar or Wilcoxon per item); printed and written to paired.json")
+    e.add_argument("--answers", metavar="DIR", help="score the answers an earlier evaluation in DIR gave (a compare "
+                   "stage's folder) instead of a model's: no model loads; with --against, two finished runs compared "
+                   "item by item without answering again")
     e.add_argument("--n-resamples", type=positive_int, default=2000, help="paired bootstrap resamples (with --against)")
     e.add_argument("--confidence", action="store_true", help="also score every possible answer: each predicted "
                    "label's probability and the likeliest label (predictions.jsonl), and how well they do "

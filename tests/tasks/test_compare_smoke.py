@@ -298,6 +298,43 @@ def test_eval_against_an_earlier_evaluation_tests_the_pair_on_the_same_items(tin
     assert not (second / "paired.json").exists() and (second / "earlier" / "1" / "paired.json").is_file()
 
 
+def test_eval_answers_tests_two_finished_evaluations_without_a_model(tiny_model, tmp_path, capsys, monkeypatch):
+    """``--answers DIR --against OTHER``: DIR's answers scored again, with every row's fields, and
+    the paired test the answering run gives, with no model loaded; refusals name the folder."""
+    import prefopt.pretrained
+    from prefopt.cli import main
+
+    base = ["eval", "--task", "portal", "--limit", "6", "--batch-size", "8", "--n-resamples", "300"]
+    a, b, answered = tmp_path / "a", tmp_path / "b", tmp_path / "answered"
+    assert main(base + ["--model", str(tiny_model), "--output", str(a), "--confidence"]) == 0
+    assert main(base + ["--model", str(tiny_model), "--output", str(b), "--confidence", "--max-new-tokens", "3"]) == 0
+    assert main(base + ["--model", str(tiny_model), "--output", str(answered), "--confidence", "--max-new-tokens", "3",
+                        "--against", str(a)]) == 0
+    capsys.readouterr()
+
+    def no_model(*args, **kw):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(prefopt.pretrained, "load_model", no_model)
+    rescored = tmp_path / "rescored"
+    assert main(base + ["--answers", str(b), "--against", str(a), "--output", str(rescored)]) == 0
+    out = capsys.readouterr().out
+    want = json.loads((answered / "paired.json").read_text())
+    got = json.loads((rescored / "paired.json").read_text())
+    assert {k: v for k, v in got.items() if k != "verdict"} == {k: v for k, v in want.items() if k != "verdict"}
+    assert "confidence_auroc" in got and f"{b} vs {a}" in out
+    assert (rescored / "predictions.jsonl").read_text() == (b / "predictions.jsonl").read_text()
+    metrics = json.loads((rescored / "metrics.json").read_text())
+    assert metrics["answers_from"] == str(b) and metrics["max_new_tokens"] == 3
+    assert metrics["macro_f1"] == json.loads((b / "metrics.json").read_text())["macro_f1"]
+    for args, error in ((["--answers", str(b), "--output", str(b)], "is the --answers folder"),
+                        (["--answers", str(b), "--output", str(tmp_path / "r"), "--limit", "9"],
+                         f"--answers {b}: 3 of the 9 items are not in that evaluation"),
+                        (["--output", str(tmp_path / "r")], "--model is needed (or --answers DIR")):
+        assert main(base + args) == 2
+        assert error in capsys.readouterr().err
+
+
 def test_eval_on_a_compare_runs_split_file_scores_exactly_its_test_items(tiny_model, tmp_path, capsys):
     from prefopt.cli import main
     from prefopt.tasks import get_task
