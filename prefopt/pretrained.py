@@ -29,7 +29,8 @@ def load_model(
         dtype, device: parameter dtype and device.
         adapter: folder with ``adapter_config.json`` + ``adapter_model.safetensors``.
         merge: fold the adapter into the base weights after loading, leaving a plain model.
-        quantize: "nf4": the projections (and the adapter's layers) in 4 bits (``prefopt.quant``),
+        quantize: "nf4" (or "nf4-dq", its scales in 8 bits too): the projections (and the adapter's
+            layers) in 4 bits (``prefopt.quant``),
             then the adapter on top, as ``--quantize`` trains it; merged, its update stays beside
             the 4-bit codes (exact; a DoRA adapter stays unmerged, which computes the same).
 

@@ -10,6 +10,12 @@ dequantizes its weight when it computes, one layer at a time, and keeps nothing 
 higher precision (``prefopt.lora``); one merged into the 4-bit layer stays beside the codes
 as its low-rank factors (:meth:`QuantLinear.add_update`).
 
+``nf4-dq`` also quantizes the scales (QLoRA's double quantization): each scale as an 8-bit
+code on a log scale spanning its group of :data:`SCALE_GROUP` scales (an fp32 start and step
+per group), so 0.129 bits a weight go to scales instead of 0.5 (4.13 bits a weight in all,
+against 4.5), each scale within ``2**(step / 2) - 1`` of its value (a fraction of a percent for
+the spread of block maxima in a weight matrix; NF4's own rounding is some percent).
+
 Pure PyTorch: the same code runs on CPU and CUDA. It is not bitsandbytes' kernel, and its
 quantized weights are never saved: a run saves its adapter, which loads on the full-precision
 base as on the 4-bit one; use it on the 4-bit one (``load_model(..., quantize="nf4")``), since it
@@ -26,7 +32,8 @@ from torch import nn
 BLOCK = 64
 # NF4's tail: the quantiles run from 1 - OFFSET to OFFSET (QLoRA's choice; it keeps ±1 finite)
 OFFSET = 0.9677083
-QUANT_KINDS = ("nf4",)
+QUANT_KINDS = ("nf4", "nf4-dq")  # nf4-dq: the block scales quantized too (double quantization)
+SCALE_GROUP = 256  # scales per 8-bit log-scale group in nf4-dq
 
 
 def nf4_levels() -> torch.Tensor:
@@ -77,6 +84,33 @@ def dequantize_nf4(codes: torch.Tensor, scales: torch.Tensor, shape: torch.Size 
     return values[:torch.Size(shape).numel()].to(dtype).reshape(shape)
 
 
+def compress_scales(scales: torch.Tensor, group: int = SCALE_GROUP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(codes, start, step)``: each block scale as a uint8 code, 0 for a zero scale (an all-zero
+    block) and ``1 + round((log2(scale) - start) / step)`` otherwise, with one fp32 ``start`` (the
+    smallest log2) and ``step`` (the log2 range over 254) per group of ``group`` scales. Log
+    steps keep the relative error of every scale alike, small ones too."""
+    s = scales.float().reshape(-1)
+    s = F.pad(s, (0, -s.numel() % group)).reshape(-1, group)
+    nonzero = s > 0
+    logs = s.clamp_min(torch.finfo(torch.float32).tiny).log2()
+    start = torch.where(nonzero, logs, torch.inf).amin(dim=1)
+    end = torch.where(nonzero, logs, -torch.inf).amax(dim=1)
+    start = torch.where(nonzero.any(dim=1), start, 0.0)
+    step = torch.where(end > start, (end - start) / 254, 1.0)
+    codes = 1 + ((logs - start[:, None]) / step[:, None]).round()
+    codes = torch.where(nonzero, codes, 0).to(torch.uint8).reshape(-1)
+    return codes[:scales.numel()], start, step
+
+
+def expand_scales(codes: torch.Tensor, start: torch.Tensor, step: torch.Tensor, group: int = SCALE_GROUP
+                  ) -> torch.Tensor:
+    """The fp32 scales :func:`compress_scales` encoded (with the same ``group``)."""
+    n = codes.numel()
+    c = F.pad(codes.float(), (0, start.numel() * group - n)).reshape(-1, group)
+    scales = torch.exp2(start[:, None] + (c - 1) * step[:, None])
+    return torch.where(c > 0, scales, 0.0).reshape(-1)[:n]
+
+
 class QuantLinear(nn.Module):
     """A frozen ``nn.Linear`` whose weight is kept in NF4 (the bias as it was). ``weight`` is the
     dequantized weight in the layer's compute dtype, made afresh on each access; the layer keeps
@@ -85,15 +119,20 @@ class QuantLinear(nn.Module):
     An adapter merged into it (:meth:`add_update`; ``merge_and_unload`` on a 4-bit model: the SFT
     adapter under DPO) stays beside the codes as its low-rank factors, added to each dequantized
     weight: rounding it into the 4-bit levels would erase most of it (an adapter's update is
-    mostly smaller than a level's step)."""
+    mostly smaller than a level's step).
 
-    def __init__(self, base: nn.Linear, block: int = BLOCK):
+    ``double``: the scales kept as 8-bit codes too (``nf4-dq``; :func:`compress_scales`)."""
+
+    def __init__(self, base: nn.Linear, block: int = BLOCK, double: bool = False):
         super().__init__()
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.dtype, self.block = base.weight.dtype, block
+        self.dtype, self.block, self.double = base.weight.dtype, block, double
         codes, scales = quantize_nf4(base.weight, block)
         self.register_buffer("codes", codes)
-        self.register_buffer("scales", scales)
+        self.register_buffer("scales", None if double else scales)  # nf4-dq keeps them as codes:
+        for name, t in zip(("scale_codes", "scale_start", "scale_step"),
+                           compress_scales(scales) if double else (None, None, None)):
+            self.register_buffer(name, t)
         self.register_buffer("update_a", None)  # (r, in) and (out, r), scaling folded into update_b
         self.register_buffer("update_b", None)
         self.bias = None if base.bias is None else nn.Parameter(base.bias.detach(), requires_grad=False)
@@ -102,9 +141,15 @@ class QuantLinear(nn.Module):
     def weight(self) -> torch.Tensor:
         return self.dequantized(self.dtype)
 
+    def block_scales(self) -> torch.Tensor:
+        """The fp32 scale of each block (expanded from their codes for ``nf4-dq``)."""
+        if self.double:
+            return expand_scales(self.scale_codes, self.scale_start, self.scale_step)
+        return self.scales
+
     def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
         """The 4-bit weight in ``dtype``, with any merged update added."""
-        w = dequantize_nf4(self.codes, self.scales, (self.out_features, self.in_features), dtype)
+        w = dequantize_nf4(self.codes, self.block_scales(), (self.out_features, self.in_features), dtype)
         if self.update_a is None:
             return w
         return torch.addmm(w, self.update_b.to(dtype), self.update_a.to(dtype))
@@ -122,7 +167,8 @@ class QuantLinear(nn.Module):
         return F.linear(x, self.dequantized(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, nf4, block={self.block}, dtype={self.dtype}"
+        kind = "nf4-dq" if self.double else "nf4"
+        return f"in={self.in_features}, out={self.out_features}, {kind}, block={self.block}, dtype={self.dtype}"
 
 
 def quantize_model(model: nn.Module, target_modules: Iterable[str], kind: str = "nf4", block: int = BLOCK, *,
@@ -138,7 +184,7 @@ def quantize_model(model: nn.Module, target_modules: Iterable[str], kind: str = 
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if type(child) is nn.Linear and name in targets:
-                q = QuantLinear(child.to(device) if device is not None else child, block)
+                q = QuantLinear(child.to(device) if device is not None else child, block, double=kind == "nf4-dq")
                 q.train(child.training)
                 setattr(module, name, q)
                 found = True
@@ -161,5 +207,5 @@ def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, QuantLinear) for m in model.modules())
 
 
-__all__ = ["BLOCK", "PROJECTIONS", "QUANT_KINDS", "QuantLinear", "dequantize_nf4", "is_quantized", "nf4_levels",
-           "quantize_model", "quantize_nf4", "quantized_layers"]
+__all__ = ["BLOCK", "PROJECTIONS", "QUANT_KINDS", "SCALE_GROUP", "QuantLinear", "compress_scales", "dequantize_nf4",
+           "expand_scales", "is_quantized", "nf4_levels", "quantize_model", "quantize_nf4", "quantized_layers"]

@@ -3,7 +3,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prefopt.quant import BLOCK, QuantLinear, dequantize_nf4, nf4_levels, quantize_model, quantize_nf4
+from prefopt.quant import (
+    BLOCK,
+    SCALE_GROUP,
+    QuantLinear,
+    compress_scales,
+    dequantize_nf4,
+    expand_scales,
+    nf4_levels,
+    quantize_model,
+    quantize_nf4,
+)
 
 # NF4 as QLoRA publishes it (Dettmers et al. 2023, appendix E), to the digits given there
 PUBLISHED = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
@@ -47,6 +57,43 @@ def test_quant_linear_computes_with_the_dequantized_weight_and_keeps_a_quarter_o
     kept = sum(t.numel() * t.element_size() for t in (q.codes, q.scales))
     assert kept / (base.weight.numel() * 2) == pytest.approx((0.5 + 4 / BLOCK) / 2)  # 0.28 of bf16
     assert not any(p.requires_grad for p in q.parameters())
+
+
+def test_double_quantized_scales_come_back_within_half_a_log_step():
+    """nf4-dq's scales: 8-bit codes on a log scale per group of 256; each comes back within
+    ``2**(step/2) - 1`` of itself, zeros (all-zero blocks) exactly, a group of one value exactly."""
+    g = torch.Generator().manual_seed(0)
+    scales = torch.exp(torch.randn(3 * SCALE_GROUP + 17, generator=g))  # a spread of block maxima, a part group
+    scales[5] = scales[300] = 0.0
+    scales[2 * SCALE_GROUP:3 * SCALE_GROUP] = 0.25  # a group with one value
+    codes, start, step = compress_scales(scales)
+    assert codes.dtype == torch.uint8 and codes.numel() == scales.numel() and start.numel() == step.numel() == 4
+    back = expand_scales(codes, start, step)
+    bound = torch.exp2(step / 2).repeat_interleave(SCALE_GROUP)[:scales.numel()] - 1
+    rel = (back - scales).abs() / scales.clamp_min(1e-30)
+    assert (rel <= bound + 1e-6).all() and rel.max() < 0.02
+    assert back[5] == back[300] == 0 and (back[2 * SCALE_GROUP:3 * SCALE_GROUP] == 0.25).all()
+    assert (back[scales > 0] > 0).all()
+    assert torch.equal(expand_scales(*compress_scales(torch.zeros(10))), torch.zeros(10))
+
+
+def test_an_nf4_dq_layer_keeps_a_quarter_less_for_its_scales_and_computes_alike():
+    base = torch.nn.Linear(512, 96).to(torch.bfloat16)
+    torch.nn.init.normal_(base.weight, std=0.05, generator=torch.Generator().manual_seed(0))
+    single, double = QuantLinear(base), QuantLinear(base, double=True)
+    x = torch.randn(5, 512, dtype=torch.bfloat16)
+
+    def kept(q):
+        return sum(t.numel() * t.element_size() for t in q.buffers())
+
+    n = base.weight.numel()
+    assert kept(single) == n * (0.5 + 4 / BLOCK)
+    assert kept(double) == pytest.approx(n * (0.5 + 1 / BLOCK), rel=0.01)  # 4.13 bits a weight, not 4.5
+    assert "scales" not in double.state_dict() and "scale_codes" in double.state_dict()
+    w1, w2 = single.weight.float(), double.weight.float()
+    assert torch.equal(w1 == 0, w2 == 0)  # the same codes, only the scales rounded
+    assert ((w2 - w1).abs() <= 0.01 * w1.abs() + 1e-6).all()
+    assert F.cosine_similarity(double(x).float().flatten(), base(x).float().flatten(), 0) > 0.99
 
 
 def test_quantize_model_swaps_the_named_layers_only(tmp_path):

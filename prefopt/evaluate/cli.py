@@ -340,8 +340,9 @@ def add_device_flags(p: argparse.ArgumentParser, dtype_flag: str = "--dtype", of
     p.add_argument(dtype_flag, choices=["auto", *DTYPES], default="auto",
                    help=f"{of}; auto: bfloat16 on a CUDA GPU (float16 where it lacks bfloat16), float32 elsewhere{note}")
     if quantize:
-        p.add_argument("--quantize", choices=QUANT_KINDS, help="the projections in 4 bits (nf4), the adapter on top, "
-                       "as sft/dpo --quantize train it: about a quarter of bf16's memory for them")
+        p.add_argument("--quantize", choices=QUANT_KINDS, help="the projections in 4 bits (nf4; nf4-dq: the block "
+                       "scales in 8 bits too), the adapter on top, as sft/dpo --quantize train it: about a quarter of "
+                       "bf16's memory for them")
 
 
 REPEAT_FLAGS = ("repetition_penalty", "no_repeat_ngram_size", "repeat_scope")  # add_repeat_flags' options

@@ -47,7 +47,7 @@ PRESETS = {
     # lora_r, lora_alpha, lora_dora, lora_rslora, lora_dropout: each stage's adapter (rank; alpha: scaled by
     # alpha / r, or alpha / sqrt(r) with lora_rslora; DoRA or plain LoRA; dropout on its input);
     # lora_targets None (every attention and MLP projection) or the layers that get one ("q_proj,v_proj,lm_head");
-    # quantize None or "nf4": the base weights the adapters train on, and every stage is evaluated on;
+    # quantize None, "nf4" or "nf4-dq": the base weights the adapters train on, and every stage is evaluated on;
     # confidence True: where the task's answers are labels, each stage also scores every possible answer after each
     # test prompt, for how sure it is of its answers and whether that tells right from wrong (stage_confidence)
 }

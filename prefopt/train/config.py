@@ -68,7 +68,9 @@ class TrainConfig:
                                    "use_rslora; steadier at high ranks)")
     lora_dora: bool = opt(False, "DoRA: also learn each output row's magnitude (PEFT's use_dora; Liu et al. 2024)")
     quantize: str | None = opt(None, "nf4: keep the base's projections in 4-bit NormalFloat while the adapter "
-                                     "trains (QLoRA: about a quarter of bf16's memory for them; needs LoRA)")
+                                     "trains (QLoRA: about a quarter of bf16's memory for them; needs LoRA); "
+                                     "nf4-dq: their block scales in 8 bits too (double quantization: 4.13 bits a "
+                                     "weight, not 4.5)")
     lora_dropout: float = opt(0.05, "dropout on the LoRA input")
     lora_targets: list[str] = opt(help="module names that get an adapter",
                                   factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
