@@ -1,5 +1,6 @@
-"""LoRA SFT on a 4-bit base (``--quantize nf4``, QLoRA) against the same run on the full-precision
-base, in one run: throughput, peak RSS, the model's own bytes, and where the loss got to.
+"""LoRA SFT on a 4-bit base (``--quantize nf4``, QLoRA; and ``nf4-dq``, its scales in 8 bits too)
+against the same run on the full-precision base, in one run: throughput, peak RSS, the model's own
+bytes, and where the loss got to.
 
 Both are prefopt's SFT (bench_sft.py's worker and settings: SmolLM2-135M-Instruct fp32, MeQSum
 questions → summaries or synthetic ones, LoRA r16/a32/d0.05 on the seven projections, lr 2e-4),
@@ -19,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import TARGETS, chat_records, run_trainer_workers, trainer_bench_parser  # noqa: E402
 from bench_sft import prefopt_worker  # noqa: E402
 
-KINDS = {"full precision": None, "nf4 (4-bit)": "nf4"}
+KINDS = {"full precision": None, "nf4 (4-bit)": "nf4", "nf4-dq (4-bit, 8-bit scales)": "nf4-dq"}
 
 
 def main() -> None:
@@ -39,9 +40,10 @@ def main() -> None:
     for kind, r in zip(KINDS, runs.values()):
         print(f"| {kind} | {r['tokens_per_s']:.0f} | {r['s_per_step']:.2f} | {r['peak_rss'] / mib:.0f} | "
               f"{r['model_bytes'] / mib:.0f} | {r['last_loss']:.4f} |")
-    full, q = runs.values()
-    print(f"nf4 / full precision: throughput {q['tokens_per_s'] / full['tokens_per_s']:.2f}x, peak RSS "
-          f"{q['peak_rss'] / full['peak_rss']:.2f}x, model bytes {q['model_bytes'] / full['model_bytes']:.2f}x")
+    full, *quantized = runs.values()
+    for kind, q in zip(list(KINDS.values())[1:], quantized):
+        print(f"{kind} / full precision: throughput {q['tokens_per_s'] / full['tokens_per_s']:.2f}x, peak RSS "
+              f"{q['peak_rss'] / full['peak_rss']:.2f}x, model bytes {q['model_bytes'] / full['model_bytes']:.2f}x")
     if a.json:
         Path(a.json).write_text(json.dumps(runs, indent=2))
 

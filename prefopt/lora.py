@@ -472,7 +472,7 @@ def read_adapter(adapter_dir: str | Path) -> tuple[LoRAConfig, dict[str, torch.T
     if not path.is_file():
         raise FileNotFoundError(f"{adapter_dir}: no adapter_model.safetensors (only safetensors adapters are read)")
     tensors = {}
-    names = set(read_header(path)) - set(_base_copies(path)) - {"__metadata__"}
+    names = set(read_header(path)) - set(_base_copies(path))
     for key, t in iter_tensors(path, names):
         if ".lora_embedding_" in key:
             raise ValueError(f"{path}: {key!r} is an adapter on an embedding layer, which prefopt does not load; "
