@@ -32,6 +32,7 @@ from .model.safetensors_io import iter_tensors, read_header, save_file_atomic
 from .quant import PROJECTIONS, QuantLinear
 
 DEFAULT_TARGETS = PROJECTIONS  # every attention and MLP projection
+ALL_LINEAR = "all-linear"  # PEFT's name for every linear layer but the output head
 PEFT_PREFIX = "base_model.model."
 
 
@@ -266,15 +267,19 @@ def apply_lora(
     """Replace each ``nn.Linear`` whose name ends in one of ``target_modules`` with a
     :class:`LoRALinear`, and freeze every other parameter. Returns ``model``.
 
+    ``"all-linear"`` (PEFT's shorthand) stands for every linear layer but the lm_head.
     Every name must match some layer (``strict``): a misspelt one would otherwise leave that
     layer untrained without a word. :func:`load_adapter` is lenient, as PEFT is: an adapter's
     tensors, checked key by key, say which layers it holds. ``rslora``: scale the update by
     ``alpha / sqrt(r)`` instead of ``alpha / r`` (PEFT's ``use_rslora``). ``dora``: DoRA layers,
     each output row's magnitude trained with A and B (PEFT's ``use_dora``).
     """
-    cfg = LoRAConfig(r=r, alpha=alpha, dropout=dropout, target_modules=tuple(target_modules), rslora=rslora,
-                     dora=dora)
     linear = {name for m in model.modules() for name, c in m.named_children() if type(c) in (nn.Linear, QuantLinear)}
+    target_modules = tuple(target_modules)
+    if ALL_LINEAR in target_modules:  # PEFT's shorthand: every linear layer but the output head
+        target_modules = tuple(dict.fromkeys([*(t for t in target_modules if t != ALL_LINEAR),
+                                              *sorted(linear - {"lm_head"})]))
+    cfg = LoRAConfig(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules, rslora=rslora, dora=dora)
     unmatched = [t for t in cfg.target_modules if t not in linear]
     if "lm_head" in unmatched and _tied(model):
         raise ValueError(TIED_HEAD)

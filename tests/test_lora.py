@@ -146,6 +146,16 @@ def test_an_adapter_on_another_base_model_names_the_one_it_was_trained_on(tiny, 
         load_model(tmp_path / "wider", adapter=tmp_path / "ad")
 
 
+def test_all_linear_is_every_linear_layer_but_the_head_as_in_peft(tiny, tmp_path):
+    from prefopt.quant import PROJECTIONS
+
+    model = apply_lora(load_model(tiny), r=4, alpha=8, target_modules=["all-linear"])
+    assert sorted(model.lora_config.target_modules) == sorted(PROJECTIONS)  # saved expanded, as PEFT saves it
+    assert {n.rsplit(".", 1)[-1] for n, _ in lora_layers(model)} == set(PROJECTIONS)
+    with_head = apply_lora(load_model(tiny), r=4, alpha=8, target_modules=["lm_head", "all-linear"])
+    assert {n for n, _ in lora_layers(with_head)} >= {"lm_head"} and len(list(lora_layers(with_head))) == 15
+
+
 def test_a_target_name_that_matches_no_layer_is_refused_not_ignored(tiny, tmp_path):
     """A misspelt target among good ones ("qproj") would leave that layer untrained silently."""
     with pytest.raises(ValueError, match=r"no nn.Linear named \['qproj'\].*'q_proj'"):

@@ -135,7 +135,7 @@ def check_lora_targets(s: dict) -> None:
     if v is None:
         return
     names = [n.strip() for n in v.split(",")] if isinstance(v, str) else v
-    known = (*PROJECTIONS, "lm_head")
+    known = (*PROJECTIONS, "lm_head", "all-linear")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         raise ValueError(f"lora_targets: null or layer names, comma-separated ({','.join(known)}); got {v!r}")
     unknown = [n for n in names if n not in known]

@@ -72,7 +72,8 @@ class TrainConfig:
                                      "nf4-dq: their block scales in 8 bits too (double quantization: 4.13 bits a "
                                      "weight, not 4.5)")
     lora_dropout: float = opt(0.05, "dropout on the LoRA input")
-    lora_targets: list[str] = opt(help="module names that get an adapter",
+    lora_targets: list[str] = opt(help="module names that get an adapter (all-linear, PEFT's shorthand: every "
+                                  "linear layer but lm_head)",
                                   factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                    "down_proj"])
     gradient_checkpointing: bool = opt(False, "recompute each layer in the backward: less memory, more time")
