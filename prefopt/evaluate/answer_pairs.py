@@ -125,8 +125,7 @@ def answer_in_blocks(model, tok: Tokenizer, prompts: list[Prompt], out_dir: str 
     stopped run with the same :func:`stamp` goes on from the answers it left. A sampling ``seed``
     seeds each prompt by its place among them all (``row_seeds``), so the blocks and the batch
     size change no answer."""
-    if isinstance(kw.get("seed"), int):
-        kw["seed"] = row_seeds(kw["seed"], [p.ids for p in prompts])
+    seeds = row_seeds(kw.pop("seed", None), [p.ids for p in prompts])
     rows = resume(out_dir, run_stamp, JOB)
     if rows:
         print(f"prefopt make-pairs: going on from the {len(rows)} of {len(prompts)} prompts answered before",
@@ -134,8 +133,8 @@ def answer_in_blocks(model, tok: Tokenizer, prompts: list[Prompt], out_dir: str 
     start_partial(out_dir, run_stamp, rows, JOB)
     bar = progress(total=len(prompts), initial=len(rows), desc="make-pairs", unit="prompt")
     for s in range(len(rows), len(prompts), BLOCK):
-        seeds = {"seed": kw["seed"][s:s + BLOCK]} if isinstance(kw.get("seed"), list) else {}
-        block = answer(model, tok, prompts[s:s + BLOCK], show_progress=False, **{**kw, **seeds})
+        block = answer(model, tok, prompts[s:s + BLOCK], show_progress=False,
+                       seed=None if seeds is None else seeds[s:s + BLOCK], **kw)
         append_partial(out_dir, block, JOB)
         rows += block
         bar.update(len(block))

@@ -21,7 +21,6 @@ def key_values(pairs: list[str] | None) -> dict:
 
 def _eval(args) -> int:
     from datetime import date
-    from pathlib import Path
 
     from ..chat_template import parse_chat_date
     from ..devices import resolve
@@ -29,17 +28,15 @@ def _eval(args) -> int:
     from ..tasks import get_task, sample_records, split_records
     from ..tasks.check import read_labelled
     from ..tokenizer import load_tokenizer
-    from .confidence import SCORING, confidence_line, probabilities_for, scored_answers
+    from .confidence import SCORING, probabilities_for, scored_answers
     from .runner import (
         DECODING,
         choose_max_new_tokens,
-        keep_earlier,
         placement,
         predict,
         prompt_date,
         require_chat,
         score,
-        write_results,
     )
 
     task = get_task(args.task, **key_values(args.task_option))
@@ -77,17 +74,7 @@ def _eval(args) -> int:
         metrics["confidence"], per_row = scored_answers(task, records, preds, probabilities)
         metrics["confidence_scoring"] = SCORING
         extra.update(per_row)
-    kept = keep_earlier(args.output)
-    if kept:
-        print(f"prefopt eval: {args.output} held an evaluation; it is kept in {kept}", flush=True)
-    write_results(args.output, task, records, texts, preds, metrics, extra)
-    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
-    for name, c in metrics.get("confidence", {}).items():
-        print(f"prefopt eval: confidence in {name}: {confidence_line(c)}")
-    print(f"prefopt eval: wrote {Path(args.output) / 'predictions.jsonl'} and metrics.json")
-    if against is not None:
-        _test_against(task, records, against, args)
-    return 0
+    return _write_and_test(task, records, texts, preds, metrics, extra, against, args, str(args.output))
 
 
 def _eval_pairs(args) -> int:
@@ -211,8 +198,14 @@ def _rescore(task, records: list, against: list[dict] | None, args) -> int:
     compared item by item without answering again."""
     from pathlib import Path
 
-    from .runner import keep_earlier, read_results, score, write_results
+    from .runner import DECODING, read_results, score
 
+    moot = [f"--{k.replace('_', '-')}" for k in ("model", "adapter", "quantize", "confidence", "max_new_tokens",
+                                                  "repetition_penalty", "no_repeat_ngram_size", "repeat_scope")
+            if getattr(args, k, None)]
+    if moot:
+        raise ValueError(f"--answers {args.answers} scores the answers there, so {', '.join(moot)} would do nothing; "
+                         "leave them out")
     if Path(args.output).resolve() == Path(args.answers).resolve():
         raise ValueError(f"--output {args.output} is the --answers folder: write the rescored evaluation elsewhere")
     rows = _against_rows(args.answers, records, flag="--answers")
@@ -221,19 +214,31 @@ def _rescore(task, records: list, against: list[dict] | None, args) -> int:
     preds, metrics = score(task, records, texts)
     ended = [row.get("ended", True) for row in rows]
     metrics["unfinished"] = 1 - sum(ended) / max(len(ended), 1)
-    kept = ("max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "repeat_scope", "device", "dtype",
-            "quantized", "chat_date", "confidence_scoring")
+    kept = (*DECODING, "device", "dtype", "quantized", "chat_date", "confidence_scoring")
     metrics |= {k: earlier[k] for k in kept if k in earlier} | {"answers_from": str(args.answers)}
     extra = {k: [row.get(k) for row in rows] for k in dict.fromkeys(k for row in rows for k in row) if k not in _ROW_KEYS}
+    print(f"prefopt eval: {args.answers}'s answers to {len(records)} items, scored again", flush=True)
+    return _write_and_test(task, records, texts, preds, metrics, extra, against, args, str(args.answers))
+
+
+def _write_and_test(task, records, texts, preds, metrics, extra, against, args, name: str) -> int:
+    """An evaluation written to ``--output`` (an earlier one there moved aside), its metrics
+    printed, and with ``--against`` the paired test, this one called ``name``."""
+    from pathlib import Path
+
+    from .confidence import confidence_line
+    from .runner import keep_earlier, write_results
+
     moved = keep_earlier(args.output)
     if moved:
         print(f"prefopt eval: {args.output} held an evaluation; it is kept in {moved}", flush=True)
     write_results(args.output, task, records, texts, preds, metrics, extra)
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
-    print(f"prefopt eval: {args.answers}'s answers to {len(records)} items scored again; wrote "
-          f"{Path(args.output) / 'predictions.jsonl'} and metrics.json")
+    for field, c in metrics.get("confidence", {}).items():
+        print(f"prefopt eval: confidence in {field}: {confidence_line(c)}")
+    print(f"prefopt eval: wrote {Path(args.output) / 'predictions.jsonl'} and metrics.json")
     if against is not None:
-        _test_against(task, records, against, args, name=str(args.answers))
+        _test_against(task, records, against, args, name)
     return 0
 
 
@@ -264,9 +269,10 @@ def _against_rows(folder: str, records: list, flag: str = "--against") -> list[d
     return rows
 
 
-def _test_against(task, records: list, against: list[dict], args, name: str | None = None) -> None:
+def _test_against(task, records: list, against: list[dict], args, name: str) -> None:
     """This evaluation against ``--against``'s, paired on the same items: printed, and written
-    to ``paired.json`` beside the predictions. ``name``: what to call this one (default: its folder)."""
+    to ``paired.json`` beside the predictions. ``name``: what to call this one (its folder, or
+    the folder its answers came from)."""
     from pathlib import Path
 
     from ..fileio import write_json_atomic
@@ -275,7 +281,6 @@ def _test_against(task, records: list, against: list[dict], args, name: str | No
 
     rows = read_results(args.output)[0]
     c = compare_pair(task, records, against, rows, n_resamples=args.n_resamples, seed=args.seed)
-    name = name or str(args.output)
     c["verdict"] = verdict(str(args.against), name, task.primary, c["primary"])
     write_json_atomic(Path(args.output) / "paired.json", {"against": str(args.against), "n": len(records), **c})
     print(f"prefopt eval: {c['verdict'].replace('**', '')}")

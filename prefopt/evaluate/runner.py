@@ -71,8 +71,7 @@ def answer_prompts(model, tok, prompts: list[list[int]], *, batch_size: int = 16
     ``settings``: :func:`~prefopt.model.generate.generate`'s; a sampling ``seed`` seeds each prompt
     by its place among them all (``row_seeds``), so that its answer does not depend on
     ``batch_size``. The model runs in eval mode, and goes back to the mode it was in."""
-    seed = settings.pop("seed", None)
-    seeds = row_seeds(seed, prompts) if isinstance(seed, int) else seed
+    seeds = row_seeds(settings.pop("seed", None), prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
     ended = [False] * len(prompts)

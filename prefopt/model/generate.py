@@ -27,10 +27,17 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device=None) -> tupl
     return ids, mask
 
 
-def row_seeds(seed: int, prompts: Sequence[Sequence[int]]) -> list[int]:
+def row_seeds(seed: int | Sequence[int] | None, prompts: Sequence[Sequence[int]]) -> list[int] | None:
     """A seed for each prompt, from ``seed``, the prompt's tokens and how many times the same prompt
     came before it in ``prompts``: a row's sample then depends on neither the batch it runs in (its
-    size, the other prompts, their order) nor its place, and a repeated prompt gets other samples."""
+    size, the other prompts, their order) nor its place, and a repeated prompt gets other samples.
+    ``seed`` None gives None; a list (one seed per prompt, made here before) is taken as it is."""
+    if seed is None:
+        return None
+    if not isinstance(seed, int):
+        if len(seed) != len(prompts):
+            raise ValueError(f"seed: {len(seed)} seeds for {len(prompts)} prompts")
+        return list(seed)
     seen: Counter = Counter()
     out = []
     for p in prompts:
@@ -111,12 +118,8 @@ def generate(
                       f"{context} positions (max_position_embeddings), which it was never trained on; the "
                       "output may degrade. Shorten the prompt or max_new_tokens.", stacklevel=2)
     cache = KVCache(model.config, B, T + max_new_tokens, dtype=model.output_weight.dtype, device=device)
-    gen = None
-    if seed is not None and temperature > 0:
-        seeds = row_seeds(seed, prompts) if isinstance(seed, int) else list(seed)
-        if len(seeds) != B:
-            raise ValueError(f"seed: {len(seeds)} seeds for {B} prompts")
-        gen = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    seeds = row_seeds(seed, prompts) if temperature > 0 else None
+    gen = None if seeds is None else [torch.Generator(device=device).manual_seed(s) for s in seeds]
     eos = torch.tensor(list(eos_token_ids) or [-1], device=device)
     out: list[list[int]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool, device=device)

@@ -330,7 +330,9 @@ def test_eval_answers_tests_two_finished_evaluations_without_a_model(tiny_model,
     for args, error in ((["--answers", str(b), "--output", str(b)], "is the --answers folder"),
                         (["--answers", str(b), "--output", str(tmp_path / "r"), "--limit", "9"],
                          f"--answers {b}: 3 of the 9 items are not in that evaluation"),
-                        (["--output", str(tmp_path / "r")], "--model is needed (or --answers DIR")):
+                        (["--output", str(tmp_path / "r")], "--model is needed (or --answers DIR"),
+                        (["--answers", str(b), "--output", str(tmp_path / "r"), "--model", str(tiny_model),
+                          "--confidence"], "so --model, --confidence would do nothing; leave them out")):
         assert main(base + args) == 2
         assert error in capsys.readouterr().err
 
