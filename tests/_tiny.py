@@ -175,6 +175,22 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     return path
 
 
+def peft_lora(base_dir: Path, out: Path | None = None, **config):
+    """A PEFT model on ``base_dir``'s transformers model with a random (non-zero) LoRA adapter of
+    ``config`` (``peft.LoraConfig``'s keywords; r 4, alpha 8, no dropout unless given), in eval
+    mode; saved to ``out`` where given. Skips the test where peft or transformers is missing."""
+    import pytest
+
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = peft.get_peft_model(hf, peft.LoraConfig(**{"r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+                                                       "init_lora_weights": False, **config})).eval()
+    if out is not None:
+        model.save_pretrained(out)
+    return model
+
+
 def randomize_lora(model, seed: int = 1) -> None:
     """Give every LoRA layer's B a random (non-zero) value: a fresh adapter is a no-op, so what an
     adapter changes would not show."""

@@ -6,7 +6,7 @@ import torch
 
 from prefopt import apply_lora, disable_adapter, load_model, merge_lora, save_adapter, save_merged
 from prefopt.lora import LoRALinear, lora_layers, lora_state_dict, merged_state_dict
-from tests._tiny import build_hf_model, randomize_lora
+from tests._tiny import build_hf_model, peft_lora, randomize_lora
 
 IDS = torch.randint(0, 400, (2, 11), generator=torch.Generator().manual_seed(0))
 
@@ -117,9 +117,6 @@ def test_bad_adapter_files_are_named(tiny, tmp_path):
 def test_peft_adapters_prefopt_cannot_load_are_refused_with_the_way_round(tiny, tmp_path, kind):
     """A LoRA on the embedding, or whole trained layers (modules_to_save), are named, with how to
     use them (merge in PEFT), not reported as an adapter for another base model."""
-    peft = pytest.importorskip("peft")
-    transformers = pytest.importorskip("transformers")
-    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
     extra, why = {
         "embedding": (dict(target_modules=["q_proj", "embed_tokens"]), r"adapter_model.safetensors: 'base_model.model."
                       r"model.embed_tokens.lora_embedding_A' is an adapter on an embedding layer"),
@@ -131,8 +128,7 @@ def test_peft_adapters_prefopt_cannot_load_are_refused_with_the_way_round(tiny, 
                             r"on some of its target layers only \(\{'exclude_modules': \['model.layers.0"),
         "lora_bias": (dict(target_modules=["q_proj"], lora_bias=True), r"a bias beside its B matrices \(lora_bias\)"),
     }[kind]
-    peft.get_peft_model(hf, peft.LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, **extra)).save_pretrained(
-        tmp_path / "ad")
+    peft_lora(tiny, tmp_path / "ad", lora_dropout=0.05, **extra)
     with pytest.raises(ValueError, match=why + r".*merge it \(merge_and_unload\), save that model"):
         load_model(tiny, adapter=tmp_path / "ad")
 

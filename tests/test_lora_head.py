@@ -8,7 +8,7 @@ from prefopt import apply_lora, load_model, save_adapter
 from prefopt.kernels import sequence_logprobs
 from prefopt.lora import TIED_HEAD, LoRALinear, disable_adapter, lora_layers
 from prefopt.quant import quantize_model, quantized_layers
-from tests._tiny import build_hf_model
+from tests._tiny import build_hf_model, peft_lora
 
 IDS = torch.randint(0, 400, (2, 11), generator=torch.Generator().manual_seed(0))
 TARGETS = ["q_proj", "v_proj", "lm_head"]
@@ -37,13 +37,9 @@ def _head_logprobs(model, ids):
 
 @pytest.mark.parametrize("dora", [False, True])
 def test_a_peft_adapter_on_the_lm_head_gives_peft_logits_on_every_path(untied, tmp_path, dora):
+    theirs = peft_lora(untied, tmp_path / "adapter", use_dora=dora, target_modules=TARGETS)
     peft = pytest.importorskip("peft")
     transformers = pytest.importorskip("transformers")
-    hf = transformers.AutoModelForCausalLM.from_pretrained(untied, dtype=torch.float32)
-    cfg = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False, use_dora=dora,
-                          target_modules=TARGETS)
-    theirs = peft.get_peft_model(hf, cfg).eval()
-    theirs.save_pretrained(tmp_path / "adapter")
     ours = load_model(untied, adapter=tmp_path / "adapter")
     assert isinstance(ours.lm_head, LoRALinear)
     with torch.no_grad():
