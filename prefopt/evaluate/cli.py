@@ -422,8 +422,9 @@ def add_commands(sub) -> None:
                         help="the date a chat template that prints today's date (Llama 3.1+) shows in every prompt "
                         "(default: the day the run starts; a resumed compare run keeps its own)")
 
-    e = sub.add_parser("eval", parents=[common], help="evaluate a model (+ adapter) on a task; "
-                       "writes predictions.jsonl and metrics.json", **shown)
+    e = sub.add_parser("eval", parents=[common], help="evaluate a model (+ adapter) on a task, or score "
+                       "an earlier evaluation's answers (--answers); writes predictions.jsonl and metrics.json, and "
+                       "with --against tests it against another, item by item", **shown)
     e.add_argument("--adapter", help="PEFT-layout LoRA adapter folder")
     e.add_argument("--split", choices=["test", "all"], default="test",
                    help="the seeded test split (as compare makes it) or every record")
