@@ -382,3 +382,31 @@ def test_gpu_one_pass_at_smollm2_head(frozen, B, T):
     assert _rel_err(exact[0], out.losses.detach()) < 1e-2 and _rel_err(exact[2], h.grad) < 2e-2
     if not frozen:
         assert _rel_err(exact[3], w.grad) < 2e-2
+
+
+@interp
+@pytest.mark.parametrize("dora", [False, True])
+def test_an_adapter_on_the_head_through_the_kernel_gets_the_naive_gradients(dora):
+    """``LoRALinear.fused_operands`` (an adapter on the lm_head): the hidden states and weight
+    widened by its rank (D + r = 43, no multiple of a tile) give the naive path's log-probs and
+    gradients to the hidden states, A, B and DoRA's magnitudes."""
+    from prefopt.lora import LoRALinear
+
+    torch.manual_seed(0)
+    layer = LoRALinear(torch.nn.Linear(40, 300, bias=False), r=3, alpha=6, dropout=0.0, dora=dora).eval()
+    with torch.no_grad():
+        layer.lora_B.weight.normal_(0, 0.3)
+    params = [layer.lora_A.weight, layer.lora_B.weight] + ([layer.lora_magnitude] if dora else [])
+    h = torch.randn(2, 19, 40, requires_grad=True)
+    y = torch.randint(0, 300, (2, 19))
+    y[:, :5] = -100
+    got = {}
+    for impl in ("naive", "triton"):
+        for t in (h, *params):
+            t.requires_grad_(True)
+            t.grad = None
+        lp = sequence_logprobs(*layer.fused_operands(h), y, impl=impl)
+        lp.sum().backward()
+        got[impl] = [lp.detach()] + [t.grad.clone() for t in (h, *params)]
+    for mine, want in zip(got["triton"], got["naive"]):
+        assert want.abs().max() > 0 and torch.allclose(mine, want, atol=1e-5, rtol=1e-4)
