@@ -32,9 +32,10 @@ from _common import (  # noqa: E402
 )
 
 
-def prefopt_worker(a, quantize: str | None = None) -> dict:
-    """prefopt's run (``quantize``: its base in 4 bits, for bench_qlora.py); also the model's own
-    bytes (parameters and buffers) and the mean loss of the last three steps."""
+def prefopt_worker(a, quantize: str | None = None, lora_layers: str | None = None) -> dict:
+    """prefopt's run (``quantize``: its base in 4 bits, for bench_qlora.py; ``lora_layers``: the
+    layers adapted, for bench_lora_layers.py); also the model's own bytes (parameters and
+    buffers) and the mean loss of the last three steps."""
     from prefopt import load_tokenizer
     from prefopt.train import SFTTrainer, TrainConfig
     from prefopt.train.run import prepare_model
@@ -44,7 +45,8 @@ def prefopt_worker(a, quantize: str | None = None) -> dict:
     cfg = TrainConfig(model=a.model_dir, data=a.data, output_dir=a.out, batch_size=a.batch_size,
                       max_steps=a.steps, lr=2e-4, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_dora=a.dora,
                       lora_targets=TARGETS, max_length=a.max_length, schedule="constant", progress=False,
-                      seed=0, gradient_checkpointing=a.gradient_checkpointing, quantize=quantize)
+                      seed=0, gradient_checkpointing=a.gradient_checkpointing, quantize=quantize,
+                      lora_layers=lora_layers)
     tok = load_tokenizer(cfg.model)
     train, _, _ = load_train_eval(cfg, tok)
     marks, losses = [], []

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class LoRAConfig:
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
     rslora: bool = False  # rank-stabilised: the update scaled by alpha / sqrt(r) (Kalajdzievski 2023)
     dora: bool = False  # weight-decomposed (Liu et al. 2024; PEFT's use_dora): a magnitude per output row too
+    layers: tuple[int, ...] | None = None  # the transformer layers adapted (PEFT's layers_to_transform); None: all
 
     def __post_init__(self):
         if self.r < 1:
@@ -53,6 +55,10 @@ class LoRAConfig:
         self.target_modules = tuple(self.target_modules)
         if not self.target_modules:
             raise ValueError("LoRA target_modules is empty")
+        if self.layers is not None:
+            self.layers = tuple(sorted(set(self.layers)))
+            if not self.layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.layers):
+                raise ValueError(f"LoRA layers must be layer numbers >= 0, got {self.layers!r}")
 
     @property
     def scaling(self) -> float:
@@ -247,6 +253,44 @@ def _tied(model: nn.Module) -> bool:
     return bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
 
 
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def layer_index(name: str) -> int | None:
+    """The transformer layer a module's full name is in (``model.layers.3.self_attn.q_proj``: 3),
+    as PEFT's ``layers_to_transform`` reads it; None outside the layers (the lm_head)."""
+    m = _LAYER.search(name)
+    return None if m is None else int(m.group(1))
+
+
+def parse_layers(spec: str | None) -> tuple[int, ...] | None:
+    """``"16-31"``, ``"0,2,4"`` or ``"0-3,8"`` as layer numbers; None stays None (every layer)."""
+    if spec is None:
+        return None
+    out = []
+    for part in str(spec).replace(" ", "").split(","):
+        lo, dash, hi = part.partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()) or (dash and int(hi) < int(lo)):
+            raise ValueError(f"layers: {spec!r} is not layer numbers such as 16-31 or 0,2,4")
+        out += range(int(lo), int(hi) + 1) if dash else [int(lo)]
+    return tuple(sorted(set(out)))
+
+
+def layer_text(layers: Iterable[int] | None) -> str:
+    """``(0, 1, 2, 5)`` as ``"layers 0-2, 5"``, ``(3,)`` as ``"layer 3"``, None as ``"every layer"``."""
+    if layers is None:
+        return "every layer"
+    layers = sorted(set(layers))
+    runs: list[list[int]] = []
+    for i in layers:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    spans = ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+    return f"layer{'s' if len(layers) > 1 else ''} {spans}"
+
+
 QUANTIZED_MERGE = ("a 4-bit (quantized) model cannot be exported or saved whole: load it in full precision "
                    "(load_model without quantize, or prefopt merge) to fold adapters into its weights")
 QUANTIZED_DORA_MERGE = ("a DoRA adapter rescales whole rows of the weight, which 4-bit layers cannot take in: load the "
@@ -263,6 +307,7 @@ def apply_lora(
     strict: bool = True,
     rslora: bool = False,
     dora: bool = False,
+    layers: Iterable[int] | None = None,
 ) -> nn.Module:
     """Replace each ``nn.Linear`` whose name ends in one of ``target_modules`` with a
     :class:`LoRALinear`, and freeze every other parameter. Returns ``model``.
@@ -272,22 +317,35 @@ def apply_lora(
     layer untrained without a word. :func:`load_adapter` is lenient, as PEFT is: an adapter's
     tensors, checked key by key, say which layers it holds. ``rslora``: scale the update by
     ``alpha / sqrt(r)`` instead of ``alpha / r`` (PEFT's ``use_rslora``). ``dora``: DoRA layers,
-    each output row's magnitude trained with A and B (PEFT's ``use_dora``).
+    each output row's magnitude trained with A and B (PEFT's ``use_dora``). ``layers``: adapt
+    only the named layers in these transformer layers (PEFT's ``layers_to_transform``; a module
+    outside the layers, such as the lm_head, then gets none); the backward pass then stops at the
+    lowest of them, so training the top layers only saves memory and time.
     """
-    linear = {name for m in model.modules() for name, c in m.named_children() if type(c) in (nn.Linear, QuantLinear)}
+    layers = None if layers is None else tuple(layers)
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if layers and n_layers is not None and max(layers) >= n_layers:
+        raise ValueError(f"LoRA on {layer_text(layers)}: the model has layers 0-{n_layers - 1}")
+    linear = {name.rsplit(".", 1)[-1] for name, c in model.named_modules()
+              if type(c) in (nn.Linear, QuantLinear) and (layers is None or layer_index(name) in layers)}
     target_modules = tuple(target_modules)
     if ALL_LINEAR in target_modules:  # PEFT's shorthand: every linear layer but the output head
         target_modules = tuple(dict.fromkeys([*(t for t in target_modules if t != ALL_LINEAR),
                                               *sorted(linear - {"lm_head"})]))
-    cfg = LoRAConfig(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules, rslora=rslora, dora=dora)
+    cfg = LoRAConfig(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules, rslora=rslora, dora=dora,
+                     layers=layers)
     unmatched = [t for t in cfg.target_modules if t not in linear]
     if "lm_head" in unmatched and _tied(model):
         raise ValueError(TIED_HEAD)
     if unmatched and (strict or len(unmatched) == len(cfg.target_modules)):
-        raise ValueError(f"no nn.Linear named {unmatched} found in the model; its linear layers are "
+        where = f" in {layer_text(cfg.layers)}" if cfg.layers else ""
+        raise ValueError(f"no nn.Linear named {unmatched} found in the model{where}; its linear layers{where} are "
                          f"{sorted(linear)}")
-    for module in list(model.modules()):
+    for prefix, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
+            full = f"{prefix}.{child_name}" if prefix else child_name
+            if cfg.layers is not None and layer_index(full) not in cfg.layers:
+                continue
             if type(child) in (nn.Linear, QuantLinear) and child_name in cfg.target_modules:
                 layer = QLoRALinear if type(child) is QuantLinear else LoRALinear
                 lora = layer(child, cfg.r, cfg.alpha, cfg.dropout, cfg.rslora, cfg.dora)
@@ -422,7 +480,8 @@ def _peft_config(cfg: LoRAConfig, base_model: str | None) -> dict:
         "modules_to_save": None,
         "use_rslora": cfg.rslora,
         "use_dora": cfg.dora,
-        "layers_to_transform": None,
+        "layers_to_transform": list(cfg.layers) if cfg.layers is not None else None,
+        "layers_pattern": None,
         "rank_pattern": {},
         "alpha_pattern": {},
         "revision": None,
@@ -450,10 +509,15 @@ def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
         )
     if d.get("bias", "none") != "none":
         raise ValueError(f"{path}: adapters that train biases (bias={d['bias']!r}) are not supported")
-    scoped = {k: d[k] for k in ("layers_to_transform", "exclude_modules") if d.get(k) not in (None, [], "")}
+    scoped = {k: d[k] for k in ("exclude_modules",) if d.get(k) not in (None, [], "")}
+    pattern = d.get("layers_pattern")
+    if pattern not in (None, "", [], "layers", ["layers"]):
+        scoped["layers_pattern"] = pattern
     if scoped:
         raise ValueError(f"{path}: this adapter is on some of its target layers only ({scoped}), which prefopt does "
                          "not load; " + MERGE_IN_PEFT)
+    layers = d.get("layers_to_transform")
+    layers = None if layers in (None, []) else (layers,) if isinstance(layers, int) else tuple(layers)
     if d.get("lora_bias"):
         raise ValueError(f"{path}: this adapter trains a bias beside its B matrices (lora_bias), which prefopt does "
                          "not load; " + MERGE_IN_PEFT)
@@ -464,7 +528,7 @@ def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
     if isinstance(targets, str):
         raise ValueError(f"{path}: target_modules given as a regex ({targets!r}) is not supported; list the names")
     return LoRAConfig(r=d["r"], alpha=d["lora_alpha"], dropout=d.get("lora_dropout", 0.0), target_modules=tuple(targets),
-                      rslora=bool(d.get("use_rslora", False)), dora=bool(d.get("use_dora", False)))
+                      rslora=bool(d.get("use_rslora", False)), dora=bool(d.get("use_dora", False)), layers=layers)
 
 
 def read_adapter(adapter_dir: str | Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
@@ -494,7 +558,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     """Apply the adapter in ``adapter_dir`` (PEFT layout) to ``model``; check every key and shape."""
     cfg, tensors = read_adapter(adapter_dir)
     apply_lora(model, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, strict=False, rslora=cfg.rslora,
-               dora=cfg.dora)
+               dora=cfg.dora, layers=cfg.layers)
     path = Path(adapter_dir) / "adapter_model.safetensors"
     own = lora_state_dict(model)
     loaded = {}

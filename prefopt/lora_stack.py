@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .fileio import write_json_atomic
-from .lora import LoRAConfig, LoRALinear, adapter_base, lora_state_dict, read_adapter, write_adapter
+from .lora import LoRAConfig, LoRALinear, adapter_base, layer_text, lora_state_dict, read_adapter, write_adapter
 
 STACK_FILE = "stacked_on.json"
 DORA_NEEDS_WEIGHTS = ("stacking a DoRA adapter needs the model's weights (each row's magnitude is a norm of "
@@ -75,7 +75,20 @@ def stack_parts(parts: list[tuple[LoRAConfig, dict[str, torch.Tensor]]], *,
             tensors[f"{module}.lora_magnitude"] = magnitudes[module].float().cpu().to(dtype)
     r = sum(cfg.r for cfg, _ in parts)
     targets = tuple(sorted(set().union(*(cfg.target_modules for cfg, _ in parts))))
-    return LoRAConfig(r=r, alpha=float(r), dropout=parts[-1][0].dropout, target_modules=targets, dora=dora), tensors
+    return LoRAConfig(r=r, alpha=float(r), dropout=parts[-1][0].dropout, target_modules=targets, dora=dora,
+                      layers=same_layers([cfg for cfg, _ in parts])), tensors
+
+
+def same_layers(configs: list[LoRAConfig]) -> tuple[int, ...] | None:
+    """The transformer layers adapters stacked as one cover: the same for all of them (PEFT's
+    ``layers_to_transform`` is one list for every target, so adapters over different layers would
+    need tensors for layers none of them trained)."""
+    layers = {cfg.layers for cfg in configs}
+    if len(layers) > 1:
+        raise ValueError(f"the adapters cover different transformer layers ({' and '.join(map(layer_text, layers))}): "
+                         "one adapter holding both cannot say so; train them over the same layers (--lora-layers)")
+    return layers.pop()
+
 
 
 def stack_adapters(first: tuple[LoRAConfig, dict[str, torch.Tensor]], second: tuple[LoRAConfig, dict[str, torch.Tensor]]

@@ -113,7 +113,7 @@ def test_bad_adapter_files_are_named(tiny, tmp_path):
         load_model(tiny, adapter=tmp_path / "final")
 
 
-@pytest.mark.parametrize("kind", ["embedding", "modules_to_save", "layers_to_transform", "exclude_modules", "lora_bias"])
+@pytest.mark.parametrize("kind", ["embedding", "modules_to_save", "exclude_modules", "lora_bias"])
 def test_peft_adapters_prefopt_cannot_load_are_refused_with_the_way_round(tiny, tmp_path, kind):
     """A LoRA on the embedding, or whole trained layers (modules_to_save), are named, with how to
     use them (merge in PEFT), not reported as an adapter for another base model."""
@@ -122,8 +122,6 @@ def test_peft_adapters_prefopt_cannot_load_are_refused_with_the_way_round(tiny, 
                       r"model.embed_tokens.lora_embedding_A' is an adapter on an embedding layer"),
         "modules_to_save": (dict(target_modules=["q_proj"], modules_to_save=["lm_head"]), r"adapter_config.json: this "
                             r"adapter also holds whole trained layers \(modules_to_save=\['lm_head'\]\)"),
-        "layers_to_transform": (dict(target_modules=["q_proj"], layers_to_transform=[1]), r"adapter_config.json: this "
-                                r"adapter is on some of its target layers only \(\{'layers_to_transform': \[1\]\}\)"),
         "exclude_modules": (dict(target_modules=["q_proj"], exclude_modules=["model.layers.0.self_attn.q_proj"]),
                             r"on some of its target layers only \(\{'exclude_modules': \['model.layers.0"),
         "lora_bias": (dict(target_modules=["q_proj"], lora_bias=True), r"a bias beside its B matrices \(lora_bias\)"),
@@ -140,6 +138,36 @@ def test_an_adapter_on_another_base_model_names_the_one_it_was_trained_on(tiny, 
     with pytest.raises(ValueError, match=r"shape \(4, 64\), the model expects \(4, 96\); the adapter was trained "
                                          r"on 'my-base' \(its adapter_config.json's base_model_name_or_path\)"):
         load_model(tmp_path / "wider", adapter=tmp_path / "ad")
+
+
+def test_an_adapter_on_some_layers_loads_and_saves_both_ways_as_peft_scopes_it(tiny, tmp_path):
+    """PEFT's ``layers_to_transform``: the adapter on layer 1 only, in prefopt as in PEFT (logits
+    within 1e-4, unmerged and merged), saved back with the same scope; ``apply_lora(layers=...)``
+    names a target missing from those layers, and a layer the model lacks."""
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    theirs = peft_lora(tiny, tmp_path / "ad", target_modules=["q_proj", "down_proj"], layers_to_transform=[1])
+    ours = load_model(tiny, adapter=tmp_path / "ad")
+    assert ours.lora_config.layers == (1,)
+    assert {n for n, _ in lora_layers(ours)} == {"model.layers.1.self_attn.q_proj", "model.layers.1.mlp.down_proj"}
+    with torch.no_grad():
+        want = theirs(IDS).logits
+        assert (ours(IDS) - want).abs().max().item() < 1e-4
+        assert (load_model(tiny, adapter=tmp_path / "ad", merge=True)(IDS) - want).abs().max().item() < 1e-4
+    save_adapter(ours, tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "adapter_config.json").read_text())["layers_to_transform"] == [1]
+    again = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32),
+                                           tmp_path / "again").eval()
+    with torch.no_grad():
+        assert (again(IDS).logits - want).abs().max().item() < 1e-4
+    with pytest.raises(ValueError, match=r"no nn.Linear named \['lm_head'\] found in the model in layer 0"):
+        apply_lora(load_model(tiny), target_modules=["q_proj", "lm_head"], layers=[0])
+    with pytest.raises(ValueError, match="LoRA on layers 1-2: the model has layers 0-1"):
+        apply_lora(load_model(tiny), layers=[1, 2])
+    cfg = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    (tmp_path / "ad" / "adapter_config.json").write_text(json.dumps({**cfg, "layers_pattern": "h"}))
+    with pytest.raises(ValueError, match=r"on some of its target layers only \(\{'layers_pattern': 'h'\}\)"):
+        load_model(tiny, adapter=tmp_path / "ad")
 
 
 def test_all_linear_is_every_linear_layer_but_the_head_as_in_peft(tiny, tmp_path):

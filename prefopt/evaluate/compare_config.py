@@ -19,7 +19,7 @@ from .selection import check_settings
 
 # both stages' adapters, in every preset; quantize "nf4": their base weights in 4 bits while they train (QLoRA)
 LORA = {"lora_r": 16, "lora_alpha": 32.0, "lora_dora": False, "lora_rslora": False, "lora_dropout": 0.05,
-        "lora_targets": None, "quantize": None}
+        "lora_targets": None, "lora_layers": None, "quantize": None}
 PRESETS = {
     # small enough for 2 CPU cores in a few minutes (make demo)
     "quick": {"max_train": 160, "test": 60, "sft_steps": 60, "dpo_steps": 50, "batch_size": 4, "dpo_batch_size": 2,
@@ -47,6 +47,7 @@ PRESETS = {
     # lora_r, lora_alpha, lora_dora, lora_rslora, lora_dropout: each stage's adapter (rank; alpha: scaled by
     # alpha / r, or alpha / sqrt(r) with lora_rslora; DoRA or plain LoRA; dropout on its input);
     # lora_targets None (every attention and MLP projection) or the layers that get one ("q_proj,v_proj,lm_head");
+    # lora_layers None (every transformer layer) or the ones adapted ("16-31": the backward stops at the lowest);
     # quantize None, "nf4" or "nf4-dq": the base weights the adapters train on, and every stage is evaluated on;
     # confidence True: where the task's answers are labels, each stage also scores every possible answer after each
     # test prompt, for how sure it is of its answers and whether that tells right from wrong (stage_confidence)
@@ -107,6 +108,7 @@ class CompareConfig:
             if not isinstance(s[name], bool):
                 raise ValueError(f"{name}: true or false (got {s[name]!r})")
         check_lora_targets(s)
+        check_lora_layers(s)
         if s["quantize"] is not None and s["quantize"] not in QUANT_KINDS:
             raise ValueError(f"quantize: null or one of {', '.join(QUANT_KINDS)} (got {s['quantize']!r})")
         if s["quantize"] and s["lora_dora"]:
@@ -144,6 +146,21 @@ def check_lora_targets(s: dict) -> None:
                          f"{', '.join(known)}")
     s["lora_targets"] = list(dict.fromkeys(names))
 
+
+def check_lora_layers(s: dict) -> None:
+    """``lora_layers``: None, or layer numbers (``--set lora_layers=16-31``, or one number), kept as text."""
+    from ..lora import parse_layers
+
+    v = s["lora_layers"]
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise ValueError(f"lora_layers: null or layer numbers such as 16-31 or 0,2,4 (got {v!r})")
+    try:
+        parse_layers(str(v))
+    except ValueError as e:  # "layers: '1-' is not layer numbers ..."
+        raise ValueError(f"lora_{e}") from None
+    s["lora_layers"] = str(v)
 
 def check_numbers(s: dict) -> None:
     """The preset settings that are counts or rates, checked before the run claims its folder

@@ -16,6 +16,7 @@ from ..data.columns import column_map
 from ..data.files import data_files
 from ..devices import DTYPES as _DTYPES
 from ..devices import resolve_device
+from ..lora import parse_layers
 from ..quant import QUANT_KINDS
 from .config_file import read_config_file, typed_value
 
@@ -76,6 +77,9 @@ class TrainConfig:
                                   "linear layer but lm_head)",
                                   factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                    "down_proj"])
+    lora_layers: str | None = opt(None, "adapt only these transformer layers, e.g. 16-31 or 0,2,4 (PEFT's "
+                                        "layers_to_transform; default: all): the backward stops at the lowest, so "
+                                        "the top layers alone train in less memory and time")
     gradient_checkpointing: bool = opt(False, "recompute each layer in the backward: less memory, more time")
     dtype: str = opt("float32", f"parameter dtype: {', '.join(DTYPES)}")
     bf16_autocast: bool = opt(True, "bf16 autocast (on CUDA only)")
@@ -148,6 +152,10 @@ class TrainConfig:
         errors += self._check_best()
         if not 0 <= self.lora_dropout < 1:
             errors.append("lora_dropout must be in [0, 1)")
+        try:
+            parse_layers(self.lora_layers)
+        except ValueError as e:
+            errors.append(f"lora_{e}")
         if self.fsdp and self.lora:
             errors.append("fsdp is for full fine-tuning: set lora=False (LoRA runs under plain DDP)")
         if self.quantize is not None and self.quantize not in QUANT_KINDS:

@@ -24,7 +24,16 @@ import torch
 from ..data.preference import PairExample, pair_collate
 from ..data.sft import IGNORE, WINDOWS_ARE_SFT
 from ..kernels import fused_preference_loss
-from ..lora import QUANTIZED_DORA_MERGE, disable_adapter, lora_layers, read_adapter_config
+from ..lora import (
+    QUANTIZED_DORA_MERGE,
+    LoRAConfig,
+    disable_adapter,
+    layer_text,
+    lora_layers,
+    parse_layers,
+    read_adapter_config,
+)
+from ..lora_stack import same_layers
 from ..losses import LOSSES, REFERENCE_FREE
 from .config import TrainConfig, opt
 from .distributed import head_operands
@@ -66,8 +75,15 @@ class DPOConfig(TrainConfig):
             errors.append(f"ref_cache: {self.ref_cache} is a file; the cache is a folder (e.g. OUTPUT_DIR/ref_cache)")
         if not self.lora and self.ref is None and self.ref_cache is None and self.loss not in REFERENCE_FREE:
             errors.append("full fine-tuning needs a reference: give ref (a frozen model) or ref_cache")
-        if self.quantize and self.sft_adapter and _is_dora(self.sft_adapter):  # before any training
+        sft = _adapter_config(self.sft_adapter) if self.lora and self.sft_adapter else None
+        if self.quantize and sft is not None and sft.dora:  # before any training
             errors.append(f"sft_adapter: {self.sft_adapter}: {QUANTIZED_DORA_MERGE}")
+        if sft is not None:  # saved as one adapter with the SFT one: the same layers (lora_stack.same_layers)
+            try:
+                same_layers([sft, LoRAConfig(layers=parse_layers(self.lora_layers))])
+            except ValueError as e:
+                errors.append(f"lora_layers: {e} (the SFT adapter {self.sft_adapter} covers "
+                              f"{layer_text(sft.layers)})")
         if errors:
             raise ValueError("invalid DPO config:\n  " + "\n  ".join(errors))
 
@@ -220,9 +236,10 @@ class DPOTrainer(Trainer):
         return out.losses, metrics
 
 
-def _is_dora(adapter_dir: str) -> bool:
-    """Whether the adapter in ``adapter_dir`` is DoRA (False where it cannot be read: loading says why)."""
+def _adapter_config(adapter_dir: str) -> LoRAConfig | None:
+    """The adapter's config, for the checks made before training; None where it cannot be read
+    (loading it says why)."""
     try:
-        return read_adapter_config(adapter_dir).dora
+        return read_adapter_config(adapter_dir)
     except (OSError, ValueError):
-        return False
+        return None

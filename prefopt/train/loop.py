@@ -25,7 +25,7 @@ import torch
 from .._deps import progress
 from ..devices import resolve_device
 from ..fileio import write_json_atomic
-from ..lora import QLoRALinear, lora_layers
+from ..lora import QLoRALinear, layer_text, lora_layers
 from . import state as ckpt_io
 from .config import TrainConfig, no_eval_set
 from .data_digest import check_same_data, data_digest
@@ -80,7 +80,9 @@ def _trained_part(model: torch.nn.Module) -> str:
     if all(m.lora_magnitude is not None for _, m in layers):
         kind = "DoRA" if kind == "LoRA" else "DoRA (rsLoRA)"
     base = ", the base in 4 bits" if any(isinstance(m, QLoRALinear) for _, m in layers) else ""
-    return f"{kind} r{ranks} on {', '.join(targets)}{base}"
+    scope = getattr(getattr(model, "lora_config", None), "layers", None)
+    where = f" in {layer_text(scope)}" if scope is not None else ""
+    return f"{kind} r{ranks} on {', '.join(targets)}{where}{base}"
 
 
 def _check_context(model: torch.nn.Module, examples: Sequence) -> None:

@@ -9,7 +9,7 @@ import torch
 from ..chat_template import run_chat_date
 from ..devices import DTYPES, resolve_device
 from ..fileio import write_json_atomic
-from ..lora import apply_lora, load_adapter, merge_and_unload, read_adapter_config
+from ..lora import apply_lora, load_adapter, merge_and_unload, parse_layers, read_adapter_config
 from ..pretrained import load_model, refuse_bare_dpo_adapter
 from ..quant import quantize_model, quantized_layers
 from ..tokenizer import Tokenizer, load_tokenizer, set_chat_date
@@ -55,7 +55,7 @@ def prepare_model(config: TrainConfig):
     if config.lora:
         apply_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
                    target_modules=config.lora_targets, rslora=config.lora_rslora,
-                   dora=config.lora_dora)
+                   dora=config.lora_dora, layers=parse_layers(config.lora_layers))
     else:
         for p in model.parameters():
             p.requires_grad_(True)

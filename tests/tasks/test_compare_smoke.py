@@ -762,7 +762,7 @@ def test_a_run_made_before_a_setting_was_added_still_resumes(tiny_model, tmp_pat
     for key in ("max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "repeat_scope",
                 "gradient_checkpointing", "val", "dpo_eval_every", "dpo_min_gain",
                 "dpo_patience", "dpo_max_p", "confidence", "lora_r", "lora_alpha", "lora_dora", "lora_rslora",
-                "lora_dropout", "lora_targets", "quantize"):
+                "lora_dropout", "lora_targets", "lora_layers", "quantize"):
         del stored["settings"][key]
     del stored["chat_date"]  # added on 2026-11-30: such a run keeps the clock's date, as it had
     (out / "compare_config.json").write_text(json.dumps(stored))
@@ -817,19 +817,25 @@ def test_compare_trains_the_adapter_layers_scale_and_dropout_it_is_given(tiny_mo
 
     out = tmp_path / "run"
     report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), overrides={
-        **TINY, "lora_targets": "q_proj, v_proj,lm_head", "lora_rslora": True, "lora_dropout": 0.0, "lora_r": 4}))
+        **TINY, "lora_targets": "q_proj, v_proj", "lora_rslora": True, "lora_dropout": 0.0, "lora_r": 4,
+        "lora_layers": 1}))
     sft = read_adapter_config(out / "sft" / "train" / "final")
-    assert (sorted(sft.target_modules), sft.rslora, sft.dropout, sft.r) == (["lm_head", "q_proj", "v_proj"], True,
-                                                                             0.0, 4)
-    _, tensors = read_adapter(out / report["weights"]["dpo"])  # SFT's and DPO's updates, stacked
+    assert (sorted(sft.target_modules), sft.rslora, sft.dropout, sft.r, sft.layers) == (["q_proj", "v_proj"], True,
+                                                                                        0.0, 4, (1,))
+    assert read_adapter_config(out / report["weights"]["dpo"]).layers == (1,)
+    head = tmp_path / "head"
+    report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(head), overrides={
+        **TINY, "lora_targets": "q_proj, v_proj,lm_head", "lora_r": 4}))
+    _, tensors = read_adapter(head / report["weights"]["dpo"])  # SFT's and DPO's updates, stacked
     assert tensors["lm_head.lora_A.weight"].shape[0] == 8 and tensors["lm_head.lora_B.weight"].abs().max() > 0
-    stored = json.loads((out / "compare_config.json").read_text())["settings"]
+    stored = json.loads((head / "compare_config.json").read_text())["settings"]
     assert stored["lora_targets"] == ["q_proj", "v_proj", "lm_head"]
     for bad, match in (({"lora_targets": "q_proj,vproj"}, r"lora_targets: no layer named \['vproj'\] \(did you mean "
                                                            r"'v_proj'\?\)"),
                        ({"lora_targets": []}, "lora_targets: null or layer names"),
                        ({"lora_dropout": 1.0}, r"lora_dropout: a number in \[0, 1\) \(got 1.0\)"),
-                       ({"lora_rslora": "yes"}, "lora_rslora: true or false")):
+                       ({"lora_rslora": "yes"}, "lora_rslora: true or false"),
+                       ({"lora_layers": "2-1"}, r"lora_layers: '2-1' is not layer numbers")):
         with pytest.raises(ValueError, match=match):
             CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "x"), overrides=bad).settings()
     tied = tmp_path / "tied"

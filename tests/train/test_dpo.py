@@ -519,3 +519,44 @@ def test_run_dpo_takes_records_in_memory_and_gives_the_whole_run(task, tmp_path)
         run_dpo(_cfg(task, tmp_path / "bad", data=None, eval_data=None), records=rows,
                 eval_records=_Frame([{"chosen": "c", "rejected": "r"}]))
     assert not (tmp_path / "both").exists() and not (tmp_path / "bad" / "final").exists()
+
+
+def test_adapters_on_the_top_layers_only_train_stack_and_stop_the_backward_there(task, tmp_path):
+    """``lora_layers="1"``: SFT and DPO adapt layer 1 only; no gradient reaches layer 0 (its
+    backward never runs: that is the memory and time saved); DPO after SFT over the same layer
+    saves one adapter with that scope, equal to the trained model; another scope is refused
+    before any training."""
+    from prefopt import load_model
+    from prefopt.train import TrainConfig
+    from prefopt.train.run import run_sft
+    from tests.train._fixtures import write_task
+
+    model_dir, _, _ = task
+    _, sft_data = write_task(tmp_path / "sft_task")
+    sft_out, seen = tmp_path / "sft", {}
+    run_sft(TrainConfig(model=str(model_dir), data=str(sft_data), output_dir=str(sft_out), batch_size=4, max_steps=6,
+                        lr=5e-3, lora_r=4, lora_alpha=8, lora_layers="1", eval_fraction=0.0, progress=False))
+    assert json.loads((sft_out / "final" / "adapter_config.json").read_text())["layers_to_transform"] == [1]
+    calls = []
+
+    def count(trainer, step, metrics):
+        if not seen:
+            seen["trainer"] = trainer
+            trainer.model.model.layers[0].register_full_backward_hook(lambda *a: calls.append(0))
+            trainer.model.model.layers[1].register_full_backward_hook(lambda *a: calls.append(1))
+
+    run_dpo(_cfg(task, tmp_path / "dpo", sft_adapter=str(sft_out / "final"), lora_layers="1", max_steps=6,
+                 lora_r=4, lora_alpha=8), callbacks=[count])
+    assert calls and set(calls) == {1}  # hooked after the first step: layer 1's backward runs, layer 0's never
+    final = tmp_path / "dpo" / "final"
+    assert json.loads((final / "adapter_config.json").read_text())["layers_to_transform"] == [1]
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        stacked = load_model(model_dir, adapter=final)
+        assert {n.split(".")[2] for n, _ in lora_layers(stacked)} == {"1"}
+        assert (stacked(ids) - seen["trainer"].model.eval()(ids)).abs().max() < 1e-5
+    with pytest.raises(ValueError, match=r"lora_layers: the adapters cover different transformer layers \(layer 1 "
+                                         r"and every layer\).*covers layer 1\)"):
+        _cfg(task, tmp_path / "x", sft_adapter=str(sft_out / "final"))
+    with pytest.raises(ValueError, match=r"lora_layers: '1-' is not layer numbers"):
+        _cfg(task, tmp_path / "x", lora_layers="1-")
