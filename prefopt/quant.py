@@ -197,10 +197,15 @@ def quantize_model(model: nn.Module, target_modules: Iterable[str], kind: str = 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+KEPT_PRECISE = ("lm_head", "all-linear")  # never quantized (the head), or no layer's name (apply_lora's shorthand)
+
+
 def quantized_layers(adapted: Iterable[str] = ()) -> tuple[str, ...]:
     """The layers ``--quantize`` keeps in 4 bits: every attention and MLP projection, and any other
-    layer an adapter adapts (QLoRA quantizes the whole base, not only what the adapter touches)."""
-    return tuple(dict.fromkeys([*PROJECTIONS, *adapted]))
+    layer an adapter adapts (QLoRA quantizes the whole base, not only what the adapter touches),
+    but the lm_head: the output head stays in full precision, as bitsandbytes and transformers
+    leave it, since the logits are read from it (an adapter on it trains as on any full layer)."""
+    return tuple(dict.fromkeys([*PROJECTIONS, *(a for a in adapted if a not in KEPT_PRECISE)]))
 
 
 def is_quantized(model: nn.Module) -> bool:

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from prefopt import apply_lora, load_model, save_adapter
 from prefopt.kernels import sequence_logprobs
-from prefopt.lora import TIED_HEAD, LoRALinear, disable_adapter, lora_layers
+from prefopt.lora import TIED_HEAD, LoRALinear, QLoRALinear, disable_adapter, lora_layers
 from prefopt.quant import quantize_model, quantized_layers
 from tests._tiny import build_hf_model, peft_lora
 
@@ -127,8 +127,14 @@ def test_sft_and_dpo_train_the_lm_head_adapter(tmp_path):
 
 
 def test_a_4bit_lm_head_takes_its_adapter_on_every_path(untied):
+    """--quantize keeps the head in full precision (quantized_layers); one quantized by hand
+    (quantize_model names it) still takes an adapter on every path."""
+    assert "lm_head" not in quantized_layers(TARGETS) and "q_proj" in quantized_layers(TARGETS)
+    as_run = apply_lora(quantize_model(load_model(untied), quantized_layers(TARGETS)), r=4, alpha=8,
+                        target_modules=TARGETS)
+    assert type(as_run.lm_head) is LoRALinear and type(as_run.model.layers[0].self_attn.q_proj) is QLoRALinear
     model = load_model(untied)
-    quantize_model(model, quantized_layers(TARGETS))
+    quantize_model(model, [*quantized_layers(TARGETS), "lm_head"])
     apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules=TARGETS)
     _randomize(model)
     with torch.no_grad():
