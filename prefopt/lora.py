@@ -276,6 +276,14 @@ def parse_layers(spec: str | None) -> tuple[int, ...] | None:
     return tuple(sorted(set(out)))
 
 
+def describe(cfg: LoRAConfig) -> str:
+    """``"LoRA r16 (alpha 32) on q_proj, v_proj in layers 22-29"``: what an adapter is, in words."""
+    kind = "DoRA" if cfg.dora else "LoRA"
+    scale = f"alpha {cfg.alpha:g}" + (", rsLoRA" if cfg.rslora else "")
+    where = f" in {layer_text(cfg.layers)}" if cfg.layers is not None else ""
+    return f"{kind} r{cfg.r} ({scale}) on {', '.join(cfg.target_modules)}{where}"
+
+
 def layer_text(layers: Iterable[int] | None) -> str:
     """``(0, 1, 2, 5)`` as ``"layers 0-2, 5"``, ``(3,)`` as ``"layer 3"``, None as ``"every layer"``."""
     if layers is None:

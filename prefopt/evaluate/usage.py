@@ -8,6 +8,7 @@ import json
 import shlex
 from pathlib import Path
 
+from ..lora import describe, read_adapter_config
 from ..lora_stack import is_stacked
 from .cli import REPEAT_FLAGS
 from .confidence import scorable
@@ -47,16 +48,30 @@ def _json(text: str) -> bool:
     return True
 
 
+def adapters_line(model: str, out: Path, weights: dict[str, str], quantized: str | None) -> str:
+    """What the run's adapters are (read off the SFT adapter: both stages train alike), and on what base."""
+    try:
+        what = describe(read_adapter_config(out / weights["sft"]))
+    except (OSError, ValueError):
+        what = "LoRA"
+    base = f" (its {quantized} 4-bit base)" if quantized else ""
+    return f"{what}, on `{model}`{base}; each stage's adapter, with its tokenizer:"
+
+
 def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dict) -> list[str]:
-    """Markdown: each trained stage's adapter (``weights``, relative to ``out``) and the commands."""
+    """Markdown: each trained stage's adapter (``weights``, relative to ``out``) and the commands.
+    A run on a 4-bit base (``dpo_metrics["quantized"]``) is used as it was evaluated: the commands
+    that answer load the base in 4 bits too (``--quantize``)."""
     folder = Path(cfg.output)
     q = shlex.quote
     model, adapter = q(str(cfg.model)), q(str(folder / weights["dpo"]))
+    quantized = dpo_metrics.get("quantized")
+    as_run = ["--quantize", q(quantized)] if quantized else []
 
     confidence = ["--confidence"] if scorable(task) is None else []  # does predict's confidence column mean much?
 
     def evaluate(weights_dir: str, output: str, *more: str) -> str:
-        return " ".join(["prefopt eval --task", q(task.name), "--model", model, "--adapter", weights_dir,
+        return " ".join(["prefopt eval --task", q(task.name), "--model", model, "--adapter", weights_dir, *as_run,
                          *map(q, eval_flags(cfg, task, dpo_metrics)), "--data NEW_FILE --split all --output",
                          q(str(folder / output)), *confidence, *more])
     system = f" --system {q(task.system)}" if task.system else ""
@@ -66,7 +81,7 @@ def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dic
                f"of both first (`prefopt stack-adapters {q(str(folder / weights['sft']))} {adapter} OUT`) and use OUT "
                "below")
     return ["## The models", "",
-            f"LoRA adapters on `{cfg.model}`, each with its tokenizer:", "",
+            adapters_line(cfg.model, out, weights, quantized), "",
             f"- SFT: `{weights['sft']}`", dpo, "",
             "To use the SFT+DPO stage's:", "",
             "```bash",
@@ -80,12 +95,16 @@ def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dic
             "# answer new records that have no labels yet (NEW_RECORDS: the same format, label columns not needed): "
             "predictions/predictions.csv (or .tsv, .jsonl, as the input) is their table with a prediction column"
             + (" per field, its confidence and the likeliest label" if confidence else ""),
-            " ".join(["prefopt predict --task", q(task.name), "--model", model, "--adapter", adapter,
+            " ".join(["prefopt predict --task", q(task.name), "--model", model, "--adapter", adapter, *as_run,
                       *map(q, eval_flags(cfg, task, dpo_metrics)), "--data NEW_RECORDS --output",
                       q(str(folder / "predictions"))]),
             "# answer a prompt of your own (the models learnt the task's prompts: data/sft_train.jsonl holds them)",
-            f"prefopt generate --model {model} --adapter {adapter}{system} --greedy --prompt \"...\"",
-            "# fold it into the base weights: a plain HF folder, for serving elsewhere",
+            " ".join(["prefopt generate --model", model, "--adapter", adapter, *as_run]) + f"{system} --greedy "
+            "--prompt \"...\"",
+            "# fold it into the base weights: a plain HF folder, for serving elsewhere"
+            + (f" (in full precision: the adapter learnt the {quantized} base's corrections too, so this model "
+               "answers otherwise than the one evaluated here; check it with prefopt eval on the merged folder)"
+               if quantized else ""),
             f"prefopt merge --model {model} --adapter {adapter} --output {q(str(folder / 'merged'))}",
             "# one GGUF file, the adapter merged in, for llama.cpp or Ollama (q8_0: about a quarter of f32's size)",
             f"prefopt export-gguf --model {model} --adapter {adapter} --output {q(str(folder / 'sft-dpo.gguf'))} "

@@ -86,3 +86,29 @@ def test_an_adapter_saved_alone_is_stacked_first_and_the_sft_model_said_so(tmp_p
     commands = _commands(lines)  # no SFT evaluation to test it against: the SFT+DPO stage is the SFT model
     assert [c[1] for c in commands] == ["eval", "predict", "generate", "merge", "export-gguf"]
     assert all(c[c.index("--adapter") + 1] == f"{tmp_path}/sft/train/final" for c in commands)
+
+
+def test_a_4bit_run_is_used_on_its_4bit_base_and_its_adapters_are_named(tmp_path):
+    """The report says what the adapters are (read off the SFT one) and, for a run on a 4-bit base,
+    every command that answers loads it that way (an adapter trained on 4 bits is worse on the
+    full-precision base); merging warns that the merged model is not the one evaluated."""
+    from prefopt import apply_lora, load_model, save_adapter
+    from tests._tiny import build_hf_model
+
+    build_hf_model(tmp_path / "base", tokenizer=False)
+    save_adapter(apply_lora(load_model(tmp_path / "base"), r=4, alpha=8, target_modules=["q_proj", "v_proj"],
+                            layers=[1]), tmp_path / "run" / "sft/train/final")
+    (tmp_path / "run" / "dpo/train/final").mkdir(parents=True)
+    (tmp_path / "run" / "dpo/train/final" / STACK_FILE).write_text("{}")
+    cfg = CompareConfig(task="portal", model="smollm2-135m", output=str(tmp_path / "run"))
+    weights = {"sft": "sft/train/final", "dpo": "dpo/train/final"}
+    lines = models_lines(cfg, get_task("portal"), tmp_path / "run", weights, {"quantized": "nf4-dq"})
+    assert ("LoRA r4 (alpha 8) on q_proj, v_proj in layer 1, on `smollm2-135m` (its nf4-dq 4-bit base); each "
+            "stage's adapter, with its tokenizer:") in lines
+    commands = _commands(lines)
+    assert [c[1] for c in commands] == ["eval", "eval", "predict", "generate", "merge", "export-gguf"]
+    for c in commands[:4]:
+        assert build_parser().parse_args([a if not a.startswith("NEW_") else "x.csv" for a in c[1:]]).quantize == "nf4-dq"
+    assert "in full precision: the adapter learnt the nf4-dq base's corrections too" in "\n".join(lines)
+    plain = models_lines(cfg, get_task("portal"), tmp_path / "run", weights, {})
+    assert not any("--quantize" in c for c in _commands(plain)) and "in full precision" not in "\n".join(plain)
