@@ -84,6 +84,8 @@ def card_text(config, summary: dict, data: list[str], outcome: list[str], device
 
     title, tags = _what(config)
     load = f"--model {config.model} --adapter THIS_FOLDER" if config.lora else "--model THIS_FOLDER"
+    quantized = getattr(config, "quantize", None) if config.lora else None
+    as_trained = f"{load} --quantize {quantized}" if quantized else load  # on the 4-bit base it learnt on
     library = "peft" if config.lora else "transformers"
     lines = ["---", f"base_model: {config.model}", f"library_name: {library}", "tags:", *[f"- {t}" for t in tags],
              "---", "", f"# {title}", "",
@@ -95,9 +97,10 @@ def card_text(config, summary: dict, data: list[str], outcome: list[str], device
              "## Settings (those that differ from prefopt's defaults, and the main ones)", "",
              *_settings_lines(config), "", "## How the run went", "", *[f"- {x}" for x in outcome], "",
              "## Use", "", "```bash",
-             f"prefopt generate {load} --prompt \"...\"",
-             f"prefopt eval --task TASK {load} --data YOUR_HELD_OUT.csv --output runs/eval  # before any use",
-             f"prefopt export-gguf {load} --output model.gguf --type q8_0  # for llama.cpp or Ollama",
+             f"prefopt generate {as_trained} --prompt \"...\"",
+             f"prefopt eval --task TASK {as_trained} --data YOUR_HELD_OUT.csv --output runs/eval  # before any use",
+             f"prefopt export-gguf {load} --output model.gguf --type q8_0  # for llama.cpp or Ollama"
+             + (" (merged in full precision: evaluate the merged model too)" if quantized else ""),
              "```", "",
              "## Before anyone relies on it", "",
              "These weights have not been validated for clinical use. Measure them on held-out data of your own "

@@ -164,7 +164,9 @@ def test_cli_sft_on_a_4bit_base_trains_an_adapter_for_the_full_precision_base(ta
     assert sum(isinstance(m, QuantLinear) for m in trained.modules()) == 7 * trained.config.num_hidden_layers
     losses = [m["loss"] for m in read_metrics(out) if "loss" in m]
     assert losses[-1] < losses[0] - 0.3
-    assert "on its nf4 (4-bit) base" in (out / "final" / "README.md").read_text()
+    card = (out / "final" / "README.md").read_text()
+    assert "on its nf4 (4-bit) base" in card
+    assert f"prefopt generate --model {model_dir} --adapter THIS_FOLDER --quantize nf4 --prompt" in card
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         full = load_model(model_dir, adapter=out / "final")(ids)
