@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from .devices import resolve_device
 from .lora import adapter_base, load_adapter, merge_and_unload, merged_state_dict, read_adapter_config
 from .lora_stack import trained_on_top_of
 from .model import checkpoint
@@ -30,19 +31,22 @@ def load_model(
         adapter: folder with ``adapter_config.json`` + ``adapter_model.safetensors``.
         merge: fold the adapter into the base weights after loading, leaving a plain model.
         quantize: "nf4" (or "nf4-dq", its scales in 8 bits too): the projections (and the adapter's
-            layers) in 4 bits (``prefopt.quant``),
-            then the adapter on top, as ``--quantize`` trains it; merged, its update stays beside
-            the 4-bit codes (exact; a DoRA adapter stays unmerged, which computes the same).
+            layers) in 4 bits (``prefopt.quant``), quantized onto ``device`` one layer at a time from
+            a load on the CPU (the full-precision weights never all sit on ``device``), then the
+            adapter on top, as ``--quantize`` trains it; merged, its update stays beside the 4-bit
+            codes (exact; a DoRA adapter stays unmerged, which computes the same).
 
     Returns:
         the model in eval mode; ``model(input_ids)`` gives logits ``(B, T, V)``.
     """
     if adapter is not None:
         refuse_bare_dpo_adapter(adapter)
-    model = checkpoint.load_model(name_or_path, dtype=dtype, device=device, revision=revision)
+    model = checkpoint.load_model(name_or_path, dtype=dtype, device="cpu" if quantize else device, revision=revision)
     if quantize:
+        device = resolve_device(device)
         targets = read_adapter_config(adapter).target_modules if adapter is not None else ()
-        quantize_model(model, quantized_layers(targets), quantize)
+        quantize_model(model, quantized_layers(targets), quantize, device=device)
+        model.to(device)  # the rest: embeddings, norms
     if adapter is not None:
         load_adapter(model, adapter)
         if merge and not (quantize and model.lora_config.dora):  # DoRA cannot go into 4 bits: it stays on top

@@ -9,9 +9,8 @@ import torch
 from ..chat_template import run_chat_date
 from ..devices import DTYPES, resolve_device
 from ..fileio import write_json_atomic
-from ..lora import apply_lora, load_adapter, merge_and_unload, parse_layers, read_adapter_config
-from ..pretrained import load_model, refuse_bare_dpo_adapter
-from ..quant import quantize_model, quantized_layers
+from ..lora import apply_lora, parse_layers
+from ..pretrained import load_model
 from ..tokenizer import Tokenizer, load_tokenizer, set_chat_date
 from . import state as ckpt_io
 from .card import FILE, write_cards
@@ -41,17 +40,11 @@ def prepare_model(config: TrainConfig):
     and a fresh LoRA adapter, or all weights trainable; seeded."""
     torch.manual_seed(config.seed)
     adapter = getattr(config, "sft_adapter", None)
-    if not config.quantize:
-        model = load_model(config.model, dtype=DTYPES[config.dtype], adapter=adapter, merge=adapter is not None)
-    else:  # 4 bits first (on the training device), then the SFT adapter merged beside the codes, not rounded in
-        if adapter is not None:
-            refuse_bare_dpo_adapter(adapter)
-        model = load_model(config.model, dtype=DTYPES[config.dtype])
-        sft_targets = read_adapter_config(adapter).target_modules if adapter is not None else ()
-        quantize_model(model, quantized_layers([*config.lora_targets, *sft_targets]), config.quantize,
-                       device=resolve_device(config.device))
-        if adapter is not None:
-            merge_and_unload(load_adapter(model, adapter))
+    # with quantize: 4 bits first (layer by layer onto the training device), then the SFT adapter merged
+    # beside the codes, not rounded in; the adapter trained next needs no other layer in 4 bits (the lm_head
+    # stays precise, quant.quantized_layers)
+    model = load_model(config.model, dtype=DTYPES[config.dtype], adapter=adapter, merge=adapter is not None,
+                       quantize=config.quantize, device=resolve_device(config.device) if config.quantize else "cpu")
     if config.lora:
         apply_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
                    target_modules=config.lora_targets, rslora=config.lora_rslora,
