@@ -76,14 +76,15 @@ def stack_parts(parts: list[tuple[LoRAConfig, dict[str, torch.Tensor]]], *,
     r = sum(cfg.r for cfg, _ in parts)
     targets = tuple(sorted(set().union(*(cfg.target_modules for cfg, _ in parts))))
     return LoRAConfig(r=r, alpha=float(r), dropout=parts[-1][0].dropout, target_modules=targets, dora=dora,
-                      layers=same_layers([cfg for cfg, _ in parts])), tensors
+                      layers=same_layers([cfg.layers for cfg, _ in parts])), tensors
 
 
-def same_layers(configs: list[LoRAConfig]) -> tuple[int, ...] | None:
-    """The transformer layers adapters stacked as one cover: the same for all of them (PEFT's
-    ``layers_to_transform`` is one list for every target, so adapters over different layers would
-    need tensors for layers none of them trained)."""
-    layers = {cfg.layers for cfg in configs}
+def same_layers(scopes: list[tuple[int, ...] | None]) -> tuple[int, ...] | None:
+    """The transformer layers adapters stacked as one cover (each adapter's ``LoRAConfig.layers``,
+    None: every layer): the same for all of them (PEFT's ``layers_to_transform`` is one list for
+    every target, so adapters over different layers would need tensors for layers none of them
+    trained)."""
+    layers = set(scopes)
     if len(layers) > 1:
         raise ValueError(f"the adapters cover different transformer layers ({' and '.join(map(layer_text, layers))}): "
                          "one adapter holding both cannot say so; train them over the same layers (--lora-layers)")

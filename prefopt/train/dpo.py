@@ -80,7 +80,7 @@ class DPOConfig(TrainConfig):
             errors.append(f"sft_adapter: {self.sft_adapter}: {QUANTIZED_DORA_MERGE}")
         if sft is not None:  # saved as one adapter with the SFT one: the same layers (lora_stack.same_layers)
             try:
-                same_layers([sft, LoRAConfig(layers=parse_layers(self.lora_layers))])
+                same_layers([sft.layers, parse_layers(self.lora_layers)])
             except ValueError as e:
                 errors.append(f"lora_layers: {e} (the SFT adapter {self.sft_adapter} covers "
                               f"{layer_text(sft.layers)})")
