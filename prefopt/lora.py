@@ -549,7 +549,8 @@ def read_adapter(adapter_dir: str | Path) -> tuple[LoRAConfig, dict[str, torch.T
     if not path.is_file():
         raise FileNotFoundError(f"{adapter_dir}: no adapter_model.safetensors (only safetensors adapters are read)")
     tensors = {}
-    names = set(read_header(path)) - set(_base_copies(path))
+    header = read_header(path)
+    names = set(header) - set(_base_copies(header))
     for key, t in iter_tensors(path, names):
         if ".lora_embedding_" in key:
             raise ValueError(f"{path}: {key!r} is an adapter on an embedding layer, which prefopt does not load; "
@@ -587,10 +588,10 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     return model
 
 
-def _base_copies(path: Path) -> dict[str, str]:
-    """``{file key: module}`` of the base weights PEFT copied into an adapter file."""
+def _base_copies(header: dict) -> dict[str, str]:
+    """``{file key: module}`` of the base weights PEFT copied into an adapter file (its header)."""
     suffix = ".base_layer.weight"
-    return {k: k.removeprefix(PEFT_PREFIX).removesuffix(suffix) for k in read_header(path) if k.endswith(suffix)}
+    return {k: k.removeprefix(PEFT_PREFIX).removesuffix(suffix) for k in header if k.endswith(suffix)}
 
 
 def check_base_copies(model: nn.Module, path: str | Path) -> None:
@@ -598,7 +599,7 @@ def check_base_copies(model: nn.Module, path: str | Path) -> None:
     a model whose vocabulary was resized or whose head was trained with it. prefopt reads adapters
     only, so a copy that differs from ``model``'s own weights (after rounding to their dtype) is
     refused, not silently dropped. A 4-bit layer cannot be compared bit for bit and is let be."""
-    copies = _base_copies(Path(path))
+    copies = _base_copies(read_header(path))
     if not copies:
         return
     modules = dict(model.named_modules())
