@@ -188,9 +188,6 @@ def _predict(args) -> int:
     return 0
 
 
-_ROW_KEYS = ("id", "target", "output", "prediction", "correct", "score", "labels")  # what write_results makes
-
-
 def _rescore(task, records: list, against: list[dict] | None, args) -> int:
     """``eval --answers DIR``: the answers an earlier evaluation in DIR gave to ``records``, scored
     again by the task (no model loads), written to ``--output`` as an evaluation (each row's other
@@ -198,7 +195,7 @@ def _rescore(task, records: list, against: list[dict] | None, args) -> int:
     compared item by item without answering again."""
     from pathlib import Path
 
-    from .runner import DECODING, read_results, score
+    from .runner import DECODING, ROW_KEYS, read_results, score
 
     moot = [f"--{k.replace('_', '-')}" for k in ("model", "adapter", "quantize", "confidence", "max_new_tokens",
                                                   "repetition_penalty", "no_repeat_ngram_size", "repeat_scope")
@@ -216,7 +213,7 @@ def _rescore(task, records: list, against: list[dict] | None, args) -> int:
     metrics["unfinished"] = 1 - sum(ended) / max(len(ended), 1)
     kept = (*DECODING, "device", "dtype", "quantized", "chat_date", "confidence_scoring")
     metrics |= {k: earlier[k] for k in kept if k in earlier} | {"answers_from": str(args.answers)}
-    extra = {k: [row.get(k) for row in rows] for k in dict.fromkeys(k for row in rows for k in row) if k not in _ROW_KEYS}
+    extra = {k: [row.get(k) for row in rows] for k in dict.fromkeys(k for row in rows for k in row) if k not in ROW_KEYS}
     print(f"prefopt eval: {args.answers}'s answers to {len(records)} items, scored again", flush=True)
     return _write_and_test(task, records, texts, preds, metrics, extra, against, args, str(args.answers))
 

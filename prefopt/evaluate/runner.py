@@ -164,6 +164,9 @@ def score(task, records, texts: list[str], ended: list[bool] | None = None, sett
     return preds, metrics
 
 
+ROW_KEYS = ("id", "target", "output", "prediction", "correct", "score", "labels")  # write_results' own; extra adds more
+
+
 def write_results(out_dir: str | Path, task, records, texts, preds, metrics, extra: dict | None = None) -> None:
     """``predictions.jsonl`` (one line per item) and ``metrics.json`` in ``out_dir``, atomically."""
     out = Path(out_dir)
