@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from .kv_cache import KVCache
 from .repeats import RepeatGuard, check_repeat_options
 
+COMPACT_AT = 8  # finished rows leave the batch once they are 1/COMPACT_AT of it (a copy of the KV cache each time)
+
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token lists into ``input_ids`` and ``attention_mask``, both ``(B, T)``."""
@@ -81,6 +83,7 @@ def generate(
     seed: int | Sequence[int] | None = None,
     stop: Callable[[int, list[int]], bool] | None = None,
     on_step: Callable[[list[list[int]]], None] | None = None,
+    compact: bool = True,
 ) -> list[list[int]]:
     """Continue each prompt; return the new tokens of each (EOS included when produced).
 
@@ -103,6 +106,12 @@ def generate(
             in the batched forward, which can tip a near tie).
         stop: ``stop(row, new_tokens) -> bool``; a row also stops when it returns True.
         on_step: called with every row's tokens so far after each step (for streaming).
+        compact: drop finished rows from the batch (and from the KV cache) once they are an eighth
+            of it or more, so the rows still going no longer carry them through every step
+            (``benchmarks/bench_generate.py``: the time saved grows with the spread of answer
+            lengths). False keeps every row to the end, computing padding for finished ones, as
+            before 2026-12-02. Either way a row's tokens are the same up to float rounding (a
+            smaller batch can round a near tie the other way, as batching itself can).
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
@@ -125,28 +134,36 @@ def generate(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     guard = RepeatGuard(prompts, model.output_weight.shape[0], repetition_penalty=repetition_penalty,
                         no_repeat_ngram_size=no_repeat_ngram_size, scope=repeat_scope, device=device)
+    live = list(range(B))  # the prompt each batch row answers; finished rows leave the batch
     step_ids = ids
     for _ in range(max_new_tokens):
-        h = model(step_ids, mask, kv_cache=cache, return_hidden=True)[:, -1]  # (B, D)
-        logits = model.logits(h).float()  # (B, V)
+        h = model(step_ids, mask, kv_cache=cache, return_hidden=True)[:, -1]  # (rows, D)
+        logits = model.logits(h).float()  # (rows, V)
         if guard.active:
             logits = guard.apply(logits)
         nxt = sample_next(logits, temperature=temperature, top_p=top_p, generator=gen)
         nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
         going = (~done).nonzero().flatten().tolist()
-        for i in going:
-            out[i].append(int(nxt[i]))
+        for j in going:
+            out[live[j]].append(int(nxt[j]))
         if guard.active:
-            guard.add([out[i][-1] for i in going], going)
+            guard.add([out[live[j]][-1] for j in going], going)
         done |= torch.isin(nxt, eos)
         if stop is not None:
-            for i in (~done).nonzero().flatten().tolist():
-                if stop(i, out[i]):
-                    done[i] = True
+            for j in (~done).nonzero().flatten().tolist():
+                if stop(live[j], out[live[j]]):
+                    done[j] = True
         if on_step is not None:
             on_step(out)
         if bool(done.all()):
             break
         step_ids = nxt[:, None]
-        mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
+        mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=1)
+        if compact and int(done.sum()) * COMPACT_AT >= len(live):
+            keep = (~done).nonzero().flatten()
+            cache.select(keep)
+            guard.select(keep.tolist())
+            mask, step_ids, done = mask[keep], step_ids[keep], done[keep]
+            gen = None if gen is None else [gen[j] for j in keep.tolist()]
+            live = [live[j] for j in keep.tolist()]
     return out

@@ -81,6 +81,14 @@ class RepeatGuard:
                         logits[i, list(banned)] = float("-inf")
         return logits
 
+    def select(self, rows: list[int]) -> None:
+        """Keep only ``rows`` (in this order), which become rows 0, 1, ...: the batch without its
+        finished rows."""
+        self.rows = [self.rows[i] for i in rows]
+        self.grams = [self.grams[i] for i in rows]
+        if self.seen is not None:
+            self.seen = self.seen[torch.tensor(rows, dtype=torch.long, device=self.seen.device)]
+
     def add(self, tokens: list[int], rows: list[int]) -> None:
         """Record ``tokens[k]`` as the next token of row ``rows[k]``."""
         for i, t in zip(rows, tokens):

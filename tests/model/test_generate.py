@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from prefopt import generate, load_model, load_tokenizer
-from prefopt.model.generate import sample_next
+from prefopt.model.generate import row_seeds, sample_next
 from tests._tiny import build_hf_model
 
 PROMPTS = [[5, 17, 33, 90, 4, 61, 7], [8, 9], [120, 44, 3, 3, 210, 11, 19, 300, 12, 15, 16]]
@@ -369,3 +369,48 @@ def test_repeat_scope_output_counts_only_the_generated_tokens(looping, kw):
 def test_repeat_options_are_checked(tiny, kw, match):
     with pytest.raises(ValueError, match=match):
         generate(tiny[1], [[1, 2]], max_new_tokens=2, **kw)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(repetition_penalty=1.3, no_repeat_ngram_size=2),
+                                dict(no_repeat_ngram_size=1, repeat_scope="output"),
+                                dict(temperature=1.5, seed=3), dict(temperature=1.0, top_p=0.9, seed=5,
+                                                                    repetition_penalty=1.2)])
+def test_finished_rows_leave_the_batch_and_no_row_changes(looping, kw):
+    """Rows that stop (here at 3, 12, 6 and 20 tokens) are dropped from the batch and the KV cache
+    (``compact``): the batch shrinks step by step, and every row's tokens are those it gets alone
+    and with the finished rows kept: the repeat guard's rows and the sampling generators follow."""
+    _, ours = looping
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[0][:4]]
+    limits = [3, 12, 6, 20]
+    sizes = []
+    hook = ours.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    try:
+        got = generate(ours, prompts, max_new_tokens=20, stop=lambda row, ids: len(ids) >= limits[row], **kw)
+    finally:
+        hook.remove()
+    assert [len(r) for r in got] == limits
+    assert sizes == [4] * 3 + [3] * 3 + [2] * 6 + [1] * 8
+    kept = generate(ours, prompts, max_new_tokens=20, stop=lambda row, ids: len(ids) >= limits[row],
+                    compact=False, **kw)
+    alone = [generate(ours, [p], max_new_tokens=n, **kw)[0] for p, n in zip(prompts, limits)]
+    assert got == kept == alone
+    if kw.get("temperature"):
+        seeds = row_seeds(kw["seed"], prompts)  # each row's own generator, in the shrunken batch too
+        assert got == [generate(ours, [p], max_new_tokens=n, **{**kw, "seed": [s]})[0]
+                       for p, n, s in zip(prompts, limits, seeds)]
+
+
+def test_rows_leave_the_batch_once_an_eighth_of_it_is_done(looping):
+    """The KV cache is copied each time rows leave, so in a large batch they leave in groups:
+    of 16 rows, one finished row stays (1/16) until a second joins it (2/16)."""
+    _, ours = looping
+    prompts = [PROMPTS[i % 3][: 2 + i % 5] for i in range(16)]
+    limits = [2, 5] + [9] * 14
+    sizes = []
+    hook = ours.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    try:
+        got = generate(ours, prompts, max_new_tokens=9, stop=lambda row, ids: len(ids) >= limits[row])
+    finally:
+        hook.remove()
+    assert [len(r) for r in got] == limits
+    assert sizes == [16] * 5 + [14] * 4

@@ -1,0 +1,131 @@
+"""Batched greedy generation on CPU: prefopt's ``generate`` against transformers' ``generate``, in
+one run: new tokens a second, seconds, peak RSS, and whether the two wrote the same tokens.
+
+Every evaluation (``prefopt eval``, ``compare``, ``predict``, ``make-pairs``) answers its prompts
+with ``generate``, batched by prompt length. Three workers, each in a fresh process, answer the
+same prompts (MeQSum patient questions to summarise, in SmolLM2's chat template, or synthetic
+ones where ../shared/data is absent) with the same token ids, greedily, up to ``--max-new-tokens``,
+stopping a row at the end-of-turn token:
+
+- transformers ``AutoModelForCausalLM.generate`` (left padding, its own KV cache);
+- prefopt, finished rows kept in the batch to the end (``compact=False``, as before 2026-12-02);
+- prefopt, finished rows dropped from the batch and the KV cache (``compact=True``, the default).
+
+    .venv/bin/python benchmarks/bench_generate.py --prompts 32 --batch-size 16 --max-new-tokens 96
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import chat_records, rss, run_worker  # noqa: E402
+
+KINDS = {"transformers": "transformers generate", "kept": "prefopt, finished rows kept (compact=False)",
+         "compact": "prefopt, finished rows dropped (default)"}
+
+
+def prompt_ids(model_dir: str, n: int) -> tuple[list[list[int]], list[int]]:
+    """``n`` chat prompts as token ids (prefopt's tokenizer and chat template) and the end tokens."""
+    from prefopt import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    prompts = [tok.apply_chat_template(r["prompt"], add_generation_prompt=True) for r in chat_records(n)]
+    return prompts, list(tok.eos_token_ids)
+
+
+def worker(kind: str, model_dir: str, prompts_file: str, batch_size: int, max_new_tokens: int) -> dict:
+    import torch
+
+    spec = json.loads(Path(prompts_file).read_text())
+    prompts, eos = spec["prompts"], spec["eos"]
+    base = rss("VmRSS")
+    if kind == "transformers":
+        import transformers
+
+        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+        def answer(batch):
+            T = max(map(len, batch))
+            ids = torch.tensor([[0] * (T - len(p)) + p for p in batch])
+            mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in batch])
+            with torch.no_grad():
+                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                     do_sample=False, pad_token_id=0, eos_token_id=eos)
+            rows = []
+            for row in out[:, T:].tolist():  # cut at the first end token, as prefopt returns them
+                end = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+                rows.append(row[:end])
+            return rows
+    else:
+        from prefopt import generate, load_model
+
+        model = load_model(model_dir).eval()
+
+        def answer(batch):
+            return generate(model, batch, max_new_tokens=max_new_tokens, eos_token_ids=eos, pad_token_id=0,
+                            compact=kind == "compact")
+    answer(prompts[:2])  # warm-up, untimed
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # batched by length, as answer_prompts
+    outs: dict[int, list[int]] = {}
+    start = time.perf_counter()
+    for s in range(0, len(order), batch_size):
+        chunk = order[s:s + batch_size]
+        outs.update(zip(chunk, answer([prompts[i] for i in chunk])))
+    seconds = time.perf_counter() - start
+    rows = [outs[i] for i in range(len(prompts))]
+    new = sum(map(len, rows))
+    return {"name": KINDS[kind], "seconds": seconds, "new_tokens": new, "tokens_per_s": new / seconds,
+            "peak_rss": rss("VmHWM"), "rss_before_load": base, "rows": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--kinds", default=",".join(KINDS), help=f"which workers, of {', '.join(KINDS)}")
+    ap.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
+    ap.add_argument("--json", help="also write the results here")
+    a = ap.parse_args()
+    if a.worker is not None:
+        kind, model_dir, prompts_file = a.worker
+        print(json.dumps(worker(kind, model_dir, prompts_file, a.batch_size, a.max_new_tokens)))
+        return
+    from prefopt.model import resolve_model_dir
+
+    model_dir = str(resolve_model_dir(a.model))
+    prompts, eos = prompt_ids(model_dir, a.prompts)
+    kinds = a.kinds.split(",")
+    with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
+        spec = Path(tmp) / "prompts.json"
+        spec.write_text(json.dumps({"prompts": prompts, "eos": eos}))
+        runs = {k: run_worker(__file__, "--worker", k, model_dir, str(spec), "--batch-size", str(a.batch_size),
+                              "--max-new-tokens", str(a.max_new_tokens)) for k in kinds}
+    mib = 1024**2
+    lengths = [len(p) for p in prompts]
+    print(f"model {a.model}, fp32, CPU ({platform.machine()}), {len(prompts)} prompts of {min(lengths)}-"
+          f"{max(lengths)} tokens, batch {a.batch_size} (by length), greedy, up to {a.max_new_tokens} new tokens")
+    base = runs.get("transformers") or next(iter(runs.values()))
+    print(f"| generation | new tokens/s | s | peak RSS (MiB) | vs {base['name']}: time | peak RSS | same tokens |")
+    print("|---|---|---|---|---|---|---|")
+    for r in runs.values():
+        same = sum(x == y for x, y in zip(r["rows"], base["rows"]))
+        print(f"| {r['name']} | {r['tokens_per_s']:.1f} | {r['seconds']:.2f} | {r['peak_rss'] / mib:.0f} | "
+              f"{r['seconds'] / base['seconds']:.2f}x | {r['peak_rss'] / base['peak_rss']:.2f}x | "
+              f"{same}/{len(prompts)} rows |")
+    answer_lengths = sorted(len(row) for row in base["rows"])
+    print(f"answer lengths: min {answer_lengths[0]}, median {answer_lengths[len(answer_lengths) // 2]}, "
+          f"max {answer_lengths[-1]} tokens")
+    if a.json:
+        Path(a.json).write_text(json.dumps(runs, indent=2))
+
+
+if __name__ == "__main__":
+    main()
