@@ -517,13 +517,10 @@ def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
         )
     if d.get("bias", "none") != "none":
         raise ValueError(f"{path}: adapters that train biases (bias={d['bias']!r}) are not supported")
-    scoped = {k: d[k] for k in ("exclude_modules",) if d.get(k) not in (None, [], "")}
     pattern = d.get("layers_pattern")
     if pattern not in (None, "", [], "layers", ["layers"]):
-        scoped["layers_pattern"] = pattern
-    if scoped:
-        raise ValueError(f"{path}: this adapter is on some of its target layers only ({scoped}), which prefopt does "
-                         "not load; " + MERGE_IN_PEFT)
+        raise ValueError(f"{path}: this adapter counts its layers under another name (layers_pattern={pattern!r}), "
+                         "which prefopt does not load; " + MERGE_IN_PEFT)
     layers = d.get("layers_to_transform")
     layers = None if layers in (None, []) else (layers,) if isinstance(layers, int) else tuple(layers)
     if d.get("lora_bias"):
@@ -533,10 +530,37 @@ def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
         raise ValueError(f"{path}: this adapter also holds whole trained layers (modules_to_save="
                          f"{d['modules_to_save']!r}), which prefopt does not load; " + MERGE_IN_PEFT)
     targets = d["target_modules"]
-    if isinstance(targets, str):
-        raise ValueError(f"{path}: target_modules given as a regex ({targets!r}) is not supported; list the names")
+    if _picked_by_path(d):
+        targets, layers = _adapted_in_file(Path(adapter_dir), d)
     return LoRAConfig(r=d["r"], alpha=d["lora_alpha"], dropout=d.get("lora_dropout", 0.0), target_modules=tuple(targets),
                       rslora=bool(d.get("use_rslora", False)), dora=bool(d.get("use_dora", False)), layers=layers)
+
+
+def _picked_by_path(d: dict) -> bool:
+    """Whether a PEFT config picks its layers by more than their own names: a regex
+    ``target_modules`` (matched against each full module name), names with dots in them
+    (``self_attn.q_proj``, ``model.layers.3.mlp.up_proj``: matched as name endings), or
+    ``exclude_modules``."""
+    targets = d.get("target_modules")
+    return (isinstance(targets, str) or any("." in t for t in targets or ())
+            or d.get("exclude_modules") not in (None, [], ""))
+
+
+def _adapted_in_file(adapter_dir: Path, d: dict) -> tuple[tuple[str, ...], tuple[int, ...] | None]:
+    """The layer names and transformer layers of the modules an adapter file holds LoRA tensors for,
+    where its config picks them by path (:func:`_picked_by_path`): PEFT wrote tensors for exactly
+    the modules it matched. prefopt adapts each of those names in each of those layers;
+    :func:`load_adapter` refuses a file where some of those combinations are left out."""
+    path = adapter_dir / "adapter_model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_model.safetensors (only safetensors adapters are read)")
+    modules = {k.removeprefix(PEFT_PREFIX).split(".lora_A")[0] for k in read_header(path) if ".lora_A." in k}
+    if not modules:
+        raise ValueError(f"{path}: no LoRA tensors (lora_A) in the file; its adapter_config.json picks "
+                         f"target_modules={d.get('target_modules')!r}, exclude_modules={d.get('exclude_modules')!r}")
+    names = tuple(sorted({m.rsplit(".", 1)[-1] for m in modules}))
+    layers = {layer_index(m) for m in modules}
+    return names, None if None in layers else tuple(sorted(layers))
 
 
 def read_adapter(adapter_dir: str | Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
@@ -580,6 +604,12 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
                              f"the model expects {tuple(own[name].shape)}" + _trained_on(adapter_dir))
         loaded[name] = t.to(own[name].dtype)
     missing = sorted(set(own) - set(loaded))
+    if missing and _picked_by_path(json.loads((Path(adapter_dir) / "adapter_config.json").read_text())):
+        module = missing[0].split(".lora_")[0]
+        raise ValueError(f"{path}: this adapter leaves out {module}, though it adapts {module.rsplit('.', 1)[-1]} in "
+                         f"other layers ({len(missing)} tensors in all; picked by its target_modules or "
+                         "exclude_modules). prefopt adapts a layer name in every layer or in a set of layers "
+                         "(layers_to_transform), and does not load this one; " + MERGE_IN_PEFT)
     if missing:
         raise ValueError(f"{path}: missing adapter tensors, e.g. {missing[0]!r} ({len(missing)} in all)")
     check_base_copies(model, path)
