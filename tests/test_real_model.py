@@ -58,6 +58,9 @@ def test_batched_generation_equals_single_on_real_model(models):
     ours, _, tok = models
     prompts = [_prompt_ids(tok, t) for t in MEDICAL_PROMPTS[:4]]
     kw = dict(max_new_tokens=24, eos_token_ids=tok.eos_token_ids, pad_token_id=tok.pad_token_id)
+    from prefopt.model.generate import shared_start
+
+    assert shared_start(prompts, ours.config, 200) >= 16  # the chat template's system prompt: run once, shared
     assert generate(ours, prompts, **kw) == [generate(ours, [p], **kw)[0] for p in prompts]
 
 

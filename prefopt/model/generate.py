@@ -13,7 +13,40 @@ import torch.nn.functional as F
 from .kv_cache import KVCache
 from .repeats import RepeatGuard, check_repeat_options
 
-COMPACT_AT = 8  # finished rows leave the batch once they are 1/COMPACT_AT of it (a copy of the KV cache each time)
+# Finished rows leave the batch once they are 1/COMPACT_AT of it. A decoding step reads every weight
+# whatever the batch, so on a CPU it costs nearly as much for 8 rows as for 16 (68 against 80 ms on
+# SmolLM2) and more for 13-15 than for 16 (its matrix kernels favour multiples of 4): halving pays,
+# dropping a row or two does not (benchmarks/bench_generate.py).
+COMPACT_AT = 2
+MIN_SHARED = 16  # a prompt start of at least this many tokens that every row has is computed once
+
+
+def shared_start(prompts: Sequence[Sequence[int]], config, length: int) -> int:
+    """How many tokens every prompt starts with (a system prompt, a task's instructions), to be run
+    once for the batch (:func:`generate`); 0 where fewer than :data:`MIN_SHARED`, for one prompt,
+    or for a sliding-window model whose window the batch (``length`` positions) could run past:
+    its window counts cache columns, and the padding then sits between the start and the rest.
+    Each prompt keeps at least one token of its own."""
+    window = getattr(config, "sliding_window", None)
+    if len(prompts) < 2 or (window is not None and length > window):
+        return 0
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        n = next((i for i in range(n) if p[i] != first[i]), n)
+    return n if n >= MIN_SHARED else 0
+
+
+def _prefill_start(model, prompts: Sequence[Sequence[int]], n: int, cache: KVCache, pad_token_id: int, device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the prompts' shared first ``n`` tokens once, copy their keys and values into every row
+    of ``cache``, and return the rest of each prompt, left-padded, with the attention mask of the
+    whole: ``[start | padding | rest]``. Positions count real tokens only, so each row's are those
+    of its prompt unpadded."""
+    one = KVCache(model.config, 1, n, dtype=cache.k[0].dtype, device=device)
+    model(torch.tensor([list(prompts[0][:n])], device=device), kv_cache=one, return_hidden=True)
+    cache.share(one)
+    rest, rest_mask = left_pad([p[n:] for p in prompts], pad_token_id, device)
+    return rest, torch.cat([torch.ones((len(prompts), n), dtype=rest_mask.dtype, device=device), rest_mask], 1)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,12 +139,15 @@ def generate(
             in the batched forward, which can tip a near tie).
         stop: ``stop(row, new_tokens) -> bool``; a row also stops when it returns True.
         on_step: called with every row's tokens so far after each step (for streaming).
-        compact: drop finished rows from the batch (and from the KV cache) once they are an eighth
-            of it or more, so the rows still going no longer carry them through every step
+        compact: drop finished rows from the batch (and from the KV cache) once they are half of it
+            or more, so the rows still going no longer carry them through every step
             (``benchmarks/bench_generate.py``: the time saved grows with the spread of answer
             lengths). False keeps every row to the end, computing padding for finished ones, as
             before 2026-12-02. Either way a row's tokens are the same up to float rounding (a
             smaller batch can round a near tie the other way, as batching itself can).
+
+    A start every prompt has (a system prompt, a task's instructions; :func:`shared_start`) is run
+    once, not once per row, and its keys and values copied into each row of the KV cache.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
@@ -136,6 +172,9 @@ def generate(
                         no_repeat_ngram_size=no_repeat_ngram_size, scope=repeat_scope, device=device)
     live = list(range(B))  # the prompt each batch row answers; finished rows leave the batch
     step_ids = ids
+    shared = shared_start(prompts, model.config, T + max_new_tokens)
+    if shared:
+        step_ids, mask = _prefill_start(model, prompts, shared, cache, pad_token_id, device)
     for _ in range(max_new_tokens):
         h = model(step_ids, mask, kv_cache=cache, return_hidden=True)[:, -1]  # (rows, D)
         logits = model.logits(h).float()  # (rows, V)

@@ -32,6 +32,17 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
+    def share(self, prefix: KVCache) -> None:
+        """Start every row with the entries of ``prefix``, a one-row cache (a prompt start that
+        every row has: computed once, copied into each)."""
+        n = prefix.length
+        if self.length or n > self.max_len:
+            raise ValueError(f"a shared prefix of {n} tokens goes into an empty cache of at least that length")
+        for own, theirs in ((self.k, prefix.k), (self.v, prefix.v)):
+            for layer, t in zip(own, theirs):
+                layer[:, :, :n] = t[:, :, :n]
+        self.length = n
+
     def select(self, rows: torch.Tensor) -> None:
         """Keep only the batch ``rows`` (drop finished sequences)."""
         self.k = [t[rows] for t in self.k]

@@ -16,14 +16,14 @@ def test_bench_generate_runs_each_worker_on_the_same_prompts(tmp_path, monkeypat
     build_hf_model(tmp_path / "tiny", arch="llama", initializer_range=0.5)
     out = tmp_path / "gen.json"
     monkeypatch.setattr(sys, "argv", ["bench_generate.py", "--model", str(tmp_path / "tiny"), "--prompts", "5",
-                                      "--batch-size", "2", "--max-new-tokens", "6", "--json", str(out)])
+                                      "--batch-size", "2", "--max-new-tokens", "6", "--repeats", "1", "--json", str(out)])
     mod.main()
     runs = json.loads(out.read_text())
-    assert list(runs) == ["transformers", "kept", "compact"]
+    assert list(runs) == ["transformers", "before", "compact", "default"]
     rows = runs["transformers"]["rows"]
     assert len(rows) == 5 and all(1 <= len(r) <= 6 for r in rows)
-    assert runs["kept"]["rows"] == runs["compact"]["rows"] == rows  # greedy: the same tokens in all three
+    assert runs["before"]["rows"] == runs["compact"]["rows"] == runs["default"]["rows"] == rows  # greedy: the same tokens
     assert all(r["seconds"] > 0 and r["peak_rss"] > 0 and r["new_tokens"] == sum(map(len, rows))
                for r in runs.values())
     table = capsys.readouterr().out
-    assert table.count("| 5/5 rows |") == 3 and "vs transformers generate: time" in table
+    assert table.count("| 5/5 rows |") == 4 and "vs transformers generate: time" in table

@@ -1,9 +1,12 @@
 """Generation: KV cache, batching with left padding, sampling, stopping; against transformers."""
+import dataclasses
+
 import pytest
 import torch
 
 from prefopt import generate, load_model, load_tokenizer
-from prefopt.model.generate import row_seeds, sample_next
+from prefopt.model import KVCache
+from prefopt.model.generate import _prefill_start, left_pad, row_seeds, sample_next, shared_start
 from tests._tiny import build_hf_model
 
 PROMPTS = [[5, 17, 33, 90, 4, 61, 7], [8, 9], [120, 44, 3, 3, 210, 11, 19, 300, 12, 15, 16]]
@@ -389,7 +392,7 @@ def test_finished_rows_leave_the_batch_and_no_row_changes(looping, kw):
     finally:
         hook.remove()
     assert [len(r) for r in got] == limits
-    assert sizes == [4] * 3 + [3] * 3 + [2] * 6 + [1] * 8
+    assert sizes == [4] * 6 + [2] * 6 + [1] * 8  # half the batch done: 2 of 4 after 6 tokens, 1 of 2 after 12
     kept = generate(ours, prompts, max_new_tokens=20, stop=lambda row, ids: len(ids) >= limits[row],
                     compact=False, **kw)
     alone = [generate(ours, [p], max_new_tokens=n, **kw)[0] for p, n in zip(prompts, limits)]
@@ -400,12 +403,13 @@ def test_finished_rows_leave_the_batch_and_no_row_changes(looping, kw):
                        for p, n, s in zip(prompts, limits, seeds)]
 
 
-def test_rows_leave_the_batch_once_an_eighth_of_it_is_done(looping):
-    """The KV cache is copied each time rows leave, so in a large batch they leave in groups:
-    of 16 rows, one finished row stays (1/16) until a second joins it (2/16)."""
+def test_rows_leave_the_batch_once_half_of_it_is_done(looping):
+    """The KV cache is copied each time rows leave, and on a CPU a step costs nearly as much for
+    a few rows fewer, so they leave together: of 16 rows, the four done after 2 tokens stay until
+    four more join them after 5, then 8 go on."""
     _, ours = looping
     prompts = [PROMPTS[i % 3][: 2 + i % 5] for i in range(16)]
-    limits = [2, 5] + [9] * 14
+    limits = [2] * 4 + [5] * 4 + [9] * 8
     sizes = []
     hook = ours.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
     try:
@@ -413,4 +417,52 @@ def test_rows_leave_the_batch_once_an_eighth_of_it_is_done(looping):
     finally:
         hook.remove()
     assert [len(r) for r in got] == limits
-    assert sizes == [16] * 5 + [14] * 4
+    assert sizes == [16] * 5 + [8] * 4
+
+
+START = [(7 * i + 3) % 400 for i in range(20)]  # a system prompt, say, that every prompt begins with
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(repetition_penalty=1.3, no_repeat_ngram_size=2),
+                                dict(temperature=1.5, seed=3)])
+def test_a_start_every_prompt_has_is_run_once_and_no_row_changes(tiny, kw):
+    """The shared start runs once (one row of 20 tokens), then only each prompt's rest, left-padded
+    after it; every row's tokens are those it gets alone, and its first logits match the unshared
+    batch's to float rounding."""
+    _, ours, _ = tiny
+    prompts = [START + p for p in PROMPTS]
+    shapes = []
+    hook = ours.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
+    try:
+        got = generate(ours, prompts, max_new_tokens=12, **kw)
+    finally:
+        hook.remove()
+    assert shapes[:2] == [(1, 20), (3, 11)] and all(s[1] == 1 for s in shapes[2:])
+    assert got == [generate(ours, [p], max_new_tokens=12, **kw)[0] for p in prompts]
+    cache = KVCache(ours.config, 3, 40, dtype=torch.float32, device="cpu")
+    rest, mask = _prefill_start(ours, prompts, 20, cache, 0, "cpu")
+    assert mask.tolist()[1] == [1] * 20 + [0] * 9 + [1] * 2 and rest[1].tolist() == [0] * 9 + PROMPTS[1]
+    with torch.no_grad():
+        shared = ours(rest, mask, kv_cache=cache)[:, -1]
+        ids, full_mask = left_pad(prompts, 0)
+        plain = ours(ids, full_mask)[:, -1]
+    assert (shared - plain).abs().max().item() < 1e-4
+
+
+def test_what_counts_as_a_shared_start(tiny):
+    _, ours, _ = tiny
+    cfg = ours.config
+    assert shared_start([START + [1], START + [2, 3]], cfg, 30) == 20
+    assert shared_start([START + [1], START + [1]], cfg, 30) == 20  # each keeps a token of its own
+    assert shared_start([START, START + [5]], cfg, 30) == 19
+    assert shared_start([START[:15] + [1], START[:15] + [2]], cfg, 30) == 0  # under MIN_SHARED (16)
+    assert shared_start([START + [1]], cfg, 30) == 0  # one prompt: nothing to share
+    assert shared_start([START + [1], [9] + START], cfg, 30) == 0
+    windowed = dataclasses.replace(cfg, sliding_window=32)  # its window counts cache columns
+    assert shared_start([START + [1], START + [2]], windowed, 30) == 20
+    assert shared_start([START + [1], START + [2]], windowed, 33) == 0
+    cache = KVCache(cfg, 2, 10, dtype=torch.float32, device="cpu")
+    one = KVCache(cfg, 1, 20, dtype=torch.float32, device="cpu")
+    one.advance(20)
+    with pytest.raises(ValueError, match="a shared prefix of 20 tokens goes into an empty cache"):
+        cache.share(one)
