@@ -16,6 +16,11 @@ ids, greedily, up to ``--max-new-tokens``, stopping a row at the end-of-turn tok
 
     .venv/bin/python benchmarks/bench_generate.py --prompts 32 --batch-size 16 --max-new-tokens 96
     .venv/bin/python benchmarks/bench_generate.py --task portal --prompts 64 --batch-size 16 --max-new-tokens 32
+    .venv/bin/python benchmarks/bench_generate.py --chat 8 --max-new-tokens 48
+
+``--chat TURNS`` times a conversation instead, as ``prefopt chat`` holds it: each turn's prompt is
+the whole conversation so far, run in full every turn or with the keys and values of the turns
+before kept (``PromptCache``), in one process.
 """
 from __future__ import annotations
 
@@ -106,6 +111,35 @@ def worker(kind: str, model_dir: str, prompts_file: str, batch_size: int, max_ne
             "peak_rss": rss("VmHWM"), "rss_before_load": base, "rows": rows}
 
 
+def chat_turns(model_dir: str, turns: int, max_new_tokens: int) -> dict:
+    """A conversation of ``turns`` MeQSum messages (or synthetic ones), greedy, each turn's prompt the
+    whole conversation so far, as ``prefopt chat`` builds it: seconds per turn with the
+    conversation's keys and values kept between turns (``PromptCache``) and without."""
+    from prefopt import generate, load_model, load_tokenizer
+    from prefopt.model.kv_cache import PromptCache
+
+    model, tok = load_model(model_dir).eval(), load_tokenizer(model_dir)
+    messages = [r["prompt"][0]["content"] for r in chat_records(turns)]
+    generate(model, [tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)],
+             max_new_tokens=2)  # warm-up, untimed
+    runs = {}
+    for kind in ("without", "with"):
+        kept = PromptCache() if kind == "with" else None
+        conversation, seconds, lengths, answers = [], [], [], []
+        for text in messages:
+            conversation.append({"role": "user", "content": text})
+            ids = tok.apply_chat_template(conversation, add_generation_prompt=True)
+            start = time.perf_counter()
+            new = generate(model, [ids], max_new_tokens=max_new_tokens, eos_token_ids=tok.eos_token_ids,
+                           prompt_cache=kept)[0]
+            seconds.append(time.perf_counter() - start)
+            lengths.append(len(ids))
+            answers.append(new)
+            conversation.append({"role": "assistant", "content": tok.decode(new).strip()})
+        runs[kind] = {"seconds": seconds, "prompt_tokens": lengths, "answers": answers}
+    return runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -116,6 +150,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--repeats", type=int, default=2, help="timed passes over the prompts; the fastest counts")
     ap.add_argument("--kinds", default=",".join(KINDS), help=f"which workers, of {', '.join(KINDS)}")
+    ap.add_argument("--chat", type=int, metavar="TURNS",
+                    help="instead: a conversation of TURNS messages, each turn timed with and without the "
+                         "conversation's keys and values kept (prefopt chat)")
     ap.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
@@ -126,6 +163,21 @@ def main() -> None:
     from prefopt.model import resolve_model_dir
 
     model_dir = str(resolve_model_dir(a.model))
+    if a.chat:
+        runs = chat_turns(model_dir, a.chat, a.max_new_tokens)
+        without, with_ = runs["without"], runs["with"]
+        print(f"model {a.model}, fp32, CPU ({platform.machine()}), a conversation of {a.chat} messages, greedy, up to "
+              f"{a.max_new_tokens} new tokens a turn; same answers with and without: "
+              f"{without['answers'] == with_['answers']}")
+        print("| turn | prompt tokens | s, every turn runs the whole conversation | s, kept between turns | ratio |")
+        print("|---|---|---|---|---|")
+        for i, (n, x, y) in enumerate(zip(without["prompt_tokens"], without["seconds"], with_["seconds"]), 1):
+            print(f"| {i} | {n} | {x:.2f} | {y:.2f} | {y / x:.2f}x |")
+        print(f"| all | | {sum(without['seconds']):.2f} | {sum(with_['seconds']):.2f} | "
+              f"{sum(with_['seconds']) / sum(without['seconds']):.2f}x |")
+        if a.json:
+            Path(a.json).write_text(json.dumps(runs, indent=2))
+        return
     prompts, eos = prompt_ids(model_dir, a.prompts, a.task, a.data)
     kinds = a.kinds.split(",")
     with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:

@@ -73,11 +73,15 @@ def chat(model, tok, *, system: str | None = None, context: int, max_new_tokens:
     """A conversation in the terminal: each line read is the user's turn; the model's answer is
     streamed back and kept, so later turns see the whole exchange. Where the conversation no
     longer fits ``context`` tokens (with room for ``max_new_tokens``), its earliest exchanges are
-    left out, and it says so. Commands: :data:`CHAT_HELP`; Ctrl-C stops an answer (its turn left
-    out), and at the prompt quits. ``read(prompt)`` gives each line (default: :func:`input`).
+    left out, and it says so. Each turn runs only the tokens its prompt does not share with the
+    last turn's prompt and answer (a :class:`~prefopt.model.kv_cache.PromptCache`). Commands:
+    :data:`CHAT_HELP`; Ctrl-C stops an answer (its turn left out), and at the prompt quits. ``read(prompt)`` gives each line (default: :func:`input`).
     Returns 0 at ``/exit`` or end of input."""
+    from .model.kv_cache import PromptCache
+
     out, read = out or sys.stdout, read or input  # input: line editing and history where readline is there
     turns: list[dict] = []
+    kept = PromptCache()  # the conversation's keys and values: each turn runs only what is new
 
     def say(text: str) -> None:
         out.write(f"({text})\n")
@@ -96,7 +100,7 @@ def chat(model, tok, *, system: str | None = None, context: int, max_new_tokens:
         if text in ("/exit", "/quit"):
             return 0
         if text == "/reset":
-            turns = []
+            turns, kept = [], PromptCache()
             say("a new conversation")
             continue
         if text == "/system" or text.startswith("/system "):
@@ -133,7 +137,8 @@ def chat(model, tok, *, system: str | None = None, context: int, max_new_tokens:
                 "left out from here on")
         out.write("model> ")
         try:
-            answer = stream_answer(model, tok, ids, out=out, max_new_tokens=max_new_tokens, **settings)
+            answer = stream_answer(model, tok, ids, out=out, max_new_tokens=max_new_tokens, prompt_cache=kept,
+                                   **settings)
         except KeyboardInterrupt:  # Ctrl-C stops this answer; at the prompt it quits
             turns.pop()
             out.write("\n")

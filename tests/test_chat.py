@@ -33,9 +33,18 @@ def converse(d, lines, monkeypatch, capsys, *flags):
     tok, real, asked = load_tokenizer(d), prefopt.model.generate, []
 
     def recorded(model, prompts, **kw):
+        kept = kw["prompt_cache"]
+        reused = next((i for i, (a, b) in enumerate(zip(kept.ids, prompts[0])) if a != b),
+                      min(len(kept.ids), len(prompts[0])))  # the tokens of this prompt the last turn ran
         new = real(model, prompts, **kw)
+        fresh = real(model, prompts, **{k: v for k, v in kw.items() if k not in ("prompt_cache", "on_step")})
+        assert new == fresh  # the conversation's cache changes no answer
+        recorded.reused.append(reused)
         asked.append((list(prompts[0]), tok.decode(new[0])))
         return new
+
+    recorded.reused = []
+    converse.reused = recorded.reused
 
     monkeypatch.setattr("builtins.input", read)
     monkeypatch.setattr(prefopt.model, "generate", recorded)
@@ -74,6 +83,11 @@ def test_each_turn_sees_the_whole_conversation_and_commands_steer_it(tiny, monke
     assert f"you> ({tmp_path / 'none.txt'}: No such file or directory)" in out
     assert any(x.startswith("you> (unknown command '/what'; /reset: a new conversation") for x in out)
     assert "you> (a new conversation)" in out and out[-1] == "you> "
+    # each turn runs only what it adds: the third reuses all of the second's prompt and some of its
+    # answer; the second, with a system message new in front, only the template's first tokens;
+    # /reset starts the cache afresh
+    assert converse.reused[0] == 0 and converse.reused[3] == 0
+    assert 0 < converse.reused[1] < 20 and len(p2) <= converse.reused[2] < len(p3)
 
 
 def test_a_conversation_past_the_context_drops_its_earliest_exchanges(tiny, monkeypatch, capsys):

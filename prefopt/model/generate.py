@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .kv_cache import KVCache
+from .kv_cache import KVCache, PromptCache
 from .repeats import RepeatGuard, check_repeat_options
 
 # Finished rows leave the batch once they are 1/COMPACT_AT of it. A decoding step reads every weight
@@ -117,6 +117,7 @@ def generate(
     stop: Callable[[int, list[int]], bool] | None = None,
     on_step: Callable[[list[list[int]]], None] | None = None,
     compact: bool = True,
+    prompt_cache: PromptCache | None = None,
 ) -> list[list[int]]:
     """Continue each prompt; return the new tokens of each (EOS included when produced).
 
@@ -146,6 +147,10 @@ def generate(
             before 2026-12-02. Either way a row's tokens are the same up to float rounding (a
             smaller batch can round a near tie the other way, as batching itself can).
 
+        prompt_cache: a :class:`~prefopt.model.kv_cache.PromptCache` kept between calls, for one
+            prompt at a time: the tokens this prompt shares with the last call's prompt and answer
+            are not run again (``prefopt chat``, whose every turn repeats the conversation so far).
+
     A start every prompt has (a system prompt, a task's instructions; :func:`shared_start`) is run
     once, not once per row, and its keys and values copied into each row of the KV cache.
     """
@@ -162,7 +167,15 @@ def generate(
         warnings.warn(f"a prompt of {T} tokens plus {max_new_tokens} new ones runs past the model's context of "
                       f"{context} positions (max_position_embeddings), which it was never trained on; the "
                       "output may degrade. Shorten the prompt or max_new_tokens.", stacklevel=2)
-    cache = KVCache(model.config, B, T + max_new_tokens, dtype=model.output_weight.dtype, device=device)
+    dtype, step_ids = model.output_weight.dtype, ids
+    if prompt_cache is not None:
+        if B != 1:
+            raise ValueError(f"prompt_cache serves one prompt at a time, got {B}")
+        step_ids = ids[:, prompt_cache.start(model.config, list(prompts[0]), max_new_tokens, dtype=dtype,
+                                             device=device):]
+        cache = prompt_cache.cache
+    else:
+        cache = KVCache(model.config, B, T + max_new_tokens, dtype=dtype, device=device)
     seeds = row_seeds(seed, prompts) if temperature > 0 else None
     gen = None if seeds is None else [torch.Generator(device=device).manual_seed(s) for s in seeds]
     eos = torch.tensor(list(eos_token_ids) or [-1], device=device)
@@ -171,7 +184,6 @@ def generate(
     guard = RepeatGuard(prompts, model.output_weight.shape[0], repetition_penalty=repetition_penalty,
                         no_repeat_ngram_size=no_repeat_ngram_size, scope=repeat_scope, device=device)
     live = list(range(B))  # the prompt each batch row answers; finished rows leave the batch
-    step_ids = ids
     shared = shared_start(prompts, model.config, T + max_new_tokens)
     if shared:
         step_ids, mask = _prefill_start(model, prompts, shared, cache, pad_token_id, device)
@@ -205,4 +217,6 @@ def generate(
             mask, step_ids, done = mask[keep], step_ids[keep], done[keep]
             gen = None if gen is None else [gen[j] for j in keep.tolist()]
             live = [live[j] for j in keep.tolist()]
+    if prompt_cache is not None:  # the cache holds the prompt and every new token but the last (never run)
+        prompt_cache.ids = list(prompts[0]) + out[0][:-1]
     return out

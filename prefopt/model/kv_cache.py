@@ -29,6 +29,20 @@ class KVCache:
         self.v[layer][:, :, self.length : end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def reserve(self, max_len: int) -> None:
+        """Room for ``max_len`` tokens in all: the entries so far copied into larger tensors where
+        the cache is shorter (by a quarter more than asked, so a conversation growing turn by turn
+        is not copied every turn)."""
+        if max_len <= self.max_len:
+            return
+        size = max_len + max_len // 4
+        for entries in (self.k, self.v):
+            for i, t in enumerate(entries):
+                grown = t.new_zeros((*t.shape[:2], size, t.shape[3]))
+                grown[:, :, :self.length] = t[:, :, :self.length]
+                entries[i] = grown
+        self.max_len = size
+
     def advance(self, n: int) -> None:
         self.length += n
 
@@ -47,3 +61,33 @@ class KVCache:
         """Keep only the batch ``rows`` (drop finished sequences)."""
         self.k = [t[rows] for t in self.k]
         self.v = [t[rows] for t in self.v]
+
+
+class PromptCache:
+    """The keys and values of one prompt and the answer to it, kept from one call of
+    ``generate(..., prompt_cache=)`` to the next (``prefopt chat``: each turn's prompt begins with
+    the last turn's prompt and answer, so only the tokens after what they share are run).
+
+    ``ids`` are the tokens whose entries the cache holds. A call that is stopped part way (Ctrl-C)
+    leaves ``ids`` at the tokens it kept from before, whose entries it did not touch.
+    """
+
+    def __init__(self):
+        self.cache: KVCache | None = None
+        self.ids: list[int] = []
+
+    def start(self, cfg: ModelConfig, prompt: list[int], room: int, *, dtype, device) -> int:
+        """Ready the cache for ``prompt`` and ``room`` tokens after it; returns how many of the
+        prompt's first tokens it holds already (all but the last at most: one must run, for the
+        next token's logits)."""
+        n, limit = 0, min(len(self.ids), len(prompt) - 1)
+        while n < limit and self.ids[n] == prompt[n]:
+            n += 1
+        c = self.cache
+        if c is None or c.k[0].dtype != dtype or c.k[0].device != torch.device(device) or len(c.k) != cfg.num_hidden_layers:
+            self.cache, n = KVCache(cfg, 1, len(prompt) + room, dtype=dtype, device=device), 0
+        else:
+            c.length = n
+            c.reserve(len(prompt) + room)
+        self.ids = list(prompt[:n])
+        return n

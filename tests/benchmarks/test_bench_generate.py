@@ -27,3 +27,20 @@ def test_bench_generate_runs_each_worker_on_the_same_prompts(tmp_path, monkeypat
                for r in runs.values())
     table = capsys.readouterr().out
     assert table.count("| 5/5 rows |") == 4 and "vs transformers generate: time" in table
+
+
+def test_bench_generate_times_a_conversation_with_and_without_its_cache(tmp_path, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("bench_generate", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    build_hf_model(tmp_path / "tiny", arch="llama", initializer_range=0.5)
+    out = tmp_path / "chat.json"
+    monkeypatch.setattr(sys, "argv", ["bench_generate.py", "--model", str(tmp_path / "tiny"), "--chat", "3",
+                                      "--max-new-tokens", "4", "--json", str(out)])
+    mod.main()
+    runs = json.loads(out.read_text())
+    assert runs["with"]["answers"] == runs["without"]["answers"] and len(runs["with"]["seconds"]) == 3
+    lengths = runs["with"]["prompt_tokens"]
+    assert lengths == runs["without"]["prompt_tokens"] and lengths[0] < lengths[1] < lengths[2]
+    table = capsys.readouterr().out
+    assert "same answers with and without: True" in table and table.count("x |") == 4

@@ -7,6 +7,7 @@ import torch
 from prefopt import generate, load_model, load_tokenizer
 from prefopt.model import KVCache
 from prefopt.model.generate import _prefill_start, left_pad, row_seeds, sample_next, shared_start
+from prefopt.model.kv_cache import PromptCache
 from tests._tiny import build_hf_model
 
 PROMPTS = [[5, 17, 33, 90, 4, 61, 7], [8, 9], [120, 44, 3, 3, 210, 11, 19, 300, 12, 15, 16]]
@@ -466,3 +467,44 @@ def test_what_counts_as_a_shared_start(tiny):
     one.advance(20)
     with pytest.raises(ValueError, match="a shared prefix of 20 tokens goes into an empty cache"):
         cache.share(one)
+
+
+def test_a_prompt_cache_runs_only_what_the_next_prompt_adds(tiny):
+    """A conversation's second turn repeats the first prompt and answer: with a PromptCache only
+    the tokens after them run (the answer's last token, never run, and the new turn), the cache
+    grows as needed, and every answer is the one a fresh call gives; a prompt that parts earlier
+    reuses what it shares, and a call stopped part way (Ctrl-C) leaves the cache usable."""
+    _, ours, _ = tiny
+    kept = PromptCache()
+    fed = []
+    hook = ours.register_forward_pre_hook(lambda m, args: fed.append(args[0].shape[1]))
+
+    def both(prompt, **kw):
+        fed.clear()
+        got = generate(ours, [prompt], max_new_tokens=8, prompt_cache=kept, **kw)
+        return got, list(fed), generate(ours, [prompt], max_new_tokens=8, **kw)
+
+    try:
+        first = PROMPTS[2]
+        got, runs, fresh = both(first)
+        assert got == fresh and runs == [len(first)] + [1] * 7 and kept.ids == first + got[0][:-1]
+        second = first + got[0] + [5, 6, 7]
+        got, runs, fresh = both(second)
+        assert got == fresh and runs == [4] + [1] * 7 and kept.cache.max_len >= len(second) + 8
+        third = first[:5] + [1, 2]  # parts after 5 tokens: those are reused
+        got, runs, fresh = both(third)
+        assert got == fresh and runs[0] == 2
+
+        def interrupt(rows):
+            if len(rows[0]) == 3:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            generate(ours, [second], max_new_tokens=8, prompt_cache=kept, on_step=interrupt)
+        assert kept.ids == third[:5]  # what it shared with the stopped prompt, untouched by it
+        got, runs, fresh = both(third + [9])
+        assert got == fresh and runs[0] == 3
+    finally:
+        hook.remove()
+    with pytest.raises(ValueError, match="prompt_cache serves one prompt at a time, got 2"):
+        generate(ours, PROMPTS[:2], max_new_tokens=2, prompt_cache=kept)
