@@ -3,10 +3,10 @@ from .checkpoint import CheckpointError, load_model, save_model
 from .config import ModelConfig, UnsupportedModelError
 from .generate import generate
 from .hub import ModelNotFoundError, resolve_model_dir
-from .kv_cache import KVCache
+from .kv_cache import KVCache, PromptCache
 from .transformer import Transformer
 
 __all__ = [
-    "CheckpointError", "KVCache", "ModelConfig", "ModelNotFoundError", "Transformer",
+    "CheckpointError", "KVCache", "ModelConfig", "ModelNotFoundError", "PromptCache", "Transformer",
     "UnsupportedModelError", "generate", "load_model", "resolve_model_dir", "save_model",
 ]

@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from prefopt import generate, load_model, load_tokenizer
-from prefopt.model import KVCache
+from prefopt.model import KVCache, PromptCache
 from prefopt.model.generate import _prefill_start, left_pad, row_seeds, sample_next, shared_start
-from prefopt.model.kv_cache import PromptCache
 from tests._tiny import build_hf_model
 
 PROMPTS = [[5, 17, 33, 90, 4, 61, 7], [8, 9], [120, 44, 3, 3, 210, 11, 19, 300, 12, 15, 16]]
