@@ -100,6 +100,26 @@ def sample_next(logits: torch.Tensor, *, temperature: float, top_p: float, gener
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def _first_step(model, prompts: Sequence[Sequence[int]], ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
+                pad_token_id: int, prompt_cache: PromptCache | None) -> tuple[KVCache, torch.Tensor, torch.Tensor]:
+    """The KV cache for :func:`generate` and what its first step runs: the token ids and the
+    attention mask. The whole left-padded batch; or with a ``prompt_cache``, what of the one prompt
+    it does not hold yet; or, after a start every prompt has run once (:func:`shared_start`), the
+    rest of each prompt."""
+    B, T = ids.shape
+    dtype, device = model.output_weight.dtype, ids.device
+    if prompt_cache is not None:
+        if B != 1:
+            raise ValueError(f"prompt_cache serves one prompt at a time, got {B}")
+        held = prompt_cache.start(model.config, list(prompts[0]), max_new_tokens, dtype=dtype, device=device)
+        return prompt_cache.cache, ids[:, held:], mask
+    cache = KVCache(model.config, B, T + max_new_tokens, dtype=dtype, device=device)
+    shared = shared_start(prompts, model.config, T + max_new_tokens)
+    if shared:
+        return cache, *_prefill_start(model, prompts, shared, cache, pad_token_id, device)
+    return cache, ids, mask
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -146,7 +166,6 @@ def generate(
             lengths). False keeps every row to the end, computing padding for finished ones, as
             before 2026-12-02. Either way a row's tokens are the same up to float rounding (a
             smaller batch can round a near tie the other way, as batching itself can).
-
         prompt_cache: a :class:`~prefopt.model.kv_cache.PromptCache` kept between calls, for one
             prompt at a time: the tokens this prompt shares with the last call's prompt and answer
             are not run again (``prefopt chat``, whose every turn repeats the conversation so far).
@@ -167,15 +186,7 @@ def generate(
         warnings.warn(f"a prompt of {T} tokens plus {max_new_tokens} new ones runs past the model's context of "
                       f"{context} positions (max_position_embeddings), which it was never trained on; the "
                       "output may degrade. Shorten the prompt or max_new_tokens.", stacklevel=2)
-    dtype, step_ids = model.output_weight.dtype, ids
-    if prompt_cache is not None:
-        if B != 1:
-            raise ValueError(f"prompt_cache serves one prompt at a time, got {B}")
-        step_ids = ids[:, prompt_cache.start(model.config, list(prompts[0]), max_new_tokens, dtype=dtype,
-                                             device=device):]
-        cache = prompt_cache.cache
-    else:
-        cache = KVCache(model.config, B, T + max_new_tokens, dtype=dtype, device=device)
+    cache, step_ids, mask = _first_step(model, prompts, ids, mask, max_new_tokens, pad_token_id, prompt_cache)
     seeds = row_seeds(seed, prompts) if temperature > 0 else None
     gen = None if seeds is None else [torch.Generator(device=device).manual_seed(s) for s in seeds]
     eos = torch.tensor(list(eos_token_ids) or [-1], device=device)
@@ -184,9 +195,6 @@ def generate(
     guard = RepeatGuard(prompts, model.output_weight.shape[0], repetition_penalty=repetition_penalty,
                         no_repeat_ngram_size=no_repeat_ngram_size, scope=repeat_scope, device=device)
     live = list(range(B))  # the prompt each batch row answers; finished rows leave the batch
-    shared = shared_start(prompts, model.config, T + max_new_tokens)
-    if shared:
-        step_ids, mask = _prefill_start(model, prompts, shared, cache, pad_token_id, device)
     for _ in range(max_new_tokens):
         h = model(step_ids, mask, kv_cache=cache, return_hidden=True)[:, -1]  # (rows, D)
         logits = model.logits(h).float()  # (rows, V)
