@@ -1,5 +1,5 @@
 """Training data: reading files, validating records, tokenizing, batching."""
-from .collate import pad_collate
+from .collate import packed_collate, pad_collate
 from .preference import PairExample, load_preferences, pair_collate, tokenize_pair
 from .readers import Records, read_rows
 from .records import DataError, PreferenceRecord, SFTRecord, parse_preference, parse_sft
@@ -7,5 +7,5 @@ from .sft import LoadReport, TokenizedExample, load_sft, tokenize_sft
 
 __all__ = [
     "DataError", "LoadReport", "PairExample", "PreferenceRecord", "load_preferences", "pair_collate", "tokenize_pair", "SFTRecord", "TokenizedExample", "load_sft",
-    "Records", "pad_collate", "parse_preference", "parse_sft", "read_rows", "tokenize_sft",
+    "Records", "packed_collate", "pad_collate", "parse_preference", "parse_sft", "read_rows", "tokenize_sft",
 ]

@@ -1,4 +1,4 @@
-"""Batching: right-pad token arrays into tensors; labels are -100 on padding."""
+"""Batching: right-pad token arrays into tensors (labels -100 on padding), or lay them end to end in one row."""
 from __future__ import annotations
 
 from array import array
@@ -34,3 +34,16 @@ def pad_collate(examples: Sequence, pad_id: int) -> dict[str, torch.Tensor]:
         labels[i, :n] = as_tensor(e.labels)
         mask[i, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def packed_collate(examples: Sequence) -> dict[str, torch.Tensor]:
+    """The examples laid end to end in one row, without padding: ``input_ids``, ``labels`` and an
+    all-ones ``attention_mask``, each ``(1, L)`` with L the examples' total length, and ``lengths``
+    ``(B,)``, for ``Transformer.forward(..., packed=lengths)``, which keeps each example to itself.
+    Each example's first label is -100: the shifted loss would otherwise ask the previous example's
+    last position for it (unpadded, the shift drops it anyway), so the loss is the padded batch's."""
+    ids = torch.cat([as_tensor(e.input_ids) for e in examples]).long()[None]
+    labels = torch.cat([as_tensor(e.labels) for e in examples]).long()
+    lengths = torch.tensor([len(e.input_ids) for e in examples], dtype=torch.long)
+    labels[torch.cumsum(lengths, 0) - lengths] = IGNORE
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels[None], "lengths": lengths}

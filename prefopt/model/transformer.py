@@ -39,6 +39,25 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
+class Packed:
+    """Sequences laid end to end in one row (``Transformer.forward(..., packed=lengths)``): each
+    ``(start, end, mask)`` span attends causally within itself, ``mask`` None or, for a span longer
+    than a sliding window, its own ``(1, 1, n, n)`` window mask."""
+
+    def __init__(self, lengths, window: int | None, device):
+        self.spans, start = [], 0
+        for n in lengths:
+            n = int(n)
+            m = _attention_mask(None, n, n, window, device) if window is not None and n > window else None
+            self.spans.append((start, start + n, m))
+            start += n
+        self.total = start
+
+    def positions(self, device) -> torch.Tensor:
+        """``(1, total)``: each sequence's positions from 0."""
+        return torch.cat([torch.arange(b - a, device=device) for a, b, _ in self.spans])[None]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -58,10 +77,14 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, Hkv, S, hd)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_kv != self.n_head
-        )  # (B, H, T, hd)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
+        gqa = self.n_kv != self.n_head
+        if isinstance(mask, Packed):  # each sequence of the row attends within itself only
+            y = torch.cat([F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], attn_mask=m,
+                                                          is_causal=m is None, enable_gqa=gqa)
+                           for a, b, m in mask.spans], dim=2)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))  # y: (B, H, T, hd)
 
 
 class MLP(nn.Module):
@@ -147,6 +170,7 @@ class Transformer(nn.Module):
         *,
         kv_cache: KVCache | None = None,
         return_hidden: bool = False,
+        packed=None,
     ) -> torch.Tensor:
         """Run the model.
 
@@ -162,13 +186,24 @@ class Transformer(nn.Module):
                 left-padded row gives the same result as the unpadded one.
             kv_cache: a :class:`KVCache` to read and extend (generation).
             return_hidden: return final hidden states ``(B, T, D)`` instead of logits.
+            packed: the lengths of sequences laid end to end in one row (``B = 1``, ``T`` their
+                sum; no padding, ``attention_mask`` and ``position_ids`` left out): each attends
+                within itself only, its positions counted from 0, as if it ran alone. SFT batches
+                run so (``TrainConfig.pack``): no compute is spent on padding.
 
         Returns:
             logits ``(B, T, V)`` in the model's dtype, or hidden states ``(B, T, D)``.
         """
         B, T = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
-        if attention_mask is not None and attention_mask.dim() == 4:
+        if packed is not None:
+            mask = Packed(packed, self.config.sliding_window, input_ids.device)
+            if B != 1 or mask.total != T or kv_cache is not None or position_ids is not None \
+                    or (attention_mask is not None and not bool(attention_mask.all())):
+                raise ValueError(f"packed sequences ({mask.total} tokens) run as one row of exactly them, without "
+                                 f"padding, position_ids or a KV cache; got input_ids of shape {(B, T)}")
+            position_ids = mask.positions(input_ids.device)
+        elif attention_mask is not None and attention_mask.dim() == 4:
             mask = _explicit_mask(attention_mask, position_ids, kv_cache, self.config.sliding_window)
         else:
             if position_ids is None:

@@ -89,6 +89,9 @@ class TrainConfig:
                                       "shows in every example; default: the day the run starts (a resumed run keeps "
                                       "its own)")
     group_by_length: bool = opt(False, "batch examples of similar length (less padding)")
+    pack: bool = opt(True, "SFT: lay each micro-batch's examples end to end in one row, each attending to itself "
+                           "only: no padding is computed, and the loss is the padded batch's (--no-pack: padded "
+                           "rows, as before 2026-12-02)")
     log_every: int = opt(1, "write metrics every N steps")
     eval_every: int = opt(0, "evaluate every N steps (0: only before and after training)")
     save_every: int = opt(0, "checkpoint every N steps (0: no intermediate checkpoints)")
@@ -235,10 +238,21 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
+    def recorded_defaults(cls) -> dict[str, Any]:
+        """What a checkpoint that does not record a setting ran with: its default, or for a setting
+        whose default is not what runs did before it existed (:data:`BEFORE_RECORDED`), that."""
+        return {**cls.defaults(), **{k: v for k, v in BEFORE_RECORDED.items() if k in cls.defaults()}}
+
+    @classmethod
     def defaults(cls) -> dict[str, Any]:
         """Each setting's default (those with one), as ``to_dict`` writes them."""
         return {f.name: f.default if f.default is not MISSING else f.default_factory()
                 for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING}
+
+
+# settings added with a default other than what runs did before them: a checkpoint written
+# without one ran so (SFT batches were padded rows before pack)
+BEFORE_RECORDED = {"pack": False}
 
 
 def no_eval_set(metric: str) -> str:

@@ -58,6 +58,7 @@ class DPOConfig(TrainConfig):
     sft_adapter: str | None = opt(None, "DPO after SFT: merge this adapter into the model and reference first; "
                                         "final/ then holds both updates")
     share_prompt: bool = opt(True, "one packed row per pair, so each prompt runs once")
+    pack: bool = opt(False, "SFT's (DPO packs each pair's prompt and answers: share_prompt)")
     lr: float = opt(5e-5, "peak learning rate (AdamW)")
 
     def __post_init__(self) -> None:
@@ -69,6 +70,8 @@ class DPOConfig(TrainConfig):
             errors.append("beta must be > 0")
         if self.text_windows:
             errors.append(WINDOWS_ARE_SFT)
+        if self.pack:
+            errors.append("pack is SFT's; DPO already runs each pair's prompt once in one packed row (share_prompt)")
         if not 0 <= self.label_smoothing < 0.5:
             errors.append("label_smoothing must be in [0, 0.5)")
         if self.ref_cache and Path(self.ref_cache).exists() and not Path(self.ref_cache).is_dir():

@@ -451,7 +451,7 @@ class Trainer:
 
     def _load_checkpoint(self, ckpt: Path) -> None:
         trainable, optimizer_state, state = ckpt_io.read_checkpoint(ckpt)
-        ckpt_io.check_resumable(ckpt, state.get("config"), self.config.to_dict(), self.config.defaults())
+        ckpt_io.check_resumable(ckpt, state.get("config"), self.config.to_dict(), self.config.recorded_defaults())
         check_same_data(ckpt, state.get("data"), self.train_data_digest)
         if state.get("world", 1) != self.dist.world:
             raise ValueError(f"{ckpt} was written by {state.get('world')} processes; resume with the same number")

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..data import Records, load_sft, pad_collate
+from ..data import Records, load_sft, packed_collate, pad_collate
 from ..data.sft import IGNORE, TokenizedExample
 from ..kernels import nll_sum
 from .distributed import head_operands
@@ -38,7 +38,7 @@ class SFTTrainer(Trainer):
         super().__init__(model, config, train_data, eval_data, **kw)
 
     def collate(self, examples):
-        return pad_collate(examples, self.pad_id)
+        return packed_collate(examples) if self.config.pack else pad_collate(examples, self.pad_id)
 
     def units(self, batch: Batch) -> int:
         return int((batch["labels"][:, 1:] != IGNORE).sum())
@@ -46,7 +46,10 @@ class SFTTrainer(Trainer):
     def loss_sum(self, model, batch):
         """Summed NLL of the response tokens. The model returns hidden states and only response
         positions reach the lm_head (``prefopt.kernels.nll_sum``): no ``(B, T, V)`` logits."""
-        hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)  # (B, T, D)
+        if "lengths" in batch:  # packed: one row, each example attending to itself (packed_collate)
+            hidden = model(batch["input_ids"], packed=batch["lengths"].tolist(), return_hidden=True)  # (1, L, D)
+        else:
+            hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)  # (B, T, D)
         hidden, weight = head_operands(model, hidden[:, :-1])
         return nll_sum(hidden, weight, batch["labels"][:, 1:], ignore_index=IGNORE), {}
 

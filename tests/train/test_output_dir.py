@@ -109,6 +109,20 @@ def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default(task,
     assert run_sft(_cfg(task, out, resume=True, save_every=1, max_steps=4))["resumed_from_step"] == 2
 
 
+def test_a_checkpoint_from_before_packing_resumes_padded_only(task, tmp_path):
+    """``pack`` came with a default (True) other than what runs did before it (padded rows): a
+    checkpoint that does not record it ran padded, so it resumes with --no-pack, not the default."""
+    out = tmp_path / "run"
+    run_sft(_cfg(task, out, save_every=1, max_steps=3, pack=False))
+    state_file = out / "checkpoints" / "step-00000002" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["config"]["pack"]
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"other settings \(pack: False -> True\)"):
+        run_sft(_cfg(task, out, resume=True, save_every=1, max_steps=4))
+    assert run_sft(_cfg(task, out, resume=True, save_every=1, max_steps=4, pack=False))["resumed_from_step"] == 2
+
+
 def test_resume_into_an_empty_folder_starts_a_new_run(task, tmp_path, capsys):
     """A job rerun with the same command after a preemption; the first run says it starts afresh."""
     summary = run_sft(_cfg(task, tmp_path / "fresh", resume=True))

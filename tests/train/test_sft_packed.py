@@ -1,0 +1,129 @@
+"""SFT with each micro-batch packed into one row (``TrainConfig.pack``): the model keeps each
+example to itself, so the loss and its gradients are the padded batch's, with no padding run."""
+from array import array
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from prefopt import apply_lora, load_model
+from prefopt.data import packed_collate
+from prefopt.data.sft import IGNORE
+from prefopt.lora import lora_state_dict
+from prefopt.train import SFTTrainer, TrainConfig
+from prefopt.train.metrics import read_metrics
+from tests._tiny import build_hf_model
+from tests.train._fixtures import write_task
+
+
+def _examples(lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i, n in enumerate(lengths):
+        ids = torch.randint(3, 400, (n,), generator=g).tolist()
+        cut = n // 2 if i % 2 == 0 else 0  # the prompt: no loss on it (none: a text record, every token trained)
+        out.append(SimpleNamespace(input_ids=array("i", ids), labels=array("i", [IGNORE] * cut + ids[cut:])))
+    return out
+
+
+def test_packed_collate_lays_examples_end_to_end_and_drops_each_first_label():
+    ex = _examples([3, 5, 2])
+    b = packed_collate(ex)
+    assert b["input_ids"].shape == (1, 10) and b["lengths"].tolist() == [3, 5, 2]
+    assert b["input_ids"][0].tolist() == [*ex[0].input_ids, *ex[1].input_ids, *ex[2].input_ids]
+    assert b["attention_mask"].tolist() == [[1] * 10]
+    want = [*ex[0].labels, *ex[1].labels, *ex[2].labels]
+    for start in (0, 3, 8):
+        want[start] = IGNORE
+    assert b["labels"][0].tolist() == want
+
+
+@pytest.mark.parametrize("arch, window", [("llama", None), ("mistral", 6)])
+def test_packed_rows_give_the_padded_batch_s_loss_and_gradients(tmp_path, arch, window):
+    """fp64, a tiny model with LoRA: the summed NLL and every LoRA gradient match the padded batch
+    to 1e-10; hidden states at each example's positions match it running alone. With a sliding
+    window of 6, examples longer than it get their own window mask."""
+    build_hf_model(tmp_path, arch=arch, tokenizer=False, **({"sliding_window": window} if window else {}))
+    model = apply_lora(load_model(tmp_path, dtype=torch.float64), r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    ex = _examples([7, 13, 4, 9])
+    trainer = SimpleNamespace(config=SimpleNamespace(pack=False), pad_id=0)
+    grads, losses = [], []
+    for pack in (False, True):
+        trainer.config.pack = pack
+        batch = SFTTrainer.collate(trainer, ex)
+        model.zero_grad()
+        loss, _ = SFTTrainer.loss_sum(trainer, model, batch)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        assert SFTTrainer.units(trainer, batch) == sum(sum(t != IGNORE for t in e.labels[1:]) for e in ex)
+    assert abs(losses[0] - losses[1]) < 1e-10 and losses[0] > 0
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(lora_state_dict(model))
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-10, rtol=0) for n in grads[0])
+    with torch.no_grad():
+        packed = packed_collate(ex)
+        h = model(packed["input_ids"], packed=packed["lengths"].tolist(), return_hidden=True)[0]
+        alone = model(torch.tensor([list(ex[1].input_ids)]), return_hidden=True)[0]
+        assert (h[7:20] - alone).abs().max().item() < 1e-10
+
+
+def test_packed_input_that_is_not_one_row_of_its_lengths_is_refused(tmp_path):
+    build_hf_model(tmp_path, tokenizer=False)
+    model = load_model(tmp_path)
+    with pytest.raises(ValueError, match=r"packed sequences \(5 tokens\) run as one row of exactly them"):
+        model(torch.ones(2, 5, dtype=torch.long), packed=[2, 3])
+    with pytest.raises(ValueError, match="without padding"):
+        model(torch.ones(1, 5, dtype=torch.long), torch.tensor([[1, 1, 1, 1, 0]]), packed=[2, 3])
+
+
+def test_sft_with_packing_trains_as_the_padded_run(tmp_path):
+    """The same seed and steps, packed and padded: the same losses (to float rounding), the loss
+    falls, the LoRA weights move; the step's token count is the real tokens, no padding."""
+    model_dir, data = write_task(tmp_path)
+    runs = {}
+    for pack in (False, True):
+        cfg = TrainConfig(model=str(model_dir), data=str(data), output_dir=str(tmp_path / f"p{pack}"), batch_size=4,
+                          max_steps=8, lr=3e-3, lora_r=8, lora_alpha=16, lora_dropout=0.0, warmup_steps=2,
+                          progress=False, pack=pack)
+        from prefopt.train.run import run_sft
+
+        run_sft(cfg)
+        runs[pack] = [m for m in read_metrics(cfg.output_dir) if "loss" in m]
+    padded, packed = runs[False], runs[True]
+    assert [m["loss"] for m in packed] == pytest.approx([m["loss"] for m in padded], rel=1e-4)
+    assert packed[-1]["loss"] < 0.7 * packed[0]["loss"]
+    assert [m["tokens"] for m in packed] == [m["tokens"] for m in padded]  # real tokens: padding never counted
+    a = lora_state_dict(load_model(model_dir, adapter=tmp_path / "pTrue" / "final"))
+    b = lora_state_dict(load_model(model_dir, adapter=tmp_path / "pFalse" / "final"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a) and any(v.abs().sum() > 0 for k, v in a.items()
+                                                                        if "lora_B" in k)
+
+
+def test_packed_rows_under_gradient_checkpointing_and_dpo_refusing_pack(tmp_path):
+    """Checkpointed layers recompute the packed attention (the same loss and gradients); DPO packs
+    its own way (share_prompt) and refuses ``pack``."""
+    from prefopt.train import DPOConfig
+
+    build_hf_model(tmp_path, tokenizer=False)
+    model = apply_lora(load_model(tmp_path, dtype=torch.float64), r=4, alpha=8, dropout=0.0)
+    trainer = SimpleNamespace(config=SimpleNamespace(pack=True), pad_id=0)
+    batch = SFTTrainer.collate(trainer, _examples([5, 11, 8]))
+    out = []
+    for ckpt in (False, True):
+        model.gradient_checkpointing = ckpt
+        model.train()
+        model.zero_grad()
+        loss, _ = SFTTrainer.loss_sum(trainer, model, batch)
+        loss.backward()
+        out.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    assert out[0][0] == pytest.approx(out[1][0], abs=1e-12)
+    assert all(torch.allclose(out[0][1][n], out[1][1][n], atol=1e-12) for n in out[0][1])
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    with pytest.raises(ValueError, match="pack is SFT's; DPO already runs each pair's prompt once"):
+        DPOConfig(model=str(tmp_path), data=str(data), output_dir=str(tmp_path / "o"), pack=True)
+    assert DPOConfig(model=str(tmp_path), data=str(data), output_dir=str(tmp_path / "o")).pack is False
