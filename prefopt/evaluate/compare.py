@@ -254,7 +254,8 @@ def _sft(cfg, task, train, out: Path, s: dict) -> None:
     data = out / "data" / "sft_train.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(data, jsonl_text({"prompt": task.messages(r), "completion": r.target} for r in train))
-    run_sft(_train_config(TrainConfig, cfg, s, "sft", data, out / "sft" / "train", save_every=0, resume=False))
+    run_sft(_train_config(TrainConfig, cfg, s, "sft", data, out / "sft" / "train", save_every=0, resume=False,
+                          pack=s["pack"]))
 
 
 def _pairs(cfg, task, tok, train, out: Path, s: dict, keep: dict | None = None) -> Path:

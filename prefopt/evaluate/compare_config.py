@@ -26,13 +26,13 @@ PRESETS = {
               "max_length": 384, "sft_lr": 3e-4, "dpo_lr": 1e-4, "beta": 0.1, "eval_batch_size": 16,
               "max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
               "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None,
-              "dpo_patience": None, "dpo_max_p": None, "confidence": True, **LORA},
+              "dpo_patience": None, "dpo_max_p": None, "confidence": True, "pack": True, **LORA},
     "full": {"max_train": None, "test": 0.2, "sft_steps": None, "dpo_steps": None, "sft_epochs": 2.0,
              "dpo_epochs": 1.0, "batch_size": 8, "dpo_batch_size": 4, "max_length": 1024, "sft_lr": 2e-4,
              "dpo_lr": 5e-5, "beta": 0.1, "eval_batch_size": 16, "max_new_tokens": None,
              "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
              "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None,
-             "dpo_patience": None, "dpo_max_p": None, "confidence": True, **LORA},
+             "dpo_patience": None, "dpo_max_p": None, "confidence": True, "pack": True, **LORA},
     # val None: no validation set. A count (>= 1) or fraction (< 1) of the items is held out of both
     # training stages; DPO then answers them every dpo_eval_every steps (None: about ten times a run) and the
     # weights that score best on the task's primary metric are the "dpo" stage (step 0: the SFT model itself);
@@ -44,6 +44,8 @@ PRESETS = {
     # max_new_tokens None: the task's, raised where its reference answers are longer (runner.fit_max_new_tokens);
     # repetition_penalty, no_repeat_ngram_size None: none (greedy decoding as it is); repeat_scope None: "all";
     # gradient_checkpointing: less memory, more time;
+    # pack True: SFT lays each batch's examples end to end in one row (no padding computed; the same loss; the
+    # LoRA dropout draws alone differ), false: padded rows, as every run before 2026-12-02;
     # lora_r, lora_alpha, lora_dora, lora_rslora, lora_dropout: each stage's adapter (rank; alpha: scaled by
     # alpha / r, or alpha / sqrt(r) with lora_rslora; DoRA or plain LoRA; dropout on its input);
     # lora_targets None (every attention and MLP projection) or the layers that get one ("q_proj,v_proj,lm_head");
@@ -104,7 +106,7 @@ class CompareConfig:
         s = {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}
         check_numbers(s)
         check_settings(s)
-        for name in ("confidence", "lora_dora", "lora_rslora"):
+        for name in ("confidence", "lora_dora", "lora_rslora", "pack"):
             if not isinstance(s[name], bool):
                 raise ValueError(f"{name}: true or false (got {s[name]!r})")
         check_lora_targets(s)
@@ -196,7 +198,9 @@ def check_numbers(s: dict) -> None:
 _REPORT_ONLY = ("output", "n_resamples")
 # where it runs: a run started on a CPU may finish on a GPU (metrics.json says where each evaluation ran)
 _MACHINE_ONLY = ("device", "eval_dtype")
-_MEMORY_ONLY = ("gradient_checkpointing",)  # change memory and time, not results: a run may resume with them
+# change memory and time, not results (pack: only through LoRA dropout's draws, an equally likely path): a run
+# may resume with another value
+_MEMORY_ONLY = ("gradient_checkpointing", "pack")
 # decide only which trained weights the "dpo" stage is (selection.require_gain): a finished run may be given
 # another value; the decision is made again, and the stage evaluated again only if its weights changed
 _DECISION_ONLY = ("dpo_max_p",)
@@ -205,7 +209,7 @@ _SCORING_ONLY = ("confidence",)
 # settings added after runs were made, with the values those runs used
 _ADDED_SETTINGS = {"max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None,
                    "repeat_scope": None, "gradient_checkpointing": False, "val": None, "dpo_eval_every": None,
-                   "dpo_min_gain": None, "dpo_patience": None, "dpo_max_p": None, **LORA}
+                   "dpo_min_gain": None, "dpo_patience": None, "dpo_max_p": None, "pack": False, **LORA}
 
 
 def _eval_only(config: dict) -> tuple[str, ...]:

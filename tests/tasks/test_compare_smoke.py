@@ -210,7 +210,7 @@ def test_portal_compare_resumes_and_mines_model_errors(tiny_model, tmp_path, cap
         assert next(iter(change)) in str(err.value)
         # what may change instead; not decoding here, where the SFT model's answers became the pairs
         assert str(err.value).endswith("(A finished run may be rerun with another dpo_max_p, confidence, "
-                                       "gradient_checkpointing, "
+                                       "gradient_checkpointing, pack, "
                                        "--n-resamples, --device or --eval-dtype: they train nothing.)")
     assert json.loads((out / "compare_config.json").read_text())["loss"] == "sigmoid"  # untouched
     run_compare(CompareConfig(**{**asdict(cfg), "n_resamples": 100}))  # report-only: allowed
@@ -982,3 +982,27 @@ def test_a_compare_run_keeps_the_date_its_chat_template_prints(dated_model, tmp_
     with pytest.raises(ValueError, match="chat_date must be a date as YYYY-MM-DD"):
         run_compare(CompareConfig(**{**asdict(cfg), "output": str(tmp_path / "other"), "chat_date": "tomorrow"}))
     assert not (tmp_path / "other").exists()
+
+
+def test_compare_packs_sft_by_default_and_set_pack_false_pads(tiny_model, tmp_path):
+    """``pack`` reaches the SFT stage (True by default, ``--set pack=false`` padded); a run may resume
+    with another value, as with gradient_checkpointing, and a run recorded before it existed counts as
+    padded."""
+    from prefopt.evaluate.compare_config import _flat
+
+    runs = {}
+    for pack in (True, False):
+        out = tmp_path / f"run{pack}"
+        over = {**TINY} if pack else {**TINY, "pack": False}
+        run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), overrides=over))
+        runs[pack] = json.loads((out / "sft" / "train" / "train_config.json").read_text())["pack"]
+        assert json.loads((out / "compare_config.json").read_text())["settings"]["pack"] is pack
+    assert runs == {True: True, False: False}
+    # resumes with the other value: nothing to retrain, no refusal
+    run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "runFalse"),
+                              overrides={**TINY}))
+    old = {"settings": {"beta": 0.1}}
+    assert "settings.pack" not in _flat(old)  # compared as neither: resuming never depends on it
+    with pytest.raises(ValueError, match="pack: true or false"):
+        CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "x"),
+                      overrides={"pack": "no"}).settings()
