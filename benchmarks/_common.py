@@ -155,3 +155,24 @@ def preference_records(n: int, seed: int = 0, max_chars: int = 700) -> list[dict
                 " ".join(rng.choices(words, k=6))) for _ in range(n)]
     return [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": c}],
              "rejected": [{"role": "assistant", "content": r}]} for q, c, r in out]
+
+
+def report_two_sft_runs(a: argparse.Namespace, runs: dict, column: str, ratio: str) -> None:
+    """Print two prefopt SFT runs (bench_sft.py's worker, in ``runs`` by kind) as a markdown table,
+    ``column`` heading the kinds, and the second's throughput and peak RSS over the first's, after
+    ``ratio``; write them to ``a.json`` where given (bench_lora_layers.py, bench_pack.py)."""
+    import platform
+
+    mib = 1024**2
+    print(f"model {a.model}, fp32 weights, CPU ({platform.machine()}), batch {a.batch_size}, max_length "
+          f"{a.max_length}, {a.steps} steps ({a.warmup} untimed), LoRA r16/a32/d0.05 on {len(TARGETS)} projections")
+    print(f"| {column} | tokens/s | s/step | peak RSS (MiB) | loss, last 3 steps |")
+    print("|---|---|---|---|---|")
+    for kind, r in runs.items():
+        print(f"| {kind.replace('_', ' ')} | {r['tokens_per_s']:.0f} | {r['s_per_step']:.2f} | "
+              f"{r['peak_rss'] / mib:.0f} | {r['last_loss']:.4f} |")
+    first, second = runs.values()
+    print(f"{ratio}: throughput {second['tokens_per_s'] / first['tokens_per_s']:.2f}x, "
+          f"peak RSS {second['peak_rss'] / first['peak_rss']:.2f}x")
+    if a.json:
+        Path(a.json).write_text(json.dumps(runs, indent=2))

@@ -13,12 +13,11 @@ each in a fresh process, the same records, steps and seed.
 from __future__ import annotations
 
 import json
-import platform
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import TARGETS, chat_records, run_trainer_workers, trainer_bench_parser  # noqa: E402
+from _common import chat_records, report_two_sft_runs, run_trainer_workers, trainer_bench_parser  # noqa: E402
 from bench_sft import prefopt_worker  # noqa: E402
 
 
@@ -29,22 +28,8 @@ def main() -> None:
         kind, a.model_dir, a.data, a.out = a.worker
         print(json.dumps(prefopt_worker(a, pack=kind == "packed")))
         return
-    records = chat_records(a.batch_size * a.steps)
-    runs = run_trainer_workers(__file__, a, records, ["padded", "packed"])
-    mib = 1024**2
-    print(f"model {a.model}, fp32 weights, CPU ({platform.machine()}), batch {a.batch_size}, max_length "
-          f"{a.max_length}, {a.steps} steps ({a.warmup} untimed), LoRA r16/a32/d0.05 on {len(TARGETS)} projections")
-    print("| batches | real tokens/s | s/step | peak RSS (MiB) | loss, last 3 steps |")
-    print("|---|---|---|---|---|")
-    for kind, r in runs.items():
-        print(f"| {kind} | {r['tokens_per_s']:.0f} | {r['s_per_step']:.2f} | {r['peak_rss'] / mib:.0f} | "
-              f"{r['last_loss']:.4f} |")
-    padded, packed = runs.values()
-    print(f"packed / padded: throughput {packed['tokens_per_s'] / padded['tokens_per_s']:.2f}x, "
-          f"peak RSS {packed['peak_rss'] / padded['peak_rss']:.2f}x")
-    if a.json:
-        Path(a.json).write_text(json.dumps(runs, indent=2))
-
+    runs = run_trainer_workers(__file__, a, chat_records(a.batch_size * a.steps), ["padded", "packed"])
+    report_two_sft_runs(a, runs, "batches", "packed / padded")
 
 if __name__ == "__main__":
     main()
