@@ -9,11 +9,17 @@ from tests._tiny import build_hf_model
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_generate.py"
 
 
-def test_bench_generate_runs_each_worker_on_the_same_prompts(tmp_path, monkeypatch, capsys):
+def _bench(tmp_path):
+    """The benchmark as a module, and a tiny model at ``tmp_path / "tiny"``."""
     spec = importlib.util.spec_from_file_location("bench_generate", BENCH)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     build_hf_model(tmp_path / "tiny", arch="llama", initializer_range=0.5)
+    return mod
+
+
+def test_bench_generate_runs_each_worker_on_the_same_prompts(tmp_path, monkeypatch, capsys):
+    mod = _bench(tmp_path)
     out = tmp_path / "gen.json"
     monkeypatch.setattr(sys, "argv", ["bench_generate.py", "--model", str(tmp_path / "tiny"), "--prompts", "5",
                                       "--batch-size", "2", "--max-new-tokens", "6", "--repeats", "1", "--json", str(out)])
@@ -30,10 +36,7 @@ def test_bench_generate_runs_each_worker_on_the_same_prompts(tmp_path, monkeypat
 
 
 def test_bench_generate_times_a_conversation_with_and_without_its_cache(tmp_path, monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location("bench_generate", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    build_hf_model(tmp_path / "tiny", arch="llama", initializer_range=0.5)
+    mod = _bench(tmp_path)
     out = tmp_path / "chat.json"
     monkeypatch.setattr(sys, "argv", ["bench_generate.py", "--model", str(tmp_path / "tiny"), "--chat", "3",
                                       "--max-new-tokens", "4", "--json", str(out)])
