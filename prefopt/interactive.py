@@ -75,8 +75,9 @@ def chat(model, tok, *, system: str | None = None, context: int, max_new_tokens:
     longer fits ``context`` tokens (with room for ``max_new_tokens``), its earliest exchanges are
     left out, and it says so. Each turn runs only the tokens its prompt does not share with the
     last turn's prompt and answer (a :class:`~prefopt.model.kv_cache.PromptCache`). Commands:
-    :data:`CHAT_HELP`; Ctrl-C stops an answer (its turn left out), and at the prompt quits. ``read(prompt)`` gives each line (default: :func:`input`).
-    Returns 0 at ``/exit`` or end of input."""
+    :data:`CHAT_HELP`; Ctrl-C stops an answer (its turn left out), and at the prompt quits.
+    ``read(prompt)`` gives each line (default: :func:`input`). Returns 0 at ``/exit`` or end of
+    input."""
     from .model.kv_cache import PromptCache
 
     out, read = out or sys.stdout, read or input  # input: line editing and history where readline is there

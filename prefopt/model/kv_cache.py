@@ -84,7 +84,8 @@ class PromptCache:
         while n < limit and self.ids[n] == prompt[n]:
             n += 1
         c = self.cache
-        if c is None or c.k[0].dtype != dtype or c.k[0].device != torch.device(device) or len(c.k) != cfg.num_hidden_layers:
+        if (c is None or c.k[0].dtype != dtype or c.k[0].device != torch.device(device)
+                or len(c.k) != cfg.num_hidden_layers):
             self.cache, n = KVCache(cfg, 1, len(prompt) + room, dtype=dtype, device=device), 0
         else:
             c.length = n

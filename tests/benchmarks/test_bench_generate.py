@@ -22,13 +22,14 @@ def test_bench_generate_runs_each_worker_on_the_same_prompts(tmp_path, monkeypat
     mod = _bench(tmp_path)
     out = tmp_path / "gen.json"
     monkeypatch.setattr(sys, "argv", ["bench_generate.py", "--model", str(tmp_path / "tiny"), "--prompts", "5",
-                                      "--batch-size", "2", "--max-new-tokens", "6", "--repeats", "1", "--json", str(out)])
+                                      "--batch-size", "2", "--max-new-tokens", "6", "--repeats", "1",
+                                      "--json", str(out)])
     mod.main()
     runs = json.loads(out.read_text())
     assert list(runs) == ["transformers", "before", "compact", "default"]
     rows = runs["transformers"]["rows"]
     assert len(rows) == 5 and all(1 <= len(r) <= 6 for r in rows)
-    assert runs["before"]["rows"] == runs["compact"]["rows"] == runs["default"]["rows"] == rows  # greedy: the same tokens
+    assert runs["before"]["rows"] == runs["compact"]["rows"] == runs["default"]["rows"] == rows  # greedy: same tokens
     assert all(r["seconds"] > 0 and r["peak_rss"] > 0 and r["new_tokens"] == sum(map(len, rows))
                for r in runs.values())
     table = capsys.readouterr().out
