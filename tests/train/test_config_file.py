@@ -147,3 +147,16 @@ def test_columns_load_from_a_mapping_entries_or_text_and_bad_ones_are_named(tmp_
     args = parse_args(["dpo", "--model", "m", "--output-dir", "o", "--columns", "prompt=Patient message",
                        "chosen=Clinician answer"])
     assert typed_value("dict[str, str]", args.columns) == want
+
+
+def test_trl_s_packing_names_point_to_pack(tmp_path, data):
+    """TRL's ``packing`` and ``padding_free`` are prefopt's ``pack`` (SFT, on by default)."""
+    from prefopt.train import TrainConfig
+
+    j = tmp_path / "c.json"
+    for name in ("packing", "padding_free"):
+        j.write_text(f'{{"model": "m", "data": "{data}", "output_dir": "o", "{name}": true}}')
+        with pytest.raises(ValueError, match=rf"unknown setting '{name}' \(prefopt calls it 'pack'\)"):
+            TrainConfig.from_file(j)
+    j.write_text(f'{{"model": "m", "data": "{data}", "output_dir": "o", "pack": false}}')
+    assert TrainConfig.from_file(j).pack is False and TrainConfig(model="m", data=str(data), output_dir="o").pack
