@@ -91,7 +91,6 @@ def same_layers(scopes: list[tuple[int, ...] | None]) -> tuple[int, ...] | None:
     return layers.pop()
 
 
-
 def stack_adapters(first: tuple[LoRAConfig, dict[str, torch.Tensor]], second: tuple[LoRAConfig, dict[str, torch.Tensor]]
                    ) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
     """One adapter equal to ``first`` followed by ``second`` (each a config and its tensors under

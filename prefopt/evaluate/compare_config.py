@@ -164,6 +164,7 @@ def check_lora_layers(s: dict) -> None:
         raise ValueError(f"lora_{e}") from None
     s["lora_layers"] = str(v)
 
+
 def check_numbers(s: dict) -> None:
     """The preset settings that are counts or rates, checked before the run claims its folder
     (``--set sft_steps=0`` used to fail after the base model's evaluation, naming ``max_steps``);

@@ -241,7 +241,8 @@ class TrainConfig:
     def recorded_defaults(cls) -> dict[str, Any]:
         """What a checkpoint that does not record a setting ran with: its default, or for a setting
         whose default is not what runs did before it existed (:data:`BEFORE_RECORDED`), that."""
-        return {**cls.defaults(), **{k: v for k, v in BEFORE_RECORDED.items() if k in cls.defaults()}}
+        defaults = cls.defaults()
+        return {**defaults, **{k: v for k, v in BEFORE_RECORDED.items() if k in defaults}}
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
