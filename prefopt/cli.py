@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_make_pairs(sub)
 
     c = sub.add_parser("convert-gguf", help="import a GGUF file into an HF-layout folder")
-    c.add_argument("gguf", help="path to a .gguf file (llama architecture)")
+    c.add_argument("gguf", help="path to a .gguf file (llama or qwen2 architecture)")
     c.add_argument("out_dir")
     c.add_argument("--dtype", choices=DTYPES, default="float32")
     c.add_argument("--overwrite", action="store_true", help="replace an OUT_DIR that holds files already")

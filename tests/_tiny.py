@@ -110,8 +110,9 @@ def build_hf_model(out: Path, arch: str = "llama", seed: int = 0, tokenizer: boo
 
 
 def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "smollm") -> Path:
-    """Write ``hf_dir`` (a tiny llama saved by :func:`build_hf_model`) as a llama.cpp GGUF file,
-    permuting q/k the way llama.cpp's converter does and quantizing 2-D weights to ``qtype``."""
+    """Write ``hf_dir`` (a tiny llama or qwen2 saved by :func:`build_hf_model`) as a llama.cpp
+    GGUF file of that architecture, permuting llama's q/k rows the way llama.cpp's converter does
+    (its qwen2 keeps HF's order) and quantizing 2-D weights to ``qtype``."""
     import gguf
     import numpy as np
     from safetensors.torch import load_file
@@ -121,7 +122,8 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     cfg = json.loads((hf_dir / "config.json").read_text())
     tok = json.loads((hf_dir / "tokenizer.json").read_text())
     tcfg = json.loads((hf_dir / "tokenizer_config.json").read_text())
-    w = gguf.GGUFWriter(str(path), "llama")
+    arch = cfg["model_type"]
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(cfg["num_hidden_layers"])
     w.add_context_length(cfg["max_position_embeddings"])
     w.add_embedding_length(cfg["hidden_size"])
@@ -158,9 +160,9 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
         else:
             parts = name.split(".")  # model.layers.N.<module>.<leaf>.weight
             gname = f"blk.{parts[2]}.{layer['.'.join(parts[3:-1])]}.{parts[-1]}"
-        if name.endswith("q_proj.weight"):
+        if arch == "llama" and name.endswith("q_proj.weight"):
             t = permute_qk(t, cfg["num_attention_heads"])
-        elif name.endswith("k_proj.weight"):
+        elif arch == "llama" and name.endswith("k_proj.weight"):
             t = permute_qk(t, cfg["num_key_value_heads"])
         arr = t.float().numpy()
         if t.ndim == 2 and qtype != "F32":

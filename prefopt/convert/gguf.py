@@ -1,10 +1,11 @@
 """Import a llama.cpp GGUF file into an HF-layout folder (needs the ``gguf`` extra).
 
-What it does:
+Architectures: ``llama`` (Llama 2/3, Mistral, SmolLM2, as llama.cpp's converter writes them) and
+``qwen2`` (Qwen2/2.5: q/k/v biases, rows in HF's order). What it does:
 - reads the model hyper-parameters from the GGUF metadata into ``config.json``;
 - dequantizes every tensor (Q4_0/Q4_1/Q8_0/K-quants... via ``gguf.quants``) to float;
-- undoes llama.cpp's q/k row permutation, which reorders each head's rows from HF's
-  rotate-half RoPE layout into interleaved pairs;
+- for ``llama``, undoes llama.cpp's q/k row permutation, which reorders each head's rows from
+  HF's rotate-half RoPE layout into interleaved pairs (``qwen2`` files keep HF's order);
 - renames tensors to HF names (``blk.3.attn_q.weight`` → ``model.layers.3.self_attn.q_proj.weight``);
 - rebuilds ``tokenizer.json`` (byte-level BPE) and ``tokenizer_config.json`` (special
   tokens, chat template) from the ``tokenizer.ggml.*`` metadata.
@@ -45,13 +46,21 @@ _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Qwen2's split (llama.cpp's "qwen2"): as Llama 3's, but each digit on its own
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _PRE_TOKENIZERS = {
     "gpt2": ("bytelevel", _GPT2_SPLIT),
     "default": ("bytelevel", _GPT2_SPLIT),
     "smollm": ("digits+bytelevel", _GPT2_SPLIT),
     "starcoder": ("digits+bytelevel", _GPT2_SPLIT),
     "llama-bpe": ("split+bytelevel", _LLAMA3_SPLIT),
+    "qwen2": ("split+bytelevel", _QWEN2_SPLIT),
 }
+# GGUF architecture -> prefopt model_type
+_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
 
 
@@ -59,7 +68,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype=torch.floa
     """Write an HF-layout folder for ``gguf_path`` into ``out_dir`` and return it.
 
     Args:
-        gguf_path: a llama.cpp GGUF file of the ``llama`` architecture.
+        gguf_path: a llama.cpp GGUF file of the ``llama`` or ``qwen2`` architecture.
         out_dir: the folder to write (created).
         dtype: dtype of the saved weights; float32 keeps dequantized values exact.
     """
@@ -77,6 +86,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype=torch.floa
     writer = ShardWriter(out)
     tensors = reader.tensors
     bar = _bar(tensors, progress)
+    permuted = cfg.model_type == "llama"  # llama.cpp's qwen2 reads q/k rows in HF's order
     for t in bar:
         name = _hf_name(t.name, gguf_path)
         if name is None:
@@ -85,9 +95,9 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype=torch.floa
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists dims innermost first
         if tuple(w.shape) != shape:
             raise ValueError(f"{gguf_path}: tensor {t.name!r} dequantized to {tuple(w.shape)}, expected {shape}")
-        if name.endswith("self_attn.q_proj.weight"):
+        if permuted and name.endswith("self_attn.q_proj.weight"):
             w = unpermute_qk(w, cfg.num_attention_heads)
-        elif name.endswith("self_attn.k_proj.weight"):
+        elif permuted and name.endswith("self_attn.k_proj.weight"):
             w = unpermute_qk(w, cfg.num_key_value_heads)
         writer.add(name, w.to(dtype))
     writer.close()
@@ -160,8 +170,10 @@ def _f32(x) -> float:
 
 def _config(meta: _Metadata, *, tied: bool) -> ModelConfig:
     arch = meta.need("general.architecture")
-    if arch != "llama":
-        raise UnsupportedModelError(f"{meta.path}: GGUF architecture {arch!r} is not supported; only 'llama'")
+    if arch not in _ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"{meta.path}: GGUF architecture {arch!r} is not supported; prefopt imports {sorted(_ARCHITECTURES)}"
+        )
     a = f"{arch}."
     n_head = meta.need(a + "attention.head_count")
     hidden = meta.need(a + "embedding_length")
@@ -186,7 +198,8 @@ def _config(meta: _Metadata, *, tied: bool) -> ModelConfig:
         rope_scaling=scaling,
         max_position_embeddings=meta.get(a + "context_length", 2048),
         tie_word_embeddings=tied,
-        model_type="llama",
+        attention_bias=arch == "qwen2",  # Qwen2's q/k/v always carry one
+        model_type=_ARCHITECTURES[arch],
         bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
         eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
         pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
@@ -248,7 +261,7 @@ def _write_tokenizer(meta: _Metadata, out: Path) -> None:
         "pad_token": token("padding") or token("eos"),
         "add_bos_token": add_bos,
         "clean_up_tokenization_spaces": False,
-        "model_max_length": meta.get("llama.context_length", 2048),
+        "model_max_length": meta.get(f"{meta.need('general.architecture')}.context_length", 2048),
     }
     template = meta.get("tokenizer.chat_template")
     if template:

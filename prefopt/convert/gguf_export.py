@@ -24,14 +24,9 @@ import torch
 
 from .._deps import progress, require
 from ..model.config import UnsupportedModelError
-from .gguf import _GLOBAL_NAMES, _LAYER_NAMES, _LLAMA3_SPLIT, permute_qk
+from .gguf import _GLOBAL_NAMES, _LAYER_NAMES, _LLAMA3_SPLIT, _QWEN2_SPLIT, permute_qk
 
 TYPES = ("f32", "f16", "q8_0")
-# Qwen2's split before BPE (llama.cpp's "qwen2"): as Llama 3's, but each digit on its own
-_QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 _FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}  # llama.cpp's general.file_type: ALL_F32, MOSTLY_F16, MOSTLY_Q8_0
 _NORMAL, _CONTROL, _USER_DEFINED, _UNUSED = 1, 3, 4, 5  # llama.cpp token types
 _TO_GGUF = {hf: g for g, hf in _GLOBAL_NAMES.items()}

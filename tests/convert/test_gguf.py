@@ -86,3 +86,43 @@ def test_a_missing_or_broken_gguf_file_is_named(src, tmp_path):
         with pytest.raises(ValueError, match=f"{name}: not a GGUF file, or a damaged one"):
             convert_gguf(tmp_path / name, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_qwen2_gguf_imports_with_its_biases_and_hf_row_order(tmp_path, tied):
+    """llama.cpp's qwen2 architecture: q/k/v biases, q/k rows left in HF's order (no permutation
+    to undo) and Qwen2's RoPE base, read from ``qwen2.*`` metadata."""
+    hf = build_hf_model(tmp_path / "hf", arch="qwen2", rope_theta=1e6, tie_word_embeddings=tied)
+    path = write_tiny_gguf(tmp_path / "hf", tmp_path / "q.gguf")
+    assert gguf.GGUFReader(str(path)).fields["general.architecture"].contents() == "qwen2"
+    out = convert_gguf(path, tmp_path / "out", progress=False)
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["model_type"], cfg["architectures"], cfg["tie_word_embeddings"]) == ("qwen2", ["Qwen2ForCausalLM"], tied)
+    assert cfg.get("rope_theta", cfg.get("rope_parameters", {}).get("rope_theta")) == 1e6
+    with torch.no_grad():
+        want = hf(IDS).logits
+        assert (load_model(out)(IDS) - want).abs().max().item() < 1e-5
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()  # the folder, as HF reads it
+    with torch.no_grad():
+        assert (theirs(IDS).logits - want).abs().max().item() < 1e-5
+
+
+def test_q8_qwen2_gguf_matches_transformers_own_gguf_loader(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    build_hf_model(tmp_path / "hf", arch="qwen2", rope_theta=1e6, intermediate_size=128, tie_word_embeddings=False)
+    path = write_tiny_gguf(tmp_path / "hf", tmp_path / "q.gguf", qtype="Q8_0")
+    ours = load_model(convert_gguf(path, tmp_path / "out", progress=False))
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="q.gguf", dtype=torch.float32)
+    with torch.no_grad():
+        assert (ours(IDS) - theirs.eval()(IDS).logits).abs().max().item() < 1e-4
+
+
+def test_an_architecture_prefopt_does_not_implement_is_refused_by_name(src, tmp_path):
+    path = write_tiny_gguf(src[1], tmp_path / "m.gguf")
+    data = path.read_bytes()
+    # same length, so the file stays well-formed: "llama" -> "gemma" in general.architecture and its keys
+    (tmp_path / "g.gguf").write_bytes(data.replace(b"llama", b"gemma"))
+    with pytest.raises(UnsupportedModelError, match=r"g\.gguf: GGUF architecture 'gemma' is not supported; "
+                                                    r"prefopt imports \['llama', 'qwen2'\]"):
+        convert_gguf(tmp_path / "g.gguf", tmp_path / "out", progress=False)

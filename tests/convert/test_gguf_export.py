@@ -157,8 +157,7 @@ def _tokenizer(out, style: str) -> None:
 
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    from prefopt.convert.gguf import _LLAMA3_SPLIT
-    from prefopt.convert.gguf_export import _QWEN2_SPLIT
+    from prefopt.convert.gguf import _LLAMA3_SPLIT, _QWEN2_SPLIT
     from tests._tiny import CHATML, SPECIALS
 
     tk = Tokenizer(models.BPE())
@@ -184,10 +183,11 @@ def _tokenizer(out, style: str) -> None:
         "pad_token": "<|eot_id|>", "chat_template": CHATML}))
 
 
-@pytest.mark.parametrize("style, pre", [("llama3", "llama-bpe"), ("gpt2", "gpt2")])
+@pytest.mark.parametrize("style, pre", [("llama3", "llama-bpe"), ("gpt2", "gpt2"), ("qwen2", "qwen2")])
 def test_other_tokenizer_styles_survive_export_and_import(tmp_path, style, pre):
-    """Llama 3's split regex with a BOS on every text, and GPT-2's plain byte-level split: named
-    for llama.cpp as its converter names them, and read back to the same ids, BOS included."""
+    """Llama 3's split regex with a BOS on every text, GPT-2's plain byte-level split and Qwen2's
+    (single digits): named for llama.cpp as its converter names them, and read back to the same
+    ids, BOS included."""
     build_hf_model(tmp_path / "hf", tokenizer=False)
     _tokenizer(tmp_path / "hf", style)
     path = export_gguf(tmp_path / "hf", tmp_path / "m.gguf", out_type="f32", show_progress=False)
@@ -242,5 +242,9 @@ def test_qwen2_exports_as_its_own_architecture_and_transformers_reads_it(tmp_pat
         assert (theirs.eval()(IDS).logits - want).abs().max().item() < 1e-4
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="q.gguf")
     orig = load_tokenizer(tmp_path / "hf")
+    back = convert_gguf(tmp_path / "q.gguf", tmp_path / "back", progress=False)  # and prefopt reads it back
+    with torch.no_grad():
+        assert (load_model(back)(IDS) - want).abs().max().item() < 1e-5
+    ours = load_tokenizer(back)
     for text in CORPUS + ["I'll see 12345 mg/dL, they've it\n\n  done"]:
-        assert tok(text, add_special_tokens=False)["input_ids"] == orig.encode(text), text
+        assert tok(text, add_special_tokens=False)["input_ids"] == orig.encode(text) == ours.encode(text), text
