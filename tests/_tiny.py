@@ -77,6 +77,43 @@ def build_tokenizer(out: Path, *, template: str = CHATML, vocab_size: int = 400,
     return out
 
 
+LLAMA2_CHAT = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + m['content'] + ' [/INST]' }}"
+               "{% else %}{{ ' ' + m['content'] + ' ' + eos_token }}{% endif %}{% endfor %}")
+SPM_BYTES = [f"<0x{b:02X}>" for b in range(256)]
+
+
+def build_spm_tokenizer(out: Path, *, vocab_size: int = 480) -> Path:
+    """Train a small SentencePiece-style BPE as Llama 2's ``tokenizer.json`` has it (``<unk>``,
+    ``<s>``, ``</s>``, the 256 ``<0xXX>`` byte pieces, then pieces that never span two words;
+    spaces as ``▁``, one put before each stretch of text, bytes falling back to the byte pieces,
+    a BOS on every text) and write it with tokenizer_config.json."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    def spm(vocab=None, merges=None):
+        tk = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+        tk.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+        return tk
+
+    trainee = spm()  # trained with a split at each "▁" so that no piece spans two words, as SentencePiece's
+    trainee.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"] + SPM_BYTES,
+                                  show_progress=False)
+    trainee.train_from_iterator(CORPUS * 20, trainer)
+    model = json.loads(trainee.to_str())["model"]
+    tk = spm(model["vocab"], [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]])
+    tk.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                    decoders.Strip(" ", 1, 0)])
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<unk>", "<s>", "</s>")])
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                      special_tokens=[("<s>", 1)])
+    out.mkdir(parents=True, exist_ok=True)
+    tk.save(str(out / "tokenizer.json"))
+    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+           "unk_token": "<unk>", "chat_template": LLAMA2_CHAT, "clean_up_tokenization_spaces": False}
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return out
+
+
 def hf_config(arch: str = "llama", **overrides):
     """A tiny transformers config of the given family."""
     import transformers
@@ -139,15 +176,18 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     vocab.sort(key=lambda kv: kv[1])
     tokens = [t for t, _ in vocab] + [f"<unused{i}>" for i in range(cfg["vocab_size"] - len(vocab))]
     merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre)
-    w.add_token_list(tokens)
-    w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
-    w.add_token_merges(merges)
+    if tok["model"].get("byte_fallback"):  # SentencePiece, as llama.cpp writes Llama 2's: scores, no merges
+        _write_spm_vocab(w, tokens, merges)
+    else:
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(pre)
+        w.add_token_list(tokens)
+        w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
+        w.add_token_merges(merges)
+        w.add_pad_token_id(tokens.index(tcfg["pad_token"]))
+        w.add_add_bos_token(False)
     w.add_bos_token_id(tokens.index(tcfg["bos_token"]))
     w.add_eos_token_id(tokens.index(tcfg["eos_token"]))
-    w.add_pad_token_id(tokens.index(tcfg["pad_token"]))
-    w.add_add_bos_token(False)
     w.add_chat_template(tcfg["chat_template"])
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
@@ -175,6 +215,23 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def _write_spm_vocab(w, tokens: list[str], merges: list[str]) -> None:
+    """A SentencePiece vocabulary as llama.cpp's converter writes it: each piece's score (a
+    merged piece's is minus its merge's rank, so earlier merges score higher; single characters
+    below them all; special and byte pieces 0), its type (2 unknown, 3 control, 6 byte, 1 normal),
+    ``<unk>``'s id, a BOS on every text and a space before it."""
+    rank = {m.replace(" ", ""): k for k, m in enumerate(merges)}
+    types = [2 if t == "<unk>" else 3 if t in ("<s>", "</s>") else 6 if t in SPM_BYTES else 1 for t in tokens]
+    scores = [0.0 if k != 1 else -float(rank.get(t, len(merges) + i)) for i, (t, k) in enumerate(zip(tokens, types))]
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_unk_token_id(tokens.index("<unk>"))
+    w.add_add_bos_token(True)
+    w.add_add_space_prefix(True)
 
 
 def peft_lora(base_dir: Path, out: Path | None = None, **config):

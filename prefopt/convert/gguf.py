@@ -7,8 +7,8 @@ Architectures: ``llama`` (Llama 2/3, Mistral, SmolLM2, as llama.cpp's converter 
 - for ``llama``, undoes llama.cpp's q/k row permutation, which reorders each head's rows from
   HF's rotate-half RoPE layout into interleaved pairs (``qwen2`` files keep HF's order);
 - renames tensors to HF names (``blk.3.attn_q.weight`` → ``model.layers.3.self_attn.q_proj.weight``);
-- rebuilds ``tokenizer.json`` (byte-level BPE) and ``tokenizer_config.json`` (special
-  tokens, chat template) from the ``tokenizer.ggml.*`` metadata.
+- rebuilds ``tokenizer.json`` (byte-level or SentencePiece BPE) and ``tokenizer_config.json``
+  (special tokens, chat template) from the ``tokenizer.ggml.*`` metadata (``gguf_tokenizer``).
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from .._deps import progress, require
-from ..fileio import write_json_atomic
 from ..model.checkpoint import write_config_files
 from ..model.config import ModelConfig, UnsupportedModelError
 from ..model.safetensors_io import ShardWriter
+from .gguf_tokenizer import write_tokenizer
 
 _LAYER_NAMES = {
     "attn_norm": "input_layernorm",
@@ -40,28 +40,8 @@ _GLOBAL_NAMES = {
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
-# llama.cpp pre-tokenizer name -> how the text is split before BPE
-_GPT2_SPLIT = None  # ByteLevel's own GPT-2 regex
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-# Qwen2's split (llama.cpp's "qwen2"): as Llama 3's, but each digit on its own
-_QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_PRE_TOKENIZERS = {
-    "gpt2": ("bytelevel", _GPT2_SPLIT),
-    "default": ("bytelevel", _GPT2_SPLIT),
-    "smollm": ("digits+bytelevel", _GPT2_SPLIT),
-    "starcoder": ("digits+bytelevel", _GPT2_SPLIT),
-    "llama-bpe": ("split+bytelevel", _LLAMA3_SPLIT),
-    "qwen2": ("split+bytelevel", _QWEN2_SPLIT),
-}
 # GGUF architecture -> prefopt model_type
 _ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}
-_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype=torch.float32, progress: bool = True) -> Path:
@@ -102,7 +82,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype=torch.floa
         writer.add(name, w.to(dtype))
     writer.close()
     write_config_files(out, cfg, dtype)
-    _write_tokenizer(meta, out)
+    write_tokenizer(meta, out)
     return out
 
 
@@ -204,66 +184,3 @@ def _config(meta: _Metadata, *, tied: bool) -> ModelConfig:
         eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
         pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
     )
-
-
-def _write_tokenizer(meta: _Metadata, out: Path) -> None:
-    """``tokenizer.json`` and ``tokenizer_config.json`` from the ``tokenizer.ggml.*`` metadata."""
-    tk_mod = require("tokenizers", "building a tokenizer")
-    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
-
-    kind = meta.need("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise UnsupportedModelError(
-            f"{meta.path}: GGUF tokenizer model {kind!r} is not supported; only byte-level BPE ('gpt2')"
-        )
-    pre = meta.get("tokenizer.ggml.pre", "default")
-    if pre not in _PRE_TOKENIZERS:
-        raise UnsupportedModelError(
-            f"{meta.path}: GGUF pre-tokenizer {pre!r} is not supported; known: {sorted(_PRE_TOKENIZERS)}"
-        )
-    tokens = list(meta.need("tokenizer.ggml.tokens"))
-    types = list(meta.get("tokenizer.ggml.token_type", [1] * len(tokens)))
-    merges = [tuple(m.split(" ", 1)) for m in meta.need("tokenizer.ggml.merges")]
-    vocab = {tok: i for i, tok in enumerate(tokens)}
-    tk = tk_mod.Tokenizer(models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
-    style, regex = _PRE_TOKENIZERS[pre]
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=regex is None)
-    if style == "digits+bytelevel":
-        tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    elif style == "split+bytelevel":
-        split = pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False)
-        tk.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
-    else:
-        tk.pre_tokenizer = byte_level
-    tk.decoder = decoders.ByteLevel()
-    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == _CONTROL])
-    tk.add_tokens([AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == _USER_DEFINED])
-
-    def token(key):
-        i = meta.get(f"tokenizer.ggml.{key}_token_id")
-        return tokens[i] if i is not None and 0 <= i < len(tokens) else None
-
-    bos = token("bos")
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
-    if add_bos:
-        bos_id = vocab[bos]
-        tk.post_processor = processors.TemplateProcessing(
-            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, bos_id)]
-        )
-    else:
-        tk.post_processor = processors.ByteLevel(trim_offsets=False)
-    tk.save(str(out / "tokenizer.json"))
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": bos,
-        "eos_token": token("eos"),
-        "unk_token": token("unknown"),
-        "pad_token": token("padding") or token("eos"),
-        "add_bos_token": add_bos,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": meta.get(f"{meta.need('general.architecture')}.context_length", 2048),
-    }
-    template = meta.get("tokenizer.chat_template")
-    if template:
-        config["chat_template"] = template
-    write_json_atomic(out / "tokenizer_config.json", config)

@@ -24,7 +24,8 @@ import torch
 
 from .._deps import progress, require
 from ..model.config import UnsupportedModelError
-from .gguf import _GLOBAL_NAMES, _LAYER_NAMES, _LLAMA3_SPLIT, _QWEN2_SPLIT, permute_qk
+from .gguf import _GLOBAL_NAMES, _LAYER_NAMES, permute_qk
+from .gguf_tokenizer import _LLAMA3_SPLIT, _QWEN2_SPLIT
 
 TYPES = ("f32", "f16", "q8_0")
 _FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}  # llama.cpp's general.file_type: ALL_F32, MOSTLY_F16, MOSTLY_Q8_0

@@ -157,7 +157,7 @@ def _tokenizer(out, style: str) -> None:
 
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    from prefopt.convert.gguf import _LLAMA3_SPLIT, _QWEN2_SPLIT
+    from prefopt.convert.gguf_tokenizer import _LLAMA3_SPLIT, _QWEN2_SPLIT
     from tests._tiny import CHATML, SPECIALS
 
     tk = Tokenizer(models.BPE())

@@ -1,0 +1,163 @@
+"""Rebuild a model's tokenizer from a GGUF file's ``tokenizer.ggml.*`` metadata.
+
+Two kinds, as llama.cpp reads them:
+- ``gpt2``: byte-level BPE (SmolLM2, Llama 3, Qwen2). The file keeps the merges; the split
+  before BPE is named by ``tokenizer.ggml.pre``.
+- ``llama``: SentencePiece BPE (Llama 2, Mistral, TinyLlama and the medical models built on
+  them). The file keeps each piece's score, not the merges: SentencePiece joins, of the adjacent
+  pieces, the pair whose join scores best, so the merges are every cut of a piece into two
+  pieces, best-scored piece first. Spaces become ``▁``, one is put before the text (and, as
+  llama.cpp does, after every special token), and bytes missing from the vocabulary fall back
+  to the ``<0xXX>`` pieces.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .._deps import require
+from ..fileio import write_json_atomic
+from ..model.config import UnsupportedModelError
+
+# llama.cpp pre-tokenizer name -> how the text is split before byte-level BPE
+_GPT2_SPLIT = None  # ByteLevel's own GPT-2 regex
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# Qwen2's split (llama.cpp's "qwen2"): as Llama 3's, but each digit on its own
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_PRE_TOKENIZERS = {
+    "gpt2": ("bytelevel", _GPT2_SPLIT),
+    "default": ("bytelevel", _GPT2_SPLIT),
+    "smollm": ("digits+bytelevel", _GPT2_SPLIT),
+    "starcoder": ("digits+bytelevel", _GPT2_SPLIT),
+    "llama-bpe": ("split+bytelevel", _LLAMA3_SPLIT),
+    "qwen2": ("split+bytelevel", _QWEN2_SPLIT),
+}
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED = 1, 2, 3, 4  # llama.cpp token types (5 unused, 6 byte)
+_SPACE = "\u2581"  # SentencePiece's "▁"
+
+
+def write_tokenizer(meta, out: Path) -> None:
+    """``tokenizer.json`` and ``tokenizer_config.json`` in ``out`` from the file's metadata
+    (``meta``: ``get``/``need`` by key, ``path`` for messages)."""
+    tk_mod = require("tokenizers", "building a tokenizer")
+    from tokenizers import AddedToken
+
+    kind = meta.need("tokenizer.ggml.model")
+    tokens = list(meta.need("tokenizer.ggml.tokens"))
+    types = list(meta.get("tokenizer.ggml.token_type", [_NORMAL] * len(tokens)))
+    if kind == "gpt2":
+        tk = _byte_level(tk_mod, meta, tokens)
+    elif kind == "llama":
+        tk = _sentencepiece(tk_mod, meta, tokens, types)
+    else:
+        raise UnsupportedModelError(f"{meta.path}: GGUF tokenizer model {kind!r} is not supported; prefopt reads "
+                                    "byte-level BPE ('gpt2') and SentencePiece BPE ('llama')")
+    special = (_CONTROL, _UNKNOWN)
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k in special])
+    tk.add_tokens([AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == _USER_DEFINED])
+
+    def token(key):
+        i = meta.get(f"tokenizer.ggml.{key}_token_id")
+        return tokens[i] if i is not None and 0 <= i < len(tokens) else None
+
+    bos, eos = token("bos"), token("eos")
+    # llama.cpp's defaults where the file is silent: SentencePiece adds a BOS, byte-level BPE does not
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", kind == "llama")) and bos is not None
+    add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and eos is not None
+    _add_bos_eos(tk, tokens, bos if add_bos else None, eos if add_eos else None, byte_level=kind == "gpt2")
+    tk.save(str(out / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": bos,
+        "eos_token": eos,
+        "unk_token": token("unknown"),
+        "pad_token": token("padding") or eos,
+        "add_bos_token": add_bos,
+        "add_eos_token": add_eos,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": meta.get(f"{meta.need('general.architecture')}.context_length", 2048),
+    }
+    template = meta.get("tokenizer.chat_template")
+    if template:
+        config["chat_template"] = template
+    write_json_atomic(out / "tokenizer_config.json", config)
+
+
+def _byte_level(tk_mod, meta, tokens):
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+
+    pre = meta.get("tokenizer.ggml.pre", "default")
+    if pre not in _PRE_TOKENIZERS:
+        raise UnsupportedModelError(
+            f"{meta.path}: GGUF pre-tokenizer {pre!r} is not supported; known: {sorted(_PRE_TOKENIZERS)}"
+        )
+    merges = [tuple(m.split(" ", 1)) for m in meta.need("tokenizer.ggml.merges")]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    tk = tk_mod.Tokenizer(models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
+    style, regex = _PRE_TOKENIZERS[pre]
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=regex is None)
+    if style == "digits+bytelevel":
+        tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    elif style == "split+bytelevel":
+        split = pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False)
+        tk.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
+    else:
+        tk.pre_tokenizer = byte_level
+    tk.decoder = decoders.ByteLevel()
+    return tk
+
+
+def _sentencepiece(tk_mod, meta, tokens, types):
+    from tokenizers import decoders, models, normalizers
+
+    scores = list(meta.need("tokenizer.ggml.scores"))
+    if len(scores) != len(tokens) or len(types) != len(tokens):
+        raise ValueError(f"{meta.path}: GGUF tokenizer lists {len(tokens)} tokens, {len(scores)} scores and "
+                         f"{len(types)} token types; they must match")
+    unk = meta.get("tokenizer.ggml.unknown_token_id")
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    tk = tk_mod.Tokenizer(models.BPE(vocab, spm_merges(tokens, scores, types), fuse_unk=True, byte_fallback=True,
+                                     unk_token=tokens[unk] if unk is not None and 0 <= unk < len(tokens) else None))
+    prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+    spaces = normalizers.Replace(" ", _SPACE)
+    # Prepend runs on each stretch of text between special tokens: a space after each, as llama.cpp
+    tk.normalizer = normalizers.Sequence([normalizers.Prepend(_SPACE), spaces]) if prefix else spaces
+    steps = [decoders.Replace(_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    tk.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if prefix else []))
+    return tk
+
+
+def spm_merges(tokens, scores, types) -> list[tuple[str, str]]:
+    """SentencePiece BPE's merges from its pieces and their scores: every cut of a normal piece
+    into two normal pieces, the best-scored piece's cuts first (then by the pieces' ids)."""
+    ids = {t: i for i, t in enumerate(tokens) if types[i] == _NORMAL}
+    ranked = []
+    for piece, i in ids.items():
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in ids and right in ids:
+                ranked.append((-scores[i], i, ids[left], ids[right]))
+    ranked.sort()
+    return [(tokens[a], tokens[b]) for _, _, a, b in ranked]
+
+
+def _add_bos_eos(tk, tokens, bos, eos, *, byte_level: bool) -> None:
+    """What ``encode`` puts around a text: a BOS and/or EOS where the file says so."""
+    from tokenizers import processors
+
+    if bos is None and eos is None:
+        if byte_level:
+            tk.post_processor = processors.ByteLevel(trim_offsets=False)
+        return
+    ids = {t: i for i, t in enumerate(tokens)}
+    head, tail = (f"{bos}:0 " if bos else ""), (f" {eos}:0" if eos else "")
+    head_b, tail_b = (f"{bos}:1 " if bos else ""), (f" {eos}:1" if eos else "")
+    tk.post_processor = processors.TemplateProcessing(
+        single=f"{head}$A:0{tail}", pair=f"{head}$A:0{tail} {head_b}$B:1{tail_b}",
+        special_tokens=[(t, ids[t]) for t in (bos, eos) if t],
+    )
