@@ -189,6 +189,9 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     w.add_bos_token_id(tokens.index(tcfg["bos_token"]))
     w.add_eos_token_id(tokens.index(tcfg["eos_token"]))
     w.add_chat_template(tcfg["chat_template"])
+    rope = cfg.get("rope_parameters") or {}
+    if rope.get("rope_type") == "llama3":
+        w.add_tensor("rope_freqs.weight", _llama3_rope_freqs(rope, cfg["hidden_size"] // cfg["num_attention_heads"]))
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
     layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
@@ -215,6 +218,29 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def _llama3_rope_freqs(rope: dict, dim: int):
+    """What llama.cpp's converter stores for Llama 3.1's RoPE scaling: a divisor per frequency (1
+    where the wavelength is under original context / high_freq_factor, factor where it is over
+    original context / low_freq_factor, a blend of the inverse between), in float32."""
+    import math
+
+    import numpy as np
+
+    factor, lo, hi = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    old = rope["original_max_position_embeddings"]
+    out = []
+    for i in range(0, dim, 2):
+        wavelen = 2 * math.pi * rope["rope_theta"] ** (i / dim)
+        if wavelen < old / hi:
+            out.append(1.0)
+        elif wavelen > old / lo:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - lo) / (hi - lo)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
 
 
 def _write_spm_vocab(w, tokens: list[str], merges: list[str]) -> None:

@@ -7,6 +7,7 @@ Architectures: ``llama`` (Llama 2/3, Mistral, SmolLM2, as llama.cpp's converter 
 - for ``llama``, undoes llama.cpp's q/k row permutation, which reorders each head's rows from
   HF's rotate-half RoPE layout into interleaved pairs (``qwen2`` files keep HF's order);
 - renames tensors to HF names (``blk.3.attn_q.weight`` → ``model.layers.3.self_attn.q_proj.weight``);
+- reads Llama 3.1's RoPE scaling back from the ``rope_freqs`` tensor (``gguf_rope``);
 - rebuilds ``tokenizer.json`` (byte-level or SentencePiece BPE) and ``tokenizer_config.json``
   (special tokens, chat template) from the ``tokenizer.ggml.*`` metadata (``gguf_tokenizer``).
 """
@@ -22,6 +23,7 @@ from .._deps import progress, require
 from ..model.checkpoint import write_config_files
 from ..model.config import ModelConfig, UnsupportedModelError
 from ..model.safetensors_io import ShardWriter
+from .gguf_rope import llama3_scaling
 from .gguf_tokenizer import write_tokenizer
 
 _LAYER_NAMES = {
@@ -60,7 +62,10 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype=torch.floa
     except ValueError as e:  # gguf says "GGUF magic invalid", naming no file
         raise ValueError(f"{gguf_path}: not a GGUF file, or a damaged one ({e})") from None
     meta = _Metadata(reader, gguf_path)
-    cfg = _config(meta, tied=not any(t.name == "output.weight" for t in reader.tensors))
+    names = {t.name: t for t in reader.tensors}
+    freqs = names.get("rope_freqs.weight")  # Llama 3.1's RoPE scaling, as llama.cpp stores it
+    cfg = _config(meta, tied="output.weight" not in names,
+                  rope_freqs=None if freqs is None else np.asarray(_dequantize(gguf, freqs), dtype=np.float32))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(out)
@@ -121,10 +126,7 @@ def _hf_name(gguf_name: str, path) -> str | None:
     if m and m.group(2) in _LAYER_NAMES:
         return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.{m.group(3)}"
     if gguf_name == "rope_freqs.weight":
-        raise UnsupportedModelError(
-            f"{path}: has 'rope_freqs.weight' (Llama 3.1-style RoPE scaling stored as a tensor); "
-            "import from the original HF checkpoint instead"
-        )
+        return None  # read into config.json's rope_scaling (gguf_rope)
     raise UnsupportedModelError(f"{path}: tensor {gguf_name!r} has no Hugging Face counterpart in prefopt")
 
 
@@ -148,7 +150,7 @@ def _f32(x) -> float:
     return float(str(np.float32(x)))
 
 
-def _config(meta: _Metadata, *, tied: bool) -> ModelConfig:
+def _config(meta: _Metadata, *, tied: bool, rope_freqs: np.ndarray | None = None) -> ModelConfig:
     arch = meta.need("general.architecture")
     if arch not in _ARCHITECTURES:
         raise UnsupportedModelError(
@@ -162,9 +164,15 @@ def _config(meta: _Metadata, *, tied: bool) -> ModelConfig:
     if rot != head_dim:
         raise UnsupportedModelError(f"{meta.path}: partial rotary ({rot} of {head_dim}) is not supported")
     tokens = meta.need("tokenizer.ggml.tokens")
+    theta = _f32(meta.get(a + "rope.freq_base", 10000.0))
     scaling = None
     if meta.get(a + "rope.scaling.type") == "linear":
         scaling = {"rope_type": "linear", "factor": float(meta.need(a + "rope.scaling.factor"))}
+    if rope_freqs is not None:
+        if scaling is not None:
+            raise UnsupportedModelError(f"{meta.path}: has both linear RoPE scaling and a 'rope_freqs' tensor")
+        scaling = llama3_scaling(rope_freqs, theta, rot, meta.path,
+                                 original_context=meta.get(a + "rope.scaling.original_context_length", 8192))
     return ModelConfig(
         vocab_size=meta.get(a + "vocab_size", len(tokens)),
         hidden_size=hidden,
@@ -174,7 +182,7 @@ def _config(meta: _Metadata, *, tied: bool) -> ModelConfig:
         num_key_value_heads=meta.get(a + "attention.head_count_kv", n_head),
         head_dim=head_dim,
         rms_norm_eps=_f32(meta.need(a + "attention.layer_norm_rms_epsilon")),
-        rope_theta=_f32(meta.get(a + "rope.freq_base", 10000.0)),
+        rope_theta=theta,
         rope_scaling=scaling,
         max_position_embeddings=meta.get(a + "context_length", 2048),
         tie_word_embeddings=tied,

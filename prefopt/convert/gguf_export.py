@@ -5,6 +5,7 @@ llama.cpp GGUF file, for serving a fine-tuned model with llama.cpp or Ollama on 
 - the hyper-parameters and the tokenizer (byte-level BPE: tokens, token types, merges, special
   token ids, whether a BOS is added, the chat template) go into the architecture's metadata
   (``llama.*`` or ``qwen2.*``) and ``tokenizer.*``, as llama.cpp's own converter writes them;
+  Llama 3.1's RoPE scaling as its ``rope_freqs`` tensor (:func:`~.gguf_rope.rope_divisors`);
 - each weight gets its GGUF name, for the llama architecture q/k rows in llama.cpp's RoPE order
   (:func:`permute_qk`; qwen2 keeps HF's), and the type asked for: ``f32``, ``f16`` or ``q8_0``
   (norms and biases stay f32; a matrix whose rows do not split into q8_0 blocks of 32 is written
@@ -25,12 +26,14 @@ import torch
 from .._deps import progress, require
 from ..model.config import UnsupportedModelError
 from .gguf import _GLOBAL_NAMES, _LAYER_NAMES, permute_qk
+from .gguf_rope import rope_divisors
 from .gguf_tokenizer import _LLAMA3_SPLIT, _QWEN2_SPLIT
 
 TYPES = ("f32", "f16", "q8_0")
 _FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}  # llama.cpp's general.file_type: ALL_F32, MOSTLY_F16, MOSTLY_Q8_0
 _NORMAL, _CONTROL, _USER_DEFINED, _UNUSED = 1, 3, 4, 5  # llama.cpp token types
 _TO_GGUF = {hf: g for g, hf in _GLOBAL_NAMES.items()}
+_ROPE_FREQS = "rope_freqs.weight"
 _LAYER_TO_GGUF = {hf: g for g, hf in _LAYER_NAMES.items()}
 
 
@@ -54,6 +57,8 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, *, adapter: str | P
     out = Path(out_path)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tensors = [(n, t) for n, t in model.state_dict().items() if not (cfg.tie_word_embeddings and n == "lm_head.weight")]
+    if cfg.rope_type == "llama3":  # llama.cpp keeps Llama 3.1's RoPE scaling as a divisor per frequency
+        tensors.insert(0, (_ROPE_FREQS, torch.from_numpy(rope_divisors(cfg.rope_theta, cfg.head_dim, cfg.rope_scaling))))
     try:
         writer = gguf.GGUFWriter(str(tmp), _arch(cfg))
         default = Path(str(model_dir)).name + (f" + {adapter}" if adapter is not None else "")  # as given, not a snapshot
@@ -91,14 +96,16 @@ def _check_exportable(cfg, src) -> None:
                                     "and Qwen2 to GGUF")
     if cfg.mlp_bias or (cfg.attention_bias and cfg.model_type != "qwen2"):
         raise UnsupportedModelError(f"{src}: biases on the attention or MLP are not part of GGUF's llama architecture")
-    if cfg.rope_type not in ("default", "linear"):
-        raise UnsupportedModelError(f"{src}: RoPE scaling {cfg.rope_type!r} is not exported (llama.cpp keeps it as a "
-                                    "rope_freqs tensor); use llama.cpp's convert_hf_to_gguf.py on the merged folder")
+    if cfg.rope_type not in ("default", "linear", "llama3") or (cfg.rope_type == "llama3" and _arch(cfg) != "llama"):
+        raise UnsupportedModelError(f"{src}: RoPE scaling {cfg.rope_type!r} is not exported for {cfg.model_type}; "
+                                    "use llama.cpp's convert_hf_to_gguf.py on the merged folder")
     if cfg.sliding_window:
         raise UnsupportedModelError(f"{src}: sliding-window attention ({cfg.sliding_window}) is not exported")
 
 
 def _gguf_name(hf_name: str, src) -> str:
+    if hf_name == _ROPE_FREQS:
+        return hf_name
     if hf_name in _TO_GGUF:
         return _TO_GGUF[hf_name]
     parts = hf_name.split(".")  # model.layers.N.<module>.<sub>.weight

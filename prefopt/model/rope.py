@@ -17,12 +17,13 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
     if cfg.rope_type == "linear":
         return inv_freq / s["factor"]
     if cfg.rope_type == "llama3":
-        return _llama3_scale(inv_freq, s)
+        return llama3_scale(inv_freq, s)
     return inv_freq
 
 
-def _llama3_scale(inv_freq: torch.Tensor, s: dict) -> torch.Tensor:
-    # Llama 3.1: keep high frequencies, divide low ones by `factor`, blend between.
+def llama3_scale(inv_freq: torch.Tensor, s: dict) -> torch.Tensor:
+    """Llama 3.1's ``rope_scaling`` (``s``) applied: high frequencies kept, low ones divided by
+    ``factor``, a blend between."""
     factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
     old_ctx = s["original_max_position_embeddings"]
     wavelen = 2 * math.pi / inv_freq

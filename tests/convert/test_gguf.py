@@ -126,3 +126,45 @@ def test_an_architecture_prefopt_does_not_implement_is_refused_by_name(src, tmp_
     with pytest.raises(UnsupportedModelError, match=r"g\.gguf: GGUF architecture 'gemma' is not supported; "
                                                     r"prefopt imports \['llama', 'qwen2'\]"):
         convert_gguf(tmp_path / "g.gguf", tmp_path / "out", progress=False)
+
+
+LONG = torch.randint(0, 400, (1, 200), generator=torch.Generator().manual_seed(1))  # low frequencies turn
+
+
+@pytest.mark.parametrize("rope, want", [
+    # Llama 3.1's own settings: read back as they were
+    ({"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+     {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+    # other settings: the file fixes only their effect, found again with an 8192 original context
+    ({"factor": 16.0, "low_freq_factor": 2.0, "high_freq_factor": 16.0, "original_max_position_embeddings": 2048},
+     {"factor": 16.0, "low_freq_factor": 8.0, "high_freq_factor": 64.0, "original_max_position_embeddings": 8192}),
+])
+def test_llama31_rope_scaling_is_read_back_from_rope_freqs(tmp_path, rope, want):
+    """llama.cpp stores Llama 3.1's RoPE scaling as a 'rope_freqs' tensor (a divisor per
+    frequency); the import finds settings that give the same divisors, so the model turns each
+    position as the source does (200 positions, where the scaled low frequencies show: without
+    the scaling the logits differ by 1.6)."""
+    hf = build_hf_model(tmp_path / "hf", intermediate_size=128, tie_word_embeddings=False, max_position_embeddings=16384,
+                        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, **rope})
+    path = write_tiny_gguf(tmp_path / "hf", tmp_path / "m.gguf")
+    assert "rope_freqs.weight" in {t.name for t in gguf.GGUFReader(str(path)).tensors}
+    out = convert_gguf(path, tmp_path / "out", progress=False)
+    cfg = json.loads((out / "config.json").read_text())
+    scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters")
+    assert {k: scaling[k] for k in want} == want and scaling["rope_type"] == "llama3"
+    with torch.no_grad():
+        want_logits = hf(LONG).logits
+        assert (load_model(out)(LONG) - want_logits).abs().max().item() < 1e-4
+        transformers = pytest.importorskip("transformers")
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+        assert (theirs(LONG).logits - want_logits).abs().max().item() < 1e-4
+
+
+def test_rope_freqs_that_are_not_llama31_scaling_are_refused_by_name(tmp_path):
+    from prefopt.convert.gguf_rope import llama3_scaling
+
+    assert llama3_scaling([1.0] * 8, 500000.0, 16, "m.gguf") is None  # no scaling
+    with pytest.raises(UnsupportedModelError, match=r"m\.gguf: its 'rope_freqs.weight' is not Llama 3\.1-style"):
+        llama3_scaling([1, 1, 8, 1, 1, 1, 8, 8], 500000.0, 16, "m.gguf")  # not monotone in wavelength
+    with pytest.raises(UnsupportedModelError, match=r"m\.gguf: 'rope_freqs.weight' has 3 values; the model rotates 8"):
+        llama3_scaling([1, 2, 3], 500000.0, 16, "m.gguf")
