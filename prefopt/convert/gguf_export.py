@@ -2,8 +2,9 @@
 llama.cpp GGUF file, for serving a fine-tuned model with llama.cpp or Ollama on the hospital's machines
 (needs the ``gguf`` extra). The inverse of :func:`prefopt.convert.gguf.convert_gguf`:
 
-- the hyper-parameters and the tokenizer (byte-level BPE: tokens, token types, merges, special
-  token ids, whether a BOS is added, the chat template) go into the architecture's metadata
+- the hyper-parameters and the tokenizer (byte-level BPE: tokens, token types, merges;
+  SentencePiece BPE: tokens, types, scores; special token ids, whether a BOS is added, the chat
+  template; :func:`~.gguf_tokenizer.tokenizer_metadata`) go into the architecture's metadata
   (``llama.*`` or ``qwen2.*``) and ``tokenizer.*``, as llama.cpp's own converter writes them;
   Llama 3.1's RoPE scaling as its ``rope_freqs`` tensor (:func:`~.gguf_rope.rope_divisors`);
 - each weight gets its GGUF name, for the llama architecture q/k rows in llama.cpp's RoPE order
@@ -27,11 +28,10 @@ from .._deps import progress, require
 from ..model.config import UnsupportedModelError
 from .gguf import _GLOBAL_NAMES, _LAYER_NAMES, permute_qk
 from .gguf_rope import rope_divisors
-from .gguf_tokenizer import _LLAMA3_SPLIT, _QWEN2_SPLIT
+from .gguf_tokenizer import tokenizer_metadata
 
 TYPES = ("f32", "f16", "q8_0")
 _FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}  # llama.cpp's general.file_type: ALL_F32, MOSTLY_F16, MOSTLY_Q8_0
-_NORMAL, _CONTROL, _USER_DEFINED, _UNUSED = 1, 3, 4, 5  # llama.cpp token types
 _TO_GGUF = {hf: g for g, hf in _GLOBAL_NAMES.items()}
 _ROPE_FREQS = "rope_freqs.weight"
 _LAYER_TO_GGUF = {hf: g for g, hf in _LAYER_NAMES.items()}
@@ -53,7 +53,7 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, *, adapter: str | P
     model = load_model(src, dtype=_stored_dtype(src), adapter=adapter, merge=adapter is not None)
     cfg = model.config
     _check_exportable(cfg, src)
-    tokenizer = _tokenizer_metadata(src, cfg.vocab_size)
+    tokenizer = tokenizer_metadata(src, cfg.vocab_size)
     out = Path(out_path)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tensors = [(n, t) for n, t in model.state_dict().items() if not (cfg.tie_word_embeddings and n == "lm_head.weight")]
@@ -188,12 +188,16 @@ def _write_metadata(writer, cfg, tok: dict, name: str, out_type: str) -> None:
         writer.add_rope_scaling_factor(float(cfg.rope_scaling["factor"]))
     if out_type == "q8_0":
         writer.add_quantization_version(2)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(tok["pre"])
-    writer.add_add_space_prefix(False)
+    writer.add_tokenizer_model(tok["model"])
+    if tok["model"] == "gpt2":
+        writer.add_tokenizer_pre(tok["pre"])
+    writer.add_add_space_prefix(tok["space_prefix"])
     writer.add_token_list(tok["tokens"])
+    if tok["model"] == "llama":  # SentencePiece: the scores stand for the merges
+        writer.add_token_scores(tok["scores"])
     writer.add_token_types(tok["types"])
-    writer.add_token_merges(tok["merges"])
+    if tok["model"] == "gpt2":
+        writer.add_token_merges(tok["merges"])
     writer.add_add_bos_token(tok["add_bos"])
     for key, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
                      ("unk", writer.add_unk_token_id), ("pad", writer.add_pad_token_id)):
@@ -201,67 +205,3 @@ def _write_metadata(writer, cfg, tok: dict, name: str, out_type: str) -> None:
             add(tok[key])
     if tok.get("chat_template"):
         writer.add_chat_template(tok["chat_template"])
-
-
-def _tokenizer_metadata(src: Path, vocab_size: int) -> dict:
-    """The ``tokenizer.ggml.*`` values for a byte-level BPE ``tokenizer.json``: every id's token
-    (padded to the embedding's rows with unused ``[PAD{i}]``), its type, the merges, how text is
-    split before BPE (llama.cpp's pre-tokenizer name), the special ids and the chat template (as
-    :func:`~prefopt.tokenizer.load_tokenizer` reads them, from every file that may hold them)."""
-    from ..tokenizer import load_tokenizer
-
-    tok = load_tokenizer(src)  # no tokenizer.json: its error
-    path = src / "tokenizer.json"
-    spec = json.loads(path.read_text(encoding="utf-8"))
-    model = spec.get("model") or {}
-    if model.get("type") != "BPE" or not _has_byte_level(spec.get("pre_tokenizer")):
-        raise UnsupportedModelError(f"{path}: only byte-level BPE tokenizers are exported (got {model.get('type')!r})")
-    by_id = {i: t for t, i in model["vocab"].items()}
-    types = {i: _NORMAL for i in by_id}
-    for added in spec.get("added_tokens") or []:
-        by_id[added["id"]] = added["content"]
-        types[added["id"]] = _CONTROL if added.get("special") else _USER_DEFINED
-    if max(by_id) >= vocab_size:
-        raise UnsupportedModelError(f"{path}: token id {max(by_id)} has no row in the model's embedding "
-                                    f"({vocab_size} rows): the tokenizer is not this model's")
-    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(vocab_size)]
-    kinds = [types.get(i, _UNUSED) for i in range(vocab_size)]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-    ids = {t: i for i, t in enumerate(tokens)}
-    pad = tok.pad_token if tok.config.get("pad_token") is not None else None  # not the tokenizer's fallback to EOS
-    template = tok.chat_template
-    if isinstance(template, list):  # named templates: the default one
-        template = next((t["template"] for t in template if t.get("name") == "default"), None)
-    return {"pre": _pre_tokenizer(spec.get("pre_tokenizer"), path), "tokens": tokens, "types": kinds, "merges": merges,
-            "bos": ids.get(tok.bos_token), "eos": ids.get(tok.eos_token), "unk": ids.get(tok.unk_token),
-            "pad": ids.get(pad), "add_bos": tok.bos_token_id is not None and tok.encode("a")[:1] == [tok.bos_token_id],
-            "chat_template": template}
-
-
-def _parts(pre) -> list[dict]:
-    if not pre:
-        return []
-    return list(pre["pretokenizers"]) if pre.get("type") == "Sequence" else [pre]
-
-
-def _has_byte_level(pre) -> bool:
-    return any(p.get("type") == "ByteLevel" for p in _parts(pre))
-
-
-def _pre_tokenizer(pre, path) -> str:
-    """llama.cpp's name for how ``tokenizer.json`` splits text before BPE, among those
-    :func:`~prefopt.convert.gguf.convert_gguf` reads back the same way."""
-    kinds = [p.get("type") for p in _parts(pre)]
-    last = _parts(pre)[-1] if kinds else {}
-    if kinds == ["ByteLevel"] and last.get("use_regex", True):
-        return "gpt2"
-    if kinds == ["Digits", "ByteLevel"] and _parts(pre)[0].get("individual_digits") and last.get("use_regex", True):
-        return "smollm"
-    if kinds == ["Split", "ByteLevel"] and not last.get("use_regex", True):
-        pattern = (_parts(pre)[0].get("pattern") or {}).get("Regex")
-        if pattern == _LLAMA3_SPLIT:
-            return "llama-bpe"
-        if pattern == _QWEN2_SPLIT:
-            return "qwen2"
-    raise UnsupportedModelError(f"{path}: its pre-tokenizer ({' + '.join(kinds) or 'none'}) is not one prefopt can "
-                                "name for llama.cpp (GPT-2, SmolLM2, Llama 3 or Qwen2 style)")

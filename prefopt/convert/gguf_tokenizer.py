@@ -1,4 +1,5 @@
-"""Rebuild a model's tokenizer from a GGUF file's ``tokenizer.ggml.*`` metadata.
+"""A model's tokenizer and a GGUF file's ``tokenizer.ggml.*`` metadata, both ways: rebuilt on
+import (:func:`write_tokenizer`), described for export (:func:`tokenizer_metadata`).
 
 Two kinds, as llama.cpp reads them:
 - ``gpt2``: byte-level BPE (SmolLM2, Llama 3, Qwen2). The file keeps the merges; the split
@@ -12,6 +13,8 @@ Two kinds, as llama.cpp reads them:
 """
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 from .._deps import require
@@ -37,8 +40,9 @@ _PRE_TOKENIZERS = {
     "llama-bpe": ("split+bytelevel", _LLAMA3_SPLIT),
     "qwen2": ("split+bytelevel", _QWEN2_SPLIT),
 }
-_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED = 1, 2, 3, 4  # llama.cpp token types (5 unused, 6 byte)
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6  # llama.cpp token types
 _SPACE = "\u2581"  # SentencePiece's "▁"
+_BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 
 
 def write_tokenizer(meta, out: Path) -> None:
@@ -161,3 +165,106 @@ def _add_bos_eos(tk, tokens, bos, eos, *, byte_level: bool) -> None:
         single=f"{head}$A:0{tail}", pair=f"{head}$A:0{tail} {head_b}$B:1{tail_b}",
         special_tokens=[(t, ids[t]) for t in (bos, eos) if t],
     )
+
+
+def tokenizer_metadata(src: Path, vocab_size: int) -> dict:
+    """The ``tokenizer.ggml.*`` values for ``src``'s ``tokenizer.json``, byte-level BPE or
+    SentencePiece BPE: the tokenizer model (``gpt2``/``llama``), every id's token (padded to the
+    embedding's rows with unused ``[PAD{i}]``) and its type, the merges (byte-level: and how text
+    is split before BPE, llama.cpp's pre-tokenizer name) or each piece's score (SentencePiece: and
+    whether a space goes before the text), the special ids and the chat template (as
+    :func:`~prefopt.tokenizer.load_tokenizer` reads them, from every file that may hold them)."""
+    from ..tokenizer import load_tokenizer
+
+    tok = load_tokenizer(src)  # no tokenizer.json: its error
+    path = src / "tokenizer.json"
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    model = spec.get("model") or {}
+    byte_level = model.get("type") == "BPE" and _has_byte_level(spec.get("pre_tokenizer"))
+    if not byte_level and not (model.get("type") == "BPE" and model.get("byte_fallback")):
+        raise UnsupportedModelError(f"{path}: only byte-level BPE and SentencePiece BPE tokenizers are exported "
+                                    f"(got {model.get('type')!r})")
+    by_id = {i: t for t, i in model["vocab"].items()}
+    types = {i: _NORMAL for i in by_id}
+    if not byte_level:  # SentencePiece: its byte pieces and <unk> have types of their own
+        types.update({i: _BYTE for i, t in by_id.items() if _BYTE_PIECE.fullmatch(t)})
+        types.update({i: _UNKNOWN for i, t in by_id.items() if t == model.get("unk_token")})
+    for added in spec.get("added_tokens") or []:
+        by_id[added["id"]] = added["content"]
+        if types.get(added["id"]) != _UNKNOWN:
+            types[added["id"]] = _CONTROL if added.get("special") else _USER_DEFINED
+    if max(by_id) >= vocab_size:
+        raise UnsupportedModelError(f"{path}: token id {max(by_id)} has no row in the model's embedding "
+                                    f"({vocab_size} rows): the tokenizer is not this model's")
+    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(vocab_size)]
+    kinds = [types.get(i, _UNUSED) for i in range(vocab_size)]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    ids = {t: i for i, t in enumerate(tokens)}
+    pad = tok.pad_token if tok.config.get("pad_token") is not None else None  # not the tokenizer's fallback to EOS
+    template = tok.chat_template
+    if isinstance(template, list):  # named templates: the default one
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    out = {"tokens": tokens, "types": kinds, "bos": ids.get(tok.bos_token), "eos": ids.get(tok.eos_token),
+           "unk": ids.get(tok.unk_token), "pad": ids.get(pad), "chat_template": template,
+           "add_bos": tok.bos_token_id is not None and tok.encode("a")[:1] == [tok.bos_token_id]}
+    if byte_level:
+        return {**out, "model": "gpt2", "pre": _pre_tokenizer(spec.get("pre_tokenizer"), path), "merges": merges,
+                "space_prefix": False}
+    return {**out, "model": "llama", "scores": spm_scores(tokens, kinds, merges),
+            "space_prefix": _space_prefix(spec, path)}
+
+
+def spm_scores(tokens, types, merges) -> list[float]:
+    """Scores that :func:`spm_merges` turns back into ``merges`` (``"left right"``): a piece's is
+    minus the rank of the first merge that makes it; pieces no merge makes (single characters)
+    score below them all; special, byte and unused pieces 0."""
+    rank: dict[str, int] = {}
+    for k, m in enumerate(merges):
+        rank.setdefault(m.replace(" ", ""), k)
+    return [-float(rank.get(t, len(merges) + i)) if kind == _NORMAL else 0.0
+            for i, (t, kind) in enumerate(zip(tokens, types))]
+
+
+def _space_prefix(spec: dict, path) -> bool:
+    """Whether a SentencePiece ``tokenizer.json`` puts "▁" before the text: Llama 2's style (a
+    Prepend normalizer) or the newer one (a Metaspace pre-tokenizer that prepends)."""
+    norms = _parts(spec.get("normalizer"), "normalizers")
+    pre = _parts(spec.get("pre_tokenizer"))
+    spaces = any(n.get("type") == "Replace" and n.get("content") == _SPACE for n in norms)
+    meta = [p for p in pre if p.get("type") == "Metaspace"]
+    if not spaces and not meta:
+        raise UnsupportedModelError(f"{path}: a byte-fallback BPE that does not write spaces as '\u2581' is not "
+                                    "SentencePiece-style; it cannot be exported")
+    if meta:
+        return meta[0].get("prepend_scheme", "always") != "never" and meta[0].get("add_prefix_space", True)
+    return any(n.get("type") == "Prepend" and n.get("prepend") == _SPACE for n in norms)
+
+
+def _parts(step, key: str = "pretokenizers") -> list[dict]:
+    """A tokenizer.json pipeline step's parts: a Sequence's, else the step alone."""
+    if not step:
+        return []
+    return list(step[key]) if step.get("type") == "Sequence" else [step]
+
+
+def _has_byte_level(pre) -> bool:
+    return any(p.get("type") == "ByteLevel" for p in _parts(pre))
+
+
+def _pre_tokenizer(pre, path) -> str:
+    """llama.cpp's name for how ``tokenizer.json`` splits text before BPE, among those
+    :func:`~prefopt.convert.gguf.convert_gguf` reads back the same way."""
+    kinds = [p.get("type") for p in _parts(pre)]
+    last = _parts(pre)[-1] if kinds else {}
+    if kinds == ["ByteLevel"] and last.get("use_regex", True):
+        return "gpt2"
+    if kinds == ["Digits", "ByteLevel"] and _parts(pre)[0].get("individual_digits") and last.get("use_regex", True):
+        return "smollm"
+    if kinds == ["Split", "ByteLevel"] and not last.get("use_regex", True):
+        pattern = (_parts(pre)[0].get("pattern") or {}).get("Regex")
+        if pattern == _LLAMA3_SPLIT:
+            return "llama-bpe"
+        if pattern == _QWEN2_SPLIT:
+            return "qwen2"
+    raise UnsupportedModelError(f"{path}: its pre-tokenizer ({' + '.join(kinds) or 'none'}) is not one prefopt can "
+                                "name for llama.cpp (GPT-2, SmolLM2, Llama 3 or Qwen2 style)")

@@ -89,3 +89,51 @@ def test_a_tokenizer_model_prefopt_does_not_read_is_refused_by_name(spm, tmp_pat
     (tmp_path / "bad.gguf").write_bytes(data[:at] + b"rwkv5" + data[at + 5:])  # same length: still well-formed
     with pytest.raises(UnsupportedModelError, match=r"bad\.gguf: GGUF tokenizer model 'rwkv5' is not supported"):
         convert_gguf(tmp_path / "bad.gguf", tmp_path / "out", progress=False)
+
+
+def _vocab(path):
+    fields = gguf.GGUFReader(str(path)).fields
+    return {k.split(".")[-1]: fields[k].contents() for k in fields if k.startswith("tokenizer.ggml.")}
+
+
+def test_a_sentencepiece_model_exports_as_llama_cpp_writes_it_and_reads_back(spm, tmp_path):
+    """Export writes SentencePiece as llama.cpp's converter does (model "llama", scores, no
+    merges, piece types, a BOS and a space before the text): the same tokens and types as the
+    test's llama.cpp-style file, scores that give the same merges; read back by prefopt (ids and
+    logits) and by transformers' GGUF loader (logits)."""
+    from prefopt.convert.gguf_export import export_gguf
+    from prefopt.convert.gguf_tokenizer import spm_merges
+
+    hf, tmp, ref_path, _ = spm
+    path = export_gguf(tmp / "hf", tmp_path / "e.gguf", out_type="f32", show_progress=False)
+    got, ref = _vocab(path), _vocab(ref_path)
+    assert got["model"] == "llama" and "merges" not in got and "pre" not in got
+    assert got["tokens"] == ref["tokens"] and got["token_type"] == ref["token_type"]
+    assert (got["add_bos_token"], got["add_space_prefix"], got["unknown_token_id"]) == (True, True, 0)
+    merges = spm_merges(got["tokens"], got["scores"], got["token_type"])
+    assert merges == spm_merges(ref["tokens"], ref["scores"], ref["token_type"]) and len(merges) >= 172
+    back = convert_gguf(path, tmp_path / "back", progress=False)
+    ours, orig = load_tokenizer(back), load_tokenizer(tmp / "hf")
+    for text in TEXTS:
+        assert ours.encode(text) == orig.encode(text), text
+    with torch.no_grad():
+        want = hf(IDS).logits
+        assert (load_model(back)(IDS) - want).abs().max().item() < 1e-5
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="e.gguf", dtype=torch.float32)
+    with torch.no_grad():
+        assert (theirs.eval()(IDS).logits - want).abs().max().item() < 1e-4
+
+
+def test_an_imported_sentencepiece_model_exports_to_the_same_vocabulary(spm, tmp_path):
+    """GGUF -> prefopt's folder -> GGUF: the tokens, types and (through the scores) the merges
+    survive, so a model fine-tuned after import goes back to llama.cpp with its own tokenizer."""
+    from prefopt.convert.gguf_export import export_gguf
+    from prefopt.convert.gguf_tokenizer import spm_merges
+
+    _, _, ref_path, out = spm
+    got = _vocab(export_gguf(out, tmp_path / "again.gguf", out_type="f16", show_progress=False))
+    ref = _vocab(ref_path)
+    assert got["tokens"] == ref["tokens"] and got["token_type"] == ref["token_type"]
+    assert spm_merges(got["tokens"], got["scores"], got["token_type"]) == spm_merges(
+        ref["tokens"], ref["scores"], ref["token_type"])
