@@ -4,6 +4,7 @@ from __future__ import annotations
 import codecs
 import inspect
 from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
@@ -12,6 +13,43 @@ from ..data.records import DataError
 
 DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
 _SET_ASIDE: ContextVar[frozenset] = ContextVar("set_aside", default=frozenset())  # (path, line) table() passes over
+_COLLECTING: ContextVar[_BadRows | None] = ContextVar("collecting", default=None)  # check-data's bad rows, while read
+
+
+class _BadRows(list):
+    """The bad rows one check-data read has set aside, in the order met; past ``limit`` the read stops."""
+
+    def __init__(self, limit: int | None):
+        super().__init__()
+        self.limit = limit
+
+
+class _TooMany(Exception):  # noqa: N818 (not an error: the read has found enough bad rows)
+    """Stops a check-data read once it has more bad rows than it lists."""
+
+
+def set_aside(e: DataError) -> bool:
+    """True where check-data is reading past bad rows and has taken ``e`` (one row's error) to list
+    it, so the read goes on past the row; False (raise it) otherwise: eval, compare and training
+    stop at the first bad row, and an error that names no line is never a row's."""
+    bad = _COLLECTING.get()
+    if bad is None or e.line is None:
+        return False
+    bad.append(e)
+    if bad.limit is not None and len(bad) > bad.limit:
+        raise _TooMany
+    return True
+
+
+@contextmanager
+def one_row():
+    """Around the reading of one row of a task's file: a bad row's :class:`DataError` goes to
+    :func:`set_aside`, and propagates where it is not taken."""
+    try:
+        yield
+    except DataError as e:
+        if not set_aside(e):
+            raise
 
 
 def file_options(task, delimiter: str | None = None, encoding: str = "utf-8") -> dict:
@@ -36,12 +74,14 @@ def table(path: str | Path, *, delimiter: str | None = None, encoding: str = "ut
     file; a malformed record raises :class:`DataError` with its file and line. A CSV's delimiter,
     unless given, is read off its header (:func:`prefopt.data.readers.read_rows`).
     ``task_options``: the task takes :func:`file_options`, so a bad byte's error names them."""
-    set_aside = _SET_ASIDE.get()
+    passed_over = _SET_ASIDE.get()
     try:
         for line, row in read_rows(path, delimiter=delimiter, encoding=encoding):
-            if (str(Path(path)), line) in set_aside:
+            if (str(Path(path)), line) in passed_over:
                 continue
             if isinstance(row, DataError):
+                if set_aside(row):
+                    continue
                 raise row
             yield line, row
     except EncodingError as e:
@@ -53,24 +93,28 @@ def table(path: str | Path, *, delimiter: str | None = None, encoding: str = "ut
 
 def read_past_bad_rows(task, path: str | None, *, limit: int | None = None
                        ) -> tuple[list | None, list[DataError]]:
-    """``task.read(path)`` that goes on past bad rows: each one that stops the read is set aside and
-    the file read again without it. Returns the good records and the bad rows' errors, in file
-    order; past ``limit`` bad rows it stops looking and returns ``(None, errors)``. Each bad row
-    costs one more read of the file. A failure that is not a row of a table (a missing file, a
-    header, a file a task reads by itself) is raised as it is."""
-    bad: list[DataError] = []
+    """``task.read(path)`` that goes on past bad rows. Returns the good records and the bad rows'
+    errors, in the order met; past ``limit`` bad rows it stops looking and returns ``(None,
+    errors)``. The tasks' own loops read each row inside :func:`one_row`, so one read of the file
+    finds every bad row; a row error raised outside one (a task written without it) is set aside
+    and the file read again without that row. A failure that is not a row of a table (a missing
+    file, a header, a file a task reads by itself) is raised as it is."""
+    bad = _BadRows(limit)
     while True:
-        token = _SET_ASIDE.set(frozenset((str(e.path), e.line) for e in bad))
+        tokens = _SET_ASIDE.set(frozenset((str(e.path), e.line) for e in bad)), _COLLECTING.set(bad)
         try:
-            return task.read(path), bad
+            return task.read(path), list(bad)
+        except _TooMany:
+            return None, list(bad)
         except DataError as e:
             if e.line is None or (str(e.path), e.line) in _SET_ASIDE.get():
                 raise
             bad.append(e)
             if limit is not None and len(bad) > limit:
-                return None, bad
+                return None, list(bad)
         finally:
-            _SET_ASIDE.reset(token)
+            _SET_ASIDE.reset(tokens[0])
+            _COLLECTING.reset(tokens[1])
 
 
 def need(row: dict, field: str, path, line: int) -> str:

@@ -37,8 +37,8 @@ def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length:
     if records is None:
         return [f"{where}: {task.name} records; more than {show_bad} bad rows, the first {show_bad}:",
                 *(f"  bad: {e}" for e in bad[:show_bad]),
-                "  ... and more (--all-bad finds every one, reading the file once more past each, and measures "
-                "what is left: lengths, cuts, the class mix)"], len(bad)
+                "  ... and more (--all-bad finds every one and measures what is left: lengths, cuts, the class "
+                "mix)"], len(bad)
     examples = Records([{"prompt": task.messages(r), "completion": r.target} for r in records], f"{task.name} records")
     check = check_data(examples, tok, kind="sft", max_length=max_length)
     check.report.path = where

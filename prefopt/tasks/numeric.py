@@ -9,7 +9,7 @@ import csv
 from pathlib import Path
 
 from ..data.records import DataError
-from ._io import convert, file_options, table
+from ._io import convert, file_options, one_row, set_aside, table
 from .base import ClassificationTask, LabelField, Record, label_list, name_list
 
 UCI_COLUMNS = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak", "slope",
@@ -51,23 +51,29 @@ class NumericTable(ClassificationTask):
         self.labels_known(labelled)
         out = []
         for line, row in self.rows(path, labelled):
-            labels = {}
-            if labelled:
-                labels["label"] = self.own_label(convert(self.label_of, row, self.label_column, path, line), path,
-                                                 line, self.label_column)
-            # every named column but the label (an export's trailing ";;" makes unnamed, empty ones)
-            cols = self.feature_columns or [c for c in row if c.strip() and c not in (self.label_column, "_source")]
-            for c in cols:
-                if c not in row:
-                    raise DataError(path, line, c, "missing column")
-            lines = "\n".join(f"- {self.names.get(c, c)}: {_value(str(row[c]))}" for c in cols)
-            out.append(Record(f"{row.get('_source', Path(path).name)}:{line}", lines, labels.get("label", ""), labels,
-                              {"row": row}))
+            with one_row():
+                out.append(self._record(path, line, row, labelled))
         if not self.fields[0].labels:
             self.fields[0].labels = sorted({r.labels["label"] for r in out})
         for r in out:
             r.prompt = f"{self.question} Answer with one of: {', '.join(self.fields[0].labels)}.\n\n{r.prompt}"
         return out
+
+    def _record(self, path, line: int, row: dict, labelled: bool) -> Record:
+        """One row as a record, its prompt the feature lines (the question goes before them once
+        every row is read: it lists the labels)."""
+        labels = {}
+        if labelled:
+            labels["label"] = self.own_label(convert(self.label_of, row, self.label_column, path, line), path,
+                                             line, self.label_column)
+        # every named column but the label (an export's trailing ";;" makes unnamed, empty ones)
+        cols = self.feature_columns or [c for c in row if c.strip() and c not in (self.label_column, "_source")]
+        for c in cols:
+            if c not in row:
+                raise DataError(path, line, c, "missing column")
+        lines = "\n".join(f"- {self.names.get(c, c)}: {_value(str(row[c]))}" for c in cols)
+        return Record(f"{row.get('_source', Path(path).name)}:{line}", lines, labels.get("label", ""), labels,
+                      {"row": row})
 
 
 class UCIHeart(NumericTable):
@@ -103,5 +109,8 @@ class UCIHeart(NumericTable):
                     if not values:
                         continue
                     if len(values) not in sizes:
-                        raise DataError(f, i, None, f"expected {' or '.join(map(str, sizes))} values, got {len(values)}")
+                        e = DataError(f, i, None, f"expected {' or '.join(map(str, sizes))} values, got {len(values)}")
+                        if set_aside(e):
+                            continue
+                        raise e
                     yield i, {**dict(zip(UCI_COLUMNS, values)), "_source": f.name}

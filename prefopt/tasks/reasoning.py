@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..data.records import DataError
-from ._io import clip, need, table
+from ._io import clip, need, one_row, table
 from .base import ClassificationTask, GenerationTask, LabelField, Record
 
 LETTERS = ["A", "B", "C", "D", "E"]
@@ -15,15 +15,16 @@ LETTERS = ["A", "B", "C", "D", "E"]
 def _medqa_rows(path, labelled=True):
     """``(line, row, question, options, answer letter)`` of each row (the letter None unlabelled)."""
     for line, row in table(path):
-        q = need(row, "question", path, line)
-        options = row.get("options")
-        if not isinstance(options, dict) or len(options) < 2:
-            raise DataError(path, line, "options", "expected an object of lettered options")
-        options = {k.upper(): str(v) for k, v in options.items()}
-        answer = need(row, "answer_idx", path, line).upper() if labelled else None
-        if labelled and answer not in options:
-            raise DataError(path, line, "answer_idx", f"{answer!r} is not one of the options {sorted(options)}")
-        yield line, row, q, options, answer
+        with one_row():
+            q = need(row, "question", path, line)
+            options = row.get("options")
+            if not isinstance(options, dict) or len(options) < 2:
+                raise DataError(path, line, "options", "expected an object of lettered options")
+            options = {k.upper(): str(v) for k, v in options.items()}
+            answer = need(row, "answer_idx", path, line).upper() if labelled else None
+            if labelled and answer not in options:
+                raise DataError(path, line, "answer_idx", f"{answer!r} is not one of the options {sorted(options)}")
+            yield line, row, q, options, answer
 
 
 class MedQA(ClassificationTask):

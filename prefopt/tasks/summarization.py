@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._io import clip, file_options, need, table
+from ._io import clip, file_options, need, one_row, table
 from .base import GenerationTask, Record
 
 
@@ -25,10 +25,11 @@ class Summarization(GenerationTask):
     def load(self, path, labelled=True):
         out = []
         for line, row in table(path, **self.file):
-            src = need(row, self.source_column, path, line)
-            tgt = need(row, self.target_column, path, line) if labelled else ""
-            out.append(Record(f"{Path(path).name}:{line}", f"{self.instruction}\n\n{clip(src, self.max_chars)}", tgt,
-                              meta={"row": row}))
+            with one_row():
+                src = need(row, self.source_column, path, line)
+                tgt = need(row, self.target_column, path, line) if labelled else ""
+                out.append(Record(f"{Path(path).name}:{line}", f"{self.instruction}\n\n{clip(src, self.max_chars)}",
+                                  tgt, meta={"row": row}))
         return out
 
 

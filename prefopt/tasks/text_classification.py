@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._io import clip, convert, file_options, need, table
+from ._io import clip, convert, file_options, need, one_row, table
 from .base import ClassificationTask, LabelField, Record, label_list
 
 ABSTRACT_CLASSES = {"1": "neoplasms", "2": "digestive system diseases", "3": "nervous system diseases",
@@ -31,13 +31,14 @@ class TextClassification(ClassificationTask):
         self.labels_known(labelled)
         out = []
         for line, row in table(path, **self.file):
-            text = need(row, self.text_column, path, line)
-            labels = {}
-            if labelled:
-                labels["label"] = self.own_label(convert(self.label_of, row, self.label_column, path, line), path,
-                                                 line, self.label_column)
-            out.append(Record(f"{Path(path).name}:{line}", "", labels.get("label", ""), labels,
-                              {"text": text, "row": row}))
+            with one_row():
+                text = need(row, self.text_column, path, line)
+                labels = {}
+                if labelled:
+                    labels["label"] = self.own_label(convert(self.label_of, row, self.label_column, path, line), path,
+                                                     line, self.label_column)
+                out.append(Record(f"{Path(path).name}:{line}", "", labels.get("label", ""), labels,
+                                  {"text": text, "row": row}))
         if not self.fields[0].labels:
             self.fields[0].labels = sorted({r.labels["label"] for r in out})
         options = ", ".join(self.fields[0].labels)

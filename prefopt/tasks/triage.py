@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data.records import DataError
-from ._io import need, table
+from ._io import need, one_row, table
 from .base import ClassificationTask, LabelField, Record
 
 PORTAL_DATA = Path(__file__).resolve().parent / "data" / "portal_messages.jsonl"
@@ -70,16 +70,11 @@ class KTAS(ClassificationTask):
         fmt = "Urgency: <level>\nDisposition: <disposition>" if self.with_disposition else "the level only"
         out = []
         for line, row in table(path, delimiter=";", encoding="latin-1"):
-            complaint = need(row, "Chief_complain", path, line)
-            labels = self._labels(row, path, line) if labelled else {}
-            sex = {"1": "female", "2": "male"}.get(str(row.get("Sex")).strip(), "unknown sex")
-            nrs = _f(row, "NRS_pain")
-            text = (f"{_f(row, 'Age')}-year-old {sex}, chief complaint: {complaint}.\n"
-                    f"Injury: {'yes' if str(row.get('Injury')).strip() == '2' else 'no'}; mental status: "
-                    f"{MENTAL.get(str(row.get('Mental')).strip(), 'not recorded')}; pain score: {nrs}.\n"
-                    f"BP {_f(row, 'SBP')}/{_f(row, 'DBP')} mmHg, HR {_f(row, 'HR')}/min, RR {_f(row, 'RR')}/min, "
-                    f"temperature {_f(row, 'BT')} C, SpO2 {_f(row, 'Saturation', '%')}.")
-            out.append(Record(f"ktas:{line}", f"{ask} Answer with {fmt}.\n\n{text}", "", labels, {"row": row}))
+            with one_row():
+                complaint = need(row, "Chief_complain", path, line)
+                labels = self._labels(row, path, line) if labelled else {}
+                out.append(Record(f"ktas:{line}", f"{ask} Answer with {fmt}.\n\n{_patient(row, complaint)}", "",
+                                  labels, {"row": row}))
         for r in out:
             r.target = self.render(r.labels, r) if labelled else ""
         return out
@@ -95,6 +90,16 @@ class KTAS(ClassificationTask):
                 raise DataError(path, line, "Disposition", f"unknown code {d!r}")
             labels["disposition"] = DISPOSITION[d]
         return labels
+
+
+def _patient(row: dict, complaint: str) -> str:
+    """A KTAS row as the prompt describes the patient."""
+    sex = {"1": "female", "2": "male"}.get(str(row.get("Sex")).strip(), "unknown sex")
+    return (f"{_f(row, 'Age')}-year-old {sex}, chief complaint: {complaint}.\n"
+            f"Injury: {'yes' if str(row.get('Injury')).strip() == '2' else 'no'}; mental status: "
+            f"{MENTAL.get(str(row.get('Mental')).strip(), 'not recorded')}; pain score: {_f(row, 'NRS_pain')}.\n"
+            f"BP {_f(row, 'SBP')}/{_f(row, 'DBP')} mmHg, HR {_f(row, 'HR')}/min, RR {_f(row, 'RR')}/min, "
+            f"temperature {_f(row, 'BT')} C, SpO2 {_f(row, 'Saturation', '%')}.")
 
 
 class PortalTriage(ClassificationTask):
@@ -115,17 +120,21 @@ class PortalTriage(ClassificationTask):
         path = path or self.bundled_data
         out = []
         for line, row in table(path):
-            msg = need(row, "message", path, line)
-            labels = {}
-            for f in self.fields if labelled else []:
-                v = need(row, f.name, path, line).lower()
-                if v not in f.labels:
-                    raise DataError(path, line, f.name, f"{v!r} is not one of {f.labels}")
-                labels[f.name] = v
-            prompt = ("Triage this patient portal message. How urgent is it (emergency, urgent or routine), and "
-                      "who should handle it (physician, nurse, pharmacist or front desk)? Answer as\n"
-                      f"Urgency: <urgency>\nStaff: <staff>\n\nMessage: {msg}")
-            rec = Record(str(row.get("id") or f"portal:{line}"), prompt, "", labels, {"row": row})
-            rec.target = self.render(labels, rec) if labelled else ""
-            out.append(rec)
+            with one_row():
+                out.append(self._record(path, line, row, labelled))
         return out
+
+    def _record(self, path, line: int, row: dict, labelled: bool) -> Record:
+        msg = need(row, "message", path, line)
+        labels = {}
+        for f in self.fields if labelled else []:
+            v = need(row, f.name, path, line).lower()
+            if v not in f.labels:
+                raise DataError(path, line, f.name, f"{v!r} is not one of {f.labels}")
+            labels[f.name] = v
+        prompt = ("Triage this patient portal message. How urgent is it (emergency, urgent or routine), and "
+                  "who should handle it (physician, nurse, pharmacist or front desk)? Answer as\n"
+                  f"Urgency: <urgency>\nStaff: <staff>\n\nMessage: {msg}")
+        rec = Record(str(row.get("id") or f"portal:{line}"), prompt, "", labels, {"row": row})
+        rec.target = self.render(labels, rec) if labelled else ""
+        return rec
