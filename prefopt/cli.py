@@ -121,7 +121,7 @@ def _convert_gguf(args: argparse.Namespace) -> int:
 
     check_new_dir(args.out_dir, [args.gguf], args.overwrite)
     with new_dir(args.out_dir) as tmp:
-        convert_gguf(args.gguf, tmp, dtype=DTYPES[args.dtype])
+        convert_gguf(args.gguf, tmp, dtype=DTYPES.get(args.dtype, args.dtype))
     print(f"wrote {args.out_dir}")
     return 0
 
@@ -420,7 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert-gguf", help="import a GGUF file into an HF-layout folder")
     c.add_argument("gguf", help="path to a .gguf file (llama or qwen2 architecture)")
     c.add_argument("out_dir")
-    c.add_argument("--dtype", choices=DTYPES, default="float32")
+    c.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
+                   help="of the saved weights; auto: an unquantized file's own; a quantized one's float32 (exact) up "
+                        "to 1B parameters, bfloat16 past that")
     c.add_argument("--overwrite", action="store_true", help="replace an OUT_DIR that holds files already")
     c.set_defaults(func=_convert_gguf)
 

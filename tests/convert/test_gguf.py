@@ -168,3 +168,45 @@ def test_rope_freqs_that_are_not_llama31_scaling_are_refused_by_name(tmp_path):
         llama3_scaling([1, 1, 8, 1, 1, 1, 8, 8], 500000.0, 16, "m.gguf")  # not monotone in wavelength
     with pytest.raises(UnsupportedModelError, match=r"m\.gguf: 'rope_freqs.weight' has 3 values; the model rotates 8"):
         llama3_scaling([1, 2, 3], 500000.0, 16, "m.gguf")
+
+
+def _stored(out) -> set:
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        return {f.get_slice(k).get_dtype() for k in f.keys()}
+
+
+@pytest.mark.parametrize("qtype, vectors, want", [
+    ("F32", None, "F32"),
+    ("F16", torch.float16, "F16"), ("BF16", torch.bfloat16, "BF16"),  # a model stored in 16 bits: its norms fit
+    ("F16", None, "F32"),  # norms that float16 would round: float32 keeps them
+    ("Q8_0", None, "F32"),
+])
+def test_auto_dtype_keeps_every_value_and_halves_big_quantized_models(src, tmp_path, monkeypatch, qtype, vectors,
+                                                                       want):
+    """Unquantized files import in their matrices' own type where it holds the file's vectors
+    (norms: F32 in any file) too, else float32: no value changes. A quantized file imports in
+    float32 (exact) up to a billion parameters, bfloat16 past that."""
+    from safetensors.torch import load_file, save_file
+
+    import prefopt.convert.gguf as conv
+
+    if vectors is not None:  # as a model saved in 16 bits has them
+        weights = load_file(src[1] / "model.safetensors")
+        save_file({k: v.to(vectors).float() for k, v in weights.items()}, src[1] / "model.safetensors",
+                  metadata={"format": "pt"})
+    path = write_tiny_gguf(src[1], tmp_path / "m.gguf", qtype=qtype)
+    auto = conv.convert_gguf(path, tmp_path / "auto", progress=False)
+    exact = conv.convert_gguf(path, tmp_path / "f32", dtype=torch.float32, progress=False)
+    assert _stored(auto) == {want} and _stored(exact) == {"F32"}
+    with torch.no_grad():
+        ref = load_model(exact)(IDS)
+        assert torch.equal(load_model(auto)(IDS), ref)  # no value changed
+    if qtype == "Q8_0":  # a big model: bfloat16, within rounding of the exact import
+        monkeypatch.setattr(conv, "EXACT_UP_TO", 1000)
+        big = conv.convert_gguf(path, tmp_path / "big", progress=False)
+        assert _stored(big) == {"BF16"} and json.loads((big / "config.json").read_text())["dtype"] == "bfloat16"
+        with torch.no_grad():
+            got = load_model(big)(IDS)
+        assert 0 < (got - ref).abs().max().item() < 0.02 * ref.abs().max().item()
