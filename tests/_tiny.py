@@ -146,10 +146,12 @@ def build_hf_model(out: Path, arch: str = "llama", seed: int = 0, tokenizer: boo
     return model
 
 
-def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "smollm") -> Path:
+def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "smollm", spm_scores: bool = True) -> Path:
     """Write ``hf_dir`` (a tiny llama or qwen2 saved by :func:`build_hf_model`) as a llama.cpp
     GGUF file of that architecture, permuting llama's q/k rows the way llama.cpp's converter does
-    (its qwen2 keeps HF's order) and quantizing 2-D weights to ``qtype``."""
+    (its qwen2 keeps HF's order) and quantizing 2-D weights to ``qtype``. A SentencePiece
+    tokenizer goes in as llama.cpp writes one from ``tokenizer.model`` (``spm_scores``: scores,
+    no merges) or from ``tokenizer.json`` alone (scores all -1000, and here the merges kept)."""
     import gguf
     import numpy as np
     from safetensors.torch import load_file
@@ -177,7 +179,7 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     tokens = [t for t, _ in vocab] + [f"<unused{i}>" for i in range(cfg["vocab_size"] - len(vocab))]
     merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
     if tok["model"].get("byte_fallback"):  # SentencePiece, as llama.cpp writes Llama 2's: scores, no merges
-        _write_spm_vocab(w, tokens, merges)
+        _write_spm_vocab(w, tokens, merges, spm_scores)
     else:
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre(pre)
@@ -243,7 +245,7 @@ def _llama3_rope_freqs(rope: dict, dim: int):
     return np.array(out, dtype=np.float32)
 
 
-def _write_spm_vocab(w, tokens: list[str], merges: list[str]) -> None:
+def _write_spm_vocab(w, tokens: list[str], merges: list[str], scored: bool = True) -> None:
     """A SentencePiece vocabulary as llama.cpp's converter writes it: each piece's score (a
     merged piece's is minus its merge's rank, so earlier merges score higher; single characters
     below them all; special and byte pieces 0), its type (2 unknown, 3 control, 6 byte, 1 normal),
@@ -253,7 +255,9 @@ def _write_spm_vocab(w, tokens: list[str], merges: list[str]) -> None:
     scores = [0.0 if k != 1 else -float(rank.get(t, len(merges) + i)) for i, (t, k) in enumerate(zip(tokens, types))]
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
-    w.add_token_scores(scores)
+    w.add_token_scores(scores if scored else [-1000.0] * len(tokens))
+    if not scored:
+        w.add_token_merges(merges)
     w.add_token_types(types)
     w.add_unk_token_id(tokens.index("<unk>"))
     w.add_add_bos_token(True)

@@ -5,9 +5,9 @@ Two kinds, as llama.cpp reads them:
 - ``gpt2``: byte-level BPE (SmolLM2, Llama 3, Qwen2). The file keeps the merges; the split
   before BPE is named by ``tokenizer.ggml.pre``.
 - ``llama``: SentencePiece BPE (Llama 2, Mistral, TinyLlama and the medical models built on
-  them). The file keeps each piece's score, not the merges: SentencePiece joins, of the adjacent
-  pieces, the pair whose join scores best, so the merges are every cut of a piece into two
-  pieces, best-scored piece first. Spaces become ``▁``, one is put before the text (and, as
+  them). The file keeps each piece's score, not the merges (unless its converter kept them too):
+  SentencePiece joins, of the adjacent pieces, the pair whose join scores best, so the merges
+  are every cut of a piece into two pieces, best-scored piece first. Spaces become ``▁``, one is put before the text (and, as
   llama.cpp does, after every special token), and bytes missing from the vocabulary fall back
   to the ``<0xXX>`` pieces.
 """
@@ -125,7 +125,9 @@ def _sentencepiece(tk_mod, meta, tokens, types):
                          f"{len(types)} token types; they must match")
     unk = meta.get("tokenizer.ggml.unknown_token_id")
     vocab = {tok: i for i, tok in enumerate(tokens)}
-    tk = tk_mod.Tokenizer(models.BPE(vocab, spm_merges(tokens, scores, types), fuse_unk=True, byte_fallback=True,
+    given = meta.get("tokenizer.ggml.merges")  # some converters keep them: then they, not the scores, are the order
+    merges = [tuple(m.split(" ", 1)) for m in given] if given else spm_merges(tokens, scores, types)
+    tk = tk_mod.Tokenizer(models.BPE(vocab, merges, fuse_unk=True, byte_fallback=True,
                                      unk_token=tokens[unk] if unk is not None and 0 <= unk < len(tokens) else None))
     prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
     spaces = normalizers.Replace(" ", _SPACE)

@@ -137,3 +137,44 @@ def test_an_imported_sentencepiece_model_exports_to_the_same_vocabulary(spm, tmp
     assert got["tokens"] == ref["tokens"] and got["token_type"] == ref["token_type"]
     assert spm_merges(got["tokens"], got["scores"], got["token_type"]) == spm_merges(
         ref["tokens"], ref["scores"], ref["token_type"])
+
+
+def test_merges_kept_in_the_file_are_used_where_the_scores_say_nothing(spm, tmp_path):
+    """A SentencePiece GGUF converted from tokenizer.json alone has every score -1000; where its
+    converter also kept the merges, they give the order, and the ids are the source's."""
+    _, tmp, _, _ = spm
+    path = write_tiny_gguf(tmp / "hf", tmp_path / "m.gguf", spm_scores=False)
+    assert set(_vocab(path)["scores"]) == {-1000.0}
+    ours, orig = load_tokenizer(convert_gguf(path, tmp_path / "out", progress=False)), load_tokenizer(tmp / "hf")
+    for text in TEXTS:
+        assert ours.encode(text) == orig.encode(text), text
+
+
+class _Meta:
+    """GGUF metadata as write_tokenizer reads it."""
+
+    def __init__(self, fields):
+        self.fields, self.path = fields, "m.gguf"
+
+    def get(self, key, default=None):
+        return self.fields.get(key, default)
+
+    def need(self, key):
+        return self.fields[key]
+
+
+@pytest.mark.parametrize("merges, want", [(None, ["\u2581a", "bc"]), (["a b", "\u2581 ab", "b c"], ["\u2581ab", "c"])])
+def test_merges_in_the_file_override_the_order_the_scores_imply(tmp_path, merges, want):
+    """Scores all alike (a file converted from tokenizer.json alone): the pieces' ids break the
+    tie ("bc", id 6, before "ab", id 7); merges the file keeps are the order instead."""
+    from prefopt.convert.gguf_tokenizer import write_tokenizer
+
+    tokens = ["<unk>", "<s>", "\u2581", "a", "b", "c", "bc", "ab", "\u2581a", "\u2581ab"]
+    fields = {"general.architecture": "llama", "tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens,
+              "tokenizer.ggml.scores": [-1000.0] * len(tokens), "tokenizer.ggml.token_type": [2, 3] + [1] * 8,
+              "tokenizer.ggml.unknown_token_id": 0, "tokenizer.ggml.bos_token_id": 1}
+    if merges:
+        fields["tokenizer.ggml.merges"] = merges
+    write_tokenizer(_Meta(fields), tmp_path)
+    tok = load_tokenizer(tmp_path)
+    assert [tokens[i] for i in tok.encode("abc", add_special_tokens=False)] == want
