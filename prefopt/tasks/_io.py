@@ -35,6 +35,8 @@ def set_aside(e: DataError) -> bool:
     bad = _COLLECTING.get()
     if bad is None or e.line is None:
         return False
+    if (str(e.path), e.line) in _SET_ASIDE.get():
+        return True  # listed on an earlier read (a reader that does not go through table())
     bad.append(e)
     if bad.limit is not None and len(bad) > bad.limit:
         raise _TooMany
