@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -89,8 +90,9 @@ def _stored_dtype(src: Path) -> torch.dtype:
 
 def _check_exportable(cfg, src) -> None:
     """GGUF's ``llama`` architecture holds Llama and Mistral-style models without biases, its
-    ``qwen2`` one Qwen2 (q/k/v biases); neither Llama 3.1's RoPE scaling (llama.cpp stores that
-    as a tensor this exporter does not write) nor a sliding window."""
+    ``qwen2`` one Qwen2 (q/k/v biases); Llama 3.1's RoPE scaling only in the first. Neither has a
+    sliding window: as llama.cpp's converter does with Mistral 7B v0.1's (and so BioMistral's),
+    it is dropped, with a warning (the same model for contexts up to the window)."""
     if cfg.model_type not in ("llama", "mistral", "qwen2"):
         raise UnsupportedModelError(f"{src}: model_type {cfg.model_type!r}: prefopt exports Llama, Mistral, SmolLM2 "
                                     "and Qwen2 to GGUF")
@@ -100,7 +102,9 @@ def _check_exportable(cfg, src) -> None:
         raise UnsupportedModelError(f"{src}: RoPE scaling {cfg.rope_type!r} is not exported for {cfg.model_type}; "
                                     "use llama.cpp's convert_hf_to_gguf.py on the merged folder")
     if cfg.sliding_window:
-        raise UnsupportedModelError(f"{src}: sliding-window attention ({cfg.sliding_window}) is not exported")
+        warnings.warn(f"{src}: its sliding window ({cfg.sliding_window} tokens) is dropped, as llama.cpp's own "
+                      f"converter drops Mistral 7B v0.1's: llama.cpp attends to the whole context, the same model up "
+                      f"to {cfg.sliding_window} tokens", stacklevel=3)
 
 
 def _gguf_name(hf_name: str, src) -> str:

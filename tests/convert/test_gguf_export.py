@@ -104,14 +104,11 @@ def test_what_cannot_be_exported_is_refused_by_name(tmp_path):
     build_hf_model(tmp_path / "small", vocab_size=300)  # the tokenizer has ids up to 399
     with pytest.raises(UnsupportedModelError, match=r"token id 3\d\d has no row in the model's embedding \(300 rows\)"):
         export_gguf(tmp_path / "small", tmp_path / "s.gguf", show_progress=False)
-    build_hf_model(tmp_path / "window", arch="mistral", sliding_window=64)
-    with pytest.raises(UnsupportedModelError, match=r"sliding-window attention \(64\) is not exported"):
-        export_gguf(tmp_path / "window", tmp_path / "w.gguf", show_progress=False)
     build_hf_model(tmp_path / "mlpbias", mlp_bias=True)
     with pytest.raises(UnsupportedModelError, match="biases on the attention or MLP"):
         export_gguf(tmp_path / "mlpbias", tmp_path / "b.gguf", show_progress=False)
     with pytest.raises(ValueError, match="GGUF type must be one of"):
-        export_gguf(tmp_path / "window", tmp_path / "w.gguf", out_type="q4_0")
+        export_gguf(tmp_path / "small", tmp_path / "w.gguf", out_type="q4_0")
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*tmp*"))
 
 
@@ -267,3 +264,20 @@ def test_llama31_rope_scaling_is_exported_as_llama_cpp_s_rope_freqs(tmp_path):
     with torch.no_grad():
         got = load_model(convert_gguf(path, tmp_path / "back", progress=False))(long)
         assert (got - load_model(tmp_path / "hf")(long)).abs().max().item() < 1e-4
+
+
+def test_a_sliding_window_is_dropped_as_llama_cpp_drops_mistral_s_with_a_warning(tmp_path):
+    """Mistral 7B v0.1 (BioMistral's base) has a 4096-token window; GGUF has none, and llama.cpp's
+    converter drops it. So does the export, saying so: the model read back equals the source up to
+    the window's length and attends further past it."""
+    build_hf_model(tmp_path / "hf", arch="mistral", sliding_window=64, max_position_embeddings=512)
+    with pytest.warns(UserWarning, match=r"sliding window \(64 tokens\) is dropped.*the same model up to 64 tokens"):
+        path = export_gguf(tmp_path / "hf", tmp_path / "m.gguf", out_type="f32", show_progress=False)
+    back = load_model(convert_gguf(path, tmp_path / "back", progress=False))
+    source = load_model(tmp_path / "hf")
+    assert back.config.sliding_window is None and source.config.sliding_window == 64
+    long = torch.randint(0, 400, (1, 100), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got, want = back(long), source(long)
+    assert (got[:, :64] - want[:, :64]).abs().max().item() < 1e-5  # within the window: the same model
+    assert (got[:, 64:] - want[:, 64:]).abs().max().item() > 1e-3  # past it: attends further
