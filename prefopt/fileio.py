@@ -109,15 +109,16 @@ class Held(Exception):
 
 @contextmanager
 def file_lock(path: str | Path, *, wait: bool = True, note: str = "") -> Iterator[None]:
-    """Hold an exclusive ``flock`` on the file ``path`` (created; ``note``, such as this pid, written
+    """Hold an exclusive lock on the file ``path`` (created; ``note``, such as this pid, written
     into it): released when the block ends or the process dies, whatever the file says after a
     crash or a restart. ``wait=False``: :class:`Held` at once where another process holds it. The
     file stays (removing it would let a waiter lock the old file while a newcomer locks a new
-    one). Where ``fcntl`` is missing (Windows), no lock."""
+    one). ``flock`` on Linux and macOS; on Windows, ``msvcrt.locking`` of the file's first byte."""
     try:
         import fcntl
-    except ImportError:
-        yield
+    except ImportError:  # Windows
+        with _windows_lock(path, wait=wait, note=note):
+            yield
         return
     with open(path, "a+") as f:
         try:
@@ -125,10 +126,43 @@ def file_lock(path: str | Path, *, wait: bool = True, note: str = "") -> Iterato
         except BlockingIOError:
             raise Held(path) from None
         try:
-            if note:
-                f.truncate(0)
-                f.write(note)
-                f.flush()
+            _write_note(f, note)
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _write_note(f, note: str) -> None:
+    if note:
+        f.truncate(0)
+        f.write(note)
+        f.flush()
+
+
+@contextmanager
+def _windows_lock(path: str | Path, *, wait: bool, note: str) -> Iterator[None]:
+    """:func:`file_lock` with ``msvcrt``: a lock on the file's first byte (Windows releases it when
+    the process dies), tried again every 0.2 s while ``wait``; no lock where ``msvcrt`` is missing."""
+    try:
+        import msvcrt
+    except ImportError:
+        yield
+        return
+    import time
+
+    with open(path, "a+") as f:
+        while True:
+            f.seek(0)
+            try:
+                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+                break
+            except OSError:
+                if not wait:
+                    raise Held(path) from None
+                time.sleep(0.2)
+        try:
+            _write_note(f, note)
+            yield
+        finally:
+            f.seek(0)
+            msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
