@@ -82,7 +82,7 @@ def write_tokenizer(meta, out: Path) -> None:
         "unk_token": token("unknown"),
         "pad_token": token("padding") or eos,
         "add_bos_token": add_bos,
-        "add_eos_token": add_eos,
+        **({"add_eos_token": True} if add_eos else {}),
         "clean_up_tokenization_spaces": False,
         "model_max_length": meta.get(f"{meta.need('general.architecture')}.context_length", 2048),
     }
