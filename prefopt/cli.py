@@ -116,13 +116,13 @@ def _add_chat_date_flag(p: argparse.ArgumentParser, shown_in: str) -> None:
 
 
 def _convert_gguf(args: argparse.Namespace) -> int:
-    from .convert.gguf import convert_gguf
+    from .convert.gguf import convert_gguf, describe_import
     from .fileio import check_new_dir, new_dir
 
     check_new_dir(args.out_dir, [args.gguf], args.overwrite)
     with new_dir(args.out_dir) as tmp:
         convert_gguf(args.gguf, tmp, dtype=DTYPES.get(args.dtype, args.dtype))
-    print(f"wrote {args.out_dir}")
+    print(f"wrote {args.out_dir}: {describe_import(args.out_dir)}")
     return 0
 
 

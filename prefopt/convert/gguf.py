@@ -121,6 +121,23 @@ def import_dtype(gguf, reader) -> torch.dtype:
     return dtype
 
 
+def describe_import(out: str | Path) -> str:
+    """One line on an imported folder: architecture, size, weights' dtype, tokenizer, RoPE scaling."""
+    import json
+
+    out = Path(out)
+    cfg = json.loads((out / "config.json").read_text())
+    model = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    rope = cfg.get("rope_scaling") or {k: v for k, v in (cfg.get("rope_parameters") or {}).items() if k != "rope_theta"}
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    scaling = "" if kind == "default" else f"; RoPE scaling {kind} x{rope.get('factor'):g}"
+    mib = sum(f.stat().st_size for f in out.glob("*.safetensors")) / 2**20
+    tokenizer = "SentencePiece" if model.get("byte_fallback") else "byte-level BPE"
+    return (f"{cfg['architectures'][0]}, {cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, "
+            f"{cfg['vocab_size']:,} tokens; {cfg.get('dtype', 'float32')} weights, {mib:,.0f} MiB; {tokenizer} "
+            f"tokenizer{scaling}")
+
+
 def _bar(items, show):
     return progress(items, desc="converting GGUF", unit="tensor") if show else items
 

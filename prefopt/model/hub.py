@@ -123,13 +123,15 @@ def _imported(gguf: Path, out: Path, progress: bool) -> Path:
         if _same_content(made, source):
             write_json_atomic(stamp, source)  # touched or moved, not changed: only the stamp is new
             return out
-        from ..convert.gguf import convert_gguf
+        from ..convert.gguf import convert_gguf, describe_import
 
         if progress:
             print(f"prefopt: importing {gguf.name} into {out} (once)", flush=True)
         with new_dir(out) as tmp:
             convert_gguf(gguf, tmp, progress=progress)
             (tmp / STAMP).write_text(json.dumps(source, indent=2) + "\n")
+        if progress:
+            print(f"prefopt: imported {describe_import(out)}", flush=True)
     return out
 
 

@@ -6,7 +6,7 @@ import torch
 
 from prefopt import load_model, load_tokenizer
 from prefopt.cli import main
-from prefopt.convert.gguf import convert_gguf, permute_qk, unpermute_qk
+from prefopt.convert.gguf import convert_gguf, describe_import, permute_qk, unpermute_qk
 from prefopt.model import UnsupportedModelError
 from tests._tiny import CORPUS, build_hf_model, write_tiny_gguf
 
@@ -71,7 +71,8 @@ def test_cli_convert_gguf(src, tmp_path, capsys):
     hf, hf_dir = src
     path = write_tiny_gguf(hf_dir, tmp_path / "m.gguf")
     assert main(["convert-gguf", str(path), str(tmp_path / "cli")]) == 0
-    assert "wrote" in capsys.readouterr().out
+    assert capsys.readouterr().out == (f"wrote {tmp_path / 'cli'}: LlamaForCausalLM, 2 layers, hidden 64, 400 tokens; "
+                                       "float32 weights, 0 MiB; byte-level BPE tokenizer\n")
     with torch.no_grad():
         assert (load_model(tmp_path / "cli")(IDS) - hf(IDS).logits).abs().max().item() < 1e-5
 
@@ -152,6 +153,7 @@ def test_llama31_rope_scaling_is_read_back_from_rope_freqs(tmp_path, rope, want)
     cfg = json.loads((out / "config.json").read_text())
     scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters")
     assert {k: scaling[k] for k in want} == want and scaling["rope_type"] == "llama3"
+    assert describe_import(out).endswith(f"byte-level BPE tokenizer; RoPE scaling llama3 x{want['factor']:g}")
     with torch.no_grad():
         want_logits = hf(LONG).logits
         assert (load_model(out)(LONG) - want_logits).abs().max().item() < 1e-4

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from prefopt import load_model, load_tokenizer
-from prefopt.convert.gguf import convert_gguf
+from prefopt.convert.gguf import convert_gguf, describe_import
 from prefopt.convert.gguf_tokenizer import spm_merges
 from prefopt.model import UnsupportedModelError
 from tests._tiny import CORPUS, build_hf_model, build_spm_tokenizer, write_tiny_gguf
@@ -52,6 +52,8 @@ def test_the_tokenizer_gives_the_source_ids_bytes_spaces_and_special_tokens_incl
     assert ours.encode("chest")[0] == ours.bos_token_id == 1 and ours.encode("chest", add_special_tokens=False)[0] != 1
     assert ours.encode("😀", add_special_tokens=False)[1:] == [3 + b for b in "😀".encode()]  # "▁", then <0xF0>...
     assert (ours.bos_token, ours.eos_token, ours.config.get("unk_token")) == ("<s>", "</s>", "<unk>")
+    assert describe_import(out) == "LlamaForCausalLM, 2 layers, hidden 64, 480 tokens; float32 weights, 1 MiB; " \
+                                   "SentencePiece tokenizer"
     msgs = [{"role": "user", "content": "chest pain?"}, {"role": "assistant", "content": "Yes"}]
     assert ours.apply_chat_template(msgs) == orig.apply_chat_template(msgs)
     pr = ours.encode_prompt_response(msgs[:1], "Yes")
