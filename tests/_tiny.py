@@ -146,7 +146,8 @@ def build_hf_model(out: Path, arch: str = "llama", seed: int = 0, tokenizer: boo
     return model
 
 
-def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "smollm", spm_scores: bool = True) -> Path:
+def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "smollm", spm_scores: bool = True,
+                    rope_scaling: str | None = None) -> Path:
     """Write ``hf_dir`` (a tiny llama or qwen2 saved by :func:`build_hf_model`) as a llama.cpp
     GGUF file of that architecture, permuting llama's q/k rows the way llama.cpp's converter does
     (its qwen2 keeps HF's order) and quantizing 2-D weights to ``qtype``. A SentencePiece
@@ -173,6 +174,9 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     w.add_rope_freq_base(cfg.get("rope_parameters", {}).get("rope_theta", 10000.0))
     w.add_rope_dimension_count(cfg["hidden_size"] // cfg["num_attention_heads"])
     w.add_vocab_size(cfg["vocab_size"])
+    if rope_scaling:  # as llama.cpp's converter writes a config's rope_scaling type (e.g. "yarn")
+        w.add_rope_scaling_type(gguf.RopeScalingType(rope_scaling))
+        w.add_rope_scaling_factor(4.0)
     vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])
     vocab += [(a["content"], a["id"]) for a in tok["added_tokens"] if a["content"] not in tok["model"]["vocab"]]
     vocab.sort(key=lambda kv: kv[1])

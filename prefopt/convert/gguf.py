@@ -213,8 +213,12 @@ def _config(meta: _Metadata, *, tied: bool, rope_freqs: np.ndarray | None = None
     tokens = meta.need("tokenizer.ggml.tokens")
     theta = _f32(meta.get(a + "rope.freq_base", 10000.0))
     scaling = None
-    if meta.get(a + "rope.scaling.type") == "linear":
+    kind = meta.get(a + "rope.scaling.type", "none")
+    if kind == "linear":
         scaling = {"rope_type": "linear", "factor": float(meta.need(a + "rope.scaling.factor"))}
+    elif kind != "none":  # YaRN, LongRoPE: not implemented; dropping one would change every position's angle
+        raise UnsupportedModelError(f"{meta.path}: RoPE scaling {kind!r} is not supported (prefopt implements "
+                                    "linear and Llama 3.1's); import from the original HF checkpoint without it")
     if rope_freqs is not None:
         if scaling is not None:
             raise UnsupportedModelError(f"{meta.path}: has both linear RoPE scaling and a 'rope_freqs' tensor")

@@ -212,3 +212,16 @@ def test_auto_dtype_keeps_every_value_and_halves_big_quantized_models(src, tmp_p
         with torch.no_grad():
             got = load_model(big)(IDS)
         assert 0 < (got - ref).abs().max().item() < 0.02 * ref.abs().max().item()
+
+
+@pytest.mark.parametrize("kind", ["yarn", "longrope"])
+def test_rope_scaling_prefopt_does_not_implement_is_refused_not_dropped(src, tmp_path, kind):
+    """Qwen2.5's long-context GGUFs may carry YaRN: dropped, every position would turn differently."""
+    path = write_tiny_gguf(src[1], tmp_path / "m.gguf", rope_scaling=kind)
+    with pytest.raises(UnsupportedModelError, match=rf"m\.gguf: RoPE scaling '{kind}' is not supported"):
+        convert_gguf(path, tmp_path / "out", progress=False)
+    linear = convert_gguf(write_tiny_gguf(src[1], tmp_path / "l.gguf", rope_scaling="linear"), tmp_path / "lin",
+                          progress=False)
+    cfg = json.loads((linear / "config.json").read_text())
+    scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters")
+    assert scaling["rope_type"] == "linear" and scaling["factor"] == 4.0
