@@ -147,7 +147,7 @@ def build_hf_model(out: Path, arch: str = "llama", seed: int = 0, tokenizer: boo
 
 
 def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "smollm", spm_scores: bool = True,
-                    rope_scaling: str | None = None) -> Path:
+                    rope_scaling: str | None = None, experts: int = 0) -> Path:
     """Write ``hf_dir`` (a tiny llama or qwen2 saved by :func:`build_hf_model`) as a llama.cpp
     GGUF file of that architecture, permuting llama's q/k rows the way llama.cpp's converter does
     (its qwen2 keeps HF's order) and quantizing 2-D weights to ``qtype``. A SentencePiece
@@ -174,6 +174,9 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     w.add_rope_freq_base(cfg.get("rope_parameters", {}).get("rope_theta", 10000.0))
     w.add_rope_dimension_count(cfg["hidden_size"] // cfg["num_attention_heads"])
     w.add_vocab_size(cfg["vocab_size"])
+    if experts:  # as llama.cpp writes Mixtral (its expert tensors are left out here)
+        w.add_expert_count(experts)
+        w.add_expert_used_count(2)
     if rope_scaling:  # as llama.cpp's converter writes a config's rope_scaling type (e.g. "yarn")
         w.add_rope_scaling_type(gguf.RopeScalingType(rope_scaling))
         w.add_rope_scaling_factor(4.0)

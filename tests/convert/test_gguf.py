@@ -225,3 +225,9 @@ def test_rope_scaling_prefopt_does_not_implement_is_refused_not_dropped(src, tmp
     cfg = json.loads((linear / "config.json").read_text())
     scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters")
     assert scaling["rope_type"] == "linear" and scaling["factor"] == 4.0
+
+
+def test_a_mixture_of_experts_is_refused_by_name(src, tmp_path):
+    path = write_tiny_gguf(src[1], tmp_path / "mixtral.gguf", experts=8)
+    with pytest.raises(UnsupportedModelError, match=r"mixtral\.gguf: a mixture of experts \(8 experts"):
+        convert_gguf(path, tmp_path / "out", progress=False)
