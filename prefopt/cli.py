@@ -431,9 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", required=True, help="model folder, alias (smollm2-135m), hub id or .gguf file")
     e.add_argument("--adapter", help="a LoRA adapter folder to merge in first (e.g. runs/dpo/final)")
     e.add_argument("--output", required=True, help="the .gguf file to write")
-    e.add_argument("--type", choices=("f32", "f16", "q8_0"), default="f16",
-                   help="the matrices' type: f16 (default: half of f32's size), q8_0 (a quarter: 8-bit blocks) or "
-                   "f32 (exact); norms stay f32. On SmolLM2 f16 and q8_0 moved next-token distributions by a KL of "
+    e.add_argument("--type", choices=("f32", "f16", "bf16", "q8_0"), default="f16",
+                   help="the matrices' type: f16 (default: half of f32's size), bf16 (as small; a bfloat16 model's "
+                   "values exactly), q8_0 (a quarter: 8-bit blocks) or f32 (exact); norms stay f32. On SmolLM2 f16 and q8_0 moved next-token distributions by a KL of "
                    "3e-6 and 0.002 nats (docs/model.md)")
     e.add_argument("--name", help="general.name in the file (default: the model's name, + the adapter's path)")
     e.add_argument("--overwrite", action="store_true", help="replace an OUTPUT file that exists")

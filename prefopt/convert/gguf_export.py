@@ -8,7 +8,8 @@ llama.cpp GGUF file, for serving a fine-tuned model with llama.cpp or Ollama on 
   (``llama.*`` or ``qwen2.*``) and ``tokenizer.*``, as llama.cpp's own converter writes them;
   Llama 3.1's RoPE scaling as its ``rope_freqs`` tensor (:func:`~.gguf_rope.rope_divisors`);
 - each weight gets its GGUF name, for the llama architecture q/k rows in llama.cpp's RoPE order
-  (:func:`permute_qk`; qwen2 keeps HF's), and the type asked for: ``f32``, ``f16`` or ``q8_0``
+  (:func:`permute_qk`; qwen2 keeps HF's), and the type asked for: ``f32``, ``f16``, ``bf16`` (a
+  bfloat16 model's own values, exactly) or ``q8_0``
   (norms and biases stay f32; a matrix whose rows do not split into q8_0 blocks of 32 is written
   f16, as llama.cpp does);
 - the model loads in its stored dtype (bf16 for most hub models), each tensor becomes float32
@@ -31,8 +32,9 @@ from .gguf import _GLOBAL_NAMES, _LAYER_NAMES, permute_qk
 from .gguf_rope import rope_divisors
 from .gguf_tokenizer import tokenizer_metadata
 
-TYPES = ("f32", "f16", "q8_0")
-_FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}  # llama.cpp's general.file_type: ALL_F32, MOSTLY_F16, MOSTLY_Q8_0
+TYPES = ("f32", "f16", "bf16", "q8_0")
+# llama.cpp's general.file_type: ALL_F32, MOSTLY_F16, MOSTLY_BF16, MOSTLY_Q8_0
+_FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32, "q8_0": 7}
 _TO_GGUF = {hf: g for g, hf in _GLOBAL_NAMES.items()}
 _ROPE_FREQS = "rope_freqs.weight"
 _LAYER_TO_GGUF = {hf: g for g, hf in _LAYER_NAMES.items()}
@@ -142,6 +144,8 @@ def _qtype(gguf, t: torch.Tensor, out_type: str):
     q = gguf.GGMLQuantizationType
     if t.dim() == 1 or out_type == "f32":
         return q.F32
+    if out_type == "bf16":
+        return q.BF16
     if out_type == "q8_0" and t.shape[-1] % gguf.GGML_QUANT_SIZES[q.Q8_0][0] == 0:
         return q.Q8_0
     return q.F16

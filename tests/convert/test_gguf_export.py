@@ -281,3 +281,28 @@ def test_a_sliding_window_is_dropped_as_llama_cpp_drops_mistral_s_with_a_warning
         got, want = back(long), source(long)
     assert (got[:, :64] - want[:, :64]).abs().max().item() < 1e-5  # within the window: the same model
     assert (got[:, 64:] - want[:, 64:]).abs().max().item() > 1e-3  # past it: attends further
+
+
+def test_bf16_export_holds_a_bf16_model_exactly_in_half_of_f32(tiny, tmp_path):
+    """--type bf16: a bfloat16 model's matrices as they are (f16 would round them: 3 fewer exponent
+    bits, 3 more mantissa bits); imported back as bfloat16 (auto), the same logits bit for bit;
+    transformers' GGUF loader reads it too."""
+    from prefopt import save_model
+
+    hf_dir, _, _ = tiny
+    save_model(load_model(hf_dir), tmp_path / "src", load_tokenizer(hf_dir), dtype=torch.bfloat16)
+    path = export_gguf(tmp_path / "src", tmp_path / "m.gguf", out_type="bf16", show_progress=False)
+    kinds = _types(path)
+    assert kinds["blk.0.attn_q.weight"] == "BF16" and kinds["blk.0.attn_norm.weight"] == "F32"
+    assert gguf.GGUFReader(str(path)).fields["general.file_type"].contents() == 32  # MOSTLY_BF16
+    f16 = export_gguf(tmp_path / "src", tmp_path / "h.gguf", out_type="f16", show_progress=False)
+    assert abs(path.stat().st_size - f16.stat().st_size) < 4096
+    back = convert_gguf(path, tmp_path / "back", progress=False)
+    with torch.no_grad():
+        want = load_model(tmp_path / "src")(IDS)
+        assert torch.equal(load_model(back)(IDS), want)
+        assert not torch.equal(load_model(convert_gguf(f16, tmp_path / "h", progress=False))(IDS), want)
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32)
+    with torch.no_grad():
+        assert (theirs.eval()(IDS).logits - want).abs().max().item() < 1e-4
