@@ -200,7 +200,7 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     w.add_chat_template(tcfg["chat_template"])
     rope = cfg.get("rope_parameters") or {}
     if rope.get("rope_type") == "llama3":
-        w.add_tensor("rope_freqs.weight", _llama3_rope_freqs(rope, cfg["hidden_size"] // cfg["num_attention_heads"]))
+        w.add_tensor("rope_freqs.weight", llama_cpp_rope_freqs(rope, cfg["hidden_size"] // cfg["num_attention_heads"]))
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
     layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
@@ -229,7 +229,7 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     return path
 
 
-def _llama3_rope_freqs(rope: dict, dim: int):
+def llama_cpp_rope_freqs(rope: dict, dim: int):
     """What llama.cpp's converter stores for Llama 3.1's RoPE scaling: a divisor per frequency (1
     where the wavelength is under original context / high_freq_factor, factor where it is over
     original context / low_freq_factor, a blend of the inverse between), in float32."""

@@ -251,14 +251,14 @@ def test_llama31_rope_scaling_is_exported_as_llama_cpp_s_rope_freqs(tmp_path):
     """Llama 3.1's RoPE scaling goes into the file as llama.cpp's converter writes it (the
     'rope_freqs' divisors, here against the test's own copy of that converter's loop) and comes
     back from prefopt's import with the source's logits over 200 positions."""
-    from tests._tiny import _llama3_rope_freqs
+    from tests._tiny import llama_cpp_rope_freqs
 
     rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
     build_hf_model(tmp_path / "hf", max_position_embeddings=16384, rope_parameters=rope)
     path = export_gguf(tmp_path / "hf", tmp_path / "m.gguf", out_type="f32", show_progress=False)
     freqs = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}["rope_freqs.weight"]
-    want = _llama3_rope_freqs(rope, 16)
+    want = llama_cpp_rope_freqs(rope, 16)
     assert np.allclose(np.asarray(freqs.data), want, rtol=1e-6) and want.max() == 8.0 and want.min() == 1.0
     long = torch.randint(0, 400, (1, 200), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
