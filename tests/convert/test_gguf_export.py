@@ -306,3 +306,11 @@ def test_bf16_export_holds_a_bf16_model_exactly_in_half_of_f32(tiny, tmp_path):
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32)
     with torch.no_grad():
         assert (theirs.eval()(IDS).logits - want).abs().max().item() < 1e-4
+
+
+def test_the_command_offers_every_type_the_exporter_writes():
+    from prefopt.cli import build_parser
+    from prefopt.convert.gguf_export import TYPES
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["export-gguf"]
+    assert next(a for a in sub._actions if a.dest == "type").choices == TYPES
