@@ -21,7 +21,7 @@ import torch
 
 from .._deps import progress, require
 from ..model.checkpoint import write_config_files
-from ..model.config import ModelConfig, UnsupportedModelError
+from ..model.config import SUPPORTED_ARCHITECTURES, ModelConfig, UnsupportedModelError
 from ..model.safetensors_io import ShardWriter
 from .gguf_rope import llama3_scaling
 from .gguf_tokenizer import write_tokenizer
@@ -126,15 +126,13 @@ def describe_import(out: str | Path) -> str:
     import json
 
     out = Path(out)
-    cfg = json.loads((out / "config.json").read_text())
+    cfg = ModelConfig.from_hf(out)  # both spellings of the RoPE settings
     model = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))["model"]
-    rope = cfg.get("rope_scaling") or {k: v for k, v in (cfg.get("rope_parameters") or {}).items() if k != "rope_theta"}
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    scaling = "" if kind == "default" else f"; RoPE scaling {kind} x{rope.get('factor'):g}"
+    scaling = "" if cfg.rope_scaling is None else f"; RoPE scaling {cfg.rope_type} x{cfg.rope_scaling['factor']:g}"
     mib = sum(f.stat().st_size for f in out.glob("*.safetensors")) / 2**20
     tokenizer = "SentencePiece" if model.get("byte_fallback") else "byte-level BPE"
-    return (f"{cfg['architectures'][0]}, {cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, "
-            f"{cfg['vocab_size']:,} tokens; {cfg.get('dtype', 'float32')} weights, {mib:,.0f} MiB; {tokenizer} "
+    return (f"{SUPPORTED_ARCHITECTURES[cfg.model_type]}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+            f"{cfg.vocab_size:,} tokens; {cfg.raw.get('dtype', 'float32')} weights, {mib:,.0f} MiB; {tokenizer} "
             f"tokenizer{scaling}")
 
 
