@@ -21,51 +21,23 @@ and prefopt do), so the texts hold none.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-EXTRA = ["Héllo wörld 😀 12345 mg/dL", "  two  spaces\n\nnew line ", "tab\there, ünïcödé ✓ — “quotes”",
-         "BP 150/90, HR 112; SpO₂ 94%", "über-naïve café résumé", "患者は胸痛を訴えた"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _gguf_check import clinical_texts, finish, tiny_llama_writer  # noqa: E402
+
 _NORMAL, _UNKNOWN, _CONTROL, _UNUSED, _BYTE = 1, 2, 3, 5, 6
-
-
-def clinical_texts(limit: int) -> list[str]:
-    """Up to ``limit`` texts from each dataset present, and the extra ones."""
-    out = list(EXTRA)
-    sources = [("summarization/meqsum/meqsum.jsonl", "CHQ"), ("clinical_reasoning/medqa/medqa_usmle_4options.jsonl",
-                                                            "question")]
-    for rel, field in sources:
-        path = SHARED / rel
-        if path.is_file():
-            with path.open(encoding="utf-8") as f:
-                out += [json.loads(line)[field] for _, line in zip(range(limit), f)]
-    for rel, field, kw in [("text_classification/medical_abstracts/medical_tc.csv", "medical_abstract", {}),
-                           ("triage/ktas/data.csv", "Chief_complain", {"delimiter": ";"})]:
-        path = SHARED / rel
-        if path.is_file():
-            with path.open(encoding="latin-1" if "ktas" in rel else "utf-8", newline="") as f:
-                out += [row[field] for _, row in zip(range(limit), csv.DictReader(f, **kw))]
-    return out
 
 
 def write_gguf(sp, path: Path) -> None:
     """A tiny random llama (one layer, 64 wide) around ``sp``'s vocabulary, its tokenizer as
     llama.cpp's converter writes one from ``tokenizer.model``."""
-    import gguf
-    import numpy as np
-
     n = sp.get_piece_size()
     types = [_UNKNOWN if sp.is_unknown(i) else _CONTROL if sp.is_control(i) else _UNUSED if sp.is_unused(i)
              else _BYTE if sp.is_byte(i) else _NORMAL for i in range(n)]
-    w = gguf.GGUFWriter(str(path), "llama")
-    for add, value in [(w.add_block_count, 1), (w.add_context_length, 4096), (w.add_embedding_length, 64),
-                       (w.add_feed_forward_length, 128), (w.add_head_count, 4), (w.add_head_count_kv, 4),
-                       (w.add_layer_norm_rms_eps, 1e-5), (w.add_rope_dimension_count, 16), (w.add_vocab_size, n)]:
-        add(value)
+    w = tiny_llama_writer(path, n)
     w.add_tokenizer_model("llama")
     w.add_token_list([sp.id_to_piece(i) for i in range(n)])
     w.add_token_scores([sp.get_score(i) for i in range(n)])
@@ -75,17 +47,7 @@ def write_gguf(sp, path: Path) -> None:
     w.add_unk_token_id(sp.unk_id())
     w.add_add_bos_token(True)
     w.add_add_space_prefix(True)
-    rng = np.random.default_rng(0)
-    shapes = {"token_embd.weight": (n, 64), "output_norm.weight": (64,), "output.weight": (n, 64),
-              "blk.0.attn_norm.weight": (64,), "blk.0.ffn_norm.weight": (64,), "blk.0.attn_q.weight": (64, 64),
-              "blk.0.attn_k.weight": (64, 64), "blk.0.attn_v.weight": (64, 64), "blk.0.attn_output.weight": (64, 64),
-              "blk.0.ffn_gate.weight": (128, 64), "blk.0.ffn_up.weight": (128, 64), "blk.0.ffn_down.weight": (64, 128)}
-    for name, shape in shapes.items():
-        w.add_tensor(name, rng.standard_normal(shape).astype(np.float32) * 0.02)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
 
 
 def main() -> None:

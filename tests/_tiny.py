@@ -147,12 +147,13 @@ def build_hf_model(out: Path, arch: str = "llama", seed: int = 0, tokenizer: boo
 
 
 def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "smollm", spm_scores: bool = True,
-                    rope_scaling: str | None = None, experts: int = 0) -> Path:
+                    rope_scaling: str | None = None, experts: int = 0, add_bos: bool | None = False) -> Path:
     """Write ``hf_dir`` (a tiny llama or qwen2 saved by :func:`build_hf_model`) as a llama.cpp
     GGUF file of that architecture, permuting llama's q/k rows the way llama.cpp's converter does
     (its qwen2 keeps HF's order) and quantizing 2-D weights to ``qtype``. A SentencePiece
     tokenizer goes in as llama.cpp writes one from ``tokenizer.model`` (``spm_scores``: scores,
-    no merges) or from ``tokenizer.json`` alone (scores all -1000, and here the merges kept)."""
+    no merges) or from ``tokenizer.json`` alone (scores all -1000, and here the merges kept).
+    ``add_bos``: a byte-level file's ``tokenizer.ggml.add_bos_token`` (None: the key left out)."""
     import gguf
     import numpy as np
     from safetensors.torch import load_file
@@ -194,7 +195,8 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
         w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
         w.add_token_merges(merges)
         w.add_pad_token_id(tokens.index(tcfg["pad_token"]))
-        w.add_add_bos_token(False)
+        if add_bos is not None:
+            w.add_add_bos_token(add_bos)
     w.add_bos_token_id(tokens.index(tcfg["bos_token"]))
     w.add_eos_token_id(tokens.index(tcfg["eos_token"]))
     w.add_chat_template(tcfg["chat_template"])

@@ -2,8 +2,8 @@
 import (:func:`write_tokenizer`), described for export (:func:`tokenizer_metadata`).
 
 Two kinds, as llama.cpp reads them:
-- ``gpt2``: byte-level BPE (SmolLM2, Llama 3, Qwen2). The file keeps the merges; the split
-  before BPE is named by ``tokenizer.ggml.pre``.
+- ``gpt2``: byte-level BPE (SmolLM2, Llama 3, Qwen2, Mistral's Tekken). The file keeps the
+  merges; the split before BPE is named by ``tokenizer.ggml.pre``.
 - ``llama``: SentencePiece BPE (Llama 2, Mistral, TinyLlama and the medical models built on
   them). The file keeps each piece's score, not the merges (unless its converter kept them too):
   SentencePiece joins, of the adjacent pieces, the pair whose join scores best, so the merges
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from .._deps import require
@@ -32,13 +33,44 @@ _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Mistral's Tekken (Mistral NeMo, Mistral Small 3): capitalised and lower-case runs of letters
+# apart, each digit on its own, a slash kept with the punctuation before it
+_TEKKEN_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+@dataclass(frozen=True)
+class _Pre:
+    """How llama.cpp reads a byte-level BPE file with a given ``tokenizer.ggml.pre``: the split
+    before BPE (``style``, ``regex``); whether a piece the vocabulary holds whole is that one
+    token (``whole``: tiktoken's rule, llama.cpp's ignore_merges; Llama 3 has 588 tokens its
+    merges never build); whether a BOS is added when the file does not say (``bos``)."""
+
+    style: str
+    regex: str | None = None
+    whole: bool = False
+    bos: bool = False
+
+
+_LLAMA3 = _Pre("split+bytelevel", _LLAMA3_SPLIT, whole=True, bos=True)
+_QWEN2 = _Pre("split+bytelevel", _QWEN2_SPLIT)
+# names as llama.cpp reads them (aliases included: "llama3"/"llama-v3" are older Llama 3 files,
+# "deepseek-r1-qwen" the DeepSeek-R1 distills of Qwen2.5)
 _PRE_TOKENIZERS = {
-    "gpt2": ("bytelevel", _GPT2_SPLIT),
-    "default": ("bytelevel", _GPT2_SPLIT),
-    "smollm": ("digits+bytelevel", _GPT2_SPLIT),
-    "starcoder": ("digits+bytelevel", _GPT2_SPLIT),
-    "llama-bpe": ("split+bytelevel", _LLAMA3_SPLIT),
-    "qwen2": ("split+bytelevel", _QWEN2_SPLIT),
+    "gpt2": _Pre("bytelevel"),
+    "default": _Pre("bytelevel"),
+    "smollm": _Pre("digits+bytelevel"),
+    "starcoder": _Pre("digits+bytelevel"),
+    "llama-bpe": _LLAMA3,
+    "llama3": _LLAMA3,
+    "llama-v3": _LLAMA3,
+    "falcon3": _LLAMA3,
+    "qwen2": _QWEN2,
+    "deepseek-r1-qwen": _QWEN2,
+    "tekken": _Pre("split+bytelevel", _TEKKEN_SPLIT, whole=True, bos=True),
 }
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6  # llama.cpp token types
 _SPACE = "\u2581"  # SentencePiece's "▁"
@@ -55,9 +87,10 @@ def write_tokenizer(meta, out: Path) -> None:
     tokens = list(meta.need("tokenizer.ggml.tokens"))
     types = list(meta.get("tokenizer.ggml.token_type", [_NORMAL] * len(tokens)))
     if kind == "gpt2":
-        tk = _byte_level(tk_mod, meta, tokens)
+        pre = _pre(meta)
+        tk, bos_default = _byte_level(tk_mod, meta, tokens, pre), pre.bos
     elif kind == "llama":
-        tk = _sentencepiece(tk_mod, meta, tokens, types)
+        tk, bos_default = _sentencepiece(tk_mod, meta, tokens, types), True
     else:
         raise UnsupportedModelError(f"{meta.path}: GGUF tokenizer model {kind!r} is not supported; prefopt reads "
                                     "byte-level BPE ('gpt2') and SentencePiece BPE ('llama')")
@@ -70,8 +103,9 @@ def write_tokenizer(meta, out: Path) -> None:
         return tokens[i] if i is not None and 0 <= i < len(tokens) else None
 
     bos, eos = token("bos"), token("eos")
-    # llama.cpp's defaults where the file is silent: SentencePiece adds a BOS, byte-level BPE does not
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", kind == "llama")) and bos is not None
+    # llama.cpp's defaults where the file is silent: SentencePiece adds a BOS, byte-level BPE only
+    # for some pre-tokenizers (Llama 3's, Tekken)
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", bos_default)) and bos is not None
     add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and eos is not None
     _add_bos_eos(tk, tokens, bos if add_bos else None, eos if add_eos else None, byte_level=kind == "gpt2")
     tk.save(str(out / "tokenizer.json"))
@@ -92,23 +126,26 @@ def write_tokenizer(meta, out: Path) -> None:
     write_json_atomic(out / "tokenizer_config.json", config)
 
 
-def _byte_level(tk_mod, meta, tokens):
+def _pre(meta) -> _Pre:
+    name = meta.get("tokenizer.ggml.pre", "default")
+    if name not in _PRE_TOKENIZERS:
+        raise UnsupportedModelError(
+            f"{meta.path}: GGUF pre-tokenizer {name!r} is not supported; known: {sorted(_PRE_TOKENIZERS)}"
+        )
+    return _PRE_TOKENIZERS[name]
+
+
+def _byte_level(tk_mod, meta, tokens, pre: _Pre):
     from tokenizers import Regex, decoders, models, pre_tokenizers
 
-    pre = meta.get("tokenizer.ggml.pre", "default")
-    if pre not in _PRE_TOKENIZERS:
-        raise UnsupportedModelError(
-            f"{meta.path}: GGUF pre-tokenizer {pre!r} is not supported; known: {sorted(_PRE_TOKENIZERS)}"
-        )
     merges = [tuple(m.split(" ", 1)) for m in meta.need("tokenizer.ggml.merges")]
     vocab = {tok: i for i, tok in enumerate(tokens)}
-    tk = tk_mod.Tokenizer(models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
-    style, regex = _PRE_TOKENIZERS[pre]
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=regex is None)
-    if style == "digits+bytelevel":
+    tk = tk_mod.Tokenizer(models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False, ignore_merges=pre.whole))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre.regex is None)
+    if pre.style == "digits+bytelevel":
         tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    elif style == "split+bytelevel":
-        split = pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False)
+    elif pre.style == "split+bytelevel":
+        split = pre_tokenizers.Split(Regex(pre.regex), behavior="isolated", invert=False)
         tk.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
     else:
         tk.pre_tokenizer = byte_level
@@ -268,5 +305,7 @@ def _pre_tokenizer(pre, path) -> str:
             return "llama-bpe"
         if pattern == _QWEN2_SPLIT:
             return "qwen2"
+        if pattern == _TEKKEN_SPLIT:
+            return "tekken"
     raise UnsupportedModelError(f"{path}: its pre-tokenizer ({' + '.join(kinds) or 'none'}) is not one prefopt can "
-                                "name for llama.cpp (GPT-2, SmolLM2, Llama 3 or Qwen2 style)")
+                                "name for llama.cpp (GPT-2, SmolLM2, Llama 3, Qwen2 or Tekken style)")

@@ -75,7 +75,9 @@ def test_the_check_writes_the_vocabulary_as_llama_cpp_and_compares_every_text(tm
     fake = types.ModuleType("sentencepiece")
     fake.SentencePieceProcessor = lambda model_file: _StandIn(tmp_path / "spm", reverse)
     monkeypatch.setitem(sys.modules, "sentencepiece", fake)
-    monkeypatch.setattr(mod, "clinical_texts", lambda limit: mod.EXTRA[:3] + ["The patient reports chest pain."])
+    texts = ["Héllo wörld 😀 12345 mg/dL", "  two  spaces\n\nnew line ", "tab\there, ünïcödé ✓ — “quotes”",
+             "The patient reports chest pain."]
+    monkeypatch.setattr(mod, "clinical_texts", lambda limit: texts)
     monkeypatch.setattr(sys, "argv", ["check", "--model-file", "x.model"])
     mod.main()
     out = capsys.readouterr().out

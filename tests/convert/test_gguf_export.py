@@ -149,18 +149,20 @@ def test_smollm2_exported_smaller_predicts_as_the_full_model(smollm_dir, tmp_pat
 
 def _tokenizer(out, style: str) -> None:
     """A small byte-level BPE in the style of GPT-2 (byte-level's own split), Llama 3 (its split
-    regex, a BOS added to every text) or Qwen2 (its split regex), with tokenizer_config.json."""
+    regex, a BOS added to every text), Qwen2 or Tekken (their split regexes), with
+    tokenizer_config.json."""
     import json
 
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    from prefopt.convert.gguf_tokenizer import _LLAMA3_SPLIT, _QWEN2_SPLIT
+    from prefopt.convert.gguf_tokenizer import _LLAMA3_SPLIT, _QWEN2_SPLIT, _TEKKEN_SPLIT
     from tests._tiny import CHATML, SPECIALS
 
     tk = Tokenizer(models.BPE())
-    if style in ("llama3", "qwen2"):
+    regex = {"llama3": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT, "tekken": _TEKKEN_SPLIT}.get(style)
+    if regex:
         tk.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT if style == "llama3" else _QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.Split(Regex(regex), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     else:
         tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -180,11 +182,12 @@ def _tokenizer(out, style: str) -> None:
         "pad_token": "<|eot_id|>", "chat_template": CHATML}))
 
 
-@pytest.mark.parametrize("style, pre", [("llama3", "llama-bpe"), ("gpt2", "gpt2"), ("qwen2", "qwen2")])
+@pytest.mark.parametrize("style, pre", [("llama3", "llama-bpe"), ("gpt2", "gpt2"), ("qwen2", "qwen2"),
+                                        ("tekken", "tekken")])
 def test_other_tokenizer_styles_survive_export_and_import(tmp_path, style, pre):
-    """Llama 3's split regex with a BOS on every text, GPT-2's plain byte-level split and Qwen2's
-    (single digits): named for llama.cpp as its converter names them, and read back to the same
-    ids, BOS included."""
+    """Llama 3's split regex with a BOS on every text, GPT-2's plain byte-level split, Qwen2's
+    (single digits) and Tekken's (case runs apart): named for llama.cpp as its converter names
+    them, and read back to the same ids, BOS included."""
     build_hf_model(tmp_path / "hf", tokenizer=False)
     _tokenizer(tmp_path / "hf", style)
     path = export_gguf(tmp_path / "hf", tmp_path / "m.gguf", out_type="f32", show_progress=False)
@@ -196,7 +199,7 @@ def test_other_tokenizer_styles_survive_export_and_import(tmp_path, style, pre):
     assert types[tokens.index("<note>")] == 4 and types[tokens.index("<|eot_id|>")] == 3
     assert types[-1] == 5 and tokens[-1] == "[PAD399]"  # rows past the tokenizer: unused
     ours, orig = load_tokenizer(convert_gguf(path, tmp_path / "back", progress=False)), load_tokenizer(tmp_path / "hf")
-    for text in CORPUS + ["I'll see 12345 mg/dL, they've <note> it\n\n  done", "don't  stop\r\n"]:
+    for text in CORPUS + ["I'll see 12345 mg/dL, they've <note> it\n\n  done", "don't  stop\r\n", "PatientHas BP"]:
         assert ours.encode(text) == orig.encode(text), text
     assert (orig.encode("a")[0] == orig.bos_token_id) is (style == "llama3")
 
