@@ -173,7 +173,11 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     w.add_head_count_kv(cfg["num_key_value_heads"])
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     w.add_rope_freq_base(cfg.get("rope_parameters", {}).get("rope_theta", 10000.0))
-    w.add_rope_dimension_count(cfg["hidden_size"] // cfg["num_attention_heads"])
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    w.add_rope_dimension_count(head_dim)
+    if head_dim != cfg["hidden_size"] // cfg["num_attention_heads"]:  # Mistral NeMo: 128, not 5120 / 32
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
     w.add_vocab_size(cfg["vocab_size"])
     if experts:  # as llama.cpp writes Mixtral (its expert tensors are left out here)
         w.add_expert_count(experts)
@@ -202,7 +206,7 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     w.add_chat_template(tcfg["chat_template"])
     rope = cfg.get("rope_parameters") or {}
     if rope.get("rope_type") == "llama3":
-        w.add_tensor("rope_freqs.weight", llama_cpp_rope_freqs(rope, cfg["hidden_size"] // cfg["num_attention_heads"]))
+        w.add_tensor("rope_freqs.weight", llama_cpp_rope_freqs(rope, head_dim))
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
     layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",

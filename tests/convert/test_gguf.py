@@ -35,6 +35,23 @@ def test_f32_gguf_reproduces_the_source_model(src, tmp_path):
     assert cfg["rms_norm_eps"] == 1e-05 and cfg["num_key_value_heads"] == 2 and not cfg["tie_word_embeddings"]
 
 
+def test_a_head_width_other_than_hidden_over_heads_is_read_from_key_length(tmp_path):
+    """Mistral NeMo's heads are 128 wide though its hidden size is 5120 over 32 heads: llama.cpp
+    writes ``attention.key_length``; the import reads it (and the q/k permutation is undone per
+    head of that width), and the export writes it back."""
+    from prefopt.convert.gguf_export import export_gguf
+
+    hf = build_hf_model(tmp_path / "hf", head_dim=24, rope_theta=1e6)  # 64 / 4 heads would be 16
+    out = convert_gguf(write_tiny_gguf(tmp_path / "hf", tmp_path / "m.gguf"), tmp_path / "out", progress=False)
+    assert json.loads((out / "config.json").read_text())["head_dim"] == 24
+    with torch.no_grad():
+        want = hf(IDS).logits
+        assert (load_model(out)(IDS) - want).abs().max().item() < 1e-5
+        again = export_gguf(out, tmp_path / "again.gguf", out_type="f32", show_progress=False)
+        assert gguf.GGUFReader(str(again)).fields["llama.attention.key_length"].contents() == 24
+        assert (load_model(convert_gguf(again, tmp_path / "back", progress=False))(IDS) - want).abs().max() < 1e-5
+
+
 def test_q8_gguf_matches_transformers_own_gguf_loader(src, tmp_path):
     transformers = pytest.importorskip("transformers")
     hf, hf_dir = src
