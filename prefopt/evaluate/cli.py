@@ -35,6 +35,8 @@ def _eval(args) -> int:
         placement,
         predict,
         prompt_date,
+        reasoning_note,
+        reasoning_opened,
         require_chat,
         score,
     )
@@ -65,7 +67,9 @@ def _eval(args) -> int:
                        quantize=args.quantize)
     settings = {k: getattr(args, k) for k in DECODING} | {"max_new_tokens": max_new}
     texts, ended = predict(model, tok, task, records, batch_size=args.batch_size, return_ended=True, **settings)
-    preds, metrics = score(task, records, texts, ended, settings)
+    preds, metrics = score(task, records, texts, ended, settings, opened=reasoning_opened(tok, task, records))
+    if note := reasoning_note(metrics, "--max-new-tokens N"):
+        print(f"prefopt eval: {note}", flush=True)
     metrics.update(placement(model) | prompt_date(tok))
     extra = {"ended": ended}
     probabilities = probabilities_for(model, tok, task, records, batch_size=args.batch_size, command="eval") \
@@ -208,7 +212,7 @@ def _rescore(task, records: list, against: list[dict] | None, args) -> int:
     rows = _against_rows(args.answers, records, flag="--answers")
     earlier = read_results(args.answers)[1]
     texts = [row["output"] for row in rows]
-    preds, metrics = score(task, records, texts)
+    preds, metrics = score(task, records, texts, opened=earlier.get("reasoning_opened", False))
     ended = [row.get("ended", True) for row in rows]
     metrics["unfinished"] = 1 - sum(ended) / max(len(ended), 1)
     kept = (*DECODING, "device", "dtype", "quantized", "chat_date", "confidence_scoring")

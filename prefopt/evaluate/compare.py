@@ -34,6 +34,7 @@ import torch
 
 from ..chat_template import run_chat_date
 from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
+from ..tasks.parsing import final_answer
 from ..tokenizer import set_chat_date
 from .compare_config import PRESETS, CompareConfig, same_run
 from .runner import (
@@ -45,6 +46,8 @@ from .runner import (
     predict,
     prompt_date,
     read_results,
+    reasoning_note,
+    reasoning_opened,
     require_chat,
     score,
     write_results,
@@ -179,13 +182,16 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
         keep[stage] = model
     texts, ended = predict(model, tok, task, test, batch_size=s["eval_batch_size"], desc=f"{stage}: test set",
                            return_ended=True, **{k: s[k] for k in DECODING})
-    preds, metrics = score(task, test, texts, ended, s)
+    preds, metrics = score(task, test, texts, ended, s, opened=reasoning_opened(tok, task, test))
+    if note := reasoning_note(metrics, "--set max_new_tokens=N"):
+        _log(f"{stage}: {note}")
     metrics.update(placement(model) | prompt_date(tok) | ({"weights": weights} if weights else {}))
     extra = {"ended": ended}
     if judge is not None:
         from .judge import judge_scores
 
-        likert = judge_scores(judge[0], judge[1], task, test, texts)
+        likert = judge_scores(judge[0], judge[1], task, test,
+                              [final_answer(t, metrics.get("reasoning_opened", False))[0] for t in texts])
         extra["likert"] = likert
         got = [x for x in likert if x is not None]
         metrics["likert"] = sum(got) / len(got) if got else None
@@ -277,7 +283,7 @@ def _pairs(cfg, task, tok, train, out: Path, s: dict, keep: dict | None = None) 
         pairs, report = model_error_pairs(
             task, train, lambda rs: predict(model, tok, task, rs, batch_size=s["eval_batch_size"],
                                             desc="sft: mining training prompts", **{k: s[k] for k in DECODING}),
-            seed=cfg.seed)
+            seed=cfg.seed, opened=reasoning_opened(tok, task, train))
         report["strategy"] = "model_errors"
         del model
     else:

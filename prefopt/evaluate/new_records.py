@@ -14,7 +14,7 @@ from ..data.readers import sniff_delimiter
 from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 from .confidence import chosen, likeliest, probabilities_for
 from .partial import PARTIAL, append_partial, resume, start_partial
-from .runner import predict
+from .runner import predict, reasoning_opened
 
 BLOCK = 64  # records answered between two appends to the partial file
 ROW_FORMAT = 2  # the rows' columns; raised when they change, so that a run does not go on from older rows
@@ -62,7 +62,7 @@ def predict_rows(model, tok, task, records, *, batch_size: int = 16, confidence:
                            show_progress=show_progress, **decode)
     probabilities = probabilities_for(model, tok, task, records, batch_size=batch_size, command="predict",
                                       show_progress=show_progress) if confidence else None
-    return prediction_rows(task, records, texts, ended, probabilities)
+    return prediction_rows(task, records, texts, ended, probabilities, opened=reasoning_opened(tok, task, records))
 
 
 def predict_in_blocks(model, tok, task, records, out_dir: str | Path, stamp: dict, *, batch_size: int = 16,
@@ -86,7 +86,7 @@ def predict_in_blocks(model, tok, task, records, out_dir: str | Path, stamp: dic
 
 
 def prediction_rows(task, records, texts: list[str], ended: list[bool],
-                    probabilities: list[dict[str, dict[str, float]]] | None = None) -> list[dict]:
+                    probabilities: list[dict[str, dict[str, float]]] | None = None, opened: bool = False) -> list[dict]:
     """One row per record: its input row's columns, then the parsed prediction
     (``predicted_<field>`` per labelled field, empty where the answer named none of the labels,
     each followed, where ``probabilities`` (:func:`~.confidence.label_probabilities`) are given,
@@ -95,8 +95,9 @@ def prediction_rows(task, records, texts: list[str], ended: list[bool],
     free text), the ``model_output`` it was parsed from, whether the model ``finished`` it
     (False: the ``max_new_tokens`` cap stopped it), and the ``record`` id. A column of the input
     with one of those names is replaced (predictions run on a file of earlier predictions renew
-    them)."""
-    preds = [task.parse(text, record) for text, record in zip(texts, records)]
+    them). A reasoning model's prediction is read after its reasoning (``opened``: the prompt
+    opened the block, :func:`~.runner.reasoning_opened`)."""
+    preds = [task.parse_output(text, record, opened) for text, record in zip(texts, records)]
     if probabilities is None:
         sure = best = [None] * len(records)
     else:

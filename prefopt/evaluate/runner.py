@@ -7,6 +7,7 @@ from pathlib import Path
 from .._deps import progress
 from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 from ..model.generate import generate, row_seeds
+from ..tasks.parsing import final_answer, opens_reasoning
 from ..tokenizer import NO_TEMPLATE_WHERE
 
 # the settings of greedy decoding an evaluation may set (compare: --set KEY=VALUE), with what None means
@@ -106,7 +107,7 @@ def task_evaluator(task, records, *, batch_size: int = 16, prefix: str = "val_",
             raise ValueError("task_evaluator needs the trainer's tokenizer: pass tokenizer=tok to the trainer")
         texts = predict(trainer.model, trainer.tokenizer, task, records, batch_size=batch_size, show_progress=False,
                         **decode)
-        preds, metrics = score(task, records, texts)
+        preds, metrics = score(task, records, texts, opened=reasoning_opened(trainer.tokenizer, task, records))
         if answers is not None and trainer.dist.is_main:
             with open(answers, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": trainer.step, "ids": [r.id for r in records], "predictions": preds},
@@ -150,18 +151,45 @@ def choose_max_new_tokens(task, tok, records, flag: str) -> tuple[int | None, st
                  f"answers are longer, and would be cut before they end ({flag} to choose)")
 
 
-def score(task, records, texts: list[str], ended: list[bool] | None = None, settings: dict | None = None
-          ) -> tuple[list, dict]:
+def score(task, records, texts: list[str], ended: list[bool] | None = None, settings: dict | None = None,
+          opened: bool = False) -> tuple[list, dict]:
     """Parsed predictions and the task's metrics for generated ``texts``; with ``ended`` (from
     :func:`predict`), also the share ``unfinished`` that the ``max_new_tokens`` cap stopped, and
-    the decoding ``settings`` that made them (:func:`decoding`)."""
-    preds = [task.parse(t, r) for t, r in zip(texts, records)]
+    the decoding ``settings`` that made them (:func:`decoding`). A reasoning model's output is
+    parsed after its reasoning (:func:`~prefopt.tasks.parsing.final_answer`; ``opened``: the
+    generation prompt opened the block, :func:`reasoning_opened`), and the metrics say which
+    share ``reasoning_unfinished`` never got past it."""
+    found = [final_answer(t, opened) for t in texts]
+    preds = [task.parse(answer, r) for (answer, _), r in zip(found, records)]
     metrics = task.metrics(records, preds)
     metrics["n"] = len(records)
     if ended is not None:
         metrics["unfinished"] = 1 - sum(ended) / max(len(ended), 1)  # stopped by the cap, not by the model
         metrics.update(decoding(settings or {}, task))
+    if opened or any(state for _, state in found):
+        metrics["reasoning_unfinished"] = sum(state == "unfinished" for _, state in found) / max(len(found), 1)
+        metrics["reasoning_opened"] = opened
     return preds, metrics
+
+
+def reasoning_opened(tok, task, records) -> bool:
+    """Whether the chat template's generation prompt opens a reasoning block (DeepSeek-R1's ends
+    in ``<think>``), so that the answers begin inside it."""
+    if not records:
+        return False
+    ids = tok.apply_chat_template(task.messages(records[0]), add_generation_prompt=True)
+    return opens_reasoning(tok.decode(ids[-32:], skip_special_tokens=False))
+
+
+def reasoning_note(metrics: dict, flag: str) -> str | None:
+    """The line that says how many answers a reasoning model had not reached when the token cap
+    stopped it (scored as naming nothing), naming ``flag``; None where none."""
+    share = metrics.get("reasoning_unfinished")
+    if not share:
+        return None
+    cap = metrics.get("max_new_tokens")
+    return (f"{share:.0%} of the answers were still reasoning when {f'the {cap}-token cap' if cap else 'the cap'} "
+            f"stopped them, so they name no answer (scored wrong); reasoning models need room: raise {flag}")
 
 
 ROW_KEYS = ("id", "target", "output", "prediction", "correct", "score", "labels")  # write_results' own; extra adds more

@@ -19,7 +19,7 @@ import numpy as np
 from ..data.records import DataError
 from ..evaluate.metrics import classification_report, macro_f1, triage_safety
 from ..evaluate.rouge import rouge
-from .parsing import find_label
+from .parsing import final_answer, find_label
 
 
 @dataclass
@@ -88,6 +88,11 @@ class Task:
 
     def parse(self, text: str, record: Record):
         raise NotImplementedError
+
+    def parse_output(self, text: str, record: Record, opened: bool = False):
+        """:meth:`parse` of a model's output, after its reasoning where it reasons first
+        (:func:`~prefopt.tasks.parsing.final_answer`; ``opened``: the prompt opened the block)."""
+        return self.parse(final_answer(text, opened)[0], record)
 
     def correct(self, record: Record, pred) -> bool:
         raise NotImplementedError

@@ -39,13 +39,14 @@ def wrong_label_pairs(task: Task, records: list[Record], *, seed: int = 0, per_r
 
 
 def model_error_pairs(task: Task, records: list[Record], generate: Callable[[list[Record]], list[str]], *,
-                      seed: int = 0, max_quality: float = 0.9) -> tuple[list[dict], dict]:
-    """``generate(records) -> texts`` runs the SFT model. Returns the pairs and counts."""
+                      seed: int = 0, max_quality: float = 0.9, opened: bool = False) -> tuple[list[dict], dict]:
+    """``generate(records) -> texts`` runs the SFT model. Returns the pairs and counts. A
+    reasoning model's answer is judged after its reasoning (``opened``: the prompt opened it)."""
     rng = random.Random(seed)
     texts = generate(records)
     out, mined = [], 0
     for r, text in zip(records, texts):
-        pred = task.parse(text, r)
+        pred = task.parse_output(text, r, opened)
         if task.kind == "classification":
             bad = not task.correct(r, pred)
         else:

@@ -10,12 +10,17 @@ Rules:
   "non-urgent" is not read as "urgent").
 - One-character forms (option letters, KTAS digits) only count with a cue: at the very start,
   in parentheses, or after "answer", "option", "level", "ktas", "is", ":" and similar.
+
+Reasoning models (DeepSeek-R1 and its distills, Qwen3, QwQ: ``<think>...</think>``; Magistral:
+``[THINK]...[/THINK]``) think aloud before they answer, naming every option on the way; only
+the text after the reasoning is their answer (:func:`final_answer`).
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
 
+REASONING_TAGS = (("<think>", "</think>"), ("[THINK]", "[/THINK]"))
 _CUE = r"(?:answer|option|choice|level|ktas|category|grade|urgency|triage|is|:|=|\()"
 
 
@@ -57,3 +62,27 @@ def _earliest(text: str, aliases: Mapping[str, Sequence[str]]) -> str | None:
                     if best is None or key < best:
                         best = key
     return None if best is None else best[2]
+
+
+def final_answer(text: str | None, opened: bool = False) -> tuple[str, str | None]:
+    """``(answer, reasoning)``: the text after a reasoning model's last closing tag, and
+    ``"done"``; ``("", "unfinished")`` where the reasoning never closed (the output opens a
+    block, or ``opened``: the chat template's generation prompt opened it, as DeepSeek-R1's does
+    with ``<think>``, and the output closes none): cut by the token cap before any answer; else
+    the text itself and None."""
+    text = text or ""
+    for _, end in REASONING_TAGS:
+        if end in text:
+            return text.rsplit(end, 1)[1].strip(), "done"
+    if opened or any(text.lstrip().startswith(start) for start, _ in REASONING_TAGS):
+        return "", "unfinished"
+    return text, None
+
+
+def opens_reasoning(prompt_text: str) -> bool:
+    """Whether a generation prompt (its text) ends inside a reasoning block it opened."""
+    for start, end in REASONING_TAGS:
+        at = prompt_text.rfind(start)
+        if at >= 0 and end not in prompt_text[at:]:
+            return True
+    return False

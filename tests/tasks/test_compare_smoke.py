@@ -337,6 +337,40 @@ def test_eval_answers_tests_two_finished_evaluations_without_a_model(tiny_model,
         assert error in capsys.readouterr().err
 
 
+def test_eval_scores_a_reasoning_models_answers_after_its_reasoning(tiny_model, tmp_path, capsys, monkeypatch):
+    """Outputs that think first (``<think>``, naming other labels) are scored on what follows the
+    reasoning; with a generation prompt that opened the block (DeepSeek-R1's), an output cut
+    before closing it names nothing, and eval says so; ``--answers`` rescoring keeps both."""
+    from prefopt.cli import main
+
+    base = ["eval", "--task", "portal", "--limit", "4", "--batch-size", "8", "--n-resamples", "200"]
+    first = tmp_path / "first"
+    assert main(base + ["--model", str(tiny_model), "--output", str(first)]) == 0
+    rows = [json.loads(line) for line in (first / "predictions.jsonl").read_text().splitlines()]
+    thought = "<think>\nUrgency: emergency? Staff: physician? No.\n</think>\n\n"
+    for i, row in enumerate(rows):  # two answers after the reasoning, two cut inside it
+        row["output"] = thought + row["target"] if i < 2 else "Urgency: emergency? Staff: physician? Let me"
+    (first / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    capsys.readouterr()
+    assert main(base + ["--answers", str(first), "--output", str(tmp_path / "a")]) == 0
+    got = [json.loads(line) for line in (tmp_path / "a" / "predictions.jsonl").read_text().splitlines()]
+    assert [g["correct"] for g in got[:2]] == [True, True]  # not "emergency"/"physician" from the thinking
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["reasoning_unfinished"] == 0
+    metrics = json.loads((first / "metrics.json").read_text())
+    (first / "metrics.json").write_text(json.dumps({**metrics, "reasoning_opened": True}))
+    assert main(base + ["--answers", str(first), "--output", str(tmp_path / "b")]) == 0
+    got = [json.loads(line) for line in (tmp_path / "b" / "predictions.jsonl").read_text().splitlines()]
+    assert [g["correct"] for g in got[:2]] == [True, True]
+    assert [g["prediction"] for g in got[2:]] == [{"urgency": None, "staff": None}] * 2
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["reasoning_unfinished"] == 0.5
+
+    monkeypatch.setattr("prefopt.evaluate.runner.reasoning_opened", lambda *a: True)  # as DeepSeek-R1's template
+    assert main(base + ["--model", str(tiny_model), "--output", str(tmp_path / "c"), "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out  # the tiny model never closes a block: every answer is still reasoning
+    assert "prefopt eval: 100% of the answers were still reasoning when the 4-token cap stopped them" in out
+    assert "raise --max-new-tokens N" in out
+
+
 def test_eval_on_a_compare_runs_split_file_scores_exactly_its_test_items(tiny_model, tmp_path, capsys):
     from prefopt.cli import main
     from prefopt.tasks import get_task

@@ -98,3 +98,59 @@ def test_medqa_headline_is_accuracy_and_others_macro_f1(medqa):
     assert task.primary == "accuracy" and get_task("portal").primary == "macro_f1"
     f = task.primary_on([rec, rec], [{"answer": "B"}, {"answer": "A"}])
     assert f(np.arange(2)) == 0.5
+
+
+THOUGHT = ("<think>\nOption A, aspirin, treats pain but not rate. C is warfarin, an anticoagulant. So the answer is "
+           "not A or C; a beta blocker fits.\n</think>\n\n")
+
+
+@pytest.mark.parametrize("text, opened, want", [
+    (THOUGHT + "Answer: B", False, ("Answer: B", "done")),
+    ("Option A is wrong, so\n</think>\nB", True, ("B", "done")),  # the prompt opened the block
+    ("Option A is wrong, so", True, ("", "unfinished")),  # cut by the cap inside it
+    ("<think>\nOption A is wrong, so", False, ("", "unfinished")),
+    ("[THINK]A? No.[/THINK]B", False, ("B", "done")),  # Magistral's tags
+    ("<think>a</think>draft<think>b</think> final", False, ("final", "done")),  # the last block ends it
+    ("The answer is B.", False, ("The answer is B.", None)),
+    ("", True, ("", "unfinished")),
+    (None, False, ("", None)),
+])
+def test_final_answer_is_what_a_reasoning_model_says_after_thinking(text, opened, want):
+    from prefopt.tasks.parsing import final_answer
+
+    assert final_answer(text, opened) == want
+
+
+def test_a_reasoning_model_is_scored_on_its_answer_not_the_options_it_weighed(medqa):
+    from prefopt.evaluate.runner import reasoning_note, score
+
+    task, rec = medqa
+    assert task.parse(THOUGHT + "Answer: B", rec) == {"answer": "A"}  # the thinking names A first
+    assert task.parse_output(THOUGHT + "Answer: B", rec) == {"answer": "B"}
+    preds, metrics = score(task, [rec] * 3, [THOUGHT + "Answer: B", "Option A? C? Let me", "B"], opened=False)
+    assert [p["answer"] for p in preds] == ["B", "A", "B"] and metrics["reasoning_unfinished"] == 0
+    assert metrics["accuracy"] == pytest.approx(2 / 3)
+    preds, metrics = score(task, [rec] * 3, ["A is wrong.\n</think>\nB", "Option A? C? Let me", "B"], opened=True)
+    assert [p["answer"] for p in preds] == ["B", None, None] and metrics["reasoning_unfinished"] == pytest.approx(2 / 3)
+    assert metrics["reasoning_opened"] is True
+    metrics["max_new_tokens"] = 64
+    assert reasoning_note(metrics, "--max-new-tokens N").startswith(
+        "67% of the answers were still reasoning when the 64-token cap stopped them")
+    _, plain = score(task, [rec], ["B"])
+    assert "reasoning_unfinished" not in plain and reasoning_note(plain, "x") is None
+
+
+def test_a_generation_prompt_that_opens_reasoning_is_recognised(tmp_path, medqa):
+    """DeepSeek-R1's template ends its generation prompt in "<think>\\n": the answers start inside."""
+    from prefopt import load_tokenizer
+    from prefopt.evaluate.runner import reasoning_opened
+    from prefopt.tasks.parsing import opens_reasoning
+    from tests._tiny import CHATML, build_tokenizer
+
+    task, rec = medqa
+    plain = load_tokenizer(build_tokenizer(tmp_path / "plain"))
+    r1 = load_tokenizer(build_tokenizer(tmp_path / "r1", template=CHATML.replace(
+        "'<|im_start|>assistant\\n'", "'<|im_start|>assistant\\n<think>\\n'")))
+    assert reasoning_opened(r1, task, [rec]) and not reasoning_opened(plain, task, [rec])
+    assert not reasoning_opened(r1, task, [])
+    assert not opens_reasoning("<think>\n\n</think>\n\n")  # Qwen3 with thinking switched off: closed

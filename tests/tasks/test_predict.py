@@ -171,6 +171,35 @@ def test_prediction_table_keeps_the_input_and_reads_back(tmp_path):
     assert list(prediction_rows(task, again, texts, [True] * 3)[0]) == list(rows[0])  # renewed, not doubled
 
 
+def test_a_reasoning_models_prediction_is_read_after_its_reasoning(tmp_path):
+    """The table's prediction is what follows ``</think>`` (the reasoning names other labels);
+    the model_output column keeps it all; with a prompt that opened the block, an output that
+    never closes it names no label."""
+    data = _csv(tmp_path / "msgs.csv", [{"mrn": "A1", "message": "Crushing chest pain"},
+                                        {"mrn": "A2", "message": "Refill my statin please"}], ",")
+    task = get_task("portal")
+    records = task.read(str(data), labelled=False)
+    texts = ["<think>\nRoutine? Pharmacy? No: chest pain.\n</think>\n\nUrgency: emergency\nStaff: physician",
+             "Routine? Staff: pharmacy, likely"]
+    rows = prediction_rows(task, records, texts, [True, False])
+    assert [(r["predicted_urgency"], r["predicted_staff"]) for r in rows] == [("emergency", "physician"),
+                                                                              ("routine", "pharmacist")]
+    assert rows[0]["model_output"] == texts[0]
+    rows = prediction_rows(task, records, ["Routine? No.\n</think>\nUrgency: emergency\nStaff: physician",
+                                           texts[1]], [True, False], opened=True)
+    assert [(r["predicted_urgency"], r["predicted_staff"]) for r in rows] == [("emergency", "physician"), ("", "")]
+
+
+def test_model_error_pairs_judge_a_reasoning_models_answer_after_its_reasoning():
+    from prefopt.tasks import model_error_pairs
+
+    task = get_task("portal")
+    recs = task.load()[:2]
+    outputs = [f"<think>\nUrgency: routine? Staff: front desk?\n</think>\n{r.target}" for r in recs]
+    pairs, report = model_error_pairs(task, recs, lambda rs: outputs, seed=0)
+    assert report["model_errors"] == 0 and {p["source"] for p in pairs} == {"wrong_label"}  # right after thinking
+
+
 def test_confidence_columns_give_the_predicted_labels_probability_and_the_likeliest_label(tmp_path):
     """After each prediction: the probability of the label it named (empty where it named none)
     and the label of highest probability, which fills in a best guess for an unparsed answer."""
