@@ -68,6 +68,8 @@ def test_records_without_a_prompt_or_a_reference_are_named(tiny, tmp_path):
 def test_answers_that_read_the_same_make_no_pair():
     assert same_answer("Urgent.", " urgent") and same_answer("Urgency: routine\nStaff:  nurse", "urgency: routine staff: nurse")
     assert not same_answer("Urgent", "Routine") and not same_answer("not urgent", "urgent")
+    assert same_answer("<think>\nRoutine? No.\n</think>\n\nUrgent.", "urgent")  # a reasoning model's answer
+    assert not same_answer("<think>\nUrgent? Routine? Let me", "urgent")  # cut while still reasoning
     prompts = [ap.Prompt("d.jsonl", i, "q", ref, [1]) for i, ref in enumerate(["Urgent", "Routine", "Nurse", "Desk"], 1)]
     rows = [{"answer": a, "finished": f} for a, f in (("urgent.", True), ("Emergency", True), ("", False),
                                                        ("Desk desk desk", False))]

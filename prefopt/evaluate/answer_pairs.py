@@ -22,6 +22,7 @@ from ..data.columns import column_of, with_columns
 from ..data.records import DataError, SFTRecord, parse_sft
 from ..data.sft import load_records, sources
 from ..model.generate import row_seeds
+from ..tasks.parsing import final_answer
 from ..tokenizer import Tokenizer
 from .partial import append_partial, resume, start_partial
 from .runner import answer_prompts
@@ -93,9 +94,10 @@ def _prompt(prompt, reference: str, tok: Tokenizer, name: str, line: int, field:
 
 def same_answer(a: str, b: str) -> bool:
     """Whether two answers read the same: case, runs of white space and punctuation at either
-    end aside (``"Urgent."`` and ``"urgent"``)."""
+    end aside (``"Urgent."`` and ``"urgent"``), and a reasoning model's reasoning
+    (:func:`~prefopt.tasks.parsing.final_answer`: what follows ``</think>`` is its answer)."""
     def norm(s: str) -> str:
-        return re.sub(r"\s+", " ", s).strip().strip(".,;:!?\"'()[] ").casefold()
+        return re.sub(r"\s+", " ", final_answer(s)[0]).strip().strip(".,;:!?\"'()[] ").casefold()
     return norm(a) == norm(b)
 
 
