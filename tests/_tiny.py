@@ -122,9 +122,14 @@ def hf_config(arch: str = "llama", **overrides):
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                 rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=2, initializer_range=0.2)
     cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
-           "qwen2": transformers.Qwen2Config}[arch]
+           "qwen2": transformers.Qwen2Config, "gemma3": transformers.Gemma3TextConfig}[arch]
     if arch == "mistral":
         base["sliding_window"] = None
+    if arch == "gemma3":  # one sliding layer (window 4, local RoPE base) and one full one (linear scaling)
+        base.update(head_dim=16, query_pre_attn_scalar=24, sliding_window=4, hidden_activation="gelu_pytorch_tanh",
+                    layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True,
+                    rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                     "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}})
     base.update(overrides)
     return cls(**base)
 

@@ -97,7 +97,8 @@ def _check_exportable(cfg, src) -> None:
     it is dropped, with a warning (the same model for contexts up to the window)."""
     if cfg.model_type not in ("llama", "mistral", "qwen2"):
         raise UnsupportedModelError(f"{src}: model_type {cfg.model_type!r}: prefopt exports Llama, Mistral, SmolLM2 "
-                                    "and Qwen2 to GGUF")
+                                    "and Qwen2 to GGUF; for others, run llama.cpp's convert_hf_to_gguf.py on a "
+                                    "`prefopt merge` folder")
     if cfg.mlp_bias or (cfg.attention_bias and cfg.model_type != "qwen2"):
         raise UnsupportedModelError(f"{src}: biases on the attention or MLP are not part of GGUF's llama architecture")
     if cfg.rope_type not in ("default", "linear", "llama3") or (cfg.rope_type == "llama3" and _arch(cfg) != "llama"):

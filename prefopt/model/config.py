@@ -1,9 +1,10 @@
 """Model configuration, read from a Hugging Face ``config.json``.
 
 One dataclass covers the Llama family (Llama 2/3/3.1/3.2, Mistral, Qwen2/2.5,
-SmolLM2). It holds only what those files hold; derived fields are set in
-``__post_init__``. Both spellings of the RoPE settings are read: the older
-top-level ``rope_theta`` / ``rope_scaling`` and the newer ``rope_parameters``.
+SmolLM2) and Gemma 3's text model (Gemma 3, MedGemma 27B text). It holds only what those files
+hold; derived fields are set in ``__post_init__``. Both spellings of the RoPE settings are read:
+the older top-level ``rope_theta`` / ``rope_scaling`` (Gemma 3: and ``rope_local_base_freq``)
+and the newer ``rope_parameters`` (Gemma 3: one per layer type).
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ SUPPORTED_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
 }
+SLIDING, FULL = "sliding_attention", "full_attention"  # Gemma 3's layer types
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -47,6 +50,11 @@ class ModelConfig:
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
     hidden_act: str = "silu"
+    # Gemma 3: each layer's attention (SLIDING: within sliding_window, RoPE base local_rope_theta;
+    # FULL: all positions, rope_theta and rope_scaling), and the query scale's denominator
+    layer_types: list[str] | None = None
+    local_rope_theta: float | None = None
+    query_pre_attn_scalar: float | None = None
     # the file's own dict, kept so a save writes back what was read
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -54,10 +62,12 @@ class ModelConfig:
         if self.model_type not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModelError(
                 f"unsupported model_type {self.model_type!r}: prefopt implements "
-                f"{sorted(SUPPORTED_ARCHITECTURES)} (Llama 2/3, Mistral, Qwen2, SmolLM2)"
+                f"{sorted(SUPPORTED_ARCHITECTURES)} (Llama 2/3, Mistral, Qwen2, SmolLM2, Gemma 3)"
             )
-        if self.hidden_act != "silu":
-            raise UnsupportedModelError(f"unsupported hidden_act {self.hidden_act!r}: only 'silu' (SwiGLU)")
+        act = "gelu_pytorch_tanh" if self.gemma else "silu"
+        if self.hidden_act != act:
+            raise UnsupportedModelError(f"unsupported hidden_act {self.hidden_act!r} for {self.model_type}: only "
+                                        f"{act!r} ({'GeGLU' if self.gemma else 'SwiGLU'})")
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
@@ -74,6 +84,22 @@ class ModelConfig:
             )
 
     @property
+    def gemma(self) -> bool:
+        """Gemma 3's layout: (1 + w) norms, q/k norms, norms after attention and MLP too, GeGLU,
+        embeddings scaled by sqrt(hidden), sliding and full attention layers."""
+        return self.model_type == "gemma3_text"
+
+    def window(self, layer: int) -> int | None:
+        """Layer ``layer``'s sliding window (None: it attends to every earlier position)."""
+        if self.layer_types is not None and self.layer_types[layer] != SLIDING:
+            return None
+        return self.sliding_window
+
+    def local_rope(self, layer: int) -> bool:
+        """Whether layer ``layer`` takes the local RoPE (Gemma 3's sliding layers)."""
+        return self.layer_types is not None and self.layer_types[layer] == SLIDING
+
+    @property
     def rope_type(self) -> str:
         s = self.rope_scaling or {}
         return s.get("rope_type", s.get("type", "default"))
@@ -87,6 +113,11 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         model_type = d.get("model_type")
+        if model_type == "gemma3":
+            raise UnsupportedModelError(
+                f"{(d.get('architectures') or ['Gemma3ForConditionalGeneration'])[0]} (Gemma 3 4B-27B and MedGemma "
+                "4B, text and images) is not supported: prefopt runs Gemma 3's text-only models "
+                "(Gemma3ForCausalLM, model_type 'gemma3_text': gemma-3-1b, gemma-3-270m, MedGemma 27B text)")
         if model_type not in SUPPORTED_ARCHITECTURES:
             archs = d.get("architectures") or []
             raise UnsupportedModelError(
@@ -95,6 +126,8 @@ class ModelConfig:
             )
         known = {f.name for f in fields(cls)} - {"raw", "rope_theta", "rope_scaling", "sliding_window"}
         kw: dict[str, Any] = {k: d[k] for k in known if k in d}
+        if model_type == "gemma3_text":
+            return cls(**{**kw, **_gemma3(d)}, raw=dict(d))
         # RoPE: the newer "rope_parameters" folds theta and scaling into one dict.
         rp = d.get("rope_parameters")
         if rp:
@@ -147,7 +180,7 @@ class ModelConfig:
             rms_norm_eps=self.rms_norm_eps,
             max_position_embeddings=self.max_position_embeddings,
             tie_word_embeddings=self.tie_word_embeddings,
-            hidden_act=self.hidden_act,
+            **{"hidden_activation" if self.gemma else "hidden_act": self.hidden_act},
             bos_token_id=self.bos_token_id,
             eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id,
@@ -158,3 +191,33 @@ class ModelConfig:
         if self.model_type == "llama":
             d.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
         return d
+
+
+def _gemma3(d: dict[str, Any]) -> dict[str, Any]:
+    """The Gemma 3 settings of a ``config.json``, in either spelling; refuses what prefopt does
+    not run (Gemma 2's logit soft-capping, bidirectional attention)."""
+    for key in ("final_logit_softcapping", "attn_logit_softcapping"):
+        if d.get(key) is not None:
+            raise UnsupportedModelError(f"{key}={d[key]}: logit soft-capping (Gemma 2) is not supported")
+    if d.get("use_bidirectional_attention"):
+        raise UnsupportedModelError("use_bidirectional_attention: prefopt runs causal language models only")
+    n = d["num_hidden_layers"]
+    every = d.get("sliding_window_pattern", d.get("_sliding_window_pattern", 6))
+    layer_types = d.get("layer_types") or [FULL if (i + 1) % every == 0 else SLIDING for i in range(n)]
+    if len(layer_types) != n or set(layer_types) - {SLIDING, FULL}:
+        raise UnsupportedModelError(f"layer_types {layer_types}: expected {n} of {SLIDING!r} / {FULL!r}")
+    rp = d.get("rope_parameters") or {}
+    if FULL in rp or SLIDING in rp:  # one RoPE per layer type
+        full, local = dict(rp.get(FULL, {})), dict(rp.get(SLIDING, {}))
+    else:
+        full = {"rope_theta": d.get("rope_theta", 1e6), **(d.get("rope_scaling") or {})}
+        local = {"rope_theta": d.get("rope_local_base_freq", 10000.0)}
+    if local.get("rope_type", local.get("type", "default")) != "default":
+        raise UnsupportedModelError(f"RoPE scaling on the sliding layers ({local}) is not supported")
+    theta = full.pop("rope_theta", 1e6)
+    scaling = full if full.get("rope_type", full.get("type", "default")) != "default" else None
+    return dict(rope_theta=theta, rope_scaling=scaling, local_rope_theta=local.get("rope_theta", 10000.0),
+                layer_types=list(layer_types), sliding_window=d.get("sliding_window"),
+                hidden_act=d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh",
+                query_pre_attn_scalar=d.get("query_pre_attn_scalar", d.get("head_dim", 256)),
+                tie_word_embeddings=d.get("tie_word_embeddings", True))

@@ -8,11 +8,15 @@ import torch
 from .config import ModelConfig
 
 
-def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
-    """Inverse frequencies ``(head_dim // 2,)`` in fp32, with ``rope_scaling`` applied."""
+def rope_inv_freq(cfg: ModelConfig, local: bool = False) -> torch.Tensor:
+    """Inverse frequencies ``(head_dim // 2,)`` in fp32, with ``rope_scaling`` applied; ``local``:
+    Gemma 3's sliding layers' (base ``local_rope_theta``, no scaling)."""
     dim = cfg.head_dim
+    theta = cfg.local_rope_theta if local else cfg.rope_theta
     # built on the CPU even under a meta-device context: it is tiny and never loaded from a file
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
+    if local:
+        return inv_freq
     s = cfg.rope_scaling or {}
     if cfg.rope_type == "linear":
         return inv_freq / s["factor"]

@@ -1,4 +1,4 @@
-"""A decoder-only transformer for the Llama family, in plain PyTorch.
+"""A decoder-only transformer for the Llama family and Gemma 3, in plain PyTorch.
 
 Module names follow Hugging Face's (``model.layers.0.self_attn.q_proj`` ...), so a
 checkpoint's state dict loads with no key mapping::
@@ -8,11 +8,19 @@ checkpoint's state dict loads with no key mapping::
     │   ├── embed_tokens            (V, D)
     │   ├── layers[i]
     │   │   ├── input_layernorm     RMSNorm
-    │   │   ├── self_attn           q/k/v/o_proj, GQA through SDPA, RoPE
+    │   │   ├── self_attn           q/k/v/o_proj, GQA through SDPA, RoPE (Gemma 3: q_norm, k_norm)
     │   │   ├── post_attention_layernorm
-    │   │   └── mlp                 gate/up/down_proj (SwiGLU)
+    │   │   ├── (Gemma 3: pre_feedforward_layernorm, post_feedforward_layernorm)
+    │   │   └── mlp                 gate/up/down_proj (SwiGLU; Gemma 3: GeGLU)
     │   └── norm
     └── lm_head                     (V, D); absent when tied to embed_tokens
+
+Llama's ``post_attention_layernorm`` normalises the MLP's input; Gemma 3's normalises the
+attention's output before the residual (its ``pre_feedforward_layernorm`` is the MLP's input
+norm, ``post_feedforward_layernorm`` its output's). Gemma 3 also scales the embeddings by
+sqrt(hidden), keeps its norms as ``1 + weight`` (applied in fp32), scales queries by
+``query_pre_attn_scalar``, and alternates sliding-window layers (local RoPE base) with
+full-attention ones.
 """
 from __future__ import annotations
 
@@ -28,14 +36,19 @@ from .swiglu import swiglu
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    """``weight * x / rms(x)``; ``gemma``: ``(1 + weight) * x / rms(x)`` (weights stored as offsets
+    from 1, zeros at init), multiplied in fp32 before the cast back, as Gemma's."""
+
+    def __init__(self, dim: int, eps: float, gemma: bool = False):
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps, self.gemma = eps, gemma
+        self.weight = nn.Parameter(torch.zeros(dim) if gemma else torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.gemma:
+            return (h * (1.0 + self.weight.float())).to(x.dtype)
         return self.weight * h.to(x.dtype)
 
 
@@ -67,23 +80,31 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(D, self.n_head * self.hd, bias=b)
         self.k_proj = nn.Linear(D, self.n_kv * self.hd, bias=b)
         self.v_proj = nn.Linear(D, self.n_kv * self.hd, bias=b)
-        self.o_proj = nn.Linear(self.n_head * self.hd, D, bias=cfg.attention_bias and cfg.model_type == "llama")
+        self.o_proj = nn.Linear(self.n_head * self.hd, D,
+                                bias=cfg.attention_bias and cfg.model_type in ("llama", "gemma3_text"))
+        self.scale = cfg.query_pre_attn_scalar ** -0.5 if cfg.query_pre_attn_scalar else None  # None: 1/sqrt(hd)
+        if cfg.gemma:
+            self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps, gemma=True)
+            self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps, gemma=True)
 
     def forward(self, x, cos, sin, mask, kv_cache: KVCache | None = None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, Hkv, S, hd)
         gqa = self.n_kv != self.n_head
         if isinstance(mask, Packed):  # each sequence of the row attends within itself only
             y = torch.cat([F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], attn_mask=m,
-                                                          is_causal=m is None, enable_gqa=gqa)
+                                                          is_causal=m is None, enable_gqa=gqa, scale=self.scale)
                            for a, b, m in mask.spans], dim=2)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa,
+                                               scale=self.scale)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))  # y: (B, H, T, hd)
 
 
@@ -94,20 +115,30 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(D, F_, bias=b)
         self.up_proj = nn.Linear(D, F_, bias=b)
         self.down_proj = nn.Linear(F_, D, bias=b)
+        self.geglu = cfg.gemma
 
     def forward(self, x):
+        if self.geglu:
+            return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
         return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        g = cfg.gemma
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, g)
         self.self_attn = Attention(cfg, layer_idx)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, g)
+        if g:
+            self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, g)
+            self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, g)
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, mask, kv_cache=None):
+        if hasattr(self, "pre_feedforward_layernorm"):  # Gemma 3: norms around both sublayers
+            x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache))
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -120,7 +151,7 @@ class Backbone(nn.Module):
         if not self.embed_tokens.weight.is_meta:
             nn.init.normal_(self.embed_tokens.weight)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.gemma)
 
 
 class Transformer(nn.Module):
@@ -140,6 +171,10 @@ class Transformer(nn.Module):
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.gradient_checkpointing = False
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        if cfg.local_rope_theta is not None:  # Gemma 3's sliding layers: their own RoPE base, no scaling
+            self.register_buffer("inv_freq_local", rope_inv_freq(cfg, local=True), persistent=False)
+        self._windows = [cfg.window(i) for i in range(cfg.num_hidden_layers)]
+        self._local = [cfg.local_rope(i) for i in range(cfg.num_hidden_layers)]
 
     @property
     def output_weight(self) -> torch.Tensor:
@@ -196,27 +231,34 @@ class Transformer(nn.Module):
         """
         B, T = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
+        dev = input_ids.device
         if packed is not None:
-            mask = Packed(packed, self.config.sliding_window, input_ids.device)
-            if B != 1 or mask.total != T or kv_cache is not None or position_ids is not None \
+            masks = {w: Packed(packed, w, dev) for w in set(self._windows)}
+            total = next(iter(masks.values())).total
+            if B != 1 or total != T or kv_cache is not None or position_ids is not None \
                     or (attention_mask is not None and not bool(attention_mask.all())):
-                raise ValueError(f"packed sequences ({mask.total} tokens) run as one row of exactly them, without "
+                raise ValueError(f"packed sequences ({total} tokens) run as one row of exactly them, without "
                                  f"padding, position_ids or a KV cache; got input_ids of shape {(B, T)}")
-            position_ids = mask.positions(input_ids.device)
+            position_ids = next(iter(masks.values())).positions(dev)
         elif attention_mask is not None and attention_mask.dim() == 4:
-            mask = _explicit_mask(attention_mask, position_ids, kv_cache, self.config.sliding_window)
+            masks = {w: _explicit_mask(attention_mask, position_ids, kv_cache, w) for w in set(self._windows)}
         else:
             if position_ids is None:
-                position_ids = _positions(attention_mask, past, T, input_ids.device)
-            mask = _attention_mask(attention_mask, T, past + T, self.config.sliding_window, input_ids.device)
+                position_ids = _positions(attention_mask, past, T, dev)
+            masks = {w: _attention_mask(attention_mask, T, past + T, w, dev) for w in set(self._windows)}
         x = self.model.embed_tokens(input_ids)  # (B, T, D)
-        cos, sin = rope_cos_sin(self.inv_freq, position_ids, x.dtype)
+        if self.config.gemma:  # the scale rounded to the model's dtype first, as Gemma's own code does
+            x = x * torch.tensor(self.config.hidden_size ** 0.5, dtype=x.dtype)
+        rope = {False: rope_cos_sin(self.inv_freq, position_ids, x.dtype)}
+        if any(self._local):
+            rope[True] = rope_cos_sin(self.inv_freq_local, position_ids, x.dtype)
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for layer in self.model.layers:
+        for layer, window, local in zip(self.model.layers, self._windows, self._local):
+            cos, sin = rope[local]
             if ckpt:
-                x = checkpoint(layer, x, cos, sin, mask, kv_cache, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, masks[window], kv_cache, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, kv_cache)
+                x = layer(x, cos, sin, masks[window], kv_cache)
         if kv_cache is not None:
             kv_cache.advance(T)
         h = self.model.norm(x)
