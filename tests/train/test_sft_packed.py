@@ -38,11 +38,12 @@ def test_packed_collate_lays_examples_end_to_end_and_drops_each_first_label():
     assert b["labels"][0].tolist() == want
 
 
-@pytest.mark.parametrize("arch, window", [("llama", None), ("mistral", 6)])
+@pytest.mark.parametrize("arch, window", [("llama", None), ("mistral", 6), ("gemma3", 6)])
 def test_packed_rows_give_the_padded_batch_s_loss_and_gradients(tmp_path, arch, window):
     """fp64, a tiny model with LoRA: the summed NLL and every LoRA gradient match the padded batch
     to 1e-10; hidden states at each example's positions match it running alone. With a sliding
-    window of 6, examples longer than it get their own window mask."""
+    window of 6, examples longer than it get their own window mask (Gemma 3: in its sliding layer
+    only)."""
     build_hf_model(tmp_path, arch=arch, tokenizer=False, **({"sliding_window": window} if window else {}))
     model = apply_lora(load_model(tmp_path, dtype=torch.float64), r=4, alpha=8, dropout=0.0)
     with torch.no_grad():

@@ -29,8 +29,9 @@ def _pairs(seed=0, n=5):
     return out
 
 
-@pytest.fixture(scope="module", params=[("llama", {}), ("qwen2", {}), ("mistral", {"sliding_window": 8})],
-                ids=["llama", "qwen2-biases", "mistral-window8"])
+@pytest.fixture(scope="module", params=[("llama", {}), ("qwen2", {}), ("mistral", {"sliding_window": 8}),
+                                        ("gemma3", {"sliding_window": 8})],
+                ids=["llama", "qwen2-biases", "mistral-window8", "gemma3-window8-and-full"])
 def model(request, tmp_path_factory):
     arch, kw = request.param
     path = tmp_path_factory.mktemp(arch)
