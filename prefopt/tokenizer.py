@@ -35,7 +35,7 @@ class PromptResponse:
 
 
 # where a model folder's chat template is looked for, for the errors that say it is missing
-NO_TEMPLATE_WHERE = "no 'chat_template' in tokenizer_config.json, no chat_template.jinja beside it"
+NO_TEMPLATE_WHERE = "no 'chat_template' in tokenizer_config.json, no chat_template.jinja or .json beside it"
 
 
 class Tokenizer:
@@ -185,8 +185,9 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
     """Load the tokenizer of a model folder, alias or hub id.
 
     Reads ``tokenizer.json`` (required), ``tokenizer_config.json``,
-    ``special_tokens_map.json``, ``chat_template.jinja`` and the EOS ids of
-    ``generation_config.json`` where present.
+    ``special_tokens_map.json``, ``chat_template.jinja`` (else ``chat_template.json``, where
+    image+text models such as Gemma 3 keep it) and the EOS ids of ``generation_config.json``
+    where present.
     """
     from tokenizers import Tokenizer as Backend
 
@@ -197,7 +198,8 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
         raise FileNotFoundError(f"{d}: no tokenizer.json (prefopt needs the fast-tokenizer file)")
     config = _read_json(d / "special_tokens_map.json")
     config.update(_read_json(d / "tokenizer_config.json"))
-    template = (d / "chat_template.jinja").read_text() if (d / "chat_template.jinja").is_file() else None
+    template = (d / "chat_template.jinja").read_text() if (d / "chat_template.jinja").is_file() else \
+        _read_json(d / "chat_template.json").get("chat_template")  # image+text models' processor file
     eos = _read_json(d / "generation_config.json").get("eos_token_id")
     extra = eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else []
     return Tokenizer(Backend.from_file(str(d / "tokenizer.json")), config, extra_eos_ids=extra, chat_template=template)

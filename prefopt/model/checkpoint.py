@@ -14,12 +14,24 @@ from ..devices import resolve_device
 from ..fileio import write_json_atomic
 from .config import ModelConfig
 from .hub import resolve_model_dir
-from .safetensors_io import ShardWriter, iter_tensors
+from .safetensors_io import ShardWriter, iter_tensors, read_header
 from .transformer import Transformer
 
 _PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "consolidated.00.pth")
 # tensors some checkpoints carry that the model recomputes or shares
 _IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
+# an image+text Gemma 3's language model, under transformers' newer names and its first ones
+_TEXT_MODEL_PREFIXES = (("model.language_model.", "model."), ("language_model.model.", "model."),
+                        ("language_model.lm_head.", "lm_head."), ("lm_head.", "lm_head."))
+
+
+def text_model_name(name: str) -> str | None:
+    """The text model's name for a tensor of an image+text checkpoint; None for the image side
+    (vision tower, projector)."""
+    for prefix, to in _TEXT_MODEL_PREFIXES:
+        if name.startswith(prefix):
+            return to + name[len(prefix):]
+    return None
 
 
 class CheckpointError(ValueError):
@@ -71,7 +83,8 @@ def load_model(
     with torch.device("meta"):
         model = Transformer(cfg)
     load_weights(model, weight_files(model_dir), dtype=dtype, device=device)
-    model.inv_freq = model.inv_freq.to(device)
+    for name, buf in list(model.named_buffers(recurse=False)):  # RoPE's inverse frequencies (Gemma 3: two)
+        setattr(model, name, buf.to(device))
     model.name_or_path = str(model_dir)
     return model.eval()
 
@@ -79,11 +92,15 @@ def load_model(
 def load_weights(model: torch.nn.Module, files: list[Path], *, dtype: torch.dtype, device) -> None:
     """Assign every tensor of ``files`` to ``model`` (built on meta), checking names and shapes."""
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    cfg = getattr(model, "config", None)
+    tied = getattr(cfg, "tie_word_embeddings", False)
+    text_only = getattr(cfg, "text_model_of", None) is not None  # the language model of an image+text one
     seen: set[str] = set()
     for path in files:
         shard: dict[str, torch.Tensor] = {}
-        for name, t in iter_tensors(path):
+        names = {n: text_model_name(n) for n in read_header(path) if text_model_name(n)} if text_only else None
+        for name, t in iter_tensors(path, set(names) if text_only else None):
+            name = names[name] if text_only else name
             if name.endswith(_IGNORED_SUFFIXES) or (tied and name == "lm_head.weight"):
                 continue
             if name not in expected:

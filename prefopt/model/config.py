@@ -21,6 +21,15 @@ SUPPORTED_ARCHITECTURES = {
     "gemma3_text": "Gemma3ForCausalLM",
 }
 SLIDING, FULL = "sliding_attention", "full_attention"  # Gemma 3's layer types
+# transformers' Gemma3TextConfig defaults: an image+text Gemma 3 config.json (Gemma3ForConditionalGeneration)
+# may list in its text_config only what differs from them (tests check them against transformers)
+GEMMA3_TEXT_DEFAULTS = {
+    "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+    "max_position_embeddings": 131072, "rms_norm_eps": 1e-6, "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2,
+    "tie_word_embeddings": True, "attention_bias": False, "query_pre_attn_scalar": 256, "sliding_window": 4096,
+    "rope_theta": 1_000_000.0, "rope_local_base_freq": 10000.0, "sliding_window_pattern": 6,
+}
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -55,6 +64,8 @@ class ModelConfig:
     layer_types: list[str] | None = None
     local_rope_theta: float | None = None
     query_pre_attn_scalar: float | None = None
+    # "gemma3": read from an image+text checkpoint, whose language model's tensors carry its prefix
+    text_model_of: str | None = field(default=None, compare=False)
     # the file's own dict, kept so a save writes back what was read
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -113,11 +124,16 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         model_type = d.get("model_type")
-        if model_type == "gemma3":
-            raise UnsupportedModelError(
-                f"{(d.get('architectures') or ['Gemma3ForConditionalGeneration'])[0]} (Gemma 3 4B-27B and MedGemma "
-                "4B, text and images) is not supported: prefopt runs Gemma 3's text-only models "
-                "(Gemma3ForCausalLM, model_type 'gemma3_text': gemma-3-1b, gemma-3-270m, MedGemma 27B text)")
+        if model_type == "gemma3":  # image + text (Gemma 3 4B-27B, MedGemma 4B): its language model alone
+            text = {k: v for k, v in d.get("text_config", {}).items() if k not in ("rope_scaling", "rope_parameters")}
+            old_rope = {"rope_scaling": d.get("text_config", {}).get("rope_scaling")}
+            new_rope = {"rope_parameters": d["text_config"]["rope_parameters"]} \
+                if "rope_parameters" in d.get("text_config", {}) else {}
+            top = {k: d[k] for k in ("eos_token_id", "bos_token_id", "pad_token_id", "tie_word_embeddings") if k in d}
+            cfg = cls.from_dict({**GEMMA3_TEXT_DEFAULTS, **text, **old_rope, **new_rope, **top,
+                                 "model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"]})
+            cfg.text_model_of = "gemma3"
+            return cfg
         if model_type not in SUPPORTED_ARCHITECTURES:
             archs = d.get("architectures") or []
             raise UnsupportedModelError(

@@ -162,12 +162,9 @@ def test_sft_and_dpo_train_a_gemma(tmp_path):
     assert after["eval_rewards/accuracies"] >= 0.9 and after["eval_loss"] < before["eval_loss"] - 0.2
 
 
-def test_the_image_and_text_gemma_is_refused_by_name_and_export_points_to_llama_cpp(gemma, tmp_path):
+def test_export_points_a_gemma_to_llama_cpp(gemma, tmp_path):
     from prefopt.convert.gguf_export import export_gguf
 
-    with pytest.raises(UnsupportedModelError, match="MedGemma 4B, text and images.*Gemma3ForCausalLM"):
-        ModelConfig.from_dict({"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
-                               "text_config": {"hidden_size": 2560}})
     pytest.importorskip("gguf")
     with pytest.raises(UnsupportedModelError, match="'gemma3_text'.*convert_hf_to_gguf.py on a `prefopt merge`"):
         export_gguf(gemma[2], tmp_path / "g.gguf", show_progress=False)
@@ -196,3 +193,90 @@ def test_a_4bit_base_and_a_dora_adapter_run_on_gemma(gemma):
     assert (out - want).abs().max().item() < 1e-5
     out.logsumexp(-1).mean().backward()
     assert all(p.grad is not None for n, p in dora.named_parameters() if "lora_magnitude" in n)
+
+
+def _image_text_gemma(path, **text):
+    """A tiny Gemma3ForConditionalGeneration (Gemma 3 4B+, MedGemma 4B) saved by transformers."""
+    torch.manual_seed(0)
+    from tests._tiny import hf_config
+
+    cfg = transformers.Gemma3Config(
+        text_config={**hf_config("gemma3").to_dict(), **text},
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14), mm_tokens_per_image=4)
+    model = transformers.Gemma3ForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "language_model" in name and "norm" in name:
+                p.copy_(0.3 * torch.randn_like(p))
+    model.save_pretrained(path)
+    return model
+
+
+def test_the_text_model_of_an_image_and_text_gemma_loads_and_saves_text_only(tmp_path):
+    """MedGemma 4B's layout: the language model's tensors under ``language_model.model.`` (as
+    transformers writes them; ``model.language_model.`` in its modules, and in some files),
+    beside a vision tower that is left unread; the text logits are the image+text model's on
+    text, and a save writes a Gemma3ForCausalLM folder that transformers reads back the same."""
+    from safetensors.torch import load_file, save_file
+
+    from prefopt import save_model
+
+    theirs = _image_text_gemma(tmp_path / "mm")
+    ours = load_model(tmp_path / "mm")
+    assert ours.config.text_model_of == "gemma3" and ours.config.window(0) == 4
+    with torch.no_grad():
+        want = theirs(input_ids=IDS).logits
+        assert (ours(IDS) - want).abs().max().item() < 1e-5
+    tensors = load_file(tmp_path / "mm" / "model.safetensors")
+    assert any(k.startswith("vision_tower.") for k in tensors) and "language_model.model.norm.weight" in tensors
+    other = {k.replace("language_model.model.", "model.language_model.").replace("vision_tower.", "model.vision_tower.")
+             .replace("multi_modal_projector.", "model.multi_modal_projector."): v for k, v in tensors.items()}
+    save_file(other, tmp_path / "mm" / "model.safetensors", metadata={"format": "pt"})
+    with torch.no_grad():
+        assert (load_model(tmp_path / "mm")(IDS) - want).abs().max().item() < 1e-5
+    save_model(ours, tmp_path / "text")
+    cfg = json.loads((tmp_path / "text" / "config.json").read_text())
+    assert cfg["model_type"] == "gemma3_text" and cfg["architectures"] == ["Gemma3ForCausalLM"]
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "text", dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert (back(IDS).logits - want).abs().max().item() < 1e-5
+
+
+def test_a_sparse_text_config_takes_transformers_defaults(tmp_path):
+    """Gemma 3 4B's config.json lists in text_config only what differs from Gemma3TextConfig's
+    defaults; prefopt's copy of them is transformers' own."""
+    from prefopt.model.config import GEMMA3_TEXT_DEFAULTS
+
+    ref = transformers.Gemma3TextConfig()
+    for key, value in GEMMA3_TEXT_DEFAULTS.items():
+        if key == "rope_theta":
+            assert value == ref.rope_parameters["full_attention"]["rope_theta"]
+        elif key == "rope_local_base_freq":
+            assert value == ref.rope_parameters["sliding_attention"]["rope_theta"]
+        elif key == "sliding_window_pattern":
+            assert ref.layer_types[value - 1] == "full_attention" and ref.layer_types[:value - 1] == [
+                "sliding_attention"] * (value - 1)
+        else:
+            assert getattr(ref, key) == value, key
+    sparse = {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"], "eos_token_id": [1, 106],
+              "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 34,
+                              "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024,
+                              "model_type": "gemma3_text"}}
+    cfg = ModelConfig.from_dict(sparse)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.head_dim, cfg.vocab_size) == (2560, 34, 256, 262208)
+    assert cfg.rope_scaling == {"factor": 8.0, "rope_type": "linear"} and cfg.eos_token_ids == [1, 106]
+    assert [cfg.window(i) for i in range(6)] == [1024] * 5 + [None] and cfg.local_rope_theta == 10000.0
+
+
+def test_a_chat_template_json_is_read_where_there_is_no_jinja_file(tmp_path):
+    from prefopt import load_tokenizer
+    from tests._tiny import CHATML, build_tokenizer
+
+    build_tokenizer(tmp_path, template=CHATML)
+    spec = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    del spec["chat_template"]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(spec))
+    assert load_tokenizer(tmp_path).chat_template is None
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": CHATML}))
+    assert load_tokenizer(tmp_path).chat_template == CHATML

@@ -436,7 +436,7 @@ def test_a_model_without_a_chat_template_is_refused_before_any_work(command, tin
     assert main([name, "--task", "portal", "--model", str(model), "--output", str(out), *judge]) == 2
     err = capsys.readouterr().err
     assert (f"prefopt {name}: error: {base}: its tokenizer has no chat template (no 'chat_template' in "
-            "tokenizer_config.json, no chat_template.jinja beside it), and the tasks' prompts are chat messages; use "
+            "tokenizer_config.json, no chat_template.jinja or .json beside it), and the tasks' prompts are chat messages; use "
             "an instruct (chat) model, or copy the chat_template.jinja of its instruct version into its folder") in err
     assert not out.exists()
 
@@ -451,7 +451,7 @@ def test_a_chat_template_file_in_the_folder_is_what_the_refusal_says_it_is(tiny_
     shutil.copytree(tiny_model, base)
     cfg = json.loads((base / "tokenizer_config.json").read_text())
     (base / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": None}))
-    with pytest.raises(ValueError, match="no chat_template.jinja beside it"):
+    with pytest.raises(ValueError, match="no chat_template.jinja or .json beside it"):
         require_chat(load_tokenizer(base), str(base))
     (base / "chat_template.jinja").write_text(cfg["chat_template"])
     tok = load_tokenizer(base)
