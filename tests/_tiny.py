@@ -152,10 +152,13 @@ def build_hf_model(out: Path, arch: str = "llama", seed: int = 0, tokenizer: boo
 
 
 def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "smollm", spm_scores: bool = True,
-                    rope_scaling: str | None = None, experts: int = 0, add_bos: bool | None = False) -> Path:
-    """Write ``hf_dir`` (a tiny llama or qwen2 saved by :func:`build_hf_model`) as a llama.cpp
+                    rope_scaling: str | None = None, experts: int = 0, add_bos: bool | None = False,
+                    gemma_pattern: bool = False, gemma_scale: bool = False) -> Path:
+    """Write ``hf_dir`` (a tiny llama, qwen2 or gemma3 saved by :func:`build_hf_model`) as a llama.cpp
     GGUF file of that architecture, permuting llama's q/k rows the way llama.cpp's converter does
-    (its qwen2 keeps HF's order) and quantizing 2-D weights to ``qtype``. A SentencePiece
+    (its qwen2 and gemma3 keep HF's order; gemma3's tensors named by gguf's own TensorNameMap, its
+    norms stored as 1 + w, and only what its converter writes: ``gemma_pattern`` adds a per-layer
+    sliding flag, ``gemma_scale`` the query scale) and quantizing 2-D weights to ``qtype``. A SentencePiece
     tokenizer goes in as llama.cpp writes one from ``tokenizer.model`` (``spm_scores``: scores,
     no merges) or from ``tokenizer.json`` alone (scores all -1000, and here the merges kept).
     ``add_bos``: a byte-level file's ``tokenizer.ggml.add_bos_token`` (None: the key left out)."""
@@ -169,7 +172,8 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     tok = json.loads((hf_dir / "tokenizer.json").read_text())
     tcfg = json.loads((hf_dir / "tokenizer_config.json").read_text())
     arch = cfg["model_type"]
-    w = gguf.GGUFWriter(str(path), arch)
+    gemma = arch == "gemma3_text"
+    w = gguf.GGUFWriter(str(path), "gemma3" if gemma else arch)
     w.add_block_count(cfg["num_hidden_layers"])
     w.add_context_length(cfg["max_position_embeddings"])
     w.add_embedding_length(cfg["hidden_size"])
@@ -177,12 +181,23 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     w.add_head_count(cfg["num_attention_heads"])
     w.add_head_count_kv(cfg["num_key_value_heads"])
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_rope_freq_base(cfg.get("rope_parameters", {}).get("rope_theta", 10000.0))
+    rope = cfg.get("rope_parameters") or {}
+    rope = rope.get("full_attention", rope)  # Gemma 3's: the full layers' base (the sliding ones' is implied)
+    w.add_rope_freq_base(rope.get("rope_theta", 10000.0))
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     w.add_rope_dimension_count(head_dim)
-    if head_dim != cfg["hidden_size"] // cfg["num_attention_heads"]:  # Mistral NeMo: 128, not 5120 / 32
+    if head_dim != cfg["hidden_size"] // cfg["num_attention_heads"] or gemma:  # Mistral NeMo: 128, not 5120 / 32
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
+    if gemma:
+        w.add_sliding_window(cfg["sliding_window"])
+        if rope.get("rope_type") == "linear":
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(rope["factor"])
+        if gemma_pattern:
+            w.add_sliding_window_pattern([t == "sliding_attention" for t in cfg["layer_types"]])
+        if gemma_scale:
+            w.add_float32("gemma3.attention.scale", cfg["query_pre_attn_scalar"] ** -0.5)
     w.add_vocab_size(cfg["vocab_size"])
     if experts:  # as llama.cpp writes Mixtral (its expert tensors are left out here)
         w.add_expert_count(experts)
@@ -217,8 +232,12 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
              "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    gemma_names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, cfg["num_hidden_layers"]) if gemma else None
     for name, t in load_file(hf_dir / "model.safetensors").items():
-        if name in names:
+        if gemma:  # the converter's own names; its norms stored as 1 + w
+            gname = gemma_names.get_name(name, try_suffixes=(".weight",))
+            t = t + 1.0 if name.endswith("norm.weight") else t
+        elif name in names:
             gname = names[name]
         else:
             parts = name.split(".")  # model.layers.N.<module>.<leaf>.weight

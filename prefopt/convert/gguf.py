@@ -1,7 +1,8 @@
 """Import a llama.cpp GGUF file into an HF-layout folder (needs the ``gguf`` extra).
 
-Architectures: ``llama`` (Llama 2/3, Mistral, SmolLM2, as llama.cpp's converter writes them) and
-``qwen2`` (Qwen2/2.5: q/k/v biases, rows in HF's order). What it does:
+Architectures: ``llama`` (Llama 2/3, Mistral, SmolLM2, as llama.cpp's converter writes them),
+``qwen2`` (Qwen2/2.5: q/k/v biases, rows in HF's order) and ``gemma3`` (Gemma 3, MedGemma:
+``gguf_gemma``). What it does:
 - reads the model hyper-parameters from the GGUF metadata into ``config.json``;
 - dequantizes every tensor (Q4_0/Q4_1/Q8_0/K-quants... via ``gguf.quants``) to float;
 - for ``llama``, undoes llama.cpp's q/k row permutation, which reorders each head's rows from
@@ -23,6 +24,7 @@ from .._deps import progress, require
 from ..model.checkpoint import write_config_files
 from ..model.config import SUPPORTED_ARCHITECTURES, ModelConfig, UnsupportedModelError
 from ..model.safetensors_io import ShardWriter
+from . import gguf_gemma
 from .gguf_rope import llama3_scaling
 from .gguf_tokenizer import write_tokenizer
 
@@ -44,7 +46,7 @@ _GLOBAL_NAMES = {
 }
 EXACT_UP_TO = 1_000_000_000  # parameters: a quantized file imports to float32 (exact) up to this, bfloat16 past it
 # GGUF architecture -> prefopt model_type
-_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}
+_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "gemma3": "gemma3_text"}
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: torch.dtype | str = "auto",
@@ -77,9 +79,9 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: torch.dty
     writer = ShardWriter(out)
     tensors = reader.tensors
     bar = _bar(tensors, progress)
-    permuted = cfg.model_type == "llama"  # llama.cpp's qwen2 reads q/k rows in HF's order
+    permuted = cfg.model_type == "llama"  # llama.cpp's qwen2 and gemma3 read q/k rows in HF's order
     for t in bar:
-        name = _hf_name(t.name, gguf_path)
+        name = _hf_name(t.name, gguf_path, gguf_gemma.LAYER_NAMES if cfg.gemma else _LAYER_NAMES)
         if name is None:
             continue
         w = torch.from_numpy(np.array(_dequantize(gguf, t), dtype=np.float32))  # a writable copy
@@ -90,6 +92,8 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: torch.dty
             w = unpermute_qk(w, cfg.num_attention_heads)
         elif permuted and name.endswith("self_attn.k_proj.weight"):
             w = unpermute_qk(w, cfg.num_key_value_heads)
+        elif cfg.gemma and gguf_gemma.is_norm(name):  # stored as 1 + w
+            w = w - gguf_gemma.NORM_SHIFT
         writer.add(name, w.to(dtype))
     writer.close()
     write_config_files(out, cfg, dtype)
@@ -164,12 +168,12 @@ def _dequantize(gguf, t) -> np.ndarray:
     return gguf.quants.dequantize(t.data, t.tensor_type)
 
 
-def _hf_name(gguf_name: str, path) -> str | None:
+def _hf_name(gguf_name: str, path, layer_names: dict[str, str]) -> str | None:
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
     m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", gguf_name)
-    if m and m.group(2) in _LAYER_NAMES:
-        return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.{m.group(3)}"
+    if m and m.group(2) in layer_names:
+        return f"model.layers.{m.group(1)}.{layer_names[m.group(2)]}.{m.group(3)}"
     if gguf_name == "rope_freqs.weight":
         return None  # read into config.json's rope_scaling (gguf_rope)
     raise UnsupportedModelError(f"{path}: tensor {gguf_name!r} has no Hugging Face counterpart in prefopt")
@@ -225,11 +229,14 @@ def _config(meta: _Metadata, *, tied: bool, rope_freqs: np.ndarray | None = None
             raise UnsupportedModelError(f"{meta.path}: has both linear RoPE scaling and a 'rope_freqs' tensor")
         scaling = llama3_scaling(rope_freqs, theta, rot, meta.path,
                                  original_context=meta.get(a + "rope.scaling.original_context_length", 8192))
+    layers = meta.need(a + "block_count")
+    gemma = gguf_gemma.settings(meta, a, hidden=hidden, n_head=n_head, head_dim=head_dim, n_layer=layers) \
+        if arch == "gemma3" else {}
     return ModelConfig(
         vocab_size=meta.get(a + "vocab_size", len(tokens)),
         hidden_size=hidden,
         intermediate_size=meta.need(a + "feed_forward_length"),
-        num_hidden_layers=meta.need(a + "block_count"),
+        num_hidden_layers=layers,
         num_attention_heads=n_head,
         num_key_value_heads=meta.get(a + "attention.head_count_kv", n_head),
         head_dim=head_dim,
@@ -243,4 +250,5 @@ def _config(meta: _Metadata, *, tied: bool, rope_freqs: np.ndarray | None = None
         bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
         eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
         pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
+        **gemma,
     )

@@ -206,6 +206,11 @@ class ModelConfig:
             d["rope_scaling"] = self.rope_scaling
         if self.model_type == "llama":
             d.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
+        if self.gemma:  # what a config built from a GGUF file has in no raw dict
+            d.update(layer_types=self.layer_types, sliding_window=self.sliding_window,
+                     query_pre_attn_scalar=self.query_pre_attn_scalar)
+            if "rope_parameters" not in d:
+                d["rope_local_base_freq"] = self.local_rope_theta
         return d
 
 

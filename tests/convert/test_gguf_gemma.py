@@ -1,0 +1,75 @@
+"""Gemma 3 GGUF files (Gemma 3, MedGemma from llama.cpp or Ollama) imported: written here as
+llama.cpp's converter writes them (gguf's own tensor names, norms stored as 1 + w, only the keys
+it writes), read back to the source model's logits, and by transformers' own GGUF loader."""
+import json
+
+import pytest
+import torch
+
+from prefopt import load_model
+from prefopt.convert.gguf import convert_gguf
+from tests._tiny import build_hf_model, write_tiny_gguf
+
+gguf = pytest.importorskip("gguf")
+IDS = torch.randint(3, 400, (2, 13), generator=torch.Generator().manual_seed(0))
+
+
+def _gemma(path, **kw):
+    return build_hf_model(path, arch="gemma3", **kw)
+
+
+def test_the_file_gives_the_source_models_logits_with_its_layer_pattern_and_query_scale(tmp_path):
+    """Two layers, sliding then full, written as a per-layer flag; the query scale (24, not the
+    head width 16) written as attention.scale; RoPE's linear scaling; the norms' +1 taken off."""
+    hf = _gemma(tmp_path / "hf")
+    path = write_tiny_gguf(tmp_path / "hf", tmp_path / "g.gguf", gemma_pattern=True, gemma_scale=True)
+    assert gguf.GGUFReader(str(path)).fields["general.architecture"].contents() == "gemma3"
+    out = convert_gguf(path, tmp_path / "out", progress=False)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_type"] == "gemma3_text" and cfg["layer_types"] == ["sliding_attention", "full_attention"]
+    assert cfg["query_pre_attn_scalar"] == 24 and cfg["rope_scaling"] == {"rope_type": "linear",
+                                                                                         "factor": 8.0}
+    with torch.no_grad():
+        want = hf(IDS).logits
+        assert (load_model(out)(IDS) - want).abs().max().item() < 1e-4
+        theirs = pytest.importorskip("transformers").AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+        assert (theirs.eval()(IDS).logits - want).abs().max().item() < 1e-4  # the folder, as transformers reads it
+
+
+def test_a_file_without_the_optional_keys_takes_llama_cpps_rules(tmp_path):
+    """Six layers, no pattern and no scale in the file (as the converter writes Gemma 3): every
+    6th layer full, the query scale 1/sqrt(head width); transformers' GGUF loader agrees (its
+    defaults are those rules for a model whose head width is 256)."""
+    hf = _gemma(tmp_path / "hf", num_hidden_layers=6, head_dim=256, query_pre_attn_scalar=256, intermediate_size=128,
+                layer_types=["sliding_attention"] * 5 + ["full_attention"],
+                rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                 "full_attention": {"rope_type": "default", "rope_theta": 1e6}})
+    transformers = pytest.importorskip("transformers")
+    for qtype in ("F32", "Q8_0"):
+        path = write_tiny_gguf(tmp_path / "hf", tmp_path / f"{qtype}.gguf", qtype=qtype)
+        ours = load_model(convert_gguf(path, tmp_path / qtype, progress=False))
+        assert [ours.config.window(i) for i in range(6)] == [4] * 5 + [None]
+        assert ours.config.query_pre_attn_scalar == 256
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32)
+        with torch.no_grad():
+            got = ours(IDS)
+            assert (got - theirs.eval()(IDS).logits).abs().max().item() < 1e-4
+            if qtype == "F32":
+                assert (got - hf(IDS).logits).abs().max().item() < 1e-4
+
+
+def test_the_27b_query_scale_rule(tmp_path):
+    """llama.cpp knows Gemma 3 27B (and MedGemma 27B) by its 62 layers and scales its queries by
+    hidden / heads (5376 / 32 = 168, its query_pre_attn_scalar), not by the head width (128)."""
+    from prefopt.convert.gguf_gemma import settings
+
+    class Meta:
+        path = "m.gguf"
+
+        def get(self, key, default=None):
+            return default
+
+    assert settings(Meta(), "gemma3.", hidden=5376, n_head=32, head_dim=128, n_layer=62)["query_pre_attn_scalar"] == 168
+    got = settings(Meta(), "gemma3.", hidden=2560, n_head=8, head_dim=256, n_layer=34)
+    assert got["query_pre_attn_scalar"] == 256 and got["layer_types"][:6] == ["sliding_attention"] * 5 + [
+        "full_attention"] and got["local_rope_theta"] == 10000.0
