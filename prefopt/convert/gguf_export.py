@@ -1,14 +1,15 @@
-"""Export an HF-layout Llama-family or Qwen2 model (with a LoRA adapter merged in, if given) to a
-llama.cpp GGUF file, for serving a fine-tuned model with llama.cpp or Ollama on the hospital's machines
+"""Export an HF-layout Llama-family, Qwen2 or Gemma 3 model (with a LoRA adapter merged in, if given)
+to a llama.cpp GGUF file, for serving a fine-tuned model with llama.cpp or Ollama on the hospital's machines
 (needs the ``gguf`` extra). The inverse of :func:`prefopt.convert.gguf.convert_gguf`:
 
 - the hyper-parameters and the tokenizer (byte-level BPE: tokens, token types, merges;
   SentencePiece BPE: tokens, types, scores; special token ids, whether a BOS is added, the chat
   template; :func:`~.gguf_tokenizer.tokenizer_metadata`) go into the architecture's metadata
-  (``llama.*`` or ``qwen2.*``) and ``tokenizer.*``, as llama.cpp's own converter writes them;
+  (``llama.*``, ``qwen2.*`` or ``gemma3.*``) and ``tokenizer.*``, as llama.cpp's own converter
+  writes them;
   Llama 3.1's RoPE scaling as its ``rope_freqs`` tensor (:func:`~.gguf_rope.rope_divisors`);
 - each weight gets its GGUF name, for the llama architecture q/k rows in llama.cpp's RoPE order
-  (:func:`permute_qk`; qwen2 keeps HF's), and the type asked for: ``f32``, ``f16``, ``bf16`` (a
+  (:func:`permute_qk`; qwen2 and gemma3 keep HF's; Gemma's norms as 1 + w), and the type asked for: ``f32``, ``f16``, ``bf16`` (a
   bfloat16 model's own values, exactly) or ``q8_0``
   (norms and biases stay f32; a matrix whose rows do not split into q8_0 blocks of 32 is written
   f16, as llama.cpp does);
@@ -28,6 +29,7 @@ import torch
 
 from .._deps import progress, require
 from ..model.config import UnsupportedModelError
+from . import gguf_gemma
 from .gguf import _GLOBAL_NAMES, _LAYER_NAMES, permute_qk
 from .gguf_rope import rope_divisors
 from .gguf_tokenizer import tokenizer_metadata
@@ -38,6 +40,7 @@ _FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32, "q8_0": 7}
 _TO_GGUF = {hf: g for g, hf in _GLOBAL_NAMES.items()}
 _ROPE_FREQS = "rope_freqs.weight"
 _LAYER_TO_GGUF = {hf: g for g, hf in _LAYER_NAMES.items()}
+_GEMMA_TO_GGUF = {hf: g for g, hf in gguf_gemma.LAYER_NAMES.items()}
 
 
 def export_gguf(model_dir: str | Path, out_path: str | Path, *, adapter: str | Path | None = None,
@@ -66,7 +69,8 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, *, adapter: str | P
         writer = gguf.GGUFWriter(str(tmp), _arch(cfg))
         default = Path(str(model_dir)).name + (f" + {adapter}" if adapter is not None else "")  # as given, not a snapshot
         _write_metadata(writer, cfg, tokenizer, name or default, out_type)
-        plan = [(_gguf_name(n, src), _qtype(gguf, t, out_type)) for n, t in tensors]
+        plan = [(_gguf_name(n, src, _GEMMA_TO_GGUF if cfg.gemma else _LAYER_TO_GGUF), _qtype(gguf, t, out_type))
+                for n, t in tensors]
         for (g_name, qtype), (_, t) in zip(plan, tensors):
             shape, dtype, nbytes = _layout(gguf, t.shape, qtype)
             writer.add_tensor_info(g_name, shape, dtype, nbytes, raw_dtype=qtype if dtype == np.uint8 else None)
@@ -95,10 +99,13 @@ def _check_exportable(cfg, src) -> None:
     ``qwen2`` one Qwen2 (q/k/v biases); Llama 3.1's RoPE scaling only in the first. Neither has a
     sliding window: as llama.cpp's converter does with Mistral 7B v0.1's (and so BioMistral's),
     it is dropped, with a warning (the same model for contexts up to the window)."""
-    if cfg.model_type not in ("llama", "mistral", "qwen2"):
-        raise UnsupportedModelError(f"{src}: model_type {cfg.model_type!r}: prefopt exports Llama, Mistral, SmolLM2 "
-                                    "and Qwen2 to GGUF; for others, run llama.cpp's convert_hf_to_gguf.py on a "
+    if cfg.model_type not in ("llama", "mistral", "qwen2", "gemma3_text"):
+        raise UnsupportedModelError(f"{src}: model_type {cfg.model_type!r}: prefopt exports Llama, Mistral, SmolLM2, "
+                                    "Qwen2 and Gemma 3 to GGUF; for others, run llama.cpp's convert_hf_to_gguf.py on a "
                                     "`prefopt merge` folder")
+    if cfg.gemma:
+        gguf_gemma.check_exportable(cfg, src)
+        return
     if cfg.mlp_bias or (cfg.attention_bias and cfg.model_type != "qwen2"):
         raise UnsupportedModelError(f"{src}: biases on the attention or MLP are not part of GGUF's llama architecture")
     if cfg.rope_type not in ("default", "linear", "llama3") or (cfg.rope_type == "llama3" and _arch(cfg) != "llama"):
@@ -110,7 +117,7 @@ def _check_exportable(cfg, src) -> None:
                       f"to {cfg.sliding_window} tokens", stacklevel=3)
 
 
-def _gguf_name(hf_name: str, src) -> str:
+def _gguf_name(hf_name: str, src, layer_names: dict[str, str]) -> str:
     if hf_name == _ROPE_FREQS:
         return hf_name
     if hf_name in _TO_GGUF:
@@ -118,21 +125,23 @@ def _gguf_name(hf_name: str, src) -> str:
     parts = hf_name.split(".")  # model.layers.N.<module>.<sub>.weight
     if len(parts) >= 5 and parts[:2] == ["model", "layers"]:
         module = ".".join(parts[3:-1])
-        if module in _LAYER_TO_GGUF:
-            return f"blk.{parts[2]}.{_LAYER_TO_GGUF[module]}.{parts[-1]}"
+        if module in layer_names:
+            return f"blk.{parts[2]}.{layer_names[module]}.{parts[-1]}"
     raise UnsupportedModelError(f"{src}: tensor {hf_name!r} has no GGUF counterpart")
 
 
 def _arch(cfg) -> str:
-    """The GGUF architecture: ``qwen2`` for Qwen2, else ``llama`` (llama.cpp's converter writes
-    Mistral as llama too)."""
-    return "qwen2" if cfg.model_type == "qwen2" else "llama"
+    """The GGUF architecture: ``qwen2`` for Qwen2, ``gemma3`` for Gemma 3, else ``llama`` (llama.cpp's
+    converter writes Mistral as llama too)."""
+    return {"qwen2": "qwen2", "gemma3_text": "gemma3"}.get(cfg.model_type, "llama")
 
 
 def _gguf_order(hf_name: str, t: torch.Tensor, cfg) -> np.ndarray:
     """The tensor as llama.cpp stores it: float32; for the llama architecture, q/k rows in its
     RoPE order (qwen2 keeps HF's order: llama.cpp reads it with NeoX-style RoPE)."""
     t = t.detach().float()
+    if cfg.gemma and gguf_gemma.is_norm(hf_name):  # llama.cpp applies w; Gemma (1 + w)
+        t = t + gguf_gemma.NORM_SHIFT
     llama = _arch(cfg) == "llama"
     if llama and hf_name.endswith("self_attn.q_proj.weight"):
         t = permute_qk(t, cfg.num_attention_heads)
@@ -189,9 +198,11 @@ def _write_metadata(writer, cfg, tok: dict, name: str, out_type: str) -> None:
     writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
     writer.add_vocab_size(cfg.vocab_size)
     writer.add_rope_dimension_count(head_dim)
-    if head_dim != cfg.hidden_size // cfg.num_attention_heads:
+    if head_dim != cfg.hidden_size // cfg.num_attention_heads or cfg.gemma:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
+    if cfg.gemma and cfg.sliding_window:
+        writer.add_sliding_window(cfg.sliding_window)
     if cfg.rope_type == "linear":
         writer.add_rope_scaling_type("linear")
         writer.add_rope_scaling_factor(float(cfg.rope_scaling["factor"]))

@@ -64,3 +64,23 @@ def settings(meta, a: str, *, hidden: int, n_head: int, head_dim: int, n_layer: 
 def is_norm(hf_name: str) -> bool:
     """Whether a (Hugging Face) tensor name is one of Gemma's norm weights, stored shifted."""
     return hf_name.endswith("norm.weight")
+
+
+def check_exportable(cfg, src) -> None:
+    """Refuse, naming the setting, a Gemma 3 model llama.cpp would read otherwise than it is:
+    llama.cpp takes the sliding pattern, the sliding layers' RoPE base and the query scale from
+    its rules above, not from the file."""
+    if cfg.sliding_window:
+        rule = [FULL if (i + 1) % EVERY == 0 else SLIDING for i in range(cfg.num_hidden_layers)]
+        if cfg.layer_types != rule:
+            raise UnsupportedModelError(f"{src}: layer_types {cfg.layer_types}: llama.cpp runs Gemma 3 with every "
+                                        f"{EVERY}th layer full and the rest sliding")
+        if cfg.local_rope_theta != 10000.0:
+            raise UnsupportedModelError(f"{src}: the sliding layers' RoPE base {cfg.local_rope_theta:g}: llama.cpp "
+                                        "uses 10000 for Gemma 3")
+    elif any(t == SLIDING for t in cfg.layer_types):
+        raise UnsupportedModelError(f"{src}: sliding layers without a sliding_window")
+    rule = cfg.hidden_size // cfg.num_attention_heads if cfg.num_hidden_layers == LAYERS_27B else cfg.head_dim
+    if cfg.query_pre_attn_scalar != rule:
+        raise UnsupportedModelError(f"{src}: query_pre_attn_scalar {cfg.query_pre_attn_scalar:g}: llama.cpp scales a "
+                                    f"{cfg.num_hidden_layers}-layer Gemma 3's queries by {rule}")

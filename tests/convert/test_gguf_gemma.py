@@ -73,3 +73,47 @@ def test_the_27b_query_scale_rule(tmp_path):
     got = settings(Meta(), "gemma3.", hidden=2560, n_head=8, head_dim=256, n_layer=34)
     assert got["query_pre_attn_scalar"] == 256 and got["layer_types"][:6] == ["sliding_attention"] * 5 + [
         "full_attention"] and got["local_rope_theta"] == 10000.0
+
+
+def test_a_fine_tuned_gemma_exports_for_llama_cpp_and_reads_back(tmp_path):
+    """Six layers laid out as llama.cpp runs Gemma 3, a LoRA adapter merged in: the export reads
+    back to the merged model's logits, in prefopt and in transformers' GGUF loader; its keys are
+    the converter's (norms stored as 1 + w, the window, key length, no q/k permutation)."""
+    from prefopt import apply_lora, save_adapter
+    from prefopt.convert.gguf_export import export_gguf
+    from tests._tiny import randomize_lora
+
+    _gemma(tmp_path / "hf", num_hidden_layers=6, head_dim=256, query_pre_attn_scalar=256, intermediate_size=128,
+           layer_types=["sliding_attention"] * 5 + ["full_attention"],
+           rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                            "full_attention": {"rope_type": "default", "rope_theta": 1e6}})
+    tuned = apply_lora(load_model(tmp_path / "hf"), r=4, alpha=8, dropout=0.0)
+    randomize_lora(tuned)
+    save_adapter(tuned, tmp_path / "ad", base_model=str(tmp_path / "hf"))
+    path = export_gguf(tmp_path / "hf", tmp_path / "t.gguf", adapter=tmp_path / "ad", out_type="f32",
+                       show_progress=False)
+    reader = gguf.GGUFReader(str(path))
+    assert reader.fields["general.architecture"].contents() == "gemma3"
+    assert reader.fields["gemma3.attention.sliding_window"].contents() == 4
+    norm = next(t for t in reader.tensors if t.name == "blk.0.attn_q_norm.weight")
+    assert torch.allclose(torch.from_numpy(norm.data.copy()) - 1, tuned.model.layers[0].self_attn.q_norm.weight)
+    with torch.no_grad():
+        want = tuned(IDS)
+        assert (load_model(convert_gguf(path, tmp_path / "back", progress=False))(IDS) - want).abs().max() < 1e-4
+        transformers = pytest.importorskip("transformers")
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="t.gguf", dtype=torch.float32)
+        assert (theirs.eval()(IDS).logits - want).abs().max().item() < 1e-4
+
+
+def test_a_gemma_llama_cpp_would_run_otherwise_is_refused_by_name(tmp_path):
+    """llama.cpp takes Gemma 3's layer pattern and query scale from its rules, not from the file."""
+    from prefopt.convert.gguf_export import export_gguf
+    from prefopt.model.config import UnsupportedModelError
+
+    _gemma(tmp_path / "hf")  # two layers, sliding then full; query scale 24 for heads 16 wide
+    with pytest.raises(UnsupportedModelError, match="every 6th layer full"):
+        export_gguf(tmp_path / "hf", tmp_path / "g.gguf", show_progress=False)
+    _gemma(tmp_path / "six", num_hidden_layers=6, layer_types=["sliding_attention"] * 5 + ["full_attention"])
+    with pytest.raises(UnsupportedModelError, match="query_pre_attn_scalar 24: llama.cpp scales a 6-layer"):
+        export_gguf(tmp_path / "six", tmp_path / "g.gguf", show_progress=False)
+    assert not (tmp_path / "g.gguf").exists()

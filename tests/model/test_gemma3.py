@@ -162,14 +162,6 @@ def test_sft_and_dpo_train_a_gemma(tmp_path):
     assert after["eval_rewards/accuracies"] >= 0.9 and after["eval_loss"] < before["eval_loss"] - 0.2
 
 
-def test_export_points_a_gemma_to_llama_cpp(gemma, tmp_path):
-    from prefopt.convert.gguf_export import export_gguf
-
-    pytest.importorskip("gguf")
-    with pytest.raises(UnsupportedModelError, match="'gemma3_text'.*convert_hf_to_gguf.py on a `prefopt merge`"):
-        export_gguf(gemma[2], tmp_path / "g.gguf", show_progress=False)
-
-
 def test_a_4bit_base_and_a_dora_adapter_run_on_gemma(gemma):
     """QLoRA's nf4 base: every projection in 4 bits, the norms (Gemma's offsets from 1) and the
     embedding kept, and the model computes what the full-precision model does with the
