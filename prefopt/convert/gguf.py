@@ -117,9 +117,12 @@ def import_dtype(gguf, reader) -> torch.dtype:
         return torch.float32 if sum(int(t.n_elements) for t in reader.tensors) <= EXACT_UP_TO else torch.bfloat16
     own = {floats[k] for k in kinds}
     dtype = own.pop() if len(own) == 1 else torch.float32
+    arch = reader.fields["general.architecture"].contents() if "general.architecture" in reader.fields else None
     for t in reader.tensors:
         if len(t.shape) == 1 and dtype != torch.float32:
             v = torch.from_numpy(np.array(_dequantize(gguf, t), dtype=np.float32))
+            if arch == "gemma3" and t.name.endswith("norm.weight"):  # stored as 1 + w; w is what is kept
+                v = v - gguf_gemma.NORM_SHIFT
             if not torch.equal(v.to(dtype).float(), v):
                 return torch.float32
     return dtype

@@ -117,3 +117,24 @@ def test_a_gemma_llama_cpp_would_run_otherwise_is_refused_by_name(tmp_path):
     with pytest.raises(UnsupportedModelError, match="query_pre_attn_scalar 24: llama.cpp scales a 6-layer"):
         export_gguf(tmp_path / "six", tmp_path / "g.gguf", show_progress=False)
     assert not (tmp_path / "g.gguf").exists()
+
+
+def test_a_bfloat16_gemma_file_imports_in_bfloat16(tmp_path):
+    """A Gemma stored in bfloat16: its norms are in the file as 1 + w (float32), which bfloat16
+    would round, but the w kept fits it exactly: the import stays bfloat16 and changes no value."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    _gemma(tmp_path / "hf")
+    weights = load_file(tmp_path / "hf" / "model.safetensors")
+    save_file({k: v.to(torch.bfloat16).float() for k, v in weights.items()}, tmp_path / "hf" / "model.safetensors",
+              metadata={"format": "pt"})
+    path = write_tiny_gguf(tmp_path / "hf", tmp_path / "g.gguf", qtype="BF16")
+    shifted = [torch.from_numpy(t.data.copy()) for t in gguf.GGUFReader(str(path)).tensors if "norm" in t.name]
+    assert any(not torch.equal(v.bfloat16().float(), v) for v in shifted)  # 1 + w does not fit bfloat16
+    out = convert_gguf(path, tmp_path / "out", progress=False)
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+        kept = {k: f.get_tensor(k).float() for k in f.keys()}
+    want = load_file(tmp_path / "hf" / "model.safetensors")
+    assert all(torch.equal(kept[k], want[k]) for k in want)
