@@ -1,8 +1,8 @@
 """Import a llama.cpp GGUF file into an HF-layout folder (needs the ``gguf`` extra).
 
 Architectures: ``llama`` (Llama 2/3, Mistral, SmolLM2, as llama.cpp's converter writes them),
-``qwen2`` (Qwen2/2.5: q/k/v biases, rows in HF's order) and ``gemma3`` (Gemma 3, MedGemma:
-``gguf_gemma``). What it does:
+``qwen2`` (Qwen2/2.5: q/k/v biases, rows in HF's order), ``qwen3`` (q/k norms, no biases, HF's
+order) and ``gemma3`` (Gemma 3, MedGemma: ``gguf_gemma``). What it does:
 - reads the model hyper-parameters from the GGUF metadata into ``config.json``;
 - dequantizes every tensor (Q4_0/Q4_1/Q8_0/K-quants... via ``gguf.quants``) to float;
 - for ``llama``, undoes llama.cpp's q/k row permutation, which reorders each head's rows from
@@ -35,6 +35,8 @@ _LAYER_NAMES = {
     "attn_k": "self_attn.k_proj",
     "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",  # Qwen3
+    "attn_k_norm": "self_attn.k_norm",
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
@@ -46,7 +48,7 @@ _GLOBAL_NAMES = {
 }
 EXACT_UP_TO = 1_000_000_000  # parameters: a quantized file imports to float32 (exact) up to this, bfloat16 past it
 # GGUF architecture -> prefopt model_type
-_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "gemma3": "gemma3_text"}
+_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text"}
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: torch.dtype | str = "auto",
@@ -72,14 +74,14 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: torch.dty
         dtype = import_dtype(gguf, reader)
     names = {t.name: t for t in reader.tensors}
     freqs = names.get("rope_freqs.weight")  # Llama 3.1's RoPE scaling, as llama.cpp stores it
-    cfg = _config(meta, tied="output.weight" not in names,
+    cfg = _config(meta, tied="output.weight" not in names, biased="blk.0.attn_q.bias" in names,
                   rope_freqs=None if freqs is None else np.asarray(_dequantize(gguf, freqs), dtype=np.float32))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(out)
     tensors = reader.tensors
     bar = _bar(tensors, progress)
-    permuted = cfg.model_type == "llama"  # llama.cpp's qwen2 and gemma3 read q/k rows in HF's order
+    permuted = cfg.model_type == "llama"  # llama.cpp's qwen2/3 and gemma3 read q/k rows in HF's order
     for t in bar:
         name = _hf_name(t.name, gguf_path, gguf_gemma.LAYER_NAMES if cfg.gemma else _LAYER_NAMES)
         if name is None:
@@ -202,7 +204,8 @@ def _f32(x) -> float:
     return float(str(np.float32(x)))
 
 
-def _config(meta: _Metadata, *, tied: bool, rope_freqs: np.ndarray | None = None) -> ModelConfig:
+def _config(meta: _Metadata, *, tied: bool, biased: bool = False, rope_freqs: np.ndarray | None = None
+            ) -> ModelConfig:
     arch = meta.need("general.architecture")
     if arch not in _ARCHITECTURES:
         raise UnsupportedModelError(
@@ -248,7 +251,7 @@ def _config(meta: _Metadata, *, tied: bool, rope_freqs: np.ndarray | None = None
         rope_scaling=scaling,
         max_position_embeddings=meta.get(a + "context_length", 2048),
         tie_word_embeddings=tied,
-        attention_bias=arch == "qwen2",  # Qwen2's q/k/v always carry one
+        attention_bias=arch == "qwen2" or biased,  # Qwen2's q/k/v always carry one
         model_type=_ARCHITECTURES[arch],
         bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
         eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),

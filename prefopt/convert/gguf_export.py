@@ -99,15 +99,16 @@ def _check_exportable(cfg, src) -> None:
     ``qwen2`` one Qwen2 (q/k/v biases); Llama 3.1's RoPE scaling only in the first. Neither has a
     sliding window: as llama.cpp's converter does with Mistral 7B v0.1's (and so BioMistral's),
     it is dropped, with a warning (the same model for contexts up to the window)."""
-    if cfg.model_type not in ("llama", "mistral", "qwen2", "gemma3_text"):
+    if cfg.model_type not in ("llama", "mistral", "qwen2", "qwen3", "gemma3_text"):
         raise UnsupportedModelError(f"{src}: model_type {cfg.model_type!r}: prefopt exports Llama, Mistral, SmolLM2, "
-                                    "Qwen2 and Gemma 3 to GGUF; for others, run llama.cpp's convert_hf_to_gguf.py on a "
+                                    "Qwen2/3 and Gemma 3 to GGUF; for others, run llama.cpp's convert_hf_to_gguf.py on a "
                                     "`prefopt merge` folder")
     if cfg.gemma:
         gguf_gemma.check_exportable(cfg, src)
         return
     if cfg.mlp_bias or (cfg.attention_bias and cfg.model_type != "qwen2"):
-        raise UnsupportedModelError(f"{src}: biases on the attention or MLP are not part of GGUF's llama architecture")
+        raise UnsupportedModelError(f"{src}: biases on the attention or MLP are not part of GGUF's {_arch(cfg)} "
+                                    "architecture")
     if cfg.rope_type not in ("default", "linear", "llama3") or (cfg.rope_type == "llama3" and _arch(cfg) != "llama"):
         raise UnsupportedModelError(f"{src}: RoPE scaling {cfg.rope_type!r} is not exported for {cfg.model_type}; "
                                     "use llama.cpp's convert_hf_to_gguf.py on the merged folder")
@@ -131,9 +132,9 @@ def _gguf_name(hf_name: str, src, layer_names: dict[str, str]) -> str:
 
 
 def _arch(cfg) -> str:
-    """The GGUF architecture: ``qwen2`` for Qwen2, ``gemma3`` for Gemma 3, else ``llama`` (llama.cpp's
-    converter writes Mistral as llama too)."""
-    return {"qwen2": "qwen2", "gemma3_text": "gemma3"}.get(cfg.model_type, "llama")
+    """The GGUF architecture: ``qwen2``, ``qwen3`` and ``gemma3`` for those, else ``llama``
+    (llama.cpp's converter writes Mistral as llama too)."""
+    return {"qwen2": "qwen2", "qwen3": "qwen3", "gemma3_text": "gemma3"}.get(cfg.model_type, "llama")
 
 
 def _gguf_order(hf_name: str, t: torch.Tensor, cfg) -> np.ndarray:

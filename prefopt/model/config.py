@@ -1,6 +1,6 @@
 """Model configuration, read from a Hugging Face ``config.json``.
 
-One dataclass covers the Llama family (Llama 2/3/3.1/3.2, Mistral, Qwen2/2.5,
+One dataclass covers the Llama family (Llama 2/3/3.1/3.2, Mistral, Qwen2/2.5, Qwen3,
 SmolLM2) and Gemma 3's text model (Gemma 3, MedGemma 27B text). It holds only what those files
 hold; derived fields are set in ``__post_init__``. Both spellings of the RoPE settings are read:
 the older top-level ``rope_theta`` / ``rope_scaling`` (Gemma 3: and ``rope_local_base_freq``)
@@ -18,6 +18,7 @@ SUPPORTED_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
 }
 SLIDING, FULL = "sliding_attention", "full_attention"  # Gemma 3's layer types
@@ -73,7 +74,7 @@ class ModelConfig:
         if self.model_type not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModelError(
                 f"unsupported model_type {self.model_type!r}: prefopt implements "
-                f"{sorted(SUPPORTED_ARCHITECTURES)} (Llama 2/3, Mistral, Qwen2, SmolLM2, Gemma 3)"
+                f"{sorted(SUPPORTED_ARCHITECTURES)} (Llama 2/3, Mistral, Qwen2/3, SmolLM2, Gemma 3)"
             )
         act = "gelu_pytorch_tanh" if self.gemma else "silu"
         if self.hidden_act != act:
@@ -93,6 +94,11 @@ class ModelConfig:
             raise UnsupportedModelError(
                 f"unsupported rope_scaling type {rope_type!r}: prefopt implements {SUPPORTED_ROPE_TYPES}"
             )
+
+    @property
+    def qk_norm(self) -> bool:
+        """An RMSNorm on each head's queries and keys before RoPE (Qwen3, Gemma 3)."""
+        return self.model_type in ("qwen3", "gemma3_text")
 
     @property
     def gemma(self) -> bool:
@@ -157,11 +163,12 @@ class ModelConfig:
             kw["rope_scaling"].get("rope_type", kw["rope_scaling"].get("type")) == "default"
         ):
             kw["rope_scaling"] = None
-        if model_type == "qwen2":
-            kw["attention_bias"] = True  # q/k/v projections always carry a bias
+        if model_type in ("qwen2", "qwen3"):
+            if model_type == "qwen2":
+                kw["attention_bias"] = True  # q/k/v projections always carry a bias
             kw["sliding_window"] = d.get("sliding_window") if d.get("use_sliding_window") else None
             if kw["sliding_window"] is not None and d.get("max_window_layers", 0) < d["num_hidden_layers"]:
-                raise UnsupportedModelError("Qwen2 with sliding window on only some layers is not supported")
+                raise UnsupportedModelError("Qwen2/3 with sliding window on only some layers is not supported")
         else:
             kw["sliding_window"] = d.get("sliding_window")
         return cls(**kw, raw=dict(d))
@@ -206,6 +213,8 @@ class ModelConfig:
             d["rope_scaling"] = self.rope_scaling
         if self.model_type == "llama":
             d.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
+        if self.model_type == "qwen3":
+            d.update(attention_bias=self.attention_bias)
         if self.gemma:  # what a config built from a GGUF file has in no raw dict
             d.update(layer_types=self.layer_types, sliding_window=self.sliding_window,
                      query_pre_attn_scalar=self.query_pre_attn_scalar)

@@ -1,4 +1,4 @@
-"""A decoder-only transformer for the Llama family and Gemma 3, in plain PyTorch.
+"""A decoder-only transformer for the Llama family (Qwen2/3 included) and Gemma 3, in plain PyTorch.
 
 Module names follow Hugging Face's (``model.layers.0.self_attn.q_proj`` ...), so a
 checkpoint's state dict loads with no key mapping::
@@ -8,7 +8,7 @@ checkpoint's state dict loads with no key mapping::
     │   ├── embed_tokens            (V, D)
     │   ├── layers[i]
     │   │   ├── input_layernorm     RMSNorm
-    │   │   ├── self_attn           q/k/v/o_proj, GQA through SDPA, RoPE (Gemma 3: q_norm, k_norm)
+    │   │   ├── self_attn           q/k/v/o_proj, GQA through SDPA, RoPE (Qwen3, Gemma 3: q_norm, k_norm)
     │   │   ├── post_attention_layernorm
     │   │   ├── (Gemma 3: pre_feedforward_layernorm, post_feedforward_layernorm)
     │   │   └── mlp                 gate/up/down_proj (SwiGLU; Gemma 3: GeGLU)
@@ -81,11 +81,11 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(D, self.n_kv * self.hd, bias=b)
         self.v_proj = nn.Linear(D, self.n_kv * self.hd, bias=b)
         self.o_proj = nn.Linear(self.n_head * self.hd, D,
-                                bias=cfg.attention_bias and cfg.model_type in ("llama", "gemma3_text"))
+                                bias=cfg.attention_bias and cfg.model_type in ("llama", "qwen3", "gemma3_text"))
         self.scale = cfg.query_pre_attn_scalar ** -0.5 if cfg.query_pre_attn_scalar else None  # None: 1/sqrt(hd)
-        if cfg.gemma:
-            self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps, gemma=True)
-            self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps, gemma=True)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps, gemma=cfg.gemma)
+            self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps, gemma=cfg.gemma)
 
     def forward(self, x, cos, sin, mask, kv_cache: KVCache | None = None):
         B, T, _ = x.shape

@@ -18,6 +18,8 @@ FAMILIES = {
     "mistral": dict(arch="mistral"),
     "qwen2": dict(arch="qwen2"),
     "qwen2-tied": dict(arch="qwen2", tie_word_embeddings=True),
+    "qwen3": dict(arch="qwen3"),  # q/k norms, no biases
+    "qwen3-tied-bias": dict(arch="qwen3", tie_word_embeddings=True, attention_bias=True),
     "gemma3": dict(arch="gemma3"),  # a sliding layer (window 4) and a full one: tests/model/test_gemma3.py
     "gemma3-untied": dict(arch="gemma3", tie_word_embeddings=False, num_key_value_heads=4),
 }
