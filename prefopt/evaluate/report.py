@@ -263,6 +263,9 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
             extra.append(f"ROUGE-1/2/L {m['rouge1']:.3f}/{m['rouge2']:.3f}/{m['rougeL']:.3f}")
         if task.kind == "generation" and m.get("unfinished"):
             extra.append(f"unfinished {m['unfinished']:.0%} (stopped by the {m['max_new_tokens']}-token cap)")
+        if m.get("reasoning_unfinished"):  # a reasoning model the cap stopped before it answered
+            extra.append(f"still reasoning at the {m.get('max_new_tokens')}-token cap {m['reasoning_unfinished']:.0%} "
+                         "(no answer)")
         if m.get("likert") is not None:
             extra.append(f"judge Likert {m['likert']:.2f}")
         second = f"{v['mean_words']:.1f}" if "mean_words" in v else f"{v['accuracy']:.3f}"

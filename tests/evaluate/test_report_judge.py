@@ -104,6 +104,7 @@ def test_summaries_are_compared_item_by_item_on_rouge_not_on_right_or_wrong(tmp_
     dpo = [f"knee pain for {i} weeks, ibuprofen and a brace" if i % 3 else "knee" for i in range(12)]
     results = {s: ([{"prediction": p, "correct": False} for p in preds], {"unfinished": u, "max_new_tokens": 384})
                for s, preds, u in (("base", base, 1.0), ("sft", sft, 0.25), ("dpo", dpo, 0.0))}
+    results["base"][1].update(reasoning_unfinished=0.5, reasoning_opened=True)  # a reasoning base model
     cfg = SimpleNamespace(model="m", data="d.csv", preset="quick", seed=0, strategy="wrong_label", loss="sigmoid",
                           n_resamples=200, output=str(tmp_path), task_options={})
     report = build_report(cfg, get_task("aci_bench"), test, results, tmp_path)
@@ -124,6 +125,8 @@ def test_summaries_are_compared_item_by_item_on_rouge_not_on_right_or_wrong(tmp_
     assert report["stages"]["dpo"]["mean_words"] == pytest.approx((8 * 9 + 4 * 1) / 12)
     assert "] | 6.0 | unfinished 25% (stopped by the 384-token cap) |" in md.split("| SFT |")[1].splitlines()[0]
     assert "unfinished 100% (stopped by the 384-token cap)" in md and md.count("unfinished") == 2  # not at 0%
+    base_row = md.split("| base |")[1].splitlines()[0]
+    assert "still reasoning at the 384-token cap 50% (no answer)" in base_row and md.count("still reasoning") == 1
     assert "\n\nAnswers: greedy decoding, at most 384 new tokens.\n\n" in md
     # decoding settings as the stages' metrics.json recorded them; a stage decoded otherwise is named
     plain = {"max_new_tokens": 384, "repetition_penalty": 1.0, "no_repeat_ngram_size": 4, "repeat_scope": "output"}
