@@ -1,16 +1,16 @@
-"""Export an HF-layout Llama-family, Qwen2 or Gemma 3 model (with a LoRA adapter merged in, if given)
-to a llama.cpp GGUF file, for serving a fine-tuned model with llama.cpp or Ollama on the hospital's machines
-(needs the ``gguf`` extra). The inverse of :func:`prefopt.convert.gguf.convert_gguf`:
+"""Export an HF-layout Llama-family, Qwen2/3 or Gemma 3 model (with a LoRA adapter merged in, if
+given) to a llama.cpp GGUF file, for serving a fine-tuned model with llama.cpp or Ollama on the
+hospital's machines (needs the ``gguf`` extra). The inverse of
+:func:`prefopt.convert.gguf.convert_gguf`:
 
 - the hyper-parameters and the tokenizer (byte-level BPE: tokens, token types, merges;
   SentencePiece BPE: tokens, types, scores; special token ids, whether a BOS is added, the chat
   template; :func:`~.gguf_tokenizer.tokenizer_metadata`) go into the architecture's metadata
-  (``llama.*``, ``qwen2.*`` or ``gemma3.*``) and ``tokenizer.*``, as llama.cpp's own converter
-  writes them;
-  Llama 3.1's RoPE scaling as its ``rope_freqs`` tensor (:func:`~.gguf_rope.rope_divisors`);
+  (``llama.*``, ``qwen2.*``, ``qwen3.*`` or ``gemma3.*``) and ``tokenizer.*``, as llama.cpp's
+  own converter writes them; Llama 3.1's RoPE scaling as its ``rope_freqs`` tensor (:func:`~.gguf_rope.rope_divisors`);
 - each weight gets its GGUF name, for the llama architecture q/k rows in llama.cpp's RoPE order
-  (:func:`permute_qk`; qwen2 and gemma3 keep HF's; Gemma's norms as 1 + w), and the type asked for: ``f32``, ``f16``, ``bf16`` (a
-  bfloat16 model's own values, exactly) or ``q8_0``
+  (:func:`permute_qk`; qwen2/3 and gemma3 keep HF's; Gemma's norms as 1 + w), and the type asked
+  for: ``f32``, ``f16``, ``bf16`` (a bfloat16 model's own values, exactly) or ``q8_0``
   (norms and biases stay f32; a matrix whose rows do not split into q8_0 blocks of 32 is written
   f16, as llama.cpp does);
 - the model loads in its stored dtype (bf16 for most hub models), each tensor becomes float32
