@@ -32,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 from .config import ModelConfig
 from .kv_cache import KVCache
 from .rope import apply_rope, rope_cos_sin, rope_inv_freq
-from .swiglu import swiglu
+from .swiglu import geglu, swiglu
 
 
 class RMSNorm(nn.Module):
@@ -119,7 +119,7 @@ class MLP(nn.Module):
 
     def forward(self, x):
         if self.geglu:
-            return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+            return self.down_proj(geglu(self.gate_proj(x), self.up_proj(x)))
         return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
