@@ -74,7 +74,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: torch.dty
         dtype = import_dtype(gguf, reader)
     names = {t.name: t for t in reader.tensors}
     freqs = names.get("rope_freqs.weight")  # Llama 3.1's RoPE scaling, as llama.cpp stores it
-    cfg = _config(meta, tied="output.weight" not in names, biased="blk.0.attn_q.bias" in names,
+    cfg = _config(meta, tied="output.weight" not in names,
                   rope_freqs=None if freqs is None else np.asarray(_dequantize(gguf, freqs), dtype=np.float32))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -204,8 +204,7 @@ def _f32(x) -> float:
     return float(str(np.float32(x)))
 
 
-def _config(meta: _Metadata, *, tied: bool, biased: bool = False, rope_freqs: np.ndarray | None = None
-            ) -> ModelConfig:
+def _config(meta: _Metadata, *, tied: bool, rope_freqs: np.ndarray | None = None) -> ModelConfig:
     arch = meta.need("general.architecture")
     if arch not in _ARCHITECTURES:
         raise UnsupportedModelError(
@@ -251,7 +250,7 @@ def _config(meta: _Metadata, *, tied: bool, biased: bool = False, rope_freqs: np
         rope_scaling=scaling,
         max_position_embeddings=meta.get(a + "context_length", 2048),
         tie_word_embeddings=tied,
-        attention_bias=arch == "qwen2" or biased,  # Qwen2's q/k/v always carry one
+        attention_bias=arch == "qwen2",  # Qwen2's q/k/v always carry one; llama.cpp's qwen3 has none
         model_type=_ARCHITECTURES[arch],
         bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
         eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
