@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_make_pairs(sub)
 
     c = sub.add_parser("convert-gguf", help="import a GGUF file into an HF-layout folder")
-    c.add_argument("gguf", help="path to a .gguf file (llama or qwen2 architecture)")
+    c.add_argument("gguf", help="path to a .gguf file (llama, qwen2, qwen3 or gemma3 architecture)")
     c.add_argument("out_dir")
     c.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
                    help="of the saved weights; auto: an unquantized file's own; a quantized one's float32 (exact) up "
