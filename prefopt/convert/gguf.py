@@ -86,7 +86,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: torch.dty
         name = _hf_name(t.name, gguf_path, gguf_gemma.LAYER_NAMES if cfg.gemma else _LAYER_NAMES)
         if name is None:
             continue
-        w = torch.from_numpy(np.array(_dequantize(gguf, t), dtype=np.float32))  # a writable copy
+        w = _values(gguf, t, cfg.gemma)
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists dims innermost first
         if tuple(w.shape) != shape:
             raise ValueError(f"{gguf_path}: tensor {t.name!r} dequantized to {tuple(w.shape)}, expected {shape}")
@@ -94,8 +94,6 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: torch.dty
             w = unpermute_qk(w, cfg.num_attention_heads)
         elif permuted and name.endswith("self_attn.k_proj.weight"):
             w = unpermute_qk(w, cfg.num_key_value_heads)
-        elif cfg.gemma and gguf_gemma.is_norm(name):  # stored as 1 + w
-            w = w - gguf_gemma.NORM_SHIFT
         writer.add(name, w.to(dtype))
     writer.close()
     write_config_files(out, cfg, dtype)
@@ -119,12 +117,10 @@ def import_dtype(gguf, reader) -> torch.dtype:
         return torch.float32 if sum(int(t.n_elements) for t in reader.tensors) <= EXACT_UP_TO else torch.bfloat16
     own = {floats[k] for k in kinds}
     dtype = own.pop() if len(own) == 1 else torch.float32
-    arch = reader.fields["general.architecture"].contents() if "general.architecture" in reader.fields else None
+    gemma = "general.architecture" in reader.fields and reader.fields["general.architecture"].contents() == "gemma3"
     for t in reader.tensors:
         if len(t.shape) == 1 and dtype != torch.float32:
-            v = torch.from_numpy(np.array(_dequantize(gguf, t), dtype=np.float32))
-            if arch == "gemma3" and t.name.endswith("norm.weight"):  # stored as 1 + w; w is what is kept
-                v = v - gguf_gemma.NORM_SHIFT
+            v = _values(gguf, t, gemma)
             if not torch.equal(v.to(dtype).float(), v):
                 return torch.float32
     return dtype
@@ -165,6 +161,13 @@ def permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
     rows, cols = w.shape
     hd = rows // n_head
     return w.view(n_head, 2, hd // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def _values(gguf, t, gemma: bool) -> torch.Tensor:
+    """A tensor's values as the import keeps them: dequantized to a writable float32 copy; a Gemma
+    norm weight, stored as 1 + w, back to w."""
+    w = torch.from_numpy(np.array(_dequantize(gguf, t), dtype=np.float32))
+    return w - gguf_gemma.NORM_SHIFT if gemma and gguf_gemma.is_norm(t.name) else w
 
 
 def _dequantize(gguf, t) -> np.ndarray:

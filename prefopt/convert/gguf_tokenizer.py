@@ -57,8 +57,8 @@ class _Pre:
 
 _LLAMA3 = _Pre("split+bytelevel", _LLAMA3_SPLIT, whole=True, bos=True)
 _QWEN2 = _Pre("split+bytelevel", _QWEN2_SPLIT)
-# names as llama.cpp reads them (aliases included: "llama3"/"llama-v3" are older Llama 3 files,
-# "deepseek-r1-qwen" the DeepSeek-R1 distills of Qwen2.5)
+# names as llama.cpp reads them (aliases after the name its converter writes: "llama3"/"llama-v3"
+# are older Llama 3 files, "deepseek-r1-qwen" the DeepSeek-R1 distills of Qwen2.5)
 _PRE_TOKENIZERS = {
     "gpt2": _Pre("bytelevel"),
     "default": _Pre("bytelevel"),
@@ -301,11 +301,9 @@ def _pre_tokenizer(pre, path) -> str:
         return "smollm"
     if kinds == ["Split", "ByteLevel"] and not last.get("use_regex", True):
         pattern = (_parts(pre)[0].get("pattern") or {}).get("Regex")
-        if pattern == _LLAMA3_SPLIT:
-            return "llama-bpe"
-        if pattern == _QWEN2_SPLIT:
-            return "qwen2"
-        if pattern == _TEKKEN_SPLIT:
-            return "tekken"
+        # the table's first name for a split is llama.cpp converter's own (aliases come after it)
+        name = next((n for n, p in _PRE_TOKENIZERS.items() if p.style == "split+bytelevel" and p.regex == pattern), None)
+        if name:
+            return name
     raise UnsupportedModelError(f"{path}: its pre-tokenizer ({' + '.join(kinds) or 'none'}) is not one prefopt can "
                                 "name for llama.cpp (GPT-2, SmolLM2, Llama 3, Qwen2 or Tekken style)")

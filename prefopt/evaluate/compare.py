@@ -182,7 +182,8 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
         keep[stage] = model
     texts, ended = predict(model, tok, task, test, batch_size=s["eval_batch_size"], desc=f"{stage}: test set",
                            return_ended=True, **{k: s[k] for k in DECODING})
-    preds, metrics = score(task, test, texts, ended, s, opened=reasoning_opened(tok, task, test))
+    opened = reasoning_opened(tok, task, test)
+    preds, metrics = score(task, test, texts, ended, s, opened=opened)
     if note := reasoning_note(metrics, "--set max_new_tokens=N"):
         _log(f"{stage}: {note}")
     metrics.update(placement(model) | prompt_date(tok) | ({"weights": weights} if weights else {}))
@@ -190,8 +191,7 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
     if judge is not None:
         from .judge import judge_scores
 
-        likert = judge_scores(judge[0], judge[1], task, test,
-                              [final_answer(t, metrics.get("reasoning_opened", False))[0] for t in texts])
+        likert = judge_scores(judge[0], judge[1], task, test, [final_answer(t, opened)[0] for t in texts])
         extra["likert"] = likert
         got = [x for x in likert if x is not None]
         metrics["likert"] = sum(got) / len(got) if got else None

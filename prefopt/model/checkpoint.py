@@ -98,7 +98,7 @@ def load_weights(model: torch.nn.Module, files: list[Path], *, dtype: torch.dtyp
     seen: set[str] = set()
     for path in files:
         shard: dict[str, torch.Tensor] = {}
-        names = {n: text_model_name(n) for n in read_header(path) if text_model_name(n)} if text_only else None
+        names = {n: to for n in read_header(path) if (to := text_model_name(n))} if text_only else None
         for name, t in iter_tensors(path, set(names) if text_only else None):
             name = names[name] if text_only else name
             if name.endswith(_IGNORED_SUFFIXES) or (tied and name == "lm_head.weight"):

@@ -131,12 +131,8 @@ class ModelConfig:
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         model_type = d.get("model_type")
         if model_type == "gemma3":  # image + text (Gemma 3 4B-27B, MedGemma 4B): its language model alone
-            text = {k: v for k, v in d.get("text_config", {}).items() if k not in ("rope_scaling", "rope_parameters")}
-            old_rope = {"rope_scaling": d.get("text_config", {}).get("rope_scaling")}
-            new_rope = {"rope_parameters": d["text_config"]["rope_parameters"]} \
-                if "rope_parameters" in d.get("text_config", {}) else {}
             top = {k: d[k] for k in ("eos_token_id", "bos_token_id", "pad_token_id", "tie_word_embeddings") if k in d}
-            cfg = cls.from_dict({**GEMMA3_TEXT_DEFAULTS, **text, **old_rope, **new_rope, **top,
+            cfg = cls.from_dict({**GEMMA3_TEXT_DEFAULTS, **d.get("text_config", {}), **top,
                                  "model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"]})
             cfg.text_model_of = "gemma3"
             return cfg
