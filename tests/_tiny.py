@@ -263,6 +263,22 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     return path
 
 
+def assert_reads_as_transformers(ours, path: Path, ids: torch.Tensor, source=None) -> None:
+    """``ours`` (imported from the GGUF file ``path``) gives the logits transformers' own GGUF
+    loader gives for it, an independent reading of the file, and, with ``source`` (the
+    transformers model the file was written from, unquantized), that model's (< 1e-4 each).
+    Skips the test where transformers is missing."""
+    import pytest
+
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    with torch.no_grad():
+        got = ours(ids)
+        assert (got - theirs.eval()(ids).logits).abs().max().item() < 1e-4
+        if source is not None:
+            assert (got - source(ids).logits).abs().max().item() < 1e-4
+
+
 def llama_cpp_rope_freqs(rope: dict, dim: int):
     """What llama.cpp's converter stores for Llama 3.1's RoPE scaling: a divisor per frequency (1
     where the wavelength is under original context / high_freq_factor, factor where it is over

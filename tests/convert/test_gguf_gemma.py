@@ -8,7 +8,7 @@ import torch
 
 from prefopt import load_model
 from prefopt.convert.gguf import convert_gguf
-from tests._tiny import build_hf_model, write_tiny_gguf
+from tests._tiny import assert_reads_as_transformers, build_hf_model, write_tiny_gguf
 
 gguf = pytest.importorskip("gguf")
 IDS = torch.randint(3, 400, (2, 13), generator=torch.Generator().manual_seed(0))
@@ -44,18 +44,12 @@ def test_a_file_without_the_optional_keys_takes_llama_cpps_rules(tmp_path):
                 layer_types=["sliding_attention"] * 5 + ["full_attention"],
                 rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                                  "full_attention": {"rope_type": "default", "rope_theta": 1e6}})
-    transformers = pytest.importorskip("transformers")
     for qtype in ("F32", "Q8_0"):
         path = write_tiny_gguf(tmp_path / "hf", tmp_path / f"{qtype}.gguf", qtype=qtype)
         ours = load_model(convert_gguf(path, tmp_path / qtype, progress=False))
         assert [ours.config.window(i) for i in range(6)] == [4] * 5 + [None]
         assert ours.config.query_pre_attn_scalar == 256
-        theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32)
-        with torch.no_grad():
-            got = ours(IDS)
-            assert (got - theirs.eval()(IDS).logits).abs().max().item() < 1e-4
-            if qtype == "F32":
-                assert (got - hf(IDS).logits).abs().max().item() < 1e-4
+        assert_reads_as_transformers(ours, path, IDS, source=hf if qtype == "F32" else None)
 
 
 def test_the_27b_query_scale_rule(tmp_path):

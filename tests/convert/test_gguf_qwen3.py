@@ -6,7 +6,7 @@ import torch
 
 from prefopt import load_model
 from prefopt.convert.gguf import convert_gguf
-from tests._tiny import build_hf_model, write_tiny_gguf
+from tests._tiny import assert_reads_as_transformers, build_hf_model, write_tiny_gguf
 
 gguf = pytest.importorskip("gguf")
 IDS = torch.randint(3, 400, (2, 13), generator=torch.Generator().manual_seed(0))
@@ -21,13 +21,7 @@ def test_a_qwen3_file_imports_as_transformers_reads_it(tmp_path, qtype):
     assert gguf.GGUFReader(str(path)).fields["general.architecture"].contents() == "qwen3"
     ours = load_model(convert_gguf(path, tmp_path / "out", progress=False))
     assert ours.config.model_type == "qwen3" and not ours.config.attention_bias
-    transformers = pytest.importorskip("transformers")
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="q.gguf", dtype=torch.float32)
-    with torch.no_grad():
-        got = ours(IDS)
-        assert (got - theirs.eval()(IDS).logits).abs().max().item() < 1e-4
-        if qtype == "F32":
-            assert (got - hf(IDS).logits).abs().max().item() < 1e-4
+    assert_reads_as_transformers(ours, path, IDS, source=hf if qtype == "F32" else None)
 
 
 def test_a_fine_tuned_qwen3_exports_and_reads_back(tmp_path):
