@@ -32,7 +32,7 @@ def main() -> None:
     from prefopt.evaluate.stats import paired_bootstrap
     from prefopt.fileio import write_json_atomic
     from prefopt.tasks import get_task
-    from prefopt.tokenizer import set_chat_date
+    from prefopt.tokenizer import set_chat_date, set_chat_vars
     from prefopt.train import DPOConfig
     from prefopt.train.dpo import DPOTrainer
     from prefopt.train.run import prepare_model
@@ -67,6 +67,7 @@ def main() -> None:
                        "ref_cache": str(a.output / "ref_cache"), "eval_every": a.eval_every,
                        "best_metric": f"val_{task.primary}", "overwrite": a.overwrite, "resume": False})
     set_chat_date([tok], cfg.chat_date, "example")
+    set_chat_vars(tok, cfg.chat_vars, cfg.model, "example")  # the compare run's, as its stages trained with them
     examples, _ = load_preferences(kept, tok, max_length=cfg.max_length)
     print(f"{len(kept)} of {len(pairs)} pairs trained on; {len(val)} training messages held out for validation, "
           f"scored every {a.eval_every} steps by {task.primary}", flush=True)

@@ -7,6 +7,10 @@ the ``loopcontrols`` extension, a ``tojson`` filter that keeps non-ASCII text, a
 ``strftime_now`` is today's date, as in transformers, unless the caller pins one (``today``):
 templates such as Llama 3.1's print it in every system prompt, so the same data would
 tokenize differently from one day to the next (see :func:`parse_chat_date`).
+
+A template may also read switches of its own, which transformers passes as keyword arguments to
+``apply_chat_template`` (Qwen3's ``enable_thinking=False``): prefopt calls them chat variables
+(:func:`parse_chat_vars`, :func:`check_chat_vars`), and a run pins them as it pins the date.
 """
 from __future__ import annotations
 
@@ -64,6 +68,74 @@ def run_chat_date(given: str | None, earlier: dict | None) -> str | None:
     if earlier:
         return earlier.get("chat_date")
     return date.today().isoformat()
+
+
+# what a template is given by the renderer itself: a chat variable may not take these names
+_RESERVED = frozenset({"messages", "add_generation_prompt", "tools", "documents", "strftime_now", "raise_exception",
+                       "date_string"})
+
+
+def parse_chat_vars(items) -> dict[str, Any]:
+    """``["enable_thinking=false"]`` (or a dict) → ``{"enable_thinking": False}``: each value read as
+    JSON where it is (``false``, ``3``, ``"text"``), else kept as text; a ValueError saying why not."""
+    if isinstance(items, dict):
+        pairs = list(items.items())
+    else:
+        items = [items] if isinstance(items, str) else items
+        if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
+            raise ValueError(f"expected NAME=VALUE entries or a mapping, got {items!r}")
+        pairs = []
+        for item in items:
+            name, eq, text = item.partition("=")
+            if not eq:
+                raise ValueError(f"expected NAME=VALUE, got {item!r} (e.g. enable_thinking=false)")
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = text
+            pairs.append((name.strip(), value))
+    out = {}
+    for name, value in pairs:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"{name!r} is not a template variable's name")
+        if name in _RESERVED or name.endswith("_token"):
+            raise ValueError(f"{name!r} is set by prefopt itself (the messages, the generation prompt, "
+                             "the special tokens, the date); give only the template's own switches")
+        out[name] = value
+    return out
+
+
+def template_variables(template: str) -> set[str]:
+    """The names ``template`` reads that it does not set itself (``messages``, ``bos_token``,
+    ``enable_thinking`` ...)."""
+    require("jinja2", "reading a chat template")
+    from jinja2 import meta
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"])
+    return set(meta.find_undeclared_variables(env.parse(template)))
+
+
+def check_chat_vars(template: str | None, chat_vars: dict[str, Any], where: str) -> None:
+    """A ValueError unless ``template`` (that of ``where``, a model) reads each of ``chat_vars``: a
+    misspelt switch would otherwise change nothing, silently."""
+    if not chat_vars:
+        return
+    if not template:
+        raise ValueError(f"chat variables ({', '.join(chat_vars)}) were given, but {where} has no chat template")
+    known = template_variables(template) - _RESERVED
+    for name in chat_vars:
+        if name not in known:
+            from .hints import did_you_mean
+
+            own = sorted(k for k in known if not k.endswith("_token"))
+            raise ValueError(f"the chat template of {where} does not read {name!r}{did_you_mean(name, own)}; the "
+                             f"variables it reads: {', '.join(own) or 'none of its own'}")
+
+
+def describe_chat_vars(chat_vars: dict[str, Any]) -> str:
+    """``{"enable_thinking": False}`` → ``enable_thinking=false``, as given on the command line."""
+    return " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in chat_vars.items())
 
 
 def render_chat(

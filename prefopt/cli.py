@@ -57,14 +57,14 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def _chat_model(args: argparse.Namespace, shown_in: str, need_template: bool = False):
-    """generate's and chat's model (with ``--adapter``) and tokenizer (``--chat-date``); a device
+    """generate's and chat's model (with ``--adapter``) and tokenizer (``--chat-date``, ``--chat-vars``); a device
     this machine lacks, or a tokenizer without the chat template chat needs, is said before the
     model loads."""
     from .pretrained import load_model
     from .tokenizer import load_tokenizer
 
     device, dtype = resolve(args.device, args.dtype)
-    tok = _dated(load_tokenizer(args.model), args.chat_date, shown_in)
+    tok = _chat_ready(load_tokenizer(args.model), args, shown_in)
     if need_template and not tok.chat_template:
         raise ValueError(f"{args.model}: its tokenizer has no chat template, and chat sends chat messages; use an "
                          "instruct (chat) model, or prefopt generate --no-chat for plain text")
@@ -96,23 +96,51 @@ def _add_answer_flags(p: argparse.ArgumentParser, system: bool = True) -> None:
     add_repeat_flags(p)
 
 
-def _dated(tok, chat_date: str | None, shown_in: str):
-    """``tok`` showing ``--chat-date`` (None: the clock's date) where its chat template prints
-    today's date; says so on stderr (stdout is the answer or the check)."""
-    from .chat_template import parse_chat_date
-    from .tokenizer import set_chat_date
-
-    if chat_date:
-        parse_chat_date(chat_date, "--chat-date")  # a bad date, named by its flag
-    said = set_chat_date([tok], chat_date, shown_in)
-    if said:
-        print(f"prefopt: {said}", file=sys.stderr)
+def _chat_ready(tok, args: argparse.Namespace, shown_in: str):
+    """``tok`` given the chat flags (:func:`apply_chat_flags`); says so on stderr (stdout is the
+    answer or the check)."""
+    for line in apply_chat_flags(tok, args, shown_in):
+        print(f"prefopt: {line}", file=sys.stderr)
     return tok
 
 
-def _add_chat_date_flag(p: argparse.ArgumentParser, shown_in: str) -> None:
-    p.add_argument("--chat-date", metavar="YYYY-MM-DD", help="the date a chat template that prints today's date "
-                   f"(Llama 3.1+) shows in every {shown_in}, e.g. a training run's chat_date (default: today)")
+def apply_chat_flags(tok, args: argparse.Namespace, shown_in: str) -> list[str]:
+    """Give ``tok`` ``--chat-date`` (None: the clock's date) where its chat template prints today's
+    date, and ``--chat-vars``; the lines that say so, for every ``shown_in``."""
+    from .chat_template import parse_chat_date
+    from .tokenizer import set_chat_date, set_chat_vars
+
+    if args.chat_date:
+        parse_chat_date(args.chat_date, "--chat-date")  # a bad date, named by its flag
+    chat_vars = chat_vars_arg(args)
+    if chat_vars and getattr(args, "no_chat", False):
+        raise ValueError("--chat-vars are the chat template's, and --no-chat does not apply it; leave one out")
+    said = [set_chat_date([tok], args.chat_date, shown_in), set_chat_vars(tok, chat_vars, args.model, shown_in)]
+    return [line for line in said if line]
+
+
+def chat_vars_arg(args: argparse.Namespace) -> dict | None:
+    """``--chat-vars enable_thinking=false`` as ``{"enable_thinking": False}`` (None where not given);
+    a ValueError naming the flag where an entry is not NAME=VALUE."""
+    from .chat_template import parse_chat_vars
+
+    if getattr(args, "chat_vars", None) is None:
+        return None
+    try:
+        return parse_chat_vars(args.chat_vars)
+    except ValueError as e:
+        raise ValueError(f"--chat-vars: {e}") from None
+
+
+def add_chat_flags(p, shown_in: str, date_help: str | None = None) -> None:
+    """``--chat-date`` and ``--chat-vars``: what a chat template is given in every ``shown_in``."""
+    p.add_argument("--chat-date", metavar="YYYY-MM-DD", help=date_help or "the date a chat template that prints "
+                   f"today's date (Llama 3.1+) shows in every {shown_in}, e.g. a training run's chat_date (default: "
+                   "today)")
+    p.add_argument("--chat-vars", nargs="+", metavar="NAME=VALUE", help="switches the chat template reads, given "
+                   f"to every {shown_in} as transformers' apply_chat_template takes them, e.g. enable_thinking=false "
+                   "(Qwen3: answer without thinking first); pass a training run's chat_vars to render what it "
+                   "trained on")
 
 
 def _convert_gguf(args: argparse.Namespace) -> int:
@@ -206,7 +234,7 @@ def _check_data(args: argparse.Namespace) -> int:
     from .model import resolve_model_dir
     from .tokenizer import load_tokenizer
 
-    tok = _dated(load_tokenizer(args.model), args.chat_date, "example")
+    tok = _chat_ready(load_tokenizer(args.model), args, "example")
     show_bad = None if args.all_bad else SHOW_BAD
     if args.task:  # a task's data (compare, eval, predict): read as the task reads it
         from .evaluate.cli import key_values
@@ -264,7 +292,7 @@ def _add_make_pairs(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=8, help="prompts answered at once")
     p.add_argument("--max-prompt-length", type=positive_int, help="keep each prompt's last N tokens (as training's)")
     p.add_argument("--skip-bad-records", action="store_true", help="skip (and count) bad records instead of stopping")
-    _add_chat_date_flag(p, "prompt")
+    add_chat_flags(p, "prompt")
     p.set_defaults(func=_make_pairs)
 
 
@@ -288,7 +316,7 @@ def _make_pairs(args: argparse.Namespace) -> int:
         summary_line,
     )
     from .evaluate.partial import claimed, partial_file
-    from .evaluate.runner import keep_earlier, placement, prompt_date
+    from .evaluate.runner import keep_earlier, placement, prompt_settings
     from .fileio import check_writable, jsonl_text, write_json_atomic, write_text_atomic
     from .pretrained import load_model
     from .tokenizer import load_tokenizer
@@ -301,7 +329,7 @@ def _make_pairs(args: argparse.Namespace) -> int:
     several = len(data_files(data)) > 1
     device, dtype = resolve(args.device, args.dtype)
     check_writable(args.output)  # before the model loads
-    tok = _dated(load_tokenizer(args.model), args.chat_date, "prompt")
+    tok = _chat_ready(load_tokenizer(args.model), args, "prompt")
     prompts, bad = read_prompts(data, tok, columns=column_map(args.columns), max_prompt_length=args.max_prompt_length,
                                 skip_bad=args.skip_bad_records)
     say(f"{len(prompts)} prompts from {describe(data)}" + (f"; {len(bad)} bad records skipped (first: {bad[0]})"
@@ -313,7 +341,7 @@ def _make_pairs(args: argparse.Namespace) -> int:
     decode = _decoding(args)
     made = {"model": args.model, "adapter": args.adapter, "data": describe(data), "columns": args.columns,
             "max_new_tokens": args.max_new_tokens, "max_prompt_length": args.max_prompt_length,
-            "batch_size": args.batch_size, **decode, **placement(model), **prompt_date(tok)}
+            "batch_size": args.batch_size, **decode, **placement(model), **prompt_settings(tok)}
     with claimed(args.output, JOB):
         # the batch size changes no answer (each prompt seeded alone): a run stopped for want of memory goes on
         # with a smaller one
@@ -380,6 +408,8 @@ def _add_config_flags(p: argparse.ArgumentParser, cls) -> None:
             p.add_argument(flag, nargs="+", default=None, metavar="PATH", help=help_)
         elif f.type == "dict[str, str]":  # FIELD=COLUMN entries, read by the config's typed_value
             p.add_argument(flag, nargs="+", default=None, metavar="FIELD=COLUMN", help=help_)
+        elif f.type == "dict[str, Any] | None":  # NAME=VALUE entries (chat_vars), read by the config's typed_value
+            p.add_argument(flag, nargs="+", default=None, metavar="NAME=VALUE", help=help_)
         else:
             p.add_argument(flag, type=kinds[f.type], default=None, help=help_)
 
@@ -403,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "note), - from standard input")
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
-    _add_chat_date_flag(g, "prompt")
+    add_chat_flags(g, "prompt")
     g.set_defaults(func=_generate)
 
     ch = sub.add_parser("chat", help="talk to a model (+ adapter) in the terminal, turn by turn; it keeps the "
@@ -412,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the whole conversation (its earliest exchanges left out, with a note, once it outgrows the "
                         "model's context). " + "; ".join(x.strip() for x in CHAT_HELP.split("   ")) + ".")
     _add_answer_flags(ch)
-    _add_chat_date_flag(ch, "turn")
+    add_chat_flags(ch, "turn")
     ch.set_defaults(func=_chat)
 
     _add_make_pairs(sub)
@@ -468,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--text-windows", action="store_true", help="as sft --text-windows: a text record longer than "
                    "--max-length is split into windows, not cut")
     k.add_argument("--all-bad", action="store_true", help="list every bad record (default: the first 10)")
-    _add_chat_date_flag(k, "example")
+    add_chat_flags(k, "example")
     k.set_defaults(func=_check_data)
 
     cv = sub.add_parser("curves", help="draw a training run's metrics.jsonl (loss, eval loss, DPO's pair accuracy, "

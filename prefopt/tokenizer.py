@@ -16,7 +16,14 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from .chat_template import parse_chat_date, prints_date, render_chat
+from .chat_template import (
+    check_chat_vars,
+    describe_chat_vars,
+    parse_chat_date,
+    parse_chat_vars,
+    prints_date,
+    render_chat,
+)
 from .fileio import write_json_atomic
 
 Messages = list[dict[str, Any]]
@@ -61,6 +68,8 @@ class Tokenizer:
         # the date a chat template that prints today's date shows; None: the clock's (as transformers).
         # Training runs pin it (TrainConfig.chat_date), so a resumed run tokenizes its data the same.
         self.chat_date: date | None = None
+        # switches of the template's own (Qwen3's enable_thinking), given to every rendering: see set_chat_vars
+        self.chat_vars: dict[str, Any] = {}
 
     @property
     def prints_date(self) -> bool:
@@ -104,7 +113,7 @@ class Tokenizer:
         specials = {k: _token_str(v) for k, v in self.config.items() if k.endswith("_token")}
         return render_chat(
             self.chat_template, messages, add_generation_prompt=add_generation_prompt,
-            special_tokens=specials, today=self.chat_date, **kwargs,
+            special_tokens=specials, today=self.chat_date, **(self.chat_vars | kwargs),
         )
 
     def apply_chat_template(
@@ -179,6 +188,17 @@ def set_chat_date(toks: Iterable[Tokenizer], chat_date: str | None, shown_in: st
     if day is None or not any(tok.prints_date for tok in toks):
         return None
     return f"the chat template prints today's date: every {shown_in} shows {day:%d %b %Y} (chat_date {chat_date})"
+
+
+def set_chat_vars(tok: Tokenizer, chat_vars: dict[str, Any] | None, where: str = "the model",
+                  shown_in: str = "prompt") -> str | None:
+    """Give ``tok``'s chat template ``chat_vars`` (``{"enable_thinking": False}``; None or empty:
+    none) in every rendering; a ValueError where the template (that of ``where``) does not read one
+    of them. Return the line that says so for every ``shown_in``, where there are any."""
+    chat_vars = parse_chat_vars(chat_vars or {})  # names checked: a template's own, not prefopt's
+    check_chat_vars(tok.chat_template, chat_vars, where)
+    tok.chat_vars = chat_vars
+    return f"every {shown_in} is rendered with {describe_chat_vars(chat_vars)}" if chat_vars else None
 
 
 def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:

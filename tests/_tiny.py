@@ -21,6 +21,17 @@ CHATML = (
     "{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+# ChatML for a model that reasons first, with a switch to answer at once (as Qwen3's templates have): a trained
+# answer follows an empty reasoning block; with enable_thinking false the generation prompt holds that block too
+THINKING = (
+    "{% for m in messages %}{% if m['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\\n' + ('<think>\\n\\n</think>\\n\\n' if loop.last else '')"
+    " + m['content'].split('</think>')[-1].lstrip('\\n') + '<|im_end|>\\n' }}"
+    "{% else %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}"
+    "{% endif %}{% endif %}"
+)
 # Llama 3 style: bos_token variable, trim filter, whitespace control, indentation, raise_exception
 LLAMA3 = """{{- bos_token }}
 {%- if messages[0]['role'] == 'system' %}

@@ -19,10 +19,23 @@ def key_values(pairs: list[str] | None) -> dict:
     return out
 
 
-def _eval(args) -> int:
+def _pin_chat(tok, args, command: str) -> None:
+    """``tok`` given ``--chat-date`` (default: today, pinned for the whole run, as ``metrics.json``
+    records it) and ``--chat-vars``; says so where they show."""
     from datetime import date
 
     from ..chat_template import parse_chat_date
+    from ..cli import chat_vars_arg
+    from ..tokenizer import set_chat_vars
+
+    tok.chat_date = parse_chat_date(args.chat_date, "--chat-date") if args.chat_date else date.today()
+    said = set_chat_vars(tok, chat_vars_arg(args), args.model, "prompt")
+    if said:
+        print(f"prefopt {command}: {said}", flush=True)
+
+
+def _eval(args) -> int:
+
     from ..devices import resolve
     from ..pretrained import load_model
     from ..tasks import get_task, sample_records, split_records
@@ -34,7 +47,7 @@ def _eval(args) -> int:
         choose_max_new_tokens,
         placement,
         predict,
-        prompt_date,
+        prompt_settings,
         reasoning_note,
         reasoning_opened,
         require_chat,
@@ -57,7 +70,7 @@ def _eval(args) -> int:
         raise ValueError("--model is needed (or --answers DIR: score an earlier evaluation's answers)")
     tok = load_tokenizer(args.model)
     require_chat(tok, args.model)
-    tok.chat_date = parse_chat_date(args.chat_date, "--chat-date") if args.chat_date else date.today()
+    _pin_chat(tok, args, "eval")
     max_new = args.max_new_tokens
     if max_new is None:
         max_new, note = choose_max_new_tokens(task, tok, records, "--max-new-tokens N")
@@ -70,7 +83,7 @@ def _eval(args) -> int:
     preds, metrics = score(task, records, texts, ended, settings, opened=reasoning_opened(tok, task, records))
     if note := reasoning_note(metrics, "--max-new-tokens N"):
         print(f"prefopt eval: {note}", flush=True)
-    metrics.update(placement(model) | prompt_date(tok))
+    metrics.update(placement(model) | prompt_settings(tok))
     extra = {"ended": ended}
     probabilities = probabilities_for(model, tok, task, records, batch_size=args.batch_size, command="eval") \
         if args.confidence else None
@@ -82,13 +95,14 @@ def _eval(args) -> int:
 
 
 def _eval_pairs(args) -> int:
+    from ..cli import apply_chat_flags
     from ..data.columns import column_map
     from ..data.files import describe, given_paths
     from ..data.preference import load_preferences
     from ..devices import resolve
     from ..fileio import check_writable
     from ..pretrained import load_model
-    from ..tokenizer import load_tokenizer, set_chat_date
+    from ..tokenizer import load_tokenizer
     from .pair_eval import against, against_line, check_same_pairs, pair_logps, pair_metrics, summary_lines
     from .runner import placement, read_earlier_rows, write_evaluation
 
@@ -101,11 +115,11 @@ def _eval_pairs(args) -> int:
     device, dtype = resolve(args.device, args.dtype)
     check_writable(args.output)  # before the model loads
     tok = load_tokenizer(args.model)
-    dated = set_chat_date([tok], args.chat_date, "prompt")
+    said = apply_chat_flags(tok, args, "prompt")
     data = given_paths(args.data)
     pairs, report = load_preferences(data, tok, max_length=args.max_length, skip_bad=args.skip_bad_records,
                                      columns=column_map(args.columns))
-    for line in ([dated] if dated else []) + [report.summary()]:
+    for line in [*said, report.summary()]:
         say(line)
     places = report.kept_places
     if earlier is not None:
@@ -141,7 +155,6 @@ def _predict(args) -> int:
     from datetime import date
     from pathlib import Path
 
-    from ..chat_template import parse_chat_date
     from ..devices import resolve
     from ..pretrained import load_model
     from ..tasks import get_task
@@ -158,7 +171,7 @@ def _predict(args) -> int:
         write_predictions,
     )
     from .partial import claimed, fingerprint
-    from .runner import DECODING, decoding, keep_earlier, placement, prompt_date, require_chat
+    from .runner import DECODING, decoding, keep_earlier, placement, prompt_settings, require_chat
 
     options = key_values(args.task_option)
     task = get_task(args.task, **options)
@@ -169,13 +182,13 @@ def _predict(args) -> int:
         raise ValueError(f"{args.data}: no records")
     tok = load_tokenizer(args.model)
     require_chat(tok, args.model)
-    tok.chat_date = parse_chat_date(args.chat_date, "--chat-date") if args.chat_date else date.today()
+    _pin_chat(tok, args, "predict")
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
                        quantize=args.quantize)
     settings = {k: getattr(args, k) for k in DECODING}
     confidence = args.confidence and confidence_possible(task, "predict")
     made = {"task": task.name, "task_options": options, "model": args.model, "adapter": args.adapter,
-            "data": str(Path(args.data).resolve()), **decoding(settings, task), **placement(model), **prompt_date(tok),
+            "data": str(Path(args.data).resolve()), **decoding(settings, task), **placement(model), **prompt_settings(tok),
             "confidence": confidence, **({"confidence_scoring": SCORING} if confidence else {})}
     with claimed(args.output):
         stamp = fingerprint(records, made | {"row_format": ROW_FORMAT})  # what a stopped run must match
@@ -215,7 +228,7 @@ def _rescore(task, records: list, against: list[dict] | None, args) -> int:
     preds, metrics = score(task, records, texts, opened=earlier.get("reasoning_opened", False))
     ended = [row.get("ended", True) for row in rows]
     metrics["unfinished"] = 1 - sum(ended) / max(len(ended), 1)
-    kept = (*DECODING, "device", "dtype", "quantized", "chat_date", "confidence_scoring")
+    kept = (*DECODING, "device", "dtype", "quantized", "chat_date", "chat_vars", "confidence_scoring")
     metrics |= {k: earlier[k] for k in kept if k in earlier} | {"answers_from": str(args.answers)}
     extra = {k: [row.get(k) for row in rows] for k in dict.fromkeys(k for row in rows for k in row) if k not in ROW_KEYS}
     print(f"prefopt eval: {args.answers}'s answers to {len(records)} items, scored again", flush=True)
@@ -305,6 +318,7 @@ def _from_split_file(records: list, path: str) -> list:
 
 
 def _compare(args) -> int:
+    from ..cli import chat_vars_arg
     from .compare import CompareConfig, run_compare
     from .report import console_lines
 
@@ -314,18 +328,20 @@ def _compare(args) -> int:
     cfg = CompareConfig(task=args.task, model=args.model, output=args.output, data=args.data, preset=args.preset,
                         task_options=key_values(args.task_option), strategy=args.strategy, pairs=args.pairs, loss=args.loss,
                         seed=args.seed, judge=args.judge, n_resamples=args.n_resamples, overrides=overrides,
-                        device=args.device, eval_dtype=args.eval_dtype, chat_date=args.chat_date)
+                        device=args.device, eval_dtype=args.eval_dtype, chat_date=args.chat_date,
+                        chat_vars=chat_vars_arg(args))
     print("\n".join(console_lines(run_compare(cfg))))
     return 0
 
 
 def _study(args) -> int:
+    from ..cli import chat_vars_arg
     from .study import pick, run_study
 
     study = run_study(args.model, args.output, args.data_root, tasks=args.tasks, preset=args.preset, loss=args.loss,
                       strategy=args.strategy, seed=args.seed, n_resamples=args.n_resamples,
                       overrides=key_values(args.set), device=args.device, eval_dtype=args.eval_dtype,
-                      chat_date=args.chat_date)
+                      chat_date=args.chat_date, chat_vars=chat_vars_arg(args))
     asked = {a.task for a in pick(args.tasks)}  # the table also keeps rows of tasks an earlier command ran
     counts = {s: sum(r["status"] == s for r in study["arms"] if r["task"] in asked) for s in ("ran", "failed", "not run")}
     print(f"prefopt study: {counts['ran']} ran, {counts['failed']} failed, {counts['not run']} not run; "
@@ -403,6 +419,7 @@ def task_options_epilog() -> str:
 
 
 def add_commands(sub) -> None:
+    from ..cli import add_chat_flags
     from ..losses import LOSSES
     from ..tasks import STRATEGIES, TASKS
     from .compare_config import PRESETS
@@ -419,9 +436,9 @@ def add_commands(sub) -> None:
                         help="task constructor option, e.g. levels=ktas (repeatable)")
     common.add_argument("--seed", type=int, default=0,
                         help="seed of the test split, of eval's --limit sample and of compare's training")
-    common.add_argument("--chat-date", metavar="YYYY-MM-DD",
-                        help="the date a chat template that prints today's date (Llama 3.1+) shows in every prompt "
-                        "(default: the day the run starts; a resumed compare run keeps its own)")
+    add_chat_flags(common, "prompt", "the date a chat template that prints today's date (Llama 3.1+) shows in "
+                   "every prompt (default: the day the run starts; a resumed compare run keeps its own, and its "
+                   "--chat-vars)")
 
     e = sub.add_parser("eval", parents=[common], help="evaluate a model (+ adapter) on a task, or score "
                        "an earlier evaluation's answers (--answers); writes predictions.jsonl and metrics.json, and "
@@ -470,8 +487,7 @@ def add_commands(sub) -> None:
                     "probability under the model, and the label it finds likeliest, every possible answer scored; "
                     "about as long again as the answers)")
     pr.add_argument("--max-new-tokens", type=positive_int, help="generation cap (default: the task's)")
-    pr.add_argument("--chat-date", metavar="YYYY-MM-DD", help="the date a chat template that prints today's date "
-                    "(Llama 3.1+) shows in every prompt (default: today)")
+    add_chat_flags(pr, "prompt")
     add_repeat_flags(pr)
     add_device_flags(pr, quantize=True)
     pr.set_defaults(func=_predict)
@@ -496,8 +512,7 @@ def add_commands(sub) -> None:
     ep.add_argument("--against", metavar="DIR", help="an earlier eval-pairs of the same pairs (e.g. the SFT "
                     "adapter's): test, paired, how often each model alone prefers the chosen answer (bootstrap, "
                     "exact McNemar); printed and written to paired.json")
-    ep.add_argument("--chat-date", metavar="YYYY-MM-DD", help="the date a chat template that prints today's date "
-                    "(Llama 3.1+) shows in every prompt, e.g. the run's chat_date (default: today)")
+    add_chat_flags(ep, "prompt")
     add_device_flags(ep, quantize=True)
     ep.set_defaults(func=_eval_pairs)
 
@@ -542,5 +557,6 @@ def add_commands(sub) -> None:
                     "(repeatable), e.g. test=120 or val=64")
     st.add_argument("--n-resamples", type=positive_int, default=2000, help="paired bootstrap resamples")
     st.add_argument("--chat-date", metavar="YYYY-MM-DD", help="as compare's")
+    st.add_argument("--chat-vars", nargs="+", metavar="NAME=VALUE", help="as compare's (every task)")
     add_device_flags(st, "--eval-dtype", "parameter dtype of the evaluations")
     st.set_defaults(func=_study)

@@ -35,7 +35,7 @@ import torch
 from ..chat_template import run_chat_date
 from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 from ..tasks.parsing import final_answer
-from ..tokenizer import set_chat_date
+from ..tokenizer import set_chat_date, set_chat_vars
 from .compare_config import PRESETS, CompareConfig, same_run
 from .runner import (
     DECODING,
@@ -44,7 +44,7 @@ from .runner import (
     keep_earlier,
     placement,
     predict,
-    prompt_date,
+    prompt_settings,
     read_results,
     reasoning_note,
     reasoning_opened,
@@ -68,15 +68,19 @@ def _log(msg: str) -> None:
     print(f"prefopt compare: {msg}", flush=True)
 
 
-def _pin_chat_date(cfg: CompareConfig, out: Path, toks) -> tuple[CompareConfig, str | None]:
-    """The run with its ``chat_date`` fixed: given, else the one an earlier attempt recorded in
-    ``compare_config.json``, else today (:func:`~prefopt.chat_template.run_chat_date`); set on the
-    tokenizers ``toks`` (the judge's too), and passed to each stage's training. Also the line that
-    says so, where a template prints the date."""
+def _pin_chat(cfg: CompareConfig, out: Path, tok, judge_tok) -> tuple[CompareConfig, list[str]]:
+    """The run with its ``chat_date`` and ``chat_vars`` fixed: given, else those an earlier attempt
+    recorded in ``compare_config.json``, else today's date (:func:`~prefopt.chat_template.run_chat_date`)
+    and no variables; the date set on both tokenizers, the variables on the model's (the judge's
+    template is another), and both passed to each stage's training. Also the lines that say so,
+    where a template prints the date and where there are variables."""
     path = out / "compare_config.json"
-    earlier = json.loads(path.read_text()) if cfg.chat_date is None and path.is_file() else None
-    cfg = replace(cfg, chat_date=run_chat_date(cfg.chat_date, earlier))
-    return cfg, set_chat_date(toks, cfg.chat_date, "prompt")
+    earlier = json.loads(path.read_text()) if path.is_file() else None
+    cfg = replace(cfg, chat_date=run_chat_date(cfg.chat_date, earlier if cfg.chat_date is None else None),
+                  chat_vars=cfg.chat_vars if cfg.chat_vars is not None or not earlier else earlier.get("chat_vars"))
+    lines = [set_chat_date([t for t in (tok, judge_tok) if t is not None], cfg.chat_date, "prompt"),
+             set_chat_vars(tok, cfg.chat_vars, cfg.model, "prompt")]
+    return cfg, [line for line in lines if line]
 
 
 def _fit_test_size(cfg: CompareConfig, s: dict, records: list) -> None:
@@ -121,7 +125,8 @@ def _train_config(cls, cfg, s, stage: str, data: Path, out: Path, **kw):
                batch_size=s["dpo_batch_size" if stage == "dpo" else "batch_size"], lr=s[f"{stage}_lr"],
                max_steps=steps, epochs=epochs, seed=cfg.seed, warmup_steps=min(5, (steps or 10) // 10),
                gradient_checkpointing=bool(s["gradient_checkpointing"]), device=cfg.device,
-               chat_date=cfg.chat_date, lora_r=s["lora_r"], lora_alpha=s["lora_alpha"], lora_dora=s["lora_dora"],
+               chat_date=cfg.chat_date, chat_vars=cfg.chat_vars, lora_r=s["lora_r"], lora_alpha=s["lora_alpha"],
+               lora_dora=s["lora_dora"],
                lora_rslora=s["lora_rslora"], lora_dropout=s["lora_dropout"], lora_layers=s["lora_layers"],
                quantize=s["quantize"], overwrite=True,
                **({"lora_targets": s["lora_targets"]} if s["lora_targets"] else {}), **kw)
@@ -186,7 +191,7 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
     preds, metrics = score(task, test, texts, ended, s, opened=opened)
     if note := reasoning_note(metrics, "--set max_new_tokens=N"):
         _log(f"{stage}: {note}")
-    metrics.update(placement(model) | prompt_date(tok) | ({"weights": weights} if weights else {}))
+    metrics.update(placement(model) | prompt_settings(tok) | ({"weights": weights} if weights else {}))
     extra = {"ended": ended}
     if judge is not None:
         from .judge import judge_scores
@@ -354,11 +359,11 @@ def run_compare(cfg: CompareConfig) -> dict:
         if note:
             _log(note)
     out = Path(cfg.output)
-    cfg, dated = _pin_chat_date(cfg, out, [t for t in (tok, judge_tok) if t is not None])
+    cfg, chat_lines = _pin_chat(cfg, out, tok, judge_tok)
     out.mkdir(parents=True, exist_ok=True)
     same_run(out, {**asdict(cfg), "settings": s})
-    if dated:  # once the folder is known to be this run's
-        _log(dated)
+    for line in chat_lines:  # once the folder is known to be this run's
+        _log(line)
     torch.manual_seed(cfg.seed)
     _keep_split(splits, out)
     train, val, test = splits["train"], splits["val"], splits["test"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..chat_template import parse_chat_date
+from ..chat_template import parse_chat_date, parse_chat_vars
 from ..fileio import write_json_atomic
 from ..hints import did_you_mean
 from ..model.repeats import check_repeat_options
@@ -76,6 +76,9 @@ class CompareConfig:
     # YYYY-MM-DD: the date a chat template that prints today's (Llama 3.1+) shows in every prompt, training
     # and evaluation alike; None: the day the run starts (a resumed run keeps its own, from compare_config.json)
     chat_date: str | None = None
+    # switches the model's chat template reads (Qwen3's {"enable_thinking": False}), in every prompt of training
+    # and evaluation (not the judge's); None: none (a resumed run keeps its own, from compare_config.json)
+    chat_vars: dict | None = None
 
     def device_and_dtype(self) -> tuple[torch.device, torch.dtype]:
         """The device and the evaluations' dtype, checked (a device this machine lacks is an error)."""
@@ -119,6 +122,11 @@ class CompareConfig:
         self.device_and_dtype()
         if self.chat_date is not None:
             parse_chat_date(self.chat_date)
+        if self.chat_vars is not None:
+            try:
+                self.chat_vars = parse_chat_vars(self.chat_vars)
+            except ValueError as e:
+                raise ValueError(f"chat_vars: {e}") from None
         d = decoding(s)  # checked before the run claims its folder
         check_repeat_options(d["repetition_penalty"], d["no_repeat_ngram_size"], d["repeat_scope"])
         return s

@@ -6,6 +6,7 @@ import argparse
 
 
 def add_command(sub) -> None:
+    from ..cli import add_chat_flags
     from .cli import add_device_flags, positive_int
 
     p = sub.add_parser("eval-nll", help="how well a model (+ adapter) predicts held-out SFT records: NLL per "
@@ -26,8 +27,7 @@ def add_command(sub) -> None:
     p.add_argument("--n-resamples", type=positive_int, default=2000, help="bootstrap resamples for the CIs")
     p.add_argument("--against", metavar="DIR", help="an earlier eval-nll of the same records (the base model's, or "
                    "another adapter's): the difference in NLL per token, paired by record; paired.json")
-    p.add_argument("--chat-date", metavar="YYYY-MM-DD", help="the date a chat template that prints today's date "
-                   "(Llama 3.1+) shows in every prompt, e.g. the run's chat_date (default: today)")
+    add_chat_flags(p, "prompt")
     add_device_flags(p, quantize=True)
     p.set_defaults(func=run)
 
@@ -35,13 +35,14 @@ def add_command(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from ..cli import apply_chat_flags
     from ..data.columns import column_map
     from ..data.files import describe, given_paths
     from ..data.sft import IGNORE, load_sft
     from ..devices import resolve
     from ..fileio import check_writable
     from ..pretrained import load_model
-    from ..tokenizer import load_tokenizer, set_chat_date
+    from ..tokenizer import load_tokenizer
     from .nll_eval import (
         against,
         against_line,
@@ -60,12 +61,12 @@ def run(args: argparse.Namespace) -> int:
     device, dtype = resolve(args.device, args.dtype)
     check_writable(args.output)
     tok = load_tokenizer(args.model)
-    dated = set_chat_date([tok], args.chat_date, "prompt")
+    said = apply_chat_flags(tok, args, "prompt")
     data = given_paths(args.data)
     examples, report = load_sft(data, tok, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
                                 skip_bad=args.skip_bad_records, columns=column_map(args.columns),
                                 text_windows=args.text_windows)
-    for line in ([dated] if dated else []) + [report.summary()]:
+    for line in [*said, report.summary()]:
         say(line)
     first = {}  # each record's first example: its file and line
     for i, r in enumerate(report.kept_records):

@@ -43,10 +43,12 @@ def placement(model) -> dict:
     return {**where, "quantized": quantized} if quantized else where
 
 
-def prompt_date(tok) -> dict:
-    """``{"chat_date": "2026-11-30"}`` where ``tok``'s chat template prints the date (it is in every
-    prompt, so the answers depend on it), for ``metrics.json``; else ``{}``."""
-    return {"chat_date": tok.chat_date.isoformat()} if tok.prints_date and tok.chat_date else {}
+def prompt_settings(tok) -> dict:
+    """What ``tok``'s chat template was given beyond the messages, for ``metrics.json``: the answers
+    depend on it. ``chat_date`` where the template prints the date (it is in every prompt);
+    ``chat_vars`` where there are any (``{"enable_thinking": False}``)."""
+    dated = {"chat_date": tok.chat_date.isoformat()} if tok.prints_date and tok.chat_date else {}
+    return dated | ({"chat_vars": dict(tok.chat_vars)} if tok.chat_vars else {})
 
 
 def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: int | None = None,
@@ -189,7 +191,9 @@ def reasoning_note(metrics: dict, flag: str) -> str | None:
         return None
     cap = metrics.get("max_new_tokens")
     return (f"{share:.0%} of the answers were still reasoning when {f'the {cap}-token cap' if cap else 'the cap'} "
-            f"stopped them, so they name no answer (scored wrong); reasoning models need room: raise {flag}")
+            f"stopped them, so they name no answer (scored wrong); reasoning models need room: raise {flag}, or, "
+            "where the chat template has a switch for it, answer without thinking (Qwen3: --chat-vars "
+            "enable_thinking=false)")
 
 
 ROW_KEYS = ("id", "target", "output", "prediction", "correct", "score", "labels")  # write_results' own; extra adds more

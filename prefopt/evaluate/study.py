@@ -79,6 +79,11 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
                             data=None if path is None else str(path), task_options=dict(arm.options), **compare)
         cfg.settings()  # a bad --set or device stops here, before hours of the other arms
         plan.append((arm, cfg))
+    if plan and plan[0][1].chat_vars:  # a switch the template does not read would fail every arm, one by one
+        from ..chat_template import check_chat_vars
+        from ..tokenizer import load_tokenizer
+
+        check_chat_vars(load_tokenizer(model).chat_template, plan[0][1].chat_vars, model)
     if not plan:
         raise ValueError("study: no dataset to run (" + "; ".join(f"{r['task']}: {r['why']}" for r in rows) + ")")
     if root is not None and rows and not any(arm.data for arm, _ in plan):

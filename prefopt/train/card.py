@@ -6,6 +6,7 @@ model-card header (``base_model``, ``library_name``, ``tags``), which PEFT and t
 the folder loads as before."""
 from __future__ import annotations
 
+import json
 from datetime import date
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def _shown(value) -> str:
     """A setting as the command line gives it: ``prompt=question, chosen=good`` and ``q_proj, v_proj``,
     not Python's reprs; a ``|`` escaped, as a table cell needs."""
     if isinstance(value, dict):
-        value = ", ".join(f"{k}={v}" for k, v in value.items())
+        value = ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in value.items())
     elif isinstance(value, list):
         value = ", ".join(map(str, value))
     return str(value).replace("|", "\\|")

@@ -88,6 +88,10 @@ class TrainConfig:
     chat_date: str | None = opt(None, "YYYY-MM-DD: the date a chat template that prints today's date (Llama 3.1+) "
                                       "shows in every example; default: the day the run starts (a resumed run keeps "
                                       "its own)")
+    chat_vars: dict[str, Any] | None = opt(None, "NAME=VALUE switches the model's chat template reads, as "
+                                                 "transformers' apply_chat_template takes them (Qwen3: "
+                                                 "enable_thinking=false); values are read as JSON; a resumed run "
+                                                 "keeps its own")
     group_by_length: bool = opt(False, "batch examples of similar length (less padding)")
     pack: bool = opt(True, "SFT: lay each micro-batch's examples end to end in one row, each attending to itself "
                            "only: no padding is computed, and the loss is the padded batch's (--no-pack: padded "

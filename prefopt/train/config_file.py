@@ -53,6 +53,10 @@ def typed_value(kind: str, value: Any) -> Any:
         from ..data.columns import field_columns
 
         return field_columns(value)
+    if base == "dict[str, Any]":  # chat_vars: {name: value}, or NAME=VALUE entries (values read as JSON)
+        from ..chat_template import parse_chat_vars
+
+        return parse_chat_vars(value)
     if base == "str | list[str]":  # data: one path, or several (a single one is kept as text)
         paths = [value] if isinstance(value, (str, os.PathLike)) else value
         if isinstance(paths, (list, tuple)) and paths and all(isinstance(p, (str, os.PathLike)) for p in paths):

@@ -74,6 +74,6 @@ def check_same_data(ckpt, saved: dict | None, current: dict | None) -> None:
     raise ValueError(
         f"{ckpt} was written for other training data ({what}): the data changed (a file edited, or files named in "
         "another order), or it tokenizes differently (another tokenizer, max_length, max_prompt_length or "
-        "text_windows, or a chat template that prints today's date: pass "
+        "text_windows, chat_vars, or a chat template that prints today's date: pass "
         "the run's chat_date). A resumed run must see the examples it started with; resume on those, or start a "
         "new run (--overwrite or another --output-dir)")

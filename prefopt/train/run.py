@@ -11,7 +11,7 @@ from ..devices import DTYPES, resolve_device
 from ..fileio import write_json_atomic
 from ..lora import apply_lora, parse_layers
 from ..pretrained import load_model
-from ..tokenizer import Tokenizer, load_tokenizer, set_chat_date
+from ..tokenizer import Tokenizer, load_tokenizer, set_chat_date, set_chat_vars
 from . import state as ckpt_io
 from .card import FILE, write_cards
 from .config import TrainConfig
@@ -24,14 +24,19 @@ from .saving import save_weights
 from .sft import SFTTrainer, load_train_eval
 
 
-def pin_chat_date(config: TrainConfig, tok: Tokenizer) -> tuple[TrainConfig, str | None]:
-    """Fix the date ``tok``'s chat template shows for the whole run: ``config.chat_date``, else the
-    resumed checkpoint's, else today. Returns the config with it set (it goes into the checkpoints,
-    so a resume on another day renders the same text) and, where the template prints a date, the
-    line that says so."""
-    saved = ckpt_io.checkpoint_config(config.output_dir) if config.resume and config.chat_date is None else None
-    config = replace(config, chat_date=run_chat_date(config.chat_date, saved))
-    return config, set_chat_date([tok], config.chat_date, "example")
+def pin_chat(config: TrainConfig, tok: Tokenizer) -> tuple[TrainConfig, list[str]]:
+    """Fix what ``tok``'s chat template is given for the whole run: the date it shows
+    (``config.chat_date``, else the resumed checkpoint's, else today) and its switches
+    (``config.chat_vars``, else the resumed checkpoint's, else none). Returns the config with them
+    set (it goes into the checkpoints, so a resume on another day renders the same text) and the
+    lines that say so (where the template prints a date; where there are switches)."""
+    saved = ckpt_io.checkpoint_config(config.output_dir) if config.resume else None
+    config = replace(config, chat_date=run_chat_date(config.chat_date, saved if config.chat_date is None else None),
+                     chat_vars=config.chat_vars if config.chat_vars is not None or not saved
+                     else saved.get("chat_vars"))
+    lines = [set_chat_date([tok], config.chat_date, "example"),
+             set_chat_vars(tok, config.chat_vars, config.model, "example")]
+    return config, [line for line in lines if line]
 
 
 def prepare_model(config: TrainConfig):
@@ -73,16 +78,16 @@ def claim_output_dir(config: TrainConfig) -> None:
 
 def _start(config: TrainConfig, evaluators, records, eval_records, *loader) -> tuple:
     """What both runs do before the model loads: check the evaluators, claim the output folder,
-    load the tokenizer, pin the chat date, and read and check the data (``loader``: the records'
+    load the tokenizer, pin the chat date and variables, and read and check the data (``loader``: the records'
     reader, SFT's by default; ``records``, ``eval_records``: in place of the files); then print,
     on the main process, the date line and the data reports. Returns ``(config, tok, train, evals)``."""
     config.check_eval_set(evaluators, eval_records is not None)
     claim_output_dir(config)
     tok = load_tokenizer(config.model)
-    config, dated = pin_chat_date(config, tok)
+    config, chat_lines = pin_chat(config, tok)
     train, evals, reports = load_train_eval(config, tok, *loader, records=records, eval_records=eval_records)
     if init_distributed(resolve_device(config.device)).is_main:  # the trainer joins the same group
-        for line in ([dated] if dated else []) + [r.summary() for r in reports]:
+        for line in chat_lines + [r.summary() for r in reports]:
             print("prefopt:", line, flush=True)
     return config, tok, train, evals
 

@@ -17,6 +17,7 @@ from prefopt.evaluate.compare import CompareConfig, run_compare
 from prefopt.tasks import PORTAL_DATA, get_task
 from tests import _formats as formats
 from tests._tiny import build_hf_model
+from tests.tasks.conftest import StopAtSFT
 
 SHARED = Path(os.environ.get("PREFOPT_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
 TINY = {"max_train": 8, "test": 4, "sft_steps": 2, "dpo_steps": 2, "batch_size": 2, "max_length": 256,
@@ -685,25 +686,6 @@ def test_eval_cli_lets_long_reference_answers_end(flag, tiny_model, tmp_path, mo
         n = seen[0]["max_new_tokens"]
         assert n > 96 and n % 32 == 0
         assert f"max_new_tokens {n}, not summarization's 96: 5 of 5 reference answers are longer" in out
-
-
-class StopAtSFT(Exception):
-    pass
-
-
-@pytest.fixture
-def sft_configs(monkeypatch) -> list:
-    """The TrainConfig of each compare run's SFT stage, which then stops it (:class:`StopAtSFT`)."""
-    import prefopt.train.run as run
-
-    seen = []
-
-    def run_sft(config):
-        seen.append(config)
-        raise StopAtSFT
-
-    monkeypatch.setattr(run, "run_sft", run_sft)
-    return seen
 
 
 def test_compare_trains_with_gradient_checkpointing_and_resumes_with_it(tiny_model, tmp_path, sft_configs):

@@ -287,18 +287,11 @@ def test_bad_validation_settings_stop_compare_before_it_claims_a_folder(bad, mat
 
 def test_a_validation_set_that_leaves_nothing_to_train_on_stops_compare_before_it_claims_a_folder(tiny_model,
                                                                                                    tmp_path,
-                                                                                                   monkeypatch):
+                                                                                                   sft_configs):
     """Were the split made after the folder is claimed, the corrected rerun would be refused as a
     run "made with other settings"."""
-    import prefopt.train.run as run
+    from tests.tasks.conftest import StopAtSFT
 
-    class StopAtSFT(Exception):
-        pass
-
-    def stop(config):
-        raise StopAtSFT
-
-    monkeypatch.setattr(run, "run_sft", stop)
     with pytest.raises(ValueError, match=r"split: test \(4\) \+ val \(400\) leave no training data out of \d+ groups"):
         run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "run"),
                                   overrides={**TINY, "val": 400}))

@@ -7,7 +7,7 @@ from prefopt.cli import main
 from prefopt.evaluate.stats import p_text
 from prefopt.evaluate.study import ARMS
 from tests import _formats as formats
-from tests._tiny import build_hf_model
+from tests._tiny import build_hf_model, build_tokenizer
 
 TINY = {"max_train": 8, "test": 4, "sft_steps": 2, "dpo_steps": 2, "batch_size": 2, "max_length": 256,
         "eval_batch_size": 8}
@@ -129,6 +129,10 @@ def test_study_refuses_bad_settings_before_any_task_runs(tmp_path, capsys):
             "text_classification/medical_abstracts/medical_tc.csv, ...); it is the folder that holds "
             "clinical_reasoning/, numeric_classification/, summarization/, text_classification/, triage/") \
         in capsys.readouterr().err
+    model = build_tokenizer(tmp_path / "chatml")  # a switch its template does not read: no arm runs
+    assert main(["study", "--model", str(model), "--output", str(out), "--tasks", "portal", "--chat-vars",
+                 "enable_thinking=false"]) == 2
+    assert "does not read 'enable_thinking'" in capsys.readouterr().err
     assert not out.exists()
 
 

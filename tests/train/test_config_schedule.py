@@ -44,6 +44,11 @@ def test_config_from_json_and_yaml(tmp_path):
     (tmp_path / "d.yaml").write_text(f"model: m\ndata: {data}\noutput_dir: o\nchat_date: 2026-11-30\n")
     cfg = TrainConfig.from_file(tmp_path / "d.yaml")  # YAML reads an unquoted date as a date
     assert cfg.chat_date == "2026-11-30" and json.loads(json.dumps(cfg.to_dict()))["chat_date"] == "2026-11-30"
+    (tmp_path / "v.yaml").write_text(f"model: m\ndata: {data}\noutput_dir: o\nchat_vars: {{enable_thinking: false}}\n")
+    assert TrainConfig.from_file(tmp_path / "v.yaml").chat_vars == {"enable_thinking": False}
+    (tmp_path / "w.yaml").write_text(f"model: m\ndata: {data}\noutput_dir: o\nchat_vars: [enable_thinking]\n")
+    with pytest.raises(ValueError, match="w.yaml:4: chat_vars: expected NAME=VALUE, got 'enable_thinking'"):
+        TrainConfig.from_file(tmp_path / "w.yaml")
     (tmp_path / "bad.json").write_text(json.dumps({"model": "m", "data": str(data), "output_dir": "o", "lr_rate": 1}))
     with pytest.raises(ValueError, match="bad.json:1: unknown setting .lr_rate."):
         TrainConfig.from_file(tmp_path / "bad.json")

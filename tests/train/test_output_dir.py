@@ -275,3 +275,36 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_anything_load
     with pytest.raises(ValueError, match=r"ro/run: cannot write in .*ro \(Read-only file system\)"):
         run_sft(_cfg(task, tmp_path / "ro" / "run"))
     assert loaded == [] and not (tmp_path / "ro" / "run").exists()
+
+
+def test_a_run_keeps_its_chat_vars_when_resumed(tmp_path, capsys):
+    """``--chat-vars`` (Qwen3's enable_thinking=false) reaches every example, is recorded in the
+    run's settings and card, and a resume without it keeps the run's own (the data digest would
+    refuse other text); a resume with others is refused, and a misspelt one stops the run before
+    its folder is made."""
+    from tests._tiny import THINKING, build_hf_model, build_tokenizer
+    from tests.train._fixtures import COLORS
+
+    model_dir = tmp_path / "model"
+    build_hf_model(model_dir, tokenizer=False, initializer_range=0.1)
+    build_tokenizer(model_dir, template=THINKING)
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Case {i}?", "completion": f"Code {COLORS[i % 4]}."}) + "\n"
+                            for i in range(16)))
+    out = tmp_path / "run"
+    assert main(["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(out), "--batch-size", "4",
+                 "--max-steps", "3", "--save-every", "1", "--lr", "3e-3", "--lora-r", "4", "--lora-alpha", "8",
+                 "--no-progress", "--chat-vars", "enable_thinking=false"]) == 0
+    assert "every example is rendered with enable_thinking=false" in capsys.readouterr().out
+    assert json.loads((out / "train_config.json").read_text())["chat_vars"] == {"enable_thinking": False}
+    assert "| `chat_vars` | `enable_thinking=false` |" in (out / "final" / "README.md").read_text()
+
+    assert run_sft(_cfg((model_dir, data), out, resume=True, max_steps=4))["resumed_from_step"] == 2
+    assert json.loads((out / "train_config.json").read_text())["chat_vars"] == {"enable_thinking": False}
+    with pytest.raises(ValueError, match=r"other settings \(chat_vars: \{'enable_thinking': False\} -> \{\}\)"):
+        run_sft(_cfg((model_dir, data), out, resume=True, max_steps=5, chat_vars={}))
+    run_sft(_cfg((model_dir, data), tmp_path / "new", max_steps=1))  # a new run: the template's own default
+    assert json.loads((tmp_path / "new" / "train_config.json").read_text())["chat_vars"] is None
+    with pytest.raises(ValueError, match="does not read 'thinking'"):
+        run_sft(_cfg((model_dir, data), tmp_path / "typo", chat_vars=["thinking=false"]))
+    assert not (tmp_path / "typo").exists()

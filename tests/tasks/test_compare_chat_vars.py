@@ -1,0 +1,106 @@
+"""``--chat-vars`` in the task layer: eval and predict render every prompt with them and record
+them; a compare run gives them to every stage, its training included, keeps them when resumed,
+and gives the judge (another model, another template) none."""
+import json
+from dataclasses import asdict
+
+import pytest
+
+from prefopt.evaluate.compare import CompareConfig, run_compare
+from tests._tiny import THINKING, build_hf_model, build_tokenizer
+from tests.tasks.conftest import StopAtSFT
+
+TINY = {"max_train": 8, "test": 4, "sft_steps": 2, "dpo_steps": 2, "batch_size": 2, "max_length": 256,
+        "eval_batch_size": 8, "max_new_tokens": 4}
+EMPTY_THOUGHT = "<think>\n\n</think>\n\n"
+
+
+@pytest.fixture(scope="module")
+def thinking(tmp_path_factory):
+    d = tmp_path_factory.mktemp("thinking")
+    build_hf_model(d, tokenizer=False, max_position_embeddings=4096)
+    build_tokenizer(d, template=THINKING)
+    return d
+
+
+@pytest.fixture(scope="module")
+def judge(tmp_path_factory):
+    """A judge whose ChatML template reads no enable_thinking: giving it the model's would fail."""
+    d = tmp_path_factory.mktemp("judge")
+    build_hf_model(d, max_position_embeddings=4096)
+    return d
+
+
+@pytest.fixture
+def prompts(monkeypatch) -> list[list[int]]:
+    """The ids of every prompt the evaluations generate from."""
+    import prefopt.evaluate.runner as runner
+
+    seen, generate = [], runner.generate
+    monkeypatch.setattr(runner, "generate", lambda model, ids, **kw: seen.extend(ids) or generate(model, ids, **kw))
+    return seen
+
+
+def test_eval_renders_with_the_chat_vars_and_records_them_and_answers_keeps_them(thinking, tmp_path, prompts,
+                                                                                 capsys):
+    from prefopt.cli import main
+    from prefopt.tokenizer import load_tokenizer
+
+    tok, out = load_tokenizer(thinking), tmp_path / "eval"
+    assert main(["eval", "--task", "portal", "--model", str(thinking), "--output", str(out), "--limit", "3",
+                 "--max-new-tokens", "4", "--chat-vars", "enable_thinking=false"]) == 0
+    assert "prefopt eval: every prompt is rendered with enable_thinking=false" in capsys.readouterr().out
+    assert len(prompts) == 3 and all(tok.decode(p, False).endswith(EMPTY_THOUGHT) for p in prompts)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["chat_vars"] == {"enable_thinking": False}
+    assert main(["eval", "--task", "portal", "--answers", str(out), "--output", str(tmp_path / "again"),
+                 "--limit", "3"]) == 0
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["chat_vars"] == {"enable_thinking": False}
+    assert main(["eval", "--task", "portal", "--model", str(thinking), "--output", str(tmp_path / "on"),
+                 "--limit", "3", "--max-new-tokens", "4"]) == 0
+    assert "chat_vars" not in json.loads((tmp_path / "on" / "metrics.json").read_text())
+    assert not any(tok.decode(p, False).endswith(EMPTY_THOUGHT) for p in prompts[3:])
+    assert main(["eval", "--task", "portal", "--model", str(thinking), "--output", str(tmp_path / "bad"),
+                 "--chat-vars", "enable_thinkng=false"]) == 2
+    assert "does not read 'enable_thinkng' (did you mean 'enable_thinking'?)" in capsys.readouterr().err
+
+
+def test_predict_renders_with_the_chat_vars_and_records_them(thinking, tmp_path, prompts):
+    from prefopt.cli import main
+    from prefopt.tokenizer import load_tokenizer
+
+    data = tmp_path / "new.jsonl"
+    data.write_text("".join(json.dumps({"id": f"m{i}", "message": f"Rash on my arm for {i} days."}) + "\n"
+                            for i in range(2)))
+    out = tmp_path / "pred"
+    assert main(["predict", "--task", "portal", "--model", str(thinking), "--data", str(data), "--output", str(out),
+                 "--max-new-tokens", "4", "--chat-vars", "enable_thinking=false"]) == 0
+    tok = load_tokenizer(thinking)
+    assert len(prompts) == 2 and all(tok.decode(p, False).endswith(EMPTY_THOUGHT) for p in prompts)
+    assert json.loads((out / "predict.json").read_text())["chat_vars"] == {"enable_thinking": False}
+
+
+def test_a_compare_run_trains_and_evaluates_with_its_chat_vars_and_keeps_them(thinking, judge, tmp_path, prompts,
+                                                                             sft_configs, capsys):
+    from prefopt.tokenizer import load_tokenizer
+
+    out = tmp_path / "run"
+    cfg = CompareConfig(task="portal", model=str(thinking), output=str(out), overrides=TINY, judge=str(judge),
+                        chat_vars=["enable_thinking=false"])
+    with pytest.raises(StopAtSFT):
+        run_compare(cfg)
+    assert "every prompt is rendered with enable_thinking=false" in capsys.readouterr().out
+    assert json.loads((out / "compare_config.json").read_text())["chat_vars"] == {"enable_thinking": False}
+    assert json.loads((out / "base" / "metrics.json").read_text())["chat_vars"] == {"enable_thinking": False}
+    tok = load_tokenizer(thinking)
+    assert prompts and all(tok.decode(p, False).endswith(EMPTY_THOUGHT) for p in prompts[:4])  # the model's 4
+    assert sft_configs[0].chat_vars == {"enable_thinking": False}  # SFT trains on the text it is evaluated on
+
+    with pytest.raises(StopAtSFT):  # resumed without them: the run's own
+        run_compare(CompareConfig(**{**asdict(cfg), "chat_vars": None}))
+    assert "base: reusing" in capsys.readouterr().out and sft_configs[1].chat_vars == {"enable_thinking": False}
+    with pytest.raises(ValueError, match=r"other settings \(chat_vars: \{'enable_thinking': False\} -> \{\}\)"):
+        run_compare(CompareConfig(**{**asdict(cfg), "chat_vars": {}}))
+    with pytest.raises(ValueError, match="chat_vars: expected NAME=VALUE"):
+        run_compare(CompareConfig(**{**asdict(cfg), "output": str(tmp_path / "x"), "chat_vars": ["thinking"]}))
+    assert not (tmp_path / "x").exists()
