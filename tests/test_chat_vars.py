@@ -1,16 +1,15 @@
 """Chat variables: switches a chat template reads of its own (Qwen3's ``enable_thinking``), given to
 every rendering as transformers' ``apply_chat_template(**kwargs)`` gives them; checked against
 the template so that a misspelt one is an error, not a switch that silently does nothing."""
-import json
 
 import pytest
 import transformers
 
 from prefopt.chat_template import parse_chat_vars, template_variables
 from prefopt.tokenizer import load_tokenizer, set_chat_vars
+from tests._render_spy import ASKED
 from tests._tiny import CHATML, THINKING, build_hf_model, build_tokenizer
 
-ASKED = [{"role": "user", "content": "Chest pain since noon. Who should see me?"}]
 EMPTY_THOUGHT = "<think>\n\n</think>\n\n"
 
 
@@ -89,28 +88,11 @@ def test_generate_and_check_data_render_with_the_chat_vars_they_are_given(comman
                                                                           capsys):
     """``--chat-vars`` reaches the prompt generate answers and the examples check-data measures,
     said on stderr; a misspelt switch, or one with --no-chat, is refused before any model loads."""
-    import prefopt.data.check
-    import prefopt.model
     import prefopt.pretrained
     from prefopt.cli import main
+    from tests._render_spy import spy_rendering
 
-    rendered = []
-    if command == "generate":
-        def fake_generate(model, prompts, **kw):
-            rendered.append(load_tokenizer(thinking).decode(prompts[0], skip_special_tokens=False))
-            return [[]]
-        monkeypatch.setattr(prefopt.model, "generate", fake_generate)
-        args = ["generate", "--model", str(thinking), "--prompt", "Chest pain since noon.", "--greedy"]
-    else:
-        check = prefopt.data.check.check_data
-
-        def spy(path, tok, **kw):
-            rendered.append(tok.apply_chat_template(ASKED, add_generation_prompt=True, tokenize=False))
-            return check(path, tok, **kw)
-        monkeypatch.setattr(prefopt.data.check, "check_data", spy)
-        data = tmp_path / "train.jsonl"
-        data.write_text(json.dumps({"prompt": "Chest pain since noon.", "completion": "Emergency."}) + "\n")
-        args = ["check-data", "--model", str(thinking), "--data", str(data), "--max-length", "200"]
+    args, rendered = spy_rendering(command, thinking, tmp_path, monkeypatch)
     shown_in = "prompt" if command == "generate" else "example"
     assert main(args + ["--chat-vars", "enable_thinking=false"]) == 0
     assert rendered[-1].endswith(EMPTY_THOUGHT)

@@ -144,32 +144,15 @@ def test_generate_and_check_data_show_the_chat_date_they_are_given(command, tmp_
     Without it, the clock's date; a bad one is refused by its flag's name before any model loads."""
     from datetime import date
 
-    import prefopt.data.check
-    import prefopt.model
     import prefopt.pretrained
     from prefopt.cli import main
+    from tests._render_spy import spy_rendering
     from tests._tiny import build_hf_model
 
     d = tmp_path / "m"
     build_hf_model(d, tokenizer=False)
     build_tokenizer(d, template=LLAMA31, bos="<|begin_of_text|>", eos="<|eot_id|>")
-    rendered = []
-    if command == "generate":
-        def fake_generate(model, prompts, **kw):
-            rendered.append(load_tokenizer(d).decode(prompts[0], skip_special_tokens=False))
-            return [[]]
-        monkeypatch.setattr(prefopt.model, "generate", fake_generate)
-        args = ["generate", "--model", str(d), "--prompt", "Chest pain since noon.", "--greedy"]
-    else:
-        check = prefopt.data.check.check_data
-
-        def spy(path, tok, **kw):
-            rendered.append(tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False))
-            return check(path, tok, **kw)
-        monkeypatch.setattr(prefopt.data.check, "check_data", spy)
-        data = tmp_path / "train.jsonl"
-        data.write_text(json.dumps({"prompt": "Chest pain since noon.", "completion": "Emergency."}) + "\n")
-        args = ["check-data", "--model", str(d), "--data", str(data), "--max-length", "200"]
+    args, rendered = spy_rendering(command, d, tmp_path, monkeypatch)
     shown_in = "prompt" if command == "generate" else "example"
     assert main(args + ["--chat-date", "2024-02-29"]) == 0
     assert "Today Date: 29 Feb 2024\n" in rendered[-1]

@@ -23,14 +23,6 @@ def thinking(tmp_path_factory):
     return d
 
 
-@pytest.fixture(scope="module")
-def judge(tmp_path_factory):
-    """A judge whose ChatML template reads no enable_thinking: giving it the model's would fail."""
-    d = tmp_path_factory.mktemp("judge")
-    build_hf_model(d, max_position_embeddings=4096)
-    return d
-
-
 @pytest.fixture
 def prompts(monkeypatch) -> list[list[int]]:
     """The ids of every prompt the evaluations generate from."""
@@ -80,9 +72,12 @@ def test_predict_renders_with_the_chat_vars_and_records_them(thinking, tmp_path,
     assert json.loads((out / "predict.json").read_text())["chat_vars"] == {"enable_thinking": False}
 
 
-def test_a_compare_run_trains_and_evaluates_with_its_chat_vars_and_keeps_them(thinking, judge, tmp_path, prompts,
+def test_a_compare_run_trains_and_evaluates_with_its_chat_vars_and_keeps_them(thinking, tmp_path, prompts,
                                                                              sft_configs, capsys):
     from prefopt.tokenizer import load_tokenizer
+
+    judge = tmp_path / "judge"
+    build_hf_model(judge, max_position_embeddings=4096)  # ChatML: its template reads no enable_thinking, so giving it the model's would fail
 
     out = tmp_path / "run"
     cfg = CompareConfig(task="portal", model=str(thinking), output=str(out), overrides=TINY, judge=str(judge),
