@@ -26,20 +26,111 @@ class ChatTemplateError(ValueError):
     pass
 
 
+class BoundaryError(ValueError):
+    """The prompt's tokens are not a prefix of the prompt+response tokens."""
+
+
+# how reasoning models mark their thinking: DeepSeek-R1 and its distills, Qwen3, QwQ; Magistral
+REASONING_TAGS = (("<think>", "</think>"), ("[THINK]", "[/THINK]"))
+_MARK = "\ue000prefopt-response\ue000"  # private-use characters: no template or text holds them
+
+
+def open_reasoning(prompt_text: str) -> str | None:
+    """The closing tag of the reasoning block a generation prompt (its text) ends inside
+    (DeepSeek-R1's ``<｜Assistant｜><think>\n``: ``</think>``), else None."""
+    for start, end in REASONING_TAGS:
+        at = prompt_text.rfind(start)
+        if at >= 0 and end not in prompt_text[at:]:
+            return end
+    return None
+
+
+def opens_reasoning(prompt_text: str) -> bool:
+    """Whether a generation prompt (its text) ends inside a reasoning block it opened."""
+    return open_reasoning(prompt_text) is not None
+
+
+def exchange_texts(render, messages: list[dict[str, Any]], response: str) -> tuple[str, str, bool]:
+    """``(prompt, full, continued)``: the text a model answers from (``render(messages, True)``, the
+    generation prompt on) and the whole exchange with ``response`` as its last turn, which starts
+    with it, so the response can be cut off exactly.
+
+    The exchange is the template's rendering of the finished turn where that extends the prompt
+    (``continued`` False). Reasoning models' templates do not: DeepSeek-R1's, QwQ's and Gemma
+    4's generation prompts open (or hold an empty) reasoning block that a finished assistant turn
+    drops, and some templates (Mistral NeMo's) place the system prompt by the last user turn. The
+    exchange is then the prompt as the model sees it when it answers, the response, and the
+    template's end of turn (what it writes after an assistant turn's text) (``continued`` True);
+    where the prompt left a reasoning block open and the response does not close it, the response
+    follows an empty block, as Qwen3's template writes one (``<think>\n\n</think>\n\n``), so that
+    the model learns to close it and answer. A BoundaryError where the template rewrites an
+    assistant turn's text (the end of turn cannot be told)."""
+    prompt = render(messages, True)
+    full = render(messages + [{"role": "assistant", "content": response}], False)
+    if full.startswith(prompt):
+        return prompt, full, False
+    marked = render(messages + [{"role": "assistant", "content": _MARK}], False)
+    if marked.count(_MARK) != 1:
+        raise BoundaryError("the chat template renders the prompt differently with and without the response, and "
+                            "rewrites an assistant turn's text, so the response cannot be cut off exactly; prompt "
+                            f"ends {prompt[-60:]!r}")
+    close = open_reasoning(prompt)
+    empty = ("\n" if prompt.endswith("\n") else "") + close + "\n\n" if close and close not in response else ""
+    return prompt, prompt + empty + response + marked.split(_MARK, 1)[1], True
+
+
+def _environment(**options):
+    """The sandbox templates run in: transformers' extensions (``loopcontrols``, and the
+    ``{% generation %}`` block some templates mark the assistant's text with, rendered as it is:
+    prefopt finds a response by the prompt's boundary), and ``namespace`` objects that refuse
+    underscore-prefixed attributes, as transformers' do (a template is code from the Hub)."""
+    require("jinja2", "rendering a chat template")
+    from jinja2 import nodes
+    from jinja2.exceptions import SecurityError
+    from jinja2.ext import Extension
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from jinja2.utils import Namespace
+
+    class Generation(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.CallBlock(self.call_method("_render", []), [], [], body).set_lineno(lineno)
+
+        def _render(self, caller):
+            return caller()
+
+    class SafeNamespace(Namespace):
+        def __init__(*args, **kwargs):  # Namespace's own signature: any keyword, self included, is an attribute
+            attrs = dict(*args[1:], **kwargs)
+            for name in attrs:
+                _no_dunder(name)
+            Namespace.__init__(args[0], attrs)
+
+        def __setitem__(self, name, value):
+            _no_dunder(name)
+            super().__setitem__(name, value)
+
+    def _no_dunder(name):
+        if isinstance(name, str) and name.startswith("_"):
+            raise SecurityError(f"a chat template may not set {name!r} on a namespace (a name starting with '_')")
+
+    env = ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols", Generation], **options)
+    env.globals["namespace"] = SafeNamespace
+    return env
+
+
 @lru_cache(maxsize=16)
 def _compile(template: str):
-    require("jinja2", "rendering a chat template")
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
     def raise_exception(message):
         raise ChatTemplateError(f"the chat template refused the messages: {message}")
 
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-    )
+    env = _environment(trim_blocks=True, lstrip_blocks=True)
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -108,12 +199,9 @@ def parse_chat_vars(items) -> dict[str, Any]:
 def template_variables(template: str) -> set[str]:
     """The names ``template`` reads that it does not set itself (``messages``, ``bos_token``,
     ``enable_thinking`` ...)."""
-    require("jinja2", "reading a chat template")
     from jinja2 import meta
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"])
-    return set(meta.find_undeclared_variables(env.parse(template)))
+    return set(meta.find_undeclared_variables(_environment().parse(template)))
 
 
 def check_chat_vars(template: str | None, chat_vars: dict[str, Any], where: str) -> None:

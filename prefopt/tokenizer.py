@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from array import array
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -17,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from .chat_template import (
+    BoundaryError,
     check_chat_vars,
     describe_chat_vars,
+    exchange_texts,
     parse_chat_date,
     parse_chat_vars,
     prints_date,
@@ -27,10 +30,6 @@ from .chat_template import (
 from .fileio import write_json_atomic
 
 Messages = list[dict[str, Any]]
-
-
-class BoundaryError(ValueError):
-    """The prompt's tokens are not a prefix of the prompt+response tokens."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +64,7 @@ class Tokenizer:
         eos = [self.eos_token_id, *extra_eos_ids]
         self.eos_token_ids: list[int] = list(dict.fromkeys(i for i in eos if i is not None))
         self._seen: dict[tuple[bytes, bool], array] | None = None  # see remembering()
+        self._said_continued = False  # encode_prompt_response's warning, given once
         # the date a chat template that prints today's date shows; None: the clock's (as transformers).
         # Training runs pin it (TrainConfig.chat_date), so a resumed run tokenizes its data the same.
         self.chat_date: date | None = None
@@ -128,21 +128,25 @@ class Tokenizer:
 
         With a chat template (``chat=True``, the default when there is one) the prompt is
         rendered with ``add_generation_prompt=True`` and the whole exchange with the
-        response as the last assistant turn. Without one, the texts are concatenated and
-        EOS is appended. Either way the prompt's tokens must be a prefix of the full
+        response as the last assistant turn (or, where the template renders a finished turn
+        otherwise than the prompt, as a reasoning model's does, the response after the prompt:
+        :func:`~prefopt.chat_template.exchange_texts`, said once in a warning). Without one,
+        the texts are concatenated and EOS is appended. Either way the prompt's tokens must be a prefix of the full
         sequence's tokens; when tokenization merges across the boundary a
         :class:`BoundaryError` says so instead of silently shifting it.
         """
         use_chat = bool(self.chat_template) if chat is None else chat
         if use_chat:
             msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-            prompt_text = self.render_chat(msgs, add_generation_prompt=True)
-            full_text = self.render_chat(msgs + [{"role": "assistant", "content": response}])
-            if not full_text.startswith(prompt_text):
-                raise BoundaryError(
-                    "the chat template renders the prompt differently with and without the response, "
-                    f"so the response cannot be cut off exactly; prompt ends {prompt_text[-60:]!r}"
-                )
+            prompt_text, full_text, continued = exchange_texts(
+                lambda m, gen: self.render_chat(m, add_generation_prompt=gen), msgs, response)
+            if continued and not self._said_continued:
+                self._said_continued = True
+                warnings.warn("the chat template renders a finished assistant turn otherwise than the prompt a model "
+                              "answers from (a reasoning model's, which drops the reasoning block its generation "
+                              "prompt opens, or one that moves the system prompt): each response is taken as it "
+                              "follows that prompt, then the template's end of turn (docs/training.md, \"Reasoning "
+                              "models\")", stacklevel=2)
             prompt_ids = self.encode(prompt_text, add_special_tokens=False)
             full_ids = self.encode(full_text, add_special_tokens=False)
         else:

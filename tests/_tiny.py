@@ -32,6 +32,13 @@ THINKING = (
     "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}"
     "{% endif %}{% endif %}"
 )
+# DeepSeek-R1's way: the generation prompt opens a reasoning block, and a finished assistant turn keeps only the
+# text after its reasoning, with no block; a tokenizer with bos "<|begin_of_text|>" and eos "<|eot_id|>" suits it
+R1_STYLE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '<|start_header_id|>' + m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}{{ '<|end_header_id|>' + m['content'].split('</think>')[-1] + eos_token }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|end_header_id|><think>\\n' }}{% endif %}"
+)
 # Llama 3 style: bos_token variable, trim filter, whitespace control, indentation, raise_exception
 LLAMA3 = """{{- bos_token }}
 {%- if messages[0]['role'] == 'system' %}

@@ -214,7 +214,14 @@ def text_windows_of(text: str, tok: Tokenizer, max_length: int) -> list[Tokenize
 
 def _encode_chat(messages, tok: Tokenizer) -> tuple[list[int], list[int]]:
     """Train on every assistant turn: each turn's tokens are those between the conversation
-    rendered up to the turn (with the generation prompt) and rendered through it."""
+    rendered up to the turn (with the generation prompt) and rendered through it. A conversation
+    whose one assistant turn is its last is a prompt and its response
+    (:meth:`~prefopt.tokenizer.Tokenizer.encode_prompt_response`: the same tokens, and a reasoning
+    model's template, which renders a finished turn otherwise than its prompt, is taken too)."""
+    if [m["role"] for m in messages].count("assistant") == 1 and messages[-1]["role"] == "assistant" \
+            and len(messages) > 1:
+        enc = tok.encode_prompt_response(messages[:-1], messages[-1]["content"])
+        return enc.ids, [IGNORE] * enc.prompt_len + enc.ids[enc.prompt_len:]
     full = tok.apply_chat_template(messages)
     labels = [IGNORE] * len(full)
     for i, m in enumerate(messages):

@@ -20,7 +20,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-REASONING_TAGS = (("<think>", "</think>"), ("[THINK]", "[/THINK]"))
+from ..chat_template import REASONING_TAGS, opens_reasoning  # noqa: F401  (opens_reasoning: the task layer's too)
+
 _CUE = r"(?:answer|option|choice|level|ktas|category|grade|urgency|triage|is|:|=|\()"
 
 
@@ -78,11 +79,3 @@ def final_answer(text: str | None, opened: bool = False) -> tuple[str, str | Non
         return "", "unfinished"
     return text, None
 
-
-def opens_reasoning(prompt_text: str) -> bool:
-    """Whether a generation prompt (its text) ends inside a reasoning block it opened."""
-    for start, end in REASONING_TAGS:
-        at = prompt_text.rfind(start)
-        if at >= 0 and end not in prompt_text[at:]:
-            return True
-    return False
