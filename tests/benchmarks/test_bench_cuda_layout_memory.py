@@ -1,12 +1,10 @@
 """``benchmarks/bench_cuda_layout_memory.py`` switches on CUDA's blocks and stages for CPU tensors
 and counts what is alive at the peak: at a small head, the one-pass loss's peak is its bf16 stage,
 one fp32 logits block (and the CPU's bf16 copy of it), and little else."""
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_cuda_layout_memory.py"
+from tests.benchmarks import load_script
 
 
 @pytest.fixture
@@ -14,9 +12,7 @@ def bench(monkeypatch):
     import prefopt.kernels._backward as backward
     import prefopt.kernels.onepass as onepass
 
-    spec = importlib.util.spec_from_file_location("bench_cuda_layout_memory", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("bench_cuda_layout_memory")
     for module, name in ((backward, "GEMM_ROWS"), (onepass, "STAGE_DEVICES")):
         monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
     V = 1000

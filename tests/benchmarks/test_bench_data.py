@@ -1,18 +1,13 @@
 """benchmarks/bench_data.py runs end to end on a tiny tokenizer (its figures mean nothing here)."""
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 from tests._tiny import build_hf_model
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_data.py"
+from tests.benchmarks import load_script
 
 
 def test_bench_data_times_every_case_and_writes_its_ratios(tmp_path, monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location("bench_data", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("bench_data")
     build_hf_model(tmp_path / "tiny")
     sft, pairs = mod.records(3)
     assert sft == mod.records(3)[0] and [p["prompt"] for p in pairs] == [r["prompt"] for r in sft]  # seeded

@@ -1,19 +1,14 @@
 """benchmarks/bench_generate.py runs end to end on a tiny model (its figures mean nothing here)."""
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 from tests._tiny import build_hf_model
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_generate.py"
+from tests.benchmarks import load_script
 
 
 def _bench(tmp_path):
     """The benchmark as a module, and a tiny model at ``tmp_path / "tiny"``."""
-    spec = importlib.util.spec_from_file_location("bench_generate", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("bench_generate")
     build_hf_model(tmp_path / "tiny", arch="llama", initializer_range=0.5)
     return mod
 

@@ -5,16 +5,15 @@ installed, and the frozen-weight mode are what is checked."""
 import importlib.util
 import json
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from prefopt.kernels.triton_logprobs import available
+from tests.benchmarks import BENCHMARKS, load_script
 
 from ..kernels._interpreter import interpreter_problem
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_logprobs.py"
 # the Triton rows run on CPU only under a working interpreter (conftest sets it where there is no CUDA)
 OURS = ["naive", "chunked", "onepass"] + (["triton"] if available(torch.device("cpu")) and not interpreter_problem() else [])
 
@@ -34,10 +33,8 @@ class _Event:
 
 @pytest.fixture
 def bench(monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_logprobs", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.syspath_prepend(str(BENCH.parent))
-    spec.loader.exec_module(mod)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    mod = load_script("bench_logprobs")
     monkeypatch.setattr(mod, "DEVICE", "cpu")
     for name, fn in {"Event": _Event, "synchronize": lambda: None, "empty_cache": lambda: None,
                      "reset_peak_memory_stats": lambda: None, "memory_allocated": lambda: 0,

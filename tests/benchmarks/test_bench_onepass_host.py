@@ -1,9 +1,7 @@
 """``benchmarks/bench_onepass_host.py`` times both ways of forming the pair gradients, counts the
 operations, and leaves the loss registry, the chunk budget and the staging as it found them."""
-import importlib.util
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_onepass_host.py"
+from tests.benchmarks import load_script
 
 
 def test_both_rows_are_timed_and_counted_and_the_settings_restored():
@@ -11,9 +9,7 @@ def test_both_rows_are_timed_and_counted_and_the_settings_restored():
     import prefopt.kernels.onepass as onepass
     from prefopt.losses import PAIR_GRADS
 
-    spec = importlib.util.spec_from_file_location("bench_onepass_host", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("bench_onepass_host")
     before = dict(PAIR_GRADS), backward.CHUNK_ELEMENTS, onepass.STAGE_DEVICES, onepass.GRAD_ELEMENTS
     ops = {}
     for stage in (0, 3):

@@ -1,19 +1,14 @@
 """benchmarks/bench_pack.py runs end to end on a tiny model (its figures mean nothing here)."""
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 from tests._tiny import build_hf_model
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_pack.py"
+from tests.benchmarks import BENCHMARKS, load_script
 
 
 def test_bench_pack_trains_padded_and_packed_on_the_same_tokens(tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, str(BENCH.parent))
-    spec = importlib.util.spec_from_file_location("bench_pack", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    sys.path.insert(0, str(BENCHMARKS))
+    mod = load_script("bench_pack")
     build_hf_model(tmp_path / "tiny", arch="llama")
     out = tmp_path / "pack.json"
     monkeypatch.setattr(sys, "argv", ["bench_pack.py", "--model", str(tmp_path / "tiny"), "--steps", "3",

@@ -1,20 +1,14 @@
 """``benchmarks/check_chat_templates.py`` on a folder of the tests' own templates: each rendering
 compared with transformers', each response's cut told (prefix, continued, refused), a
 difference from transformers' making it fail."""
-import importlib.util
 import json
-from pathlib import Path
 
 from tests._tiny import CHATML, LLAMA31, R1_STYLE, THINKING
-
-CHECK = Path(__file__).resolve().parents[2] / "benchmarks" / "check_chat_templates.py"
+from tests.benchmarks import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("check_chat_templates", CHECK)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("check_chat_templates")
 
 
 def test_the_check_reports_each_template_and_fails_on_a_difference(tmp_path, capsys, monkeypatch):

@@ -1,6 +1,5 @@
 """``benchmarks/check_gguf_sentencepiece.py`` runs end to end without the sentencepiece library:
 a stand-in built from the tests' Llama 2-style tokenizer answers as SentencePiece would."""
-import importlib.util
 import json
 import sys
 import types
@@ -9,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests._tiny import SPM_BYTES, build_spm_tokenizer
-
-CHECK = Path(__file__).resolve().parents[2] / "benchmarks" / "check_gguf_sentencepiece.py"
+from tests.benchmarks import load_script
 
 
 class _StandIn:
@@ -68,9 +66,7 @@ class _StandIn:
 @pytest.mark.parametrize("reverse", [False, True])
 def test_the_check_writes_the_vocabulary_as_llama_cpp_and_compares_every_text(tmp_path, monkeypatch, capsys,
                                                                                reverse):
-    spec = importlib.util.spec_from_file_location("check_gguf_sentencepiece", CHECK)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("check_gguf_sentencepiece")
     build_spm_tokenizer(tmp_path / "spm")
     fake = types.ModuleType("sentencepiece")
     fake.SentencePieceProcessor = lambda model_file: _StandIn(tmp_path / "spm", reverse)

@@ -4,7 +4,6 @@ bytes joined lowest rank first), on ranks made from the tests' byte-level tokeni
 its merges never build."""
 import base64
 import dataclasses
-import importlib.util
 import json
 import sys
 import types
@@ -13,15 +12,11 @@ from pathlib import Path
 import pytest
 
 from tests._tiny import CORPUS, build_tokenizer
-
-CHECK = Path(__file__).resolve().parents[2] / "benchmarks" / "check_gguf_tiktoken.py"
+from tests.benchmarks import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("check_gguf_tiktoken", CHECK)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("check_gguf_tiktoken")
 
 
 class _Encoding:

@@ -1,22 +1,20 @@
 """``benchmarks/goals_verdict.py`` reads the goal tables of a GPU session and says which goals each
 of prefopt's methods meets and what that decides, so a short GPU session ends with a verdict, not
 only numbers. Checked here on made-up rows (the real ones come from a lent GPU)."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "goals_verdict.py"
+from tests.benchmarks import load_script
+
 SHAPE = dict(D=4096, V=128256, N=16384)
 MiB = 2**20
 
 
 @pytest.fixture(scope="module")
 def verdict():
-    spec = importlib.util.spec_from_file_location("goals_verdict", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("goals_verdict")
     return mod
 
 
