@@ -1,8 +1,10 @@
 """Rendering Hugging Face chat templates with jinja2, the way ``transformers`` does.
 
 The environment matches transformers': a sandbox, ``trim_blocks`` and ``lstrip_blocks``,
-the ``loopcontrols`` extension, a ``tojson`` filter that keeps non-ASCII text, and the
-``raise_exception`` and ``strftime_now`` globals.
+the ``loopcontrols`` extension, the ``{% generation %}`` block, namespaces that refuse names
+starting with ``_``, a ``tojson`` filter that keeps non-ASCII text, and the
+``raise_exception`` and ``strftime_now`` globals (``benchmarks/check_chat_templates.py``: 70
+real templates render as transformers renders them).
 
 ``strftime_now`` is today's date, as in transformers, unless the caller pins one (``today``):
 templates such as Llama 3.1's print it in every system prompt, so the same data would
@@ -11,6 +13,9 @@ tokenize differently from one day to the next (see :func:`parse_chat_date`).
 A template may also read switches of its own, which transformers passes as keyword arguments to
 ``apply_chat_template`` (Qwen3's ``enable_thinking=False``): prefopt calls them chat variables
 (:func:`parse_chat_vars`, :func:`check_chat_vars`), and a run pins them as it pins the date.
+
+Training cuts a response off its prompt by the template's own text (:func:`exchange_texts`),
+reasoning models' templates included, whose finished turns are not their prompt plus the answer.
 """
 from __future__ import annotations
 
@@ -75,7 +80,7 @@ def exchange_texts(render, messages: list[dict[str, Any]], response: str) -> tup
                             "rewrites an assistant turn's text, so the response cannot be cut off exactly; prompt "
                             f"ends {prompt[-60:]!r}")
     close = open_reasoning(prompt)
-    empty = ("\n" if prompt.endswith("\n") else "") + close + "\n\n" if close and close not in response else ""
+    empty = (("\n" if prompt.endswith("\n") else "") + close + "\n\n") if close and close not in response else ""
     return prompt, prompt + empty + response + marked.split(_MARK, 1)[1], True
 
 

@@ -131,8 +131,8 @@ class Tokenizer:
         response as the last assistant turn (or, where the template renders a finished turn
         otherwise than the prompt, as a reasoning model's does, the response after the prompt:
         :func:`~prefopt.chat_template.exchange_texts`, said once in a warning). Without one,
-        the texts are concatenated and EOS is appended. Either way the prompt's tokens must be a prefix of the full
-        sequence's tokens; when tokenization merges across the boundary a
+        the texts are concatenated and EOS is appended. Either way the prompt's tokens must be
+        a prefix of the full sequence's tokens; when tokenization merges across the boundary a
         :class:`BoundaryError` says so instead of silently shifting it.
         """
         use_chat = bool(self.chat_template) if chat is None else chat
