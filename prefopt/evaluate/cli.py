@@ -35,7 +35,6 @@ def _pin_chat(tok, args, command: str) -> None:
 
 
 def _eval(args) -> int:
-
     from ..devices import resolve
     from ..pretrained import load_model
     from ..tasks import get_task, sample_records, split_records
