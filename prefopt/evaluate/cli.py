@@ -21,17 +21,19 @@ def key_values(pairs: list[str] | None) -> dict:
 
 def _pin_chat(tok, args, command: str) -> None:
     """``tok`` given ``--chat-date`` (default: today, pinned for the whole run, as ``metrics.json``
-    records it) and ``--chat-vars``; says so where they show."""
+    records it) and ``--chat-vars``; says so where they show, and where a thinking switch is left
+    unset (:func:`~.runner.thinking_note`)."""
     from datetime import date
 
     from ..chat_template import parse_chat_date
     from ..cli import chat_vars_arg
     from ..tokenizer import set_chat_vars
+    from .runner import thinking_note
 
     tok.chat_date = parse_chat_date(args.chat_date, "--chat-date") if args.chat_date else date.today()
-    said = set_chat_vars(tok, chat_vars_arg(args), args.model, "prompt")
-    if said:
-        print(f"prefopt {command}: {said}", flush=True)
+    said = [set_chat_vars(tok, chat_vars_arg(args), args.model, "prompt"), thinking_note(tok)]
+    for line in filter(None, said):
+        print(f"prefopt {command}: {line}", flush=True)
 
 
 def _eval(args) -> int:

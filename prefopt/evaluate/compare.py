@@ -50,6 +50,7 @@ from .runner import (
     reasoning_opened,
     require_chat,
     score,
+    thinking_note,
     write_results,
 )
 from .selection import (
@@ -73,13 +74,14 @@ def _pin_chat(cfg: CompareConfig, out: Path, tok, judge_tok) -> tuple[CompareCon
     recorded in ``compare_config.json``, else today's date (:func:`~prefopt.chat_template.run_chat_date`)
     and no variables; the date set on both tokenizers, the variables on the model's (the judge's
     template is another), and both passed to each stage's training. Also the lines that say so,
-    where a template prints the date and where there are variables."""
+    where a template prints the date and where there are variables, and where a thinking switch is
+    left unset (:func:`~.runner.thinking_note`)."""
     path = out / "compare_config.json"
     earlier = json.loads(path.read_text()) if path.is_file() else None
     cfg = replace(cfg, chat_date=run_chat_date(cfg.chat_date, earlier if cfg.chat_date is None else None),
                   chat_vars=cfg.chat_vars if cfg.chat_vars is not None or not earlier else earlier.get("chat_vars"))
     lines = [set_chat_date([t for t in (tok, judge_tok) if t is not None], cfg.chat_date, "prompt"),
-             set_chat_vars(tok, cfg.chat_vars, cfg.model, "prompt")]
+             set_chat_vars(tok, cfg.chat_vars, cfg.model, "prompt"), thinking_note(tok)]
     return cfg, [line for line in lines if line]
 
 

@@ -174,6 +174,20 @@ def score(task, records, texts: list[str], ended: list[bool] | None = None, sett
     return preds, metrics
 
 
+def thinking_note(tok, flag: str = "--chat-vars") -> str | None:
+    """The line that says a chat template has a thinking switch left unset (Qwen3's
+    ``enable_thinking``: unset, a hybrid model reasons before it answers, which a task's short token
+    cap cuts off), naming ``flag``; None where the template has none or it is set."""
+    from ..chat_template import template_variables
+
+    if not tok.chat_template or "enable_thinking" in tok.chat_vars:
+        return None
+    if "enable_thinking" not in template_variables(tok.chat_template):
+        return None
+    return ("the chat template has a thinking switch, enable_thinking, left unset (its default: a hybrid model such "
+            f"as Qwen3 reasons before it answers); {flag} enable_thinking=false answers at once")
+
+
 def reasoning_opened(tok, task, records) -> bool:
     """Whether the chat template's generation prompt opens a reasoning block (DeepSeek-R1's ends
     in ``<think>``), so that the answers begin inside it."""

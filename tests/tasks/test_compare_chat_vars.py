@@ -41,7 +41,9 @@ def test_eval_renders_with_the_chat_vars_and_records_them_and_answers_keeps_them
     tok, out = load_tokenizer(thinking), tmp_path / "eval"
     assert main(["eval", "--task", "portal", "--model", str(thinking), "--output", str(out), "--limit", "3",
                  "--max-new-tokens", "4", "--chat-vars", "enable_thinking=false"]) == 0
-    assert "prefopt eval: every prompt is rendered with enable_thinking=false" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "prefopt eval: every prompt is rendered with enable_thinking=false" in said
+    assert "enable_thinking, left unset" not in said
     assert len(prompts) == 3 and all(tok.decode(p, False).endswith(EMPTY_THOUGHT) for p in prompts)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["chat_vars"] == {"enable_thinking": False}
@@ -51,6 +53,9 @@ def test_eval_renders_with_the_chat_vars_and_records_them_and_answers_keeps_them
     assert main(["eval", "--task", "portal", "--model", str(thinking), "--output", str(tmp_path / "on"),
                  "--limit", "3", "--max-new-tokens", "4"]) == 0
     assert "chat_vars" not in json.loads((tmp_path / "on" / "metrics.json").read_text())
+    assert ("prefopt eval: the chat template has a thinking switch, enable_thinking, left unset (its default: a "
+            "hybrid model such as Qwen3 reasons before it answers); --chat-vars enable_thinking=false answers at "
+            "once") in capsys.readouterr().out
     assert not any(tok.decode(p, False).endswith(EMPTY_THOUGHT) for p in prompts[3:])
     assert main(["eval", "--task", "portal", "--model", str(thinking), "--output", str(tmp_path / "bad"),
                  "--chat-vars", "enable_thinkng=false"]) == 2
@@ -93,7 +98,9 @@ def test_a_compare_run_trains_and_evaluates_with_its_chat_vars_and_keeps_them(th
 
     with pytest.raises(StopAtSFT):  # resumed without them: the run's own
         run_compare(CompareConfig(**{**asdict(cfg), "chat_vars": None}))
-    assert "base: reusing" in capsys.readouterr().out and sft_configs[1].chat_vars == {"enable_thinking": False}
+    said = capsys.readouterr().out
+    assert "base: reusing" in said and sft_configs[1].chat_vars == {"enable_thinking": False}
+    assert "left unset" not in said
     with pytest.raises(ValueError, match=r"other settings \(chat_vars: \{'enable_thinking': False\} -> \{\}\)"):
         run_compare(CompareConfig(**{**asdict(cfg), "chat_vars": {}}))
     with pytest.raises(ValueError, match="chat_vars: expected NAME=VALUE"):
