@@ -37,6 +37,7 @@ from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 from ..tasks.parsing import final_answer
 from ..tokenizer import set_chat_date, set_chat_vars
 from .compare_config import PRESETS, CompareConfig, same_run
+from .judge import judge_scores, ready_judge
 from .runner import (
     DECODING,
     choose_max_new_tokens,
@@ -73,15 +74,17 @@ def _pin_chat(cfg: CompareConfig, out: Path, tok, judge_tok) -> tuple[CompareCon
     """The run with its ``chat_date`` and ``chat_vars`` fixed: given, else those an earlier attempt
     recorded in ``compare_config.json``, else today's date (:func:`~prefopt.chat_template.run_chat_date`)
     and no variables; the date set on both tokenizers, the variables on the model's (the judge's
-    template is another), and both passed to each stage's training. Also the lines that say so,
-    where a template prints the date and where there are variables, and where a thinking switch is
-    left unset (:func:`~.runner.thinking_note`)."""
+    template is another: :func:`~.judge.ready_judge` turns its thinking off), and both passed to
+    each stage's training. Also the lines that say so, where a template prints the date and where
+    there are variables, where a thinking switch is left unset (:func:`~.runner.thinking_note`)
+    and where the judge's is turned off."""
     path = out / "compare_config.json"
     earlier = json.loads(path.read_text()) if path.is_file() else None
     cfg = replace(cfg, chat_date=run_chat_date(cfg.chat_date, earlier if cfg.chat_date is None else None),
                   chat_vars=cfg.chat_vars if cfg.chat_vars is not None or not earlier else earlier.get("chat_vars"))
     lines = [set_chat_date([t for t in (tok, judge_tok) if t is not None], cfg.chat_date, "prompt"),
-             set_chat_vars(tok, cfg.chat_vars, cfg.model, "prompt"), thinking_note(tok)]
+             set_chat_vars(tok, cfg.chat_vars, cfg.model, "prompt"), thinking_note(tok),
+             ready_judge(judge_tok) if judge_tok is not None else None]
     return cfg, [line for line in lines if line]
 
 
@@ -195,8 +198,6 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
     metrics.update(placement(model) | prompt_settings(tok) | ({"weights": weights} if weights else {}))
     extra = {"ended": ended}
     if judge is not None:
-        from .judge import judge_scores
-
         likert = judge_scores(judge[0], judge[1], task, test, [final_answer(t, opened)[0] for t in texts])
         extra["likert"] = likert
         got = [x for x in likert if x is not None]

@@ -106,3 +106,9 @@ def test_a_compare_run_trains_and_evaluates_with_its_chat_vars_and_keeps_them(th
     with pytest.raises(ValueError, match="chat_vars: expected NAME=VALUE"):
         run_compare(CompareConfig(**{**asdict(cfg), "output": str(tmp_path / "x"), "chat_vars": ["thinking"]}))
     assert not (tmp_path / "x").exists()
+    capsys.readouterr()
+    with pytest.raises(StopAtSFT):  # a judge with a thinking switch is asked to answer at once
+        run_compare(CompareConfig(task="portal", model=str(judge), output=str(tmp_path / "judged"), overrides=TINY,
+                                  judge=str(thinking)))
+    assert "the judge answers with enable_thinking=false (one digit)" in capsys.readouterr().out
+    assert tok.decode(prompts[-1], False).endswith(EMPTY_THOUGHT)  # the judge's last prompt
