@@ -18,6 +18,8 @@ plainly and once with each switch the template reads (``enable_thinking``, ``thi
   template refuses the conversation or the cut cannot be made;
 - ``opens``: whether the generation prompt opens a reasoning block (``<think>``), so answers
   begin inside it (``prefopt.evaluate.runner.reasoning_opened``);
+- ``reasoning_kept``: of the responses written with their reasoning (``<think>...</think>`` then
+  the answer), how many reach the training text with the reasoning and the answer once each;
 - ``vars``: the variables of its own it reads (the switches among them are tried).
 
     .venv/bin/python benchmarks/check_chat_templates.py --templates DIR [--json OUT]
@@ -33,6 +35,8 @@ from pathlib import Path
 
 SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 ANSWER = "Emergency department now: chest pain with sweating needs an ECG within 10 minutes."
+THOUGHT = "Crushing chest pain with sweating for 40 minutes is an acute coronary syndrome until proven otherwise."
+REASONED = f"<think>\n{THOUGHT}\n</think>\n\n{ANSWER}"  # a response written with its reasoning
 CONVERSATIONS = {
     "user": [{"role": "user", "content": "Crushing chest pain for 40 minutes, sweating. Where should I go?"}],
     "system": [{"role": "system", "content": "You are a careful triage nurse. Answer in one sentence."},
@@ -89,7 +93,7 @@ def check_template(template: str) -> dict:
     own = sorted(names - {"messages", "add_generation_prompt", "tools", "documents", "raise_exception",
                           "strftime_now", *SPECIALS})
     same = total = 0
-    differ, boundary, opens = [], {}, {}
+    differ, boundary, opens, kept = [], {}, {}, []
     for switches in _settings(set(own)):
         key = " ".join(f"{k}={json.dumps(v)}" for k, v in switches.items()) or "plain"
         for name, msgs in CONVERSATIONS.items():
@@ -109,7 +113,10 @@ def check_template(template: str) -> dict:
                 continue
             boundary.setdefault(key, {})[name] = f"continued: {full[len(prompt) - 20:]!r}" if continued else "prefix"
             opens.setdefault(key, opens_reasoning(prompt))
-    return {"same": same, "total": total, "differ": differ, "boundary": boundary, "opens": opens, "vars": own}
+            prompt, full, _ = exchange_texts(lambda m, g, s=switches: _ours(template, m, g, s), msgs, REASONED)
+            kept.append(full[len(prompt):].count(THOUGHT) == 1 and full[len(prompt):].count(ANSWER) == 1)
+    return {"same": same, "total": total, "differ": differ, "boundary": boundary, "opens": opens, "vars": own,
+            "reasoning_kept": f"{sum(kept)}/{len(kept)}"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         cut = ", ".join(f"{cuts.count(k)} {k}" for k in ("prefix", "continued", "refused") if k in cuts) or "-"
         opened = ", ".join(k for k, v in r["opens"].items() if v) or "-"
         switches = ", ".join(v for v in r["vars"] if v in SWITCHES) or "-"
-        print(f"{path.stem:45s} same {r['same']:3d}/{r['total']:<3d} {cut:24s} opens: {opened:22s} switches: "
-              f"{switches}" + (f"  {r['error']}" if "error" in r else ""), flush=True)
+        print(f"{path.stem:45s} same {r['same']:3d}/{r['total']:<3d} {cut:24s} reasoning kept "
+              f"{r.get('reasoning_kept', '-'):6s} opens: {opened:22s} switches: {switches}"
+              + (f"  {r['error']}" if "error" in r else ""), flush=True)
         bad += r["same"] != r["total"]
     n_same = sum(r["same"] for r in reports.values())
     n_total = sum(r["total"] for r in reports.values())

@@ -61,18 +61,21 @@ def exchange_texts(render, messages: list[dict[str, Any]], response: str) -> tup
     with it, so the response can be cut off exactly.
 
     The exchange is the template's rendering of the finished turn where that extends the prompt
-    (``continued`` False). Reasoning models' templates do not: DeepSeek-R1's, QwQ's and Gemma
+    and keeps the response's reasoning, if it has any (``continued`` False). Reasoning models'
+    templates do not: DeepSeek-R1's, QwQ's and Gemma
     4's generation prompts open (or hold an empty) reasoning block that a finished assistant turn
     drops, and some templates (Mistral NeMo's) place the system prompt by the last user turn. The
     exchange is then the prompt as the model sees it when it answers, the response, and the
     template's end of turn (what it writes after an assistant turn's text) (``continued`` True);
     where the prompt left a reasoning block open and the response does not close it, the response
     follows an empty block, as Qwen3's template writes one (``<think>\n\n</think>\n\n``), so that
-    the model learns to close it and answer. A BoundaryError where the template rewrites an
-    assistant turn's text (the end of turn cannot be told)."""
+    the model learns to close it and answer; a response written with its reasoning whole
+    (``<think>\n...\n</think>\n\nanswer``, the form Qwen3's template takes apart itself) is
+    continued inside the block the prompt opened, without opening it twice. A BoundaryError where
+    the template rewrites an assistant turn's text (the end of turn cannot be told)."""
     prompt = render(messages, True)
     full = render(messages + [{"role": "assistant", "content": response}], False)
-    if full.startswith(prompt):
+    if full.startswith(prompt) and _keeps_reasoning(full[len(prompt):], response):
         return prompt, full, False
     marked = render(messages + [{"role": "assistant", "content": _MARK}], False)
     if marked.count(_MARK) != 1:
@@ -80,8 +83,24 @@ def exchange_texts(render, messages: list[dict[str, Any]], response: str) -> tup
                             "rewrites an assistant turn's text, so the response cannot be cut off exactly; prompt "
                             f"ends {prompt[-60:]!r}")
     close = open_reasoning(prompt)
+    if close:
+        start = next(s for s, e in REASONING_TAGS if e == close)
+        if response.lstrip().startswith(start):  # a reasoned response written whole: the prompt opened it already
+            response = response.lstrip()[len(start):].lstrip("\n" if prompt.endswith("\n") else "")
     empty = (("\n" if prompt.endswith("\n") else "") + close + "\n\n") if close and close not in response else ""
     return prompt, prompt + empty + response + marked.split(_MARK, 1)[1], True
+
+
+def _keeps_reasoning(turn: str, response: str) -> bool:
+    """Whether a rendered ``turn`` holds the reasoning ``response`` was written with (the text
+    before its closing tag): some templates drop it from every finished turn (DeepSeek-V3.1's)."""
+    for _, end in REASONING_TAGS:
+        if end in response:
+            thought = response.split(end, 1)[0]
+            for start, _ in REASONING_TAGS:
+                thought = thought.replace(start, "")
+            return thought.strip() in turn
+    return True
 
 
 def _environment(**options):

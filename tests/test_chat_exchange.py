@@ -11,7 +11,7 @@ from prefopt.chat_template import BoundaryError, exchange_texts, render_chat
 from prefopt.data.records import SFTRecord
 from prefopt.data.sft import tokenize_sft
 from prefopt.tokenizer import load_tokenizer
-from tests._tiny import CHATML, R1_STYLE, build_tokenizer
+from tests._tiny import CHATML, R1_STYLE, THINKING, build_tokenizer
 
 ASKED = [{"role": "user", "content": "Chest pain since noon?"}]
 SPECIALS = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}
@@ -35,12 +35,19 @@ def test_a_response_follows_the_prompt_it_answers_where_the_finished_turn_render
     assert full == prompt + "\n</think>\n\nEmergency.<|eot_id|>"
     reasoned = "Chest pain: rule out ACS.\n</think>\n\nEmergency."  # the model's own turn, reasoning and all
     assert exchange_texts(_render(R1_STYLE), ASKED, reasoned)[1] == prompt + reasoned + "<|eot_id|>"
+    whole = "<think>\n" + reasoned  # written whole, as Qwen3's template takes it apart: the prompt opened it
+    assert exchange_texts(_render(R1_STYLE), ASKED, whole)[1] == prompt + reasoned + "<|eot_id|>"
     system = [{"role": "system", "content": "Be brief."}] + ASKED
     prompt, full, continued = exchange_texts(_render(SYSTEM_LAST), system, "Emergency.")
     assert prompt == "[INST]Be brief. Chest pain since noon?[/INST]" and full == prompt + "Emergency.</s>"
     assert continued
     prompt, full, continued = exchange_texts(_render(SYSTEM_LAST), ASKED, "Emergency.")  # no system: a prefix
     assert full == prompt + "Emergency.</s>" and not continued
+    # a template whose finished turn extends the prompt but drops the response's reasoning: continued, not lost
+    prompt, full, continued = exchange_texts(_render(THINKING), ASKED, whole)
+    assert full == prompt + whole + "<|im_end|>\n" and continued and prompt.endswith("assistant\n")
+    prompt, full, continued = exchange_texts(_render(THINKING), ASKED, "Emergency.")  # no reasoning: its own form
+    assert full == prompt + "<think>\n\n</think>\n\nEmergency.<|im_end|>\n" and not continued
     shouted = R1_STYLE.replace("m['content'].split('</think>')[-1]", "m['content'].upper()")
     with pytest.raises(BoundaryError, match="rewrites an assistant turn's text"):
         exchange_texts(_render(shouted), ASKED, "Emergency.")

@@ -33,6 +33,10 @@ def test_the_check_reports_each_template_and_fails_on_a_difference(tmp_path, cap
     assert cuts["r1"] == ["continued"] * 3 and report["r1"]["opens"] == {"plain": True}
     assert "<think>\\n\\n</think>\\n\\nEmergency department now" in report["r1"]["boundary"]["plain"]["user"]
     assert cuts["no-system"] == ["prefix", "refused", "prefix"]  # its own refusal, as transformers' too
+    # a response written with its reasoning keeps it, and the answer, once: R1's prompt opened the block; the
+    # thinking template drops a finished turn's reasoning, so its responses are continued (3 settings x 3)
+    assert report["r1"]["reasoning_kept"] == "3/3" and report["thinking"]["reasoning_kept"] == "9/9"
+    assert report["no-system"]["reasoning_kept"] == "2/2"
     n = sum(report[name]["total"] for name in report if name != "broken")
     assert (f"6 templates, {n} of {n + 1} renderings equal to transformers'; 1 with a difference or a syntax "
             "prefopt cannot parse") in capsys.readouterr().out
