@@ -245,6 +245,12 @@ def check_chat_vars(template: str | None, chat_vars: dict[str, Any], where: str)
                              f"variables it reads: {', '.join(own) or 'none of its own'}")
 
 
+def thinking_switch_unset(template: str | None, chat_vars: dict[str, Any]) -> bool:
+    """Whether ``template`` reads a thinking switch (Qwen3's ``enable_thinking``: unset, a hybrid
+    model reasons before it answers) that ``chat_vars`` leaves unset."""
+    return bool(template) and "enable_thinking" not in chat_vars and "enable_thinking" in template_variables(template)
+
+
 def describe_chat_vars(chat_vars: dict[str, Any]) -> str:
     """``{"enable_thinking": False}`` → ``enable_thinking=false``, as given on the command line."""
     return " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in chat_vars.items())

@@ -36,12 +36,10 @@ def ready_judge(tok) -> str | None:
     """Ask a judge whose chat template has a thinking switch (Qwen3's ``enable_thinking``) to answer
     at once: its reply is one digit in a few tokens, which reasoning first would never reach.
     Returns the line that says so, or None where the template has no such switch or it is set."""
-    from ..chat_template import template_variables
+    from ..chat_template import thinking_switch_unset
     from ..tokenizer import set_chat_vars
 
-    if not tok.chat_template or "enable_thinking" in tok.chat_vars:
-        return None
-    if "enable_thinking" not in template_variables(tok.chat_template):
+    if not thinking_switch_unset(tok.chat_template, tok.chat_vars):
         return None
     set_chat_vars(tok, {**tok.chat_vars, "enable_thinking": False})
     return "the judge's chat template has a thinking switch: the judge answers with enable_thinking=false (one digit)"

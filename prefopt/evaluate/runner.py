@@ -178,11 +178,9 @@ def thinking_note(tok, flag: str = "--chat-vars") -> str | None:
     """The line that says a chat template has a thinking switch left unset (Qwen3's
     ``enable_thinking``: unset, a hybrid model reasons before it answers, which a task's short token
     cap cuts off), naming ``flag``; None where the template has none or it is set."""
-    from ..chat_template import template_variables
+    from ..chat_template import thinking_switch_unset
 
-    if not tok.chat_template or "enable_thinking" in tok.chat_vars:
-        return None
-    if "enable_thinking" not in template_variables(tok.chat_template):
+    if not thinking_switch_unset(tok.chat_template, tok.chat_vars):
         return None
     return ("the chat template has a thinking switch, enable_thinking, left unset (its default: a hybrid model such "
             f"as Qwen3 reasons before it answers); {flag} enable_thinking=false answers at once")

@@ -78,9 +78,10 @@ def claim_output_dir(config: TrainConfig) -> None:
 
 def _start(config: TrainConfig, evaluators, records, eval_records, *loader) -> tuple:
     """What both runs do before the model loads: check the evaluators, claim the output folder,
-    load the tokenizer, pin the chat date and variables, and read and check the data (``loader``: the records'
-    reader, SFT's by default; ``records``, ``eval_records``: in place of the files); then print,
-    on the main process, the date line and the data reports. Returns ``(config, tok, train, evals)``."""
+    load the tokenizer, pin the chat date and variables, and read and check the data (``loader``:
+    the records' reader, SFT's by default; ``records``, ``eval_records``: in place of the files);
+    then print, on the main process, the chat lines and the data reports. Returns ``(config, tok,
+    train, evals)``."""
     config.check_eval_set(evaluators, eval_records is not None)
     claim_output_dir(config)
     tok = load_tokenizer(config.model)
