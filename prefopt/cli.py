@@ -115,8 +115,26 @@ def apply_chat_flags(tok, args: argparse.Namespace, shown_in: str) -> list[str]:
     chat_vars = chat_vars_arg(args)
     if chat_vars and getattr(args, "no_chat", False):
         raise ValueError("--chat-vars are the chat template's, and --no-chat does not apply it; leave one out")
-    said = [set_chat_date([tok], args.chat_date, shown_in), set_chat_vars(tok, chat_vars, args.model, shown_in)]
+    said = [set_chat_date([tok], args.chat_date, shown_in), set_chat_vars(tok, chat_vars, args.model, shown_in),
+            adapter_chat_note(getattr(args, "adapter", None), chat_vars)]
     return [line for line in said if line]
+
+
+def adapter_chat_note(adapter: str | None, chat_vars: dict | None) -> str | None:
+    """The line that says ``adapter`` was trained with other chat variables than ``chat_vars`` (its
+    run's ``train_config.json``: :func:`~prefopt.train.saving.trained_chat_vars`): it answers the
+    prompts it was trained on, so the same ``--chat-vars`` belong here. None where they agree or
+    its run is not beside it."""
+    from .chat_template import describe_chat_vars
+    from .train.saving import trained_chat_vars
+
+    trained = trained_chat_vars(adapter) if adapter else None
+    if trained is None or trained == (chat_vars or {}):
+        return None
+    fix = f"pass --chat-vars {describe_chat_vars(trained)}" if trained else "leave --chat-vars out"
+    return (f"{adapter} was trained with chat variables {describe_chat_vars(trained) or '(none)'}, and these prompts "
+            f"are rendered with {describe_chat_vars(chat_vars or {}) or '(none)'}: it answers the prompts it was "
+            f"trained on; {fix}")
 
 
 def chat_vars_arg(args: argparse.Namespace) -> dict | None:

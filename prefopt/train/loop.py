@@ -13,6 +13,7 @@ resumed run sees exactly the batches the interrupted one would have.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import sys
 import time
@@ -449,12 +450,19 @@ class Trainer:
         """The training examples' digest, which a checkpoint records (:mod:`.data_digest`); made once."""
         return data_digest(self.train_data)
 
-    def _load_checkpoint(self, ckpt: Path) -> None:
-        trainable, optimizer_state, state = ckpt_io.read_checkpoint(ckpt)
+    def check_resume(self, ckpt: Path, state: dict | None = None) -> None:
+        """Refuse to resume ``ckpt`` (its ``trainer_state.json``: ``state``) under other settings, on
+        other training examples or with another number of processes; a run calls it before it
+        writes anything, so a refused resume leaves the run's files as they were."""
+        state = json.loads((ckpt / "trainer_state.json").read_text()) if state is None else state
         ckpt_io.check_resumable(ckpt, state.get("config"), self.config.to_dict(), self.config.recorded_defaults())
         check_same_data(ckpt, state.get("data"), self.train_data_digest)
         if state.get("world", 1) != self.dist.world:
             raise ValueError(f"{ckpt} was written by {state.get('world')} processes; resume with the same number")
+
+    def _load_checkpoint(self, ckpt: Path) -> None:
+        trainable, optimizer_state, state = ckpt_io.read_checkpoint(ckpt)
+        self.check_resume(ckpt, state)
         own = dict(self.model.named_parameters())
         with torch.no_grad():
             for name, t in trainable.items():

@@ -97,6 +97,9 @@ def _train_and_save(trainer, config: TrainConfig) -> dict:
     """Record the run's settings (``train_config.json``: after the trainer, which clears an
     overwritten folder), train, save ``final/`` and the summary (a DPO run's with how many
     reference forwards training made: 0 on a cache), and print what the run did; returns the summary."""
+    ckpt = ckpt_io.latest_checkpoint(config.output_dir) if config.resume else None
+    if ckpt is not None:  # a refused resume must leave the run's train_config.json as it was
+        trainer.check_resume(ckpt)
     if trainer.dist.is_main:
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(config.output_dir) / "train_config.json", config.to_dict())

@@ -217,6 +217,7 @@ def test_a_run_resumed_on_another_day_shows_its_own_date(tmp_path, monkeypatch, 
     tomorrow = move_to_next_day(monkeypatch)
     with pytest.raises(ValueError, match=rf"other settings \(chat_date: '{today.isoformat()}' -> '2020-01-01'\)"):
         run_sft(_cfg((model_dir, data), out, resume=True, max_steps=4, chat_date="2020-01-01"))
+    assert json.loads((out / "train_config.json").read_text())["chat_date"] == today.isoformat()  # as it was
     assert run_sft(_cfg((model_dir, data), out, resume=True, max_steps=4))["resumed_from_step"] == 2
     run_sft(_cfg((model_dir, data), tmp_path / "new", max_steps=1))  # a new run: the new day
     assert json.loads((tmp_path / "new" / "train_config.json").read_text())["chat_date"] == tomorrow.isoformat()
@@ -303,8 +304,22 @@ def test_a_run_keeps_its_chat_vars_when_resumed(tmp_path, capsys):
     assert json.loads((out / "train_config.json").read_text())["chat_vars"] == {"enable_thinking": False}
     with pytest.raises(ValueError, match=r"other settings \(chat_vars: \{'enable_thinking': False\} -> \{\}\)"):
         run_sft(_cfg((model_dir, data), out, resume=True, max_steps=5, chat_vars={}))
+    # a refused resume leaves the run's record as it was (it wrote the refused settings there before)
+    assert json.loads((out / "train_config.json").read_text())["chat_vars"] == {"enable_thinking": False}
     run_sft(_cfg((model_dir, data), tmp_path / "new", max_steps=1))  # a new run: the template's own default
     assert json.loads((tmp_path / "new" / "train_config.json").read_text())["chat_vars"] is None
     with pytest.raises(ValueError, match="does not read 'thinking'"):
         run_sft(_cfg((model_dir, data), tmp_path / "typo", chat_vars=["thinking=false"]))
     assert not (tmp_path / "typo").exists()
+
+    # its adapter used without them: said, with the flag that renders what it was trained on
+    ask = ["generate", "--model", str(model_dir), "--adapter", str(out / "final"), "--prompt", "Case 1?", "--greedy",
+           "--max-new-tokens", "2"]
+    assert main(ask) == 0
+    assert (f"{out / 'final'} was trained with chat variables enable_thinking=false, and these prompts are rendered "
+            "with (none): it answers the prompts it was trained on; pass --chat-vars enable_thinking=false"
+            ) in capsys.readouterr().err
+    assert main(ask + ["--chat-vars", "enable_thinking=false"]) == 0 and "was trained with" not in capsys.readouterr().err
+    new = ["generate", "--model", str(model_dir), "--adapter", str(tmp_path / "new" / "final"), "--prompt", "Case 1?",
+           "--max-new-tokens", "2", "--chat-vars", "enable_thinking=false"]
+    assert main(new) == 0 and "leave --chat-vars out" in capsys.readouterr().err
