@@ -141,11 +141,13 @@ def hf_config(arch: str = "llama", **overrides):
                 rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=2, initializer_range=0.2)
     cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
            "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config,
-           "gemma3": transformers.Gemma3TextConfig}[arch]
+           "smollm3": transformers.SmolLM3Config, "gemma3": transformers.Gemma3TextConfig}[arch]
     if arch == "qwen3":
         base["head_dim"] = 16  # transformers' default is 128
     if arch == "mistral":
         base["sliding_window"] = None
+    if arch == "smollm3":  # four layers, the last without RoPE (transformers' default: every fourth)
+        base.update(num_hidden_layers=4, tie_word_embeddings=True)
     if arch == "gemma3":  # one sliding layer (window 4, local RoPE base) and one full one (linear scaling)
         base.update(head_dim=16, query_pre_attn_scalar=24, sliding_window=4, hidden_activation="gelu_pytorch_tanh",
                     layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True,

@@ -1,7 +1,7 @@
 """Model configuration, read from a Hugging Face ``config.json``.
 
 One dataclass covers the Llama family (Llama 2/3/3.1/3.2, Mistral, Qwen2/2.5, Qwen3,
-SmolLM2) and Gemma 3's text model (Gemma 3, MedGemma 27B text). It holds only what those files
+SmolLM2, SmolLM3: every fourth layer without RoPE) and Gemma 3's text model (Gemma 3, MedGemma 27B text). It holds only what those files
 hold; derived fields are set in ``__post_init__``. Both spellings of the RoPE settings are read:
 the older top-level ``rope_theta`` / ``rope_scaling`` (Gemma 3: and ``rope_local_base_freq``)
 and the newer ``rope_parameters`` (Gemma 3: one per layer type).
@@ -19,6 +19,7 @@ SUPPORTED_ARCHITECTURES = {
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "smollm3": "SmolLM3ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
 }
 SLIDING, FULL = "sliding_attention", "full_attention"  # Gemma 3's layer types
@@ -65,6 +66,8 @@ class ModelConfig:
     layer_types: list[str] | None = None
     local_rope_theta: float | None = None
     query_pre_attn_scalar: float | None = None
+    # SmolLM3: per layer, 1 where it applies RoPE and 0 where it does not (NoPE), as its config.json lists them
+    no_rope_layers: list[int] | None = None
     # "gemma3": read from an image+text checkpoint, whose language model's tensors carry its prefix
     text_model_of: str | None = field(default=None, compare=False)
     # the file's own dict, kept so a save writes back what was read
@@ -74,7 +77,7 @@ class ModelConfig:
         if self.model_type not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModelError(
                 f"unsupported model_type {self.model_type!r}: prefopt implements "
-                f"{sorted(SUPPORTED_ARCHITECTURES)} (Llama 2/3, Mistral, Qwen2/3, SmolLM2, Gemma 3)"
+                f"{sorted(SUPPORTED_ARCHITECTURES)} (Llama 2/3, Mistral, Qwen2/3, SmolLM2/3, Gemma 3)"
             )
         act = "gelu_pytorch_tanh" if self.gemma else "silu"
         if self.hidden_act != act:
@@ -111,6 +114,10 @@ class ModelConfig:
         if self.layer_types is not None and self.layer_types[layer] != SLIDING:
             return None
         return self.sliding_window
+
+    def uses_rope(self, layer: int) -> bool:
+        """Whether layer ``layer`` rotates its queries and keys (SmolLM3's NoPE layers do not)."""
+        return self.no_rope_layers is None or bool(self.no_rope_layers[layer])
 
     def local_rope(self, layer: int) -> bool:
         """Whether layer ``layer`` takes the local RoPE (Gemma 3's sliding layers)."""
@@ -159,7 +166,9 @@ class ModelConfig:
             kw["rope_scaling"].get("rope_type", kw["rope_scaling"].get("type")) == "default"
         ):
             kw["rope_scaling"] = None
-        if model_type in ("qwen2", "qwen3"):
+        if model_type == "smollm3":
+            kw.update(_smollm3(d))
+        elif model_type in ("qwen2", "qwen3"):
             if model_type == "qwen2":
                 kw["attention_bias"] = True  # q/k/v projections always carry a bias
             kw["sliding_window"] = d.get("sliding_window") if d.get("use_sliding_window") else None
@@ -209,14 +218,29 @@ class ModelConfig:
             d["rope_scaling"] = self.rope_scaling
         if self.model_type == "llama":
             d.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
-        if self.model_type == "qwen3":
+        if self.model_type in ("qwen3", "smollm3"):
             d.update(attention_bias=self.attention_bias)
+        if self.no_rope_layers is not None:
+            d.update(no_rope_layers=self.no_rope_layers)
         if self.gemma:  # what a config built from a GGUF file has in no raw dict
             d.update(layer_types=self.layer_types, sliding_window=self.sliding_window,
                      query_pre_attn_scalar=self.query_pre_attn_scalar)
             if "rope_parameters" not in d:
                 d["rope_local_base_freq"] = self.local_rope_theta
         return d
+
+
+def _smollm3(d: dict[str, Any]) -> dict[str, Any]:
+    """SmolLM3's settings: the layers without RoPE (listed, else every ``no_rope_layer_interval``-th,
+    as transformers makes them); its sliding window (off in the released models) is refused."""
+    n = d["num_hidden_layers"]
+    every = d.get("no_rope_layer_interval", 4)
+    layers = d.get("no_rope_layers") or [int((i + 1) % every != 0) for i in range(n)]
+    if len(layers) != n or set(layers) - {0, 1}:
+        raise UnsupportedModelError(f"no_rope_layers {layers}: expected {n} of 0 / 1")
+    if d.get("use_sliding_window"):
+        raise UnsupportedModelError("SmolLM3 with use_sliding_window is not supported")
+    return dict(no_rope_layers=[int(x) for x in layers], sliding_window=None)
 
 
 def _gemma3(d: dict[str, Any]) -> dict[str, Any]:

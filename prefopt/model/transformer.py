@@ -81,7 +81,8 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(D, self.n_kv * self.hd, bias=b)
         self.v_proj = nn.Linear(D, self.n_kv * self.hd, bias=b)
         self.o_proj = nn.Linear(self.n_head * self.hd, D,
-                                bias=cfg.attention_bias and cfg.model_type in ("llama", "qwen3", "gemma3_text"))
+                                bias=cfg.attention_bias and cfg.model_type in ("llama", "qwen3", "smollm3",
+                                                                               "gemma3_text"))
         self.scale = cfg.query_pre_attn_scalar ** -0.5 if cfg.query_pre_attn_scalar else None  # None: 1/sqrt(hd)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps, gemma=cfg.gemma)
@@ -94,7 +95,8 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cos is not None:  # None: a layer without positions (SmolLM3's NoPE layers)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, Hkv, S, hd)
         gqa = self.n_kv != self.n_head
@@ -175,6 +177,7 @@ class Transformer(nn.Module):
             self.register_buffer("inv_freq_local", rope_inv_freq(cfg, local=True), persistent=False)
         self._windows = [cfg.window(i) for i in range(cfg.num_hidden_layers)]
         self._local = [cfg.local_rope(i) for i in range(cfg.num_hidden_layers)]
+        self._rope = [cfg.uses_rope(i) for i in range(cfg.num_hidden_layers)]
 
     @property
     def output_weight(self) -> torch.Tensor:
@@ -253,8 +256,8 @@ class Transformer(nn.Module):
         if any(self._local):
             rope[True] = rope_cos_sin(self.inv_freq_local, position_ids, x.dtype)
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for layer, window, local in zip(self.model.layers, self._windows, self._local):
-            cos, sin = rope[local]
+        for layer, window, local, rotate in zip(self.model.layers, self._windows, self._local, self._rope):
+            cos, sin = rope[local] if rotate else (None, None)
             if ckpt:
                 x = checkpoint(layer, x, cos, sin, masks[window], kv_cache, use_reentrant=False)
             else:

@@ -20,6 +20,9 @@ FAMILIES = {
     "qwen2-tied": dict(arch="qwen2", tie_word_embeddings=True),
     "qwen3": dict(arch="qwen3"),  # q/k norms, no biases
     "qwen3-tied-bias": dict(arch="qwen3", tie_word_embeddings=True, attention_bias=True),
+    "smollm3": dict(arch="smollm3"),  # layer 3 of 4 without RoPE (NoPE)
+    "smollm3-untied-bias": dict(arch="smollm3", tie_word_embeddings=False, attention_bias=True,
+                                no_rope_layers=[0, 1, 1, 0]),
     "gemma3": dict(arch="gemma3"),  # a sliding layer (window 4) and a full one: tests/model/test_gemma3.py
     "gemma3-untied": dict(arch="gemma3", tie_word_embeddings=False, num_key_value_heads=4),
 }
