@@ -7,26 +7,18 @@ import json
 import pytest
 import torch
 
-from prefopt import generate, load_model
+from prefopt import load_model
 from prefopt.model.config import ModelConfig, UnsupportedModelError
 from tests._tiny import build_hf_model, peft_lora
+from tests.model import _family as family
 
 transformers = pytest.importorskip("transformers")
-IDS = torch.randint(3, 400, (2, 13), generator=torch.Generator().manual_seed(0))
+IDS = family.IDS
 
 
 @pytest.fixture(scope="module")
 def gemma(tmp_path_factory):
-    d = tmp_path_factory.mktemp("gemma3")
-    hf = build_hf_model(d, arch="gemma3", tokenizer=False)
-    return hf, load_model(d), d
-
-
-def _variant(ours, **changes):
-    """``ours`` rebuilt from its config.json with ``changes``, the same weights."""
-    other = ours.__class__(ModelConfig.from_dict({**ours.config.raw, **changes}))
-    other.load_state_dict(ours.state_dict())
-    return other.eval()
+    return family.tiny_family(tmp_path_factory, "gemma3")
 
 
 def test_each_layer_type_keeps_its_window_and_rope(gemma):
@@ -46,7 +38,7 @@ def test_each_layer_type_keeps_its_window_and_rope(gemma):
                         {"rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
                                              "full_attention": full}},  # no scaling
                         {"query_pre_attn_scalar": 16}):
-            assert (_variant(ours, **changes)(IDS) - want).abs().max().item() > 1e-3, changes
+            assert (family.variant(ours, **changes)(IDS) - want).abs().max().item() > 1e-3, changes
 
 
 def test_the_older_config_spelling_reads_the_same(gemma):
@@ -78,24 +70,13 @@ def test_what_prefopt_does_not_run_is_refused_by_name(gemma, changes, error):
 
 def test_greedy_generation_with_the_cache_matches_transformers(gemma):
     """Past the window: the sliding layer's cache keeps every key, its mask only the last 4."""
-    hf, ours, _ = gemma
-    for p in ([5, 17, 33, 90, 4, 61, 7], [8, 9]):
-        want = hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                           max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
-        assert generate(ours, [p], max_new_tokens=12) == [want[0, len(p):].tolist()]
-    together = generate(ours, [[5, 17, 33, 90, 4, 61, 7], [8, 9]], max_new_tokens=12)  # left-padded batch
-    assert together == [generate(ours, [p], max_new_tokens=12)[0] for p in ([5, 17, 33, 90, 4, 61, 7], [8, 9])]
+    family.assert_greedy_generation_matches(*gemma[:2])
 
 
 def test_packed_sequences_equal_each_run_alone(gemma):
     """SFT packs examples into one row: each keeps its windows and positions (a 9-token one is
     longer than the window)."""
-    _, ours, _ = gemma
-    a, b = IDS[0, :9], IDS[1, :6]
-    with torch.no_grad():
-        packed = ours(torch.cat([a, b])[None], packed=[9, 6])
-        assert (packed[0, :9] - ours(a[None])[0]).abs().max().item() < 1e-5
-        assert (packed[0, 9:] - ours(b[None])[0]).abs().max().item() < 1e-5
+    family.assert_packed_equals_alone(gemma[1], IDS)
 
 
 def test_bfloat16_matches_transformers_in_bfloat16(gemma, tmp_path):
@@ -110,16 +91,9 @@ def test_bfloat16_matches_transformers_in_bfloat16(gemma, tmp_path):
 
 
 def test_a_saved_gemma_loads_in_transformers(gemma, tmp_path):
-    from prefopt import save_model
-
-    hf, ours, _ = gemma
-    save_model(ours, tmp_path / "saved")
-    cfg = json.loads((tmp_path / "saved" / "config.json").read_text())
+    cfg = family.assert_saved_loads_in_transformers(*gemma[:2], tmp_path / "saved", IDS)
     assert cfg["architectures"] == ["Gemma3ForCausalLM"] and cfg["hidden_activation"] == "gelu_pytorch_tanh"
     assert "hidden_act" not in cfg and cfg["layer_types"] == ["sliding_attention", "full_attention"]
-    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "saved", dtype=torch.float32).eval()
-    with torch.no_grad():
-        assert (back(IDS).logits - hf(IDS).logits).abs().max().item() < 1e-6
 
 
 def test_lora_adapters_load_both_ways_with_peft(gemma, tmp_path):

@@ -2,31 +2,20 @@
 a Llama whose every fourth layer attends without RoPE (NoPE). Its layers without RoPE, both
 ways of giving them, generation with the cache, packing, saving and training. Logits, padding
 and hidden states of every family are in test_parity.py (``smollm3`` there)."""
-import json
-
 import pytest
 import torch
 
-from prefopt import generate, load_model
 from prefopt.model.config import ModelConfig, UnsupportedModelError
 from tests._tiny import build_hf_model
+from tests.model import _family as family
 
 transformers = pytest.importorskip("transformers")
-IDS = torch.randint(3, 400, (2, 13), generator=torch.Generator().manual_seed(0))
+IDS = family.IDS
 
 
 @pytest.fixture(scope="module")
 def smollm3(tmp_path_factory):
-    d = tmp_path_factory.mktemp("smollm3")
-    hf = build_hf_model(d, arch="smollm3", tokenizer=False)
-    return hf, load_model(d), d
-
-
-def _variant(ours, **changes):
-    """``ours`` rebuilt from its config.json with ``changes``, the same weights."""
-    other = ours.__class__(ModelConfig.from_dict({**ours.config.raw, **changes}))
-    other.load_state_dict(ours.state_dict())
-    return other.eval()
+    return family.tiny_family(tmp_path_factory, "smollm3")
 
 
 def test_the_layers_without_rope_are_read_and_matter(smollm3):
@@ -39,7 +28,7 @@ def test_the_layers_without_rope_are_read_and_matter(smollm3):
     with torch.no_grad():
         want = hf(IDS).logits
         assert (ours(IDS) - want).abs().max().item() < 1e-4
-        assert (_variant(ours, no_rope_layers=[1, 1, 1, 1])(IDS) - want).abs().max().item() > 1e-3  # RoPE everywhere
+        assert (family.variant(ours, no_rope_layers=[1, 1, 1, 1])(IDS) - want).abs().max().item() > 1e-3  # RoPE everywhere
 
 
 @pytest.mark.parametrize("changes, error", [
@@ -53,34 +42,16 @@ def test_what_prefopt_does_not_run_is_refused_by_name(smollm3, changes, error):
 
 
 def test_greedy_generation_with_the_cache_matches_transformers(smollm3):
-    hf, ours, _ = smollm3
-    for p in ([5, 17, 33, 90, 4, 61, 7], [8, 9]):
-        want = hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                           max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
-        assert generate(ours, [p], max_new_tokens=12) == [want[0, len(p):].tolist()]
-    together = generate(ours, [[5, 17, 33, 90, 4, 61, 7], [8, 9]], max_new_tokens=12)  # left-padded batch
-    assert together == [generate(ours, [p], max_new_tokens=12)[0] for p in ([5, 17, 33, 90, 4, 61, 7], [8, 9])]
+    family.assert_greedy_generation_matches(*smollm3[:2])
 
 
 def test_packed_sequences_equal_each_run_alone(smollm3):
-    _, ours, _ = smollm3
-    a, b = IDS[0, :9], IDS[1, :6]
-    with torch.no_grad():
-        packed = ours(torch.cat([a, b])[None], packed=[9, 6])
-        assert (packed[0, :9] - ours(a[None])[0]).abs().max().item() < 1e-5
-        assert (packed[0, 9:] - ours(b[None])[0]).abs().max().item() < 1e-5
+    family.assert_packed_equals_alone(smollm3[1], IDS)
 
 
 def test_a_saved_smollm3_loads_in_transformers(smollm3, tmp_path):
-    from prefopt import save_model
-
-    hf, ours, _ = smollm3
-    save_model(ours, tmp_path / "saved")
-    cfg = json.loads((tmp_path / "saved" / "config.json").read_text())
+    cfg = family.assert_saved_loads_in_transformers(*smollm3[:2], tmp_path / "saved", IDS)
     assert cfg["architectures"] == ["SmolLM3ForCausalLM"] and cfg["no_rope_layers"] == [1, 1, 1, 0]
-    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "saved", dtype=torch.float32).eval()
-    with torch.no_grad():
-        assert (back(IDS).logits - hf(IDS).logits).abs().max().item() < 1e-6
 
 
 def test_sft_trains_a_smollm3(tmp_path):
