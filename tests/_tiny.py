@@ -177,8 +177,9 @@ def build_hf_model(out: Path, arch: str = "llama", seed: int = 0, tokenizer: boo
 def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "smollm", spm_scores: bool = True,
                     rope_scaling: str | None = None, experts: int = 0, add_bos: bool | None = False,
                     gemma_pattern: bool = False, gemma_scale: bool = False) -> Path:
-    """Write ``hf_dir`` (a tiny llama, qwen2 or gemma3 saved by :func:`build_hf_model`) as a llama.cpp
-    GGUF file of that architecture, permuting llama's q/k rows the way llama.cpp's converter does
+    """Write ``hf_dir`` (a tiny llama, qwen2/3, smollm3 or gemma3 saved by :func:`build_hf_model`) as a
+    llama.cpp GGUF file of that architecture, permuting llama's (and smollm3's) q/k rows the way llama.cpp's
+    converter does
     (its qwen2 and gemma3 keep HF's order; gemma3's tensors named by gguf's own TensorNameMap, its
     norms stored as 1 + w, and only what its converter writes: ``gemma_pattern`` adds a per-layer
     sliding flag, ``gemma_scale`` the query scale) and quantizing 2-D weights to ``qtype``. A SentencePiece
@@ -266,9 +267,9 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
         else:
             parts = name.split(".")  # model.layers.N.<module>.<leaf>.weight
             gname = f"blk.{parts[2]}.{layer['.'.join(parts[3:-1])]}.{parts[-1]}"
-        if arch == "llama" and name.endswith("q_proj.weight"):
+        if arch in ("llama", "smollm3") and name.endswith("q_proj.weight"):
             t = permute_qk(t, cfg["num_attention_heads"])
-        elif arch == "llama" and name.endswith("k_proj.weight"):
+        elif arch in ("llama", "smollm3") and name.endswith("k_proj.weight"):
             t = permute_qk(t, cfg["num_key_value_heads"])
         arr = t.float().numpy()
         if t.ndim == 2 and qtype != "F32":

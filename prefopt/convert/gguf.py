@@ -48,7 +48,9 @@ _GLOBAL_NAMES = {
 }
 EXACT_UP_TO = 1_000_000_000  # parameters: a quantized file imports to float32 (exact) up to this, bfloat16 past it
 # GGUF architecture -> prefopt model_type
-_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text"}
+_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3", "gemma3": "gemma3_text"}
+# llama.cpp's smollm3 leaves RoPE out of every 4th layer, a fixed step (the released SmolLM3's)
+SMOLLM3_NO_ROPE_STEP = 4
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: torch.dtype | str = "auto",
@@ -81,7 +83,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: torch.dty
     writer = ShardWriter(out)
     tensors = reader.tensors
     bar = _bar(tensors, progress)
-    permuted = cfg.model_type == "llama"  # llama.cpp's qwen2/3 and gemma3 read q/k rows in HF's order
+    permuted = cfg.model_type in ("llama", "smollm3")  # llama.cpp's qwen2/3 and gemma3 read q/k rows in HF's order
     for t in bar:
         name = _hf_name(t.name, gguf_path, gguf_gemma.LAYER_NAMES if cfg.gemma else _LAYER_NAMES)
         if name is None:
@@ -258,5 +260,11 @@ def _config(meta: _Metadata, *, tied: bool, rope_freqs: np.ndarray | None = None
         bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
         eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
         pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
+        no_rope_layers=smollm3_no_rope_layers(layers) if arch == "smollm3" else None,
         **gemma,
     )
+
+
+def smollm3_no_rope_layers(n_layer: int) -> list[int]:
+    """llama.cpp's SmolLM3 layers, 1 where RoPE applies: all but every :data:`SMOLLM3_NO_ROPE_STEP`-th."""
+    return [int((i + 1) % SMOLLM3_NO_ROPE_STEP != 0) for i in range(n_layer)]

@@ -30,7 +30,7 @@ import torch
 from .._deps import progress, require
 from ..model.config import UnsupportedModelError
 from . import gguf_gemma
-from .gguf import _GLOBAL_NAMES, _LAYER_NAMES, permute_qk
+from .gguf import _GLOBAL_NAMES, _LAYER_NAMES, SMOLLM3_NO_ROPE_STEP, permute_qk, smollm3_no_rope_layers
 from .gguf_rope import rope_divisors
 from .gguf_tokenizer import tokenizer_metadata
 
@@ -99,10 +99,13 @@ def _check_exportable(cfg, src) -> None:
     ``qwen2`` one Qwen2 (q/k/v biases); Llama 3.1's RoPE scaling only in the first. Neither has a
     sliding window: as llama.cpp's converter does with Mistral 7B v0.1's (and so BioMistral's),
     it is dropped, with a warning (the same model for contexts up to the window)."""
-    if cfg.model_type not in ("llama", "mistral", "qwen2", "qwen3", "gemma3_text"):
-        raise UnsupportedModelError(f"{src}: model_type {cfg.model_type!r}: prefopt exports Llama, Mistral, SmolLM2, "
+    if cfg.model_type not in ("llama", "mistral", "qwen2", "qwen3", "smollm3", "gemma3_text"):
+        raise UnsupportedModelError(f"{src}: model_type {cfg.model_type!r}: prefopt exports Llama, Mistral, SmolLM2/3, "
                                     "Qwen2/3 and Gemma 3 to GGUF; for others, run llama.cpp's convert_hf_to_gguf.py on a "
                                     "`prefopt merge` folder")
+    if cfg.model_type == "smollm3" and cfg.no_rope_layers != smollm3_no_rope_layers(cfg.num_hidden_layers):
+        raise UnsupportedModelError(f"{src}: no_rope_layers {cfg.no_rope_layers}: llama.cpp's smollm3 leaves RoPE out "
+                                    f"of every {SMOLLM3_NO_ROPE_STEP}th layer, and of no other")
     if cfg.gemma:
         gguf_gemma.check_exportable(cfg, src)
         return
@@ -131,10 +134,13 @@ def _gguf_name(hf_name: str, src, layer_names: dict[str, str]) -> str:
     raise UnsupportedModelError(f"{src}: tensor {hf_name!r} has no GGUF counterpart")
 
 
+_GGUF_ARCH = {"qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3", "gemma3_text": "gemma3"}
+
+
 def _arch(cfg) -> str:
-    """The GGUF architecture: ``qwen2``, ``qwen3`` and ``gemma3`` for those, else ``llama``
+    """The GGUF architecture: ``qwen2``, ``qwen3``, ``smollm3`` and ``gemma3`` for those, else ``llama``
     (llama.cpp's converter writes Mistral as llama too)."""
-    return {"qwen2": "qwen2", "qwen3": "qwen3", "gemma3_text": "gemma3"}.get(cfg.model_type, "llama")
+    return _GGUF_ARCH.get(cfg.model_type, "llama")
 
 
 def _gguf_order(hf_name: str, t: torch.Tensor, cfg) -> np.ndarray:
@@ -143,7 +149,7 @@ def _gguf_order(hf_name: str, t: torch.Tensor, cfg) -> np.ndarray:
     t = t.detach().float()
     if cfg.gemma and gguf_gemma.is_norm(hf_name):  # llama.cpp applies w; Gemma (1 + w)
         t = t + gguf_gemma.NORM_SHIFT
-    llama = _arch(cfg) == "llama"
+    llama = _arch(cfg) in ("llama", "smollm3")  # llama.cpp's SmolLM3 is converted as a Llama
     if llama and hf_name.endswith("self_attn.q_proj.weight"):
         t = permute_qk(t, cfg.num_attention_heads)
     elif llama and hf_name.endswith("self_attn.k_proj.weight"):

@@ -142,7 +142,7 @@ def test_an_architecture_prefopt_does_not_implement_is_refused_by_name(src, tmp_
     # same length, so the file stays well-formed: "llama" -> "gemma" in general.architecture and its keys
     (tmp_path / "g.gguf").write_bytes(data.replace(b"llama", b"gemma"))
     with pytest.raises(UnsupportedModelError, match=r"g\.gguf: GGUF architecture 'gemma' is not supported; "
-                                                    r"prefopt imports \['gemma3', 'llama', 'qwen2', 'qwen3'\]"):
+                                                    r"prefopt imports \['gemma3', 'llama', 'qwen2', 'qwen3', 'smollm3'\]"):
         convert_gguf(tmp_path / "g.gguf", tmp_path / "out", progress=False)
 
 
