@@ -1,8 +1,9 @@
 """Model configuration, read from a Hugging Face ``config.json``.
 
 One dataclass covers the Llama family (Llama 2/3/3.1/3.2, Mistral, Qwen2/2.5, Qwen3,
-SmolLM2, SmolLM3: every fourth layer without RoPE) and Gemma 3's text model (Gemma 3, MedGemma 27B text). It holds only what those files
-hold; derived fields are set in ``__post_init__``. Both spellings of the RoPE settings are read:
+SmolLM2, SmolLM3: every fourth layer without RoPE) and Gemma 3's text model (Gemma 3,
+MedGemma 27B text). It holds only what those files hold; derived fields are set in
+``__post_init__``. Both spellings of the RoPE settings are read:
 the older top-level ``rope_theta`` / ``rope_scaling`` (Gemma 3: and ``rope_local_base_freq``)
 and the newer ``rope_parameters`` (Gemma 3: one per layer type).
 """

@@ -80,9 +80,9 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(D, self.n_head * self.hd, bias=b)
         self.k_proj = nn.Linear(D, self.n_kv * self.hd, bias=b)
         self.v_proj = nn.Linear(D, self.n_kv * self.hd, bias=b)
+        # attention_bias puts a bias on o_proj too, but in Qwen2 (q/k/v only) and Mistral
         self.o_proj = nn.Linear(self.n_head * self.hd, D,
-                                bias=cfg.attention_bias and cfg.model_type in ("llama", "qwen3", "smollm3",
-                                                                               "gemma3_text"))
+                                bias=cfg.attention_bias and cfg.model_type not in ("qwen2", "mistral"))
         self.scale = cfg.query_pre_attn_scalar ** -0.5 if cfg.query_pre_attn_scalar else None  # None: 1/sqrt(hd)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps, gemma=cfg.gemma)
