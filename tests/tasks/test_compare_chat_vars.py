@@ -112,3 +112,22 @@ def test_a_compare_run_trains_and_evaluates_with_its_chat_vars_and_keeps_them(th
                                   judge=str(thinking)))
     assert "the judge answers with enable_thinking=false (one digit)" in capsys.readouterr().out
     assert tok.decode(prompts[-1], False).endswith(EMPTY_THOUGHT)  # the judge's last prompt
+
+
+def test_eval_says_when_an_adapter_was_trained_with_other_chat_vars(thinking, tmp_path, capsys):
+    """An adapter's run (its train_config.json beside final/) trained with enable_thinking=false:
+    evaluating it without the flag says so, and with it says nothing (nor the unset-switch line)."""
+    from prefopt import apply_lora, load_model, save_adapter
+    from prefopt.cli import main
+
+    run = tmp_path / "run"
+    save_adapter(apply_lora(load_model(thinking), r=2, alpha=4, dropout=0.0), run / "final", base_model=str(thinking))
+    (run / "train_config.json").write_text(json.dumps({"model": str(thinking), "chat_vars": {"enable_thinking": False}}))
+    ask = ["eval", "--task", "portal", "--model", str(thinking), "--adapter", str(run / "final"), "--limit", "2",
+           "--max-new-tokens", "2"]
+    assert main(ask + ["--output", str(tmp_path / "e1")]) == 0
+    said = capsys.readouterr().out
+    assert (f"prefopt eval: {run / 'final'} was trained with chat variables enable_thinking=false, and these prompts "
+            "are rendered with (none)") in said and "left unset" not in said
+    assert main(ask + ["--output", str(tmp_path / "e2"), "--chat-vars", "enable_thinking=false"]) == 0
+    assert "was trained with" not in capsys.readouterr().out
