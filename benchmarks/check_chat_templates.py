@@ -52,7 +52,8 @@ SWITCHES = {"enable_thinking": [False, True], "thinking": [True, False], "reason
 def _ours(template: str, messages: list, gen: bool, switches: dict) -> str:
     from prefopt.chat_template import render_chat
 
-    return render_chat(template, messages, add_generation_prompt=gen, special_tokens=SPECIALS, **switches)  # the clock's date, as theirs
+    # strftime_now: the clock's, as transformers' (a date pinned at midnight would differ from a template's time)
+    return render_chat(template, messages, add_generation_prompt=gen, special_tokens=SPECIALS, **switches)
 
 
 def _theirs(template: str, messages: list, gen: bool, switches: dict) -> str:
