@@ -94,6 +94,9 @@ def check_template(template: str) -> dict:
     same = total = 0
     differ, boundary, opens, kept = [], {}, {}, []
     for switches in _settings(set(own)):
+        def render(m, g, s=switches):
+            return _ours(template, m, g, s)
+
         key = " ".join(f"{k}={json.dumps(v)}" for k, v in switches.items()) or "plain"
         for name, msgs in CONVERSATIONS.items():
             for messages, gen in ((msgs, True), (msgs + [{"role": "assistant", "content": ANSWER}], False)):
@@ -106,13 +109,13 @@ def check_template(template: str) -> dict:
                                    "ours": ours if isinstance(ours, tuple) else ours[-300:],
                                    "theirs": theirs if isinstance(theirs, tuple) else theirs[-300:]})
             try:
-                prompt, full, continued = exchange_texts(lambda m, g, s=switches: _ours(template, m, g, s), msgs, ANSWER)
+                prompt, full, continued = exchange_texts(render, msgs, ANSWER)
             except Exception as e:  # the template refuses the conversation, or the response cannot be cut off
                 boundary.setdefault(key, {})[name] = f"refused: {type(e).__name__}"
                 continue
             boundary.setdefault(key, {})[name] = f"continued: {full[len(prompt) - 20:]!r}" if continued else "prefix"
             opens.setdefault(key, opens_reasoning(prompt))
-            prompt, full, _ = exchange_texts(lambda m, g, s=switches: _ours(template, m, g, s), msgs, REASONED)
+            prompt, full, _ = exchange_texts(render, msgs, REASONED)
             kept.append(full[len(prompt):].count(THOUGHT) == 1 and full[len(prompt):].count(ANSWER) == 1)
     return {"same": same, "total": total, "differ": differ, "boundary": boundary, "opens": opens, "vars": own,
             "reasoning_kept": f"{sum(kept)}/{len(kept)}"}

@@ -100,9 +100,9 @@ def _check_exportable(cfg, src) -> None:
     sliding window: as llama.cpp's converter does with Mistral 7B v0.1's (and so BioMistral's),
     it is dropped, with a warning (the same model for contexts up to the window)."""
     if cfg.model_type not in ("llama", "mistral", "qwen2", "qwen3", "smollm3", "gemma3_text"):
-        raise UnsupportedModelError(f"{src}: model_type {cfg.model_type!r}: prefopt exports Llama, Mistral, SmolLM2/3, "
-                                    "Qwen2/3 and Gemma 3 to GGUF; for others, run llama.cpp's convert_hf_to_gguf.py on a "
-                                    "`prefopt merge` folder")
+        raise UnsupportedModelError(f"{src}: model_type {cfg.model_type!r}: prefopt exports Llama, Mistral, "
+                                    "SmolLM2/3, Qwen2/3 and Gemma 3 to GGUF; for others, run llama.cpp's "
+                                    "convert_hf_to_gguf.py on a `prefopt merge` folder")
     if cfg.model_type == "smollm3" and cfg.no_rope_layers != smollm3_no_rope_layers(cfg.num_hidden_layers):
         raise UnsupportedModelError(f"{src}: no_rope_layers {cfg.no_rope_layers}: llama.cpp's smollm3 leaves RoPE out "
                                     f"of every {SMOLLM3_NO_ROPE_STEP}th layer, and of no other")
@@ -138,7 +138,7 @@ _GGUF_ARCH = {"qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3", "gemma3_
 
 
 def _arch(cfg) -> str:
-    """The GGUF architecture: ``qwen2``, ``qwen3``, ``smollm3`` and ``gemma3`` for those, else ``llama``
+    """The GGUF architecture: ``qwen2``, ``qwen3``, ``smollm3``, ``gemma3`` for those, else ``llama``
     (llama.cpp's converter writes Mistral as llama too)."""
     return _GGUF_ARCH.get(cfg.model_type, "llama")
 

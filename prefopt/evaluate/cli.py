@@ -191,8 +191,8 @@ def _predict(args) -> int:
     settings = {k: getattr(args, k) for k in DECODING}
     confidence = args.confidence and confidence_possible(task, "predict")
     made = {"task": task.name, "task_options": options, "model": args.model, "adapter": args.adapter,
-            "data": str(Path(args.data).resolve()), **decoding(settings, task), **placement(model), **prompt_settings(tok),
-            "confidence": confidence, **({"confidence_scoring": SCORING} if confidence else {})}
+            "data": str(Path(args.data).resolve()), **decoding(settings, task), **placement(model),
+            **prompt_settings(tok), "confidence": confidence, **({"confidence_scoring": SCORING} if confidence else {})}
     with claimed(args.output):
         stamp = fingerprint(records, made | {"row_format": ROW_FORMAT})  # what a stopped run must match
         rows = predict_in_blocks(model, tok, task, records, args.output, stamp,
