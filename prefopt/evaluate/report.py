@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..chat_template import describe_chat_vars
 from ..fileio import write_json_atomic, write_text_atomic
 from ..train.curves import FILE as CURVES
 from ..train.curves import plot_curves
@@ -239,7 +240,8 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
     decoded = decoding_line(results)
     lines = [f"# prefopt compare: {task.name}", "",
              f"Model `{cfg.model}`; data `{cfg.data or 'bundled'}`; preset `{cfg.preset}`; seed {cfg.seed}; "
-             f"{len(test)} test items; DPO pairs by `{cfg.strategy}`, loss `{cfg.loss}`{_chosen(stats)}.",
+             f"{len(test)} test items; DPO pairs by `{cfg.strategy}`, loss `{cfg.loss}`{_chosen(stats)}"
+             + (f"; the chat template given `{describe_chat_vars(cfg.chat_vars)}`" if cfg.chat_vars else "") + ".",
              *(["", decoded] if decoded else []), "",
              "## Does it help?", "",
              f"- SFT vs base: {cmp['base->sft']['verdict']}",
@@ -295,6 +297,6 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
         lines += ["", "(Plots skipped: install matplotlib, `pip install 'prefopt[plots]'`.)"]
     write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
     report = {"task": task.name, "model": cfg.model, "preset": cfg.preset, "n_test": len(test), "metric": task.primary,
-              "plots": plots, "weights": weights, **stats}
+              "plots": plots, "weights": weights, **({"chat_vars": cfg.chat_vars} if cfg.chat_vars else {}), **stats}
     write_json_atomic(out / "report.json", report)
     return report

@@ -39,6 +39,16 @@ def eval_flags(cfg, task, metrics: dict) -> list[str]:
     return flags
 
 
+def prompt_flags(metrics: dict) -> list[str]:
+    """``--chat-date`` and ``--chat-vars`` as a stage's ``metrics.json`` records them (the date where
+    the chat template prints one, the variables where the run gave any): the prompts its answers
+    came from."""
+    flags = ["--chat-date", metrics["chat_date"]] if metrics.get("chat_date") else []
+    if metrics.get("chat_vars"):
+        flags += ["--chat-vars", *(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in metrics["chat_vars"].items())]
+    return flags
+
+
 def _json(text: str) -> bool:
     """Whether ``--task-option k=text`` would be read as JSON (``123``, ``true``), not as the text."""
     try:
@@ -61,12 +71,13 @@ def adapters_line(model: str, out: Path, weights: dict[str, str], quantized: str
 def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dict) -> list[str]:
     """Markdown: each trained stage's adapter (``weights``, relative to ``out``) and the commands.
     A run on a 4-bit base (``dpo_metrics["quantized"]``) is used as it was evaluated: the commands
-    that answer load the base in 4 bits too (``--quantize``)."""
+    that answer load the base in 4 bits too (``--quantize``), and render the prompts as it did
+    (``--chat-date``, ``--chat-vars``: :func:`prompt_flags`)."""
     folder = Path(cfg.output)
     q = shlex.quote
     model, adapter = q(str(cfg.model)), q(str(folder / weights["dpo"]))
     quantized = dpo_metrics.get("quantized")
-    as_run = ["--quantize", q(quantized)] if quantized else []
+    as_run = (["--quantize", q(quantized)] if quantized else []) + list(map(q, prompt_flags(dpo_metrics)))
 
     confidence = ["--confidence"] if scorable(task) is None else []  # does predict's confidence column mean much?
 

@@ -112,3 +112,24 @@ def test_a_4bit_run_is_used_on_its_4bit_base_and_its_adapters_are_named(tmp_path
     assert "in full precision: the adapter learnt the nf4-dq base's corrections too" in "\n".join(lines)
     plain = models_lines(cfg, get_task("portal"), tmp_path / "run", weights, {})
     assert not any("--quantize" in c for c in _commands(plain)) and "in full precision" not in "\n".join(plain)
+
+
+def test_the_commands_render_the_prompts_as_the_run_did(tmp_path):
+    """A run whose template printed a date, and which gave it chat variables: every command that
+    answers takes both, and each parses back to the run's values (a text value with a space too)."""
+    from prefopt.cli import chat_vars_arg
+
+    cfg = CompareConfig(task="portal", model="m", output=str(tmp_path))
+    (tmp_path / "dpo/train/final").mkdir(parents=True)
+    (tmp_path / "dpo/train/final" / STACK_FILE).write_text("{}")
+    ran = {"chat_date": "2026-11-30", "chat_vars": {"enable_thinking": False, "style": "very brief"}}
+    commands = _commands(models_lines(cfg, get_task("portal"), tmp_path,
+                                      {"sft": "sft/train/final", "dpo": "dpo/train/final"}, ran))
+    assert [c[1] for c in commands] == ["eval", "eval", "predict", "generate", "merge", "export-gguf"]
+    for c in commands[:4]:
+        args = build_parser().parse_args([{"NEW_FILE": "n.jsonl", "NEW_RECORDS": "n.jsonl"}.get(a, a) for a in c[1:]])
+        assert args.chat_date == "2026-11-30" and chat_vars_arg(args) == ran["chat_vars"], c
+    assert all("--chat-vars" not in c and "--chat-date" not in c for c in commands[4:])  # they render no prompt
+    plain = _commands(models_lines(cfg, get_task("portal"), tmp_path, {"sft": "sft/train/final",
+                                                                       "dpo": "dpo/train/final"}, {}))
+    assert not any("--chat-vars" in c or "--chat-date" in c for c in plain)

@@ -131,3 +131,17 @@ def test_eval_says_when_an_adapter_was_trained_with_other_chat_vars(thinking, tm
             "are rendered with (none)") in said and "left unset" not in said
     assert main(ask + ["--output", str(tmp_path / "e2"), "--chat-vars", "enable_thinking=false"]) == 0
     assert "was trained with" not in capsys.readouterr().out
+
+
+def test_a_finished_compare_report_says_its_chat_vars_and_its_commands_pass_them(thinking, tmp_path):
+    out = tmp_path / "run"
+    report = run_compare(CompareConfig(task="portal", model=str(thinking), output=str(out), overrides=TINY,
+                                       n_resamples=100, chat_vars={"enable_thinking": False}))
+    text = (out / "report.md").read_text()
+    assert "; the chat template given `enable_thinking=false`." in text and report["chat_vars"] == {
+        "enable_thinking": False}
+    commands = [line for line in text.splitlines() if line.startswith(("prefopt eval", "prefopt predict",
+                                                                        "prefopt generate"))]
+    assert len(commands) >= 3 and all("--chat-vars enable_thinking=false" in c for c in commands)
+    for stage in ("base", "sft", "dpo"):
+        assert json.loads((out / stage / "metrics.json").read_text())["chat_vars"] == {"enable_thinking": False}
