@@ -238,10 +238,11 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
         sel["against_step_0"] = against_step_0(task, val, out, sel["step"], cfg.n_resamples, cfg.seed)
     trained = dynamics_lines(stats["training"])
     decoded = decoding_line(results)
+    chat_vars = getattr(cfg, "chat_vars", None)  # a report rebuilt for a run from before them has none
     lines = [f"# prefopt compare: {task.name}", "",
              f"Model `{cfg.model}`; data `{cfg.data or 'bundled'}`; preset `{cfg.preset}`; seed {cfg.seed}; "
              f"{len(test)} test items; DPO pairs by `{cfg.strategy}`, loss `{cfg.loss}`{_chosen(stats)}"
-             + (f"; the chat template given `{describe_chat_vars(cfg.chat_vars)}`" if cfg.chat_vars else "") + ".",
+             + (f"; the chat template given `{describe_chat_vars(chat_vars)}`" if chat_vars else "") + ".",
              *(["", decoded] if decoded else []), "",
              "## Does it help?", "",
              f"- SFT vs base: {cmp['base->sft']['verdict']}",
@@ -297,6 +298,6 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
         lines += ["", "(Plots skipped: install matplotlib, `pip install 'prefopt[plots]'`.)"]
     write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
     report = {"task": task.name, "model": cfg.model, "preset": cfg.preset, "n_test": len(test), "metric": task.primary,
-              "plots": plots, "weights": weights, **({"chat_vars": cfg.chat_vars} if cfg.chat_vars else {}), **stats}
+              "plots": plots, "weights": weights, **({"chat_vars": chat_vars} if chat_vars else {}), **stats}
     write_json_atomic(out / "report.json", report)
     return report
