@@ -40,13 +40,13 @@ REASONING_TAGS = (("<think>", "</think>"), ("[THINK]", "[/THINK]"))
 _MARK = "\ue000prefopt-response\ue000"  # private-use characters: no template or text holds them
 
 
-def open_reasoning(prompt_text: str) -> str | None:
-    """The closing tag of the reasoning block a generation prompt (its text) ends inside
-    (DeepSeek-R1's ``<｜Assistant｜><think>\n``: ``</think>``), else None."""
+def open_reasoning(prompt_text: str) -> tuple[str, str] | None:
+    """The tags of the reasoning block a generation prompt (its text) ends inside (DeepSeek-R1's
+    ``<｜Assistant｜><think>\n``: ``("<think>", "</think>")``), else None."""
     for start, end in REASONING_TAGS:
         at = prompt_text.rfind(start)
         if at >= 0 and end not in prompt_text[at:]:
-            return end
+            return start, end
     return None
 
 
@@ -82,13 +82,14 @@ def exchange_texts(render, messages: list[dict[str, Any]], response: str) -> tup
         raise BoundaryError("the chat template renders the prompt differently with and without the response, and "
                             "rewrites an assistant turn's text, so the response cannot be cut off exactly; prompt "
                             f"ends {prompt[-60:]!r}")
-    close = open_reasoning(prompt)
-    if close:
-        start = next(s for s, e in REASONING_TAGS if e == close)
+    block, newline = open_reasoning(prompt), "\n" if prompt.endswith("\n") else ""
+    if block:
+        start, close = block
         if response.lstrip().startswith(start):  # a reasoned response written whole: the prompt opened it already
-            response = response.lstrip()[len(start):].lstrip("\n" if prompt.endswith("\n") else "")
-    empty = (("\n" if prompt.endswith("\n") else "") + close + "\n\n") if close and close not in response else ""
-    return prompt, prompt + empty + response + marked.split(_MARK, 1)[1], True
+            response = response.lstrip()[len(start):].lstrip(newline)
+        if close not in response:
+            response = newline + close + "\n\n" + response
+    return prompt, prompt + response + marked.split(_MARK, 1)[1], True
 
 
 def _keeps_reasoning(turn: str, response: str) -> bool:
@@ -183,6 +184,14 @@ def run_chat_date(given: str | None, earlier: dict | None) -> str | None:
     if earlier:
         return earlier.get("chat_date")
     return date.today().isoformat()
+
+
+def run_chat_vars(given: dict | None, earlier: dict | None) -> dict | None:
+    """The chat variables a run's prompts are rendered with: ``given``; else, where the run
+    continues an earlier attempt (``earlier``: the settings it recorded), that attempt's; else none."""
+    if given is not None or not earlier:
+        return given
+    return earlier.get("chat_vars")
 
 
 # what a template is given by the renderer itself: a chat variable may not take these names

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ..chat_template import run_chat_date
+from ..chat_template import run_chat_date, run_chat_vars
 from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 from ..tasks.parsing import final_answer
 from ..tokenizer import set_chat_date, set_chat_vars
@@ -72,16 +72,17 @@ def _log(msg: str) -> None:
 
 def _pin_chat(cfg: CompareConfig, out: Path, tok, judge_tok) -> tuple[CompareConfig, list[str]]:
     """The run with its ``chat_date`` and ``chat_vars`` fixed: given, else those an earlier attempt
-    recorded in ``compare_config.json``, else today's date (:func:`~prefopt.chat_template.run_chat_date`)
-    and no variables; the date set on both tokenizers, the variables on the model's (the judge's
-    template is another: :func:`~.judge.ready_judge` turns its thinking off), and both passed to
-    each stage's training. Also the lines that say so, where a template prints the date and where
+    recorded in ``compare_config.json``, else today's date and no variables
+    (:func:`~prefopt.chat_template.run_chat_date`, :func:`~prefopt.chat_template.run_chat_vars`);
+    the date set on both tokenizers, the variables on the model's (the judge's template is
+    another: :func:`~.judge.ready_judge` turns its thinking off), and both passed to each stage's
+    training. Also the lines that say so, where a template prints the date and where
     there are variables, where a thinking switch is left unset (:func:`~.runner.thinking_note`)
     and where the judge's is turned off."""
     path = out / "compare_config.json"
     earlier = json.loads(path.read_text()) if path.is_file() else None
-    cfg = replace(cfg, chat_date=run_chat_date(cfg.chat_date, earlier if cfg.chat_date is None else None),
-                  chat_vars=cfg.chat_vars if cfg.chat_vars is not None or not earlier else earlier.get("chat_vars"))
+    cfg = replace(cfg, chat_date=run_chat_date(cfg.chat_date, earlier),
+                  chat_vars=run_chat_vars(cfg.chat_vars, earlier))
     lines = [set_chat_date([t for t in (tok, judge_tok) if t is not None], cfg.chat_date, "prompt"),
              set_chat_vars(tok, cfg.chat_vars, cfg.model, "prompt"), thinking_note(tok),
              ready_judge(judge_tok) if judge_tok is not None else None]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..chat_template import run_chat_date
+from ..chat_template import run_chat_date, run_chat_vars
 from ..devices import DTYPES, resolve_device
 from ..fileio import write_json_atomic
 from ..lora import apply_lora, parse_layers
@@ -31,9 +31,8 @@ def pin_chat(config: TrainConfig, tok: Tokenizer) -> tuple[TrainConfig, list[str
     set (it goes into the checkpoints, so a resume on another day renders the same text) and the
     lines that say so (where the template prints a date; where there are switches)."""
     saved = ckpt_io.checkpoint_config(config.output_dir) if config.resume else None
-    config = replace(config, chat_date=run_chat_date(config.chat_date, saved if config.chat_date is None else None),
-                     chat_vars=config.chat_vars if config.chat_vars is not None or not saved
-                     else saved.get("chat_vars"))
+    config = replace(config, chat_date=run_chat_date(config.chat_date, saved),
+                     chat_vars=run_chat_vars(config.chat_vars, saved))
     lines = [set_chat_date([tok], config.chat_date, "example"),
              set_chat_vars(tok, config.chat_vars, config.model, "example")]
     return config, [line for line in lines if line]
