@@ -177,13 +177,15 @@ def tokenize_sft(
 
     Raises ``BoundaryError`` or ``ValueError`` for records that cannot be encoded exactly.
     """
-    if rec.messages is not None:
+    if rec.messages is not None and not _one_final_answer(rec.messages):
         ids, labels = _encode_chat(rec.messages, tok)
     elif rec.text is not None:  # every token is learnt; nothing is a prompt
         ids = _text_ids(rec.text, tok)
         labels = list(ids)
-    else:
-        enc = tok.encode_prompt_response(rec.prompt, rec.completion)
+    else:  # a prompt and its response; a conversation ending on its one answer is one too
+        prompt, response = (rec.messages[:-1], rec.messages[-1]["content"]) if rec.messages is not None \
+            else (rec.prompt, rec.completion)
+        enc = tok.encode_prompt_response(prompt, response)
         ids, labels = enc.ids, [IGNORE] * enc.prompt_len + enc.ids[enc.prompt_len:]
     return truncate(ids, labels, max_length=max_length, max_prompt_length=max_prompt_length)
 
@@ -212,16 +214,18 @@ def text_windows_of(text: str, tok: Tokenizer, max_length: int) -> list[Tokenize
             for i in range(0, max(len(ids) - 1, 1), step)]
 
 
+def _one_final_answer(messages) -> bool:
+    """Whether a conversation's one assistant turn is its last: a prompt and its response
+    (:meth:`~prefopt.tokenizer.Tokenizer.encode_prompt_response`: the tokens :func:`_encode_chat`
+    gives, and a reasoning model's template, which renders a finished turn otherwise than its
+    prompt, is taken too)."""
+    roles = [m["role"] for m in messages]
+    return len(roles) > 1 and roles[-1] == "assistant" and roles.count("assistant") == 1
+
+
 def _encode_chat(messages, tok: Tokenizer) -> tuple[list[int], list[int]]:
     """Train on every assistant turn: each turn's tokens are those between the conversation
-    rendered up to the turn (with the generation prompt) and rendered through it. A conversation
-    whose one assistant turn is its last is a prompt and its response
-    (:meth:`~prefopt.tokenizer.Tokenizer.encode_prompt_response`: the same tokens, and a reasoning
-    model's template, which renders a finished turn otherwise than its prompt, is taken too)."""
-    if [m["role"] for m in messages].count("assistant") == 1 and messages[-1]["role"] == "assistant" \
-            and len(messages) > 1:
-        enc = tok.encode_prompt_response(messages[:-1], messages[-1]["content"])
-        return enc.ids, [IGNORE] * enc.prompt_len + enc.ids[enc.prompt_len:]
+    rendered up to the turn (with the generation prompt) and rendered through it."""
     full = tok.apply_chat_template(messages)
     labels = [IGNORE] * len(full)
     for i, m in enumerate(messages):
