@@ -122,14 +122,17 @@ def apply_chat_flags(tok, args: argparse.Namespace, shown_in: str) -> list[str]:
 
 def adapter_chat_note(adapter: str | None, chat_vars: dict | None) -> str | None:
     """The line that says ``adapter`` was trained with other chat variables than ``chat_vars`` (its
-    run's ``train_config.json``: :func:`~prefopt.train.saving.trained_chat_vars`): it answers the
-    prompts it was trained on, so the same ``--chat-vars`` belong here. None where they agree or
-    its run is not beside it."""
+    run's ``train_config.json``: :func:`~prefopt.lora_stack.run_config`): it answers the prompts
+    it was trained on, so the same ``--chat-vars`` belong here. None where they agree or its run
+    is not beside it."""
     from .chat_template import describe_chat_vars
-    from .train.saving import trained_chat_vars
+    from .lora_stack import run_config
 
-    trained = trained_chat_vars(adapter) if adapter else None
-    if trained is None or trained == (chat_vars or {}):
+    run = run_config(adapter) if adapter else None
+    if run is None:
+        return None
+    trained = run.get("chat_vars") or {}
+    if trained == (chat_vars or {}):
         return None
     fix = f"pass --chat-vars {describe_chat_vars(trained)}" if trained else "leave --chat-vars out"
     return (f"{adapter} was trained with chat variables {describe_chat_vars(trained) or '(none)'}, and these prompts "

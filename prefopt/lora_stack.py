@@ -159,20 +159,28 @@ def restack(first_dir: str | Path, second_dir: str | Path, out_dir: str | Path) 
     return _write(parts, [str(Path(first_dir).resolve())], out_dir, adapter_base(second_dir))
 
 
+def run_config(weights_dir: str | Path) -> dict | None:
+    """The settings of the prefopt run that saved ``weights_dir`` (its ``final/`` or ``best/``):
+    the run's ``train_config.json`` beside it; None where it is not there (weights copied
+    elsewhere, or not a prefopt run's)."""
+    weights_dir = Path(weights_dir)
+    config = weights_dir.parent / "train_config.json"
+    if weights_dir.name not in ("final", "best") or not config.is_file():
+        return None
+    return json.loads(config.read_text())
+
+
 def trained_on_top_of(adapter_dir: str | Path) -> str | None:
     """The SFT adapter that a bare (unstacked) DPO adapter was trained on top of, read from its
     run's ``train_config.json``; None for any other adapter."""
     adapter_dir = Path(adapter_dir)
-    config = adapter_dir.parent / "train_config.json"
-    if is_stacked(adapter_dir) or adapter_dir.name != "final" or not config.is_file():
-        return None
-    d = json.loads(config.read_text())
-    return d.get("sft_adapter") if d.get("lora") else None
+    d = run_config(adapter_dir) if adapter_dir.name == "final" and not is_stacked(adapter_dir) else None
+    return d.get("sft_adapter") if d and d.get("lora") else None
 
 
 def is_stacked(adapter_dir: str | Path) -> bool:
     return (Path(adapter_dir) / STACK_FILE).is_file()
 
 
-__all__ = ["STACK_FILE", "is_stacked", "restack", "save_adapter", "stack_adapters", "stack_parts",
+__all__ = ["STACK_FILE", "is_stacked", "restack", "run_config", "save_adapter", "stack_adapters", "stack_parts",
            "trained_on_top_of"]

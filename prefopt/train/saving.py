@@ -7,7 +7,6 @@ place, so a reader never sees half of it.
 """
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -16,17 +15,6 @@ from ..fileio import replace_dir, write_json_atomic
 from ..lora_stack import save_adapter
 from ..model import save_model
 from .distributed import gather_full
-
-
-def trained_chat_vars(weights_dir: str | Path) -> dict | None:
-    """The chat variables (``chat_vars``) of the run that wrote ``weights_dir`` (its ``final/`` or
-    ``best/``), from the run's ``train_config.json`` beside it (``{}``: none); None where that file
-    is not there (weights copied elsewhere, or not a prefopt run's)."""
-    weights_dir = Path(weights_dir)
-    config = weights_dir.parent / "train_config.json"
-    if weights_dir.name not in ("final", "best") or not config.is_file():
-        return None
-    return json.loads(config.read_text()).get("chat_vars") or {}
 
 
 def save_weights(trainer, out: str | Path, notes: dict[str, dict] | None = None) -> Path | None:
