@@ -108,16 +108,25 @@ def apply_chat_flags(tok, args: argparse.Namespace, shown_in: str) -> list[str]:
     """Give ``tok`` ``--chat-date`` (None: the clock's date) where its chat template prints today's
     date, and ``--chat-vars``; the lines that say so, for every ``shown_in``."""
     from .chat_template import parse_chat_date
-    from .tokenizer import set_chat_date, set_chat_vars
+    from .tokenizer import set_chat_date
 
     if args.chat_date:
         parse_chat_date(args.chat_date, "--chat-date")  # a bad date, named by its flag
+    said = [set_chat_date([tok], args.chat_date, shown_in), *apply_chat_vars(tok, args, shown_in)]
+    return [line for line in said if line]
+
+
+def apply_chat_vars(tok, args: argparse.Namespace, shown_in: str) -> tuple[str | None, str | None]:
+    """Give ``tok`` ``--chat-vars``; the line that says so (for every ``shown_in``) and the one that
+    says ``--adapter`` was trained with others (:func:`adapter_chat_note`), each None where there
+    is nothing to say."""
+    from .tokenizer import set_chat_vars
+
     chat_vars = chat_vars_arg(args)
     if chat_vars and getattr(args, "no_chat", False):
         raise ValueError("--chat-vars are the chat template's, and --no-chat does not apply it; leave one out")
-    said = [set_chat_date([tok], args.chat_date, shown_in), set_chat_vars(tok, chat_vars, args.model, shown_in),
-            adapter_chat_note(getattr(args, "adapter", None), chat_vars)]
-    return [line for line in said if line]
+    return (set_chat_vars(tok, chat_vars, args.model, shown_in),
+            adapter_chat_note(getattr(args, "adapter", None), chat_vars))
 
 
 def adapter_chat_note(adapter: str | None, chat_vars: dict | None) -> str | None:

@@ -26,15 +26,12 @@ def _pin_chat(tok, args, command: str) -> None:
     from datetime import date
 
     from ..chat_template import parse_chat_date
-    from ..cli import adapter_chat_note, chat_vars_arg
-    from ..tokenizer import set_chat_vars
+    from ..cli import apply_chat_vars
     from .runner import thinking_note
 
     tok.chat_date = parse_chat_date(args.chat_date, "--chat-date") if args.chat_date else date.today()
-    chat_vars = chat_vars_arg(args)
-    said = [set_chat_vars(tok, chat_vars, args.model, "prompt"),
-            adapter_chat_note(getattr(args, "adapter", None), chat_vars) or thinking_note(tok)]
-    for line in filter(None, said):
+    said, adapter_note = apply_chat_vars(tok, args, "prompt")
+    for line in filter(None, [said, adapter_note or thinking_note(tok)]):
         print(f"prefopt {command}: {line}", flush=True)
 
 
