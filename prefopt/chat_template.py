@@ -260,9 +260,15 @@ def thinking_switch_unset(template: str | None, chat_vars: dict[str, Any]) -> bo
     return bool(template) and "enable_thinking" not in chat_vars and "enable_thinking" in template_variables(template)
 
 
+def chat_vars_entries(chat_vars: dict[str, Any]) -> list[str]:
+    """``{"enable_thinking": False}`` → ``["enable_thinking=false"]``: ``--chat-vars``' entries,
+    which :func:`parse_chat_vars` reads back to the same values."""
+    return [f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in chat_vars.items()]
+
+
 def describe_chat_vars(chat_vars: dict[str, Any]) -> str:
     """``{"enable_thinking": False}`` → ``enable_thinking=false``, as given on the command line."""
-    return " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in chat_vars.items())
+    return " ".join(chat_vars_entries(chat_vars))
 
 
 def render_chat(

@@ -43,10 +43,10 @@ def prompt_flags(metrics: dict) -> list[str]:
     """``--chat-date`` and ``--chat-vars`` as a stage's ``metrics.json`` records them (the date where
     the chat template prints one, the variables where the run gave any): the prompts its answers
     came from."""
+    from ..chat_template import chat_vars_entries
+
     flags = ["--chat-date", metrics["chat_date"]] if metrics.get("chat_date") else []
-    if metrics.get("chat_vars"):
-        flags += ["--chat-vars", *(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in metrics["chat_vars"].items())]
-    return flags
+    return flags + (["--chat-vars", *chat_vars_entries(metrics["chat_vars"])] if metrics.get("chat_vars") else [])
 
 
 def _json(text: str) -> bool:
