@@ -520,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--task", help="check a task's data as compare, eval and predict read it: its class mix per "
                    "field, and the SFT examples compare builds from it (lengths, cuts, repeats)")
     k.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="with --task: a task option")
-    k.add_argument("--kind", choices=["sft", "preference"], help="default: from the first record's fields")
+    k.add_argument("--kind", choices=["sft", "preference", "feedback"], help="feedback: unpaired records for dpo "
+                   "--loss kto (a preference file read as KTO reads it); default: from the first record's fields")
     k.add_argument("--columns", nargs="+", metavar="FIELD=COLUMN", help="read a record's field from a column of "
                    "another name, as sft and dpo --columns do (e.g. prompt=question 'chosen=good answer')")
     k.add_argument("--max-length", type=positive_int, default=1024, help="the training max_length to measure against")

@@ -5,11 +5,11 @@ for the policy and, where used, the reference, plus response token counts) and k
 hyper-parameters, and returns a :class:`LossOutput` of per-example losses and the chosen
 and rejected rewards. Register your own with :func:`register_loss`.
 
-Every built-in loss is *pairwise*: example i's loss depends only on pair i's fields and on
+Every built-in loss but ``kto`` is *pairwise*: example i's loss depends only on pair i's fields and on
 ``chosen_nll``, the batch mean of the chosen tokens' NLL, which is linear in the log-probs.
 ``prefopt.kernels.onepass`` relies on that to form the lm_head gradients stage by stage in
 the forward; a loss registered without ``pairwise=True`` takes the per-token path. Each
-built-in loss also has its gradient in closed form (``PAIR_GRADS``), which spares the one-pass
+pairwise built-in loss also has its gradient in closed form (``PAIR_GRADS``), which spares the one-pass
 kernel an autograd call per stage.
 
 Conventions (TRL's, see docs/dpo.md): logps are sums over response tokens; rewards are
@@ -37,6 +37,9 @@ class PreferenceLogps:
     chosen_tokens: torch.Tensor | None = None
     rejected_tokens: torch.Tensor | None = None
     chosen_nll: torch.Tensor | None = None
+    # KTO's unpaired examples: whether each completion (in ``chosen``) is desirable; ``rejected``
+    # then holds another example's completion under this prompt (the KL estimate's sample)
+    desirable: torch.Tensor | None = None
 
 
 @dataclass
@@ -86,7 +89,7 @@ def check_loss(name: str, lp: PreferenceLogps) -> None:
         raise ValueError(f"loss {name!r} needs reference log-probs")
     if lp.chosen.dim() != 1:
         raise ValueError(f"chosen log-probs must be (B,), one per pair, got shape {tuple(lp.chosen.shape)}")
-    for field in ("rejected", "ref_chosen", "ref_rejected", "chosen_tokens", "rejected_tokens"):
+    for field in ("rejected", "ref_chosen", "ref_rejected", "chosen_tokens", "rejected_tokens", "desirable"):
         t = getattr(lp, field)
         if t is not None and t.shape != lp.chosen.shape:
             raise ValueError(f"{field} has shape {tuple(t.shape)} where chosen has {tuple(lp.chosen.shape)}: every "
@@ -252,5 +255,30 @@ def orpo_loss(lp: PreferenceLogps, *, lambda_: float = 0.1, **_) -> LossOutput:
     return _rewards(lambda_, c, r, losses)
 
 
+def kto_reference_point(lp: PreferenceLogps) -> torch.Tensor:
+    """KTO's reference point z0: the batch's mean log-ratio of its mismatched completions (an
+    estimate of KL(policy || reference)), at least 0 and not differentiated, as in TRL."""
+    return (lp.rejected - lp.ref_rejected).detach().mean().clamp(min=0)
+
+
+@register_loss("kto")
+def kto_loss(lp: PreferenceLogps, *, beta: float = 0.1, desirable_weight: float = 1.0,
+             undesirable_weight: float = 1.0, **_) -> LossOutput:
+    """KTO (Ethayarajh et al. 2024, Eq. 7; TRL's ``loss_type="kto"``) on unpaired examples.
+
+    Example i is one completion (``chosen``, with ``ref_chosen``) and whether it is desirable;
+    ``rejected``/``ref_rejected`` hold another example's completion under i's prompt, from which
+    the reference point z0 (:func:`kto_reference_point`) is estimated. With r the log-ratio, a
+    desirable example's loss is ``w_D (1 - σ(β(r - z0)))``, an undesirable one's
+    ``w_U (1 - σ(β(z0 - r)))``. Not pairwise: z0 is a mean over the batch. Rewards: β × the
+    completion's log-ratio (chosen) and β × the mismatched one's (rejected)."""
+    desirable = _need(lp, "desirable", "kto").bool()
+    r, kl = _ratios(lp)
+    z0 = kto_reference_point(lp)
+    losses = torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * (r - z0))),
+                         undesirable_weight * (1 - torch.sigmoid(beta * (z0 - r))))
+    return _rewards(beta, r, kl, losses)
+
+
 __all__ = ["LOSSES", "PAIRWISE", "PAIR_GRADS", "REFERENCE_FREE", "LossOutput", "PreferenceLogps", "check_loss",
-           "preference_loss", "register_loss"]
+           "kto_reference_point", "preference_loss", "register_loss"]

@@ -221,3 +221,53 @@ def test_per_pair_entries_must_all_be_one_per_pair():
             with pytest.raises(ValueError, match=rf"ref_rejected_logps must be \(2,\), one reference log-prob sum "
                                                  rf"per pair of the 4 rows, got shape \({', '.join(map(str, bad.shape))}"):
                 fused_preference_loss(h, w.requires_grad_(), y, torch.zeros(2), bad, reduction="sum", one_pass=one_pass)
+
+
+def _kto_lp(desirable, **kw):
+    t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    # completions' log-ratios +1, -0.5, +2, -1; the mismatched ones' +0.3, +0.1, -0.2, +0.2: z0 = 0.1
+    base = dict(chosen=t(-9.0, -10.5, -8.0, -12.0), ref_chosen=t(-10.0, -10.0, -10.0, -11.0),
+                rejected=t(-19.7, -19.9, -20.2, -19.8), ref_rejected=t(-20.0, -20.0, -20.0, -20.0),
+                desirable=torch.tensor(desirable))
+    return PreferenceLogps(**{**base, **kw})
+
+
+def test_kto_matches_hand_computation_and_trls_formula():
+    """KTO (TRL's loss_type="kto"): z0 = max(0, mean mismatched log-ratio) = 0.1; a desirable
+    example's loss is w_D (1 - σ(β(r - z0))), an undesirable one's w_U (1 - σ(β(z0 - r)))."""
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    lp = _kto_lp([True, False, True, False])
+    out = preference_loss("kto", lp, beta=0.5, desirable_weight=1.0, undesirable_weight=1.5)
+    hand = [1 - sig(0.5 * (1 - 0.1)), 1.5 * (1 - sig(0.5 * (0.1 + 0.5))), 1 - sig(0.5 * (2 - 0.1)),
+            1.5 * (1 - sig(0.5 * (0.1 + 1)))]
+    assert out.losses.tolist() == pytest.approx(hand, abs=1e-12)
+    assert out.chosen_rewards.tolist() == pytest.approx([0.5, -0.25, 1.0, -0.5])
+    # TRL's own arrangement: desirable losses, then undesirable, z0 from the KL completions, clamped at 0
+    r, kl = lp.chosen - lp.ref_chosen, lp.rejected - lp.ref_rejected
+    z0 = kl.mean().clamp(min=0)
+    d = lp.desirable
+    trl = torch.cat((1.0 * (1 - torch.sigmoid(0.5 * (r[d] - z0))), 1.5 * (1 - torch.sigmoid(0.5 * (z0 - r[~d])))))
+    assert out.losses.sum().item() == pytest.approx(trl.sum().item(), abs=1e-12)
+
+
+def test_kto_reference_point_is_clamped_and_carries_no_gradient():
+    from prefopt.losses import kto_reference_point
+
+    below = _kto_lp([True, False, True, False], rejected=torch.full((4,), -20.5, dtype=torch.float64))
+    assert kto_reference_point(below).item() == 0.0  # a negative KL estimate counts as 0
+    lp = _kto_lp([True, False, True, False])
+    lp.chosen.requires_grad_(), lp.rejected.requires_grad_()
+    loss = preference_loss("kto", lp, beta=0.5).losses.sum()
+    dc, dr = torch.autograd.grad(loss, (lp.chosen, lp.rejected), allow_unused=True)
+    assert dr is None or not dr.any()  # z0 is a constant to the gradient, as in TRL
+    # d/dr of 1 - σ(β(r - z0)) is -β σ'(.): desirable completions are pushed up, undesirable down
+    assert (dc[lp.desirable] < 0).all() and (dc[~lp.desirable] > 0).all()
+
+
+def test_kto_needs_its_labels_one_per_example():
+    with pytest.raises(ValueError, match="loss 'kto' needs desirable"):
+        preference_loss("kto", PreferenceLogps(**{**_kto_lp([True] * 4).__dict__, "desirable": None}))
+    with pytest.raises(ValueError, match=r"desirable has shape \(3,\) where chosen has \(4,\)"):
+        preference_loss("kto", _kto_lp([True, False, True]))
+    with pytest.raises(ValueError, match="loss 'kto' needs reference log-probs"):
+        preference_loss("kto", _kto_lp([True] * 4, ref_rejected=None))

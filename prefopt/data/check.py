@@ -10,9 +10,10 @@ from pathlib import Path
 
 from ..tokenizer import Tokenizer
 from .columns import renamed, with_columns
+from .feedback import FeedbackExample, load_feedback
 from .preference import PairExample, load_preferences
 from .readers import read_rows
-from .records import SFTRecord, parse_preference, parse_sft
+from .records import SFTRecord, parse_feedback, parse_preference, parse_sft
 from .sft import (
     WINDOWS_ARE_SFT,
     LoadReport,
@@ -24,7 +25,9 @@ from .sft import (
     sources,
 )
 
-KINDS = ("sft", "preference")
+KINDS = ("sft", "preference", "feedback")
+LOADERS = {"sft": load_sft, "preference": load_preferences, "feedback": load_feedback}
+TITLES = {"sft": "SFT records", "preference": "preference pairs", "feedback": "unpaired feedback (KTO)"}
 SHOW_BAD = 10  # bad records listed by default (``lines(show_bad=None)``: every one)
 LABELS = 12  # a side with at most this many distinct answers is shown as labels: each with its count
 UNLIMITED = 1 << 30  # a max_length nothing reaches: lengths before any truncation
@@ -32,12 +35,15 @@ UNLIMITED = 1 << 30  # a max_length nothing reaches: lengths before any truncati
 
 def detect_kind(path, columns: dict[str, str] | None = None) -> str:
     """``"preference"`` when the first readable record has chosen/rejected (TRL) or
-    preferred_output (OpenAI) fields (read through ``columns``), else ``"sft"``."""
+    preferred_output (OpenAI) fields (read through ``columns``), ``"feedback"`` when it has a
+    completion and a label (KTO), else ``"sft"``."""
     for source in sources(path):
         for _, row in read_rows(source):
             if isinstance(row, dict):
                 fields = set(renamed(row, columns or {}))
-                return "preference" if {"chosen", "rejected", "preferred_output"} & fields else "sft"
+                if {"chosen", "rejected", "preferred_output"} & fields:
+                    return "preference"
+                return "feedback" if {"completion", "label"} <= fields else "sft"
     return "sft"
 
 
@@ -57,7 +63,7 @@ class DataCheck:
         """The check as console lines: what was kept and why not (the first ``show_bad`` bad records
         by file, line and field; None: all), lengths, truncation, repeats."""
         r = self.report
-        kind = self.title or ("preference pairs" if self.kind == "preference" else "SFT records")
+        kind = self.title or TITLES[self.kind]
         out = [f"{r.name}: {kind}; {r.summary().removeprefix(r.name + ': ')}"]
         if r.per_file:
             names = [f.name for f, _, _ in r.per_file]
@@ -115,7 +121,7 @@ def check_data(path: str | Path | list[dict], tok: Tokenizer, *, kind: str | Non
         raise ValueError(f"kind must be one of {KINDS} (got {kind!r})")
     if text_windows and kind != "sft":
         raise ValueError(WINDOWS_ARE_SFT)
-    loader: Callable = load_preferences if kind == "preference" else load_sft
+    loader: Callable = LOADERS[kind]
     windows = {"text_windows": True} if text_windows else {}
     with tok.remembering():  # the second pass re-encodes nothing (half the time)
         full, report = _load(loader, path, tok, max_length=UNLIMITED, columns=columns)
@@ -127,8 +133,11 @@ def check_data(path: str | Path | list[dict], tok: Tokenizer, *, kind: str | Non
     duplicates = 0
     for x in full:
         # a digest, not the tokens: a set of every record's tokens as tuples of ints took ~70 bytes a token
-        key = x.key if isinstance(x, PairExample) else hashlib.blake2b(
-            x.input_ids.tobytes() + x.labels.tobytes(), digest_size=16).digest()
+        if isinstance(x, FeedbackExample):  # its completion and label; the mismatched completion is not data
+            key = (x.desirable, hashlib.blake2b(x.chosen.input_ids.tobytes(), digest_size=16).digest())
+        else:
+            key = x.key if isinstance(x, PairExample) else hashlib.blake2b(
+                x.input_ids.tobytes() + x.labels.tobytes(), digest_size=16).digest()
         duplicates += key in seen
         seen.add(key)
     return DataCheck(kind, report, [t for t, _, _ in sides], [p for _, p, _ in sides], [r for _, _, r in sides],
@@ -137,6 +146,11 @@ def check_data(path: str | Path | list[dict], tok: Tokenizer, *, kind: str | Non
 
 def _answers(path, kind: str, columns: dict[str, str] | None = None) -> dict[str, Counter]:
     """How often each answer (stripped) is given, per side, over the records that parse."""
+    if kind == "feedback":
+        rows, _ = load_records(path, with_columns(parse_feedback, columns), skip_bad=True)
+        records = [r for _, recs in rows for r in recs]
+        return {side: Counter(r.completion.strip() for r in records if r.desirable == good)
+                for side, good in (("desirable", True), ("undesirable", False))}
     if kind == "preference":
         rows, _ = load_records(path, with_columns(parse_preference, columns), skip_bad=True)
         return {"chosen": Counter(r.chosen.strip() for _, r in rows),
@@ -193,7 +207,9 @@ def _load(loader: Callable, path, tok: Tokenizer, **kw) -> tuple[list, LoadRepor
 
 
 def _sides(x: TokenizedExample | PairExample) -> tuple[int, int, int]:
-    """(tokens, prompt tokens, response tokens) of a record; a pair's longer side."""
+    """(tokens, prompt tokens, response tokens) of a record; a pair's longer side; KTO's completion."""
+    if isinstance(x, FeedbackExample):
+        x = x.chosen
     if isinstance(x, PairExample):
         p = prompt_len(x.chosen.labels)
         return len(x.input_ids), p, max(len(x.chosen.input_ids), len(x.rejected.input_ids)) - p

@@ -11,6 +11,10 @@ Preference:
   text); what the two share at the start is the prompt (:func:`shared_prompt`)
 - OpenAI preference fine-tuning: ``{"input": {"messages": [...]}, "preferred_output": [...],
   "non_preferred_output": [...]}``
+
+Unpaired feedback (KTO):
+- TRL: ``{"prompt", "completion", "label"}``, ``label`` true for a desirable completion; a
+  preference record counts as two, its chosen desirable and its rejected not
 """
 from __future__ import annotations
 
@@ -48,6 +52,18 @@ class PreferenceRecord:
     prompt: str | Messages
     chosen: str
     rejected: str
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    """One completion of a prompt and whether it is desirable (KTO's unpaired example)."""
+
+    prompt: str | Messages
+    completion: str
+    desirable: bool
+
+
+LABELS = {"true": True, "false": False, "1": True, "0": False}
 
 
 def _text(row: dict, key: str, err) -> str:
@@ -169,13 +185,40 @@ def parse_preference(row: dict, path, line: int) -> PreferenceRecord:
     return PreferenceRecord(prompt, chosen, rejected)
 
 
+def parse_feedback(row: dict, path, line: int) -> tuple[FeedbackRecord, ...]:
+    """An unpaired record, or a preference record read as two (TRL's ``unpair_preference_dataset``)."""
+    err = _err_factory(path, line)
+    if "completion" not in row and ({"chosen", "rejected", "input", "preferred_output"} & set(row)):
+        pair = parse_preference(row, path, line)
+        return FeedbackRecord(pair.prompt, pair.chosen, True), FeedbackRecord(pair.prompt, pair.rejected, False)
+    if "completion" not in row:
+        raise err("completion", "missing field (KTO's records hold 'prompt', 'completion' and 'label'; a "
+                                "preference record, with 'chosen' and 'rejected', serves as two)")
+    return (FeedbackRecord(_prompt(row, "prompt", err), _response(row["completion"], "completion", err),
+                           _label(row, err)),)
+
+
+def _label(row: dict, err) -> bool:
+    v = row.get("label")
+    if v is None:
+        raise err("label", "missing field (true: a desirable completion; false: an undesirable one)")
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str) and v.strip().lower() in LABELS:  # a CSV cell
+        return LABELS[v.strip().lower()]
+    raise err("label", f"expected true or false (is the completion desirable?), got {v!r}")
+
+
 def _what_it_is(row: dict) -> str:
     """For a record given to DPO that lacks a pair: the kind of record it is instead."""
     if {"chosen", "rejected"} & set(row) or not {"completion", "messages"} & set(row):
         return ""
     if "label" in row and "completion" in row:
         return ("; with 'completion' and 'label' it is an unpaired preference record (TRL's KTO format): "
-                "DPO needs a chosen and a rejected response to the same prompt")
+                "train on such records with --loss kto; the other losses need a chosen and a rejected response "
+                "to the same prompt")
     given = " and ".join(repr(k) for k in row if k in ("prompt", "completion", "messages"))
     return f"; with {given} it is an SFT record: train on it with prefopt sft"
 

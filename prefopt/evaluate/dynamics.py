@@ -17,7 +17,8 @@ from .selection import dpo_selection, selection_line
 
 WINDOW = 0.25  # the first and last quarter of the logged steps are compared
 KEYS = {"sft": ("loss",),
-        "dpo": ("loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")}
+        "dpo": ("loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected",
+                "kto/accuracies", "kl", "logps/completion")}
 
 
 def stage_dynamics(train_dir: Path, keys: tuple[str, ...]) -> dict | None:
@@ -49,7 +50,13 @@ def dynamics_lines(dyn: dict) -> list[str]:
         d = dyn["sft"]
         lines.append(f"- SFT: token NLL {_arrow(d, 'loss', '.3f')} (mean of the first and last {d['window']} "
                      f"of {d['steps']} steps).")
-    if "dpo" in dyn:
+    if "dpo" in dyn and dyn["dpo"].get("loss") == "kto":
+        d = dyn["dpo"]
+        lines.append(f"- KTO: share on the label's side of the reference point {_arrow(d, 'kto/accuracies', '.2f')}, "
+                     f"reference point (KL estimate) {_arrow(d, 'kl', '.3f')}, completion log-prob "
+                     f"{_arrow(d, 'logps/completion', '.2f')} (each step's batch before its update; mean of the first "
+                     f"and last {d['window']} of {d['steps']} steps).")
+    elif "dpo" in dyn:
         d = dyn["dpo"]
         lines.append(f"- DPO: pair accuracy {_arrow(d, 'rewards/accuracies', '.2f')}, reward margin "
                      f"{_arrow(d, 'rewards/margins', '+.3f')}, chosen log-prob {_arrow(d, 'logps/chosen', '.2f')}, "

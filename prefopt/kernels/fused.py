@@ -31,6 +31,7 @@ def fused_preference_loss(
     reduction: str = "none",
     one_pass: bool | None = None,
     budget: int | None = None,
+    desirable: torch.Tensor | None = None,
     **hparams,
 ) -> tuple[LossOutput, PreferenceLogps]:
     """Preference loss straight from final hidden states.
@@ -53,6 +54,8 @@ def fused_preference_loss(
             ``CHUNK_ELEMENTS``, 2^24). Pairs are taken a stage at a time: one block, or on CUDA
             ``onepass.GRAD_ELEMENTS`` (2^26) of them; a pair whose tokens do not fit in a
             stage takes two walks.
+        desirable: ``(B,)`` booleans for ``loss="kto"``: row i is example i's completion and
+            row B + i another example's completion under i's prompt (the KL estimate's sample).
 
     Returns:
         ``(LossOutput, PreferenceLogps)``: the losses (per example, or their sum) and rewards,
@@ -74,9 +77,11 @@ def fused_preference_loss(
     check_shapes(hidden, weight, labels)  # before B is read from the labels
     counts = (labels != ignore_index).sum(-1)
     B = counts.shape[0] // 2
-    for arg, ref in (("ref_chosen_logps", ref_chosen_logps), ("ref_rejected_logps", ref_rejected_logps)):
+    for arg, ref in (("ref_chosen_logps", ref_chosen_logps), ("ref_rejected_logps", ref_rejected_logps),
+                     ("desirable", desirable)):
         if ref is not None and tuple(ref.shape) != (B,):
-            raise ValueError(f"{arg} must be ({B},), one reference log-prob sum per pair of the {2 * B} rows, "
+            what = "label" if arg == "desirable" else "reference log-prob sum"
+            raise ValueError(f"{arg} must be ({B},), one {what} per pair of the {2 * B} rows, "
                              f"got shape {tuple(ref.shape)}")
     chosen_tokens = counts[:B].sum().clamp(min=1)
 
@@ -86,7 +91,8 @@ def fused_preference_loss(
                                ref_chosen=None if ref[0] is None else ref[0][pairs],
                                ref_rejected=None if ref[1] is None else ref[1][pairs],
                                chosen_tokens=counts[:B][pairs], rejected_tokens=counts[B:][pairs],
-                               chosen_nll=-sums[:B][pairs].sum() / chosen_tokens * nll_scale)
+                               chosen_nll=-sums[:B][pairs].sum() / chosen_tokens * nll_scale,
+                               desirable=None if desirable is None else desirable[pairs])
 
     if reduction == "sum" and _one_pass(one_pass, loss, hidden, weight, impl):
         from .onepass import onepass_loss

@@ -25,6 +25,9 @@ def _what(config) -> tuple[str, list[str]]:
     """The card's title and its tags."""
     dpo = hasattr(config, "loss")
     method = f"{config.loss} preference loss (DPO family), beta {config.beta:g}" if dpo else "SFT"
+    if dpo and config.loss == "kto":
+        method = (f"KTO on unpaired feedback, beta {config.beta:g}, weights {config.kto_desirable_weight:g} "
+                  f"(desirable) and {config.kto_undesirable_weight:g} (undesirable)")
     rs = ", rsLoRA" if getattr(config, "lora_rslora", False) else ""
     dora = config.lora and getattr(config, "lora_dora", False)
     kind = "DoRA" if dora else "LoRA"
@@ -52,7 +55,8 @@ def _data_lines(config, n_train: int, n_eval: int) -> list[str]:
         lines.append("- the training records were given in memory (`records=`), not read from a file: no file "
                      "to hash")
     held = f" ({config.eval_fraction:g} of the data held out)" if not config.eval_data and n_eval else ""
-    lines.append(f"- {n_train} training {'pairs' if hasattr(config, 'loss') else 'examples'}, "
+    noun = "pairs" if getattr(config, "loss", "kto") != "kto" else "examples"  # SFT's and KTO's are examples
+    lines.append(f"- {n_train} training {noun}, "
                  f"{n_eval} for evaluation{held}; max_length {config.max_length}")
     if getattr(config, "sft_adapter", None):
         lines.append(f"- trained on top of the SFT adapter `{Path(config.sft_adapter).resolve()}`, whose update these "

@@ -3,7 +3,8 @@
 One panel per kind of number the run logged, each with its training value at every logged step
 (thin), a moving average over about a twentieth of the steps (thick) and, where the run was
 evaluated, the eval value at each evaluation (dots): the loss; for DPO the pair accuracy, the
-reward margin, the rewards and the chosen and rejected log-probs; and anything else a loss (RPO's
+reward margin, the rewards and the chosen and rejected log-probs; for KTO the share of
+completions on their label's side of the reference point, that point and the log-probs; and anything else a loss (RPO's
 NLL...) or an evaluator (compare's held-out score, ``eval_macro_f1``...) logged. Written at the end of every run (``prefopt sft``/``dpo``)
 and by ``prefopt curves RUN_DIR`` at any time, also while the run is going. matplotlib is
 optional (``pip install 'prefopt[plots]'``): without it nothing is drawn and the caller says so.
@@ -24,6 +25,9 @@ PANELS = (
     ("reward (β × log-ratio to the reference)", ("rewards/chosen", "rewards/rejected"),
      ("eval_rewards/chosen", "eval_rewards/rejected")),
     ("log-prob of the response", ("logps/chosen", "logps/rejected"), ("eval_logps/chosen", "eval_logps/rejected")),
+    ("KTO: share on its label's side of the reference point", ("kto/accuracies",), ("eval_kto/accuracies",)),
+    ("KTO reference point (KL estimate, nats)", ("kl",), ("eval_kl",)),
+    ("log-prob of the completion", ("logps/completion",), ("eval_logps/completion",)),
 )
 _COVERED = {k for _, train, evals in PANELS for k in (*train, *evals)}
 # logged, but about the run's pace and schedule, not what it learns (metrics.jsonl keeps them)

@@ -1,4 +1,5 @@
-"""DPO and its relatives on the shared loop.
+"""DPO and its relatives on the shared loop (KTO too: its unpaired examples are pairs of a
+completion and a mismatched one, ``prefopt.data.feedback``).
 
 Chosen and rejected go through the policy in one forward pass. Where a pair's chosen and
 rejected share their prompt (the usual case), it is one packed row, ``[prompt | chosen |
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.feedback import FeedbackExample, label_counts
 from ..data.preference import PairExample, pair_collate
 from ..data.sft import IGNORE, WINDOWS_ARE_SFT
 from ..kernels import fused_preference_loss
@@ -34,7 +36,7 @@ from ..lora import (
     read_adapter_config,
 )
 from ..lora_stack import same_layers
-from ..losses import LOSSES, REFERENCE_FREE
+from ..losses import LOSSES, REFERENCE_FREE, kto_reference_point
 from .config import TrainConfig, opt
 from .distributed import head_operands
 from .loop import Batch, Trainer
@@ -52,6 +54,8 @@ class DPOConfig(TrainConfig):
     rpo_alpha: float = opt(1.0, "rpo: weight of the chosen answers' NLL")
     simpo_gamma: float = opt(0.5, "simpo: target reward margin")
     orpo_lambda: float = opt(0.1, "orpo: weight of the odds-ratio term")
+    kto_desirable_weight: float = opt(1.0, "kto: weight of the desirable completions' losses")
+    kto_undesirable_weight: float = opt(1.0, "kto: weight of the undesirable completions' losses")
     ref: str | None = opt(None, "a frozen reference model (folder, alias or hub id); default: the model "
                                 "with its adapter disabled")
     ref_cache: str | None = opt(None, "folder of the on-disk reference log-prob cache (filled once, reused)")
@@ -74,6 +78,8 @@ class DPOConfig(TrainConfig):
             errors.append("pack is SFT's; DPO already runs each pair's prompt once in one packed row (share_prompt)")
         if not 0 <= self.label_smoothing < 0.5:
             errors.append("label_smoothing must be in [0, 0.5)")
+        if min(self.kto_desirable_weight, self.kto_undesirable_weight) <= 0:
+            errors.append("kto_desirable_weight and kto_undesirable_weight must be > 0")
         if self.ref_cache and Path(self.ref_cache).exists() and not Path(self.ref_cache).is_dir():
             errors.append(f"ref_cache: {self.ref_cache} is a file; the cache is a folder (e.g. OUTPUT_DIR/ref_cache)")
         if not self.lora and self.ref is None and self.ref_cache is None and self.loss not in REFERENCE_FREE:
@@ -96,11 +102,15 @@ class DPOConfig(TrainConfig):
             kw["gamma"] = self.simpo_gamma
         if self.loss == "orpo":
             kw = {"lambda_": self.orpo_lambda}
+        if self.loss == "kto":
+            kw = {"beta": self.beta, "desirable_weight": self.kto_desirable_weight,
+                  "undesirable_weight": self.kto_undesirable_weight}
         return kw
 
 
 class DPOTrainer(Trainer):
-    """Preference optimisation (DPO, IPO, hinge, robust, RPO, SimPO, ORPO) on the shared loop.
+    """Preference optimisation (DPO, IPO, hinge, robust, RPO, SimPO, ORPO; KTO on unpaired
+    feedback, from :func:`prefopt.data.load_feedback`) on the shared loop.
 
     Example::
 
@@ -119,7 +129,8 @@ class DPOTrainer(Trainer):
         save_adapter(model, "runs/dpo/final", base_model=cfg.model)     # PEFT layout; or run_dpo(cfg)
 
     Metrics use TRL's names: ``rewards/chosen``, ``rewards/rejected``, ``rewards/accuracies``,
-    ``rewards/margins``, ``logps/chosen``, ``logps/rejected``.
+    ``rewards/margins``, ``logps/chosen``, ``logps/rejected``; KTO's: ``kl``, ``kto/accuracies``,
+    ``logps/completion`` (:func:`kto_metrics`).
     """
 
     noun = "pairs"
@@ -131,6 +142,9 @@ class DPOTrainer(Trainer):
         self.pad_id = pad_id
         self.ref_model = ref_model
         self.ref_forwards = 0  # reference forward passes made (0 with a cache)
+        if config.loss == "kto":  # unpaired examples, each beside its mismatched completion
+            self.noun, self.item_type = "examples", FeedbackExample
+            self.item_source = "prefopt.data.load_feedback(path or list of dicts, tok) (a pair counts as two)"
         super().__init__(model, config, train_data, eval_data, **kw)  # callbacks, tokenizer, evaluators
         if isinstance(ref_cache, (str, os.PathLike)):  # a folder: opened for this reference, once
             # the data are checked and the output folder claimed (hashing the weights takes a while)
@@ -160,6 +174,8 @@ class DPOTrainer(Trainer):
         batch = self.pair_batch(pairs)
         if self.ref_mode == "cache":
             batch["ref_chosen"], batch["ref_rejected"] = self.ref_cache.get([p.key for p in pairs])
+        if self.config.loss == "kto":
+            batch["desirable"] = torch.tensor([p.desirable for p in pairs])
         return batch
 
     def units(self, batch: Batch) -> int:
@@ -229,7 +245,9 @@ class DPOTrainer(Trainer):
         hidden, labels = pair_hidden(model, batch)
         out, lp = fused_preference_loss(*head_operands(model, hidden), labels, ref_c, ref_r,
                                         self.config.loss, ignore_index=IGNORE, reduction="sum",
-                                        **self.config.loss_kwargs())
+                                        desirable=batch.get("desirable"), **self.config.loss_kwargs())
+        if self.config.loss == "kto":
+            return out.losses, kto_metrics(out, lp, self.config.beta)
         c, r = out.chosen_rewards, out.rejected_rewards
         metrics = {
             "rewards/chosen": c.sum(), "rewards/rejected": r.sum(), "rewards/accuracies": (c > r).float().sum(),
@@ -237,6 +255,38 @@ class DPOTrainer(Trainer):
             "logps/rejected": lp.rejected.detach().sum(),
         }
         return out.losses, metrics
+
+
+def kto_metrics(out, lp, beta: float) -> dict[str, torch.Tensor]:
+    """A KTO batch's metrics, summed over its examples (the loop divides by their number):
+    ``kl``, the reference point z0 (TRL's name); ``kto/accuracies``, the examples whose log-ratio
+    lies on their label's side of it (above for a desirable completion, below for an undesirable
+    one: what the loss pushes for); ``logps/completion``, the completions' log-probs."""
+    z0 = kto_reference_point(lp)
+    ratio = out.chosen_rewards / beta
+    right = torch.where(lp.desirable.bool(), ratio > z0, ratio < z0)
+    return {"kl": z0 * len(ratio), "kto/accuracies": right.float().sum(), "logps/completion": lp.chosen.detach().sum()}
+
+
+KTO_BALANCE = (1.0, 4 / 3)  # the KTO paper's range for w_D n_D / (w_U n_U)
+
+
+def kto_balance_line(examples: Sequence[FeedbackExample], config: DPOConfig) -> str:
+    """How many training examples are desirable and undesirable, and whether the weights balance
+    them as the KTO paper advises (``w_D n_D / (w_U n_U)`` in [1, 4/3]); else the weights that would."""
+    good, bad = label_counts(examples)
+    w_d, w_u = config.kto_desirable_weight, config.kto_undesirable_weight
+    counts = f"KTO on {good} desirable and {bad} undesirable examples"
+    if not good or not bad:
+        return (f"{counts}: with only {'desirable' if good else 'undesirable'} ones KTO moves each against the "
+                "reference point alone")
+    ratio = w_d * good / (w_u * bad)
+    lo, hi = KTO_BALANCE
+    if lo <= ratio <= hi:
+        return f"{counts}; weighted desirable:undesirable {ratio:.2f}, in the KTO paper's [1, 1.33]"
+    return (f"{counts}; weighted desirable:undesirable {ratio:.2f}, outside the KTO paper's [1, 1.33]: "
+            f"kto_desirable_weight in [{lo * w_u * bad / good:.2f}, {hi * w_u * bad / good:.2f}] or "
+            f"kto_undesirable_weight in [{w_d * good / (hi * bad):.2f}, {w_d * good / (lo * bad):.2f}] would be")
 
 
 def _adapter_config(adapter_dir: str) -> LoRAConfig | None:

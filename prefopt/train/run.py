@@ -134,17 +134,21 @@ def run_sft(config: TrainConfig, callbacks=(), evaluators=(), *, records=None, e
 
 
 EVAL_LINES = {"eval_loss": "eval loss", "eval_rewards/accuracies": "eval pair accuracy",
-              "eval_rewards/margins": "eval reward margin"}
+              "eval_rewards/margins": "eval reward margin", "eval_kto/accuracies": "eval share on the label's side"}
 
 
 TRAIN_LINES = {"loss": ("training loss", ".4f"), "rewards/accuracies": ("pair accuracy", ".2f"),
-               "logps/chosen": ("chosen log-prob", ".2f"), "logps/rejected": ("rejected log-prob", ".2f")}
+               "logps/chosen": ("chosen log-prob", ".2f"), "logps/rejected": ("rejected log-prob", ".2f"),
+               "kto/accuracies": ("share on the label's side of the reference point", ".2f"),
+               "kl": ("reference point (KL estimate)", ".3f"), "logps/completion": ("completion log-prob", ".2f")}
+TRAIN_KEYS = {"sft": ("loss",), "dpo": ("loss", "rewards/accuracies", "logps/chosen", "logps/rejected"),
+              "kto": ("loss", "kto/accuracies", "kl", "logps/completion")}
 
 
-def training_line(output_dir: str | Path, dpo: bool) -> str | None:
+def training_line(output_dir: str | Path, dpo: bool, loss: str | None = None) -> str | None:
     """The logged training metrics, first → last quarter of the steps (without an eval set, the
     only sign of what training did); None without a log."""
-    keys = ("loss", "rewards/accuracies", "logps/chosen", "logps/rejected") if dpo else ("loss",)
+    keys = TRAIN_KEYS["kto" if loss == "kto" else "dpo" if dpo else "sft"]
     d = first_and_last(output_dir, keys)
     if d is None:
         return None
@@ -156,7 +160,7 @@ def outcome_lines(summary: dict, config: TrainConfig) -> list[str]:
     """What the run did: training's first → last steps, the eval metrics before → after, an
     early stop, the best evaluation's weights."""
     dpo = hasattr(config, "loss")
-    lines = [line] if (line := training_line(config.output_dir, dpo=dpo)) else []
+    lines = [line] if (line := training_line(config.output_dir, dpo=dpo, loss=getattr(config, "loss", None))) else []
     logged = first_and_last(config.output_dir, ("rewards/accuracies", "logps/chosen")) if dpo else None
     lines += dpo_warnings(logged, config.loss) if logged else []
     before, after = summary.get("eval_before") or {}, summary.get("eval_after") or {}
@@ -188,10 +192,15 @@ def run_dpo(config, callbacks=(), evaluators=(), *, records=None, eval_records=N
     """Preference-tune ``config.model`` on ``config.data`` (a :class:`DPOConfig`); returns the
     training summary. ``callbacks`` and ``evaluators``: as :class:`~prefopt.train.loop.Trainer`
     takes them; ``records`` and ``eval_records``: as :func:`run_sft` takes them."""
+    from ..data.feedback import load_feedback
     from ..data.preference import load_preferences
-    from .dpo import DPOTrainer
+    from .dpo import DPOTrainer, kto_balance_line
 
-    config, tok, pairs, evals = _start(config, evaluators, records, eval_records, load_preferences)
+    kto = getattr(config, "loss", None) == "kto"
+    loader = load_feedback if kto else load_preferences  # KTO: unpaired, or pairs read as two
+    config, tok, pairs, evals = _start(config, evaluators, records, eval_records, loader)
+    if kto and init_distributed(resolve_device(config.device)).is_main:
+        print(f"prefopt: {kto_balance_line(pairs, config)}", flush=True)
     model = prepare_model(config)
     ref_model = None
     if config.ref:

@@ -85,8 +85,8 @@ def test_a_word_the_two_texts_share_at_the_start_stays_whole():
      "missing field; without it chosen and rejected must both be message lists or both text"),
     ({"chosen": "Q: x? A: yes", "rejected": "Q: x? A: yes "}, "rejected", "identical to chosen"),
     ({"prompt": "Fever?", "completion": "Go now.", "label": True}, "chosen",  # unpaired: not something DPO trains on
-     "with 'completion' and 'label' it is an unpaired preference record (TRL's KTO format): DPO needs a chosen and "
-     "a rejected response to the same prompt"),
+     "with 'completion' and 'label' it is an unpaired preference record (TRL's KTO format): train on such records "
+     "with --loss kto; the other losses need a chosen and a rejected response to the same prompt"),
 ])
 def test_an_implicit_prompt_that_cannot_be_found_is_named(row, field, reason):
     with pytest.raises(DataError) as e:

@@ -1022,3 +1022,20 @@ def test_compare_packs_sft_by_default_and_set_pack_false_pads(tiny_model, tmp_pa
     with pytest.raises(ValueError, match="pack: true or false"):
         CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "x"),
                       overrides={"pack": "no"}).settings()
+
+
+@pytest.mark.slow
+def test_compare_with_kto_trains_its_preference_stage_on_the_pairs_unpaired(tiny_model, tmp_path):
+    """``--loss kto``: the DPO stage reads compare's pairs as KTO does (each pair two examples,
+    chosen desirable, rejected not) and the report's training line speaks of KTO's numbers."""
+    out = tmp_path / "run"
+    run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), loss="kto", n_resamples=200,
+                              overrides=TINY))
+    report = _check(out)
+    n_pairs = json.loads((out / "data" / "pairs_report.json").read_text())["pairs"]
+    train_config = json.loads((out / "dpo" / "train" / "train_config.json").read_text())
+    assert train_config["loss"] == "kto"
+    assert f"{2 * n_pairs} training examples" in (out / "dpo" / "train" / "final" / "README.md").read_text()
+    text = (out / "report.md").read_text()
+    assert "- KTO: share on the label's side of the reference point" in text and "- DPO: pair accuracy" not in text
+    assert report["stages"]

@@ -1,0 +1,151 @@
+"""KTO on the DPO trainer: unpaired feedback learns, the reference cache holds, the fused and
+plain paths agree, and the run says how the labels are balanced."""
+import json
+
+import pytest
+import torch
+
+from prefopt import load_tokenizer
+from prefopt.data.feedback import load_feedback
+from prefopt.data.preference import load_preferences
+from prefopt.kernels import fused_preference_loss
+from prefopt.lora import lora_layers
+from prefopt.model import resolve_model_dir
+from prefopt.train.dpo import DPOConfig, DPOTrainer, kto_balance_line
+from prefopt.train.metrics import read_metrics
+from prefopt.train.run import prepare_model, reference_cache_for, run_dpo
+from tests.train._fixtures import write_task
+
+
+def write_feedback(path, n: int = 64, offset: int = 0):
+    """Unpaired: each message gets one answer, right (desirable) or wrong (undesirable) for its code."""
+    with open(path, "w") as f:
+        for i in range(offset, offset + n):
+            good, bad = ("urgent review", "routine visit") if i % 2 else ("routine visit", "urgent review")
+            right = (i // 2) % 3 != 0  # two in three desirable
+            f.write(json.dumps({"prompt": f"Message {i}, code {'A' if i % 2 else 'B'}. Triage?",
+                                "completion": f"{i}: {good if right else bad}", "label": right}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kto")
+    model_dir, _ = write_task(root, n=8)
+    return model_dir, write_feedback(root / "train.jsonl"), write_feedback(root / "heldout.jsonl", n=24, offset=1000)
+
+
+def _cfg(task, out, **kw):
+    model_dir, train, held = task
+    base = dict(model=str(model_dir), data=str(train), eval_data=str(held), output_dir=str(out), batch_size=8,
+                max_steps=24, lr=5e-3, beta=0.1, loss="kto", lora_r=8, lora_alpha=16, lora_dropout=0.0,
+                progress=False)
+    return DPOConfig(**{**base, **kw})
+
+
+def test_kto_learns_to_put_each_completion_on_its_labels_side(task, tmp_path, capsys):
+    summary = run_dpo(_cfg(task, tmp_path / "run", beta=0.5, max_steps=48))
+    before, after = summary["eval_before"], summary["eval_after"]
+    assert before["eval_kto/accuracies"] == 0.0  # policy == reference: every log-ratio is 0, as is z0
+    assert before["eval_loss"] == pytest.approx(0.5)  # 1 - σ(0) on every example
+    assert after["eval_kto/accuracies"] >= 0.75  # 0.83 when written
+    assert after["eval_loss"] < 0.3  # 0.24
+    step = next(m for m in read_metrics(tmp_path / "run") if "loss" in m)
+    assert {"kl", "kto/accuracies", "logps/completion"} <= set(step) and "rewards/margins" not in step
+    out = capsys.readouterr().out
+    assert "KTO on 42 desirable and 22 undesirable examples; weighted desirable:undesirable 1.91, outside" in out
+    assert "share on the label's side of the reference point" in out and "eval share on the label's side" in out
+    assert (tmp_path / "run" / "final" / "adapter_model.safetensors").exists()
+
+
+def _trainer(task, cfg, cache=False):
+    tok = load_tokenizer(cfg.model)
+    examples, _ = load_feedback(cfg.data, tok, max_length=cfg.max_length)
+    model = prepare_model(cfg)
+    ref_cache = reference_cache_for(cfg, model, None, resolve_model_dir(cfg.model)) if cache else None
+    return DPOTrainer(model, cfg, examples, pad_id=tok.pad_token_id, ref_cache=ref_cache), examples
+
+
+def test_a_cached_reference_gives_the_losses_of_a_live_one_and_the_adapter_moves(task, tmp_path):
+    cached, examples = _trainer(task, _cfg(task, tmp_path / "a", ref_cache=str(tmp_path / "cache"),
+                                           eval_data=None), cache=True)
+    assert len(cached.ref_cache) == len(examples) and cached.ref_forwards == 0
+    live, _ = _trainer(task, _cfg(task, tmp_path / "b", eval_data=None))
+    a = [cached.train_step(s)["loss"] for s in range(4)]
+    b = [live.train_step(s)["loss"] for s in range(4)]
+    assert cached.ref_forwards == 0 and live.ref_forwards == 4
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-6
+    assert all(m.lora_B.weight.abs().max() > 0 for _, m in lora_layers(live.model))  # B starts at 0
+
+
+def test_pairs_train_kto_as_two_examples_each_and_dpo_examples_are_refused(task, tmp_path):
+    model_dir, _, _ = task
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Message {i}?", "chosen": "urgent review",
+                                         "rejected": "routine visit"}) + "\n" for i in range(8)))
+    summary = run_dpo(_cfg(task, tmp_path / "p", data=str(pairs), eval_data=None, max_steps=2))
+    assert summary["total_steps"] == 2
+    cfg = _cfg(task, tmp_path / "q", data=str(pairs), eval_data=None)
+    tok = load_tokenizer(cfg.model)
+    dpo_pairs, _ = load_preferences(pairs, tok)
+    with pytest.raises(TypeError, match=r"load_feedback\(path or list of dicts, tok\) \(a pair counts as two\)"):
+        DPOTrainer(prepare_model(cfg), cfg, dpo_pairs, pad_id=tok.pad_token_id)
+
+
+def test_the_balance_line_gives_the_weights_the_kto_paper_advises():
+    class Ex:
+        def __init__(self, d):
+            self.desirable = d
+    data = [Ex(True)] * 30 + [Ex(False)] * 10
+    cfg = DPOConfig(model="m", output_dir="o", loss="kto")
+    line = kto_balance_line(data, cfg)
+    assert line == ("KTO on 30 desirable and 10 undesirable examples; weighted desirable:undesirable 3.00, outside the "
+                    "KTO paper's [1, 1.33]: kto_desirable_weight in [0.33, 0.44] or kto_undesirable_weight in "
+                    "[2.25, 3.00] would be")
+    assert "in the KTO paper's" in kto_balance_line(data, DPOConfig(model="m", output_dir="o", loss="kto", kto_undesirable_weight=2.5))
+    assert "with only desirable ones" in kto_balance_line(data[:30], cfg)
+    with pytest.raises(ValueError, match="kto_desirable_weight and kto_undesirable_weight must be > 0"):
+        DPOConfig(model="m", output_dir="o", loss="kto", kto_undesirable_weight=0)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+def test_fused_kto_equals_the_plain_computation_with_gradients(impl):
+    """Values and gradients (hidden and head) of the fused entry point against full logits,
+    log_softmax and gather; ignored positions, V not a multiple of the tile."""
+    if impl == "triton":
+        pytest.importorskip("triton")
+    g = torch.Generator().manual_seed(0)
+    B, T, D, V = 3, 7, 16, 101
+    hidden = torch.randn(2 * B, T, D, generator=g, dtype=torch.float64)
+    weight = torch.randn(V, D, generator=g, dtype=torch.float64) * 0.3
+    labels = torch.randint(0, V, (2 * B, T), generator=g)
+    labels[:, :2] = -100
+    labels[1, 5:] = -100
+    ref_c, ref_r = torch.randn(B, generator=g, dtype=torch.float64) - 30, torch.randn(B, generator=g,
+                                                                                     dtype=torch.float64) - 30
+    desirable = torch.tensor([True, False, True])
+    kw = dict(beta=0.3, desirable_weight=1.0, undesirable_weight=1.4)
+
+    def run(fused: bool):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        if fused:
+            out, _ = fused_preference_loss(h, w, labels, ref_c, ref_r, "kto", impl=impl, reduction="sum",
+                                           desirable=desirable, **kw)
+            loss = out.losses
+        else:
+            logp = torch.log_softmax(h @ w.T, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+            sums = (logp * (labels != -100)).sum(-1)
+            r, kl = sums[:B] - ref_c, sums[B:] - ref_r
+            z0 = kl.detach().mean().clamp(min=0)
+            loss = torch.where(desirable, 1 - torch.sigmoid(0.3 * (r - z0)), 1.4 * (1 - torch.sigmoid(0.3 * (z0 - r))))
+            loss = loss.sum()
+        loss.backward()
+        return loss.detach(), h.grad, w.grad
+
+    if impl == "triton":  # the Triton kernel takes fp32 and lower; the interpreter runs it on the CPU
+        hidden, weight = hidden.float(), weight.float()
+    got, want = run(True), run(False)
+    tol = 1e-9 if impl == "chunked" else 1e-4
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=tol, rtol=tol)
+    assert want[1][B:].abs().max() == 0  # the mismatched completions carry no gradient (z0 is a constant)
