@@ -5,14 +5,15 @@ A record is one completion of a prompt and whether it is desirable (TRL's ``{"pr
 "completion", "label"}``); a preference pair counts as two records. KTO's reference point z0 is
 the batch's mean log-ratio of completions written for *other* prompts. As in TRL, which pairs
 each example with its neighbour's completion when it prepares the data, the pairing is fixed
-once at load time, here in a seeded shuffle that skips completions of the same prompt, so each
-example is a :class:`~prefopt.data.preference.PairExample` whose ``rejected`` sequence is
+once at load time, here along a cycle in the order of each example's hash, skipping completions
+of the same prompt (stable: a record added or changed gives new partners only to its
+neighbours on the cycle, so the reference cache recomputes those alone), so each example is a :class:`~prefopt.data.preference.PairExample` whose ``rejected`` sequence is
 ``[its prompt | another example's completion]``: both share the prompt (one packed row, as a
 DPO pair) and the reference cache holds both log-probs under one key.
 """
 from __future__ import annotations
 
-import random
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,6 @@ from .columns import column_of, with_columns
 from .preference import PairExample, tokenize_pair
 from .records import DataError, FeedbackRecord, PreferenceRecord, SFTRecord, parse_feedback
 from .sft import IGNORE, Cut, LoadReport, TokenizedExample, load_tokenized, prompt_len, tokenize_sft
-
-PARTNER_SEED = 0  # the mismatched completions' shuffle: fixed, so a cached reference stays valid
 
 
 @dataclass(frozen=True)
@@ -75,10 +74,15 @@ def _spread(report: LoadReport, encoded: list[_Encoded]) -> None:
             setattr(report, name, [v for v, n in zip(values, sizes, strict=True) for _ in range(n)])
 
 
-def mismatched(examples: list[TokenizedExample], max_length: int, seed: int = PARTNER_SEED) -> list[TokenizedExample]:
+def _digest(x: TokenizedExample) -> bytes:
+    return hashlib.blake2b(x.input_ids.tobytes() + x.labels.tobytes(), digest_size=16).digest()
+
+
+def mismatched(examples: list[TokenizedExample], max_length: int) -> list[TokenizedExample]:
     """For each example, its prompt followed by another example's completion (cut to
-    ``max_length``): the next one in a seeded cycle whose prompt and completion both differ, or,
-    where every example has the same prompt, whose completion differs."""
+    ``max_length``): the next one, along the cycle of the examples in the order of their hashes,
+    whose prompt and completion both differ, or, where every example has the same prompt, whose
+    completion differs."""
     n = len(examples)
     if n < 2:
         raise NoMismatch(f"KTO needs at least 2 examples to estimate its reference point from mismatched "
@@ -86,8 +90,7 @@ def mismatched(examples: list[TokenizedExample], max_length: int, seed: int = PA
     cut = [prompt_len(x.labels) for x in examples]
     prompts = [tuple(x.input_ids[:k]) for x, k in zip(examples, cut)]
     answers = [tuple(x.input_ids[k:]) for x, k in zip(examples, cut)]
-    cycle = list(range(n))
-    random.Random(seed).shuffle(cycle)
+    cycle = sorted(range(n), key=lambda i: (_digest(examples[i]), i))
     place = {i: p for p, i in enumerate(cycle)}
     one_prompt = len(set(prompts)) == 1
     out = []

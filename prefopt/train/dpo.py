@@ -247,7 +247,7 @@ class DPOTrainer(Trainer):
                                         self.config.loss, ignore_index=IGNORE, reduction="sum",
                                         desirable=batch.get("desirable"), **self.config.loss_kwargs())
         if self.config.loss == "kto":
-            return out.losses, kto_metrics(out, lp, self.config.beta)
+            return out.losses, kto_metrics(lp)
         c, r = out.chosen_rewards, out.rejected_rewards
         metrics = {
             "rewards/chosen": c.sum(), "rewards/rejected": r.sum(), "rewards/accuracies": (c > r).float().sum(),
@@ -257,13 +257,13 @@ class DPOTrainer(Trainer):
         return out.losses, metrics
 
 
-def kto_metrics(out, lp, beta: float) -> dict[str, torch.Tensor]:
+def kto_metrics(lp) -> dict[str, torch.Tensor]:
     """A KTO batch's metrics, summed over its examples (the loop divides by their number):
     ``kl``, the reference point z0 (TRL's name); ``kto/accuracies``, the examples whose log-ratio
     lies on their label's side of it (above for a desirable completion, below for an undesirable
     one: what the loss pushes for); ``logps/completion``, the completions' log-probs."""
     z0 = kto_reference_point(lp)
-    ratio = out.chosen_rewards / beta
+    ratio = (lp.chosen - lp.ref_chosen).detach()
     right = torch.where(lp.desirable.bool(), ratio > z0, ratio < z0)
     return {"kl": z0 * len(ratio), "kto/accuracies": right.float().sum(), "logps/completion": lp.chosen.detach().sum()}
 

@@ -145,10 +145,16 @@ TRAIN_KEYS = {"sft": ("loss",), "dpo": ("loss", "rewards/accuracies", "logps/cho
               "kto": ("loss", "kto/accuracies", "kl", "logps/completion")}
 
 
-def training_line(output_dir: str | Path, dpo: bool, loss: str | None = None) -> str | None:
-    """The logged training metrics, first → last quarter of the steps (without an eval set, the
-    only sign of what training did); None without a log."""
-    keys = TRAIN_KEYS["kto" if loss == "kto" else "dpo" if dpo else "sft"]
+def run_kind(config: TrainConfig) -> str:
+    """``"sft"``, ``"dpo"`` (a preference loss) or ``"kto"``: which metrics the run logs."""
+    loss = getattr(config, "loss", None)
+    return "sft" if loss is None else "kto" if loss == "kto" else "dpo"
+
+
+def training_line(output_dir: str | Path, kind: str) -> str | None:
+    """The logged training metrics (``kind``'s, :data:`TRAIN_KEYS`), first → last quarter of the
+    steps (without an eval set, the only sign of what training did); None without a log."""
+    keys = TRAIN_KEYS[kind]
     d = first_and_last(output_dir, keys)
     if d is None:
         return None
@@ -159,9 +165,9 @@ def training_line(output_dir: str | Path, dpo: bool, loss: str | None = None) ->
 def outcome_lines(summary: dict, config: TrainConfig) -> list[str]:
     """What the run did: training's first → last steps, the eval metrics before → after, an
     early stop, the best evaluation's weights."""
-    dpo = hasattr(config, "loss")
-    lines = [line] if (line := training_line(config.output_dir, dpo=dpo, loss=getattr(config, "loss", None))) else []
-    logged = first_and_last(config.output_dir, ("rewards/accuracies", "logps/chosen")) if dpo else None
+    kind = run_kind(config)
+    lines = [line] if (line := training_line(config.output_dir, kind)) else []
+    logged = first_and_last(config.output_dir, ("rewards/accuracies", "logps/chosen")) if kind == "dpo" else None
     lines += dpo_warnings(logged, config.loss) if logged else []
     before, after = summary.get("eval_before") or {}, summary.get("eval_after") or {}
     for key, label in EVAL_LINES.items():

@@ -43,10 +43,23 @@ def test_each_example_is_its_completion_beside_another_prompts_completion(tmp_pa
         assert kl_prompt == prompt and kl_answer != answer  # the same prompt, another record's completion
         partners.append(answers.index(kl_answer))
         assert list(x.rejected.labels) == [IGNORE] * len(prompt) + kl_answer
-    assert sorted(partners) == list(range(6))  # a shuffled cycle: every completion is used once
+    assert sorted(partners) == list(range(6))  # a cycle: every completion is used once
+    assert partners != [(i + 1) % 6 for i in range(6)]  # in the order of the hashes, not the file's
     assert label_counts(examples) == (4, 2)
     again, _ = load_feedback(tmp_path / "f.jsonl", tok)  # fixed: a cached reference stays valid
     assert [x.key for x in again] == [x.key for x in examples]
+
+
+def test_a_record_added_gives_new_partners_to_its_neighbours_alone(tmp_path, tok):
+    """The reference cache's keys cover both sequences, so a reshuffle would recompute every
+    example's reference; along the hash-ordered cycle one more record changes one other key."""
+    rows = [{"prompt": f"Message {i}: chest pain?", "completion": f"Answer {i}.", "label": i % 2 == 0}
+            for i in range(40)]
+    before, _ = load_feedback(_write(tmp_path / "a.jsonl", rows), tok)
+    after, _ = load_feedback(_write(tmp_path / "b.jsonl", rows + [{"prompt": "New?", "completion": "New.",
+                                                                   "label": True}]), tok)
+    changed = {x.key for x in before} - {x.key for x in after}
+    assert len(changed) == 1
 
 
 def test_a_preference_pair_is_read_as_two_examples_on_one_record(tmp_path, tok):
