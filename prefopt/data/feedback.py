@@ -7,9 +7,10 @@ the batch's mean log-ratio of completions written for *other* prompts. As in TRL
 each example with its neighbour's completion when it prepares the data, the pairing is fixed
 once at load time, here along a cycle in the order of each example's hash, skipping completions
 of the same prompt (stable: a record added or changed gives new partners only to its
-neighbours on the cycle, so the reference cache recomputes those alone), so each example is a :class:`~prefopt.data.preference.PairExample` whose ``rejected`` sequence is
-``[its prompt | another example's completion]``: both share the prompt (one packed row, as a
-DPO pair) and the reference cache holds both log-probs under one key.
+neighbours on the cycle, so the reference cache recomputes those alone). Each example is then a
+:class:`~prefopt.data.preference.PairExample` whose ``rejected`` sequence is ``[its prompt |
+another example's completion]``: both share the prompt (one packed row, as a DPO pair) and the
+reference cache holds both log-probs under one key.
 """
 from __future__ import annotations
 
@@ -74,8 +75,9 @@ def _spread(report: LoadReport, encoded: list[_Encoded]) -> None:
             setattr(report, name, [v for v, n in zip(values, sizes, strict=True) for _ in range(n)])
 
 
-def _digest(x: TokenizedExample) -> bytes:
-    return hashlib.blake2b(x.input_ids.tobytes() + x.labels.tobytes(), digest_size=16).digest()
+def _digest(*parts) -> bytes:
+    """A 16-byte digest of token arrays (a set of tuples of ints took ~46 bytes a token)."""
+    return hashlib.blake2b(b"".join(p.tobytes() for p in parts), digest_size=16).digest()
 
 
 def mismatched(examples: list[TokenizedExample], max_length: int) -> list[TokenizedExample]:
@@ -88,9 +90,9 @@ def mismatched(examples: list[TokenizedExample], max_length: int) -> list[Tokeni
         raise NoMismatch(f"KTO needs at least 2 examples to estimate its reference point from mismatched "
                          f"completions; got {n}")
     cut = [prompt_len(x.labels) for x in examples]
-    prompts = [tuple(x.input_ids[:k]) for x, k in zip(examples, cut)]
-    answers = [tuple(x.input_ids[k:]) for x, k in zip(examples, cut)]
-    cycle = sorted(range(n), key=lambda i: (_digest(examples[i]), i))
+    prompts = [_digest(x.input_ids[:k]) for x, k in zip(examples, cut)]
+    answers = [_digest(x.input_ids[k:]) for x, k in zip(examples, cut)]
+    cycle = sorted(range(n), key=lambda i: (_digest(examples[i].input_ids, examples[i].labels), i))
     place = {i: p for p, i in enumerate(cycle)}
     one_prompt = len(set(prompts)) == 1
     out = []
@@ -102,9 +104,9 @@ def mismatched(examples: list[TokenizedExample], max_length: int) -> list[Tokeni
             other = "completion" if one_prompt else "prompt and completion"
             raise NoMismatch(f"KTO estimates its reference point from mismatched completions, and no other example "
                              f"than this one has another {other}", i)
-        room = max_length - cut[i]
-        ids = list(prompts[i]) + list(answers[partner][:room])
-        out.append(TokenizedExample(ids, [IGNORE] * cut[i] + ids[cut[i]:]))
+        own, other = examples[i].input_ids, examples[partner].input_ids
+        ids = own[:cut[i]] + other[cut[partner]:][:max_length - cut[i]]
+        out.append(TokenizedExample(ids, [IGNORE] * cut[i] + ids[cut[i]:].tolist()))
     return out
 
 
