@@ -44,9 +44,10 @@ def _losses(out):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["sft", "dpo", "dora_dpo"])
+@pytest.mark.parametrize("kind", ["sft", "dpo", "dora_dpo", "kto"])
 def test_sigkill_then_resume_gives_the_same_run(task, tmp_path, kind):
-    """``dora_dpo``: a DoRA DPO adapter (dropout on) over a DoRA SFT adapter, stacked into one."""
+    """``dora_dpo``: a DoRA DPO adapter (dropout on) over a DoRA SFT adapter, stacked into one.
+    ``kto``: KTO on the pairs read as two examples each, their mismatched completions fixed at load."""
     script = str(ROOT / "tests" / "train" / "_run_config.py")
     pairs = write_pairs(tmp_path / "pairs.jsonl", n=48)
     dora = kind == "dora_dpo"
@@ -65,7 +66,7 @@ def test_sigkill_then_resume_gives_the_same_run(task, tmp_path, kind):
     def cfg(name, **kw):  # DPO: LoRA dropout on, the reference from an on-disk cache the resumed run reopens
         if kind != "sft":
             kw.update(kind="dpo", data=str(pairs), lr=5e-3, ref_cache=str(tmp_path / f"{name}.cache"),
-                      sft_adapter=str(tmp_path / "sft"), lora_dora=dora)
+                      sft_adapter=str(tmp_path / "sft"), lora_dora=dora, **({"loss": "kto"} if kind == "kto" else {}))
         return str(_config(task, tmp_path / name, **kw))
 
     full = _run([script, cfg("full")])
