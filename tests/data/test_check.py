@@ -239,3 +239,33 @@ def test_pairs_that_mostly_reject_one_label_are_called_lopsided(model, tmp_path,
     assert lopsided_lines(Counter({"a": 60}), Counter({"b": 5, "c": 55})) == [
         "  lopsided: 'c' is rejected in 55 pairs and chosen in 0: DPO may learn to avoid it whatever the prompt; "
         "balance the pairs (docs/dpo.md)"]  # 'b': in under a tenth of them
+
+
+def test_unpaired_feedback_is_detected_and_checked_as_kto_reads_it(model, tmp_path, capsys):
+    """KTO's records: each completion measured on its own (not beside its mismatched one), the
+    desirable and undesirable answers counted, a bad label named; a pair file read with --kind
+    feedback counts its chosen as desirable and its rejected as not."""
+    rows = [{"prompt": "Chest pain?", "completion": "Emergency.", "label": True},
+            {"prompt": "Rash?", "completion": "Emergency.", "label": False},
+            {"prompt": "Refill?", "completion": "Routine.", "label": "true"},
+            {"prompt": "Refill?", "completion": "Routine.", "label": "true"},
+            {"prompt": "Fever?", "completion": "Urgent.", "label": "maybe"}]
+    path = _jsonl(tmp_path / "feedback.jsonl", rows)
+    assert detect_kind(path) == "feedback"
+    assert main(["check-data", "--model", str(model), "--data", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "feedback.jsonl: unpaired feedback (KTO); 4 of 5 records kept" in out
+    assert "feedback.jsonl:5: field 'label': expected true or false (is the completion desirable?), got 'maybe'" in out
+    assert "  desirable: 2 distinct: 'Routine.' 2 (67%), 'Emergency.' 1 (33%)" in out
+    assert "  undesirable: 1 distinct: 'Emergency.' 1 (100%)" in out and "1 record repeats an earlier one" in out
+    from prefopt import load_tokenizer
+
+    tok = load_tokenizer(model)
+    check = check_data(path, tok)
+    lengths = [len(tok.encode_prompt_response(r["prompt"], r["completion"]).ids) for r in rows[:4]]
+    assert check.total == lengths  # the completion's own sequence
+    pairs = _jsonl(tmp_path / "pairs.jsonl", [{"prompt": "Chest pain?", "chosen": "Emergency.", "rejected": "Routine."},
+                                              {"prompt": "Rash?", "chosen": "Routine.", "rejected": "Emergency."}])
+    assert detect_kind(pairs) == "preference"
+    assert check_data(pairs, tok, kind="feedback").answers == {"desirable": {"Emergency.": 1, "Routine.": 1},
+                                                               "undesirable": {"Routine.": 1, "Emergency.": 1}}
