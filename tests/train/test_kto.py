@@ -168,3 +168,70 @@ def test_fused_kto_equals_the_plain_computation_with_gradients(impl):
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=tol, rtol=tol)
     assert want[1][B:].abs().max() == 0  # the mismatched completions carry no gradient (z0 is a constant)
+
+
+class TestTRLParity:
+    """Same tiny model, same batch (TRL's, with its mismatched KL completions): prefopt's KTO loss
+    and every parameter's gradient against ``trl.KTOTrainer`` (fp32; TRL's bf16 autocast off)."""
+
+    trl = pytest.importorskip("trl")
+    transformers = pytest.importorskip("transformers")
+    datasets = pytest.importorskip("datasets")
+
+    def test_loss_and_gradients_match_trl(self, tmp_path):
+        from prefopt.data.collate import pad_collate
+        from prefopt.data.sft import TokenizedExample
+        from tests._tiny import build_hf_model
+
+        tf, trl = self.transformers, self.trl
+        build_hf_model(tmp_path / "ref", initializer_range=0.1)
+        policy = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "ref")
+        torch.manual_seed(7)  # a policy whose mismatched completions' mean log-ratio is above 0 (z0 not clamped)
+        with torch.no_grad():  # the policy differs from the reference, so z0 and the log-ratios are not 0
+            for p in policy.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        policy.save_pretrained(tmp_path / "policy")
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (tmp_path / "policy" / name).write_bytes((tmp_path / "ref" / name).read_bytes())
+        rows = [{"prompt": [{"role": "user", "content": f"Patient {i}: chest pain for {i + 1} hours. Triage?"}],
+                 "completion": [{"role": "assistant", "content": ("Emergency department now." if i % 2 else
+                                                                  "Wait and see" + " next week" * (i % 3))}],
+                 "label": bool(i % 2)} for i in range(4)]
+        hf = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "policy")
+        args = trl.KTOConfig(output_dir=str(tmp_path / "trl"), beta=0.3, desirable_weight=1.0, undesirable_weight=1.5,
+                             per_device_train_batch_size=4, max_length=256, report_to=[], use_cpu=True, bf16=False)
+        trainer = trl.KTOTrainer(model=hf, ref_model=tf.AutoModelForCausalLM.from_pretrained(tmp_path / "ref"),
+                                 args=args, processing_class=tf.AutoTokenizer.from_pretrained(tmp_path / "policy"),
+                                 train_dataset=self.datasets.Dataset.from_list(rows))
+        batch = next(iter(trainer.get_train_dataloader()))
+        want = trainer.compute_loss(trainer.model, batch)
+        want.backward()
+
+        def examples(prefix):  # TRL's rows without padding, trained where its completion mask says
+            ids, mask, done = (batch[f"{prefix}{k}"] for k in ("input_ids", "attention_mask", "completion_mask"))
+            return [TokenizedExample(r[m.bool()].tolist(), r[m.bool()].masked_fill(c[m.bool()] == 0, -100).tolist())
+                    for r, m, c in zip(ids, mask, done)]
+        own, kl = examples(""), examples("KL_")
+        tok = load_tokenizer(tmp_path / "policy")
+        ours_examples, _ = load_feedback([{"prompt": r["prompt"], "completion": r["completion"], "label": r["label"]}
+                                          for r in rows], tok, show_progress=False)
+        assert sorted(tuple(x.chosen.input_ids) for x in ours_examples) == sorted(tuple(x.input_ids) for x in own)
+        ours = load_model(str(tmp_path / "policy"))
+        cfg = DPOConfig(model=str(tmp_path / "policy"), output_dir=str(tmp_path / "o"), loss="kto", beta=0.3,
+                        kto_undesirable_weight=1.5, lora=False, ref=str(tmp_path / "ref"), batch_size=4,
+                        progress=False)
+        kto = DPOTrainer(ours.train(), cfg, ours_examples, pad_id=tok.pad_token_id,
+                         ref_model=load_model(str(tmp_path / "ref")))
+        stacked = pad_collate(own + kl, tok.pad_token_id)  # TRL's completions, then its KL rows
+        stacked["desirable"] = torch.as_tensor(batch["label"], dtype=torch.bool)
+        got, metrics = kto.loss_sum(ours, stacked)
+        (got / 4).backward()
+        assert abs(got.item() / 4 - want.item()) < 1e-5, (got.item() / 4, want.item())
+        assert metrics["kl"].item() / 4 > 0  # the reference point was not clamped away: it is tested too
+        theirs = dict(hf.named_parameters())
+        keep = torch.arange(hf.config.vocab_size) != hf.config.pad_token_id  # TRL's pad row gets no gradient
+        for n, p in ours.named_parameters():
+            g_ours, g_trl = p.grad, theirs[n].grad
+            if n == "model.embed_tokens.weight":
+                g_ours, g_trl = g_ours[keep], g_trl[keep]
+            assert (g_ours - g_trl).abs().max().item() < 1e-5, n
