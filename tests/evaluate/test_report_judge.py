@@ -75,7 +75,7 @@ def test_report_md_and_json_carry_the_advice(tmp_path):
     report = build_report(cfg, get_task("meqsum"), test, results, tmp_path)
     assert "--loss rpo" in report["advice"]
     md = (tmp_path / "report.md").read_text()
-    assert "- What to try: DPO (loss `sigmoid`) made the SFT model worse" in md
+    assert "- What to try: the preference stage (loss `sigmoid`) made the SFT model worse" in md
     assert '"advice"' in (tmp_path / "report.json").read_text()
     # the terminal gets the same sentences, without markdown (prefopt compare; run_triage leaves out base->dpo)
     from prefopt.evaluate.report import console_lines
