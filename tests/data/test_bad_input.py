@@ -3,24 +3,13 @@ import json
 
 import pytest
 
-from prefopt import load_tokenizer
 from prefopt.data import DataError, load_preferences, load_sft, read_rows
 from prefopt.data.readers import sniff_delimiter
 from prefopt.data.records import parse_preference
 from prefopt.data.sft import load_records
-from tests._tiny import build_tokenizer
+from tests.data import write_jsonl
 
 GOOD = {"prompt": "Chest pain for two hours. Triage?", "completion": "Emergency department now."}
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return load_tokenizer(build_tokenizer(tmp_path_factory.mktemp("tok")))
-
-
-def _jsonl(path, lines):
-    path.write_text("".join((ln if isinstance(ln, str) else json.dumps(ln)) + "\n" for ln in lines))
-    return path
 
 
 SFT_FAULTS = [
@@ -42,7 +31,7 @@ SFT_FAULTS = [
 
 @pytest.mark.parametrize("bad,field,reason", SFT_FAULTS)
 def test_each_sft_fault_names_line_and_field(tmp_path, tok, bad, field, reason):
-    path = _jsonl(tmp_path / "d.jsonl", [GOOD, GOOD, bad, GOOD])
+    path = write_jsonl(tmp_path / "d.jsonl", [GOOD, GOOD, bad, GOOD])
     with pytest.raises(DataError) as e:
         load_sft(path, tok)
     assert e.value.line == 3 and e.value.field == field and reason in e.value.reason
@@ -55,7 +44,7 @@ def test_skip_bad_keeps_every_good_record_and_reports(tmp_path, tok):
     lines = [GOOD]
     for bad, _, _ in SFT_FAULTS:
         lines += [bad, {**GOOD, "completion": f"answer {len(lines)}"}]
-    path = _jsonl(tmp_path / "d.jsonl", lines)
+    path = write_jsonl(tmp_path / "d.jsonl", lines)
     examples, report = load_sft(path, tok, skip_bad=True)
     n_good = 1 + len(SFT_FAULTS)
     assert len(examples) == n_good == report.n_kept
@@ -85,7 +74,7 @@ PREF_FAULTS = [
 @pytest.mark.parametrize("bad,field,reason", PREF_FAULTS)
 def test_each_preference_fault_names_line_and_field(tmp_path, bad, field, reason):
     good = {"prompt": "q", "chosen": "a", "rejected": "b"}
-    path = _jsonl(tmp_path / "p.jsonl", [good, bad])
+    path = write_jsonl(tmp_path / "p.jsonl", [good, bad])
     with pytest.raises(DataError) as e:
         load_records(path, parse_preference)
     assert (e.value.line, e.value.field) == (2, field) and reason in e.value.reason
@@ -98,7 +87,7 @@ def test_preference_formats_parse_to_the_same_record(tmp_path):
         {"input": {"messages": msgs}, "preferred_output": [{"role": "assistant", "content": "Go now."}],
          "non_preferred_output": [{"role": "assistant", "content": "Wait."}]},
     ]
-    recs, report = load_records(_jsonl(tmp_path / "p.jsonl", rows), parse_preference)
+    recs, report = load_records(write_jsonl(tmp_path / "p.jsonl", rows), parse_preference)
     assert recs[0][1] == recs[1][1] and report.n_kept == 2
 
 
@@ -116,7 +105,6 @@ def test_json_and_csv_name_the_line(tmp_path, tok):
 def test_a_json_list_reads_in_linear_time_with_the_right_lines(tmp_path):
     """Each record's line used to be counted from the file's start: 40,000 records (17 MB) took two
     minutes to read. A JSON list now reads about as fast as the same records in JSONL."""
-    import json
     import time
 
     recs = [{"prompt": f"Patient {i} reports chest pain radiating to the left arm.", "chosen": "Emergency",
@@ -139,7 +127,7 @@ def test_a_json_list_reads_in_linear_time_with_the_right_lines(tmp_path):
 
 def test_truncation_keeps_the_end_of_the_prompt_and_is_reported(tmp_path, tok):
     long_prompt = "history " * 200 + "Now: chest pain. Triage?"
-    path = _jsonl(tmp_path / "d.jsonl", [{"prompt": long_prompt, "completion": "urgent"}, GOOD])
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": long_prompt, "completion": "urgent"}, GOOD])
     examples, report = load_sft(path, tok, max_length=160)
     assert report.n_truncated == 1 and "1 truncated to fit max_length=160" in report.summary()
     n_long = len(tok.encode_prompt_response(long_prompt, "urgent").ids)
@@ -147,7 +135,7 @@ def test_truncation_keeps_the_end_of_the_prompt_and_is_reported(tmp_path, tok):
     assert f"({report.n_tokens_cut / report.n_tokens:.0%} of all tokens cut)" in report.summary()
     assert report.n_response_cut == 0  # only the prompt's start was cut
     # a response longer than max_length itself loses its end (and its end-of-turn token): said so
-    path = _jsonl(tmp_path / "r.jsonl", [{"prompt": "Summarize.", "completion": "note " * 300}, {"prompt": "Hi", "completion": "ok"}])
+    path = write_jsonl(tmp_path / "r.jsonl", [{"prompt": "Summarize.", "completion": "note " * 300}, {"prompt": "Hi", "completion": "ok"}])
     cut, cut_report = load_sft(path, tok, max_length=160)
     assert (cut_report.n_truncated, cut_report.n_response_cut) == (1, 1)
     assert "1 truncated to fit max_length=160" in cut_report.summary()
@@ -166,7 +154,7 @@ def test_a_pair_that_truncation_makes_identical_is_refused(tmp_path, tok):
     rows = [{"prompt": "Chest pain, what now?", "chosen": "Go to the ED.", "rejected": "Rest at home."},
             {"prompt": "Chest pain, what now?", "chosen": same_start + "sit down.",
              "rejected": same_start + "go jogging."}]
-    path = _jsonl(tmp_path / "p.jsonl", rows)
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
     assert load_preferences(path, tok, max_length=64)[1].n_kept == 2
     with pytest.raises(DataError, match=r"p.jsonl:2: field 'chosen'.*identical once cut to max_length=12"):
         load_preferences(path, tok, max_length=12)

@@ -1,11 +1,11 @@
 """prefopt check-data: bad records, token lengths, what max_length cuts, repeats; before training."""
-import json
 
 import pytest
 
 from prefopt.cli import main
 from prefopt.data.check import check_data, detect_kind
 from tests._tiny import build_hf_model
+from tests.data import write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -15,18 +15,13 @@ def model(tmp_path_factory):
     return d
 
 
-def _jsonl(path, rows):
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
-
-
 def test_an_sft_file_is_measured_and_its_bad_records_named(model, tmp_path, capsys):
     from prefopt import load_tokenizer
 
     good = {"prompt": "Chest pain. Triage?", "completion": "Emergency."}
     rows = [good, {"prompt": "history " * 100 + "Triage?", "completion": "Urgent."}, good,
             {"prompt": "x", "completion": ""}, "{not json", {"prompt": "Rash.", "completion": "Routine."}]
-    path = _jsonl(tmp_path / "train.jsonl", rows)
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
     assert detect_kind(path) == "sft"
     tok = load_tokenizer(model)
     check = check_data(path, tok, max_length=160)
@@ -47,7 +42,7 @@ def test_an_sft_file_is_measured_and_its_bad_records_named(model, tmp_path, caps
 def test_a_preference_file_is_detected_and_a_clean_one_exits_0(model, tmp_path, capsys):
     rows = [{"prompt": f"Message {i}. Triage?", "chosen": "urgent review", "rejected": "routine visit"}
             for i in range(3)]
-    path = _jsonl(tmp_path / "pairs.jsonl", rows)
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
     assert detect_kind(path) == "preference"
     assert main(["check-data", "--model", str(model), "--data", str(path), "--max-length", "256"]) == 0
     out = capsys.readouterr().out
@@ -66,7 +61,7 @@ def test_check_data_encodes_each_text_once_and_forgets_them_after(model, tmp_pat
 
     rows = [{"prompt": f"Message {i}. Triage?", "chosen": "urgent review", "rejected": "routine visit"}
             for i in range(4)]
-    path = _jsonl(tmp_path / "pairs.jsonl", rows)
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
     tok = load_tokenizer(model)
     texts = []
     real = tok.backend.encode
@@ -95,7 +90,7 @@ def test_a_file_with_no_usable_record_is_listed_not_refused(model, tmp_path, cap
     from prefopt.data.sft import NoRecordsError
 
     rows = [{"prompt": f"Message {i}.", "chosen": "same", "rejected": "same"} for i in range(11)] + ["{oops"]
-    path = _jsonl(tmp_path / "pairs.jsonl", rows)
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
     assert main(["check-data", "--model", str(model), "--data", str(path), "--kind", "preference",
                  "--max-length", "256"]) == 1
     out = capsys.readouterr().out.splitlines()
@@ -124,7 +119,7 @@ def test_a_listing_piped_into_head_ends_quietly(model, tmp_path):
     import subprocess
     import sys
 
-    path = _jsonl(tmp_path / "pairs.jsonl", ["{oops"] * 4000)  # a listing larger than a pipe's buffer
+    path = write_jsonl(tmp_path / "pairs.jsonl", ["{oops"] * 4000)  # a listing larger than a pipe's buffer
     p = subprocess.Popen([sys.executable, "-m", "prefopt.cli", "check-data", "--model", str(model), "--data", str(path),
                           "--all-bad", "--max-length", "256"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = p.stdout.readline()
@@ -141,11 +136,11 @@ def test_free_text_answers_are_counted_not_listed(model, tmp_path):
 
     tok = load_tokenizer(model)
     rows = [{"prompt": f"Note {i}.", "completion": f"Summary number {i}."} for i in range(LABELS + 1)]
-    check = check_data(_jsonl(tmp_path / "free.jsonl", rows), tok, max_length=256)
+    check = check_data(write_jsonl(tmp_path / "free.jsonl", rows), tok, max_length=256)
     assert f"  completion: {LABELS + 1} distinct of {LABELS + 1}" in check.lines()
     chat = [{"messages": [{"role": "user", "content": "Rash?"}, {"role": "assistant", "content": "Look."},
                           {"role": "user", "content": "And?"}, {"role": "assistant", "content": "x" * 50}]}]
-    line = [x for x in check_data(_jsonl(tmp_path / "chat.jsonl", chat), tok, max_length=256).lines()
+    line = [x for x in check_data(write_jsonl(tmp_path / "chat.jsonl", chat), tok, max_length=256).lines()
             if "completion" in x]
     assert line == [f"  completion: 1 distinct: '{'x' * 37}...' 1 (100%)"]
 
@@ -221,11 +216,11 @@ def test_pairs_that_mostly_reject_one_label_are_called_lopsided(model, tmp_path,
 
     labels = ["routine", "urgent", "emergency"]
     balanced = [{"prompt": f"Message {i}?", "chosen": labels[i % 3], "rejected": labels[(i + 1) % 3]} for i in range(9)]
-    assert main(["check-data", "--model", str(model), "--data", str(_jsonl(tmp_path / "b.jsonl", balanced)),
+    assert main(["check-data", "--model", str(model), "--data", str(write_jsonl(tmp_path / "b.jsonl", balanced)),
                  "--max-length", "256"]) == 0
     assert "lopsided" not in capsys.readouterr().out
     skewed = balanced + [{"prompt": f"Message {i}?", "chosen": "urgent", "rejected": "routine"} for i in range(9, 15)]
-    assert main(["check-data", "--model", str(model), "--data", str(_jsonl(tmp_path / "s.jsonl", skewed)),
+    assert main(["check-data", "--model", str(model), "--data", str(write_jsonl(tmp_path / "s.jsonl", skewed)),
                  "--max-length", "256"]) == 0  # a finding, not a bad record
     assert ("  lopsided: 'routine' is rejected in 9 pairs and chosen in 3: DPO may learn to avoid it whatever the "
             "prompt; balance the pairs (docs/dpo.md)") in capsys.readouterr().out.splitlines()
@@ -250,7 +245,7 @@ def test_unpaired_feedback_is_detected_and_checked_as_kto_reads_it(model, tmp_pa
             {"prompt": "Refill?", "completion": "Routine.", "label": "true"},
             {"prompt": "Refill?", "completion": "Routine.", "label": "true"},
             {"prompt": "Fever?", "completion": "Urgent.", "label": "maybe"}]
-    path = _jsonl(tmp_path / "feedback.jsonl", rows)
+    path = write_jsonl(tmp_path / "feedback.jsonl", rows)
     assert detect_kind(path) == "feedback"
     assert main(["check-data", "--model", str(model), "--data", str(path)]) == 1
     out = capsys.readouterr().out
@@ -264,7 +259,7 @@ def test_unpaired_feedback_is_detected_and_checked_as_kto_reads_it(model, tmp_pa
     check = check_data(path, tok)
     lengths = [len(tok.encode_prompt_response(r["prompt"], r["completion"]).ids) for r in rows[:4]]
     assert check.total == lengths  # the completion's own sequence
-    pairs = _jsonl(tmp_path / "pairs.jsonl", [{"prompt": "Chest pain?", "chosen": "Emergency.", "rejected": "Routine."},
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "Chest pain?", "chosen": "Emergency.", "rejected": "Routine."},
                                               {"prompt": "Rash?", "chosen": "Routine.", "rejected": "Emergency."}])
     assert detect_kind(pairs) == "preference"
     assert check_data(pairs, tok, kind="feedback").answers == {"desirable": {"Emergency.": 1, "Routine.": 1},

@@ -1,25 +1,12 @@
 """KTO's unpaired records: read, checked, tokenized, each beside a mismatched completion."""
-import json
 
 import pytest
 
-from prefopt import load_tokenizer
 from prefopt.data import DataError
 from prefopt.data.feedback import FeedbackExample, label_counts, load_feedback, mismatched
 from prefopt.data.preference import load_preferences
 from prefopt.data.sft import IGNORE, TokenizedExample, prompt_len
-from tests._tiny import build_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return load_tokenizer(build_tokenizer(tmp_path_factory.mktemp("tok")))
-
-
-def _write(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
+from tests.data import write_jsonl
 
 UNPAIRED = [{"prompt": f"Message {i}: chest pain?", "completion": f"Answer {i}.", "label": i % 3 != 0}
             for i in range(6)]
@@ -31,7 +18,7 @@ def _split(x: TokenizedExample) -> tuple[list[int], list[int]]:
 
 
 def test_each_example_is_its_completion_beside_another_prompts_completion(tmp_path, tok):
-    examples, report = load_feedback(_write(tmp_path / "f.jsonl", UNPAIRED), tok)
+    examples, report = load_feedback(write_jsonl(tmp_path / "f.jsonl", UNPAIRED), tok)
     assert [type(x) for x in examples] == [FeedbackExample] * 6 and report.n_kept == 6
     assert [x.desirable for x in examples] == [r["label"] for r in UNPAIRED]
     answers = [_split(x.chosen)[1] for x in examples]
@@ -55,8 +42,8 @@ def test_a_record_added_gives_new_partners_to_its_neighbours_alone(tmp_path, tok
     example's reference; along the hash-ordered cycle one more record changes one other key."""
     rows = [{"prompt": f"Message {i}: chest pain?", "completion": f"Answer {i}.", "label": i % 2 == 0}
             for i in range(40)]
-    before, _ = load_feedback(_write(tmp_path / "a.jsonl", rows), tok)
-    after, _ = load_feedback(_write(tmp_path / "b.jsonl", rows + [{"prompt": "New?", "completion": "New.",
+    before, _ = load_feedback(write_jsonl(tmp_path / "a.jsonl", rows), tok)
+    after, _ = load_feedback(write_jsonl(tmp_path / "b.jsonl", rows + [{"prompt": "New?", "completion": "New.",
                                                                    "label": True}]), tok)
     changed = {x.key for x in before} - {x.key for x in after}
     assert len(changed) == 1
@@ -64,7 +51,7 @@ def test_a_record_added_gives_new_partners_to_its_neighbours_alone(tmp_path, tok
 
 def test_a_preference_pair_is_read_as_two_examples_on_one_record(tmp_path, tok):
     pairs = [{"prompt": f"Message {i}?", "chosen": f"Go now {i}.", "rejected": f"Wait {i}."} for i in range(3)]
-    examples, report = load_feedback(_write(tmp_path / "p.jsonl", pairs), tok)
+    examples, report = load_feedback(write_jsonl(tmp_path / "p.jsonl", pairs), tok)
     assert [x.desirable for x in examples] == [True, False] * 3
     assert report.n_kept == 3 and report.kept_lines == [1, 1, 2, 2, 3, 3] and report.kept_records == [0, 0, 1, 1, 2, 2]
     dpo, _ = load_preferences(tmp_path / "p.jsonl", tok)
@@ -94,7 +81,7 @@ def test_labels_from_a_csv_and_the_mismatched_completion_is_cut_to_max_length(tm
     ({"prompt": "Fever?", "chosen": "Go now.", "rejected": "Go now."}, "rejected", "identical to chosen"),
 ])
 def test_a_bad_record_is_named_by_file_line_and_field(tmp_path, tok, row, field, reason):
-    path = _write(tmp_path / "f.jsonl", UNPAIRED[:2] + [row])
+    path = write_jsonl(tmp_path / "f.jsonl", UNPAIRED[:2] + [row])
     with pytest.raises(DataError) as e:
         load_feedback(path, tok)
     assert (e.value.path.name, e.value.line, e.value.field) == ("f.jsonl", 3, field)
@@ -105,10 +92,10 @@ def test_a_bad_record_is_named_by_file_line_and_field(tmp_path, tok, row, field,
 
 def test_a_reference_point_needs_two_different_completions(tmp_path, tok):
     with pytest.raises(DataError, match="KTO needs at least 2 examples"):
-        load_feedback(_write(tmp_path / "one.jsonl", UNPAIRED[:1]), tok)
+        load_feedback(write_jsonl(tmp_path / "one.jsonl", UNPAIRED[:1]), tok)
     same = [{"prompt": f"Q{i}?", "completion": "Same.", "label": True} for i in range(3)]
     with pytest.raises(DataError) as e:
-        load_feedback(_write(tmp_path / "same.jsonl", same), tok)
+        load_feedback(write_jsonl(tmp_path / "same.jsonl", same), tok)
     assert (e.value.path.name, e.value.line, e.value.field) == ("same.jsonl", 1, "completion")
     assert "no other example than this one has another prompt and completion" in e.value.reason
 

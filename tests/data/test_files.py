@@ -9,20 +9,9 @@ from prefopt.cli import main
 from prefopt.data import DataError, load_preferences, load_sft
 from prefopt.data.files import data_files
 from prefopt.data.sft import NoRecordsError
-from prefopt.tokenizer import load_tokenizer
 from prefopt.train import TrainConfig
-from tests._tiny import build_tokenizer
+from tests.data import write_jsonl
 from tests.train._fixtures import write_pairs, write_task
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return load_tokenizer(build_tokenizer(tmp_path_factory.mktemp("tok")))
-
-
-def _jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def _sft(i):
@@ -37,7 +26,7 @@ def test_a_folder_of_one_splits_shards_is_read_in_shard_order(tmp_path, tok):
     shards = tmp_path / "data"
     shards.mkdir()
     for i in (1, 0, 2):  # written out of order: read by name
-        _jsonl(shards / f"train-0000{i}-of-00003.jsonl", [_sft(10 * i), _sft(10 * i + 1)])
+        write_jsonl(shards / f"train-0000{i}-of-00003.jsonl", [_sft(10 * i), _sft(10 * i + 1)])
     (shards / "README.md").write_text("not data")  # beside the shards, as a dataset's card is
     assert [p.name for p in data_files(shards)] == [f"train-0000{i}-of-00003.jsonl" for i in range(3)]
     examples, report = load_sft(shards, tok)
@@ -49,8 +38,8 @@ def test_a_folder_of_one_splits_shards_is_read_in_shard_order(tmp_path, tok):
 
 
 def test_a_list_is_read_in_its_own_order_and_an_error_names_its_file_and_line(tmp_path, tok):
-    a = _jsonl(tmp_path / "a.jsonl", [_sft(1), _sft(2)])
-    b = _jsonl(tmp_path / "b.jsonl", [_sft(3), {"prompt": "Cough?"}])
+    a = write_jsonl(tmp_path / "a.jsonl", [_sft(1), _sft(2)])
+    b = write_jsonl(tmp_path / "b.jsonl", [_sft(3), {"prompt": "Cough?"}])
     examples, report = load_sft([b, a], tok, skip_bad=True)
     assert _ids(examples) == _ids(load_sft([_sft(3)], tok)[0] + load_sft(a, tok)[0])
     assert (report.n_read, report.n_kept, len(report.skipped)) == (4, 3, 1)
@@ -62,12 +51,12 @@ def test_a_list_is_read_in_its_own_order_and_an_error_names_its_file_and_line(tm
 
 
 def test_a_file_with_no_usable_record_among_good_ones_is_skipped_only_when_asked(tmp_path, tok):
-    good = _jsonl(tmp_path / "good.jsonl", [_sft(1)])
-    bad = _jsonl(tmp_path / "bad.jsonl", [{"prompt": "x"}, {"prompt": "y"}])
+    good = write_jsonl(tmp_path / "good.jsonl", [_sft(1)])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "x"}, {"prompt": "y"}])
     examples, report = load_sft([good, bad], tok, skip_bad=True)
     assert len(examples) == 1 and len(report.skipped) == 2
     with pytest.raises(NoRecordsError, match=r"no usable records: .* \(2 files\): 0 of 3 records kept"):
-        load_sft([bad, _jsonl(tmp_path / "bad2.jsonl", [{"prompt": "z"}])], tok, skip_bad=True)
+        load_sft([bad, write_jsonl(tmp_path / "bad2.jsonl", [{"prompt": "z"}])], tok, skip_bad=True)
 
 
 @pytest.mark.parametrize("layout,message", [
@@ -80,14 +69,14 @@ def test_a_file_with_no_usable_record_among_good_ones_is_skipped_only_when_asked
 ])
 def test_a_folder_that_mixes_splits_is_refused(tmp_path, layout, message):
     for name, n in layout.items():
-        _jsonl(tmp_path / name, [_sft(i) for i in range(n)])
+        write_jsonl(tmp_path / name, [_sft(i) for i in range(n)])
     with pytest.raises(ValueError, match=message):
         data_files(tmp_path)
 
 
 def test_a_shard_set_with_a_gap_names_the_missing_shard(tmp_path):
     for i in (0, 2):
-        _jsonl(tmp_path / f"train-0000{i}-of-00003.jsonl", [_sft(i)])
+        write_jsonl(tmp_path / f"train-0000{i}-of-00003.jsonl", [_sft(i)])
     with pytest.raises(FileNotFoundError, match=r"train-00001-of-00003.jsonl missing: the data holds 2 of the 3 "
                                                 r"shards of 'train' \(a download cut short\?\)"):
         data_files(tmp_path)
@@ -95,12 +84,12 @@ def test_a_shard_set_with_a_gap_names_the_missing_shard(tmp_path):
         data_files(str(tmp_path / "train-*"))
     (tmp_path / "ones").mkdir()
     for i in (1, 2):  # numbered from 1, as some tools write them
-        _jsonl(tmp_path / "ones" / f"part-{i}-of-2.jsonl", [_sft(i)])
+        write_jsonl(tmp_path / "ones" / f"part-{i}-of-2.jsonl", [_sft(i)])
     assert [p.name for p in data_files(tmp_path / "ones")] == ["part-1-of-2.jsonl", "part-2-of-2.jsonl"]
 
 
 def test_unreadable_sets_are_refused_with_their_reason(tmp_path):
-    a = _jsonl(tmp_path / "a.jsonl", [_sft(1)])
+    a = write_jsonl(tmp_path / "a.jsonl", [_sft(1)])
     with pytest.raises(ValueError, match=r"named twice in the data .*trained on twice"):
         data_files([a, tmp_path / "." / "a.jsonl"])
     with pytest.raises(FileNotFoundError, match=r"nothing\*.jsonl: the pattern matches no file"):
@@ -127,7 +116,7 @@ def test_preference_shards_in_parquet_load_as_the_files_do(tmp_path, tok):
 
 
 def test_the_config_takes_one_path_or_several(tmp_path):
-    a, b = (_jsonl(tmp_path / f"{n}.jsonl", [_sft(1)]) for n in "ab")
+    a, b = (write_jsonl(tmp_path / f"{n}.jsonl", [_sft(1)]) for n in "ab")
     assert TrainConfig(model="m", output_dir="o", data=[str(a)]).data == str(a)  # one: kept as text
     assert TrainConfig(model="m", output_dir="o", data=[a, b]).data == [str(a), str(b)]
     with pytest.raises(ValueError, match=r"data: .*c.jsonl: no such data file"):
@@ -160,8 +149,8 @@ def test_sft_trains_on_every_file_and_its_card_hashes_each(tmp_path, capsys):
 
 def test_check_data_checks_several_files_as_one_set(tmp_path, capsys):
     model_dir, _ = write_task(tmp_path, n=1)
-    a = _jsonl(tmp_path / "a.jsonl", [_sft(1), _sft(2)])
-    b = _jsonl(tmp_path / "b.jsonl", [_sft(2), {"prompt": "Cough?"}])  # a repeat of a's second, and a bad one
+    a = write_jsonl(tmp_path / "a.jsonl", [_sft(1), _sft(2)])
+    b = write_jsonl(tmp_path / "b.jsonl", [_sft(2), {"prompt": "Cough?"}])  # a repeat of a's second, and a bad one
     assert main(["check-data", "--model", str(model_dir), "--data", str(a), str(b)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{a}, {b} (2 files): SFT records; 3 of 4 records kept; 1 skipped: 1x missing field " \
@@ -214,7 +203,7 @@ def test_a_resumed_run_needs_its_files_in_their_order(tmp_path):
 
 def test_a_file_of_an_unknown_format_among_the_paths_is_named_as_such(tmp_path, tok, capsys):
     """Paths stay paths whatever their names (they were once taken for records: "expected a dict")."""
-    a = _jsonl(tmp_path / "a.jsonl", [_sft(1)])
+    a = write_jsonl(tmp_path / "a.jsonl", [_sft(1)])
     (tmp_path / "notes.txt").write_text("x\n")
     with pytest.raises(ValueError, match=r"notes.txt: unknown data format '\.txt'"):
         load_sft([str(a), str(tmp_path / "notes.txt")], tok)

@@ -6,10 +6,8 @@ import sys
 
 import pytest
 
-from prefopt import load_tokenizer
 from prefopt.data import DataError, Records, load_preferences, read_rows
 from prefopt.data.records import PreferenceRecord, parse_preference
-from tests._tiny import build_tokenizer
 
 
 def user(text):
@@ -26,11 +24,6 @@ EXPLICIT = {"prompt": QUESTION, "chosen": [assistant("Go to the emergency depart
 IMPLICIT = {"chosen": QUESTION + EXPLICIT["chosen"], "rejected": QUESTION + EXPLICIT["rejected"]}
 HH = {"chosen": "\n\nHuman: Fever and a stiff neck?\n\nAssistant: Go to the emergency department now.",
       "rejected": "\n\nHuman: Fever and a stiff neck?\n\nAssistant: Rest and drink fluids."}
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return load_tokenizer(build_tokenizer(tmp_path_factory.mktemp("tok")))
 
 
 def parse(row):

@@ -5,22 +5,14 @@ import json
 import tracemalloc
 from array import array
 
-import pytest
 import torch
 
-from prefopt import load_tokenizer
 from prefopt.data import load_preferences, load_sft
 from prefopt.data.collate import pad_collate
 from prefopt.data.preference import PairExample, pair_collate
 from prefopt.data.sft import IGNORE, TokenizedExample, prompt_len
-from tests._tiny import build_tokenizer
 
 WORDS = "patient fever cough chest pain triage urgent routine nurse blood pressure heart rate".split()
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return load_tokenizer(build_tokenizer(tmp_path_factory.mktemp("tok")))
 
 
 def _pairs(n):
