@@ -5,12 +5,12 @@ for the policy and, where used, the reference, plus response token counts) and k
 hyper-parameters, and returns a :class:`LossOutput` of per-example losses and the chosen
 and rejected rewards. Register your own with :func:`register_loss`.
 
-Every built-in loss but ``kto`` is *pairwise*: example i's loss depends only on pair i's fields and on
-``chosen_nll``, the batch mean of the chosen tokens' NLL, which is linear in the log-probs.
-``prefopt.kernels.onepass`` relies on that to form the lm_head gradients stage by stage in
-the forward; a loss registered without ``pairwise=True`` takes the per-token path. Each
-pairwise built-in loss also has its gradient in closed form (``PAIR_GRADS``), which spares the one-pass
-kernel an autograd call per stage.
+Every built-in loss but ``kto`` is *pairwise*: example i's loss depends only on pair i's
+fields and on ``chosen_nll``, the batch mean of the chosen tokens' NLL, which is linear in the
+log-probs. ``prefopt.kernels.onepass`` relies on that to form the lm_head gradients stage by
+stage in the forward; a loss registered without ``pairwise=True`` (``kto``: its reference point
+is a batch mean) takes the per-token path. Each pairwise built-in loss also has its gradient in
+closed form (``PAIR_GRADS``), which spares the one-pass kernel an autograd call per stage.
 
 Conventions (TRL's, see docs/dpo.md): logps are sums over response tokens; rewards are
 ``beta * (policy - reference)`` for the reference-based losses and ``beta * mean token

@@ -44,7 +44,8 @@ def advice(loss: str, comparisons: dict) -> str | None:
     if c is None or c["p_value"] >= ALPHA or c["delta"] >= 0 or loss in NLL_ANCHORED:
         return None
     return (f"the preference stage (loss `{loss}`) made the SFT model worse. With a small model and few pairs, a "
-            "preference loss without an NLL term often shifts the answer prior (a class, a length) instead of learning the items. "
+            "preference loss without an NLL term often shifts the answer prior (a class, a length) instead of "
+            "learning the items. "
             "`--loss rpo` adds the chosen answers' NLL; where sigmoid DPO made SmolLM2-135M significantly worse "
             "(KTAS, MeQSum, Medical Abstracts, the portal demo), RPO was neutral, and with four times the KTAS data it "
             "raised macro-F1 on three seeds of three (significantly on one; docs/results.md).")

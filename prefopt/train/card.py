@@ -55,7 +55,7 @@ def _data_lines(config, n_train: int, n_eval: int) -> list[str]:
         lines.append("- the training records were given in memory (`records=`), not read from a file: no file "
                      "to hash")
     held = f" ({config.eval_fraction:g} of the data held out)" if not config.eval_data and n_eval else ""
-    noun = "pairs" if getattr(config, "loss", "kto") != "kto" else "examples"  # SFT's and KTO's are examples
+    noun = "pairs" if getattr(config, "loss", None) not in (None, "kto") else "examples"  # SFT's and KTO's: examples
     lines.append(f"- {n_train} training {noun}, "
                  f"{n_eval} for evaluation{held}; max_length {config.max_length}")
     if getattr(config, "sft_adapter", None):

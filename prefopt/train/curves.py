@@ -4,8 +4,8 @@ One panel per kind of number the run logged, each with its training value at eve
 (thin), a moving average over about a twentieth of the steps (thick) and, where the run was
 evaluated, the eval value at each evaluation (dots): the loss; for DPO the pair accuracy, the
 reward margin, the rewards and the chosen and rejected log-probs; for KTO the share of
-completions on their label's side of the reference point, that point and the log-probs; and anything else a loss (RPO's
-NLL...) or an evaluator (compare's held-out score, ``eval_macro_f1``...) logged. Written at the end of every run (``prefopt sft``/``dpo``)
+completions on their label's side of the reference point, that point and the log-probs; and
+anything else a loss (RPO's NLL...) or an evaluator (compare's held-out score, ``eval_macro_f1``...) logged. Written at the end of every run (``prefopt sft``/``dpo``)
 and by ``prefopt curves RUN_DIR`` at any time, also while the run is going. matplotlib is
 optional (``pip install 'prefopt[plots]'``): without it nothing is drawn and the caller says so.
 """
