@@ -56,6 +56,7 @@ def dynamics_lines(dyn: dict) -> list[str]:
                      f"reference point (KL estimate) {_arrow(d, 'kl', '.3f')}, completion log-prob "
                      f"{_arrow(d, 'logps/completion', '.2f')} (each step's batch before its update; mean of the first "
                      f"and last {d['window']} of {d['steps']} steps).")
+        lines += [f"- {w}" for w in dpo_warnings(d, "kto")]
     elif "dpo" in dyn:
         d = dyn["dpo"]
         lines.append(f"- DPO: pair accuracy {_arrow(d, 'rewards/accuracies', '.2f')}, reward margin "

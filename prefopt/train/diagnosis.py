@@ -1,5 +1,6 @@
 """What a DPO run's log says went wrong, in words: the pair accuracy stayed near chance (it never
-learned to rank its pairs), or the chosen answers became less likely (DPO without an NLL term).
+learned to rank its pairs), or the chosen answers became less likely (DPO without an NLL term);
+for KTO, its completions stayed near chance on their label's side of the reference point.
 Read from the first and last quarter of the logged steps (:func:`.metrics.first_and_last`);
 said at the end of ``prefopt dpo``, in the model card and in compare's report."""
 from __future__ import annotations
@@ -9,8 +10,13 @@ CHOSEN_DROP = 1.0  # nats: a larger fall of the chosen answers' mean log-prob is
 NLL_ANCHORED = ("rpo", "orpo")  # losses with a term that keeps the chosen answers likely
 
 
+WARNING_KEYS = ("rewards/accuracies", "logps/chosen", "kto/accuracies")  # what the sentences read
+
+
 def dpo_warnings(d: dict, loss: str | None) -> list[str]:
     """Sentences for ``d``, a ``first_and_last`` of a DPO log; ``loss``: the preference loss."""
+    if loss == "kto":
+        return kto_warnings(d)
     out = []
     acc = d["last"].get("rewards/accuracies")
     if acc is not None and acc < LEARNED:
@@ -23,3 +29,15 @@ def dpo_warnings(d: dict, loss: str | None) -> list[str]:
                    "known failure of DPO without an NLL term. `--loss rpo` adds the chosen answers' NLL; in "
                    "docs/results.md it kept their log-prob where sigmoid DPO lowered it.")
     return out
+
+
+def kto_warnings(d: dict) -> list[str]:
+    """KTO's counterpart of the pair accuracy: the share of its training completions on their
+    label's side of the reference point stayed near chance."""
+    share = d["last"].get("kto/accuracies")
+    if share is None or share >= LEARNED:
+        return []
+    return [f"KTO did not learn to tell its training completions apart: {share:.2f} of them lie on their label's "
+            "side of the reference point at the end, where 0.5 is chance. Any change in its answers is then a shift "
+            "in what the model prefers overall (a class, a length), not item knowledge. More examples or steps, or a "
+            "larger model, may help."]

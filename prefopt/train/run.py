@@ -16,7 +16,7 @@ from . import state as ckpt_io
 from .card import FILE, write_cards
 from .config import TrainConfig
 from .curves import curves_line
-from .diagnosis import dpo_warnings
+from .diagnosis import WARNING_KEYS, dpo_warnings
 from .distributed import init_distributed
 from .metrics import first_and_last, first_to_last
 from .reference import reference_cache_for
@@ -167,7 +167,7 @@ def outcome_lines(summary: dict, config: TrainConfig) -> list[str]:
     early stop, the best evaluation's weights."""
     kind = run_kind(config)
     lines = [line] if (line := training_line(config.output_dir, kind)) else []
-    logged = first_and_last(config.output_dir, ("rewards/accuracies", "logps/chosen")) if kind == "dpo" else None
+    logged = first_and_last(config.output_dir, WARNING_KEYS) if kind != "sft" else None
     lines += dpo_warnings(logged, config.loss) if logged else []
     before, after = summary.get("eval_before") or {}, summary.get("eval_after") or {}
     for key, label in EVAL_LINES.items():

@@ -34,3 +34,18 @@ def test_a_dpo_run_says_it_and_an_sft_run_does_not(tmp_path):
     sft = TrainConfig(model="m", data=str(tmp_path / "d.jsonl"), output_dir=str(tmp_path))
     assert outcome_lines({"total_steps": 4}, sft) == ["training loss 0.7000 → 0.7000 (mean of the first and last "
                                                       "1 of 4 logged steps)"]
+
+
+def test_a_kto_run_that_did_not_learn_says_so_in_kto_terms(tmp_path):
+    assert dpo_warnings({"first": {"kto/accuracies": 0.3}, "last": {"kto/accuracies": 0.7}}, "kto") == []
+    rows = [{"step": s, "loss": 0.5, "kto/accuracies": a, "kl": 0.1, "logps/completion": c,
+             "rewards/accuracies": 0.0, "logps/chosen": c}  # DPO's keys, were they logged, are not read for KTO
+            for s, a, c in [(1, 0.33, -2.3), (2, 0.35, -3.0), (3, 0.38, -4.0), (4, 0.38, -4.9)]]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "d.jsonl").write_text("")
+    kto = DPOConfig(model="m", data=str(tmp_path / "d.jsonl"), output_dir=str(tmp_path), loss="kto")
+    lines = outcome_lines({"total_steps": 4}, kto)
+    assert lines[0].startswith("training loss 0.5000 → 0.5000, share on the label's side of the reference point "
+                               "0.33 → 0.38, reference point (KL estimate) 0.100 → 0.100, completion log-prob")
+    assert lines[1].startswith("KTO did not learn to tell its training completions apart: 0.38 of them lie on their "
+                               "label's side") and len(lines) == 2
