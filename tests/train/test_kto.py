@@ -104,6 +104,7 @@ def test_pairs_train_kto_as_two_examples_each_and_dpo_examples_are_refused(task,
                                          "rejected": "routine visit"}) + "\n" for i in range(8)))
     summary = run_dpo(_cfg(task, tmp_path / "p", data=str(pairs), eval_data=None, max_steps=2))
     assert summary["total_steps"] == 2
+    assert "- 16 training examples, 0 for evaluation" in (tmp_path / "p" / "final" / "README.md").read_text()
     cfg = _cfg(task, tmp_path / "q", data=str(pairs), eval_data=None)
     tok = load_tokenizer(cfg.model)
     dpo_pairs, _ = load_preferences(pairs, tok)
