@@ -255,26 +255,30 @@ def orpo_loss(lp: PreferenceLogps, *, lambda_: float = 0.1, **_) -> LossOutput:
     return _rewards(lambda_, c, r, losses)
 
 
-def kto_reference_point(lp: PreferenceLogps) -> torch.Tensor:
+def kto_reference_point(lp: PreferenceLogps, mean: Callable[[torch.Tensor], torch.Tensor] | None = None
+                        ) -> torch.Tensor:
     """KTO's reference point z0: the batch's mean log-ratio of its mismatched completions (an
-    estimate of KL(policy || reference)), at least 0 and not differentiated, as in TRL."""
-    return (lp.rejected - lp.ref_rejected).detach().mean().clamp(min=0)
+    estimate of KL(policy || reference)), at least 0 and not differentiated, as in TRL. ``mean``
+    averages that batch mean over processes (TRL averages it over ranks); None: this batch's."""
+    z = (lp.rejected - lp.ref_rejected).detach().mean()
+    return (z if mean is None else mean(z)).clamp(min=0)
 
 
 @register_loss("kto")
 def kto_loss(lp: PreferenceLogps, *, beta: float = 0.1, desirable_weight: float = 1.0,
-             undesirable_weight: float = 1.0, **_) -> LossOutput:
+             undesirable_weight: float = 1.0, reference_mean=None, **_) -> LossOutput:
     """KTO (Ethayarajh et al. 2024, Eq. 7; TRL's ``loss_type="kto"``) on unpaired examples.
 
     Example i is one completion (``chosen``, with ``ref_chosen``) and whether it is desirable;
     ``rejected``/``ref_rejected`` hold another example's completion under i's prompt, from which
     the reference point z0 (:func:`kto_reference_point`) is estimated. With r the log-ratio, a
     desirable example's loss is ``w_D (1 - σ(β(r - z0)))``, an undesirable one's
-    ``w_U (1 - σ(β(z0 - r)))``. Not pairwise: z0 is a mean over the batch. Rewards: β × the
-    completion's log-ratio (chosen) and β × the mismatched one's (rejected)."""
+    ``w_U (1 - σ(β(z0 - r)))``. Not pairwise: z0 is a mean over the batch (``reference_mean``:
+    and over processes, :func:`kto_reference_point`). Rewards: β × the completion's log-ratio
+    (chosen) and β × the mismatched one's (rejected)."""
     desirable = _need(lp, "desirable", "kto").bool()
     r, kl = _ratios(lp)
-    z0 = kto_reference_point(lp)
+    z0 = kto_reference_point(lp, reference_mean)
     losses = torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * (r - z0))),
                          undesirable_weight * (1 - torch.sigmoid(beta * (z0 - r))))
     return _rewards(beta, r, kl, losses)

@@ -38,7 +38,7 @@ from ..lora import (
 from ..lora_stack import same_layers
 from ..losses import LOSSES, REFERENCE_FREE, kto_reference_point
 from .config import TrainConfig, opt
-from .distributed import head_operands
+from .distributed import all_reduce_sum, head_operands
 from .loop import Batch, Trainer
 from .reference import reference_cache_for
 from .shared_prompt import pack_pairs, pair_hidden, pair_logp_sums
@@ -178,6 +178,9 @@ class DPOTrainer(Trainer):
             batch["desirable"] = torch.tensor([p.desirable for p in pairs])
         return batch
 
+    def _mean_over_ranks(self, x: torch.Tensor) -> torch.Tensor:
+        return all_reduce_sum(x, self.dist) / self.dist.world
+
     def units(self, batch: Batch) -> int:
         return batch["labels"].shape[0] // 2
 
@@ -243,11 +246,16 @@ class DPOTrainer(Trainer):
             ref = self.reference_logps(batch)
             ref_c, ref_r = ref[:B], ref[B:]
         hidden, labels = pair_hidden(model, batch)
+        kw = self.config.loss_kwargs()
+        if self.config.loss == "kto" and model.training and self.dist.enabled:
+            # z0 over the ranks' batches, as TRL takes it (training's micro-batches are the same on every
+            # rank; an eval shard may have one batch more, so there each rank keeps its own)
+            kw["reference_mean"] = self._mean_over_ranks
         out, lp = fused_preference_loss(*head_operands(model, hidden), labels, ref_c, ref_r,
                                         self.config.loss, ignore_index=IGNORE, reduction="sum",
-                                        desirable=batch.get("desirable"), **self.config.loss_kwargs())
+                                        desirable=batch.get("desirable"), **kw)
         if self.config.loss == "kto":
-            return out.losses, kto_metrics(lp)
+            return out.losses, kto_metrics(lp, kw.get("reference_mean"))
         c, r = out.chosen_rewards, out.rejected_rewards
         metrics = {
             "rewards/chosen": c.sum(), "rewards/rejected": r.sum(), "rewards/accuracies": (c > r).float().sum(),
@@ -257,12 +265,12 @@ class DPOTrainer(Trainer):
         return out.losses, metrics
 
 
-def kto_metrics(lp) -> dict[str, torch.Tensor]:
+def kto_metrics(lp, reference_mean=None) -> dict[str, torch.Tensor]:
     """A KTO batch's metrics, summed over its examples (the loop divides by their number):
     ``kl``, the reference point z0 (TRL's name); ``kto/accuracies``, the examples whose log-ratio
     lies on their label's side of it (above for a desirable completion, below for an undesirable
     one: what the loss pushes for); ``logps/completion``, the completions' log-probs."""
-    z0 = kto_reference_point(lp)
+    z0 = kto_reference_point(lp, reference_mean)
     ratio = (lp.chosen - lp.ref_chosen).detach()
     right = torch.where(lp.desirable.bool(), ratio > z0, ratio < z0)
     return {"kl": z0 * len(ratio), "kto/accuracies": right.float().sum(), "logps/completion": lp.chosen.detach().sum()}

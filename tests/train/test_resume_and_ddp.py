@@ -166,6 +166,31 @@ def test_dpo_with_a_reference_cache_on_two_processes_matches_one(task, tmp_path)
 
 
 @pytest.mark.slow
+def test_kto_on_two_processes_matches_one(task, tmp_path):
+    """KTO's reference point z0 is a batch mean: on two processes it is averaged over the ranks'
+    batches (as TRL does), so two processes of 2 examples train as one of 4. Eval is left out:
+    there each rank keeps its own batch's z0 (an eval shard may hold one batch more)."""
+    pairs = write_pairs(tmp_path / "pairs.jsonl", n=24)  # read as 48 examples
+
+    def config(name, batch_size):
+        return _config(task, tmp_path / name, kind="dpo", loss="kto", beta=0.5, data=str(pairs),
+                       batch_size=batch_size, max_steps=6, lr=5e-3, lora_dropout=0.0, save_every=0, eval_fraction=0)
+
+    one = _run([str(ROOT / "tests" / "train" / "_run_config.py"), str(config("one", 4))])
+    assert one.returncode == 0, one.stderr
+    two = _torchrun(2, config("two", 2))
+    assert two.returncode == 0, two.stderr[-3000:]
+    m1, m2 = ([m for m in read_metrics(tmp_path / run) if "loss" in m] for run in ("one", "two"))
+    assert len(m1) == len(m2) == 6 and max(m["kl"] for m in m1) > 0  # z0 was not clamped away throughout
+    for a, b in zip(m1, m2):
+        for key in ("loss", "kl", "kto/accuracies"):
+            assert abs(a[key] - b[key]) < 1e-4 * max(1, abs(a[key])), (key, m1, m2)
+    w1 = load_file(tmp_path / "one" / "final" / "adapter_model.safetensors")
+    w2 = load_file(tmp_path / "two" / "final" / "adapter_model.safetensors")
+    assert w1.keys() == w2.keys() and max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
+
+
+@pytest.mark.slow
 def test_fsdp_run_killed_then_resumed_matches_an_uninterrupted_one(task, tmp_path):
     """FSDP2 (2 processes, each holding half of every parameter and of its Adam moments): the
     checkpoint gathers full parameters and moments, and resuming reshards them exactly."""
