@@ -120,8 +120,9 @@ class RefCache:
                 self._values[k] = (float(t["chosen"][r]), float(t["rejected"][r]))
 
     def fill(self, pairs: Sequence, compute: Callable[[list], tuple[torch.Tensor, torch.Tensor]], *,
-             batch_size: int, show_progress: bool = True) -> int:
-        """Compute and store the reference log-probs of every pair not cached yet.
+             batch_size: int, show_progress: bool = True, unit: str = "pair") -> int:
+        """Compute and store the reference log-probs of every pair not cached yet (``unit``:
+        what the progress bar counts them as; KTO's examples are pairs too).
 
         ``compute(pairs) -> (chosen, rejected)`` runs the reference on one batch. Each batch is
         written as it finishes, so an interrupted fill resumes. Pairs (anything with ``key``
@@ -130,7 +131,7 @@ class RefCache:
         todo = {p.key: p for p in pairs if p.key not in self.entries}
         # longest first: batches of similar length pad little, and a batch too big fails at once
         items = sorted(todo.values(), key=lambda p: len(p.input_ids), reverse=True)
-        bar = progress(total=len(items), desc="reference log-probs", unit="pair", disable=not show_progress)
+        bar = progress(total=len(items), desc="reference log-probs", unit=unit, disable=not show_progress)
         for s in range(0, len(items), batch_size):
             chunk = items[s:s + batch_size]
             with torch.no_grad():

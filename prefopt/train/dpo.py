@@ -228,7 +228,8 @@ class DPOTrainer(Trainer):
                 with self._autocast():
                     sums = self.reference_logps(b).float().cpu()
                 return sums[:len(chunk)], sums[len(chunk):]
-            n = self.ref_cache.fill(pairs, compute, batch_size=pairs_per_chunk, show_progress=self.config.progress)
+            n = self.ref_cache.fill(pairs, compute, batch_size=pairs_per_chunk, show_progress=self.config.progress,
+                                    unit=self.noun.rstrip("s"))
             self.ref_mode = "cache"
             self.ref_forwards = 0
         barrier(self.dist)
