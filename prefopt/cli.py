@@ -308,7 +308,8 @@ def _add_make_pairs(sub) -> None:
 
     p = sub.add_parser("make-pairs", help="preference pairs without annotation: each SFT record's reference answer "
                        "(chosen) against the model's own answer to its prompt (rejected), where they differ; "
-                       "writes pairs.jsonl for prefopt dpo",
+                       "writes pairs.jsonl for prefopt dpo, and feedback.jsonl (each answer labelled right or "
+                       "wrong) for dpo --loss kto",
                        description="The model (usually with the SFT adapter) answers each record's prompt as SFT "
                        "tokenized it; an answer that differs from the reference (case, spacing and end punctuation "
                        "aside) becomes the rejected side of a pair. Every answer is kept in answers.jsonl; a stopped "
@@ -317,7 +318,8 @@ def _add_make_pairs(sub) -> None:
     p.add_argument("--data", required=True, nargs="+", metavar="PATH", help="SFT records (prompt/completion, or "
                    "messages ending with the reference answer), as sft reads them: one file or several, a folder of "
                    "shards, a quoted pattern")
-    p.add_argument("--output", required=True, help="output folder: pairs.jsonl, answers.jsonl, make_pairs.json")
+    p.add_argument("--output", required=True, help="output folder: pairs.jsonl, feedback.jsonl, answers.jsonl, "
+                   "make_pairs.json")
     p.add_argument("--columns", nargs="+", metavar="FIELD=COLUMN", help="the data's own column names, as sft's")
     p.add_argument("--batch-size", type=positive_int, default=8, help="prompts answered at once")
     p.add_argument("--max-prompt-length", type=positive_int, help="keep each prompt's last N tokens (as training's)")
@@ -340,6 +342,7 @@ def _make_pairs(args: argparse.Namespace) -> int:
         FILES,
         JOB,
         answer_in_blocks,
+        feedback_from,
         pairs_from,
         read_prompts,
         stamp,
@@ -385,6 +388,8 @@ def _make_pairs(args: argparse.Namespace) -> int:
         out = Path(args.output)
         write_text_atomic(out / "answers.jsonl", jsonl_text(rows))
         write_text_atomic(out / "pairs.jsonl", jsonl_text(pairs))
+        feedback = feedback_from(prompts, rows, several_files=several)
+        write_text_atomic(out / "feedback.jsonl", jsonl_text(feedback))
         write_json_atomic(out / "make_pairs.json", {**made, **counts, "bad_records": len(bad),
                                                     "date": date.today().isoformat(),
                                                     "seconds": round(time.time() - t0, 1)})
@@ -392,8 +397,11 @@ def _make_pairs(args: argparse.Namespace) -> int:
     say(summary_line(counts))
     for line in lopsided_lines(Counter(p["chosen"].strip() for p in pairs), Counter(p["rejected"].strip() for p in pairs)):
         say(line.strip())
-    say(f"wrote {out / 'pairs.jsonl'} (train on it: prefopt dpo --data {out / 'pairs.jsonl'} ...), answers.jsonl "
-        "(every answer, for review) and make_pairs.json")
+    good = sum(1 for r in feedback if r["label"])
+    say(f"wrote {out / 'pairs.jsonl'} (train on it: prefopt dpo --data {out / 'pairs.jsonl'} ...), feedback.jsonl "
+        f"(every answer labelled by whether it reads as the reference, {good} of {len(feedback)} desirable: "
+        f"prefopt dpo --loss kto --data {out / 'feedback.jsonl'} ...), answers.jsonl (every answer, for review) and "
+        "make_pairs.json")
     say(f"before training, look at each side's mix (prefopt check-data --model {args.model} --data "
         f"{out / 'pairs.jsonl'}): pairs that mostly reject one answer teach that prior (docs/dpo.md)")
     return 0

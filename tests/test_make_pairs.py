@@ -10,9 +10,10 @@ import prefopt.evaluate.answer_pairs as ap
 from prefopt import load_model, load_tokenizer
 from prefopt.cli import main
 from prefopt.data import DataError, load_preferences
+from prefopt.data.feedback import load_feedback
 from prefopt.data.records import parse_sft
 from prefopt.data.sft import prompt_len, tokenize_sft
-from prefopt.evaluate.answer_pairs import pairs_from, read_prompts, same_answer
+from prefopt.evaluate.answer_pairs import feedback_from, pairs_from, read_prompts, same_answer
 from prefopt.model.generate import generate
 from tests._tiny import build_hf_model
 
@@ -78,6 +79,10 @@ def test_answers_that_read_the_same_make_no_pair():
                                                                         ("Desk", "Desk desk desk", 4)]
     assert counts == {"prompts": 4, "pairs": 2, "same_as_reference": 1, "empty_answers": 1, "unfinished_rejected": 1}
     assert "file" not in pairs[0] and pairs_from(prompts, rows, several_files=True)[0][0]["file"] == "d.jsonl"
+    # the same answers as KTO's feedback: the right one (no pair) desirable, the wrong ones not, the empty one left out
+    feedback = feedback_from(prompts, rows, several_files=False)
+    assert [(f["completion"], f["label"], f["line"]) for f in feedback] == [("urgent.", True, 1), ("Emergency", False, 2),
+                                                                            ("Desk desk desk", False, 4)]
 
 
 def _make(tiny, data, out, *extra):
@@ -104,7 +109,15 @@ def test_the_command_pairs_each_reference_with_the_models_own_answer(tiny, tmp_p
     rows = [json.loads(x) for x in (tmp_path / "out" / "pairs.jsonl").read_text().splitlines()]
     assert all(r["chosen"] == _records(5)[r["line"] - 1]["completion"] and r["rejected"] == want[r["line"] - 1]
                for r in rows) and len(pairs) == len(rows) == report.n_kept
-    assert "pairs from 5 prompts" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "pairs from 5 prompts" in out
+    feedback, _ = load_feedback(tmp_path / "out" / "feedback.jsonl", tok)  # dpo --loss kto reads it as it is
+    labels = [json.loads(x)["label"] for x in (tmp_path / "out" / "feedback.jsonl").read_text().splitlines()]
+    assert [x.desirable for x in feedback] == labels and len(labels) == sum(1 for w in want if w)
+    assert labels.count(False) == len(rows)  # a wrong answer is both a pair's rejected side and undesirable feedback
+    assert f"{labels.count(True)} of {len(labels)} desirable: prefopt dpo --loss kto --data" in out
+    same_labels = [json.loads(x)["label"] for x in (tmp_path / "out2" / "feedback.jsonl").read_text().splitlines()]
+    assert same_labels[0] is True  # the answer that reads as the reference: no pair, a desirable example
     assert _make(tiny, [data], tmp_path / "out") == 0  # again into the same folder: the earlier files kept
     assert (tmp_path / "out" / "earlier" / "1" / "pairs.jsonl").is_file()
 

@@ -6,7 +6,9 @@ SFT run tokenized it, is the rejected one, where the two differ. These are on-po
 DPO then moves the model away from the answers it actually gives and toward the references, with
 no preference annotation. Answers that read the same as the reference (case, spacing and end
 punctuation aside) make no pair; they are counted, and every answer is kept in ``answers.jsonl``
-for review. The run goes block by block, each on disk before the next, so the same command after
+for review. ``feedback.jsonl`` holds the same answers as KTO's unpaired records, each labelled by
+whether it reads as the reference (``prefopt dpo --loss kto``): the right answers the model gives,
+which make no pair, are desirable examples there. The run goes block by block, each on disk before the next, so the same command after
 a stop goes on from the answers made.
 """
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .runner import answer_prompts
 
 BLOCK = 32  # prompts answered between two writes of the partial file
 JOB = "make-pairs"
-FILES = ("pairs.jsonl", "answers.jsonl", "make_pairs.json")
+FILES = ("pairs.jsonl", "feedback.jsonl", "answers.jsonl", "make_pairs.json")
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,19 @@ def pairs_from(prompts: list[Prompt], rows: list[dict], *, several_files: bool) 
     counts = {"prompts": len(prompts), "pairs": len(pairs), "same_as_reference": same, "empty_answers": empty,
               "unfinished_rejected": sum(1 for x in pairs if not x["finished"])}
     return pairs, counts
+
+
+def feedback_from(prompts: list[Prompt], rows: list[dict], *, several_files: bool) -> list[dict]:
+    """KTO's records from the same answers: each non-empty answer, desirable where it reads as the
+    reference (:func:`same_answer`), undesirable where not: on-policy feedback, as a grader
+    accepting or rejecting the model's drafts would give it."""
+    out = []
+    for p, row in zip(prompts, rows):
+        if row["answer"]:
+            where = {"file": p.file} if several_files else {}
+            out.append({"prompt": p.prompt, "completion": row["answer"], "label": same_answer(row["answer"], p.reference),
+                        **where, "line": p.line, "source": "model_answer", "finished": row["finished"]})
+    return out
 
 
 def summary_line(c: dict) -> str:
