@@ -7,9 +7,9 @@ DPO then moves the model away from the answers it actually gives and toward the 
 no preference annotation. Answers that read the same as the reference (case, spacing and end
 punctuation aside) make no pair; they are counted, and every answer is kept in ``answers.jsonl``
 for review. ``feedback.jsonl`` holds the same answers as KTO's unpaired records, each labelled by
-whether it reads as the reference (``prefopt dpo --loss kto``): the right answers the model gives,
-which make no pair, are desirable examples there. The run goes block by block, each on disk before the next, so the same command after
-a stop goes on from the answers made.
+whether it reads as the reference (``prefopt dpo --loss kto``): the right answers the model
+gives, which make no pair, are desirable examples there. The run goes block by block, each on
+disk before the next, so the same command after a stop goes on from the answers made.
 """
 from __future__ import annotations
 
@@ -173,8 +173,9 @@ def feedback_from(prompts: list[Prompt], rows: list[dict], *, several_files: boo
     for p, row in zip(prompts, rows):
         if row["answer"]:
             where = {"file": p.file} if several_files else {}
-            out.append({"prompt": p.prompt, "completion": row["answer"], "label": same_answer(row["answer"], p.reference),
-                        **where, "line": p.line, "source": "model_answer", "finished": row["finished"]})
+            out.append({"prompt": p.prompt, "completion": row["answer"],
+                        "label": same_answer(row["answer"], p.reference), **where, "line": p.line,
+                        "source": "model_answer", "finished": row["finished"]})
     return out
 
 
