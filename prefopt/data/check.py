@@ -2,7 +2,6 @@
 in tokens, what a ``max_length`` would cut, and which repeat (``prefopt check-data``)."""
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from .sft import (
     load_sft,
     prompt_len,
     sources,
+    token_digest,
 )
 
 KINDS = ("sft", "preference", "feedback")
@@ -132,12 +132,11 @@ def check_data(path: str | Path | list[dict], tok: Tokenizer, *, kind: str | Non
     seen: set = set()
     duplicates = 0
     for x in full:
-        # a digest, not the tokens: a set of every record's tokens as tuples of ints took ~70 bytes a token
+        # a digest, not the tokens (token_digest)
         if isinstance(x, FeedbackExample):  # its completion and label; the mismatched completion is not data
-            key = (x.desirable, hashlib.blake2b(x.chosen.input_ids.tobytes(), digest_size=16).digest())
+            key = (x.desirable, token_digest(x.chosen.input_ids))
         else:
-            key = x.key if isinstance(x, PairExample) else hashlib.blake2b(
-                x.input_ids.tobytes() + x.labels.tobytes(), digest_size=16).digest()
+            key = x.key if isinstance(x, PairExample) else token_digest(x.input_ids, x.labels)
         duplicates += key in seen
         seen.add(key)
     return DataCheck(kind, report, [t for t, _, _ in sides], [p for _, p, _ in sides], [r for _, _, r in sides],

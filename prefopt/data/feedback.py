@@ -14,7 +14,6 @@ reference cache holds both log-probs under one key.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from ..tokenizer import Tokenizer
 from .columns import column_of, with_columns
 from .preference import PairExample, tokenize_pair
 from .records import DataError, FeedbackRecord, PreferenceRecord, SFTRecord, parse_feedback
-from .sft import IGNORE, Cut, LoadReport, TokenizedExample, load_tokenized, prompt_len, tokenize_sft
+from .sft import IGNORE, Cut, LoadReport, TokenizedExample, load_tokenized, prompt_len, token_digest, tokenize_sft
 
 
 @dataclass(frozen=True)
@@ -75,11 +74,6 @@ def _spread(report: LoadReport, encoded: list[_Encoded]) -> None:
             setattr(report, name, [v for v, n in zip(values, sizes, strict=True) for _ in range(n)])
 
 
-def _digest(*parts) -> bytes:
-    """A 16-byte digest of token arrays (a set of tuples of ints took ~46 bytes a token)."""
-    return hashlib.blake2b(b"".join(p.tobytes() for p in parts), digest_size=16).digest()
-
-
 def mismatched(examples: list[TokenizedExample], max_length: int) -> list[TokenizedExample]:
     """For each example, its prompt followed by another example's completion (cut to
     ``max_length``): the next one, along the cycle of the examples in the order of their hashes,
@@ -90,9 +84,9 @@ def mismatched(examples: list[TokenizedExample], max_length: int) -> list[Tokeni
         raise NoMismatch(f"KTO needs at least 2 examples to estimate its reference point from mismatched "
                          f"completions; got {n}")
     cut = [prompt_len(x.labels) for x in examples]
-    prompts = [_digest(x.input_ids[:k]) for x, k in zip(examples, cut)]
-    answers = [_digest(x.input_ids[k:]) for x, k in zip(examples, cut)]
-    cycle = sorted(range(n), key=lambda i: (_digest(examples[i].input_ids, examples[i].labels), i))
+    prompts = [token_digest(x.input_ids[:k]) for x, k in zip(examples, cut)]
+    answers = [token_digest(x.input_ids[k:]) for x, k in zip(examples, cut)]
+    cycle = sorted(range(n), key=lambda i: (token_digest(examples[i].input_ids, examples[i].labels), i))
     place = {i: p for p, i in enumerate(cycle)}
     one_prompt = len(set(prompts)) == 1
     out = []

@@ -1,6 +1,7 @@
 """SFT examples: load and validate a file, tokenize with loss only on response tokens, truncate."""
 from __future__ import annotations
 
+import hashlib
 from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -40,6 +41,12 @@ class TokenizedExample:
     @property
     def n_tokens(self) -> int:
         return len(self.input_ids)
+
+
+def token_digest(*arrays: array) -> bytes:
+    """A 16-byte digest of token arrays (``TokenizedExample``'s ids, labels, or slices of them): to
+    compare or count sequences without keeping them (a set of tuples of ints took ~70 bytes a token)."""
+    return hashlib.blake2b(b"".join(a.tobytes() for a in arrays), digest_size=16).digest()
 
 
 @dataclass(frozen=True)
