@@ -23,9 +23,10 @@ NOT_SETTINGS = {"output_dir", "resume", "overwrite", "progress", "log_every", "s
 
 def _what(config) -> tuple[str, list[str]]:
     """The card's title and its tags."""
-    dpo = hasattr(config, "loss")
-    method = f"{config.loss} preference loss (DPO family), beta {config.beta:g}" if dpo else "SFT"
-    if dpo and config.loss == "kto":
+    run = config.run_kind
+    dpo = run != "sft"
+    method = f"{config.loss} preference loss (DPO family), beta {config.beta:g}" if run == "dpo" else "SFT"
+    if run == "kto":
         method = (f"KTO on unpaired feedback, beta {config.beta:g}, weights {config.kto_desirable_weight:g} "
                   f"(desirable) and {config.kto_undesirable_weight:g} (undesirable)")
     rs = ", rsLoRA" if getattr(config, "lora_rslora", False) else ""
@@ -55,8 +56,7 @@ def _data_lines(config, n_train: int, n_eval: int) -> list[str]:
         lines.append("- the training records were given in memory (`records=`), not read from a file: no file "
                      "to hash")
     held = f" ({config.eval_fraction:g} of the data held out)" if not config.eval_data and n_eval else ""
-    noun = "pairs" if getattr(config, "loss", None) not in (None, "kto") else "examples"  # SFT's and KTO's: examples
-    lines.append(f"- {n_train} training {noun}, "
+    lines.append(f"- {n_train} training {'pairs' if config.run_kind == 'dpo' else 'examples'}, "
                  f"{n_eval} for evaluation{held}; max_length {config.max_length}")
     if getattr(config, "sft_adapter", None):
         lines.append(f"- trained on top of the SFT adapter `{Path(config.sft_adapter).resolve()}`, whose update these "

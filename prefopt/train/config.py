@@ -241,6 +241,12 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def run_kind(self) -> str:
+        """``"sft"`` here; a preference run's config says ``"dpo"`` or ``"kto"``: which metrics the
+        run logs and how its summary and model card speak of them."""
+        return "sft"
+
     @classmethod
     def recorded_defaults(cls) -> dict[str, Any]:
         """What a checkpoint that does not record a setting ran with: its default, or for a setting

@@ -96,6 +96,10 @@ class DPOConfig(TrainConfig):
         if errors:
             raise ValueError("invalid DPO config:\n  " + "\n  ".join(errors))
 
+    @property
+    def run_kind(self) -> str:
+        return "kto" if self.loss == "kto" else "dpo"
+
     def loss_kwargs(self) -> dict:
         kw = {"beta": self.beta, "label_smoothing": self.label_smoothing, "rpo_alpha": self.rpo_alpha}
         if self.loss == "simpo":

@@ -145,14 +145,8 @@ TRAIN_KEYS = {"sft": ("loss",), "dpo": ("loss", "rewards/accuracies", "logps/cho
               "kto": ("loss", "kto/accuracies", "kl", "logps/completion")}
 
 
-def run_kind(config: TrainConfig) -> str:
-    """``"sft"``, ``"dpo"`` (a preference loss) or ``"kto"``: which metrics the run logs."""
-    loss = getattr(config, "loss", None)
-    return "sft" if loss is None else "kto" if loss == "kto" else "dpo"
-
-
 def training_line(output_dir: str | Path, kind: str) -> str | None:
-    """The logged training metrics (``kind``'s, :data:`TRAIN_KEYS`), first → last quarter of the
+    """The logged training metrics (``kind``'s: :attr:`TrainConfig.run_kind`, :data:`TRAIN_KEYS`), first → last quarter of the
     steps (without an eval set, the only sign of what training did); None without a log."""
     keys = TRAIN_KEYS[kind]
     d = first_and_last(output_dir, keys)
@@ -165,7 +159,7 @@ def training_line(output_dir: str | Path, kind: str) -> str | None:
 def outcome_lines(summary: dict, config: TrainConfig) -> list[str]:
     """What the run did: training's first → last steps, the eval metrics before → after, an
     early stop, the best evaluation's weights."""
-    kind = run_kind(config)
+    kind = config.run_kind
     lines = [line] if (line := training_line(config.output_dir, kind)) else []
     logged = first_and_last(config.output_dir, WARNING_KEYS) if kind != "sft" else None
     lines += dpo_warnings(logged, config.loss) if logged else []
@@ -202,7 +196,7 @@ def run_dpo(config, callbacks=(), evaluators=(), *, records=None, eval_records=N
     from ..data.preference import load_preferences
     from .dpo import DPOTrainer, kto_balance_line
 
-    kto = getattr(config, "loss", None) == "kto"
+    kto = config.run_kind == "kto"
     loader = load_feedback if kto else load_preferences  # KTO: unpaired, or pairs read as two
     config, tok, pairs, evals = _start(config, evaluators, records, eval_records, loader)
     if kto and init_distributed(resolve_device(config.device)).is_main:
