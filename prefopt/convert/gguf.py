@@ -22,7 +22,7 @@ import torch
 
 from .._deps import progress, require
 from ..model.checkpoint import write_config_files
-from ..model.config import SUPPORTED_ARCHITECTURES, ModelConfig, UnsupportedModelError
+from ..model.config import SUPPORTED_ARCHITECTURES, ModelConfig, UnsupportedModelError, no_rope_every
 from ..model.safetensors_io import ShardWriter
 from . import gguf_gemma
 from .gguf_rope import llama3_scaling
@@ -267,4 +267,4 @@ def _config(meta: _Metadata, *, tied: bool, rope_freqs: np.ndarray | None = None
 
 def smollm3_no_rope_layers(n_layer: int) -> list[int]:
     """llama.cpp's SmolLM3 layers, 1 where RoPE applies: all but every :data:`SMOLLM3_NO_ROPE_STEP`-th."""
-    return [int((i + 1) % SMOLLM3_NO_ROPE_STEP != 0) for i in range(n_layer)]
+    return no_rope_every(n_layer, SMOLLM3_NO_ROPE_STEP)

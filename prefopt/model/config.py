@@ -231,12 +231,18 @@ class ModelConfig:
         return d
 
 
+def no_rope_every(n_layers: int, every: int) -> list[int]:
+    """SmolLM3's layers with RoPE left out of every ``every``-th (1 where it applies), as
+    transformers makes them from ``no_rope_layer_interval`` and llama.cpp's smollm3 fixes them."""
+    return [int((i + 1) % every != 0) for i in range(n_layers)]
+
+
 def _smollm3(d: dict[str, Any]) -> dict[str, Any]:
     """SmolLM3's settings: the layers without RoPE (listed, else every ``no_rope_layer_interval``-th,
     as transformers makes them); its sliding window (off in the released models) is refused."""
     n = d["num_hidden_layers"]
     every = d.get("no_rope_layer_interval", 4)
-    layers = d.get("no_rope_layers") or [int((i + 1) % every != 0) for i in range(n)]
+    layers = d.get("no_rope_layers") or no_rope_every(n, every)
     if len(layers) != n or set(layers) - {0, 1}:
         raise UnsupportedModelError(f"no_rope_layers {layers}: expected {n} of 0 / 1")
     if d.get("use_sliding_window"):
