@@ -50,19 +50,17 @@ def dynamics_lines(dyn: dict) -> list[str]:
         d = dyn["sft"]
         lines.append(f"- SFT: token NLL {_arrow(d, 'loss', '.3f')} (mean of the first and last {d['window']} "
                      f"of {d['steps']} steps).")
-    if "dpo" in dyn and dyn["dpo"].get("loss") == "kto":
+    if "dpo" in dyn:
         d = dyn["dpo"]
-        lines.append(f"- KTO: share on the label's side of the reference point {_arrow(d, 'kto/accuracies', '.2f')}, "
-                     f"reference point (KL estimate) {_arrow(d, 'kl', '.3f')}, completion log-prob "
-                     f"{_arrow(d, 'logps/completion', '.2f')} (each step's batch before its update; mean of the first "
-                     f"and last {d['window']} of {d['steps']} steps).")
-        lines += [f"- {w}" for w in dpo_warnings(d, "kto")]
-    elif "dpo" in dyn:
-        d = dyn["dpo"]
-        lines.append(f"- DPO: pair accuracy {_arrow(d, 'rewards/accuracies', '.2f')}, reward margin "
-                     f"{_arrow(d, 'rewards/margins', '+.3f')}, chosen log-prob {_arrow(d, 'logps/chosen', '.2f')}, "
-                     f"rejected {_arrow(d, 'logps/rejected', '.2f')} (each step's batch before its update; mean of "
-                     f"the first and last {d['window']} of {d['steps']} steps).")
+        window = f"(each step's batch before its update; mean of the first and last {d['window']} of {d['steps']} steps)"
+        if d.get("loss") == "kto":
+            lines.append(f"- KTO: share on the label's side of the reference point {_arrow(d, 'kto/accuracies', '.2f')}, "
+                         f"reference point (KL estimate) {_arrow(d, 'kl', '.3f')}, completion log-prob "
+                         f"{_arrow(d, 'logps/completion', '.2f')} {window}.")
+        else:
+            lines.append(f"- DPO: pair accuracy {_arrow(d, 'rewards/accuracies', '.2f')}, reward margin "
+                         f"{_arrow(d, 'rewards/margins', '+.3f')}, chosen log-prob {_arrow(d, 'logps/chosen', '.2f')}, "
+                         f"rejected {_arrow(d, 'logps/rejected', '.2f')} {window}.")
         lines += [f"- {w}" for w in dpo_warnings(d, d.get("loss"))]
     if "selection" in dyn:
         lines.append(selection_line(dyn["selection"]))
