@@ -1,5 +1,6 @@
 """prefopt: local SFT and DPO fine-tuning of open LLMs, in plain PyTorch."""
-from .lora import apply_lora, disable_adapter, load_adapter, merge_lora
+from .lora import apply_lora, disable_adapter, merge_lora
+from .lora_files import load_adapter
 from .lora_stack import save_adapter
 from .model import ModelConfig, Transformer, generate, save_model
 from .pretrained import load_model, save_merged

@@ -9,27 +9,22 @@ scaled by ``alpha / r`` (rank-stabilised LoRA, PEFT's ``use_rslora``: ``alpha / 
 DoRA (PEFT's ``use_dora``) also learns each output row's magnitude ``m``, and scales each row
 of ``W + ΔW`` to it: ``W' = m / ‖W + ΔW‖ · (W + ΔW)``, the norm taken as a constant.
 
-Adapters are written in PEFT's layout (``adapter_config.json`` + ``adapter_model.safetensors``
-with keys ``base_model.model.<module>.lora_A.weight``), so PEFT, vLLM and others read them;
+Adapter files (PEFT's layout) are read and written by ``prefopt.lora_files``;
 ``prefopt.lora_stack.save_adapter`` saves a model's adapter (with any merged before it).
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fileio import write_json_atomic
 from .lora_ops import dora_linear, lora_linear
-from .model.safetensors_io import iter_tensors, read_header, save_file_atomic
 from .quant import PROJECTIONS, QuantLinear
 
 DEFAULT_TARGETS = PROJECTIONS  # every attention and MLP projection
@@ -243,8 +238,6 @@ class QLoRALinear(LoRALinear):
             raise RuntimeError("an adapter merged into a 4-bit layer stays merged (load the model again to drop it)")
 
 
-MERGE_IN_PEFT = ("to use it, load it in PEFT, merge it (merge_and_unload), save that model (save_pretrained) and "
-                 "pass its folder as the model")
 TIED_HEAD = ("lm_head: this model's output head is its input embedding (tie_word_embeddings), which prefopt puts no "
              "adapter on (merged, it would change the input embedding too); leave lm_head out of the LoRA targets")
 
@@ -322,7 +315,7 @@ def apply_lora(
 
     ``"all-linear"`` (PEFT's shorthand) stands for every linear layer but the lm_head.
     Every name must match some layer (``strict``): a misspelt one would otherwise leave that
-    layer untrained without a word. :func:`load_adapter` is lenient, as PEFT is: an adapter's
+    layer untrained without a word. :func:`prefopt.lora_files.load_adapter` is lenient, as PEFT is: an adapter's
     tensors, checked key by key, say which layers it holds. ``rslora``: scale the update by
     ``alpha / sqrt(r)`` instead of ``alpha / r`` (PEFT's ``use_rslora``). ``dora``: DoRA layers,
     each output row's magnitude trained with A and B (PEFT's ``use_dora``). ``layers``: adapt
@@ -461,208 +454,7 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if is_adapter_key(k)}
 
 
-def write_adapter(tensors: dict[str, torch.Tensor], cfg: LoRAConfig, out_dir: str | Path, *,
-                  base_model: str | None = None) -> Path:
-    """Write adapter tensors (prefopt's module names) and their config in PEFT's layout."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file_atomic({PEFT_PREFIX + k.replace(".lora_magnitude", ".lora_magnitude_vector"): v
-                      for k, v in tensors.items()}, out / "adapter_model.safetensors", metadata={"format": "pt"})
-    write_json_atomic(out / "adapter_config.json", _peft_config(cfg, base_model))
-    return out
-
-
-def _peft_config(cfg: LoRAConfig, base_model: str | None) -> dict:
-    return {
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": base_model,
-        "r": cfg.r,
-        "lora_alpha": cfg.alpha,
-        "lora_dropout": cfg.dropout,
-        "target_modules": sorted(cfg.target_modules),
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "inference_mode": True,
-        "init_lora_weights": True,
-        "modules_to_save": None,
-        "use_rslora": cfg.rslora,
-        "use_dora": cfg.dora,
-        "layers_to_transform": list(cfg.layers) if cfg.layers is not None else None,
-        "layers_pattern": None,
-        "rank_pattern": {},
-        "alpha_pattern": {},
-        "revision": None,
-    }
-
-
-def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
-    path = Path(adapter_dir) / "adapter_config.json"
-    if not Path(adapter_dir).is_dir():
-        old = Path(str(adapter_dir).rstrip("/") + ".old")
-        raise FileNotFoundError(f"{adapter_dir}: no such adapter folder" + (
-            f"; {old} holds the copy an interrupted save left: rename it to {Path(adapter_dir).name}"
-            if (old / "adapter_config.json").is_file() else ""))
-    if not path.is_file():
-        if (Path(adapter_dir) / "config.json").is_file():  # a model (a merged one, say) passed as the adapter
-            raise FileNotFoundError(f"{adapter_dir}: a model folder, not an adapter: pass it as the model "
-                                    "(--model), without --adapter")
-        raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (is this a PEFT LoRA adapter?)")
-    d = json.loads(path.read_text())
-    unsupported = {k: d[k] for k in ("fan_in_fan_out",) if d.get(k)}
-    if d.get("peft_type", "LORA") != "LORA" or unsupported or d.get("rank_pattern") or d.get("alpha_pattern"):
-        raise ValueError(
-            f"{path}: only LoRA adapters (rsLoRA and DoRA too) are supported (peft_type LORA, no fan_in_fan_out, "
-            f"no per-module rank or alpha); got peft_type={d.get('peft_type')!r} {unsupported}"
-        )
-    if d.get("bias", "none") != "none":
-        raise ValueError(f"{path}: adapters that train biases (bias={d['bias']!r}) are not supported")
-    pattern = d.get("layers_pattern")
-    if pattern not in (None, "", [], "layers", ["layers"]):
-        raise ValueError(f"{path}: this adapter counts its layers under another name (layers_pattern={pattern!r}), "
-                         "which prefopt does not load; " + MERGE_IN_PEFT)
-    layers = d.get("layers_to_transform")
-    layers = None if layers in (None, []) else (layers,) if isinstance(layers, int) else tuple(layers)
-    if d.get("lora_bias"):
-        raise ValueError(f"{path}: this adapter trains a bias beside its B matrices (lora_bias), which prefopt does "
-                         "not load; " + MERGE_IN_PEFT)
-    if d.get("modules_to_save"):
-        raise ValueError(f"{path}: this adapter also holds whole trained layers (modules_to_save="
-                         f"{d['modules_to_save']!r}), which prefopt does not load; " + MERGE_IN_PEFT)
-    targets = d["target_modules"]
-    if _picked_by_path(d):
-        targets, layers = _adapted_in_file(Path(adapter_dir), d)
-    return LoRAConfig(r=d["r"], alpha=d["lora_alpha"], dropout=d.get("lora_dropout", 0.0), target_modules=tuple(targets),
-                      rslora=bool(d.get("use_rslora", False)), dora=bool(d.get("use_dora", False)), layers=layers)
-
-
-def _picked_by_path(d: dict) -> bool:
-    """Whether a PEFT config picks its layers by more than their own names: a regex
-    ``target_modules`` (matched against each full module name), names with dots in them
-    (``self_attn.q_proj``, ``model.layers.3.mlp.up_proj``: matched as name endings), or
-    ``exclude_modules``."""
-    targets = d.get("target_modules")
-    return (isinstance(targets, str) or any("." in t for t in targets or ())
-            or d.get("exclude_modules") not in (None, [], ""))
-
-
-def _adapted_in_file(adapter_dir: Path, d: dict) -> tuple[tuple[str, ...], tuple[int, ...] | None]:
-    """The layer names and transformer layers of the modules an adapter file holds LoRA tensors for,
-    where its config picks them by path (:func:`_picked_by_path`): PEFT wrote tensors for exactly
-    the modules it matched. prefopt adapts each of those names in each of those layers;
-    :func:`load_adapter` refuses a file where some of those combinations are left out."""
-    path = adapter_dir / "adapter_model.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"{adapter_dir}: no adapter_model.safetensors (only safetensors adapters are read)")
-    modules = {k.removeprefix(PEFT_PREFIX).split(".lora_A")[0] for k in read_header(path) if ".lora_A." in k}
-    if not modules:
-        raise ValueError(f"{path}: no LoRA tensors (lora_A) in the file; its adapter_config.json picks "
-                         f"target_modules={d.get('target_modules')!r}, exclude_modules={d.get('exclude_modules')!r}")
-    names = tuple(sorted({m.rsplit(".", 1)[-1] for m in modules}))
-    layers = {layer_index(m) for m in modules}
-    return names, None if None in layers else tuple(sorted(layers))
-
-
-def read_adapter(adapter_dir: str | Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
-    """The config and tensors of a PEFT-layout adapter, the tensors under prefopt's module names.
-    Copies of base weights that PEFT saves beside an adapter on the lm_head or the embedding
-    (``save_embedding_layers``; ``<module>.base_layer.weight``) are left out: :func:`load_adapter`
-    checks them against the model's (:func:`check_base_copies`)."""
-    cfg = read_adapter_config(adapter_dir)
-    path = Path(adapter_dir) / "adapter_model.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"{adapter_dir}: no adapter_model.safetensors (only safetensors adapters are read)")
-    tensors = {}
-    header = read_header(path)
-    names = set(header) - set(_base_copies(header))
-    for key, t in iter_tensors(path, names):
-        if ".lora_embedding_" in key:
-            raise ValueError(f"{path}: {key!r} is an adapter on an embedding layer, which prefopt does not load; "
-                             + MERGE_IN_PEFT)
-        name = key.removeprefix(PEFT_PREFIX).replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
-        for peft_name in (".lora_magnitude_vector.default.weight", ".lora_magnitude_vector"):  # DoRA's, by PEFT version
-            if name.endswith(peft_name):
-                name = name.removesuffix(peft_name) + ".lora_magnitude"
-        tensors[name] = t
-    return cfg, tensors
-
-
-def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
-    """Apply the adapter in ``adapter_dir`` (PEFT layout) to ``model``; check every key and shape."""
-    cfg, tensors = read_adapter(adapter_dir)
-    apply_lora(model, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, strict=False, rslora=cfg.rslora,
-               dora=cfg.dora, layers=cfg.layers)
-    path = Path(adapter_dir) / "adapter_model.safetensors"
-    own = lora_state_dict(model)
-    loaded = {}
-    for name, t in tensors.items():
-        if name not in own:
-            raise ValueError(f"{path}: adapter tensor {PEFT_PREFIX + name!r} matches no LoRA layer of the model"
-                             + _trained_on(adapter_dir))
-        if own[name].shape != t.shape:
-            raise ValueError(f"{path}: {PEFT_PREFIX + name!r} has shape {tuple(t.shape)}, "
-                             f"the model expects {tuple(own[name].shape)}" + _trained_on(adapter_dir))
-        loaded[name] = t.to(own[name].dtype)
-    missing = sorted(set(own) - set(loaded))
-    if missing and _picked_by_path(json.loads((Path(adapter_dir) / "adapter_config.json").read_text())):
-        module = missing[0].split(".lora_")[0]
-        raise ValueError(f"{path}: this adapter leaves out {module}, though it adapts {module.rsplit('.', 1)[-1]} in "
-                         f"other layers ({len(missing)} tensors in all; picked by its target_modules or "
-                         "exclude_modules). prefopt adapts a layer name in every layer or in a set of layers "
-                         "(layers_to_transform), and does not load this one; " + MERGE_IN_PEFT)
-    if missing:
-        raise ValueError(f"{path}: missing adapter tensors, e.g. {missing[0]!r} ({len(missing)} in all)")
-    check_base_copies(model, path)
-    model.load_state_dict(loaded, strict=False)
-    model.lora_source = str(Path(adapter_dir).resolve())
-    return model
-
-
-def _base_copies(header: dict) -> dict[str, str]:
-    """``{file key: module}`` of the base weights PEFT copied into an adapter file (its header)."""
-    suffix = ".base_layer.weight"
-    return {k: k.removeprefix(PEFT_PREFIX).removesuffix(suffix) for k in header if k.endswith(suffix)}
-
-
-def check_base_copies(model: nn.Module, path: str | Path) -> None:
-    """PEFT saves a copy of the base weights of an lm_head (or embedding) it put an adapter on, for
-    a model whose vocabulary was resized or whose head was trained with it. prefopt reads adapters
-    only, so a copy that differs from ``model``'s own weights (after rounding to their dtype) is
-    refused, not silently dropped. A 4-bit layer cannot be compared bit for bit and is let be."""
-    copies = _base_copies(read_header(path))
-    if not copies:
-        return
-    modules = dict(model.named_modules())
-    for key, t in iter_tensors(path, set(copies)):
-        layer = modules.get(copies[key])
-        if isinstance(layer, QLoRALinear):
-            continue
-        own = getattr(layer, "weight", None)
-        if own is None or own.shape != t.shape or not torch.equal(t.to(own.dtype), own.detach().cpu()):
-            raise ValueError(f"{path}: {key!r} is a copy of the model's {copies[key]} weights (PEFT's "
-                             "save_embedding_layers) that differs from this model's: it was trained or resized "
-                             "with the adapter, and prefopt loads adapters only; " + MERGE_IN_PEFT)
-
-
-def adapter_base(adapter_dir: str | Path) -> str | None:
-    """The base model an adapter folder's ``adapter_config.json`` names (PEFT's
-    ``base_model_name_or_path``); None where it names none, or cannot be read."""
-    try:
-        return json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError):
-        return None
-
-
-def _trained_on(adapter_dir: str | Path) -> str:
-    """``; it was trained on 'M' ...``: the base model its adapter_config.json names, for the error
-    of an adapter that does not fit the model it was given."""
-    base = adapter_base(adapter_dir)
-    return (f"; the adapter was trained on {base!r} (its adapter_config.json's base_model_name_or_path): load it on "
-            "that model" if base else "; it was trained on another base model")
-
-
 __all__ = [
-    "LoRAConfig", "LoRALinear", "MergedAdapter", "QLoRALinear", "adapter_base", "apply_lora", "disable_adapter",
-    "is_adapter_key", "load_adapter", "lora_layers", "lora_scaling", "lora_state_dict", "merge_and_unload",
-    "merge_lora", "merged_state_dict", "read_adapter", "read_adapter_config", "write_adapter",
+    "LoRAConfig", "LoRALinear", "MergedAdapter", "QLoRALinear", "apply_lora", "disable_adapter", "is_adapter_key",
+    "lora_layers", "lora_scaling", "lora_state_dict", "merge_and_unload", "merge_lora", "merged_state_dict",
 ]

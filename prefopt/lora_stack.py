@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from .fileio import write_json_atomic
-from .lora import LoRAConfig, LoRALinear, adapter_base, layer_text, lora_state_dict, read_adapter, write_adapter
+from .lora import LoRAConfig, LoRALinear, layer_text, lora_state_dict
+from .lora_files import adapter_base, read_adapter, write_adapter
 
 STACK_FILE = "stacked_on.json"
 DORA_NEEDS_WEIGHTS = ("stacking a DoRA adapter needs the model's weights (each row's magnitude is a norm of "

@@ -6,7 +6,8 @@ from pathlib import Path
 import torch
 
 from .devices import resolve_device
-from .lora import adapter_base, load_adapter, merge_and_unload, merged_state_dict, read_adapter_config
+from .lora import merge_and_unload, merged_state_dict
+from .lora_files import adapter_base, load_adapter, read_adapter_config
 from .lora_stack import trained_on_top_of
 from .model import checkpoint
 from .model.transformer import Transformer

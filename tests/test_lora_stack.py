@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from prefopt import apply_lora, load_model, save_adapter
-from prefopt.lora import lora_state_dict, merge_and_unload, read_adapter, read_adapter_config
+from prefopt.lora import lora_state_dict, merge_and_unload
+from prefopt.lora_files import read_adapter, read_adapter_config
 from prefopt.lora_stack import STACK_FILE, is_stacked, stack_adapters
 from tests._tiny import build_hf_model, randomize_lora
 

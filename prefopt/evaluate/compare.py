@@ -140,7 +140,8 @@ def _train_config(cls, cfg, s, stage: str, data: Path, out: Path, **kw):
 def _load_stage_model(cfg: CompareConfig, out: Path, stage: str, keep: dict | None = None):
     """The model of ``stage`` (base, or merged SFT / SFT+DPO adapters). ``keep``: a dict that
     holds the SFT model between its evaluation and mining its errors for pairs (one load)."""
-    from ..lora import load_adapter, merge_and_unload
+    from ..lora import merge_and_unload
+    from ..lora_files import load_adapter
     from ..lora_stack import is_stacked
     from ..pretrained import load_model
 

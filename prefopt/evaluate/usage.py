@@ -8,7 +8,8 @@ import json
 import shlex
 from pathlib import Path
 
-from ..lora import describe, read_adapter_config
+from ..lora import describe
+from ..lora_files import read_adapter_config
 from ..lora_stack import is_stacked
 from .cli import REPEAT_FLAGS
 from .confidence import scorable

@@ -63,7 +63,7 @@ def resolve_model_dir(name: str | os.PathLike, *, revision: str | None = None) -
     if path.is_dir():
         adapter = path / "adapter_config.json"
         if adapter.is_file() and not (path / "config.json").is_file():  # an adapter passed as the model
-            from ..lora import adapter_base
+            from ..lora_files import adapter_base
 
             base = adapter_base(path) or "its base model"
             raise ModelNotFoundError(f"{path}: a LoRA adapter, not a model: pass the base model as the model ({base}) "

@@ -33,8 +33,8 @@ from ..lora import (
     layer_text,
     lora_layers,
     parse_layers,
-    read_adapter_config,
 )
+from ..lora_files import read_adapter_config
 from ..lora_stack import same_layers
 from ..losses import LOSSES, REFERENCE_FREE, kto_reference_point
 from .config import TrainConfig, opt

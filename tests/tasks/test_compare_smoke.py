@@ -797,7 +797,7 @@ def test_compare_trains_dora_adapters_with_the_rank_it_is_given(tiny_model, tmp_
     """``--set lora_dora=true --set lora_r=4``: both stages train DoRA r 4; the SFT+DPO adapter is
     one DoRA adapter on the base model (r 4 + 4). ``--set quantize=nf4``: both train on a 4-bit
     base and every stage is evaluated on it. Bad values are named before any work."""
-    from prefopt.lora import read_adapter_config
+    from prefopt.lora_files import read_adapter_config
 
     q = tmp_path / "nf4"
     run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(q), overrides={**TINY, "quantize": "nf4"}))
@@ -829,7 +829,7 @@ def test_compare_trains_the_adapter_layers_scale_and_dropout_it_is_given(tiny_mo
     """``--set lora_targets=q_proj,v_proj,lm_head --set lora_rslora=true --set lora_dropout=0``:
     both stages' adapters as asked (the head's included); bad values, and a head tied to the
     embedding, are named before the run claims its folder."""
-    from prefopt.lora import read_adapter, read_adapter_config
+    from prefopt.lora_files import read_adapter, read_adapter_config
 
     out = tmp_path / "run"
     report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), overrides={

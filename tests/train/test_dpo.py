@@ -230,7 +230,7 @@ def test_dpo_after_sft_saves_one_adapter_that_holds_both_on_the_base_model(task,
     one DoRA adapter where either is DoRA (a DoRA SFT adapter was refused before)."""
     from prefopt import load_model
     from prefopt.cli import main
-    from prefopt.lora import read_adapter_config
+    from prefopt.lora_files import read_adapter_config
 
     model_dir = task[0]
     sft = _sft_adapter(model_dir, tmp_path / "sft", dora=sft_dora)
