@@ -19,7 +19,7 @@ logp`` for the reference-free ones; IPO and SimPO length-normalise by token coun
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,7 @@ class LossOutput:
     losses: torch.Tensor  # (B,) per example
     chosen_rewards: torch.Tensor  # (B,), detached
     rejected_rewards: torch.Tensor
+    reference_point: torch.Tensor | None = None  # KTO's z0 (detached), as its loss used it; None for the rest
 
 
 LossFn = Callable[..., LossOutput]
@@ -208,7 +209,7 @@ def rpo_loss(lp: PreferenceLogps, *, beta: float = 0.1, rpo_alpha: float = 1.0, 
     """RPO (Pang et al. 2024): DPO plus ``rpo_alpha`` × the chosen responses' mean token NLL."""
     out = sigmoid_loss(lp, beta=beta, label_smoothing=label_smoothing)
     nll = _need(lp, "chosen_nll", "rpo")
-    return LossOutput(out.losses + rpo_alpha * nll, out.chosen_rewards, out.rejected_rewards)
+    return replace(out, losses=out.losses + rpo_alpha * nll)
 
 
 def _simpo_grad(lp: PreferenceLogps, *, beta: float = 2.0, gamma: float = 0.5, label_smoothing: float = 0.0, **_):
@@ -271,7 +272,8 @@ def kto_loss(lp: PreferenceLogps, *, beta: float = 0.1, desirable_weight: float 
 
     Example i is one completion (``chosen``, with ``ref_chosen``) and whether it is desirable;
     ``rejected``/``ref_rejected`` hold another example's completion under i's prompt, from which
-    the reference point z0 (:func:`kto_reference_point`) is estimated. With r the log-ratio, a
+    the reference point z0 (:func:`kto_reference_point`; returned as ``reference_point``) is estimated. With r
+    the log-ratio, a
     desirable example's loss is ``w_D (1 - σ(β(r - z0)))``, an undesirable one's
     ``w_U (1 - σ(β(z0 - r)))``. Not pairwise: z0 is a mean over the batch (``reference_mean``:
     and over processes, :func:`kto_reference_point`). Rewards: β × the completion's log-ratio
@@ -281,7 +283,7 @@ def kto_loss(lp: PreferenceLogps, *, beta: float = 0.1, desirable_weight: float 
     z0 = kto_reference_point(lp, reference_mean)
     losses = torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * (r - z0))),
                          undesirable_weight * (1 - torch.sigmoid(beta * (z0 - r))))
-    return _rewards(beta, r, kl, losses)
+    return replace(_rewards(beta, r, kl, losses), reference_point=z0)
 
 
 __all__ = ["LOSSES", "PAIRWISE", "PAIR_GRADS", "REFERENCE_FREE", "LossOutput", "PreferenceLogps", "check_loss",

@@ -242,6 +242,8 @@ def test_kto_matches_hand_computation_and_trls_formula():
             1.5 * (1 - sig(0.5 * (0.1 + 1)))]
     assert out.losses.tolist() == pytest.approx(hand, abs=1e-12)
     assert out.chosen_rewards.tolist() == pytest.approx([0.5, -0.25, 1.0, -0.5])
+    assert out.reference_point.item() == pytest.approx(0.1, abs=1e-12)  # the z0 it used, for the metrics
+    assert preference_loss("sigmoid", lp).reference_point is None  # pairwise losses have none
     # TRL's own arrangement: desirable losses, then undesirable, z0 from the KL completions, clamped at 0
     r, kl = lp.chosen - lp.ref_chosen, lp.rejected - lp.ref_rejected
     z0 = kl.mean().clamp(min=0)

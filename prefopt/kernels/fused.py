@@ -12,6 +12,8 @@ instead of four. ``nll_sum`` (SFT's loss) does the same for the summed token NLL
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..losses import PAIR_GRADS, PAIRWISE, LossOutput, PreferenceLogps, check_loss, preference_loss
@@ -113,12 +115,12 @@ def fused_preference_loss(
                                    pair_grad if loss in PAIR_GRADS else None)
         lp = logps(sums)
         out = preference_loss(loss, lp, **hparams)
-        return LossOutput(total, out.chosen_rewards, out.rejected_rewards), lp
+        return replace(out, losses=total), lp
     per_token = sequence_logprobs(hidden, weight, labels, ignore_index=ignore_index, impl=impl)
     lp = logps(per_token.sum(-1))
     out = preference_loss(loss, lp, **hparams)
     if reduction == "sum":
-        out = LossOutput(out.losses.sum(), out.chosen_rewards, out.rejected_rewards)
+        out = replace(out, losses=out.losses.sum())
     return out, lp
 
 

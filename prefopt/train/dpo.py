@@ -36,7 +36,7 @@ from ..lora import (
 )
 from ..lora_files import read_adapter_config
 from ..lora_stack import same_layers
-from ..losses import LOSSES, REFERENCE_FREE, kto_reference_point
+from ..losses import LOSSES, REFERENCE_FREE
 from .config import TrainConfig, opt
 from .distributed import all_reduce_sum, head_operands
 from .loop import Batch, Trainer
@@ -146,7 +146,7 @@ class DPOTrainer(Trainer):
         self.pad_id = pad_id
         self.ref_model = ref_model
         self.ref_forwards = 0  # reference forward passes made (0 with a cache)
-        if config.loss == "kto":  # unpaired examples, each beside its mismatched completion
+        if config.run_kind == "kto":  # unpaired examples, each beside its mismatched completion
             self.noun, self.item_type = "examples", FeedbackExample
             self.item_source = "prefopt.data.load_feedback(path or list of dicts, tok) (a pair counts as two)"
         super().__init__(model, config, train_data, eval_data, **kw)  # callbacks, tokenizer, evaluators
@@ -178,7 +178,7 @@ class DPOTrainer(Trainer):
         batch = self.pair_batch(pairs)
         if self.ref_mode == "cache":
             batch["ref_chosen"], batch["ref_rejected"] = self.ref_cache.get([p.key for p in pairs])
-        if self.config.loss == "kto":
+        if self.config.run_kind == "kto":
             batch["desirable"] = torch.tensor([p.desirable for p in pairs])
         return batch
 
@@ -252,15 +252,15 @@ class DPOTrainer(Trainer):
             ref_c, ref_r = ref[:B], ref[B:]
         hidden, labels = pair_hidden(model, batch)
         kw = self.config.loss_kwargs()
-        if self.config.loss == "kto" and model.training and self.dist.enabled:
+        if self.config.run_kind == "kto" and model.training and self.dist.enabled:
             # z0 over the ranks' batches, as TRL takes it (training's micro-batches are the same on every
             # rank; an eval shard may have one batch more, so there each rank keeps its own)
             kw["reference_mean"] = self._mean_over_ranks
         out, lp = fused_preference_loss(*head_operands(model, hidden), labels, ref_c, ref_r,
                                         self.config.loss, ignore_index=IGNORE, reduction="sum",
                                         desirable=batch.get("desirable"), **kw)
-        if self.config.loss == "kto":
-            return out.losses, kto_metrics(lp, kw.get("reference_mean"))
+        if self.config.run_kind == "kto":
+            return out.losses, kto_metrics(lp, out.reference_point)
         c, r = out.chosen_rewards, out.rejected_rewards
         metrics = {
             "rewards/chosen": c.sum(), "rewards/rejected": r.sum(), "rewards/accuracies": (c > r).float().sum(),
@@ -270,12 +270,12 @@ class DPOTrainer(Trainer):
         return out.losses, metrics
 
 
-def kto_metrics(lp, reference_mean=None) -> dict[str, torch.Tensor]:
+def kto_metrics(lp, z0: torch.Tensor) -> dict[str, torch.Tensor]:
     """A KTO batch's metrics, summed over its examples (the loop divides by their number):
-    ``kl``, the reference point z0 (TRL's name); ``kto/accuracies``, the examples whose log-ratio
-    lies on their label's side of it (above for a desirable completion, below for an undesirable
-    one: what the loss pushes for); ``logps/completion``, the completions' log-probs."""
-    z0 = kto_reference_point(lp, reference_mean)
+    ``kl``, the reference point z0 (TRL's name; the loss's own, ``LossOutput.reference_point``);
+    ``kto/accuracies``, the examples whose log-ratio lies on their label's side of it (above for a
+    desirable completion, below for an undesirable one: what the loss pushes for);
+    ``logps/completion``, the completions' log-probs."""
     ratio = (lp.chosen - lp.ref_chosen).detach()
     right = torch.where(lp.desirable.bool(), ratio > z0, ratio < z0)
     return {"kl": z0 * len(ratio), "kto/accuracies": right.float().sum(), "logps/completion": lp.chosen.detach().sum()}
