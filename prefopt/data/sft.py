@@ -84,6 +84,9 @@ class LoadReport:
     kept_records: list[int] = field(default_factory=list)
     per_file: list[tuple[Path, int, int]] = field(default_factory=list)  # (file, read, kept) where several were read
     kept_files: list[str] = field(default_factory=list)  # each example's file, beside kept_lines, where several
+    # conversations trained one example per assistant turn (:class:`Turns`), and the examples they made
+    n_split: int = 0
+    n_split_examples: int = 0
 
     @classmethod
     def merged(cls, path, parts: list[LoadReport]) -> LoadReport:
@@ -92,7 +95,8 @@ class LoadReport:
         out = cls(path, max_length=parts[0].max_length if parts else None)
         for r in parts:
             out.kept_records += [out.n_kept + i for i in r.kept_records]
-            for name in ("n_read", "n_kept", "n_truncated", "n_tokens", "n_tokens_cut", "n_response_cut"):
+            for name in ("n_read", "n_kept", "n_truncated", "n_tokens", "n_tokens_cut", "n_response_cut", "n_split",
+                         "n_split_examples"):
                 setattr(out, name, getattr(out, name) + getattr(r, name))
             out.skipped += r.skipped
             out.kept_lines += r.kept_lines
@@ -122,6 +126,10 @@ class LoadReport:
             share = self.n_tokens_cut / max(self.n_tokens, 1)
             msg += f" ({share:.0%} of all tokens cut" if share >= 0.005 else " (under 1% of all tokens cut"
             msg += f"; {self.n_response_cut} lost the end of their response)" if self.n_response_cut else ")"
+        if self.n_split:
+            msg += (f"; {self.n_split} conversation{'s' * (self.n_split != 1)} of several assistant turns train as "
+                    f"{self.n_split_examples} examples, one per turn (the chat template renders a finished turn "
+                    "otherwise than the prompt a model answers from)")
         if self.skipped:
             reasons = Counter(e.reason for e in self.skipped)
             msg += f"; {len(self.skipped)} skipped: " + "; ".join(f"{n}x {r}" for r, n in reasons.most_common())
@@ -177,12 +185,24 @@ def _records(source, parse: Callable, skip_bad: bool) -> tuple[list[tuple[int, o
     return out, report
 
 
+class TurnsError(BoundaryError):
+    """A conversation's assistant turns are not spans of its whole rendering (the template renders a
+    finished turn otherwise than the prompt a model answers from): one example cannot hold them all."""
+
+
+class Turns(list):
+    """The examples a conversation of several assistant turns trains as, one per turn, where one
+    sequence cannot hold them all (:func:`turn_examples`); a plain list of examples is a text's windows."""
+
+
 def tokenize_sft(
     rec: SFTRecord, tok: Tokenizer, *, max_length: int, max_prompt_length: int | None = None
 ) -> tuple[TokenizedExample, Cut]:
     """Token ids and labels for one record, and what truncation dropped (:class:`Cut`).
 
-    Raises ``BoundaryError`` or ``ValueError`` for records that cannot be encoded exactly.
+    Raises ``BoundaryError`` or ``ValueError`` for records that cannot be encoded exactly, and
+    :class:`TurnsError` for a conversation whose assistant turns one sequence cannot hold
+    (:func:`turn_examples` encodes it, as :func:`load_sft` does).
     """
     if rec.messages is not None and not _one_final_answer(rec.messages):
         ids, labels = _encode_chat(rec.messages, tok)
@@ -243,9 +263,33 @@ def _encode_chat(messages, tok: Tokenizer) -> tuple[list[int], list[int]]:
         start = tok.apply_chat_template(messages[:i], add_generation_prompt=True)
         end = tok.apply_chat_template(messages[: i + 1])
         if full[: len(start)] != start or full[: len(end)] != end:
-            raise BoundaryError(f"assistant turn {i}: its tokens are not an exact span of the whole conversation")
+            raise TurnsError(f"assistant turn {i}: its tokens are not an exact span of the whole conversation (the "
+                             "chat template renders a finished turn otherwise than the prompt a model answers from); "
+                             "prefopt.data.sft.turn_examples (load_sft) trains it one example per assistant turn")
         labels[len(start): len(end)] = full[len(start): len(end)]
     return full, labels
+
+
+def turn_examples(messages, tok: Tokenizer, *, max_length: int, max_prompt_length: int | None = None
+                  ) -> tuple[Turns, Cut]:
+    """A conversation as one example per assistant turn: the conversation before the turn, rendered
+    as the prompt a model answers from then, and the turn as its response
+    (:meth:`~prefopt.tokenizer.Tokenizer.encode_prompt_response`), each cut to ``max_length``.
+
+    For templates whose finished turns are not their prompts plus the answer (DeepSeek-R1's and
+    QwQ's drop an earlier turn's reasoning; Mistral NeMo's moves the system prompt to the last user
+    turn), where no single sequence holds every turn as the model saw it. Each turn is learnt
+    once, after the context it was written in; the earlier turns are read again in each later
+    example (tokens grow with the square of the turns)."""
+    out, cut = Turns(), Cut()
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            enc = tok.encode_prompt_response(messages[:i], m["content"])
+            ex, c = truncate(enc.ids, [IGNORE] * enc.prompt_len + enc.ids[enc.prompt_len:], max_length=max_length,
+                             max_prompt_length=max_prompt_length)
+            out.append(ex)
+            cut = cut + c
+    return out, cut
 
 
 def prompt_len(labels) -> int:
@@ -300,12 +344,17 @@ def load_sft(
     taken 2 s (about 1,500 records of 400 tokens). ``columns``: ``{field: column}``, each field
     read from a column of another name (:func:`~prefopt.data.columns.column_map`); errors name the column.
     ``text_windows``: a ``{"text"}`` record longer than ``max_length`` becomes several examples
-    (:func:`text_windows_of`) instead of being cut to its start.
+    (:func:`text_windows_of`) instead of being cut to its start. A conversation of several
+    assistant turns is one example, or one per turn where its template renders finished turns
+    otherwise than its prompts (:func:`turn_examples`; the report counts them).
     """
     def encode(rec):
         if text_windows and rec.text is not None:
             return text_windows_of(rec.text, tok, max_length), Cut()
-        return tokenize_sft(rec, tok, max_length=max_length, max_prompt_length=max_prompt_length)
+        try:
+            return tokenize_sft(rec, tok, max_length=max_length, max_prompt_length=max_prompt_length)
+        except TurnsError:
+            return turn_examples(rec.messages, tok, max_length=max_length, max_prompt_length=max_prompt_length)
 
     examples, report = load_tokenized(path, with_columns(parse_sft, columns), encode, skip_bad=skip_bad,
                                       show_progress=show_progress, field_of=lambda rec: column_of(_field(rec), columns))
@@ -352,10 +401,13 @@ def _tokenized(source, parse: Callable, encode: Callable, skip_bad: bool, field_
                 raise err from None
             report.skipped.append(err)
             continue
-        windows = ex if isinstance(ex, list) else [ex]  # a text split into windows: several examples
+        windows = ex if isinstance(ex, list) else [ex]  # a text's windows, or a conversation's turns: several examples
+        shared = 0 if isinstance(ex, Turns) else len(windows) - 1  # a text's windows share a token each
+        report.n_split += isinstance(ex, Turns)
+        report.n_split_examples += len(ex) if isinstance(ex, Turns) else 0
         report.n_truncated += cut.tokens > 0
         report.n_response_cut += cut.response > 0
-        report.n_tokens += sum(w.n_tokens for w in windows) - (len(windows) - 1) + cut.tokens  # windows share a token
+        report.n_tokens += sum(w.n_tokens for w in windows) - shared + cut.tokens
         report.n_tokens_cut += cut.tokens
         examples += windows
         report.kept_lines += [line] * len(windows)

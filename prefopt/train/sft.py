@@ -57,7 +57,7 @@ class SFTTrainer(Trainer):
 def split_eval(examples: list, fraction: float, seed: int, records: list[int] | None = None) -> tuple[list, list]:
     """A seeded random split: ``(train, eval)``; eval gets ``round(fraction * n)`` of the ``n``
     records. ``records``: each example's record (:attr:`LoadReport.kept_records`), so that the
-    windows of one text fall on one side; by default each example is its own."""
+    windows of one text (the turns of one conversation) fall on one side; by default each example is its own."""
     if not fraction:
         return examples, []
     records = list(range(len(examples))) if records is None else records
