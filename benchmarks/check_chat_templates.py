@@ -20,7 +20,13 @@ plainly and once with each switch the template reads (``enable_thinking``, ``thi
   begin inside it (``prefopt.evaluate.runner.reasoning_opened``);
 - ``reasoning_kept``: of the responses written with their reasoning (``<think>...</think>`` then
   the answer), how many reach the training text with the reasoning and the answer once each;
-- ``vars``: the variables of its own it reads (the switches among them are tried).
+- ``vars``: the variables of its own it reads (the switches among them are tried);
+- ``turns``: how SFT trains a conversation of two assistant turns, the first written with its
+  reasoning: ``one sequence`` where each turn's text is a span of the whole rendering (every turn
+  trained in one example), ``per turn`` where it is not and each turn is cut off after the
+  conversation before it instead (``prefopt.data.sft.turn_examples``; the turn's text reaches
+  its example once), ``refused`` where neither can be done. Checked on the texts; ``load_sft``
+  makes the same test on the tokens.
 
     .venv/bin/python benchmarks/check_chat_templates.py --templates DIR [--json OUT]
 
@@ -44,6 +50,10 @@ CONVERSATIONS = {
               {"role": "assistant", "content": "How long has it lasted, and how bad is it?"},
               {"role": "user", "content": "Three days; the worst of my life, with a stiff neck."}],
 }
+# two assistant turns, the first written with its reasoning: is each turn a span of the whole rendering?
+TWO_TURNS = [CONVERSATIONS["turns"][0], {"role": "assistant", "content": f"<think>\n{THOUGHT}\n</think>\n\n"
+                                         + CONVERSATIONS["turns"][1]["content"]},
+             CONVERSATIONS["turns"][2], {"role": "assistant", "content": ANSWER}]
 # switches a template may read, and the values worth trying (others are shown, not set)
 SWITCHES = {"enable_thinking": [False, True], "thinking": [True, False], "reasoning_effort": ["low", "high"],
             "add_vision_id": [False]}
@@ -92,7 +102,7 @@ def check_template(template: str) -> dict:
     own = sorted(names - {"messages", "add_generation_prompt", "tools", "documents", "raise_exception",
                           "strftime_now", *SPECIALS})
     same = total = 0
-    differ, boundary, opens, kept = [], {}, {}, []
+    differ, boundary, opens, kept, turns = [], {}, {}, [], {}
     for switches in _settings(set(own)):
         def render(m, g, s=switches):
             return _ours(template, m, g, s)
@@ -117,8 +127,29 @@ def check_template(template: str) -> dict:
             opens.setdefault(key, opens_reasoning(prompt))
             prompt, full, _ = exchange_texts(render, msgs, REASONED)
             kept.append(full[len(prompt):].count(THOUGHT) == 1 and full[len(prompt):].count(ANSWER) == 1)
+        turns[key] = _turns(render)
     return {"same": same, "total": total, "differ": differ, "boundary": boundary, "opens": opens, "vars": own,
-            "reasoning_kept": f"{sum(kept)}/{len(kept)}"}
+            "reasoning_kept": f"{sum(kept)}/{len(kept)}", "turns": turns}
+
+
+def _turns(render) -> str:
+    """How SFT trains :data:`TWO_TURNS` under ``render`` (the module docstring's ``turns``)."""
+    from prefopt.chat_template import exchange_texts
+
+    answers = [i for i, m in enumerate(TWO_TURNS) if m["role"] == "assistant"]
+    try:
+        whole = render(TWO_TURNS, False)
+        if all(whole.startswith(render(TWO_TURNS[:i], True)) and whole.startswith(render(TWO_TURNS[:i + 1], False))
+               for i in answers):
+            return "one sequence"
+        for i in answers:
+            prompt, full, _ = exchange_texts(render, TWO_TURNS[:i], TWO_TURNS[i]["content"])
+            answer = TWO_TURNS[i]["content"].split("</think>")[-1].strip()
+            if full[len(prompt):].count(answer) != 1:
+                return "refused: the turn's text is not in its example once"
+    except Exception as e:  # the template refuses the conversation, or a turn cannot be cut off
+        return f"refused: {type(e).__name__}"
+    return "per turn"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,14 +167,19 @@ def main(argv: list[str] | None = None) -> int:
         cut = ", ".join(f"{cuts.count(k)} {k}" for k in ("prefix", "continued", "refused") if k in cuts) or "-"
         opened = ", ".join(k for k, v in r["opens"].items() if v) or "-"
         switches = ", ".join(v for v in r["vars"] if v in SWITCHES) or "-"
+        ways = [v.split(":")[0] for v in r.get("turns", {}).values()]
+        turns = ", ".join(f"{ways.count(k)} {k}" for k in ("one sequence", "per turn", "refused") if k in ways) or "-"
         print(f"{path.stem:45s} same {r['same']:3d}/{r['total']:<3d} {cut:24s} reasoning kept "
-              f"{r.get('reasoning_kept', '-'):6s} opens: {opened:22s} switches: {switches}"
+              f"{r.get('reasoning_kept', '-'):6s} two turns: {turns:18s} opens: {opened:22s} switches: {switches}"
               + (f"  {r['error']}" if "error" in r else ""), flush=True)
         bad += r["same"] != r["total"]
     n_same = sum(r["same"] for r in reports.values())
     n_total = sum(r["total"] for r in reports.values())
     print(f"{len(reports)} templates, {n_same} of {n_total} renderings equal to transformers'; {bad} with a "
           "difference or a syntax prefopt cannot parse")
+    ways = [v.split(":")[0] for r in reports.values() for v in r.get("turns", {}).values()]
+    print("two assistant turns, over every template and setting: "
+          + ", ".join(f"{ways.count(k)} {k}" for k in ("one sequence", "per turn", "refused")))
     if args.json:
         args.json.write_text(json.dumps(reports, indent=1, ensure_ascii=False))
     return 1 if bad else 0

@@ -37,9 +37,18 @@ def test_the_check_reports_each_template_and_fails_on_a_difference(tmp_path, cap
     # thinking template drops a finished turn's reasoning, so its responses are continued (3 settings x 3)
     assert report["r1"]["reasoning_kept"] == "3/3" and report["thinking"]["reasoning_kept"] == "9/9"
     assert report["no-system"]["reasoning_kept"] == "2/2"
+    # two assistant turns, the first with its reasoning: one sequence where each turn is a span of the whole;
+    # per turn where a finished turn loses its reasoning (R1; the thinking template); the no-system template's
+    # own refusal is of a system prompt, which this conversation lacks
+    assert report["chatml"]["turns"] == report["dated"]["turns"] == report["no-system"]["turns"] == {
+        "plain": "one sequence"}
+    assert report["r1"]["turns"] == {"plain": "per turn"}
+    assert set(report["thinking"]["turns"].values()) == {"per turn"}
     n = sum(report[name]["total"] for name in report if name != "broken")
+    out_text = capsys.readouterr().out
+    assert "two assistant turns, over every template and setting: 3 one sequence, 4 per turn, 0 refused" in out_text
     assert (f"6 templates, {n} of {n + 1} renderings equal to transformers'; 1 with a difference or a syntax "
-            "prefopt cannot parse") in capsys.readouterr().out
+            "prefopt cannot parse") in out_text
 
     (folder / "broken.jinja").unlink()
     real = check._theirs
