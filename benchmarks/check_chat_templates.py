@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
@@ -91,7 +92,14 @@ def _settings(names: set[str]) -> list[dict]:
 
 
 def check_template(template: str) -> dict:
-    """The report of one template (see the module's docstring)."""
+    """The report of one template (see the module's docstring). Reasoned responses are tried in every
+    setting, thinking off too, where training warns about them (``chat_template.THINKING_OFF``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="responses written with their reasoning")
+        return _check(template)
+
+
+def _check(template: str) -> dict:
     from prefopt.chat_template import exchange_texts, opens_reasoning, template_variables
 
     try:

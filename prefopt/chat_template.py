@@ -20,6 +20,7 @@ reasoning models' templates included, whose finished turns are not their prompt 
 from __future__ import annotations
 
 import json
+import warnings
 from datetime import date, datetime, time
 from functools import lru_cache
 from typing import Any
@@ -74,6 +75,8 @@ def exchange_texts(render, messages: list[dict[str, Any]], response: str) -> tup
     continued inside the block the prompt opened, without opening it twice. A BoundaryError where
     the template rewrites an assistant turn's text (the end of turn cannot be told)."""
     prompt = render(messages, True)
+    if _closed_empty_block(prompt) and any(end in response for _, end in REASONING_TAGS):
+        warnings.warn(THINKING_OFF, stacklevel=2)
     full = render(messages + [{"role": "assistant", "content": response}], False)
     if full.startswith(prompt) and _keeps_reasoning(full[len(prompt):], response):
         return prompt, full, False
@@ -90,6 +93,23 @@ def exchange_texts(render, messages: list[dict[str, Any]], response: str) -> tup
         if close not in response:
             response = newline + close + "\n\n" + response
     return prompt, prompt + response + marked.split(_MARK, 1)[1], True
+
+
+THINKING_OFF = ("responses written with their reasoning (<think>...</think>) follow a prompt that closes an empty "
+                "reasoning block (thinking switched off: enable_thinking=false): each trains as a second block "
+                "after the empty one, which is not how the model answers either way; train reasoning data with "
+                "thinking on, or leave the reasoning out of the responses")
+
+
+def _closed_empty_block(prompt: str) -> bool:
+    """Whether a generation prompt ends with an empty, closed reasoning block (Qwen3's
+    ``<think>\n\n</think>\n\n`` under ``enable_thinking=false``): the model is to answer without
+    reasoning."""
+    tail = prompt.rstrip()
+    for start, end in REASONING_TAGS:
+        if tail.endswith(end) and tail[:-len(end)].rstrip().endswith(start):
+            return True
+    return False
 
 
 def _keeps_reasoning(turn: str, response: str) -> bool:

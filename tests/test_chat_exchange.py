@@ -95,3 +95,20 @@ def test_generation_blocks_and_namespaces_render_as_in_transformers():
             render_chat(template, msgs)
         with pytest.raises(SecurityError):
             render_jinja_template([msgs], chat_template=template)
+
+
+def test_reasoning_data_after_a_closed_empty_block_is_warned_about():
+    """With thinking off (Qwen3's enable_thinking=false) the prompt closes an empty block: a response
+    written with its reasoning would train as a second block, so a warning says so; plain answers do not."""
+    def off(messages, gen):
+        return render_chat(THINKING, messages, add_generation_prompt=gen, special_tokens=SPECIALS,
+                           enable_thinking=False)
+    reasoned = "<think>\nChest pain: rule out ACS.\n</think>\n\nEmergency."
+    with pytest.warns(UserWarning, match="trains as a second block after the empty one"):
+        prompt, full, _ = exchange_texts(off, ASKED, reasoned)
+    assert prompt.endswith("<think>\n\n</think>\n\n") and full[len(prompt):].count("</think>") == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exchange_texts(off, ASKED, "Emergency.")  # a plain answer: what thinking off asks for
+        exchange_texts(_render(THINKING), ASKED, reasoned)  # thinking on: the reasoning is the model's own block
+        exchange_texts(_render(R1_STYLE), ASKED, reasoned)  # an open block: continued inside it
