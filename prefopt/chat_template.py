@@ -56,6 +56,16 @@ def opens_reasoning(prompt_text: str) -> bool:
     return open_reasoning(prompt_text) is not None
 
 
+def empty_block_close(prompt_text: str) -> str:
+    """The text that closes, empty, the reasoning block a generation prompt opened (DeepSeek-R1's
+    ``<think>\n``: ``"\n</think>\n\n"``, so the block reads as Qwen3's empty one,
+    ``<think>\n\n</think>\n\n``); ``""`` where the prompt opened none."""
+    block = open_reasoning(prompt_text)
+    if block is None:
+        return ""
+    return ("\n" if prompt_text.endswith("\n") else "") + block[1] + "\n\n"
+
+
 def exchange_texts(render, messages: list[dict[str, Any]], response: str) -> tuple[str, str, bool]:
     """``(prompt, full, continued)``: the text a model answers from (``render(messages, True)``, the
     generation prompt on) and the whole exchange with ``response`` as its last turn, which starts
@@ -91,7 +101,7 @@ def exchange_texts(render, messages: list[dict[str, Any]], response: str) -> tup
         if response.lstrip().startswith(start):  # a reasoned response written whole: the prompt opened it already
             response = response.lstrip()[len(start):].lstrip(newline)
         if close not in response:
-            response = newline + close + "\n\n" + response
+            response = empty_block_close(prompt) + response
     return prompt, prompt + response + marked.split(_MARK, 1)[1], True
 
 
