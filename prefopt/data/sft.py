@@ -127,7 +127,8 @@ class LoadReport:
             msg += f" ({share:.0%} of all tokens cut" if share >= 0.005 else " (under 1% of all tokens cut"
             msg += f"; {self.n_response_cut} lost the end of their response)" if self.n_response_cut else ")"
         if self.n_split:
-            msg += (f"; {self.n_split} conversation{'s' * (self.n_split != 1)} of several assistant turns train as "
+            msg += (f"; {self.n_split} conversation{'s' * (self.n_split != 1)} of several assistant turns "
+                    f"train{'s' * (self.n_split == 1)} as "
                     f"{self.n_split_examples} examples, one per turn (the chat template renders a finished turn "
                     "otherwise than the prompt a model answers from)")
         if self.skipped:

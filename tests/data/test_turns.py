@@ -59,7 +59,7 @@ def test_load_sft_splits_such_a_conversation_and_says_so(r1, tmp_path):
     assert len(examples) == 4 and report.n_kept == 3
     assert report.kept_records == [0, 1, 1, 2] and report.kept_lines == [1, 2, 2, 3]
     assert (report.n_split, report.n_split_examples) == (1, 2)
-    assert "1 conversation of several assistant turns train as 2 examples, one per turn" in report.summary()
+    assert "1 conversation of several assistant turns trains as 2 examples, one per turn" in report.summary()
     assert report.n_tokens == sum(len(e.input_ids) for e in examples)  # every example's tokens, none shared
     # the turns of one conversation stay on one side of a train/eval split (no turn leaks into the other)
     for seed in range(4):
@@ -67,7 +67,7 @@ def test_load_sft_splits_such_a_conversation_and_says_so(r1, tmp_path):
         assert len(held) in (1, 2) and any(e is examples[1] for e in held) == any(e is examples[2] for e in held)
     check = check_data(str(path), r1, kind="sft", max_length=512)
     assert check.report.n_split == 1 and len(check.total) == 4 and not check.report.skipped
-    assert any("train as 2 examples" in line for line in check.lines())
+    assert any("trains as 2 examples" in line for line in check.lines())
 
 
 def test_cut_turns_are_counted_and_a_turn_that_cannot_fit_is_a_bad_record(r1, tmp_path):
