@@ -63,7 +63,8 @@ class FeedbackRecord:
     desirable: bool
 
 
-LABELS = {"true": True, "false": False, "1": True, "0": False}
+# a label as a spreadsheet cell may write it (Excel's TRUE/FALSE, 1.0 from a column of numbers, a yes/no column)
+LABELS = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False, "yes": True, "no": False}
 
 
 def _text(row: dict, key: str, err) -> str:
@@ -204,11 +205,11 @@ def _label(row: dict, err) -> bool:
         raise err("label", "missing field (true: a desirable completion; false: an undesirable one)")
     if isinstance(v, bool):
         return v
-    if isinstance(v, int) and v in (0, 1):
+    if isinstance(v, (int, float)) and v in (0, 1):  # 1.0 where a DataFrame column holds floats
         return bool(v)
     if isinstance(v, str) and v.strip().lower() in LABELS:  # a CSV cell
         return LABELS[v.strip().lower()]
-    raise err("label", f"expected true or false (is the completion desirable?), got {v!r}")
+    raise err("label", f"expected true or false (is the completion desirable?; 1/0 and yes/no are read too), got {v!r}")
 
 
 def _what_it_is(row: dict) -> str:

@@ -250,7 +250,7 @@ def test_unpaired_feedback_is_detected_and_checked_as_kto_reads_it(model, tmp_pa
     assert main(["check-data", "--model", str(model), "--data", str(path)]) == 1
     out = capsys.readouterr().out
     assert "feedback.jsonl: unpaired feedback (KTO); 4 of 5 records kept" in out
-    assert "feedback.jsonl:5: field 'label': expected true or false (is the completion desirable?), got 'maybe'" in out
+    assert "feedback.jsonl:5: field 'label': expected true or false (is the completion desirable?; 1/0 and yes/no are read too), got 'maybe'" in out
     assert "  desirable: 2 distinct: 'Routine.' 2 (67%), 'Emergency.' 1 (33%)" in out
     assert "  undesirable: 1 distinct: 'Emergency.' 1 (100%)" in out and "1 record repeats an earlier one" in out
     from prefopt import load_tokenizer

@@ -63,17 +63,19 @@ def test_a_preference_pair_is_read_as_two_examples_on_one_record(tmp_path, tok):
 def test_labels_from_a_csv_and_the_mismatched_completion_is_cut_to_max_length(tmp_path, tok):
     path = tmp_path / "f.csv"
     long = "word " * 60
-    path.write_text(f"prompt,completion,label\nFever?,Go now.,TRUE\nCough?,{long},false\nRash?,Wait.,1\n")
+    path.write_text(f"prompt,completion,label\nFever?,Go now.,TRUE\nCough?,{long},false\nRash?,Wait.,1\n"
+                    "Burn?,Cool it.,No\nCut?,Press.,yes\nBite?,Clean it.,0.0\n")
     examples, _ = load_feedback(path, tok, max_length=24)
-    assert [x.desirable for x in examples] == [True, False, True]
+    assert [x.desirable for x in examples] == [True, False, True, False, True, False]
     assert all(x.rejected.n_tokens <= 24 and x.chosen.n_tokens <= 24 for x in examples)
 
 
 @pytest.mark.parametrize("row,field,reason", [
     ({"prompt": "Fever?", "completion": "Go now."}, "label", "missing field (true: a desirable completion"),
     ({"prompt": "Fever?", "completion": "Go now.", "label": "good"}, "label",
-     "expected true or false (is the completion desirable?), got 'good'"),
+     "expected true or false (is the completion desirable?; 1/0 and yes/no are read too), got 'good'"),
     ({"prompt": "Fever?", "completion": "Go now.", "label": 2}, "label", "expected true or false"),
+    ({"prompt": "Fever?", "completion": "Go now.", "label": 0.5}, "label", "1/0 and yes/no are read too), got 0.5"),
     ({"prompt": "Fever?", "completion": "  ", "label": True}, "completion", "empty response"),
     ({"prompt": "Fever?", "label": True}, "completion", "missing field (KTO's records hold 'prompt', 'completion' "
                                                         "and 'label'"),
