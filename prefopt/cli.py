@@ -510,7 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .train import DPOConfig, TrainConfig
 
     for name, cls, help_ in (("sft", TrainConfig, "supervised fine-tuning (LoRA by default)"),
-                             ("dpo", DPOConfig, "preference optimisation: DPO, IPO, hinge, robust, RPO, SimPO, ORPO")):
+                             ("dpo", DPOConfig, "preference optimisation: DPO, IPO, hinge, robust, RPO, SimPO, ORPO, "
+                                                   "TRL's others (BCO, NCA, EXO, SPPO, APO, DiscoPOP, AOT); KTO")):
         t = sub.add_parser(name, help=help_, description=f"Every {cls.__name__} field is a flag; "
                            "--config FILE (YAML/JSON) sets them too; flags override the file.")
         t.add_argument("--config", help=f"YAML or JSON file with {cls.__name__} fields")

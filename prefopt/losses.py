@@ -3,9 +3,11 @@
 Every loss takes a :class:`PreferenceLogps` (per-example sums of response-token log-probs
 for the policy and, where used, the reference, plus response token counts) and keyword
 hyper-parameters, and returns a :class:`LossOutput` of per-example losses and the chosen
-and rejected rewards. Register your own with :func:`register_loss`.
+and rejected rewards. Register your own with :func:`register_loss`. DPO's family (sigmoid/cDPO,
+robust, hinge, IPO, RPO, SimPO, ORPO) and KTO are here; TRL's other losses (BCO, NCA, EXO,
+SPPO, APO, DiscoPOP, AOT, sigmoid_norm) in :mod:`prefopt.losses_extra`, registered with them.
 
-Every built-in loss but ``kto`` is *pairwise*: example i's loss depends only on pair i's
+Every built-in loss but ``kto`` and ``aot``/``aot_unpaired`` is *pairwise*: example i's loss depends only on pair i's
 fields and on ``chosen_nll``, the batch mean of the chosen tokens' NLL, which is linear in the
 log-probs. ``prefopt.kernels.onepass`` relies on that to form the lm_head gradients stage by
 stage in the forward; a loss registered without ``pairwise=True`` (``kto``: its reference point
@@ -285,6 +287,8 @@ def kto_loss(lp: PreferenceLogps, *, beta: float = 0.1, desirable_weight: float 
                          undesirable_weight * (1 - torch.sigmoid(beta * (z0 - r))))
     return replace(_rewards(beta, r, kl, losses), reference_point=z0)
 
+
+from . import losses_extra  # noqa: E402,F401  (registers TRL's other losses: bco_pair, nca_pair, exo_pair ...)
 
 __all__ = ["LOSSES", "PAIRWISE", "PAIR_GRADS", "REFERENCE_FREE", "LossOutput", "PreferenceLogps", "check_loss",
            "kto_reference_point", "preference_loss", "register_loss"]

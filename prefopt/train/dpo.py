@@ -50,10 +50,12 @@ REF_MODES = ("adapter", "model", "cache", "none")
 class DPOConfig(TrainConfig):
     loss: str = opt("sigmoid", f"preference loss: {', '.join(sorted(LOSSES))} (docs/dpo.md)")
     beta: float = opt(0.1, "DPO beta: how far the policy may move from the reference")
-    label_smoothing: float = opt(0.0, "cDPO / robust: the assumed share of flipped labels, in [0, 0.5)")
+    label_smoothing: float = opt(0.0, "cDPO / robust / aot: the assumed share of flipped labels, in [0, 0.5); "
+                                      "exo_pair: its target's epsilon (> 0)")
     rpo_alpha: float = opt(1.0, "rpo: weight of the chosen answers' NLL")
     simpo_gamma: float = opt(0.5, "simpo: target reward margin")
     orpo_lambda: float = opt(0.1, "orpo: weight of the odds-ratio term")
+    discopop_tau: float = opt(0.05, "discopop: temperature of the logistic/exponential blend")
     kto_desirable_weight: float = opt(1.0, "kto: weight of the desirable completions' losses")
     kto_undesirable_weight: float = opt(1.0, "kto: weight of the undesirable completions' losses")
     ref: str | None = opt(None, "a frozen reference model (folder, alias or hub id); default: the model "
@@ -78,6 +80,10 @@ class DPOConfig(TrainConfig):
             errors.append("pack is SFT's; DPO already runs each pair's prompt once in one packed row (share_prompt)")
         if not 0 <= self.label_smoothing < 0.5:
             errors.append("label_smoothing must be in [0, 0.5)")
+        if self.loss == "exo_pair" and self.label_smoothing <= 0:
+            errors.append("exo_pair needs label_smoothing > 0 (the EXO paper recommends 1e-3)")
+        if self.discopop_tau <= 0:
+            errors.append("discopop_tau must be > 0")
         if min(self.kto_desirable_weight, self.kto_undesirable_weight) <= 0:
             errors.append("kto_desirable_weight and kto_undesirable_weight must be > 0")
         if self.ref_cache and Path(self.ref_cache).exists() and not Path(self.ref_cache).is_dir():
@@ -104,6 +110,8 @@ class DPOConfig(TrainConfig):
         kw = {"beta": self.beta, "label_smoothing": self.label_smoothing, "rpo_alpha": self.rpo_alpha}
         if self.loss == "simpo":
             kw["gamma"] = self.simpo_gamma
+        if self.loss == "discopop":
+            kw["discopop_tau"] = self.discopop_tau
         if self.loss == "orpo":
             kw = {"lambda_": self.orpo_lambda}
         if self.loss == "kto":
@@ -113,7 +121,8 @@ class DPOConfig(TrainConfig):
 
 
 class DPOTrainer(Trainer):
-    """Preference optimisation (DPO, IPO, hinge, robust, RPO, SimPO, ORPO; KTO on unpaired
+    """Preference optimisation (DPO, IPO, hinge, robust, RPO, SimPO, ORPO, TRL's others in
+    :mod:`prefopt.losses_extra`; KTO on unpaired
     feedback, from :func:`prefopt.data.load_feedback`) on the shared loop.
 
     Example::

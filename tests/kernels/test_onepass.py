@@ -9,7 +9,9 @@ from prefopt.kernels.fused import _one_pass
 from prefopt.losses import LOSSES, PAIRWISE, LossOutput, register_loss
 
 KW = {"sigmoid": {}, "robust": {"label_smoothing": 0.1}, "hinge": {}, "ipo": {"beta": 0.5},
-      "rpo": {"rpo_alpha": 0.7}, "simpo": {"beta": 2.0}, "orpo": {}}
+      "rpo": {"rpo_alpha": 0.7}, "simpo": {"beta": 2.0}, "orpo": {}, "bco_pair": {}, "nca_pair": {"beta": 0.5},
+      "exo_pair": {"label_smoothing": 1e-3}, "sppo_hard": {}, "apo_zero": {"beta": 0.5}, "apo_down": {"beta": 0.5},
+      "discopop": {}, "sigmoid_norm": {"beta": 0.5}}
 V = 50
 
 

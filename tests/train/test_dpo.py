@@ -155,10 +155,12 @@ def test_interrupted_fill_resumes(task, tmp_path):
     assert longest == sorted(longest, reverse=True) and len(set(longest)) > 1  # batched by length
 
 
-@pytest.mark.parametrize("loss", ["sigmoid", "ipo", "simpo", "orpo", "rpo"])
+@pytest.mark.parametrize("loss", ["sigmoid", "ipo", "simpo", "orpo", "rpo", "bco_pair", "nca_pair", "exo_pair",
+                                  "sppo_hard", "apo_zero", "apo_down", "discopop", "sigmoid_norm", "aot",
+                                  "aot_unpaired"])
 def test_every_loss_trains_through_the_trainer(task, tmp_path, loss):
     cfg = _cfg(task, tmp_path / loss, loss=loss, max_steps=16, eval_data=None, lr=3e-3,
-               beta={"simpo": 2.0, "ipo": 0.5}.get(loss, 0.1))
+               beta={"simpo": 2.0, "ipo": 0.5}.get(loss, 0.1), label_smoothing=1e-3 if loss == "exo_pair" else 0.0)
     trainer, pairs = _trainer(task, tmp_path, cfg)
     trainer.eval_data = pairs[:16]
     before = trainer.evaluate()["eval_loss"]
@@ -186,6 +188,10 @@ def test_frozen_reference_model_equals_adapter_disabled(task, tmp_path):
 def test_dpo_config_is_validated(task, tmp_path):
     with pytest.raises(ValueError, match="loss must be one of"):
         _cfg(task, tmp_path, loss="dpo3")
+    with pytest.raises(ValueError, match=r"exo_pair needs label_smoothing > 0 \(the EXO paper recommends 1e-3\)"):
+        _cfg(task, tmp_path, loss="exo_pair")
+    with pytest.raises(ValueError, match="discopop_tau must be > 0"):
+        _cfg(task, tmp_path, loss="discopop", discopop_tau=0.0)
     with pytest.raises(ValueError, match="full fine-tuning needs a reference"):
         _cfg(task, tmp_path, lora=False)
     with pytest.raises(ValueError, match=r"ref_cache: .*train.jsonl is a file; the cache is a folder"):
