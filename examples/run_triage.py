@@ -21,7 +21,7 @@ from prefopt.cli import run_script
 from prefopt.evaluate.cli import add_device_flags, key_values
 from prefopt.evaluate.compare import CompareConfig, run_compare
 from prefopt.evaluate.report import console_lines
-from prefopt.losses import LOSSES
+from prefopt.losses import loss_arg
 from prefopt.tasks import STRATEGIES
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--data", help="data file (default: the bundled synthetic portal messages)")
     ap.add_argument("--preset", default="quick", choices=["quick", "full"])
     ap.add_argument("--strategy", default="wrong_label", choices=[s for s in STRATEGIES if s != "ranked"])  # ranked needs a pairs file: use prefopt compare
-    ap.add_argument("--loss", default="sigmoid", choices=sorted(LOSSES),
+    ap.add_argument("--loss", default="sigmoid", type=loss_arg,
                     help="preference loss (rpo adds the chosen answer's NLL; see docs/results.md)")
     ap.add_argument("--output", default="runs/triage-demo")
     ap.add_argument("--seed", type=int, default=0)

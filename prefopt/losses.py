@@ -82,10 +82,41 @@ def register_loss(name: str, *, reference_free: bool = False, pairwise: bool = F
     return add
 
 
+def known_loss(name: str) -> str:
+    """``name``, registered: a weighted sum of registered losses such as ``"0.8*sigmoid+0.2*bco_pair+sft"``
+    (TRL's list of loss types with their weights) is registered on first use
+    (:func:`prefopt.losses_extra.register_mixture`, which says what is wrong with a bad one)."""
+    if name not in LOSSES and "+" in name:
+        losses_extra.register_mixture(name)
+    return name
+
+
+def loss_terms(name: str) -> list[str]:
+    """The loss names in ``name``: itself, or a mixture's terms (``"0.8*sigmoid+sft"``: sigmoid, sft)."""
+    return [t.rpartition("*")[2].strip() for t in name.split("+")]
+
+
+def loss_arg(text: str) -> str:
+    """A command line's ``--loss``: a registered name or a mixture of them (:func:`known_loss`);
+    argparse shows the error of anything else."""
+    import argparse
+
+    try:
+        known_loss(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if text not in LOSSES:
+        raise argparse.ArgumentTypeError(f"unknown loss {text!r}; registered: "
+                                         f"{', '.join(sorted(n for n in LOSSES if '+' not in n))}, or a weighted sum "
+                                         "of them such as 0.8*sigmoid+0.2*bco_pair+sft")
+    return text
+
+
 def check_loss(name: str, lp: PreferenceLogps) -> None:
     """The errors ``preference_loss`` gives before it computes: an unknown name, missing
     references, per-pair entries that are not all ``(B,)`` (a ``(B, 1)`` reference would
     broadcast against ``(B,)`` log-probs into a ``(B, B)`` loss without a word)."""
+    known_loss(name)
     if name not in LOSSES:
         raise ValueError(f"unknown preference loss {name!r}; registered: {sorted(LOSSES)}")
     if name not in REFERENCE_FREE and (lp.ref_chosen is None or lp.ref_rejected is None):
@@ -291,4 +322,4 @@ def kto_loss(lp: PreferenceLogps, *, beta: float = 0.1, desirable_weight: float 
 from . import losses_extra  # noqa: E402,F401  (registers TRL's other losses: bco_pair, nca_pair, exo_pair ...)
 
 __all__ = ["LOSSES", "PAIRWISE", "PAIR_GRADS", "REFERENCE_FREE", "LossOutput", "PreferenceLogps", "check_loss",
-           "kto_reference_point", "preference_loss", "register_loss"]
+           "known_loss", "kto_reference_point", "loss_arg", "loss_terms", "preference_loss", "register_loss"]

@@ -12,7 +12,13 @@ tokens) and ``z = β(c − r)``:
 - ``discopop``: ``−log σ(z)(1 − m) + e^(−z) m``, m = σ(z/τ), τ = ``discopop_tau`` (DiscoPOP, Lu et al. 2024);
 - ``sigmoid_norm``: ``−log σ(β(c/n_c − r/n_r))``, DPO on per-token log-ratios;
 - ``aot``, ``aot_unpaired``: DPO's logistic loss on the batch's margins sorted against the
-  reference's, or its chosen log-ratios sorted against its rejected ones (AOT, Melnyk et al. 2024).
+  reference's, or its chosen log-ratios sorted against its rejected ones (AOT, Melnyk et al. 2024);
+- ``sft``: the chosen answers' mean token NLL alone (no reference).
+
+TRL also sums several loss types with weights (``loss_type=["sigmoid", "bco_pair", "sft"]``,
+``loss_weights=[0.8, 0.2, 1.0]``: MPO). Here that is one name, ``"0.8*sigmoid+0.2*bco_pair+sft"``
+(:func:`register_mixture`, on first use by :func:`prefopt.losses.known_loss`); ``sigmoid+sft``
+is RPO with ``rpo_alpha`` 1.
 
 Each pairwise one has its gradient in closed form (``PAIR_GRADS``), checked against autograd;
 rewards are ``β·c`` and ``β·r``, as for DPO. The AOT losses sort within the batch, so a pair's
@@ -21,6 +27,7 @@ loss depends on the others (the per-token path; under torchrun each process sort
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -190,5 +197,75 @@ def aot_unpaired_loss(lp: PreferenceLogps, *, beta: float = 0.1, label_smoothing
     return _rewards(beta, c, r, _aot(beta, label_smoothing, torch.sort(c).values - torch.sort(r).values))
 
 
+def _sft_grad(lp: PreferenceLogps, **_):
+    _need(lp, "chosen_nll", "sft")
+    return torch.zeros_like(lp.chosen), torch.zeros_like(lp.rejected), float(lp.chosen.shape[0])
+
+
+@register_loss("sft", reference_free=True, pairwise=True, pair_grad=_sft_grad)
+def sft_loss(lp: PreferenceLogps, *, beta: float = 0.1, **_) -> LossOutput:
+    """The chosen answers' mean token NLL over the batch (TRL's ``sft`` loss type), each pair's
+    loss; rewards are β × mean token log-probs, as for the reference-free losses."""
+    nll = _need(lp, "chosen_nll", "sft")
+    c = lp.chosen / _need(lp, "chosen_tokens", "sft").clamp(min=1)
+    r = lp.rejected / _need(lp, "rejected_tokens", "sft").clamp(min=1)
+    return _rewards(beta, c, r, nll * torch.ones_like(lp.chosen))
+
+
+def parse_mixture(spec: str) -> list[tuple[float, str]]:
+    """``"0.8*sigmoid+0.2*bco_pair+sft"`` as ``[(0.8, "sigmoid"), (0.2, "bco_pair"), (1.0, "sft")]``;
+    a term without a weight weighs 1. Every name must be registered, once, and not ``kto``."""
+    from .losses import LOSSES
+
+    terms: list[tuple[float, str]] = []
+    for part in spec.split("+"):
+        w, star, name = part.strip().rpartition("*")
+        name = name.strip()
+        try:
+            weight = float(w) if star else 1.0
+        except ValueError:
+            raise ValueError(f"loss {spec!r}: {part.strip()!r} is not WEIGHT*NAME (e.g. 0.2*bco_pair)") from None
+        if name not in LOSSES or "+" in name:
+            raise ValueError(f"loss {spec!r}: unknown loss {name!r}; registered: {sorted(n for n in LOSSES if '+' not in n)}")
+        if name == "kto":
+            raise ValueError(f"loss {spec!r}: kto trains on unpaired examples and cannot be mixed with pair losses")
+        if not weight > 0 or not math.isfinite(weight):
+            raise ValueError(f"loss {spec!r}: the weight of {name!r} must be a positive number, got {w.strip()!r}")
+        if name in (n for _, n in terms):
+            raise ValueError(f"loss {spec!r}: {name!r} appears twice")
+        terms.append((weight, name))
+    if len(terms) < 2 and spec.strip() not in LOSSES:
+        raise ValueError(f"loss {spec!r}: a mixture needs two loss names or more joined by '+'")
+    return terms
+
+
+def register_mixture(spec: str) -> str:
+    """Register ``spec`` (:func:`parse_mixture`) as a loss: the weighted sum of its terms' losses,
+    with the rewards of its first term that uses a reference (else of its first). Pairwise, with
+    a closed-form gradient, where every term is; reference-free where every term is."""
+    from .losses import LOSSES, PAIR_GRADS, PAIRWISE, REFERENCE_FREE
+
+    terms = parse_mixture(spec)
+    names = [n for _, n in terms]
+    lead = next((n for n in names if n not in REFERENCE_FREE), names[0])
+    fns = [(w, LOSSES[n]) for w, n in terms]
+
+    def mixture(lp: PreferenceLogps, **hparams) -> LossOutput:
+        outs = {n: fn(lp, **hparams) for (_, fn), n in zip(fns, names)}
+        total = sum(w * outs[n].losses for (w, _), n in zip(fns, names))
+        return replace(outs[lead], losses=total)
+
+    grads = [(w, PAIR_GRADS[n]) for w, n in terms] if all(n in PAIR_GRADS for n in names) else None
+
+    def mixture_grad(lp: PreferenceLogps, **hparams):
+        parts = [(w, g(lp, **hparams)) for w, g in grads]
+        return tuple(sum(w * p[i] for w, p in parts) for i in range(3))
+
+    register_loss(spec, reference_free=all(n in REFERENCE_FREE for n in names),
+                  pairwise=all(n in PAIRWISE for n in names), pair_grad=mixture_grad if grads else None)(mixture)
+    return spec
+
+
 __all__ = ["aot_loss", "aot_unpaired_loss", "apo_down_loss", "apo_zero_loss", "bco_pair_loss", "discopop_loss",
-           "exo_pair_loss", "nca_pair_loss", "sigmoid_norm_loss", "sppo_hard_loss"]
+           "exo_pair_loss", "nca_pair_loss", "parse_mixture", "register_mixture", "sft_loss", "sigmoid_norm_loss",
+           "sppo_hard_loss"]

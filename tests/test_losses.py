@@ -1,5 +1,6 @@
 """Preference losses: hand-computed values, the registry, and parity with TRL's DPOTrainer."""
 import math
+import re
 
 import pytest
 import torch
@@ -86,7 +87,7 @@ GRAD_KW = {"sigmoid": [{}, {"label_smoothing": 0.2}], "robust": [{"label_smoothi
            "orpo": [{"lambda_": 0.3}], "bco_pair": [{}], "nca_pair": [{"beta": 0.5}],
            "exo_pair": [{"label_smoothing": 1e-3}, {"label_smoothing": 0.3, "beta": 0.5}], "sppo_hard": [{}],
            "apo_zero": [{"beta": 0.5}], "apo_down": [{"beta": 0.5}], "discopop": [{}, {"discopop_tau": 2.0}],
-           "sigmoid_norm": [{}, {"label_smoothing": 0.2}]}
+           "sigmoid_norm": [{}, {"label_smoothing": 0.2}], "sft": [{}]}
 
 
 @pytest.mark.parametrize("name,kw", [(n, kw) for n, kws in GRAD_KW.items() for kw in kws])
@@ -97,7 +98,8 @@ def test_closed_form_pair_gradients_equal_autograd(name, kw):
     log-probs of 0 and just below (its clamp at 1 - 1e-6 is the edge)."""
     from prefopt.losses import PAIR_GRADS, PAIRWISE
 
-    assert set(GRAD_KW) == PAIRWISE == set(PAIR_GRADS)  # every built-in pairwise loss has one, tested here
+    builtin = {n for n in PAIRWISE if "+" not in n}  # mixtures other tests registered are sums of these
+    assert set(GRAD_KW) == builtin == {n for n in PAIR_GRADS if "+" not in n}  # every one has one, tested here
     g = torch.Generator().manual_seed(0)
     t = lambda *size: torch.randn(*size, generator=g, dtype=torch.float64)  # noqa: E731
     chosen, rejected = t(8) * 3 - 12, t(8) * 3 - 12
@@ -108,7 +110,8 @@ def test_closed_form_pair_gradients_equal_autograd(name, kw):
                          torch.tensor(2.5, dtype=torch.float64, requires_grad=True))
     want = torch.autograd.grad(preference_loss(name, lp, **kw).losses.sum(), (lp.chosen, lp.rejected, lp.chosen_nll),
                                allow_unused=True)
-    dc, dr, dnll = PAIR_GRADS[name](lp, **kw)
+    want = [torch.zeros_like(x) if g is None else g for g, x in zip(want[:2], (chosen, rejected))] + [want[2]]
+    dc, dr, dnll = PAIR_GRADS[name](lp, **kw)  # sft's: none through the log-prob sums, all through chosen_nll
     assert torch.allclose(dc, want[0], rtol=1e-10, atol=1e-12) and torch.allclose(dr, want[1], rtol=1e-10, atol=1e-12)
     assert dnll == pytest.approx(0.0 if want[2] is None else want[2].item())
     if name == "hinge":  # both sides of max(0, 1 - βΔ)
@@ -162,7 +165,8 @@ class TestTRLParity:
     @pytest.mark.parametrize("loss,ls", [("sigmoid", 0.0), ("ipo", 0.0), ("hinge", 0.0), ("robust", 0.2),
                                          ("bco_pair", 0.0), ("nca_pair", 0.0), ("exo_pair", 1e-3), ("sppo_hard", 0.0),
                                          ("apo_zero", 0.0), ("apo_down", 0.0), ("discopop", 0.0),
-                                         ("sigmoid_norm", 0.0), ("aot", 0.2), ("aot_unpaired", 0.0)])
+                                         ("sigmoid_norm", 0.0), ("aot", 0.2), ("aot_unpaired", 0.0),
+                                         ("0.8*sigmoid+0.2*bco_pair+sft", 0.0), ("sigmoid+0.5*sft", 0.0)])
     def test_loss_and_gradients_match_trl(self, setup, tmp_path, loss, ls):
         from prefopt import load_model, load_tokenizer
         from prefopt.data.preference import pair_collate, tokenize_pair
@@ -173,7 +177,11 @@ class TestTRLParity:
         tf, trl = self.transformers, self.trl
         hf = tf.AutoModelForCausalLM.from_pretrained(root / "policy")
         hf_ref = tf.AutoModelForCausalLM.from_pretrained(root / "ref")
-        args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), beta=0.1, loss_type=[loss], label_smoothing=ls,
+        from prefopt.losses_extra import parse_mixture
+
+        terms = parse_mixture(loss) if "+" in loss else [(1.0, loss)]  # MPO: TRL's list of loss types, weighted
+        args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), beta=0.1, loss_type=[n for _, n in terms],
+                             loss_weights=[w for w, _ in terms], label_smoothing=ls,
                              per_device_train_batch_size=4, max_length=256, report_to=[], use_cpu=True, bf16=False)
         trainer = trl.DPOTrainer(model=hf, ref_model=hf_ref, args=args, processing_class=tf.AutoTokenizer.from_pretrained(
             root / "policy"), train_dataset=self.datasets.Dataset.from_list(rows))
@@ -314,3 +322,46 @@ def test_the_aot_losses_sort_within_the_batch():
 def test_exo_needs_its_epsilon():
     with pytest.raises(ValueError, match=r"exo_pair needs label_smoothing > 0 \(the EXO paper recommends 1e-3\)"):
         preference_loss("exo_pair", _lp(), beta=0.1)
+
+
+def test_a_mixture_is_the_weighted_sum_of_its_losses_and_rpo_is_sigmoid_plus_sft():
+    from prefopt.losses import PAIR_GRADS, PAIRWISE, REFERENCE_FREE, known_loss
+
+    lp = _lp()
+    mixed = preference_loss("sigmoid+0.5*sft", lp, beta=0.1)
+    rpo = preference_loss("rpo", lp, beta=0.1, rpo_alpha=0.5)
+    assert mixed.losses.item() == pytest.approx(rpo.losses.item(), abs=1e-12)
+    assert mixed.chosen_rewards.item() == pytest.approx(rpo.chosen_rewards.item())  # the reference-based term's
+    mpo = preference_loss("0.8*sigmoid+0.2*bco_pair+sft", lp, beta=0.1)
+    assert mpo.losses.item() == pytest.approx(0.8 * HAND[("sigmoid", ())] + 0.2 * HAND[("bco_pair", ())] + 2.5)
+    name = known_loss("0.8*sigmoid+0.2*bco_pair+sft")
+    assert name in PAIRWISE and name in PAIR_GRADS and name not in REFERENCE_FREE
+    free = known_loss("simpo+0.1*sft")  # every term reference-free: so is the mixture
+    assert free in REFERENCE_FREE and preference_loss(free, _lp(ref_chosen=None, ref_rejected=None), beta=2.0)
+    assert known_loss("aot+sft") not in PAIRWISE  # a batch-sorted term: the per-token path
+    lp = PreferenceLogps(torch.tensor([-10.0, -9.0], dtype=torch.float64, requires_grad=True),
+                         torch.tensor([-12.0, -8.0], dtype=torch.float64, requires_grad=True),
+                         torch.tensor([-11.0, -9.5], dtype=torch.float64), torch.tensor([-11.0, -8.5], dtype=torch.float64),
+                         torch.tensor([4.0, 3.0], dtype=torch.float64), torch.tensor([5.0, 2.0], dtype=torch.float64),
+                         torch.tensor(2.5, dtype=torch.float64, requires_grad=True))
+    want = torch.autograd.grad(preference_loss(name, lp, beta=0.3).losses.sum(), (lp.chosen, lp.rejected, lp.chosen_nll))
+    dc, dr, dnll = PAIR_GRADS[name](lp, beta=0.3)
+    assert torch.allclose(dc, want[0]) and torch.allclose(dr, want[1]) and dnll == pytest.approx(want[2].item())
+
+
+@pytest.mark.parametrize("spec,why", [
+    ("sigmoid+", "unknown loss ''"), ("x*sigmoid+sft", "'x*sigmoid' is not WEIGHT*NAME"),
+    ("sigmoid+kto", "kto trains on unpaired examples and cannot be mixed"), ("sigmoid+sigmoid", "'sigmoid' appears twice"),
+    ("0*sigmoid+sft", "the weight of 'sigmoid' must be a positive number, got '0'"),
+    ("sigmoid+dpo9", "unknown loss 'dpo9'; registered: ["),
+])
+def test_a_bad_mixture_says_what_is_wrong(spec, why):
+    import argparse
+
+    from prefopt.losses import loss_arg
+
+    with pytest.raises(ValueError, match=f"loss {re.escape(repr(spec))}: {re.escape(why)}"):
+        preference_loss(spec, _lp())
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape(why)):  # a command line's --loss
+        loss_arg(spec)
+    assert spec not in LOSSES

@@ -420,7 +420,7 @@ def task_options_epilog() -> str:
 
 def add_commands(sub) -> None:
     from ..cli import add_chat_flags
-    from ..losses import LOSSES
+    from ..losses import loss_arg
     from ..tasks import STRATEGIES, TASKS
     from .compare_config import PRESETS
 
@@ -527,8 +527,9 @@ def add_commands(sub) -> None:
     c.add_argument("--strategy", choices=STRATEGIES, default="wrong_label",
                    help="how DPO's rejected answers are made (ranked: given pairs, see --pairs)")
     c.add_argument("--pairs", help="ranked: JSONL of prompt/chosen/rejected pairs to train DPO on")
-    c.add_argument("--loss", default="sigmoid", choices=sorted(LOSSES),
-                   help="preference loss (docs/dpo.md); rpo adds the chosen answers' NLL")
+    c.add_argument("--loss", default="sigmoid", type=loss_arg,
+                   help="preference loss (docs/dpo.md), or a weighted sum such as 0.8*sigmoid+0.2*bco_pair+sft; "
+                   "rpo adds the chosen answers' NLL")
     c.add_argument("--judge", help="a local model that rates answers 1-5 (LLM judge)")
     c.add_argument("--n-resamples", type=positive_int, default=2000, help="paired bootstrap resamples")
     c.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -549,7 +550,7 @@ def add_commands(sub) -> None:
                     "it only the bundled synthetic portal messages run")
     st.add_argument("--tasks", help=f"comma-separated, default all: {','.join(TASK_NAMES)}")
     st.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="as compare's, for every task")
-    st.add_argument("--loss", default="sigmoid", choices=sorted(LOSSES), help="preference loss, as compare's")
+    st.add_argument("--loss", default="sigmoid", type=loss_arg, help="preference loss, as compare's")
     st.add_argument("--strategy", choices=[s for s in STRATEGIES if s != "ranked"], default="wrong_label",
                     help="how DPO's rejected answers are made, as compare's")
     st.add_argument("--seed", type=int, default=0, help="seed of every task's split and training")

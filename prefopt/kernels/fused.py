@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import torch
 
-from ..losses import PAIR_GRADS, PAIRWISE, LossOutput, PreferenceLogps, check_loss, preference_loss
+from ..losses import PAIR_GRADS, PAIRWISE, LossOutput, PreferenceLogps, check_loss, known_loss, preference_loss
 from ._tokens import check_shapes
 
 
@@ -74,6 +74,7 @@ def fused_preference_loss(
 
     if hidden.dim() != 3 or hidden.shape[0] % 2:
         raise ValueError(f"hidden must be (2B, T, D) with chosen rows then rejected rows, got {tuple(hidden.shape)}")
+    known_loss(loss)  # a mixture ("sigmoid+0.5*sft") is registered on first use, its flags with it
     if reduction not in ("none", "sum"):
         raise ValueError(f"reduction must be 'none' or 'sum', got {reduction!r}")
     check_shapes(hidden, weight, labels)  # before B is read from the labels

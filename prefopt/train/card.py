@@ -14,6 +14,7 @@ import torch
 
 from ..data.files import data_files
 from ..fileio import sha256_of, write_text_atomic
+from ..losses import loss_terms
 
 FILE = "README.md"
 # settings every card lists; the others only where they differ from the default
@@ -35,7 +36,7 @@ def _what(config) -> tuple[str, list[str]]:
     weights = f"{kind} adapter (r {config.lora_r}, alpha {config.lora_alpha:g}{rs})" if config.lora else "Full weights"
     on_4bit = f" on its {config.quantize} (4-bit) base" if config.lora and getattr(config, "quantize", None) else ""
     title = f"{weights} for {config.model}{on_4bit}, trained with {method}"
-    tags = ["prefopt", "dpo" if dpo else "sft", *([config.loss] if dpo else []), *(["lora"] if config.lora else []),
+    tags = ["prefopt", "dpo" if dpo else "sft", *(loss_terms(config.loss) if dpo else []), *(["lora"] if config.lora else []),
             *(["dora"] if dora else [])]
     return title, tags
 

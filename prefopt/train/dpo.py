@@ -36,7 +36,7 @@ from ..lora import (
 )
 from ..lora_files import read_adapter_config
 from ..lora_stack import same_layers
-from ..losses import LOSSES, REFERENCE_FREE
+from ..losses import LOSSES, REFERENCE_FREE, known_loss, loss_terms
 from .config import TrainConfig, opt
 from .distributed import all_reduce_sum, head_operands
 from .loop import Batch, Trainer
@@ -48,7 +48,8 @@ REF_MODES = ("adapter", "model", "cache", "none")
 
 @dataclass
 class DPOConfig(TrainConfig):
-    loss: str = opt("sigmoid", f"preference loss: {', '.join(sorted(LOSSES))} (docs/dpo.md)")
+    loss: str = opt("sigmoid", f"preference loss: {', '.join(sorted(LOSSES))}, or a weighted sum of them as TRL "
+                               "mixes them, e.g. 0.8*sigmoid+0.2*bco_pair+sft (docs/dpo.md)")
     beta: float = opt(0.1, "DPO beta: how far the policy may move from the reference")
     label_smoothing: float = opt(0.0, "cDPO / robust / aot: the assumed share of flipped labels, in [0, 0.5); "
                                       "exo_pair: its target's epsilon (> 0)")
@@ -70,8 +71,14 @@ class DPOConfig(TrainConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         errors = []
-        if self.loss not in LOSSES:
-            errors.append(f"loss must be one of {sorted(LOSSES)} (got {self.loss!r})")
+        try:
+            known_loss(self.loss)  # a mixture ("0.8*sigmoid+0.2*bco_pair+sft") is registered here
+        except ValueError as e:
+            errors.append(str(e))
+        else:
+            if self.loss not in LOSSES:
+                errors.append(f"loss must be one of {sorted(n for n in LOSSES if '+' not in n)}, or a weighted sum "
+                              f"of them such as 0.8*sigmoid+0.2*bco_pair+sft (got {self.loss!r})")
         if self.beta <= 0:
             errors.append("beta must be > 0")
         if self.text_windows:
@@ -80,7 +87,7 @@ class DPOConfig(TrainConfig):
             errors.append("pack is SFT's; DPO already runs each pair's prompt once in one packed row (share_prompt)")
         if not 0 <= self.label_smoothing < 0.5:
             errors.append("label_smoothing must be in [0, 0.5)")
-        if self.loss == "exo_pair" and self.label_smoothing <= 0:
+        if "exo_pair" in loss_terms(self.loss) and self.label_smoothing <= 0:
             errors.append("exo_pair needs label_smoothing > 0 (the EXO paper recommends 1e-3)")
         if self.discopop_tau <= 0:
             errors.append("discopop_tau must be > 0")
@@ -107,13 +114,9 @@ class DPOConfig(TrainConfig):
         return "kto" if self.loss == "kto" else "dpo"
 
     def loss_kwargs(self) -> dict:
-        kw = {"beta": self.beta, "label_smoothing": self.label_smoothing, "rpo_alpha": self.rpo_alpha}
-        if self.loss == "simpo":
-            kw["gamma"] = self.simpo_gamma
-        if self.loss == "discopop":
-            kw["discopop_tau"] = self.discopop_tau
-        if self.loss == "orpo":
-            kw = {"lambda_": self.orpo_lambda}
+        """Every loss's hyper-parameters (each loss reads its own; a mixture's terms theirs)."""
+        kw = {"beta": self.beta, "label_smoothing": self.label_smoothing, "rpo_alpha": self.rpo_alpha,
+              "gamma": self.simpo_gamma, "discopop_tau": self.discopop_tau, "lambda_": self.orpo_lambda}
         if self.loss == "kto":
             kw = {"beta": self.beta, "desirable_weight": self.kto_desirable_weight,
                   "undesirable_weight": self.kto_undesirable_weight}

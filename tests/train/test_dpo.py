@@ -157,7 +157,7 @@ def test_interrupted_fill_resumes(task, tmp_path):
 
 @pytest.mark.parametrize("loss", ["sigmoid", "ipo", "simpo", "orpo", "rpo", "bco_pair", "nca_pair", "exo_pair",
                                   "sppo_hard", "apo_zero", "apo_down", "discopop", "sigmoid_norm", "aot",
-                                  "aot_unpaired"])
+                                  "aot_unpaired", "sft", "0.8*sigmoid+0.2*bco_pair+sft"])
 def test_every_loss_trains_through_the_trainer(task, tmp_path, loss):
     cfg = _cfg(task, tmp_path / loss, loss=loss, max_steps=16, eval_data=None, lr=3e-3,
                beta={"simpo": 2.0, "ipo": 0.5}.get(loss, 0.1), label_smoothing=1e-3 if loss == "exo_pair" else 0.0)
@@ -169,7 +169,7 @@ def test_every_loss_trains_through_the_trainer(task, tmp_path, loss):
         trainer.train_step(s)
     after = trainer.evaluate()["eval_loss"]
     assert after < before, (before, after)
-    assert forwards == (0 if loss in ("simpo", "orpo") else 4)  # 16 eval pairs in batches of 4
+    assert forwards == (0 if loss in ("simpo", "orpo", "sft") else 4)  # 16 eval pairs in batches of 4
 
 
 def test_frozen_reference_model_equals_adapter_disabled(task, tmp_path):
@@ -190,6 +190,10 @@ def test_dpo_config_is_validated(task, tmp_path):
         _cfg(task, tmp_path, loss="dpo3")
     with pytest.raises(ValueError, match=r"exo_pair needs label_smoothing > 0 \(the EXO paper recommends 1e-3\)"):
         _cfg(task, tmp_path, loss="exo_pair")
+    with pytest.raises(ValueError, match=r"loss 'sigmoid\+2\*nope': unknown loss 'nope'"):
+        _cfg(task, tmp_path, loss="sigmoid+2*nope")
+    with pytest.raises(ValueError, match=r"exo_pair needs label_smoothing > 0"):  # inside a mixture too
+        _cfg(task, tmp_path, loss="sigmoid+0.1*exo_pair")
     with pytest.raises(ValueError, match="discopop_tau must be > 0"):
         _cfg(task, tmp_path, loss="discopop", discopop_tau=0.0)
     with pytest.raises(ValueError, match="full fine-tuning needs a reference"):
