@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -327,9 +328,20 @@ def apply_lora(
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     if layers and n_layers is not None and max(layers) >= n_layers:
         raise ValueError(f"LoRA on {layer_text(layers)}: the model has layers 0-{n_layers - 1}")
+    frozen = _without_adapters(model)
     linear = {name.rsplit(".", 1)[-1] for name, c in model.named_modules()
-              if type(c) in (nn.Linear, QuantLinear) and (layers is None or layer_index(name) in layers)}
+              if type(c) in (nn.Linear, QuantLinear) and (layers is None or layer_index(name) in layers)
+              and not name.startswith(frozen)}
     target_modules = tuple(target_modules)
+    if frozen:  # a mixture of experts: its MLP projections name its experts, which adapt nothing here
+        experts = (_names_in(model) - linear) | set(MLP_PROJECTIONS)
+        dropped = [t for t in target_modules if t in experts]
+        target_modules = tuple(t for t in target_modules if t not in dropped)
+        linear -= set(MLP_PROJECTIONS)  # all-linear: not a dense layer's MLP either (PEFT would not read it)
+        if dropped:
+            warnings.warn(f"LoRA: {', '.join(dropped)} name this model's experts (a mixture of experts), which get "
+                          "no adapter, nor does their router (nor a dense layer's MLP: PEFT reads those names as "
+                          "the experts'); the adapter covers the attention", stacklevel=2)
     if ALL_LINEAR in target_modules:  # PEFT's shorthand: every linear layer but the output head
         target_modules = tuple(dict.fromkeys([*(t for t in target_modules if t != ALL_LINEAR),
                                               *sorted(linear - {"lm_head"})]))
@@ -345,7 +357,8 @@ def apply_lora(
     for prefix, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{prefix}.{child_name}" if prefix else child_name
-            if cfg.layers is not None and layer_index(full) not in cfg.layers:
+            if (cfg.layers is not None and layer_index(full) not in cfg.layers) or (frozen and (
+                    full.startswith(frozen) or child_name in MLP_PROJECTIONS)):
                 continue
             if type(child) in (nn.Linear, QuantLinear) and child_name in cfg.target_modules:
                 layer = QLoRALinear if type(child) is QuantLinear else LoRALinear
@@ -357,6 +370,20 @@ def apply_lora(
     model.lora_config = cfg
     model.lora_source = None  # a fresh adapter; load_adapter names the folder it came from
     return model
+
+
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+
+
+def _without_adapters(model: nn.Module) -> tuple[str, ...]:
+    """The name prefixes (``"model.layers.0.mlp."``) of the modules LoRA leaves alone, those marked
+    ``no_adapters``: a mixture of experts' router and experts (``prefopt.model.transformer.SparseMoE``),
+    which PEFT on transformers 5 (its experts fused into 3-D tensors) does not adapt either."""
+    return tuple(f"{name}." for name, m in model.named_modules() if getattr(m, "no_adapters", False))
+
+
+def _names_in(model: nn.Module) -> set[str]:
+    return {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if type(m) in (nn.Linear, QuantLinear)}
 
 
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:

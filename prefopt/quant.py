@@ -195,22 +195,24 @@ def quantize_model(model: nn.Module, target_modules: Iterable[str], kind: str = 
 
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MIXTRAL_EXPERTS = ("w1", "w3", "w2")  # Mixtral's experts' gate, up and down projections (Qwen3-MoE's: *_proj)
 
 
 KEPT_PRECISE = ("lm_head", "all-linear")  # never quantized (the head), or no layer's name (apply_lora's shorthand)
 
 
 def quantized_layers(adapted: Iterable[str] = ()) -> tuple[str, ...]:
-    """The layers ``--quantize`` keeps in 4 bits: every attention and MLP projection, and any other
+    """The layers ``--quantize`` keeps in 4 bits: every attention and MLP projection (a mixture of
+    experts' experts too; its router stays precise, as bitsandbytes leaves it), and any other
     layer an adapter adapts (QLoRA quantizes the whole base, not only what the adapter touches),
     but the lm_head: the output head stays in full precision, as bitsandbytes and transformers
     leave it, since the logits are read from it (an adapter on it trains as on any full layer)."""
-    return tuple(dict.fromkeys([*PROJECTIONS, *(a for a in adapted if a not in KEPT_PRECISE)]))
+    return tuple(dict.fromkeys([*PROJECTIONS, *MIXTRAL_EXPERTS, *(a for a in adapted if a not in KEPT_PRECISE)]))
 
 
 def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, QuantLinear) for m in model.modules())
 
 
-__all__ = ["BLOCK", "PROJECTIONS", "QUANT_KINDS", "SCALE_GROUP", "QuantLinear", "compress_scales", "dequantize_nf4",
+__all__ = ["BLOCK", "MIXTRAL_EXPERTS", "PROJECTIONS", "QUANT_KINDS", "SCALE_GROUP", "QuantLinear", "compress_scales", "dequantize_nf4",
            "expand_scales", "is_quantized", "nf4_levels", "quantize_model", "quantize_nf4", "quantized_layers"]

@@ -141,7 +141,13 @@ def hf_config(arch: str = "llama", **overrides):
                 rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=2, initializer_range=0.2)
     cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
            "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config,
-           "smollm3": transformers.SmolLM3Config, "gemma3": transformers.Gemma3TextConfig}[arch]
+           "smollm3": transformers.SmolLM3Config, "gemma3": transformers.Gemma3TextConfig,
+           "qwen3_moe": transformers.Qwen3MoeConfig, "mixtral": transformers.MixtralConfig}[arch]
+    if arch == "qwen3_moe":  # layer 0 a mixture of 4 experts (2 a token), layer 1 a dense MLP
+        base.update(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
+                    decoder_sparse_step=1, mlp_only_layers=[1])
+    if arch == "mixtral":  # every layer a mixture of 4 experts, 2 a token
+        base.update(num_local_experts=4, num_experts_per_tok=2, intermediate_size=32, sliding_window=None)
     if arch == "qwen3":
         base["head_dim"] = 16  # transformers' default is 128
     if arch == "mistral":
@@ -168,6 +174,8 @@ def build_hf_model(out: Path, arch: str = "llama", seed: int = 0, tokenizer: boo
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name:
                 p.copy_(1.0 + 0.3 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+            if name.endswith("mlp.gate.weight"):  # a router: clear preferences, so a wrong pick shows
+                p.copy_(torch.randn_like(p))
     model.save_pretrained(out)
     if tokenizer:
         build_tokenizer(out)

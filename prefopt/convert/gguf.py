@@ -218,7 +218,8 @@ def _config(meta: _Metadata, *, tied: bool, rope_freqs: np.ndarray | None = None
     a = f"{arch}."
     if meta.get(a + "expert_count"):  # Mixtral is written as "llama" with experts
         raise UnsupportedModelError(f"{meta.path}: a mixture of experts ({meta.get(a + 'expert_count')} experts, "
-                                    "Mixtral-style) is not supported; prefopt implements dense models")
+                                    "Mixtral-style) is not imported from GGUF: prefopt reads Mixtral and Qwen3-MoE "
+                                    "from their safetensors folders (Hugging Face layout)")
     n_head = meta.need(a + "attention.head_count")
     hidden = meta.need(a + "embedding_length")
     head_dim = meta.get(a + "attention.key_length", hidden // n_head)

@@ -22,6 +22,8 @@ SUPPORTED_ARCHITECTURES = {
     "qwen3": "Qwen3ForCausalLM",
     "smollm3": "SmolLM3ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "mixtral": "MixtralForCausalLM",
 }
 SLIDING, FULL = "sliding_attention", "full_attention"  # Gemma 3's layer types
 # transformers' Gemma3TextConfig defaults: an image+text Gemma 3 config.json (Gemma3ForConditionalGeneration)
@@ -34,6 +36,7 @@ GEMMA3_TEXT_DEFAULTS = {
     "rope_theta": 1_000_000.0, "rope_local_base_freq": 10000.0, "sliding_window_pattern": 6,
 }
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+MOE = ("qwen3_moe", "mixtral")  # mixtures of experts (transformer.SparseMoE)
 
 
 class UnsupportedModelError(ValueError):
@@ -69,6 +72,15 @@ class ModelConfig:
     query_pre_attn_scalar: float | None = None
     # SmolLM3: per layer, 1 where it applies RoPE and 0 where it does not (NoPE), as its config.json lists them
     no_rope_layers: list[int] | None = None
+    # a mixture of experts (Qwen3-MoE, Mixtral): each token through the num_experts_per_tok of num_experts
+    # experts its router rates highest (their weights renormalised to sum to 1 where norm_topk_prob); Qwen3-MoE
+    # makes every decoder_sparse_step-th layer sparse but mlp_only_layers (dense MLPs of intermediate_size)
+    num_experts: int | None = None
+    num_experts_per_tok: int | None = None
+    moe_intermediate_size: int | None = None
+    norm_topk_prob: bool = False
+    decoder_sparse_step: int = 1
+    mlp_only_layers: list[int] | None = None
     # "gemma3": read from an image+text checkpoint, whose language model's tensors carry its prefix
     text_model_of: str | None = field(default=None, compare=False)
     # the file's own dict, kept so a save writes back what was read
@@ -78,7 +90,7 @@ class ModelConfig:
         if self.model_type not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModelError(
                 f"unsupported model_type {self.model_type!r}: prefopt implements "
-                f"{sorted(SUPPORTED_ARCHITECTURES)} (Llama 2/3, Mistral, Qwen2/3, SmolLM2/3, Gemma 3)"
+                f"{sorted(SUPPORTED_ARCHITECTURES)} (Llama 2/3, Mistral, Mixtral, Qwen2/3, Qwen3-MoE, SmolLM2/3, Gemma 3)"
             )
         act = "gelu_pytorch_tanh" if self.gemma else "silu"
         if self.hidden_act != act:
@@ -93,6 +105,9 @@ class ModelConfig:
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "
                 f"num_key_value_heads={self.num_key_value_heads}"
             )
+        if self.model_type in MOE and not (self.num_experts and 0 < (self.num_experts_per_tok or 0) <= self.num_experts):
+            raise UnsupportedModelError(f"{self.model_type}: num_experts_per_tok={self.num_experts_per_tok} of "
+                                        f"num_experts={self.num_experts} experts")
         rope_type = (self.rope_scaling or {}).get("rope_type", (self.rope_scaling or {}).get("type", "default"))
         if rope_type not in SUPPORTED_ROPE_TYPES:
             raise UnsupportedModelError(
@@ -101,8 +116,18 @@ class ModelConfig:
 
     @property
     def qk_norm(self) -> bool:
-        """An RMSNorm on each head's queries and keys before RoPE (Qwen3, Gemma 3)."""
-        return self.model_type in ("qwen3", "gemma3_text")
+        """An RMSNorm on each head's queries and keys before RoPE (Qwen3, Qwen3-MoE, Gemma 3)."""
+        return self.model_type in ("qwen3", "qwen3_moe", "gemma3_text")
+
+    def sparse(self, layer: int) -> bool:
+        """Whether layer ``layer``'s MLP is a mixture of experts."""
+        return (self.model_type in MOE and layer not in (self.mlp_only_layers or [])
+                and (layer + 1) % self.decoder_sparse_step == 0)
+
+    @property
+    def ffn_name(self) -> str:
+        """The MLP's module name in a layer (Mixtral's checkpoints call it ``block_sparse_moe``)."""
+        return "block_sparse_moe" if self.model_type == "mixtral" else "mlp"
 
     @property
     def gemma(self) -> bool:
@@ -169,12 +194,16 @@ class ModelConfig:
             kw["rope_scaling"] = None
         if model_type == "smollm3":
             kw.update(_smollm3(d))
-        elif model_type in ("qwen2", "qwen3"):
+        elif model_type == "mixtral":
+            kw.update(_mixtral(d))
+        elif model_type in ("qwen2", "qwen3", "qwen3_moe"):
             if model_type == "qwen2":
                 kw["attention_bias"] = True  # q/k/v projections always carry a bias
             kw["sliding_window"] = d.get("sliding_window") if d.get("use_sliding_window") else None
             if kw["sliding_window"] is not None and d.get("max_window_layers", 0) < d["num_hidden_layers"]:
                 raise UnsupportedModelError("Qwen2/3 with sliding window on only some layers is not supported")
+            if model_type == "qwen3_moe":  # transformers 5 writes num_local_experts, 4.x num_experts
+                kw["num_experts"] = d.get("num_experts", d.get("num_local_experts"))
         else:
             kw["sliding_window"] = d.get("sliding_window")
         return cls(**kw, raw=dict(d))
@@ -219,7 +248,7 @@ class ModelConfig:
             d["rope_scaling"] = self.rope_scaling
         if self.model_type == "llama":
             d.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
-        if self.model_type in ("qwen3", "smollm3"):
+        if self.model_type in ("qwen3", "qwen3_moe", "smollm3"):
             d.update(attention_bias=self.attention_bias)
         if self.no_rope_layers is not None:
             d.update(no_rope_layers=self.no_rope_layers)
@@ -235,6 +264,16 @@ def no_rope_every(n_layers: int, every: int) -> list[int]:
     """SmolLM3's layers with RoPE left out of every ``every``-th (1 where it applies), as
     transformers makes them from ``no_rope_layer_interval`` and llama.cpp's smollm3 fixes them."""
     return [int((i + 1) % every != 0) for i in range(n_layers)]
+
+
+def _mixtral(d: dict[str, Any]) -> dict[str, Any]:
+    """Mixtral's settings: every layer a mixture of ``num_local_experts`` experts of
+    ``intermediate_size``, the top-k weights renormalised; training-time router jitter is refused."""
+    if d.get("router_jitter_noise"):
+        raise UnsupportedModelError(f"router_jitter_noise={d['router_jitter_noise']}: Mixtral's training-time "
+                                    "router noise is not supported (set it to 0)")
+    return dict(num_experts=d.get("num_local_experts"), moe_intermediate_size=d["intermediate_size"],
+                norm_topk_prob=True, sliding_window=d.get("sliding_window"))
 
 
 def _smollm3(d: dict[str, Any]) -> dict[str, Any]:

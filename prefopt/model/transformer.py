@@ -1,4 +1,5 @@
-"""A decoder-only transformer for the Llama family (Qwen2/3 included) and Gemma 3, in plain PyTorch.
+"""A decoder-only transformer for the Llama family (Qwen2/3 included; Qwen3-MoE and Mixtral, mixtures of
+experts), and Gemma 3, in plain PyTorch.
 
 Module names follow Hugging Face's (``model.layers.0.self_attn.q_proj`` ...), so a
 checkpoint's state dict loads with no key mapping::
@@ -11,7 +12,9 @@ checkpoint's state dict loads with no key mapping::
     │   │   ├── self_attn           q/k/v/o_proj, GQA through SDPA, RoPE (Qwen3, Gemma 3: q_norm, k_norm)
     │   │   ├── post_attention_layernorm
     │   │   ├── (Gemma 3: pre_feedforward_layernorm, post_feedforward_layernorm)
-    │   │   └── mlp                 gate/up/down_proj (SwiGLU; Gemma 3: GeGLU)
+    │   │   └── mlp                 gate/up/down_proj (SwiGLU; Gemma 3: GeGLU); a mixture of experts
+    │   │                           (Qwen3-MoE: mlp.gate + mlp.experts[e].*_proj; Mixtral:
+    │   │                           block_sparse_moe.gate + block_sparse_moe.experts[e].w1/w2/w3)
     │   └── norm
     └── lm_head                     (V, D); absent when tied to embed_tokens
 
@@ -111,9 +114,9 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, size: int | None = None):
         super().__init__()
-        D, F_, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        D, F_, b = cfg.hidden_size, size or cfg.intermediate_size, cfg.mlp_bias
         self.gate_proj = nn.Linear(D, F_, bias=b)
         self.up_proj = nn.Linear(D, F_, bias=b)
         self.down_proj = nn.Linear(F_, D, bias=b)
@@ -123,6 +126,48 @@ class MLP(nn.Module):
         if self.geglu:
             return self.down_proj(geglu(self.gate_proj(x), self.up_proj(x)))
         return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
+class MixtralExpert(nn.Module):
+    """One of Mixtral's experts: SwiGLU under its checkpoint's names (w1 gate, w3 up, w2 down)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        D, F_ = cfg.hidden_size, cfg.moe_intermediate_size
+        self.w1 = nn.Linear(D, F_, bias=False)
+        self.w3 = nn.Linear(D, F_, bias=False)
+        self.w2 = nn.Linear(F_, D, bias=False)
+
+    def forward(self, x):
+        return self.w2(swiglu(self.w1(x), self.w3(x)))
+
+
+class SparseMoE(nn.Module):
+    """A mixture of experts (Qwen3-MoE, Mixtral): the router (``gate``) rates every expert per token
+    (softmax in fp32), each token goes through its ``num_experts_per_tok`` best, and their outputs
+    are summed with those weights (renormalised to sum to 1 where ``norm_topk_prob``). Each expert
+    runs on its tokens alone. LoRA leaves the router and the experts frozen (``no_adapters``)."""
+
+    no_adapters = True
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.top_k, self.renormalise = cfg.num_experts_per_tok, cfg.norm_topk_prob
+        self.gate = nn.Linear(cfg.hidden_size, cfg.num_experts, bias=False)
+        self.experts = nn.ModuleList(MixtralExpert(cfg) if cfg.model_type == "mixtral"
+                                     else MLP(cfg, cfg.moe_intermediate_size) for _ in range(cfg.num_experts))
+
+    def forward(self, x):
+        h = x.reshape(-1, x.shape[-1])
+        weights, chosen = torch.softmax(self.gate(h).float(), dim=-1).topk(self.top_k, dim=-1)
+        if self.renormalise:
+            weights = weights / weights.sum(-1, keepdim=True)
+        weights = weights.to(h.dtype)
+        out = torch.zeros_like(h)
+        for e in chosen.unique().tolist():
+            rows, slot = torch.where(chosen == e)
+            out = out.index_add(0, rows, self.experts[e](h[rows]) * weights[rows, slot, None])
+        return out.reshape(x.shape)
 
 
 class Block(nn.Module):
@@ -135,14 +180,16 @@ class Block(nn.Module):
         if g:
             self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, g)
             self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, g)
-        self.mlp = MLP(cfg)
+        self.ffn_name = cfg.ffn_name  # "mlp"; Mixtral's "block_sparse_moe"
+        setattr(self, self.ffn_name, SparseMoE(cfg) if cfg.sparse(layer_idx) else MLP(cfg))
 
     def forward(self, x, cos, sin, mask, kv_cache=None):
+        ffn = getattr(self, self.ffn_name)
         if hasattr(self, "pre_feedforward_layernorm"):  # Gemma 3: norms around both sublayers
             x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache))
-            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+            return x + self.post_feedforward_layernorm(ffn(self.pre_feedforward_layernorm(x)))
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return x + ffn(self.post_attention_layernorm(x))
 
 
 class Backbone(nn.Module):

@@ -25,6 +25,9 @@ FAMILIES = {
                                 no_rope_layers=[0, 1, 1, 0]),
     "gemma3": dict(arch="gemma3"),  # a sliding layer (window 4) and a full one: tests/model/test_gemma3.py
     "gemma3-untied": dict(arch="gemma3", tie_word_embeddings=False, num_key_value_heads=4),
+    "qwen3-moe": dict(arch="qwen3_moe"),  # a mixture of experts, then a dense layer: tests/model/test_moe.py
+    "qwen3-moe-unnormalised": dict(arch="qwen3_moe", norm_topk_prob=False, mlp_only_layers=[]),
+    "mixtral": dict(arch="mixtral"),
 }
 
 
@@ -74,7 +77,8 @@ def test_left_padding_equals_unpadded(pair):
     with torch.no_grad():
         alone = ours(ids)
         with_pad = ours(padded, attention_mask=mask)[:, 6:]
-    assert (alone - with_pad).abs().max().item() < 1e-5
+    # an expert runs on the tokens routed to it, pads too: another row count, another BLAS blocking
+    assert (alone - with_pad).abs().max().item() < (5e-5 if ours.config.num_experts else 1e-5)
 
 
 def test_return_hidden_gives_logits_through_output_weight(pair):

@@ -1,0 +1,150 @@
+"""Mixtures of experts (Qwen3-MoE, Mixtral) against transformers' ``Qwen3MoeForCausalLM`` and
+``MixtralForCausalLM``: the routing (top-k, renormalised or not; Qwen3-MoE's dense layers),
+generation with the cache, packing, saving, LoRA (attention only: PEFT on transformers 5 adapts no
+expert either, and reads prefopt's adapter to the same logits), QLoRA's 4-bit experts, training.
+Logits, padding and hidden states of both are in test_parity.py (``qwen3-moe``, ``mixtral``)."""
+import warnings
+
+import pytest
+import torch
+
+from prefopt import apply_lora, load_model
+from prefopt.lora import lora_layers
+from prefopt.model.config import ModelConfig, UnsupportedModelError
+from prefopt.model.transformer import MLP, SparseMoE
+from tests._tiny import build_hf_model
+from tests.model import _family as family
+
+transformers = pytest.importorskip("transformers")
+IDS = family.IDS
+
+
+@pytest.fixture(scope="module", params=["qwen3_moe", "mixtral"])
+def moe(request, tmp_path_factory):
+    return family.tiny_family(tmp_path_factory, request.param)
+
+
+def test_the_routing_is_read_and_matters(moe):
+    hf, ours, _ = moe
+    cfg = ours.config
+    assert (cfg.num_experts, cfg.num_experts_per_tok, cfg.norm_topk_prob) == (4, 2, True)
+    layers = ours.model.layers
+    if cfg.model_type == "qwen3_moe":  # mlp_only_layers=[1]: a dense MLP there, of intermediate_size
+        assert isinstance(layers[0].mlp, SparseMoE) and isinstance(layers[1].mlp, MLP)
+        assert layers[0].mlp.experts[0].gate_proj.weight.shape == (32, 64)
+    else:  # Mixtral's checkpoint names: block_sparse_moe, experts' w1/w2/w3
+        assert all(isinstance(b.block_sparse_moe, SparseMoE) for b in layers)
+        assert layers[0].block_sparse_moe.experts[3].w2.weight.shape == (64, 32)
+    with torch.no_grad():
+        want = hf(IDS).logits
+        assert (ours(IDS) - want).abs().max().item() < 1e-4
+        for changes in ({"num_experts_per_tok": 1}, {"num_experts_per_tok": 3}):  # another top-k: other logits
+            assert (family.variant(ours, **changes)(IDS) - want).abs().max().item() > 1e-3
+        if cfg.model_type == "qwen3_moe":
+            assert (family.variant(ours, norm_topk_prob=False)(IDS) - want).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("changes, error", [
+    ({"num_experts_per_tok": 5}, r"num_experts_per_tok=5 of num_experts=4 experts"),
+    ({"router_jitter_noise": 0.1}, r"router_jitter_noise=0.1: Mixtral's training-time router noise is not supported"),
+])
+def test_what_prefopt_does_not_run_is_refused_by_name(moe, changes, error):
+    _, ours, _ = moe
+    if "router_jitter_noise" in changes and ours.config.model_type != "mixtral":
+        pytest.skip("Mixtral's setting")
+    with pytest.raises(UnsupportedModelError, match=error):
+        ModelConfig.from_dict({**ours.config.raw, **changes})
+
+
+def test_greedy_generation_with_the_cache_matches_transformers(moe):
+    family.assert_greedy_generation_matches(*moe[:2])
+
+
+def test_packed_sequences_equal_each_run_alone(moe):
+    _, ours, _ = moe
+    a, b = IDS[0, :9], IDS[1, :6]
+    with torch.no_grad():  # experts run on other row counts packed: 1e-5 of BLAS blocking
+        packed = ours(torch.cat([a, b])[None], packed=[9, 6])
+        assert (packed[0, :9] - ours(a[None])[0]).abs().max().item() < 5e-5
+        assert (packed[0, 9:] - ours(b[None])[0]).abs().max().item() < 5e-5
+
+
+def test_a_saved_moe_loads_in_transformers(moe, tmp_path):
+    cfg = family.assert_saved_loads_in_transformers(*moe[:2], tmp_path / "saved", IDS)
+    assert cfg["architectures"] == [{"qwen3_moe": "Qwen3MoeForCausalLM", "mixtral": "MixtralForCausalLM"}[
+        moe[1].config.model_type]]
+
+
+def test_lora_adapts_attention_and_leaves_the_router_and_experts_alone(moe, tmp_path):
+    _, ours, folder = moe
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        model = apply_lora(load_model(folder), r=4, alpha=8)
+    # the MLP projections' names are the experts' (PEFT on transformers 5 reads them so, and then adapts
+    # no dense layer's MLP by them either, as Qwen3-MoE's layer 1 here): dropped, and said
+    assert [str(w.message) for w in said if "name this model's experts" in str(w.message)] == [
+        "LoRA: gate_proj, up_proj, down_proj name this model's experts (a mixture of experts), which get no adapter, "
+        "nor does their router (nor a dense layer's MLP: PEFT reads those names as the experts'); the adapter covers "
+        "the attention"]
+    names = [n for n, _ in lora_layers(model)]
+    assert len(names) == 4 * ours.config.num_hidden_layers and all(".self_attn." in n for n in names)
+    assert model.lora_config.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
+    all_linear = apply_lora(load_model(folder), target_modules=["all-linear"])  # PEFT's shorthand: the same
+    assert [n for n, _ in lora_layers(all_linear)] == names
+    with pytest.raises(ValueError, match=r"no nn.Linear named \['w9'\]"):  # a misspelt name still fails
+        apply_lora(load_model(folder), target_modules=["q_proj", "w9"])
+
+
+def test_peft_reads_the_adapter_to_the_same_logits(moe, tmp_path):
+    """The adapter file loads in PEFT on transformers' model (whose experts are fused tensors, which
+    PEFT does not adapt either) and gives prefopt's logits."""
+    peft = pytest.importorskip("peft")
+    from prefopt import save_adapter
+
+    hf, _, folder = moe
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = apply_lora(load_model(folder), r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for _, m in lora_layers(ours):
+            m.lora_B.weight.normal_(0, 0.2)
+    save_adapter(ours.eval(), tmp_path / "adapter", base_model=str(folder))
+    theirs = peft.PeftModel.from_pretrained(
+        transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        got, want = ours(IDS), theirs(IDS).logits
+        assert (got - want).abs().max().item() < 1e-4
+        assert (got - hf(IDS).logits).abs().max().item() > 1e-3  # the adapter does something
+
+
+def test_qlora_keeps_the_experts_in_4_bits_and_the_router_precise(moe):
+    from prefopt.quant import QuantLinear
+
+    _, _, folder = moe
+    model = load_model(folder, quantize="nf4")
+    moe_block = getattr(model.model.layers[0], model.config.ffn_name)
+    assert isinstance(moe_block.gate, torch.nn.Linear) and not isinstance(moe_block.gate, QuantLinear)
+    assert all(isinstance(m, QuantLinear) for e in moe_block.experts for m in e.children())
+    same = load_model(folder)  # full precision, each quantized layer's weight set to its 4-bit values
+    layers = dict(same.named_modules())
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, QuantLinear):
+                layers[name].weight.copy_(m.weight)
+        assert (model(IDS) - same(IDS)).abs().max().item() < 1e-4
+
+
+def test_sft_trains_a_mixture_of_experts(tmp_path):
+    from prefopt.train import TrainConfig
+    from prefopt.train.run import run_sft
+    from tests.train._fixtures import write_task
+
+    model_dir = tmp_path / "model"
+    build_hf_model(model_dir, arch="qwen3_moe", initializer_range=0.1)
+    _, data = write_task(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = run_sft(TrainConfig(model=str(model_dir), data=str(data), output_dir=str(tmp_path / "run"),
+                                      batch_size=4, max_steps=64, lr=3e-3, lora_r=8, lora_alpha=16,
+                                      eval_fraction=0.25, warmup_steps=2, progress=False))
+    assert summary["eval_after"]["eval_loss"] < 0.5 * summary["eval_before"]["eval_loss"]
