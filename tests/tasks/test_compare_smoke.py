@@ -471,15 +471,16 @@ def test_a_judge_scores_every_stage_and_the_report_tests_its_scores(tiny_model, 
     import prefopt.evaluate.runner as runner
 
     replies = iter([["3", "Score: 3", "no idea", "3"], ["4", "4", "4/5", "4"], ["5", "5 - as good", "5", "five"]])
-    seen, predict = [], runner.predict
+    seen, answer_prompts = [], runner.answer_prompts
 
-    def scripted(model, tok, task, records, **kw):
+    def scripted(model, tok, prompts, **kw):
         if kw.get("desc") != "judging":
-            return predict(model, tok, task, records, **kw)
-        seen.append([r.prompt for r in records])
-        return next(replies)
+            return answer_prompts(model, tok, prompts, **kw)
+        seen.append([tok.decode(p, False) for p in prompts])
+        texts = next(replies)
+        return texts, [True] * len(texts)
 
-    monkeypatch.setattr(runner, "predict", scripted)
+    monkeypatch.setattr(runner, "answer_prompts", scripted)
     _, data, _ = _synthetic("summarization", tmp_path)
     out = tmp_path / "run"
     report = run_compare(CompareConfig(task="meqsum", model=str(tiny_model), output=str(out), data=str(data),
