@@ -203,7 +203,7 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     cfg = json.loads((hf_dir / "config.json").read_text())
     tok = json.loads((hf_dir / "tokenizer.json").read_text())
     tcfg = json.loads((hf_dir / "tokenizer_config.json").read_text())
-    arch = cfg["model_type"]
+    arch = {"mixtral": "llama", "qwen3_moe": "qwen3moe"}.get(cfg["model_type"], cfg["model_type"])
     gemma = arch == "gemma3_text"
     w = gguf.GGUFWriter(str(path), "gemma3" if gemma else arch)
     w.add_block_count(cfg["num_hidden_layers"])
@@ -231,9 +231,14 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
         if gemma_scale:
             w.add_float32("gemma3.attention.scale", cfg["query_pre_attn_scalar"] ** -0.5)
     w.add_vocab_size(cfg["vocab_size"])
-    if experts:  # as llama.cpp writes Mixtral (its expert tensors are left out here)
+    if experts:  # expert metadata alone, on a dense model's tensors
         w.add_expert_count(experts)
         w.add_expert_used_count(2)
+    if cfg["model_type"] in ("mixtral", "qwen3_moe"):  # as llama.cpp writes Mixtral (llama) and qwen3moe
+        w.add_expert_count(cfg.get("num_local_experts") or cfg["num_experts"])
+        w.add_expert_used_count(cfg["num_experts_per_tok"])
+        if arch == "qwen3moe":
+            w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
     if rope_scaling:  # as llama.cpp's converter writes a config's rope_scaling type (e.g. "yarn")
         w.add_rope_scaling_type(gguf.RopeScalingType(rope_scaling))
         w.add_rope_scaling_factor(4.0)
@@ -266,7 +271,16 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
              "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
     gemma_names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, cfg["num_hidden_layers"]) if gemma else None
+    stacked: dict[str, dict[int, torch.Tensor]] = {}  # a mixture of experts' projections, stacked per layer
+    leaves = {"w1": "gate", "w3": "up", "w2": "down", "gate_proj": "gate", "up_proj": "up", "down_proj": "down"}
     for name, t in load_file(hf_dir / "model.safetensors").items():
+        parts = name.split(".")
+        if ".experts." in name:  # model.layers.N.<mlp|block_sparse_moe>.experts.E.<leaf>.weight
+            stacked.setdefault(f"blk.{parts[2]}.ffn_{leaves[parts[6]]}_exps.weight", {})[int(parts[5])] = t
+            continue
+        if name.endswith((".mlp.gate.weight", ".block_sparse_moe.gate.weight")):  # the router
+            w.add_tensor(f"blk.{parts[2]}.ffn_gate_inp.weight", np.ascontiguousarray(t.float().numpy()))
+            continue
         if gemma:  # the converter's own names; its norms stored as 1 + w
             gname = gemma_names.get_name(name, try_suffixes=(".weight",))
             t = t + 1.0 if name.endswith("norm.weight") else t
@@ -281,6 +295,13 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
             t = permute_qk(t, cfg["num_key_value_heads"])
         arr = t.float().numpy()
         if t.ndim == 2 and qtype != "F32":
+            q = gguf.GGMLQuantizationType[qtype]
+            w.add_tensor(gname, gguf.quants.quantize(arr, q), raw_dtype=q)
+        else:
+            w.add_tensor(gname, np.ascontiguousarray(arr))
+    for gname, by_expert in stacked.items():  # (E, out, in), experts in order
+        arr = torch.stack([by_expert[e] for e in sorted(by_expert)]).float().numpy()
+        if qtype != "F32":
             q = gguf.GGMLQuantizationType[qtype]
             w.add_tensor(gname, gguf.quants.quantize(arr, q), raw_dtype=q)
         else:

@@ -1,8 +1,10 @@
 """Import a llama.cpp GGUF file into an HF-layout folder (needs the ``gguf`` extra).
 
-Architectures: ``llama`` (Llama 2/3, Mistral, SmolLM2, as llama.cpp's converter writes them),
-``qwen2`` (Qwen2/2.5: q/k/v biases, rows in HF's order), ``qwen3`` (q/k norms, no biases, HF's
-order) and ``gemma3`` (Gemma 3, MedGemma: ``gguf_gemma``). What it does:
+Architectures: ``llama`` (Llama 2/3, Mistral, SmolLM2, as llama.cpp's converter writes them;
+with ``expert_count``, Mixtral), ``qwen2`` (Qwen2/2.5: q/k/v biases, rows in HF's order), ``qwen3``
+(q/k norms, no biases, HF's order), ``qwen3moe`` (Qwen3-MoE) and ``gemma3`` (Gemma 3, MedGemma:
+``gguf_gemma``). A mixture of experts' stacked ``ffn_*_exps`` tensors are split into one weight
+per expert, under the checkpoint's names. What it does:
 - reads the model hyper-parameters from the GGUF metadata into ``config.json``;
 - dequantizes every tensor (Q4_0/Q4_1/Q8_0/K-quants... via ``gguf.quants``) to float;
 - for ``llama``, undoes llama.cpp's q/k row permutation, which reorders each head's rows from
@@ -48,7 +50,13 @@ _GLOBAL_NAMES = {
 }
 EXACT_UP_TO = 1_000_000_000  # parameters: a quantized file imports to float32 (exact) up to this, bfloat16 past it
 # GGUF architecture -> prefopt model_type
-_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3", "gemma3": "gemma3_text"}
+_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen3moe": "qwen3_moe", "smollm3": "smollm3",
+                  "gemma3": "gemma3_text"}
+# a mixture of experts' tensors: its router, and each projection of every expert stacked (E, out, in)
+_EXPERTS = re.compile(r"blk\.(\d+)\.ffn_(gate|up|down)_exps\.weight")
+_ROUTER = re.compile(r"blk\.(\d+)\.ffn_gate_inp\.weight")
+_EXPERT_LEAVES = {"mixtral": {"gate": "w1", "up": "w3", "down": "w2"},
+                  "qwen3_moe": {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}}
 # llama.cpp's smollm3 leaves RoPE out of every 4th layer, a fixed step (the released SmolLM3's)
 SMOLLM3_NO_ROPE_STEP = 4
 
@@ -83,15 +91,27 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: torch.dty
     writer = ShardWriter(out)
     tensors = reader.tensors
     bar = _bar(tensors, progress)
-    permuted = cfg.model_type in ("llama", "smollm3")  # llama.cpp's qwen2/3 and gemma3 read q/k rows in HF's order
+    permuted = cfg.model_type in ("llama", "smollm3", "mixtral")  # llama.cpp's qwen2/3 and gemma3 keep HF's q/k rows
     for t in bar:
-        name = _hf_name(t.name, gguf_path, gguf_gemma.LAYER_NAMES if cfg.gemma else _LAYER_NAMES)
-        if name is None:
+        experts = _EXPERTS.fullmatch(t.name) if cfg.num_experts else None
+        router = _ROUTER.fullmatch(t.name) if cfg.num_experts else None
+        if cfg.num_experts and not (experts or router) and re.fullmatch(r"blk\.\d+\.ffn_(gate|up|down)\..*", t.name):
+            raise UnsupportedModelError(f"{gguf_path}: tensor {t.name!r}: a mixture of experts ({cfg.num_experts} "
+                                        "experts) written with a dense MLP or one tensor per expert (an early "
+                                        "llama.cpp layout), which prefopt does not read; convert the model again with "
+                                        "a current llama.cpp")
+        name = None if experts or router else _hf_name(t.name, gguf_path,
+                                                         gguf_gemma.LAYER_NAMES if cfg.gemma else _LAYER_NAMES)
+        if name is None and not (experts or router):
             continue
         w = _values(gguf, t, cfg.gemma)
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists dims innermost first
         if tuple(w.shape) != shape:
             raise ValueError(f"{gguf_path}: tensor {t.name!r} dequantized to {tuple(w.shape)}, expected {shape}")
+        if experts or router:
+            for hf_name, part in _moe_tensors(cfg, experts, router, w):
+                writer.add(hf_name, part.to(dtype))
+            continue
         if permuted and name.endswith("self_attn.q_proj.weight"):
             w = unpermute_qk(w, cfg.num_attention_heads)
         elif permuted and name.endswith("self_attn.k_proj.weight"):
@@ -178,6 +198,20 @@ def _dequantize(gguf, t) -> np.ndarray:
     return gguf.quants.dequantize(t.data, t.tensor_type)
 
 
+def _moe_tensors(cfg: ModelConfig, experts, router, w: torch.Tensor):
+    """``(HF name, tensor)`` for a mixture of experts' router, or for each expert's slice of a
+    stacked ``ffn_*_exps`` tensor (``(E, out, in)``: expert e's weight is ``w[e]``)."""
+    block = f"model.layers.{(experts or router).group(1)}.{cfg.ffn_name}"
+    if router:
+        yield f"{block}.gate.weight", w
+        return
+    if w.shape[0] != cfg.num_experts:
+        raise ValueError(f"{experts.group(0)}: {w.shape[0]} experts stacked, the metadata says {cfg.num_experts}")
+    leaf = _EXPERT_LEAVES[cfg.model_type][experts.group(2)]
+    for e in range(cfg.num_experts):
+        yield f"{block}.experts.{e}.{leaf}.weight", w[e].clone()
+
+
 def _hf_name(gguf_name: str, path, layer_names: dict[str, str]) -> str | None:
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
@@ -216,10 +250,7 @@ def _config(meta: _Metadata, *, tied: bool, rope_freqs: np.ndarray | None = None
             f"{meta.path}: GGUF architecture {arch!r} is not supported; prefopt imports {sorted(_ARCHITECTURES)}"
         )
     a = f"{arch}."
-    if meta.get(a + "expert_count"):  # Mixtral is written as "llama" with experts
-        raise UnsupportedModelError(f"{meta.path}: a mixture of experts ({meta.get(a + 'expert_count')} experts, "
-                                    "Mixtral-style) is not imported from GGUF: prefopt reads Mixtral and Qwen3-MoE "
-                                    "from their safetensors folders (Hugging Face layout)")
+    moe = _experts(meta, a, arch)
     n_head = meta.need(a + "attention.head_count")
     hidden = meta.need(a + "embedding_length")
     head_dim = meta.get(a + "attention.key_length", hidden // n_head)
@@ -246,7 +277,8 @@ def _config(meta: _Metadata, *, tied: bool, rope_freqs: np.ndarray | None = None
     return ModelConfig(
         vocab_size=meta.get(a + "vocab_size", len(tokens)),
         hidden_size=hidden,
-        intermediate_size=meta.need(a + "feed_forward_length"),
+        intermediate_size=meta.get(a + "feed_forward_length") or moe.get("moe_intermediate_size")
+        or meta.need(a + "feed_forward_length"),
         num_hidden_layers=layers,
         num_attention_heads=n_head,
         num_key_value_heads=meta.get(a + "attention.head_count_kv", n_head),
@@ -257,13 +289,31 @@ def _config(meta: _Metadata, *, tied: bool, rope_freqs: np.ndarray | None = None
         max_position_embeddings=meta.get(a + "context_length", 2048),
         tie_word_embeddings=tied,
         attention_bias=arch == "qwen2",  # Qwen2's q/k/v always carry one; llama.cpp's qwen3 has none
-        model_type=_ARCHITECTURES[arch],
+        model_type="mixtral" if arch == "llama" and moe else _ARCHITECTURES[arch],
         bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
         eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
         pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
         no_rope_layers=smollm3_no_rope_layers(layers) if arch == "smollm3" else None,
         **gemma,
+        **moe,
     )
+
+
+def _experts(meta: _Metadata, a: str, arch: str) -> dict:
+    """A mixture of experts' settings: Mixtral (written as ``llama`` with ``expert_count``, its
+    experts of ``feed_forward_length``) or ``qwen3moe`` (``expert_feed_forward_length``); llama.cpp
+    renormalises both's top-k weights (``expert_weights_norm``, where a file says otherwise)."""
+    count = meta.get(a + "expert_count")
+    if not count:
+        if arch == "qwen3moe":
+            raise ValueError(f"{meta.path}: a qwen3moe file without {a}expert_count")
+        return {}
+    if arch not in ("llama", "qwen3moe"):
+        raise UnsupportedModelError(f"{meta.path}: a mixture of experts written as {arch!r} is not supported; "
+                                    "prefopt imports Mixtral (llama with experts) and qwen3moe")
+    size = meta.need(a + "feed_forward_length") if arch == "llama" else meta.need(a + "expert_feed_forward_length")
+    return dict(num_experts=int(count), num_experts_per_tok=int(meta.need(a + "expert_used_count")),
+                moe_intermediate_size=int(size), norm_topk_prob=bool(meta.get(a + "expert_weights_norm", True)))
 
 
 def smollm3_no_rope_layers(n_layer: int) -> list[int]:

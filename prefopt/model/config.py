@@ -252,6 +252,13 @@ class ModelConfig:
             d.update(attention_bias=self.attention_bias)
         if self.no_rope_layers is not None:
             d.update(no_rope_layers=self.no_rope_layers)
+        if self.model_type == "mixtral":  # its experts are of intermediate_size
+            d.update(num_local_experts=self.num_experts, num_experts_per_tok=self.num_experts_per_tok)
+        if self.model_type == "qwen3_moe":  # the Hub's names (transformers 5 reads num_experts too)
+            d.update(num_experts=self.num_experts, num_experts_per_tok=self.num_experts_per_tok,
+                     moe_intermediate_size=self.moe_intermediate_size, norm_topk_prob=self.norm_topk_prob,
+                     decoder_sparse_step=self.decoder_sparse_step, mlp_only_layers=self.mlp_only_layers or [])
+            d.pop("num_local_experts", None)
         if self.gemma:  # what a config built from a GGUF file has in no raw dict
             d.update(layer_types=self.layer_types, sliding_window=self.sliding_window,
                      query_pre_attn_scalar=self.query_pre_attn_scalar)

@@ -142,7 +142,7 @@ def test_an_architecture_prefopt_does_not_implement_is_refused_by_name(src, tmp_
     # same length, so the file stays well-formed: "llama" -> "gemma" in general.architecture and its keys
     (tmp_path / "g.gguf").write_bytes(data.replace(b"llama", b"gemma"))
     with pytest.raises(UnsupportedModelError, match=r"g\.gguf: GGUF architecture 'gemma' is not supported; "
-                                                    r"prefopt imports \['gemma3', 'llama', 'qwen2', 'qwen3', 'smollm3'\]"):
+                                                    r"prefopt imports \['gemma3', 'llama', 'qwen2', 'qwen3', 'qwen3moe', 'smollm3'\]"):
         convert_gguf(tmp_path / "g.gguf", tmp_path / "out", progress=False)
 
 
@@ -244,7 +244,41 @@ def test_rope_scaling_prefopt_does_not_implement_is_refused_not_dropped(src, tmp
     assert scaling["rope_type"] == "linear" and scaling["factor"] == 4.0
 
 
-def test_a_mixture_of_experts_is_refused_by_name(src, tmp_path):
-    path = write_tiny_gguf(src[1], tmp_path / "mixtral.gguf", experts=8)
-    with pytest.raises(UnsupportedModelError, match=r"mixtral\.gguf: a mixture of experts \(8 experts"):
+@pytest.mark.parametrize("arch, qtype", [("mixtral", "F32"), ("qwen3_moe", "F32"), ("mixtral", "Q8_0")])
+def test_a_mixture_of_experts_imports_with_each_expert_split_out(arch, qtype, tmp_path):
+    """Mixtral (llama.cpp's ``llama`` with experts) and ``qwen3moe``: the stacked ``ffn_*_exps``
+    tensors become one weight per expert under the checkpoint's names, the router its ``gate``,
+    and the model gives the source's logits (Q8_0: its rounding); transformers reads the folder."""
+    transformers = pytest.importorskip("transformers")
+    hf = build_hf_model(tmp_path / "hf", arch=arch, mlp_only_layers=[]) if arch == "qwen3_moe" else \
+        build_hf_model(tmp_path / "hf", arch=arch)
+    out = convert_gguf(write_tiny_gguf(tmp_path / "hf", tmp_path / "m.gguf", qtype=qtype), tmp_path / "out",
+                       progress=False)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_type"] == arch and cfg["num_experts_per_tok"] == 2
+    assert cfg.get("num_local_experts", cfg.get("num_experts")) == 4
+    ours = load_model(out)
+    with torch.no_grad():
+        if qtype == "F32":
+            assert (ours(IDS) - hf(IDS).logits).abs().max().item() < 1e-5
+        back = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+        assert (back(IDS).logits - ours(IDS)).abs().max().item() < 1e-4
+    # every expert's weight is the source's (Q8_0: to its rounding; routing near a tie may then flip, so the
+    # quantized model's logits are not compared)
+    source = {n: p for n, p in _source_weights(tmp_path / "hf").items() if ".experts." in n}
+    mine = dict(ours.state_dict())
+    assert len(source) == 3 * 4 * 2 and all((mine[n] - w).abs().max() < (1e-7 if qtype == "F32" else 0.02)
+                                            for n, w in source.items())
+
+
+def _source_weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def test_a_mixture_of_experts_in_a_layout_prefopt_does_not_read_is_refused_by_name(src, tmp_path):
+    path = write_tiny_gguf(src[1], tmp_path / "mixtral.gguf", experts=8)  # expert metadata, dense tensors
+    with pytest.raises(UnsupportedModelError, match=r"mixtral\.gguf: tensor 'blk\.0\.ffn_\w+\.weight': a mixture of "
+                                                    r"experts \(8 experts\) written with a dense MLP"):
         convert_gguf(path, tmp_path / "out", progress=False)
