@@ -1,4 +1,4 @@
-"""Export an HF-layout Llama-family, Qwen2/3 or Gemma 3 model (with a LoRA adapter merged in, if
+"""Export an HF-layout Llama-family (Mixtral, Qwen3-MoE too), Qwen2/3 or Gemma 3 model (with a LoRA adapter merged in, if
 given) to a llama.cpp GGUF file, for serving a fine-tuned model with llama.cpp or Ollama on the
 hospital's machines (needs the ``gguf`` extra). The inverse of
 :func:`prefopt.convert.gguf.convert_gguf`:
@@ -8,6 +8,9 @@ hospital's machines (needs the ``gguf`` extra). The inverse of
   template; :func:`~.gguf_tokenizer.tokenizer_metadata`) go into the architecture's metadata
   (``llama.*``, ``qwen2.*``, ``qwen3.*`` or ``gemma3.*``) and ``tokenizer.*``, as llama.cpp's
   own converter writes them; Llama 3.1's RoPE scaling as its ``rope_freqs`` tensor (:func:`~.gguf_rope.rope_divisors`);
+- a mixture of experts' experts as one ``(E, out, in)`` tensor per projection and layer
+  (``ffn_{gate,up,down}_exps``), its router as ``ffn_gate_inp`` (Mixtral as ``llama`` with
+  ``expert_count``; Qwen3-MoE as ``qwen3moe``);
 - each weight gets its GGUF name, for the llama architecture q/k rows in llama.cpp's RoPE order
   (:func:`permute_qk`; qwen2/3 and gemma3 keep HF's; Gemma's norms as 1 + w), and the type asked
   for: ``f32``, ``f16``, ``bf16`` (a bfloat16 model's own values, exactly) or ``q8_0``
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -62,15 +66,17 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, *, adapter: str | P
     tokenizer = tokenizer_metadata(src, cfg.vocab_size)
     out = Path(out_path)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tensors = [(n, t) for n, t in model.state_dict().items() if not (cfg.tie_word_embeddings and n == "lm_head.weight")]
+    tensors = _with_experts_stacked([(n, t) for n, t in model.state_dict().items()
+                                     if not (cfg.tie_word_embeddings and n == "lm_head.weight")])
     if cfg.rope_type == "llama3":  # llama.cpp keeps Llama 3.1's RoPE scaling as a divisor per frequency
         tensors.insert(0, (_ROPE_FREQS, torch.from_numpy(rope_divisors(cfg.rope_theta, cfg.head_dim, cfg.rope_scaling))))
     try:
         writer = gguf.GGUFWriter(str(tmp), _arch(cfg))
         default = Path(str(model_dir)).name + (f" + {adapter}" if adapter is not None else "")  # as given, not a snapshot
         _write_metadata(writer, cfg, tokenizer, name or default, out_type)
-        plan = [(_gguf_name(n, src, _GEMMA_TO_GGUF if cfg.gemma else _LAYER_TO_GGUF), _qtype(gguf, t, out_type))
-                for n, t in tensors]
+        plan = [(_gguf_name(n, src, _GEMMA_TO_GGUF if cfg.gemma else _LAYER_TO_GGUF),
+                 _qtype(gguf, t, "f32" if n.endswith("ffn_gate_inp.weight") else out_type))  # routers stay f32,
+                for n, t in tensors]                                                         # as llama.cpp keeps them
         for (g_name, qtype), (_, t) in zip(plan, tensors):
             shape, dtype, nbytes = _layout(gguf, t.shape, qtype)
             writer.add_tensor_info(g_name, shape, dtype, nbytes, raw_dtype=qtype if dtype == np.uint8 else None)
@@ -79,6 +85,7 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, *, adapter: str | P
         writer.write_ti_data_to_file()
         bar = progress(list(zip(plan, tensors)), desc="writing GGUF", unit="tensor", disable=not show_progress)
         for (_, qtype), (hf_name, t) in bar:
+            t = t.stack() if isinstance(t, _Stacked) else t  # a mixture of experts' projection: made as it is written
             writer.write_tensor_data(_encode(gguf, _gguf_order(hf_name, t, cfg), qtype))
         writer.close()
         os.replace(tmp, out)
@@ -99,10 +106,14 @@ def _check_exportable(cfg, src) -> None:
     ``qwen2`` one Qwen2 (q/k/v biases); Llama 3.1's RoPE scaling only in the first. Neither has a
     sliding window: as llama.cpp's converter does with Mistral 7B v0.1's (and so BioMistral's),
     it is dropped, with a warning (the same model for contexts up to the window)."""
-    if cfg.model_type not in ("llama", "mistral", "qwen2", "qwen3", "smollm3", "gemma3_text"):
-        raise UnsupportedModelError(f"{src}: model_type {cfg.model_type!r}: prefopt exports Llama, Mistral, "
-                                    "SmolLM2/3, Qwen2/3 and Gemma 3 to GGUF; for others, run llama.cpp's "
+    if cfg.model_type not in ("llama", "mistral", "qwen2", "qwen3", "smollm3", "gemma3_text", "mixtral", "qwen3_moe"):
+        raise UnsupportedModelError(f"{src}: model_type {cfg.model_type!r}: prefopt exports Llama, Mistral, Mixtral, "
+                                    "SmolLM2/3, Qwen2/3, Qwen3-MoE and Gemma 3 to GGUF; for others, run llama.cpp's "
                                     "convert_hf_to_gguf.py on a `prefopt merge` folder")
+    if cfg.model_type == "qwen3_moe" and (not cfg.norm_topk_prob or cfg.mlp_only_layers or cfg.decoder_sparse_step != 1):
+        raise UnsupportedModelError(f"{src}: llama.cpp's qwen3moe makes every layer a mixture of experts whose top-k "
+                                    "weights are renormalised; this model has dense layers (mlp_only_layers, "
+                                    "decoder_sparse_step) or norm_topk_prob false")
     if cfg.model_type == "smollm3" and cfg.no_rope_layers != smollm3_no_rope_layers(cfg.num_hidden_layers):
         raise UnsupportedModelError(f"{src}: no_rope_layers {cfg.no_rope_layers}: llama.cpp's smollm3 leaves RoPE out "
                                     f"of every {SMOLLM3_NO_ROPE_STEP}th layer, and of no other")
@@ -121,8 +132,45 @@ def _check_exportable(cfg, src) -> None:
                       f"to {cfg.sliding_window} tokens", stacklevel=3)
 
 
+class _Stacked:
+    """A mixture of experts' projection of one layer as GGUF stores it, ``(E, out, in)``: the
+    experts' weights stacked when written (their shape known before, for the file's header)."""
+
+    def __init__(self, parts: list[torch.Tensor]):
+        self.parts = parts
+        self.shape = torch.Size((len(parts), *parts[0].shape))
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def stack(self) -> torch.Tensor:
+        return torch.stack(self.parts)
+
+
+def _with_experts_stacked(tensors: list[tuple[str, torch.Tensor]]) -> list[tuple[str, object]]:
+    """``tensors`` with each layer's experts' gate, up and down weights as one :class:`_Stacked`
+    (named ``blk.N.ffn_{gate,up,down}_exps.weight``) where the first of them was, and a router's
+    weight named ``blk.N.ffn_gate_inp.weight``; other tensors unchanged."""
+    leaves = {"w1": "gate", "w3": "up", "w2": "down", "gate_proj": "gate", "up_proj": "up", "down_proj": "down"}
+    experts = re.compile(r"model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(\w+)\.weight")
+    router = re.compile(r"model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.gate\.weight")
+    out, stacks = [], {}
+    for name, t in tensors:
+        m = experts.fullmatch(name)
+        if m:
+            key = f"blk.{m.group(1)}.ffn_{leaves[m.group(3)]}_exps.weight"
+            if key not in stacks:
+                stacks[key] = []
+                out.append((key, stacks[key]))
+            stacks[key].append((int(m.group(2)), t))
+            continue
+        r = router.fullmatch(name)
+        out.append((f"blk.{r.group(1)}.ffn_gate_inp.weight", t) if r else (name, t))
+    return [(n, _Stacked([t for _, t in sorted(parts)]) if isinstance(parts, list) else parts) for n, parts in out]
+
+
 def _gguf_name(hf_name: str, src, layer_names: dict[str, str]) -> str:
-    if hf_name == _ROPE_FREQS:
+    if hf_name == _ROPE_FREQS or hf_name.startswith("blk."):  # a tensor already under its GGUF name
         return hf_name
     if hf_name in _TO_GGUF:
         return _TO_GGUF[hf_name]
@@ -134,7 +182,7 @@ def _gguf_name(hf_name: str, src, layer_names: dict[str, str]) -> str:
     raise UnsupportedModelError(f"{src}: tensor {hf_name!r} has no GGUF counterpart")
 
 
-_GGUF_ARCH = {"qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3", "gemma3_text": "gemma3"}
+_GGUF_ARCH = {"qwen2": "qwen2", "qwen3": "qwen3", "qwen3_moe": "qwen3moe", "smollm3": "smollm3", "gemma3_text": "gemma3"}
 
 
 def _arch(cfg) -> str:
@@ -199,6 +247,11 @@ def _write_metadata(writer, cfg, tok: dict, name: str, out_type: str) -> None:
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
     writer.add_feed_forward_length(cfg.intermediate_size)
+    if cfg.num_experts:  # Mixtral (llama with experts of feed_forward_length) and qwen3moe
+        writer.add_expert_count(cfg.num_experts)
+        writer.add_expert_used_count(cfg.num_experts_per_tok)
+        if cfg.model_type == "qwen3_moe":
+            writer.add_expert_feed_forward_length(cfg.moe_intermediate_size)
     writer.add_head_count(cfg.num_attention_heads)
     writer.add_head_count_kv(cfg.num_key_value_heads or cfg.num_attention_heads)
     writer.add_rope_freq_base(float(cfg.rope_theta))

@@ -317,3 +317,44 @@ def test_the_command_offers_every_type_the_exporter_writes():
 
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["export-gguf"]
     assert next(a for a in sub._actions if a.dest == "type").choices == TYPES
+
+
+@pytest.mark.parametrize("arch, gguf_arch", [("mixtral", "llama"), ("qwen3_moe", "qwen3moe")])
+def test_a_mixture_of_experts_exports_with_its_experts_stacked(arch, gguf_arch, tmp_path):
+    """Each layer's experts as llama.cpp stores them, one ``(E, out, in)`` tensor per projection,
+    the router f32 (also in a q8_0 file), the expert counts in the metadata, every tensor under a
+    name llama.cpp knows; with an adapter on the attention merged in, the file imports back to the
+    merged model's logits. (transformers' GGUF loader is no independent reader here: it has no
+    Mixtral, and for qwen3moe reads neither the experts' width nor their renormalisation.)"""
+    extra = {"mlp_only_layers": []} if arch == "qwen3_moe" else {}
+    build_hf_model(tmp_path / "hf", arch=arch, tie_word_embeddings=False, **extra)
+    with pytest.warns(UserWarning, match="name this model's experts"):
+        model = apply_lora(load_model(tmp_path / "hf"), r=4, alpha=8, dropout=0.0)
+    randomize_lora(model)
+    save_adapter(model, tmp_path / "adapter", base_model=str(tmp_path / "hf"))
+    with torch.no_grad():  # the weights the export holds: the adapter folded in once
+        want = load_model(tmp_path / "hf", adapter=tmp_path / "adapter", merge=True)(IDS)
+        assert (want - model(IDS)).abs().max() < 1e-4 and (want - load_model(tmp_path / "hf")(IDS)).abs().max() > 1e-2
+    path = export_gguf(tmp_path / "hf", tmp_path / "m.gguf", adapter=tmp_path / "adapter", out_type="f32",
+                       show_progress=False)
+    reader = gguf.GGUFReader(str(path))
+    fields = {k: f.contents() for k, f in reader.fields.items() if k.startswith(gguf_arch + ".expert")}
+    assert fields[f"{gguf_arch}.expert_count"] == 4 and fields[f"{gguf_arch}.expert_used_count"] == 2
+    shapes = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
+    assert shapes["blk.1.ffn_gate_exps.weight"] == (4, 32, 64) and shapes["blk.1.ffn_down_exps.weight"] == (4, 64, 32)
+    assert shapes["blk.0.ffn_gate_inp.weight"] == (4, 64) and not any(".experts." in n for n in shapes)
+    # every tensor under a name llama.cpp's own table has for the architecture (gguf-py's MODEL_TENSORS)
+    kind = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen3moe": gguf.MODEL_ARCH.QWEN3MOE}[gguf_arch]
+    known = {gguf.TENSOR_NAMES[t].format(bid=b) + ".weight" for t in gguf.MODEL_TENSORS[kind] for b in range(2)}
+    assert set(shapes) <= known, set(shapes) - known
+    back = convert_gguf(path, tmp_path / "back", progress=False)
+    with torch.no_grad():
+        assert (load_model(back)(IDS) - want).abs().max().item() < 1e-5
+    small = _types(export_gguf(tmp_path / "hf", tmp_path / "q.gguf", out_type="q8_0", show_progress=False))
+    assert small["blk.0.ffn_gate_inp.weight"] == "F32" and small["blk.0.ffn_up_exps.weight"] == "Q8_0"
+
+
+def test_a_mixture_of_experts_llama_cpp_cannot_hold_is_refused(tmp_path):
+    build_hf_model(tmp_path / "dense", arch="qwen3_moe")  # layer 1 a dense MLP: llama.cpp's qwen3moe has none
+    with pytest.raises(UnsupportedModelError, match="llama.cpp's qwen3moe makes every layer a mixture of experts"):
+        export_gguf(tmp_path / "dense", tmp_path / "d.gguf", show_progress=False)
