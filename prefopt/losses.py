@@ -55,6 +55,7 @@ class LossOutput:
 LossFn = Callable[..., LossOutput]
 PairGrad = Callable[..., tuple[torch.Tensor, torch.Tensor, float]]
 LOSSES: dict[str, LossFn] = {}
+UNPAIRED = ("kto", "apo_zero_unpaired")  # losses on unpaired feedback (prefopt.data.load_feedback), not pairs
 REFERENCE_FREE: set[str] = set()
 PAIRWISE: set[str] = set()
 PAIR_GRADS: dict[str, PairGrad] = {}  # closed-form gradients of pairwise losses (each beside its loss)
@@ -319,7 +320,29 @@ def kto_loss(lp: PreferenceLogps, *, beta: float = 0.1, desirable_weight: float 
     return replace(_rewards(beta, r, kl, losses), reference_point=z0)
 
 
+def _apo_unpaired_grad(lp: PreferenceLogps, *, beta: float = 0.1, desirable_weight: float = 1.0,
+                       undesirable_weight: float = 1.0, **_):
+    desirable = _need(lp, "desirable", "apo_zero_unpaired").bool()
+    r, _ = _ratios(lp)
+    d = beta * torch.sigmoid(beta * r) * torch.sigmoid(-beta * r)
+    return torch.where(desirable, -desirable_weight * d, undesirable_weight * d), torch.zeros_like(lp.rejected), 0.0
+
+
+@register_loss("apo_zero_unpaired", pairwise=True, pair_grad=_apo_unpaired_grad)
+def apo_zero_unpaired_loss(lp: PreferenceLogps, *, beta: float = 0.1, desirable_weight: float = 1.0,
+                           undesirable_weight: float = 1.0, **_) -> LossOutput:
+    """APO-zero on unpaired feedback (TRL's KTOTrainer ``loss_type="apo_zero_unpaired"``): a
+    desirable completion's loss ``w_D (1 - σ(βr))``, an undesirable one's ``w_U σ(βr)``, r its
+    log-ratio; no reference point (the mismatched completion is not used). Each example's loss is
+    its own (pairwise in prefopt's sense)."""
+    desirable = _need(lp, "desirable", "apo_zero_unpaired").bool()
+    r, kl = _ratios(lp)
+    losses = torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * r)),
+                         undesirable_weight * torch.sigmoid(beta * r))
+    return replace(_rewards(beta, r, kl, losses), reference_point=torch.zeros((), dtype=r.dtype, device=r.device))
+
+
 from . import losses_extra  # noqa: E402,F401  (registers TRL's other losses: bco_pair, nca_pair, exo_pair ...)
 
-__all__ = ["LOSSES", "PAIRWISE", "PAIR_GRADS", "REFERENCE_FREE", "LossOutput", "PreferenceLogps", "check_loss",
+__all__ = ["LOSSES", "PAIRWISE", "PAIR_GRADS", "REFERENCE_FREE", "UNPAIRED", "LossOutput", "PreferenceLogps", "check_loss",
            "known_loss", "kto_reference_point", "loss_arg", "loss_terms", "preference_loss", "register_loss"]

@@ -215,7 +215,7 @@ def sft_loss(lp: PreferenceLogps, *, beta: float = 0.1, **_) -> LossOutput:
 def parse_mixture(spec: str) -> list[tuple[float, str]]:
     """``"0.8*sigmoid+0.2*bco_pair+sft"`` as ``[(0.8, "sigmoid"), (0.2, "bco_pair"), (1.0, "sft")]``;
     a term without a weight weighs 1. Every name must be registered, once, and not ``kto``."""
-    from .losses import LOSSES
+    from .losses import LOSSES, UNPAIRED
 
     terms: list[tuple[float, str]] = []
     for part in spec.split("+"):
@@ -227,8 +227,8 @@ def parse_mixture(spec: str) -> list[tuple[float, str]]:
             raise ValueError(f"loss {spec!r}: {part.strip()!r} is not WEIGHT*NAME (e.g. 0.2*bco_pair)") from None
         if name not in LOSSES or "+" in name:
             raise ValueError(f"loss {spec!r}: unknown loss {name!r}; registered: {sorted(n for n in LOSSES if '+' not in n)}")
-        if name == "kto":
-            raise ValueError(f"loss {spec!r}: kto trains on unpaired examples and cannot be mixed with pair losses")
+        if name in UNPAIRED:
+            raise ValueError(f"loss {spec!r}: {name} trains on unpaired examples and cannot be mixed with pair losses")
         if not weight > 0 or not math.isfinite(weight):
             raise ValueError(f"loss {spec!r}: the weight of {name!r} must be a positive number, got {w.strip()!r}")
         if name in (n for _, n in terms):

@@ -87,7 +87,8 @@ GRAD_KW = {"sigmoid": [{}, {"label_smoothing": 0.2}], "robust": [{"label_smoothi
            "orpo": [{"lambda_": 0.3}], "bco_pair": [{}], "nca_pair": [{"beta": 0.5}],
            "exo_pair": [{"label_smoothing": 1e-3}, {"label_smoothing": 0.3, "beta": 0.5}], "sppo_hard": [{}],
            "apo_zero": [{"beta": 0.5}], "apo_down": [{"beta": 0.5}], "discopop": [{}, {"discopop_tau": 2.0}],
-           "sigmoid_norm": [{}, {"label_smoothing": 0.2}], "sft": [{}]}
+           "sigmoid_norm": [{}, {"label_smoothing": 0.2}], "sft": [{}],
+           "apo_zero_unpaired": [{"beta": 0.5, "undesirable_weight": 1.5}]}
 
 
 @pytest.mark.parametrize("name,kw", [(n, kw) for n, kws in GRAD_KW.items() for kw in kws])
@@ -107,7 +108,8 @@ def test_closed_form_pair_gradients_equal_autograd(name, kw):
     rejected[2] = 0.0
     lp = PreferenceLogps(chosen.requires_grad_(), rejected.requires_grad_(), t(8) - 12, t(8) - 12,
                          torch.arange(8, dtype=torch.float64) % 5, torch.full((8,), 3.0, dtype=torch.float64),
-                         torch.tensor(2.5, dtype=torch.float64, requires_grad=True))
+                         torch.tensor(2.5, dtype=torch.float64, requires_grad=True),
+                         desirable=torch.arange(8) % 3 != 0)  # for the unpaired APO-zero; the others ignore it
     want = torch.autograd.grad(preference_loss(name, lp, **kw).losses.sum(), (lp.chosen, lp.rejected, lp.chosen_nll),
                                allow_unused=True)
     want = [torch.zeros_like(x) if g is None else g for g, x in zip(want[:2], (chosen, rejected))] + [want[2]]
@@ -282,6 +284,19 @@ def test_kto_matches_hand_computation_and_trls_formula():
     assert out.losses.sum().item() == pytest.approx(trl.sum().item(), abs=1e-12)
 
 
+def test_apo_zero_unpaired_matches_hand_computation():
+    """TRL's KTOTrainer loss_type="apo_zero_unpaired": desirable w_D (1 - σ(βr)), undesirable
+    w_U σ(βr), r the completion's log-ratio; the mismatched completions are not read."""
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    lp = _kto_lp([True, False, True, False])
+    out = preference_loss("apo_zero_unpaired", lp, beta=0.5, undesirable_weight=1.5)
+    hand = [1 - sig(0.5), 1.5 * sig(-0.25), 1 - sig(1.0), 1.5 * sig(-0.5)]
+    assert out.losses.tolist() == pytest.approx(hand, abs=1e-12)
+    other = _kto_lp([True, False, True, False], rejected=torch.zeros(4, dtype=torch.float64))
+    assert preference_loss("apo_zero_unpaired", other, beta=0.5, undesirable_weight=1.5).losses.tolist() == \
+        pytest.approx(hand, abs=1e-12)
+
+
 def test_kto_reference_point_is_clamped_and_carries_no_gradient():
     from prefopt.losses import kto_reference_point
 
@@ -351,7 +366,8 @@ def test_a_mixture_is_the_weighted_sum_of_its_losses_and_rpo_is_sigmoid_plus_sft
 
 @pytest.mark.parametrize("spec,why", [
     ("sigmoid+", "unknown loss ''"), ("x*sigmoid+sft", "'x*sigmoid' is not WEIGHT*NAME"),
-    ("sigmoid+kto", "kto trains on unpaired examples and cannot be mixed"), ("sigmoid+sigmoid", "'sigmoid' appears twice"),
+    ("sigmoid+kto", "kto trains on unpaired examples and cannot be mixed"),
+    ("sigmoid+apo_zero_unpaired", "apo_zero_unpaired trains on unpaired examples and cannot be mixed"), ("sigmoid+sigmoid", "'sigmoid' appears twice"),
     ("0*sigmoid+sft", "the weight of 'sigmoid' must be a positive number, got '0'"),
     ("sigmoid+dpo9", "unknown loss 'dpo9'; registered: ["),
 ])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..losses import UNPAIRED
 from ..train.diagnosis import dpo_warnings
 from ..train.metrics import first_and_last, first_to_last
 from .selection import dpo_selection, selection_line
@@ -53,8 +54,8 @@ def dynamics_lines(dyn: dict) -> list[str]:
     if "dpo" in dyn:
         d = dyn["dpo"]
         window = f"(each step's batch before its update; mean of the first and last {d['window']} of {d['steps']} steps)"
-        if d.get("loss") == "kto":
-            lines.append(f"- KTO: share on the label's side of the reference point {_arrow(d, 'kto/accuracies', '.2f')}, "
+        if d.get("loss") in UNPAIRED:
+            lines.append(f"- {'KTO' if d['loss'] == 'kto' else d['loss']}: share on the label's side of the reference point {_arrow(d, 'kto/accuracies', '.2f')}, "
                          f"reference point (KL estimate) {_arrow(d, 'kl', '.3f')}, completion log-prob "
                          f"{_arrow(d, 'logps/completion', '.2f')} {window}.")
         else:

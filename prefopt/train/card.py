@@ -28,7 +28,8 @@ def _what(config) -> tuple[str, list[str]]:
     dpo = run != "sft"
     method = f"{config.loss} preference loss (DPO family), beta {config.beta:g}" if run == "dpo" else "SFT"
     if run == "kto":
-        method = (f"KTO on unpaired feedback, beta {config.beta:g}, weights {config.kto_desirable_weight:g} "
+        name = "KTO" if config.loss == "kto" else "APO-zero"
+        method = (f"{name} on unpaired feedback, beta {config.beta:g}, weights {config.kto_desirable_weight:g} "
                   f"(desirable) and {config.kto_undesirable_weight:g} (undesirable)")
     rs = ", rsLoRA" if getattr(config, "lora_rslora", False) else ""
     dora = config.lora and getattr(config, "lora_dora", False)

@@ -5,7 +5,7 @@ Read from the first and last quarter of the logged steps (:func:`.metrics.first_
 said at the end of ``prefopt dpo``, in the model card and in compare's report."""
 from __future__ import annotations
 
-from ..losses import loss_terms
+from ..losses import UNPAIRED, loss_terms
 
 LEARNED = 0.6  # a final pair accuracy below this: DPO did not learn to rank its training pairs
 CHOSEN_DROP = 1.0  # nats: a larger fall of the chosen answers' mean log-prob is pointed out
@@ -22,7 +22,7 @@ WARNING_KEYS = ("rewards/accuracies", "logps/chosen", "kto/accuracies")  # what 
 
 def dpo_warnings(d: dict, loss: str | None) -> list[str]:
     """Sentences for ``d``, a ``first_and_last`` of a DPO log; ``loss``: the preference loss."""
-    if loss == "kto":
+    if loss in UNPAIRED:
         return kto_warnings(d)
     out = []
     acc = d["last"].get("rewards/accuracies")

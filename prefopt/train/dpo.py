@@ -36,7 +36,7 @@ from ..lora import (
 )
 from ..lora_files import read_adapter_config
 from ..lora_stack import same_layers
-from ..losses import LOSSES, REFERENCE_FREE, known_loss, loss_terms
+from ..losses import LOSSES, REFERENCE_FREE, UNPAIRED, known_loss, loss_terms
 from .config import TrainConfig, opt
 from .distributed import all_reduce_sum, head_operands
 from .loop import Batch, Trainer
@@ -57,8 +57,8 @@ class DPOConfig(TrainConfig):
     simpo_gamma: float = opt(0.5, "simpo: target reward margin")
     orpo_lambda: float = opt(0.1, "orpo: weight of the odds-ratio term")
     discopop_tau: float = opt(0.05, "discopop: temperature of the logistic/exponential blend")
-    kto_desirable_weight: float = opt(1.0, "kto: weight of the desirable completions' losses")
-    kto_undesirable_weight: float = opt(1.0, "kto: weight of the undesirable completions' losses")
+    kto_desirable_weight: float = opt(1.0, "kto, apo_zero_unpaired: weight of the desirable completions' losses")
+    kto_undesirable_weight: float = opt(1.0, "kto, apo_zero_unpaired: weight of the undesirable completions' losses")
     ref: str | None = opt(None, "a frozen reference model (folder, alias or hub id); default: the model "
                                 "with its adapter disabled")
     ref_cache: str | None = opt(None, "folder of the on-disk reference log-prob cache (filled once, reused)")
@@ -111,13 +111,13 @@ class DPOConfig(TrainConfig):
 
     @property
     def run_kind(self) -> str:
-        return "kto" if self.loss == "kto" else "dpo"
+        return "kto" if self.loss in UNPAIRED else "dpo"  # unpaired feedback: KTO's data, metrics and report
 
     def loss_kwargs(self) -> dict:
         """Every loss's hyper-parameters (each loss reads its own; a mixture's terms theirs)."""
         kw = {"beta": self.beta, "label_smoothing": self.label_smoothing, "rpo_alpha": self.rpo_alpha,
               "gamma": self.simpo_gamma, "discopop_tau": self.discopop_tau, "lambda_": self.orpo_lambda}
-        if self.loss == "kto":
+        if self.loss in UNPAIRED:
             kw = {"beta": self.beta, "desirable_weight": self.kto_desirable_weight,
                   "undesirable_weight": self.kto_undesirable_weight}
         return kw

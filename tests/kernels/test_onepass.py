@@ -11,7 +11,8 @@ from prefopt.losses import LOSSES, PAIRWISE, LossOutput, register_loss
 KW = {"sigmoid": {}, "robust": {"label_smoothing": 0.1}, "hinge": {}, "ipo": {"beta": 0.5},
       "rpo": {"rpo_alpha": 0.7}, "simpo": {"beta": 2.0}, "orpo": {}, "bco_pair": {}, "nca_pair": {"beta": 0.5},
       "exo_pair": {"label_smoothing": 1e-3}, "sppo_hard": {}, "apo_zero": {"beta": 0.5}, "apo_down": {"beta": 0.5},
-      "discopop": {}, "sigmoid_norm": {"beta": 0.5}, "sft": {}}
+      "discopop": {}, "sigmoid_norm": {"beta": 0.5}, "sft": {},
+      "apo_zero_unpaired": {"beta": 0.5, "undesirable_weight": 1.5}}
 V = 50
 
 
@@ -31,6 +32,8 @@ def _run(h, w, y, ref, loss, scale=1.0, **kw):
     h.grad = w.grad = None
     if loss in ("simpo", "orpo"):
         ref = (None, None)
+    if loss == "apo_zero_unpaired":  # unpaired: each example's label
+        kw = {**kw, "desirable": torch.arange(h.shape[0] // 2) % 2 == 0}
     out, lp = fused_preference_loss(h, w, y, *ref, loss, **KW[loss], **kw)
     (out.losses.sum() * scale).backward()
     grads = [None if t.grad is None else t.grad.clone() for t in (h, w)]
