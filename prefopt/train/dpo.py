@@ -301,10 +301,11 @@ def kto_balance_line(examples: Sequence[FeedbackExample], config: DPOConfig) -> 
     them as the KTO paper advises (``w_D n_D / (w_U n_U)`` in [1, 4/3]); else the weights that would."""
     good, bad = label_counts(examples)
     w_d, w_u = config.kto_desirable_weight, config.kto_undesirable_weight
-    counts = f"KTO on {good} desirable and {bad} undesirable examples"
+    name = "KTO" if config.loss == "kto" else config.loss
+    counts = f"{name} on {good} desirable and {bad} undesirable examples"
     if not good or not bad:
-        return (f"{counts}: with only {'desirable' if good else 'undesirable'} ones KTO moves each against the "
-                "reference point alone")
+        return (f"{counts}: with only {'desirable' if good else 'undesirable'} ones, each moves against "
+                f"{'the reference point' if config.loss == 'kto' else 'the reference'} alone")
     ratio = w_d * good / (w_u * bad)
     lo, hi = KTO_BALANCE
     if lo <= ratio <= hi:
