@@ -164,9 +164,9 @@ class SparseMoE(nn.Module):
             weights = weights / weights.sum(-1, keepdim=True)
         weights = weights.to(h.dtype)
         out = torch.zeros_like(h)
-        for e in chosen.unique().tolist():
+        for e in chosen.unique().tolist():  # in place: no (tokens, hidden) copy per expert
             rows, slot = torch.where(chosen == e)
-            out = out.index_add(0, rows, self.experts[e](h[rows]) * weights[rows, slot, None])
+            out.index_add_(0, rows, self.experts[e](h[rows]) * weights[rows, slot, None])
         return out.reshape(x.shape)
 
 

@@ -3,6 +3,7 @@
 generation with the cache, packing, saving, LoRA (attention only: PEFT on transformers 5 adapts no
 expert either, and reads prefopt's adapter to the same logits), QLoRA's 4-bit experts, training.
 Logits, padding and hidden states of both are in test_parity.py (``qwen3-moe``, ``mixtral``)."""
+import re
 import warnings
 
 import pytest
@@ -54,6 +55,34 @@ def test_what_prefopt_does_not_run_is_refused_by_name(moe, changes, error):
         pytest.skip("Mixtral's setting")
     with pytest.raises(UnsupportedModelError, match=error):
         ModelConfig.from_dict({**ours.config.raw, **changes})
+
+
+def test_gradients_match_transformers(moe):
+    """The backward through the routing and the experts: every parameter's gradient of one loss
+    equals transformers' (its experts fused into 3-D tensors: compared expert by expert)."""
+    hf, _, folder = moe
+    ours = load_model(folder).train()
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).train()
+    for model, logits in ((ours, lambda m: m(IDS)), (theirs, lambda m: m(IDS).logits)):
+        (logits(model).log_softmax(-1)[..., 7].sum()).backward()
+    want = {n: p.grad for n, p in theirs.named_parameters()}
+    ffn = ours.config.ffn_name
+    for name, p in ours.named_parameters():
+        m = re.fullmatch(rf"model\.layers\.(\d+)\.{ffn}\.experts\.(\d+)\.(\w+)\.weight", name)
+        if m:  # transformers 5: experts.gate_up_proj (E, 2F, D) = [gate; up], experts.down_proj (E, D, F)
+            layer, e, leaf = int(m.group(1)), int(m.group(2)), m.group(3)
+            fused = want[f"model.layers.{layer}.mlp.experts.{'down_proj' if leaf in ('down_proj', 'w2') else 'gate_up_proj'}"]
+            half = fused.shape[1] // 2
+            g = {"gate_proj": fused[e, :half], "w1": fused[e, :half], "up_proj": fused[e, half:],
+                 "w3": fused[e, half:]}.get(leaf, fused[e])
+        else:
+            g = want[name.replace("block_sparse_moe.gate.weight", "mlp.gate.weight").replace("block_sparse_moe", "mlp")]
+        if name == "model.embed_tokens.weight":  # transformers' pad row gets none (padding_idx), as for DPO
+            keep = torch.arange(p.shape[0]) != hf.config.pad_token_id
+            p_grad, g = p.grad[keep], g[keep]
+        else:
+            p_grad = p.grad
+        assert (p_grad - g).abs().max().item() < 1e-4, name
 
 
 def test_greedy_generation_with_the_cache_matches_transformers(moe):
