@@ -158,6 +158,9 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     own = lora_state_dict(model)
     loaded = {}
     for name, t in tensors.items():
+        if name not in own and ".experts." in name:
+            raise ValueError(f"{path}: {PEFT_PREFIX + name!r} is an adapter on a mixture of experts' expert, which "
+                             "prefopt does not load (its adapters cover the attention); " + MERGE_IN_PEFT)
         if name not in own:
             raise ValueError(f"{path}: adapter tensor {PEFT_PREFIX + name!r} matches no LoRA layer of the model"
                              + _trained_on(adapter_dir))
