@@ -34,7 +34,7 @@ import torch
 from .._deps import progress, require
 from ..model.config import UnsupportedModelError
 from . import gguf_gemma
-from .gguf import _GLOBAL_NAMES, _LAYER_NAMES, SMOLLM3_NO_ROPE_STEP, permute_qk, smollm3_no_rope_layers
+from .gguf import _EXPERT_LEAVES, _GLOBAL_NAMES, _LAYER_NAMES, SMOLLM3_NO_ROPE_STEP, permute_qk, smollm3_no_rope_layers
 from .gguf_rope import rope_divisors
 from .gguf_tokenizer import tokenizer_metadata
 
@@ -151,7 +151,7 @@ def _with_experts_stacked(tensors: list[tuple[str, torch.Tensor]]) -> list[tuple
     """``tensors`` with each layer's experts' gate, up and down weights as one :class:`_Stacked`
     (named ``blk.N.ffn_{gate,up,down}_exps.weight``) where the first of them was, and a router's
     weight named ``blk.N.ffn_gate_inp.weight``; other tensors unchanged."""
-    leaves = {"w1": "gate", "w3": "up", "w2": "down", "gate_proj": "gate", "up_proj": "up", "down_proj": "down"}
+    leaves = {leaf: kind for names in _EXPERT_LEAVES.values() for kind, leaf in names.items()}  # the import's, inverted
     experts = re.compile(r"model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(\w+)\.weight")
     router = re.compile(r"model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.gate\.weight")
     out, stacks = [], {}
