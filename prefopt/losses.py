@@ -55,7 +55,8 @@ class LossOutput:
 LossFn = Callable[..., LossOutput]
 PairGrad = Callable[..., tuple[torch.Tensor, torch.Tensor, float]]
 LOSSES: dict[str, LossFn] = {}
-UNPAIRED = ("kto", "apo_zero_unpaired")  # losses on unpaired feedback (prefopt.data.load_feedback), not pairs
+# losses on unpaired feedback (prefopt.data.load_feedback), not pairs, and what the runs call them
+UNPAIRED = {"kto": "KTO", "apo_zero_unpaired": "APO-zero"}
 REFERENCE_FREE: set[str] = set()
 PAIRWISE: set[str] = set()
 PAIR_GRADS: dict[str, PairGrad] = {}  # closed-form gradients of pairwise losses (each beside its loss)
@@ -92,6 +93,11 @@ def known_loss(name: str) -> str:
     return name
 
 
+def base_losses() -> list[str]:
+    """The registered losses but the mixtures registered from them, sorted: what a mixture is made of."""
+    return sorted(n for n in LOSSES if "+" not in n)
+
+
 def loss_terms(name: str) -> list[str]:
     """The loss names in ``name``: itself, or a mixture's terms (``"0.8*sigmoid+sft"``: sigmoid, sft)."""
     return [t.rpartition("*")[2].strip() for t in name.split("+")]
@@ -108,7 +114,7 @@ def loss_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
     if text not in LOSSES:
         raise argparse.ArgumentTypeError(f"unknown loss {text!r}; registered: "
-                                         f"{', '.join(sorted(n for n in LOSSES if '+' not in n))}, or a weighted sum "
+                                         f"{', '.join(base_losses())}, or a weighted sum "
                                          "of them such as 0.8*sigmoid+0.2*bco_pair+sft")
     return text
 
@@ -344,5 +350,5 @@ def apo_zero_unpaired_loss(lp: PreferenceLogps, *, beta: float = 0.1, desirable_
 
 from . import losses_extra  # noqa: E402,F401  (registers TRL's other losses: bco_pair, nca_pair, exo_pair ...)
 
-__all__ = ["LOSSES", "PAIRWISE", "PAIR_GRADS", "REFERENCE_FREE", "UNPAIRED", "LossOutput", "PreferenceLogps", "check_loss",
+__all__ = ["LOSSES", "PAIRWISE", "PAIR_GRADS", "REFERENCE_FREE", "UNPAIRED", "LossOutput", "PreferenceLogps", "base_losses", "check_loss",
            "known_loss", "kto_reference_point", "loss_arg", "loss_terms", "preference_loss", "register_loss"]

@@ -215,7 +215,7 @@ def sft_loss(lp: PreferenceLogps, *, beta: float = 0.1, **_) -> LossOutput:
 def parse_mixture(spec: str) -> list[tuple[float, str]]:
     """``"0.8*sigmoid+0.2*bco_pair+sft"`` as ``[(0.8, "sigmoid"), (0.2, "bco_pair"), (1.0, "sft")]``;
     a term without a weight weighs 1. Every name must be registered, once, and not ``kto``."""
-    from .losses import LOSSES, UNPAIRED
+    from .losses import LOSSES, UNPAIRED, base_losses
 
     terms: list[tuple[float, str]] = []
     for part in spec.split("+"):
@@ -226,7 +226,7 @@ def parse_mixture(spec: str) -> list[tuple[float, str]]:
         except ValueError:
             raise ValueError(f"loss {spec!r}: {part.strip()!r} is not WEIGHT*NAME (e.g. 0.2*bco_pair)") from None
         if name not in LOSSES or "+" in name:
-            raise ValueError(f"loss {spec!r}: unknown loss {name!r}; registered: {sorted(n for n in LOSSES if '+' not in n)}")
+            raise ValueError(f"loss {spec!r}: unknown loss {name!r}; registered: {base_losses()}")
         if name in UNPAIRED:
             raise ValueError(f"loss {spec!r}: {name} trains on unpaired examples and cannot be mixed with pair losses")
         if not weight > 0 or not math.isfinite(weight):

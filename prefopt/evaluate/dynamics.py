@@ -55,7 +55,7 @@ def dynamics_lines(dyn: dict) -> list[str]:
         d = dyn["dpo"]
         window = f"(each step's batch before its update; mean of the first and last {d['window']} of {d['steps']} steps)"
         if d.get("loss") in UNPAIRED:
-            lines.append(f"- {'KTO' if d['loss'] == 'kto' else d['loss']}: share on the label's side of the reference point {_arrow(d, 'kto/accuracies', '.2f')}, "
+            lines.append(f"- {UNPAIRED[d['loss']]}: share on the label's side of the reference point {_arrow(d, 'kto/accuracies', '.2f')}, "
                          f"reference point (KL estimate) {_arrow(d, 'kl', '.3f')}, completion log-prob "
                          f"{_arrow(d, 'logps/completion', '.2f')} {window}.")
         else:

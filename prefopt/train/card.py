@@ -14,7 +14,7 @@ import torch
 
 from ..data.files import data_files
 from ..fileio import sha256_of, write_text_atomic
-from ..losses import loss_terms
+from ..losses import UNPAIRED, loss_terms
 
 FILE = "README.md"
 # settings every card lists; the others only where they differ from the default
@@ -28,8 +28,7 @@ def _what(config) -> tuple[str, list[str]]:
     dpo = run != "sft"
     method = f"{config.loss} preference loss (DPO family), beta {config.beta:g}" if run == "dpo" else "SFT"
     if run == "kto":
-        name = "KTO" if config.loss == "kto" else "APO-zero"
-        method = (f"{name} on unpaired feedback, beta {config.beta:g}, weights {config.kto_desirable_weight:g} "
+        method = (f"{UNPAIRED[config.loss]} on unpaired feedback, beta {config.beta:g}, weights {config.kto_desirable_weight:g} "
                   f"(desirable) and {config.kto_undesirable_weight:g} (undesirable)")
     rs = ", rsLoRA" if getattr(config, "lora_rslora", False) else ""
     dora = config.lora and getattr(config, "lora_dora", False)

@@ -36,7 +36,7 @@ from ..lora import (
 )
 from ..lora_files import read_adapter_config
 from ..lora_stack import same_layers
-from ..losses import LOSSES, REFERENCE_FREE, UNPAIRED, known_loss, loss_terms
+from ..losses import LOSSES, REFERENCE_FREE, UNPAIRED, base_losses, known_loss, loss_terms
 from .config import TrainConfig, opt
 from .distributed import all_reduce_sum, head_operands
 from .loop import Batch, Trainer
@@ -77,7 +77,7 @@ class DPOConfig(TrainConfig):
             errors.append(str(e))
         else:
             if self.loss not in LOSSES:
-                errors.append(f"loss must be one of {sorted(n for n in LOSSES if '+' not in n)}, or a weighted sum "
+                errors.append(f"loss must be one of {base_losses()}, or a weighted sum "
                               f"of them such as 0.8*sigmoid+0.2*bco_pair+sft (got {self.loss!r})")
         if self.beta <= 0:
             errors.append("beta must be > 0")
@@ -301,8 +301,7 @@ def kto_balance_line(examples: Sequence[FeedbackExample], config: DPOConfig) -> 
     them as the KTO paper advises (``w_D n_D / (w_U n_U)`` in [1, 4/3]); else the weights that would."""
     good, bad = label_counts(examples)
     w_d, w_u = config.kto_desirable_weight, config.kto_undesirable_weight
-    name = "KTO" if config.loss == "kto" else config.loss
-    counts = f"{name} on {good} desirable and {bad} undesirable examples"
+    counts = f"{UNPAIRED[config.loss]} on {good} desirable and {bad} undesirable examples"
     if not good or not bad:
         return (f"{counts}: with only {'desirable' if good else 'undesirable'} ones, each moves against "
                 f"{'the reference point' if config.loss == 'kto' else 'the reference'} alone")
