@@ -225,7 +225,7 @@ def parse_mixture(spec: str) -> list[tuple[float, str]]:
             weight = float(w) if star else 1.0
         except ValueError:
             raise ValueError(f"loss {spec!r}: {part.strip()!r} is not WEIGHT*NAME (e.g. 0.2*bco_pair)") from None
-        if name not in LOSSES or "+" in name:
+        if name not in LOSSES:
             raise ValueError(f"loss {spec!r}: unknown loss {name!r}; registered: {base_losses()}")
         if name in UNPAIRED:
             raise ValueError(f"loss {spec!r}: {name} trains on unpaired examples and cannot be mixed with pair losses")
@@ -248,12 +248,11 @@ def register_mixture(spec: str) -> str:
     terms = parse_mixture(spec)
     names = [n for _, n in terms]
     lead = next((n for n in names if n not in REFERENCE_FREE), names[0])
-    fns = [(w, LOSSES[n]) for w, n in terms]
+    fns = {n: LOSSES[n] for n in names}  # as registered now (a name registered again later does not change it)
 
     def mixture(lp: PreferenceLogps, **hparams) -> LossOutput:
-        outs = {n: fn(lp, **hparams) for (_, fn), n in zip(fns, names)}
-        total = sum(w * outs[n].losses for (w, _), n in zip(fns, names))
-        return replace(outs[lead], losses=total)
+        outs = {n: fns[n](lp, **hparams) for n in names}
+        return replace(outs[lead], losses=sum(w * outs[n].losses for w, n in terms))
 
     grads = [(w, PAIR_GRADS[n]) for w, n in terms] if all(n in PAIR_GRADS for n in names) else None
 
