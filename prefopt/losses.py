@@ -26,6 +26,8 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from . import f_divergence as fdiv
+
 
 @dataclass
 class PreferenceLogps:
@@ -137,10 +139,29 @@ def check_loss(name: str, lp: PreferenceLogps) -> None:
                              "per-pair entry is one value per pair (the reference log-probs: one sum per pair)")
 
 
-def preference_loss(name: str, lp: PreferenceLogps, **hparams) -> LossOutput:
-    """Look up loss ``name`` and apply it."""
+def preference_loss(name: str, lp: PreferenceLogps, *, f_divergence: str = "reverse_kl", f_alpha: float = 0.5,
+                    **hparams) -> LossOutput:
+    """Look up loss ``name`` and apply it. ``f_divergence`` other than ``"reverse_kl"`` (f-DPO,
+    :mod:`prefopt.f_divergence`; ``f_alpha`` its α-divergence's α) scores each answer's
+    log-ratio by that divergence before the loss reads it; the rewards stay β × log-ratio."""
     check_loss(name, lp)
-    return LOSSES[name](lp, **hparams)
+    if f_divergence == "reverse_kl":
+        return LOSSES[name](lp, **hparams)
+    fdiv.check(loss_terms(name), f_divergence, f_alpha, reference_free=name in REFERENCE_FREE)
+    out = LOSSES[name](fdiv.scored(lp, f_divergence, f_alpha), **hparams)
+    c, r = _ratios(lp)
+    return replace(_rewards(hparams.get("beta", 0.1), c, r, out.losses), reference_point=out.reference_point)
+
+
+def pair_gradient(name: str, lp: PreferenceLogps, *, f_divergence: str = "reverse_kl", f_alpha: float = 0.5,
+                  **hparams) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``PAIR_GRADS[name]``'s closed-form gradient of the summed losses, ``(d/d chosen, d/d
+    rejected, d/d chosen_nll)``, through an f-divergence's scores where one is given."""
+    if f_divergence == "reverse_kl":
+        return PAIR_GRADS[name](lp, **hparams)
+    dc, dr, dnll = PAIR_GRADS[name](fdiv.scored(lp, f_divergence, f_alpha), **hparams)
+    c, r = _ratios(lp)
+    return dc * fdiv.score_grad(c, f_divergence, f_alpha), dr * fdiv.score_grad(r, f_divergence, f_alpha), dnll
 
 
 def _ratios(lp: PreferenceLogps) -> tuple[torch.Tensor, torch.Tensor]:
@@ -351,4 +372,5 @@ def apo_zero_unpaired_loss(lp: PreferenceLogps, *, beta: float = 0.1, desirable_
 from . import losses_extra  # noqa: E402,F401  (registers TRL's other losses: bco_pair, nca_pair, exo_pair ...)
 
 __all__ = ["LOSSES", "PAIRWISE", "PAIR_GRADS", "REFERENCE_FREE", "UNPAIRED", "LossOutput", "PreferenceLogps", "base_losses", "check_loss",
-           "known_loss", "kto_reference_point", "loss_arg", "loss_terms", "preference_loss", "register_loss"]
+           "known_loss", "kto_reference_point", "loss_arg", "loss_terms", "pair_gradient", "preference_loss",
+           "register_loss"]

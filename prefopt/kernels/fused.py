@@ -16,7 +16,16 @@ from dataclasses import replace
 
 import torch
 
-from ..losses import PAIR_GRADS, PAIRWISE, LossOutput, PreferenceLogps, check_loss, known_loss, preference_loss
+from ..losses import (
+    PAIR_GRADS,
+    PAIRWISE,
+    LossOutput,
+    PreferenceLogps,
+    check_loss,
+    known_loss,
+    pair_gradient,
+    preference_loss,
+)
 from ._tokens import check_shapes
 
 
@@ -105,7 +114,7 @@ def fused_preference_loss(
 
         def pair_grad(sums, pairs, scale):  # the same sum's gradient, in closed form
             lp = logps(sums, pairs, scale)
-            dc, dr, dnll = PAIR_GRADS[loss](lp, **hparams)
+            dc, dr, dnll = pair_gradient(loss, lp, **hparams)
             if dnll:  # chosen_nll = -Σ chosen / chosen_tokens × scale (an integer count: divide in sums' dtype)
                 dc = dc - dnll * scale / chosen_tokens.to(sums.dtype)
             g = torch.zeros_like(sums)

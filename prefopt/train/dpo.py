@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .. import f_divergence
 from ..data.feedback import FeedbackExample, label_counts
 from ..data.preference import PairExample, pair_collate
 from ..data.sft import IGNORE, WINDOWS_ARE_SFT
@@ -57,6 +58,9 @@ class DPOConfig(TrainConfig):
     simpo_gamma: float = opt(0.5, "simpo: target reward margin")
     orpo_lambda: float = opt(0.1, "orpo: weight of the odds-ratio term")
     discopop_tau: float = opt(0.05, "discopop: temperature of the logistic/exponential blend")
+    f_divergence: str = opt("reverse_kl", "f-DPO: the divergence to the reference, reverse_kl (DPO), forward_kl, "
+                                          "js_divergence or alpha_divergence (losses on the reward difference only)")
+    f_alpha: float = opt(0.5, "alpha_divergence: its alpha")
     kto_desirable_weight: float = opt(1.0, "kto, apo_zero_unpaired: weight of the desirable completions' losses")
     kto_undesirable_weight: float = opt(1.0, "kto, apo_zero_unpaired: weight of the undesirable completions' losses")
     ref: str | None = opt(None, "a frozen reference model (folder, alias or hub id); default: the model "
@@ -89,6 +93,14 @@ class DPOConfig(TrainConfig):
             errors.append("label_smoothing must be in [0, 0.5)")
         if "exo_pair" in loss_terms(self.loss) and self.label_smoothing <= 0:
             errors.append("exo_pair needs label_smoothing > 0 (the EXO paper recommends 1e-3)")
+        if self.loss in LOSSES:
+            try:
+                if self.loss in UNPAIRED and self.f_divergence != "reverse_kl":
+                    raise ValueError(f"f_divergence is for pair losses; {self.loss} keeps the reverse KL")
+                f_divergence.check(loss_terms(self.loss), self.f_divergence, self.f_alpha,
+                                   reference_free=self.loss in REFERENCE_FREE)
+            except ValueError as e:
+                errors.append(str(e))
         if self.discopop_tau <= 0:
             errors.append("discopop_tau must be > 0")
         if min(self.kto_desirable_weight, self.kto_undesirable_weight) <= 0:
@@ -116,7 +128,8 @@ class DPOConfig(TrainConfig):
     def loss_kwargs(self) -> dict:
         """Every loss's hyper-parameters (each loss reads its own; a mixture's terms theirs)."""
         kw = {"beta": self.beta, "label_smoothing": self.label_smoothing, "rpo_alpha": self.rpo_alpha,
-              "gamma": self.simpo_gamma, "discopop_tau": self.discopop_tau, "lambda_": self.orpo_lambda}
+              "gamma": self.simpo_gamma, "discopop_tau": self.discopop_tau, "lambda_": self.orpo_lambda,
+              "f_divergence": self.f_divergence, "f_alpha": self.f_alpha}
         if self.loss in UNPAIRED:
             kw = {"beta": self.beta, "desirable_weight": self.kto_desirable_weight,
                   "undesirable_weight": self.kto_undesirable_weight}
