@@ -62,6 +62,7 @@ UNPAIRED = {"kto": "KTO", "apo_zero_unpaired": "APO-zero"}
 REFERENCE_FREE: set[str] = set()
 PAIRWISE: set[str] = set()
 PAIR_GRADS: dict[str, PairGrad] = {}  # closed-form gradients of pairwise losses (each beside its loss)
+NLL_TERMS = ("rpo", "orpo", "sft")  # the built-in losses that read chosen_nll: a term keeping the chosen answers likely
 
 
 def register_loss(name: str, *, reference_free: bool = False, pairwise: bool = False,
@@ -371,6 +372,6 @@ def apo_zero_unpaired_loss(lp: PreferenceLogps, *, beta: float = 0.1, desirable_
 
 from . import losses_extra  # noqa: E402,F401  (registers TRL's other losses: bco_pair, nca_pair, exo_pair ...)
 
-__all__ = ["LOSSES", "PAIRWISE", "PAIR_GRADS", "REFERENCE_FREE", "UNPAIRED", "LossOutput", "PreferenceLogps", "base_losses", "check_loss",
+__all__ = ["LOSSES", "NLL_TERMS", "PAIRWISE", "PAIR_GRADS", "REFERENCE_FREE", "UNPAIRED", "LossOutput", "PreferenceLogps", "base_losses", "check_loss",
            "known_loss", "kto_reference_point", "loss_arg", "loss_terms", "pair_gradient", "preference_loss",
            "register_loss"]

@@ -164,18 +164,24 @@ class TestTRLParity:
                 for i in range(4)]
         return root, rows
 
-    @pytest.mark.parametrize("loss,ls,fdiv", [
-        *((loss, ls, ("reverse_kl", 0.5)) for loss, ls in (
+    @pytest.mark.parametrize("loss,ls,extra", [
+        *((loss, ls, {}) for loss, ls in (
             ("sigmoid", 0.0), ("ipo", 0.0), ("hinge", 0.0), ("robust", 0.2), ("bco_pair", 0.0), ("nca_pair", 0.0),
             ("exo_pair", 1e-3), ("sppo_hard", 0.0), ("apo_zero", 0.0), ("apo_down", 0.0), ("discopop", 0.0),
             ("sigmoid_norm", 0.0), ("aot", 0.2), ("aot_unpaired", 0.0), ("0.8*sigmoid+0.2*bco_pair+sft", 0.0),
             ("sigmoid+0.5*sft", 0.0))),
         # f-DPO (prefopt.f_divergence): TRL's f_divergence_type, f_alpha_divergence_coef
-        ("sigmoid", 0.0, ("forward_kl", 0.5)), ("sigmoid", 0.0, ("js_divergence", 0.5)),
-        ("sigmoid", 0.0, ("alpha_divergence", 0.3)), ("ipo", 0.0, ("js_divergence", 0.5)),
-        ("robust", 0.2, ("forward_kl", 0.5)), ("sigmoid_norm", 0.0, ("alpha_divergence", 1.5)),
-        ("0.8*sigmoid+0.2*discopop+sft", 0.0, ("js_divergence", 0.5))])
-    def test_loss_and_gradients_match_trl(self, setup, tmp_path, loss, ls, fdiv):
+        ("sigmoid", 0.0, {"f_divergence": "forward_kl"}), ("sigmoid", 0.0, {"f_divergence": "js_divergence"}),
+        ("sigmoid", 0.0, {"f_divergence": "alpha_divergence", "f_alpha": 0.3}),
+        ("ipo", 0.0, {"f_divergence": "js_divergence"}), ("robust", 0.2, {"f_divergence": "forward_kl"}),
+        ("sigmoid_norm", 0.0, {"f_divergence": "alpha_divergence", "f_alpha": 1.5}),
+        ("0.8*sigmoid+0.2*discopop+sft", 0.0, {"f_divergence": "js_divergence"}),
+        # LD-DPO (prefopt.ld_dpo): TRL's ld_alpha; with sft, its NLL stays unweighted
+        ("sigmoid", 0.0, {"ld_alpha": 0.5}), ("sigmoid", 0.0, {"ld_alpha": 0.0}), ("ipo", 0.0, {"ld_alpha": 0.3}),
+        ("sigmoid+0.5*sft", 0.0, {"ld_alpha": 0.5}),
+        ("sigmoid", 0.0, {"ld_alpha": 0.5, "f_divergence": "js_divergence"})],
+        ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else None)
+    def test_loss_and_gradients_match_trl(self, setup, tmp_path, loss, ls, extra):
         from prefopt import load_model, load_tokenizer
         from prefopt.data.preference import pair_collate, tokenize_pair
         from prefopt.data.records import PreferenceRecord
@@ -190,7 +196,8 @@ class TestTRLParity:
         terms = parse_mixture(loss) if "+" in loss else [(1.0, loss)]  # MPO: TRL's list of loss types, weighted
         args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), beta=0.1, loss_type=[n for _, n in terms],
                              loss_weights=[w for w, _ in terms], label_smoothing=ls,
-                             f_divergence_type=fdiv[0], f_alpha_divergence_coef=fdiv[1],
+                             f_divergence_type=extra.get("f_divergence", "reverse_kl"),
+                             f_alpha_divergence_coef=extra.get("f_alpha", 0.5), ld_alpha=extra.get("ld_alpha"),
                              per_device_train_batch_size=4, max_length=256, report_to=[], use_cpu=True, bf16=False)
         trainer = trl.DPOTrainer(model=hf, ref_model=hf_ref, args=args, processing_class=tf.AutoTokenizer.from_pretrained(
             root / "policy"), train_dataset=self.datasets.Dataset.from_list(rows))
@@ -206,7 +213,7 @@ class TestTRLParity:
         data.write_text("{}\n")
         cfg = DPOConfig(model=str(root / "policy"), data=str(data), output_dir=str(tmp_path / "o"), loss=loss,
                         beta=0.1, label_smoothing=ls, lora=False, ref=str(root / "ref"), batch_size=4, progress=False,
-                        f_divergence=fdiv[0], f_alpha=fdiv[1])
+                        **extra)
         dpo = DPOTrainer(ours.train(), cfg, pairs, pad_id=tok.pad_token_id, ref_model=load_model(root / "ref"))
         # the same token sequences as TRL's batch, in TRL's row order
         ids = batch["input_ids"]
@@ -234,7 +241,7 @@ class TestTRLParity:
         # forward KL and the α-divergence weigh each answer's gradient by e^(-x) or e^((α-1)x), x its
         # log-ratio: x's absolute fp32 error (sums of ~-40 differ in their last bit, ~4e-6, between two
         # summation orders) becomes a relative error of the gradient (reverse KL: 3e-7 here; f-DPO: to 2e-5)
-        gtol = 1e-5 if fdiv[0] == "reverse_kl" else 5e-5
+        gtol = 1e-5 if extra.get("f_divergence", "reverse_kl") == "reverse_kl" else 5e-5
         for n, p in ours.named_parameters():
             g_ours, g_trl = p.grad, theirs[n].grad
             if n == "model.embed_tokens.weight":

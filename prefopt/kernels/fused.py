@@ -17,12 +17,14 @@ from dataclasses import replace
 import torch
 
 from ..losses import (
+    NLL_TERMS,
     PAIR_GRADS,
     PAIRWISE,
     LossOutput,
     PreferenceLogps,
     check_loss,
     known_loss,
+    loss_terms,
     pair_gradient,
     preference_loss,
 )
@@ -43,6 +45,7 @@ def fused_preference_loss(
     one_pass: bool | None = None,
     budget: int | None = None,
     desirable: torch.Tensor | None = None,
+    token_weights: torch.Tensor | None = None,
     **hparams,
 ) -> tuple[LossOutput, PreferenceLogps]:
     """Preference loss straight from final hidden states.
@@ -67,6 +70,10 @@ def fused_preference_loss(
             stage takes two walks.
         desirable: ``(B,)`` booleans for ``loss="kto"``: row i is example i's completion and
             row B + i another example's completion under i's prompt (the KL estimate's sample).
+        token_weights: ``(2B, T)``, optional: each sequence's log-prob is ``Σ w_t log p_t``
+            (LD-DPO's, ``prefopt.ld_dpo.ld_weights``); token counts and ``chosen_nll`` stay
+            unweighted. The one-pass path takes them unless the loss reads ``chosen_nll``
+            (``losses.NLL_TERMS``: then the per-token path).
 
     Returns:
         ``(LossOutput, PreferenceLogps)``: the losses (per example, or their sum) and rewards,
@@ -96,17 +103,24 @@ def fused_preference_loss(
             raise ValueError(f"{arg} must be ({B},), one {what} per pair of the {2 * B} rows, "
                              f"got shape {tuple(ref.shape)}")
     chosen_tokens = counts[:B].sum().clamp(min=1)
+    if token_weights is not None and token_weights.shape != labels.shape:
+        raise ValueError(f"token_weights must be shaped like labels {tuple(labels.shape)}, "
+                         f"got {tuple(token_weights.shape)}")
 
-    def logps(sums: torch.Tensor, pairs: slice = slice(None), nll_scale: float = 1.0) -> PreferenceLogps:
+    def logps(sums: torch.Tensor, pairs: slice = slice(None), nll_scale: float = 1.0,
+              chosen_plain: torch.Tensor | None = None) -> PreferenceLogps:
+        """``chosen_plain``: the chosen sums unweighted, where ``sums`` are weighted (for chosen_nll)."""
         ref = (ref_chosen_logps, ref_rejected_logps)
+        plain = sums[:B] if chosen_plain is None else chosen_plain
         return PreferenceLogps(chosen=sums[:B][pairs], rejected=sums[B:][pairs],
                                ref_chosen=None if ref[0] is None else ref[0][pairs],
                                ref_rejected=None if ref[1] is None else ref[1][pairs],
                                chosen_tokens=counts[:B][pairs], rejected_tokens=counts[B:][pairs],
-                               chosen_nll=-sums[:B][pairs].sum() / chosen_tokens * nll_scale,
+                               chosen_nll=-plain[pairs].sum() / chosen_tokens * nll_scale,
                                desirable=None if desirable is None else desirable[pairs])
 
-    if reduction == "sum" and _one_pass(one_pass, loss, hidden, weight, impl):
+    weighted_nll = token_weights is not None and any(t in NLL_TERMS for t in loss_terms(loss))
+    if reduction == "sum" and not weighted_nll and _one_pass(one_pass, loss, hidden, weight, impl):
         from .onepass import onepass_loss
 
         def pair_loss(sums, pairs, scale):
@@ -122,12 +136,17 @@ def fused_preference_loss(
             return g
         check_loss(loss, logps(torch.zeros(2 * B, device=hidden.device)))  # its errors before any work
         total, sums = onepass_loss(hidden, weight, labels, ignore_index, pair_loss, budget,
-                                   pair_grad if loss in PAIR_GRADS else None)
+                                   pair_grad if loss in PAIR_GRADS else None, token_weights=token_weights)
         lp = logps(sums)
         out = preference_loss(loss, lp, **hparams)
         return replace(out, losses=total), lp
+    if one_pass and weighted_nll:
+        raise ValueError(f"one_pass with token_weights needs a loss that does not read chosen_nll; {loss!r} does")
     per_token = sequence_logprobs(hidden, weight, labels, ignore_index=ignore_index, impl=impl)
-    lp = logps(per_token.sum(-1))
+    if token_weights is None:
+        lp = logps(per_token.sum(-1))
+    else:
+        lp = logps((per_token * token_weights.to(per_token.dtype)).sum(-1), chosen_plain=per_token[:B].sum(-1))
     out = preference_loss(loss, lp, **hparams)
     if reduction == "sum":
         out = replace(out, losses=out.losses.sum())

@@ -89,13 +89,15 @@ def stage_rows(rows: int, V: int, device: torch.device) -> int:
 
 class _OnePass(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, index, slots, stages, n_seq, pair_grads, total, dtype, rows, cap, rowwise):
+    def forward(ctx, hidden, weight, labels, index, slots, stages, n_seq, pair_grads, total, dtype, rows, cap, rowwise,
+                tw=None):
         """``hidden`` (..., D), read only at ``index`` (a tuple of index tensors, as from
         ``nonzero(as_tuple=True)``): the M scored tokens, pair by pair (chosen's then
         rejected's), gathered one stage at a time (no (M, D) copy of them; their gradient is
         the one (M, D) tensor). ``labels`` (M,): their labels; ``slots`` (M,): each token's
         sequence (chosen p at p, rejected p at B + p). ``stages``: ``plan(.., cap)``'s;
-        logits blocks of ``rows`` tokens."""
+        logits blocks of ``rows`` tokens. ``tw`` (M,), optional: each token's weight in its
+        sequence's sum (and so in its gradient)."""
         acc = acc_dtype(hidden)
         w = weight.to(dtype)
         need_h, need_w = ctx.needs_input_grad[:2]
@@ -157,21 +159,26 @@ class _OnePass(torch.autograd.Function):
                 else:
                     grad_w.addmm_(q.T, gh)
 
+        def weighted(x, a, b, local=False):
+            """Tokens a:b's entries of ``x`` (``local``: ``x`` is theirs alone) times their weights."""
+            x = x if local else x[a:b]
+            return x if tw is None else x * tw[a:b]
+
         for s, e, p0, p1 in stages:
             if e == s:  # no scored tokens: nothing to add
                 continue
             if e - s <= cap:
                 h = gather(s, e)
                 q = fill(h, s, stage)
-                sums.index_add_(0, slots[s:e], logp[s:e])
-                backprop(s, h, q, pair_grads(p0, p1, sums)[slots[s:e]])
+                sums.index_add_(0, slots[s:e], weighted(logp, s, e))
+                backprop(s, h, q, weighted(pair_grads(p0, p1, sums)[slots[s:e]], s, e, local=True))
                 del q, h  # (with no stage, q is the logits block)
                 continue
             for a in range(s, e, rows):  # a pair longer than a stage: its log-prob first,
                 b = min(a + rows, e)
                 log_probs(mm_acc(gather(a, b), w.T, acc), a, b)
-            sums.index_add_(0, slots[s:e], logp[s:e])
-            g = pair_grads(p0, p1, sums)[slots[s:e]]
+            sums.index_add_(0, slots[s:e], weighted(logp, s, e))
+            g = weighted(pair_grads(p0, p1, sums)[slots[s:e]], s, e, local=True)
             for a in range(s, e, cap):  # then its gradients, a stage's worth at a time
                 h = gather(a, min(a + cap, e))
                 backprop(a, h, fill(h, a, stage), g[a - s:a - s + h.shape[0]])
@@ -191,7 +198,7 @@ class _OnePass(torch.autograd.Function):
                 t.mul_(grad_total.to(t.dtype))
         if grad_h is not None:  # the scored tokens' rows into a gradient shaped like hidden
             grad_h = grad_h.new_zeros(ctx.shape).index_put_(ctx.index, grad_h)
-        return grad_h, grad_w, *([None] * 11)
+        return grad_h, grad_w, *([None] * 12)
 
 
 def wanted(asked: bool | None, hidden: torch.Tensor, weight: torch.Tensor, impl: str | None) -> bool:
@@ -238,6 +245,7 @@ def onepass_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
                  pair_loss: Callable[[torch.Tensor, slice, float], torch.Tensor],
                  budget: int | None = None,
                  pair_grad: Callable[[torch.Tensor, slice, float], torch.Tensor] | None = None,
+                 token_weights: torch.Tensor | None = None,
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(summed loss, sequence log-prob sums (2B,) detached)`` for the stacked layout.
 
@@ -247,7 +255,8 @@ def onepass_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
     sums add up to the batch's (B / pairs in the stage; 1 for the whole batch).
     ``pair_grad(sums, pairs, scale)``, optional, returns that sum's gradient with respect to
     ``sums`` (2B,) in closed form; without it each stage asks autograd (some 20 more small
-    operations a stage, which on a GPU cost host time).
+    operations a stage, which on a GPU cost host time). ``token_weights`` (2B, T), optional:
+    each sequence's log-prob is ``Σ w_t log p_t`` (LD-DPO's weights).
     """
     check_inputs(hidden, weight, labels, ignore_index)
     R = hidden.shape[0]
@@ -271,4 +280,5 @@ def onepass_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
     with torch.autocast(hidden.device.type, enabled=False):
         return _OnePass.apply(hidden, weight, labels[seq, pos], (seq, pos), seq, plan(pair_tokens, cap), R,
                               pair_grads, lambda s: pair_loss(s, slice(0, B), 1.0), _compute_dtype(hidden), rows,
-                              cap, _rows.wanted(hidden.device, acc_dtype(hidden)))
+                              cap, _rows.wanted(hidden.device, acc_dtype(hidden)),
+                              None if token_weights is None else token_weights[seq, pos].to(acc_dtype(hidden)))

@@ -30,6 +30,9 @@ def _what(config) -> tuple[str, list[str]]:
     fdiv = getattr(config, "f_divergence", "reverse_kl")
     if run == "dpo" and fdiv != "reverse_kl":
         method += f", f-DPO with the {fdiv.replace('_', ' ')}" + (f" (alpha {config.f_alpha:g})" if fdiv == "alpha_divergence" else "")
+    ld = getattr(config, "ld_alpha", None) if run == "dpo" else None
+    if ld is not None:
+        method += f", LD-DPO (tokens past the shorter answer's length weigh {ld:g})"
     if run == "kto":
         method = (f"{UNPAIRED[config.loss]} on unpaired feedback, beta {config.beta:g}, weights {config.kto_desirable_weight:g} "
                   f"(desirable) and {config.kto_undesirable_weight:g} (undesirable)")
@@ -40,7 +43,8 @@ def _what(config) -> tuple[str, list[str]]:
     on_4bit = f" on its {config.quantize} (4-bit) base" if config.lora and getattr(config, "quantize", None) else ""
     title = f"{weights} for {config.model}{on_4bit}, trained with {method}"
     tags = ["prefopt", "dpo" if dpo else "sft", *(loss_terms(config.loss) if dpo else []), *(["lora"] if config.lora else []),
-            *(["dora"] if dora else []), *(["f-dpo"] if run == "dpo" and fdiv != "reverse_kl" else [])]
+            *(["dora"] if dora else []), *(["f-dpo"] if run == "dpo" and fdiv != "reverse_kl" else []),
+            *(["ld-dpo"] if ld is not None else [])]
     return title, tags
 
 

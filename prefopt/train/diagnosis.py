@@ -5,16 +5,15 @@ Read from the first and last quarter of the logged steps (:func:`.metrics.first_
 said at the end of ``prefopt dpo``, in the model card and in compare's report."""
 from __future__ import annotations
 
-from ..losses import UNPAIRED, loss_terms
+from ..losses import NLL_TERMS, UNPAIRED, loss_terms
 
 LEARNED = 0.6  # a final pair accuracy below this: DPO did not learn to rank its training pairs
 CHOSEN_DROP = 1.0  # nats: a larger fall of the chosen answers' mean log-prob is pointed out
-NLL_ANCHORED = ("rpo", "orpo", "sft")  # losses with a term that keeps the chosen answers likely
 
 
 def nll_anchored(loss: str | None) -> bool:
     """Whether ``loss`` (a mixture: any of its terms) keeps the chosen answers likely."""
-    return loss is not None and any(t in NLL_ANCHORED for t in loss_terms(loss))
+    return loss is not None and any(t in NLL_TERMS for t in loss_terms(loss))
 
 
 WARNING_KEYS = ("rewards/accuracies", "logps/chosen", "kto/accuracies")  # what the sentences read

@@ -27,6 +27,7 @@ from ..data.feedback import FeedbackExample, label_counts
 from ..data.preference import PairExample, pair_collate
 from ..data.sft import IGNORE, WINDOWS_ARE_SFT
 from ..kernels import fused_preference_loss
+from ..ld_dpo import check_ld_alpha, ld_weights
 from ..lora import (
     QUANTIZED_DORA_MERGE,
     LoRAConfig,
@@ -61,6 +62,8 @@ class DPOConfig(TrainConfig):
     f_divergence: str = opt("reverse_kl", "f-DPO: the divergence to the reference, reverse_kl (DPO), forward_kl, "
                                           "js_divergence or alpha_divergence (losses on the reward difference only)")
     f_alpha: float = opt(0.5, "alpha_divergence: its alpha")
+    ld_alpha: float | None = opt(None, "LD-DPO: weight of the longer answer's tokens past the shorter one's length, "
+                                       "in [0, 1] (policy and reference; 1 is DPO); default: off")
     kto_desirable_weight: float = opt(1.0, "kto, apo_zero_unpaired: weight of the desirable completions' losses")
     kto_undesirable_weight: float = opt(1.0, "kto, apo_zero_unpaired: weight of the undesirable completions' losses")
     ref: str | None = opt(None, "a frozen reference model (folder, alias or hub id); default: the model "
@@ -101,6 +104,12 @@ class DPOConfig(TrainConfig):
                                    reference_free=self.loss in REFERENCE_FREE)
             except ValueError as e:
                 errors.append(str(e))
+        try:
+            check_ld_alpha(self.ld_alpha)
+        except ValueError as e:
+            errors.append(str(e))
+        if self.ld_alpha is not None and self.loss in UNPAIRED:
+            errors.append(f"ld_alpha weighs a pair's answers past the shorter one's length; {self.loss} has no pairs")
         if self.discopop_tau <= 0:
             errors.append("discopop_tau must be > 0")
         if min(self.kto_desirable_weight, self.kto_undesirable_weight) <= 0:
@@ -232,7 +241,7 @@ class DPOTrainer(Trainer):
         """Sequence log-prob sums ``(2B,)`` under the reference."""
         self.ref_forwards += 1
         with self._reference() as ref:
-            return pair_logp_sums(ref, batch)
+            return pair_logp_sums(ref, batch, self.config.ld_alpha)
 
     def fill_cache(self, pairs: Sequence[PairExample]) -> int:
         """Compute the reference log-probs of every pair the cache lacks (rank 0), then share."""
@@ -281,9 +290,11 @@ class DPOTrainer(Trainer):
             # z0 over the ranks' batches, as TRL takes it (training's micro-batches are the same on every
             # rank; an eval shard may have one batch more, so there each rank keeps its own)
             kw["reference_mean"] = self._mean_over_ranks
+        ld = self.config.ld_alpha
         out, lp = fused_preference_loss(*head_operands(model, hidden), labels, ref_c, ref_r,
                                         self.config.loss, ignore_index=IGNORE, reduction="sum",
-                                        desirable=batch.get("desirable"), **kw)
+                                        desirable=batch.get("desirable"),
+                                        token_weights=None if ld is None else ld_weights(labels, ld, IGNORE), **kw)
         if self.config.run_kind == "kto":
             return out.losses, kto_metrics(lp, out.reference_point)
         c, r = out.chosen_rewards, out.rejected_rewards

@@ -18,6 +18,12 @@ def _rounding(config) -> dict:
     return {"autocast": "bfloat16", "pairs": "packed" if getattr(config, "share_prompt", True) else "stacked"}
 
 
+def _weighting(config) -> dict:
+    """LD-DPO's α where set: the cache holds its weighted sums (a cache without it stays valid for DPO)."""
+    ld = getattr(config, "ld_alpha", None)
+    return {} if ld is None else {"ld_alpha": float(ld)}
+
+
 def reference_cache_for(config, model, ref_model, model_dir: Path | None = None, *,
                         root: str | Path | None = None) -> RefCache:
     """Open the cache at ``root`` (default ``config.ref_cache``) under the fingerprint of this
@@ -34,7 +40,8 @@ def reference_cache_for(config, model, ref_model, model_dir: Path | None = None,
         tokenizer_files=[model_dir / "tokenizer.json", model_dir / "tokenizer_config.json",
                          model_dir / "chat_template.jinja"],
         max_length=config.max_length, max_prompt_length=config.max_prompt_length,
-        extra={"reference": "model" if ref_model is not None else "adapter-disabled", **_rounding(config)},
+        extra={"reference": "model" if ref_model is not None else "adapter-disabled", **_rounding(config),
+               **_weighting(config)},
     )
     return RefCache(root if root is not None else config.ref_cache, fp)
 

@@ -28,6 +28,7 @@ from ..data.collate import as_tensor
 from ..data.preference import PairExample
 from ..data.sft import IGNORE, TokenizedExample, prompt_len
 from ..kernels import sequence_logprobs
+from ..ld_dpo import ld_weights
 from .distributed import head_operands
 
 
@@ -96,10 +97,15 @@ def pair_hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple
     return hidden[:, :-1], batch["labels"][:, 1:]  # position t predicts token t+1
 
 
-def pair_logp_sums(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sequence log-prob sums ``(2B,)`` of the answers, chosen rows first, either layout."""
+def pair_logp_sums(model: torch.nn.Module, batch: dict[str, torch.Tensor], ld_alpha: float | None = None
+                   ) -> torch.Tensor:
+    """Sequence log-prob sums ``(2B,)`` of the answers, chosen rows first, either layout;
+    with ``ld_alpha``, LD-DPO's weighted sums (``prefopt.ld_dpo``)."""
     hidden, labels = pair_hidden(model, batch)
-    return sequence_logprobs(*head_operands(model, hidden), labels, ignore_index=IGNORE).sum(-1)
+    per_token = sequence_logprobs(*head_operands(model, hidden), labels, ignore_index=IGNORE)
+    if ld_alpha is None:
+        return per_token.sum(-1)
+    return (per_token * ld_weights(labels, ld_alpha, IGNORE).to(per_token.dtype)).sum(-1)
 
 
 @torch.no_grad()

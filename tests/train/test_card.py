@@ -70,15 +70,16 @@ def test_full_weights_and_dpo_after_sft_say_so(tmp_path):
     assert "- 8 training pairs, 0 for evaluation; max_length 1024" in body
 
 
-def test_an_f_dpo_run_says_which_divergence(tmp_path):
+def test_an_f_dpo_and_ld_dpo_run_says_so(tmp_path):
     model_dir, _ = write_task(tmp_path, n=8)
     pairs = write_pairs(tmp_path / "pairs.jsonl", n=8)
     assert main(["dpo", "--model", str(model_dir), "--data", str(pairs), "--output-dir", str(tmp_path / "dpo"),
                  "--max-steps", "1", "--batch-size", "4", "--f-divergence", "alpha_divergence", "--f-alpha", "0.3",
-                 "--no-progress"]) == 0
+                 "--ld-alpha", "0.5", "--no-progress"]) == 0
     head, body = _card(tmp_path / "dpo" / "final")
-    assert head.endswith("tags:\n- prefopt\n- dpo\n- sigmoid\n- lora\n- f-dpo\n")
-    assert "trained with sigmoid preference loss (DPO family), beta 0.1, f-DPO with the alpha divergence (alpha 0.3)\n" in body
+    assert head.endswith("tags:\n- prefopt\n- dpo\n- sigmoid\n- lora\n- f-dpo\n- ld-dpo\n")
+    assert ("trained with sigmoid preference loss (DPO family), beta 0.1, f-DPO with the alpha divergence (alpha 0.3), "
+            "LD-DPO (tokens past the shorter answer's length weigh 0.5)\n") in body
     assert "| `f_divergence` | `alpha_divergence` |" in body and "| `f_alpha` | `0.3` |" in body
 
 

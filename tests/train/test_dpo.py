@@ -66,6 +66,35 @@ def test_cache_second_run_makes_no_reference_forward_and_same_loss(task, tmp_pat
     assert max(abs(a - b) for a, b in zip(losses_cached, losses_live)) < 1e-6
 
 
+def test_ld_dpo_trains_and_its_cache_holds_the_weighted_sums(task, tmp_path):
+    """LD-DPO (ld_alpha): the cache is filled with the reference's weighted sums under its own
+    fingerprint (a DPO cache in the folder is stale for it), the cached run's losses equal the
+    live reference's, and it learns: the held-out loss falls, the adapter moves."""
+    cache = str(tmp_path / "cache")
+    dpo, pairs = _trainer(task, tmp_path, _cfg(task, tmp_path / "dpo", ref_cache=cache, eval_data=None), cache=True)
+    keys = [p.key for p in pairs]
+    plain = torch.stack(dpo.ref_cache.get(keys))
+    cfg = _cfg(task, tmp_path / "a", ref_cache=cache, eval_data=None, max_steps=16, ld_alpha=0.2)
+    cached, pairs = _trainer(task, tmp_path, cfg, cache=True)
+    assert "ld_alpha" in cached.ref_cache.stale_reason and len(cached.ref_cache) == len(pairs)  # refilled
+    weighted = torch.stack(cached.ref_cache.get(keys))
+    # each pair's longer answer has 2 tokens more ("urgent review" / "routine visit"), which count 0.2 times
+    assert all(len(p.chosen.input_ids) != len(p.rejected.input_ids) for p in pairs)
+    same = torch.isclose(weighted, plain, rtol=0, atol=1e-5)
+    assert (same.sum(0) == 1).all()  # the shorter answer's sum is unchanged; the longer one's is higher
+    assert (weighted[~same] > plain[~same] + 1).all()
+    live, _ = _trainer(task, tmp_path, _cfg(task, tmp_path / "b", eval_data=None, max_steps=16, ld_alpha=0.2))
+    for t in (cached, live):
+        t.eval_data = pairs[:16]
+    before = live.evaluate()["eval_loss"]
+    start = {n: p.detach().clone() for n, p in live.model.named_parameters() if "lora_B" in n}
+    losses = [(cached.train_step(s)["loss"], live.train_step(s)["loss"]) for s in range(16)]
+    assert cached.ref_forwards == 0 and live.ref_forwards == 4 + 16  # its first evaluation's 4 batches too
+    assert max(abs(a - b) for a, b in losses) < 1e-5
+    assert live.evaluate()["eval_loss"] < before - 0.05
+    assert all(not torch.equal(p, start[n]) for n, p in live.model.named_parameters() if "lora_B" in n)
+
+
 def test_the_reference_cache_outlives_a_trained_dora_adapter(task, tmp_path):
     """The reference is the model with its adapter off: a DoRA adapter's magnitudes, like A and B,
     are not part of its fingerprint (they were: a trained DoRA run's cache went stale)."""
