@@ -20,19 +20,21 @@ from .selection import check_settings
 # both stages' adapters, in every preset; quantize "nf4": their base weights in 4 bits while they train (QLoRA)
 LORA = {"lora_r": 16, "lora_alpha": 32.0, "lora_dora": False, "lora_rslora": False, "lora_dropout": 0.05,
         "lora_targets": None, "lora_layers": None, "quantize": None}
+# DPO's variants, in every preset: LD-DPO's alpha (None: off), f-DPO's divergence and its alpha (docs/dpo.md)
+DPO_VARIANTS = {"ld_alpha": None, "f_divergence": "reverse_kl", "f_alpha": 0.5}
 PRESETS = {
     # small enough for 2 CPU cores in a few minutes (make demo)
     "quick": {"max_train": 160, "test": 60, "sft_steps": 60, "dpo_steps": 50, "batch_size": 4, "dpo_batch_size": 2,
               "max_length": 384, "sft_lr": 3e-4, "dpo_lr": 1e-4, "beta": 0.1, "eval_batch_size": 16,
               "max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
               "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None,
-              "dpo_patience": None, "dpo_max_p": None, "confidence": True, "pack": True, **LORA},
+              "dpo_patience": None, "dpo_max_p": None, "confidence": True, "pack": True, **LORA, **DPO_VARIANTS},
     "full": {"max_train": None, "test": 0.2, "sft_steps": None, "dpo_steps": None, "sft_epochs": 2.0,
              "dpo_epochs": 1.0, "batch_size": 8, "dpo_batch_size": 4, "max_length": 1024, "sft_lr": 2e-4,
              "dpo_lr": 5e-5, "beta": 0.1, "eval_batch_size": 16, "max_new_tokens": None,
              "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
              "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None,
-             "dpo_patience": None, "dpo_max_p": None, "confidence": True, "pack": True, **LORA},
+             "dpo_patience": None, "dpo_max_p": None, "confidence": True, "pack": True, **LORA, **DPO_VARIANTS},
     # val None: no validation set. A count (>= 1) or fraction (< 1) of the items is held out of both
     # training stages; DPO then answers them every dpo_eval_every steps (None: about ten times a run) and the
     # weights that score best on the task's primary metric are the "dpo" stage (step 0: the SFT model itself);
@@ -50,6 +52,8 @@ PRESETS = {
     # alpha / r, or alpha / sqrt(r) with lora_rslora; DoRA or plain LoRA; dropout on its input);
     # lora_targets None (every attention and MLP projection) or the layers that get one ("q_proj,v_proj,lm_head");
     # lora_layers None (every transformer layer) or the ones adapted ("16-31": the backward stops at the lowest);
+    # ld_alpha None (DPO) or LD-DPO's weight in [0, 1] of the longer answer's tokens past the shorter one's length;
+    # f_divergence "reverse_kl" (DPO), "forward_kl", "js_divergence" or "alpha_divergence" (f_alpha its alpha);
     # quantize None, "nf4" or "nf4-dq": the base weights the adapters train on, and every stage is evaluated on;
     # confidence True: where the task's answers are labels, each stage also scores every possible answer after each
     # test prompt, for how sure it is of its answers and whether that tells right from wrong (stage_confidence)
@@ -114,6 +118,7 @@ class CompareConfig:
                 raise ValueError(f"{name}: true or false (got {s[name]!r})")
         check_lora_targets(s)
         check_lora_layers(s)
+        check_dpo_variants(s, self.loss)
         if s["quantize"] is not None and s["quantize"] not in QUANT_KINDS:
             raise ValueError(f"quantize: null or one of {', '.join(QUANT_KINDS)} (got {s['quantize']!r})")
         if s["quantize"] and s["lora_dora"]:
@@ -136,6 +141,27 @@ WHOLE = ("batch_size", "dpo_batch_size", "eval_batch_size", "max_length", "lora_
 WHOLE_OR_NONE = ("max_train", "sft_steps", "dpo_steps", "max_new_tokens")  # the same, or None: the preset's way
 POSITIVE = ("sft_lr", "dpo_lr", "beta", "sft_epochs", "dpo_epochs", "lora_alpha")  # numbers > 0
 FRACTIONS = ("lora_dropout",)  # numbers in [0, 1)
+
+
+def check_dpo_variants(s: dict, loss: str) -> None:
+    """``ld_alpha``, ``f_divergence``, ``f_alpha`` (``--set ld_alpha=0.5``), with ``loss``: DPOConfig's checks,
+    before the run claims its folder."""
+    from .. import f_divergence
+    from ..ld_dpo import check_ld_alpha
+    from ..losses import REFERENCE_FREE, UNPAIRED, loss_terms
+
+    ld, fd, fa = s["ld_alpha"], s["f_divergence"], s["f_alpha"]
+    try:
+        if ld is not None and (isinstance(ld, bool) or not isinstance(ld, (int, float))):
+            raise ValueError(f"ld_alpha: null or a number in [0, 1] (got {ld!r})")
+        check_ld_alpha(ld)
+        if isinstance(fa, bool) or not isinstance(fa, (int, float)):
+            raise ValueError(f"f_alpha: a number (got {fa!r})")
+        if loss in UNPAIRED and (ld is not None or fd != "reverse_kl"):
+            raise ValueError(f"ld_alpha and f_divergence are for pair losses, not {loss}")
+        f_divergence.check(loss_terms(loss), fd, fa, reference_free=loss in REFERENCE_FREE)
+    except ValueError as e:
+        raise ValueError(f"compare settings: {e}") from None
 
 
 def check_lora_targets(s: dict) -> None:
@@ -218,7 +244,8 @@ _SCORING_ONLY = ("confidence",)
 # settings added after runs were made, with the values those runs used
 _ADDED_SETTINGS = {"max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None,
                    "repeat_scope": None, "gradient_checkpointing": False, "val": None, "dpo_eval_every": None,
-                   "dpo_min_gain": None, "dpo_patience": None, "dpo_max_p": None, "pack": False, **LORA}
+                   "dpo_min_gain": None, "dpo_patience": None, "dpo_max_p": None, "pack": False, **LORA,
+                   **DPO_VARIANTS}
 
 
 def _eval_only(config: dict) -> tuple[str, ...]:

@@ -779,7 +779,7 @@ def test_a_run_made_before_a_setting_was_added_still_resumes(tiny_model, tmp_pat
     for key in ("max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "repeat_scope",
                 "gradient_checkpointing", "val", "dpo_eval_every", "dpo_min_gain",
                 "dpo_patience", "dpo_max_p", "confidence", "lora_r", "lora_alpha", "lora_dora", "lora_rslora",
-                "lora_dropout", "lora_targets", "lora_layers", "quantize"):
+                "lora_dropout", "lora_targets", "lora_layers", "quantize", "ld_alpha", "f_divergence", "f_alpha"):
         del stored["settings"][key]
     del stored["chat_date"]  # added on 2026-11-30: such a run keeps the clock's date, as it had
     (out / "compare_config.json").write_text(json.dumps(stored))
@@ -824,6 +824,26 @@ def test_compare_trains_dora_adapters_with_the_rank_it_is_given(tiny_model, tmp_
     with pytest.raises(ValueError, match="lora_r: a whole number >= 1"):
         CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "x"),
                       overrides={"lora_r": 0}).settings()
+
+
+def test_compare_trains_dpo_with_ld_alpha_and_an_f_divergence(tiny_model, tmp_path):
+    """``--set ld_alpha=0.5 --set f_divergence=js_divergence``: the DPO stage trains LD-DPO under
+    the JS divergence (its config and card say so); bad values are named before any work."""
+    out = tmp_path / "run"
+    run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out),
+                              overrides={**TINY, "ld_alpha": 0.5, "f_divergence": "js_divergence"}))
+    trained = json.loads((out / "dpo" / "train" / "train_config.json").read_text())
+    assert (trained["ld_alpha"], trained["f_divergence"]) == (0.5, "js_divergence")
+    card = (out / "dpo" / "train" / "final" / "README.md").read_text()
+    assert "f-DPO with the js divergence, LD-DPO (tokens past the shorter answer's length weigh 0.5)" in card
+    for bad, loss, match in (({"ld_alpha": 1.5}, "sigmoid", r"compare settings: ld_alpha must be in \[0, 1\]"),
+                             ({"ld_alpha": "half"}, "sigmoid", "ld_alpha: null or a number"),
+                             ({"f_divergence": "kl"}, "sigmoid", "f_divergence must be one of"),
+                             ({"f_divergence": "forward_kl"}, "bco_pair", "not to bco_pair"),
+                             ({"ld_alpha": 0.5}, "kto", "for pair losses, not kto")):
+        with pytest.raises(ValueError, match=match):
+            CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "x"), loss=loss,
+                          overrides=bad).settings()
 
 
 def test_compare_trains_the_adapter_layers_scale_and_dropout_it_is_given(tiny_model, tmp_path):
