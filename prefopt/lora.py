@@ -331,9 +331,10 @@ def apply_lora(
     frozen = _without_adapters(model)
     linear = {name.rsplit(".", 1)[-1] for name, c in model.named_modules()
               if type(c) in (nn.Linear, QuantLinear) and (layers is None or layer_index(name) in layers)
-              and not name.startswith(frozen)}
+              and not f"{name}.".startswith(frozen)}
     target_modules = tuple(target_modules)
-    if frozen:  # a mixture of experts: its MLP projections name its experts, which adapt nothing here
+    mlp_names_are_experts = any(getattr(m, "no_adapters", False) and hasattr(m, "experts") for m in model.modules())
+    if mlp_names_are_experts:  # a mixture of experts: its MLP projections name its experts, which adapt nothing here
         experts = (_names_in(model) - linear) | set(MLP_PROJECTIONS)
         dropped = [t for t in target_modules if t in experts]
         target_modules = tuple(t for t in target_modules if t not in dropped)
@@ -357,8 +358,8 @@ def apply_lora(
     for prefix, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{prefix}.{child_name}" if prefix else child_name
-            if (cfg.layers is not None and layer_index(full) not in cfg.layers) or (frozen and (
-                    full.startswith(frozen) or child_name in MLP_PROJECTIONS)):
+            if (cfg.layers is not None and layer_index(full) not in cfg.layers) or f"{full}.".startswith(frozen) or (
+                    mlp_names_are_experts and child_name in MLP_PROJECTIONS):
                 continue
             if type(child) in (nn.Linear, QuantLinear) and child_name in cfg.target_modules:
                 layer = QLoRALinear if type(child) is QuantLinear else LoRALinear
@@ -378,7 +379,8 @@ MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 def _without_adapters(model: nn.Module) -> tuple[str, ...]:
     """The name prefixes (``"model.layers.0.mlp."``) of the modules LoRA leaves alone, those marked
     ``no_adapters``: a mixture of experts' router and experts (``prefopt.model.transformer.SparseMoE``),
-    which PEFT on transformers 5 (its experts fused into 3-D tensors) does not adapt either."""
+    which PEFT on transformers 5 (its experts fused into 3-D tensors) does not adapt either. A name
+    with its trailing dot: ``f"{name}.".startswith(prefixes)`` holds for such a module and those in it."""
     return tuple(f"{name}." for name, m in model.named_modules() if getattr(m, "no_adapters", False))
 
 

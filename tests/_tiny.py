@@ -142,10 +142,14 @@ def hf_config(arch: str = "llama", **overrides):
     cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
            "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config,
            "smollm3": transformers.SmolLM3Config, "gemma3": transformers.Gemma3TextConfig,
-           "qwen3_moe": transformers.Qwen3MoeConfig, "mixtral": transformers.MixtralConfig}[arch]
+           "qwen3_moe": transformers.Qwen3MoeConfig, "mixtral": transformers.MixtralConfig,
+           "qwen2_moe": transformers.Qwen2MoeConfig}[arch]
     if arch == "qwen3_moe":  # layer 0 a mixture of 4 experts (2 a token), layer 1 a dense MLP
         base.update(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
                     decoder_sparse_step=1, mlp_only_layers=[1])
+    if arch == "qwen2_moe":  # layer 0 a mixture of 4 experts (2 a token) and a shared expert, layer 1 a dense MLP
+        base.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=96,
+                    norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[1])
     if arch == "mixtral":  # every layer a mixture of 4 experts, 2 a token
         base.update(num_local_experts=4, num_experts_per_tok=2, intermediate_size=32, sliding_window=None)
     if arch == "qwen3":
@@ -203,7 +207,7 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     cfg = json.loads((hf_dir / "config.json").read_text())
     tok = json.loads((hf_dir / "tokenizer.json").read_text())
     tcfg = json.loads((hf_dir / "tokenizer_config.json").read_text())
-    arch = {"mixtral": "llama", "qwen3_moe": "qwen3moe"}.get(cfg["model_type"], cfg["model_type"])
+    arch = {"mixtral": "llama", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe"}.get(cfg["model_type"], cfg["model_type"])
     gemma = arch == "gemma3_text"
     w = gguf.GGUFWriter(str(path), "gemma3" if gemma else arch)
     w.add_block_count(cfg["num_hidden_layers"])
@@ -234,11 +238,13 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     if experts:  # expert metadata alone, on a dense model's tensors
         w.add_expert_count(experts)
         w.add_expert_used_count(2)
-    if cfg["model_type"] in ("mixtral", "qwen3_moe"):  # as llama.cpp writes Mixtral (llama) and qwen3moe
-        w.add_expert_count(cfg.get("num_local_experts") or cfg["num_experts"])
+    if cfg["model_type"] in ("mixtral", "qwen3_moe", "qwen2_moe"):  # as llama.cpp writes Mixtral (llama), qwen3moe
+        w.add_expert_count(cfg.get("num_local_experts") or cfg["num_experts"])  # and qwen2moe
         w.add_expert_used_count(cfg["num_experts_per_tok"])
-        if arch == "qwen3moe":
+        if arch in ("qwen3moe", "qwen2moe"):
             w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
+        if arch == "qwen2moe":
+            w.add_expert_shared_feed_forward_length(cfg["shared_expert_intermediate_size"])
     if rope_scaling:  # as llama.cpp's converter writes a config's rope_scaling type (e.g. "yarn")
         w.add_rope_scaling_type(gguf.RopeScalingType(rope_scaling))
         w.add_rope_scaling_factor(4.0)
@@ -269,7 +275,9 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
     layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_norm": "attn_q_norm",
              "self_attn.k_norm": "attn_k_norm", "self_attn.q_proj": "attn_q",
              "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+             "mlp.shared_expert.gate_proj": "ffn_gate_shexp", "mlp.shared_expert.up_proj": "ffn_up_shexp",
+             "mlp.shared_expert.down_proj": "ffn_down_shexp", "mlp.shared_expert_gate": "ffn_gate_inp_shexp"}
     gemma_names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, cfg["num_hidden_layers"]) if gemma else None
     stacked: dict[str, dict[int, torch.Tensor]] = {}  # a mixture of experts' projections, stacked per layer
     leaves = {"w1": "gate", "w3": "up", "w2": "down", "gate_proj": "gate", "up_proj": "up", "down_proj": "down"}

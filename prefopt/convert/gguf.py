@@ -2,7 +2,8 @@
 
 Architectures: ``llama`` (Llama 2/3, Mistral, SmolLM2, as llama.cpp's converter writes them;
 with ``expert_count``, Mixtral), ``qwen2`` (Qwen2/2.5: q/k/v biases, rows in HF's order), ``qwen3``
-(q/k norms, no biases, HF's order), ``qwen3moe`` (Qwen3-MoE) and ``gemma3`` (Gemma 3, MedGemma:
+(q/k norms, no biases, HF's order), ``qwen3moe`` (Qwen3-MoE), ``qwen2moe`` (Qwen1.5-MoE, Qwen2-57B-A14B:
+a shared expert too) and ``gemma3`` (Gemma 3, MedGemma:
 ``gguf_gemma``). A mixture of experts' stacked ``ffn_*_exps`` tensors are split into one weight
 per expert, under the checkpoint's names. What it does:
 - reads the model hyper-parameters from the GGUF metadata into ``config.json``;
@@ -42,6 +43,10 @@ _LAYER_NAMES = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+    "ffn_gate_shexp": "mlp.shared_expert.gate_proj",  # Qwen2-MoE's shared expert and its gate
+    "ffn_up_shexp": "mlp.shared_expert.up_proj",
+    "ffn_down_shexp": "mlp.shared_expert.down_proj",
+    "ffn_gate_inp_shexp": "mlp.shared_expert_gate",
 }
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -50,13 +55,14 @@ _GLOBAL_NAMES = {
 }
 EXACT_UP_TO = 1_000_000_000  # parameters: a quantized file imports to float32 (exact) up to this, bfloat16 past it
 # GGUF architecture -> prefopt model_type
-_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen3moe": "qwen3_moe", "smollm3": "smollm3",
-                  "gemma3": "gemma3_text"}
+_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen3moe": "qwen3_moe", "qwen2moe": "qwen2_moe",
+                  "smollm3": "smollm3", "gemma3": "gemma3_text"}
 # a mixture of experts' tensors: its router, and each projection of every expert stacked (E, out, in)
 _EXPERTS = re.compile(r"blk\.(\d+)\.ffn_(gate|up|down)_exps\.weight")
 _ROUTER = re.compile(r"blk\.(\d+)\.ffn_gate_inp\.weight")
 _EXPERT_LEAVES = {"mixtral": {"gate": "w1", "up": "w3", "down": "w2"},
-                  "qwen3_moe": {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}}
+                  "qwen3_moe": {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"},
+                  "qwen2_moe": {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}}
 # llama.cpp's smollm3 leaves RoPE out of every 4th layer, a fixed step (the released SmolLM3's)
 SMOLLM3_NO_ROPE_STEP = 4
 
@@ -112,6 +118,8 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: torch.dty
             for hf_name, part in _moe_tensors(cfg, experts, router, w):
                 writer.add(hf_name, part.to(dtype))
             continue
+        if name.endswith("shared_expert_gate.weight"):  # llama.cpp reads it as a vector of hidden_size
+            w = w.reshape(1, cfg.hidden_size)
         if permuted and name.endswith("self_attn.q_proj.weight"):
             w = unpermute_qk(w, cfg.num_attention_heads)
         elif permuted and name.endswith("self_attn.k_proj.weight"):
@@ -288,7 +296,7 @@ def _config(meta: _Metadata, *, tied: bool, rope_freqs: np.ndarray | None = None
         rope_scaling=scaling,
         max_position_embeddings=meta.get(a + "context_length", 2048),
         tie_word_embeddings=tied,
-        attention_bias=arch == "qwen2",  # Qwen2's q/k/v always carry one; llama.cpp's qwen3 has none
+        attention_bias=arch in ("qwen2", "qwen2moe"),  # Qwen2's q/k/v always carry one; llama.cpp's qwen3 has none
         model_type="mixtral" if arch == "llama" and moe else _ARCHITECTURES[arch],
         bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
         eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
@@ -301,19 +309,25 @@ def _config(meta: _Metadata, *, tied: bool, rope_freqs: np.ndarray | None = None
 
 def _experts(meta: _Metadata, a: str, arch: str) -> dict:
     """A mixture of experts' settings: Mixtral (written as ``llama`` with ``expert_count``, its
-    experts of ``feed_forward_length``) or ``qwen3moe`` (``expert_feed_forward_length``); llama.cpp
-    renormalises both's top-k weights (``expert_weights_norm``, where a file says otherwise)."""
+    experts of ``feed_forward_length``), ``qwen3moe`` or ``qwen2moe`` (``expert_feed_forward_length``;
+    Qwen2-MoE's shared expert ``expert_shared_feed_forward_length``). llama.cpp renormalises the
+    top-k weights of Mixtral and qwen3moe, not qwen2moe's (``expert_weights_norm``, where a file
+    says otherwise). llama.cpp's qwen2moe makes every layer a mixture."""
     count = meta.get(a + "expert_count")
     if not count:
-        if arch == "qwen3moe":
-            raise ValueError(f"{meta.path}: a qwen3moe file without {a}expert_count")
+        if arch in ("qwen3moe", "qwen2moe"):
+            raise ValueError(f"{meta.path}: a {arch} file without {a}expert_count")
         return {}
-    if arch not in ("llama", "qwen3moe"):
+    if arch not in ("llama", "qwen3moe", "qwen2moe"):
         raise UnsupportedModelError(f"{meta.path}: a mixture of experts written as {arch!r} is not supported; "
-                                    "prefopt imports Mixtral (llama with experts) and qwen3moe")
+                                    "prefopt imports Mixtral (llama with experts), qwen3moe and qwen2moe")
     size = meta.need(a + "feed_forward_length") if arch == "llama" else meta.need(a + "expert_feed_forward_length")
-    return dict(num_experts=int(count), num_experts_per_tok=int(meta.need(a + "expert_used_count")),
-                moe_intermediate_size=int(size), norm_topk_prob=bool(meta.get(a + "expert_weights_norm", True)))
+    out = dict(num_experts=int(count), num_experts_per_tok=int(meta.need(a + "expert_used_count")),
+               moe_intermediate_size=int(size),
+               norm_topk_prob=bool(meta.get(a + "expert_weights_norm", arch != "qwen2moe")))
+    if arch == "qwen2moe":
+        out["shared_expert_intermediate_size"] = int(meta.need(a + "expert_shared_feed_forward_length"))
+    return out
 
 
 def smollm3_no_rope_layers(n_layer: int) -> list[int]:

@@ -23,6 +23,7 @@ SUPPORTED_ARCHITECTURES = {
     "smollm3": "SmolLM3ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
     "qwen3_moe": "Qwen3MoeForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
     "mixtral": "MixtralForCausalLM",
 }
 SLIDING, FULL = "sliding_attention", "full_attention"  # Gemma 3's layer types
@@ -36,7 +37,7 @@ GEMMA3_TEXT_DEFAULTS = {
     "rope_theta": 1_000_000.0, "rope_local_base_freq": 10000.0, "sliding_window_pattern": 6,
 }
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
-MOE = ("qwen3_moe", "mixtral")  # mixtures of experts (transformer.SparseMoE)
+MOE = ("qwen3_moe", "qwen2_moe", "mixtral")  # mixtures of experts (transformer.SparseMoE)
 
 
 class UnsupportedModelError(ValueError):
@@ -81,6 +82,9 @@ class ModelConfig:
     norm_topk_prob: bool = False
     decoder_sparse_step: int = 1
     mlp_only_layers: list[int] | None = None
+    # Qwen2-MoE (Qwen1.5-MoE, Qwen2-57B-A14B): beside the routed experts, one shared expert of this size that
+    # every token goes through, its output scaled by sigmoid(shared_expert_gate(x))
+    shared_expert_intermediate_size: int | None = None
     # "gemma3": read from an image+text checkpoint, whose language model's tensors carry its prefix
     text_model_of: str | None = field(default=None, compare=False)
     # the file's own dict, kept so a save writes back what was read
@@ -90,7 +94,7 @@ class ModelConfig:
         if self.model_type not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModelError(
                 f"unsupported model_type {self.model_type!r}: prefopt implements "
-                f"{sorted(SUPPORTED_ARCHITECTURES)} (Llama 2/3, Mistral, Mixtral, Qwen2/3, Qwen3-MoE, SmolLM2/3, Gemma 3)"
+                f"{sorted(SUPPORTED_ARCHITECTURES)} (Llama 2/3, Mistral, Mixtral, Qwen2/3, Qwen2-MoE, Qwen3-MoE, SmolLM2/3, Gemma 3)"
             )
         act = "gelu_pytorch_tanh" if self.gemma else "silu"
         if self.hidden_act != act:
@@ -108,6 +112,9 @@ class ModelConfig:
         if self.model_type in MOE and not (self.num_experts and 0 < (self.num_experts_per_tok or 0) <= self.num_experts):
             raise UnsupportedModelError(f"{self.model_type}: num_experts_per_tok={self.num_experts_per_tok} of "
                                         f"num_experts={self.num_experts} experts")
+        if self.model_type == "qwen2_moe" and not self.shared_expert_intermediate_size:
+            raise UnsupportedModelError("qwen2_moe: shared_expert_intermediate_size must be a positive number "
+                                        f"(got {self.shared_expert_intermediate_size!r})")
         rope_type = (self.rope_scaling or {}).get("rope_type", (self.rope_scaling or {}).get("type", "default"))
         if rope_type not in SUPPORTED_ROPE_TYPES:
             raise UnsupportedModelError(
@@ -196,13 +203,15 @@ class ModelConfig:
             kw.update(_smollm3(d))
         elif model_type == "mixtral":
             kw.update(_mixtral(d))
-        elif model_type in ("qwen2", "qwen3", "qwen3_moe"):
+        elif model_type in ("qwen2", "qwen3", "qwen3_moe", "qwen2_moe"):
             if model_type == "qwen2":
                 kw["attention_bias"] = True  # q/k/v projections always carry a bias
+            if model_type == "qwen2_moe":
+                kw["attention_bias"] = d.get("qkv_bias", True)  # on q/k/v (transformers 5's name; 4.x: always)
             kw["sliding_window"] = d.get("sliding_window") if d.get("use_sliding_window") else None
             if kw["sliding_window"] is not None and d.get("max_window_layers", 0) < d["num_hidden_layers"]:
                 raise UnsupportedModelError("Qwen2/3 with sliding window on only some layers is not supported")
-            if model_type == "qwen3_moe":  # transformers 5 writes num_local_experts, 4.x num_experts
+            if model_type in ("qwen3_moe", "qwen2_moe"):  # transformers 5 writes num_local_experts, 4.x num_experts
                 kw["num_experts"] = d.get("num_experts", d.get("num_local_experts"))
         else:
             kw["sliding_window"] = d.get("sliding_window")
@@ -254,11 +263,13 @@ class ModelConfig:
             d.update(no_rope_layers=self.no_rope_layers)
         if self.model_type == "mixtral":  # its experts are of intermediate_size
             d.update(num_local_experts=self.num_experts, num_experts_per_tok=self.num_experts_per_tok)
-        if self.model_type == "qwen3_moe":  # the Hub's names (transformers 5 reads num_experts too)
+        if self.model_type in ("qwen3_moe", "qwen2_moe"):  # the Hub's names (transformers 5 reads num_experts too)
             d.update(num_experts=self.num_experts, num_experts_per_tok=self.num_experts_per_tok,
                      moe_intermediate_size=self.moe_intermediate_size, norm_topk_prob=self.norm_topk_prob,
                      decoder_sparse_step=self.decoder_sparse_step, mlp_only_layers=self.mlp_only_layers or [])
             d.pop("num_local_experts", None)
+        if self.model_type == "qwen2_moe":
+            d.update(shared_expert_intermediate_size=self.shared_expert_intermediate_size, qkv_bias=self.attention_bias)
         if self.gemma:  # what a config built from a GGUF file has in no raw dict
             d.update(layer_types=self.layer_types, sliding_window=self.sliding_window,
                      query_pre_attn_scalar=self.query_pre_attn_scalar)

@@ -1,4 +1,4 @@
-"""A decoder-only transformer for the Llama family (Qwen2/3 included; Qwen3-MoE and Mixtral, mixtures of
+"""A decoder-only transformer for the Llama family (Qwen2/3 included; Qwen3-MoE, Qwen2-MoE and Mixtral, mixtures of
 experts), and Gemma 3, in plain PyTorch.
 
 Module names follow Hugging Face's (``model.layers.0.self_attn.q_proj`` ...), so a
@@ -13,7 +13,8 @@ checkpoint's state dict loads with no key mapping::
     │   │   ├── post_attention_layernorm
     │   │   ├── (Gemma 3: pre_feedforward_layernorm, post_feedforward_layernorm)
     │   │   └── mlp                 gate/up/down_proj (SwiGLU; Gemma 3: GeGLU); a mixture of experts
-    │   │                           (Qwen3-MoE: mlp.gate + mlp.experts[e].*_proj; Mixtral:
+    │   │                           (Qwen3-MoE: mlp.gate + mlp.experts[e].*_proj; Qwen2-MoE: also
+    │   │                           mlp.shared_expert.*_proj + mlp.shared_expert_gate; Mixtral:
     │   │                           block_sparse_moe.gate + block_sparse_moe.experts[e].w1/w2/w3)
     │   └── norm
     └── lm_head                     (V, D); absent when tied to embed_tokens
@@ -83,9 +84,9 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(D, self.n_head * self.hd, bias=b)
         self.k_proj = nn.Linear(D, self.n_kv * self.hd, bias=b)
         self.v_proj = nn.Linear(D, self.n_kv * self.hd, bias=b)
-        # attention_bias puts a bias on o_proj too, but in Qwen2 (q/k/v only) and Mistral
+        # attention_bias puts a bias on o_proj too, but in Qwen2, Qwen2-MoE (q/k/v only) and Mistral
         self.o_proj = nn.Linear(self.n_head * self.hd, D,
-                                bias=cfg.attention_bias and cfg.model_type not in ("qwen2", "mistral"))
+                                bias=cfg.attention_bias and cfg.model_type not in ("qwen2", "qwen2_moe", "mistral"))
         self.scale = cfg.query_pre_attn_scalar ** -0.5 if cfg.query_pre_attn_scalar else None  # None: 1/sqrt(hd)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps, gemma=cfg.gemma)
@@ -143,10 +144,14 @@ class MixtralExpert(nn.Module):
 
 
 class SparseMoE(nn.Module):
-    """A mixture of experts (Qwen3-MoE, Mixtral): the router (``gate``) rates every expert per token
-    (softmax in fp32), each token goes through its ``num_experts_per_tok`` best, and their outputs
-    are summed with those weights (renormalised to sum to 1 where ``norm_topk_prob``). Each expert
-    runs on its tokens alone. LoRA leaves the router and the experts frozen (``no_adapters``)."""
+    """A mixture of experts (Qwen3-MoE, Qwen2-MoE, Mixtral): the router (``gate``) rates every expert
+    per token (softmax in fp32), each token goes through its ``num_experts_per_tok`` best, and their
+    outputs are summed with those weights (renormalised to sum to 1 where ``norm_topk_prob``). Each
+    expert runs on its tokens alone. Qwen2-MoE adds a ``shared_expert`` every token goes through,
+    scaled by ``sigmoid(shared_expert_gate(x))``. LoRA leaves the router and the routed experts
+    frozen (``no_adapters``), as PEFT on transformers 5 does: there the MLP projections' names mean
+    Qwen3-MoE's and Mixtral's fused experts (so this whole block is frozen) but Qwen2-MoE's shared
+    expert, which then takes adapters."""
 
     no_adapters = True
 
@@ -156,6 +161,11 @@ class SparseMoE(nn.Module):
         self.gate = nn.Linear(cfg.hidden_size, cfg.num_experts, bias=False)
         self.experts = nn.ModuleList(MixtralExpert(cfg) if cfg.model_type == "mixtral"
                                      else MLP(cfg, cfg.moe_intermediate_size) for _ in range(cfg.num_experts))
+        if cfg.shared_expert_intermediate_size:
+            self.shared_expert = MLP(cfg, cfg.shared_expert_intermediate_size)
+            self.shared_expert_gate = nn.Linear(cfg.hidden_size, 1, bias=False)
+            self.no_adapters = False  # the shared expert and its gate may take adapters; the rest not
+            self.gate.no_adapters = self.experts.no_adapters = True
 
     def forward(self, x):
         h = x.reshape(-1, x.shape[-1])
@@ -167,6 +177,8 @@ class SparseMoE(nn.Module):
         for e in chosen.unique().tolist():  # in place: no (tokens, hidden) copy per expert
             rows, slot = torch.where(chosen == e)
             out.index_add_(0, rows, self.experts[e](h[rows]) * weights[rows, slot, None])
+        if hasattr(self, "shared_expert"):
+            out += torch.sigmoid(self.shared_expert_gate(h)) * self.shared_expert(h)
         return out.reshape(x.shape)
 
 

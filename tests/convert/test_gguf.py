@@ -142,7 +142,7 @@ def test_an_architecture_prefopt_does_not_implement_is_refused_by_name(src, tmp_
     # same length, so the file stays well-formed: "llama" -> "gemma" in general.architecture and its keys
     (tmp_path / "g.gguf").write_bytes(data.replace(b"llama", b"gemma"))
     with pytest.raises(UnsupportedModelError, match=r"g\.gguf: GGUF architecture 'gemma' is not supported; "
-                                                    r"prefopt imports \['gemma3', 'llama', 'qwen2', 'qwen3', 'qwen3moe', 'smollm3'\]"):
+                                                    r"prefopt imports \['gemma3', 'llama', 'qwen2', 'qwen2moe', 'qwen3', 'qwen3moe', 'smollm3'\]"):
         convert_gguf(tmp_path / "g.gguf", tmp_path / "out", progress=False)
 
 
@@ -244,13 +244,15 @@ def test_rope_scaling_prefopt_does_not_implement_is_refused_not_dropped(src, tmp
     assert scaling["rope_type"] == "linear" and scaling["factor"] == 4.0
 
 
-@pytest.mark.parametrize("arch, qtype", [("mixtral", "F32"), ("qwen3_moe", "F32"), ("mixtral", "Q8_0")])
+@pytest.mark.parametrize("arch, qtype", [("mixtral", "F32"), ("qwen3_moe", "F32"), ("qwen2_moe", "F32"),
+                                         ("mixtral", "Q8_0"), ("qwen2_moe", "Q8_0")])
 def test_a_mixture_of_experts_imports_with_each_expert_split_out(arch, qtype, tmp_path):
-    """Mixtral (llama.cpp's ``llama`` with experts) and ``qwen3moe``: the stacked ``ffn_*_exps``
-    tensors become one weight per expert under the checkpoint's names, the router its ``gate``,
-    and the model gives the source's logits (Q8_0: its rounding); transformers reads the folder."""
+    """Mixtral (llama.cpp's ``llama`` with experts), ``qwen3moe`` and ``qwen2moe`` (its shared expert
+    and gate too, top-k weights not renormalised): the stacked ``ffn_*_exps`` tensors become one weight
+    per expert under the checkpoint's names, the router its ``gate``, and the model gives the source's
+    logits (Q8_0: its rounding); transformers reads the folder."""
     transformers = pytest.importorskip("transformers")
-    hf = build_hf_model(tmp_path / "hf", arch=arch, mlp_only_layers=[]) if arch == "qwen3_moe" else \
+    hf = build_hf_model(tmp_path / "hf", arch=arch, mlp_only_layers=[]) if arch in ("qwen3_moe", "qwen2_moe") else \
         build_hf_model(tmp_path / "hf", arch=arch)
     out = convert_gguf(write_tiny_gguf(tmp_path / "hf", tmp_path / "m.gguf", qtype=qtype), tmp_path / "out",
                        progress=False)
@@ -269,6 +271,11 @@ def test_a_mixture_of_experts_imports_with_each_expert_split_out(arch, qtype, tm
     mine = dict(ours.state_dict())
     assert len(source) == 3 * 4 * 2 and all((mine[n] - w).abs().max() < (1e-7 if qtype == "F32" else 0.02)
                                             for n, w in source.items())
+    if arch == "qwen2_moe":
+        assert cfg["norm_topk_prob"] is False and cfg["shared_expert_intermediate_size"] == 96
+        shared = {n: p for n, p in _source_weights(tmp_path / "hf").items() if ".shared_expert" in n}
+        assert len(shared) == 4 * 2 and mine["model.layers.0.mlp.shared_expert_gate.weight"].shape == (1, 64)
+        assert all((mine[n] - w).abs().max() < (1e-7 if qtype == "F32" else 0.02) for n, w in shared.items())
 
 
 def _source_weights(folder):

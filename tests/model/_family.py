@@ -54,5 +54,7 @@ def assert_saved_loads_in_transformers(hf, ours, out, ids: torch.Tensor) -> dict
     save_model(ours, out)
     back = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     with torch.no_grad():
-        assert (back(ids).logits - hf(ids).logits).abs().max().item() < 1e-6
+        # the same weights in transformers both times, yet not bit for bit: its Qwen2-MoE built fresh and loaded
+        # from the folder differ by 1.7e-6 here (transformers against itself); a misread weight is far above
+        assert (back(ids).logits - hf(ids).logits).abs().max().item() < 1e-5
     return json.loads((out / "config.json").read_text())

@@ -1,8 +1,9 @@
-"""Mixtures of experts (Qwen3-MoE, Mixtral) against transformers' ``Qwen3MoeForCausalLM`` and
-``MixtralForCausalLM``: the routing (top-k, renormalised or not; Qwen3-MoE's dense layers),
+"""Mixtures of experts (Qwen3-MoE, Qwen2-MoE, Mixtral) against transformers' ``Qwen3MoeForCausalLM``,
+``Qwen2MoeForCausalLM`` and ``MixtralForCausalLM``: the routing (top-k, renormalised or not; dense
+layers; Qwen2-MoE's gated shared expert),
 generation with the cache, packing, saving, LoRA (attention only: PEFT on transformers 5 adapts no
 expert either, and reads prefopt's adapter to the same logits), QLoRA's 4-bit experts, training.
-Logits, padding and hidden states of both are in test_parity.py (``qwen3-moe``, ``mixtral``)."""
+Logits, padding and hidden states of each are in test_parity.py (``qwen3-moe``, ``qwen2-moe``, ``mixtral``)."""
 import json
 import re
 import warnings
@@ -21,7 +22,7 @@ transformers = pytest.importorskip("transformers")
 IDS = family.IDS
 
 
-@pytest.fixture(scope="module", params=["qwen3_moe", "mixtral"])
+@pytest.fixture(scope="module", params=["qwen3_moe", "qwen2_moe", "mixtral"])
 def moe(request, tmp_path_factory):
     return family.tiny_family(tmp_path_factory, request.param)
 
@@ -29,11 +30,16 @@ def moe(request, tmp_path_factory):
 def test_the_routing_is_read_and_matters(moe):
     hf, ours, _ = moe
     cfg = ours.config
-    assert (cfg.num_experts, cfg.num_experts_per_tok, cfg.norm_topk_prob) == (4, 2, True)
+    qwen2 = cfg.model_type == "qwen2_moe"  # the tiny one unnormalised, as Qwen1.5-MoE and Qwen2-57B-A14B
+    assert (cfg.num_experts, cfg.num_experts_per_tok, cfg.norm_topk_prob) == (4, 2, not qwen2)
     layers = ours.model.layers
-    if cfg.model_type == "qwen3_moe":  # mlp_only_layers=[1]: a dense MLP there, of intermediate_size
+    if cfg.model_type in ("qwen3_moe", "qwen2_moe"):  # mlp_only_layers=[1]: a dense MLP there, of intermediate_size
         assert isinstance(layers[0].mlp, SparseMoE) and isinstance(layers[1].mlp, MLP)
         assert layers[0].mlp.experts[0].gate_proj.weight.shape == (32, 64)
+        assert hasattr(layers[0].mlp, "shared_expert") == qwen2
+        if qwen2:  # every token through the shared expert (96 wide), scaled by a sigmoid gate
+            assert layers[0].mlp.shared_expert.up_proj.weight.shape == (96, 64)
+            assert layers[0].mlp.shared_expert_gate.weight.shape == (1, 64)
     else:  # Mixtral's checkpoint names: block_sparse_moe, experts' w1/w2/w3
         assert all(isinstance(b.block_sparse_moe, SparseMoE) for b in layers)
         assert layers[0].block_sparse_moe.experts[3].w2.weight.shape == (64, 32)
@@ -42,8 +48,14 @@ def test_the_routing_is_read_and_matters(moe):
         assert (ours(IDS) - want).abs().max().item() < 1e-4
         for changes in ({"num_experts_per_tok": 1}, {"num_experts_per_tok": 3}):  # another top-k: other logits
             assert (family.variant(ours, **changes)(IDS) - want).abs().max().item() > 1e-3
-        if cfg.model_type == "qwen3_moe":
-            assert (family.variant(ours, norm_topk_prob=False)(IDS) - want).abs().max().item() > 1e-3
+        if cfg.model_type in ("qwen3_moe", "qwen2_moe"):
+            assert (family.variant(ours, norm_topk_prob=qwen2)(IDS) - want).abs().max().item() > 1e-3
+        if qwen2:  # the shared expert counts: closed off, other logits
+            gate = layers[0].mlp.shared_expert_gate.weight
+            kept = gate.clone()
+            gate.fill_(-1e4)
+            assert (ours(IDS) - want).abs().max().item() > 1e-3
+            gate.copy_(kept)
 
 
 @pytest.mark.parametrize("changes, error", [
@@ -101,12 +113,15 @@ def test_packed_sequences_equal_each_run_alone(moe):
 
 def test_a_saved_moe_loads_in_transformers(moe, tmp_path):
     cfg = family.assert_saved_loads_in_transformers(*moe[:2], tmp_path / "saved", IDS)
-    assert cfg["architectures"] == [{"qwen3_moe": "Qwen3MoeForCausalLM", "mixtral": "MixtralForCausalLM"}[
+    assert cfg["architectures"] == [{"qwen3_moe": "Qwen3MoeForCausalLM", "mixtral": "MixtralForCausalLM",
+                                     "qwen2_moe": "Qwen2MoeForCausalLM"}[
         moe[1].config.model_type]]
 
 
 def test_lora_adapts_attention_and_leaves_the_router_and_experts_alone(moe, tmp_path):
     _, ours, folder = moe
+    if ours.config.model_type == "qwen2_moe":
+        pytest.skip("Qwen2-MoE's shared expert and dense MLPs take the MLP names' adapters (the next test)")
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
         model = apply_lora(load_model(folder), r=4, alpha=8)
@@ -123,6 +138,31 @@ def test_lora_adapts_attention_and_leaves_the_router_and_experts_alone(moe, tmp_
     assert [n for n, _ in lora_layers(all_linear)] == names
     with pytest.raises(ValueError, match=r"no nn.Linear named \['w9'\]"):  # a misspelt name still fails
         apply_lora(load_model(folder), target_modules=["q_proj", "w9"])
+
+
+def test_qwen2_moe_adapts_its_shared_expert_and_dense_mlps_as_peft_does(tmp_path_factory):
+    """PEFT on transformers 5 reads gate_proj/up_proj/down_proj as Qwen2-MoE's shared expert's and
+    the dense layers' (Qwen3-MoE's and Mixtral's as their fused experts'): prefopt adapts the same
+    layers, never a routed expert or the router; ``all-linear`` adds the shared expert's gate."""
+    peft = pytest.importorskip("peft")
+    hf, _, folder = family.tiny_family(tmp_path_factory, "qwen2_moe")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        model = apply_lora(load_model(folder), r=4, alpha=8)
+    assert not [w for w in said if "experts" in str(w.message)]
+    names = [n for n, _ in lora_layers(model)]
+    mlp = ("gate_proj", "up_proj", "down_proj")
+    assert sorted(names) == sorted([*(f"model.layers.{i}.self_attn.{p}" for i in (0, 1) for p in
+                                      ("q_proj", "k_proj", "v_proj", "o_proj")),
+                                    *(f"model.layers.0.mlp.shared_expert.{p}" for p in mlp),
+                                    *(f"model.layers.1.mlp.{p}" for p in mlp)])
+    hf_peft = peft.get_peft_model(transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
+                                  peft.LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", *mlp]))
+    theirs = sorted({n.removeprefix("base_model.model.").rsplit(".lora_", 1)[0]
+                     for n, _ in hf_peft.named_parameters() if ".lora_" in n})
+    assert theirs == sorted(names)
+    every = [n for n, _ in lora_layers(apply_lora(load_model(folder), target_modules=["all-linear"]))]
+    assert sorted(every) == sorted([*names, "model.layers.0.mlp.shared_expert_gate"])  # no router, no expert
 
 
 def test_peft_reads_the_adapter_to_the_same_logits(moe, tmp_path):
@@ -188,13 +228,17 @@ def test_qlora_keeps_the_experts_in_4_bits_and_the_router_precise(moe):
         assert (model(IDS) - same(IDS)).abs().max().item() < 1e-4
 
 
-def test_sft_trains_a_mixture_of_experts(tmp_path):
+@pytest.mark.parametrize("arch", ["qwen3_moe", "qwen2_moe"])
+def test_sft_trains_a_mixture_of_experts(tmp_path, arch):
+    """Qwen3-MoE: an adapter on the attention (and the dense layer's MLP not); Qwen2-MoE: on the
+    attention, the shared expert and the dense layer's MLP. The adapter moves, the held-out loss halves."""
+    from prefopt import load_adapter
     from prefopt.train import TrainConfig
     from prefopt.train.run import run_sft
     from tests.train._fixtures import write_task
 
     model_dir = tmp_path / "model"
-    build_hf_model(model_dir, arch="qwen3_moe", initializer_range=0.1)
+    build_hf_model(model_dir, arch=arch, initializer_range=0.1)
     _, data = write_task(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -202,6 +246,12 @@ def test_sft_trains_a_mixture_of_experts(tmp_path):
                                       batch_size=4, max_steps=64, lr=3e-3, lora_r=8, lora_alpha=16,
                                       eval_fraction=0.25, warmup_steps=2, progress=False))
     assert summary["eval_after"]["eval_loss"] < 0.5 * summary["eval_before"]["eval_loss"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trained = dict(lora_layers(load_adapter(load_model(model_dir), tmp_path / "run" / "final")))
+    shared = [n for n in trained if ".shared_expert." in n]
+    assert len(shared) == (3 if arch == "qwen2_moe" else 0) and not [n for n in trained if ".experts." in n]
+    assert all(m.lora_B.weight.abs().max() > 0 for m in trained.values())  # B starts at 0: each one trained
 
 
 def test_dpo_trains_a_mixture_of_experts_against_its_adapter_disabled_reference(tmp_path):

@@ -28,6 +28,8 @@ FAMILIES = {
     "qwen3-moe": dict(arch="qwen3_moe"),  # a mixture of experts, then a dense layer: tests/model/test_moe.py
     "qwen3-moe-unnormalised": dict(arch="qwen3_moe", norm_topk_prob=False, mlp_only_layers=[]),
     "mixtral": dict(arch="mixtral"),
+    "qwen2-moe": dict(arch="qwen2_moe"),  # routed experts unnormalised, a shared expert, then a dense layer
+    "qwen2-moe-normalised": dict(arch="qwen2_moe", norm_topk_prob=True, mlp_only_layers=[]),
 }
 
 
