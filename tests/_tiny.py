@@ -289,6 +289,9 @@ def write_tiny_gguf(hf_dir: Path, path: Path, qtype: str = "F32", pre: str = "sm
         if name.endswith((".mlp.gate.weight", ".block_sparse_moe.gate.weight")):  # the router
             w.add_tensor(f"blk.{parts[2]}.ffn_gate_inp.weight", np.ascontiguousarray(t.float().numpy()))
             continue
+        if name.endswith(".mlp.shared_expert_gate.weight"):  # Qwen2-MoE's: a vector of hidden_size in F32,
+            w.add_tensor(f"blk.{parts[2]}.ffn_gate_inp_shexp.weight", t.float().reshape(-1).numpy())  # as llama.cpp's
+            continue
         if gemma:  # the converter's own names; its norms stored as 1 + w
             gname = gemma_names.get_name(name, try_suffixes=(".weight",))
             t = t + 1.0 if name.endswith("norm.weight") else t

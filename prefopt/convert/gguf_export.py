@@ -1,4 +1,4 @@
-"""Export an HF-layout Llama-family (Mixtral, Qwen3-MoE too), Qwen2/3 or Gemma 3 model (with a LoRA adapter merged in, if
+"""Export an HF-layout Llama-family (Mixtral, Qwen3-MoE, Qwen2-MoE too), Qwen2/3 or Gemma 3 model (with a LoRA adapter merged in, if
 given) to a llama.cpp GGUF file, for serving a fine-tuned model with llama.cpp or Ollama on the
 hospital's machines (needs the ``gguf`` extra). The inverse of
 :func:`prefopt.convert.gguf.convert_gguf`:
@@ -10,7 +10,8 @@ hospital's machines (needs the ``gguf`` extra). The inverse of
   own converter writes them; Llama 3.1's RoPE scaling as its ``rope_freqs`` tensor (:func:`~.gguf_rope.rope_divisors`);
 - a mixture of experts' experts as one ``(E, out, in)`` tensor per projection and layer
   (``ffn_{gate,up,down}_exps``), its router as ``ffn_gate_inp`` (Mixtral as ``llama`` with
-  ``expert_count``; Qwen3-MoE as ``qwen3moe``);
+  ``expert_count``; Qwen3-MoE as ``qwen3moe``; Qwen2-MoE as ``qwen2moe``, its shared expert as
+  ``ffn_{gate,up,down}_shexp`` and that expert's gate as the vector ``ffn_gate_inp_shexp``);
 - each weight gets its GGUF name, for the llama architecture q/k rows in llama.cpp's RoPE order
   (:func:`permute_qk`; qwen2/3 and gemma3 keep HF's; Gemma's norms as 1 + w), and the type asked
   for: ``f32``, ``f16``, ``bf16`` (a bfloat16 model's own values, exactly) or ``q8_0``
@@ -106,21 +107,26 @@ def _check_exportable(cfg, src) -> None:
     ``qwen2`` one Qwen2 (q/k/v biases); Llama 3.1's RoPE scaling only in the first. Neither has a
     sliding window: as llama.cpp's converter does with Mistral 7B v0.1's (and so BioMistral's),
     it is dropped, with a warning (the same model for contexts up to the window)."""
-    if cfg.model_type not in ("llama", "mistral", "qwen2", "qwen3", "smollm3", "gemma3_text", "mixtral", "qwen3_moe"):
+    if cfg.model_type not in ("llama", "mistral", "qwen2", "qwen3", "smollm3", "gemma3_text", "mixtral", "qwen3_moe",
+                              "qwen2_moe"):
         raise UnsupportedModelError(f"{src}: model_type {cfg.model_type!r}: prefopt exports Llama, Mistral, Mixtral, "
-                                    "SmolLM2/3, Qwen2/3, Qwen3-MoE and Gemma 3 to GGUF; for others, run llama.cpp's "
-                                    "convert_hf_to_gguf.py on a `prefopt merge` folder")
+                                    "SmolLM2/3, Qwen2/3, Qwen2-MoE, Qwen3-MoE and Gemma 3 to GGUF; for others, run "
+                                    "llama.cpp's convert_hf_to_gguf.py on a `prefopt merge` folder")
     if cfg.model_type == "qwen3_moe" and (not cfg.norm_topk_prob or cfg.mlp_only_layers or cfg.decoder_sparse_step != 1):
         raise UnsupportedModelError(f"{src}: llama.cpp's qwen3moe makes every layer a mixture of experts whose top-k "
                                     "weights are renormalised; this model has dense layers (mlp_only_layers, "
                                     "decoder_sparse_step) or norm_topk_prob false")
+    if cfg.model_type == "qwen2_moe" and (cfg.norm_topk_prob or cfg.mlp_only_layers or cfg.decoder_sparse_step != 1):
+        raise UnsupportedModelError(f"{src}: llama.cpp's qwen2moe makes every layer a mixture of experts whose top-k "
+                                    "weights are not renormalised; this model has dense layers (mlp_only_layers, "
+                                    "decoder_sparse_step) or norm_topk_prob true")
     if cfg.model_type == "smollm3" and cfg.no_rope_layers != smollm3_no_rope_layers(cfg.num_hidden_layers):
         raise UnsupportedModelError(f"{src}: no_rope_layers {cfg.no_rope_layers}: llama.cpp's smollm3 leaves RoPE out "
                                     f"of every {SMOLLM3_NO_ROPE_STEP}th layer, and of no other")
     if cfg.gemma:
         gguf_gemma.check_exportable(cfg, src)
         return
-    if cfg.mlp_bias or (cfg.attention_bias and cfg.model_type != "qwen2"):
+    if cfg.mlp_bias or (cfg.attention_bias and cfg.model_type not in ("qwen2", "qwen2_moe")):
         raise UnsupportedModelError(f"{src}: biases on the attention or MLP are not part of GGUF's {_arch(cfg)} "
                                     "architecture")
     if cfg.rope_type not in ("default", "linear", "llama3") or (cfg.rope_type == "llama3" and _arch(cfg) != "llama"):
@@ -149,11 +155,14 @@ class _Stacked:
 
 def _with_experts_stacked(tensors: list[tuple[str, torch.Tensor]]) -> list[tuple[str, object]]:
     """``tensors`` with each layer's experts' gate, up and down weights as one :class:`_Stacked`
-    (named ``blk.N.ffn_{gate,up,down}_exps.weight``) where the first of them was, and a router's
-    weight named ``blk.N.ffn_gate_inp.weight``; other tensors unchanged."""
+    (named ``blk.N.ffn_{gate,up,down}_exps.weight``) where the first of them was, a router's
+    weight named ``blk.N.ffn_gate_inp.weight``, and Qwen2-MoE's shared expert gate, ``(1, D)``, as
+    llama.cpp holds it, a vector named ``blk.N.ffn_gate_inp_shexp.weight`` (so f32, as the router);
+    other tensors unchanged."""
     leaves = {leaf: kind for names in _EXPERT_LEAVES.values() for kind, leaf in names.items()}  # the import's, inverted
     experts = re.compile(r"model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(\w+)\.weight")
     router = re.compile(r"model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.gate\.weight")
+    shared_gate = re.compile(r"model\.layers\.(\d+)\.mlp\.shared_expert_gate\.weight")
     out, stacks = [], {}
     for name, t in tensors:
         m = experts.fullmatch(name)
@@ -164,8 +173,9 @@ def _with_experts_stacked(tensors: list[tuple[str, torch.Tensor]]) -> list[tuple
                 out.append((key, stacks[key]))
             stacks[key].append((int(m.group(2)), t))
             continue
-        r = router.fullmatch(name)
-        out.append((f"blk.{r.group(1)}.ffn_gate_inp.weight", t) if r else (name, t))
+        r, g = router.fullmatch(name), shared_gate.fullmatch(name)
+        out.append((f"blk.{r.group(1)}.ffn_gate_inp.weight", t) if r else
+                   (f"blk.{g.group(1)}.ffn_gate_inp_shexp.weight", t.reshape(-1)) if g else (name, t))
     return [(n, _Stacked([t for _, t in sorted(parts)]) if isinstance(parts, list) else parts) for n, parts in out]
 
 
@@ -182,7 +192,8 @@ def _gguf_name(hf_name: str, src, layer_names: dict[str, str]) -> str:
     raise UnsupportedModelError(f"{src}: tensor {hf_name!r} has no GGUF counterpart")
 
 
-_GGUF_ARCH = {"qwen2": "qwen2", "qwen3": "qwen3", "qwen3_moe": "qwen3moe", "smollm3": "smollm3", "gemma3_text": "gemma3"}
+_GGUF_ARCH = {"qwen2": "qwen2", "qwen3": "qwen3", "qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe", "smollm3": "smollm3",
+             "gemma3_text": "gemma3"}
 
 
 def _arch(cfg) -> str:
@@ -247,11 +258,13 @@ def _write_metadata(writer, cfg, tok: dict, name: str, out_type: str) -> None:
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
     writer.add_feed_forward_length(cfg.intermediate_size)
-    if cfg.num_experts:  # Mixtral (llama with experts of feed_forward_length) and qwen3moe
+    if cfg.num_experts:  # Mixtral (llama with experts of feed_forward_length), qwen3moe and qwen2moe
         writer.add_expert_count(cfg.num_experts)
         writer.add_expert_used_count(cfg.num_experts_per_tok)
-        if cfg.model_type == "qwen3_moe":
+        if cfg.model_type in ("qwen3_moe", "qwen2_moe"):
             writer.add_expert_feed_forward_length(cfg.moe_intermediate_size)
+        if cfg.model_type == "qwen2_moe":
+            writer.add_expert_shared_feed_forward_length(cfg.shared_expert_intermediate_size)
     writer.add_head_count(cfg.num_attention_heads)
     writer.add_head_count_kv(cfg.num_key_value_heads or cfg.num_attention_heads)
     writer.add_rope_freq_base(float(cfg.rope_theta))

@@ -319,17 +319,20 @@ def test_the_command_offers_every_type_the_exporter_writes():
     assert next(a for a in sub._actions if a.dest == "type").choices == TYPES
 
 
-@pytest.mark.parametrize("arch, gguf_arch", [("mixtral", "llama"), ("qwen3_moe", "qwen3moe")])
+@pytest.mark.parametrize("arch, gguf_arch", [("mixtral", "llama"), ("qwen3_moe", "qwen3moe"), ("qwen2_moe", "qwen2moe")])
 def test_a_mixture_of_experts_exports_with_its_experts_stacked(arch, gguf_arch, tmp_path):
     """Each layer's experts as llama.cpp stores them, one ``(E, out, in)`` tensor per projection,
     the router f32 (also in a q8_0 file), the expert counts in the metadata, every tensor under a
     name llama.cpp knows; with an adapter on the attention merged in, the file imports back to the
     merged model's logits. (transformers' GGUF loader is no independent reader here: it has no
     Mixtral, and for qwen3moe reads neither the experts' width nor their renormalisation.)"""
-    extra = {"mlp_only_layers": []} if arch == "qwen3_moe" else {}
+    extra = {"mlp_only_layers": []} if arch in ("qwen3_moe", "qwen2_moe") else {}
     build_hf_model(tmp_path / "hf", arch=arch, tie_word_embeddings=False, **extra)
-    with pytest.warns(UserWarning, match="name this model's experts"):
+    if arch == "qwen2_moe":  # attention and shared expert adapted
         model = apply_lora(load_model(tmp_path / "hf"), r=4, alpha=8, dropout=0.0)
+    else:
+        with pytest.warns(UserWarning, match="name this model's experts"):
+            model = apply_lora(load_model(tmp_path / "hf"), r=4, alpha=8, dropout=0.0)
     randomize_lora(model)
     save_adapter(model, tmp_path / "adapter", base_model=str(tmp_path / "hf"))
     with torch.no_grad():  # the weights the export holds: the adapter folded in once
@@ -344,17 +347,28 @@ def test_a_mixture_of_experts_exports_with_its_experts_stacked(arch, gguf_arch, 
     assert shapes["blk.1.ffn_gate_exps.weight"] == (4, 32, 64) and shapes["blk.1.ffn_down_exps.weight"] == (4, 64, 32)
     assert shapes["blk.0.ffn_gate_inp.weight"] == (4, 64) and not any(".experts." in n for n in shapes)
     # every tensor under a name llama.cpp's own table has for the architecture (gguf-py's MODEL_TENSORS)
-    kind = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen3moe": gguf.MODEL_ARCH.QWEN3MOE}[gguf_arch]
-    known = {gguf.TENSOR_NAMES[t].format(bid=b) + ".weight" for t in gguf.MODEL_TENSORS[kind] for b in range(2)}
+    if arch == "qwen2_moe":  # the shared expert, and its gate as a vector (llama.cpp's {n_embd})
+        assert fields["qwen2moe.expert_shared_feed_forward_length"] == 96
+        assert shapes["blk.0.ffn_up_shexp.weight"] == (96, 64) and shapes["blk.1.ffn_gate_inp_shexp.weight"] == (64,)
+    kind = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen3moe": gguf.MODEL_ARCH.QWEN3MOE,
+            "qwen2moe": gguf.MODEL_ARCH.QWEN2MOE}[gguf_arch]
+    known = {gguf.TENSOR_NAMES[t].format(bid=b) + suffix for t in gguf.MODEL_TENSORS[kind] for b in range(2)
+             for suffix in (".weight", *((".bias",) if arch == "qwen2_moe" else ()))}  # q/k/v biases
     assert set(shapes) <= known, set(shapes) - known
     back = convert_gguf(path, tmp_path / "back", progress=False)
     with torch.no_grad():
         assert (load_model(back)(IDS) - want).abs().max().item() < 1e-5
     small = _types(export_gguf(tmp_path / "hf", tmp_path / "q.gguf", out_type="q8_0", show_progress=False))
     assert small["blk.0.ffn_gate_inp.weight"] == "F32" and small["blk.0.ffn_up_exps.weight"] == "Q8_0"
+    if arch == "qwen2_moe":
+        assert small["blk.0.ffn_gate_inp_shexp.weight"] == "F32" and small["blk.0.ffn_up_shexp.weight"] == "Q8_0"
 
 
 def test_a_mixture_of_experts_llama_cpp_cannot_hold_is_refused(tmp_path):
+    build_hf_model(tmp_path / "q2", arch="qwen2_moe")  # layer 1 a dense MLP: llama.cpp's qwen2moe has none
+    with pytest.raises(UnsupportedModelError, match="llama.cpp's qwen2moe makes every layer a mixture of experts whose "
+                                                    "top-k weights are not renormalised"):
+        export_gguf(tmp_path / "q2", tmp_path / "q2.gguf", show_progress=False)
     build_hf_model(tmp_path / "dense", arch="qwen3_moe")  # layer 1 a dense MLP: llama.cpp's qwen3moe has none
     with pytest.raises(UnsupportedModelError, match="llama.cpp's qwen3moe makes every layer a mixture of experts"):
         export_gguf(tmp_path / "dense", tmp_path / "d.gguf", show_progress=False)
