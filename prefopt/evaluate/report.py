@@ -214,6 +214,15 @@ def decoding_line(results: dict) -> str | None:
     return "Answers: " + "; ".join(f"{', '.join(names)}: {text}" for text, names in said.items()) + "." + copied
 
 
+def _variants(cfg) -> str:
+    """LD-DPO's alpha and f-DPO's divergence where ``--set`` gave them (docs/dpo.md)."""
+    o = getattr(cfg, "overrides", None) or {}
+    ld, fd, fa = o.get("ld_alpha"), o.get("f_divergence", "reverse_kl"), o.get("f_alpha", 0.5)
+    return ((f" with LD-DPO (alpha {ld:g})" if ld is not None else "")
+            + (f"{' and' if ld is not None else ' with'} f-DPO ({fd}{f', alpha {fa:g}' if fd == 'alpha_divergence' else ''})"
+               if fd != "reverse_kl" else ""))
+
+
 def _chosen(stats: dict) -> str:
     """Where validation items chose the DPO weights, which step the SFT+DPO stage is."""
     sel = stats["training"].get("selection")
@@ -242,7 +251,7 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
     chat_vars = getattr(cfg, "chat_vars", None)  # a report rebuilt for a run from before them has none
     lines = [f"# prefopt compare: {task.name}", "",
              f"Model `{cfg.model}`; data `{cfg.data or 'bundled'}`; preset `{cfg.preset}`; seed {cfg.seed}; "
-             f"{len(test)} test items; DPO pairs by `{cfg.strategy}`, loss `{cfg.loss}`{_chosen(stats)}"
+             f"{len(test)} test items; DPO pairs by `{cfg.strategy}`, loss `{cfg.loss}`{_variants(cfg)}{_chosen(stats)}"
              + (f"; the chat template given `{describe_chat_vars(chat_vars)}`" if chat_vars else "") + ".",
              *(["", decoded] if decoded else []), "",
              "## Does it help?", "",

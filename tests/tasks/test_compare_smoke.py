@@ -836,6 +836,7 @@ def test_compare_trains_dpo_with_ld_alpha_and_an_f_divergence(tiny_model, tmp_pa
     assert (trained["ld_alpha"], trained["f_divergence"]) == (0.5, "js_divergence")
     card = (out / "dpo" / "train" / "final" / "README.md").read_text()
     assert "f-DPO with the js divergence, LD-DPO (tokens past the shorter answer's length weigh 0.5)" in card
+    assert "loss `sigmoid` with LD-DPO (alpha 0.5) and f-DPO (js_divergence)" in (out / "report.md").read_text()
     for bad, loss, match in (({"ld_alpha": 1.5}, "sigmoid", r"compare settings: ld_alpha must be in \[0, 1\]"),
                              ({"ld_alpha": "half"}, "sigmoid", "ld_alpha: null or a number"),
                              ({"f_divergence": "kl"}, "sigmoid", "f_divergence must be one of"),
