@@ -143,13 +143,15 @@ def hf_config(arch: str = "llama", **overrides):
            "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config,
            "smollm3": transformers.SmolLM3Config, "gemma3": transformers.Gemma3TextConfig,
            "qwen3_moe": transformers.Qwen3MoeConfig, "mixtral": transformers.MixtralConfig,
-           "qwen2_moe": transformers.Qwen2MoeConfig}[arch]
+           "qwen2_moe": transformers.Qwen2MoeConfig, "olmoe": transformers.OlmoeConfig}[arch]
     if arch == "qwen3_moe":  # layer 0 a mixture of 4 experts (2 a token), layer 1 a dense MLP
         base.update(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
                     decoder_sparse_step=1, mlp_only_layers=[1])
     if arch == "qwen2_moe":  # layer 0 a mixture of 4 experts (2 a token) and a shared expert, layer 1 a dense MLP
         base.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=96,
                     norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[1])
+    if arch == "olmoe":  # every layer a mixture of 4 experts of intermediate_size, 2 a token, not renormalised
+        base.update(num_experts=4, num_experts_per_tok=2, intermediate_size=32, norm_topk_prob=False)
     if arch == "mixtral":  # every layer a mixture of 4 experts, 2 a token
         base.update(num_local_experts=4, num_experts_per_tok=2, intermediate_size=32, sliding_window=None)
     if arch == "qwen3":

@@ -24,6 +24,7 @@ SUPPORTED_ARCHITECTURES = {
     "gemma3_text": "Gemma3ForCausalLM",
     "qwen3_moe": "Qwen3MoeForCausalLM",
     "qwen2_moe": "Qwen2MoeForCausalLM",
+    "olmoe": "OlmoeForCausalLM",
     "mixtral": "MixtralForCausalLM",
 }
 SLIDING, FULL = "sliding_attention", "full_attention"  # Gemma 3's layer types
@@ -37,7 +38,7 @@ GEMMA3_TEXT_DEFAULTS = {
     "rope_theta": 1_000_000.0, "rope_local_base_freq": 10000.0, "sliding_window_pattern": 6,
 }
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
-MOE = ("qwen3_moe", "qwen2_moe", "mixtral")  # mixtures of experts (transformer.SparseMoE)
+MOE = ("qwen3_moe", "qwen2_moe", "olmoe", "mixtral")  # mixtures of experts (transformer.SparseMoE)
 
 
 class UnsupportedModelError(ValueError):
@@ -94,7 +95,7 @@ class ModelConfig:
         if self.model_type not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModelError(
                 f"unsupported model_type {self.model_type!r}: prefopt implements "
-                f"{sorted(SUPPORTED_ARCHITECTURES)} (Llama 2/3, Mistral, Mixtral, Qwen2/3, Qwen2-MoE, Qwen3-MoE, SmolLM2/3, Gemma 3)"
+                f"{sorted(SUPPORTED_ARCHITECTURES)} (Llama 2/3, Mistral, Mixtral, OLMoE, Qwen2/3, Qwen2-MoE, Qwen3-MoE, SmolLM2/3, Gemma 3)"
             )
         act = "gelu_pytorch_tanh" if self.gemma else "silu"
         if self.hidden_act != act:
@@ -125,6 +126,11 @@ class ModelConfig:
     def qk_norm(self) -> bool:
         """An RMSNorm on each head's queries and keys before RoPE (Qwen3, Qwen3-MoE, Gemma 3)."""
         return self.model_type in ("qwen3", "qwen3_moe", "gemma3_text")
+
+    @property
+    def qk_norm_whole(self) -> bool:
+        """An RMSNorm over the whole query and key projections, all heads at once (OLMoE)."""
+        return self.model_type == "olmoe"
 
     def sparse(self, layer: int) -> bool:
         """Whether layer ``layer``'s MLP is a mixture of experts."""
@@ -203,6 +209,8 @@ class ModelConfig:
             kw.update(_smollm3(d))
         elif model_type == "mixtral":
             kw.update(_mixtral(d))
+        elif model_type == "olmoe":
+            kw.update(_olmoe(d))
         elif model_type in ("qwen2", "qwen3", "qwen3_moe", "qwen2_moe"):
             if model_type == "qwen2":
                 kw["attention_bias"] = True  # q/k/v projections always carry a bias
@@ -263,6 +271,9 @@ class ModelConfig:
             d.update(no_rope_layers=self.no_rope_layers)
         if self.model_type == "mixtral":  # its experts are of intermediate_size
             d.update(num_local_experts=self.num_experts, num_experts_per_tok=self.num_experts_per_tok)
+        if self.model_type == "olmoe":  # so are OLMoE's
+            d.update(num_experts=self.num_experts, num_experts_per_tok=self.num_experts_per_tok,
+                     norm_topk_prob=self.norm_topk_prob, attention_bias=self.attention_bias)
         if self.model_type in ("qwen3_moe", "qwen2_moe"):  # the Hub's names (transformers 5 reads num_experts too)
             d.update(num_experts=self.num_experts, num_experts_per_tok=self.num_experts_per_tok,
                      moe_intermediate_size=self.moe_intermediate_size, norm_topk_prob=self.norm_topk_prob,
@@ -282,6 +293,16 @@ def no_rope_every(n_layers: int, every: int) -> list[int]:
     """SmolLM3's layers with RoPE left out of every ``every``-th (1 where it applies), as
     transformers makes them from ``no_rope_layer_interval`` and llama.cpp's smollm3 fixes them."""
     return [int((i + 1) % every != 0) for i in range(n_layers)]
+
+
+def _olmoe(d: dict[str, Any]) -> dict[str, Any]:
+    """OLMoE's settings: every layer a mixture of ``num_experts`` experts of ``intermediate_size``
+    (top-k weights not renormalised unless ``norm_topk_prob``), q/k norms over the whole
+    projections; its ``clip_qkv`` (clamping q, k, v) is refused, as no released OLMoE sets it."""
+    if d.get("clip_qkv") is not None:
+        raise UnsupportedModelError(f"olmoe: clip_qkv={d['clip_qkv']} (clamping q, k and v) is not supported")
+    return {"num_experts": d.get("num_experts"), "moe_intermediate_size": d.get("intermediate_size"),
+            "norm_topk_prob": bool(d.get("norm_topk_prob", False)), "sliding_window": None}
 
 
 def _mixtral(d: dict[str, Any]) -> dict[str, Any]:

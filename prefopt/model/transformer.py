@@ -1,4 +1,4 @@
-"""A decoder-only transformer for the Llama family (Qwen2/3 included; Qwen3-MoE, Qwen2-MoE and Mixtral, mixtures of
+"""A decoder-only transformer for the Llama family (Qwen2/3 included; Qwen3-MoE, Qwen2-MoE, OLMoE and Mixtral, mixtures of
 experts), and Gemma 3, in plain PyTorch.
 
 Module names follow Hugging Face's (``model.layers.0.self_attn.q_proj`` ...), so a
@@ -9,7 +9,8 @@ checkpoint's state dict loads with no key mapping::
     │   ├── embed_tokens            (V, D)
     │   ├── layers[i]
     │   │   ├── input_layernorm     RMSNorm
-    │   │   ├── self_attn           q/k/v/o_proj, GQA through SDPA, RoPE (Qwen3, Gemma 3: q_norm, k_norm)
+    │   │   ├── self_attn           q/k/v/o_proj, GQA through SDPA, RoPE (Qwen3, Gemma 3: q_norm, k_norm per
+    │   │   │                       head; OLMoE: over the whole projection)
     │   │   ├── post_attention_layernorm
     │   │   ├── (Gemma 3: pre_feedforward_layernorm, post_feedforward_layernorm)
     │   │   └── mlp                 gate/up/down_proj (SwiGLU; Gemma 3: GeGLU); a mixture of experts
@@ -91,13 +92,20 @@ class Attention(nn.Module):
         if cfg.qk_norm:
             self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps, gemma=cfg.gemma)
             self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps, gemma=cfg.gemma)
+        self.whole_qk_norm = cfg.qk_norm_whole  # OLMoE: one norm over all heads' queries (keys), before the split
+        if self.whole_qk_norm:
+            self.q_norm = RMSNorm(self.n_head * self.hd, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(self.n_kv * self.hd, cfg.rms_norm_eps)
 
     def forward(self, x, cos, sin, mask, kv_cache: KVCache | None = None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
+        q, k = self.q_proj(x), self.k_proj(x)
+        if self.whole_qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        if hasattr(self, "q_norm"):
+        if hasattr(self, "q_norm") and not self.whole_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if cos is not None:  # None: a layer without positions (SmolLM3's NoPE layers)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)

@@ -1,9 +1,10 @@
-"""Mixtures of experts (Qwen3-MoE, Qwen2-MoE, Mixtral) against transformers' ``Qwen3MoeForCausalLM``,
-``Qwen2MoeForCausalLM`` and ``MixtralForCausalLM``: the routing (top-k, renormalised or not; dense
+"""Mixtures of experts (Qwen3-MoE, Qwen2-MoE, OLMoE, Mixtral) against transformers' ``Qwen3MoeForCausalLM``,
+``Qwen2MoeForCausalLM``, ``OlmoeForCausalLM`` and ``MixtralForCausalLM``: the routing (top-k, renormalised or not; dense
 layers; Qwen2-MoE's gated shared expert),
 generation with the cache, packing, saving, LoRA (attention only: PEFT on transformers 5 adapts no
 expert either, and reads prefopt's adapter to the same logits), QLoRA's 4-bit experts, training.
-Logits, padding and hidden states of each are in test_parity.py (``qwen3-moe``, ``qwen2-moe``, ``mixtral``)."""
+Logits, padding and hidden states of each are in test_parity.py (``qwen3-moe``, ``qwen2-moe``, ``olmoe``,
+``mixtral``)."""
 import json
 import re
 import warnings
@@ -22,7 +23,7 @@ transformers = pytest.importorskip("transformers")
 IDS = family.IDS
 
 
-@pytest.fixture(scope="module", params=["qwen3_moe", "qwen2_moe", "mixtral"])
+@pytest.fixture(scope="module", params=["qwen3_moe", "qwen2_moe", "olmoe", "mixtral"])
 def moe(request, tmp_path_factory):
     return family.tiny_family(tmp_path_factory, request.param)
 
@@ -31,7 +32,8 @@ def test_the_routing_is_read_and_matters(moe):
     hf, ours, _ = moe
     cfg = ours.config
     qwen2 = cfg.model_type == "qwen2_moe"  # the tiny one unnormalised, as Qwen1.5-MoE and Qwen2-57B-A14B
-    assert (cfg.num_experts, cfg.num_experts_per_tok, cfg.norm_topk_prob) == (4, 2, not qwen2)
+    unnormalised = cfg.model_type in ("qwen2_moe", "olmoe")  # (OLMoE-1B-7B too)
+    assert (cfg.num_experts, cfg.num_experts_per_tok, cfg.norm_topk_prob) == (4, 2, not unnormalised)
     layers = ours.model.layers
     if cfg.model_type in ("qwen3_moe", "qwen2_moe"):  # mlp_only_layers=[1]: a dense MLP there, of intermediate_size
         assert isinstance(layers[0].mlp, SparseMoE) and isinstance(layers[1].mlp, MLP)
@@ -40,6 +42,9 @@ def test_the_routing_is_read_and_matters(moe):
         if qwen2:  # every token through the shared expert (96 wide), scaled by a sigmoid gate
             assert layers[0].mlp.shared_expert.up_proj.weight.shape == (96, 64)
             assert layers[0].mlp.shared_expert_gate.weight.shape == (1, 64)
+    elif cfg.model_type == "olmoe":  # every layer a mixture; q/k norms over all heads at once
+        assert all(isinstance(b.mlp, SparseMoE) for b in layers)
+        assert layers[0].self_attn.q_norm.weight.shape == (64,) and layers[0].self_attn.k_norm.weight.shape == (32,)
     else:  # Mixtral's checkpoint names: block_sparse_moe, experts' w1/w2/w3
         assert all(isinstance(b.block_sparse_moe, SparseMoE) for b in layers)
         assert layers[0].block_sparse_moe.experts[3].w2.weight.shape == (64, 32)
@@ -48,8 +53,8 @@ def test_the_routing_is_read_and_matters(moe):
         assert (ours(IDS) - want).abs().max().item() < 1e-4
         for changes in ({"num_experts_per_tok": 1}, {"num_experts_per_tok": 3}):  # another top-k: other logits
             assert (family.variant(ours, **changes)(IDS) - want).abs().max().item() > 1e-3
-        if cfg.model_type in ("qwen3_moe", "qwen2_moe"):
-            assert (family.variant(ours, norm_topk_prob=qwen2)(IDS) - want).abs().max().item() > 1e-3
+        if cfg.model_type in ("qwen3_moe", "qwen2_moe", "olmoe"):
+            assert (family.variant(ours, norm_topk_prob=unnormalised)(IDS) - want).abs().max().item() > 1e-3
         if qwen2:  # the shared expert counts: closed off, other logits
             gate = layers[0].mlp.shared_expert_gate.weight
             kept = gate.clone()
@@ -61,11 +66,13 @@ def test_the_routing_is_read_and_matters(moe):
 @pytest.mark.parametrize("changes, error", [
     ({"num_experts_per_tok": 5}, r"num_experts_per_tok=5 of num_experts=4 experts"),
     ({"router_jitter_noise": 0.1}, r"router_jitter_noise=0.1: Mixtral's training-time router noise is not supported"),
+    ({"clip_qkv": 8.0}, r"olmoe: clip_qkv=8.0 \(clamping q, k and v\) is not supported"),
 ])
 def test_what_prefopt_does_not_run_is_refused_by_name(moe, changes, error):
     _, ours, _ = moe
-    if "router_jitter_noise" in changes and ours.config.model_type != "mixtral":
-        pytest.skip("Mixtral's setting")
+    own = {"router_jitter_noise": "mixtral", "clip_qkv": "olmoe"}
+    if any(k in changes and ours.config.model_type != arch for k, arch in own.items()):
+        pytest.skip("another family's setting")
     with pytest.raises(UnsupportedModelError, match=error):
         ModelConfig.from_dict({**ours.config.raw, **changes})
 
@@ -114,7 +121,7 @@ def test_packed_sequences_equal_each_run_alone(moe):
 def test_a_saved_moe_loads_in_transformers(moe, tmp_path):
     cfg = family.assert_saved_loads_in_transformers(*moe[:2], tmp_path / "saved", IDS)
     assert cfg["architectures"] == [{"qwen3_moe": "Qwen3MoeForCausalLM", "mixtral": "MixtralForCausalLM",
-                                     "qwen2_moe": "Qwen2MoeForCausalLM"}[
+                                     "qwen2_moe": "Qwen2MoeForCausalLM", "olmoe": "OlmoeForCausalLM"}[
         moe[1].config.model_type]]
 
 
@@ -228,10 +235,10 @@ def test_qlora_keeps_the_experts_in_4_bits_and_the_router_precise(moe):
         assert (model(IDS) - same(IDS)).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("arch", ["qwen3_moe", "qwen2_moe"])
+@pytest.mark.parametrize("arch", ["qwen3_moe", "qwen2_moe", "olmoe"])
 def test_sft_trains_a_mixture_of_experts(tmp_path, arch):
-    """Qwen3-MoE: an adapter on the attention (and the dense layer's MLP not); Qwen2-MoE: on the
-    attention, the shared expert and the dense layer's MLP. The adapter moves, the held-out loss halves."""
+    """Qwen3-MoE, OLMoE: an adapter on the attention (and Qwen3-MoE's dense layer's MLP not); Qwen2-MoE:
+    on the attention, the shared expert and the dense layer's MLP. The adapter moves, the held-out loss halves."""
     from prefopt import load_adapter
     from prefopt.train import TrainConfig
     from prefopt.train.run import run_sft

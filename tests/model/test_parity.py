@@ -30,6 +30,8 @@ FAMILIES = {
     "mixtral": dict(arch="mixtral"),
     "qwen2-moe": dict(arch="qwen2_moe"),  # routed experts unnormalised, a shared expert, then a dense layer
     "qwen2-moe-normalised": dict(arch="qwen2_moe", norm_topk_prob=True, mlp_only_layers=[]),
+    "olmoe": dict(arch="olmoe"),  # q/k norms over the whole projections
+    "olmoe-normalised": dict(arch="olmoe", norm_topk_prob=True),
 }
 
 
