@@ -152,14 +152,14 @@ class MixtralExpert(nn.Module):
 
 
 class SparseMoE(nn.Module):
-    """A mixture of experts (Qwen3-MoE, Qwen2-MoE, Mixtral): the router (``gate``) rates every expert
+    """A mixture of experts (Qwen3-MoE, Qwen2-MoE, OLMoE, Mixtral): the router (``gate``) rates every expert
     per token (softmax in fp32), each token goes through its ``num_experts_per_tok`` best, and their
     outputs are summed with those weights (renormalised to sum to 1 where ``norm_topk_prob``). Each
     expert runs on its tokens alone. Qwen2-MoE adds a ``shared_expert`` every token goes through,
     scaled by ``sigmoid(shared_expert_gate(x))``. LoRA leaves the router and the routed experts
     frozen (``no_adapters``), as PEFT on transformers 5 does: there the MLP projections' names mean
-    Qwen3-MoE's and Mixtral's fused experts (so this whole block is frozen) but Qwen2-MoE's shared
-    expert, which then takes adapters."""
+    Qwen3-MoE's, OLMoE's and Mixtral's fused experts (so this whole block is frozen) but Qwen2-MoE's
+    shared expert, which then takes adapters."""
 
     no_adapters = True
 
