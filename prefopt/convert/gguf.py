@@ -60,9 +60,8 @@ _ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen3mo
 # a mixture of experts' tensors: its router, and each projection of every expert stacked (E, out, in)
 _EXPERTS = re.compile(r"blk\.(\d+)\.ffn_(gate|up|down)_exps\.weight")
 _ROUTER = re.compile(r"blk\.(\d+)\.ffn_gate_inp\.weight")
-_EXPERT_LEAVES = {"mixtral": {"gate": "w1", "up": "w3", "down": "w2"},
-                  "qwen3_moe": {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"},
-                  "qwen2_moe": {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}}
+_QWEN_EXPERT = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
+_EXPERT_LEAVES = {"mixtral": {"gate": "w1", "up": "w3", "down": "w2"}, "qwen3_moe": _QWEN_EXPERT, "qwen2_moe": _QWEN_EXPERT}
 # llama.cpp's smollm3 leaves RoPE out of every 4th layer, a fixed step (the released SmolLM3's)
 SMOLLM3_NO_ROPE_STEP = 4
 
