@@ -106,6 +106,12 @@ def loss_terms(name: str) -> list[str]:
     return [t.rpartition("*")[2].strip() for t in name.split("+")]
 
 
+def reads_nll(name: str | None) -> bool:
+    """Whether loss ``name`` (a mixture: any of its terms) has a term on the chosen answers' NLL
+    (``NLL_TERMS``: it reads ``chosen_nll`` and keeps those answers likely)."""
+    return name is not None and any(t in NLL_TERMS for t in loss_terms(name))
+
+
 def loss_arg(text: str) -> str:
     """A command line's ``--loss``: a registered name or a mixture of them (:func:`known_loss`);
     argparse shows the error of anything else."""
@@ -374,4 +380,4 @@ from . import losses_extra  # noqa: E402,F401  (registers TRL's other losses: bc
 
 __all__ = ["LOSSES", "NLL_TERMS", "PAIRWISE", "PAIR_GRADS", "REFERENCE_FREE", "UNPAIRED", "LossOutput", "PreferenceLogps", "base_losses", "check_loss",
            "known_loss", "kto_reference_point", "loss_arg", "loss_terms", "pair_gradient", "preference_loss",
-           "register_loss"]
+           "reads_nll", "register_loss"]

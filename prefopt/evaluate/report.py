@@ -7,9 +7,9 @@ import numpy as np
 
 from ..chat_template import describe_chat_vars
 from ..fileio import write_json_atomic, write_text_atomic
+from ..losses import reads_nll
 from ..train.curves import FILE as CURVES
 from ..train.curves import plot_curves
-from ..train.diagnosis import nll_anchored
 from .dynamics import dynamics_lines, training_dynamics
 from .selection import against_step_0, stage_weights
 from .stage_confidence import auroc_comparison_lines, compare_auroc, confidence_console_lines, confidence_lines
@@ -41,7 +41,7 @@ def advice(loss: str, comparisons: dict) -> str | None:
     """A next step for when DPO made the SFT model significantly worse, under a loss without an
     NLL term; else None."""
     c = comparisons.get("sft->dpo", {}).get("primary")
-    if c is None or c["p_value"] >= ALPHA or c["delta"] >= 0 or nll_anchored(loss):
+    if c is None or c["p_value"] >= ALPHA or c["delta"] >= 0 or reads_nll(loss):
         return None
     return (f"the preference stage (loss `{loss}`) made the SFT model worse. With a small model and few pairs, a "
             "preference loss without an NLL term often shifts the answer prior (a class, a length) instead of "

@@ -17,16 +17,15 @@ from dataclasses import replace
 import torch
 
 from ..losses import (
-    NLL_TERMS,
     PAIR_GRADS,
     PAIRWISE,
     LossOutput,
     PreferenceLogps,
     check_loss,
     known_loss,
-    loss_terms,
     pair_gradient,
     preference_loss,
+    reads_nll,
 )
 from ._tokens import check_shapes
 
@@ -73,7 +72,7 @@ def fused_preference_loss(
         token_weights: ``(2B, T)``, optional: each sequence's log-prob is ``Σ w_t log p_t``
             (LD-DPO's, ``prefopt.ld_dpo.ld_weights``); token counts and ``chosen_nll`` stay
             unweighted. The one-pass path takes them unless the loss reads ``chosen_nll``
-            (``losses.NLL_TERMS``: then the per-token path).
+            (``losses.reads_nll``: then the per-token path).
 
     Returns:
         ``(LossOutput, PreferenceLogps)``: the losses (per example, or their sum) and rewards,
@@ -119,7 +118,7 @@ def fused_preference_loss(
                                chosen_nll=-plain[pairs].sum() / chosen_tokens * nll_scale,
                                desirable=None if desirable is None else desirable[pairs])
 
-    weighted_nll = token_weights is not None and any(t in NLL_TERMS for t in loss_terms(loss))
+    weighted_nll = token_weights is not None and reads_nll(loss)
     if reduction == "sum" and not weighted_nll and _one_pass(one_pass, loss, hidden, weight, impl):
         from .onepass import onepass_loss
 

@@ -5,15 +5,10 @@ Read from the first and last quarter of the logged steps (:func:`.metrics.first_
 said at the end of ``prefopt dpo``, in the model card and in compare's report."""
 from __future__ import annotations
 
-from ..losses import NLL_TERMS, UNPAIRED, loss_terms
+from ..losses import UNPAIRED, reads_nll
 
 LEARNED = 0.6  # a final pair accuracy below this: DPO did not learn to rank its training pairs
 CHOSEN_DROP = 1.0  # nats: a larger fall of the chosen answers' mean log-prob is pointed out
-
-
-def nll_anchored(loss: str | None) -> bool:
-    """Whether ``loss`` (a mixture: any of its terms) keeps the chosen answers likely."""
-    return loss is not None and any(t in NLL_TERMS for t in loss_terms(loss))
 
 
 WARNING_KEYS = ("rewards/accuracies", "logps/chosen", "kto/accuracies")  # what the sentences read
@@ -30,7 +25,7 @@ def dpo_warnings(d: dict, loss: str | None) -> list[str]:
                    "chance. Any change in its answers is then a shift in what the model prefers overall (a class, a "
                    "length), not item knowledge. More pairs or steps, or a larger model, may help.")
     a, b = d["first"].get("logps/chosen"), d["last"].get("logps/chosen")
-    if a is not None and b is not None and a - b > CHOSEN_DROP and not nll_anchored(loss):
+    if a is not None and b is not None and a - b > CHOSEN_DROP and not reads_nll(loss):
         out.append(f"DPO made the chosen (right) training answers less likely: their log-prob fell by {a - b:.2f}, a "
                    "known failure of DPO without an NLL term. `--loss rpo` adds the chosen answers' NLL; in "
                    "docs/results.md it kept their log-prob where sigmoid DPO lowered it.")
