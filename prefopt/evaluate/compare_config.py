@@ -146,22 +146,19 @@ FRACTIONS = ("lora_dropout",)  # numbers in [0, 1)
 def check_dpo_variants(s: dict, loss: str) -> None:
     """``ld_alpha``, ``f_divergence``, ``f_alpha`` (``--set ld_alpha=0.5``), with ``loss``: DPOConfig's checks,
     before the run claims its folder."""
-    from .. import f_divergence
-    from ..ld_dpo import check_ld_alpha
-    from ..losses import REFERENCE_FREE, UNPAIRED, loss_terms
+    from ..train.dpo import variant_errors
 
     ld, fd, fa = s["ld_alpha"], s["f_divergence"], s["f_alpha"]
-    try:
-        if ld is not None and (isinstance(ld, bool) or not isinstance(ld, (int, float))):
-            raise ValueError(f"ld_alpha: null or a number in [0, 1] (got {ld!r})")
-        check_ld_alpha(ld)
-        if isinstance(fa, bool) or not isinstance(fa, (int, float)):
-            raise ValueError(f"f_alpha: a number (got {fa!r})")
-        if loss in UNPAIRED and (ld is not None or fd != "reverse_kl"):
-            raise ValueError(f"ld_alpha and f_divergence are for pair losses, not {loss}")
-        f_divergence.check(loss_terms(loss), fd, fa, reference_free=loss in REFERENCE_FREE)
-    except ValueError as e:
-        raise ValueError(f"compare settings: {e}") from None
+    errors = []
+    if ld is not None and (isinstance(ld, bool) or not isinstance(ld, (int, float))):
+        errors.append(f"ld_alpha: null or a number in [0, 1] (got {ld!r})")
+    if isinstance(fa, bool) or not isinstance(fa, (int, float)):
+        errors.append(f"f_alpha: a number (got {fa!r})")
+    if errors:
+        raise ValueError("compare settings: " + "; ".join(errors))
+    errors = variant_errors(loss, ld, fd, fa)
+    if errors:
+        raise ValueError("compare settings: " + "; ".join(errors))
 
 
 def check_lora_targets(s: dict) -> None:

@@ -48,6 +48,28 @@ from .shared_prompt import pack_pairs, pair_hidden, pair_logp_sums
 REF_MODES = ("adapter", "model", "cache", "none")
 
 
+def variant_errors(loss: str, ld_alpha: float | None, divergence: str, f_alpha: float) -> list[str]:
+    """What is wrong with LD-DPO's ``ld_alpha`` and f-DPO's ``divergence`` (``f_alpha``) for
+    ``loss`` (the divergence judged only for a registered pair loss): DPOConfig's check, and compare's
+    before its run claims a folder."""
+    errors = []
+    checks = [lambda: check_ld_alpha(ld_alpha)]
+    if loss in LOSSES and loss not in UNPAIRED:  # an unpaired loss: refused below, by its kind
+        checks.append(lambda: f_divergence.check(loss_terms(loss), divergence, f_alpha,
+                                                 reference_free=loss in REFERENCE_FREE))
+    for check in checks:
+        try:
+            check()
+        except ValueError as e:
+            errors.append(str(e))
+    if loss in UNPAIRED and divergence != "reverse_kl":
+        errors.append(f"f_divergence is for pair losses, not {loss} ({loss} keeps the reverse KL)")
+    if loss in UNPAIRED and ld_alpha is not None:
+        errors.append(f"ld_alpha is for pair losses, not {loss}: it weighs a pair's answers past the shorter one's "
+                      f"length; {loss} has no pairs")
+    return errors
+
+
 @dataclass
 class DPOConfig(TrainConfig):
     loss: str = opt("sigmoid", f"preference loss: {', '.join(sorted(LOSSES))}, or a weighted sum of them as TRL "
@@ -96,20 +118,7 @@ class DPOConfig(TrainConfig):
             errors.append("label_smoothing must be in [0, 0.5)")
         if "exo_pair" in loss_terms(self.loss) and self.label_smoothing <= 0:
             errors.append("exo_pair needs label_smoothing > 0 (the EXO paper recommends 1e-3)")
-        if self.loss in LOSSES:
-            try:
-                if self.loss in UNPAIRED and self.f_divergence != "reverse_kl":
-                    raise ValueError(f"f_divergence is for pair losses; {self.loss} keeps the reverse KL")
-                f_divergence.check(loss_terms(self.loss), self.f_divergence, self.f_alpha,
-                                   reference_free=self.loss in REFERENCE_FREE)
-            except ValueError as e:
-                errors.append(str(e))
-        try:
-            check_ld_alpha(self.ld_alpha)
-        except ValueError as e:
-            errors.append(str(e))
-        if self.ld_alpha is not None and self.loss in UNPAIRED:
-            errors.append(f"ld_alpha weighs a pair's answers past the shorter one's length; {self.loss} has no pairs")
+        errors += variant_errors(self.loss, self.ld_alpha, self.f_divergence, self.f_alpha)
         if self.discopop_tau <= 0:
             errors.append("discopop_tau must be > 0")
         if min(self.kto_desirable_weight, self.kto_undesirable_weight) <= 0:
