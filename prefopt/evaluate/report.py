@@ -216,8 +216,10 @@ def decoding_line(results: dict) -> str | None:
 
 def _variants(cfg) -> str:
     """LD-DPO's alpha and f-DPO's divergence where ``--set`` gave them (docs/dpo.md)."""
-    o = getattr(cfg, "overrides", None) or {}
-    ld, fd, fa = o.get("ld_alpha"), o.get("f_divergence", "reverse_kl"), o.get("f_alpha", 0.5)
+    from .compare_config import DPO_VARIANTS
+
+    o = {**DPO_VARIANTS, **(getattr(cfg, "overrides", None) or {})}
+    ld, fd, fa = o["ld_alpha"], o["f_divergence"], o["f_alpha"]
     return ((f" with LD-DPO (alpha {ld:g})" if ld is not None else "")
             + (f"{' and' if ld is not None else ' with'} f-DPO ({fd}{f', alpha {fa:g}' if fd == 'alpha_divergence' else ''})"
                if fd != "reverse_kl" else ""))
