@@ -89,10 +89,11 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_head * self.hd, D,
                                 bias=cfg.attention_bias and cfg.model_type not in ("qwen2", "qwen2_moe", "mistral"))
         self.scale = cfg.query_pre_attn_scalar ** -0.5 if cfg.query_pre_attn_scalar else None  # None: 1/sqrt(hd)
-        if cfg.qk_norm:
+        # q/k norms: per head (Qwen3, Gemma 3), or one over all heads' queries (keys) before the split (OLMoE)
+        self.head_qk_norm, self.whole_qk_norm = cfg.qk_norm, cfg.qk_norm_whole
+        if self.head_qk_norm:
             self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps, gemma=cfg.gemma)
             self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps, gemma=cfg.gemma)
-        self.whole_qk_norm = cfg.qk_norm_whole  # OLMoE: one norm over all heads' queries (keys), before the split
         if self.whole_qk_norm:
             self.q_norm = RMSNorm(self.n_head * self.hd, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.n_kv * self.hd, cfg.rms_norm_eps)
@@ -105,7 +106,7 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        if hasattr(self, "q_norm") and not self.whole_qk_norm:
+        if self.head_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if cos is not None:  # None: a layer without positions (SmolLM3's NoPE layers)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
