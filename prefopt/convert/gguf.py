@@ -100,20 +100,20 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: torch.dty
     for t in bar:
         experts = _EXPERTS.fullmatch(t.name) if cfg.num_experts else None
         router = _ROUTER.fullmatch(t.name) if cfg.num_experts else None
-        if cfg.num_experts and not (experts or router) and re.fullmatch(r"blk\.\d+\.ffn_(gate|up|down)\..*", t.name):
+        moe = experts or router  # a tensor _moe_tensors splits or renames
+        if cfg.num_experts and not moe and re.fullmatch(r"blk\.\d+\.ffn_(gate|up|down)\..*", t.name):
             raise UnsupportedModelError(f"{gguf_path}: tensor {t.name!r}: a mixture of experts ({cfg.num_experts} "
                                         "experts) written with a dense MLP or one tensor per expert (an early "
                                         "llama.cpp layout), which prefopt does not read; convert the model again with "
                                         "a current llama.cpp")
-        name = None if experts or router else _hf_name(t.name, gguf_path,
-                                                         gguf_gemma.LAYER_NAMES if cfg.gemma else _LAYER_NAMES)
-        if name is None and not (experts or router):
+        name = None if moe else _hf_name(t.name, gguf_path, gguf_gemma.LAYER_NAMES if cfg.gemma else _LAYER_NAMES)
+        if name is None and not moe:
             continue
         w = _values(gguf, t, cfg.gemma)
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists dims innermost first
         if tuple(w.shape) != shape:
             raise ValueError(f"{gguf_path}: tensor {t.name!r} dequantized to {tuple(w.shape)}, expected {shape}")
-        if experts or router:
+        if moe:
             for hf_name, part in _moe_tensors(cfg, experts, router, w):
                 writer.add(hf_name, part.to(dtype))
             continue
