@@ -112,14 +112,13 @@ def _check_exportable(cfg, src) -> None:
         raise UnsupportedModelError(f"{src}: model_type {cfg.model_type!r}: prefopt exports Llama, Mistral, Mixtral, "
                                     "SmolLM2/3, Qwen2/3, Qwen2-MoE, Qwen3-MoE and Gemma 3 to GGUF; for others, run "
                                     "llama.cpp's convert_hf_to_gguf.py on a `prefopt merge` folder")
-    if cfg.model_type == "qwen3_moe" and (not cfg.norm_topk_prob or cfg.mlp_only_layers or cfg.decoder_sparse_step != 1):
-        raise UnsupportedModelError(f"{src}: llama.cpp's qwen3moe makes every layer a mixture of experts whose top-k "
-                                    "weights are renormalised; this model has dense layers (mlp_only_layers, "
-                                    "decoder_sparse_step) or norm_topk_prob false")
-    if cfg.model_type == "qwen2_moe" and (cfg.norm_topk_prob or cfg.mlp_only_layers or cfg.decoder_sparse_step != 1):
-        raise UnsupportedModelError(f"{src}: llama.cpp's qwen2moe makes every layer a mixture of experts whose top-k "
-                                    "weights are not renormalised; this model has dense layers (mlp_only_layers, "
-                                    "decoder_sparse_step) or norm_topk_prob true")
+    if cfg.model_type in ("qwen3_moe", "qwen2_moe"):
+        renormalised = cfg.model_type == "qwen3_moe"  # llama.cpp's qwen3moe renormalises the top-k weights, qwen2moe not
+        if cfg.norm_topk_prob != renormalised or cfg.mlp_only_layers or cfg.decoder_sparse_step != 1:
+            raise UnsupportedModelError(f"{src}: llama.cpp's {_arch(cfg)} makes every layer a mixture of experts whose "
+                                        f"top-k weights are {'' if renormalised else 'not '}renormalised; this model "
+                                        "has dense layers (mlp_only_layers, decoder_sparse_step) or norm_topk_prob "
+                                        f"{str(not renormalised).lower()}")
     if cfg.model_type == "smollm3" and cfg.no_rope_layers != smollm3_no_rope_layers(cfg.num_hidden_layers):
         raise UnsupportedModelError(f"{src}: no_rope_layers {cfg.no_rope_layers}: llama.cpp's smollm3 leaves RoPE out "
                                     f"of every {SMOLLM3_NO_ROPE_STEP}th layer, and of no other")
