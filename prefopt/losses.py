@@ -44,6 +44,8 @@ class PreferenceLogps:
     # KTO's unpaired examples: whether each completion (in ``chosen``) is desirable; ``rejected``
     # then holds another example's completion under this prompt (the KL estimate's sample)
     desirable: torch.Tensor | None = None
+    # WPO (prefopt.wpo): each pair's loss is multiplied by its weight (detached); None: unweighted
+    pair_weights: torch.Tensor | None = None
 
 
 @dataclass
@@ -139,7 +141,8 @@ def check_loss(name: str, lp: PreferenceLogps) -> None:
         raise ValueError(f"loss {name!r} needs reference log-probs")
     if lp.chosen.dim() != 1:
         raise ValueError(f"chosen log-probs must be (B,), one per pair, got shape {tuple(lp.chosen.shape)}")
-    for field in ("rejected", "ref_chosen", "ref_rejected", "chosen_tokens", "rejected_tokens", "desirable"):
+    for field in ("rejected", "ref_chosen", "ref_rejected", "chosen_tokens", "rejected_tokens", "desirable",
+                  "pair_weights"):
         t = getattr(lp, field)
         if t is not None and t.shape != lp.chosen.shape:
             raise ValueError(f"{field} has shape {tuple(t.shape)} where chosen has {tuple(lp.chosen.shape)}: every "
@@ -150,25 +153,39 @@ def preference_loss(name: str, lp: PreferenceLogps, *, f_divergence: str = "reve
                     **hparams) -> LossOutput:
     """Look up loss ``name`` and apply it. ``f_divergence`` other than ``"reverse_kl"`` (f-DPO,
     :mod:`prefopt.f_divergence`; ``f_alpha`` its α-divergence's α) scores each answer's
-    log-ratio by that divergence before the loss reads it; the rewards stay β × log-ratio."""
+    log-ratio by that divergence before the loss reads it; the rewards stay β × log-ratio.
+    ``lp.pair_weights`` (WPO, :mod:`prefopt.wpo`) multiply each example's loss, NLL term included."""
     check_loss(name, lp)
     if f_divergence == "reverse_kl":
-        return LOSSES[name](lp, **hparams)
-    fdiv.check(loss_terms(name), f_divergence, f_alpha, reference_free=name in REFERENCE_FREE)
-    out = LOSSES[name](fdiv.scored(lp, f_divergence, f_alpha), **hparams)
-    c, r = _ratios(lp)
-    return replace(_rewards(hparams.get("beta", 0.1), c, r, out.losses), reference_point=out.reference_point)
+        out = LOSSES[name](lp, **hparams)
+    else:
+        fdiv.check(loss_terms(name), f_divergence, f_alpha, reference_free=name in REFERENCE_FREE)
+        scored = LOSSES[name](fdiv.scored(lp, f_divergence, f_alpha), **hparams)
+        c, r = _ratios(lp)
+        out = replace(_rewards(hparams.get("beta", 0.1), c, r, scored.losses), reference_point=scored.reference_point)
+    if lp.pair_weights is not None:
+        out = replace(out, losses=out.losses * lp.pair_weights.to(out.losses.dtype))
+    return out
 
 
 def pair_gradient(name: str, lp: PreferenceLogps, *, f_divergence: str = "reverse_kl", f_alpha: float = 0.5,
                   **hparams) -> tuple[torch.Tensor, torch.Tensor, float]:
     """``PAIR_GRADS[name]``'s closed-form gradient of the summed losses, ``(d/d chosen, d/d
-    rejected, d/d chosen_nll)``, through an f-divergence's scores where one is given."""
+    rejected, d/d chosen_nll)``, through an f-divergence's scores where one is given, and scaled
+    by ``lp.pair_weights`` where there are any (for a loss without an NLL term: a pair's weight
+    on the batch's NLL is not in the closed form, so such a loss takes autograd)."""
     if f_divergence == "reverse_kl":
-        return PAIR_GRADS[name](lp, **hparams)
-    dc, dr, dnll = PAIR_GRADS[name](fdiv.scored(lp, f_divergence, f_alpha), **hparams)
-    c, r = _ratios(lp)
-    return dc * fdiv.score_grad(c, f_divergence, f_alpha), dr * fdiv.score_grad(r, f_divergence, f_alpha), dnll
+        dc, dr, dnll = PAIR_GRADS[name](lp, **hparams)
+    else:
+        dc, dr, dnll = PAIR_GRADS[name](fdiv.scored(lp, f_divergence, f_alpha), **hparams)
+        c, r = _ratios(lp)
+        dc, dr = dc * fdiv.score_grad(c, f_divergence, f_alpha), dr * fdiv.score_grad(r, f_divergence, f_alpha)
+    if lp.pair_weights is None:
+        return dc, dr, dnll
+    if dnll:
+        raise ValueError(f"pair_gradient: {name!r} reads chosen_nll; with pair_weights take its gradient by autograd")
+    w = lp.pair_weights.to(dc.dtype)
+    return dc * w, dr * w, dnll
 
 
 def _ratios(lp: PreferenceLogps) -> tuple[torch.Tensor, torch.Tensor]:

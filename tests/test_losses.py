@@ -179,7 +179,12 @@ class TestTRLParity:
         # LD-DPO (prefopt.ld_dpo): TRL's ld_alpha; with sft, its NLL stays unweighted
         ("sigmoid", 0.0, {"ld_alpha": 0.5}), ("sigmoid", 0.0, {"ld_alpha": 0.0}), ("ipo", 0.0, {"ld_alpha": 0.3}),
         ("sigmoid+0.5*sft", 0.0, {"ld_alpha": 0.5}),
-        ("sigmoid", 0.0, {"ld_alpha": 0.5, "f_divergence": "js_divergence"})],
+        ("sigmoid", 0.0, {"ld_alpha": 0.5, "f_divergence": "js_divergence"}),
+        # WPO (prefopt.wpo): TRL's use_weighting (TRL 1.16 cannot weigh a mixture with sft: it scales the
+        # expanded NLL in place; tests/test_wpo.py checks that case by hand)
+        ("sigmoid", 0.0, {"wpo": True}), ("ipo", 0.0, {"wpo": True}), ("apo_zero", 0.0, {"wpo": True}),
+        ("0.8*sigmoid+0.2*bco_pair", 0.0, {"wpo": True}), ("sigmoid", 0.0, {"wpo": True, "ld_alpha": 0.5}),
+        ("sigmoid", 0.0, {"wpo": True, "f_divergence": "forward_kl"})],
         ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else None)
     def test_loss_and_gradients_match_trl(self, setup, tmp_path, loss, ls, extra):
         from prefopt import load_model, load_tokenizer
@@ -198,6 +203,7 @@ class TestTRLParity:
                              loss_weights=[w for w, _ in terms], label_smoothing=ls,
                              f_divergence_type=extra.get("f_divergence", "reverse_kl"),
                              f_alpha_divergence_coef=extra.get("f_alpha", 0.5), ld_alpha=extra.get("ld_alpha"),
+                             use_weighting=extra.get("wpo", False),
                              per_device_train_batch_size=4, max_length=256, report_to=[], use_cpu=True, bf16=False)
         trainer = trl.DPOTrainer(model=hf, ref_model=hf_ref, args=args, processing_class=tf.AutoTokenizer.from_pretrained(
             root / "policy"), train_dataset=self.datasets.Dataset.from_list(rows))

@@ -318,7 +318,7 @@ def _dpo(cfg, task, pairs: Path, val: list, out: Path, s: dict) -> None:
         _log(f"dpo: scoring greedy answers to {len(val)} validation items every {chosen['eval_every']} steps; "
              f"the weights with the best {task.primary} on them are the SFT+DPO model")
     run_dpo(_train_config(DPOConfig, cfg, s, "dpo", pairs, out / "dpo" / "train", loss=cfg.loss, beta=s["beta"],
-                          ld_alpha=s["ld_alpha"], f_divergence=s["f_divergence"], f_alpha=s["f_alpha"],
+                          ld_alpha=s["ld_alpha"], f_divergence=s["f_divergence"], f_alpha=s["f_alpha"], wpo=s["wpo"],
                           sft_adapter=str(out / "sft" / "train" / "final"), ref_cache=str(out / "dpo" / "ref_cache"),
                           **chosen), evaluators=evaluators)
 

@@ -20,8 +20,9 @@ from .selection import check_settings
 # both stages' adapters, in every preset; quantize "nf4": their base weights in 4 bits while they train (QLoRA)
 LORA = {"lora_r": 16, "lora_alpha": 32.0, "lora_dora": False, "lora_rslora": False, "lora_dropout": 0.05,
         "lora_targets": None, "lora_layers": None, "quantize": None}
-# DPO's variants, in every preset: LD-DPO's alpha (None: off), f-DPO's divergence and its alpha (docs/dpo.md)
-DPO_VARIANTS = {"ld_alpha": None, "f_divergence": "reverse_kl", "f_alpha": 0.5}
+# DPO's variants, in every preset: LD-DPO's alpha (None: off), f-DPO's divergence and its alpha, WPO's pair
+# weights (docs/dpo.md)
+DPO_VARIANTS = {"ld_alpha": None, "f_divergence": "reverse_kl", "f_alpha": 0.5, "wpo": False}
 PRESETS = {
     # small enough for 2 CPU cores in a few minutes (make demo)
     "quick": {"max_train": 160, "test": 60, "sft_steps": 60, "dpo_steps": 50, "batch_size": 4, "dpo_batch_size": 2,
@@ -54,6 +55,7 @@ PRESETS = {
     # lora_layers None (every transformer layer) or the ones adapted ("16-31": the backward stops at the lowest);
     # ld_alpha None (DPO) or LD-DPO's weight in [0, 1] of the longer answer's tokens past the shorter one's length;
     # f_divergence "reverse_kl" (DPO), "forward_kl", "js_divergence" or "alpha_divergence" (f_alpha its alpha);
+    # wpo False (DPO) or True: each pair's loss weighed by how likely the policy finds its answers (WPO);
     # quantize None, "nf4" or "nf4-dq": the base weights the adapters train on, and every stage is evaluated on;
     # confidence True: where the task's answers are labels, each stage also scores every possible answer after each
     # test prompt, for how sure it is of its answers and whether that tells right from wrong (stage_confidence)
@@ -144,19 +146,21 @@ FRACTIONS = ("lora_dropout",)  # numbers in [0, 1)
 
 
 def check_dpo_variants(s: dict, loss: str) -> None:
-    """``ld_alpha``, ``f_divergence``, ``f_alpha`` (``--set ld_alpha=0.5``), with ``loss``: DPOConfig's checks,
-    before the run claims its folder."""
+    """``ld_alpha``, ``f_divergence``, ``f_alpha``, ``wpo`` (``--set ld_alpha=0.5``), with ``loss``: DPOConfig's
+    checks, before the run claims its folder."""
     from ..train.dpo import variant_errors
 
-    ld, fd, fa = s["ld_alpha"], s["f_divergence"], s["f_alpha"]
+    ld, fd, fa, wpo = s["ld_alpha"], s["f_divergence"], s["f_alpha"], s["wpo"]
     errors = []
     if ld is not None and (isinstance(ld, bool) or not isinstance(ld, (int, float))):
         errors.append(f"ld_alpha: null or a number in [0, 1] (got {ld!r})")
     if isinstance(fa, bool) or not isinstance(fa, (int, float)):
         errors.append(f"f_alpha: a number (got {fa!r})")
+    if not isinstance(wpo, bool):
+        errors.append(f"wpo: true or false (got {wpo!r})")
     if errors:
         raise ValueError("compare settings: " + "; ".join(errors))
-    errors = variant_errors(loss, ld, fd, fa)
+    errors = variant_errors(loss, ld, fd, fa, wpo)
     if errors:
         raise ValueError("compare settings: " + "; ".join(errors))
 

@@ -215,14 +215,17 @@ def decoding_line(results: dict) -> str | None:
 
 
 def _variants(cfg) -> str:
-    """LD-DPO's alpha and f-DPO's divergence where ``--set`` gave them (docs/dpo.md)."""
+    """LD-DPO's alpha, f-DPO's divergence and WPO where ``--set`` gave them (docs/dpo.md)."""
     from .compare_config import DPO_VARIANTS
 
     o = {**DPO_VARIANTS, **(getattr(cfg, "overrides", None) or {})}
     ld, fd, fa = o["ld_alpha"], o["f_divergence"], o["f_alpha"]
-    return ((f" with LD-DPO (alpha {ld:g})" if ld is not None else "")
-            + (f"{' and' if ld is not None else ' with'} f-DPO ({fd}{f', alpha {fa:g}' if fd == 'alpha_divergence' else ''})"
-               if fd != "reverse_kl" else ""))
+    named = [*([f"LD-DPO (alpha {ld:g})"] if ld is not None else []),
+             *([f"f-DPO ({fd}{f', alpha {fa:g}' if fd == 'alpha_divergence' else ''})"] if fd != "reverse_kl" else []),
+             *(["WPO pair weights"] if o["wpo"] else [])]
+    if not named:
+        return ""
+    return " with " + (named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1])
 
 
 def _chosen(stats: dict) -> str:

@@ -27,6 +27,7 @@ from ..losses import (
     preference_loss,
     reads_nll,
 )
+from ..wpo import pair_weights as wpo_pair_weights
 from ._tokens import check_shapes
 
 
@@ -45,6 +46,7 @@ def fused_preference_loss(
     budget: int | None = None,
     desirable: torch.Tensor | None = None,
     token_weights: torch.Tensor | None = None,
+    wpo: bool = False,
     **hparams,
 ) -> tuple[LossOutput, PreferenceLogps]:
     """Preference loss straight from final hidden states.
@@ -73,6 +75,9 @@ def fused_preference_loss(
             (LD-DPO's, ``prefopt.ld_dpo.ld_weights``); token counts and ``chosen_nll`` stay
             unweighted. The one-pass path takes them unless the loss reads ``chosen_nll``
             (``losses.reads_nll``: then the per-token path).
+        wpo: weigh each pair's loss by WPO's weight (``prefopt.wpo.pair_weights``: one more
+            no-grad forward pass of the answers' tokens through the head, before the loss).
+            Pair losses only (not ``kto``, not the batch-sorted ``aot``).
 
     Returns:
         ``(LossOutput, PreferenceLogps)``: the losses (per example, or their sum) and rewards,
@@ -106,6 +111,13 @@ def fused_preference_loss(
         raise ValueError(f"token_weights must be shaped like labels {tuple(labels.shape)}, "
                          f"got {tuple(token_weights.shape)}")
 
+    pw = None
+    if wpo:
+        if loss not in PAIRWISE or desirable is not None:
+            raise ValueError(f"wpo weighs pairs one by one; {loss!r} is not a pair loss (prefopt.losses.PAIRWISE: "
+                             "not kto, not the batch-sorted aot)")
+        pw = wpo_pair_weights(hidden, weight, labels, ignore_index, budget)
+
     def logps(sums: torch.Tensor, pairs: slice = slice(None), nll_scale: float = 1.0,
               chosen_plain: torch.Tensor | None = None) -> PreferenceLogps:
         """``chosen_plain``: the chosen sums unweighted, where ``sums`` are weighted (for chosen_nll)."""
@@ -116,7 +128,8 @@ def fused_preference_loss(
                                ref_rejected=None if ref[1] is None else ref[1][pairs],
                                chosen_tokens=counts[:B][pairs], rejected_tokens=counts[B:][pairs],
                                chosen_nll=-plain[pairs].sum() / chosen_tokens * nll_scale,
-                               desirable=None if desirable is None else desirable[pairs])
+                               desirable=None if desirable is None else desirable[pairs],
+                               pair_weights=None if pw is None else pw[pairs])
 
     weighted_nll = token_weights is not None and reads_nll(loss)
     if reduction == "sum" and not weighted_nll and _one_pass(one_pass, loss, hidden, weight, impl):
@@ -134,8 +147,9 @@ def fused_preference_loss(
             g[:B][pairs], g[B:][pairs] = dc, dr
             return g
         check_loss(loss, logps(torch.zeros(2 * B, device=hidden.device)))  # its errors before any work
+        closed = loss in PAIR_GRADS and not (wpo and reads_nll(loss))  # weighted NLL terms: autograd
         total, sums = onepass_loss(hidden, weight, labels, ignore_index, pair_loss, budget,
-                                   pair_grad if loss in PAIR_GRADS else None, token_weights=token_weights)
+                                   pair_grad if closed else None, token_weights=token_weights)
         lp = logps(sums)
         out = preference_loss(loss, lp, **hparams)
         return replace(out, losses=total), lp

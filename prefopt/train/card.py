@@ -33,6 +33,9 @@ def _what(config) -> tuple[str, list[str]]:
     ld = getattr(config, "ld_alpha", None) if run == "dpo" else None
     if ld is not None:
         method += f", LD-DPO (tokens past the shorter answer's length weigh {ld:g})"
+    wpo = run == "dpo" and getattr(config, "wpo", False)
+    if wpo:
+        method += ", WPO (each pair weighed by how likely the policy finds its answers)"
     if run == "kto":
         method = (f"{UNPAIRED[config.loss]} on unpaired feedback, beta {config.beta:g}, weights {config.kto_desirable_weight:g} "
                   f"(desirable) and {config.kto_undesirable_weight:g} (undesirable)")
@@ -44,7 +47,7 @@ def _what(config) -> tuple[str, list[str]]:
     title = f"{weights} for {config.model}{on_4bit}, trained with {method}"
     tags = ["prefopt", "dpo" if dpo else "sft", *(loss_terms(config.loss) if dpo else []), *(["lora"] if config.lora else []),
             *(["dora"] if dora else []), *(["f-dpo"] if run == "dpo" and fdiv != "reverse_kl" else []),
-            *(["ld-dpo"] if ld is not None else [])]
+            *(["ld-dpo"] if ld is not None else []), *(["wpo"] if wpo else [])]
     return title, tags
 
 

@@ -38,7 +38,7 @@ from ..lora import (
 )
 from ..lora_files import read_adapter_config
 from ..lora_stack import same_layers
-from ..losses import LOSSES, REFERENCE_FREE, UNPAIRED, base_losses, known_loss, loss_terms
+from ..losses import LOSSES, PAIRWISE, REFERENCE_FREE, UNPAIRED, base_losses, known_loss, loss_terms
 from .config import TrainConfig, opt
 from .distributed import all_reduce_sum, head_operands
 from .loop import Batch, Trainer
@@ -48,10 +48,11 @@ from .shared_prompt import pack_pairs, pair_hidden, pair_logp_sums
 REF_MODES = ("adapter", "model", "cache", "none")
 
 
-def variant_errors(loss: str, ld_alpha: float | None, divergence: str, f_alpha: float) -> list[str]:
-    """What is wrong with LD-DPO's ``ld_alpha`` and f-DPO's ``divergence`` (``f_alpha``) for
-    ``loss`` (the divergence judged only for a registered pair loss): DPOConfig's check, and compare's
-    before its run claims a folder."""
+def variant_errors(loss: str, ld_alpha: float | None, divergence: str, f_alpha: float, wpo: bool = False
+                   ) -> list[str]:
+    """What is wrong with LD-DPO's ``ld_alpha``, f-DPO's ``divergence`` (``f_alpha``) and WPO
+    (``wpo``) for ``loss`` (the divergence judged only for a registered pair loss): DPOConfig's
+    check, and compare's before its run claims a folder."""
     errors = []
     checks = [lambda: check_ld_alpha(ld_alpha)]
     if loss in LOSSES and loss not in UNPAIRED:  # an unpaired loss: refused below, by its kind
@@ -67,6 +68,12 @@ def variant_errors(loss: str, ld_alpha: float | None, divergence: str, f_alpha: 
     if loss in UNPAIRED and ld_alpha is not None:
         errors.append(f"ld_alpha is for pair losses, not {loss}: it weighs a pair's answers past the shorter one's "
                       f"length; {loss} has no pairs")
+    if wpo and loss in UNPAIRED:
+        errors.append(f"wpo is for pair losses, not {loss}: it weighs each pair by how likely the policy finds both "
+                      f"answers; {loss} has no pairs")
+    elif wpo and loss in LOSSES and loss not in PAIRWISE:
+        errors.append(f"wpo weighs each pair's loss on its own; {loss!r} is not a per-pair loss (aot and "
+                      "aot_unpaired sort the batch, which would misalign the weights, as TRL says)")
     return errors
 
 
@@ -86,6 +93,8 @@ class DPOConfig(TrainConfig):
     f_alpha: float = opt(0.5, "alpha_divergence: its alpha")
     ld_alpha: float | None = opt(None, "LD-DPO: weight of the longer answer's tokens past the shorter one's length, "
                                        "in [0, 1] (policy and reference; 1 is DPO); default: off")
+    wpo: bool = opt(False, "WPO: weigh each pair's loss by how likely the policy finds its two answers (TRL's "
+                           "use_weighting), so off-policy pairs count less; one more lm_head forward per step")
     kto_desirable_weight: float = opt(1.0, "kto, apo_zero_unpaired: weight of the desirable completions' losses")
     kto_undesirable_weight: float = opt(1.0, "kto, apo_zero_unpaired: weight of the undesirable completions' losses")
     ref: str | None = opt(None, "a frozen reference model (folder, alias or hub id); default: the model "
@@ -118,7 +127,7 @@ class DPOConfig(TrainConfig):
             errors.append("label_smoothing must be in [0, 0.5)")
         if "exo_pair" in loss_terms(self.loss) and self.label_smoothing <= 0:
             errors.append("exo_pair needs label_smoothing > 0 (the EXO paper recommends 1e-3)")
-        errors += variant_errors(self.loss, self.ld_alpha, self.f_divergence, self.f_alpha)
+        errors += variant_errors(self.loss, self.ld_alpha, self.f_divergence, self.f_alpha, self.wpo)
         if self.discopop_tau <= 0:
             errors.append("discopop_tau must be > 0")
         if min(self.kto_desirable_weight, self.kto_undesirable_weight) <= 0:
@@ -302,7 +311,7 @@ class DPOTrainer(Trainer):
         ld = self.config.ld_alpha
         out, lp = fused_preference_loss(*head_operands(model, hidden), labels, ref_c, ref_r,
                                         self.config.loss, ignore_index=IGNORE, reduction="sum",
-                                        desirable=batch.get("desirable"),
+                                        desirable=batch.get("desirable"), wpo=self.config.wpo,
                                         token_weights=None if ld is None else ld_weights(labels, ld, IGNORE), **kw)
         if self.config.run_kind == "kto":
             return out.losses, kto_metrics(lp, out.reference_point)
@@ -312,6 +321,8 @@ class DPOTrainer(Trainer):
             "rewards/margins": (c - r).sum(), "logps/chosen": lp.chosen.detach().sum(),
             "logps/rejected": lp.rejected.detach().sum(),
         }
+        if lp.pair_weights is not None:  # WPO: the mean weight, what the step's loss was scaled by
+            metrics["wpo/weights"] = lp.pair_weights.sum()
         return out.losses, metrics
 
 

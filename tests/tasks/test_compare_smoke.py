@@ -826,22 +826,26 @@ def test_compare_trains_dora_adapters_with_the_rank_it_is_given(tiny_model, tmp_
                       overrides={"lora_r": 0}).settings()
 
 
-def test_compare_trains_dpo_with_ld_alpha_and_an_f_divergence(tiny_model, tmp_path):
-    """``--set ld_alpha=0.5 --set f_divergence=js_divergence``: the DPO stage trains LD-DPO under
-    the JS divergence (its config and card say so); bad values are named before any work."""
+def test_compare_trains_dpo_with_ld_alpha_an_f_divergence_and_wpo(tiny_model, tmp_path):
+    """``--set ld_alpha=0.5 --set f_divergence=js_divergence --set wpo=true``: the DPO stage trains
+    LD-DPO under the JS divergence with WPO's weights (its config, card and the report say so); bad
+    values are named before any work."""
     out = tmp_path / "run"
     run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out),
-                              overrides={**TINY, "ld_alpha": 0.5, "f_divergence": "js_divergence"}))
+                              overrides={**TINY, "ld_alpha": 0.5, "f_divergence": "js_divergence", "wpo": True}))
     trained = json.loads((out / "dpo" / "train" / "train_config.json").read_text())
-    assert (trained["ld_alpha"], trained["f_divergence"]) == (0.5, "js_divergence")
+    assert (trained["ld_alpha"], trained["f_divergence"], trained["wpo"]) == (0.5, "js_divergence", True)
     card = (out / "dpo" / "train" / "final" / "README.md").read_text()
-    assert "f-DPO with the js divergence, LD-DPO (tokens past the shorter answer's length weigh 0.5)" in card
-    assert "loss `sigmoid` with LD-DPO (alpha 0.5) and f-DPO (js_divergence)" in (out / "report.md").read_text()
+    assert "f-DPO with the js divergence, LD-DPO (tokens past the shorter answer's length weigh 0.5), WPO" in card
+    assert ("loss `sigmoid` with LD-DPO (alpha 0.5), f-DPO (js_divergence) and WPO pair weights"
+            in (out / "report.md").read_text())
     for bad, loss, match in (({"ld_alpha": 1.5}, "sigmoid", r"compare settings: ld_alpha must be in \[0, 1\]"),
                              ({"ld_alpha": "half"}, "sigmoid", "ld_alpha: null or a number"),
                              ({"f_divergence": "kl"}, "sigmoid", "f_divergence must be one of"),
                              ({"f_divergence": "forward_kl"}, "bco_pair", "not to bco_pair"),
-                             ({"ld_alpha": 0.5}, "kto", "for pair losses, not kto")):
+                             ({"ld_alpha": 0.5}, "kto", "for pair losses, not kto"),
+                             ({"wpo": "yes"}, "sigmoid", "wpo: true or false"),
+                             ({"wpo": True}, "aot", "'aot' is not a per-pair loss")):
         with pytest.raises(ValueError, match=match):
             CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "x"), loss=loss,
                           overrides=bad).settings()

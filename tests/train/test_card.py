@@ -70,17 +70,19 @@ def test_full_weights_and_dpo_after_sft_say_so(tmp_path):
     assert "- 8 training pairs, 0 for evaluation; max_length 1024" in body
 
 
-def test_an_f_dpo_and_ld_dpo_run_says_so(tmp_path):
+def test_an_f_dpo_ld_dpo_and_wpo_run_says_so(tmp_path):
     model_dir, _ = write_task(tmp_path, n=8)
     pairs = write_pairs(tmp_path / "pairs.jsonl", n=8)
     assert main(["dpo", "--model", str(model_dir), "--data", str(pairs), "--output-dir", str(tmp_path / "dpo"),
                  "--max-steps", "1", "--batch-size", "4", "--f-divergence", "alpha_divergence", "--f-alpha", "0.3",
-                 "--ld-alpha", "0.5", "--no-progress"]) == 0
+                 "--ld-alpha", "0.5", "--wpo", "--no-progress"]) == 0
     head, body = _card(tmp_path / "dpo" / "final")
-    assert head.endswith("tags:\n- prefopt\n- dpo\n- sigmoid\n- lora\n- f-dpo\n- ld-dpo\n")
+    assert head.endswith("tags:\n- prefopt\n- dpo\n- sigmoid\n- lora\n- f-dpo\n- ld-dpo\n- wpo\n")
     assert ("trained with sigmoid preference loss (DPO family), beta 0.1, f-DPO with the alpha divergence (alpha 0.3), "
-            "LD-DPO (tokens past the shorter answer's length weigh 0.5)\n") in body
+            "LD-DPO (tokens past the shorter answer's length weigh 0.5), WPO (each pair weighed by how likely the "
+            "policy finds its answers)\n") in body
     assert "| `f_divergence` | `alpha_divergence` |" in body and "| `f_alpha` | `0.3` |" in body
+    assert "| `wpo` | `True` |" in body
 
 
 def test_a_merged_model_carries_its_adapters_card(tmp_path):

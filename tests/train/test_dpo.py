@@ -618,3 +618,20 @@ def test_adapters_on_the_top_layers_only_train_stack_and_stop_the_backward_there
         _cfg(task, tmp_path / "x", sft_adapter=str(sft_out / "final"))
     with pytest.raises(ValueError, match=r"lora_layers: '1-' is not layer numbers"):
         _cfg(task, tmp_path / "x", lora_layers="1-")
+
+
+def test_wpo_trains_and_logs_its_weights(task, tmp_path):
+    """WPO (wpo=True): the held-out reward accuracy rises and the margins open as in DPO, and each
+    step logs the mean pair weight it scaled the loss by. Before training every pair's DPO loss is
+    log 2 (policy = reference), so the held-out loss is log 2 × the mean weight exactly."""
+    import math
+
+    summary = run_dpo(_cfg(task, tmp_path / "run", max_steps=32, wpo=True))
+    before, after = summary["eval_before"], summary["eval_after"]
+    assert before["eval_loss"] == pytest.approx(math.log(2) * before["eval_wpo/weights"], rel=1e-5)
+    assert before["eval_wpo/weights"] < 0.5  # the tiny model finds these answers unlikely: weights well below 1
+    assert after["eval_rewards/accuracies"] >= 0.9 and after["eval_rewards/margins"] > 0.2
+    assert after["eval_loss"] < before["eval_loss"] - 0.005
+    steps = [r for r in read_metrics(tmp_path / "run") if "wpo/weights" in r]
+    assert len(steps) == 32 and all(0 < r["wpo/weights"] < 1 for r in steps)
+    assert len({round(r["wpo/weights"], 6) for r in steps}) > 16  # each step's own weights
