@@ -200,7 +200,7 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
     metrics.update(placement(model) | prompt_settings(tok) | ({"weights": weights} if weights else {}))
     extra = {"ended": ended}
     if judge is not None:
-        likert = judge_scores(judge[0], judge[1], task, test, [final_answer(t, opened)[0] for t in texts])
+        likert = judge_scores(judge[0], judge[1], test, [final_answer(t, opened)[0] for t in texts])
         extra["likert"] = likert
         got = [x for x in likert if x is not None]
         metrics["likert"] = sum(got) / len(got) if got else None

@@ -56,7 +56,7 @@ def ready_judge(tok) -> str | None:
 JUDGE_TOKENS = 4  # the reply is one digit
 
 
-def judge_scores(judge_model, tok, task, records, answers: list[str], *, batch_size: int = 8) -> list[int | None]:
+def judge_scores(judge_model, tok, records, answers: list[str], *, batch_size: int = 8) -> list[int | None]:
     """Likert scores (1-5, or ``None``) for ``answers`` to ``records``, from ``judge_model``; a
     reasoning judge's reply read after its reasoning (``None`` where it never got past it). Where
     the judge's generation prompt opens a reasoning block, each prompt closes it empty

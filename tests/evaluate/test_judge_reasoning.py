@@ -5,7 +5,6 @@ itself (DeepSeek-R1's) finds it closed empty."""
 import pytest
 
 from prefopt.evaluate.judge import judge_scores, ready_judge
-from prefopt.tasks import get_task
 from prefopt.tasks.base import Record
 from prefopt.tokenizer import load_tokenizer
 from tests._tiny import CHATML, R1_STYLE, THINKING, build_tokenizer
@@ -30,10 +29,9 @@ def replies(monkeypatch):
 
 
 def test_a_reasoning_judge_is_read_after_its_reasoning(tmp_path, replies):
-    task = get_task("meqsum")
     tok = load_tokenizer(build_tokenizer(tmp_path / "chatml", template=CHATML))
     replies["replies"] = ["4", "<think>\nmaybe a 3, the", "<think>fine</think>\n\n5", "Score: 2"]
-    assert judge_scores(None, tok, task, RECORDS, ["a"] * 4) == [4, None, 5, 2]
+    assert judge_scores(None, tok, RECORDS, ["a"] * 4) == [4, None, 5, 2]
     assert all("Summarise note" in p and p.endswith("<|im_start|>assistant\n") for p in replies["seen"])
 
 
@@ -43,7 +41,7 @@ def test_a_judge_whose_prompt_opens_a_reasoning_block_finds_it_closed_and_replie
     assert ready_judge(opens) == ("the judge's chat template opens a reasoning block in its prompt: each judge "
                                   "prompt closes it empty, so the judge answers at once (one digit)")
     replies["replies"] = ["3", "Score 4", "<think>\nhmm, a 2 or", "</think>5"]
-    assert judge_scores(None, opens, get_task("meqsum"), RECORDS, ["a"] * 4) == [3, 4, None, 5]
+    assert judge_scores(None, opens, RECORDS, ["a"] * 4) == [3, 4, None, 5]
     # each prompt is the template's generation prompt with its block closed empty, as Qwen3 writes one
     assert all(p.endswith("<|end_header_id|><think>\n\n</think>\n\n") for p in replies["seen"])
 
@@ -53,7 +51,7 @@ def test_a_judge_with_a_thinking_switch_answers_at_once(tmp_path, replies):
     assert ready_judge(tok) == ("the judge's chat template has a thinking switch: the judge answers with "
                                 "enable_thinking=false (one digit)")
     replies["replies"] = ["3"] * 4
-    assert judge_scores(None, tok, get_task("meqsum"), RECORDS, ["a"] * 4) == [3] * 4
+    assert judge_scores(None, tok, RECORDS, ["a"] * 4) == [3] * 4
     assert all(prompt.endswith("<think>\n\n</think>\n\n") for prompt in replies["seen"])
     assert ready_judge(tok) is None  # set already
     assert ready_judge(load_tokenizer(build_tokenizer(tmp_path / "chatml", template=CHATML))) is None
