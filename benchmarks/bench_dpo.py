@@ -15,11 +15,14 @@ no-grad forward per step), ``cache`` (reference log-probs precomputed once into 
 cache, so no reference forward while training; the precompute time is reported apart), and
 ``frozen`` (a separate frozen copy of the model as reference). By default prefopt packs each
 pair into one row so its prompt runs once (``DPOConfig.share_prompt``); a ``-stacked`` suffix
-(``cache-stacked``, ...) runs the same mode with the chosen and rejected sequences stacked.
+(``cache-stacked``, ...) runs the same mode with the chosen and rejected sequences stacked. A
+``+wpo`` suffix (``cache+wpo``, ``trl+wpo``) trains with WPO's pair weights (``DPOConfig.wpo``;
+TRL's ``use_weighting``): what their extra no-grad pass through the head costs.
 
     .venv/bin/pip install -c constraints.txt trl     # TRL is a benchmark-only extra
     .venv/bin/python benchmarks/bench_dpo.py --steps 10 --batch-size 2 --max-length 320
     .venv/bin/python benchmarks/bench_dpo.py --modes cache cache-stacked adapter adapter-stacked
+    .venv/bin/python benchmarks/bench_dpo.py --modes trl trl+wpo cache cache+wpo
 """
 from __future__ import annotations
 
@@ -51,13 +54,16 @@ def prefopt_worker(a, name: str) -> dict:
     from prefopt.train.run import prepare_model, reference_cache_for
 
     base = rss("VmRSS")
+    name, _, variant = name.partition("+")
+    if variant not in ("", "wpo"):
+        raise SystemExit(f"unknown variant +{variant} (+wpo)")
     mode, _, layout = name.partition("-")
     cfg = DPOConfig(model=a.model_dir, data=a.data, output_dir=a.out, batch_size=a.batch_size, max_steps=a.steps,
                     lr=LR, beta=BETA, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_dora=a.dora,
                     lora_targets=TARGETS, max_length=a.max_length, schedule="constant", progress=False, seed=0,
                     gradient_checkpointing=a.gradient_checkpointing,
                     ref_cache=str(Path(a.out) / "cache") if mode == "cache" else None,
-                    share_prompt=layout != "stacked")
+                    share_prompt=layout != "stacked", wpo=variant == "wpo")
     tok = load_tokenizer(cfg.model)
     pairs, _ = load_preferences(cfg.data, tok, max_length=cfg.max_length)
     model = prepare_model(cfg)
@@ -70,14 +76,18 @@ def prefopt_worker(a, name: str) -> dict:
     precompute = time.perf_counter() - t_cache if mode == "cache" else 0.0
     marks.append((time.perf_counter(), 0))
     trainer.train()
-    label = f"prefopt, reference: {mode}, " + ("pairs stacked" if layout == "stacked" else "each prompt once")
+    label = f"prefopt, reference: {mode}, " + ("pairs stacked" if layout == "stacked" else "each prompt once") \
+        + (", WPO" if cfg.wpo else "")
     out = step_summary(label, marks, a.warmup, base, cumulative=False)
     out.update(precompute_s=precompute, reference_forwards=trainer.ref_forwards)
     return out
 
 
-def trl_worker(a) -> dict:
-    return run_trl("dpo", a, TARGETS, learning_rate=LR, beta=BETA)
+def trl_worker(a, wpo: bool = False) -> dict:
+    out = run_trl("dpo", a, TARGETS, learning_rate=LR, beta=BETA, use_weighting=wpo)
+    if wpo:
+        out["name"] += ", WPO"
+    return out
 
 
 def main() -> None:
@@ -86,7 +96,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.worker is not None:
         kind, a.model_dir, a.data, a.out = a.worker
-        print(json.dumps(trl_worker(a) if kind == "trl" else prefopt_worker(a, kind)))
+        print(json.dumps(trl_worker(a, kind == "trl+wpo") if kind.startswith("trl") else prefopt_worker(a, kind)))
         return
     rows = run_trainer_workers(__file__, a, preference_records(a.batch_size * a.steps), a.modes)
     mib = 1024**2
