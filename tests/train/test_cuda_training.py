@@ -4,7 +4,8 @@ On CUDA the trainers run the Triton log-prob kernel under bf16 autocast, and fil
 cache under autocast too; none of that runs in CI. These tests check, on CUDA:
 
 - in fp32, one SFT or DPO step gives the CPU's loss and every trainable gradient (LoRA and full
-  fine-tuning, one pass forced on and off), and the default path there is the Triton kernel;
+  fine-tuning, one pass forced on and off; DPO with WPO's weights too), and the default path
+  there is the Triton kernel;
 - under the defaults (bf16 autocast) SFT and DPO learn, and DPO's implicit rewards start at
   exactly 0 with a cached reference.
 
@@ -44,7 +45,8 @@ def _config(task, kind: str, out, **kw):
                   lora_dropout=0.0, progress=False)
     if kind == "sft":
         return TrainConfig(**{**common, "data": str(sft), "max_steps": 24, "lr": 3e-3, **kw})
-    return DPOConfig(**{**common, "data": str(pairs), "max_steps": 16, "lr": 5e-3, "beta": 0.1, **kw})
+    return DPOConfig(**{**common, "data": str(pairs), "max_steps": 16, "lr": 5e-3, "beta": 0.1,
+                        "wpo": kind == "wpo", **kw})  # "wpo": DPO with WPO's pair weights
 
 
 def _trainer(cfg, kind: str):
@@ -76,7 +78,7 @@ def _step_grads(trainer) -> tuple[float, dict[str, torch.Tensor]]:
 
 @pytest.mark.parametrize("kind, lora, one_pass", [
     ("sft", True, None), ("sft", False, None), ("sft", False, "1"),
-    ("dpo", True, None), ("dpo", False, None), ("dpo", False, "1"),
+    ("dpo", True, None), ("dpo", False, None), ("dpo", False, "1"), ("wpo", True, None), ("wpo", False, "1"),
 ])
 def test_an_fp32_step_on_the_device_equals_the_cpu_step(task, tmp_path, monkeypatch, device, kind, lora, one_pass):
     if one_pass is not None:
@@ -88,7 +90,7 @@ def test_an_fp32_step_on_the_device_equals_the_cpu_step(task, tmp_path, monkeypa
     results = {}
     for i, dev in enumerate(("cpu", device)):
         kw = {} if lora else {"lora": False}
-        if kind == "dpo" and not lora:  # full fine-tuning needs a reference: the cache
+        if kind != "sft" and not lora:  # full fine-tuning needs a reference: the cache
             kw["ref_cache"] = str(tmp_path / f"cache{i}")
         cfg = _config(task, kind, tmp_path / f"run{i}", device=dev, bf16_autocast=False, **kw)
         trainer = _trainer(cfg, kind)
