@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from prefopt.kernels import fused_preference_loss
 from prefopt.ld_dpo import ld_weights
+from tests._pair_case import pair_case
 
 
 def test_weights_by_hand():
@@ -25,19 +26,6 @@ def test_weights_by_hand():
         ld_weights(y[:3], 0.5)
 
 
-def _case(dtype=torch.float64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    h = torch.randn(6, 11, 16, generator=g, dtype=dtype)
-    w = torch.randn(70, 16, generator=g, dtype=dtype) * 0.3  # V = 70: not a multiple of any tile
-    y = torch.randint(0, 70, (6, 11), generator=g)
-    y[:, :3] = -100
-    y[0, 6:] = -100  # answers of different lengths
-    y[4, 8:] = -100
-    y[2, 3:5] = -100
-    ref = torch.randn(3, generator=g, dtype=dtype) - 25, torch.randn(3, generator=g, dtype=dtype) - 25
-    return h, w, y, ref
-
-
 def _full_logits_loss(h, w, y, ref, alpha, beta, rpo_alpha=0.0):
     """DPO (plus RPO's NLL) from full logits, by the formula: weighted sums, unweighted NLL."""
     logp = torch.log_softmax((h @ w.T).double(), -1).gather(-1, y.clamp(min=0)[..., None])[..., 0] * (y != -100)
@@ -53,7 +41,7 @@ def _full_logits_loss(h, w, y, ref, alpha, beta, rpo_alpha=0.0):
 def test_weighted_sums_and_gradients_equal_full_logits(impl, one_pass, budget):
     """fp32 inputs (the Triton interpreter's), against the formula on full logits in fp64. A budget
     of 4 tokens' logits: every pair is longer than a stage (its sums first, then its gradients)."""
-    h, w, y, ref = _case(torch.float32)
+    h, w, y, ref = pair_case(torch.float32)
     want_h, want_w = h.double().requires_grad_(), w.double().requires_grad_()
     want = _full_logits_loss(want_h, want_w, y, (ref[0].double(), ref[1].double()), 0.4, 0.5)
     want.backward()
@@ -73,7 +61,7 @@ def test_the_nll_stays_unweighted_and_such_a_loss_takes_the_per_token_path(monke
     The one-pass kernel sums one weighting, so it is not taken for a loss that reads chosen_nll."""
     from prefopt.kernels import onepass
 
-    h, w, y, ref = _case()
+    h, w, y, ref = pair_case()
     want_h, want_w = h.clone().requires_grad_(), w.clone().requires_grad_()
     want = _full_logits_loss(want_h, want_w, y, ref, 0.4, 0.5, rpo_alpha=0.7)
     want.backward()

@@ -11,19 +11,7 @@ from prefopt.kernels import fused_preference_loss
 from prefopt.ld_dpo import ld_weights
 from prefopt.losses import PreferenceLogps, pair_gradient, preference_loss
 from prefopt.wpo import pair_weights, sequence_weights
-
-
-def _case(dtype=torch.float64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    h = torch.randn(6, 11, 16, generator=g, dtype=dtype)
-    w = torch.randn(70, 16, generator=g, dtype=dtype) * 0.3  # V = 70: not a multiple of any tile
-    y = torch.randint(0, 70, (6, 11), generator=g)
-    y[:, :3] = -100
-    y[0, 6:] = -100  # answers of different lengths
-    y[4, 8:] = -100
-    y[2, 3:5] = -100
-    ref = torch.randn(3, generator=g, dtype=dtype) - 25, torch.randn(3, generator=g, dtype=dtype) - 25
-    return h, w, y, ref
+from tests._pair_case import pair_case
 
 
 def _weights_by_formula(h, w, y):
@@ -37,7 +25,7 @@ def _weights_by_formula(h, w, y):
 
 @pytest.mark.parametrize("budget", [None, 3 * 70])  # 3 tokens' logits a block: many blocks, the last short
 def test_weights_equal_the_formula_on_full_logits(budget):
-    h, w, y, _ = _case()
+    h, w, y, _ = pair_case()
     y[5] = -100  # a sequence with no scored token weighs 1
     want = _weights_by_formula(h, w, y)
     got = sequence_weights(h, w, y, budget=budget)
@@ -55,7 +43,7 @@ def test_weights_equal_the_formula_on_full_logits(budget):
 
 
 def test_the_weights_take_no_gradient_and_check_their_inputs():
-    h, w, y, _ = _case()
+    h, w, y, _ = pair_case()
     hh = h.clone().requires_grad_()
     assert not sequence_weights(hh, w, y).requires_grad
     with pytest.raises(ValueError, match="labels must be \\(2B, T\\)"):
@@ -133,7 +121,7 @@ def _full_logits_loss(h, w, y, ref, beta, nll_weight=0.0, alpha=None):
     ("triton", False, None, "sigmoid", None)])
 def test_every_path_equals_full_logits(impl, one_pass, budget, loss, alpha):
     """fp32 inputs (the Triton interpreter's), against the formula on full logits in fp64."""
-    h, w, y, ref = _case(torch.float32)
+    h, w, y, ref = pair_case(torch.float32)
     nll_weight = 0.7 if "sft" in loss else 0.0
     want_h, want_w = h.double().requires_grad_(), w.double().requires_grad_()
     want = _full_logits_loss(want_h, want_w, y, (ref[0].double(), ref[1].double()), 0.5, nll_weight, alpha)
@@ -152,7 +140,7 @@ def test_every_path_equals_full_logits(impl, one_pass, budget, loss, alpha):
 
 
 def test_wpo_is_for_pair_losses():
-    h, w, y, ref = _case()
+    h, w, y, ref = pair_case()
     with pytest.raises(ValueError, match="wpo weighs pairs one by one; 'aot' is not a pair loss"):
         fused_preference_loss(h, w, y, *ref, "aot", wpo=True)
     with pytest.raises(ValueError, match="'kto' is not a pair loss"):
