@@ -36,12 +36,12 @@ def sequence_weights(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.T
     ``weight`` ``(V, D)``. Returns fp32 ``(R,)``, detached. ``budget``: logits alive at once."""
     if labels.dim() != 2:
         raise ValueError(f"labels must be (R, T), one row per sequence, got {tuple(labels.shape)}")
+    check_inputs(hidden, weight, labels, ignore_index)
+    index, h, y = scored(hidden, labels, ignore_index)  # the answers' tokens only, before any cast or matmul
     device = hidden.device.type
     if torch.is_autocast_enabled(device):  # the lm_head product in autocast's dtype, as the loss's path takes it
         dt = torch.get_autocast_dtype(device)
-        hidden, weight = hidden.to(dt), weight.to(dt)
-    check_inputs(hidden, weight, labels, ignore_index)
-    index, h, y = scored(hidden, labels, ignore_index)
+        h, weight = h.to(dt), weight.to(dt)
     acc = acc_dtype(h)
     per_token = torch.empty(y.shape[0], dtype=acc, device=h.device)
     chunk = block_rows(max(y.shape[0], 1), weight.shape[0], budget or CHUNK_ELEMENTS, gemm_rows(h.device))

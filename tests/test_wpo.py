@@ -42,6 +42,17 @@ def test_weights_equal_the_formula_on_full_logits(budget):
     assert picks[0].item() == pytest.approx(1.0, abs=1e-6) and picks[1].item() < 1e-15
 
 
+def test_under_autocast_the_head_runs_in_its_dtype():
+    """As the loss's log-prob paths do (and F.linear would): the answers' tokens and the head in
+    autocast's dtype, the sums in fp32."""
+    h, w, y, _ = pair_case(torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = sequence_weights(h, w, y)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, sequence_weights(h.bfloat16(), w.bfloat16(), y))
+    assert not torch.equal(got, sequence_weights(h, w, y))
+
+
 def test_the_weights_take_no_gradient_and_check_their_inputs():
     h, w, y, _ = pair_case()
     hh = h.clone().requires_grad_()
