@@ -24,6 +24,7 @@ import torch
 
 from .kernels._backward import CHUNK_ELEMENTS, acc_dtype, block_rows, gemm_rows, mm_acc
 from .kernels._tokens import check_inputs, scored
+from .kernels.chunked import _exp_rows_
 
 
 @torch.no_grad()
@@ -47,15 +48,11 @@ def sequence_weights(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.T
     chunk = block_rows(max(y.shape[0], 1), weight.shape[0], budget or CHUNK_ELEMENTS, gemm_rows(h.device))
     with torch.autocast(device, enabled=False):
         for s in range(0, y.shape[0], chunk):
-            z = mm_acc(h[s:s + chunk], weight.T, acc)  # (c, V) logits
-            target = z.gather(-1, y[s:s + chunk, None]).squeeze(-1)
-            top = z.amax(-1)
-            e = z.sub_(top[:, None]).exp_()  # in place: one block alive
-            s1 = e.sum(-1)
-            s2 = e.square_().sum(-1)
-            # log p(y) − log Σ p² = (target − top − log s1) − (log s2 − 2 log s1)
-            per_token[s:s + chunk] = target - top + s1.log() - s2.log()
-            del z, e
+            e = mm_acc(h[s:s + chunk], weight.T, acc)  # (c, V) logits, made exp(logits − row max) in place
+            logp, _, norm = _exp_rows_(e, y[s:s + chunk])  # norm: Σ exp(logits − max)
+            # log Σ p² = log Σ exp(2 (logits − max)) − 2 log norm
+            per_token[s:s + chunk] = logp - e.square_().sum(-1).log() + 2 * norm.log()
+            del e
     counts = (labels != ignore_index).sum(-1)
     sums = torch.zeros(labels.shape[0], dtype=acc, device=h.device).index_add_(0, index[0], per_token)
     return torch.exp(sums / counts.clamp(min=1)).float()
