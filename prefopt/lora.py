@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import lora_experts
 from .lora_ops import dora_linear, lora_linear
 from .quant import PROJECTIONS, QuantLinear
 
@@ -42,14 +43,21 @@ class LoRAConfig:
     rslora: bool = False  # rank-stabilised: the update scaled by alpha / sqrt(r) (Kalajdzievski 2023)
     dora: bool = False  # weight-decomposed (Liu et al. 2024; PEFT's use_dora): a magnitude per output row too
     layers: tuple[int, ...] | None = None  # the transformer layers adapted (PEFT's layers_to_transform); None: all
+    # a mixture of experts' expert tensors adapted (PEFT's target_parameters): gate_up_proj, down_proj (lora_experts)
+    target_parameters: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.r < 1:
             raise ValueError(f"LoRA rank r must be >= 1, got {self.r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
-        self.target_modules = tuple(self.target_modules)
-        if not self.target_modules:
+        self.target_modules = tuple(self.target_modules or ())
+        bad = [p for p in self.target_parameters if p not in lora_experts.EXPERT_PARTS]
+        if bad:
+            raise ValueError(f"LoRA target_parameters {bad}: prefopt adapts the experts' "
+                             f"{' and '.join(lora_experts.EXPERT_PARTS)}")
+        self.target_parameters = tuple(p for p in lora_experts.EXPERT_PARTS if p in self.target_parameters)
+        if not self.target_modules and not self.target_parameters:
             raise ValueError("LoRA target_modules is empty")
         if self.layers is not None:
             self.layers = tuple(sorted(set(self.layers)))
@@ -275,7 +283,8 @@ def describe(cfg: LoRAConfig) -> str:
     kind = "DoRA" if cfg.dora else "LoRA"
     scale = f"alpha {cfg.alpha:g}" + (", rsLoRA" if cfg.rslora else "")
     where = f" in {layer_text(cfg.layers)}" if cfg.layers is not None else ""
-    return f"{kind} r{cfg.r} ({scale}) on {', '.join(cfg.target_modules)}{where}"
+    experts = [f"the experts' {', '.join(cfg.target_parameters)}"] if cfg.target_parameters else []
+    return f"{kind} r{cfg.r} ({scale}) on {', '.join([*cfg.target_modules, *experts])}{where}"
 
 
 def layer_text(layers: Iterable[int] | None) -> str:
@@ -310,6 +319,7 @@ def apply_lora(
     rslora: bool = False,
     dora: bool = False,
     layers: Iterable[int] | None = None,
+    target_parameters: Iterable[str] = (),
 ) -> nn.Module:
     """Replace each ``nn.Linear`` whose name ends in one of ``target_modules`` with a
     :class:`LoRALinear`, and freeze every other parameter. Returns ``model``.
@@ -322,9 +332,20 @@ def apply_lora(
     each output row's magnitude trained with A and B (PEFT's ``use_dora``). ``layers``: adapt
     only the named layers in these transformer layers (PEFT's ``layers_to_transform``; a module
     outside the layers, such as the lm_head, then gets none); the backward pass then stops at the
-    lowest of them, so training the top layers only saves memory and time.
+    lowest of them, so training the top layers only saves memory and time. ``target_parameters``:
+    also adapt a mixture of experts' routed experts, ``gate_up_proj`` and/or ``down_proj`` of
+    every expert (PEFT's ``target_parameters``; ``prefopt.lora_experts``): no dropout, DoRA or
+    ``layers`` with them, as in PEFT.
     """
     layers = None if layers is None else tuple(layers)
+    target_parameters = tuple(target_parameters)
+    if target_parameters:
+        if dropout:
+            raise ValueError(lora_experts.NO_DROPOUT)
+        if dora or layers is not None:
+            raise ValueError("LoRA on the experts: PEFT takes no " + ("DoRA" if dora else "layers_to_transform")
+                             + " with target_parameters (it would adapt the experts of every layer), nor does "
+                             "prefopt")
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     if layers and n_layers is not None and max(layers) >= n_layers:
         raise ValueError(f"LoRA on {layer_text(layers)}: the model has layers 0-{n_layers - 1}")
@@ -339,7 +360,7 @@ def apply_lora(
         dropped = [t for t in target_modules if t in experts]
         target_modules = tuple(t for t in target_modules if t not in dropped)
         linear -= set(MLP_PROJECTIONS)  # all-linear: not a dense layer's MLP either (PEFT would not read it)
-        if dropped:
+        if dropped and not target_parameters:
             warnings.warn(f"LoRA: {', '.join(dropped)} name this model's experts (a mixture of experts), which get "
                           "no adapter, nor does their router (nor a dense layer's MLP: PEFT reads those names as "
                           "the experts'); the adapter covers the attention", stacklevel=2)
@@ -347,7 +368,7 @@ def apply_lora(
         target_modules = tuple(dict.fromkeys([*(t for t in target_modules if t != ALL_LINEAR),
                                               *sorted(linear - {"lm_head"})]))
     cfg = LoRAConfig(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules, rslora=rslora, dora=dora,
-                     layers=layers)
+                     layers=layers, target_parameters=target_parameters)
     unmatched = [t for t in cfg.target_modules if t not in linear]
     if "lm_head" in unmatched and _tied(model):
         raise ValueError(TIED_HEAD)
@@ -366,6 +387,8 @@ def apply_lora(
                 lora = layer(child, cfg.r, cfg.alpha, cfg.dropout, cfg.rslora, cfg.dora)
                 lora.train(child.training)  # an eval-mode model stays in eval mode (no dropout)
                 setattr(module, child_name, lora)
+    if cfg.target_parameters:
+        lora_experts.attach(model, cfg.target_parameters, cfg.r, cfg.alpha, cfg.rslora)
     for name, p in model.named_parameters():
         p.requires_grad_(is_adapter_key(name))
     model.lora_config = cfg
@@ -388,9 +411,11 @@ def _names_in(model: nn.Module) -> set[str]:
     return {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if type(m) in (nn.Linear, QuantLinear)}
 
 
-def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
+def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear | lora_experts.ExpertLoRA]]:
+    """Every adapted layer: each :class:`LoRALinear`, and each experts' tensor adapted
+    (:class:`prefopt.lora_experts.ExpertLoRA`, which answers to ``merged``, ``disabled``, ``merge``)."""
     for name, m in model.named_modules():
-        if isinstance(m, LoRALinear):
+        if isinstance(m, (LoRALinear, lora_experts.ExpertLoRA)):
             yield name, m
 
 
@@ -438,6 +463,10 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     cfg = getattr(model, "lora_config", None)
     tensors = {k: v.detach().to("cpu", copy=True) for k, v in lora_state_dict(model).items()}
     row_scales = {}
+    for _, m in lora_layers(model):
+        if isinstance(m, lora_experts.ExpertLoRA):
+            m.merge()
+    lora_experts.strip(model)
     for prefix, module in list(model.named_modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, QLoRALinear):  # the update goes beside the 4-bit codes
@@ -465,7 +494,12 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     if any(isinstance(m, QuantLinear) for m in model.modules()):
         raise RuntimeError(QUANTIZED_MERGE)
     out = {}
-    deltas = {f"{n}.weight": m.delta_weight() for n, m in lora_layers(model) if not m.merged}
+    deltas = {}
+    for n, m in lora_layers(model):
+        if isinstance(m, lora_experts.ExpertLoRA) and not m.merged:
+            deltas.update(m.weight_deltas(n.split(f".{lora_experts.CONTAINER}.")[0]))
+        elif not m.merged:
+            deltas[f"{n}.weight"] = m.delta_weight()
     for k, v in model.state_dict().items():
         if is_adapter_key(k):
             continue

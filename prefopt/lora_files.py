@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import lora_experts
 from .fileio import write_json_atomic
 from .lora import PEFT_PREFIX, LoRAConfig, QLoRALinear, apply_lora, layer_index, lora_state_dict
 from .model.safetensors_io import iter_tensors, read_header, save_file_atomic
@@ -28,10 +29,18 @@ def write_adapter(tensors: dict[str, torch.Tensor], cfg: LoRAConfig, out_dir: st
     """Write adapter tensors (prefopt's module names) and their config in PEFT's layout."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file_atomic({PEFT_PREFIX + k.replace(".lora_magnitude", ".lora_magnitude_vector"): v
-                      for k, v in tensors.items()}, out / "adapter_model.safetensors", metadata={"format": "pt"})
+    save_file_atomic({PEFT_PREFIX + k: v for k, v in map(_peft_tensor, tensors.items(), [cfg] * len(tensors))},
+                     out / "adapter_model.safetensors", metadata={"format": "pt"})
     write_json_atomic(out / "adapter_config.json", _peft_config(cfg, base_model))
     return out
+
+
+def _peft_tensor(item: tuple[str, torch.Tensor], cfg: LoRAConfig) -> tuple[str, torch.Tensor]:
+    """A tensor's PEFT key (less ``base_model.model.``) and layout, from prefopt's."""
+    k, v = item
+    if lora_experts.is_expert_key(k):
+        return lora_experts.peft_key(k, cfg.target_parameters), lora_experts.to_peft(v, k.rsplit(".", 2)[-2])
+    return k.replace(".lora_magnitude", ".lora_magnitude_vector"), v
 
 
 def _peft_config(cfg: LoRAConfig, base_model: str | None) -> dict:
@@ -42,7 +51,9 @@ def _peft_config(cfg: LoRAConfig, base_model: str | None) -> dict:
         "r": cfg.r,
         "lora_alpha": cfg.alpha,
         "lora_dropout": cfg.dropout,
-        "target_modules": sorted(cfg.target_modules),
+        "target_modules": sorted(cfg.target_modules) or None,
+        # as PEFT writes it (sorted); it ignores layers_to_transform for these, and prefopt refuses the two together
+        "target_parameters": sorted(f"{lora_experts.PEFT_EXPERTS}.{p}" for p in cfg.target_parameters) or None,
         "bias": "none",
         "fan_in_fan_out": False,
         "inference_mode": True,
@@ -91,11 +102,33 @@ def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
     if d.get("modules_to_save"):
         raise ValueError(f"{path}: this adapter also holds whole trained layers (modules_to_save="
                          f"{d['modules_to_save']!r}), which prefopt does not load; " + MERGE_IN_PEFT)
-    targets = d["target_modules"]
+    targets = d.get("target_modules") or ()
+    parts = _expert_parts(path, d)
+    if parts and layers is not None:
+        raise ValueError(f"{path}: this adapter names layers_to_transform={layers!r} and adapts the experts' "
+                         f"{', '.join(parts)} (target_parameters), which PEFT adapts in every layer all the same; "
+                         "prefopt does not load the two together; " + MERGE_IN_PEFT)
     if _picked_by_path(d):
         targets, layers = _adapted_in_file(Path(adapter_dir), d)
+    if not targets and not parts:
+        raise ValueError(f"{path}: the adapter names no target_modules and no target_parameters")
     return LoRAConfig(r=d["r"], alpha=d["lora_alpha"], dropout=d.get("lora_dropout", 0.0), target_modules=tuple(targets),
-                      rslora=bool(d.get("use_rslora", False)), dora=bool(d.get("use_dora", False)), layers=layers)
+                      rslora=bool(d.get("use_rslora", False)), dora=bool(d.get("use_dora", False)), layers=layers,
+                      target_parameters=parts)
+
+
+def _expert_parts(path: Path, d: dict) -> tuple[str, ...]:
+    """The experts' tensors a PEFT config's ``target_parameters`` adapts (``mlp.experts.down_proj``,
+    matched as a name ending, as PEFT does); any other parameter is refused by name."""
+    parts = []
+    for name in d.get("target_parameters") or ():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf not in lora_experts.EXPERT_PARTS or name.count(".") and name.rsplit(".", 2)[-2] != "experts":
+            raise ValueError(f"{path}: target_parameters {name!r} is not a mixture of experts' "
+                             f"{' or '.join(lora_experts.EXPERT_PARTS)}, the parameters prefopt adapts; "
+                             + MERGE_IN_PEFT)
+        parts.append(leaf)
+    return tuple(p for p in lora_experts.EXPERT_PARTS if p in parts)
 
 
 def _picked_by_path(d: dict) -> bool:
@@ -116,7 +149,8 @@ def _adapted_in_file(adapter_dir: Path, d: dict) -> tuple[tuple[str, ...], tuple
     path = adapter_dir / "adapter_model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{adapter_dir}: no adapter_model.safetensors (only safetensors adapters are read)")
-    modules = {k.removeprefix(PEFT_PREFIX).split(".lora_A")[0] for k in read_header(path) if ".lora_A." in k}
+    modules = {k.removeprefix(PEFT_PREFIX).split(".lora_A")[0] for k in read_header(path)
+               if ".lora_A." in k and f".{lora_experts.PEFT_EXPERTS}." not in k}  # not the experts' tensors
     if not modules:
         raise ValueError(f"{path}: no LoRA tensors (lora_A) in the file; its adapter_config.json picks "
                          f"target_modules={d.get('target_modules')!r}, exclude_modules={d.get('exclude_modules')!r}")
@@ -142,6 +176,10 @@ def read_adapter(adapter_dir: str | Path) -> tuple[LoRAConfig, dict[str, torch.T
             raise ValueError(f"{path}: {key!r} is an adapter on an embedding layer, which prefopt does not load; "
                              + MERGE_IN_PEFT)
         name = key.removeprefix(PEFT_PREFIX).replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
+        expert = lora_experts.prefopt_key(name, cfg.target_parameters)
+        if expert is not None:  # an experts' tensor: (E·r, in) / (out, r·E) in the file
+            tensors[expert] = lora_experts.from_peft(t, expert.rsplit(".", 2)[-2], cfg.r)
+            continue
         for peft_name in (".lora_magnitude_vector.default.weight", ".lora_magnitude_vector"):  # DoRA's, by PEFT version
             if name.endswith(peft_name):
                 name = name.removesuffix(peft_name) + ".lora_magnitude"
@@ -153,14 +191,17 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     """Apply the adapter in ``adapter_dir`` (PEFT layout) to ``model``; check every key and shape."""
     cfg, tensors = read_adapter(adapter_dir)
     apply_lora(model, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, strict=False, rslora=cfg.rslora,
-               dora=cfg.dora, layers=cfg.layers)
+               dora=cfg.dora, layers=cfg.layers, target_parameters=cfg.target_parameters)
     path = Path(adapter_dir) / "adapter_model.safetensors"
     own = lora_state_dict(model)
+    ffn = getattr(getattr(model, "config", None), "ffn_name", "mlp")
     loaded = {}
     for name, t in tensors.items():
+        name = lora_experts.rename_mixture(name, ffn)  # Mixtral's block_sparse_moe, where PEFT's keys say mlp
         if name not in own and ".experts." in name:
-            raise ValueError(f"{path}: {PEFT_PREFIX + name!r} is an adapter on a mixture of experts' expert, which "
-                             "prefopt does not load (its adapters cover the attention); " + MERGE_IN_PEFT)
+            raise ValueError(f"{path}: {PEFT_PREFIX + name!r} is an adapter on one expert's projection (PEFT on "
+                             "transformers 4, whose experts were modules), which prefopt does not load (it reads "
+                             "adapters on the experts' stacked tensors, PEFT's target_parameters); " + MERGE_IN_PEFT)
         if name not in own:
             raise ValueError(f"{path}: adapter tensor {PEFT_PREFIX + name!r} matches no LoRA layer of the model"
                              + _trained_on(adapter_dir))

@@ -7,7 +7,8 @@ the trainer saves the two stacked, one plain LoRA of rank r₁ + r₂ with scali
 
     s₁ B₁ A₁ + s₂ B₂ A₂ = [s₁B₁ | s₂B₂] · [A₁; A₂]        (lora_alpha = r = r₁ + r₂)
 
-A layer that only one of them adapts gets zeros in the other's rows. Where either is DoRA the
+A layer that only one of them adapts gets zeros in the other's rows. A mixture's experts
+(``prefopt.lora_experts``: A ``(E, r, in)``, B ``(E, out, r)``) stack the same way, expert by expert. Where either is DoRA the
 stack is one DoRA adapter (:func:`stack_parts`: each row's scale is carried into the updates
 after it, and the magnitudes are the final weight's row norms). ``stacked_on.json`` beside the
 adapter names the adapters folded in, so a reader can tell a stacked adapter from a bare one.
@@ -51,33 +52,40 @@ def stack_parts(parts: list[tuple[LoRAConfig, dict[str, torch.Tensor]]], *,
     ``row_scales`` holds each part's ``{module: m / ‖W + ΔW‖}`` at its merge (``MergedAdapter.
     row_scales``; empty for LoRA) and ``magnitudes`` the final weight's row norms per module."""
     dora = any(cfg.dora for cfg, _ in parts)
+    if dora and any(cfg.target_parameters for cfg, _ in parts):
+        raise ValueError("a DoRA adapter and one on the experts (target_parameters) cannot be one adapter: PEFT takes "
+                         "no DoRA on the experts; train both as plain LoRA")
     if dora and magnitudes is None:
         raise ValueError(DORA_NEEDS_WEIGHTS)
     row_scales = row_scales or [{} for _ in parts]
     dtype = next(iter(parts[-1][1].values())).dtype
     updates = [_updates(tensors, cfg.scaling) for cfg, tensors in parts]
-    shapes = {}
+    shapes = {}  # module: (leading dims (the experts'), in, out)
     for one in updates:
         for module, (a, b) in one.items():
-            if shapes.setdefault(module, (a.shape[1], b.shape[0])) != (a.shape[1], b.shape[0]):
+            shape = (tuple(a.shape[:-2]), a.shape[-1], b.shape[-2])
+            if shapes.setdefault(module, shape) != shape:
                 raise ValueError(f"{module}: the adapters disagree on its shape")
     tensors = {}
-    for module, (n_in, n_out) in sorted(shapes.items()):
+    for module, (lead, n_in, n_out) in sorted(shapes.items()):
         a_parts, b_parts, c = [], [], torch.ones(n_out)
         for (cfg, _), one, scales in zip(parts, updates, row_scales):
-            a, b = one.get(module, (torch.zeros(cfg.r, n_in), torch.zeros(n_out, cfg.r)))
+            a, b = one.get(module, (torch.zeros(*lead, cfg.r, n_in), torch.zeros(*lead, n_out, cfg.r)))
             a_parts.append(a)
             b_parts.append(b / c[:, None])
             if module in scales:
                 c = c * scales[module]
-        tensors[f"{module}.lora_A.weight"] = torch.cat(a_parts, 0).to(dtype)
-        tensors[f"{module}.lora_B.weight"] = torch.cat(b_parts, 1).to(dtype)
+        tensors[f"{module}.lora_A.weight"] = torch.cat(a_parts, -2).to(dtype)
+        tensors[f"{module}.lora_B.weight"] = torch.cat(b_parts, -1).to(dtype)
         if dora:
             tensors[f"{module}.lora_magnitude"] = magnitudes[module].float().cpu().to(dtype)
     r = sum(cfg.r for cfg, _ in parts)
     targets = tuple(sorted(set().union(*(cfg.target_modules for cfg, _ in parts))))
-    return LoRAConfig(r=r, alpha=float(r), dropout=parts[-1][0].dropout, target_modules=targets, dora=dora,
-                      layers=same_layers([cfg.layers for cfg, _ in parts])), tensors
+    experts = tuple(set().union(*(cfg.target_parameters for cfg, _ in parts)))
+    # dropout is the last one's, but none with the experts' tensors (PEFT would refuse the file)
+    return LoRAConfig(r=r, alpha=float(r), dropout=0.0 if experts else parts[-1][0].dropout, target_modules=targets,
+                      dora=dora, layers=same_layers([cfg.layers for cfg, _ in parts]),
+                      target_parameters=experts), tensors
 
 
 def same_layers(scopes: list[tuple[int, ...] | None]) -> tuple[int, ...] | None:

@@ -157,10 +157,11 @@ class SparseMoE(nn.Module):
     per token (softmax in fp32), each token goes through its ``num_experts_per_tok`` best, and their
     outputs are summed with those weights (renormalised to sum to 1 where ``norm_topk_prob``). Each
     expert runs on its tokens alone. Qwen2-MoE adds a ``shared_expert`` every token goes through,
-    scaled by ``sigmoid(shared_expert_gate(x))``. LoRA leaves the router and the routed experts
-    frozen (``no_adapters``), as PEFT on transformers 5 does: there the MLP projections' names mean
-    Qwen3-MoE's, OLMoE's and Mixtral's fused experts (so this whole block is frozen) but Qwen2-MoE's
-    shared expert, which then takes adapters."""
+    scaled by ``sigmoid(shared_expert_gate(x))``. LoRA by module name leaves the router and the routed
+    experts frozen (``no_adapters``), as PEFT on transformers 5 does: there the MLP projections' names
+    mean Qwen3-MoE's, OLMoE's and Mixtral's fused experts (so this whole block is frozen) but Qwen2-MoE's
+    shared expert, which then takes adapters. The routed experts take adapters as PEFT's
+    ``target_parameters`` (``expert_adapters``: ``prefopt.lora_experts``)."""
 
     no_adapters = True
 
@@ -183,9 +184,11 @@ class SparseMoE(nn.Module):
             weights = weights / weights.sum(-1, keepdim=True)
         weights = weights.to(h.dtype)
         out = torch.zeros_like(h)
+        adapters = getattr(self, "expert_adapters", None)  # LoRA on the experts (prefopt.lora_experts)
         for e in chosen.unique().tolist():  # in place: no (tokens, hidden) copy per expert
             rows, slot = torch.where(chosen == e)
-            out.index_add_(0, rows, self.experts[e](h[rows]) * weights[rows, slot, None])
+            y = self.experts[e](h[rows]) if adapters is None else adapters.run(e, self.experts[e], h[rows])
+            out.index_add_(0, rows, y * weights[rows, slot, None])
         if hasattr(self, "shared_expert"):
             out += torch.sigmoid(self.shared_expert_gate(h)) * self.shared_expert(h)
         return out.reshape(x.shape)

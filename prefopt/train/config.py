@@ -77,6 +77,8 @@ class TrainConfig:
                                   "linear layer but lm_head)",
                                   factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                    "down_proj"])
+    lora_experts: bool = opt(False, "also adapt a mixture of experts' routed experts: gate_up_proj and down_proj "
+                                    "of every expert (PEFT's target_parameters; needs --lora-dropout 0)")
     lora_layers: str | None = opt(None, "adapt only these transformer layers, e.g. 16-31 or 0,2,4 (PEFT's "
                                         "layers_to_transform; default: all): the backward stops at the lowest, so "
                                         "the top layers alone train in less memory and time")
@@ -163,6 +165,9 @@ class TrainConfig:
             parse_layers(self.lora_layers)
         except ValueError as e:
             errors.append(f"lora_{e}")
+        if self.lora_experts and (self.lora_dropout or self.lora_dora or self.lora_layers or not self.lora):
+            errors.append("lora_experts: LoRA on the experts takes no dropout, DoRA or lora_layers (as in PEFT): set "
+                          "lora_dropout to 0" if self.lora else "lora_experts needs LoRA (drop --no-lora)")
         if self.fsdp and self.lora:
             errors.append("fsdp is for full fine-tuning: set lora=False (LoRA runs under plain DDP)")
         if self.quantize is not None and self.quantize not in QUANT_KINDS:

@@ -213,7 +213,7 @@ class DPOTrainer(Trainer):
         elif ref_model is not None:
             self.ref_mode = "model"
             self.ref_model = ref_model.to(self.device).eval().requires_grad_(False)
-        elif any(True for _ in lora_layers(model)):
+        elif any(True for _ in lora_layers(model)):  # LoRALinear or the experts'
             self.ref_mode = "adapter"
         else:
             raise ValueError("no reference: pass ref_model or ref_cache, or train a LoRA adapter")

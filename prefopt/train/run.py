@@ -10,6 +10,7 @@ from ..chat_template import run_chat_date, run_chat_vars
 from ..devices import DTYPES, resolve_device
 from ..fileio import write_json_atomic
 from ..lora import apply_lora, parse_layers
+from ..lora_experts import EXPERT_PARTS
 from ..pretrained import load_model
 from ..tokenizer import Tokenizer, load_tokenizer, set_chat_date, set_chat_vars
 from . import state as ckpt_io
@@ -52,7 +53,8 @@ def prepare_model(config: TrainConfig):
     if config.lora:
         apply_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
                    target_modules=config.lora_targets, rslora=config.lora_rslora,
-                   dora=config.lora_dora, layers=parse_layers(config.lora_layers))
+                   dora=config.lora_dora, layers=parse_layers(config.lora_layers),
+                   target_parameters=EXPERT_PARTS if config.lora_experts else ())
     else:
         for p in model.parameters():
             p.requires_grad_(True)

@@ -1,0 +1,240 @@
+"""LoRA on the routed experts of a mixture of experts (PEFT's ``target_parameters``).
+
+transformers 5 keeps a mixture's experts as two 3-D tensors per layer, ``mlp.experts.gate_up_proj``
+``(E, 2I, H)`` (each expert's gate rows, then its up rows) and ``mlp.experts.down_proj`` ``(E, H, I)``,
+and PEFT adapts them as parameters: one rank-``r`` update per expert and tensor,
+``ΔW_e = s · B_e A_e``. The gate and up projections of an expert share one ``A_e`` (a rank-``r``
+update of their stacked ``2I x H`` matrix). prefopt keeps its experts as modules
+(``prefopt.model.transformer.SparseMoE``); an :class:`ExpertLoRA` holds one tensor's updates for
+every expert, ``A`` as ``(E, r, in)`` and ``B`` as ``(E, out, r)``, and the mixture runs each expert
+with them (:meth:`ExpertAdapters.run`).
+
+PEFT's file layout (:func:`to_peft`, :func:`from_peft`): ``lora_A.weight`` is ``(E·r, in)``, expert
+``e``'s rows ``e·r … e·r + r - 1``; ``lora_B.weight`` is ``(out, r·E)``, expert ``e``'s columns
+``e, e + E, …``. With both tensors adapted, PEFT wraps the experts twice, gate_up innermost: its keys
+are ``mlp.experts.base_layer.lora_A.weight`` (gate_up) and ``mlp.experts.lora_A.weight`` (down).
+PEFT takes no dropout, DoRA or ``layers_to_transform`` on them, nor does prefopt.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model.swiglu import geglu, swiglu
+
+EXPERT_PARTS = ("gate_up_proj", "down_proj")  # PEFT's (transformers') names of the experts' tensors
+PEFT_EXPERTS = "mlp.experts"  # where transformers 5 keeps them (Mixtral too; prefopt: block_sparse_moe)
+CONTAINER = "expert_adapters"  # the SparseMoE attribute holding them, under prefopt's names
+NO_DROPOUT = ("LoRA on the experts takes no dropout (PEFT refuses lora_dropout with target_parameters: the input "
+              "cannot be factored out of an expert's update): set lora_dropout to 0")
+
+
+class _Factor(nn.Module):
+    """One stacked factor, under the ``weight`` key as a linear layer's."""
+
+    def __init__(self, shape: tuple[int, ...], like: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(shape, dtype=like.dtype, device=like.device))
+
+
+def _projections(expert: nn.Module) -> tuple[str, str, str]:
+    """An expert's gate, up and down projections' names (Mixtral's checkpoint: w1, w3, w2)."""
+    return ("w1", "w3", "w2") if hasattr(expert, "w1") else ("gate_proj", "up_proj", "down_proj")
+
+
+class ExpertLoRA(nn.Module):
+    """One of the experts' tensors (``gate_up_proj`` or ``down_proj``) adapted in every expert:
+    ``lora_A.weight`` ``(E, r, in)``, ``lora_B.weight`` ``(E, out, r)``, B starting at zero. Answers
+    to what :class:`prefopt.lora.LoRALinear` does (``merged``, ``disabled``, ``merge``, ``unmerge``)."""
+
+    lora_magnitude = None  # no DoRA on the experts (PEFT has none either)
+
+    def __init__(self, moe: nn.Module, part: str, r: int, alpha: float, rslora: bool = False):
+        super().__init__()
+        from .lora import lora_scaling
+
+        expert = moe.experts[0]
+        gate, _, down = (getattr(expert, n) for n in _projections(expert))
+        quantized = hasattr(gate, "codes")  # a 4-bit layer (QLoRA): its dtype and the codes' device
+        like = torch.empty(0, dtype=gate.dtype, device=gate.codes.device) if quantized else gate.weight
+        E = len(moe.experts)
+        self.part, self.num_experts = part, E
+        if part == "gate_up_proj":
+            self.in_features, self.out_features = gate.in_features, 2 * gate.out_features
+        else:
+            self.in_features, self.out_features = down.in_features, down.out_features
+        self.lora_A = _Factor((E, r, self.in_features), like)
+        self.lora_B = _Factor((E, self.out_features, r), like)
+        self.r, self.alpha, self.rslora, self.scaling = r, alpha, rslora, lora_scaling(r, alpha, rslora)
+        self.merged = self.disabled = False
+        self._moe = (moe,)  # not a submodule: the experts' weights stay the mixture's keys
+        self.reset_lora()
+
+    def reset_lora(self) -> None:
+        """PEFT's init: each ``(E·r, in)`` A Kaiming-uniform as one matrix, B zero."""
+        A = self.lora_A.weight
+        if not A.is_meta:
+            nn.init.kaiming_uniform_(A.data.view(-1, A.shape[-1]), a=math.sqrt(5))
+            nn.init.zeros_(self.lora_B.weight)
+
+    @property
+    def active(self) -> bool:
+        return not (self.merged or self.disabled)
+
+    def forward(self, x: torch.Tensor, e: int) -> torch.Tensor:
+        """Expert ``e``'s update of its tokens ``x``: ``s · x A_eᵀ B_eᵀ``."""
+        return F.linear(F.linear(x, self.lora_A.weight[e]), self.lora_B.weight[e]) * self.scaling
+
+    def delta(self) -> torch.Tensor:
+        """Every expert's ``s · B_e A_e``, ``(E, out, in)`` in fp32."""
+        return torch.bmm(self.lora_B.weight.float(), self.lora_A.weight.float()) * self.scaling
+
+    def _targets(self) -> list[tuple[str, int, int]]:
+        """``(projection, first row, last row + 1)`` of the update's rows in each expert."""
+        names = _projections(self._moe[0].experts[0])
+        if self.part == "down_proj":
+            return [(names[2], 0, self.out_features)]
+        half = self.out_features // 2
+        return [(names[0], 0, half), (names[1], half, self.out_features)]
+
+    def weight_deltas(self, prefix: str) -> dict[str, torch.Tensor]:
+        """``{state-dict key of an expert's projection weight: its update}`` (fp32), ``prefix`` the
+        mixture's name."""
+        d = self.delta()
+        return {f"{prefix}.experts.{e}.{name}.weight": d[e, lo:hi]
+                for e in range(self.num_experts) for name, lo, hi in self._targets()}
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold each expert's update into its weights (beside a 4-bit layer's codes, as QLoRA's)."""
+        if self.merged:
+            return
+        s = self.scaling
+        for e, expert in enumerate(self._moe[0].experts):
+            a, b = self.lora_A.weight[e], self.lora_B.weight[e]
+            for name, lo, hi in self._targets():
+                layer = getattr(expert, name)
+                if hasattr(layer, "add_update"):  # a 4-bit layer: the update kept as its factors
+                    layer.add_update(a, b[lo:hi] * s)
+                else:
+                    layer.weight.data = (layer.weight.float() + s * b[lo:hi].float() @ a.float()).to(layer.weight.dtype)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if not self.merged:
+            return
+        s = self.scaling
+        for e, expert in enumerate(self._moe[0].experts):
+            a, b = self.lora_A.weight[e], self.lora_B.weight[e]
+            for name, lo, hi in self._targets():
+                layer = getattr(expert, name)
+                if hasattr(layer, "add_update"):
+                    raise RuntimeError("an adapter merged into a 4-bit layer stays merged (load the model again to "
+                                       "drop it)")
+                layer.weight.data = (layer.weight.float() - s * b[lo:hi].float() @ a.float()).to(layer.weight.dtype)
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return (f"{self.part}: experts={self.num_experts}, in={self.in_features}, out={self.out_features}, r={self.r}, "
+                f"alpha={self.alpha}, scaling={self.scaling:g}, merged={self.merged}")
+
+
+class ExpertAdapters(nn.ModuleDict):
+    """A mixture's :class:`ExpertLoRA` by part (``gate_up_proj``, ``down_proj``); runs an expert with them."""
+
+    def run(self, e: int, expert: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Expert ``e``'s output for its tokens ``x``, its adapted tensors' updates added."""
+        gate_up, down = (self[p] if p in self and self[p].active else None for p in EXPERT_PARTS)
+        if gate_up is None and down is None:
+            return expert(x)
+        g_name, u_name, d_name = _projections(expert)
+        g, u = getattr(expert, g_name)(x), getattr(expert, u_name)(x)
+        if gate_up is not None:
+            dg, du = gate_up(x, e).chunk(2, dim=-1)
+            g, u = g + dg, u + du
+        h = geglu(g, u) if getattr(expert, "geglu", False) else swiglu(g, u)
+        y = getattr(expert, d_name)(h)
+        return y if down is None else y + down(h, e)
+
+
+def attach(model: nn.Module, parts: tuple[str, ...], r: int, alpha: float, rslora: bool = False) -> list[str]:
+    """Put :class:`ExpertLoRA` on ``parts`` of every mixture of experts in ``model``; the names of
+    the mixtures adapted. None in the model: an error naming what it has."""
+    from .model.transformer import SparseMoE
+
+    bad = [p for p in parts if p not in EXPERT_PARTS]
+    if bad:
+        raise ValueError(f"LoRA target_parameters {bad}: prefopt adapts the experts' {' and '.join(EXPERT_PARTS)}")
+    mixtures = [(n, m) for n, m in model.named_modules() if isinstance(m, SparseMoE)]
+    if not mixtures:
+        kind = getattr(getattr(model, "config", None), "model_type", "this model")
+        raise ValueError(f"LoRA on the experts ({', '.join(parts)}): {kind} has no mixture of experts")
+    for _, moe in mixtures:
+        adapters = ExpertAdapters({p: ExpertLoRA(moe, p, r, alpha, rslora) for p in EXPERT_PARTS if p in parts})
+        adapters.train(moe.training)
+        setattr(moe, CONTAINER, adapters)
+    return [n for n, _ in mixtures]
+
+
+def strip(model: nn.Module) -> None:
+    """Take every mixture's adapters off (after a merge)."""
+    for m in [m for m in model.modules() if isinstance(getattr(m, CONTAINER, None), ExpertAdapters)]:
+        delattr(m, CONTAINER)
+
+
+# ---- PEFT's file layout -------------------------------------------------------------------------------------------
+
+def peft_key(name: str, parts: tuple[str, ...]) -> str:
+    """The PEFT key (less ``base_model.model.``) of a prefopt expert-adapter key such as
+    ``model.layers.0.block_sparse_moe.expert_adapters.gate_up_proj.lora_A.weight``."""
+    mixture, rest = name.split(f".{CONTAINER}.")
+    part, leaf = rest.split(".", 1)
+    layers = mixture.rsplit(".", 1)[0]
+    inner = "base_layer." if part == "gate_up_proj" and "down_proj" in parts else ""
+    return f"{layers}.{PEFT_EXPERTS}.{inner}{leaf}"
+
+
+def prefopt_key(key: str, parts: tuple[str, ...]) -> str | None:
+    """The prefopt key of a PEFT expert-adapter key (less ``base_model.model.``), the mixture under
+    ``mlp`` (:func:`rename_mixture` puts it under the model's own name); None for any other key."""
+    marker = f".{PEFT_EXPERTS}."
+    if marker not in key or not parts:
+        return None
+    layers, rest = key.split(marker, 1)
+    nested = rest.startswith("base_layer.")
+    rest = rest.removeprefix("base_layer.")
+    if rest not in ("lora_A.weight", "lora_B.weight"):
+        return None
+    part = parts[0] if len(parts) == 1 else "gate_up_proj" if nested else "down_proj"
+    return f"{layers}.mlp.{CONTAINER}.{part}.{rest}"
+
+
+def rename_mixture(name: str, ffn_name: str) -> str:
+    """An expert-adapter key with its mixture under the model's name for it (Mixtral's ``block_sparse_moe``)."""
+    return name.replace(f".mlp.{CONTAINER}.", f".{ffn_name}.{CONTAINER}.", 1)
+
+
+def to_peft(t: torch.Tensor, leaf: str) -> torch.Tensor:
+    """prefopt's ``(E, r, in)`` A or ``(E, out, r)`` B as PEFT stores it: ``(E·r, in)``, ``(out, r·E)``."""
+    if leaf.startswith("lora_A"):
+        return t.reshape(-1, t.shape[-1]).contiguous()
+    return t.permute(1, 2, 0).reshape(t.shape[1], -1).contiguous()
+
+
+def from_peft(t: torch.Tensor, leaf: str, r: int) -> torch.Tensor:
+    """The inverse of :func:`to_peft` for rank ``r``."""
+    if leaf.startswith("lora_A"):
+        return t.reshape(-1, r, t.shape[-1])
+    return t.reshape(t.shape[0], r, -1).permute(2, 0, 1).contiguous()
+
+
+def is_expert_key(name: str) -> bool:
+    return f".{CONTAINER}." in name
+
+
+__all__ = ["EXPERT_PARTS", "ExpertAdapters", "ExpertLoRA", "attach", "from_peft", "is_expert_key", "peft_key",
+           "prefopt_key", "rename_mixture", "strip", "to_peft"]
