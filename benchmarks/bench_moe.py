@@ -8,7 +8,12 @@ included); the first ``--warmup`` steps are left out of the time. Peak RSS is th
 ``VmHWM`` at the end, and what it grew by after the library's imports (the model, its
 activations and gradients); the logits of the two are checked to agree first (max abs difference).
 
-    .venv/bin/python benchmarks/bench_moe.py [--experts 32 --top-k 4 --hidden 512 --layers 4 --tokens 1024]
+``--lora R``: the base frozen, a rank-``R`` adapter on the attention and on every expert's
+``gate_up_proj`` and ``down_proj`` (prefopt's ``apply_lora(..., target_parameters=...)`` against
+PEFT's ``LoraConfig(target_parameters=...)`` on transformers' model); the backward reaches the
+adapters only.
+
+    .venv/bin/python benchmarks/bench_moe.py [--experts 32 --top-k 4 --hidden 512 --layers 4 --tokens 1024] [--lora 16]
 """
 from __future__ import annotations
 
@@ -39,6 +44,9 @@ def build(folder: Path, a) -> None:
     transformers.Qwen3MoeForCausalLM(cfg).float().save_pretrained(folder)
 
 
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
 def worker(kind: str, folder: str, a) -> dict:
     import torch
 
@@ -48,11 +56,22 @@ def worker(kind: str, folder: str, a) -> dict:
         base = rss("VmRSS")  # after the library's imports: what follows is the model, activations, gradients
         model = load_model(folder)
         logits = model
+        if a.lora:
+            from prefopt import apply_lora
+
+            apply_lora(model, r=a.lora, alpha=2 * a.lora, dropout=0.0, target_modules=ATTENTION,
+                       target_parameters=("gate_up_proj", "down_proj"))
     else:
         import transformers
 
         base = rss("VmRSS")
         model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        if a.lora:
+            import peft
+
+            model = peft.get_peft_model(model, peft.LoraConfig(
+                r=a.lora, lora_alpha=2 * a.lora, lora_dropout=0.0, target_modules=ATTENTION,
+                target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]))
         logits = lambda ids: model(ids).logits  # noqa: E731
     model.train()
     ids = torch.randint(0, a.vocab, (a.tokens // 256, 256), generator=torch.Generator().manual_seed(1))
@@ -79,6 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tokens", type=int, default=1024, help="tokens a step (rows of 256)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--lora", type=int, default=0, help="rank of adapters on the attention and the experts (PEFT "
+                   "for transformers), the base frozen; 0: train every weight")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--worker", nargs=2, metavar=("KIND", "FOLDER"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -87,14 +108,16 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     settings = ["--experts", str(a.experts), "--top-k", str(a.top_k), "--hidden", str(a.hidden), "--layers",
                 str(a.layers), "--vocab", str(a.vocab), "--tokens", str(a.tokens), "--steps", str(a.steps),
-                "--warmup", str(a.warmup)]
+                "--warmup", str(a.warmup), "--lora", str(a.lora)]
     with tempfile.TemporaryDirectory(prefix="bench_moe_") as tmp:
         build(Path(tmp) / "model", a)
         runs = {k: run_worker(__file__, *settings, "--worker", k, str(Path(tmp) / "model")) for k in KINDS}
     diff = max(abs(x - y) for x, y in zip(runs["prefopt"].pop("probe"), runs["transformers"].pop("probe")))
     mib = 2 ** 20
     print(f"{platform.processor() or platform.machine()}, {a.experts} experts (top {a.top_k}), hidden {a.hidden}, "
-          f"{a.layers} layers, {a.tokens} tokens a step, fp32; logits agree to {diff:.1e}")
+          f"{a.layers} layers, {a.tokens} tokens a step, fp32"
+          + (f", LoRA r{a.lora} on the attention and experts (transformers: PEFT)" if a.lora else "")
+          + f"; logits agree to {diff:.1e}")
     print("| implementation | s / step (fwd+bwd) | peak RSS (MiB) | peak beyond its imports (MiB) |")
     print("|---|---|---|---|")
     for k in KINDS:

@@ -7,7 +7,7 @@ and PEFT adapts them as parameters: one rank-``r`` update per expert and tensor,
 update of their stacked ``2I x H`` matrix). prefopt keeps its experts as modules
 (``prefopt.model.transformer.SparseMoE``); an :class:`ExpertLoRA` holds one tensor's updates for
 every expert, ``A`` as ``(E, r, in)`` and ``B`` as ``(E, out, r)``, and the mixture runs each expert
-with them (:meth:`ExpertAdapters.run`).
+with them (:meth:`ExpertAdapters.runner`).
 
 PEFT's file layout (:func:`to_peft`, :func:`from_peft`): ``lora_A.weight`` is ``(E·r, in)``, expert
 ``e``'s rows ``e·r … e·r + r - 1``; ``lora_B.weight`` is ``(out, r·E)``, expert ``e``'s columns
@@ -84,9 +84,13 @@ class ExpertLoRA(nn.Module):
     def active(self) -> bool:
         return not (self.merged or self.disabled)
 
-    def forward(self, x: torch.Tensor, e: int) -> torch.Tensor:
-        """Expert ``e``'s update of its tokens ``x``: ``s · x A_eᵀ B_eᵀ``."""
-        return F.linear(F.linear(x, self.lora_A.weight[e]), self.lora_B.weight[e]) * self.scaling
+    def per_expert(self) -> list:
+        """One function per expert, ``x -> s · x A_eᵀ B_eᵀ`` (its update of its tokens ``x``). The
+        factors are split once (``unbind``): indexing them per expert would make the backward write
+        a whole ``(E, r, in)`` gradient for each expert."""
+        s = self.scaling
+        return [lambda x, a=a, b=b: F.linear(F.linear(x, a), b) * s
+                for a, b in zip(self.lora_A.weight.unbind(0), self.lora_B.weight.unbind(0))]
 
     def delta(self) -> torch.Tensor:
         """Every expert's ``s · B_e A_e``, ``(E, out, in)`` in fp32."""
@@ -144,21 +148,26 @@ class ExpertLoRA(nn.Module):
 
 
 class ExpertAdapters(nn.ModuleDict):
-    """A mixture's :class:`ExpertLoRA` by part (``gate_up_proj``, ``down_proj``); runs an expert with them."""
+    """A mixture's :class:`ExpertLoRA` by part (``gate_up_proj``, ``down_proj``); runs the experts with them."""
 
-    def run(self, e: int, expert: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Expert ``e``'s output for its tokens ``x``, its adapted tensors' updates added."""
-        gate_up, down = (self[p] if p in self and self[p].active else None for p in EXPERT_PARTS)
-        if gate_up is None and down is None:
-            return expert(x)
-        g_name, u_name, d_name = _projections(expert)
-        g, u = getattr(expert, g_name)(x), getattr(expert, u_name)(x)
-        if gate_up is not None:
-            dg, du = gate_up(x, e).chunk(2, dim=-1)
-            g, u = g + dg, u + du
-        h = geglu(g, u) if getattr(expert, "geglu", False) else swiglu(g, u)
-        y = getattr(expert, d_name)(h)
-        return y if down is None else y + down(h, e)
+    def runner(self):
+        """``run(e, expert, x)``: expert ``e``'s output for its tokens ``x``, its adapted tensors'
+        updates added; made once per forward of the mixture."""
+        gate_up, down = (self[p].per_expert() if p in self and self[p].active else None for p in EXPERT_PARTS)
+
+        def run(e: int, expert: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            if gate_up is None and down is None:
+                return expert(x)
+            g_name, u_name, d_name = _projections(expert)
+            g, u = getattr(expert, g_name)(x), getattr(expert, u_name)(x)
+            if gate_up is not None:
+                dg, du = gate_up[e](x).chunk(2, dim=-1)
+                g, u = g + dg, u + du
+            h = geglu(g, u) if getattr(expert, "geglu", False) else swiglu(g, u)
+            y = getattr(expert, d_name)(h)
+            return y if down is None else y + down[e](h)
+
+        return run
 
 
 def attach(model: nn.Module, parts: tuple[str, ...], r: int, alpha: float, rslora: bool = False) -> list[str]:

@@ -185,9 +185,10 @@ class SparseMoE(nn.Module):
         weights = weights.to(h.dtype)
         out = torch.zeros_like(h)
         adapters = getattr(self, "expert_adapters", None)  # LoRA on the experts (prefopt.lora_experts)
+        run = adapters.runner() if adapters is not None else lambda e, expert, x: expert(x)
         for e in chosen.unique().tolist():  # in place: no (tokens, hidden) copy per expert
             rows, slot = torch.where(chosen == e)
-            y = self.experts[e](h[rows]) if adapters is None else adapters.run(e, self.experts[e], h[rows])
+            y = run(e, self.experts[e], h[rows])
             out.index_add_(0, rows, y * weights[rows, slot, None])
         if hasattr(self, "shared_expert"):
             out += torch.sigmoid(self.shared_expert_gate(h)) * self.shared_expert(h)

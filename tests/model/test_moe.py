@@ -1,8 +1,9 @@
 """Mixtures of experts (Qwen3-MoE, Qwen2-MoE, OLMoE, Mixtral) against transformers' ``Qwen3MoeForCausalLM``,
 ``Qwen2MoeForCausalLM``, ``OlmoeForCausalLM`` and ``MixtralForCausalLM``: the routing (top-k, renormalised or not; dense
 layers; Qwen2-MoE's gated shared expert),
-generation with the cache, packing, saving, LoRA (attention only: PEFT on transformers 5 adapts no
-expert either, and reads prefopt's adapter to the same logits), QLoRA's 4-bit experts, training.
+generation with the cache, packing, saving, LoRA by module name (attention only: PEFT on transformers 5 adapts no
+expert by those names either, and reads prefopt's adapter to the same logits; the experts' own adapters, PEFT's
+target_parameters, are in test_moe_experts_lora.py), QLoRA's 4-bit experts, training.
 Logits, padding and hidden states of each are in test_parity.py (``qwen3-moe``, ``qwen2-moe``, ``olmoe``,
 ``mixtral``)."""
 import json
@@ -195,7 +196,8 @@ def test_peft_reads_the_adapter_to_the_same_logits(moe, tmp_path):
 
 
 def test_an_adapter_on_the_experts_is_refused_by_name(moe, tmp_path):
-    """An adapter that PEFT (on transformers 4, whose experts were modules) put on the experts."""
+    """An adapter that PEFT (on transformers 4, whose experts were modules) put on each expert's projections
+    (transformers 5's stacked tensors, target_parameters, load: test_moe_experts_lora.py)."""
     from safetensors.torch import save_file
 
     from prefopt.lora_files import load_adapter
@@ -213,8 +215,9 @@ def test_an_adapter_on_the_experts_is_refused_by_name(moe, tmp_path):
               tmp_path / "adapter" / "adapter_model.safetensors")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(ValueError, match=rf"experts\.0\.{leaf}\.lora_[AB]\.weight' is an adapter on a mixture "
-                                             r"of experts' expert, which prefopt does not load"):
+        with pytest.raises(ValueError, match=rf"experts\.0\.{leaf}\.lora_[AB]\.weight' is an adapter on one "
+                                             r"expert's projection \(PEFT on transformers 4.*which prefopt does not "
+                                             r"load \(it reads adapters on the experts' stacked tensors"):
             load_adapter(load_model(folder), tmp_path / "adapter")
 
 
