@@ -19,7 +19,7 @@ from .selection import check_settings
 
 # both stages' adapters, in every preset; quantize "nf4": their base weights in 4 bits while they train (QLoRA)
 LORA = {"lora_r": 16, "lora_alpha": 32.0, "lora_dora": False, "lora_rslora": False, "lora_dropout": 0.05,
-        "lora_targets": None, "lora_layers": None, "quantize": None}
+        "lora_targets": None, "lora_layers": None, "lora_experts": False, "quantize": None}
 # DPO's variants, in every preset: LD-DPO's alpha (None: off), f-DPO's divergence and its alpha, WPO's pair
 # weights (docs/dpo.md)
 DPO_VARIANTS = {"ld_alpha": None, "f_divergence": "reverse_kl", "f_alpha": 0.5, "wpo": False}
@@ -53,6 +53,7 @@ PRESETS = {
     # alpha / r, or alpha / sqrt(r) with lora_rslora; DoRA or plain LoRA; dropout on its input);
     # lora_targets None (every attention and MLP projection) or the layers that get one ("q_proj,v_proj,lm_head");
     # lora_layers None (every transformer layer) or the ones adapted ("16-31": the backward stops at the lowest);
+    # lora_experts True: a mixture of experts' routed experts adapted too (gate_up_proj, down_proj; lora_dropout 0);
     # ld_alpha None (DPO) or LD-DPO's weight in [0, 1] of the longer answer's tokens past the shorter one's length;
     # f_divergence "reverse_kl" (DPO), "forward_kl", "js_divergence" or "alpha_divergence" (f_alpha its alpha);
     # wpo False (DPO) or True: each pair's loss weighed by how likely the policy finds its answers (WPO);
@@ -115,7 +116,7 @@ class CompareConfig:
         s = {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}
         check_numbers(s)
         check_settings(s)
-        for name in ("confidence", "lora_dora", "lora_rslora", "pack"):
+        for name in ("confidence", "lora_dora", "lora_rslora", "lora_experts", "pack"):
             if not isinstance(s[name], bool):
                 raise ValueError(f"{name}: true or false (got {s[name]!r})")
         check_lora_targets(s)
@@ -123,6 +124,9 @@ class CompareConfig:
         check_dpo_variants(s, self.loss)
         if s["quantize"] is not None and s["quantize"] not in QUANT_KINDS:
             raise ValueError(f"quantize: null or one of {', '.join(QUANT_KINDS)} (got {s['quantize']!r})")
+        if s["lora_experts"] and (s["lora_dropout"] or s["lora_dora"] or s["lora_layers"] is not None):
+            raise ValueError("lora_experts: LoRA on a mixture's experts takes no dropout, DoRA or lora_layers (as in "
+                             "PEFT): --set lora_dropout=0 with it")
         if s["quantize"] and s["lora_dora"]:
             raise ValueError("lora_dora with quantize: DPO trains on the SFT model, and a DoRA SFT adapter cannot be "
                              "merged into 4-bit weights; use one or the other")

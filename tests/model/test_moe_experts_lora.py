@@ -243,3 +243,32 @@ def test_sft_trains_the_experts_adapters(tmp_path):
     assert len(experts) == 2  # layer 0's mixture (layer 1 is dense in the tiny Qwen3-MoE)
     for m in experts:  # B starts at zero: each expert's update trained (every expert routed some tokens)
         assert all(m.lora_B.weight[e].abs().max() > 0 for e in range(m.num_experts))
+
+
+def test_dpo_trains_the_experts_adapters_against_the_adapter_disabled_reference(tmp_path):
+    """Mixtral (block_sparse_moe), the reference cached from the model with its adapters off
+    (that ``disable_adapter`` turns the experts' off too: the merging test): held-out pairs move the
+    right way, and every expert adapter trained."""
+    from prefopt.train.dpo import DPOConfig
+    from prefopt.train.run import run_dpo
+    from tests._tiny import build_hf_model
+    from tests.train._fixtures import write_pairs
+
+    model_dir = tmp_path / "model"
+    build_hf_model(model_dir, arch="mixtral", initializer_range=0.1)
+    cfg = DPOConfig(model=str(model_dir), data=str(write_pairs(tmp_path / "train.jsonl")),
+                    eval_data=str(write_pairs(tmp_path / "held.jsonl", n=16, offset=1000)),
+                    output_dir=str(tmp_path / "run"), batch_size=4, max_steps=48, lr=1e-2, lora_r=4, lora_alpha=8,
+                    lora_dropout=0.0, lora_targets=["q_proj"], lora_experts=True, progress=False,
+                    ref_cache=str(tmp_path / "cache"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = run_dpo(cfg)
+    before, after = summary["eval_before"], summary["eval_after"]
+    assert abs(before["eval_loss"] - 0.6931) < 1e-3 and summary["reference_forwards"] == 0
+    assert after["eval_loss"] < before["eval_loss"] - 0.04 and after["eval_rewards/margins"] > 0.1
+    trained = load_adapter(load_model(model_dir), tmp_path / "run" / "final")
+    experts = [m for n, m in lora_layers(trained) if isinstance(m, ExpertLoRA)]
+    assert len(experts) == 4 and all(".block_sparse_moe.expert_adapters." in n for n, m in lora_layers(trained)
+                                     if isinstance(m, ExpertLoRA))
+    assert all(m.lora_B.weight.abs().max() > 0 for m in experts)

@@ -779,7 +779,8 @@ def test_a_run_made_before_a_setting_was_added_still_resumes(tiny_model, tmp_pat
     for key in ("max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "repeat_scope",
                 "gradient_checkpointing", "val", "dpo_eval_every", "dpo_min_gain",
                 "dpo_patience", "dpo_max_p", "confidence", "lora_r", "lora_alpha", "lora_dora", "lora_rslora",
-                "lora_dropout", "lora_targets", "lora_layers", "quantize", "ld_alpha", "f_divergence", "f_alpha"):
+                "lora_dropout", "lora_targets", "lora_layers", "lora_experts", "quantize", "ld_alpha", "f_divergence",
+                "f_alpha"):
         del stored["settings"][key]
     del stored["chat_date"]  # added on 2026-11-30: such a run keeps the clock's date, as it had
     (out / "compare_config.json").write_text(json.dumps(stored))
@@ -886,6 +887,27 @@ def test_compare_trains_the_adapter_layers_scale_and_dropout_it_is_given(tiny_mo
         run_compare(CompareConfig(task="portal", model=str(tied), output=str(tmp_path / "t"),
                                   overrides={**TINY, "lora_targets": "q_proj,lm_head"}))
     assert not (tmp_path / "t").exists()
+
+
+def test_compare_adapts_a_mixtures_experts_in_both_stages(tmp_path):
+    """``--set lora_experts=true --set lora_dropout=0`` on a mixture of experts: SFT's and DPO's
+    adapters both cover the experts' tensors, stacked into one (r 4 + 4); what the experts cannot
+    take is named before any work."""
+    from prefopt.lora_files import read_adapter
+
+    model = tmp_path / "moe"
+    build_hf_model(model, arch="qwen3_moe", max_position_embeddings=4096)
+    out = tmp_path / "run"
+    report = run_compare(CompareConfig(task="portal", model=str(model), output=str(out), overrides={
+        **TINY, "lora_experts": True, "lora_dropout": 0.0, "lora_r": 4, "lora_targets": "q_proj"}))
+    cfg, tensors = read_adapter(out / report["weights"]["dpo"])
+    assert (cfg.r, cfg.target_modules, cfg.target_parameters) == (8, ("q_proj",), ("gate_up_proj", "down_proj"))
+    b = tensors["model.layers.0.mlp.expert_adapters.down_proj.lora_B.weight"]  # (E, out, r 4 + 4)
+    assert b.shape[-1] == 8 and b[..., :4].abs().max() > 0 and b[..., 4:].abs().max() > 0  # both stages trained
+    for bad, match in (({"lora_experts": True}, "lora_experts: LoRA on a mixture's experts takes no dropout"),
+                       ({"lora_experts": "yes"}, "lora_experts: true or false")):
+        with pytest.raises(ValueError, match=match):
+            CompareConfig(task="portal", model=str(model), output=str(tmp_path / "x"), overrides=bad).settings()
 
 
 @pytest.mark.slow
