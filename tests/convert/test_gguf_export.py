@@ -8,6 +8,7 @@ from prefopt import apply_lora, load_model, load_tokenizer, save_adapter
 from prefopt.cli import main
 from prefopt.convert.gguf import convert_gguf
 from prefopt.convert.gguf_export import export_gguf
+from prefopt.lora import lora_layers
 from prefopt.model import UnsupportedModelError
 from tests._tiny import CORPUS, build_hf_model, randomize_lora
 
@@ -323,16 +324,15 @@ def test_the_command_offers_every_type_the_exporter_writes():
 def test_a_mixture_of_experts_exports_with_its_experts_stacked(arch, gguf_arch, tmp_path):
     """Each layer's experts as llama.cpp stores them, one ``(E, out, in)`` tensor per projection,
     the router f32 (also in a q8_0 file), the expert counts in the metadata, every tensor under a
-    name llama.cpp knows; with an adapter on the attention merged in, the file imports back to the
-    merged model's logits. (transformers' GGUF loader is no independent reader here: it has no
+    name llama.cpp knows; with an adapter on the attention and on the experts' tensors (PEFT's
+    target_parameters) merged in, the file imports back to the merged model's logits. (transformers' GGUF loader is no independent reader here: it has no
     Mixtral, and for qwen3moe reads neither the experts' width nor their renormalisation.)"""
     extra = {"mlp_only_layers": []} if arch in ("qwen3_moe", "qwen2_moe") else {}
     build_hf_model(tmp_path / "hf", arch=arch, tie_word_embeddings=False, **extra)
-    if arch == "qwen2_moe":  # attention and shared expert adapted
-        model = apply_lora(load_model(tmp_path / "hf"), r=4, alpha=8, dropout=0.0)
-    else:
-        with pytest.warns(UserWarning, match="name this model's experts"):
-            model = apply_lora(load_model(tmp_path / "hf"), r=4, alpha=8, dropout=0.0)
+    # attention (Qwen2-MoE: and shared expert) adapted by name, every expert's gate_up and down tensors too
+    model = apply_lora(load_model(tmp_path / "hf"), r=4, alpha=8, dropout=0.0,
+                       target_parameters=("gate_up_proj", "down_proj"))
+    assert sum(".expert_adapters." in n for n, _ in lora_layers(model)) == 4
     randomize_lora(model)
     save_adapter(model, tmp_path / "adapter", base_model=str(tmp_path / "hf"))
     with torch.no_grad():  # the weights the export holds: the adapter folded in once

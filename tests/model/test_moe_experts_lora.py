@@ -272,3 +272,14 @@ def test_dpo_trains_the_experts_adapters_against_the_adapter_disabled_reference(
     assert len(experts) == 4 and all(".block_sparse_moe.expert_adapters." in n for n, m in lora_layers(trained)
                                      if isinstance(m, ExpertLoRA))
     assert all(m.lora_B.weight.abs().max() > 0 for m in experts)
+
+
+def test_the_merged_model_loads_in_transformers_to_the_adapted_logits(moe, tmp_path):
+    """``prefopt merge``'s folder (``save_merged``): the experts' updates folded into each expert's weights."""
+    from prefopt import save_merged
+
+    _, _, folder = moe
+    ours = ours_with(folder)
+    save_merged(ours, tmp_path / "merged")
+    with torch.no_grad():
+        assert (hf_model(tmp_path / "merged")(IDS).logits - ours(IDS)).abs().max().item() < 1e-4
