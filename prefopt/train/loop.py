@@ -27,6 +27,7 @@ from .._deps import progress
 from ..devices import resolve_device
 from ..fileio import write_json_atomic
 from ..lora import QLoRALinear, layer_text, lora_layers
+from ..lora_experts import ExpertLoRA
 from . import state as ckpt_io
 from .config import TrainConfig, no_eval_set
 from .data_digest import check_same_data, data_digest
@@ -76,7 +77,8 @@ def _trained_part(model: torch.nn.Module) -> str:
     if not layers:
         return "all weights" if all(p.requires_grad for p in model.parameters()) else "some weights"
     ranks = "/".join(str(r) for r in sorted({m.r for _, m in layers}))
-    targets = dict.fromkeys(name.rsplit(".", 1)[-1] for name, _ in layers)
+    targets = dict.fromkeys(("the experts' " if isinstance(m, ExpertLoRA) else "") + name.rsplit(".", 1)[-1]
+                            for name, m in layers)
     kind = "rsLoRA" if all(m.rslora for _, m in layers) else "LoRA"
     if all(m.lora_magnitude is not None for _, m in layers):
         kind = "DoRA" if kind == "LoRA" else "DoRA (rsLoRA)"

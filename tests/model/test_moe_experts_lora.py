@@ -218,8 +218,9 @@ def test_the_train_config_refuses_what_the_experts_cannot_take():
         TrainConfig(model="m", data="d", output_dir="o", lora_experts=True, lora=False, lora_dropout=0.0)
 
 
-def test_sft_trains_the_experts_adapters(tmp_path):
-    """--lora-experts: the held-out loss falls, every expert's update moves, the card and log say so."""
+def test_sft_trains_the_experts_adapters(tmp_path, capsys):
+    """--lora-experts: the held-out loss falls, every expert's update moves, the plan line and the
+    adapter's description say so."""
     from prefopt.train import TrainConfig
     from prefopt.train.run import run_sft
     from tests._tiny import build_hf_model
@@ -235,6 +236,7 @@ def test_sft_trains_the_experts_adapters(tmp_path):
                                       lora_targets=["q_proj"], lora_experts=True, eval_fraction=0.25,
                                       warmup_steps=2, progress=False))
     assert summary["eval_after"]["eval_loss"] < 0.6 * summary["eval_before"]["eval_loss"]
+    assert "(LoRA r4 on q_proj, the experts' gate_up_proj, the experts' down_proj)" in capsys.readouterr().out
     cfg = read_adapter_config(tmp_path / "run" / "final")
     assert cfg.target_parameters == BOTH and describe(cfg) == (
         "LoRA r4 (alpha 8) on q_proj, the experts' gate_up_proj, down_proj")
