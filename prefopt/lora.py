@@ -342,10 +342,11 @@ def apply_lora(
     if target_parameters:
         if dropout:
             raise ValueError(lora_experts.NO_DROPOUT)
-        if dora or layers is not None:
-            raise ValueError("LoRA on the experts: PEFT takes no " + ("DoRA" if dora else "layers_to_transform")
-                             + " with target_parameters (it would adapt the experts of every layer), nor does "
-                             "prefopt")
+        if dora:
+            raise ValueError("LoRA on the experts: PEFT takes no DoRA with target_parameters, nor does prefopt")
+        if layers is not None:
+            raise ValueError("LoRA on the experts: PEFT takes no layers_to_transform with target_parameters (it "
+                             "adapts the experts of every layer all the same), nor does prefopt")
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     if layers and n_layers is not None and max(layers) >= n_layers:
         raise ValueError(f"LoRA on {layer_text(layers)}: the model has layers 0-{n_layers - 1}")

@@ -105,11 +105,13 @@ def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
     targets = d.get("target_modules") or ()
     parts = _expert_parts(path, d)
     if parts and layers is not None:
-        raise ValueError(f"{path}: this adapter names layers_to_transform={layers!r} and adapts the experts' "
+        raise ValueError(f"{path}: this adapter names layers_to_transform={list(layers)} and adapts the experts' "
                          f"{', '.join(parts)} (target_parameters), which PEFT adapts in every layer all the same; "
                          "prefopt does not load the two together; " + MERGE_IN_PEFT)
     if _picked_by_path(d):
         targets, layers = _adapted_in_file(Path(adapter_dir), d)
+        # with the experts (every layer's): the picked modules in every layer, which load_adapter checks in the file
+        layers = None if parts else layers
     if not targets and not parts:
         raise ValueError(f"{path}: the adapter names no target_modules and no target_parameters")
     return LoRAConfig(r=d["r"], alpha=d["lora_alpha"], dropout=d.get("lora_dropout", 0.0), target_modules=tuple(targets),

@@ -58,12 +58,14 @@ def test_peft_reads_prefopts_adapter_on_the_experts_to_the_same_logits(moe, tmp_
     assert read_adapter_config(out).target_parameters == parts
 
 
-@pytest.mark.parametrize("listed", [["mlp.experts.gate_up_proj", "mlp.experts.down_proj"], ["experts.down_proj"]])
-def test_prefopt_reads_peft_adapters_on_the_experts_to_the_same_logits(moe, tmp_path, listed):
+@pytest.mark.parametrize("listed,targets", [(["mlp.experts.gate_up_proj", "mlp.experts.down_proj"], ["v_proj"]),
+                                            (["experts.down_proj"], ["v_proj"]),
+                                            (["mlp.experts.gate_up_proj"], r".*\.(q_proj|v_proj)")])  # a regex
+def test_prefopt_reads_peft_adapters_on_the_experts_to_the_same_logits(moe, tmp_path, listed, targets):
     hf, _, folder = moe
     torch.manual_seed(1)
     theirs = peft.get_peft_model(hf_model(folder), peft.LoraConfig(r=3, lora_alpha=5, lora_dropout=0.0,
-                                                                  target_modules=["v_proj"], target_parameters=listed))
+                                                                  target_modules=targets, target_parameters=listed))
     with torch.no_grad():
         for n, p in theirs.named_parameters():
             if "lora_B" in n:
@@ -186,14 +188,16 @@ def test_4_bit_experts_take_adapters_and_merge_beside_their_codes(moe):
 def test_what_peft_refuses_on_the_experts_is_refused(moe, tmp_path):
     _, _, folder = moe
     for kwargs, error in (({"dropout": 0.05}, "takes no dropout"), ({"dropout": 0.0, "dora": True}, "no DoRA"),
-                          ({"dropout": 0.0, "layers": [0]}, "no layers_to_transform")):
+                          ({"dropout": 0.0, "layers": [0]}, "no layers_to_transform with target_parameters \\(it "
+                                                            "adapts the experts of every layer")):
         with pytest.raises(ValueError, match=error):
             apply_lora(load_model(folder), target_modules=ATTENTION, target_parameters=BOTH, **kwargs)
     with pytest.raises(ValueError, match=r"target_parameters \['up_proj'\]: prefopt adapts the experts' gate_up_proj"):
         apply_lora(load_model(folder), dropout=0.0, target_modules=ATTENTION, target_parameters=["up_proj"])
     out = save_adapter(ours_with(folder), tmp_path / "a", base_model=str(folder))
     config = json.loads((out / "adapter_config.json").read_text())
-    for change, error in (({"layers_to_transform": [0]}, "PEFT adapts in every layer all the same"),
+    for change, error in (({"layers_to_transform": [0]}, r"names layers_to_transform=\[0\] and adapts the experts' "
+                                                          "gate_up_proj, down_proj .*which PEFT adapts in every layer"),
                           ({"target_parameters": ["self_attn.q_proj.weight"]}, "is not a mixture of experts'")):
         (out / "adapter_config.json").write_text(json.dumps({**config, **change}))
         with pytest.raises(ValueError, match=error):
