@@ -356,6 +356,10 @@ def run_compare(cfg: CompareConfig) -> dict:
     require_chat(tok, cfg.model)
     if "lm_head" in (s["lora_targets"] or ()):
         _refuse_tied_head(cfg.model)
+    if s["lora_experts"]:
+        from ..train.run import check_experts
+
+        check_experts(cfg.model, True)
     judge_tok = load_tokenizer(cfg.judge) if cfg.judge else None
     if judge_tok is not None:  # it reads the answers as a chat too
         require_chat(judge_tok, cfg.judge)

@@ -93,7 +93,7 @@ OTHER_NAMES = {
     "r": "lora_r", "target_modules": "lora_targets", "train_file": "data", "dataset": "data",
     "validation_file": "eval_data", "model_name_or_path": "model", "ref_model": "ref",
     "resume_from_checkpoint": "resume", "early_stopping_patience": "patience", "use_dora": "lora_dora",
-    "use_rslora": "lora_rslora", "packing": "pack", "padding_free": "pack",
+    "use_rslora": "lora_rslora", "packing": "pack", "padding_free": "pack", "target_parameters": "lora_experts",
 }
 
 

@@ -77,6 +77,22 @@ def claim_output_dir(config: TrainConfig) -> None:
                              is_main=init_distributed(resolve_device(config.device)).is_main, clear=False)
 
 
+def check_experts(model: str, lora_experts: bool) -> None:
+    """``lora_experts`` on a model with no mixture of experts, refused from its config.json before a
+    run claims its folder (a model that cannot be read here is left to the load to name)."""
+    if not lora_experts:
+        return
+    from ..model.config import ModelConfig
+    from ..model.hub import resolve_model_dir
+
+    try:
+        cfg = ModelConfig.from_hf(resolve_model_dir(model))
+    except (OSError, ValueError):
+        return
+    if not any(cfg.sparse(i) for i in range(cfg.num_hidden_layers)):
+        raise ValueError(f"lora_experts: {model} ({cfg.model_type}) has no mixture of experts to adapt")
+
+
 def _start(config: TrainConfig, evaluators, records, eval_records, *loader) -> tuple:
     """What both runs do before the model loads: check the evaluators, claim the output folder,
     load the tokenizer, pin the chat date and variables, and read and check the data (``loader``:
@@ -84,6 +100,7 @@ def _start(config: TrainConfig, evaluators, records, eval_records, *loader) -> t
     then print, on the main process, the chat lines and the data reports. Returns ``(config, tok,
     train, evals)``."""
     config.check_eval_set(evaluators, eval_records is not None)
+    check_experts(config.model, config.lora and config.lora_experts)
     claim_output_dir(config)
     tok = load_tokenizer(config.model)
     config, chat_lines = pin_chat(config, tok)

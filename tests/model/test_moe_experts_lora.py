@@ -205,11 +205,20 @@ def test_what_peft_refuses_on_the_experts_is_refused(moe, tmp_path):
 
 
 def test_a_dense_model_has_no_experts_to_adapt(tmp_path):
+    """apply_lora says so; sft (and compare) before the run claims its folder."""
+    from prefopt.train import TrainConfig
+    from prefopt.train.run import run_sft
     from tests._tiny import build_hf_model
+    from tests.train._fixtures import write_task
 
-    build_hf_model(tmp_path, tokenizer=False)
+    build_hf_model(tmp_path / "model", initializer_range=0.1)
     with pytest.raises(ValueError, match=r"LoRA on the experts \(gate_up_proj, down_proj\): llama has no mixture"):
-        apply_lora(load_model(tmp_path), dropout=0.0, target_parameters=BOTH)
+        apply_lora(load_model(tmp_path / "model"), dropout=0.0, target_parameters=BOTH)
+    _, data = write_task(tmp_path)
+    with pytest.raises(ValueError, match=r"lora_experts: .*model \(llama\) has no mixture of experts to adapt"):
+        run_sft(TrainConfig(model=str(tmp_path / "model"), data=str(data), output_dir=str(tmp_path / "run"),
+                            lora_dropout=0.0, lora_experts=True, progress=False))
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_train_config_refuses_what_the_experts_cannot_take():

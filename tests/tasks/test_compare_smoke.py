@@ -908,6 +908,12 @@ def test_compare_adapts_a_mixtures_experts_in_both_stages(tmp_path):
                        ({"lora_experts": "yes"}, "lora_experts: true or false")):
         with pytest.raises(ValueError, match=match):
             CompareConfig(task="portal", model=str(model), output=str(tmp_path / "x"), overrides=bad).settings()
+    dense = tmp_path / "dense"
+    build_hf_model(dense, max_position_embeddings=4096)
+    with pytest.raises(ValueError, match=r"lora_experts: .*dense \(llama\) has no mixture of experts"):
+        run_compare(CompareConfig(task="portal", model=str(dense), output=str(tmp_path / "d"),
+                                  overrides={**TINY, "lora_experts": True, "lora_dropout": 0.0}))
+    assert not (tmp_path / "d").exists()
 
 
 @pytest.mark.slow
