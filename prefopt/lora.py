@@ -45,6 +45,8 @@ class LoRAConfig:
     layers: tuple[int, ...] | None = None  # the transformer layers adapted (PEFT's layers_to_transform); None: all
     # a mixture of experts' expert tensors adapted (PEFT's target_parameters): gate_up_proj, down_proj (lora_experts)
     target_parameters: tuple[str, ...] = ()
+    # an adapter made on transformers 4, whose experts were modules (experts.3.w1): names match inside them too
+    expert_modules: bool = False
 
     def __post_init__(self):
         if self.r < 1:
@@ -320,6 +322,7 @@ def apply_lora(
     dora: bool = False,
     layers: Iterable[int] | None = None,
     target_parameters: Iterable[str] = (),
+    expert_modules: bool = False,
 ) -> nn.Module:
     """Replace each ``nn.Linear`` whose name ends in one of ``target_modules`` with a
     :class:`LoRALinear`, and freeze every other parameter. Returns ``model``.
@@ -335,7 +338,10 @@ def apply_lora(
     lowest of them, so training the top layers only saves memory and time. ``target_parameters``:
     also adapt a mixture of experts' routed experts, ``gate_up_proj`` and/or ``down_proj`` of
     every expert (PEFT's ``target_parameters``; ``prefopt.lora_experts``): no dropout, DoRA or
-    ``layers`` with them, as in PEFT.
+    ``layers`` with them, as in PEFT. ``expert_modules``: names match inside a mixture of experts
+    too (each expert's ``w1``, ``gate_proj``...; the router's ``gate``), as PEFT on transformers 4
+    matched them, whose experts were modules: for adapters made there (``load_adapter`` tells them
+    by their keys).
     """
     layers = None if layers is None else tuple(layers)
     target_parameters = tuple(target_parameters)
@@ -350,12 +356,13 @@ def apply_lora(
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     if layers and n_layers is not None and max(layers) >= n_layers:
         raise ValueError(f"LoRA on {layer_text(layers)}: the model has layers 0-{n_layers - 1}")
-    frozen = _without_adapters(model)
+    frozen = () if expert_modules else _without_adapters(model)
     linear = {name.rsplit(".", 1)[-1] for name, c in model.named_modules()
               if type(c) in (nn.Linear, QuantLinear) and (layers is None or layer_index(name) in layers)
               and not f"{name}.".startswith(frozen)}
     target_modules = tuple(target_modules)
-    mlp_names_are_experts = any(getattr(m, "no_adapters", False) and hasattr(m, "experts") for m in model.modules())
+    mlp_names_are_experts = not expert_modules and any(getattr(m, "no_adapters", False) and hasattr(m, "experts")
+                                                       for m in model.modules())
     if mlp_names_are_experts:  # a mixture of experts: its MLP projections name its experts, which adapt nothing here
         experts = (_names_in(model) - linear) | set(MLP_PROJECTIONS)
         dropped = [t for t in target_modules if t in experts]
@@ -369,7 +376,7 @@ def apply_lora(
         target_modules = tuple(dict.fromkeys([*(t for t in target_modules if t != ALL_LINEAR),
                                               *sorted(linear - {"lm_head"})]))
     cfg = LoRAConfig(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules, rslora=rslora, dora=dora,
-                     layers=layers, target_parameters=target_parameters)
+                     layers=layers, target_parameters=target_parameters, expert_modules=expert_modules)
     unmatched = [t for t in cfg.target_modules if t not in linear]
     if "lm_head" in unmatched and _tied(model):
         raise ValueError(TIED_HEAD)

@@ -10,6 +10,7 @@ never dropped.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -116,7 +117,14 @@ def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
         raise ValueError(f"{path}: the adapter names no target_modules and no target_parameters")
     return LoRAConfig(r=d["r"], alpha=d["lora_alpha"], dropout=d.get("lora_dropout", 0.0), target_modules=tuple(targets),
                       rslora=bool(d.get("use_rslora", False)), dora=bool(d.get("use_dora", False)), layers=layers,
-                      target_parameters=parts)
+                      target_parameters=parts, expert_modules=_expert_modules(Path(adapter_dir)))
+
+
+def _expert_modules(adapter_dir: Path) -> bool:
+    """Whether an adapter file holds tensors on single experts' projections (``experts.3.w1``): made
+    by PEFT on transformers 4, whose experts were modules, where target names matched inside them."""
+    path = adapter_dir / "adapter_model.safetensors"
+    return path.is_file() and any(re.search(r"\.experts\.\d+\.", k) for k in read_header(path))
 
 
 def _expert_parts(path: Path, d: dict) -> tuple[str, ...]:
@@ -193,17 +201,14 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     """Apply the adapter in ``adapter_dir`` (PEFT layout) to ``model``; check every key and shape."""
     cfg, tensors = read_adapter(adapter_dir)
     apply_lora(model, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules, strict=False, rslora=cfg.rslora,
-               dora=cfg.dora, layers=cfg.layers, target_parameters=cfg.target_parameters)
+               dora=cfg.dora, layers=cfg.layers, target_parameters=cfg.target_parameters,
+               expert_modules=cfg.expert_modules)
     path = Path(adapter_dir) / "adapter_model.safetensors"
     own = lora_state_dict(model)
     ffn = getattr(getattr(model, "config", None), "ffn_name", "mlp")
     loaded = {}
     for name, t in tensors.items():
         name = lora_experts.rename_mixture(name, ffn)  # Mixtral's block_sparse_moe, where PEFT's keys say mlp
-        if name not in own and ".experts." in name:
-            raise ValueError(f"{path}: {PEFT_PREFIX + name!r} is an adapter on one expert's projection (PEFT on "
-                             "transformers 4, whose experts were modules), which prefopt does not load (it reads "
-                             "adapters on the experts' stacked tensors, PEFT's target_parameters); " + MERGE_IN_PEFT)
         if name not in own:
             raise ValueError(f"{path}: adapter tensor {PEFT_PREFIX + name!r} matches no LoRA layer of the model"
                              + _trained_on(adapter_dir))

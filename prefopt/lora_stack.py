@@ -85,7 +85,7 @@ def stack_parts(parts: list[tuple[LoRAConfig, dict[str, torch.Tensor]]], *,
     # dropout is the last one's, but none with the experts' tensors (PEFT would refuse the file)
     return LoRAConfig(r=r, alpha=float(r), dropout=0.0 if experts else parts[-1][0].dropout, target_modules=targets,
                       dora=dora, layers=same_layers([cfg.layers for cfg, _ in parts]),
-                      target_parameters=experts), tensors
+                      target_parameters=experts, expert_modules=any(cfg.expert_modules for cfg, _ in parts)), tensors
 
 
 def same_layers(scopes: list[tuple[int, ...] | None]) -> tuple[int, ...] | None:

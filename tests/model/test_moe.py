@@ -3,10 +3,10 @@
 layers; Qwen2-MoE's gated shared expert),
 generation with the cache, packing, saving, LoRA by module name (attention only: PEFT on transformers 5 adapts no
 expert by those names either, and reads prefopt's adapter to the same logits; the experts' own adapters, PEFT's
-target_parameters, are in test_moe_experts_lora.py), QLoRA's 4-bit experts, training.
+target_parameters, and transformers 4's adapters on single experts are in test_moe_experts_lora.py), QLoRA's
+4-bit experts, training.
 Logits, padding and hidden states of each are in test_parity.py (``qwen3-moe``, ``qwen2-moe``, ``olmoe``,
 ``mixtral``)."""
-import json
 import re
 import warnings
 
@@ -193,32 +193,6 @@ def test_peft_reads_the_adapter_to_the_same_logits(moe, tmp_path):
         got, want = ours(IDS), theirs(IDS).logits
         assert (got - want).abs().max().item() < 1e-4
         assert (got - hf(IDS).logits).abs().max().item() > 1e-3  # the adapter does something
-
-
-def test_an_adapter_on_the_experts_is_refused_by_name(moe, tmp_path):
-    """An adapter that PEFT (on transformers 4, whose experts were modules) put on each expert's projections
-    (transformers 5's stacked tensors, target_parameters, load: test_moe_experts_lora.py)."""
-    from safetensors.torch import save_file
-
-    from prefopt.lora_files import load_adapter
-
-    _, ours, folder = moe
-    ffn, leaf = ours.config.ffn_name, "w1" if ours.config.model_type == "mixtral" else "gate_proj"
-    (tmp_path / "adapter").mkdir()
-    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj", leaf], "bias": "none"}))
-    prefix = "base_model.model.model.layers.0"
-    save_file({f"{prefix}.self_attn.q_proj.lora_A.weight": torch.zeros(2, 64),
-               f"{prefix}.self_attn.q_proj.lora_B.weight": torch.zeros(64, 2),
-               f"{prefix}.{ffn}.experts.0.{leaf}.lora_A.weight": torch.zeros(2, 64),
-               f"{prefix}.{ffn}.experts.0.{leaf}.lora_B.weight": torch.zeros(32, 2)},
-              tmp_path / "adapter" / "adapter_model.safetensors")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(ValueError, match=rf"experts\.0\.{leaf}\.lora_[AB]\.weight' is an adapter on one "
-                                             r"expert's projection \(PEFT on transformers 4.*which prefopt does not "
-                                             r"load \(it reads adapters on the experts' stacked tensors"):
-            load_adapter(load_model(folder), tmp_path / "adapter")
 
 
 def test_qlora_keeps_the_experts_in_4_bits_and_the_router_precise(moe):

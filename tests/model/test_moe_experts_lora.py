@@ -298,3 +298,59 @@ def test_the_merged_model_loads_in_transformers_to_the_adapted_logits(moe, tmp_p
     save_merged(ours, tmp_path / "merged")
     with torch.no_grad():
         assert (hf_model(tmp_path / "merged")(IDS).logits - ours(IDS)).abs().max().item() < 1e-4
+
+
+def test_an_adapter_made_on_transformers_4_loads_on_each_expert(moe, tmp_path):
+    """PEFT on transformers 4 (experts as modules) matched target names inside the experts: files with
+    ``experts.3.w1.lora_A.weight`` keys, as hub adapters for Mixtral hold. They load on each expert
+    (and Qwen2-MoE's shared expert and dense MLP, Qwen3-MoE's dense MLP, which the names also
+    matched), unmerged and merged; the reference is transformers' model with each ``s·B·A`` added
+    to its (fused) weights by hand, save back and read again."""
+    import re
+
+    from safetensors.torch import save_file
+
+    hf, ours, folder = moe
+    mixtral = ours.config.model_type == "mixtral"
+    mlp = ["w1", "w3", "w2"] if mixtral else ["gate_proj", "up_proj", "down_proj"]
+    r, alpha = 2, 6.0
+    g = torch.Generator().manual_seed(5)
+    tensors, theirs = {}, hf_model(folder)
+    state = theirs.state_dict()
+    fused = re.compile(r"model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(\w+)")
+    targets = ["q_proj", *mlp]
+    for name, module in ours.named_modules():
+        if not (isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets):
+            continue
+        a = torch.randn(r, module.in_features, generator=g) * 0.3
+        b = torch.randn(module.out_features, r, generator=g) * 0.3
+        tensors[f"base_model.model.{name}.lora_A.weight"], tensors[f"base_model.model.{name}.lora_B.weight"] = a, b
+        delta = alpha / r * b @ a
+        m = fused.fullmatch(name)
+        if m is None:  # attention, a shared expert, a dense MLP: the same name in transformers 5
+            state[f"{name}.weight"] += delta
+            continue
+        layer, e, proj = int(m[1]), int(m[2]), m[3]
+        half = delta.shape[0]
+        if proj in ("w2", "down_proj"):
+            state[f"model.layers.{layer}.mlp.experts.down_proj"][e] += delta
+        else:  # gate rows first, then up's, in the fused tensor
+            rows = slice(0, half) if proj in ("w1", "gate_proj") else slice(half, 2 * half)
+            state[f"model.layers.{layer}.mlp.experts.gate_up_proj"][e, rows] += delta
+    assert sum(".experts." in k for k in tensors) >= 2 * 3 * 4  # every expert's three projections
+    theirs.load_state_dict(state)
+    (tmp_path / "t4").mkdir()
+    save_file(tensors, tmp_path / "t4" / "adapter_model.safetensors")
+    (tmp_path / "t4" / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": targets, "bias": "none"}))
+    cfg = read_adapter_config(tmp_path / "t4")
+    assert cfg.expert_modules and not cfg.target_parameters
+    loaded = load_adapter(load_model(folder), tmp_path / "t4").eval()
+    with torch.no_grad():
+        want = theirs(IDS).logits
+        assert (loaded(IDS) - want).abs().max().item() < 1e-4
+        assert (load_model(folder, adapter=tmp_path / "t4", merge=True)(IDS) - want).abs().max().item() < 1e-4
+        save_adapter(loaded, tmp_path / "back")
+        assert read_adapter_config(tmp_path / "back").expert_modules
+        assert (load_adapter(load_model(folder), tmp_path / "back")(IDS) - want).abs().max().item() < 1e-4
+        assert (want - hf(IDS).logits).abs().max().item() > 0.1
