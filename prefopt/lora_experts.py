@@ -111,35 +111,37 @@ class ExpertLoRA(nn.Module):
         return {f"{prefix}.experts.{e}.{name}.weight": d[e, lo:hi]
                 for e in range(self.num_experts) for name, lo, hi in self._targets()}
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Fold each expert's update into its weights (beside a 4-bit layer's codes, as QLoRA's)."""
-        if self.merged:
-            return
-        s = self.scaling
+    def _layers(self):
+        """``(expert, projection layer, first row, last row + 1)`` for each expert and projection the
+        update covers; a 4-bit projection as its ``QuantLinear`` (under a QLoRA layer: its base)."""
         for e, expert in enumerate(self._moe[0].experts):
-            a, b = self.lora_A.weight[e], self.lora_B.weight[e]
             for name, lo, hi in self._targets():
                 layer = getattr(expert, name)
-                if hasattr(layer, "add_update"):  # a 4-bit layer: the update kept as its factors
-                    layer.add_update(a, b[lo:hi] * s)
-                else:
-                    layer.weight.data = (layer.weight.float() + s * b[lo:hi].float() @ a.float()).to(layer.weight.dtype)
-        self.merged = True
+                yield e, getattr(layer, "base_layer", layer), lo, hi
 
     @torch.no_grad()
+    def _fold(self, sign: float) -> None:
+        """Add (``sign`` 1) or take away (-1) each expert's update in its weights; a 4-bit layer keeps
+        it beside its codes as its factors (QLoRA's merge), for good."""
+        for e, layer, lo, hi in self._layers():
+            a, b = self.lora_A.weight[e], self.lora_B.weight[e, lo:hi] * (sign * self.scaling)
+            if hasattr(layer, "add_update"):
+                layer.add_update(a, b)
+            else:
+                layer.weight.data = (layer.weight.float() + b.float() @ a.float()).to(layer.weight.dtype)
+
+    def merge(self) -> None:
+        """Fold each expert's update into its weights; a second call does nothing."""
+        if not self.merged:
+            self._fold(1.0)
+            self.merged = True
+
     def unmerge(self) -> None:
         if not self.merged:
             return
-        s = self.scaling
-        for e, expert in enumerate(self._moe[0].experts):
-            a, b = self.lora_A.weight[e], self.lora_B.weight[e]
-            for name, lo, hi in self._targets():
-                layer = getattr(expert, name)
-                if hasattr(layer, "add_update"):
-                    raise RuntimeError("an adapter merged into a 4-bit layer stays merged (load the model again to "
-                                       "drop it)")
-                layer.weight.data = (layer.weight.float() - s * b[lo:hi].float() @ a.float()).to(layer.weight.dtype)
+        if any(hasattr(layer, "add_update") for _, layer, _, _ in self._layers()):
+            raise RuntimeError("an adapter merged into a 4-bit layer stays merged (load the model again to drop it)")
+        self._fold(-1.0)
         self.merged = False
 
     def extra_repr(self) -> str:
@@ -170,14 +172,11 @@ class ExpertAdapters(nn.ModuleDict):
         return run
 
 
-def attach(model: nn.Module, parts: tuple[str, ...], r: int, alpha: float, rslora: bool = False) -> list[str]:
-    """Put :class:`ExpertLoRA` on ``parts`` of every mixture of experts in ``model``; the names of
-    the mixtures adapted. None in the model: an error naming what it has."""
+def attach(model: nn.Module, parts: tuple[str, ...], r: int, alpha: float, rslora: bool = False) -> None:
+    """Put :class:`ExpertLoRA` on ``parts`` (``EXPERT_PARTS``, checked by ``LoRAConfig``) of every
+    mixture of experts in ``model``; a model with none: an error naming its kind."""
     from .model.transformer import SparseMoE
 
-    bad = [p for p in parts if p not in EXPERT_PARTS]
-    if bad:
-        raise ValueError(f"LoRA target_parameters {bad}: prefopt adapts the experts' {' and '.join(EXPERT_PARTS)}")
     mixtures = [(n, m) for n, m in model.named_modules() if isinstance(m, SparseMoE)]
     if not mixtures:
         kind = getattr(getattr(model, "config", None), "model_type", "this model")
@@ -186,7 +185,6 @@ def attach(model: nn.Module, parts: tuple[str, ...], r: int, alpha: float, rslor
         adapters = ExpertAdapters({p: ExpertLoRA(moe, p, r, alpha, rslora) for p in EXPERT_PARTS if p in parts})
         adapters.train(moe.training)
         setattr(moe, CONTAINER, adapters)
-    return [n for n, _ in mixtures]
 
 
 def strip(model: nn.Module) -> None:
