@@ -345,14 +345,8 @@ def apply_lora(
     """
     layers = None if layers is None else tuple(layers)
     target_parameters = tuple(target_parameters)
-    if target_parameters:
-        if dropout:
-            raise ValueError(lora_experts.NO_DROPOUT)
-        if dora:
-            raise ValueError("LoRA on the experts: PEFT takes no DoRA with target_parameters, nor does prefopt")
-        if layers is not None:
-            raise ValueError("LoRA on the experts: PEFT takes no layers_to_transform with target_parameters (it "
-                             "adapts the experts of every layer all the same), nor does prefopt")
+    if target_parameters and lora_experts.conflicts(dropout, dora, layers):
+        raise ValueError(lora_experts.conflicts(dropout, dora, layers))
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     if layers and n_layers is not None and max(layers) >= n_layers:
         raise ValueError(f"LoRA on {layer_text(layers)}: the model has layers 0-{n_layers - 1}")

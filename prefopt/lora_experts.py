@@ -28,8 +28,16 @@ from .model.swiglu import geglu, swiglu
 EXPERT_PARTS = ("gate_up_proj", "down_proj")  # PEFT's (transformers') names of the experts' tensors
 PEFT_EXPERTS = "mlp.experts"  # where transformers 5 keeps them (Mixtral too; prefopt: block_sparse_moe)
 CONTAINER = "expert_adapters"  # the SparseMoE attribute holding them, under prefopt's names
-NO_DROPOUT = ("LoRA on the experts takes no dropout (PEFT refuses lora_dropout with target_parameters: the input "
-              "cannot be factored out of an expert's update): set lora_dropout to 0")
+
+
+def conflicts(dropout: float, dora: bool, layers) -> str | None:
+    """What LoRA on the experts cannot take, as PEFT refuses it with ``target_parameters``, in words
+    (None: nothing): dropout (the input cannot be factored out of an expert's update), DoRA, and
+    some layers only (PEFT adapts the experts of every layer whatever ``layers_to_transform`` says)."""
+    found = [what for what, bad in (("dropout: set lora_dropout to 0", dropout), ("DoRA", dora),
+                                    ("lora_layers (PEFT adapts the experts of every layer)", layers is not None))
+             if bad]
+    return f"LoRA on the experts takes no {'; no '.join(found)} (PEFT refuses them too)" if found else None
 
 
 class _Factor(nn.Module):

@@ -12,6 +12,7 @@ import torch
 from ..chat_template import parse_chat_date, parse_chat_vars
 from ..fileio import write_json_atomic
 from ..hints import did_you_mean
+from ..lora_experts import conflicts
 from ..model.repeats import check_repeat_options
 from ..quant import QUANT_KINDS
 from .runner import DECODING, decoding
@@ -124,9 +125,8 @@ class CompareConfig:
         check_dpo_variants(s, self.loss)
         if s["quantize"] is not None and s["quantize"] not in QUANT_KINDS:
             raise ValueError(f"quantize: null or one of {', '.join(QUANT_KINDS)} (got {s['quantize']!r})")
-        if s["lora_experts"] and (s["lora_dropout"] or s["lora_dora"] or s["lora_layers"] is not None):
-            raise ValueError("lora_experts: LoRA on a mixture's experts takes no dropout, DoRA or lora_layers (as in "
-                             "PEFT): --set lora_dropout=0 with it")
+        if s["lora_experts"] and conflicts(s["lora_dropout"], s["lora_dora"], s["lora_layers"]):
+            raise ValueError(f"lora_experts: {conflicts(s['lora_dropout'], s['lora_dora'], s['lora_layers'])}")
         if s["quantize"] and s["lora_dora"]:
             raise ValueError("lora_dora with quantize: DPO trains on the SFT model, and a DoRA SFT adapter cannot be "
                              "merged into 4-bit weights; use one or the other")

@@ -17,6 +17,7 @@ from ..data.files import data_files
 from ..devices import DTYPES as _DTYPES
 from ..devices import resolve_device
 from ..lora import parse_layers
+from ..lora_experts import conflicts
 from ..quant import QUANT_KINDS
 from .config_file import read_config_file, typed_value
 
@@ -165,9 +166,10 @@ class TrainConfig:
             parse_layers(self.lora_layers)
         except ValueError as e:
             errors.append(f"lora_{e}")
-        if self.lora_experts and (self.lora_dropout or self.lora_dora or self.lora_layers or not self.lora):
-            errors.append("lora_experts: LoRA on the experts takes no dropout, DoRA or lora_layers (as in PEFT): set "
-                          "lora_dropout to 0" if self.lora else "lora_experts needs LoRA (drop --no-lora)")
+        if self.lora_experts and not self.lora:
+            errors.append("lora_experts needs LoRA (drop --no-lora)")
+        elif self.lora_experts and conflicts(self.lora_dropout, self.lora_dora, self.lora_layers):
+            errors.append(f"lora_experts: {conflicts(self.lora_dropout, self.lora_dora, self.lora_layers)}")
         if self.fsdp and self.lora:
             errors.append("fsdp is for full fine-tuning: set lora=False (LoRA runs under plain DDP)")
         if self.quantize is not None and self.quantize not in QUANT_KINDS:

@@ -187,9 +187,10 @@ def test_4_bit_experts_take_adapters_and_merge_beside_their_codes(moe):
 
 def test_what_peft_refuses_on_the_experts_is_refused(moe, tmp_path):
     _, _, folder = moe
-    for kwargs, error in (({"dropout": 0.05}, "takes no dropout"), ({"dropout": 0.0, "dora": True}, "no DoRA"),
-                          ({"dropout": 0.0, "layers": [0]}, "no layers_to_transform with target_parameters \\(it "
-                                                            "adapts the experts of every layer")):
+    for kwargs, error in (({"dropout": 0.05}, r"^LoRA on the experts takes no dropout: set lora_dropout to 0 \(PEFT "),
+                          ({"dropout": 0.0, "dora": True}, r"^LoRA on the experts takes no DoRA \(PEFT refuses"),
+                          ({"dropout": 0.1, "layers": [0]}, r"takes no dropout: set lora_dropout to 0; no lora_layers "
+                                                            r"\(PEFT adapts the experts of every layer\)")):
         with pytest.raises(ValueError, match=error):
             apply_lora(load_model(folder), target_modules=ATTENTION, target_parameters=BOTH, **kwargs)
     with pytest.raises(ValueError, match=r"target_parameters \['up_proj'\]: prefopt adapts the experts' gate_up_proj"):
@@ -224,8 +225,9 @@ def test_a_dense_model_has_no_experts_to_adapt(tmp_path):
 def test_the_train_config_refuses_what_the_experts_cannot_take():
     from prefopt.train import TrainConfig
 
-    for changes in ({}, {"lora_dora": True, "lora_dropout": 0.0}, {"lora_layers": "1", "lora_dropout": 0.0}):
-        with pytest.raises(ValueError, match="LoRA on the experts takes no dropout, DoRA or lora_layers"):
+    for changes, what in (({}, "dropout: set lora_dropout to 0"), ({"lora_dora": True, "lora_dropout": 0.0}, "DoRA"),
+                          ({"lora_layers": "1", "lora_dropout": 0.0}, "lora_layers")):
+        with pytest.raises(ValueError, match=f"lora_experts: LoRA on the experts takes no {what}"):
             TrainConfig(model="m", data="d", output_dir="o", lora_experts=True, **changes)
     with pytest.raises(ValueError, match="lora_experts needs LoRA"):
         TrainConfig(model="m", data="d", output_dir="o", lora_experts=True, lora=False, lora_dropout=0.0)

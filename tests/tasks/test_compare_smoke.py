@@ -904,7 +904,7 @@ def test_compare_adapts_a_mixtures_experts_in_both_stages(tmp_path):
     assert (cfg.r, cfg.target_modules, cfg.target_parameters) == (8, ("q_proj",), ("gate_up_proj", "down_proj"))
     b = tensors["model.layers.0.mlp.expert_adapters.down_proj.lora_B.weight"]  # (E, out, r 4 + 4)
     assert b.shape[-1] == 8 and b[..., :4].abs().max() > 0 and b[..., 4:].abs().max() > 0  # both stages trained
-    for bad, match in (({"lora_experts": True}, "lora_experts: LoRA on a mixture's experts takes no dropout"),
+    for bad, match in (({"lora_experts": True}, "lora_experts: LoRA on the experts takes no dropout: set lora_dropout"),
                        ({"lora_experts": "yes"}, "lora_experts: true or false")):
         with pytest.raises(ValueError, match=match):
             CompareConfig(task="portal", model=str(model), output=str(tmp_path / "x"), overrides=bad).settings()
