@@ -44,19 +44,26 @@ def _losses(out):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["sft", "dpo", "dora_dpo", "kto"])
+@pytest.mark.parametrize("kind", ["sft", "dpo", "dora_dpo", "kto", "experts_dpo"])
 def test_sigkill_then_resume_gives_the_same_run(task, tmp_path, kind):
     """``dora_dpo``: a DoRA DPO adapter (dropout on) over a DoRA SFT adapter, stacked into one.
-    ``kto``: KTO on the pairs read as two examples each, their mismatched completions fixed at load."""
+    ``kto``: KTO on the pairs read as two examples each, their mismatched completions fixed at load.
+    ``experts_dpo``: a tiny Qwen3-MoE, both adapters on its experts' tensors too (no dropout)."""
     script = str(ROOT / "tests" / "train" / "_run_config.py")
     pairs = write_pairs(tmp_path / "pairs.jsonl", n=48)
-    dora = kind == "dora_dpo"
+    dora, experts = kind == "dora_dpo", kind == "experts_dpo"
+    model_dir = task[0]
+    if experts:
+        from tests._tiny import build_hf_model
+
+        model_dir = tmp_path / "moe"
+        build_hf_model(model_dir, arch="qwen3_moe", initializer_range=0.1)
 
     if kind != "sft":  # DPO after SFT: the SFT adapter is merged in again on resume
         from prefopt import apply_lora, load_model, save_adapter
 
-        sft = apply_lora(load_model(task[0]), r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"],
-                         dora=dora)
+        sft = apply_lora(load_model(model_dir), r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"],
+                         dora=dora, target_parameters=("gate_up_proj", "down_proj") if experts else ())
         with torch.no_grad():
             for name, p in sft.named_parameters():
                 if ".lora_B." in name:
@@ -67,6 +74,8 @@ def test_sigkill_then_resume_gives_the_same_run(task, tmp_path, kind):
         if kind != "sft":
             kw.update(kind="dpo", data=str(pairs), lr=5e-3, ref_cache=str(tmp_path / f"{name}.cache"),
                       sft_adapter=str(tmp_path / "sft"), lora_dora=dora, **({"loss": "kto"} if kind == "kto" else {}))
+        if experts:
+            kw.update(model=str(model_dir), lora_experts=True, lora_dropout=0.0)
         return str(_config(task, tmp_path / name, **kw))
 
     full = _run([script, cfg("full")])
@@ -87,6 +96,7 @@ def test_sigkill_then_resume_gives_the_same_run(task, tmp_path, kind):
     if kind != "sft":  # SFT (r 4) and DPO (r 8) updates in one adapter, in the resumed run too
         assert json.loads((tmp_path / "cut" / "final" / "stacked_on.json").read_text())["ranks"] == [4, 8]
         assert any(k.endswith("lora_magnitude_vector") for k in b) == dora
+        assert any(".mlp.experts.base_layer.lora_A." in k for k in b) == experts
 
 
 def _torchrun(nproc, cfg_path, *extra):
