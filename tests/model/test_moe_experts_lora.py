@@ -1,6 +1,8 @@
 """LoRA on a mixture of experts' routed experts (``prefopt.lora_experts``) against PEFT's
 ``target_parameters`` on transformers 5's fused experts: files read both ways to the same logits,
-the same gradients, the merge, the stacking of DPO after SFT, 4-bit experts, refusals, training."""
+the same gradients, the merge, the stacking of DPO after SFT, 4-bit experts, refusals, training; and
+adapters made on transformers 4 (one per expert projection) against transformers with the updates added by hand.
+(A killed and resumed DPO run with them: tests/train/test_resume_and_ddp.py.)"""
 import json
 import warnings
 
