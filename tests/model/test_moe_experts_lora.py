@@ -195,6 +195,8 @@ def test_what_peft_refuses_on_the_experts_is_refused(moe, tmp_path):
                                                             r"\(PEFT adapts the experts of every layer\)")):
         with pytest.raises(ValueError, match=error):
             apply_lora(load_model(folder), target_modules=ATTENTION, target_parameters=BOTH, **kwargs)
+    with pytest.raises(ValueError, match=r"experts already have adapters: merge them first"):  # never replaced
+        apply_lora(ours_with(folder), dropout=0.0, target_modules=[], target_parameters=BOTH)
     with pytest.raises(ValueError, match=r"target_parameters \['up_proj'\]: prefopt adapts the experts' gate_up_proj"):
         apply_lora(load_model(folder), dropout=0.0, target_modules=ATTENTION, target_parameters=["up_proj"])
     out = save_adapter(ours_with(folder), tmp_path / "a", base_model=str(folder))
