@@ -9,8 +9,10 @@ scaled by ``alpha / r`` (rank-stabilised LoRA, PEFT's ``use_rslora``: ``alpha / 
 DoRA (PEFT's ``use_dora``) also learns each output row's magnitude ``m``, and scales each row
 of ``W + ΔW`` to it: ``W' = m / ‖W + ΔW‖ · (W + ΔW)``, the norm taken as a constant.
 
-Adapter files (PEFT's layout) are read and written by ``prefopt.lora_files``;
-``prefopt.lora_stack.save_adapter`` saves a model's adapter (with any merged before it).
+A mixture of experts' routed experts take adapters on their stacked tensors (PEFT's
+``target_parameters``) through ``prefopt.lora_experts``. Adapter files (PEFT's layout) are read
+and written by ``prefopt.lora_files``; ``prefopt.lora_stack.save_adapter`` saves a model's
+adapter (with any merged before it).
 """
 from __future__ import annotations
 
