@@ -347,8 +347,8 @@ def apply_lora(
     """
     layers = None if layers is None else tuple(layers)
     target_parameters = tuple(target_parameters)
-    if target_parameters and lora_experts.conflicts(dropout, dora, layers):
-        raise ValueError(lora_experts.conflicts(dropout, dora, layers))
+    if target_parameters and (why := lora_experts.conflicts(dropout, dora, layers)):
+        raise ValueError(why)
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     if layers and n_layers is not None and max(layers) >= n_layers:
         raise ValueError(f"LoRA on {layer_text(layers)}: the model has layers 0-{n_layers - 1}")

@@ -66,7 +66,8 @@ class ExpertLoRA(nn.Module):
 
         expert = moe.experts[0]
         gate, _, down = (getattr(expert, n) for n in _projections(expert))
-        quantized = hasattr(gate, "codes")  # a 4-bit layer (QLoRA): its dtype and the codes' device
+        gate = getattr(gate, "base_layer", gate)  # under a QLoRA layer: its 4-bit base, as _layers reads it
+        quantized = hasattr(gate, "codes")  # a 4-bit layer: its dtype and the codes' device (no dequantized copy)
         like = torch.empty(0, dtype=gate.dtype, device=gate.codes.device) if quantized else gate.weight
         E = len(moe.experts)
         self.part, self.num_experts = part, E

@@ -30,18 +30,18 @@ def write_adapter(tensors: dict[str, torch.Tensor], cfg: LoRAConfig, out_dir: st
     """Write adapter tensors (prefopt's module names) and their config in PEFT's layout."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file_atomic({PEFT_PREFIX + k: v for k, v in map(_peft_tensor, tensors.items(), [cfg] * len(tensors))},
-                     out / "adapter_model.safetensors", metadata={"format": "pt"})
+    save_file_atomic(dict(_peft_tensor(k, v, cfg) for k, v in tensors.items()), out / "adapter_model.safetensors",
+                     metadata={"format": "pt"})
     write_json_atomic(out / "adapter_config.json", _peft_config(cfg, base_model))
     return out
 
 
-def _peft_tensor(item: tuple[str, torch.Tensor], cfg: LoRAConfig) -> tuple[str, torch.Tensor]:
-    """A tensor's PEFT key (less ``base_model.model.``) and layout, from prefopt's."""
-    k, v = item
+def _peft_tensor(k: str, v: torch.Tensor, cfg: LoRAConfig) -> tuple[str, torch.Tensor]:
+    """A tensor's PEFT key and layout, from prefopt's key and layout."""
     if lora_experts.is_expert_key(k):
-        return lora_experts.peft_key(k, cfg.target_parameters), lora_experts.to_peft(v, k.rsplit(".", 2)[-2])
-    return k.replace(".lora_magnitude", ".lora_magnitude_vector"), v
+        return PEFT_PREFIX + lora_experts.peft_key(k, cfg.target_parameters), lora_experts.to_peft(
+            v, k.rsplit(".", 2)[-2])
+    return PEFT_PREFIX + k.replace(".lora_magnitude", ".lora_magnitude_vector"), v
 
 
 def _peft_config(cfg: LoRAConfig, base_model: str | None) -> dict:

@@ -125,8 +125,8 @@ class CompareConfig:
         check_dpo_variants(s, self.loss)
         if s["quantize"] is not None and s["quantize"] not in QUANT_KINDS:
             raise ValueError(f"quantize: null or one of {', '.join(QUANT_KINDS)} (got {s['quantize']!r})")
-        if s["lora_experts"] and conflicts(s["lora_dropout"], s["lora_dora"], s["lora_layers"]):
-            raise ValueError(f"lora_experts: {conflicts(s['lora_dropout'], s['lora_dora'], s['lora_layers'])}")
+        if s["lora_experts"] and (why := conflicts(s["lora_dropout"], s["lora_dora"], s["lora_layers"])):
+            raise ValueError(f"lora_experts: {why}")
         if s["quantize"] and s["lora_dora"]:
             raise ValueError("lora_dora with quantize: DPO trains on the SFT model, and a DoRA SFT adapter cannot be "
                              "merged into 4-bit weights; use one or the other")

@@ -168,8 +168,8 @@ class TrainConfig:
             errors.append(f"lora_{e}")
         if self.lora_experts and not self.lora:
             errors.append("lora_experts needs LoRA (drop --no-lora)")
-        elif self.lora_experts and conflicts(self.lora_dropout, self.lora_dora, self.lora_layers):
-            errors.append(f"lora_experts: {conflicts(self.lora_dropout, self.lora_dora, self.lora_layers)}")
+        elif self.lora_experts and (why := conflicts(self.lora_dropout, self.lora_dora, self.lora_layers)):
+            errors.append(f"lora_experts: {why}")
         if self.fsdp and self.lora:
             errors.append("fsdp is for full fine-tuning: set lora=False (LoRA runs under plain DDP)")
         if self.quantize is not None and self.quantize not in QUANT_KINDS:
