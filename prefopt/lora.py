@@ -345,6 +345,10 @@ def apply_lora(
     matched them, whose experts were modules: for adapters made there (``load_adapter`` tells them
     by their keys).
     """
+    if held := [name for name, _ in lora_layers(model)]:
+        raise ValueError(f"the model already has LoRA adapters ({len(held)} layers, e.g. {held[0]}); a new one goes on "
+                         "a model without: merge_and_unload(model) first to build on the one it has, or load the "
+                         "model again")
     layers = None if layers is None else tuple(layers)
     target_parameters = tuple(target_parameters)
     if target_parameters and (why := lora_experts.conflicts(dropout, dora, layers)):

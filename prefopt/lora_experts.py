@@ -183,16 +183,14 @@ class ExpertAdapters(nn.ModuleDict):
 
 def attach(model: nn.Module, parts: tuple[str, ...], r: int, alpha: float, rslora: bool = False) -> None:
     """Put :class:`ExpertLoRA` on ``parts`` (``EXPERT_PARTS``, checked by ``LoRAConfig``) of every
-    mixture of experts in ``model``; a model with none: an error naming its kind."""
+    mixture of experts in ``model``; a model with none: an error naming its kind. (``apply_lora``
+    refuses a model that has adapters already, these included.)"""
     from .model.transformer import SparseMoE
 
     mixtures = [(n, m) for n, m in model.named_modules() if isinstance(m, SparseMoE)]
     if not mixtures:
         kind = getattr(getattr(model, "config", None), "model_type", "this model")
         raise ValueError(f"LoRA on the experts ({', '.join(parts)}): {kind} has no mixture of experts")
-    if any(isinstance(getattr(moe, CONTAINER, None), ExpertAdapters) for _, moe in mixtures):
-        raise ValueError("the model's experts already have adapters: merge them first (merge_and_unload), as DPO "
-                         "after SFT does, or load the model again")
     for _, moe in mixtures:
         adapters = ExpertAdapters({p: ExpertLoRA(moe, p, r, alpha, rslora) for p in EXPERT_PARTS if p in parts})
         adapters.train(moe.training)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from prefopt import apply_lora, disable_adapter, load_model, merge_lora, save_adapter, save_merged
-from prefopt.lora import LoRALinear, lora_layers, lora_state_dict, merged_state_dict
+from prefopt.lora import LoRALinear, lora_layers, lora_state_dict, merge_and_unload, merged_state_dict
+from prefopt.lora_files import load_adapter
 from tests._tiny import build_hf_model, peft_lora, randomize_lora
 
 IDS = torch.randint(0, 400, (2, 11), generator=torch.Generator().manual_seed(0))
@@ -280,6 +281,25 @@ class TestPeft:
             assert (ours(IDS) - want).abs().max().item() < 1e-4
             with disable_adapter(ours):
                 assert (ours(IDS) - want).abs().max().item() > 1e-3  # the adapter really does something
+
+
+def test_a_second_adapter_on_a_model_that_has_one_is_refused_until_the_first_is_merged(tiny, tmp_path):
+    """Rerunning a notebook cell that applies LoRA (or loading an adapter onto an adapted model)
+    once failed with "no nn.Linear named ['q_proj']" listing lora_A/lora_B as layers, or, with other
+    names, adapted both sets while the config named the second only; now it says what to do."""
+    model = apply_lora(load_model(tiny), r=4, alpha=8, target_modules=["q_proj"])
+    randomize_lora(model)
+    save_adapter(model, tmp_path / "ad")
+    for again in (lambda: apply_lora(model, r=4, target_modules=["q_proj"]),
+                  lambda: apply_lora(model, r=4, target_modules=["k_proj"]),
+                  lambda: load_adapter(model, tmp_path / "ad")):
+        with pytest.raises(ValueError, match=r"already has LoRA adapters \(2 layers, e.g. model.layers.0.self_attn."
+                                             r"q_proj\); .*merge_and_unload\(model\) first"):
+            again()
+    assert model.lora_config.target_modules == ("q_proj",)  # nothing was changed
+    merge_and_unload(model)
+    apply_lora(model, r=4, target_modules=["k_proj"])
+    assert {n.rsplit(".", 1)[-1] for n, _ in lora_layers(model)} == {"k_proj"}
 
 
 def test_adapter_on_an_eval_model_stays_in_eval_mode(tiny):

@@ -195,8 +195,9 @@ def test_what_peft_refuses_on_the_experts_is_refused(moe, tmp_path):
                                                             r"\(PEFT adapts the experts of every layer\)")):
         with pytest.raises(ValueError, match=error):
             apply_lora(load_model(folder), target_modules=ATTENTION, target_parameters=BOTH, **kwargs)
-    with pytest.raises(ValueError, match=r"experts already have adapters: merge them first"):  # never replaced
-        apply_lora(ours_with(folder), dropout=0.0, target_modules=[], target_parameters=BOTH)
+    for first in (ATTENTION, []):  # never replaced, nor nested: the experts' adapters count as adapters
+        with pytest.raises(ValueError, match=r"already has LoRA adapters .*merge_and_unload\(model\) first"):
+            apply_lora(ours_with(folder, targets=first), dropout=0.0, target_modules=[], target_parameters=BOTH)
     with pytest.raises(ValueError, match=r"target_parameters \['up_proj'\]: prefopt adapts the experts' gate_up_proj"):
         apply_lora(load_model(folder), dropout=0.0, target_modules=ATTENTION, target_parameters=["up_proj"])
     out = save_adapter(ours_with(folder), tmp_path / "a", base_model=str(folder))
@@ -310,11 +311,13 @@ def test_an_adapter_made_on_transformers_4_loads_on_each_expert(moe, tmp_path):
     """PEFT on transformers 4 (experts as modules) matched target names inside the experts: files with
     ``experts.3.w1.lora_A.weight`` keys, as hub adapters for Mixtral hold. They load on each expert
     (and Qwen2-MoE's shared expert and dense MLP, Qwen3-MoE's dense MLP, which the names also
-    matched), unmerged and merged; the reference is transformers' model with each ``s·B·A`` added
-    to its (fused) weights by hand, save back and read again."""
+    matched, and the router: ``gate``), unmerged and merged; the reference is transformers' model
+    with each ``s·B·A`` added to its (fused) weights by hand, save back and read again."""
     import re
 
     from safetensors.torch import save_file
+
+    from prefopt.model.transformer import SparseMoE
 
     hf, ours, folder = moe
     mixtral = ours.config.model_type == "mixtral"
@@ -324,7 +327,7 @@ def test_an_adapter_made_on_transformers_4_loads_on_each_expert(moe, tmp_path):
     tensors, theirs = {}, hf_model(folder)
     state = theirs.state_dict()
     fused = re.compile(r"model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(\w+)")
-    targets = ["q_proj", *mlp]
+    targets = ["q_proj", *mlp, "gate"]  # gate: the router, which PEFT on transformers 4 adapted too
     for name, module in ours.named_modules():
         if not (isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets):
             continue
@@ -333,8 +336,8 @@ def test_an_adapter_made_on_transformers_4_loads_on_each_expert(moe, tmp_path):
         tensors[f"base_model.model.{name}.lora_A.weight"], tensors[f"base_model.model.{name}.lora_B.weight"] = a, b
         delta = alpha / r * b @ a
         m = fused.fullmatch(name)
-        if m is None:  # attention, a shared expert, a dense MLP: the same name in transformers 5
-            state[f"{name}.weight"] += delta
+        if m is None:  # attention, a router, a shared expert, a dense MLP: the same name in transformers 5
+            state[f"{name.replace('.block_sparse_moe.', '.mlp.')}.weight"] += delta
             continue
         layer, e, proj = int(m[1]), int(m[2]), m[3]
         half = delta.shape[0]
@@ -344,6 +347,8 @@ def test_an_adapter_made_on_transformers_4_loads_on_each_expert(moe, tmp_path):
             rows = slice(0, half) if proj in ("w1", "gate_proj") else slice(half, 2 * half)
             state[f"model.layers.{layer}.mlp.experts.gate_up_proj"][e, rows] += delta
     assert sum(".experts." in k for k in tensors) >= 2 * 3 * 4  # every expert's three projections
+    mixtures = sum(isinstance(m, SparseMoE) for m in ours.modules())
+    assert mixtures and sum(k.endswith(".gate.lora_A.weight") for k in tensors) == mixtures  # each router
     theirs.load_state_dict(state)
     (tmp_path / "t4").mkdir()
     save_file(tensors, tmp_path / "t4" / "adapter_model.safetensors")
@@ -360,3 +365,40 @@ def test_an_adapter_made_on_transformers_4_loads_on_each_expert(moe, tmp_path):
         assert read_adapter_config(tmp_path / "back").expert_modules
         assert (load_adapter(load_model(folder), tmp_path / "back")(IDS) - want).abs().max().item() < 1e-4
         assert (want - hf(IDS).logits).abs().max().item() > 0.1
+        # on 4-bit experts (each projection a QuantLinear under its own adapter): merged beside the codes
+        unmerged = load_model(folder, quantize="nf4", adapter=tmp_path / "t4")(IDS)
+        base_4 = load_model(folder, quantize="nf4")(IDS)
+        assert (unmerged - base_4).abs().max().item() > 0.1
+        merged = load_model(folder, quantize="nf4", adapter=tmp_path / "t4", merge=True)(IDS)
+        assert (merged - unmerged).abs().max().item() < 1e-4
+
+
+def test_dpo_on_the_fused_experts_stacks_onto_an_sft_adapter_made_on_transformers_4(moe, tmp_path):
+    """DPO after SFT where the SFT adapter has transformers-4 keys (one per expert projection):
+    merged in, a new adapter on the fused experts trained on top, and the two written as one file
+    (both kinds of keys, ranks side by side) that loads to the stacked model's logits."""
+    from safetensors.torch import save_file
+
+    _, ours, folder = moe
+    mlp = ["w1", "w3", "w2"] if ours.config.model_type == "mixtral" else ["gate_proj", "up_proj", "down_proj"]
+    g = torch.Generator().manual_seed(0)
+    tensors = {}
+    for name, module in ours.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ["q_proj", *mlp]:
+            for part, shape in (("A", (2, module.in_features)), ("B", (module.out_features, 2))):
+                tensors[f"base_model.model.{name}.lora_{part}.weight"] = torch.randn(shape, generator=g) * 0.3
+    (tmp_path / "sft").mkdir()
+    save_file(tensors, tmp_path / "sft" / "adapter_model.safetensors")
+    (tmp_path / "sft" / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj", *mlp], "bias": "none"}))
+    model = load_model(folder, adapter=tmp_path / "sft", merge=True)
+    apply_lora(model, r=2, alpha=4, dropout=0.0, target_modules=["q_proj"], target_parameters=BOTH)
+    with torch.no_grad():
+        for _, m in lora_layers(model):
+            m.lora_B.weight.normal_(0, 0.2)
+        want = model.eval()(IDS)
+        out = save_adapter(model, tmp_path / "dpo", base_model=str(folder))
+        cfg = read_adapter_config(out)
+        assert cfg.r == 4 and cfg.expert_modules and cfg.target_parameters == BOTH
+        assert (load_model(folder, adapter=out)(IDS) - want).abs().max().item() < 1e-4
+        assert (load_model(folder, adapter=tmp_path / "sft")(IDS) - want).abs().max().item() > 0.1
