@@ -18,8 +18,9 @@ $(STAMP): constraints.txt setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/run_triage.py --preset quick --output runs/triage-demo
 
+# -n auto: one pytest worker per core (tests/conftest.py shares the cores' threads out among them)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 lint: $(STAMP)
 	$(BIN)/ruff check prefopt tests benchmarks examples

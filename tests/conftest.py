@@ -5,7 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# pytest-xdist (make test: -n auto): the cores shared out among the workers, and the programs the
+# tests start (CLI runs, torchrun ranks) told the same, so that workers do not fight over them
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+torch.set_num_threads(_THREADS)
 if not torch.cuda.is_available():
     # Triton's interpreter must be chosen before triton is first imported: without a GPU the
     # kernel tests run the Triton kernels on CPU tensors through it.
