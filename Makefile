@@ -18,9 +18,10 @@ $(STAMP): constraints.txt setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/run_triage.py --preset quick --output runs/triage-demo
 
-# -n auto: one pytest worker per core (tests/conftest.py shares the cores' threads out among them)
+# -n auto: one pytest worker per core, 8 at most (each holds torch and transformers in memory);
+# tests/conftest.py shares the cores' threads out among them
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=8
 
 lint: $(STAMP)
 	$(BIN)/ruff check prefopt tests benchmarks examples
