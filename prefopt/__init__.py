@@ -1,5 +1,5 @@
 """prefopt: local SFT and DPO fine-tuning of open LLMs, in plain PyTorch."""
-from .lora import apply_lora, disable_adapter, merge_lora
+from .lora import apply_lora, disable_adapter, merge_lora, unmerge_lora
 from .lora_files import load_adapter
 from .lora_stack import save_adapter
 from .model import ModelConfig, Transformer, generate, save_model
@@ -12,4 +12,5 @@ __version__ = "0.1.0"
 __all__ = [
     "DPOConfig", "DPOTrainer", "ModelConfig", "SFTTrainer", "Tokenizer", "TrainConfig", "Transformer", "apply_lora", "disable_adapter", "generate", "load_adapter",
     "load_model", "load_tokenizer", "merge_lora", "quantize_model", "save_adapter", "save_merged", "save_model",
+    "unmerge_lora",
 ]

@@ -81,6 +81,8 @@ def lora_scaling(r: int, alpha: float, rslora: bool = False) -> float:
 class LoRALinear(nn.Module):
     """``nn.Linear`` plus a rank-``r`` adapter. Keeps the ``weight``/``bias`` keys."""
 
+    stays_merged = False  # a merge here can be undone (not so in 4 bits: QLoRALinear)
+
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False,
                  dora: bool = False):
         super().__init__()
@@ -246,9 +248,13 @@ class QLoRALinear(LoRALinear):
         self.base_layer.add_update(self.lora_A.weight, self.lora_B.weight * self.scaling)
         self.merged = True
 
+    @property
+    def stays_merged(self) -> bool:
+        return self.merged
+
     def unmerge(self) -> None:
         if self.merged:
-            raise RuntimeError("an adapter merged into a 4-bit layer stays merged (load the model again to drop it)")
+            raise RuntimeError(lora_experts.STAYS_MERGED)
 
 
 TIED_HEAD = ("lm_head: this model's output head is its input embedding (tie_word_embeddings), which prefopt puts no "
@@ -447,6 +453,18 @@ def merge_lora(model: nn.Module) -> nn.Module:
     """Merge every adapter into its base weight, in place (guarded by each layer's ``merged``)."""
     for _, m in lora_layers(model):
         m.merge()
+    return model
+
+
+def unmerge_lora(model: nn.Module) -> nn.Module:
+    """Take every merged adapter back out of its base weight, in place, so that it trains (or is
+    disabled) again; undoes :func:`merge_lora`. An adapter merged into a 4-bit layer stays merged
+    (a ``RuntimeError`` says so, before any layer is changed)."""
+    layers = [m for _, m in lora_layers(model) if m.merged]
+    if any(m.stays_merged for m in layers):
+        raise RuntimeError(lora_experts.STAYS_MERGED)
+    for m in layers:
+        m.unmerge()
     return model
 
 

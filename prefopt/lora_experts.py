@@ -28,6 +28,7 @@ from .model.swiglu import geglu, swiglu
 EXPERT_PARTS = ("gate_up_proj", "down_proj")  # PEFT's (transformers') names of the experts' tensors
 PEFT_EXPERTS = "mlp.experts"  # where transformers 5 keeps them (Mixtral too; prefopt: block_sparse_moe)
 CONTAINER = "expert_adapters"  # the SparseMoE attribute holding them, under prefopt's names
+STAYS_MERGED = "an adapter merged into a 4-bit layer stays merged (load the model again to drop it)"
 
 
 def conflicts(dropout: float, dora: bool, layers) -> str | None:
@@ -145,11 +146,16 @@ class ExpertLoRA(nn.Module):
             self._fold(1.0)
             self.merged = True
 
+    @property
+    def stays_merged(self) -> bool:
+        """Merged into 4-bit experts (beside their codes), for good."""
+        return self.merged and any(hasattr(layer, "add_update") for _, layer, _, _ in self._layers())
+
     def unmerge(self) -> None:
         if not self.merged:
             return
-        if any(hasattr(layer, "add_update") for _, layer, _, _ in self._layers()):
-            raise RuntimeError("an adapter merged into a 4-bit layer stays merged (load the model again to drop it)")
+        if self.stays_merged:
+            raise RuntimeError(STAYS_MERGED)
         self._fold(-1.0)
         self.merged = False
 

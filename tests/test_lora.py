@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from prefopt import apply_lora, disable_adapter, load_model, merge_lora, save_adapter, save_merged
+from prefopt import apply_lora, disable_adapter, load_model, merge_lora, save_adapter, save_merged, unmerge_lora
 from prefopt.lora import LoRALinear, lora_layers, lora_state_dict, merge_and_unload, merged_state_dict
 from prefopt.lora_files import load_adapter
 from tests._tiny import build_hf_model, peft_lora, randomize_lora
@@ -62,6 +62,25 @@ def test_disable_adapter_gives_base_logits_exactly(tiny):
         with disable_adapter(model):
             assert torch.equal(model(IDS), want)
         assert not torch.allclose(model(IDS), want)
+
+
+@pytest.mark.parametrize("dora", [False, True])
+def test_unmerge_lora_undoes_merge_lora_and_the_adapter_works_again(tiny, dora):
+    model = apply_lora(load_model(tiny), r=4, alpha=8, dropout=0.0, dora=dora)
+    randomize_lora(model)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith(".weight") and "lora" not in n}
+    with torch.no_grad():
+        adapted = model(IDS)
+        merge_lora(model)
+        assert all(m.merged for _, m in lora_layers(model))
+        assert max((p - weights[n]).abs().max().item() for n, p in model.named_parameters() if n in weights) > 1e-3
+        assert unmerge_lora(model) is model and not any(m.merged for _, m in lora_layers(model))
+        for n, p in model.named_parameters():
+            if n in weights:
+                assert torch.allclose(p, weights[n], atol=1e-6), n
+        assert (model(IDS) - adapted).abs().max() < 1e-5
+        with disable_adapter(model):  # refused while merged; an unmerged adapter turns off again
+            assert (model(IDS) - adapted).abs().max() > 1e-3
 
 
 def test_module_merge_and_state_dict_merge_agree(tiny, tmp_path):

@@ -178,6 +178,12 @@ def test_an_adapter_on_a_4bit_base_equals_one_on_its_dequantized_weights_and_kee
                 layers[1].lora_B.weight @ layers[1].lora_A.weight * layers[1].scaling), atol=1e-6)
             with pytest.raises(RuntimeError, match="stays merged"):
                 q_layer.unmerge()
+            from prefopt import unmerge_lora
+
+            layers[1].merge()  # the full-precision layer merged too; unmerge_lora refuses before it touches it
+            with pytest.raises(RuntimeError, match="stays merged"):
+                unmerge_lora(torch.nn.ModuleList(layers[::-1]))  # the full-precision one first
+            assert layers[1].merged
 
 
 def test_a_dora_adapter_on_a_4bit_base_stays_unmerged_when_loaded_to_merge(tmp_path):

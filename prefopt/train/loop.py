@@ -144,6 +144,10 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the model has no trainable parameters")
+        if merged := [name for name, m in lora_layers(self.model) if m.merged]:
+            raise ValueError(f"the model's LoRA adapter is merged into its weights ({len(merged)} layers, e.g. "
+                             f"{merged[0]}; merge_lora), where training would not change it: unmerge_lora(model) "
+                             "first, or merge_and_unload(model) and apply_lora for a new adapter on top")
         self.wrapped = wrap_model(self.model, self.dist, fsdp=config.fsdp)
         self.params = [p for p in self.wrapped.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(

@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from prefopt import apply_lora, load_model, save_adapter
-from prefopt.lora import describe, disable_adapter, lora_layers, merge_and_unload, merge_lora, merged_state_dict
+from prefopt.lora import (
+    describe,
+    disable_adapter,
+    lora_layers,
+    merge_and_unload,
+    merge_lora,
+    merged_state_dict,
+    unmerge_lora,
+)
 from prefopt.lora_experts import ExpertLoRA, from_peft, to_peft
 from prefopt.lora_files import load_adapter, read_adapter_config
 from tests.model import _family as family
@@ -135,8 +143,8 @@ def test_merging_disabling_and_the_merged_weights_agree(moe):
         assert (plain(IDS) - adapted).abs().max().item() < 1e-4
         merge_lora(ours)
         assert (ours(IDS) - adapted).abs().max().item() < 1e-4
-        for _, m in lora_layers(ours):
-            m.unmerge()  # the weights back, up to fp32 rounding (1.4e-5 seen in the logits)
+        unmerge_lora(ours)  # the weights back, up to fp32 rounding (1.4e-5 seen in the logits)
+        assert not any(m.merged for _, m in lora_layers(ours))
         assert (ours(IDS) - adapted).abs().max().item() < 1e-4
         merge_and_unload(ours)
         assert not list(lora_layers(ours)) and not any(hasattr(m, "expert_adapters") for m in ours.modules())
@@ -183,6 +191,9 @@ def test_4_bit_experts_take_adapters_and_merge_beside_their_codes(moe):
             m.lora_B.weight.normal_(0, 0.2)
         adapted = model(IDS)
         assert (adapted - base).abs().max().item() > 0.1
+        merge_lora(model)
+        with pytest.raises(RuntimeError, match="stays merged"):  # 4-bit experts keep their merge
+            unmerge_lora(model)
         merge_and_unload(model)  # the updates kept as factors beside the codes
         assert (model(IDS) - adapted).abs().max().item() < 1e-4
 

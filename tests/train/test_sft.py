@@ -45,6 +45,24 @@ def test_lora_sft_trains(task, tmp_path):
     assert all(m["peak_mem_mb"] > 0 for m in read_metrics(cfg.output_dir) if "loss" in m)
 
 
+def test_a_merged_adapter_is_refused_for_training_and_trains_once_unmerged(task, tmp_path):
+    """merge_lora leaves the adapter's layers in place but out of the forward: training it would
+    once fail deep in the backward ("element 0 of tensors does not require grad")."""
+    from prefopt import merge_lora, unmerge_lora
+    from prefopt.train.sft import load_train_eval
+
+    cfg = _cfg(task, tmp_path / "out", max_steps=2, eval_fraction=0.0)
+    tok = load_tokenizer(cfg.model)
+    train, _, _ = load_train_eval(cfg, tok)
+    model = merge_lora(prepare_model(cfg))
+    with pytest.raises(ValueError, match=r"LoRA adapter is merged into its weights \(14 layers, e.g. model.layers.0."
+                                         r"self_attn.q_proj; merge_lora\).*unmerge_lora\(model\) first"):
+        SFTTrainer(model, cfg, train, pad_id=tok.pad_token_id)
+    before = {n: p.detach().clone() for n, p in lora_state_dict(unmerge_lora(model)).items()}
+    SFTTrainer(model, cfg, train, pad_id=tok.pad_token_id).train()
+    assert any(not torch.equal(p, before[n]) for n, p in lora_state_dict(model).items())
+
+
 @pytest.mark.parametrize("pack", [False, True])
 def test_pinned_reference_run(task, tmp_path, pack):
     """A fixed seed and 6 steps give a fixed loss curve; a silent change to the loop fails here.
