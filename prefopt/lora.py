@@ -438,7 +438,7 @@ def disable_adapter(model: nn.Module):
     """Run the base model: inside the block every adapter is bypassed."""
     layers = [m for _, m in lora_layers(model)]
     if any(m.merged for m in layers):
-        raise RuntimeError("disable_adapter() on a merged model: unmerge first")
+        raise RuntimeError("disable_adapter() on a merged model: unmerge_lora(model) first")
     previous = [m.disabled for m in layers]
     for m in layers:
         m.disabled = True

@@ -73,6 +73,9 @@ def test_unmerge_lora_undoes_merge_lora_and_the_adapter_works_again(tiny, dora):
         adapted = model(IDS)
         merge_lora(model)
         assert all(m.merged for _, m in lora_layers(model))
+        with pytest.raises(RuntimeError, match=r"disable_adapter\(\) on a merged model: unmerge_lora\(model\) first"):
+            with disable_adapter(model):
+                pass
         assert max((p - weights[n]).abs().max().item() for n, p in model.named_parameters() if n in weights) > 1e-3
         assert unmerge_lora(model) is model and not any(m.merged for _, m in lora_layers(model))
         for n, p in model.named_parameters():
