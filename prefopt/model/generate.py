@@ -5,7 +5,8 @@ import hashlib
 import json
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,18 @@ from .repeats import RepeatGuard, check_repeat_options
 # dropping a row or two does not (benchmarks/bench_generate.py).
 COMPACT_AT = 2
 MIN_SHARED = 16  # a prompt start of at least this many tokens that every row has is computed once
+
+
+@contextmanager
+def eval_mode(model) -> Iterator:
+    """``model`` in eval mode (no dropout) inside the block; each module's own mode back after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, was in modes:
+            m.training = was
 
 
 def shared_start(prompts: Sequence[Sequence[int]], config, length: int) -> int:
@@ -172,6 +185,9 @@ def generate(
 
     A start every prompt has (a system prompt, a task's instructions; :func:`shared_start`) is run
     once, not once per row, and its keys and values copied into each row of the KV cache.
+
+    The model runs in eval mode (no dropout: a model just trained is still in train mode), each of
+    its modules put back in its own mode after.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
@@ -186,45 +202,46 @@ def generate(
         warnings.warn(f"a prompt of {T} tokens plus {max_new_tokens} new ones runs past the model's context of "
                       f"{context} positions (max_position_embeddings), which it was never trained on; the "
                       "output may degrade. Shorten the prompt or max_new_tokens.", stacklevel=2)
-    cache, step_ids, mask = _first_step(model, prompts, ids, mask, max_new_tokens, pad_token_id, prompt_cache)
-    seeds = row_seeds(seed, prompts) if temperature > 0 else None
-    gen = None if seeds is None else [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    eos = torch.tensor(list(eos_token_ids) or [-1], device=device)
-    out: list[list[int]] = [[] for _ in range(B)]
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    guard = RepeatGuard(prompts, model.output_weight.shape[0], repetition_penalty=repetition_penalty,
-                        no_repeat_ngram_size=no_repeat_ngram_size, scope=repeat_scope, device=device)
-    live = list(range(B))  # the prompt each batch row answers; finished rows leave the batch
-    for _ in range(max_new_tokens):
-        h = model(step_ids, mask, kv_cache=cache, return_hidden=True)[:, -1]  # (rows, D)
-        logits = model.logits(h).float()  # (rows, V)
-        if guard.active:
-            logits = guard.apply(logits)
-        nxt = sample_next(logits, temperature=temperature, top_p=top_p, generator=gen)
-        nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
-        going = (~done).nonzero().flatten().tolist()
-        for j in going:
-            out[live[j]].append(int(nxt[j]))
-        if guard.active:
-            guard.add([out[live[j]][-1] for j in going], going)
-        done |= torch.isin(nxt, eos)
-        if stop is not None:
-            for j in (~done).nonzero().flatten().tolist():
-                if stop(live[j], out[live[j]]):
-                    done[j] = True
-        if on_step is not None:
-            on_step(out)
-        if bool(done.all()):
-            break
-        step_ids = nxt[:, None]
-        mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=1)
-        if compact and int(done.sum()) * COMPACT_AT >= len(live):
-            keep = (~done).nonzero().flatten()
-            cache.select(keep)
-            guard.select(keep.tolist())
-            mask, step_ids, done = mask[keep], step_ids[keep], done[keep]
-            gen = None if gen is None else [gen[j] for j in keep.tolist()]
-            live = [live[j] for j in keep.tolist()]
-    if prompt_cache is not None:  # the cache holds the prompt and every new token but the last (never run)
-        prompt_cache.ids = list(prompts[0]) + out[0][:-1]
-    return out
+    with eval_mode(model):  # no dropout: a model just trained is still in train mode
+        cache, step_ids, mask = _first_step(model, prompts, ids, mask, max_new_tokens, pad_token_id, prompt_cache)
+        seeds = row_seeds(seed, prompts) if temperature > 0 else None
+        gen = None if seeds is None else [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        eos = torch.tensor(list(eos_token_ids) or [-1], device=device)
+        out: list[list[int]] = [[] for _ in range(B)]
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        guard = RepeatGuard(prompts, model.output_weight.shape[0], repetition_penalty=repetition_penalty,
+                            no_repeat_ngram_size=no_repeat_ngram_size, scope=repeat_scope, device=device)
+        live = list(range(B))  # the prompt each batch row answers; finished rows leave the batch
+        for _ in range(max_new_tokens):
+            h = model(step_ids, mask, kv_cache=cache, return_hidden=True)[:, -1]  # (rows, D)
+            logits = model.logits(h).float()  # (rows, V)
+            if guard.active:
+                logits = guard.apply(logits)
+            nxt = sample_next(logits, temperature=temperature, top_p=top_p, generator=gen)
+            nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
+            going = (~done).nonzero().flatten().tolist()
+            for j in going:
+                out[live[j]].append(int(nxt[j]))
+            if guard.active:
+                guard.add([out[live[j]][-1] for j in going], going)
+            done |= torch.isin(nxt, eos)
+            if stop is not None:
+                for j in (~done).nonzero().flatten().tolist():
+                    if stop(live[j], out[live[j]]):
+                        done[j] = True
+            if on_step is not None:
+                on_step(out)
+            if bool(done.all()):
+                break
+            step_ids = nxt[:, None]
+            mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=1)
+            if compact and int(done.sum()) * COMPACT_AT >= len(live):
+                keep = (~done).nonzero().flatten()
+                cache.select(keep)
+                guard.select(keep.tolist())
+                mask, step_ids, done = mask[keep], step_ids[keep], done[keep]
+                gen = None if gen is None else [gen[j] for j in keep.tolist()]
+                live = [live[j] for j in keep.tolist()]
+        if prompt_cache is not None:  # the cache holds the prompt and every new token but the last (never run)
+            prompt_cache.ids = list(prompts[0]) + out[0][:-1]
+        return out

@@ -27,6 +27,23 @@ def test_greedy_matches_transformers(tiny):
         assert generate(ours, [p], max_new_tokens=20) == [want[0, len(p):].tolist()]
 
 
+def test_a_model_left_in_train_mode_generates_without_dropout_and_keeps_its_modes(tiny):
+    """After trainer.train() the model is in train mode: its LoRA dropout once made greedy
+    decoding give another answer on every call (5 of 5 differed on this test's first run)."""
+    from prefopt import apply_lora
+    from tests._tiny import randomize_lora
+
+    _, _, d = tiny
+    model = apply_lora(load_model(d), r=4, dropout=0.3)
+    randomize_lora(model)
+    want = generate(model.eval(), [PROMPTS[0]], max_new_tokens=12)
+    model.train()
+    model.model.layers[0].eval()  # a mixed state, as a user may leave it: each module's mode comes back
+    modes = {n: m.training for n, m in model.named_modules()}
+    assert all(generate(model, [PROMPTS[0]], max_new_tokens=12) == want for _ in range(4))
+    assert {n: m.training for n, m in model.named_modules()} == modes
+
+
 def test_kv_cache_matches_full_recompute(tiny):
     _, ours, _ = tiny
     p = PROMPTS[0]
