@@ -7,6 +7,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from numbers import Integral
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,31 @@ def _prefill_start(model, prompts: Sequence[Sequence[int]], n: int, cache: KVCac
     cache.share(one)
     rest, rest_mask = left_pad([p[n:] for p in prompts], pad_token_id, device)
     return rest, torch.cat([torch.ones((len(prompts), n), dtype=rest_mask.dtype, device=device), rest_mask], 1)
+
+
+ENCODE = "tok.encode(text), or tok.apply_chat_template(messages, add_generation_prompt=True)"
+
+
+def check_prompts(prompts, vocab_size: int) -> None:
+    """``prompts`` is a non-empty list of token-id lists, each id in ``[0, vocab_size)``: a clear
+    error for text, one flat list, a tensor or an id the model has no embedding for."""
+    if isinstance(prompts, torch.Tensor):
+        raise TypeError("prompts: a list of token-id lists, not a tensor (a (B, T) tensor without padding: "
+                        "ids.tolist())")
+    if isinstance(prompts, str) or (prompts and all(isinstance(p, str) for p in prompts)):
+        raise TypeError(f"prompts are token ids, not text: {ENCODE} for each")
+    if not prompts:
+        raise ValueError("no prompts")
+    if all(isinstance(p, Integral) for p in prompts):
+        raise TypeError("prompts: a list of prompts, each a list of token ids; for one prompt, [ids]")
+    for i, p in enumerate(prompts):
+        if isinstance(p, (str, torch.Tensor)) or not all(isinstance(t, Integral) for t in p):
+            raise TypeError(f"prompt {i}: a list of int token ids ({ENCODE}), got {type(p).__name__}"
+                            + ("" if isinstance(p, (str, torch.Tensor)) else
+                               f" holding {type(next(t for t in p if not isinstance(t, Integral))).__name__}"))
+        if bad := [t for t in p if not 0 <= t < vocab_size]:
+            raise ValueError(f"prompt {i}: token id {bad[0]} is outside the model's vocabulary (0-{vocab_size - 1}): "
+                             "a tokenizer of another model?")
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,6 +220,7 @@ def generate(
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
     check_repeat_options(repetition_penalty, no_repeat_ngram_size, repeat_scope)
+    check_prompts(prompts, model.config.vocab_size)
     device = model.output_weight.device
     ids, mask = left_pad(prompts, pad_token_id, device)
     B, T = ids.shape

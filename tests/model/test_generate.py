@@ -44,6 +44,33 @@ def test_a_model_left_in_train_mode_generates_without_dropout_and_keeps_its_mode
     assert {n: m.training for n, m in model.named_modules()} == modes
 
 
+@pytest.mark.parametrize("prompts,error", [
+    ("hello", r"prompts are token ids, not text: tok.encode\(text\), or tok.apply_chat_template"),
+    (["hello", "there"], "prompts are token ids, not text"),
+    ([5, 17, 33], r"a list of prompts, each a list of token ids; for one prompt, \[ids\]"),
+    (torch.tensor([[5, 17, 33]]), r"not a tensor \(a \(B, T\) tensor without padding: ids.tolist\(\)\)"),
+    ([], "no prompts"),
+    ([[5, 17], [3, 4.0]], "prompt 1: a list of int token ids .* got list holding float"),
+    ([[5, 17], torch.tensor([3, 4])], "prompt 1: a list of int token ids .* got Tensor"),
+    ([[5, 400]], r"prompt 0: token id 400 is outside the model's vocabulary \(0-399\): a tokenizer of another model"),
+    ([[5, -1]], "prompt 0: token id -1 is outside"),
+])
+def test_prompts_that_are_not_token_id_lists_are_refused_with_what_to_pass(tiny, prompts, error):
+    """Once: "too many dimensions 'str'", "object of type 'int' has no len()", an IndexError deep
+    in the embedding."""
+    _, ours, _ = tiny
+    with pytest.raises((TypeError, ValueError), match=error):
+        generate(ours, prompts, max_new_tokens=2)
+
+
+def test_prompts_may_be_tuples_or_numpy_ids(tiny):
+    np = pytest.importorskip("numpy")
+    _, ours, _ = tiny
+    want = generate(ours, [PROMPTS[0]], max_new_tokens=4)
+    assert generate(ours, [tuple(PROMPTS[0])], max_new_tokens=4) == want
+    assert generate(ours, [list(np.array(PROMPTS[0]))], max_new_tokens=4) == want
+
+
 def test_kv_cache_matches_full_recompute(tiny):
     _, ours, _ = tiny
     p = PROMPTS[0]
