@@ -332,3 +332,6 @@ def _check_messages(messages) -> None:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise ChatTemplateError(f"message {i} must be a dict with 'role' and 'content', got {m!r}")
+        if not isinstance(m["content"], str):  # a template adds it to strings: a TypeError inside jinja
+            raise ChatTemplateError(f"message {i} ({m['role']!r}): content must be text, got "
+                                    f"{type(m['content']).__name__}")

@@ -48,6 +48,8 @@ def test_llama3_template_uses_bos_and_raise_exception(tmp_path):
     assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
     with pytest.raises(ChatTemplateError, match="unknown role tool"):
         tok.apply_chat_template([{"role": "tool", "content": "x"}])
+    with pytest.raises(ChatTemplateError, match=r"message 1 \('assistant'\): content must be text, got NoneType"):
+        tok.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": None}])
 
 
 
