@@ -146,6 +146,19 @@ class TrainConfig:
             errors.append("give eval_data or eval_fraction, not both")
         if self.lr <= 0:
             errors.append("lr must be > 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            errors.append(f"min_lr_ratio must be in [0, 1] (got {self.min_lr_ratio})")
+        if self.weight_decay < 0:
+            errors.append(f"weight_decay must be >= 0 (got {self.weight_decay})")
+        if self.max_grad_norm is not None and self.max_grad_norm < 0:  # it would turn every gradient around
+            errors.append(f"max_grad_norm must be > 0, or 0 / none for no clipping (got {self.max_grad_norm})")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                errors.append(f"{name} must be in [0, 1) (got {getattr(self, name)})")
+        if self.adam_eps <= 0:
+            errors.append(f"adam_eps must be > 0 (got {self.adam_eps})")
+        if self.lora_alpha <= 0:  # 0: an adapter that neither changes the model nor trains
+            errors.append(f"lora_alpha must be > 0 (got {self.lora_alpha})")
         if self.schedule not in SCHEDULES:
             errors.append(f"schedule must be one of {SCHEDULES} (got {self.schedule!r})")
         if self.dtype not in DTYPES:

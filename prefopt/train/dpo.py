@@ -130,6 +130,9 @@ class DPOConfig(TrainConfig):
         errors += variant_errors(self.loss, self.ld_alpha, self.f_divergence, self.f_alpha, self.wpo)
         if self.discopop_tau <= 0:
             errors.append("discopop_tau must be > 0")
+        for name in ("rpo_alpha", "orpo_lambda"):  # weights of a likelihood term: negative would push it down
+            if getattr(self, name) < 0:
+                errors.append(f"{name} must be >= 0 (got {getattr(self, name)})")
         if min(self.kto_desirable_weight, self.kto_undesirable_weight) <= 0:
             errors.append("kto_desirable_weight and kto_undesirable_weight must be > 0")
         if self.ref_cache and Path(self.ref_cache).exists() and not Path(self.ref_cache).is_dir():

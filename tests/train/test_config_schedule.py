@@ -32,6 +32,36 @@ def test_config_errors_are_all_reported_before_any_work(tmp_path):
         TrainConfig(model="m", data=str(data), output_dir="o", fsdp=True)
 
 
+@pytest.mark.parametrize("field,value,error", [
+    ("max_grad_norm", -1.0, "max_grad_norm must be > 0, or 0 / none for no clipping"),
+    ("weight_decay", -0.01, "weight_decay must be >= 0"),
+    ("adam_beta1", 1.0, r"adam_beta1 must be in \[0, 1\)"),
+    ("adam_beta2", -0.1, r"adam_beta2 must be in \[0, 1\)"),
+    ("adam_eps", 0.0, "adam_eps must be > 0"),
+    ("lora_alpha", 0.0, "lora_alpha must be > 0"),
+    ("min_lr_ratio", 1.5, r"min_lr_ratio must be in \[0, 1\]"),
+])
+def test_optimizer_and_adapter_settings_that_would_train_wrongly_are_refused(tmp_path, field, value, error):
+    """A negative max_grad_norm turned every gradient around (torch scales by max_norm / norm:
+    gradient ascent); alpha 0 made an adapter that neither changes the model nor trains; the
+    others failed only at the optimizer, after the model had loaded."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("{}\n")
+    with pytest.raises(ValueError, match=error):
+        TrainConfig(model="m", data=str(data), output_dir="o", **{field: value})
+    TrainConfig(model="m", data=str(data), output_dir="o", max_grad_norm=0.0)  # 0: no clipping, as before
+
+
+@pytest.mark.parametrize("field", ["rpo_alpha", "orpo_lambda"])
+def test_a_negative_likelihood_weight_is_refused(tmp_path, field):
+    from prefopt.train import DPOConfig
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("{}\n")
+    with pytest.raises(ValueError, match=f"{field} must be >= 0"):
+        DPOConfig(model="m", data=str(data), output_dir="o", **{field: -1.0})
+
+
 def test_config_from_json_and_yaml(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("{}\n")
