@@ -19,6 +19,7 @@ import torch
 from .._deps import progress
 from ..data.sft import IGNORE
 from ..kernels import sequence_logprobs
+from ..model import eval_mode
 from .stats import average_ranks
 
 MAX_ANSWERS = 64  # the most answer combinations scored per record
@@ -68,22 +69,20 @@ def answer_logprobs(model, tok, task, records, *, batch_size: int = 16, show_pro
     if why:
         raise ValueError(why)
     device = model.output_weight.device
-    was_training = model.training
-    model.eval()
-    bar = progress(total=len(records), desc=desc, disable=not show_progress)
-    out: list[list[tuple[dict[str, str], float]]] = []
-    for s in range(0, len(records), batch_size):
-        rows = [_encode(tok, task, r) for r in records[s:s + batch_size]]
-        batch = _pack([(prompt, [ids for _, ids in scored]) for prompt, scored in rows], tok.pad_token_id or 0)
-        hidden = model(batch["input_ids"].to(device), batch["mask"].to(device), batch["position_ids"].to(device),
-                       return_hidden=True)  # (B, S, D)
-        h = hidden[batch["row"].to(device)[:, None], batch["gather"].to(device)]  # (answers, La, D)
-        sums = sequence_logprobs(*model.head(h), batch["labels"].to(device), ignore_index=IGNORE).sum(-1)
-        sums = iter(sums.tolist())
-        out += [[(labels, next(sums)) for labels, _ in scored] for _, scored in rows]
-        bar.update(len(rows))
-    bar.close()
-    model.train(was_training)
+    with eval_mode(model):  # each module's own mode back after
+        bar = progress(total=len(records), desc=desc, disable=not show_progress)
+        out: list[list[tuple[dict[str, str], float]]] = []
+        for s in range(0, len(records), batch_size):
+            rows = [_encode(tok, task, r) for r in records[s:s + batch_size]]
+            batch = _pack([(prompt, [ids for _, ids in scored]) for prompt, scored in rows], tok.pad_token_id or 0)
+            hidden = model(batch["input_ids"].to(device), batch["mask"].to(device), batch["position_ids"].to(device),
+                           return_hidden=True)  # (B, S, D)
+            h = hidden[batch["row"].to(device)[:, None], batch["gather"].to(device)]  # (answers, La, D)
+            sums = sequence_logprobs(*model.head(h), batch["labels"].to(device), ignore_index=IGNORE).sum(-1)
+            sums = iter(sums.tolist())
+            out += [[(labels, next(sums)) for labels, _ in scored] for _, scored in rows]
+            bar.update(len(rows))
+        bar.close()
     return out
 
 

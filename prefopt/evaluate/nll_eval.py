@@ -19,6 +19,7 @@ from .._deps import progress
 from ..data.collate import pad_collate
 from ..data.sft import IGNORE, TokenizedExample
 from ..kernels import sequence_logprobs
+from ..model import eval_mode
 from ..train.distributed import head_operands
 from .stats import bootstrap_ci, p_text, paired_bootstrap
 
@@ -29,22 +30,20 @@ def example_nll(model, examples: Sequence[TokenizedExample], pad_id: int, *, bat
     """Each example's summed NLL over its trained tokens and how many they are, under ``model``
     in eval mode; the head's log-softmax is taken a chunk at a time (no ``(B, T, V)`` logits)."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # less padding
-    nll, tokens = np.zeros(len(examples)), np.zeros(len(examples))
-    bar = progress(total=len(examples), desc=desc, unit="example", delay=2, leave=False)
-    for s in range(0, len(order), batch_size):
-        chunk = order[s:s + batch_size]
-        batch = {k: v.to(device) for k, v in pad_collate([examples[i] for i in chunk], pad_id).items()}
-        hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)
-        labels = batch["labels"][:, 1:]  # position t predicts token t + 1
-        logp = sequence_logprobs(*head_operands(model, hidden[:, :-1]), labels, ignore_index=IGNORE)
-        nll[chunk] = (-logp.float().sum(-1)).cpu().numpy()
-        tokens[chunk] = (labels != IGNORE).sum(-1).cpu().numpy()
-        bar.update(len(chunk))
-    bar.close()
-    model.train(was_training)
+    with eval_mode(model):  # each module's own mode back after, an error or not
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # less padding
+        nll, tokens = np.zeros(len(examples)), np.zeros(len(examples))
+        bar = progress(total=len(examples), desc=desc, unit="example", delay=2, leave=False)
+        for s in range(0, len(order), batch_size):
+            chunk = order[s:s + batch_size]
+            batch = {k: v.to(device) for k, v in pad_collate([examples[i] for i in chunk], pad_id).items()}
+            hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)
+            labels = batch["labels"][:, 1:]  # position t predicts token t + 1
+            logp = sequence_logprobs(*head_operands(model, hidden[:, :-1]), labels, ignore_index=IGNORE)
+            nll[chunk] = (-logp.float().sum(-1)).cpu().numpy()
+            tokens[chunk] = (labels != IGNORE).sum(-1).cpu().numpy()
+            bar.update(len(chunk))
+        bar.close()
     return nll, tokens
 
 

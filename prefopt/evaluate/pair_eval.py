@@ -15,6 +15,7 @@ import torch
 from .._deps import progress
 from ..data.preference import PairExample, pair_collate
 from ..lora import disable_adapter
+from ..model import eval_mode
 from ..train.shared_prompt import pack_pairs, pair_logp_sums
 from .stats import bootstrap_ci, mcnemar_exact, paired_bootstrap
 
@@ -23,13 +24,13 @@ from .stats import bootstrap_ci, mcnemar_exact, paired_bootstrap
 def pair_logps(model, pairs: Sequence[PairExample], pad_id: int, *, batch_size: int = 8,
                base: bool = False, desc: str = "scoring pairs") -> tuple[np.ndarray, np.ndarray]:
     """Chosen and rejected answers' log-prob sums ``(n,)`` each, fp32, under ``model`` in eval mode
-    (``base``: with its adapters off); a batch whose pairs share their prompts runs each prompt
-    once, as DPO training does (:func:`~prefopt.train.shared_prompt.pack_pairs`)."""
+    (each module's own mode back after; ``base``: with its adapters off); a batch whose pairs
+    share their prompts runs each prompt once, as DPO training does
+    (:func:`~prefopt.train.shared_prompt.pack_pairs`)."""
     device = next(model.parameters()).device
-    model.eval()
     chosen, rejected = [], []
     bar = progress(total=len(pairs), desc=desc, unit="pair", delay=2, leave=False)
-    with disable_adapter(model) if base else nullcontext():
+    with eval_mode(model), disable_adapter(model) if base else nullcontext():  # modes back after
         for i in range(0, len(pairs), batch_size):
             chunk = pairs[i:i + batch_size]
             batch = pack_pairs(chunk, pad_id) or pair_collate(chunk, pad_id)  # each prompt once where shared

@@ -73,15 +73,13 @@ def answer_prompts(model, tok, prompts: list[list[int]], *, batch_size: int = 16
     order, and whether each ended with an end-of-turn token (False: ``max_new_tokens`` stopped it);
     ``settings``: :func:`~prefopt.model.generate.generate`'s; a sampling ``seed`` seeds each prompt
     by its place among them all (``row_seeds``), so that its answer does not depend on
-    ``batch_size``. The model runs in eval mode, and goes back to the mode it was in."""
+    ``batch_size``. The model runs in eval mode, and goes back to the mode it was in (``generate``)."""
     seeds = row_seeds(settings.pop("seed", None), prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
     ended = [False] * len(prompts)
     eos = set(tok.eos_token_ids)
     bar = progress(total=len(prompts), desc=desc, unit=unit, disable=not show_progress)
-    was_training = model.training
-    model.eval()
     for s in range(0, len(order), batch_size):
         chunk = order[s:s + batch_size]
         new = generate(model, [prompts[i] for i in chunk], **settings, eos_token_ids=tok.eos_token_ids,
@@ -91,7 +89,6 @@ def answer_prompts(model, tok, prompts: list[list[int]], *, batch_size: int = 16
             ended[i] = bool(ids) and ids[-1] in eos
         bar.update(len(chunk))
     bar.close()
-    model.train(was_training)
     return texts, ended
 
 

@@ -39,6 +39,7 @@ from ..lora import (
 from ..lora_files import read_adapter_config
 from ..lora_stack import same_layers
 from ..losses import LOSSES, PAIRWISE, REFERENCE_FREE, UNPAIRED, base_losses, known_loss, loss_terms
+from ..model import eval_mode
 from .config import TrainConfig, opt
 from .distributed import all_reduce_sum, head_operands
 from .loop import Batch, Trainer
@@ -249,13 +250,8 @@ class DPOTrainer(Trainer):
         if self.ref_mode == "model":
             yield self.ref_model
             return
-        was_training = self.model.training
-        self.model.eval()  # no adapter dropout in the reference
-        try:
-            with disable_adapter(self.model):
-                yield self.model
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model), disable_adapter(self.model):  # no adapter dropout in the reference
+            yield self.model
 
     @torch.no_grad()
     def reference_logps(self, batch: Batch) -> torch.Tensor:

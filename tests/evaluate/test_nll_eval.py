@@ -37,6 +37,31 @@ def test_each_examples_nll_is_its_trained_tokens_log_softmax_summed(task):
     assert by_record(np.array([1.0, 2.0, 4.0]), [0, 0, 1]).tolist() == [3.0, 4.0]
 
 
+def test_a_model_in_train_mode_is_scored_without_dropout_and_keeps_each_modules_mode(task):
+    """Scoring in a notebook right after training: example_nll and pair_logps run in eval mode
+    (LoRA dropout off), then put every module back as it was (a mixed state included)."""
+    from prefopt import apply_lora
+    from prefopt.data import load_preferences
+    from prefopt.evaluate.pair_eval import pair_logps
+    from tests._tiny import randomize_lora
+    from tests.train._fixtures import write_pairs
+
+    model_dir, data = task
+    tok = load_tokenizer(model_dir)
+    model = apply_lora(load_model(model_dir), r=4, dropout=0.5)
+    randomize_lora(model)
+    examples = load_sft(data, tok)[0][:4]
+    pairs = load_preferences(write_pairs(data.parent / "pairs.jsonl", n=4), tok)[0]
+    want = example_nll(model.eval(), examples, 0), pair_logps(model, pairs, 0)
+    model.train()
+    model.model.layers[1].eval()
+    modes = {n: m.training for n, m in model.named_modules()}
+    got = example_nll(model, examples, 0), pair_logps(model, pairs, 0)
+    for a, b in zip([*want[0], *want[1]], [*got[0], *got[1]]):
+        assert np.array_equal(a, b)
+    assert {n: m.training for n, m in model.named_modules()} == modes
+
+
 def test_it_equals_the_sft_runs_eval_loss_and_tests_two_models_paired(task, tmp_path, capsys):
     model_dir, data = task
     lines = data.read_text().splitlines()
