@@ -66,26 +66,32 @@ def _prefill_start(model, prompts: Sequence[Sequence[int]], n: int, cache: KVCac
 ENCODE = "tok.encode(text), or tok.apply_chat_template(messages, add_generation_prompt=True)"
 
 
-def check_prompts(prompts, vocab_size: int) -> None:
-    """``prompts`` is a non-empty list of token-id lists, each id in ``[0, vocab_size)``: a clear
-    error for text, one flat list, a tensor or an id the model has no embedding for."""
-    if isinstance(prompts, torch.Tensor):
-        raise TypeError("prompts: a list of token-id lists, not a tensor (a (B, T) tensor without padding: "
-                        "ids.tolist())")
+def check_prompts(prompts, vocab_size: int) -> list[list[int]]:
+    """``prompts`` as a list of int lists, checked: a non-empty list of prompts, each token ids
+    (a list, a tuple, or a 1-D tensor or array) in ``[0, vocab_size)``; a clear error for text,
+    one flat list, a 2-D tensor, a non-integer id or one the model has no embedding for."""
+    if hasattr(prompts, "shape"):  # a tensor or an array
+        raise TypeError(f"prompts: a list of token-id lists, not a {type(prompts).__name__} (a (B, T) tensor or "
+                        "array without padding: list(ids))")
     if isinstance(prompts, str) or (prompts and all(isinstance(p, str) for p in prompts)):
         raise TypeError(f"prompts are token ids, not text: {ENCODE} for each")
     if not prompts:
         raise ValueError("no prompts")
     if all(isinstance(p, Integral) for p in prompts):
         raise TypeError("prompts: a list of prompts, each a list of token ids; for one prompt, [ids]")
+    out = []
     for i, p in enumerate(prompts):
-        if isinstance(p, (str, torch.Tensor)) or not all(isinstance(t, Integral) for t in p):
-            raise TypeError(f"prompt {i}: a list of int token ids ({ENCODE}), got {type(p).__name__}"
-                            + ("" if isinstance(p, (str, torch.Tensor)) else
-                               f" holding {type(next(t for t in p if not isinstance(t, Integral))).__name__}"))
-        if bad := [t for t in p if not 0 <= t < vocab_size]:
+        if getattr(p, "ndim", 1) != 1 or isinstance(p, str):
+            raise TypeError(f"prompt {i}: token ids ({ENCODE}), got {type(p).__name__}"
+                            + (f" of {p.ndim} dimensions" if hasattr(p, "ndim") else ""))
+        ids = p.tolist() if hasattr(p, "tolist") else list(p)
+        if odd := next((t for t in ids if not isinstance(t, Integral)), None):
+            raise TypeError(f"prompt {i}: token ids are integers ({ENCODE}), got {type(odd).__name__} {odd!r}")
+        if bad := [t for t in ids if not 0 <= t < vocab_size]:
             raise ValueError(f"prompt {i}: token id {bad[0]} is outside the model's vocabulary (0-{vocab_size - 1}): "
                              "a tokenizer of another model?")
+        out.append(ids)
+    return out
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,7 +226,7 @@ def generate(
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
     check_repeat_options(repetition_penalty, no_repeat_ngram_size, repeat_scope)
-    check_prompts(prompts, model.config.vocab_size)
+    prompts = check_prompts(prompts, model.config.vocab_size)
     device = model.output_weight.device
     ids, mask = left_pad(prompts, pad_token_id, device)
     B, T = ids.shape

@@ -1,6 +1,7 @@
 """Generation: KV cache, batching with left padding, sampling, stopping; against transformers."""
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,10 +49,12 @@ def test_a_model_left_in_train_mode_generates_without_dropout_and_keeps_its_mode
     ("hello", r"prompts are token ids, not text: tok.encode\(text\), or tok.apply_chat_template"),
     (["hello", "there"], "prompts are token ids, not text"),
     ([5, 17, 33], r"a list of prompts, each a list of token ids; for one prompt, \[ids\]"),
-    (torch.tensor([[5, 17, 33]]), r"not a tensor \(a \(B, T\) tensor without padding: ids.tolist\(\)\)"),
+    (torch.tensor([[5, 17, 33]]), r"not a Tensor \(a \(B, T\) tensor or array without padding: list\(ids\)\)"),
+    (np.array([[5, 17, 33]]), "not a ndarray"),
+    ([torch.tensor([[5, 17]])], "prompt 0: token ids .* got Tensor of 2 dimensions"),
     ([], "no prompts"),
-    ([[5, 17], [3, 4.0]], "prompt 1: a list of int token ids .* got list holding float"),
-    ([[5, 17], torch.tensor([3, 4])], "prompt 1: a list of int token ids .* got Tensor"),
+    ([[5, 17], [3, 4.0]], "prompt 1: token ids are integers .* got float 4.0"),
+    ([[5, 17], torch.tensor([3.0, 4.0])], "prompt 1: token ids are integers .* got float 3.0"),
     ([[5, 400]], r"prompt 0: token id 400 is outside the model's vocabulary \(0-399\): a tokenizer of another model"),
     ([[5, -1]], "prompt 0: token id -1 is outside"),
 ])
@@ -63,12 +66,12 @@ def test_prompts_that_are_not_token_id_lists_are_refused_with_what_to_pass(tiny,
         generate(ours, prompts, max_new_tokens=2)
 
 
-def test_prompts_may_be_tuples_or_numpy_ids(tiny):
-    np = pytest.importorskip("numpy")
+def test_prompts_may_be_tuples_numpy_ids_or_1d_tensors_and_arrays(tiny):
     _, ours, _ = tiny
     want = generate(ours, [PROMPTS[0]], max_new_tokens=4)
     assert generate(ours, [tuple(PROMPTS[0])], max_new_tokens=4) == want
     assert generate(ours, [list(np.array(PROMPTS[0]))], max_new_tokens=4) == want
+    assert generate(ours, [np.array(PROMPTS[0]), torch.tensor(PROMPTS[0])], max_new_tokens=4) == want * 2
 
 
 def test_kv_cache_matches_full_recompute(tiny):
