@@ -85,8 +85,8 @@ def check_prompts(prompts, vocab_size: int) -> list[list[int]]:
             raise TypeError(f"prompt {i}: token ids ({ENCODE}), got {type(p).__name__}"
                             + (f" of {p.ndim} dimensions" if hasattr(p, "ndim") else ""))
         ids = p.tolist() if hasattr(p, "tolist") else list(p)
-        if odd := next((t for t in ids if not isinstance(t, Integral)), None):
-            raise TypeError(f"prompt {i}: token ids are integers ({ENCODE}), got {type(odd).__name__} {odd!r}")
+        if odd := [t for t in ids if not isinstance(t, Integral)]:  # a list: a 0.0 or None found is still found
+            raise TypeError(f"prompt {i}: token ids are integers ({ENCODE}), got {type(odd[0]).__name__} {odd[0]!r}")
         if bad := [t for t in ids if not 0 <= t < vocab_size]:
             raise ValueError(f"prompt {i}: token id {bad[0]} is outside the model's vocabulary (0-{vocab_size - 1}): "
                              "a tokenizer of another model?")

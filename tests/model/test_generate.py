@@ -54,6 +54,8 @@ def test_a_model_left_in_train_mode_generates_without_dropout_and_keeps_its_mode
     ([torch.tensor([[5, 17]])], "prompt 0: token ids .* got Tensor of 2 dimensions"),
     ([], "no prompts"),
     ([[5, 17], [3, 4.0]], "prompt 1: token ids are integers .* got float 4.0"),
+    ([[0.0, 17]], "prompt 0: token ids are integers .* got float 0.0"),
+    ([[None, 17]], "prompt 0: token ids are integers .* got NoneType None"),
     ([[5, 17], torch.tensor([3.0, 4.0])], "prompt 1: token ids are integers .* got float 3.0"),
     ([[5, 400]], r"prompt 0: token id 400 is outside the model's vocabulary \(0-399\): a tokenizer of another model"),
     ([[5, -1]], "prompt 0: token id -1 is outside"),
