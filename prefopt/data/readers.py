@@ -1,6 +1,7 @@
 """Reading JSONL, JSON, CSV and Parquet files as ``(line, row)`` pairs, with line numbers for errors."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import decimal
@@ -139,14 +140,40 @@ def read_text(path: Path, encoding: str = "utf-8") -> str:
                                               f"at column {column}); save the file as UTF-8") from None
 
 
+class _Repeated(Exception):
+    """A key given twice in one JSON object (``args[0]``)."""
+
+
+def _one_of_each(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object's dict, refusing a key given twice: ``json`` keeps the last value and the
+    other is lost without a word (an exporter's bug, or a hand edit that added a second
+    ``"chosen"``: which answer was meant?)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Repeated(key)
+            seen.add(key)
+    return obj
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_one_of_each)
+REPEATED = "given twice in one JSON object of this record (JSON keeps only the last, so a value would be lost); " \
+           "remove or rename one"
+
+
 def _jsonl(path: Path):
     for line_no, line in enumerate(read_text(path).split("\n"), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = _DECODER.decode(line)
         except json.JSONDecodeError as e:
             yield line_no, DataError(path, line_no, None, f"malformed JSON: {e.msg} (column {e.colno})")
+            continue
+        except _Repeated as e:
+            yield line_no, DataError(path, line_no, e.args[0], REPEATED)
             continue
         if not isinstance(row, dict):
             yield line_no, DataError(path, line_no, None, f"expected a JSON object, got {type(row).__name__}")
@@ -156,7 +183,6 @@ def _jsonl(path: Path):
 
 def _json(path: Path):
     text = read_text(path)
-    dec = json.JSONDecoder()
     i = _skip_ws(text, 0)
     if i >= len(text) or text[i] != "[":
         try:
@@ -171,10 +197,12 @@ def _json(path: Path):
     while i < len(text) and text[i] != "]":
         line, counted = line + text.count("\n", counted, i), i
         try:
-            row, end = dec.raw_decode(text, i)
+            row, end = _DECODER.raw_decode(text, i)
         except json.JSONDecodeError as e:
             raise DataError(path, e.lineno, None, f"malformed JSON: {e.msg}") from None
-        yield line, row if isinstance(row, dict) else DataError(path, line, None, "expected a JSON object")
+        except _Repeated as e:  # the record's end is not known: skip it as json would, without the hook
+            row, end = DataError(path, line, e.args[0], REPEATED), json.JSONDecoder().raw_decode(text, i)[1]
+        yield line, row if isinstance(row, (dict, DataError)) else DataError(path, line, None, "expected a JSON object")
         i = _skip_ws(text, end)
         if i < len(text) and text[i] == ",":
             i = _skip_ws(text, i + 1)
@@ -183,14 +211,24 @@ def _json(path: Path):
 def _parquet(path: Path, batch_rows: int = 1024):
     """A Parquet file (a Hugging Face dataset's own format), read a batch of rows at a time."""
     pq = require("pyarrow.parquet", "reading .parquet data files")
-    try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+    with _unreadable_parquet(path):
+        file = pq.ParquetFile(path)
+        names = file.schema_arrow.names
+    _one_name_each(path, names, line=None)
+    with _unreadable_parquet(path):
         row_no = 0
-        for batch in batches:
+        for batch in file.iter_batches(batch_size=batch_rows):
             for row in batch.to_pylist():
                 row_no += 1
                 yield row_no, plain(row)
-    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError: not Parquet, or cut short
+
+
+@contextlib.contextmanager
+def _unreadable_parquet(path: Path):
+    """pyarrow's errors (ArrowInvalid is a ValueError: not Parquet, or cut short) as a DataError."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
         if isinstance(e, FileNotFoundError):
             raise
         raise DataError(path, None, None, f"not a readable Parquet file ({e})") from None
@@ -210,10 +248,21 @@ def sniff_delimiter(text: str) -> str:
     return DELIMITERS[counts.index(max(counts))]
 
 
+def _one_name_each(path: Path, names: Sequence[str], line: int | None = 1) -> None:
+    """Refuse a header that names a column twice: a row would keep only the last column's cell
+    (csv's DictReader and pyarrow alike), losing the other without a word. Blank names (an
+    export's trailing delimiters) may repeat."""
+    for i, name in enumerate(names):
+        if name and name.strip() and name in names[:i]:
+            raise DataError(path, line, name, f"two columns have this name (columns {names.index(name) + 1} and {i + 1}); "
+                                                 "a record would keep only the last one's cell: rename one")
+
+
 def _csv(path: Path, delimiter: str | None = None, encoding: str = "utf-8"):
     text = read_text(path, encoding)
     with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter or sniff_delimiter(text))
+        _one_name_each(path, reader.fieldnames or [])
         start = 2  # line 1 is the header
         for row in reader:
             if None not in row and not any(v and v.strip() for v in row.values()):

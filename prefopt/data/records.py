@@ -75,6 +75,19 @@ def _text(row: dict, key: str, err) -> str:
         raise err(key, _not_text(v))
     if not v.strip():
         raise err(key, "empty text")
+    return _unicode(v, key, err)
+
+
+def _unicode(v: str, field: str, err) -> str:
+    """``v``, refused where it holds a lone surrogate (``"\\ud83d"`` in JSON: half of an
+    emoji's UTF-16 pair, left by an exporter that cut text by UTF-16 units), which no tokenizer
+    can encode: the error used to come from inside the tokenizer, at a position in the chat
+    template's text."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise err(field, f"not valid Unicode: a lone surrogate {v[e.start]!r} at character {e.start + 1} (half of a "
+                         "UTF-16 pair, as text cut mid-emoji leaves); remove it or restore the pair") from None
     return v
 
 
@@ -100,13 +113,13 @@ def _messages(v: Any, field: str, err) -> Messages:
 def _content(v: Any, field: str, err) -> str:
     """A message's text; OpenAI's list of content parts is read when every part is text."""
     if isinstance(v, str):
-        return v
+        return _unicode(v, field, err)
     if isinstance(v, list) and v and all(isinstance(part, dict) for part in v):
         for j, part in enumerate(v):
             if part.get("type") != "text" or not isinstance(part.get("text"), str):
                 raise err(f"{field}[{j}]", f"a part of type {part.get('type')!r}: prefopt trains on text "
                                            "only (parts of type 'text' with a 'text' field)")
-        return "".join(part["text"] for part in v)
+        return _unicode("".join(part["text"] for part in v), field, err)
     raise err(field, "expected text (or a list of text parts)")
 
 
@@ -132,7 +145,7 @@ def _response(v: Any, field: str, err) -> str:
         raise err(field, _not_text(v))
     if not v.strip():
         raise err(field, "empty response")
-    return v
+    return _unicode(v, field, err)
 
 
 def _err_factory(path, line):

@@ -23,6 +23,14 @@ SFT_FAULTS = [
     ({"messages": [{"role": "user", "content": "hi"}]}, "messages", "no assistant turn"),
     ({"messages": [{"role": "doctor", "content": "hi"}]}, "messages[0].role", "unknown role"),
     ('[1, 2]', None, "expected a JSON object"),
+    # a key given twice: json keeps the last value and the other would be lost without a word
+    ('{"prompt": "x", "completion": "a", "completion": "b"}', "completion", "given twice in one JSON object"),
+    # half of an emoji's UTF-16 pair (text cut by an exporter): no tokenizer can encode it
+    ({"prompt": "x", "completion": "Pain \ud83d"}, "completion", "not valid Unicode: a lone surrogate '\\ud83d' at "
+                                                                  "character 6"),
+    ({"prompt": "x \ud83d", "completion": "a"}, "prompt", "lone surrogate"),
+    ({"messages": [{"role": "user", "content": "hi \udc00"}, {"role": "assistant", "content": "ok"}]},
+     "messages[0].content", "lone surrogate"),
     # a preference pair given to SFT: the error says which command trains it
     ({"prompt": "x", "chosen": "a", "rejected": "b"}, "completion",
      "missing field: 'chosen' and 'rejected' make this a preference record; train on it with prefopt dpo, not sft"),
@@ -100,6 +108,29 @@ def test_json_and_csv_name_the_line(tmp_path, tok):
         load_sft(tmp_path / "d.csv", tok)
     rows = list(read_rows(tmp_path / "d.csv"))
     assert [line for line, _ in rows] == [2, 3, 5]
+
+
+def test_a_repeated_key_or_column_is_refused_where_it_would_lose_a_value(tmp_path, tok):
+    """JSON keeps the last of a key given twice, csv and pyarrow the last of two columns of one
+    name: the other value was lost without a word. In JSON the record is bad (the next is read);
+    a header naming a column twice stops the file. Blank header names may repeat."""
+    (tmp_path / "d.json").write_text('[{"prompt": "a", "completion": "b"},\n {"prompt": "a", "prompt": "c", '
+                                     '"completion": "b"},\n {"prompt": "d", "completion": "e"}]')
+    rows = list(read_rows(tmp_path / "d.json"))
+    assert [line for line, _ in rows] == [1, 2, 3] and rows[2][1] == {"prompt": "d", "completion": "e"}
+    assert isinstance(rows[1][1], DataError) and (rows[1][1].line, rows[1][1].field) == (2, "prompt")
+    assert load_sft(tmp_path / "d.json", tok, skip_bad=True)[1].n_kept == 2
+    (tmp_path / "d.csv").write_text("prompt,completion,note,completion\nq,a,n,b\n")
+    with pytest.raises(DataError, match=r"d.csv:1: field 'completion': two columns have this name \(columns 2 and 4\)"):
+        load_sft(tmp_path / "d.csv", tok)
+    (tmp_path / "blank.csv").write_text("prompt,completion,,\nq,a,,\n")  # an export's trailing delimiters
+    assert load_sft(tmp_path / "blank.csv", tok)[1].n_kept == 1
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.Table.from_arrays([pa.array(["q"]), pa.array(["a"]), pa.array(["b"])],
+                                        names=["prompt", "completion", "completion"]), tmp_path / "d.parquet")
+    with pytest.raises(DataError, match=r"d.parquet: field 'completion': two columns have this name"):
+        load_sft(tmp_path / "d.parquet", tok)
 
 
 def test_a_json_list_reads_in_linear_time_with_the_right_lines(tmp_path):
