@@ -79,16 +79,23 @@ def _text(row: dict, key: str, err) -> str:
 
 
 def _unicode(v: str, field: str, err) -> str:
-    """``v``, refused where it holds a lone surrogate (``"\\ud83d"`` in JSON: half of an
-    emoji's UTF-16 pair, left by an exporter that cut text by UTF-16 units), which no tokenizer
-    can encode: the error used to come from inside the tokenizer, at a position in the chat
-    template's text."""
+    """``v``, refused where :func:`unicode_problem` finds one."""
+    problem = unicode_problem(v)
+    if problem:
+        raise err(field, problem)
+    return v
+
+
+def unicode_problem(v: str) -> str | None:
+    """Why ``v`` is not text a tokenizer can encode: a lone surrogate (``"\\ud83d"`` in JSON,
+    half of an emoji's UTF-16 pair, left by an exporter that cut text by UTF-16 units). The
+    error used to come from inside the tokenizer, at a position in the chat template's text."""
     try:
         v.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise err(field, f"not valid Unicode: a lone surrogate {v[e.start]!r} at character {e.start + 1} (half of a "
-                         "UTF-16 pair, as text cut mid-emoji leaves); remove it or restore the pair") from None
-    return v
+        return (f"not valid Unicode: a lone surrogate {v[e.start]!r} at character {e.start + 1} (half of a UTF-16 "
+                "pair, as text cut mid-emoji leaves); remove it or restore the pair")
+    return None
 
 
 def _not_text(v: Any) -> str:

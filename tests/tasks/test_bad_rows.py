@@ -100,3 +100,14 @@ def test_a_task_whose_loop_does_not_set_rows_aside_is_read_again_past_each(tmp_p
     path.write_text("".join(json.dumps({"text": "" if i in (2, 5) else "t"}) + "\n" for i in range(8)))
     records, bad = read_past_bad_rows(_OwnLoop(), str(path))
     assert records == ["t"] * 6 and [(e.line, e.field) for e in bad] == [(3, "text"), (6, "text")]
+
+
+def test_a_lone_surrogate_in_a_tasks_text_is_named_by_line_and_field(tmp_path):
+    """Half of an emoji's UTF-16 pair (an exporter's cut) used to fail inside the tokenizer, at a
+    position in the rendered prompt; the task's reader names the row and field."""
+    path = tmp_path / "data.jsonl"
+    rows = [{"CHQ": "question", "Summary": "s"}, {"CHQ": "chest pain \ud83d", "Summary": "s"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"data.jsonl:2: field 'CHQ': not valid Unicode: a lone surrogate '\\ud83d' at "
+                                        r"character 12"):
+        get_task("meqsum").read(str(path))
