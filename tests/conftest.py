@@ -8,7 +8,8 @@ import torch
 # pytest-xdist (make test: -n auto): the cores shared out among the workers, and the programs the
 # tests start (CLI runs, torchrun ranks) told the same, so that workers do not fight over them
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # (taskset)
+_THREADS = max(1, min(2, _CORES // _WORKERS))
 if _WORKERS > 1:
     os.environ["OMP_NUM_THREADS"] = str(_THREADS)
 torch.set_num_threads(_THREADS)

@@ -26,8 +26,14 @@ MIN_SHARED = 16  # a prompt start of at least this many tokens that every row ha
 @contextmanager
 def eval_mode(model) -> Iterator:
     """``model`` in eval mode (no dropout) inside the block; each module's own mode back after."""
+    with modes_kept(model):
+        yield model.eval()
+
+
+@contextmanager
+def modes_kept(model) -> Iterator:
+    """Each module of ``model`` back in the mode (train or eval) it had on entry, an error or not."""
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     try:
         yield model
     finally:

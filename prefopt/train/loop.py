@@ -28,6 +28,7 @@ from ..devices import resolve_device
 from ..fileio import write_json_atomic
 from ..lora import QLoRALinear, layer_text, lora_layers
 from ..lora_experts import ExpertLoRA
+from ..model.generate import modes_kept
 from . import state as ckpt_io
 from .config import TrainConfig, no_eval_set
 from .data_digest import check_same_data, data_digest
@@ -296,6 +297,13 @@ class Trainer:
         return out
 
     def train(self) -> dict[str, Any]:
+        """Run the training (from its checkpoint with ``resume``); the summary. The model's modules
+        are left in the modes they had (a loaded model: eval), so a forward of the user's own after
+        training runs without the adapter's dropout."""
+        with modes_kept(self.wrapped):
+            return self._train()
+
+    def _train(self) -> dict[str, Any]:
         c = self.config
         resume_from = ckpt_io.latest_checkpoint(self.output_dir) if c.resume else None
         if resume_from is not None:

@@ -63,6 +63,27 @@ def test_a_merged_adapter_is_refused_for_training_and_trains_once_unmerged(task,
     assert any(not torch.equal(p, before[n]) for n, p in lora_state_dict(model).items())
 
 
+def test_training_leaves_each_module_in_the_mode_it_had(task, tmp_path):
+    """A loaded model is in eval mode; train() used to leave it in train mode (where no evaluation
+    came last), so the user's own forward after training ran the adapter's dropout: two forwards
+    of one input differed."""
+    from prefopt.train.sft import load_train_eval
+
+    cfg = _cfg(task, tmp_path / "out", max_steps=3, eval_fraction=0.0, lora_dropout=0.5)
+    tok = load_tokenizer(cfg.model)
+    train, _, _ = load_train_eval(cfg, tok)
+    model = prepare_model(cfg)
+    model.model.layers[0].train()  # a mixed state, as a user may leave it: each module's mode comes back
+    modes = {n: m.training for n, m in model.named_modules()}
+    assert not model.training and any(modes.values())
+    SFTTrainer(model, cfg, train, pad_id=tok.pad_token_id).train()
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    model.model.layers[0].eval()
+    ids = torch.tensor([train[0].input_ids])
+    with torch.no_grad():
+        assert torch.equal(model(ids), model(ids))
+
+
 @pytest.mark.parametrize("pack", [False, True])
 def test_pinned_reference_run(task, tmp_path, pack):
     """A fixed seed and 6 steps give a fixed loss curve; a silent change to the loop fails here.
