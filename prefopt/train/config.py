@@ -127,7 +127,7 @@ class TrainConfig:
             except ValueError as e:
                 errors.append(f"{f.name}: {e}")
         if errors:
-            raise ValueError("invalid training config:\n  " + "\n  ".join(errors))
+            raise ValueError(f"invalid {self.KIND} config:\n  " + "\n  ".join(errors))
         for name in ("max_length", "batch_size", "grad_accum", "lora_r", "log_every", "save_total_limit"):
             if getattr(self, name) < 1:
                 errors.append(f"{name} must be >= 1 (got {getattr(self, name)})")
@@ -200,8 +200,15 @@ class TrainConfig:
                     data_files(getattr(self, name))
                 except (OSError, ValueError) as e:
                     errors.append(f"{name}: {e}")
+        errors += self.kind_errors()
         if errors:
-            raise ValueError("invalid training config:\n  " + "\n  ".join(errors))
+            raise ValueError(f"invalid {self.KIND} config:\n  " + "\n  ".join(errors))
+
+    KIND = "training"  # what the error's first line calls the config
+
+    def kind_errors(self) -> list[str]:
+        """A subclass's own checks (DPO's beta, loss, ...), listed with the rest: every problem at once."""
+        return []
 
     def _check_best(self) -> list[str]:
         """Validate ``best_metric``, ``best_mode`` and ``patience``; the metric's name gets its

@@ -107,8 +107,9 @@ class DPOConfig(TrainConfig):
     pack: bool = opt(False, "SFT's (DPO packs each pair's prompt and answers: share_prompt)")
     lr: float = opt(5e-5, "peak learning rate (AdamW)")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    KIND = "DPO"
+
+    def kind_errors(self) -> list[str]:
         errors = []
         try:
             known_loss(self.loss)  # a mixture ("0.8*sigmoid+0.2*bco_pair+sft") is registered here
@@ -143,14 +144,17 @@ class DPOConfig(TrainConfig):
         sft = _adapter_config(self.sft_adapter) if self.lora and self.sft_adapter else None
         if self.quantize and sft is not None and sft.dora:  # before any training
             errors.append(f"sft_adapter: {self.sft_adapter}: {QUANTIZED_DORA_MERGE}")
+        try:
+            layers = parse_layers(self.lora_layers)
+        except ValueError:
+            layers = sft = None  # (the training config's own checks name it)
         if sft is not None:  # saved as one adapter with the SFT one: the same layers (lora_stack.same_layers)
             try:
-                same_layers([sft.layers, parse_layers(self.lora_layers)])
+                same_layers([sft.layers, layers])
             except ValueError as e:
                 errors.append(f"lora_layers: {e} (the SFT adapter {self.sft_adapter} covers "
                               f"{layer_text(sft.layers)})")
-        if errors:
-            raise ValueError("invalid DPO config:\n  " + "\n  ".join(errors))
+        return errors
 
     @property
     def run_kind(self) -> str:

@@ -32,6 +32,23 @@ def test_config_errors_are_all_reported_before_any_work(tmp_path):
         TrainConfig(model="m", data=str(data), output_dir="o", fsdp=True)
 
 
+
+def test_dpo_config_errors_come_with_the_training_errors_in_one_list(tmp_path):
+    """DPO's own checks (beta, label smoothing) used to run only once the training settings
+    passed: fixing the three listed errors brought two more."""
+    from prefopt.train import DPOConfig
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("{}\n")
+    with pytest.raises(ValueError) as e:
+        DPOConfig(model="m", data=str(data), output_dir="o", lr=0, grad_accum=0, beta=0, label_smoothing=0.7,
+                  lora_layers="99-3")
+    assert str(e.value).splitlines() == [
+        "invalid DPO config:", "  grad_accum must be >= 1 (got 0)", "  lr must be > 0",
+        "  lora_layers: '99-3' is not layer numbers such as 16-31 or 0,2,4", "  beta must be > 0",
+        "  label_smoothing must be in [0, 0.5)"]
+
+
 @pytest.mark.parametrize("field,value,error", [
     ("max_grad_norm", -1.0, "max_grad_norm must be > 0, or 0 / none for no clipping"),
     ("weight_decay", -0.01, "weight_decay must be >= 0"),
