@@ -53,7 +53,9 @@ class Tokenizer:
     def __init__(self, backend, config: dict[str, Any] | None = None, *, extra_eos_ids=(), chat_template=None):
         self.backend = backend
         self.config = dict(config or {})
-        self.chat_template: str | None = chat_template or self.config.get("chat_template")
+        template = chat_template or self.config.get("chat_template")
+        self.named_templates = named_templates(template)  # {"default": ..., "tool_use": ...} as the file gave them
+        self.chat_template: str | None = pick_template(self.named_templates) if self.named_templates else template
         self.bos_token = _token_str(self.config.get("bos_token"))
         self.eos_token = _token_str(self.config.get("eos_token"))
         self.pad_token = _token_str(self.config.get("pad_token")) or self.eos_token
@@ -177,7 +179,9 @@ class Tokenizer:
         out.mkdir(parents=True, exist_ok=True)
         self.backend.save(str(out / "tokenizer.json"))
         config = dict(self.config)
-        if self.chat_template:
+        if self.named_templates and pick_template(self.named_templates) == self.chat_template:
+            config["chat_template"] = [{"name": k, "template": v} for k, v in self.named_templates.items()]
+        elif self.chat_template:
             config["chat_template"] = self.chat_template
         write_json_atomic(out / "tokenizer_config.json", config)
 
@@ -205,12 +209,41 @@ def set_chat_vars(tok: Tokenizer, chat_vars: dict[str, Any] | None, where: str =
     return f"every {shown_in} is rendered with {describe_chat_vars(chat_vars)}" if chat_vars else None
 
 
+def named_templates(template) -> dict[str, str] | None:
+    """A ``chat_template`` given as named templates (``[{"name": "default", "template": ...},
+    {"name": "tool_use", ...}]``, as Hermes and Command R models write it; or a mapping of them)
+    as ``{name: template}``; None for one template (text) or none."""
+    if template is None or isinstance(template, str):
+        return None
+    if isinstance(template, dict):
+        template = [{"name": k, "template": v} for k, v in template.items()]
+    if not isinstance(template, list) or not template or not all(isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("template"), str)
+               for t in template):
+        raise ValueError("chat_template: expected a template (text) or a list of named templates "
+                         "({\"name\": ..., \"template\": ...}), got " + json.dumps(template)[:120])
+    return {t["name"]: t["template"] for t in template}
+
+
+def pick_template(named: dict[str, str]) -> str:
+    """The template a conversation without tools is rendered with, as transformers picks it: the one
+    named ``default`` (or the only one); prefopt renders no tool calls, so ``tool_use`` and
+    ``rag`` are never chosen."""
+    if "default" in named:
+        return named["default"]
+    if len(named) == 1:
+        return next(iter(named.values()))
+    raise ValueError(f"chat_template: {len(named)} named templates ({', '.join(named)}) and none named 'default': "
+                     "prefopt cannot tell which renders a plain conversation; name one 'default' in "
+                     "tokenizer_config.json")
+
+
 def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
     """Load the tokenizer of a model folder, alias or hub id.
 
     Reads ``tokenizer.json`` (required), ``tokenizer_config.json``,
     ``special_tokens_map.json``, ``chat_template.jinja`` (else ``chat_template.json``, where
-    image+text models such as Gemma 3 keep it) and the EOS ids of ``generation_config.json``
+    image+text models such as Gemma 3 keep it; named templates beside the default in
+    ``additional_chat_templates/``, or as a list in tokenizer_config.json) and the EOS ids of ``generation_config.json``
     where present.
     """
     from tokenizers import Tokenizer as Backend
@@ -224,9 +257,17 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
     config.update(_read_json(d / "tokenizer_config.json"))
     template = (d / "chat_template.jinja").read_text() if (d / "chat_template.jinja").is_file() else \
         _read_json(d / "chat_template.json").get("chat_template")  # image+text models' processor file
+    more = sorted((d / "additional_chat_templates").glob("*.jinja"))  # transformers 5 saves named ones so
+    if isinstance(template, str) and more:
+        template = [{"name": "default", "template": template}] + [{"name": f.stem, "template": f.read_text()}
+                                                                  for f in more]
     eos = _read_json(d / "generation_config.json").get("eos_token_id")
     extra = eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else []
-    return Tokenizer(Backend.from_file(str(d / "tokenizer.json")), config, extra_eos_ids=extra, chat_template=template)
+    try:
+        return Tokenizer(Backend.from_file(str(d / "tokenizer.json")), config, extra_eos_ids=extra,
+                         chat_template=template)
+    except ValueError as e:  # a chat template prefopt cannot use: say whose
+        raise ValueError(f"{d}: {e}") from None
 
 
 def _read_json(path: Path) -> dict:

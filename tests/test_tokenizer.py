@@ -139,6 +139,42 @@ def test_chat_template_file_and_special_token_dicts(tmp_path):
     assert tok.eos_token_ids == [tok.eos_token_id, 4]
 
 
+def test_named_chat_templates_render_the_default_as_transformers_does(tmp_path):
+    """Hermes and Command R models keep several named templates (``default``, ``tool_use``,
+    ``rag``) in tokenizer_config.json; prefopt's loader took the list for one template and every
+    rendering failed with "unhashable type: 'list'". A conversation without tools takes the
+    default, as in transformers, and a save keeps them all."""
+    d = build_tokenizer(tmp_path / "t")
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    named = [{"name": "tool_use", "template": "TOOLS " + CHATML}, {"name": "default", "template": CHATML}]
+    (d / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": named}))
+    ours, theirs = load_tokenizer(d), transformers.AutoTokenizer.from_pretrained(d)
+    assert ours.chat_template == CHATML and list(ours.named_templates) == ["tool_use", "default"]
+    for conv in CONVERSATIONS:
+        want = theirs.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+        assert ours.apply_chat_template(conv, add_generation_prompt=True, tokenize=False) == want
+        assert ours.apply_chat_template(conv, add_generation_prompt=True) == theirs.encode(want, add_special_tokens=False)
+    ours.save(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())["chat_template"] == named
+    again = transformers.AutoTokenizer.from_pretrained(tmp_path / "saved")
+    assert again.apply_chat_template(CONVERSATIONS[1], tokenize=False) == theirs.apply_chat_template(
+        CONVERSATIONS[1], tokenize=False)
+    theirs.save_pretrained(tmp_path / "hf")  # transformers 5: chat_template.jinja + additional_chat_templates/
+    from_hf = load_tokenizer(tmp_path / "hf")
+    assert from_hf.chat_template == CHATML and from_hf.named_templates == dict(
+        default=CHATML, tool_use="TOOLS " + CHATML)
+
+    (d / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": named[:1]}))
+    assert load_tokenizer(d).chat_template == "TOOLS " + CHATML  # the only one
+    (d / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": [named[0], {**named[0], "name": "rag"}]}))
+    with pytest.raises(ValueError, match=rf"{d}: chat_template: 2 named templates \(tool_use, rag\) and none named "
+                                         "'default'"):
+        load_tokenizer(d)
+    (d / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": [{"template": CHATML}]}))
+    with pytest.raises(ValueError, match=r"chat_template: expected a template \(text\) or a list of named templates"):
+        load_tokenizer(d)
+
+
 @pytest.mark.parametrize("command", ["generate", "check-data"])
 def test_generate_and_check_data_show_the_chat_date_they_are_given(command, tmp_path, monkeypatch, capsys):
     """``--chat-date`` pins the date a dated template (Llama 3.1) prints, as a training run's

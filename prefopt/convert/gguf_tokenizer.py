@@ -121,7 +121,12 @@ def write_tokenizer(meta, out: Path) -> None:
         "model_max_length": meta.get(f"{meta.need('general.architecture')}.context_length", 2048),
     }
     template = meta.get("tokenizer.chat_template")
-    if template:
+    named = {n: meta.get(f"tokenizer.chat_template.{n}") for n in meta.get("tokenizer.chat_templates") or []}
+    named = {n: t for n, t in named.items() if t}  # (tool_use, rag: llama.cpp's names for the others)
+    if template and named:
+        config["chat_template"] = [{"name": "default", "template": template}] + [
+            {"name": n, "template": t} for n, t in named.items()]
+    elif template:
         config["chat_template"] = template
     write_json_atomic(out / "tokenizer_config.json", config)
 
@@ -241,8 +246,9 @@ def tokenizer_metadata(src: Path, vocab_size: int) -> dict:
     ids = {t: i for i, t in enumerate(tokens)}
     pad = tok.pad_token if tok.config.get("pad_token") is not None else None  # not the tokenizer's fallback to EOS
     template = tok.chat_template
-    if isinstance(template, list):  # named templates: the default one
-        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    if tok.named_templates:  # the one prefopt renders as default (tokenizer.chat_template), the others by name
+        template = [{"name": "default", "template": template}] + [
+            {"name": k, "template": v} for k, v in tok.named_templates.items() if k != "default"]
     out = {"tokens": tokens, "types": kinds, "bos": ids.get(tok.bos_token), "eos": ids.get(tok.eos_token),
            "unk": ids.get(tok.unk_token), "pad": ids.get(pad), "chat_template": template,
            "add_bos": tok.bos_token_id is not None and tok.encode("a")[:1] == [tok.bos_token_id]}

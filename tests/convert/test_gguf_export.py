@@ -372,3 +372,25 @@ def test_a_mixture_of_experts_llama_cpp_cannot_hold_is_refused(tmp_path):
     build_hf_model(tmp_path / "dense", arch="qwen3_moe")  # layer 1 a dense MLP: llama.cpp's qwen3moe has none
     with pytest.raises(UnsupportedModelError, match="llama.cpp's qwen3moe makes every layer a mixture of experts"):
         export_gguf(tmp_path / "dense", tmp_path / "d.gguf", show_progress=False)
+
+
+def test_named_chat_templates_are_exported_as_llama_cpp_names_them(tmp_path):
+    """A tokenizer with named templates (Hermes: default and tool_use): the default becomes
+    tokenizer.chat_template and each other its own tokenizer.chat_template.NAME, as llama.cpp's
+    converter writes them; the import reads them all back."""
+    import json
+
+    from tests._tiny import CHATML
+
+    build_hf_model(tmp_path / "hf")
+    cfg_path = tmp_path / "hf" / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["chat_template"] = [{"name": "tool_use", "template": "TOOLS " + CHATML}, {"name": "default", "template": CHATML}]
+    cfg_path.write_text(json.dumps(cfg))
+    path = export_gguf(tmp_path / "hf", tmp_path / "m.gguf", out_type="f32", show_progress=False)
+    fields = gguf.GGUFReader(str(path)).fields
+    assert fields["tokenizer.chat_template"].contents() == CHATML
+    assert fields["tokenizer.chat_template.tool_use"].contents() == "TOOLS " + CHATML
+    assert fields["tokenizer.chat_templates"].contents() == ["tool_use"]
+    back = load_tokenizer(convert_gguf(path, tmp_path / "back", progress=False))
+    assert back.chat_template == CHATML and back.named_templates == {"default": CHATML, "tool_use": "TOOLS " + CHATML}
