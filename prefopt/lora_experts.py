@@ -46,7 +46,9 @@ class _Factor(nn.Module):
 
     def __init__(self, shape: tuple[int, ...], like: torch.Tensor):
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(shape, dtype=like.dtype, device=like.device))
+        from .lora import adapter_dtype
+
+        self.weight = nn.Parameter(torch.zeros(shape, dtype=adapter_dtype(like.dtype), device=like.device))
 
 
 def _projections(expert: nn.Module) -> tuple[str, str, str]:
@@ -98,8 +100,8 @@ class ExpertLoRA(nn.Module):
         """One function per expert, ``x -> s · x A_eᵀ B_eᵀ`` (its update of its tokens ``x``). The
         factors are split once (``unbind``): indexing them per expert would make the backward write
         a whole ``(E, r, in)`` gradient for each expert."""
-        s = self.scaling
-        return [lambda x, a=a, b=b: F.linear(F.linear(x, a), b) * s
+        s = self.scaling  # (factors kept in float32 over a 16-bit base are taken in x's dtype: lora.adapter_dtype)
+        return [lambda x, a=a, b=b: F.linear(F.linear(x, a.to(x.dtype)), b.to(x.dtype)) * s
                 for a, b in zip(self.lora_A.weight.unbind(0), self.lora_B.weight.unbind(0))]
 
     def delta(self) -> torch.Tensor:

@@ -64,9 +64,11 @@ def _kept(source, weight: torch.Tensor) -> tuple[torch.Tensor | None, object]:
 
 def _autocast_inputs(device: str, x, weight, bias, lora_a, lora_b) -> tuple:
     """The inputs cast as autocast would cast them where it is on (then the op computes in that
-    dtype with autocast off), else as they are."""
+    dtype with autocast off), else as they are but for the adapter's factors, taken in ``x``'s
+    dtype (kept in float32 over a 16-bit base: ``prefopt.lora.adapter_dtype``; their gradients go
+    back in that dtype)."""
     if not torch.is_autocast_enabled(device):
-        return x, weight, bias, lora_a, lora_b
+        return x, weight, bias, lora_a.to(x.dtype), lora_b.to(x.dtype)
     dt = torch.get_autocast_dtype(device)
     return (*(t.to(dt) for t in (x, weight)), None if bias is None else bias.to(dt), lora_a.to(dt), lora_b.to(dt))
 

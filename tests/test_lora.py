@@ -426,3 +426,37 @@ def test_dora_trains_with_the_gradients_peft_gives(tiny, tmp_path):
         assert grad.abs().max() > 0, name
         assert (grad - peft_grads[name]).abs().max() <= 1e-5 * peft_grads[name].abs().max(), name  # fp32 sums
 
+
+
+@pytest.mark.parametrize("dora", [False, True])
+def test_an_adapter_on_a_bf16_base_is_kept_in_float32_and_its_small_steps_count(tiny, tmp_path, dora):
+    """Over a 16-bit base the adapter's factors are float32, as PEFT's autocast_adapter_dtype keeps
+    them: in bfloat16, AdamW's steps at lr 1e-5 were rounded away (97% of A's entries unchanged
+    after 3 steps). The forward still computes in the base's dtype, and the file loads back."""
+    fp32 = apply_lora(load_model(tiny), r=4, alpha=8, dropout=0.0, dora=dora)
+    randomize_lora(fp32)
+    save_adapter(fp32, tmp_path / "a", base_model=str(tiny))
+    model = load_model(tiny, dtype=torch.bfloat16, adapter=tmp_path / "a")
+    adapter = lora_state_dict(model)
+    assert adapter and {t.dtype for t in adapter.values()} == {torch.float32}
+    assert all(torch.equal(t, lora_state_dict(fp32)[k]) for k, t in adapter.items())  # loaded without rounding
+    assert {p.dtype for n, p in model.named_parameters() if "lora" not in n} == {torch.bfloat16}
+    with torch.no_grad():
+        got, want = model(IDS), fp32(IDS)
+    assert got.dtype == torch.bfloat16 and (got.float() - want).abs().max() < 0.05 * want.abs().max()
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+    before = {k: t.clone() for k, t in lora_state_dict(model).items()}
+    for _ in range(3):
+        logits = model(IDS)
+        torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), IDS[:, 1:].flatten()).backward()
+        assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in params)
+        opt.step()
+        opt.zero_grad()
+    moved = [(t != before[k]).float().mean().item() for k, t in lora_state_dict(model).items() if "lora_A" in k]
+    assert min(moved) > 0.9
+    save_adapter(model, tmp_path / "b", base_model=str(tiny))
+    back = load_model(tiny, adapter=tmp_path / "b")
+    assert all(torch.equal(t, lora_state_dict(model)[k]) for k, t in lora_state_dict(back).items())
