@@ -311,6 +311,8 @@ class Trainer:
         log = MetricsLog(self.output_dir, resume_step=self.step if resume_from else None) if self.dist.is_main else None
         if log:
             print(f"prefopt: {self.plan()}", flush=True)
+            if note := self.precision_note():
+                print(f"prefopt: {note}", flush=True)
         if log and resume_from:
             print(f"prefopt: resuming from {resume_from} (step {self.step})", flush=True)
         elif log and c.resume:
@@ -367,6 +369,20 @@ class Trainer:
         return (f"{len(self.train_data)} training{evals} {self.noun}; {steps} of {self.global_batch} "
                 f"({self.total_steps / self.steps_per_epoch:.2f} epochs); {n:,} trainable parameters ({what}); "
                 f"{self.device.type}, {precision}")
+
+    def precision_note(self) -> str | None:
+        """A warning where trainable weights are 16-bit (full fine-tuning with ``dtype: bfloat16``):
+        AdamW then updates them in 16 bits, and a step smaller than a weight's last bit is lost
+        (bfloat16 holds 8 bits of mantissa). Adapters over a 16-bit base are float32 already."""
+        low = {p.dtype for p in self.params if p.dtype in (torch.bfloat16, torch.float16)}
+        if not low:
+            return None
+        n = sum(p.numel() for p in self.params if p.dtype in low)
+        kinds = "/".join(sorted(str(d).removeprefix("torch.") for d in low))
+        return (f"note: {n:,} trainable parameters are {kinds}, and AdamW updates them in it: a step smaller than "
+                "about 1/256 of a weight is rounded away. Train them in float32 (--dtype float32, the default; on "
+                "CUDA bf16 autocast computes in bfloat16 all the same) or train an adapter (LoRA keeps its weights "
+                "in float32)")
 
     def _run_steps(self, log: MetricsLog | None, bar) -> dict[str, float] | None:
         """Train from ``self.step`` to ``total_steps``: log, evaluate, save and call back as configured.

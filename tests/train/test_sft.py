@@ -84,6 +84,17 @@ def test_training_leaves_each_module_in_the_mode_it_had(task, tmp_path):
         assert torch.equal(model(ids), model(ids))
 
 
+def test_full_fine_tuning_in_bf16_is_warned_of_and_an_adapter_over_bf16_is_not(task, tmp_path, capsys):
+    """AdamW updates bfloat16 weights in bfloat16: a step under a weight's last bit is lost. The
+    run says so before its first step; a LoRA run over a bf16 base trains float32 factors."""
+    run_sft(_cfg(task, tmp_path / "full", max_steps=1, eval_fraction=0.0, lora=False, dtype="bfloat16"))
+    out = capsys.readouterr().out
+    n = sum(p.numel() for p in load_model(task[0]).parameters())
+    assert f"prefopt: note: {n:,} trainable parameters are bfloat16, and AdamW updates them in it" in out
+    run_sft(_cfg(task, tmp_path / "lora", max_steps=1, eval_fraction=0.0, dtype="bfloat16"))
+    assert "note:" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("pack", [False, True])
 def test_pinned_reference_run(task, tmp_path, pack):
     """A fixed seed and 6 steps give a fixed loss curve; a silent change to the loop fails here.
