@@ -21,14 +21,48 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` for the block to write. After the block the file's data is
+    flushed to the disk, then it is renamed onto ``path`` and the rename itself flushed (the
+    folder's entry), so a crash or a power cut leaves the old file or the whole new one, never a
+    renamed file whose data was still in the page cache. An error removes the temporary file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
+    try:
+        yield tmp
+        sync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    sync_folder(path.parent)
+
+
+def sync_file(path: str | Path) -> None:
+    """Flush a written file's data to the disk (``fsync``)."""
+    with open(path, "rb") as f:
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def sync_folder(path: str | Path) -> None:
+    """Flush a folder's entries (a rename into it) to the disk; nothing where the system cannot
+    open a folder for it (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
@@ -51,6 +85,7 @@ def replace_dir(tmp: str | Path, final: str | Path) -> None:
     if final.exists():
         final.rename(old)
     tmp.rename(final)
+    sync_folder(final.parent)
     if old.exists():
         shutil.rmtree(old)
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .._deps import progress, require
+from ..fileio import sync_file, sync_folder
 from ..model.config import UnsupportedModelError
 from . import gguf_gemma
 from .gguf import _EXPERT_LEAVES, _GLOBAL_NAMES, _LAYER_NAMES, SMOLLM3_NO_ROPE_STEP, permute_qk, smollm3_no_rope_layers
@@ -89,7 +90,9 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, *, adapter: str | P
             t = t.stack() if isinstance(t, _Stacked) else t  # a mixture of experts' projection: made as it is written
             writer.write_tensor_data(_encode(gguf, _gguf_order(hf_name, t, cfg), qtype))
         writer.close()
+        sync_file(tmp)
         os.replace(tmp, out)
+        sync_folder(out.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return out

@@ -70,13 +70,14 @@ def iter_tensors(
 
 
 def save_file_atomic(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
-    """Write a safetensors file to a temporary name, then rename it into place."""
+    """Write a safetensors file to a temporary name, then rename it into place, its data on the
+    disk first (:func:`prefopt.fileio.atomic_path`)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    from ..fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 class ShardWriter:
@@ -112,7 +113,7 @@ class ShardWriter:
         self._pending, self._pending_bytes = {}, 0
 
     def close(self) -> list[Path]:
-        from ..fileio import write_json_atomic
+        from ..fileio import sync_folder, write_json_atomic
 
         if self._pending or not self._written:
             self._flush()
@@ -122,6 +123,7 @@ class ShardWriter:
         for (tmp, _), name in zip(self._written, names):
             os.replace(tmp, self.out / name)
             final.append(self.out / name)
+        sync_folder(self.out)
         index = self.out / "model.safetensors.index.json"
         if n > 1:
             weight_map = {k: name for (_, keys), name in zip(self._written, names) for k in keys}

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from ..fileio import check_writable, write_json_atomic, write_text_atomic
+from ..fileio import check_writable, sync_folder, write_json_atomic, write_text_atomic
 from ..model.safetensors_io import save_file_atomic
 
 
@@ -64,7 +64,8 @@ def write_checkpoint(tmp: Path, final: Path, *, trainable: dict[str, torch.Tenso
     write_json_atomic(tmp / "trainer_state.json", state)
     if final.exists():
         shutil.rmtree(final)
-    tmp.rename(final)
+    tmp.rename(final)  # each file in it already on the disk (atomic_path)
+    sync_folder(final.parent)
     write_text_atomic(final.parent / "latest", final.name + "\n")
     _prune(final.parent, keep)
     return final
