@@ -17,6 +17,7 @@ from pathlib import Path
 from ..data.readers import read_rows
 from ..data.records import DataError
 from ..fileio import write_json_atomic
+from ..train.metrics import read_metrics
 from .runner import DECODING, read_answers, task_evaluator
 from .stats import best_of_bootstrap, paired_bootstrap
 
@@ -150,7 +151,7 @@ def dpo_selection(out: Path) -> dict | None:
     if not (train / "best" / "best.json").is_file():
         return None
     best = json.loads((train / "best" / "best.json").read_text())
-    rows = [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(train)
     summary = json.loads((train / "train_summary.json").read_text())
     split = json.loads((Path(out) / "split.json").read_text())
     config = json.loads((train / "train_config.json").read_text())

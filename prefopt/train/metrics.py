@@ -13,8 +13,8 @@ class MetricsLog:
         if resume_step is None:
             self.path.write_text("")
         elif self.path.exists():  # drop lines written after the checkpoint we resume from
-            kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
+            kept = [r for r in _records(self.path) if r.get("step", 0) <= resume_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.tb = None
         if tensorboard:
             try:
@@ -38,8 +38,22 @@ class MetricsLog:
 
 
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(output_dir) / "metrics.jsonl"
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    return _records(Path(output_dir) / "metrics.jsonl")
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The log's records. A line that is not a JSON object is passed over: the end of a line a
+    crash cut short (or the zeros a power cut leaves), which once stopped ``--resume`` with a
+    JSONDecodeError; or the line a run is writing as ``prefopt curves`` reads the file."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
 
 
 def first_and_last(output_dir: str | Path, keys: tuple[str, ...], window: float = 0.25) -> dict | None:

@@ -85,6 +85,8 @@ def test_sigkill_then_resume_gives_the_same_run(task, tmp_path, kind):
     ckpts = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir())
     assert ckpts == ["latest", "step-00000003", "step-00000006"]  # the step-9 save never happened
     assert not (tmp_path / "cut" / "final").exists()
+    with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:  # a line a crash cut short (zeros: a power cut's)
+        f.write('{"step": 7, "loss": 0.41' + "\0" * 8)  # once stopped --resume with a JSONDecodeError
     resumed = _run([script, cfg("cut", resume=True)])
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout and "step 6" in resumed.stdout
