@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -463,7 +464,9 @@ class Trainer:
         trainable = self.trainable_state()
         optimizer_state = self.optimizer_state()
         if self.dist.is_main:
-            tmp.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():  # left by a crash: none of its files may pass into this checkpoint
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
         barrier(self.dist)
         ckpt_io.write_rng(tmp, self.dist.rank)
         barrier(self.dist)

@@ -88,8 +88,8 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
         p = root / pointer.read_text().strip()
         if (p / "trainer_state.json").is_file():
             return p
-    done = sorted(p for p in root.glob("step-*") if (p / "trainer_state.json").is_file())
-    return done[-1] if done else None
+    done = sorted(p for p in root.glob("step-*") if not p.name.endswith(".tmp") and (p / "trainer_state.json").is_file())
+    return done[-1] if done else None  # (a step-N.tmp folder is one a crash stopped before its rename)
 
 
 def write_optimizer(sd: dict, folder: Path) -> None:

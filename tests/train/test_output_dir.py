@@ -1,6 +1,7 @@
 """An output folder holding an earlier run is never trained into silently, and a checkpoint
 resumes only under the settings it was written with."""
 import json
+import shutil
 
 import pytest
 
@@ -323,3 +324,22 @@ def test_a_run_keeps_its_chat_vars_when_resumed(tmp_path, capsys):
     new = ["generate", "--model", str(model_dir), "--adapter", str(tmp_path / "new" / "final"), "--prompt", "Case 1?",
            "--max-new-tokens", "2", "--chat-vars", "enable_thinking=false"]
     assert main(new) == 0 and "leave --chat-vars out" in capsys.readouterr().err
+
+
+def test_a_checkpoint_folder_a_crash_left_before_its_rename_is_neither_resumed_nor_reused(task, tmp_path):
+    """step-N.tmp holds every file before its rename; without ``latest`` (the crash came first)
+    the newest complete checkpoint is resumed, not the .tmp one, and a save at that step again
+    starts from an empty folder: a stale file (another rank's RNG state) does not pass into it."""
+    from prefopt.train.state import latest_checkpoint
+
+    out = tmp_path / "run"
+    run_sft(_cfg(task, out, save_every=2, max_steps=5))  # checkpoints at steps 2 and 4
+    root = out / "checkpoints"
+    (root / "latest").unlink()
+    stale = root / "step-00000006.tmp"
+    shutil.copytree(root / "step-00000004", stale)
+    (stale / "rng-rank1.safetensors").write_bytes(b"stale")
+    assert latest_checkpoint(out) == root / "step-00000004"
+    run_sft(_cfg(task, out, save_every=2, max_steps=7, resume=True))
+    assert latest_checkpoint(out) == root / "step-00000006" and not stale.exists()
+    assert not (root / "step-00000006" / "rng-rank1.safetensors").exists()
