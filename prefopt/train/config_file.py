@@ -141,22 +141,66 @@ def _parse(path: Path, text: str) -> Any:
 
         yaml = require("yaml", "reading a YAML config")
         try:
-            return yaml.safe_load(text)
+            return yaml.load(text, Loader=_once_loader(yaml))
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-            raise ValueError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+            problem = str(getattr(e, "problem", None) or e)
+            raise ValueError(f"{where}: {'' if TWICE in problem else 'not valid YAML: '}{problem}") from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_once_each)
+    except _SetTwice as e:
+        raise ValueError(f"{path}:{_line_of(text, e.args[0], 2)}: {_twice(e.args[0], _line_of(text, e.args[0]))}"
+                         ) from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: not valid JSON: {e.msg} (column {e.colno})"
                          + ("; a .yaml or .yml file is read as YAML" if path.suffix.lower() != ".json" else "")) from None
 
 
-def _line_of(text: str, name: str) -> int | str:
-    """The first line that sets ``name`` (``name:`` in YAML, ``"name":`` in JSON), or ``?``."""
+TWICE = "the file would keep the last value without a word; keep one"
+
+
+def _twice(key, first) -> str:
+    return f"{key!r} is set twice (first on line {first}): {TWICE}"
+
+
+class _SetTwice(ValueError):
+    """A setting (``args[0]``) given twice in one mapping of a JSON config."""
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [k for k, _ in pairs]
+    for i, k in enumerate(keys):
+        if k in keys[:i]:
+            raise _SetTwice(k)
+    return dict(pairs)
+
+
+def _once_loader(yaml):
+    """PyYAML's safe loader refusing a key given twice in one mapping (``safe_load`` keeps the
+    last: a second ``lr:`` further down silently won), at the second one's line."""
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: dict = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *defaults' may be overridden
+                        continue
+                    key = self.construct_object(key_node, deep=deep)
+                    try:
+                        first = seen.setdefault(key, key_node.start_mark.line + 1)
+                    except TypeError:  # an unhashable key: the base class says what is wrong
+                        continue
+                    if first != key_node.start_mark.line + 1:
+                        raise yaml.constructor.ConstructorError(None, None, _twice(key, first), key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
+def _line_of(text: str, name: str, nth: int = 1) -> int | str:
+    """The ``nth`` line that sets ``name`` (``name:`` in YAML, ``"name":`` in JSON), or ``?``."""
     pattern = re.compile(rf"""(?:^|[{{,\s])["']?{re.escape(name)}["']?\s*:""")
-    for i, line in enumerate(text.splitlines(), 1):
-        if pattern.search(line):
-            return i
-    return "?"
+    found = [i for i, line in enumerate(text.splitlines(), 1) if pattern.search(line)]
+    return found[nth - 1] if len(found) >= nth else "?"

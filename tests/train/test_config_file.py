@@ -86,6 +86,25 @@ def test_a_broken_or_missing_file_is_named(tmp_path):
     assert DPOConfig.from_file(tmp_path / "f.yaml", model="m", output_dir="o").lr == 5e-5
 
 
+def test_a_setting_given_twice_is_named_at_its_second_line(tmp_path, data):
+    """YAML's safe_load and json keep the last of a key given twice: a second ``lr:`` further
+    down a long file won without a word. A YAML merge (``<<: *defaults``) may still be overridden."""
+    pytest.importorskip("yaml")
+    (tmp_path / "a.yaml").write_text(f"model: m\noutput_dir: o\ndata: {data}\nlr: 1e-4\nbeta: 0.1\nlr: 3e-3\n")
+    assert _errors(tmp_path / "a.yaml") == (f"{tmp_path}/a.yaml:6: 'lr' is set twice (first on line 4): the file "
+                                            "would keep the last value without a word; keep one")
+    (tmp_path / "b.yaml").write_text(f"model: m\noutput_dir: o\ndata: {data}\ncolumns:\n  prompt: a\n  prompt: b\n")
+    assert "b.yaml:6: 'prompt' is set twice (first on line 5)" in _errors(tmp_path / "b.yaml")
+    (tmp_path / "c.json").write_text(json.dumps({"model": "m"})[:-1] + ',\n "model": "n"}')
+    assert "c.json:2: 'model' is set twice (first on line 1)" in _errors(tmp_path / "c.json")
+    (tmp_path / "d.yaml").write_text("base: &b\n  lr: 1.0e-4\n  beta: 0.2\nrun:\n  <<: *b\n  lr: 3.0e-3\n")
+    import yaml
+
+    from prefopt.train.config_file import _once_loader
+
+    assert yaml.load((tmp_path / "d.yaml").read_text(), Loader=_once_loader(yaml))["run"] == {"lr": 3e-3, "beta": 0.2}
+
+
 def test_python_values_of_the_wrong_kind_are_named(data):
     with pytest.raises(ValueError) as e:
         DPOConfig(model="m", output_dir="o", lr="fast", beta=None, lora=1)
