@@ -30,7 +30,7 @@ class Records(list):
     ``tokenizing ktas records``) rather than :data:`RECORDS`."""
 
     def __init__(self, rows, name: str = RECORDS):
-        super().__init__(frame_rows(rows) if _is_frame(rows) else rows)
+        super().__init__(frame_rows(rows, name) if _is_frame(rows) else rows)
         self.name = name
 
 
@@ -47,9 +47,11 @@ def _is_frame(source) -> bool:
     return not isinstance(source, (str, Path, list, tuple, dict)) and callable(getattr(source, "to_dict", None))
 
 
-def frame_rows(frame) -> list[Row]:
+def frame_rows(frame, name: str = RECORDS) -> list[Row]:
     """A DataFrame's rows as dicts of plain values (:func:`plain`): a list column read from
-    Parquet (a Hugging Face dataset's messages) holds numpy arrays, given back as lists."""
+    Parquet (a Hugging Face dataset's messages) holds numpy arrays, given back as lists. Two
+    columns of one name are refused (``to_dict`` keeps the last one's cells, with a warning)."""
+    _one_name_each(Path(name), [str(c) for c in getattr(frame, "columns", [])], line=None)
     return [plain(row) for row in frame.to_dict("records")]
 
 

@@ -111,8 +111,8 @@ def test_json_and_csv_name_the_line(tmp_path, tok):
 
 
 def test_a_repeated_key_or_column_is_refused_where_it_would_lose_a_value(tmp_path, tok):
-    """JSON keeps the last of a key given twice, csv and pyarrow the last of two columns of one
-    name: the other value was lost without a word. In JSON the record is bad (the next is read);
+    """JSON keeps the last of a key given twice, csv, pyarrow and pandas the last of two columns of
+    one name: the other value was lost without a word. In JSON the record is bad (the next is read);
     a header naming a column twice stops the file. Blank header names may repeat."""
     (tmp_path / "d.json").write_text('[{"prompt": "a", "completion": "b"},\n {"prompt": "a", "prompt": "c", '
                                      '"completion": "b"},\n {"prompt": "d", "completion": "e"}]')
@@ -125,6 +125,10 @@ def test_a_repeated_key_or_column_is_refused_where_it_would_lose_a_value(tmp_pat
         load_sft(tmp_path / "d.csv", tok)
     (tmp_path / "blank.csv").write_text("prompt,completion,,\nq,a,,\n")  # an export's trailing delimiters
     assert load_sft(tmp_path / "blank.csv", tok)[1].n_kept == 1
+    pd = pytest.importorskip("pandas")  # a DataFrame's to_dict keeps the last of two columns too (with a warning)
+    frame = pd.DataFrame([["q", "a", "b"]], columns=["prompt", "completion", "completion"])
+    with pytest.raises(DataError, match=r"<records>: field 'completion': two columns have this name"):
+        load_sft(frame, tok)
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     pq.write_table(pa.Table.from_arrays([pa.array(["q"]), pa.array(["a"]), pa.array(["b"])],
