@@ -82,3 +82,26 @@ def column_of(field: str | None, columns: Mapping[str, str] | None) -> str | Non
 
 def _field_of(column: str, columns: Mapping[str, str]) -> str:
     return next(f for f, c in columns.items() if c == column)
+
+
+def near_columns(row: dict) -> dict[str, str]:
+    """``{field: column}`` for each field the record lacks but has a column for under another
+    spelling: ``Prompt``, ``Rejected`` (a spreadsheet's headers): what ``--columns`` would read."""
+    out = {}
+    for key in row:
+        if isinstance(key, str) and key == key.strip():  # (--columns cannot name ' prompt')
+            plain_key = key.lower().replace(" ", "_").replace("-", "_")
+            if plain_key in FIELDS and plain_key != key and plain_key not in row:
+                out.setdefault(plain_key, key)
+    return out
+
+
+def column_hint(row: dict) -> str:
+    """``; it has 'Prompt', 'Chosen': --columns prompt=Prompt chosen=Chosen reads them ...`` where
+    :func:`near_columns` finds any, else ``""``: for the error of a missing field."""
+    near = near_columns(row)
+    if not near:
+        return ""
+    flags = " ".join(f'"{f}={c}"' if " " in c else f"{f}={c}" for f, c in near.items())
+    return (f"; the record has {', '.join(map(repr, near.values()))}: --columns {flags} reads them "
+            f"(columns={near!r} in Python)")

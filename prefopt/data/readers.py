@@ -264,6 +264,8 @@ def _csv(path: Path, delimiter: str | None = None, encoding: str = "utf-8"):
     text = read_text(path, encoding)
     with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter or sniff_delimiter(text))
+        if reader.fieldnames:  # "prompt, chosen, rejected": a space after the delimiter is not in the name
+            reader.fieldnames = [name.strip() for name in reader.fieldnames]
         _one_name_each(path, reader.fieldnames or [])
         start = 2  # line 1 is the header
         for row in reader:

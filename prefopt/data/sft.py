@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .._deps import progress
 from ..tokenizer import BoundaryError, Tokenizer
-from .columns import column_of, with_columns
+from .columns import column_hint, column_of, with_columns
 from .files import data_files, describe, is_paths
 from .readers import read_rows, source_name
 from .records import DataError, SFTRecord, parse_sft
@@ -179,8 +179,10 @@ def _records(source, parse: Callable, skip_bad: bool) -> tuple[list[tuple[int, o
                 raise row
             out.append((line, parse(row, name, line)))
         except DataError as e:
+            if isinstance(row, dict) and e.reason.startswith("missing field") and (hint := column_hint(row)):
+                e = DataError(e.path, e.line, e.field, e.reason + hint)  # a spreadsheet's 'Prompt' header
             if not skip_bad:
-                raise
+                raise e from None
             report.skipped.append(e)
     report.n_kept = len(out)
     return out, report

@@ -137,6 +137,28 @@ def test_a_repeated_key_or_column_is_refused_where_it_would_lose_a_value(tmp_pat
         load_sft(tmp_path / "d.parquet", tok)
 
 
+def test_a_spreadsheets_own_spelling_of_the_fields_is_named_with_the_columns_that_read_it(tmp_path, tok):
+    """Excel headers ``Prompt,Chosen,Rejected`` were read as an SFT file lacking 'prompt', with
+    no word of the columns it has; the error now gives the --columns that reads them (which
+    work), and a space after the header's commas is no part of a name."""
+    (tmp_path / "p.csv").write_text("Prompt,Chosen,Rejected\nChest pain?,Go now.,Rest.\n")
+    from prefopt.data.check import detect_kind
+
+    assert detect_kind(tmp_path / "p.csv") == "preference"
+    with pytest.raises(DataError) as e:
+        load_preferences(tmp_path / "p.csv", tok)
+    assert str(e.value).endswith("the record has 'Prompt', 'Chosen', 'Rejected': --columns prompt=Prompt chosen=Chosen "
+                                 "rejected=Rejected reads them (columns={'prompt': 'Prompt', 'chosen': 'Chosen', "
+                                 "'rejected': 'Rejected'} in Python)")
+    pairs, _ = load_preferences(tmp_path / "p.csv", tok, columns=["prompt=Prompt", "chosen=Chosen", "rejected=Rejected"])
+    assert len(pairs) == 1
+    (tmp_path / "s.csv").write_text("prompt, completion\nChest pain?, Go now.\n")
+    assert load_sft(tmp_path / "s.csv", tok)[1].n_kept == 1
+    (tmp_path / "n.csv").write_text("Patient message,completion\nq,a\n")  # no spelling of 'prompt': no hint
+    with pytest.raises(DataError, match=r"n.csv:2: field 'prompt': missing field$"):
+        load_sft(tmp_path / "n.csv", tok)
+
+
 def test_a_json_list_reads_in_linear_time_with_the_right_lines(tmp_path):
     """Each record's line used to be counted from the file's start: 40,000 records (17 MB) took two
     minutes to read. A JSON list now reads about as fast as the same records in JSONL."""
