@@ -217,8 +217,9 @@ def named_templates(template) -> dict[str, str] | None:
         return None
     if isinstance(template, dict):
         template = [{"name": k, "template": v} for k, v in template.items()]
-    if not isinstance(template, list) or not template or not all(isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("template"), str)
-               for t in template):
+    named = isinstance(template, list) and template and all(
+        isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("template"), str) for t in template)
+    if not named:
         raise ValueError("chat_template: expected a template (text) or a list of named templates "
                          "({\"name\": ..., \"template\": ...}), got " + json.dumps(template)[:120])
     return {t["name"]: t["template"] for t in template}
@@ -243,8 +244,8 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
     Reads ``tokenizer.json`` (required), ``tokenizer_config.json``,
     ``special_tokens_map.json``, ``chat_template.jinja`` (else ``chat_template.json``, where
     image+text models such as Gemma 3 keep it; named templates beside the default in
-    ``additional_chat_templates/``, or as a list in tokenizer_config.json) and the EOS ids of ``generation_config.json``
-    where present.
+    ``additional_chat_templates/``, or as a list in tokenizer_config.json) and the EOS ids of
+    ``generation_config.json`` where present.
     """
     from tokenizers import Tokenizer as Backend
 

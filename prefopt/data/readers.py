@@ -256,8 +256,9 @@ def _one_name_each(path: Path, names: Sequence[str], line: int | None = 1) -> No
     export's trailing delimiters) may repeat."""
     for i, name in enumerate(names):
         if name and name.strip() and name in names[:i]:
-            raise DataError(path, line, name, f"two columns have this name (columns {names.index(name) + 1} and {i + 1}); "
-                                                 "a record would keep only the last one's cell: rename one")
+            first = names.index(name) + 1
+            raise DataError(path, line, name, f"two columns have this name (columns {first} and {i + 1}); a record "
+                                              "would keep only the last one's cell: rename one")
 
 
 def _csv(path: Path, delimiter: str | None = None, encoding: str = "utf-8"):

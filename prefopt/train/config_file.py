@@ -150,8 +150,8 @@ def _parse(path: Path, text: str) -> Any:
     try:
         return json.loads(text, object_pairs_hook=_once_each)
     except _SetTwice as e:
-        raise ValueError(f"{path}:{_line_of(text, e.args[0], 2)}: {_twice(e.args[0], _line_of(text, e.args[0]))}"
-                         ) from None
+        key = e.args[0]
+        raise ValueError(f"{path}:{_line_of(text, key, 2)}: {_twice(key, _line_of(text, key))}") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: not valid JSON: {e.msg} (column {e.colno})"
                          + ("; a .yaml or .yml file is read as YAML" if path.suffix.lower() != ".json" else "")) from None

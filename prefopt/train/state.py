@@ -88,8 +88,9 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
         p = root / pointer.read_text().strip()
         if (p / "trainer_state.json").is_file():
             return p
-    done = sorted(p for p in root.glob("step-*") if not p.name.endswith(".tmp") and (p / "trainer_state.json").is_file())
-    return done[-1] if done else None  # (a step-N.tmp folder is one a crash stopped before its rename)
+    done = sorted(p for p in root.glob("step-*")  # (a step-N.tmp folder is one a crash stopped before its rename)
+                  if not p.name.endswith(".tmp") and (p / "trainer_state.json").is_file())
+    return done[-1] if done else None
 
 
 def write_optimizer(sd: dict, folder: Path) -> None:
