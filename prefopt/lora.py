@@ -77,8 +77,7 @@ def adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:
     """The dtype an adapter's factors are kept and trained in: float32 over a 16-bit base (as PEFT's
     ``autocast_adapter_dtype``), so that AdamW's small steps are not rounded away (in bfloat16, on
     a tiny model, 97% of A's entries never moved in 3 steps at lr 1e-5); the base's own dtype
-    otherwise. The
-    forward computes in the activations' dtype (or autocast's) all the same."""
+    otherwise. The forward computes in the activations' dtype (or autocast's) all the same."""
     return torch.float32 if base_dtype in (torch.bfloat16, torch.float16) else base_dtype
 
 
