@@ -71,11 +71,14 @@ class RefCache:
         self.stale_reason: str | None = None
         index = self.root / "index.json"
         if index.is_file():
-            d = json.loads(index.read_text())
+            try:
+                d = json.loads(index.read_text())
+            except ValueError as e:  # cut short by a crash, or edited by hand: rebuilt, not a traceback
+                d = {"unreadable": f"index.json is not JSON ({e})"}
             if d.get("fingerprint") == self.fingerprint:
                 self.entries = {k: tuple(v) for k, v in d["entries"].items()}
             else:
-                self.stale_reason = _diff(d.get("fingerprint") or {}, self.fingerprint)
+                self.stale_reason = d.get("unreadable") or _diff(d.get("fingerprint") or {}, self.fingerprint)
                 self.log(f"prefopt: reference cache {self.root} is stale ({self.stale_reason}); it will be rebuilt")
         self._wipe = self.stale_reason is not None
         self._n_shards = len({s for s, _ in self.entries.values()})

@@ -151,6 +151,13 @@ def test_cache_invalidates_exactly_what_changed(task, tmp_path):
     other_rank.reload()
     assert other_rank.stale_reason is None and len(other_rank) == 1
     assert [t.item() for t in other_rank.get([pairs2[0].key])] == [-1.5, -2.5]
+    # an index cut short (a crash, a hand edit) is a stale cache, rebuilt; it was a JSONDecodeError
+    index = tmp_path / "cache" / "index.json"
+    index.write_text(index.read_text()[:40])
+    broken = reference_cache_for(cfg, ref, None, resolve_model_dir(cfg.model))
+    assert broken.stale_reason.startswith("index.json is not JSON (") and len(broken) == 0
+    broken.add([pairs2[0].key], torch.tensor([-1.0]), torch.tensor([-2.0]))
+    assert reference_cache_for(cfg, ref, None, resolve_model_dir(cfg.model)).stale_reason is None
 
 
 def test_interrupted_fill_resumes(task, tmp_path):
