@@ -142,11 +142,11 @@ def read_text(path: Path, encoding: str = "utf-8") -> str:
                                               f"at column {column}); save the file as UTF-8") from None
 
 
-class _Repeated(Exception):
-    """A key given twice in one JSON object (``args[0]``)."""
+class RepeatedKey(Exception):
+    """A key given twice in one JSON object (``args[0]``): raised by :func:`one_of_each`."""
 
 
-def _one_of_each(pairs: list[tuple[str, Any]]) -> dict:
+def one_of_each(pairs: list[tuple[str, Any]]) -> dict:
     """A JSON object's dict, refusing a key given twice: ``json`` keeps the last value and the
     other is lost without a word (an exporter's bug, or a hand edit that added a second
     ``"chosen"``: which answer was meant?)."""
@@ -155,12 +155,12 @@ def _one_of_each(pairs: list[tuple[str, Any]]) -> dict:
         seen = set()
         for key, _ in pairs:
             if key in seen:
-                raise _Repeated(key)
+                raise RepeatedKey(key)
             seen.add(key)
     return obj
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_one_of_each)
+_DECODER = json.JSONDecoder(object_pairs_hook=one_of_each)
 REPEATED = "given twice in one JSON object of this record (JSON keeps only the last, so a value would be lost); " \
            "remove or rename one"
 
@@ -174,7 +174,7 @@ def _jsonl(path: Path):
         except json.JSONDecodeError as e:
             yield line_no, DataError(path, line_no, None, f"malformed JSON: {e.msg} (column {e.colno})")
             continue
-        except _Repeated as e:
+        except RepeatedKey as e:
             yield line_no, DataError(path, line_no, e.args[0], REPEATED)
             continue
         if not isinstance(row, dict):
@@ -202,7 +202,7 @@ def _json(path: Path):
             row, end = _DECODER.raw_decode(text, i)
         except json.JSONDecodeError as e:
             raise DataError(path, e.lineno, None, f"malformed JSON: {e.msg}") from None
-        except _Repeated as e:  # the record's end is not known: skip it as json would, without the hook
+        except RepeatedKey as e:  # the record's end is not known: skip it as json would, without the hook
             row, end = DataError(path, line, e.args[0], REPEATED), json.JSONDecoder().raw_decode(text, i)[1]
         yield line, row if isinstance(row, (dict, DataError)) else DataError(path, line, None, "expected a JSON object")
         i = _skip_ws(text, end)

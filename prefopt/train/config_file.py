@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..data.readers import read_text
+from ..data.readers import RepeatedKey, one_of_each, read_text
 from ..hints import did_you_mean
 
 
@@ -148,8 +148,8 @@ def _parse(path: Path, text: str) -> Any:
             problem = str(getattr(e, "problem", None) or e)
             raise ValueError(f"{where}: {'' if TWICE in problem else 'not valid YAML: '}{problem}") from None
     try:
-        return json.loads(text, object_pairs_hook=_once_each)
-    except _SetTwice as e:
+        return json.loads(text, object_pairs_hook=one_of_each)
+    except RepeatedKey as e:
         key = e.args[0]
         raise ValueError(f"{path}:{_line_of(text, key, 2)}: {_twice(key, _line_of(text, key))}") from None
     except json.JSONDecodeError as e:
@@ -162,18 +162,6 @@ TWICE = "the file would keep the last value without a word; keep one"
 
 def _twice(key, first) -> str:
     return f"{key!r} is set twice (first on line {first}): {TWICE}"
-
-
-class _SetTwice(ValueError):
-    """A setting (``args[0]``) given twice in one mapping of a JSON config."""
-
-
-def _once_each(pairs: list[tuple[str, Any]]) -> dict:
-    keys = [k for k, _ in pairs]
-    for i, k in enumerate(keys):
-        if k in keys[:i]:
-            raise _SetTwice(k)
-    return dict(pairs)
 
 
 def _once_loader(yaml):
