@@ -24,7 +24,6 @@ hospital's machines (needs the ``gguf`` extra). The inverse of
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 
 from .._deps import progress, require
-from ..fileio import sync_file, sync_folder
+from ..fileio import atomic_path
 from ..model.config import UnsupportedModelError
 from . import gguf_gemma
 from .gguf import _EXPERT_LEAVES, _GLOBAL_NAMES, _LAYER_NAMES, SMOLLM3_NO_ROPE_STEP, permute_qk, smollm3_no_rope_layers
@@ -67,12 +66,11 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, *, adapter: str | P
     _check_exportable(cfg, src)
     tokenizer = tokenizer_metadata(src, cfg.vocab_size)
     out = Path(out_path)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tensors = _with_experts_stacked([(n, t) for n, t in model.state_dict().items()
                                      if not (cfg.tie_word_embeddings and n == "lm_head.weight")])
     if cfg.rope_type == "llama3":  # llama.cpp keeps Llama 3.1's RoPE scaling as a divisor per frequency
         tensors.insert(0, (_ROPE_FREQS, torch.from_numpy(rope_divisors(cfg.rope_theta, cfg.head_dim, cfg.rope_scaling))))
-    try:
+    with atomic_path(out) as tmp:  # on the disk before its rename; a failed write leaves no file
         writer = gguf.GGUFWriter(str(tmp), _arch(cfg))
         default = Path(str(model_dir)).name + (f" + {adapter}" if adapter is not None else "")  # as given, not a snapshot
         _write_metadata(writer, cfg, tokenizer, name or default, out_type)
@@ -90,11 +88,6 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, *, adapter: str | P
             t = t.stack() if isinstance(t, _Stacked) else t  # a mixture of experts' projection: made as it is written
             writer.write_tensor_data(_encode(gguf, _gguf_order(hf_name, t, cfg), qtype))
         writer.close()
-        sync_file(tmp)
-        os.replace(tmp, out)
-        sync_folder(out.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 
