@@ -260,8 +260,7 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
         _read_json(d / "chat_template.json").get("chat_template")  # image+text models' processor file
     more = sorted((d / "additional_chat_templates").glob("*.jinja"))  # transformers 5 saves named ones so
     if isinstance(template, str) and more:
-        template = [{"name": "default", "template": template}] + [{"name": f.stem, "template": f.read_text()}
-                                                                  for f in more]
+        template = {"default": template, **{f.stem: f.read_text() for f in more}}
     eos = _read_json(d / "generation_config.json").get("eos_token_id")
     extra = eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else []
     try:
