@@ -45,6 +45,27 @@ def _header(f, path) -> tuple[dict, int]:
     return header, 8 + n
 
 
+def file_problem(path: str | Path) -> str | None:
+    """Why the safetensors file at ``path`` is not whole (missing, empty, cut short, longer than
+    its header says, an unreadable header), or None; reads its header only."""
+    path = Path(path)
+    if not path.is_file():
+        return f"{path.name} is missing"
+    size = path.stat().st_size
+    if size == 0:
+        return f"{path.name} is empty"
+    try:
+        with open(path, "rb") as f:
+            header, base = _header(f, path)
+        end = max((info["data_offsets"][1] for info in header.values()), default=0)
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        return f"{path.name}: {str(e).removeprefix(f'{path}: ')}"
+    if size != base + end:
+        return f"{path.name} is {'cut short' if size < base + end else 'longer than its header says'}: " \
+               f"{size} bytes of {base + end}"
+    return None
+
+
 def iter_tensors(
     path: str | Path, names: set[str] | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:

@@ -306,7 +306,7 @@ class Trainer:
 
     def _train(self) -> dict[str, Any]:
         c = self.config
-        resume_from = ckpt_io.latest_checkpoint(self.output_dir) if c.resume else None
+        resume_from, passed = ckpt_io.resume_point(self.output_dir) if c.resume else (None, [])
         if resume_from is not None:
             self._load_checkpoint(resume_from)
         log = MetricsLog(self.output_dir, resume_step=self.step if resume_from else None) if self.dist.is_main else None
@@ -315,6 +315,9 @@ class Trainer:
             if note := self.precision_note():
                 print(f"prefopt: {note}", flush=True)
         if log and resume_from:
+            for why in passed:  # newest first: the steps since resume_from are trained again
+                print(f"prefopt: warning: checkpoint {why}; passed over for {resume_from.name}", file=sys.stderr,
+                      flush=True)
             print(f"prefopt: resuming from {resume_from} (step {self.step})", flush=True)
         elif log and c.resume:
             print(f"prefopt: --resume: no checkpoint in {self.output_dir} yet; starting at step 0", flush=True)

@@ -11,7 +11,8 @@ A checkpoint is a folder ``checkpoints/step-00000042/`` holding:
 - ``trainer_state.json``: step, Python/NumPy RNG states, config.
 
 It is written into ``step-N.tmp`` and renamed when complete, so a crash mid-save never
-leaves a checkpoint that looks whole. ``latest`` names the newest one.
+leaves a checkpoint that looks whole. ``latest`` names the newest one (for people: a resume takes
+the newest whole checkpoint by its step, :func:`resume_point`).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..fileio import check_writable, sync_folder, write_json_atomic, write_text_atomic
-from ..model.safetensors_io import save_file_atomic
+from ..model.safetensors_io import file_problem, save_file_atomic
 
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
@@ -82,15 +83,51 @@ def _prune(root: Path, keep: int) -> None:
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest checkpoint in ``output_dir`` that can be resumed, or None (:func:`resume_point`)."""
+    return resume_point(output_dir)[0]
+
+
+def resume_point(output_dir: str | Path) -> tuple[Path | None, list[str]]:
+    """``(the newest whole checkpoint or None, what is wrong with each newer one passed over)``.
+
+    Checkpoints are taken by their step, newest first, not by ``latest`` (written after the
+    rename: a crash between the two leaves it naming the one before). A ``step-N.tmp`` folder is
+    one a crash stopped before its rename and is never taken. One with a file missing, cut short
+    or unreadable (a disk that filled, a copy stopped halfway) is passed over for the one before,
+    so a resume loses the steps since, not the run."""
     root = Path(output_dir) / "checkpoints"
-    pointer = root / "latest"
-    if pointer.is_file():
-        p = root / pointer.read_text().strip()
-        if (p / "trainer_state.json").is_file():
-            return p
-    done = sorted(p for p in root.glob("step-*")  # (a step-N.tmp folder is one a crash stopped before its rename)
-                  if not p.name.endswith(".tmp") and (p / "trainer_state.json").is_file())
-    return done[-1] if done else None
+    found = sorted((p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")), reverse=True)
+    passed: list[str] = []
+    for ckpt in found:
+        if (problem := checkpoint_problem(ckpt)) is None:
+            return ckpt, passed
+        passed.append(f"{ckpt.name}: {problem}")
+    return None, passed
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why ``ckpt`` cannot be resumed (a JSON file that does not parse, a safetensors file whose size
+    is not what its header says), or None; reads headers only."""
+    state, problem = _read_json(ckpt / "trainer_state.json")
+    if problem:
+        return problem
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return "trainer_state.json holds no step"
+    files = ["trainable", *(f"rng-rank{r}" for r in range(int(state.get("world", 1))))]
+    if (ckpt / "optimizer.json").exists() or not (ckpt / "optimizer.pt").is_file():  # (.pt: before 2026-11-30)
+        if problem := _read_json(ckpt / "optimizer.json")[1]:
+            return problem
+        files.append("optimizer")
+    return next((p for f in files if (p := file_problem(ckpt / f"{f}.safetensors"))), None)
+
+
+def _read_json(path: Path) -> tuple[Any, str | None]:
+    try:
+        return json.loads(path.read_text()), None
+    except FileNotFoundError:
+        return None, f"{path.name} is missing"
+    except (OSError, ValueError) as e:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+        return None, f"{path.name} cannot be read ({e})"
 
 
 def write_optimizer(sd: dict, folder: Path) -> None:
@@ -148,13 +185,15 @@ def claim_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, i
     if is_main:
         check_writable(out)  # before the model and data load, not at the first save
     found = [name for name in RUN_FILES if (out / name).exists()]
-    if not found or (resume and latest_checkpoint(out) is not None):
+    ckpt, passed = resume_point(out) if resume and found else (None, [])
+    if not found or ckpt is not None:
         return
     if not overwrite:
         held = f"{out} holds an earlier run ({', '.join(found)})"
         if resume:
-            raise ValueError(f"{held} with no checkpoint to resume from (save_every was 0): pass --overwrite "
-                             f"(overwrite=True) to replace it, or another --output-dir")
+            why = f"whose checkpoints cannot be resumed ({'; '.join(passed)})" if passed else \
+                "with no checkpoint to resume from (save_every was 0)"
+            raise ValueError(f"{held} {why}: pass --overwrite (overwrite=True) to replace it, or another --output-dir")
         raise ValueError(f"{held}: pass --overwrite (overwrite=True) to replace it, --resume to continue it, "
                          f"or another --output-dir")
     if is_main and clear:

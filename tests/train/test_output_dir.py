@@ -343,3 +343,83 @@ def test_a_checkpoint_folder_a_crash_left_before_its_rename_is_neither_resumed_n
     run_sft(_cfg(task, out, save_every=2, max_steps=7, resume=True))
     assert latest_checkpoint(out) == root / "step-00000006" and not stale.exists()
     assert not (root / "step-00000006" / "rng-rank1.safetensors").exists()
+
+
+def test_a_damaged_checkpoint_is_passed_over_for_the_one_before_and_the_resume_stays_exact(task, tmp_path, capsys):
+    """A checkpoint whose file was cut short (a disk that filled, a copy stopped halfway) failed the
+    resume with safetensors' error: the one before it is resumed, with a warning naming the file,
+    and the run ends where an uninterrupted one does. Checkpoints are taken by step, not by
+    ``latest`` (a crash between the rename and ``latest`` leaves it naming the one before). With no
+    whole checkpoint left, the refusal says why."""
+    import torch
+    from safetensors.torch import load_file
+
+    from prefopt.train.state import latest_checkpoint, resume_point
+
+    out = tmp_path / "run"
+    run_sft(_cfg(task, out, save_every=2, max_steps=5))  # checkpoints at steps 2 and 4
+    whole = load_file(out / "final" / "adapter_model.safetensors")
+    root = out / "checkpoints"
+    (root / "latest").write_text("step-00000002\n")
+    assert latest_checkpoint(out) == root / "step-00000004"
+    weights = root / "step-00000004" / "trainable.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[: size // 2])
+    assert resume_point(out) == (root / "step-00000002",
+                                 [f"step-00000004: trainable.safetensors is cut short: {size // 2} bytes of {size}"])
+    capsys.readouterr()
+    assert run_sft(_cfg(task, out, save_every=2, max_steps=5, resume=True))["resumed_from_step"] == 2
+    err = capsys.readouterr().err
+    assert (f"prefopt: warning: checkpoint step-00000004: trainable.safetensors is cut short: {size // 2} bytes of "
+            f"{size}; passed over for step-00000002\n") in err
+    again = load_file(out / "final" / "adapter_model.safetensors")
+    assert again.keys() == whole.keys() and all(torch.equal(again[k], whole[k]) for k in whole)
+    assert resume_point(out) == (root / "step-00000004", [])  # saved again at step 4, whole
+
+    (root / "step-00000004" / "trainer_state.json").write_bytes(b"\0" * 64)
+    (root / "step-00000002" / "rng-rank0.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"whose checkpoints cannot be resumed \(step-00000004: trainer_state.json "
+                                         r"cannot be read \(.*\); step-00000002: rng-rank0.safetensors is missing\): "
+                                         r"pass --overwrite"):
+        run_sft(_cfg(task, out, save_every=2, max_steps=5, resume=True))
+
+
+def test_checkpoint_problem_reads_headers_and_json(tmp_path):
+    """What makes a checkpoint unresumable is found from the files' headers and sizes alone."""
+    import torch
+
+    from prefopt.model.safetensors_io import file_problem, save_file_atomic
+    from prefopt.train.state import checkpoint_problem
+
+    f = tmp_path / "t.safetensors"
+    save_file_atomic({"a": torch.ones(4), "b": torch.zeros(2, 3)}, f)
+    data = f.read_bytes()
+    assert file_problem(f) is None
+    f.write_bytes(data + b"x")
+    assert file_problem(f) == f"t.safetensors is longer than its header says: {len(data) + 1} bytes of {len(data)}"
+    f.write_bytes(b"")
+    assert file_problem(f) == "t.safetensors is empty"
+    f.write_bytes(b"\0" * len(data))
+    assert file_problem(f) == "t.safetensors: not a safetensors file (unreadable header)"
+    f.write_bytes(b"\xff" * 16)
+    assert file_problem(f) == "t.safetensors: not a safetensors file (header length 18446744073709551615)"
+    assert file_problem(tmp_path / "none.safetensors") == "none.safetensors is missing"
+
+    ckpt = tmp_path / "step-00000001"
+    ckpt.mkdir()
+    assert checkpoint_problem(ckpt) == "trainer_state.json is missing"
+    (ckpt / "trainer_state.json").write_text('{"world": 2}')
+    assert checkpoint_problem(ckpt) == "trainer_state.json holds no step"
+    (ckpt / "trainer_state.json").write_text('{"step": 1, "world": 2}')
+    assert checkpoint_problem(ckpt) == "optimizer.json is missing"
+    (ckpt / "optimizer.json").write_text("{")
+    assert checkpoint_problem(ckpt).startswith("optimizer.json cannot be read (")
+    (ckpt / "optimizer.json").write_text("{}")
+    for name in ("trainable", "rng-rank0", "rng-rank1", "optimizer"):
+        assert checkpoint_problem(ckpt) == f"{name}.safetensors is missing"
+        save_file_atomic({"x": torch.ones(1)}, ckpt / f"{name}.safetensors")
+    assert checkpoint_problem(ckpt) is None
+    (ckpt / "optimizer.json").unlink()
+    (ckpt / "optimizer.safetensors").unlink()
+    (ckpt / "optimizer.pt").write_bytes(b"old")  # a checkpoint from before 2026-11-30: read as it was
+    assert checkpoint_problem(ckpt) is None
