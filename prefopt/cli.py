@@ -603,8 +603,9 @@ def _flag_hint(flag: str, flags: list[str]) -> str:
     return did_you_mean(flag, flags).strip(" ()")
 
 
-# bad input, a missing extra, a file that cannot be read or written (a full disk): one line, no traceback
-USER_ERRORS = (OSError, ValueError, ImportError)
+# bad input, a missing extra, a file that cannot be read or written (a full disk), a run that ran out of memory
+# (prefopt.train.out_of_memory.OutOfMemory: what to change): one line, no traceback
+USER_ERRORS = (OSError, ValueError, ImportError, MemoryError)
 
 
 @contextlib.contextmanager
@@ -637,7 +638,7 @@ def _guarded(job: Callable[[], int | None], prog: str, error_code: int) -> int |
     except USER_ERRORS as e:
         if os.environ.get("PREFOPT_DEBUG"):
             raise
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e or type(e).__name__}", file=sys.stderr)  # (a bare MemoryError says nothing)
         return error_code
 
 

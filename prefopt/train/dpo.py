@@ -43,6 +43,7 @@ from ..model import eval_mode
 from .config import TrainConfig, opt
 from .distributed import all_reduce_sum, head_operands
 from .loop import Batch, Trainer
+from .out_of_memory import explained
 from .reference import reference_cache_for
 from .shared_prompt import pack_pairs, pair_hidden, pair_logp_sums
 
@@ -226,7 +227,7 @@ class DPOTrainer(Trainer):
         else:
             raise ValueError("no reference: pass ref_model or ref_cache, or train a LoRA adapter")
         if self.ref_mode == "cache":
-            self.fill_cache(self.train_data + self.eval_data)
+            explained(self, lambda: self.fill_cache(self.train_data + self.eval_data), "filling the reference cache")
 
     def pair_batch(self, pairs) -> Batch:
         """Packed rows (each prompt once) where every pair shares its prompt and

@@ -45,6 +45,7 @@ from .distributed import (
     wrap_model,
 )
 from .metrics import MetricsLog
+from .out_of_memory import explained
 from .saving import BestWeights
 from .schedule import lr_at
 
@@ -300,9 +301,10 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         """Run the training (from its checkpoint with ``resume``); the summary. The model's modules
         are left in the modes they had (a loaded model: eval), so a forward of the user's own after
-        training runs without the adapter's dropout."""
+        training runs without the adapter's dropout. Running out of memory raises
+        :class:`~prefopt.train.out_of_memory.OutOfMemory`, which says what to change."""
         with modes_kept(self.wrapped):
-            return self._train()
+            return explained(self, self._train)
 
     def _train(self) -> dict[str, Any]:
         c = self.config

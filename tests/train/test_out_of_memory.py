@@ -1,0 +1,100 @@
+"""Running out of memory stops a run with what to change, not PyTorch's traceback."""
+import gc
+import weakref
+
+import pytest
+import torch
+
+from prefopt.cli import main
+from prefopt.train import TrainConfig
+from prefopt.train.dpo import DPOConfig, DPOTrainer
+from prefopt.train.out_of_memory import OutOfMemory, explained, is_out_of_memory
+from prefopt.train.run import run_dpo, run_sft
+from prefopt.train.sft import SFTTrainer
+from tests.train._fixtures import write_pairs, write_task
+
+CUDA_OOM = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.03 GiB "
+            "is free. Including non-PyTorch memory, this process has 78.15 GiB memory in use. If reserved but "
+            "unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return write_task(tmp_path_factory.mktemp("oom"), n=16)
+
+
+def _fail_on_call(monkeypatch, cls, name, n, error):
+    """``cls.name`` raises ``error`` on its ``n``-th call (counting from 1), a tensor in its frame;
+    returns a list that gets a weak reference to that tensor."""
+    original, calls, held = getattr(cls, name), [], []
+
+    def patched(self, *a, **k):
+        calls.append(1)
+        if len(calls) == n:
+            activations = torch.ones(1000)
+            held.append(weakref.ref(activations))
+            raise error
+        return original(self, *a, **k)
+    monkeypatch.setattr(cls, name, patched)
+    return held
+
+
+def test_a_run_out_of_memory_says_when_and_what_to_change_and_frees_the_failed_step(task, tmp_path, monkeypatch):
+    model_dir, data = task
+    held = _fail_on_call(monkeypatch, SFTTrainer, "loss_sum", 3, torch.OutOfMemoryError(CUDA_OOM))
+    cfg = TrainConfig(model=str(model_dir), data=str(data), output_dir=str(tmp_path / "run"), batch_size=4,
+                      max_steps=4, lora_r=4, lora_alpha=8, max_length=64, progress=False)
+    with pytest.raises(OutOfMemory) as caught:
+        run_sft(cfg)
+    assert str(caught.value) == (
+        "out of memory on cpu after 2 of 4 steps (CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+        "capacity of 79.19 GiB of which 1.03 GiB is free), with micro-batches of 4 examples of up to 64 tokens. To "
+        "fit, try --batch-size 2 --grad-accum 2 (the same examples per optimizer step), --gradient-checkpointing, a "
+        "shorter --max-length (now 64), --quantize nf4 (the base in 4 bits) (in Python: the config fields of those "
+        "names). These change the run's settings: start it again with --overwrite (overwrite=True) or into another "
+        "--output-dir")
+    # torch's error keeps no traceback: the failed step's frames and tensors are let go while the error is held
+    gc.collect()
+    assert len(held) == 1 and held[0]() is None
+
+
+def test_the_cli_says_it_in_one_line(task, tmp_path, monkeypatch, capsys):
+    model_dir, data = task
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                       "you tried to allocate 100000000000000 bytes. Error code 12 (Cannot allocate memory)")
+    _fail_on_call(monkeypatch, SFTTrainer, "loss_sum", 1, cpu)
+    code = main(["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(tmp_path / "cli"),
+                 "--batch-size", "3", "--grad-accum", "2", "--gradient-checkpointing", "--quantize", "nf4",
+                 "--max-steps", "2", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("prefopt sft: error: out of memory on cpu before the first step (DefaultCPUAllocator: "
+                          "can't allocate memory: you tried to allocate 100000000000000 bytes. Error code 12 (Cannot "
+                          "allocate memory)), with micro-batches of 3 examples of up to 1024 tokens. "
+                          "To fit, try --batch-size 1 --grad-accum 6 (the same examples per optimizer step), a "
+                          "shorter --max-length (now 1024) (in Python")
+
+
+def test_filling_the_reference_cache_out_of_memory_is_said_as_such(task, tmp_path, monkeypatch):
+    model_dir, _ = task
+    _fail_on_call(monkeypatch, DPOTrainer, "reference_logps", 1, torch.OutOfMemoryError(CUDA_OOM))
+    out = tmp_path / "dpo"
+    cfg = DPOConfig(model=str(model_dir), data=str(write_pairs(tmp_path / "pairs.jsonl", n=8)), output_dir=str(out),
+                    batch_size=2, max_steps=2, lora_r=4, lora_alpha=8, progress=False, ref_cache=str(out / "ref"))
+    with pytest.raises(OutOfMemory, match=r"^out of memory on cpu while filling the reference cache \(CUDA out of "
+                                          r"memory\. .*\), with micro-batches of 2 examples of up to 1024 tokens\. "
+                                          r"To fit, try --batch-size 1 --grad-accum 2 \(the same examples per "
+                                          r"optimizer step\), a shorter --max-length \(now 1024\), --quantize nf4 "):
+        run_dpo(cfg)
+
+
+def test_other_errors_pass_through_unchanged():
+    assert is_out_of_memory(MemoryError()) and not is_out_of_memory(RuntimeError("shape mismatch"))
+    trainer = type("T", (), {})()
+    for error in (RuntimeError("shape mismatch"), ValueError("bad")):
+        def job(error=error):
+            raise error
+        with pytest.raises(type(error)) as caught:
+            explained(trainer, job)
+        assert caught.value is error and caught.value.__traceback__ is not None
+    assert explained(trainer, lambda: 7) == 7
