@@ -358,7 +358,11 @@ class Trainer:
             return self._run_steps(log, bar)
         except KeyboardInterrupt:  # Ctrl-C: say where the run stopped and how to go on
             if self.dist.is_main:
-                self._say_interrupted()
+                self._say_stopped("interrupted", "rerun")
+            raise
+        except OSError:  # a full disk, a lost mount: the error follows (the CLI's one line); say how to go on
+            if self.dist.is_main:
+                self._say_stopped("stopped by the error below", "once it is mended, rerun")
             raise
         finally:
             if bar is not None:
@@ -422,13 +426,13 @@ class Trainer:
                 return evaluated
         return None
 
-    def _say_interrupted(self) -> None:
+    def _say_stopped(self, how: str, then: str) -> None:
         last = ckpt_io.latest_checkpoint(self.output_dir)
         if last is not None:
-            what = f"rerun with --resume to continue from {last}"
+            what = f"{then} with --resume to continue from {last}"
         else:
-            what = "it saved no checkpoint (set --save-every); rerun with --overwrite to start again"
-        print(f"\nprefopt: interrupted at step {self.step} of {self.total_steps}; {what}", file=sys.stderr, flush=True)
+            what = f"it saved no checkpoint (set --save-every); {then} with --overwrite to start again"
+        print(f"\nprefopt: {how} at step {self.step} of {self.total_steps}; {what}", file=sys.stderr, flush=True)
 
     # --- checkpoints --------------------------------------------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:
@@ -476,10 +480,15 @@ class Trainer:
         ckpt_io.write_rng(tmp, self.dist.rank)
         barrier(self.dist)
         if self.dist.is_main:
-            ckpt_io.write_checkpoint(tmp, final, trainable=trainable, optimizer_state=optimizer_state,
-                                     step=self.step, extra={"config": self.config.to_dict(), **self.best.state(),
-                                                            "world": self.dist.world, "data": self.train_data_digest},
-                                     keep=self.config.save_total_limit)
+            try:
+                ckpt_io.write_checkpoint(tmp, final, trainable=trainable, optimizer_state=optimizer_state,
+                                         step=self.step, extra={"config": self.config.to_dict(), **self.best.state(),
+                                                                "world": self.dist.world,
+                                                                "data": self.train_data_digest},
+                                         keep=self.config.save_total_limit)
+            except OSError:  # a full disk: what the half-written checkpoint took is given back
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         barrier(self.dist)
         return final
 

@@ -148,6 +148,35 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_go_on(task, tmp_path, caps
         assert "interrupted at step 2 of 4; it saved no checkpoint (set --save-every); rerun with --overwrite" in err
 
 
+def test_a_full_disk_at_a_checkpoint_says_how_to_go_on_and_gives_back_the_half_written_one(task, tmp_path, capsys,
+                                                                                           monkeypatch):
+    """The error itself is the CLI's one line; before it, where the run stopped and what to resume
+    from once the disk has room; the half-written ``step-N.tmp`` is removed (it held the space)."""
+    import prefopt.train.state as state
+
+    written = state.write_optimizer
+
+    def full_at_step_4(sd, folder):
+        if folder.name == "step-00000004.tmp":
+            (folder / "optimizer.safetensors").write_bytes(b"x" * 100)  # what got written before the disk filled
+            raise OSError(28, "No space left on device", str(folder / "optimizer.json"))
+        written(sd, folder)
+
+    monkeypatch.setattr(state, "write_optimizer", full_at_step_4)
+    model_dir, data = task
+    out = tmp_path / "cli"
+    cli = ["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(out), "--batch-size", "4",
+           "--max-steps", "6", "--save-every", "2", "--lora-r", "4", "--no-progress"]
+    assert main(cli) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"\nprefopt: stopped by the error below at step 4 of 6; once it is mended, rerun with --resume "
+                        f"to continue from {out / 'checkpoints' / 'step-00000002'}\nprefopt sft: error: [Errno 28] No "
+                        f"space left on device: '{out / 'checkpoints' / 'step-00000004.tmp' / 'optimizer.json'}'\n")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step-00000002"]
+    monkeypatch.setattr(state, "write_optimizer", written)
+    assert main(cli + ["--resume"]) == 0 and "resuming from" in capsys.readouterr().out
+
+
 def test_the_cli_exits_130_on_ctrl_c(task, tmp_path, monkeypatch):
     import prefopt.train
 
