@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .._deps import MissingDependencyError, require
+from ..fileio import atomic_path
 from .metrics import read_metrics
 
 FILE = "training_curves.png"
@@ -103,10 +104,11 @@ def plot_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.suptitle(str(run_dir), fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")  # a viewer never sees half a file
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        with atomic_path(out) as tmp:  # a viewer never sees half a file
+            fig.savefig(tmp, dpi=110, format=out.suffix.lstrip(".").lower() or "png")  # (tmp's name has no suffix)
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -53,6 +53,9 @@ def test_a_run_ends_with_its_curves_and_the_command_draws_them_again(tmp_path, c
     assert main(["curves", str(out), "--output", str(tmp_path / "again.png")]) == 0
     assert capsys.readouterr().out == f"wrote {tmp_path / 'again.png'}\n"
     assert (tmp_path / "again.png").read_bytes()[:8] == png[:8]
+    assert main(["curves", str(out), "--output", str(tmp_path / "again.svg")]) == 0  # the format its name says
+    assert b"<svg" in (tmp_path / "again.svg").read_bytes()[:1000] and not list(tmp_path.glob(".again*"))
+    capsys.readouterr()
     assert [p.name for p in out.glob(".*png")] == []  # no temporary file left
     assert main(["curves", str(tmp_path)]) == 2
     assert f"{tmp_path}: no metrics.jsonl" in capsys.readouterr().err
