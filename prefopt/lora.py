@@ -29,7 +29,7 @@ from torch import nn
 
 from . import lora_experts
 from .lora_ops import dora_linear, lora_linear
-from .quant import PROJECTIONS, QuantLinear
+from .quant import PROJECTIONS, STAYS_MERGED, QuantLinear
 
 DEFAULT_TARGETS = PROJECTIONS  # every attention and MLP projection
 ALL_LINEAR = "all-linear"  # PEFT's name for every linear layer but the output head
@@ -266,7 +266,7 @@ class QLoRALinear(LoRALinear):
 
     def unmerge(self) -> None:
         if self.merged:
-            raise RuntimeError(lora_experts.STAYS_MERGED)
+            raise RuntimeError(STAYS_MERGED)
 
 
 TIED_HEAD = ("lm_head: this model's output head is its input embedding (tie_word_embeddings), which prefopt puts no "
@@ -474,7 +474,7 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
     (a ``RuntimeError`` says so, before any layer is changed)."""
     layers = [m for _, m in lora_layers(model) if m.merged]
     if any(m.stays_merged for m in layers):
-        raise RuntimeError(lora_experts.STAYS_MERGED)
+        raise RuntimeError(STAYS_MERGED)
     for m in layers:
         m.unmerge()
     return model

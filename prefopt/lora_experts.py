@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .model.swiglu import geglu, swiglu
+from .quant import STAYS_MERGED
 
 EXPERT_PARTS = ("gate_up_proj", "down_proj")  # PEFT's (transformers') names of the experts' tensors
 PEFT_EXPERTS = "mlp.experts"  # where transformers 5 keeps them (Mixtral too; prefopt: block_sparse_moe)
 CONTAINER = "expert_adapters"  # the SparseMoE attribute holding them, under prefopt's names
-STAYS_MERGED = "an adapter merged into a 4-bit layer stays merged (load the model again to drop it)"
 
 
 def conflicts(dropout: float, dora: bool, layers) -> str | None:

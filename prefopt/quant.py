@@ -198,6 +198,8 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 MIXTRAL_EXPERTS = ("w1", "w3", "w2")  # Mixtral's experts' gate, up and down projections (Qwen3-MoE's: *_proj)
 
 
+# unmerging would subtract the adapter from rounded 4-bit codes: the merge is final
+STAYS_MERGED = "an adapter merged into a 4-bit layer stays merged (load the model again to drop it)"
 KEPT_PRECISE = ("lm_head", "all-linear")  # never quantized (the head), or no layer's name (apply_lora's shorthand)
 
 
