@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..tokenizer import Tokenizer
-from .columns import near_columns, renamed, with_columns
+from .columns import near_columns, renamed, spaced_keys, with_columns
 from .feedback import FeedbackExample, load_feedback
 from .preference import PairExample, load_preferences
 from .readers import read_rows
@@ -40,7 +40,7 @@ def detect_kind(path, columns: dict[str, str] | None = None) -> str:
     for source in sources(path):
         for _, row in read_rows(source):
             if isinstance(row, dict):
-                fields = set(renamed(row, columns)) if columns else set(row) | set(near_columns(row))
+                fields = set(renamed(row, columns)) if columns else {*row, *near_columns(row), *spaced_keys(row)}
                 if {"chosen", "rejected", "preferred_output"} & fields:
                     return "preference"
                 return "feedback" if {"completion", "label"} <= fields else "sft"

@@ -89,16 +89,35 @@ def near_columns(row: dict) -> dict[str, str]:
     spelling: ``Prompt``, ``Rejected`` (a spreadsheet's headers): what ``--columns`` would read."""
     out = {}
     for key in row:
-        if isinstance(key, str) and key == key.strip():  # (--columns cannot name ' prompt')
-            plain_key = key.lower().replace(" ", "_").replace("-", "_")
+        if isinstance(key, str) and key == key.strip():  # (--columns cannot name ' prompt': spaced_keys)
+            plain_key = _plain(key)
             if plain_key in FIELDS and plain_key != key and plain_key not in row:
                 out.setdefault(plain_key, key)
     return out
 
 
+def spaced_keys(row: dict) -> dict[str, str]:
+    """``{field: key}`` for each field the record lacks but has under a key with spaces around it
+    (``" prompt"``, a hand-made JSON file's): ``--columns`` strips what it is given, so the file's
+    key must change."""
+    out = {}
+    for key in row:
+        if isinstance(key, str) and key != key.strip() and (plain_key := _plain(key.strip())) in FIELDS:
+            if plain_key not in row:
+                out.setdefault(plain_key, key)
+    return out
+
+
+def _plain(key: str) -> str:
+    return key.lower().replace(" ", "_").replace("-", "_")
+
+
 def column_hint(row: dict) -> str:
     """``; it has 'Prompt', 'Chosen': --columns prompt=Prompt chosen=Chosen reads them ...`` where
     :func:`near_columns` finds any, else ``""``: for the error of a missing field."""
+    if spaced := spaced_keys(row):
+        return (f"; the record has {', '.join(map(repr, spaced.values()))}, with spaces around the name: the key "
+                f"must be {', '.join(map(repr, spaced))}")
     near = near_columns(row)
     if not near:
         return ""

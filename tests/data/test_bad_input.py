@@ -154,6 +154,13 @@ def test_a_spreadsheets_own_spelling_of_the_fields_is_named_with_the_columns_tha
     assert len(pairs) == 1
     (tmp_path / "s.csv").write_text("prompt, completion\nChest pain?, Go now.\n")
     assert load_sft(tmp_path / "s.csv", tok)[1].n_kept == 1
+    (tmp_path / "j.jsonl").write_text(json.dumps({" prompt": "Chest pain?", "Completion ": "Go now."}) + "\n")
+    with pytest.raises(DataError, match=r"j.jsonl:1: field 'prompt': missing field \(.*\); the record has ' prompt', "
+                                        r"'Completion ', with spaces around the name: the key must be 'prompt', "
+                                        r"'completion'$"):
+        load_sft(tmp_path / "j.jsonl", tok)
+    (tmp_path / "k.jsonl").write_text(json.dumps({"prompt": "Chest pain?", "chosen ": "Go now.", " rejected": "Rest."}))
+    assert detect_kind(tmp_path / "k.jsonl") == "preference"  # (it was taken for an SFT file)
     (tmp_path / "n.csv").write_text("Patient message,completion\nq,a\n")  # no spelling of 'prompt': no hint
     with pytest.raises(DataError, match=r"n.csv:2: field 'prompt': missing field$"):
         load_sft(tmp_path / "n.csv", tok)
