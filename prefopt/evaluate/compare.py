@@ -36,7 +36,8 @@ from ..chat_template import run_chat_date, run_chat_vars
 from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 from ..tasks.parsing import final_answer
 from ..tokenizer import set_chat_date, set_chat_vars
-from .compare_config import PRESETS, CompareConfig, same_run
+from ..train.out_of_memory import reraised
+from .compare_config import PRESETS, CompareConfig, memory_advice, same_run
 from .judge import judge_scores, ready_judge
 from .runner import (
     DECODING,
@@ -384,18 +385,22 @@ def run_compare(cfg: CompareConfig) -> dict:
 
         device, dtype = cfg.device_and_dtype()
         judge = (load_model(cfg.judge, dtype=dtype, device=device), judge_tok)
-    results = {"base": _evaluate(cfg, task, tok, test, out, "base", s, judge)}
-    _sft(cfg, task, train, out, s)
+
+    def fitted(stage: str, training: bool, job):  # running out of memory is said in --set terms
+        return reraised(job, lambda e: memory_advice(stage, training, s, e))
+
+    results = {"base": fitted("base", False, lambda: _evaluate(cfg, task, tok, test, out, "base", s, judge))}
+    fitted("sft", True, lambda: _sft(cfg, task, train, out, s))
     keep = {} if cfg.strategy == "model_errors" and not (out / "data" / "pairs.jsonl").is_file() else None
-    results["sft"] = _evaluate(cfg, task, tok, test, out, "sft", s, judge, keep)
-    pairs = _pairs(cfg, task, tok, train, out, s, keep)
-    del keep  # the SFT model, if its errors were mined, is released before DPO
-    _dpo(cfg, task, pairs, val, out, s)
+    results["sft"] = fitted("sft", False, lambda: _evaluate(cfg, task, tok, test, out, "sft", s, judge, keep))
+    pairs = fitted("sft", False, lambda: _pairs(cfg, task, tok, train, out, s, keep))
+    keep = None  # the SFT model, if its errors were mined, is released before DPO
+    fitted("dpo", True, lambda: _dpo(cfg, task, pairs, val, out, s))
     _name_old_weights(out)
     decided = require_gain(task, val, out, s, cfg.seed)
     if decided:
         _log(decided)
-    results["dpo"] = _evaluate(cfg, task, tok, test, out, "dpo", s, judge)
+    results["dpo"] = fitted("dpo", False, lambda: _evaluate(cfg, task, tok, test, out, "dpo", s, judge))
     report = build_report(cfg, task, test, results, out, val)
     _log(f"report: {out / 'report.md'}")
     return report

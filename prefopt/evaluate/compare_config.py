@@ -291,3 +291,34 @@ def same_run(out: Path, config: dict) -> None:
                              f"(A finished run may be rerun with another {', '.join(free)}, --n-resamples, --device "
                              "or --eval-dtype: they train nothing.)")
     write_json_atomic(path, config)
+
+
+def memory_advice(stage: str, training: bool, s: dict, e: BaseException):
+    """Running out of memory in ``stage`` (training it, else evaluating it), said in compare's
+    settings (``--set KEY=VALUE``): ``prefopt.train.OutOfMemory``."""
+    from ..train.out_of_memory import OutOfMemory, torch_words
+
+    what = e.what if isinstance(e, OutOfMemory) else torch_words(e)
+    when = e.when if isinstance(e, OutOfMemory) and e.when else ""
+    where = f"training the {stage} stage{' ' + when if when else ''}" if training else f"evaluating the {stage} stage"
+    kept = []  # change memory and time only: the same --output takes them (same_run)
+    changed = []  # change what is trained or answered: a new --output
+    if training:
+        batch = "dpo_batch_size" if stage == "dpo" else "batch_size"
+        if not s["gradient_checkpointing"]:
+            kept.append("gradient_checkpointing=true")
+        if s[batch] > 1:
+            changed.append(f"{batch}={s[batch] // 2} (fewer examples a step)")
+        changed.append(f"a smaller max_length (now {s['max_length']})")
+        if not s["quantize"]:
+            changed.append("quantize=nf4 (the base in 4 bits)")
+    if (not training or (stage == "dpo" and s["val"])) and s["eval_batch_size"] > 1:
+        changed.append(f"eval_batch_size={s['eval_batch_size'] // 2}" + (" (the validation answers)" if training else ""))
+    fixes = []
+    if kept:
+        fixes.append(f"--set {' '.join(kept)} (the results are the same: a rerun into this --output keeps its "
+                     f"finished stages)")
+    if changed:
+        fixes.append(f"{'or, ' if kept else ''}into a new --output, --set {', '.join(changed)}")
+    return OutOfMemory(f"out of memory {where} ({what}). To fit, try {'; '.join(fixes) or 'a smaller model'}",
+                       what, when)

@@ -19,7 +19,12 @@ T = TypeVar("T")
 
 
 class OutOfMemory(MemoryError):
-    """Training ran out of memory; the message says where and what to change."""
+    """Training ran out of memory; the message says where and what to change. ``what``: PyTorch's
+    own words on the allocation that failed; ``when``: where the run was (``after 2 of 4 steps``)."""
+
+    def __init__(self, message: str, what: str = "", when: str = ""):
+        super().__init__(message)
+        self.what, self.when = what, when
 
 
 def is_out_of_memory(e: BaseException) -> bool:
@@ -29,25 +34,38 @@ def is_out_of_memory(e: BaseException) -> bool:
         isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
 
 
-def explained(trainer, job: Callable[[], T], phase: str | None = None) -> T:
-    """``job()``; an allocation failure in it leaves as :class:`OutOfMemory`. ``phase``: a no-grad
-    pass before training (``"filling the reference cache"``), else training."""
+def torch_words(e: BaseException) -> str:
+    """What failed and how much was free, from PyTorch's message (its first three sentences;
+    the allocator's advice and the CPU allocator's source position left out)."""
+    first = re.sub(r"^\[enforce fail at [^\]]*\][^.]*\.\s*", "", str(e).strip().split("\n")[0])
+    return ". ".join(first.split(". ")[:3]).rstrip(".")
+
+
+def reraised(job: Callable[[], T], advise: Callable[[BaseException], OutOfMemory]) -> T:
+    """``job()``; an allocation failure in it leaves as ``advise(error)``. That is raised out
+    here, with nothing to chain to, and the failure's traceback is dropped: its frames (the failed
+    step's tensors) are let go (a context manager's ``__exit__`` would keep them in its frame)."""
     try:
         return job()
     except (RuntimeError, MemoryError) as e:
-        if not is_out_of_memory(e) or isinstance(e, OutOfMemory):
+        if not is_out_of_memory(e):
             raise
-        message = out_of_memory_message(trainer, str(e), phase)
+        error = advise(e)
         e.__traceback__ = None
-    # raised out here, with nothing to chain to: torch's error and its traceback (the failed step's frames and
-    # the tensors they hold) are let go (a context manager's __exit__ would keep the traceback in its frame)
-    raise OutOfMemory(message)
+    raise error
 
 
-def out_of_memory_message(trainer, error: str, phase: str | None = None) -> str:
+def explained(trainer, job: Callable[[], T], phase: str | None = None) -> T:
+    """``job()``; an allocation failure in it leaves as :class:`OutOfMemory` naming ``trainer``'s
+    settings. ``phase``: a no-grad pass before training (``"filling the reference cache"``), else
+    training."""
+    def advise(e: BaseException) -> OutOfMemory:
+        return e if isinstance(e, OutOfMemory) else training_advice(trainer, torch_words(e), phase)
+    return reraised(job, advise)
+
+
+def training_advice(trainer, what: str, phase: str | None = None) -> OutOfMemory:
     c = trainer.config
-    first = re.sub(r"^\[enforce fail at [^\]]*\][^.]*\.\s*", "", error.strip().split("\n")[0])  # (the CPU allocator's)
-    what = ". ".join(first.split(". ")[:3]).rstrip(".")  # torch's: what failed, how much is free
     if phase:
         when = f"while {phase}"
     else:
@@ -64,7 +82,7 @@ def out_of_memory_message(trainer, error: str, phase: str | None = None) -> str:
         fixes.append("--quantize nf4 (the base in 4 bits)")
     if getattr(trainer, "ref_mode", None) == "model" and not phase:
         fixes.append("ref_cache= (the reference model's log-probs from disk, and no reference model in memory)")
-    return (f"out of memory on {trainer.device} {when} ({what}), with micro-batches of {c.batch_size} examples "
-            f"of up to {c.max_length} tokens. To fit, try {', '.join(fixes)} (in Python: the config fields of "
-            f"those names). These change the run's settings: start it again with --overwrite (overwrite=True) "
-            f"or into another --output-dir")
+    return OutOfMemory(f"out of memory on {trainer.device} {when} ({what}), with micro-batches of {c.batch_size} "
+                       f"examples of up to {c.max_length} tokens. To fit, try {', '.join(fixes)} (in Python: the "
+                       f"config fields of those names). These change the run's settings: start it again with "
+                       f"--overwrite (overwrite=True) or into another --output-dir", what, when)
