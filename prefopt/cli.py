@@ -620,11 +620,12 @@ def _warnings_as_lines(prog: str) -> Iterator[None]:
         yield
 
 
-def _guarded(job: Callable[[], int | None], prog: str, error_code: int) -> int | None:
+def _guarded(job: Callable[[], int | None], prog: str, error_code: int, batch_size: int | None = None) -> int | None:
     """``job()``'s result, run as prefopt runs its commands: warnings as one line; Ctrl-C gives
     130 (the trainer has said where it stopped and how to go on); ``| head`` closing the pipe,
-    141, quietly; bad input (:data:`USER_ERRORS`) one line, ``prog: error: ...``, and
-    ``error_code``. ``PREFOPT_DEBUG=1``: the traceback instead."""
+    141, quietly; bad input (:data:`USER_ERRORS`) and PyTorch running out of memory one line,
+    ``prog: error: ...``, and ``error_code`` (``batch_size``: the command's --batch-size, named
+    there). ``PREFOPT_DEBUG=1``: the traceback instead."""
     try:
         with _warnings_as_lines(prog):
             return job()
@@ -639,6 +640,14 @@ def _guarded(job: Callable[[], int | None], prog: str, error_code: int) -> int |
         if os.environ.get("PREFOPT_DEBUG"):
             raise
         print(f"{prog}: error: {e or type(e).__name__}", file=sys.stderr)  # (a bare MemoryError says nothing)
+        return error_code
+    except RuntimeError as e:  # PyTorch's out of memory where no run said what to change (generate, eval, ...)
+        from .train.out_of_memory import is_out_of_memory, torch_words
+
+        if os.environ.get("PREFOPT_DEBUG") or not is_out_of_memory(e):
+            raise
+        fewer = f"; a smaller --batch-size (now {batch_size}) needs less" if batch_size and batch_size > 1 else ""
+        print(f"{prog}: error: out of memory ({torch_words(e)}){fewer}", file=sys.stderr)
         return error_code
 
 
@@ -655,7 +664,7 @@ def run_script(main: Callable[[], object], prog: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return _guarded(lambda: args.func(args), f"prefopt {args.command}", 2)
+    return _guarded(lambda: args.func(args), f"prefopt {args.command}", 2, getattr(args, "batch_size", None))
 
 
 if __name__ == "__main__":

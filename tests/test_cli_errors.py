@@ -33,10 +33,15 @@ def test_a_flag_the_command_lacks_names_the_one_meant(capsys):
     (PermissionError(13, "Permission denied", "/data/notes.csv"), 2,
      "prefopt generate: error: [Errno 13] Permission denied: '/data/notes.csv'\n"),
     (BrokenPipeError(32, "Broken pipe"), 141, ""),
+    (__import__("torch").OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB. GPU 0 has a total capacity "
+                                          "of 79.19 GiB of which 1.03 GiB is free. Including non-PyTorch memory, ..."),
+     2, "prefopt generate: error: out of memory (CUDA out of memory. Tried to allocate 8.00 GiB. GPU 0 has a total "
+        "capacity of 79.19 GiB of which 1.03 GiB is free)\n"),
 ])
 def test_an_os_error_is_one_line_and_a_closed_pipe_is_quiet(monkeypatch, capsys, error, code, line):
-    """A full disk or an unreadable file mid-command: one line with the path (PREFOPT_DEBUG=1: the
-    traceback); ``| head`` closing the pipe: exit 141 and nothing on stderr."""
+    """A full disk, an unreadable file or a GPU out of memory mid-command: one line with the path
+    (or what to change; PREFOPT_DEBUG=1: the traceback); ``| head`` closing the pipe: exit 141 and
+    nothing on stderr. Any other RuntimeError keeps its traceback (a bug to report)."""
     def fail(args):
         raise error
 
@@ -51,6 +56,31 @@ def test_an_os_error_is_one_line_and_a_closed_pipe_is_quiet(monkeypatch, capsys,
     if code == 2:
         with pytest.raises(type(error)):
             main(["generate", "--model", "m", "--prompt", "p"])
+    monkeypatch.delenv("PREFOPT_DEBUG")
+    monkeypatch.setattr(cli, "_generate", lambda args: [][1])
+    with pytest.raises(IndexError):
+        main(["generate", "--model", "m", "--prompt", "p"])
+
+    def bug(args):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    monkeypatch.setattr(cli, "_generate", bug)
+    with pytest.raises(RuntimeError, match="shapes"):
+        main(["generate", "--model", "m", "--prompt", "p"])
+
+
+def test_out_of_memory_in_a_command_with_batches_names_its_batch_size(monkeypatch, capsys, tmp_path):
+    import torch
+
+    import prefopt.evaluate.cli as evaluate_cli
+
+    def oom(args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB. GPU 0 has a total capacity of "
+                                     "79.19 GiB of which 1.03 GiB is free. Including non-PyTorch memory, ...")
+
+    monkeypatch.setattr(evaluate_cli, "_eval", oom)
+    assert main(["eval", "--task", "portal", "--model", "m", "--output", str(tmp_path / "o"), "--batch-size",
+                 "32"]) == 2
+    assert capsys.readouterr().err.endswith("1.03 GiB is free); a smaller --batch-size (now 32) needs less\n")
 
 
 def test_version_says_prefopt_and_torch(capsys):
