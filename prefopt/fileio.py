@@ -107,6 +107,20 @@ def check_writable(out: str | Path) -> None:
         raise ValueError(f"{out}: cannot write in {base} ({e.strerror or e})") from None
 
 
+def free_space(path: str | Path) -> int:
+    """Bytes free on the disk that holds ``path`` (or, where it is not made yet, the nearest folder
+    above it that is)."""
+    base = Path(path).absolute()
+    while not base.exists():
+        base = base.parent
+    return shutil.disk_usage(base).free
+
+
+def size_text(n: float) -> str:
+    """``1.2 GB``, ``35 MB``: a size as people read it (decimal units, as disks are sold)."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
 def check_new_dir(out: str | Path, inputs: Sequence[str | Path], overwrite: bool, flag: str = "--overwrite") -> None:
     """Refuse to write the folder ``out`` where that would lose something: where it is, or holds,
     one of the ``inputs`` (always), or already holds files (unless ``overwrite``); or where it

@@ -26,7 +26,7 @@ import torch
 
 from .._deps import progress
 from ..devices import resolve_device
-from ..fileio import write_json_atomic
+from ..fileio import free_space, size_text, write_json_atomic
 from ..lora import QLoRALinear, layer_text, lora_layers
 from ..lora_experts import ExpertLoRA
 from ..model.generate import modes_kept
@@ -316,6 +316,8 @@ class Trainer:
             print(f"prefopt: {self.plan()}", flush=True)
             if note := self.precision_note():
                 print(f"prefopt: {note}", flush=True)
+            if note := self.space_note():
+                print(f"prefopt: warning: {note}", file=sys.stderr, flush=True)
         if log and resume_from:
             for why in passed:  # newest first: the steps since resume_from are trained again
                 print(f"prefopt: warning: checkpoint {why}; passed over for {resume_from.name}", file=sys.stderr,
@@ -393,6 +395,28 @@ class Trainer:
                 "about 1/256 of a weight is rounded away. Train them in float32 (--dtype float32, the default; on "
                 "CUDA bf16 autocast computes in bfloat16 all the same) or train an adapter (LoRA keeps its weights "
                 "in float32)")
+
+    def space_note(self) -> str | None:
+        """A warning where the disk under ``output_dir`` lacks room for what the run will write: its
+        checkpoints (the trained weights and AdamW's two moments, each; ``save_total_limit`` of them
+        kept, and one more while the next is written), ``best/`` and ``final/`` (the weights), so a
+        run does not stop at a save hours in. Estimated from the trainable parameters."""
+        c = self.config
+        weights = sum(p.numel() * p.element_size() for p in self.params)
+        saves = (self.total_steps - 1) // c.save_every - self.step // c.save_every if c.save_every else 0
+        at_once = min(saves, c.save_total_limit + 1)
+        copies = 1 + bool(c.best_metric)  # final/ (and best/)
+        need = 3 * weights * at_once + weights * copies
+        free = free_space(self.output_dir)
+        if need <= free:
+            return None
+        parts = [f"{at_once} checkpoint{'s' * (at_once > 1)} at once of {size_text(3 * weights)} each (the weights "
+                 f"and AdamW's two moments)"] if at_once else []
+        parts.append(f"{'best/ and final/' if copies > 1 else 'final/'} of {size_text(weights)}")
+        fix = "; lower --save-total-limit or save less often (--save-every)" if at_once else ""
+        return (f"the disk under {self.output_dir} has {size_text(free)} free, and this run writes about "
+                f"{size_text(need)} there ({', '.join(parts)}): it would stop when the disk fills. Free some "
+                f"space or choose another --output-dir{fix}")
 
     def _run_steps(self, log: MetricsLog | None, bar) -> dict[str, float] | None:
         """Train from ``self.step`` to ``total_steps``: log, evaluate, save and call back as configured.

@@ -452,3 +452,29 @@ def test_checkpoint_problem_reads_headers_and_json(tmp_path):
     (ckpt / "optimizer.safetensors").unlink()
     (ckpt / "optimizer.pt").write_bytes(b"old")  # a checkpoint from before 2026-11-30: read as it was
     assert checkpoint_problem(ckpt) is None
+
+
+def test_a_disk_too_small_for_the_runs_checkpoints_is_said_before_the_first_step(task, tmp_path, capsys, monkeypatch):
+    """A run whose checkpoints would fill the disk stopped at a save, hours in: it is said before
+    step 1, with what the run writes; the estimate is the size a checkpoint has on disk."""
+    import re
+
+    import prefopt.train.loop as loop
+
+    out = tmp_path / "run"
+    run_sft(_cfg(task, out, save_every=1, max_steps=3))  # plenty of room: nothing said
+    assert "disk" not in capsys.readouterr().err
+    monkeypatch.setattr(loop, "free_space", lambda path: 1000)
+    run_sft(_cfg(task, tmp_path / "small", save_every=1, max_steps=3, save_total_limit=1))
+    said = re.search(r"prefopt: warning: the disk under (.*) has 1 kB free, and this run writes about (\d+) kB there "
+                     r"\(2 checkpoints at once of (\d+) kB each \(the weights and AdamW's two moments\), final/ of "
+                     r"(\d+) kB\): it would stop when the disk fills\. Free some space or choose another --output-dir; "
+                     r"lower --save-total-limit or save less often \(--save-every\)\n", capsys.readouterr().err)
+    assert said and said[1] == str(tmp_path / "small")
+    total, each, final = map(int, said.groups()[1:])
+    assert abs(total - (2 * each + final)) <= 2 and abs(each - 3 * final) <= 1
+    from safetensors.torch import load_file
+
+    ckpt = out / "checkpoints" / "step-00000002"  # its tensors (the files' headers and RNG states are small beside)
+    held = sum(t.nbytes for f in ("trainable", "optimizer") for t in load_file(ckpt / f"{f}.safetensors").values())
+    assert abs(each * 1000 - held) <= 1000, (each, held)
