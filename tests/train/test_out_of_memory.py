@@ -98,3 +98,27 @@ def test_other_errors_pass_through_unchanged():
             explained(trainer, job)
         assert caught.value is error and caught.value.__traceback__ is not None
     assert explained(trainer, lambda: 7) == 7
+
+
+def test_with_a_checkpoint_gradient_checkpointing_is_offered_with_resume_and_ends_where_the_run_would(
+        task, tmp_path, monkeypatch):
+    """Gradient checkpointing recomputes the same activations (dropout's draws too), so a resume may
+    turn it on: the run ends with the weights an uninterrupted run has, bit for bit."""
+    from safetensors.torch import load_file
+
+    model_dir, data = task
+    cfg = dict(model=str(model_dir), data=str(data), batch_size=4, max_steps=4, lora_r=4, lora_alpha=8, lr=3e-3,
+               max_length=64, progress=False, save_every=1)
+    run_sft(TrainConfig(**cfg, output_dir=str(tmp_path / "whole")))
+    _fail_on_call(monkeypatch, SFTTrainer, "loss_sum", 3, torch.OutOfMemoryError(CUDA_OOM))
+    out = tmp_path / "run"
+    with pytest.raises(OutOfMemory, match=r"To fit, try --gradient-checkpointing with --resume \(the same results, "
+                                          r"from the last checkpoint\), --batch-size 2 --grad-accum 2 .* The others "
+                                          r"change the run's settings"):
+        run_sft(TrainConfig(**cfg, output_dir=str(out)))
+    monkeypatch.undo()
+    summary = run_sft(TrainConfig(**cfg, output_dir=str(out), resume=True, gradient_checkpointing=True))
+    assert summary["resumed_from_step"] == 2
+    whole, resumed = (load_file(d / "final" / "adapter_model.safetensors") for d in (tmp_path / "whole", out))
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
