@@ -19,3 +19,13 @@ def sft_configs(monkeypatch) -> list:
 
     monkeypatch.setattr(run, "run_sft", run_sft)
     return seen
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny random llama with a chat template, long enough for every task's prompts."""
+    from tests._tiny import build_hf_model
+
+    d = tmp_path_factory.mktemp("tiny")
+    build_hf_model(d, max_position_embeddings=4096)
+    return d

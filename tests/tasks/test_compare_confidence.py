@@ -20,18 +20,10 @@ from prefopt.evaluate.stage_confidence import (
 from prefopt.tasks import get_task
 from prefopt.tokenizer import load_tokenizer
 from tests import _formats as formats
-from tests._tiny import build_hf_model
 
 TINY = {"max_train": 8, "test": 4, "sft_steps": 2, "dpo_steps": 2, "batch_size": 2, "max_length": 256,
         "eval_batch_size": 8}
 STAGES = ("base", "sft", "dpo")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    build_hf_model(d, max_position_embeddings=4096)
-    return d
 
 
 def _rows(out, stage):

@@ -7,19 +7,11 @@ from prefopt.cli import main
 from prefopt.evaluate.compare import CompareConfig, run_compare
 from prefopt.train import OutOfMemory
 from prefopt.train.sft import SFTTrainer
-from tests._tiny import build_hf_model
 from tests.tasks.test_compare_smoke import TINY
 
 CUDA_OOM = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.03 GiB "
             "is free. Including non-PyTorch memory, this process has 78.15 GiB memory in use.")
 SAID = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.03 GiB is free"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    build_hf_model(d, max_position_embeddings=4096)
-    return d
 
 
 def test_training_out_of_memory_names_the_stage_and_the_settings_and_the_rerun_keeps_what_was_done(

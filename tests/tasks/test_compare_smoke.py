@@ -24,13 +24,6 @@ TINY = {"max_train": 8, "test": 4, "sft_steps": 2, "dpo_steps": 2, "batch_size":
         "eval_batch_size": 8}
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    build_hf_model(d, max_position_embeddings=4096)
-    return d
-
-
 def _head(src: Path, dst: Path, n: int, encoding="utf-8") -> Path:
     lines = src.read_text(encoding=encoding).splitlines(keepends=True)
     dst.write_text("".join(lines[:n]), encoding=encoding)

@@ -5,17 +5,9 @@ import pytest
 from safetensors.torch import load_file
 
 from prefopt.evaluate.compare import CompareConfig, run_compare
-from tests._tiny import build_hf_model
 
 TINY = {"max_train": 8, "test": 4, "sft_steps": 2, "dpo_steps": 4, "batch_size": 2, "max_length": 256,
         "eval_batch_size": 8, "val": 4, "dpo_eval_every": 2}
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    build_hf_model(d, max_position_embeddings=4096)
-    return d
 
 
 def _ids(path) -> list[str]:

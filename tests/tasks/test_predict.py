@@ -249,13 +249,6 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    build_hf_model(d, max_position_embeddings=4096)
-    return d
-
-
 def test_predict_writes_its_table_and_settings_and_keeps_an_earlier_one(tiny_model, tmp_path, capsys):
     data = _csv(tmp_path / "msgs.csv", [{"message": f"Message {i}: my knee hurts since {i} days"} for i in range(5)])
     out = tmp_path / "pred"
