@@ -102,10 +102,21 @@ def run_worker(job: Callable[[], object]) -> object:
 
 
 def all_reduce_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """``x`` summed over the ranks (a new tensor on ``x``'s device; ``x`` itself outside torchrun)."""
     if info.enabled:
-        x = x.clone()
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        y = x.to(collective_device(x), copy=True)
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        x = y.to(x.device)
     return x
+
+
+def collective_device(x: torch.Tensor) -> torch.device:
+    """Where the process group can reduce ``x``: NCCL takes CUDA tensors only ("No backend type
+    associated with device type cpu"), so the loop's counts and metrics, made on the CPU, go
+    through this rank's GPU; gloo takes them where they are."""
+    if x.device.type == "cpu" and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return x.device
 
 
 def barrier(info: DistInfo) -> None:

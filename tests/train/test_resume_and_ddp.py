@@ -274,3 +274,20 @@ def test_run_worker_outside_torchrun_only_runs_the_job():
     from prefopt.train.distributed import run_worker
 
     assert run_worker(lambda: 7) == 7
+
+
+def test_collectives_of_cpu_tensors_go_through_the_gpu_under_nccl(monkeypatch):
+    """The loop all-reduces its counts and metrics as CPU tensors; NCCL reduces CUDA tensors only
+    ("No backend type associated with device type cpu" at the first multi-GPU step): under NCCL
+    they go through this rank's GPU, under gloo they stay where they are. (Multi-GPU itself is
+    untested here: no GPU.)"""
+    import torch
+    import torch.distributed as dist
+
+    from prefopt.train.distributed import collective_device
+
+    monkeypatch.setattr(dist, "get_backend", lambda *a: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert collective_device(torch.tensor([1.0])) == torch.device("cuda", 3)
+    monkeypatch.setattr(dist, "get_backend", lambda *a: "gloo")
+    assert collective_device(torch.tensor([1.0])) == torch.device("cpu")
