@@ -621,9 +621,18 @@ def _warnings_as_lines(prog: str) -> Iterator[None]:
         yield
 
 
+def _terminated() -> type[Exception]:
+    """:class:`prefopt.train.stop_signal.Terminated`, imported only when an exception is matched (an
+    ``except`` clause's class is looked up then): ``prefopt --help`` need not load the trainers."""
+    from .train.stop_signal import Terminated
+
+    return Terminated
+
+
 def _guarded(job: Callable[[], int | None], prog: str, error_code: int, batch_size: int | None = None) -> int | None:
     """``job()``'s result, run as prefopt runs its commands: warnings as one line; Ctrl-C gives
-    130 (the trainer has said where it stopped and how to go on); ``| head`` closing the pipe,
+    130 (the trainer has said where it stopped and how to go on), SIGTERM during training 143
+    (after a checkpoint); ``| head`` closing the pipe,
     141, quietly; bad input (:data:`USER_ERRORS`) and PyTorch running out of memory one line,
     ``prog: error: ...``, and ``error_code`` (``batch_size``: the command's --batch-size, named
     there). ``PREFOPT_DEBUG=1``: the traceback instead."""
@@ -634,6 +643,8 @@ def _guarded(job: Callable[[], int | None], prog: str, error_code: int, batch_si
         if os.environ.get("PREFOPT_DEBUG"):
             raise
         return 130
+    except _terminated():  # SIGTERM: the trainer saved a checkpoint and said so; exit as SIGTERM ends a process
+        return 143
     except BrokenPipeError:  # stop quietly, as shell tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's exit flush fails again
         return 141

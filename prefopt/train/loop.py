@@ -48,6 +48,7 @@ from .metrics import MetricsLog
 from .out_of_memory import explained
 from .saving import BestWeights
 from .schedule import lr_at
+from .stop_signal import Terminated, stop_requests
 
 Batch = dict[str, torch.Tensor]
 EVAL_BAR_MIN = 64  # an eval set this small (per process) finishes without a bar
@@ -357,7 +358,12 @@ class Trainer:
         bar = progress(total=self.total_steps, initial=self.step, desc="train", unit="step",
                        disable=not (self.config.progress and self.dist.is_main)) if self.dist.is_main else None
         try:
-            return self._run_steps(log, bar)
+            with stop_requests() as asked:
+                return self._run_steps(log, bar, asked)
+        except Terminated:  # SIGTERM: the step finished and a checkpoint holds it
+            if self.dist.is_main:
+                self._say_stopped("stopped by SIGTERM", "rerun")
+            raise
         except KeyboardInterrupt:  # Ctrl-C: say where the run stopped and how to go on
             if self.dist.is_main:
                 self._say_stopped("interrupted", "rerun")
@@ -418,9 +424,12 @@ class Trainer:
                 f"{size_text(need)} there ({', '.join(parts)}): it would stop when the disk fills. Free some "
                 f"space or choose another --output-dir{fix}")
 
-    def _run_steps(self, log: MetricsLog | None, bar) -> dict[str, float] | None:
+    def _run_steps(self, log: MetricsLog | None, bar, asked: Callable[[], bool] = lambda: False
+                   ) -> dict[str, float] | None:
         """Train from ``self.step`` to ``total_steps``: log, evaluate, save and call back as configured.
-        Returns the last evaluation's metrics where ``patience`` stopped the run early, else None."""
+        Returns the last evaluation's metrics where ``patience`` stopped the run early, else None.
+        Once ``asked()`` says a stop was requested (SIGTERM, on any rank), the step ends with a
+        checkpoint and :class:`~prefopt.train.stop_signal.Terminated`."""
         c = self.config
         t0, tokens = time.perf_counter(), 0
         while self.step < self.total_steps:
@@ -442,13 +451,26 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
                                 tok_s=f"{metrics['tokens_per_s']:.0f}")
-            if c.save_every and self.step % c.save_every == 0 and self.step < self.total_steps:
+            saved = bool(c.save_every and self.step % c.save_every == 0 and self.step < self.total_steps)
+            if saved:
                 self.save_checkpoint()
             for cb in self.callbacks:
                 cb(self, self.step, metrics)
+            if self._stop_requested(asked):
+                if not saved:
+                    self.save_checkpoint()
+                raise Terminated(f"stopped by SIGTERM at step {self.step} of {self.total_steps}, after saving a "
+                                 f"checkpoint: --resume continues from it")
             if stop:  # every rank sees the same all-reduced metrics, so all stop here
                 return evaluated
         return None
+
+    def _stop_requested(self, asked: Callable[[], bool]) -> bool:
+        """Whether any rank was asked to stop: all ranks stop after the same step (one all-reduce
+        of one number a step, under torchrun only)."""
+        if not self.dist.enabled:
+            return asked()
+        return all_reduce_sum(torch.tensor([float(asked())]), self.dist).item() > 0
 
     def _say_stopped(self, how: str, then: str) -> None:
         last = ckpt_io.latest_checkpoint(self.output_dir)

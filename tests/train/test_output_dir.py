@@ -177,6 +177,61 @@ def test_a_full_disk_at_a_checkpoint_says_how_to_go_on_and_gives_back_the_half_w
     assert main(cli + ["--resume"]) == 0 and "resuming from" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("save_every", [0, 2])
+def test_sigterm_saves_a_checkpoint_after_the_step_and_the_resume_ends_where_the_run_would(task, tmp_path, capsys,
+                                                                                           save_every):
+    """A scheduler's preemption (SIGTERM, then SIGKILL) ended the process at once: every step since
+    the last checkpoint was lost, all of them with save_every 0. Now the step ends, a checkpoint
+    holds it (a real SIGTERM, sent to this process at step 2), the run says how to go on, and the
+    resume ends bit-identical to an uninterrupted run. SIGTERM's handler is put back after."""
+    import os
+    import signal
+
+    import torch
+    from safetensors.torch import load_file
+
+    from prefopt.train.stop_signal import Terminated
+
+    def preempt(trainer, step, metrics):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    handler = signal.getsignal(signal.SIGTERM)
+    run_sft(_cfg(task, tmp_path / "whole", save_every=save_every, max_steps=4))
+    out = tmp_path / "run"
+    with pytest.raises(Terminated):
+        run_sft(_cfg(task, out, save_every=save_every, max_steps=4), callbacks=[preempt])
+    assert signal.getsignal(signal.SIGTERM) is handler
+    assert (f"prefopt: stopped by SIGTERM at step 2 of 4; rerun with --resume to continue from "
+            f"{out / 'checkpoints' / 'step-00000002'}\n") in capsys.readouterr().err
+    assert run_sft(_cfg(task, out, save_every=save_every, max_steps=4, resume=True))["resumed_from_step"] == 2
+    whole, resumed = (load_file(d / "final" / "adapter_model.safetensors") for d in (tmp_path / "whole", out))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_the_cli_exits_143_on_sigterm(task, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from prefopt.train.sft import SFTTrainer
+
+    original, calls = SFTTrainer.train_step, []
+
+    def step(self, i):
+        calls.append(i)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # during the first step: it finishes, then the run stops
+        return original(self, i)
+
+    monkeypatch.setattr(SFTTrainer, "train_step", step)
+    model_dir, data = task
+    out = tmp_path / "cli"
+    assert main(["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(out), "--max-steps", "3",
+                 "--no-progress"]) == 143
+    assert calls == [0] and (out / "checkpoints" / "step-00000001").is_dir()
+    assert "stopped by SIGTERM at step 1 of 3" in capsys.readouterr().err
+
+
 def test_the_cli_exits_130_on_ctrl_c(task, tmp_path, monkeypatch):
     import prefopt.train
 
