@@ -44,6 +44,7 @@ from .distributed import (
     shard_like,
     wrap_model,
 )
+from .diverged import Diverged, diverged_message
 from .metrics import MetricsLog
 from .out_of_memory import explained
 from .saving import BestWeights
@@ -239,9 +240,11 @@ class Trainer:
             loss_total += loss.detach()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-        grad_norm = None
-        if self.config.max_grad_norm:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm))
+        # the norm of the (reduced) gradients, clipped to max_grad_norm where it is set (inf: only measured)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm or math.inf))
+        if not math.isfinite(grad_norm):  # AdamW would spread the NaN into every weight: stop before it
+            self.optimizer.zero_grad(set_to_none=True)
+            raise Diverged(diverged_message(self, step, grad_norm, float(loss_total) / max(units, 1.0)))
         lr = self.lr(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -250,7 +253,7 @@ class Trainer:
         reduced = all_reduce_sum(torch.tensor([float(loss_total), float(n_tokens), *sums.values()]), self.dist)
         out = {"loss": reduced[0].item() / max(units, 1.0), "lr": lr, "tokens": int(reduced[1])}
         out.update({k: reduced[2 + j].item() / max(units, 1.0) for j, k in enumerate(sums)})
-        if grad_norm is not None:
+        if self.config.max_grad_norm:
             out["grad_norm"] = grad_norm
         return out
 
