@@ -138,6 +138,25 @@ def _train_config(cls, cfg, s, stage: str, data: Path, out: Path, **kw):
                **({"lora_targets": s["lora_targets"]} if s["lora_targets"] else {}), **kw)
 
 
+def _resumed(config, stage: str):
+    """``config`` with ``resume`` where its folder holds a checkpoint of an interrupted attempt at
+    the stage, written under the same settings (SIGTERM saves one: a preempted run loses no step
+    of it); else as it is (``overwrite``: the stage starts again)."""
+    from ..train import state
+
+    ckpt = state.latest_checkpoint(config.output_dir)
+    if ckpt is None:
+        return config
+    changed = state.changed_settings(state.checkpoint_config(config.output_dir), config.to_dict(),
+                                     config.recorded_defaults())
+    if changed:
+        _log(f"{stage}: training from the start: the interrupted attempt's {ckpt} was written under other settings "
+             f"({'; '.join(changed)})")
+        return config
+    _log(f"{stage}: resuming the interrupted attempt from {ckpt}")
+    return replace(config, resume=True)
+
+
 def _load_stage_model(cfg: CompareConfig, out: Path, stage: str, keep: dict | None = None):
     """The model of ``stage`` (base, or merged SFT / SFT+DPO adapters). ``keep``: a dict that
     holds the SFT model between its evaluation and mining its errors for pairs (one load)."""
@@ -270,8 +289,8 @@ def _sft(cfg, task, train, out: Path, s: dict) -> None:
     data = out / "data" / "sft_train.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(data, jsonl_text({"prompt": task.messages(r), "completion": r.target} for r in train))
-    run_sft(_train_config(TrainConfig, cfg, s, "sft", data, out / "sft" / "train", save_every=0, resume=False,
-                          pack=s["pack"]))
+    run_sft(_resumed(_train_config(TrainConfig, cfg, s, "sft", data, out / "sft" / "train", save_every=0,
+                                   pack=s["pack"]), "sft"))
 
 
 def _pairs(cfg, task, tok, train, out: Path, s: dict, keep: dict | None = None) -> Path:
@@ -312,16 +331,19 @@ def _dpo(cfg, task, pairs: Path, val: list, out: Path, s: dict) -> None:
     if (final / "adapter_model.safetensors").is_file():
         _log(f"dpo: reusing {final}")
         return
-    for stale in (VAL_ANSWERS, CHOICE):  # an interrupted attempt's: an overwrite clears only the run's own files
-        (out / "dpo" / "train" / stale).unlink(missing_ok=True)
     chosen, evaluators = trainer_settings(task, val, pairs, s, out)
+    config = _resumed(_train_config(DPOConfig, cfg, s, "dpo", pairs, out / "dpo" / "train", loss=cfg.loss,
+                                    beta=s["beta"], ld_alpha=s["ld_alpha"], f_divergence=s["f_divergence"],
+                                    f_alpha=s["f_alpha"], wpo=s["wpo"], sft_adapter=str(out / "sft" / "train" / "final"),
+                                    ref_cache=str(out / "dpo" / "ref_cache"), **chosen), "dpo")
+    # an interrupted attempt's (an overwrite clears only the run's own files); a resumed one keeps its validation
+    # answers up to its checkpoint (a step evaluated again replaces its own)
+    for stale in (CHOICE,) if config.resume else (VAL_ANSWERS, CHOICE):
+        (out / "dpo" / "train" / stale).unlink(missing_ok=True)
     if val:
         _log(f"dpo: scoring greedy answers to {len(val)} validation items every {chosen['eval_every']} steps; "
              f"the weights with the best {task.primary} on them are the SFT+DPO model")
-    run_dpo(_train_config(DPOConfig, cfg, s, "dpo", pairs, out / "dpo" / "train", loss=cfg.loss, beta=s["beta"],
-                          ld_alpha=s["ld_alpha"], f_divergence=s["f_divergence"], f_alpha=s["f_alpha"], wpo=s["wpo"],
-                          sft_adapter=str(out / "sft" / "train" / "final"), ref_cache=str(out / "dpo" / "ref_cache"),
-                          **chosen), evaluators=evaluators)
+    run_dpo(config, evaluators=evaluators)
 
 
 def _refuse_tied_head(model: str) -> None:

@@ -215,12 +215,16 @@ def check_resumable(ckpt: Path, saved: dict | None, current: dict, defaults: dic
     """A checkpoint resumes exactly only under the settings it was written with (bar ``RESUMABLE``).
     A setting the checkpoint does not record (one added to prefopt since) counts as its default
     from ``defaults``."""
-    if saved is None:
-        return
-    saved = {**{k: v for k, v in (defaults or {}).items() if k in current}, **saved}
-    changed = sorted(k for k in set(saved) | set(current) if k not in RESUMABLE and saved.get(k) != current.get(k))
-    if changed:
-        diff = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
-        raise ValueError(f"{ckpt} was written under other settings ({diff}); resume with the same ones, or start "
-                         f"a new run (--overwrite or another --output-dir)")
+    if changed := changed_settings(saved, current, defaults):
+        raise ValueError(f"{ckpt} was written under other settings ({'; '.join(changed)}); resume with the same ones, "
+                         f"or start a new run (--overwrite or another --output-dir)")
 
+
+def changed_settings(saved: dict | None, current: dict, defaults: dict | None = None) -> list[str]:
+    """``["lr: 0.003 -> 0.001", ...]``: the settings, bar ``RESUMABLE``, a checkpoint written under
+    ``saved`` had otherwise (none where it records none)."""
+    if saved is None:
+        return []
+    saved = {**{k: v for k, v in (defaults or {}).items() if k in current}, **saved}
+    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(saved) | set(current))
+            if k not in RESUMABLE and saved.get(k) != current.get(k)]

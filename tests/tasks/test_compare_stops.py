@@ -1,5 +1,5 @@
 """A compare run that runs out of memory says so in its own settings (``--set KEY=VALUE``), and
-which of them a rerun into the same --output takes."""
+which of them a rerun into the same --output takes; one stopped by SIGTERM resumes the stage."""
 import pytest
 import torch
 
@@ -56,3 +56,61 @@ def test_evaluation_out_of_memory_in_the_cli_is_one_line(tiny_model, tmp_path, m
     err = capsys.readouterr().err
     assert code == 2 and err == (f"prefopt compare: error: out of memory evaluating the base stage ({SAID}). To fit, "
                                  "try into a new --output, --set eval_batch_size=4\n")
+
+
+def _sigterm_at_first_step(monkeypatch, cls):
+    import os
+    import signal
+
+    original, calls = cls.train_step, []
+
+    def step(self, i):
+        calls.append(i)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, i)
+
+    monkeypatch.setattr(cls, "train_step", step)
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_a_preempted_stage_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(
+        tiny_model, tmp_path, monkeypatch, capsys, stage):
+    """SIGTERM (a GPU server's scheduler) stops the stage after a step with a checkpoint; the rerun
+    continues it rather than training the stage again, and ends with the same adapter."""
+    from safetensors.torch import load_file
+
+    from prefopt.train.dpo import DPOTrainer
+    from prefopt.train.stop_signal import Terminated
+
+    whole = tmp_path / "whole"
+    run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(whole), overrides=TINY))
+    _sigterm_at_first_step(monkeypatch, SFTTrainer if stage == "sft" else DPOTrainer)
+    out = tmp_path / "run"
+    cfg = CompareConfig(task="portal", model=str(tiny_model), output=str(out), overrides=TINY)
+    with pytest.raises(Terminated):
+        run_compare(cfg)
+    monkeypatch.undo()
+    capsys.readouterr()
+    run_compare(cfg)
+    assert (f"{stage}: resuming the interrupted attempt from {out / stage / 'train' / 'checkpoints' / 'step-00000001'}"
+            in capsys.readouterr().out)
+    for s in ("sft", "dpo"):
+        a, b = (load_file(d / s / "train" / "final" / "adapter_model.safetensors") for d in (whole, out))
+        assert all(torch.equal(a[k], b[k]) for k in a), s
+
+
+def test_an_interrupted_stage_under_other_trainer_settings_starts_again(tiny_model, tmp_path, monkeypatch, capsys):
+    """compare may rerun with another `pack` (the same loss); the trainer's checkpoint then cannot
+    resume exactly, so the stage trains from the start, and says why."""
+    from prefopt.train.stop_signal import Terminated
+
+    _sigterm_at_first_step(monkeypatch, SFTTrainer)
+    out = tmp_path / "run"
+    with pytest.raises(Terminated):
+        run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), overrides=TINY))
+    monkeypatch.undo()
+    capsys.readouterr()
+    run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), overrides={**TINY, "pack": False}))
+    assert (f"sft: training from the start: the interrupted attempt's {out / 'sft' / 'train' / 'checkpoints'}"
+            f"/step-00000001 was written under other settings (pack: True -> False)") in capsys.readouterr().out
