@@ -126,7 +126,8 @@ def _keep_split(splits: dict, out: Path) -> None:
 
 def _train_config(cls, cfg, s, stage: str, data: Path, out: Path, **kw):
     """A stage's training settings. It trains only where its ``final/`` is missing, so whatever an
-    interrupted attempt left in its folder is replaced (``overwrite``)."""
+    interrupted attempt left in its folder is replaced (``overwrite``), unless :func:`_resumed`
+    continues it from its checkpoint."""
     steps, epochs = s[f"{stage}_steps"], s[f"{stage}_epochs"]
     return cls(model=cfg.model, data=str(data), output_dir=str(out), max_length=s["max_length"],
                batch_size=s["dpo_batch_size" if stage == "dpo" else "batch_size"], lr=s[f"{stage}_lr"],
