@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,6 +18,9 @@ from ..model.repeats import check_repeat_options
 from ..quant import QUANT_KINDS
 from .runner import DECODING, decoding
 from .selection import check_settings
+
+if TYPE_CHECKING:
+    from ..train.out_of_memory import OutOfMemory
 
 # both stages' adapters, in every preset; quantize "nf4": their base weights in 4 bits while they train (QLoRA)
 LORA = {"lora_r": 16, "lora_alpha": 32.0, "lora_dora": False, "lora_rslora": False, "lora_dropout": 0.05,
@@ -293,7 +297,7 @@ def same_run(out: Path, config: dict) -> None:
     write_json_atomic(path, config)
 
 
-def memory_advice(stage: str, training: bool, s: dict, e: BaseException):
+def memory_advice(stage: str, training: bool, s: dict, e: BaseException) -> OutOfMemory:
     """Running out of memory in ``stage`` (training it, else evaluating it), said in compare's
     settings (``--set KEY=VALUE``): ``prefopt.train.OutOfMemory``."""
     from ..train.out_of_memory import OutOfMemory, torch_words

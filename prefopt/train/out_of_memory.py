@@ -1,11 +1,12 @@
 """Running out of memory during training, said as what to change rather than as a traceback.
 
 PyTorch's own error names the allocation that failed and suggests an allocator setting; it
-does not know the run. :func:`explained` runs a job and turns it into :class:`OutOfMemory`, which says when
-the run stopped, how large its micro-batches were, and which of the run's settings would
-shrink them (each named as the CLI flag; the config fields have the same names). The original
-exception keeps no traceback, so the failed step's frames (and the activations they hold) are
-freed: a notebook can change the settings and train again in the same process.
+does not know the run. :func:`explained` runs a job and turns that error into
+:class:`OutOfMemory`, which says when the run stopped, how large its micro-batches were, and
+which of the run's settings would shrink them (each named as the CLI flag; the config fields
+have the same names). The original exception keeps no traceback, so the failed step's frames
+(and the activations they hold) are freed: a notebook can change the settings and train again
+in the same process. compare says it in its own settings (``compare_config.memory_advice``).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Run SFT (or DPO, with ``"kind": "dpo"`` in the config) from a JSON config in a subprocess;
-optionally SIGKILL itself after a given step. ``"evaluators": true`` adds :func:`rank_and_norm`."""
+optionally SIGKILL (or SIGTERM) itself after a given step. ``"evaluators": true`` adds :func:`rank_and_norm`."""
 import json
 import os
 import signal
@@ -23,11 +23,12 @@ def main():
         cfg, run = DPOConfig(**fields), run_dpo
     else:
         cfg, run = TrainConfig(**fields), run_sft
-    kill_at = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    # "7": SIGKILL after step 7; "4:TERM:1": SIGTERM after step 4, on rank 1 only
+    kill_at, name, only_rank = (sys.argv[2].split(":") + ["KILL", ""])[:3] if len(sys.argv) > 2 else (None, "", "")
 
     def killer(trainer, step, metrics):
-        if step == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if kill_at is not None and step == int(kill_at) and only_rank in ("", str(trainer.dist.rank)):
+            os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
 
     run_worker(lambda: run(cfg, callbacks=[killer], evaluators=evaluators))  # the CLI's own ending
 
