@@ -632,10 +632,10 @@ def _terminated() -> type[Exception]:
 def _guarded(job: Callable[[], int | None], prog: str, error_code: int, batch_size: int | None = None) -> int | None:
     """``job()``'s result, run as prefopt runs its commands: warnings as one line; Ctrl-C gives
     130 (the trainer has said where it stopped and how to go on), SIGTERM during training 143
-    (after a checkpoint); ``| head`` closing the pipe,
-    141, quietly; bad input (:data:`USER_ERRORS`) and PyTorch running out of memory one line,
-    ``prog: error: ...``, and ``error_code`` (``batch_size``: the command's --batch-size, named
-    there). ``PREFOPT_DEBUG=1``: the traceback instead."""
+    (after a checkpoint); ``| head`` closing the pipe, 141, quietly; bad input
+    (:data:`USER_ERRORS`) and PyTorch running out of memory one line, ``prog: error: ...``, and
+    ``error_code`` (``batch_size``: the command's --batch-size, named there).
+    ``PREFOPT_DEBUG=1``: the traceback instead."""
     try:
         with _warnings_as_lines(prog):
             return job()

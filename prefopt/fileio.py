@@ -96,9 +96,7 @@ def check_writable(out: str | Path) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: is a file, not a folder")
-    base = out.absolute()
-    while not base.exists():
-        base = base.parent
+    base = nearest_existing(out)
     if not base.is_dir():
         raise ValueError(f"{out}: cannot be made: {base} is a file")
     try:
@@ -107,13 +105,17 @@ def check_writable(out: str | Path) -> None:
         raise ValueError(f"{out}: cannot write in {base} ({e.strerror or e})") from None
 
 
-def free_space(path: str | Path) -> int:
-    """Bytes free on the disk that holds ``path`` (or, where it is not made yet, the nearest folder
-    above it that is)."""
+def nearest_existing(path: str | Path) -> Path:
+    """``path`` (absolute), or where it is not made yet, the nearest folder above it that is."""
     base = Path(path).absolute()
     while not base.exists():
         base = base.parent
-    return shutil.disk_usage(base).free
+    return base
+
+
+def free_space(path: str | Path) -> int:
+    """Bytes free on the disk that holds ``path`` (:func:`nearest_existing`)."""
+    return shutil.disk_usage(nearest_existing(path)).free
 
 
 def size_text(n: float) -> str:

@@ -114,7 +114,8 @@ def _plain(key: str) -> str:
 
 def column_hint(row: dict) -> str:
     """``; it has 'Prompt', 'Chosen': --columns prompt=Prompt chosen=Chosen reads them ...`` where
-    :func:`near_columns` finds any, else ``""``: for the error of a missing field."""
+    :func:`near_columns` finds any (the key it must be, where :func:`spaced_keys` finds any),
+    else ``""``: for the error of a missing field."""
     if spaced := spaced_keys(row):
         return (f"; the record has {', '.join(map(repr, spaced.values()))}, with spaces around the name: the key "
                 f"must be {', '.join(map(repr, spaced))}")

@@ -1,5 +1,7 @@
 """A compare run that runs out of memory says so in its own settings (``--set KEY=VALUE``), and
 which of them a rerun into the same --output takes; one stopped by SIGTERM resumes the stage."""
+import json
+
 import pytest
 import torch
 
@@ -95,6 +97,7 @@ def test_a_preempted_stage_resumes_from_its_checkpoint_and_ends_as_an_uninterrup
     run_compare(cfg)
     assert (f"{stage}: resuming the interrupted attempt from {out / stage / 'train' / 'checkpoints' / 'step-00000001'}"
             in capsys.readouterr().out)
+    assert json.loads((out / stage / "train" / "train_summary.json").read_text())["resumed_from_step"] == 1
     for s in ("sft", "dpo"):
         a, b = (load_file(d / s / "train" / "final" / "adapter_model.safetensors") for d in (whole, out))
         assert all(torch.equal(a[k], b[k]) for k in a), s
