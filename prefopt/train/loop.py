@@ -16,6 +16,7 @@ import functools
 import json
 import math
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -363,7 +364,7 @@ class Trainer:
         try:
             with stop_requests() as asked:
                 return self._run_steps(log, bar, asked)
-        except Terminated:  # SIGTERM: the step finished and a checkpoint holds it
+        except Terminated:  # SIGTERM: the step finished and a checkpoint holds it (a first Ctrl-C's: below)
             if self.dist.is_main:
                 self._say_stopped("stopped by SIGTERM", "rerun")
             raise
@@ -427,12 +428,13 @@ class Trainer:
                 f"{size_text(need)} there ({', '.join(parts)}): it would stop when the disk fills. Free some "
                 f"space or choose another --output-dir{fix}")
 
-    def _run_steps(self, log: MetricsLog | None, bar, asked: Callable[[], bool] = lambda: False
+    def _run_steps(self, log: MetricsLog | None, bar, asked: Callable[[], int] = lambda: 0
                    ) -> dict[str, float] | None:
         """Train from ``self.step`` to ``total_steps``: log, evaluate, save and call back as configured.
         Returns the last evaluation's metrics where ``patience`` stopped the run early, else None.
-        Once ``asked()`` says a stop was requested (SIGTERM, on any rank), the step ends with a
-        checkpoint and :class:`~prefopt.train.stop_signal.Terminated`."""
+        Once ``asked()`` says a stop was requested (SIGTERM or a first Ctrl-C, on any rank), the
+        step ends with a checkpoint and :class:`~prefopt.train.stop_signal.Terminated` (or
+        KeyboardInterrupt)."""
         c = self.config
         t0, tokens = time.perf_counter(), 0
         while self.step < self.total_steps:
@@ -459,21 +461,26 @@ class Trainer:
                 self.save_checkpoint()
             for cb in self.callbacks:
                 cb(self, self.step, metrics)
-            if self._stop_requested(asked):
+            if signum := self._stop_requested(asked):
                 if not saved:
                     self.save_checkpoint()
+                if signum == signal.SIGINT:  # a first Ctrl-C: the CLI's 130, the message of any Ctrl-C
+                    raise KeyboardInterrupt
                 raise Terminated(f"stopped by SIGTERM at step {self.step} of {self.total_steps}, after saving a "
                                  f"checkpoint: --resume continues from it")
             if stop:  # every rank sees the same all-reduced metrics, so all stop here
                 return evaluated
         return None
 
-    def _stop_requested(self, asked: Callable[[], bool]) -> bool:
-        """Whether any rank was asked to stop: all ranks stop after the same step (one all-reduce
-        of one number a step, under torchrun only)."""
+    def _stop_requested(self, asked: Callable[[], int]) -> int:
+        """The signal that asked any rank to stop (SIGTERM before SIGINT), or 0: all ranks stop
+        after the same step (one all-reduce of two numbers a step, under torchrun only)."""
         if not self.dist.enabled:
             return asked()
-        return all_reduce_sum(torch.tensor([float(asked())]), self.dist).item() > 0
+        mine = asked()
+        term, ctrl_c = all_reduce_sum(torch.tensor([float(mine == signal.SIGTERM), float(mine == signal.SIGINT)]),
+                                      self.dist).tolist()
+        return signal.SIGTERM if term else (signal.SIGINT if ctrl_c else 0)
 
     def _say_stopped(self, how: str, then: str) -> None:
         last = ckpt_io.latest_checkpoint(self.output_dir)

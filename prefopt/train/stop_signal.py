@@ -1,13 +1,16 @@
-"""SIGTERM during training: finish the step, save a checkpoint, stop.
+"""SIGTERM or a first Ctrl-C during training: finish the step, save a checkpoint, stop.
 
 A scheduler that preempts a job (SLURM, Kubernetes, a shared server's ``kill``) sends SIGTERM
-and, some seconds later, SIGKILL. Python's default for SIGTERM ends the process at once, so
-every step since the last checkpoint was lost, or the whole run where it saved none. While
-:func:`stop_requests` is active SIGTERM only sets a flag; the loop looks at it after each step,
-saves a checkpoint and raises :class:`Terminated`, and ``--resume`` continues exactly.
+and, some seconds later, SIGKILL. Python's default for SIGTERM ends the process at once, and
+Ctrl-C (SIGINT) raised KeyboardInterrupt wherever the step was: every step since the last
+checkpoint was lost, or the whole run where it saved none. While :func:`stop_requests` is
+active, either signal only sets a flag; the loop looks at it after each step, saves a
+checkpoint and stops (:class:`Terminated` for SIGTERM, KeyboardInterrupt for Ctrl-C), and
+``--resume`` continues exactly. A second Ctrl-C stops at once, as before.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -19,17 +22,35 @@ class Terminated(Exception):
     SIGTERM ended does)."""
 
 
+FIRST_CTRL_C = b"\nprefopt: Ctrl-C: the run stops after this step, with a checkpoint (Ctrl-C again: at once)\n"
+
+
 @contextmanager
-def stop_requests() -> Iterator[Callable[[], bool]]:
-    """For the block, SIGTERM sets a flag instead of ending the process; yields a function that
-    says whether it came. The handler before is put back after. Outside the main thread (where
-    Python cannot take signals) nothing changes and the function always says no."""
+def stop_requests() -> Iterator[Callable[[], int]]:
+    """For the block, SIGTERM and a first Ctrl-C set a flag instead of stopping the process at
+    once; yields a function that gives the signal that came (``signal.SIGTERM``, ``SIGINT``) or 0.
+    Ctrl-C is taken over only where Python's own handler has it (a program's own is left alone);
+    a second one raises KeyboardInterrupt there and then. The handlers before are put back after.
+    Outside the main thread (where Python cannot take signals) nothing changes."""
     if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
+        yield lambda: 0
         return
     came: list[int] = []
-    before = signal.signal(signal.SIGTERM, lambda signum, frame: came.append(signum))
+
+    def on_term(signum, frame):
+        came.append(signum)
+
+    def on_int(signum, frame):
+        if signal.SIGINT in came:
+            signal.default_int_handler(signum, frame)  # KeyboardInterrupt, here and now
+        came.append(signum)
+        os.write(2, FIRST_CTRL_C)  # (not print: a signal may land inside a write to the same stream)
+
+    before = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        before[signal.SIGINT] = signal.signal(signal.SIGINT, on_int)
     try:
-        yield lambda: bool(came)
+        yield lambda: signal.SIGTERM if signal.SIGTERM in came else (signal.SIGINT if came else 0)
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for signum, handler in before.items():
+            signal.signal(signum, handler)

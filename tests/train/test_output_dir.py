@@ -177,36 +177,64 @@ def test_a_full_disk_at_a_checkpoint_says_how_to_go_on_and_gives_back_the_half_w
     assert main(cli + ["--resume"]) == 0 and "resuming from" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("save_every", [0, 2])
-def test_sigterm_saves_a_checkpoint_after_the_step_and_the_resume_ends_where_the_run_would(task, tmp_path, capsys,
-                                                                                           save_every):
-    """A scheduler's preemption (SIGTERM, then SIGKILL) ended the process at once: every step since
-    the last checkpoint was lost, all of them with save_every 0. Now the step ends, a checkpoint
-    holds it (a real SIGTERM, sent to this process at step 2), the run says how to go on, and the
-    resume ends bit-identical to an uninterrupted run. SIGTERM's handler is put back after."""
+@pytest.mark.parametrize("how, save_every", [("TERM", 0), ("TERM", 2), ("INT", 0)])
+def test_sigterm_or_a_first_ctrl_c_saves_a_checkpoint_after_the_step_and_the_resume_ends_where_the_run_would(
+        task, tmp_path, capfd, how, save_every):
+    """A scheduler's preemption (SIGTERM, then SIGKILL) ended the process at once, and Ctrl-C
+    raised wherever the step was: every step since the last checkpoint was lost, all of them with
+    save_every 0. Now the step ends, a checkpoint holds it (a real signal, sent to this process at
+    step 2), the run says how to go on, and the resume ends bit-identical to an uninterrupted
+    run. The handlers are put back after."""
     import os
     import signal
 
     import torch
     from safetensors.torch import load_file
 
-    from prefopt.train.stop_signal import Terminated
+    from prefopt.train.stop_signal import FIRST_CTRL_C, Terminated
 
     def preempt(trainer, step, metrics):
         if step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), getattr(signal, f"SIG{how}"))
 
-    handler = signal.getsignal(signal.SIGTERM)
-    run_sft(_cfg(task, tmp_path / "whole", save_every=save_every, max_steps=4))
-    out = tmp_path / "run"
-    with pytest.raises(Terminated):
-        run_sft(_cfg(task, out, save_every=save_every, max_steps=4), callbacks=[preempt])
-    assert signal.getsignal(signal.SIGTERM) is handler
-    assert (f"prefopt: stopped by SIGTERM at step 2 of 4; rerun with --resume to continue from "
-            f"{out / 'checkpoints' / 'step-00000002'}\n") in capsys.readouterr().err
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # (as in a terminal; a test worker's may differ)
+    try:
+        handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+        run_sft(_cfg(task, tmp_path / "whole", save_every=save_every, max_steps=4))
+        out = tmp_path / "run"
+        with pytest.raises(Terminated if how == "TERM" else KeyboardInterrupt):
+            run_sft(_cfg(task, out, save_every=save_every, max_steps=4), callbacks=[preempt])
+        assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
+    finally:
+        signal.signal(signal.SIGINT, before)
+    what = "stopped by SIGTERM" if how == "TERM" else "interrupted"
+    err = capfd.readouterr().err  # (the first Ctrl-C's line is written to fd 2)
+    assert (f"prefopt: {what} at step 2 of 4; rerun with --resume to continue from "
+            f"{out / 'checkpoints' / 'step-00000002'}\n") in err
+    assert (FIRST_CTRL_C.decode() in err) == (how == "INT")
     assert run_sft(_cfg(task, out, save_every=save_every, max_steps=4, resume=True))["resumed_from_step"] == 2
     whole, resumed = (load_file(d / "final" / "adapter_model.safetensors") for d in (tmp_path / "whole", out))
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_a_second_ctrl_c_stops_at_once(task, tmp_path, capsys):
+    import os
+    import signal
+
+    def twice(trainer, step, metrics):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # raises here, before the step's end is reached
+            raise AssertionError("not reached")
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_sft(_cfg(task, tmp_path / "run", max_steps=4), callbacks=[twice])
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert "interrupted at step 2 of 4; it saved no checkpoint (set --save-every)" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_the_cli_exits_143_on_sigterm(task, tmp_path, monkeypatch, capsys):
