@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +23,18 @@ class Terminated(Exception):
     SIGTERM ended does)."""
 
 
-FIRST_CTRL_C = b"\nprefopt: Ctrl-C: the run stops after this step, with a checkpoint (Ctrl-C again: at once)\n"
+FIRST_CTRL_C = "\nprefopt: Ctrl-C: the run stops after this step, with a checkpoint (Ctrl-C again: at once)\n"
+
+
+def _say(text: str) -> None:
+    """``text`` on stderr from a signal handler: through ``sys.stderr`` (a notebook shows it), or
+    straight to file descriptor 2 where the signal landed inside a write to that stream (a
+    buffered stream refuses a nested write with a RuntimeError, before it changes anything)."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (RuntimeError, OSError, ValueError):
+        os.write(2, text.encode())
 
 
 @contextmanager
@@ -44,7 +56,7 @@ def stop_requests() -> Iterator[Callable[[], int]]:
         if signal.SIGINT in came:
             signal.default_int_handler(signum, frame)  # KeyboardInterrupt, here and now
         came.append(signum)
-        os.write(2, FIRST_CTRL_C)  # (not print: a signal may land inside a write to the same stream)
+        _say(FIRST_CTRL_C)
 
     before = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
