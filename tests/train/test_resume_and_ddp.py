@@ -228,23 +228,20 @@ def test_fsdp_run_killed_then_resumed_matches_an_uninterrupted_one(task, tmp_pat
 @pytest.mark.slow
 def test_sigterm_to_one_rank_stops_both_after_the_same_step_with_a_checkpoint(task, tmp_path):
     """A scheduler may signal one worker before the other: each rank's flag is all-reduced after
-    every step, so both stop after step 4 and the checkpoint holds both ranks' RNG states, with
-    save_every 0; the resume then matches an uninterrupted run."""
-    kw = dict(batch_size=2, max_steps=8, save_every=0)
-    full = _torchrun(2, _config(task, tmp_path / "full", **kw))
-    assert full.returncode == 0, full.stderr[-3000:]
-    cut = _torchrun(2, _config(task, tmp_path / "cut", **kw), "4:TERM:1")  # SIGTERM to rank 1 only, at step 4
-    assert cut.returncode != 0 and "prefopt: stopped by SIGTERM at step 4 of 8" in cut.stderr
-    ckpt = tmp_path / "cut" / "checkpoints" / "step-00000004"
+    every step, so both stop after step 3 and the checkpoint holds both ranks' RNG states, with
+    save_every 0 (without the all-reduce, rank 1 would wait in the save's barrier while rank 0
+    trained on). The resume continues from it (exactness under torchrun: the FSDP2 SIGKILL test;
+    after SIGTERM: the one-process tests)."""
+    kw = dict(batch_size=2, max_steps=5, save_every=0)
+    cut = _torchrun(2, _config(task, tmp_path / "cut", **kw), "3:TERM:1")  # SIGTERM to rank 1 only, at step 3
+    assert cut.returncode != 0 and "prefopt: stopped by SIGTERM at step 3 of 5" in cut.stderr
+    ckpt = tmp_path / "cut" / "checkpoints" / "step-00000003"
     assert sorted(p.name for p in ckpt.iterdir()) == ["optimizer.json", "optimizer.safetensors", "rng-rank0.safetensors",
                                                      "rng-rank1.safetensors", "trainable.safetensors",
                                                      "trainer_state.json"]
     resumed = _torchrun(2, _config(task, tmp_path / "cut", **kw, resume=True))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert _losses(tmp_path / "cut") == _losses(tmp_path / "full")
-    a = load_file(tmp_path / "full" / "final" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "cut" / "final" / "adapter_model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "cut" / "train_summary.json").read_text())["resumed_from_step"] == 3
 
 
 _WORKER = """
