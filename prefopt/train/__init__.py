@@ -1,10 +1,13 @@
 """The training loop, SFT, DPO, and launch helpers."""
 from .config import TrainConfig
+from .diverged import Diverged
 from .dpo import DPOConfig, DPOTrainer
 from .loop import Trainer
 from .out_of_memory import OutOfMemory
 from .run import run_dpo, run_sft
 from .schedule import lr_at
 from .sft import SFTTrainer
+from .stop_signal import Terminated
 
-__all__ = ["DPOConfig", "DPOTrainer", "OutOfMemory", "SFTTrainer", "TrainConfig", "Trainer", "lr_at", "run_dpo", "run_sft"]
+__all__ = ["DPOConfig", "DPOTrainer", "Diverged", "OutOfMemory", "SFTTrainer", "Terminated", "TrainConfig", "Trainer",
+           "lr_at", "run_dpo", "run_sft"]
