@@ -310,3 +310,29 @@ def test_collectives_of_cpu_tensors_go_through_the_gpu_under_nccl(monkeypatch):
     assert collective_device(torch.tensor([1.0])) == torch.device("cuda", 3)
     monkeypatch.setattr(dist, "get_backend", lambda *a: "gloo")
     assert collective_device(torch.tensor([1.0])) == torch.device("cpu")
+
+
+def test_prefopt_sft_sent_sigterm_from_outside_saves_and_exits_143(task, tmp_path):
+    """The user's case: `kill -TERM` (a scheduler) while `prefopt sft` trains in its own process,
+    landing wherever the step is (inside torch's C code the handler runs when it returns)."""
+    import time
+
+    model_dir, data = task
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "prefopt.cli", "sft", "--model", str(model_dir), "--data",
+                             str(data), "--output-dir", str(out), "--batch-size", "4", "--max-steps", "500",
+                             "--lora-r", "4", "--no-progress"], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.jsonl").is_file() or len((out / "metrics.jsonl").read_text().splitlines()) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    step = int(err.split("prefopt: stopped by SIGTERM at step ")[1].split(" ")[0])
+    assert 1 <= step < 500 and (out / "checkpoints" / f"step-{step:08d}" / "trainable.safetensors").is_file()
+    assert f"rerun with --resume to continue from {out / 'checkpoints' / f'step-{step:08d}'}" in err
