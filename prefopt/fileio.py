@@ -113,6 +113,22 @@ def nearest_existing(path: str | Path) -> Path:
     return base
 
 
+def json_records(path: str | Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file that prefopt appends to (a run's ``metrics.jsonl``, the
+    validation answers). A line that is not a JSON object is passed over: the end of a line a
+    crash cut short (or the zeros a power cut leaves), which once stopped ``--resume`` with a
+    JSONDecodeError; or the line a run is writing as another command reads the file."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
+
+
 def free_space(path: str | Path) -> int:
     """Bytes free on the disk that holds ``path`` (:func:`nearest_existing`)."""
     return shutil.disk_usage(nearest_existing(path)).free

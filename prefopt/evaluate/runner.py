@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from .._deps import progress
-from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
+from ..fileio import json_records, jsonl_text, write_json_atomic, write_text_atomic
 from ..model.generate import generate, row_seeds
 from ..tasks.parsing import final_answer, opens_reasoning
 from ..tokenizer import NO_TEMPLATE_WHERE
@@ -118,12 +118,13 @@ def task_evaluator(task, records, *, batch_size: int = 16, prefix: str = "val_",
 
 def read_answers(path: str | Path) -> dict[int, dict]:
     """``{step: {"ids", "predictions"}}`` from a :func:`task_evaluator` answers file (a step
-    evaluated twice, as a resumed run may, keeps its last line); {} where there is no file."""
+    evaluated twice, as a resumed run may, keeps its last line; a line a crash cut short is passed
+    over, :func:`~prefopt.fileio.json_records`); {} where there is no file."""
     path = Path(path)
     if not path.is_file():
         return {}
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {r["step"]: {"ids": r["ids"], "predictions": r["predictions"]} for r in rows}
+    return {r["step"]: {"ids": r["ids"], "predictions": r["predictions"]} for r in json_records(path)
+            if {"step", "ids", "predictions"} <= r.keys()}
 
 
 def fit_max_new_tokens(task, tok, records) -> tuple[int | None, int]:

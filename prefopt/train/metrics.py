@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..fileio import json_records
+
 
 class MetricsLog:
     def __init__(self, output_dir: Path, *, resume_step: int | None = None, tensorboard: bool = True):
@@ -13,7 +15,7 @@ class MetricsLog:
         if resume_step is None:
             self.path.write_text("")
         elif self.path.exists():  # drop lines written after the checkpoint we resume from
-            kept = [r for r in _records(self.path) if r.get("step", 0) <= resume_step]
+            kept = [r for r in json_records(self.path) if r.get("step", 0) <= resume_step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.tb = None
         if tensorboard:
@@ -38,22 +40,7 @@ class MetricsLog:
 
 
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
-    return _records(Path(output_dir) / "metrics.jsonl")
-
-
-def _records(path: Path) -> list[dict[str, Any]]:
-    """The log's records. A line that is not a JSON object is passed over: the end of a line a
-    crash cut short (or the zeros a power cut leaves), which once stopped ``--resume`` with a
-    JSONDecodeError; or the line a run is writing as ``prefopt curves`` reads the file."""
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            out.append(record)
-    return out
+    return json_records(Path(output_dir) / "metrics.jsonl")
 
 
 def first_and_last(output_dir: str | Path, keys: tuple[str, ...], window: float = 0.25) -> dict | None:

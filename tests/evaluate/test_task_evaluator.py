@@ -52,3 +52,6 @@ def test_it_keeps_each_evaluations_answers_for_an_item_by_item_comparison(setup,
     assert sorted(got) == [0, 5] and got[5]["ids"] == [r.id for r in records]
     assert got[0]["predictions"] == json.loads(json.dumps(expected))  # as JSON gives them back
     assert read_answers(tmp_path / "none.jsonl") == {}
+    with open(path, "a") as f:  # a SIGKILL mid-append: the resumed compare run once stopped on its JSONDecodeError
+        f.write('{"step": 7, "ids": ["a", "b"], "predic')
+    assert sorted(read_answers(path)) == [0, 5]
