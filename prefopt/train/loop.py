@@ -345,7 +345,7 @@ class Trainer:
             final_eval = stopped
             summary["stopped_early"] = {"step": self.step, "patience": c.patience, "metric": c.best_metric}
         else:
-            final_eval = self.evaluate()
+            final_eval = self._final_evaluation()
             if final_eval and log:
                 log.write({"step": self.step, **final_eval})
             self.best.consider(self, final_eval, self.step)
@@ -356,6 +356,30 @@ class Trainer:
             log.close()
             write_json_atomic(self.output_dir / "train_summary.json", summary)
         return summary
+
+    def _final_evaluation(self) -> dict[str, float]:
+        """The evaluation after the last step. SIGTERM or Ctrl-C during it ended the run with the
+        final weights unsaved (all of the run, with ``save_every`` 0); now they are saved as the
+        last step's checkpoint first, and ``--resume`` evaluates them again. One process stops
+        where the signal lands; under torchrun the ranks finish the evaluation and stop together."""
+        with stop_requests(at_once=not self.dist.enabled) as asked:
+            try:
+                out = self.evaluate()
+                signum = self._stop_requested(asked)
+            except Terminated:
+                signum = signal.SIGTERM
+            except KeyboardInterrupt:
+                signum = signal.SIGINT
+            if not signum:
+                return out
+            self.save_checkpoint()
+        if self.dist.is_main:
+            how = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"
+            self._say_stopped(f"{how} in the final evaluation", "rerun")
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Terminated(f"stopped by SIGTERM in the final evaluation, after saving the weights of step {self.step} "
+                         f"as a checkpoint: --resume evaluates them again")
 
     def _train_with_bar(self, log: MetricsLog | None) -> dict[str, float] | None:
         """:meth:`_run_steps` under the progress bar; a Ctrl-C says where the run stopped."""

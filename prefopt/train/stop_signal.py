@@ -38,12 +38,14 @@ def _say(text: str) -> None:
 
 
 @contextmanager
-def stop_requests() -> Iterator[Callable[[], int]]:
+def stop_requests(at_once: bool = False) -> Iterator[Callable[[], int]]:
     """For the block, SIGTERM and a first Ctrl-C set a flag instead of stopping the process at
     once; yields a function that gives the signal that came (``signal.SIGTERM``, ``SIGINT``) or 0.
     Ctrl-C is taken over only where Python's own handler has it (a program's own is left alone);
-    a second one raises KeyboardInterrupt there and then. The handlers before are put back after.
-    Outside the main thread (where Python cannot take signals) nothing changes."""
+    a second one raises KeyboardInterrupt there and then. ``at_once``: SIGTERM raises
+    :class:`Terminated` where it lands and Ctrl-C keeps Python's KeyboardInterrupt (for work that
+    changes no weights: the evaluation after the last step). The handlers before are put back
+    after. Outside the main thread (where Python cannot take signals) nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield lambda: 0
         return
@@ -51,6 +53,8 @@ def stop_requests() -> Iterator[Callable[[], int]]:
 
     def on_term(signum, frame):
         came.append(signum)
+        if at_once:
+            raise Terminated("stopped by SIGTERM")
 
     def on_int(signum, frame):
         if signal.SIGINT in came:
@@ -59,7 +63,7 @@ def stop_requests() -> Iterator[Callable[[], int]]:
         _say(FIRST_CTRL_C)
 
     before = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler and not at_once:
         before[signal.SIGINT] = signal.signal(signal.SIGINT, on_int)
     try:
         yield lambda: signal.SIGTERM if signal.SIGTERM in came else (signal.SIGINT if came else 0)

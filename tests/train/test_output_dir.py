@@ -217,6 +217,47 @@ def test_sigterm_or_a_first_ctrl_c_saves_a_checkpoint_after_the_step_and_the_res
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
+@pytest.mark.parametrize("how", ["TERM", "INT"])
+def test_a_signal_in_the_final_evaluation_saves_the_final_weights_first(task, tmp_path, capsys, monkeypatch, how):
+    """With save_every 0, SIGTERM or Ctrl-C in the evaluation after the last step lost the whole
+    run; now its weights are saved as the last step's checkpoint, and the resume evaluates them
+    again and ends as an uninterrupted run."""
+    import os
+    import signal
+
+    import torch
+    from safetensors.torch import load_file
+
+    from prefopt.train.loop import Trainer
+    from prefopt.train.stop_signal import Terminated
+
+    run_sft(_cfg(task, tmp_path / "whole", max_steps=3, eval_fraction=0.25))
+    evaluate = Trainer.evaluate
+
+    def signalled(self):
+        if self.step == self.total_steps:
+            os.kill(os.getpid(), getattr(signal, f"SIG{how}"))  # lands here, inside the evaluation
+            raise AssertionError("not reached")
+        return evaluate(self)
+
+    monkeypatch.setattr(Trainer, "evaluate", signalled)
+    out = tmp_path / "run"
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(Terminated if how == "TERM" else KeyboardInterrupt):
+            run_sft(_cfg(task, out, max_steps=3, eval_fraction=0.25))
+    finally:
+        signal.signal(signal.SIGINT, before)
+    what = "stopped by SIGTERM" if how == "TERM" else "interrupted"
+    assert (f"prefopt: {what} in the final evaluation at step 3 of 3; rerun with --resume to continue from "
+            f"{out / 'checkpoints' / 'step-00000003'}\n") in capsys.readouterr().err
+    assert not (out / "final").exists()
+    monkeypatch.undo()
+    assert run_sft(_cfg(task, out, max_steps=3, eval_fraction=0.25, resume=True))["resumed_from_step"] == 3
+    whole, resumed = (load_file(d / "final" / "adapter_model.safetensors") for d in (tmp_path / "whole", out))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
 def test_a_second_ctrl_c_stops_at_once(task, tmp_path, capsys):
     import os
     import signal
