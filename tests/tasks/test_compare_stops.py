@@ -75,9 +75,17 @@ def _sigterm_at_first_step(monkeypatch, cls):
     monkeypatch.setattr(cls, "train_step", step)
 
 
+@pytest.fixture(scope="module")
+def whole(tiny_model, tmp_path_factory):
+    """An uninterrupted compare run (both preempted stages' tests measure against it)."""
+    out = tmp_path_factory.mktemp("whole") / "run"
+    run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), overrides=TINY))
+    return out
+
+
 @pytest.mark.parametrize("stage", ["sft", "dpo"])
 def test_a_preempted_stage_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(
-        tiny_model, tmp_path, monkeypatch, capsys, stage):
+        tiny_model, whole, tmp_path, monkeypatch, capsys, stage):
     """SIGTERM (a GPU server's scheduler) stops the stage after a step with a checkpoint; the rerun
     continues it rather than training the stage again, and ends with the same adapter."""
     from safetensors.torch import load_file
@@ -85,8 +93,6 @@ def test_a_preempted_stage_resumes_from_its_checkpoint_and_ends_as_an_uninterrup
     from prefopt.train.dpo import DPOTrainer
     from prefopt.train.stop_signal import Terminated
 
-    whole = tmp_path / "whole"
-    run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(whole), overrides=TINY))
     _sigterm_at_first_step(monkeypatch, SFTTrainer if stage == "sft" else DPOTrainer)
     out = tmp_path / "run"
     cfg = CompareConfig(task="portal", model=str(tiny_model), output=str(out), overrides=TINY)
