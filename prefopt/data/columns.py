@@ -87,29 +87,27 @@ def _field_of(column: str, columns: Mapping[str, str]) -> str:
 def near_columns(row: dict) -> dict[str, str]:
     """``{field: column}`` for each field the record lacks but has a column for under another
     spelling: ``Prompt``, ``Rejected`` (a spreadsheet's headers): what ``--columns`` would read."""
-    out = {}
-    for key in row:
-        if isinstance(key, str) and key == key.strip():  # (--columns cannot name ' prompt': spaced_keys)
-            plain_key = _plain(key)
-            if plain_key in FIELDS and plain_key != key and plain_key not in row:
-                out.setdefault(plain_key, key)
-    return out
+    return _fields_under(row, spaced=False)
 
 
 def spaced_keys(row: dict) -> dict[str, str]:
     """``{field: key}`` for each field the record lacks but has under a key with spaces around it
     (``" prompt"``, a hand-made JSON file's): ``--columns`` strips what it is given, so the file's
     key must change."""
+    return _fields_under(row, spaced=True)
+
+
+def _fields_under(row: dict, spaced: bool) -> dict[str, str]:
+    """``{field: key}`` for each field the record lacks but has under another spelling of its name
+    (another case, spaces or hyphens for underscores), among the keys with spaces around them
+    (``spaced``) or those without."""
     out = {}
     for key in row:
-        if isinstance(key, str) and key != key.strip() and (plain_key := _plain(key.strip())) in FIELDS:
-            if plain_key not in row:
+        if isinstance(key, str) and (key != key.strip()) == spaced:
+            plain_key = key.strip().lower().replace(" ", "_").replace("-", "_")
+            if plain_key in FIELDS and plain_key != key and plain_key not in row:
                 out.setdefault(plain_key, key)
     return out
-
-
-def _plain(key: str) -> str:
-    return key.lower().replace(" ", "_").replace("-", "_")
 
 
 def column_hint(row: dict) -> str:
