@@ -76,24 +76,22 @@ def training_advice(trainer, what: str, phase: str | None = None) -> OutOfMemory
         when = f"while {phase}"
     else:
         when = f"after {trainer.step} of {trainer.total_steps} steps" if trainer.step else "before the first step"
-    fixes = []
+    checkpointing = not c.gradient_checkpointing and not phase  # (a no-grad pass keeps no activations)
+    resumable = checkpointing and latest_checkpoint(trainer.output_dir) is not None
+    fixes = ["--gradient-checkpointing with --resume (the same results, from the last checkpoint)"] if resumable else []
     if c.batch_size > 1:  # the same examples per optimizer step, in smaller micro-batches
         b = c.batch_size // 2 if c.batch_size % 2 == 0 else 1
         fixes.append(f"--batch-size {b} --grad-accum {c.grad_accum * c.batch_size // b} (the same examples per "
                      f"optimizer step)")
+    if checkpointing and not resumable:
+        fixes.append("--gradient-checkpointing")
     fixes.append(f"a shorter --max-length (now {c.max_length})")
     if c.lora and not c.quantize:
         fixes.append("--quantize nf4 (the base in 4 bits)")
     if getattr(trainer, "ref_mode", None) == "model" and not phase:
         fixes.append("ref_cache= (the reference model's log-probs from disk, and no reference model in memory)")
-    restart = ("These change the run's settings: start it again with --overwrite (overwrite=True) or into another "
-               "--output-dir")
-    if not c.gradient_checkpointing and not phase:  # (a no-grad pass keeps no activations)
-        if latest_checkpoint(trainer.output_dir) is not None:
-            fixes.insert(0, "--gradient-checkpointing with --resume (the same results, from the last checkpoint)")
-            restart = restart.replace("These", "The others")
-        else:
-            fixes.insert(1 if c.batch_size > 1 else 0, "--gradient-checkpointing")
+    restart = (f"{'The others' if resumable else 'These'} change the run's settings: start it again with --overwrite "
+               "(overwrite=True) or into another --output-dir")
     return OutOfMemory(f"out of memory on {trainer.device} {when} ({what}), with micro-batches of {c.batch_size} "
                        f"examples of up to {c.max_length} tokens. To fit, try {', '.join(fixes)} (in Python: the "
                        f"config fields of those names). {restart}", what, when)
