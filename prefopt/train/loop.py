@@ -452,8 +452,7 @@ class Trainer:
                 f"{size_text(need)} there ({', '.join(parts)}): it would stop when the disk fills. Free some "
                 f"space or choose another --output-dir{fix}")
 
-    def _run_steps(self, log: MetricsLog | None, bar, asked: Callable[[], int] = lambda: 0
-                   ) -> dict[str, float] | None:
+    def _run_steps(self, log: MetricsLog | None, bar, asked: Callable[[], int]) -> dict[str, float] | None:
         """Train from ``self.step`` to ``total_steps``: log, evaluate, save and call back as configured.
         Returns the last evaluation's metrics where ``patience`` stopped the run early, else None.
         Once ``asked()`` says a stop was requested (SIGTERM or a first Ctrl-C, on any rank), the
