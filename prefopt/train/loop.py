@@ -50,7 +50,7 @@ from .metrics import MetricsLog
 from .out_of_memory import explained
 from .saving import BestWeights
 from .schedule import lr_at
-from .stop_signal import Terminated, stop_requests
+from .stop_signal import Terminated, ctrl_c_line, stop_requests
 
 Batch = dict[str, torch.Tensor]
 EVAL_BAR_MIN = 64  # an eval set this small (per process) finishes without a bar
@@ -348,7 +348,6 @@ class Trainer:
             final_eval = self._final_evaluation()
             if final_eval and log:
                 log.write({"step": self.step, **final_eval})
-            self.best.consider(self, final_eval, self.step)
         summary["eval_after"] = final_eval
         if self.best.record is not None:
             summary["best"] = {**self.best.record, "saved": str(self.best.folder)}
@@ -358,21 +357,28 @@ class Trainer:
         return summary
 
     def _final_evaluation(self) -> dict[str, float]:
-        """The evaluation after the last step. SIGTERM or Ctrl-C during it ended the run with the
-        final weights unsaved (all of the run, with ``save_every`` 0); now they are saved as the
-        last step's checkpoint first, and ``--resume`` evaluates them again. One process stops
-        where the signal lands; under torchrun the ranks finish the evaluation and stop together."""
+        """The evaluation after the last step, and ``best/`` where it scores best. SIGTERM or Ctrl-C
+        during them ended the run with the final weights unsaved (all of the run, with
+        ``save_every`` 0); now they are saved as the last step's checkpoint first, and ``--resume``
+        evaluates them again. One process stops where a signal lands in the evaluation; under
+        torchrun the ranks finish it and stop together. A signal while ``best/`` or the checkpoint
+        is written waits for it to be whole."""
         with stop_requests(at_once=not self.dist.enabled) as asked:
             try:
                 out = self.evaluate()
-                signum = self._stop_requested(asked)
+                signum = self.stop_requested(asked)
             except Terminated:
                 signum = signal.SIGTERM
             except KeyboardInterrupt:
                 signum = signal.SIGINT
+        with stop_requests(ctrl_c=ctrl_c_line("its weights are saved")) as asked:
             if not signum:
-                return out
-            self.save_checkpoint()
+                self.best.consider(self, out, self.step)
+                signum = self.stop_requested(asked)
+            if signum:
+                self.save_checkpoint()
+        if not signum:
+            return out
         if self.dist.is_main:
             how = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"
             self._say_stopped(f"{how} in the final evaluation", "rerun")
@@ -484,7 +490,7 @@ class Trainer:
                 self.save_checkpoint()
             for cb in self.callbacks:
                 cb(self, self.step, metrics)
-            if signum := self._stop_requested(asked):
+            if signum := self.stop_requested(asked):
                 if not saved:
                     self.save_checkpoint()
                 if signum == signal.SIGINT:  # a first Ctrl-C: the CLI's 130, the message of any Ctrl-C
@@ -495,7 +501,7 @@ class Trainer:
                 return evaluated
         return None
 
-    def _stop_requested(self, asked: Callable[[], int]) -> int:
+    def stop_requested(self, asked: Callable[[], int]) -> int:
         """The signal that asked any rank to stop (SIGTERM before SIGINT), or 0: all ranks stop
         after the same step (one all-reduce of two numbers a step, under torchrun only)."""
         if not self.dist.enabled:

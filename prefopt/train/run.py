@@ -1,6 +1,8 @@
 """Building a run from a :class:`TrainConfig`: model, adapter, data, trainer, final save."""
 from __future__ import annotations
 
+import signal
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from .metrics import first_and_last, first_to_last
 from .reference import reference_cache_for
 from .saving import save_weights
 from .sft import SFTTrainer, load_train_eval
+from .stop_signal import Terminated, ctrl_c_line, stop_requests
 
 
 def pin_chat(config: TrainConfig, tok: Tokenizer) -> tuple[TrainConfig, list[str]]:
@@ -124,19 +127,37 @@ def _train_and_save(trainer, config: TrainConfig) -> dict:
     summary = trainer.train()
     if hasattr(trainer, "ref_forwards"):  # counted during training: read after it
         summary["reference_forwards"] = trainer.ref_forwards
-    out = save_result(trainer, config)
-    if out is not None:
-        summary["saved"] = str(out)
-        write_json_atomic(Path(config.output_dir) / "train_summary.json", summary)
-        folders = {out: "the last step's"}
-        best = summary.get("best")
-        if best and Path(best["saved"]).is_dir():  # the weights of the best evaluation: their own card
-            folders[best["saved"]] = f"the best evaluation's ({best['metric']} {best['value']:.4f} at step {best['step']})"
-        outcome = outcome_lines(summary, config)
-        write_cards(folders, config, summary, len(trainer.train_data), len(trainer.eval_data or ()), outcome,
-                    str(trainer.device))
-        print_outcome(summary, config, outcome)
+    with stop_requests(ctrl_c=ctrl_c_line("final/ is saved")) as asked:  # a signal waits for final/ to be whole
+        out = save_result(trainer, config)
+        if out is not None:
+            summary["saved"] = str(out)
+            write_json_atomic(Path(config.output_dir) / "train_summary.json", summary)
+            folders = {out: "the last step's"}
+            best = summary.get("best")
+            if best and Path(best["saved"]).is_dir():  # the weights of the best evaluation: their own card
+                folders[best["saved"]] = (f"the best evaluation's ({best['metric']} {best['value']:.4f} at step "
+                                          f"{best['step']})")
+            outcome = outcome_lines(summary, config)
+            write_cards(folders, config, summary, len(trainer.train_data), len(trainer.eval_data or ()), outcome,
+                        str(trainer.device))
+            print_outcome(summary, config, outcome)
+        signum = trainer.stop_requested(asked)
+    if signum:
+        _stopped_after_saving(signum, config, trainer.dist.is_main)
     return summary
+
+
+def _stopped_after_saving(signum: int, config: TrainConfig, is_main: bool) -> None:
+    """A signal that came while ``final/`` was written: the run is whole, and the caller (the CLI,
+    ``compare`` between its stages) stops as it asked, with :class:`Terminated` for SIGTERM (the
+    CLI's 143) and KeyboardInterrupt for Ctrl-C (130)."""
+    how = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    said = f"{how} came while the run was saved: it is complete, in {Path(config.output_dir) / 'final'}"
+    if is_main:
+        print(f"\nprefopt: {said}", file=sys.stderr, flush=True)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(said)
 
 
 def run_sft(config: TrainConfig, callbacks=(), evaluators=(), *, records=None, eval_records=None) -> dict:

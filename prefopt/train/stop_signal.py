@@ -26,6 +26,11 @@ class Terminated(Exception):
 FIRST_CTRL_C = "\nprefopt: Ctrl-C: the run stops after this step, with a checkpoint (Ctrl-C again: at once)\n"
 
 
+def ctrl_c_line(what: str) -> str:
+    """The line a first Ctrl-C prints where the block finishes ``what`` before it stops."""
+    return f"\nprefopt: Ctrl-C: the run stops once {what} (Ctrl-C again: at once)\n"
+
+
 def _say(text: str) -> None:
     """``text`` on stderr from a signal handler: through ``sys.stderr`` (a notebook shows it), or
     straight to file descriptor 2 where the signal landed inside a write to that stream (a
@@ -38,14 +43,15 @@ def _say(text: str) -> None:
 
 
 @contextmanager
-def stop_requests(at_once: bool = False) -> Iterator[Callable[[], int]]:
+def stop_requests(at_once: bool = False, ctrl_c: str = FIRST_CTRL_C) -> Iterator[Callable[[], int]]:
     """For the block, SIGTERM and a first Ctrl-C set a flag instead of stopping the process at
     once; yields a function that gives the signal that came (``signal.SIGTERM``, ``SIGINT``) or 0.
     Ctrl-C is taken over only where Python's own handler has it (a program's own is left alone);
     a second one raises KeyboardInterrupt there and then. ``at_once``: SIGTERM raises
     :class:`Terminated` where it lands and Ctrl-C keeps Python's KeyboardInterrupt (for work that
-    changes no weights: the evaluation after the last step). The handlers before are put back
-    after. Outside the main thread (where Python cannot take signals) nothing changes."""
+    changes no weights: the evaluation after the last step). ``ctrl_c``: the line a first Ctrl-C
+    prints (what the block will finish before it stops). The handlers before are put back after.
+    Outside the main thread (where Python cannot take signals) nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield lambda: 0
         return
@@ -60,7 +66,7 @@ def stop_requests(at_once: bool = False) -> Iterator[Callable[[], int]]:
         if signal.SIGINT in came:
             signal.default_int_handler(signum, frame)  # KeyboardInterrupt, here and now
         came.append(signum)
-        _say(FIRST_CTRL_C)
+        _say(ctrl_c)
 
     before = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler and not at_once:

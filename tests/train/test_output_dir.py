@@ -258,6 +258,93 @@ def test_a_signal_in_the_final_evaluation_saves_the_final_weights_first(task, tm
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
+class _Killed(Exception):
+    """Stands for the end of the process where SIGTERM kept Python's default (a test cannot die)."""
+
+
+def _killed(signum, frame):
+    raise _Killed
+
+
+@pytest.mark.parametrize("how", ["TERM", "INT"])
+def test_a_signal_while_final_is_written_waits_for_it_to_be_whole(task, tmp_path, capfd, monkeypatch, how):
+    """SIGTERM or Ctrl-C while final/ was written ended the process there: with save_every 0 no
+    checkpoint held the run, and all of it was lost. Now final/ and its card are written whole
+    first, and the run stops as asked (the CLI's 143 or 130), saying it is complete."""
+    import os
+    import signal
+
+    import torch
+    from safetensors.torch import load_file
+
+    import prefopt.train.run as run_module
+    from prefopt.train.stop_signal import Terminated, ctrl_c_line
+
+    run_sft(_cfg(task, tmp_path / "whole", max_steps=3))
+    save = run_module.save_weights
+
+    def signalled(trainer, out, *a, **k):
+        os.kill(os.getpid(), getattr(signal, f"SIG{how}"))  # lands here, before a byte of final/ is written
+        return save(trainer, out, *a, **k)
+
+    monkeypatch.setattr(run_module, "save_weights", signalled)
+    out = tmp_path / "run"
+    before = signal.signal(signal.SIGINT, signal.default_int_handler), signal.signal(signal.SIGTERM, _killed)
+    try:
+        with pytest.raises(Terminated if how == "TERM" else KeyboardInterrupt):
+            run_sft(_cfg(task, out, max_steps=3))
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])
+    err = capfd.readouterr().err
+    who = "SIGTERM" if how == "TERM" else "Ctrl-C"
+    assert f"prefopt: {who} came while the run was saved: it is complete, in {out / 'final'}\n" in err
+    assert (ctrl_c_line("final/ is saved") in err) == (how == "INT")
+    assert (out / "final" / "README.md").is_file() and not (out / "checkpoints").exists()
+    whole, saved = (load_file(d / "final" / "adapter_model.safetensors") for d in (tmp_path / "whole", out))
+    assert all(torch.equal(whole[k], saved[k]) for k in whole)
+
+
+def test_sigterm_while_best_is_written_after_the_last_step_saves_a_checkpoint_and_resumes(task, tmp_path, capsys,
+                                                                                          monkeypatch):
+    """best/ after the final evaluation was written with SIGTERM at Python's default: a signal
+    there ended the run with its weights unsaved. Now best/ is written whole, the final weights
+    go into a checkpoint, and the resume ends as an uninterrupted run."""
+    import os
+    import signal
+
+    import torch
+    from safetensors.torch import load_file
+
+    import prefopt.train.saving as saving
+    from prefopt.train.stop_signal import Terminated
+
+    kw = dict(max_steps=3, eval_fraction=0.25, eval_every=1, best_metric="eval_loss")
+    run_sft(_cfg(task, tmp_path / "whole", **kw))
+    save = saving.save_weights
+
+    def signalled(trainer, out, *a, **k):
+        if trainer.step == trainer.total_steps:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return save(trainer, out, *a, **k)
+
+    monkeypatch.setattr(saving, "save_weights", signalled)
+    out = tmp_path / "run"
+    before = signal.signal(signal.SIGTERM, _killed)
+    try:
+        with pytest.raises(Terminated):
+            run_sft(_cfg(task, out, **kw))
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert json.loads((out / "best" / "best.json").read_text())["step"] == 3
+    assert (f"prefopt: stopped by SIGTERM in the final evaluation at step 3 of 3; rerun with --resume to continue "
+            f"from {out / 'checkpoints' / 'step-00000003'}\n") in capsys.readouterr().err
+    monkeypatch.undo()
+    assert run_sft(_cfg(task, out, resume=True, **kw))["resumed_from_step"] == 3
+    whole, resumed = (load_file(d / "final" / "adapter_model.safetensors") for d in (tmp_path / "whole", out))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
 def test_a_second_ctrl_c_stops_at_once(task, tmp_path, capsys):
     import os
     import signal
