@@ -161,6 +161,7 @@ class Trainer:
             weight_decay=config.weight_decay, foreach=True,
         )
         self.step = 0
+        self.eval_owed = False  # a resumed checkpoint's step still needs its evaluation (a signal came first)
         self._lengths = [self.length(e) for e in self.train_data]
         self._order_cache: tuple[int | None, list[int]] = (None, [])
 
@@ -340,7 +341,9 @@ class Trainer:
         if resume_from is not None and self.best.out_of_patience:  # written at the step the run stopped early
             stopped = self.evaluate()  # the same weights: the evaluation that stopped it, again (not logged twice)
         else:
-            stopped = self._train_with_bar(log)
+            stopped = self._owed_evaluation(log) if self.eval_owed else None
+            if stopped is None:
+                stopped = self._train_with_bar(log)
         if stopped is not None:  # the weights were just evaluated, and judged
             final_eval = stopped
             summary["stopped_early"] = {"step": self.step, "patience": c.patience, "metric": c.best_metric}
@@ -475,7 +478,7 @@ class Trainer:
                            tokens_per_s=tokens / max(elapsed, 1e-9), peak_mem_mb=peak_memory_mb(self.device))
             stop = False
             if c.eval_every and self.step % c.eval_every == 0 and self.step < self.total_steps:
-                evaluated = self.evaluate()
+                evaluated = self._evaluation_in_run(asked, log, metrics)
                 metrics.update(evaluated)
                 self.best.consider(self, evaluated, self.step)
                 stop = self.best.out_of_patience  # judged on an evaluation only
@@ -500,6 +503,45 @@ class Trainer:
             if stop:  # every rank sees the same all-reduced metrics, so all stop here
                 return evaluated
         return None
+
+    def _evaluation_in_run(self, asked: Callable[[], int], log: MetricsLog | None, metrics: dict) -> dict[str, float]:
+        """The evaluation after a step (``eval_every``). In one process a signal that came during
+        the step, or comes during the evaluation, does not wait for it (evaluators that generate
+        answers take minutes, longer than a scheduler's grace period): the step's checkpoint is
+        saved with the evaluation owed (the random generators as they were before it), and
+        ``--resume`` evaluates first (:meth:`_owed_evaluation`). Under torchrun the ranks finish
+        it and stop together after the step."""
+        if self.dist.enabled:
+            return self.evaluate()
+        before, signum = ckpt_io.rng_states(), asked()
+        if not signum:
+            with stop_requests(at_once=True):
+                try:
+                    return self.evaluate()
+                except Terminated:
+                    signum = signal.SIGTERM
+                except KeyboardInterrupt:
+                    signum = signal.SIGINT
+        ckpt_io.set_rng_states(before)
+        if log and self.step % self.config.log_every == 0:
+            log.write(metrics)  # the step's training metrics; its evaluation's follow on the resume
+        self.save_checkpoint(eval_owed=True)  # (a signal now waits: the block of _train_with_bar)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Terminated(f"stopped by SIGTERM at step {self.step} of {self.total_steps}, before its evaluation, "
+                         f"after saving a checkpoint: --resume evaluates and continues")
+
+    def _owed_evaluation(self, log: MetricsLog | None) -> dict[str, float] | None:
+        """The evaluation a signal kept the checkpoint's step from (:meth:`_evaluation_in_run`), as
+        the run would have done it: logged, judged for ``best/``; its metrics where ``patience``
+        stops the run there, else None."""
+        evaluated = self.evaluate()
+        self.best.consider(self, evaluated, self.step)
+        stop = self.best.out_of_patience
+        if log and (self.step % self.config.log_every == 0 or stop):
+            log.write({"step": self.step, **evaluated})
+        self.eval_owed = False
+        return evaluated if stop else None
 
     def stop_requested(self, asked: Callable[[], int]) -> int:
         """The signal that asked any rank to stop (SIGTERM before SIGINT), or 0: all ranks stop
@@ -552,7 +594,7 @@ class Trainer:
                         entries[k] = shard_like(p, v)
         self.optimizer.load_state_dict(sd)
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self, eval_owed: bool = False) -> Path:
         final = ckpt_io.checkpoint_dir(self.output_dir, self.step)
         tmp = final.with_name(final.name + ".tmp")
         trainable = self.trainable_state()
@@ -569,7 +611,8 @@ class Trainer:
                 ckpt_io.write_checkpoint(tmp, final, trainable=trainable, optimizer_state=optimizer_state,
                                          step=self.step, extra={"config": self.config.to_dict(), **self.best.state(),
                                                                 "world": self.dist.world,
-                                                                "data": self.train_data_digest},
+                                                                "data": self.train_data_digest,
+                                                                **({"eval_owed": True} if eval_owed else {})},
                                          keep=self.config.save_total_limit)
             except OSError:  # a full disk: what the half-written checkpoint took is given back
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -603,6 +646,7 @@ class Trainer:
                 _assign(own[name], t)
         self._load_optimizer_state(optimizer_state)
         self.step = state["step"]
+        self.eval_owed = state.get("eval_owed", False)
         self.best.load_state(state)  # best/ may hold a later step's weights; this run redoes that step
         ckpt_io.restore_rng(ckpt, self.dist.rank, state)
 

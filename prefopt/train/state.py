@@ -8,7 +8,8 @@ A checkpoint is a folder ``checkpoints/step-00000042/`` holding:
   number in the state) apart, so nothing is unpickled (checkpoints from before 2026-11-30 hold
   ``optimizer.pt`` instead, still read with ``torch.load(weights_only=True)``);
 - ``rng-rank{r}.safetensors``: each rank's torch (and CUDA) RNG state;
-- ``trainer_state.json``: step, Python/NumPy RNG states, config.
+- ``trainer_state.json``: step, Python/NumPy RNG states, config (and ``eval_owed`` where a
+  signal stopped the run before the step's evaluation was done: the resume does it first).
 
 It is written into ``step-N.tmp`` and renamed when complete, so a crash mid-save never
 leaves a checkpoint that looks whole. ``latest`` names the newest one (for people: a resume takes
@@ -32,6 +33,22 @@ from ..model.safetensors_io import file_problem, save_file_atomic
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / "checkpoints" / f"step-{step:08d}"
+
+
+def rng_states() -> tuple:
+    """Every random generator's state (torch's, CUDA's, Python's, NumPy's), for :func:`set_rng_states`."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), cuda, random.getstate(), np.random.get_state()
+
+
+def set_rng_states(states: tuple) -> None:
+    """The generators back as :func:`rng_states` found them."""
+    cpu, cuda, py, np_state = states
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+    random.setstate(py)
+    np.random.set_state(np_state)
 
 
 def write_rng(tmp: Path, rank: int) -> None:

@@ -48,8 +48,8 @@ def stop_requests(at_once: bool = False, ctrl_c: str = FIRST_CTRL_C) -> Iterator
     once; yields a function that gives the signal that came (``signal.SIGTERM``, ``SIGINT``) or 0.
     Ctrl-C is taken over only where Python's own handler has it (a program's own is left alone);
     a second one raises KeyboardInterrupt there and then. ``at_once``: SIGTERM raises
-    :class:`Terminated` where it lands and Ctrl-C keeps Python's KeyboardInterrupt (for work that
-    changes no weights: the evaluation after the last step). ``ctrl_c``: the line a first Ctrl-C
+    :class:`Terminated` where it lands and Ctrl-C raises Python's KeyboardInterrupt (for work that
+    changes no weights: an evaluation), inside another block too. ``ctrl_c``: the line a first Ctrl-C
     prints (what the block will finish before it stops). The handlers before are put back after.
     Outside the main thread (where Python cannot take signals) nothing changes."""
     if threading.current_thread() is not threading.main_thread():
@@ -68,9 +68,13 @@ def stop_requests(at_once: bool = False, ctrl_c: str = FIRST_CTRL_C) -> Iterator
         came.append(signum)
         _say(ctrl_c)
 
+    on_int.ours = True  # (a block inside this one, at_once, gives Ctrl-C back to Python's handler)
     before = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler and not at_once:
+    held = signal.getsignal(signal.SIGINT)
+    if held is signal.default_int_handler and not at_once:
         before[signal.SIGINT] = signal.signal(signal.SIGINT, on_int)
+    elif at_once and getattr(held, "ours", False):
+        before[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield lambda: signal.SIGTERM if signal.SIGTERM in came else (signal.SIGINT if came else 0)
     finally:

@@ -345,6 +345,81 @@ def test_sigterm_while_best_is_written_after_the_last_step_saves_a_checkpoint_an
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
+def _noise(trainer):
+    """An evaluator that draws from torch's generator (as sampling would)."""
+    import torch
+
+    return {"noise": torch.rand(()).item()}
+
+
+@pytest.mark.parametrize("how, where", [("TERM", "evaluation"), ("INT", "evaluation"), ("TERM", "step")])
+def test_a_signal_before_or_in_an_evaluation_during_the_run_does_not_wait_for_it(task, tmp_path, capfd, monkeypatch,
+                                                                                    how, where):
+    """An evaluation after a step (eval_every; minutes where evaluators generate answers) ran to its
+    end before a signal was acted on, past a scheduler's grace period. Now one process stops at
+    once: the step's checkpoint says its evaluation is owed, with the random generators as before
+    it, and the resume evaluates first and ends as an uninterrupted run: the same weights, best/,
+    and metrics, a drawing evaluator's included."""
+    import os
+    import signal
+
+    import torch
+    from safetensors.torch import load_file
+
+    from prefopt.train.loop import Trainer
+    from prefopt.train.metrics import read_metrics
+    from prefopt.train.stop_signal import Terminated
+
+    kw = dict(max_steps=6, eval_fraction=0.25, eval_every=2, best_metric="eval_loss", lora_dropout=0.1)
+    run_sft(_cfg(task, tmp_path / "whole", **kw), evaluators=[_noise])
+    evaluate, train_step, evaluated = Trainer.evaluate, Trainer.train_step, []
+
+    def in_evaluation(self):
+        evaluated.append(self.step)
+        if self.step == 4:
+            torch.rand(3)  # the generators move before the signal lands
+            os.kill(os.getpid(), getattr(signal, f"SIG{how}"))
+            raise AssertionError("not reached")
+        return evaluate(self)
+
+    def in_step(self, i):
+        if i == 3:  # the step that ends at 4: it finishes, its evaluation is not begun
+            os.kill(os.getpid(), signal.SIGTERM)
+        return train_step(self, i)
+
+    if where == "step":
+        monkeypatch.setattr(Trainer, "train_step", in_step)
+        monkeypatch.setattr(Trainer, "evaluate", lambda self: evaluated.append(self.step) or evaluate(self))
+    else:
+        monkeypatch.setattr(Trainer, "evaluate", in_evaluation)
+    out = tmp_path / "run"
+    before = signal.signal(signal.SIGINT, signal.default_int_handler), signal.signal(signal.SIGTERM, _killed)
+    try:
+        with pytest.raises(Terminated if how == "TERM" else KeyboardInterrupt):
+            run_sft(_cfg(task, out, **kw), evaluators=[_noise])
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])
+    assert evaluated == ([0, 2, 4] if where == "evaluation" else [0, 2])
+    ckpt = out / "checkpoints" / "step-00000004"
+    assert json.loads((ckpt / "trainer_state.json").read_text())["eval_owed"] is True
+    what = "stopped by SIGTERM" if how == "TERM" else "interrupted"
+    assert f"prefopt: {what} at step 4 of 6; rerun with --resume to continue from {ckpt}\n" in capfd.readouterr().err
+    monkeypatch.undo()
+    assert run_sft(_cfg(task, out, resume=True, **kw), evaluators=[_noise])["resumed_from_step"] == 4
+
+    def by_step(folder):  # one record per step (the resumed step's training and evaluation lines are two)
+        merged = {}
+        for r in read_metrics(folder):
+            merged.setdefault(r["step"], {}).update({k: v for k, v in r.items() if k.startswith(("eval_", "loss"))})
+        return merged
+
+    assert by_step(out) == by_step(tmp_path / "whole") and "eval_noise" in by_step(out)[4]
+    for name in ("final", "best"):
+        whole, resumed = (load_file(d / name / "adapter_model.safetensors") for d in (tmp_path / "whole", out))
+        assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
 def test_a_second_ctrl_c_stops_at_once(task, tmp_path, capsys):
     import os
     import signal
