@@ -525,7 +525,8 @@ class Trainer:
         ckpt_io.set_rng_states(before)
         if log and self.step % self.config.log_every == 0:
             log.write(metrics)  # the step's training metrics; its evaluation's follow on the resume
-        self.save_checkpoint(eval_owed=True)  # (a signal now waits: the block of _train_with_bar)
+        self.eval_owed = True  # the checkpoint says so
+        self.save_checkpoint()  # (a signal now waits: the block of _train_with_bar)
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         raise Terminated(f"stopped by SIGTERM at step {self.step} of {self.total_steps}, before its evaluation, "
@@ -559,7 +560,8 @@ class Trainer:
             what = f"{then} with --resume to continue from {last}"
         else:
             what = f"it saved no checkpoint (set --save-every); {then} with --overwrite to start again"
-        print(f"\nprefopt: {how} at step {self.step} of {self.total_steps}; {what}", file=sys.stderr, flush=True)
+        owed = ", before its evaluation" if self.eval_owed else ""
+        print(f"\nprefopt: {how} at step {self.step} of {self.total_steps}{owed}; {what}", file=sys.stderr, flush=True)
 
     # --- checkpoints --------------------------------------------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:
@@ -594,7 +596,7 @@ class Trainer:
                         entries[k] = shard_like(p, v)
         self.optimizer.load_state_dict(sd)
 
-    def save_checkpoint(self, eval_owed: bool = False) -> Path:
+    def save_checkpoint(self) -> Path:
         final = ckpt_io.checkpoint_dir(self.output_dir, self.step)
         tmp = final.with_name(final.name + ".tmp")
         trainable = self.trainable_state()
@@ -612,7 +614,7 @@ class Trainer:
                                          step=self.step, extra={"config": self.config.to_dict(), **self.best.state(),
                                                                 "world": self.dist.world,
                                                                 "data": self.train_data_digest,
-                                                                **({"eval_owed": True} if eval_owed else {})},
+                                                                **({"eval_owed": True} if self.eval_owed else {})},
                                          keep=self.config.save_total_limit)
             except OSError:  # a full disk: what the half-written checkpoint took is given back
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -404,7 +404,8 @@ def test_a_signal_before_or_in_an_evaluation_during_the_run_does_not_wait_for_it
     ckpt = out / "checkpoints" / "step-00000004"
     assert json.loads((ckpt / "trainer_state.json").read_text())["eval_owed"] is True
     what = "stopped by SIGTERM" if how == "TERM" else "interrupted"
-    assert f"prefopt: {what} at step 4 of 6; rerun with --resume to continue from {ckpt}\n" in capfd.readouterr().err
+    assert (f"prefopt: {what} at step 4 of 6, before its evaluation; rerun with --resume to continue from {ckpt}\n"
+            in capfd.readouterr().err)
     monkeypatch.undo()
     assert run_sft(_cfg(task, out, resume=True, **kw), evaluators=[_noise])["resumed_from_step"] == 4
 
