@@ -352,6 +352,17 @@ def _noise(trainer):
     return {"noise": torch.rand(()).item()}
 
 
+def _by_step(folder):
+    """The logged losses and eval metrics, one record per step (a step whose evaluation a signal
+    put off to the resume has two lines: its training's and its evaluation's)."""
+    from prefopt.train.metrics import read_metrics
+
+    merged = {}
+    for r in read_metrics(folder):
+        merged.setdefault(r["step"], {}).update({k: v for k, v in r.items() if k.startswith(("eval_", "loss"))})
+    return merged
+
+
 @pytest.mark.parametrize("how, where", [("TERM", "evaluation"), ("INT", "evaluation"), ("TERM", "step")])
 def test_a_signal_before_or_in_an_evaluation_during_the_run_does_not_wait_for_it(task, tmp_path, capfd, monkeypatch,
                                                                                     how, where):
@@ -367,7 +378,6 @@ def test_a_signal_before_or_in_an_evaluation_during_the_run_does_not_wait_for_it
     from safetensors.torch import load_file
 
     from prefopt.train.loop import Trainer
-    from prefopt.train.metrics import read_metrics
     from prefopt.train.stop_signal import Terminated
 
     kw = dict(max_steps=6, eval_fraction=0.25, eval_every=2, best_metric="eval_loss", lora_dropout=0.1)
@@ -409,16 +419,51 @@ def test_a_signal_before_or_in_an_evaluation_during_the_run_does_not_wait_for_it
     monkeypatch.undo()
     assert run_sft(_cfg(task, out, resume=True, **kw), evaluators=[_noise])["resumed_from_step"] == 4
 
-    def by_step(folder):  # one record per step (the resumed step's training and evaluation lines are two)
-        merged = {}
-        for r in read_metrics(folder):
-            merged.setdefault(r["step"], {}).update({k: v for k, v in r.items() if k.startswith(("eval_", "loss"))})
-        return merged
-
-    assert by_step(out) == by_step(tmp_path / "whole") and "eval_noise" in by_step(out)[4]
+    assert _by_step(out) == _by_step(tmp_path / "whole") and "eval_noise" in _by_step(out)[4]
     for name in ("final", "best"):
         whole, resumed = (load_file(d / name / "adapter_model.safetensors") for d in (tmp_path / "whole", out))
         assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_an_owed_evaluation_that_runs_out_of_patience_stops_the_resumed_run_there(task, tmp_path, monkeypatch):
+    """The evaluation a signal put off is the one where patience ends the run (step 3 here): the
+    resume evaluates, stops early as the uninterrupted run did, and trains no step more."""
+    import os
+    import signal
+
+    import torch
+    from safetensors.torch import load_file
+
+    from prefopt.train.loop import Trainer
+    from prefopt.train.stop_signal import Terminated
+
+    kw = dict(max_steps=8, lr=3e-2, eval_fraction=0.25, eval_every=1, best_metric="eval_loss", patience=1,
+              lora_dropout=0.1)
+    whole = run_sft(_cfg(task, tmp_path / "whole", **kw))
+    assert whole["stopped_early"]["step"] == 3
+    evaluate = Trainer.evaluate
+
+    def in_evaluation(self):
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(self)
+
+    monkeypatch.setattr(Trainer, "evaluate", in_evaluation)
+    out = tmp_path / "run"
+    before = signal.signal(signal.SIGTERM, _killed)
+    try:
+        with pytest.raises(Terminated):
+            run_sft(_cfg(task, out, **kw))
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    monkeypatch.undo()
+    steps = []
+    resumed = run_sft(_cfg(task, out, resume=True, **kw), callbacks=[lambda tr, step, m: steps.append(step)])
+    assert steps == [] and resumed["stopped_early"] == whole["stopped_early"] and resumed["best"]["step"] == 2
+    assert _by_step(out) == _by_step(tmp_path / "whole")
+    for name in ("final", "best"):
+        a, b = (load_file(d / name / "adapter_model.safetensors") for d in (tmp_path / "whole", out))
+        assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_second_ctrl_c_stops_at_once(task, tmp_path, capsys):
