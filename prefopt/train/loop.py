@@ -369,7 +369,7 @@ class Trainer:
         with stop_requests(at_once=not self.dist.enabled) as asked:
             try:
                 out = self.evaluate()
-                signum = self.stop_requested(asked)
+                signum = self._stop_requested(asked)
             except Terminated:
                 signum = signal.SIGTERM
             except KeyboardInterrupt:
@@ -377,7 +377,7 @@ class Trainer:
         with stop_requests(ctrl_c=ctrl_c_line("its weights are saved")) as asked:
             if not signum:
                 self.best.consider(self, out, self.step)
-                signum = self.stop_requested(asked)
+                signum = self._stop_requested(asked)
             if signum:
                 self.save_checkpoint()
         if not signum:
@@ -493,7 +493,7 @@ class Trainer:
                 self.save_checkpoint()
             for cb in self.callbacks:
                 cb(self, self.step, metrics)
-            if signum := self.stop_requested(asked):
+            if signum := self._stop_requested(asked):
                 if not saved:
                     self.save_checkpoint()
                 if signum == signal.SIGINT:  # a first Ctrl-C: the CLI's 130, the message of any Ctrl-C
@@ -544,7 +544,7 @@ class Trainer:
         self.eval_owed = False
         return evaluated if stop else None
 
-    def stop_requested(self, asked: Callable[[], int]) -> int:
+    def _stop_requested(self, asked: Callable[[], int]) -> int:
         """The signal that asked any rank to stop (SIGTERM before SIGINT), or 0: all ranks stop
         after the same step (one all-reduce of two numbers a step, under torchrun only)."""
         if not self.dist.enabled:

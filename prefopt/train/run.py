@@ -141,7 +141,7 @@ def _train_and_save(trainer, config: TrainConfig) -> dict:
             write_cards(folders, config, summary, len(trainer.train_data), len(trainer.eval_data or ()), outcome,
                         str(trainer.device))
             print_outcome(summary, config, outcome)
-        signum = trainer.stop_requested(asked)
+        signum = asked()  # each rank's own: the others would wait in a collective for the whole save
     if signum:
         _stopped_after_saving(signum, config, trainer.dist.is_main)
     return summary
@@ -150,7 +150,9 @@ def _train_and_save(trainer, config: TrainConfig) -> dict:
 def _stopped_after_saving(signum: int, config: TrainConfig, is_main: bool) -> None:
     """A signal that came while ``final/`` was written: the run is whole, and the caller (the CLI,
     ``compare`` between its stages) stops as it asked, with :class:`Terminated` for SIGTERM (the
-    CLI's 143) and KeyboardInterrupt for Ctrl-C (130)."""
+    CLI's 143) and KeyboardInterrupt for Ctrl-C (130). Under torchrun each rank stops on its own
+    signal: a rank that ends early ends the job, and the main rank, signalled in turn, finishes
+    the save first."""
     how = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
     said = f"{how} came while the run was saved: it is complete, in {Path(config.output_dir) / 'final'}"
     if is_main:
