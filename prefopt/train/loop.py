@@ -509,12 +509,13 @@ class Trainer:
         the step, or comes during the evaluation, does not wait for it (evaluators that generate
         answers take minutes, longer than a scheduler's grace period): the step's checkpoint is
         saved with the evaluation owed (the random generators as they were before it), and
-        ``--resume`` evaluates first (:meth:`_owed_evaluation`). Under torchrun the ranks finish
-        it and stop together after the step."""
-        if self.dist.enabled:
-            return self.evaluate()
-        before, signum = ckpt_io.rng_states(), asked()
+        ``--resume`` evaluates first (:meth:`_owed_evaluation`). Under torchrun the ranks agree
+        before it (one all-reduce an evaluation): a signal on any rank during the step stops them
+        all without it; one during it waits for its end, and the ranks stop after the step."""
+        before, signum = ckpt_io.rng_states(), self._stop_requested(asked)
         if not signum:
+            if self.dist.enabled:
+                return self.evaluate()
             with stop_requests(at_once=True):
                 try:
                     return self.evaluate()

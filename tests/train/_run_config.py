@@ -23,14 +23,27 @@ def main():
         cfg, run = DPOConfig(**fields), run_dpo
     else:
         cfg, run = TrainConfig(**fields), run_sft
-    # "7": SIGKILL after step 7; "4:TERM:1": SIGTERM after step 4, on rank 1 only
-    kill_at, name, only_rank = (sys.argv[2].split(":") + ["KILL", ""])[:3] if len(sys.argv) > 2 else (None, "", "")
+    # "7": SIGKILL after step 7; "4:TERM:1": SIGTERM after step 4, on rank 1 only; "4:TERM:1:in": during step 4
+    given = sys.argv[2].split(":") if len(sys.argv) > 2 else []
+    kill_at, name, only_rank, when = given + [None, "KILL", "", "after"][len(given):]
 
-    def killer(trainer, step, metrics):
+    def signal_at(trainer, step):
         if kill_at is not None and step == int(kill_at) and only_rank in ("", str(trainer.dist.rank)):
             os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
 
-    run_worker(lambda: run(cfg, callbacks=[killer], evaluators=evaluators))  # the CLI's own ending
+    callbacks = [lambda trainer, step, metrics: signal_at(trainer, step)]
+    if when == "in":  # the signal lands inside the step, before anything after it (an evaluation) runs
+        from prefopt.train.loop import Trainer
+
+        train_step = Trainer.train_step
+
+        def signalled_step(trainer, i):
+            signal_at(trainer, i + 1)
+            return train_step(trainer, i)
+
+        Trainer.train_step, callbacks = signalled_step, []
+
+    run_worker(lambda: run(cfg, callbacks=callbacks, evaluators=evaluators))  # the CLI's own ending
 
 
 if __name__ == "__main__":

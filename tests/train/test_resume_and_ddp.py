@@ -226,22 +226,29 @@ def test_fsdp_run_killed_then_resumed_matches_an_uninterrupted_one(task, tmp_pat
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_rank_stops_both_after_the_same_step_with_a_checkpoint(task, tmp_path):
+@pytest.mark.parametrize("when", ["after", "in"])
+def test_sigterm_to_one_rank_stops_both_after_the_same_step_with_a_checkpoint(task, tmp_path, when):
     """A scheduler may signal one worker before the other: each rank's flag is all-reduced after
     every step, so both stop after step 3 and the checkpoint holds both ranks' RNG states, with
     save_every 0 (without the all-reduce, rank 1 would wait in the save's barrier while rank 0
     trained on). The resume continues from it (exactness under torchrun: the FSDP2 SIGKILL test;
-    after SIGTERM: the one-process tests)."""
-    kw = dict(batch_size=2, max_steps=5, save_every=0)
-    cut = _torchrun(2, _config(task, tmp_path / "cut", **kw), "3:TERM:1")  # SIGTERM to rank 1 only, at step 3
-    assert cut.returncode != 0 and "prefopt: stopped by SIGTERM at step 3 of 5" in cut.stderr
+    after SIGTERM: the one-process tests). ``in``: the signal lands inside step 3, which has an
+    evaluation after it: the ranks agree before it and stop without it, and the resume does it."""
+    kw = dict(batch_size=2, max_steps=5, save_every=0, eval_every=3 if when == "in" else 0)
+    cut = _torchrun(2, _config(task, tmp_path / "cut", **kw), f"3:TERM:1:{when}")  # SIGTERM to rank 1 only
+    owed = ", before its evaluation" if when == "in" else ""
+    assert cut.returncode != 0 and f"prefopt: stopped by SIGTERM at step 3 of 5{owed};" in cut.stderr, cut.stderr[-3000:]
     ckpt = tmp_path / "cut" / "checkpoints" / "step-00000003"
     assert sorted(p.name for p in ckpt.iterdir()) == ["optimizer.json", "optimizer.safetensors", "rng-rank0.safetensors",
                                                      "rng-rank1.safetensors", "trainable.safetensors",
                                                      "trainer_state.json"]
+    assert json.loads((ckpt / "trainer_state.json").read_text()).get("eval_owed", False) == (when == "in")
+    assert "eval_loss" not in {k for m in read_metrics(tmp_path / "cut") if m["step"] == 3 for k in m}
     resumed = _torchrun(2, _config(task, tmp_path / "cut", **kw, resume=True))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((tmp_path / "cut" / "train_summary.json").read_text())["resumed_from_step"] == 3
+    evaluated = [m["step"] for m in read_metrics(tmp_path / "cut") if "eval_loss" in m]
+    assert evaluated == ([0, 3, 5] if when == "in" else [0, 5])
 
 
 _WORKER = """
