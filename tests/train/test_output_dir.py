@@ -2,6 +2,8 @@
 resumes only under the settings it was written with."""
 import json
 import shutil
+import signal
+from contextlib import contextmanager
 
 import pytest
 
@@ -186,7 +188,6 @@ def test_sigterm_or_a_first_ctrl_c_saves_a_checkpoint_after_the_step_and_the_res
     step 2), the run says how to go on, and the resume ends bit-identical to an uninterrupted
     run. The handlers are put back after."""
     import os
-    import signal
 
     import torch
     from safetensors.torch import load_file
@@ -223,7 +224,6 @@ def test_a_signal_in_the_final_evaluation_saves_the_final_weights_first(task, tm
     run; now its weights are saved as the last step's checkpoint, and the resume evaluates them
     again and ends as an uninterrupted run."""
     import os
-    import signal
 
     import torch
     from safetensors.torch import load_file
@@ -266,13 +266,24 @@ def _killed(signum, frame):
     raise _Killed
 
 
+@contextmanager
+def _signals_at_their_defaults():
+    """SIGTERM as its default would end the process (raising :class:`_Killed`) and Ctrl-C at
+    Python's own handler, as in a terminal (a test worker's may differ); put back after."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler), signal.signal(signal.SIGTERM, _killed)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])
+
+
 @pytest.mark.parametrize("how", ["TERM", "INT"])
 def test_a_signal_while_final_is_written_waits_for_it_to_be_whole(task, tmp_path, capfd, monkeypatch, how):
     """SIGTERM or Ctrl-C while final/ was written ended the process there: with save_every 0 no
     checkpoint held the run, and all of it was lost. Now final/ and its card are written whole
     first, and the run stops as asked (the CLI's 143 or 130), saying it is complete."""
     import os
-    import signal
 
     import torch
     from safetensors.torch import load_file
@@ -289,13 +300,8 @@ def test_a_signal_while_final_is_written_waits_for_it_to_be_whole(task, tmp_path
 
     monkeypatch.setattr(run_module, "save_weights", signalled)
     out = tmp_path / "run"
-    before = signal.signal(signal.SIGINT, signal.default_int_handler), signal.signal(signal.SIGTERM, _killed)
-    try:
-        with pytest.raises(Terminated if how == "TERM" else KeyboardInterrupt):
-            run_sft(_cfg(task, out, max_steps=3))
-    finally:
-        signal.signal(signal.SIGINT, before[0])
-        signal.signal(signal.SIGTERM, before[1])
+    with _signals_at_their_defaults(), pytest.raises(Terminated if how == "TERM" else KeyboardInterrupt):
+        run_sft(_cfg(task, out, max_steps=3))
     err = capfd.readouterr().err
     who = "SIGTERM" if how == "TERM" else "Ctrl-C"
     assert f"prefopt: {who} came while the run was saved: it is complete, in {out / 'final'}\n" in err
@@ -311,7 +317,6 @@ def test_sigterm_while_best_is_written_after_the_last_step_saves_a_checkpoint_an
     there ended the run with its weights unsaved. Now best/ is written whole, the final weights
     go into a checkpoint, and the resume ends as an uninterrupted run."""
     import os
-    import signal
 
     import torch
     from safetensors.torch import load_file
@@ -330,12 +335,8 @@ def test_sigterm_while_best_is_written_after_the_last_step_saves_a_checkpoint_an
 
     monkeypatch.setattr(saving, "save_weights", signalled)
     out = tmp_path / "run"
-    before = signal.signal(signal.SIGTERM, _killed)
-    try:
-        with pytest.raises(Terminated):
-            run_sft(_cfg(task, out, **kw))
-    finally:
-        signal.signal(signal.SIGTERM, before)
+    with _signals_at_their_defaults(), pytest.raises(Terminated):
+        run_sft(_cfg(task, out, **kw))
     assert json.loads((out / "best" / "best.json").read_text())["step"] == 3
     assert (f"prefopt: stopped by SIGTERM in the final evaluation at step 3 of 3; rerun with --resume to continue "
             f"from {out / 'checkpoints' / 'step-00000003'}\n") in capsys.readouterr().err
@@ -372,7 +373,6 @@ def test_a_signal_before_or_in_an_evaluation_during_the_run_does_not_wait_for_it
     it, and the resume evaluates first and ends as an uninterrupted run: the same weights, best/,
     and metrics, a drawing evaluator's included."""
     import os
-    import signal
 
     import torch
     from safetensors.torch import load_file
@@ -403,13 +403,8 @@ def test_a_signal_before_or_in_an_evaluation_during_the_run_does_not_wait_for_it
     else:
         monkeypatch.setattr(Trainer, "evaluate", in_evaluation)
     out = tmp_path / "run"
-    before = signal.signal(signal.SIGINT, signal.default_int_handler), signal.signal(signal.SIGTERM, _killed)
-    try:
-        with pytest.raises(Terminated if how == "TERM" else KeyboardInterrupt):
-            run_sft(_cfg(task, out, **kw), evaluators=[_noise])
-    finally:
-        signal.signal(signal.SIGINT, before[0])
-        signal.signal(signal.SIGTERM, before[1])
+    with _signals_at_their_defaults(), pytest.raises(Terminated if how == "TERM" else KeyboardInterrupt):
+        run_sft(_cfg(task, out, **kw), evaluators=[_noise])
     assert evaluated == ([0, 2, 4] if where == "evaluation" else [0, 2])
     ckpt = out / "checkpoints" / "step-00000004"
     assert json.loads((ckpt / "trainer_state.json").read_text())["eval_owed"] is True
@@ -429,7 +424,6 @@ def test_an_owed_evaluation_that_runs_out_of_patience_stops_the_resumed_run_ther
     """The evaluation a signal put off is the one where patience ends the run (step 3 here): the
     resume evaluates, stops early as the uninterrupted run did, and trains no step more."""
     import os
-    import signal
 
     import torch
     from safetensors.torch import load_file
@@ -450,12 +444,8 @@ def test_an_owed_evaluation_that_runs_out_of_patience_stops_the_resumed_run_ther
 
     monkeypatch.setattr(Trainer, "evaluate", in_evaluation)
     out = tmp_path / "run"
-    before = signal.signal(signal.SIGTERM, _killed)
-    try:
-        with pytest.raises(Terminated):
-            run_sft(_cfg(task, out, **kw))
-    finally:
-        signal.signal(signal.SIGTERM, before)
+    with _signals_at_their_defaults(), pytest.raises(Terminated):
+        run_sft(_cfg(task, out, **kw))
     monkeypatch.undo()
     steps = []
     resumed = run_sft(_cfg(task, out, resume=True, **kw), callbacks=[lambda tr, step, m: steps.append(step)])
@@ -468,7 +458,6 @@ def test_an_owed_evaluation_that_runs_out_of_patience_stops_the_resumed_run_ther
 
 def test_a_second_ctrl_c_stops_at_once(task, tmp_path, capsys):
     import os
-    import signal
 
     def twice(trainer, step, metrics):
         if step == 2:
@@ -503,7 +492,6 @@ def test_the_first_ctrl_c_line_reaches_fd_2_when_the_signal_lands_inside_a_write
 
 def test_the_cli_exits_143_on_sigterm(task, tmp_path, monkeypatch, capsys):
     import os
-    import signal
 
     from prefopt.train.sft import SFTTrainer
 
