@@ -546,8 +546,9 @@ class Trainer:
         return evaluated if stop else None
 
     def _stop_requested(self, asked: Callable[[], int]) -> int:
-        """The signal that asked any rank to stop (SIGTERM before SIGINT), or 0: all ranks stop
-        after the same step (one all-reduce of two numbers a step, under torchrun only)."""
+        """The signal that asked any rank to stop (SIGTERM before SIGINT), or 0: all ranks stop at
+        the same point (one all-reduce of two numbers each call, under torchrun only: after each
+        step, before each evaluation during the run, after the final evaluation)."""
         if not self.dist.enabled:
             return asked()
         mine = asked()
