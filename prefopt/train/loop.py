@@ -366,15 +366,8 @@ class Trainer:
         evaluates them again. One process stops where a signal lands in the evaluation; under
         torchrun the ranks finish it and stop together. A signal while ``best/`` or the checkpoint
         is written waits for it to be whole."""
-        with stop_requests(at_once=not self.dist.enabled) as asked:
-            try:
-                out = self.evaluate()
-                signum = self._stop_requested(asked)
-            except Terminated:
-                signum = signal.SIGTERM
-            except KeyboardInterrupt:
-                signum = signal.SIGINT
         with stop_requests(ctrl_c=ctrl_c_line("its weights are saved")) as asked:
+            out, signum = self._evaluation_unless_stopped()
             if not signum:
                 self.best.consider(self, out, self.step)
                 signum = self._stop_requested(asked)
@@ -389,6 +382,21 @@ class Trainer:
             raise KeyboardInterrupt
         raise Terminated(f"stopped by SIGTERM in the final evaluation, after saving the weights of step {self.step} "
                          f"as a checkpoint: --resume evaluates them again")
+
+    def _evaluation_unless_stopped(self) -> tuple[dict[str, float], int]:
+        """``(metrics, 0)``, or ``({}, signal)`` where SIGTERM or Ctrl-C came during the evaluation:
+        one process stops it where the signal lands, torchrun ranks finish it and agree after it.
+        Called inside a :func:`stop_requests` block, which holds a signal that comes after this
+        one's handlers are put back; the ``try`` takes in their putting back too."""
+        try:
+            with stop_requests(at_once=not self.dist.enabled) as asked:
+                out = self.evaluate()
+                signum = self._stop_requested(asked)
+        except Terminated:
+            return {}, signal.SIGTERM
+        except KeyboardInterrupt:
+            return {}, signal.SIGINT
+        return (out, 0) if not signum else ({}, signum)
 
     def _train_with_bar(self, log: MetricsLog | None) -> dict[str, float] | None:
         """:meth:`_run_steps` under the progress bar; a Ctrl-C says where the run stopped."""
@@ -514,15 +522,11 @@ class Trainer:
         all without it; one during it waits for its end, and the ranks stop after the step."""
         before, signum = ckpt_io.rng_states(), self._stop_requested(asked)
         if not signum:
-            if self.dist.enabled:
+            if self.dist.enabled:  # a signal during it: the ranks stop after the step (its end's all-reduce)
                 return self.evaluate()
-            with stop_requests(at_once=True):
-                try:
-                    return self.evaluate()
-                except Terminated:
-                    signum = signal.SIGTERM
-                except KeyboardInterrupt:
-                    signum = signal.SIGINT
+            out, signum = self._evaluation_unless_stopped()
+            if not signum:
+                return out
         ckpt_io.set_rng_states(before)
         if log and self.step % self.config.log_every == 0:
             log.write(metrics)  # the step's training metrics; its evaluation's follow on the resume
