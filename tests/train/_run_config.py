@@ -1,5 +1,5 @@
 """Run SFT (or DPO, with ``"kind": "dpo"`` in the config) from a JSON config in a subprocess;
-optionally SIGKILL (or SIGTERM) itself after a given step. ``"evaluators": true`` adds :func:`rank_and_norm`."""
+optionally SIGKILL (or SIGTERM) itself after a given step, or inside it. ``"evaluators": true`` adds :func:`rank_and_norm`."""
 import json
 import os
 import signal
