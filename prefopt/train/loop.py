@@ -50,7 +50,7 @@ from .metrics import MetricsLog
 from .out_of_memory import explained
 from .saving import BestWeights
 from .schedule import lr_at
-from .stop_signal import Terminated, ctrl_c_line, stop_requests
+from .stop_signal import Terminated, stop_requests
 
 Batch = dict[str, torch.Tensor]
 EVAL_BAR_MIN = 64  # an eval set this small (per process) finishes without a bar
@@ -366,7 +366,7 @@ class Trainer:
         evaluates them again. One process stops where a signal lands in the evaluation; under
         torchrun the ranks finish it and stop together. A signal while ``best/`` or the checkpoint
         is written waits for it to be whole."""
-        with stop_requests(ctrl_c=ctrl_c_line("its weights are saved")) as asked:
+        with stop_requests(ctrl_c="once its weights are saved") as asked:
             out, signum = self._evaluation_unless_stopped()
             if not signum:
                 self.best.consider(self, out, self.step)

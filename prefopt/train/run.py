@@ -25,7 +25,7 @@ from .metrics import first_and_last, first_to_last
 from .reference import reference_cache_for
 from .saving import save_weights
 from .sft import SFTTrainer, load_train_eval
-from .stop_signal import Terminated, ctrl_c_line, stop_requests
+from .stop_signal import Terminated, stop_requests
 
 
 def pin_chat(config: TrainConfig, tok: Tokenizer) -> tuple[TrainConfig, list[str]]:
@@ -127,7 +127,7 @@ def _train_and_save(trainer, config: TrainConfig) -> dict:
     summary = trainer.train()
     if hasattr(trainer, "ref_forwards"):  # counted during training: read after it
         summary["reference_forwards"] = trainer.ref_forwards
-    with stop_requests(ctrl_c=ctrl_c_line("final/ is saved")) as asked:  # a signal waits for final/ to be whole
+    with stop_requests(ctrl_c="once final/ is saved") as asked:  # a signal waits for final/ to be whole
         out = save_result(trainer, config)
         if out is not None:
             summary["saved"] = str(out)

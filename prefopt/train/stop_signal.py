@@ -23,12 +23,13 @@ class Terminated(Exception):
     SIGTERM ended does)."""
 
 
-FIRST_CTRL_C = "\nprefopt: Ctrl-C: the run stops after this step, with a checkpoint (Ctrl-C again: at once)\n"
+def ctrl_c_line(when: str) -> str:
+    """The line a first Ctrl-C prints: the run stops ``when`` (``"after this step, with a checkpoint"``)."""
+    return f"\nprefopt: Ctrl-C: the run stops {when} (Ctrl-C again: at once)\n"
 
 
-def ctrl_c_line(what: str) -> str:
-    """The line a first Ctrl-C prints where the block finishes ``what`` before it stops."""
-    return f"\nprefopt: Ctrl-C: the run stops once {what} (Ctrl-C again: at once)\n"
+AFTER_THE_STEP = "after this step, with a checkpoint"
+FIRST_CTRL_C = ctrl_c_line(AFTER_THE_STEP)  # the training loop's
 
 
 def _say(text: str) -> None:
@@ -43,14 +44,14 @@ def _say(text: str) -> None:
 
 
 @contextmanager
-def stop_requests(at_once: bool = False, ctrl_c: str = FIRST_CTRL_C) -> Iterator[Callable[[], int]]:
+def stop_requests(at_once: bool = False, ctrl_c: str = AFTER_THE_STEP) -> Iterator[Callable[[], int]]:
     """For the block, SIGTERM and a first Ctrl-C set a flag instead of stopping the process at
     once; yields a function that gives the signal that came (``signal.SIGTERM``, ``SIGINT``) or 0.
     Ctrl-C is taken over only where Python's own handler has it (a program's own is left alone);
     a second one raises KeyboardInterrupt there and then. ``at_once``: SIGTERM raises
     :class:`Terminated` where it lands and Ctrl-C raises Python's KeyboardInterrupt (for work that
-    changes no weights: an evaluation), inside another block too. ``ctrl_c``: the line a first Ctrl-C
-    prints (what the block will finish before it stops). The handlers before are put back after.
+    changes no weights: an evaluation), inside another block too. ``ctrl_c``: when the run stops after
+    a first Ctrl-C, as its line says (:func:`ctrl_c_line`). The handlers before are put back after.
     Outside the main thread (where Python cannot take signals) nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield lambda: 0
@@ -66,7 +67,7 @@ def stop_requests(at_once: bool = False, ctrl_c: str = FIRST_CTRL_C) -> Iterator
         if signal.SIGINT in came:
             signal.default_int_handler(signum, frame)  # KeyboardInterrupt, here and now
         came.append(signum)
-        _say(ctrl_c)
+        _say(ctrl_c_line(ctrl_c))
 
     on_int.ours = True  # (a block inside this one, at_once, gives Ctrl-C back to Python's handler)
     before = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}

@@ -305,7 +305,7 @@ def test_a_signal_while_final_is_written_waits_for_it_to_be_whole(task, tmp_path
     err = capfd.readouterr().err
     who = "SIGTERM" if how == "TERM" else "Ctrl-C"
     assert f"prefopt: {who} came while the run was saved: it is complete, in {out / 'final'}\n" in err
-    assert (ctrl_c_line("final/ is saved") in err) == (how == "INT")
+    assert (ctrl_c_line("once final/ is saved") in err) == (how == "INT")
     assert (out / "final" / "README.md").is_file() and not (out / "checkpoints").exists()
     whole, saved = (load_file(d / "final" / "adapter_model.safetensors") for d in (tmp_path / "whole", out))
     assert all(torch.equal(whole[k], saved[k]) for k in whole)
