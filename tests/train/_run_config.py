@@ -16,13 +16,17 @@ def rank_and_norm(trainer):
     return {"rank": float(trainer.dist.rank), "lora_b_norm": norm}
 
 
-def main():
-    fields = json.loads(open(sys.argv[1]).read())
+def config_and_run(path):
+    """The config the JSON file at ``path`` describes, the run function it goes to, and its evaluators."""
+    fields = json.loads(open(path).read())
     evaluators = [rank_and_norm] if fields.pop("evaluators", False) else []
     if fields.pop("kind", "sft") == "dpo":
-        cfg, run = DPOConfig(**fields), run_dpo
-    else:
-        cfg, run = TrainConfig(**fields), run_sft
+        return DPOConfig(**fields), run_dpo, evaluators
+    return TrainConfig(**fields), run_sft, evaluators
+
+
+def main():
+    cfg, run, evaluators = config_and_run(sys.argv[1])
     # "7": SIGKILL after step 7; "4:TERM:1": SIGTERM after step 4, on rank 1 only; "4:TERM:1:in": during step 4
     given = sys.argv[2].split(":") if len(sys.argv) > 2 else []
     kill_at, name, only_rank, when = given + [None, "KILL", "", "after"][len(given):]

@@ -39,6 +39,21 @@ def _run(args, env=ENV, timeout=300, **kw):
     return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout, **kw)
 
 
+def _in_this_process(cfg_path):
+    """An uninterrupted run, the reference of a test, in the test's own process (a process of its
+    own takes seconds to start: torch, torch._dynamo), on one thread as the runs in ``_run``'s
+    processes (OMP_NUM_THREADS=1), so that their results are bit for bit the same."""
+    from tests.train._run_config import config_and_run
+
+    cfg, run, evaluators = config_and_run(cfg_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(cfg, evaluators=evaluators)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _losses(out):
     return [(m["step"], m.get("loss"), m.get("eval_loss")) for m in read_metrics(out)]
 
@@ -78,8 +93,7 @@ def test_sigkill_then_resume_gives_the_same_run(task, tmp_path, kind):
             kw.update(model=str(model_dir), lora_experts=True, lora_dropout=0.0)
         return str(_config(task, tmp_path / name, **kw))
 
-    full = _run([script, cfg("full")])
-    assert full.returncode == 0, full.stderr
+    _in_this_process(cfg("full"))
     killed = _run([script, cfg("cut"), "7"])
     assert killed.returncode == -signal.SIGKILL
     ckpts = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir())
@@ -114,8 +128,7 @@ def test_two_processes_match_one_with_the_same_global_batch(task, tmp_path, mode
         kw.update(lora=False, lr=1e-3)
     if mode == "ddp_lora_head":  # an adapter on the lm_head too, used outside DDP's forward (Transformer.head)
         kw.update(lora_targets=["q_proj", "v_proj", "lm_head"])
-    one = _run([str(ROOT / "tests" / "train" / "_run_config.py"), str(_config(task, tmp_path / "one", batch_size=4, **kw))])
-    assert one.returncode == 0, one.stderr
+    _in_this_process(_config(task, tmp_path / "one", batch_size=4, **kw))
     two = _torchrun(2, _config(task, tmp_path / "two", batch_size=2, fsdp=mode == "fsdp_full", **kw))
     assert two.returncode == 0, two.stderr[-3000:]
     l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "two")
@@ -158,8 +171,7 @@ def test_dpo_with_a_reference_cache_on_two_processes_matches_one(task, tmp_path)
                        lr=5e-3, lora_dropout=0.0, save_every=0, eval_fraction=0.25,
                        ref_cache=str(tmp_path / name / "cache"))
 
-    one = _run([str(ROOT / "tests" / "train" / "_run_config.py"), str(config("one", 4))])
-    assert one.returncode == 0, one.stderr
+    _in_this_process(config("one", 4))
     two = _torchrun(2, config("two", 2))
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("records kept") == 1 and two.stdout.count("saved to") == 1  # rank 0 speaks
@@ -188,8 +200,7 @@ def test_kto_on_two_processes_matches_one(task, tmp_path):
         return _config(task, tmp_path / name, kind="dpo", loss="kto", beta=0.5, data=str(pairs),
                        batch_size=batch_size, max_steps=6, lr=5e-3, lora_dropout=0.0, save_every=0, eval_fraction=0)
 
-    one = _run([str(ROOT / "tests" / "train" / "_run_config.py"), str(config("one", 4))])
-    assert one.returncode == 0, one.stderr
+    _in_this_process(config("one", 4))
     two = _torchrun(2, config("two", 2))
     assert two.returncode == 0, two.stderr[-3000:]
     m1, m2 = ([m for m in read_metrics(tmp_path / run) if "loss" in m] for run in ("one", "two"))
