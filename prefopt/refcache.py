@@ -10,14 +10,20 @@ Layout of a cache folder::
 - The fingerprint describes the reference: its config, a digest of its weights (so a merged
   SFT adapter counts), dtype, and the tokenizer and truncation settings. A different
   fingerprint makes the whole cache stale: it is cleared and rebuilt, never reused.
-- New examples extend the cache. Shards and the index are written atomically after each
-  shard, so an interrupted precompute resumes where it stopped.
+- New examples extend the cache. A fill keeps the batches it has computed in memory and writes
+  them as one shard, then the index, every ``FLUSH_SECONDS`` (30 s) and when it ends or is
+  interrupted by an exception (Ctrl-C, running out of memory); both are written atomically, so
+  an interrupted precompute resumes where it stopped, and a process killed outright (SIGKILL)
+  computes at most the last 30 s again. (Writing every batch rewrote the whole index each time:
+  with 20,000 pairs in batches of 16, 66 s of writing on a CPU, growing with the square of the
+  pairs; ``benchmarks/bench_refcache_writes.py``.)
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,10 +31,11 @@ import torch
 from safetensors.torch import load_file
 
 from ._deps import progress
-from .fileio import write_json_atomic
+from .fileio import write_text_atomic
 from .model.safetensors_io import save_file_atomic
 
 VERSION = 1
+FLUSH_SECONDS = 30.0  # a fill writes what it has computed this often (and at its end)
 
 
 def weights_digest(named_tensors) -> str:
@@ -104,7 +111,8 @@ class RefCache:
         for row, k in enumerate(keys):
             self.entries[k] = (shard, row)
         self._n_shards += 1
-        write_json_atomic(self.root / "index.json", {"fingerprint": self.fingerprint, "entries": self.entries})
+        index = {"fingerprint": self.fingerprint, "entries": self.entries}  # one line: it is rewritten with each shard
+        write_text_atomic(self.root / "index.json", json.dumps(index, ensure_ascii=False, separators=(",", ":")) + "\n")
 
     def get(self, keys: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(chosen, rejected)`` float32 ``(len(keys),)``; KeyError for a key not cached."""
@@ -123,28 +131,51 @@ class RefCache:
                 self._values[k] = (float(t["chosen"][r]), float(t["rejected"][r]))
 
     def fill(self, pairs: Sequence, compute: Callable[[list], tuple[torch.Tensor, torch.Tensor]], *,
-             batch_size: int, show_progress: bool = True, unit: str = "pair") -> int:
+             batch_size: int, show_progress: bool = True, unit: str = "pair",
+             flush_seconds: float | None = None) -> int:
         """Compute and store the reference log-probs of every pair not cached yet (``unit``:
         what the progress bar counts them as; KTO's examples are pairs too).
 
-        ``compute(pairs) -> (chosen, rejected)`` runs the reference on one batch. Each batch is
-        written as it finishes, so an interrupted fill resumes. Pairs (anything with ``key``
-        and ``input_ids``) are batched longest first. Returns how many were computed.
+        ``compute(pairs) -> (chosen, rejected)`` runs the reference on one batch. The batches
+        computed are written as one shard every ``flush_seconds`` (default :data:`FLUSH_SECONDS`),
+        at the end, and when an exception stops the fill, so an interrupted fill resumes. Pairs
+        (anything with ``key`` and ``input_ids``) are batched longest first. Returns how many
+        were computed.
         """
+        every = FLUSH_SECONDS if flush_seconds is None else flush_seconds
         todo = {p.key: p for p in pairs if p.key not in self.entries}
         # longest first: batches of similar length pad little, and a batch too big fails at once
         items = sorted(todo.values(), key=lambda p: len(p.input_ids), reverse=True)
         bar = progress(total=len(items), desc="reference log-probs", unit=unit, disable=not show_progress)
-        for s in range(0, len(items), batch_size):
-            chunk = items[s:s + batch_size]
-            with torch.no_grad():
-                c, r = compute(chunk)
-            self.add([p.key for p in chunk], c, r)
-            bar.update(len(chunk))
-        bar.close()
-        self._values = {}
-        return len(items)
+        keys: list[str] = []
+        chosen: list[torch.Tensor] = []
+        rejected: list[torch.Tensor] = []
 
+        def write() -> None:
+            if keys:
+                self.add(keys, torch.cat(chosen), torch.cat(rejected))
+                keys.clear()
+                chosen.clear()
+                rejected.clear()
+
+        written = time.monotonic()
+        try:
+            for s in range(0, len(items), batch_size):
+                chunk = items[s:s + batch_size]
+                with torch.no_grad():
+                    c, r = compute(chunk)
+                keys.extend(p.key for p in chunk)
+                chosen.append(c.detach().float().cpu().reshape(-1))
+                rejected.append(r.detach().float().cpu().reshape(-1))
+                bar.update(len(chunk))
+                if time.monotonic() - written >= every:
+                    write()
+                    written = time.monotonic()
+        finally:  # the batches done, also when an exception (Ctrl-C, out of memory) ends the fill
+            bar.close()
+            write()
+            self._values = {}
+        return len(items)
 
 def _diff(old: dict, new: dict) -> str:
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

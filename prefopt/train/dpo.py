@@ -15,6 +15,7 @@ The reference log-probs come from one of three places:
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from .loop import Batch, Trainer
 from .out_of_memory import explained
 from .reference import reference_cache_for
 from .shared_prompt import pack_pairs, pair_hidden, pair_logp_sums
+from .stop_signal import Terminated, stop_requests
 
 REF_MODES = ("adapter", "model", "cache", "none")
 
@@ -288,14 +290,30 @@ class DPOTrainer(Trainer):
                 with self._autocast():
                     sums = self.reference_logps(b).float().cpu()
                 return sums[:len(chunk)], sums[len(chunk):]
-            n = self.ref_cache.fill(pairs, compute, batch_size=pairs_per_chunk, show_progress=self.config.progress,
-                                    unit=self.noun.rstrip("s"))
+            n = self._fill_unless_stopped(pairs, compute, pairs_per_chunk)
             self.ref_mode = "cache"
             self.ref_forwards = 0
         barrier(self.dist)
         if not self.dist.is_main:
             self.ref_cache.reload()  # rank 0 has filled it
         return n
+
+    def _fill_unless_stopped(self, pairs: Sequence[PairExample], compute, per_chunk: int) -> int:
+        """The cache's fill; SIGTERM or Ctrl-C stop it where they land (nothing is trained yet),
+        after the batches computed are written, and say how many are kept and how to go on."""
+        cache = self.ref_cache
+        before, todo = len(cache), len({p.key for p in pairs if p.key not in cache})
+        try:
+            with stop_requests(at_once=True):  # SIGTERM: Terminated where it lands, as Ctrl-C's KeyboardInterrupt
+                return cache.fill(pairs, compute, batch_size=per_chunk, show_progress=self.config.progress,
+                                  unit=self.noun.rstrip("s"))
+        except (Terminated, KeyboardInterrupt) as e:
+            how = "stopped by SIGTERM" if isinstance(e, Terminated) else "interrupted"
+            done = len(cache) - before
+            print(f"\nprefopt: {how} while computing the reference log-probs: those of {done} of the {todo} {self.noun} "
+                  f"are kept in {cache.root}; run it again and it computes only the other {todo - done}",
+                  file=sys.stderr, flush=True)
+            raise
 
     def loss_sum(self, model, batch):
         B = self.units(batch)
