@@ -15,8 +15,8 @@ Layout of a cache folder::
   interrupted by an exception (Ctrl-C, running out of memory); both are written atomically, so
   an interrupted precompute resumes where it stopped, and a process killed outright (SIGKILL)
   computes at most the last 30 s again. (Writing every batch rewrote the whole index each time:
-  with 20,000 pairs in batches of 16, 66 s of writing on a CPU, growing with the square of the
-  pairs; ``benchmarks/bench_refcache_writes.py``.)
+  with 20,000 pairs in batches of 16, 61 s of writing on a 2-core CPU against 0.7 s now, growing
+  with the square of the pairs; ``benchmarks/bench_refcache_writes.py``, docs/benchmarks.md.)
 """
 from __future__ import annotations
 

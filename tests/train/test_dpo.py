@@ -194,7 +194,7 @@ def test_interrupted_fill_resumes(task, tmp_path):
 @pytest.mark.parametrize("every, shards", [(0.0, 6), (float("inf"), 1)])
 def test_a_fill_writes_its_batches_together_not_the_whole_index_each_batch(tmp_path, every, shards):
     """The index holds every entry, so writing it after each batch grew with the square of the
-    pairs (66 s for 20,000 pairs on a CPU): a fill writes what it has computed every
+    pairs (54 s for 20,000 pairs on a CPU): a fill writes what it has computed every
     ``flush_seconds`` (30 s by default) and at its end, one shard each time."""
     from types import SimpleNamespace
 
