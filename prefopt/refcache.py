@@ -127,8 +127,9 @@ class RefCache:
             by_shard.setdefault(s, []).append((k, r))
         for s, rows in by_shard.items():
             t = load_file(self.root / f"shard-{s:05d}.safetensors")
+            chosen, rejected = t["chosen"].tolist(), t["rejected"].tolist()  # (a tensor's items one by one: µs each)
             for k, r in rows:
-                self._values[k] = (float(t["chosen"][r]), float(t["rejected"][r]))
+                self._values[k] = (chosen[r], rejected[r])
 
     def fill(self, pairs: Sequence, compute: Callable[[list], tuple[torch.Tensor, torch.Tensor]], *,
              batch_size: int, show_progress: bool = True, unit: str = "pair",
