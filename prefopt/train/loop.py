@@ -132,8 +132,8 @@ class Trainer:
             raise ValueError(no_eval_set(config.best_metric))
         self.device = local_device(resolve_device(config.device))
         self.dist: DistInfo = init_distributed(self.device)
-        ckpt_io.claim_output_dir(config.output_dir, resume=config.resume, overwrite=config.overwrite,
-                                 is_main=self.dist.is_main)
+        self.replaced = ckpt_io.claim_output_dir(config.output_dir, resume=config.resume, overwrite=config.overwrite,
+                                                 is_main=self.dist.is_main)  # an earlier run's files, removed
         self.model = model.to(self.device)
         self.model.gradient_checkpointing = config.gradient_checkpointing
         self.callbacks = list(callbacks)
@@ -330,7 +330,11 @@ class Trainer:
                       flush=True)
             print(f"prefopt: resuming from {resume_from} (step {self.step})", flush=True)
         elif log and c.resume:
-            print(f"prefopt: --resume: no checkpoint in {self.output_dir} yet; starting at step 0", flush=True)
+            if self.replaced and not c.overwrite:  # a run that stopped before it saved anything (saved_nothing)
+                print(f"prefopt: --resume: the run in {self.output_dir} stopped before its first checkpoint "
+                      f"({', '.join(self.replaced)} replaced); starting again at step 0", flush=True)
+            else:
+                print(f"prefopt: --resume: no checkpoint in {self.output_dir} yet; starting at step 0", flush=True)
         summary: dict[str, Any] = {"total_steps": self.total_steps, "resumed_from_step": self.step}
         if self.step == 0:
             first = self.evaluate()

@@ -194,23 +194,27 @@ RESUMABLE = {"output_dir", "data", "ref_cache", "resume", "overwrite", "progress
 
 
 def claim_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, is_main: bool = True,
-                     clear: bool = True) -> None:
+                     clear: bool = True) -> list[str]:
     """Refuse to train into a folder that holds an earlier run, unless the run continues it
     (``resume``, with a checkpoint to continue from) or replaces it (``overwrite``: rank 0 removes
     the earlier run's files first; anything else in the folder, such as a reference cache, stays).
-    ``clear=False`` only refuses: a run checks early and clears once its data has loaded."""
+    ``resume`` where the earlier run stopped before it saved anything to continue from or keep
+    (:func:`saved_nothing`: killed in its first evaluation, or before its first checkpoint) starts
+    it again, as a scheduler's requeued job with ``--resume`` needs. ``clear=False`` only
+    refuses: a run checks early and clears once its data has loaded. Returns the earlier run's
+    files that are (or, with ``clear=False``, would be) removed."""
     out = Path(output_dir)
     if is_main:
         check_writable(out)  # before the model and data load, not at the first save
     found = [name for name in RUN_FILES if (out / name).exists()]
     ckpt, passed = resume_point(out) if resume and found else (None, [])
     if not found or ckpt is not None:
-        return
-    if not overwrite:
+        return []
+    if not overwrite and not (resume and not passed and saved_nothing(out, found)):
         held = f"{out} holds an earlier run ({', '.join(found)})"
         if resume:
             why = f"whose checkpoints cannot be resumed ({'; '.join(passed)})" if passed else \
-                "with no checkpoint to resume from (save_every was 0)"
+                "with no checkpoint to resume from (save_every was 0, or it stopped before its first save)"
             raise ValueError(f"{held} {why}: pass --overwrite (overwrite=True) to replace it, or another --output-dir")
         raise ValueError(f"{held}: pass --overwrite (overwrite=True) to replace it, --resume to continue it, "
                          f"or another --output-dir")
@@ -218,6 +222,19 @@ def claim_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, i
         for name in found:
             path = out / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return found
+
+
+def saved_nothing(out: Path, found: list[str]) -> bool:
+    """Whether the run files ``found`` in ``out`` (no whole checkpoint among them) hold nothing a
+    resume could continue from or a user would keep: its settings, its metrics, an empty or
+    unfinished ``checkpoints/`` (a ``step-N.tmp``), and at most a ``best/`` of step 0 (the weights
+    before training). A ``final/``, a summary or a trained ``best/`` are a run's results."""
+    rest = set(found) - {"train_config.json", "metrics.jsonl", "tensorboard", "checkpoints"}
+    if rest == {"best"}:
+        record, problem = _read_json(out / "best" / "best.json")
+        return problem is None and isinstance(record, dict) and record.get("step") == 0
+    return not rest
 
 
 def checkpoint_config(output_dir: str | Path) -> dict | None:

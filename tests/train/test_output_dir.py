@@ -6,6 +6,7 @@ import signal
 from contextlib import contextmanager
 
 import pytest
+import torch
 
 from prefopt.cli import main
 from prefopt.train import TrainConfig
@@ -95,6 +96,53 @@ def test_resume_needs_a_checkpoint_and_the_same_settings(task, tmp_path):
         run_sft(_cfg(task, out, resume=True, lr=1e-3, batch_size=2))
     summary = run_sft(_cfg(task, out, resume=True, max_steps=5, eval_every=2, progress=False))
     assert summary["resumed_from_step"] == 2 and summary["total_steps"] == 5  # longer: allowed
+
+
+class _Killed(Exception):
+    """Stands for SIGKILL (or a SIGTERM in the first evaluation): the run ends with nothing saved."""
+
+
+def _killed_at(step):
+    def callback(trainer, at, metrics):
+        if at == step:
+            raise _Killed
+    return callback
+
+
+def test_resume_starts_again_where_the_run_before_saved_nothing(task, tmp_path, capsys):
+    """A scheduler requeues a preempted job with the same ``--resume``: where the first attempt
+    stopped before its first checkpoint (and left no trained weights: at most a ``best/`` of step
+    0), it starts again at step 0, and ends as an uninterrupted run; a run with trained weights
+    and no checkpoint is still refused."""
+    from safetensors.torch import load_file
+
+    kw = dict(eval_fraction=0.25, eval_every=2, best_metric="eval_loss", save_every=0, max_steps=4, lora_dropout=0.0)
+    run_sft(_cfg(task, tmp_path / "whole", **kw))
+    out = tmp_path / "run"
+    with pytest.raises(_Killed):
+        run_sft(_cfg(task, out, resume=True, **kw), callbacks=[_killed_at(1)])
+    assert sorted(p.name for p in out.iterdir()) == ["best", "metrics.jsonl", "train_config.json"]
+    assert json.loads((out / "best" / "best.json").read_text())["step"] == 0  # the weights before training
+    capsys.readouterr()
+    summary = run_sft(_cfg(task, out, resume=True, **kw))
+    assert (f"prefopt: --resume: the run in {out} stopped before its first checkpoint (train_config.json, "
+            f"metrics.jsonl, best replaced); starting again at step 0") in capsys.readouterr().out
+    assert summary["resumed_from_step"] == 0
+    assert [m["step"] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())] == \
+        [m["step"] for m in map(json.loads, (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines())]
+    for folder in ("final", "best"):
+        got, want = (load_file(o / folder / "adapter_model.safetensors") for o in (out, tmp_path / "whole"))
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    # trained weights in best/ (step 2) and no checkpoint: a resume has nothing to go on from, and they are kept
+    shutil.rmtree(out)
+    with pytest.raises(_Killed):
+        run_sft(_cfg(task, out, **kw), callbacks=[_killed_at(3)])
+    assert json.loads((out / "best" / "best.json").read_text())["step"] == 2
+    with pytest.raises(ValueError, match=r"holds an earlier run \(train_config.json, metrics.jsonl, best\) with no "
+                                         r"checkpoint to resume from \(save_every was 0, or it stopped before its "
+                                         r"first save\): pass --overwrite"):
+        run_sft(_cfg(task, out, resume=True, **kw))
+    assert (out / "best" / "adapter_model.safetensors").is_file()
 
 
 def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default(task, tmp_path):
