@@ -31,5 +31,6 @@ def main() -> None:
     runs = run_trainer_workers(__file__, a, chat_records(a.batch_size * a.steps), ["every_layer", a.layers])
     report_two_sft_runs(a, runs, "layers adapted", f"layers {a.layers} / every layer")
 
+
 if __name__ == "__main__":
     main()

@@ -56,6 +56,7 @@ def per_pair(loss: str, closed_form: bool, pairs: int, reps: int, stage: int = 0
         onepass.STAGE_DEVICES, onepass.GRAD_ELEMENTS = ("cpu",), stage * 2 * T * V
     if not closed_form:
         PAIR_GRADS.pop(loss, None)
+
     def step():
         h.grad = w.grad = None
         out, _ = fused_preference_loss(h, w, y, ref, ref, loss, reduction="sum", one_pass=True)

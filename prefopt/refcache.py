@@ -178,6 +178,7 @@ class RefCache:
             self._values = {}
         return len(items)
 
+
 def _diff(old: dict, new: dict) -> str:
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return "changed: " + ", ".join(changed) if changed else "unreadable index"

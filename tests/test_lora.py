@@ -427,7 +427,6 @@ def test_dora_trains_with_the_gradients_peft_gives(tiny, tmp_path):
         assert (grad - peft_grads[name]).abs().max() <= 1e-5 * peft_grads[name].abs().max(), name  # fp32 sums
 
 
-
 @pytest.mark.parametrize("dora", [False, True])
 def test_an_adapter_on_a_bf16_base_is_kept_in_float32_and_its_small_steps_count(tiny, tmp_path, dora):
     """Over a 16-bit base the adapter's factors are float32, as PEFT's autocast_adapter_dtype keeps

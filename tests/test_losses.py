@@ -81,7 +81,6 @@ def test_a_user_can_register_a_loss():
         LOSSES.pop("test_margin")
 
 
-
 GRAD_KW = {"sigmoid": [{}, {"label_smoothing": 0.2}], "robust": [{"label_smoothing": 0.2}], "hinge": [{}, {"beta": 2.0}],
            "ipo": [{"beta": 0.5}], "rpo": [{"rpo_alpha": 0.7}], "simpo": [{}, {"label_smoothing": 0.1}],
            "orpo": [{"lambda_": 0.3}], "bco_pair": [{}], "nca_pair": [{"beta": 0.5}],
@@ -225,6 +224,7 @@ class TestTRLParity:
         ids = batch["input_ids"]
         ours_batch = {"input_ids": ids, "attention_mask": batch["attention_mask"],
                       "labels": ids.masked_fill(batch["completion_mask"] == 0, -100)}
+
         def rows(b):  # each sequence without padding, with its trained positions
             return sorted((tuple(r[m.bool()].tolist()), tuple((lab[m.bool()] != -100).tolist()))
                           for r, m, lab in zip(b["input_ids"], b["attention_mask"], b["labels"]))

@@ -52,7 +52,6 @@ def test_llama3_template_uses_bos_and_raise_exception(tmp_path):
         tok.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": None}])
 
 
-
 def test_a_dated_template_shows_today_or_the_pinned_date_as_transformers_does(tmp_path):
     """Llama 3.1's template prints today's date. Unpinned, ours renders transformers' text (the
     clock's date); pinned (``chat_date``, as training runs do), the text transformers renders when
@@ -71,6 +70,7 @@ def test_a_dated_template_shows_today_or_the_pinned_date_as_transformers_does(tm
     assert "Today Date: 29 Feb 2024\n" in pinned
     assert pinned == theirs.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False,
                                                 date_string="29 Feb 2024")
+
 
 def test_encode_decode_and_special_tokens_match_transformers(toks):
     ours, theirs = toks

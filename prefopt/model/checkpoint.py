@@ -157,7 +157,6 @@ def save_model(
     return out
 
 
-
 def write_config_files(out: Path, cfg: ModelConfig, dtype: torch.dtype) -> None:
     """Write ``config.json`` and ``generation_config.json`` for weights stored in ``dtype``."""
     cfg_dict = cfg.to_hf_dict()

@@ -32,7 +32,6 @@ def test_config_errors_are_all_reported_before_any_work(tmp_path):
         TrainConfig(model="m", data=str(data), output_dir="o", fsdp=True)
 
 
-
 def test_dpo_config_errors_come_with_the_training_errors_in_one_list(tmp_path):
     """DPO's own checks (beta, label smoothing) used to run only once the training settings
     passed: fixing the three listed errors brought two more."""
