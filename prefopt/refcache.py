@@ -133,15 +133,16 @@ class RefCache:
 
     def fill(self, pairs: Sequence, compute: Callable[[list], tuple[torch.Tensor, torch.Tensor]], *,
              batch_size: int, show_progress: bool = True, unit: str = "pair",
-             flush_seconds: float | None = None) -> int:
+             flush_seconds: float | None = None, write: bool = True) -> int:
         """Compute and store the reference log-probs of every pair not cached yet (``unit``:
         what the progress bar counts them as; KTO's examples are pairs too).
 
         ``compute(pairs) -> (chosen, rejected)`` runs the reference on one batch. The batches
         computed are written as one shard every ``flush_seconds`` (default :data:`FLUSH_SECONDS`),
         at the end, and when an exception stops the fill, so an interrupted fill resumes. Pairs
-        (anything with ``key`` and ``input_ids``) are batched longest first. Returns how many
-        were computed.
+        (anything with ``key`` and ``input_ids``) are batched longest first. ``write=False``:
+        compute only (a torchrun rank other than 0, whose ``compute`` shares the work; rank 0
+        writes). Returns how many were computed.
         """
         every = FLUSH_SECONDS if flush_seconds is None else flush_seconds
         todo = {p.key: p for p in pairs if p.key not in self.entries}
@@ -165,9 +166,10 @@ class RefCache:
                 chunk = items[s:s + batch_size]
                 with torch.no_grad():
                     c, r = compute(chunk)
-                keys.extend(p.key for p in chunk)
-                chosen.append(c.detach().float().cpu().reshape(-1))
-                rejected.append(r.detach().float().cpu().reshape(-1))
+                if write:
+                    keys.extend(p.key for p in chunk)
+                    chosen.append(c.detach().float().cpu().reshape(-1))
+                    rejected.append(r.detach().float().cpu().reshape(-1))
                 bar.update(len(chunk))
                 if time.monotonic() - written >= every:
                     write()

@@ -42,7 +42,7 @@ from ..lora_stack import same_layers
 from ..losses import LOSSES, PAIRWISE, REFERENCE_FREE, UNPAIRED, base_losses, known_loss, loss_terms
 from ..model import eval_mode
 from .config import TrainConfig, opt
-from .distributed import all_reduce_sum, head_operands
+from .distributed import all_reduce_sum, barrier, head_operands
 from .loop import Batch, Trainer
 from .out_of_memory import explained
 from .reference import reference_cache_for
@@ -268,51 +268,66 @@ class DPOTrainer(Trainer):
             return pair_logp_sums(ref, batch, self.config.ld_alpha)
 
     def fill_cache(self, pairs: Sequence[PairExample]) -> int:
-        """Compute the reference log-probs of every pair the cache lacks (rank 0), then share."""
-        from .distributed import barrier
+        """Compute the reference log-probs of every pair the cache lacks. Under torchrun every rank
+        computes a share of each round of pairs and the values are summed across ranks (each rank
+        fills its own positions); rank 0 writes them, and the others read the cache after. So the
+        fill runs on every GPU, no rank waits in a barrier for all of it (a process group's timeout
+        is 30 min), and an FSDP-sharded model, whose forward gathers its weights from every rank,
+        runs it on all ranks together (rank 0 alone waited for the others there forever)."""
+        self.ref_mode = "model" if self.ref_model is not None else "adapter"
+        stacked = 2 * self.config.batch_size  # pairs at once in the stacked layout
 
-        n = 0
-        if self.dist.is_main:
-            self.ref_mode = "model" if self.ref_model is not None else "adapter"
+        def local(chunk):  # the batch layout and precision the policy will run in (bf16 on CUDA)
+            batch = self.pair_batch(chunk)
+            if "gather" not in batch and len(chunk) > stacked:
+                # not packed (some pair shares no prompt): two full rows a pair, so at most
+                # twice a step's pairs at once, not the four times meant for packed rows
+                parts = [local(chunk[i:i + stacked]) for i in range(0, len(chunk), stacked)]
+                return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
+            b = {k: v.to(self.device) for k, v in batch.items()}
+            with self._autocast():
+                sums = self.reference_logps(b).float().cpu()
+            return sums[:len(chunk)], sums[len(chunk):]
 
-            # twice a step's pairs per chunk; four times when each prompt runs once (about half the tokens)
-            pairs_per_chunk = self.config.batch_size * (4 if self.config.share_prompt else 2)
+        def shared(chunk):  # a round: at most `stacked` pairs a rank, so one forward on each, packed or not
+            rank, world = self.dist.rank, self.dist.world
+            mine = chunk[rank::world]
+            c, r = local(mine or chunk[-1:])  # (a rank with none runs one all the same: FSDP's forward is collective)
+            sums = torch.zeros(len(chunk), 2)
+            if mine:
+                sums[rank::world] = torch.stack([c, r], 1)
+            sums = all_reduce_sum(sums, self.dist)  # each position has one rank's value, the others add 0
+            return sums[:, 0], sums[:, 1]
 
-            def compute(chunk):  # the batch layout and precision the policy will run in (bf16 on CUDA)
-                stacked = 2 * self.config.batch_size  # pairs at once in the stacked layout
-                batch = self.pair_batch(chunk)
-                if "gather" not in batch and len(chunk) > stacked:
-                    # not packed (some pair shares no prompt): two full rows a pair, so at most
-                    # twice a step's pairs at once, not the four times meant for packed rows
-                    parts = [compute(chunk[i:i + stacked]) for i in range(0, len(chunk), stacked)]
-                    return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
-                b = {k: v.to(self.device) for k, v in batch.items()}
-                with self._autocast():
-                    sums = self.reference_logps(b).float().cpu()
-                return sums[:len(chunk)], sums[len(chunk):]
-            n = self._fill_unless_stopped(pairs, compute, pairs_per_chunk)
-            self.ref_mode = "cache"
-            self.ref_forwards = 0
+        if self.dist.enabled:
+            barrier(self.dist)  # every rank has read the cache before rank 0 writes: all agree on what is missing
+            n = self._fill_unless_stopped(pairs, shared, stacked * self.dist.world)
+        else:  # twice a step's pairs per chunk; four times when each prompt runs once (about half the tokens)
+            n = self._fill_unless_stopped(pairs, local, self.config.batch_size * (4 if self.config.share_prompt else 2))
+        self.ref_mode = "cache"
+        self.ref_forwards = 0
         barrier(self.dist)
         if not self.dist.is_main:
-            self.ref_cache.reload()  # rank 0 has filled it
+            self.ref_cache.reload()  # rank 0 has written it
         return n
 
     def _fill_unless_stopped(self, pairs: Sequence[PairExample], compute, per_chunk: int) -> int:
-        """The cache's fill; SIGTERM or Ctrl-C stop it where they land (nothing is trained yet),
-        after the batches computed are written, and say how many are kept and how to go on."""
-        cache = self.ref_cache
+        """The cache's fill (written by rank 0); SIGTERM or Ctrl-C stop it where they land (nothing
+        is trained yet), after the batches computed are written, and say how many are kept and how
+        to go on."""
+        cache, main = self.ref_cache, self.dist.is_main
         before, todo = len(cache), len({p.key for p in pairs if p.key not in cache})
         try:
             with stop_requests(at_once=True):  # SIGTERM: Terminated where it lands, as Ctrl-C's KeyboardInterrupt
-                return cache.fill(pairs, compute, batch_size=per_chunk, show_progress=self.config.progress,
-                                  unit=self.noun.rstrip("s"))
+                return cache.fill(pairs, compute, batch_size=per_chunk, show_progress=self.config.progress and main,
+                                  unit=self.noun.rstrip("s"), write=main)
         except (Terminated, KeyboardInterrupt) as e:
-            how = "stopped by SIGTERM" if isinstance(e, Terminated) else "interrupted"
-            done = len(cache) - before
-            print(f"\nprefopt: {how} while computing the reference log-probs: those of {done} of the {todo} {self.noun} "
-                  f"are kept in {cache.root}; run it again and it computes only the other {todo - done}",
-                  file=sys.stderr, flush=True)
+            if main:
+                how = "stopped by SIGTERM" if isinstance(e, Terminated) else "interrupted"
+                done = len(cache) - before
+                print(f"\nprefopt: {how} while computing the reference log-probs: those of {done} of the {todo} "
+                      f"{self.noun} are kept in {cache.root}; run it again and it computes only the other {todo - done}",
+                      file=sys.stderr, flush=True)
             raise
 
     def loss_sum(self, model, batch):

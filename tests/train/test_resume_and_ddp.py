@@ -161,18 +161,24 @@ def test_evaluators_on_two_processes_are_averaged_and_pick_the_same_best(task, t
 
 
 @pytest.mark.slow
-def test_dpo_with_a_reference_cache_on_two_processes_matches_one(task, tmp_path):
-    """Rank 0 fills the cache, the other rank waits and reads it; DDP then matches one process."""
+@pytest.mark.parametrize("mode", ["ddp_lora", "fsdp_full"])
+def test_dpo_with_a_reference_cache_on_two_processes_matches_one(task, tmp_path, mode):
+    """Both ranks compute a share of the cache's fill, rank 0 writes it and the other reads it;
+    the run then matches one process. Full fine-tuning under FSDP2 takes the reference from the
+    sharded model itself, whose forward every rank must join: the fill hung there while rank 0
+    ran it alone and rank 1 waited in a barrier."""
+    from prefopt.refcache import RefCache
+
     model_dir, _ = task
     pairs = write_pairs(tmp_path / "pairs.jsonl", n=24)
+    kw = dict(lora=False, lr=1e-3) if mode == "fsdp_full" else dict(lr=5e-3, lora_dropout=0.0)
 
-    def config(name, batch_size):
+    def config(name, batch_size, **more):
         return _config(task, tmp_path / name, kind="dpo", data=str(pairs), batch_size=batch_size, max_steps=12,
-                       lr=5e-3, lora_dropout=0.0, save_every=0, eval_fraction=0.25,
-                       ref_cache=str(tmp_path / name / "cache"))
+                       save_every=0, eval_fraction=0.25, ref_cache=str(tmp_path / name / "cache"), **kw, **more)
 
     _in_this_process(config("one", 4))
-    two = _torchrun(2, config("two", 2))
+    two = _torchrun(2, config("two", 2, fsdp=mode == "fsdp_full"))
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("records kept") == 1 and two.stdout.count("saved to") == 1  # rank 0 speaks
     l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "two")
@@ -184,21 +190,30 @@ def test_dpo_with_a_reference_cache_on_two_processes_matches_one(task, tmp_path)
     for run in ("one", "two"):
         summary = json.loads((tmp_path / run / "train_summary.json").read_text())
         assert summary["reference_forwards"] == 0  # training ran on the cache alone
-    w1 = load_file(tmp_path / "one" / "final" / "adapter_model.safetensors")
-    w2 = load_file(tmp_path / "two" / "final" / "adapter_model.safetensors")
+    fingerprint = json.loads((tmp_path / "one" / "cache" / "index.json").read_text())["fingerprint"]
+    c1, c2 = (RefCache(tmp_path / run / "cache", fingerprint) for run in ("one", "two"))
+    assert len(c1) == len(c2) == 24 and c2.stale_reason is None  # the same reference, every pair cached
+    keys = sorted(c1.entries)
+    for a, b in zip(c1.get(keys), c2.get(keys)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    name = "model.safetensors" if mode == "fsdp_full" else "adapter_model.safetensors"
+    w1, w2 = (load_file(tmp_path / run / "final" / name) for run in ("one", "two"))
     assert w1.keys() == w2.keys() and max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
 
 
 @pytest.mark.slow
-def test_kto_on_two_processes_matches_one(task, tmp_path):
+@pytest.mark.parametrize("cache", [False, True])
+def test_kto_on_two_processes_matches_one(task, tmp_path, cache):
     """KTO's reference point z0 is a batch mean: on two processes it is averaged over the ranks'
     batches (as TRL does), so two processes of 2 examples train as one of 4. Eval is left out:
-    there each rank keeps its own batch's z0 (an eval shard may hold one batch more)."""
+    there each rank keeps its own batch's z0 (an eval shard may hold one batch more). With a
+    reference cache both ranks fill it, each a share of its examples."""
     pairs = write_pairs(tmp_path / "pairs.jsonl", n=24)  # read as 48 examples
 
     def config(name, batch_size):
         return _config(task, tmp_path / name, kind="dpo", loss="kto", beta=0.5, data=str(pairs),
-                       batch_size=batch_size, max_steps=6, lr=5e-3, lora_dropout=0.0, save_every=0, eval_fraction=0)
+                       batch_size=batch_size, max_steps=6, lr=5e-3, lora_dropout=0.0, save_every=0, eval_fraction=0,
+                       ref_cache=str(tmp_path / name / "cache") if cache else None)
 
     _in_this_process(config("one", 4))
     two = _torchrun(2, config("two", 2))
@@ -211,6 +226,8 @@ def test_kto_on_two_processes_matches_one(task, tmp_path):
     w1 = load_file(tmp_path / "one" / "final" / "adapter_model.safetensors")
     w2 = load_file(tmp_path / "two" / "final" / "adapter_model.safetensors")
     assert w1.keys() == w2.keys() and max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
+    summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
+    assert (summary["reference_forwards"] == 0) == cache
 
 
 @pytest.mark.slow
