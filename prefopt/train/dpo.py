@@ -300,7 +300,7 @@ class DPOTrainer(Trainer):
             return sums[:, 0], sums[:, 1]
 
         if self.dist.enabled:
-            barrier(self.dist)  # every rank has read the cache before rank 0 writes: all agree on what is missing
+            self._same_cache_everywhere(pairs)  # (a collective: every rank has read it before rank 0 writes)
             n = self._fill_unless_stopped(pairs, shared, stacked * self.dist.world)
         else:  # twice a step's pairs per chunk; four times when each prompt runs once (about half the tokens)
             n = self._fill_unless_stopped(pairs, local, self.config.batch_size * (4 if self.config.share_prompt else 2))
@@ -310,6 +310,17 @@ class DPOTrainer(Trainer):
         if not self.dist.is_main:
             self.ref_cache.reload()  # rank 0 has written it
         return n
+
+    def _same_cache_everywhere(self, pairs: Sequence[PairExample]) -> None:
+        """Under torchrun the ranks fill the cache in step, so they must all see it the same (one
+        folder every node reads): else a clear error on every rank, not a fill that waits forever."""
+        missing = float(len({p.key for p in pairs if p.key not in self.ref_cache}))
+        total, squares = all_reduce_sum(torch.tensor([missing, missing * missing], dtype=torch.float64),
+                                        self.dist).tolist()
+        if squares * self.dist.world != total * total:  # not every rank's count equal
+            raise ValueError(f"the {self.dist.world} processes see different reference caches in "
+                             f"{self.ref_cache.root} (rank {self.dist.rank}: {missing:.0f} {self.noun} not cached): "
+                             "every rank must read the same folder, on a filesystem all nodes share")
 
     def _fill_unless_stopped(self, pairs: Sequence[PairExample], compute, per_chunk: int) -> int:
         """The cache's fill (written by rank 0); SIGTERM or Ctrl-C stop it where they land (nothing

@@ -1,5 +1,6 @@
 """Run SFT (or DPO, with ``"kind": "dpo"`` in the config) from a JSON config in a subprocess;
-optionally SIGKILL (or SIGTERM) itself after a given step, or inside it. ``"evaluators": true`` adds :func:`rank_and_norm`."""
+optionally SIGKILL (or SIGTERM) itself after a given step, or inside it. ``"evaluators": true`` adds :func:`rank_and_norm`;
+``"ref_cache_per_rank": true`` gives each rank its own ``ref_cache`` folder (``-rank0``, ``-rank1``)."""
 import json
 import os
 import signal
@@ -20,6 +21,8 @@ def config_and_run(path):
     """The config the JSON file at ``path`` describes, the run function it goes to, and its evaluators."""
     fields = json.loads(open(path).read())
     evaluators = [rank_and_norm] if fields.pop("evaluators", False) else []
+    if fields.pop("ref_cache_per_rank", False):  # each rank its own folder: as nodes that share no filesystem
+        fields["ref_cache"] += f"-rank{os.environ.get('RANK', '0')}"
     if fields.pop("kind", "sft") == "dpo":
         return DPOConfig(**fields), run_dpo, evaluators
     return TrainConfig(**fields), run_sft, evaluators

@@ -201,6 +201,22 @@ def test_dpo_with_a_reference_cache_on_two_processes_matches_one(task, tmp_path,
     assert w1.keys() == w2.keys() and max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
 
 
+def test_ranks_that_see_different_reference_caches_stop_with_an_error_not_a_hang(task, tmp_path):
+    """The ranks fill the cache in step, so they must agree on what it lacks: here rank 0's folder
+    holds every pair and rank 1's none (as on nodes that share no filesystem)."""
+    pairs = write_pairs(tmp_path / "pairs.jsonl", n=8)
+    kw = dict(kind="dpo", data=str(pairs), batch_size=2, max_steps=1, save_every=0, eval_fraction=0)
+    _in_this_process(_config(task, tmp_path / "one", ref_cache=str(tmp_path / "cache-rank0"), **kw))
+    two = _torchrun(2, _config(task, tmp_path / "two", ref_cache=str(tmp_path / "cache"), ref_cache_per_rank=True,
+                               **kw))
+    assert two.returncode != 0
+    said = [f"the 2 processes see different reference caches in {tmp_path / f'cache-rank{rank}'} (rank {rank}: "
+            f"{missing} pairs not cached): every rank must read the same folder" in two.stderr
+            for rank, missing in ((0, 0), (1, 8))]
+    assert any(said), two.stderr[-3000:]  # both ranks raise it (torchrun may stop the second before it prints)
+    assert not (tmp_path / "cache-rank1").exists() and not (tmp_path / "two" / "train_config.json").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cache", [False, True])
 def test_kto_on_two_processes_matches_one(task, tmp_path, cache):
