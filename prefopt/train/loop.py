@@ -337,7 +337,7 @@ class Trainer:
                 print(f"prefopt: --resume: no checkpoint in {self.output_dir} yet; starting at step 0", flush=True)
         summary: dict[str, Any] = {"total_steps": self.total_steps, "resumed_from_step": self.step}
         if self.step == 0:
-            first = self.evaluate()
+            first = self._first_evaluation()
             if first and log:
                 log.write({"step": 0, **first})
             summary["eval_before"] = first
@@ -362,6 +362,20 @@ class Trainer:
             log.close()
             write_json_atomic(self.output_dir / "train_summary.json", summary)
         return summary
+
+    def _first_evaluation(self) -> dict[str, float]:
+        """The evaluation before step 1. Nothing is trained yet, so SIGTERM or Ctrl-C stop it where
+        they land and the run says how to go on: ``--resume`` starts it again
+        (:func:`~prefopt.train.state.saved_nothing`)."""
+        try:
+            with stop_requests(at_once=True):
+                return self.evaluate()
+        except (Terminated, KeyboardInterrupt) as e:
+            if self.dist.is_main:
+                how = "stopped by SIGTERM" if isinstance(e, Terminated) else "interrupted"
+                print(f"\nprefopt: {how} in the evaluation before the first step, with nothing trained yet; rerun "
+                      "with --resume to start again", file=sys.stderr, flush=True)
+            raise
 
     def _final_evaluation(self) -> dict[str, float]:
         """The evaluation after the last step, and ``best/`` where it scores best. SIGTERM or Ctrl-C

@@ -145,6 +145,34 @@ def test_resume_starts_again_where_the_run_before_saved_nothing(task, tmp_path, 
     assert (out / "best" / "adapter_model.safetensors").is_file()
 
 
+def test_sigterm_in_the_first_evaluation_says_how_to_go_on_and_resume_starts_again(task, tmp_path, capsys):
+    """The evaluation before step 1 may take minutes (evaluators that generate); SIGTERM there
+    ended the process without a word. Nothing is trained yet: it stops where the signal lands,
+    says so, and ``--resume`` starts the run again."""
+    import os
+
+    from prefopt.train import Terminated
+
+    calls = []
+
+    def evaluator(trainer):
+        calls.append(trainer.step)
+        if len(calls) == 1:
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # (else the signal ends pytest itself)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {"steps": float(trainer.step)}
+
+    kw = dict(eval_fraction=0.0, eval_every=2, save_every=0, max_steps=2, resume=True)
+    out = tmp_path / "run"
+    with pytest.raises(Terminated):
+        run_sft(_cfg(task, out, **kw), evaluators=[evaluator])
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
+    assert ("prefopt: stopped by SIGTERM in the evaluation before the first step, with nothing trained yet; rerun "
+            "with --resume to start again") in capsys.readouterr().err
+    assert run_sft(_cfg(task, out, **kw), evaluators=[evaluator])["eval_after"] == {"eval_steps": 2.0}
+    assert calls == [0, 0, 2]
+
+
 def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default(task, tmp_path):
     """best_metric and best_mode came after checkpoints that do not record them: those resume
     where the new settings keep their defaults, and not under another value."""
