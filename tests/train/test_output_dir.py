@@ -487,6 +487,13 @@ def test_a_signal_before_or_in_an_evaluation_during_the_run_does_not_wait_for_it
     what = "stopped by SIGTERM" if how == "TERM" else "interrupted"
     assert (f"prefopt: {what} at step 4 of 6, before its evaluation; rerun with --resume to continue from {ckpt}\n"
             in capfd.readouterr().err)
+    if how == "TERM" and where == "evaluation":  # in the owed evaluation, on the resume: it stops there, still owed
+        with _signals_at_their_defaults(), pytest.raises(Terminated):  # (it raised _Killed: SIGTERM's default)
+            run_sft(_cfg(task, out, resume=True, **kw), evaluators=[_noise])
+        assert evaluated == [0, 2, 4, 4]
+        assert json.loads((ckpt / "trainer_state.json").read_text())["eval_owed"] is True
+        assert (f"prefopt: stopped by SIGTERM in the evaluation that step 4's checkpoint owes; rerun with --resume "
+                f"to evaluate and continue from {ckpt}\n") in capfd.readouterr().err
     monkeypatch.undo()
     assert run_sft(_cfg(task, out, resume=True, **kw), evaluators=[_noise])["resumed_from_step"] == 4
 
