@@ -153,7 +153,7 @@ class RefCache:
         chosen: list[torch.Tensor] = []
         rejected: list[torch.Tensor] = []
 
-        def write() -> None:
+        def flush() -> None:
             if keys:
                 self.add(keys, torch.cat(chosen), torch.cat(rejected))
                 keys.clear()
@@ -172,11 +172,11 @@ class RefCache:
                     rejected.append(r.detach().float().cpu().reshape(-1))
                 bar.update(len(chunk))
                 if time.monotonic() - written >= every:
-                    write()
+                    flush()
                     written = time.monotonic()
         finally:  # the batches done, also when an exception (Ctrl-C, out of memory) ends the fill
             bar.close()
-            write()
+            flush()
             self._values = {}
         return len(items)
 

@@ -215,6 +215,26 @@ def test_a_fill_writes_its_batches_together_not_the_whole_index_each_batch(tmp_p
     assert chosen.tolist() == [-len(p.input_ids) for p in pairs] and set(rejected.tolist()) == {-9.0}
 
 
+def test_a_fill_that_does_not_write_computes_every_batch_and_writes_nothing(tmp_path):
+    """``write=False``: a torchrun rank other than 0 runs its share of each batch (``compute``)
+    while rank 0 writes the cache; it must not write the same files beside it."""
+    from types import SimpleNamespace
+
+    from prefopt.refcache import RefCache
+
+    pairs = [SimpleNamespace(key=f"k{i}", input_ids=[0] * (1 + i % 3)) for i in range(20)]
+    seen = []
+
+    def compute(chunk):
+        seen.extend(p.key for p in chunk)
+        return torch.zeros(len(chunk)), torch.zeros(len(chunk))
+
+    cache = RefCache(tmp_path / "cache", {"model": "m"})
+    assert cache.fill(pairs, compute, batch_size=8, show_progress=False, flush_seconds=0.0, write=False) == 20
+    assert sorted(seen) == sorted(p.key for p in pairs) and len(cache) == 0
+    assert not (tmp_path / "cache").exists()
+
+
 def test_sigterm_while_the_cache_fills_keeps_the_batches_done_and_a_rerun_computes_the_rest(task, tmp_path, capsys,
                                                                                              monkeypatch):
     """Nothing is trained yet, so SIGTERM stops the fill where it lands (the CLI's 143, a
