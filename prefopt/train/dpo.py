@@ -15,7 +15,6 @@ The reference log-probs come from one of three places:
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,7 +46,6 @@ from .loop import Batch, Trainer
 from .out_of_memory import explained
 from .reference import reference_cache_for
 from .shared_prompt import pack_pairs, pair_hidden, pair_logp_sums
-from .stop_signal import Terminated, stop_requests
 
 REF_MODES = ("adapter", "model", "cache", "none")
 
@@ -299,47 +297,36 @@ class DPOTrainer(Trainer):
             sums = all_reduce_sum(sums, self.dist)  # each position has one rank's value, the others add 0
             return sums[:, 0], sums[:, 1]
 
+        cache = self.ref_cache
+        before, todo = len(cache), len(cache.missing([p.key for p in pairs]))
         if self.dist.enabled:
-            self._same_cache_everywhere(pairs)  # (a collective: every rank has read it before rank 0 writes)
-            n = self._fill_unless_stopped(pairs, shared, stacked * self.dist.world)
+            self._same_cache_everywhere(todo)  # (a collective: every rank has read the cache before rank 0 writes)
+            compute, per_chunk = shared, stacked * self.dist.world
         else:  # twice a step's pairs per chunk; four times when each prompt runs once (about half the tokens)
-            n = self._fill_unless_stopped(pairs, local, self.config.batch_size * (4 if self.config.share_prompt else 2))
+            compute, per_chunk = local, self.config.batch_size * (4 if self.config.share_prompt else 2)
+        # SIGTERM or Ctrl-C stop the fill where they land (nothing is trained yet), after the batches done are written
+        n = self._stopped_at_once(
+            lambda: cache.fill(pairs, compute, batch_size=per_chunk, show_progress=self.config.progress and
+                               self.dist.is_main, unit=self.noun.rstrip("s"), write=self.dist.is_main),
+            lambda: f"while computing the reference log-probs: those of {len(cache) - before} of the {todo} "
+                    f"{self.noun} are kept in {cache.root}; run it again and it computes only the other "
+                    f"{todo - (len(cache) - before)}")
         self.ref_mode = "cache"
         self.ref_forwards = 0
         barrier(self.dist)
         if not self.dist.is_main:
-            self.ref_cache.reload()  # rank 0 has written it
+            cache.reload()  # rank 0 has written it
         return n
 
-    def _same_cache_everywhere(self, pairs: Sequence[PairExample]) -> None:
+    def _same_cache_everywhere(self, missing: int) -> None:
         """Under torchrun the ranks fill the cache in step, so they must all see it the same (one
         folder every node reads): else a clear error on every rank, not a fill that waits forever."""
-        missing = float(len({p.key for p in pairs if p.key not in self.ref_cache}))
         total, squares = all_reduce_sum(torch.tensor([missing, missing * missing], dtype=torch.float64),
                                         self.dist).tolist()
         if squares * self.dist.world != total * total:  # not every rank's count equal
             raise ValueError(f"the {self.dist.world} processes see different reference caches in "
-                             f"{self.ref_cache.root} (rank {self.dist.rank}: {missing:.0f} {self.noun} not cached): "
+                             f"{self.ref_cache.root} (rank {self.dist.rank}: {missing} {self.noun} not cached): "
                              "every rank must read the same folder, on a filesystem all nodes share")
-
-    def _fill_unless_stopped(self, pairs: Sequence[PairExample], compute, per_chunk: int) -> int:
-        """The cache's fill (written by rank 0); SIGTERM or Ctrl-C stop it where they land (nothing
-        is trained yet), after the batches computed are written, and say how many are kept and how
-        to go on."""
-        cache, main = self.ref_cache, self.dist.is_main
-        before, todo = len(cache), len({p.key for p in pairs if p.key not in cache})
-        try:
-            with stop_requests(at_once=True):  # SIGTERM: Terminated where it lands, as Ctrl-C's KeyboardInterrupt
-                return cache.fill(pairs, compute, batch_size=per_chunk, show_progress=self.config.progress and main,
-                                  unit=self.noun.rstrip("s"), write=main)
-        except (Terminated, KeyboardInterrupt) as e:
-            if main:
-                how = "stopped by SIGTERM" if isinstance(e, Terminated) else "interrupted"
-                done = len(cache) - before
-                print(f"\nprefopt: {how} while computing the reference log-probs: those of {done} of the {todo} "
-                      f"{self.noun} are kept in {cache.root}; run it again and it computes only the other {todo - done}",
-                      file=sys.stderr, flush=True)
-            raise
 
     def loss_sum(self, model, batch):
         B = self.units(batch)

@@ -367,19 +367,20 @@ class Trainer:
         """The evaluation before step 1. Nothing is trained yet, so SIGTERM or Ctrl-C stop it where
         they land and the run says how to go on: ``--resume`` starts it again
         (:func:`~prefopt.train.state.saved_nothing`)."""
-        return self._evaluation_stopped_at_once("the evaluation before the first step, with nothing trained yet",
-                                                "rerun with --resume to start again")
+        return self._stopped_at_once(self.evaluate, lambda: "in the evaluation before the first step, with nothing "
+                                     "trained yet; rerun with --resume to start again")
 
-    def _evaluation_stopped_at_once(self, where: str, then: str) -> dict[str, float]:
-        """An evaluation that nothing is lost by stopping (before step 1; one a checkpoint owes):
-        SIGTERM or Ctrl-C stop it where they land, and the run says ``where`` and ``then``."""
+    def _stopped_at_once(self, job: Callable[[], Any], said: Callable[[], str]) -> Any:
+        """``job()``, work that nothing is lost by stopping (an evaluation before step 1 or one a
+        checkpoint owes, a reference cache's fill): SIGTERM or Ctrl-C stop it where they land, and
+        the main process says ``prefopt: stopped by SIGTERM {said()}`` (or ``interrupted``)."""
         try:
             with stop_requests(at_once=True):
-                return self.evaluate()
+                return job()
         except (Terminated, KeyboardInterrupt) as e:
             if self.dist.is_main:
                 how = "stopped by SIGTERM" if isinstance(e, Terminated) else "interrupted"
-                print(f"\nprefopt: {how} in {where}; {then}", file=sys.stderr, flush=True)
+                print(f"\nprefopt: {how} {said()}", file=sys.stderr, flush=True)
             raise
 
     def _final_evaluation(self) -> dict[str, float]:
@@ -564,9 +565,9 @@ class Trainer:
         """The evaluation a signal kept the checkpoint's step from (:meth:`_evaluation_in_run`), as
         the run would have done it: logged, judged for ``best/``; its metrics where ``patience``
         stops the run there, else None. A signal stops it where it lands: the checkpoint still owes it."""
-        evaluated = self._evaluation_stopped_at_once(
-            f"the evaluation that step {self.step}'s checkpoint owes",
-            f"rerun with --resume to evaluate and continue from {ckpt_io.latest_checkpoint(self.output_dir)}")
+        evaluated = self._stopped_at_once(
+            self.evaluate, lambda: f"in the evaluation that step {self.step}'s checkpoint owes; rerun with --resume to "
+            f"evaluate and continue from {ckpt_io.latest_checkpoint(self.output_dir)}")
         self.best.consider(self, evaluated, self.step)
         stop = self.best.out_of_patience
         if log and (self.step % self.config.log_every == 0 or stop):
