@@ -36,8 +36,10 @@ from ..chat_template import run_chat_date, run_chat_vars
 from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 from ..tasks.parsing import final_answer
 from ..tokenizer import set_chat_date, set_chat_vars
+from ..train.diverged import Diverged
 from ..train.out_of_memory import reraised
-from .compare_config import PRESETS, CompareConfig, memory_advice, same_run
+from ..train.stop_signal import GoingOn, going_on_by
+from .compare_config import PRESETS, CompareConfig, diverged_advice, memory_advice, same_run
 from .judge import judge_scores, ready_judge
 from .runner import (
     DECODING,
@@ -65,6 +67,10 @@ from .selection import (
     stage_weights,
     trainer_settings,
 )
+
+# a stage stopped by SIGTERM, Ctrl-C or an error is resumed from its checkpoint, or started again, by
+# rerunning the command (:func:`_resumed`); compare has no --resume, --overwrite or --save-every
+RERUN = GoingOn(resume="rerun the same command", restart="rerun the same command", save_more="")
 
 
 def _log(msg: str) -> None:
@@ -412,13 +418,20 @@ def run_compare(cfg: CompareConfig) -> dict:
     def fitted(stage: str, training: bool, job):  # running out of memory is said in --set terms
         return reraised(job, lambda e: memory_advice(stage, training, s, e))
 
+    def trained(stage: str, job):  # and so is a training that diverged, or one stopped (the same command resumes it)
+        try:
+            with going_on_by(RERUN):
+                return fitted(stage, True, job)
+        except Diverged as e:
+            raise diverged_advice(stage, s, e) from e
+
     results = {"base": fitted("base", False, lambda: _evaluate(cfg, task, tok, test, out, "base", s, judge))}
-    fitted("sft", True, lambda: _sft(cfg, task, train, out, s))
+    trained("sft", lambda: _sft(cfg, task, train, out, s))
     keep = {} if cfg.strategy == "model_errors" and not (out / "data" / "pairs.jsonl").is_file() else None
     results["sft"] = fitted("sft", False, lambda: _evaluate(cfg, task, tok, test, out, "sft", s, judge, keep))
     pairs = fitted("sft", False, lambda: _pairs(cfg, task, tok, train, out, s, keep))
     keep = None  # the SFT model, if its errors were mined, is released before DPO
-    fitted("dpo", True, lambda: _dpo(cfg, task, pairs, val, out, s))
+    trained("dpo", lambda: _dpo(cfg, task, pairs, val, out, s))
     _name_old_weights(out)
     decided = require_gain(task, val, out, s, cfg.seed)
     if decided:

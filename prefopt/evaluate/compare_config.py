@@ -20,6 +20,7 @@ from .runner import DECODING, decoding
 from .selection import check_settings
 
 if TYPE_CHECKING:
+    from ..train.diverged import Diverged
     from ..train.out_of_memory import OutOfMemory
 
 # both stages' adapters, in every preset; quantize "nf4": their base weights in 4 bits while they train (QLoRA)
@@ -326,3 +327,14 @@ def memory_advice(stage: str, training: bool, s: dict, e: BaseException) -> OutO
         fixes.append(f"{'or, ' if kept else ''}into a new --output, --set {', '.join(changed)}")
     return OutOfMemory(f"out of memory {where} ({what}). To fit, try {'; '.join(fixes) or 'a smaller model'}",
                        what, when)
+
+
+def diverged_advice(stage: str, s: dict, e: Diverged) -> Diverged:
+    """A stage's training that diverged (NaN or infinite gradients), said in compare's settings: a
+    lower learning rate, which changes what is trained, so into a new --output (:func:`same_run`).
+    The trainer's own advice (--lr, --overwrite) names flags compare does not have."""
+    from ..train.diverged import Diverged
+
+    lr = s[f"{stage}_lr"]
+    return Diverged(f"training the {stage} stage diverged {e.what or '(its gradients are not finite)'}. Try a lower "
+                    f"learning rate, into a new --output: --set {stage}_lr={lr / 2:g} (now {lr:g})", e.what)

@@ -12,10 +12,19 @@ import math
 
 
 class Diverged(ValueError):
-    """The gradients of a step were NaN or infinite; no optimizer step was taken with them."""
+    """The gradients of a step were NaN or infinite; no optimizer step was taken with them.
+    ``what``: where and how (``"in step 3 of 40: its gradients are not finite (...), so no
+    optimizer step was taken with them"``), for a caller that says what to change in its own
+    settings (``prefopt compare``)."""
+
+    def __init__(self, message: str, what: str = ""):
+        super().__init__(message)
+        self.what = what
 
 
-def diverged_message(trainer, step: int, grad_norm: float, loss: float) -> str:
+def diverged(trainer, step: int, grad_norm: float, loss: float) -> Diverged:
+    """The error for step ``step`` (0-based), whose gradients' norm is ``grad_norm``: where, and
+    the settings that usually help, in the command line's words."""
     c = trainer.config
     fixes = [f"a lower --lr (now {c.lr:g})"]
     if not c.max_grad_norm:
@@ -27,7 +36,7 @@ def diverged_message(trainer, step: int, grad_norm: float, loss: float) -> str:
         fixes.append(f"float32 trainable weights (now {'/'.join(low)}; --dtype float32)")
     last = "" if step == 0 else f"; the model keeps the weights after step {step}"
     value = "nan" if math.isnan(loss) else f"{loss:.4g}"
-    return (f"training diverged in step {step + 1} of {trainer.total_steps}: its gradients are not finite "
-            f"(norm {grad_norm}, loss {value}), so no optimizer step was taken with them{last}. Try "
-            f"{', '.join(fixes)}; these change the run's settings: start it again with --overwrite (overwrite=True) "
-            f"or into another --output-dir")
+    what = (f"in step {step + 1} of {trainer.total_steps}: its gradients are not finite (norm {grad_norm}, loss "
+            f"{value}), so no optimizer step was taken with them")
+    return Diverged(f"training diverged {what}{last}. Try {', '.join(fixes)}; these change the run's settings: start "
+                    "it again with --overwrite (overwrite=True) or into another --output-dir", what)

@@ -45,12 +45,12 @@ from .distributed import (
     shard_like,
     wrap_model,
 )
-from .diverged import Diverged, diverged_message
+from .diverged import diverged
 from .metrics import MetricsLog
 from .out_of_memory import explained
 from .saving import BestWeights
 from .schedule import lr_at
-from .stop_signal import Terminated, stop_requests
+from .stop_signal import Terminated, going_on, stop_requests
 
 Batch = dict[str, torch.Tensor]
 EVAL_BAR_MIN = 64  # an eval set this small (per process) finishes without a bar
@@ -246,7 +246,7 @@ class Trainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm or math.inf))
         if not math.isfinite(grad_norm):  # AdamW would spread the NaN into every weight: stop before it
             self.optimizer.zero_grad(set_to_none=True)
-            raise Diverged(diverged_message(self, step, grad_norm, float(loss_total) / max(units, 1.0)))
+            raise diverged(self, step, grad_norm, float(loss_total) / max(units, 1.0))
         lr = self.lr(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -368,7 +368,7 @@ class Trainer:
         they land and the run says how to go on: ``--resume`` starts it again
         (:func:`~prefopt.train.state.saved_nothing`)."""
         return self._stopped_at_once(self.evaluate, lambda: "in the evaluation before the first step, with nothing "
-                                     "trained yet; rerun with --resume to start again")
+                                     f"trained yet; {going_on().resume} to start again")
 
     def _stopped_at_once(self, job: Callable[[], Any], said: Callable[[], str]) -> Any:
         """``job()``, work that nothing is lost by stopping (an evaluation before step 1 or one a
@@ -401,7 +401,7 @@ class Trainer:
             return out
         if self.dist.is_main:
             how = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"
-            self._say_stopped(f"{how} in the final evaluation", "rerun")
+            self._say_stopped(f"{how} in the final evaluation")
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         raise Terminated(f"stopped by SIGTERM in the final evaluation, after saving the weights of step {self.step} "
@@ -431,15 +431,15 @@ class Trainer:
                 return self._run_steps(log, bar, asked)
         except Terminated:  # SIGTERM: the step finished and a checkpoint holds it (a first Ctrl-C's: below)
             if self.dist.is_main:
-                self._say_stopped("stopped by SIGTERM", "rerun")
+                self._say_stopped("stopped by SIGTERM")
             raise
         except KeyboardInterrupt:  # Ctrl-C: say where the run stopped and how to go on
             if self.dist.is_main:
-                self._say_stopped("interrupted", "rerun")
+                self._say_stopped("interrupted")
             raise
         except OSError:  # a full disk, a lost mount: the error follows (the CLI's one line); say how to go on
             if self.dist.is_main:
-                self._say_stopped("stopped by the error below", "once it is mended, rerun")
+                self._say_stopped("stopped by the error below", "once it is mended, ")
             raise
         finally:
             if bar is not None:
@@ -566,8 +566,8 @@ class Trainer:
         the run would have done it: logged, judged for ``best/``; its metrics where ``patience``
         stops the run there, else None. A signal stops it where it lands: the checkpoint still owes it."""
         evaluated = self._stopped_at_once(
-            self.evaluate, lambda: f"in the evaluation that step {self.step}'s checkpoint owes; rerun with --resume to "
-            f"evaluate and continue from {ckpt_io.latest_checkpoint(self.output_dir)}")
+            self.evaluate, lambda: f"in the evaluation that step {self.step}'s checkpoint owes; {going_on().resume} "
+            f"to evaluate and continue from {ckpt_io.latest_checkpoint(self.output_dir)}")
         self.best.consider(self, evaluated, self.step)
         stop = self.best.out_of_patience
         if log and (self.step % self.config.log_every == 0 or stop):
@@ -586,12 +586,14 @@ class Trainer:
                                       self.dist).tolist()
         return signal.SIGTERM if term else (signal.SIGINT if ctrl_c else 0)
 
-    def _say_stopped(self, how: str, then: str) -> None:
-        last = ckpt_io.latest_checkpoint(self.output_dir)
+    def _say_stopped(self, how: str, first: str = "") -> None:
+        """The line a stop ends with: where the run stopped and how to go on (:func:`going_on`),
+        after ``first`` (``"once it is mended, "``)."""
+        last, words = ckpt_io.latest_checkpoint(self.output_dir), going_on()
         if last is not None:
-            what = f"{then} with --resume to continue from {last}"
+            what = f"{first}{words.resume} to continue from {last}"
         else:
-            what = f"it saved no checkpoint (set --save-every); {then} with --overwrite to start again"
+            what = f"it saved no checkpoint{words.save_more}; {first}{words.restart} to start again"
         owed = ", before its evaluation" if self.eval_owed else ""
         print(f"\nprefopt: {how} at step {self.step} of {self.total_steps}{owed}; {what}", file=sys.stderr, flush=True)
 

@@ -16,11 +16,44 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 
 class Terminated(Exception):
     """Training stopped on SIGTERM after saving a checkpoint (the CLI exits 143, as a process
     SIGTERM ended does)."""
+
+
+@dataclass(frozen=True)
+class GoingOn:
+    """How a stopped run's messages tell the user to go on, in the words of the program that runs
+    the trainer: ``resume`` continues from the last checkpoint (``"rerun with --resume"``),
+    ``restart`` starts again where there is none, ``save_more`` (after "it saved no checkpoint")
+    names the setting that saves checkpoints."""
+    resume: str = "rerun with --resume"
+    restart: str = "rerun with --overwrite"
+    save_more: str = " (set --save-every)"
+
+
+COMMAND_LINE = GoingOn()  # prefopt sft / dpo / kto
+_going_on: ContextVar[GoingOn | None] = ContextVar("prefopt_going_on", default=None)
+
+
+def going_on() -> GoingOn:
+    """The words of :class:`GoingOn` in force (the command line's, unless :func:`going_on_by`)."""
+    return _going_on.get() or COMMAND_LINE
+
+
+@contextmanager
+def going_on_by(words: GoingOn) -> Iterator[None]:
+    """Within the block, the trainers' stop messages say how to go on in ``words`` (``prefopt
+    compare``: rerunning the same command resumes a stage, and it has no --resume)."""
+    token = _going_on.set(words)
+    try:
+        yield
+    finally:
+        _going_on.reset(token)
 
 
 def ctrl_c_line(when: str) -> str:

@@ -99,10 +99,12 @@ def test_a_preempted_stage_resumes_from_its_checkpoint_and_ends_as_an_uninterrup
     with pytest.raises(Terminated):
         run_compare(cfg)
     monkeypatch.undo()
-    capsys.readouterr()
+    ckpt = out / stage / "train" / "checkpoints" / "step-00000001"
+    err = capsys.readouterr().err  # compare has no --resume: its own rerun resumes the stage
+    assert f"prefopt: stopped by SIGTERM at step 1 of 2; rerun the same command to continue from {ckpt}\n" in err
+    assert "--resume" not in err
     run_compare(cfg)
-    assert (f"{stage}: resuming the interrupted attempt from {out / stage / 'train' / 'checkpoints' / 'step-00000001'}"
-            in capsys.readouterr().out)
+    assert f"{stage}: resuming the interrupted attempt from {ckpt}" in capsys.readouterr().out
     assert json.loads((out / stage / "train" / "train_summary.json").read_text())["resumed_from_step"] == 1
     for s in ("sft", "dpo"):
         a, b = (load_file(d / s / "train" / "final" / "adapter_model.safetensors") for d in (whole, out))
@@ -123,3 +125,28 @@ def test_an_interrupted_stage_under_other_trainer_settings_starts_again(tiny_mod
     run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), overrides={**TINY, "pack": False}))
     assert (f"sft: training from the start: the interrupted attempt's {out / 'sft' / 'train' / 'checkpoints'}"
             f"/step-00000001 was written under other settings (pack: True -> False)") in capsys.readouterr().out
+
+
+def test_a_stage_that_diverges_says_which_setting_to_lower(tiny_model, tmp_path, monkeypatch, capsys):
+    """The trainer's own advice names --lr and --overwrite, flags compare does not have; compare
+    says it in its settings. Outside compare the trainer's words are unchanged (going_on_by's
+    block ends with the stage)."""
+    from prefopt.train import Diverged
+    from prefopt.train.stop_signal import going_on
+
+    original, calls = SFTTrainer.loss_sum, []
+
+    def nan_in_the_second_step(self, *a, **k):
+        calls.append(1)
+        loss, metrics = original(self, *a, **k)
+        return (loss * float("nan"), metrics) if len(calls) == 2 else (loss, metrics)
+
+    monkeypatch.setattr(SFTTrainer, "loss_sum", nan_in_the_second_step)
+    cfg = CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "run"), overrides=TINY)
+    with pytest.raises(Diverged) as caught:
+        run_compare(cfg)
+    assert str(caught.value) == (
+        "training the sft stage diverged in step 2 of 2: its gradients are not finite (norm nan, loss nan), so no "
+        "optimizer step was taken with them. Try a lower learning rate, into a new --output: --set sft_lr=0.00015 "
+        "(now 0.0003)")
+    assert going_on().resume == "rerun with --resume"
