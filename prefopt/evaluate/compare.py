@@ -224,7 +224,8 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
     preds, metrics = score(task, test, texts, ended, s, opened=opened)
     if note := reasoning_note(metrics, "--set max_new_tokens=N"):
         _log(f"{stage}: {note}")
-    metrics.update(placement(model) | prompt_settings(tok) | ({"weights": weights} if weights else {}))
+    metrics.update(placement(model) | prompt_settings(tok) | ({"weights": weights} if weights else {}),
+                   eval_batch_size=s["eval_batch_size"])
     extra = {"ended": ended}
     if judge is not None:
         likert = judge_scores(judge[0], judge[1], test, [final_answer(t, opened)[0] for t in texts])

@@ -243,9 +243,11 @@ def check_numbers(s: dict) -> None:
 _REPORT_ONLY = ("output", "n_resamples")
 # where it runs: a run started on a CPU may finish on a GPU (metrics.json says where each evaluation ran)
 _MACHINE_ONLY = ("device", "eval_dtype")
-# change memory and time, not results (pack: only through LoRA dropout's draws, an equally likely path): a run
-# may resume with another value
-_MEMORY_ONLY = ("gradient_checkpointing", "pack")
+# change memory and time, not results (pack: only through LoRA dropout's draws, an equally likely path;
+# eval_batch_size: greedy answers only through rounding, as another device or eval_dtype may, and each
+# metrics.json records it): a run may resume with another value, so an evaluation that ran out of memory
+# is rerun into the same --output with a smaller batch, its trained stages kept
+_MEMORY_ONLY = ("gradient_checkpointing", "pack", "eval_batch_size")
 # decide only which trained weights the "dpo" stage is (selection.require_gain): a finished run may be given
 # another value; the decision is made again, and the stage evaluated again only if its weights changed
 _DECISION_ONLY = ("dpo_max_p",)
@@ -306,23 +308,24 @@ def memory_advice(stage: str, training: bool, s: dict, e: BaseException) -> OutO
     what = e.what if isinstance(e, OutOfMemory) else torch_words(e)
     when = e.when if isinstance(e, OutOfMemory) and e.when else ""
     where = f"training the {stage} stage{' ' + when if when else ''}" if training else f"evaluating the {stage} stage"
-    kept = []  # change memory and time only: the same --output takes them (same_run)
+    kept = []  # change memory and time only (_MEMORY_ONLY): the same --output takes them (same_run)
     changed = []  # change what is trained or answered: a new --output
     if training:
         batch = "dpo_batch_size" if stage == "dpo" else "batch_size"
         if not s["gradient_checkpointing"]:
-            kept.append("gradient_checkpointing=true")
+            kept.append("--set gradient_checkpointing=true")
         if s[batch] > 1:
             changed.append(f"{batch}={s[batch] // 2} (fewer examples a step)")
         changed.append(f"a smaller max_length (now {s['max_length']})")
         if not s["quantize"]:
             changed.append("quantize=nf4 (the base in 4 bits)")
     if (not training or (stage == "dpo" and s["val"])) and s["eval_batch_size"] > 1:
-        changed.append(f"eval_batch_size={s['eval_batch_size'] // 2}" + (" (the validation answers)" if training else ""))
+        kept.append(f"--set eval_batch_size={s['eval_batch_size'] // 2}" + (" for the validation answers" * training))
     fixes = []
     if kept:
-        fixes.append(f"--set {' '.join(kept)} (the results are the same: a rerun into this --output keeps its "
-                     f"finished stages)")
+        rounding = ", up to rounding in the answers" if "eval_batch_size" in kept[-1] else ""
+        fixes.append(f"{' or '.join(kept)} (the results are the same{rounding}: a rerun into this --output keeps its "
+                     "finished stages)")
     if changed:
         fixes.append(f"{'or, ' if kept else ''}into a new --output, --set {', '.join(changed)}")
     return OutOfMemory(f"out of memory {where} ({what}). To fit, try {'; '.join(fixes) or 'a smaller model'}",

@@ -194,6 +194,7 @@ def decoding_line(results: dict) -> str | None:
     """How the stages' answers were decoded, and where, from what each ``metrics.json`` recorded
     (None for runs from before it was recorded)."""
     said = {}
+    batches = {m.get("eval_batch_size") for _, m in results.values()}  # said where the stages' differ
     for s, (_, m) in results.items():
         if "max_new_tokens" not in m:
             continue
@@ -206,6 +207,8 @@ def decoding_line(results: dict) -> str | None:
         if "device" in m:  # recorded since runs could move to a GPU
             text += f"; run on {m['device']} in {m['dtype']}"
             text += f" ({m['quantized']} base)" if m.get("quantized") else ""
+        if len(batches) > 1 and m.get("eval_batch_size"):
+            text += f", {m['eval_batch_size']} prompts at a time"
         said.setdefault(text, []).append(NAMES[s])
     if not said:
         return None

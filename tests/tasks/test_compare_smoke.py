@@ -205,7 +205,7 @@ def test_portal_compare_resumes_and_mines_model_errors(tiny_model, tmp_path, cap
         assert next(iter(change)) in str(err.value)
         # what may change instead; not decoding here, where the SFT model's answers became the pairs
         assert str(err.value).endswith("(A finished run may be rerun with another dpo_max_p, confidence, "
-                                       "gradient_checkpointing, pack, "
+                                       "gradient_checkpointing, pack, eval_batch_size, "
                                        "--n-resamples, --device or --eval-dtype: they train nothing.)")
     assert json.loads((out / "compare_config.json").read_text())["loss"] == "sigmoid"  # untouched
     run_compare(CompareConfig(**{**asdict(cfg), "n_resamples": 100}))  # report-only: allowed

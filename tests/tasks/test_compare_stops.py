@@ -57,7 +57,51 @@ def test_evaluation_out_of_memory_in_the_cli_is_one_line(tiny_model, tmp_path, m
                  "--set", "max_train=8", "--set", "test=4", "--set", "eval_batch_size=8"])
     err = capsys.readouterr().err
     assert code == 2 and err == (f"prefopt compare: error: out of memory evaluating the base stage ({SAID}). To fit, "
-                                 "try into a new --output, --set eval_batch_size=4\n")
+                                 "try --set eval_batch_size=4 (the results are the same, up to rounding in the "
+                                 "answers: a rerun into this --output keeps its finished stages)\n")
+
+
+def test_an_evaluation_out_of_memory_after_training_reruns_with_a_smaller_batch_keeping_the_trained_stages(
+        tiny_model, tmp_path, monkeypatch, capsys):
+    """The SFT+DPO stage's evaluation comes after both trainings: the smaller batch it needs is
+    taken by the same --output (it was refused there, and a new one trained everything again).
+    Each stage's metrics.json records its batch, and the report says where they differ."""
+    import prefopt.evaluate.compare as compare
+
+    original = compare.predict
+
+    def dpo_does_not_fit(*a, desc="", **k):
+        if desc.startswith("dpo:"):
+            raise torch.OutOfMemoryError(CUDA_OOM)
+        return original(*a, desc=desc, **k)
+
+    monkeypatch.setattr(compare, "predict", dpo_does_not_fit)
+    out = tmp_path / "run"
+    with pytest.raises(OutOfMemory, match="evaluating the dpo stage .* try --set eval_batch_size=4 "):
+        run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), overrides=TINY))
+    monkeypatch.undo()
+    capsys.readouterr()
+    report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out),
+                                       overrides={**TINY, "eval_batch_size": 4}))
+    said = capsys.readouterr().out
+    for reused in ("base: reusing", "sft: reusing", "dpo: reusing"):
+        assert reused in said, reused
+    assert set(report["stages"]) >= {"base", "sft", "dpo"}
+    batches = {s: json.loads((out / s / "metrics.json").read_text())["eval_batch_size"] for s in ("base", "sft", "dpo")}
+    assert batches == {"base": 8, "sft": 8, "dpo": 4}
+    assert ", 4 prompts at a time" in (out / "report.md").read_text()
+
+
+def test_out_of_memory_in_dpo_with_validation_names_both_settings_a_rerun_keeps():
+    from prefopt.evaluate.compare_config import PRESETS, memory_advice
+
+    s = {**PRESETS["quick"], "val": 32, "dpo_batch_size": 4}
+    e = memory_advice("dpo", True, s, torch.OutOfMemoryError(CUDA_OOM))
+    assert str(e) == (
+        f"out of memory training the dpo stage ({SAID}). To fit, try --set gradient_checkpointing=true or --set "
+        "eval_batch_size=8 for the validation answers (the results are the same, up to rounding in the answers: a "
+        "rerun into this --output keeps its finished stages); or, into a new --output, --set dpo_batch_size=2 (fewer "
+        "examples a step), a smaller max_length (now 384), quantize=nf4 (the base in 4 bits)")
 
 
 def _sigterm_at_first_step(monkeypatch, cls):
