@@ -194,7 +194,8 @@ def decoding_line(results: dict) -> str | None:
     """How the stages' answers were decoded, and where, from what each ``metrics.json`` recorded
     (None for runs from before it was recorded)."""
     said = {}
-    batches = {m.get("eval_batch_size") for _, m in results.values()}  # said where the stages' differ
+    # the batch each stage's answers were made in, said where the stages' are known to differ
+    batches = {m["eval_batch_size"] for _, m in results.values() if "eval_batch_size" in m}
     for s, (_, m) in results.items():
         if "max_new_tokens" not in m:
             continue
