@@ -8,6 +8,7 @@ verdicts and where the report is. ``make demo`` runs it with the quick preset.
     .venv/bin/python examples/run_triage.py --preset full --output runs/triage-full
     .venv/bin/python examples/run_triage.py --task ktas --data ../shared/data/triage/ktas/data.csv
     .venv/bin/python examples/run_triage.py --loss rpo --output runs/triage-rpo
+    .venv/bin/python examples/run_triage.py --loss rpo --output runs/triage-rpo --from runs/triage-demo  # DPO only
 
 Rerunning with the same --output reuses finished stages; delete the folder to start over.
 """
@@ -36,6 +37,9 @@ def main() -> None:
                     help="preference loss (rpo adds the chosen answer's NLL; see docs/results.md)")
     ap.add_argument("--output", default="runs/triage-demo")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--from", dest="start_from", metavar="DIR",
+                    help="start from the base and SFT stages of an earlier run with the same settings but DPO's "
+                    "(e.g. --loss rpo --output runs/triage-rpo --from runs/triage-demo): only DPO trains")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a preset setting, e.g. sft_steps=100 (repeatable; see prefopt compare --help)")
     add_device_flags(ap, "--eval-dtype", "parameter dtype of the evaluations")
@@ -43,7 +47,8 @@ def main() -> None:
     t0 = time.perf_counter()
     report = run_compare(CompareConfig(task=a.task, model=a.model, output=a.output, data=a.data, preset=a.preset,
                                        strategy=a.strategy, loss=a.loss, seed=a.seed,
-                                       overrides=key_values(a.set), device=a.device, eval_dtype=a.eval_dtype))
+                                       overrides=key_values(a.set), device=a.device, eval_dtype=a.eval_dtype,
+                                       start_from=a.start_from))
     print()
     for stage, s in report["stages"].items():
         print(f"{stage:>4}: macro-F1 {s['primary']:.3f}  95% CI [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]  "

@@ -41,6 +41,12 @@ def test_run_triage_compares_three_stages_with_the_loss_and_settings_asked_for(t
     steps = (out / "dpo" / "train" / "metrics.jsonl").read_text().splitlines()
     assert len(steps) == 2
     assert "; run on cpu in bfloat16." in (out / "report.md").read_text()
+    # the study's sigmoid loss from the same SFT model: only DPO trains
+    done = _run("--model", str(model), "--output", str(tmp_path / "sigmoid"), "--from", str(out), "--device", "cpu",
+                "--eval-dtype", "bfloat16", *[x for kv in TINY for x in ("--set", kv)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"starting from {out}: copied split.json, base, sft," in done.stdout and "sft: reusing" in done.stdout
+    assert json.loads((tmp_path / "sigmoid" / "compare_config.json").read_text())["loss"] == "sigmoid"
 
 
 def test_run_triage_reports_bad_input_without_a_traceback(tmp_path):

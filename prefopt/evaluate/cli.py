@@ -329,7 +329,7 @@ def _compare(args) -> int:
                         task_options=key_values(args.task_option), strategy=args.strategy, pairs=args.pairs, loss=args.loss,
                         seed=args.seed, judge=args.judge, n_resamples=args.n_resamples, overrides=overrides,
                         device=args.device, eval_dtype=args.eval_dtype, chat_date=args.chat_date,
-                        chat_vars=chat_vars_arg(args))
+                        chat_vars=chat_vars_arg(args), start_from=args.start_from)
     print("\n".join(console_lines(run_compare(cfg))))
     return 0
 
@@ -532,6 +532,10 @@ def add_commands(sub) -> None:
                    "rpo adds the chosen answers' NLL")
     c.add_argument("--judge", help="a local model that rates answers 1-5 (LLM judge)")
     c.add_argument("--n-resamples", type=positive_int, default=2000, help="paired bootstrap resamples")
+    c.add_argument("--from", dest="start_from", metavar="DIR",
+                   help="start from the base and SFT stages of DIR, an earlier compare run with the same settings "
+                   "but DPO's (--loss, --strategy, beta, dpo_lr, ...): they are checked and copied, and only DPO "
+                   "trains")
     c.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a preset setting (repeatable); val=N holds N items out of training to "
                    "choose DPO's weights by the task's score on them; confidence=false skips scoring each "

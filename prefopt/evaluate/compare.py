@@ -39,6 +39,7 @@ from ..tokenizer import set_chat_date, set_chat_vars
 from ..train.diverged import Diverged
 from ..train.out_of_memory import reraised
 from ..train.stop_signal import GoingOn, going_on_by
+from . import start_from
 from .compare_config import PRESETS, CompareConfig, diverged_advice, memory_advice, same_run
 from .judge import judge_scores, ready_judge
 from .runner import (
@@ -77,9 +78,10 @@ def _log(msg: str) -> None:
     print(f"prefopt compare: {msg}", flush=True)
 
 
-def _pin_chat(cfg: CompareConfig, out: Path, tok, judge_tok) -> tuple[CompareConfig, list[str]]:
+def _pin_chat(cfg: CompareConfig, out: Path, tok, judge_tok, source: dict | None = None
+              ) -> tuple[CompareConfig, list[str]]:
     """The run with its ``chat_date`` and ``chat_vars`` fixed: given, else those an earlier attempt
-    recorded in ``compare_config.json``, else today's date and no variables
+    recorded in ``compare_config.json`` (or ``source``'s, the run it starts from), else today's date and no variables
     (:func:`~prefopt.chat_template.run_chat_date`, :func:`~prefopt.chat_template.run_chat_vars`);
     the date set on both tokenizers, the variables on the model's (the judge's template is
     another: :func:`~.judge.ready_judge` turns its thinking off), and both passed to each stage's
@@ -87,7 +89,7 @@ def _pin_chat(cfg: CompareConfig, out: Path, tok, judge_tok) -> tuple[CompareCon
     there are variables, where a thinking switch is left unset (:func:`~.runner.thinking_note`)
     and where the judge's is turned off."""
     path = out / "compare_config.json"
-    earlier = json.loads(path.read_text()) if path.is_file() else None
+    earlier = json.loads(path.read_text()) if path.is_file() else source
     cfg = replace(cfg, chat_date=run_chat_date(cfg.chat_date, earlier),
                   chat_vars=run_chat_vars(cfg.chat_vars, earlier))
     lines = [set_chat_date([t for t in (tok, judge_tok) if t is not None], cfg.chat_date, "prompt"),
@@ -117,9 +119,14 @@ def _split(cfg: CompareConfig, records: list, s: dict) -> dict:
     return split_records(records, test=s["test"], val=s["val"] or 0, seed=cfg.seed, max_train=s["max_train"])
 
 
+def _split_ids(splits: dict) -> dict[str, list]:
+    """The split as ``split.json`` records it: each part's item ids."""
+    return {k: [r.id for r in v] for k, v in splits.items()}
+
+
 def _keep_split(splits: dict, out: Path) -> None:
     """Record the split's item ids in ``split.json``, or refuse a folder whose run had another."""
-    ids = {k: [r.id for r in v] for k, v in splits.items()}
+    ids = _split_ids(splits)
     path = out / "split.json"
     if path.is_file():
         old = json.loads(path.read_text())
@@ -399,8 +406,16 @@ def run_compare(cfg: CompareConfig) -> dict:
         if note:
             _log(note)
     out = Path(cfg.output)
-    cfg, chat_lines = _pin_chat(cfg, out, tok, judge_tok)
+    # --from: another run's base and SFT stages, copied once (a rerun of this one finds them here)
+    source = start_from.source_config(cfg.start_from, out) if cfg.start_from and not (
+        out / "compare_config.json").is_file() else None
+    cfg, chat_lines = _pin_chat(cfg, out, tok, judge_tok, source)
+    if source is not None:  # checked before the folder is made
+        start_from.check_same_sft(cfg.start_from, source, {**asdict(cfg), "settings": s}, _split_ids(splits))
     out.mkdir(parents=True, exist_ok=True)
+    if source is not None:
+        for line in start_from.copy_stages(cfg.start_from, out, source, {**asdict(cfg), "settings": s}):
+            _log(line)
     same_run(out, {**asdict(cfg), "settings": s})
     for line in chat_lines:  # once the folder is known to be this run's
         _log(line)

@@ -92,6 +92,9 @@ class CompareConfig:
     # switches the model's chat template reads (Qwen3's {"enable_thinking": False}), in every prompt of training
     # and evaluation (not the judge's); None: none (a resumed run keeps its own, from compare_config.json)
     chat_vars: dict | None = None
+    # an earlier compare run of the same settings but DPO's, whose base and SFT stages this one starts from
+    # (copied into output; prefopt.evaluate.start_from); None: this run makes them
+    start_from: str | None = None
 
     def device_and_dtype(self) -> tuple[torch.device, torch.dtype]:
         """The device and the evaluations' dtype, checked (a device this machine lacks is an error)."""
@@ -240,7 +243,7 @@ def check_numbers(s: dict) -> None:
 
 
 # settings that change no stage's result: a resumed run may differ in these
-_REPORT_ONLY = ("output", "n_resamples")
+_REPORT_ONLY = ("output", "n_resamples", "start_from")
 # where it runs: a run started on a CPU may finish on a GPU (metrics.json says where each evaluation ran)
 _MACHINE_ONLY = ("device", "eval_dtype")
 # change memory and time, not results (pack: only through LoRA dropout's draws, an equally likely path;
@@ -282,15 +285,21 @@ def _flat(config: dict) -> dict:
     return out
 
 
+def differences(earlier: dict, config: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The settings that change a trained result in which ``config`` differs from ``earlier`` (as
+    ``compare_config.json`` records them), each ``"settings.beta: 0.1 -> 0.2"``, leaving out the
+    flattened keys in ``ignore``."""
+    old, new = _flat(earlier), _flat(json.loads(json.dumps(config)))  # as stored (tuples become lists)
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k) and k not in ignore]
+
+
 def same_run(out: Path, config: dict) -> None:
     """Record the run's settings, or refuse a folder whose finished stages used others
     (they would be reused as if they were this run's)."""
     path = out / "compare_config.json"
     if path.is_file():
-        old = _flat(json.loads(path.read_text()))
-        new = _flat(json.loads(json.dumps(config)))  # as stored (tuples become lists)
-        diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-                if old.get(k) != new.get(k)]
+        diff = differences(json.loads(path.read_text()), config)
         if diff:
             free = [*_eval_only(config), *_DECISION_ONLY, *_SCORING_ONLY, *_MEMORY_ONLY]
             raise ValueError(f"{out} holds a run made with other settings ({'; '.join(diff)}); its finished "

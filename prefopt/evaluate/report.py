@@ -263,7 +263,8 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
     lines = [f"# prefopt compare: {task.name}", "",
              f"Model `{cfg.model}`; data `{cfg.data or 'bundled'}`; preset `{cfg.preset}`; seed {cfg.seed}; "
              f"{len(test)} test items; DPO pairs by `{cfg.strategy}`, loss `{cfg.loss}`{_variants(cfg)}{_chosen(stats)}"
-             + (f"; the chat template given `{describe_chat_vars(chat_vars)}`" if chat_vars else "") + ".",
+             + (f"; the chat template given `{describe_chat_vars(chat_vars)}`" if chat_vars else "")
+             + (f"; base and SFT stages from `{cfg.start_from}`" if getattr(cfg, "start_from", None) else "") + ".",
              *(["", decoded] if decoded else []), "",
              "## Does it help?", "",
              f"- SFT vs base: {cmp['base->sft']['verdict']}",
