@@ -37,9 +37,10 @@ def verdict(a: str, b: str, metric: str, cmp: dict) -> str:
             f"but the CI includes 0).")
 
 
-def advice(loss: str, comparisons: dict) -> str | None:
+def advice(loss: str, comparisons: dict, output: str | None = None) -> str | None:
     """A next step for when DPO made the SFT model significantly worse, under a loss without an
-    NLL term; else None."""
+    NLL term; else None. ``output``: the run's folder, for the command that tries it on the
+    same SFT model (``--from``)."""
     c = comparisons.get("sft->dpo", {}).get("primary")
     if c is None or c["p_value"] >= ALPHA or c["delta"] >= 0 or reads_nll(loss):
         return None
@@ -50,7 +51,9 @@ def advice(loss: str, comparisons: dict) -> str | None:
             "(KTAS, MeQSum, Medical Abstracts, the portal demo), RPO was neutral, and with four times the KTAS data it "
             "raised macro-F1 on three seeds of three (significantly on one; docs/results.md). On the portal demo RPO with "
             "WPO's pair weights (`--loss rpo --set wpo=true`) did no worse than RPO on three seeds of three and beat "
-            "SFT significantly on one.")
+            "SFT significantly on one."
+            + (f" To train DPO alone on this run's SFT model: the same command with `--loss rpo --from {output} "
+               f"--output {output}-rpo`." if output else ""))
 
 
 def compare_pair(task, test, rows_a: list[dict], rows_b: list[dict], n_resamples: int = 2000, seed: int = 0
@@ -252,7 +255,7 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
     stats = compare_stages(task, test, results, n_resamples=cfg.n_resamples, seed=cfg.seed)
     plots = _plots(task, stats, out)
     st, cmp = stats["stages"], stats["comparisons"]
-    stats["advice"] = advice(cfg.loss, cmp)
+    stats["advice"] = advice(cfg.loss, cmp, getattr(cfg, "output", None))
     stats["training"] = training_dynamics(out)
     sel = stats["training"].get("selection")
     if sel is not None and val:

@@ -73,7 +73,7 @@ def test_report_md_and_json_carry_the_advice(tmp_path):
     cfg = SimpleNamespace(model="m", data="d.jsonl", preset="quick", seed=0, strategy="wrong_label", loss="sigmoid",
                           n_resamples=300, output=str(tmp_path), task_options={})
     report = build_report(cfg, get_task("meqsum"), test, results, tmp_path)
-    assert "--loss rpo" in report["advice"]
+    assert report["advice"].endswith(f"the same command with `--loss rpo --from {tmp_path} --output {tmp_path}-rpo`.")
     md = (tmp_path / "report.md").read_text()
     assert "- What to try: the preference stage (loss `sigmoid`) made the SFT model worse" in md
     assert '"advice"' in (tmp_path / "report.json").read_text()
