@@ -119,6 +119,20 @@ def _split(cfg: CompareConfig, records: list, s: dict) -> dict:
     return split_records(records, test=s["test"], val=s["val"] or 0, seed=cfg.seed, max_train=s["max_train"])
 
 
+def _start_from(cfg: CompareConfig, out: Path) -> tuple[CompareConfig, dict | None]:
+    """The run with ``start_from`` as its stages' origin, and the recorded settings of the run
+    ``--from`` names where its stages are still to be copied (:mod:`.start_from`), else None.
+    A folder that holds a run already goes on with its own stages and keeps its own origin (a
+    rerun of the same command copies nothing again; another ``--from`` there is said to be unused)."""
+    path = out / "compare_config.json"
+    if path.is_file():
+        had = json.loads(path.read_text()).get("start_from")
+        if cfg.start_from and cfg.start_from != had:
+            _log(f"--from {cfg.start_from} is not used: {out} holds a run already, which goes on with its own stages")
+        return replace(cfg, start_from=had), None
+    return cfg, start_from.source_config(cfg.start_from, out) if cfg.start_from else None
+
+
 def _split_ids(splits: dict) -> dict[str, list]:
     """The split as ``split.json`` records it: each part's item ids."""
     return {k: [r.id for r in v] for k, v in splits.items()}
@@ -406,9 +420,7 @@ def run_compare(cfg: CompareConfig) -> dict:
         if note:
             _log(note)
     out = Path(cfg.output)
-    # --from: another run's base and SFT stages, copied once (a rerun of this one finds them here)
-    source = start_from.source_config(cfg.start_from, out) if cfg.start_from and not (
-        out / "compare_config.json").is_file() else None
+    cfg, source = _start_from(cfg, out)
     cfg, chat_lines = _pin_chat(cfg, out, tok, judge_tok, source)
     if source is not None:  # checked before the folder is made
         start_from.check_same_sft(cfg.start_from, source, {**asdict(cfg), "settings": s}, _split_ids(splits))

@@ -405,7 +405,7 @@ class Trainer:
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         raise Terminated(f"stopped by SIGTERM in the final evaluation, after saving the weights of step {self.step} "
-                         f"as a checkpoint: --resume evaluates them again")
+                         f"as a checkpoint: {going_on().resume} to evaluate them again")
 
     def _evaluation_unless_stopped(self) -> tuple[dict[str, float], int]:
         """``(metrics, 0)``, or ``({}, signal)`` where SIGTERM or Ctrl-C came during the evaluation:
@@ -531,7 +531,7 @@ class Trainer:
                 if signum == signal.SIGINT:  # a first Ctrl-C: the CLI's 130, the message of any Ctrl-C
                     raise KeyboardInterrupt
                 raise Terminated(f"stopped by SIGTERM at step {self.step} of {self.total_steps}, after saving a "
-                                 f"checkpoint: --resume continues from it")
+                                 f"checkpoint: {going_on().resume} to continue from it")
             if stop:  # every rank sees the same all-reduced metrics, so all stop here
                 return evaluated
         return None
@@ -559,7 +559,7 @@ class Trainer:
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         raise Terminated(f"stopped by SIGTERM at step {self.step} of {self.total_steps}, before its evaluation, "
-                         f"after saving a checkpoint: --resume evaluates and continues")
+                         f"after saving a checkpoint: {going_on().resume} to evaluate and continue")
 
     def _owed_evaluation(self, log: MetricsLog | None) -> dict[str, float] | None:
         """The evaluation a signal kept the checkpoint's step from (:meth:`_evaluation_in_run`), as

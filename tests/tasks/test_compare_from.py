@@ -3,6 +3,7 @@ only DPO, and only where every other setting is the same."""
 import json
 import re
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -53,10 +54,18 @@ def test_a_run_from_another_trains_only_dpo_on_the_same_sft_model(tiny_model, fi
     assert f"base and SFT stages from `{first}`" in (out / "report.md").read_text()
     assert report["stages"]["sft"]["primary"] == json.loads((first / "report.json").read_text())["stages"]["sft"][
         "primary"]
-    # the same command again is the same run: nothing copied or trained again
+    # the same command again is the same run: nothing copied or trained again; without --from, or
+    # with another, it goes on as it is, and still says where its stages came from
     run_compare(cfg)
     said = capsys.readouterr().out
-    assert "starting from" not in said and "dpo: reusing" in said
+    assert "starting from" not in said and "--from" not in said and "dpo: reusing" in said
+    for other in (None, str(tmp_path)):
+        run_compare(replace(cfg, start_from=other))
+        said = capsys.readouterr().out
+        assert "starting from" not in said and "dpo: reusing" in said
+        assert (f"--from {other} is not used: {out} holds a run already" in said) == (other is not None)
+        assert json.loads((out / "compare_config.json").read_text())["start_from"] == str(first)
+        assert f"base and SFT stages from `{first}`" in (out / "report.md").read_text()
 
 
 def test_other_settings_than_dpos_are_refused_before_any_folder_is_made(tiny_model, first, tmp_path):

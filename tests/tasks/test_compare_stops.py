@@ -140,8 +140,10 @@ def test_a_preempted_stage_resumes_from_its_checkpoint_and_ends_as_an_uninterrup
     _sigterm_at_first_step(monkeypatch, SFTTrainer if stage == "sft" else DPOTrainer)
     out = tmp_path / "run"
     cfg = CompareConfig(task="portal", model=str(tiny_model), output=str(out), overrides=TINY)
-    with pytest.raises(Terminated):
+    with pytest.raises(Terminated) as caught:
         run_compare(cfg)
+    assert str(caught.value) == ("stopped by SIGTERM at step 1 of 2, after saving a checkpoint: rerun the same command "
+                                 "to continue from it")
     monkeypatch.undo()
     ckpt = out / stage / "train" / "checkpoints" / "step-00000001"
     err = capsys.readouterr().err  # compare has no --resume: its own rerun resumes the stage
