@@ -24,10 +24,6 @@ def first(tiny_model, tmp_path_factory):
     return out
 
 
-def _tensors(path):
-    return load_file(path)
-
-
 def test_a_run_from_another_trains_only_dpo_on_the_same_sft_model(tiny_model, first, tmp_path, monkeypatch, capsys):
     from prefopt.train.sft import SFTTrainer
 
@@ -44,9 +40,9 @@ def test_a_run_from_another_trains_only_dpo_on_the_same_sft_model(tiny_model, fi
     assert (f"prefopt compare: starting from {first}: copied split.json, base, sft, data/sft_train.jsonl, "
             "data/pairs.jsonl, data/pairs_report.json, dpo/ref_cache\n") in said
     assert "base: reusing" in said and "sft: reusing" in said
-    a, b = (_tensors(d / "sft" / "train" / "final" / ADAPTER) for d in (first, out))
+    a, b = (load_file(d / "sft" / "train" / "final" / ADAPTER) for d in (first, out))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    a, b = (_tensors(d / "dpo" / "train" / "final" / ADAPTER) for d in (first, out))
+    a, b = (load_file(d / "dpo" / "train" / "final" / ADAPTER) for d in (first, out))
     assert any(not torch.equal(a[k], b[k]) for k in a)  # DPO trained again, with its own loss and beta
     assert json.loads((out / "dpo" / "train" / "train_config.json").read_text())["loss"] == "rpo"
     recorded = json.loads((out / "compare_config.json").read_text())
