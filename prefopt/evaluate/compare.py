@@ -422,13 +422,13 @@ def run_compare(cfg: CompareConfig) -> dict:
     out = Path(cfg.output)
     cfg, source = _start_from(cfg, out)
     cfg, chat_lines = _pin_chat(cfg, out, tok, judge_tok, source)
+    recorded = {**asdict(cfg), "settings": s}  # as compare_config.json holds the run
     if source is not None:  # checked before the folder is made
-        start_from.check_same_sft(cfg.start_from, source, {**asdict(cfg), "settings": s}, _split_ids(splits))
+        start_from.check_same_sft(cfg.start_from, source, recorded, _split_ids(splits))
     out.mkdir(parents=True, exist_ok=True)
     if source is not None:
-        for line in start_from.copy_stages(cfg.start_from, out, source, {**asdict(cfg), "settings": s}):
-            _log(line)
-    same_run(out, {**asdict(cfg), "settings": s})
+        _log(start_from.copy_stages(cfg.start_from, out, source, recorded))
+    same_run(out, recorded)
     for line in chat_lines:  # once the folder is known to be this run's
         _log(line)
     torch.manual_seed(cfg.seed)

@@ -68,8 +68,8 @@ def _same_pairs(earlier: dict, config: dict) -> bool:
     return all(earlier.get("settings", {}).get(k) == config["settings"][k] for k in DECODING)
 
 
-def copy_stages(source: str | Path, out: Path, earlier: dict, config: dict) -> list[str]:
-    """Copy ``source``'s stages into ``out`` (lines that say what was copied)."""
+def copy_stages(source: str | Path, out: Path, earlier: dict, config: dict) -> str:
+    """Copy ``source``'s stages into ``out``; the line that says what was copied."""
     src, same = Path(source), _same_pairs(earlier, config)
     names = ["split.json", "base", "sft", "data/sft_train.jsonl"]
     if same:
@@ -86,4 +86,4 @@ def copy_stages(source: str | Path, out: Path, earlier: dict, config: dict) -> l
             continue
         copied.append(name)
     pairs = "" if same else "; the DPO pairs are made again (another strategy, pairs file or mining decoding)"
-    return [f"starting from {src}: copied {', '.join(copied)}{pairs}"]
+    return f"starting from {src}: copied {', '.join(copied)}{pairs}"
