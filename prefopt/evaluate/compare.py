@@ -40,7 +40,7 @@ from ..train.diverged import Diverged
 from ..train.out_of_memory import reraised
 from ..train.stop_signal import GoingOn, going_on_by
 from . import start_from
-from .compare_config import PRESETS, CompareConfig, diverged_advice, memory_advice, same_run
+from .compare_config import PRESETS, CompareConfig, diverged_advice, memory_advice, same_path, same_run
 from .judge import judge_scores, ready_judge
 from .runner import (
     DECODING,
@@ -127,7 +127,7 @@ def _start_from(cfg: CompareConfig, out: Path) -> tuple[CompareConfig, dict | No
     path = out / "compare_config.json"
     if path.is_file():
         had = json.loads(path.read_text()).get("start_from")
-        if cfg.start_from and cfg.start_from != had:
+        if cfg.start_from and not same_path(cfg.start_from, had):
             _log(f"--from {cfg.start_from} is not used: {out} holds a run already, which goes on with its own stages")
         return replace(cfg, start_from=had), None
     return cfg, start_from.source_config(cfg.start_from, out) if cfg.start_from else None

@@ -4,6 +4,7 @@ settings, and whether an output folder's earlier run was made with the same ones
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -285,13 +286,31 @@ def _flat(config: dict) -> dict:
     return out
 
 
+# settings that name a file or folder: two spellings of one path (relative and absolute, a link) are the same
+_PATHS = ("model", "data", "pairs", "judge")
+
+
+def same_path(a, b) -> bool:
+    """Whether ``a`` and ``b`` are equal, or two names of one existing file or folder (seen from
+    the working directory: a relative path recorded by a run started elsewhere may name another
+    file here, and so differs)."""
+    if a == b:
+        return True
+    if not isinstance(a, str) or not isinstance(b, str):
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either does not exist here (a hub name, a moved file)
+        return False
+
+
 def differences(earlier: dict, config: dict, ignore: tuple[str, ...] = ()) -> list[str]:
     """The settings that change a trained result in which ``config`` differs from ``earlier`` (as
     ``compare_config.json`` records them), each ``"settings.beta: 0.1 -> 0.2"``, leaving out the
     flattened keys in ``ignore``."""
     old, new = _flat(earlier), _flat(json.loads(json.dumps(config)))  # as stored (tuples become lists)
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k) and k not in ignore]
+            if old.get(k) != new.get(k) and not (k in _PATHS and same_path(old.get(k), new.get(k))) and k not in ignore]
 
 
 def same_run(out: Path, config: dict) -> None:

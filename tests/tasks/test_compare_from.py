@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,3 +101,31 @@ def test_a_folder_that_is_not_a_finished_compare_run_is_refused(tiny_model, firs
     assert code == 2 and capsys.readouterr().err.startswith(
         f"prefopt compare: error: --from {first} was run with other settings than DPO's (overrides.sft_steps: 2 -> 3; "
         "settings.sft_steps: 2 -> 3)")
+
+
+def test_a_path_spelled_otherwise_is_the_same_setting(first, tmp_path, monkeypatch):
+    from prefopt.evaluate.compare_config import differences
+    from prefopt.evaluate.start_from import check_same_sft
+
+    earlier = json.loads((first / "compare_config.json").read_text())
+    split = json.loads((first / "split.json").read_text())
+    model = earlier["model"]
+    data = tmp_path / "notes.jsonl"
+    data.write_text("{}\n")
+    (tmp_path / "link.jsonl").symlink_to(data)
+    monkeypatch.chdir(tmp_path.parent)
+    relative = f"{tmp_path.name}/notes.jsonl"
+    earlier = {**earlier, "data": relative}
+    for spelling in (str(data), str(tmp_path / "link.jsonl"), f"./{relative}", relative):
+        config = {**earlier, "data": spelling, "model": str(Path(model).parent / ".." / Path(model).parent.name /
+                                                             Path(model).name)}
+        assert differences(earlier, config) == []
+        check_same_sft(first, earlier, config, split)  # no error
+    other = tmp_path / "other.jsonl"
+    other.write_text("{}\n")
+    for config in ({**earlier, "data": str(other)}, {**earlier, "data": "missing.jsonl"}, {**earlier, "model": "x/y"}):
+        key = "data" if config["data"] != relative else "model"
+        assert differences(earlier, config) == [f"{key}: {earlier[key]!r} -> {config[key]!r}"]
+    monkeypatch.chdir(tmp_path)  # a relative path recorded elsewhere names another file from here
+    assert differences(earlier, {**earlier, "data": str(data)}) == [f"data: {relative!r} -> {str(data)!r}"]
+
