@@ -71,7 +71,7 @@ from .selection import (
 
 # a stage stopped by SIGTERM, Ctrl-C or an error is resumed from its checkpoint, or started again, by
 # rerunning the command (:func:`_resumed`); compare has no --resume, --overwrite or --save-every
-RERUN = GoingOn(resume="rerun the same command", restart="rerun the same command", save_more="")
+RERUN = GoingOn(resume="rerun the same command", restart="rerun the same command", save_more="", output="--output")
 
 
 def _log(msg: str) -> None:

@@ -491,7 +491,7 @@ class Trainer:
         fix = "; lower --save-total-limit or save less often (--save-every)" if at_once else ""
         return (f"the disk under {self.output_dir} has {size_text(free)} free, and this run writes about "
                 f"{size_text(need)} there ({', '.join(parts)}): it would stop when the disk fills. Free some "
-                f"space or choose another --output-dir{fix}")
+                f"space or choose another {going_on().output}{fix}")
 
     def _run_steps(self, log: MetricsLog | None, bar, asked: Callable[[], int]) -> dict[str, float] | None:
         """Train from ``self.step`` to ``total_steps``: log, evaluate, save and call back as configured.

@@ -30,10 +30,11 @@ class GoingOn:
     """How a stopped run's messages tell the user to go on, in the words of the program that runs
     the trainer: ``resume`` continues from the last checkpoint (``"rerun with --resume"``),
     ``restart`` starts again where there is none, ``save_more`` (after "it saved no checkpoint")
-    names the setting that saves checkpoints."""
+    names the setting that saves checkpoints, ``output`` the one that names the run's folder."""
     resume: str = "rerun with --resume"
     restart: str = "rerun with --overwrite"
     save_more: str = " (set --save-every)"
+    output: str = "--output-dir"
 
 
 COMMAND_LINE = GoingOn()  # prefopt sft / dpo / kto

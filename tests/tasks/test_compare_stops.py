@@ -176,9 +176,12 @@ def test_an_interrupted_stage_under_other_trainer_settings_starts_again(tiny_mod
 def test_a_stage_that_diverges_says_which_setting_to_lower(tiny_model, tmp_path, monkeypatch, capsys):
     """The trainer's own advice names --lr and --overwrite, flags compare does not have; compare
     says it in its settings. Outside compare the trainer's words are unchanged (going_on_by's
-    block ends with the stage)."""
+    block ends with the stage). So does the warning of a disk too small: compare's --output."""
+    import prefopt.train.loop as loop
     from prefopt.train import Diverged
     from prefopt.train.stop_signal import going_on
+
+    monkeypatch.setattr(loop, "free_space", lambda path: 1000)
 
     original, calls = SFTTrainer.loss_sum, []
 
@@ -195,4 +198,7 @@ def test_a_stage_that_diverges_says_which_setting_to_lower(tiny_model, tmp_path,
         "training the sft stage diverged in step 2 of 2: its gradients are not finite (norm nan, loss nan), so no "
         "optimizer step was taken with them. Try a lower learning rate, into a new --output: --set sft_lr=0.00015 "
         "(now 0.0003)")
+    err = capsys.readouterr().err
+    assert (f"prefopt: warning: the disk under {tmp_path / 'run' / 'sft' / 'train'} has 1 kB free" in err
+            and "Free some space or choose another --output\n" in err and "--output-dir" not in err), err
     assert going_on().resume == "rerun with --resume"
