@@ -341,7 +341,7 @@ def _study(args) -> int:
     study = run_study(args.model, args.output, args.data_root, tasks=args.tasks, preset=args.preset, loss=args.loss,
                       strategy=args.strategy, seed=args.seed, n_resamples=args.n_resamples,
                       overrides=key_values(args.set), device=args.device, eval_dtype=args.eval_dtype,
-                      chat_date=args.chat_date, chat_vars=chat_vars_arg(args))
+                      chat_date=args.chat_date, chat_vars=chat_vars_arg(args), start_from=args.start_from)
     asked = {a.task for a in pick(args.tasks)}  # the table also keeps rows of tasks an earlier command ran
     counts = {s: sum(r["status"] == s for r in study["arms"] if r["task"] in asked) for s in ("ran", "failed", "not run")}
     print(f"prefopt study: {counts['ran']} ran, {counts['failed']} failed, {counts['not run']} not run; "
@@ -558,6 +558,9 @@ def add_commands(sub) -> None:
     st.add_argument("--strategy", choices=[s for s in STRATEGIES if s != "ranked"], default="wrong_label",
                     help="how DPO's rejected answers are made, as compare's")
     st.add_argument("--seed", type=int, default=0, help="seed of every task's split and training")
+    st.add_argument("--from", dest="start_from", metavar="DIR",
+                    help="an earlier study's --output: each task starts from the base and SFT stages of its run "
+                    "there (as compare's --from: the same settings but DPO's), and only DPO trains")
     st.add_argument("--set", action="append", metavar="KEY=VALUE", help="a compare setting for every task "
                     "(repeatable), e.g. test=120 or val=64")
     st.add_argument("--n-resamples", type=positive_int, default=2000, help="paired bootstrap resamples")

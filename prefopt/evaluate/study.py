@@ -7,19 +7,22 @@ runs :func:`~.compare.run_compare` on each public dataset of those kinds found u
 plus the bundled synthetic portal messages, into ``OUTPUT/<task>/``, and writes ``study.md`` and
 ``study.json`` after each. A dataset that is absent is listed as not run; one that fails is
 listed with its error and the others still run. Rerunning resumes: finished stages are reused;
-``--tasks`` reruns some tasks and keeps the table's other rows.
+``--tasks`` reruns some tasks and keeps the table's other rows. ``--from DIR`` starts each task
+from the base and SFT stages of ``DIR/<task>`` (an earlier study's run of it; :mod:`.start_from`),
+so another DPO trains on every task without SFT again.
 """
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..fileio import write_json_atomic, write_text_atomic
 from .compare import CompareConfig, run_compare
 from .runner import keep_earlier
 from .stage_confidence import auroc_named_text, fmt
+from .start_from import source_config
 from .stats import p_text
 
 
@@ -60,24 +63,38 @@ def pick(tasks: list[str] | str | None) -> tuple[Arm, ...]:
 
 
 def run_study(model: str, output: str | Path, data_root: str | Path | None = None, *,
-              tasks: list[str] | str | None = None, **compare) -> dict:
+              tasks: list[str] | str | None = None, start_from: str | Path | None = None, **compare) -> dict:
     """One :class:`~.compare.CompareConfig` per arm (``compare``: its other fields, shared by
     all: preset, loss, seed, overrides, device...), each into ``output/<task>``; returns
-    ``study.json``'s content. Every arm's settings are checked before the first one runs."""
+    ``study.json``'s content. Every arm's settings are checked before the first one runs.
+    ``start_from``: an earlier study's folder; each arm starts from its run of the same task
+    (``--from``), and an arm that has none finished there is not run."""
     out = Path(output)
+    if start_from is not None and not Path(start_from).is_dir():
+        raise ValueError(f"--from {start_from}: no such folder (an earlier study's --output)")
     root = Path(data_root) if data_root is not None else None
     if root is not None and not root.is_dir():
         raise ValueError(f"--data-root {root}: no such folder")
-    plan, rows, picked = [], [], pick(tasks)
+    plan, rows, picked, found = [], [], pick(tasks), False
     for arm in picked:
         path = None if arm.data is None else (root / arm.data if root is not None else None)
         if arm.data is not None and (path is None or not path.exists()):
             rows.append({"task": arm.task, "kind": arm.kind, "status": "not run",
                          "why": f"no {path}" if path is not None else "needs --data-root"})
             continue
+        found = found or arm.data is not None
         cfg = CompareConfig(task=arm.task, model=model, output=str(out / arm.task),
                             data=None if path is None else str(path), task_options=dict(arm.options), **compare)
         cfg.settings()  # a bad --set or device stops here, before hours of the other arms
+        if start_from is not None:
+            source = Path(start_from) / arm.task
+            if not (out / arm.task / "compare_config.json").is_file():  # (a run there goes on with its own stages)
+                try:
+                    source_config(source, out / arm.task)
+                except ValueError as e:
+                    rows.append({"task": arm.task, "kind": arm.kind, "status": "not run", "why": str(e)})
+                    continue
+            cfg = replace(cfg, start_from=str(source))
         plan.append((arm, cfg))
     if plan and plan[0][1].chat_vars:  # a switch the template does not read would fail every arm, one by one
         from ..chat_template import check_chat_vars
@@ -85,8 +102,8 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
 
         check_chat_vars(load_tokenizer(model).chat_template, plan[0][1].chat_vars, model)
     if not plan:
-        raise ValueError("study: no dataset to run (" + "; ".join(f"{r['task']}: {r['why']}" for r in rows) + ")")
-    if root is not None and rows and not any(arm.data for arm, _ in plan):
+        raise ValueError("study: no task to run (" + "; ".join(f"{r['task']}: {r['why']}" for r in rows) + ")")
+    if root is not None and rows and not found:
         tops = sorted({a.data.split("/")[0] + "/" for a in ARMS if a.data})
         raise ValueError(f"--data-root {root}: none of the datasets is there ({rows[0]['why']}, ...); it is the folder "
                          f"that holds {', '.join(tops)}")
@@ -103,15 +120,17 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
             print(f"prefopt study: {arm.task} failed: {e}", flush=True)
             rows.append({"task": arm.task, "kind": arm.kind, "status": "failed", "why": f"{type(e).__name__}: {e}"})
         else:
-            rows.append(_row(arm, report, time.perf_counter() - start))
+            recorded = json.loads((Path(cfg.output) / "compare_config.json").read_text(encoding="utf-8"))
+            rows.append(_row(arm, report, time.perf_counter() - start, recorded.get("start_from")))
         study = _write(out, model, root, compare, rows)  # after each task: the table so far
     return study
 
 
-def _row(arm: Arm, report: dict, seconds: float) -> dict:
+def _row(arm: Arm, report: dict, seconds: float, start_from: str | None = None) -> dict:
+    """``arm``'s row from its run's report (``start_from``: where its base and SFT stages came from)."""
     st, c = report["stages"], report["comparisons"]
     return {"task": arm.task, "kind": arm.kind, "status": "ran", "study": arm.study, "n_test": report["n_test"],
-            "metric": report["metric"], "seconds": round(seconds, 1),
+            "metric": report["metric"], "seconds": round(seconds, 1), **({"start_from": start_from} if start_from else {}),
             **{s: {"primary": st[s]["primary"], "ci": st[s]["ci"]} for s in ("base", "sft", "dpo")},
             "sft_vs_base": {k: c["base->sft"]["primary"][k] for k in ("delta", "ci", "p_value", "n_resamples")},
             "dpo_vs_sft": {k: c["sft->dpo"]["primary"][k] for k in ("delta", "ci", "p_value", "n_resamples")},
@@ -171,6 +190,10 @@ def study_markdown(study: dict) -> str:
                      f"{r['base']['primary']:.3f} | {r['sft']['primary']:.3f} | {r['dpo']['primary']:.3f} | "
                      f"{a['delta']:+.3f}, p {p_text(a).lstrip('= ')} | {d['delta']:+.3f} [{d['ci'][0]:+.3f}, "
                      f"{d['ci'][1]:+.3f}], p {p_text(d).lstrip('= ')} |")
+    copied = [r for r in ran if r.get("start_from")]
+    if copied:
+        lines += ["", "Base and SFT stages from earlier runs (`--from`; only DPO trained): "
+                  + "; ".join(f"`{r['task']}` from `{r['start_from']}`" for r in copied) + "."]
     if ran:
         lines += ["", "Does DPO after SFT beat SFT alone?", ""]
         lines += [f"- `{r['task']}`: {r['verdict']}" for r in ran]

@@ -117,7 +117,7 @@ def test_study_refuses_bad_settings_before_any_task_runs(tmp_path, capsys):
     assert main(["study", "--model", "m", "--output", str(out), "--tasks", "medqa,triage"]) == 2
     assert "study tasks: unknown triage; choose from medical_abstracts," in capsys.readouterr().err
     assert main(["study", "--model", "m", "--output", str(out), "--tasks", "medqa"]) == 2  # no --data-root
-    assert "study: no dataset to run (medqa: needs --data-root)" in capsys.readouterr().err
+    assert "study: no task to run (medqa: needs --data-root)" in capsys.readouterr().err
     assert main(["study", "--model", "m", "--output", str(out), "--set", "sft_stepz=3"]) == 2
     assert "unknown compare settings ['sft_stepz']" in capsys.readouterr().err
     # a --data-root that is not there, or holds none of the datasets, ran the bundled portal task alone
@@ -169,3 +169,46 @@ def test_an_auroc_among_fewer_than_all_answers_says_among_how_many():
     md = study_markdown({"model": "m", "data_root": "d", "settings": {}, "arms": [row]})
     assert "| `portal` | urgency | 0.933 (8 of 60 named) | 0.736 | 0.681 (55 of 60 named) | — |" in md
     assert "| `portal` | staff | — (0 of 60 named) | 0.700 | 0.651 (45 of 60 named) | — |" in md
+
+
+def test_a_study_from_an_earlier_one_trains_only_dpo(tmp_path, capsys, monkeypatch):
+    """``--from DIR`` starts each task from its run in an earlier study (compare's --from); a task
+    whose run there did not finish is not run, and said so before the others train."""
+    import shutil
+
+    from prefopt.train.sft import SFTTrainer
+
+    model = tmp_path / "tiny"
+    build_hf_model(model, max_position_embeddings=4096)
+    root, _ = _root(tmp_path)
+    first, out = tmp_path / "first", tmp_path / "rpo"
+    argv = ["study", "--model", str(model), "--data-root", str(root), "--tasks", "medqa,portal", "--n-resamples",
+            "200", *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]]
+    assert main([*argv, "--output", str(first)]) == 0
+    shutil.rmtree(first / "medqa" / "sft" / "train" / "final")  # as if it stopped in SFT
+    assert main([*argv, "--output", str(out), "--from", str(tmp_path / "typo")]) == 2
+    assert f"--from {tmp_path / 'typo'}: no such folder" in capsys.readouterr().err
+
+    def no_sft(*a, **k):
+        raise AssertionError("SFT trained again")
+
+    monkeypatch.setattr(SFTTrainer, "train_step", no_sft)
+    assert main([*argv, "--output", str(out), "--from", str(first), "--loss", "rpo"]) == 0
+    log = capsys.readouterr().out
+    assert (f"prefopt study: medqa not run: --from {first / 'medqa'}: its SFT stage has not finished "
+            "(no sft/train/final/adapter_model.safetensors)") in log
+    assert log.index("medqa not run") < log.index("1 of 1: portal")
+    assert f"prefopt compare: starting from {first / 'portal'}: copied split.json, base, sft" in log
+    assert "prefopt study: 1 ran, 0 failed, 1 not run" in log
+    arms = {r["task"]: r for r in json.loads((out / "study.json").read_text())["arms"]}
+    was = {r["task"]: r for r in json.loads((first / "study.json").read_text())["arms"]}
+    assert arms["portal"]["start_from"] == str(first / "portal") and "start_from" not in was["portal"]
+    assert arms["portal"]["sft"] == was["portal"]["sft"] and arms["portal"]["base"] == was["portal"]["base"]
+    assert arms["medqa"]["status"] == "not run"
+    assert (f"Base and SFT stages from earlier runs (`--from`; only DPO trained): `portal` from `{first / 'portal'}`."
+            in (out / "study.md").read_text())
+    # the same command again goes on with its runs: nothing copied or trained again
+    assert main([*argv, "--output", str(out), "--from", str(first), "--loss", "rpo", "--tasks", "portal"]) == 0
+    log = capsys.readouterr().out
+    assert "starting from" not in log and "dpo: reusing" in log
+    assert json.loads((out / "study.json").read_text())["arms"][-1]["start_from"] == str(first / "portal")
