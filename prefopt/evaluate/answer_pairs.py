@@ -190,4 +190,3 @@ def summary_line(c: dict) -> str:
         line += (f"; {c['unfinished_rejected']} rejected answers were cut by --max-new-tokens (the cut text is "
                  "what DPO sees)")
     return line
-

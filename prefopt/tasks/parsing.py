@@ -78,4 +78,3 @@ def final_answer(text: str | None, opened: bool = False) -> tuple[str, str | Non
     if opened or any(text.lstrip().startswith(start) for start, _ in REASONING_TAGS):
         return "", "unfinished"
     return text, None
-

@@ -123,9 +123,7 @@ def test_a_path_spelled_otherwise_is_the_same_setting(first, tmp_path, monkeypat
         check_same_sft(first, earlier, config, split)  # no error
     other = tmp_path / "other.jsonl"
     other.write_text("{}\n")
-    for config in ({**earlier, "data": str(other)}, {**earlier, "data": "missing.jsonl"}, {**earlier, "model": "x/y"}):
-        key = "data" if config["data"] != relative else "model"
-        assert differences(earlier, config) == [f"{key}: {earlier[key]!r} -> {config[key]!r}"]
+    for key, value in (("data", str(other)), ("data", "missing.jsonl"), ("model", "x/y")):
+        assert differences(earlier, {**earlier, key: value}) == [f"{key}: {earlier[key]!r} -> {value!r}"]
     monkeypatch.chdir(tmp_path)  # a relative path recorded elsewhere names another file from here
     assert differences(earlier, {**earlier, "data": str(data)}) == [f"data: {relative!r} -> {str(data)!r}"]
-

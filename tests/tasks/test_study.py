@@ -182,18 +182,19 @@ def test_a_study_from_an_earlier_one_trains_only_dpo(tmp_path, capsys, monkeypat
     build_hf_model(model, max_position_embeddings=4096)
     root, _ = _root(tmp_path)
     first, out = tmp_path / "first", tmp_path / "rpo"
-    argv = ["study", "--model", str(model), "--data-root", str(root), "--tasks", "medqa,portal", "--n-resamples",
-            "200", *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]]
-    assert main([*argv, "--output", str(first)]) == 0
+    argv = ["study", "--model", str(model), "--data-root", str(root), "--n-resamples", "200",
+            *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]]
+    assert main([*argv, "--tasks", "medqa,portal", "--output", str(first)]) == 0
     shutil.rmtree(first / "medqa" / "sft" / "train" / "final")  # as if it stopped in SFT
-    assert main([*argv, "--output", str(out), "--from", str(tmp_path / "typo")]) == 2
+    argv += ["--output", str(out), "--from", str(first), "--loss", "rpo"]
+    assert main([*argv, "--from", str(tmp_path / "typo")]) == 2
     assert f"--from {tmp_path / 'typo'}: no such folder" in capsys.readouterr().err
 
     def no_sft(*a, **k):
         raise AssertionError("SFT trained again")
 
     monkeypatch.setattr(SFTTrainer, "train_step", no_sft)
-    assert main([*argv, "--output", str(out), "--from", str(first), "--loss", "rpo"]) == 0
+    assert main([*argv, "--tasks", "medqa,portal"]) == 0
     log = capsys.readouterr().out
     assert (f"prefopt study: medqa not run: --from {first / 'medqa'}: its SFT stage has not finished "
             "(no sft/train/final/adapter_model.safetensors)") in log
@@ -208,7 +209,7 @@ def test_a_study_from_an_earlier_one_trains_only_dpo(tmp_path, capsys, monkeypat
     assert (f"Base and SFT stages from earlier runs (`--from`; only DPO trained): `portal` from `{first / 'portal'}`."
             in (out / "study.md").read_text())
     # the same command again goes on with its runs: nothing copied or trained again
-    assert main([*argv, "--output", str(out), "--from", str(first), "--loss", "rpo", "--tasks", "portal"]) == 0
+    assert main([*argv, "--tasks", "portal"]) == 0
     log = capsys.readouterr().out
     assert "starting from" not in log and "dpo: reusing" in log
     assert json.loads((out / "study.json").read_text())["arms"][-1]["start_from"] == str(first / "portal")
