@@ -26,6 +26,9 @@ from tests.model import _family as family
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 IDS = family.IDS
+# logits of two float32 paths (merged or not, fused or per expert, ours or transformers'): up to 1.2e-4 apart,
+# by CPU kernels (AVX2 or AVX-512) and summation order; the adapters' effects checked here exceed 0.1
+TOL = 5e-4
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 BOTH = ("gate_up_proj", "down_proj")
 PEFT_PARTS = {"gate_up_proj": "mlp.experts.gate_up_proj", "down_proj": "mlp.experts.down_proj"}
@@ -137,18 +140,18 @@ def test_merging_disabling_and_the_merged_weights_agree(moe):
     with torch.no_grad():
         adapted, base = ours(IDS), hf(IDS).logits
         with disable_adapter(ours):
-            assert (ours(IDS) - base).abs().max().item() < 1e-4
+            assert (ours(IDS) - base).abs().max().item() < TOL
         plain = load_model(folder).eval()
         plain.load_state_dict(merged_state_dict(ours))  # what `prefopt merge` and the GGUF export write
-        assert (plain(IDS) - adapted).abs().max().item() < 1e-4
+        assert (plain(IDS) - adapted).abs().max().item() < TOL
         merge_lora(ours)
-        assert (ours(IDS) - adapted).abs().max().item() < 1e-4
+        assert (ours(IDS) - adapted).abs().max().item() < TOL
         unmerge_lora(ours)  # the weights back, up to fp32 rounding (1.4e-5 seen in the logits)
         assert not any(m.merged for _, m in lora_layers(ours))
-        assert (ours(IDS) - adapted).abs().max().item() < 1e-4
+        assert (ours(IDS) - adapted).abs().max().item() < TOL
         merge_and_unload(ours)
         assert not list(lora_layers(ours)) and not any(hasattr(m, "expert_adapters") for m in ours.modules())
-        assert (ours(IDS) - adapted).abs().max().item() < 1e-4
+        assert (ours(IDS) - adapted).abs().max().item() < TOL
     assert ours.merged_adapters[-1].config.target_parameters == BOTH
 
 
@@ -169,9 +172,9 @@ def test_dpo_after_sft_stacks_the_experts_adapters_into_one_file(moe, tmp_path):
     cfg = read_adapter_config(out)
     assert (cfg.r, cfg.target_parameters, cfg.dropout) == (5, BOTH, 0.0)
     with torch.no_grad():
-        assert (load_adapter(load_model(folder), out).eval()(IDS) - want).abs().max().item() < 1e-4
+        assert (load_adapter(load_model(folder), out).eval()(IDS) - want).abs().max().item() < TOL
         theirs = peft.PeftModel.from_pretrained(hf_model(folder), out).eval()
-        assert (theirs(IDS).logits - want).abs().max().item() < 1e-4
+        assert (theirs(IDS).logits - want).abs().max().item() < TOL
 
 
 def test_4_bit_experts_take_adapters_and_merge_beside_their_codes(moe):
@@ -195,7 +198,7 @@ def test_4_bit_experts_take_adapters_and_merge_beside_their_codes(moe):
         with pytest.raises(RuntimeError, match="stays merged"):  # 4-bit experts keep their merge
             unmerge_lora(model)
         merge_and_unload(model)  # the updates kept as factors beside the codes
-        assert (model(IDS) - adapted).abs().max().item() < 1e-4
+        assert (model(IDS) - adapted).abs().max().item() < TOL
 
 
 def test_what_peft_refuses_on_the_experts_is_refused(moe, tmp_path):
@@ -315,7 +318,7 @@ def test_the_merged_model_loads_in_transformers_to_the_adapted_logits(moe, tmp_p
     ours = ours_with(folder)
     save_merged(ours, tmp_path / "merged")
     with torch.no_grad():
-        assert (hf_model(tmp_path / "merged")(IDS).logits - ours(IDS)).abs().max().item() < 1e-4
+        assert (hf_model(tmp_path / "merged")(IDS).logits - ours(IDS)).abs().max().item() < TOL
 
 
 def test_an_adapter_made_on_transformers_4_loads_on_each_expert(moe, tmp_path):
@@ -370,18 +373,18 @@ def test_an_adapter_made_on_transformers_4_loads_on_each_expert(moe, tmp_path):
     loaded = load_adapter(load_model(folder), tmp_path / "t4").eval()
     with torch.no_grad():
         want = theirs(IDS).logits
-        assert (loaded(IDS) - want).abs().max().item() < 1e-4
-        assert (load_model(folder, adapter=tmp_path / "t4", merge=True)(IDS) - want).abs().max().item() < 1e-4
+        assert (loaded(IDS) - want).abs().max().item() < TOL
+        assert (load_model(folder, adapter=tmp_path / "t4", merge=True)(IDS) - want).abs().max().item() < TOL
         save_adapter(loaded, tmp_path / "back")
         assert read_adapter_config(tmp_path / "back").expert_modules
-        assert (load_adapter(load_model(folder), tmp_path / "back")(IDS) - want).abs().max().item() < 1e-4
+        assert (load_adapter(load_model(folder), tmp_path / "back")(IDS) - want).abs().max().item() < TOL
         assert (want - hf(IDS).logits).abs().max().item() > 0.1
         # on 4-bit experts (each projection a QuantLinear under its own adapter): merged beside the codes
         unmerged = load_model(folder, quantize="nf4", adapter=tmp_path / "t4")(IDS)
         base_4 = load_model(folder, quantize="nf4")(IDS)
         assert (unmerged - base_4).abs().max().item() > 0.1
         merged = load_model(folder, quantize="nf4", adapter=tmp_path / "t4", merge=True)(IDS)
-        assert (merged - unmerged).abs().max().item() < 5e-4  # float32 rounding (1.2e-4 on a Zen 4 EPYC)
+        assert (merged - unmerged).abs().max().item() < TOL
 
 
 def test_dpo_on_the_fused_experts_stacks_onto_an_sft_adapter_made_on_transformers_4(moe, tmp_path):
@@ -411,5 +414,5 @@ def test_dpo_on_the_fused_experts_stacks_onto_an_sft_adapter_made_on_transformer
         out = save_adapter(model, tmp_path / "dpo", base_model=str(folder))
         cfg = read_adapter_config(out)
         assert cfg.r == 4 and cfg.expert_modules and cfg.target_parameters == BOTH
-        assert (load_model(folder, adapter=out)(IDS) - want).abs().max().item() < 1e-4
+        assert (load_model(folder, adapter=out)(IDS) - want).abs().max().item() < TOL
         assert (load_model(folder, adapter=tmp_path / "sft")(IDS) - want).abs().max().item() > 0.1
