@@ -70,8 +70,12 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
     ``start_from``: an earlier study's folder; each arm starts from its run of the same task
     (``--from``), and an arm that has none finished there is not run."""
     out = Path(output)
-    if start_from is not None and not Path(start_from).is_dir():
-        raise ValueError(f"--from {start_from}: no such folder (an earlier study's --output)")
+    if start_from is not None:
+        if not Path(start_from).is_dir():
+            raise ValueError(f"--from {start_from}: no such folder (an earlier study's --output)")
+        if (Path(start_from) / "compare_config.json").is_file():
+            raise ValueError(f"--from {start_from} is one task's compare run: name the earlier study's --output, "
+                             "which holds a run per task (or start that one task with prefopt compare --from)")
     root = Path(data_root) if data_root is not None else None
     if root is not None and not root.is_dir():
         raise ValueError(f"--data-root {root}: no such folder")

@@ -189,6 +189,9 @@ def test_a_study_from_an_earlier_one_trains_only_dpo(tmp_path, capsys, monkeypat
     argv += ["--output", str(out), "--from", str(first), "--loss", "rpo"]
     assert main([*argv, "--from", str(tmp_path / "typo")]) == 2
     assert f"--from {tmp_path / 'typo'}: no such folder" in capsys.readouterr().err
+    assert main([*argv, "--from", str(first / "portal")]) == 2  # a task's run, not the study
+    assert f"--from {first / 'portal'} is one task's compare run: name the earlier study's --output" in \
+        capsys.readouterr().err
 
     def no_sft(*a, **k):
         raise AssertionError("SFT trained again")
