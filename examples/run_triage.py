@@ -15,18 +15,21 @@ Rerunning with the same --output reuses finished stages; delete the folder to st
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import sys
 import time
 from pathlib import Path
 
 from prefopt.cli import run_script
 from prefopt.evaluate.cli import add_device_flags, key_values
 from prefopt.evaluate.compare import CompareConfig, run_compare
-from prefopt.evaluate.report import console_lines
+from prefopt.evaluate.report import advice, console_lines
 from prefopt.losses import loss_arg
 from prefopt.tasks import STRATEGIES
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--task", default="portal", choices=["portal", "ktas"])
@@ -43,7 +46,27 @@ def main() -> None:
     ap.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a preset setting, e.g. sft_steps=100 (repeatable; see prefopt compare --help)")
     add_device_flags(ap, "--eval-dtype", "parameter dtype of the evaluations")
-    a = ap.parse_args()
+    return ap
+
+
+def rpo_next(a: argparse.Namespace) -> str:
+    """The command that trains RPO (DPO plus the chosen answers' NLL) alone on this run's SFT
+    model: its settings, ``--loss rpo --from OUTPUT --output OUTPUT-rpo``."""
+    args = ["--preset", a.preset, "--seed", str(a.seed)]
+    for flag, value, default in (("--model", a.model, "smollm2-135m"), ("--task", a.task, "portal"),
+                                 ("--data", a.data, None), ("--strategy", a.strategy, "wrong_label")):
+        if value != default:
+            args += [flag, value]
+    args += [x for kv in a.set or [] for x in ("--set", kv)]
+    output = str(a.output).rstrip("/")
+    python = os.path.relpath(sys.executable)  # .venv/bin/python under make demo
+    python = sys.executable if python.startswith("..") else python
+    return shlex.join([python, os.path.relpath(__file__), *args, "--loss", "rpo", "--from", output,
+                       "--output", f"{output}-rpo"])
+
+
+def main() -> None:
+    a = parser().parse_args()
     t0 = time.perf_counter()
     report = run_compare(CompareConfig(task=a.task, model=a.model, output=a.output, data=a.data, preset=a.preset,
                                        strategy=a.strategy, loss=a.loss, seed=a.seed,
@@ -54,6 +77,8 @@ def main() -> None:
         print(f"{stage:>4}: macro-F1 {s['primary']:.3f}  95% CI [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]  "
               f"exact-match accuracy {s['accuracy']:.3f}")
     print("\n".join(console_lines(report, ("base->sft", "sft->dpo"))))
+    if advice(a.loss, report["comparisons"]):  # DPO made SFT significantly worse, without an NLL term
+        print(f"\nNext, RPO on the same SFT model (only DPO trains): {rpo_next(a)}")
     print(f"\nDone in {time.perf_counter() - t0:.0f} s. Report: {Path(a.output).resolve() / 'report.md'}")
     print("The portal messages are synthetic; see prefopt/tasks/data/README.md for what the scores can and cannot say.")
 

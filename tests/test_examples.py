@@ -49,6 +49,32 @@ def test_run_triage_compares_three_stages_with_the_loss_and_settings_asked_for(t
     assert json.loads((tmp_path / "sigmoid" / "compare_config.json").read_text())["loss"] == "sigmoid"
 
 
+def test_run_triage_says_the_rpo_command_that_starts_from_its_sft_model(monkeypatch):
+    """After a DPO that made SFT significantly worse, run_triage.py prints the command that trains
+    RPO alone on the same SFT model: this run's settings, which --from requires to be the same."""
+    import importlib.util
+    import shlex
+
+    spec = importlib.util.spec_from_file_location("run_triage", ROOT / "examples" / "run_triage.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "executable", str(ROOT / ".venv" / "bin" / "python"))
+    demo = example.parser().parse_args(["--preset", "quick", "--output", "runs/triage-demo"])  # make demo
+    assert example.rpo_next(demo) == (".venv/bin/python examples/run_triage.py --preset quick --seed 0 --loss rpo "
+                                      "--from runs/triage-demo --output runs/triage-demo-rpo")
+    argv = ["--task", "ktas", "--data", "my data.csv", "--preset", "full", "--seed", "2", "--strategy",
+            "wrong_label_hardest", "--model", "m", "--set", "val=32", "--set", "beta=0.2", "--output", "runs/k/",
+            "--device", "cpu"]
+    a = example.parser().parse_args(argv)
+    cmd = shlex.split(example.rpo_next(a))
+    assert cmd[:2] == [".venv/bin/python", "examples/run_triage.py"]
+    b = example.parser().parse_args(cmd[2:])
+    assert (b.loss, b.start_from, b.output) == ("rpo", "runs/k", "runs/k-rpo")
+    same = ("model", "task", "data", "preset", "strategy", "seed", "set")
+    assert {k: getattr(b, k) for k in same} == {k: getattr(a, k) for k in same}
+
+
 def test_run_triage_reports_bad_input_without_a_traceback(tmp_path):
     done = _run("--data", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "run"))
     assert done.returncode == 1 and done.stderr.startswith("run_triage: error:") and "missing.jsonl" in done.stderr
