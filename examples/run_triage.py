@@ -24,7 +24,7 @@ from pathlib import Path
 from prefopt.cli import run_script
 from prefopt.evaluate.cli import add_device_flags, key_values
 from prefopt.evaluate.compare import CompareConfig, run_compare
-from prefopt.evaluate.report import advice, console_lines
+from prefopt.evaluate.report import console_lines, rpo_from
 from prefopt.losses import loss_arg
 from prefopt.tasks import STRATEGIES
 
@@ -51,18 +51,16 @@ def parser() -> argparse.ArgumentParser:
 
 def rpo_next(a: argparse.Namespace) -> str:
     """The command that trains RPO (DPO plus the chosen answers' NLL) alone on this run's SFT
-    model: its settings, ``--loss rpo --from OUTPUT --output OUTPUT-rpo``."""
+    model: its settings and :func:`~prefopt.evaluate.report.rpo_from`."""
     args = ["--preset", a.preset, "--seed", str(a.seed)]
     for flag, value, default in (("--model", a.model, "smollm2-135m"), ("--task", a.task, "portal"),
                                  ("--data", a.data, None), ("--strategy", a.strategy, "wrong_label")):
         if value != default:
             args += [flag, value]
     args += [x for kv in a.set or [] for x in ("--set", kv)]
-    output = str(a.output).rstrip("/")
     python = os.path.relpath(sys.executable)  # .venv/bin/python under make demo
     python = sys.executable if python.startswith("..") else python
-    return shlex.join([python, os.path.relpath(__file__), *args, "--loss", "rpo", "--from", output,
-                       "--output", f"{output}-rpo"])
+    return shlex.join([python, os.path.relpath(__file__), *args, *rpo_from(a.output)])
 
 
 def main() -> None:
@@ -77,7 +75,7 @@ def main() -> None:
         print(f"{stage:>4}: macro-F1 {s['primary']:.3f}  95% CI [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]  "
               f"exact-match accuracy {s['accuracy']:.3f}")
     print("\n".join(console_lines(report, ("base->sft", "sft->dpo"))))
-    if advice(a.loss, report["comparisons"]):  # DPO made SFT significantly worse, without an NLL term
+    if report["advice"]:  # DPO made SFT significantly worse, without an NLL term
         print(f"\nNext, RPO on the same SFT model (only DPO trains): {rpo_next(a)}")
     print(f"\nDone in {time.perf_counter() - t0:.0f} s. Report: {Path(a.output).resolve() / 'report.md'}")
     print("The portal messages are synthetic; see prefopt/tasks/data/README.md for what the scores can and cannot say.")

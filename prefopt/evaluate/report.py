@@ -1,6 +1,7 @@
 """The comparison report: per-stage metrics with CIs, paired tests between stages, plots."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,13 @@ def verdict(a: str, b: str, metric: str, cmp: dict) -> str:
             f"but the CI includes 0).")
 
 
+def rpo_from(output: str) -> list[str]:
+    """The arguments that train RPO (DPO plus the chosen answers' NLL) alone on the SFT model of
+    the run in ``output``, into ``OUTPUT-rpo`` (``--from``)."""
+    output = str(output).rstrip("/")
+    return ["--loss", "rpo", "--from", output, "--output", f"{output}-rpo"]
+
+
 def advice(loss: str, comparisons: dict, output: str | None = None) -> str | None:
     """A next step for when DPO made the SFT model significantly worse, under a loss without an
     NLL term; else None. ``output``: the run's folder, for the command that tries it on the
@@ -52,8 +60,8 @@ def advice(loss: str, comparisons: dict, output: str | None = None) -> str | Non
             "raised macro-F1 on three seeds of three (significantly on one; docs/results.md). On the portal demo RPO with "
             "WPO's pair weights (`--loss rpo --set wpo=true`) did no worse than RPO on three seeds of three and beat "
             "SFT significantly on one."
-            + (f" To train DPO alone on this run's SFT model: the same command with `--loss rpo --from {output} "
-               f"--output {output}-rpo`." if output else ""))
+            + (f" To train DPO alone on this run's SFT model: the same command with `{shlex.join(rpo_from(output))}`."
+               if output else ""))
 
 
 def compare_pair(task, test, rows_a: list[dict], rows_b: list[dict], n_resamples: int = 2000, seed: int = 0
