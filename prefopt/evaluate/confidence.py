@@ -7,7 +7,8 @@ assistant turn, its end-of-turn token included, teacher-forced after the record'
 answers' probabilities, normalised over all of them, give each field's distribution over its
 labels by summing out the other fields. Staff can read the least sure answers first.
 
-Each record's prompt runs once, with its answers packed after it (:func:`answer_logprobs`).
+Each record's prompt runs once, with its answers after it as a prefix tree, so the tokens they share
+from their start run once too (:func:`answer_logprobs`, :func:`_pack`).
 """
 from __future__ import annotations
 
@@ -61,10 +62,11 @@ def answer_logprobs(model, tok, task, records, *, batch_size: int = 16, show_pro
     """For each record, ``(labels, log-prob)`` of every possible answer (:func:`answers`): the sum
     of the log-probs of the answer's tokens, as SFT trained them, after the record's prompt.
 
-    The prompt runs once per record: a row holds ``[prompt | answer 1 | answer 2 | ...]`` under a
-    mask by which each answer sees the prompt and itself, at the positions it would have alone
-    (as :mod:`prefopt.train.shared_prompt` packs a preference pair). ``batch_size``: records per
-    forward pass; ``desc``: the progress bar's label."""
+    The prompt runs once per record: a row holds ``[prompt | the answers' prefix tree]`` under a
+    mask by which each token sees the prompt and its own answer's tokens before it, at the
+    positions it would have alone (:func:`_pack`: as :mod:`prefopt.train.shared_prompt` packs a
+    preference pair, and the tokens the answers share from their start run once). ``batch_size``:
+    records per forward pass; ``desc``: the progress bar's label."""
     why = scorable(task)
     if why:
         raise ValueError(why)
@@ -125,35 +127,64 @@ def _common_start(a: list[int], b: list[int]) -> int:
     return n
 
 
+def _tree(answers: list[list[int]]) -> tuple[list[int], list[int], list[list[int]]]:
+    """The answers' tokens as a prefix tree, leaving out each answer's last token (it is only
+    predicted, never read): ``(tokens, parents, paths)``, one entry of the first two per node in
+    the order first met (a parent before its children; parent -1: the prompt), and per answer
+    the nodes of its tokens but the last. Answers that start alike share those nodes: the
+    portal's twelve answers (123 tokens in SmolLM2's tokenizer) need 42 nodes."""
+    nodes: dict[tuple[int, int], int] = {}
+    tokens, parents, paths = [], [], []
+    for a in answers:
+        parent, path = -1, []
+        for t in a[:-1]:
+            node = nodes.setdefault((parent, t), len(tokens))
+            if node == len(tokens):
+                tokens.append(t)
+                parents.append(parent)
+            parent = node
+            path.append(node)
+        paths.append(path)
+    return tokens, parents, paths
+
+
 def _pack(rows: list[tuple[list[int], list[list[int]]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """One row per record, ``[prompt | answer 1 | answer 2 | ... | padding]``: ``input_ids`` and
-    ``position_ids`` ``(B, S)``, the boolean ``mask`` ``(B, 1, S, S)`` (causal, and an answer sees
-    only the prompt and itself), and per answer (record by record): its ``row``, the ``gather``
-    columns whose hidden states predict its tokens, and its ``labels`` (``IGNORE`` past its end)."""
+    """One row per record, ``[prompt | its answers' prefix tree (:func:`_tree`) | padding]``:
+    ``input_ids`` and ``position_ids`` ``(B, S)``, each node at its answers' position; the
+    boolean ``mask`` ``(B, 1, S, S)``: the prompt causal, a node sees the prompt, its ancestors
+    and itself (so its hidden state is the one it has in each of its answers alone); per answer
+    (record by record): its ``row``, the ``gather`` columns whose hidden states predict its
+    tokens (the prompt's last, then its nodes), and its ``labels`` (``IGNORE`` past its end)."""
+    trees = [_tree(a) for _, a in rows]
     B = len(rows)
-    S = max(len(p) + sum(map(len, a)) for p, a in rows)
+    S = max(len(p) + len(tokens) for (p, _), (tokens, _, _) in zip(rows, trees))
     La = max(len(x) for _, a in rows for x in a)
     n = sum(len(a) for _, a in rows)
     ids = torch.full((B, S), pad_id, dtype=torch.long)
     pos = torch.zeros((B, S), dtype=torch.long)
-    side = torch.full((B, S), -1, dtype=torch.long)  # 0 the prompt, k the k-th answer, -1 padding
+    mask = torch.zeros((B, S, S), dtype=torch.bool)
     row = torch.zeros(n, dtype=torch.long)
     gather = torch.zeros((n, La), dtype=torch.long)
     labels = torch.full((n, La), IGNORE, dtype=torch.long)
     k = 0
-    for b, (prompt, ans) in enumerate(rows):
-        p = start = len(prompt)
-        ids[b, :p], pos[b, :p], side[b, :p] = torch.tensor(prompt), torch.arange(p), 0
-        for j, a in enumerate(ans, 1):
-            ids[b, start:start + len(a)] = torch.tensor(a)
-            pos[b, start:start + len(a)], side[b, start:start + len(a)] = p + torch.arange(len(a)), j
+    for b, ((prompt, ans), (tokens, parents, paths)) in enumerate(zip(rows, trees)):
+        p, m = len(prompt), len(tokens)
+        ids[b, :p + m] = torch.tensor(prompt + tokens, dtype=torch.long)
+        depth = []
+        for i, parent in enumerate(parents):
+            depth.append(0 if parent < 0 else depth[parent] + 1)
+            if parent >= 0:
+                mask[b, p + i, p:p + m] = mask[b, p + parent, p:p + m]  # its parent's ancestors
+            mask[b, p + i, p + i] = True
+        pos[b, :p + m] = torch.cat([torch.arange(p), p + torch.tensor(depth, dtype=torch.long)])
+        mask[b, :p, :p] = torch.ones(p, p, dtype=torch.bool).tril()
+        mask[b, p:p + m, :p] = True
+        for a, path in zip(ans, paths):
             row[k], labels[k, :len(a)] = b, torch.tensor(a)
-            gather[k, :len(a)] = torch.cat([torch.tensor([p - 1]), start + torch.arange(len(a) - 1)])
-            start += len(a)
+            gather[k, :len(a)] = torch.tensor([p - 1] + [p + node for node in path])
             k += 1
-    col = torch.arange(S)
-    mask = (col[None, :] <= col[:, None])[None] & (side >= 0)[:, None, :]  # causal, real keys
-    mask &= (side[:, None, :] == 0) | (side[:, None, :] == side[:, :, None])  # the prompt, or its own answer
+    diagonal = torch.arange(S)
+    mask[:, diagonal, diagonal] = True  # padding sees itself: no query without a key
     return {"input_ids": ids, "position_ids": pos, "mask": mask[:, None], "row": row, "gather": gather,
             "labels": labels}
 

@@ -1,0 +1,135 @@
+"""Scoring every possible answer of a classification task on CPU (compare's confidence, ``prefopt
+eval --confidence``, ``prefopt predict``): seconds, peak RSS and the largest difference in the
+answers' log-probs, each way in a fresh process, in one run.
+
+For each record every combination of its fields' labels is scored as a whole assistant turn after
+the record's prompt (``prefopt.evaluate.confidence.answer_logprobs``; the portal task: 12 answers of
+10-11 tokens after a prompt of about 110). Three ways of laying the tokens out, the same model and
+records, ``--batch-size`` records a forward pass:
+
+- ``alone``: each answer in its own row after its own copy of the prompt (padded);
+- ``flat``: one row per record, the prompt once and every answer's tokens end to end after it
+  (prefopt until 2026-12-03);
+- ``tree``: the prompt once and the answers as a prefix tree, each token the answers share from
+  their start once and no answer's last token (it is only predicted): prefopt's way since.
+
+    .venv/bin/python benchmarks/bench_label_scoring.py --records 64
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import rss, run_worker  # noqa: E402
+
+KINDS = {"alone": "each answer in its own row with its prompt", "flat": "prompt once, answers end to end (before)",
+         "tree": "prompt once, answers as a prefix tree (default)"}
+
+
+def flat_pack(rows, pad_id):
+    """``confidence._pack``'s layout before 2026-12-03: ``[prompt | answer 1 | answer 2 | ...]``, an
+    answer seeing the prompt and itself."""
+    import torch
+
+    from prefopt.data.sft import IGNORE
+
+    B = len(rows)
+    S = max(len(p) + sum(map(len, a)) for p, a in rows)
+    La = max(len(x) for _, a in rows for x in a)
+    n = sum(len(a) for _, a in rows)
+    ids, pos = torch.full((B, S), pad_id, dtype=torch.long), torch.zeros((B, S), dtype=torch.long)
+    side = torch.full((B, S), -1, dtype=torch.long)  # 0 the prompt, k the k-th answer, -1 padding
+    row, gather = torch.zeros(n, dtype=torch.long), torch.zeros((n, La), dtype=torch.long)
+    labels = torch.full((n, La), IGNORE, dtype=torch.long)
+    k = 0
+    for b, (prompt, ans) in enumerate(rows):
+        p = start = len(prompt)
+        ids[b, :p], pos[b, :p], side[b, :p] = torch.tensor(prompt), torch.arange(p), 0
+        for j, a in enumerate(ans, 1):
+            ids[b, start:start + len(a)] = torch.tensor(a)
+            pos[b, start:start + len(a)], side[b, start:start + len(a)] = p + torch.arange(len(a)), j
+            row[k], labels[k, :len(a)] = b, torch.tensor(a)
+            gather[k, :len(a)] = torch.cat([torch.tensor([p - 1]), start + torch.arange(len(a) - 1)])
+            start += len(a)
+            k += 1
+    col = torch.arange(S)
+    mask = (col[None, :] <= col[:, None])[None] & (side >= 0)[:, None, :]
+    mask &= (side[:, None, :] == 0) | (side[:, None, :] == side[:, :, None])
+    return {"input_ids": ids, "position_ids": pos, "mask": mask[:, None], "row": row, "gather": gather,
+            "labels": labels}
+
+
+def alone_pack(rows, pad_id):
+    """Each answer its own row, ``[prompt | answer | padding]``, causal."""
+    import torch
+
+    batch = flat_pack([(prompt, [a]) for prompt, ans in rows for a in ans], pad_id)
+    return {**batch, "row": torch.arange(len(batch["row"]))}
+
+
+def worker(kind: str, model: str, records: int, batch_size: int, repeats: int) -> dict:
+    import torch
+
+    from prefopt import load_model, load_tokenizer
+    from prefopt.evaluate import confidence
+    from prefopt.tasks import get_task
+
+    torch.manual_seed(0)
+    base = rss("VmRSS")
+    net, tok = load_model(model, dtype=torch.float32).eval(), load_tokenizer(model)
+    task = get_task("portal")
+    recs = task.read()[:records]
+    confidence._pack = {"flat": flat_pack, "alone": alone_pack}.get(kind, confidence._pack)
+    confidence.answer_logprobs(net, tok, task, recs[:2], batch_size=batch_size, show_progress=False)  # warm-up
+    passes, out = [], None
+    for _ in range(repeats):  # the fastest pass counts: this machine's neighbours come and go
+        start = time.perf_counter()
+        out = confidence.answer_logprobs(net, tok, task, recs, batch_size=batch_size, show_progress=False)
+        passes.append(time.perf_counter() - start)
+    return {"name": KINDS[kind], "seconds": min(passes), "passes": passes, "peak_rss": rss("VmHWM"),
+            "rss_before_load": base, "logprobs": [[v for _, v in r] for r in out]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--records", type=int, default=64, help="portal records scored (12 answers each)")
+    ap.add_argument("--batch-size", type=int, default=16, help="records a forward pass (compare's eval_batch_size)")
+    ap.add_argument("--repeats", type=int, default=2, help="timed passes over the records; the fastest counts")
+    ap.add_argument("--kinds", default=",".join(KINDS), help=f"which workers, of {', '.join(KINDS)}")
+    ap.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
+    ap.add_argument("--json", help="also write the results here")
+    a = ap.parse_args()
+    if a.worker is not None:
+        kind, model = a.worker
+        print(json.dumps(worker(kind, model, a.records, a.batch_size, a.repeats)))
+        return
+    from prefopt.model import resolve_model_dir
+
+    model = str(resolve_model_dir(a.model))
+    kinds = a.kinds.split(",")
+    runs = {k: run_worker(__file__, "--records", str(a.records), "--batch-size", str(a.batch_size), "--repeats",
+                          str(a.repeats), "--worker", k, model) for k in kinds}
+    ref = runs[kinds[-1]]["logprobs"]
+    mib = 1 << 20
+    print(f"model {a.model}, fp32, CPU ({platform.machine()}), {a.records} portal records x 12 answers, "
+          f"{a.batch_size} records a forward pass; fastest of {a.repeats} passes; each kind in a fresh process")
+    print(f"| layout | s | records/s | × {kinds[-1]}'s time | peak RSS (MiB) | max |Δ log-prob| vs {kinds[-1]} |")
+    print("|---|---|---|---|---|---|")
+    last = runs[kinds[-1]]["seconds"]
+    for k in kinds:
+        r = runs[k]
+        diff = max(abs(x - y) for row, ref_row in zip(r["logprobs"], ref) for x, y in zip(row, ref_row))
+        print(f"| {k}: {r['name']} | {r['seconds']:.2f} | {a.records / r['seconds']:.2f} | "
+              f"{r['seconds'] / last:.2f}x | {r['peak_rss'] / mib:.0f} | {diff:.1e} |")
+    if a.json:
+        Path(a.json).write_text(json.dumps(runs, indent=2))
+
+
+if __name__ == "__main__":
+    main()

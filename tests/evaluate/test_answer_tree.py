@@ -1,0 +1,47 @@
+"""Label scoring packs a record's answers as a prefix tree after its prompt: the tokens answers
+share from their start run once, an answer's last token not at all, and every answer's log-prob
+is the one it has scored alone after the prompt."""
+import pytest
+import torch
+
+from prefopt.data.sft import IGNORE
+from prefopt.evaluate.confidence import _pack, _tree
+from tests._tiny import build_hf_model
+
+# answers that share starts, one a prefix of another, one of a single token, one alone
+ANSWERS = [[5, 6, 7, 2], [5, 6, 8, 2], [5, 6, 7], [5, 9, 2], [11], [12, 13, 2]]
+
+
+def test_the_tree_shares_starts_and_leaves_out_last_tokens():
+    tokens, parents, paths = _tree(ANSWERS)
+    # nodes: 5, 6 (under 5), 7 (under 6), 8 (under 6), 9 (under 5), 12, 13 (under 12); no 2, no 11
+    assert tokens == [5, 6, 7, 8, 9, 12, 13] and parents == [-1, 0, 1, 1, 0, -1, 5]
+    assert paths == [[0, 1, 2], [0, 1, 3], [0, 1], [0, 4], [], [5, 6]]
+
+
+def test_packed_log_probs_equal_each_answer_scored_alone(tmp_path):
+    """Two records (padding in the batch): each answer's summed log-prob from the packed rows
+    equals a plain causal forward of prompt + answer, log_softmax'd in float64."""
+    from prefopt.pretrained import load_model
+
+    build_hf_model(tmp_path / "m", tokenizer=False)
+    model = load_model(str(tmp_path / "m")).eval()
+    rows = [([1, 3, 4, 3, 20, 21], ANSWERS), ([1, 30, 31], [[40, 41, 2], [40, 42, 2], [43, 2]])]
+    batch = _pack(rows, pad_id=0)
+    assert batch["input_ids"].shape == (2, 6 + 7)  # the longer record: its prompt and 7 nodes, not 18 tokens
+    assert batch["position_ids"][0, 6:].tolist() == [6, 7, 8, 8, 7, 6, 7]  # each node at its answers' position
+    with torch.no_grad():
+        hidden = model(batch["input_ids"], batch["mask"], batch["position_ids"], return_hidden=True)
+        h = hidden[batch["row"][:, None], batch["gather"]]
+        logits = model.logits(h).double()  # (answers, La, V)
+        labels = batch["labels"]
+        got = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+        got = got.masked_fill(labels == IGNORE, 0).sum(-1)
+        want = []
+        for prompt, answers in rows:
+            for a in answers:
+                ids = torch.tensor([prompt + a])
+                lp = torch.log_softmax(model(ids).double()[0, :-1], -1).gather(1, ids[0, 1:, None])[:, 0]
+                want.append(float(lp[len(prompt) - 1:].sum()))
+    assert got.tolist() == pytest.approx(want, rel=1e-5, abs=1e-4)
+    assert len({round(v, 2) for v in want}) == len(want)  # all differ: a wrong gather would show
