@@ -11,7 +11,8 @@ records, ``--batch-size`` records a forward pass:
 - ``flat``: one row per record, the prompt once and every answer's tokens end to end after it
   (prefopt until 2026-12-03);
 - ``tree``: the prompt once and the answers as a prefix tree, each token the answers share from
-  their start once and no answer's last token (it is only predicted): prefopt's way since.
+  their start once and no answer's last token (it is only predicted), and through the lm_head
+  each (position, next token) once: prefopt's way since.
 
     .venv/bin/python benchmarks/bench_label_scoring.py --records 64
 """
@@ -33,43 +34,39 @@ KINDS = {"alone": "each answer in its own row with its prompt", "flat": "prompt 
 
 def flat_pack(rows, pad_id):
     """``confidence._pack``'s layout before 2026-12-03: ``[prompt | answer 1 | answer 2 | ...]``, an
-    answer seeing the prompt and itself."""
+    answer seeing the prompt and itself, each answer's every token scored apart."""
     import torch
-
-    from prefopt.data.sft import IGNORE
 
     B = len(rows)
     S = max(len(p) + sum(map(len, a)) for p, a in rows)
-    La = max(len(x) for _, a in rows for x in a)
-    n = sum(len(a) for _, a in rows)
     ids, pos = torch.full((B, S), pad_id, dtype=torch.long), torch.zeros((B, S), dtype=torch.long)
     side = torch.full((B, S), -1, dtype=torch.long)  # 0 the prompt, k the k-th answer, -1 padding
-    row, gather = torch.zeros(n, dtype=torch.long), torch.zeros((n, La), dtype=torch.long)
-    labels = torch.full((n, La), IGNORE, dtype=torch.long)
-    k = 0
+    row, column, label, answer, k = [], [], [], [], 0
     for b, (prompt, ans) in enumerate(rows):
         p = start = len(prompt)
         ids[b, :p], pos[b, :p], side[b, :p] = torch.tensor(prompt), torch.arange(p), 0
         for j, a in enumerate(ans, 1):
             ids[b, start:start + len(a)] = torch.tensor(a)
             pos[b, start:start + len(a)], side[b, start:start + len(a)] = p + torch.arange(len(a)), j
-            row[k], labels[k, :len(a)] = b, torch.tensor(a)
-            gather[k, :len(a)] = torch.cat([torch.tensor([p - 1]), start + torch.arange(len(a) - 1)])
+            row += [b] * len(a)
+            column += [p - 1] + list(range(start, start + len(a) - 1))
+            label += a
+            answer += [k] * len(a)
             start += len(a)
             k += 1
     col = torch.arange(S)
     mask = (col[None, :] <= col[:, None])[None] & (side >= 0)[:, None, :]
     mask &= (side[:, None, :] == 0) | (side[:, None, :] == side[:, :, None])
-    return {"input_ids": ids, "position_ids": pos, "mask": mask[:, None], "row": row, "gather": gather,
-            "labels": labels}
+    diagonal = torch.arange(S)
+    mask[:, diagonal, diagonal] = True  # padding sees itself (a row of only padding has no other key)
+    return {"input_ids": ids, "position_ids": pos, "mask": mask[:, None], "row": torch.tensor(row),
+            "column": torch.tensor(column), "label": torch.tensor(label), "answer": torch.tensor(answer),
+            "term": torch.arange(len(row))}
 
 
 def alone_pack(rows, pad_id):
     """Each answer its own row, ``[prompt | answer | padding]``, causal."""
-    import torch
-
-    batch = flat_pack([(prompt, [a]) for prompt, ans in rows for a in ans], pad_id)
-    return {**batch, "row": torch.arange(len(batch["row"]))}
+    return flat_pack([(prompt, [a]) for prompt, ans in rows for a in ans], pad_id)
 
 
 def worker(kind: str, model: str, records: int, batch_size: int, repeats: int) -> dict:

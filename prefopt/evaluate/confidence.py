@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from .._deps import progress
-from ..data.sft import IGNORE
 from ..kernels import sequence_logprobs
 from ..model import eval_mode
 from .stats import average_ranks
@@ -79,8 +78,10 @@ def answer_logprobs(model, tok, task, records, *, batch_size: int = 16, show_pro
             batch = _pack([(prompt, [ids for _, ids in scored]) for prompt, scored in rows], tok.pad_token_id or 0)
             hidden = model(batch["input_ids"].to(device), batch["mask"].to(device), batch["position_ids"].to(device),
                            return_hidden=True)  # (B, S, D)
-            h = hidden[batch["row"].to(device)[:, None], batch["gather"].to(device)]  # (answers, La, D)
-            sums = sequence_logprobs(*model.head(h), batch["labels"].to(device), ignore_index=IGNORE).sum(-1)
+            h = hidden[batch["row"].to(device), batch["column"].to(device)]  # (U, D): each scored position once
+            logp = sequence_logprobs(*model.head(h), batch["label"].to(device)).to(torch.float64)  # (U,)
+            sums = torch.zeros(sum(len(scored) for _, scored in rows), dtype=torch.float64, device=device)
+            sums.index_add_(0, batch["answer"].to(device), logp[batch["term"].to(device)])
             sums = iter(sums.tolist())
             out += [[(labels, next(sums)) for labels, _ in scored] for _, scored in rows]
             bar.update(len(rows))
@@ -152,21 +153,21 @@ def _pack(rows: list[tuple[list[int], list[list[int]]]], pad_id: int) -> dict[st
     """One row per record, ``[prompt | its answers' prefix tree (:func:`_tree`) | padding]``:
     ``input_ids`` and ``position_ids`` ``(B, S)``, each node at its answers' position; the
     boolean ``mask`` ``(B, 1, S, S)``: the prompt causal, a node sees the prompt, its ancestors
-    and itself (so its hidden state is the one it has in each of its answers alone); per answer
-    (record by record): its ``row``, the ``gather`` columns whose hidden states predict its
-    tokens (the prompt's last, then its nodes), and its ``labels`` (``IGNORE`` past its end)."""
+    and itself (so its hidden state is the one it has in each of its answers alone).
+
+    What to score, each (position, next token) once though answers share it: ``row``,
+    ``column`` and ``label`` ``(U,)``, a hidden state and the token it predicts (from the
+    prompt's last position the answers' first tokens, from a node its children's); and per
+    term of the answers' sums, ``answer`` (its answer, record by record) and ``term`` (its
+    entry of those U)."""
     trees = [_tree(a) for _, a in rows]
     B = len(rows)
     S = max(len(p) + len(tokens) for (p, _), (tokens, _, _) in zip(rows, trees))
-    La = max(len(x) for _, a in rows for x in a)
-    n = sum(len(a) for _, a in rows)
     ids = torch.full((B, S), pad_id, dtype=torch.long)
     pos = torch.zeros((B, S), dtype=torch.long)
     mask = torch.zeros((B, S, S), dtype=torch.bool)
-    row = torch.zeros(n, dtype=torch.long)
-    gather = torch.zeros((n, La), dtype=torch.long)
-    labels = torch.full((n, La), IGNORE, dtype=torch.long)
-    k = 0
+    scored: dict[tuple[int, int, int], int] = {}  # (row, column, label) -> its index in the U
+    answer, term, n = [], [], 0
     for b, ((prompt, ans), (tokens, parents, paths)) in enumerate(zip(rows, trees)):
         p, m = len(prompt), len(tokens)
         ids[b, :p + m] = torch.tensor(prompt + tokens, dtype=torch.long)
@@ -180,13 +181,16 @@ def _pack(rows: list[tuple[list[int], list[list[int]]]], pad_id: int) -> dict[st
         mask[b, :p, :p] = torch.ones(p, p, dtype=torch.bool).tril()
         mask[b, p:p + m, :p] = True
         for a, path in zip(ans, paths):
-            row[k], labels[k, :len(a)] = b, torch.tensor(a)
-            gather[k, :len(a)] = torch.tensor([p - 1] + [p + node for node in path])
-            k += 1
+            for column, label in zip([p - 1] + [p + node for node in path], a):
+                answer.append(n)
+                term.append(scored.setdefault((b, column, label), len(scored)))
+            n += 1
     diagonal = torch.arange(S)
     mask[:, diagonal, diagonal] = True  # padding sees itself: no query without a key
-    return {"input_ids": ids, "position_ids": pos, "mask": mask[:, None], "row": row, "gather": gather,
-            "labels": labels}
+    row, column, label = torch.tensor(list(scored), dtype=torch.long).reshape(-1, 3).T
+    return {"input_ids": ids, "position_ids": pos, "mask": mask[:, None], "row": row, "column": column,
+            "label": label, "answer": torch.tensor(answer, dtype=torch.long),
+            "term": torch.tensor(term, dtype=torch.long)}
 
 
 def marginals(task, scored: list[tuple[dict[str, str], float]]) -> dict[str, dict[str, float]]:

@@ -4,7 +4,6 @@ is the one it has scored alone after the prompt."""
 import pytest
 import torch
 
-from prefopt.data.sft import IGNORE
 from prefopt.evaluate.confidence import _pack, _tree
 from tests._tiny import build_hf_model
 
@@ -30,13 +29,14 @@ def test_packed_log_probs_equal_each_answer_scored_alone(tmp_path):
     batch = _pack(rows, pad_id=0)
     assert batch["input_ids"].shape == (2, 6 + 7)  # the longer record: its prompt and 7 nodes, not 18 tokens
     assert batch["position_ids"][0, 6:].tolist() == [6, 7, 8, 8, 7, 6, 7]  # each node at its answers' position
+    # each (position, next token) once: record 0's 18 terms are 12 (after the prompt 5, 11 or 12; after 5, 6 or
+    # 9; after 6, 7 or 8; after 7, 8, 9 and 13, 2; after 12, 13), record 1's 8 are 7
+    assert len(batch["row"]) == 12 + 7 and len(batch["term"]) == 18 + 8
     with torch.no_grad():
         hidden = model(batch["input_ids"], batch["mask"], batch["position_ids"], return_hidden=True)
-        h = hidden[batch["row"][:, None], batch["gather"]]
-        logits = model.logits(h).double()  # (answers, La, V)
-        labels = batch["labels"]
-        got = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
-        got = got.masked_fill(labels == IGNORE, 0).sum(-1)
+        logits = model.logits(hidden[batch["row"], batch["column"]]).double()  # (U, V)
+        logp = torch.log_softmax(logits, -1).gather(1, batch["label"][:, None])[:, 0]
+        got = torch.zeros(6 + 3, dtype=torch.float64).index_add_(0, batch["answer"], logp[batch["term"]])
         want = []
         for prompt, answers in rows:
             for a in answers:
