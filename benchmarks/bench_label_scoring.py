@@ -14,7 +14,8 @@ records, ``--batch-size`` records a forward pass:
   their start once and no answer's last token (it is only predicted), and through the lm_head
   each (position, next token) once: prefopt's way since.
 
-    .venv/bin/python benchmarks/bench_label_scoring.py --records 64
+    .venv/bin/python benchmarks/bench_label_scoring.py --records 64 --repeats 3 --kinds flat,tree
+    .venv/bin/python benchmarks/bench_label_scoring.py --records 64   # also alone: ~10 min on 2 cores
 """
 from __future__ import annotations
 
