@@ -77,7 +77,6 @@ def worker(kind: str, model: str, records: int, batch_size: int, repeats: int) -
     from prefopt.evaluate import confidence
     from prefopt.tasks import get_task
 
-    torch.manual_seed(0)
     base = rss("VmRSS")
     net, tok = load_model(model, dtype=torch.float32).eval(), load_tokenizer(model)
     task = get_task("portal")
