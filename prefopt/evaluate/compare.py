@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,7 +42,15 @@ from ..train.diverged import Diverged
 from ..train.out_of_memory import reraised
 from ..train.stop_signal import GoingOn, going_on_by
 from . import start_from
-from .compare_config import PRESETS, CompareConfig, diverged_advice, memory_advice, same_path, same_run
+from .compare_config import (
+    PRESETS,
+    CompareConfig,
+    diverged_advice,
+    memory_advice,
+    other_settings,
+    same_path,
+    same_run,
+)
 from .judge import judge_scores, ready_judge
 from .runner import (
     DECODING,
@@ -98,7 +108,7 @@ def _pin_chat(cfg: CompareConfig, out: Path, tok, judge_tok, source: dict | None
     return cfg, [line for line in lines if line]
 
 
-def _fit_test_size(cfg: CompareConfig, s: dict, records: list) -> None:
+def _fit_test_size(cfg: CompareConfig, s: dict, records: list, say: Callable[[str], None]) -> None:
     """A preset's test *count* that would leave less to train on than to test (the quick preset's
     60 of ACI-Bench's 87 encounters) becomes a fifth of the data, as in the full preset, unless
     ``--set test`` chose it."""
@@ -107,7 +117,7 @@ def _fit_test_size(cfg: CompareConfig, s: dict, records: list) -> None:
     n, t = count_groups(records), s["test"]
     if t >= 1 and 2 * t > n and "test" not in cfg.overrides:
         s["test"] = max(1, round(0.2 * n))
-        _log(f"test {s['test']} of {n} items (a fifth), not the {cfg.preset} preset's {t}, which would leave "
+        say(f"test {s['test']} of {n} items (a fifth), not the {cfg.preset} preset's {t}, which would leave "
              f"{max(n - t, 0)} to train on (--set test=N to choose)")
 
 
@@ -119,7 +129,7 @@ def _split(cfg: CompareConfig, records: list, s: dict) -> dict:
     return split_records(records, test=s["test"], val=s["val"] or 0, seed=cfg.seed, max_train=s["max_train"])
 
 
-def _start_from(cfg: CompareConfig, out: Path) -> tuple[CompareConfig, dict | None]:
+def _start_from(cfg: CompareConfig, out: Path, say: Callable[[str], None]) -> tuple[CompareConfig, dict | None]:
     """The run with ``start_from`` as its stages' origin, and the recorded settings of the run
     ``--from`` names where its stages are still to be copied (:mod:`.start_from`), else None.
     A folder that holds a run already goes on with its own stages and keeps its own origin (a
@@ -128,7 +138,7 @@ def _start_from(cfg: CompareConfig, out: Path) -> tuple[CompareConfig, dict | No
     if path.is_file():
         had = json.loads(path.read_text()).get("start_from")
         if cfg.start_from and not same_path(cfg.start_from, had):
-            _log(f"--from {cfg.start_from} is not used: {out} holds a run already, which goes on with its own stages")
+            say(f"--from {cfg.start_from} is not used: {out} holds a run already, which goes on with its own stages")
         return replace(cfg, start_from=had), None
     return cfg, start_from.source_config(cfg.start_from, out) if cfg.start_from else None
 
@@ -386,21 +396,37 @@ def _refuse_tied_head(model: str) -> None:
         raise ValueError(f"{model}: {TIED_HEAD}")
 
 
-def run_compare(cfg: CompareConfig) -> dict:
-    """Run (or resume) the three stages and write the report; returns ``report.json``'s content."""
+@dataclass
+class _Checked:
+    """A compare run whose settings, data, split, tokenizers and folder were checked
+    (:func:`_checked`); nothing is written yet."""
+    cfg: CompareConfig  # with its --from origin and chat date and variables fixed
+    task: Any
+    s: dict  # its settings, the preset's with --set's and the task's needs
+    splits: dict
+    tok: Any
+    judge_tok: Any
+    source: dict | None  # the recorded settings of the run --from names, where its stages are still to be copied
+    recorded: dict  # as compare_config.json holds the run
+    chat_lines: list[str]
+
+
+def _checked(cfg: CompareConfig, say: Callable[[str], None]) -> _Checked:
+    """Everything a run is refused for before it claims its folder: settings, data, the split's
+    sizes, the tokenizers' chat templates, --from's run, a folder that holds a run made with
+    other settings. ``say``: the notes on settings chosen for the task."""
     from ..tasks import get_task
     from ..tasks.check import read_labelled
     from ..tokenizer import load_tokenizer
-    from .report import build_report
 
     s = cfg.settings()
     task = get_task(cfg.task, **cfg.task_options)
     if task.train_length and s["max_length"] < task.train_length and "max_length" not in cfg.overrides:
-        _log(f"max_length {task.train_length}, not the {cfg.preset} preset's {s['max_length']}: {task.name} "
-             "examples need it (--set max_length=N to choose)")
+        say(f"max_length {task.train_length}, not the {cfg.preset} preset's {s['max_length']}: {task.name} "
+            "examples need it (--set max_length=N to choose)")
         s["max_length"] = task.train_length
     records = read_labelled(task, cfg.data)  # bad data stops the run before its folder is claimed
-    _fit_test_size(cfg, s, records)
+    _fit_test_size(cfg, s, records, say)
     splits = _split(cfg, records, s)
     if splits["val"] and cfg.strategy == "ranked":  # given pairs on a validation item: refused before any work
         given_pairs_outside(Path(cfg.pairs), splits["val"])
@@ -418,18 +444,35 @@ def run_compare(cfg: CompareConfig) -> dict:
     if s["max_new_tokens"] is None:
         s["max_new_tokens"], note = choose_max_new_tokens(task, tok, records, "--set max_new_tokens=N")
         if note:
-            _log(note)
+            say(note)
     out = Path(cfg.output)
-    cfg, source = _start_from(cfg, out)
+    cfg, source = _start_from(cfg, out, say)
     cfg, chat_lines = _pin_chat(cfg, out, tok, judge_tok, source)
-    recorded = {**asdict(cfg), "settings": s}  # as compare_config.json holds the run
-    if source is not None:  # checked before the folder is made
-        start_from.check_same_sft(cfg.start_from, source, recorded, _split_ids(splits))
-    out.mkdir(parents=True, exist_ok=True)
+    recorded = {**asdict(cfg), "settings": s}
     if source is not None:
-        _log(start_from.copy_stages(cfg.start_from, out, source, recorded))
-    same_run(out, recorded)
-    for line in chat_lines:  # once the folder is known to be this run's
+        start_from.check_same_sft(cfg.start_from, source, recorded, _split_ids(splits))
+    other_settings(out, recorded)
+    return _Checked(cfg, task, s, splits, tok, judge_tok, source, recorded, chat_lines)
+
+
+def check_compare(cfg: CompareConfig) -> None:
+    """Raise what :func:`run_compare` would refuse ``cfg`` for before any work, and write nothing
+    (``prefopt study`` checks every task's run so before the first one trains)."""
+    _checked(cfg, say=lambda line: None)
+
+
+def run_compare(cfg: CompareConfig) -> dict:
+    """Run (or resume) the three stages and write the report; returns ``report.json``'s content."""
+    from .report import build_report
+
+    run = _checked(cfg, _log)
+    cfg, task, s, splits, tok, judge_tok = run.cfg, run.task, run.s, run.splits, run.tok, run.judge_tok
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if run.source is not None:
+        _log(start_from.copy_stages(cfg.start_from, out, run.source, run.recorded))
+    same_run(out, run.recorded)
+    for line in run.chat_lines:  # once the folder is known to be this run's
         _log(line)
     torch.manual_seed(cfg.seed)
     _keep_split(splits, out)

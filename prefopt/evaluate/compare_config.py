@@ -313,9 +313,9 @@ def differences(earlier: dict, config: dict, ignore: tuple[str, ...] = ()) -> li
             if old.get(k) != new.get(k) and not (k in _PATHS and same_path(old.get(k), new.get(k))) and k not in ignore]
 
 
-def same_run(out: Path, config: dict) -> None:
-    """Record the run's settings, or refuse a folder whose finished stages used others
-    (they would be reused as if they were this run's)."""
+def other_settings(out: Path, config: dict) -> None:
+    """Refuse ``out`` where it holds a run whose finished stages used other settings than
+    ``config`` (they would be reused as if they were this run's)."""
     path = out / "compare_config.json"
     if path.is_file():
         diff = differences(json.loads(path.read_text()), config)
@@ -325,7 +325,13 @@ def same_run(out: Path, config: dict) -> None:
                              "stages would be reused as if they were this run's. Use a new --output, or delete it. "
                              f"(A finished run may be rerun with another {', '.join(free)}, --n-resamples, --device "
                              "or --eval-dtype: they train nothing.)")
-    write_json_atomic(path, config)
+
+
+def same_run(out: Path, config: dict) -> None:
+    """Record the run's settings, or refuse a folder whose finished stages used others
+    (:func:`other_settings`)."""
+    other_settings(out, config)
+    write_json_atomic(out / "compare_config.json", config)
 
 
 def memory_advice(stage: str, training: bool, s: dict, e: BaseException) -> OutOfMemory:

@@ -6,7 +6,9 @@ runs :func:`~.compare.run_compare` on each public dataset of those kinds found u
 (laid out as ``../shared/data``: ``text_classification/medical_abstracts/medical_tc.csv``, ...),
 plus the bundled synthetic portal messages, into ``OUTPUT/<task>/``, and writes ``study.md`` and
 ``study.json`` after each. A dataset that is absent is listed as not run; one that fails is
-listed with its error and the others still run. Rerunning resumes: finished stages are reused;
+listed with its error and the others still run. Every task's run is checked before the first
+trains (:func:`~.compare.check_compare`: its data, settings an earlier run in its folder or
+``--from``'s used), so such a failure is said at the start, not after hours of the others. Rerunning resumes: finished stages are reused;
 ``--tasks`` reruns some tasks and keeps the table's other rows. ``--from DIR`` starts each task
 from the base and SFT stages of ``DIR/<task>`` (an earlier study's run of it; :mod:`.start_from`),
 so another DPO trains on every task without SFT again.
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..fileio import write_json_atomic, write_text_atomic
-from .compare import CompareConfig, run_compare
+from .compare import CompareConfig, check_compare, run_compare
 from .runner import keep_earlier
 from .stage_confidence import auroc_named_text, fmt
 from .start_from import source_config
@@ -66,7 +68,8 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
               tasks: list[str] | str | None = None, start_from: str | Path | None = None, **compare) -> dict:
     """One :class:`~.compare.CompareConfig` per arm (``compare``: its other fields, shared by
     all: preset, loss, seed, overrides, device...), each into ``output/<task>``; returns
-    ``study.json``'s content. Every arm's settings are checked before the first one runs.
+    ``study.json``'s content. Every arm is checked before the first one runs (:func:`~.compare.check_compare`);
+    one that fails the check is listed as failed and the others run.
     ``start_from``: an earlier study's folder; each arm starts from its run of the same task
     (``--from``), and an arm that has none finished there is not run."""
     out = Path(output)
@@ -79,17 +82,23 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
     root = Path(data_root) if data_root is not None else None
     if root is not None and not root.is_dir():
         raise ValueError(f"--data-root {root}: no such folder")
-    plan, rows, picked, found = [], [], pick(tasks), False
+    if compare.get("chat_vars"):  # a switch the template does not read would fail every arm, one by one
+        from ..chat_template import check_chat_vars
+        from ..tokenizer import load_tokenizer
+
+        check_chat_vars(load_tokenizer(model).chat_template, compare["chat_vars"], model)
+    plan, rows, absent, picked, found = [], [], [], pick(tasks), False
     for arm in picked:
         path = None if arm.data is None else (root / arm.data if root is not None else None)
         if arm.data is not None and (path is None or not path.exists()):
-            rows.append({"task": arm.task, "kind": arm.kind, "status": "not run",
-                         "why": f"no {path}" if path is not None else "needs --data-root"})
+            absent.append({"task": arm.task, "kind": arm.kind, "status": "not run",
+                           "why": f"no {path}" if path is not None else "needs --data-root"})
+            rows.append(absent[-1])
             continue
         found = found or arm.data is not None
         cfg = CompareConfig(task=arm.task, model=model, output=str(out / arm.task),
                             data=None if path is None else str(path), task_options=dict(arm.options), **compare)
-        cfg.settings()  # a bad --set or device stops here, before hours of the other arms
+        cfg.settings()  # a bad --set or device stops the study here
         if start_from is not None:
             source = Path(start_from) / arm.task
             if not (out / arm.task / "compare_config.json").is_file():  # (a run there goes on with its own stages)
@@ -99,20 +108,20 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
                     rows.append({"task": arm.task, "kind": arm.kind, "status": "not run", "why": str(e)})
                     continue
             cfg = replace(cfg, start_from=str(source))
+        try:  # bad data, a --from run or an earlier run here with other settings: said before hours of the others
+            check_compare(cfg)
+        except (ValueError, OSError) as e:
+            rows.append({"task": arm.task, "kind": arm.kind, "status": "failed", "why": f"{type(e).__name__}: {e}"})
+            continue
         plan.append((arm, cfg))
-    if plan and plan[0][1].chat_vars:  # a switch the template does not read would fail every arm, one by one
-        from ..chat_template import check_chat_vars
-        from ..tokenizer import load_tokenizer
-
-        check_chat_vars(load_tokenizer(model).chat_template, plan[0][1].chat_vars, model)
+    if root is not None and absent and not found:
+        tops = sorted({a.data.split("/")[0] + "/" for a in ARMS if a.data})
+        raise ValueError(f"--data-root {root}: none of the datasets is there ({absent[0]['why']}, ...); it is the folder "
+                         f"that holds {', '.join(tops)}")
     if not plan:
         raise ValueError("study: no task to run (" + "; ".join(f"{r['task']}: {r['why']}" for r in rows) + ")")
-    if root is not None and rows and not found:
-        tops = sorted({a.data.split("/")[0] + "/" for a in ARMS if a.data})
-        raise ValueError(f"--data-root {root}: none of the datasets is there ({rows[0]['why']}, ...); it is the folder "
-                         f"that holds {', '.join(tops)}")
     for r in rows:
-        print(f"prefopt study: {r['task']} not run: {r['why']}", flush=True)
+        print(f"prefopt study: {r['task']} {r['status']}: {r['why']}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     rows += _kept(out, _header(model, root, compare), {a.task for a in picked})
     for i, (arm, cfg) in enumerate(plan, 1):

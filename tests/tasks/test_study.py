@@ -40,9 +40,10 @@ def test_study_runs_every_dataset_present_and_tabulates_them(tmp_path, capsys):
             *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]]
     assert main(argv) == 1  # one arm failed; the others ran
     log = capsys.readouterr().out
-    assert "prefopt study: 6 of 6: portal" in log and "prefopt study: ktas failed: " in log
+    assert "prefopt study: 5 of 5: portal" in log and "prefopt study: ktas failed: DataError: " in log
     assert f"prefopt study: pubmedqa not run: no {root / 'clinical_reasoning/pubmedqa/ori_pqal.json'}\n" in log
-    assert log.index("not run: no") < log.index("prefopt study: 1 of 6")  # said before the hours of work
+    assert log.index("not run: no") < log.index("prefopt study: 1 of 5")  # said before the hours of work
+    assert log.index("ktas failed") < log.index("prefopt study: 1 of 5")  # its data checked before any task trains
     assert "prefopt study: 5 ran, 1 failed, 2 not run" in log
     study = json.loads((out / "study.json").read_text())
     status = {r["task"]: r["status"] for r in study["arms"]}
@@ -186,7 +187,7 @@ def test_a_study_from_an_earlier_one_trains_only_dpo(tmp_path, capsys, monkeypat
             *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]]
     assert main([*argv, "--tasks", "medqa,portal", "--output", str(first)]) == 0
     shutil.rmtree(first / "medqa" / "sft" / "train" / "final")  # as if it stopped in SFT
-    argv += ["--output", str(out), "--from", str(first), "--loss", "rpo"]
+    shared, argv = argv, [*argv, "--output", str(out), "--from", str(first), "--loss", "rpo"]
     assert main([*argv, "--from", str(tmp_path / "typo")]) == 2
     assert f"--from {tmp_path / 'typo'}: no such folder" in capsys.readouterr().err
     assert main([*argv, "--from", str(first / "portal")]) == 2  # a task's run, not the study
@@ -216,3 +217,14 @@ def test_a_study_from_an_earlier_one_trains_only_dpo(tmp_path, capsys, monkeypat
     log = capsys.readouterr().out
     assert "starting from" not in log and "dpo: reusing" in log
     assert json.loads((out / "study.json").read_text())["arms"][-1]["start_from"] == str(first / "portal")
+    # refused before any work, where the study's own folder or --from's run was made with other settings
+    study_json = (out / "study.json").read_text()
+    assert main([*argv, "--tasks", "portal", "--set", "beta=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert f"study: no task to run (portal: ValueError: {out / 'portal'} holds a run made with other settings" in err
+    assert "settings.beta: 0.1 -> 0.5" in err and (out / "study.json").read_text() == study_json
+    other = tmp_path / "other"
+    assert main([*shared, "--output", str(other), "--from", str(first), "--tasks", "portal", "--set", "sft_lr=0.5"]) == 2
+    assert (f"portal: ValueError: --from {first / 'portal'} was run with other settings than DPO's "
+            "(overrides.sft_lr: None -> 0.5; settings.sft_lr: 0.0003 -> 0.5)") in capsys.readouterr().err
+    assert not other.exists()
