@@ -14,8 +14,13 @@ records, ``--batch-size`` records a forward pass:
   their start once and no answer's last token (it is only predicted), and through the lm_head
   each (position, next token) once: prefopt's way since.
 
+``tree-bf16`` (not run unless named) is the tree with the model in bfloat16, ``--dtype bfloat16``'s
+evaluation, against float32 (``auto`` on a CPU). The last kind named is the one the others are
+measured against; a line per other kind says how far its scores moved from it.
+
     .venv/bin/python benchmarks/bench_label_scoring.py --records 64 --repeats 3 --kinds flat,tree
     .venv/bin/python benchmarks/bench_label_scoring.py --records 64   # also alone: ~10 min on 2 cores
+    .venv/bin/python benchmarks/bench_label_scoring.py --records 64 --repeats 3 --kinds tree-bf16,tree
 """
 from __future__ import annotations
 
@@ -30,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import rss, run_worker  # noqa: E402
 
 KINDS = {"alone": "each answer in its own row with its prompt", "flat": "prompt once, answers end to end (before)",
+         "tree-bf16": "the tree, the model in bfloat16 (--dtype bfloat16)",
          "tree": "prompt once, answers as a prefix tree (default)"}
+DEFAULT_KINDS = ("alone", "flat", "tree")
 
 
 def flat_pack(rows, pad_id):
@@ -78,7 +85,8 @@ def worker(kind: str, model: str, records: int, batch_size: int, repeats: int) -
     from prefopt.tasks import get_task
 
     base = rss("VmRSS")
-    net, tok = load_model(model, dtype=torch.float32).eval(), load_tokenizer(model)
+    dtype = torch.bfloat16 if kind.endswith("-bf16") else torch.float32
+    net, tok = load_model(model, dtype=dtype).eval(), load_tokenizer(model)
     task = get_task("portal")
     recs = task.read()[:records]
     confidence._pack = {"flat": flat_pack, "alone": alone_pack}.get(kind, confidence._pack)
@@ -98,7 +106,8 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=64, help="portal records scored (12 answers each)")
     ap.add_argument("--batch-size", type=int, default=16, help="records a forward pass (compare's eval_batch_size)")
     ap.add_argument("--repeats", type=int, default=2, help="timed passes over the records; the fastest counts")
-    ap.add_argument("--kinds", default=",".join(KINDS), help=f"which workers, of {', '.join(KINDS)}")
+    ap.add_argument("--kinds", default=",".join(DEFAULT_KINDS), help=f"which workers, of {', '.join(KINDS)}; the "
+                    "last is the one the others are measured against")
     ap.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
@@ -114,7 +123,7 @@ def main() -> None:
                           str(a.repeats), "--worker", k, model) for k in kinds}
     ref = runs[kinds[-1]]["logprobs"]
     mib = 1 << 20
-    print(f"model {a.model}, fp32, CPU ({platform.machine()}), {a.records} portal records x 12 answers, "
+    print(f"model {a.model}, fp32 (unless bf16 is named), CPU ({platform.machine()}), {a.records} portal records x 12 answers, "
           f"{a.batch_size} records a forward pass; fastest of {a.repeats} passes; each kind in a fresh process")
     print(f"| layout | s | records/s | × {kinds[-1]}'s time | peak RSS (MiB) | max |Δ log-prob| vs {kinds[-1]} |")
     print("|---|---|---|---|---|---|")
@@ -124,8 +133,24 @@ def main() -> None:
         diff = max(abs(x - y) for row, ref_row in zip(r["logprobs"], ref) for x, y in zip(row, ref_row))
         print(f"| {k}: {r['name']} | {r['seconds']:.2f} | {a.records / r['seconds']:.2f} | "
               f"{r['seconds'] / last:.2f}x | {r['peak_rss'] / mib:.0f} | {diff:.1e} |")
+    for k in kinds[:-1]:  # how far each answer's scores moved, as confidence figures read them
+        print(differences(k, runs[k]["logprobs"], kinds[-1], ref))
     if a.json:
         Path(a.json).write_text(json.dumps(runs, indent=2))
+
+
+def differences(kind: str, logprobs: list, ref_kind: str, ref: list) -> str:
+    """A line on how ``kind``'s scores differ from ``ref_kind``'s: each answer's log-prob (mean
+    and largest change), each record's likeliest answer and each answer's probability among the
+    record's answers (the confidence figures' inputs)."""
+    import torch
+
+    a, b = torch.tensor(logprobs, dtype=torch.float64), torch.tensor(ref, dtype=torch.float64)
+    same = int((a.argmax(1) == b.argmax(1)).sum())
+    moved = (a.softmax(1) - b.softmax(1)).abs().max().item()
+    return (f"{kind} against {ref_kind}: |Δ log-prob| {(a - b).abs().mean().item():.2g} on average, "
+            f"{(a - b).abs().max().item():.2g} at most; the same likeliest answer for {same} of {len(a)} records; "
+            f"an answer's probability among its record's moved by {moved:.2g} at most")
 
 
 if __name__ == "__main__":

@@ -26,3 +26,22 @@ def test_bench_label_scoring_scores_the_same_answers_each_way(tmp_path, monkeypa
     assert [line.split(":")[0] for line in table.splitlines() if line.endswith("|")][2:] == ["| alone", "| flat",
                                                                                           "| tree"]
     assert "| tree: prompt once, answers as a prefix tree (default) | " in table and "| 1.00x |" in table
+
+
+def test_bench_label_scoring_says_how_far_bfloat16_moves_the_scores(tmp_path, monkeypatch, capsys):
+    mod = load_script("bench_label_scoring")
+    build_hf_model(tmp_path / "tiny", arch="llama", initializer_range=0.5)
+    out = tmp_path / "scores.json"
+    monkeypatch.setattr(sys, "argv", ["bench_label_scoring.py", "--model", str(tmp_path / "tiny"), "--records", "3",
+                                      "--batch-size", "2", "--repeats", "1", "--kinds", "tree-bf16,tree",
+                                      "--json", str(out)])
+    mod.main()
+    runs = json.loads(out.read_text())
+    a, b = runs["tree-bf16"]["logprobs"], runs["tree"]["logprobs"]
+    diffs = [abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb)]
+    assert max(diffs) > 0  # rounded weights (a random tiny model's large logits move far)
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith(f"tree-bf16 against tree: |Δ log-prob| {sum(diffs) / len(diffs):.2g} on average, "
+                           f"{max(diffs):.2g} at most; the same likeliest answer for ")
+    assert " of 3 records; an answer's probability among its record's moved by " in line
+    assert line.endswith(" at most") and 0 < float(line.split()[-3]) <= 1
