@@ -8,8 +8,9 @@ plus the bundled synthetic portal messages, into ``OUTPUT/<task>/``, and writes 
 ``study.json`` after each. A dataset that is absent is listed as not run; one that fails is
 listed with its error and the others still run. Every task's run is checked before the first
 trains (:func:`~.compare.check_compare`: its data, settings an earlier run in its folder or
-``--from``'s used), so such a failure is said at the start, not after hours of the others. Rerunning resumes: finished stages are reused;
-``--tasks`` reruns some tasks and keeps the table's other rows. ``--from DIR`` starts each task
+``--from``'s used), so such a failure is said at the start, not after hours of the others.
+Rerunning resumes: finished stages are reused; ``--tasks`` reruns some tasks and keeps the
+table's other rows. ``--from DIR`` starts each task
 from the base and SFT stages of ``DIR/<task>`` (an earlier study's run of it; :mod:`.start_from`),
 so another DPO trains on every task without SFT again.
 """
@@ -68,8 +69,9 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
               tasks: list[str] | str | None = None, start_from: str | Path | None = None, **compare) -> dict:
     """One :class:`~.compare.CompareConfig` per arm (``compare``: its other fields, shared by
     all: preset, loss, seed, overrides, device...), each into ``output/<task>``; returns
-    ``study.json``'s content. Every arm is checked before the first one runs (:func:`~.compare.check_compare`);
-    one that fails the check is listed as failed and the others run.
+    ``study.json``'s content. Every arm is checked before the first one runs
+    (:func:`~.compare.check_compare`); one that fails the check is listed as failed and the others
+    run.
     ``start_from``: an earlier study's folder; each arm starts from its run of the same task
     (``--from``), and an arm that has none finished there is not run."""
     out = Path(output)
@@ -83,10 +85,10 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
     if root is not None and not root.is_dir():
         raise ValueError(f"--data-root {root}: no such folder")
     if compare.get("chat_vars"):  # a switch the template does not read would fail every arm, one by one
-        from ..chat_template import check_chat_vars
+        from ..chat_template import check_chat_vars, parse_chat_vars
         from ..tokenizer import load_tokenizer
 
-        check_chat_vars(load_tokenizer(model).chat_template, compare["chat_vars"], model)
+        check_chat_vars(load_tokenizer(model).chat_template, parse_chat_vars(compare["chat_vars"]), model)
     plan, rows, absent, picked, found = [], [], [], pick(tasks), False
     for arm in picked:
         path = None if arm.data is None else (root / arm.data if root is not None else None)
@@ -110,7 +112,7 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
             cfg = replace(cfg, start_from=str(source))
         try:  # bad data, a --from run or an earlier run here with other settings: said before hours of the others
             check_compare(cfg)
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, RuntimeError) as e:  # as a run's own failure is taken (below)
             rows.append({"task": arm.task, "kind": arm.kind, "status": "failed", "why": f"{type(e).__name__}: {e}"})
             continue
         plan.append((arm, cfg))
