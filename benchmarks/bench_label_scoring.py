@@ -4,21 +4,24 @@ answers' log-probs, each way in a fresh process, in one run.
 
 For each record every combination of its fields' labels is scored as a whole assistant turn after
 the record's prompt (``prefopt.evaluate.confidence.answer_logprobs``; the portal task: 12 answers of
-10-11 tokens after a prompt of about 110). Three ways of laying the tokens out, the same model and
+10-11 tokens after a prompt of about 110). Four ways of laying the tokens out, the same model and
 records, ``--batch-size`` records a forward pass:
 
 - ``alone``: each answer in its own row after its own copy of the prompt (padded);
 - ``flat``: one row per record, the prompt once and every answer's tokens end to end after it
   (prefopt until 2026-12-03);
-- ``tree``: the prompt once and the answers as a prefix tree, each token the answers share from
-  their start once and no answer's last token (it is only predicted), and through the lm_head
-  each (position, next token) once: prefopt's way since.
+- ``tree-rows``: the prompt once and the answers as a prefix tree, each token the answers share
+  from their start once and no answer's last token (it is only predicted), and through the
+  lm_head each (position, next token) once (prefopt until 2026-12-04);
+- ``tree``: the same, and the start every prompt of a batch shares (the system prompt, the
+  task's instructions: 79 of the portal prompts' ~110 tokens) run once for the batch into a KV
+  cache the rows read: prefopt's way since.
 
 ``tree-bf16`` (not run unless named) is the tree with the model in bfloat16, ``--dtype bfloat16``'s
 evaluation, against float32 (``auto`` on a CPU). The last kind named is the one the others are
 measured against; a line per other kind says how far its scores moved from it.
 
-    .venv/bin/python benchmarks/bench_label_scoring.py --records 64 --repeats 3 --kinds flat,tree
+    .venv/bin/python benchmarks/bench_label_scoring.py --records 64 --repeats 3 --kinds flat,tree-rows,tree
     .venv/bin/python benchmarks/bench_label_scoring.py --records 64   # also alone: ~10 min on 2 cores
     .venv/bin/python benchmarks/bench_label_scoring.py --records 64 --repeats 3 --kinds tree-bf16,tree
 """
@@ -34,13 +37,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import rss, run_worker  # noqa: E402
 
-KINDS = {"alone": "each answer in its own row with its prompt", "flat": "prompt once, answers end to end (before)",
+KINDS = {"alone": "each answer in its own row with its prompt",
+         "flat": "prompt once, answers end to end (before 2026-12-03)",
+         "tree-rows": "the tree, each prompt whole in its row (before 2026-12-04)",
          "tree-bf16": "the tree, the model in bfloat16 (--dtype bfloat16)",
-         "tree": "prompt once, answers as a prefix tree (default)"}
-DEFAULT_KINDS = ("alone", "flat", "tree")
+         "tree": "prompt once, answers as a prefix tree, the batch's shared start once (default)"}
+DEFAULT_KINDS = ("alone", "flat", "tree-rows", "tree")
 
 
-def flat_pack(rows, pad_id):
+def flat_pack(rows, pad_id, start=0):  # start: always 0 here (every prompt whole in its row)
     """``confidence._pack``'s layout before 2026-12-03: ``[prompt | answer 1 | answer 2 | ...]``, an
     answer seeing the prompt and itself, each answer's every token scored apart."""
     import torch
@@ -72,7 +77,7 @@ def flat_pack(rows, pad_id):
             "term": torch.arange(len(row))}
 
 
-def alone_pack(rows, pad_id):
+def alone_pack(rows, pad_id, start=0):  # start: always 0 here
     """Each answer its own row, ``[prompt | answer | padding]``, causal."""
     return flat_pack([(prompt, [a]) for prompt, ans in rows for a in ans], pad_id)
 
@@ -90,6 +95,8 @@ def worker(kind: str, model: str, records: int, batch_size: int, repeats: int) -
     task = get_task("portal")
     recs = task.read()[:records]
     confidence._pack = {"flat": flat_pack, "alone": alone_pack}.get(kind, confidence._pack)
+    if kind in ("flat", "alone", "tree-rows"):  # every prompt whole in its own row
+        confidence.shared_start = lambda *a: 0
     confidence.answer_logprobs(net, tok, task, recs[:2], batch_size=batch_size, show_progress=False)  # warm-up
     passes, out = [], None
     for _ in range(repeats):  # the fastest pass counts: this machine's neighbours come and go

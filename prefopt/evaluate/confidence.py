@@ -8,7 +8,8 @@ answers' probabilities, normalised over all of them, give each field's distribut
 labels by summing out the other fields. Staff can read the least sure answers first.
 
 Each record's prompt runs once, with its answers after it as a prefix tree, so the tokens they share
-from their start run once too (:func:`answer_logprobs`, :func:`_pack`).
+from their start run once too (:func:`answer_logprobs`, :func:`_pack`); and the start that every
+prompt of a batch shares (the system prompt, the task's instructions) runs once for the batch.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import torch
 
 from .._deps import progress
 from ..kernels import sequence_logprobs
-from ..model import eval_mode
+from ..model import KVCache, eval_mode
+from ..model.generate import run_shared_start, shared_start
 from .stats import average_ranks
 
 MAX_ANSWERS = 64  # the most answer combinations scored per record
@@ -64,7 +66,9 @@ def answer_logprobs(model, tok, task, records, *, batch_size: int = 16, show_pro
     The prompt runs once per record: a row holds ``[prompt | the answers' prefix tree]`` under a
     mask by which each token sees the prompt and its own answer's tokens before it, at the
     positions it would have alone (:func:`_pack`: as :mod:`prefopt.train.shared_prompt` packs a
-    preference pair, and the tokens the answers share from their start run once). ``batch_size``:
+    preference pair, and the tokens the answers share from their start run once). The start
+    that every prompt of the batch has (:func:`~prefopt.model.generate.shared_start`: at least
+    16 tokens) runs once for the batch into a KV cache that each row reads. ``batch_size``:
     records per forward pass; ``desc``: the progress bar's label."""
     why = scorable(task)
     if why:
@@ -75,9 +79,16 @@ def answer_logprobs(model, tok, task, records, *, batch_size: int = 16, show_pro
         out: list[list[tuple[dict[str, str], float]]] = []
         for s in range(0, len(records), batch_size):
             rows = [_encode(tok, task, r) for r in records[s:s + batch_size]]
-            batch = _pack([(prompt, [ids for _, ids in scored]) for prompt, scored in rows], tok.pad_token_id or 0)
+            start = shared_start([prompt for prompt, _ in rows], model.config, None)
+            batch = _pack([(prompt, [ids for _, ids in scored]) for prompt, scored in rows], tok.pad_token_id or 0,
+                          start)
+            cache = None
+            if start:
+                B, S = batch["input_ids"].shape
+                cache = KVCache(model.config, B, start + S, dtype=model.output_weight.dtype, device=device)
+                run_shared_start(model, rows[0][0][:start], cache)
             hidden = model(batch["input_ids"].to(device), batch["mask"].to(device), batch["position_ids"].to(device),
-                           return_hidden=True)  # (B, S, D)
+                           kv_cache=cache, return_hidden=True)  # (B, S, D)
             h = hidden[batch["row"].to(device), batch["column"].to(device)]  # (U, D): each scored position once
             logp = sequence_logprobs(*model.head(h), batch["label"].to(device)).to(torch.float64)  # (U,)
             sums = torch.zeros(sum(len(scored) for _, scored in rows), dtype=torch.float64, device=device)
@@ -149,17 +160,20 @@ def _tree(answers: list[list[int]]) -> tuple[list[int], list[int], list[list[int
     return tokens, parents, paths
 
 
-def _pack(rows: list[tuple[list[int], list[list[int]]]], pad_id: int) -> dict[str, torch.Tensor]:
+def _pack(rows: list[tuple[list[int], list[list[int]]]], pad_id: int, start: int = 0) -> dict[str, torch.Tensor]:
     """One row per record, ``[prompt | its answers' prefix tree (:func:`_tree`) | padding]``:
     ``input_ids`` and ``position_ids`` ``(B, S)``, each node at its answers' position; the
-    boolean ``mask`` ``(B, 1, S, S)``: the prompt causal, a node sees the prompt, its ancestors
-    and itself (so its hidden state is the one it has in each of its answers alone).
+    boolean ``mask`` ``(B, 1, S, start + S)``: the prompt causal, a node sees the prompt, its
+    ancestors and itself (so its hidden state is the one it has in each of its answers alone).
+    ``start``: the prompts' first tokens, which every prompt has, left out of the rows (a KV
+    cache holds them: every real token sees them, and positions count them).
 
     What to score, each (position, next token) once though answers share it: ``row``,
     ``column`` and ``label`` ``(U,)``, a hidden state and the token it predicts (from the
     prompt's last position the answers' first tokens, from a node its children's); and per
     term of the answers' sums, ``answer`` (its answer, record by record) and ``term`` (its
     entry of those U)."""
+    rows = [(prompt[start:], a) for prompt, a in rows]
     trees = [_tree(a) for _, a in rows]
     B = len(rows)
     S = max(len(p) + len(tokens) for (p, _), (tokens, _, _) in zip(rows, trees))
@@ -177,7 +191,7 @@ def _pack(rows: list[tuple[list[int], list[list[int]]]], pad_id: int) -> dict[st
             if parent >= 0:
                 mask[b, p + i, p:p + m] = mask[b, p + parent, p:p + m]  # its parent's ancestors
             mask[b, p + i, p + i] = True
-        pos[b, :p + m] = torch.cat([torch.arange(p), p + torch.tensor(depth, dtype=torch.long)])
+        pos[b, :p + m] = start + torch.cat([torch.arange(p), p + torch.tensor(depth, dtype=torch.long)])
         mask[b, :p, :p] = torch.ones(p, p, dtype=torch.bool).tril()
         mask[b, p:p + m, :p] = True
         for a, path in zip(ans, paths):
@@ -187,6 +201,9 @@ def _pack(rows: list[tuple[list[int], list[list[int]]]], pad_id: int) -> dict[st
             n += 1
     diagonal = torch.arange(S)
     mask[:, diagonal, diagonal] = True  # padding sees itself: no query without a key
+    if start:  # the cached start: seen by every real token
+        seen = (torch.arange(S)[None] < torch.tensor([len(p) + len(tr[0]) for (p, _), tr in zip(rows, trees)])[:, None])
+        mask = torch.cat([seen[:, :, None].expand(B, S, start), mask], 2)
     row, column, label = torch.tensor(list(scored), dtype=torch.long).reshape(-1, 3).T
     return {"input_ids": ids, "position_ids": pos, "mask": mask[:, None], "row": row, "column": column,
             "label": label, "answer": torch.tensor(answer, dtype=torch.long),

@@ -41,14 +41,15 @@ def modes_kept(model) -> Iterator:
             m.training = was
 
 
-def shared_start(prompts: Sequence[Sequence[int]], config, length: int) -> int:
+def shared_start(prompts: Sequence[Sequence[int]], config, length: int | None) -> int:
     """How many tokens every prompt starts with (a system prompt, a task's instructions), to be run
     once for the batch (:func:`generate`); 0 where fewer than :data:`MIN_SHARED`, for one prompt,
     or for a sliding-window model whose window the batch (``length`` positions) could run past:
-    its window counts cache columns, and the padding then sits between the start and the rest.
+    its window counts cache columns, and the padding then sits between the start and the rest
+    (``length`` None: the rows' masks apply the window by position, as an explicit mask does).
     Each prompt keeps at least one token of its own."""
     window = getattr(config, "sliding_window", None)
-    if len(prompts) < 2 or (window is not None and length > window):
+    if len(prompts) < 2 or (window is not None and length is not None and length > window):
         return 0
     first, n = prompts[0], min(len(p) for p in prompts) - 1
     for p in prompts[1:]:
@@ -56,15 +57,21 @@ def shared_start(prompts: Sequence[Sequence[int]], config, length: int) -> int:
     return n if n >= MIN_SHARED else 0
 
 
+def run_shared_start(model, start: Sequence[int], cache: KVCache) -> None:
+    """Run ``start``, the tokens every row of the empty ``cache`` begins with, once, and copy its
+    keys and values into every row."""
+    one = KVCache(model.config, 1, len(start), dtype=cache.k[0].dtype, device=cache.k[0].device)
+    model(torch.tensor([list(start)], device=cache.k[0].device), kv_cache=one, return_hidden=True)
+    cache.share(one)
+
+
 def _prefill_start(model, prompts: Sequence[Sequence[int]], n: int, cache: KVCache, pad_token_id: int, device
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the prompts' shared first ``n`` tokens once, copy their keys and values into every row
-    of ``cache``, and return the rest of each prompt, left-padded, with the attention mask of the
-    whole: ``[start | padding | rest]``. Positions count real tokens only, so each row's are those
-    of its prompt unpadded."""
-    one = KVCache(model.config, 1, n, dtype=cache.k[0].dtype, device=device)
-    model(torch.tensor([list(prompts[0][:n])], device=device), kv_cache=one, return_hidden=True)
-    cache.share(one)
+    """Run the prompts' shared first ``n`` tokens once into every row of ``cache``
+    (:func:`run_shared_start`), and return the rest of each prompt, left-padded, with the
+    attention mask of the whole: ``[start | padding | rest]``. Positions count real tokens only,
+    so each row's are those of its prompt unpadded."""
+    run_shared_start(model, prompts[0][:n], cache)
     rest, rest_mask = left_pad([p[n:] for p in prompts], pad_token_id, device)
     return rest, torch.cat([torch.ones((len(prompts), n), dtype=rest_mask.dtype, device=device), rest_mask], 1)
 

@@ -290,8 +290,9 @@ class Transformer(nn.Module):
                 right. ``S = T``, or with a ``kv_cache`` the cached length plus ``T``.
                 Or a boolean ``(B, 1, T, T)``: which keys each query may see, for layouts a
                 causal mask cannot express (a prompt shared by two answers); it then needs
-                ``position_ids`` and no ``kv_cache``, and a sliding window is applied by
-                position distance.
+                ``position_ids``, and a sliding window is applied by position distance. With a
+                ``kv_cache`` it is ``(B, 1, T, cached + T)``, the cached entries taken as a
+                prompt start at positions ``0 .. cached - 1`` (one that every row shares).
             position_ids: ``(B, T)``; by default counted over real tokens only, so a
                 left-padded row gives the same result as the unpadded one.
             kv_cache: a :class:`KVCache` to read and extend (generation).
@@ -368,11 +369,19 @@ def _attention_mask(attention_mask, T: int, S: int, window: int | None, device) 
 
 
 def _explicit_mask(allowed, position_ids, kv_cache, window: int | None) -> torch.Tensor:
-    """A caller's ``(B, 1, T, T)`` "may attend" mask, with the sliding window applied by
+    """A caller's ``(B, 1, T, past + T)`` "may attend" mask (``past``: the entries a ``kv_cache``
+    holds, a prompt start at positions ``0 .. past - 1``), with the sliding window applied by
     position distance and each query always seeing itself (keeps SDPA finite on padding)."""
-    T = allowed.shape[-1]
-    if position_ids is None or kv_cache is not None or allowed.dtype != torch.bool or allowed.shape[-2] != T:
-        raise ValueError("a (B, 1, T, T) boolean attention mask needs position_ids and no kv_cache")
+    B, T = allowed.shape[0], allowed.shape[-2]
+    past = kv_cache.length if kv_cache is not None else 0
+    if position_ids is None or allowed.dtype != torch.bool or allowed.shape[-1] != past + T:
+        raise ValueError(f"a boolean (B, 1, T, cached + T) attention mask needs position_ids; got one of shape "
+                         f"{tuple(allowed.shape)} for {T} tokens after {past} cached, positions "
+                         f"{'given' if position_ids is not None else 'not given'}")
+    dev = allowed.device
     if window is not None:
-        allowed = allowed & (position_ids[:, None, :, None] - position_ids[:, None, None, :] < window)
-    return allowed | torch.eye(T, dtype=torch.bool, device=allowed.device)
+        keys = torch.cat([torch.arange(past, device=dev).expand(B, past), position_ids], 1)  # (B, past + T)
+        allowed = allowed & (position_ids[:, None, :, None] - keys[:, None, None, :] < window)
+    itself = torch.zeros(T, past + T, dtype=torch.bool, device=dev)
+    itself[:, past:] = torch.eye(T, dtype=torch.bool, device=dev)
+    return allowed | itself

@@ -1,5 +1,5 @@
 """benchmarks/bench_label_scoring.py runs end to end on a tiny model (its times mean nothing here):
-the three layouts give every answer the same log-prob."""
+the four layouts give every answer the same log-prob."""
 import json
 import sys
 
@@ -15,17 +15,18 @@ def test_bench_label_scoring_scores_the_same_answers_each_way(tmp_path, monkeypa
                                       "--batch-size", "2", "--repeats", "1", "--json", str(out)])
     mod.main()
     runs = json.loads(out.read_text())
-    assert list(runs) == ["alone", "flat", "tree"]
+    assert list(runs) == ["alone", "flat", "tree-rows", "tree"]
     tree = runs["tree"]["logprobs"]
     assert len(tree) == 3 and all(len(r) == 12 for r in tree)  # the portal's 12 answers a record
     assert len({round(v, 3) for v in tree[0]}) > 1
-    for kind in ("alone", "flat"):
+    for kind in ("alone", "flat", "tree-rows"):
         assert max(abs(x - y) for a, b in zip(runs[kind]["logprobs"], tree) for x, y in zip(a, b)) < 1e-3
     assert all(r["seconds"] > 0 and r["peak_rss"] > 0 for r in runs.values())
     table = capsys.readouterr().out
-    assert [line.split(":")[0] for line in table.splitlines() if line.endswith("|")][2:] == ["| alone", "| flat",
-                                                                                          "| tree"]
-    assert "| tree: prompt once, answers as a prefix tree (default) | " in table and "| 1.00x |" in table
+    assert [line.split(":")[0] for line in table.splitlines() if line.endswith("|")][2:] == [
+        "| alone", "| flat", "| tree-rows", "| tree"]
+    assert "| tree: prompt once, answers as a prefix tree, the batch's shared start once (default) | " in table
+    assert "| 1.00x |" in table
 
 
 def test_bench_label_scoring_says_how_far_bfloat16_moves_the_scores(tmp_path, monkeypatch, capsys):

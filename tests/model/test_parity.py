@@ -143,7 +143,8 @@ def test_half_precision_close_to_fp32(tmp_path, dtype):
 def test_an_explicit_mask_with_positions_equals_the_causal_forward(tmp_path):
     """A (B, 1, T, T) boolean mask plus position_ids: the causal mask given explicitly gives the
     plain forward (with a sliding window applied by position); a token hidden from the others
-    changes them; the mask is refused without positions or with a KV cache."""
+    changes them; the mask is refused without positions or where it does not cover a KV cache's
+    entries."""
     from prefopt.model import KVCache
 
     build_hf_model(tmp_path, arch="mistral", sliding_window=5, tokenizer=False)
@@ -161,5 +162,40 @@ def test_an_explicit_mask_with_positions_equals_the_causal_forward(tmp_path):
     assert (other[:, :4] - want[:, :4]).abs().max().item() < 1e-5 and (other[:, 5:] - want[:, 5:]).abs().max() > 1e-3
     with pytest.raises(ValueError, match="needs position_ids"):
         m(ids, causal)
-    with pytest.raises(ValueError, match="no kv_cache"):
-        m(ids, causal, pos, kv_cache=KVCache(m.config, 2, 20, dtype=torch.float32, device="cpu"))
+    with pytest.raises(ValueError, match=r"shape \(2, 1, 13, 13\) for 13 tokens after 4 cached"):
+        cache = KVCache(m.config, 2, 20, dtype=torch.float32, device="cpu")
+        cache.advance(4)
+        m(ids, causal, pos, kv_cache=cache)
+
+
+@pytest.mark.parametrize("arch,extra", [("llama", {}), ("mistral", {"sliding_window": 5})])
+def test_an_explicit_mask_after_a_shared_cached_start_equals_the_whole_forward(tmp_path, arch, extra):
+    """A prompt start run once into a one-row cache, shared by every row, then each row's rest
+    under an explicit ``(B, 1, T, cached + T)`` mask: the same hidden states as the rows run
+    whole (a sliding window counted across the cached start); a row whose rest hides the start
+    from a token differs there."""
+    from prefopt.model import KVCache
+
+    build_hf_model(tmp_path, arch=arch, tokenizer=False, **extra)
+    m = load_model(tmp_path).eval()
+    g = torch.Generator().manual_seed(3)
+    start = torch.randint(0, 400, (1, 6), generator=g)
+    rest = torch.randint(0, 400, (2, 7), generator=g)
+    with torch.no_grad():
+        want = m(torch.cat([start.expand(2, -1), rest], 1), return_hidden=True)[:, 6:]
+        one = KVCache(m.config, 1, 6, dtype=torch.float32, device="cpu")
+        m(start, kv_cache=one, return_hidden=True)
+        mask = torch.ones(7, 13, dtype=torch.bool).tril(6)[None, None].expand(2, 1, -1, -1).clone()
+        pos = torch.arange(6, 13)[None].expand(2, -1)
+
+        def run(mask):
+            cache = KVCache(m.config, 2, 13, dtype=torch.float32, device="cpu")
+            cache.share(one)
+            return m(rest, mask, pos, kv_cache=cache, return_hidden=True)
+
+        got = run(mask)
+        mask[1, :, 1:, 5] = False  # the second row's later tokens do not see the start's last token
+        other = run(mask)
+    assert (got - want).abs().max().item() < 1e-5
+    assert (other[0] - want[0]).abs().max().item() < 1e-5 and (other[1, :1] - want[1, :1]).abs().max() < 1e-5
+    assert (other[1, 1:] - want[1, 1:]).abs().max() > 1e-3
