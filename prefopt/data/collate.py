@@ -36,14 +36,23 @@ def pad_collate(examples: Sequence, pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def packed_collate(examples: Sequence) -> dict[str, torch.Tensor]:
+def packed_collate(examples: Sequence, start: int = 0) -> dict[str, torch.Tensor]:
     """The examples laid end to end in one row, without padding: ``input_ids``, ``labels`` and an
     all-ones ``attention_mask``, each ``(1, L)`` with L the examples' total length, and ``lengths``
     ``(B,)``, for ``Transformer.forward(..., packed=lengths)``, which keeps each example to itself.
     Each example's first label is -100: the shifted loss would otherwise ask the previous example's
-    last position for it (unpadded, the shift drops it anyway), so the loss is the padded batch's."""
-    ids = torch.cat([as_tensor(e.input_ids) for e in examples]).long()[None]
-    labels = torch.cat([as_tensor(e.labels) for e in examples]).long()
-    lengths = torch.tensor([len(e.input_ids) for e in examples], dtype=torch.long)
-    labels[torch.cumsum(lengths, 0) - lengths] = IGNORE
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels[None], "lengths": lengths}
+    last position for it (unpadded, the shift drops it anyway), so the loss is the padded batch's.
+
+    ``start``: the first tokens every example has (untrained prompt tokens, a system prompt and
+    instructions) lead the row once, ``[start | rest 1 | rest 2 | ...]``; ``lengths`` are then the
+    rests' and ``start`` says how many tokens lead (``prefopt.train.sft.start_layout`` gives the
+    mask and positions under which each rest sees the start and itself)."""
+    ids = torch.cat([as_tensor(examples[0].input_ids[:start])] * bool(start)
+                    + [as_tensor(e.input_ids[start:]) for e in examples]).long()[None]
+    labels = torch.cat([torch.full((start,), IGNORE)] + [as_tensor(e.labels[start:]) for e in examples]).long()
+    lengths = torch.tensor([len(e.input_ids) - start for e in examples], dtype=torch.long)
+    labels[start + torch.cumsum(lengths, 0) - lengths] = IGNORE
+    out = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels[None], "lengths": lengths}
+    if start:
+        out["start"] = torch.tensor(start)
+    return out

@@ -36,13 +36,15 @@ PRESETS = {
               "max_length": 384, "sft_lr": 3e-4, "dpo_lr": 1e-4, "beta": 0.1, "eval_batch_size": 16,
               "max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
               "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None,
-              "dpo_patience": None, "dpo_max_p": None, "confidence": True, "pack": True, **LORA, **DPO_VARIANTS},
+              "dpo_patience": None, "dpo_max_p": None, "confidence": True, "pack": True, "share_start": False,
+              **LORA, **DPO_VARIANTS},
     "full": {"max_train": None, "test": 0.2, "sft_steps": None, "dpo_steps": None, "sft_epochs": 2.0,
              "dpo_epochs": 1.0, "batch_size": 8, "dpo_batch_size": 4, "max_length": 1024, "sft_lr": 2e-4,
              "dpo_lr": 5e-5, "beta": 0.1, "eval_batch_size": 16, "max_new_tokens": None,
              "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
              "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None,
-             "dpo_patience": None, "dpo_max_p": None, "confidence": True, "pack": True, **LORA, **DPO_VARIANTS},
+             "dpo_patience": None, "dpo_max_p": None, "confidence": True, "pack": True, "share_start": False,
+             **LORA, **DPO_VARIANTS},
     # val None: no validation set. A count (>= 1) or fraction (< 1) of the items is held out of both
     # training stages; DPO then answers them every dpo_eval_every steps (None: about ten times a run) and the
     # weights that score best on the task's primary metric are the "dpo" stage (step 0: the SFT model itself);
@@ -56,6 +58,8 @@ PRESETS = {
     # gradient_checkpointing: less memory, more time;
     # pack True: SFT lays each batch's examples end to end in one row (no padding computed; the same loss; the
     # LoRA dropout draws alone differ), false: padded rows, as every run before 2026-12-02;
+    # share_start (with pack): the prompt start every example of an SFT batch has (system prompt, instructions)
+    # leads the row once (the same loss with fewer tokens; its LoRA dropout drawn once: results move slightly);
     # lora_r, lora_alpha, lora_dora, lora_rslora, lora_dropout: each stage's adapter (rank; alpha: scaled by
     # alpha / r, or alpha / sqrt(r) with lora_rslora; DoRA or plain LoRA; dropout on its input);
     # lora_targets None (every attention and MLP projection) or the layers that get one ("q_proj,v_proj,lm_head");
@@ -126,9 +130,11 @@ class CompareConfig:
         s = {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}
         check_numbers(s)
         check_settings(s)
-        for name in ("confidence", "lora_dora", "lora_rslora", "lora_experts", "pack"):
+        for name in ("confidence", "lora_dora", "lora_rslora", "lora_experts", "pack", "share_start"):
             if not isinstance(s[name], bool):
                 raise ValueError(f"{name}: true or false (got {s[name]!r})")
+        if s["share_start"] and not s["pack"]:
+            raise ValueError("share_start runs the start once in SFT's packed row: it needs pack=true")
         check_lora_targets(s)
         check_lora_layers(s)
         check_dpo_variants(s, self.loss)
@@ -247,11 +253,12 @@ def check_numbers(s: dict) -> None:
 _REPORT_ONLY = ("output", "n_resamples", "start_from")
 # where it runs: a run started on a CPU may finish on a GPU (metrics.json says where each evaluation ran)
 _MACHINE_ONLY = ("device", "eval_dtype")
-# change memory and time, not results (pack: only through LoRA dropout's draws, an equally likely path;
+# change memory and time, not results (pack, share_start: only through LoRA dropout's draws and float
+# rounding, an equally likely path;
 # eval_batch_size: greedy answers only through rounding, as another device or eval_dtype may, and each
 # metrics.json records it): a run may resume with another value, so an evaluation that ran out of memory
 # is rerun into the same --output with a smaller batch, its trained stages kept
-_MEMORY_ONLY = ("gradient_checkpointing", "pack", "eval_batch_size")
+_MEMORY_ONLY = ("gradient_checkpointing", "pack", "share_start", "eval_batch_size")
 # decide only which trained weights the "dpo" stage is (selection.require_gain): a finished run may be given
 # another value; the decision is made again, and the stage evaluated again only if its weights changed
 _DECISION_ONLY = ("dpo_max_p",)
@@ -260,7 +267,7 @@ _SCORING_ONLY = ("confidence",)
 # settings added after runs were made, with the values those runs used
 _ADDED_SETTINGS = {"max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None,
                    "repeat_scope": None, "gradient_checkpointing": False, "val": None, "dpo_eval_every": None,
-                   "dpo_min_gain": None, "dpo_patience": None, "dpo_max_p": None, "pack": False, **LORA,
+                   "dpo_min_gain": None, "dpo_patience": None, "dpo_max_p": None, "pack": False, "share_start": False, **LORA,
                    **DPO_VARIANTS}
 
 

@@ -99,6 +99,9 @@ class TrainConfig:
     pack: bool = opt(True, "SFT: lay each micro-batch's examples end to end in one row, each attending to itself "
                            "only: no padding is computed, and the loss is the padded batch's (--no-pack: padded "
                            "rows, as before 2026-12-02)")
+    share_start: bool = opt(False, "SFT with pack: the prompt start every example of a micro-batch has (a system "
+                                   "prompt, the task's instructions) runs once a micro-batch, each example seeing it "
+                                   "(the same loss with fewer tokens; LoRA dropout then draws one mask for it)")
     log_every: int = opt(1, "write metrics every N steps")
     eval_every: int = opt(0, "evaluate every N steps (0: only before and after training)")
     save_every: int = opt(0, "checkpoint every N steps (0: no intermediate checkpoints)")
@@ -138,6 +141,8 @@ class TrainConfig:
             errors.append(f"max_prompt_length must be in (0, max_length={self.max_length})")
         if self.max_steps is not None and self.max_steps < 1:
             errors.append("max_steps must be >= 1")
+        if self.share_start and not self.pack:
+            errors.append("share_start runs the start once in a packed row: it needs pack")
         if self.epochs <= 0:
             errors.append("epochs must be > 0")
         if not 0 <= self.eval_fraction < 1:

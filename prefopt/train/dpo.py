@@ -126,6 +126,8 @@ class DPOConfig(TrainConfig):
             errors.append(WINDOWS_ARE_SFT)
         if self.pack:
             errors.append("pack is SFT's; DPO already runs each pair's prompt once in one packed row (share_prompt)")
+        if self.share_start:
+            errors.append("share_start is SFT's for now (DPO runs each pair's prompt once: share_prompt)")
         if not 0 <= self.label_smoothing < 0.5:
             errors.append("label_smoothing must be in [0, 0.5)")
         if "exo_pair" in loss_terms(self.loss) and self.label_smoothing <= 0:

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 import torch
 
 from ..data import Records, load_sft, packed_collate, pad_collate
-from ..data.sft import IGNORE, TokenizedExample
+from ..data.sft import IGNORE, TokenizedExample, prompt_len
 from ..kernels import nll_sum
+from ..model.generate import shared_start
 from .distributed import head_operands
 from .loop import Batch, Trainer
 
@@ -38,7 +39,12 @@ class SFTTrainer(Trainer):
         super().__init__(model, config, train_data, eval_data, **kw)
 
     def collate(self, examples):
-        return packed_collate(examples) if self.config.pack else pad_collate(examples, self.pad_id)
+        if not self.config.pack:
+            return pad_collate(examples, self.pad_id)
+        start = 0
+        if self.config.share_start:
+            start = shared_start([e.input_ids[:prompt_len(e.labels)] for e in examples], None, None)
+        return packed_collate(examples, start)
 
     def units(self, batch: Batch) -> int:
         return int((batch["labels"][:, 1:] != IGNORE).sum())
@@ -46,12 +52,28 @@ class SFTTrainer(Trainer):
     def loss_sum(self, model, batch):
         """Summed NLL of the response tokens. The model returns hidden states and only response
         positions reach the lm_head (``prefopt.kernels.nll_sum``): no ``(B, T, V)`` logits."""
-        if "lengths" in batch:  # packed: one row, each example attending to itself (packed_collate)
+        if "start" in batch:  # packed after a start every example has: each sees it and itself (share_start)
+            mask, positions = start_layout(int(batch["start"]), batch["lengths"].tolist(), batch["input_ids"].device)
+            hidden = model(batch["input_ids"], mask, positions, return_hidden=True)  # (1, L, D)
+        elif "lengths" in batch:  # packed: one row, each example attending to itself (packed_collate)
             hidden = model(batch["input_ids"], packed=batch["lengths"].tolist(), return_hidden=True)  # (1, L, D)
         else:
             hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)  # (B, T, D)
         hidden, weight = head_operands(model, hidden[:, :-1])
         return nll_sum(hidden, weight, batch["labels"][:, 1:], ignore_index=IGNORE), {}
+
+
+def start_layout(start: int, lengths: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mask ``(1, 1, L, L)`` and positions ``(1, L)`` of a row ``[start | rest 1 | rest 2 |
+    ...]`` (``packed_collate(examples, start)``): the start causal at positions ``0 ..
+    start - 1``; each rest sees the start and its own tokens before it, at the positions it has
+    in its whole example, so each example's hidden states are those it has alone."""
+    segment = torch.cat([torch.full((start,), -1, dtype=torch.long)]
+                        + [torch.full((n,), k, dtype=torch.long) for k, n in enumerate(lengths)]).to(device)
+    positions = torch.cat([torch.arange(start)] + [start + torch.arange(n) for n in lengths]).to(device)
+    col = torch.arange(len(segment), device=device)
+    mask = (col[None] <= col[:, None]) & ((segment[None] == -1) | (segment[None] == segment[:, None]))
+    return mask[None, None], positions[None]
 
 
 def split_eval(examples: list, fraction: float, seed: int, records: list[int] | None = None) -> tuple[list, list]:

@@ -205,7 +205,7 @@ def test_portal_compare_resumes_and_mines_model_errors(tiny_model, tmp_path, cap
         assert next(iter(change)) in str(err.value)
         # what may change instead; not decoding here, where the SFT model's answers became the pairs
         assert str(err.value).endswith("(A finished run may be rerun with another dpo_max_p, confidence, "
-                                       "gradient_checkpointing, pack, eval_batch_size, "
+                                       "gradient_checkpointing, pack, share_start, eval_batch_size, "
                                        "--n-resamples, --device or --eval-dtype: they train nothing.)")
     assert json.loads((out / "compare_config.json").read_text())["loss"] == "sigmoid"  # untouched
     run_compare(CompareConfig(**{**asdict(cfg), "n_resamples": 100}))  # report-only: allowed
@@ -1070,6 +1070,22 @@ def test_compare_packs_sft_by_default_and_set_pack_false_pads(tiny_model, tmp_pa
     with pytest.raises(ValueError, match="pack: true or false"):
         CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "x"),
                       overrides={"pack": "no"}).settings()
+
+
+def test_compare_share_start_reaches_the_sft_stage_and_needs_pack(tiny_model, tmp_path):
+    """``--set share_start=true``: the SFT stage runs the portal prompts' shared start once a batch
+    (its train_config says so) and the run finishes; a finished run resumes with the other value
+    (as with pack: only dropout's draws differ); without pack it is refused before any work."""
+    out = tmp_path / "run"
+    report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
+                                       overrides={**TINY, "share_start": True}))
+    assert json.loads((out / "sft" / "train" / "train_config.json").read_text())["share_start"] is True
+    assert report["stages"]["sft"]["metrics"]["n"] == TINY["test"]
+    run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
+                              overrides={**TINY}))  # nothing retrained, nothing refused
+    with pytest.raises(ValueError, match="share_start runs the start once in SFT's packed row: it needs pack=true"):
+        CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "x"),
+                      overrides={"pack": False, "share_start": True}).settings()
 
 
 @pytest.mark.slow

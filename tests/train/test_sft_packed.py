@@ -51,7 +51,7 @@ def test_packed_rows_give_the_padded_batch_s_loss_and_gradients(tmp_path, arch, 
             if "lora_B" in n:
                 p.normal_(0, 0.1)
     ex = _examples([7, 13, 4, 9])
-    trainer = SimpleNamespace(config=SimpleNamespace(pack=False), pad_id=0)
+    trainer = SimpleNamespace(config=SimpleNamespace(pack=False, share_start=False), pad_id=0)
     grads, losses = [], []
     for pack in (False, True):
         trainer.config.pack = pack
@@ -111,7 +111,7 @@ def test_packed_rows_under_gradient_checkpointing_and_dpo_refusing_pack(tmp_path
 
     build_hf_model(tmp_path, tokenizer=False)
     model = apply_lora(load_model(tmp_path, dtype=torch.float64), r=4, alpha=8, dropout=0.0)
-    trainer = SimpleNamespace(config=SimpleNamespace(pack=True), pad_id=0)
+    trainer = SimpleNamespace(config=SimpleNamespace(pack=True, share_start=False), pad_id=0)
     batch = SFTTrainer.collate(trainer, _examples([5, 11, 8]))
     out = []
     for ckpt in (False, True):
@@ -128,3 +128,67 @@ def test_packed_rows_under_gradient_checkpointing_and_dpo_refusing_pack(tmp_path
     with pytest.raises(ValueError, match="pack is SFT's; DPO already runs each pair's prompt once"):
         DPOConfig(model=str(tmp_path), data=str(data), output_dir=str(tmp_path / "o"), pack=True)
     assert DPOConfig(model=str(tmp_path), data=str(data), output_dir=str(tmp_path / "o")).pack is False
+
+
+def _started(lengths, start=20, seed=1):
+    """Examples whose prompts all begin with the same ``start`` tokens (a system prompt and
+    instructions), then a prompt of their own and a trained answer."""
+    g = torch.Generator().manual_seed(seed)
+    head = torch.randint(3, 400, (start,), generator=g).tolist()
+    out = []
+    for n in lengths:
+        own = torch.randint(3, 400, (n,), generator=g).tolist()
+        cut = start + n // 2
+        ids = head + own
+        out.append(SimpleNamespace(input_ids=array("i", ids), labels=array("i", [IGNORE] * cut + ids[cut:])))
+    return out
+
+
+@pytest.mark.parametrize("arch, window", [("llama", None), ("mistral", 8), ("gemma3", 8)])
+def test_a_shared_start_run_once_gives_the_same_loss_and_gradients(tmp_path, arch, window):
+    """share_start: the 20 tokens every prompt begins with lead the row once, and each example
+    sees them and itself: fp64, the summed NLL is the packed batch's to 1e-10 and every LoRA
+    gradient to fp32's precision, each example's hidden states those it has alone (a sliding
+    window counted across the start), with 20 x 3 fewer tokens run; the units (trained tokens)
+    are the same."""
+    build_hf_model(tmp_path, arch=arch, tokenizer=False, **({"sliding_window": window} if window else {}))
+    model = apply_lora(load_model(tmp_path, dtype=torch.float64), r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    ex = _started([7, 13, 4, 9])
+    trainer = SimpleNamespace(config=SimpleNamespace(pack=True, share_start=False), pad_id=0)
+    out = []
+    for share in (False, True):
+        trainer.config.share_start = share
+        batch = SFTTrainer.collate(trainer, ex)
+        model.zero_grad()
+        loss, _ = SFTTrainer.loss_sum(trainer, model, batch)
+        loss.backward()
+        out.append((batch, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (plain, loss0, g0), (shared, loss1, g1) = out
+    assert "start" not in plain and int(shared["start"]) == 20
+    assert shared["input_ids"].shape[1] == plain["input_ids"].shape[1] - 3 * 20
+    assert SFTTrainer.units(trainer, shared) == SFTTrainer.units(trainer, plain) > 0
+    assert abs(loss0 - loss1) < 1e-10 and loss0 > 0
+    # the log-prob kernel rounds its logits to fp32, so fp64 hidden states that differ in their last
+    # bits give gradients that agree to fp32's precision
+    assert g0.keys() == g1.keys() and all((g0[n] - g1[n]).norm() <= 1e-6 * g1[n].norm() for n in g0)
+    from prefopt.train.sft import start_layout
+
+    with torch.no_grad():  # each example's hidden states after the shared start: those it has alone
+        mask, pos = start_layout(20, shared["lengths"].tolist(), "cpu")
+        h = model(shared["input_ids"], mask, pos, return_hidden=True)[0]
+        alone = model(torch.tensor([list(ex[1].input_ids)]), return_hidden=True)[0]
+        assert (h[20 + 7:20 + 7 + 13] - alone[20:]).abs().max().item() < 1e-10
+
+
+def test_a_start_too_short_to_share_leaves_the_packed_row_as_it_was():
+    trainer = SimpleNamespace(config=SimpleNamespace(pack=True, share_start=True), pad_id=0)
+    ex = _started([5, 6], start=15)  # under MIN_SHARED (16)
+    batch = SFTTrainer.collate(trainer, ex)
+    plain = packed_collate(ex)
+    assert "start" not in batch and all(torch.equal(batch[k], plain[k]) for k in plain)
+    with pytest.raises(ValueError, match="share_start runs the start once in a packed row: it needs pack"):
+        TrainConfig(model="m", output_dir="o", data="d", pack=False, share_start=True)
