@@ -45,14 +45,15 @@ def packed_collate(examples: Sequence, start: int = 0) -> dict[str, torch.Tensor
 
     ``start``: the first tokens every example has (untrained prompt tokens, a system prompt and
     instructions) lead the row once, ``[start | rest 1 | rest 2 | ...]``; ``lengths`` are then the
-    rests' and ``start`` says how many tokens lead (``prefopt.train.sft.start_layout`` gives the
-    mask and positions under which each rest sees the start and itself)."""
+    rests', ``start`` says how many tokens lead (``prefopt.train.sft.start_layout`` gives the
+    mask and positions under which each rest sees the start and itself) and ``tokens`` how many
+    the examples hold in all."""
     ids = torch.cat([as_tensor(examples[0].input_ids[:start])] * bool(start)
                     + [as_tensor(e.input_ids[start:]) for e in examples]).long()[None]
     labels = torch.cat([torch.full((start,), IGNORE)] + [as_tensor(e.labels[start:]) for e in examples]).long()
     lengths = torch.tensor([len(e.input_ids) - start for e in examples], dtype=torch.long)
     labels[start + torch.cumsum(lengths, 0) - lengths] = IGNORE
     out = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels[None], "lengths": lengths}
-    if start:
-        out["start"] = torch.tensor(start)
+    if start:  # and how many tokens the examples hold, run or not (the trainer's tokens a second)
+        out["start"], out["tokens"] = torch.tensor(start), torch.tensor(sum(len(e.input_ids) for e in examples))
     return out

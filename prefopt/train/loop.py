@@ -235,7 +235,8 @@ class Trainer:
         n_tokens = 0
         for i, batch in enumerate(micro):
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            n_tokens += int(batch["attention_mask"].sum())
+            # the examples' tokens ("tokens" where a layout runs fewer: SFT's share_start)
+            n_tokens += int(batch["tokens"]) if "tokens" in batch else int(batch["attention_mask"].sum())
             with no_sync(self.wrapped, i == len(micro) - 1), self._autocast():
                 loss, metrics = self.loss_sum(self.wrapped, batch)
                 (loss * self.dist.world / max(units, 1.0)).backward()

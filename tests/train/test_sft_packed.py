@@ -169,6 +169,7 @@ def test_a_shared_start_run_once_gives_the_same_loss_and_gradients(tmp_path, arc
         out.append((batch, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     (plain, loss0, g0), (shared, loss1, g1) = out
     assert "start" not in plain and int(shared["start"]) == 20
+    assert int(shared["tokens"]) == plain["attention_mask"].sum() == sum(len(e.input_ids) for e in ex)
     assert shared["input_ids"].shape[1] == plain["input_ids"].shape[1] - 3 * 20
     assert SFTTrainer.units(trainer, shared) == SFTTrainer.units(trainer, plain) > 0
     assert abs(loss0 - loss1) < 1e-10 and loss0 > 0
