@@ -13,6 +13,7 @@ each in a fresh process, the same records, steps and seed; LoRA dropout draws on
 shared start, so the losses differ a little.
 
     .venv/bin/python benchmarks/bench_share_start.py --steps 12 --batch-size 4 --max-length 256
+    .venv/bin/python benchmarks/bench_share_start.py --steps 12 --batch-size 4 --max-length 384 --portal
 """
 from __future__ import annotations
 
@@ -27,13 +28,24 @@ from bench_sft import prefopt_worker  # noqa: E402
 
 def main() -> None:
     ap = trainer_bench_parser(__doc__, steps=12, batch_size=4, max_length=256)
+    ap.add_argument("--portal", action="store_true", help="the bundled synthetic portal messages, as make demo's "
+                    "SFT stage trains on them, in place of MeQSum")
     a = ap.parse_args()
     if a.worker is not None:
         kind, a.model_dir, a.data, a.out = a.worker
         print(json.dumps(prefopt_worker(a, pack=True, share_start=kind == "shared_start")))
         return
-    runs = run_trainer_workers(__file__, a, chat_records(a.batch_size * a.steps), ["packed", "shared_start"])
+    runs = run_trainer_workers(__file__, a, portal_records(a.batch_size * a.steps) if a.portal
+                               else chat_records(a.batch_size * a.steps), ["packed", "shared_start"])
     report_two_sft_runs(a, runs, "batches", "shared start / packed")
+
+
+def portal_records(n: int) -> list[dict]:
+    """``n`` of the bundled synthetic portal messages as compare's SFT stage writes them."""
+    from prefopt.tasks import get_task
+
+    task = get_task("portal")
+    return [{"prompt": task.messages(r), "completion": r.target} for r in task.read()[:n]]
 
 
 if __name__ == "__main__":
