@@ -45,9 +45,9 @@ def packed_collate(examples: Sequence, start: int = 0) -> dict[str, torch.Tensor
 
     ``start``: the first tokens every example has (untrained prompt tokens, a system prompt and
     instructions) lead the row once, ``[start | rest 1 | rest 2 | ...]``; ``lengths`` are then the
-    rests', ``start`` says how many tokens lead (``prefopt.train.sft.start_layout`` gives the
-    mask and positions under which each rest sees the start and itself) and ``tokens`` how many
-    the examples hold in all."""
+    rests', ``start`` says how many tokens lead (``Transformer.forward(..., packed=lengths,
+    packed_start=start)`` lets each rest see the start and itself) and ``tokens`` how many the
+    examples hold in all."""
     ids = torch.cat([as_tensor(examples[0].input_ids[:start])] * bool(start)
                     + [as_tensor(e.input_ids[start:]) for e in examples]).long()[None]
     labels = torch.cat([torch.full((start,), IGNORE)] + [as_tensor(e.labels[start:]) for e in examples]).long()

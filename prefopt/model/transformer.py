@@ -59,21 +59,31 @@ class RMSNorm(nn.Module):
 
 class Packed:
     """Sequences laid end to end in one row (``Transformer.forward(..., packed=lengths)``): each
-    ``(start, end, mask)`` span attends causally within itself, ``mask`` None or, for a span longer
-    than a sliding window, its own ``(1, 1, n, n)`` window mask."""
+    ``(start, end, mask, lead)`` span attends causally within itself, ``mask`` None or, for a span
+    longer than a sliding window, its own ``(1, 1, n, n)`` window mask. With ``start`` (``packed_start``)
+    the row begins with ``start`` tokens that every sequence begins with, run once: a span of its
+    own, and every sequence's span also reads their keys (``lead``), its mask ``(1, 1, n, start + n)``
+    and its positions counted after them."""
 
-    def __init__(self, lengths, window: int | None, device):
-        self.spans, start = [], 0
+    def __init__(self, lengths, window: int | None, device, start: int = 0):
+        self.spans, self.start = [], start
+        if start:
+            m = _attention_mask(None, start, start, window, device) if window is not None and start > window else None
+            self.spans.append((0, start, m, 0))
+        end = start
         for n in lengths:
             n = int(n)
-            m = _attention_mask(None, n, n, window, device) if window is not None and n > window else None
-            self.spans.append((start, start + n, m))
-            start += n
-        self.total = start
+            if start:  # the start's keys, then its own: query i (at start + i) sees key j within the window
+                m = _attention_mask(None, n, start + n, window, device)
+            else:
+                m = _attention_mask(None, n, n, window, device) if window is not None and n > window else None
+            self.spans.append((end, end + n, m, start))
+            end += n
+        self.total = end
 
     def positions(self, device) -> torch.Tensor:
-        """``(1, total)``: each sequence's positions from 0."""
-        return torch.cat([torch.arange(b - a, device=device) for a, b, _ in self.spans])[None]
+        """``(1, total)``: each sequence's positions from 0 (after a shared start, from it)."""
+        return torch.cat([lead + torch.arange(b - a, device=device) for a, b, _, lead in self.spans])[None]
 
 
 class Attention(nn.Module):
@@ -113,10 +123,13 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, Hkv, S, hd)
         gqa = self.n_kv != self.n_head
-        if isinstance(mask, Packed):  # each sequence of the row attends within itself only
-            y = torch.cat([F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], attn_mask=m,
-                                                          is_causal=m is None, enable_gqa=gqa, scale=self.scale)
-                           for a, b, m in mask.spans], dim=2)
+        if isinstance(mask, Packed):  # each sequence of the row attends within itself only (and a shared start)
+            def keys(t, a, b, lead):
+                return t[:, :, a:b] if not lead else torch.cat([t[:, :, :lead], t[:, :, a:b]], 2)
+            y = torch.cat([F.scaled_dot_product_attention(q[:, :, a:b], keys(k, a, b, lead), keys(v, a, b, lead),
+                                                          attn_mask=m, is_causal=m is None, enable_gqa=gqa,
+                                                          scale=self.scale)
+                           for a, b, m, lead in mask.spans], dim=2)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa,
                                                scale=self.scale)
@@ -281,6 +294,7 @@ class Transformer(nn.Module):
         kv_cache: KVCache | None = None,
         return_hidden: bool = False,
         packed=None,
+        packed_start: int = 0,
     ) -> torch.Tensor:
         """Run the model.
 
@@ -301,6 +315,10 @@ class Transformer(nn.Module):
                 sum; no padding, ``attention_mask`` and ``position_ids`` left out): each attends
                 within itself only, its positions counted from 0, as if it ran alone. SFT batches
                 run so (``TrainConfig.pack``): no compute is spent on padding.
+            packed_start: with ``packed``, the row begins with this many tokens that every
+                sequence begins with, run once; each sequence (``packed`` then gives the lengths
+                of the rest of each) attends to them and to itself, its positions counted after
+                them (``TrainConfig.share_start``).
 
         Returns:
             logits ``(B, T, V)`` in the model's dtype, or hidden states ``(B, T, D)``.
@@ -308,8 +326,10 @@ class Transformer(nn.Module):
         B, T = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
         dev = input_ids.device
+        if packed_start and packed is None:
+            raise ValueError("packed_start is the length of a start that packed sequences share: give packed too")
         if packed is not None:
-            masks = {w: Packed(packed, w, dev) for w in set(self._windows)}
+            masks = {w: Packed(packed, w, dev, packed_start) for w in set(self._windows)}
             total = next(iter(masks.values())).total
             if B != 1 or total != T or kv_cache is not None or position_ids is not None \
                     or (attention_mask is not None and not bool(attention_mask.all())):

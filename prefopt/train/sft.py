@@ -52,28 +52,14 @@ class SFTTrainer(Trainer):
     def loss_sum(self, model, batch):
         """Summed NLL of the response tokens. The model returns hidden states and only response
         positions reach the lm_head (``prefopt.kernels.nll_sum``): no ``(B, T, V)`` logits."""
-        if "start" in batch:  # packed after a start every example has: each sees it and itself (share_start)
-            mask, positions = start_layout(int(batch["start"]), batch["lengths"].tolist(), batch["input_ids"].device)
-            hidden = model(batch["input_ids"], mask, positions, return_hidden=True)  # (1, L, D)
-        elif "lengths" in batch:  # packed: one row, each example attending to itself (packed_collate)
-            hidden = model(batch["input_ids"], packed=batch["lengths"].tolist(), return_hidden=True)  # (1, L, D)
+        if "lengths" in batch:  # packed: one row, each example attending to itself (packed_collate), and to
+            # the start every example has where it leads the row once (share_start)
+            hidden = model(batch["input_ids"], packed=batch["lengths"].tolist(),
+                           packed_start=int(batch.get("start", 0)), return_hidden=True)  # (1, L, D)
         else:
             hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)  # (B, T, D)
         hidden, weight = head_operands(model, hidden[:, :-1])
         return nll_sum(hidden, weight, batch["labels"][:, 1:], ignore_index=IGNORE), {}
-
-
-def start_layout(start: int, lengths: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mask ``(1, 1, L, L)`` and positions ``(1, L)`` of a row ``[start | rest 1 | rest 2 |
-    ...]`` (``packed_collate(examples, start)``): the start causal at positions ``0 ..
-    start - 1``; each rest sees the start and its own tokens before it, at the positions it has
-    in its whole example, so each example's hidden states are those it has alone."""
-    segment = torch.cat([torch.full((start,), -1, dtype=torch.long)]
-                        + [torch.full((n,), k, dtype=torch.long) for k, n in enumerate(lengths)]).to(device)
-    positions = torch.cat([torch.arange(start)] + [start + torch.arange(n) for n in lengths]).to(device)
-    col = torch.arange(len(segment), device=device)
-    mask = (col[None] <= col[:, None]) & ((segment[None] == -1) | (segment[None] == segment[:, None]))
-    return mask[None, None], positions[None]
 
 
 def split_eval(examples: list, fraction: float, seed: int, records: list[int] | None = None) -> tuple[list, list]:

@@ -21,3 +21,20 @@ def test_bench_share_start_trains_on_the_same_tokens_with_the_start_once(tmp_pat
     assert abs(packed["last_loss"] - shared["last_loss"]) < 0.05 * packed["last_loss"]
     table = capsys.readouterr().out
     assert "| packed |" in table and "| shared start |" in table and "shared start / packed: throughput" in table
+
+
+def test_bench_share_start_alternate_times_the_three_layouts(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(BENCHMARKS))
+    mod = load_script("bench_share_start")
+    build_hf_model(tmp_path / "tiny", arch="llama", max_position_embeddings=4096)
+    monkeypatch.setattr(sys, "argv", ["bench_share_start.py", "--model", str(tmp_path / "tiny"), "--alternate",
+                                      "--batch-size", "3", "--repeats", "1", "--max-length", "2048"])
+    mod.main()
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| portal")
+            or line.startswith("| MeQSum")]
+    assert [r[0].strip() for r in rows] == ["portal", "MeQSum"]
+    portal = rows[0]
+    assert int(portal[1]) >= 16  # the instructions every portal prompt begins with
+    before, after = (int(x) for x in portal[2].split("->"))
+    assert after == before - 2 * int(portal[1])  # three examples: the start run once, not three times
+    assert all(float(x) > 0 for x in portal[3:6])

@@ -176,11 +176,8 @@ def test_a_shared_start_run_once_gives_the_same_loss_and_gradients(tmp_path, arc
     # the log-prob kernel rounds its logits to fp32, so fp64 hidden states that differ in their last
     # bits give gradients that agree to fp32's precision
     assert g0.keys() == g1.keys() and all((g0[n] - g1[n]).norm() <= 1e-6 * g1[n].norm() for n in g0)
-    from prefopt.train.sft import start_layout
-
     with torch.no_grad():  # each example's hidden states after the shared start: those it has alone
-        mask, pos = start_layout(20, shared["lengths"].tolist(), "cpu")
-        h = model(shared["input_ids"], mask, pos, return_hidden=True)[0]
+        h = model(shared["input_ids"], packed=shared["lengths"].tolist(), packed_start=20, return_hidden=True)[0]
         alone = model(torch.tensor([list(ex[1].input_ids)]), return_hidden=True)[0]
         assert (h[20 + 7:20 + 7 + 13] - alone[20:]).abs().max().item() < 1e-10
 
