@@ -66,7 +66,7 @@ class Packed:
     and its positions counted after them."""
 
     def __init__(self, lengths, window: int | None, device, start: int = 0):
-        self.spans, self.start = [], start
+        self.spans = []
         if start:
             m = _attention_mask(None, start, start, window, device) if window is not None and start > window else None
             self.spans.append((0, start, m, 0))
