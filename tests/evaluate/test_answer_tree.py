@@ -11,6 +11,25 @@ from tests._tiny import build_hf_model
 ANSWERS = [[5, 6, 7, 2], [5, 6, 8, 2], [5, 6, 7], [5, 9, 2], [11], [12, 13, 2]]
 
 
+def _scored(model, batch, hidden) -> list[float]:
+    """Each answer's summed log-prob from the packed rows' hidden states (fp64 log_softmax)."""
+    logits = model.logits(hidden[batch["row"], batch["column"]]).double()  # (U, V)
+    logp = torch.log_softmax(logits, -1).gather(1, batch["label"][:, None])[:, 0]
+    n = int(batch["answer"].max()) + 1
+    return torch.zeros(n, dtype=torch.float64).index_add_(0, batch["answer"], logp[batch["term"]]).tolist()
+
+
+def _alone(model, rows) -> list[float]:
+    """Each answer's summed log-prob from a plain causal forward of its prompt + answer."""
+    want = []
+    for prompt, answers in rows:
+        for a in answers:
+            ids = torch.tensor([prompt + a])
+            lp = torch.log_softmax(model(ids).double()[0, :-1], -1).gather(1, ids[0, 1:, None])[:, 0]
+            want.append(float(lp[len(prompt) - 1:].sum()))
+    return want
+
+
 def test_the_tree_shares_starts_and_leaves_out_last_tokens():
     tokens, parents, paths = _tree(ANSWERS)
     # nodes: 5, 6 (under 5), 7 (under 6), 8 (under 6), 9 (under 5), 12, 13 (under 12); no 2, no 11
@@ -34,16 +53,8 @@ def test_packed_log_probs_equal_each_answer_scored_alone(tmp_path):
     assert len(batch["row"]) == 12 + 7 and len(batch["term"]) == 18 + 8
     with torch.no_grad():
         hidden = model(batch["input_ids"], batch["mask"], batch["position_ids"], return_hidden=True)
-        logits = model.logits(hidden[batch["row"], batch["column"]]).double()  # (U, V)
-        logp = torch.log_softmax(logits, -1).gather(1, batch["label"][:, None])[:, 0]
-        got = torch.zeros(6 + 3, dtype=torch.float64).index_add_(0, batch["answer"], logp[batch["term"]])
-        want = []
-        for prompt, answers in rows:
-            for a in answers:
-                ids = torch.tensor([prompt + a])
-                lp = torch.log_softmax(model(ids).double()[0, :-1], -1).gather(1, ids[0, 1:, None])[:, 0]
-                want.append(float(lp[len(prompt) - 1:].sum()))
-    assert got.tolist() == pytest.approx(want, rel=1e-5, abs=1e-4)
+        got, want = _scored(model, batch, hidden), _alone(model, rows)
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-4)
     assert len({round(v, 2) for v in want}) == len(want)  # all differ: a wrong gather would show
 
 
@@ -69,16 +80,8 @@ def test_a_shared_prompt_start_run_once_gives_the_same_log_probs(tmp_path, arch,
         cache = KVCache(model.config, B, 5 + S, dtype=torch.float32, device="cpu")
         run_shared_start(model, start, cache)
         hidden = model(batch["input_ids"], batch["mask"], batch["position_ids"], kv_cache=cache, return_hidden=True)
-        logits = model.logits(hidden[batch["row"], batch["column"]]).double()
-        logp = torch.log_softmax(logits, -1).gather(1, batch["label"][:, None])[:, 0]
-        got = torch.zeros(6 + 3, dtype=torch.float64).index_add_(0, batch["answer"], logp[batch["term"]])
-        want = []
-        for prompt, answers in rows:
-            for a in answers:
-                ids = torch.tensor([prompt + a])
-                lp = torch.log_softmax(model(ids).double()[0, :-1], -1).gather(1, ids[0, 1:, None])[:, 0]
-                want.append(float(lp[len(prompt) - 1:].sum()))
-    assert got.tolist() == pytest.approx(want, rel=1e-5, abs=1e-4)
+        got, want = _scored(model, batch, hidden), _alone(model, rows)
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-4)
     assert len({round(v, 2) for v in want}) == len(want)
 
 

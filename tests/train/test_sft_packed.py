@@ -26,6 +26,18 @@ def _examples(lengths, seed=0):
     return out
 
 
+def _lora_model(path, arch, window):
+    """A tiny fp64 model with LoRA (no dropout) whose B factors are not zero, so that every
+    adapter has a gradient."""
+    build_hf_model(path, arch=arch, tokenizer=False, **({"sliding_window": window} if window else {}))
+    model = apply_lora(load_model(path, dtype=torch.float64), r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    return model
+
+
 def test_packed_collate_lays_examples_end_to_end_and_drops_each_first_label():
     ex = _examples([3, 5, 2])
     b = packed_collate(ex)
@@ -44,12 +56,7 @@ def test_packed_rows_give_the_padded_batch_s_loss_and_gradients(tmp_path, arch, 
     to 1e-10; hidden states at each example's positions match it running alone. With a sliding
     window of 6, examples longer than it get their own window mask (Gemma 3: in its sliding layer
     only)."""
-    build_hf_model(tmp_path, arch=arch, tokenizer=False, **({"sliding_window": window} if window else {}))
-    model = apply_lora(load_model(tmp_path, dtype=torch.float64), r=4, alpha=8, dropout=0.0)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)
+    model = _lora_model(tmp_path, arch, window)
     ex = _examples([7, 13, 4, 9])
     trainer = SimpleNamespace(config=SimpleNamespace(pack=False, share_start=False), pad_id=0)
     grads, losses = [], []
@@ -151,12 +158,7 @@ def test_a_shared_start_run_once_gives_the_same_loss_and_gradients(tmp_path, arc
     gradient to fp32's precision, each example's hidden states those it has alone (a sliding
     window counted across the start), with 20 x 3 fewer tokens run; the units (trained tokens)
     are the same."""
-    build_hf_model(tmp_path, arch=arch, tokenizer=False, **({"sliding_window": window} if window else {}))
-    model = apply_lora(load_model(tmp_path, dtype=torch.float64), r=4, alpha=8, dropout=0.0)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)
+    model = _lora_model(tmp_path, arch, window)
     ex = _started([7, 13, 4, 9])
     trainer = SimpleNamespace(config=SimpleNamespace(pack=True, share_start=False), pad_id=0)
     out = []
