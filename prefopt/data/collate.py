@@ -48,7 +48,7 @@ def packed_collate(examples: Sequence, start: int = 0) -> dict[str, torch.Tensor
     rests', ``start`` says how many tokens lead (``Transformer.forward(..., packed=lengths,
     packed_start=start)`` lets each rest see the start and itself) and ``tokens`` how many the
     examples hold in all."""
-    ids = torch.cat([as_tensor(examples[0].input_ids[:start])] * bool(start)
+    ids = torch.cat([as_tensor(examples[0].input_ids[:start])]
                     + [as_tensor(e.input_ids[start:]) for e in examples]).long()[None]
     labels = torch.cat([torch.full((start,), IGNORE)] + [as_tensor(e.labels[start:]) for e in examples]).long()
     lengths = torch.tensor([len(e.input_ids) - start for e in examples], dtype=torch.long)

@@ -181,9 +181,10 @@ def _pack(rows: list[tuple[list[int], list[list[int]]]], pad_id: int, start: int
     pos = torch.zeros((B, S), dtype=torch.long)
     mask = torch.zeros((B, S, S), dtype=torch.bool)
     scored: dict[tuple[int, int, int], int] = {}  # (row, column, label) -> its index in the U
-    answer, term, n = [], [], 0
+    answer, term, n, ends = [], [], 0, []
     for b, ((prompt, ans), (tokens, parents, paths)) in enumerate(zip(rows, trees)):
         p, m = len(prompt), len(tokens)
+        ends.append(p + m)
         ids[b, :p + m] = torch.tensor(prompt + tokens, dtype=torch.long)
         depth = []
         for i, parent in enumerate(parents):
@@ -202,7 +203,7 @@ def _pack(rows: list[tuple[list[int], list[list[int]]]], pad_id: int, start: int
     diagonal = torch.arange(S)
     mask[:, diagonal, diagonal] = True  # padding sees itself: no query without a key
     if start:  # the cached start: seen by every real token
-        seen = (torch.arange(S)[None] < torch.tensor([len(p) + len(tr[0]) for (p, _), tr in zip(rows, trees)])[:, None])
+        seen = torch.arange(S)[None] < torch.tensor(ends)[:, None]  # (B, S): the row's real tokens
         mask = torch.cat([seen[:, :, None].expand(B, S, start), mask], 2)
     row, column, label = torch.tensor(list(scored), dtype=torch.long).reshape(-1, 3).T
     return {"input_ids": ids, "position_ids": pos, "mask": mask[:, None], "row": row, "column": column,

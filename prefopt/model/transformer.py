@@ -66,17 +66,14 @@ class Packed:
     and its positions counted after them."""
 
     def __init__(self, lengths, window: int | None, device, start: int = 0):
-        self.spans = []
-        if start:
-            m = _attention_mask(None, start, start, window, device) if window is not None and start > window else None
-            self.spans.append((0, start, m, 0))
+        def alone(n):  # causal (None), or its own window mask where the span is longer than the window
+            return _attention_mask(None, n, n, window, device) if window is not None and n > window else None
+
+        self.spans = [(0, start, alone(start), 0)] if start else []
         end = start
-        for n in lengths:
-            n = int(n)
-            if start:  # the start's keys, then its own: query i (at start + i) sees key j within the window
-                m = _attention_mask(None, n, start + n, window, device)
-            else:
-                m = _attention_mask(None, n, n, window, device) if window is not None and n > window else None
+        for n in map(int, lengths):
+            # after a start: its keys, then its own, query i (at start + i) seeing key j within the window
+            m = _attention_mask(None, n, start + n, window, device) if start else alone(n)
             self.spans.append((end, end + n, m, start))
             end += n
         self.total = end
@@ -84,6 +81,12 @@ class Packed:
     def positions(self, device) -> torch.Tensor:
         """``(1, total)``: each sequence's positions from 0 (after a shared start, from it)."""
         return torch.cat([lead + torch.arange(b - a, device=device) for a, b, _, lead in self.spans])[None]
+
+
+def _span_keys(t: torch.Tensor, a: int, b: int, lead: int) -> torch.Tensor:
+    """A :class:`Packed` span's keys (or values) ``[a, b)`` of ``t`` ``(B, H, T, hd)``, after the
+    row's first ``lead`` (a start the sequences share)."""
+    return t[:, :, a:b] if not lead else torch.cat([t[:, :, :lead], t[:, :, a:b]], 2)
 
 
 class Attention(nn.Module):
@@ -124,11 +127,9 @@ class Attention(nn.Module):
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, Hkv, S, hd)
         gqa = self.n_kv != self.n_head
         if isinstance(mask, Packed):  # each sequence of the row attends within itself only (and a shared start)
-            def keys(t, a, b, lead):
-                return t[:, :, a:b] if not lead else torch.cat([t[:, :, :lead], t[:, :, a:b]], 2)
-            y = torch.cat([F.scaled_dot_product_attention(q[:, :, a:b], keys(k, a, b, lead), keys(v, a, b, lead),
-                                                          attn_mask=m, is_causal=m is None, enable_gqa=gqa,
-                                                          scale=self.scale)
+            y = torch.cat([F.scaled_dot_product_attention(q[:, :, a:b], _span_keys(k, a, b, lead),
+                                                          _span_keys(v, a, b, lead), attn_mask=m, is_causal=m is None,
+                                                          enable_gqa=gqa, scale=self.scale)
                            for a, b, m, lead in mask.spans], dim=2)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa,

@@ -38,6 +38,15 @@ def _lora_model(path, arch, window):
     return model
 
 
+def _loss_and_grads(trainer, model, examples):
+    """``trainer``'s batch of ``examples``, its summed loss and every parameter's gradient."""
+    batch = SFTTrainer.collate(trainer, examples)
+    model.zero_grad()
+    loss, _ = SFTTrainer.loss_sum(trainer, model, batch)
+    loss.backward()
+    return batch, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
 def test_packed_collate_lays_examples_end_to_end_and_drops_each_first_label():
     ex = _examples([3, 5, 2])
     b = packed_collate(ex)
@@ -62,12 +71,9 @@ def test_packed_rows_give_the_padded_batch_s_loss_and_gradients(tmp_path, arch, 
     grads, losses = [], []
     for pack in (False, True):
         trainer.config.pack = pack
-        batch = SFTTrainer.collate(trainer, ex)
-        model.zero_grad()
-        loss, _ = SFTTrainer.loss_sum(trainer, model, batch)
-        loss.backward()
-        losses.append(loss.detach())
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        batch, loss, g = _loss_and_grads(trainer, model, ex)
+        losses.append(loss)
+        grads.append(g)
         assert SFTTrainer.units(trainer, batch) == sum(sum(t != IGNORE for t in e.labels[1:]) for e in ex)
     assert abs(losses[0] - losses[1]) < 1e-10 and losses[0] > 0
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(lora_state_dict(model))
@@ -164,11 +170,7 @@ def test_a_shared_start_run_once_gives_the_same_loss_and_gradients(tmp_path, arc
     out = []
     for share in (False, True):
         trainer.config.share_start = share
-        batch = SFTTrainer.collate(trainer, ex)
-        model.zero_grad()
-        loss, _ = SFTTrainer.loss_sum(trainer, model, batch)
-        loss.backward()
-        out.append((batch, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+        out.append(_loss_and_grads(trainer, model, ex))
     (plain, loss0, g0), (shared, loss1, g1) = out
     assert "start" not in plain and int(shared["start"]) == 20
     assert int(shared["tokens"]) == plain["attention_mask"].sum() == sum(len(e.input_ids) for e in ex)
