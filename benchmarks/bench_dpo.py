@@ -51,7 +51,8 @@ def prefopt_worker(a, name: str) -> dict:
     from prefopt.data import load_preferences
     from prefopt.model import resolve_model_dir
     from prefopt.train import DPOConfig, DPOTrainer
-    from prefopt.train.run import prepare_model, reference_cache_for
+    from prefopt.train.reference import reference_cache_for
+    from prefopt.train.run import prepare_model
 
     base = rss("VmRSS")
     name, _, variant = name.partition("+")

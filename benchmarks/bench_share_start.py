@@ -23,6 +23,14 @@ the shared start with each rest's attention over the start's keys and its own (p
 the same row under one explicit ``(L, L)`` mask (the first form tried).
 
     .venv/bin/python benchmarks/bench_share_start.py --alternate --batch-size 4 --repeats 5
+
+``--dpo`` does the same for DPO (``DPOConfig.share_start``) on the portal messages' pairs as
+``make demo`` makes them (a wrong label against the right one): a training micro-batch of
+``--batch-size`` pairs forward and backward, one packed row a pair against all of them in one row
+after the start the pairs share, and the reference cache's fill (no gradient, four micro-batches'
+pairs at once, as the trainer fills it).
+
+    .venv/bin/python benchmarks/bench_share_start.py --dpo --batch-size 2 --repeats 5
 """
 from __future__ import annotations
 
@@ -42,7 +50,11 @@ def main() -> None:
     ap.add_argument("--alternate", action="store_true", help="one micro-batch's forward and backward, the layouts "
                     "taking turns in one process (see above)")
     ap.add_argument("--repeats", type=int, default=5, help="with --alternate: timed turns of each layout")
+    ap.add_argument("--dpo", action="store_true", help="DPO's layouts, on the portal pairs (see above)")
     a = ap.parse_args()
+    if a.dpo:
+        alternate_dpo(a)
+        return
     if a.alternate:
         alternate(a)
         return
@@ -103,6 +115,55 @@ def alternate(a) -> None:
         s = {k: statistics.median(v) for k, v in times.items()}
         print(f"| {name} | {n} | {plain['input_ids'].shape[1]} -> {shared['input_ids'].shape[1]} | {s['packed']:.3f} "
               f"| {s['spans']:.3f} | {s['mask']:.3f} | {s['spans'] / s['packed']:.2f}x |")
+
+
+def alternate_dpo(a) -> None:
+    """Print a DPO micro-batch's forward + backward and the fill's no-grad forward (medians of
+    ``a.repeats``), one packed row a pair against the pairs after their shared start."""
+    import statistics
+    import tempfile
+    import time
+
+    import torch
+
+    from prefopt import apply_lora, load_model, load_tokenizer
+    from prefopt.data import load_preferences
+    from prefopt.tasks import get_task, wrong_label_pairs
+    from prefopt.train.shared_prompt import pack_pairs, pack_pairs_after, pair_logp_sums, pairs_start
+
+    torch.manual_seed(0)
+    tok = load_tokenizer(a.model)
+    model = apply_lora(load_model(a.model, dtype=torch.float32), r=16, alpha=32, dropout=0.0)
+    task = get_task("portal")
+    records = task.read()[:160]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "pairs.jsonl"
+        path.write_text("".join(json.dumps(p) + "\n" for p in wrong_label_pairs(task, records)))
+        pairs = load_preferences(str(path), tok, max_length=a.max_length)[0]
+    n = pairs_start(pairs)
+    print(f"model {a.model}, fp32, LoRA r16/a32 on every projection, no dropout; {len(pairs)} portal pairs, "
+          f"a shared start of {n} tokens; medians of {a.repeats}, the layouts taking turns in one process")
+    print("| work | pairs | tokens run: packed -> after the start | packed s | after the start s | ratio |\n"
+          "|---|---|---|---|---|---|")
+    for work, k, grad in (("training micro-batch, fwd + bwd", a.batch_size, True),
+                          ("reference fill, no grad", 4 * a.batch_size, False)):
+        chunk = pairs[:k]
+        layouts = {"packed": pack_pairs(chunk, tok.pad_token_id), "after": pack_pairs_after(chunk, n)}
+        times = {key: [] for key in layouts}
+        for turn in range(a.repeats + 1):  # the first turn warms up, untimed
+            for key, b in layouts.items():
+                model.zero_grad()
+                t0 = time.perf_counter()
+                with torch.set_grad_enabled(grad):
+                    sums = pair_logp_sums(model, b)
+                    if grad:
+                        sums.sum().backward()
+                if turn:
+                    times[key].append(time.perf_counter() - t0)
+        s = {key: statistics.median(v) for key, v in times.items()}
+        rows = layouts["packed"]["input_ids"].numel(), layouts["after"]["input_ids"].numel()  # run, padding too
+        print(f"| {work} | {k} | {rows[0]} -> {rows[1]} | {s['packed']:.3f} | {s['after']:.3f} | "
+              f"{s['after'] / s['packed']:.2f}x |")
 
 
 def portal_records(n: int) -> list[dict]:

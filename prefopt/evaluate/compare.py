@@ -374,7 +374,8 @@ def _dpo(cfg, task, pairs: Path, val: list, out: Path, s: dict) -> None:
     config = _resumed(_train_config(DPOConfig, cfg, s, "dpo", pairs, out / "dpo" / "train", loss=cfg.loss,
                                     beta=s["beta"], ld_alpha=s["ld_alpha"], f_divergence=s["f_divergence"],
                                     f_alpha=s["f_alpha"], wpo=s["wpo"], sft_adapter=str(out / "sft" / "train" / "final"),
-                                    ref_cache=str(out / "dpo" / "ref_cache"), **chosen), "dpo")
+                                    ref_cache=str(out / "dpo" / "ref_cache"), share_start=s["share_start"],
+                                    **chosen), "dpo")
     # an interrupted attempt's (an overwrite clears only the run's own files); a resumed one keeps its validation
     # answers up to its checkpoint (a step evaluated again replaces its own)
     for stale in (CHOICE,) if config.resume else (VAL_ANSWERS, CHOICE):

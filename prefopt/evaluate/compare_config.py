@@ -59,7 +59,8 @@ PRESETS = {
     # pack True: SFT lays each batch's examples end to end in one row (no padding computed; the same loss; the
     # LoRA dropout draws alone differ), false: padded rows, as every run before 2026-12-02;
     # share_start (with pack): the prompt start every example of an SFT batch has (system prompt, instructions)
-    # leads the row once (the same loss with fewer tokens; its LoRA dropout drawn once: results move slightly);
+    # leads the row once, and DPO's pairs run in one row after the start all pairs have (the same losses with
+    # fewer tokens; its LoRA dropout drawn once: results move slightly);
     # lora_r, lora_alpha, lora_dora, lora_rslora, lora_dropout: each stage's adapter (rank; alpha: scaled by
     # alpha / r, or alpha / sqrt(r) with lora_rslora; DoRA or plain LoRA; dropout on its input);
     # lora_targets None (every attention and MLP projection) or the layers that get one ("q_proj,v_proj,lm_head");

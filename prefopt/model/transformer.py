@@ -63,24 +63,53 @@ class Packed:
     longer than a sliding window, its own ``(1, 1, n, n)`` window mask. With ``start`` (``packed_start``)
     the row begins with ``start`` tokens that every sequence begins with, run once: a span of its
     own, and every sequence's span also reads their keys (``lead``), its mask ``(1, 1, n, start + n)``
-    and its positions counted after them."""
+    and its positions counted after them.
+
+    A sequence given as ``(prompt, answer, answer, ...)`` lengths instead of one is a prompt and
+    its answers laid after it (DPO's chosen and rejected): each answer sees the prompt and its own
+    earlier tokens, never another answer, its positions continuing the prompt's (:func:`_tree_span`)."""
 
     def __init__(self, lengths, window: int | None, device, start: int = 0):
         def alone(n):  # causal (None), or its own window mask where the span is longer than the window
             return _attention_mask(None, n, n, window, device) if window is not None and n > window else None
 
         self.spans = [(0, start, alone(start), 0)] if start else []
+        self._positions = [torch.arange(start, device=device)] if start else []
         end = start
-        for n in map(int, lengths):
-            # after a start: its keys, then its own, query i (at start + i) seeing key j within the window
-            m = _attention_mask(None, n, start + n, window, device) if start else alone(n)
+        for n in lengths.tolist() if isinstance(lengths, torch.Tensor) else lengths:
+            if isinstance(n, (list, tuple)):  # a prompt and its answers
+                m, pos = _tree_span([int(x) for x in n], start, window, device)
+                n = len(pos)
+            else:  # after a start: its keys, then its own, query i (at start + i) seeing key j within the window
+                n = int(n)
+                m = _attention_mask(None, n, start + n, window, device) if start else alone(n)
+                pos = start + torch.arange(n, device=device)
             self.spans.append((end, end + n, m, start))
+            self._positions.append(pos)
             end += n
         self.total = end
 
     def positions(self, device) -> torch.Tensor:
         """``(1, total)``: each sequence's positions from 0 (after a shared start, from it)."""
-        return torch.cat([lead + torch.arange(b - a, device=device) for a, b, _, lead in self.spans])[None]
+        return torch.cat(self._positions).to(device)[None]
+
+
+def _tree_span(parts: list[int], start: int, window: int | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(1, 1, n, start + n)`` mask and ``(n,)`` positions of a packed span that is a prompt
+    of ``parts[0]`` tokens followed by answers of ``parts[1:]`` tokens, after a shared start of
+    ``start``: each token sees the start, the prompt's tokens up to itself, and its own answer's
+    earlier tokens; each answer's positions continue the prompt's. A sliding window applies by
+    position distance."""
+    p, answers = parts[0], parts[1:]
+    side = torch.cat([torch.zeros(p, dtype=torch.long)]
+                     + [torch.full((a,), k + 1, dtype=torch.long) for k, a in enumerate(answers)])
+    pos = start + torch.cat([torch.arange(p)] + [p + torch.arange(a) for a in answers])
+    col = torch.arange(len(side))
+    own = (col[None] <= col[:, None]) & ((side[None] == 0) | (side[None] == side[:, None]))
+    mask = torch.cat([torch.ones(len(side), start, dtype=torch.bool), own], 1)
+    if window is not None:
+        mask &= pos[:, None] - torch.cat([torch.arange(start), pos])[None] < window
+    return mask[None, None].to(device), pos.to(device)
 
 
 def _span_keys(t: torch.Tensor, a: int, b: int, lead: int) -> torch.Tensor:
@@ -319,7 +348,9 @@ class Transformer(nn.Module):
             packed_start: with ``packed``, the row begins with this many tokens that every
                 sequence begins with, run once; each sequence (``packed`` then gives the lengths
                 of the rest of each) attends to them and to itself, its positions counted after
-                them (``TrainConfig.share_start``).
+                them (``TrainConfig.share_start``). A sequence given as lengths ``(prompt, answer,
+                answer, ...)`` is a prompt whose answers each see it and themselves only (DPO's
+                pairs after a shared start).
 
         Returns:
             logits ``(B, T, V)`` in the model's dtype, or hidden states ``(B, T, D)``.

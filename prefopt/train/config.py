@@ -141,8 +141,6 @@ class TrainConfig:
             errors.append(f"max_prompt_length must be in (0, max_length={self.max_length})")
         if self.max_steps is not None and self.max_steps < 1:
             errors.append("max_steps must be >= 1")
-        if self.share_start and not self.pack:
-            errors.append("share_start runs the start once in a packed row: it needs pack")
         if self.epochs <= 0:
             errors.append("epochs must be > 0")
         if not 0 <= self.eval_fraction < 1:
@@ -212,8 +210,10 @@ class TrainConfig:
     KIND = "training"  # what the error's first line calls the config
 
     def kind_errors(self) -> list[str]:
-        """A subclass's own checks (DPO's beta, loss, ...), listed with the rest: every problem at once."""
-        return []
+        """SFT's own checks; a subclass's (DPO's beta, loss, ...) in its place, listed with the rest:
+        every problem at once."""
+        return ["share_start runs the start once in a packed row: it needs pack"] if self.share_start and not self.pack \
+            else []
 
     def _check_best(self) -> list[str]:
         """Validate ``best_metric``, ``best_mode`` and ``patience``; the metric's name gets its

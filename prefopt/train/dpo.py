@@ -45,7 +45,7 @@ from .distributed import all_reduce_sum, barrier, head_operands
 from .loop import Batch, Trainer
 from .out_of_memory import explained
 from .reference import reference_cache_for
-from .shared_prompt import pack_pairs, pair_hidden, pair_logp_sums
+from .shared_prompt import pack_pairs, pack_pairs_after, pair_hidden, pair_logp_sums, pairs_start
 
 REF_MODES = ("adapter", "model", "cache", "none")
 
@@ -105,6 +105,9 @@ class DPOConfig(TrainConfig):
     sft_adapter: str | None = opt(None, "DPO after SFT: merge this adapter into the model and reference first; "
                                         "final/ then holds both updates")
     share_prompt: bool = opt(True, "one packed row per pair, so each prompt runs once")
+    share_start: bool = opt(False, "with share_prompt: a micro-batch's pairs in one row after the prompt start every "
+                                   "pair of the data has (a system prompt, the task's instructions), run once; the "
+                                   "reference cache is filled the same way (LoRA dropout then draws one mask for it)")
     pack: bool = opt(False, "SFT's (DPO packs each pair's prompt and answers: share_prompt)")
     lr: float = opt(5e-5, "peak learning rate (AdamW)")
 
@@ -126,8 +129,9 @@ class DPOConfig(TrainConfig):
             errors.append(WINDOWS_ARE_SFT)
         if self.pack:
             errors.append("pack is SFT's; DPO already runs each pair's prompt once in one packed row (share_prompt)")
-        if self.share_start:
-            errors.append("share_start is SFT's for now (DPO runs each pair's prompt once: share_prompt)")
+        if self.share_start and not self.share_prompt:
+            errors.append("share_start lays each pair after the shared start with its prompt run once: it needs "
+                          "share_prompt")
         if not 0 <= self.label_smoothing < 0.5:
             errors.append("label_smoothing must be in [0, 0.5)")
         if "exo_pair" in loss_terms(self.loss) and self.label_smoothing <= 0:
@@ -213,9 +217,12 @@ class DPOTrainer(Trainer):
             self.noun, self.item_type = "examples", FeedbackExample
             self.item_source = "prefopt.data.load_feedback(path or list of dicts, tok) (a pair counts as two)"
         super().__init__(model, config, train_data, eval_data, **kw)  # callbacks, tokenizer, evaluators
+        # share_start: the prompt start of every pair, training's and evaluation's (one for the whole data, so a
+        # pair's log-probs are the same in any batch: the reference cache's fill and training's micro-batches)
+        self.start = pairs_start(self.train_data + self.eval_data) if config.share_start else 0
         if isinstance(ref_cache, (str, os.PathLike)):  # a folder: opened for this reference, once
             # the data are checked and the output folder claimed (hashing the weights takes a while)
-            ref_cache = reference_cache_for(config, self.model, ref_model, root=ref_cache)
+            ref_cache = reference_cache_for(config, self.model, ref_model, root=ref_cache, start=self.start)
         self.ref_cache = ref_cache
         if config.loss in REFERENCE_FREE:
             self.ref_mode = "none"
@@ -233,8 +240,13 @@ class DPOTrainer(Trainer):
 
     def pair_batch(self, pairs) -> Batch:
         """Packed rows (each prompt once) where every pair shares its prompt and
-        ``share_prompt`` is on; else the chosen and rejected sequences stacked."""
-        packed = pack_pairs(pairs, self.pad_id) if self.config.share_prompt else None
+        ``share_prompt`` is on, all in one row after the data's shared prompt start with
+        ``share_start``; else the chosen and rejected sequences stacked."""
+        packed = None
+        if self.start:
+            packed = pack_pairs_after(pairs, self.start)
+        if packed is None and self.config.share_prompt:
+            packed = pack_pairs(pairs, self.pad_id)
         return packed if packed is not None else pair_collate(pairs, self.pad_id)
 
     def collate(self, pairs):

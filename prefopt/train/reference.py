@@ -9,13 +9,15 @@ from ..refcache import RefCache, reference_fingerprint
 from .loop import autocast_on
 
 
-def _rounding(config) -> dict:
+def _rounding(config, start: int) -> dict:
     """What sets the reference's rounding beyond the weights: under bf16 autocast, also the
-    pairs' layout (one packed row or two stacked sequences round differently in bf16; in fp32
-    they agree to ~1e-6, so a cache serves both)."""
+    pairs' layout (one packed row a pair, all in one row after a shared start of ``start`` tokens,
+    or two stacked sequences round differently in bf16; in fp32 they agree to ~1e-6, so a cache
+    serves all three)."""
     if not autocast_on(resolve_device(config.device), config):
         return {}
-    return {"autocast": "bfloat16", "pairs": "packed" if getattr(config, "share_prompt", True) else "stacked"}
+    layout = "packed" if getattr(config, "share_prompt", True) else "stacked"
+    return {"autocast": "bfloat16", "pairs": f"one row after a {start}-token start" if start else layout}
 
 
 def _weighting(config) -> dict:
@@ -25,10 +27,11 @@ def _weighting(config) -> dict:
 
 
 def reference_cache_for(config, model, ref_model, model_dir: Path | None = None, *,
-                        root: str | Path | None = None) -> RefCache:
+                        root: str | Path | None = None, start: int = 0) -> RefCache:
     """Open the cache at ``root`` (default ``config.ref_cache``) under the fingerprint of this
     run's reference: ``ref_model``, or ``model`` with its adapters disabled. ``model_dir``
-    (default: ``config.model`` resolved) holds the tokenizer files that go into it."""
+    (default: ``config.model`` resolved) holds the tokenizer files that go into it; ``start``:
+    the prompt start the pairs share where they run after it (``DPOConfig.share_start``)."""
     if model_dir is None:
         from ..model import resolve_model_dir
 
@@ -40,7 +43,7 @@ def reference_cache_for(config, model, ref_model, model_dir: Path | None = None,
         tokenizer_files=[model_dir / "tokenizer.json", model_dir / "tokenizer_config.json",
                          model_dir / "chat_template.jinja"],
         max_length=config.max_length, max_prompt_length=config.max_prompt_length,
-        extra={"reference": "model" if ref_model is not None else "adapter-disabled", **_rounding(config),
+        extra={"reference": "model" if ref_model is not None else "adapter-disabled", **_rounding(config, start),
                **_weighting(config)},
     )
     return RefCache(root if root is not None else config.ref_cache, fp)

@@ -22,7 +22,6 @@ from .curves import curves_line
 from .diagnosis import WARNING_KEYS, dpo_warnings
 from .distributed import init_distributed
 from .metrics import first_and_last, first_to_last
-from .reference import reference_cache_for
 from .saving import save_weights
 from .sft import SFTTrainer, load_train_eval
 from .stop_signal import Terminated, stop_requests
@@ -248,7 +247,6 @@ def run_dpo(config, callbacks=(), evaluators=(), *, records=None, eval_records=N
     if config.ref:
         ref_model = load_model(config.ref, dtype=DTYPES[config.dtype], adapter=config.sft_adapter,
                                merge=config.sft_adapter is not None, quantize=config.quantize)  # as the policy's
-    cache = reference_cache_for(config, model, ref_model) if config.ref_cache else None
     trainer = DPOTrainer(model, config, pairs, evals, pad_id=tok.pad_token_id or 0, ref_model=ref_model,
-                         ref_cache=cache, callbacks=callbacks, tokenizer=tok, evaluators=evaluators)
+                         ref_cache=config.ref_cache, callbacks=callbacks, tokenizer=tok, evaluators=evaluators)
     return _train_and_save(trainer, config)

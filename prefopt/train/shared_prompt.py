@@ -29,6 +29,7 @@ from ..data.preference import PairExample
 from ..data.sft import IGNORE, TokenizedExample, prompt_len
 from ..kernels import sequence_logprobs
 from ..ld_dpo import ld_weights
+from ..model.generate import shared_start
 from .distributed import head_operands
 
 
@@ -81,8 +82,61 @@ def pack_pairs(pairs: Sequence[PairExample], pad_id: int) -> dict[str, torch.Ten
             "labels": labels, "gather": gather}
 
 
+def pairs_start(pairs: Sequence[PairExample]) -> int:
+    """How many tokens every pair's prompt begins with (the chat template's system prompt, a
+    task's instructions), each keeping at least one of its own; 0 where fewer than
+    ``generate.MIN_SHARED``, or where some pair does not share its prompt (:func:`split_pair`).
+
+    Taken over a whole dataset, not a batch: a pair's log-probs then come out the same, to the
+    bit, in whatever batch it runs (the reference cache's fill and training's micro-batches)."""
+    parts = [split_pair(p) for p in pairs]
+    if any(s is None for s in parts):
+        return 0
+    return shared_start([s[0] for s in parts], None, None)
+
+
+def pack_pairs_after(pairs: Sequence[PairExample], start: int) -> dict[str, torch.Tensor] | None:
+    """Every pair in one row after the ``start`` tokens all their prompts begin with
+    (:func:`pairs_start`; ``DPOConfig.share_start``), run once: ``[start | prompt rest 1 | chosen 1 |
+    rejected 1 | prompt rest 2 | ...]``, each pair a span of the model's :class:`Packed` layout
+    (``lengths`` ``(B, 3)``: its prompt's rest and its two answers), seeing the start, its
+    prompt, and within each answer that answer's earlier tokens. None where some pair does not
+    share its prompt or begin with the start.
+
+    Returns ``input_ids`` ``(1, L)``, ``lengths``, ``start``, ``tokens`` (the pairs' tokens, each
+    prompt counted once, as :func:`pack_pairs` runs them), and ``labels`` and ``gather``
+    ``(2B, La)`` as :func:`pack_pairs` gives them (``gather``: columns of the one row)."""
+    parts = [split_pair(p) for p in pairs]
+    if not parts or any(s is None for s in parts) or any(
+            len(s[0]) <= start or list(s[0][:start]) != list(parts[0][0][:start]) for s in parts):
+        return None
+    B = len(parts)
+    La = max(len(e.input_ids) for s in parts for e in s[1:])
+    labels = torch.full((2 * B, La), IGNORE, dtype=torch.long)
+    gather = torch.zeros((2 * B, La), dtype=torch.long)
+    ids, lengths, end = [as_tensor(parts[0][0][:start])], [], start
+    for b, (prompt, *answers) in enumerate(parts):
+        rest = as_tensor(prompt[start:])
+        ids.append(rest)
+        first, end = end + len(rest) - 1, end + len(rest)  # the prompt's last column predicts each answer's first token
+        for k, ans in enumerate(answers):
+            a = len(ans.input_ids)
+            ids.append(as_tensor(ans.input_ids))
+            labels[b + k * B, :a] = as_tensor(ans.labels)
+            gather[b + k * B, :a] = torch.cat([torch.tensor([first]), end + torch.arange(a - 1)])
+            end += a
+        lengths.append([len(rest), *(len(a.input_ids) for a in answers)])
+    tokens = sum(len(s[0]) + len(s[1].input_ids) + len(s[2].input_ids) for s in parts)
+    return {"input_ids": torch.cat(ids).long()[None], "lengths": torch.tensor(lengths), "start": torch.tensor(start),
+            "tokens": torch.tensor(tokens), "labels": labels, "gather": gather}
+
+
 def packed_hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The hidden states ``(2B, La, D)`` that predict ``batch["labels"]``, chosen rows first."""
+    if "lengths" in batch:  # every pair in one row after a shared start (pack_pairs_after)
+        hidden = model(batch["input_ids"], packed=batch["lengths"], packed_start=int(batch["start"]),
+                       return_hidden=True)  # (1, L, D)
+        return hidden[0, batch["gather"]]
     hidden = model(batch["input_ids"], batch["pair_mask"], batch["position_ids"], return_hidden=True)  # (B, S, D)
     rows = torch.arange(hidden.shape[0], device=hidden.device).repeat(2)[:, None]
     return hidden[rows, batch["gather"]]

@@ -1072,14 +1072,16 @@ def test_compare_packs_sft_by_default_and_set_pack_false_pads(tiny_model, tmp_pa
                       overrides={"pack": "no"}).settings()
 
 
-def test_compare_share_start_reaches_the_sft_stage_and_needs_pack(tiny_model, tmp_path):
+def test_compare_share_start_reaches_both_training_stages_and_needs_pack(tiny_model, tmp_path):
     """``--set share_start=true``: the SFT stage runs the portal prompts' shared start once a batch
-    (its train_config says so) and the run finishes; a finished run resumes with the other value
-    (as with pack: only dropout's draws differ); without pack it is refused before any work."""
+    and the DPO stage its pairs after it (their train_configs say so) and the run finishes; a
+    finished run resumes with the other value (as with pack: only dropout's draws differ); without
+    pack it is refused before any work."""
     out = tmp_path / "run"
     report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
                                        overrides={**TINY, "share_start": True}))
-    assert json.loads((out / "sft" / "train" / "train_config.json").read_text())["share_start"] is True
+    for stage in ("sft", "dpo"):
+        assert json.loads((out / stage / "train" / "train_config.json").read_text())["share_start"] is True
     assert report["stages"]["sft"]["metrics"]["n"] == TINY["test"]
     run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
                               overrides={**TINY}))  # nothing retrained, nothing refused

@@ -21,7 +21,8 @@ from prefopt.lora import lora_layers
 from prefopt.model import resolve_model_dir
 from prefopt.train import SFTTrainer, TrainConfig
 from prefopt.train.dpo import DPOConfig, DPOTrainer
-from prefopt.train.run import prepare_model, reference_cache_for, run_dpo, run_sft
+from prefopt.train.reference import reference_cache_for
+from prefopt.train.run import prepare_model, run_dpo, run_sft
 from prefopt.train.sft import load_train_eval
 from tests.train._fixtures import write_pairs, write_task
 

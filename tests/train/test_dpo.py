@@ -9,7 +9,8 @@ from prefopt.data.preference import load_preferences
 from prefopt.lora import lora_layers
 from prefopt.train.dpo import DPOConfig, DPOTrainer
 from prefopt.train.metrics import read_metrics
-from prefopt.train.run import prepare_model, reference_cache_for, run_dpo
+from prefopt.train.reference import reference_cache_for
+from prefopt.train.run import prepare_model, run_dpo
 from tests.train._fixtures import write_pairs, write_task
 
 
@@ -45,7 +46,9 @@ def _trainer(task, tmp_path, cfg, cache=None, ref_model=None):
     tok = load_tokenizer(cfg.model)
     pairs, _ = load_preferences(cfg.data, tok, max_length=cfg.max_length)
     model = prepare_model(cfg)
-    if cache is not None:
+    if cache == "folder":  # the trainer opens it (under the fingerprint of its layout: share_start's start)
+        cache = cfg.ref_cache
+    elif cache is not None:
         from prefopt.model import resolve_model_dir
 
         cache = reference_cache_for(cfg, model, ref_model, resolve_model_dir(cfg.model))
@@ -137,7 +140,6 @@ def test_cache_invalidates_exactly_what_changed(task, tmp_path):
     with torch.no_grad():
         ref.model.norm.weight.mul_(1.01)
     from prefopt.model import resolve_model_dir
-    from prefopt.train.run import reference_cache_for
 
     stale = reference_cache_for(cfg, ref, None, resolve_model_dir(cfg.model))
     assert "weights" in stale.stale_reason and len(stale) == 0
@@ -338,6 +340,33 @@ def test_dpo_config_is_validated(task, tmp_path):
         _cfg(task, tmp_path, lora=False)
     with pytest.raises(ValueError, match=r"ref_cache: .*train.jsonl is a file; the cache is a folder"):
         _cfg(task, tmp_path, ref_cache=str(task[1]))  # the data file given as the cache: refused before any work
+    with pytest.raises(ValueError, match="share_start lays each pair after the shared start with its prompt run "
+                                         "once: it needs share_prompt"):
+        _cfg(task, tmp_path, share_start=True, share_prompt=False)
+    assert _cfg(task, tmp_path, share_start=True).pack is False  # SFT's share_start needs pack, DPO's does not
+
+
+def test_share_start_trains_as_one_packed_row_a_pair_does(task, tmp_path):
+    """share_start: each micro-batch's pairs in one row after the 74 tokens every prompt begins
+    with (the chat template's system prompt and "Message "): the same losses step by step as one
+    packed row a pair (no dropout), the same tokens logged, held-out pair
+    accuracy up, and the same adapter in the end."""
+    from prefopt import load_model
+    from prefopt.lora import lora_state_dict
+
+    runs = {}
+    for share in (False, True):
+        out = tmp_path / f"s{share}"
+        summary = run_dpo(_cfg(task, out, share_start=share, ref_cache=str(tmp_path / f"c{share}")))
+        runs[share] = ([m for m in read_metrics(out) if "loss" in m], summary)  # training steps, not evals
+    (plain, _), (shared, summary) = runs[False], runs[True]
+    assert [m["loss"] for m in shared] == pytest.approx([m["loss"] for m in plain], rel=1e-4)
+    assert [m["tokens"] for m in shared] == [m["tokens"] for m in plain]
+    assert shared[-1]["loss"] < shared[0]["loss"] - 0.05
+    assert summary["eval_after"]["eval_rewards/accuracies"] > summary["eval_before"]["eval_rewards/accuracies"]
+    a, b = (lora_state_dict(load_model(task[0], adapter=tmp_path / f"s{share}" / "final")) for share in (True, False))
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)
 
 
 def _sft_adapter(model_dir, out, dora=False):
@@ -459,19 +488,24 @@ def test_cli_dpo_with_cache(task, tmp_path, capsys):
     assert f"saved to {out / 'final'} (model card: README.md); per-step metrics in {out / 'metrics.jsonl'}" in printed
 
 
-def test_cache_is_filled_under_the_trainers_autocast(task, tmp_path, monkeypatch):
+@pytest.mark.parametrize("share_start", [False, True])
+def test_cache_is_filled_under_the_trainers_autocast(task, tmp_path, monkeypatch, share_start):
     """On CUDA the policy runs under bf16 autocast; the cached reference must be computed the same
-    way, or the implicit rewards start from rounding noise instead of 0 (here: CPU bf16 autocast)."""
+    way, or the implicit rewards start from rounding noise instead of 0 (here: CPU bf16 autocast).
+    With share_start the fill runs 32 pairs in a row after the data's shared start, training 8
+    (in another order): a pair's sums do not depend on its batch."""
     from prefopt.train.loop import Trainer
 
     monkeypatch.setattr(Trainer, "_autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
-    cfg = _cfg(task, tmp_path / "a", ref_cache=str(tmp_path / "cache"), max_steps=1)
-    trainer, _ = _trainer(task, tmp_path, cfg, cache=True)
-    batch = trainer.collate(trainer.train_data[:8])
+    cfg = _cfg(task, tmp_path / "a", ref_cache=str(tmp_path / "cache"), max_steps=1, share_start=share_start)
+    trainer, _ = _trainer(task, tmp_path, cfg, cache="folder")
+    batch = trainer.collate(trainer.train_data[5:13][::-1])
+    assert ("lengths" in batch) == share_start and trainer.start == (74 if share_start else 0)
     with torch.no_grad(), trainer._autocast():
         _, metrics = trainer.loss_sum(trainer.model, batch)
     # policy == reference (LoRA B is 0): every implicit reward is exactly 0
     assert metrics["rewards/chosen"].item() == 0.0 and metrics["rewards/rejected"].item() == 0.0
+    assert metrics["logps/chosen"].item() < 0
 
 
 def test_a_cache_filled_without_autocast_is_stale_for_an_autocast_run(task, tmp_path, monkeypatch):

@@ -14,7 +14,8 @@ from prefopt.model import resolve_model_dir
 from prefopt.pretrained import load_model
 from prefopt.train.dpo import DPOConfig, DPOTrainer, kto_balance_line
 from prefopt.train.metrics import read_metrics
-from prefopt.train.run import prepare_model, reference_cache_for, run_dpo
+from prefopt.train.reference import reference_cache_for
+from prefopt.train.run import prepare_model, run_dpo
 from prefopt.train.shared_prompt import pair_logp_sums
 from tests.train._fixtures import write_task
 

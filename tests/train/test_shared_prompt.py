@@ -5,7 +5,16 @@ import torch
 from prefopt import load_model
 from prefopt.data.preference import PairExample, pair_collate
 from prefopt.data.sft import IGNORE, TokenizedExample
-from prefopt.train.shared_prompt import pack_pairs, pair_logp_sums, shared_prompt_logps, split_pair
+from prefopt.lora import apply_lora
+from prefopt.train.shared_prompt import (
+    pack_pairs,
+    pack_pairs_after,
+    packed_hidden,
+    pair_logp_sums,
+    pairs_start,
+    shared_prompt_logps,
+    split_pair,
+)
 from tests._tiny import build_hf_model
 
 PAD = 2
@@ -63,3 +72,80 @@ def test_pairs_that_do_not_share_their_prompt_are_refused():
         assert split_pair(bad) is None and pack_pairs([good, bad], PAD) is None
     with pytest.raises(ValueError, match="same prompt"):
         shared_prompt_logps(None, [good, a], PAD, torch.device("cpu"))
+
+
+def _started_pairs(start=20, n=5, seed=3):
+    """Pairs whose prompts all begin with the same ``start`` tokens, then 1 to 9 of their own."""
+    head = torch.randint(3, 400, (start,), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [PairExample(*(_example(head + list(p.chosen.input_ids[:1 + i % 9]), list(e.input_ids[-k:]))
+                          for e, k in ((p.chosen, 1 + i % 4), (p.rejected, 2 + i % 5))))
+            for i, p in enumerate(_pairs(seed, n))]
+
+
+def test_pairs_after_a_shared_start_equal_their_full_sequences(model):
+    """share_start: every pair in one row after the 20 tokens all prompts begin with, each pair
+    seeing the start, its prompt and its own answer (a sliding window of 8 counted across the
+    start): the sums of the two full sequences, and a pair's hidden states the same to the bit
+    whatever else is in its row (the reference cache's fill and training batch pairs
+    differently; the head's GEMM may then round by the number of rows it has: 1e-6)."""
+    pairs = _started_pairs()
+    assert pairs_start(pairs) == 20
+    batch = pack_pairs_after(pairs, 20)
+    assert batch["input_ids"].shape == (1, 20 + sum(batch["lengths"].sum(1)).item())
+    assert int(batch["tokens"]) == sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) - prompt
+                                       for p in pairs for prompt in [len(split_pair(p)[0])])
+    with torch.no_grad():
+        full = pair_logp_sums(model, pair_collate(pairs, PAD))
+        after = pair_logp_sums(model, batch)
+        assert torch.allclose(after, full, rtol=1e-5, atol=1e-5)
+        n = len(pairs)
+        hidden = packed_hidden(model, batch)
+        for other in ([pairs[3], pairs[1]], [pairs[1]]):  # pair 1 among others, and alone
+            b = pack_pairs_after(other, 20)
+            i, k = other.index(pairs[1]), len(other)
+            h = packed_hidden(model, b)
+            for row, mine in ((i, 1), (k + i, n + 1)):  # its chosen and rejected rows
+                t = int((b["labels"][row] != IGNORE).sum())
+                assert torch.equal(h[row, :t], hidden[mine, :t]) and t > 0
+            sums = pair_logp_sums(model, b)
+            assert torch.allclose(sums[[i, k + i]], after[[1, n + 1]], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("arch, window", [("llama", None), ("mistral", 8)])
+def test_pairs_after_a_shared_start_give_the_packed_pairs_gradients(tmp_path, arch, window):
+    """fp64 LoRA: the summed log-probs of pairs after the shared start and every LoRA gradient
+    equal those of one packed row per pair (the start's gradient now one sum over the pairs)."""
+    build_hf_model(tmp_path, arch, tokenizer=False, **({"sliding_window": window} if window else {}))
+    model = apply_lora(load_model(tmp_path, dtype=torch.float64), r=4, alpha=8, dropout=0.0)
+    g = torch.Generator().manual_seed(0)
+    for name, p in model.named_parameters():  # a trained-looking adapter: every LoRA weight gets a gradient
+        if "lora_B" in name:
+            p.data = torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.05
+    pairs = _started_pairs(n=4)
+    out = []
+    for batch in (pack_pairs(pairs, PAD), pack_pairs_after(pairs, 20)):
+        model.zero_grad()
+        loss = pair_logp_sums(model, batch).sum()
+        loss.backward()
+        out.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (l0, g0), (l1, g1) = out
+    assert abs(l0 - l1) < 1e-9 * abs(l0) and g0.keys() == g1.keys() and len(g0) > 0
+    assert all((g0[n] - g1[n]).norm() <= 1e-6 * g1[n].norm() and g1[n].norm() > 0 for n in g0)
+
+
+def test_the_start_is_the_data_s_and_a_pair_without_it_is_not_packed_after_it():
+    pairs = _started_pairs()
+    short = _started_pairs(start=15)  # under MIN_SHARED (16)
+    assert pairs_start(short) == 0 and pairs_start(pairs[:1]) == 0  # one prompt: nothing shared
+    own = PairExample(_example(list(range(3, 40)), [8]), _example(list(range(3, 40)), [9]))
+    assert pairs_start(pairs + [own]) == 0  # another prompt start
+    unshared = PairExample(_example([5, 6, 7], [8]), _example([5, 6, 9], [8]))
+    assert pairs_start(pairs + [unshared]) == 0  # a pair whose chosen and rejected prompts differ
+    assert pack_pairs_after(pairs + [own], 20) is None and pack_pairs_after(pairs + [unshared], 20) is None
+    whole = PairExample(*(_example(list(pairs[0].chosen.input_ids[:20]), [7 + k]) for k in (0, 1)))
+    assert pack_pairs_after([whole], 20) is None  # the start is its whole prompt: none left of its own
+    # a prompt that is the start plus one token keeps that token: its answers' first label predicted from it
+    one = PairExample(*(_example(list(pairs[0].chosen.input_ids[:21]), [7 + k, 9]) for k in (0, 1)))
+    assert pairs_start(pairs + [one]) == 20
+    b = pack_pairs_after([one], 20)
+    assert b["lengths"].tolist() == [[1, 2, 2]] and b["gather"].tolist() == [[20, 21], [20, 23]]
