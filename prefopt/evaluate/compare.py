@@ -329,7 +329,7 @@ def _sft(cfg, task, train, out: Path, s: dict) -> None:
     data.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(data, jsonl_text({"prompt": task.messages(r), "completion": r.target} for r in train))
     run_sft(_resumed(_train_config(TrainConfig, cfg, s, "sft", data, out / "sft" / "train", save_every=0,
-                                   pack=s["pack"], share_start=s["share_start"]), "sft"))
+                                   pack=s["pack"], share_start=s["share_start"] and s["pack"]), "sft"))
 
 
 def _pairs(cfg, task, tok, train, out: Path, s: dict, keep: dict | None = None) -> Path:

@@ -36,14 +36,14 @@ PRESETS = {
               "max_length": 384, "sft_lr": 3e-4, "dpo_lr": 1e-4, "beta": 0.1, "eval_batch_size": 16,
               "max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
               "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None,
-              "dpo_patience": None, "dpo_max_p": None, "confidence": True, "pack": True, "share_start": False,
+              "dpo_patience": None, "dpo_max_p": None, "confidence": True, "pack": True, "share_start": True,
               **LORA, **DPO_VARIANTS},
     "full": {"max_train": None, "test": 0.2, "sft_steps": None, "dpo_steps": None, "sft_epochs": 2.0,
              "dpo_epochs": 1.0, "batch_size": 8, "dpo_batch_size": 4, "max_length": 1024, "sft_lr": 2e-4,
              "dpo_lr": 5e-5, "beta": 0.1, "eval_batch_size": 16, "max_new_tokens": None,
              "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
              "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None,
-             "dpo_patience": None, "dpo_max_p": None, "confidence": True, "pack": True, "share_start": False,
+             "dpo_patience": None, "dpo_max_p": None, "confidence": True, "pack": True, "share_start": True,
              **LORA, **DPO_VARIANTS},
     # val None: no validation set. A count (>= 1) or fraction (< 1) of the items is held out of both
     # training stages; DPO then answers them every dpo_eval_every steps (None: about ten times a run) and the
@@ -58,9 +58,10 @@ PRESETS = {
     # gradient_checkpointing: less memory, more time;
     # pack True: SFT lays each batch's examples end to end in one row (no padding computed; the same loss; the
     # LoRA dropout draws alone differ), false: padded rows, as every run before 2026-12-02;
-    # share_start (with pack): the prompt start every example of an SFT batch has (system prompt, instructions)
-    # leads the row once, and DPO's pairs run in one row after the start all pairs have (the same losses with
-    # fewer tokens; its LoRA dropout drawn once: results move slightly);
+    # share_start True: the prompt start every example of an SFT batch has (system prompt, instructions) leads
+    # its packed row once (with pack=false SFT runs without it), and DPO's pairs run in one row after the start
+    # all pairs have (the same losses with fewer tokens; its LoRA dropout drawn once: results move slightly;
+    # false: as every run before 2026-12-04);
     # lora_r, lora_alpha, lora_dora, lora_rslora, lora_dropout: each stage's adapter (rank; alpha: scaled by
     # alpha / r, or alpha / sqrt(r) with lora_rslora; DoRA or plain LoRA; dropout on its input);
     # lora_targets None (every attention and MLP projection) or the layers that get one ("q_proj,v_proj,lm_head");
@@ -134,7 +135,7 @@ class CompareConfig:
         for name in ("confidence", "lora_dora", "lora_rslora", "lora_experts", "pack", "share_start"):
             if not isinstance(s[name], bool):
                 raise ValueError(f"{name}: true or false (got {s[name]!r})")
-        if s["share_start"] and not s["pack"]:
+        if s["share_start"] and not s["pack"] and self.overrides.get("share_start"):  # (the presets': SFT's is off)
             raise ValueError("share_start runs the start once in SFT's packed row: it needs pack=true")
         check_lora_targets(s)
         check_lora_layers(s)

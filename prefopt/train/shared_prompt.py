@@ -17,6 +17,11 @@ the gradients. The last prompt position predicts the first token of both answers
 followed by a non-empty answer: the caller falls back to two full sequences), and
 :func:`packed_hidden` runs the model and gathers the answers' hidden states into the stacked
 ``[chosen; rejected]`` layout that ``prefopt.kernels.fused_preference_loss`` takes.
+
+With ``DPOConfig.share_start`` the tokens every pair's prompt begins with (a system prompt, a
+task's instructions: :func:`pairs_start`) run once, and a batch's pairs follow them in one row,
+``[ start | prompt rest 1 | chosen 1 | rejected 1 | prompt rest 2 | ... ]``
+(:func:`pack_pairs_after`): each pair a span of the model's packed layout, seeing the start.
 """
 from __future__ import annotations
 

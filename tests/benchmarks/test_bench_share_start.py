@@ -38,3 +38,20 @@ def test_bench_share_start_alternate_times_the_three_layouts(tmp_path, monkeypat
     before, after = (int(x) for x in portal[2].split("->"))
     assert after == before - 2 * int(portal[1])  # three examples: the start run once, not three times
     assert all(float(x) > 0 for x in portal[3:6])
+
+
+def test_bench_share_start_dpo_times_a_micro_batch_and_the_fill(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(BENCHMARKS))
+    mod = load_script("bench_share_start")
+    build_hf_model(tmp_path / "tiny", arch="llama", max_position_embeddings=4096)
+    monkeypatch.setattr(sys, "argv", ["bench_share_start.py", "--model", str(tmp_path / "tiny"), "--dpo",
+                                      "--batch-size", "2", "--repeats", "1", "--max-length", "2048"])
+    mod.main()
+    out = capsys.readouterr().out
+    start = int(out.split("a shared start of ")[1].split()[0])
+    assert start >= 16  # the portal prompts' instructions
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith(("| training", "| reference"))]
+    assert [int(r[1]) for r in rows] == [2, 8]
+    for r in rows:  # each pair's copy of the start, less the one run, and the padding, at least
+        before, after = (int(x) for x in r[2].split("->"))
+        assert after <= before - (int(r[1]) - 1) * start and all(float(x) > 0 for x in r[3:5])

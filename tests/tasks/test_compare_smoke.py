@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from prefopt.evaluate.compare import CompareConfig, run_compare
+from prefopt.evaluate.compare_config import PRESETS
 from prefopt.tasks import PORTAL_DATA, get_task
 from tests import _formats as formats
 from tests._tiny import build_hf_model
@@ -1062,6 +1063,10 @@ def test_compare_packs_sft_by_default_and_set_pack_false_pads(tiny_model, tmp_pa
         runs[pack] = json.loads((out / "sft" / "train" / "train_config.json").read_text())["pack"]
         assert json.loads((out / "compare_config.json").read_text())["settings"]["pack"] is pack
     assert runs == {True: True, False: False}
+    # the presets' share_start stays with DPO; SFT's needs pack, so the padded SFT stage runs without it
+    train = {stage: json.loads((tmp_path / "runFalse" / stage / "train" / "train_config.json").read_text())
+             for stage in ("sft", "dpo")}
+    assert train["sft"]["share_start"] is False and train["dpo"]["share_start"] is True
     # resumes with the other value: nothing to retrain, no refusal
     run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "runFalse"),
                               overrides={**TINY}))
@@ -1073,18 +1078,19 @@ def test_compare_packs_sft_by_default_and_set_pack_false_pads(tiny_model, tmp_pa
 
 
 def test_compare_share_start_reaches_both_training_stages_and_needs_pack(tiny_model, tmp_path):
-    """``--set share_start=true``: the SFT stage runs the portal prompts' shared start once a batch
-    and the DPO stage its pairs after it (their train_configs say so) and the run finishes; a
-    finished run resumes with the other value (as with pack: only dropout's draws differ); without
-    pack it is refused before any work."""
+    """share_start (the presets' default since 2026-12-04): the SFT stage runs the portal prompts'
+    shared start once a batch and the DPO stage its pairs after it (their train_configs say so)
+    and the run finishes; a finished run resumes with the other value (as with pack: only
+    dropout's draws differ); without pack it is refused before any work."""
+    assert all(p["share_start"] is True for p in PRESETS.values())
     out = tmp_path / "run"
     report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
-                                       overrides={**TINY, "share_start": True}))
+                                       overrides={**TINY}))
     for stage in ("sft", "dpo"):
         assert json.loads((out / stage / "train" / "train_config.json").read_text())["share_start"] is True
     assert report["stages"]["sft"]["metrics"]["n"] == TINY["test"]
     run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
-                              overrides={**TINY}))  # nothing retrained, nothing refused
+                              overrides={**TINY, "share_start": False}))  # nothing retrained, nothing refused
     with pytest.raises(ValueError, match="share_start runs the start once in SFT's packed row: it needs pack=true"):
         CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "x"),
                       overrides={"pack": False, "share_start": True}).settings()

@@ -170,7 +170,8 @@ def test_an_interrupted_stage_under_other_trainer_settings_starts_again(tiny_mod
     capsys.readouterr()
     run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), overrides={**TINY, "pack": False}))
     assert (f"sft: training from the start: the interrupted attempt's {out / 'sft' / 'train' / 'checkpoints'}"
-            f"/step-00000001 was written under other settings (pack: True -> False)") in capsys.readouterr().out
+            f"/step-00000001 was written under other settings (pack: True -> False; share_start: True -> False)") \
+        in capsys.readouterr().out  # (SFT runs without the shared start when it does not pack)
 
 
 def test_a_stage_that_diverges_says_which_setting_to_lower(tiny_model, tmp_path, monkeypatch, capsys):
