@@ -40,6 +40,7 @@ from ..lora_files import read_adapter_config
 from ..lora_stack import same_layers
 from ..losses import LOSSES, PAIRWISE, REFERENCE_FREE, UNPAIRED, base_losses, known_loss, loss_terms
 from ..model import eval_mode
+from ..model.generate import MIN_SHARED
 from .config import TrainConfig, opt
 from .distributed import all_reduce_sum, barrier, head_operands
 from .loop import Batch, Trainer
@@ -218,7 +219,7 @@ class DPOTrainer(Trainer):
             self.item_source = "prefopt.data.load_feedback(path or list of dicts, tok) (a pair counts as two)"
         super().__init__(model, config, train_data, eval_data, **kw)  # callbacks, tokenizer, evaluators
         # share_start: the prompt start of every pair, training's and evaluation's (one for the whole data, so a
-        # pair's log-probs are the same in any batch: the reference cache's fill and training's micro-batches)
+        # pair's hidden states are the same in any batch: the reference cache's fill and training's micro-batches)
         self.start = pairs_start(self.train_data + self.eval_data) if config.share_start else 0
         if isinstance(ref_cache, (str, os.PathLike)):  # a folder: opened for this reference, once
             # the data are checked and the output folder claimed (hashing the weights takes a while)
@@ -237,6 +238,15 @@ class DPOTrainer(Trainer):
             raise ValueError("no reference: pass ref_model or ref_cache, or train a LoRA adapter")
         if self.ref_mode == "cache":
             explained(self, lambda: self.fill_cache(self.train_data + self.eval_data), "filling the reference cache")
+
+    def plan(self) -> str:
+        """The loop's line, and with ``share_start`` the start the pairs share (or why none)."""
+        if not self.config.share_start:
+            return super().plan()
+        if self.start:
+            return f"{super().plan()}; the {self.start} prompt tokens every pair begins with run once a micro-batch"
+        return (f"{super().plan()}; share_start: no prompt start of {MIN_SHARED}+ tokens that every pair shares "
+                "(or a pair's chosen and rejected prompts differ): each pair runs in a row of its own")
 
     def pair_batch(self, pairs) -> Batch:
         """Packed rows (each prompt once) where every pair shares its prompt and

@@ -92,8 +92,9 @@ def pairs_start(pairs: Sequence[PairExample]) -> int:
     task's instructions), each keeping at least one of its own; 0 where fewer than
     ``generate.MIN_SHARED``, or where some pair does not share its prompt (:func:`split_pair`).
 
-    Taken over a whole dataset, not a batch: a pair's log-probs then come out the same, to the
-    bit, in whatever batch it runs (the reference cache's fill and training's micro-batches)."""
+    Taken over a whole dataset, not a batch: a pair's hidden states then come out the same, to
+    the bit, in whatever batch it runs (the reference cache's fill and training's micro-batches);
+    only the head's GEMM may round its log-probs by the batch's number of rows."""
     parts = [split_pair(p) for p in pairs]
     if any(s is None for s in parts):
         return 0

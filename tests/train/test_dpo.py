@@ -346,7 +346,15 @@ def test_dpo_config_is_validated(task, tmp_path):
     assert _cfg(task, tmp_path, share_start=True).pack is False  # SFT's share_start needs pack, DPO's does not
 
 
-def test_share_start_trains_as_one_packed_row_a_pair_does(task, tmp_path):
+def test_share_start_says_what_it_shares_or_that_nothing_is_and_packs_each_pair(task, tmp_path):
+    trainer, pairs = _trainer(task, tmp_path, _cfg(task, tmp_path / "a", eval_data=None, share_start=True))
+    assert trainer.start == 74 and "; the 74 prompt tokens every pair begins with run once" in trainer.plan()
+    trainer.start = 0  # as for data whose prompts share under 16 tokens (pairs_start: test_shared_prompt.py)
+    assert "no prompt start of 16+ tokens that every pair shares" in trainer.plan()
+    assert "pair_mask" in trainer.pair_batch(pairs[:4])  # one packed row a pair
+
+
+def test_share_start_trains_as_one_packed_row_a_pair_does(task, tmp_path, capsys):
     """share_start: each micro-batch's pairs in one row after the 74 tokens every prompt begins
     with (the chat template's system prompt and "Message "): the same losses step by step as one
     packed row a pair (no dropout), the same tokens logged, held-out pair
@@ -360,6 +368,7 @@ def test_share_start_trains_as_one_packed_row_a_pair_does(task, tmp_path):
         summary = run_dpo(_cfg(task, out, share_start=share, ref_cache=str(tmp_path / f"c{share}")))
         runs[share] = ([m for m in read_metrics(out) if "loss" in m], summary)  # training steps, not evals
     (plain, _), (shared, summary) = runs[False], runs[True]
+    assert "; the 74 prompt tokens every pair begins with run once a micro-batch\n" in capsys.readouterr().out
     assert [m["loss"] for m in shared] == pytest.approx([m["loss"] for m in plain], rel=1e-4)
     assert [m["tokens"] for m in shared] == [m["tokens"] for m in plain]
     assert shared[-1]["loss"] < shared[0]["loss"] - 0.05
