@@ -39,9 +39,13 @@ FLUSH_SECONDS = 30.0  # a fill writes what it has computed this often (and at it
 
 
 def weights_digest(named_tensors) -> str:
-    """blake2b over every tensor's name, dtype, shape and bytes, in order."""
+    """blake2b over every tensor's name, dtype, shape and bytes, in order. A sharded tensor (an
+    FSDP2 model's DTensor) is gathered whole first, so every rank must call it together, and the
+    digest is the unsharded model's."""
     h = hashlib.blake2b(digest_size=16)
     for name, t in named_tensors:
+        if hasattr(t, "full_tensor"):  # a DTensor: this rank holds a shard
+            t = t.full_tensor()
         t = t.detach().contiguous().cpu()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")

@@ -161,17 +161,20 @@ def test_evaluators_on_two_processes_are_averaged_and_pick_the_same_best(task, t
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["ddp_lora", "fsdp_full"])
+@pytest.mark.parametrize("mode", ["ddp_lora", "fsdp_full", "ddp_lora_share_start"])
 def test_dpo_with_a_reference_cache_on_two_processes_matches_one(task, tmp_path, mode):
     """Both ranks compute a share of the cache's fill, rank 0 writes it and the other reads it;
     the run then matches one process. Full fine-tuning under FSDP2 takes the reference from the
     sharded model itself, whose forward every rank must join: the fill hung there while rank 0
-    ran it alone and rank 1 waited in a barrier."""
+    ran it alone and rank 1 waited in a barrier. With share_start each rank's pairs run in one
+    row after the prompt start they all share (the packed spans through DDP)."""
     from prefopt.refcache import RefCache
 
     model_dir, _ = task
     pairs = write_pairs(tmp_path / "pairs.jsonl", n=24)
     kw = dict(lora=False, lr=1e-3) if mode == "fsdp_full" else dict(lr=5e-3, lora_dropout=0.0)
+    if mode == "ddp_lora_share_start":
+        kw["share_start"] = True
 
     def config(name, batch_size, **more):
         return _config(task, tmp_path / name, kind="dpo", data=str(pairs), batch_size=batch_size, max_steps=12,
