@@ -16,7 +16,7 @@ from .._deps import progress
 from ..data.preference import PairExample, pair_collate
 from ..lora import disable_adapter
 from ..model import eval_mode
-from ..train.shared_prompt import pack_pairs, pair_logp_sums
+from ..train.shared_prompt import pack_pairs, pack_pairs_after, pair_logp_sums, pairs_start
 from .stats import bootstrap_ci, mcnemar_exact, paired_bootstrap
 
 
@@ -26,14 +26,17 @@ def pair_logps(model, pairs: Sequence[PairExample], pad_id: int, *, batch_size: 
     """Chosen and rejected answers' log-prob sums ``(n,)`` each, fp32, under ``model`` in eval mode
     (each module's own mode back after; ``base``: with its adapters off); a batch whose pairs
     share their prompts runs each prompt once, as DPO training does
-    (:func:`~prefopt.train.shared_prompt.pack_pairs`)."""
+    (:func:`~prefopt.train.shared_prompt.pack_pairs`), and the prompt start all the pairs share
+    once a batch, as DPO's ``share_start`` does (:func:`~prefopt.train.shared_prompt.pack_pairs_after`)."""
     device = next(model.parameters()).device
+    start = pairs_start(pairs)
     chosen, rejected = [], []
     bar = progress(total=len(pairs), desc=desc, unit="pair", delay=2, leave=False)
     with eval_mode(model), disable_adapter(model) if base else nullcontext():  # modes back after
         for i in range(0, len(pairs), batch_size):
             chunk = pairs[i:i + batch_size]
-            batch = pack_pairs(chunk, pad_id) or pair_collate(chunk, pad_id)  # each prompt once where shared
+            # the shared start and each prompt once where they are shared
+            batch = (start and pack_pairs_after(chunk, start)) or pack_pairs(chunk, pad_id) or pair_collate(chunk, pad_id)
             sums = pair_logp_sums(model, {k: v.to(device) for k, v in batch.items()})
             sums = sums.float().cpu().numpy()
             chosen.append(sums[:len(chunk)])

@@ -10,6 +10,7 @@ from prefopt.cli import main
 from prefopt.data.preference import load_preferences
 from prefopt.train.dpo import DPOConfig
 from prefopt.train.run import run_dpo
+from prefopt.train.shared_prompt import pairs_start
 from tests.train._fixtures import write_pairs, write_task
 
 
@@ -50,6 +51,7 @@ def test_rewards_are_those_the_dpo_run_reported_on_the_same_pairs(trained, tmp_p
     # by hand: the model's logits, log-softmax, the answer tokens' log-probs summed
     tok = load_tokenizer(model_dir)
     pairs, _ = load_preferences(held, tok)
+    assert pairs_start(pairs) == 76  # so eval-pairs ran each batch after the start every prompt has, once
     model = load_model(model_dir, adapter=adapter).eval()
     ex = pairs[0].chosen
     ids, labels = torch.tensor([list(ex.input_ids)]), torch.tensor(list(ex.labels))
