@@ -8,7 +8,7 @@ import torch
 from ..data import Records, load_sft, packed_collate, pad_collate
 from ..data.sft import IGNORE, TokenizedExample, prompt_len
 from ..kernels import nll_sum
-from ..model.generate import shared_start
+from ..model.generate import MIN_SHARED, shared_start
 from .distributed import head_operands
 from .loop import Batch, Trainer
 
@@ -37,6 +37,17 @@ class SFTTrainer(Trainer):
         """``kw``: the :class:`Trainer` options (``callbacks``, ``tokenizer``, ``evaluators``)."""
         self.pad_id = pad_id
         super().__init__(model, config, train_data, eval_data, **kw)
+
+    def plan(self) -> str:
+        """The loop's line, and with ``share_start`` the start all the examples share (a micro-batch
+        runs its own, at least as long), or that they share none."""
+        if not (self.config.share_start and self.config.pack):
+            return super().plan()
+        n = shared_start([e.input_ids[:prompt_len(e.labels)] for e in self.train_data], None, None)
+        if n:
+            return f"{super().plan()}; the {n}+ prompt tokens every example of a micro-batch begins with run once"
+        return (f"{super().plan()}; share_start: the examples share no prompt start of {MIN_SHARED}+ tokens, so only "
+                "a micro-batch whose examples do runs its start once")
 
     def collate(self, examples):
         if not self.config.pack:

@@ -94,25 +94,31 @@ def test_packed_input_that_is_not_one_row_of_its_lengths_is_refused(tmp_path):
         model(torch.ones(1, 5, dtype=torch.long), torch.tensor([[1, 1, 1, 1, 0]]), packed=[2, 3])
 
 
-def test_sft_with_packing_trains_as_the_padded_run(tmp_path):
-    """The same seed and steps, packed and padded: the same losses (to float rounding), the loss
-    falls, the LoRA weights move; the step's token count is the real tokens, no padding."""
+def test_sft_with_packing_trains_as_the_padded_run(tmp_path, capsys):
+    """The same seed and steps, padded, packed, and packed with the shared prompt start once: the
+    same losses (to float rounding), the loss falls, the LoRA weights move; the step's token count
+    is the examples' real tokens, no padding, the start counted in each; the plan line says how
+    long the start is."""
+    from prefopt.train.run import run_sft
+
     model_dir, data = write_task(tmp_path)
     runs = {}
-    for pack in (False, True):
-        cfg = TrainConfig(model=str(model_dir), data=str(data), output_dir=str(tmp_path / f"p{pack}"), batch_size=4,
-                          max_steps=8, lr=3e-3, lora_r=8, lora_alpha=16, lora_dropout=0.0, warmup_steps=2,
-                          progress=False, pack=pack)
-        from prefopt.train.run import run_sft
-
+    for pack, share in ((False, False), (True, False), (True, True)):
+        cfg = TrainConfig(model=str(model_dir), data=str(data), output_dir=str(tmp_path / f"p{pack}{share}"),
+                          batch_size=4, max_steps=8, lr=3e-3, lora_r=8, lora_alpha=16, lora_dropout=0.0,
+                          warmup_steps=2, progress=False, pack=pack, share_start=share)
+        capsys.readouterr()
         run_sft(cfg)
-        runs[pack] = [m for m in read_metrics(cfg.output_dir) if "loss" in m]
-    padded, packed = runs[False], runs[True]
-    assert [m["loss"] for m in packed] == pytest.approx([m["loss"] for m in padded], rel=1e-4)
+        said = "prompt tokens every example of a micro-batch begins with run once" in capsys.readouterr().out
+        assert said == share
+        runs[pack, share] = [m for m in read_metrics(cfg.output_dir) if "loss" in m]
+    padded, packed, shared = runs[False, False], runs[True, False], runs[True, True]
+    for other in (packed, shared):
+        assert [m["loss"] for m in other] == pytest.approx([m["loss"] for m in padded], rel=1e-4)
+        assert [m["tokens"] for m in other] == [m["tokens"] for m in padded]  # real tokens: padding never counted
     assert packed[-1]["loss"] < 0.7 * packed[0]["loss"]
-    assert [m["tokens"] for m in packed] == [m["tokens"] for m in padded]  # real tokens: padding never counted
-    a = lora_state_dict(load_model(model_dir, adapter=tmp_path / "pTrue" / "final"))
-    b = lora_state_dict(load_model(model_dir, adapter=tmp_path / "pFalse" / "final"))
+    a = lora_state_dict(load_model(model_dir, adapter=tmp_path / "pTrueTrue" / "final"))
+    b = lora_state_dict(load_model(model_dir, adapter=tmp_path / "pFalseFalse" / "final"))
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a) and any(v.abs().sum() > 0 for k, v in a.items()
                                                                         if "lora_B" in k)
 
