@@ -112,6 +112,17 @@ def test_a_cached_reference_gives_the_losses_of_a_live_one_and_the_adapter_moves
     assert all(m.lora_B.weight.abs().max() > 0 for _, m in lora_layers(live.model))  # B starts at 0
 
 
+def test_share_start_gives_kto_the_same_losses(task, tmp_path):
+    """KTO's examples sit beside their mismatched completions under the same prompt, so
+    share_start lays a batch after the prompt start they all share: the same losses, step by step."""
+    plain, _ = _trainer(task, _cfg(task, tmp_path / "a", eval_data=None))
+    shared, examples = _trainer(task, _cfg(task, tmp_path / "b", eval_data=None, share_start=True))
+    assert shared.start >= 16 and "lengths" in shared.collate(examples[:8])
+    a = [plain.train_step(s)["loss"] for s in range(4)]
+    b = [shared.train_step(s)["loss"] for s in range(4)]
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5 and a[-1] != a[0]
+
+
 def test_pairs_train_kto_as_two_examples_each_and_dpo_examples_are_refused(task, tmp_path):
     model_dir, _, _ = task
     pairs = tmp_path / "pairs.jsonl"
