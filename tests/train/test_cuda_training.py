@@ -7,7 +7,8 @@ cache under autocast too; none of that runs in CI. These tests check, on CUDA:
   fine-tuning, one pass forced on and off; DPO with WPO's weights too), and the default path
   there is the Triton kernel;
 - under the defaults (bf16 autocast) SFT and DPO learn, and DPO's implicit rewards start at
-  exactly 0 with a cached reference.
+  exactly 0 with a cached reference;
+- both with ``share_start`` too (the packed spans after a shared prompt start).
 
 Each test also runs with ``device="cpu"`` (in CI): that checks the tests themselves, which
 would otherwise only ever run on a lent GPU (the comparison is then CPU against CPU).
@@ -18,10 +19,8 @@ import torch
 from prefopt import kernels, load_tokenizer
 from prefopt.data.preference import load_preferences
 from prefopt.lora import lora_layers
-from prefopt.model import resolve_model_dir
 from prefopt.train import SFTTrainer, TrainConfig
 from prefopt.train.dpo import DPOConfig, DPOTrainer
-from prefopt.train.reference import reference_cache_for
 from prefopt.train.run import prepare_model, run_dpo, run_sft
 from prefopt.train.sft import load_train_eval
 from tests.train._fixtures import write_pairs, write_task
@@ -41,16 +40,18 @@ def task(tmp_path_factory):
 
 
 def _config(task, kind: str, out, **kw):
+    """``kind``: sft, dpo or wpo (DPO with WPO's pair weights); ``+start``: with share_start."""
     model_dir, sft, pairs, _ = task
+    kind, _, more = kind.partition("+")
     common = dict(model=str(model_dir), output_dir=str(out), batch_size=4, lora_r=8, lora_alpha=16,
-                  lora_dropout=0.0, progress=False)
+                  lora_dropout=0.0, progress=False, share_start=more == "start")
     if kind == "sft":
         return TrainConfig(**{**common, "data": str(sft), "max_steps": 24, "lr": 3e-3, **kw})
     return DPOConfig(**{**common, "data": str(pairs), "max_steps": 16, "lr": 5e-3, "beta": 0.1,
-                        "wpo": kind == "wpo", **kw})  # "wpo": DPO with WPO's pair weights
+                        "wpo": kind == "wpo", **kw})
 
 
-def _trainer(cfg, kind: str):
+def _trainer(cfg):
     tok = load_tokenizer(cfg.model)
     model = prepare_model(cfg)
     if cfg.lora:  # LoRA B starts at 0, which would leave A without a gradient: a seeded start
@@ -58,12 +59,11 @@ def _trainer(cfg, kind: str):
         with torch.no_grad():
             for _, layer in lora_layers(model):
                 layer.lora_B.weight.copy_(0.02 * torch.randn(layer.lora_B.weight.shape, generator=g))
-    if kind == "sft":
+    if not isinstance(cfg, DPOConfig):
         train, _, _ = load_train_eval(cfg, tok)
         return SFTTrainer(model, cfg, train, pad_id=tok.pad_token_id)
     pairs, _ = load_preferences(cfg.data, tok, max_length=cfg.max_length)
-    cache = reference_cache_for(cfg, model, None, resolve_model_dir(cfg.model)) if cfg.ref_cache else None
-    return DPOTrainer(model, cfg, pairs, pad_id=tok.pad_token_id, ref_cache=cache)
+    return DPOTrainer(model, cfg, pairs, pad_id=tok.pad_token_id, ref_cache=cfg.ref_cache)  # opened for its layout
 
 
 def _step_grads(trainer) -> tuple[float, dict[str, torch.Tensor]]:
@@ -80,6 +80,7 @@ def _step_grads(trainer) -> tuple[float, dict[str, torch.Tensor]]:
 @pytest.mark.parametrize("kind, lora, one_pass", [
     ("sft", True, None), ("sft", False, None), ("sft", False, "1"),
     ("dpo", True, None), ("dpo", False, None), ("dpo", False, "1"), ("wpo", True, None), ("wpo", False, "1"),
+    ("sft+start", True, None), ("dpo+start", True, None),  # the shared prompt start once: packed spans
 ])
 def test_an_fp32_step_on_the_device_equals_the_cpu_step(task, tmp_path, monkeypatch, device, kind, lora, one_pass):
     if one_pass is not None:
@@ -94,7 +95,7 @@ def test_an_fp32_step_on_the_device_equals_the_cpu_step(task, tmp_path, monkeypa
         if kind != "sft" and not lora:  # full fine-tuning needs a reference: the cache
             kw["ref_cache"] = str(tmp_path / f"cache{i}")
         cfg = _config(task, kind, tmp_path / f"run{i}", device=dev, bf16_autocast=False, **kw)
-        trainer = _trainer(cfg, kind)
+        trainer = _trainer(cfg)
         calls.clear()  # count the step's calls only, not the reference cache's fill
         results[i] = _step_grads(trainer)
     (cpu_loss, cpu_grads), (loss, grads) = results[0], results[1]
@@ -139,13 +140,15 @@ def test_dpo_with_a_cached_reference_learns_under_the_device_defaults(task, tmp_
     assert summary["reference_forwards"] == 0
 
 
-def test_cached_reference_rewards_start_at_zero_under_the_device_defaults(task, tmp_path, device):
+@pytest.mark.parametrize("kind", ["dpo", "dpo+start"])
+def test_cached_reference_rewards_start_at_zero_under_the_device_defaults(task, tmp_path, device, kind):
     """docs/dpo.md: the cache is filled in the policy's precision and layout, and a pair's row
     does not depend on its batch, so at step 0 (policy == reference) every implicit reward is
     exactly 0, also under bf16 autocast. The fill runs 16 pairs per forward, evaluation 4: on
-    CUDA this also checks that cuBLAS rounds a row alike in both (if not, the docs must say so)."""
-    cfg = _config(task, "dpo", tmp_path / "dpo", device=device, max_steps=1, ref_cache=str(tmp_path / "cache"))
-    trainer = _trainer(cfg, "dpo")  # fills the cache for the training pairs
+    CUDA this also checks that cuBLAS rounds a row alike in both (if not, the docs must say so);
+    with share_start, 16 pairs in one row after the start against 4."""
+    cfg = _config(task, kind, tmp_path / "dpo", device=device, max_steps=1, ref_cache=str(tmp_path / "cache"))
+    trainer = _trainer(cfg)  # fills the cache for the training pairs
     with torch.no_grad():
         for _, layer in lora_layers(trainer.model):  # policy == reference again
             layer.lora_B.weight.zero_()
