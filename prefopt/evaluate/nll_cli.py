@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if context and longest > context:  # as the trainer refuses them: positions the model never saw
         raise ValueError(f"the longest example has {longest} tokens, more than the model's context of {context}: "
                          f"pass --max-length {context} or less")
-    nll = by_record(example_nll(model, examples, tok.pad_token_id or 0, batch_size=args.batch_size)[0],
+    nll = by_record(example_nll(model, examples, batch_size=args.batch_size)[0],
                     report.kept_records)
     for row, value, n in zip(rows, nll, tokens):
         row |= {"nll": float(value), "nll_per_token": float(value / n) if n else None}

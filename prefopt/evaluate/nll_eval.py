@@ -16,32 +16,42 @@ import numpy as np
 import torch
 
 from .._deps import progress
-from ..data.collate import pad_collate
-from ..data.sft import IGNORE, TokenizedExample
+from ..data.collate import packed_collate
+from ..data.sft import IGNORE, TokenizedExample, prompt_len
 from ..kernels import sequence_logprobs
 from ..model import eval_mode
+from ..model.generate import shared_start
 from ..train.distributed import head_operands
 from .stats import bootstrap_ci, p_text, paired_bootstrap
 
 
 @torch.no_grad()
-def example_nll(model, examples: Sequence[TokenizedExample], pad_id: int, *, batch_size: int = 8,
+def example_nll(model, examples: Sequence[TokenizedExample], *, batch_size: int = 8,
                 desc: str = "scoring") -> tuple[np.ndarray, np.ndarray]:
     """Each example's summed NLL over its trained tokens and how many they are, under ``model``
-    in eval mode; the head's log-softmax is taken a chunk at a time (no ``(B, T, V)`` logits)."""
+    in eval mode; the head's log-softmax is taken a chunk at a time (no ``(B, T, V)`` logits).
+    A batch runs as SFT trains with ``pack`` and ``share_start``: its examples end to end in one
+    row, the prompt start they all have once (``data.packed_collate``), no padding."""
     device = next(model.parameters()).device
     with eval_mode(model):  # each module's own mode back after, an error or not
-        order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # less padding
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # like lengths together
         nll, tokens = np.zeros(len(examples)), np.zeros(len(examples))
         bar = progress(total=len(examples), desc=desc, unit="example", delay=2, leave=False)
         for s in range(0, len(order), batch_size):
             chunk = order[s:s + batch_size]
-            batch = {k: v.to(device) for k, v in pad_collate([examples[i] for i in chunk], pad_id).items()}
-            hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)
-            labels = batch["labels"][:, 1:]  # position t predicts token t + 1
-            logp = sequence_logprobs(*head_operands(model, hidden[:, :-1]), labels, ignore_index=IGNORE)
-            nll[chunk] = (-logp.float().sum(-1)).cpu().numpy()
-            tokens[chunk] = (labels != IGNORE).sum(-1).cpu().numpy()
+            batch = [examples[i] for i in chunk]
+            start = shared_start([e.input_ids[:prompt_len(e.labels)] for e in batch], None, None)
+            row = packed_collate(batch, start)
+            hidden = model(row["input_ids"].to(device), packed=row["lengths"].tolist(), packed_start=start,
+                           return_hidden=True)
+            labels = row["labels"][:, 1:].to(device)  # position t predicts token t + 1
+            logp = sequence_logprobs(*head_operands(model, hidden[:, :-1]), labels, ignore_index=IGNORE)[0].float()
+            trained = labels[0] != IGNORE
+            end = start
+            for i, n in zip(chunk, row["lengths"].tolist()):  # its tokens: columns [end, end + n) of the row,
+                cols = slice(max(end - 1, 0), end + n - 1)  # their labels at logp's [end - 1, end + n - 1)
+                nll[i], tokens[i] = -logp[cols].sum().item(), trained[cols].sum().item()
+                end += n
             bar.update(len(chunk))
         bar.close()
     return nll, tokens

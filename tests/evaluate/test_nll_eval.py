@@ -9,7 +9,7 @@ import torch
 from prefopt import load_model, load_tokenizer
 from prefopt.cli import main
 from prefopt.data import load_sft
-from prefopt.data.sft import IGNORE
+from prefopt.data.sft import IGNORE, TokenizedExample
 from prefopt.evaluate.nll_eval import by_record, example_nll
 from tests.train._fixtures import write_task
 
@@ -22,18 +22,23 @@ def task(tmp_path_factory):
 
 
 def test_each_examples_nll_is_its_trained_tokens_log_softmax_summed(task):
+    """Batches of 3 in one row each: the chat records after the prompt start they share (run
+    once), and examples that share none (one trained from its first token on)."""
     model_dir, data = task
     tok, model = load_tokenizer(model_dir), load_model(model_dir).eval()
     examples, _ = load_sft(data, tok)
-    examples = examples[:5]
-    nll, tokens = example_nll(model, examples, tok.pad_token_id or 0, batch_size=3)
-    for i, ex in enumerate(examples):  # one at a time, no padding, the full log-softmax
-        ids, labels = torch.tensor([list(ex.input_ids)]), torch.tensor(list(ex.labels))
-        with torch.no_grad():
-            logp = torch.log_softmax(model(ids)[0, :-1].float(), -1)
-        mask = labels[1:] != IGNORE
-        want = -logp[torch.arange(len(labels) - 1), labels[1:].clamp(min=0)][mask].sum()
-        assert nll[i] == pytest.approx(float(want), rel=1e-4) and tokens[i] == int(mask.sum())
+    g = torch.Generator().manual_seed(0)
+    bare = [TokenizedExample(ids, [IGNORE] * k + ids[k:]) for k, n in ((3, 9), (0, 7), (5, 12), (2, 6))
+            for ids in [torch.randint(3, 250, (n,), generator=g).tolist()]]
+    for batch in (examples[:5], bare):
+        nll, tokens = example_nll(model, batch, batch_size=3)
+        for i, ex in enumerate(batch):  # one at a time, no padding, the full log-softmax
+            ids, labels = torch.tensor([list(ex.input_ids)]), torch.tensor(list(ex.labels))
+            with torch.no_grad():
+                logp = torch.log_softmax(model(ids)[0, :-1].float(), -1)
+            mask = labels[1:] != IGNORE
+            want = -logp[torch.arange(len(labels) - 1), labels[1:].clamp(min=0)][mask].sum()
+            assert nll[i] == pytest.approx(float(want), rel=1e-4) and tokens[i] == int(mask.sum()) > 0
     assert by_record(np.array([1.0, 2.0, 4.0]), [0, 0, 1]).tolist() == [3.0, 4.0]
 
 
@@ -52,11 +57,11 @@ def test_a_model_in_train_mode_is_scored_without_dropout_and_keeps_each_modules_
     randomize_lora(model)
     examples = load_sft(data, tok)[0][:4]
     pairs = load_preferences(write_pairs(data.parent / "pairs.jsonl", n=4), tok)[0]
-    want = example_nll(model.eval(), examples, 0), pair_logps(model, pairs, 0)
+    want = example_nll(model.eval(), examples), pair_logps(model, pairs, 0)
     model.train()
     model.model.layers[1].eval()
     modes = {n: m.training for n, m in model.named_modules()}
-    got = example_nll(model, examples, 0), pair_logps(model, pairs, 0)
+    got = example_nll(model, examples), pair_logps(model, pairs, 0)
     for a, b in zip([*want[0], *want[1]], [*got[0], *got[1]]):
         assert np.array_equal(a, b)
     assert {n: m.training for n, m in model.named_modules()} == modes
