@@ -34,11 +34,10 @@ def example_nll(model, examples: Sequence[TokenizedExample], *, batch_size: int 
     row, the prompt start they all have once (``data.packed_collate``), no padding."""
     device = next(model.parameters()).device
     with eval_mode(model):  # each module's own mode back after, an error or not
-        order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # like lengths together
         nll, tokens = np.zeros(len(examples)), np.zeros(len(examples))
         bar = progress(total=len(examples), desc=desc, unit="example", delay=2, leave=False)
-        for s in range(0, len(order), batch_size):
-            chunk = order[s:s + batch_size]
+        for s in range(0, len(examples), batch_size):  # (in order: a packed row has no padding to save)
+            chunk = range(s, min(s + batch_size, len(examples)))
             batch = [examples[i] for i in chunk]
             start = shared_start([e.input_ids[:prompt_len(e.labels)] for e in batch], None, None)
             row = packed_collate(batch, start)
