@@ -23,15 +23,20 @@ def test_bench_share_start_trains_on_the_same_tokens_with_the_start_once(tmp_pat
     assert "| packed |" in table and "| shared start |" in table and "shared start / packed: throughput" in table
 
 
-def test_bench_share_start_alternate_times_the_three_layouts(tmp_path, monkeypatch, capsys):
+def _one_turn(tmp_path, monkeypatch, capsys, *args) -> str:
+    """The script's output on a tiny model, one timed turn of each layout (``args``: the mode and batch)."""
     sys.path.insert(0, str(BENCHMARKS))
     mod = load_script("bench_share_start")
     build_hf_model(tmp_path / "tiny", arch="llama", max_position_embeddings=4096)
-    monkeypatch.setattr(sys, "argv", ["bench_share_start.py", "--model", str(tmp_path / "tiny"), "--alternate",
-                                      "--batch-size", "3", "--repeats", "1", "--max-length", "2048"])
+    monkeypatch.setattr(sys, "argv", ["bench_share_start.py", "--model", str(tmp_path / "tiny"), *args,
+                                      "--repeats", "1", "--max-length", "2048"])
     mod.main()
-    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| portal")
-            or line.startswith("| MeQSum")]
+    return capsys.readouterr().out
+
+
+def test_bench_share_start_alternate_times_the_three_layouts(tmp_path, monkeypatch, capsys):
+    out = _one_turn(tmp_path, monkeypatch, capsys, "--alternate", "--batch-size", "3")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith(("| portal", "| MeQSum"))]
     assert [r[0].strip() for r in rows] == ["portal", "MeQSum"]
     portal = rows[0]
     assert int(portal[1]) >= 16  # the instructions every portal prompt begins with
@@ -41,13 +46,7 @@ def test_bench_share_start_alternate_times_the_three_layouts(tmp_path, monkeypat
 
 
 def test_bench_share_start_dpo_times_a_micro_batch_and_the_fill(tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, str(BENCHMARKS))
-    mod = load_script("bench_share_start")
-    build_hf_model(tmp_path / "tiny", arch="llama", max_position_embeddings=4096)
-    monkeypatch.setattr(sys, "argv", ["bench_share_start.py", "--model", str(tmp_path / "tiny"), "--dpo",
-                                      "--batch-size", "2", "--repeats", "1", "--max-length", "2048"])
-    mod.main()
-    out = capsys.readouterr().out
+    out = _one_turn(tmp_path, monkeypatch, capsys, "--dpo", "--batch-size", "2")
     start = int(out.split("a shared start of ")[1].split()[0])
     assert start >= 16  # the portal prompts' instructions
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith(("| training", "| reference"))]
