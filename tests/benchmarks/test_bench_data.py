@@ -1,20 +1,17 @@
 """benchmarks/bench_data.py runs end to end on a tiny tokenizer (its figures mean nothing here)."""
 import json
-import sys
 
 from tests._tiny import build_hf_model
-from tests.benchmarks import load_script
+from tests.benchmarks import run_main
 
 
 def test_bench_data_times_every_case_and_writes_its_ratios(tmp_path, monkeypatch, capsys):
-    mod = load_script("bench_data")
     build_hf_model(tmp_path / "tiny")
+    out = tmp_path / "data.json"
+    mod = run_main("bench_data", monkeypatch, "--model", tmp_path / "tiny", "--records", 12, "--reps", 1,
+                   "--max-length", 200, "--json", out)
     sft, pairs = mod.records(3)
     assert sft == mod.records(3)[0] and [p["prompt"] for p in pairs] == [r["prompt"] for r in sft]  # seeded
-    out = tmp_path / "data.json"
-    monkeypatch.setattr(sys, "argv", ["bench_data.py", "--model", str(tmp_path / "tiny"), "--records", "12",
-                                      "--reps", "1", "--max-length", "200", "--json", str(out)])
-    mod.main()
     got = json.loads(out.read_text())
     assert [r["case"] for r in got["rows"]] == ["load sft", "load pairs", "pairs, prompt per response", "check sft",
                                                 "two loads sft", "check pairs", "two loads pairs"]

@@ -1,17 +1,12 @@
 """benchmarks/bench_eval_nll.py runs end to end on a tiny model (its times mean nothing here)."""
-import sys
-
 from tests._tiny import build_hf_model
-from tests.benchmarks import BENCHMARKS, load_script
+from tests.benchmarks import run_main
 
 
 def test_bench_eval_nll_times_both_layouts_and_they_agree(tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, str(BENCHMARKS))
-    mod = load_script("bench_eval_nll")
     build_hf_model(tmp_path / "tiny", arch="llama", max_position_embeddings=4096)
-    monkeypatch.setattr(sys, "argv", ["bench_eval_nll.py", "--model", str(tmp_path / "tiny"), "--records", "6",
-                                      "--batch-size", "3", "--repeats", "1", "--max-length", "2048"])
-    mod.main()
+    run_main("bench_eval_nll", monkeypatch, "--model", tmp_path / "tiny", "--records", 6, "--batch-size", 3,
+             "--repeats", 1, "--max-length", 2048)
     out = capsys.readouterr().out
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| padded") or
             line.startswith("| one row")]

@@ -1,25 +1,20 @@
 """benchmarks/bench_generate.py runs end to end on a tiny model (its figures mean nothing here)."""
 import json
-import sys
 
 from tests._tiny import build_hf_model
-from tests.benchmarks import load_script
+from tests.benchmarks import run_main
 
 
-def _bench(tmp_path):
-    """The benchmark as a module, and a tiny model at ``tmp_path / "tiny"``."""
-    mod = load_script("bench_generate")
+def _bench(tmp_path, monkeypatch, *args) -> None:
+    """The benchmark on a tiny model at ``tmp_path / "tiny"``."""
     build_hf_model(tmp_path / "tiny", arch="llama", initializer_range=0.5)
-    return mod
+    run_main("bench_generate", monkeypatch, "--model", tmp_path / "tiny", *args)
 
 
 def test_bench_generate_runs_each_worker_on_the_same_prompts(tmp_path, monkeypatch, capsys):
-    mod = _bench(tmp_path)
     out = tmp_path / "gen.json"
-    monkeypatch.setattr(sys, "argv", ["bench_generate.py", "--model", str(tmp_path / "tiny"), "--prompts", "5",
-                                      "--batch-size", "2", "--max-new-tokens", "6", "--repeats", "1",
-                                      "--json", str(out)])
-    mod.main()
+    _bench(tmp_path, monkeypatch, "--prompts", 5, "--batch-size", 2, "--max-new-tokens", 6, "--repeats", 1,
+           "--json", out)
     runs = json.loads(out.read_text())
     assert list(runs) == ["transformers", "before", "compact", "default"]
     rows = runs["transformers"]["rows"]
@@ -32,11 +27,8 @@ def test_bench_generate_runs_each_worker_on_the_same_prompts(tmp_path, monkeypat
 
 
 def test_bench_generate_times_a_conversation_with_and_without_its_cache(tmp_path, monkeypatch, capsys):
-    mod = _bench(tmp_path)
     out = tmp_path / "chat.json"
-    monkeypatch.setattr(sys, "argv", ["bench_generate.py", "--model", str(tmp_path / "tiny"), "--chat", "3",
-                                      "--max-new-tokens", "4", "--json", str(out)])
-    mod.main()
+    _bench(tmp_path, monkeypatch, "--chat", 3, "--max-new-tokens", 4, "--json", out)
     runs = json.loads(out.read_text())
     assert runs["with"]["answers"] == runs["without"]["answers"] and len(runs["with"]["seconds"]) == 3
     lengths = runs["with"]["prompt_tokens"]

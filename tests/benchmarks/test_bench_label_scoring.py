@@ -1,19 +1,16 @@
 """benchmarks/bench_label_scoring.py runs end to end on a tiny model (its times mean nothing here):
 the four layouts give every answer the same log-prob."""
 import json
-import sys
 
 from tests._tiny import build_hf_model
-from tests.benchmarks import load_script
+from tests.benchmarks import run_main
 
 
 def test_bench_label_scoring_scores_the_same_answers_each_way(tmp_path, monkeypatch, capsys):
-    mod = load_script("bench_label_scoring")
     build_hf_model(tmp_path / "tiny", arch="llama", initializer_range=0.5)
     out = tmp_path / "scores.json"
-    monkeypatch.setattr(sys, "argv", ["bench_label_scoring.py", "--model", str(tmp_path / "tiny"), "--records", "3",
-                                      "--batch-size", "2", "--repeats", "1", "--json", str(out)])
-    mod.main()
+    run_main("bench_label_scoring", monkeypatch, "--model", tmp_path / "tiny", "--records", 3, "--batch-size", 2,
+             "--repeats", 1, "--json", out)
     runs = json.loads(out.read_text())
     assert list(runs) == ["alone", "flat", "tree-rows", "tree"]
     tree = runs["tree"]["logprobs"]
@@ -30,13 +27,10 @@ def test_bench_label_scoring_scores_the_same_answers_each_way(tmp_path, monkeypa
 
 
 def test_bench_label_scoring_says_how_far_bfloat16_moves_the_scores(tmp_path, monkeypatch, capsys):
-    mod = load_script("bench_label_scoring")
     build_hf_model(tmp_path / "tiny", arch="llama", initializer_range=0.5)
     out = tmp_path / "scores.json"
-    monkeypatch.setattr(sys, "argv", ["bench_label_scoring.py", "--model", str(tmp_path / "tiny"), "--records", "3",
-                                      "--batch-size", "2", "--repeats", "1", "--kinds", "tree-bf16,tree",
-                                      "--json", str(out)])
-    mod.main()
+    run_main("bench_label_scoring", monkeypatch, "--model", tmp_path / "tiny", "--records", 3, "--batch-size", 2,
+             "--repeats", 1, "--kinds", "tree-bf16,tree", "--json", out)
     runs = json.loads(out.read_text())
     a, b = runs["tree-bf16"]["logprobs"], runs["tree"]["logprobs"]
     diffs = [abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb)]

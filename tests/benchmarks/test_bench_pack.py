@@ -1,19 +1,15 @@
 """benchmarks/bench_pack.py runs end to end on a tiny model (its figures mean nothing here)."""
 import json
-import sys
 
 from tests._tiny import build_hf_model
-from tests.benchmarks import BENCHMARKS, load_script
+from tests.benchmarks import run_main
 
 
 def test_bench_pack_trains_padded_and_packed_on_the_same_tokens(tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, str(BENCHMARKS))
-    mod = load_script("bench_pack")
     build_hf_model(tmp_path / "tiny", arch="llama")
     out = tmp_path / "pack.json"
-    monkeypatch.setattr(sys, "argv", ["bench_pack.py", "--model", str(tmp_path / "tiny"), "--steps", "3",
-                                      "--warmup", "1", "--batch-size", "4", "--max-length", "200", "--json", str(out)])
-    mod.main()
+    run_main("bench_pack", monkeypatch, "--model", tmp_path / "tiny", "--steps", 3, "--warmup", 1, "--batch-size", 4,
+             "--max-length", 200, "--json", out)
     runs = json.loads(out.read_text())
     assert list(runs) == ["padded", "packed"]
     padded, packed = runs.values()

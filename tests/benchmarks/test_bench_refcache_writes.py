@@ -1,18 +1,15 @@
 """benchmarks/bench_refcache_writes.py runs end to end on a few synthetic pairs."""
 import json
-import sys
 
 import pytest
 
-from tests.benchmarks import load_script
+from tests.benchmarks import run_main
 
 
 def test_bench_refcache_writes_fills_a_cache_and_reports_what_its_writing_cost(tmp_path, monkeypatch, capsys):
-    mod = load_script("bench_refcache_writes")
     out = tmp_path / "rows.json"
-    monkeypatch.setattr(sys, "argv", ["bench_refcache_writes.py", "--pairs", "40", "100", "--batch-size", "16",
-                                      "--compute-ms", "1", "--json", str(out)])
-    mod.main()
+    run_main("bench_refcache_writes", monkeypatch, "--pairs", 40, 100, "--batch-size", 16, "--compute-ms", 1,
+             "--json", out)
     rows = json.loads(out.read_text())
     assert [r["pairs"] for r in rows] == [40, 100]
     # 3 and 7 batches of a 1 ms forward; written once, at the end (the index and one shard)

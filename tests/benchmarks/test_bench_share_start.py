@@ -1,19 +1,15 @@
 """benchmarks/bench_share_start.py runs end to end on a tiny model (its figures mean nothing here)."""
 import json
-import sys
 
 from tests._tiny import build_hf_model
-from tests.benchmarks import BENCHMARKS, load_script
+from tests.benchmarks import run_main
 
 
 def test_bench_share_start_trains_on_the_same_tokens_with_the_start_once(tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, str(BENCHMARKS))
-    mod = load_script("bench_share_start")
     build_hf_model(tmp_path / "tiny", arch="llama")
     out = tmp_path / "share.json"
-    monkeypatch.setattr(sys, "argv", ["bench_share_start.py", "--model", str(tmp_path / "tiny"), "--steps", "3",
-                                      "--warmup", "1", "--batch-size", "4", "--max-length", "200", "--json", str(out)])
-    mod.main()
+    run_main("bench_share_start", monkeypatch, "--model", tmp_path / "tiny", "--steps", 3, "--warmup", 1,
+             "--batch-size", 4, "--max-length", 200, "--json", out)
     runs = json.loads(out.read_text())
     assert list(runs) == ["packed", "shared_start"]
     packed, shared = runs.values()
@@ -25,12 +21,8 @@ def test_bench_share_start_trains_on_the_same_tokens_with_the_start_once(tmp_pat
 
 def _one_turn(tmp_path, monkeypatch, capsys, *args) -> str:
     """The script's output on a tiny model, one timed turn of each layout (``args``: the mode and batch)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    mod = load_script("bench_share_start")
     build_hf_model(tmp_path / "tiny", arch="llama", max_position_embeddings=4096)
-    monkeypatch.setattr(sys, "argv", ["bench_share_start.py", "--model", str(tmp_path / "tiny"), *args,
-                                      "--repeats", "1", "--max-length", "2048"])
-    mod.main()
+    run_main("bench_share_start", monkeypatch, "--model", tmp_path / "tiny", *args, "--repeats", 1, "--max-length", 2048)
     return capsys.readouterr().out
 
 
