@@ -77,13 +77,12 @@ class Packed:
         self._positions = [torch.arange(start, device=device)] if start else []
         end = start
         for n in lengths.tolist() if isinstance(lengths, torch.Tensor) else lengths:
-            if isinstance(n, (list, tuple)):  # a prompt and its answers
-                m, pos = _tree_span([int(x) for x in n], start, window, device)
-                n = len(pos)
-            else:  # after a start: its keys, then its own, query i (at start + i) seeing key j within the window
-                n = int(n)
-                m = _attention_mask(None, n, start + n, window, device) if start else alone(n)
-                pos = start + torch.arange(n, device=device)
+            parts = [int(x) for x in n] if isinstance(n, (list, tuple)) else [int(n)]  # a prompt [and its answers]
+            if start or len(parts) > 1:  # it reads the start's keys, or its answers do not see each other
+                m, pos = _tree_span(parts, start, window, device)
+            else:  # a sequence alone: causal
+                m, pos = alone(parts[0]), torch.arange(parts[0], device=device)
+            n = len(pos)
             self.spans.append((end, end + n, m, start))
             self._positions.append(pos)
             end += n
@@ -96,10 +95,10 @@ class Packed:
 
 def _tree_span(parts: list[int], start: int, window: int | None, device) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``(1, 1, n, start + n)`` mask and ``(n,)`` positions of a packed span that is a prompt
-    of ``parts[0]`` tokens followed by answers of ``parts[1:]`` tokens, after a shared start of
-    ``start``: each token sees the start, the prompt's tokens up to itself, and its own answer's
-    earlier tokens; each answer's positions continue the prompt's. A sliding window applies by
-    position distance."""
+    of ``parts[0]`` tokens followed by answers of ``parts[1:]`` tokens (none: a causal sequence),
+    after a shared start of ``start``: each token sees the start, the prompt's tokens up to itself,
+    and its own answer's earlier tokens; each answer's positions continue the prompt's. A sliding
+    window applies by position distance."""
     p, answers = parts[0], parts[1:]
     side = torch.cat([torch.zeros(p, dtype=torch.long)]
                      + [torch.full((a,), k + 1, dtype=torch.long) for k, a in enumerate(answers)])
