@@ -77,9 +77,9 @@ def alternate(a) -> None:
 
     from prefopt import apply_lora, load_model, load_tokenizer
     from prefopt.data import load_sft, packed_collate
-    from prefopt.data.sft import IGNORE, prompt_len
+    from prefopt.data.sft import IGNORE
     from prefopt.kernels import nll_sum
-    from prefopt.model.generate import shared_start
+    from prefopt.train.sft import examples_start
 
     torch.manual_seed(0)
     tok = load_tokenizer(a.model)
@@ -93,7 +93,7 @@ def alternate(a) -> None:
             path = Path(tmp) / "d.jsonl"
             path.write_text("".join(json.dumps(r) + "\n" for r in records))
             examples = load_sft(str(path), tok, max_length=a.max_length)[0][:a.batch_size]
-        n = shared_start([e.input_ids[:prompt_len(e.labels)] for e in examples], None, None)
+        n = examples_start(examples)
         plain, shared = packed_collate(examples), packed_collate(examples, n)
         lengths = shared["lengths"].tolist()
         segment = torch.cat([torch.full((n,), -1)] + [torch.full((m,), k) for k, m in enumerate(lengths)])

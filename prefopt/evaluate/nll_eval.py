@@ -17,11 +17,11 @@ import torch
 
 from .._deps import progress
 from ..data.collate import packed_collate
-from ..data.sft import IGNORE, TokenizedExample, prompt_len
+from ..data.sft import IGNORE, TokenizedExample
 from ..kernels import sequence_logprobs
 from ..model import eval_mode
-from ..model.generate import shared_start
 from ..train.distributed import head_operands
+from ..train.sft import examples_start
 from .stats import bootstrap_ci, p_text, paired_bootstrap
 
 
@@ -39,7 +39,7 @@ def example_nll(model, examples: Sequence[TokenizedExample], *, batch_size: int 
         for s in range(0, len(examples), batch_size):  # (in order: a packed row has no padding to save)
             chunk = range(s, min(s + batch_size, len(examples)))
             batch = [examples[i] for i in chunk]
-            start = shared_start([e.input_ids[:prompt_len(e.labels)] for e in batch], None, None)
+            start = examples_start(batch)
             row = packed_collate(batch, start)
             hidden = model(row["input_ids"].to(device), packed=row["lengths"].tolist(), packed_start=start,
                            return_hidden=True)

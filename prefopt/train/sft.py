@@ -13,6 +13,12 @@ from .distributed import head_operands
 from .loop import Batch, Trainer
 
 
+def examples_start(examples: Sequence[TokenizedExample]) -> int:
+    """How many untrained prompt tokens every example begins with, each keeping one of its own (0
+    under ``generate.MIN_SHARED``): what ``packed_collate(examples, start)`` runs once."""
+    return shared_start([e.input_ids[:prompt_len(e.labels)] for e in examples], None, None)
+
+
 class SFTTrainer(Trainer):
     """Completion-only SFT on :class:`~prefopt.data.TokenizedExample` lists.
 
@@ -43,7 +49,7 @@ class SFTTrainer(Trainer):
         runs its own, at least as long), or that they share none."""
         if not (self.config.share_start and self.config.pack):
             return super().plan()
-        n = shared_start([e.input_ids[:prompt_len(e.labels)] for e in self.train_data], None, None)
+        n = examples_start(self.train_data)
         if n:
             return f"{super().plan()}; the {n}+ prompt tokens every example of a micro-batch begins with run once"
         return (f"{super().plan()}; share_start: the examples share no prompt start of {MIN_SHARED}+ tokens, so only "
@@ -52,10 +58,7 @@ class SFTTrainer(Trainer):
     def collate(self, examples):
         if not self.config.pack:
             return pad_collate(examples, self.pad_id)
-        start = 0
-        if self.config.share_start:
-            start = shared_start([e.input_ids[:prompt_len(e.labels)] for e in examples], None, None)
-        return packed_collate(examples, start)
+        return packed_collate(examples, examples_start(examples) if self.config.share_start else 0)
 
     def units(self, batch: Batch) -> int:
         return int((batch["labels"][:, 1:] != IGNORE).sum())
