@@ -172,7 +172,8 @@ def _train_config(cls, cfg, s, stage: str, data: Path, out: Path, **kw):
                gradient_checkpointing=bool(s["gradient_checkpointing"]), device=cfg.device,
                chat_date=cfg.chat_date, chat_vars=cfg.chat_vars, lora_r=s["lora_r"], lora_alpha=s["lora_alpha"],
                lora_dora=s["lora_dora"], lora_rslora=s["lora_rslora"], lora_dropout=s["lora_dropout"],
-               lora_layers=s["lora_layers"], lora_experts=s["lora_experts"], quantize=s["quantize"], overwrite=True,
+               lora_layers=s["lora_layers"], lora_experts=s["lora_experts"], quantize=s["quantize"],
+               dtype=s["train_dtype"], overwrite=True,
                **({"lora_targets": s["lora_targets"]} if s["lora_targets"] else {}), **kw)
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..chat_template import parse_chat_date, parse_chat_vars
+from ..devices import DTYPES
 from ..fileio import write_json_atomic
 from ..hints import did_you_mean
 from ..lora_experts import conflicts
@@ -24,9 +25,11 @@ if TYPE_CHECKING:
     from ..train.diverged import Diverged
     from ..train.out_of_memory import OutOfMemory
 
-# both stages' adapters, in every preset; quantize "nf4": their base weights in 4 bits while they train (QLoRA)
+# both stages' adapters, in every preset; quantize "nf4": their base weights in 4 bits while they train (QLoRA);
+# train_dtype: the dtype of the base weights they train on ("bfloat16": half of float32's memory, the adapters
+# still float32)
 LORA = {"lora_r": 16, "lora_alpha": 32.0, "lora_dora": False, "lora_rslora": False, "lora_dropout": 0.05,
-        "lora_targets": None, "lora_layers": None, "lora_experts": False, "quantize": None}
+        "lora_targets": None, "lora_layers": None, "lora_experts": False, "quantize": None, "train_dtype": "float32"}
 # DPO's variants, in every preset: LD-DPO's alpha (None: off), f-DPO's divergence and its alpha, WPO's pair
 # weights (docs/dpo.md)
 DPO_VARIANTS = {"ld_alpha": None, "f_divergence": "reverse_kl", "f_alpha": 0.5, "wpo": False}
@@ -142,6 +145,8 @@ class CompareConfig:
         check_dpo_variants(s, self.loss)
         if s["quantize"] is not None and s["quantize"] not in QUANT_KINDS:
             raise ValueError(f"quantize: null or one of {', '.join(QUANT_KINDS)} (got {s['quantize']!r})")
+        if s["train_dtype"] not in DTYPES:
+            raise ValueError(f"train_dtype: one of {', '.join(DTYPES)} (got {s['train_dtype']!r})")
         if s["lora_experts"] and (why := conflicts(s["lora_dropout"], s["lora_dora"], s["lora_layers"])):
             raise ValueError(f"lora_experts: {why}")
         if s["quantize"] and s["lora_dora"]:
@@ -360,6 +365,8 @@ def memory_advice(stage: str, training: bool, s: dict, e: BaseException) -> OutO
         if s[batch] > 1:
             changed.append(f"{batch}={s[batch] // 2} (fewer examples a step)")
         changed.append(f"a smaller max_length (now {s['max_length']})")
+        if not s["quantize"] and s["train_dtype"] == "float32":
+            changed.append("train_dtype=bfloat16 (the base in 16 bits; the adapters stay float32)")
         if not s["quantize"]:
             changed.append("quantize=nf4 (the base in 4 bits)")
     if (not training or (stage == "dpo" and s["val"])) and s["eval_batch_size"] > 1:

@@ -245,6 +245,11 @@ def _variants(cfg) -> str:
     return " with " + (named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1])
 
 
+def _train_dtype(cfg) -> str:
+    """The dtype of the base weights SFT and DPO trained on (``--set train_dtype``)."""
+    return (getattr(cfg, "overrides", None) or {}).get("train_dtype", "float32")
+
+
 def _chosen(stats: dict) -> str:
     """Where validation items chose the DPO weights, which step the SFT+DPO stage is."""
     sel = stats["training"].get("selection")
@@ -275,6 +280,7 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
              f"Model `{cfg.model}`; data `{cfg.data or 'bundled'}`; preset `{cfg.preset}`; seed {cfg.seed}; "
              f"{len(test)} test items; DPO pairs by `{cfg.strategy}`, loss `{cfg.loss}`{_variants(cfg)}{_chosen(stats)}"
              + (f"; the chat template given `{describe_chat_vars(chat_vars)}`" if chat_vars else "")
+             + (f"; both stages trained on a {dtype} base" if (dtype := _train_dtype(cfg)) != "float32" else "")
              + (f"; base and SFT stages from `{cfg.start_from}`" if getattr(cfg, "start_from", None) else "") + ".",
              *(["", decoded] if decoded else []), "",
              "## Does it help?", "",

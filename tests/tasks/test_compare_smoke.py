@@ -96,6 +96,7 @@ def _check(out: Path) -> dict:
         assert (out / s / "train" / "final" / "adapter_model.safetensors").is_file()
     text = (out / "report.md").read_text()
     assert "SFT vs base:" in text and "DPO vs SFT:" in text
+    assert "trained on a" not in text  # (float32: the default base; test_compare_trains_both_stages_on_the_base...)
     assert ("## Confidence" in text) == (report["task"] != "meqsum")
     test_line = "Wilcoxon signed-rank on per-item rougeL" if report["task"] == "meqsum" else "Exact McNemar"
     assert test_line in text
@@ -774,8 +775,8 @@ def test_a_run_made_before_a_setting_was_added_still_resumes(tiny_model, tmp_pat
     for key in ("max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "repeat_scope",
                 "gradient_checkpointing", "val", "dpo_eval_every", "dpo_min_gain",
                 "dpo_patience", "dpo_max_p", "confidence", "lora_r", "lora_alpha", "lora_dora", "lora_rslora",
-                "lora_dropout", "lora_targets", "lora_layers", "lora_experts", "quantize", "ld_alpha", "f_divergence",
-                "f_alpha"):
+                "lora_dropout", "lora_targets", "lora_layers", "lora_experts", "quantize", "train_dtype", "ld_alpha",
+                "f_divergence", "f_alpha"):
         del stored["settings"][key]
     del stored["chat_date"]  # added on 2026-11-30: such a run keeps the clock's date, as it had
     (out / "compare_config.json").write_text(json.dumps(stored))
@@ -820,6 +821,33 @@ def test_compare_trains_dora_adapters_with_the_rank_it_is_given(tiny_model, tmp_
     with pytest.raises(ValueError, match="lora_r: a whole number >= 1"):
         CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "x"),
                       overrides={"lora_r": 0}).settings()
+
+
+def test_compare_trains_both_stages_on_the_base_dtype_it_is_given(tiny_model, tmp_path, monkeypatch):
+    """``--set train_dtype=bfloat16``: SFT and DPO train on a bfloat16 base (half of float32's memory:
+    the setting compare's out-of-memory advice names), their adapters in float32; the report says
+    so. A value that is not a dtype is named before any work."""
+    import torch
+    from safetensors.torch import load_file
+
+    import prefopt.train.run as run
+
+    loaded = []
+    real = run.load_model
+    monkeypatch.setattr(run, "load_model", lambda *a, **k: loaded.append(k["dtype"]) or real(*a, **k))
+    out = tmp_path / "bf16"
+    report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out),
+                                       overrides={**TINY, "train_dtype": "bfloat16"}))
+    assert loaded == [torch.bfloat16, torch.bfloat16]  # the SFT stage's base, then DPO's (SFT merged in)
+    for stage in ("sft", "dpo"):
+        assert json.loads((out / stage / "train" / "train_config.json").read_text())["dtype"] == "bfloat16"
+    for path in (out / "sft" / "train" / "final", out / report["weights"]["dpo"]):
+        saved = load_file(path / "adapter_model.safetensors")
+        assert saved and {t.dtype for t in saved.values()} == {torch.float32}
+    assert "; both stages trained on a bfloat16 base." in (out / "report.md").read_text()
+    with pytest.raises(ValueError, match="train_dtype: one of float32, bfloat16, float16 \\(got 'fp16'\\)"):
+        CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "x"),
+                      overrides={"train_dtype": "fp16"}).settings()
 
 
 def test_compare_trains_dpo_with_ld_alpha_an_f_divergence_and_wpo(tiny_model, tmp_path):

@@ -38,7 +38,7 @@ def test_training_out_of_memory_names_the_stage_and_the_settings_and_the_rerun_k
         f"out of memory training the sft stage after 1 of 2 steps ({SAID}). To fit, try --set "
         "gradient_checkpointing=true (the results are the same: a rerun into this --output keeps its finished "
         "stages); or, into a new --output, --set batch_size=1 (fewer examples a step), a smaller max_length (now 256), "
-        "quantize=nf4 (the base in 4 bits)")
+        "train_dtype=bfloat16 (the base in 16 bits; the adapters stay float32), quantize=nf4 (the base in 4 bits)")
     monkeypatch.setattr(SFTTrainer, "loss_sum", original)
     capsys.readouterr()
     report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out),
@@ -101,7 +101,13 @@ def test_out_of_memory_in_dpo_with_validation_names_both_settings_a_rerun_keeps(
         f"out of memory training the dpo stage ({SAID}). To fit, try --set gradient_checkpointing=true or --set "
         "eval_batch_size=8 for the validation answers (the results are the same, up to rounding in the answers: a "
         "rerun into this --output keeps its finished stages); or, into a new --output, --set dpo_batch_size=2 (fewer "
-        "examples a step), a smaller max_length (now 384), quantize=nf4 (the base in 4 bits)")
+        "examples a step), a smaller max_length (now 384), train_dtype=bfloat16 (the base in 16 bits; the adapters "
+        "stay float32), quantize=nf4 (the base in 4 bits)")
+    # a base already in 16 bits (or 4) is not offered again
+    e = memory_advice("sft", True, {**s, "train_dtype": "bfloat16"}, torch.OutOfMemoryError(CUDA_OOM))
+    assert str(e).endswith("a smaller max_length (now 384), quantize=nf4 (the base in 4 bits)")
+    e = memory_advice("sft", True, {**s, "quantize": "nf4"}, torch.OutOfMemoryError(CUDA_OOM))
+    assert str(e).endswith("a smaller max_length (now 384)")
 
 
 def _sigterm_at_first_step(monkeypatch, cls):

@@ -50,8 +50,8 @@ def test_a_run_out_of_memory_says_when_and_what_to_change_and_frees_the_failed_s
         "out of memory on cpu after 2 of 4 steps (CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
         "capacity of 79.19 GiB of which 1.03 GiB is free), with micro-batches of 4 examples of up to 64 tokens. To "
         "fit, try --batch-size 2 --grad-accum 2 (the same examples per optimizer step), --gradient-checkpointing, a "
-        "shorter --max-length (now 64), --quantize nf4 (the base in 4 bits) (in Python: the config fields of those "
-        "names). These change the run's settings: start it again with --overwrite (overwrite=True) or into another "
+        "shorter --max-length (now 64), --dtype bfloat16 (the frozen base in 16 bits; the adapter stays float32), "
+        "--quantize nf4 (the base in 4 bits) (in Python: the config fields of those names). These change the run's settings: start it again with --overwrite (overwrite=True) or into another "
         "--output-dir")
     # torch's error keeps no traceback: the failed step's frames and tensors are let go while the error is held
     gc.collect()
@@ -84,8 +84,28 @@ def test_filling_the_reference_cache_out_of_memory_is_said_as_such(task, tmp_pat
     with pytest.raises(OutOfMemory, match=r"^out of memory on cpu while filling the reference cache \(CUDA out of "
                                           r"memory\. .*\), with micro-batches of 2 examples of up to 1024 tokens\. "
                                           r"To fit, try --batch-size 1 --grad-accum 2 \(the same examples per "
-                                          r"optimizer step\), a shorter --max-length \(now 1024\), --quantize nf4 "):
+                                          r"optimizer step\), a shorter --max-length \(now 1024\), --dtype bfloat16 .*, "
+                                          r"--quantize nf4 "):
         run_dpo(cfg)
+
+
+def test_a_base_already_in_16_or_4_bits_is_not_offered_again(tmp_path):
+    from types import SimpleNamespace
+
+    from prefopt.train.out_of_memory import training_advice
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("")
+
+    def advice(**kw):
+        config = TrainConfig(model="m", data=str(data), output_dir=str(tmp_path), batch_size=1, **kw)
+        return str(training_advice(SimpleNamespace(config=config, step=0, device="cuda:0", output_dir=tmp_path),
+                                   "what"))
+
+    assert "--dtype bfloat16 (the frozen base in 16 bits; the adapter stays float32), --quantize nf4" in advice()
+    assert "--dtype" not in advice(dtype="bfloat16") and "--quantize nf4" in advice(dtype="bfloat16")
+    assert "--dtype" not in advice(quantize="nf4") and "--quantize" not in advice(quantize="nf4")
+    assert "--dtype" not in advice(lora=False)  # full fine-tuning: 16-bit trainable weights lose small updates
 
 
 def test_other_errors_pass_through_unchanged():
