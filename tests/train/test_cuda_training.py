@@ -7,7 +7,8 @@ cache under autocast too; none of that runs in CI. These tests check, on CUDA:
   fine-tuning, one pass forced on and off; DPO with WPO's weights too), and the default path
   there is the Triton kernel;
 - under the defaults (bf16 autocast) SFT and DPO learn, and DPO's implicit rewards start at
-  exactly 0 with a cached reference;
+  exactly 0 with a cached reference; the same over a bfloat16 base (``dtype``, compare's
+  ``train_dtype``: the adapter float32), which no GPU has run yet;
 - both with ``share_start`` too (the packed spans after a shared prompt start).
 
 Each test also runs with ``device="cpu"`` (in CI): that checks the tests themselves, which
@@ -113,12 +114,13 @@ def test_an_fp32_step_on_the_device_equals_the_cpu_step(task, tmp_path, monkeypa
         assert default == "chunked" and bool(calls) == lora
 
 
-def test_sft_learns_under_the_device_defaults(task, tmp_path, device):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16: the base so, the adapter float32
+def test_sft_learns_under_the_device_defaults(task, tmp_path, device, dtype):
     from safetensors.torch import load_file
 
     from prefopt.train.metrics import read_metrics
 
-    cfg = _config(task, "sft", tmp_path / "sft", device=device, eval_fraction=0.25, warmup_steps=2)
+    cfg = _config(task, "sft", tmp_path / "sft", device=device, eval_fraction=0.25, warmup_steps=2, dtype=dtype)
     summary = run_sft(cfg)
     assert summary["eval_after"]["eval_loss"] < 0.5 * summary["eval_before"]["eval_loss"]
     losses = [m["loss"] for m in read_metrics(cfg.output_dir) if "loss" in m]
@@ -129,10 +131,11 @@ def test_sft_learns_under_the_device_defaults(task, tmp_path, device):
     assert b and all(t.isfinite().all() and t.abs().max() > 0 for t in b)  # every B left its zero start
 
 
-def test_dpo_with_a_cached_reference_learns_under_the_device_defaults(task, tmp_path, device):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_dpo_with_a_cached_reference_learns_under_the_device_defaults(task, tmp_path, device, dtype):
     _, _, _, heldout = task
     cfg = _config(task, "dpo", tmp_path / "dpo", device=device, eval_data=str(heldout), max_steps=32,
-                  ref_cache=str(tmp_path / "cache"))
+                  ref_cache=str(tmp_path / "cache"), dtype=dtype)
     summary = run_dpo(cfg)
     before, after = summary["eval_before"], summary["eval_after"]
     assert after["eval_rewards/accuracies"] >= 0.9 and after["eval_loss"] < before["eval_loss"] - 0.2
@@ -140,14 +143,16 @@ def test_dpo_with_a_cached_reference_learns_under_the_device_defaults(task, tmp_
     assert summary["reference_forwards"] == 0
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("kind", ["dpo", "dpo+start"])
-def test_cached_reference_rewards_start_at_zero_under_the_device_defaults(task, tmp_path, device, kind):
+def test_cached_reference_rewards_start_at_zero_under_the_device_defaults(task, tmp_path, device, kind, dtype):
     """docs/dpo.md: the cache is filled in the policy's precision and layout, and a pair's row
     does not depend on its batch, so at step 0 (policy == reference) every implicit reward is
     exactly 0, also under bf16 autocast. The fill runs 16 pairs per forward, evaluation 4: on
     CUDA this also checks that cuBLAS rounds a row alike in both (if not, the docs must say so);
     with share_start, 16 pairs in one row after the start against 4."""
-    cfg = _config(task, kind, tmp_path / "dpo", device=device, max_steps=1, ref_cache=str(tmp_path / "cache"))
+    cfg = _config(task, kind, tmp_path / "dpo", device=device, max_steps=1, ref_cache=str(tmp_path / "cache"),
+                  dtype=dtype)
     trainer = _trainer(cfg)  # fills the cache for the training pairs
     with torch.no_grad():
         for _, layer in lora_layers(trainer.model):  # policy == reference again
