@@ -1,4 +1,5 @@
 """prefopt: local SFT and DPO fine-tuning of open LLMs, in plain PyTorch."""
+from . import _cpu_caches  # noqa: F401  (first: bounds oneDNN's per-shape caches before any matmul)
 from .lora import apply_lora, disable_adapter, merge_lora, unmerge_lora
 from .lora_files import load_adapter
 from .lora_stack import save_adapter
