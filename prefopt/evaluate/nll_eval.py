@@ -44,8 +44,8 @@ def example_nll(model, examples: Sequence[TokenizedExample], *, batch_size: int 
             hidden = model(row["input_ids"].to(device), packed=row["lengths"].tolist(), packed_start=start,
                            return_hidden=True)
             labels = row["labels"][:, 1:].to(device)  # position t predicts token t + 1
-            logp = sequence_logprobs(*head_operands(model, hidden[:, :-1]), labels, ignore_index=IGNORE)[0].float()
-            trained = labels[0] != IGNORE
+            logp = sequence_logprobs(*head_operands(model, hidden[:, :-1]), labels, ignore_index=IGNORE)[0]
+            logp, trained = logp.float().cpu(), row["labels"][0, 1:] != IGNORE  # on the CPU: no sync a record
             end = start
             for i, n in zip(chunk, row["lengths"].tolist()):  # its tokens: columns [end, end + n) of the row,
                 cols = slice(max(end - 1, 0), end + n - 1)  # their labels at logp's [end - 1, end + n - 1)
