@@ -5,8 +5,8 @@ primitive for every input shape it meets (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``, 1
 and ideep a weight layout likewise (``LRU_CACHE_CAPACITY``, 1024). Packed batches change shape
 nearly every step, so a bfloat16 run on a CPU grew by about 10 MB a step (SmolLM2-135M with LoRA:
 +2 GB over 200 forward and backward passes of random lengths 64-512, still growing) for no speed:
-with 64 of each the same passes took the same time and memory levelled off (docs/training.md). float32 matmuls keep no such
-cache. Both are read when the first primitive is made, so this works as long as prefopt is
+with 64 of each the same passes took the same time and memory levelled off (docs/training.md).
+float32 matmuls keep no such cache. Both are read when the first primitive is made, so this works as long as prefopt is
 imported before a 16-bit matmul has run; a value already set in the environment is kept.
 """
 import os

@@ -365,9 +365,9 @@ def memory_advice(stage: str, training: bool, s: dict, e: BaseException) -> OutO
         if s[batch] > 1:
             changed.append(f"{batch}={s[batch] // 2} (fewer examples a step)")
         changed.append(f"a smaller max_length (now {s['max_length']})")
-        if not s["quantize"] and s["train_dtype"] == "float32":
-            changed.append("train_dtype=bfloat16 (the base in 16 bits; the adapters stay float32)")
         if not s["quantize"]:
+            if s["train_dtype"] == "float32":
+                changed.append("train_dtype=bfloat16 (the base in 16 bits; the adapters stay float32)")
             changed.append("quantize=nf4 (the base in 4 bits)")
     if (not training or (stage == "dpo" and s["val"])) and s["eval_batch_size"] > 1:
         kept.append(f"--set eval_batch_size={s['eval_batch_size'] // 2}" + (" for the validation answers" * training))

@@ -86,9 +86,9 @@ def training_advice(trainer, what: str, phase: str | None = None) -> OutOfMemory
     if checkpointing and not resumable:
         fixes.append("--gradient-checkpointing")
     fixes.append(f"a shorter --max-length (now {c.max_length})")
-    if c.lora and not c.quantize and c.dtype == "float32":
-        fixes.append("--dtype bfloat16 (the frozen base in 16 bits; the adapter stays float32)")
     if c.lora and not c.quantize:
+        if c.dtype == "float32":
+            fixes.append("--dtype bfloat16 (the frozen base in 16 bits; the adapter stays float32)")
         fixes.append("--quantize nf4 (the base in 4 bits)")
     if getattr(trainer, "ref_mode", None) == "model" and not phase:
         fixes.append("ref_cache= (the reference model's log-probs from disk, and no reference model in memory)")
