@@ -25,6 +25,7 @@ def step_summary(name: str, marks: list, warmup: int, rss_after_imports: int, *,
     """Throughput over the timed steps from ``marks`` = [(time, tokens)], marks[0] the start.
 
     ``tokens`` is per step, or a running total when ``cumulative`` (TRL's num_input_tokens_seen).
+    ``step_seconds``: each step's time (the warm-up's too), to show the spread behind the mean.
     """
     t = [m[0] for m in marks]
     toks = [m[1] for m in marks]
@@ -33,7 +34,7 @@ def step_summary(name: str, marks: list, warmup: int, rss_after_imports: int, *,
     seconds = t[-1] - t[warmup]
     return {"name": name, "tokens_per_s": sum(timed) / seconds, "s_per_step": seconds / len(timed),
             "tokens_per_step": sum(timed) / len(timed), "peak_rss": rss("VmHWM"),
-            "rss_after_imports": rss_after_imports}
+            "rss_after_imports": rss_after_imports, "step_seconds": [b - a for a, b in zip(t, t[1:])]}
 
 
 def run_trl(kind: str, a, targets: list[str], **config_kw) -> dict:
