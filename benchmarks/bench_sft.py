@@ -33,11 +33,13 @@ from _common import (  # noqa: E402
 
 
 def prefopt_worker(a, quantize: str | None = None, lora_layers: str | None = None, pack: bool = False,
-                   share_start: bool = False) -> dict:
+                   share_start: bool = False, checkpoint_layers: int | None = None) -> dict:
     """prefopt's run (``quantize``: its base in 4 bits, for bench_qlora.py; ``lora_layers``: the
     layers adapted, for bench_lora_layers.py; ``pack``: each batch in one row, for bench_pack.py;
-    ``share_start``: with it, the prompts' shared start once, for bench_share_start.py); also the
-    model's own bytes (parameters and buffers) and the mean loss of the last three steps."""
+    ``share_start``: with it, the prompts' shared start once, for bench_share_start.py;
+    ``checkpoint_layers``: with ``--gradient-checkpointing``, how many layers recompute their
+    activations, for bench_checkpointing.py); also the model's own bytes (parameters and buffers)
+    and the mean loss of the last three steps."""
     from prefopt import load_tokenizer
     from prefopt.train import SFTTrainer, TrainConfig
     from prefopt.train.run import prepare_model
@@ -47,7 +49,8 @@ def prefopt_worker(a, quantize: str | None = None, lora_layers: str | None = Non
     cfg = TrainConfig(model=a.model_dir, data=a.data, output_dir=a.out, batch_size=a.batch_size,
                       max_steps=a.steps, lr=2e-4, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_dora=a.dora,
                       lora_targets=TARGETS, max_length=a.max_length, schedule="constant", progress=False,
-                      seed=0, gradient_checkpointing=a.gradient_checkpointing, quantize=quantize,
+                      seed=0, gradient_checkpointing=a.gradient_checkpointing,
+                      gradient_checkpointing_layers=checkpoint_layers, quantize=quantize,
                       lora_layers=lora_layers, pack=pack, share_start=share_start)
     tok = load_tokenizer(cfg.model)
     train, _, _ = load_train_eval(cfg, tok)

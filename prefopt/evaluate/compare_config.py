@@ -38,15 +38,17 @@ PRESETS = {
     "quick": {"max_train": 160, "test": 60, "sft_steps": 60, "dpo_steps": 50, "batch_size": 4, "dpo_batch_size": 2,
               "max_length": 384, "sft_lr": 3e-4, "dpo_lr": 1e-4, "beta": 0.1, "eval_batch_size": 16,
               "max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
-              "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None,
-              "dpo_patience": None, "dpo_max_p": None, "confidence": True, "pack": True, "share_start": True,
+              "gradient_checkpointing": False, "gradient_checkpointing_layers": None, "val": None,
+              "dpo_eval_every": None, "dpo_min_gain": None, "dpo_patience": None, "dpo_max_p": None, "confidence": True,
+              "pack": True, "share_start": True,
               **LORA, **DPO_VARIANTS},
     "full": {"max_train": None, "test": 0.2, "sft_steps": None, "dpo_steps": None, "sft_epochs": 2.0,
              "dpo_epochs": 1.0, "batch_size": 8, "dpo_batch_size": 4, "max_length": 1024, "sft_lr": 2e-4,
              "dpo_lr": 5e-5, "beta": 0.1, "eval_batch_size": 16, "max_new_tokens": None,
              "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
-             "gradient_checkpointing": False, "val": None, "dpo_eval_every": None, "dpo_min_gain": None,
-             "dpo_patience": None, "dpo_max_p": None, "confidence": True, "pack": True, "share_start": True,
+             "gradient_checkpointing": False, "gradient_checkpointing_layers": None, "val": None,
+             "dpo_eval_every": None, "dpo_min_gain": None, "dpo_patience": None, "dpo_max_p": None, "confidence": True,
+             "pack": True, "share_start": True,
              **LORA, **DPO_VARIANTS},
     # val None: no validation set. A count (>= 1) or fraction (< 1) of the items is held out of both
     # training stages; DPO then answers them every dpo_eval_every steps (None: about ten times a run) and the
@@ -58,7 +60,8 @@ PRESETS = {
     # stage is the SFT model;
     # max_new_tokens None: the task's, raised where its reference answers are longer (runner.fit_max_new_tokens);
     # repetition_penalty, no_repeat_ngram_size None: none (greedy decoding as it is); repeat_scope None: "all";
-    # gradient_checkpointing: less memory, more time;
+    # gradient_checkpointing: less memory, more time; gradient_checkpointing_layers None (all) or N: only the first
+    # N layers recompute their activations (memory and time in between);
     # pack True: SFT lays each batch's examples end to end in one row (no padding computed; the same loss; the
     # LoRA dropout draws alone differ), false: padded rows, as every run before 2026-12-02;
     # share_start True: the prompt start every example of an SFT batch has (system prompt, instructions) leads
@@ -135,9 +138,13 @@ class CompareConfig:
         s = {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}
         check_numbers(s)
         check_settings(s)
-        for name in ("confidence", "lora_dora", "lora_rslora", "lora_experts", "pack", "share_start"):
+        for name in ("confidence", "lora_dora", "lora_rslora", "lora_experts", "pack", "share_start",
+                     "gradient_checkpointing"):
             if not isinstance(s[name], bool):
                 raise ValueError(f"{name}: true or false (got {s[name]!r})")
+        if s["gradient_checkpointing_layers"] and not s["gradient_checkpointing"]:
+            raise ValueError(f"gradient_checkpointing_layers {s['gradient_checkpointing_layers']} needs "
+                             "gradient_checkpointing=true")
         if s["share_start"] and not s["pack"] and self.overrides.get("share_start"):  # (the presets': SFT's is off)
             raise ValueError("share_start runs the start once in SFT's packed row: it needs pack=true")
         check_lora_targets(s)
@@ -166,7 +173,8 @@ class CompareConfig:
 
 
 WHOLE = ("batch_size", "dpo_batch_size", "eval_batch_size", "max_length", "lora_r")  # whole numbers >= 1
-WHOLE_OR_NONE = ("max_train", "sft_steps", "dpo_steps", "max_new_tokens")  # the same, or None: the preset's way
+# the same, or None (the preset's way; for gradient_checkpointing_layers, every layer)
+WHOLE_OR_NONE = ("max_train", "sft_steps", "dpo_steps", "max_new_tokens", "gradient_checkpointing_layers")
 POSITIVE = ("sft_lr", "dpo_lr", "beta", "sft_epochs", "dpo_epochs", "lora_alpha")  # numbers > 0
 FRACTIONS = ("lora_dropout",)  # numbers in [0, 1)
 
@@ -265,7 +273,7 @@ _MACHINE_ONLY = ("device", "eval_dtype")
 # eval_batch_size: greedy answers only through rounding, as another device or eval_dtype may, and each
 # metrics.json records it): a run may resume with another value, so an evaluation that ran out of memory
 # is rerun into the same --output with a smaller batch, its trained stages kept
-_MEMORY_ONLY = ("gradient_checkpointing", "pack", "share_start", "eval_batch_size")
+_MEMORY_ONLY = ("gradient_checkpointing", "gradient_checkpointing_layers", "pack", "share_start", "eval_batch_size")
 # decide only which trained weights the "dpo" stage is (selection.require_gain): a finished run may be given
 # another value; the decision is made again, and the stage evaluated again only if its weights changed
 _DECISION_ONLY = ("dpo_max_p",)
@@ -273,9 +281,9 @@ _DECISION_ONLY = ("dpo_max_p",)
 _SCORING_ONLY = ("confidence",)
 # settings added after runs were made, with the values those runs used
 _ADDED_SETTINGS = {"max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None,
-                   "repeat_scope": None, "gradient_checkpointing": False, "val": None, "dpo_eval_every": None,
-                   "dpo_min_gain": None, "dpo_patience": None, "dpo_max_p": None, "pack": False, "share_start": False, **LORA,
-                   **DPO_VARIANTS}
+                   "repeat_scope": None, "gradient_checkpointing": False, "gradient_checkpointing_layers": None,
+                   "val": None, "dpo_eval_every": None, "dpo_min_gain": None, "dpo_patience": None, "dpo_max_p": None,
+                   "pack": False, "share_start": False, **LORA, **DPO_VARIANTS}
 
 
 def _eval_only(config: dict) -> tuple[str, ...]:
@@ -362,6 +370,9 @@ def memory_advice(stage: str, training: bool, s: dict, e: BaseException) -> OutO
         batch = "dpo_batch_size" if stage == "dpo" else "batch_size"
         if not s["gradient_checkpointing"]:
             kept.append("--set gradient_checkpointing=true")
+        elif s["gradient_checkpointing_layers"]:
+            kept.append(f"--set gradient_checkpointing_layers={2 * s['gradient_checkpointing_layers']} (now "
+                        f"{s['gradient_checkpointing_layers']}; null: all layers)")
         if s[batch] > 1:
             changed.append(f"{batch}={s[batch] // 2} (fewer examples a step)")
         changed.append(f"a smaller max_length (now {s['max_length']})")

@@ -379,10 +379,11 @@ class Transformer(nn.Module):
         rope = {False: rope_cos_sin(self.inv_freq, position_ids, x.dtype)}
         if any(self._local):
             rope[True] = rope_cos_sin(self.inv_freq_local, position_ids, x.dtype)
-        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for layer, window, local, rotate in zip(self.model.layers, self._windows, self._local, self._rope):
+        ckpt = self.checkpointed_layers() if self.training and torch.is_grad_enabled() else 0
+        for i, (layer, window, local, rotate) in enumerate(zip(self.model.layers, self._windows, self._local,
+                                                                self._rope)):
             cos, sin = rope[local] if rotate else (None, None)
-            if ckpt:
+            if i < ckpt:
                 x = checkpoint(layer, x, cos, sin, masks[window], kv_cache, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, masks[window], kv_cache)
@@ -390,6 +391,12 @@ class Transformer(nn.Module):
             kv_cache.advance(T)
         h = self.model.norm(x)
         return h if return_hidden else self.logits(h)
+
+    def checkpointed_layers(self) -> int:
+        """How many layers, from the first, recompute their activations in the backward
+        (``gradient_checkpointing``: True for all, False for none, or a number of them)."""
+        n = self.gradient_checkpointing
+        return len(self.model.layers) if n is True else min(int(n), len(self.model.layers))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

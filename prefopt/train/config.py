@@ -84,6 +84,9 @@ class TrainConfig:
                                         "layers_to_transform; default: all): the backward stops at the lowest, so "
                                         "the top layers alone train in less memory and time")
     gradient_checkpointing: bool = opt(False, "recompute each layer in the backward: less memory, more time")
+    gradient_checkpointing_layers: int | None = opt(None, "with gradient_checkpointing: recompute only the first N "
+                                                          "layers, the others keep their activations (memory and "
+                                                          "time in between; default: all layers)")
     dtype: str = opt("float32", f"parameter dtype: {', '.join(DTYPES)}")
     bf16_autocast: bool = opt(True, "bf16 autocast (on CUDA only)")
     device: str = opt("auto", "auto (CUDA if there is one, else CPU), cpu, cuda or cuda:N")
@@ -139,6 +142,12 @@ class TrainConfig:
                 errors.append(f"{name} must be >= 0 (got {getattr(self, name)})")
         if self.max_prompt_length is not None and not 0 < self.max_prompt_length < self.max_length:
             errors.append(f"max_prompt_length must be in (0, max_length={self.max_length})")
+        if self.gradient_checkpointing_layers is not None and self.gradient_checkpointing_layers < 1:
+            errors.append(f"gradient_checkpointing_layers must be >= 1, or none for all layers (got "
+                          f"{self.gradient_checkpointing_layers})")
+        elif self.gradient_checkpointing_layers and not self.gradient_checkpointing:
+            errors.append(f"gradient_checkpointing_layers {self.gradient_checkpointing_layers} needs "
+                          "gradient_checkpointing (--gradient-checkpointing)")
         if self.max_steps is not None and self.max_steps < 1:
             errors.append("max_steps must be >= 1")
         if self.epochs <= 0:
@@ -244,6 +253,11 @@ class TrainConfig:
         (``run_sft``/``run_dpo`` call it; a trainer built by hand checks its loaded eval data the same way)."""
         if self.best_metric and not (self.eval_data or self.eval_fraction or eval_records or evaluators):
             raise ValueError(no_eval_set(self.best_metric))
+
+    def checkpointing(self) -> bool | int:
+        """What the model's ``gradient_checkpointing`` is set to: False, True (every layer) or the
+        number of layers, from the first, that recompute their activations."""
+        return (self.gradient_checkpointing_layers or True) if self.gradient_checkpointing else False
 
     def best_order(self) -> str:
         """``"min"`` or ``"max"``: which way ``best_metric`` improves."""

@@ -135,7 +135,7 @@ class Trainer:
         self.replaced = ckpt_io.claim_output_dir(config.output_dir, resume=config.resume, overwrite=config.overwrite,
                                                  is_main=self.dist.is_main)  # an earlier run's files, removed
         self.model = model.to(self.device)
-        self.model.gradient_checkpointing = config.gradient_checkpointing
+        self.model.gradient_checkpointing = config.checkpointing()
         self.callbacks = list(callbacks)
         self.output_dir = Path(config.output_dir)
         self.best = BestWeights(config, self.output_dir)

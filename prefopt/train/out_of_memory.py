@@ -67,6 +67,16 @@ def explained(trainer, job: Callable[[], T], phase: str | None = None) -> T:
     return reraised(job, advise)
 
 
+def _more_checkpointing(c, trainer) -> str | None:
+    """The flags that recompute more layers' activations than the run does, if any can."""
+    if not c.gradient_checkpointing:
+        return "--gradient-checkpointing"
+    n = c.gradient_checkpointing_layers
+    if n and n < (layers := trainer.model.config.num_hidden_layers):
+        return f"--gradient-checkpointing-layers {min(2 * n, layers)} (now {n} of the {layers} layers; none: all)"
+    return None
+
+
 def training_advice(trainer, what: str, phase: str | None = None) -> OutOfMemory:
     """The message: when, the micro-batch, and the settings that need less memory (those the run
     does not use already). Gradient checkpointing changes no result, so where the run has a
@@ -76,15 +86,15 @@ def training_advice(trainer, what: str, phase: str | None = None) -> OutOfMemory
         when = f"while {phase}"
     else:
         when = f"after {trainer.step} of {trainer.total_steps} steps" if trainer.step else "before the first step"
-    checkpointing = not c.gradient_checkpointing and not phase  # (a no-grad pass keeps no activations)
-    resumable = checkpointing and latest_checkpoint(trainer.output_dir) is not None
-    fixes = ["--gradient-checkpointing with --resume (the same results, from the last checkpoint)"] if resumable else []
+    more = None if phase else _more_checkpointing(c, trainer)  # (a no-grad pass keeps no activations)
+    resumable = more is not None and latest_checkpoint(trainer.output_dir) is not None
+    fixes = [f"{more} with --resume (the same results, from the last checkpoint)"] if resumable else []
     if c.batch_size > 1:  # the same examples per optimizer step, in smaller micro-batches
         b = c.batch_size // 2 if c.batch_size % 2 == 0 else 1
         fixes.append(f"--batch-size {b} --grad-accum {c.grad_accum * c.batch_size // b} (the same examples per "
                      f"optimizer step)")
-    if checkpointing and not resumable:
-        fixes.append("--gradient-checkpointing")
+    if more is not None and not resumable:
+        fixes.append(more)
     fixes.append(f"a shorter --max-length (now {c.max_length})")
     if c.lora and not c.quantize:
         if c.dtype == "float32":

@@ -188,9 +188,11 @@ def read_checkpoint(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
 RUN_FILES = ("train_config.json", "train_summary.json", "metrics.jsonl", "final", "best", "checkpoints", "tensorboard")
 # settings a resumed run may change: where things go, how often it logs/evaluates/saves, how long it runs, where
 # the data file is (the checkpoint's data digest checks what it holds: .data_digest), and where and how it computes
-# (gradient_checkpointing recomputes the same activations, dropout's draws included: after running out of memory)
+# (gradient_checkpointing, on all layers or some, recomputes the same activations, dropout's draws included: after
+# running out of memory)
 RESUMABLE = {"output_dir", "data", "ref_cache", "resume", "overwrite", "progress", "log_every", "eval_every", "save_every",
-             "save_total_limit", "max_steps", "epochs", "device", "patience", "gradient_checkpointing"}
+             "save_total_limit", "max_steps", "epochs", "device", "patience", "gradient_checkpointing",
+             "gradient_checkpointing_layers"}
 
 
 def claim_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, is_main: bool = True,

@@ -113,17 +113,48 @@ def test_mistral_sliding_window_matches_transformers(tmp_path):
 
 
 def test_gradient_checkpointing_gives_same_gradients(tmp_path):
-    build_hf_model(tmp_path, tokenizer=False)
+    """All layers (True) or the first N: the same gradients as keeping every activation."""
+    build_hf_model(tmp_path, tokenizer=False, num_hidden_layers=3)
     ids = torch.randint(0, 400, (2, 15), generator=torch.Generator().manual_seed(6))
     grads = []
-    for ckpt in (False, True):
+    for ckpt in (False, True, 1, 2):
         m = load_model(tmp_path).train()
         m.gradient_checkpointing = ckpt
         m(ids).logsumexp(-1).mean().backward()
         grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
-    assert grads[0].keys() == grads[1].keys()
-    for n in grads[0]:
-        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n
+    for other in grads[1:]:
+        assert grads[0].keys() == other.keys()
+        for n in grads[0]:
+            assert torch.allclose(grads[0][n], other[n], atol=1e-6), n
+
+
+def test_checkpointing_some_layers_keeps_less_than_none_and_more_than_all(tmp_path):
+    """``gradient_checkpointing = N``: the first N layers keep only their inputs for the backward,
+    so the tensors kept (parameters aside) fall with N; True is every layer, a number past the
+    model's layers too, and nothing is recomputed outside training or without gradients."""
+    build_hf_model(tmp_path, tokenizer=False, num_hidden_layers=4)
+    m = load_model(tmp_path).train()
+    params = {p.data_ptr() for p in m.parameters()}
+    ids = torch.randint(0, 400, (2, 32), generator=torch.Generator().manual_seed(7))
+
+    def kept_bytes(ckpt) -> int:
+        m.gradient_checkpointing = ckpt
+        kept = {}
+
+        def pack(t):
+            if t.data_ptr() not in params:
+                kept[t.data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            m(ids).logsumexp(-1).mean()
+        return sum(kept.values())
+
+    sizes = [kept_bytes(n) for n in (False, 1, 2, 3, True)]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 5, sizes
+    assert kept_bytes(99) == sizes[-1]
+    m.eval()  # (a forward with gradients outside training, such as a reference pass, recomputes nothing)
+    assert kept_bytes(True) == sizes[0]
+    assert [m.checkpointed_layers() for m.gradient_checkpointing in (False, True, 2, 99)] == [0, 4, 2, 4]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -207,8 +207,9 @@ def test_portal_compare_resumes_and_mines_model_errors(tiny_model, tmp_path, cap
         assert next(iter(change)) in str(err.value)
         # what may change instead; not decoding here, where the SFT model's answers became the pairs
         assert str(err.value).endswith("(A finished run may be rerun with another dpo_max_p, confidence, "
-                                       "gradient_checkpointing, pack, share_start, eval_batch_size, "
-                                       "--n-resamples, --device or --eval-dtype: they train nothing.)")
+                                       "gradient_checkpointing, gradient_checkpointing_layers, pack, share_start, "
+                                       "eval_batch_size, --n-resamples, --device or --eval-dtype: they train "
+                                       "nothing.)")
     assert json.loads((out / "compare_config.json").read_text())["loss"] == "sigmoid"  # untouched
     run_compare(CompareConfig(**{**asdict(cfg), "n_resamples": 100}))  # report-only: allowed
     # the data behind the same settings changed: the split check still refuses
@@ -689,10 +690,18 @@ def test_compare_trains_with_gradient_checkpointing_and_resumes_with_it(tiny_mod
     """ACI-Bench at 1024 tokens peaked at 9.5 GB in training. --set gradient_checkpointing=true trades
     time for memory; it changes no result, so a run interrupted for want of memory may resume with it."""
     out = str(tmp_path / "run")
-    for extra in ({}, {"gradient_checkpointing": True}):
+    for extra in ({}, {"gradient_checkpointing": True, "gradient_checkpointing_layers": 1},
+                  {"gradient_checkpointing": True}):
         with pytest.raises(StopAtSFT):
             run_compare(CompareConfig(task="portal", model=str(tiny_model), output=out, overrides={**TINY, **extra}))
-    assert [c.gradient_checkpointing for c in sft_configs] == [False, True]
+    assert [c.checkpointing() for c in sft_configs] == [False, 1, True]
+    for bad, error in (({"gradient_checkpointing_layers": 1}, "gradient_checkpointing_layers 1 needs "
+                                                              "gradient_checkpointing=true"),
+                       ({"gradient_checkpointing": True, "gradient_checkpointing_layers": 0},
+                        r"gradient_checkpointing_layers: a whole number >= 1 or null \(got 0\)"),
+                       ({"gradient_checkpointing": 2}, r"gradient_checkpointing: true or false \(got 2\)")):
+        with pytest.raises(ValueError, match=error):
+            run_compare(CompareConfig(task="portal", model=str(tiny_model), output=out, overrides={**TINY, **bad}))
     with pytest.raises(ValueError, match="other settings.*sft_lr.*rerun with another max_new_tokens, repetition_penalty, "
                                          "no_repeat_ngram_size, repeat_scope, dpo_max_p"):
         run_compare(CompareConfig(task="portal", model=str(tiny_model), output=out,

@@ -103,6 +103,16 @@ def test_out_of_memory_in_dpo_with_validation_names_both_settings_a_rerun_keeps(
         "rerun into this --output keeps its finished stages); or, into a new --output, --set dpo_batch_size=2 (fewer "
         "examples a step), a smaller max_length (now 384), train_dtype=bfloat16 (the base in 16 bits; the adapters "
         "stay float32), quantize=nf4 (the base in 4 bits)")
+    # checkpointing some layers: more of them (a rerun keeps the stages); all of them: nothing more to offer there
+    e = memory_advice("sft", True, {**s, "gradient_checkpointing": True, "gradient_checkpointing_layers": 6},
+                      torch.OutOfMemoryError(CUDA_OOM))
+    assert str(e).startswith(f"out of memory training the sft stage ({SAID}). To fit, try --set "
+                             "gradient_checkpointing_layers=12 (now 6; null: all layers) (the results are the same: a "
+                             "rerun into this --output keeps its finished stages); or, into a new --output, --set "
+                             "batch_size=2")
+    e = memory_advice("sft", True, {**s, "gradient_checkpointing": True}, torch.OutOfMemoryError(CUDA_OOM))
+    assert str(e).startswith(f"out of memory training the sft stage ({SAID}). To fit, try into a new --output, --set "
+                             "batch_size=2")
     # a base already in 16 bits (or 4) is not offered again
     e = memory_advice("sft", True, {**s, "train_dtype": "bfloat16"}, torch.OutOfMemoryError(CUDA_OOM))
     assert str(e).endswith("a smaller max_length (now 384), quantize=nf4 (the base in 4 bits)")

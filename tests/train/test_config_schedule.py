@@ -68,6 +68,21 @@ def test_optimizer_and_adapter_settings_that_would_train_wrongly_are_refused(tmp
     TrainConfig(model="m", data=str(data), output_dir="o", max_grad_norm=0.0)  # 0: no clipping, as before
 
 
+def test_checkpointing_some_layers_needs_a_count_and_checkpointing_itself(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("{}\n")
+    cfg = dict(model="m", data=str(data), output_dir="o")
+    with pytest.raises(ValueError, match=r"gradient_checkpointing_layers must be >= 1, or none for all layers \(got 0\)"):
+        TrainConfig(**cfg, gradient_checkpointing=True, gradient_checkpointing_layers=0)
+    with pytest.raises(ValueError, match=r"gradient_checkpointing_layers 4 needs gradient_checkpointing "
+                                         r"\(--gradient-checkpointing\)"):
+        TrainConfig(**cfg, gradient_checkpointing_layers=4)
+    # what the trainer sets the model's gradient_checkpointing to
+    assert TrainConfig(**cfg).checkpointing() is False
+    assert TrainConfig(**cfg, gradient_checkpointing=True).checkpointing() is True
+    assert TrainConfig(**cfg, gradient_checkpointing=True, gradient_checkpointing_layers=4).checkpointing() == 4
+
+
 @pytest.mark.parametrize("field", ["rpo_alpha", "orpo_lambda"])
 def test_a_negative_likelihood_weight_is_refused(tmp_path, field):
     from prefopt.train import DPOConfig

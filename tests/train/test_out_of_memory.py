@@ -120,10 +120,18 @@ def test_other_errors_pass_through_unchanged():
     assert explained(trainer, lambda: 7) == 7
 
 
+@pytest.mark.parametrize("had,offered", [
+    ({}, "--gradient-checkpointing"),
+    ({"gradient_checkpointing": True, "gradient_checkpointing_layers": 1},
+     "--gradient-checkpointing-layers 2 (now 1 of the 2 layers; none: all)"),
+])
 def test_with_a_checkpoint_gradient_checkpointing_is_offered_with_resume_and_ends_where_the_run_would(
-        task, tmp_path, monkeypatch):
+        task, tmp_path, monkeypatch, had, offered):
     """Gradient checkpointing recomputes the same activations (dropout's draws too), so a resume may
-    turn it on: the run ends with the weights an uninterrupted run has, bit for bit."""
+    turn it on, or on for more layers: the run ends with the weights an uninterrupted run has, bit
+    for bit."""
+    import re
+
     from safetensors.torch import load_file
 
     model_dir, data = task
@@ -132,10 +140,10 @@ def test_with_a_checkpoint_gradient_checkpointing_is_offered_with_resume_and_end
     run_sft(TrainConfig(**cfg, output_dir=str(tmp_path / "whole")))
     _fail_on_call(monkeypatch, SFTTrainer, "loss_sum", 3, torch.OutOfMemoryError(CUDA_OOM))
     out = tmp_path / "run"
-    with pytest.raises(OutOfMemory, match=r"To fit, try --gradient-checkpointing with --resume \(the same results, "
+    with pytest.raises(OutOfMemory, match=rf"To fit, try {re.escape(offered)} with --resume \(the same results, "
                                           r"from the last checkpoint\), --batch-size 2 --grad-accum 2 .* The others "
                                           r"change the run's settings"):
-        run_sft(TrainConfig(**cfg, output_dir=str(out)))
+        run_sft(TrainConfig(**cfg, **had, output_dir=str(out)))
     monkeypatch.undo()
     summary = run_sft(TrainConfig(**cfg, output_dir=str(out), resume=True, gradient_checkpointing=True))
     assert summary["resumed_from_step"] == 2
