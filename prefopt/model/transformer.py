@@ -380,11 +380,12 @@ class Transformer(nn.Module):
         if any(self._local):
             rope[True] = rope_cos_sin(self.inv_freq_local, position_ids, x.dtype)
         ckpt = self.checkpointed_layers() if self.training and torch.is_grad_enabled() else 0
-        for i, (layer, window, local, rotate) in enumerate(zip(self.model.layers, self._windows, self._local,
-                                                                self._rope)):
+        for layer, window, local, rotate in zip(self.model.layers, self._windows, self._local, self._rope):
             cos, sin = rope[local] if rotate else (None, None)
-            if i < ckpt:
+            # counted from the lowest layer the backward reaches (below it nothing is kept anyway: --lora-layers)
+            if ckpt and (x.requires_grad or any(p.requires_grad for p in layer.parameters())):
                 x = checkpoint(layer, x, cos, sin, masks[window], kv_cache, use_reentrant=False)
+                ckpt -= 1
             else:
                 x = layer(x, cos, sin, masks[window], kv_cache)
         if kv_cache is not None:
@@ -393,8 +394,9 @@ class Transformer(nn.Module):
         return h if return_hidden else self.logits(h)
 
     def checkpointed_layers(self) -> int:
-        """How many layers, from the first, recompute their activations in the backward
-        (``gradient_checkpointing``: True for all, False for none, or a number of them)."""
+        """How many layers recompute their activations in the backward (``gradient_checkpointing``:
+        True for all, False for none, or a number of them): the lowest ones the backward reaches,
+        that is from the first layer that trains (or takes a trained layer's output) upward."""
         n = self.gradient_checkpointing
         return len(self.model.layers) if n is True else min(int(n), len(self.model.layers))
 

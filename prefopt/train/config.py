@@ -84,9 +84,10 @@ class TrainConfig:
                                         "layers_to_transform; default: all): the backward stops at the lowest, so "
                                         "the top layers alone train in less memory and time")
     gradient_checkpointing: bool = opt(False, "recompute each layer in the backward: less memory, more time")
-    gradient_checkpointing_layers: int | None = opt(None, "with gradient_checkpointing: recompute only the first N "
-                                                          "layers, the others keep their activations (memory and "
-                                                          "time in between; default: all layers)")
+    gradient_checkpointing_layers: int | None = opt(None, "with gradient_checkpointing: recompute only the lowest N "
+                                                          "layers the backward reaches (with lora_layers, from the "
+                                                          "lowest adapted one), the others keep their activations "
+                                                          "(memory and time in between; default: all layers)")
     dtype: str = opt("float32", f"parameter dtype: {', '.join(DTYPES)}")
     bf16_autocast: bool = opt(True, "bf16 autocast (on CUDA only)")
     device: str = opt("auto", "auto (CUDA if there is one, else CPU), cpu, cuda or cuda:N")

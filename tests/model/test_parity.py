@@ -128,32 +128,59 @@ def test_gradient_checkpointing_gives_same_gradients(tmp_path):
             assert torch.allclose(grads[0][n], other[n], atol=1e-6), n
 
 
+def _kept_for_backward(m, ids) -> tuple[int, torch.Tensor]:
+    """The bytes of the tensors a forward of ``m`` keeps for its backward (parameters aside), and
+    its loss."""
+    params, kept = {p.data_ptr() for p in m.parameters()}, {}
+
+    def pack(t):
+        if t.data_ptr() not in params:
+            kept[t.data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = m(ids).logsumexp(-1).mean()
+    return sum(kept.values()), loss
+
+
 def test_checkpointing_some_layers_keeps_less_than_none_and_more_than_all(tmp_path):
     """``gradient_checkpointing = N``: the first N layers keep only their inputs for the backward,
     so the tensors kept (parameters aside) fall with N; True is every layer, a number past the
     model's layers too, and nothing is recomputed outside training or without gradients."""
     build_hf_model(tmp_path, tokenizer=False, num_hidden_layers=4)
     m = load_model(tmp_path).train()
-    params = {p.data_ptr() for p in m.parameters()}
     ids = torch.randint(0, 400, (2, 32), generator=torch.Generator().manual_seed(7))
 
     def kept_bytes(ckpt) -> int:
         m.gradient_checkpointing = ckpt
-        kept = {}
-
-        def pack(t):
-            if t.data_ptr() not in params:
-                kept[t.data_ptr()] = t.untyped_storage().nbytes()
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            m(ids).logsumexp(-1).mean()
-        return sum(kept.values())
+        return _kept_for_backward(m, ids)[0]
 
     sizes = [kept_bytes(n) for n in (False, 1, 2, 3, True)]
     assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 5, sizes
     assert kept_bytes(99) == sizes[-1]
     m.eval()  # (a forward with gradients outside training, such as a reference pass, recomputes nothing)
     assert kept_bytes(True) == sizes[0]
+
+
+def test_checkpointed_layers_count_from_the_lowest_layer_the_backward_reaches(tmp_path):
+    """With adapters on the top layers only (--lora-layers), the layers below keep nothing for the
+    backward anyway: N counts from the lowest adapted layer, so N = 1 recomputes layer 2 here
+    (checkpointing layer 0 saved nothing, and kept its input besides), and the gradients stay the same."""
+    from prefopt.lora import apply_lora
+
+    build_hf_model(tmp_path, tokenizer=False, num_hidden_layers=4)
+    ids = torch.randint(0, 400, (2, 32), generator=torch.Generator().manual_seed(8))
+    kept, grads = [], []
+    for ckpt in (False, 1, 2, True):
+        torch.manual_seed(0)  # the same adapter each time
+        m = apply_lora(load_model(tmp_path).train(), r=4, alpha=8, dropout=0.0, layers=(2, 3))
+        m.gradient_checkpointing = ckpt
+        saved, loss = _kept_for_backward(m, ids)
+        loss.backward()
+        kept.append(saved)
+        grads.append({n: p.grad for n, p in m.named_parameters() if p.requires_grad})
+    assert kept[0] > kept[1] > kept[2] == kept[3], kept  # layers 2 and 3 are all the backward reaches
+    for other in grads[1:]:
+        assert all(torch.allclose(grads[0][n], other[n], atol=1e-6) for n in grads[0])
     assert [m.checkpointed_layers() for m.gradient_checkpointing in (False, True, 2, 99)] == [0, 4, 2, 4]
 
 
