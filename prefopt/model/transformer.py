@@ -395,10 +395,20 @@ class Transformer(nn.Module):
 
     def checkpointed_layers(self) -> int:
         """How many layers recompute their activations in the backward (``gradient_checkpointing``:
-        True for all, False for none, or a number of them): the lowest ones the backward reaches,
-        that is from the first layer that trains (or takes a trained layer's output) upward."""
+        True for all, False for none, or a number of them): the lowest ones the backward reaches
+        (:meth:`backward_layers`)."""
         n = self.gradient_checkpointing
-        return len(self.model.layers) if n is True else min(int(n), len(self.model.layers))
+        return self.backward_layers() if n is True else min(int(n), self.backward_layers())
+
+    def backward_layers(self) -> int:
+        """How many layers the backward goes through: from the first with a trainable parameter
+        (every one where the embeddings train) to the top."""
+        layers = self.model.layers
+        if any(p.requires_grad for p in self.model.embed_tokens.parameters()):
+            return len(layers)
+        first = next((i for i, layer in enumerate(layers) if any(p.requires_grad for p in layer.parameters())),
+                     len(layers))
+        return len(layers) - first
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

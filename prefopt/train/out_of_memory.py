@@ -72,8 +72,9 @@ def _more_checkpointing(c, trainer) -> str | None:
     if not c.gradient_checkpointing:
         return "--gradient-checkpointing"
     n = c.gradient_checkpointing_layers
-    if n and n < (layers := trainer.model.config.num_hidden_layers):
-        return f"--gradient-checkpointing-layers {min(2 * n, layers)} (now {n} of the {layers} layers; none: all)"
+    if n and n < (layers := trainer.model.backward_layers()):
+        return (f"--gradient-checkpointing-layers {min(2 * n, layers)} (now {n} of the {layers} layers the backward "
+                "goes through; none: all)")
     return None
 
 

@@ -142,6 +142,11 @@ def _kept_for_backward(m, ids) -> tuple[int, torch.Tensor]:
     return sum(kept.values()), loss
 
 
+def _checkpointed(m, setting) -> int:
+    m.gradient_checkpointing = setting
+    return m.checkpointed_layers()
+
+
 def test_checkpointing_some_layers_keeps_less_than_none_and_more_than_all(tmp_path):
     """``gradient_checkpointing = N``: the first N layers keep only their inputs for the backward,
     so the tensors kept (parameters aside) fall with N; True is every layer, a number past the
@@ -157,6 +162,7 @@ def test_checkpointing_some_layers_keeps_less_than_none_and_more_than_all(tmp_pa
     sizes = [kept_bytes(n) for n in (False, 1, 2, 3, True)]
     assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 5, sizes
     assert kept_bytes(99) == sizes[-1]
+    assert [_checkpointed(m, n) for n in (False, True, 2, 99)] == [0, 4, 2, 4]
     m.eval()  # (a forward with gradients outside training, such as a reference pass, recomputes nothing)
     assert kept_bytes(True) == sizes[0]
 
@@ -179,9 +185,10 @@ def test_checkpointed_layers_count_from_the_lowest_layer_the_backward_reaches(tm
         kept.append(saved)
         grads.append({n: p.grad for n, p in m.named_parameters() if p.requires_grad})
     assert kept[0] > kept[1] > kept[2] == kept[3], kept  # layers 2 and 3 are all the backward reaches
+    assert m.backward_layers() == 2
+    assert [_checkpointed(m, n) for n in (False, 1, True, 99)] == [0, 1, 2, 2]
     for other in grads[1:]:
         assert all(torch.allclose(grads[0][n], other[n], atol=1e-6) for n in grads[0])
-    assert [m.checkpointed_layers() for m.gradient_checkpointing in (False, True, 2, 99)] == [0, 4, 2, 4]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

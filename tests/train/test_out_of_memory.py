@@ -123,7 +123,7 @@ def test_other_errors_pass_through_unchanged():
 @pytest.mark.parametrize("had,offered", [
     ({}, "--gradient-checkpointing"),
     ({"gradient_checkpointing": True, "gradient_checkpointing_layers": 1},
-     "--gradient-checkpointing-layers 2 (now 1 of the 2 layers; none: all)"),
+     "--gradient-checkpointing-layers 2 (now 1 of the 2 layers the backward goes through; none: all)"),
 ])
 def test_with_a_checkpoint_gradient_checkpointing_is_offered_with_resume_and_ends_where_the_run_would(
         task, tmp_path, monkeypatch, had, offered):
