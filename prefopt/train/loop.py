@@ -77,6 +77,17 @@ def autocast_on(device: torch.device, config) -> bool:
     return device.type == "cuda" and config.bf16_autocast
 
 
+def _checkpointing(model) -> str:
+    """The plan's words on gradient checkpointing: how many of the layers the backward goes
+    through recompute their activations, if any."""
+    n, of = model.checkpointed_layers(), model.backward_layers()
+    if not n:
+        return ""
+    reached = "" if of == len(model.model.layers) else " the backward reaches"
+    count = f"{n} of {of} layers" if n < of else f"all {n} layers" if n > 1 else "1 layer"
+    return f"; gradient checkpointing on {count}{reached}"
+
+
 def _trained_part(model: torch.nn.Module) -> str:
     """What trains, read from the model (a Trainer built in Python may differ from its config)."""
     layers = list(lora_layers(model))
@@ -456,7 +467,7 @@ class Trainer:
         steps = f"{self.total_steps} step{'s' * (self.total_steps != 1)}"
         return (f"{len(self.train_data)} training{evals} {self.noun}; {steps} of {self.global_batch} "
                 f"({self.total_steps / self.steps_per_epoch:.2f} epochs); {n:,} trainable parameters ({what}); "
-                f"{self.device.type}, {precision}")
+                f"{self.device.type}, {precision}{_checkpointing(self.model)}")
 
     def precision_note(self) -> str | None:
         """A warning where trainable weights are 16-bit (full fine-tuning with ``dtype: bfloat16``):

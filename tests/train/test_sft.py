@@ -280,6 +280,27 @@ def test_a_4bit_run_with_gradient_checkpointing_is_the_same_run(task, tmp_path):
     assert len(losses[True]) == 6 and losses[True] == pytest.approx(losses[False], abs=1e-6)
 
 
+@pytest.mark.parametrize("settings, said", [
+    ({}, "cpu, float32 "),
+    ({"gradient_checkpointing": True}, "cpu, float32; gradient checkpointing on all 2 layers "),
+    ({"gradient_checkpointing": True, "gradient_checkpointing_layers": 1},
+     "cpu, float32; gradient checkpointing on 1 of 2 layers "),
+    ({"gradient_checkpointing": True, "gradient_checkpointing_layers": 5},
+     "cpu, float32; gradient checkpointing on all 2 layers "),
+    ({"gradient_checkpointing": True, "lora_layers": "1"},
+     "cpu, float32; gradient checkpointing on 1 layer the backward reaches "),
+])
+def test_the_plan_says_how_many_layers_recompute(task, tmp_path, settings, said):
+    """The line before step 1 (``Trainer.plan``) ends with the checkpointing the run does, counted
+    within the layers the backward goes through (above the lowest adapted one)."""
+    from prefopt.train.sft import load_train_eval
+
+    cfg = _cfg(task, tmp_path / "out", **settings)
+    tok = load_tokenizer(cfg.model)
+    train, _, _ = load_train_eval(cfg, tok)
+    assert (SFTTrainer(prepare_model(cfg), cfg, train, pad_id=tok.pad_token_id).plan() + " ").endswith(said)
+
+
 def test_cli_sft_refuses_bad_config_before_work(task, tmp_path, capsys):
     model_dir, data = task
     assert main(["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(tmp_path / "x"),
