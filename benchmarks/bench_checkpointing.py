@@ -2,8 +2,8 @@
 all, in one run: step time and peak RSS of prefopt's LoRA SFT for each count of layers.
 
 A checkpointed layer keeps only its input for the backward pass and recomputes the rest, so both
-the memory saved and the time added should grow with the layers recomputed, about in
-proportion. Each count trains in a fresh process with bench_sft.py's worker and settings
+the memory saved and the time added grow with the layers recomputed (the saving stops growing
+where the step's peak comes from elsewhere). Each count trains in a fresh process with bench_sft.py's worker and settings
 (SmolLM2-135M-Instruct fp32, MeQSum questions -> summaries or synthetic ones, LoRA r16/a32/d0.05
 on the seven projections, lr 2e-4), the same records, steps and seed; ``--repeats`` runs the
 whole sweep again, the counts interleaved, and the table gives medians (this machine's speed

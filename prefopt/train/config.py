@@ -256,8 +256,9 @@ class TrainConfig:
             raise ValueError(no_eval_set(self.best_metric))
 
     def checkpointing(self) -> bool | int:
-        """What the model's ``gradient_checkpointing`` is set to: False, True (every layer) or the
-        number of layers, from the first, that recompute their activations."""
+        """What the model's ``gradient_checkpointing`` is set to: False, True (every layer) or how
+        many layers recompute their activations, the lowest the backward reaches
+        (``Transformer.checkpointed_layers``)."""
         return (self.gradient_checkpointing_layers or True) if self.gradient_checkpointing else False
 
     def best_order(self) -> str:
