@@ -398,6 +398,8 @@ class Transformer(nn.Module):
         True for all, False for none, or a number of them): the lowest ones the backward reaches
         (:meth:`backward_layers`)."""
         n = self.gradient_checkpointing
+        if not n:  # (no scan of the parameters in every forward of a run without it)
+            return 0
         return self.backward_layers() if n is True else min(int(n), self.backward_layers())
 
     def backward_layers(self) -> int:
