@@ -133,6 +133,32 @@ def test_pairs_after_a_shared_start_give_the_packed_pairs_gradients(tmp_path, ar
     assert all((g0[n] - g1[n]).norm() <= 1e-6 * g1[n].norm() and g1[n].norm() > 0 for n in g0)
 
 
+@pytest.mark.parametrize("layout", ["prompt once", "after the start"])
+def test_dpo_s_packed_pairs_under_gradient_checkpointing_give_the_same_gradients(tmp_path, layout):
+    """fp64 LoRA in training mode: recomputing every layer, or the lowest one only, under the
+    pairs' explicit masks (a prompt once, or the shared start once) gives the log-prob sums and
+    LoRA gradients of keeping every activation."""
+    build_hf_model(tmp_path, "mistral", tokenizer=False, sliding_window=8)
+    model = apply_lora(load_model(tmp_path, dtype=torch.float64), r=4, alpha=8, dropout=0.0).train()
+    g = torch.Generator().manual_seed(0)
+    for name, p in model.named_parameters():  # every LoRA weight gets a gradient
+        if "lora_B" in name:
+            p.data = torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.05
+    pairs = _started_pairs(n=4)
+    batch = pack_pairs(pairs, PAD) if layout == "prompt once" else pack_pairs_after(pairs, 20)
+    out = []
+    for ckpt in (False, 1, True):
+        model.gradient_checkpointing = ckpt
+        model.zero_grad()
+        sums = pair_logp_sums(model, batch)
+        sums.sum().backward()
+        out.append((sums.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    for sums, grads in out[1:]:
+        assert torch.allclose(sums, out[0][0], rtol=1e-12, atol=0) and grads.keys() == out[0][1].keys()
+        assert all(torch.allclose(grads[n], out[0][1][n], rtol=1e-9, atol=1e-12) for n in grads)
+    assert len(out[0][1]) > 0
+
+
 def test_the_start_is_the_data_s_and_a_pair_without_it_is_not_packed_after_it():
     pairs = _started_pairs()
     short = _started_pairs(start=15)  # under MIN_SHARED (16)
