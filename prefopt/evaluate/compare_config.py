@@ -370,9 +370,11 @@ def memory_advice(stage: str, training: bool, s: dict, e: BaseException) -> OutO
         batch = "dpo_batch_size" if stage == "dpo" else "batch_size"
         if not s["gradient_checkpointing"]:
             kept.append("--set gradient_checkpointing=true")
-        elif s["gradient_checkpointing_layers"]:
-            kept.append(f"--set gradient_checkpointing_layers={2 * s['gradient_checkpointing_layers']} (now "
-                        f"{s['gradient_checkpointing_layers']}; null: all layers)")
+        elif n := s["gradient_checkpointing_layers"]:
+            layers = getattr(e, "layers", None)  # those the backward goes through, where the trainer said
+            if layers is None or n < layers:
+                more = 2 * n if layers is None else min(2 * n, layers)
+                kept.append(f"--set gradient_checkpointing_layers={more} (now {n}; null: all layers)")
         if s[batch] > 1:
             changed.append(f"{batch}={s[batch] // 2} (fewer examples a step)")
         changed.append(f"a smaller max_length (now {s['max_length']})")

@@ -23,11 +23,13 @@ T = TypeVar("T")
 
 class OutOfMemory(MemoryError):
     """Training ran out of memory; the message says where and what to change. ``what``: PyTorch's
-    own words on the allocation that failed; ``when``: where the run was (``after 2 of 4 steps``)."""
+    own words on the allocation that failed; ``when``: where the run was (``after 2 of 4 steps``);
+    ``layers``: how many layers the backward goes through, where the run knew (compare's advice
+    on ``gradient_checkpointing_layers`` stops there)."""
 
-    def __init__(self, message: str, what: str = "", when: str = ""):
+    def __init__(self, message: str, what: str = "", when: str = "", layers: int | None = None):
         super().__init__(message)
-        self.what, self.when = what, when
+        self.what, self.when, self.layers = what, when, layers
 
 
 def is_out_of_memory(e: BaseException) -> bool:
@@ -107,4 +109,9 @@ def training_advice(trainer, what: str, phase: str | None = None) -> OutOfMemory
                "(overwrite=True) or into another --output-dir")
     return OutOfMemory(f"out of memory on {trainer.device} {when} ({what}), with micro-batches of {c.batch_size} "
                        f"examples of up to {c.max_length} tokens. To fit, try {', '.join(fixes)} (in Python: the "
-                       f"config fields of those names). {restart}", what, when)
+                       f"config fields of those names). {restart}", what, when, _backward_layers(trainer))
+
+
+def _backward_layers(trainer) -> int | None:
+    model = getattr(trainer, "model", None)
+    return model.backward_layers() if hasattr(model, "backward_layers") else None

@@ -110,6 +110,14 @@ def test_out_of_memory_in_dpo_with_validation_names_both_settings_a_rerun_keeps(
                              "gradient_checkpointing_layers=12 (now 6; null: all layers) (the results are the same: a "
                              "rerun into this --output keeps its finished stages); or, into a new --output, --set "
                              "batch_size=2")
+    # the trainer's error says how many layers the backward goes through: no count past them is offered
+    from prefopt.train import OutOfMemory
+
+    some = {**s, "gradient_checkpointing": True, "gradient_checkpointing_layers": 6}
+    e = memory_advice("sft", True, some, OutOfMemory("...", CUDA_OOM, layers=8))
+    assert "--set gradient_checkpointing_layers=8 (now 6; null: all layers)" in str(e)
+    e = memory_advice("sft", True, {**some, "gradient_checkpointing_layers": 8}, OutOfMemory("...", CUDA_OOM, layers=8))
+    assert "gradient_checkpointing" not in str(e)
     e = memory_advice("sft", True, {**s, "gradient_checkpointing": True}, torch.OutOfMemoryError(CUDA_OOM))
     assert str(e).startswith(f"out of memory training the sft stage ({SAID}). To fit, try into a new --output, --set "
                              "batch_size=2")
