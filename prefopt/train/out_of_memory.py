@@ -74,7 +74,7 @@ def _more_checkpointing(c, trainer) -> str | None:
     if not c.gradient_checkpointing:
         return "--gradient-checkpointing"
     n = c.gradient_checkpointing_layers
-    if n and n < (layers := trainer.model.backward_layers()):
+    if n and n < (layers := _backward_layers(trainer) or 0):
         return (f"--gradient-checkpointing-layers {min(2 * n, layers)} (now {n} of the {layers} layers the backward "
                 "goes through; none: all)")
     return None
@@ -113,5 +113,6 @@ def training_advice(trainer, what: str, phase: str | None = None) -> OutOfMemory
 
 
 def _backward_layers(trainer) -> int | None:
+    """How many layers the backward of ``trainer``'s model goes through (None where it cannot say)."""
     model = getattr(trainer, "model", None)
     return model.backward_layers() if hasattr(model, "backward_layers") else None
