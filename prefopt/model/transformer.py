@@ -379,13 +379,12 @@ class Transformer(nn.Module):
         rope = {False: rope_cos_sin(self.inv_freq, position_ids, x.dtype)}
         if any(self._local):
             rope[True] = rope_cos_sin(self.inv_freq_local, position_ids, x.dtype)
-        ckpt = self.checkpointed_layers() if self.training and torch.is_grad_enabled() else 0
-        for layer, window, local, rotate in zip(self.model.layers, self._windows, self._local, self._rope):
+        ckpt = self._checkpointed() if self.training and torch.is_grad_enabled() else range(0)
+        for i, (layer, window, local, rotate) in enumerate(zip(self.model.layers, self._windows, self._local,
+                                                                self._rope)):
             cos, sin = rope[local] if rotate else (None, None)
-            # counted from the lowest layer the backward reaches (below it nothing is kept anyway: --lora-layers)
-            if ckpt and (x.requires_grad or any(p.requires_grad for p in layer.parameters())):
+            if i in ckpt:
                 x = checkpoint(layer, x, cos, sin, masks[window], kv_cache, use_reentrant=False)
-                ckpt -= 1
             else:
                 x = layer(x, cos, sin, masks[window], kv_cache)
         if kv_cache is not None:
@@ -397,10 +396,17 @@ class Transformer(nn.Module):
         """How many layers recompute their activations in the backward (``gradient_checkpointing``:
         True for all, False for none, or a number of them): the lowest ones the backward reaches
         (:meth:`backward_layers`)."""
+        return len(self._checkpointed())
+
+    def _checkpointed(self) -> range:
+        """The layers that recompute their activations: the lowest ``gradient_checkpointing`` of
+        those the backward reaches (below them nothing is kept anyway: ``--lora-layers``)."""
         n = self.gradient_checkpointing
         if not n:  # (no scan of the parameters in every forward of a run without it)
-            return 0
-        return self.backward_layers() if n is True else min(int(n), self.backward_layers())
+            return range(0)
+        reached = self.backward_layers()
+        first = len(self.model.layers) - reached
+        return range(first, first + (reached if n is True else min(int(n), reached)))
 
     def backward_layers(self) -> int:
         """How many layers the backward goes through: from the first with a trainable parameter
