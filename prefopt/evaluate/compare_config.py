@@ -60,8 +60,8 @@ PRESETS = {
     # stage is the SFT model;
     # max_new_tokens None: the task's, raised where its reference answers are longer (runner.fit_max_new_tokens);
     # repetition_penalty, no_repeat_ngram_size None: none (greedy decoding as it is); repeat_scope None: "all";
-    # gradient_checkpointing: less memory, more time; gradient_checkpointing_layers None (all) or N: only the first
-    # N layers recompute their activations (memory and time in between);
+    # gradient_checkpointing: less memory, more time; gradient_checkpointing_layers None (all) or N: only the lowest
+    # N layers the backward reaches recompute their activations (memory and time in between);
     # pack True: SFT lays each batch's examples end to end in one row (no padding computed; the same loss; the
     # LoRA dropout draws alone differ), false: padded rows, as every run before 2026-12-02;
     # share_start True: the prompt start every example of an SFT batch has (system prompt, instructions) leads
@@ -359,7 +359,7 @@ def same_run(out: Path, config: dict) -> None:
 def memory_advice(stage: str, training: bool, s: dict, e: BaseException) -> OutOfMemory:
     """Running out of memory in ``stage`` (training it, else evaluating it), said in compare's
     settings (``--set KEY=VALUE``): ``prefopt.train.OutOfMemory``."""
-    from ..train.out_of_memory import OutOfMemory, torch_words
+    from ..train.out_of_memory import OutOfMemory, more_layers, torch_words
 
     what = e.what if isinstance(e, OutOfMemory) else torch_words(e)
     when = e.when if isinstance(e, OutOfMemory) and e.when else ""
@@ -370,11 +370,8 @@ def memory_advice(stage: str, training: bool, s: dict, e: BaseException) -> OutO
         batch = "dpo_batch_size" if stage == "dpo" else "batch_size"
         if not s["gradient_checkpointing"]:
             kept.append("--set gradient_checkpointing=true")
-        elif n := s["gradient_checkpointing_layers"]:
-            layers = getattr(e, "layers", None)  # those the backward goes through, where the trainer said
-            if layers is None or n < layers:
-                more = 2 * n if layers is None else min(2 * n, layers)
-                kept.append(f"--set gradient_checkpointing_layers={more} (now {n}; null: all layers)")
+        elif (n := s["gradient_checkpointing_layers"]) and (more := more_layers(n, getattr(e, "layers", None))):
+            kept.append(f"--set gradient_checkpointing_layers={more} (now {n}; null: all layers)")
         if s[batch] > 1:
             changed.append(f"{batch}={s[batch] // 2} (fewer examples a step)")
         changed.append(f"a smaller max_length (now {s['max_length']})")

@@ -69,14 +69,23 @@ def explained(trainer, job: Callable[[], T], phase: str | None = None) -> T:
     return reraised(job, advise)
 
 
+def more_layers(n: int, layers: int | None) -> int | None:
+    """The count of layers to recompute that the advice offers a run recomputing ``n``: twice as
+    many, up to the ``layers`` the backward goes through (None: not known); None where ``n`` is
+    all of them already."""
+    if layers is not None and n >= layers:
+        return None
+    return 2 * n if layers is None else min(2 * n, layers)
+
+
 def _more_checkpointing(c, trainer) -> str | None:
     """The flags that recompute more layers' activations than the run does, if any can."""
     if not c.gradient_checkpointing:
         return "--gradient-checkpointing"
-    n = c.gradient_checkpointing_layers
-    if n and n < (layers := _backward_layers(trainer) or 0):
-        return (f"--gradient-checkpointing-layers {min(2 * n, layers)} (now {n} of the {layers} layers the backward "
-                "goes through; none: all)")
+    n, layers = c.gradient_checkpointing_layers, _backward_layers(trainer)
+    if n and layers is not None and (more := more_layers(n, layers)):
+        return (f"--gradient-checkpointing-layers {more} (now {n} of the {layers} layers the backward goes through; "
+                "none: all)")
     return None
 
 
