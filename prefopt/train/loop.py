@@ -48,6 +48,7 @@ from .distributed import (
 from .diverged import diverged
 from .metrics import MetricsLog
 from .out_of_memory import explained
+from .peak_memory import peak_mb, reset_peak
 from .saving import BestWeights
 from .schedule import lr_at
 from .stop_signal import Terminated, going_on, stop_requests
@@ -56,20 +57,6 @@ Batch = dict[str, torch.Tensor]
 EVAL_BAR_MIN = 64  # an eval set this small (per process) finishes without a bar
 Callback = Callable[["Trainer", int, dict], None]
 Evaluator = Callable[["Trainer"], dict[str, float]]
-
-
-def peak_memory_mb(device: torch.device) -> float | None:
-    """Peak memory so far: CUDA's max allocated, or the process's peak RSS (Linux) on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 def autocast_on(device: torch.device, config) -> bool:
@@ -326,6 +313,7 @@ class Trainer:
 
     def _train(self) -> dict[str, Any]:
         c = self.config
+        reset_peak(self.device)  # metrics.jsonl's peak_mem_mb: this run's, not the process's (peak_memory.py)
         resume_from, passed = ckpt_io.resume_point(self.output_dir) if c.resume else (None, [])
         if resume_from is not None:
             self._load_checkpoint(resume_from)
@@ -519,7 +507,7 @@ class Trainer:
             tokens += metrics["tokens"]
             elapsed = time.perf_counter() - t0
             metrics.update(step=self.step, epoch=self.step / self.steps_per_epoch,
-                           tokens_per_s=tokens / max(elapsed, 1e-9), peak_mem_mb=peak_memory_mb(self.device))
+                           tokens_per_s=tokens / max(elapsed, 1e-9), peak_mem_mb=peak_mb(self.device))
             stop = False
             if c.eval_every and self.step % c.eval_every == 0 and self.step < self.total_steps:
                 evaluated = self._evaluation_in_run(asked, log, metrics)
