@@ -28,7 +28,7 @@ def step_summary(name: str, marks: list, warmup: int, rss_after_imports: int, *,
     ``tokens`` is per step, or a running total when ``cumulative`` (TRL's num_input_tokens_seen).
     ``step_seconds``: each step's time (the warm-up's too), to show the spread behind the mean.
     ``peak_rss``: the process's peak, the larger of ``peak_before`` (``VmHWM`` read just before
-    ``train()``, which prefopt's trainers set back to the RSS then: prefopt/train/peak_memory.py)
+    ``train()``, which prefopt's trainers set back to the RSS then: prefopt/train/cost.py)
     and ``VmHWM`` now.
     """
     t = [m[0] for m in marks]

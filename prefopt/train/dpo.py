@@ -15,6 +15,7 @@ The reference log-probs come from one of three places:
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -214,6 +215,7 @@ class DPOTrainer(Trainer):
         self.pad_id = pad_id
         self.ref_model = ref_model
         self.ref_forwards = 0  # reference forward passes made (0 with a cache)
+        self.fill_seconds = 0.0  # the reference cache's fill here, where one ran
         if config.run_kind == "kto":  # unpaired examples, each beside its mismatched completion
             self.noun, self.item_type = "examples", FeedbackExample
             self.item_source = "prefopt.data.load_feedback(path or list of dicts, tok) (a pair counts as two)"
@@ -237,7 +239,13 @@ class DPOTrainer(Trainer):
         else:
             raise ValueError("no reference: pass ref_model or ref_cache, or train a LoRA adapter")
         if self.ref_mode == "cache":
-            explained(self, lambda: self.fill_cache(self.train_data + self.eval_data), "filling the reference cache")
+            t0 = time.perf_counter()
+            if explained(self, lambda: self.fill_cache(self.train_data + self.eval_data), "filling the reference cache"):
+                self.fill_seconds = time.perf_counter() - t0
+
+    def before_training(self) -> dict[str, float]:
+        """The seconds the reference cache's fill took, where this trainer filled any of it."""
+        return {"reference_fill_seconds": round(self.fill_seconds, 1)} if self.fill_seconds else {}
 
     def plan(self) -> str:
         """The loop's line, and with ``share_start`` the start the pairs share (or why none)."""

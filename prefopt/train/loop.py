@@ -33,6 +33,7 @@ from ..lora_experts import ExpertLoRA
 from ..model.generate import modes_kept
 from . import state as ckpt_io
 from .config import TrainConfig, no_eval_set
+from .cost import peak_mb, reset_peak
 from .data_digest import check_same_data, data_digest
 from .distributed import (
     DistInfo,
@@ -48,7 +49,6 @@ from .distributed import (
 from .diverged import diverged
 from .metrics import MetricsLog
 from .out_of_memory import explained
-from .peak_memory import peak_mb, reset_peak
 from .saving import BestWeights
 from .schedule import lr_at
 from .stop_signal import Terminated, going_on, stop_requests
@@ -313,7 +313,8 @@ class Trainer:
 
     def _train(self) -> dict[str, Any]:
         c = self.config
-        reset_peak(self.device)  # metrics.jsonl's peak_mem_mb: this run's, not the process's (peak_memory.py)
+        started = time.perf_counter()
+        reset_peak(self.device)  # the peak logged is this run's, not the process's (cost.py)
         resume_from, passed = ckpt_io.resume_point(self.output_dir) if c.resume else (None, [])
         if resume_from is not None:
             self._load_checkpoint(resume_from)
@@ -358,6 +359,8 @@ class Trainer:
         summary["eval_after"] = final_eval
         if self.best.record is not None:
             summary["best"] = {**self.best.record, "saved": str(self.best.folder)}
+        summary.update(train_seconds=round(time.perf_counter() - started, 1), device=self.device.type,
+                       peak_mem_mb=peak_mb(self.device), **self.before_training())
         if log:
             log.close()
             write_json_atomic(self.output_dir / "train_summary.json", summary)
@@ -444,6 +447,11 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+
+    def before_training(self) -> dict[str, float]:
+        """What the trainer did before ``train()`` that train_summary.json records (DPO: the
+        reference log-probs' fill); none here."""
+        return {}
 
     def plan(self) -> str:
         """One line on what the run will do: data, steps, what trains, where."""

@@ -18,6 +18,7 @@ from ..tokenizer import Tokenizer, load_tokenizer, set_chat_date, set_chat_vars
 from . import state as ckpt_io
 from .card import FILE, write_cards
 from .config import TrainConfig
+from .cost import cost_line
 from .curves import curves_line
 from .diagnosis import WARNING_KEYS, dpo_warnings
 from .distributed import init_distributed
@@ -199,7 +200,7 @@ def training_line(output_dir: str | Path, kind: str) -> str | None:
 
 def outcome_lines(summary: dict, config: TrainConfig) -> list[str]:
     """What the run did: training's first → last steps, the eval metrics before → after, an
-    early stop, the best evaluation's weights."""
+    early stop, the best evaluation's weights, and its time and peak memory."""
     kind = config.run_kind
     lines = [line] if (line := training_line(config.output_dir, kind)) else []
     logged = first_and_last(config.output_dir, WARNING_KEYS) if kind != "sft" else None
@@ -217,7 +218,7 @@ def outcome_lines(summary: dict, config: TrainConfig) -> list[str]:
     if best:
         when = "before training" if best["step"] == 0 else f"at step {best['step']}"
         lines.append(f"best {best['metric']} ({best['order']}) {best['value']:.4f} {when}: weights in {best['saved']}")
-    return lines
+    return lines + ([line] if (line := cost_line(summary)) else [])
 
 
 def print_outcome(summary: dict, config: TrainConfig, outcome: list[str]) -> None:

@@ -167,6 +167,10 @@ def test_training_dynamics_compares_the_first_and_last_quarter_of_logged_steps(t
             for i, a in enumerate(acc)]
     _write_log(tmp_path / "dpo" / "train", rows + [{"step": 8, "eval_loss": 9.0}])  # the eval line is left out
     _write_log(tmp_path / "sft" / "train", [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}])
+    summary = {"total_steps": 2, "resumed_from_step": 0, "eval_after": {}, "train_seconds": 1.5, "device": "cpu",
+               "peak_mem_mb": 300.0, "saved": "x"}
+    (tmp_path / "sft" / "train" / "train_summary.json").write_text(json.dumps(summary))
+    (tmp_path / "dpo" / "train" / "train_summary.json").write_text(json.dumps({"total_steps": 8}))  # before costs
     dyn = training_dynamics(tmp_path)
     d = dyn["dpo"]
     assert d["steps"] == 8 and d["window"] == 2
@@ -174,6 +178,8 @@ def test_training_dynamics_compares_the_first_and_last_quarter_of_logged_steps(t
     assert d["first"]["loss"] == pytest.approx(0.95) and d["last"]["loss"] == pytest.approx(0.35)
     assert d["first"]["logps/chosen"] is None  # not logged: reported as missing, not as 0
     assert dyn["sft"]["first"]["loss"] == 2.0 and dyn["sft"]["last"]["loss"] == 1.0
+    assert dyn["sft"]["cost"] == {k: summary[k] for k in ("train_seconds", "peak_mem_mb", "device", "total_steps",
+                                                             "resumed_from_step")} and "cost" not in dyn["dpo"]
     assert training_dynamics(tmp_path / "nothing") == {}
 
 

@@ -38,6 +38,7 @@ def test_an_sft_adapter_says_what_trained_it(tmp_path, capsys):
     went = body.split("## How the run went\n\n")[1].split("\n\n")[0].splitlines()
     assert went and [x.removeprefix("- ") for x in went] == [x for x in console if x in body]
     assert went[0].startswith("- training loss ") and "- eval loss: " in went[1]
+    assert went[-1].startswith("- trained on cpu: 3 steps in ") and ", peak " in went[-1]  # train_summary.json's
     assert f"prefopt generate --model {model_dir} --adapter THIS_FOLDER" in body and "clinical use" in body
     assert load_model(model_dir, adapter=out / "final") is not None  # the folder loads as before
     assert "(torch " in body and ", 3 steps); these are the last step's weights. The run's folder" in body

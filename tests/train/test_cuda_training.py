@@ -167,8 +167,8 @@ def test_the_logged_peak_memory_is_the_runs_own(task, tmp_path, device):
     before it (an earlier stage of ``prefopt compare``, an evaluation) is not in it, while what is
     held at the start (the weights) is. CPU: the process's peak RSS, set back through
     /proc/self/clear_refs; CUDA: max_memory_allocated."""
+    from prefopt.train.cost import peak_mb
     from prefopt.train.metrics import read_metrics
-    from prefopt.train.peak_memory import peak_mb
 
     dev = torch.device(device)
     if device == "cpu":

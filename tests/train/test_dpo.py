@@ -59,8 +59,9 @@ def test_cache_second_run_makes_no_reference_forward_and_same_loss(task, tmp_pat
     cfg = _cfg(task, tmp_path / "a", ref_cache=str(tmp_path / "cache"), eval_data=None, max_steps=4)
     first, pairs = _trainer(task, tmp_path, cfg, cache=True)
     assert len(first.ref_cache) == len(pairs)
+    assert first.before_training()["reference_fill_seconds"] > 0  # train_summary.json's record of the fill
     second, _ = _trainer(task, tmp_path, cfg, cache=True)  # same data, same reference: all cached
-    assert second.ref_forwards == 0
+    assert second.ref_forwards == 0 and second.before_training() == {}
     losses_cached = [second.train_step(s)["loss"] for s in range(4)]
     assert second.ref_forwards == 0
     live, _ = _trainer(task, tmp_path, _cfg(task, tmp_path / "b", eval_data=None, max_steps=4))

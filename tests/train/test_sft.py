@@ -43,6 +43,9 @@ def test_lora_sft_trains(task, tmp_path):
     losses = [m["loss"] for m in read_metrics(cfg.output_dir) if "loss" in m]
     assert len(losses) == 24 and sum(losses[-4:]) / 4 < 0.5 * sum(losses[:4]) / 4
     assert all(m["peak_mem_mb"] > 0 for m in read_metrics(cfg.output_dir) if "loss" in m)
+    assert summary["train_seconds"] > 0 and summary["device"] == "cpu" and summary["peak_mem_mb"] > 0
+    assert "reference_fill_seconds" not in summary
+    assert json.loads((tmp_path / "out" / "train_summary.json").read_text()) == summary
 
 
 def test_a_merged_adapter_is_refused_for_training_and_trains_once_unmerged(task, tmp_path):
