@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..fileio import write_json_atomic, write_text_atomic
+from ..train.cost import duration_text, what_peak
 from .compare import CompareConfig, check_compare, run_compare
 from .runner import keep_earlier
 from .stage_confidence import auroc_named_text, fmt
@@ -150,6 +151,8 @@ def _row(arm: Arm, report: dict, seconds: float, start_from: str | None = None) 
             "sft_vs_base": {k: c["base->sft"]["primary"][k] for k in ("delta", "ci", "p_value", "n_resamples")},
             "dpo_vs_sft": {k: c["sft->dpo"]["primary"][k] for k in ("delta", "ci", "p_value", "n_resamples")},
             "verdict": c["sft->dpo"]["verdict"],
+            **({"cost": cost} if (cost := {s: d["cost"] for s, d in report.get("training", {}).items()
+                                           if s in ("sft", "dpo") and "cost" in d}) else {}),
             **({"confidence": {s: {name: {k: v.get(k) for k in ("auroc", "auroc_named", "named", "accuracy_likeliest")}
                                     for name, v in st[s]["metrics"]["confidence"].items()} for s in st},
                 "auroc_dpo_vs_sft": c["sft->dpo"].get("confidence_auroc", {})}
@@ -213,6 +216,7 @@ def study_markdown(study: dict) -> str:
         lines += ["", "Does DPO after SFT beat SFT alone?", ""]
         lines += [f"- `{r['task']}`: {r['verdict']}" for r in ran]
     lines += _confidence_lines(ran)
+    lines += _cost_lines(ran)
     for status, title in (("failed", "Failed (rerun the same command after fixing it; finished stages are kept)"),
                           ("not run", "Not run")):
         rest = [r for r in study["arms"] if r["status"] == status]
@@ -247,4 +251,34 @@ def _confidence_lines(ran: list[dict]) -> list[str]:
     for r in scored:
         lines += [f"| `{r['task']}` | {name} | {cells(r, name, 'auroc_named')} | {test(r, name)} | "
                   f"{cells(r, name, 'accuracy_likeliest')} |" for name in r["confidence"]["base"]]
+    return lines
+
+
+def _cost_lines(ran: list[dict]) -> list[str]:
+    """study.md's table of what each task's run and training stages took (those that recorded it:
+    report.json's ``training``, from each stage's train_summary.json)."""
+    timed = [r for r in ran if r.get("cost")]
+    if not timed:
+        return []
+
+    def stage(c: dict | None) -> str:
+        if c is None:
+            return "— | —"
+        time = f"{c['total_steps'] - c.get('resumed_from_step', 0)} in {duration_text(c['train_seconds'])}"
+        if c.get("reference_fill_seconds"):
+            time += f" (+ {duration_text(c['reference_fill_seconds'])} reference log-probs)"
+        peak = c.get("peak_mem_mb")
+        return f"{time} | {'—' if peak is None else f'{peak:.0f}'}"
+
+    devices = sorted({c.get("device", "?") for r in timed for c in r["cost"].values()})
+    lines = ["", f"What each run took on {' and '.join(devices)}: the whole `prefopt compare` (training, answering, "
+             "scoring), and each training stage's steps and their wall time, and its peak memory in MiB since its "
+             f"training began ({what_peak(devices[0])}).", "",
+             "| task | whole run | SFT steps | SFT peak | DPO steps | DPO peak | DPO peak / SFT peak |",
+             "|---|---|---|---|---|---|---|"]
+    for r in timed:
+        sft, dpo = r["cost"].get("sft"), r["cost"].get("dpo")
+        ratio = (f"{dpo['peak_mem_mb'] / sft['peak_mem_mb']:.2f}" if sft and dpo and sft.get("peak_mem_mb")
+                 and dpo.get("peak_mem_mb") else "—")
+        lines.append(f"| `{r['task']}` | {duration_text(r['seconds'])} | {stage(sft)} | {stage(dpo)} | {ratio} |")
     return lines

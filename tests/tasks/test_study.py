@@ -6,6 +6,7 @@ import pytest
 from prefopt.cli import main
 from prefopt.evaluate.stats import p_text
 from prefopt.evaluate.study import ARMS
+from prefopt.train.cost import duration_text
 from tests import _formats as formats
 from tests._tiny import build_hf_model, build_tokenizer
 
@@ -62,6 +63,7 @@ def test_study_runs_every_dataset_present_and_tabulates_them(tmp_path, capsys):
     assert arms["meqsum"]["metric"] == "rougeL" and arms["medqa"]["metric"] == "accuracy"
     md = (out / "study.md").read_text()
     main_md, sure_md = md.split("How sure is each stage", 1)
+    sure_md, cost_md = sure_md.split("What each run took on cpu", 1)
     table = [line for line in main_md.splitlines() if line.startswith("| ") and "`" in line]
     assert [line.split("`")[1] for line in table] == ["medical_abstracts", "uci_heart", "medqa", "meqsum", "portal"]
     # confidence: every task whose answers are labels, a row per field, as its report.json has it (not meqsum)
@@ -82,6 +84,17 @@ def test_study_runs_every_dataset_present_and_tabulates_them(tmp_path, capsys):
         counted += sum(x["named"] < 1 for x in c)
         assert arms[r[0].strip("`")]["confidence"]["dpo"][r[1]]["auroc"] == c[2]["auroc"]
     assert counted and "named)" in sure_md
+    # what each run took: every task that ran, its stages' figures as its report.json has them
+    cost = [[c.strip() for c in line.split("|")[1:-1]] for line in cost_md.splitlines() if line.startswith("| `")]
+    assert [r[0] for r in cost] == [line.split("|")[2].strip() for line in table]
+    for r in cost:
+        report = json.loads((out / r[0].strip("`") / "report.json").read_text())
+        sft, dpo = (report["training"][s]["cost"] for s in ("sft", "dpo"))
+        assert r[1] == duration_text(arms[r[0].strip("`")]["seconds"])
+        assert r[2].startswith(f"{sft['total_steps']} in ") and r[4].startswith(f"{dpo['total_steps']} in ")
+        assert "reference_fill_seconds" in dpo  # compare's DPO stage fills its reference cache first (tiny: 0.0 s)
+        assert r[3] == f"{sft['peak_mem_mb']:.0f}" and r[5] == f"{dpo['peak_mem_mb']:.0f}"
+        assert r[6] == f"{dpo['peak_mem_mb'] / sft['peak_mem_mb']:.2f}"
     assert "confidence" not in arms["meqsum"]
     assert "| triage (synthetic) | `portal` | (as KTAS) |" in md and "F1 0.63 → 0.98 with SFT" in md
     assert "- `ktas`: DataError: " in md and "more cells than the header" in md and "- `aci_bench`: no " in md
@@ -147,6 +160,35 @@ def test_a_p_value_of_0_is_shown_at_the_resamples_resolution():
            "sft_vs_base": vs, "dpo_vs_sft": {**vs, "p_value": 0.0123}, "verdict": "**Yes**"}
     md = study_markdown({"model": "m", "data_root": "d", "settings": {}, "arms": [row]})
     assert "| 0.100 | 0.350 | 0.600 | +0.250, p < 0.005 | +0.250 [+0.100, +0.400], p 0.0123 |" in md
+
+
+def test_the_study_says_what_each_run_and_stage_took():
+    """A row's cost (report.json's, from each stage's train_summary.json): a resumed stage counts
+    the steps after the resume; a stage without a peak (not readable there) or without a record
+    (trained before they were kept) shows a dash, and no ratio; a row without
+    any is left out of the table."""
+    from prefopt.evaluate.study import study_markdown
+
+    vs = {"delta": 0.0, "ci": [-0.1, 0.1], "p_value": 1.0, "n_resamples": 200}
+    base = {"kind": "triage", "status": "ran", "study": "(as KTAS)", "n_test": 60, "metric": "macro_f1",
+            "base": {"primary": 0.1}, "sft": {"primary": 0.35}, "dpo": {"primary": 0.6}, "sft_vs_base": vs,
+            "dpo_vs_sft": vs, "verdict": "no", "seconds": 3725.0}
+    sft = {"total_steps": 60, "resumed_from_step": 0, "train_seconds": 95.3, "peak_mem_mb": 1000.0, "device": "cpu"}
+    dpo = {"total_steps": 50, "resumed_from_step": 20, "train_seconds": 125.0, "peak_mem_mb": 1250.4,
+           "device": "cpu", "reference_fill_seconds": 9.5}
+    rows = [{**base, "task": "portal", "cost": {"sft": sft, "dpo": dpo}},
+            {**base, "task": "ktas", "cost": {"dpo": {**dpo, "peak_mem_mb": None}}},
+            {**base, "task": "medqa"}]
+    md = study_markdown({"model": "m", "data_root": "d", "settings": {}, "arms": rows})
+    assert ("What each run took on cpu: the whole `prefopt compare` (training, answering, scoring), and each "
+            "training stage's steps and their wall time, and its peak memory in MiB since its training began (the "
+            "process's resident memory from the start of training, the weights included).") in md
+    assert ("| `portal` | 1 h 02 min | 60 in 1 min 35 s | 1000 | 30 in 2 min 05 s (+ 9.5 s reference log-probs) | "
+            "1250 | 1.25 |") in md
+    assert "| `ktas` | 1 h 02 min | — | — | 30 in 2 min 05 s (+ 9.5 s reference log-probs) | — | — |" in md
+    assert md.split("What each run took")[1].count("| `") == 2
+    assert "What each run took" not in study_markdown({"model": "m", "data_root": "d", "settings": {},
+                                                      "arms": [rows[2]]})
 
 
 def test_an_auroc_among_fewer_than_all_answers_says_among_how_many():
