@@ -21,15 +21,11 @@ def rss(field: str = "VmHWM") -> int:
         return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1)) * 1024
 
 
-def step_summary(name: str, marks: list, warmup: int, rss_after_imports: int, *, cumulative: bool,
-                 peak_before: int = 0) -> dict:
+def step_summary(name: str, marks: list, warmup: int, rss_after_imports: int, *, cumulative: bool) -> dict:
     """Throughput over the timed steps from ``marks`` = [(time, tokens)], marks[0] the start.
 
     ``tokens`` is per step, or a running total when ``cumulative`` (TRL's num_input_tokens_seen).
     ``step_seconds``: each step's time (the warm-up's too), to show the spread behind the mean.
-    ``peak_rss``: the process's peak, the larger of ``peak_before`` (``VmHWM`` read just before
-    ``train()``, which prefopt's trainers set back to the RSS then: prefopt/train/cost.py)
-    and ``VmHWM`` now.
     """
     t = [m[0] for m in marks]
     toks = [m[1] for m in marks]
@@ -37,7 +33,7 @@ def step_summary(name: str, marks: list, warmup: int, rss_after_imports: int, *,
     timed = per_step[warmup:]
     seconds = t[-1] - t[warmup]
     return {"name": name, "tokens_per_s": sum(timed) / seconds, "s_per_step": seconds / len(timed),
-            "tokens_per_step": sum(timed) / len(timed), "peak_rss": max(peak_before, rss("VmHWM")),
+            "tokens_per_step": sum(timed) / len(timed), "peak_rss": rss("VmHWM"),
             "rss_after_imports": rss_after_imports, "step_seconds": [b - a for a, b in zip(t, t[1:])]}
 
 

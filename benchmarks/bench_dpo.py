@@ -8,8 +8,7 @@ setting (off unless ``--gradient-checkpointing``; TRL's own default is on, and i
 default is turned off). Each trainer runs in a fresh process. Throughput = pairs per second
 over the timed steps (every trainer sees the same pairs per step); "tokens/step" counts the
 non-padding tokens a trainer ran through the model, so a prompt run once for both answers
-counts once. Peak RSS = the process's ``VmHWM``: at the end, or just before ``train()`` where
-that is higher (prefopt's ``train()`` counts its own peak afresh).
+counts once. Peak RSS = ``VmHWM`` at the end.
 
 prefopt's modes: ``adapter`` (reference = the same model with LoRA disabled, one extra
 no-grad forward per step), ``cache`` (reference log-probs precomputed once into the on-disk
@@ -77,11 +76,10 @@ def prefopt_worker(a, name: str) -> dict:
                          callbacks=[lambda t, s, m: marks.append((time.perf_counter(), m["tokens"]))])
     precompute = time.perf_counter() - t_cache if mode == "cache" else 0.0
     marks.append((time.perf_counter(), 0))
-    peak_before = rss("VmHWM")  # the loading's and the cache fill's peak: train() starts counting afresh
     trainer.train()
     label = f"prefopt, reference: {mode}, " + ("pairs stacked" if layout == "stacked" else "each prompt once") \
         + (", WPO" if cfg.wpo else "")
-    out = step_summary(label, marks, a.warmup, base, cumulative=False, peak_before=peak_before)
+    out = step_summary(label, marks, a.warmup, base, cumulative=False)
     out.update(precompute_s=precompute, reference_forwards=trainer.ref_forwards)
     return out
 

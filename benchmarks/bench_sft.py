@@ -7,8 +7,7 @@ completion-only loss, fp32 (TRL's bf16 default is turned off) and gradient check
 setting (TRL's default is on; ``--gradient-checkpointing`` turns it on for both), for the
 same number of optimizer steps. Each runs in its own fresh
 process. Throughput = non-padding tokens / wall time over the timed steps (the first
-``--warmup`` steps are excluded); peak RSS is the process's ``VmHWM``: its value at the end, or
-just before ``train()`` where that is higher (prefopt's ``train()`` counts its own peak afresh).
+``--warmup`` steps are excluded); peak RSS is the process's ``VmHWM`` at the end.
 
     .venv/bin/pip install -c constraints.txt trl     # TRL is a benchmark-only extra
     .venv/bin/python benchmarks/bench_sft.py --steps 12 --batch-size 4 --max-length 256
@@ -63,10 +62,8 @@ def prefopt_worker(a, quantize: str | None = None, lora_layers: str | None = Non
                                     losses.append(m["loss"])])
     t0 = time.perf_counter()
     marks.append((t0, 0))
-    peak_before = rss("VmHWM")  # the loading's peak: train() starts counting afresh
     trainer.train()
-    return {**step_summary("prefopt", marks, a.warmup, base, cumulative=False, peak_before=peak_before),
-            "model_bytes": model_bytes,
+    return {**step_summary("prefopt", marks, a.warmup, base, cumulative=False), "model_bytes": model_bytes,
             "last_loss": sum(losses[-3:]) / len(losses[-3:])}
 
 

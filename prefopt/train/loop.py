@@ -33,7 +33,6 @@ from ..lora_experts import ExpertLoRA
 from ..model.generate import modes_kept
 from . import state as ckpt_io
 from .config import TrainConfig, no_eval_set
-from .cost import peak_mb, reset_peak
 from .data_digest import check_same_data, data_digest
 from .distributed import (
     DistInfo,
@@ -49,6 +48,7 @@ from .distributed import (
 from .diverged import diverged
 from .metrics import MetricsLog
 from .out_of_memory import explained
+from .peak_memory import PeakMemory
 from .saving import BestWeights
 from .schedule import lr_at
 from .stop_signal import Terminated, going_on, stop_requests
@@ -129,6 +129,7 @@ class Trainer:
         if config.best_metric and not (self.eval_data or self.evaluators):
             raise ValueError(no_eval_set(config.best_metric))
         self.device = local_device(resolve_device(config.device))
+        self.peak = PeakMemory(self.device)  # entered by train()
         self.dist: DistInfo = init_distributed(self.device)
         self.replaced = ckpt_io.claim_output_dir(config.output_dir, resume=config.resume, overwrite=config.overwrite,
                                                  is_main=self.dist.is_main)  # an earlier run's files, removed
@@ -308,13 +309,12 @@ class Trainer:
         are left in the modes they had (a loaded model: eval), so a forward of the user's own after
         training runs without the adapter's dropout. Running out of memory raises
         :class:`~prefopt.train.out_of_memory.OutOfMemory`, which says what to change."""
-        with modes_kept(self.wrapped):
+        with modes_kept(self.wrapped), self.peak:  # the peak memory logged: this run's (peak_memory.py)
             return explained(self, self._train)
 
     def _train(self) -> dict[str, Any]:
         c = self.config
         started = time.perf_counter()
-        reset_peak(self.device)  # the peak logged is this run's, not the process's (cost.py)
         resume_from, passed = ckpt_io.resume_point(self.output_dir) if c.resume else (None, [])
         if resume_from is not None:
             self._load_checkpoint(resume_from)
@@ -360,7 +360,7 @@ class Trainer:
         if self.best.record is not None:
             summary["best"] = {**self.best.record, "saved": str(self.best.folder)}
         summary.update(train_seconds=round(time.perf_counter() - started, 1), device=self.device.type,
-                       peak_mem_mb=peak_mb(self.device), **self.before_training())
+                       peak_mem_mb=self.peak.mb(), **self.before_training())
         if log:
             log.close()
             write_json_atomic(self.output_dir / "train_summary.json", summary)
@@ -515,7 +515,7 @@ class Trainer:
             tokens += metrics["tokens"]
             elapsed = time.perf_counter() - t0
             metrics.update(step=self.step, epoch=self.step / self.steps_per_epoch,
-                           tokens_per_s=tokens / max(elapsed, 1e-9), peak_mem_mb=peak_mb(self.device))
+                           tokens_per_s=tokens / max(elapsed, 1e-9), peak_mem_mb=self.peak.mb())
             stop = False
             if c.eval_every and self.step % c.eval_every == 0 and self.step < self.total_steps:
                 evaluated = self._evaluation_in_run(asked, log, metrics)
