@@ -38,6 +38,7 @@ class PeakMemory:
     def __init__(self, device: torch.device):
         self.device = device
         self._peak = 0
+        self._lock = threading.Lock()  # the thread and mb() both raise the peak: neither may lower it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -64,8 +65,9 @@ class PeakMemory:
             self._note(resident_bytes())
 
     def _note(self, now: int | None) -> None:
-        if now is not None and now > self._peak:
-            self._peak = now
+        if now is not None:
+            with self._lock:
+                self._peak = max(self._peak, now)
 
     def mb(self) -> float | None:
         """The peak so far in MiB (the resident set now included); None where it cannot be read."""
