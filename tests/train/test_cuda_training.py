@@ -172,6 +172,7 @@ def test_the_logged_peak_memory_is_the_runs_own(task, tmp_path, device):
     max_memory_allocated."""
     from prefopt.train.metrics import read_metrics
     from prefopt.train.peak_memory import resident_bytes
+    from tests.train.test_peak_memory import fresh_pages
 
     def status(field):  # MiB
         with open("/proc/self/status") as f:
@@ -179,7 +180,7 @@ def test_the_logged_peak_memory_is_the_runs_own(task, tmp_path, device):
 
     dev = torch.device(device)
     trainer = _trainer(_config(task, "sft", tmp_path / "sft", device=device, max_steps=3, eval_fraction=0.0))
-    block = torch.ones(2**27, device=dev)  # 512 MiB, every page written
+    block = torch.ones(2**27, device=dev) if device == "cuda" else fresh_pages(512)
     held = torch.cuda.max_memory_allocated(dev) / 2**20 if device == "cuda" else status("VmHWM")
     del block
     now = torch.cuda.memory_allocated(dev) / 2**20 if device == "cuda" else resident_bytes() / 2**20

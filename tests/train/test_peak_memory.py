@@ -1,6 +1,7 @@
 """The peak memory a run logs, on a Linux CPU: the resident set sampled by a thread (the kernel's
 own peak counter is left alone). The trainers' figures are tested in test_cuda_training (CPU and
 CUDA) and test_sft."""
+import mmap
 import sys
 import threading
 import time
@@ -18,13 +19,22 @@ def _sampler_running() -> bool:
     return "prefopt-peak-memory" in {t.name for t in threading.enumerate()}
 
 
+def fresh_pages(mib: int) -> mmap.mmap:
+    """``mib`` MiB of new resident memory, every page written. A tensor may not do: the C heap
+    can serve it from memory it kept, already resident (a long-lived test worker has plenty)."""
+    block, chunk = mmap.mmap(-1, mib * MiB), b"\1" * MiB
+    for _ in range(mib):
+        block.write(chunk)
+    return block
+
+
 def test_a_spike_between_reads_is_caught_by_the_sampling_thread():
     with PeakMemory(torch.device("cpu")) as peak:
         start = peak.mb()
         assert _sampler_running() and abs(start - resident_bytes() / MiB) < 64
-        block = torch.ones(2**26)  # 256 MiB for 0.2 s, freed before the next read
+        block = fresh_pages(256)  # for 0.2 s, freed before the next read
         time.sleep(0.2)
-        del block
+        block.close()
         time.sleep(0.05)
         assert resident_bytes() / MiB < start + 64  # gone from the resident set...
         assert peak.mb() > start + 200  # ...but not from the peak
