@@ -1,5 +1,6 @@
 """A tiny model and learnable synthetic SFT and DPO tasks, written to disk for training tests."""
 import json
+import mmap
 from pathlib import Path
 
 from tests._tiny import build_hf_model
@@ -29,3 +30,12 @@ def write_pairs(path: Path, n: int = 64, offset: int = 0) -> Path:
             f.write(json.dumps({"prompt": f"Message {i}, code {'A' if i % 2 else 'B'}. Triage?",
                                 "chosen": good, "rejected": bad}) + "\n")
     return path
+
+
+def fresh_pages(mib: int) -> mmap.mmap:
+    """``mib`` MiB of new resident memory, every page written. A tensor may not do: the C heap
+    can serve it from memory it kept, already resident (a long-lived test worker has plenty)."""
+    block, chunk = mmap.mmap(-1, mib * 2**20), b"\1" * 2**20
+    for _ in range(mib):
+        block.write(chunk)
+    return block

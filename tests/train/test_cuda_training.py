@@ -172,7 +172,7 @@ def test_the_logged_peak_memory_is_the_runs_own(task, tmp_path, device):
     max_memory_allocated."""
     from prefopt.train.metrics import read_metrics
     from prefopt.train.peak_memory import resident_bytes
-    from tests.train.test_peak_memory import fresh_pages
+    from tests.train._fixtures import fresh_pages
 
     def status(field):  # MiB
         with open("/proc/self/status") as f:

@@ -1,7 +1,6 @@
 """The peak memory a run logs, on a Linux CPU: the resident set sampled by a thread (the kernel's
 own peak counter is left alone). The trainers' figures are tested in test_cuda_training (CPU and
 CUDA) and test_sft."""
-import mmap
 import sys
 import threading
 import time
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from prefopt.train.peak_memory import PeakMemory, resident_bytes
+from tests.train._fixtures import fresh_pages
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self (Linux)")
 MiB = 2**20
@@ -17,15 +17,6 @@ MiB = 2**20
 
 def _sampler_running() -> bool:
     return "prefopt-peak-memory" in {t.name for t in threading.enumerate()}
-
-
-def fresh_pages(mib: int) -> mmap.mmap:
-    """``mib`` MiB of new resident memory, every page written. A tensor may not do: the C heap
-    can serve it from memory it kept, already resident (a long-lived test worker has plenty)."""
-    block, chunk = mmap.mmap(-1, mib * MiB), b"\1" * MiB
-    for _ in range(mib):
-        block.write(chunk)
-    return block
 
 
 def test_a_spike_between_reads_is_caught_by_the_sampling_thread():
