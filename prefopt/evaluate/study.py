@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..fileio import write_json_atomic, write_text_atomic
-from ..train.cost import duration_text, what_peak
+from ..train.cost import cost_parts, duration_text, what_peak
 from .compare import CompareConfig, check_compare, run_compare
 from .runner import keep_earlier
 from .stage_confidence import auroc_named_text, fmt
@@ -261,20 +261,17 @@ def _cost_lines(ran: list[dict]) -> list[str]:
     if not timed:
         return []
 
-    def stage(c: dict | None) -> str:
+    def stage(c: dict | None) -> str:  # its time as the report says it, and its peak's MiB
         if c is None:
             return "— | —"
-        time = f"{c['total_steps'] - c.get('resumed_from_step', 0)} in {duration_text(c['train_seconds'])}"
-        if c.get("reference_fill_seconds"):
-            time += f" (+ {duration_text(c['reference_fill_seconds'])} reference log-probs)"
         peak = c.get("peak_mem_mb")
-        return f"{time} | {'—' if peak is None else f'{peak:.0f}'}"
+        return f"{cost_parts(c)[0]} | {'—' if peak is None else f'{peak:.0f}'}"
 
     devices = sorted({c.get("device", "?") for r in timed for c in r["cost"].values()})
     lines = ["", f"What each run took on {' and '.join(devices)}: the whole `prefopt compare` (training, answering, "
              "scoring), and each training stage's steps and their wall time, and its peak memory in MiB since its "
              f"training began ({what_peak(devices[0])}).", "",
-             "| task | whole run | SFT steps | SFT peak | DPO steps | DPO peak | DPO peak / SFT peak |",
+             "| task | whole run | SFT training | SFT peak | DPO training | DPO peak | DPO peak / SFT peak |",
              "|---|---|---|---|---|---|---|"]
     for r in timed:
         sft, dpo = r["cost"].get("sft"), r["cost"].get("dpo")

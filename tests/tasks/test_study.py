@@ -91,7 +91,7 @@ def test_study_runs_every_dataset_present_and_tabulates_them(tmp_path, capsys):
         report = json.loads((out / r[0].strip("`") / "report.json").read_text())
         sft, dpo = (report["training"][s]["cost"] for s in ("sft", "dpo"))
         assert r[1] == duration_text(arms[r[0].strip("`")]["seconds"])
-        assert r[2].startswith(f"{sft['total_steps']} in ") and r[4].startswith(f"{dpo['total_steps']} in ")
+        assert r[2].startswith(f"{sft['total_steps']} steps in ") and r[4].startswith(f"{dpo['total_steps']} steps in ")
         assert "reference_fill_seconds" in dpo  # compare's DPO stage fills its reference cache first (tiny: 0.0 s)
         assert r[3] == f"{sft['peak_mem_mb']:.0f}" and r[5] == f"{dpo['peak_mem_mb']:.0f}"
         assert r[6] == f"{dpo['peak_mem_mb'] / sft['peak_mem_mb']:.2f}"
@@ -183,9 +183,9 @@ def test_the_study_says_what_each_run_and_stage_took():
     assert ("What each run took on cpu: the whole `prefopt compare` (training, answering, scoring), and each "
             "training stage's steps and their wall time, and its peak memory in MiB since its training began (the "
             "process's resident memory from the start of training, the weights included).") in md
-    assert ("| `portal` | 1 h 02 min | 60 in 1 min 35 s | 1000 | 30 in 2 min 05 s (+ 9.5 s reference log-probs) | "
-            "1250 | 1.25 |") in md
-    assert "| `ktas` | 1 h 02 min | — | — | 30 in 2 min 05 s (+ 9.5 s reference log-probs) | — | — |" in md
+    dpo_time = "30 steps in 2 min 05 s (resumed at step 20), after 9.5 s computing the reference log-probs"
+    assert f"| `portal` | 1 h 02 min | 60 steps in 1 min 35 s | 1000 | {dpo_time} | 1250 | 1.25 |" in md
+    assert f"| `ktas` | 1 h 02 min | — | — | {dpo_time} | — | — |" in md
     assert md.split("What each run took")[1].count("| `") == 2
     assert "What each run took" not in study_markdown({"model": "m", "data_root": "d", "settings": {},
                                                       "arms": [rows[2]]})
