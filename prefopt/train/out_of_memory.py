@@ -78,11 +78,12 @@ def more_layers(n: int, layers: int | None) -> int | None:
     return 2 * n if layers is None else min(2 * n, layers)
 
 
-def _more_checkpointing(c, trainer) -> str | None:
-    """The flags that recompute more layers' activations than the run does, if any can."""
+def _more_checkpointing(c, layers: int | None) -> str | None:
+    """The flags that recompute more layers' activations than the run does, if any can
+    (``layers``: how many the backward goes through, None where not known)."""
     if not c.gradient_checkpointing:
         return "--gradient-checkpointing"
-    n, layers = c.gradient_checkpointing_layers, _backward_layers(trainer)
+    n = c.gradient_checkpointing_layers
     if n and layers is not None and (more := more_layers(n, layers)):
         return (f"--gradient-checkpointing-layers {more} (now {n} of the {layers} layers the backward goes through; "
                 "none: all)")
@@ -98,7 +99,8 @@ def training_advice(trainer, what: str, phase: str | None = None) -> OutOfMemory
         when = f"while {phase}"
     else:
         when = f"after {trainer.step} of {trainer.total_steps} steps" if trainer.step else "before the first step"
-    more = None if phase else _more_checkpointing(c, trainer)  # (a no-grad pass keeps no activations)
+    layers = _backward_layers(trainer)
+    more = None if phase else _more_checkpointing(c, layers)  # (a no-grad pass keeps no activations)
     resumable = more is not None and latest_checkpoint(trainer.output_dir) is not None
     fixes = [f"{more} with --resume (the same results, from the last checkpoint)"] if resumable else []
     if c.batch_size > 1:  # the same examples per optimizer step, in smaller micro-batches
@@ -118,7 +120,7 @@ def training_advice(trainer, what: str, phase: str | None = None) -> OutOfMemory
                "(overwrite=True) or into another --output-dir")
     return OutOfMemory(f"out of memory on {trainer.device} {when} ({what}), with micro-batches of {c.batch_size} "
                        f"examples of up to {c.max_length} tokens. To fit, try {', '.join(fixes)} (in Python: the "
-                       f"config fields of those names). {restart}", what, when, _backward_layers(trainer))
+                       f"config fields of those names). {restart}", what, when, layers)
 
 
 def _backward_layers(trainer) -> int | None:
