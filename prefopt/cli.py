@@ -208,10 +208,14 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {f: getattr(args, f) for f in _config_fields(cls)}
     nulls = {k: None for k, v in overrides.items() if v is _NULL}  # "--max-grad-norm none"
     overrides.update(nulls)
+    estimate = args.estimate_memory
+    if estimate and overrides["output_dir"] is None:  # nothing is written: the folder is not needed
+        overrides["output_dir"] = "(not written)"
     if args.config:
         config = cls.from_file(args.config, **overrides)
     else:
-        missing = [f"--{f.replace('_', '-')}" for f in ("model", "data", "output_dir") if overrides[f] is None]
+        needed = ("model",) if estimate else ("model", "data", "output_dir")
+        missing = [f"--{f.replace('_', '-')}" for f in needed if overrides[f] is None]
         if missing:
             raise ValueError(f"missing {', '.join(missing)} (or give --config FILE)")
         config = cls(**{k: v for k, v in overrides.items() if v is not None})
@@ -219,6 +223,11 @@ def _train(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         config = replace(config, **nulls)
+    if estimate:
+        from .train.memory_estimate import estimate_memory
+
+        print("\n".join(estimate_memory(config, None if estimate == "auto" else estimate).lines()))
+        return 0
     from .train.distributed import run_worker
 
     run_worker(lambda: run(config))  # under torchrun this process ends here, with exit code 0
@@ -516,6 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "--config FILE (YAML/JSON) sets them too; flags override the file.")
         t.add_argument("--config", help=f"YAML or JSON file with {cls.__name__} fields")
         _add_config_flags(t, cls)
+        t.add_argument("--estimate-memory", nargs="?", const="auto", choices=("auto", "cpu", "cuda"), metavar="DEVICE",
+                       help="print how much memory a training step of these settings will hold, on cpu or cuda "
+                            "(default: this machine's device), from the model's config.json alone, and exit without "
+                            "loading weights or data (adapter runs; the worst micro-batch: batch-size rows of "
+                            "max-length tokens)")
         t.set_defaults(func=_train)
 
     k = sub.add_parser("check-data", help="check a training file before training: bad records (file, line, "

@@ -53,6 +53,11 @@ def prepare_model(config: TrainConfig):
     # stays precise, quant.quantized_layers)
     model = load_model(config.model, dtype=DTYPES[config.dtype], adapter=adapter, merge=adapter is not None,
                        quantize=config.quantize, device=resolve_device(config.device) if config.quantize else "cpu")
+    return adapt(model, config)
+
+
+def adapt(model, config: TrainConfig):
+    """``model`` with what ``config`` trains on it: a fresh LoRA adapter, or all weights trainable."""
     if config.lora:
         apply_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
                    target_modules=config.lora_targets, rslora=config.lora_rslora,

@@ -1,0 +1,199 @@
+"""How much memory a training step will hold, worked out before any weight is loaded.
+
+:func:`estimate_memory` builds the run's model from its ``config.json`` on fake tensors (shapes
+and dtypes, no storage: ``torch._subclasses.FakeTensorMode``), puts the run's adapter on it, and
+runs one micro-batch's forward and backward through the same code as training, the lm_head's
+chunked log-probs included. A dispatch mode follows every tensor the step creates and frees
+(:class:`_Live`), so the figure is the step's own peak of live tensors, not a formula: the
+activations each layer keeps for the backward (fewer under gradient checkpointing, where a
+layer's are rebuilt in the backward), the logits blocks of the head, the gradients. AdamW's two
+moments of the trained weights are added, as they are held from the second step on. It takes a
+few seconds for any model size, on any machine: a team can size a run for a GPU it does not
+have yet.
+
+The micro-batch is the worst the settings allow: ``batch_size`` rows (DPO: a chosen and a
+rejected row for each pair) of ``max_length`` tokens, every token scored. Shorter records, DPO's
+prompt shared by its two answers (``share_prompt``) and packing hold less. What it does not
+count: the CUDA context and kernels (about 0.5 GiB a process), the caching allocator's reserve
+beyond live tensors (often 5-20% more on a GPU, see ``torch.cuda.max_memory_reserved``), on a
+CPU the process's own code and what the C allocator keeps; on CUDA the Triton lm_head kernel
+holds up to two 64 MiB logits blocks less than the chunked path estimated here. The forward runs
+on the CPU's fake tensors; on CUDA bf16 autocast is stood in for by the CPU's.
+
+Measured against the allocations of a real step (tests/train/test_memory_estimate.py: PyTorch's
+profiler on a CPU, ``torch.cuda.max_memory_allocated`` on a GPU).
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from ..devices import DTYPES, resolve_device
+from ..fileio import size_text
+from ..kernels import scored_logprobs
+from .config import TrainConfig
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a training step holds at once (``peak``) and what makes it up: ``weights`` (every
+    parameter and buffer, a separate reference model's too), ``trained`` (the trained weights,
+    within ``weights``), ``optimizer`` (AdamW's two moments of them), ``activations`` (what the
+    forward keeps for the backward, the lm_head's share included), and the micro-batch it assumed."""
+
+    peak: int
+    weights: int
+    trained: int
+    optimizer: int
+    activations: int
+    rows: int
+    tokens: int
+    device: str
+    dtype: str
+    checkpointed: int
+    layers: int
+
+    def lines(self) -> list[str]:
+        """The estimate in words, for the console."""
+        ck = f", gradient checkpointing on {self.checkpointed} of {self.layers} layers" if self.checkpointed else ""
+        on = {"cuda": "on CUDA (bf16 autocast as the run sets it)", "cpu": "on a CPU"}[self.device]
+        extra = ("the CUDA context (about 0.5 GiB) and the caching allocator's reserve (often 5-20% more)"
+                 if self.device == "cuda" else "the process's own code and what the C allocator keeps (the "
+                 "resident set is often 0.5-1 GiB more)")
+        return [
+            f"memory estimate for one training step {on}, {self.dtype} weights, a micro-batch of {self.rows} rows "
+            f"of {self.tokens} tokens{ck}:",
+            f"  weights      {size_text(self.weights)}",
+            f"  trained      {size_text(self.trained)} of them, with their gradients and AdamW's two moments "
+            f"({size_text(self.optimizer)})",
+            f"  activations  {size_text(self.activations)} kept by the forward for the backward",
+            f"  peak         {size_text(self.peak)} of tensors at once; add {extra}",
+        ]
+
+
+def estimate_memory(config: TrainConfig, device: str | None = None) -> MemoryEstimate:
+    """The peak memory of one training step of ``config`` (a :class:`TrainConfig` or
+    ``DPOConfig``) on ``device`` (``"cpu"`` or ``"cuda"``; default the config's device on this
+    machine), from the model's ``config.json`` alone. Adapter runs only (LoRA, DoRA, QLoRA) with
+    the lm_head frozen: a trained head takes another path whose memory this does not follow."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from ..model.config import ModelConfig
+    from ..model.hub import resolve_model_dir
+    from ..model.transformer import Transformer
+    from ..quant import quantize_model, quantized_layers
+    from .dpo import DPOConfig
+    from .run import adapt
+
+    kind = _device_kind(device or config.device)
+    if not config.lora or "lm_head" in config.lora_targets:
+        raise ValueError("the memory estimate covers adapter training (LoRA, DoRA, QLoRA) with the lm_head frozen; "
+                         + ("this run trains every weight" if not config.lora else "this run adapts the lm_head"))
+    if str(config.model).endswith(".gguf"):
+        raise ValueError(f"{config.model}: the estimate reads an HF folder's config.json; import the GGUF file first "
+                         "(prefopt convert-gguf)")
+
+    def built(name: str) -> torch.nn.Module:  # the model of a folder's config.json, its tensors in the run's dtype
+        return _built(Transformer, ModelConfig.from_hf(resolve_model_dir(name)), DTYPES[config.dtype])
+
+    pairs = isinstance(config, DPOConfig)  # a chosen and a rejected row for each pair
+    rows, T = config.batch_size * (2 if pairs else 1), config.max_length
+    autocast = kind == "cuda" and config.bf16_autocast
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model = built(config.model)
+        ref = getattr(config, "ref", None)  # DPO's separate frozen reference model (--ref), loaded in full
+        reference = _bytes(built(ref)) if ref else 0
+        if config.quantize:
+            quantize_model(model, quantized_layers(config.lora_targets), config.quantize)
+        adapt(model, config)
+        model.gradient_checkpointing = config.checkpointing()
+        model.train()
+        trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        live = _Live(model)
+        with live, torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = _step_loss(model, rows, T)
+            activations = live.now
+            loss.backward()
+    weights = _bytes(model) + reference
+    optimizer = 2 * trained
+    # the step's peak with AdamW's moments held (from step 2 on); the optimizer step itself (gradients, moments and
+    # a temporary the size of the trained weights, with the activations gone) where that is more
+    peak = weights + max(live.peak + optimizer, live.now + optimizer + trained)
+    return MemoryEstimate(peak=peak, weights=weights, trained=trained, optimizer=optimizer, activations=activations,
+                          rows=rows, tokens=T, device=kind, dtype=config.dtype,
+                          checkpointed=model.checkpointed_layers(), layers=len(model.model.layers))
+
+
+def _device_kind(name: str) -> str:
+    """``"cpu"`` or ``"cuda"`` for a device name; ``auto`` is this machine's."""
+    if name == "auto":
+        return resolve_device("auto").type
+    kind = str(name).split(":")[0]
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"the memory estimate is for cpu or cuda, not {name!r}")
+    return kind
+
+
+def _built(cls, cfg, dtype: torch.dtype) -> torch.nn.Module:
+    """``cls(cfg)`` with its floating tensors in ``dtype`` (as loading casts them; a fake module's
+    parameters cannot be swapped for cast ones afterwards)."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return cls(cfg)
+    finally:
+        torch.set_default_dtype(before)
+
+
+def _bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def _step_loss(model, rows: int, T: int) -> torch.Tensor:
+    """One micro-batch's summed log-prob loss, as the trainers form it: final hidden states, the
+    scored positions gathered (every one: the worst case), the lm_head's chunked log-probs."""
+    from .distributed import head_operands
+
+    ids = torch.zeros(rows, T, dtype=torch.long)
+    hidden = model(ids, torch.ones(rows, T, dtype=torch.long), return_hidden=True)[:, :-1]
+    h, w = head_operands(model, hidden)
+    if torch.is_autocast_enabled("cpu"):  # the lm_head product in autocast's dtype, as sequence_logprobs takes it
+        h, w = h.to(torch.get_autocast_dtype("cpu")), w.to(torch.get_autocast_dtype("cpu"))
+    index = (torch.arange(rows).repeat_interleave(T - 1), torch.arange(T - 1).repeat(rows))
+    return -scored_logprobs(index, h[index], ids[:, 1:][index], w, ids[:, 1:].shape, "chunked").sum()
+
+
+class _Live(TorchDispatchMode):
+    """Follows the storages that ops create under it (not the model's own weights), from their
+    creation to their release: ``now`` and ``peak`` bytes of them."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.known = {t.untyped_storage()._cdata for t in [*model.parameters(), *model.buffers()]}
+        self.sizes: dict[int, int] = {}
+        self.refs: dict[int, weakref.ref] = {}
+        self.now = self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._follow(t.untyped_storage())
+        return out
+
+    def _follow(self, storage) -> None:
+        key = storage._cdata
+        if key in self.sizes or key in self.known:  # a view of a tensor already counted, or of a weight
+            return
+        self.sizes[key] = storage.nbytes()
+        self.now += self.sizes[key]
+        self.peak = max(self.peak, self.now)
+        self.refs[key] = weakref.ref(storage, lambda _, key=key: self._release(key))
+
+    def _release(self, key: int) -> None:
+        self.now -= self.sizes.pop(key, 0)
+        self.refs.pop(key, None)
