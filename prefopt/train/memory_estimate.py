@@ -25,6 +25,7 @@ profiler on a CPU, ``torch.cuda.max_memory_allocated`` on a GPU).
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -79,7 +80,8 @@ def estimate_memory(config: TrainConfig, device: str | None = None) -> MemoryEst
     """The peak memory of one training step of ``config`` (a :class:`TrainConfig` or
     ``DPOConfig``) on ``device`` (``"cpu"`` or ``"cuda"``; default the config's device on this
     machine), from the model's ``config.json`` alone. Adapter runs only (LoRA, DoRA, QLoRA) with
-    the lm_head frozen: a trained head takes another path whose memory this does not follow."""
+    the lm_head frozen (a trained head takes another path whose memory this does not follow), on
+    dense models (a mixture of experts routes by values that fake tensors lack)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from ..model.config import ModelConfig
@@ -97,16 +99,22 @@ def estimate_memory(config: TrainConfig, device: str | None = None) -> MemoryEst
         raise ValueError(f"{config.model}: the estimate reads an HF folder's config.json; import the GGUF file first "
                          "(prefopt convert-gguf)")
 
-    def built(name: str) -> torch.nn.Module:  # the model of a folder's config.json, its tensors in the run's dtype
-        return _built(Transformer, ModelConfig.from_hf(resolve_model_dir(name)), DTYPES[config.dtype])
+    cfg = ModelConfig.from_hf(resolve_model_dir(config.model))
+    if any(cfg.sparse(i) for i in range(cfg.num_hidden_layers)):
+        raise ValueError(f"{config.model} ({cfg.model_type}) is a mixture of experts, whose router sends each token "
+                         "by its values, which the estimate's tensors do not have: it covers dense models")
 
     pairs = isinstance(config, DPOConfig)  # a chosen and a rejected row for each pair
     rows, T = config.batch_size * (2 if pairs else 1), config.max_length
     autocast = kind == "cuda" and config.bf16_autocast
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        model = built(config.model)
+    with FakeTensorMode(allow_non_fake_inputs=True), warnings.catch_warnings():
+        # DoRA keys its cached weight norm by the weight's address, which a fake tensor has none of (the norm is
+        # computed once all the same)
+        warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
+        model = _built(Transformer, cfg, DTYPES[config.dtype])
         ref = getattr(config, "ref", None)  # DPO's separate frozen reference model (--ref), loaded in full
-        reference = _bytes(built(ref)) if ref else 0
+        reference = _bytes(_built(Transformer, ModelConfig.from_hf(resolve_model_dir(ref)), DTYPES[config.dtype])) \
+            if ref else 0
         if config.quantize:
             quantize_model(model, quantized_layers(config.lora_targets), config.quantize)
         adapt(model, config)

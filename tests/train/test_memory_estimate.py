@@ -62,18 +62,19 @@ def _profiled_peak(job) -> int:
 
 
 @pytest.mark.parametrize("kind", ["sft", "dpo"])
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_the_estimate_is_a_real_steps_peak_on_a_cpu(model_dir, tmp_path, kind, checkpointing):
+@pytest.mark.parametrize("settings", [{}, {"gradient_checkpointing": True}, {"lora_dora": True}, {"quantize": "nf4"}],
+                         ids=["lora", "checkpointing", "dora", "qlora"])
+def test_the_estimate_is_a_real_steps_peak_on_a_cpu(model_dir, tmp_path, kind, settings):
     cls = TrainConfig if kind == "sft" else DPOConfig
     config = cls(model=str(model_dir), output_dir=str(tmp_path / "run"), batch_size=4, max_length=T, device="cpu",
-                 gradient_checkpointing=checkpointing, lora_dropout=0.05)
+                 lora_dropout=0.05, **settings)
     est = estimate_memory(config)
     trainer = _trainer(kind, config, prepare_model(config))
     trainer.train_step(0)  # AdamW's moments are made here; every later step holds them
     real = _held(trainer) + _profiled_peak(lambda: trainer.train_step(1))
     assert est.rows == (4 if kind == "sft" else 8) and est.tokens == T
     assert abs(est.peak / real - 1) < 0.03, (est.peak, real)
-    assert est.checkpointed == (4 if checkpointing else 0)
+    assert est.checkpointed == (4 if settings.get("gradient_checkpointing") else 0)
 
 
 def _config_only(tmp_path, **overrides):
@@ -115,6 +116,18 @@ def test_a_config_json_alone_gives_the_weights_and_what_each_setting_saves(tmp_p
     # at most twice (no (T, T) attention matrix kept: SDPA's fused path), less by the head's fixed-size blocks
     assert 1.7 < longer.activations / plain.activations <= 2.0
     assert abs(est(ref=str(d)).weights - plain.weights - 4 * params) < 4096  # a separate reference model's
+
+
+def test_what_it_does_not_cover_is_refused_by_name(tmp_path):
+    d, _ = _config_only(tmp_path)
+    with pytest.raises(ValueError, match="adapter training .* this run adapts the lm_head"):
+        estimate_memory(TrainConfig(model=str(d), output_dir="-", lora_targets=["q_proj", "lm_head"]))
+    moe = tmp_path / "moe"
+    build_hf_model(moe, arch="qwen3_moe", tokenizer=False)
+    with pytest.raises(ValueError, match="qwen3_moe.*mixture of experts.*covers dense models"):
+        estimate_memory(TrainConfig(model=str(moe), output_dir="-"))
+    with pytest.raises(ValueError, match="for cpu or cuda, not 'mps'"):
+        estimate_memory(TrainConfig(model=str(d), output_dir="-"), "mps")
 
 
 def test_the_cli_prints_the_estimate_and_writes_nothing(tmp_path):
