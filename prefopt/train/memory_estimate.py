@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -134,6 +135,23 @@ def estimate_memory(config: TrainConfig, device: str | None = None) -> MemoryEst
     return MemoryEstimate(peak=peak, weights=weights, trained=trained, optimizer=optimizer, activations=activations,
                           rows=rows, tokens=T, device=kind, dtype=config.dtype,
                           checkpointed=model.checkpointed_layers(), layers=len(model.model.layers))
+
+
+def allocated_peak(job: Callable[[], object]) -> int:
+    """The most bytes that ``job()`` had allocated at once on a CPU beyond what was alive before it,
+    from PyTorch's profiler (each allocation and release, summed in time order): the measure the
+    estimate is checked against (on CUDA ``torch.cuda.max_memory_allocated`` says it)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        job()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    now = peak = 0
+    for e in events:
+        now += e.nbytes()
+        peak = max(peak, now)
+    return peak
 
 
 def _device_kind(name: str) -> str:

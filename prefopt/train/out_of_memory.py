@@ -120,7 +120,18 @@ def training_advice(trainer, what: str, phase: str | None = None) -> OutOfMemory
                "(overwrite=True) or into another --output-dir")
     return OutOfMemory(f"out of memory on {trainer.device} {when} ({what}), with micro-batches of {c.batch_size} "
                        f"examples of up to {c.max_length} tokens. To fit, try {', '.join(fixes)} (in Python: the "
-                       f"config fields of those names). {restart}", what, when, layers)
+                       f"config fields of those names). {restart}{_estimate_hint(trainer)}", what, when, layers)
+
+
+def _estimate_hint(trainer) -> str:
+    """Where the memory estimate covers the run (an adapter under a frozen head, a dense model):
+    how to see what a step of other settings holds before starting it."""
+    c, cfg = trainer.config, getattr(getattr(trainer, "model", None), "config", None)
+    dense = cfg is not None and hasattr(cfg, "sparse") and not any(cfg.sparse(i) for i in range(cfg.num_hidden_layers))
+    if not (c.lora and "lm_head" not in c.lora_targets and dense):
+        return ""
+    return (f"; the command with --estimate-memory {trainer.device.type} added says what a step of the new settings "
+            "holds, without loading anything")
 
 
 def _backward_layers(trainer) -> int | None:

@@ -12,7 +12,7 @@ import torch
 from prefopt.data.preference import PairExample
 from prefopt.data.sft import TokenizedExample
 from prefopt.train import DPOConfig, DPOTrainer, SFTTrainer, TrainConfig
-from prefopt.train.memory_estimate import estimate_memory
+from prefopt.train.memory_estimate import allocated_peak, estimate_memory
 from prefopt.train.run import prepare_model
 from tests._tiny import build_hf_model
 
@@ -45,22 +45,6 @@ def _held(trainer) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _profiled_peak(job) -> int:
-    """The most bytes that ``job`` had allocated at once beyond what was alive before it, from the
-    profiler's allocation events (independent of the estimate's own tracking)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        job()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    now = peak = 0
-    for e in events:
-        now += e.nbytes()
-        peak = max(peak, now)
-    return peak
-
-
 @pytest.mark.parametrize("kind", ["sft", "dpo"])
 @pytest.mark.parametrize("settings", [{}, {"gradient_checkpointing": True}, {"lora_dora": True}, {"quantize": "nf4"}],
                          ids=["lora", "checkpointing", "dora", "qlora"])
@@ -71,7 +55,7 @@ def test_the_estimate_is_a_real_steps_peak_on_a_cpu(model_dir, tmp_path, kind, s
     est = estimate_memory(config)
     trainer = _trainer(kind, config, prepare_model(config))
     trainer.train_step(0)  # AdamW's moments are made here; every later step holds them
-    real = _held(trainer) + _profiled_peak(lambda: trainer.train_step(1))
+    real = _held(trainer) + allocated_peak(lambda: trainer.train_step(1))
     assert est.rows == (4 if kind == "sft" else 8) and est.tokens == T
     assert abs(est.peak / real - 1) < 0.03, (est.peak, real)
     assert est.checkpointed == (4 if settings.get("gradient_checkpointing") else 0)

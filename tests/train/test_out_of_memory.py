@@ -52,7 +52,8 @@ def test_a_run_out_of_memory_says_when_and_what_to_change_and_frees_the_failed_s
         "fit, try --batch-size 2 --grad-accum 2 (the same examples per optimizer step), --gradient-checkpointing, a "
         "shorter --max-length (now 64), --dtype bfloat16 (the frozen base in 16 bits; the adapter stays float32), "
         "--quantize nf4 (the base in 4 bits) (in Python: the config fields of those names). These change the run's settings: start it again with --overwrite (overwrite=True) or into another "
-        "--output-dir")
+        "--output-dir; the command with --estimate-memory cpu added says what a step of the new settings holds, "
+        "without loading anything")
     assert caught.value.layers == 2  # the layers the backward goes through, for compare's advice
     # torch's error keeps no traceback: the failed step's frames and tensors are let go while the error is held
     gc.collect()
