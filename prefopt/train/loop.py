@@ -46,6 +46,7 @@ from .distributed import (
     wrap_model,
 )
 from .diverged import diverged
+from .memory_estimate import fit_note
 from .metrics import MetricsLog
 from .out_of_memory import explained
 from .peak_memory import PeakMemory
@@ -324,6 +325,8 @@ class Trainer:
             if note := self.precision_note():
                 print(f"prefopt: {note}", flush=True)
             if note := self.space_note():
+                print(f"prefopt: warning: {note}", file=sys.stderr, flush=True)
+            if note := fit_note(c, self.model, self.device, max(self._lengths, default=0)):
                 print(f"prefopt: warning: {note}", file=sys.stderr, flush=True)
         if log and resume_from:
             for why in passed:  # newest first: the steps since resume_from are trained again

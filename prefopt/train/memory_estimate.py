@@ -77,12 +77,15 @@ class MemoryEstimate:
         ]
 
 
-def estimate_memory(config: TrainConfig, device: str | None = None) -> MemoryEstimate:
+def estimate_memory(config: TrainConfig, device: str | None = None, *, model_config=None,
+                    tokens: int | None = None) -> MemoryEstimate:
     """The peak memory of one training step of ``config`` (a :class:`TrainConfig` or
     ``DPOConfig``) on ``device`` (``"cpu"`` or ``"cuda"``; default the config's device on this
-    machine), from the model's ``config.json`` alone. Adapter runs only (LoRA, DoRA, QLoRA) with
-    the lm_head frozen (a trained head takes another path whose memory this does not follow), on
-    dense models (a mixture of experts routes by values that fake tensors lack)."""
+    machine), from the model's ``config.json`` alone (or ``model_config``, a loaded model's
+    ``ModelConfig``), for micro-batches of ``tokens`` a row (default ``max_length``). Adapter
+    runs only (LoRA, DoRA, QLoRA) with the lm_head frozen (a trained head takes another path whose
+    memory this does not follow), on dense models (a mixture of experts routes by values that
+    fake tensors lack); anything else is a ``ValueError`` that says so."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from ..model.config import ModelConfig
@@ -100,13 +103,13 @@ def estimate_memory(config: TrainConfig, device: str | None = None) -> MemoryEst
         raise ValueError(f"{config.model}: the estimate reads an HF folder's config.json; import the GGUF file first "
                          "(prefopt convert-gguf)")
 
-    cfg = ModelConfig.from_hf(resolve_model_dir(config.model))
+    cfg = model_config or ModelConfig.from_hf(resolve_model_dir(config.model))
     if any(cfg.sparse(i) for i in range(cfg.num_hidden_layers)):
         raise ValueError(f"{config.model} ({cfg.model_type}) is a mixture of experts, whose router sends each token "
                          "by its values, which the estimate's tensors do not have: it covers dense models")
 
     pairs = isinstance(config, DPOConfig)  # a chosen and a rejected row for each pair
-    rows, T = config.batch_size * (2 if pairs else 1), config.max_length
+    rows, T = config.batch_size * (2 if pairs else 1), min(tokens or config.max_length, config.max_length)
     autocast = kind == "cuda" and config.bf16_autocast
     with FakeTensorMode(allow_non_fake_inputs=True), warnings.catch_warnings():
         # DoRA keys its cached weight norm by the weight's address, which a fake tensor has none of (the norm is
@@ -135,6 +138,45 @@ def estimate_memory(config: TrainConfig, device: str | None = None) -> MemoryEst
     return MemoryEstimate(peak=peak, weights=weights, trained=trained, optimizer=optimizer, activations=activations,
                           rows=rows, tokens=T, device=kind, dtype=config.dtype,
                           checkpointed=model.checkpointed_layers(), layers=len(model.model.layers))
+
+
+def fit_note(config: TrainConfig, model: torch.nn.Module, device: torch.device, longest: int) -> str | None:
+    """A warning before step 1 where a step of the run (micro-batches of its ``longest`` training
+    example, as the worst batch pads them) will not fit in the memory ``device`` has free beside
+    the weights already loaded; None where it fits, or where the estimate does not cover the run
+    or the free memory is not known. The estimate draws no random number (the run's stay as
+    they would be)."""
+    free = free_bytes(device)
+    if free is None or not hasattr(getattr(model, "config", None), "sparse"):  # a Transformer's ModelConfig
+        return None
+    try:
+        with torch.random.fork_rng(devices=[]):
+            est = estimate_memory(config, device.type, model_config=model.config, tokens=longest)
+    except ValueError:  # a run the estimate does not cover (it says which); nothing to warn of
+        return None
+    need = est.peak - est.weights
+    if need <= free:
+        return None
+    killed = " (on Linux the kernel may stop the process then, without a word)" if device.type == "cpu" else ""
+    return (f"a training step of these settings holds about {size_text(est.peak)} of tensors ({est.rows} rows of "
+            f"{est.tokens} tokens, the longest example's length), {size_text(need)} of it beyond the weights loaded, "
+            f"and {device.type} has {size_text(free)} free: the run will likely run out of memory{killed}. Lower "
+            "--batch-size (raising --grad-accum to match), --max-length, or add --gradient-checkpointing; "
+            "--estimate-memory says what a step of other settings holds (docs/training.md)")
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Memory ``device`` has free now: CUDA's free memory plus what PyTorch's allocator holds
+    unused; on Linux, the kernel's MemAvailable; else None."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def allocated_peak(job: Callable[[], object]) -> int:

@@ -144,3 +144,27 @@ def test_the_estimate_against_cuda_allocations(model_dir, tmp_path, kind):
     real = torch.cuda.max_memory_allocated()
     # the Triton head and CUDA's autocast differ from the CPU stand-ins the estimate runs: within a fifth
     assert abs(est.peak / real - 1) < 0.2, (est.peak, real)
+
+
+def test_a_run_that_will_not_fit_is_warned_of_before_step_1(model_dir, tmp_path, monkeypatch, capsys):
+    from prefopt.train import memory_estimate
+
+    config = TrainConfig(model=str(model_dir), output_dir=str(tmp_path / "tight"), batch_size=4, max_length=T,
+                         max_steps=2, progress=False)
+    rng = random.Random(0)
+    data = [TokenizedExample(ids, [-100] + ids[1:]) for ids in ([rng.randrange(3, 400) for _ in range(n)]
+                                                                   for n in (20, 40, 60, 30))]
+    SFTTrainer(prepare_model(config), config, data, pad_id=2).train()
+    assert "will likely run out of memory" not in capsys.readouterr().err  # this machine has room for it
+    monkeypatch.setattr(memory_estimate, "free_bytes", lambda device: 1024)
+    config = TrainConfig(**{**config.__dict__, "output_dir": str(tmp_path / "tighter")})
+    model = prepare_model(config)
+    rng_before = torch.get_rng_state()
+    assert memory_estimate.fit_note(config, model, torch.device("cpu"), 60) is not None
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the estimate draws no random number of the run's
+    summary = SFTTrainer(model, config, data, pad_id=2).train()  # a warning, not a stop
+    err = capsys.readouterr().err
+    assert "prefopt: warning: a training step of these settings holds about" in err
+    assert "(4 rows of 60 tokens, the longest example's length)" in err  # not max_length (96): the data's longest
+    assert "cpu has 1 kB free: the run will likely run out of memory" in err and "--estimate-memory" in err
+    assert summary["total_steps"] == 2
