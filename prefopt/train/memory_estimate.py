@@ -45,7 +45,9 @@ class MemoryEstimate:
     """Bytes a training step holds at once (``peak``) and what makes it up: ``weights`` (every
     parameter and buffer, a separate reference model's too), ``trained`` (the trained weights,
     within ``weights``), ``optimizer`` (AdamW's two moments of them), ``activations`` (what the
-    forward keeps for the backward, the lm_head's share included), and the micro-batch it assumed."""
+    forward keeps for the backward, the lm_head's share included), and what it assumed: the
+    micro-batch, the device, the weights' dtype, the layers recomputed and whether CUDA's bf16
+    autocast is on."""
 
     peak: int
     weights: int
@@ -58,11 +60,12 @@ class MemoryEstimate:
     dtype: str
     checkpointed: int
     layers: int
+    autocast: bool = False
 
     def lines(self) -> list[str]:
         """The estimate in words, for the console."""
         ck = f", gradient checkpointing on {self.checkpointed} of {self.layers} layers" if self.checkpointed else ""
-        on = {"cuda": "on CUDA (bf16 autocast as the run sets it)", "cpu": "on a CPU"}[self.device]
+        on = {"cuda": "on CUDA" + (" under bf16 autocast" if self.autocast else ""), "cpu": "on a CPU"}[self.device]
         extra = ("the CUDA context (about 0.5 GiB) and the caching allocator's reserve (often 5-20% more)"
                  if self.device == "cuda" else "the process's own code and what the C allocator keeps (the "
                  "resident set is often 0.5-1 GiB more)")
@@ -137,7 +140,7 @@ def estimate_memory(config: TrainConfig, device: str | None = None, *, model_con
     peak = weights + max(live.peak + optimizer, live.now + optimizer + trained)
     return MemoryEstimate(peak=peak, weights=weights, trained=trained, optimizer=optimizer, activations=activations,
                           rows=rows, tokens=T, device=kind, dtype=config.dtype,
-                          checkpointed=model.checkpointed_layers(), layers=len(model.model.layers))
+                          checkpointed=model.checkpointed_layers(), layers=len(model.model.layers), autocast=autocast)
 
 
 def fit_note(config: TrainConfig, model: torch.nn.Module, device: torch.device, longest: int) -> str | None:
