@@ -95,7 +95,6 @@ def estimate_memory(config: TrainConfig, device: str | None = None, *, model_con
     from ..model.hub import resolve_model_dir
     from ..model.transformer import Transformer
     from ..quant import quantize_model, quantized_layers
-    from .dpo import DPOConfig
     from .run import adapt
 
     kind = _device_kind(device or config.device)
@@ -111,8 +110,7 @@ def estimate_memory(config: TrainConfig, device: str | None = None, *, model_con
         raise ValueError(f"{config.model} ({cfg.model_type}) is a mixture of experts, whose router sends each token "
                          "by its values, which the estimate's tensors do not have: it covers dense models")
 
-    pairs = isinstance(config, DPOConfig)  # a chosen and a rejected row for each pair
-    rows, T = config.batch_size * (2 if pairs else 1), min(tokens or config.max_length, config.max_length)
+    rows, T = _rows(config), min(tokens or config.max_length, config.max_length)
     autocast = kind == "cuda" and config.bf16_autocast
     with FakeTensorMode(allow_non_fake_inputs=True), warnings.catch_warnings():
         # DoRA keys its cached weight norm by the weight's address, which a fake tensor has none of (the norm is
@@ -152,6 +150,8 @@ def fit_note(config: TrainConfig, model: torch.nn.Module, device: torch.device, 
     free = free_bytes(device)
     if free is None or not hasattr(getattr(model, "config", None), "sparse"):  # a Transformer's ModelConfig
         return None
+    if surely_fits(config, model, free, longest):  # (the estimate takes 0.2-6 s; most runs have room to spare)
+        return None
     try:
         with torch.random.fork_rng(devices=[]):
             est = estimate_memory(config, device.type, model_config=model.config, tokens=longest)
@@ -166,6 +166,28 @@ def fit_note(config: TrainConfig, model: torch.nn.Module, device: torch.device, 
             f"and {device.type} has {size_text(free)} free: the run will likely run out of memory{killed}. Lower "
             "--batch-size (raising --grad-accum to match), --max-length, or add --gradient-checkpointing; "
             "--estimate-memory says what a step of other settings holds (docs/training.md)")
+
+
+def surely_fits(config: TrainConfig, model: torch.nn.Module, free: int, longest: int) -> bool:
+    """Whether a generous bound on what a step adds to the loaded weights fits in ``free`` bytes,
+    so the estimate need not run: per token and layer 12 D + 8 F + 4 (heads + 2 kv heads) x head_dim
+    values of 4 bytes (SmolLM2's LoRA step keeps 16 D in all; a checkpointed layer 2 D, one of
+    them the full width while it is rebuilt), the head's gathered states and four
+    logits blocks, three copies of the largest layer's weights (16-bit or 4-bit ones widened for a
+    pass) and four of the trained ones; doubled. tests/train/test_memory_estimate.py holds it
+    above the estimate."""
+    from ..kernels._backward import CHUNK_ELEMENTS
+
+    c = model.config
+    tokens = _rows(config) * min(longest or config.max_length, config.max_length)
+    width = 12 * c.hidden_size + 8 * c.intermediate_size + 4 * (c.num_attention_heads + 2 * c.num_key_value_heads) \
+        * c.head_dim
+    layer = max(sum(p.numel() for p in block.parameters()) for block in model.model.layers)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    k = model.checkpointed_layers()  # these keep their input alone, and one of them is rebuilt at a time
+    kept = width * (c.num_hidden_layers - k + (k > 0)) + 2 * c.hidden_size * k
+    bound = 4 * (tokens * (kept + 4 * c.hidden_size) + 4 * CHUNK_ELEMENTS + 3 * layer + 4 * trained)
+    return 2 * bound <= free
 
 
 def free_bytes(device: torch.device) -> int | None:
@@ -197,6 +219,13 @@ def allocated_peak(job: Callable[[], object]) -> int:
         now += e.nbytes()
         peak = max(peak, now)
     return peak
+
+
+def _rows(config: TrainConfig) -> int:
+    """A micro-batch's rows: DPO's (and KTO's) two for each of ``batch_size`` pairs (examples)."""
+    from .dpo import DPOConfig
+
+    return config.batch_size * (2 if isinstance(config, DPOConfig) else 1)
 
 
 def _device_kind(name: str) -> str:

@@ -168,3 +168,29 @@ def test_a_run_that_will_not_fit_is_warned_of_before_step_1(model_dir, tmp_path,
     assert "(4 rows of 60 tokens, the longest example's length)" in err  # not max_length (96): the data's longest
     assert "cpu has 1 kB free: the run will likely run out of memory" in err and "--estimate-memory" in err
     assert summary["total_steps"] == 2
+
+
+@pytest.mark.parametrize("settings", [{}, {"gradient_checkpointing": True}, {"lora_dora": True}, {"quantize": "nf4"},
+                                      {"dtype": "bfloat16"}, {"lora_r": 64, "lora_targets": ["all-linear"]}],
+                         ids=["lora", "checkpointing", "dora", "qlora", "bf16", "r64"])
+@pytest.mark.parametrize("cls", [TrainConfig, DPOConfig], ids=["sft", "dpo"])
+def test_the_quick_bound_that_skips_the_estimate_is_above_it(tmp_path, settings, cls):
+    from prefopt.model import ModelConfig, Transformer
+    from prefopt.quant import quantize_model, quantized_layers
+    from prefopt.train.memory_estimate import surely_fits
+    from prefopt.train.run import adapt
+
+    d, _ = _config_only(tmp_path)
+    for device, length, longest in (("cpu", 512, 300), ("cuda", 1024, 1024)):
+        config = cls(model=str(d), output_dir="-", batch_size=2, max_length=length, **settings)
+        est = estimate_memory(config, device, tokens=longest)
+        with torch.device("meta"):  # the trainer's model, as it holds its weights (4-bit codes for QLoRA)
+            model = Transformer(ModelConfig.from_hf(d))
+            if config.quantize:
+                quantize_model(model, quantized_layers(config.lora_targets), config.quantize)
+            model = adapt(model, config)
+        model.gradient_checkpointing = config.checkpointing()  # as the trainer sets it
+        assert not surely_fits(config, model, est.peak - est.weights, longest)  # no: it may not fit in that
+        # and not needlessly high: ten times the need and 2 GiB spare skip the estimate (its fixed terms: the
+        # head's logits blocks, a layer's weights)
+        assert surely_fits(config, model, 10 * (est.peak - est.weights) + 2**31, longest)
