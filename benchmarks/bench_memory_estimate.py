@@ -4,7 +4,9 @@ this machine: for each setting, the estimate's peak and the bytes the step alloc
 alive), in one run.
 
 Every example is exactly ``--max-length`` tokens with all but the first scored, the case the
-estimate assumes (random token ids: memory does not depend on the values). On a CUDA machine
+estimate assumes (random token ids: memory does not depend on the values; the first the same
+everywhere, a one-token prompt that a pair's two answers share, so DPO packs each pair's row
+as it would real pairs). On a CUDA machine
 ``--device cuda`` measures with ``torch.cuda.max_memory_allocated`` instead.
 
     .venv/bin/python benchmarks/bench_memory_estimate.py --batch-size 4 --max-length 256
@@ -54,7 +56,7 @@ def main() -> None:
     vocab = ModelConfig.from_hf(resolve_model_dir(a.model)).vocab_size
 
     def example() -> TokenizedExample:
-        ids = [rng.randrange(3, vocab) for _ in range(a.max_length)]
+        ids = [1] + [rng.randrange(3, vocab) for _ in range(a.max_length - 1)]  # a one-token prompt pairs share
         return TokenizedExample(ids, [-100] + ids[1:])
 
     print(f"model {a.model}, {a.device}, fp32 base, LoRA r16/a32/d0.05 on the seven projections, micro-batches of "

@@ -74,19 +74,10 @@ def sequence_logprobs(
     index, h, y = scored(hidden, labels, ignore_index)  # the scored tokens, before any matmul
     if not y.numel():
         return torch.zeros(labels.shape, dtype=torch.float32, device=labels.device) + 0 * hidden.sum()  # keeps the graph
-    return scored_logprobs(index, h, y, weight, labels.shape, name)
-
-
-def scored_logprobs(index: tuple[torch.Tensor, ...], h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
-                    shape: torch.Size, name: str) -> torch.Tensor:
-    """:func:`sequence_logprobs` from its gathered tokens on: the log-probs of labels ``y`` of the
-    scored hidden states ``h`` ``(M, D)`` under implementation ``name``, laid at ``index`` in a
-    ``shape`` tensor of zeros (the memory estimate runs this part on shapes alone:
-    ``prefopt.train.memory_estimate``)."""
-    with torch.autocast(h.device.type, enabled=False):
+    with torch.autocast(device, enabled=False):
         picked = IMPLS[name](h, weight, y)
-    return torch.zeros(shape, dtype=picked.dtype, device=h.device).index_put(index, picked)
+    return torch.zeros(labels.shape, dtype=picked.dtype, device=labels.device).index_put(index, picked)
 
 
 __all__ = ["IMPLS", "chunked_logprobs", "fused_preference_loss", "naive_logprobs", "nll_sum", "resolve_impl",
-           "scored_logprobs", "sequence_logprobs", "triton_logprobs"]
+           "sequence_logprobs", "triton_logprobs"]

@@ -257,15 +257,7 @@ class DPOTrainer(Trainer):
                 "(or a pair's chosen and rejected prompts differ): each pair runs in a row of its own")
 
     def pair_batch(self, pairs) -> Batch:
-        """Packed rows (each prompt once) where every pair shares its prompt and
-        ``share_prompt`` is on, all in one row after the data's shared prompt start with
-        ``share_start``; else the chosen and rejected sequences stacked."""
-        packed = None
-        if self.start:
-            packed = pack_pairs_after(pairs, self.start)
-        if packed is None and self.config.share_prompt:
-            packed = pack_pairs(pairs, self.pad_id)
-        return packed if packed is not None else pair_collate(pairs, self.pad_id)
+        return pair_batch(pairs, self.config, self.pad_id, self.start)
 
     def collate(self, pairs):
         batch = self.pair_batch(pairs)
@@ -369,28 +361,49 @@ class DPOTrainer(Trainer):
         else:
             ref = self.reference_logps(batch)
             ref_c, ref_r = ref[:B], ref[B:]
-        hidden, labels = pair_hidden(model, batch)
-        kw = self.config.loss_kwargs()
-        if self.config.run_kind == "kto" and model.training and self.dist.enabled:
-            # z0 over the ranks' batches, as TRL takes it (training's micro-batches are the same on every
-            # rank; an eval shard may have one batch more, so there each rank keeps its own)
-            kw["reference_mean"] = self._mean_over_ranks
-        ld = self.config.ld_alpha
-        out, lp = fused_preference_loss(*head_operands(model, hidden), labels, ref_c, ref_r,
-                                        self.config.loss, ignore_index=IGNORE, reduction="sum",
-                                        desirable=batch.get("desirable"), wpo=self.config.wpo,
-                                        token_weights=None if ld is None else ld_weights(labels, ld, IGNORE), **kw)
-        if self.config.run_kind == "kto":
-            return out.losses, kto_metrics(lp, out.reference_point)
-        c, r = out.chosen_rewards, out.rejected_rewards
-        metrics = {
-            "rewards/chosen": c.sum(), "rewards/rejected": r.sum(), "rewards/accuracies": (c > r).float().sum(),
-            "rewards/margins": (c - r).sum(), "logps/chosen": lp.chosen.detach().sum(),
-            "logps/rejected": lp.rejected.detach().sum(),
-        }
-        if lp.pair_weights is not None:  # WPO: the mean weight, what the step's loss was scaled by
-            metrics["wpo/weights"] = lp.pair_weights.sum()
-        return out.losses, metrics
+        # KTO: z0 over the ranks' batches, as TRL takes it (training's micro-batches are the same on every rank; an
+        # eval shard may have one batch more, so there each rank keeps its own)
+        across = self.config.run_kind == "kto" and model.training and self.dist.enabled
+        return preference_loss_sum(model, batch, self.config, ref_c, ref_r, self._mean_over_ranks if across else None)
+
+
+def pair_batch(pairs, config: DPOConfig, pad_id: int, start: int = 0) -> Batch:
+    """A micro-batch of pairs as training lays it out: packed rows (each prompt once) where every
+    pair shares its prompt and ``share_prompt`` is on, all in one row after the data's shared
+    prompt start of ``start`` tokens with ``share_start``; else the chosen and rejected sequences
+    stacked."""
+    packed = None
+    if start:
+        packed = pack_pairs_after(pairs, start)
+    if packed is None and config.share_prompt:
+        packed = pack_pairs(pairs, pad_id)
+    return packed if packed is not None else pair_collate(pairs, pad_id)
+
+
+def preference_loss_sum(model, batch: Batch, config: DPOConfig, ref_c, ref_r, reference_mean=None):
+    """A micro-batch's summed preference loss and metrics, the lm_head fused with the loss
+    (``ref_c``/``ref_r``: the reference's sequence log-probs, None for a reference-free loss;
+    ``reference_mean``: KTO's mean of z0 across ranks)."""
+    hidden, labels = pair_hidden(model, batch)
+    kw = config.loss_kwargs()
+    if reference_mean is not None:
+        kw["reference_mean"] = reference_mean
+    ld = config.ld_alpha
+    out, lp = fused_preference_loss(*head_operands(model, hidden), labels, ref_c, ref_r,
+                                    config.loss, ignore_index=IGNORE, reduction="sum",
+                                    desirable=batch.get("desirable"), wpo=config.wpo,
+                                    token_weights=None if ld is None else ld_weights(labels, ld, IGNORE), **kw)
+    if config.run_kind == "kto":
+        return out.losses, kto_metrics(lp, out.reference_point)
+    c, r = out.chosen_rewards, out.rejected_rewards
+    metrics = {
+        "rewards/chosen": c.sum(), "rewards/rejected": r.sum(), "rewards/accuracies": (c > r).float().sum(),
+        "rewards/margins": (c - r).sum(), "logps/chosen": lp.chosen.detach().sum(),
+        "logps/rejected": lp.rejected.detach().sum(),
+    }
+    if lp.pair_weights is not None:  # WPO: the mean weight, what the step's loss was scaled by
+        metrics["wpo/weights"] = lp.pair_weights.sum()
+    return out.losses, metrics
 
 
 def kto_metrics(lp, z0: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -31,12 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from ..devices import DTYPES, resolve_device
 from ..fileio import size_text
-from ..kernels import scored_logprobs
 from .config import TrainConfig
 
 
@@ -89,8 +89,6 @@ def estimate_memory(config: TrainConfig, device: str | None = None, *, model_con
     runs only (LoRA, DoRA, QLoRA) with the lm_head frozen (a trained head takes another path whose
     memory this does not follow), on dense models (a mixture of experts routes by values that
     fake tensors lack); anything else is a ``ValueError`` that says so."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     from ..model.config import ModelConfig
     from ..model.hub import resolve_model_dir
     from ..model.transformer import Transformer
@@ -111,6 +109,7 @@ def estimate_memory(config: TrainConfig, device: str | None = None, *, model_con
                          "by its values, which the estimate's tensors do not have: it covers dense models")
 
     rows, T = _rows(config), min(tokens or config.max_length, config.max_length)
+    step_loss = _worst_step(config, T)  # its batch in real tensors: the model's activations alone are fake
     autocast = kind == "cuda" and config.bf16_autocast
     with FakeTensorMode(allow_non_fake_inputs=True), warnings.catch_warnings():
         # DoRA keys its cached weight norm by the weight's address, which a fake tensor has none of (the norm is
@@ -128,7 +127,7 @@ def estimate_memory(config: TrainConfig, device: str | None = None, *, model_con
         trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
         live = _Live(model)
         with live, torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            loss = _step_loss(model, rows, T)
+            loss = step_loss(model)
             activations = live.now
             loss.backward()
     weights = _bytes(model) + reference
@@ -253,18 +252,30 @@ def _bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
-def _step_loss(model, rows: int, T: int) -> torch.Tensor:
-    """One micro-batch's summed log-prob loss, as the trainers form it: final hidden states, the
-    scored positions gathered (every one: the worst case), the lm_head's chunked log-probs."""
-    from .distributed import head_operands
+def _worst_step(config: TrainConfig, T: int) -> Callable[[torch.nn.Module], torch.Tensor]:
+    """The trainer's loss on the largest micro-batch the settings allow, laid out by its own collate: SFT's ``batch_size`` examples of ``T`` tokens; DPO's pairs of ``T``-token
+    answers after a one-token prompt (packed where ``share_prompt`` is on, as real pairs would be:
+    the longest row and the largest mask), the reference log-probs as a cache would give them.
+    Every token but the first scored. KTO is taken as pairs of the same sizes."""
+    from dataclasses import replace
 
-    ids = torch.zeros(rows, T, dtype=torch.long)
-    hidden = model(ids, torch.ones(rows, T, dtype=torch.long), return_hidden=True)[:, :-1]
-    h, w = head_operands(model, hidden)
-    if torch.is_autocast_enabled("cpu"):  # the lm_head product in autocast's dtype, as sequence_logprobs takes it
-        h, w = h.to(torch.get_autocast_dtype("cpu")), w.to(torch.get_autocast_dtype("cpu"))
-    index = (torch.arange(rows).repeat_interleave(T - 1), torch.arange(T - 1).repeat(rows))
-    return -scored_logprobs(index, h[index], ids[:, 1:][index], w, ids[:, 1:].shape, "chunked").sum()
+    from ..data.preference import PairExample
+    from ..data.sft import IGNORE, TokenizedExample
+    from ..losses import REFERENCE_FREE
+    from .dpo import DPOConfig, pair_batch, preference_loss_sum
+    from .sft import sft_batch, sft_loss_sum
+
+    def example(token: int) -> TokenizedExample:
+        return TokenizedExample([1] + [token] * (T - 1), [IGNORE] + [token] * (T - 1))
+
+    if not isinstance(config, DPOConfig):
+        batch = sft_batch([example(1)] * config.batch_size, config, pad_id=0)
+        return lambda model: sft_loss_sum(model, batch)
+    if config.run_kind == "kto":
+        config = replace(config, loss="sigmoid")
+    batch = pair_batch([PairExample(example(1), example(2))] * config.batch_size, config, pad_id=0)
+    refs = (None, None) if config.loss in REFERENCE_FREE else (torch.zeros(config.batch_size),) * 2
+    return lambda model: preference_loss_sum(model, batch, config, *refs)[0]
 
 
 class _Live(TorchDispatchMode):
@@ -279,7 +290,12 @@ class _Live(TorchDispatchMode):
         self.now = self.peak = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if tensors and not any(isinstance(t, FakeTensor) for t in tensors):  # the batch's own (labels, masks): run
+            with unset_fake_temporarily():  # for real, so that what depends on their values can be worked out
+                out = func(*args, **(kwargs or {}))
+        else:
+            out = func(*args, **(kwargs or {}))
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 self._follow(t.untyped_storage())

@@ -56,24 +56,34 @@ class SFTTrainer(Trainer):
                 "a micro-batch whose examples do runs its start once")
 
     def collate(self, examples):
-        if not self.config.pack:
-            return pad_collate(examples, self.pad_id)
-        return packed_collate(examples, examples_start(examples) if self.config.share_start else 0)
+        return sft_batch(examples, self.config, self.pad_id)
 
     def units(self, batch: Batch) -> int:
         return int((batch["labels"][:, 1:] != IGNORE).sum())
 
     def loss_sum(self, model, batch):
-        """Summed NLL of the response tokens. The model returns hidden states and only response
-        positions reach the lm_head (``prefopt.kernels.nll_sum``): no ``(B, T, V)`` logits."""
-        if "lengths" in batch:  # packed: one row, each example attending to itself (packed_collate), and to
-            # the start every example has where it leads the row once (share_start)
-            hidden = model(batch["input_ids"], packed=batch["lengths"].tolist(),
-                           packed_start=int(batch.get("start", 0)), return_hidden=True)  # (1, L, D)
-        else:
-            hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)  # (B, T, D)
-        hidden, weight = head_operands(model, hidden[:, :-1])
-        return nll_sum(hidden, weight, batch["labels"][:, 1:], ignore_index=IGNORE), {}
+        return sft_loss_sum(model, batch), {}
+
+
+def sft_batch(examples: Sequence[TokenizedExample], config, pad_id: int) -> Batch:
+    """A micro-batch as SFT lays it out: one packed row (``pack``; the examples' shared start
+    once with ``share_start``) or padded rows."""
+    if not config.pack:
+        return pad_collate(examples, pad_id)
+    return packed_collate(examples, examples_start(examples) if config.share_start else 0)
+
+
+def sft_loss_sum(model, batch: Batch) -> torch.Tensor:
+    """Summed NLL of the response tokens. The model returns hidden states and only response
+    positions reach the lm_head (``prefopt.kernels.nll_sum``): no ``(B, T, V)`` logits."""
+    if "lengths" in batch:  # packed: one row, each example attending to itself (packed_collate), and to
+        # the start every example has where it leads the row once (share_start)
+        hidden = model(batch["input_ids"], packed=batch["lengths"].tolist(),
+                       packed_start=int(batch.get("start", 0)), return_hidden=True)  # (1, L, D)
+    else:
+        hidden = model(batch["input_ids"], batch["attention_mask"], return_hidden=True)  # (B, T, D)
+    hidden, weight = head_operands(model, hidden[:, :-1])
+    return nll_sum(hidden, weight, batch["labels"][:, 1:], ignore_index=IGNORE)
 
 
 def split_eval(examples: list, fraction: float, seed: int, records: list[int] | None = None) -> tuple[list, list]:

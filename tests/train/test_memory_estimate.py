@@ -27,7 +27,9 @@ def model_dir(tmp_path_factory):
 
 
 def _example(rng: random.Random) -> TokenizedExample:
-    ids = [rng.randrange(3, 400) for _ in range(T)]
+    """T tokens, the first (a one-token prompt, the same in every example: a pair shares it, and
+    is packed as real pairs are) not scored."""
+    ids = [1] + [rng.randrange(3, 400) for _ in range(T - 1)]
     return TokenizedExample(ids, [-100] + ids[1:])
 
 
