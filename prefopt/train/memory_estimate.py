@@ -54,7 +54,7 @@ class MemoryEstimate:
     trained: int
     optimizer: int
     activations: int
-    rows: int
+    sequences: int
     tokens: int
     device: str
     dtype: str
@@ -70,7 +70,7 @@ class MemoryEstimate:
                  if self.device == "cuda" else "the process's own code and what the C allocator keeps (the "
                  "resident set is often 0.5-1 GiB more)")
         return [
-            f"memory estimate for one training step {on}, {self.dtype} weights, a micro-batch of {self.rows} rows "
+            f"memory estimate for one training step {on}, {self.dtype} weights, a micro-batch of {self.sequences} sequences "
             f"of {self.tokens} tokens{ck}:",
             f"  weights      {size_text(self.weights)}",
             f"  trained      {size_text(self.trained)} of them, with their gradients and AdamW's two moments "
@@ -136,7 +136,7 @@ def estimate_memory(config: TrainConfig, device: str | None = None, *, model_con
     # a temporary the size of the trained weights, with the activations gone) where that is more
     peak = weights + max(live.peak + optimizer, live.now + optimizer + trained)
     return MemoryEstimate(peak=peak, weights=weights, trained=trained, optimizer=optimizer, activations=activations,
-                          rows=rows, tokens=T, device=kind, dtype=config.dtype,
+                          sequences=rows, tokens=T, device=kind, dtype=config.dtype,
                           checkpointed=model.checkpointed_layers(), layers=len(model.model.layers), autocast=autocast)
 
 
@@ -160,7 +160,7 @@ def fit_note(config: TrainConfig, model: torch.nn.Module, device: torch.device, 
     if need <= free:
         return None
     killed = " (on Linux the kernel may stop the process then, without a word)" if device.type == "cpu" else ""
-    return (f"a training step of these settings holds about {size_text(est.peak)} of tensors ({est.rows} rows of "
+    return (f"a training step of these settings holds about {size_text(est.peak)} of tensors ({est.sequences} sequences of "
             f"{est.tokens} tokens, the longest example's length), {size_text(need)} of it beyond the weights loaded, "
             f"and {device.type} has {size_text(free)} free: the run will likely run out of memory{killed}. Lower "
             "--batch-size (raising --grad-accum to match), --max-length, or add --gradient-checkpointing; "

@@ -58,7 +58,7 @@ def test_the_estimate_is_a_real_steps_peak_on_a_cpu(model_dir, tmp_path, kind, s
     trainer = _trainer(kind, config, prepare_model(config))
     trainer.train_step(0)  # AdamW's moments are made here; every later step holds them
     real = _held(trainer) + allocated_peak(lambda: trainer.train_step(1))
-    assert est.rows == (4 if kind == "sft" else 8) and est.tokens == T
+    assert est.sequences == (4 if kind == "sft" else 8) and est.tokens == T
     assert abs(est.peak / real - 1) < 0.03, (est.peak, real)
     assert est.checkpointed == (4 if settings.get("gradient_checkpointing") else 0)
 
@@ -88,7 +88,7 @@ def test_a_config_json_alone_gives_the_weights_and_what_each_setting_saves(tmp_p
     plain = est()
     assert abs(plain.weights - 4 * (params + lora)) < 4096  # fp32 weights, the adapter's included (+ RoPE's buffer)
     assert plain.trained == 4 * lora and plain.optimizer == 2 * plain.trained
-    assert plain.rows == 4 and plain.device == "cuda"
+    assert plain.sequences == 4 and plain.device == "cuda"
     assert plain.peak > plain.weights + plain.activations
     ckpt = est(gradient_checkpointing=True)
     assert ckpt.activations < plain.activations / 4 and ckpt.peak < plain.peak
@@ -123,7 +123,7 @@ def test_the_cli_prints_the_estimate_and_writes_nothing(tmp_path):
                         "--batch-size", "2", "--max-length", "512", "--gradient-checkpointing",
                         "--estimate-memory", "cuda"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "one training step on CUDA" in r.stdout and "4 rows of 512 tokens" in r.stdout
+    assert "one training step on CUDA" in r.stdout and "4 sequences of 512 tokens" in r.stdout
     assert "gradient checkpointing on 8 of 8 layers" in r.stdout and "  peak " in r.stdout
     assert not out.exists()
     r = subprocess.run([sys.executable, "-m", "prefopt.cli", "sft", "--model", str(d), "--no-lora",
@@ -167,7 +167,7 @@ def test_a_run_that_will_not_fit_is_warned_of_before_step_1(model_dir, tmp_path,
     summary = SFTTrainer(model, config, data, pad_id=2).train()  # a warning, not a stop
     err = capsys.readouterr().err
     assert "prefopt: warning: a training step of these settings holds about" in err
-    assert "(4 rows of 60 tokens, the longest example's length)" in err  # not max_length (96): the data's longest
+    assert "(4 sequences of 60 tokens, the longest example's length)" in err  # not max_length (96): the data's longest
     assert "cpu has 1 kB free: the run will likely run out of memory" in err and "--estimate-memory" in err
     assert summary["total_steps"] == 2
 
