@@ -2,26 +2,30 @@
 
 :func:`estimate_memory` builds the run's model from its ``config.json`` on fake tensors (shapes
 and dtypes, no storage: ``torch._subclasses.FakeTensorMode``), puts the run's adapter on it, and
-runs one micro-batch's forward and backward through the same code as training, the lm_head's
-chunked log-probs included. A dispatch mode follows every tensor the step creates and frees
-(:class:`_Live`), so the figure is the step's own peak of live tensors, not a formula: the
+runs the trainer's own collate and loss (``sft_batch``/``sft_loss_sum``,
+``pair_batch``/``preference_loss_sum``) forward and backward on one micro-batch, the lm_head's
+chunked log-probs included. A dispatch mode (:class:`_Live`) follows every tensor the step
+creates and frees, so the figure is the step's own peak of live tensors, not a formula: the
 activations each layer keeps for the backward (fewer under gradient checkpointing, where a
-layer's are rebuilt in the backward), the logits blocks of the head, the gradients. AdamW's two
+layer's are rebuilt in the backward), the logits blocks of the head, the gradients. Ops on the
+batch's real tensors alone (label checks, the scored positions) run for real. AdamW's two
 moments of the trained weights are added, as they are held from the second step on. It takes a
 few seconds for any model size, on any machine: a team can size a run for a GPU it does not
 have yet.
 
-The micro-batch is the worst the settings allow: ``batch_size`` rows (DPO: a chosen and a
-rejected row for each pair) of ``max_length`` tokens, every token scored. Shorter records, DPO's
-prompt shared by its two answers (``share_prompt``) and packing hold less. What it does not
-count: the CUDA context and kernels (about 0.5 GiB a process), the caching allocator's reserve
-beyond live tensors (often 5-20% more on a GPU, see ``torch.cuda.max_memory_reserved``), on a
-CPU the process's own code and what the C allocator keeps; on CUDA the Triton lm_head kernel
-holds up to two 64 MiB logits blocks less than the chunked path estimated here. The forward runs
-on the CPU's fake tensors; on CUDA bf16 autocast is stood in for by the CPU's.
+The micro-batch is the worst the settings allow: ``batch_size`` examples of ``max_length``
+tokens, all but the first scored; DPO's pairs share a one-token prompt and are packed as real
+pairs are (the longest rows and masks). Shorter records hold less. What it does not count: the
+CUDA context and kernels (about 0.5 GiB a process), the caching allocator's reserve beyond live
+tensors (often 5-20% more on a GPU, see ``torch.cuda.max_memory_reserved``), on a CPU the
+process's own code and what the C allocator keeps; on CUDA the Triton lm_head kernel holds up
+to two 64 MiB logits blocks less than the chunked path estimated here. The step runs on the
+CPU's fake tensors; on CUDA bf16 autocast is stood in for by the CPU's.
 
-Measured against the allocations of a real step (tests/train/test_memory_estimate.py: PyTorch's
-profiler on a CPU, ``torch.cuda.max_memory_allocated`` on a GPU).
+Measured against the allocations of a real step (:func:`allocated_peak`, PyTorch's profiler, on
+a CPU: benchmarks/bench_memory_estimate.py, tests/train/test_memory_estimate.py; on a GPU
+``torch.cuda.max_memory_allocated``, not run yet). :func:`fit_note` is the warning each run
+gives before step 1 where its step will not fit.
 """
 from __future__ import annotations
 
