@@ -257,9 +257,10 @@ def _bytes(model: torch.nn.Module) -> int:
 
 
 def _worst_step(config: TrainConfig, T: int) -> Callable[[torch.nn.Module], torch.Tensor]:
-    """The trainer's loss on the largest micro-batch the settings allow, laid out by its own collate: SFT's ``batch_size`` examples of ``T`` tokens; DPO's pairs of ``T``-token
-    answers after a one-token prompt (packed where ``share_prompt`` is on, as real pairs would be:
-    the longest row and the largest mask), the reference log-probs as a cache would give them.
+    """The trainer's loss on the largest micro-batch the settings allow, laid out by its own
+    collate: SFT's ``batch_size`` examples of ``T`` tokens; DPO's pairs of ``T``-token sequences
+    sharing a one-token prompt (packed where ``share_prompt`` is on, as real pairs would be: the
+    longest rows and the largest masks), the reference log-probs as a cache would give them.
     Every token but the first scored. KTO is taken as pairs of the same sizes."""
     from dataclasses import replace
 
