@@ -74,8 +74,8 @@ class MemoryEstimate:
                  if self.device == "cuda" else "the process's own code and what the C allocator keeps (the "
                  "resident set is often 0.5-1 GiB more)")
         return [
-            f"memory estimate for one training step {on}, {self.dtype} weights, a micro-batch of {self.sequences} sequences "
-            f"of {self.tokens} tokens{ck}:",
+            f"memory estimate for one training step {on}, {self.dtype} weights, a micro-batch of "
+            f"{self.sequences} sequences of {self.tokens} tokens{ck}:",
             f"  weights      {size_text(self.weights)}",
             f"  trained      {size_text(self.trained)} of them, with their gradients and AdamW's two moments "
             f"({size_text(self.optimizer)})",
@@ -148,8 +148,9 @@ def fit_note(config: TrainConfig, model: torch.nn.Module, device: torch.device, 
     """A warning before step 1 where a step of the run (micro-batches of its ``longest`` training
     example, as the worst batch pads them) will not fit in the memory ``device`` has free beside
     the weights already loaded; None where it fits, or where the estimate does not cover the run
-    or the free memory is not known. The estimate draws no random number (the run's stay as
-    they would be)."""
+    or the free memory is not known. The estimate runs only where a quick generous bound
+    (:func:`surely_fits`) does not fit, and draws no random number (the run's stay as they would
+    be)."""
     free = free_bytes(device)
     if free is None or not hasattr(getattr(model, "config", None), "sparse"):  # a Transformer's ModelConfig
         return None
@@ -164,8 +165,9 @@ def fit_note(config: TrainConfig, model: torch.nn.Module, device: torch.device, 
     if need <= free:
         return None
     killed = " (on Linux the kernel may stop the process then, without a word)" if device.type == "cpu" else ""
-    return (f"a training step of these settings holds about {size_text(est.peak)} of tensors ({est.sequences} sequences of "
-            f"{est.tokens} tokens, the longest example's length), {size_text(need)} of it beyond the weights loaded, "
+    return (f"a training step of these settings holds about {size_text(est.peak)} of tensors ({est.sequences} "
+            f"sequences of {est.tokens} tokens, the longest example's length), {size_text(need)} of it beyond the "
+            "weights loaded, "
             f"and {device.type} has {size_text(free)} free: the run will likely run out of memory{killed}. Lower "
             "--batch-size (raising --grad-accum to match), --max-length, or add --gradient-checkpointing; "
             "--estimate-memory says what a step of other settings holds (docs/training.md)")
