@@ -19,30 +19,15 @@ import shutil
 import tempfile
 import time
 
-import torch
-
 from prefopt.data.preference import PairExample
 from prefopt.data.sft import TokenizedExample
 from prefopt.model import ModelConfig, resolve_model_dir
 from prefopt.train import DPOConfig, DPOTrainer, SFTTrainer, TrainConfig
-from prefopt.train.memory_estimate import allocated_peak, estimate_memory
+from prefopt.train.memory_estimate import estimate_memory, measured_step
 from prefopt.train.run import prepare_model
 
 SETTINGS = {"LoRA": {}, "LoRA, checkpointing": {"gradient_checkpointing": True}, "DoRA": {"lora_dora": True},
             "QLoRA (nf4)": {"quantize": "nf4"}}
-
-
-def measured(trainer, device: str) -> int:
-    """Bytes allocated at once in the second step, with the weights and AdamW's moments."""
-    trainer.train_step(0)  # AdamW's moments are made here
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        trainer.train_step(1)
-        return torch.cuda.max_memory_allocated()
-    tensors = [*trainer.model.parameters(), *trainer.model.buffers()]
-    tensors += [v for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim()]
-    return sum(t.numel() * t.element_size() for t in tensors) + allocated_peak(lambda: trainer.train_step(1))
 
 
 def main() -> None:
@@ -78,7 +63,7 @@ def main() -> None:
             else:
                 pairs = [PairExample(example(), example()) for _ in range(2 * a.batch_size)]
                 trainer = DPOTrainer(model, config, pairs, pad_id=0)
-            real = measured(trainer, a.device)
+            real = measured_step(trainer)
             print(f"| {kind} | {name} | {est / 2**20:.0f} | {real / 2**20:.0f} | {est / real:.3f} | {took:.1f} s |")
             del trainer, model
             shutil.rmtree(out, ignore_errors=True)

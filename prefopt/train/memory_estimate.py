@@ -100,17 +100,12 @@ def estimate_memory(config: TrainConfig, device: str | None = None, *, model_con
     from .run import adapt
 
     kind = _device_kind(device or config.device)
-    if not config.lora or "lm_head" in config.lora_targets:
-        raise ValueError("the memory estimate covers adapter training (LoRA, DoRA, QLoRA) with the lm_head frozen; "
-                         + ("this run trains every weight" if not config.lora else "this run adapts the lm_head"))
-    if str(config.model).endswith(".gguf"):
+    if model_config is None and str(config.model).endswith(".gguf"):
         raise ValueError(f"{config.model}: the estimate reads an HF folder's config.json; import the GGUF file first "
                          "(prefopt convert-gguf)")
-
     cfg = model_config or ModelConfig.from_hf(resolve_model_dir(config.model))
-    if any(cfg.sparse(i) for i in range(cfg.num_hidden_layers)):
-        raise ValueError(f"{config.model} ({cfg.model_type}) is a mixture of experts, whose router sends each token "
-                         "by its values, which the estimate's tensors do not have: it covers dense models")
+    if why := uncovered(config, cfg):
+        raise ValueError(why)
 
     rows, T = _rows(config), min(tokens or config.max_length, config.max_length)
     step_loss = _worst_step(config, T)  # its batch in real tensors: the model's activations alone are fake
@@ -142,6 +137,36 @@ def estimate_memory(config: TrainConfig, device: str | None = None, *, model_con
     return MemoryEstimate(peak=peak, weights=weights, trained=trained, optimizer=optimizer, activations=activations,
                           sequences=rows, tokens=T, device=kind, dtype=config.dtype,
                           checkpointed=model.checkpointed_layers(), layers=len(model.model.layers), autocast=autocast)
+
+
+def uncovered(config: TrainConfig, model_config) -> str | None:
+    """Why the estimate does not cover a run of ``config`` on a model of ``model_config`` (a
+    ``ModelConfig``), or None where it does: adapter training with the lm_head frozen (a trained
+    head takes the one-pass path, not followed), on a dense model (a mixture of experts routes each
+    token by values fake tensors lack)."""
+    if not config.lora or "lm_head" in config.lora_targets:
+        return ("the memory estimate covers adapter training (LoRA, DoRA, QLoRA) with the lm_head frozen; "
+                + ("this run trains every weight" if not config.lora else "this run adapts the lm_head"))
+    if any(model_config.sparse(i) for i in range(model_config.num_hidden_layers)):
+        return (f"{config.model} ({model_config.model_type}) is a mixture of experts, whose router sends each token by "
+                "its values, which the estimate's tensors do not have: it covers dense models")
+    return None
+
+
+def measured_step(trainer) -> int:
+    """The bytes a real training step of ``trainer`` held at once, the measure the estimate is
+    checked against: its second step (the first makes AdamW's moments), on a CPU the most it had
+    allocated (:func:`allocated_peak`) plus the weights and moments alive before it, on CUDA
+    ``torch.cuda.max_memory_allocated``."""
+    trainer.train_step(0)
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(trainer.device)
+        trainer.train_step(1)
+        return torch.cuda.max_memory_allocated(trainer.device)
+    moments = [v for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim()]
+    held = _bytes(trainer.model) + sum(t.numel() * t.element_size() for t in moments)
+    return held + allocated_peak(lambda: trainer.train_step(1))
 
 
 def fit_note(config: TrainConfig, model: torch.nn.Module, device: torch.device, longest: int) -> str | None:

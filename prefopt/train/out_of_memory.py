@@ -124,11 +124,13 @@ def training_advice(trainer, what: str, phase: str | None = None) -> OutOfMemory
 
 
 def _estimate_hint(trainer) -> str:
-    """Where the memory estimate covers the run (an adapter under a frozen head, a dense model):
-    how to see what a step of other settings holds before starting it."""
+    """Where the memory estimate covers the run (``memory_estimate.uncovered``; a command's model
+    given as a folder, not a .gguf file): how to see what a step of other settings holds before
+    starting it."""
+    from .memory_estimate import uncovered
+
     c, cfg = trainer.config, getattr(getattr(trainer, "model", None), "config", None)
-    dense = cfg is not None and hasattr(cfg, "sparse") and not any(cfg.sparse(i) for i in range(cfg.num_hidden_layers))
-    if not (c.lora and "lm_head" not in c.lora_targets and dense):
+    if not hasattr(cfg, "sparse") or str(c.model).endswith(".gguf") or uncovered(c, cfg):
         return ""
     return (f"; the command with --estimate-memory {trainer.device.type} added says what a step of the new settings "
             "holds, without loading anything")

@@ -12,7 +12,7 @@ import torch
 from prefopt.data.preference import PairExample
 from prefopt.data.sft import TokenizedExample
 from prefopt.train import DPOConfig, DPOTrainer, SFTTrainer, TrainConfig
-from prefopt.train.memory_estimate import allocated_peak, estimate_memory
+from prefopt.train.memory_estimate import estimate_memory, measured_step
 from prefopt.train.run import prepare_model
 from tests._tiny import build_hf_model
 
@@ -40,13 +40,6 @@ def _trainer(kind: str, config, model):
     return DPOTrainer(model, config, [PairExample(_example(rng), _example(rng)) for _ in range(8)], pad_id=2)
 
 
-def _held(trainer) -> int:
-    """Bytes alive between steps: the weights and AdamW's moments (from the first step on)."""
-    tensors = [*trainer.model.parameters(), *trainer.model.buffers()]
-    tensors += [v for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim()]
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
 @pytest.mark.parametrize("kind", ["sft", "dpo"])
 @pytest.mark.parametrize("settings", [{}, {"gradient_checkpointing": True}, {"lora_dora": True}, {"quantize": "nf4"}],
                          ids=["lora", "checkpointing", "dora", "qlora"])
@@ -55,9 +48,7 @@ def test_the_estimate_is_a_real_steps_peak_on_a_cpu(model_dir, tmp_path, kind, s
     config = cls(model=str(model_dir), output_dir=str(tmp_path / "run"), batch_size=4, max_length=T, device="cpu",
                  lora_dropout=0.05, **settings)
     est = estimate_memory(config)
-    trainer = _trainer(kind, config, prepare_model(config))
-    trainer.train_step(0)  # AdamW's moments are made here; every later step holds them
-    real = _held(trainer) + allocated_peak(lambda: trainer.train_step(1))
+    real = measured_step(_trainer(kind, config, prepare_model(config)))  # PyTorch's profiler over step 2
     assert est.sequences == (4 if kind == "sft" else 8) and est.tokens == T
     assert abs(est.peak / real - 1) < 0.01, (est.peak, real)
     assert est.checkpointed == (4 if settings.get("gradient_checkpointing") else 0)
@@ -117,6 +108,12 @@ def test_what_it_does_not_cover_is_refused_by_name(tmp_path):
         estimate_memory(TrainConfig(model=str(moe), output_dir="-"))
     with pytest.raises(ValueError, match="for cpu or cuda, not 'mps'"):
         estimate_memory(TrainConfig(model=str(d), output_dir="-"), "mps")
+    gguf = TrainConfig(model=str(tmp_path / "model.gguf"), output_dir="-")
+    with pytest.raises(ValueError, match="reads an HF folder's config.json; import the GGUF file first"):
+        estimate_memory(gguf)
+    from prefopt.model import ModelConfig  # a run that loaded the GGUF file has its config: estimated (fit_note)
+
+    assert estimate_memory(gguf, model_config=ModelConfig.from_hf(d)).peak > 0
 
 
 def test_the_cli_prints_the_estimate_and_writes_nothing(tmp_path):
@@ -141,12 +138,7 @@ def test_the_estimate_against_cuda_allocations(model_dir, tmp_path, kind):
     config = cls(model=str(model_dir), output_dir=str(tmp_path / "run"), batch_size=4, max_length=T, device="cuda",
                  lora_dropout=0.05)
     est = estimate_memory(config)
-    trainer = _trainer(kind, config, prepare_model(config))
-    trainer.train_step(0)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    trainer.train_step(1)
-    real = torch.cuda.max_memory_allocated()
+    real = measured_step(_trainer(kind, config, prepare_model(config)))  # CUDA's max allocated over step 2
     # the Triton head and CUDA's autocast differ from the CPU stand-ins the estimate runs: within a fifth
     assert abs(est.peak / real - 1) < 0.2, (est.peak, real)
 
@@ -167,6 +159,7 @@ def test_a_run_that_will_not_fit_is_warned_of_before_step_1(model_dir, tmp_path,
     rng_before = torch.get_rng_state()
     assert memory_estimate.fit_note(config, model, torch.device("cpu"), 60) is not None
     assert torch.equal(torch.get_rng_state(), rng_before)  # the estimate draws no random number of the run's
+
     def fails(*a, **kw):
         raise RuntimeError("an op fake tensors cannot run")
 
