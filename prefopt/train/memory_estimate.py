@@ -29,6 +29,7 @@ gives before step 1 where its step will not fit.
 """
 from __future__ import annotations
 
+import os
 import warnings
 import weakref
 from collections.abc import Callable
@@ -51,7 +52,7 @@ class MemoryEstimate:
     within ``weights``), ``optimizer`` (AdamW's two moments of them), ``activations`` (what the
     forward keeps for the backward, the lm_head's share included), and what it assumed: the
     micro-batch, the device, the weights' dtype, the layers recomputed and whether CUDA's bf16
-    autocast is on."""
+    autocast is on. On CUDA ``peak`` includes ``workspace``, cuBLAS's workspaces (:func:`cublas_workspace`)."""
 
     peak: int
     weights: int
@@ -65,6 +66,7 @@ class MemoryEstimate:
     checkpointed: int
     layers: int
     autocast: bool = False
+    workspace: int = 0
 
     def lines(self) -> list[str]:
         """The estimate in words, for the console."""
@@ -80,6 +82,8 @@ class MemoryEstimate:
             f"  trained      {size_text(self.trained)} of them, with their gradients and AdamW's two moments "
             f"({size_text(self.optimizer)})",
             f"  activations  {size_text(self.activations)} kept by the forward for the backward",
+            *([f"  workspace    {size_text(self.workspace)} for cuBLAS (the forward's and the backward's threads)"]
+              if self.workspace else []),
             f"  peak         {size_text(self.peak)} of tensors at once; add {extra}",
         ]
 
@@ -133,10 +137,32 @@ def estimate_memory(config: TrainConfig, device: str | None = None, *, model_con
     optimizer = 2 * trained
     # the step's peak with AdamW's moments held (from step 2 on); the optimizer step itself (gradients, moments and
     # a temporary the size of the trained weights, with the activations gone) where that is more
-    peak = weights + max(live.peak + optimizer, live.now + optimizer + trained)
+    workspace = cublas_workspace(kind)
+    peak = weights + workspace + max(live.peak + optimizer, live.now + optimizer + trained)
     return MemoryEstimate(peak=peak, weights=weights, trained=trained, optimizer=optimizer, activations=activations,
                           sequences=rows, tokens=T, device=kind, dtype=config.dtype,
-                          checkpointed=model.checkpointed_layers(), layers=len(model.model.layers), autocast=autocast)
+                          checkpointed=model.checkpointed_layers(), layers=len(model.model.layers), autocast=autocast,
+                          workspace=workspace)
+
+
+def cublas_workspace(device: str) -> int:
+    """The bytes of cuBLAS workspace a CUDA training step holds (0 elsewhere): PyTorch allocates one
+    per thread that runs GEMMs, through its caching allocator, so they count as allocated; a step
+    has two, the forward's thread and autograd's backward thread (measured on an H200: a real step
+    held 64 MiB more than its tensors). Each is ``$CUBLAS_WORKSPACE_CONFIG`` (``:KiB:count`` pairs)
+    where set, else PyTorch's default: 32 MiB on Hopper and later (assumed where no GPU is
+    visible), 4096 KiB × 2 + 16 KiB × 8 before."""
+    if device != "cuda":
+        return 0
+    spec = os.environ.get("CUBLAS_WORKSPACE_CONFIG", "")
+    parts = spec.strip(":").split(":") if spec else []
+    if parts and len(parts) % 2 == 0 and all(p.isdigit() for p in parts):
+        kib = sum(int(a) * int(b) for a, b in zip(parts[::2], parts[1::2]))
+    elif torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 9:
+        kib = 4096 * 2 + 16 * 8
+    else:
+        kib = 4096 * 8
+    return 2 * kib * 1024
 
 
 def uncovered(config: TrainConfig, model_config) -> str | None:

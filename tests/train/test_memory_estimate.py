@@ -11,6 +11,7 @@ import torch
 
 from prefopt.data.preference import PairExample
 from prefopt.data.sft import TokenizedExample
+from prefopt.fileio import size_text
 from prefopt.train import DPOConfig, DPOTrainer, SFTTrainer, TrainConfig
 from prefopt.train.memory_estimate import estimate_memory, measured_step
 from prefopt.train.run import prepare_model
@@ -80,7 +81,10 @@ def test_a_config_json_alone_gives_the_weights_and_what_each_setting_saves(tmp_p
     assert abs(plain.weights - 4 * (params + lora)) < 4096  # fp32 weights, the adapter's included (+ RoPE's buffer)
     assert plain.trained == 4 * lora and plain.optimizer == 2 * plain.trained
     assert plain.sequences == 4 and plain.device == "cuda"
-    assert plain.peak > plain.weights + plain.activations
+    assert plain.peak > plain.weights + plain.activations + plain.workspace
+    assert plain.workspace == 64 * 2**20 or torch.cuda.is_available()  # cuBLAS's two, Hopper's size with no GPU
+    assert f"workspace    {size_text(64 * 2**20)} for cuBLAS" in "\n".join(plain.lines()) or torch.cuda.is_available()
+    assert estimate_memory(DPOConfig(model=str(d), output_dir="-", batch_size=2, max_length=512), "cpu").workspace == 0
     ckpt = est(gradient_checkpointing=True)
     assert ckpt.activations < plain.activations / 4 and ckpt.peak < plain.peak
     half = est(gradient_checkpointing=True, gradient_checkpointing_layers=4)
@@ -96,6 +100,15 @@ def test_a_config_json_alone_gives_the_weights_and_what_each_setting_saves(tmp_p
     for variant in ({"loss": "kto"}, {"loss": "simpo"}, {"wpo": True}, {"ld_alpha": 0.5}, {"share_prompt": False}):
         other = est(**variant)  # the loss's own path (reference-free, weighted, unpaired taken as pairs, stacked rows)
         assert 0.9 < other.peak / plain.peak < 1.1, (variant, other.peak, plain.peak)
+
+
+def test_cublas_workspace_follows_its_setting(monkeypatch):
+    from prefopt.train.memory_estimate import cublas_workspace
+
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:2:16:8")  # KiB × count, pairs summed; one per thread
+    assert cublas_workspace("cuda") == 2 * (4096 * 2 + 16 * 8) * 1024
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    assert cublas_workspace("cuda") == 2 * 128 * 1024 and cublas_workspace("cpu") == 0
 
 
 def test_what_it_does_not_cover_is_refused_by_name(tmp_path):
