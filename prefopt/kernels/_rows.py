@@ -1,10 +1,13 @@
-"""Row-wise elementwise work over a block of fp32 logits that cuBLAS wrote: two Triton kernels.
+"""Row-wise elementwise work over a block of fp32 logits that cuBLAS wrote: Triton kernels.
 
-``lse``: one read of each row (online max and sum-exp, the label's logit) gives its logsumexp
-and the label's log-prob. ``dlogits``: one more read writes ``g · (onehot(y) − softmax)`` in
-the compute dtype. About 14 bytes of traffic per logit (cuBLAS's fp32 write 4, reads 4 + 4,
-write 2) where the chain of PyTorch ops (subtract, exp, sum, log, gather, scale, one-hot, cast)
-takes about 40. Labels outside ``[0, V)`` (another vocabulary slab's) add no one-hot.
+``lse``: one read of each row (online max and sum-exp, the label's logit), split over up to
+``SPLITS`` programs a row and joined, gives its logsumexp and the label's log-prob.
+``dlogits``: one more read writes ``g · (onehot(y) − softmax)`` in the compute dtype. About 14
+bytes of traffic per logit (cuBLAS's fp32 write 4, reads 4 + 4, write 2) where the chain of
+PyTorch ops (subtract, exp, sum, log, gather, scale, one-hot, cast) takes about 40. Labels
+outside ``[0, V)`` (another vocabulary slab's) add no one-hot. ``rescale`` turns a slab's
+softmax by its own logsumexp into the row's, once the other slabs are known (the one-pass
+loss's vocabulary slabs).
 
 Used on CUDA by the one-pass loss (``onepass.py``) and the chunked log-probs (``chunked.py``)
 when Triton is installed; elsewhere those use PyTorch ops. Tests force the kernels on CPU
@@ -15,7 +18,8 @@ from __future__ import annotations
 import torch
 
 ROWWISE: str | None = None  # "triton" or "torch" forces one; None: triton on CUDA
-BLOCKS = {"lse": 4096, "dlogits": 2048, "interpreted": 64}
+BLOCKS = {"lse": 4096, "dlogits": 2048, "join": 128, "interpreted": 64}
+SPLITS = 8  # programs per row for the logsumexp, at most (a power of two)
 
 
 def wanted(device: torch.device, acc: torch.dtype = torch.float32) -> bool:
@@ -29,31 +33,65 @@ def wanted(device: torch.device, acc: torch.dtype = torch.float32) -> bool:
     return device.type == "cuda" and available(device)
 
 
+def _splits(V: int, block: int) -> int:
+    """Programs per row for ``_row_lse``: up to ``SPLITS`` (a power of two, at least 2), about a
+    tile each at most as many as the row has tiles."""
+    tiles = -(-V // block)
+    return max(2, min(SPLITS, 1 << (tiles - 1).bit_length()))
+
+
 def lse(x: torch.Tensor, y: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None,
         ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logsumexp, log-prob of y)`` per row of the fp32 logits ``x`` (n, V): into ``out`` (two
-    contiguous fp32 (n,) tensors) or new ones."""
+    contiguous fp32 (n,) tensors) or new ones. Labels outside ``[0, V)`` have no logit here: their
+    "log-prob" is ``−logsumexp`` (a vocabulary slab's, whose label lies in another slab)."""
     from . import _triton_kernels as k
 
     n, V = x.shape
     out, logp = torch.empty(2, n, dtype=torch.float32, device=x.device) if out is None else out
-    k._row_lse[(n,)](x, y, out, logp, V, BLOCK_V=BLOCKS["interpreted" if k.INTERPRETED else "lse"])
+    block = BLOCKS["interpreted" if k.INTERPRETED else "lse"]
+    splits = _splits(V, block)
+    per_split = -(-V // splits // block) * block  # whole tiles
+    parts = torch.empty(2, splits, n, dtype=torch.float32, device=x.device)
+    k._row_lse[(n, splits)](x, y, parts[0], parts[1], V, per_split, BLOCK_V=block)
+    k._row_join[(-(-n // BLOCKS["join"]),)](parts[0], parts[1], out, logp, n, SPLITS=splits, BLOCK_R=BLOCKS["join"])
     return out, logp
+
+
+def _widened(out: torch.Tensor, interpreted: bool, run) -> torch.Tensor:
+    """``run(t)`` on ``out``, or, where the interpreter would see half-precision ``out`` as raw
+    16-bit integers, on an fp32 copy written back (rounded once)."""
+    if not (interpreted and out.dtype != torch.float32):
+        run(out)
+        return out
+    wide = out.float()
+    run(wide)
+    return out.copy_(wide)
 
 
 def dlogits(x: torch.Tensor, y: torch.Tensor, lse_rows: torch.Tensor, g: torch.Tensor,
             out: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``g · (onehot(y) − exp(x − lse))`` from the fp32 logits ``x`` into ``out`` (contiguous rows
-    of the same shape, the compute dtype), or into a new tensor of ``dtype``; returns it. ``g``
-    fp32 per row."""
+    """``g · (onehot(y) − exp(x − lse))`` from the fp32 logits ``x`` into ``out`` (rows of the same
+    shape, each contiguous: a column slab of a wider tensor too; the compute dtype), or into a new
+    tensor of ``dtype``; returns it. ``g`` fp32 per row."""
     from . import _triton_kernels as k
 
     n, V = x.shape
     if out is None:
         out = torch.empty(n, V, dtype=dtype, device=x.device)
     block = BLOCKS["interpreted" if k.INTERPRETED else "dlogits"]
-    into = torch.empty(n, V, device=x.device) if k.INTERPRETED and out.dtype != torch.float32 else out  # the
-    k._row_dlogits[(n, -(-V // block))](x, y, lse_rows, g.contiguous(), into, V, BLOCK_V=block)  # interpreter: fp32
-    if into is not out:
-        out.copy_(into)
-    return out
+    g = g.contiguous()
+    return _widened(out, k.INTERPRETED, lambda t: k._row_dlogits[(n, -(-V // block))](
+        x, y, lse_rows, g, t, V, t.stride(0), BLOCK_V=block))
+
+
+def rescale(out: torch.Tensor, y: torch.Tensor, part: torch.Tensor, lse_rows: torch.Tensor) -> torch.Tensor:
+    """A column slab ``out`` (n, w) holding ``−exp(x − part)`` (``dlogits`` by the slab's own
+    logsumexp ``part``, no one-hot: labels outside it) made ``onehot(y) − exp(x − lse)`` by the
+    rows' full logsumexp, in place; ``y``: labels relative to the slab's first column."""
+    from . import _triton_kernels as k
+
+    n, V = out.shape
+    block = BLOCKS["interpreted" if k.INTERPRETED else "dlogits"]
+    return _widened(out, k.INTERPRETED, lambda t: k._row_rescale[(n, -(-V // block))](
+        t, y, part, lse_rows, V, t.stride(0), BLOCK_V=block))

@@ -78,6 +78,26 @@ def chunk_rows(budget: int | None, V: int, device: torch.device) -> int:
     return rows // tile * tile if rows >= tile else rows
 
 
+# Where the row kernels run (CUDA), a logits block is at least this many tokens, its vocabulary cut
+# into slabs to keep it within the budget: a 128-token GEMM (h·Wᵀ) reads the whole (V, D) weight for
+# 2 × 128 FLOP a weight, below an H200's ~200 FLOP a byte, so at N=16384 and Llama 3's head the
+# 128 blocks' logits took 37.5 ms (profile, 2026-12-04) where one GEMM of all tokens takes about 25.
+SLAB_ROWS = {"cuda": 256}
+
+
+def blocking(budget: int | None, V: int, device: torch.device, rowwise: bool) -> tuple[int, list[tuple[int, int]]]:
+    """``(tokens per logits block, the vocabulary slabs (first, end column) its logits are taken
+    in)``: ``chunk_rows`` tokens and the whole vocabulary, or, where the row kernels run and that is
+    fewer than ``SLAB_ROWS`` tokens, that many tokens and as few slabs as keep a block within the
+    budget (whole GEMM tiles wide)."""
+    rows, least = chunk_rows(budget, V, device), SLAB_ROWS.get(device.type, 0) if rowwise else 0
+    if rows >= least:
+        return rows, [(0, V)]
+    unit = _backward.gemm_rows(device)
+    width = -(-V // -(-least * V // (budget or _backward.CHUNK_ELEMENTS)) // unit) * unit
+    return least, [(c, min(c + width, V)) for c in range(0, V, width)]
+
+
 def stage_rows(rows: int, V: int, device: torch.device) -> int:
     """Tokens per stage (whole pairs, whose loss gradient and gradient GEMMs are taken together):
     ``GRAD_ELEMENTS`` of width ``V`` in whole blocks of ``rows`` where staging pays (CUDA), else
@@ -89,15 +109,16 @@ def stage_rows(rows: int, V: int, device: torch.device) -> int:
 
 class _OnePass(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, index, slots, stages, n_seq, pair_grads, total, dtype, rows, cap, rowwise,
+    def forward(ctx, hidden, weight, labels, index, slots, stages, n_seq, pair_grads, total, dtype, rows, cap, slabs,
                 tw=None):
         """``hidden`` (..., D), read only at ``index`` (a tuple of index tensors, as from
         ``nonzero(as_tuple=True)``): the M scored tokens, pair by pair (chosen's then
         rejected's), gathered one stage at a time (no (M, D) copy of them; their gradient is
         the one (M, D) tensor). ``labels`` (M,): their labels; ``slots`` (M,): each token's
         sequence (chosen p at p, rejected p at B + p). ``stages``: ``plan(.., cap)``'s;
-        logits blocks of ``rows`` tokens. ``tw`` (M,), optional: each token's weight in its
-        sequence's sum (and so in its gradient)."""
+        logits blocks of ``rows`` tokens. ``slabs``: ``blocking``'s vocabulary slabs where the
+        Triton row kernels do the elementwise work, None for PyTorch's ops. ``tw`` (M,), optional:
+        each token's weight in its sequence's sum (and so in its gradient)."""
         acc = acc_dtype(hidden)
         w = weight.to(dtype)
         need_h, need_w = ctx.needs_input_grad[:2]
@@ -105,8 +126,12 @@ class _OnePass(torch.autograd.Function):
         sums = torch.zeros(n_seq, dtype=acc, device=device)
         M, V = labels.numel(), weight.shape[0]
         logp = torch.empty(M, dtype=acc, device=device)  # each token's, summed into sums a stage at a time
-        lse = torch.empty(min(M, rows), dtype=acc, device=device)  # one block's
-        ones = torch.ones(min(M, rows), dtype=acc, device=device) if rowwise else None  # the row kernel's g
+        n = min(M, rows)  # a block's rows, at most
+        lse = torch.empty(n, dtype=acc, device=device)  # one block's
+        ones = torch.ones(n, dtype=acc, device=device) if slabs else None  # the row kernel's g
+        sliced = slabs is not None and len(slabs) > 1
+        parts = torch.empty(2, len(slabs), n, dtype=acc, device=device) if sliced else None  # per slab: lse, log-prob
+        no_label = torch.full((n,), -1, dtype=labels.dtype, device=device) if sliced else None
         grad_h = torch.empty(M, hidden.shape[-1], dtype=hidden.dtype, device=device) if need_h else None
         exact = weight.dtype == acc or weight.numel() <= _backward.SUM_ELEMENTS
         grad_w = torch.zeros(weight.shape, dtype=acc if exact else weight.dtype, device=weight.device) if need_w else None
@@ -116,15 +141,38 @@ class _OnePass(torch.autograd.Function):
         def gather(a, b):  # the hidden states of tokens a:b, in the compute dtype
             return hidden[tuple(i[a:b] for i in index)].to(dtype)
 
-        def log_probs(x, a, b):
-            """Tokens a:b's fp32 logits ``x`` → their log-probs into ``logp`` (and, on the Triton
-            path, their logsumexp into ``lse``). The PyTorch path turns ``x`` into
-            ``exp(logits − row max)`` in place and returns its row sums."""
-            if rowwise:
-                _rows.lse(x, labels[a:b], out=(lse[:b - a], logp[a:b]))
+        def rowwise(hb, a, b, into, grads=True):
+            """The row kernels' way: tokens a:b's (``hb`` their hidden states) log-probs into
+            ``logp`` and, with ``grads``, their ``onehot − softmax`` into ``into`` ((b − a, V)), or
+            into a new tensor (into the fp32 logits themselves where they are one slab in the
+            compute dtype); returns it. The logits are taken one slab at a time: each slab's
+            logsumexp, the row's from all of them, and each slab but the last, written before that
+            was known, rescaled to it (``_rows.rescale``)."""
+            m, y = b - a, labels[a:b]
+            if not sliced:
+                x = mm_acc(hb, w.T, acc)
+                _rows.lse(x, y, out=(lse[:m], logp[a:b]))
+                if grads:
+                    return _rows.dlogits(x, y, lse[:m], ones[:m], into if into is not None or x.dtype != dtype else x,
+                                         dtype)
                 return None
-            logp[a:b], _, norm = _exp_rows_(x, labels[a:b])
-            return norm
+            if grads and into is None:
+                into = torch.empty(m, V, dtype=dtype, device=device)
+            last = len(slabs) - 1
+            for k, (c0, c1) in enumerate(slabs):
+                x = mm_acc(hb, w[c0:c1].T, acc)
+                _rows.lse(x, y - c0, out=(parts[0, k, :m], parts[1, k, :m]))  # (elsewhere the label's: −lse)
+                if k == last:  # the row's logsumexp; its label's logit is its slab's log-prob + that slab's lse
+                    torch.logsumexp(parts[0, :, :m], 0, out=lse[:m])  # (other slabs: −lse + lse, exactly 0)
+                    torch.sub(parts[:, :, :m].sum(0).sum(0), lse[:m], out=logp[a:b])
+                if grads:  # the last slab by the row's logsumexp, the others by their own, without their one-hot
+                    _rows.dlogits(x, y - c0 if k == last else no_label[:m], lse[:m] if k == last else parts[0, k, :m],
+                                  ones[:m], into[:, c0:c1])
+                del x  # before the next slab's: one slab of logits alive at a time
+            if grads:
+                for k, (c0, c1) in enumerate(slabs[:-1]):
+                    _rows.rescale(into[:, c0:c1], y - c0, parts[0, k, :m], lse[:m])
+            return into
 
         def fill(h, a, out):
             """Tokens a : a + len(h) (``h`` their hidden states), ``rows`` at a time: their log-probs,
@@ -132,16 +180,15 @@ class _OnePass(torch.autograd.Function):
             block), formed in place where the dtypes allow. Returns those rows."""
             for i in range(0, h.shape[0], rows):
                 j = min(i + rows, h.shape[0])
-                x = mm_acc(h[i:j], w.T, acc)
-                norm = log_probs(x, a + i, a + j)
                 into = None if out is None else out[i:j]
-                if rowwise:
-                    q = _rows.dlogits(x, labels[a + i:a + j], lse[:j - i], ones[:j - i],
-                                      into if into is not None or x.dtype != dtype else x, dtype)
-                else:
-                    q = _softmax_grad_(x, labels[a + i:a + j], norm)
-                    if into is not None:
-                        q = into.copy_(q)
+                if slabs:
+                    q = rowwise(h[i:j], a + i, a + j, into)
+                    continue
+                x = mm_acc(h[i:j], w.T, acc)
+                logp[a + i:a + j], _, norm = _exp_rows_(x, labels[a + i:a + j])
+                q = _softmax_grad_(x, labels[a + i:a + j], norm)
+                if into is not None:
+                    q = into.copy_(q)
                 del x  # before the next block's: one logits block alive at a time
             return q if out is None else out[:h.shape[0]]
 
@@ -176,7 +223,10 @@ class _OnePass(torch.autograd.Function):
                 continue
             for a in range(s, e, rows):  # a pair longer than a stage: its log-prob first,
                 b = min(a + rows, e)
-                log_probs(mm_acc(gather(a, b), w.T, acc), a, b)
+                if slabs:
+                    rowwise(gather(a, b), a, b, None, grads=False)
+                else:
+                    logp[a:b] = _exp_rows_(mm_acc(gather(a, b), w.T, acc), labels[a:b])[0]
             sums.index_add_(0, slots[s:e], weighted(logp, s, e))
             g = weighted(pair_grads(p0, p1, sums)[slots[s:e]], s, e, local=True)
             for a in range(s, e, cap):  # then its gradients, a stage's worth at a time
@@ -229,7 +279,8 @@ def onepass_nll(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
     check_inputs(hidden, weight, labels, ignore_index)
     index = (labels != ignore_index).nonzero(as_tuple=True)
     y = labels[index]
-    rows = chunk_rows(budget, weight.shape[0], hidden.device)
+    rowwise = _rows.wanted(hidden.device, acc_dtype(hidden))
+    rows, slabs = blocking(budget, weight.shape[0], hidden.device, rowwise)
     cap = stage_rows(rows, weight.shape[0], hidden.device)
     M = y.numel()
     stages = [(s, min(s + cap, M), 0, 0) for s in range(0, M, cap)]
@@ -237,7 +288,7 @@ def onepass_nll(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
     with torch.autocast(hidden.device.type, enabled=False):
         total, _ = _OnePass.apply(hidden, weight, y, index, torch.zeros_like(y), stages, 1,
                                   lambda p0, p1, sums: minus_one, lambda sums: -sums[0], _compute_dtype(hidden), rows,
-                                  cap, _rows.wanted(hidden.device, acc_dtype(hidden)))
+                                  cap, slabs if rowwise else None)
     return total
 
 
@@ -261,7 +312,8 @@ def onepass_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
     check_inputs(hidden, weight, labels, ignore_index)
     R = hidden.shape[0]
     B = R // 2
-    rows = chunk_rows(budget, weight.shape[0], hidden.device)
+    rowwise = _rows.wanted(hidden.device, acc_dtype(hidden))
+    rows, slabs = blocking(budget, weight.shape[0], hidden.device, rowwise)
     cap = stage_rows(rows, weight.shape[0], hidden.device)
     seq, pos = (labels != ignore_index).nonzero(as_tuple=True)  # (row, position) of each scored token
     order = torch.sort(seq % B, stable=True).indices  # pair by pair, chosen's tokens first
@@ -280,5 +332,5 @@ def onepass_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
     with torch.autocast(hidden.device.type, enabled=False):
         return _OnePass.apply(hidden, weight, labels[seq, pos], (seq, pos), seq, plan(pair_tokens, cap), R,
                               pair_grads, lambda s: pair_loss(s, slice(0, B), 1.0), _compute_dtype(hidden), rows,
-                              cap, _rows.wanted(hidden.device, acc_dtype(hidden)),
+                              cap, slabs if rowwise else None,
                               None if token_weights is None else token_weights[seq, pos].to(acc_dtype(hidden)))

@@ -23,6 +23,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from prefopt.kernels import _triton_kernels as k  # noqa: E402
 from prefopt.kernels._rows import BLOCKS as ROW_BLOCKS  # noqa: E402
+from prefopt.kernels._rows import SPLITS as ROW_SPLITS  # noqa: E402
 from prefopt.kernels.triton_logprobs import LAUNCH, TILES, defaults  # noqa: E402
 
 
@@ -48,13 +49,18 @@ def main(arch: int, dt: str) -> None:
         k._dlogits: dict(H=f"*{dt}", W=f"*{dt}", Y="*i64", LSE="*fp32", G="*fp32", DL=f"*{dt}", **ints),
     }
     rows = {  # the one-pass loss's row kernels: fp32 logits in, default launch options
-        k._row_lse: (dict(X="*fp32", Y="*i64", LSE="*fp32", LOGP="*fp32", V="i32"), {"BLOCK_V": ROW_BLOCKS["lse"]}),
-        k._row_dlogits: (dict(X="*fp32", Y="*i64", LSE="*fp32", G="*fp32", DL=f"*{dt}", V="i32"),
+        k._row_lse: (dict(X="*fp32", Y="*i64", LSE="*fp32", TGT="*fp32", V="i32", V_PER_SPLIT="i32"),
+                     {"BLOCK_V": ROW_BLOCKS["lse"]}),
+        k._row_join: (dict(LSE_PARTS="*fp32", TGT_PARTS="*fp32", LSE="*fp32", LOGP="*fp32", n="i32"),
+                      {"SPLITS": ROW_SPLITS, "BLOCK_R": ROW_BLOCKS["join"]}),
+        k._row_dlogits: (dict(X="*fp32", Y="*i64", LSE="*fp32", G="*fp32", DL=f"*{dt}", V="i32", DL_STRIDE="i32"),
+                         {"BLOCK_V": ROW_BLOCKS["dlogits"]}),
+        k._row_rescale: (dict(DL=f"*{dt}", Y="*i64", PART="*fp32", LSE="*fp32", V="i32", DL_STRIDE="i32"),
                          {"BLOCK_V": ROW_BLOCKS["dlogits"]}),
     }
     jobs = [(fn, sig, consts, launch) for fn, sig in sigs.items()] + [(fn, sig, c, {}) for fn, (sig, c) in rows.items()]
     for fn, sig, const, options in jobs:
-        aligned = [a for a, t in sig.items() if t.startswith("*") or a in ("V", "D", "V_PER_SPLIT")]
+        aligned = [a for a, t in sig.items() if t.startswith("*") or a in ("V", "D", "V_PER_SPLIT", "DL_STRIDE")]
         attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
         sig.update({c: "constexpr" for c in const})
         cc = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs),

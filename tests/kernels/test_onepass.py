@@ -78,6 +78,12 @@ def test_chunk_rows_are_whole_gemm_tiles_on_cuda():
     assert onepass.chunk_rows(None, 128256, cpu) == 130 and onepass.chunk_rows(None, 128256, cuda) == 128
     assert onepass.chunk_rows(1 << 26, 128256, cuda) == 512 and onepass.chunk_rows(1 << 24, 49152, cuda) == 256
     assert onepass.chunk_rows(100 * 1000, 1000, cuda) == 100 and onepass.chunk_rows(10, 1000, cpu) == 1
+    # with the row kernels on CUDA a block is at least 256 tokens, in vocabulary slabs of whole tiles within the budget
+    assert onepass.blocking(None, 128256, cuda, True) == (256, [(0, 64128), (64128, 128256)])
+    assert onepass.blocking(None, 151936, cuda, True) == (256, [(0, 50688), (50688, 101376), (101376, 151936)])
+    assert onepass.blocking(None, 49152, cuda, True) == (256, [(0, 49152)])  # SmolLM2's: 256 tokens fit whole
+    assert onepass.blocking(None, 128256, cuda, False) == (128, [(0, 128256)])  # PyTorch's ops: no slabs
+    assert onepass.blocking(None, 128256, cpu, True) == (130, [(0, 128256)])
 
 
 def test_chunks_hold_whole_pairs_within_the_budget():

@@ -194,7 +194,7 @@ def test_backward_blocks_in_every_order(N, V, sum_rows, need, monkeypatch):
             assert (want - got).abs().max() < 1e-5
 
 
-def _row_kernels_counted(monkeypatch) -> list:
+def _row_kernels_counted(monkeypatch, names=("lse", "dlogits")) -> list:
     """Force the Triton row kernels (``_rows.py``, interpreted here) and record each call's name."""
     import prefopt.kernels._rows as rowk
 
@@ -204,7 +204,7 @@ def _row_kernels_counted(monkeypatch) -> list:
     def counted(name):
         real = getattr(rowk, name)
         return lambda *a, **kw: calls.append(name) or real(*a, **kw)
-    for name in ("lse", "dlogits"):
+    for name in names:
         monkeypatch.setattr(rowk, name, counted(name))
     return calls
 
@@ -313,6 +313,41 @@ def test_one_pass_row_kernels_match_the_naive_loss(dtype, tol, rows, monkeypatch
 
 
 @interp
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("stage", [0, 8, 16])  # one block a stage; stages of 8 (pairs of 12 tokens: two walks); of 16
+def test_one_pass_vocabulary_slabs_match_the_naive_loss(dtype, tol, stage, monkeypatch):
+    """Where a block of ``SLAB_ROWS`` tokens' logits would exceed the budget (CUDA at Llama 3's
+    head), the one-pass loss takes them in vocabulary slabs: here 8-token blocks in 3 slabs of
+    V=1000 (334, 334, 332 columns), each slab's softmax rescaled to the row's once the last slab
+    is known; the naive loss's value, log-probs and gradients, and SFT's summed NLL likewise."""
+    from prefopt.kernels.onepass import onepass_nll
+
+    monkeypatch.setitem(onepass.SLAB_ROWS, "cpu", 8)
+    monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", 3 * 1000)
+    if stage:
+        monkeypatch.setattr(onepass, "STAGE_DEVICES", ("cpu",))
+        monkeypatch.setattr(onepass, "GRAD_ELEMENTS", stage * 1000)
+    assert onepass.blocking(None, 1000, torch.device("cpu"), True) == (8, [(0, 334), (334, 668), (668, 1000)])
+    calls = _row_kernels_counted(monkeypatch, ("lse", "dlogits", "rescale"))
+    h, w, y, ref = _pairs(dtype)
+    exact = _loss_grads(h.detach().float().requires_grad_(), w.detach().float().requires_grad_(), y, ref, impl="naive")
+    got = _loss_grads(h, w, y, ref, reduction="sum", one_pass=True)
+    # each block: 3 slabs' logsumexps; with its gradients (not the first walk over a long pair), 3 dlogits, 2 rescaled
+    assert calls.count("lse") % 3 == 0 and 2 * calls.count("dlogits") == 3 * calls.count("rescale") > 0
+    assert got[3].dtype == dtype
+    for e, t in zip(exact, got):
+        assert _rel_err(e, t) < tol
+    h.grad = w.grad = None
+    onepass_nll(h, w, y, -100).backward()
+    hf, wf = (t.detach().float().requires_grad_() for t in (h, w))
+    want = -sequence_logprobs(hf, wf, y, impl="naive").sum()
+    want.backward()
+    assert abs(want.item() - (-sequence_logprobs(h.float(), w.float(), y, impl="naive").sum().item())) < 1e-3
+    for e, t in ((hf.grad, h.grad), (wf.grad, w.grad)):
+        assert _rel_err(e, t) < tol
+
+
+@interp
 def test_row_kernels_against_pytorch():
     """``_row_lse`` and ``_row_dlogits`` alone: logsumexp, the label's log-prob and
     ``g · (onehot − softmax)`` of fp32 logits rows, V not a multiple of the block, in bf16 too."""
@@ -333,6 +368,9 @@ def test_row_kernels_against_pytorch():
     assert torch.allclose(full, want, atol=1e-6)
     _rows_dlogits(x, y, lse, up, half)
     assert torch.equal(half, full.bfloat16())  # rounded once
+    part, local = _rows_lse(x[:, :300].contiguous(), y)  # a vocabulary slab: labels past it have no logit there
+    assert torch.allclose(local, torch.where(y < 300, x[:, :300].log_softmax(-1).gather(-1, y.clamp(max=299)[:, None])
+                                             .squeeze(-1), -part), atol=1e-5)
 
 
 @pytest.mark.gpu
