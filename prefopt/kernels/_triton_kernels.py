@@ -119,19 +119,24 @@ def _row_lse(X, Y, LSE, TGT, V, V_PER_SPLIT, BLOCK_V: tl.constexpr):
 
 
 @triton.jit
-def _row_join(LSE_PARTS, TGT_PARTS, LSE, LOGP, n, SPLITS: tl.constexpr, BLOCK_R: tl.constexpr):
-    """Program ``block``: ``BLOCK_R`` rows' logsumexp and label log-prob from their ``SPLITS``
-    parts ((SPLITS, n) each, as ``_row_lse`` wrote them)."""
+def _row_join(LSE_PARTS, TGT_PARTS, LSE, OUT, n, PART_STRIDE, SPLITS: tl.constexpr, BLOCK_R: tl.constexpr,
+              LOGIT: tl.constexpr):
+    """Program ``block``: ``BLOCK_R`` rows' logsumexp and label log-prob (``LOGIT``: the label's
+    logit) from their ``SPLITS`` parts (a row of ``PART_STRIDE`` each, as ``_row_lse`` wrote them:
+    logsumexps, −inf for none, and the label's logit where the part holds it, else 0)."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     ok = rows < n
-    at = tl.arange(0, SPLITS)[:, None] * n + rows[None, :]
+    at = tl.arange(0, SPLITS)[:, None] * PART_STRIDE + rows[None, :]
     parts = tl.load(LSE_PARTS + at, mask=ok[None, :], other=float("-inf"))
     m = tl.max(parts, 0)
     m = tl.where(m == float("-inf"), 0.0, m)  # (masked rows only: every real row has a finite part,
     lse = m + tl.log(tl.maximum(tl.sum(tl.exp(parts - m[None, :]), 0), 1.0))  # and so a sum >= 1)
     target = tl.sum(tl.load(TGT_PARTS + at, mask=ok[None, :], other=0.0), 0)
     tl.store(LSE + rows, lse, mask=ok)
-    tl.store(LOGP + rows, target - lse, mask=ok)
+    if LOGIT:
+        tl.store(OUT + rows, target, mask=ok)
+    else:
+        tl.store(OUT + rows, target - lse, mask=ok)
 
 
 @triton.jit

@@ -130,7 +130,9 @@ class _OnePass(torch.autograd.Function):
         lse = torch.empty(n, dtype=acc, device=device)  # one block's
         ones = torch.ones(n, dtype=acc, device=device) if slabs else None  # the row kernel's g
         sliced = slabs is not None and len(slabs) > 1
-        parts = torch.empty(2, len(slabs), n, dtype=acc, device=device) if sliced else None  # per slab: lse, log-prob
+        if sliced:  # per slab (a power of two of them, the rest empty): its logsumexp and the label's logit there
+            parts = torch.zeros(2, 1 << (len(slabs) - 1).bit_length(), n, dtype=acc, device=device)
+            parts[0, len(slabs):] = float("-inf")
         no_label = torch.full((n,), -1, dtype=labels.dtype, device=device) if sliced else None
         grad_h = torch.empty(M, hidden.shape[-1], dtype=hidden.dtype, device=device) if need_h else None
         exact = weight.dtype == acc or weight.numel() <= _backward.SUM_ELEMENTS
@@ -158,20 +160,19 @@ class _OnePass(torch.autograd.Function):
                 return None
             if grads and into is None:
                 into = torch.empty(m, V, dtype=dtype, device=device)
-            last = len(slabs) - 1
+            last, local = len(slabs) - 1, [y if c0 == 0 else y - c0 for c0, _ in slabs]  # labels by slab
             for k, (c0, c1) in enumerate(slabs):
                 x = mm_acc(hb, w[c0:c1].T, acc)
-                _rows.lse(x, y - c0, out=(parts[0, k, :m], parts[1, k, :m]))  # (elsewhere the label's: −lse)
-                if k == last:  # the row's logsumexp; its label's logit is its slab's log-prob + that slab's lse
-                    torch.logsumexp(parts[0, :, :m], 0, out=lse[:m])  # (other slabs: −lse + lse, exactly 0)
-                    torch.sub(parts[:, :, :m].sum(0).sum(0), lse[:m], out=logp[a:b])
+                _rows.lse(x, local[k], out=(parts[0, k, :m], parts[1, k, :m]), logit=True)
+                if k == last:  # the row's logsumexp and its label's log-prob, from the slabs'
+                    _rows.join(parts[0, :, :m], parts[1, :, :m], out=(lse[:m], logp[a:b]))
                 if grads:  # the last slab by the row's logsumexp, the others by their own, without their one-hot
-                    _rows.dlogits(x, y - c0 if k == last else no_label[:m], lse[:m] if k == last else parts[0, k, :m],
-                                  ones[:m], into[:, c0:c1])
+                    _rows.dlogits(x, local[k] if k == last else no_label[:m],
+                                  lse[:m] if k == last else parts[0, k, :m], ones[:m], into[:, c0:c1])
                 del x  # before the next slab's: one slab of logits alive at a time
             if grads:
                 for k, (c0, c1) in enumerate(slabs[:-1]):
-                    _rows.rescale(into[:, c0:c1], y - c0, parts[0, k, :m], lse[:m])
+                    _rows.rescale(into[:, c0:c1], local[k], parts[0, k, :m], lse[:m])
             return into
 
         def fill(h, a, out):

@@ -401,16 +401,18 @@ def test_gpu_real_head_sizes(dtype, tol, N, V, need, sum_rows, impl, monkeypatch
 @cuda
 @pytest.mark.parametrize("B,T", [(16, 96), (3, 400), (2, 700)])
 @pytest.mark.parametrize("frozen", [False, True])
-def test_gpu_one_pass_at_smollm2_head(frozen, B, T):
-    """Compiled row kernels (the CUDA default for the one-pass loss) at SmolLM2's head, bf16:
-    256-token blocks in 1280-token stages. Pairs of about 186 scored tokens (several a stage,
-    blocks across them), about 794 (longer than a block: one a stage) and about 1394 (longer than
-    a stage: two walks). The fp32 naive loss's value and gradients within bf16 tolerance."""
+@pytest.mark.parametrize("V,stage,slabs", [(49152, 1280, 1), (128256, 512, 2)])
+def test_gpu_one_pass_at_real_vocabularies(V, stage, slabs, frozen, B, T):
+    """Compiled row kernels (the CUDA default for the one-pass loss) at SmolLM2's vocabulary and
+    Llama 3's (D=576), bf16: 256-token blocks, in 1280-token stages, or in 512-token stages and two
+    vocabulary slabs. Pairs of about 186 scored tokens (several a stage, blocks across them),
+    about 794 (longer than a block) and about 1394 (longer than a stage: two walks). The fp32
+    naive loss's value and gradients within bf16 tolerance."""
     from prefopt.kernels._rows import wanted as _rowwise
 
-    assert onepass.chunk_rows(None, 49152, torch.device("cuda")) == 256
-    assert onepass.stage_rows(256, 49152, torch.device("cuda")) == 1280
-    h, w, y, ref = _pairs(torch.bfloat16, B=B, T=T, D=576, V=49152, device="cuda")
+    rows, cut = onepass.blocking(None, V, torch.device("cuda"), True)
+    assert rows == 256 and len(cut) == slabs and onepass.stage_rows(256, V, torch.device("cuda")) == stage
+    h, w, y, ref = _pairs(torch.bfloat16, B=B, T=T, D=576, V=V, device="cuda")
     exact = _loss_grads(h.detach().float().requires_grad_(), w.detach().float().requires_grad_(), y, ref, impl="naive")
     w.requires_grad_(not frozen)
     h.grad = w.grad = None
