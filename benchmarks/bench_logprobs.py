@@ -173,10 +173,17 @@ def gpu_row(name, N, D, V, dtype, a) -> dict:
 def run_gpu(a) -> None:
     import torch
 
+    from prefopt.kernels import _rows, onepass
+
     dtype = getattr(torch, a.dtype)
+    if a.slab_rows is not None:  # the one-pass loss's least block (0: 128-token blocks, no vocabulary slabs)
+        onepass.SLAB_ROWS["cuda"] = a.slab_rows
+    if a.row_splits is not None:
+        _rows.SPLITS = a.row_splits
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  dtype {a.dtype}  "
           f"date {time.strftime('%Y-%m-%d')}  weight {'frozen' if a.frozen_weight else 'trainable'}  "
-          f"blocks {a.blocks or 'default'}  budget {a.budget or 'default'}")
+          f"blocks {a.blocks or 'default'}  budget {a.budget or 'default'}  "
+          f"slab rows {onepass.SLAB_ROWS['cuda']}  row splits {_rows.SPLITS}")
     rows = []
     for shape in a.shapes:
         D, V = map(int, shape.split("x"))
@@ -260,6 +267,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seq-len", type=int, default=64, help="tokens per answer for the DPO losses (onepass, liger)")
     ap.add_argument("--blocks", help='Triton options as JSON, e.g. \'{"BLOCK_N": 128, "num_warps": 8}\'')
     ap.add_argument("--budget", type=int, help="logits per block (chunked and triton backward, onepass chunks), elements")
+    ap.add_argument("--slab-rows", type=int, help="onepass on CUDA: least tokens a logits block (0: no vocabulary slabs)")
+    ap.add_argument("--row-splits", type=int, help="programs a row for the row kernels' logsumexp, at most (2, 4, 8, 16)")
     ap.add_argument("--cpu-shape", nargs=3, type=int, default=[4096, 576, 49152], metavar=("N", "D", "V"))
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--cpu-reps", type=int, default=1, help="CPU: forward+backward runs per method (median)")
