@@ -8,9 +8,9 @@ then frozen) and prints, as markdown for docs/benchmarks.md:
 - each of prefopt's methods against the three goals: extra peak ≤ 256 MB (244.1 MiB), time ≤
   1.3× the bare GEMMs of the same run, faster than Liger's fused DPO loss and no slower than
   cut-cross-entropy (its default, filtering, and exact);
-- the decisions they settle (docs/benchmarks.md, "Rerunning"): whether the one-pass loss should
-  be the trainers' CUDA default with a trainable head (it meets the time and memory goals and
-  beats the Triton path), and which path is fastest within the memory goal with a frozen head.
+- what they decide (docs/benchmarks.md, "Rerunning"): for each head, trainable and frozen, the
+  fastest of prefopt's methods within the memory goal, against the trainers' CUDA default (the
+  one-pass loss since 2026-12-04: ``DEFAULT``).
 
 It only reads and compares; it changes no default. ``gpu_session.sh goals`` runs it after the
 tables (its output follows the trainable table in ``goals.txt``).
@@ -25,7 +25,7 @@ MiB = 2**20
 MEMORY_GOAL = 256e6  # bytes: the issue's 256 MB
 TIME_GOAL = 1.3  # × the bare GEMMs
 OURS = ("triton", "chunked", "onepass")
-DEFAULT = "triton"  # what the trainers use on CUDA today (fused_preference_loss → resolve_impl)
+DEFAULT = "onepass"  # what the trainers' summed losses use on CUDA since 2026-12-04 (onepass.wanted)
 
 
 def _rows(path: str | Path) -> dict[str, dict]:
@@ -77,33 +77,27 @@ def table(verdicts: list[dict], title: str) -> str:
 
 
 def decisions(trainable: list[dict], frozen: list[dict]) -> list[str]:
-    """The lines that say what the tables decide."""
-    by = {v["method"]: v for v in trainable if "error" not in v}
+    """The lines that say what the tables decide: for each head, the fastest of prefopt's methods
+    within the memory goal against the CUDA default, and issue 5's point 3."""
     out = []
-    one, default = by.get("onepass"), by.get(DEFAULT)
-    if one is None:
-        out.append("- trainable head: no one-pass figure, nothing to decide")
-    elif one["memory"] and one["time"] and (default is None or one["ms"] < default["ms"]):
-        out.append(f"- trainable head: the one-pass loss meets the time and memory goals ({one['ratio']:.2f}×, "
-                   f"{one['extra_mib']:.0f} MiB) and beats {DEFAULT}: make it the trainers' CUDA default "
-                   f"(onepass.wanted)")
-    else:
-        why = [w for w, bad in (("over 1.3×", not one["time"]), ("over 256 MB", not one["memory"]),
-                                (f"slower than {DEFAULT}", default is not None and one["ms"] >= default["ms"])) if bad]
-        out.append(f"- trainable head: keep {DEFAULT} as the CUDA default; the one-pass loss is {', '.join(why)} "
-                   f"({one['ratio']:.2f}×, {one['extra_mib']:.0f} MiB)")
-    within = [v for v in frozen if "error" not in v and v["memory"]]
-    if within:
+    for head, verdicts in (("trainable head", trainable), ("frozen head", frozen)):
+        ok = {v["method"]: v for v in verdicts if "error" not in v}
+        within = [v for v in ok.values() if v["memory"]]
+        if not within:
+            out.append(f"- {head}: no method within 256 MB measured")
+            continue
         best = min(within, key=lambda v: v["ms"])
         liger = "faster than Liger" if best["liger"] else ("Liger missing" if best["liger"] is None else
                                                            "**slower than Liger**")
-        change = {DEFAULT: "", "onepass": "; the one-pass loss should be the default for a frozen head too "
-                                          "(onepass.wanted)"}.get(
-            best["method"], f"; resolve_impl's auto should pick {best['method']} for a frozen head")
-        out.append(f"- frozen head: fastest within 256 MB is {best['method']} ({best['ms']:.2f} ms, "
-                   f"{best['ratio']:.2f}×; {liger}){change}")
-    else:
-        out.append("- frozen head: no method within 256 MB measured")
+        if best["method"] == DEFAULT:
+            change = "; it is the CUDA default (onepass.wanted)"
+        else:
+            d = ok.get(DEFAULT)
+            why = ("not measured" if d is None else f"over 256 MB ({d['extra_mib']:.0f} MiB)" if not d["memory"]
+                   else f"slower ({d['ms']:.2f} ms)")
+            change = f"; the CUDA default, {DEFAULT}, is {why}: make {best['method']} the default there (onepass.wanted)"
+        out.append(f"- {head}: fastest within 256 MB is {best['method']} ({best['ms']:.2f} ms, {best['ratio']:.2f}×; "
+                   f"{liger}){change}")
     ok = [v for v in trainable if "error" not in v]
     met = [v["method"] for v in ok if v["memory"] and v["time"] and v["liger"] and v["cce"]]
     unjudged = [v["method"] for v in ok if v["memory"] and v["time"] and None in (v["liger"], v["cce"])]

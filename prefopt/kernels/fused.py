@@ -64,11 +64,14 @@ def fused_preference_loss(
         one_pass: with ``reduction="sum"``, form the lm_head gradients in the forward
             (``onepass.py``; a pairwise loss under autograd). ``None`` (default, or
             ``$PREFOPT_ONEPASS`` = 0/1): where the head is trainable and the log-probs would
-            take the chunked path; where it applies it saves one of four GEMM passes.
+            take the chunked path (a CPU), and on CUDA with its row kernels, the head trainable
+            or frozen, unless ``impl`` or ``$PREFOPT_LOGPROBS`` forces an implementation
+            (``onepass.wanted``); a trainable head saves one of four GEMM passes.
         budget: logits per block on the one-pass path, in elements (default
-            ``CHUNK_ELEMENTS``, 2^24). Pairs are taken a stage at a time: one block, or on CUDA
-            ``onepass.GRAD_ELEMENTS`` (2^26) of them; a pair whose tokens do not fit in a
-            stage takes two walks.
+            ``CHUNK_ELEMENTS``, 2^24; on CUDA a block is at least 256 tokens, its logits taken
+            in vocabulary slabs within the budget). Pairs are taken a stage at a time: one
+            block, or on CUDA ``onepass.GRAD_ELEMENTS`` (2^26) of them; a pair whose tokens do
+            not fit in a stage takes two walks.
         desirable: ``(B,)`` booleans for ``loss="kto"``: row i is example i's completion and
             row B + i another example's completion under i's prompt (the KL estimate's sample).
         token_weights: ``(2B, T)``, optional: each sequence's log-prob is ``Σ w_t log p_t``
@@ -183,7 +186,8 @@ def nll_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
 
     ``hidden`` ``(..., D)`` aligned with ``labels`` ``(...)``, as for ``sequence_logprobs``.
     ``one_pass`` as in ``fused_preference_loss``: by default the lm_head gradients are formed
-    in the forward where the head is trainable and the log-probs would take the chunked path.
+    in the forward where the head is trainable and the log-probs would take the chunked path,
+    and on CUDA (``onepass.wanted``).
     """
     from . import sequence_logprobs
     from .onepass import onepass_nll, wanted

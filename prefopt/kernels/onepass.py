@@ -255,7 +255,11 @@ class _OnePass(torch.autograd.Function):
 def wanted(asked: bool | None, hidden: torch.Tensor, weight: torch.Tensor, impl: str | None) -> bool:
     """Whether to form the lm_head gradients in the forward: ``asked`` (or ``$PREFOPT_ONEPASS``
     = 0/1) where gradients are wanted at all; by default where the head is trainable and the
-    log-probs would take the chunked path (measured there: benchmarks/bench_logprobs.py)."""
+    log-probs would take the chunked path (a CPU), and on CUDA with the row kernels, the head
+    trainable or frozen, where no implementation is forced (``impl``, ``$PREFOPT_LOGPROBS``).
+    Measured (benchmarks/bench_logprobs.py, docs/benchmarks.md): on an H200 at Llama 3's head and
+    16384 tokens the one-pass loss took 100.7 ms against the Triton kernel's 140.6 with a
+    trainable head, 65.8 against 124.9 with a frozen one (2026-12-04)."""
     from . import resolve_impl
 
     env = os.environ.get("PREFOPT_ONEPASS", "")
@@ -265,7 +269,12 @@ def wanted(asked: bool | None, hidden: torch.Tensor, weight: torch.Tensor, impl:
         asked = env == "1"
     if asked is False or not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
         return False  # no gradients wanted: the per-token forward is all there is to do
-    return asked or (weight.requires_grad and resolve_impl(hidden.device, impl) == "chunked")
+    if asked:
+        return True
+    if weight.requires_grad and resolve_impl(hidden.device, impl) == "chunked":
+        return True
+    forced = (impl or os.environ.get("PREFOPT_LOGPROBS") or "auto") != "auto"
+    return hidden.device.type == "cuda" and not forced and _rows.wanted(hidden.device, acc_dtype(hidden))
 
 
 def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:

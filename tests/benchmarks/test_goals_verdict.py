@@ -41,32 +41,38 @@ FROZEN = {"chunked": (62.0, 128), "triton": (130.0, 31), "onepass": (70.0, 224),
           "cce": (128.0, 2), "cce-exact": (166.0, 1)}
 
 
-def test_a_one_pass_loss_within_the_goals_is_to_become_the_default(verdict, tmp_path, capsys):
+def test_the_default_within_the_goals_and_a_faster_frozen_path(verdict, tmp_path, capsys):
     out = _run(verdict, tmp_path, capsys, {"triton": (144.0, 192), "chunked": (217.0, 224), "onepass": (92.0, 193),
                                             "liger": (243.0, 1035), "cce": (193.0, 2), "cce-exact": (301.0, 1)}, FROZEN)
     assert "| onepass | 92.00 | 1.23 | 193 | yes | yes | yes | yes | yes |" in out
     assert "| triton | 144.00 | 1.92 | 192 | yes | **no** | yes | yes | yes |" in out
-    assert "the one-pass loss meets the time and memory goals (1.23×, 193 MiB) and beats triton: make it" in out
-    assert "frozen head: fastest within 256 MB is chunked (62.00 ms, 1.22×; faster than Liger); resolve_impl's " \
-           "auto should pick chunked for a frozen head" in out
-    assert "issue 5 point 3 (trainable head): met by onepass (not the current default: switch it first)" in out
+    assert "trainable head: fastest within 256 MB is onepass (92.00 ms, 1.23×; faster than Liger); it is the CUDA " \
+           "default (onepass.wanted)" in out
+    assert "frozen head: fastest within 256 MB is chunked (62.00 ms, 1.22×; faster than Liger); the CUDA default, " \
+           "onepass, is slower (70.00 ms): make chunked the default there (onepass.wanted)" in out
+    assert "issue 5 point 3 (trainable head): met by onepass\n" in out
 
 
-def test_a_one_pass_loss_over_a_goal_keeps_the_default_and_says_why(verdict, tmp_path, capsys):
+def test_a_default_over_the_memory_goal_is_named_with_the_path_to_take(verdict, tmp_path, capsys):
     out = _run(verdict, tmp_path, capsys, {"triton": (144.0, 192), "onepass": (103.7, 259), "liger": "ImportError: x"},
                {"triton": (130.0, 31), "chunked": "RuntimeError: boom"})
-    assert "keep triton as the CUDA default; the one-pass loss is over 1.3×, over 256 MB (1.38×, 259 MiB)" in out
+    assert "trainable head: fastest within 256 MB is triton (144.00 ms, 1.92×; Liger missing); the CUDA default, " \
+           "onepass, is over 256 MB (259 MiB): make triton the default there" in out
     assert "| onepass | 103.70 | 1.38 | 259 | **no** | **no** | n/a | n/a | n/a |" in out  # Liger failed: no verdict
     assert "| chunked | RuntimeError: boom |" in out
-    assert "frozen head: fastest within 256 MB is triton (130.00 ms, 2.55×; Liger missing)" in out
-    assert "resolve_impl" not in out and "not met by any method" in out
+    assert "frozen head: fastest within 256 MB is triton (130.00 ms, 2.55×; Liger missing); the CUDA default, " \
+           "onepass, is not measured" in out
+    assert "not met by any method" in out
 
 
-def test_a_one_pass_loss_fastest_with_a_frozen_head_is_named_for_that_default(verdict, tmp_path, capsys):
+def test_a_default_that_is_fastest_is_said_so(verdict, tmp_path, capsys):
     out = _run(verdict, tmp_path, capsys, {"triton": (144.0, 192), "onepass": (92.0, 193)},
                {**FROZEN, "onepass": (55.0, 224)})
-    assert "fastest within 256 MB is onepass (55.00 ms, 1.08×; faster than Liger); the one-pass loss should be " \
-           "the default for a frozen head too (onepass.wanted)" in out
+    assert "frozen head: fastest within 256 MB is onepass (55.00 ms, 1.08×; faster than Liger); it is the CUDA " \
+           "default (onepass.wanted)" in out
+    out = _run(verdict, tmp_path, capsys, {"triton": (144.0, 192), "onepass": (92.0, 193), "liger": (243.0, 1035),
+                                            "cce": (193.0, 2)}, {"triton": (130.0, 31)})
+    assert "issue 5 point 3 (trainable head): met by onepass\n" in out
 
 
 def test_a_missing_baseline_is_not_taken_as_beaten(verdict, tmp_path, capsys):

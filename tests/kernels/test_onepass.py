@@ -170,6 +170,16 @@ def test_when_the_gradients_are_formed_in_the_forward(monkeypatch):
     assert not _one_pass(None, "sigmoid", h, w, None)
     monkeypatch.setenv("PREFOPT_ONEPASS", "1")
     assert _one_pass(None, "sigmoid", h, w.detach(), "naive")
+    monkeypatch.delenv("PREFOPT_ONEPASS")
+    monkeypatch.setattr("prefopt.kernels._rows.ROWWISE", "triton")  # as on CUDA, where the row kernels run:
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda t: cuda))  # (only the type is read)
+    monkeypatch.delenv("PREFOPT_LOGPROBS", raising=False)
+    assert _one_pass(None, "sigmoid", h, w.detach(), None) and _one_pass(None, "sigmoid", h, w, "auto")  # any head
+    assert not _one_pass(None, "sigmoid", h, w.detach(), "triton")  # a forced implementation is kept
+    monkeypatch.setenv("PREFOPT_LOGPROBS", "triton")
+    assert not _one_pass(None, "sigmoid", h, w.detach(), None)
+    monkeypatch.undo()
     monkeypatch.setenv("PREFOPT_ONEPASS", "true")  # not silently the default
     with pytest.raises(ValueError, match=r"\$PREFOPT_ONEPASS must be 0 or 1 \(or unset\), got 'true'"):
         _one_pass(None, "sigmoid", h, w, None)

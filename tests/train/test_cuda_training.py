@@ -88,10 +88,13 @@ def _step_grads(trainer) -> tuple[float, dict[str, torch.Tensor]]:
 def test_an_fp32_step_on_the_device_equals_the_cpu_step(task, tmp_path, monkeypatch, device, kind, lora, one_pass):
     if one_pass is not None:
         monkeypatch.setenv("PREFOPT_ONEPASS", one_pass)
-    calls = []
+    from prefopt.kernels import onepass
+
+    calls, passes = [], []
     default = kernels.resolve_impl(torch.device(device))
-    impl = kernels.IMPLS[default]
+    impl, apply = kernels.IMPLS[default], onepass._OnePass.apply
     monkeypatch.setitem(kernels.IMPLS, default, lambda *a, **k: calls.append(1) or impl(*a, **k))
+    monkeypatch.setattr(onepass._OnePass, "apply", lambda *a: passes.append(1) or apply(*a))
     results = {}
     for i, dev in enumerate(("cpu", device)):
         kw = {} if lora else {"lora": False}
@@ -100,6 +103,7 @@ def test_an_fp32_step_on_the_device_equals_the_cpu_step(task, tmp_path, monkeypa
         cfg = _config(task, kind, tmp_path / f"run{i}", device=dev, bf16_autocast=False, **kw)
         trainer = _trainer(cfg)
         calls.clear()  # count the step's calls only, not the reference cache's fill
+        passes.clear()
         results[i] = _step_grads(trainer)
     (cpu_loss, cpu_grads), (loss, grads) = results[0], results[1]
     assert loss == pytest.approx(cpu_loss, rel=1e-5)
@@ -108,12 +112,13 @@ def test_an_fp32_step_on_the_device_equals_the_cpu_step(task, tmp_path, monkeypa
         scale = cpu_grads[name].abs().max().item()
         assert scale > 0, name  # every trainable tensor gets a gradient
         assert (g - cpu_grads[name]).abs().max().item() <= 1e-4 * scale, name
-    # which path the step took: on CUDA the Triton kernel unless one pass is forced on; on the CPU
-    # the chunked kernel with LoRA, one pass (which does not go through it) for a trainable head
+    # which path the step's loss took: on CUDA the one-pass loss, the head trainable or frozen (the per-token
+    # Triton kernel only for the reference pass of a LoRA DPO step: no gradients); on the CPU the chunked kernel
+    # with LoRA, one pass (which does not go through it) for a trainable head or where forced on
     if device == "cuda":
-        assert default == "triton" and bool(calls) == (one_pass != "1")
+        assert default == "triton" and passes and bool(calls) == (lora and not kind.startswith("sft"))
     else:
-        assert default == "chunked" and bool(calls) == lora
+        assert default == "chunked" and bool(calls) == lora and bool(passes) == (not lora or one_pass == "1")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16: the base so, the adapter float32
