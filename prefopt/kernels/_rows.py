@@ -41,10 +41,12 @@ def _splits(V: int, block: int) -> int:
 
 
 def lse(x: torch.Tensor, y: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None,
-        logit: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        logit: bool = False, scratch: tuple[torch.Tensor, torch.Tensor] | None = None,
+        ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logsumexp, log-prob of y)`` per row of the fp32 logits ``x`` (n, V): into ``out`` (two
     contiguous fp32 (n,) tensors) or new ones; ``logit``: the label's logit instead of its
-    log-prob, 0 for a label outside ``[0, V)`` (a vocabulary slab's, whose label lies in another)."""
+    log-prob, 0 for a label outside ``[0, V)`` (a vocabulary slab's, whose label lies in another).
+    ``scratch``: two contiguous fp32 (``SPLITS``, n) tensors for the split parts, else new ones."""
     from . import _triton_kernels as k
 
     n, V = x.shape
@@ -52,22 +54,24 @@ def lse(x: torch.Tensor, y: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor]
     block = BLOCKS["interpreted" if k.INTERPRETED else "lse"]
     splits = _splits(V, block)
     per_split = -(-V // splits // block) * block  # whole tiles
-    parts = torch.empty(2, splits, n, dtype=torch.float32, device=x.device)
-    k._row_lse[(n, splits)](x, y, parts[0], parts[1], V, per_split, BLOCK_V=block)
-    return join(parts[0], parts[1], out, logit)
+    if scratch is None:
+        scratch = torch.empty(2, splits, n, dtype=torch.float32, device=x.device)
+    k._row_lse[(n, splits)](x, y, scratch[0], scratch[1], V, per_split, BLOCK_V=block)
+    return join(scratch[0], scratch[1], out, logit, splits)
 
 
 def join(lse_parts: torch.Tensor, tgt_parts: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None,
-         logit: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logsumexp, log-prob of the label)`` per row from parts of the rows' logits (``(parts, n)``
-    each, rows contiguous, ``parts`` a power of two): their logsumexps (−inf for an empty part)
-    and the label's logit where the part holds it, else 0. ``logit``: the label's logit instead."""
+         logit: bool = False, parts: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logsumexp, log-prob of the label)`` per row from parts of the rows' logits (the first
+    ``parts`` rows of ``(≥ parts, n)`` tensors, rows contiguous, default all; a power of two):
+    their logsumexps (−inf for an empty part) and the label's logit where the part holds it,
+    else 0. ``logit``: the label's logit instead."""
     from . import _triton_kernels as k
 
-    splits, n = lse_parts.shape
+    n = lse_parts.shape[1]
     out = torch.empty(2, n, dtype=torch.float32, device=lse_parts.device) if out is None else out
     k._row_join[(-(-n // BLOCKS["join"]),)](lse_parts, tgt_parts, out[0], out[1], n, lse_parts.stride(0),
-                                             SPLITS=splits, BLOCK_R=BLOCKS["join"], LOGIT=logit)
+                                             SPLITS=parts or lse_parts.shape[0], BLOCK_R=BLOCKS["join"], LOGIT=logit)
     return out[0], out[1]
 
 

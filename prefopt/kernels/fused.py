@@ -122,15 +122,17 @@ def fused_preference_loss(
         pw = wpo_pair_weights(hidden, weight, labels, ignore_index, budget)
 
     def logps(sums: torch.Tensor, pairs: slice = slice(None), nll_scale: float = 1.0,
-              chosen_plain: torch.Tensor | None = None) -> PreferenceLogps:
-        """``chosen_plain``: the chosen sums unweighted, where ``sums`` are weighted (for chosen_nll)."""
+              chosen_plain: torch.Tensor | None = None, nll: bool = True) -> PreferenceLogps:
+        """``chosen_plain``: the chosen sums unweighted, where ``sums`` are weighted (for chosen_nll);
+        ``nll=False``: no chosen_nll (a built-in loss that does not read it: four operations fewer
+        a stage on the one-pass path, each a launch on a GPU)."""
         ref = (ref_chosen_logps, ref_rejected_logps)
         plain = sums[:B] if chosen_plain is None else chosen_plain
         return PreferenceLogps(chosen=sums[:B][pairs], rejected=sums[B:][pairs],
                                ref_chosen=None if ref[0] is None else ref[0][pairs],
                                ref_rejected=None if ref[1] is None else ref[1][pairs],
                                chosen_tokens=counts[:B][pairs], rejected_tokens=counts[B:][pairs],
-                               chosen_nll=-plain[pairs].sum() / chosen_tokens * nll_scale,
+                               chosen_nll=-plain[pairs].sum() / chosen_tokens * nll_scale if nll else None,
                                desirable=None if desirable is None else desirable[pairs],
                                pair_weights=None if pw is None else pw[pairs])
 
@@ -141,8 +143,8 @@ def fused_preference_loss(
         def pair_loss(sums, pairs, scale):
             return preference_loss(loss, logps(sums, pairs, scale), **hparams).losses.sum()
 
-        def pair_grad(sums, pairs, scale):  # the same sum's gradient, in closed form
-            lp = logps(sums, pairs, scale)
+        def pair_grad(sums, pairs, scale):  # the same sum's gradient, in closed form (built-in losses only)
+            lp = logps(sums, pairs, scale, nll=reads_nll(loss))
             dc, dr, dnll = pair_gradient(loss, lp, **hparams)
             if dnll:  # chosen_nll = -Σ chosen / chosen_tokens × scale (an integer count: divide in sums' dtype)
                 dc = dc - dnll * scale / chosen_tokens.to(sums.dtype)

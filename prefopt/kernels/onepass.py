@@ -41,6 +41,7 @@ import torch
 
 from . import _backward, _rows
 from ._backward import _add_mm, acc_dtype, mm_acc
+from ._slabs import RowBlocks
 from ._tokens import check_inputs
 from .chunked import _exp_rows_, _softmax_grad_
 
@@ -126,14 +127,7 @@ class _OnePass(torch.autograd.Function):
         sums = torch.zeros(n_seq, dtype=acc, device=device)
         M, V = labels.numel(), weight.shape[0]
         logp = torch.empty(M, dtype=acc, device=device)  # each token's, summed into sums a stage at a time
-        n = min(M, rows)  # a block's rows, at most
-        lse = torch.empty(n, dtype=acc, device=device)  # one block's
-        ones = torch.ones(n, dtype=acc, device=device) if slabs else None  # the row kernel's g
-        sliced = slabs is not None and len(slabs) > 1
-        if sliced:  # per slab (a power of two of them, the rest empty): its logsumexp and the label's logit there
-            parts = torch.zeros(2, 1 << (len(slabs) - 1).bit_length(), n, dtype=acc, device=device)
-            parts[0, len(slabs):] = float("-inf")
-        no_label = torch.full((n,), -1, dtype=labels.dtype, device=device) if sliced else None
+        blocks = RowBlocks(w, labels, slabs, rows, acc, dtype) if slabs else None  # the row kernels' blocks
         grad_h = torch.empty(M, hidden.shape[-1], dtype=hidden.dtype, device=device) if need_h else None
         exact = weight.dtype == acc or weight.numel() <= _backward.SUM_ELEMENTS
         grad_w = torch.zeros(weight.shape, dtype=acc if exact else weight.dtype, device=weight.device) if need_w else None
@@ -143,38 +137,6 @@ class _OnePass(torch.autograd.Function):
         def gather(a, b):  # the hidden states of tokens a:b, in the compute dtype
             return hidden[tuple(i[a:b] for i in index)].to(dtype)
 
-        def rowwise(hb, a, b, into, grads=True):
-            """The row kernels' way: tokens a:b's (``hb`` their hidden states) log-probs into
-            ``logp`` and, with ``grads``, their ``onehot − softmax`` into ``into`` ((b − a, V)), or
-            into a new tensor (into the fp32 logits themselves where they are one slab in the
-            compute dtype); returns it. The logits are taken one slab at a time: each slab's
-            logsumexp, the row's from all of them, and each slab but the last, written before that
-            was known, rescaled to it (``_rows.rescale``)."""
-            m, y = b - a, labels[a:b]
-            if not sliced:
-                x = mm_acc(hb, w.T, acc)
-                _rows.lse(x, y, out=(lse[:m], logp[a:b]))
-                if grads:
-                    return _rows.dlogits(x, y, lse[:m], ones[:m], into if into is not None or x.dtype != dtype else x,
-                                         dtype)
-                return None
-            if grads and into is None:
-                into = torch.empty(m, V, dtype=dtype, device=device)
-            last, local = len(slabs) - 1, [y if c0 == 0 else y - c0 for c0, _ in slabs]  # labels by slab
-            for k, (c0, c1) in enumerate(slabs):
-                x = mm_acc(hb, w[c0:c1].T, acc)
-                _rows.lse(x, local[k], out=(parts[0, k, :m], parts[1, k, :m]), logit=True)
-                if k == last:  # the row's logsumexp and its label's log-prob, from the slabs'
-                    _rows.join(parts[0, :, :m], parts[1, :, :m], out=(lse[:m], logp[a:b]))
-                if grads:  # the last slab by the row's logsumexp, the others by their own, without their one-hot
-                    _rows.dlogits(x, local[k] if k == last else no_label[:m],
-                                  lse[:m] if k == last else parts[0, k, :m], ones[:m], into[:, c0:c1])
-                del x  # before the next slab's: one slab of logits alive at a time
-            if grads:
-                for k, (c0, c1) in enumerate(slabs[:-1]):
-                    _rows.rescale(into[:, c0:c1], local[k], parts[0, k, :m], lse[:m])
-            return into
-
         def fill(h, a, out):
             """Tokens a : a + len(h) (``h`` their hidden states), ``rows`` at a time: their log-probs,
             and ``onehot − softmax`` into ``out`` (the stage's first rows), or, with no stage (one
@@ -182,8 +144,8 @@ class _OnePass(torch.autograd.Function):
             for i in range(0, h.shape[0], rows):
                 j = min(i + rows, h.shape[0])
                 into = None if out is None else out[i:j]
-                if slabs:
-                    q = rowwise(h[i:j], a + i, a + j, into)
+                if blocks:
+                    q = blocks(h[i:j], a + i, a + j, logp[a + i:a + j], into)
                     continue
                 x = mm_acc(h[i:j], w.T, acc)
                 logp[a + i:a + j], _, norm = _exp_rows_(x, labels[a + i:a + j])
@@ -224,8 +186,8 @@ class _OnePass(torch.autograd.Function):
                 continue
             for a in range(s, e, rows):  # a pair longer than a stage: its log-prob first,
                 b = min(a + rows, e)
-                if slabs:
-                    rowwise(gather(a, b), a, b, None, grads=False)
+                if blocks:
+                    blocks(gather(a, b), a, b, logp[a:b], None, grads=False)
                 else:
                     logp[a:b] = _exp_rows_(mm_acc(gather(a, b), w.T, acc), labels[a:b])[0]
             sums.index_add_(0, slots[s:e], weighted(logp, s, e))

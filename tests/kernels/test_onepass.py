@@ -93,16 +93,18 @@ def test_chunks_hold_whole_pairs_within_the_budget():
 
 
 def _count_products(monkeypatch):
-    """Every logits-sized product in ``onepass``: ``mm_acc`` (logits, grad_h) and the weight
-    gradient's addmm, each tagged forward or backward."""
+    """Every logits-sized product in ``onepass`` (and ``_slabs``, the row kernels' blocks):
+    ``mm_acc`` (logits, grad_h) and the weight gradient's addmm, each tagged forward or backward."""
+    from prefopt.kernels import _slabs
+
     calls = []
-    for name in ("mm_acc", "_add_mm"):
-        real = getattr(onepass, name)
+    for module, name in ((onepass, "mm_acc"), (_slabs, "mm_acc"), (onepass, "_add_mm")):
+        real = getattr(module, name)
 
         def counted(*a, _real=real, _name=name):
             calls.append((_name, torch.is_grad_enabled()))
             return _real(*a)
-        monkeypatch.setattr(onepass, name, counted)
+        monkeypatch.setattr(module, name, counted)
     return calls
 
 
@@ -287,6 +289,7 @@ def test_pairs_longer_than_a_block_are_computed_once_within_a_stage(rowwise, mon
         (logits if b.shape == w.T.shape else products).append(a.shape[0])
         return mm_acc(a, b, dtype)
     monkeypatch.setattr(onepass, "mm_acc", counted_mm)
+    monkeypatch.setattr("prefopt.kernels._slabs.mm_acc", counted_mm)  # the row kernels' blocks
     monkeypatch.setattr(onepass, "_add_mm", lambda acc, a, b: products.append(a.shape[1]) or add_mm(acc, a, b))
     monkeypatch.setitem(PAIR_GRADS, "sigmoid", lambda lp, **kw: grads.append(lp.chosen.numel()) or pair_grad(lp, **kw))
     _, _, got = _run(h, w, y, ref, "sigmoid", reduction="sum", one_pass=True)

@@ -1,0 +1,88 @@
+"""A block of tokens through the lm_head with the Triton row kernels, its logits one vocabulary
+slab at a time: the one-pass loss's per-block work on CUDA (``onepass.py``).
+
+Per block of ``m`` tokens and each slab of the vocabulary (``onepass.blocking``): cuBLAS's fp32
+logits of the slab, ``_rows.lse`` for the slab's logsumexp and the label's logit there, and,
+once the last slab's is known, the row's logsumexp and the label's log-prob (``_rows.join``).
+``onehot − softmax`` goes into the caller's rows: the last slab's directly, each earlier one's
+by its own logsumexp (written before the row's was known), then rescaled (``_rows.rescale``).
+One slab of logits is alive at a time.
+
+On a GPU the host issues each of these operations, and on an H200 at Llama 3's head the host
+was the bottleneck (docs/benchmarks.md, 2026-12-04): so everything that does not change from
+block to block (the slabs' labels and weight views, the buffers' views for a block's size, the
+logsumexp's scratch) is made once, not once a block.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _rows
+from ._backward import mm_acc
+
+
+class RowBlocks:
+    """``blocks(hb, a, b, logp, into)``: tokens ``a:b`` (``hb`` their hidden states, ``labels``
+    theirs) through ``w`` (V, D) in ``slabs`` ((first, end) columns), fp32 logits (``acc``),
+    ``onehot − softmax`` in ``dtype``; blocks of at most ``rows`` tokens."""
+
+    def __init__(self, w: torch.Tensor, labels: torch.Tensor, slabs: list[tuple[int, int]], rows: int,
+                 acc: torch.dtype, dtype: torch.dtype):
+        device, n = w.device, min(labels.numel(), rows)
+        self.V, self.slabs, self.acc, self.dtype = w.shape[0], slabs, acc, dtype
+        self.weights = [w[c0:c1].T for c0, c1 in slabs]
+        self.labels = [labels if c0 == 0 else labels - c0 for c0, _ in slabs]  # each slab's, all tokens at once
+        self.lse = torch.empty(n, dtype=acc, device=device)
+        self.ones = torch.ones(n, dtype=acc, device=device)  # the row kernels' g
+        self.scratch = torch.empty(2, _rows.SPLITS, n, dtype=acc, device=device)  # _rows.lse's split parts
+        self.parts = None
+        if len(slabs) > 1:  # per slab (a power of two of them, the rest empty): its logsumexp, the label's logit
+            self.parts = torch.zeros(2, 1 << (len(slabs) - 1).bit_length(), n, dtype=acc, device=device)
+            self.parts[0, len(slabs):] = float("-inf")
+            self.no_label = torch.full((n,), -1, dtype=labels.dtype, device=device)
+        self._views: dict[int, dict] = {}
+
+    def _at(self, m: int) -> dict:
+        """The buffers' views for a block of ``m`` tokens, made once per size."""
+        v = self._views.get(m)
+        if v is None:
+            scratch = self.scratch[:, :, :m].contiguous() if m < self.scratch.shape[2] else self.scratch
+            v = dict(lse=self.lse[:m], ones=self.ones[:m], scratch=(scratch[0], scratch[1]))
+            if self.parts is not None:
+                v.update(parts=(self.parts[0, :, :m], self.parts[1, :, :m]), no_label=self.no_label[:m],
+                         slab=[(self.parts[0, k, :m], self.parts[1, k, :m]) for k in range(len(self.slabs))])
+            self._views[m] = v
+        return v
+
+    def __call__(self, hb: torch.Tensor, a: int, b: int, logp: torch.Tensor, into: torch.Tensor | None,
+                 grads: bool = True) -> torch.Tensor | None:
+        """Tokens a:b's log-probs into ``logp`` (their (b − a,) rows) and, with ``grads``, their
+        ``onehot − softmax`` into ``into`` ((b − a, V)) or a new tensor (into the fp32 logits
+        themselves where they are one slab in the compute dtype); returns it."""
+        v = self._at(b - a)
+        if self.parts is None:
+            y = self.labels[0][a:b]
+            x = mm_acc(hb, self.weights[0], self.acc)
+            _rows.lse(x, y, out=(v["lse"], logp), scratch=v["scratch"])
+            if not grads:
+                return None
+            return _rows.dlogits(x, y, v["lse"], v["ones"], into if into is not None or x.dtype != self.dtype else x,
+                                 self.dtype)
+        if grads and into is None:
+            into = torch.empty(b - a, self.V, dtype=self.dtype, device=hb.device)
+        last = len(self.slabs) - 1
+        ys = [y[a:b] for y in self.labels]
+        cols = [into[:, c0:c1] for c0, c1 in self.slabs] if grads else None
+        for k in range(last + 1):
+            x = mm_acc(hb, self.weights[k], self.acc)
+            _rows.lse(x, ys[k], out=v["slab"][k], logit=True, scratch=v["scratch"])
+            if k == last:  # the row's logsumexp and its label's log-prob, from the slabs'
+                _rows.join(*v["parts"], out=(v["lse"], logp))
+            if grads:  # the last slab by the row's logsumexp, the others by their own, without their one-hot
+                _rows.dlogits(x, ys[k], v["lse"], v["ones"], cols[k]) if k == last else \
+                    _rows.dlogits(x, v["no_label"], v["slab"][k][0], v["ones"], cols[k])
+            del x  # before the next slab's: one slab of logits alive at a time
+        if grads:
+            for k in range(last):
+                _rows.rescale(cols[k], ys[k], v["slab"][k][0], v["lse"])
+        return into
