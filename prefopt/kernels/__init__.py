@@ -10,8 +10,9 @@
 
 Set ``PREFOPT_LOGPROBS=triton|chunked|naive`` or pass ``impl=`` to force one (``auto``, the
 default, picks as above). ``fused_preference_loss`` (in ``fused.py``) puts a preference loss
-on top for the stacked ``[chosen; rejected]`` layout, and ``nll_sum`` SFT's summed NLL; with a
-trainable head both form the lm_head gradients in the forward (``onepass.py``).
+on top for the stacked ``[chosen; rejected]`` layout, and ``nll_sum`` SFT's summed NLL; both
+form the lm_head gradients in the forward (``onepass.py``) on CUDA, and on a CPU with a
+trainable head, unless an implementation is forced.
 """
 from __future__ import annotations
 

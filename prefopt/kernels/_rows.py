@@ -34,8 +34,8 @@ def wanted(device: torch.device, acc: torch.dtype = torch.float32) -> bool:
 
 
 def _splits(V: int, block: int) -> int:
-    """Programs per row for ``_row_lse``: up to ``SPLITS`` (a power of two, at least 2), about a
-    tile each at most as many as the row has tiles."""
+    """Programs per row for ``_row_lse``: a power of two, at least 2 and at most ``SPLITS``, no
+    more than the row's tiles of ``block`` rounded up to a power of two (a split may be empty)."""
     tiles = -(-V // block)
     return max(2, min(SPLITS, 1 << (tiles - 1).bit_length()))
 

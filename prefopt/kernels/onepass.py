@@ -12,15 +12,17 @@ by the upstream scalar.
 
 - Pairs are grouped in order into stages of at most ``stage_rows`` tokens. A stage's logits are
   computed ``rows`` tokens at a time (``CHUNK_ELEMENTS`` logits in fp32; on CUDA a multiple of
-  128 tokens, cuBLAS's row tile), across pair boundaries: per block a GEMM and the row pass that
-  gives the log-probs and ``q``. The loss's gradient (``pair_grads``) and the gradient GEMMs run
-  once per stage. A pair longer than a stage alone takes two walks over its own blocks:
-  log-probs first, then ``q`` and the gradients.
+  128 tokens, cuBLAS's row tile, and at least ``SLAB_ROWS``, the logits then taken in vocabulary
+  slabs: ``blocking``, ``_slabs.RowBlocks``), across pair boundaries: per block the GEMMs and
+  the row passes that give the log-probs and ``q``. The loss's gradient (``pair_grads``) and the
+  gradient GEMMs run once per stage. A pair longer than a stage alone takes two walks over its
+  own blocks: log-probs first, then ``q`` and the gradients.
 - On CUDA a stage holds ``GRAD_ELEMENTS`` of ``q`` in half precision (512 tokens at V=128256):
-  ``grad_W``'s sum is read and written once per stage, not once per block, and the host's work
-  per 128-token block is a GEMM and two kernel launches. Elsewhere a stage is one block and
-  ``q`` is formed in place in its fp32 logits. The scored tokens' hidden states are gathered a
-  stage at a time.
+  ``grad_W``'s sum is read and written once per stage, not once per block. Elsewhere a stage is
+  one block and ``q`` is formed in place in its fp32 logits. The scored tokens' hidden states
+  are gathered a stage at a time.
+- The default on CUDA for a trainable or a frozen head, and on a CPU for a trainable one
+  (``wanted``).
 - The gradients exist from the forward on: ``grad_h`` (M, D) for the M scored tokens and
   ``grad_W`` (V, D). ``grad_W`` is summed over stages in fp32 when the weight is fp32 (under
   autocast the fp32 master weight, so the sum *is* its gradient) or when V × D ≤
@@ -65,8 +67,8 @@ def plan(pair_tokens: list[int], rows: int) -> list[tuple[int, int, int, int]]:
 # written once per stage, not once per block. With 128-token blocks at V=128256 that
 # read-modify-write (2 GB in bf16) made grad_W's GEMM take 805 µs a block, 103 of the 233 ms of a
 # forward + backward at N=16384 (an H200: docs/benchmarks.md); a 512-token stage pays it a quarter
-# as often, while the fp32 logits stay one 128-token block (63 MiB) and the stage is half
-# precision (125 MiB). Pairs of up to 512 scored tokens take one pass.
+# as often, while the fp32 logits stay one block (63 MiB: 256 tokens by half the vocabulary) and
+# the stage is half precision (125 MiB). Pairs of up to 512 scored tokens take one pass.
 GRAD_ELEMENTS = 1 << 26
 STAGE_DEVICES = ("cuda",)  # elsewhere a stage is one block (a CPU's GEMMs are not bandwidth-bound)
 
