@@ -14,8 +14,26 @@ def test_both_rows_are_timed_and_counted_and_the_settings_restored():
     ops = {}
     for stage in (0, 3):
         for closed in (False, True):
-            sec, ops[stage, closed] = mod.per_pair("rpo", closed, pairs=3, reps=1, stage=stage)
-            assert sec > 0 and ops[stage, closed] > 10
+            sec, ops[stage, closed], launches = mod.per_pair("rpo", closed, pairs=3, reps=1, stage=stage)
+            assert sec > 0 and ops[stage, closed] > 10 and launches == 0  # PyTorch's ops on a CPU
             assert (dict(PAIR_GRADS), backward.CHUNK_ELEMENTS, onepass.STAGE_DEVICES, onepass.GRAD_ELEMENTS) == before
     assert ops[0, True] < ops[0, False] and ops[3, True] < ops[3, False]  # the closed form spares autograd's
     assert ops[3, True] < ops[0, True]  # one stage of 3 pairs: the loss's work once, not per pair
+
+
+def test_cuda_blocks_stub_the_row_kernels_and_restore_them():
+    """``--cuda-blocks``: CUDA's arrangement (two pairs a block, two slabs) with the Triton row
+    kernels stubbed: their launches counted (8 a block: a logsumexp and its join per slab, the
+    slabs' join, 2 dlogits, 1 rescale), and the kernels, ROWWISE and SLAB_ROWS restored."""
+    import pytest
+
+    pytest.importorskip("triton")
+    import prefopt.kernels._rows as rows
+    import prefopt.kernels._triton_kernels as k
+    import prefopt.kernels.onepass as onepass
+
+    mod = load_script("bench_onepass_host")
+    before = k._row_lse, k._row_join, k._row_dlogits, k._row_rescale, rows.ROWWISE, dict(onepass.SLAB_ROWS)
+    sec, ops, launches = mod.per_pair("sigmoid", True, pairs=4, reps=1, stage=4, cuda_blocks=True)
+    assert sec > 0 and ops > 5 and launches == 8 / 2
+    assert (k._row_lse, k._row_join, k._row_dlogits, k._row_rescale, rows.ROWWISE, dict(onepass.SLAB_ROWS)) == before
