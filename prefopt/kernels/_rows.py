@@ -40,39 +40,54 @@ def _splits(V: int, block: int) -> int:
     return max(2, min(SPLITS, 1 << (tiles - 1).bit_length()))
 
 
+def parts(x: torch.Tensor, y: torch.Tensor, into: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The split parts of each row of the fp32 logits ``x`` (n, V) into ``into``: two fp32
+    ``(≥ splits, n)`` tensors, rows contiguous, ``n`` apart: each split's logsumexp and the
+    label's logit where the split holds it, else 0 (a label outside ``[0, V)``, a vocabulary
+    slab's whose label lies in another, has none). Rows past this row's splits are not written:
+    −inf and 0 there, left so by whoever made ``into``, join as empty parts."""
+    from . import _triton_kernels as k
+
+    n, V = x.shape
+    block = BLOCKS["interpreted" if k.INTERPRETED else "lse"]
+    splits = _splits(V, block)
+    k._row_lse[(n, splits)](x, y, into[0], into[1], V, -(-V // splits // block) * block, BLOCK_V=block)
+
+
 def lse(x: torch.Tensor, y: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None,
-        logit: bool = False, scratch: tuple[torch.Tensor, torch.Tensor] | None = None,
-        ) -> tuple[torch.Tensor, torch.Tensor]:
+        scratch: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logsumexp, log-prob of y)`` per row of the fp32 logits ``x`` (n, V): into ``out`` (two
-    contiguous fp32 (n,) tensors) or new ones; ``logit``: the label's logit instead of its
-    log-prob, 0 for a label outside ``[0, V)`` (a vocabulary slab's, whose label lies in another).
+    contiguous fp32 (n,) tensors) or new ones; a label outside ``[0, V)`` gets ``−logsumexp``.
     ``scratch``: two contiguous fp32 (``SPLITS``, n) tensors for the split parts, else new ones."""
     from . import _triton_kernels as k
 
     n, V = x.shape
     out = torch.empty(2, n, dtype=torch.float32, device=x.device) if out is None else out
-    block = BLOCKS["interpreted" if k.INTERPRETED else "lse"]
-    splits = _splits(V, block)
-    per_split = -(-V // splits // block) * block  # whole tiles
+    splits = _splits(V, BLOCKS["interpreted" if k.INTERPRETED else "lse"])
     if scratch is None:
         scratch = torch.empty(2, splits, n, dtype=torch.float32, device=x.device)
-    k._row_lse[(n, splits)](x, y, scratch[0], scratch[1], V, per_split, BLOCK_V=block)
-    return join(scratch[0], scratch[1], out, logit, splits)
+    parts(x, y, scratch)
+    return join(scratch[0], scratch[1], out, splits)
 
 
 def join(lse_parts: torch.Tensor, tgt_parts: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None,
-         logit: bool = False, parts: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+         count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logsumexp, log-prob of the label)`` per row from parts of the rows' logits (the first
-    ``parts`` rows of ``(≥ parts, n)`` tensors, rows contiguous, default all; a power of two):
-    their logsumexps (−inf for an empty part) and the label's logit where the part holds it,
-    else 0. ``logit``: the label's logit instead."""
+    ``count`` rows of ``(≥ count, n)`` tensors, rows contiguous, default all; a power of two), as
+    :func:`parts` writes them."""
     from . import _triton_kernels as k
 
     n = lse_parts.shape[1]
     out = torch.empty(2, n, dtype=torch.float32, device=lse_parts.device) if out is None else out
     k._row_join[(-(-n // BLOCKS["join"]),)](lse_parts, tgt_parts, out[0], out[1], n, lse_parts.stride(0),
-                                             SPLITS=parts or lse_parts.shape[0], BLOCK_R=BLOCKS["join"], LOGIT=logit)
+                                             SPLITS=count or lse_parts.shape[0], BLOCK_R=BLOCKS["join"])
     return out[0], out[1]
+
+
+def _lse_args(lse_rows: torch.Tensor) -> tuple[int, int]:
+    """``(PARTS, PART_STRIDE)`` for the kernels' ``_lse_at``: a (n,) logsumexp, or (parts, n) split
+    parts (as :func:`parts` writes them) that the kernel joins itself."""
+    return (0, 0) if lse_rows.dim() == 1 else (lse_rows.shape[0], lse_rows.stride(0))
 
 
 def _widened(out: torch.Tensor, interpreted: bool, run) -> torch.Tensor:
@@ -90,25 +105,28 @@ def dlogits(x: torch.Tensor, y: torch.Tensor, lse_rows: torch.Tensor, g: torch.T
             out: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``g · (onehot(y) − exp(x − lse))`` from the fp32 logits ``x`` into ``out`` (rows of the same
     shape, each contiguous: a column slab of a wider tensor too; the compute dtype), or into a new
-    tensor of ``dtype``; returns it. ``g`` fp32 per row."""
+    tensor of ``dtype``; returns it. ``g`` fp32 per row; ``lse_rows`` (n,), or the rows' split
+    parts ((parts, n), joined in the kernel)."""
     from . import _triton_kernels as k
 
     n, V = x.shape
     if out is None:
         out = torch.empty(n, V, dtype=dtype, device=x.device)
     block = BLOCKS["interpreted" if k.INTERPRETED else "dlogits"]
-    g = g.contiguous()
+    g, (count, stride) = g.contiguous(), _lse_args(lse_rows)
     return _widened(out, k.INTERPRETED, lambda t: k._row_dlogits[(n, -(-V // block))](
-        x, y, lse_rows, g, t, V, t.stride(0), BLOCK_V=block))
+        x, y, lse_rows, g, t, V, t.stride(0), stride, BLOCK_V=block, PARTS=count))
 
 
 def rescale(out: torch.Tensor, y: torch.Tensor, part: torch.Tensor, lse_rows: torch.Tensor) -> torch.Tensor:
     """A column slab ``out`` (n, w) holding ``−exp(x − part)`` (``dlogits`` by the slab's own
-    logsumexp ``part``, no one-hot: labels outside it) made ``onehot(y) − exp(x − lse)`` by the
-    rows' full logsumexp, in place; ``y``: labels relative to the slab's first column."""
+    logsumexp ``part``, (n,) or its split parts (parts, n); no one-hot: labels outside it) made
+    ``onehot(y) − exp(x − lse)`` by the rows' full logsumexp, in place; ``y``: labels relative to
+    the slab's first column."""
     from . import _triton_kernels as k
 
     n, V = out.shape
     block = BLOCKS["interpreted" if k.INTERPRETED else "dlogits"]
+    count, stride = _lse_args(part)
     return _widened(out, k.INTERPRETED, lambda t: k._row_rescale[(n, -(-V // block))](
-        t, y, part, lse_rows, V, t.stride(0), BLOCK_V=block))
+        t, y, part, lse_rows, V, t.stride(0), stride, BLOCK_V=block, PARTS=count))

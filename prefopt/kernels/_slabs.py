@@ -34,23 +34,28 @@ class RowBlocks:
         self.labels = [labels if c0 == 0 else labels - c0 for c0, _ in slabs]  # each slab's, all tokens at once
         self.lse = torch.empty(n, dtype=acc, device=device)
         self.ones = torch.ones(n, dtype=acc, device=device)  # the row kernels' g
-        self.scratch = torch.empty(2, _rows.SPLITS, n, dtype=acc, device=device)  # _rows.lse's split parts
-        self.parts = None
-        if len(slabs) > 1:  # per slab (a power of two of them, the rest empty): its logsumexp, the label's logit
-            self.parts = torch.zeros(2, 1 << (len(slabs) - 1).bit_length(), n, dtype=acc, device=device)
-            self.parts[0, len(slabs):] = float("-inf")
-            self.no_label = torch.full((n,), -1, dtype=labels.dtype, device=device)
+        self.labels_dtype = labels.dtype
         self._views: dict[int, dict] = {}
 
     def _at(self, m: int) -> dict:
-        """The buffers' views for a block of ``m`` tokens, made once per size."""
+        """Buffers for a block of ``m`` tokens, made once per size: one slab, ``_rows.lse``'s
+        scratch; several, every slab's split parts side by side (``_rows.SPLITS`` rows each, a
+        power of two of slabs; −inf and 0 where none is written), joined once for the row."""
         v = self._views.get(m)
         if v is None:
-            scratch = self.scratch[:, :, :m].contiguous() if m < self.scratch.shape[2] else self.scratch
-            v = dict(lse=self.lse[:m], ones=self.ones[:m], scratch=(scratch[0], scratch[1]))
-            if self.parts is not None:
-                v.update(parts=(self.parts[0, :, :m], self.parts[1, :, :m]), no_label=self.no_label[:m],
-                         slab=[(self.parts[0, k, :m], self.parts[1, k, :m]) for k in range(len(self.slabs))])
+            device = self.lse.device
+            v = dict(lse=self.lse[:m], ones=self.ones[:m])
+            if len(self.slabs) == 1:
+                scratch = torch.empty(2, _rows.SPLITS, m, dtype=self.acc, device=device)
+                v["scratch"] = (scratch[0], scratch[1])
+            else:
+                rows, S = _rows.SPLITS << (len(self.slabs) - 1).bit_length(), _rows.SPLITS
+                parts = torch.zeros(2, rows, m, dtype=self.acc, device=device)
+                parts[0] = float("-inf")
+                v.update(parts=(parts[0], parts[1]), no_label=torch.full((m,), -1, dtype=self.labels_dtype,
+                                                                         device=device),
+                         slab=[(parts[0, k * S:(k + 1) * S], parts[1, k * S:(k + 1) * S])
+                               for k in range(len(self.slabs))])
             self._views[m] = v
         return v
 
@@ -60,7 +65,7 @@ class RowBlocks:
         ``onehot − softmax`` into ``into`` ((b − a, V)) or a new tensor (into the fp32 logits
         themselves where they are one slab in the compute dtype); returns it."""
         v = self._at(b - a)
-        if self.parts is None:
+        if len(self.slabs) == 1:
             y = self.labels[0][a:b]
             x = mm_acc(hb, self.weights[0], self.acc)
             _rows.lse(x, y, out=(v["lse"], logp), scratch=v["scratch"])
@@ -75,10 +80,11 @@ class RowBlocks:
         cols = [into[:, c0:c1] for c0, c1 in self.slabs] if grads else None
         for k in range(last + 1):
             x = mm_acc(hb, self.weights[k], self.acc)
-            _rows.lse(x, ys[k], out=v["slab"][k], logit=True, scratch=v["scratch"])
-            if k == last:  # the row's logsumexp and its label's log-prob, from the slabs'
+            _rows.parts(x, ys[k], v["slab"][k])
+            if k == last:  # the row's logsumexp and its label's log-prob, from every slab's parts
                 _rows.join(*v["parts"], out=(v["lse"], logp))
-            if grads:  # the last slab by the row's logsumexp, the others by their own, without their one-hot
+            if grads:  # the last slab by the row's logsumexp, the others by their own (their parts, joined in the
+                # kernel), without their one-hot
                 _rows.dlogits(x, ys[k], v["lse"], v["ones"], cols[k]) if k == last else \
                     _rows.dlogits(x, v["no_label"], v["slab"][k][0], v["ones"], cols[k])
             del x  # before the next slab's: one slab of logits alive at a time

@@ -119,11 +119,10 @@ def _row_lse(X, Y, LSE, TGT, V, V_PER_SPLIT, BLOCK_V: tl.constexpr):
 
 
 @triton.jit
-def _row_join(LSE_PARTS, TGT_PARTS, LSE, OUT, n, PART_STRIDE, SPLITS: tl.constexpr, BLOCK_R: tl.constexpr,
-              LOGIT: tl.constexpr):
-    """Program ``block``: ``BLOCK_R`` rows' logsumexp and label log-prob (``LOGIT``: the label's
-    logit) from their ``SPLITS`` parts (a row of ``PART_STRIDE`` each, as ``_row_lse`` wrote them:
-    logsumexps, −inf for none, and the label's logit where the part holds it, else 0)."""
+def _row_join(LSE_PARTS, TGT_PARTS, LSE, LOGP, n, PART_STRIDE, SPLITS: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Program ``block``: ``BLOCK_R`` rows' logsumexp and label log-prob from their ``SPLITS``
+    parts (a row of ``PART_STRIDE`` each, as ``_row_lse`` wrote them: logsumexps, −inf for none,
+    and the label's logit where the part holds it, else 0)."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     ok = rows < n
     at = tl.arange(0, SPLITS)[:, None] * PART_STRIDE + rows[None, :]
@@ -133,38 +132,47 @@ def _row_join(LSE_PARTS, TGT_PARTS, LSE, OUT, n, PART_STRIDE, SPLITS: tl.constex
     lse = m + tl.log(tl.maximum(tl.sum(tl.exp(parts - m[None, :]), 0), 1.0))  # and so a sum >= 1)
     target = tl.sum(tl.load(TGT_PARTS + at, mask=ok[None, :], other=0.0), 0)
     tl.store(LSE + rows, lse, mask=ok)
-    if LOGIT:
-        tl.store(OUT + rows, target, mask=ok)
-    else:
-        tl.store(OUT + rows, target - lse, mask=ok)
+    tl.store(LOGP + rows, target - lse, mask=ok)
 
 
 @triton.jit
-def _row_dlogits(X, Y, LSE, G, DL, V, DL_STRIDE, BLOCK_V: tl.constexpr):
+def _lse_at(LSE, row, PARTS: tl.constexpr, PART_STRIDE):
+    """Row ``row``'s logsumexp: ``LSE[row]``, or with ``PARTS`` > 0 the logsumexp of its ``PARTS``
+    split parts (``PART_STRIDE`` apart, −inf for an empty one), as ``_row_lse`` wrote them."""
+    if PARTS == 0:
+        return tl.load(LSE + row)
+    parts = tl.load(LSE + tl.arange(0, PARTS).to(tl.int64) * PART_STRIDE + row)
+    m = tl.max(parts, 0)
+    return m + tl.log(tl.sum(tl.exp(parts - m), 0))
+
+
+@triton.jit
+def _row_dlogits(X, Y, LSE, G, DL, V, DL_STRIDE, PART_STRIDE, BLOCK_V: tl.constexpr, PARTS: tl.constexpr):
     """Program ``(row, vocabulary tile)``: ``g · (onehot(y) − exp(x − lse))`` from the fp32 logits
     ``X`` ((rows, V)) into ``DL`` (rows ``DL_STRIDE`` apart: a column slab of a wider tensor; the
-    input dtype, or fp32 when interpreted)."""
+    input dtype, or fp32 when interpreted); the row's ``lse`` as ``_lse_at`` reads it."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
     ok = cols < V
     x = tl.load(X + row * V + cols, mask=ok, other=0.0)
-    y, lse, g = tl.load(Y + row), tl.load(LSE + row), tl.load(G + row)
+    y, g = tl.load(Y + row), tl.load(G + row)
+    lse = _lse_at(LSE, row, PARTS, PART_STRIDE)
     d = g * (tl.where(cols == y, 1.0, 0.0) - tl.exp(x - lse))
     tl.store(DL + row * DL_STRIDE + cols, d.to(DL.dtype.element_ty), mask=ok)
 
 
 @triton.jit
-def _row_rescale(DL, Y, PART, LSE, V, DL_STRIDE, BLOCK_V: tl.constexpr):
+def _row_rescale(DL, Y, PART, LSE, V, DL_STRIDE, PART_STRIDE, BLOCK_V: tl.constexpr, PARTS: tl.constexpr):
     """Program ``(row, vocabulary tile)``: a column slab of ``DL`` (rows ``DL_STRIDE`` apart, ``V``
-    wide) that holds ``−exp(x − part)``, the slab's softmax by its own logsumexp ``part``, becomes
-    ``onehot(y) − exp(x − lse)`` by the row's full ``lse``: times ``exp(part − lse)``, plus the
-    label's one-hot where the slab holds it."""
+    wide) that holds ``−exp(x − part)``, the slab's softmax by its own logsumexp ``part``
+    (``_lse_at(PART, ...)``), becomes ``onehot(y) − exp(x − lse)`` by the row's full ``lse``:
+    times ``exp(part − lse)``, plus the label's one-hot where the slab holds it."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
     ok = cols < V
     at = DL + row * DL_STRIDE + cols
     d = tl.load(at, mask=ok, other=0.0).to(tl.float32)
-    c = tl.exp(tl.load(PART + row) - tl.load(LSE + row))
+    c = tl.exp(_lse_at(PART, row, PARTS, PART_STRIDE) - tl.load(LSE + row))
     d = d * c + tl.where(cols == tl.load(Y + row), 1.0, 0.0)
     tl.store(at, d.to(DL.dtype.element_ty), mask=ok)
 

@@ -51,12 +51,12 @@ def main(arch: int, dt: str) -> None:
     rows = {  # the one-pass loss's row kernels: fp32 logits in, default launch options
         k._row_lse: (dict(X="*fp32", Y="*i64", LSE="*fp32", TGT="*fp32", V="i32", V_PER_SPLIT="i32"),
                      {"BLOCK_V": ROW_BLOCKS["lse"]}),
-        k._row_join: (dict(LSE_PARTS="*fp32", TGT_PARTS="*fp32", LSE="*fp32", OUT="*fp32", n="i32", PART_STRIDE="i32"),
-                      {"SPLITS": ROW_SPLITS, "BLOCK_R": ROW_BLOCKS["join"], "LOGIT": False}),
-        k._row_dlogits: (dict(X="*fp32", Y="*i64", LSE="*fp32", G="*fp32", DL=f"*{dt}", V="i32", DL_STRIDE="i32"),
-                         {"BLOCK_V": ROW_BLOCKS["dlogits"]}),
-        k._row_rescale: (dict(DL=f"*{dt}", Y="*i64", PART="*fp32", LSE="*fp32", V="i32", DL_STRIDE="i32"),
-                         {"BLOCK_V": ROW_BLOCKS["dlogits"]}),
+        k._row_join: (dict(LSE_PARTS="*fp32", TGT_PARTS="*fp32", LSE="*fp32", LOGP="*fp32", n="i32", PART_STRIDE="i32"),
+                      {"SPLITS": ROW_SPLITS, "BLOCK_R": ROW_BLOCKS["join"]}),
+        k._row_dlogits: (dict(X="*fp32", Y="*i64", LSE="*fp32", G="*fp32", DL=f"*{dt}", V="i32", DL_STRIDE="i32",
+                              PART_STRIDE="i32"), {"BLOCK_V": ROW_BLOCKS["dlogits"], "PARTS": ROW_SPLITS}),
+        k._row_rescale: (dict(DL=f"*{dt}", Y="*i64", PART="*fp32", LSE="*fp32", V="i32", DL_STRIDE="i32",
+                              PART_STRIDE="i32"), {"BLOCK_V": ROW_BLOCKS["dlogits"], "PARTS": ROW_SPLITS}),
     }
     jobs = [(fn, sig, consts, launch) for fn, sig in sigs.items()] + [(fn, sig, c, {}) for fn, (sig, c) in rows.items()]
     for fn, sig, const, options in jobs:

@@ -328,12 +328,13 @@ def test_one_pass_vocabulary_slabs_match_the_naive_loss(dtype, tol, stage, monke
         monkeypatch.setattr(onepass, "STAGE_DEVICES", ("cpu",))
         monkeypatch.setattr(onepass, "GRAD_ELEMENTS", stage * 1000)
     assert onepass.blocking(None, 1000, torch.device("cpu"), True) == (8, [(0, 334), (334, 668), (668, 1000)])
-    calls = _row_kernels_counted(monkeypatch, ("lse", "dlogits", "rescale"))
+    calls = _row_kernels_counted(monkeypatch, ("parts", "join", "dlogits", "rescale"))
     h, w, y, ref = _pairs(dtype)
     exact = _loss_grads(h.detach().float().requires_grad_(), w.detach().float().requires_grad_(), y, ref, impl="naive")
     got = _loss_grads(h, w, y, ref, reduction="sum", one_pass=True)
-    # each block: 3 slabs' logsumexps; with its gradients (not the first walk over a long pair), 3 dlogits, 2 rescaled
-    assert calls.count("lse") % 3 == 0 and 2 * calls.count("dlogits") == 3 * calls.count("rescale") > 0
+    # each block: 3 slabs' split parts, one join of them all; with its gradients (not the first walk over a long
+    # pair), 3 dlogits (the first two joining their slab's parts themselves), 2 rescaled
+    assert calls.count("parts") == 3 * calls.count("join") > 0 and 2 * calls.count("dlogits") == 3 * calls.count("rescale") > 0
     assert got[3].dtype == dtype
     for e, t in zip(exact, got):
         assert _rel_err(e, t) < tol
