@@ -2,11 +2,12 @@
 slab at a time: the one-pass loss's per-block work on CUDA (``onepass.py``).
 
 Per block of ``m`` tokens and each slab of the vocabulary (``onepass.blocking``): cuBLAS's fp32
-logits of the slab, ``_rows.lse`` for the slab's logsumexp and the label's logit there, and,
-once the last slab's is known, the row's logsumexp and the label's log-prob (``_rows.join``).
-``onehot − softmax`` goes into the caller's rows: the last slab's directly, each earlier one's
-by its own logsumexp (written before the row's was known), then rescaled (``_rows.rescale``).
-One slab of logits is alive at a time.
+logits of the slab and its split parts (``_rows.parts``: each split's logsumexp and the label's
+logit there), and, once the last slab's are written, the row's logsumexp and the label's
+log-prob from all of them (``_rows.join``). ``onehot − softmax`` goes into the caller's rows:
+the last slab's directly, each earlier one's by its own logsumexp (the dlogits kernel joins the
+slab's parts; the row's was not known yet), then rescaled (``_rows.rescale``). One slab of
+logits is alive at a time; a single slab is ``_rows.lse`` and ``_rows.dlogits``.
 
 On a GPU the host issues each of these operations, and on an H200 at Llama 3's head the host
 was the bottleneck (docs/benchmarks.md, 2026-12-04): so everything that does not change from

@@ -139,11 +139,13 @@ def _row_join(LSE_PARTS, TGT_PARTS, LSE, LOGP, n, PART_STRIDE, SPLITS: tl.conste
 def _lse_at(LSE, row, PARTS: tl.constexpr, PART_STRIDE):
     """Row ``row``'s logsumexp: ``LSE[row]``, or with ``PARTS`` > 0 the logsumexp of its ``PARTS``
     split parts (``PART_STRIDE`` apart, −inf for an empty one), as ``_row_lse`` wrote them."""
-    if PARTS == 0:
-        return tl.load(LSE + row)
-    parts = tl.load(LSE + tl.arange(0, PARTS).to(tl.int64) * PART_STRIDE + row)
-    m = tl.max(parts, 0)
-    return m + tl.log(tl.sum(tl.exp(parts - m), 0))
+    if PARTS == 0:  # (a compile-time branch: the other is not built; an early return would not prune it)
+        lse = tl.load(LSE + row)
+    else:
+        parts = tl.load(LSE + tl.arange(0, PARTS).to(tl.int64) * PART_STRIDE + row)
+        m = tl.max(parts, 0)
+        lse = m + tl.log(tl.sum(tl.exp(parts - m), 0))
+    return lse
 
 
 @triton.jit

@@ -59,6 +59,7 @@ def main(arch: int, dt: str) -> None:
                               PART_STRIDE="i32"), {"BLOCK_V": ROW_BLOCKS["dlogits"], "PARTS": ROW_SPLITS}),
     }
     jobs = [(fn, sig, consts, launch) for fn, sig in sigs.items()] + [(fn, sig, c, {}) for fn, (sig, c) in rows.items()]
+    jobs += [(fn, dict(rows[fn][0]), {**rows[fn][1], "PARTS": 0}, {}) for fn in (k._row_dlogits, k._row_rescale)]
     for fn, sig, const, options in jobs:
         aligned = [a for a, t in sig.items() if t.startswith("*") or a in ("V", "D", "V_PER_SPLIT", "DL_STRIDE")]
         attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
@@ -66,7 +67,8 @@ def main(arch: int, dt: str) -> None:
         cc = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs),
                             target=GPUTarget("cuda", arch, 32), options=options)
         ptx = cc.asm["ptx"]
-        print(json.dumps({"kernel": fn.__name__, "wgmma": "wgmma" in ptx, "mma_sync": "mma.sync" in ptx,
+        name = fn.__name__ + ("[lse]" if const.get("PARTS") == 0 else "")  # a (rows,) logsumexp, not parts
+        print(json.dumps({"kernel": name, "wgmma": "wgmma" in ptx, "mma_sync": "mma.sync" in ptx,
                           "vector_loads": len(re.findall(r"ld\.global(?:\.\w+)*\.v4", ptx)),
                           "shared": cc.metadata.shared, **_resources(cc.asm["cubin"])}))
 
