@@ -51,6 +51,8 @@ def parts(x: torch.Tensor, y: torch.Tensor, into: tuple[torch.Tensor, torch.Tens
     n, V = x.shape
     block = BLOCKS["interpreted" if k.INTERPRETED else "lse"]
     splits = _splits(V, block)
+    if any(t.shape[0] < splits or t.stride() != (n, 1) for t in into):  # the kernel writes split s's row at s·n
+        raise ValueError(f"parts: need two contiguous (>= {splits}, {n}) tensors, got {[tuple(t.shape) for t in into]}")
     k._row_lse[(n, splits)](x, y, into[0], into[1], V, -(-V // splits // block) * block, BLOCK_V=block)
 
 

@@ -369,6 +369,11 @@ def test_row_kernels_against_pytorch():
     assert torch.allclose(full, want, atol=1e-6)
     _rows_dlogits(x, y, lse, up, half)
     assert torch.equal(half, full.bfloat16())  # rounded once
+    from prefopt.kernels._rows import parts as _rows_parts
+
+    wide = torch.empty(2, 8, 6)  # rows 6 apart where the kernel writes them 5 apart: refused, not garbled
+    with pytest.raises(ValueError, match=r"two contiguous \(>= 8, 5\) tensors"):
+        _rows_parts(x, y, (wide[0, :, :5], wide[1, :, :5]))
     part, local = _rows_lse(x[:, :300].contiguous(), y)  # a vocabulary slab: labels past it have no logit there
     assert torch.allclose(local, torch.where(y < 300, x[:, :300].log_softmax(-1).gather(-1, y.clamp(max=299)[:, None])
                                              .squeeze(-1), -part), atol=1e-5)
