@@ -268,7 +268,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--blocks", help='Triton options as JSON, e.g. \'{"BLOCK_N": 128, "num_warps": 8}\'')
     ap.add_argument("--budget", type=int, help="logits per block (chunked and triton backward, onepass chunks), elements")
     ap.add_argument("--slab-rows", type=int, help="onepass on CUDA: least tokens a logits block (0: no vocabulary slabs)")
-    ap.add_argument("--row-splits", type=int, help="programs a row for the row kernels' logsumexp, at most (2, 4, 8, 16)")
+    ap.add_argument("--row-splits", type=int, choices=(2, 4, 8, 16),
+                    help="programs a row for the row kernels' logsumexp, at most")
     ap.add_argument("--cpu-shape", nargs=3, type=int, default=[4096, 576, 49152], metavar=("N", "D", "V"))
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--cpu-reps", type=int, default=1, help="CPU: forward+backward runs per method (median)")
