@@ -84,10 +84,10 @@ class RowBlocks:
             _rows.parts(x, ys[k], v["slab"][k])
             if k == last:  # the row's logsumexp and its label's log-prob, from every slab's parts
                 _rows.join(*v["parts"], out=(v["lse"], logp))
-            if grads:  # the last slab by the row's logsumexp, the others by their own (their parts, joined in the
-                # kernel), without their one-hot
-                _rows.dlogits(x, ys[k], v["lse"], v["ones"], cols[k]) if k == last else \
-                    _rows.dlogits(x, v["no_label"], v["slab"][k][0], v["ones"], cols[k])
+            if grads and k == last:  # the last slab by the row's logsumexp
+                _rows.dlogits(x, ys[k], v["lse"], v["ones"], cols[k])
+            elif grads:  # the others by their own (their parts, joined in the kernel), without their one-hot
+                _rows.dlogits(x, v["no_label"], v["slab"][k][0], v["ones"], cols[k])
             del x  # before the next slab's: one slab of logits alive at a time
         if grads:
             for k in range(last):
