@@ -30,9 +30,14 @@ from .triton_logprobs import triton_logprobs
 IMPLS = {"chunked": chunked_logprobs, "naive": naive_logprobs, "triton": triton_logprobs}
 
 
+def requested_impl(impl: str | None = None) -> str:
+    """The implementation asked for: ``impl``, else ``$PREFOPT_LOGPROBS``, else ``auto`` (none forced)."""
+    return impl or os.environ.get("PREFOPT_LOGPROBS") or "auto"
+
+
 def resolve_impl(device: torch.device, impl: str | None = None) -> str:
-    """The implementation name to use: ``impl``, else ``$PREFOPT_LOGPROBS``, else ``auto``."""
-    name = impl or os.environ.get("PREFOPT_LOGPROBS") or "auto"
+    """The implementation name to use: :func:`requested_impl`, ``auto`` resolved for ``device``."""
+    name = requested_impl(impl)
     if name == "auto":
         return "triton" if device.type == "cuda" and triton_available(device) else "chunked"
     if name not in IMPLS:
@@ -80,5 +85,5 @@ def sequence_logprobs(
     return torch.zeros(labels.shape, dtype=picked.dtype, device=labels.device).index_put(index, picked)
 
 
-__all__ = ["IMPLS", "chunked_logprobs", "fused_preference_loss", "naive_logprobs", "nll_sum", "resolve_impl",
-           "sequence_logprobs", "triton_logprobs"]
+__all__ = ["IMPLS", "chunked_logprobs", "fused_preference_loss", "naive_logprobs", "nll_sum", "requested_impl",
+           "resolve_impl", "sequence_logprobs", "triton_logprobs"]

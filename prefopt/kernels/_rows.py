@@ -40,12 +40,13 @@ def _splits(V: int, block: int) -> int:
     return max(2, min(SPLITS, 1 << (tiles - 1).bit_length()))
 
 
-def parts(x: torch.Tensor, y: torch.Tensor, into: tuple[torch.Tensor, torch.Tensor]) -> None:
+def parts(x: torch.Tensor, y: torch.Tensor, into: tuple[torch.Tensor, torch.Tensor]) -> int:
     """The split parts of each row of the fp32 logits ``x`` (n, V) into ``into``: two fp32
     ``(≥ splits, n)`` tensors, rows contiguous, ``n`` apart: each split's logsumexp and the
     label's logit where the split holds it, else 0 (a label outside ``[0, V)``, a vocabulary
     slab's whose label lies in another, has none). Rows past this row's splits are not written:
-    −inf and 0 there, left so by whoever made ``into``, join as empty parts."""
+    −inf and 0 there, left so by whoever made ``into``, join as empty parts. Returns the number
+    of splits written (a power of two)."""
     from . import _triton_kernels as k
 
     n, V = x.shape
@@ -54,6 +55,7 @@ def parts(x: torch.Tensor, y: torch.Tensor, into: tuple[torch.Tensor, torch.Tens
     if any(t.shape[0] < splits or t.stride() != (n, 1) for t in into):  # the kernel writes split s's row at s·n
         raise ValueError(f"parts: need two contiguous (>= {splits}, {n}) tensors, got {[tuple(t.shape) for t in into]}")
     k._row_lse[(n, splits)](x, y, into[0], into[1], V, -(-V // splits // block) * block, BLOCK_V=block)
+    return splits
 
 
 def lse(x: torch.Tensor, y: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -61,15 +63,11 @@ def lse(x: torch.Tensor, y: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor]
     """``(logsumexp, log-prob of y)`` per row of the fp32 logits ``x`` (n, V): into ``out`` (two
     contiguous fp32 (n,) tensors) or new ones; a label outside ``[0, V)`` gets ``−logsumexp``.
     ``scratch``: two contiguous fp32 (``SPLITS``, n) tensors for the split parts, else new ones."""
-    from . import _triton_kernels as k
-
-    n, V = x.shape
+    n = x.shape[0]
     out = torch.empty(2, n, dtype=torch.float32, device=x.device) if out is None else out
-    splits = _splits(V, BLOCKS["interpreted" if k.INTERPRETED else "lse"])
     if scratch is None:
-        scratch = torch.empty(2, splits, n, dtype=torch.float32, device=x.device)
-    parts(x, y, scratch)
-    return join(scratch[0], scratch[1], out, splits)
+        scratch = torch.empty(2, SPLITS, n, dtype=torch.float32, device=x.device)
+    return join(scratch[0], scratch[1], out, parts(x, y, scratch))
 
 
 def join(lse_parts: torch.Tensor, tgt_parts: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None,

@@ -35,7 +35,6 @@ class RowBlocks:
         self.labels = [labels if c0 == 0 else labels - c0 for c0, _ in slabs]  # each slab's, all tokens at once
         self.lse = torch.empty(n, dtype=acc, device=device)
         self.ones = torch.ones(n, dtype=acc, device=device)  # the row kernels' g
-        self.labels_dtype = labels.dtype
         self._views: dict[int, dict] = {}
 
     def _at(self, m: int) -> dict:
@@ -53,7 +52,7 @@ class RowBlocks:
                 rows, S = _rows.SPLITS << (len(self.slabs) - 1).bit_length(), _rows.SPLITS
                 parts = torch.zeros(2, rows, m, dtype=self.acc, device=device)
                 parts[0] = float("-inf")
-                v.update(parts=(parts[0], parts[1]), no_label=torch.full((m,), -1, dtype=self.labels_dtype,
+                v.update(parts=(parts[0], parts[1]), no_label=torch.full((m,), -1, dtype=self.labels[0].dtype,
                                                                          device=device),
                          slab=[(parts[0, k * S:(k + 1) * S], parts[1, k * S:(k + 1) * S])
                                for k in range(len(self.slabs))])

@@ -224,7 +224,7 @@ def wanted(asked: bool | None, hidden: torch.Tensor, weight: torch.Tensor, impl:
     Measured (benchmarks/bench_logprobs.py, docs/benchmarks.md): on an H200 at Llama 3's head and
     16384 tokens the one-pass loss took 100.7 ms against the Triton kernel's 140.6 with a
     trainable head, 65.8 against 124.9 with a frozen one (2026-12-04)."""
-    from . import resolve_impl
+    from . import requested_impl, resolve_impl
 
     env = os.environ.get("PREFOPT_ONEPASS", "")
     if env not in ("", "0", "1"):
@@ -237,8 +237,8 @@ def wanted(asked: bool | None, hidden: torch.Tensor, weight: torch.Tensor, impl:
         return True
     if weight.requires_grad and resolve_impl(hidden.device, impl) == "chunked":
         return True
-    forced = (impl or os.environ.get("PREFOPT_LOGPROBS") or "auto") != "auto"
-    return hidden.device.type == "cuda" and not forced and _rows.wanted(hidden.device, acc_dtype(hidden))
+    return (hidden.device.type == "cuda" and requested_impl(impl) == "auto"
+            and _rows.wanted(hidden.device, acc_dtype(hidden)))
 
 
 def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
