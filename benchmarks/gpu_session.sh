@@ -13,6 +13,8 @@
 #   bash benchmarks/gpu_session.sh frozen  # the frozen-head (LoRA) row at D=4096 V=128256 N=16384
 #   bash benchmarks/gpu_session.sh sweep   # Triton order/splits/tiles/warps/budget at D=4096 V=128256 N=16384
 #   bash benchmarks/gpu_session.sh slabs   # the one-pass loss at the goal shape without vocabulary slabs, with 2 row splits
+#   bash benchmarks/gpu_session.sh stages  # the one-pass loss at the goal shape: stages of 768 tokens (4 or 2 slabs),
+#                                          #   4 slabs with 512-token stages
 #   bash benchmarks/gpu_session.sh onepass # the one-pass DPO loss against triton/liger (chunked when frozen),
 #                                          #   answers of 64 and 256 tokens (pairs of 128 and 512: a block, a stage)
 # Steps run in the order given, each timed; keep each call under the device tool's 10 minutes. With
@@ -28,8 +30,8 @@ set -uo pipefail
 OUT=${OUT:-/tmp/prefopt-gpu}
 PY=${PY:-python3}
 for step in "${@:-check}"; do
-  case $step in check|goals|table|table-llama|table-smol|frozen|sweep|onepass|slabs) ;;
-    *) echo "unknown step $step (check, goals, table, table-llama, table-smol, frozen, sweep, onepass, slabs)"; exit 2 ;;
+  case $step in check|goals|table|table-llama|table-smol|frozen|sweep|onepass|slabs|stages) ;;
+    *) echo "unknown step $step (check, goals, table, table-llama, table-smol, frozen, sweep, onepass, slabs, stages)"; exit 2 ;;
   esac
 done
 if ! $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
@@ -94,6 +96,11 @@ for step in "${@:-check}"; do
       for opts in "--slab-rows 0" "--row-splits 2"; do
         $PY benchmarks/bench_logprobs.py --gpu --methods onepass --shapes 4096x128256 --tokens 16384 $opts 2>&1 \
           | grep -E "^device|bare GEMMs|^\| onepass" | tee -a "$OUT/slabs.txt" || status=1
+      done ;;
+    stages)  # grad_W's sum is read and written once a stage: larger stages (within 256 MB), fewer of them
+      for opts in "--stage-elements 100663296 --budget 8388608" "--stage-elements 100663296" "--budget 8388608"; do
+        $PY benchmarks/bench_logprobs.py --gpu --methods onepass --shapes 4096x128256 --tokens 16384 $opts 2>&1 \
+          | grep -E "^device|bare GEMMs|^\| onepass" | tee -a "$OUT/stages.txt" || status=1
       done ;;
     sweep)
       # tiles that compile to wgmma without spills on sm_90 (as tests/kernels/test_triton_compile.py checks),
