@@ -179,4 +179,14 @@ def _row_rescale(DL, Y, PART, LSE, V, DL_STRIDE, PART_STRIDE, BLOCK_V: tl.conste
     tl.store(at, d.to(DL.dtype.element_ty), mask=ok)
 
 
+@triton.jit
+def _scale(X, S, n, BLOCK: tl.constexpr):
+    """Program ``block``: its ``BLOCK`` elements of ``X`` (``n`` in all) times the fp32 scalar
+    ``S[0]``, in fp32, rounded once to ``X``'s dtype."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < n
+    x = tl.load(X + i, mask=ok, other=0.0).to(tl.float32)
+    tl.store(X + i, (x * tl.load(S)).to(X.dtype.element_ty), mask=ok)
+
+
 INTERPRETED = isinstance(_fwd, InterpretedFunction)  # as triton.jit chose at import

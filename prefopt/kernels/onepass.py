@@ -62,14 +62,15 @@ def plan(pair_tokens: list[int], rows: int) -> list[tuple[int, int, int, int]]:
     return stages
 
 
-# On CUDA a stage holds the onehot − softmax of up to this many logits (128 MiB in bf16), its
+# On CUDA a stage holds the onehot − softmax of up to this many logits (192 MiB in bf16), its
 # blocks' together, and the two gradient GEMMs run once per stage: grad_W's (V, D) sum is read and
 # written once per stage, not once per block. With 128-token blocks at V=128256 that
 # read-modify-write (2 GB in bf16) made grad_W's GEMM take 805 µs a block, 103 of the 233 ms of a
-# forward + backward at N=16384 (an H200: docs/benchmarks.md); a 512-token stage pays it a quarter
-# as often, while the fp32 logits stay one block (63 MiB: 256 tokens by half the vocabulary) and
-# the stage is half precision (125 MiB). Pairs of up to 512 scored tokens take one pass.
-GRAD_ELEMENTS = 1 << 26
+# forward + backward at N=16384 (an H200: docs/benchmarks.md); 512-token stages (2^26 logits until
+# 2026-12-04) still spent 32.3 ms in grad_W's 32 GEMMs where one GEMM of all tokens takes about 25,
+# so a stage is now 768 tokens at Llama 3's head, its logits blocks in smaller slabs
+# (``SLAB_ELEMENTS``) to stay within 256 MB together.
+GRAD_ELEMENTS = 96 << 20
 STAGE_DEVICES = ("cuda",)  # elsewhere a stage is one block (a CPU's GEMMs are not bandwidth-bound)
 
 
@@ -86,13 +87,20 @@ def chunk_rows(budget: int | None, V: int, device: torch.device) -> int:
 # 2 × 128 FLOP a weight, below an H200's ~200 FLOP a byte, so at N=16384 and Llama 3's head the
 # 128 blocks' logits took 37.5 ms (profile, 2026-12-04) where one GEMM of all tokens takes about 25.
 SLAB_ROWS = {"cuda": 256}
+# Where the row kernels run, a logits block's default budget (fp32: 48 MiB) when no budget is given:
+# with a stage's ``GRAD_ELEMENTS`` of q (192 MiB) the head's extra memory stays within 256 MB
+# (about 236 MiB at Llama 3's head: 256-token blocks in 3 slabs, 768-token stages).
+SLAB_ELEMENTS = {"cuda": 12 << 20}
 
 
 def blocking(budget: int | None, V: int, device: torch.device, rowwise: bool) -> tuple[int, list[tuple[int, int]]]:
     """``(tokens per logits block, the vocabulary slabs (first, end column) its logits are taken
     in)``: ``chunk_rows`` tokens and the whole vocabulary, or, where the row kernels run and that is
     fewer than ``SLAB_ROWS`` tokens, that many tokens and as few slabs as keep a block within the
-    budget (whole GEMM tiles wide)."""
+    budget (whole GEMM tiles wide). The budget defaults to ``SLAB_ELEMENTS`` where the row kernels
+    run on a device it names."""
+    if rowwise and budget is None:
+        budget = SLAB_ELEMENTS.get(device.type)
     rows, least = chunk_rows(budget, V, device), SLAB_ROWS.get(device.type, 0) if rowwise else 0
     if rows >= least:
         return rows, [(0, V)]
@@ -210,7 +218,7 @@ class _OnePass(torch.autograd.Function):
         ctx.grads = None  # handed over, so autograd can keep them as .grad without a copy
         for t in (grad_h, grad_w):
             if t is not None:
-                t.mul_(grad_total.to(t.dtype))
+                _rows.scale_(t, grad_total)
         if grad_h is not None:  # the scored tokens' rows into a gradient shaped like hidden
             grad_h = grad_h.new_zeros(ctx.shape).index_put_(ctx.index, grad_h)
         return grad_h, grad_w, *([None] * 12)

@@ -5,7 +5,7 @@ MMA ``wgmma`` or warp MMA ``mma.sync``, shared memory bytes, registers and stack
 (``LDGSTS...128`` in the SASS: pipelined, vectorised loads). The tiles and warps are
 ``triton_logprobs.defaults(dtype)`` (the row kernels: ``_rows.BLOCKS``), and the arguments are
 specialised as a real launch specialises them (pointers 16-byte aligned; D, V and the split
-width multiples of 16; N not). Run it in a process without
+width multiples of 16, and so the element count a gradient scaling sees, V·D; N not). Run it in a process without
 ``TRITON_INTERPRET`` (the kernels must be ``triton.jit``-compiled, not interpreted)."""
 import json
 import os
@@ -57,11 +57,13 @@ def main(arch: int, dt: str) -> None:
                               PART_STRIDE="i32"), {"BLOCK_V": ROW_BLOCKS["dlogits"], "PARTS": ROW_SPLITS}),
         k._row_rescale: (dict(DL=f"*{dt}", Y="*i64", PART="*fp32", LSE="*fp32", V="i32", DL_STRIDE="i32",
                               PART_STRIDE="i32"), {"BLOCK_V": ROW_BLOCKS["dlogits"], "PARTS": ROW_SPLITS}),
+        k._scale: (dict(X=f"*{dt}", S="*fp32", n="i32"), {"BLOCK": ROW_BLOCKS["scale"]}),
     }
     jobs = [(fn, sig, consts, launch) for fn, sig in sigs.items()] + [(fn, sig, c, {}) for fn, (sig, c) in rows.items()]
     jobs += [(fn, dict(rows[fn][0]), {**rows[fn][1], "PARTS": 0}, {}) for fn in (k._row_dlogits, k._row_rescale)]
     for fn, sig, const, options in jobs:
-        aligned = [a for a, t in sig.items() if t.startswith("*") or a in ("V", "D", "V_PER_SPLIT", "DL_STRIDE")]
+        aligned = [a for a, t in sig.items() if t.startswith("*") or a in ("V", "D", "V_PER_SPLIT", "DL_STRIDE")
+                   or (fn is k._scale and a == "n")]
         attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
         sig.update({c: "constexpr" for c in const})
         cc = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs),

@@ -78,10 +78,19 @@ def test_chunk_rows_are_whole_gemm_tiles_on_cuda():
     assert onepass.chunk_rows(None, 128256, cpu) == 130 and onepass.chunk_rows(None, 128256, cuda) == 128
     assert onepass.chunk_rows(1 << 26, 128256, cuda) == 512 and onepass.chunk_rows(1 << 24, 49152, cuda) == 256
     assert onepass.chunk_rows(100 * 1000, 1000, cuda) == 100 and onepass.chunk_rows(10, 1000, cpu) == 1
-    # with the row kernels on CUDA a block is at least 256 tokens, in vocabulary slabs of whole tiles within the budget
-    assert onepass.blocking(None, 128256, cuda, True) == (256, [(0, 64128), (64128, 128256)])
-    assert onepass.blocking(None, 151936, cuda, True) == (256, [(0, 50688), (50688, 101376), (101376, 151936)])
+    # with the row kernels on CUDA a block is at least 256 tokens, in vocabulary slabs of whole tiles within the
+    # budget: SLAB_ELEMENTS (12 Mi logits) by default, or the one given
+    assert onepass.blocking(None, 128256, cuda, True) == (256, [(0, 42752), (42752, 85504), (85504, 128256)])
+    assert onepass.blocking(1 << 24, 128256, cuda, True) == (256, [(0, 64128), (64128, 128256)])
+    assert onepass.blocking(1 << 24, 151936, cuda, True) == (256, [(0, 50688), (50688, 101376), (101376, 151936)])
+    assert len(onepass.blocking(None, 151936, cuda, True)[1]) == 4
     assert onepass.blocking(None, 49152, cuda, True) == (256, [(0, 49152)])  # SmolLM2's: 256 tokens fit whole
+    # and a stage of q (GRAD_ELEMENTS in bf16) with one fp32 slab of logits stays within 256 MB
+    for V in (32000, 49152, 128256, 151936):
+        rows, slabs = onepass.blocking(None, V, cuda, True)
+        stage = onepass.stage_rows(rows, V, cuda)
+        assert stage % rows == 0 and stage * V * 2 + rows * (slabs[0][1] - slabs[0][0]) * 4 < 244 << 20
+    assert onepass.stage_rows(256, 128256, cuda) == 768
     assert onepass.blocking(None, 128256, cuda, False) == (128, [(0, 128256)])  # PyTorch's ops: no slabs
     assert onepass.blocking(None, 128256, cpu, True) == (130, [(0, 128256)])
 

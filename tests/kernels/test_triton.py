@@ -349,6 +349,37 @@ def test_one_pass_vocabulary_slabs_match_the_naive_loss(dtype, tol, stage, monke
 
 
 @interp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_scale_kernel_multiplies_in_fp32_and_rounds_once(dtype, monkeypatch):
+    """``_rows.scale_`` (the one-pass backward's upstream scalar, on CUDA a Triton pass): the fp32
+    product rounded once to the tensor's dtype, its length not a multiple of the block; a
+    non-contiguous tensor or a non-fp32 scalar take ``mul_``."""
+    from prefopt.kernels import _rows
+    from prefopt.kernels import _triton_kernels as k
+
+    class Launches:  # k._scale[grid](...), each grid recorded
+        def __init__(self, kernel):
+            self.kernel, self.grids = kernel, []
+
+        def __getitem__(self, grid):
+            self.grids.append(grid)
+            return self.kernel[grid]
+
+    monkeypatch.setattr(_rows, "ROWWISE", "triton")
+    monkeypatch.setattr(k, "_scale", Launches(k._scale))
+    t = torch.randn(3, 77, generator=torch.Generator().manual_seed(5)).to(dtype)
+    s = torch.tensor(1 / 3)  # not a power of two: bf16(1/3) is 0.3340, 0.2% off
+    want = (t.float() * s).to(dtype)
+    assert _rows.scale_(t, s) is t and torch.equal(t, want)
+    assert k._scale.grids == [(-(-231 // _rows.BLOCKS["interpreted"]),)]
+    wide = torch.ones(4, 6)[:, :3]
+    _rows.scale_(wide, s)
+    assert torch.equal(wide, torch.full((4, 3), 1 / 3)) and len(k._scale.grids) == 1
+    _rows.scale_(t, s.double())
+    assert len(k._scale.grids) == 1
+
+
+@interp
 def test_row_kernels_against_pytorch():
     """``_row_lse`` and ``_row_dlogits`` alone: logsumexp, the label's log-prob and
     ``g · (onehot − softmax)`` of fp32 logits rows, V not a multiple of the block, in bf16 too."""
@@ -405,15 +436,15 @@ def test_gpu_real_head_sizes(dtype, tol, N, V, need, sum_rows, impl, monkeypatch
 
 @pytest.mark.gpu
 @cuda
-@pytest.mark.parametrize("B,T", [(16, 96), (3, 400), (2, 700)])
+@pytest.mark.parametrize("B,T", [(16, 96), (3, 400), (2, 700), (1, 1100)])
 @pytest.mark.parametrize("frozen", [False, True])
-@pytest.mark.parametrize("V,stage,slabs", [(49152, 1280, 1), (128256, 512, 2)])
+@pytest.mark.parametrize("V,stage,slabs", [(49152, 2048, 1), (128256, 768, 3)])
 def test_gpu_one_pass_at_real_vocabularies(V, stage, slabs, frozen, B, T):
     """Compiled row kernels (the CUDA default for the one-pass loss) at SmolLM2's vocabulary and
-    Llama 3's (D=576), bf16: 256-token blocks, in 1280-token stages, or in 512-token stages and two
-    vocabulary slabs. Pairs of about 186 scored tokens (several a stage, blocks across them),
-    about 794 (longer than a block) and about 1394 (longer than a stage: two walks). The fp32
-    naive loss's value and gradients within bf16 tolerance."""
+    Llama 3's (D=576), bf16: 256-token blocks, in 2048-token stages, or in 768-token stages and
+    three vocabulary slabs. Pairs of about 186 scored tokens (several a stage, blocks across them),
+    about 794 (longer than a block), about 1394 (longer than Llama's stage: two walks) and about
+    2190 (longer than either). The fp32 naive loss's value and gradients within bf16 tolerance."""
     from prefopt.kernels._rows import wanted as _rowwise
 
     rows, cut = onepass.blocking(None, V, torch.device("cuda"), True)

@@ -5,7 +5,8 @@ time for a named target with its bundled ``ptxas``, so here the kernels go all t
 cubin for Hopper (sm_90) and Ampere (sm_80) with the default tiles, the arguments specialised
 as a real launch specialises them; half precision must land on the tensor cores (``wgmma`` on
 Hopper, ``mma.sync`` on Ampere), fed by pipelined 16-byte copies, without spilling registers.
-The one-pass loss's two row kernels must read the logits with 16-byte vector loads, unspilled.
+The one-pass loss's row kernels must read the logits with 16-byte vector loads, unspilled, and
+so must its backward's gradient scaling (``_scale``).
 """
 import inspect
 import json
@@ -40,7 +41,8 @@ SHARED_MAX = {90: 227 * 1024, 80: 163 * 1024}  # per block, H100 and A100
                                             (80, "fp32", None)])
 def test_kernels_compile_to_cubin(arch, dtype, mma):
     rows = _compile(arch, dtype)
-    row_kernels = ("_row_lse", "_row_join", "_row_dlogits", "_row_rescale", "_row_dlogits[lse]", "_row_rescale[lse]")
+    row_kernels = ("_row_lse", "_row_join", "_row_dlogits", "_row_rescale", "_row_dlogits[lse]", "_row_rescale[lse]",
+                   "_scale")
     assert set(rows) == {"_fwd", "_dlogits", *row_kernels}
     for name in row_kernels:  # the row passes: bandwidth-bound; dlogits and rescale reading split parts or one lse
         r = rows.pop(name)
