@@ -180,12 +180,15 @@ def run_gpu(a) -> None:
         onepass.SLAB_ROWS["cuda"] = a.slab_rows
     if a.row_splits is not None:
         _rows.SPLITS = a.row_splits
+    if a.row_blocks:  # the row kernels' elements a program takes at a time (_rows.BLOCKS)
+        _rows.BLOCKS.update(json.loads(a.row_blocks))
     if a.stage_elements is not None:  # the one-pass loss's stage: onehot − softmax kept for its gradient GEMMs
         onepass.GRAD_ELEMENTS = a.stage_elements
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  dtype {a.dtype}  "
           f"date {time.strftime('%Y-%m-%d')}  weight {'frozen' if a.frozen_weight else 'trainable'}  "
           f"blocks {a.blocks or 'default'}  budget {a.budget or 'default'}  "
-          f"slab rows {onepass.SLAB_ROWS['cuda']}  row splits {_rows.SPLITS}  stage {onepass.GRAD_ELEMENTS}")
+          f"slab rows {onepass.SLAB_ROWS['cuda']}  row splits {_rows.SPLITS}  stage {onepass.GRAD_ELEMENTS}  "
+          f"row blocks {_rows.BLOCKS}")
     rows = []
     for shape in a.shapes:
         D, V = map(int, shape.split("x"))
@@ -272,6 +275,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--slab-rows", type=int, help="onepass on CUDA: least tokens a logits block (0: no vocabulary slabs)")
     ap.add_argument("--row-splits", type=int, choices=(2, 4, 8, 16),
                     help="programs a row for the row kernels' logsumexp, at most")
+    ap.add_argument("--row-blocks", help='row kernels\' blocks as JSON, e.g. \'{"lse": 8192}\' (_rows.BLOCKS)')
     ap.add_argument("--stage-elements", type=int,
                     help="onepass on CUDA: onehot − softmax a stage keeps for its gradient GEMMs, elements")
     ap.add_argument("--cpu-shape", nargs=3, type=int, default=[4096, 576, 49152], metavar=("N", "D", "V"))
