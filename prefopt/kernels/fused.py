@@ -68,9 +68,10 @@ def fused_preference_loss(
             or frozen, unless ``impl`` or ``$PREFOPT_LOGPROBS`` forces an implementation
             (``onepass.wanted``); a trainable head saves one of four GEMM passes.
         budget: logits per block on the one-pass path, in elements (default
-            ``CHUNK_ELEMENTS``, 2^24; on CUDA a block is at least 256 tokens, its logits taken
-            in vocabulary slabs within the budget). Pairs are taken a stage at a time: one
-            block, or on CUDA ``onepass.GRAD_ELEMENTS`` (2^26) of them; a pair whose tokens do
+            ``CHUNK_ELEMENTS``, 2^24; on CUDA ``onepass.SLAB_ELEMENTS``, 12 Mi, and a block is
+            at least 256 tokens, its logits taken in vocabulary slabs within the budget). Pairs
+            are taken a stage at a time: one block, or on CUDA ``onepass.GRAD_ELEMENTS`` (96 Mi)
+            of q; a pair whose tokens do
             not fit in a stage takes two walks.
         desirable: ``(B,)`` booleans for ``loss="kto"``: row i is example i's completion and
             row B + i another example's completion under i's prompt (the KL estimate's sample).

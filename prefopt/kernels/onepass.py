@@ -8,16 +8,17 @@ keeps each token's ``q = onehot − softmax`` (``dlogits = g · q``) and runs bo
 on them, ``grad_h = g ⊙ (q·W)`` and ``grad_W += qᵀ·(g ⊙ h)``: three GEMM passes with a trainable
 head (``h·Wᵀ``, ``dlogits·W``, ``dlogitsᵀ·h``, the bare minimum) against four when the backward
 recomputes the logits, and two with a frozen one. The backward only scales the stored gradients
-by the upstream scalar.
+by the upstream scalar (``_rows.scale_``).
 
 - Pairs are grouped in order into stages of at most ``stage_rows`` tokens. A stage's logits are
-  computed ``rows`` tokens at a time (``CHUNK_ELEMENTS`` logits in fp32; on CUDA a multiple of
-  128 tokens, cuBLAS's row tile, and at least ``SLAB_ROWS``, the logits then taken in vocabulary
-  slabs: ``blocking``, ``_slabs.RowBlocks``), across pair boundaries: per block the GEMMs and
+  computed ``rows`` tokens at a time (``CHUNK_ELEMENTS`` logits in fp32, ``SLAB_ELEMENTS`` on
+  CUDA; there a multiple of 128 tokens, cuBLAS's row tile, and at least ``SLAB_ROWS``, the
+  logits then taken in vocabulary slabs: ``blocking``, ``_slabs.RowBlocks``), across pair
+  boundaries: per block the GEMMs and
   the row passes that give the log-probs and ``q``. The loss's gradient (``pair_grads``) and the
   gradient GEMMs run once per stage. A pair longer than a stage alone takes two walks over its
   own blocks: log-probs first, then ``q`` and the gradients.
-- On CUDA a stage holds ``GRAD_ELEMENTS`` of ``q`` in half precision (512 tokens at V=128256):
+- On CUDA a stage holds ``GRAD_ELEMENTS`` of ``q`` in half precision (768 tokens at V=128256):
   ``grad_W``'s sum is read and written once per stage, not once per block. Elsewhere a stage is
   one block and ``q`` is formed in place in its fp32 logits. The scored tokens' hidden states
   are gathered a stage at a time.
@@ -230,8 +231,8 @@ def wanted(asked: bool | None, hidden: torch.Tensor, weight: torch.Tensor, impl:
     log-probs would take the chunked path (a CPU), and on CUDA with the row kernels, the head
     trainable or frozen, where no implementation is forced (``impl``, ``$PREFOPT_LOGPROBS``).
     Measured (benchmarks/bench_logprobs.py, docs/benchmarks.md): on an H200 at Llama 3's head and
-    16384 tokens the one-pass loss took 100.7 ms against the Triton kernel's 140.6 with a
-    trainable head, 65.8 against 124.9 with a frozen one (2026-12-04)."""
+    16384 tokens the one-pass loss took 96.8 ms against the Triton kernel's 137.6 with a
+    trainable head, 65.8 against 124.4 with a frozen one (2026-12-04)."""
     from . import requested_impl, resolve_impl
 
     env = os.environ.get("PREFOPT_ONEPASS", "")
