@@ -15,8 +15,9 @@ by the upstream scalar (``_rows.scale_``).
   CUDA; there a multiple of 128 tokens, cuBLAS's row tile, and at least ``SLAB_ROWS``, the
   logits then taken in vocabulary slabs: ``blocking``, ``_slabs.RowBlocks``), across pair
   boundaries: per block the GEMMs and the row passes that give the log-probs and ``q``. The
-  loss's gradient (``pair_grads``) and the gradient GEMMs run once per stage. A pair longer than a stage alone takes two walks over its
-  own blocks: log-probs first, then ``q`` and the gradients.
+  loss's gradient (``pair_grads``) and the gradient GEMMs run once per stage. A pair longer
+  than a stage alone takes two walks over its own blocks: log-probs first, then ``q`` and the
+  gradients.
 - On CUDA a stage holds ``GRAD_ELEMENTS`` of ``q`` in half precision (768 tokens at V=128256):
   ``grad_W``'s sum is read and written once per stage, not once per block. Elsewhere a stage is
   one block and ``q`` is formed in place in its fp32 logits. The scored tokens' hidden states
