@@ -19,8 +19,10 @@ pairs are (the longest rows and masks). Shorter records hold less. What it does 
 CUDA context and kernels (about 0.5 GiB a process), the caching allocator's reserve beyond live
 tensors (often 5-20% more on a GPU, see ``torch.cuda.max_memory_reserved``), on a CPU the
 process's own code and what the C allocator keeps; on CUDA the lm_head's one-pass loss (the
-default there) holds a stage of its gradient rows (up to 128 MiB in bf16) beside a 64 MiB
-logits block, up to about 64 MiB more than the chunked path estimated here. The step runs on
+default there) holds a stage of its gradient rows (``onepass.GRAD_ELEMENTS``: up to 192 MiB in
+bf16) beside a logits slab (up to 48 MiB), about 240 MiB where the chunked path estimated here
+holds one 64 MiB logits block and its backward's (on an H200 at Llama 3's head: 237 MiB against
+224; at a small head up to about 170 MiB more than estimated). The step runs on
 the CPU's fake tensors; on CUDA bf16 autocast is stood in for by the CPU's; cuBLAS's two
 workspaces are added (:func:`cublas_workspace`).
 
