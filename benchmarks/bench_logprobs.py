@@ -173,7 +173,7 @@ def gpu_row(name, N, D, V, dtype, a) -> dict:
 def run_gpu(a) -> None:
     import torch
 
-    from prefopt.kernels import _rows, onepass
+    from prefopt.kernels import _rows, _slabs, onepass
 
     dtype = getattr(torch, a.dtype)
     if a.slab_rows is not None:  # the one-pass loss's least block (0: 128-token blocks, no vocabulary slabs)
@@ -182,13 +182,15 @@ def run_gpu(a) -> None:
         _rows.SPLITS = a.row_splits
     if a.row_blocks:  # the row kernels' elements a program takes at a time (_rows.BLOCKS)
         _rows.BLOCKS.update(json.loads(a.row_blocks))
+    if a.fused_slabs:
+        _slabs.FUSED_PARTS = True
     if a.stage_elements is not None:  # the one-pass loss's stage: onehot − softmax kept for its gradient GEMMs
         onepass.GRAD_ELEMENTS = a.stage_elements
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  dtype {a.dtype}  "
           f"date {time.strftime('%Y-%m-%d')}  weight {'frozen' if a.frozen_weight else 'trainable'}  "
           f"blocks {a.blocks or 'default'}  budget {a.budget or 'default'}  "
           f"slab rows {onepass.SLAB_ROWS['cuda']}  row splits {_rows.SPLITS}  stage {onepass.GRAD_ELEMENTS}  "
-          f"row blocks {_rows.BLOCKS}")
+          f"row blocks {_rows.BLOCKS}  fused slabs {_slabs.FUSED_PARTS}")
     rows = []
     for shape in a.shapes:
         D, V = map(int, shape.split("x"))
@@ -276,6 +278,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--row-splits", type=int, choices=(2, 4, 8, 16),
                     help="programs a row for the row kernels' logsumexp, at most")
     ap.add_argument("--row-blocks", help='row kernels\' blocks as JSON, e.g. \'{"lse": 8192}\' (_rows.BLOCKS)')
+    ap.add_argument("--fused-slabs", action="store_true",
+                    help="onepass on CUDA: earlier slabs' softmax written in their logsumexp's read (_slabs.FUSED_PARTS)")
     ap.add_argument("--stage-elements", type=int,
                     help="onepass on CUDA: onehot − softmax a stage keeps for its gradient GEMMs, elements")
     ap.add_argument("--cpu-shape", nargs=3, type=int, default=[4096, 576, 49152], metavar=("N", "D", "V"))

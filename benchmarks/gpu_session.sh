@@ -13,9 +13,8 @@
 #   bash benchmarks/gpu_session.sh frozen  # the frozen-head (LoRA) row at D=4096 V=128256 N=16384
 #   bash benchmarks/gpu_session.sh sweep   # Triton order/splits/tiles/warps/budget at D=4096 V=128256 N=16384
 #   bash benchmarks/gpu_session.sh slabs   # the one-pass loss at the goal shape without vocabulary slabs, with 2 row splits
-#   bash benchmarks/gpu_session.sh stages  # the one-pass loss at the goal shape: 512-token stages in 2 slabs (the
-#                                          #   defaults until 2026-12-04), 768 in 4 slabs, 384-token blocks in 4,
-#                                          #   the row kernels' blocks
+#   bash benchmarks/gpu_session.sh stages  # the one-pass loss at the goal shape, each its own run: the defaults,
+#                                          #   the fused slab softmax (_slabs.FUSED_PARTS), 4 slabs, 384-token blocks
 #   bash benchmarks/gpu_session.sh onepass # the one-pass DPO loss against triton/liger (chunked when frozen),
 #                                          #   answers of 64 and 256 tokens (pairs of 128 and 512: a block, a stage)
 # Steps run in the order given, each timed; keep each call under the device tool's 10 minutes. With
@@ -98,9 +97,9 @@ for step in "${@:-check}"; do
         $PY benchmarks/bench_logprobs.py --gpu --methods onepass --shapes 4096x128256 --tokens 16384 $opts 2>&1 \
           | grep -E "^device|bare GEMMs|^\| onepass" | tee -a "$OUT/slabs.txt" || status=1
       done ;;
-    stages)  # grad_W's sum is read and written once a stage: larger stages (within 256 MB), fewer of them
-      for opts in "--stage-elements 67108864 --budget 16777216" "--budget 8388608" "--slab-rows 384 --budget 14000000" \
-                  '--row-blocks {"lse":8192}' '--row-blocks {"lse":2048}' '--row-blocks {"dlogits":4096}'; do
+    stages)  # the one-pass loss's stage, slab and row-kernel options, each against the defaults of the same call
+      for opts in "" --fused-slabs "--fused-slabs --budget 8388608" "--budget 8388608" \
+                  "--slab-rows 384 --budget 14000000" "--fused-slabs --slab-rows 384 --budget 14000000"; do
         $PY benchmarks/bench_logprobs.py --gpu --methods onepass --shapes 4096x128256 --tokens 16384 $opts 2>&1 \
           | grep -E "^device|bare GEMMs|^\| onepass" | tee -a "$OUT/stages.txt" || status=1
       done ;;

@@ -7,7 +7,9 @@ bytes of traffic per logit (cuBLAS's fp32 write 4, reads 4 + 4, write 2) where t
 PyTorch ops (subtract, exp, sum, log, gather, scale, one-hot, cast) takes about 40. Labels
 outside ``[0, V)`` (another vocabulary slab's) add no one-hot. ``rescale`` turns a slab's
 softmax by its own logsumexp into the row's, once the other slabs are known (the one-pass
-loss's vocabulary slabs). ``scale_`` multiplies a gradient by a device scalar in fp32.
+loss's vocabulary slabs); ``parts(.., out=)`` writes a slab's softmax by each split's own
+logsumexp in the same read as its logsumexp, for ``rescale(.., per_split=True)``. ``scale_``
+multiplies a gradient by a device scalar in fp32.
 
 Used on CUDA by the one-pass loss (``onepass.py``) and the chunked log-probs (``chunked.py``)
 when Triton is installed; elsewhere those use PyTorch ops. Tests force the kernels on CPU
@@ -40,21 +42,36 @@ def _splits(V: int, block: int) -> int:
     return max(2, min(SPLITS, 1 << (tiles - 1).bit_length()))
 
 
-def parts(x: torch.Tensor, y: torch.Tensor, into: tuple[torch.Tensor, torch.Tensor]) -> int:
+def _split_width(V: int) -> tuple[int, int, int]:
+    """``(splits, columns per split, block)`` for ``_row_lse`` over rows ``V`` wide."""
+    from . import _triton_kernels as k
+
+    block = BLOCKS["interpreted" if k.INTERPRETED else "lse"]
+    splits = _splits(V, block)
+    return splits, -(-V // splits // block) * block, block
+
+
+def parts(x: torch.Tensor, y: torch.Tensor, into: tuple[torch.Tensor, torch.Tensor],
+          out: torch.Tensor | None = None) -> int:
     """The split parts of each row of the fp32 logits ``x`` (n, V) into ``into``: two fp32
     ``(≥ splits, n)`` tensors, rows contiguous, ``n`` apart: each split's logsumexp and the
     label's logit where the split holds it, else 0 (a label outside ``[0, V)``, a vocabulary
     slab's whose label lies in another, has none). Rows past this row's splits are not written:
-    −inf and 0 there, left so by whoever made ``into``, join as empty parts. Returns the number
-    of splits written (a power of two)."""
+    −inf and 0 there, left so by whoever made ``into``, join as empty parts. With ``out`` (n, V),
+    rows each contiguous, the compute dtype: also ``−exp(x − the split's logsumexp)`` into it, in
+    the same read of ``x`` (``_row_lse_exp``; ``rescale(.., per_split=True)`` finishes it).
+    Returns the number of splits written (a power of two)."""
     from . import _triton_kernels as k
 
     n, V = x.shape
-    block = BLOCKS["interpreted" if k.INTERPRETED else "lse"]
-    splits = _splits(V, block)
+    splits, width, block = _split_width(V)
     if any(t.shape[0] < splits or t.stride() != (n, 1) for t in into):  # the kernel writes split s's row at s·n
         raise ValueError(f"parts: need two contiguous (>= {splits}, {n}) tensors, got {[tuple(t.shape) for t in into]}")
-    k._row_lse[(n, splits)](x, y, into[0], into[1], V, -(-V // splits // block) * block, BLOCK_V=block)
+    if out is None:
+        k._row_lse[(n, splits)](x, y, into[0], into[1], V, width, BLOCK_V=block)
+    else:
+        _widened(out, k.INTERPRETED, lambda t: k._row_lse_exp[(n, splits)](
+            x, y, into[0], into[1], t, V, width, t.stride(0), BLOCK_V=block))
     return splits
 
 
@@ -118,18 +135,21 @@ def dlogits(x: torch.Tensor, y: torch.Tensor, lse_rows: torch.Tensor, g: torch.T
         x, y, lse_rows, g, t, V, t.stride(0), stride, BLOCK_V=block, PARTS=count))
 
 
-def rescale(out: torch.Tensor, y: torch.Tensor, part: torch.Tensor, lse_rows: torch.Tensor) -> torch.Tensor:
+def rescale(out: torch.Tensor, y: torch.Tensor, part: torch.Tensor, lse_rows: torch.Tensor,
+            per_split: bool = False) -> torch.Tensor:
     """A column slab ``out`` (n, w) holding ``−exp(x − part)`` (``dlogits`` by the slab's own
     logsumexp ``part``, (n,) or its split parts (parts, n); no one-hot: labels outside it) made
     ``onehot(y) − exp(x − lse)`` by the rows' full logsumexp, in place; ``y``: labels relative to
-    the slab's first column."""
+    the slab's first column. ``per_split``: ``out`` holds each column's ``−exp(x − its split's
+    logsumexp)`` (``parts(.., out=...)``), ``part`` those split parts."""
     from . import _triton_kernels as k
 
     n, V = out.shape
     block = BLOCKS["interpreted" if k.INTERPRETED else "dlogits"]
     count, stride = _lse_args(part)
+    width = _split_width(V)[1] if per_split else 0
     return _widened(out, k.INTERPRETED, lambda t: k._row_rescale[(n, -(-V // block))](
-        t, y, part, lse_rows, V, t.stride(0), stride, BLOCK_V=block, PARTS=count))
+        t, y, part, lse_rows, V, t.stride(0), stride, width, BLOCK_V=block, PARTS=count, PER_SPLIT=per_split))
 
 
 def scale_(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

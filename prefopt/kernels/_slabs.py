@@ -6,8 +6,9 @@ logits of the slab and its split parts (``_rows.parts``: each split's logsumexp 
 logit there), and, once the last slab's are written, the row's logsumexp and the label's
 log-prob from all of them (``_rows.join``). ``onehot − softmax`` goes into the caller's rows:
 the last slab's directly, each earlier one's by its own logsumexp (the dlogits kernel joins the
-slab's parts; the row's was not known yet), then rescaled (``_rows.rescale``). One slab of
-logits is alive at a time; a single slab is ``_rows.lse`` and ``_rows.dlogits``.
+slab's parts; the row's was not known yet), then rescaled (``_rows.rescale``); with
+``FUSED_PARTS``, by each split's own, written by the kernel that finds it. One slab of logits
+is alive at a time; a single slab is ``_rows.lse`` and ``_rows.dlogits``.
 
 On a GPU the host issues each of these operations, and on an H200 at Llama 3's head the host
 was the bottleneck (docs/benchmarks.md, 2026-12-04): so everything that does not change from
@@ -20,6 +21,12 @@ import torch
 
 from . import _rows
 from ._backward import mm_acc
+
+# Each slab but the last: its softmax by its splits' own logsumexps written in the read that finds
+# them (``_rows.parts(.., out=)``), not by a second read of its fp32 logits (``_rows.dlogits``),
+# then rescaled per split. About 1.6 ms less memory traffic at Llama 3's head and N=16384 on an
+# H200 by arithmetic; not yet measured on a GPU, so off by default (bench_logprobs --fused-slabs).
+FUSED_PARTS = False
 
 
 class RowBlocks:
@@ -78,17 +85,18 @@ class RowBlocks:
         last = len(self.slabs) - 1
         ys = [y[a:b] for y in self.labels]
         cols = [into[:, c0:c1] for c0, c1 in self.slabs] if grads else None
+        fused = grads and FUSED_PARTS
         for k in range(last + 1):
             x = mm_acc(hb, self.weights[k], self.acc)
-            _rows.parts(x, ys[k], v["slab"][k])
+            _rows.parts(x, ys[k], v["slab"][k], cols[k] if fused and k < last else None)
             if k == last:  # the row's logsumexp and its label's log-prob, from every slab's parts
                 _rows.join(*v["parts"], out=(v["lse"], logp))
             if grads and k == last:  # the last slab by the row's logsumexp
                 _rows.dlogits(x, ys[k], v["lse"], v["ones"], cols[k])
-            elif grads:  # the others by their own (their parts, joined in the kernel), without their one-hot
+            elif grads and not fused:  # the others by their own (their parts, joined in the kernel), no one-hot
                 _rows.dlogits(x, v["no_label"], v["slab"][k][0], v["ones"], cols[k])
             del x  # before the next slab's: one slab of logits alive at a time
         if grads:
             for k in range(last):
-                _rows.rescale(cols[k], ys[k], v["slab"][k][0], v["lse"])
+                _rows.rescale(cols[k], ys[k], v["slab"][k][0], v["lse"], per_split=fused)
         return into

@@ -92,30 +92,59 @@ def _dlogits(H, W, Y, LSE, G, DL, N, V, D,
 
 
 @triton.jit
-def _row_lse(X, Y, LSE, TGT, V, V_PER_SPLIT, BLOCK_V: tl.constexpr):
-    """Program ``(row, split)``: one read of the split's ``V_PER_SPLIT`` columns of the row's fp32
-    logits ``X`` ((rows, V)), ``BLOCK_V`` at a time, with an online max and sum-exp; writes the
-    split's logsumexp (−inf where it has no columns) and the label's logit where the split holds it
-    (else 0) to row ``split`` of ``LSE`` and ``TGT`` ((splits, rows)). Splits put several programs on
-    each row: one program a row left a block of 128 rows on 128 of an H200's 132 SMs, latency-bound
-    (77 µs a block of 128 × 128256 logits, 0.85 TB/s)."""
-    row, split = tl.program_id(0).to(tl.int64), tl.program_id(1)
-    y = tl.load(Y + row)
+def _split_lse(X, row, V, y, v0, v_end, BLOCK_V: tl.constexpr):
+    """``(logsumexp, the label's logit)`` of columns ``v0:v_end`` of row ``row`` of the fp32 logits
+    ``X`` ((rows, V)), ``BLOCK_V`` at a time with an online max and sum-exp: −inf where there are
+    no columns, and 0 for a label outside them."""
     zeros = tl.zeros([BLOCK_V], tl.float32)
     m = tl.max(zeros + float("-inf"), 0)  # fp32 scalars, carried through the loop
     s = tl.sum(zeros, 0)
     target = tl.sum(zeros, 0)
-    v_end = tl.minimum(V, (split + 1) * V_PER_SPLIT)
-    for v0 in range(split * V_PER_SPLIT, v_end, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V)
+    for c0 in range(v0, v_end, BLOCK_V):
+        cols = c0 + tl.arange(0, BLOCK_V)
         x = tl.load(X + row * V + cols, mask=cols < v_end, other=float("-inf"))
-        m_new = tl.maximum(m, tl.max(x, 0))  # finite from the split's first tile on
+        m_new = tl.maximum(m, tl.max(x, 0))  # finite from the first tile on
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), 0)
         m = m_new
         target += tl.sum(tl.where((cols == y) & (cols < v_end), x, 0.0), 0)  # (a label past V: no logit)
+    return m + tl.log(tl.maximum(s, 1.0)), target  # s >= 1 where there are columns; else -inf + 0
+
+
+@triton.jit
+def _row_lse(X, Y, LSE, TGT, V, V_PER_SPLIT, BLOCK_V: tl.constexpr):
+    """Program ``(row, split)``: one read of the split's ``V_PER_SPLIT`` columns of the row's fp32
+    logits ``X`` ((rows, V)), ``BLOCK_V`` at a time (``_split_lse``); writes the split's logsumexp
+    (−inf where it has no columns) and the label's logit where the split holds it (else 0) to row
+    ``split`` of ``LSE`` and ``TGT`` ((splits, rows)). Splits put several programs on each row: one
+    program a row left a block of 128 rows on 128 of an H200's 132 SMs, latency-bound (77 µs a
+    block of 128 × 128256 logits, 0.85 TB/s)."""
+    row, split = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    v_end = tl.minimum(V, (split + 1) * V_PER_SPLIT)
+    lse, target = _split_lse(X, row, V, tl.load(Y + row), split * V_PER_SPLIT, v_end, BLOCK_V)
     out = split * tl.num_programs(0) + row
-    tl.store(LSE + out, m + tl.log(tl.maximum(s, 1.0)))  # s >= 1 where the split has columns; else -inf + 0
+    tl.store(LSE + out, lse)
     tl.store(TGT + out, target)
+
+
+@triton.jit
+def _row_lse_exp(X, Y, LSE, TGT, DL, V, V_PER_SPLIT, DL_STRIDE, BLOCK_V: tl.constexpr):
+    """``_row_lse``, then a second pass over the split's columns (just read: in cache) writing
+    ``−exp(x − lse_split)`` into ``DL`` (rows ``DL_STRIDE`` apart; the compute dtype, or fp32 when
+    interpreted): a vocabulary slab's softmax by each split's own logsumexp, for ``_row_rescale``
+    (``PER_SPLIT``) to make the row's once every slab is known. One read of the slab's logits
+    from memory where ``_row_lse`` and ``_row_dlogits`` take two."""
+    row, split = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    v0 = split * V_PER_SPLIT
+    v_end = tl.minimum(V, v0 + V_PER_SPLIT)
+    lse, target = _split_lse(X, row, V, tl.load(Y + row), v0, v_end, BLOCK_V)
+    out = split * tl.num_programs(0) + row
+    tl.store(LSE + out, lse)
+    tl.store(TGT + out, target)
+    for c0 in range(v0, v_end, BLOCK_V):
+        cols = c0 + tl.arange(0, BLOCK_V)
+        ok = cols < v_end
+        x = tl.load(X + row * V + cols, mask=ok, other=float("-inf"))
+        tl.store(DL + row * DL_STRIDE + cols, (-tl.exp(x - lse)).to(DL.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -164,17 +193,24 @@ def _row_dlogits(X, Y, LSE, G, DL, V, DL_STRIDE, PART_STRIDE, BLOCK_V: tl.conste
 
 
 @triton.jit
-def _row_rescale(DL, Y, PART, LSE, V, DL_STRIDE, PART_STRIDE, BLOCK_V: tl.constexpr, PARTS: tl.constexpr):
+def _row_rescale(DL, Y, PART, LSE, V, DL_STRIDE, PART_STRIDE, V_PER_SPLIT, BLOCK_V: tl.constexpr,
+                 PARTS: tl.constexpr, PER_SPLIT: tl.constexpr):
     """Program ``(row, vocabulary tile)``: a column slab of ``DL`` (rows ``DL_STRIDE`` apart, ``V``
     wide) that holds ``−exp(x − part)``, the slab's softmax by its own logsumexp ``part``
-    (``_lse_at(PART, ...)``), becomes ``onehot(y) − exp(x − lse)`` by the row's full ``lse``:
-    times ``exp(part − lse)``, plus the label's one-hot where the slab holds it."""
+    (``_lse_at(PART, ...)``) or, with ``PER_SPLIT``, each column's by its split's (``PART`` row
+    ``column // V_PER_SPLIT``, as ``_row_lse_exp`` wrote them), becomes ``onehot(y) − exp(x − lse)``
+    by the row's full ``lse``: times ``exp(part − lse)``, plus the label's one-hot where the slab
+    holds it."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
     ok = cols < V
     at = DL + row * DL_STRIDE + cols
     d = tl.load(at, mask=ok, other=0.0).to(tl.float32)
-    c = tl.exp(_lse_at(PART, row, PARTS, PART_STRIDE) - tl.load(LSE + row))
+    if PER_SPLIT:
+        part = tl.load(PART + (cols // V_PER_SPLIT).to(tl.int64) * PART_STRIDE + row, mask=ok, other=0.0)
+    else:
+        part = _lse_at(PART, row, PARTS, PART_STRIDE)
+    c = tl.exp(part - tl.load(LSE + row))
     d = d * c + tl.where(cols == tl.load(Y + row), 1.0, 0.0)
     tl.store(at, d.to(DL.dtype.element_ty), mask=ok)
 

@@ -56,11 +56,15 @@ def main(arch: int, dt: str) -> None:
         k._row_dlogits: (dict(X="*fp32", Y="*i64", LSE="*fp32", G="*fp32", DL=f"*{dt}", V="i32", DL_STRIDE="i32",
                               PART_STRIDE="i32"), {"BLOCK_V": ROW_BLOCKS["dlogits"], "PARTS": ROW_SPLITS}),
         k._row_rescale: (dict(DL=f"*{dt}", Y="*i64", PART="*fp32", LSE="*fp32", V="i32", DL_STRIDE="i32",
-                              PART_STRIDE="i32"), {"BLOCK_V": ROW_BLOCKS["dlogits"], "PARTS": ROW_SPLITS}),
+                              PART_STRIDE="i32", V_PER_SPLIT="i32"),
+                         {"BLOCK_V": ROW_BLOCKS["dlogits"], "PARTS": ROW_SPLITS, "PER_SPLIT": False}),
+        k._row_lse_exp: (dict(X="*fp32", Y="*i64", LSE="*fp32", TGT="*fp32", DL=f"*{dt}", V="i32", V_PER_SPLIT="i32",
+                              DL_STRIDE="i32"), {"BLOCK_V": ROW_BLOCKS["lse"]}),
         k._scale: (dict(X=f"*{dt}", S="*fp32", n="i32"), {"BLOCK": ROW_BLOCKS["scale"]}),
     }
     jobs = [(fn, sig, consts, launch) for fn, sig in sigs.items()] + [(fn, sig, c, {}) for fn, (sig, c) in rows.items()]
     jobs += [(fn, dict(rows[fn][0]), {**rows[fn][1], "PARTS": 0}, {}) for fn in (k._row_dlogits, k._row_rescale)]
+    jobs.append((k._row_rescale, dict(rows[k._row_rescale][0]), {**rows[k._row_rescale][1], "PER_SPLIT": True}, {}))
     for fn, sig, const, options in jobs:
         aligned = [a for a, t in sig.items() if t.startswith("*") or a in ("V", "D", "V_PER_SPLIT", "DL_STRIDE")
                    or (fn is k._scale and a == "n")]
@@ -69,7 +73,8 @@ def main(arch: int, dt: str) -> None:
         cc = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs),
                             target=GPUTarget("cuda", arch, 32), options=options)
         ptx = cc.asm["ptx"]
-        name = fn.__name__ + ("[lse]" if const.get("PARTS") == 0 else "")  # a (rows,) logsumexp, not parts
+        # a (rows,) logsumexp, not parts; or each column's split's part
+        name = fn.__name__ + ("[lse]" if const.get("PARTS") == 0 else "[split]" if const.get("PER_SPLIT") else "")
         print(json.dumps({"kernel": name, "wgmma": "wgmma" in ptx, "mma_sync": "mma.sync" in ptx,
                           "vector_loads": len(re.findall(r"ld\.global(?:\.\w+)*\.v4", ptx)),
                           "shared": cc.metadata.shared, **_resources(cc.asm["cubin"])}))

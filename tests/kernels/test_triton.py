@@ -315,13 +315,17 @@ def test_one_pass_row_kernels_match_the_naive_loss(dtype, tol, rows, monkeypatch
 @interp
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("stage", [0, 8, 16])  # one block a stage; stages of 8 (pairs of 12 tokens: two walks); of 16
-def test_one_pass_vocabulary_slabs_match_the_naive_loss(dtype, tol, stage, monkeypatch):
+@pytest.mark.parametrize("fused", [False, True])
+def test_one_pass_vocabulary_slabs_match_the_naive_loss(dtype, tol, stage, fused, monkeypatch):
     """Where a block of ``SLAB_ROWS`` tokens' logits would exceed the budget (CUDA at Llama 3's
     head), the one-pass loss takes them in vocabulary slabs: here 8-token blocks in 3 slabs of
     V=1000 (334, 334, 332 columns), each slab's softmax rescaled to the row's once the last slab
-    is known; the naive loss's value, log-probs and gradients, and SFT's summed NLL likewise."""
+    is known (``fused``: the earlier slabs' written by their logsumexp kernel, by each split's
+    own); the naive loss's value, log-probs and gradients, and SFT's summed NLL likewise."""
+    from prefopt.kernels import _slabs
     from prefopt.kernels.onepass import onepass_nll
 
+    monkeypatch.setattr(_slabs, "FUSED_PARTS", fused)
     monkeypatch.setitem(onepass.SLAB_ROWS, "cpu", 8)
     monkeypatch.setattr("prefopt.kernels._backward.CHUNK_ELEMENTS", 3 * 1000)
     if stage:
@@ -333,8 +337,10 @@ def test_one_pass_vocabulary_slabs_match_the_naive_loss(dtype, tol, stage, monke
     exact = _loss_grads(h.detach().float().requires_grad_(), w.detach().float().requires_grad_(), y, ref, impl="naive")
     got = _loss_grads(h, w, y, ref, reduction="sum", one_pass=True)
     # each block: 3 slabs' split parts, one join of them all; with its gradients (not the first walk over a long
-    # pair), 3 dlogits (the first two joining their slab's parts themselves), 2 rescaled
-    assert calls.count("parts") == 3 * calls.count("join") > 0 and 2 * calls.count("dlogits") == 3 * calls.count("rescale") > 0
+    # pair), 3 dlogits (the first two joining their slab's parts themselves), 2 rescaled; fused, the last slab's
+    # dlogits alone
+    assert calls.count("parts") == 3 * calls.count("join") > 0 and calls.count("rescale") > 0
+    assert (1 if fused else 3) * calls.count("rescale") == 2 * calls.count("dlogits")
     assert got[3].dtype == dtype
     for e, t in zip(exact, got):
         assert _rel_err(e, t) < tol
@@ -405,6 +411,20 @@ def test_row_kernels_against_pytorch():
     wide = torch.empty(2, 8, 6)  # rows 6 apart where the kernel writes them 5 apart: refused, not garbled
     with pytest.raises(ValueError, match=r"two contiguous \(>= 8, 5\) tensors"):
         _rows_parts(x, y, (wide[0, :, :5], wide[1, :, :5]))
+    from prefopt.kernels._rows import _split_width, join, rescale
+
+    parts = torch.full((8, 5), float("-inf")), torch.zeros(8, 5)  # with each split's -exp(x - its lse), in one read
+    for dt in (torch.float32, torch.bfloat16):
+        into = torch.full((5, 1000), float("nan"), dtype=dt)
+        splits = _rows_parts(x, y, parts, out=into)
+        width = _split_width(1000)[1]
+        own = torch.cat([x[:, c:c + width].logsumexp(-1, keepdim=True).expand(-1, min(width, 1000 - c))
+                         for c in range(0, 1000, width)], 1)
+        assert splits * width >= 1000 and torch.allclose(parts[0][:splits].T, own[:, ::width], atol=1e-5)
+        assert torch.allclose(into.float(), -(x - own).exp(), atol=1e-6 if dt == torch.float32 else 4e-3)
+        full, _ = join(*parts, count=splits)
+        rescale(into, y, parts[0], full, per_split=True)
+        assert torch.allclose(into.float(), want / up[:, None], atol=1e-5 if dt == torch.float32 else 8e-3)
     part, local = _rows_lse(x[:, :300].contiguous(), y)  # a vocabulary slab: labels past it have no logit there
     assert torch.allclose(local, torch.where(y < 300, x[:, :300].log_softmax(-1).gather(-1, y.clamp(max=299)[:, None])
                                              .squeeze(-1), -part), atol=1e-5)

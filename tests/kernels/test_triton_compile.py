@@ -42,7 +42,7 @@ SHARED_MAX = {90: 227 * 1024, 80: 163 * 1024}  # per block, H100 and A100
 def test_kernels_compile_to_cubin(arch, dtype, mma):
     rows = _compile(arch, dtype)
     row_kernels = ("_row_lse", "_row_join", "_row_dlogits", "_row_rescale", "_row_dlogits[lse]", "_row_rescale[lse]",
-                   "_scale")
+                   "_row_rescale[split]", "_row_lse_exp", "_scale")
     assert set(rows) == {"_fwd", "_dlogits", *row_kernels}
     for name in row_kernels:  # the row passes: bandwidth-bound; dlogits and rescale reading split parts or one lse
         r = rows.pop(name)
