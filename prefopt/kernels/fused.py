@@ -71,8 +71,7 @@ def fused_preference_loss(
             ``CHUNK_ELEMENTS``, 2^24; on CUDA ``onepass.SLAB_ELEMENTS``, 12 Mi, and a block is
             at least 256 tokens, its logits taken in vocabulary slabs within the budget). Pairs
             are taken a stage at a time: one block, or on CUDA ``onepass.GRAD_ELEMENTS`` (96 Mi)
-            of q; a pair whose tokens do
-            not fit in a stage takes two walks.
+            of q; a pair whose tokens do not fit in a stage takes two walks.
         desirable: ``(B,)`` booleans for ``loss="kto"``: row i is example i's completion and
             row B + i another example's completion under i's prompt (the KL estimate's sample).
         token_weights: ``(2B, T)``, optional: each sequence's log-prob is ``Σ w_t log p_t``
