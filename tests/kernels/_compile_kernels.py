@@ -5,8 +5,9 @@ MMA ``wgmma`` or warp MMA ``mma.sync``, shared memory bytes, registers and stack
 (``LDGSTS...128`` in the SASS: pipelined, vectorised loads). The tiles and warps are
 ``triton_logprobs.defaults(dtype)`` (the row kernels: ``_rows.BLOCKS``), and the arguments are
 specialised as a real launch specialises them (pointers 16-byte aligned; D, V and the split
-width multiples of 16, and so the element count a gradient scaling sees, V·D; N not). Run it in a process without
-``TRITON_INTERPRET`` (the kernels must be ``triton.jit``-compiled, not interpreted)."""
+width multiples of 16, and so the element count a gradient scaling sees, V·D; N not). Run it in
+a process without ``TRITON_INTERPRET`` (the kernels must be ``triton.jit``-compiled, not
+interpreted)."""
 import json
 import os
 import re
