@@ -157,9 +157,10 @@ def scale_(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     Triton pass that multiplies in fp32 and rounds once (PyTorch's ``mul_`` by a 0-dim tensor casts
     it to ``t``'s dtype first, and on CUDA takes its slower strided kernel: 1.6 ms for the one-pass
     loss's two bf16 gradients at Llama 3's head on an H200, 0.58 ms this way; 2026-12-04);
-    elsewhere ``mul_``."""
+    elsewhere ``mul_``, on a CPU by ``s`` as a number (multiplied at the op's precision, not
+    rounded to ``t``'s dtype first; reading it costs a CPU nothing)."""
     if not (wanted(t.device) and t.is_contiguous() and s.dtype == torch.float32):
-        return t.mul_(s.to(t.dtype))
+        return t.mul_(s.item() if s.device.type == "cpu" else s.to(t.dtype))
     from . import _triton_kernels as k
 
     block = BLOCKS["interpreted" if k.INTERPRETED else "scale"]

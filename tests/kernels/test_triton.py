@@ -359,7 +359,8 @@ def test_one_pass_vocabulary_slabs_match_the_naive_loss(dtype, tol, stage, fused
 def test_scale_kernel_multiplies_in_fp32_and_rounds_once(dtype, monkeypatch):
     """``_rows.scale_`` (the one-pass backward's upstream scalar, on CUDA a Triton pass): the fp32
     product rounded once to the tensor's dtype, its length not a multiple of the block; a
-    non-contiguous tensor or a non-fp32 scalar take ``mul_``."""
+    non-contiguous tensor or a non-fp32 scalar take ``mul_``, and so does a CPU without the row
+    kernels, with the same product."""
     from prefopt.kernels import _rows
     from prefopt.kernels import _triton_kernels as k
 
@@ -383,6 +384,9 @@ def test_scale_kernel_multiplies_in_fp32_and_rounds_once(dtype, monkeypatch):
     assert torch.equal(wide, torch.full((4, 3), 1 / 3)) and len(k._scale.grids) == 1
     _rows.scale_(t, s.double())
     assert len(k._scale.grids) == 1
+    monkeypatch.setattr(_rows, "ROWWISE", "torch")
+    t = want.clone()
+    assert torch.equal(_rows.scale_(t, s), (want.float() * s).to(dtype)) and len(k._scale.grids) == 1
 
 
 @interp
