@@ -60,6 +60,11 @@ def test_gpu_table_code_runs_on_cpu(bench, tmp_path, capsys, frozen):
             assert "ModuleNotFoundError" in rows[m]["error"]
     printed = capsys.readouterr().out
     assert f"{2 if frozen else 3} bare GEMMs" in printed and all(f"| {m} |" in printed for m in OURS)
+    for m in OURS:  # each ratio against the GEMMs timed in its own rounds, both printed
+        r = rows[m]
+        assert (f"| {m} | {r['seconds'] * 1e3:.2f} | {r['seconds'] / r['gemm_limit']:.2f} | "
+                f"{r['extra_peak'] / 2**20:.0f} | {r['gemm_limit'] * 1e3:.2f} |") in printed
+    assert len({rows[m]["gemm_limit"] for m in OURS}) == len(OURS)  # timed per row, not once
 
 
 def test_benchmark_methods_agree_on_cpu(bench):
