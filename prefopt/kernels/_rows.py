@@ -161,6 +161,8 @@ def scale_(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     rounded to ``t``'s dtype first; reading it costs a CPU nothing)."""
     if not (wanted(t.device) and t.is_contiguous() and s.dtype == torch.float32):
         return t.mul_(s.item() if s.device.type == "cpu" else s.to(t.dtype))
+    if t.numel() == 0:  # (no scored tokens: nothing to launch)
+        return t
     from . import _triton_kernels as k
 
     block = BLOCKS["interpreted" if k.INTERPRETED else "scale"]
