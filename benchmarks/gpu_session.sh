@@ -14,7 +14,8 @@
 #   bash benchmarks/gpu_session.sh sweep   # Triton order/splits/tiles/warps/budget at D=4096 V=128256 N=16384
 #   bash benchmarks/gpu_session.sh slabs   # the one-pass loss at the goal shape without vocabulary slabs, with 2 row splits
 #   bash benchmarks/gpu_session.sh stages  # the one-pass loss at the goal shape, each its own run: the defaults,
-#                                          #   the fused slab softmax (_slabs.FUSED_PARTS), 4 slabs, 384-token blocks
+#                                          #   the fused slab softmax (_slabs.FUSED_PARTS), 4 slabs, 384-token blocks,
+#                                          #   16 logsumexp splits (one 4096 tile each at 3 slabs' 42752 columns)
 #   bash benchmarks/gpu_session.sh onepass # the one-pass DPO loss against triton/liger (chunked when frozen),
 #                                          #   answers of 64 and 256 tokens (pairs of 128 and 512: a block, a stage)
 # Steps run in the order given, each timed; keep each call under the device tool's 10 minutes. With
@@ -99,7 +100,8 @@ for step in "${@:-check}"; do
       done ;;
     stages)  # the one-pass loss's stage, slab and row-kernel options, each against the defaults of the same call
       for opts in "" --fused-slabs "--fused-slabs --budget 8388608" "--budget 8388608" \
-                  "--slab-rows 384 --budget 14000000" "--fused-slabs --slab-rows 384 --budget 14000000"; do
+                  "--slab-rows 384 --budget 14000000" "--fused-slabs --slab-rows 384 --budget 14000000" \
+                  "--row-splits 16"; do
         $PY benchmarks/bench_logprobs.py --gpu --methods onepass --shapes 4096x128256 --tokens 16384 $opts 2>&1 \
           | grep -E "^device|bare GEMMs|^\| onepass" | tee -a "$OUT/stages.txt" || status=1
       done ;;
