@@ -31,6 +31,9 @@ import argparse
 import statistics
 import time
 
+# every Triton kernel the row-kernel path can launch (the one-pass forward's and its backward's scaling)
+KERNELS = ("_row_lse", "_row_lse_exp", "_row_join", "_row_dlogits", "_row_rescale", "_scale")
+
 
 class _Stub:
     """A Triton kernel's stand-in: ``stub[grid](*args)`` counts the launch and does nothing."""
@@ -83,9 +86,8 @@ def per_pair(loss: str, closed_form: bool, pairs: int, reps: int, stage: int = 0
     if cuda_blocks:
         import prefopt.kernels._triton_kernels as k
 
-        names = ("_row_lse", "_row_join", "_row_dlogits", "_row_rescale")
-        kernels = {n: getattr(k, n) for n in names}
-        for n in names:
+        kernels = {n: getattr(k, n) for n in KERNELS}
+        for n in KERNELS:
             setattr(k, n, _Stub())
         rows.ROWWISE, onepass.SLAB_ROWS["cpu"] = "triton", 4 * T  # two pairs a block, in two slabs of the budget's
 

@@ -23,8 +23,9 @@ def test_both_rows_are_timed_and_counted_and_the_settings_restored():
 
 def test_cuda_blocks_stub_the_row_kernels_and_restore_them():
     """``--cuda-blocks``: CUDA's arrangement (two pairs a block, two slabs) with the Triton row
-    kernels stubbed: their launches counted (6 a block: each slab's split logsumexps, their join,
-    2 dlogits, 1 rescale), and the kernels, ROWWISE and SLAB_ROWS restored."""
+    kernels stubbed (all of them: run unstubbed, compiled on a CPU, one would fail): their
+    launches counted (6 a block: each slab's split logsumexps, their join, 2 dlogits, 1 rescale;
+    and the backward's 2 scalings), and the kernels, ROWWISE and SLAB_ROWS restored."""
     import pytest
 
     pytest.importorskip("triton")
@@ -33,7 +34,8 @@ def test_cuda_blocks_stub_the_row_kernels_and_restore_them():
     import prefopt.kernels.onepass as onepass
 
     mod = load_script("bench_onepass_host")
-    before = k._row_lse, k._row_join, k._row_dlogits, k._row_rescale, rows.ROWWISE, dict(onepass.SLAB_ROWS)
+    assert {n for n in vars(k) if n.startswith("_row_")} | {"_scale"} == set(mod.KERNELS)
+    before = [getattr(k, n) for n in mod.KERNELS], rows.ROWWISE, dict(onepass.SLAB_ROWS)
     sec, ops, launches = mod.per_pair("sigmoid", True, pairs=4, reps=1, stage=4, cuda_blocks=True)
-    assert sec > 0 and ops > 5 and launches == 6 / 2
-    assert (k._row_lse, k._row_join, k._row_dlogits, k._row_rescale, rows.ROWWISE, dict(onepass.SLAB_ROWS)) == before
+    assert sec > 0 and ops > 5 and launches == (6 * 2 + 2) / 4  # 4 pairs: 2 blocks, one backward
+    assert ([getattr(k, n) for n in mod.KERNELS], rows.ROWWISE, dict(onepass.SLAB_ROWS)) == before
