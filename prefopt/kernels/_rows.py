@@ -42,11 +42,16 @@ def _splits(V: int, block: int) -> int:
     return max(2, min(SPLITS, 1 << (tiles - 1).bit_length()))
 
 
-def _split_width(V: int) -> tuple[int, int, int]:
-    """``(splits, columns per split, block)`` for ``_row_lse`` over rows ``V`` wide."""
+def _block(kind: str) -> int:
+    """Elements a program takes at a time for ``kind`` (a key of ``BLOCKS``); small when interpreted."""
     from . import _triton_kernels as k
 
-    block = BLOCKS["interpreted" if k.INTERPRETED else "lse"]
+    return BLOCKS["interpreted" if k.INTERPRETED else kind]
+
+
+def _split_width(V: int) -> tuple[int, int, int]:
+    """``(splits, columns per split, block)`` for ``_row_lse`` over rows ``V`` wide."""
+    block = _block("lse")
     splits = _splits(V, block)
     return splits, -(-V // splits // block) * block, block
 
@@ -129,7 +134,7 @@ def dlogits(x: torch.Tensor, y: torch.Tensor, lse_rows: torch.Tensor, g: torch.T
     n, V = x.shape
     if out is None:
         out = torch.empty(n, V, dtype=dtype, device=x.device)
-    block = BLOCKS["interpreted" if k.INTERPRETED else "dlogits"]
+    block = _block("dlogits")
     g, (count, stride) = g.contiguous(), _lse_args(lse_rows)
     return _widened(out, k.INTERPRETED, lambda t: k._row_dlogits[(n, -(-V // block))](
         x, y, lse_rows, g, t, V, t.stride(0), stride, BLOCK_V=block, PARTS=count))
@@ -145,7 +150,7 @@ def rescale(out: torch.Tensor, y: torch.Tensor, part: torch.Tensor, lse_rows: to
     from . import _triton_kernels as k
 
     n, V = out.shape
-    block = BLOCKS["interpreted" if k.INTERPRETED else "dlogits"]
+    block = _block("dlogits")
     count, stride = _lse_args(part)
     width = _split_width(V)[1] if per_split else 0
     return _widened(out, k.INTERPRETED, lambda t: k._row_rescale[(n, -(-V // block))](
@@ -165,7 +170,7 @@ def scale_(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         return t
     from . import _triton_kernels as k
 
-    block = BLOCKS["interpreted" if k.INTERPRETED else "scale"]
+    block = _block("scale")
     flat = t.view(-1)
     _widened(flat, k.INTERPRETED, lambda u: k._scale[(-(-u.numel() // block),)](u, s, u.numel(), BLOCK=block))
     return t

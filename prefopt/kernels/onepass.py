@@ -119,6 +119,15 @@ def stage_rows(rows: int, V: int, device: torch.device) -> int:
     return max(rows, GRAD_ELEMENTS // V // rows * rows)
 
 
+def _layout(budget: int | None, hidden: torch.Tensor, weight: torch.Tensor) -> tuple[int, list | None, int]:
+    """``(rows, slabs, cap)``: tokens per logits block and its vocabulary slabs (``blocking``;
+    None where PyTorch's ops, not the row kernels, do the elementwise work), tokens per stage
+    (``stage_rows``)."""
+    rowwise = _rows.wanted(hidden.device, acc_dtype(hidden))
+    rows, slabs = blocking(budget, weight.shape[0], hidden.device, rowwise)
+    return rows, slabs if rowwise else None, stage_rows(rows, weight.shape[0], hidden.device)
+
+
 class _OnePass(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, index, slots, stages, n_seq, pair_grads, total, dtype, rows, cap, slabs,
@@ -262,16 +271,14 @@ def onepass_nll(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
     check_inputs(hidden, weight, labels, ignore_index)
     index = (labels != ignore_index).nonzero(as_tuple=True)
     y = labels[index]
-    rowwise = _rows.wanted(hidden.device, acc_dtype(hidden))
-    rows, slabs = blocking(budget, weight.shape[0], hidden.device, rowwise)
-    cap = stage_rows(rows, weight.shape[0], hidden.device)
+    rows, slabs, cap = _layout(budget, hidden, weight)
     M = y.numel()
     stages = [(s, min(s + cap, M), 0, 0) for s in range(0, M, cap)]
     minus_one = torch.full((1,), -1.0, dtype=acc_dtype(hidden), device=hidden.device)
     with torch.autocast(hidden.device.type, enabled=False):
         total, _ = _OnePass.apply(hidden, weight, y, index, torch.zeros_like(y), stages, 1,
                                   lambda p0, p1, sums: minus_one, lambda sums: -sums[0], _compute_dtype(hidden), rows,
-                                  cap, slabs if rowwise else None)
+                                  cap, slabs)
     return total
 
 
@@ -295,9 +302,7 @@ def onepass_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
     check_inputs(hidden, weight, labels, ignore_index)
     R = hidden.shape[0]
     B = R // 2
-    rowwise = _rows.wanted(hidden.device, acc_dtype(hidden))
-    rows, slabs = blocking(budget, weight.shape[0], hidden.device, rowwise)
-    cap = stage_rows(rows, weight.shape[0], hidden.device)
+    rows, slabs, cap = _layout(budget, hidden, weight)
     seq, pos = (labels != ignore_index).nonzero(as_tuple=True)  # (row, position) of each scored token
     order = torch.sort(seq % B, stable=True).indices  # pair by pair, chosen's tokens first
     seq, pos = seq.index_select(0, order), pos.index_select(0, order)
@@ -315,5 +320,5 @@ def onepass_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
     with torch.autocast(hidden.device.type, enabled=False):
         return _OnePass.apply(hidden, weight, labels[seq, pos], (seq, pos), seq, plan(pair_tokens, cap), R,
                               pair_grads, lambda s: pair_loss(s, slice(0, B), 1.0), _compute_dtype(hidden), rows,
-                              cap, slabs if rowwise else None,
+                              cap, slabs,
                               None if token_weights is None else token_weights[seq, pos].to(acc_dtype(hidden)))

@@ -22,9 +22,8 @@ process's own code and what the C allocator keeps; on CUDA the lm_head's one-pas
 default there) holds a stage of its gradient rows (``onepass.GRAD_ELEMENTS``: up to 192 MiB in
 bf16) beside a logits slab (up to 48 MiB), about 240 MiB where the chunked path estimated here
 holds one 64 MiB logits block and its backward's (on an H200 at Llama 3's head: 237 MiB against
-224; at other heads unmeasured). The step runs on
-the CPU's fake tensors; on CUDA bf16 autocast is stood in for by the CPU's; cuBLAS's two
-workspaces are added (:func:`cublas_workspace`).
+224; at other heads unmeasured). The step runs on the CPU's fake tensors; on CUDA bf16 autocast
+is stood in for by the CPU's; cuBLAS's two workspaces are added (:func:`cublas_workspace`).
 
 Measured against the allocations of a real step (:func:`allocated_peak`, PyTorch's profiler, on
 a CPU: benchmarks/bench_memory_estimate.py, tests/train/test_memory_estimate.py; on a GPU
