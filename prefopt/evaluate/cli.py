@@ -330,6 +330,11 @@ def _compare(args) -> int:
                         seed=args.seed, judge=args.judge, n_resamples=args.n_resamples, overrides=overrides,
                         device=args.device, eval_dtype=args.eval_dtype, chat_date=args.chat_date,
                         chat_vars=chat_vars_arg(args), start_from=args.start_from)
+    if args.estimate_memory:
+        from .compare_train import estimate_stages
+
+        print("\n".join(estimate_stages(cfg, None if args.estimate_memory == "auto" else args.estimate_memory)))
+        return 0
     print("\n".join(console_lines(run_compare(cfg))))
     return 0
 
@@ -543,6 +548,10 @@ def add_commands(sub) -> None:
                    + ", ".join(sorted({*PRESETS["quick"], *PRESETS["full"]})))
     add_device_flags(c, "--eval-dtype", "parameter dtype of the evaluations",
                      ". Training keeps float32 weights (under bf16 autocast on CUDA)")
+    c.add_argument("--estimate-memory", nargs="?", const="auto", choices=("auto", "cpu", "cuda"), metavar="DEVICE",
+                   help="print how much memory a training step of the SFT and of the DPO stage will hold, on cpu or "
+                   "cuda (default: this machine's device), from the model's config.json and the settings alone, and "
+                   "exit: nothing is read or written (as sft/dpo --estimate-memory)")
     c.set_defaults(func=_compare)
 
     from .study import TASK_NAMES

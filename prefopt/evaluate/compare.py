@@ -51,6 +51,7 @@ from .compare_config import (
     same_path,
     same_run,
 )
+from .compare_train import dpo_config, sft_config, task_length
 from .judge import judge_scores, ready_judge
 from .runner import (
     DECODING,
@@ -159,23 +160,6 @@ def _keep_split(splits: dict, out: Path) -> None:
                              "use a new --output")
     else:
         write_json_atomic(path, ids)
-
-
-def _train_config(cls, cfg, s, stage: str, data: Path, out: Path, **kw):
-    """A stage's training settings. It trains only where its ``final/`` is missing, so whatever an
-    interrupted attempt left in its folder is replaced (``overwrite``), unless :func:`_resumed`
-    continues it from its checkpoint."""
-    steps, epochs = s[f"{stage}_steps"], s[f"{stage}_epochs"]
-    return cls(model=cfg.model, data=str(data), output_dir=str(out), max_length=s["max_length"],
-               batch_size=s["dpo_batch_size" if stage == "dpo" else "batch_size"], lr=s[f"{stage}_lr"],
-               max_steps=steps, epochs=epochs, seed=cfg.seed, warmup_steps=min(5, (steps or 10) // 10),
-               gradient_checkpointing=s["gradient_checkpointing"],
-               gradient_checkpointing_layers=s["gradient_checkpointing_layers"], device=cfg.device,
-               chat_date=cfg.chat_date, chat_vars=cfg.chat_vars, lora_r=s["lora_r"], lora_alpha=s["lora_alpha"],
-               lora_dora=s["lora_dora"], lora_rslora=s["lora_rslora"], lora_dropout=s["lora_dropout"],
-               lora_layers=s["lora_layers"], lora_experts=s["lora_experts"], quantize=s["quantize"],
-               dtype=s["train_dtype"], overwrite=True,
-               **({"lora_targets": s["lora_targets"]} if s["lora_targets"] else {}), **kw)
 
 
 def _resumed(config, stage: str):
@@ -320,7 +304,6 @@ def _same_as_sft(out: Path, rows: list[dict], metrics: dict) -> tuple[list[dict]
 
 
 def _sft(cfg, task, train, out: Path, s: dict) -> None:
-    from ..train import TrainConfig
     from ..train.run import run_sft
 
     final = out / "sft" / "train" / "final"
@@ -330,8 +313,7 @@ def _sft(cfg, task, train, out: Path, s: dict) -> None:
     data = out / "data" / "sft_train.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(data, jsonl_text({"prompt": task.messages(r), "completion": r.target} for r in train))
-    run_sft(_resumed(_train_config(TrainConfig, cfg, s, "sft", data, out / "sft" / "train", save_every=0,
-                                   pack=s["pack"], share_start=s["share_start"] and s["pack"]), "sft"))
+    run_sft(_resumed(sft_config(cfg, s, data, out), "sft"))
 
 
 def _pairs(cfg, task, tok, train, out: Path, s: dict, keep: dict | None = None) -> Path:
@@ -365,7 +347,6 @@ def _pairs(cfg, task, tok, train, out: Path, s: dict, keep: dict | None = None) 
 
 
 def _dpo(cfg, task, pairs: Path, val: list, out: Path, s: dict) -> None:
-    from ..train import DPOConfig
     from ..train.run import run_dpo
 
     final = out / "dpo" / "train" / "final"
@@ -373,11 +354,7 @@ def _dpo(cfg, task, pairs: Path, val: list, out: Path, s: dict) -> None:
         _log(f"dpo: reusing {final}")
         return
     chosen, evaluators = trainer_settings(task, val, pairs, s, out)
-    config = _resumed(_train_config(DPOConfig, cfg, s, "dpo", pairs, out / "dpo" / "train", loss=cfg.loss,
-                                    beta=s["beta"], ld_alpha=s["ld_alpha"], f_divergence=s["f_divergence"],
-                                    f_alpha=s["f_alpha"], wpo=s["wpo"], sft_adapter=str(out / "sft" / "train" / "final"),
-                                    ref_cache=str(out / "dpo" / "ref_cache"), share_start=s["share_start"],
-                                    **chosen), "dpo")
+    config = _resumed(dpo_config(cfg, s, pairs, out, chosen), "dpo")
     # an interrupted attempt's (an overwrite clears only the run's own files); a resumed one keeps its validation
     # answers up to its checkpoint (a step evaluated again replaces its own)
     for stale in (CHOICE,) if config.resume else (VAL_ANSWERS, CHOICE):
@@ -424,10 +401,7 @@ def _checked(cfg: CompareConfig, say: Callable[[str], None]) -> _Checked:
 
     s = cfg.settings()
     task = get_task(cfg.task, **cfg.task_options)
-    if task.train_length and s["max_length"] < task.train_length and "max_length" not in cfg.overrides:
-        say(f"max_length {task.train_length}, not the {cfg.preset} preset's {s['max_length']}: {task.name} "
-            "examples need it (--set max_length=N to choose)")
-        s["max_length"] = task.train_length
+    task_length(cfg, task, s, say)
     records = read_labelled(task, cfg.data)  # bad data stops the run before its folder is claimed
     _fit_test_size(cfg, s, records, say)
     splits = _split(cfg, records, s)

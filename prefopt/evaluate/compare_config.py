@@ -388,7 +388,11 @@ def memory_advice(stage: str, training: bool, s: dict, e: BaseException) -> OutO
                      "finished stages)")
     if changed:
         fixes.append(f"{'or, ' if kept else ''}into a new --output, --set {', '.join(changed)}")
-    return OutOfMemory(f"out of memory {where} ({what}). To fit, try {'; '.join(fixes) or 'a smaller model'}",
+    estimate = ""
+    if training and not s["lora_experts"] and "lm_head" not in (s["lora_targets"] or ()):  # (what the estimate covers)
+        estimate = (". The command with --estimate-memory added says what a training step of each stage holds under "
+                    "the new settings, without loading anything")
+    return OutOfMemory(f"out of memory {where} ({what}). To fit, try {'; '.join(fixes) or 'a smaller model'}{estimate}",
                        what, when)
 
 

@@ -38,7 +38,9 @@ def test_training_out_of_memory_names_the_stage_and_the_settings_and_the_rerun_k
         f"out of memory training the sft stage after 1 of 2 steps ({SAID}). To fit, try --set "
         "gradient_checkpointing=true (the results are the same: a rerun into this --output keeps its finished "
         "stages); or, into a new --output, --set batch_size=1 (fewer examples a step), a smaller max_length (now 256), "
-        "train_dtype=bfloat16 (the base in 16 bits; the adapters stay float32), quantize=nf4 (the base in 4 bits)")
+        "train_dtype=bfloat16 (the base in 16 bits; the adapters stay float32), quantize=nf4 (the base in 4 bits). The "
+        "command with --estimate-memory added says what a training step of each stage holds under the new settings, "
+        "without loading anything")
     monkeypatch.setattr(SFTTrainer, "loss_sum", original)
     capsys.readouterr()
     report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out),
@@ -102,7 +104,8 @@ def test_out_of_memory_in_dpo_with_validation_names_both_settings_a_rerun_keeps(
         "eval_batch_size=8 for the validation answers (the results are the same, up to rounding in the answers: a "
         "rerun into this --output keeps its finished stages); or, into a new --output, --set dpo_batch_size=2 (fewer "
         "examples a step), a smaller max_length (now 384), train_dtype=bfloat16 (the base in 16 bits; the adapters "
-        "stay float32), quantize=nf4 (the base in 4 bits)")
+        "stay float32), quantize=nf4 (the base in 4 bits). The command with --estimate-memory added says what a "
+        "training step of each stage holds under the new settings, without loading anything")
     # checkpointing some layers: more of them (a rerun keeps the stages); all of them: nothing more to offer there
     e = memory_advice("sft", True, {**s, "gradient_checkpointing": True, "gradient_checkpointing_layers": 6},
                       torch.OutOfMemoryError(CUDA_OOM))
@@ -123,9 +126,15 @@ def test_out_of_memory_in_dpo_with_validation_names_both_settings_a_rerun_keeps(
                              "batch_size=2")
     # a base already in 16 bits (or 4) is not offered again
     e = memory_advice("sft", True, {**s, "train_dtype": "bfloat16"}, torch.OutOfMemoryError(CUDA_OOM))
-    assert str(e).endswith("a smaller max_length (now 384), quantize=nf4 (the base in 4 bits)")
+    assert str(e).endswith("a smaller max_length (now 384), quantize=nf4 (the base in 4 bits). The command with "
+                           "--estimate-memory added says what a training step of each stage holds under the new "
+                           "settings, without loading anything")
     e = memory_advice("sft", True, {**s, "quantize": "nf4"}, torch.OutOfMemoryError(CUDA_OOM))
-    assert str(e).endswith("a smaller max_length (now 384)")
+    assert "a smaller max_length (now 384). The command with --estimate-memory added" in str(e)
+    # where the estimate does not cover the run (a trained head, the experts' adapters), nor evaluating: not named
+    for other in ({"lora_targets": ["q_proj", "lm_head"]}, {"lora_experts": True}):
+        assert "--estimate-memory" not in str(memory_advice("sft", True, {**s, **other}, torch.OutOfMemoryError(CUDA_OOM)))
+    assert "--estimate-memory" not in str(memory_advice("sft", False, s, torch.OutOfMemoryError(CUDA_OOM)))
 
 
 def _sigterm_at_first_step(monkeypatch, cls):

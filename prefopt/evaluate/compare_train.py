@@ -1,0 +1,82 @@
+"""The training settings of ``prefopt compare``'s two trained stages, and what a step of each holds.
+
+:func:`sft_config` and :func:`dpo_config` are the ``TrainConfig`` and ``DPOConfig`` the SFT and
+DPO stages train with, from compare's settings (``--set``). :func:`estimate_stages` runs
+``prefopt.train.memory_estimate`` on both (``prefopt compare ... --estimate-memory``): what a
+training step of each will hold, from the model's ``config.json`` alone, before anything is
+read or written.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .compare_config import CompareConfig
+
+
+def task_length(cfg: CompareConfig, task, s: dict, say: Callable[[str], None]) -> None:
+    """Raise ``s["max_length"]`` to what the task's examples need (``task.train_length``) unless
+    ``--set max_length`` chose it, saying so."""
+    if task.train_length and s["max_length"] < task.train_length and "max_length" not in cfg.overrides:
+        say(f"max_length {task.train_length}, not the {cfg.preset} preset's {s['max_length']}: {task.name} "
+            "examples need it (--set max_length=N to choose)")
+        s["max_length"] = task.train_length
+
+
+def stage_config(cls, cfg: CompareConfig, s: dict, stage: str, data: Path | None, out: Path, **kw):
+    """A stage's training settings. It trains only where its ``final/`` is missing, so whatever an
+    interrupted attempt left in its folder is replaced (``overwrite``), unless compare resumes it
+    from its checkpoint. ``data`` None: settings that are only estimated (``estimate_stages``)."""
+    steps, epochs = s[f"{stage}_steps"], s[f"{stage}_epochs"]
+    return cls(model=cfg.model, data=None if data is None else str(data), output_dir=str(out), max_length=s["max_length"],
+               batch_size=s["dpo_batch_size" if stage == "dpo" else "batch_size"], lr=s[f"{stage}_lr"],
+               max_steps=steps, epochs=epochs, seed=cfg.seed, warmup_steps=min(5, (steps or 10) // 10),
+               gradient_checkpointing=s["gradient_checkpointing"],
+               gradient_checkpointing_layers=s["gradient_checkpointing_layers"], device=cfg.device,
+               chat_date=cfg.chat_date, chat_vars=cfg.chat_vars, lora_r=s["lora_r"], lora_alpha=s["lora_alpha"],
+               lora_dora=s["lora_dora"], lora_rslora=s["lora_rslora"], lora_dropout=s["lora_dropout"],
+               lora_layers=s["lora_layers"], lora_experts=s["lora_experts"], quantize=s["quantize"],
+               dtype=s["train_dtype"], overwrite=True,
+               **({"lora_targets": s["lora_targets"]} if s["lora_targets"] else {}), **kw)
+
+
+def sft_config(cfg: CompareConfig, s: dict, data: Path | None, out: Path):
+    """The SFT stage's ``TrainConfig``: ``data`` its records, ``out`` the run's folder."""
+    from ..train import TrainConfig
+
+    return stage_config(TrainConfig, cfg, s, "sft", data, out / "sft" / "train", save_every=0, pack=s["pack"],
+                        share_start=s["share_start"] and s["pack"])
+
+
+def dpo_config(cfg: CompareConfig, s: dict, pairs: Path | None, out: Path, chosen: dict | None = None):
+    """The DPO stage's ``DPOConfig``: ``pairs`` its data, ``out`` the run's folder, ``chosen`` the
+    settings that keep its best weights by a validation score (``selection.trainer_settings``)."""
+    from ..train import DPOConfig
+
+    return stage_config(DPOConfig, cfg, s, "dpo", pairs, out / "dpo" / "train", loss=cfg.loss, beta=s["beta"],
+                        ld_alpha=s["ld_alpha"], f_divergence=s["f_divergence"], f_alpha=s["f_alpha"], wpo=s["wpo"],
+                        sft_adapter=str(out / "sft" / "train" / "final"), ref_cache=str(out / "dpo" / "ref_cache"),
+                        share_start=s["share_start"], **(chosen or {}))
+
+
+def estimate_stages(cfg: CompareConfig, device: str | None = None) -> list[str]:
+    """What a training step of the SFT and of the DPO stage of ``cfg``'s run will hold on
+    ``device`` (``"cpu"`` or ``"cuda"``; default the run's device on this machine), in words: the
+    settings checked as the run checks them, the task's ``max_length`` applied, the model's
+    ``config.json`` read, nothing else (no data, no weights, no folder). DPO's step takes its
+    reference log-probs from the cache, as compare's does (computed before its first step by a
+    forward pass without gradients, which holds less than a training step)."""
+    from ..tasks import get_task
+    from ..train.memory_estimate import estimate_memory
+
+    s = cfg.settings()
+    notes: list[str] = []
+    task_length(cfg, get_task(cfg.task, **cfg.task_options), s, notes.append)
+    out, lines = Path(cfg.output), [*notes]
+    for name, config in (("SFT", sft_config(cfg, s, None, out)), ("DPO", dpo_config(cfg, s, None, out))):
+        est = estimate_memory(config, device)
+        lines += [f"{name} stage: {est.lines()[0]}", *est.lines()[1:]]
+    lines.append("Not counted: the evaluations' answers (generation holds a KV cache of eval_batch_size prompts, "
+                 "--set eval_batch_size=N to lower it) and, before DPO's first step, its reference pass (no "
+                 "gradients: less than a training step)")
+    return lines
