@@ -341,8 +341,15 @@ def _compare(args) -> int:
 
 def _study(args) -> int:
     from ..cli import chat_vars_arg
-    from .study import pick, run_study
+    from .study import estimate_study, pick, run_study
 
+    if args.estimate_memory:
+        print("\n".join(estimate_study(args.model, args.output, tasks=args.tasks, preset=args.preset, loss=args.loss,
+                                        strategy=args.strategy, seed=args.seed, overrides=key_values(args.set),
+                                        device=args.device, eval_dtype=args.eval_dtype, chat_date=args.chat_date,
+                                        chat_vars=chat_vars_arg(args),
+                                        on=None if args.estimate_memory == "auto" else args.estimate_memory)))
+        return 0
     study = run_study(args.model, args.output, args.data_root, tasks=args.tasks, preset=args.preset, loss=args.loss,
                       strategy=args.strategy, seed=args.seed, n_resamples=args.n_resamples,
                       overrides=key_values(args.set), device=args.device, eval_dtype=args.eval_dtype,
@@ -551,7 +558,7 @@ def add_commands(sub) -> None:
     c.add_argument("--estimate-memory", nargs="?", const="auto", choices=("auto", "cpu", "cuda"), metavar="DEVICE",
                    help="print how much memory a training step of the SFT and of the DPO stage will hold, on cpu or "
                    "cuda (default: this machine's device), from the model's config.json and the settings alone, and "
-                   "exit: nothing is read or written (as sft/dpo --estimate-memory)")
+                   "exit: no data is read and nothing is written (as sft/dpo --estimate-memory)")
     c.set_defaults(func=_compare)
 
     from .study import TASK_NAMES
@@ -576,4 +583,8 @@ def add_commands(sub) -> None:
     st.add_argument("--chat-date", metavar="YYYY-MM-DD", help="as compare's")
     st.add_argument("--chat-vars", nargs="+", metavar="NAME=VALUE", help="as compare's (every task)")
     add_device_flags(st, "--eval-dtype", "parameter dtype of the evaluations")
+    st.add_argument("--estimate-memory", nargs="?", const="auto", choices=("auto", "cpu", "cuda"), metavar="DEVICE",
+                    help="print how much memory a training step of each task's SFT and DPO stage will hold, on cpu "
+                    "or cuda (default: this machine's device), from the model's config.json and the settings alone, "
+                    "and exit: no data is read and nothing is written (as compare's)")
     st.set_defaults(func=_study)

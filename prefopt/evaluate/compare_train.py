@@ -59,24 +59,33 @@ def dpo_config(cfg: CompareConfig, s: dict, pairs: Path | None, out: Path, chose
                         share_start=s["share_start"], **(chosen or {}))
 
 
-def estimate_stages(cfg: CompareConfig, device: str | None = None) -> list[str]:
-    """What a training step of the SFT and of the DPO stage of ``cfg``'s run will hold on
-    ``device`` (``"cpu"`` or ``"cuda"``; default the run's device on this machine), in words: the
-    settings checked as the run checks them, the task's ``max_length`` applied, the model's
-    ``config.json`` read, nothing else (no data, no weights, no folder). DPO's step takes its
-    reference log-probs from the cache, as compare's does (computed before its first step by a
-    forward pass without gradients, which holds less than a training step)."""
+def stage_configs(cfg: CompareConfig, say: Callable[[str], None] = lambda line: None) -> list[tuple[str, object]]:
+    """``[("SFT", TrainConfig), ("DPO", DPOConfig)]``: what ``cfg``'s run would train, its settings
+    checked as the run checks them and the task's ``max_length`` applied (said by ``say``), with
+    no data: for estimates."""
     from ..tasks import get_task
-    from ..train.memory_estimate import estimate_memory
 
     s = cfg.settings()
-    notes: list[str] = []
-    task_length(cfg, get_task(cfg.task, **cfg.task_options), s, notes.append)
-    out, lines = Path(cfg.output), [*notes]
-    for name, config in (("SFT", sft_config(cfg, s, None, out)), ("DPO", dpo_config(cfg, s, None, out))):
-        est = estimate_memory(config, device)
-        lines += [f"{name} stage: {est.lines()[0]}", *est.lines()[1:]]
-    lines.append("Not counted: the evaluations' answers (generation holds a KV cache of eval_batch_size prompts, "
-                 "--set eval_batch_size=N to lower it) and, before DPO's first step, its reference pass (no "
-                 "gradients: less than a training step)")
-    return lines
+    task_length(cfg, get_task(cfg.task, **cfg.task_options), s, say)
+    out = Path(cfg.output)
+    return [("SFT", sft_config(cfg, s, None, out)), ("DPO", dpo_config(cfg, s, None, out))]
+
+
+NOT_COUNTED = ("Not counted: the evaluations' answers (generation holds a KV cache of eval_batch_size prompts, "
+               "--set eval_batch_size=N to lower it) and, before DPO's first step, its reference pass (no "
+               "gradients: less than a training step)")
+
+
+def estimate_stages(cfg: CompareConfig, device: str | None = None) -> list[str]:
+    """What a training step of the SFT and of the DPO stage of ``cfg``'s run will hold on
+    ``device`` (``"cpu"`` or ``"cuda"``; default the run's device on this machine), in words
+    (``prefopt compare ... --estimate-memory``): from the settings and the model's
+    ``config.json`` alone (no data, no weights, no folder). DPO's step takes its reference
+    log-probs from the cache, as compare's does."""
+    from ..train.memory_estimate import estimate_memory
+
+    lines: list[str] = []
+    for name, config in stage_configs(cfg, lines.append):
+        est = estimate_memory(config, device).lines()
+        lines += [f"{name} stage: {est[0]}", *est[1:]]
+    return [*lines, NOT_COUNTED]

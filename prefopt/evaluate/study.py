@@ -142,6 +142,37 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
     return study
 
 
+def estimate_study(model: str, output: str | Path, *, tasks: list[str] | str | None = None, on: str | None = None,
+                   **compare) -> list[str]:
+    """What a training step of each task's SFT and DPO stage will hold on ``on`` (``"cpu"`` or
+    ``"cuda"``; default the runs' device on this machine; ``prefopt
+    study ... --estimate-memory``), in words: compare's estimate (:mod:`.compare_train`) for every
+    arm, its data found or not (the settings and the task's ``max_length`` decide it), each set of
+    stage settings estimated once (most tasks share them). Nothing is read but the model's
+    ``config.json``, and nothing is written."""
+    from ..fileio import size_text
+    from ..train.memory_estimate import estimate_memory
+    from .compare_train import NOT_COUNTED, stage_configs
+
+    known: dict[str, object] = {}
+    rows, notes = [], []
+    for arm in pick(tasks):
+        cfg = CompareConfig(task=arm.task, model=model, output=str(Path(output) / arm.task),
+                            task_options=dict(arm.options), **compare)
+        cells = []
+        for name, config in stage_configs(cfg, notes.append):
+            key = json.dumps({k: v for k, v in config.to_dict().items()
+                              if k not in ("data", "output_dir", "sft_adapter", "ref_cache")}, sort_keys=True, default=str)
+            if key not in known:
+                known[key] = estimate_memory(config, on)
+            est = known[key]
+            cells.append(f"{name} {size_text(est.peak)} ({est.sequences} sequences of {est.tokens} tokens)")
+        rows.append(f"  {arm.task:<18} {', '.join(cells)}")
+    est = next(iter(known.values()))
+    return [*notes, f"memory estimate for one training step of each task's stages {est.on()}, {est.dtype} weights"
+            f"{est.recomputed()}: the peak of tensors at once (add {est.beyond()})", *rows, NOT_COUNTED]
+
+
 def _row(arm: Arm, report: dict, seconds: float, start_from: str | None = None) -> dict:
     """``arm``'s row from its run's report (``start_from``: where its base and SFT stages came from)."""
     st, c = report["stages"], report["comparisons"]

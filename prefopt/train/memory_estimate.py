@@ -72,23 +72,32 @@ class MemoryEstimate:
     autocast: bool = False
     workspace: int = 0
 
+    def on(self) -> str:
+        """Where the step runs, in words: ``on CUDA under bf16 autocast``, ``on a CPU``."""
+        return {"cuda": "on CUDA" + (" under bf16 autocast" if self.autocast else ""), "cpu": "on a CPU"}[self.device]
+
+    def recomputed(self) -> str:
+        """``, gradient checkpointing on N of L layers``, or nothing."""
+        return f", gradient checkpointing on {self.checkpointed} of {self.layers} layers" if self.checkpointed else ""
+
+    def beyond(self) -> str:
+        """What a process holds beyond the estimated tensors, in words."""
+        return ("the CUDA context (about 0.5 GiB) and the caching allocator's reserve (often 5-20% more)"
+                if self.device == "cuda" else "the process's own code and what the C allocator keeps (the "
+                "resident set is often 0.5-1 GiB more)")
+
     def lines(self) -> list[str]:
         """The estimate in words, for the console."""
-        ck = f", gradient checkpointing on {self.checkpointed} of {self.layers} layers" if self.checkpointed else ""
-        on = {"cuda": "on CUDA" + (" under bf16 autocast" if self.autocast else ""), "cpu": "on a CPU"}[self.device]
-        extra = ("the CUDA context (about 0.5 GiB) and the caching allocator's reserve (often 5-20% more)"
-                 if self.device == "cuda" else "the process's own code and what the C allocator keeps (the "
-                 "resident set is often 0.5-1 GiB more)")
         return [
-            f"memory estimate for one training step {on}, {self.dtype} weights, a micro-batch of "
-            f"{self.sequences} sequences of {self.tokens} tokens{ck}:",
+            f"memory estimate for one training step {self.on()}, {self.dtype} weights, a micro-batch of "
+            f"{self.sequences} sequences of {self.tokens} tokens{self.recomputed()}:",
             f"  weights      {size_text(self.weights)}",
             f"  trained      {size_text(self.trained)} of them, with their gradients and AdamW's two moments "
             f"({size_text(self.optimizer)})",
             f"  activations  {size_text(self.activations)} kept by the forward for the backward",
             *([f"  workspace    {size_text(self.workspace)} for cuBLAS (the forward's and the backward's threads)"]
               if self.workspace else []),
-            f"  peak         {size_text(self.peak)} of tensors at once; add {extra}",
+            f"  peak         {size_text(self.peak)} of tensors at once; add {self.beyond()}",
         ]
 
 

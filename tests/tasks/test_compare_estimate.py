@@ -80,3 +80,39 @@ def test_the_cli_prints_both_stages_and_writes_nothing(tmp_path):
     r = subprocess.run([*base, "--set", "lora_targets=q_proj,lm_head", "--estimate-memory"], capture_output=True,
                        text=True)
     assert r.returncode == 2 and "this run adapts the lm_head" in r.stderr
+
+
+def test_study_estimates_each_tasks_stages_once_for_each_set_of_settings(tmp_path, monkeypatch):
+    from prefopt.evaluate.study import estimate_study
+    from prefopt.train import memory_estimate
+
+    d, calls = _config_only(tmp_path), []
+
+    def counted(config, device=None, **kw):
+        calls.append((type(config).__name__, config.max_length))
+        return estimate_memory(config, device, **kw)
+
+    monkeypatch.setattr(memory_estimate, "estimate_memory", counted)
+    lines = estimate_study(str(d), tmp_path / "study", tasks="medqa,aci_bench,portal", on="cpu")
+    rows = {line.split()[0]: line.split(None, 1)[1] for line in lines if line.startswith("  ")}
+    assert list(rows) == ["medqa", "aci_bench", "portal"]  # the study's order; no data needed for any
+    assert "max_length 1024, not the quick preset's 384: aci_bench examples need it" in lines[0]
+    assert lines[1].startswith("memory estimate for one training step of each task's stages on a CPU, float32 weights")
+    assert rows["medqa"] == rows["portal"] and "(4 sequences of 384 tokens)" in rows["medqa"]
+    assert rows["aci_bench"].startswith("SFT ") and "(4 sequences of 1024 tokens)" in rows["aci_bench"]
+    assert sorted(calls) == [("DPOConfig", 384), ("DPOConfig", 1024), ("TrainConfig", 384), ("TrainConfig", 1024)]
+    assert not (tmp_path / "study").exists()
+
+
+def test_the_study_cli_prints_the_estimate_and_writes_nothing(tmp_path, capsys):
+    from prefopt.cli import main
+
+    d, out = _config_only(tmp_path), tmp_path / "study"
+    assert main(["study", "--model", str(d), "--output", str(out), "--tasks", "portal", "--set", "batch_size=2",
+                 "--estimate-memory", "cpu"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[0].startswith("memory estimate for one training step of each task's stages on a CPU")
+    sft, dpo = said[1].split(", DPO ")
+    assert sft.split()[:2] == ["portal", "SFT"] and sft.endswith("(2 sequences of 384 tokens)")  # --set batch_size=2
+    assert dpo.endswith("(4 sequences of 384 tokens)")  # the preset's 2 pairs
+    assert not out.exists()
