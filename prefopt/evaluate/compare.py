@@ -82,7 +82,11 @@ from .selection import (
 
 # a stage stopped by SIGTERM, Ctrl-C or an error is resumed from its checkpoint, or started again, by
 # rerunning the command (:func:`_resumed`); compare has no --resume, --overwrite or --save-every
-RERUN = GoingOn(resume="rerun the same command", restart="rerun the same command", save_more="", output="--output")
+RERUN = GoingOn(resume="rerun the same command", restart="rerun the same command", save_more="", output="--output",
+                smaller="Into a new --output: a lower --set batch_size=N (SFT) or dpo_batch_size=N (DPO), or a "
+                        "smaller max_length=N; into this one: --set gradient_checkpointing=true where it is off (the "
+                        "same results). The command with --estimate-memory added says what a step of each stage "
+                        "holds (docs/evaluation.md)")
 
 
 def _log(msg: str) -> None:

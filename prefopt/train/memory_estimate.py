@@ -47,6 +47,7 @@ from torch.utils._pytree import tree_leaves
 from ..devices import DTYPES, resolve_device
 from ..fileio import size_text
 from .config import TrainConfig
+from .stop_signal import going_on
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,8 @@ def fit_note(config: TrainConfig, model: torch.nn.Module, device: torch.device, 
     """A warning before step 1 where a step of the run (micro-batches of its ``longest`` training
     example, as the worst batch pads them) will not fit in the memory ``device`` has free beside
     the weights already loaded; None where it fits, or where the estimate does not cover the run
-    or the free memory is not known. The estimate runs only where a quick generous bound
+    or the free memory is not known; its advice in the words of the program running the trainer
+    (``stop_signal.going_on``). The estimate runs only where a quick generous bound
     (:func:`surely_fits`) does not fit, and draws no random number (the run's stay as they would
     be)."""
     free = free_bytes(device)
@@ -232,9 +234,8 @@ def fit_note(config: TrainConfig, model: torch.nn.Module, device: torch.device, 
     return (f"a training step of these settings holds about {size_text(est.peak)} of tensors ({est.sequences} "
             f"sequences of {est.tokens} tokens, the longest example's length), {size_text(need)} of it beyond the "
             "weights loaded, "
-            f"and {device.type} has {size_text(free)} free: the run will likely run out of memory{killed}. Lower "
-            "--batch-size (raising --grad-accum to match), --max-length, or add --gradient-checkpointing; "
-            "--estimate-memory says what a step of other settings holds (docs/training.md)")
+            f"and {device.type} has {size_text(free)} free: the run will likely run out of memory{killed}. "
+            f"{going_on().smaller}")
 
 
 def surely_fits(config: TrainConfig, model: torch.nn.Module, free: int, longest: int) -> bool:

@@ -30,11 +30,14 @@ class GoingOn:
     """How a stopped run's messages tell the user to go on, in the words of the program that runs
     the trainer: ``resume`` continues from the last checkpoint (``"rerun with --resume"``),
     ``restart`` starts again where there is none, ``save_more`` (after "it saved no checkpoint")
-    names the setting that saves checkpoints, ``output`` the one that names the run's folder."""
+    names the setting that saves checkpoints, ``output`` the one that names the run's folder;
+    ``smaller`` (after "the run will likely run out of memory.") how to make a step hold less."""
     resume: str = "rerun with --resume"
     restart: str = "rerun with --overwrite"
     save_more: str = " (set --save-every)"
     output: str = "--output-dir"
+    smaller: str = ("Lower --batch-size (raising --grad-accum to match), --max-length, or add --gradient-checkpointing; "
+                    "--estimate-memory says what a step of other settings holds (docs/training.md)")
 
 
 COMMAND_LINE = GoingOn()  # prefopt sft / dpo / kto

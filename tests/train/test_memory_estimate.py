@@ -211,3 +211,24 @@ def test_the_quick_bound_that_skips_the_estimate_is_above_it(tmp_path, settings,
         # and not needlessly high: ten times the need and 2 GiB spare skip the estimate (its fixed terms: the
         # head's logits blocks, a layer's weights)
         assert surely_fits(config, model, 10 * (est.peak - est.weights) + 2**31, longest)
+
+
+def test_the_warning_before_step_1_speaks_the_running_programs_words(model_dir, tmp_path, monkeypatch):
+    """Within ``prefopt compare`` a stage's warning names compare's settings (``--set``), not the
+    trainer's flags, which compare does not have."""
+    from prefopt.evaluate.compare import RERUN
+    from prefopt.train import memory_estimate
+    from prefopt.train.stop_signal import going_on_by
+
+    monkeypatch.setattr(memory_estimate, "free_bytes", lambda device: 1024)
+    config = TrainConfig(model=str(model_dir), output_dir=str(tmp_path / "run"), batch_size=4, max_length=T)
+    model = prepare_model(config)
+    alone = memory_estimate.fit_note(config, model, torch.device("cpu"), 60)
+    assert "Lower --batch-size (raising --grad-accum to match)" in alone
+    with going_on_by(RERUN):
+        within = memory_estimate.fit_note(config, model, torch.device("cpu"), 60)
+    assert "--batch-size" not in within and "--gradient-checkpointing" not in within
+    assert within.endswith("a lower --set batch_size=N (SFT) or dpo_batch_size=N (DPO), or a smaller max_length=N; "
+                           "into this one: --set gradient_checkpointing=true where it is off (the same results). The "
+                           "command with --estimate-memory added says what a step of each stage holds "
+                           "(docs/evaluation.md)")
