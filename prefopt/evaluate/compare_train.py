@@ -1,10 +1,10 @@
 """The training settings of ``prefopt compare``'s two trained stages, and what a step of each holds.
 
 :func:`sft_config` and :func:`dpo_config` are the ``TrainConfig`` and ``DPOConfig`` the SFT and
-DPO stages train with, from compare's settings (``--set``). :func:`estimate_stages` runs
-``prefopt.train.memory_estimate`` on both (``prefopt compare ... --estimate-memory``): what a
-training step of each will hold, from the model's ``config.json`` alone, before anything is
-read or written.
+DPO stages train with, from compare's settings (``--set``); :func:`stage_configs` gives both
+without data. :func:`estimate_stages` runs ``prefopt.train.memory_estimate`` on them (``prefopt
+compare ... --estimate-memory``; ``study.estimate_study`` for every task): what a training step
+of each will hold, from the model's ``config.json`` alone, with no data read and nothing written.
 """
 from __future__ import annotations
 
