@@ -9,6 +9,7 @@ verdicts and where the report is. ``make demo`` runs it with the quick preset.
     .venv/bin/python examples/run_triage.py --task ktas --data ../shared/data/triage/ktas/data.csv
     .venv/bin/python examples/run_triage.py --loss rpo --output runs/triage-rpo
     .venv/bin/python examples/run_triage.py --loss rpo --output runs/triage-rpo --from runs/triage-demo  # DPO only
+    .venv/bin/python examples/run_triage.py --preset full --estimate-memory cuda  # will each training step fit?
 
 Rerunning with the same --output reuses finished stages; delete the folder to start over.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from prefopt.cli import run_script
 from prefopt.evaluate.cli import add_device_flags, key_values
 from prefopt.evaluate.compare import CompareConfig, run_compare
+from prefopt.evaluate.compare_train import estimate_stages
 from prefopt.evaluate.report import console_lines, rpo_from
 from prefopt.losses import loss_arg
 from prefopt.tasks import STRATEGIES
@@ -46,6 +48,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a preset setting, e.g. sft_steps=100 (repeatable; see prefopt compare --help)")
     add_device_flags(ap, "--eval-dtype", "parameter dtype of the evaluations")
+    ap.add_argument("--estimate-memory", nargs="?", const="auto", choices=("auto", "cpu", "cuda"), metavar="DEVICE",
+                    help="print what a training step of the SFT and of the DPO stage will hold, on cpu or cuda "
+                    "(default: this machine's device), and exit, as prefopt compare's")
     return ap
 
 
@@ -66,10 +71,13 @@ def rpo_next(a: argparse.Namespace) -> str:
 def main() -> None:
     a = parser().parse_args()
     t0 = time.perf_counter()
-    report = run_compare(CompareConfig(task=a.task, model=a.model, output=a.output, data=a.data, preset=a.preset,
-                                       strategy=a.strategy, loss=a.loss, seed=a.seed,
-                                       overrides=key_values(a.set), device=a.device, eval_dtype=a.eval_dtype,
-                                       start_from=a.start_from))
+    cfg = CompareConfig(task=a.task, model=a.model, output=a.output, data=a.data, preset=a.preset, strategy=a.strategy,
+                        loss=a.loss, seed=a.seed, overrides=key_values(a.set), device=a.device, eval_dtype=a.eval_dtype,
+                        start_from=a.start_from)
+    if a.estimate_memory:
+        print("\n".join(estimate_stages(cfg, None if a.estimate_memory == "auto" else a.estimate_memory)))
+        return
+    report = run_compare(cfg)
     print()
     for stage, s in report["stages"].items():
         print(f"{stage:>4}: macro-F1 {s['primary']:.3f}  95% CI [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]  "

@@ -194,3 +194,18 @@ def test_notes_windows_trains_cut_and_windowed_adapters_and_scores_held_out_note
     assert "windows - cut, past it: " in done.stdout
     done = _example("notes_windows.py", "--train", str(tmp_path / "none.csv"), "--output", str(out))
     assert done.returncode == 1 and "none.csv: no such file (pass --train and --eval)" in done.stderr
+
+
+def test_run_triage_estimates_each_training_step_and_writes_nothing(tmp_path):
+    """compare's out-of-memory advice says to add --estimate-memory to the command: the demo's too."""
+    model = tmp_path / "tiny"
+    build_hf_model(model, max_position_embeddings=4096)
+    out = tmp_path / "run"
+    done = _run("--model", str(model), "--output", str(out), "--preset", "full", "--set", "dpo_batch_size=1",
+                "--estimate-memory", "cpu")
+    assert done.returncode == 0, done.stderr[-2000:]
+    said = done.stdout.splitlines()
+    assert said[0].startswith("SFT stage: memory estimate for one training step on a CPU, float32 weights, a "
+                              "micro-batch of 8 sequences of 1024 tokens")  # the full preset's
+    assert any(line.startswith("DPO stage: ") and "2 sequences of 1024 tokens" in line for line in said)
+    assert not out.exists()

@@ -211,6 +211,14 @@ def _load_stage_model(cfg: CompareConfig, out: Path, stage: str, keep: dict | No
     return model
 
 
+def _load_judge(cfg: CompareConfig):
+    """The judge model (``--judge``), where and as the evaluations run."""
+    from ..pretrained import load_model
+
+    device, dtype = cfg.device_and_dtype()
+    return load_model(cfg.judge, dtype=dtype, device=device)
+
+
 def _changed_decoding(metrics: dict, want: dict) -> list[str]:
     """How the decoding ``want`` differs from what made a finished evaluation. Its ``metrics.json``
     records it (runs from before a setting existed lack the key: they used none of it, and their
@@ -219,8 +227,11 @@ def _changed_decoding(metrics: dict, want: dict) -> list[str]:
     return [f"{k} {had[k]!r} -> {want[k]!r}" for k in DECODING if had[k] != want[k]]
 
 
-def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep: dict | None = None
+def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge_tok, keep: dict | None = None
               ) -> tuple[list[dict], dict]:
+    """The stage's answers to the test items, scored (and rated by ``cfg.judge``, with its
+    tokenizer ``judge_tok``, where one is given), or those already made, where the decoding and
+    the weights that made them are still the stage's."""
     weights = _weights_name(out, stage)
     done = read_results(out / stage)
     if done is not None:
@@ -248,8 +259,8 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge, keep:
     metrics.update(placement(model) | prompt_settings(tok) | ({"weights": weights} if weights else {}),
                    eval_batch_size=s["eval_batch_size"])
     extra = {"ended": ended}
-    if judge is not None:
-        likert = judge_scores(judge[0], judge[1], test, [final_answer(t, opened)[0] for t in texts])
+    if judge_tok is not None:  # loaded for each evaluation that rates answers, not held through training
+        likert = judge_scores(_load_judge(cfg), judge_tok, test, [final_answer(t, opened)[0] for t in texts])
         extra["likert"] = likert
         got = [x for x in likert if x is not None]
         metrics["likert"] = sum(got) / len(got) if got else None
@@ -460,13 +471,6 @@ def run_compare(cfg: CompareConfig) -> dict:
     train, val, test = splits["train"], splits["val"], splits["test"]
     held = f" / {len(val)} validation" if val else ""
     _log(f"task {cfg.task}: {len(train)} train{held} / {len(test)} test items; preset {cfg.preset}; output {out}")
-    judge = None
-    if cfg.judge:
-        from ..pretrained import load_model
-
-        device, dtype = cfg.device_and_dtype()
-        judge = (load_model(cfg.judge, dtype=dtype, device=device), judge_tok)
-
     def fitted(stage: str, training: bool, job):  # running out of memory is said in --set terms
         return reraised(job, lambda e: memory_advice(stage, training, s, e))
 
@@ -477,10 +481,10 @@ def run_compare(cfg: CompareConfig) -> dict:
         except Diverged as e:
             raise diverged_advice(stage, s, e) from e
 
-    results = {"base": fitted("base", False, lambda: _evaluate(cfg, task, tok, test, out, "base", s, judge))}
+    results = {"base": fitted("base", False, lambda: _evaluate(cfg, task, tok, test, out, "base", s, judge_tok))}
     trained("sft", lambda: _sft(cfg, task, train, out, s))
     keep = {} if cfg.strategy == "model_errors" and not (out / "data" / "pairs.jsonl").is_file() else None
-    results["sft"] = fitted("sft", False, lambda: _evaluate(cfg, task, tok, test, out, "sft", s, judge, keep))
+    results["sft"] = fitted("sft", False, lambda: _evaluate(cfg, task, tok, test, out, "sft", s, judge_tok, keep))
     pairs = fitted("sft", False, lambda: _pairs(cfg, task, tok, train, out, s, keep))
     keep = None  # the SFT model, if its errors were mined, is released before DPO
     trained("dpo", lambda: _dpo(cfg, task, pairs, val, out, s))
@@ -488,7 +492,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     decided = require_gain(task, val, out, s, cfg.seed)
     if decided:
         _log(decided)
-    results["dpo"] = fitted("dpo", False, lambda: _evaluate(cfg, task, tok, test, out, "dpo", s, judge))
+    results["dpo"] = fitted("dpo", False, lambda: _evaluate(cfg, task, tok, test, out, "dpo", s, judge_tok))
     report = build_report(cfg, task, test, results, out, val)
     _log(f"report: {out / 'report.md'}")
     return report

@@ -478,10 +478,34 @@ def test_a_judge_scores_every_stage_and_the_report_tests_its_scores(tiny_model, 
         return texts, [True] * len(texts)
 
     monkeypatch.setattr(runner, "answer_prompts", scripted)
+    # the judge is loaded for each evaluation and released after it: no training step holds its weights
+    import gc
+    import weakref
+
+    import prefopt.evaluate.compare as compare
+    import prefopt.train.run as train_run
+
+    judges, load_judge, trainings = [], compare._load_judge, []
+
+    def loaded(cfg):
+        judges.append(weakref.ref(model := load_judge(cfg)))
+        return model
+
+    def training(run):
+        def checked(*a, **kw):
+            gc.collect()
+            trainings.append(sum(j() is not None for j in judges))
+            return run(*a, **kw)
+        return checked
+
+    monkeypatch.setattr(compare, "_load_judge", loaded)
+    for name in ("run_sft", "run_dpo"):
+        monkeypatch.setattr(train_run, name, training(getattr(train_run, name)))
     _, data, _ = _synthetic("summarization", tmp_path)
     out = tmp_path / "run"
     report = run_compare(CompareConfig(task="meqsum", model=str(tiny_model), output=str(out), data=str(data),
                                        judge=str(tiny_model), n_resamples=200, overrides=TINY))
+    assert len(judges) == 3 and trainings == [0, 0]  # one load a stage; none alive when SFT and DPO train
     test = get_task("meqsum").read(str(data))
     test = {r.id: r for r in test}
     for stage, prompts, likert, unparsed in zip(("base", "sft", "dpo"), seen, ([3, 3, None, 3], [4] * 4, [5, 5, 5, None]),
