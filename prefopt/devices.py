@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -43,9 +44,33 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
 
 def resolve(device: str | torch.device, dtype: str | torch.dtype) -> tuple[torch.device, torch.dtype]:
-    """:func:`resolve_device` and then :func:`resolve_dtype` on that device."""
+    """:func:`resolve_device` and then :func:`resolve_dtype` on that device; a 16-bit dtype on a
+    CPU that lacks native arithmetic for it is warned of (:func:`slow_half`)."""
     dev = resolve_device(device)
-    return dev, resolve_dtype(dtype, dev)
+    dt = resolve_dtype(dtype, dev)
+    if note := slow_half(dt, dev):
+        warnings.warn(note, stacklevel=2)
+    return dev, dt
+
+
+def slow_half(dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why ``dtype`` will be slow on ``device``, or None: bfloat16 or float16 on a CPU whose
+    instructions have no such arithmetic (oneDNN's kernels need AVX-512 with BF16/FP16 or AMX;
+    without them PyTorch falls back to a plain loop: on a 2-core AVX2 EPYC a 2048 x 2048 bfloat16
+    product took minutes where float32 took half a second, 2026-12-04)."""
+    if device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16):
+        return None
+    try:
+        native = (torch.ops.mkldnn._is_mkldnn_bf16_supported() if dtype == torch.bfloat16
+                  else torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):  # a torch without the check: assume it is fine
+        return None
+    if native:
+        return None
+    name = str(dtype).removeprefix("torch.")
+    return (f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native {name} arithmetic: {name} matmuls "
+            "take a fallback far slower than float32 (minutes for what float32 does in a second); use float32, the "
+            "default on a CPU (--dtype float32; compare's --eval-dtype float32, --set train_dtype=float32)")
 
 
 def resolve_dtype(name: str | torch.dtype, device: torch.device) -> torch.dtype:

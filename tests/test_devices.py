@@ -74,3 +74,46 @@ def test_training_config_and_the_cli_refuse_a_missing_gpu_in_one_line(gpus, tmp_
     assert main(["generate", "--model", "nowhere", "--prompt", "hi", "--device", "cuda"]) == 2
     assert "prefopt generate: error: device 'cuda': this torch" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_16_bit_dtype_on_a_cpu_without_native_arithmetic_is_warned_of(native, monkeypatch, recwarn):
+    """On a CPU without AVX-512 BF16/FP16 (or AMX) PyTorch's 16-bit matmuls take a plain loop: on a
+    2-core AVX2 EPYC a 2048 x 2048 bfloat16 product took minutes, and the test suite three times
+    as long. Asking for it there is warned of; float32, a GPU, or a CPU that has it is not."""
+    from prefopt.devices import resolve, slow_half
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_fp16_supported", lambda: native)
+    cpu = torch.device("cpu")
+    for dtype in (torch.bfloat16, torch.float16):
+        note = slow_half(dtype, cpu)
+        name = str(dtype).removeprefix("torch.")
+        assert (note is None) == native
+        if not native:
+            assert note.startswith(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native {name} "
+                                   f"arithmetic: {name} matmuls take a fallback far slower than float32")
+            assert note.endswith("use float32, the default on a CPU (--dtype float32; compare's --eval-dtype float32, "
+                                 "--set train_dtype=float32)")
+    assert slow_half(torch.float32, cpu) is None and slow_half(torch.bfloat16, torch.device("cuda")) is None
+    assert resolve("cpu", "bfloat16") == (cpu, torch.bfloat16)
+    assert resolve("cpu", "auto") == (cpu, torch.float32)  # auto never picks it on a CPU: no warning for it
+    said = [str(w.message) for w in recwarn]
+    assert len(said) == (0 if native else 1) and all("no native bfloat16" in s for s in said)
+
+
+def test_training_a_16_bit_base_on_such_a_cpu_says_so_before_step_1(tmp_path, monkeypatch, capsys):
+    from prefopt.data.sft import TokenizedExample
+    from prefopt.train import SFTTrainer, TrainConfig
+    from prefopt.train.run import prepare_model
+    from tests._tiny import build_hf_model
+
+    build_hf_model(tmp_path / "m")
+    data = [TokenizedExample(list(range(3, 19)), [-100] + list(range(4, 19)))] * 2
+    for native in (True, False):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
+        config = TrainConfig(model=str(tmp_path / "m"), output_dir=str(tmp_path / f"run-{native}"), dtype="bfloat16",
+                             max_steps=1, batch_size=2, max_length=32, progress=False, device="cpu")
+        SFTTrainer(prepare_model(config), config, data, pad_id=2).train()
+        err = capsys.readouterr().err
+        assert ("prefopt: warning: this CPU" in err and "has no native bfloat16 arithmetic" in err) == (not native)

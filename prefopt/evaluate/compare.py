@@ -471,6 +471,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     train, val, test = splits["train"], splits["val"], splits["test"]
     held = f" / {len(val)} validation" if val else ""
     _log(f"task {cfg.task}: {len(train)} train{held} / {len(test)} test items; preset {cfg.preset}; output {out}")
+
     def fitted(stage: str, training: bool, job):  # running out of memory is said in --set terms
         return reraised(job, lambda e: memory_advice(stage, training, s, e))
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from .._deps import progress
-from ..devices import resolve_device
+from ..devices import resolve_device, slow_half
 from ..fileio import free_space, size_text, write_json_atomic
 from ..lora import QLoRALinear, layer_text, lora_layers
 from ..lora_experts import ExpertLoRA
@@ -324,6 +324,9 @@ class Trainer:
             print(f"prefopt: {self.plan()}", flush=True)
             if note := self.precision_note():
                 print(f"prefopt: {note}", flush=True)
+            for dtype in {p.dtype for p in self.model.parameters() if p.is_floating_point()}:
+                if note := slow_half(dtype, self.device):  # (a 16-bit base on such a CPU: every step crawls)
+                    print(f"prefopt: warning: {note}", file=sys.stderr, flush=True)
             if note := self.space_note():
                 print(f"prefopt: warning: {note}", file=sys.stderr, flush=True)
             if note := fit_note(c, self.model, self.device, max(self._lengths, default=0)):
