@@ -145,10 +145,10 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
 def estimate_study(model: str, output: str | Path, *, tasks: list[str] | str | None = None, on: str | None = None,
                    **compare) -> list[str]:
     """What a training step of each task's SFT and DPO stage will hold on ``on`` (``"cpu"`` or
-    ``"cuda"``; default the runs' device on this machine; ``prefopt
-    study ... --estimate-memory``), in words: compare's estimate (:mod:`.compare_train`) for every
-    arm, its data found or not (the settings and the task's ``max_length`` decide it), each set of
-    stage settings estimated once (most tasks share them). Nothing is read but the model's
+    ``"cuda"``; default the runs' device on this machine), in words (``prefopt study ...
+    --estimate-memory``): compare's estimate (:mod:`.compare_train`) for every arm, its data
+    found or not (the settings and the task's ``max_length`` decide it), each set of stage
+    settings estimated once (most tasks share them). Nothing is read but the model's
     ``config.json``, and nothing is written."""
     from ..fileio import size_text
     from ..train.memory_estimate import estimate_memory
