@@ -56,8 +56,9 @@ def resolve(device: str | torch.device, dtype: str | torch.dtype) -> tuple[torch
 def slow_half(dtype: torch.dtype, device: torch.device) -> str | None:
     """Why ``dtype`` will be slow on ``device``, or None: bfloat16 or float16 on a CPU whose
     instructions have no such arithmetic (oneDNN's kernels need AVX-512 with BF16/FP16 or AMX;
-    without them PyTorch falls back to a plain loop: on a 2-core AVX2 EPYC a 2048 x 2048 bfloat16
-    product took minutes where float32 took half a second, 2026-12-04)."""
+    without them PyTorch falls back to a plain loop: on a 2-core AVX2 EPYC a 1024 x 1024 product
+    took 89x float32's time in either, a 2048 x 2048 bfloat16 one minutes; benchmarks/bench_cpu_half.py,
+    docs/benchmarks.md, 2026-12-04)."""
     if device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16):
         return None
     try:
