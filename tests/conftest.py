@@ -18,6 +18,10 @@ if not torch.cuda.is_available():
     # Triton's interpreter must be chosen before triton is first imported: without a GPU the
     # kernel tests run the Triton kernels on CPU tensors through it.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("TRITON_INTERPRET") == "1":
+    from tests.kernels._interpreter import quicken_helper_calls
+
+    quicken_helper_calls()  # about half of each interpreted kernel test's time (see there)
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -19,7 +19,7 @@ pytest.importorskip("triton")
 module = importlib.import_module("prefopt.kernels.triton_logprobs")  # the module (the package exports the function)
 from prefopt.kernels.triton_logprobs import triton_logprobs  # noqa: E402
 
-from ._interpreter import interpreter_problem  # noqa: E402
+from ._interpreter import interpreter_problem, quicken_helper_calls  # noqa: E402
 
 CONSTRAINTS = Path(__file__).resolve().parents[2] / "constraints.txt"
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -31,15 +31,43 @@ _problem = interpreter_problem() if module.available(torch.device("cpu")) else "
 interp = pytest.mark.skipif(_problem is not None, reason=str(_problem))
 
 
-def test_the_pinned_triton_and_numpy_interpret_correctly():
-    """With the versions CI installs the interpreted tests must run, not skip."""
+def _pinned() -> bool:
     import numpy
     import triton
 
     pins = dict(re.findall(r"^(triton|numpy)==(\S+)", CONSTRAINTS.read_text(), re.M))
-    if (triton.__version__, numpy.__version__) != (pins["triton"], pins["numpy"]) or torch.cuda.is_available():
-        pytest.skip(f"not the pinned triton {pins['triton']} and numpy {pins['numpy']} on CPU")
+    return (triton.__version__, numpy.__version__) == (pins["triton"], pins["numpy"])
+
+
+def test_the_pinned_triton_and_numpy_interpret_correctly():
+    """With the versions CI installs the interpreted tests must run, not skip."""
+    if not _pinned() or torch.cuda.is_available():
+        pytest.skip("not the pinned triton and numpy (constraints.txt) on CPU")
     assert _problem is None, _problem
+
+
+@interp
+def test_the_interpreter_patches_the_language_once_a_launch_not_at_every_helper_call(monkeypatch):
+    """tests/conftest.py quickens Triton's interpreter (``quicken_helper_calls``): with the pinned
+    Triton it applies, and a launch of ``_row_lse`` (64 programs, each calling the jitted
+    ``_split_lse``, ``tl.max`` and ``tl.sum``) then ``_row_join`` patches the language modules a
+    few times, not at every call, and still computes the logsumexp and the label's log-prob."""
+    from triton.runtime import interpreter
+
+    from prefopt.kernels._rows import lse as rows_lse
+
+    if not quicken_helper_calls():
+        assert not _pinned(), "the pinned Triton's interpreter must take quicken_helper_calls"
+        pytest.skip("this Triton's interpreter lacks the internals quicken_helper_calls needs")
+    original, patched = interpreter._patch_lang.original, []
+    monkeypatch.setattr(interpreter._patch_lang, "original", lambda fn: patched.append(fn.__name__) or original(fn))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 334, generator=g), torch.randint(0, 334, (8,), generator=g)
+    lse, logp = rows_lse(x, y)
+    want = torch.logsumexp(x, 1)
+    assert torch.allclose(lse, want, atol=1e-5)
+    assert torch.allclose(logp, x.gather(1, y[:, None])[:, 0] - want, atol=1e-5)
+    assert "_row_lse" in patched and len(patched) <= 4, patched  # each launch: its kernel, then tl.core once
 
 
 def _case(dtype, N=37, D=64, V=1000, seed=0, device="cpu", ignore_every=4):
