@@ -70,11 +70,14 @@ def mm_acc(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor
     return (a @ b).to(dtype)
 
 
-def _add_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """``acc += a @ b`` with ``acc`` in fp32 (or fp64) and ``a``, ``b`` possibly half."""
+def _add_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, write: bool = False) -> None:
+    """``acc += a @ b`` with ``acc`` in fp32 (or fp64) and ``a``, ``b`` possibly half; or in
+    ``a``'s dtype. ``write``: ``acc = a @ b`` (``acc`` in ``a``'s dtype), ``acc`` never read."""
     if a.dtype == acc.dtype:
-        acc.addmm_(a, b)
+        torch.mm(a, b, out=acc) if write else acc.addmm_(a, b)
         return
+    if write:
+        raise ValueError(f"_add_mm: write wants acc in a's dtype ({a.dtype}), got {acc.dtype}")
     if _half_on_cuda(a, acc.dtype):
         try:
             torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)

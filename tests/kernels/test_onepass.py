@@ -110,9 +110,9 @@ def _count_products(monkeypatch):
     for module, name in ((onepass, "mm_acc"), (_slabs, "mm_acc"), (onepass, "_add_mm")):
         real = getattr(module, name)
 
-        def counted(*a, _real=real, _name=name):
+        def counted(*a, _real=real, _name=name, **kw):
             calls.append((_name, torch.is_grad_enabled()))
-            return _real(*a)
+            return _real(*a, **kw)
         monkeypatch.setattr(module, name, counted)
     return calls
 
@@ -258,6 +258,27 @@ def test_a_batch_with_no_scored_tokens(monkeypatch):
     assert loss.item() == 0 and not h.grad.any() and not w.grad.any()
 
 
+@pytest.mark.parametrize("dtype,large,writes", [(torch.float32, False, True), (torch.bfloat16, True, True),
+                                                 (torch.bfloat16, False, False)])
+def test_the_first_stage_writes_the_weight_gradient_kept_in_the_compute_dtype(dtype, large, writes, monkeypatch):
+    """Where the weight gradient is kept in the compute dtype (fp32; bf16 past ``SUM_ELEMENTS``,
+    as at Llama 3's head) it starts empty and the first stage's product is written into it: no
+    zero fill and no read of it (1 GB each there). A small bf16 head's fp32 sum of bf16 products
+    starts from zeros and adds. Gradients within the dtype's tolerance of the fp64 naive ones."""
+    _staged(monkeypatch, 4, 8)
+    if large:
+        monkeypatch.setattr("prefopt.kernels._backward.SUM_ELEMENTS", 100)
+    h, w, y, ref = _case()
+    _, _, want = _run(h, w, y, ref, "sigmoid", impl="naive")
+    flags, add_mm = [], onepass._add_mm
+    monkeypatch.setattr(onepass, "_add_mm", lambda acc, a, b, write=False: flags.append(write) or add_mm(acc, a, b, write))
+    hd, wd = (t.detach().to(dtype).requires_grad_() for t in (h, w))
+    _, _, got = _run(hd, wd, y, ref, "sigmoid", reduction="sum", one_pass=True)
+    assert len(flags) > 2 and flags == [writes] + [False] * (len(flags) - 1)
+    for a, b in zip(want, got):
+        assert (a - b.double()).abs().max() / a.abs().max() < (1e-5 if dtype == torch.float32 else 2e-2)
+
+
 @pytest.mark.parametrize("rowwise", ["torch", "triton"])
 def test_staged_gradient_gemms_run_once_per_stage(rowwise, monkeypatch):
     """Where dlogits are staged (CUDA; here CPU too), chunks of 4 tokens share a stage of 8: the
@@ -269,7 +290,7 @@ def test_staged_gradient_gemms_run_once_per_stage(rowwise, monkeypatch):
     calls = _count_products(monkeypatch)
     stages = []  # tokens in each weight-gradient GEMM
     add_mm = onepass._add_mm
-    monkeypatch.setattr(onepass, "_add_mm", lambda acc, a, b: stages.append(a.shape[1]) or add_mm(acc, a, b))
+    monkeypatch.setattr(onepass, "_add_mm", lambda acc, a, b, **kw: stages.append(a.shape[1]) or add_mm(acc, a, b, **kw))
     _, _, got = _run(h, w, y, ref, "sigmoid", reduction="sum", one_pass=True)
     chunks = sum(1 for c in calls if c[0] == "mm_acc") - len(stages)  # mm_acc: each chunk's logits, each stage's grad_h
     assert sum(stages) == int((y != -100).sum()) and max(stages) <= 8 and len(stages) < chunks
@@ -299,7 +320,7 @@ def test_pairs_longer_than_a_block_are_computed_once_within_a_stage(rowwise, mon
         return mm_acc(a, b, dtype)
     monkeypatch.setattr(onepass, "mm_acc", counted_mm)
     monkeypatch.setattr("prefopt.kernels._slabs.mm_acc", counted_mm)  # the row kernels' blocks
-    monkeypatch.setattr(onepass, "_add_mm", lambda acc, a, b: products.append(a.shape[1]) or add_mm(acc, a, b))
+    monkeypatch.setattr(onepass, "_add_mm", lambda acc, a, b, **kw: products.append(a.shape[1]) or add_mm(acc, a, b, **kw))
     monkeypatch.setitem(PAIR_GRADS, "sigmoid", lambda lp, **kw: grads.append(lp.chosen.numel()) or pair_grad(lp, **kw))
     _, _, got = _run(h, w, y, ref, "sigmoid", reduction="sum", one_pass=True)
     assert logits == [4, 4, 4, 3, 4, 4, 4] and grads == [2, 1]
