@@ -161,11 +161,16 @@ def scale_(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """``t *= s`` in place, ``s`` a 0-dim tensor on ``t``'s device: where the row kernels run, one
     Triton pass that multiplies in fp32 and rounds once (PyTorch's ``mul_`` by a 0-dim tensor casts
     it to ``t``'s dtype first, and on CUDA takes its slower strided kernel: 1.6 ms for the one-pass
-    loss's two bf16 gradients at Llama 3's head on an H200, 0.58 ms this way; 2026-12-04);
-    elsewhere ``mul_``, on a CPU by ``s`` as a number (multiplied at the op's precision, not
-    rounded to ``t``'s dtype first; reading it costs a CPU nothing)."""
+    loss's two bf16 gradients at Llama 3's head on an H200, 0.58 ms this way; 2026-12-04), which
+    reads and writes nothing where ``s`` is 1 (``loss.backward()`` on the summed loss itself; no
+    host sync to find out: each program reads ``s``); elsewhere ``mul_``, on a CPU by ``s`` as a
+    number (multiplied at the op's precision, not rounded to ``t``'s dtype first; reading it costs a
+    CPU nothing, and by 1 nothing is done)."""
     if not (wanted(t.device) and t.is_contiguous() and s.dtype == torch.float32):
-        return t.mul_(s.item() if s.device.type == "cpu" else s.to(t.dtype))
+        if s.device.type != "cpu":
+            return t.mul_(s.to(t.dtype))
+        value = s.item()
+        return t if value == 1 else t.mul_(value)
     if t.numel() == 0:  # (no scored tokens: nothing to launch)
         return t
     from . import _triton_kernels as k

@@ -218,11 +218,14 @@ def _row_rescale(DL, Y, PART, LSE, V, DL_STRIDE, PART_STRIDE, V_PER_SPLIT, BLOCK
 @triton.jit
 def _scale(X, S, n, BLOCK: tl.constexpr):
     """Program ``block``: its ``BLOCK`` elements of ``X`` (``n`` in all) times the fp32 scalar
-    ``S[0]``, in fp32, rounded once to ``X``'s dtype."""
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = i < n
-    x = tl.load(X + i, mask=ok, other=0.0).to(tl.float32)
-    tl.store(X + i, (x * tl.load(S)).to(X.dtype.element_ty), mask=ok)
+    ``S[0]``, in fp32, rounded once to ``X``'s dtype. Where ``S[0]`` is 1 (a summed loss's own
+    backward) nothing is read or written: ``x · 1`` rounds back to ``x``."""
+    s = tl.load(S)
+    if s != 1.0:
+        i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        ok = i < n
+        x = tl.load(X + i, mask=ok, other=0.0).to(tl.float32)
+        tl.store(X + i, (x * s).to(X.dtype.element_ty), mask=ok)
 
 
 INTERPRETED = isinstance(_fwd, InterpretedFunction)  # as triton.jit chose at import

@@ -78,6 +78,7 @@ def main(arch: int, dt: str) -> None:
         name = fn.__name__ + ("[lse]" if const.get("PARTS") == 0 else "[split]" if const.get("PER_SPLIT") else "")
         print(json.dumps({"kernel": name, "wgmma": "wgmma" in ptx, "mma_sync": "mma.sync" in ptx,
                           "vector_loads": len(re.findall(r"ld\.global(?:\.\w+)*\.v4", ptx)),
+                          "branches": len(re.findall(r"\bbra(?:\.uni)?\s", ptx)),
                           "shared": cc.metadata.shared, **_resources(cc.asm["cubin"])}))
 
 

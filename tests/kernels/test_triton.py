@@ -386,9 +386,10 @@ def test_one_pass_vocabulary_slabs_match_the_naive_loss(dtype, tol, stage, fused
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_scale_kernel_multiplies_in_fp32_and_rounds_once(dtype, monkeypatch):
     """``_rows.scale_`` (the one-pass backward's upstream scalar, on CUDA a Triton pass): the fp32
-    product rounded once to the tensor's dtype, its length not a multiple of the block; a
-    non-contiguous tensor or a non-fp32 scalar take ``mul_``, and so does a CPU without the row
-    kernels, with the same product."""
+    product rounded once to the tensor's dtype, its length not a multiple of the block; by 1 the
+    same values (the kernel skips its reads and writes then: test_triton_compile.py sees the
+    branch); a non-contiguous tensor or a non-fp32 scalar take ``mul_``, and so does a CPU without
+    the row kernels, with the same product."""
     from prefopt.kernels import _rows
     from prefopt.kernels import _triton_kernels as k
 
@@ -407,14 +408,16 @@ def test_scale_kernel_multiplies_in_fp32_and_rounds_once(dtype, monkeypatch):
     want = (t.float() * s).to(dtype)
     assert _rows.scale_(t, s) is t and torch.equal(t, want)
     assert k._scale.grids == [(-(-231 // _rows.BLOCKS["interpreted"]),)]
+    assert torch.equal(_rows.scale_(t, torch.tensor(1.0)), want) and len(k._scale.grids) == 2
     wide = torch.ones(4, 6)[:, :3]
     _rows.scale_(wide, s)
-    assert torch.equal(wide, torch.full((4, 3), 1 / 3)) and len(k._scale.grids) == 1
+    assert torch.equal(wide, torch.full((4, 3), 1 / 3)) and len(k._scale.grids) == 2
     _rows.scale_(t, s.double())
-    assert len(k._scale.grids) == 1
+    assert len(k._scale.grids) == 2
     monkeypatch.setattr(_rows, "ROWWISE", "torch")
     t = want.clone()
-    assert torch.equal(_rows.scale_(t, s), (want.float() * s).to(dtype)) and len(k._scale.grids) == 1
+    assert torch.equal(_rows.scale_(t, s), (want.float() * s).to(dtype)) and len(k._scale.grids) == 2
+    assert torch.equal(_rows.scale_(t, torch.tensor(1.0)), (want.float() * s).to(dtype))
 
 
 @interp

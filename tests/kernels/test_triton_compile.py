@@ -6,7 +6,8 @@ cubin for Hopper (sm_90) and Ampere (sm_80) with the default tiles, the argument
 as a real launch specialises them; half precision must land on the tensor cores (``wgmma`` on
 Hopper, ``mma.sync`` on Ampere), fed by pipelined 16-byte copies, without spilling registers.
 The one-pass loss's row kernels must read the logits with 16-byte vector loads, unspilled, and
-so must its backward's gradient scaling (``_scale``).
+so must its backward's gradient scaling (``_scale``), which branches around its reads and writes
+(taken where the scalar is 1).
 """
 import inspect
 import json
@@ -49,6 +50,8 @@ def test_kernels_compile_to_cubin(arch, dtype, mma):
         assert r["stack"] == 0 and 0 < r["reg"] <= 255, r
         if name != "_row_join":  # (it reads a few values a row)
             assert r["vector_loads"] > 0, f"{name}: the logits are not read with 16-byte vector loads"
+        if name == "_scale":  # its loads and stores behind a branch: none where the scalar is 1
+            assert r["branches"] > 0, r
     for r in rows.values():
         assert r["shared"] <= SHARED_MAX[arch], f"{r['kernel']} needs {r['shared']} bytes of shared memory"
         assert 0 < r["reg"] <= 255
