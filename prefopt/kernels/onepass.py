@@ -151,11 +151,10 @@ class _OnePass(torch.autograd.Function):
         blocks = RowBlocks(w, labels, slabs, rows, acc, dtype) if slabs else None  # the row kernels' blocks
         grad_h = torch.empty(M, hidden.shape[-1], dtype=hidden.dtype, device=device) if need_h else None
         exact = weight.dtype == acc or weight.numel() <= _backward.SUM_ELEMENTS
-        grad_w = None
-        if need_w:  # in the compute dtype the first stage's product is written, not added to zeros
-            w_dtype = acc if exact else weight.dtype
-            grad_w = (torch.empty if w_dtype == dtype else torch.zeros)(weight.shape, dtype=w_dtype, device=weight.device)
-        unwritten = need_w and grad_w.dtype == dtype  # (an empty grad_w until the first stage)
+        w_dtype = acc if exact else weight.dtype
+        unwritten = need_w and w_dtype == dtype  # in the compute dtype: empty, the first stage's product written into it
+        make = torch.empty if unwritten else torch.zeros
+        grad_w = make(weight.shape, dtype=w_dtype, device=weight.device) if need_w else None
         capacity = min(M, cap)
         stage = torch.empty(capacity, V, dtype=dtype, device=device) if capacity > rows else None
 
