@@ -165,20 +165,35 @@ REPEATED = "given twice in one JSON object of this record (JSON keeps only the l
            "remove or rename one"
 
 
+# A list of records where JSON lines were expected, or JSON lines where a list was: the file's
+# format and its name disagree (``json.dump(records, f, indent=2)`` into train.jsonl).
+AS_JSON = "name the file .json (read as a list of records), or write one JSON object a line"
+AS_JSONL = "name the file .jsonl (read one object a line)"
+
+
 def _jsonl(path: Path):
+    seen = False
     for line_no, line in enumerate(read_text(path).split("\n"), 1):
         if not line.strip():
             continue
+        opens_array, seen = not seen and line.lstrip().startswith("["), True
         try:
             row = _DECODER.decode(line)
         except json.JSONDecodeError as e:
+            if opens_array:  # each line of the array would be malformed JSON: say it once, for the file
+                raise DataError(path, line_no, None, f"a JSON array over several lines, not JSON lines (one object a "
+                                                     f"line); {AS_JSON}") from None
             yield line_no, DataError(path, line_no, None, f"malformed JSON: {e.msg} (column {e.colno})")
             continue
         except RepeatedKey as e:
             yield line_no, DataError(path, line_no, e.args[0], REPEATED)
             continue
         if not isinstance(row, dict):
-            yield line_no, DataError(path, line_no, None, f"expected a JSON object, got {type(row).__name__}")
+            if isinstance(row, list) and row and all(isinstance(r, dict) for r in row):
+                got = f"a JSON array of {len(row)} record{'s' if len(row) > 1 else ''}: {AS_JSON}"
+            else:
+                got = type(row).__name__
+            yield line_no, DataError(path, line_no, None, f"expected a JSON object, got {got}")
             continue
         yield line_no, row
 
@@ -190,10 +205,15 @@ def _json(path: Path):
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
+            if e.msg == "Extra data" and _an_object(text[i:].split("\n", 1)[0]):  # a second object after the first
+                why = f"one JSON object a line (JSON lines), not a list of records: {AS_JSONL}"
+                raise DataError(path, e.lineno, None, why) from None
             raise DataError(path, e.lineno, None, f"malformed JSON: {e.msg}") from None
         if isinstance(obj, dict) and isinstance(obj.get("data"), list):
             raise DataError(path, 1, None, "a JSON file must be a list of records; this one wraps them in 'data'")
-        raise DataError(path, 1, None, "a JSON file must be a list of records")
+        raise DataError(path, 1, None, "a JSON file must be a list of records" + (
+            f"; this one holds a single object: put [ ] around it, or {AS_JSONL}" if isinstance(obj, dict)
+            else ""))
     i = _skip_ws(text, i + 1)
     line, counted = 1, 0  # the line of position ``counted``, carried forward (counting from 0 each time is quadratic)
     while i < len(text) and text[i] != "]":
@@ -234,6 +254,14 @@ def _unreadable_parquet(path: Path):
         if isinstance(e, FileNotFoundError):
             raise
         raise DataError(path, None, None, f"not a readable Parquet file ({e})") from None
+
+
+def _an_object(line: str) -> bool:
+    """Whether ``line`` is one whole JSON object (a JSON lines file's first record)."""
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def _skip_ws(text: str, i: int) -> int:

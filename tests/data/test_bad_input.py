@@ -110,6 +110,35 @@ def test_json_and_csv_name_the_line(tmp_path, tok):
     assert [line for line, _ in rows] == [2, 3, 5]
 
 
+def test_a_json_array_named_jsonl_or_json_lines_named_json_are_told_to_rename(tmp_path, tok):
+    """``json.dump(records, f, indent=2)`` into a .jsonl file: one error for the file, not one a
+    line; an array on one line is its line's error; JSON lines (or one object) in a .json file say
+    the same, the other way round. Renamed as told, each file loads."""
+    records = [GOOD, {**GOOD, "completion": "Call 911."}]
+    pretty, one_line = tmp_path / "pretty.jsonl", tmp_path / "one_line.jsonl"
+    pretty.write_text(json.dumps(records, indent=2))
+    one_line.write_text(json.dumps(records) + "\n")
+    with pytest.raises(DataError, match=r"pretty.jsonl:1: a JSON array over several lines, not JSON lines .*"
+                                        r"name the file .json"):
+        load_sft(pretty, tok, skip_bad=True)
+    with pytest.raises(DataError, match=r"one_line.jsonl:1: expected a JSON object, got a JSON array of 2 records: "
+                                        r"name the file .json"):
+        load_sft(one_line, tok)
+    lines, single = write_jsonl(tmp_path / "lines.json", records), tmp_path / "single.json"
+    single.write_text(json.dumps(GOOD))
+    with pytest.raises(DataError, match=r"lines.json:2: one JSON object a line \(JSON lines\), not a list of records: "
+                                        r"name the file .jsonl"):
+        load_sft(lines, tok)
+    with pytest.raises(DataError, match=r"single.json:1: a JSON file must be a list of records; this one holds a "
+                                        r"single object: put \[ \] around it, or name the file .jsonl"):
+        load_sft(single, tok)
+    for path, suffix in ((pretty, ".json"), (one_line, ".json"), (lines, ".jsonl")):
+        examples, _ = load_sft(path.rename(path.with_suffix(suffix)), tok)
+        assert len(examples) == 2
+    with pytest.raises(DataError, match=r"d.jsonl:3: malformed JSON"):  # a line that opens an array later: its own
+        load_sft(write_jsonl(tmp_path / "d.jsonl", [GOOD, GOOD, "[{", GOOD]), tok)
+
+
 def test_a_repeated_key_or_column_is_refused_where_it_would_lose_a_value(tmp_path, tok):
     """JSON keeps the last of a key given twice, csv, pyarrow and pandas the last of two columns of
     one name: the other value was lost without a word. In JSON the record is bad (the next is read);
