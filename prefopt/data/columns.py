@@ -97,6 +97,12 @@ def spaced_keys(row: dict) -> dict[str, str]:
     return _fields_under(row, spaced=True)
 
 
+def _plain(key: str) -> str:
+    """``key`` as a field would spell it: lower case, no spaces around it, underscores for spaces
+    and hyphens (``" Patient-message"`` → ``patient_message``)."""
+    return key.strip().lower().replace(" ", "_").replace("-", "_")
+
+
 def _fields_under(row: dict, spaced: bool) -> dict[str, str]:
     """``{field: key}`` for each field the record lacks but has under another spelling of its name
     (another case, spaces or hyphens for underscores), among the keys with spaces around them
@@ -104,22 +110,62 @@ def _fields_under(row: dict, spaced: bool) -> dict[str, str]:
     out = {}
     for key in row:
         if isinstance(key, str) and (key != key.strip()) == spaced:
-            plain_key = key.strip().lower().replace(" ", "_").replace("-", "_")
+            plain_key = _plain(key)
             if plain_key in FIELDS and plain_key != key and plain_key not in row:
                 out.setdefault(plain_key, key)
     return out
 
 
-def column_hint(row: dict) -> str:
+# Other names a file may give a field's column (lower case, underscores for spaces and hyphens):
+# a guess offered with an error, never read without being asked (--columns).
+SYNONYMS = {
+    "prompt": ("question", "query", "instruction", "input", "message", "patient_message", "note", "context"),
+    "completion": ("answer", "response", "output", "target", "summary", "reply"),
+    "chosen": ("preferred", "accepted", "good", "better", "winner", "chosen_response"),
+    "rejected": ("dispreferred", "bad", "worse", "loser", "rejected_response"),
+}
+SHOWN = 8  # of a record's columns, at most, in an error
+
+
+def guessed_columns(row: dict, missing: str) -> dict[str, str]:
+    """``{field: column}`` for each field that a record lacking ``missing`` needs (a preference
+    record's where ``missing`` is ``chosen`` or ``rejected``, or is ``prompt`` and both are at hand;
+    else an SFT record's) and lacks, where exactly one of its columns has a name :data:`SYNONYMS`
+    gives for it (``question`` for ``prompt``)."""
+    out = {}
+    for field, names in SYNONYMS.items():
+        found = [k for k in row if isinstance(k, str) and _plain(k) in names]
+        if field not in row and len(found) == 1:
+            out[field] = found[0]
+    pair = missing in ("chosen", "rejected") or (missing == "prompt" and {"chosen", "rejected"} <= {*row, *out})
+    return {f: c for f, c in out.items() if f in (("prompt", "chosen", "rejected") if pair else ("prompt", "completion"))}
+
+
+def _flags(columns: Mapping[str, str]) -> str:
+    return " ".join(f'"{f}={c}"' if " " in c else f"{f}={c}" for f, c in columns.items())
+
+
+def column_hint(row: dict, missing: str | None = None) -> str:
     """``; it has 'Prompt', 'Chosen': --columns prompt=Prompt chosen=Chosen reads them ...`` where
-    :func:`near_columns` finds any (the key it must be, where :func:`spaced_keys` finds any),
-    else ``""``: for the error of a missing field."""
+    :func:`near_columns` finds any (the key it must be, where :func:`spaced_keys` finds any);
+    else, where the ``missing`` field is one ``--columns`` reads and the record has columns no
+    field is named after: those columns, and the ``--columns`` that :func:`guessed_columns`
+    guesses where it guesses the missing field, else the form that would read it. Else ``""``.
+    For the error of a missing field."""
     if spaced := spaced_keys(row):
         return (f"; the record has {', '.join(map(repr, spaced.values()))}, with spaces around the name: the key "
                 f"must be {', '.join(map(repr, spaced))}")
     near = near_columns(row)
-    if not near:
+    if near:
+        return (f"; the record has {', '.join(map(repr, near.values()))}: --columns {_flags(near)} reads them "
+                f"(columns={near!r} in Python)")
+    keys = [k for k in row if isinstance(k, str)]
+    if missing not in FIELDS or all(k in FIELDS for k in keys):
         return ""
-    flags = " ".join(f'"{f}={c}"' if " " in c else f"{f}={c}" for f, c in near.items())
-    return (f"; the record has {', '.join(map(repr, near.values()))}: --columns {flags} reads them "
-            f"(columns={near!r} in Python)")
+    shown = ", ".join(map(repr, keys[:SHOWN])) + (f" and {len(keys) - SHOWN} more" if len(keys) > SHOWN else "")
+    guess = guessed_columns(row, missing)
+    if missing in guess:
+        them = "them, if they hold those fields" if len(guess) > 1 else "it, if it holds that field"
+        return f"; the record has {shown}: --columns {_flags(guess)} reads {them}"
+    also = f" (and perhaps {_flags(guess)})" if guess else ""
+    return f"; the record has {shown}: --columns {missing}=COLUMN reads {missing!r} from a column of another name{also}"

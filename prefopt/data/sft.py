@@ -179,7 +179,7 @@ def _records(source, parse: Callable, skip_bad: bool) -> tuple[list[tuple[int, o
                 raise row
             out.append((line, parse(row, name, line)))
         except DataError as e:
-            if isinstance(row, dict) and e.reason.startswith("missing field") and (hint := column_hint(row)):
+            if isinstance(row, dict) and e.reason.startswith("missing field") and (hint := column_hint(row, e.field)):
                 e = DataError(e.path, e.line, e.field, e.reason + hint)  # a spreadsheet's 'Prompt' header
             if not skip_bad:
                 raise e from None

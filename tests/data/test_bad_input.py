@@ -190,9 +190,48 @@ def test_a_spreadsheets_own_spelling_of_the_fields_is_named_with_the_columns_tha
         load_sft(tmp_path / "j.jsonl", tok)
     (tmp_path / "k.jsonl").write_text(json.dumps({"prompt": "Chest pain?", "chosen ": "Go now.", " rejected": "Rest."}))
     assert detect_kind(tmp_path / "k.jsonl") == "preference"  # (it was taken for an SFT file)
-    (tmp_path / "n.csv").write_text("Patient message,completion\nq,a\n")  # no spelling of 'prompt': no hint
-    with pytest.raises(DataError, match=r"n.csv:2: field 'prompt': missing field$"):
+    (tmp_path / "n.csv").write_text("Patient message,completion\nq,a\n")  # no spelling of 'prompt': a guess
+    with pytest.raises(DataError, match=r"n.csv:2: field 'prompt': missing field; the record has 'Patient message', "
+                                        r"'completion': --columns \"prompt=Patient message\" reads it, if it holds "
+                                        r"that field$"):
         load_sft(tmp_path / "n.csv", tok)
+
+
+@pytest.mark.parametrize("header,kind,hint", [
+    ("question,answer", "sft", "the record has 'question', 'answer': --columns prompt=question completion=answer "
+                               "reads them, if they hold those fields"),
+    # Alpaca's prompt is two columns: no guess for it, the form that would read it
+    ("instruction,input,output", "sft", "the record has 'instruction', 'input', 'output': --columns prompt=COLUMN "
+                                        "reads 'prompt' from a column of another name (and perhaps completion=output)"),
+    ("question,good,bad", "preference", "the record has 'question', 'good', 'bad': --columns prompt=question "
+                                        "chosen=good rejected=bad reads them, if they hold those fields"),
+    ("Nachricht,Antwort", "sft", "the record has 'Nachricht', 'Antwort': --columns prompt=COLUMN reads 'prompt' from "
+                                 "a column of another name"),
+    ("a,b,c,d,e,f,g,h,i,j", "sft", "the record has 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h' and 2 more: --columns "
+                                   "prompt=COLUMN reads 'prompt' from a column of another name"),
+])
+def test_a_file_with_columns_of_its_own_is_told_them_and_the_columns_flag_that_may_read_it(tmp_path, tok, header,
+                                                                                           kind, hint):
+    """A spreadsheet's headers that are no spelling of the fields (question, answer): the error
+    lists the record's columns and the --columns a guess would pass (which then loads it)."""
+    path = tmp_path / "d.csv"
+    path.write_text(f"{header}\n" + ",".join(f"x{i}" for i in range(header.count(",") + 1)) + "\n")
+    load = load_sft if kind == "sft" else load_preferences
+    with pytest.raises(DataError) as e:
+        load(path, tok)
+    assert str(e.value).endswith("; " + hint) and str(e.value).startswith(f"{path}:2: field ")
+    if "reads them" in hint:
+        flags = hint.split("--columns ")[1].split(" reads")[0].split()
+        assert len(load(path, tok, columns=flags)[0]) == 1
+
+
+def test_a_missing_field_columns_cannot_read_gets_no_columns_hint(tmp_path, tok):
+    from prefopt.data import load_feedback
+
+    path = write_jsonl(tmp_path / "f.jsonl", [{"prompt": "q", "completion": "a", "verdict": "good"}])
+    with pytest.raises(DataError) as e:
+        load_feedback(path, tok)
+    assert e.value.field == "label" and "--columns" not in str(e.value)
 
 
 def test_a_json_list_reads_in_linear_time_with_the_right_lines(tmp_path):
