@@ -79,11 +79,34 @@ def _text(row: dict, key: str, err) -> str:
 
 
 def _unicode(v: str, field: str, err) -> str:
-    """``v``, refused where :func:`unicode_problem` finds one."""
-    problem = unicode_problem(v)
+    """``v``, refused where :func:`unicode_problem` or :func:`written_out_messages` finds one."""
+    problem = unicode_problem(v) or written_out_messages(v)
     if problem:
         raise err(field, problem)
     return v
+
+
+def written_out_messages(v: str) -> str | None:
+    """Why ``v`` is no text to train on: messages written out as text (a CSV cell can hold only
+    text; pandas' ``to_csv`` writes a list of dicts as Python's ``[{'role': ...}]``, ``json.dumps``
+    as JSON), which would be trained on as those characters, brackets and keys and all."""
+    s = v.strip()
+    if not (s[:1] in "[{" and s[-1:] in "]}" and "role" in s and "content" in s):
+        return None
+    import ast
+    import json
+
+    for how, read in (("JSON", json.loads), ("a Python list", ast.literal_eval)):
+        try:
+            value = read(s)
+        except (ValueError, SyntaxError, RecursionError, MemoryError):
+            continue
+        items = value if isinstance(value, list) else [value]
+        if items and all(isinstance(m, dict) and "role" in m and "content" in m for m in items):
+            return (f"messages written out as text ({how}), not a list of messages; a CSV cell holds only text: "
+                    "keep them a list in a .jsonl, .json or .parquet file (pandas: df.to_json('data.jsonl', "
+                    "orient='records', lines=True))")
+    return None
 
 
 def unicode_problem(v: str) -> str | None:
@@ -106,6 +129,8 @@ def _not_text(v: Any) -> str:
 
 
 def _messages(v: Any, field: str, err) -> Messages:
+    if isinstance(v, str) and (problem := written_out_messages(v)):
+        raise err(field, problem)
     if not isinstance(v, list) or not v:
         raise err(field, "expected a non-empty list of messages")
     for i, m in enumerate(v):

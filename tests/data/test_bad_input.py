@@ -139,6 +139,33 @@ def test_a_json_array_named_jsonl_or_json_lines_named_json_are_told_to_rename(tm
         load_sft(write_jsonl(tmp_path / "d.jsonl", [GOOD, GOOD, "[{", GOOD]), tok)
 
 
+def test_messages_written_out_as_text_are_refused_not_trained_on_as_characters(tmp_path, tok):
+    """A conversational dataset saved as CSV (pandas writes each list as Python's repr,
+    json.dumps as JSON) was read as text: the pair trained on brackets and 'role' keys. Now each
+    such cell is an error naming its field and how to keep the lists; text that only looks a
+    little like it is still text."""
+    import csv
+
+    turn = [{"role": "user", "content": "Chest pain?"}]
+    path = tmp_path / "p.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["prompt", "chosen", "rejected"])
+        w.writerow(["Chest pain?", "Go now.", "Rest."])
+        w.writerow([str(turn), "Go now.", "Rest."])  # pandas' to_csv of a list of dicts
+        w.writerow(["Chest pain?", json.dumps([{"role": "assistant", "content": "Go now."}]), "Rest."])
+        w.writerow(["[Triage note] role of the nurse; content reviewed {ok}", "Go now.", "Rest."])
+    pairs, report = load_preferences(path, tok, skip_bad=True)
+    assert len(pairs) == 2 and [(e.line, e.field) for e in report.skipped] == [(3, "prompt"), (4, "chosen")]
+    assert "messages written out as text (a Python list)" in report.skipped[0].reason
+    assert "(JSON), not a list of messages" in report.skipped[1].reason and ".jsonl" in report.skipped[1].reason
+    sft = tmp_path / "s.csv"
+    sft.write_text("messages\n" + '"' + json.dumps(turn + [{"role": "assistant", "content": "Go."}]).replace('"', '""')
+                   + '"\n')
+    with pytest.raises(DataError, match=r"s.csv:2: field 'messages': messages written out as text \(JSON\)"):
+        load_sft(sft, tok)
+
+
 def test_a_repeated_key_or_column_is_refused_where_it_would_lose_a_value(tmp_path, tok):
     """JSON keeps the last of a key given twice, csv, pyarrow and pandas the last of two columns of
     one name: the other value was lost without a word. In JSON the record is bad (the next is read);
