@@ -13,10 +13,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from .readers import FORMATS, NAMES
+from .readers import COMPRESSIONS, NAMES, is_data_file_name
 
 _PATTERN = re.compile(r"[*?\[]")
-_SHARD = re.compile(r"^(?P<split>.+)-(?P<i>\d+)-of-(?P<n>\d+)(?P<ext>\.[^.]+)$")
+_SHARD = re.compile(r"^(?P<split>.+)-(?P<i>\d+)-of-(?P<n>\d+)(?P<ext>\.[^.]+("  # train-00000-of-00002.jsonl(.gz)
+                    + "|".join(map(re.escape, COMPRESSIONS)) + r")?)$")
 
 
 def is_paths(source) -> bool:
@@ -32,7 +33,7 @@ def is_paths(source) -> bool:
 def _looks_like_path(item) -> bool:
     if isinstance(item, os.PathLike):
         return True
-    return isinstance(item, str) and (Path(item).suffix.lower() in FORMATS or bool(_PATTERN.search(item))
+    return isinstance(item, str) and (is_data_file_name(item) or bool(_PATTERN.search(item))
                                       or Path(item).exists())
 
 
@@ -92,7 +93,7 @@ def _expand(path: Path) -> list[Path]:
 
 def _folder(path: Path) -> list[Path]:
     """A folder's data files, when they are the shards of one split."""
-    found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FORMATS)
+    found = sorted(p for p in path.iterdir() if p.is_file() and is_data_file_name(p))
     if not found:
         raise FileNotFoundError(f"{path}: a folder holding no data file ({NAMES})")
     names = ", ".join(p.name for p in found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")

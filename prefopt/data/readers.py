@@ -1,12 +1,16 @@
-"""Reading JSONL, JSON, CSV and Parquet files as ``(line, row)`` pairs, with line numbers for errors."""
+"""Reading JSONL, JSON, CSV and Parquet files (the text formats also compressed: ``train.jsonl.gz``)
+as ``(line, row)`` pairs, with line numbers for errors."""
 from __future__ import annotations
 
+import bz2
 import contextlib
 import csv
 import datetime
 import decimal
+import gzip
 import io
 import json
+import lzma
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,6 +78,25 @@ def plain(v):
 
 FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
 NAMES = ".jsonl, .json, .csv, .tsv or .parquet"
+# A text format's file compressed as a whole (``train.jsonl.gz``, ``notes.csv.xz``): read through
+# the standard library's decompressors. (Parquet compresses its own columns.)
+COMPRESSIONS = {".gz": gzip, ".bz2": bz2, ".xz": lzma}
+
+
+def data_suffix(path: str | Path) -> str:
+    """The suffix that names a data file's format, lower case: ``.jsonl`` for ``train.jsonl`` and
+    for ``train.jsonl.gz``; a compressed file's is the one before its compression's."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if len(suffixes) > 1 and suffixes[-1] in COMPRESSIONS:
+        return suffixes[-2]
+    return suffixes[-1] if suffixes else ""
+
+
+def is_data_file_name(path: str | Path) -> bool:
+    """Whether ``path``'s name is a data file's (a format of :data:`FORMATS`, a text one's maybe
+    compressed)."""
+    suffix = data_suffix(path)
+    return suffix in FORMATS and not (suffix == ".parquet" and Path(path).suffix.lower() in COMPRESSIONS)
 DELIMITERS = (",", ";", "\t", "|")  # what a .csv file's header is tried with, in order of preference
 
 
@@ -104,7 +127,7 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
         return
     path = Path(path)
     if path.is_dir():
-        found = sorted(p.name for p in path.iterdir() if p.suffix.lower() in FORMATS)
+        found = sorted(p.name for p in path.iterdir() if is_data_file_name(p))
         shards = [name for name in found if "-of-" in name]  # a Hugging Face dataset's train-00000-of-00002.parquet
         join = ("; a task's split saved in several files is one file to it: join them first (pandas: pd.concat(["
                 "pd.read_parquet(f) for f in sorted(files)]).to_parquet('test.parquet')); sft, dpo and check-data "
@@ -113,7 +136,10 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
                                 + (f" ({', '.join(found)})" if found else f" (it holds no {NAMES})") + join)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
-    suffix = path.suffix.lower()
+    suffix = data_suffix(path)
+    if suffix == ".parquet" and path.suffix.lower() in COMPRESSIONS:
+        raise ValueError(f"{path}: a Parquet file compressed again; Parquet compresses its own columns: decompress it "
+                         f"and pass the .parquet file")
     if suffix in (".jsonl", ".ndjson"):
         yield from _jsonl(path)
     elif suffix == ".json":
@@ -124,13 +150,15 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
         yield from _parquet(path)
     else:
         how = SAVE_AS.get(suffix, "")
-        raise ValueError(f"{path}: unknown data format {suffix!r}; use {NAMES}" + how)
+        raise ValueError(f"{path}: unknown data format {suffix!r}; use {NAMES} (the text formats also compressed: "
+                         f"{', '.join(COMPRESSIONS)})" + how)
 
 
 def read_text(path: Path, encoding: str = "utf-8") -> str:
     """The file's text. A UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped, and bytes
-    that are not valid in ``encoding`` are an :class:`EncodingError` at their line and column."""
-    data = path.read_bytes()
+    that are not valid in ``encoding`` are an :class:`EncodingError` at their line and column. A
+    file compressed as a whole (:data:`COMPRESSIONS`) is decompressed first."""
+    data = read_bytes(path)
     if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
         encoding = "utf-8-sig"
     try:
@@ -140,6 +168,18 @@ def read_text(path: Path, encoding: str = "utf-8") -> str:
         line, column = before.count(b"\n") + 1, len(before) - before.rfind(b"\n")
         raise EncodingError(path, line, None, f"not {encoding.removesuffix('-sig')} text (byte {data[e.start]:#04x} "
                                               f"at column {column}); save the file as UTF-8") from None
+
+
+def read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed where its name ends in one of :data:`COMPRESSIONS`; a file
+    that does not decompress is a :class:`DataError` that says so."""
+    how = COMPRESSIONS.get(path.suffix.lower())
+    if how is None:
+        return path.read_bytes()
+    try:
+        return how.decompress(path.read_bytes())
+    except (OSError, EOFError, ValueError, lzma.LZMAError) as e:
+        raise DataError(path, None, None, f"not a readable {path.suffix} file ({e})") from None
 
 
 class RepeatedKey(Exception):

@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from .._deps import progress
-from ..data.readers import sniff_delimiter
+from ..data.readers import COMPRESSIONS, data_suffix, sniff_delimiter
 from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 from .confidence import chosen, likeliest, probabilities_for
 from .partial import PARTIAL, append_partial, resume, start_partial
@@ -29,7 +29,7 @@ def table_format(data: str | Path | None, given: str | None = None) -> str:
         if given not in FORMATS:
             raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {given!r}")
         return given
-    suffix = Path(data).suffix.lower() if data else ""
+    suffix = data_suffix(data) if data else ""  # (train.csv.gz: csv)
     return {".csv": "csv", ".tsv": "tsv"}.get(suffix, "jsonl")
 
 
@@ -42,8 +42,10 @@ def delimiter_of(data: str | Path | None, fmt: str, task) -> str:
     given = getattr(task, "file", {}).get("delimiter")
     if given:
         return given
-    if data and Path(data).suffix.lower() == ".csv" and Path(data).is_file():
-        with open(data, encoding=getattr(task, "file", {}).get("encoding", "utf-8"), errors="replace") as f:
+    if data and data_suffix(data) == ".csv" and Path(data).is_file():
+        compressed = COMPRESSIONS.get(Path(data).suffix.lower())  # (its module's open reads it as text alike)
+        with (compressed.open if compressed else open)(data, "rt", encoding=getattr(task, "file", {}).get(
+                "encoding", "utf-8"), errors="replace") as f:
             return sniff_delimiter(f.readline())
     return ","
 

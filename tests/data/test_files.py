@@ -211,3 +211,54 @@ def test_a_file_of_an_unknown_format_among_the_paths_is_named_as_such(tmp_path, 
     assert main(["check-data", "--model", str(model_dir), "--data", str(a), str(tmp_path / "notes.txt")]) == 2
     assert "notes.txt: unknown data format '.txt'" in capsys.readouterr().err
     assert load_sft([str(tmp_path / "a*")], tok)[1].files == [a]  # a pattern in a list is a path too
+
+
+def test_text_formats_compressed_as_a_whole_read_as_the_files_do(tmp_path, tok, capsys):
+    """``train.jsonl.gz``, ``notes.csv.xz``, ``pairs.json.bz2``: the same examples and lines as
+    uncompressed (a shard folder of them too, and a run trains from one and hashes the file it
+    read); a file that does not decompress, a compressed Parquet file and an unknown inner format
+    are named as such."""
+    import bz2
+    import gzip
+    import lzma
+
+    from prefopt.evaluate.new_records import table_format
+
+    rows = [_sft(i) for i in range(3)]
+    plain = {".jsonl": write_jsonl(tmp_path / "a.jsonl", rows), ".json": tmp_path / "a.json",
+             ".csv": tmp_path / "a.csv", ".tsv": tmp_path / "a.tsv"}
+    plain[".json"].write_text(json.dumps(rows, indent=1))
+    plain[".csv"].write_text("prompt;completion\n" + "".join(f"{r['prompt']};{r['completion']}\n" for r in rows))
+    plain[".tsv"].write_text("prompt\tcompletion\n" + "".join(f"{r['prompt']}\t{r['completion']}\n" for r in rows))
+    want = _ids(load_sft(plain[".jsonl"], tok)[0])
+    for path, (zip_suffix, module) in zip(plain.values(), [(".gz", gzip), (".xz", lzma), (".bz2", bz2), (".gz", gzip)]):
+        packed = tmp_path / f"z{path.name}{zip_suffix}"
+        packed.write_bytes(module.compress(path.read_bytes()))
+        examples, report = load_sft(packed, tok)
+        assert _ids(examples) == want and report.n_kept == 3, packed
+    (tmp_path / "z.jsonl.gz").write_bytes(gzip.compress(b'{"prompt": "x", "completion": "y"}\n{"prompt": "x"}\n'))
+    with pytest.raises(DataError, match=r"z.jsonl.gz:2: field 'completion': missing field"):
+        load_sft(tmp_path / "z.jsonl.gz", tok)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i in range(2):
+        (shards / f"train-0000{i}-of-00002.jsonl.gz").write_bytes(gzip.compress(json.dumps(rows[i]).encode() + b"\n"))
+    assert len(load_sft(shards, tok)[0]) == 2
+    (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match=r"bad.jsonl.gz: not a readable .gz file"):
+        load_sft(tmp_path / "bad.jsonl.gz", tok)
+    (tmp_path / "t.parquet.gz").write_bytes(gzip.compress(b"PAR1"))
+    with pytest.raises(ValueError, match=r"t.parquet.gz: a Parquet file compressed again"):
+        load_sft(tmp_path / "t.parquet.gz", tok)
+    (tmp_path / "notes.txt.gz").write_bytes(gzip.compress(b"x\n"))
+    with pytest.raises(ValueError, match=r"unknown data format '\.txt'.*also compressed: \.gz, \.bz2, \.xz"):
+        load_sft(tmp_path / "notes.txt.gz", tok)
+    assert table_format(tmp_path / "new.csv.gz") == "csv" and table_format(tmp_path / "new.jsonl.xz") == "jsonl"
+    model_dir, data = write_task(tmp_path, n=4)
+    packed = tmp_path / "train.jsonl.gz"
+    packed.write_bytes(gzip.compress(data.read_bytes()))
+    out = tmp_path / "run"
+    assert main(["sft", "--model", str(model_dir), "--data", str(packed), "--output-dir", str(out), "--max-steps", "1",
+                 "--batch-size", "2", "--lora-r", "4", "--no-progress"]) == 0
+    assert f"prefopt: {packed}: 4 of 4 records kept" in capsys.readouterr().out
+    assert hashlib.sha256(packed.read_bytes()).hexdigest() in (out / "final" / "README.md").read_text()
