@@ -138,7 +138,8 @@ def guessed_columns(row: dict, missing: str) -> dict[str, str]:
         if field not in row and len(found) == 1:
             out[field] = found[0]
     pair = missing in ("chosen", "rejected") or (missing == "prompt" and {"chosen", "rejected"} <= {*row, *out})
-    return {f: c for f, c in out.items() if f in (("prompt", "chosen", "rejected") if pair else ("prompt", "completion"))}
+    needed = ("prompt", "chosen", "rejected") if pair else ("prompt", "completion")
+    return {f: c for f, c in out.items() if f in needed}
 
 
 def _flags(columns: Mapping[str, str]) -> str:

@@ -78,6 +78,7 @@ def plain(v):
 
 FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
 NAMES = ".jsonl, .json, .csv, .tsv or .parquet"
+DELIMITERS = (",", ";", "\t", "|")  # what a .csv file's header is tried with, in order of preference
 # A text format's file compressed as a whole (``train.jsonl.gz``, ``notes.csv.xz``): read through
 # the standard library's decompressors. (Parquet compresses its own columns.)
 COMPRESSIONS = {".gz": gzip, ".bz2": bz2, ".xz": lzma}
@@ -97,7 +98,6 @@ def is_data_file_name(path: str | Path) -> bool:
     compressed)."""
     suffix = data_suffix(path)
     return suffix in FORMATS and not (suffix == ".parquet" and Path(path).suffix.lower() in COMPRESSIONS)
-DELIMITERS = (",", ";", "\t", "|")  # what a .csv file's header is tried with, in order of preference
 
 
 class EncodingError(DataError):
