@@ -8,6 +8,7 @@ _EXTRAS = {
     "gguf": ("gguf", "importing GGUF files"),
     "jinja2": ("chat", "chat templates"),
     "matplotlib": ("plots", "plots"),
+    "openpyxl": ("excel", "reading .xlsx data files"),
     "pyarrow": ("parquet", "reading .parquet data files"),
     "tqdm": ("progress", "progress bars"),
 }

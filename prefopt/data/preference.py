@@ -69,7 +69,7 @@ def load_preferences(path: str | Path | list[dict], tok: Tokenizer, *, max_lengt
                      max_prompt_length: int | None = None, skip_bad: bool = False, show_progress: bool = True,
                      columns: dict[str, str] | None = None) -> tuple[list[PairExample], LoadReport]:
     """Read, validate and tokenize a preference file (TRL or OpenAI format; JSONL, JSON, CSV or
-    Parquet), or a list of record dicts; errors, ``show_progress`` and ``columns`` as
+    Parquet, .xlsx), or a list of record dicts; errors, ``show_progress`` and ``columns`` as
     :func:`~prefopt.data.load_sft`."""
     def encode(rec):
         return tokenize_pair(rec, tok, max_length=max_length, max_prompt_length=max_prompt_length)

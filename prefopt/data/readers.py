@@ -1,5 +1,5 @@
-"""Reading JSONL, JSON, CSV and Parquet files (the text formats also compressed: ``train.jsonl.gz``)
-as ``(line, row)`` pairs, with line numbers for errors."""
+"""Reading JSONL, JSON, CSV, Parquet and Excel files (the text formats also compressed:
+``train.jsonl.gz``) as ``(line, row)`` pairs, with line numbers for errors."""
 from __future__ import annotations
 
 import bz2
@@ -24,9 +24,9 @@ Row = dict[str, Any]
 RECORDS = "<records>"  # how errors name an in-memory list of records (its "lines" count from 1)
 
 
-# what to do with a spreadsheet's own formats: prefopt reads none of them (no extra package)
-_SHEET = " (in Excel or LibreOffice: File > Save As > \"CSV UTF-8\"; one sheet per file)"
-SAVE_AS = {".xlsx": _SHEET, ".xls": _SHEET, ".xlsm": _SHEET, ".ods": _SHEET}
+# what to do with the spreadsheet formats prefopt does not read (it reads .xlsx and .xlsm: sheets.py)
+_SHEET = " (in Excel or LibreOffice: File > Save As > \"Excel Workbook (.xlsx)\", or \"CSV UTF-8\")"
+SAVE_AS = {".xls": _SHEET, ".ods": _SHEET}
 
 
 class Records(list):
@@ -76,12 +76,13 @@ def plain(v):
     return v
 
 
-FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
-NAMES = ".jsonl, .json, .csv, .tsv or .parquet"
+FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".xlsx", ".xlsm")
+NAMES = ".jsonl, .json, .csv, .tsv, .parquet or .xlsx"
 DELIMITERS = (",", ";", "\t", "|")  # what a .csv file's header is tried with, in order of preference
 # A text format's file compressed as a whole (``train.jsonl.gz``, ``notes.csv.xz``): read through
-# the standard library's decompressors. (Parquet compresses its own columns.)
+# the standard library's decompressors.
 COMPRESSIONS = {".gz": gzip, ".bz2": bz2, ".xz": lzma}
+BINARY = (".parquet", ".xlsx", ".xlsm")  # formats compressed within: never compressed again
 
 
 def data_suffix(path: str | Path) -> str:
@@ -97,7 +98,7 @@ def is_data_file_name(path: str | Path) -> bool:
     """Whether ``path``'s name is a data file's (a format of :data:`FORMATS`, a text one's maybe
     compressed)."""
     suffix = data_suffix(path)
-    return suffix in FORMATS and not (suffix == ".parquet" and Path(path).suffix.lower() in COMPRESSIONS)
+    return suffix in FORMATS and not (suffix in BINARY and Path(path).suffix.lower() in COMPRESSIONS)
 
 
 class EncodingError(DataError):
@@ -106,9 +107,9 @@ class EncodingError(DataError):
 
 def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None, encoding: str = "utf-8"
               ) -> Iterator[tuple[int, Row | DataError]]:
-    """Yield ``(line, row)`` for each record of a ``.jsonl``, ``.json``, ``.csv``, ``.tsv`` or
-    ``.parquet`` file (a Parquet file's "line" is its row, from 1), or of a list of dicts
-    (numbered from 1, as :data:`RECORDS`) or a DataFrame.
+    """Yield ``(line, row)`` for each record of a ``.jsonl``, ``.json``, ``.csv``, ``.tsv``,
+    ``.parquet`` (its "line" is its row, from 1) or ``.xlsx`` file (its row in Excel:
+    ``sheets.py``), or of a list of dicts (numbered from 1, as :data:`RECORDS`) or a DataFrame.
 
     A ``.csv`` file's delimiter, unless given, is the one of :data:`DELIMITERS` that splits its
     header into the most columns (Excel writes ``;`` where the decimal mark is a comma); a
@@ -137,9 +138,9 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
     suffix = data_suffix(path)
-    if suffix == ".parquet" and path.suffix.lower() in COMPRESSIONS:
-        raise ValueError(f"{path}: a Parquet file compressed again; Parquet compresses its own columns: decompress it "
-                         f"and pass the .parquet file")
+    if suffix in BINARY and path.suffix.lower() in COMPRESSIONS:
+        raise ValueError(f"{path}: a {suffix} file compressed again; it compresses itself: decompress it and pass the "
+                         f"{suffix} file")
     if suffix in (".jsonl", ".ndjson"):
         yield from _jsonl(path)
     elif suffix == ".json":
@@ -148,6 +149,10 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
         yield from _csv(path, delimiter or ("\t" if suffix == ".tsv" else None), encoding)
     elif suffix == ".parquet":
         yield from _parquet(path)
+    elif suffix in (".xlsx", ".xlsm"):
+        from .sheets import read_sheet
+
+        yield from read_sheet(path, _one_name_each)
     else:
         how = SAVE_AS.get(suffix, "")
         raise ValueError(f"{path}: unknown data format {suffix!r}; use {NAMES} (the text formats also compressed: "

@@ -338,7 +338,7 @@ def load_sft(
     columns: dict[str, str] | None = None,
     text_windows: bool = False,
 ) -> tuple[list[TokenizedExample], LoadReport]:
-    """Read, validate and tokenize an SFT file (JSONL, JSON, CSV, TSV or Parquet), a list of record
+    """Read, validate and tokenize an SFT file (JSONL, JSON, CSV, TSV, Parquet or .xlsx), a list of record
     dicts or a DataFrame.
 
     Every record is checked; a bad one raises a :class:`DataError` naming the file, line and

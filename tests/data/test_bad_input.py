@@ -370,12 +370,13 @@ def test_a_csvs_delimiter_is_read_off_its_header_and_blank_rows_skipped(tmp_path
     pairs, _ = load_preferences(tmp_path / "p.tsv", tok)
     assert len(pairs) == 1
     (tmp_path / "d.txt").write_text("prompt\tcompletion\n")
-    with pytest.raises(ValueError, match=r"unknown data format '.txt'; use .jsonl, .json, .csv, .tsv or .parquet"):
+    with pytest.raises(ValueError, match=r"unknown data format '.txt'; use .jsonl, .json, .csv, .tsv, .parquet or "
+                                         r"\.xlsx"):
         list(read_rows(tmp_path / "d.txt"))
-    (tmp_path / "notes.xlsx").write_bytes(b"PK\x03\x04")  # a workbook says how to save it as CSV
-    with pytest.raises(ValueError, match=r"unknown data format '.xlsx'; .* \(in Excel or LibreOffice: File > Save As > "
-                                         r'"CSV UTF-8"; one sheet per file\)$'):
-        list(read_rows(tmp_path / "notes.xlsx"))
+    (tmp_path / "notes.xls").write_bytes(b"\xd0\xcf\x11\xe0")  # an old workbook says how to save it as one read
+    with pytest.raises(ValueError, match=r"unknown data format '.xls'; .* \(in Excel or LibreOffice: File > Save As > "
+                                         r'"Excel Workbook \(.xlsx\)", or "CSV UTF-8"\)$'):
+        list(read_rows(tmp_path / "notes.xls"))
 
 
 def test_a_list_of_records_loads_like_a_file(tok):

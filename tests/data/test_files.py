@@ -248,7 +248,7 @@ def test_text_formats_compressed_as_a_whole_read_as_the_files_do(tmp_path, tok, 
     with pytest.raises(DataError, match=r"bad.jsonl.gz: not a readable .gz file"):
         load_sft(tmp_path / "bad.jsonl.gz", tok)
     (tmp_path / "t.parquet.gz").write_bytes(gzip.compress(b"PAR1"))
-    with pytest.raises(ValueError, match=r"t.parquet.gz: a Parquet file compressed again"):
+    with pytest.raises(ValueError, match=r"t.parquet.gz: a .parquet file compressed again"):
         load_sft(tmp_path / "t.parquet.gz", tok)
     (tmp_path / "notes.txt.gz").write_bytes(gzip.compress(b"x\n"))
     with pytest.raises(ValueError, match=r"unknown data format '\.txt'.*also compressed: \.gz, \.bz2, \.xz"):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from prefopt.data import DataError, Records, load_preferences, read_rows
+from prefopt.data import DataError, Records, load_preferences, load_sft, read_rows
 from prefopt.data.records import PreferenceRecord, parse_preference
 
 
@@ -219,3 +219,73 @@ def test_a_folder_of_a_datasets_shards_is_one_set_to_training_and_a_task_is_told
         list(read_rows(tmp_path))  # as a task reads its data
     pairs, report = load_preferences(tmp_path, tok)  # as dpo reads it
     assert len(pairs) == 2 and report.name == f"{tmp_path} (2 files)"
+
+
+def _workbook(path, sheets):
+    """An .xlsx file of ``{title: rows}`` (each row a list of cell values), as Excel saves one."""
+    openpyxl = pytest.importorskip("openpyxl")
+    book = openpyxl.Workbook()
+    book.remove(book.active)
+    for title, rows in sheets.items():
+        ws = book.create_sheet(title)
+        for row in rows:
+            ws.append(row)
+    book.save(path)
+    return path
+
+
+def test_an_excel_workbook_reads_as_its_sheet_saved_as_csv_would_with_excels_row_numbers(tmp_path, tok):
+    """A clinician's spreadsheet, unconverted: the same examples as the sheet saved as CSV; errors
+    name the row Excel shows; numbers, TRUE/FALSE and dates as the export's text; blank rows (and
+    blank sheets beside it) skipped."""
+    import datetime
+
+    rows = [["prompt", "completion", "reviewed", "score", "when"],
+            ["Chest pain for two hours?", "Emergency department now.", True, 3.0, datetime.date(2026, 1, 2)],
+            [None, None],
+            ["Refill of lisinopril?", "Pharmacist, routine.", False, 2.5, None]]
+    book = _workbook(tmp_path / "notes.xlsx", {"Notes": [[None], *rows], "Empty": []})  # header on row 2
+    got = list(read_rows(book))
+    assert [line for line, _ in got] == [3, 5]
+    assert got[0][1] == {"prompt": "Chest pain for two hours?", "completion": "Emergency department now.",
+                         "reviewed": "TRUE", "score": "3", "when": "2026-01-02T00:00:00"}
+    assert got[1][1]["score"] == "2.5" and got[1][1]["when"] == ""
+    import csv
+
+    with (tmp_path / "notes.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([r[:2] for r in rows if r[0]])
+    assert _ids(load_sft(book, tok)[0]) == _ids(load_sft(tmp_path / "notes.csv", tok)[0])
+    pairs = _workbook(tmp_path / "pairs.xlsx", {"Sheet1": [["prompt", "chosen", "rejected"], ["q", "a", "b"],
+                                                           ["q", "a", None], ["q", "a", "c", "stray"]]})
+    with pytest.raises(DataError, match=r"pairs.xlsx:3: field 'rejected': empty response"):
+        load_preferences(pairs, tok)
+    _, report = load_preferences(pairs, tok, skip_bad=True)
+    assert report.n_kept == 1 and str(report.skipped[1]).endswith(
+        "pairs.xlsx:4: a cell past the header's last column (sheet 'Sheet1'): 'stray'")
+
+
+def _ids(examples):
+    return [list(e.input_ids) for e in examples]
+
+
+def test_a_workbook_that_is_not_one_sheet_of_records_is_refused_by_name(tmp_path, monkeypatch):
+    two = _workbook(tmp_path / "two.xlsx", {"train": [["prompt", "completion"], ["q", "a"]],
+                                            "test": [["prompt", "completion"], ["q2", "a2"]]})
+    with pytest.raises(DataError, match=r"two.xlsx: 2 sheets hold data \('train', 'test'\); .* so that no other sheet "
+                                        r"\(a test set\) is trained on"):
+        list(read_rows(two))
+    with pytest.raises(DataError, match=r"none.xlsx: no sheet holds any data"):
+        list(read_rows(_workbook(tmp_path / "none.xlsx", {"Sheet1": []})))
+    twice = _workbook(tmp_path / "twice.xlsx", {"s": [[None], ["prompt", "completion", "prompt"], ["q", "a", "b"]]})
+    with pytest.raises(DataError, match=r"twice.xlsx:2: field 'prompt': two columns have this name"):
+        list(read_rows(twice))
+    (tmp_path / "cut.xlsx").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(DataError, match=r"cut.xlsx: not a readable Excel workbook \(BadZipFile"):
+        list(read_rows(tmp_path / "cut.xlsx"))
+    (tmp_path / "z.xlsx.gz").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"z.xlsx.gz: a .xlsx file compressed again"):
+        list(read_rows(tmp_path / "z.xlsx.gz"))
+    monkeypatch.setitem(sys.modules, "openpyxl", None)  # import fails as if not installed
+    with pytest.raises(ImportError, match=r"reading .xlsx data files needs the optional package 'openpyxl'.*"
+                                          r"pip install 'prefopt\[excel\]'"):
+        list(read_rows(two))

@@ -111,3 +111,28 @@ def test_a_lone_surrogate_in_a_tasks_text_is_named_by_line_and_field(tmp_path):
     with pytest.raises(DataError, match=r"data.jsonl:2: field 'CHQ': not valid Unicode: a lone surrogate '\\ud83d' at "
                                         r"character 12"):
         get_task("meqsum").read(str(path))
+
+
+def test_a_tasks_data_reads_from_a_workbook_or_a_compressed_file_as_from_its_file(tmp_path):
+    """The bundled portal messages as an Excel sheet and gzipped: the same records; a bad row's
+    error names the row Excel shows."""
+    import gzip
+
+    openpyxl = pytest.importorskip("openpyxl")
+    task = get_task("portal")
+    want = task.read()
+    rows = [json.loads(line) for line in task.bundled_data.read_text().splitlines() if line.strip()]
+    keys = list(rows[0])
+    book = openpyxl.Workbook()
+    book.active.append(keys)
+    for r in rows:
+        book.active.append([r[k] for k in keys])
+    book.active.cell(row=5, column=keys.index("urgency") + 1, value="sometime")  # record 4: no such label
+    book.save(tmp_path / "portal.xlsx")
+    with pytest.raises(DataError, match=r"portal.xlsx:5: field 'urgency'"):
+        task.read(tmp_path / "portal.xlsx")
+    book.active.cell(row=5, column=keys.index("urgency") + 1, value=rows[3]["urgency"])
+    book.save(tmp_path / "portal.xlsx")
+    assert [(r.prompt, r.target) for r in task.read(tmp_path / "portal.xlsx")] == [(r.prompt, r.target) for r in want]
+    (tmp_path / "portal.jsonl.gz").write_bytes(gzip.compress(task.bundled_data.read_bytes()))
+    assert [r.prompt for r in task.read(tmp_path / "portal.jsonl.gz")] == [r.prompt for r in want]
