@@ -171,8 +171,10 @@ def read_text(path: Path, encoding: str = "utf-8") -> str:
     except UnicodeDecodeError as e:
         before = data[:e.start].replace(b"\r\n", b"\n").replace(b"\r", b"\n")  # a lone CR ends a line too
         line, column = before.count(b"\n") + 1, len(before) - before.rfind(b"\n")
+        sheet = ' (in Excel: Save As "CSV UTF-8"; or pass the .xlsx workbook itself)' \
+            if data_suffix(path) in (".csv", ".tsv") else ""  # Excel's plain "CSV" is the machine's code page
         raise EncodingError(path, line, None, f"not {encoding.removesuffix('-sig')} text (byte {data[e.start]:#04x} "
-                                              f"at column {column}); save the file as UTF-8") from None
+                                              f"at column {column}); save the file as UTF-8{sheet}") from None
 
 
 def read_bytes(path: Path) -> bytes:

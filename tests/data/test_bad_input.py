@@ -335,10 +335,11 @@ def test_excel_byte_order_marks_are_read_and_bad_encodings_named(tmp_path, tok):
                                        b'{"prompt": "c", "completion": "d"}\r\n')
     assert load_sft(tmp_path / "d.jsonl", tok)[1].n_kept == 2
     (tmp_path / "w.jsonl").write_bytes(b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "d"}\n')
-    with pytest.raises(DataError, match=r"w.jsonl:2: not utf-8 text \(byte 0xe9 at column 16\); save the file as UTF-8"):
+    with pytest.raises(DataError, match=r"w.jsonl:2: not utf-8 text \(byte 0xe9 at column 16\); save the file as UTF-8$"):
         load_sft(tmp_path / "w.jsonl", tok)
-    (tmp_path / "w.csv").write_bytes(b'prompt,completion\nok,fine\nfi\xe8vre,yes\n')
-    with pytest.raises(DataError, match=r"w.csv:3: not utf-8"):
+    (tmp_path / "w.csv").write_bytes(b'prompt,completion\nok,fine\nfi\xe8vre,yes\n')  # Excel's plain "CSV" (cp1252)
+    with pytest.raises(DataError, match=r'w.csv:3: not utf-8 text \(byte 0xe8 at column 3\); save the file as UTF-8 \(in '
+                                        r'Excel: Save As "CSV UTF-8"; or pass the .xlsx workbook itself\)$'):
         load_sft(tmp_path / "w.csv", tok)
     assert [r["prompt"] for _, r in read_rows(tmp_path / "w.csv", encoding="cp1252")] == ["ok", "fièvre"]
 

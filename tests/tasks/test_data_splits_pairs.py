@@ -183,7 +183,8 @@ def test_generic_tasks_read_spreadsheet_exports_with_their_delimiter_and_encodin
     p = tmp_path / "export.csv"
     p.write_bytes(rows.encode("cp1252"))
     with pytest.raises(DataError, match=r"export.csv:2: not utf-8 text \(byte 0xe8 at column 3\); save the file as "
-                                        r"UTF-8, or name its encoding \(--task-option encoding=cp1252"):
+                                        r"UTF-8 \(.*the .xlsx workbook itself\), or name its encoding \(--task-option "
+                                        r"encoding=cp1252"):
         get_task("text_classification", text_column="note", label_column="urgency").load(p)
     t = get_task("text_classification", text_column="note", label_column="urgency", encoding="cp1252")
     recs = t.load(p)
@@ -215,7 +216,7 @@ def test_generic_tasks_read_spreadsheet_exports_with_their_delimiter_and_encodin
     bad = tmp_path / "bad.csv"  # there the error names no option it does not take
     bad.write_bytes("condition_label,medical_abstract\n1,fi\xe8vre\n".encode("latin-1"))
     with pytest.raises(DataError, match=r"bad.csv:2: not utf-8 text \(byte 0xe8 at column 5\); save the file as "
-                                        r"UTF-8$"):
+                                        r"UTF-8 \(in Excel: Save As \"CSV UTF-8\"; or pass the .xlsx workbook itself\)$"):
         get_task("medical_abstracts").load(bad)
 
 
