@@ -45,6 +45,8 @@ def read_sheet(path: Path, one_name_each) -> Iterator[tuple[int, dict | DataErro
             raise
         raise DataError(path, None, None, f"not a readable Excel workbook ({type(e).__name__}: {e})") from None
     try:
+        for ws in book.worksheets:  # the rows the file has, not those its stated dimensions claim: read-only mode
+            ws.reset_dimensions()   # trusts those, and a writer that states too few would lose the rest unsaid
         sheets = [ws for ws in book.worksheets if any(not _blank(r) for r in ws.iter_rows(values_only=True))]
         if len(sheets) != 1:
             names = ", ".join(repr(ws.title) for ws in sheets)

@@ -268,6 +268,24 @@ def _ids(examples):
     return [list(e.input_ids) for e in examples]
 
 
+def test_a_workbook_whose_stated_dimensions_are_too_small_is_read_whole(tmp_path):
+    """openpyxl's read-only mode stops at the rows a sheet's <dimension> claims; a writer that
+    states too few (here A1:B2 for six rows) lost every record past the first without a word."""
+    import re
+    import zipfile
+
+    book = _workbook(tmp_path / "w.xlsx", {"s": [["prompt", "completion"], *[[f"q{i}", f"a{i}"] for i in range(5)]]})
+    with zipfile.ZipFile(book) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    sheet = next(n for n in files if n.startswith("xl/worksheets/sheet"))
+    files[sheet], n = re.subn(rb'<dimension ref="[^"]+" ?/>', b'<dimension ref="A1:B2"/>', files[sheet])
+    assert n == 1
+    with zipfile.ZipFile(tmp_path / "cut.xlsx", "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    assert [line for line, _ in read_rows(tmp_path / "cut.xlsx")] == [2, 3, 4, 5, 6]
+
+
 def test_a_workbook_that_is_not_one_sheet_of_records_is_refused_by_name(tmp_path, monkeypatch):
     two = _workbook(tmp_path / "two.xlsx", {"train": [["prompt", "completion"], ["q", "a"]],
                                             "test": [["prompt", "completion"], ["q2", "a2"]]})
