@@ -117,9 +117,11 @@ def _fields_under(row: dict, spaced: bool) -> dict[str, str]:
 
 
 # Other names a file may give a field's column (lower case, underscores for spaces and hyphens):
-# a guess offered with an error, never read without being asked (--columns).
+# a guess offered with an error, never read without being asked (--columns). Names that are
+# either side in some datasets stay out ("note": ACI-Bench's summary of a dialogue, elsewhere
+# the text to classify; "context": the prompt's background in others).
 SYNONYMS = {
-    "prompt": ("question", "query", "instruction", "input", "message", "patient_message", "note", "context"),
+    "prompt": ("question", "query", "instruction", "input", "message", "patient_message", "dialogue"),
     "completion": ("answer", "response", "output", "target", "summary", "reply"),
     "chosen": ("preferred", "accepted", "good", "better", "winner", "chosen_response"),
     "rejected": ("dispreferred", "bad", "worse", "loser", "rejected_response"),
