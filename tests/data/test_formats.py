@@ -221,6 +221,10 @@ def test_a_folder_of_a_datasets_shards_is_one_set_to_training_and_a_task_is_told
     assert len(pairs) == 2 and report.name == f"{tmp_path} (2 files)"
 
 
+def _ids(examples):
+    return [list(e.input_ids) for e in examples]
+
+
 def _workbook(path, sheets):
     """An .xlsx file of ``{title: rows}`` (each row a list of cell values), as Excel saves one."""
     openpyxl = pytest.importorskip("openpyxl")
@@ -238,6 +242,7 @@ def test_an_excel_workbook_reads_as_its_sheet_saved_as_csv_would_with_excels_row
     """A clinician's spreadsheet, unconverted: the same examples as the sheet saved as CSV; errors
     name the row Excel shows; numbers, TRUE/FALSE and dates as the export's text; blank rows (and
     blank sheets beside it) skipped."""
+    import csv
     import datetime
 
     rows = [["prompt", "completion", "reviewed", "score", "when"],
@@ -250,8 +255,6 @@ def test_an_excel_workbook_reads_as_its_sheet_saved_as_csv_would_with_excels_row
     assert got[0][1] == {"prompt": "Chest pain for two hours?", "completion": "Emergency department now.",
                          "reviewed": "TRUE", "score": "3", "when": "2026-01-02T00:00:00"}
     assert got[1][1]["score"] == "2.5" and got[1][1]["when"] == ""
-    import csv
-
     with (tmp_path / "notes.csv").open("w", newline="") as f:
         csv.writer(f).writerows([r[:2] for r in rows if r[0]])
     assert _ids(load_sft(book, tok)[0]) == _ids(load_sft(tmp_path / "notes.csv", tok)[0])
@@ -262,10 +265,6 @@ def test_an_excel_workbook_reads_as_its_sheet_saved_as_csv_would_with_excels_row
     _, report = load_preferences(pairs, tok, skip_bad=True)
     assert report.n_kept == 1 and str(report.skipped[1]).endswith(
         "pairs.xlsx:4: a cell past the header's last column (sheet 'Sheet1'): 'stray'")
-
-
-def _ids(examples):
-    return [list(e.input_ids) for e in examples]
 
 
 def test_a_workbook_whose_stated_dimensions_are_too_small_is_read_whole(tmp_path):
