@@ -338,8 +338,17 @@ def _one_name_each(path: Path, names: Sequence[str], line: int | None = 1) -> No
 
 def _csv(path: Path, delimiter: str | None = None, encoding: str = "utf-8"):
     text = read_text(path, encoding)
+    # csv refuses a cell over 131,072 characters unless told otherwise (a long clinical note): the
+    # whole file is in memory already, so no cell of it is too long to read
+    csv.field_size_limit(max(csv.field_size_limit(), min(len(text) + 1, 2**31 - 1)))  # (a C long on Windows)
     with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter or sniff_delimiter(text))
+        yield from _csv_rows(path, reader)
+
+
+def _csv_rows(path: Path, reader: csv.DictReader):
+    """``_csv``'s rows; what the csv module cannot read stops the file at its line, said so."""
+    try:
         if reader.fieldnames:  # "prompt, chosen, rejected": a space after the delimiter is not in the name
             reader.fieldnames = [name.strip() for name in reader.fieldnames]
         _one_name_each(path, reader.fieldnames or [])
@@ -351,7 +360,11 @@ def _csv(path: Path, delimiter: str | None = None, encoding: str = "utf-8"):
                 yield start, DataError(path, start, None, f"more cells than the header has columns: {row[None]!r}")
             elif any(v is None for v in row.values()):
                 missing = [k for k, v in row.items() if v is None]
-                yield start, DataError(path, start, missing[0], "row has fewer cells than the header")
+                spans = f" (it runs from line {start} to {reader.line_num}: a quote left open?)" \
+                    if reader.line_num > start else ""  # a quoted cell goes on to the next closing quote
+                yield start, DataError(path, start, missing[0], "row has fewer cells than the header" + spans)
             else:
                 yield start, row
             start = reader.line_num + 1
+    except csv.Error as e:  # (line_num: the lines read whole before the record it could not read)
+        raise DataError(path, reader.line_num + 1, None, f"not readable as CSV ({e})") from None

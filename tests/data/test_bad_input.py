@@ -380,6 +380,33 @@ def test_a_csvs_delimiter_is_read_off_its_header_and_blank_rows_skipped(tmp_path
         list(read_rows(tmp_path / "notes.xls"))
 
 
+def test_a_csv_cell_longer_than_the_csv_modules_limit_is_read_and_an_open_quote_is_named(tmp_path, tok, monkeypatch):
+    """A note of 160,000 characters in one cell stopped the read with csv's own traceback
+    ("field larger than field limit (131072)"); it is read now. A quote never closed swallows the
+    rest of the file into one cell: the row's error says where it runs to. What csv still cannot
+    read stops the file at its line, said so."""
+    import csv
+
+    note = "chest pain " * 16000
+    (tmp_path / "long.csv").write_text(f'prompt,completion\n"{note}",Emergency.\nq,a\n')
+    rows = list(read_rows(tmp_path / "long.csv"))
+    assert [line for line, _ in rows] == [2, 3] and rows[0][1]["prompt"] == note and len(note) > 131072
+    (tmp_path / "open.csv").write_text('prompt,completion\nq,a\n"Chest pain, then\nq,a\nq,a\n')
+    rows = list(read_rows(tmp_path / "open.csv"))
+    assert rows[0] == (2, {"prompt": "q", "completion": "a"}) and len(rows) == 2
+    assert str(rows[1][1]).endswith("open.csv:3: field 'completion': row has fewer cells than the header (it runs "
+                                    "from line 3 to 5: a quote left open?)")
+    (tmp_path / "short.csv").write_text("prompt,completion\nq,a\n" + "x" * 100 + ",b\n")
+    limit = csv.field_size_limit
+    before = limit(64)  # and a limit the reader cannot raise: csv's own error
+    monkeypatch.setattr(csv, "field_size_limit", lambda *a: 64)
+    try:
+        with pytest.raises(DataError, match=r"short.csv:3: not readable as CSV \(field larger than field limit"):
+            list(read_rows(tmp_path / "short.csv"))
+    finally:
+        limit(before)
+
+
 def test_a_list_of_records_loads_like_a_file(tok):
     """For notebooks: ``load_sft(list_of_dicts, tok)``; errors name ``<records>`` and the 1-based
     position, and a non-dict item is a bad record like a non-object JSON line."""
