@@ -16,6 +16,8 @@ from pathlib import Path
 from .._deps import require
 from .records import DataError
 
+OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # a compound file's first bytes: Excel encrypts a workbook into one
+
 
 def cell_text(v) -> str:
     """A cell's value as text (see the module's docstring)."""
@@ -43,7 +45,11 @@ def read_sheet(path: Path, one_name_each) -> Iterator[tuple[int, dict | DataErro
     except (zipfile.BadZipFile, KeyError, OSError, ValueError) as e:
         if isinstance(e, FileNotFoundError):
             raise
-        raise DataError(path, None, None, f"not a readable Excel workbook ({type(e).__name__}: {e})") from None
+        with path.open("rb") as f:
+            ole = f.read(8) == OLE  # not the zip an .xlsx is: a password-protected workbook (or an .xls renamed)
+        why = ("a password-protected workbook (or an .xls file renamed): in Excel, save a copy without the password "
+               "as Excel Workbook (.xlsx)") if ole else f"{type(e).__name__}: {e}"
+        raise DataError(path, None, None, f"not a readable Excel workbook ({why})") from None
     try:
         for ws in book.worksheets:  # the rows the file has, not those its stated dimensions claim: read-only mode
             ws.reset_dimensions()   # trusts those, and a writer that states too few would lose the rest unsaid

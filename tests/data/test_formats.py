@@ -299,6 +299,10 @@ def test_a_workbook_that_is_not_one_sheet_of_records_is_refused_by_name(tmp_path
     (tmp_path / "cut.xlsx").write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(DataError, match=r"cut.xlsx: not a readable Excel workbook \(BadZipFile"):
         list(read_rows(tmp_path / "cut.xlsx"))
+    (tmp_path / "locked.xlsx").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504))  # as Excel encrypts one
+    with pytest.raises(DataError, match=r"locked.xlsx: not a readable Excel workbook \(a password-protected workbook "
+                                        r"\(or an .xls file renamed\): in Excel, save a copy without the password"):
+        list(read_rows(tmp_path / "locked.xlsx"))
     (tmp_path / "z.xlsx.gz").write_bytes(b"")
     with pytest.raises(ValueError, match=r"z.xlsx.gz: a .xlsx file compressed again"):
         list(read_rows(tmp_path / "z.xlsx.gz"))
