@@ -101,6 +101,9 @@ def is_data_file_name(path: str | Path) -> bool:
     return suffix in FORMATS and not (suffix in BINARY and Path(path).suffix.lower() in COMPRESSIONS)
 
 
+BYTE_ORDER_MARKS = {b"\xef\xbb\xbf": "utf-8", b"\xff\xfe": "utf-16-le", b"\xfe\xff": "utf-16-be"}
+
+
 class EncodingError(DataError):
     """A file whose bytes are not text in the encoding it was read with (at ``line``)."""
 
@@ -160,21 +163,27 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
 
 
 def read_text(path: Path, encoding: str = "utf-8") -> str:
-    """The file's text. A UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped, and bytes
-    that are not valid in ``encoding`` are an :class:`EncodingError` at their line and column. A
-    file compressed as a whole (:data:`COMPRESSIONS`) is decompressed first."""
+    """The file's text. A UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped, a UTF-16 one
+    read as UTF-16 where UTF-8 was asked for, and bytes that are not valid in ``encoding`` are an
+    :class:`EncodingError` at their line and column. A file compressed as a whole
+    (:data:`COMPRESSIONS`) is decompressed first."""
     data = read_bytes(path)
     if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
-        encoding = "utf-8-sig"
+        # the mark dropped here, not by the codec (whose error positions would then be off by its bytes);
+        # UTF-16 with its byte-order mark: Excel's "Unicode Text", PowerShell's Out-File; unmistakable
+        mark = next((m for m in BYTE_ORDER_MARKS if data.startswith(m)), b"")
+        data, encoding = data[len(mark):], BYTE_ORDER_MARKS.get(mark, "utf-8")
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as e:
-        before = data[:e.start].replace(b"\r\n", b"\n").replace(b"\r", b"\n")  # a lone CR ends a line too
-        line, column = before.count(b"\n") + 1, len(before) - before.rfind(b"\n")
+        before = data[:e.start].decode(encoding, errors="replace")  # (in characters: UTF-16's are two bytes)
+        before = before.replace("\r\n", "\n").replace("\r", "\n")  # a lone CR ends a line too
+        line, column = before.count("\n") + 1, len(before) - before.rfind("\n")
         sheet = ' (in Excel: Save As "CSV UTF-8"; or pass the .xlsx workbook itself)' \
             if data_suffix(path) in (".csv", ".tsv") else ""  # Excel's plain "CSV" is the machine's code page
-        raise EncodingError(path, line, None, f"not {encoding.removesuffix('-sig')} text (byte {data[e.start]:#04x} "
-                                              f"at column {column}); save the file as UTF-8{sheet}") from None
+        name = encoding.removesuffix("-le").removesuffix("-be")
+        raise EncodingError(path, line, None, f"not {name} text (byte {data[e.start]:#04x} at column {column}); save "
+                                              f"the file as UTF-8{sheet}") from None
 
 
 def read_bytes(path: Path) -> bytes:

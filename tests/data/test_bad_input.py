@@ -344,6 +344,22 @@ def test_excel_byte_order_marks_are_read_and_bad_encodings_named(tmp_path, tok):
     assert [r["prompt"] for _, r in read_rows(tmp_path / "w.csv", encoding="cp1252")] == ["ok", "fièvre"]
 
 
+def test_utf16_files_with_their_byte_order_mark_are_read_and_their_errors_placed_in_characters(tmp_path, tok):
+    """Excel's "Unicode Text" (tab-separated UTF-16) and PowerShell's Out-File (UTF-16 JSON lines)
+    were "not utf-8 text (byte 0xff at column 1)"; a byte-order mark says what they are. A bad
+    byte's column counts characters, a UTF-8 byte-order mark not among them."""
+    tsv = tmp_path / "unicode.tsv"
+    tsv.write_bytes("prompt\tcompletion\r\nFièvre, 39 °C?\tUrgent.\r\n".encode("utf-16"))  # BOM + UTF-16-LE
+    jsonl = tmp_path / "ps.jsonl"
+    jsonl.write_bytes(b"\xfe\xff" + (json.dumps(GOOD, ensure_ascii=False) + "\n").encode("utf-16-be"))  # big-endian
+    want = load_sft([{"prompt": "Fièvre, 39 °C?", "completion": "Urgent."}], tok)[0]
+    assert [list(e.input_ids) for e in load_sft(tsv, tok)[0]] == [list(e.input_ids) for e in want]
+    assert [r for _, r in read_rows(jsonl)] == [GOOD]
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"prompt": "\xc3\xa9\xe9", "completion": "d"}\n')
+    with pytest.raises(DataError, match=r"bom.jsonl:1: not utf-8 text \(byte 0xe9 at column 14\)"):
+        load_sft(tmp_path / "bom.jsonl", tok)
+
+
 def test_a_csvs_delimiter_is_read_off_its_header_and_blank_rows_skipped(tmp_path, tok):
     """Excel writes ';' where the decimal mark is a comma; a .tsv is tab-separated. Rows of blank
     cells (an export's trailing ';;') are skipped without moving any later record's line."""
