@@ -85,6 +85,11 @@ COMPRESSIONS = {".gz": gzip, ".bz2": bz2, ".xz": lzma}
 BINARY = (".parquet", ".xlsx", ".xlsm")  # formats compressed within: never compressed again
 
 
+def compression(path: str | Path):
+    """The decompressor a data file's name asks for (``train.jsonl.gz``: gzip), or None."""
+    return COMPRESSIONS.get(Path(path).suffix.lower())
+
+
 def data_suffix(path: str | Path) -> str:
     """The suffix that names a data file's format, lower case: ``.jsonl`` for ``train.jsonl`` and
     for ``train.jsonl.gz``; a compressed file's is the one before its compression's."""
@@ -98,7 +103,7 @@ def is_data_file_name(path: str | Path) -> bool:
     """Whether ``path``'s name is a data file's (a format of :data:`FORMATS`, a text one's maybe
     compressed)."""
     suffix = data_suffix(path)
-    return suffix in FORMATS and not (suffix in BINARY and Path(path).suffix.lower() in COMPRESSIONS)
+    return suffix in FORMATS and not (suffix in BINARY and compression(path))
 
 
 BYTE_ORDER_MARKS = {b"\xef\xbb\xbf": "utf-8", b"\xff\xfe": "utf-16-le", b"\xfe\xff": "utf-16-be"}
@@ -141,7 +146,7 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
     suffix = data_suffix(path)
-    if suffix in BINARY and path.suffix.lower() in COMPRESSIONS:
+    if suffix in BINARY and compression(path):
         raise ValueError(f"{path}: a {suffix} file compressed again; it compresses itself: decompress it and pass the "
                          f"{suffix} file")
     if suffix in (".jsonl", ".ndjson"):
@@ -189,7 +194,7 @@ def read_text(path: Path, encoding: str = "utf-8") -> str:
 def read_bytes(path: Path) -> bytes:
     """The file's bytes, decompressed where its name ends in one of :data:`COMPRESSIONS`; a file
     that does not decompress is a :class:`DataError` that says so."""
-    how = COMPRESSIONS.get(path.suffix.lower())
+    how = compression(path)
     if how is None:
         return path.read_bytes()
     try:
