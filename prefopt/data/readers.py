@@ -160,7 +160,7 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
     elif suffix in (".xlsx", ".xlsm"):
         from .sheets import read_sheet
 
-        yield from read_sheet(path, _one_name_each)
+        yield from read_sheet(path)
     else:
         how = SAVE_AS.get(suffix, "")
         raise ValueError(f"{path}: unknown data format {suffix!r}; use {NAMES} (the text formats also compressed: "

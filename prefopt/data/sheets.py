@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .._deps import require
+from .readers import _one_name_each
 from .records import DataError
 
 OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # a compound file's first bytes: Excel encrypts a workbook into one
@@ -36,9 +37,9 @@ def _blank(values) -> bool:
     return all(v is None or (isinstance(v, str) and not v.strip()) for v in values)
 
 
-def read_sheet(path: Path, one_name_each) -> Iterator[tuple[int, dict | DataError]]:
+def read_sheet(path: Path) -> Iterator[tuple[int, dict | DataError]]:
     """``(row number, record)`` for each row below the header of the workbook's one sheet that
-    holds data; rows of blank cells skipped. ``one_name_each(path, names)`` checks the header."""
+    holds data; rows of blank cells skipped; a header naming a column twice refused, as a CSV's."""
     openpyxl = require("openpyxl", "reading .xlsx data files")
     try:
         book = openpyxl.load_workbook(path, read_only=True, data_only=True)  # data_only: formulas' saved values
@@ -63,14 +64,14 @@ def read_sheet(path: Path, one_name_each) -> Iterator[tuple[int, dict | DataErro
                             "others")
         rows = enumerate(sheets[0].iter_rows(min_row=1, values_only=True), 1)  # (row 1 even where it is empty)
         line, header = next(((n, r) for n, r in rows if not _blank(r)), (1, ()))
-        yield from _records(path, sheets[0].title, line, [cell_text(v).strip() for v in header], rows, one_name_each)
+        yield from _records(path, sheets[0].title, line, [cell_text(v).strip() for v in header], rows)
     finally:
         book.close()
 
 
-def _records(path: Path, title: str, line: int, names: list[str], rows, one_name_each):
+def _records(path: Path, title: str, line: int, names: list[str], rows):
     """The rows below the header (on row ``line``) as records of the named columns."""
-    one_name_each(path, names, line)
+    _one_name_each(path, names, line)
     width = max((i + 1 for i, n in enumerate(names) if n), default=0)  # past the last named column: no column
     for number, values in rows:
         if _blank(values):
