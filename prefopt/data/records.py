@@ -18,6 +18,7 @@ Unpaired feedback (KTO):
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ from typing import Any
 Messages = list[dict[str, Any]]
 ROLES = ("system", "user", "assistant", "tool")
 IDENTICAL = "identical to {}: a preference pair needs two different responses"
+# a cell whose formula failed, as Excel, Google Sheets and LibreOffice show it and write it to CSV
+SPREADSHEET_ERRORS = re.compile(r"#(NULL!|DIV/0!|VALUE!|REF!|NAME\?|NUM!|N/A|GETTING_DATA|SPILL!|CALC!|FIELD!|"
+                                r"BLOCKED!|CONNECT!|BUSY!|UNKNOWN!|PYTHON!|ERROR!)|Err:\d{3}")
 
 
 class DataError(ValueError):
@@ -79,8 +83,9 @@ def _text(row: dict, key: str, err) -> str:
 
 
 def _unicode(v: str, field: str, err) -> str:
-    """``v``, refused where :func:`unicode_problem` or :func:`written_out_messages` finds one."""
-    problem = unicode_problem(v) or written_out_messages(v)
+    """``v``, refused where :func:`unicode_problem`, :func:`written_out_messages` or
+    :func:`spreadsheet_error` finds one."""
+    problem = unicode_problem(v) or written_out_messages(v) or spreadsheet_error(v)
     if problem:
         raise err(field, problem)
     return v
@@ -107,6 +112,16 @@ def written_out_messages(v: str) -> str | None:
                     "keep them a list in a .jsonl, .json or .parquet file (pandas: df.to_json('data.jsonl', "
                     "orient='records', lines=True))")
     return None
+
+
+def spreadsheet_error(v: str) -> str | None:
+    """Why ``v`` is no text to train on: the whole of it is a spreadsheet's error value (``#N/A``
+    from a lookup that found nothing, ``#DIV/0!``, LibreOffice's ``Err:502``), which a sheet, and
+    its CSV export, holds where a formula failed; as a label it would be one more class."""
+    s = v.strip()
+    if not SPREADSHEET_ERRORS.fullmatch(s):
+        return None
+    return f"{s}: a spreadsheet's error value (its formula failed), not text; mend the formula or leave the record out"
 
 
 def unicode_problem(v: str) -> str | None:

@@ -9,7 +9,7 @@ from contextvars import ContextVar
 from pathlib import Path
 
 from ..data.readers import EncodingError, read_rows
-from ..data.records import DataError, unicode_problem
+from ..data.records import DataError, spreadsheet_error, unicode_problem
 
 DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
 _SET_ASIDE: ContextVar[frozenset] = ContextVar("set_aside", default=frozenset())  # (path, line) table() passes over
@@ -126,7 +126,7 @@ def need(row: dict, field: str, path, line: int) -> str:
     value = str(row[field]).strip()
     if not value:
         raise DataError(path, line, field, "empty")
-    problem = unicode_problem(value)
+    problem = unicode_problem(value) or spreadsheet_error(value)
     if problem:
         raise DataError(path, line, field, problem)
     return value

@@ -31,6 +31,11 @@ SFT_FAULTS = [
     ({"prompt": "x \ud83d", "completion": "a"}, "prompt", "lone surrogate"),
     ({"messages": [{"role": "user", "content": "hi \udc00"}, {"role": "assistant", "content": "ok"}]},
      "messages[0].content", "lone surrogate"),
+    # a failed formula's value, as a spreadsheet and its CSV export hold it: no text to learn
+    ({"prompt": "x", "completion": "#N/A"}, "completion", "#N/A: a spreadsheet's error value (its formula failed)"),
+    ({"prompt": " #DIV/0! ", "completion": "a"}, "prompt", "#DIV/0!: a spreadsheet's error value"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Err:502"}]},
+     "messages[1].content", "Err:502: a spreadsheet's error value"),
     # a preference pair given to SFT: the error says which command trains it
     ({"prompt": "x", "chosen": "a", "rejected": "b"}, "completion",
      "missing field: 'chosen' and 'rejected' make this a preference record; train on it with prefopt dpo, not sft"),

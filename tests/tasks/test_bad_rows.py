@@ -113,6 +113,21 @@ def test_a_lone_surrogate_in_a_tasks_text_is_named_by_line_and_field(tmp_path):
         get_task("meqsum").read(str(path))
 
 
+def test_a_spreadsheets_error_value_is_refused_as_a_label_or_text_and_text_that_mentions_one_is_read(tmp_path):
+    """A label column filled by a lookup formula holds ``#N/A`` where the lookup found nothing:
+    read as it was, it became one more class to learn; a text that only mentions one is text."""
+    path = tmp_path / "notes.csv"
+    path.write_text("note,urgency\nchest pain,urgent\nrefill,#N/A\nrash,routine\n#DIV/0!,urgent\n"
+                    "N/A,routine\nsee #N/A above,urgent\n")
+    task = get_task("text_classification", text_column="note", label_column="urgency")
+    with pytest.raises(DataError, match=r"notes.csv:3: field 'urgency': #N/A: a spreadsheet's error value"):
+        task.read(str(path))
+    records, bad = read_past_bad_rows(task, str(path))
+    assert [(e.line, e.field) for e in bad] == [(3, "urgency"), (5, "note")]
+    assert [r.id for r in records] == ["notes.csv:2", "notes.csv:4", "notes.csv:6", "notes.csv:7"]
+    assert records[3].prompt.endswith("\n\nsee #N/A above") and {r.target for r in records} == {"urgent", "routine"}
+
+
 def test_a_tasks_data_reads_from_a_workbook_or_a_compressed_file_as_from_its_file(tmp_path):
     """The bundled portal messages as an Excel sheet and gzipped: the same records; a bad row's
     error names the row Excel shows."""
