@@ -4,7 +4,7 @@ Excel (``notes.xlsx:14`` is row 14 there). Needs openpyxl (``pip install 'prefop
 
 A cell's text is what a "CSV UTF-8" export of the sheet would hold, near enough: numbers without
 a trailing ``.0`` where whole (a label column of 1s and 0s), TRUE/FALSE, dates and times as ISO
-text, an empty cell as empty text. A workbook with data on several sheets is refused (which one
+text (a date alone where the time is midnight), an empty cell as empty text. A workbook with data on several sheets is refused (which one
 is the training data, and which the test set?), naming them."""
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ def cell_text(v) -> str:
         return "TRUE" if v else "FALSE"
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
+    if isinstance(v, datetime.datetime) and v.time() == datetime.time():  # Excel stores a date as a datetime
+        return v.date().isoformat()
     if isinstance(v, (datetime.date, datetime.time)):
         return v.isoformat()
     return str(v)

@@ -8,6 +8,7 @@ import pytest
 
 from prefopt.data import DataError, Records, load_preferences, load_sft, read_rows
 from prefopt.data.records import PreferenceRecord, parse_preference
+from prefopt.data.sheets import cell_text
 
 
 def user(text):
@@ -253,8 +254,10 @@ def test_an_excel_workbook_reads_as_its_sheet_saved_as_csv_would_with_excels_row
     got = list(read_rows(book))
     assert [line for line, _ in got] == [3, 5]
     assert got[0][1] == {"prompt": "Chest pain for two hours?", "completion": "Emergency department now.",
-                         "reviewed": "TRUE", "score": "3", "when": "2026-01-02T00:00:00"}
+                         "reviewed": "TRUE", "score": "3", "when": "2026-01-02"}
     assert got[1][1]["score"] == "2.5" and got[1][1]["when"] == ""
+    assert cell_text(datetime.datetime(2026, 1, 2, 8, 30)) == "2026-01-02T08:30:00"
+    assert cell_text(datetime.time(8, 30)) == "08:30:00"
     with (tmp_path / "notes.csv").open("w", newline="") as f:
         csv.writer(f).writerows([r[:2] for r in rows if r[0]])
     assert _ids(load_sft(book, tok)[0]) == _ids(load_sft(tmp_path / "notes.csv", tok)[0])
