@@ -4,19 +4,28 @@ Excel (``notes.xlsx:14`` is row 14 there). Needs openpyxl (``pip install 'prefop
 
 A cell's text is what a "CSV UTF-8" export of the sheet would hold, near enough: numbers without
 a trailing ``.0`` where whole (a label column of 1s and 0s), TRUE/FALSE, dates and times as ISO
-text (a date alone where the time is midnight), an empty cell as empty text. A workbook with data on several sheets is refused (which one
-is the training data, and which the test set?), naming them."""
+text (a date alone where the time is midnight), an empty cell as empty text.
+
+What the sheet shows and its values may differ, and then the read says so: a workbook with data
+on several visible sheets is refused (which one is the training data, and which the test
+set?), naming them, and sheets hidden in Excel are not read, with a warning; rows hidden (by hand
+or by a filter) are read, as the CSV export writes them, with a warning; a formula whose value
+was never saved (a workbook written by a program that does not calculate, such as openpyxl)
+would read as an empty cell, and is refused."""
 from __future__ import annotations
 
 import datetime
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from xml.etree.ElementTree import ParseError, iterparse
 
 from .._deps import require
 from .readers import _one_name_each
 from .records import DataError
 
+_SAID: set[str] = set()  # the warnings given (see _warn)
 OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # a compound file's first bytes: Excel encrypts a workbook into one
 
 
@@ -56,19 +65,89 @@ def read_sheet(path: Path) -> Iterator[tuple[int, dict | DataError]]:
     try:
         for ws in book.worksheets:  # the rows the file has, not those its stated dimensions claim: read-only mode
             ws.reset_dimensions()   # trusts those, and a writer that states too few would lose the rest unsaid
-        sheets = [ws for ws in book.worksheets if any(not _blank(r) for r in ws.iter_rows(values_only=True))]
-        if len(sheets) != 1:
-            names = ", ".join(repr(ws.title) for ws in sheets)
-            raise DataError(path, None, None, "no sheet holds any data" if not sheets else
-                            f"{len(sheets)} sheets hold data ({names}); prefopt reads a workbook of one, so that "
-                            "no other sheet (a test set) is trained on: save each as its own file (in Excel or "
-                            "LibreOffice, File > Save As > \"CSV UTF-8\" saves the sheet on view), or delete the "
-                            "others")
-        rows = enumerate(sheets[0].iter_rows(min_row=1, values_only=True), 1)  # (row 1 even where it is empty)
+        sheet = _the_sheet(path, book)
+        hidden, unsaved = _marks(path, getattr(sheet, "_worksheet_path", None))
+        if unsaved:
+            raise DataError(path, None, None, f"sheet {sheet.title!r}, {_some(unsaved, 'cell')}: "
+                            f"{'formulas' if len(unsaved) > 1 else 'a formula'} with no saved value, read as empty (a "
+                            "workbook written by a program that does not calculate, such as openpyxl); open it in "
+                            "Excel or LibreOffice and save it, which saves each formula's value")
+        rows = enumerate(sheet.iter_rows(min_row=1, values_only=True), 1)  # (row 1 even where it is empty)
         line, header = next(((n, r) for n, r in rows if not _blank(r)), (1, ()))
-        yield from _records(path, sheets[0].title, line, [cell_text(v).strip() for v in header], rows)
+        hidden = [n for n in hidden if n > line]
+        if hidden:
+            _warn(f"{path}: sheet {sheet.title!r}: {_some(hidden, 'row')}, hidden in Excel (by hand or by a filter), "
+                  "read like the others, as its CSV export would write them; delete them from the sheet to leave them "
+                  "out")
+        yield from _records(path, sheet.title, line, [cell_text(v).strip() for v in header], rows)
     finally:
         book.close()
+
+
+def _the_sheet(path: Path, book):
+    """The one sheet that holds data, of those Excel shows; a hidden one that holds data is warned
+    of (hidden sheets hold lookup lists and the like, and the sheet in view is the one meant)."""
+    full = [ws for ws in book.worksheets if any(not _blank(r) for r in ws.iter_rows(values_only=True))]
+    shown = [ws for ws in full if ws.sheet_state == "visible"]
+    hidden = ", ".join(repr(ws.title) for ws in full if ws.sheet_state != "visible")
+    if not shown:
+        raise DataError(path, None, None, f"no sheet in view holds data (hidden ones do: {hidden}); unhide the sheet "
+                        "of records (in Excel, right-click a sheet's tab > Unhide)" if hidden else
+                        "no sheet holds any data")
+    if len(shown) > 1:
+        raise DataError(path, None, None, f"{len(shown)} sheets hold data ({', '.join(repr(ws.title) for ws in shown)}"
+                        "); prefopt reads a workbook of one, so that no other sheet (a test set) is trained on: save "
+                        "each as its own file (in Excel or LibreOffice, File > Save As > \"CSV UTF-8\" saves the "
+                        "sheet on view), or delete the others")
+    if hidden:
+        _warn(f"{path}: read sheet {shown[0].title!r}; sheets hidden in Excel ({hidden}) hold data too and are not "
+              "read")
+    return shown[0]
+
+
+def _warn(message: str) -> None:
+    """``message`` as a warning, once a process however often the file is read (a task reads its
+    file more than once; Python's own once-only registry is reset whenever a filter is added)."""
+    if message not in _SAID:
+        _SAID.add(message)
+        warnings.warn(message, stacklevel=3)
+
+
+def _some(items: list, noun: str | None = None) -> str:
+    """``items`` named, the first few of many: ``"cells B2, B3, B4 and 9 more"``."""
+    head = ", ".join(map(str, items[:3])) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+    return f"{noun}{'s' if len(items) > 1 else ''} {head}" if noun else head
+
+
+def _marks(path: Path, member: str | None) -> tuple[list[int], list[str]]:
+    """From the sheet's XML (``member`` of the workbook's zip; None: not known, nothing found),
+    which openpyxl's values do not tell: the rows hidden in Excel that hold data, and the cells
+    whose formula has no saved value (an empty ``<v/>`` or none, but for a formula's empty text,
+    ``t="str"``), which read as empty cells."""
+    hidden, unsaved, number = [], [], 0
+    if member is None:
+        return hidden, unsaved
+    with zipfile.ZipFile(path) as z, z.open(member) as f:
+        for _, el in _parsed(path, f):
+            tag = el.tag.rpartition("}")[2]
+            if tag == "c":
+                parts = {k.tag.rpartition("}")[2]: k.text for k in el}
+                if "f" in parts and not parts.get("v") and el.get("t") != "str":
+                    unsaved.append(el.get("r") or "?")
+            elif tag == "row":
+                number = int(el.get("r") or number + 1)
+                if el.get("hidden") in ("1", "true") and any(len(c) for c in el):
+                    hidden.append(number)
+                el.clear()
+    return hidden, unsaved
+
+
+def _parsed(path: Path, f):
+    """``iterparse(f)``; XML that does not parse is a :class:`DataError` of ``path``."""
+    try:
+        yield from iterparse(f)
+    except ParseError as e:
+        raise DataError(path, None, None, f"not a readable Excel workbook (a sheet's XML: {e})") from None
 
 
 def _records(path: Path, title: str, line: int, names: list[str], rows):

@@ -270,22 +270,76 @@ def test_an_excel_workbook_reads_as_its_sheet_saved_as_csv_would_with_excels_row
         "pairs.xlsx:4: a cell past the header's last column (sheet 'Sheet1'): 'stray'")
 
 
-def test_a_workbook_whose_stated_dimensions_are_too_small_is_read_whole(tmp_path):
-    """openpyxl's read-only mode stops at the rows a sheet's <dimension> claims; a writer that
-    states too few (here A1:B2 for six rows) lost every record past the first without a word."""
+def _doctored(book, out, pattern: bytes, replacement: bytes, count: int = 1):
+    """``book`` written to ``out`` with ``pattern`` in its first sheet's XML replaced, as another
+    writer (Excel, a script) would have written it; ``count`` replacements expected."""
     import re
     import zipfile
 
-    book = _workbook(tmp_path / "w.xlsx", {"s": [["prompt", "completion"], *[[f"q{i}", f"a{i}"] for i in range(5)]]})
     with zipfile.ZipFile(book) as z:
         files = {n: z.read(n) for n in z.namelist()}
     sheet = next(n for n in files if n.startswith("xl/worksheets/sheet"))
-    files[sheet], n = re.subn(rb'<dimension ref="[^"]+" ?/>', b'<dimension ref="A1:B2"/>', files[sheet])
-    assert n == 1
-    with zipfile.ZipFile(tmp_path / "cut.xlsx", "w") as z:
+    files[sheet], n = re.subn(pattern, replacement, files[sheet])
+    assert n == count
+    with zipfile.ZipFile(out, "w") as z:
         for name, data in files.items():
             z.writestr(name, data)
-    assert [line for line, _ in read_rows(tmp_path / "cut.xlsx")] == [2, 3, 4, 5, 6]
+    return out
+
+
+def test_a_workbook_whose_stated_dimensions_are_too_small_is_read_whole(tmp_path):
+    """openpyxl's read-only mode stops at the rows a sheet's <dimension> claims; a writer that
+    states too few (here A1:B2 for six rows) lost every record past the first without a word."""
+    book = _workbook(tmp_path / "w.xlsx", {"s": [["prompt", "completion"], *[[f"q{i}", f"a{i}"] for i in range(5)]]})
+    cut = _doctored(book, tmp_path / "cut.xlsx", rb'<dimension ref="[^"]+" ?/>', b'<dimension ref="A1:B2"/>')
+    assert [line for line, _ in read_rows(cut)] == [2, 3, 4, 5, 6]
+
+
+def test_a_formula_whose_value_was_never_saved_is_refused_not_read_as_empty(tmp_path):
+    """openpyxl writes a formula without calculating it (``<f>..</f><v/>``); its values read such
+    a cell as empty, so an optional field lost its text unsaid. A formula Excel saved, its value
+    an empty text (``t="str"``, ``<v></v>``) included, reads as its value."""
+    rows = [["prompt", "completion", "system"], *[[f"q{i}", f"a{i}", f'=IF(A{i + 2}="","","Triage.")']
+                                                   for i in range(5)]]
+    book = _workbook(tmp_path / "f.xlsx", {"Notes": rows})
+    with pytest.raises(DataError, match=r"f.xlsx: sheet 'Notes', cells C2, C3, C4 and 2 more: formulas with no saved "
+                                        r"value, read as empty \(a workbook written by a program that does not "
+                                        r"calculate, such as openpyxl\); open it in Excel or LibreOffice and save it"):
+        list(read_rows(book))
+    saved = _doctored(book, tmp_path / "saved.xlsx", rb'(<c r="C[2-5]")(><f>[^<]*</f>)<v ?/>',
+                      rb'\1 t="str"\2<v>Triage.</v>', count=4)
+    saved = _doctored(saved, tmp_path / "saved2.xlsx", rb'(<c r="C6")(><f>[^<]*</f>)<v ?/>', rb'\1 t="str"\2<v></v>')
+    assert [r["system"] for _, r in read_rows(saved)] == ["Triage."] * 4 + [""]
+
+
+def test_hidden_rows_are_read_and_warned_of_and_a_hidden_sheet_is_not_read(tmp_path):
+    """Rows a clinician hid or filtered out in Excel are still in the file (and in its CSV
+    export): read, with a warning that names them; a sheet hidden in Excel (a lookup list) is not
+    read where one sheet in view holds the data, and a workbook whose data is all hidden says so."""
+    openpyxl = pytest.importorskip("openpyxl")
+    book = openpyxl.Workbook()
+    ws = book.active
+    ws.title = "Notes"
+    for row in [["prompt", "completion"], *[[f"q{i}", f"a{i}"] for i in range(6)]]:
+        ws.append(row)
+    for n in (3, 5, 9):  # row 9 holds nothing: no warning for it
+        ws.row_dimensions[n].hidden = True
+    book.create_sheet("codes").append(["urgent", "routine"])
+    book["codes"].sheet_state = "hidden"
+    book.save(tmp_path / "h.xlsx")
+    with pytest.warns(UserWarning) as seen:
+        got = list(read_rows(tmp_path / "h.xlsx"))
+    assert [line for line, _ in got] == [2, 3, 4, 5, 6, 7]
+    assert sorted(str(w.message) for w in seen) == [
+        f"{tmp_path / 'h.xlsx'}: read sheet 'Notes'; sheets hidden in Excel ('codes') hold data too and are not read",
+        f"{tmp_path / 'h.xlsx'}: sheet 'Notes': rows 3, 5, hidden in Excel (by hand or by a filter), read like the "
+        "others, as its CSV export would write them; delete them from the sheet to leave them out"]
+    ws.sheet_state = "hidden"  # Excel keeps one sheet in view: here an empty one
+    book.active = book.index(book.create_sheet("Sheet2"))
+    book.save(tmp_path / "all_hidden.xlsx")
+    with pytest.raises(DataError, match=r"all_hidden.xlsx: no sheet in view holds data \(hidden ones do: 'Notes', "
+                                        r"'codes'\); unhide the sheet of records"):
+        list(read_rows(tmp_path / "all_hidden.xlsx"))
 
 
 def test_a_workbook_that_is_not_one_sheet_of_records_is_refused_by_name(tmp_path, monkeypatch):
