@@ -120,25 +120,26 @@ def _some(items: list, noun: str | None = None) -> str:
 
 
 def _marks(path: Path, member: str | None) -> tuple[list[int], list[str]]:
-    """From the sheet's XML (``member`` of the workbook's zip; None: not known, nothing found),
+    """From the sheet's XML (``member`` of the workbook's zip; not there or None: nothing found),
     which openpyxl's values do not tell: the rows hidden in Excel that hold data, and the cells
     whose formula has no saved value (an empty ``<v/>`` or none, but for a formula's empty text,
     ``t="str"``), which read as empty cells."""
     hidden, unsaved, number = [], [], 0
-    if member is None:
-        return hidden, unsaved
-    with zipfile.ZipFile(path) as z, z.open(member) as f:
-        for _, el in _parsed(path, f):
-            tag = el.tag.rpartition("}")[2]
-            if tag == "c":
-                parts = {k.tag.rpartition("}")[2]: k.text for k in el}
-                if "f" in parts and not parts.get("v") and el.get("t") != "str":
-                    unsaved.append(el.get("r") or "?")
-            elif tag == "row":
-                number = int(el.get("r") or number + 1)
-                if el.get("hidden") in ("1", "true") and any(len(c) for c in el):
-                    hidden.append(number)
-                el.clear()
+    with zipfile.ZipFile(path) as z:
+        if member not in z.namelist():  # openpyxl's private name for it changed: nothing known
+            return hidden, unsaved
+        with z.open(member) as f:
+            for _, el in _parsed(path, f):
+                tag = el.tag.rpartition("}")[2]
+                if tag == "c":
+                    parts = {k.tag.rpartition("}")[2]: k.text for k in el}
+                    if "f" in parts and not parts.get("v") and el.get("t") != "str":
+                        unsaved.append(el.get("r") or "?")
+                elif tag == "row":
+                    number = int(el.get("r") or number + 1)
+                    if el.get("hidden") in ("1", "true") and any(len(c) for c in el):
+                        hidden.append(number)
+                    el.clear()
     return hidden, unsaved
 
 
