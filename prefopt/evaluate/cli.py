@@ -155,6 +155,7 @@ def _predict(args) -> int:
     from datetime import date
     from pathlib import Path
 
+    from .._deps import require
     from ..devices import resolve
     from ..pretrained import load_model
     from ..tasks import get_task
@@ -176,6 +177,8 @@ def _predict(args) -> int:
     options = key_values(args.task_option)
     task = get_task(args.task, **options)
     fmt = table_format(args.data, args.format)
+    if fmt == "xlsx":
+        require("openpyxl", "writing the predictions as .xlsx")  # now, not once every record is answered
     device, dtype = resolve(args.device, args.dtype)
     records = task.read(args.data, labelled=False)  # bad rows stop here, before any model loads
     if not records:
@@ -487,9 +490,11 @@ def add_commands(sub) -> None:
     pr.add_argument("--adapter", help="PEFT-layout LoRA adapter folder (a compare run's: its report.md names them)")
     pr.add_argument("--data", required=True, help="the records, in the task's data format; their label columns "
                     "are not read and may be absent")
-    pr.add_argument("--output", required=True, help="output folder: predictions.csv/.tsv/.jsonl and predict.json")
-    pr.add_argument("--format", choices=["csv", "tsv", "jsonl"],
-                    help="of the predictions table (default: the input's; a CSV keeps the input's delimiter)")
+    pr.add_argument("--output", required=True, help="output folder: predictions.csv/.tsv/.jsonl/.xlsx and "
+                    "predict.json")
+    pr.add_argument("--format", choices=["csv", "tsv", "jsonl", "xlsx"],
+                    help="of the predictions table (default: the input's; a CSV keeps the input's delimiter; a "
+                    "workbook's are written as one; Parquet's as JSONL)")
     pr.add_argument("--task-option", action="append", metavar="KEY=VALUE",
                     help="task constructor option, as the model was trained with (repeatable); a generic classifier "
                     "needs labels=a,b,c")

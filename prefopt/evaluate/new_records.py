@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .._deps import progress
 from ..data.readers import compression, data_suffix, sniff_delimiter
+from ..data.sheets import write_sheet
 from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 from .confidence import chosen, likeliest, probabilities_for
 from .partial import PARTIAL, append_partial, resume, start_partial
@@ -18,19 +19,19 @@ from .runner import predict, reasoning_opened
 
 BLOCK = 64  # records answered between two appends to the partial file
 ROW_FORMAT = 2  # the rows' columns; raised when they change, so that a run does not go on from older rows
-FORMATS = ("csv", "tsv", "jsonl")
+FORMATS = ("csv", "tsv", "jsonl", "xlsx")
 FILES = tuple(f"predictions.{f}" for f in FORMATS) + ("predict.json",)  # what a predict folder holds
 
 
 def table_format(data: str | Path | None, given: str | None = None) -> str:
     """The output's format: ``given`` (``--format``), else the input's (``.csv`` → csv, ``.tsv`` →
-    tsv, anything else, JSONL or JSON, → jsonl)."""
+    tsv, an Excel workbook → xlsx, anything else, JSONL, JSON or Parquet, → jsonl)."""
     if given:
         if given not in FORMATS:
             raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {given!r}")
         return given
     suffix = data_suffix(data) if data else ""  # (train.csv.gz: csv)
-    return {".csv": "csv", ".tsv": "tsv"}.get(suffix, "jsonl")
+    return {".csv": "csv", ".tsv": "tsv", ".xlsx": "xlsx", ".xlsm": "xlsx"}.get(suffix, "jsonl")
 
 
 def delimiter_of(data: str | Path | None, fmt: str, task) -> str:
@@ -175,7 +176,10 @@ def write_predictions(out_dir: str | Path, rows: list[dict], fmt: str, delimiter
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"predictions.{fmt}"
-    write_text_atomic(path, table_text(rows, fmt, delimiter))
+    if fmt == "xlsx":
+        write_sheet(path, rows, "predictions")
+    else:
+        write_text_atomic(path, table_text(rows, fmt, delimiter))
     write_json_atomic(out / "predict.json", settings)
     (out / PARTIAL).unlink(missing_ok=True)
     return path

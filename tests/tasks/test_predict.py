@@ -9,6 +9,7 @@ import pytest
 from prefopt.cli import main
 from prefopt.data.readers import read_rows
 from prefopt.data.records import DataError
+from prefopt.data.sheets import write_sheet
 from prefopt.evaluate.confidence import SCORING
 from prefopt.evaluate.new_records import counts, delimiter_of, prediction_rows, summary, table_format, table_text
 from prefopt.tasks import PORTAL_DATA, get_task
@@ -232,9 +233,10 @@ def test_formats_and_delimiters_follow_the_input(tmp_path):
     assert delimiter_of(PORTAL_DATA, "csv", get_task("portal")) == ","
     piped = get_task("text_classification", labels="a", delimiter="pipe")
     assert delimiter_of(ktas, "csv", piped) == "|"  # the delimiter given wins over the header's
-    assert table_format(ktas, "jsonl") == "jsonl"
-    with pytest.raises(ValueError, match="--format must be one of csv, tsv, jsonl"):
-        table_format(ktas, "xlsx")
+    assert table_format(ktas, "jsonl") == "jsonl" and table_format(ktas, "xlsx") == "xlsx"
+    assert table_format(tmp_path / "notes.xlsx") == "xlsx" and table_format(tmp_path / "n.parquet") == "jsonl"
+    with pytest.raises(ValueError, match="--format must be one of csv, tsv, jsonl, xlsx, got 'xls'"):
+        table_format(ktas, "xls")
     medqa = get_task("medqa")
     records = medqa.read(str(formats.write_jsonl(tmp_path / "q.jsonl", formats.medqa_rows(2))), labelled=False)
     rows = prediction_rows(medqa, records, ["B) heparin", "no idea"], [True, True])
@@ -242,6 +244,36 @@ def test_formats_and_delimiters_follow_the_input(tmp_path):
     assert json.loads(back[0]["options"]) == rows[0]["options"] and back[0]["predicted_answer"] == "B"
     lines = table_text(rows, "jsonl").splitlines()
     assert [json.loads(line) for line in lines] == rows  # options stay an object
+
+
+def test_a_workbooks_predictions_are_a_workbook_whose_numbers_are_numbers(tmp_path):
+    """A clinician's workbook of messages gets its answers back as a workbook: text as text,
+    confidences as numbers Excel sorts, TRUE/FALSE, other values as JSON; the header frozen in
+    view; it reads back through prefopt's own reader. A text no workbook holds is named by cell."""
+    openpyxl = pytest.importorskip("openpyxl")
+    rows = [{"mrn": "00123", "message": "Chest pain", "predicted_urgency": "emergency", "confidence_urgency": 0.875,
+             "finished": True, "options": {"A": "x"}},
+            {"mrn": "00124", "message": "Refill", "predicted_urgency": "", "confidence_urgency": None,
+             "finished": False, "extra": 3}]
+    path = tmp_path / "predictions.xlsx"
+    write_sheet(path, rows, "predictions")
+    sheet = openpyxl.load_workbook(path)["predictions"]
+    assert sheet.freeze_panes == "A2"
+    assert list(sheet.values) == [
+        ("mrn", "message", "predicted_urgency", "confidence_urgency", "finished", "options", "extra"),
+        ("00123", "Chest pain", "emergency", 0.875, True, '{"A": "x"}', None),
+        ("00124", "Refill", None, None, False, None, 3)]
+    assert [r for _, r in read_rows(path)][1] == {"mrn": "00124", "message": "Refill", "predicted_urgency": "",
+                                                 "confidence_urgency": "", "finished": "FALSE", "options": "",
+                                                 "extra": "3"}
+    with pytest.warns(UserWarning, match=r"odd.xlsx: cell B3 \(model_output\): control characters a workbook cannot "
+                                         r"hold, written as U\+FFFD; CSV and JSONL keep them"):
+        write_sheet(tmp_path / "odd.xlsx", [{"a": "1", "model_output": "ok"}, {"a": "2", "model_output": "x\x0cy"}])
+    assert [r["model_output"] for _, r in read_rows(tmp_path / "odd.xlsx")] == ["ok", "x\ufffdy"]
+    with pytest.raises(ValueError, match=r"bad.xlsx: row 2, column 'a' \(A2\): 32768 characters, over the 32767 an "
+                                         r"Excel cell holds; write the table as CSV or JSONL instead"):
+        write_sheet(tmp_path / "bad.xlsx", [{"a": "x" * 32768}])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.xlsx", "predictions.xlsx"]  # nothing half-written
 
 
 def _write(path: Path, text: str) -> Path:
@@ -277,6 +309,21 @@ def test_predict_writes_its_table_and_settings_and_keeps_an_earlier_one(tiny_mod
     assert [r["model_output"] for r in again] == [r["model_output"] for r in rows]
     assert not any(k.startswith("confidence_") for k in again[0])
     assert json.loads((out / "predict.json").read_text())["confidence"] is False
+
+
+def test_predict_on_a_workbook_writes_a_workbook(tiny_model, tmp_path, capsys):
+    openpyxl = pytest.importorskip("openpyxl")
+    book = openpyxl.Workbook()
+    for row in [["mrn", "message"], *[[f"A{i}", f"Message {i}: my knee hurts"] for i in range(3)]]:
+        book.active.append(row)
+    book.save(tmp_path / "msgs.xlsx")
+    out = tmp_path / "pred"
+    assert main(["predict", "--task", "portal", "--model", str(tiny_model), "--data", str(tmp_path / "msgs.xlsx"),
+                 "--output", str(out), "--max-new-tokens", "3", "--no-confidence"]) == 0
+    assert f"wrote {out / 'predictions.xlsx'}" in capsys.readouterr().out
+    rows = [row for _, row in read_rows(out / "predictions.xlsx")]
+    assert [(r["mrn"], r["record"], r["finished"]) for r in rows] == [
+        (f"A{i}", f"portal:{i + 2}", "FALSE") for i in range(3)]  # (3 tokens: no answer finishes)
 
 
 def test_predict_on_free_text_says_there_is_no_confidence(tiny_model, tmp_path, capsys):
