@@ -201,8 +201,12 @@ def _predict(args) -> int:
         kept = keep_earlier(args.output, FILES)
         if kept:
             print(f"prefopt predict: {args.output} held predictions; they are kept in {kept}", flush=True)
-        path = write_predictions(args.output, rows, fmt, delimiter_of(args.data, fmt, task),
-                                 {**made, "date": date.today().isoformat(), **tally})
+        try:
+            path = write_predictions(args.output, rows, fmt, delimiter_of(args.data, fmt, task),
+                                     {**made, "date": date.today().isoformat(), **tally})
+        except ValueError as e:  # a text no workbook holds
+            raise ValueError(f"{e} (the answers are kept: the same command with --format csv or jsonl writes them "
+                             "without answering again)") from None
     print(f"prefopt predict: {summary(tally)}")
     print(f"prefopt predict: wrote {path} and predict.json")
     return 0

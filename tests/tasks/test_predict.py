@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from prefopt.cli import main
+from prefopt.data import sheets
 from prefopt.data.readers import read_rows
 from prefopt.data.records import DataError
 from prefopt.data.sheets import write_sheet
@@ -311,7 +312,9 @@ def test_predict_writes_its_table_and_settings_and_keeps_an_earlier_one(tiny_mod
     assert json.loads((out / "predict.json").read_text())["confidence"] is False
 
 
-def test_predict_on_a_workbook_writes_a_workbook(tiny_model, tmp_path, capsys):
+def test_predict_on_a_workbook_writes_a_workbook(tiny_model, tmp_path, capsys, monkeypatch):
+    """... and a text no workbook holds stops the writing, not the answers: the same command as CSV
+    writes them without answering again."""
     openpyxl = pytest.importorskip("openpyxl")
     book = openpyxl.Workbook()
     for row in [["mrn", "message"], *[[f"A{i}", f"Message {i}: my knee hurts"] for i in range(3)]]:
@@ -324,6 +327,16 @@ def test_predict_on_a_workbook_writes_a_workbook(tiny_model, tmp_path, capsys):
     rows = [row for _, row in read_rows(out / "predictions.xlsx")]
     assert [(r["mrn"], r["record"], r["finished"]) for r in rows] == [
         (f"A{i}", f"portal:{i + 2}", "FALSE") for i in range(3)]  # (3 tokens: no answer finishes)
+    monkeypatch.setattr(sheets, "CELL_LIMIT", 10)  # "Message 0: my knee hurts" is over it
+    argv = ["predict", "--task", "portal", "--model", str(tiny_model), "--data", str(tmp_path / "msgs.xlsx"),
+            "--output", str(tmp_path / "p2"), "--max-new-tokens", "3", "--no-confidence"]
+    assert main(argv) == 2
+    assert ("predictions.xlsx: row 2, column 'message' (B2): 24 characters, over the 10 an Excel cell holds; write "
+            "the table as CSV or JSONL instead (the answers are kept: the same command with --format csv or jsonl "
+            "writes them without answering again)") in capsys.readouterr().err
+    assert main(argv + ["--format", "csv"]) == 0
+    assert "going on from the 3 of 3 records answered before" in capsys.readouterr().out
+    assert [r["record"] for _, r in read_rows(tmp_path / "p2" / "predictions.csv")] == [r["record"] for r in rows]
 
 
 def test_predict_on_free_text_says_there_is_no_confidence(tiny_model, tmp_path, capsys):
