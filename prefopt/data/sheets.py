@@ -11,7 +11,8 @@ on several visible sheets is refused (which one is the training data, and which 
 set?), naming them, and sheets hidden in Excel are not read, with a warning; rows hidden (by hand
 or by a filter) are read, as the CSV export writes them, with a warning; a formula whose value
 was never saved (a workbook written by a program that does not calculate, such as openpyxl)
-would read as an empty cell, and is refused.
+would read as an empty cell, and is refused; a value merged down over rows (a label for a block
+of rows) is read in each row it covers, as the sheet shows it, with a warning.
 
 :func:`write_sheet` writes a table back as a workbook (``prefopt predict``'s answers to a
 workbook of records)."""
@@ -23,6 +24,7 @@ import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 from xml.etree.ElementTree import ParseError, iterparse
 
 from .._deps import require
@@ -72,20 +74,25 @@ def read_sheet(path: Path) -> Iterator[tuple[int, dict | DataError]]:
         for ws in book.worksheets:  # the rows the file has, not those its stated dimensions claim: read-only mode
             ws.reset_dimensions()   # trusts those, and a writer that states too few would lose the rest unsaid
         sheet = _the_sheet(path, book)
-        hidden, unsaved = _marks(path, getattr(sheet, "_worksheet_path", None))
-        if unsaved:
-            raise DataError(path, None, None, f"sheet {sheet.title!r}, {_some(unsaved, 'cell')}: "
-                            f"{'formulas' if len(unsaved) > 1 else 'a formula'} with no saved value, read as empty (a "
-                            "workbook written by a program that does not calculate, such as openpyxl); open it in "
-                            "Excel or LibreOffice and save it, which saves each formula's value")
+        marks = _marks(path, getattr(sheet, "_worksheet_path", None))
+        if marks.unsaved:
+            raise DataError(path, None, None, f"sheet {sheet.title!r}, {_some(marks.unsaved, 'cell')}: "
+                            f"{'formulas' if len(marks.unsaved) > 1 else 'a formula'} with no saved value, read as "
+                            "empty (a workbook written by a program that does not calculate, such as openpyxl); open "
+                            "it in Excel or LibreOffice and save it, which saves each formula's value")
         rows = enumerate(sheet.iter_rows(min_row=1, values_only=True), 1)  # (row 1 even where it is empty)
         line, header = next(((n, r) for n, r in rows if not _blank(r)), (1, ()))
-        hidden = [n for n in hidden if n > line]
+        hidden = [n for n in marks.hidden if n > line]
         if hidden:
             _warn(f"{path}: sheet {sheet.title!r}: {_some(hidden, 'row')}, hidden in Excel (by hand or by a filter), "
                   "read like the others, as its CSV export would write them; delete them from the sheet to leave them "
                   "out")
-        yield from _records(path, sheet.title, line, [cell_text(v).strip() for v in header], rows)
+        merged = [m for m in marks.merged if m[2] > line]  # (a merge in the header, or above it, is left as it is)
+        if merged:
+            _warn(f"{path}: sheet {sheet.title!r}: {_some([m[0] for m in merged], 'range')} merged over rows: each "
+                  "row it covers read with its value, as the sheet shows it (its CSV export leaves all but the first "
+                  "empty)")
+        yield from _records(path, sheet.title, line, [cell_text(v).strip() for v in header], _filled_down(rows, merged))
     finally:
         book.close()
 
@@ -125,28 +132,61 @@ def _some(items: list, noun: str | None = None) -> str:
     return f"{noun}{'s' if len(items) > 1 else ''} {head}" if noun else head
 
 
-def _marks(path: Path, member: str | None) -> tuple[list[int], list[str]]:
-    """From the sheet's XML (``member`` of the workbook's zip; not there or None: nothing found),
-    which openpyxl's values do not tell: the rows hidden in Excel that hold data, and the cells
-    whose formula has no saved value (an empty ``<v/>`` or none, but for a formula's empty text,
-    ``t="str"``), which read as empty cells."""
-    hidden, unsaved, number = [], [], 0
+class Marks(NamedTuple):
+    """What a sheet's XML says that openpyxl's values do not (:func:`_marks`)."""
+
+    hidden: list[int]  # rows hidden in Excel that hold data
+    unsaved: list[str]  # cells whose formula has no saved value
+    merged: list[tuple[str, int, int, int]]  # ranges merged over rows: (B2:B6, column index 1, first row 2, last 6)
+
+
+def _marks(path: Path, member: str | None) -> Marks:
+    """:class:`Marks` from the sheet's XML (``member`` of the workbook's zip; not there or None:
+    nothing found). A formula has no saved value where its ``<v>`` is empty or missing, but for a
+    formula's empty text (``t="str"``); such a cell reads as empty."""
+    from openpyxl.utils.cell import range_boundaries
+
+    marks, number = Marks([], [], []), 0
     with zipfile.ZipFile(path) as z:
         if member not in z.namelist():  # openpyxl's private name for it changed: nothing known
-            return hidden, unsaved
+            return marks
         with z.open(member) as f:
             for _, el in _parsed(path, f):
                 tag = el.tag.rpartition("}")[2]
                 if tag == "c":
                     parts = {k.tag.rpartition("}")[2]: k.text for k in el}
                     if "f" in parts and not parts.get("v") and el.get("t") != "str":
-                        unsaved.append(el.get("r") or "?")
+                        marks.unsaved.append(el.get("r") or "?")
                 elif tag == "row":
                     number = int(el.get("r") or number + 1)
                     if el.get("hidden") in ("1", "true") and any(len(c) for c in el):
-                        hidden.append(number)
+                        marks.hidden.append(number)
                     el.clear()
-    return hidden, unsaved
+                elif tag == "mergeCell":
+                    ref = el.get("ref", "")
+                    first_column, first, _, last = range_boundaries(ref) if ":" in ref else (0, 0, 0, 0)
+                    if last > first:
+                        marks.merged.append((ref, first_column - 1, first, last))
+    marks.merged.sort(key=lambda m: (m[2], m[1]))  # in reading order
+    return marks
+
+
+def _filled_down(rows, merged: list[tuple[str, int, int, int]]):
+    """``rows`` (``(number, values)``) with each range ``merged`` over rows read as its first cell's
+    value in each row it covers, in its first column (the value Excel shows there)."""
+    starts: dict[int, list[tuple[int, int]]] = {}
+    for _, column, first, last in merged:
+        starts.setdefault(first, []).append((column, last))
+    active: list[tuple[int, int, object]] = []  # (column, last row, value) of the ranges over this row
+    for number, values in rows:
+        active = [a for a in active if a[1] >= number]
+        if active:
+            values = list(values) + [None] * (1 + max(a[0] for a in active) - len(values))
+            for column, _, value in active:
+                values[column] = value
+        for column, last in starts.get(number, ()):
+            active.append((column, last, values[column] if column < len(values) else None))
+        yield number, tuple(values)
 
 
 def _parsed(path: Path, f):

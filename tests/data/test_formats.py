@@ -312,6 +312,26 @@ def test_a_formula_whose_value_was_never_saved_is_refused_not_read_as_empty(tmp_
     assert [r["system"] for _, r in read_rows(saved)] == ["Triage."] * 4 + [""]
 
 
+def test_a_value_merged_down_over_rows_is_read_in_each_row_it_covers(tmp_path):
+    """A clinician labels a block of rows by merging one cell down over them: Excel shows the
+    label beside each, the file holds it in the first alone (and a CSV export leaves the rest
+    empty). Each row reads it, with a warning."""
+    openpyxl = pytest.importorskip("openpyxl")
+    book = openpyxl.Workbook()
+    ws = book.active
+    for row in [["message", "urgency", "seen"], ["chest pain", "urgent", "yes"], ["short of breath", None, "no"],
+                ["stroke signs", None, None], ["refill", "routine", "yes"]]:
+        ws.append(row)
+    ws.merge_cells("B2:B4")
+    ws.merge_cells("C4:C5")
+    book.save(tmp_path / "m.xlsx")
+    with pytest.warns(UserWarning, match=r"m.xlsx: sheet 'Sheet': ranges B2:B4, C4:C5 merged over rows: each row it "
+                                         r"covers read with its value, as the sheet shows it"):
+        got = list(read_rows(tmp_path / "m.xlsx"))
+    assert [(n, r["urgency"], r["seen"]) for n, r in got] == [
+        (2, "urgent", "yes"), (3, "urgent", "no"), (4, "urgent", ""), (5, "routine", "")]
+
+
 def test_hidden_rows_are_read_and_warned_of_and_a_hidden_sheet_is_not_read(tmp_path):
     """Rows a clinician hid or filtered out in Excel are still in the file (and in its CSV
     export): read, with a warning that names them; a sheet hidden in Excel (a lookup list) is not
