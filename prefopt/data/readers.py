@@ -11,7 +11,7 @@ import gzip
 import io
 import json
 import lzma
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -350,6 +350,17 @@ def _one_name_each(path: Path, names: Sequence[str], line: int | None = 1) -> No
                                               "would keep only the last one's cell: rename one")
 
 
+def no_title(path: Path, names: Sequence[str], line: int, unnamed: Iterable[str]) -> None:
+    """Refuse a header that names one column where the first row below it holds text in a column
+    it does not name (``unnamed``): a title above the column names ("Triage log, ward 3"), read
+    as the header, would have every row refused for cells it does not name."""
+    named = [n for n in names if n and n.strip()]
+    if len(named) == 1 and any(v.strip() for v in unnamed):
+        raise DataError(path, line, None, f"the header, the first row that is not blank, names one column "
+                                          f"({named[0]!r}) and the row below holds text in others: a title above the "
+                                          "column names? Delete the rows above them")
+
+
 def _csv(path: Path, delimiter: str | None = None, encoding: str = "utf-8"):
     text = read_text(path, encoding)
     # csv refuses a cell over 131,072 characters unless told otherwise (a long clinical note): the
@@ -366,9 +377,13 @@ def _csv_rows(path: Path, reader: csv.DictReader):
         if reader.fieldnames:  # "prompt, chosen, rejected": a space after the delimiter is not in the name
             reader.fieldnames = [name.strip() for name in reader.fieldnames]
         _one_name_each(path, reader.fieldnames or [])
-        start = 2  # line 1 is the header
+        start, first = 2, True  # line 1 is the header
         for row in reader:
-            if None not in row and not any(v and v.strip() for v in row.values()):
+            blank = None not in row and not any(v and v.strip() for v in row.values())
+            if first and not blank:
+                no_title(path, reader.fieldnames or [], 1, [v for k, v in row.items() if k == "" and v])
+                first = False
+            if blank:
                 pass  # a row of blank cells holds nothing: skipped, as a blank line is
             elif None in row:
                 yield start, DataError(path, start, None, f"more cells than the header has columns: {row[None]!r}")

@@ -29,7 +29,7 @@ from xml.etree.ElementTree import ParseError, iterparse
 
 from .._deps import require
 from ..fileio import atomic_path
-from .readers import _one_name_each
+from .readers import _one_name_each, no_title
 from .records import DataError
 
 _SAID: set[str] = set()  # the warnings given (see _warn)
@@ -201,9 +201,13 @@ def _records(path: Path, title: str, line: int, names: list[str], rows):
     """The rows below the header (on row ``line``) as records of the named columns."""
     _one_name_each(path, names, line)
     width = max((i + 1 for i, n in enumerate(names) if n), default=0)  # past the last named column: no column
+    first = True
     for number, values in rows:
         if _blank(values):
             continue
+        if first:
+            no_title(path, names, line, [cell_text(v) for i, v in enumerate(values) if i >= len(names) or not names[i]])
+            first = False
         extra = [v for v in values[width:] if v is not None and cell_text(v).strip()]
         if extra:
             yield number, DataError(path, number, None, f"a cell past the header's last column (sheet {title!r}): "

@@ -428,6 +428,21 @@ def test_a_csv_cell_longer_than_the_csv_modules_limit_is_read_and_an_open_quote_
         limit(before)
 
 
+def test_a_title_above_the_column_names_is_named_not_read_as_the_header(tmp_path, tok):
+    """A sheet with a title row saved as CSV: the title was read as the header, and every record
+    was refused for a missing field. A header of one column whose rows hold one is read."""
+    path = tmp_path / "log.csv"
+    path.write_text('"Triage log, ward 3",\n,\nprompt,completion\nChest pain?,Emergency now.\n')
+    with pytest.raises(DataError, match=r"log.csv:1: the header, the first row that is not blank, names one column "
+                                        r"\('Triage log, ward 3'\) and the row below holds text in others: a title "
+                                        r"above the column names\? Delete the rows above them"):
+        load_sft(path, tok)
+    path.write_text("prompt,completion\nChest pain?,Emergency now.\n")
+    assert len(load_sft(path, tok)[0]) == 1
+    (tmp_path / "lm.csv").write_text("text,\nA note on chest pain.,\n")  # (an export's trailing delimiter)
+    assert len(load_sft(tmp_path / "lm.csv", tok)[0]) == 1
+
+
 def test_a_list_of_records_loads_like_a_file(tok):
     """For notebooks: ``load_sft(list_of_dicts, tok)``; errors name ``<records>`` and the 1-based
     position, and a non-dict item is a bad record like a non-object JSON line."""

@@ -373,6 +373,11 @@ def test_a_workbook_that_is_not_one_sheet_of_records_is_refused_by_name(tmp_path
     twice = _workbook(tmp_path / "twice.xlsx", {"s": [[None], ["prompt", "completion", "prompt"], ["q", "a", "b"]]})
     with pytest.raises(DataError, match=r"twice.xlsx:2: field 'prompt': two columns have this name"):
         list(read_rows(twice))
+    titled = _workbook(tmp_path / "titled.xlsx", {"s": [["Triage log, ward 3"], [], ["prompt", "completion"],
+                                                          ["q", "a"]]})
+    with pytest.raises(DataError, match=r"titled.xlsx:1: the header, .* names one column \('Triage log, ward 3'\) "
+                                        r"and the row below holds text in others: a title above the column names"):
+        list(read_rows(titled))
     (tmp_path / "cut.xlsx").write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(DataError, match=r"cut.xlsx: not a readable Excel workbook \(BadZipFile"):
         list(read_rows(tmp_path / "cut.xlsx"))
