@@ -12,7 +12,8 @@ set?), naming them, and sheets hidden in Excel are not read, with a warning; row
 or by a filter) are read, as the CSV export writes them, with a warning; a formula whose value
 was never saved (a workbook written by a program that does not calculate, such as openpyxl)
 would read as an empty cell, and is refused; a value merged down over rows (a label for a block
-of rows) is read in each row it covers, as the sheet shows it, with a warning.
+of rows) is read in each row it covers, as the sheet shows it, and a table's total row is not
+read, each with a warning.
 
 :func:`write_sheet` writes a table back as a workbook (``prefopt predict``'s answers to a
 workbook of records)."""
@@ -82,17 +83,8 @@ def read_sheet(path: Path) -> Iterator[tuple[int, dict | DataError]]:
                             "it in Excel or LibreOffice and save it, which saves each formula's value")
         rows = enumerate(sheet.iter_rows(min_row=1, values_only=True), 1)  # (row 1 even where it is empty)
         line, header = next(((n, r) for n, r in rows if not _blank(r)), (1, ()))
-        hidden = [n for n in marks.hidden if n > line]
-        if hidden:
-            _warn(f"{path}: sheet {sheet.title!r}: {_some(hidden, 'row')}, hidden in Excel (by hand or by a filter), "
-                  "read like the others, as its CSV export would write them; delete them from the sheet to leave them "
-                  "out")
-        merged = [m for m in marks.merged if m[2] > line]  # (a merge in the header, or above it, is left as it is)
-        if merged:
-            _warn(f"{path}: sheet {sheet.title!r}: {_some([m[0] for m in merged], 'range')} merged over rows: each "
-                  "row it covers read with its value, as the sheet shows it (its CSV export leaves all but the first "
-                  "empty)")
-        yield from _records(path, sheet.title, line, [cell_text(v).strip() for v in header], _filled_down(rows, merged))
+        yield from _records(path, sheet.title, line, [cell_text(v).strip() for v in header],
+                            _as_shown(path, sheet.title, marks, line, rows))
     finally:
         book.close()
 
@@ -138,15 +130,17 @@ class Marks(NamedTuple):
     hidden: list[int]  # rows hidden in Excel that hold data
     unsaved: list[str]  # cells whose formula has no saved value
     merged: list[tuple[str, int, int, int]]  # ranges merged over rows: (B2:B6, column index 1, first row 2, last 6)
+    totals: list[int]  # rows of SUBTOTAL formulas: a table's total row
 
 
 def _marks(path: Path, member: str | None) -> Marks:
     """:class:`Marks` from the sheet's XML (``member`` of the workbook's zip; not there or None:
     nothing found). A formula has no saved value where its ``<v>`` is empty or missing, but for a
-    formula's empty text (``t="str"``); such a cell reads as empty."""
+    formula's empty text (``t="str"``); such a cell reads as empty. A row with a ``SUBTOTAL``
+    formula is the total row Excel adds to a table (Table Design > Total Row), not a record."""
     from openpyxl.utils.cell import range_boundaries
 
-    marks, number = Marks([], [], []), 0
+    marks, number, subtotal = Marks([], [], [], []), 0, False
     with zipfile.ZipFile(path) as z:
         if member not in z.namelist():  # openpyxl's private name for it changed: nothing known
             return marks
@@ -157,11 +151,15 @@ def _marks(path: Path, member: str | None) -> Marks:
                     parts = {k.tag.rpartition("}")[2]: k.text for k in el}
                     if "f" in parts and not parts.get("v") and el.get("t") != "str":
                         marks.unsaved.append(el.get("r") or "?")
+                    subtotal = subtotal or (parts.get("f") or "").lstrip().upper().startswith("SUBTOTAL(")
                 elif tag == "row":
                     number = int(el.get("r") or number + 1)
                     if el.get("hidden") in ("1", "true") and any(len(c) for c in el):
                         marks.hidden.append(number)
+                    if subtotal:
+                        marks.totals.append(number)
                     el.clear()
+                    subtotal = False
                 elif tag == "mergeCell":
                     ref = el.get("ref", "")
                     first_column, first, _, last = range_boundaries(ref) if ":" in ref else (0, 0, 0, 0)
@@ -169,6 +167,25 @@ def _marks(path: Path, member: str | None) -> Marks:
                         marks.merged.append((ref, first_column - 1, first, last))
     marks.merged.sort(key=lambda m: (m[2], m[1]))  # in reading order
     return marks
+
+
+def _as_shown(path: Path, title: str, marks: Marks, line: int, rows):
+    """``rows`` below the header (on row ``line``) as the sheet shows them, each difference from
+    its CSV export warned of: a value merged down over rows read in each row it covers, a table's
+    totals row left out; hidden rows read as the export writes them, and named."""
+    hidden = [n for n in marks.hidden if n > line]
+    if hidden:
+        _warn(f"{path}: sheet {title!r}: {_some(hidden, 'row')}, hidden in Excel (by hand or by a filter), read like "
+              "the others, as its CSV export would write them; delete them from the sheet to leave them out")
+    merged = [m for m in marks.merged if m[2] > line]  # (a merge in the header, or above it, is left as it is)
+    if merged:
+        _warn(f"{path}: sheet {title!r}: {_some([m[0] for m in merged], 'range')} merged over rows: each row it "
+              "covers read with its value, as the sheet shows it (its CSV export leaves all but the first empty)")
+    totals = {n for n in marks.totals if n > line}
+    if totals:
+        _warn(f"{path}: sheet {title!r}: {_some(sorted(totals), 'row')} of SUBTOTAL formulas (an Excel table's total "
+              "row) not read")
+    return ((n, values) for n, values in _filled_down(rows, merged) if n not in totals)
 
 
 def _filled_down(rows, merged: list[tuple[str, int, int, int]]):

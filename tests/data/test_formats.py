@@ -332,6 +332,17 @@ def test_a_value_merged_down_over_rows_is_read_in_each_row_it_covers(tmp_path):
         (2, "urgent", "yes"), (3, "urgent", "no"), (4, "urgent", ""), (5, "routine", "")]
 
 
+def test_an_excel_tables_total_row_is_not_read_as_a_record(tmp_path):
+    """Excel's Total Row under a table (``Total`` and ``=SUBTOTAL(103,...)``, its value saved)
+    was read as one more record: prompt "Total", completion "2"."""
+    book = _workbook(tmp_path / "t.xlsx", {"s": [["prompt", "completion"], ["q1", "a1"], ["q2", "a2"],
+                                                 ["Total", "=SUBTOTAL(103,B2:B3)"]]})
+    saved = _doctored(book, tmp_path / "saved.xlsx", rb"(<f>SUBTOTAL[^<]*</f>)<v ?/>", rb"\1<v>2</v>")
+    with pytest.warns(UserWarning, match=r"saved.xlsx: sheet 's': row 4 of SUBTOTAL formulas \(an Excel table's total "
+                                         r"row\) not read"):
+        assert [(n, r["prompt"]) for n, r in read_rows(saved)] == [(2, "q1"), (3, "q2")]
+
+
 def test_hidden_rows_are_read_and_warned_of_and_a_hidden_sheet_is_not_read(tmp_path):
     """Rows a clinician hid or filtered out in Excel are still in the file (and in its CSV
     export): read, with a warning that names them; a sheet hidden in Excel (a lookup list) is not
