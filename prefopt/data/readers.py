@@ -351,6 +351,14 @@ def _one_name_each(path: Path, names: Sequence[str], line: int | None = 1) -> No
                                               "would keep only the last one's cell: rename one")
 
 
+def column_name(header_cell: str) -> str:
+    """A header cell's text as a column's name: without spaces around it ("prompt, chosen": no
+    space in "chosen") and each run of spaces or line breaks within it one space (a spreadsheet's
+    "Patient⏎message", its header wrapped by Alt+Enter, is ``Patient message``, a name one can pass
+    to ``--columns``)."""
+    return " ".join(header_cell.split())
+
+
 def no_title(path: Path, names: Sequence[str], line: int, unnamed: Iterable[str]) -> None:
     """Refuse a header that names one column where the first row below it holds text in a column
     it does not name (``unnamed``): a title above the column names ("Triage log, ward 3"), read
@@ -376,7 +384,7 @@ def _csv_rows(path: Path, reader: csv.DictReader):
     """``_csv``'s rows; what the csv module cannot read stops the file at its line, said so."""
     try:
         if reader.fieldnames:  # "prompt, chosen, rejected": a space after the delimiter is not in the name
-            reader.fieldnames = [name.strip() for name in reader.fieldnames]
+            reader.fieldnames = [column_name(name) for name in reader.fieldnames]
         _one_name_each(path, reader.fieldnames or [])
         start, first = 2, True  # line 1 is the header
         for row in reader:

@@ -30,7 +30,7 @@ from xml.etree.ElementTree import ParseError, iterparse
 
 from .._deps import require
 from ..fileio import atomic_path
-from .readers import _one_name_each, no_title
+from .readers import _one_name_each, column_name, no_title
 from .records import DataError
 
 _SAID: set[str] = set()  # the warnings given (see _warn)
@@ -83,7 +83,7 @@ def read_sheet(path: Path) -> Iterator[tuple[int, dict | DataError]]:
                             "it in Excel or LibreOffice and save it, which saves each formula's value")
         rows = enumerate(sheet.iter_rows(min_row=1, values_only=True), 1)  # (row 1 even where it is empty)
         line, header = next(((n, r) for n, r in rows if not _blank(r)), (1, ()))
-        yield from _records(path, sheet.title, line, [cell_text(v).strip() for v in header],
+        yield from _records(path, sheet.title, line, [column_name(cell_text(v)) for v in header],
                             _as_shown(path, sheet.title, marks, line, rows))
     finally:
         book.close()

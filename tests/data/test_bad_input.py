@@ -446,6 +446,22 @@ def test_a_title_above_the_column_names_is_named_not_read_as_the_header(tmp_path
     assert len(load_sft(tmp_path / "lm.csv", tok)[0]) == 1
 
 
+def test_a_header_wrapped_over_lines_names_its_column_with_spaces(tmp_path, tok):
+    """Excel wraps a long header with Alt+Enter ("Patient⏎message"): the column was named with the
+    line break, a name no --columns can pass; now one space stands for each run of them."""
+    openpyxl = pytest.importorskip("openpyxl")
+    path = tmp_path / "notes.csv"
+    path.write_text('"Patient\r\nmessage", Staff   reply\nChest pain?,Emergency now.\n')
+    assert [r for _, r in read_rows(path)] == [{"Patient message": "Chest pain?", "Staff reply": "Emergency now."}]
+    examples, _ = load_sft(path, tok, columns={"prompt": "Patient message", "completion": "Staff reply"})
+    assert len(examples) == 1
+    book = openpyxl.Workbook()
+    book.active.append(["Patient\nmessage", "Staff reply"])
+    book.active.append(["Chest pain?", "Emergency now."])
+    book.save(tmp_path / "notes.xlsx")
+    assert [r for _, r in read_rows(tmp_path / "notes.xlsx")] == [r for _, r in read_rows(path)]
+
+
 def test_a_list_of_records_loads_like_a_file(tok):
     """For notebooks: ``load_sft(list_of_dicts, tok)``; errors name ``<records>`` and the 1-based
     position, and a non-dict item is a bad record like a non-object JSON line."""
