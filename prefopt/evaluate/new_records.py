@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .._deps import progress
 from ..data.readers import compression, data_suffix, sniff_delimiter
-from ..data.sheets import write_sheet
+from ..data.sheet_writer import write_sheet
 from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 from .confidence import chosen, likeliest, probabilities_for
 from .partial import PARTIAL, append_partial, resume, start_partial

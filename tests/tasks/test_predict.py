@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from prefopt.cli import main
-from prefopt.data import sheets
+from prefopt.data import sheet_writer
 from prefopt.data.readers import read_rows
 from prefopt.data.records import DataError
-from prefopt.data.sheets import write_sheet
+from prefopt.data.sheet_writer import write_sheet
 from prefopt.evaluate.confidence import SCORING
 from prefopt.evaluate.new_records import counts, delimiter_of, prediction_rows, summary, table_format, table_text
 from prefopt.tasks import PORTAL_DATA, get_task
@@ -327,7 +327,7 @@ def test_predict_on_a_workbook_writes_a_workbook(tiny_model, tmp_path, capsys, m
     rows = [row for _, row in read_rows(out / "predictions.xlsx")]
     assert [(r["mrn"], r["record"], r["finished"]) for r in rows] == [
         (f"A{i}", f"portal:{i + 2}", "FALSE") for i in range(3)]  # (3 tokens: no answer finishes)
-    monkeypatch.setattr(sheets, "CELL_LIMIT", 10)  # "Message 0: my knee hurts" is over it
+    monkeypatch.setattr(sheet_writer, "CELL_LIMIT", 10)  # "Message 0: my knee hurts" is over it
     argv = ["predict", "--task", "portal", "--model", str(tiny_model), "--data", str(tmp_path / "msgs.xlsx"),
             "--output", str(tmp_path / "p2"), "--max-new-tokens", "3", "--no-confidence"]
     assert main(argv) == 2
