@@ -19,6 +19,7 @@ Writing one: :mod:`prefopt.data.sheet_writer`."""
 from __future__ import annotations
 
 import datetime
+import re
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -31,11 +32,17 @@ from .readers import _one_name_each, column_name, no_title
 from .records import DataError
 
 _SAID: set[str] = set()  # the warnings given (see _warn)
+_ESCAPED = re.compile(r"_x([0-9A-Fa-f]{4})_")  # a character as Excel escapes it in a text (ST_Xstring)
 OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # a compound file's first bytes: Excel encrypts a workbook into one
 
 
 def cell_text(v) -> str:
-    """A cell's value as text (see the module's docstring)."""
+    """A cell's value as text (see the module's docstring). Text is read as Excel shows it: Excel
+    writes a character XML cannot hold as ``_xHHHH_`` (a carriage return, from a note pasted with
+    Windows line breaks, as ``_x000D_``) and a literal ``_x`` of that shape as ``_x005F_x...``;
+    openpyxl hands both on, and "_x000D_" was trained on as text."""
+    if isinstance(v, str):
+        return _ESCAPED.sub(lambda m: chr(int(m[1], 16)), v) if "_x" in v else v
     if v is None:
         return ""
     if isinstance(v, bool):

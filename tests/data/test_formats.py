@@ -332,6 +332,18 @@ def test_a_value_merged_down_over_rows_is_read_in_each_row_it_covers(tmp_path):
         (2, "urgent", "yes"), (3, "urgent", "no"), (4, "urgent", ""), (5, "routine", "")]
 
 
+def test_a_character_excel_escapes_in_a_text_is_read_as_itself(tmp_path):
+    """A note pasted into Excel with Windows line breaks is saved with each carriage return as
+    ``_x000D_`` (and a typed ``_x000D_`` as ``_x005F_x000D_``): openpyxl hands the escapes on, and
+    they were read, and trained on, as those seven characters."""
+    book = _workbook(tmp_path / "e.xlsx", {"s": [["prompt", "completion"],
+                                                 ["Chest pain.ESC1Since 2 h.", "ED now ESC2"]]})
+    saved = _doctored(book, tmp_path / "saved.xlsx", rb"ESC1", rb"_x000D_\n")  # (\n: a line feed, in re's replacement)
+    saved = _doctored(saved, tmp_path / "saved2.xlsx", rb"ESC2", rb"_x005F_x000D_ (typed)")
+    assert [r for _, r in read_rows(saved)] == [{"prompt": "Chest pain.\r\nSince 2 h.",
+                                                 "completion": "ED now _x000D_ (typed)"}]
+
+
 def test_an_excel_tables_total_row_is_not_read_as_a_record(tmp_path):
     """Excel's Total Row under a table (``Total`` and ``=SUBTOTAL(103,...)``, its value saved)
     was read as one more record: prompt "Total", completion "2"."""
