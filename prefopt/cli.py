@@ -330,6 +330,7 @@ def _add_make_pairs(sub) -> None:
     p.add_argument("--output", required=True, help="output folder: pairs.jsonl, feedback.jsonl, answers.jsonl, "
                    "make_pairs.json")
     p.add_argument("--columns", nargs="+", metavar="FIELD=COLUMN", help="the data's own column names, as sft's")
+    add_sheet_flag(p)
     p.add_argument("--batch-size", type=positive_int, default=8, help="prompts answered at once")
     p.add_argument("--max-prompt-length", type=positive_int, help="keep each prompt's last N tokens (as training's)")
     p.add_argument("--skip-bad-records", action="store_true", help="skip (and count) bad records instead of stopping")
@@ -547,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "--loss kto (a preference file read as KTO reads it); default: from the first record's fields")
     k.add_argument("--columns", nargs="+", metavar="FIELD=COLUMN", help="read a record's field from a column of "
                    "another name, as sft and dpo --columns do (e.g. prompt=question 'chosen=good answer')")
+    add_sheet_flag(k)
     k.add_argument("--max-length", type=positive_int, default=1024, help="the training max_length to measure against")
     k.add_argument("--max-prompt-length", type=positive_int)
     k.add_argument("--text-windows", action="store_true", help="as sft --text-windows: a text record longer than "
@@ -690,7 +692,21 @@ def run_script(main: Callable[[], object], prog: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return _guarded(lambda: args.func(args), f"prefopt {args.command}", 2, getattr(args, "batch_size", None))
+
+    def run() -> int:
+        from .data.sheets import sheet_scope
+
+        with sheet_scope(getattr(args, "data_sheet", None)):  # --sheet: each workbook's sheet to read
+            return args.func(args)
+
+    return _guarded(run, f"prefopt {args.command}", 2, getattr(args, "batch_size", None))
+
+
+def add_sheet_flag(p: argparse.ArgumentParser) -> None:
+    """``--sheet``: the sheet of each Excel workbook in ``--data`` to read (sft and dpo take it as
+    their config's ``sheet``; a task's data, as the task option ``sheet``)."""
+    p.add_argument("--sheet", dest="data_sheet", metavar="NAME", help="the sheet of an Excel workbook in --data to "
+                   "read (else its one sheet in view that holds data)")
 
 
 if __name__ == "__main__":

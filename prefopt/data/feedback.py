@@ -106,9 +106,10 @@ def mismatched(examples: list[TokenizedExample], max_length: int) -> list[Tokeni
 
 def load_feedback(path: str | Path | list[dict], tok: Tokenizer, *, max_length: int = 1024,
                   max_prompt_length: int | None = None, skip_bad: bool = False, show_progress: bool = True,
-                  columns: dict[str, str] | None = None) -> tuple[list[FeedbackExample], LoadReport]:
+                  columns: dict[str, str] | None = None, sheet: str | None = None
+                  ) -> tuple[list[FeedbackExample], LoadReport]:
     """Read, validate and tokenize KTO's records (unpaired, or preference pairs read as two);
-    errors, ``show_progress`` and ``columns`` as :func:`~prefopt.data.load_sft`. Each example
+    errors, ``show_progress``, ``columns`` and ``sheet`` as :func:`~prefopt.data.load_sft`. Each example
     carries its mismatched completion (:func:`mismatched`); the report counts records (a pair is
     one record, two examples)."""
     def encode(records):
@@ -117,7 +118,7 @@ def load_feedback(path: str | Path | list[dict], tok: Tokenizer, *, max_length: 
     encoded, report = load_tokenized(path, with_columns(parse_feedback, columns), encode, skip_bad=skip_bad,
                                      show_progress=show_progress,
                                      field_of=lambda recs: column_of("completion" if len(recs) == 1 else "chosen",
-                                                                     columns))
+                                                                     columns), sheet=sheet)
     _spread(report, encoded)
     own = [x for e in encoded for x in e.examples]
     labels = [d for e in encoded for d in e.desirable]

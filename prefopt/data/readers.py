@@ -83,7 +83,8 @@ DELIMITERS = (",", ";", "\t", "|")  # what a .csv file's header is tried with, i
 # A text format's file compressed as a whole (``train.jsonl.gz``, ``notes.csv.xz``): read through
 # the standard library's decompressors.
 COMPRESSIONS = {".gz": gzip, ".bz2": bz2, ".xz": lzma}
-BINARY = (".parquet", ".xlsx", ".xlsm")  # formats compressed within: never compressed again
+WORKBOOKS = (".xlsx", ".xlsm")
+BINARY = (".parquet", *WORKBOOKS)  # formats compressed within: never compressed again
 
 
 def compression(path: str | Path):
@@ -114,8 +115,8 @@ class EncodingError(DataError):
     """A file whose bytes are not text in the encoding it was read with (at ``line``)."""
 
 
-def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None, encoding: str = "utf-8"
-              ) -> Iterator[tuple[int, Row | DataError]]:
+def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None, encoding: str = "utf-8",
+              sheet: str | None = None) -> Iterator[tuple[int, Row | DataError]]:
     """Yield ``(line, row)`` for each record of a ``.jsonl``, ``.json``, ``.csv``, ``.tsv``,
     ``.parquet`` (its "line" is its row, from 1) or ``.xlsx`` file (its row in Excel:
     ``sheets.py``), or of a list of dicts (numbered from 1, as :data:`RECORDS`) or a DataFrame.
@@ -126,7 +127,9 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
     skipped, as blank lines are. A record that cannot be parsed is yielded as a
     :class:`DataError` in place of the row, so the caller decides whether to stop or skip;
     nothing after it is lost. Bytes that are not text in ``encoding`` raise
-    :class:`EncodingError`, naming their line.
+    :class:`EncodingError`, naming their line. ``sheet``: a workbook's sheet to read (else the one
+    :func:`~.sheets.reading_sheet` names, else its one sheet in view that holds data); a file that
+    is not a workbook is then refused.
     """
     if _is_frame(path):
         path = frame_rows(path)
@@ -147,6 +150,11 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
     suffix = data_suffix(path)
+    from .sheets import SHEET
+
+    if (sheet or SHEET.get()) and suffix not in WORKBOOKS:
+        raise ValueError(f"{path}: not an Excel workbook, and a sheet to read was named ({sheet or SHEET.get()!r}); "
+                         "name one only where every data file is a workbook")
     if suffix in BINARY and compression(path):
         raise ValueError(f"{path}: a {suffix} file compressed again; it compresses itself: decompress it and pass the "
                          f"{suffix} file")
@@ -158,10 +166,10 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
         yield from _csv(path, delimiter or ("\t" if suffix == ".tsv" else None), encoding)
     elif suffix == ".parquet":
         yield from _parquet(path)
-    elif suffix in (".xlsx", ".xlsm"):
+    elif suffix in WORKBOOKS:
         from .sheets import read_sheet
 
-        yield from read_sheet(path)
+        yield from read_sheet(path, sheet)
     else:
         how = SAVE_AS.get(suffix, "")
         raise ValueError(f"{path}: unknown data format {suffix!r}; use {NAMES} (the text formats also compressed: "

@@ -14,6 +14,7 @@ from .columns import column_hint, column_of, with_columns
 from .files import data_files, describe, is_paths
 from .readers import read_rows, source_name
 from .records import DataError, SFTRecord, parse_sft
+from .sheets import sheet_scope
 
 IGNORE = -100
 WINDOWS_ARE_SFT = "text_windows is for SFT's {\"text\"} records; a preference pair is not split"
@@ -337,6 +338,7 @@ def load_sft(
     show_progress: bool = True,
     columns: dict[str, str] | None = None,
     text_windows: bool = False,
+    sheet: str | None = None,
 ) -> tuple[list[TokenizedExample], LoadReport]:
     """Read, validate and tokenize an SFT file (JSONL, JSON, CSV, TSV, Parquet or .xlsx), a list of record
     dicts or a DataFrame.
@@ -349,7 +351,8 @@ def load_sft(
     ``text_windows``: a ``{"text"}`` record longer than ``max_length`` becomes several examples
     (:func:`text_windows_of`) instead of being cut to its start. A conversation of several
     assistant turns is one example, or one per turn where its template renders finished turns
-    otherwise than its prompts (:func:`turn_examples`; the report counts them).
+    otherwise than its prompts (:func:`turn_examples`; the report counts them). ``sheet``: the
+    sheet of each Excel workbook to read (else its one sheet in view that holds data).
     """
     def encode(rec):
         if text_windows and rec.text is not None:
@@ -360,7 +363,8 @@ def load_sft(
             return turn_examples(rec.messages, tok, max_length=max_length, max_prompt_length=max_prompt_length)
 
     examples, report = load_tokenized(path, with_columns(parse_sft, columns), encode, skip_bad=skip_bad,
-                                      show_progress=show_progress, field_of=lambda rec: column_of(_field(rec), columns))
+                                      show_progress=show_progress, field_of=lambda rec: column_of(_field(rec), columns),
+                                      sheet=sheet)
     report.max_length = max_length
     return examples, report
 
@@ -371,16 +375,18 @@ def _field(rec: SFTRecord) -> str:
 
 
 def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, field_of: Callable,
-                   show_progress: bool = True):
+                   show_progress: bool = True, sheet: str | None = None):
     """Parse every record, then ``encode(record) -> (example, Cut)`` each one, under a progress bar
     that shows once it has taken 2 s (``show_progress``); file after file where ``path`` names
     several (:func:`~.files.data_files`).
 
     An encoding failure becomes a :class:`DataError` on ``field_of(record)`` at the record's
     file and line, raised or (``skip_bad``) counted in the report like a parse failure. Raises
-    :class:`NoRecordsError` when not one record of all the files is usable.
+    :class:`NoRecordsError` when not one record of all the files is usable. ``sheet``: each
+    workbook's sheet to read (:func:`~.sheets.reading_sheet`).
     """
-    parts = [_tokenized(s, parse, encode, skip_bad, field_of, show_progress) for s in sources(path)]
+    with sheet_scope(sheet):
+        parts = [_tokenized(s, parse, encode, skip_bad, field_of, show_progress) for s in sources(path)]
     examples = [ex for exs, _ in parts for ex in exs]
     report = LoadReport.merged(source_label(path), [r for _, r in parts])
     if not examples:

@@ -23,6 +23,8 @@ import re
 import warnings
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from pathlib import Path
 from typing import NamedTuple
 from xml.etree.ElementTree import ParseError, iterparse
@@ -32,6 +34,7 @@ from .readers import _one_name_each, column_name, no_title
 from .records import DataError
 
 _SAID: set[str] = set()  # the warnings given (see _warn)
+SHEET: ContextVar[str | None] = ContextVar("sheet", default=None)  # see reading_sheet
 _ESCAPED = re.compile(r"_x([0-9A-Fa-f]{4})_")  # a character as Excel escapes it in a text (ST_Xstring)
 OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # a compound file's first bytes: Excel encrypts a workbook into one
 
@@ -60,9 +63,28 @@ def _blank(values) -> bool:
     return all(v is None or (isinstance(v, str) and not v.strip()) for v in values)
 
 
-def read_sheet(path: Path) -> Iterator[tuple[int, dict | DataError]]:
-    """``(row number, record)`` for each row below the header of the workbook's one sheet that
-    holds data; rows of blank cells skipped; a header naming a column twice refused, as a CSV's."""
+@contextmanager
+def reading_sheet(name: str | None) -> Iterator[None]:
+    """Within the block, each workbook read reads its sheet ``name`` (``--sheet``; the sheets of
+    one workbook that hold training and test data, or records beside a codebook); None: its one
+    sheet in view that holds data. A file that is not a workbook is then refused."""
+    token = SHEET.set(name.strip() if isinstance(name, str) and name.strip() else None)
+    try:
+        yield
+    finally:
+        SHEET.reset(token)
+
+
+def sheet_scope(name: str | None):
+    """:func:`reading_sheet` where ``name`` is given; else nothing (the block reads the sheet an
+    enclosing ``reading_sheet`` names, if any)."""
+    return reading_sheet(name) if name else nullcontext()
+
+
+def read_sheet(path: Path, sheet: str | None = None) -> Iterator[tuple[int, dict | DataError]]:
+    """``(row number, record)`` for each row below the header of the workbook's sheet ``sheet``
+    (None: the one :func:`reading_sheet` names, else its one sheet in view that holds data);
+    rows of blank cells skipped; a header naming a column twice refused, as a CSV's."""
     openpyxl = require("openpyxl", "reading .xlsx data files")
     try:
         book = openpyxl.load_workbook(path, read_only=True, data_only=True)  # data_only: formulas' saved values
@@ -77,7 +99,8 @@ def read_sheet(path: Path) -> Iterator[tuple[int, dict | DataError]]:
     try:
         for ws in book.worksheets:  # the rows the file has, not those its stated dimensions claim: read-only mode
             ws.reset_dimensions()   # trusts those, and a writer that states too few would lose the rest unsaid
-        sheet = _the_sheet(path, book)
+        name = sheet or SHEET.get()
+        sheet = _named_sheet(path, book, name) if name else _the_sheet(path, book)
         marks = _marks(path, getattr(sheet, "_worksheet_path", None))
         if marks.unsaved:
             raise DataError(path, None, None, f"sheet {sheet.title!r}, {_some(marks.unsaved, 'cell')}: "
@@ -92,6 +115,18 @@ def read_sheet(path: Path) -> Iterator[tuple[int, dict | DataError]]:
         book.close()
 
 
+def _named_sheet(path: Path, book, name: str):
+    """The sheet called ``name`` (spelled as its tab is, else in any case and spacing)."""
+    found = [ws for ws in book.worksheets if ws.title == name] or [
+        ws for ws in book.worksheets if column_name(ws.title).casefold() == column_name(name).casefold()]
+    if len(found) != 1:
+        sheets = ", ".join(repr(ws.title) + ("" if ws.sheet_state == "visible" else " (hidden)")
+                           for ws in book.worksheets)
+        raise DataError(path, None, None, f"no sheet {name!r} (its sheets: {sheets})" if not found else
+                        f"sheet {name!r} is {len(found)} sheets in any case: spell it as its tab does")
+    return found[0]
+
+
 def _the_sheet(path: Path, book):
     """The one sheet that holds data, of those Excel shows; a hidden one that holds data is warned
     of (hidden sheets hold lookup lists and the like, and the sheet in view is the one meant)."""
@@ -104,9 +139,8 @@ def _the_sheet(path: Path, book):
                         "no sheet holds any data")
     if len(shown) > 1:
         raise DataError(path, None, None, f"{len(shown)} sheets hold data ({', '.join(repr(ws.title) for ws in shown)}"
-                        "); prefopt reads a workbook of one, so that no other sheet (a test set) is trained on: save "
-                        "each as its own file (in Excel or LibreOffice, File > Save As > \"CSV UTF-8\" saves the "
-                        "sheet on view), or delete the others")
+                        "); name the one to read (--sheet NAME; a task's: --task-option sheet=NAME), so that no other "
+                        "sheet (a test set) is trained on")
     if hidden:
         _warn(f"{path}: read sheet {shown[0].title!r}; sheets hidden in Excel ({hidden}) hold data too and are not "
               "read")

@@ -438,7 +438,7 @@ def task_options_epilog() -> str:
 
 
 def add_commands(sub) -> None:
-    from ..cli import add_chat_flags
+    from ..cli import add_chat_flags, add_sheet_flag
     from ..losses import loss_arg
     from ..tasks import STRATEGIES, TASKS
     from .compare_config import PRESETS
@@ -525,6 +525,7 @@ def add_commands(sub) -> None:
                     "(any of its formats; several files, a folder of shards or a quoted pattern too)")
     ep.add_argument("--output", required=True, help="output folder: pairs.jsonl (one row a pair) and metrics.json")
     ep.add_argument("--columns", nargs="+", metavar="FIELD=COLUMN", help="the data's own column names, as dpo's")
+    add_sheet_flag(ep)
     ep.add_argument("--beta", type=float, default=0.1, help="the DPO beta the rewards are scaled by (the run's)")
     ep.add_argument("--max-length", type=positive_int, default=1024, help="as the run's max_length")
     ep.add_argument("--skip-bad-records", action="store_true", help="skip (and count) bad pairs instead of stopping")

@@ -6,7 +6,7 @@ import argparse
 
 
 def add_command(sub) -> None:
-    from ..cli import add_chat_flags
+    from ..cli import add_chat_flags, add_sheet_flag
     from .cli import add_device_flags, positive_int
 
     p = sub.add_parser("eval-nll", help="how well a model (+ adapter) predicts held-out SFT records: NLL per "
@@ -18,6 +18,7 @@ def add_command(sub) -> None:
                    "(prompt/completion, messages, text; several files, a folder of shards or a quoted pattern too)")
     p.add_argument("--output", required=True, help="output folder: records.jsonl (one row a record), metrics.json")
     p.add_argument("--columns", nargs="+", metavar="FIELD=COLUMN", help="the data's own column names, as sft's")
+    add_sheet_flag(p)
     p.add_argument("--max-length", type=positive_int, default=1024, help="as the run's max_length")
     p.add_argument("--max-prompt-length", type=positive_int, help="as the run's max_prompt_length")
     p.add_argument("--text-windows", action="store_true", help="as sft --text-windows: a long text record scored "

@@ -54,11 +54,12 @@ def one_row():
             raise
 
 
-def file_options(task, delimiter: str | None = None, encoding: str = "utf-8") -> dict:
-    """A generic task's ``delimiter`` and ``encoding`` options, checked, as :func:`table`'s keywords.
-    ``delimiter`` may be a character or a name (``tab``, ``\\t``, ``semicolon``, ...); None reads it
-    off a CSV's header. A bad byte's error names the options where ``task``'s class takes them (a
-    dataset's own task, such as ``medical_abstracts``, has its format fixed)."""
+def file_options(task, delimiter: str | None = None, encoding: str = "utf-8", sheet: str | None = None) -> dict:
+    """A generic task's ``delimiter``, ``encoding`` and ``sheet`` options, checked, as :func:`table`'s
+    keywords. ``delimiter`` may be a character or a name (``tab``, ``\\t``, ``semicolon``, ...); None
+    reads it off a CSV's header. ``sheet``: an Excel workbook's sheet to read (None: its one sheet
+    in view that holds data). A bad byte's error names the options where ``task``'s class takes
+    them (a dataset's own task, such as ``medical_abstracts``, has its format fixed)."""
     delimiter = DELIMITER_NAMES.get(delimiter, delimiter)
     if delimiter is not None and (not isinstance(delimiter, str) or len(delimiter) != 1):
         raise ValueError(f"delimiter must be one character or one of {', '.join(DELIMITER_NAMES)}, got {delimiter!r}")
@@ -66,19 +67,20 @@ def file_options(task, delimiter: str | None = None, encoding: str = "utf-8") ->
         codecs.lookup(encoding)
     except (LookupError, TypeError):
         raise ValueError(f"unknown encoding {encoding!r} (e.g. utf-8, cp1252, latin-1)") from None
-    return {"delimiter": delimiter, "encoding": encoding,
+    return {"delimiter": delimiter, "encoding": encoding, "sheet": sheet.strip() if sheet and sheet.strip() else None,
             "task_options": "encoding" in inspect.signature(type(task)).parameters}
 
 
-def table(path: str | Path, *, delimiter: str | None = None, encoding: str = "utf-8",
+def table(path: str | Path, *, delimiter: str | None = None, encoding: str = "utf-8", sheet: str | None = None,
           task_options: bool = False) -> Iterator[tuple[int, dict]]:
     """``(line, row)`` for each record of a CSV/TSV (any delimiter and encoding), JSONL or JSON
     file; a malformed record raises :class:`DataError` with its file and line. A CSV's delimiter,
-    unless given, is read off its header (:func:`prefopt.data.readers.read_rows`).
+    unless given, is read off its header (:func:`prefopt.data.readers.read_rows`); ``sheet``, a
+    workbook's sheet to read.
     ``task_options``: the task takes :func:`file_options`, so a bad byte's error names them."""
     passed_over = _SET_ASIDE.get()
     try:
-        for line, row in read_rows(path, delimiter=delimiter, encoding=encoding):
+        for line, row in read_rows(path, delimiter=delimiter, encoding=encoding, sheet=sheet):
             if (str(Path(path)), line) in passed_over:
                 continue
             if isinstance(row, DataError):

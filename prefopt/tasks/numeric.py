@@ -28,15 +28,15 @@ def _value(v: str) -> str:
 
 class NumericTable(ClassificationTask):
     """Any CSV/TSV/JSONL: ``feature_columns`` rendered as "name: value" lines, ``label_column`` the
-    class (``delimiter`` and ``encoding`` as for :class:`~.text_classification.TextClassification`)."""
+    class (``delimiter``, ``encoding`` and ``sheet`` as for :class:`~.text_classification.TextClassification`)."""
 
     name = "numeric_table"
 
     def __init__(self, label_column: str = "label", feature_columns: list[str] | None = None,
                  names: dict[str, str] | None = None, labels: list[str] | None = None, question: str | None = None,
-                 delimiter: str | None = None, encoding: str = "utf-8"):
+                 delimiter: str | None = None, encoding: str = "utf-8", sheet: str | None = None):
         super().__init__([LabelField("label", label_list(labels))])
-        self.labels_given, self.file = bool(labels), file_options(self, delimiter, encoding)
+        self.labels_given, self.file = bool(labels), file_options(self, delimiter, encoding, sheet)
         self.label_column, self.names = label_column, names or {}
         self.feature_columns = name_list("feature_columns", feature_columns) or None
         self.question = question or "What is the class of this record?"

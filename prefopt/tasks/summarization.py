@@ -9,16 +9,16 @@ from .base import GenerationTask, Record
 
 
 class Summarization(GenerationTask):
-    """Any CSV/TSV/JSONL with a source and a target column (``delimiter`` and ``encoding`` as for
+    """Any CSV/TSV/JSONL with a source and a target column (``delimiter``, ``encoding`` and ``sheet`` as for
     :class:`~.text_classification.TextClassification`)."""
 
     name = "summarization"
 
     def __init__(self, source_column: str = "source", target_column: str = "target",
                  instruction: str = "Summarize the text.", max_chars: int = 3000, max_new_tokens: int = 96,
-                 delimiter: str | None = None, encoding: str = "utf-8"):
+                 delimiter: str | None = None, encoding: str = "utf-8", sheet: str | None = None):
         super().__init__("rouge")
-        self.file = file_options(self, delimiter, encoding)
+        self.file = file_options(self, delimiter, encoding, sheet)
         self.source_column, self.target_column = source_column, target_column
         self.instruction, self.max_chars, self.max_new_tokens = instruction, max_chars, max_new_tokens
 

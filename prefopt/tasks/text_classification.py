@@ -12,17 +12,18 @@ ABSTRACT_CLASSES = {"1": "neoplasms", "2": "digestive system diseases", "3": "ne
 
 class TextClassification(ClassificationTask):
     """Any CSV/TSV/JSONL with a text column and a label column (``text_column``, ``label_column``);
-    a CSV's ``delimiter`` is read off its header unless given, ``encoding`` is UTF-8 unless given."""
+    a CSV's ``delimiter`` is read off its header unless given, ``encoding`` is UTF-8 unless given;
+    ``sheet``: an Excel workbook's sheet to read (else its one sheet in view that holds data)."""
 
     name = "text_classification"
 
     def __init__(self, text_column: str = "text", label_column: str = "label", labels: list[str] | None = None,
                  max_chars: int = 1500, instruction: str | None = None, delimiter: str | None = None,
-                 encoding: str = "utf-8"):
+                 encoding: str = "utf-8", sheet: str | None = None):
         super().__init__([LabelField("label", label_list(labels))])
         self.labels_given = bool(labels)
         self.text_column, self.label_column, self.max_chars = text_column, label_column, max_chars
-        self.instruction, self.file = instruction, file_options(self, delimiter, encoding)
+        self.instruction, self.file = instruction, file_options(self, delimiter, encoding, sheet)
 
     def label_of(self, raw: str) -> str:
         return raw.strip().lower()

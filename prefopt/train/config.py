@@ -43,6 +43,10 @@ class TrainConfig:
                                                   "of data")
     columns: dict[str, str] = opt(help="read a record's field from a column of another name (a CSV header, a "
                                        "JSON key): prompt=question 'chosen=good answer'", factory=dict)
+    sheet: str | None = opt(None, "the sheet of an Excel workbook in data to read (else its one sheet in view "
+                                  "that holds data)")
+    eval_sheet: str | None = opt(None, "the sheet of an Excel workbook in eval_data to read (the eval records on "
+                                       "another sheet of the training workbook)")
     eval_fraction: float = opt(0.0, "hold out this fraction of data for eval (before and after training)")
     max_length: int = opt(1024, "tokens per example; the prompt is cut from its start first")
     max_prompt_length: int | None = opt(None, "cut every prompt to its last N tokens")

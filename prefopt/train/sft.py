@@ -124,11 +124,11 @@ def load_train_eval(config, tok, loader=load_sft, records=None, eval_records=Non
     kw = dict(max_length=config.max_length, max_prompt_length=config.max_prompt_length,
               skip_bad=config.skip_bad_records, show_progress=config.progress, columns=config.columns,
               **({"text_windows": True} if config.text_windows else {}))  # SFT's alone (DPO refuses it)
-    examples, report = loader(source, tok, **kw)
+    examples, report = loader(source, tok, sheet=config.sheet, **kw)
     reports = [report]
     if eval_records is not None or config.eval_data:
         eval_source = Records(eval_records, "<eval_records>") if eval_records is not None else config.eval_data
-        eval_examples, eval_report = loader(eval_source, tok, **kw)
+        eval_examples, eval_report = loader(eval_source, tok, sheet=config.eval_sheet, **kw)
         reports.append(eval_report)
     else:
         examples, eval_examples = split_eval(examples, config.eval_fraction, config.seed, report.kept_records)

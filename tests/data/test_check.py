@@ -53,6 +53,29 @@ def test_a_preference_file_is_detected_and_a_clean_one_exits_0(model, tmp_path, 
     assert "max_length=1024 is past the model's context of 256 tokens" in capsys.readouterr().out
 
 
+def test_check_data_reads_the_sheet_named_and_a_task_its_sheet_option(model, tmp_path, capsys):
+    """``--sheet`` for a training workbook, ``--task-option sheet=`` for a task's: the sheet named
+    is read, where without it the workbook of two data sheets is refused."""
+    openpyxl = pytest.importorskip("openpyxl")
+    book = openpyxl.Workbook()
+    book.active.title = "train"
+    for row in [["prompt", "completion"], ["Chest pain?", "Emergency now."], ["Refill?", "Pharmacy."]]:
+        book.active.append(row)
+    test = book.create_sheet("test")
+    for row in [["note", "urgency"], ["Chest pain", "urgent"], ["Refill", "routine"], ["Rash", "routine"]]:
+        test.append(row)
+    book.save(tmp_path / "notes.xlsx")
+    data = ["check-data", "--model", str(model), "--data", str(tmp_path / "notes.xlsx")]
+    assert main(data) == 2 and "2 sheets hold data ('train', 'test')" in capsys.readouterr().err
+    assert main(data + ["--sheet", "train"]) == 0
+    assert "notes.xlsx: SFT records; 2 of 2 records kept" in capsys.readouterr().out
+    assert main(data + ["--task", "text_classification", "--task-option", "text_column=note", "--task-option",
+                        "label_column=urgency", "--task-option", "sheet=test"]) == 0
+    said = capsys.readouterr().out
+    assert "notes.xlsx: text_classification records, as compare's SFT examples; 3 of 3 records kept" in said
+    assert "label: 2 labels: 'routine' 2 (67%), 'urgent' 1 (33%)" in said
+
+
 def test_check_data_encodes_each_text_once_and_forgets_them_after(model, tmp_path):
     """It loaded the file twice (untruncated, then at max_length), encoding every text twice: 51 s
     for 20,000 records where training's load took 24 s. Loading pairs encoded each prompt twice."""

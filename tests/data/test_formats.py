@@ -287,6 +287,45 @@ def _doctored(book, out, pattern: bytes, replacement: bytes, count: int = 1):
     return out
 
 
+def test_a_sheet_is_chosen_by_name_for_a_read_a_load_a_block_and_a_training_run(tmp_path, tok):
+    """One workbook with the training and test sets on two sheets: ``sheet`` (``--sheet``) reads
+    one by its tab's name (in any case), a hidden one too; a name it lacks lists its sheets; a
+    file that is not a workbook is refused where a sheet is named. A training config reads its
+    data and eval data from two sheets of one workbook."""
+    from prefopt.data.sheets import reading_sheet
+    from prefopt.train.config import TrainConfig
+    from prefopt.train.sft import load_train_eval
+
+    openpyxl = pytest.importorskip("openpyxl")
+    book = openpyxl.Workbook()
+    book.active.title = "Train"
+    for row in [["prompt", "completion"], *[[f"train q{i}", f"a{i}"] for i in range(3)]]:
+        book.active.append(row)
+    for title, n in (("Test", 2), ("Codes", 1)):
+        sheet = book.create_sheet(title)
+        for row in [["prompt", "completion"], *[[f"{title.lower()} q{i}", f"a{i}"] for i in range(n)]]:
+            sheet.append(row)
+    book["Codes"].sheet_state = "hidden"
+    book.save(tmp_path / "notes.xlsx")
+    path = tmp_path / "notes.xlsx"
+    assert [r["prompt"] for _, r in read_rows(path, sheet="test")] == ["test q0", "test q1"]
+    assert [r["prompt"] for _, r in read_rows(path, sheet="Codes")] == ["codes q0"]
+    with pytest.raises(DataError, match=r"notes.xlsx: no sheet 'Val' \(its sheets: 'Train', 'Test', 'Codes' "
+                                        r"\(hidden\)\)"):
+        list(read_rows(path, sheet="Val"))
+    (tmp_path / "more.csv").write_text("prompt,completion\nq,a\n")
+    with pytest.raises(ValueError, match=r"more.csv: not an Excel workbook, and a sheet to read was named \('Train'\)"):
+        load_sft([path, tmp_path / "more.csv"], tok, sheet="Train")
+    assert len(load_sft(path, tok, sheet="Train")[0]) == 3 and len(load_sft(path, tok, sheet="TEST")[0]) == 2
+    with reading_sheet("Test"):  # (what --sheet does for check-data, make-pairs, eval-nll, eval-pairs)
+        assert len(load_sft(path, tok)[0]) == 2
+        assert len(load_sft(path, tok, sheet="Train")[0]) == 3  # (an explicit sheet wins)
+    cfg = TrainConfig(model="m", data=str(path), sheet="Train", eval_data=str(path), eval_sheet="Test",
+                      output_dir=str(tmp_path / "run"), progress=False)
+    train, evals, reports = load_train_eval(cfg, tok)
+    assert (len(train), len(evals), [r.n_kept for r in reports]) == (3, 2, [3, 2])
+
+
 def test_a_workbook_whose_stated_dimensions_are_too_small_is_read_whole(tmp_path):
     """openpyxl's read-only mode stops at the rows a sheet's <dimension> claims; a writer that
     states too few (here A1:B2 for six rows) lost every record past the first without a word."""
@@ -388,8 +427,9 @@ def test_hidden_rows_are_read_and_warned_of_and_a_hidden_sheet_is_not_read(tmp_p
 def test_a_workbook_that_is_not_one_sheet_of_records_is_refused_by_name(tmp_path, monkeypatch):
     two = _workbook(tmp_path / "two.xlsx", {"train": [["prompt", "completion"], ["q", "a"]],
                                             "test": [["prompt", "completion"], ["q2", "a2"]]})
-    with pytest.raises(DataError, match=r"two.xlsx: 2 sheets hold data \('train', 'test'\); .* so that no other sheet "
-                                        r"\(a test set\) is trained on"):
+    with pytest.raises(DataError, match=r"two.xlsx: 2 sheets hold data \('train', 'test'\); name the one to read "
+                                        r"\(--sheet NAME; a task's: --task-option sheet=NAME\), so that no other "
+                                        r"sheet \(a test set\) is trained on"):
         list(read_rows(two))
     with pytest.raises(DataError, match=r"none.xlsx: no sheet holds any data"):
         list(read_rows(_workbook(tmp_path / "none.xlsx", {"Sheet1": []})))
