@@ -53,15 +53,17 @@ def _what(config) -> tuple[str, list[str]]:
 
 def _data_lines(config, n_train: int, n_eval: int) -> list[str]:
     lines = []
-    for name in ("data", "eval_data"):
+    for name, sheet in (("data", "sheet"), ("eval_data", "eval_sheet")):
         try:
             files = data_files(getattr(config, name, None) or [])
         except (OSError, ValueError):  # gone since the run read it
             continue
+        sheet = getattr(config, sheet, None)
         if len(files) == 1:
-            lines.append(f"- `{name}`: `{files[0].resolve()}` (SHA-256 `{sha256_of(files[0])}`)")
+            lines.append(f"- `{name}`: `{files[0].resolve()}` ({f'sheet {sheet!r}, ' if sheet else ''}"
+                         f"SHA-256 `{sha256_of(files[0])}`)")
         elif files:
-            lines.append(f"- `{name}`: {len(files)} files, read in this order:")
+            lines.append(f"- `{name}`: {len(files)} files, read in this order{f' (sheet {sheet!r})' if sheet else ''}:")
             lines += [f"  - `{f.resolve()}` (SHA-256 `{sha256_of(f)}`)" for f in files]
     if not config.data:
         lines.append("- the training records were given in memory (`records=`), not read from a file: no file "

@@ -324,6 +324,12 @@ def test_a_sheet_is_chosen_by_name_for_a_read_a_load_a_block_and_a_training_run(
                       output_dir=str(tmp_path / "run"), progress=False)
     train, evals, reports = load_train_eval(cfg, tok)
     assert (len(train), len(evals), [r.n_kept for r in reports]) == (3, 2, [3, 2])
+    from prefopt.fileio import sha256_of
+    from prefopt.train.card import _data_lines
+
+    digest = sha256_of(path)
+    assert _data_lines(cfg, 3, 2)[:2] == [f"- `{name}`: `{path.resolve()}` (sheet {sheet!r}, SHA-256 `{digest}`)"
+                                          for name, sheet in (("data", "Train"), ("eval_data", "Test"))]  # the card
 
 
 def test_a_workbook_whose_stated_dimensions_are_too_small_is_read_whole(tmp_path):
