@@ -383,9 +383,24 @@ def _csv(path: Path, delimiter: str | None = None, encoding: str = "utf-8"):
     # csv refuses a cell over 131,072 characters unless told otherwise (a long clinical note): the
     # whole file is in memory already, so no cell of it is too long to read
     csv.field_size_limit(max(csv.field_size_limit(), min(len(text) + 1, 2**31 - 1)))  # (a C long on Windows)
+    delimiter = delimiter or sniff_delimiter(text)
+    _no_csv_title(path, text, delimiter)
     with io.StringIO(text, newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter or sniff_delimiter(text))
-        yield from _csv_rows(path, reader)
+        yield from _csv_rows(path, csv.DictReader(f, delimiter=delimiter))
+
+
+def _no_csv_title(path: Path, text: str, delimiter: str) -> None:
+    """:func:`no_title` for a CSV: its header against the first row below it that is not blank,
+    cell by cell (a DictReader keeps one cell of the columns without a name). Only the columns the
+    header has count: a title row Excel exports is as wide as the sheet, and a cell past the header
+    is rather a delimiter left unquoted. What csv cannot read is the reader's to report."""
+    rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        names = [column_name(name) for name in next(rows, [])]
+        first = next((r for r in rows if any(c.strip() for c in r)), [])
+    except csv.Error:
+        return
+    no_title(path, names, 1, [c for c, name in zip(first, names) if not name])
 
 
 def _csv_rows(path: Path, reader: csv.DictReader):
@@ -394,13 +409,9 @@ def _csv_rows(path: Path, reader: csv.DictReader):
         if reader.fieldnames:  # "prompt, chosen, rejected": a space after the delimiter is not in the name
             reader.fieldnames = [column_name(name) for name in reader.fieldnames]
         _one_name_each(path, reader.fieldnames or [])
-        start, first = 2, True  # line 1 is the header
+        start = 2  # line 1 is the header
         for row in reader:
-            blank = None not in row and not any(v and v.strip() for v in row.values())
-            if first and not blank:
-                no_title(path, reader.fieldnames or [], 1, [v for k, v in row.items() if k == "" and v])
-                first = False
-            if blank:
+            if None not in row and not any(v and v.strip() for v in row.values()):
                 pass  # a row of blank cells holds nothing: skipped, as a blank line is
             elif None in row:
                 yield start, DataError(path, start, None, f"more cells than the header has columns: {row[None]!r}")

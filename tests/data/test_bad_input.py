@@ -444,6 +444,9 @@ def test_a_title_above_the_column_names_is_named_not_read_as_the_header(tmp_path
     assert len(load_sft(path, tok)[0]) == 1
     (tmp_path / "lm.csv").write_text("text,\nA note on chest pain.,\n")  # (an export's trailing delimiter)
     assert len(load_sft(tmp_path / "lm.csv", tok)[0]) == 1
+    path.write_text("Triage log ward 3,,\nprompt,completion,\n")  # the text in the first of two unnamed columns
+    with pytest.raises(DataError, match=r"log.csv:1: the header, .* names one column \('Triage log ward 3'\)"):
+        load_sft(path, tok)
 
 
 def test_a_header_wrapped_over_lines_names_its_column_with_spaces(tmp_path, tok):
