@@ -367,14 +367,14 @@ def column_name(header_cell: str) -> str:
     return " ".join(header_cell.split())
 
 
-def no_title(path: Path, names: Sequence[str], line: int, unnamed: Iterable[str]) -> None:
-    """Refuse a header that names one column where the first row below it holds text in a column
-    it does not name (``unnamed``): a title above the column names ("Triage log, ward 3"), read
-    as the header, would have every row refused for cells it does not name."""
-    named = [n for n in names if n and n.strip()]
-    if len(named) == 1 and any(v.strip() for v in unnamed):
+def no_title(path: Path, names: Sequence[str], line: int, right: Iterable[str]) -> None:
+    """Refuse a header that names its first column alone where the first row below it holds text
+    to the right of that (``right``: the row's cells after its first): a title above the column
+    names ("Triage log, ward 3"), read as the header, would have every row refused for cells it
+    does not name. (A column without a name before a named one, pandas' index, is no title.)"""
+    if names and names[0].strip() and not any(n.strip() for n in names[1:]) and any(v.strip() for v in right):
         raise DataError(path, line, None, f"the header, the first row that is not blank, names one column "
-                                          f"({named[0]!r}) and the row below holds text in others: a title above the "
+                                          f"({names[0]!r}) and the row below holds text in others: a title above the "
                                           "column names? Delete the rows above them")
 
 
@@ -400,7 +400,7 @@ def _no_csv_title(path: Path, text: str, delimiter: str) -> None:
         first = next((r for r in rows if any(c.strip() for c in r)), [])
     except csv.Error:
         return
-    no_title(path, names, 1, [c for c, name in zip(first, names) if not name])
+    no_title(path, names, 1, first[1:len(names)])
 
 
 def _csv_rows(path: Path, reader: csv.DictReader):

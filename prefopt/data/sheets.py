@@ -260,7 +260,7 @@ def _records(path: Path, title: str, line: int, names: list[str], rows):
         if _blank(values):
             continue
         if first:
-            no_title(path, names, line, [cell_text(v) for i, v in enumerate(values) if i >= len(names) or not names[i]])
+            no_title(path, names, line, [cell_text(v) for v in values[1:]])
             first = False
         extra = [v for v in values[width:] if v is not None and cell_text(v).strip()]
         if extra:

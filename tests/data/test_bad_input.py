@@ -447,6 +447,8 @@ def test_a_title_above_the_column_names_is_named_not_read_as_the_header(tmp_path
     path.write_text("Triage log ward 3,,\nprompt,completion,\n")  # the text in the first of two unnamed columns
     with pytest.raises(DataError, match=r"log.csv:1: the header, .* names one column \('Triage log ward 3'\)"):
         load_sft(path, tok)
+    (tmp_path / "idx.csv").write_text(",text\n0,A note on chest pain.\n")  # pandas' to_csv: its index unnamed
+    assert len(load_sft(tmp_path / "idx.csv", tok)[0]) == 1
 
 
 def test_a_header_wrapped_over_lines_names_its_column_with_spaces(tmp_path, tok):
