@@ -19,6 +19,7 @@ Writing one: :mod:`prefopt.data.sheet_writer`."""
 from __future__ import annotations
 
 import datetime
+import posixpath
 import re
 import warnings
 import zipfile
@@ -167,17 +168,18 @@ class Marks(NamedTuple):
     hidden: list[int]  # rows hidden in Excel that hold data
     unsaved: list[str]  # cells whose formula has no saved value
     merged: list[tuple[str, int, int, int]]  # ranges merged over rows: (B2:B6, column index 1, first row 2, last 6)
-    totals: list[int]  # rows of SUBTOTAL formulas: a table's total row
+    totals: list[int]  # a table's total rows
 
 
 def _marks(path: Path, member: str | None) -> Marks:
     """:class:`Marks` from the sheet's XML (``member`` of the workbook's zip; not there or None:
     nothing found). A formula has no saved value where its ``<v>`` is empty or missing, but for a
-    formula's empty text (``t="str"``); such a cell reads as empty. A row with a ``SUBTOTAL``
-    formula is the total row Excel adds to a table (Table Design > Total Row), not a record."""
+    formula's empty text (``t="str"``); such a cell reads as empty. A table's total rows (Table
+    Design > Total Row) are the last ``totalsRowCount`` rows of its range, as its definition, a
+    part of its own, states them."""
     from openpyxl.utils.cell import range_boundaries
 
-    marks, number, subtotal = Marks([], [], [], []), 0, False
+    marks, number, tables = Marks([], [], [], []), 0, []
     with zipfile.ZipFile(path) as z:
         if member not in z.namelist():  # openpyxl's private name for it changed: nothing known
             return marks
@@ -188,22 +190,48 @@ def _marks(path: Path, member: str | None) -> Marks:
                     parts = {k.tag.rpartition("}")[2]: k.text for k in el}
                     if "f" in parts and not parts.get("v") and el.get("t") != "str":
                         marks.unsaved.append(el.get("r") or "?")
-                    subtotal = subtotal or (parts.get("f") or "").lstrip().upper().startswith("SUBTOTAL(")
                 elif tag == "row":
                     number = int(el.get("r") or number + 1)
                     if el.get("hidden") in ("1", "true") and any(len(c) for c in el):
                         marks.hidden.append(number)
-                    if subtotal:
-                        marks.totals.append(number)
                     el.clear()
-                    subtotal = False
+                elif tag == "tablePart":
+                    tables += [v for k, v in el.attrib.items() if k.rpartition("}")[2] == "id"]
                 elif tag == "mergeCell":
                     ref = el.get("ref", "")
                     first_column, first, _, last = range_boundaries(ref) if ":" in ref else (0, 0, 0, 0)
                     if last > first:
                         marks.merged.append((ref, first_column - 1, first, last))
+        for ref, count in _tables(z, member, tables):
+            last = range_boundaries(ref)[3]
+            marks.totals.extend(range(last - count + 1, last + 1))
     marks.merged.sort(key=lambda m: (m[2], m[1]))  # in reading order
     return marks
+
+
+def _tables(z: zipfile.ZipFile, member: str, ids: list[str]) -> list[tuple[str, int]]:
+    """``(range, total rows)`` of each table of the sheet ``member`` (its ``tablePart`` ids, found
+    through the sheet's relationships) that has total rows."""
+    rels = posixpath.join(posixpath.dirname(member), "_rels", posixpath.basename(member) + ".rels")
+    if not ids or rels not in z.namelist():
+        return []
+    out = []
+    try:
+        with z.open(rels) as f:
+            targets = {el.get("Id"): el.get("Target", "") for _, el in iterparse(f) if el.tag.endswith("Relationship")}
+        for rid in ids:
+            target = targets.get(rid, "")
+            name = target.lstrip("/") if target.startswith("/") else posixpath.normpath(
+                posixpath.join(posixpath.dirname(member), target))
+            if name in z.namelist():
+                with z.open(name) as f:
+                    table = next(iter(iterparse(f, events=("start",))))[1]  # its root element: the attributes needed
+                count = int(table.get("totalsRowCount") or 0)
+                if count > 0 and ":" in table.get("ref", ""):
+                    out.append((table.get("ref"), count))
+    except (ParseError, ValueError, StopIteration):  # a part that does not parse: its tables unknown, as openpyxl's
+        return []
+    return out
 
 
 def _as_shown(path: Path, title: str, marks: Marks, line: int, rows):
@@ -220,8 +248,7 @@ def _as_shown(path: Path, title: str, marks: Marks, line: int, rows):
               "covers read with its value, as the sheet shows it (its CSV export leaves all but the first empty)")
     totals = {n for n in marks.totals if n > line}
     if totals:
-        _warn(f"{path}: sheet {title!r}: {_some(sorted(totals), 'row')} of SUBTOTAL formulas (an Excel table's total "
-              "row) not read")
+        _warn(f"{path}: sheet {title!r}: {_some(sorted(totals), 'row')}, an Excel table's total row, not read")
     return ((n, values) for n, values in _filled_down(rows, merged) if n not in totals)
 
 

@@ -390,14 +390,25 @@ def test_a_character_excel_escapes_in_a_text_is_read_as_itself(tmp_path):
 
 
 def test_an_excel_tables_total_row_is_not_read_as_a_record(tmp_path):
-    """Excel's Total Row under a table (``Total`` and ``=SUBTOTAL(103,...)``, its value saved)
-    was read as one more record: prompt "Total", completion "2"."""
-    book = _workbook(tmp_path / "t.xlsx", {"s": [["prompt", "completion"], ["q1", "a1"], ["q2", "a2"],
-                                                 ["Total", "=SUBTOTAL(103,B2:B3)"]]})
-    saved = _doctored(book, tmp_path / "saved.xlsx", rb"(<f>SUBTOTAL[^<]*</f>)<v ?/>", rb"\1<v>2</v>")
-    with pytest.warns(UserWarning, match=r"saved.xlsx: sheet 's': row 4 of SUBTOTAL formulas \(an Excel table's total "
-                                         r"row\) not read"):
-        assert [(n, r["prompt"]) for n, r in read_rows(saved)] == [(2, "q1"), (3, "q2")]
+    """Excel's Total Row under a table (Table Design > Total Row: ``Total`` and a ``SUBTOTAL``
+    formula, its value saved) was read as one more record, prompt "Total"; the table's definition
+    says which row it is. A column numbering the rows by ``SUBTOTAL`` (a filtered list's trick)
+    keeps every row."""
+    openpyxl = pytest.importorskip("openpyxl")
+    book = openpyxl.Workbook()
+    ws = book.active
+    ws.title = "s"
+    for row in [["prompt", "completion", "n"], ["q1", "a1", "=SUBTOTAL(3,$A$2:A2)"],
+                ["q2", "a2", "=SUBTOTAL(3,$A$2:A3)"], ["Total", "=SUBTOTAL(103,B2:B3)", None]]:
+        ws.append(row)
+    table = openpyxl.worksheet.table.Table(displayName="Notes", ref="A1:C4")
+    table.totalsRowCount = 1
+    ws.add_table(table)
+    book.save(tmp_path / "t.xlsx")
+    saved = _doctored(tmp_path / "t.xlsx", tmp_path / "saved.xlsx", rb"(<f>SUBTOTAL[^<]*</f>)<v ?/>", rb"\1<v>2</v>",
+                      count=3)
+    with pytest.warns(UserWarning, match=r"saved.xlsx: sheet 's': row 4, an Excel table's total row, not read"):
+        assert [(n, r["prompt"], r["n"]) for n, r in read_rows(saved)] == [(2, "q1", "2"), (3, "q2", "2")]
 
 
 def test_hidden_rows_are_read_and_warned_of_and_a_hidden_sheet_is_not_read(tmp_path):
