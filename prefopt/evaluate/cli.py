@@ -138,7 +138,8 @@ def _eval_pairs(args) -> int:
         reference = None
         say("no --adapter: nothing to measure rewards against, so the model's own log-probs only")
     metrics, rows = pair_metrics(pairs, policy, reference, beta=args.beta, n_resamples=args.n_resamples)
-    metrics |= {"model": args.model, "adapter": args.adapter, "data": describe(data), "max_length": args.max_length,
+    metrics |= {"model": args.model, "adapter": args.adapter, "data": describe(data),
+                **({"sheet": args.data_sheet} if args.data_sheet else {}), "max_length": args.max_length,
                 "reference": args.reference_adapter or ("the model without the adapter" if args.adapter else None),
                 "skipped_records": len(report.skipped)} | placement(model)
     for row, (file, line) in zip(rows, places):  # where each pair is in the data (its file where several)

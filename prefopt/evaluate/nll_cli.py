@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     for row, value, n in zip(rows, nll, tokens):
         row |= {"nll": float(value), "nll_per_token": float(value / n) if n else None}
     metrics = nll_metrics(nll, tokens, n_resamples=args.n_resamples)
-    metrics |= {"model": args.model, "adapter": args.adapter, "data": describe(data), "max_length": args.max_length,
+    metrics |= {"model": args.model, "adapter": args.adapter, "data": describe(data),
+                **({"sheet": args.data_sheet} if args.data_sheet else {}), "max_length": args.max_length,
                 "max_prompt_length": args.max_prompt_length, "text_windows": args.text_windows,
                 "examples": len(examples), "skipped_records": len(report.skipped)} | placement(model)
     paired = against(rows, earlier, n_resamples=args.n_resamples) if earlier is not None else None
