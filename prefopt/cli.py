@@ -383,7 +383,8 @@ def _make_pairs(args: argparse.Namespace) -> int:
                        quantize=args.quantize)
     decode = _decoding(args)
     made = {"model": args.model, "adapter": args.adapter, "data": describe(data), "columns": args.columns,
-            **({"sheet": args.data_sheet} if args.data_sheet else {}), "max_new_tokens": args.max_new_tokens, "max_prompt_length": args.max_prompt_length,
+            **({"sheet": args.data_sheet} if args.data_sheet else {}), "max_new_tokens": args.max_new_tokens,
+            "max_prompt_length": args.max_prompt_length,
             "batch_size": args.batch_size, **decode, **placement(model), **prompt_settings(tok)}
     with claimed(args.output, JOB):
         # the batch size changes no answer (each prompt seeded alone): a run stopped for want of memory goes on

@@ -396,7 +396,8 @@ def test_a_csvs_delimiter_is_read_off_its_header_and_blank_rows_skipped(tmp_path
                                          r"\.xlsx .* \(a table Excel saved as \"Text \(Tab delimited\)\" or \"Unicode "
                                          r"Text\" is a \.tsv: rename it so\)$"):
         list(read_rows(tmp_path / "d.txt"))
-    (tmp_path / "d.tsv").write_text("prompt\tcompletion\r\nChest pain?\tED now.\r\n", encoding="utf-16")  # "Unicode Text"
+    unicode_text = "prompt\tcompletion\r\nChest pain?\tED now.\r\n"  # as Excel's "Unicode Text" saves it
+    (tmp_path / "d.tsv").write_text(unicode_text, encoding="utf-16")
     assert [r for _, r in read_rows(tmp_path / "d.tsv")] == [{"prompt": "Chest pain?", "completion": "ED now."}]
     (tmp_path / "notes.xls").write_bytes(b"\xd0\xcf\x11\xe0")  # an old workbook says how to save it as one read
     with pytest.raises(ValueError, match=r"unknown data format '.xls'; .* \(in Excel or LibreOffice: File > Save As > "
