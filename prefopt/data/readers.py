@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import lzma
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ def plain(v):
 FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".xlsx", ".xlsm")
 NAMES = ".jsonl, .json, .csv, .tsv, .parquet or .xlsx"
 DELIMITERS = (",", ";", "\t", "|")  # what a .csv file's header is tried with, in order of preference
+_SEP_LINE = re.compile(r"sep=(.)\r?\n")  # a first line that names the delimiter, which Excel reads
 # A text format's file compressed as a whole (``train.jsonl.gz``, ``notes.csv.xz``): read through
 # the standard library's decompressors.
 COMPRESSIONS = {".gz": gzip, ".bz2": bz2, ".xz": lzma}
@@ -383,15 +385,18 @@ def _csv(path: Path, delimiter: str | None = None, encoding: str = "utf-8"):
     # csv refuses a cell over 131,072 characters unless told otherwise (a long clinical note): the
     # whole file is in memory already, so no cell of it is too long to read
     csv.field_size_limit(max(csv.field_size_limit(), min(len(text) + 1, 2**31 - 1)))  # (a C long on Windows)
+    first_line = 1  # the header's
+    if (given := _SEP_LINE.match(text)) is not None:  # Excel's "sep=;": the delimiter, named on a line of its own
+        delimiter, first_line, text = delimiter or given[1], 2, text[given.end():]
     delimiter = delimiter or sniff_delimiter(text)
-    _no_csv_title(path, text, delimiter)
+    _no_csv_title(path, text, delimiter, first_line)
     with io.StringIO(text, newline="") as f:
-        yield from _csv_rows(path, csv.DictReader(f, delimiter=delimiter))
+        yield from _csv_rows(path, f, delimiter, first_line)
 
 
-def _no_csv_title(path: Path, text: str, delimiter: str) -> None:
+def _no_csv_title(path: Path, text: str, delimiter: str, line: int) -> None:
     """:func:`no_title` for a CSV: its header against the first row below it that is not blank,
-    cell by cell (a DictReader keeps one cell of the columns without a name). Only the columns the
+    cell by cell (a row's dict keeps one cell of the columns without a name). Only the columns the
     header has count: a title row Excel exports is as wide as the sheet, and a cell past the header
     is rather a delimiter left unquoted. What csv cannot read is the reader's to report."""
     rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
@@ -400,28 +405,38 @@ def _no_csv_title(path: Path, text: str, delimiter: str) -> None:
         first = next((r for r in rows if any(c.strip() for c in r)), [])
     except csv.Error:
         return
-    no_title(path, names, 1, first[1:len(names)])
+    no_title(path, names, line, first[1:len(names)])
 
 
-def _csv_rows(path: Path, reader: csv.DictReader):
-    """``_csv``'s rows; what the csv module cannot read stops the file at its line, said so."""
+def _csv_rows(path: Path, f, delimiter: str, first_line: int = 1):
+    """``_csv``'s rows of the text ``f``, its header on line ``first_line`` of the file: each
+    record's line is the one it starts on, blank lines before it counted (a DictReader's count
+    was one short after each); rows of blank cells skipped; what the csv module cannot read stops
+    the file at its line, said so."""
+    reader = csv.reader(f, delimiter=delimiter)
+    before, start = first_line - 1, first_line  # the file's lines before the reader's first; the record's line
     try:
-        if reader.fieldnames:  # "prompt, chosen, rejected": a space after the delimiter is not in the name
-            reader.fieldnames = [column_name(name) for name in reader.fieldnames]
-        _one_name_each(path, reader.fieldnames or [])
-        start = 2  # line 1 is the header
-        for row in reader:
-            if None not in row and not any(v and v.strip() for v in row.values()):
-                pass  # a row of blank cells holds nothing: skipped, as a blank line is
-            elif None in row:
-                yield start, DataError(path, start, None, f"more cells than the header has columns: {row[None]!r}")
-            elif any(v is None for v in row.values()):
-                missing = [k for k, v in row.items() if v is None]
-                spans = f" (it runs from line {start} to {reader.line_num}: a quote left open?)" \
-                    if reader.line_num > start else ""  # a quoted cell goes on to the next closing quote
-                yield start, DataError(path, start, missing[0], "row has fewer cells than the header" + spans)
+        header = next(reader, None)
+        if header is None:
+            return
+        names = [column_name(name) for name in header]  # "prompt, chosen": no space in the name
+        _one_name_each(path, names, first_line)
+        while True:
+            start = before + reader.line_num + 1
+            cells = next(reader, None)
+            if cells is None:
+                return
+            if not any(c.strip() for c in cells):
+                continue  # a blank line, or a row of blank cells (an export's ";;;"): nothing to read
+            if len(cells) > len(names):
+                yield start, DataError(path, start, None, f"more cells than the header has columns: "
+                                                          f"{cells[len(names):]!r}")
+            elif len(cells) < len(names):
+                end = before + reader.line_num
+                spans = f" (it runs from line {start} to {end}: a quote left open?)" \
+                    if end > start else ""  # a quoted cell goes on to the next closing quote
+                yield start, DataError(path, start, names[len(cells)], "row has fewer cells than the header" + spans)
             else:
-                yield start, row
-            start = reader.line_num + 1
-    except csv.Error as e:  # (line_num: the lines read whole before the record it could not read)
-        raise DataError(path, reader.line_num + 1, None, f"not readable as CSV ({e})") from None
+                yield start, dict(zip(names, cells))
+    except csv.Error as e:
+        raise DataError(path, start, None, f"not readable as CSV ({e})") from None

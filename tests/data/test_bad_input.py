@@ -432,6 +432,24 @@ def test_a_csv_cell_longer_than_the_csv_modules_limit_is_read_and_an_open_quote_
         limit(before)
 
 
+def test_a_csv_rows_line_counts_the_blank_lines_before_it_and_excels_sep_line_names_the_delimiter(tmp_path):
+    """Each blank line before a bad row made its error name the line before it (a DictReader's
+    count skips them); Excel's ``sep=;`` first line was read as the header. A row of blank cells
+    wider than the header (an export's ``;;;``) is blank, not a row of too many cells."""
+    path = tmp_path / "notes.csv"
+    path.write_text("prompt;completion\nq;a\n\n\nx;y;z\n;;;\nq2;a2\n")
+    rows = list(read_rows(path))
+    assert [(n, r if isinstance(r, dict) else str(r)) for n, r in rows] == [
+        (2, {"prompt": "q", "completion": "a"}), (5, f"{path}:5: more cells than the header has columns: ['z']"),
+        (7, {"prompt": "q2", "completion": "a2"})]
+    path.write_text("sep=;\r\nprompt;completion\r\nChest pain, 2 h?;Emergency now.\r\n\r\nq;\r\n")
+    assert [(n, r) for n, r in read_rows(path)] == [(3, {"prompt": "Chest pain, 2 h?", "completion": "Emergency now."}),
+                                                    (5, {"prompt": "q", "completion": ""})]
+    path.write_text("sep=,\nprompt,completion,prompt\n")
+    with pytest.raises(DataError, match=r"notes.csv:2: field 'prompt': two columns have this name"):
+        list(read_rows(path))
+
+
 def test_a_title_above_the_column_names_is_named_not_read_as_the_header(tmp_path, tok):
     """A sheet with a title row saved as CSV: the title was read as the header, and every record
     was refused for a missing field. A header of one column whose rows hold one is read."""
