@@ -277,7 +277,8 @@ def _json(path: Path):
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
-            if e.msg == "Extra data" and _an_object(text[i:].split("\n", 1)[0]):  # a second object after the first
+            end = text.find("\n", i)  # a second object after the first: JSON lines
+            if e.msg == "Extra data" and _an_object(text[i:end if end >= 0 else None]):
                 why = f"one JSON object a line (JSON lines), not a list of records: {AS_JSONL}"
                 raise DataError(path, e.lineno, None, why) from None
             raise DataError(path, e.lineno, None, f"malformed JSON: {e.msg}") from None
