@@ -24,8 +24,9 @@ def eval_flags(cfg, task, metrics: dict) -> list[str]:
     """``prefopt eval``'s flags that ask a new file's records as the run asked its test items:
     the task's options, the labels where the task read them off the run's data (another file
     may hold fewer, and the prompt lists them), and the decoding the SFT+DPO stage's
-    ``metrics.json`` records."""
-    options = dict(cfg.task_options)
+    ``metrics.json`` records. The run's ``sheet`` is left out: it names a sheet of the run's
+    workbook, and a new file (a CSV, a workbook of one sheet) may have none of that name."""
+    options = {k: v for k, v in cfg.task_options.items() if k != "sheet"}
     if "labels" not in options and "labels" in inspect.signature(type(task)).parameters:
         labels = task.fields[0].labels
         options["labels"] = labels if any("," in x for x in labels) else ",".join(labels)

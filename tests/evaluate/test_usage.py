@@ -66,6 +66,9 @@ def test_labels_read_off_the_runs_data_are_pinned(tmp_path):
     task.fields[0].labels = ["a, b", "c"]  # a label with a comma goes as a JSON list
     assert key_values(eval_flags(cfg, task, {})[1::2]) == {"labels": ["a, b", "c"]}
     assert eval_flags(cfg, get_task("portal"), {}) == []  # a task whose labels are its own
+    cfg.task_options = {"text_column": "note", "sheet": "Train"}  # the run's workbook's sheet: not a new file's
+    assert eval_flags(cfg, get_task("text_classification", text_column="note", labels="a"), {}) == [
+        "--task-option", "text_column=note", "--task-option", "labels=a"]
 
 
 def test_an_adapter_saved_alone_is_stacked_first_and_the_sft_model_said_so(tmp_path):
