@@ -151,6 +151,10 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
                                 + (f" ({', '.join(found)})" if found else f" (it holds no {NAMES})") + join)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
+    if path.name.startswith(("~$", "._")):
+        raise ValueError(f"{path}: " + ("the lock file Excel keeps while a workbook is open" if path.name[0] == "~" else
+                                        "the file macOS writes beside each file on a drive it did not format")
+                         + f", not data: pass {path.name[2:]}")
     suffix = data_suffix(path)
     from .sheets import SHEET
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from prefopt.cli import main
-from prefopt.data import DataError, load_preferences, load_sft
+from prefopt.data import DataError, load_preferences, load_sft, read_rows
 from prefopt.data.files import data_files
 from prefopt.data.sft import NoRecordsError
 from prefopt.train import TrainConfig
@@ -35,6 +35,27 @@ def test_a_folder_of_one_splits_shards_is_read_in_shard_order(tmp_path, tok):
     assert report.summary() == f"{shards} (3 files): 6 of 6 records kept"
     assert report.files == [shards / f"train-0000{i}-of-00003.jsonl" for i in range(3)]
     assert data_files(str(shards / "train-*.jsonl")) == report.files  # a pattern: the same files, sorted
+
+
+def test_an_applications_files_beside_the_data_are_not_read_as_data(tmp_path):
+    """Excel's lock file while a workbook is open (``~$notes.xlsx``) and macOS's ``._`` file beside
+    each file on a shared drive bear data files' names: a folder or a pattern read them as data
+    (a workbook that does not open; a shard set of the wrong size); named alone, each is told."""
+    shards = tmp_path / "data"
+    shards.mkdir()
+    write_jsonl(shards / "train-00000-of-00001.jsonl", [_sft(0)])
+    (shards / "._train-00000-of-00001.jsonl").write_bytes(b"\x00\x05\x16\x07")
+    (shards / "~$notes.xlsx").write_bytes(b"\x05clinician")
+    (shards / "notes.xlsx").write_bytes(b"")
+    assert [p.name for p in data_files(shards / "*.xlsx")] == ["notes.xlsx"]
+    assert [p.name for p in data_files(str(shards / "train-*.jsonl"))] == ["train-00000-of-00001.jsonl"]
+    (shards / "notes.xlsx").unlink()
+    assert [p.name for p in data_files(shards)] == ["train-00000-of-00001.jsonl"]
+    with pytest.raises(ValueError, match=r"~\$notes.xlsx: the lock file Excel keeps while a workbook is open, not "
+                                         r"data: pass notes.xlsx"):
+        list(read_rows(shards / "~$notes.xlsx"))
+    with pytest.raises(ValueError, match=r"macOS writes beside each file .*: pass train-00000-of-00001.jsonl"):
+        list(read_rows(shards / "._train-00000-of-00001.jsonl"))
 
 
 def test_a_list_is_read_in_its_own_order_and_an_error_names_its_file_and_line(tmp_path, tok):
