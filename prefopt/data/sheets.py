@@ -51,8 +51,8 @@ def cell_text(v) -> str:
         return ""
     if isinstance(v, bool):
         return "TRUE" if v else "FALSE"
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
+    if isinstance(v, float):  # whole: no ".0"; else Excel's 15 significant digits (0.1*3 shows 0.3, not ...04)
+        return str(int(v)) if v.is_integer() else f"{v:.15g}"
     if isinstance(v, datetime.datetime) and v.time() == datetime.time():  # Excel stores a date as a datetime
         return v.date().isoformat()
     if isinstance(v, (datetime.date, datetime.time)):

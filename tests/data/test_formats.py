@@ -257,6 +257,7 @@ def test_an_excel_workbook_reads_as_its_sheet_saved_as_csv_would_with_excels_row
                          "reviewed": "TRUE", "score": "3", "when": "2026-01-02"}
     assert got[1][1]["score"] == "2.5" and got[1][1]["when"] == ""
     assert cell_text(datetime.datetime(2026, 1, 2, 8, 30)) == "2026-01-02T08:30:00"
+    assert [cell_text(v) for v in (0.1 * 3, 1 / 3, 2.5, 3.0)] == ["0.3", "0.333333333333333", "2.5", "3"]  # as shown
     assert cell_text(datetime.time(8, 30)) == "08:30:00"
     with (tmp_path / "notes.csv").open("w", newline="") as f:
         csv.writer(f).writerows([r[:2] for r in rows if r[0]])
