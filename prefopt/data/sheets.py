@@ -4,16 +4,18 @@ Excel (``notes.xlsx:14`` is row 14 there). Needs openpyxl (``pip install 'prefop
 
 A cell's text is what a "CSV UTF-8" export of the sheet would hold, near enough: numbers without
 a trailing ``.0`` where whole (a label column of 1s and 0s), TRUE/FALSE, dates and times as ISO
-text (a date alone where the time is midnight), an empty cell as empty text.
+text (a date alone where the time is midnight), an empty cell as empty text, a number to Excel's
+15 significant digits, Excel's ``_xHHHH_`` escapes as their characters.
 
-What the sheet shows and its values may differ, and then the read says so: a workbook with data
-on several visible sheets is refused (which one is the training data, and which the test
-set?), naming them, and sheets hidden in Excel are not read, with a warning; rows hidden (by hand
-or by a filter) are read, as the CSV export writes them, with a warning; a formula whose value
-was never saved (a workbook written by a program that does not calculate, such as openpyxl)
-would read as an empty cell, and is refused; a value merged down over rows (a label for a block
-of rows) is read in each row it covers, as the sheet shows it, and a table's total row is not
-read, each with a warning.
+The sheet read is the one named (``sheet=``, ``--sheet``, :func:`reading_sheet`), else the one
+in view that holds data: a workbook with data on several visible sheets is refused (which one is
+the training data, and which the test set?), naming them, and sheets hidden in Excel are not
+read, with a warning. What the sheet shows and its values may differ, and then the read says so:
+rows hidden (by hand or by a filter) are read, as the CSV export writes them, with a warning; a
+formula whose value was never saved (a workbook written by a program that does not calculate,
+such as openpyxl) would read as an empty cell, and is refused; a value merged down over rows (a
+label for a block of rows) is read in each row it covers, as the sheet shows it, and a table's
+total row is not read, each with a warning.
 
 Writing one: :mod:`prefopt.data.sheet_writer`."""
 from __future__ import annotations
