@@ -64,6 +64,21 @@ def _feed(h, x) -> None:
         raise _Unknown(type(x).__name__)
 
 
+def shared_examples(train: Sequence, evals: Sequence) -> int:
+    """How many of ``evals`` are also in ``train``, token for token (each item hashed as
+    :func:`data_digest` hashes it); 0 for items of a kind it does not know."""
+    def key(x) -> bytes | None:
+        h = hashlib.blake2b(digest_size=16)
+        try:
+            _feed(h, x)
+        except _Unknown:
+            return None
+        return h.digest()
+
+    seen = {key(x) for x in train}
+    return sum(1 for x in evals if (k := key(x)) is not None and k in seen)
+
+
 def check_same_data(ckpt, saved: dict | None, current: dict | None) -> None:
     """Refuse to resume ``ckpt`` on other training examples than it was written with. A
     checkpoint without a digest (from before digests, or a custom trainer's items) passes."""

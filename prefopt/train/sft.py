@@ -1,6 +1,7 @@
 """Supervised fine-tuning: next-token loss on response tokens only."""
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -9,6 +10,7 @@ from ..data import Records, load_sft, packed_collate, pad_collate
 from ..data.sft import IGNORE, TokenizedExample, prompt_len
 from ..kernels import nll_sum
 from ..model.generate import MIN_SHARED, shared_start
+from .data_digest import shared_examples
 from .distributed import head_operands
 from .loop import Batch, Trainer
 
@@ -130,6 +132,10 @@ def load_train_eval(config, tok, loader=load_sft, records=None, eval_records=Non
         eval_source = Records(eval_records, "<eval_records>") if eval_records is not None else config.eval_data
         eval_examples, eval_report = loader(eval_source, tok, sheet=config.eval_sheet, **kw)
         reports.append(eval_report)
+        if shared := shared_examples(examples, eval_examples):
+            warnings.warn(f"{shared} of {len(eval_examples)} eval examples are training examples too, token for "
+                          "token: the eval loss on them measures what training saw, not how it generalises; give "
+                          "eval data that the training data does not hold", stacklevel=2)
     else:
         examples, eval_examples = split_eval(examples, config.eval_fraction, config.seed, report.kept_records)
     return examples, eval_examples, reports

@@ -58,6 +58,35 @@ def test_an_applications_files_beside_the_data_are_not_read_as_data(tmp_path):
         list(read_rows(shards / "._train-00000-of-00001.jsonl"))
 
 
+def test_eval_data_that_holds_training_examples_is_warned_of(tmp_path, tok):
+    """An eval file cut from the same export as the training file often shares records with it:
+    the eval loss on those measures what training saw. Counted token for token (SFT examples and
+    DPO pairs alike); a disjoint eval file is said nothing of."""
+    import warnings
+
+    from prefopt.train.sft import load_train_eval
+
+    write_jsonl(tmp_path / "train.jsonl", [_sft(i) for i in range(4)])
+    write_jsonl(tmp_path / "eval.jsonl", [_sft(3), _sft(9), dict(_sft(1), completion="Answer one.")])
+    cfg = TrainConfig(model="m", data=str(tmp_path / "train.jsonl"), eval_data=str(tmp_path / "eval.jsonl"),
+                      output_dir=str(tmp_path / "run"), progress=False)
+    with pytest.warns(UserWarning, match=r"^1 of 3 eval examples are training examples too, token for token: the eval "
+                                         r"loss on them measures what training saw"):
+        load_train_eval(cfg, tok)
+    pairs = [{"prompt": f"Case {i}?", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(3)]
+    write_jsonl(tmp_path / "p.jsonl", pairs)
+    write_jsonl(tmp_path / "pe.jsonl", pairs[1:] + [dict(pairs[0], rejected="worse 0")])
+    cfg = TrainConfig(model="m", data=str(tmp_path / "p.jsonl"), eval_data=str(tmp_path / "pe.jsonl"),
+                      output_dir=str(tmp_path / "run"), progress=False)
+    with pytest.warns(UserWarning, match=r"^2 of 3 eval examples are training examples too"):
+        load_train_eval(cfg, tok, loader=load_preferences)
+    write_jsonl(tmp_path / "eval.jsonl", [_sft(9)])
+    cfg.data, cfg.eval_data = str(tmp_path / "train.jsonl"), str(tmp_path / "eval.jsonl")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [len(x) for x in load_train_eval(cfg, tok)[:2]] == [4, 1]
+
+
 def test_a_list_is_read_in_its_own_order_and_an_error_names_its_file_and_line(tmp_path, tok):
     a = write_jsonl(tmp_path / "a.jsonl", [_sft(1), _sft(2)])
     b = write_jsonl(tmp_path / "b.jsonl", [_sft(3), {"prompt": "Cough?"}])
