@@ -126,11 +126,11 @@ def load_train_eval(config, tok, loader=load_sft, records=None, eval_records=Non
     kw = dict(max_length=config.max_length, max_prompt_length=config.max_prompt_length,
               skip_bad=config.skip_bad_records, show_progress=config.progress, columns=config.columns,
               **({"text_windows": True} if config.text_windows else {}))  # SFT's alone (DPO refuses it)
-    examples, report = loader(source, tok, sheet=config.sheet, **kw)
+    examples, report = loader(source, tok, sheet=getattr(config, "sheet", None), **kw)
     reports = [report]
     if eval_records is not None or config.eval_data:
         eval_source = Records(eval_records, "<eval_records>") if eval_records is not None else config.eval_data
-        eval_examples, eval_report = loader(eval_source, tok, sheet=config.eval_sheet, **kw)
+        eval_examples, eval_report = loader(eval_source, tok, sheet=getattr(config, "eval_sheet", None), **kw)
         reports.append(eval_report)
         if shared := shared_examples(examples, eval_examples):
             warnings.warn(f"{shared} of {len(eval_examples)} eval examples are training examples too, token for "
