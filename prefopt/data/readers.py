@@ -357,7 +357,7 @@ def sniff_delimiter(text: str) -> str:
 
 def _one_name_each(path: Path, names: Sequence[str], line: int | None = 1) -> None:
     """Refuse a header that names a column twice: a row would keep only the last column's cell
-    (csv's DictReader and pyarrow alike), losing the other without a word. Blank names (an
+    (a CSV row made a dict, and pyarrow alike), losing the other without a word. Blank names (an
     export's trailing delimiters) may repeat."""
     for i, name in enumerate(names):
         if name and name.strip() and name in names[:i]:
