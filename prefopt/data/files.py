@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from .readers import COMPRESSIONS, NAMES, is_data_file_name
+from .readers import COMPRESSIONS, NAMES, beside_the_data, is_data_file_name
 
 _PATTERN = re.compile(r"[*?\[]")
 _SHARD = re.compile(r"^(?P<split>.+)-(?P<i>\d+)-of-(?P<n>\d+)(?P<ext>\.[^.]+("  # train-00000-of-00002.jsonl(.gz)
@@ -84,23 +84,17 @@ def _expand(path: Path) -> list[Path]:
     if path.is_dir():
         return _folder(path)
     if _PATTERN.search(str(path)):
-        found = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file() and not _aside(p))
+        found = sorted(Path(p) for p in glob.glob(str(path), recursive=True)
+                       if Path(p).is_file() and not beside_the_data(p))
         if not found:
             raise FileNotFoundError(f"{path}: the pattern matches no file")
         return found
     raise FileNotFoundError(f"{path}: no such data file")
 
 
-def _aside(path: str | Path) -> bool:
-    """Whether a file a folder or pattern holds is an application's, beside the data, with a data
-    file's name: the lock file Excel keeps while a workbook is open (``~$notes.xlsx``), or the
-    ``._notes.xlsx`` macOS writes beside each file on a drive it does not format itself."""
-    return Path(path).name.startswith(("~$", "._"))
-
-
 def _folder(path: Path) -> list[Path]:
     """A folder's data files, when they are the shards of one split."""
-    found = sorted(p for p in path.iterdir() if p.is_file() and is_data_file_name(p) and not _aside(p))
+    found = sorted(p for p in path.iterdir() if p.is_file() and is_data_file_name(p) and not beside_the_data(p))
     if not found:
         raise FileNotFoundError(f"{path}: a folder holding no data file ({NAMES})")
     names = ", ".join(p.name for p in found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")

@@ -110,6 +110,13 @@ def is_data_file_name(path: str | Path) -> bool:
     return suffix in FORMATS and not (suffix in BINARY and compression(path))
 
 
+def beside_the_data(path: str | Path) -> bool:
+    """Whether ``path`` is an application's file beside the data, with a data file's name: the
+    lock file Excel keeps while a workbook is open (``~$notes.xlsx``), or the ``._notes.xlsx``
+    macOS writes beside each file on a drive it did not format."""
+    return Path(path).name.startswith(("~$", "._"))
+
+
 BYTE_ORDER_MARKS = {b"\xef\xbb\xbf": "utf-8", b"\xff\xfe": "utf-16-le", b"\xfe\xff": "utf-16-be"}
 
 
@@ -151,16 +158,16 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
                                 + (f" ({', '.join(found)})" if found else f" (it holds no {NAMES})") + join)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
-    if path.name.startswith(("~$", "._")):
+    if beside_the_data(path):
         raise ValueError(f"{path}: " + ("the lock file Excel keeps while a workbook is open" if path.name[0] == "~" else
                                         "the file macOS writes beside each file on a drive it did not format")
                          + f", not data: pass {path.name[2:]}")
     suffix = data_suffix(path)
     from .sheets import SHEET
 
-    if (sheet or SHEET.get()) and suffix not in WORKBOOKS:
-        raise ValueError(f"{path}: not an Excel workbook, and a sheet to read was named ({sheet or SHEET.get()!r}); "
-                         "name one only where every data file is a workbook")
+    if (named := sheet or SHEET.get()) and suffix not in WORKBOOKS:
+        raise ValueError(f"{path}: not an Excel workbook, and a sheet to read was named ({named!r}); name one only "
+                         "where every data file is a workbook")
     if suffix in BINARY and compression(path):
         raise ValueError(f"{path}: a {suffix} file compressed again; it compresses itself: decompress it and pass the "
                          f"{suffix} file")
@@ -394,30 +401,17 @@ def _csv(path: Path, delimiter: str | None = None, encoding: str = "utf-8"):
     if (given := _SEP_LINE.match(text)) is not None:  # Excel's "sep=;": the delimiter, named on a line of its own
         delimiter, first_line, text = delimiter or given[1], 2, text[given.end():]
     delimiter = delimiter or sniff_delimiter(text)
-    _no_csv_title(path, text, delimiter, first_line)
     with io.StringIO(text, newline="") as f:
         yield from _csv_rows(path, f, delimiter, first_line)
-
-
-def _no_csv_title(path: Path, text: str, delimiter: str, line: int) -> None:
-    """:func:`no_title` for a CSV: its header against the first row below it that is not blank,
-    cell by cell (a row's dict keeps one cell of the columns without a name). Only the columns the
-    header has count: a title row Excel exports is as wide as the sheet, and a cell past the header
-    is rather a delimiter left unquoted. What csv cannot read is the reader's to report."""
-    rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    try:
-        names = [column_name(name) for name in next(rows, [])]
-        first = next((r for r in rows if any(c.strip() for c in r)), [])
-    except csv.Error:
-        return
-    no_title(path, names, line, first[1:len(names)])
 
 
 def _csv_rows(path: Path, f, delimiter: str, first_line: int = 1):
     """``_csv``'s rows of the text ``f``, its header on line ``first_line`` of the file: each
     record's line is the one it starts on, blank lines before it counted (a DictReader's count
-    was one short after each); rows of blank cells skipped; what the csv module cannot read stops
-    the file at its line, said so."""
+    was one short after each); rows of blank cells skipped; a title above the column names
+    refused at the first row (:func:`no_title`: only the header's columns count there, as a title
+    row Excel exports is as wide as the sheet, and a cell past the header is rather a delimiter
+    left unquoted); what the csv module cannot read stops the file at its line, said so."""
     reader = csv.reader(f, delimiter=delimiter)
     before, start = first_line - 1, first_line  # the file's lines before the reader's first; the record's line
     try:
@@ -426,6 +420,7 @@ def _csv_rows(path: Path, f, delimiter: str, first_line: int = 1):
             return
         names = [column_name(name) for name in header]  # "prompt, chosen": no space in the name
         _one_name_each(path, names, first_line)
+        first = True
         while True:
             start = before + reader.line_num + 1
             cells = next(reader, None)
@@ -433,6 +428,9 @@ def _csv_rows(path: Path, f, delimiter: str, first_line: int = 1):
                 return
             if not any(c.strip() for c in cells):
                 continue  # a blank line, or a row of blank cells (an export's ";;;"): nothing to read
+            if first:
+                no_title(path, names, first_line, cells[1:len(names)])
+                first = False
             if len(cells) > len(names):
                 yield start, DataError(path, start, None, f"more cells than the header has columns: "
                                                           f"{cells[len(names):]!r}")
