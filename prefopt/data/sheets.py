@@ -142,8 +142,7 @@ def _the_sheet(path: Path, book):
                         "no sheet holds any data")
     if len(shown) > 1:
         raise DataError(path, None, None, f"{len(shown)} sheets hold data ({', '.join(repr(ws.title) for ws in shown)}"
-                        "); name the one to read (--sheet NAME; a task's: --task-option sheet=NAME), so that no other "
-                        "sheet (a test set) is trained on")
+                        "); name the one to read (--sheet NAME), so that no other sheet (a test set) is trained on")
     if hidden:
         _warn(f"{path}: read sheet {shown[0].title!r}; sheets hidden in Excel ({hidden}) hold data too and are not "
               "read")

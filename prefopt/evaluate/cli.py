@@ -19,6 +19,33 @@ def key_values(pairs: list[str] | None) -> dict:
     return out
 
 
+SHEET_TASKS = ("numeric_table", "summarization", "text_classification")  # the tasks that read a workbook's sheet
+
+
+def task_options_of(args) -> dict:
+    """The task's options: ``--task-option KEY=VALUE`` and ``--sheet NAME`` (the task option
+    ``sheet``, for the tasks that read a spreadsheet of the user's own)."""
+    options = key_values(args.task_option)
+    sheet = getattr(args, "task_sheet", None)
+    if sheet is None:
+        return options
+    if args.task not in SHEET_TASKS:
+        raise ValueError(f"--sheet: task {args.task!r} reads its own data format, not a workbook's sheet (the "
+                         f"tasks that read a spreadsheet of your own: {', '.join(SHEET_TASKS)})")
+    if options.get("sheet", sheet) != sheet:
+        raise ValueError(f"--sheet {sheet!r} and --task-option sheet={options['sheet']!r} name different sheets: "
+                         "give one")
+    return options | {"sheet": sheet}
+
+
+def add_task_sheet_flag(p: argparse.ArgumentParser) -> None:
+    """``--sheet``, for a task's data: its option ``sheet`` (not :func:`prefopt.cli.add_sheet_flag`'s
+    sheet of every workbook the command reads: compare's ``--pairs`` is a file of its own)."""
+    p.add_argument("--sheet", dest="task_sheet", metavar="NAME", help="the sheet of an Excel workbook in --data to "
+                   f"read (else its one sheet in view that holds data); the same as --task-option sheet=NAME "
+                   f"({', '.join(SHEET_TASKS)})")
+
+
 def _pin_chat(tok, args, command: str) -> None:
     """``tok`` given ``--chat-date`` (default: today, pinned for the whole run, as ``metrics.json``
     records it) and ``--chat-vars``; says so where they show, and where a thinking switch is left
@@ -54,7 +81,7 @@ def _eval(args) -> int:
         score,
     )
 
-    task = get_task(args.task, **key_values(args.task_option))
+    task = get_task(args.task, **task_options_of(args))
     device, dtype = resolve(args.device, args.dtype)  # a device this machine lacks stops here, before any work
     records = read_labelled(task, args.data)
     if args.split_file:
@@ -175,7 +202,7 @@ def _predict(args) -> int:
     from .partial import claimed, fingerprint
     from .runner import DECODING, decoding, keep_earlier, placement, prompt_settings, require_chat
 
-    options = key_values(args.task_option)
+    options = task_options_of(args)
     task = get_task(args.task, **options)
     fmt = table_format(args.data, args.format)
     if fmt == "xlsx":
@@ -238,6 +265,7 @@ def _rescore(task, records: list, against: list[dict] | None, args) -> int:
     metrics["unfinished"] = 1 - sum(ended) / max(len(ended), 1)
     kept = (*DECODING, "device", "dtype", "quantized", "chat_date", "chat_vars", "confidence_scoring")
     metrics |= {k: earlier[k] for k in kept if k in earlier} | {"answers_from": str(args.answers)}
+    metrics["evaluated"] = {k: v for k, v in earlier.get("evaluated", {}).items() if k in ("model", "adapter")}
     extra = {k: [row.get(k) for row in rows] for k in dict.fromkeys(k for row in rows for k in row) if k not in ROW_KEYS}
     print(f"prefopt eval: {args.answers}'s answers to {len(records)} items, scored again", flush=True)
     return _write_and_test(task, records, texts, preds, metrics, extra, against, args, str(args.answers))
@@ -251,6 +279,7 @@ def _write_and_test(task, records, texts, preds, metrics, extra, against, args, 
     from .confidence import confidence_line
     from .runner import keep_earlier, write_results
 
+    metrics["evaluated"] = _evaluated(args) | metrics.get("evaluated", {})
     moved = keep_earlier(args.output)
     if moved:
         print(f"prefopt eval: {args.output} held an evaluation; it is kept in {moved}", flush=True)
@@ -262,6 +291,22 @@ def _write_and_test(task, records, texts, preds, metrics, extra, against, args, 
     if against is not None:
         _test_against(task, records, against, args, name)
     return 0
+
+
+def _evaluated(args) -> dict:
+    """What an evaluation evaluated, as its command said it (metrics.json's ``evaluated``): the
+    task and its options, the data and which of its items, the model and adapter (a folder given
+    as its full path; an alias or hub id as given)."""
+    from pathlib import Path
+
+    def where(name: str | None) -> str | None:
+        return str(Path(name).resolve()) if name and Path(name).exists() else name
+
+    items = {"split_file": where(args.split_file)} if args.split_file else \
+        {"split": args.split} | ({"test": args.test} if args.split == "test" else {})
+    return {"task": args.task, "task_options": task_options_of(args), "data": where(args.data) or "the task's bundled "
+            "data", **items, "limit": args.limit, "seed": args.seed, "model": where(args.model),
+            "adapter": where(args.adapter)}
 
 
 def _against_rows(folder: str, records: list, flag: str = "--against") -> list[dict]:
@@ -334,7 +379,7 @@ def _compare(args) -> int:
         raise ValueError("--model is needed: the model compare trains and evaluates")
     overrides = key_values(args.set)
     cfg = CompareConfig(task=args.task, model=args.model, output=args.output, data=args.data, preset=args.preset,
-                        task_options=key_values(args.task_option), strategy=args.strategy, pairs=args.pairs, loss=args.loss,
+                        task_options=task_options_of(args), strategy=args.strategy, pairs=args.pairs, loss=args.loss,
                         seed=args.seed, judge=args.judge, n_resamples=args.n_resamples, overrides=overrides,
                         device=args.device, eval_dtype=args.eval_dtype, chat_date=args.chat_date,
                         chat_vars=chat_vars_arg(args), start_from=args.start_from)
@@ -454,6 +499,7 @@ def add_commands(sub) -> None:
     common.add_argument("--output", required=True, help="output folder")
     common.add_argument("--task-option", action="append", metavar="KEY=VALUE",
                         help="task constructor option, e.g. levels=ktas (repeatable)")
+    add_task_sheet_flag(common)
     common.add_argument("--seed", type=int, default=0,
                         help="seed of the test split, of eval's --limit sample and of compare's training")
     add_chat_flags(common, "prompt", "the date a chat template that prints today's date (Llama 3.1+) shows in "
@@ -503,6 +549,7 @@ def add_commands(sub) -> None:
     pr.add_argument("--task-option", action="append", metavar="KEY=VALUE",
                     help="task constructor option, as the model was trained with (repeatable); a generic classifier "
                     "needs labels=a,b,c")
+    add_task_sheet_flag(pr)
     pr.add_argument("--batch-size", type=positive_int, default=16)
     pr.add_argument("--no-confidence", dest="confidence", action="store_false",
                     help="skip the confidence_<field> and likeliest_<field> columns (each predicted label's "

@@ -446,8 +446,8 @@ def test_a_workbook_that_is_not_one_sheet_of_records_is_refused_by_name(tmp_path
     two = _workbook(tmp_path / "two.xlsx", {"train": [["prompt", "completion"], ["q", "a"]],
                                             "test": [["prompt", "completion"], ["q2", "a2"]]})
     with pytest.raises(DataError, match=r"two.xlsx: 2 sheets hold data \('train', 'test'\); name the one to read "
-                                        r"\(--sheet NAME; a task's: --task-option sheet=NAME\), so that no other "
-                                        r"sheet \(a test set\) is trained on"):
+                                        r"\(--sheet NAME\), so that no other sheet \(a test set\) is "
+                                        r"trained on"):
         list(read_rows(two))
     with pytest.raises(DataError, match=r"none.xlsx: no sheet holds any data"):
         list(read_rows(_workbook(tmp_path / "none.xlsx", {"Sheet1": []})))

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from prefopt.data.readers import read_rows
 from prefopt.evaluate.compare import CompareConfig, run_compare
 from prefopt.evaluate.compare_config import PRESETS
 from prefopt.tasks import PORTAL_DATA, get_task
@@ -265,6 +266,49 @@ def test_eval_reads_a_spreadsheet_export_given_its_options_on_the_command_line(t
     assert sorted(r["target"] for r in preds) == ["dringend"] * 3 + ["routine"] * 3
 
 
+def test_eval_and_predict_read_the_sheet_named_by_sheet_as_by_the_task_option(tiny_model, tmp_path, capsys):
+    """``--sheet NAME`` on eval, predict and compare is the task option ``sheet``: the workbook of
+    two data sheets is refused without it and read by it; a task of its own format, and a
+    ``--sheet`` that the task option contradicts, are refused before any model loads."""
+    openpyxl = pytest.importorskip("openpyxl")
+    from prefopt.cli import main
+
+    book = openpyxl.Workbook()
+    book.active.title = "train"
+    for row in [["note", "urgency"], ["Chest pain", "urgent"], ["Refill", "routine"]]:
+        book.active.append(row)
+    test = book.create_sheet("Test set")
+    for row in [["note", "urgency"], ["Crushing chest pain", "urgent"], ["Repeat prescription", "routine"],
+                ["Fainted twice today", "urgent"]]:
+        test.append(row)
+    book.save(tmp_path / "notes.xlsx")
+    args = ["--task", "text_classification", "--model", str(tiny_model), "--data", str(tmp_path / "notes.xlsx"),
+            "--task-option", "text_column=note", "--task-option", "label_column=urgency"]
+    assert main(["eval", *args, "--split", "all", "--output", str(tmp_path / "no")]) == 2
+    assert "2 sheets hold data ('train', 'Test set'); name the one to read (--sheet NAME)" in capsys.readouterr().err
+    assert main(["eval", *args, "--split", "all", "--max-new-tokens", "4", "--sheet", "test set",
+                 "--output", str(tmp_path / "eval")]) == 0
+    preds = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(r["target"] for r in preds) == ["routine", "urgent", "urgent"]  # the test sheet's three rows
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())["evaluated"]
+    assert evaluated == {"task": "text_classification", "task_options": {"text_column": "note", "label_column":
+                         "urgency", "sheet": "test set"}, "data": str((tmp_path / "notes.xlsx").resolve()),
+                         "split": "all", "limit": None, "seed": 0, "model": str(Path(tiny_model).resolve()),
+                         "adapter": None}
+    assert main(["predict", *args, "--task-option", "labels=urgent,routine", "--max-new-tokens", "4",
+                 "--sheet", "train", "--no-confidence", "--output", str(tmp_path / "pred")]) == 0
+    rows = [row for _, row in read_rows(tmp_path / "pred" / "predictions.xlsx")]
+    assert [r["note"] for r in rows] == ["Chest pain", "Refill"] and all("predicted_label" in r for r in rows)
+    for argv, said in [
+        (["eval", "--task", "medqa", "--model", str(tiny_model), "--sheet", "train"],
+         "--sheet: task 'medqa' reads its own data format, not a workbook's sheet"),
+        (["compare", *args, "--sheet", "train", "--task-option", "sheet=Test set"],
+         "--sheet 'train' and --task-option sheet='Test set' name different sheets: give one")]:
+        assert main([*argv, "--output", str(tmp_path / "refused")]) == 2
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+
+
 def test_eval_against_an_earlier_evaluation_tests_the_pair_on_the_same_items(tiny_model, tmp_path, capsys):
     """``--against DIR``: this evaluation against DIR's, item by item, into paired.json; refused
     before any model loads where DIR lacks an item or holds another reference for it."""
@@ -325,6 +369,9 @@ def test_eval_answers_tests_two_finished_evaluations_without_a_model(tiny_model,
     metrics = json.loads((rescored / "metrics.json").read_text())
     assert metrics["answers_from"] == str(b) and metrics["max_new_tokens"] == 3
     assert metrics["macro_f1"] == json.loads((b / "metrics.json").read_text())["macro_f1"]
+    assert metrics["evaluated"] == {"task": "portal", "task_options": {}, "data": "the task's bundled data",
+                                    "split": "test", "test": 0.2, "limit": 6, "seed": 0,
+                                    "model": str(Path(tiny_model).resolve()), "adapter": None}  # b's model
     for args, error in ((["--answers", str(b), "--output", str(b)], "is the --answers folder"),
                         (["--answers", str(b), "--output", str(tmp_path / "r"), "--limit", "9"],
                          f"--answers {b}: 3 of the 9 items are not in that evaluation"),
