@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from ..hints import did_you_mean
+from ..hints import did_you_mean, first_few
 from .records import DataError
 
 FIELDS = ("prompt", "completion", "messages", "text", "chosen", "rejected")
@@ -165,7 +165,7 @@ def column_hint(row: dict, missing: str | None = None) -> str:
     keys = [k for k in row if isinstance(k, str)]
     if missing not in FIELDS or all(k in FIELDS for k in keys):
         return ""
-    shown = ", ".join(map(repr, keys[:SHOWN])) + (f" and {len(keys) - SHOWN} more" if len(keys) > SHOWN else "")
+    shown = first_few([repr(k) for k in keys], SHOWN)
     guess = guessed_columns(row, missing)
     if missing in guess:
         them = "them, if they hold those fields" if len(guess) > 1 else "it, if it holds that field"

@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..hints import first_few
 from .readers import COMPRESSIONS, NAMES, beside_the_data, is_data_file_name
 
 _PATTERN = re.compile(r"[*?\[]")
@@ -97,7 +98,7 @@ def _folder(path: Path) -> list[Path]:
     found = sorted(p for p in path.iterdir() if p.is_file() and is_data_file_name(p) and not beside_the_data(p))
     if not found:
         raise FileNotFoundError(f"{path}: a folder holding no data file ({NAMES})")
-    names = ", ".join(p.name for p in found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+    names = first_few([p.name for p in found], 6)
     splits = sorted({m["split"] for m in map(_SHARD.match, (p.name for p in found)) if m})
     if len(found) > 1 and (len(splits) != 1 or not all(_SHARD.match(p.name) for p in found)):
         example = f"{path / splits[0]}-*" if splits else str(path / "*.jsonl")

@@ -33,6 +33,7 @@ from typing import NamedTuple
 from xml.etree.ElementTree import ParseError, iterparse
 
 from .._deps import require
+from ..hints import first_few
 from .readers import _one_name_each, column_name, no_title
 from .records import DataError
 
@@ -159,7 +160,7 @@ def _warn(message: str) -> None:
 
 def _some(items: list, noun: str | None = None) -> str:
     """``items`` named, the first few of many: ``"cells B2, B3, B4 and 9 more"``."""
-    head = ", ".join(map(str, items[:3])) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+    head = first_few([str(i) for i in items], 3)
     return f"{noun}{'s' if len(items) > 1 else ''} {head}" if noun else head
 
 

@@ -12,6 +12,7 @@ import torch
 
 from ..devices import resolve_device
 from ..fileio import write_json_atomic
+from ..hints import first_few
 from .config import ModelConfig
 from .hub import resolve_model_dir
 from .safetensors_io import ShardWriter, iter_tensors, read_header
@@ -116,7 +117,7 @@ def load_weights(model: torch.nn.Module, files: list[Path], *, dtype: torch.dtyp
         del shard
     missing = sorted(set(expected) - seen)
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        shown = first_few(missing, 5)
         raise CheckpointError(f"{files[0].parent}: missing tensors: {shown}")
 
 
