@@ -27,7 +27,8 @@ RECORDS = "<records>"  # how errors name an in-memory list of records (its "line
 
 # what to do with the spreadsheet formats prefopt does not read (it reads .xlsx and .xlsm: sheets.py)
 _SHEET = " (in Excel or LibreOffice: File > Save As > \"Excel Workbook (.xlsx)\", or \"CSV UTF-8\")"
-SAVE_AS = {".xls": _SHEET, ".ods": _SHEET,
+SAVE_AS = {".xls": _SHEET, ".ods": _SHEET, ".xlsb": _SHEET,
+           ".numbers": " (in Numbers: File > Export To > Excel, or CSV with Unicode (UTF-8) text encoding)",
            ".txt": " (a table Excel saved as \"Text (Tab delimited)\" or \"Unicode Text\" is a .tsv: rename it so)"}
 
 

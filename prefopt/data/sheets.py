@@ -90,6 +90,9 @@ def read_sheet(path: Path, sheet: str | None = None) -> Iterator[tuple[int, dict
     (None: the one :func:`reading_sheet` names, else its one sheet in view that holds data);
     rows of blank cells skipped; a header naming a column twice refused, as a CSV's."""
     openpyxl = require("openpyxl", "reading .xlsx data files")
+    if _strict(path):
+        raise DataError(path, None, None, "a workbook saved as \"Strict Open XML Spreadsheet\", which openpyxl reads "
+                        "as one without sheets: in Excel, File > Save As > \"Excel Workbook (.xlsx)\"")
     try:
         book = openpyxl.load_workbook(path, read_only=True, data_only=True)  # data_only: formulas' saved values
     except (zipfile.BadZipFile, KeyError, OSError, ValueError) as e:
@@ -117,6 +120,18 @@ def read_sheet(path: Path, sheet: str | None = None) -> Iterator[tuple[int, dict
                             _as_shown(path, sheet.title, marks, line, rows))
     finally:
         book.close()
+
+
+def _strict(path: Path) -> bool:
+    """Whether the workbook is Strict Open XML (ISO/IEC 29500 Strict, a choice in Excel's Save As):
+    its parts name their kinds in namespaces of their own (``http://purl.oclc.org/ooxml/...``),
+    which openpyxl does not know, so it finds no sheet. Not a zip: False (openpyxl says why)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            heads = [z.open(name).read(4096) for name in ("_rels/.rels", "xl/workbook.xml") if name in z.namelist()]
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(b"purl.oclc.org/ooxml/" in head for head in heads)
 
 
 def _named_sheet(path: Path, book, name: str):

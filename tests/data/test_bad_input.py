@@ -403,6 +403,12 @@ def test_a_csvs_delimiter_is_read_off_its_header_and_blank_rows_skipped(tmp_path
     with pytest.raises(ValueError, match=r"unknown data format '.xls'; .* \(in Excel or LibreOffice: File > Save As > "
                                          r'"Excel Workbook \(.xlsx\)", or "CSV UTF-8"\)$'):
         list(read_rows(tmp_path / "notes.xls"))
+    (tmp_path / "notes.xlsb").write_bytes(b"PK")  # Excel's binary workbook, and Apple's Numbers
+    with pytest.raises(ValueError, match=r"unknown data format '.xlsb'; .* \(in Excel or LibreOffice: File > Save As"):
+        list(read_rows(tmp_path / "notes.xlsb"))
+    (tmp_path / "notes.numbers").write_bytes(b"PK")
+    with pytest.raises(ValueError, match=r"unknown data format '.numbers'; .* \(in Numbers: File > Export To > Excel"):
+        list(read_rows(tmp_path / "notes.numbers"))
 
 
 def test_a_csv_cell_longer_than_the_csv_modules_limit_is_read_and_an_open_quote_is_named(tmp_path, tok, monkeypatch):

@@ -3,6 +3,7 @@ the whole exchange), Parquet files (a Hugging Face dataset's own format) and Dat
 from them, whose list columns hold numpy arrays."""
 import json
 import sys
+import zipfile
 
 import pytest
 
@@ -466,6 +467,18 @@ def test_a_workbook_that_is_not_one_sheet_of_records_is_refused_by_name(tmp_path
     with pytest.raises(DataError, match=r"locked.xlsx: not a readable Excel workbook \(a password-protected workbook "
                                         r"\(or an .xls file renamed\): in Excel, save a copy without the password"):
         list(read_rows(tmp_path / "locked.xlsx"))
+    strict = tmp_path / "strict.xlsx"  # Excel's "Strict Open XML Spreadsheet": the ISO namespaces, the same parts
+    with zipfile.ZipFile(_workbook(tmp_path / "plain.xlsx", {"s": [["prompt", "completion"], ["q", "a"]]})) as z, \
+            zipfile.ZipFile(strict, "w") as out:
+        for name in z.namelist():
+            out.writestr(name, z.read(name).replace(b"http://schemas.openxmlformats.org/spreadsheetml/2006/main",
+                                                    b"http://purl.oclc.org/ooxml/spreadsheetml/main").replace(
+                b"http://schemas.openxmlformats.org/officeDocument/2006/relationships",
+                b"http://purl.oclc.org/ooxml/officeDocument/relationships"))
+    with pytest.raises(DataError, match=r"strict.xlsx: a workbook saved as \"Strict Open XML Spreadsheet\", which "
+                                        r"openpyxl reads as one without sheets: in Excel, File > Save As > \"Excel "
+                                        r"Workbook \(.xlsx\)\"$"):
+        list(read_rows(strict))  # it was "no sheet holds any data"
     (tmp_path / "z.xlsx.gz").write_bytes(b"")
     with pytest.raises(ValueError, match=r"z.xlsx.gz: a .xlsx file compressed again"):
         list(read_rows(tmp_path / "z.xlsx.gz"))
