@@ -15,7 +15,9 @@
 #   bash benchmarks/gpu_session.sh slabs   # the one-pass loss at the goal shape without vocabulary slabs, with 2 row splits
 #   bash benchmarks/gpu_session.sh stages  # the one-pass loss at the goal shape, each its own run: the defaults,
 #                                          #   the fused slab softmax (_slabs.FUSED_PARTS), 4 slabs, 384-token blocks,
-#                                          #   16 logsumexp splits (one 4096 tile each at 3 slabs' 42752 columns)
+#                                          #   16 logsumexp splits (one 4096 tile each at 3 slabs' 42752 columns),
+#                                          #   4 (3 tiles each), 8192- and 2048-column logsumexp tiles (_row_lse ran
+#                                          #   at 2.2 TB/s on 2026-12-04: a block's few short programs)
 #   bash benchmarks/gpu_session.sh onepass # the one-pass DPO loss against triton/liger (chunked when frozen),
 #                                          #   answers of 64 and 256 tokens (pairs of 128 and 512: a block, a stage)
 # Steps run in the order given, each timed; keep each call under the device tool's 10 minutes. With
@@ -101,7 +103,7 @@ for step in "${@:-check}"; do
     stages)  # the one-pass loss's stage, slab and row-kernel options, each against the defaults of the same call
       for opts in "" --fused-slabs "--fused-slabs --budget 8388608" "--budget 8388608" \
                   "--slab-rows 384 --budget 14000000" "--fused-slabs --slab-rows 384 --budget 14000000" \
-                  "--row-splits 16"; do
+                  "--row-splits 16" "--row-splits 4" '--row-blocks {"lse":8192}' '--row-blocks {"lse":2048}'; do
         $PY benchmarks/bench_logprobs.py --gpu --methods onepass --shapes 4096x128256 --tokens 16384 $opts 2>&1 \
           | grep -E "^device|bare GEMMs|^\| onepass" | tee -a "$OUT/stages.txt" || status=1
       done ;;

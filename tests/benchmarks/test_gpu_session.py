@@ -19,7 +19,7 @@ case "$1 $2" in
 esac
 if [ "$1" = benchmarks/bench_logprobs.py ]; then
   while [ $# -gt 0 ]; do [ "$1" = --json ] && echo "[]" > "$2"; shift; done
-  echo "stub table"; exit "${STUB_BENCH_RC:-0}"
+  printf 'stub table\n| onepass | stub row |\n'; exit "${STUB_BENCH_RC:-0}"
 fi
 exit 0
 """
@@ -69,6 +69,21 @@ def test_the_onepass_step_times_short_and_long_pairs_trainable_and_frozen(tmp_pa
     assert all(c.endswith("--methods onepass triton " + ("chunked" if "--frozen-weight" in c else "liger"))
                for c in benches)
     assert (out / "onepass.txt").read_text().count("stub table") == 4
+
+
+def test_the_stages_step_times_each_onepass_option_against_the_defaults_in_one_call(tmp_path):
+    """The defaults first, then each option alone or paired, as bench_logprobs.py parses it (a row
+    kernel block size as JSON, one argument); the table's rows gathered into stages.txt."""
+    proc, calls, out = _run(tmp_path, "stages")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    base = "benchmarks/bench_logprobs.py --gpu --methods onepass --shapes 4096x128256 --tokens 16384"
+    benches = [c for c in calls if c.startswith("benchmarks/bench_logprobs.py")]
+    assert all(c.startswith(base) for c in benches) and benches[0] == base
+    assert [c[len(base):].strip() for c in benches[1:]] == [
+        "--fused-slabs", "--fused-slabs --budget 8388608", "--budget 8388608", "--slab-rows 384 --budget 14000000",
+        "--fused-slabs --slab-rows 384 --budget 14000000", "--row-splits 16", "--row-splits 4",
+        '--row-blocks {"lse":8192}', '--row-blocks {"lse":2048}']
+    assert (out / "stages.txt").read_text() == "| onepass | stub row |\n" * 10  # each run's onepass row kept
 
 
 def test_the_goals_step_times_every_method_at_the_goal_shape_and_profiles(tmp_path):
