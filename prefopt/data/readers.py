@@ -363,6 +363,13 @@ def sniff_delimiter(text: str) -> str:
     return DELIMITERS[counts.index(max(counts))]
 
 
+def csv_delimiter(path: Path, encoding: str = "utf-8") -> str:
+    """The delimiter :func:`read_rows` reads the CSV file ``path`` with: the one an Excel ``sep=``
+    first line names, else :func:`sniff_delimiter`'s from its header."""
+    text = read_text(path, encoding)
+    return given[1] if (given := _SEP_LINE.match(text)) is not None else sniff_delimiter(text)
+
+
 def _one_name_each(path: Path, names: Sequence[str], line: int | None = 1) -> None:
     """Refuse a header that names a column twice: a row would keep only the last column's cell
     (a CSV row made a dict, and pyarrow alike), losing the other without a word. Blank names (an

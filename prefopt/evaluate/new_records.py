@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from .._deps import progress
-from ..data.readers import compression, data_suffix, sniff_delimiter
+from ..data.readers import csv_delimiter, data_suffix
 from ..data.sheet_writer import write_sheet
 from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 from .confidence import chosen, likeliest, probabilities_for
@@ -44,10 +44,7 @@ def delimiter_of(data: str | Path | None, fmt: str, task) -> str:
     if given:
         return given
     if data and data_suffix(data) == ".csv" and Path(data).is_file():
-        compressed = compression(data)  # (its module's open reads it as text alike)
-        with (compressed.open if compressed else open)(data, "rt", encoding=getattr(task, "file", {}).get(
-                "encoding", "utf-8"), errors="replace") as f:
-            return sniff_delimiter(f.readline())
+        return csv_delimiter(Path(data), getattr(task, "file", {}).get("encoding", "utf-8"))
     return ","
 
 

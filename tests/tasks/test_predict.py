@@ -234,6 +234,9 @@ def test_formats_and_delimiters_follow_the_input(tmp_path):
     assert delimiter_of(PORTAL_DATA, "csv", get_task("portal")) == ","
     piped = get_task("text_classification", labels="a", delimiter="pipe")
     assert delimiter_of(ktas, "csv", piped) == "|"  # the delimiter given wins over the header's
+    named = tmp_path / "named.csv"  # Excel's sep= line names it; UTF-16 (Excel's "Unicode Text") read as the data is
+    named.write_text("sep=,\nnote;urgency,label\nchest pain;now,urgent\n", encoding="utf-16")
+    assert delimiter_of(named, "csv", get_task("text_classification", labels="urgent")) == ","
     assert table_format(ktas, "jsonl") == "jsonl" and table_format(ktas, "xlsx") == "xlsx"
     assert table_format(tmp_path / "notes.xlsx") == "xlsx" and table_format(tmp_path / "n.parquet") == "jsonl"
     with pytest.raises(ValueError, match="--format must be one of csv, tsv, jsonl, xlsx, got 'xls'"):
