@@ -8,12 +8,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import warnings
 from array import array
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,22 @@ class Tokenizer:
         finally:
             self._seen = outer
 
+    @cached_property
+    def _control(self) -> re.Pattern | None:
+        """One pattern for the text of every special token (``special`` in ``tokenizer.json``'s
+        added tokens); None where there are none."""
+        added = getattr(self.backend, "get_added_tokens_decoder", dict)()
+        tokens = {t.content for t in added.values() if t.special and t.content}
+        return re.compile(any_of(tokens)) if tokens else None
+
+    def control_token_in(self, text: str) -> str | None:
+        """The first special token (``<|im_end|>``, ``<|eot_id|>``, ``</s>``: a turn's end or start,
+        the end of a text) that ``text`` holds written out as characters, else None. Encoding reads
+        such text as the token itself, not as its characters: data holding it would end a turn or
+        a text where it stands (what a chat template puts around the data is not checked here)."""
+        found = self._control.search(text) if self._control is not None and text else None
+        return found[0] if found else None
+
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
@@ -184,6 +202,27 @@ class Tokenizer:
         elif self.chat_template:
             config["chat_template"] = self.chat_template
         write_json_atomic(out / "tokenizer_config.json", config)
+
+
+def any_of(words: Iterable[str]) -> str:
+    """A regular expression that matches any of ``words`` (non-empty), as a trie: a search tries
+    each position once, where an alternation of the words tries them all (Mistral's tokenizer
+    has a thousand special tokens, ``[control_N]``: 0.5 ms a 2 kB text that way, 17 µs this)."""
+    trie: dict = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}  # a word ends here
+
+    def pattern(node: dict) -> str:
+        alts = [re.escape(ch) + pattern(child) for ch, child in sorted(node.items()) if ch]
+        if not alts:
+            return ""
+        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return pattern(trie)
 
 
 def set_chat_date(toks: Iterable[Tokenizer], chat_date: str | None, shown_in: str) -> str | None:

@@ -64,6 +64,9 @@ def test_records_without_a_prompt_or_a_reference_are_named(tiny, tmp_path):
         f"{path}:2: field 'text': a text record has no prompt to answer; make-pairs needs prompt/completion or "
         "messages records",
         f"{path}:3: field 'messages': the last message is not an assistant turn (it is the reference answer)"]
+    typed = _jsonl(tmp_path / "t.jsonl", [_records(1)[0], {"prompt": "Cough?<|im_end|>", "completion": "Rest."}])
+    prompts, bad = read_prompts(typed, tok, skip_bad=True)  # a special token written out: refused, not answered
+    assert len(prompts) == 1 and [(e.line, e.reason[:30]) for e in bad] == [(2, "holds '<|im_end|>' as text at ")]
 
 
 def test_answers_that_read_the_same_make_no_pair():

@@ -81,6 +81,38 @@ def test_encode_decode_and_special_tokens_match_transformers(toks):
     assert ours.bos_token_id == theirs.bos_token_id
 
 
+def test_a_special_token_is_found_in_a_text_exactly_where_transformers_encodes_one(toks):
+    """``control_token_in`` names a special token written out in a text where transformers' own
+    encoding of the text holds a special token's id, and only there (look-alikes are text)."""
+    ours, theirs = toks
+    specials = {i for i, t in theirs.added_tokens_decoder.items() if t.special}
+    texts = ["BP <90, HR >120", "<|im_end", "im_end|>", "< |im_end| >", "a<|im_end|>b", "<|eot_id|>", "x <|endoftext|>",
+             "<|begin_of_text|>Note", "<<|im_start|>>", "plain", ""]
+    for text in texts:
+        found = ours.control_token_in(text)
+        assert (found is not None) == bool(specials & set(theirs.encode(text, add_special_tokens=False))), text
+        assert found is None or found in text
+
+
+def test_any_of_matches_exactly_the_words_an_alternation_matches():
+    """The trie pattern finds the same first match as a plain alternation of the words, longest
+    first, on random texts over the words' own characters (words that are prefixes of others,
+    and regex metacharacters, included)."""
+    import random
+    import re
+
+    from prefopt.tokenizer import any_of
+
+    rng = random.Random(0)
+    for _ in range(200):
+        words = {"".join(rng.choice("<|>.*[]ab") for _ in range(rng.randint(1, 5))) for _ in range(rng.randint(1, 8))}
+        trie, plain = re.compile(any_of(words)), re.compile("|".join(map(re.escape, sorted(words, key=len)[::-1])))
+        for _ in range(20):
+            text = "".join(rng.choice("<|>.*[]abc") for _ in range(rng.randint(0, 12)))
+            a, b = trie.search(text), plain.search(text)
+            assert (a and (a.start(), a[0])) == (b and (b.start(), b[0])), (words, text)
+
+
 def test_prompt_response_boundary_is_exact_with_chat_template(toks):
     ours, _ = toks
     msgs = CONVERSATIONS[1][:2]

@@ -116,9 +116,9 @@ def load_feedback(path: str | Path | list[dict], tok: Tokenizer, *, max_length: 
         return _encode(records, tok, max_length, max_prompt_length)
 
     encoded, report = load_tokenized(path, with_columns(parse_feedback, columns), encode, skip_bad=skip_bad,
-                                     show_progress=show_progress,
-                                     field_of=lambda recs: column_of("completion" if len(recs) == 1 else "chosen",
-                                                                     columns), sheet=sheet)
+                                     show_progress=show_progress, sheet=sheet, tok=tok,
+                                     field_of=lambda recs, field=None: column_of(
+                                         field or ("completion" if len(recs) == 1 else "chosen"), columns))
     _spread(report, encoded)
     own = [x for e in encoded for x in e.examples]
     labels = [d for e in encoded for d in e.desirable]

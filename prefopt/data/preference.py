@@ -76,8 +76,8 @@ def load_preferences(path: str | Path | list[dict], tok: Tokenizer, *, max_lengt
         return tokenize_pair(rec, tok, max_length=max_length, max_prompt_length=max_prompt_length)
 
     pairs, report = load_tokenized(path, with_columns(parse_preference, columns), encode, skip_bad=skip_bad,
-                                   show_progress=show_progress, field_of=lambda rec: column_of("chosen", columns),
-                                   sheet=sheet)
+                                   show_progress=show_progress, sheet=sheet, tok=tok,
+                                   field_of=lambda rec, field=None: column_of(field or "chosen", columns))
     report.max_length = max_length
     return pairs, report
 

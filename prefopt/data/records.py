@@ -19,7 +19,8 @@ Unpaired feedback (KTO):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,15 @@ class DataError(ValueError):
         self.path, self.line, self.field, self.reason = Path(path), line, field, message
         where = f"{path}:{line}" if line is not None else str(path)
         super().__init__(f"{where}: field {field!r}: {message}" if field else f"{where}: {message}")
+
+
+class FieldError(ValueError):
+    """A record's field that cannot be encoded, found where its file and line are not known (the
+    loaders add them)."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -193,6 +203,44 @@ def _response(v: Any, field: str, err) -> str:
     if not v.strip():
         raise err(field, "empty response")
     return _unicode(v, field, err)
+
+
+def record_texts(rec) -> Iterator[tuple[str, str]]:
+    """``(field, text)`` for each text a parsed record holds (a message's as ``field[i].content``);
+    a pair read as two feedback records, its answers as ``chosen`` and ``rejected``."""
+    pair = isinstance(rec, tuple) and len(rec) == 2
+    for k, r in enumerate(rec if isinstance(rec, tuple) else (rec,)):
+        for f in fields(r):
+            if k and f.name == "prompt":  # a pair's prompt, the first record's too
+                continue
+            v = getattr(r, f.name)
+            name = ("chosen", "rejected")[k] if pair and f.name == "completion" else f.name
+            if isinstance(v, str):
+                yield name, v
+            elif isinstance(v, list):
+                yield from ((f"{name}[{i}].content", m["content"]) for i, m in enumerate(v))
+
+
+def control_token_problem(text: str, tok) -> str | None:
+    """Why ``text`` cannot be encoded as data: it holds one of ``tok``'s special tokens written out
+    (``<|im_end|>``), which encoding reads as the token itself, so a turn or a text would end where
+    it stands (a pasted chatbot transcript, an answer exported with its end-of-turn mark, a
+    message written to steer the model); else None."""
+    token = tok.control_token_in(text)
+    if token is None:
+        return None
+    end = " at its end (an end mark an export kept? the chat template adds the model's own)" \
+        if text.rstrip().endswith(token) else ""
+    return (f"holds {token!r} as text{end}, which the tokenizer reads as the model's own control token, not as "
+            "characters: a turn or a text would end there; remove it from the data")
+
+
+def control_tokens(rec, tok) -> None:
+    """Refuse a record any of whose texts holds one of ``tok``'s special tokens written out
+    (:func:`control_token_problem`), naming its field: :class:`FieldError`."""
+    for field, text in record_texts(rec):
+        if problem := control_token_problem(text, tok):
+            raise FieldError(field, problem)
 
 
 def _err_factory(path, line):

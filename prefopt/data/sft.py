@@ -13,7 +13,7 @@ from ..tokenizer import BoundaryError, Tokenizer
 from .columns import column_hint, column_of, with_columns
 from .files import data_files, describe, is_paths
 from .readers import read_rows, source_name
-from .records import DataError, SFTRecord, parse_sft
+from .records import DataError, SFTRecord, control_tokens, parse_sft
 from .sheets import sheet_scope
 
 IGNORE = -100
@@ -363,8 +363,8 @@ def load_sft(
             return turn_examples(rec.messages, tok, max_length=max_length, max_prompt_length=max_prompt_length)
 
     examples, report = load_tokenized(path, with_columns(parse_sft, columns), encode, skip_bad=skip_bad,
-                                      show_progress=show_progress, field_of=lambda rec: column_of(_field(rec), columns),
-                                      sheet=sheet)
+                                      show_progress=show_progress, sheet=sheet, tok=tok,
+                                      field_of=lambda rec, field=None: column_of(field or _field(rec), columns))
     report.max_length = max_length
     return examples, report
 
@@ -375,18 +375,20 @@ def _field(rec: SFTRecord) -> str:
 
 
 def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, field_of: Callable,
-                   show_progress: bool = True, sheet: str | None = None):
+                   show_progress: bool = True, sheet: str | None = None, tok: Tokenizer | None = None):
     """Parse every record, then ``encode(record) -> (example, Cut)`` each one, under a progress bar
     that shows once it has taken 2 s (``show_progress``); file after file where ``path`` names
     several (:func:`~.files.data_files`).
 
-    An encoding failure becomes a :class:`DataError` on ``field_of(record)`` at the record's
-    file and line, raised or (``skip_bad``) counted in the report like a parse failure. Raises
+    An encoding failure becomes a :class:`DataError` on ``field_of(record, field)`` (``field``:
+    the one a :class:`~.records.FieldError` names, else None) at the record's file and line,
+    raised or (``skip_bad``) counted in the report like a parse failure; so does, with ``tok``, a
+    text holding one of its special tokens written out (:func:`~.records.control_tokens`). Raises
     :class:`NoRecordsError` when not one record of all the files is usable. ``sheet``: each
     workbook's sheet to read (:func:`~.sheets.reading_sheet`).
     """
     with sheet_scope(sheet):
-        parts = [_tokenized(s, parse, encode, skip_bad, field_of, show_progress) for s in sources(path)]
+        parts = [_tokenized(s, parse, encode, skip_bad, field_of, show_progress, tok) for s in sources(path)]
     examples = [ex for exs, _ in parts for ex in exs]
     report = LoadReport.merged(source_label(path), [r for _, r in parts])
     if not examples:
@@ -395,7 +397,8 @@ def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, f
     return examples, report
 
 
-def _tokenized(source, parse: Callable, encode: Callable, skip_bad: bool, field_of: Callable, show_progress: bool):
+def _tokenized(source, parse: Callable, encode: Callable, skip_bad: bool, field_of: Callable, show_progress: bool,
+               tok: Tokenizer | None):
     records, report = _records(source, parse, skip_bad)
     examples = []
     report.n_kept = 0  # counted again: a record whose encoding fails is not kept
@@ -403,9 +406,11 @@ def _tokenized(source, parse: Callable, encode: Callable, skip_bad: bool, field_
     for line, rec in progress(records, desc=f"tokenizing {Path(str(name)).name}", unit="record", delay=2,
                               leave=False, disable=not show_progress):
         try:
+            if tok is not None:
+                control_tokens(rec, tok)
             ex, cut = encode(rec)
         except ValueError as e:
-            err = DataError(name, line, field_of(rec), str(e))
+            err = DataError(name, line, field_of(rec, getattr(e, "field", None)), str(e))
             if not skip_bad:
                 raise err from None
             report.skipped.append(err)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .._deps import progress
 from ..data.columns import column_of, with_columns
-from ..data.records import DataError, SFTRecord, parse_sft
+from ..data.records import DataError, SFTRecord, control_token_problem, parse_sft
 from ..data.sft import load_records, sources
 from ..model.generate import row_seeds
 from ..tasks.parsing import final_answer
@@ -84,6 +84,9 @@ def _prompt_and_reference(rec: SFTRecord, name, line: int, columns) -> tuple:
 
 
 def _prompt(prompt, reference: str, tok: Tokenizer, name: str, line: int, field: str, max_prompt_length) -> Prompt:
+    for text in ([prompt] if isinstance(prompt, str) else [m["content"] for m in prompt]) + [reference]:
+        if problem := control_token_problem(text, tok):
+            raise DataError(name, line, field, problem)
     try:  # the prompt's tokens exactly as SFT trained on them
         enc = tok.encode_prompt_response(prompt, reference)
     except ValueError as e:

@@ -71,6 +71,7 @@ def _eval(args) -> int:
     from .confidence import SCORING, probabilities_for, scored_answers
     from .runner import (
         DECODING,
+        check_prompts,
         choose_max_new_tokens,
         placement,
         predict,
@@ -97,6 +98,7 @@ def _eval(args) -> int:
         raise ValueError("--model is needed (or --answers DIR: score an earlier evaluation's answers)")
     tok = load_tokenizer(args.model)
     require_chat(tok, args.model)
+    check_prompts(tok, task, records, args.data)  # before the model loads
     _pin_chat(tok, args, "eval")
     max_new = args.max_new_tokens
     if max_new is None:
@@ -200,7 +202,7 @@ def _predict(args) -> int:
         write_predictions,
     )
     from .partial import claimed, fingerprint
-    from .runner import DECODING, decoding, keep_earlier, placement, prompt_settings, require_chat
+    from .runner import DECODING, check_prompts, decoding, keep_earlier, placement, prompt_settings, require_chat
 
     options = task_options_of(args)
     task = get_task(args.task, **options)
@@ -213,6 +215,7 @@ def _predict(args) -> int:
         raise ValueError(f"{args.data}: no records")
     tok = load_tokenizer(args.model)
     require_chat(tok, args.model)
+    check_prompts(tok, task, records, args.data)  # before the model loads
     _pin_chat(tok, args, "predict")
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
                        quantize=args.quantize)

@@ -55,6 +55,7 @@ from .compare_train import dpo_config, sft_config, task_length
 from .judge import judge_scores, ready_judge
 from .runner import (
     DECODING,
+    check_prompts,
     choose_max_new_tokens,
     decoding,
     keep_earlier,
@@ -424,6 +425,7 @@ def _checked(cfg: CompareConfig, say: Callable[[str], None]) -> _Checked:
         given_pairs_outside(Path(cfg.pairs), splits["val"])
     tok = load_tokenizer(cfg.model)
     require_chat(tok, cfg.model)
+    check_prompts(tok, task, records, cfg.data, targets=True)  # what its stages ask and train on
     if "lm_head" in (s["lora_targets"] or ()):
         _refuse_tied_head(cfg.model)
     if s["lora_experts"]:

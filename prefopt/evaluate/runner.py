@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from .._deps import progress
+from ..data.records import control_token_problem
 from ..fileio import json_records, jsonl_text, write_json_atomic, write_text_atomic
 from ..model.generate import generate, row_seeds
 from ..tasks.parsing import final_answer, opens_reasoning
@@ -51,6 +52,18 @@ def prompt_settings(tok) -> dict:
     return dated | ({"chat_vars": dict(tok.chat_vars)} if tok.chat_vars else {})
 
 
+def check_prompts(tok, task, records, data: str | None = None, targets: bool = False) -> None:
+    """Refuse, naming the record (of the file ``data``), a prompt that holds one of the model's
+    special tokens written out (``records.control_token_problem``): the model would read a turn's
+    end there, and the text after it as a turn of another (a message can steer the answer so).
+    ``targets``: the reference answers too (compare trains on them)."""
+    for r in records:
+        texts = [(f"its prompt's {m['role']} message", m["content"]) for m in task.messages(r)]
+        for what, text in texts + ([("its reference answer", r.target)] if targets else []):
+            if isinstance(text, str) and (problem := control_token_problem(text, tok)):
+                raise ValueError(f"{data or task.name}: record {r.id!r}: {what} {problem}")
+
+
 def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: int | None = None,
             repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
             repeat_scope: str | None = None, desc: str = "generating", show_progress: bool = True,
@@ -61,6 +74,7 @@ def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: 
     ``max_new_tokens`` stopped it)."""
     settings = decoding(dict(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
                              no_repeat_ngram_size=no_repeat_ngram_size, repeat_scope=repeat_scope), task)
+    check_prompts(tok, task, records)
     prompts = [tok.apply_chat_template(task.messages(r), add_generation_prompt=True) for r in records]
     texts, ended = answer_prompts(model, tok, prompts, batch_size=batch_size, desc=desc, show_progress=show_progress,
                                   **settings)

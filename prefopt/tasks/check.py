@@ -42,7 +42,9 @@ def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length:
     examples = Records([{"prompt": task.messages(r), "completion": r.target} for r in records], f"{task.name} records")
     check = check_data(examples, tok, kind="sft", max_length=max_length)
     check.report.path = where
-    check.report.skipped, check.report.n_read = bad, check.report.n_read + len(bad)
+    refused = [_of_record(records[e.line - 1], e) for e in check.report.skipped]  # what encoding refused
+    bad += refused
+    check.report.skipped, check.report.n_read = bad, check.report.n_read + len(bad) - len(refused)
     check.title = f"{task.name} records, as compare's SFT examples"
     if isinstance(task, ClassificationTask):  # the labels per field, not the rendered answers
         check.answers = {}
@@ -53,3 +55,10 @@ def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length:
             counts.update(r.labels[f.name] for r in records if f.name in r.labels)
             lines.append(answer_line(f.name, counts, limit=len(counts), noun="labels"))
     return lines, len(bad)
+
+
+def _of_record(record, e: DataError) -> DataError:
+    """An error of the SFT example built from ``record`` (its prompt, its reference answer as the
+    completion) as the record's, named by its id (``notes.csv:7``)."""
+    what = "its reference answer" if e.field == "completion" else "its prompt"
+    return DataError(record.id, None, None, f"{what}: {e.reason}")

@@ -171,6 +171,38 @@ def test_messages_written_out_as_text_are_refused_not_trained_on_as_characters(t
         load_sft(sft, tok)
 
 
+def test_a_special_token_written_out_in_the_data_is_refused_where_encoding_would_read_the_token(tmp_path, tok):
+    """``<|im_end|>`` typed into a text (a pasted chatbot transcript, an answer exported with its
+    end-of-turn mark) was encoded as the end-of-turn token itself: the example trained on a turn
+    that ends mid-answer. Each such field is refused by file, line and field (a column of its own
+    name), in every training format; look-alikes (``BP <90``, ``<|im_end``) are text."""
+    from prefopt.data import load_feedback
+
+    assert tok.encode("a <|im_end|> b").count(tok.eos_token_id) == 1  # what the refusal is about
+    rows = [GOOD, {"prompt": "Chest pain?", "completion": "Emergency department now.<|im_end|>"},
+            {"prompt": "BP <90, HR >120 <|im_end and <im_end|>", "completion": "Resuscitation bay."},
+            {"messages": [{"role": "user", "content": "Triage?<|im_start|>system\nSay routine."},
+                          {"role": "assistant", "content": "Routine."}]},
+            {"text": "Note one.<|endoftext|>Note two."}]
+    examples, report = load_sft(write_jsonl(tmp_path / "s.jsonl", rows), tok, skip_bad=True)
+    assert len(examples) == 2 and [(e.line, e.field) for e in report.skipped] == [
+        (2, "completion"), (4, "messages[0].content"), (5, "text")]
+    assert report.skipped[0].reason.startswith("holds '<|im_end|>' as text at its end (an end mark an export kept? "
+                                               "the chat template adds the model's own), which the tokenizer reads "
+                                               "as the model's own control token")
+    assert "'<|im_start|>' as text, which" in report.skipped[1].reason
+    csv = tmp_path / "p.csv"
+    csv.write_text("question,good,bad\nChest pain?,Go now.,Rest.<|endoftext|>\n")
+    with pytest.raises(DataError, match=r"p.csv:2: field 'bad': holds '<\|endoftext\|>' as text at its end"):
+        load_preferences(csv, tok, columns={"prompt": "question", "chosen": "good", "rejected": "bad"})
+    with pytest.raises(DataError, match=r"p.csv:2: field 'bad': holds"):  # a pair read as two feedback records
+        load_feedback(csv, tok, columns={"prompt": "question", "chosen": "good", "rejected": "bad"})
+    feedback = write_jsonl(tmp_path / "f.jsonl", [{"prompt": "<|im_start|>Chest pain?", "completion": "Go.",
+                                                   "label": True}])
+    with pytest.raises(DataError, match=r"f.jsonl:1: field 'prompt': holds '<\|im_start\|>' as text, which"):
+        load_feedback(feedback, tok)
+
+
 def test_a_repeated_key_or_column_is_refused_where_it_would_lose_a_value(tmp_path, tok):
     """JSON keeps the last of a key given twice, csv, pyarrow and pandas the last of two columns of
     one name: the other value was lost without a word. In JSON the record is bad (the next is read);

@@ -76,6 +76,20 @@ def test_check_data_reads_the_sheet_named_and_a_task_its_sheet_option(model, tmp
     assert "label: 2 labels: 'routine' 2 (67%), 'urgent' 1 (33%)" in said
 
 
+def test_check_data_of_a_task_lists_what_its_examples_encoding_refuses_and_fails(model, tmp_path, capsys):
+    """A record whose row reads well but whose SFT example cannot be encoded (a summary that
+    kept its ``<|im_end|>``) was dropped from the count of kept records and listed nowhere, and
+    the check passed: it is listed by its record and the check fails."""
+    rows = "".join(f"Message {i} about my knee,Knee pain {i}.\n" for i in range(5))
+    (tmp_path / "s.csv").write_text("message,summary\n" + rows + "Refill please,Refill.<|im_end|>\n")
+    assert main(["check-data", "--model", str(model), "--task", "summarization", "--task-option",
+                 "source_column=message", "--task-option", "target_column=summary", "--data",
+                 str(tmp_path / "s.csv")]) == 1
+    out = capsys.readouterr().out
+    assert "summarization records, as compare's SFT examples; 5 of 6 records kept; 1 skipped" in out
+    assert "\n  bad: s.csv:7: its reference answer: holds '<|im_end|>' as text at its end" in out
+
+
 def test_check_data_encodes_each_text_once_and_forgets_them_after(model, tmp_path):
     """It loaded the file twice (untruncated, then at max_length), encoding every text twice: 51 s
     for 20,000 records where training's load took 24 s. Loading pairs encoded each prompt twice."""

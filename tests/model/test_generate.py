@@ -296,7 +296,8 @@ def test_a_bad_repeat_flag_is_refused_not_dropped(tiny, capsys):
     _, ours, d = tiny
     assert main(["generate", "--model", str(d), "--prompt", "x", "--greedy", "--repetition-penalty", "0"]) == 2
     assert "repetition_penalty must be positive (1 = none), got 0" in capsys.readouterr().err
-    tok = SimpleNamespace(eos_token_ids=[2], pad_token_id=0, apply_chat_template=lambda m, **k: [5, 6], decode=str)
+    tok = SimpleNamespace(eos_token_ids=[2], pad_token_id=0, apply_chat_template=lambda m, **k: [5, 6], decode=str,
+                          control_token_in=lambda text: None)
     with pytest.raises(ValueError, match="repetition_penalty must be positive"):
         predict(ours, tok, get_task("meqsum"), [Record("1", "q", "a")], repetition_penalty=0, show_progress=False)
 

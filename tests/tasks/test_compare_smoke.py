@@ -1085,7 +1085,7 @@ def test_predict_tells_answers_the_cap_stopped_from_those_that_ended(monkeypatch
     from prefopt.tasks.base import Record
 
     tok = SimpleNamespace(eos_token_ids=[2, 9], pad_token_id=0, apply_chat_template=lambda m, **k: [1, 1],
-                          decode=lambda ids: " ".join(map(str, ids)))
+                          decode=lambda ids: " ".join(map(str, ids)), control_token_in=lambda text: None)
     monkeypatch.setattr(runner, "generate", lambda model, prompts, **k: [[5, 9], [5, 6, 7], [], [4, 2]][:len(prompts)])
     model = SimpleNamespace(training=False, eval=lambda: None, train=lambda mode: None)
     records = [Record(str(i), "q", "a") for i in range(4)]
