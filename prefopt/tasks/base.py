@@ -8,7 +8,9 @@ prediction, scores predictions, and proposes wrong answers for preference pairs.
 """
 from __future__ import annotations
 
+import difflib
 import random
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +125,11 @@ def name_list(option: str, value: list[str] | str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _letters(label: str) -> str:
+    """A label without its digits: ``grade 2`` and ``grade 3`` are the same here."""
+    return "".join(ch for ch in label if not ch.isdigit())
+
+
 def label_list(labels: list[str] | str | None) -> list[str]:
     """A generic task's ``labels`` option as the labels its rows are compared with (lower-cased)."""
     return list(dict.fromkeys(x.lower() for x in name_list("labels", labels)))
@@ -144,6 +151,28 @@ class ClassificationTask(Task):
             raise DataError(path, line, column,
                             f"{label!r} is not one of the labels given ({', '.join(self.fields[0].labels)})")
         return label
+
+    def labels_read(self, path, records: list[Record]) -> None:
+        """Where no labels were given, the labels ``records`` hold, sorted; a rare one (at most
+        ``RARE`` rows) spelt nearly as a common one (``COMMON`` rows or more) is warned of: a
+        misspelling in a hand-labelled sheet ("urgnet") is read as a class of its own, which the
+        model is trained to answer and macro-F1 averages over. Labels that differ in digits alone
+        ("grade 1", "grade 2") are not."""
+        if self.fields[0].labels:
+            return
+        counts = Counter(r.labels["label"] for r in records)
+        self.fields[0].labels = sorted(counts)
+        common = [c for c, n in counts.items() if n >= self.COMMON]
+        for label, n in sorted(counts.items()):
+            near = [c for c in difflib.get_close_matches(label, common, n=1, cutoff=0.8)
+                    if n <= self.RARE and _letters(c) != _letters(label)]
+            if near:
+                warnings.warn(f"{path}: label {label!r} ({n} row{'s' if n > 1 else ''}) is spelt nearly as "
+                              f"{near[0]!r} ({counts[near[0]]} rows): a misspelling? It is read as a class of its "
+                              "own; correct it in the data (or give the labels, --task-option labels=a,b,c, and "
+                              "rows of any other are refused)", stacklevel=2)
+
+    RARE, COMMON = 3, 10  # labels_read's rare and common classes, in rows
 
     def labels_known(self, labelled: bool) -> None:
         """Unlabelled records (``labelled=False``) need the labels given: a generic task reads them

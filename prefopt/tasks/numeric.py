@@ -53,8 +53,7 @@ class NumericTable(ClassificationTask):
         for line, row in self.rows(path, labelled):
             with one_row():
                 out.append(self._record(path, line, row, labelled))
-        if not self.fields[0].labels:
-            self.fields[0].labels = sorted({r.labels["label"] for r in out})
+        self.labels_read(path, out)
         for r in out:
             r.prompt = f"{self.question} Answer with one of: {', '.join(self.fields[0].labels)}.\n\n{r.prompt}"
         return out

@@ -40,8 +40,7 @@ class TextClassification(ClassificationTask):
                                                      line, self.label_column)
                 out.append(Record(f"{Path(path).name}:{line}", "", labels.get("label", ""), labels,
                                   {"text": text, "row": row}))
-        if not self.fields[0].labels:
-            self.fields[0].labels = sorted({r.labels["label"] for r in out})
+        self.labels_read(path, out)
         options = ", ".join(self.fields[0].labels)
         for r in out:
             r.prompt = (f"{self.instruction or 'Classify this text.'} Answer with one of: {options}.\n\n"

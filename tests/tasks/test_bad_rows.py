@@ -151,3 +151,28 @@ def test_a_tasks_data_reads_from_a_workbook_or_a_compressed_file_as_from_its_fil
     assert [(r.prompt, r.target) for r in task.read(tmp_path / "portal.xlsx")] == [(r.prompt, r.target) for r in want]
     (tmp_path / "portal.jsonl.gz").write_bytes(gzip.compress(task.bundled_data.read_bytes()))
     assert [r.prompt for r in task.read(tmp_path / "portal.jsonl.gz")] == [r.prompt for r in want]
+
+
+def test_a_rare_label_spelt_nearly_as_a_common_one_is_warned_of_as_a_likely_misspelling(tmp_path, recwarn):
+    """A hand-labelled sheet's "urgnet" became a class of its own (trained on, averaged into
+    macro-F1) without a word. It is warned of, naming both labels and their rows; labels that
+    differ in digits alone, a common pair, and labels given are not."""
+    rows = ([f"Note {i},urgent" for i in range(20)] + [f"Refill {i},routine" for i in range(15)] + ["Rash,urgnet"]
+            + [f"Stage {i},grade 1" for i in range(2)] + [f"Stage b{i},grade 2" for i in range(12)])
+    (tmp_path / "t.csv").write_text("note,urgency\n" + "\n".join(rows) + "\n")
+    task = get_task("text_classification", text_column="note", label_column="urgency")
+    with pytest.warns(UserWarning) as said:
+        task.read(tmp_path / "t.csv")
+    assert [str(w.message) for w in said] == [
+        f"{tmp_path / 't.csv'}: label 'urgnet' (1 row) is spelt nearly as 'urgent' (20 rows): a misspelling? It is "
+        "read as a class of its own; correct it in the data (or give the labels, --task-option labels=a,b,c, and "
+        "rows of any other are refused)"]
+    assert task.fields[0].labels == ["grade 1", "grade 2", "routine", "urgent", "urgnet"]
+    recwarn.clear()
+    given = get_task("text_classification", text_column="note", label_column="urgency",
+                     labels="urgent,routine,grade 1,grade 2")
+    with pytest.raises(DataError, match=r"t.csv:37: field 'urgency': 'urgnet' is not one of the labels given"):
+        given.read(tmp_path / "t.csv")
+    (tmp_path / "n.csv").write_text("a,b,label\n" + "\n".join(["1,2,healthy"] * 12 + ["3,4,helathy", "5,6,ill"]) + "\n")
+    with pytest.warns(UserWarning, match=r"n.csv: label 'helathy' \(1 row\) is spelt nearly as 'healthy' \(12 rows\)"):
+        get_task("numeric_table", label_column="label").read(tmp_path / "n.csv")
