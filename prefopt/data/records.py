@@ -221,6 +221,36 @@ def record_texts(rec) -> Iterator[tuple[str, str]]:
                 yield from ((f"{name}[{i}].content", m["content"]) for i, m in enumerate(v))
 
 
+_WRITTEN_BREAK = re.compile(r"(?:\\r)?\\n")  # a backslash and an n: a line break as an export escaped it
+_ENTITY = re.compile(r"&(?:amp|lt|gt|quot|apos|nbsp|#\d{1,7}|#x[0-9a-fA-F]{1,6});")
+
+
+def escaped(text: str) -> str | None:
+    """What ``text`` holds escaped, as an export from a database or a web page writes it, and a
+    model would learn as written: ``"line breaks written out as '\\n'"`` (two or more, and no
+    real line break), ``"HTML entities (...)"`` (``&amp;``); else None."""
+    if "\n" not in text and len(_WRITTEN_BREAK.findall(text)) >= 2:
+        return "line breaks written out as '\\n'"
+    if _ENTITY.search(text) is not None:
+        return "HTML entities ('&amp;', '&lt;', '&#39;', ...)"
+    return None
+
+
+def escaped_records(records) -> dict[str, tuple[int, int, str]]:
+    """``{kind: (records, the first's line, its field)}`` of the ``(line, record)`` pairs whose
+    texts hold something escaped (:func:`escaped`), by kind."""
+    found: dict[str, tuple[int, int, str]] = {}
+    for line, rec in records:
+        kinds = {}
+        for field, text in record_texts(rec):
+            if (kind := escaped(text)) is not None:
+                kinds.setdefault(kind, field)
+        for kind, field in kinds.items():
+            n, first, first_field = found.get(kind, (0, line, field))
+            found[kind] = (n + 1, first, first_field)
+    return found
+
+
 def control_token_problem(text: str, tok) -> str | None:
     """Why ``text`` cannot be encoded as data: it holds one of ``tok``'s special tokens written out
     (``<|im_end|>``), which encoding reads as the token itself, so a turn or a text would end where

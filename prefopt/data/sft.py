@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -13,7 +14,7 @@ from ..tokenizer import BoundaryError, Tokenizer
 from .columns import column_hint, column_of, with_columns
 from .files import data_files, describe, is_paths
 from .readers import read_rows, source_name
-from .records import DataError, SFTRecord, control_tokens, parse_sft
+from .records import DataError, SFTRecord, control_tokens, escaped_records, parse_sft
 from .sheets import sheet_scope
 
 IGNORE = -100
@@ -427,4 +428,8 @@ def _tokenized(source, parse: Callable, encode: Callable, skip_bad: bool, field_
         report.kept_lines += [line] * len(windows)
         report.kept_records += [report.n_kept] * len(windows)
         report.n_kept += 1
+    for kind, (n, line, where) in escaped_records(records).items():  # (a field named: field_of needs no record)
+        warnings.warn(f"{name}: {n} of {len(records)} records hold {kind} (the first: line {line}, field "
+                      f"{field_of(None, where)!r}): escaped by an export? They are trained on as written; unescape "
+                      "them in the data", stacklevel=2)
     return examples, report

@@ -203,6 +203,31 @@ def test_a_special_token_written_out_in_the_data_is_refused_where_encoding_would
         load_feedback(feedback, tok)
 
 
+def test_text_escaped_by_an_export_is_warned_of_with_the_first_place_and_read_as_written(tmp_path, tok):
+    """Line breaks a database export wrote as backslash-n, and a web page's HTML entities, were
+    trained on as written without a word: each kind is warned of once a file, with how many
+    records and the first's line and field (a column of its own name); the records are kept."""
+    import csv
+
+    path = tmp_path / "notes.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["note", "answer"])
+        w.writerow(["Chest pain.\\nBP 150/90.\\nHR 110.", "Emergency now."])  # the two characters, twice
+        w.writerow(["A path C:\\new once", "Routine."])  # once: text
+        w.writerow(["Real\nline breaks.", "Routine."])
+        w.writerow(["Fever &amp; cough", "Soon &lt;24 h."])
+        w.writerow(["Rash\\nitchy\\nsince Monday", "Routine."])
+    with pytest.warns(UserWarning) as said:
+        examples, report = load_sft(path, tok, columns={"prompt": "note", "completion": "answer"})
+    assert len(examples) == 5 and not report.skipped
+    assert sorted(str(w.message) for w in said) == [
+        f"{path}: 1 of 5 records hold HTML entities ('&amp;', '&lt;', '&#39;', ...) (the first: line 6, field "
+        "'note'): escaped by an export? They are trained on as written; unescape them in the data",
+        f"{path}: 2 of 5 records hold line breaks written out as '\\n' (the first: line 2, field 'note'): escaped by "
+        "an export? They are trained on as written; unescape them in the data"]
+
+
 def test_a_repeated_key_or_column_is_refused_where_it_would_lose_a_value(tmp_path, tok):
     """JSON keeps the last of a key given twice, csv, pyarrow and pandas the last of two columns of
     one name: the other value was lost without a word. In JSON the record is bad (the next is read);
