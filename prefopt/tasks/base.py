@@ -140,6 +140,7 @@ class ClassificationTask(Task):
     max_new_tokens = 16
     primary = "macro_f1"
     labels_given = False  # a generic task given its labels: rows must hold one of them (own_label)
+    RARE, COMMON = 3, 10  # labels_read's rare and common classes, in rows
 
     def __init__(self, fields: list[LabelField]):
         self.fields = fields
@@ -164,15 +165,15 @@ class ClassificationTask(Task):
         self.fields[0].labels = sorted(counts)
         common = [c for c, n in counts.items() if n >= self.COMMON]
         for label, n in sorted(counts.items()):
+            if n > self.RARE:
+                continue
             near = [c for c in difflib.get_close_matches(label, common, n=1, cutoff=0.8)
-                    if n <= self.RARE and _letters(c) != _letters(label)]
+                    if _letters(c) != _letters(label)]
             if near:
                 warnings.warn(f"{path}: label {label!r} ({n} row{'s' if n > 1 else ''}) is spelt nearly as "
                               f"{near[0]!r} ({counts[near[0]]} rows): a misspelling? It is read as a class of its "
                               "own; correct it in the data (or give the labels, --task-option labels=a,b,c, and "
                               "rows of any other are refused)", stacklevel=2)
-
-    RARE, COMMON = 3, 10  # labels_read's rare and common classes, in rows
 
     def labels_known(self, labelled: bool) -> None:
         """Unlabelled records (``labelled=False``) need the labels given: a generic task reads them
