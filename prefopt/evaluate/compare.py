@@ -411,7 +411,7 @@ def _checked(cfg: CompareConfig, say: Callable[[str], None]) -> _Checked:
     """Everything a run is refused for before it claims its folder: settings, data, the split's
     sizes, the tokenizers' chat templates, --from's run, a folder that holds a run made with
     other settings. ``say``: the notes on settings chosen for the task."""
-    from ..tasks import get_task
+    from ..tasks import get_task, mixed_labels
     from ..tasks.check import read_labelled
     from ..tokenizer import load_tokenizer
 
@@ -419,6 +419,8 @@ def _checked(cfg: CompareConfig, say: Callable[[str], None]) -> _Checked:
     task = get_task(cfg.task, **cfg.task_options)
     task_length(cfg, task, s, say)
     records = read_labelled(task, cfg.data)  # bad data stops the run before its folder is claimed
+    if mixed := mixed_labels(records):
+        say(mixed)
     _fit_test_size(cfg, s, records, say)
     splits = _split(cfg, records, s)
     if splits["val"] and cfg.strategy == "ranked":  # given pairs on a validation item: refused before any work

@@ -13,6 +13,7 @@ from ..data.check import SHOW_BAD, answer_line, check_data
 from ..tokenizer import Tokenizer
 from ._io import read_past_bad_rows
 from .base import ClassificationTask, Task
+from .splits import mixed_labels
 
 
 def read_labelled(task: Task, path: str | None) -> list:
@@ -54,6 +55,8 @@ def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length:
             counts = Counter({label: 0 for label in f.labels})  # a label no record has shows as 0
             counts.update(r.labels[f.name] for r in records if f.name in r.labels)
             lines.append(answer_line(f.name, counts, limit=len(counts), noun="labels"))
+    if mixed := mixed_labels(records):
+        lines.append(f"  {mixed}")
     return lines, len(bad)
 
 

@@ -22,6 +22,27 @@ def count_groups(records: list[Record]) -> int:
     return len({_group_key(r) for r in records})
 
 
+def mixed_labels(records: list[Record]) -> str | None:
+    """Where texts recur with different labels (a multi-label abstract listed once per class, a
+    message labelled twice), a line that says how many and the first: each such group goes to one
+    split whole, so the model trains on both labels, and a test item's other row counts one of
+    them wrong whatever it answers. None where none does."""
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        if r.labels:
+            groups[_group_key(r)].append(r)
+    mixed = [g for g in groups.values() if len({tuple(sorted(r.labels.items())) for r in g}) > 1]
+    if not mixed:
+        return None
+    a = mixed[0][0]
+    b = next(r for r in mixed[0] if r.labels != a.labels)
+    shown = "; ".join(f"{r.id} {', '.join(r.labels.values())!r}" for r in (a, b))
+    n = len(mixed)
+    return (f"{n} text{'s recur' if n > 1 else ' recurs'} with different labels ({sum(map(len, mixed))} rows; the "
+            f"first: {shown}): the model is trained on both, and where such a text is tested one of its rows "
+            "counts as wrong whatever the answer")
+
+
 def split_records(records: list[Record], *, test: int | float = 0.2, val: int | float = 0.0, seed: int = 0,
                   max_train: int | None = None) -> dict[str, list[Record]]:
     """``{"train", "val", "test"}``. ``test``/``val`` are fractions (< 1) or counts (≥ 1) of groups."""

@@ -5,7 +5,15 @@ import random
 import pytest
 
 from prefopt.data.records import DataError
-from prefopt.tasks import PORTAL_DATA, get_task, model_error_pairs, sample_records, split_records, wrong_label_pairs
+from prefopt.tasks import (
+    PORTAL_DATA,
+    get_task,
+    mixed_labels,
+    model_error_pairs,
+    sample_records,
+    split_records,
+    wrong_label_pairs,
+)
 
 
 def test_bundled_portal_set_is_synthetic_and_large_enough():
@@ -32,6 +40,37 @@ def test_split_is_seeded_stratified_and_never_leaks():
     assert abs(share - overall) < 0.07
     with pytest.raises(ValueError, match="no training data"):
         split_records(recs[:10], test=8, val=2)
+
+
+def test_texts_that_recur_with_different_labels_are_counted_and_the_first_named(tmp_path, capsys):
+    """Medical Abstracts lists 83 abstracts once per class (170 rows): each such group is tested
+    whole, so one of its rows is wrong whatever the model answers. check-data --task and compare
+    say so; the same text with the same label twice, or in other spacing, is no such case."""
+    from prefopt.tasks.base import Record
+
+    rows = [Record("a:1", "Chest pain", "", {"u": "urgent"}), Record("a:2", "Refill", "", {"u": "routine"}),
+            Record("a:3", "chest  pain", "", {"u": "urgent"}), Record("a:4", "Refill", "", {"u": "routine"})]
+    assert mixed_labels(rows) is None
+    rows += [Record("a:5", "Rash", "", {"u": "routine"}), Record("a:6", " Rash", "", {"u": "urgent"}),
+             Record("a:7", "Rash", "", {"u": "routine"}), Record("a:8", "Refill", "", {"u": "urgent"})]
+    assert mixed_labels(rows) == (
+        "2 texts recur with different labels (6 rows; the first: a:2 'routine'; a:8 'urgent'): the model is trained "
+        "on both, and where such a text is tested one of its rows counts as wrong whatever the answer")
+    data = tmp_path / "t.csv"
+    data.write_text("note,urgency\n" + "".join(f"Note {i},{('urgent', 'routine')[i % 2]}\n" for i in range(12))
+                    + "Note 3,urgent\n")
+    from prefopt.cli import main
+    from tests._tiny import build_tokenizer
+
+    tok = build_tokenizer(tmp_path / "tok")
+    assert main(["check-data", "--model", str(tok), "--task", "text_classification", "--task-option",
+                 "text_column=note", "--task-option", "label_column=urgency", "--data", str(data)]) == 0
+    assert ("  1 text recurs with different labels (2 rows; the first: t.csv:5 'routine'; t.csv:14 'urgent')"
+            in capsys.readouterr().out)
+    assert main(["compare", "--task", "text_classification", "--task-option", "text_column=note", "--task-option",
+                 "label_column=urgency", "--data", str(data), "--model", str(tmp_path / "none"),
+                 "--output", str(tmp_path / "run")]) == 2  # said before anything loads (here: no model to)
+    assert "prefopt compare: 1 text recurs with different labels (2 rows;" in capsys.readouterr().out
 
 
 def test_split_is_proportional_for_imbalanced_classes():
