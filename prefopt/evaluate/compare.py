@@ -41,7 +41,7 @@ from ..tokenizer import set_chat_date, set_chat_vars
 from ..train.diverged import Diverged
 from ..train.out_of_memory import reraised
 from ..train.stop_signal import GoingOn, going_on_by
-from . import start_from
+from . import given_pairs, start_from
 from .compare_config import (
     PRESETS,
     CompareConfig,
@@ -75,7 +75,6 @@ from .selection import (
     SFT_WEIGHTS,
     VAL_ANSWERS,
     dpo_weights,
-    given_pairs_outside,
     require_gain,
     stage_weights,
     trainer_settings,
@@ -332,9 +331,11 @@ def _sft(cfg, task, train, out: Path, s: dict) -> None:
     run_sft(_resumed(sft_config(cfg, s, data, out), "sft"))
 
 
-def _pairs(cfg, task, tok, train, out: Path, s: dict, keep: dict | None = None) -> Path:
+def _pairs(cfg, task, tok, train, out: Path, s: dict, keep: dict | None = None, given: tuple | None = None) -> Path:
     from ..tasks import model_error_pairs, wrong_label_pairs
 
+    if cfg.strategy == "ranked" and given is not None:  # given pairs less those on held-out items
+        return given_pairs.write_kept(out, Path(cfg.pairs), *given)
     if cfg.strategy == "ranked":  # given pairs: DPO reads (and validates, with file:line errors) the file itself
         (out / "data").mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "data" / "pairs_report.json", {"strategy": "ranked", "source": str(cfg.pairs)})
@@ -405,6 +406,7 @@ class _Checked:
     source: dict | None  # the recorded settings of the run --from names, where its stages are still to be copied
     recorded: dict  # as compare_config.json holds the run
     chat_lines: list[str]
+    given: tuple[list, list] | None  # ranked pairs where some were left out: (kept rows, (line, split, item) left)
 
 
 def _checked(cfg: CompareConfig, say: Callable[[str], None]) -> _Checked:
@@ -423,8 +425,12 @@ def _checked(cfg: CompareConfig, say: Callable[[str], None]) -> _Checked:
         say(mixed)
     _fit_test_size(cfg, s, records, say)
     splits = _split(cfg, records, s)
-    if splits["val"] and cfg.strategy == "ranked":  # given pairs on a validation item: refused before any work
-        given_pairs_outside(Path(cfg.pairs), splits["val"])
+    given = None
+    if cfg.strategy == "ranked":  # given pairs on held-out items are left out
+        kept, left = given_pairs.held_out(Path(cfg.pairs), {"test": splits["test"], "validation": splits["val"]})
+        if left:
+            say(given_pairs.left_out_line(Path(cfg.pairs), kept, left))
+            given = (kept, left)
     tok = load_tokenizer(cfg.model)
     require_chat(tok, cfg.model)
     check_prompts(tok, task, records, cfg.data, targets=True)  # what its stages ask and train on
@@ -448,7 +454,7 @@ def _checked(cfg: CompareConfig, say: Callable[[str], None]) -> _Checked:
     if source is not None:
         start_from.check_same_sft(cfg.start_from, source, recorded, _split_ids(splits))
     other_settings(out, recorded)
-    return _Checked(cfg, task, s, splits, tok, judge_tok, source, recorded, chat_lines)
+    return _Checked(cfg, task, s, splits, tok, judge_tok, source, recorded, chat_lines, given)
 
 
 def check_compare(cfg: CompareConfig) -> None:
@@ -490,7 +496,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     trained("sft", lambda: _sft(cfg, task, train, out, s))
     keep = {} if cfg.strategy == "model_errors" and not (out / "data" / "pairs.jsonl").is_file() else None
     results["sft"] = fitted("sft", False, lambda: _evaluate(cfg, task, tok, test, out, "sft", s, judge_tok, keep))
-    pairs = fitted("sft", False, lambda: _pairs(cfg, task, tok, train, out, s, keep))
+    pairs = fitted("sft", False, lambda: _pairs(cfg, task, tok, train, out, s, keep, run.given))
     keep = None  # the SFT model, if its errors were mined, is released before DPO
     trained("dpo", lambda: _dpo(cfg, task, pairs, val, out, s))
     _name_old_weights(out)

@@ -1,6 +1,7 @@
 """The comparison report: per-stage metrics with CIs, paired tests between stages, plots."""
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
@@ -262,6 +263,17 @@ def _chosen(stats: dict) -> str:
             f"validation items (see Training)")
 
 
+def _left_out(out: Path) -> str:
+    """The given pairs left out for their held-out prompts (``data/pairs_report.json``), in words."""
+    path = out / "data" / "pairs_report.json"
+    made = json.loads(path.read_text()) if path.is_file() else {}
+    left = made.get("left_out")
+    if not left:
+        return ""
+    return (f" ({len(left)} of the {len(left) + made['kept']} given left out: their prompts are held-out items' "
+            "messages)")
+
+
 def build_report(cfg, task, test, results: dict, out: Path, val: list | None = None) -> dict:
     """Write ``report.md`` and ``report.json`` (returned) for a compare folder. ``val``: the
     validation items that chose the DPO weights, if the run held any out."""
@@ -278,7 +290,8 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
     chat_vars = getattr(cfg, "chat_vars", None)  # a report rebuilt for a run from before them has none
     lines = [f"# prefopt compare: {task.name}", "",
              f"Model `{cfg.model}`; data `{cfg.data or 'bundled'}`; preset `{cfg.preset}`; seed {cfg.seed}; "
-             f"{len(test)} test items; DPO pairs by `{cfg.strategy}`, loss `{cfg.loss}`{_variants(cfg)}{_chosen(stats)}"
+             f"{len(test)} test items; DPO pairs by `{cfg.strategy}`{_left_out(out)}, loss `{cfg.loss}`{_variants(cfg)}"
+             f"{_chosen(stats)}"
              + (f"; the chat template given `{describe_chat_vars(chat_vars)}`" if chat_vars else "")
              + (f"; both stages trained on a {dtype} base" if (dtype := _train_dtype(cfg)) != "float32" else "")
              + (f"; base and SFT stages from `{cfg.start_from}`" if getattr(cfg, "start_from", None) else "") + ".",

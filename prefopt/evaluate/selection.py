@@ -15,7 +15,6 @@ import math
 from pathlib import Path
 
 from ..data.readers import read_rows
-from ..data.records import DataError
 from ..fileio import write_json_atomic
 from ..train.metrics import read_metrics
 from .runner import DECODING, read_answers, task_evaluator
@@ -69,21 +68,6 @@ def dpo_steps(s: dict, pairs: Path) -> int:
         return s["dpo_steps"]
     n = sum(1 for _, row in read_rows(pairs) if isinstance(row, dict))
     return max(1, math.ceil(math.ceil(n / s["dpo_batch_size"]) * s["dpo_epochs"]))
-
-
-def given_pairs_outside(pairs: Path, val: list) -> None:
-    """Given pairs (``ranked``) whose prompt is word for word a validation item's message would
-    train DPO on the items that choose its weights: refused, by file and line."""
-    held = {" ".join(r.prompt.split()): r.id for r in val}
-    for line, row in read_rows(pairs):  # a bad row is DPO's loader's to report, with the rest
-        prompt = row.get("prompt") if isinstance(row, dict) else None
-        if isinstance(prompt, list):  # chat messages: the last user turn
-            prompt = next((m.get("content") for m in reversed(prompt) if isinstance(m, dict)
-                           and m.get("role") == "user"), None)
-        item = held.get(" ".join(prompt.split())) if isinstance(prompt, str) else None
-        if item is not None:
-            raise DataError(pairs, line, "prompt", f"the message of validation item {item!r}; DPO would train on the "
-                            f"items that choose its weights. Drop such pairs, or run without --set val")
 
 
 SFT_WEIGHTS = "sft/train/final"  # the SFT stage's adapter, relative to a compare run's folder

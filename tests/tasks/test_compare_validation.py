@@ -293,27 +293,45 @@ def test_a_validation_set_that_leaves_nothing_to_train_on_stops_compare_before_i
                                   overrides={**TINY, "val": 40}))
 
 
-def test_given_pairs_on_a_validation_item_are_refused_before_training(tiny_model, tmp_path, monkeypatch):
-    """Ranked pairs are the user's: one whose prompt is a validation item's message (as chat
-    messages or as text) would let DPO train on what chooses its weights."""
-    import prefopt.train.run as run
-    from prefopt.data.records import DataError
+def test_given_pairs_on_held_out_items_are_left_out_and_said_so(tiny_model, tmp_path, sft_configs, capsys):
+    """Ranked pairs are the user's: one whose prompt is a test item's message (as chat messages or
+    as text in other spacing) would train DPO on what the comparison tests, one on a validation
+    item on what chooses its weights. Test items were not looked at (a user's pairs on every
+    message leaked a fifth of them into DPO); validation items stopped the run. Both are left
+    out, said before anything trains, and DPO reads a copy without them."""
+    from prefopt.evaluate import given_pairs
     from prefopt.tasks import get_task, split_records
+    from tests.tasks.conftest import StopAtSFT
 
-    monkeypatch.setattr(run, "run_sft", lambda config: pytest.fail("SFT ran"))
     task = get_task("portal")
     records = task.load()
-    val = split_records(records, test=4, val=4, seed=0, max_train=8)["val"]
-    other = next(r for r in records if r.id not in {v.id for v in val})
-    for i, prompt in enumerate((task.messages(val[1]), "  " + val[1].prompt.replace(" ", "\n", 1))):
-        given = tmp_path / f"given{i}.jsonl"
-        given.write_text("".join(json.dumps({"prompt": p, "chosen": "a", "rejected": "b"}) + "\n"
-                                 for p in (task.messages(other), prompt)))
-        with pytest.raises(DataError, match=rf"given{i}.jsonl:2: field 'prompt': the message of "
-                                            rf"validation item '{val[1].id}'; DPO would train"):
-            run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / f"run{i}"),
-                                      strategy="ranked", pairs=str(given), overrides=TINY))
-        assert not (tmp_path / f"run{i}").exists()  # refused before the folder is claimed
+    splits = split_records(records, test=4, val=4, seed=0, max_train=8)
+    held = {r.id for r in splits["test"] + splits["val"]}
+    other = [r for r in records if r.id not in held][:3]
+    given = tmp_path / "given.jsonl"
+    rows = [{"prompt": task.messages(other[0]), "chosen": "a", "rejected": "b"},
+            {"prompt": task.messages(splits["test"][1]), "chosen": "a", "rejected": "b"},
+            {"prompt": "  " + splits["val"][0].prompt.replace(" ", "\n", 1), "chosen": "a", "rejected": "b"},
+            {"prompt": other[1].prompt, "chosen": "a", "rejected": "b"}]
+    given.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept, left = given_pairs.held_out(given, {"test": splits["test"], "validation": splits["val"]})
+    assert kept == [rows[0], rows[3]]
+    assert left == [(2, "test", splits["test"][1].id), (3, "validation", splits["val"][0].id)]
+    with pytest.raises(StopAtSFT):  # said before anything trains
+        run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "run"),
+                                  strategy="ranked", pairs=str(given), overrides={**TINY, "val": 4}))
+    assert (f"--pairs {given}: 2 of 4 pairs left out, their prompts the messages of items held out (1 test, 1 "
+            f"validation; the first: line 2, test item {splits['test'][1].id!r}): DPO would train on what the "
+            "comparison tests or what chooses its weights; it trains on the other 2") in capsys.readouterr().out
+    out = tmp_path / "out"
+    path = given_pairs.write_kept(out, given, kept, left)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == kept
+    assert json.loads((out / "data" / "pairs_report.json").read_text())["left_out"][0] == {
+        "line": 2, "split": "test", "item": splits["test"][1].id}
+    every = tmp_path / "every.jsonl"
+    every.write_text(json.dumps(rows[1]) + "\n")
+    with pytest.raises(ValueError, match="every pair's prompt is the message of an item compare holds out"):
+        given_pairs.held_out(every, {"test": splits["test"]})
 
 
 def test_the_report_names_the_test_a_choice_was_decided_by():

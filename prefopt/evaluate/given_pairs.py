@@ -1,0 +1,63 @@
+"""Preference pairs a user gives compare (``--strategy ranked --pairs FILE``), kept off the items
+compare holds out: a pair whose prompt is a test item's message would train DPO on what the
+comparison tests, and one on a validation item on what chooses the DPO weights. Such pairs are
+left out, said so, and DPO trains on a copy of the file without them (``data/pairs.jsonl``)."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from ..data.readers import read_rows
+from ..data.records import DataError
+from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
+
+
+def _prompt_text(row: dict) -> str | None:
+    """A pair's prompt as text: its own, or a chat prompt's last user turn."""
+    prompt = row.get("prompt")
+    if isinstance(prompt, list):
+        prompt = next((m.get("content") for m in reversed(prompt) if isinstance(m, dict) and m.get("role") == "user"),
+                      None)
+    return " ".join(prompt.split()) if isinstance(prompt, str) else None
+
+
+def held_out(pairs: Path, splits: dict[str, list]) -> tuple[list[dict], list[tuple[int, str, str]]]:
+    """``(the rows to keep, (line, split, item id) of each left out)``: a pair is left out where its
+    prompt is, word for word, the message of an item of ``splits`` (``{"test": records, ...}``).
+    A row the file cannot give (malformed) is raised now, before anything trains."""
+    held = {" ".join(r.prompt.split()): (name, r.id) for name, records in splits.items() for r in records}
+    kept, left = [], []
+    for line, row in read_rows(pairs):
+        if isinstance(row, DataError):
+            raise row
+        item = held.get(_prompt_text(row)) if isinstance(row, dict) else None
+        if item is None:
+            kept.append(row)
+        else:
+            left.append((line, *item))
+    if left and not kept:
+        raise ValueError(f"--pairs {pairs}: every pair's prompt is the message of an item compare holds out (test or "
+                         "validation): none is left for DPO to train on; give pairs on other messages")
+    return kept, left
+
+
+def left_out_line(pairs: Path, kept: list, left: list[tuple[int, str, str]]) -> str:
+    """What was left out of ``pairs``, in words."""
+    counts = Counter(split for _, split, _ in left)
+    line, split, item = left[0]
+    return (f"--pairs {pairs}: {len(left)} of {len(kept) + len(left)} pairs left out, their prompts the messages of "
+            f"items held out ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}; the first: line {line}, "
+            f"{split} item {item!r}): DPO would train on what the comparison tests or what chooses its weights; it "
+            f"trains on the other {len(kept)}")
+
+
+def write_kept(out: Path, pairs: Path, kept: list, left: list[tuple[int, str, str]]) -> Path:
+    """``out/data/pairs.jsonl``, the kept pairs (one JSON line each), and ``pairs_report.json``
+    saying what was left out; returns the pairs' path."""
+    path = out / "data" / "pairs.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, jsonl_text(kept))
+    write_json_atomic(out / "data" / "pairs_report.json", {
+        "strategy": "ranked", "source": str(pairs), "kept": len(kept),
+        "left_out": [{"line": line, "split": split, "item": item} for line, split, item in left]})
+    return path
