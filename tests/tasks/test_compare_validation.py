@@ -299,6 +299,7 @@ def test_given_pairs_on_held_out_items_are_left_out_and_said_so(tiny_model, tmp_
     item on what chooses its weights. Test items were not looked at (a user's pairs on every
     message leaked a fifth of them into DPO); validation items stopped the run. Both are left
     out, said before anything trains, and DPO reads a copy without them."""
+    from prefopt.data.records import DataError
     from prefopt.evaluate import given_pairs
     from prefopt.tasks import get_task, split_records
     from tests.tasks.conftest import StopAtSFT
@@ -331,6 +332,9 @@ def test_given_pairs_on_held_out_items_are_left_out_and_said_so(tiny_model, tmp_
     every = tmp_path / "every.jsonl"
     every.write_text(json.dumps(rows[1]) + "\n")
     with pytest.raises(ValueError, match="every pair's prompt is the message of an item compare holds out"):
+        given_pairs.held_out(every, {"test": splits["test"]})
+    every.write_text(json.dumps(rows[0]) + '\n{"prompt": "b", "chosen": \n')  # stops the run now, not after SFT
+    with pytest.raises(DataError, match=r"every.jsonl:2: malformed JSON"):
         given_pairs.held_out(every, {"test": splits["test"]})
 
 
