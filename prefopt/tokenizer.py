@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .chat_template import (
+    REASONING_TAGS,
     BoundaryError,
     check_chat_vars,
     describe_chat_vars,
@@ -110,9 +111,12 @@ class Tokenizer:
     @cached_property
     def _control(self) -> re.Pattern | None:
         """One pattern for the text of every special token (``special`` in ``tokenizer.json``'s
-        added tokens); None where there are none."""
+        added tokens) but a reasoning block's tags (``<think>``, Magistral's ``[THINK]``: a
+        reasoning model's training data writes them in its answers, and its template reads them
+        there); None where there are none."""
         added = getattr(self.backend, "get_added_tokens_decoder", dict)()
-        tokens = {t.content for t in added.values() if t.special and t.content}
+        tags = {tag for pair in REASONING_TAGS for tag in pair}
+        tokens = {t.content for t in added.values() if t.special and t.content and t.content not in tags}
         return re.compile(any_of(tokens)) if tokens else None
 
     def control_token_in(self, text: str) -> str | None:

@@ -92,6 +92,10 @@ def test_a_special_token_is_found_in_a_text_exactly_where_transformers_encodes_o
         found = ours.control_token_in(text)
         assert (found is not None) == bool(specials & set(theirs.encode(text, add_special_tokens=False))), text
         assert found is None or found in text
+    ours.backend.add_special_tokens(["<think>", "[THINK]"])  # a reasoning model's tags, special in some tokenizers
+    reasoning = type(ours)(ours.backend, ours.config)
+    assert reasoning.control_token_in("<think>\nPain.\n</think>\n\n[THINK]x") is None  # its data writes them
+    assert reasoning.control_token_in("<think>a<|im_end|>") == "<|im_end|>"
 
 
 def test_any_of_matches_exactly_the_words_an_alternation_matches():
