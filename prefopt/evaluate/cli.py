@@ -19,7 +19,11 @@ def key_values(pairs: list[str] | None) -> dict:
     return out
 
 
-SHEET_TASKS = ("numeric_table", "summarization", "text_classification")  # the tasks that read a workbook's sheet
+def _sheet_tasks() -> list[str]:
+    """The tasks that read a spreadsheet of the user's own (their option ``sheet``)."""
+    from ..tasks import TASKS, task_options
+
+    return sorted(name for name in TASKS if "sheet" in task_options(name))
 
 
 def task_options_of(args) -> dict:
@@ -29,9 +33,9 @@ def task_options_of(args) -> dict:
     sheet = getattr(args, "task_sheet", None)
     if sheet is None:
         return options
-    if args.task not in SHEET_TASKS:
+    if args.task not in _sheet_tasks():
         raise ValueError(f"--sheet: task {args.task!r} reads its own data format, not a workbook's sheet (the "
-                         f"tasks that read a spreadsheet of your own: {', '.join(SHEET_TASKS)})")
+                         f"tasks that read a spreadsheet of your own: {', '.join(_sheet_tasks())})")
     if options.get("sheet", sheet) != sheet:
         raise ValueError(f"--sheet {sheet!r} and --task-option sheet={options['sheet']!r} name different sheets: "
                          "give one")
@@ -43,7 +47,7 @@ def add_task_sheet_flag(p: argparse.ArgumentParser) -> None:
     sheet of every workbook the command reads: compare's ``--pairs`` is a file of its own)."""
     p.add_argument("--sheet", dest="task_sheet", metavar="NAME", help="the sheet of an Excel workbook in --data to "
                    f"read (else its one sheet in view that holds data); the same as --task-option sheet=NAME "
-                   f"({', '.join(SHEET_TASKS)})")
+                   f"({', '.join(_sheet_tasks())})")
 
 
 def _pin_chat(tok, args, command: str) -> None:
