@@ -128,10 +128,14 @@ def _strict(path: Path) -> bool:
     which openpyxl does not know, so it finds no sheet. Not a zip: False (openpyxl says why)."""
     try:
         with zipfile.ZipFile(path) as z:
-            heads = [z.open(name).read(4096) for name in ("_rels/.rels", "xl/workbook.xml") if name in z.namelist()]
+            for name in ("_rels/.rels", "xl/workbook.xml"):
+                if name in z.namelist():
+                    with z.open(name) as f:
+                        if b"purl.oclc.org/ooxml/" in f.read(4096):
+                            return True
     except (zipfile.BadZipFile, OSError):
-        return False
-    return any(b"purl.oclc.org/ooxml/" in head for head in heads)
+        pass
+    return False
 
 
 def _named_sheet(path: Path, book, name: str):
