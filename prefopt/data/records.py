@@ -223,16 +223,27 @@ def record_texts(rec) -> Iterator[tuple[str, str]]:
 
 _WRITTEN_BREAK = re.compile(r"(?:\\r)?\\n")  # a backslash and an n: a line break as an export escaped it
 _ENTITY = re.compile(r"&(?:amp|lt|gt|quot|apos|nbsp|#\d{1,7}|#x[0-9a-fA-F]{1,6});")
+_MISSING = {"nan", "NaN", "NULL", "null"}  # a missing value as pandas' astype(str) and SQL exports write it
+_UNESCAPE = "escaped by an export? They are trained on as written; unescape them in the data"
+# each kind of text an export escaped (escaped()), and what to do about it
+ESCAPES = {"breaks": ("line breaks written out as '\\n'", _UNESCAPE),
+           "entities": ("HTML entities ('&amp;', '&lt;', '&#39;', ...)", _UNESCAPE),
+           "missing": ("a missing value written out as their whole text ('nan', 'NULL')",
+                       "an export's empty cells? They are trained on as that text; fill them in or leave those records "
+                       "out")}
 
 
 def escaped(text: str) -> str | None:
-    """What ``text`` holds escaped, as an export from a database or a web page writes it, and a
-    model would learn as written: ``"line breaks written out as '\\n'"`` (two or more, and no
-    real line break), ``"HTML entities (...)"`` (``&amp;``); else None."""
+    """Which of :data:`ESCAPES` ``text`` holds, as an export from a database or a web page writes
+    it and a model would learn it as written: line breaks written out as ``\\n`` (two or more, and
+    no real line break), HTML entities (``&amp;``), a missing value written out as the whole text
+    (``nan``: pandas' ``astype(str)`` of an empty cell; ``NULL``); else None."""
+    if text.strip() in _MISSING:
+        return "missing"
     if "\n" not in text and len(_WRITTEN_BREAK.findall(text)) >= 2:
-        return "line breaks written out as '\\n'"
+        return "breaks"
     if _ENTITY.search(text) is not None:
-        return "HTML entities ('&amp;', '&lt;', '&#39;', ...)"
+        return "entities"
     return None
 
 

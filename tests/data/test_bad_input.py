@@ -204,9 +204,10 @@ def test_a_special_token_written_out_in_the_data_is_refused_where_encoding_would
 
 
 def test_text_escaped_by_an_export_is_warned_of_with_the_first_place_and_read_as_written(tmp_path, tok):
-    """Line breaks a database export wrote as backslash-n, and a web page's HTML entities, were
-    trained on as written without a word: each kind is warned of once a file, with how many
-    records and the first's line and field (a column of its own name); the records are kept."""
+    """Line breaks a database export wrote as backslash-n, a web page's HTML entities and an empty
+    cell written out as ``nan`` were trained on as written without a word: each kind is warned of
+    once a file, with how many records and the first's line and field (a column of its own name);
+    the records are kept."""
     import csv
 
     path = tmp_path / "notes.csv"
@@ -218,13 +219,18 @@ def test_text_escaped_by_an_export_is_warned_of_with_the_first_place_and_read_as
         w.writerow(["Real\nline breaks.", "Routine."])
         w.writerow(["Fever &amp; cough", "Soon &lt;24 h."])
         w.writerow(["Rash\\nitchy\\nsince Monday", "Routine."])
+        w.writerow(["Cough", "nan"])  # pandas' astype(str) of an empty cell; "None" and "Nan bread" are text
+        w.writerow(["Any allergies?", "None"])
     with pytest.warns(UserWarning) as said:
         examples, report = load_sft(path, tok, columns={"prompt": "note", "completion": "answer"})
-    assert len(examples) == 5 and not report.skipped
+    assert len(examples) == 7 and not report.skipped
     assert sorted(str(w.message) for w in said) == [
-        f"{path}: 1 of 5 records hold HTML entities ('&amp;', '&lt;', '&#39;', ...) (the first: line 6, field "
+        f"{path}: 1 of 7 records hold HTML entities ('&amp;', '&lt;', '&#39;', ...) (the first: line 6, field "
         "'note'): escaped by an export? They are trained on as written; unescape them in the data",
-        f"{path}: 2 of 5 records hold line breaks written out as '\\n' (the first: line 2, field 'note'): escaped by "
+        f"{path}: 1 of 7 records hold a missing value written out as their whole text ('nan', 'NULL') (the first: "
+        "line 8, field 'answer'): an export's empty cells? They are trained on as that text; fill them in or leave "
+        "those records out",
+        f"{path}: 2 of 7 records hold line breaks written out as '\\n' (the first: line 2, field 'note'): escaped by "
         "an export? They are trained on as written; unescape them in the data"]
 
 
