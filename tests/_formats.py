@@ -59,3 +59,19 @@ def write_ktas(path: Path, n: int) -> Path:
             f"{i % 5 + 1};{i % 3};{100 + i};{i % 7},50;{i % 2 + 1}" for i in range(n)]
     path.write_text("\n".join([KTAS_HEADER, *rows]) + "\n", encoding="latin-1")
     return path
+
+
+def write_workbook(path: Path, sheets: dict) -> Path:
+    """An .xlsx file of ``{title: rows}`` (each row a list of cell values), as Excel saves one;
+    skipped where openpyxl is not installed."""
+    import pytest
+
+    openpyxl = pytest.importorskip("openpyxl")
+    book = openpyxl.Workbook()
+    book.remove(book.active)
+    for title, rows in sheets.items():
+        ws = book.create_sheet(title)
+        for row in rows:
+            ws.append(row)
+    book.save(path)
+    return path

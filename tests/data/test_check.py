@@ -4,6 +4,7 @@ import pytest
 
 from prefopt.cli import main
 from prefopt.data.check import check_data, detect_kind
+from tests._formats import write_workbook
 from tests._tiny import build_hf_model
 from tests.data import write_jsonl
 
@@ -56,15 +57,9 @@ def test_a_preference_file_is_detected_and_a_clean_one_exits_0(model, tmp_path, 
 def test_check_data_reads_the_sheet_named_and_a_task_its_sheet_option(model, tmp_path, capsys):
     """``--sheet`` for a training workbook, ``--task-option sheet=`` for a task's: the sheet named
     is read, where without it the workbook of two data sheets is refused."""
-    openpyxl = pytest.importorskip("openpyxl")
-    book = openpyxl.Workbook()
-    book.active.title = "train"
-    for row in [["prompt", "completion"], ["Chest pain?", "Emergency now."], ["Refill?", "Pharmacy."]]:
-        book.active.append(row)
-    test = book.create_sheet("test")
-    for row in [["note", "urgency"], ["Chest pain", "urgent"], ["Refill", "routine"], ["Rash", "routine"]]:
-        test.append(row)
-    book.save(tmp_path / "notes.xlsx")
+    write_workbook(tmp_path / "notes.xlsx", {
+        "train": [["prompt", "completion"], ["Chest pain?", "Emergency now."], ["Refill?", "Pharmacy."]],
+        "test": [["note", "urgency"], ["Chest pain", "urgent"], ["Refill", "routine"], ["Rash", "routine"]]})
     data = ["check-data", "--model", str(model), "--data", str(tmp_path / "notes.xlsx")]
     assert main(data) == 2 and "2 sheets hold data ('train', 'test')" in capsys.readouterr().err
     assert main(data + ["--sheet", "train"]) == 0

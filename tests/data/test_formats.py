@@ -10,6 +10,7 @@ import pytest
 from prefopt.data import DataError, Records, load_preferences, load_sft, read_rows
 from prefopt.data.records import PreferenceRecord, parse_preference
 from prefopt.data.sheets import cell_text
+from tests._formats import write_workbook
 
 
 def user(text):
@@ -227,19 +228,6 @@ def _ids(examples):
     return [list(e.input_ids) for e in examples]
 
 
-def _workbook(path, sheets):
-    """An .xlsx file of ``{title: rows}`` (each row a list of cell values), as Excel saves one."""
-    openpyxl = pytest.importorskip("openpyxl")
-    book = openpyxl.Workbook()
-    book.remove(book.active)
-    for title, rows in sheets.items():
-        ws = book.create_sheet(title)
-        for row in rows:
-            ws.append(row)
-    book.save(path)
-    return path
-
-
 def test_an_excel_workbook_reads_as_its_sheet_saved_as_csv_would_with_excels_row_numbers(tmp_path, tok):
     """A clinician's spreadsheet, unconverted: the same examples as the sheet saved as CSV; errors
     name the row Excel shows; numbers, TRUE/FALSE and dates as the export's text; blank rows (and
@@ -251,7 +239,7 @@ def test_an_excel_workbook_reads_as_its_sheet_saved_as_csv_would_with_excels_row
             ["Chest pain for two hours?", "Emergency department now.", True, 3.0, datetime.date(2026, 1, 2)],
             [None, None],
             ["Refill of lisinopril?", "Pharmacist, routine.", False, 2.5, None]]
-    book = _workbook(tmp_path / "notes.xlsx", {"Notes": [[None], *rows], "Empty": []})  # header on row 2
+    book = write_workbook(tmp_path / "notes.xlsx", {"Notes": [[None], *rows], "Empty": []})  # header on row 2
     got = list(read_rows(book))
     assert [line for line, _ in got] == [3, 5]
     assert got[0][1] == {"prompt": "Chest pain for two hours?", "completion": "Emergency department now.",
@@ -263,7 +251,7 @@ def test_an_excel_workbook_reads_as_its_sheet_saved_as_csv_would_with_excels_row
     with (tmp_path / "notes.csv").open("w", newline="") as f:
         csv.writer(f).writerows([r[:2] for r in rows if r[0]])
     assert _ids(load_sft(book, tok)[0]) == _ids(load_sft(tmp_path / "notes.csv", tok)[0])
-    pairs = _workbook(tmp_path / "pairs.xlsx", {"Sheet1": [["prompt", "chosen", "rejected"], ["q", "a", "b"],
+    pairs = write_workbook(tmp_path / "pairs.xlsx", {"Sheet1": [["prompt", "chosen", "rejected"], ["q", "a", "b"],
                                                            ["q", "a", None], ["q", "a", "c", "stray"]]})
     with pytest.raises(DataError, match=r"pairs.xlsx:3: field 'rejected': empty response"):
         load_preferences(pairs, tok)
@@ -337,7 +325,7 @@ def test_a_sheet_is_chosen_by_name_for_a_read_a_load_a_block_and_a_training_run(
 def test_a_workbook_whose_stated_dimensions_are_too_small_is_read_whole(tmp_path):
     """openpyxl's read-only mode stops at the rows a sheet's <dimension> claims; a writer that
     states too few (here A1:B2 for six rows) lost every record past the first without a word."""
-    book = _workbook(tmp_path / "w.xlsx", {"s": [["prompt", "completion"], *[[f"q{i}", f"a{i}"] for i in range(5)]]})
+    book = write_workbook(tmp_path / "w.xlsx", {"s": [["prompt", "completion"], *[[f"q{i}", f"a{i}"] for i in range(5)]]})
     cut = _doctored(book, tmp_path / "cut.xlsx", rb'<dimension ref="[^"]+" ?/>', b'<dimension ref="A1:B2"/>')
     assert [line for line, _ in read_rows(cut)] == [2, 3, 4, 5, 6]
 
@@ -348,7 +336,7 @@ def test_a_formula_whose_value_was_never_saved_is_refused_not_read_as_empty(tmp_
     an empty text (``t="str"``, ``<v></v>``) included, reads as its value."""
     rows = [["prompt", "completion", "system"], *[[f"q{i}", f"a{i}", f'=IF(A{i + 2}="","","Triage.")']
                                                    for i in range(5)]]
-    book = _workbook(tmp_path / "f.xlsx", {"Notes": rows})
+    book = write_workbook(tmp_path / "f.xlsx", {"Notes": rows})
     with pytest.raises(DataError, match=r"f.xlsx: sheet 'Notes', cells C2, C3, C4 and 2 more: formulas with no saved "
                                         r"value, read as empty \(a workbook written by a program that does not "
                                         r"calculate, such as openpyxl\); open it in Excel or LibreOffice and save it"):
@@ -383,7 +371,7 @@ def test_a_character_excel_escapes_in_a_text_is_read_as_itself(tmp_path):
     """A note pasted into Excel with Windows line breaks is saved with each carriage return as
     ``_x000D_`` (and a typed ``_x000D_`` as ``_x005F_x000D_``): openpyxl hands the escapes on, and
     they were read, and trained on, as those seven characters."""
-    book = _workbook(tmp_path / "e.xlsx", {"s": [["prompt", "completion"],
+    book = write_workbook(tmp_path / "e.xlsx", {"s": [["prompt", "completion"],
                                                  ["Chest pain.ESC1Since 2 h.", "ED now ESC2"]]})
     saved = _doctored(book, tmp_path / "saved.xlsx", rb"ESC1", rb"_x000D_\n")  # (\n: a line feed, in re's replacement)
     saved = _doctored(saved, tmp_path / "saved2.xlsx", rb"ESC2", rb"_x005F_x000D_ (typed)")
@@ -444,18 +432,18 @@ def test_hidden_rows_are_read_and_warned_of_and_a_hidden_sheet_is_not_read(tmp_p
 
 
 def test_a_workbook_that_is_not_one_sheet_of_records_is_refused_by_name(tmp_path, monkeypatch):
-    two = _workbook(tmp_path / "two.xlsx", {"train": [["prompt", "completion"], ["q", "a"]],
+    two = write_workbook(tmp_path / "two.xlsx", {"train": [["prompt", "completion"], ["q", "a"]],
                                             "test": [["prompt", "completion"], ["q2", "a2"]]})
     with pytest.raises(DataError, match=r"two.xlsx: 2 sheets hold data \('train', 'test'\); name the one to read "
                                         r"\(--sheet NAME\), so that no other sheet \(a test set\) is "
                                         r"trained on"):
         list(read_rows(two))
     with pytest.raises(DataError, match=r"none.xlsx: no sheet holds any data"):
-        list(read_rows(_workbook(tmp_path / "none.xlsx", {"Sheet1": []})))
-    twice = _workbook(tmp_path / "twice.xlsx", {"s": [[None], ["prompt", "completion", "prompt"], ["q", "a", "b"]]})
+        list(read_rows(write_workbook(tmp_path / "none.xlsx", {"Sheet1": []})))
+    twice = write_workbook(tmp_path / "twice.xlsx", {"s": [[None], ["prompt", "completion", "prompt"], ["q", "a", "b"]]})
     with pytest.raises(DataError, match=r"twice.xlsx:2: field 'prompt': two columns have this name"):
         list(read_rows(twice))
-    titled = _workbook(tmp_path / "titled.xlsx", {"s": [["Triage log, ward 3"], [], ["prompt", "completion"],
+    titled = write_workbook(tmp_path / "titled.xlsx", {"s": [["Triage log, ward 3"], [], ["prompt", "completion"],
                                                           ["q", "a"]]})
     with pytest.raises(DataError, match=r"titled.xlsx:1: the header, .* names one column \('Triage log, ward 3'\) "
                                         r"and the row below holds text in others: a title above the column names"):
@@ -468,7 +456,7 @@ def test_a_workbook_that_is_not_one_sheet_of_records_is_refused_by_name(tmp_path
                                         r"\(or an .xls file renamed\): in Excel, save a copy without the password"):
         list(read_rows(tmp_path / "locked.xlsx"))
     strict = tmp_path / "strict.xlsx"  # Excel's "Strict Open XML Spreadsheet": the ISO namespaces, the same parts
-    with zipfile.ZipFile(_workbook(tmp_path / "plain.xlsx", {"s": [["prompt", "completion"], ["q", "a"]]})) as z, \
+    with zipfile.ZipFile(write_workbook(tmp_path / "plain.xlsx", {"s": [["prompt", "completion"], ["q", "a"]]})) as z, \
             zipfile.ZipFile(strict, "w") as out:
         for name in z.namelist():
             out.writestr(name, z.read(name).replace(b"http://schemas.openxmlformats.org/spreadsheetml/2006/main",

@@ -270,18 +270,12 @@ def test_eval_and_predict_read_the_sheet_named_by_sheet_as_by_the_task_option(ti
     """``--sheet NAME`` on eval, predict and compare is the task option ``sheet``: the workbook of
     two data sheets is refused without it and read by it; a task of its own format, and a
     ``--sheet`` that the task option contradicts, are refused before any model loads."""
-    openpyxl = pytest.importorskip("openpyxl")
     from prefopt.cli import main
 
-    book = openpyxl.Workbook()
-    book.active.title = "train"
-    for row in [["note", "urgency"], ["Chest pain", "urgent"], ["Refill", "routine"]]:
-        book.active.append(row)
-    test = book.create_sheet("Test set")
-    for row in [["note", "urgency"], ["Crushing chest pain", "urgent"], ["Repeat prescription", "routine"],
-                ["Fainted twice today", "urgent"]]:
-        test.append(row)
-    book.save(tmp_path / "notes.xlsx")
+    formats.write_workbook(tmp_path / "notes.xlsx", {
+        "train": [["note", "urgency"], ["Chest pain", "urgent"], ["Refill", "routine"]],
+        "Test set": [["note", "urgency"], ["Crushing chest pain", "urgent"], ["Repeat prescription", "routine"],
+                     ["Fainted twice today", "urgent"]]})
     args = ["--task", "text_classification", "--model", str(tiny_model), "--data", str(tmp_path / "notes.xlsx"),
             "--task-option", "text_column=note", "--task-option", "label_column=urgency"]
     assert main(["eval", *args, "--split", "all", "--output", str(tmp_path / "no")]) == 2
