@@ -233,6 +233,9 @@ ESCAPES = {"breaks": ("line breaks written out as '\\n'", _UNESCAPE),
                        "out")}
 
 
+ESCAPES_SAID = r".*: \d+ of \d+ records hold .* \(the first: "  # the loaders' warning of them (for a filter)
+
+
 def escaped(text: str) -> str | None:
     """Which of :data:`ESCAPES` ``text`` holds, as an export from a database or a web page writes
     it and a model would learn it as written: line breaks written out as ``\\n`` (two or more, and

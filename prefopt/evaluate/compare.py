@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -35,6 +36,7 @@ from typing import Any
 import torch
 
 from ..chat_template import run_chat_date, run_chat_vars
+from ..data.records import ESCAPES_SAID
 from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 from ..tasks.parsing import final_answer
 from ..tokenizer import set_chat_date, set_chat_vars
@@ -328,7 +330,9 @@ def _sft(cfg, task, train, out: Path, s: dict) -> None:
     data = out / "data" / "sft_train.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(data, jsonl_text({"prompt": task.messages(r), "completion": r.target} for r in train))
-    run_sft(_resumed(sft_config(cfg, s, data, out), "sft"))
+    with warnings.catch_warnings():  # its data's escapes were said as the run started, by record
+        warnings.filterwarnings("ignore", ESCAPES_SAID)
+        run_sft(_resumed(sft_config(cfg, s, data, out), "sft"))
 
 
 def _pairs(cfg, task, tok, train, out: Path, s: dict, keep: dict | None = None, given: tuple | None = None) -> Path:
@@ -379,7 +383,9 @@ def _dpo(cfg, task, pairs: Path, val: list, out: Path, s: dict) -> None:
     if val:
         _log(f"dpo: scoring greedy answers to {len(val)} validation items every {chosen['eval_every']} steps; "
              f"the weights with the best {task.primary} on them are the SFT+DPO model")
-    run_dpo(config, evaluators=evaluators)
+    with warnings.catch_warnings():  # (as _sft's)
+        warnings.filterwarnings("ignore", ESCAPES_SAID)
+        run_dpo(config, evaluators=evaluators)
 
 
 def _refuse_tied_head(model: str) -> None:
@@ -414,7 +420,7 @@ def _checked(cfg: CompareConfig, say: Callable[[str], None]) -> _Checked:
     sizes, the tokenizers' chat templates, --from's run, a folder that holds a run made with
     other settings. ``say``: the notes on settings chosen for the task."""
     from ..tasks import get_task, mixed_labels
-    from ..tasks.check import read_labelled
+    from ..tasks.check import escape_lines, read_labelled
     from ..tokenizer import load_tokenizer
 
     s = cfg.settings()
@@ -423,6 +429,8 @@ def _checked(cfg: CompareConfig, say: Callable[[str], None]) -> _Checked:
     records = read_labelled(task, cfg.data)  # bad data stops the run before its folder is claimed
     if mixed := mixed_labels(records):
         say(mixed)
+    for line in escape_lines(task, records):  # said here by record, not by the stages' files' lines
+        say(f"{cfg.data or task.name}: {line}")
     _fit_test_size(cfg, s, records, say)
     splits = _split(cfg, records, s)
     given = None

@@ -5,11 +5,13 @@ training file is (:func:`prefopt.data.check.check_data`: lengths, what ``--max-l
 repeats)."""
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from pathlib import Path
 
 from ..data import DataError, Records
 from ..data.check import SHOW_BAD, answer_line, check_data
+from ..data.records import ESCAPES, ESCAPES_SAID, escaped
 from ..tokenizer import Tokenizer
 from ._io import read_past_bad_rows
 from .base import ClassificationTask, Task
@@ -41,7 +43,9 @@ def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length:
                 "  ... and more (--all-bad finds every one and measures what is left: lengths, cuts, the class "
                 "mix)"], len(bad)
     examples = Records([{"prompt": task.messages(r), "completion": r.target} for r in records], f"{task.name} records")
-    check = check_data(examples, tok, kind="sft", max_length=max_length)
+    with warnings.catch_warnings():  # said below, by record
+        warnings.filterwarnings("ignore", ESCAPES_SAID)
+        check = check_data(examples, tok, kind="sft", max_length=max_length)
     check.report.path = where
     refused = [_of_record(records[e.line - 1], e) for e in check.report.skipped]  # what encoding refused
     bad += refused
@@ -57,7 +61,23 @@ def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length:
             lines.append(answer_line(f.name, counts, limit=len(counts), noun="labels"))
     if mixed := mixed_labels(records):
         lines.append(f"  {mixed}")
+    lines += [f"  {line}" for line in escape_lines(task, records)]
     return lines, len(bad)
+
+
+def escape_lines(task: Task, records: list) -> list[str]:
+    """For each kind of text an export escaped (:data:`~prefopt.data.records.ESCAPES`) that the
+    records' rows hold (``meta["row"]``, the cells as read: the prompts add the task's own line
+    breaks), how many records and the first's id, in words."""
+    found: dict[str, list] = {}
+    for r in records:
+        row = r.meta.get("row")
+        texts = [v for v in row.values() if isinstance(v, str)] if isinstance(row, dict) else \
+            [m["content"] for m in task.messages(r) if isinstance(m["content"], str)] + [r.target]
+        for kind in {escaped(t) for t in texts} - {None}:
+            found.setdefault(kind, []).append(r.id)
+    return [f"{len(ids)} of {len(records)} records hold {ESCAPES[kind][0]} (the first: record {ids[0]!r}): "
+            f"{ESCAPES[kind][1]}" for kind, ids in found.items()]
 
 
 def _of_record(record, e: DataError) -> DataError:

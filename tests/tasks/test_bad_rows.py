@@ -176,3 +176,38 @@ def test_a_rare_label_spelt_nearly_as_a_common_one_is_warned_of_as_a_likely_miss
     (tmp_path / "n.csv").write_text("a,b,label\n" + "\n".join(["1,2,healthy"] * 12 + ["3,4,helathy", "5,6,ill"]) + "\n")
     with pytest.warns(UserWarning, match=r"n.csv: label 'helathy' \(1 row\) is spelt nearly as 'healthy' \(12 rows\)"):
         get_task("numeric_table", label_column="label").read(tmp_path / "n.csv")
+
+
+def test_a_tasks_escaped_text_is_said_by_record_and_not_again_by_the_stages_files(tiny_model, tmp_path, capsys,
+                                                                               monkeypatch):
+    """check-data --task and compare name the escapes by the user's record ('notes.csv:2'), where
+    the loaders named the lines of compare's own files (data/sft_train.jsonl) or of the records in
+    memory; compare's stages, which read those files, say it no more."""
+    import prefopt.train.run as run
+    from prefopt.cli import main
+    from prefopt.data import load_sft
+    from prefopt.tokenizer import load_tokenizer
+    from tests.tasks.conftest import StopAtSFT
+
+    data = tmp_path / "notes.csv"
+    data.write_text("message,summary\n" + "Pain &amp; swelling since Monday,Pain since Monday.\n"
+                    + "".join(f"Message {i} about my knee,Knee pain {i}.\n" for i in range(12)))
+    options = ["--task", "summarization", "--task-option", "source_column=message", "--task-option",
+               "target_column=summary", "--data", str(data)]
+    said = ("13 records hold HTML entities ('&amp;', '&lt;', '&#39;', ...) (the first: record 'notes.csv:2'): "
+            "escaped by an export? They are trained on as written; unescape them in the data")
+    assert main(["check-data", "--model", str(tiny_model), *options]) == 0
+    out = capsys.readouterr()
+    assert f"  1 of {said}" in out.out and "warning" not in out.err
+
+    def run_sft(config):  # the stage's own load of its file, then stop
+        load_sft(config.data, load_tokenizer(config.model))
+        raise StopAtSFT
+
+    monkeypatch.setattr(run, "run_sft", run_sft)
+    with pytest.raises(StopAtSFT):
+        main(["compare", "--model", str(tiny_model), *options, "--output", str(tmp_path / "run"), "--set",
+              "max_train=8", "--set", "test=4", "--set", "sft_steps=1"])
+    out = capsys.readouterr()
+    assert f"prefopt compare: {data}: 1 of {said}" in out.out
+    assert "records hold" not in out.err  # (the SFT stage's file, data/sft_train.jsonl, holds the entity too)
