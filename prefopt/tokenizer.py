@@ -110,20 +110,26 @@ class Tokenizer:
 
     @cached_property
     def _control(self) -> re.Pattern | None:
-        """One pattern for the text of every special token (``special`` in ``tokenizer.json``'s
-        added tokens) but a reasoning block's tags (``<think>``, Magistral's ``[THINK]``: a
-        reasoning model's training data writes them in its answers, and its template reads them
-        there); None where there are none."""
+        """One pattern for the text of the special tokens (``special`` in ``tokenizer.json``'s added
+        tokens, which encoding reads out of text) that shape a conversation: those its chat template
+        writes, and the bos, eos, pad and unk tokens; but a reasoning block's tags (``<think>``,
+        Magistral's ``[THINK]``: a reasoning model's training data writes them in its answers, and
+        its template reads them there). Other special tokens (reserved ones, a vocabulary's HTML
+        tags) are left to the tokenizer. None where there are none."""
         added = getattr(self.backend, "get_added_tokens_decoder", dict)()
+        template = "\n".join(self.named_templates.values()) if self.named_templates else self.chat_template or ""
+        own = {self.bos_token, self.eos_token, self.pad_token, self.unk_token}
         tags = {tag for pair in REASONING_TAGS for tag in pair}
-        tokens = {t.content for t in added.values() if t.special and t.content and t.content not in tags}
+        tokens = {t.content for t in added.values()
+                  if t.special and t.content and t.content not in tags and (t.content in template or t.content in own)}
         return re.compile(any_of(tokens)) if tokens else None
 
     def control_token_in(self, text: str) -> str | None:
-        """The first special token (``<|im_end|>``, ``<|eot_id|>``, ``</s>``: a turn's end or start,
-        the end of a text) that ``text`` holds written out as characters, else None. Encoding reads
-        such text as the token itself, not as its characters: data holding it would end a turn or
-        a text where it stands (what a chat template puts around the data is not checked here)."""
+        """The first special token that shapes a conversation (``<|im_end|>``, ``<|eot_id|>``,
+        ``</s>``: a turn's end or start, the end of a text; :attr:`_control`) that ``text`` holds
+        written out as characters, else None. Encoding reads such text as the token itself, not as
+        its characters: data holding it would end a turn or a text where it stands (what a chat
+        template puts around the data is not checked here)."""
         found = self._control.search(text) if self._control is not None and text else None
         return found[0] if found else None
 

@@ -83,9 +83,14 @@ def test_encode_decode_and_special_tokens_match_transformers(toks):
 
 def test_a_special_token_is_found_in_a_text_exactly_where_transformers_encodes_one(toks):
     """``control_token_in`` names a special token written out in a text where transformers' own
-    encoding of the text holds a special token's id, and only there (look-alikes are text)."""
+    encoding of the text holds the id of a special token that shapes a conversation (its chat
+    template writes it, or it is the bos, eos, pad or unk token), and only there: look-alikes are
+    text, and another special token (Llama 3's ``<|eot_id|>`` to a ChatML model) is left alone."""
     ours, theirs = toks
-    specials = {i for i, t in theirs.added_tokens_decoder.items() if t.special}
+    own = {theirs.bos_token, theirs.eos_token, theirs.pad_token, theirs.unk_token}
+    specials = {i for i, t in theirs.added_tokens_decoder.items()
+                if t.special and (t.content in theirs.chat_template or t.content in own)}
+    assert (ours.control_token_in("a <|eot_id|>") is None) == ("<|eot_id|>" not in theirs.chat_template)
     texts = ["BP <90, HR >120", "<|im_end", "im_end|>", "< |im_end| >", "a<|im_end|>b", "<|eot_id|>", "x <|endoftext|>",
              "<|begin_of_text|>Note", "<<|im_start|>>", "plain", ""]
     for text in texts:
@@ -95,7 +100,7 @@ def test_a_special_token_is_found_in_a_text_exactly_where_transformers_encodes_o
     ours.backend.add_special_tokens(["<think>", "[THINK]"])  # a reasoning model's tags, special in some tokenizers
     reasoning = type(ours)(ours.backend, ours.config)
     assert reasoning.control_token_in("<think>\nPain.\n</think>\n\n[THINK]x") is None  # its data writes them
-    assert reasoning.control_token_in("<think>a<|im_end|>") == "<|im_end|>"
+    assert reasoning.control_token_in(f"<think>a{ours.eos_token}") == ours.eos_token
 
 
 def test_any_of_matches_exactly_the_words_an_alternation_matches():
