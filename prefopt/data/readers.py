@@ -363,11 +363,19 @@ def sniff_delimiter(text: str) -> str:
     return DELIMITERS[counts.index(max(counts))]
 
 
+def _sep_line(text: str) -> tuple[str | None, int, str]:
+    """``(the delimiter, the header's line, the text from the header on)`` of a CSV's text: Excel's
+    ``sep=;`` first line names the delimiter, on a line of its own before the header; else None,
+    1 and the text."""
+    given = _SEP_LINE.match(text)
+    return (given[1], 2, text[given.end():]) if given is not None else (None, 1, text)
+
+
 def csv_delimiter(path: Path, encoding: str = "utf-8") -> str:
     """The delimiter :func:`read_rows` reads the CSV file ``path`` with: the one an Excel ``sep=``
     first line names, else :func:`sniff_delimiter`'s from its header."""
-    text = read_text(path, encoding)
-    return given[1] if (given := _SEP_LINE.match(text)) is not None else sniff_delimiter(text)
+    named, _, text = _sep_line(read_text(path, encoding))
+    return named or sniff_delimiter(text)
 
 
 def _one_name_each(path: Path, names: Sequence[str], line: int | None = 1) -> None:
@@ -405,10 +413,8 @@ def _csv(path: Path, delimiter: str | None = None, encoding: str = "utf-8"):
     # csv refuses a cell over 131,072 characters unless told otherwise (a long clinical note): the
     # whole file is in memory already, so no cell of it is too long to read
     csv.field_size_limit(max(csv.field_size_limit(), min(len(text) + 1, 2**31 - 1)))  # (a C long on Windows)
-    first_line = 1  # the header's
-    if (given := _SEP_LINE.match(text)) is not None:  # Excel's "sep=;": the delimiter, named on a line of its own
-        delimiter, first_line, text = delimiter or given[1], 2, text[given.end():]
-    delimiter = delimiter or sniff_delimiter(text)
+    named, first_line, text = _sep_line(text)
+    delimiter = delimiter or named or sniff_delimiter(text)
     with io.StringIO(text, newline="") as f:
         yield from _csv_rows(path, f, delimiter, first_line)
 

@@ -233,7 +233,9 @@ ESCAPES = {"breaks": ("line breaks written out as '\\n'", _UNESCAPE),
                        "out")}
 
 
-ESCAPES_SAID = r".*: \d+ of \d+ records hold .* \(the first: "  # the loaders' warning of them (for a filter)
+class EscapedText(UserWarning):
+    """The loaders' warning of text an export escaped (:data:`ESCAPES`): a caller that has said it
+    otherwise (compare, by the user's records) filters it by this category."""
 
 
 def escaped(text: str) -> str | None:
@@ -250,17 +252,18 @@ def escaped(text: str) -> str | None:
     return None
 
 
-def escaped_records(records) -> dict[str, tuple[int, int, str]]:
-    """``{kind: (records, the first's line, its field)}`` of the ``(line, record)`` pairs whose
-    texts hold something escaped (:func:`escaped`), by kind."""
-    found: dict[str, tuple[int, int, str]] = {}
-    for line, rec in records:
-        kinds = {}
-        for field, text in record_texts(rec):
+def escape_counts(items) -> dict[str, tuple[int, Any, str]]:
+    """``{kind: (how many items, the first's place, its field)}`` of ``items``, ``(place, [(field,
+    text), ...])`` pairs (a record's line and :func:`record_texts`; a task record's id and its
+    row's cells), whose texts hold something escaped (:func:`escaped`), by kind."""
+    found: dict[str, tuple[int, Any, str]] = {}
+    for place, texts in items:
+        kinds: dict[str, str] = {}
+        for field, text in texts:
             if (kind := escaped(text)) is not None:
                 kinds.setdefault(kind, field)
         for kind, field in kinds.items():
-            n, first, first_field = found.get(kind, (0, line, field))
+            n, first, first_field = found.get(kind, (0, place, field))
             found[kind] = (n + 1, first, first_field)
     return found
 

@@ -14,7 +14,16 @@ from ..tokenizer import BoundaryError, Tokenizer
 from .columns import column_hint, column_of, with_columns
 from .files import data_files, describe, is_paths
 from .readers import read_rows, source_name
-from .records import ESCAPES, DataError, SFTRecord, control_tokens, escaped_records, parse_sft
+from .records import (
+    ESCAPES,
+    DataError,
+    EscapedText,
+    SFTRecord,
+    control_tokens,
+    escape_counts,
+    parse_sft,
+    record_texts,
+)
 from .sheets import sheet_scope
 
 IGNORE = -100
@@ -428,8 +437,9 @@ def _tokenized(source, parse: Callable, encode: Callable, skip_bad: bool, field_
         report.kept_lines += [line] * len(windows)
         report.kept_records += [report.n_kept] * len(windows)
         report.n_kept += 1
-    for kind, (n, line, where) in escaped_records(records).items():  # (a field named: field_of needs no record)
+    escapes = escape_counts((line, record_texts(rec)) for line, rec in records)
+    for kind, (n, line, where) in escapes.items():  # (a field named: field_of needs no record)
         what, advice = ESCAPES[kind]
         warnings.warn(f"{name}: {n} of {len(records)} records hold {what} (the first: line {line}, field "
-                      f"{field_of(None, where)!r}): {advice}", stacklevel=2)
+                      f"{field_of(None, where)!r}): {advice}", EscapedText, stacklevel=2)
     return examples, report

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from ..chat_template import run_chat_date, run_chat_vars
-from ..data.records import ESCAPES_SAID
+from ..data.records import EscapedText
 from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 from ..tasks.parsing import final_answer
 from ..tokenizer import set_chat_date, set_chat_vars
@@ -331,7 +331,7 @@ def _sft(cfg, task, train, out: Path, s: dict) -> None:
     data.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(data, jsonl_text({"prompt": task.messages(r), "completion": r.target} for r in train))
     with warnings.catch_warnings():  # its data's escapes were said as the run started, by record
-        warnings.filterwarnings("ignore", ESCAPES_SAID)
+        warnings.simplefilter("ignore", EscapedText)
         run_sft(_resumed(sft_config(cfg, s, data, out), "sft"))
 
 
@@ -384,7 +384,7 @@ def _dpo(cfg, task, pairs: Path, val: list, out: Path, s: dict) -> None:
         _log(f"dpo: scoring greedy answers to {len(val)} validation items every {chosen['eval_every']} steps; "
              f"the weights with the best {task.primary} on them are the SFT+DPO model")
     with warnings.catch_warnings():  # (as _sft's)
-        warnings.filterwarnings("ignore", ESCAPES_SAID)
+        warnings.simplefilter("ignore", EscapedText)
         run_dpo(config, evaluators=evaluators)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..data import DataError, Records
 from ..data.check import SHOW_BAD, answer_line, check_data
-from ..data.records import ESCAPES, ESCAPES_SAID, escaped
+from ..data.records import ESCAPES, EscapedText, escape_counts
 from ..tokenizer import Tokenizer
 from ._io import read_past_bad_rows
 from .base import ClassificationTask, Task
@@ -44,7 +44,7 @@ def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length:
                 "mix)"], len(bad)
     examples = Records([{"prompt": task.messages(r), "completion": r.target} for r in records], f"{task.name} records")
     with warnings.catch_warnings():  # said below, by record
-        warnings.filterwarnings("ignore", ESCAPES_SAID)
+        warnings.simplefilter("ignore", EscapedText)
         check = check_data(examples, tok, kind="sft", max_length=max_length)
     check.report.path = where
     refused = [_of_record(records[e.line - 1], e) for e in check.report.skipped]  # what encoding refused
@@ -69,15 +69,16 @@ def escape_lines(task: Task, records: list) -> list[str]:
     """For each kind of text an export escaped (:data:`~prefopt.data.records.ESCAPES`) that the
     records' rows hold (``meta["row"]``, the cells as read: the prompts add the task's own line
     breaks), how many records and the first's id, in words."""
-    found: dict[str, list] = {}
-    for r in records:
+    def texts(r) -> list[tuple[str, str]]:
         row = r.meta.get("row")
-        texts = [v for v in row.values() if isinstance(v, str)] if isinstance(row, dict) else \
-            [m["content"] for m in task.messages(r) if isinstance(m["content"], str)] + [r.target]
-        for kind in {escaped(t) for t in texts} - {None}:
-            found.setdefault(kind, []).append(r.id)
-    return [f"{len(ids)} of {len(records)} records hold {ESCAPES[kind][0]} (the first: record {ids[0]!r}): "
-            f"{ESCAPES[kind][1]}" for kind, ids in found.items()]
+        if isinstance(row, dict):
+            return [(k, v) for k, v in row.items() if isinstance(v, str)]
+        return [(m["role"], m["content"]) for m in task.messages(r) if isinstance(m["content"], str)] + [
+            ("target", r.target)]
+
+    found = escape_counts((r.id, texts(r)) for r in records)
+    return [f"{n} of {len(records)} records hold {ESCAPES[kind][0]} (the first: record {first!r}): {ESCAPES[kind][1]}"
+            for kind, (n, first, _) in found.items()]
 
 
 def _of_record(record, e: DataError) -> DataError:
