@@ -75,3 +75,80 @@ def write_workbook(path: Path, sheets: dict) -> Path:
             ws.append(row)
     book.save(path)
     return path
+
+
+_ODS_NS = " ".join(f'xmlns:{k}="urn:oasis:names:tc:opendocument:xmlns:{k}:{v}"' for k, v in {
+    "office": "1.0", "style": "1.0", "text": "1.0", "table": "1.0", "of": "1.2"}.items()) + \
+    ' xmlns:calcext="urn:org:documentfoundation:names:experimental:calc:xmlns:calcext:1.0"'
+
+
+def ods_text(text: str) -> str:
+    """A cell's text as LibreOffice Calc writes it: a ``text:p`` a line, a run of spaces after
+    the first (or at a paragraph's start) as ``<text:s text:c="N"/>``, a tab as ``<text:tab/>``."""
+    import re
+    from xml.sax.saxutils import escape
+
+    def spaces(m):
+        start, k = m.start() == 0, len(m[0])
+        rest = k if start else k - 1
+        return ("" if start else " ") + (f'<text:s text:c="{rest}"/>' if rest > 1 else "<text:s/>" if rest else "")
+
+    paragraphs = [re.sub(r" +", spaces, escape(line)).replace("\t", "<text:tab/>") for line in text.split("\n")]
+    return "".join(f"<text:p>{p}</text:p>" for p in paragraphs)
+
+
+def ods_cell(v) -> str:
+    """A ``table:table-cell`` holding ``v`` (text, a number, TRUE/FALSE, a date, datetime or time)
+    as LibreOffice Calc saves it: the value in attributes, what the cell shows in its paragraphs."""
+    import datetime
+
+    if v is None:
+        return "<table:table-cell/>"
+    if isinstance(v, bool):
+        attrs, shown = f'office:value-type="boolean" office:boolean-value="{str(v).lower()}"', str(v).upper()
+    elif isinstance(v, (int, float)):
+        attrs, shown = f'office:value-type="float" office:value="{v!r}"', f"{v:g}"
+    elif isinstance(v, datetime.datetime):
+        attrs, shown = f'office:value-type="date" office:date-value="{v.isoformat()}"', v.strftime("%m/%d/%y %H:%M")
+    elif isinstance(v, datetime.date):
+        attrs, shown = f'office:value-type="date" office:date-value="{v.isoformat()}"', v.strftime("%m/%d/%y")
+    elif isinstance(v, datetime.time):
+        attrs, shown = (f'office:value-type="time" office:time-value="PT{v.hour:02d}H{v.minute:02d}M{v.second:02d}S"',
+                        v.strftime("%I:%M:%S %p"))
+    else:
+        return f'<table:table-cell office:value-type="string" calcext:value-type="string">{ods_text(v)}' \
+               "</table:table-cell>"
+    return f'<table:table-cell {attrs}><text:p>{shown}</text:p></table:table-cell>'
+
+
+def write_ods(path: Path, sheets: dict, hidden: tuple = (), trailer: bool = True) -> Path:
+    """An OpenDocument spreadsheet of ``{title: rows}`` as LibreOffice Calc saves one: each row a
+    list of cell values (:func:`ods_cell`) or a ``table:table-row`` element's XML as it is; the
+    sheets named in ``hidden`` hidden (Sheet > Hide Sheet); ``trailer``: the empty rows to Calc's
+    last, one element repeated a million times, as Calc writes them."""
+    import zipfile
+
+    styles = ('<office:automatic-styles><style:style style:name="ta1" style:family="table"><style:table-properties '
+              'table:display="true"/></style:style><style:style style:name="ta2" style:family="table">'
+              '<style:table-properties table:display="false"/></style:style></office:automatic-styles>')
+    tables = []
+    for title, rows in sheets.items():
+        xml = [r if isinstance(r, str) else "<table:table-row>" + "".join(map(ods_cell, r)) + "</table:table-row>"
+               for r in rows]
+        if trailer:
+            xml.append(f'<table:table-row table:number-rows-repeated="{1048576 - len(rows)}"><table:table-cell '
+                       'table:number-columns-repeated="1024"/></table:table-row>')
+        tables.append(f'<table:table table:name="{title}" table:style-name="{"ta2" if title in hidden else "ta1"}">'
+                      '<table:table-column table:number-columns-repeated="1024"/>' + "".join(xml) + "</table:table>")
+    content = (f'<?xml version="1.0" encoding="UTF-8"?><office:document-content {_ODS_NS} office:version="1.3">'
+               f'{styles}<office:body><office:spreadsheet>{"".join(tables)}</office:spreadsheet></office:body>'
+               '</office:document-content>')
+    manifest = ('<?xml version="1.0" encoding="UTF-8"?><manifest:manifest xmlns:manifest="urn:oasis:names:tc:'
+                'opendocument:xmlns:manifest:1.0" manifest:version="1.3"><manifest:file-entry manifest:full-path="/" '
+                'manifest:media-type="application/vnd.oasis.opendocument.spreadsheet"/><manifest:file-entry '
+                'manifest:full-path="content.xml" manifest:media-type="text/xml"/></manifest:manifest>')
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(zipfile.ZipInfo("mimetype"), "application/vnd.oasis.opendocument.spreadsheet")
+        z.writestr("META-INF/manifest.xml", manifest, zipfile.ZIP_DEFLATED)
+        z.writestr("content.xml", content, zipfile.ZIP_DEFLATED)
+    return path

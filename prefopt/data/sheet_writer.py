@@ -1,29 +1,38 @@
-"""A table written as an Excel workbook of one sheet (``prefopt predict``'s answers to a
-workbook of records: :mod:`prefopt.data.sheets` reads one). Needs openpyxl."""
+"""A table written as a spreadsheet of one sheet: an Excel workbook (``.xlsx``, needs openpyxl)
+or an OpenDocument spreadsheet (``.ods``, LibreOffice Calc's own; the standard library writes
+it). ``prefopt predict``'s answers to a workbook of records are written as one of its kind;
+:mod:`prefopt.data.sheets` and :mod:`prefopt.data.ods` read them."""
 from __future__ import annotations
 
 import json
+import math
+import re
 import warnings
+import zipfile
 from pathlib import Path
+from xml.sax.saxutils import escape, quoteattr
 
 from .._deps import require
 from ..fileio import atomic_path
-from .sheets import _some
+from .ods import MIMETYPE as ODS_MIMETYPE
+from .ods import NAMESPACES as ODS_NAMESPACES
+from .sheets import _some, column_letters
 
 CELL_LIMIT = 32767  # characters an Excel cell holds
+ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # characters XML 1.0, and so a workbook, cannot hold
 
 
 def write_sheet(path: Path, rows: list[dict], title: str = "Sheet1") -> None:
-    """``rows`` as a workbook of one sheet at ``path``, written atomically: a header of every
-    row's columns in first-seen order (frozen, so it stays in view), then a row each. Text stays
-    text, numbers and TRUE/FALSE are Excel's own (a confidence column sorts as numbers), anything
-    else is written as JSON text, as in a CSV. A control character XML forbids (a model's output
-    may hold one) is written as U+FFFD, with a warning naming the cells; a text over the 32,767
-    characters an Excel cell holds is a ValueError naming its row and column."""
-    openpyxl = require("openpyxl", "writing .xlsx files")
-    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
-    from openpyxl.utils import get_column_letter
-
+    """``rows`` as a workbook of one sheet at ``path`` (``.ods``: an OpenDocument spreadsheet,
+    else an Excel workbook), written atomically: a header of every row's columns in first-seen
+    order (in an Excel workbook frozen, so it stays in view), then a row each. Text stays text,
+    numbers and TRUE/FALSE are the spreadsheet's own (a confidence column sorts as numbers),
+    anything else is written as JSON text, as in a CSV. A control character XML forbids (a
+    model's output may hold one) is written as U+FFFD, with a warning naming the cells; in an
+    Excel workbook a text over the 32,767 characters a cell holds is a ValueError naming its row
+    and column."""
+    ods = Path(path).suffix.lower() == ".ods"
+    openpyxl = None if ods else require("openpyxl", "writing .xlsx files")
     columns = list(dict.fromkeys(k for r in rows for k in r))
     table = [[_cell(r.get(c)) for c in columns] for r in rows]
     replaced = []
@@ -31,16 +40,19 @@ def write_sheet(path: Path, rows: list[dict], title: str = "Sheet1") -> None:
         for i, v in enumerate(values):
             if not isinstance(v, str):
                 continue
-            where = f"{get_column_letter(i + 1)}{n}"
-            if len(v) > CELL_LIMIT:
+            where = f"{column_letters(i)}{n}"
+            if len(v) > CELL_LIMIT and not ods:
                 raise ValueError(f"{path}: row {n}, column {columns[i]!r} ({where}): {len(v)} characters, over the "
                                  f"{CELL_LIMIT} an Excel cell holds; write the table as CSV or JSONL instead")
-            if ILLEGAL_CHARACTERS_RE.search(v):
-                values[i] = ILLEGAL_CHARACTERS_RE.sub("\ufffd", v)
+            if ILLEGAL.search(v):
+                values[i] = ILLEGAL.sub("\ufffd", v)
                 replaced.append(f"{where} ({columns[i]})")
     if replaced:
         warnings.warn(f"{path}: {_some(replaced, 'cell')}: control characters a workbook cannot hold, written as "
                       "U+FFFD; CSV and JSONL keep them", stacklevel=2)
+    if ods:
+        _save_ods(path, title, [columns, *table])
+        return
     book = openpyxl.Workbook(write_only=True)
     sheet = book.create_sheet(title)
     sheet.freeze_panes = "A2"
@@ -51,7 +63,56 @@ def write_sheet(path: Path, rows: list[dict], title: str = "Sheet1") -> None:
 
 
 def _cell(v):
-    """``v`` as a cell's value for :func:`write_sheet`."""
+    """``v`` as a cell's value for :func:`write_sheet`: a number that is not finite as its text."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
     if v is None or isinstance(v, (str, bool, int, float)):
         return v
     return json.dumps(v, ensure_ascii=False)
+
+
+_MANIFEST = ('<?xml version="1.0" encoding="UTF-8"?>\n<manifest:manifest xmlns:manifest="urn:oasis:names:tc:'
+             'opendocument:xmlns:manifest:1.0" manifest:version="1.3"><manifest:file-entry manifest:full-path="/" '
+             f'manifest:media-type="{ODS_MIMETYPE}"/><manifest:file-entry manifest:full-path="content.xml" '
+             'manifest:media-type="text/xml"/></manifest:manifest>')
+
+
+def _save_ods(path: Path, title: str, table: list[list]) -> None:
+    """``table`` (the header row first) as the one sheet ``title`` of an OpenDocument spreadsheet
+    at ``path``, written atomically: the ``mimetype`` member first and stored, as the format asks."""
+    spaces = " ".join(f"xmlns:{k}={quoteattr(v)}" for k, v in ODS_NAMESPACES.items())
+    rows = "".join("<table:table-row>" + "".join(_ods_cell(v) for v in values) + "</table:table-row>"
+                   for values in table)
+    content = (f'<?xml version="1.0" encoding="UTF-8"?>\n<office:document-content {spaces} office:version="1.3">'
+               f"<office:body><office:spreadsheet><table:table table:name={quoteattr(title)}>"
+               f'<table:table-column table:number-columns-repeated="{max(1, len(table[0]))}"/>{rows}'
+               "</table:table></office:spreadsheet></office:body></office:document-content>")
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w") as z:
+        z.writestr(zipfile.ZipInfo("mimetype"), ODS_MIMETYPE)  # (a ZipInfo's own: stored, not compressed)
+        z.writestr("META-INF/manifest.xml", _MANIFEST, zipfile.ZIP_DEFLATED)
+        z.writestr("content.xml", content, zipfile.ZIP_DEFLATED)
+
+
+def _ods_cell(v) -> str:
+    """A ``table:table-cell`` holding ``v`` (:func:`_cell`'s value) as Calc writes one: the value
+    in attributes, what the cell shows in its paragraphs."""
+    if v is None or v == "":
+        return "<table:table-cell/>"
+    if isinstance(v, bool):
+        return (f'<table:table-cell office:value-type="boolean" office:boolean-value="{str(v).lower()}" calcext:value-'
+                f'type="boolean"><text:p>{str(v).upper()}</text:p></table:table-cell>')
+    if isinstance(v, (int, float)):
+        return (f'<table:table-cell office:value-type="float" office:value="{v!r}" calcext:value-type="float"><text:p>'
+                f"{v!r}</text:p></table:table-cell>")
+    return ('<table:table-cell office:value-type="string" calcext:value-type="string">'
+            + "".join(f"<text:p>{_ods_line(line)}</text:p>" for line in v.split("\n")) + "</table:table-cell>")
+
+
+def _ods_line(line: str) -> str:
+    """A line of a text as a paragraph's content: a space that XML would fold into the one before
+    (or a paragraph's first) as ``<text:s/>``, a tab as ``<text:tab/>``."""
+    def spaces(m: re.Match) -> str:
+        extra = len(m[0]) - (m.start() > 0)  # the first of a run within the line stays a plain space
+        return (" " if m.start() > 0 else "") + (f'<text:s text:c="{extra}"/>' if extra > 1 else "<text:s/>" * extra)
+
+    return re.sub(r" +", spaces, escape(line)).replace("\t", "<text:tab/>")

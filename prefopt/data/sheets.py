@@ -40,6 +40,8 @@ from .records import DataError
 _SAID: set[str] = set()  # the warnings given (see _warn)
 SHEET: ContextVar[str | None] = ContextVar("sheet", default=None)  # see reading_sheet
 _ESCAPED = re.compile(r"_x([0-9A-Fa-f]{4})_")  # a character as Excel escapes it in a text (ST_Xstring)
+UNHIDE = {"Excel": "in Excel, right-click a sheet's tab > Unhide", "LibreOffice": "in LibreOffice Calc, Sheet > Show "
+          "Sheet"}  # how each application shows a hidden sheet again
 OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # a compound file's first bytes: Excel encrypts a workbook into one
 
 
@@ -61,6 +63,16 @@ def cell_text(v) -> str:
     if isinstance(v, (datetime.date, datetime.time)):
         return v.isoformat()
     return str(v)
+
+
+def column_letters(column: int) -> str:
+    """A column's letters, as spreadsheets name it (0: A, 25: Z, 26: AA)."""
+    out = ""
+    column += 1
+    while column:
+        column, r = divmod(column - 1, 26)
+        out = chr(65 + r) + out
+    return out
 
 
 def _blank(values) -> bool:
@@ -107,7 +119,7 @@ def read_sheet(path: Path, sheet: str | None = None) -> Iterator[tuple[int, dict
         for ws in book.worksheets:  # the rows the file has, not those its stated dimensions claim: read-only mode
             ws.reset_dimensions()   # trusts those, and a writer that states too few would lose the rest unsaid
         name = sheet or SHEET.get()
-        sheet = _named_sheet(path, book, name) if name else _the_sheet(path, book)
+        sheet = _named_sheet(path, book.worksheets, name) if name else _the_sheet(path, book.worksheets)
         marks = _marks(path, getattr(sheet, "_worksheet_path", None))
         if marks.unsaved:
             raise DataError(path, None, None, f"sheet {sheet.title!r}, {_some(marks.unsaved, 'cell')}: "
@@ -138,33 +150,34 @@ def _strict(path: Path) -> bool:
     return False
 
 
-def _named_sheet(path: Path, book, name: str):
-    """The sheet called ``name`` (spelled as its tab is, else in any case and spacing)."""
-    found = [ws for ws in book.worksheets if ws.title == name] or [
-        ws for ws in book.worksheets if column_name(ws.title).casefold() == column_name(name).casefold()]
+def _named_sheet(path: Path, sheets: list, name: str):
+    """The sheet of ``sheets`` called ``name`` (spelled as its tab is, else in any case and spacing)."""
+    found = [ws for ws in sheets if ws.title == name] or [
+        ws for ws in sheets if column_name(ws.title).casefold() == column_name(name).casefold()]
     if len(found) != 1:
         sheets = ", ".join(repr(ws.title) + ("" if ws.sheet_state == "visible" else " (hidden)")
-                           for ws in book.worksheets)
+                           for ws in sheets)
         raise DataError(path, None, None, f"no sheet {name!r} (its sheets: {sheets})" if not found else
                         f"sheet {name!r} is {len(found)} sheets in any case: spell it as its tab does")
     return found[0]
 
 
-def _the_sheet(path: Path, book):
-    """The one sheet that holds data, of those Excel shows; a hidden one that holds data is warned
-    of (hidden sheets hold lookup lists and the like, and the sheet in view is the one meant)."""
-    full = [ws for ws in book.worksheets if any(not _blank(r) for r in ws.iter_rows(values_only=True))]
+def _the_sheet(path: Path, sheets: list, app: str = "Excel"):
+    """The one sheet of ``sheets`` that holds data, of those ``app`` shows; a hidden one that holds
+    data is warned of (hidden sheets hold lookup lists and the like, and the sheet in view is the
+    one meant)."""
+    full = [ws for ws in sheets if any(not _blank(r) for r in ws.iter_rows(values_only=True))]
     shown = [ws for ws in full if ws.sheet_state == "visible"]
     hidden = ", ".join(repr(ws.title) for ws in full if ws.sheet_state != "visible")
     if not shown:
         raise DataError(path, None, None, f"no sheet in view holds data (hidden ones do: {hidden}); unhide the sheet "
-                        "of records (in Excel, right-click a sheet's tab > Unhide)" if hidden else
+                        f"of records ({UNHIDE[app]})" if hidden else
                         "no sheet holds any data")
     if len(shown) > 1:
         raise DataError(path, None, None, f"{len(shown)} sheets hold data ({', '.join(repr(ws.title) for ws in shown)}"
                         "); name the one to read (--sheet NAME), so that no other sheet (a test set) is trained on")
     if hidden:
-        _warn(f"{path}: read sheet {shown[0].title!r}; sheets hidden in Excel ({hidden}) hold data too and are not "
+        _warn(f"{path}: read sheet {shown[0].title!r}; sheets hidden in {app} ({hidden}) hold data too and are not "
               "read")
     return shown[0]
 
@@ -255,13 +268,13 @@ def _tables(z: zipfile.ZipFile, member: str, ids: list[str]) -> list[tuple[str, 
     return out
 
 
-def _as_shown(path: Path, title: str, marks: Marks, line: int, rows):
+def _as_shown(path: Path, title: str, marks: Marks, line: int, rows, app: str = "Excel"):
     """``rows`` below the header (on row ``line``) as the sheet shows them, each difference from
     its CSV export warned of: a value merged down over rows read in each row it covers, a table's
     totals row left out; hidden rows read as the export writes them, and named."""
     hidden = [n for n in marks.hidden if n > line]
     if hidden:
-        _warn(f"{path}: sheet {title!r}: {_some(hidden, 'row')}, hidden in Excel (by hand or by a filter), read like "
+        _warn(f"{path}: sheet {title!r}: {_some(hidden, 'row')}, hidden in {app} (by hand or by a filter), read like "
               "the others, as its CSV export would write them; delete them from the sheet to leave them out")
     merged = [m for m in marks.merged if m[2] > line]  # (a merge in the header, or above it, is left as it is)
     if merged:

@@ -548,9 +548,9 @@ def add_commands(sub) -> None:
     pr.add_argument("--adapter", help="PEFT-layout LoRA adapter folder (a compare run's: its report.md names them)")
     pr.add_argument("--data", required=True, help="the records, in the task's data format; their label columns "
                     "are not read and may be absent")
-    pr.add_argument("--output", required=True, help="output folder: predictions.csv/.tsv/.jsonl/.xlsx and "
+    pr.add_argument("--output", required=True, help="output folder: predictions.csv/.tsv/.jsonl/.xlsx/.ods and "
                     "predict.json")
-    pr.add_argument("--format", choices=["csv", "tsv", "jsonl", "xlsx"],
+    pr.add_argument("--format", choices=["csv", "tsv", "jsonl", "xlsx", "ods"],
                     help="of the predictions table (default: the input's; a CSV keeps the input's delimiter; a "
                     "workbook's are written as one; Parquet's as JSONL)")
     pr.add_argument("--task-option", action="append", metavar="KEY=VALUE",

@@ -19,19 +19,20 @@ from .runner import predict, reasoning_opened
 
 BLOCK = 64  # records answered between two appends to the partial file
 ROW_FORMAT = 2  # the rows' columns; raised when they change, so that a run does not go on from older rows
-FORMATS = ("csv", "tsv", "jsonl", "xlsx")
+FORMATS = ("csv", "tsv", "jsonl", "xlsx", "ods")
 FILES = tuple(f"predictions.{f}" for f in FORMATS) + ("predict.json",)  # what a predict folder holds
 
 
 def table_format(data: str | Path | None, given: str | None = None) -> str:
     """The output's format: ``given`` (``--format``), else the input's (``.csv`` → csv, ``.tsv`` →
-    tsv, an Excel workbook → xlsx, anything else, JSONL, JSON or Parquet, → jsonl)."""
+    tsv, an Excel workbook → xlsx, an OpenDocument spreadsheet → ods, anything else, JSONL, JSON
+    or Parquet, → jsonl)."""
     if given:
         if given not in FORMATS:
             raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {given!r}")
         return given
     suffix = data_suffix(data) if data else ""  # (train.csv.gz: csv)
-    return {".csv": "csv", ".tsv": "tsv", ".xlsx": "xlsx", ".xlsm": "xlsx"}.get(suffix, "jsonl")
+    return {".csv": "csv", ".tsv": "tsv", ".xlsx": "xlsx", ".xlsm": "xlsx", ".ods": "ods"}.get(suffix, "jsonl")
 
 
 def delimiter_of(data: str | Path | None, fmt: str, task) -> str:
@@ -173,7 +174,7 @@ def write_predictions(out_dir: str | Path, rows: list[dict], fmt: str, delimiter
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"predictions.{fmt}"
-    if fmt == "xlsx":
+    if fmt in ("xlsx", "ods"):
         write_sheet(path, rows, "predictions")
     else:
         write_text_atomic(path, table_text(rows, fmt, delimiter))

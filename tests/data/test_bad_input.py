@@ -455,9 +455,9 @@ def test_a_csvs_delimiter_is_read_off_its_header_and_blank_rows_skipped(tmp_path
     pairs, _ = load_preferences(tmp_path / "p.tsv", tok)
     assert len(pairs) == 1
     (tmp_path / "d.txt").write_text("prompt\tcompletion\n")
-    with pytest.raises(ValueError, match=r"unknown data format '.txt'; use .jsonl, .json, .csv, .tsv, .parquet or "
-                                         r"\.xlsx .* \(a table Excel saved as \"Text \(Tab delimited\)\" or \"Unicode "
-                                         r"Text\" is a \.tsv: rename it so\)$"):
+    with pytest.raises(ValueError, match=r"unknown data format '.txt'; use .jsonl, .json, .csv, .tsv, .parquet, "
+                                         r"\.xlsx or \.ods .* \(a table Excel saved as \"Text \(Tab delimited\)\" or "
+                                         r"\"Unicode Text\" is a \.tsv: rename it so\)$"):
         list(read_rows(tmp_path / "d.txt"))
     unicode_text = "prompt\tcompletion\r\nChest pain?\tED now.\r\n"  # as Excel's "Unicode Text" saves it
     (tmp_path / "d.tsv").write_text(unicode_text, encoding="utf-16")

@@ -239,7 +239,8 @@ def test_formats_and_delimiters_follow_the_input(tmp_path):
     assert delimiter_of(named, "csv", get_task("text_classification", labels="urgent")) == ","
     assert table_format(ktas, "jsonl") == "jsonl" and table_format(ktas, "xlsx") == "xlsx"
     assert table_format(tmp_path / "notes.xlsx") == "xlsx" and table_format(tmp_path / "n.parquet") == "jsonl"
-    with pytest.raises(ValueError, match="--format must be one of csv, tsv, jsonl, xlsx, got 'xls'"):
+    assert table_format(tmp_path / "notes.ods") == "ods"
+    with pytest.raises(ValueError, match="--format must be one of csv, tsv, jsonl, xlsx, ods, got 'xls'"):
         table_format(ktas, "xls")
     medqa = get_task("medqa")
     records = medqa.read(str(formats.write_jsonl(tmp_path / "q.jsonl", formats.medqa_rows(2))), labelled=False)
@@ -340,6 +341,20 @@ def test_predict_on_a_workbook_writes_a_workbook(tiny_model, tmp_path, capsys, m
     assert main(argv + ["--format", "csv"]) == 0
     assert "going on from the 3 of 3 records answered before" in capsys.readouterr().out
     assert [r["record"] for _, r in read_rows(tmp_path / "p2" / "predictions.csv")] == [r["record"] for r in rows]
+
+
+def test_predict_on_a_calc_spreadsheet_writes_one(tiny_model, tmp_path, capsys):
+    """LibreOffice Calc's own format in, the same out, without openpyxl's help."""
+    formats.write_ods(tmp_path / "msgs.ods", {"Inbox": [["mrn", "message"], *[[f"A{i}", f"Message {i}: my knee hurts"]
+                                                                          for i in range(3)]]})
+    out = tmp_path / "pred"
+    assert main(["predict", "--task", "portal", "--model", str(tiny_model), "--data", str(tmp_path / "msgs.ods"),
+                 "--output", str(out), "--max-new-tokens", "3", "--no-confidence"]) == 0
+    assert f"wrote {out / 'predictions.ods'}" in capsys.readouterr().out
+    rows = [row for _, row in read_rows(out / "predictions.ods")]
+    assert [(r["mrn"], r["message"], r["record"]) for r in rows] == [
+        (f"A{i}", f"Message {i}: my knee hurts", f"portal:{i + 2}") for i in range(3)]
+    assert {r["finished"] for r in rows} <= {"TRUE", "FALSE"}
 
 
 def test_predict_on_free_text_says_there_is_no_confidence(tiny_model, tmp_path, capsys):
