@@ -47,7 +47,8 @@ def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length:
         warnings.simplefilter("ignore", EscapedText)
         check = check_data(examples, tok, kind="sft", max_length=max_length)
     check.report.path = where
-    refused = [_of_record(records[e.line - 1], e) for e in check.report.skipped]  # what encoding refused
+    refused_at = {e.line for e in check.report.skipped}  # what encoding refused, by its example's place
+    refused = [_of_record(records[e.line - 1], e) for e in check.report.skipped]
     bad += refused
     check.report.skipped, check.report.n_read = bad, check.report.n_read + len(bad) - len(refused)
     check.title = f"{task.name} records, as compare's SFT examples"
@@ -55,9 +56,10 @@ def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length:
         check.answers = {}
     lines = check.lines(show_bad)
     if isinstance(task, ClassificationTask):
+        kept = [r for i, r in enumerate(records, 1) if i not in refused_at]  # what trains: not what encoding refused
         for f in task.fields:
             counts = Counter({label: 0 for label in f.labels})  # a label no record has shows as 0
-            counts.update(r.labels[f.name] for r in records if f.name in r.labels)
+            counts.update(r.labels[f.name] for r in kept if f.name in r.labels)
             lines.append(answer_line(f.name, counts, limit=len(counts), noun="labels"))
     if mixed := mixed_labels(records):
         lines.append(f"  {mixed}")

@@ -83,6 +83,11 @@ def test_check_data_of_a_task_lists_what_its_examples_encoding_refuses_and_fails
     out = capsys.readouterr().out
     assert "summarization records, as compare's SFT examples; 5 of 6 records kept; 1 skipped" in out
     assert "\n  bad: s.csv:7: its reference answer: holds '<|im_end|>' as text at its end" in out
+    (tmp_path / "c.csv").write_text("note,urgency\nchest pain,urgent\nrash,routine\nknee <|im_end|>,urgent\n")
+    assert main(["check-data", "--model", str(model), "--task", "text_classification", "--task-option",
+                 "text_column=note", "--task-option", "label_column=urgency", "--data", str(tmp_path / "c.csv")]) == 1
+    out = capsys.readouterr().out  # the class mix is of what trains: the refused record's label is not in it
+    assert "2 of 3 records kept; 1 skipped" in out and "label: 2 labels: 'routine' 1 (50%), 'urgent' 1 (50%)" in out
 
 
 def test_check_data_encodes_each_text_once_and_forgets_them_after(model, tmp_path):
