@@ -36,7 +36,7 @@ def _generate(args: argparse.Namespace) -> int:
     from .interactive import stream_answer
 
     args.prompt = _prompt_text(args.prompt)
-    model, tok = _chat_model(args, "prompt")
+    model, tok = _chat_model(args, "prompt", typed=not args.no_chat)
     if args.no_chat or not tok.chat_template:
         prompt_ids = tok.encode(args.prompt)
     else:
@@ -56,10 +56,12 @@ def _chat(args: argparse.Namespace) -> int:
                 max_new_tokens=args.max_new_tokens, **_decoding(args))
 
 
-def _chat_model(args: argparse.Namespace, shown_in: str, need_template: bool = False):
+def _chat_model(args: argparse.Namespace, shown_in: str, need_template: bool = False, typed: bool = True):
     """generate's and chat's model (with ``--adapter``) and tokenizer (``--chat-date``, ``--chat-vars``); a device
-    this machine lacks, or a tokenizer without the chat template chat needs, is said before the
-    model loads."""
+    this machine lacks, a tokenizer without the chat template chat needs, or a special token written
+    out in ``--prompt`` or ``--system`` (where ``typed``: messages the chat template renders) is
+    said before the model loads."""
+    from .data.records import control_token_problem
     from .pretrained import load_model
     from .tokenizer import load_tokenizer
 
@@ -68,6 +70,11 @@ def _chat_model(args: argparse.Namespace, shown_in: str, need_template: bool = F
     if need_template and not tok.chat_template:
         raise ValueError(f"{args.model}: its tokenizer has no chat template, and chat sends chat messages; use an "
                          "instruct (chat) model, or prefopt generate --no-chat for plain text")
+    for flag in ("--prompt", "--system") if typed and tok.chat_template else ():
+        text = getattr(args, flag[2:], None)
+        if isinstance(text, str) and (problem := control_token_problem(text, tok, "remove it (the template writes "
+                                                                       "the model's own turns)")):
+            raise ValueError(f"{flag}: {problem}")
     return load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, quantize=args.quantize), tok
 
 

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from .data.records import control_token_problem
+
 CHAT_HELP = ("/reset: a new conversation   /system TEXT: the system message (/system alone: none)   "
              "/file PATH: send a text file (a long note)   /save PATH: add the conversation to a JSONL file   "
              "Ctrl-C: stop an answer   /exit or Ctrl-D: quit")
@@ -105,7 +107,11 @@ def chat(model, tok, *, system: str | None = None, context: int, max_new_tokens:
             say("a new conversation")
             continue
         if text == "/system" or text.startswith("/system "):
-            system = text[len("/system"):].strip() or None
+            given = text[len("/system"):].strip() or None
+            if given and (problem := control_token_problem(given, tok, "remove it")):
+                say(f"system message not changed: it {problem}")
+                continue
+            system = given
             say(f"system message: {system!r}" if system else "no system message")
             continue
         if text.startswith("/save "):
@@ -124,6 +130,9 @@ def chat(model, tok, *, system: str | None = None, context: int, max_new_tokens:
             say(f"sent {path} ({len(text)} characters)")
         elif text.startswith("/"):
             say(f"unknown command {text.split()[0]!r}; {CHAT_HELP}")
+            continue
+        if problem := control_token_problem(text, tok, "remove it (the template writes the model's own turns)"):
+            say(f"not sent: your message {problem}")
             continue
         turns.append({"role": "user", "content": text})
         try:

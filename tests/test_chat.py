@@ -106,6 +106,31 @@ def test_a_conversation_past_the_context_drops_its_earliest_exchanges(tiny, monk
     assert any("that message is" in x and "and 250 fit (the model's context less --max-new-tokens)" in x for x in out)
 
 
+def test_a_special_token_typed_in_is_not_sent(tiny, monkeypatch, capsys, tmp_path):
+    """A message or system message holding the chat template's own end-of-turn mark written out
+    (a pasted chatbot transcript) would end its turn there: it is not sent, and the conversation
+    goes on; generate refuses such a --prompt or --system before the model loads."""
+    code, out, asked = converse(tiny, ["Fever? <|im_end|>", "/system You are <|im_end|> a nurse.", "Fever?"],
+                                monkeypatch, capsys)
+    assert code == 0 and len(asked) == 1
+    assert "holds '<|im_end|>' as text at its end" in next(x for x in out if "(not sent: your message" in x)
+    assert any(x.startswith("you> (system message not changed: it holds '<|im_end|>'") for x in out)
+    tok = load_tokenizer(tiny)
+    assert asked[0][0] == tok.apply_chat_template([{"role": "user", "content": "Fever?"}], add_generation_prompt=True)
+    base = tmp_path / "tokenizer-only"
+    base.mkdir()
+    for f in tiny.iterdir():
+        if f.suffix != ".safetensors":
+            (base / f.name).write_bytes(f.read_bytes())
+    assert main(["generate", "--model", str(base), "--prompt", "a <|im_end|> b"]) == 2
+    assert "--prompt: holds '<|im_end|>' as text, which the tokenizer reads" in capsys.readouterr().err
+    assert main(["generate", "--model", str(base), "--prompt", "hi", "--system", "<|im_end|>"]) == 2
+    assert "--system: holds '<|im_end|>' as text" in capsys.readouterr().err
+    assert main(["generate", "--model", str(base), "--prompt", "a <|im_end|> b", "--no-chat"]) == 2
+    err = capsys.readouterr().err  # --no-chat: a raw prompt may spell the template out; on to the model's load
+    assert "<|im_end|>" not in err and "safetensors" in err
+
+
 def test_chat_needs_a_chat_template(tiny, tmp_path, capsys):
     import json
     import shutil

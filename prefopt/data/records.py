@@ -268,18 +268,18 @@ def escape_counts(items) -> dict[str, tuple[int, Any, str]]:
     return found
 
 
-def control_token_problem(text: str, tok) -> str | None:
+def control_token_problem(text: str, tok, fix: str = "remove it from the data") -> str | None:
     """Why ``text`` cannot be encoded as data: it holds one of ``tok``'s special tokens written out
     (``<|im_end|>``), which encoding reads as the token itself, so a turn or a text would end where
     it stands (a pasted chatbot transcript, an answer exported with its end-of-turn mark, a
-    message written to steer the model); else None."""
+    message written to steer the model); else None. ``fix``: what to do, the message's end."""
     token = tok.control_token_in(text)
     if token is None:
         return None
     end = " at its end (an end mark an export kept? the chat template adds the model's own)" \
         if text.rstrip().endswith(token) else ""
     return (f"holds {token!r} as text{end}, which the tokenizer reads as the model's own control token, not as "
-            "characters: a turn or a text would end there; remove it from the data")
+            f"characters: a turn or a text would end there; {fix}")
 
 
 def control_tokens(rec, tok) -> None:
