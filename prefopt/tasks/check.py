@@ -70,13 +70,16 @@ def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length:
 def escape_lines(task: Task, records: list) -> list[str]:
     """For each kind of text an export escaped (:data:`~prefopt.data.records.ESCAPES`) that the
     records' rows hold (``meta["row"]``, the cells as read: the prompts add the task's own line
-    breaks), how many records and the first's id, in words."""
+    breaks) in the cells their prompts and answers use (a column the task does not read trains
+    nothing), how many records and the first's id, in words."""
     def texts(r) -> list[tuple[str, str]]:
+        shown = [(m["role"], m["content"]) for m in task.messages(r) if isinstance(m["content"], str)] + [
+            ("target", r.target if isinstance(r.target, str) else "")]
         row = r.meta.get("row")
-        if isinstance(row, dict):
-            return [(k, v) for k, v in row.items() if isinstance(v, str)]
-        return [(m["role"], m["content"]) for m in task.messages(r) if isinstance(m["content"], str)] + [
-            ("target", r.target)]
+        if not isinstance(row, dict):
+            return shown
+        used = "\0".join(text for _, text in shown)
+        return [(k, v) for k, v in row.items() if isinstance(v, str) and v.strip() and v.strip() in used]
 
     found = escape_counts((r.id, texts(r)) for r in records)
     return [f"{n} of {len(records)} records hold {ESCAPES[kind][0]} (the first: record {first!r}): {ESCAPES[kind][1]}"

@@ -190,15 +190,15 @@ def test_a_tasks_escaped_text_is_said_by_record_and_not_again_by_the_stages_file
     from tests.tasks.conftest import StopAtSFT
 
     data = tmp_path / "notes.csv"
-    data.write_text("message,summary\n" + "Pain &amp; swelling since Monday,Pain since Monday.\n"
-                    + "".join(f"Message {i} about my knee,Knee pain {i}.\n" for i in range(12)))
+    data.write_text("message,summary,coder\n" + "Pain &amp; swelling since Monday,Pain since Monday.,A\n"
+                    + "".join(f"Message {i} about my knee,Knee pain {i}.,B &amp; C\n" for i in range(12)))
     options = ["--task", "summarization", "--task-option", "source_column=message", "--task-option",
                "target_column=summary", "--data", str(data)]
     said = ("13 records hold HTML entities ('&amp;', '&lt;', '&#39;', ...) (the first: record 'notes.csv:2'): "
             "escaped by an export? They are trained on as written; unescape them in the data")
     assert main(["check-data", "--model", str(tiny_model), *options]) == 0
     out = capsys.readouterr()
-    assert f"  1 of {said}" in out.out and "warning" not in out.err
+    assert f"  1 of {said}" in out.out and "warning" not in out.err  # (not the 12 of a column no prompt reads)
 
     def run_sft(config):  # the stage's own load of its file, then stop
         load_sft(config.data, load_tokenizer(config.model))
