@@ -9,6 +9,7 @@ _EXTRAS = {
     "jinja2": ("chat", "chat templates"),
     "matplotlib": ("plots", "plots"),
     "openpyxl": ("excel", "reading .xlsx data files"),
+    "xlrd": ("excel", "reading .xls data files"),
     "pyarrow": ("parquet", "reading .parquet data files"),
     "tqdm": ("progress", "progress bars"),
 }

@@ -23,9 +23,8 @@ import zipfile
 from pathlib import Path
 from xml.etree.ElementTree import ParseError, iterparse
 
-from .readers import column_name
 from .records import SPREADSHEET_ERRORS, DataError
-from .sheets import Marks, _as_shown, _blank, _named_sheet, _records, _some, _the_sheet, cell_text, column_letters
+from .sheets import Sheet, _blank, column_letters, sheet_records
 
 APP = "LibreOffice"
 MIMETYPE = "application/vnd.oasis.opendocument.spreadsheet"
@@ -50,38 +49,11 @@ PARAGRAPHS = (_q("text:p"), _q("text:h"))
 SPACE, TAB, BREAK = _q("text:s"), _q("text:tab"), _q("text:line-break")
 
 
-class Sheet:
-    """One sheet of the spreadsheet, as much of openpyxl's worksheet as :mod:`.sheets` asks of one:
-    ``title``, ``sheet_state`` and ``iter_rows(values_only=True)``; ``rows``: ``(row number,
-    values)`` of the rows that are not blank, ``marks``: what the XML says beside the values."""
-
-    def __init__(self, title: str, shown: bool):
-        self.title, self.sheet_state = title, "visible" if shown else "hidden"
-        self.rows: list[tuple[int, tuple]] = []
-        self.marks = Marks([], [], [], [])
-
-    def iter_rows(self, values_only: bool = True):
-        return (values for _, values in self.rows)
-
-
 def read_ods(path: Path, sheet: str | None = None):
     """``(row number, record)`` for each row below the header of the spreadsheet's sheet
     ``sheet`` (None: the one :func:`.sheets.reading_sheet` names, else its one sheet in view that
     holds data), as :func:`.sheets.read_sheet` yields an Excel workbook's."""
-    from .sheets import SHEET
-
-    sheets = _sheets(path)
-    name = sheet or SHEET.get()
-    found = _named_sheet(path, sheets, name) if name else _the_sheet(path, sheets, APP)
-    if found.marks.unsaved:
-        raise DataError(path, None, None, f"sheet {found.title!r}, {_some(found.marks.unsaved, 'cell')}: "
-                        f"{'formulas' if len(found.marks.unsaved) > 1 else 'a formula'} with no saved value, read as "
-                        "empty (a file written by a program that does not calculate); open it in LibreOffice Calc "
-                        "and save it, which saves each formula's value")
-    rows = iter(found.rows)
-    line, header = next(rows, (1, ()))
-    yield from _records(path, found.title, line, [column_name(cell_text(v)) for v in header],
-                        _as_shown(path, found.title, found.marks, line, rows, APP))
+    return sheet_records(path, _sheets(path), sheet, APP, "LibreOffice Calc")
 
 
 def _sheets(path: Path) -> list[Sheet]:

@@ -25,9 +25,10 @@ Row = dict[str, Any]
 RECORDS = "<records>"  # how errors name an in-memory list of records (its "lines" count from 1)
 
 
-# what to do with the spreadsheet formats prefopt does not read (it reads .xlsx and .xlsm: sheets.py; .ods: ods.py)
+# what to do with the spreadsheet formats prefopt does not read (it reads .xlsx and .xlsm: sheets.py; .xls: xls.py;
+# .ods: ods.py)
 _SHEET = " (in Excel or LibreOffice: File > Save As > \"Excel Workbook (.xlsx)\", or \"CSV UTF-8\")"
-SAVE_AS = {".xls": _SHEET, ".xlsb": _SHEET, ".fods": _SHEET,
+SAVE_AS = {".xlsb": _SHEET, ".fods": _SHEET,
            ".numbers": " (in Numbers: File > Export To > Excel, or CSV with Unicode (UTF-8) text encoding)",
            ".txt": " (a table Excel saved as \"Text (Tab delimited)\" or \"Unicode Text\" is a .tsv: rename it so)"}
 
@@ -79,14 +80,14 @@ def plain(v):
     return v
 
 
-FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".xlsx", ".xlsm", ".ods")
-NAMES = ".jsonl, .json, .csv, .tsv, .parquet, .xlsx or .ods"
+FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".xlsx", ".xlsm", ".xls", ".ods")
+NAMES = ".jsonl, .json, .csv, .tsv, .parquet, .xlsx, .xls or .ods"
 DELIMITERS = (",", ";", "\t", "|")  # what a .csv file's header is tried with, in order of preference
 _SEP_LINE = re.compile(r"sep=(.)\r?\n")  # a first line that names the delimiter, which Excel reads
 # A text format's file compressed as a whole (``train.jsonl.gz``, ``notes.csv.xz``): read through
 # the standard library's decompressors.
 COMPRESSIONS = {".gz": gzip, ".bz2": bz2, ".xz": lzma}
-WORKBOOKS = (".xlsx", ".xlsm", ".ods")  # spreadsheets of sheets: Excel's (sheets.py), OpenDocument's (ods.py)
+WORKBOOKS = (".xlsx", ".xlsm", ".xls", ".ods")  # spreadsheets of sheets: Excel's (sheets.py, xls.py), Calc's (ods.py)
 BINARY = (".parquet", *WORKBOOKS)  # formats compressed within: never compressed again
 
 
@@ -167,8 +168,8 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
     from .sheets import SHEET
 
     if (named := sheet or SHEET.get()) and suffix not in WORKBOOKS:
-        raise ValueError(f"{path}: not a workbook (.xlsx, .xlsm or .ods), and a sheet to read was named ({named!r}); "
-                         "name one only where every data file is a workbook")
+        raise ValueError(f"{path}: not a workbook (.xlsx, .xlsm, .xls or .ods), and a sheet to read was named "
+                         f"({named!r}); name one only where every data file is a workbook")
     if suffix in BINARY and compression(path):
         raise ValueError(f"{path}: a {suffix} file compressed again; it compresses itself: decompress it and pass the "
                          f"{suffix} file")
@@ -184,6 +185,10 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
         from .ods import read_ods
 
         yield from read_ods(path, sheet)
+    elif suffix == ".xls":
+        from .xls import read_xls
+
+        yield from read_xls(path, sheet)
     elif suffix in WORKBOOKS:
         from .sheets import read_sheet
 

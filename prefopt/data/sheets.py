@@ -134,6 +134,39 @@ def read_sheet(path: Path, sheet: str | None = None) -> Iterator[tuple[int, dict
         book.close()
 
 
+class Sheet:
+    """A sheet another format's reader read whole (:mod:`.ods`, :mod:`.xls`), as much of openpyxl's
+    worksheet as this module asks of one: ``title``, ``sheet_state`` and ``iter_rows(values_only=
+    True)``; ``rows``: ``(row number, values)`` of the rows that are not blank, each value one
+    :func:`cell_text` takes; ``marks``: what the file says beside the values."""
+
+    def __init__(self, title: str, shown: bool):
+        self.title, self.sheet_state = title, "visible" if shown else "hidden"
+        self.rows: list[tuple[int, tuple]] = []
+        self.marks = Marks([], [], [], [])
+
+    def iter_rows(self, values_only: bool = True):
+        return (values for _, values in self.rows)
+
+
+def sheet_records(path: Path, sheets: list[Sheet], sheet: str | None, app: str, resave: str):
+    """``(row number, record)`` for each row below the header of the sheet of ``sheets`` named
+    ``sheet`` (None: the one :func:`reading_sheet` names, else the one sheet in view that holds
+    data), as :func:`read_sheet` yields an Excel workbook's; ``app``: the application the sheets
+    are shown in, ``resave``: where to open and save a file whose formulas have no saved value."""
+    name = sheet or SHEET.get()
+    found = _named_sheet(path, sheets, name) if name else _the_sheet(path, sheets, app)
+    if found.marks.unsaved:
+        raise DataError(path, None, None, f"sheet {found.title!r}, {_some(found.marks.unsaved, 'cell')}: "
+                        f"{'formulas' if len(found.marks.unsaved) > 1 else 'a formula'} with no saved value, read as "
+                        f"empty (a file written by a program that does not calculate); open it in {resave} and save "
+                        "it, which saves each formula's value")
+    rows = iter(found.rows)
+    line, header = next(rows, (1, ()))
+    yield from _records(path, found.title, line, [column_name(cell_text(v)) for v in header],
+                        _as_shown(path, found.title, found.marks, line, rows, app))
+
+
 def _strict(path: Path) -> bool:
     """Whether the workbook is Strict Open XML (ISO/IEC 29500 Strict, a choice in Excel's Save As):
     its parts name their kinds in namespaces of their own (``http://purl.oclc.org/ooxml/...``),

@@ -456,16 +456,16 @@ def test_a_csvs_delimiter_is_read_off_its_header_and_blank_rows_skipped(tmp_path
     assert len(pairs) == 1
     (tmp_path / "d.txt").write_text("prompt\tcompletion\n")
     with pytest.raises(ValueError, match=r"unknown data format '.txt'; use .jsonl, .json, .csv, .tsv, .parquet, "
-                                         r"\.xlsx or \.ods .* \(a table Excel saved as \"Text \(Tab delimited\)\" or "
-                                         r"\"Unicode Text\" is a \.tsv: rename it so\)$"):
+                                         r"\.xlsx, \.xls or \.ods .* \(a table Excel saved as \"Text \(Tab "
+                                         r"delimited\)\" or \"Unicode Text\" is a \.tsv: rename it so\)$"):
         list(read_rows(tmp_path / "d.txt"))
     unicode_text = "prompt\tcompletion\r\nChest pain?\tED now.\r\n"  # as Excel's "Unicode Text" saves it
     (tmp_path / "d.tsv").write_text(unicode_text, encoding="utf-16")
     assert [r for _, r in read_rows(tmp_path / "d.tsv")] == [{"prompt": "Chest pain?", "completion": "ED now."}]
-    (tmp_path / "notes.xls").write_bytes(b"\xd0\xcf\x11\xe0")  # an old workbook says how to save it as one read
-    with pytest.raises(ValueError, match=r"unknown data format '.xls'; .* \(in Excel or LibreOffice: File > Save As > "
+    (tmp_path / "notes.fods").write_text("<?xml")  # Calc's flat XML says how to save it as a file read
+    with pytest.raises(ValueError, match=r"unknown data format '.fods'; .* \(in Excel or LibreOffice: File > Save As > "
                                          r'"Excel Workbook \(.xlsx\)", or "CSV UTF-8"\)$'):
-        list(read_rows(tmp_path / "notes.xls"))
+        list(read_rows(tmp_path / "notes.fods"))
     (tmp_path / "notes.xlsb").write_bytes(b"PK")  # Excel's binary workbook, and Apple's Numbers
     with pytest.raises(ValueError, match=r"unknown data format '.xlsb'; .* \(in Excel or LibreOffice: File > Save As"):
         list(read_rows(tmp_path / "notes.xlsb"))

@@ -304,8 +304,8 @@ def test_a_sheet_is_chosen_by_name_for_a_read_a_load_a_block_and_a_training_run(
                                         r"\(hidden\)\)"):
         list(read_rows(path, sheet="Val"))
     (tmp_path / "more.csv").write_text("prompt,completion\nq,a\n")
-    with pytest.raises(ValueError, match=r"more.csv: not a workbook \(.xlsx, .xlsm or .ods\), and a sheet to read "
-                                         r"was named \('Train'\)"):
+    with pytest.raises(ValueError, match=r"more.csv: not a workbook \(.xlsx, .xlsm, .xls or .ods\), and a sheet "
+                                         r"to read was named \('Train'\)"):
         load_sft([path, tmp_path / "more.csv"], tok, sheet="Train")
     assert len(load_sft(path, tok, sheet="Train")[0]) == 3 and len(load_sft(path, tok, sheet="TEST")[0]) == 2
     with reading_sheet("Test"):  # (what --sheet does for check-data, make-pairs, eval-nll, eval-pairs)

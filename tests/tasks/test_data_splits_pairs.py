@@ -181,7 +181,7 @@ def test_a_dataset_folder_reads_the_tasks_files_or_names_the_ones_to_pass(tmp_pa
         get_task("meqsum").read(str(tmp_path))
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(FileNotFoundError, match=r"holds no .jsonl, .json, .csv, .tsv, .parquet, .xlsx or .ods\)"):
+    with pytest.raises(FileNotFoundError, match=r"holds no .jsonl, .json, .csv, .tsv, .parquet, .xlsx, .xls or .ods\)"):
         get_task("meqsum").read(str(empty))
 
 
