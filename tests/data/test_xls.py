@@ -105,3 +105,15 @@ def test_an_xlsx_named_xls_and_a_locked_workbook_are_named(tmp_path, monkeypatch
 
 def test_predictions_for_an_xls_are_an_xlsx(tmp_path):
     assert table_format(tmp_path / "inbox.xls") == "xlsx"
+
+
+def test_without_xlrd_an_xls_says_how_to_get_it(tmp_path, monkeypatch):
+    import sys
+
+    from prefopt._deps import MissingDependencyError
+
+    path = write_xls(tmp_path / "n.xls", {"Sheet1": [["a"], ["b"]]})
+    monkeypatch.setitem(sys.modules, "xlrd", None)
+    with pytest.raises(MissingDependencyError, match=r"reading .xls data files needs the optional package 'xlrd'.*"
+                                                     r"pip install 'prefopt\[excel\]'"):
+        list(read_rows(path))
