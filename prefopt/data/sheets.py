@@ -110,10 +110,15 @@ def read_sheet(path: Path, sheet: str | None = None) -> Iterator[tuple[int, dict
     except (zipfile.BadZipFile, KeyError, OSError, ValueError) as e:
         if isinstance(e, FileNotFoundError):
             raise
+        from .xls import SNIFF, disguised
+
         with path.open("rb") as f:
-            ole = f.read(8) == OLE  # not the zip an .xlsx is: a password-protected workbook (or an .xls renamed)
-        why = ("a password-protected workbook (or an .xls file renamed): in Excel, save a copy without the password "
-               "as Excel Workbook (.xlsx)") if ole else f"{type(e).__name__}: {e}"
+            head = f.read(SNIFF)  # not the zip an .xlsx is: a password-protected workbook, an .xls renamed, a table
+        if other := (None if head.startswith(OLE) else disguised(head, path.suffix.lower())):
+            raise DataError(path, None, None, other) from None
+        why = ("a password-protected workbook (or an Excel 97-2003 workbook renamed: name it .xls, which is read): in "
+               "Excel, save a copy without the password as Excel Workbook (.xlsx)") if head.startswith(OLE) else \
+            f"{type(e).__name__}: {e}"
         raise DataError(path, None, None, f"not a readable Excel workbook ({why})") from None
     try:
         for ws in book.worksheets:  # the rows the file has, not those its stated dimensions claim: read-only mode

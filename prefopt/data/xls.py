@@ -41,21 +41,27 @@ def not_a_workbook(path: Path) -> str | None:
         return None
     if head.startswith(b"PK"):
         return "an .xlsx workbook (a zip) named .xls: rename it .xlsx"
+    return disguised(head, ".xls") or "not an Excel 97-2003 workbook (nor a file that an \"Export to Excel\" names so)"
+
+
+def disguised(head: bytes, suffix: str) -> str | None:
+    """What a file named as a workbook (``suffix``) whose first bytes are ``head`` holds where it
+    is a table of another kind, as systems' "Export to Excel" write them, with what to do; else None."""
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 text: its ASCII is enough to tell
         head = head[2:].replace(b"\x00", b"")
     text = head.removeprefix(b"\xef\xbb\xbf").lstrip().lower()
     if b"urn:schemas-microsoft-com:office:spreadsheet" in text or b"progid=\"excel.sheet\"" in text:
-        return f"an XML Spreadsheet 2003 file named .xls, not a workbook: {_SAVE}"
+        return f"an XML Spreadsheet 2003 file named {suffix}, not a workbook: {_SAVE}"
     if text.startswith((b"<html", b"<!doctype", b"<table", b"<meta", b"<?xml", b"<head", b"<body")) \
             or b"<table" in text:
-        return (f"an HTML table named .xls (as many systems' \"Export to Excel\" write one), not a workbook: {_SAVE}, "
-                "or export the table as CSV")
+        return (f"an HTML table named {suffix} (as many systems' \"Export to Excel\" write one), not a workbook: "
+                f"{_SAVE}, or export the table as CSV")
     first = text.split(b"\n", 1)[0]
     if b"\t" in first:
-        return "tab-separated text named .xls, not a workbook: rename it .tsv"
+        return f"tab-separated text named {suffix}, not a workbook: rename it .tsv"
     if b"," in first or b";" in first:
-        return "comma- or semicolon-separated text named .xls, not a workbook: rename it .csv"
-    return "not an Excel 97-2003 workbook (nor a file that an \"Export to Excel\" names so)"
+        return f"comma- or semicolon-separated text named {suffix}, not a workbook: rename it .csv"
+    return None
 
 
 def _sheets(path: Path) -> list[Sheet]:

@@ -454,8 +454,13 @@ def test_a_workbook_that_is_not_one_sheet_of_records_is_refused_by_name(tmp_path
         list(read_rows(tmp_path / "cut.xlsx"))
     (tmp_path / "locked.xlsx").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504))  # as Excel encrypts one
     with pytest.raises(DataError, match=r"locked.xlsx: not a readable Excel workbook \(a password-protected workbook "
-                                        r"\(or an .xls file renamed\): in Excel, save a copy without the password"):
+                                        r"\(or an Excel 97-2003 workbook renamed: name it .xls, which is read\): in "
+                                        r"Excel, save a copy without the password"):
         list(read_rows(tmp_path / "locked.xlsx"))
+    (tmp_path / "export.xlsx").write_bytes(b"<html><table><tr><td>note</td></tr></table></html>")
+    with pytest.raises(DataError, match=r"export.xlsx: an HTML table named .xlsx \(as many systems' \"Export to "
+                                        r"Excel\" write one\), not a workbook: open it in Excel and save it as Excel"):
+        list(read_rows(tmp_path / "export.xlsx"))  # it was "not a readable Excel workbook (BadZipFile: ...)"
     strict = tmp_path / "strict.xlsx"  # Excel's "Strict Open XML Spreadsheet": the ISO namespaces, the same parts
     with zipfile.ZipFile(write_workbook(tmp_path / "plain.xlsx", {"s": [["prompt", "completion"], ["q", "a"]]})) as z, \
             zipfile.ZipFile(strict, "w") as out:
