@@ -73,7 +73,8 @@ def _sheets(path: Path) -> list[Sheet]:
     except (zipfile.BadZipFile, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise
-        raise DataError(path, None, None, f"not a readable OpenDocument spreadsheet ({type(e).__name__}: {e})") from None
+        raise DataError(path, None, None,
+                        f"not a readable OpenDocument spreadsheet ({type(e).__name__}: {e})") from None
 
 
 def _read(path: Path, f) -> list[Sheet]:
@@ -81,7 +82,7 @@ def _read(path: Path, f) -> list[Sheet]:
     hidden_styles: set[str] = set()
     sheets: list[Sheet] = []
     current: Sheet | None = None
-    depth, number, cells = 0, 0, []  # tables open (one: a sheet's), the row number so far, the row's (value, count)s
+    depth, number, cells = 0, 0, _Runs()  # tables open (1: in a sheet), the row number so far, the row's cells
     try:
         for event, el in iterparse(f, events=("start", "end")):
             if el.tag == TABLE:
@@ -96,7 +97,7 @@ def _read(path: Path, f) -> list[Sheet]:
                     el.clear()
             elif event == "start" or depth > 1:  # (a table within a cell: read as that cell's nothing)
                 if el.tag == ROW and depth == 1:
-                    cells = []
+                    cells = _Runs()
             elif current is None:
                 if el.tag == _q("style:style") and el.get(_q("style:family")) == "table":
                     props = el.find(_q("style:table-properties"))
@@ -113,11 +114,11 @@ def _read(path: Path, f) -> list[Sheet]:
     return sheets
 
 
-def _cell(sheet: Sheet, el, number: int, cells: list) -> None:
+def _cell(sheet: Sheet, el, number: int, cells: _Runs) -> None:
     """The cell ``el`` of row ``number`` appended to ``cells`` as a ``(value, count)`` run; a
     formula without a saved value, or a value merged down over rows, noted in ``sheet.marks``."""
-    count = min(int(el.get(_q("table:number-columns-repeated")) or 1), MAX_COLUMNS)
-    column = sum(c for _, c in cells)
+    column = cells.width
+    count = max(0, min(int(el.get(_q("table:number-columns-repeated")) or 1), MAX_COLUMNS - column))
     value = None if el.tag == COVERED else _value(el)
     if value is _UNSAVED:
         sheet.marks.unsaved.append(f"{column_letters(column)}{number}")
@@ -128,6 +129,14 @@ def _cell(sheet: Sheet, el, number: int, cells: list) -> None:
         ref = f"{column_letters(column)}{number}:{column_letters(column + columns - 1)}{number + rows - 1}"
         sheet.marks.merged.append((ref, column, number, number + rows - 1))
     cells.append((value, count))
+    cells.width += count
+
+
+class _Runs(list):
+    """A row's cells as ``(value, count)`` runs, as Calc writes equal neighbours once; ``width``:
+    the columns they cover so far."""
+
+    width = 0
 
 
 _UNSAVED = object()  # a formula cell that holds no value
@@ -204,7 +213,7 @@ def _inline(el) -> str:
     return "".join(out)
 
 
-def _row(sheet: Sheet, el, number: int, cells: list) -> int:
+def _row(sheet: Sheet, el, number: int, cells: _Runs) -> int:
     """The row ``el`` (its cells read into ``cells``), repeated as it says, into ``sheet``: each
     copy numbered on from ``number``; blank ones only counted. Returns the last row's number."""
     repeat = int(el.get(_q("table:number-rows-repeated")) or 1)

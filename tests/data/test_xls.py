@@ -72,13 +72,14 @@ def test_sheets_hidden_rows_merges_and_errors_are_read_as_for_an_xlsx(tmp_path, 
 
 
 @pytest.mark.parametrize("head, said", [
-    (b"<html><body><table><tr><td>prompt</td></tr></table>", r"an HTML table named .xls \(as many systems' \"Export "
-                                                             r"to Excel\" write one\), not a workbook: open it in Excel"),
+    (b"<html><body><table><tr><td>prompt</td></tr></table>",
+     r"an HTML table named .xls \(as many systems' \"Export to Excel\" write one\), not a workbook: open it in Excel"),
     ("\ufeff<table border=1><tr><th>note</th></tr>".encode("utf-16"), r"an HTML table named .xls"),
     (b'<?xml version="1.0"?>\n<?mso-application progid="Excel.Sheet"?>\n<Workbook xmlns="urn:schemas-microsoft-com:'
      b'office:spreadsheet">', r"an XML Spreadsheet 2003 file named .xls, not a workbook: open it in Excel and save"),
     (b"prompt\tcompletion\nChest pain\tED\n", r"tab-separated text named .xls, not a workbook: rename it .tsv"),
-    (b"prompt;completion\nChest pain;ED\n", r"comma- or semicolon-separated text named .xls, not a workbook: rename it .csv"),
+    (b"prompt;completion\nChest pain;ED\n",
+     r"comma- or semicolon-separated text named .xls, not a workbook: rename it .csv"),
     (b"\x00\x01\x02garbage", r"not an Excel 97-2003 workbook \(nor a file that an \"Export to Excel\" names so\)"),
     (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(600), r"not a readable Excel 97-2003 workbook \(")])
 def test_a_file_named_xls_that_is_no_workbook_says_what_it_is(tmp_path, head, said):
