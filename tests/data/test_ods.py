@@ -63,6 +63,10 @@ def test_calcs_repeats_are_read_as_the_rows_and_cells_they_stand_for(tmp_path):
     assert got == [(2, {"id": "7", "text": "same", "label": "x"}), (3, {"id": "7", "text": "same", "label": "x"}),
                    (4, {"id": "9", "text": "", "label": "y"}), (5, {"id": "", "text": "", "label": "z"}),
                    (11, {"id": "11", "text": "last", "label": ""})]
+    wide = _row(ods_cell("1"), '<table:table-cell table:number-columns-repeated="30000" office:value-type="string">'
+                '<text:p>y</text:p></table:table-cell>', ods_cell("past"))
+    (sheet,) = _sheets(write_ods(tmp_path / "wide.ods", {"Sheet1": [["id"], wide]}))
+    assert len(sheet.rows[1][1]) == 16384 and sheet.rows[1][1][-1] == "y"  # cut at Calc's last column
 
 
 def test_a_comment_on_a_cell_is_not_its_text_and_styled_runs_are(tmp_path):
