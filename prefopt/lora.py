@@ -29,7 +29,7 @@ from torch import nn
 
 from . import lora_experts
 from .lora_ops import dora_linear, lora_linear
-from .quant import PROJECTIONS, STAYS_MERGED, QuantLinear
+from .quant import FUSED, PROJECTIONS, STAYS_MERGED, QuantLinear
 
 DEFAULT_TARGETS = PROJECTIONS  # every attention and MLP projection
 ALL_LINEAR = "all-linear"  # PEFT's name for every linear layer but the output head
@@ -390,6 +390,7 @@ def apply_lora(
             warnings.warn(f"LoRA: {', '.join(dropped)} name this model's experts (a mixture of experts), which get "
                           "no adapter, nor does their router (nor a dense layer's MLP: PEFT reads those names as "
                           "the experts'); the adapter covers the attention", stacklevel=2)
+    target_modules = _fused_targets(target_modules, linear)
     if ALL_LINEAR in target_modules:  # PEFT's shorthand: every linear layer but the output head
         target_modules = tuple(dict.fromkeys([*(t for t in target_modules if t != ALL_LINEAR),
                                               *sorted(linear - {"lm_head"})]))
@@ -423,6 +424,24 @@ def apply_lora(
 
 
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+
+
+def _fused_targets(targets: tuple[str, ...], linear: set[str]) -> tuple[str, ...]:
+    """``targets`` on a model whose layers hold several projections in one (Phi-3's ``qkv_proj``
+    and ``gate_up_proj``: :data:`prefopt.quant.FUSED`): a projection's name (the default targets,
+    ``--lora-targets q_proj,v_proj``) stands for the layer that holds it, whose adapter covers all
+    of it, as PEFT's on such a model must; said where only part of a layer was named."""
+    fused = {t: FUSED[t] for t in targets if t not in linear and FUSED.get(t) in linear}
+    if not fused:
+        return targets
+    for layer in dict.fromkeys(fused.values()):
+        named = [t for t, f in fused.items() if f == layer]
+        whole = [t for t, f in FUSED.items() if f == layer]
+        if len(named) < len(whole):
+            warnings.warn(f"LoRA: {', '.join(named)} {'is' if len(named) == 1 else 'are'} part of this model's "
+                          f"{layer} (one layer for {', '.join(whole)}): the adapter goes on the whole {layer}, as "
+                          "PEFT's would", stacklevel=3)
+    return tuple(dict.fromkeys(fused.get(t, t) for t in targets))
 
 
 def _without_adapters(model: nn.Module) -> tuple[str, ...]:

@@ -195,6 +195,8 @@ def quantize_model(model: nn.Module, target_modules: Iterable[str], kind: str = 
 
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+FUSED = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj", "gate_proj": "gate_up_proj",
+         "up_proj": "gate_up_proj"}  # Phi-3's layers that hold several projections, by the projections' names
 MIXTRAL_EXPERTS = ("w1", "w3", "w2")  # Mixtral's experts' gate, up and down projections (Qwen3-MoE's: *_proj)
 
 
@@ -209,7 +211,8 @@ def quantized_layers(adapted: Iterable[str] = ()) -> tuple[str, ...]:
     layer an adapter adapts (QLoRA quantizes the whole base, not only what the adapter touches),
     but the lm_head: the output head stays in full precision, as bitsandbytes and transformers
     leave it, since the logits are read from it (an adapter on it trains as on any full layer)."""
-    return tuple(dict.fromkeys([*PROJECTIONS, *MIXTRAL_EXPERTS, *(a for a in adapted if a not in KEPT_PRECISE)]))
+    return tuple(dict.fromkeys([*PROJECTIONS, *FUSED.values(), *MIXTRAL_EXPERTS,
+                                *(a for a in adapted if a not in KEPT_PRECISE)]))
 
 
 def is_quantized(model: nn.Module) -> bool:

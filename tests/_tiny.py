@@ -143,7 +143,8 @@ def hf_config(arch: str = "llama", **overrides):
            "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config,
            "smollm3": transformers.SmolLM3Config, "gemma3": transformers.Gemma3TextConfig,
            "qwen3_moe": transformers.Qwen3MoeConfig, "mixtral": transformers.MixtralConfig,
-           "qwen2_moe": transformers.Qwen2MoeConfig, "olmoe": transformers.OlmoeConfig}[arch]
+           "qwen2_moe": transformers.Qwen2MoeConfig, "olmoe": transformers.OlmoeConfig,
+           "phi3": transformers.Phi3Config}[arch]
     if arch == "qwen3_moe":  # layer 0 a mixture of 4 experts (2 a token), layer 1 a dense MLP
         base.update(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
                     decoder_sparse_step=1, mlp_only_layers=[1])
@@ -158,6 +159,10 @@ def hf_config(arch: str = "llama", **overrides):
         base["head_dim"] = 16  # transformers' default is 128
     if arch == "mistral":
         base["sliding_window"] = None
+    if arch == "phi3":  # LongRoPE from a pretrained context of 16 (so a 29-token test takes the long factors)
+        base.update(original_max_position_embeddings=16, rope_scaling={
+            "rope_type": "longrope", "short_factor": [1.0 + 0.15 * i for i in range(8)],
+            "long_factor": [1.5 + 0.4 * i for i in range(8)]})
     if arch == "smollm3":  # four layers, the last without RoPE (transformers' default: every fourth)
         base.update(num_hidden_layers=4, tie_word_embeddings=True)
     if arch == "gemma3":  # one sliding layer (window 4, local RoPE base) and one full one (linear scaling)

@@ -26,6 +26,7 @@ SUPPORTED_ARCHITECTURES = {
     "qwen2_moe": "Qwen2MoeForCausalLM",
     "olmoe": "OlmoeForCausalLM",
     "mixtral": "MixtralForCausalLM",
+    "phi3": "Phi3ForCausalLM",
 }
 SLIDING, FULL = "sliding_attention", "full_attention"  # Gemma 3's layer types
 # transformers' Gemma3TextConfig defaults: an image+text Gemma 3 config.json (Gemma3ForConditionalGeneration)
@@ -37,7 +38,7 @@ GEMMA3_TEXT_DEFAULTS = {
     "tie_word_embeddings": True, "attention_bias": False, "query_pre_attn_scalar": 256, "sliding_window": 4096,
     "rope_theta": 1_000_000.0, "rope_local_base_freq": 10000.0, "sliding_window_pattern": 6,
 }
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 MOE = ("qwen3_moe", "qwen2_moe", "olmoe", "mixtral")  # mixtures of experts (transformer.SparseMoE)
 
 
@@ -86,6 +87,8 @@ class ModelConfig:
     # Qwen2-MoE (Qwen1.5-MoE, Qwen2-57B-A14B): beside the routed experts, one shared expert of this size that
     # every token goes through, its output scaled by sigmoid(shared_expert_gate(x))
     shared_expert_intermediate_size: int | None = None
+    # RoPE on the first fraction of each head's dimensions only, the rest passed through (Phi-4-mini: 0.75)
+    partial_rotary_factor: float = 1.0
     # "gemma3": read from an image+text checkpoint, whose language model's tensors carry its prefix
     text_model_of: str | None = field(default=None, compare=False)
     # the file's own dict, kept so a save writes back what was read
@@ -95,7 +98,8 @@ class ModelConfig:
         if self.model_type not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModelError(
                 f"unsupported model_type {self.model_type!r}: prefopt implements "
-                f"{sorted(SUPPORTED_ARCHITECTURES)} (Llama 2/3, Mistral, Mixtral, OLMoE, Qwen2/3, Qwen2-MoE, Qwen3-MoE, SmolLM2/3, Gemma 3)"
+                f"{sorted(SUPPORTED_ARCHITECTURES)} (Llama 2/3, Mistral, Mixtral, OLMoE, Qwen2/3, Qwen2-MoE, "
+                "Qwen3-MoE, SmolLM2/3, Gemma 3, Phi-3/3.5/4-mini)"
             )
         act = "gelu_pytorch_tanh" if self.gemma else "silu"
         if self.hidden_act != act:
@@ -121,6 +125,20 @@ class ModelConfig:
             raise UnsupportedModelError(
                 f"unsupported rope_scaling type {rope_type!r}: prefopt implements {SUPPORTED_ROPE_TYPES}"
             )
+        if not 0 < self.partial_rotary_factor <= 1 or self.rotary_dim % 2:
+            raise UnsupportedModelError(f"partial_rotary_factor={self.partial_rotary_factor}: RoPE on "
+                                        f"{self.rotary_dim} of {self.head_dim} dimensions (a positive even number)")
+
+    @property
+    def rotary_dim(self) -> int:
+        """The dimensions of each head that RoPE rotates (the first; all but where partial_rotary_factor < 1)."""
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def fused_projections(self) -> bool:
+        """Phi-3's layout: one ``qkv_proj`` for the queries, keys and values, one ``gate_up_proj``
+        for the MLP's gate and up projections (each the parts stacked in that order)."""
+        return self.model_type == "phi3"
 
     @property
     def qk_norm(self) -> bool:
@@ -211,6 +229,8 @@ class ModelConfig:
             kw.update(_mixtral(d))
         elif model_type == "olmoe":
             kw.update(_olmoe(d))
+        elif model_type == "phi3":
+            kw.update(_phi3(d, kw["rope_scaling"]))
         elif model_type in ("qwen2", "qwen3", "qwen3_moe", "qwen2_moe"):
             if model_type == "qwen2":
                 kw["attention_bias"] = True  # q/k/v projections always carry a bias
@@ -279,6 +299,8 @@ class ModelConfig:
                      moe_intermediate_size=self.moe_intermediate_size, norm_topk_prob=self.norm_topk_prob,
                      decoder_sparse_step=self.decoder_sparse_step, mlp_only_layers=self.mlp_only_layers or [])
             d.pop("num_local_experts", None)
+        if self.model_type == "phi3":
+            d.update(partial_rotary_factor=self.partial_rotary_factor, sliding_window=self.sliding_window)
         if self.model_type == "qwen2_moe":
             d.update(shared_expert_intermediate_size=self.shared_expert_intermediate_size, qkv_bias=self.attention_bias)
         if self.gemma:  # what a config built from a GGUF file has in no raw dict
@@ -303,6 +325,25 @@ def _olmoe(d: dict[str, Any]) -> dict[str, Any]:
         raise UnsupportedModelError(f"olmoe: clip_qkv={d['clip_qkv']} (clamping q, k and v) is not supported")
     return {"num_experts": d.get("num_experts"), "moe_intermediate_size": d.get("intermediate_size"),
             "norm_topk_prob": bool(d.get("norm_topk_prob", False)), "sliding_window": None}
+
+
+def _phi3(d: dict[str, Any], scaling: dict[str, Any] | None) -> dict[str, Any]:
+    """Phi-3's settings (Phi-3, Phi-3.5 and Phi-4-mini): LongRoPE (its config's ``su`` and
+    ``yarn`` read as transformers reads them, as ``longrope``) with the pretrained context it
+    scales from, RoPE on a fraction of each head, the sliding window; no biases. Dropout, which
+    its configs set to 0, is refused where it is not."""
+    for key in ("resid_pdrop", "embd_pdrop", "attention_dropout"):
+        if d.get(key):
+            raise UnsupportedModelError(f"phi3: {key}={d[key]} (dropout in the model) is not supported; set it to 0")
+    rope = dict(scaling or {})
+    if rope.get("rope_type", rope.get("type")) in ("su", "yarn", "longrope"):
+        rope.pop("type", None)
+        rope["rope_type"] = "longrope"
+        rope.setdefault("original_max_position_embeddings",
+                        d.get("original_max_position_embeddings", d.get("max_position_embeddings")))
+    rp = d.get("rope_parameters") or {}
+    return dict(rope_scaling=rope or None, sliding_window=d.get("sliding_window"),
+                partial_rotary_factor=float(rp.get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0))))
 
 
 def _mixtral(d: dict[str, Any]) -> dict[str, Any]:

@@ -178,6 +178,18 @@ def _first_step(model, prompts: Sequence[Sequence[int]], ids: torch.Tensor, mask
     return cache, ids, mask
 
 
+def _past_pretrained_context(model, cache: KVCache, mask: torch.Tensor) -> bool:
+    """Whether the next step crosses a LongRoPE model's pretrained context (Phi-3's
+    ``original_max_position_embeddings``): its furthest position is past it while the cache holds
+    entries made within it, with the short factors. The whole sequence then runs again with the
+    long ones, as transformers' Phi-3 drops its cache there, so that the answer is the one a
+    model without a cache gives. ``mask``: the attention mask with the step's tokens."""
+    long_from = getattr(model, "_long_from", None)
+    if long_from is None or cache.length == 0:
+        return False
+    return int(mask[:, :cache.length].sum(1).max()) <= long_from < int(mask.sum(1).max())
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -258,7 +270,14 @@ def generate(
         guard = RepeatGuard(prompts, model.output_weight.shape[0], repetition_penalty=repetition_penalty,
                             no_repeat_ngram_size=no_repeat_ngram_size, scope=repeat_scope, device=device)
         live = list(range(B))  # the prompt each batch row answers; finished rows leave the batch
-        for _ in range(max_new_tokens):
+        seq = ids  # each row's tokens so far, what a rebuild of the cache runs (_past_pretrained_context)
+        for step in range(max_new_tokens):
+            if _past_pretrained_context(model, cache, mask):
+                cache = KVCache(model.config, len(live), seq.shape[1] + max_new_tokens - step, dtype=cache.k[0].dtype,
+                                device=device)
+                step_ids = seq
+                if prompt_cache is not None:  # (a stop now leaves it holding nothing it has not rebuilt)
+                    prompt_cache.cache, prompt_cache.ids = cache, []
             h = model(step_ids, mask, kv_cache=cache, return_hidden=True)[:, -1]  # (rows, D)
             logits = model.logits(h).float()  # (rows, V)
             if guard.active:
@@ -280,12 +299,13 @@ def generate(
             if bool(done.all()):
                 break
             step_ids = nxt[:, None]
+            seq = torch.cat([seq, step_ids], dim=1)
             mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=1)
             if compact and int(done.sum()) * COMPACT_AT >= len(live):
                 keep = (~done).nonzero().flatten()
                 cache.select(keep)
                 guard.select(keep.tolist())
-                mask, step_ids, done = mask[keep], step_ids[keep], done[keep]
+                mask, step_ids, done, seq = mask[keep], step_ids[keep], done[keep], seq[keep]
                 gen = None if gen is None else [gen[j] for j in keep.tolist()]
                 live = [live[j] for j in keep.tolist()]
         if prompt_cache is not None:  # the cache holds the prompt and every new token but the last (never run)

@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
 from .kv_cache import KVCache
-from .rope import apply_rope, rope_cos_sin, rope_inv_freq
+from .rope import apply_rope, longrope_from, rope_attention_factor, rope_cos_sin, rope_inv_freq
 from .swiglu import geglu, swiglu
 
 
@@ -123,9 +123,13 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.n_head, self.n_kv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         D, b = cfg.hidden_size, cfg.attention_bias
-        self.q_proj = nn.Linear(D, self.n_head * self.hd, bias=b)
-        self.k_proj = nn.Linear(D, self.n_kv * self.hd, bias=b)
-        self.v_proj = nn.Linear(D, self.n_kv * self.hd, bias=b)
+        self.fused = cfg.fused_projections
+        if self.fused:  # Phi-3: the three in one, as its checkpoints (and PEFT's adapters for them) name it
+            self.qkv_proj = nn.Linear(D, (self.n_head + 2 * self.n_kv) * self.hd, bias=b)
+        else:
+            self.q_proj = nn.Linear(D, self.n_head * self.hd, bias=b)
+            self.k_proj = nn.Linear(D, self.n_kv * self.hd, bias=b)
+            self.v_proj = nn.Linear(D, self.n_kv * self.hd, bias=b)
         # attention_bias puts a bias on o_proj too, but in Qwen2, Qwen2-MoE (q/k/v only) and Mistral
         self.o_proj = nn.Linear(self.n_head * self.hd, D,
                                 bias=cfg.attention_bias and cfg.model_type not in ("qwen2", "qwen2_moe", "mistral"))
@@ -141,12 +145,15 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, kv_cache: KVCache | None = None):
         B, T, _ = x.shape
-        q, k = self.q_proj(x), self.k_proj(x)
+        if self.fused:
+            q, k, v = self.qkv_proj(x).split([self.n_head * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], -1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.whole_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
         if self.head_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if cos is not None:  # None: a layer without positions (SmolLM3's NoPE layers)
@@ -169,12 +176,18 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, size: int | None = None):
         super().__init__()
         D, F_, b = cfg.hidden_size, size or cfg.intermediate_size, cfg.mlp_bias
-        self.gate_proj = nn.Linear(D, F_, bias=b)
-        self.up_proj = nn.Linear(D, F_, bias=b)
+        self.fused = cfg.fused_projections
+        if self.fused:  # Phi-3: the gate's rows, then the up projection's, in one
+            self.gate_up_proj = nn.Linear(D, 2 * F_, bias=b)
+        else:
+            self.gate_proj = nn.Linear(D, F_, bias=b)
+            self.up_proj = nn.Linear(D, F_, bias=b)
         self.down_proj = nn.Linear(F_, D, bias=b)
         self.geglu = cfg.gemma
 
     def forward(self, x):
+        if self.fused:
+            return self.down_proj(swiglu(*self.gate_up_proj(x).chunk(2, dim=-1)))
         if self.geglu:
             return self.down_proj(geglu(self.gate_proj(x), self.up_proj(x)))
         return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
@@ -287,6 +300,9 @@ class Transformer(nn.Module):
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.gradient_checkpointing = False
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        self._long_from, self._rope_scale = longrope_from(cfg), rope_attention_factor(cfg)
+        if self._long_from is not None:  # LongRoPE (Phi-3): other frequencies past the pretrained context
+            self.register_buffer("inv_freq_long", rope_inv_freq(cfg, long=True), persistent=False)
         if cfg.local_rope_theta is not None:  # Gemma 3's sliding layers: their own RoPE base, no scaling
             self.register_buffer("inv_freq_local", rope_inv_freq(cfg, local=True), persistent=False)
         self._windows = [cfg.window(i) for i in range(cfg.num_hidden_layers)]
@@ -376,7 +392,7 @@ class Transformer(nn.Module):
         x = self.model.embed_tokens(input_ids)  # (B, T, D)
         if self.config.gemma:  # the scale rounded to the model's dtype first, as Gemma's own code does
             x = x * torch.tensor(self.config.hidden_size ** 0.5, dtype=x.dtype)
-        rope = {False: rope_cos_sin(self.inv_freq, position_ids, x.dtype)}
+        rope = {False: self._rotary(position_ids, x.dtype, masks if packed is not None and not packed_start else None)}
         if any(self._local):
             rope[True] = rope_cos_sin(self.inv_freq_local, position_ids, x.dtype)
         ckpt = self._checkpointed() if self.training and torch.is_grad_enabled() else range(0)
@@ -391,6 +407,25 @@ class Transformer(nn.Module):
             kv_cache.advance(T)
         h = self.model.norm(x)
         return h if return_hidden else self.logits(h)
+
+    def _rotary(self, position_ids: torch.Tensor, dtype: torch.dtype, packed: dict | None) -> tuple:
+        """cos and sin at ``position_ids``. LongRoPE (Phi-3) takes its long factors where the
+        furthest position is past the pretrained context, as transformers chooses them for a batch;
+        sequences ``packed`` in a row (their :class:`Packed` masks) each by their own furthest, as
+        each would run alone. Chosen on the device (no sync; a memory estimate's fake tensors hold
+        no positions to read)."""
+        short = rope_cos_sin(self.inv_freq, position_ids, dtype, self._rope_scale)
+        if self._long_from is None or not position_ids.numel():
+            return short
+        long = rope_cos_sin(self.inv_freq_long, position_ids, dtype, self._rope_scale)
+        if packed is None:
+            past = position_ids.max() + 1 > self._long_from
+        else:
+            ends = torch.zeros_like(position_ids[0])
+            for a, b, _, _ in next(iter(packed.values())).spans:
+                ends[a:b] = position_ids[0, a:b].max() + 1
+            past = (ends > self._long_from)[None, :, None]
+        return torch.where(past, long[0], short[0]), torch.where(past, long[1], short[1])
 
     def checkpointed_layers(self) -> int:
         """How many layers recompute their activations in the backward (``gradient_checkpointing``:

@@ -32,6 +32,11 @@ FAMILIES = {
     "qwen2-moe-normalised": dict(arch="qwen2_moe", norm_topk_prob=True, mlp_only_layers=[]),
     "olmoe": dict(arch="olmoe"),  # q/k norms over the whole projections
     "olmoe-normalised": dict(arch="olmoe", norm_topk_prob=True),
+    "phi3": dict(arch="phi3"),  # fused qkv_proj and gate_up_proj, LongRoPE (tests/model/test_phi3.py)
+    "phi3-partial-tied": dict(arch="phi3", partial_rotary_factor=0.75, tie_word_embeddings=True, head_dim=16,
+                              rope_scaling={"rope_type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(6)],
+                                            "long_factor": [2.0 + 0.5 * i for i in range(6)]}),  # as Phi-4-mini
+    "phi3-4k": dict(arch="phi3", rope_scaling=None, sliding_window=7),  # as Phi-3-mini-4k: no scaling, a window
 }
 
 
