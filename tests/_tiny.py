@@ -144,7 +144,7 @@ def hf_config(arch: str = "llama", **overrides):
            "smollm3": transformers.SmolLM3Config, "gemma3": transformers.Gemma3TextConfig,
            "qwen3_moe": transformers.Qwen3MoeConfig, "mixtral": transformers.MixtralConfig,
            "qwen2_moe": transformers.Qwen2MoeConfig, "olmoe": transformers.OlmoeConfig,
-           "phi3": transformers.Phi3Config}[arch]
+           "phi3": transformers.Phi3Config, "olmo2": transformers.Olmo2Config}[arch]
     if arch == "qwen3_moe":  # layer 0 a mixture of 4 experts (2 a token), layer 1 a dense MLP
         base.update(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
                     decoder_sparse_step=1, mlp_only_layers=[1])

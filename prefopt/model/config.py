@@ -27,6 +27,7 @@ SUPPORTED_ARCHITECTURES = {
     "olmoe": "OlmoeForCausalLM",
     "mixtral": "MixtralForCausalLM",
     "phi3": "Phi3ForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
 }
 SLIDING, FULL = "sliding_attention", "full_attention"  # Gemma 3's layer types
 # transformers' Gemma3TextConfig defaults: an image+text Gemma 3 config.json (Gemma3ForConditionalGeneration)
@@ -99,7 +100,7 @@ class ModelConfig:
             raise UnsupportedModelError(
                 f"unsupported model_type {self.model_type!r}: prefopt implements "
                 f"{sorted(SUPPORTED_ARCHITECTURES)} (Llama 2/3, Mistral, Mixtral, OLMoE, Qwen2/3, Qwen2-MoE, "
-                "Qwen3-MoE, SmolLM2/3, Gemma 3, Phi-3/3.5/4-mini)"
+                "Qwen3-MoE, SmolLM2/3, Gemma 3, Phi-3/3.5/4-mini, OLMo 2)"
             )
         act = "gelu_pytorch_tanh" if self.gemma else "silu"
         if self.hidden_act != act:
@@ -147,8 +148,15 @@ class ModelConfig:
 
     @property
     def qk_norm_whole(self) -> bool:
-        """An RMSNorm over the whole query and key projections, all heads at once (OLMoE)."""
-        return self.model_type == "olmoe"
+        """An RMSNorm over the whole query and key projections, all heads at once (OLMoE, OLMo 2)."""
+        return self.model_type in ("olmoe", "olmo2")
+
+    @property
+    def post_norms(self) -> bool:
+        """OLMo 2's layout: no norm before attention or the MLP, one on each one's output before it
+        joins the residual (``post_attention_layernorm``, ``post_feedforward_layernorm``), each
+        multiplying by its weight in fp32."""
+        return self.model_type == "olmo2"
 
     def sparse(self, layer: int) -> bool:
         """Whether layer ``layer``'s MLP is a mixture of experts."""
@@ -227,7 +235,7 @@ class ModelConfig:
             kw.update(_smollm3(d))
         elif model_type == "mixtral":
             kw.update(_mixtral(d))
-        elif model_type == "olmoe":
+        elif model_type in ("olmoe", "olmo2"):
             kw.update(_olmoe(d))
         elif model_type == "phi3":
             kw.update(_phi3(d, kw["rope_scaling"]))
@@ -320,9 +328,13 @@ def no_rope_every(n_layers: int, every: int) -> list[int]:
 def _olmoe(d: dict[str, Any]) -> dict[str, Any]:
     """OLMoE's settings: every layer a mixture of ``num_experts`` experts of ``intermediate_size``
     (top-k weights not renormalised unless ``norm_topk_prob``), q/k norms over the whole
-    projections; its ``clip_qkv`` (clamping q, k, v) is refused, as no released OLMoE sets it."""
+    projections; its ``clip_qkv`` (clamping q, k, v) is refused, as no released OLMoE sets it.
+    OLMo 2's, dense: the q/k norms, the same refusal, no sliding window."""
     if d.get("clip_qkv") is not None:
-        raise UnsupportedModelError(f"olmoe: clip_qkv={d['clip_qkv']} (clamping q, k and v) is not supported")
+        raise UnsupportedModelError(f"{d['model_type']}: clip_qkv={d['clip_qkv']} (clamping q, k and v) is not "
+                                    "supported")
+    if d["model_type"] == "olmo2":
+        return {"sliding_window": None}
     return {"num_experts": d.get("num_experts"), "moe_intermediate_size": d.get("intermediate_size"),
             "norm_topk_prob": bool(d.get("norm_topk_prob", False)), "sliding_window": None}
 

@@ -41,12 +41,13 @@ from .swiglu import geglu, swiglu
 
 
 class RMSNorm(nn.Module):
-    """``weight * x / rms(x)``; ``gemma``: ``(1 + weight) * x / rms(x)`` (weights stored as offsets
-    from 1, zeros at init), multiplied in fp32 before the cast back, as Gemma's."""
+    """``weight * x / rms(x)``, the weight applied after the cast back to ``x``'s dtype, as Llama's;
+    ``wide``: before it, in fp32, as OLMo 2's; ``gemma``: ``(1 + weight) * x / rms(x)`` (weights
+    stored as offsets from 1, zeros at init), also in fp32, as Gemma's."""
 
-    def __init__(self, dim: int, eps: float, gemma: bool = False):
+    def __init__(self, dim: int, eps: float, gemma: bool = False, wide: bool = False):
         super().__init__()
-        self.eps, self.gemma = eps, gemma
+        self.eps, self.gemma, self.wide = eps, gemma, wide
         self.weight = nn.Parameter(torch.zeros(dim) if gemma else torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,6 +55,8 @@ class RMSNorm(nn.Module):
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.gemma:
             return (h * (1.0 + self.weight.float())).to(x.dtype)
+        if self.wide:
+            return (self.weight * h).to(x.dtype)
         return self.weight * h.to(x.dtype)
 
 
@@ -140,8 +143,8 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps, gemma=cfg.gemma)
             self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps, gemma=cfg.gemma)
         if self.whole_qk_norm:
-            self.q_norm = RMSNorm(self.n_head * self.hd, cfg.rms_norm_eps)
-            self.k_norm = RMSNorm(self.n_kv * self.hd, cfg.rms_norm_eps)
+            self.q_norm = RMSNorm(self.n_head * self.hd, cfg.rms_norm_eps, wide=cfg.post_norms)
+            self.k_norm = RMSNorm(self.n_kv * self.hd, cfg.rms_norm_eps, wide=cfg.post_norms)
 
     def forward(self, x, cos, sin, mask, kv_cache: KVCache | None = None):
         B, T, _ = x.shape
@@ -253,18 +256,23 @@ class SparseMoE(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
-        g = cfg.gemma
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, g)
+        g, self.post_only = cfg.gemma, cfg.post_norms
+        if not self.post_only:  # (OLMo 2 has none before the attention)
+            self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, g)
         self.self_attn = Attention(cfg, layer_idx)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, g)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, g, wide=self.post_only)
         if g:
             self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, g)
-            self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, g)
+        if g or self.post_only:
+            self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, g, wide=self.post_only)
         self.ffn_name = cfg.ffn_name  # "mlp"; Mixtral's "block_sparse_moe"
         setattr(self, self.ffn_name, SparseMoE(cfg) if cfg.sparse(layer_idx) else MLP(cfg))
 
     def forward(self, x, cos, sin, mask, kv_cache=None):
         ffn = getattr(self, self.ffn_name)
+        if self.post_only:  # OLMo 2: each sublayer's output normed, then added
+            x = x + self.post_attention_layernorm(self.self_attn(x, cos, sin, mask, kv_cache))
+            return x + self.post_feedforward_layernorm(ffn(x))
         if hasattr(self, "pre_feedforward_layernorm"):  # Gemma 3: norms around both sublayers
             x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache))
             return x + self.post_feedforward_layernorm(ffn(self.pre_feedforward_layernorm(x)))
@@ -280,7 +288,7 @@ class Backbone(nn.Module):
         if not self.embed_tokens.weight.is_meta:
             nn.init.normal_(self.embed_tokens.weight)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.gemma)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.gemma, wide=cfg.post_norms)
 
 
 class Transformer(nn.Module):

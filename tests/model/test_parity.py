@@ -37,6 +37,8 @@ FAMILIES = {
                               rope_scaling={"rope_type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(6)],
                                             "long_factor": [2.0 + 0.5 * i for i in range(6)]}),  # as Phi-4-mini
     "phi3-4k": dict(arch="phi3", rope_scaling=None, sliding_window=7),  # as Phi-3-mini-4k: no scaling, a window
+    "olmo2": dict(arch="olmo2"),  # norms after attention and MLP only, q/k norms over the whole projections
+    "olmo2-tied-bias": dict(arch="olmo2", tie_word_embeddings=True, attention_bias=True),
 }
 
 
