@@ -144,7 +144,8 @@ def hf_config(arch: str = "llama", **overrides):
            "smollm3": transformers.SmolLM3Config, "gemma3": transformers.Gemma3TextConfig,
            "qwen3_moe": transformers.Qwen3MoeConfig, "mixtral": transformers.MixtralConfig,
            "qwen2_moe": transformers.Qwen2MoeConfig, "olmoe": transformers.OlmoeConfig,
-           "phi3": transformers.Phi3Config, "olmo2": transformers.Olmo2Config}[arch]
+           "phi3": transformers.Phi3Config, "olmo2": transformers.Olmo2Config,
+           "granite": transformers.GraniteConfig}[arch]
     if arch == "qwen3_moe":  # layer 0 a mixture of 4 experts (2 a token), layer 1 a dense MLP
         base.update(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
                     decoder_sparse_step=1, mlp_only_layers=[1])
@@ -159,6 +160,9 @@ def hf_config(arch: str = "llama", **overrides):
         base["head_dim"] = 16  # transformers' default is 128
     if arch == "mistral":
         base["sliding_window"] = None
+    if arch == "granite":  # its multipliers, as Granite 3's config.json sets them (the attention's: 1/hd)
+        base.update(embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.0625,
+                    logits_scaling=8.0)
     if arch == "phi3":  # LongRoPE from a pretrained context of 16 (so a 29-token test takes the long factors)
         base.update(original_max_position_embeddings=16, rope_scaling={
             "rope_type": "longrope", "short_factor": [1.0 + 0.15 * i for i in range(8)],

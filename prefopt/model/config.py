@@ -28,6 +28,7 @@ SUPPORTED_ARCHITECTURES = {
     "mixtral": "MixtralForCausalLM",
     "phi3": "Phi3ForCausalLM",
     "olmo2": "Olmo2ForCausalLM",
+    "granite": "GraniteForCausalLM",
 }
 SLIDING, FULL = "sliding_attention", "full_attention"  # Gemma 3's layer types
 # transformers' Gemma3TextConfig defaults: an image+text Gemma 3 config.json (Gemma3ForConditionalGeneration)
@@ -90,6 +91,13 @@ class ModelConfig:
     shared_expert_intermediate_size: int | None = None
     # RoPE on the first fraction of each head's dimensions only, the rest passed through (Phi-4-mini: 0.75)
     partial_rotary_factor: float = 1.0
+    # Granite: the embeddings multiplied by embedding_multiplier, each sublayer's output by residual_multiplier
+    # before it joins the residual, attention scores by attention_multiplier (not 1/sqrt(head_dim)), the
+    # logits divided by logits_scaling
+    embedding_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
+    attention_multiplier: float | None = None
+    logits_scaling: float = 1.0
     # "gemma3": read from an image+text checkpoint, whose language model's tensors carry its prefix
     text_model_of: str | None = field(default=None, compare=False)
     # the file's own dict, kept so a save writes back what was read
@@ -100,7 +108,7 @@ class ModelConfig:
             raise UnsupportedModelError(
                 f"unsupported model_type {self.model_type!r}: prefopt implements "
                 f"{sorted(SUPPORTED_ARCHITECTURES)} (Llama 2/3, Mistral, Mixtral, OLMoE, Qwen2/3, Qwen2-MoE, "
-                "Qwen3-MoE, SmolLM2/3, Gemma 3, Phi-3/3.5/4-mini, OLMo 2)"
+                "Qwen3-MoE, SmolLM2/3, Gemma 3, Phi-3/3.5/4-mini, OLMo 2, Granite 3)"
             )
         act = "gelu_pytorch_tanh" if self.gemma else "silu"
         if self.hidden_act != act:
@@ -239,6 +247,8 @@ class ModelConfig:
             kw.update(_olmoe(d))
         elif model_type == "phi3":
             kw.update(_phi3(d, kw["rope_scaling"]))
+        elif model_type == "granite":
+            kw["sliding_window"] = None
         elif model_type in ("qwen2", "qwen3", "qwen3_moe", "qwen2_moe"):
             if model_type == "qwen2":
                 kw["attention_bias"] = True  # q/k/v projections always carry a bias
@@ -309,6 +319,10 @@ class ModelConfig:
             d.pop("num_local_experts", None)
         if self.model_type == "phi3":
             d.update(partial_rotary_factor=self.partial_rotary_factor, sliding_window=self.sliding_window)
+        if self.model_type == "granite":
+            d.update(embedding_multiplier=self.embedding_multiplier, residual_multiplier=self.residual_multiplier,
+                     attention_multiplier=self.attention_multiplier, logits_scaling=self.logits_scaling,
+                     attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
         if self.model_type == "qwen2_moe":
             d.update(shared_expert_intermediate_size=self.shared_expert_intermediate_size, qkv_bias=self.attention_bias)
         if self.gemma:  # what a config built from a GGUF file has in no raw dict

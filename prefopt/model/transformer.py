@@ -137,6 +137,8 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_head * self.hd, D,
                                 bias=cfg.attention_bias and cfg.model_type not in ("qwen2", "qwen2_moe", "mistral"))
         self.scale = cfg.query_pre_attn_scalar ** -0.5 if cfg.query_pre_attn_scalar else None  # None: 1/sqrt(hd)
+        if cfg.attention_multiplier is not None:  # Granite's own
+            self.scale = cfg.attention_multiplier
         # q/k norms: per head (Qwen3, Gemma 3), or one over all heads' queries (keys) before the split (OLMoE)
         self.head_qk_norm, self.whole_qk_norm = cfg.qk_norm, cfg.qk_norm_whole
         if self.head_qk_norm:
@@ -256,7 +258,7 @@ class SparseMoE(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
-        g, self.post_only = cfg.gemma, cfg.post_norms
+        g, self.post_only, self.residual = cfg.gemma, cfg.post_norms, cfg.residual_multiplier
         if not self.post_only:  # (OLMo 2 has none before the attention)
             self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, g)
         self.self_attn = Attention(cfg, layer_idx)
@@ -276,6 +278,9 @@ class Block(nn.Module):
         if hasattr(self, "pre_feedforward_layernorm"):  # Gemma 3: norms around both sublayers
             x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache))
             return x + self.post_feedforward_layernorm(ffn(self.pre_feedforward_layernorm(x)))
+        if self.residual != 1:  # Granite: each sublayer's output scaled before it joins the residual
+            x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache) * self.residual
+            return x + ffn(self.post_attention_layernorm(x)) * self.residual
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache)
         return x + ffn(self.post_attention_layernorm(x))
 
@@ -326,13 +331,21 @@ class Transformer(nn.Module):
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """The logits ``(..., V)`` of final hidden states ``h`` (``forward(..., return_hidden=True)``),
         through the lm_head and any adapter on it."""
+        if self.config.logits_scaling != 1:  # Granite: the logits divided by it
+            return self._logits(h) / self.config.logits_scaling
+        return self._logits(h)
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
         return F.linear(h, self.model.embed_tokens.weight) if self.config.tie_word_embeddings else self.lm_head(h)
 
     def head(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(h', W')`` whose product ``h' W'ᵀ`` is :meth:`logits`, for kernels that take the hidden
         states and one ``(V, D')`` weight (``prefopt.kernels``): ``h`` and the lm_head weight, or
         where an adapter sits on the lm_head (``--lora-targets ... lm_head``) both widened by its
-        rank (``LoRALinear.fused_operands``), so that the adapter is trained and applied there too."""
+        rank (``LoRALinear.fused_operands``), so that the adapter is trained and applied there too.
+        Granite's ``logits_scaling`` divides ``h'`` (the logits are linear in it)."""
+        if self.config.logits_scaling != 1:
+            h = h / self.config.logits_scaling
         if self.config.tie_word_embeddings:
             return h, self.model.embed_tokens.weight
         fused = getattr(self.lm_head, "fused_operands", None)
@@ -400,6 +413,8 @@ class Transformer(nn.Module):
         x = self.model.embed_tokens(input_ids)  # (B, T, D)
         if self.config.gemma:  # the scale rounded to the model's dtype first, as Gemma's own code does
             x = x * torch.tensor(self.config.hidden_size ** 0.5, dtype=x.dtype)
+        if self.config.embedding_multiplier != 1:  # Granite
+            x = x * self.config.embedding_multiplier
         rope = {False: self._rotary(position_ids, x.dtype, masks if packed is not None and not packed_start else None)}
         if any(self._local):
             rope[True] = rope_cos_sin(self.inv_freq_local, position_ids, x.dtype)

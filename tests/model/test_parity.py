@@ -39,6 +39,8 @@ FAMILIES = {
     "phi3-4k": dict(arch="phi3", rope_scaling=None, sliding_window=7),  # as Phi-3-mini-4k: no scaling, a window
     "olmo2": dict(arch="olmo2"),  # norms after attention and MLP only, q/k norms over the whole projections
     "olmo2-tied-bias": dict(arch="olmo2", tie_word_embeddings=True, attention_bias=True),
+    "granite": dict(arch="granite"),  # embedding, residual and attention multipliers, logits divided
+    "granite-tied-bias": dict(arch="granite", tie_word_embeddings=True, attention_bias=True, mlp_bias=True),
 }
 
 
@@ -101,7 +103,9 @@ def test_return_hidden_gives_logits_through_output_weight(pair):
         want = hf(ids, output_hidden_states=True).hidden_states[-1]
     assert h.shape == (2, 9, 64)
     assert (h - want).abs().max().item() < 1e-4
-    assert torch.allclose(h @ ours.output_weight.T, logits, atol=1e-5)
+    h2, w = ours.head(h)  # what the log-prob kernels multiply: h and the head's weight (Granite: h / logits_scaling)
+    assert torch.allclose(h2 @ w.T, logits, atol=1e-5)
+    assert w is ours.output_weight and (h2 is h) == (ours.config.logits_scaling == 1)
 
 
 def test_mistral_sliding_window_matches_transformers(tmp_path):
