@@ -247,8 +247,8 @@ class ModelConfig:
             kw.update(_olmoe(d))
         elif model_type == "phi3":
             kw.update(_phi3(d, kw["rope_scaling"]))
-        elif model_type == "granite":
-            kw["sliding_window"] = None
+        elif model_type == "granite":  # (transformers' defaults where its config.json leaves one out: 1)
+            kw.update(sliding_window=None, attention_multiplier=d.get("attention_multiplier", 1.0))
         elif model_type in ("qwen2", "qwen3", "qwen3_moe", "qwen2_moe"):
             if model_type == "qwen2":
                 kw["attention_bias"] = True  # q/k/v projections always carry a bias

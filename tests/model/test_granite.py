@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from prefopt.kernels import sequence_logprobs
+from prefopt.model.config import ModelConfig
 from tests._tiny import build_hf_model
 from tests.model import _family as family
 
@@ -31,6 +32,11 @@ def test_the_multipliers_are_read_and_each_matters(granite):
         for key, plain in (("embedding_multiplier", 1.0), ("residual_multiplier", 1.0),
                            ("attention_multiplier", 0.25), ("logits_scaling", 1.0)):
             assert (family.variant(ours, **{key: plain})(IDS) - want).abs().max().item() > 1e-3, key
+    bare = {k: v for k, v in ours.config.raw.items() if not k.endswith(("_multiplier", "_scaling"))}
+    cfg = ModelConfig.from_dict(bare)  # each 1 where config.json leaves it out, as transformers' GraniteConfig
+    assert (cfg.embedding_multiplier, cfg.residual_multiplier, cfg.attention_multiplier, cfg.logits_scaling) == (
+        1, 1, 1, 1) == tuple(getattr(transformers.GraniteConfig(), k) for k in (
+            "embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling"))
 
 
 def test_the_log_probs_training_reads_are_transformers_log_softmax(granite):
