@@ -32,8 +32,8 @@ def table_format(data: str | Path | None, given: str | None = None) -> str:
             raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {given!r}")
         return given
     suffix = data_suffix(data) if data else ""  # (train.csv.gz: csv)
-    return {".csv": "csv", ".tsv": "tsv", ".xlsx": "xlsx", ".xlsm": "xlsx", ".xls": "xlsx", ".ods": "ods"}.get(suffix,
-                                                                                                    "jsonl")
+    formats = {".csv": "csv", ".tsv": "tsv", ".xlsx": "xlsx", ".xlsm": "xlsx", ".xls": "xlsx", ".ods": "ods"}
+    return formats.get(suffix, "jsonl")
 
 
 def delimiter_of(data: str | Path | None, fmt: str, task) -> str:
