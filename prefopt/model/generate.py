@@ -179,15 +179,16 @@ def _first_step(model, prompts: Sequence[Sequence[int]], ids: torch.Tensor, mask
 
 
 def _past_pretrained_context(model, cache: KVCache, mask: torch.Tensor) -> bool:
-    """Whether the next step crosses a LongRoPE model's pretrained context (Phi-3's
-    ``original_max_position_embeddings``): its furthest position is past it while the cache holds
-    entries made within it, with the short factors. The whole sequence then runs again with the
-    long ones, as transformers' Phi-3 drops its cache there, so that the answer is the one a
-    model without a cache gives. ``mask``: the attention mask with the step's tokens."""
+    """Whether the next step takes a row past a LongRoPE model's pretrained context (Phi-3's
+    ``original_max_position_embeddings``) while the cache holds that row's entries made within
+    it, with the short factors (a row's factors are its own: ``Transformer._rotary``). The whole
+    batch then runs again, that row with the long factors, as transformers' Phi-3 drops its cache
+    there, so that the answer is the one a model without a cache gives. ``mask``: the attention
+    mask with the step's tokens."""
     long_from = getattr(model, "_long_from", None)
     if long_from is None or cache.length == 0:
         return False
-    return int(mask[:, :cache.length].sum(1).max()) <= long_from < int(mask.sum(1).max())
+    return bool(((mask[:, :cache.length].sum(1) <= long_from) & (mask.sum(1) > long_from)).any())
 
 
 @torch.no_grad()

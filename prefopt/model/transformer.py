@@ -432,17 +432,18 @@ class Transformer(nn.Module):
         return h if return_hidden else self.logits(h)
 
     def _rotary(self, position_ids: torch.Tensor, dtype: torch.dtype, packed: dict | None) -> tuple:
-        """cos and sin at ``position_ids``. LongRoPE (Phi-3) takes its long factors where the
-        furthest position is past the pretrained context, as transformers chooses them for a batch;
-        sequences ``packed`` in a row (their :class:`Packed` masks) each by their own furthest, as
-        each would run alone. Chosen on the device (no sync; a memory estimate's fake tensors hold
-        no positions to read)."""
+        """cos and sin at ``position_ids``. LongRoPE (Phi-3) takes its long factors for a sequence
+        whose furthest position is past the pretrained context: each row of a batch, and each of
+        the sequences ``packed`` in a row (their :class:`Packed` masks), by its own, so that a
+        sequence's logits are those it has alone, whatever it is batched with (transformers
+        decides for a batch by its furthest row; for a sequence alone the two agree). Chosen on the
+        device (no sync; a memory estimate's fake tensors hold no positions to read)."""
         short = rope_cos_sin(self.inv_freq, position_ids, dtype, self._rope_scale)
         if self._long_from is None or not position_ids.numel():
             return short
         long = rope_cos_sin(self.inv_freq_long, position_ids, dtype, self._rope_scale)
         if packed is None:
-            past = position_ids.max() + 1 > self._long_from
+            past = (position_ids.amax(dim=1) + 1 > self._long_from)[:, None, None]
         else:
             ends = torch.zeros_like(position_ids[0])
             for a, b, _, _ in next(iter(packed.values())).spans:

@@ -13,7 +13,6 @@ import torch
 from prefopt import apply_lora, generate, load_model, save_adapter
 from prefopt.lora import lora_layers
 from prefopt.model.config import ModelConfig, UnsupportedModelError
-from prefopt.model.generate import left_pad
 from prefopt.model.kv_cache import PromptCache
 from prefopt.model.rope import rope_attention_factor
 from tests._tiny import build_hf_model
@@ -83,20 +82,37 @@ def test_what_prefopt_does_not_run_is_refused_by_name(phi3, changes, error):
 def test_greedy_generation_with_the_cache_matches_transformers_across_the_pretrained_context(phi3):
     """A 7-token prompt's 12 new tokens pass position 16: there both run the whole sequence again
     with the long factors (transformers' Phi-3 drops its cache), so the answer is the one without a
-    cache; alone, and in a left-padded batch, where the furthest row's position decides for all."""
+    cache. In a left-padded batch each row takes its own factors: its answer is the one it has
+    alone (transformers lets the batch's furthest row decide for all)."""
     hf, ours, _ = phi3
     prompts = [*family.PROMPTS, list(range(3, 23))]  # (the last past 16 from the start)
     for p in prompts:
         want = hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
                            max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
         assert generate(ours, [p], max_new_tokens=12) == [want[0, len(p):].tolist()], p
-    ids, mask = left_pad(family.PROMPTS, 0)
-    want = hf.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
-    assert generate(ours, list(family.PROMPTS), max_new_tokens=12) == want[:, ids.shape[1]:].tolist()
+    together = generate(ours, prompts, max_new_tokens=12)  # each row crosses on its own step, rebuilt each time
+    assert together == [generate(ours, [p], max_new_tokens=12)[0] for p in prompts]
     kept = PromptCache()  # a conversation (prefopt chat) whose second turn passes position 16
     first = generate(ours, [family.PROMPTS[0]], max_new_tokens=4, prompt_cache=kept)[0]
     turn = family.PROMPTS[0] + first + [40, 41, 42]
     assert generate(ours, [turn], max_new_tokens=8, prompt_cache=kept) == generate(ours, [turn], max_new_tokens=8)
+
+
+def test_a_sequence_in_a_padded_batch_takes_the_factors_it_has_alone(phi3):
+    """A row within the pretrained context batched with one past it keeps the short factors, so
+    its log-probs (a DPO reference cached in one batch, the policy's in another) do not depend on
+    what it is batched with."""
+    _, ours, _ = phi3
+    ids = torch.randint(3, 400, (2, 29), generator=torch.Generator().manual_seed(7))
+    mask = torch.ones_like(ids)
+    mask[1, 19:] = 0  # the second row 19 tokens (past 16), right-padded; then 10 tokens
+    with torch.no_grad():
+        both = ours(ids, attention_mask=mask)
+        assert (both[0] - ours(ids[:1])[0]).abs().max().item() < 1e-4
+        assert (both[1, :19] - ours(ids[1:, :19])[0]).abs().max().item() < 1e-4
+        mask[1, 10:] = 0
+        short = ours(ids, attention_mask=mask)
+        assert (short[1, :10] - ours(ids[1:, :10])[0]).abs().max().item() < 1e-4
 
 
 def test_packed_sequences_equal_each_run_alone(phi3):
