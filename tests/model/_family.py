@@ -58,3 +58,20 @@ def assert_saved_loads_in_transformers(hf, ours, out, ids: torch.Tensor) -> dict
         # from the folder differ by 1.7e-6 here (transformers against itself); a misread weight is far above
         assert (back(ids).logits - hf(ids).logits).abs().max().item() < 1e-5
     return json.loads((out / "config.json").read_text())
+
+
+def sft_summary(tmp_path, arch: str, **config) -> dict:
+    """SFT (LoRA r8, 32 steps) of a tiny random ``arch`` on the training tests' task, its summary;
+    ``config``: TrainConfig settings over those (``quantize="nf4"``, ``lr=3e-2``)."""
+    from prefopt.train import TrainConfig
+    from prefopt.train.run import run_sft
+    from tests._tiny import build_hf_model
+    from tests.train._fixtures import write_task
+
+    model_dir = tmp_path / "model"
+    build_hf_model(model_dir, arch=arch, initializer_range=0.1)
+    _, data = write_task(tmp_path)
+    settings = dict(batch_size=4, max_steps=32, lr=3e-3, lora_r=8, lora_alpha=16, eval_fraction=0.25, warmup_steps=2,
+                    progress=False)
+    return run_sft(TrainConfig(model=str(model_dir), data=str(data), output_dir=str(tmp_path / "run"),
+                               **{**settings, **config}))

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from prefopt.model.config import ModelConfig, UnsupportedModelError
-from tests._tiny import build_hf_model
 from tests.model import _family as family
 
 transformers = pytest.importorskip("transformers")
@@ -63,14 +62,5 @@ def test_a_saved_olmo2_loads_in_transformers(olmo2, tmp_path):
 
 
 def test_sft_trains_an_olmo2(tmp_path):
-    from prefopt.train import TrainConfig
-    from prefopt.train.run import run_sft
-    from tests.train._fixtures import write_task
-
-    model_dir = tmp_path / "model"
-    build_hf_model(model_dir, arch="olmo2", initializer_range=0.1)
-    _, data = write_task(tmp_path)
-    summary = run_sft(TrainConfig(model=str(model_dir), data=str(data), output_dir=str(tmp_path / "run"),
-                                  batch_size=4, max_steps=32, lr=3e-3, lora_r=8, lora_alpha=16, eval_fraction=0.25,
-                                  warmup_steps=2, progress=False))
+    summary = family.sft_summary(tmp_path, "olmo2")
     assert summary["eval_after"]["eval_loss"] < 0.5 * summary["eval_before"]["eval_loss"]

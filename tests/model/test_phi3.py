@@ -15,7 +15,6 @@ from prefopt.lora import lora_layers
 from prefopt.model.config import ModelConfig, UnsupportedModelError
 from prefopt.model.kv_cache import PromptCache
 from prefopt.model.rope import rope_attention_factor
-from tests._tiny import build_hf_model
 from tests.model import _family as family
 
 transformers = pytest.importorskip("transformers")
@@ -164,16 +163,7 @@ def test_lora_goes_on_the_fused_layers_and_its_files_load_both_ways_in_peft(phi3
 
 
 def test_sft_trains_a_phi3_quantized_to_nf4(tmp_path):
-    from prefopt.train import TrainConfig
-    from prefopt.train.run import run_sft
-    from tests.train._fixtures import write_task
-
-    model_dir = tmp_path / "model"
-    build_hf_model(model_dir, arch="phi3", initializer_range=0.1)
-    _, data = write_task(tmp_path)
-    summary = run_sft(TrainConfig(model=str(model_dir), data=str(data), output_dir=str(tmp_path / "run"),
-                                  batch_size=4, max_steps=32, lr=3e-3, lora_r=8, lora_alpha=16, eval_fraction=0.25,
-                                  warmup_steps=2, progress=False, quantize="nf4"))
+    summary = family.sft_summary(tmp_path, "phi3", quantize="nf4")
     assert summary["eval_after"]["eval_loss"] < 0.5 * summary["eval_before"]["eval_loss"]
     adapter = json.loads((tmp_path / "run" / "final" / "adapter_config.json").read_text())
     assert sorted(adapter["target_modules"]) == ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"]

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from prefopt.model.config import ModelConfig, UnsupportedModelError
-from tests._tiny import build_hf_model
 from tests.model import _family as family
 
 transformers = pytest.importorskip("transformers")
@@ -55,14 +54,5 @@ def test_a_saved_smollm3_loads_in_transformers(smollm3, tmp_path):
 
 
 def test_sft_trains_a_smollm3(tmp_path):
-    from prefopt.train import TrainConfig
-    from prefopt.train.run import run_sft
-    from tests.train._fixtures import write_task
-
-    model_dir = tmp_path / "model"
-    build_hf_model(model_dir, arch="smollm3", initializer_range=0.1)
-    _, data = write_task(tmp_path)
-    summary = run_sft(TrainConfig(model=str(model_dir), data=str(data), output_dir=str(tmp_path / "run"),
-                                  batch_size=4, max_steps=32, lr=3e-3, lora_r=8, lora_alpha=16, eval_fraction=0.25,
-                                  warmup_steps=2, progress=False))
+    summary = family.sft_summary(tmp_path, "smollm3")
     assert summary["eval_after"]["eval_loss"] < 0.5 * summary["eval_before"]["eval_loss"]
