@@ -29,11 +29,12 @@ from .sheets import Sheet, _blank, column_letters, sheet_records
 APP = "LibreOffice"
 MIMETYPE = "application/vnd.oasis.opendocument.spreadsheet"
 MAX_ROWS, MAX_COLUMNS = 1 << 20, 1 << 14  # Calc's own limits: a repeat past them is cut there
+MAX_SPACES = 1 << 16  # a run of spaces, at most
 NAMESPACES = {"office": "urn:oasis:names:tc:opendocument:xmlns:office:1.0",
-       "table": "urn:oasis:names:tc:opendocument:xmlns:table:1.0",
-       "text": "urn:oasis:names:tc:opendocument:xmlns:text:1.0",
-       "style": "urn:oasis:names:tc:opendocument:xmlns:style:1.0",
-       "calcext": "urn:org:documentfoundation:names:experimental:calc:xmlns:calcext:1.0"}
+              "table": "urn:oasis:names:tc:opendocument:xmlns:table:1.0",
+              "text": "urn:oasis:names:tc:opendocument:xmlns:text:1.0",
+              "style": "urn:oasis:names:tc:opendocument:xmlns:style:1.0",
+              "calcext": "urn:org:documentfoundation:names:experimental:calc:xmlns:calcext:1.0"}
 _DURATION = re.compile(r"-?P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d*)?)S)?)?")
 
 
@@ -109,7 +110,7 @@ def _read(path: Path, f) -> list[Sheet]:
             elif el.tag == ROW:
                 number = _row(current, el, number, cells)
                 el.clear()
-    except ParseError as e:
+    except (ParseError, ValueError) as e:  # (ValueError: a count that is not a number)
         raise DataError(path, None, None, f"not a readable OpenDocument spreadsheet (its content.xml: {e})") from None
     return sheets
 
@@ -199,10 +200,11 @@ def _text(el) -> str | None:
 
 
 def _inline(el) -> str:
+    """A paragraph's (or a span's) text, its spaces, tabs and breaks as the characters they are."""
     out = [el.text or ""]
     for child in el:
-        if child.tag == SPACE:
-            out.append(" " * int(child.get(_q("text:c")) or 1))
+        if child.tag == SPACE:  # (a count past any cell's text, a damaged file's, cut)
+            out.append(" " * min(int(child.get(_q("text:c")) or 1), MAX_SPACES))
         elif child.tag == TAB:
             out.append("\t")
         elif child.tag == BREAK:

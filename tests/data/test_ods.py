@@ -155,6 +155,10 @@ def test_a_spreadsheet_that_cannot_be_read_says_why(tmp_path):
         z.writestr("content.xml", "<office:document-content xmlns:office='x'><office:body>")
     with pytest.raises(DataError, match=r"cut.ods: not a readable OpenDocument spreadsheet \(its content.xml: "):
         list(read_rows(tmp_path / "cut.ods"))
+    odd = write_ods(tmp_path / "odd.ods", {"Sheet1": [["a"], _row(ods_cell("b"), number_rows_repeated="two")]})
+    with pytest.raises(DataError, match=r"odd.ods: not a readable OpenDocument spreadsheet \(its content.xml: "
+                                        r"invalid literal for int\(\)"):
+        list(read_rows(odd))
 
 
 def test_a_file_odfpy_wrote_reads_as_pandas_reads_it(tmp_path):
