@@ -45,11 +45,14 @@ def stream_answer(model, tok, prompt_ids: list[int], *, stops: list[str] | tuple
 
 
 def prompt_file_text(path: Path) -> str:
-    """A text file given as a prompt (``generate --prompt @FILE``, chat's ``/file``): UTF-8 (a bad
-    byte named by line and column), Windows and old Mac line ends read as ``\n``."""
+    """A file given as a prompt (``generate --prompt @FILE``, chat's ``/file``): a Word or Writer
+    document's text (``.docx``, ``.odt``: :mod:`prefopt.documents`), else UTF-8 text (a bad byte
+    named by line and column); Windows and old Mac line ends read as ``\n``."""
     from .data.readers import read_text
+    from .documents import DOCUMENTS, document_text
 
-    return read_text(path).replace("\r\n", "\n").replace("\r", "\n")
+    text = document_text(path) if path.suffix.lower() in DOCUMENTS else read_text(path)
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def cut_at(text: str, stops: list[str]) -> str:

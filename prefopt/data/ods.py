@@ -195,12 +195,13 @@ def _text(el) -> str | None:
     """The text a cell shows: its paragraphs joined by line breaks, Calc's runs of spaces
     (``<text:s text:c="3"/>``), tabs and line breaks within a paragraph as themselves; its
     comment (``office:annotation``) left out. None where it has no paragraph."""
-    paragraphs = [_inline(p) for p in el if p.tag in PARAGRAPHS]
+    paragraphs = [inline_text(p) for p in el if p.tag in PARAGRAPHS]
     return "\n".join(paragraphs) if paragraphs else None
 
 
-def _inline(el) -> str:
-    """A paragraph's (or a span's) text, its spaces, tabs and breaks as the characters they are."""
+def inline_text(el) -> str:
+    """A paragraph's (or a span's) text, its spaces, tabs and breaks as the characters they are
+    (an OpenDocument spreadsheet's cell, a Writer document's paragraph: :mod:`prefopt.documents`)."""
     out = [el.text or ""]
     for child in el:
         if child.tag == SPACE:  # (a count past any cell's text, a damaged file's, cut)
@@ -209,8 +210,8 @@ def _inline(el) -> str:
             out.append("\t")
         elif child.tag == BREAK:
             out.append("\n")
-        elif child.tag != _q("office:annotation"):
-            out.append(_inline(child))  # a span of other formatting, a link
+        elif child.tag not in (_q("office:annotation"), _q("text:note")):  # (a comment; a footnote's own text)
+            out.append(inline_text(child))  # a span of other formatting, a link
         out.append(child.tail or "")
     return "".join(out)
 

@@ -1,0 +1,107 @@
+"""A clinical note kept as a Word or Writer document, given as a prompt (``generate --prompt
+@note.docx``, chat's ``/file``): its text, paragraphs and table rows a line each, without its
+letterhead, comments or deleted text. Word files are written by python-docx (test-only), Writer
+files by odfpy; tracked changes, which neither writes, as Word writes them."""
+import zipfile
+
+import pytest
+
+from prefopt.cli import main
+from prefopt.documents import document_text
+from prefopt.interactive import prompt_file_text
+
+
+def test_a_word_note_reads_as_its_paragraphs_and_table_rows(tmp_path):
+    docx = pytest.importorskip("docx")
+    doc = docx.Document()
+    doc.sections[0].header.paragraphs[0].text = "St Mary's Hospital, ward 3"  # the letterhead: not the note
+    doc.add_heading("Discharge summary", level=1)
+    p = doc.add_paragraph("54-year-old man, chest pain ")
+    p.add_run("for two hours").bold = True
+    p.add_run().add_break()
+    p.add_run("Troponin\t0.8 ng/mL")
+    table = doc.add_table(rows=2, cols=2)
+    for r, row in enumerate([("BP", "150/90"), ("HR", "112")]):
+        for c, value in enumerate(row):
+            table.cell(r, c).text = value
+    plan = doc.add_paragraph("Plan: admit to cardiology.")
+    doc.add_comment(plan.runs, text="check the dose", author="RN")  # a reviewer's remark: not the note
+    doc.save(tmp_path / "note.docx")
+    assert prompt_file_text(tmp_path / "note.docx") == ("Discharge summary\n54-year-old man, chest pain for two hours\n"
+                                                         "Troponin\t0.8 ng/mL\nBP\t150/90\nHR\t112\n"
+                                                         "Plan: admit to cardiology.")
+
+
+def test_tracked_changes_read_as_the_note_now_stands(tmp_path):
+    """Word keeps a deletion's text as ``w:delText`` in ``w:del`` and an insertion's runs in
+    ``w:ins``: the note reads with the insertion and without the deletion."""
+    w = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+    body = (f'<w:document {w}><w:body><w:p><w:r><w:t xml:space="preserve">Aspirin </w:t></w:r>'
+            '<w:del w:id="1" w:author="MD"><w:r><w:delText>300</w:delText></w:r></w:del>'
+            '<w:ins w:id="2" w:author="MD"><w:r><w:t>75</w:t></w:r></w:ins>'
+            '<w:r><w:t xml:space="preserve"> mg daily</w:t></w:r></w:p>'
+            '<w:p><w:r><w:fldChar w:fldCharType="begin"/></w:r><w:r><w:instrText> DATE </w:instrText></w:r>'
+            '<w:r><w:fldChar w:fldCharType="separate"/></w:r><w:r><w:t>2026-12-05</w:t></w:r>'
+            '<w:r><w:fldChar w:fldCharType="end"/></w:r></w:p></w:body></w:document>')
+    with zipfile.ZipFile(tmp_path / "tracked.docx", "w") as z:
+        z.writestr("word/document.xml", body)
+    assert document_text(tmp_path / "tracked.docx") == "Aspirin 75 mg daily\n2026-12-05"
+
+
+def test_a_writer_note_reads_as_its_paragraphs_lists_and_table_rows(tmp_path):
+    pytest.importorskip("odf")
+    from odf.office import Annotation
+    from odf.opendocument import OpenDocumentText
+    from odf.table import Table, TableCell, TableColumn, TableRow
+    from odf.text import H, LineBreak, List, ListItem, Note, NoteBody, NoteCitation, P, S, Span, Tab
+
+    doc = OpenDocumentText()
+    doc.text.addElement(H(outlinelevel=1, text="Triage note"))
+    p = P(text="Fever")
+    p.addElement(S(c=2))
+    p.addText("and rash")
+    p.addElement(Tab())
+    p.addElement(Span(text="since Monday"))
+    p.addElement(LineBreak())
+    p.addText("no travel")
+    note = Note(noteclass="footnote")
+    note.addElement(NoteCitation(text="1"))
+    body = NoteBody()
+    body.addElement(P(text="a footnote"))
+    note.addElement(body)
+    p.addElement(note)
+    remark = Annotation()
+    remark.addElement(P(text="ask about pets"))
+    p.addElement(remark)
+    doc.text.addElement(p)
+    items = List()
+    for text in ("paracetamol", "fluids"):
+        item = ListItem()
+        item.addElement(P(text=text))
+        items.addElement(item)
+    doc.text.addElement(items)
+    table = Table()
+    table.addElement(TableColumn(numbercolumnsrepeated=2))
+    for row_values in (("SpO2", "97%"), ("Temp", "38.9")):
+        row = TableRow()
+        for value in row_values:
+            cell = TableCell()
+            cell.addElement(P(text=value))
+            row.addElement(cell)
+        table.addElement(row)
+    doc.text.addElement(table)
+    doc.save(str(tmp_path / "note.odt"))
+    assert document_text(tmp_path / "note.odt") == ("Triage note\nFever  and rash\tsince Monday\nno travel\n"
+                                                     "paracetamol\nfluids\nSpO2\t97%\nTemp\t38.9")
+
+
+def test_a_document_that_is_not_text_says_how_to_give_it(tmp_path, capsys):
+    (tmp_path / "scan.pdf").write_bytes(b"%PDF-1.7")
+    with pytest.raises(ValueError, match=r"scan.pdf: a PDF, not text a model reads; save it as .docx, .odt or plain "
+                                         r"text \(.txt\), or paste its text"):
+        prompt_file_text(tmp_path / "scan.pdf")
+    (tmp_path / "old.docx").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")  # a .doc renamed
+    with pytest.raises(ValueError, match=r"old.docx: not a readable .docx document \(BadZipFile"):
+        prompt_file_text(tmp_path / "old.docx")
+    assert main(["generate", "--model", "unused", "--prompt", f"@{tmp_path / 'scan.pdf'}"]) == 2
+    assert "scan.pdf: a PDF, not text a model reads" in capsys.readouterr().err
