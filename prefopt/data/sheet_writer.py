@@ -110,9 +110,10 @@ def _ods_cell(v) -> str:
 
 def _ods_line(line: str) -> str:
     """A line of a text as a paragraph's content: a space that XML would fold into the one before
-    (or a paragraph's first) as ``<text:s/>``, a tab as ``<text:tab/>``."""
+    (or a paragraph's first) as ``<text:s/>``, a tab as ``<text:tab/>``, a carriage return as a
+    character reference (a reader's XML parser turns a bare one into a line feed)."""
     def spaces(m: re.Match) -> str:
         extra = len(m[0]) - (m.start() > 0)  # the first of a run within the line stays a plain space
         return (" " if m.start() > 0 else "") + (f'<text:s text:c="{extra}"/>' if extra > 1 else "<text:s/>" * extra)
 
-    return re.sub(r" +", spaces, escape(line)).replace("\t", "<text:tab/>")
+    return re.sub(r" +", spaces, escape(line)).replace("\t", "<text:tab/>").replace("\r", "&#13;")

@@ -200,7 +200,7 @@ def test_a_file_odfpy_wrote_reads_as_pandas_reads_it(tmp_path):
 def test_a_table_written_as_ods_reads_back_by_prefopt_and_by_pandas(tmp_path):
     """predict's answers to a Calc file are written as one: text, numbers, TRUE/FALSE and JSON
     read back as written; what XML cannot hold is named and replaced."""
-    rows = [{"mrn": "00123", "message": "Chest  pain\nsince  noon\t(left)", "predicted": "emergency",
+    rows = [{"mrn": "00123", "message": "Chest  pain\nsince  noon\t(left)\r\n", "predicted": "emergency",
              "confidence": 0.875, "finished": True, "options": {"A": "x"}},
             {"mrn": "00124", "message": " Refill", "predicted": "", "confidence": None, "finished": False,
              "extra": 3}]
@@ -210,7 +210,7 @@ def test_a_table_written_as_ods_reads_back_by_prefopt_and_by_pandas(tmp_path):
     with zipfile.ZipFile(path) as z:
         assert z.infolist()[0].filename == "mimetype" and z.infolist()[0].compress_type == zipfile.ZIP_STORED
     back = [r for _, r in read_rows(path)]
-    assert back[0] == {"mrn": "00123", "message": "Chest  pain\nsince  noon\t(left)", "predicted": "emergency",
+    assert back[0] == {"mrn": "00123", "message": "Chest  pain\nsince  noon\t(left)\r\n", "predicted": "emergency",
                        "confidence": "0.875", "finished": "TRUE", "options": '{"A": "x"}', "extra": ""}
     assert back[1]["message"] == " Refill" and back[1]["finished"] == "FALSE" and back[1]["extra"] == "3"
     assert back[2]["message"] == "x\ufffdy"
@@ -220,5 +220,5 @@ def test_a_table_written_as_ods_reads_back_by_prefopt_and_by_pandas(tmp_path):
     pytest.importorskip("odf")
     theirs = pd.read_excel(path, engine="odf", dtype={"mrn": str})
     assert list(theirs["mrn"]) == ["00123", "00124", "9"] and list(theirs["confidence"])[0] == 0.875
-    assert list(theirs["message"])[:2] == ["Chest  pain\nsince  noon(left)", " Refill"]  # (pandas drops a tab)
+    assert list(theirs["message"])[:2] == ["Chest  pain\nsince  noon(left)\r\n", " Refill"]  # (pandas drops a tab)
     assert list(theirs["finished"])[:2] == [True, False]
