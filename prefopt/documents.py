@@ -1,10 +1,10 @@
 """A document given as a prompt (``generate --prompt @note.docx``, chat's ``/file``) as its
 text: a Word document (``.docx``) or a LibreOffice Writer one (``.odt``), read with the standard
 library, their paragraphs a line each, a table's rows a line each with its cells between tabs,
-a list's items a line each; headers, footers, comments and text deleted under tracked changes
-left out (a note's letterhead and a reviewer's remarks are not the note). Other files are read
-as UTF-8 text; a format that is not text (``.pdf``, Word's old ``.doc``, ``.rtf``) is named with
-how to save it as one that is."""
+a list's items a line each; headers, footers, comments, footnotes and text deleted or moved
+away under tracked changes left out (a note's letterhead and a reviewer's remarks are not the
+note). Other files are read as UTF-8 text; a format that is not text (``.pdf``, Word's old
+``.doc``, ``.rtf``) is named with how to save it as one that is."""
 from __future__ import annotations
 
 import zipfile
@@ -61,18 +61,27 @@ def _docx_blocks(el) -> list[str]:
 
 def _docx_runs(p) -> str:
     """A paragraph's text: ``w:t`` in runs (inserted ones, hyperlinks, fields' results too), tabs
-    and breaks as characters; deleted text (``w:delText``) and field codes (``w:instrText``) not."""
-    out = []
-    for el in p.iter():
-        tag = el.tag
-        if tag == f"{W}t":
-            out.append(el.text or "")
-        elif tag == f"{W}tab":
-            out.append("\t")
-        elif tag in (f"{W}br", f"{W}cr"):
-            out.append("\n")
-        elif tag == f"{W}noBreakHyphen":
-            out.append("-")
+    and breaks as characters; text deleted or moved away under tracked changes (``w:del``,
+    ``w:moveFrom``) and field codes (``w:instrText``) not."""
+    out: list[str] = []
+
+    def walk(el) -> None:
+        for child in el:
+            tag = child.tag
+            if tag in (f"{W}del", f"{W}moveFrom"):
+                continue
+            if tag == f"{W}t":
+                out.append(child.text or "")
+            elif tag == f"{W}tab":
+                out.append("\t")
+            elif tag in (f"{W}br", f"{W}cr"):
+                out.append("\n")
+            elif tag == f"{W}noBreakHyphen":
+                out.append("-")
+            else:
+                walk(child)
+
+    walk(p)
     return "".join(out)
 
 

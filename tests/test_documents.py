@@ -33,19 +33,21 @@ def test_a_word_note_reads_as_its_paragraphs_and_table_rows(tmp_path):
 
 
 def test_tracked_changes_read_as_the_note_now_stands(tmp_path):
-    """Word keeps a deletion's text as ``w:delText`` in ``w:del`` and an insertion's runs in
-    ``w:ins``: the note reads with the insertion and without the deletion."""
+    """Word keeps a deletion's text as ``w:delText`` in ``w:del``, an insertion's runs in ``w:ins``,
+    moved text at both places (``w:moveFrom``, ``w:moveTo``): the note reads as it now stands."""
     w = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
     body = (f'<w:document {w}><w:body><w:p><w:r><w:t xml:space="preserve">Aspirin </w:t></w:r>'
             '<w:del w:id="1" w:author="MD"><w:r><w:delText>300</w:delText></w:r></w:del>'
             '<w:ins w:id="2" w:author="MD"><w:r><w:t>75</w:t></w:r></w:ins>'
-            '<w:r><w:t xml:space="preserve"> mg daily</w:t></w:r></w:p>'
+            '<w:r><w:t xml:space="preserve"> mg daily</w:t></w:r>'
+            '<w:moveFrom w:id="3" w:author="MD"><w:r><w:t> at night</w:t></w:r></w:moveFrom></w:p>'
+            '<w:p><w:moveTo w:id="4" w:author="MD"><w:r><w:t>At night.</w:t></w:r></w:moveTo></w:p>'
             '<w:p><w:r><w:fldChar w:fldCharType="begin"/></w:r><w:r><w:instrText> DATE </w:instrText></w:r>'
             '<w:r><w:fldChar w:fldCharType="separate"/></w:r><w:r><w:t>2026-12-05</w:t></w:r>'
             '<w:r><w:fldChar w:fldCharType="end"/></w:r></w:p></w:body></w:document>')
     with zipfile.ZipFile(tmp_path / "tracked.docx", "w") as z:
         z.writestr("word/document.xml", body)
-    assert document_text(tmp_path / "tracked.docx") == "Aspirin 75 mg daily\n2026-12-05"
+    assert document_text(tmp_path / "tracked.docx") == "Aspirin 75 mg daily\nAt night.\n2026-12-05"
 
 
 def test_a_writer_note_reads_as_its_paragraphs_lists_and_table_rows(tmp_path):
