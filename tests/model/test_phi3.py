@@ -1,8 +1,8 @@
 """Phi-3 (Phi-3, Phi-3.5 and Phi-4-mini: small models many hospitals can run on their own
 machines) against transformers' ``Phi3ForCausalLM``: a Llama whose queries, keys and values are
 one layer (``qkv_proj``) and whose MLP's gate and up projections are one (``gate_up_proj``),
-with LongRoPE: short factors within the pretrained context, long ones past it, chosen by the
-batch's furthest position, and cos and sin scaled. Logits, padding and hidden states of each
+with LongRoPE: short factors within the pretrained context, long ones past it, chosen by each
+sequence's furthest position, and cos and sin scaled. Logits, padding and hidden states of each
 variant are in test_parity.py (``phi3``, ``phi3-partial-tied``, ``phi3-4k``)."""
 import json
 import math
