@@ -546,9 +546,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "record is bad or none is usable. --task: a task's data, as compare reads it",
                        epilog=task_options_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     k.add_argument("--model", required=True, help="the model whose tokenizer and chat template training will use")
-    k.add_argument("--data", nargs="+", metavar="PATH", help="JSONL, JSON, CSV, TSV (also .gz, .bz2, .xz), Parquet or "
-                   "Excel (.xlsx) training file (or several, a folder of one split's shards, a quoted pattern: as sft and dpo read "
-                   "them, one check over all); with --task, the task's data file or folder (default: its bundled data)")
+    k.add_argument("--data", nargs="+", metavar="PATH", help="JSONL, JSON, CSV, TSV (also .gz, .bz2, .xz), Parquet, "
+                   "Excel (.xlsx, .xls) or LibreOffice (.ods) training file (or several, a folder of one split's "
+                   "shards, a quoted pattern: as sft and dpo read them, one check over all); with --task, the task's "
+                   "data file or folder (default: its bundled data)")
     k.add_argument("--task", help="check a task's data as compare, eval and predict read it: its class mix per "
                    "field, and the SFT examples compare builds from it (lengths, cuts, repeats)")
     k.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="with --task: a task option")

@@ -350,7 +350,7 @@ def load_sft(
     text_windows: bool = False,
     sheet: str | None = None,
 ) -> tuple[list[TokenizedExample], LoadReport]:
-    """Read, validate and tokenize an SFT file (JSONL, JSON, CSV, TSV, Parquet or .xlsx), a list of record
+    """Read, validate and tokenize an SFT file (JSONL, JSON, CSV, TSV, Parquet, .xlsx, .xls or .ods), a list of record
     dicts or a DataFrame.
 
     Every record is checked; a bad one raises a :class:`DataError` naming the file, line and

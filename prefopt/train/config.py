@@ -36,9 +36,10 @@ class TrainConfig:
     model: str = opt(help="model folder, alias (smollm2-135m), hub id or .gguf file (required)")
     output_dir: str = opt(help="run folder: final/, checkpoints/, metrics.jsonl, train_config.json (required)")
     data: str | list[str] | None = opt(None, "training data: JSONL, JSON, CSV, TSV (also .gz, .bz2, .xz), "
-                                             "Parquet or Excel (.xlsx); several files, a folder of one split's shards, or a quoted "
-                                             "pattern ('notes/*.jsonl') are read one after another (required, but by "
-                                             "a Trainer built in Python, which takes its examples directly)")
+                                             "Parquet, Excel (.xlsx, .xls) or LibreOffice (.ods); several files, a "
+                                             "folder of one split's shards, or a quoted pattern ('notes/*.jsonl') are "
+                                             "read one after another (required, but by a Trainer built in Python, "
+                                             "which takes its examples directly)")
     eval_data: str | list[str] | None = opt(None, "a separate eval file (or files, as data); else eval_fraction "
                                                   "of data")
     columns: dict[str, str] = opt(help="read a record's field from a column of another name (a CSV header, a "

@@ -121,8 +121,8 @@ def load_train_eval(config, tok, loader=load_sft, records=None, eval_records=Non
         raise ValueError("give eval_records or eval_fraction, not both")
     source = records if records is not None else config.data
     if source is None or (isinstance(source, str) and not source.strip()):
-        raise ValueError("no training data: set data (--data) to a JSONL, JSON, CSV, TSV, Parquet or .xlsx file, or "
-                         "pass records")
+        raise ValueError("no training data: set data (--data) to a JSONL, JSON, CSV, TSV, Parquet, .xlsx, .xls or .ods "
+                         "file, or pass records")
     kw = dict(max_length=config.max_length, max_prompt_length=config.max_prompt_length,
               skip_bad=config.skip_bad_records, show_progress=config.progress, columns=config.columns,
               **({"text_windows": True} if config.text_windows else {}))  # SFT's alone (DPO refuses it)
