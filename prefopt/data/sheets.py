@@ -127,10 +127,8 @@ def read_sheet(path: Path, sheet: str | None = None) -> Iterator[tuple[int, dict
         sheet = _named_sheet(path, book.worksheets, name) if name else _the_sheet(path, book.worksheets)
         marks = _marks(path, getattr(sheet, "_worksheet_path", None))
         if marks.unsaved:
-            raise DataError(path, None, None, f"sheet {sheet.title!r}, {_some(marks.unsaved, 'cell')}: "
-                            f"{'formulas' if len(marks.unsaved) > 1 else 'a formula'} with no saved value, read as "
-                            "empty (a workbook written by a program that does not calculate, such as openpyxl); open "
-                            "it in Excel or LibreOffice and save it, which saves each formula's value")
+            raise unsaved_formulas(path, sheet.title, marks.unsaved, "a workbook written by a program that does not "
+                                   "calculate, such as openpyxl", "Excel or LibreOffice")
         rows = enumerate(sheet.iter_rows(min_row=1, values_only=True), 1)  # (row 1 even where it is empty)
         line, header = next(((n, r) for n, r in rows if not _blank(r)), (1, ()))
         yield from _records(path, sheet.title, line, [column_name(cell_text(v)) for v in header],
@@ -162,14 +160,20 @@ def sheet_records(path: Path, sheets: list[Sheet], sheet: str | None, app: str, 
     name = sheet or SHEET.get()
     found = _named_sheet(path, sheets, name) if name else _the_sheet(path, sheets, app)
     if found.marks.unsaved:
-        raise DataError(path, None, None, f"sheet {found.title!r}, {_some(found.marks.unsaved, 'cell')}: "
-                        f"{'formulas' if len(found.marks.unsaved) > 1 else 'a formula'} with no saved value, read as "
-                        f"empty (a file written by a program that does not calculate); open it in {resave} and save "
-                        "it, which saves each formula's value")
+        raise unsaved_formulas(path, found.title, found.marks.unsaved, "a file written by a program that does not "
+                               "calculate", resave)
     rows = iter(found.rows)
     line, header = next(rows, (1, ()))
     yield from _records(path, found.title, line, [column_name(cell_text(v)) for v in header],
                         _as_shown(path, found.title, found.marks, line, rows, app))
+
+
+def unsaved_formulas(path: Path, title: str, cells: list[str], writer: str, resave: str) -> DataError:
+    """The error of a sheet whose formulas in ``cells`` have no saved value (each would read as
+    empty): ``writer`` says what writes such a file, ``resave`` where to open and save it."""
+    return DataError(path, None, None, f"sheet {title!r}, {_some(cells, 'cell')}: "
+                     f"{'formulas' if len(cells) > 1 else 'a formula'} with no saved value, read as empty ({writer}); "
+                     f"open it in {resave} and save it, which saves each formula's value")
 
 
 def _strict(path: Path) -> bool:
