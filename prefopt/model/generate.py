@@ -183,10 +183,10 @@ def _past_pretrained_context(model, cache: KVCache, mask: torch.Tensor) -> bool:
     ``original_max_position_embeddings``) while the cache holds that row's entries made within
     it, with the short factors (a row's factors are its own: ``Transformer._rotary``). The whole
     batch then runs again, that row with the long factors, as transformers' Phi-3 drops its cache
-    there, so that the answer is the one a model without a cache gives. ``mask``: the attention
-    mask with the step's tokens."""
-    long_from = getattr(model, "_long_from", None)
-    if long_from is None or cache.length == 0:
+    there, so that the answer is the one a model without a cache gives. ``model``: a LongRoPE one;
+    ``mask``: the attention mask with the step's tokens."""
+    long_from = model._long_from
+    if cache.length == 0:
         return False
     return bool(((mask[:, :cache.length].sum(1) <= long_from) & (mask.sum(1) > long_from)).any())
 
@@ -271,9 +271,10 @@ def generate(
         guard = RepeatGuard(prompts, model.output_weight.shape[0], repetition_penalty=repetition_penalty,
                             no_repeat_ngram_size=no_repeat_ngram_size, scope=repeat_scope, device=device)
         live = list(range(B))  # the prompt each batch row answers; finished rows leave the batch
-        seq = ids  # each row's tokens so far, what a rebuild of the cache runs (_past_pretrained_context)
+        # each row's tokens so far, what a rebuild of the cache runs: kept only for a model that may need one
+        seq = ids if getattr(model, "_long_from", None) is not None else None
         for step in range(max_new_tokens):
-            if _past_pretrained_context(model, cache, mask):
+            if seq is not None and _past_pretrained_context(model, cache, mask):
                 cache = KVCache(model.config, len(live), seq.shape[1] + max_new_tokens - step, dtype=cache.k[0].dtype,
                                 device=device)
                 step_ids = seq
@@ -300,13 +301,14 @@ def generate(
             if bool(done.all()):
                 break
             step_ids = nxt[:, None]
-            seq = torch.cat([seq, step_ids], dim=1)
+            seq = None if seq is None else torch.cat([seq, step_ids], dim=1)
             mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=1)
             if compact and int(done.sum()) * COMPACT_AT >= len(live):
                 keep = (~done).nonzero().flatten()
                 cache.select(keep)
                 guard.select(keep.tolist())
-                mask, step_ids, done, seq = mask[keep], step_ids[keep], done[keep], seq[keep]
+                mask, step_ids, done = mask[keep], step_ids[keep], done[keep]
+                seq = None if seq is None else seq[keep]
                 gen = None if gen is None else [gen[j] for j in keep.tolist()]
                 live = [live[j] for j in keep.tolist()]
         if prompt_cache is not None:  # the cache holds the prompt and every new token but the last (never run)
