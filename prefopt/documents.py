@@ -8,7 +8,9 @@ note). Other files are read as UTF-8 text; a format that is not text (``.pdf``, 
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 from xml.etree.ElementTree import ParseError, parse
 
 W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
@@ -21,41 +23,49 @@ NOT_TEXT = {".pdf": "a PDF", ".doc": "a Word 97-2003 document", ".rtf": "a Rich 
 DOCUMENTS = (".docx", ".docm", ".odt", *NOT_TEXT)  # the suffixes document_text reads (or names as not text)
 
 
+class _Layout(NamedTuple):
+    """Where a format keeps its text: the zip member and the body's path in it; the tags of
+    paragraphs (read by ``text``), of elements that hold blocks (lists, content controls), of a
+    table, and its rows (``rows(table)``) and cells."""
+
+    part: str
+    body: str
+    paragraphs: tuple[str, ...]
+    text: Callable
+    containers: tuple[str, ...]
+    table: str
+    rows: Callable
+    cell: str
+
+
 def document_text(path: Path) -> str:
     """The text of the document at ``path`` (see the module's docstring); a ``.docx`` or ``.odt``
     that is not one, or is damaged, is a ValueError that says so."""
     suffix = path.suffix.lower()
     if suffix in NOT_TEXT:
         raise ValueError(f"{path}: {NOT_TEXT[suffix]}, not text a model reads; {SAVE_AS_TEXT}")
+    layout = _DOCX if suffix in (".docx", ".docm") else _odt()
     try:
-        with zipfile.ZipFile(path) as z:
-            if suffix in (".docx", ".docm"):
-                return _docx(z)
-            return _odt(z)
+        with zipfile.ZipFile(path) as z, z.open(layout.part) as f:
+            body = parse(f).getroot().find(layout.body)
     except (zipfile.BadZipFile, KeyError, ParseError) as e:
         raise ValueError(f"{path}: not a readable {suffix} document ({type(e).__name__}: {e}); {SAVE_AS_TEXT}") \
             from None
+    return "\n".join(_blocks(body, layout)) if body is not None else ""
 
 
-def _docx(z: zipfile.ZipFile) -> str:
-    """``word/document.xml``'s body: paragraphs (their runs' text, tabs and breaks), tables' rows."""
-    with z.open("word/document.xml") as f:
-        root = _root(f)
-    body = root.find(f"{W}body")
-    return "\n".join(_docx_blocks(body)) if body is not None else ""
-
-
-def _docx_blocks(el) -> list[str]:
-    """The lines of a body, a table cell or a content control: each paragraph, each table row."""
+def _blocks(el, layout: _Layout) -> list[str]:
+    """The lines of a body, a table cell or a block's container: each paragraph, each table row
+    (its cells' lines joined by spaces, the cells by tabs)."""
     lines: list[str] = []
     for child in el:
-        if child.tag == f"{W}p":
-            lines.append(_docx_runs(child))
-        elif child.tag == f"{W}tbl":
-            for row in child.findall(f"{W}tr"):
-                lines.append("\t".join(" ".join(_docx_blocks(cell)) for cell in row.findall(f"{W}tc")))
-        elif child.tag in (f"{W}sdt", f"{W}sdtContent", f"{W}customXml"):  # a content control around blocks
-            lines += _docx_blocks(child)
+        if child.tag in layout.paragraphs:
+            lines.append(layout.text(child))
+        elif child.tag == layout.table:
+            for row in layout.rows(child):
+                lines.append("\t".join(" ".join(_blocks(cell, layout)) for cell in row.findall(layout.cell)))
+        elif child.tag in layout.containers:
+            lines += _blocks(child, layout)
     return lines
 
 
@@ -85,30 +95,16 @@ def _docx_runs(p) -> str:
     return "".join(out)
 
 
-def _odt(z: zipfile.ZipFile) -> str:
-    """``content.xml``'s text: headings, paragraphs, list items, tables' rows (as ``.docx``'s)."""
-    with z.open("content.xml") as f:
-        root = _root(f)
-    body = root.find(f"{OFFICE_NS}body/{OFFICE_NS}text")
-    return "\n".join(_odt_blocks(body)) if body is not None else ""
+_DOCX = _Layout("word/document.xml", f"{W}body", (f"{W}p",), _docx_runs,
+                (f"{W}sdt", f"{W}sdtContent", f"{W}customXml"),  # content controls around blocks
+                f"{W}tbl", lambda table: table.findall(f"{W}tr"), f"{W}tc")
 
 
-def _odt_blocks(el) -> list[str]:
-    """The lines of a body, a list, a section or a table cell: as :func:`_docx_blocks`'."""
+def _odt() -> _Layout:
+    """A Writer document's layout: headings, paragraphs, lists, sections, tables (their rows in
+    groups too), its paragraphs read as a Calc cell's (:func:`prefopt.data.ods.inline_text`)."""
     from .data.ods import inline_text
 
-    lines: list[str] = []
-    for child in el:
-        if child.tag in (f"{TEXT_NS}p", f"{TEXT_NS}h"):
-            lines.append(inline_text(child))
-        elif child.tag in (f"{TEXT_NS}list", f"{TEXT_NS}list-item", f"{TEXT_NS}section", f"{TEXT_NS}list-header"):
-            lines += _odt_blocks(child)
-        elif child.tag == f"{TABLE_NS}table":
-            for row in child.iter(f"{TABLE_NS}table-row"):
-                lines.append("\t".join(" ".join(_odt_blocks(cell)) for cell in row.findall(f"{TABLE_NS}table-cell")))
-    return lines
-
-
-def _root(f):
-    """The root element of the XML file ``f``."""
-    return parse(f).getroot()
+    return _Layout("content.xml", f"{OFFICE_NS}body/{OFFICE_NS}text", (f"{TEXT_NS}p", f"{TEXT_NS}h"), inline_text,
+                   (f"{TEXT_NS}list", f"{TEXT_NS}list-item", f"{TEXT_NS}section", f"{TEXT_NS}list-header"),
+                   f"{TABLE_NS}table", lambda table: table.iter(f"{TABLE_NS}table-row"), f"{TABLE_NS}table-cell")
