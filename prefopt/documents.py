@@ -107,4 +107,14 @@ def _odt() -> _Layout:
 
     return _Layout("content.xml", f"{OFFICE_NS}body/{OFFICE_NS}text", (f"{TEXT_NS}p", f"{TEXT_NS}h"), inline_text,
                    (f"{TEXT_NS}list", f"{TEXT_NS}list-item", f"{TEXT_NS}section", f"{TEXT_NS}list-header"),
-                   f"{TABLE_NS}table", lambda table: table.iter(f"{TABLE_NS}table-row"), f"{TABLE_NS}table-cell")
+                   f"{TABLE_NS}table", _odt_rows, f"{TABLE_NS}table-cell")
+
+
+def _odt_rows(table):
+    """A Writer table's own rows, those in row groups (header rows, a group) too, not those of a
+    table inside one of its cells."""
+    for child in table:
+        if child.tag == f"{TABLE_NS}table-row":
+            yield child
+        elif child.tag in (f"{TABLE_NS}table-header-rows", f"{TABLE_NS}table-rows", f"{TABLE_NS}table-row-group"):
+            yield from _odt_rows(child)

@@ -107,3 +107,33 @@ def test_a_document_that_is_not_text_says_how_to_give_it(tmp_path, capsys):
         prompt_file_text(tmp_path / "old.docx")
     assert main(["generate", "--model", "unused", "--prompt", f"@{tmp_path / 'scan.pdf'}"]) == 2
     assert "scan.pdf: a PDF, not text a model reads" in capsys.readouterr().err
+
+
+def test_a_table_within_a_writer_table_cell_is_read_once(tmp_path):
+    """A table's rows are its own (in row groups too), not those of a table inside one of its
+    cells, which that cell's text holds."""
+    pytest.importorskip("odf")
+    from odf.opendocument import OpenDocumentText
+    from odf.table import Table, TableCell, TableHeaderRows, TableRow
+    from odf.text import P
+
+    def row(*cells):
+        r = TableRow()
+        for c in cells:
+            cell = TableCell()
+            for block in (c if isinstance(c, tuple) else (P(text=c),)):
+                cell.addElement(block)
+            r.addElement(cell)
+        return r
+
+    inner = Table()
+    inner.addElement(row("K", "4.1"))
+    outer = Table()
+    header = TableHeaderRows()
+    header.addElement(row("Test", "Result"))
+    outer.addElement(header)
+    outer.addElement(row("Labs", (P(text="electrolytes"), inner)))
+    doc = OpenDocumentText()
+    doc.text.addElement(outer)
+    doc.save(str(tmp_path / "labs.odt"))
+    assert document_text(tmp_path / "labs.odt") == "Test\tResult\nLabs\telectrolytes K\t4.1"
