@@ -9,10 +9,12 @@ import datetime
 import decimal
 import gzip
 import io
+import itertools
 import json
 import lzma
 import re
-from collections.abc import Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -365,11 +367,25 @@ def _skip_ws(text: str, i: int) -> int:
 
 
 def sniff_delimiter(text: str) -> str:
-    """The one of :data:`DELIMITERS` that splits the first line of ``text`` (a CSV header)
-    into the most cells; ``,`` where none splits it."""
-    header = text.replace("\r", "\n", 1).split("\n", 1)[0]  # (classic Mac files end lines with \r alone)
-    counts = [len(next(csv.reader([header], delimiter=d), [])) for d in DELIMITERS]
+    """The one of :data:`DELIMITERS` that splits the first line of ``text`` that is not blank (a
+    CSV header) into the most cells, a tie broken by the lines after it (a title row ``Triage log,
+    ward 3;`` splits as two by ``,`` and ``;``, the column names below it by ``;`` alone); ``,``
+    where none splits them."""
+    lines = [line for line in text[:SNIFF_CHARACTERS].replace("\r", "\n").split("\n") if line.strip()][:SNIFF_LINES]
+    counts = [tuple(_cells(line, d) for line in lines) for d in DELIMITERS]
     return DELIMITERS[counts.index(max(counts))]
+
+
+def _cells(line: str, delimiter: str) -> int:
+    """How many cells ``delimiter`` splits the CSV ``line`` into (0 where the csv module cannot
+    read it: the file's read says why)."""
+    try:
+        return len(next(csv.reader([line], delimiter=delimiter), []))
+    except csv.Error:
+        return 0
+
+
+SNIFF_LINES, SNIFF_CHARACTERS = 5, 1 << 16  # what sniff_delimiter reads of a file
 
 
 def _sep_line(text: str) -> tuple[str | None, int, str]:
@@ -406,15 +422,63 @@ def column_name(header_cell: str) -> str:
     return " ".join(header_cell.split())
 
 
-def no_title(path: Path, names: Sequence[str], line: int, right: Iterable[str]) -> None:
-    """Refuse a header that names its first column alone where the first row below it holds text
-    to the right of that (``right``: the row's cells after its first): a title above the column
-    names ("Triage log, ward 3"), read as the header, would have every row refused for cells it
-    does not name. (A column without a name before a named one, pandas' index, is no title.)"""
-    if names and names[0].strip() and not any(n.strip() for n in names[1:]) and any(v.strip() for v in right):
-        raise DataError(path, line, None, f"the header, the first row that is not blank, names one column "
-                                          f"({names[0]!r}) and the row below holds text in others: a title above the "
-                                          "column names? Delete the rows above them")
+def warn_once(message: str) -> None:
+    """``message`` as a warning, once a process however often the file is read (a task reads its
+    file more than once; Python's own once-only registry is reset whenever a filter is added)."""
+    if message not in _SAID:
+        _SAID.add(message)
+        warnings.warn(message, stacklevel=3)
+
+
+_SAID: set[str] = set()  # the warnings given (see warn_once)
+
+
+def past_titles(path: Path, line: int, names: list[str], rows: Iterator[tuple[int, Any]], texts,
+                narrow: bool = False) -> tuple[int, list[str], Iterator[tuple[int, Any]]]:
+    """``(line, names, rows)`` of a table whose first row that is not blank (on ``line``) reads as
+    the column ``names``, and ``rows`` the ``(line, values)`` after it: where that row is a title
+    above the column names ("Triage log, ward 3" in its first cell alone, a report's export), the
+    column names are the first row below it that fills more than its first cell, the title and
+    the rows of one cell between (a run date, up to :data:`TITLES` in all) warned of, not read.
+    ``texts(values)`` is a row's cells as text; ``narrow``: only the title row's columns count (a
+    CSV: the title row Excel exports is as wide as the sheet, and a cell past a one-column header
+    is rather a delimiter left unquoted). A title-like row right over one that cannot be column
+    names (a number in it) is refused, named: a header of one column over rows that fill others
+    (pandas' unnamed index before a named column is no title)."""
+    if not (names and names[0].strip() and not any(n.strip() for n in names[1:])):
+        return line, names, rows
+    ahead = []  # the rows read ahead, of one cell each
+    for number, values in rows:
+        cells = texts(values)
+        if not any(c.strip() for c in cells):
+            continue
+        ahead.append((number, values))
+        if not any(c.strip() for c in cells[1:len(names) if narrow else None]):
+            if len(ahead) < TITLES:
+                continue  # a title's next line, or a table of one column
+        elif sum(bool(c.strip()) for c in cells) >= 2 and not any(_number(c) for c in cells):
+            titles = [repr(names[0])] + [repr(texts(v)[0].strip()) for _, v in ahead[:-1]]
+            warn_once(f"{path}:{line}: {', '.join(titles)} read as {'a title' if len(titles) == 1 else 'titles'} "
+                      f"above the column names, which are on line {number}; not read as a record")
+            return number, [column_name(c) for c in cells], rows
+        elif len(ahead) == 1:
+            raise DataError(path, line, None, f"the header, the first row that is not blank, names one column "
+                                              f"({names[0]!r}) and the row below holds text in others: a title above "
+                                              "the column names? Delete the rows above them")
+        break
+    return line, names, itertools.chain(ahead, rows)
+
+
+TITLES = 6  # the most rows of one cell read as a title above a table's column names
+
+
+def _number(text: str) -> bool:
+    """Whether a cell's ``text`` is a number (a record's value, no column's name)."""
+    try:
+        float(text.replace(",", ""))
+    except ValueError:
+        return False
+    return True
 
 
 def _csv(path: Path, delimiter: str | None = None, encoding: str = "utf-8"):
@@ -429,40 +493,44 @@ def _csv(path: Path, delimiter: str | None = None, encoding: str = "utf-8"):
 
 
 def _csv_rows(path: Path, f, delimiter: str, first_line: int = 1):
-    """``_csv``'s rows of the text ``f``, its header on line ``first_line`` of the file: each
-    record's line is the one it starts on, blank lines before it counted (a DictReader's count
-    was one short after each); rows of blank cells skipped; a title above the column names
-    refused at the first row (:func:`no_title`: only the header's columns count there, as a title
-    row Excel exports is as wide as the sheet, and a cell past the header is rather a delimiter
-    left unquoted); what the csv module cannot read stops the file at its line, said so."""
+    """``_csv``'s rows of the text ``f``, from line ``first_line`` of the file: the header is the
+    first row that is not blank; each record's line is the one it starts on, blank lines before
+    it counted (a DictReader's count was one short after each); rows of blank cells skipped;
+    title rows above the column names skipped, said so (:func:`past_titles`); what the csv module
+    cannot read stops the file at its line, said so."""
+    rows = _csv_lines(path, f, delimiter, first_line)
+    line, header = next(((n, r) for n, r in rows if any(c.strip() for c in r[0])), (first_line, None))
+    if header is None:
+        return
+    names = [column_name(name) for name in header[0]]  # "prompt, chosen": no space in the name
+    line, names, rows = past_titles(path, line, names, rows, lambda cells: cells[0], narrow=True)
+    _one_name_each(path, names, line)
+    for start, (cells, end) in rows:
+        if not any(c.strip() for c in cells):
+            continue  # a blank line, or a row of blank cells (an export's ";;;"): nothing to read
+        if len(cells) > len(names):
+            yield start, DataError(path, start, None, f"more cells than the header has columns: "
+                                                      f"{cells[len(names):]!r}")
+        elif len(cells) < len(names):
+            spans = f" (it runs from line {start} to {end}: a quote left open?)" \
+                if end > start else ""  # a quoted cell goes on to the next closing quote
+            yield start, DataError(path, start, names[len(cells)], "row has fewer cells than the header" + spans)
+        else:
+            yield start, dict(zip(names, cells))
+
+
+def _csv_lines(path: Path, f, delimiter: str, first_line: int):
+    """``(line, (cells, last line))`` of each row of the CSV text ``f`` whose first line is the
+    file's ``first_line``: the line a row starts on and the one it ends on (a quoted cell may
+    hold line breaks); what the csv module cannot read stops the file at its line, said so."""
     reader = csv.reader(f, delimiter=delimiter)
-    before, start = first_line - 1, first_line  # the file's lines before the reader's first; the record's line
-    try:
-        header = next(reader, None)
-        if header is None:
-            return
-        names = [column_name(name) for name in header]  # "prompt, chosen": no space in the name
-        _one_name_each(path, names, first_line)
-        first = True
-        while True:
-            start = before + reader.line_num + 1
+    before = first_line - 1  # the file's lines before the reader's first
+    while True:
+        start = before + reader.line_num + 1
+        try:
             cells = next(reader, None)
-            if cells is None:
-                return
-            if not any(c.strip() for c in cells):
-                continue  # a blank line, or a row of blank cells (an export's ";;;"): nothing to read
-            if first:
-                no_title(path, names, first_line, cells[1:len(names)])
-                first = False
-            if len(cells) > len(names):
-                yield start, DataError(path, start, None, f"more cells than the header has columns: "
-                                                          f"{cells[len(names):]!r}")
-            elif len(cells) < len(names):
-                end = before + reader.line_num
-                spans = f" (it runs from line {start} to {end}: a quote left open?)" \
-                    if end > start else ""  # a quoted cell goes on to the next closing quote
-                yield start, DataError(path, start, names[len(cells)], "row has fewer cells than the header" + spans)
-            else:
-                yield start, dict(zip(names, cells))
-    except csv.Error as e:
-        raise DataError(path, start, None, f"not readable as CSV ({e})") from None
+        except csv.Error as e:
+            raise DataError(path, start, None, f"not readable as CSV ({e})") from None
+        if cells is None:
+            return
+        yield start, (cells, before + reader.line_num)

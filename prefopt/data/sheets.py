@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime
 import posixpath
 import re
-import warnings
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -34,10 +33,9 @@ from xml.etree.ElementTree import ParseError, iterparse
 
 from .._deps import require
 from ..hints import first_few
-from .readers import _one_name_each, column_name, no_title
+from .readers import _one_name_each, column_name, past_titles, warn_once
 from .records import DataError
 
-_SAID: set[str] = set()  # the warnings given (see _warn)
 SHEET: ContextVar[str | None] = ContextVar("sheet", default=None)  # see reading_sheet
 _ESCAPED = re.compile(r"_x([0-9A-Fa-f]{4})_")  # a character as Excel escapes it in a text (ST_Xstring)
 UNHIDE = {"Excel": "in Excel, right-click a sheet's tab > Unhide", "LibreOffice": "in LibreOffice Calc, Sheet > Show "
@@ -131,8 +129,8 @@ def read_sheet(path: Path, sheet: str | None = None) -> Iterator[tuple[int, dict
                                    "calculate, such as openpyxl", "Excel or LibreOffice")
         rows = enumerate(sheet.iter_rows(min_row=1, values_only=True), 1)  # (row 1 even where it is empty)
         line, header = next(((n, r) for n, r in rows if not _blank(r)), (1, ()))
-        yield from _records(path, sheet.title, line, [column_name(cell_text(v)) for v in header],
-                            _as_shown(path, sheet.title, marks, line, rows))
+        line, names, rows = past_titles(path, line, [column_name(cell_text(v)) for v in header], rows, _texts)
+        yield from _records(path, sheet.title, line, names, _as_shown(path, sheet.title, marks, line, rows))
     finally:
         book.close()
 
@@ -164,8 +162,8 @@ def sheet_records(path: Path, sheets: list[Sheet], sheet: str | None, app: str, 
                                "calculate", resave)
     rows = iter(found.rows)
     line, header = next(rows, (1, ()))
-    yield from _records(path, found.title, line, [column_name(cell_text(v)) for v in header],
-                        _as_shown(path, found.title, found.marks, line, rows, app))
+    line, names, rows = past_titles(path, line, [column_name(cell_text(v)) for v in header], rows, _texts)
+    yield from _records(path, found.title, line, names, _as_shown(path, found.title, found.marks, line, rows, app))
 
 
 def unsaved_formulas(path: Path, title: str, cells: list[str], writer: str, resave: str) -> DataError:
@@ -219,17 +217,9 @@ def _the_sheet(path: Path, sheets: list, app: str = "Excel"):
         raise DataError(path, None, None, f"{len(shown)} sheets hold data ({', '.join(repr(ws.title) for ws in shown)}"
                         "); name the one to read (--sheet NAME), so that no other sheet (a test set) is trained on")
     if hidden:
-        _warn(f"{path}: read sheet {shown[0].title!r}; sheets hidden in {app} ({hidden}) hold data too and are not "
-              "read")
+        warn_once(f"{path}: read sheet {shown[0].title!r}; sheets hidden in {app} ({hidden}) hold data too and are not "
+                  "read")
     return shown[0]
-
-
-def _warn(message: str) -> None:
-    """``message`` as a warning, once a process however often the file is read (a task reads its
-    file more than once; Python's own once-only registry is reset whenever a filter is added)."""
-    if message not in _SAID:
-        _SAID.add(message)
-        warnings.warn(message, stacklevel=3)
 
 
 def _some(items: list, noun: str | None = None) -> str:
@@ -316,15 +306,15 @@ def _as_shown(path: Path, title: str, marks: Marks, line: int, rows, app: str = 
     totals row left out; hidden rows read as the export writes them, and named."""
     hidden = [n for n in marks.hidden if n > line]
     if hidden:
-        _warn(f"{path}: sheet {title!r}: {_some(hidden, 'row')}, hidden in {app} (by hand or by a filter), read like "
-              "the others, as its CSV export would write them; delete them from the sheet to leave them out")
+        warn_once(f"{path}: sheet {title!r}: {_some(hidden, 'row')}, hidden in {app} (by hand or by a filter), read "
+                  "like the others, as its CSV export would write them; delete them from the sheet to leave them out")
     merged = [m for m in marks.merged if m[2] > line]  # (a merge in the header, or above it, is left as it is)
     if merged:
-        _warn(f"{path}: sheet {title!r}: {_some([m[0] for m in merged], 'range')} merged over rows: each row it "
-              "covers read with its value, as the sheet shows it (its CSV export leaves all but the first empty)")
+        warn_once(f"{path}: sheet {title!r}: {_some([m[0] for m in merged], 'range')} merged over rows: each row it "
+                  "covers read with its value, as the sheet shows it (its CSV export leaves all but the first empty)")
     totals = {n for n in marks.totals if n > line}
     if totals:
-        _warn(f"{path}: sheet {title!r}: {_some(sorted(totals), 'row')}, an Excel table's total row, not read")
+        warn_once(f"{path}: sheet {title!r}: {_some(sorted(totals), 'row')}, an Excel table's total row, not read")
     return ((n, values) for n, values in _filled_down(rows, merged) if n not in totals)
 
 
@@ -354,17 +344,18 @@ def _parsed(path: Path, f):
         raise DataError(path, None, None, f"not a readable Excel workbook (a sheet's XML: {e})") from None
 
 
+def _texts(values) -> list[str]:
+    """A row's cells as text (:func:`cell_text`)."""
+    return [cell_text(v) for v in values]
+
+
 def _records(path: Path, title: str, line: int, names: list[str], rows):
     """The rows below the header (on row ``line``) as records of the named columns."""
     _one_name_each(path, names, line)
     width = max((i + 1 for i, n in enumerate(names) if n), default=0)  # past the last named column: no column
-    first = True
     for number, values in rows:
         if _blank(values):
             continue
-        if first:
-            no_title(path, names, line, [cell_text(v) for v in values[1:]])
-            first = False
         extra = [v for v in values[width:] if v is not None and cell_text(v).strip()]
         if extra:
             yield number, DataError(path, number, None, f"a cell past the header's last column (sheet {title!r}): "

@@ -1,5 +1,6 @@
 """Every kind of bad record gets an error naming the file, line and field; no good record is lost."""
 import json
+import warnings
 
 import pytest
 
@@ -432,7 +433,8 @@ def test_a_csvs_delimiter_is_read_off_its_header_and_blank_rows_skipped(tmp_path
     """Excel writes ';' where the decimal mark is a comma; a .tsv is tab-separated. Rows of blank
     cells (an export's trailing ';;') are skipped without moving any later record's line."""
     assert [sniff_delimiter(h) for h in ("prompt,completion\n", "prompt;completion", "a\tb\tc", "a|b", "prompt",
-                                         '"dose, mg";note\n', "a;b\rx;y\r")] == [",", ";", "\t", "|", ",", ";", ";"]
+                                         '"dose, mg";note\n', "a;b\rx;y\r", "Triage log, ward 3;\r\nprompt;completion",
+                                         "\n\na|b\n")] == [",", ";", "\t", "|", ",", ";", ";", ";", "|"]
     (tmp_path / "mac.csv").write_text("prompt;completion\rBP?;Normal.\r;\rPulse?;70.\r", newline="")
     assert [(line, r["completion"]) for line, r in read_rows(tmp_path / "mac.csv")] == [(2, "Normal."), (4, "70.")]
     (tmp_path / "mac.csv").write_bytes(b"prompt;completion\rBP?;Normal.\r\nPulse?;fi\xe8vre\r")
@@ -519,24 +521,45 @@ def test_a_csv_rows_line_counts_the_blank_lines_before_it_and_excels_sep_line_na
         list(read_rows(path))
 
 
-def test_a_title_above_the_column_names_is_named_not_read_as_the_header(tmp_path, tok):
+def test_a_title_above_the_column_names_is_skipped_and_named_not_read_as_the_header(tmp_path, tok):
     """A sheet with a title row saved as CSV: the title was read as the header, and every record
-    was refused for a missing field. A header of one column whose rows hold one is read."""
+    was refused for a missing field; then the title was refused; now the names are the row below,
+    the title warned of. A header of one column whose rows hold one is read; one over a row that
+    cannot be column names (a number in it) is refused as a title over records."""
     path = tmp_path / "log.csv"
     path.write_text('"Triage log, ward 3",\n,\nprompt,completion\nChest pain?,Emergency now.\n')
-    with pytest.raises(DataError, match=r"log.csv:1: the header, the first row that is not blank, names one column "
-                                        r"\('Triage log, ward 3'\) and the row below holds text in others: a title "
-                                        r"above the column names\? Delete the rows above them"):
-        load_sft(path, tok)
+    with pytest.warns(UserWarning, match=r"log.csv:1: 'Triage log, ward 3' read as a title above the column names, "
+                                         r"which are on line 3; not read as a record"):
+        assert len(load_sft(path, tok)[0]) == 1
+    assert list(read_rows(path)) == [(4, {"prompt": "Chest pain?", "completion": "Emergency now."})]
     path.write_text("prompt,completion\nChest pain?,Emergency now.\n")
     assert len(load_sft(path, tok)[0]) == 1
     (tmp_path / "lm.csv").write_text("text,\nA note on chest pain.,\n")  # (an export's trailing delimiter)
     assert len(load_sft(tmp_path / "lm.csv", tok)[0]) == 1
-    path.write_text("Triage log ward 3,,\nprompt,completion,\n")  # the text in the first of two unnamed columns
-    with pytest.raises(DataError, match=r"log.csv:1: the header, .* names one column \('Triage log ward 3'\)"):
+    (tmp_path / "lm2.csv").write_text("text\nA note on chest pain, 2 h.\n")  # (a delimiter unquoted: no title)
+    with pytest.raises(DataError, match=r"lm2.csv:2: more cells than the header has columns: \[' 2 h.'\]"):
+        load_sft(tmp_path / "lm2.csv", tok)
+    path.write_text("Triage log ward 3,,\nprompt,completion,\nq,a,\n")  # the text in the first of two unnamed columns
+    with pytest.warns(UserWarning, match=r"log.csv:1: 'Triage log ward 3' read as a title"):
+        assert len(load_sft(path, tok)[0]) == 1
+    assert list(read_rows(path)) == [(3, {"prompt": "q", "completion": "a", "": ""})]
+    path.write_text("Triage score,\n3,ED\n")
+    with pytest.raises(DataError, match=r"log.csv:1: the header, the first row that is not blank, names one column "
+                                        r"\('Triage score'\) and the row below holds text in others: a title "
+                                        r"above the column names\? Delete the rows above them"):
         load_sft(path, tok)
+    (tmp_path / "eu.csv").write_text("Triage log, ward 3;\nprompt;completion\nBP 120/80, pulse 70?;Normal.\n")
+    with pytest.warns(UserWarning, match=r"eu.csv:1: 'Triage log, ward 3' read as a title"):  # (as Excel saves it
+        assert list(read_rows(tmp_path / "eu.csv")) == [  # where the decimal mark is a comma: ';' between cells)
+            (3, {"prompt": "BP 120/80, pulse 70?", "completion": "Normal."})]
+    (tmp_path / "notes.csv").write_text("text,\n" + "".join(f"note {i},\n" for i in range(8)) + "late note,stray\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a table of one column, however long, is no pile of titles
+        assert [r["text"] for _, r in read_rows(tmp_path / "notes.csv")][::8] == ["note 0", "late note"]
     (tmp_path / "idx.csv").write_text(",text\n0,A note on chest pain.\n")  # pandas' to_csv: its index unnamed
     assert len(load_sft(tmp_path / "idx.csv", tok)[0]) == 1
+    (tmp_path / "late.csv").write_text("\n\nprompt,completion\nq,a\n")  # blank lines above the header
+    assert list(read_rows(tmp_path / "late.csv")) == [(4, {"prompt": "q", "completion": "a"})]
 
 
 def test_a_header_wrapped_over_lines_names_its_column_with_spaces(tmp_path, tok):

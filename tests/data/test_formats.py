@@ -1,6 +1,8 @@
 """Preference data as other tools write it: TRL's implicit prompt (chosen and rejected each hold
 the whole exchange), Parquet files (a Hugging Face dataset's own format) and DataFrames read
 from them, whose list columns hold numpy arrays."""
+import csv
+import importlib.util
 import json
 import sys
 import zipfile
@@ -10,7 +12,7 @@ import pytest
 from prefopt.data import DataError, Records, load_preferences, load_sft, read_rows
 from prefopt.data.records import PreferenceRecord, parse_preference
 from prefopt.data.sheets import cell_text
-from tests._formats import write_workbook
+from tests._formats import write_ods, write_workbook
 
 
 def user(text):
@@ -232,7 +234,6 @@ def test_an_excel_workbook_reads_as_its_sheet_saved_as_csv_would_with_excels_row
     """A clinician's spreadsheet, unconverted: the same examples as the sheet saved as CSV; errors
     name the row Excel shows; numbers, TRUE/FALSE and dates as the export's text; blank rows (and
     blank sheets beside it) skipped."""
-    import csv
     import datetime
 
     rows = [["prompt", "completion", "reviewed", "score", "when"],
@@ -446,11 +447,10 @@ def test_a_workbook_that_is_not_one_sheet_of_records_is_refused_by_name(tmp_path
     twice = write_workbook(tmp_path / "twice.xlsx", {"s": [[None], ["prompt", "completion", "prompt"], ["q", "a", "b"]]})
     with pytest.raises(DataError, match=r"twice.xlsx:2: field 'prompt': two columns have this name"):
         list(read_rows(twice))
-    titled = write_workbook(tmp_path / "titled.xlsx", {"s": [["Triage log, ward 3"], [], ["prompt", "completion"],
-                                                          ["q", "a"]]})
-    with pytest.raises(DataError, match=r"titled.xlsx:1: the header, .* names one column \('Triage log, ward 3'\) "
+    titled = write_workbook(tmp_path / "titled.xlsx", {"s": [["Triage score"], [3, "ED"], ["q", "a"]]})
+    with pytest.raises(DataError, match=r"titled.xlsx:1: the header, .* names one column \('Triage score'\) "
                                         r"and the row below holds text in others: a title above the column names"):
-        list(read_rows(titled))
+        list(read_rows(titled))  # (a number is no column's name: no title is skipped to read 3, "ED" as the names)
     (tmp_path / "cut.xlsx").write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(DataError, match=r"cut.xlsx: not a readable Excel workbook \(BadZipFile"):
         list(read_rows(tmp_path / "cut.xlsx"))
@@ -482,3 +482,33 @@ def test_a_workbook_that_is_not_one_sheet_of_records_is_refused_by_name(tmp_path
     with pytest.raises(ImportError, match=r"reading .xlsx data files needs the optional package 'openpyxl'.*"
                                           r"pip install 'prefopt\[excel\]'"):
         list(read_rows(two))
+
+
+def test_title_rows_above_the_column_names_are_skipped_and_named_in_every_format(tmp_path):
+    """A report exported with its title (and run date) above the column names: each was read as
+    the header of one column and refused; now the column names are the row below the titles, in a
+    CSV as Excel saves the sheet (each row as wide as the sheet), an .xlsx (the title merged
+    across the columns, as "Merge & Center" leaves it), an .ods and an .xls, with the same row
+    numbers, and the titles warned of."""
+    rows = [["Triage log, ward 3", None], ["Exported 2025-03-01 08:00", None], [None, None],
+            ["prompt", "completion"], ["Chest pain?", "Emergency now."], ["Cough, 3 days", "GP"]]
+    paths = [tmp_path / "log.csv", write_workbook(tmp_path / "log.xlsx", {"Log": rows}),
+             write_ods(tmp_path / "log.ods", {"Log": rows})]
+    with paths[0].open("w", newline="") as f:
+        csv.writer(f).writerows([["" if v is None else v for v in row] for row in rows])
+    if importlib.util.find_spec("xlwt") and importlib.util.find_spec("xlrd"):
+        from tests.data.test_xls import write_xls
+
+        paths.append(write_xls(tmp_path / "log.xls", {"Log": rows}))
+    openpyxl = pytest.importorskip("openpyxl")
+    book = openpyxl.load_workbook(paths[1])
+    book["Log"].merge_cells("A1:B1")
+    book.save(paths[1])
+    for path in paths:
+        with pytest.warns(UserWarning) as said:
+            got = list(read_rows(path))
+        assert got == [(5, {"prompt": "Chest pain?", "completion": "Emergency now."}),
+                       (6, {"prompt": "Cough, 3 days", "completion": "GP"})], path
+        assert [str(w.message) for w in said] == [
+            f"{path}:1: 'Triage log, ward 3', 'Exported 2025-03-01 08:00' read as titles above the column names, "
+            "which are on line 4; not read as a record"]
