@@ -25,7 +25,7 @@ ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # characters 
 def write_sheet(path: Path, rows: list[dict], title: str = "Sheet1") -> None:
     """``rows`` as a workbook of one sheet at ``path`` (``.ods``: an OpenDocument spreadsheet,
     else an Excel workbook), written atomically: a header of every row's columns in first-seen
-    order (in an Excel workbook frozen, so it stays in view), then a row each. Text stays text,
+    order (frozen, so it stays in view), then a row each. Text stays text,
     numbers and TRUE/FALSE are the spreadsheet's own (a confidence column sorts as numbers),
     anything else is written as JSON text, as in a CSV. A control character XML forbids (a
     model's output may hold one) is written as U+FFFD, with a warning naming the cells; in an
@@ -74,7 +74,13 @@ def _cell(v):
 _MANIFEST = ('<?xml version="1.0" encoding="UTF-8"?>\n<manifest:manifest xmlns:manifest="urn:oasis:names:tc:'
              'opendocument:xmlns:manifest:1.0" manifest:version="1.3"><manifest:file-entry manifest:full-path="/" '
              f'manifest:media-type="{ODS_MIMETYPE}"/><manifest:file-entry manifest:full-path="content.xml" '
+             'manifest:media-type="text/xml"/><manifest:file-entry manifest:full-path="settings.xml" '
              'manifest:media-type="text/xml"/></manifest:manifest>')
+_CONFIG = "urn:oasis:names:tc:opendocument:xmlns:config:1.0"
+# a sheet's view as Calc keeps it in settings.xml: its first row frozen (a split of the rows, "vertical" in Calc's
+# terms, at one row; the pane below it active and scrolled to its top)
+_FROZEN_HEADER = (("VerticalSplitMode", "short", 2), ("VerticalSplitPosition", "int", 1),
+                  ("ActiveSplitRange", "short", 2), ("PositionTop", "int", 0), ("PositionBottom", "int", 1))
 
 
 def _save_ods(path: Path, title: str, table: list[list]) -> None:
@@ -91,6 +97,21 @@ def _save_ods(path: Path, title: str, table: list[list]) -> None:
         z.writestr(zipfile.ZipInfo("mimetype"), ODS_MIMETYPE)  # (a ZipInfo's own: stored, not compressed)
         z.writestr("META-INF/manifest.xml", _MANIFEST, zipfile.ZIP_DEFLATED)
         z.writestr("content.xml", content, zipfile.ZIP_DEFLATED)
+        z.writestr("settings.xml", _ods_settings(title), zipfile.ZIP_DEFLATED)
+
+
+def _ods_settings(title: str) -> str:
+    """The settings part of an OpenDocument spreadsheet whose sheet ``title`` has its header row
+    frozen, so that it stays in view as Calc scrolls."""
+    items = "".join(f'<config:config-item config:name="{name}" config:type="{kind}">{value}</config:config-item>'
+                    for name, kind, value in _FROZEN_HEADER)
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<office:document-settings xmlns:office='
+            f'{quoteattr(ODS_NAMESPACES["office"])} xmlns:config={quoteattr(_CONFIG)} office:version="1.3">'
+            '<office:settings><config:config-item-set config:name="ooo:view-settings"><config:config-item-map-indexed '
+            'config:name="Views"><config:config-item-map-entry><config:config-item-map-named config:name="Tables">'
+            f"<config:config-item-map-entry config:name={quoteattr(title)}>{items}</config:config-item-map-entry>"
+            "</config:config-item-map-named></config:config-item-map-entry></config:config-item-map-indexed>"
+            "</config:config-item-set></office:settings></office:document-settings>")
 
 
 def _ods_cell(v) -> str:

@@ -199,7 +199,8 @@ def test_a_file_odfpy_wrote_reads_as_pandas_reads_it(tmp_path):
 
 def test_a_table_written_as_ods_reads_back_by_prefopt_and_by_pandas(tmp_path):
     """predict's answers to a Calc file are written as one: text, numbers, TRUE/FALSE and JSON
-    read back as written; what XML cannot hold is named and replaced."""
+    read back as written; what XML cannot hold is named and replaced; the header row frozen, as
+    in an Excel workbook."""
     rows = [{"mrn": "00123", "message": "Chest  pain\nsince  noon\t(left)\r\n", "predicted": "emergency",
              "confidence": 0.875, "finished": True, "options": {"A": "x"}},
             {"mrn": "00124", "message": " Refill", "predicted": "", "confidence": None, "finished": False,
@@ -216,6 +217,16 @@ def test_a_table_written_as_ods_reads_back_by_prefopt_and_by_pandas(tmp_path):
     assert back[2]["message"] == "x\ufffdy"
     (sheet,) = _sheets(path)
     assert sheet.title == "predictions"
+    odf = pytest.importorskip("odf.opendocument")
+    from odf.config import ConfigItem, ConfigItemMapEntry
+
+    doc = odf.load(str(path))  # odfpy reads the header row's freeze where Calc does: the sheet's view settings
+    (view,) = [e for e in doc.settings.getElementsByType(ConfigItemMapEntry) if e.getAttribute("name") == "predictions"]
+    assert {i.getAttribute("name"): str(i) for i in view.getElementsByType(ConfigItem)} == {
+        "VerticalSplitMode": "2", "VerticalSplitPosition": "1", "ActiveSplitRange": "2", "PositionTop": "0",
+        "PositionBottom": "1"}
+    with zipfile.ZipFile(path) as z:
+        assert b'manifest:full-path="settings.xml"' in z.read("META-INF/manifest.xml")
     pd = pytest.importorskip("pandas")
     pytest.importorskip("odf")
     theirs = pd.read_excel(path, engine="odf", dtype={"mrn": str})
