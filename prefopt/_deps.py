@@ -11,6 +11,7 @@ _EXTRAS = {
     "openpyxl": ("excel", "reading .xlsx data files"),
     "xlrd": ("excel", "reading .xls data files"),
     "pyarrow": ("parquet", "reading .parquet data files"),
+    "pypdf": ("pdf", "reading a PDF's text"),
     "tqdm": ("progress", "progress bars"),
 }
 

@@ -485,8 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="complete a prompt with a model")
     _add_answer_flags(g)
-    g.add_argument("--prompt", required=True, help="the prompt; @FILE reads it from a UTF-8 text file (a long "
-                   "note), - from standard input")
+    g.add_argument("--prompt", required=True, help="the prompt; @FILE reads it from a file (a long note: UTF-8 "
+                   "text, a Word .docx, a Writer .odt or a PDF's text), - from standard input")
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     add_chat_flags(g, "prompt")

@@ -3,8 +3,10 @@ text: a Word document (``.docx``) or a LibreOffice Writer one (``.odt``), read w
 library, their paragraphs a line each, a table's rows a line each with its cells between tabs,
 a list's items a line each; headers, footers, comments, footnotes and text deleted or moved
 away under tracked changes left out (a note's letterhead and a reviewer's remarks are not the
-note). Other files are read as UTF-8 text; a format that is not text (``.pdf``, Word's old
-``.doc``, ``.rtf``) is named with how to save it as one that is."""
+note). A PDF's text is read through pypdf (the ``pdf`` extra), page by page, as it stands on
+the page (a letterhead or page number printed on each page is in it); one with no text (a scan)
+or a password is named. Other files are read as UTF-8 text; a format that is not text (Word's
+old ``.doc``, ``.rtf``) is named with how to save it as one that is."""
 from __future__ import annotations
 
 import zipfile
@@ -13,14 +15,15 @@ from pathlib import Path
 from typing import NamedTuple
 from xml.etree.ElementTree import ParseError, parse
 
+from ._deps import require
+
 W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 TEXT_NS = "{urn:oasis:names:tc:opendocument:xmlns:text:1.0}"
 TABLE_NS = "{urn:oasis:names:tc:opendocument:xmlns:table:1.0}"
 OFFICE_NS = "{urn:oasis:names:tc:opendocument:xmlns:office:1.0}"
 SAVE_AS_TEXT = "save it as .docx, .odt or plain text (.txt), or paste its text"
-NOT_TEXT = {".pdf": "a PDF", ".doc": "a Word 97-2003 document", ".rtf": "a Rich Text document",
-            ".pages": "a Pages document"}
-DOCUMENTS = (".docx", ".docm", ".odt", *NOT_TEXT)  # the suffixes document_text reads (or names as not text)
+NOT_TEXT = {".doc": "a Word 97-2003 document", ".rtf": "a Rich Text document", ".pages": "a Pages document"}
+DOCUMENTS = (".docx", ".docm", ".odt", ".pdf", *NOT_TEXT)  # the suffixes document_text reads (or names as not text)
 
 
 class _Layout(NamedTuple):
@@ -44,6 +47,8 @@ def document_text(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in NOT_TEXT:
         raise ValueError(f"{path}: {NOT_TEXT[suffix]}, not text a model reads; {SAVE_AS_TEXT}")
+    if suffix == ".pdf":
+        return _pdf_text(path)
     layout = _DOCX if suffix in (".docx", ".docm") else _odt()
     try:
         with zipfile.ZipFile(path) as z, z.open(layout.part) as f:
@@ -52,6 +57,31 @@ def document_text(path: Path) -> str:
         raise ValueError(f"{path}: not a readable {suffix} document ({type(e).__name__}: {e}); {SAVE_AS_TEXT}") \
             from None
     return "\n".join(_blocks(body, layout)) if body is not None else ""
+
+
+def _pdf_text(path: Path) -> str:
+    """The text of the PDF at ``path``, its pages' text in order (pypdf's reading of where each
+    piece of text stands), a blank line between pages; a PDF pypdf cannot read, one locked by a
+    password and one without text (a scanned letter: its pages are pictures) are ValueErrors
+    that say what to do."""
+    pypdf = require("pypdf", "reading a PDF's text")
+    try:
+        reader = pypdf.PdfReader(path)
+        if reader.is_encrypted and not reader.decrypt(""):  # (a PDF may be locked against editing alone)
+            raise ValueError(f"{path}: a PDF locked with a password; open it, print it to PDF or save a copy "
+                             "without the password, or paste its text")
+        pages = [page.extract_text() for page in reader.pages]
+    except pypdf.errors.DependencyError as e:  # AES encryption needs the cryptography package
+        raise ValueError(f"{path}: an encrypted PDF ({e}); save a copy without encryption, or paste its text") \
+            from None
+    except pypdf.errors.PyPdfError as e:
+        raise ValueError(f"{path}: not a readable PDF ({type(e).__name__}: {e}); {SAVE_AS_TEXT}") from None
+    text = "\n\n".join(page.strip("\n") for page in pages if page.strip())
+    if not text:
+        raise ValueError(f"{path}: a PDF with no text in it ({len(pages)} page{'s' if len(pages) != 1 else ''}: a "
+                         "scan, whose pages are pictures?); run text recognition (OCR) on it and save the text, or "
+                         "type the note")
+    return text
 
 
 def _blocks(el, layout: _Layout) -> list[str]:

@@ -11,8 +11,8 @@ from typing import TextIO
 from .data.records import control_token_problem
 
 CHAT_HELP = ("/reset: a new conversation   /system TEXT: the system message (/system alone: none)   "
-             "/file PATH: send a text file (a long note)   /save PATH: add the conversation to a JSONL file   "
-             "Ctrl-C: stop an answer   /exit or Ctrl-D: quit")
+             "/file PATH: send a file's text (a note: .txt, .docx, .odt, .pdf)   "
+             "/save PATH: add the conversation to a JSONL file   Ctrl-C: stop an answer   /exit or Ctrl-D: quit")
 
 
 def stream_answer(model, tok, prompt_ids: list[int], *, stops: list[str] | tuple = (), out: TextIO | None = None,
@@ -45,8 +45,8 @@ def stream_answer(model, tok, prompt_ids: list[int], *, stops: list[str] | tuple
 
 
 def prompt_file_text(path: Path) -> str:
-    """A file given as a prompt (``generate --prompt @FILE``, chat's ``/file``): a Word or Writer
-    document's text (``.docx``, ``.odt``: :mod:`prefopt.documents`), else UTF-8 text (a bad byte
+    """A file given as a prompt (``generate --prompt @FILE``, chat's ``/file``): a Word, Writer or
+    PDF document's text (``.docx``, ``.odt``, ``.pdf``: :mod:`prefopt.documents`), else UTF-8 text (a bad byte
     named by line and column); Windows and old Mac line ends read as ``\n``."""
     from .data.readers import read_text
     from .documents import DOCUMENTS, document_text

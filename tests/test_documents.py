@@ -1,7 +1,9 @@
 """A clinical note kept as a Word or Writer document, given as a prompt (``generate --prompt
 @note.docx``, chat's ``/file``): its text, paragraphs and table rows a line each, without its
 letterhead, comments or deleted text. Word files are written by python-docx (test-only), Writer
-files by odfpy; tracked changes, which neither writes, as Word writes them."""
+files by odfpy; tracked changes, which neither writes, as Word writes them; PDFs object by object
+(tests/_formats.write_pdf), locked by pypdf."""
+import sys
 import zipfile
 
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from prefopt.cli import main
 from prefopt.documents import document_text
 from prefopt.interactive import prompt_file_text
+from tests._formats import write_pdf
 
 
 def test_a_word_note_reads_as_its_paragraphs_and_table_rows(tmp_path):
@@ -98,15 +101,52 @@ def test_a_writer_note_reads_as_its_paragraphs_lists_and_table_rows(tmp_path):
 
 
 def test_a_document_that_is_not_text_says_how_to_give_it(tmp_path, capsys):
-    (tmp_path / "scan.pdf").write_bytes(b"%PDF-1.7")
-    with pytest.raises(ValueError, match=r"scan.pdf: a PDF, not text a model reads; save it as .docx, .odt or plain "
-                                         r"text \(.txt\), or paste its text"):
-        prompt_file_text(tmp_path / "scan.pdf")
+    (tmp_path / "old.doc").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")
+    with pytest.raises(ValueError, match=r"old.doc: a Word 97-2003 document, not text a model reads; save it as "
+                                         r".docx, .odt or plain text \(.txt\), or paste its text"):
+        prompt_file_text(tmp_path / "old.doc")
     (tmp_path / "old.docx").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")  # a .doc renamed
     with pytest.raises(ValueError, match=r"old.docx: not a readable .docx document \(BadZipFile"):
         prompt_file_text(tmp_path / "old.docx")
-    assert main(["generate", "--model", "unused", "--prompt", f"@{tmp_path / 'scan.pdf'}"]) == 2
-    assert "scan.pdf: a PDF, not text a model reads" in capsys.readouterr().err
+    assert main(["generate", "--model", "unused", "--prompt", f"@{tmp_path / 'old.doc'}"]) == 2
+    assert "old.doc: a Word 97-2003 document, not text a model reads" in capsys.readouterr().err
+
+
+def test_a_pdf_letter_reads_as_its_pages_text(tmp_path):
+    """A discharge letter saved as PDF (the way most reach a clinic): each page's lines in order,
+    a blank line between pages, accents, degree signs, brackets and backslashes as printed; it
+    was refused as not text."""
+    pytest.importorskip("pypdf")
+    letter = write_pdf(tmp_path / "letter.pdf", [["Discharge letter (cardiology)", "Temp 38.9 °C, café-au-lait spots",
+                                                  "Plan: aspirin 75 mg \\ day"], [], ["Follow-up in 6 weeks."]])
+    assert prompt_file_text(letter) == ("Discharge letter (cardiology)\nTemp 38.9 °C, café-au-lait spots\n"
+                                        "Plan: aspirin 75 mg \\ day\n\nFollow-up in 6 weeks.")
+
+
+def test_a_pdf_without_text_or_locked_or_damaged_says_what_to_do(tmp_path, capsys, monkeypatch):
+    pypdf = pytest.importorskip("pypdf")
+    scan = write_pdf(tmp_path / "scan.pdf", [[], []])
+    with pytest.raises(ValueError, match=r"scan.pdf: a PDF with no text in it \(2 pages: a scan, whose pages are "
+                                         r"pictures\?\); run text recognition \(OCR\) on it"):
+        prompt_file_text(scan)
+    assert main(["generate", "--model", "unused", "--prompt", f"@{scan}"]) == 2  # before any model loads
+    assert "scan.pdf: a PDF with no text in it" in capsys.readouterr().err
+    for name, user in (("locked.pdf", "secret"), ("no_edits.pdf", "")):  # a password to open it; one to edit it only
+        writer = pypdf.PdfWriter(clone_from=write_pdf(tmp_path / "plain.pdf", [["Chest pain."]]))
+        writer.encrypt(user_password=user, owner_password="owner", algorithm="RC4-128")
+        writer.write(tmp_path / name)
+    with pytest.raises(ValueError, match=r"locked.pdf: a PDF locked with a password; open it, print it to PDF or "
+                                         r"save a copy without the password"):
+        prompt_file_text(tmp_path / "locked.pdf")
+    assert prompt_file_text(tmp_path / "no_edits.pdf") == "Chest pain."
+    (tmp_path / "cut.pdf").write_bytes(b"%PDF-1.7\n")
+    with pytest.raises(ValueError, match=r"cut.pdf: not a readable PDF \(\w+: .*\); save it as .docx, .odt or "
+                                         r"plain text"):
+        prompt_file_text(tmp_path / "cut.pdf")
+    monkeypatch.setitem(sys.modules, "pypdf", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"reading a PDF's text needs the optional package 'pypdf'.*"
+                                          r"pip install 'prefopt\[pdf\]'"):
+        prompt_file_text(scan)
 
 
 def test_a_table_within_a_writer_table_cell_is_read_once(tmp_path):
