@@ -13,24 +13,39 @@ from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 
 
 def _prompt_text(row: dict) -> str | None:
-    """A pair's prompt as text: its own, or a chat prompt's last user turn."""
+    """A pair's prompt as text, compared as :func:`_plain` writes it: its own, or a chat prompt's
+    last user turn."""
     prompt = row.get("prompt")
     if isinstance(prompt, list):
         prompt = next((m.get("content") for m in reversed(prompt) if isinstance(m, dict) and m.get("role") == "user"),
                       None)
-    return " ".join(prompt.split()) if isinstance(prompt, str) else None
+    return _plain(prompt) if isinstance(prompt, str) else None
+
+
+def _plain(text: str) -> str:
+    """``text`` as prompts are compared: its words, one space between, case folded."""
+    return " ".join(text.split()).casefold()
+
+
+SHARED = 40  # the fewest characters a pair's prompt and an item's message share for one within the other to count
 
 
 def held_out(pairs: Path, splits: dict[str, list]) -> tuple[list[dict], list[tuple[int, str, str]]]:
     """``(the rows to keep, (line, split, item id) of each left out)``: a pair is left out where its
-    prompt is, word for word, the message of an item of ``splits`` (``{"test": records, ...}``).
-    A row the file cannot give (malformed) is raised now, before anything trains."""
-    held = {" ".join(r.prompt.split()): (name, r.id) for name, records in splits.items() for r in records}
+    prompt is the message of an item of ``splits`` (``{"test": records, ...}``), word for word in
+    any spacing or case, or where one holds the other whole, :data:`SHARED` characters or more (a
+    pair's prompt that is the message without the task's instructions, or wraps it in its own;
+    a short one, "Refill?", may stand in many a message by chance). A row the file cannot give
+    (malformed) is raised now, before anything trains."""
+    held = {_plain(r.prompt): (name, r.id) for name, records in splits.items() for r in records}
+    long = [(text, item) for text, item in held.items() if len(text) >= SHARED]
     kept, left = [], []
     for line, row in read_rows(pairs):
         if isinstance(row, DataError):
             raise row
-        item = held.get(_prompt_text(row)) if isinstance(row, dict) else None
+        prompt = _prompt_text(row) if isinstance(row, dict) else None
+        item = None if prompt is None else held.get(prompt) or next(
+            (item for text, item in long if text in prompt or (len(prompt) >= SHARED and prompt in text)), None)
         if item is None:
             kept.append(row)
         else:

@@ -329,6 +329,15 @@ def test_given_pairs_on_held_out_items_are_left_out_and_said_so(tiny_model, tmp_
     assert [json.loads(line) for line in path.read_text().splitlines()] == kept
     assert json.loads((out / "data" / "pairs_report.json").read_text())["left_out"][0] == {
         "line": 2, "split": "test", "item": splits["test"][1].id}
+    # a message within the user's own instructions, one without the task's, in other case; a short one by chance
+    test, val = splits["test"][2].prompt, splits["val"][1].prompt
+    assert len(test) >= given_pairs.SHARED and len(val) >= given_pairs.SHARED
+    wrapped = [{"prompt": f"Triage this portal message.\n\n{test.upper()}\n\nAnswer in one word.", "chosen": "a",
+                "rejected": "b"}, {"prompt": val[len(val) // 4:], "chosen": "a", "rejected": "b"},
+               {"prompt": val[:10], "chosen": "a", "rejected": "b"}, rows[0]]
+    (tmp_path / "wrapped.jsonl").write_text("".join(json.dumps(r) + "\n" for r in wrapped))
+    kept, left = given_pairs.held_out(tmp_path / "wrapped.jsonl", {"test": splits["test"], "validation": splits["val"]})
+    assert kept == wrapped[2:] and left == [(1, "test", splits["test"][2].id), (2, "validation", splits["val"][1].id)]
     every = tmp_path / "every.jsonl"
     every.write_text(json.dumps(rows[1]) + "\n")
     with pytest.raises(ValueError, match="every pair's prompt is the message of an item compare holds out"):
