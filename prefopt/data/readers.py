@@ -9,16 +9,15 @@ import datetime
 import decimal
 import gzip
 import io
-import itertools
 import json
 import lzma
 import re
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from .._deps import require
+from .headers import column_name, one_name_each, past_titles
 from .records import DataError
 
 Row = dict[str, Any]
@@ -61,7 +60,7 @@ def frame_rows(frame, name: str = RECORDS) -> list[Row]:
     """A DataFrame's rows as dicts of plain values (:func:`plain`): a list column read from
     Parquet (a Hugging Face dataset's messages) holds numpy arrays, given back as lists. Two
     columns of one name are refused (``to_dict`` keeps the last one's cells, with a warning)."""
-    _one_name_each(Path(name), [str(c) for c in getattr(frame, "columns", [])], line=None)
+    one_name_each(Path(name), [str(c) for c in getattr(frame, "columns", [])], line=None)
     return [plain(row) for row in frame.to_dict("records")]
 
 
@@ -332,7 +331,7 @@ def _parquet(path: Path, batch_rows: int = 1024):
     with _unreadable_parquet(path):
         file = pq.ParquetFile(path)
         names = file.schema_arrow.names
-    _one_name_each(path, names, line=None)
+    one_name_each(path, names, line=None)
     with _unreadable_parquet(path):
         row_no = 0
         for batch in file.iter_batches(batch_size=batch_rows):
@@ -403,84 +402,6 @@ def csv_delimiter(path: Path, encoding: str = "utf-8") -> str:
     return named or sniff_delimiter(text)
 
 
-def _one_name_each(path: Path, names: Sequence[str], line: int | None = 1) -> None:
-    """Refuse a header that names a column twice: a row would keep only the last column's cell
-    (a CSV row made a dict, and pyarrow alike), losing the other without a word. Blank names (an
-    export's trailing delimiters) may repeat."""
-    for i, name in enumerate(names):
-        if name and name.strip() and name in names[:i]:
-            first = names.index(name) + 1
-            raise DataError(path, line, name, f"two columns have this name (columns {first} and {i + 1}); a record "
-                                              "would keep only the last one's cell: rename one")
-
-
-def column_name(header_cell: str) -> str:
-    """A header cell's text as a column's name: without spaces around it ("prompt, chosen": no
-    space in "chosen") and each run of spaces or line breaks within it one space (a spreadsheet's
-    "Patient⏎message", its header wrapped by Alt+Enter, is ``Patient message``, a name one can pass
-    to ``--columns``)."""
-    return " ".join(header_cell.split())
-
-
-def warn_once(message: str) -> None:
-    """``message`` as a warning, once a process however often the file is read (a task reads its
-    file more than once; Python's own once-only registry is reset whenever a filter is added)."""
-    if message not in _SAID:
-        _SAID.add(message)
-        warnings.warn(message, stacklevel=3)
-
-
-_SAID: set[str] = set()  # the warnings given (see warn_once)
-
-
-def past_titles(path: Path, line: int, names: list[str], rows: Iterator[tuple[int, Any]], texts,
-                narrow: bool = False) -> tuple[int, list[str], Iterator[tuple[int, Any]]]:
-    """``(line, names, rows)`` of a table whose first row that is not blank (on ``line``) reads as
-    the column ``names``, and ``rows`` the ``(line, values)`` after it: where that row is a title
-    above the column names ("Triage log, ward 3" in its first cell alone, a report's export), the
-    column names are the first row below it that fills more than its first cell, the title and
-    the rows of one cell between (a run date, up to :data:`TITLES` in all) warned of, not read.
-    ``texts(values)`` is a row's cells as text; ``narrow``: only the title row's columns count (a
-    CSV: the title row Excel exports is as wide as the sheet, and a cell past a one-column header
-    is rather a delimiter left unquoted). A title-like row right over one that cannot be column
-    names (a number in it) is refused, named: a header of one column over rows that fill others
-    (pandas' unnamed index before a named column is no title)."""
-    if not (names and names[0].strip() and not any(n.strip() for n in names[1:])):
-        return line, names, rows
-    ahead = []  # the rows read ahead, of one cell each
-    for number, values in rows:
-        cells = texts(values)
-        if not any(c.strip() for c in cells):
-            continue
-        ahead.append((number, values))
-        if not any(c.strip() for c in cells[1:len(names) if narrow else None]):
-            if len(ahead) < TITLES:
-                continue  # a title's next line, or a table of one column
-        elif sum(bool(c.strip()) for c in cells) >= 2 and not any(_number(c) for c in cells):
-            titles = [repr(names[0])] + [repr(texts(v)[0].strip()) for _, v in ahead[:-1]]
-            warn_once(f"{path}:{line}: {', '.join(titles)} read as {'a title' if len(titles) == 1 else 'titles'} "
-                      f"above the column names, which are on line {number}; not read as a record")
-            return number, [column_name(c) for c in cells], rows
-        elif len(ahead) == 1:
-            raise DataError(path, line, None, f"the header, the first row that is not blank, names one column "
-                                              f"({names[0]!r}) and the row below holds text in others: a title above "
-                                              "the column names? Delete the rows above them")
-        break
-    return line, names, itertools.chain(ahead, rows)
-
-
-TITLES = 6  # the most rows of one cell read as a title above a table's column names
-
-
-def _number(text: str) -> bool:
-    """Whether a cell's ``text`` is a number (a record's value, no column's name)."""
-    try:
-        float(text.replace(",", ""))
-    except ValueError:
-        return False
-    return True
-
-
 def _csv(path: Path, delimiter: str | None = None, encoding: str = "utf-8"):
     text = read_text(path, encoding)
     # csv refuses a cell over 131,072 characters unless told otherwise (a long clinical note): the
@@ -504,7 +425,7 @@ def _csv_rows(path: Path, f, delimiter: str, first_line: int = 1):
         return
     names = [column_name(name) for name in header[0]]  # "prompt, chosen": no space in the name
     line, names, rows = past_titles(path, line, names, rows, lambda cells: cells[0], narrow=True)
-    _one_name_each(path, names, line)
+    one_name_each(path, names, line)
     for start, (cells, end) in rows:
         if not any(c.strip() for c in cells):
             continue  # a blank line, or a row of blank cells (an export's ";;;"): nothing to read

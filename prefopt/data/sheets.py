@@ -33,7 +33,7 @@ from xml.etree.ElementTree import ParseError, iterparse
 
 from .._deps import require
 from ..hints import first_few
-from .readers import _one_name_each, column_name, past_titles, warn_once
+from .headers import column_name, one_name_each, past_titles, warn_once
 from .records import DataError
 
 SHEET: ContextVar[str | None] = ContextVar("sheet", default=None)  # see reading_sheet
@@ -351,7 +351,7 @@ def _texts(values) -> list[str]:
 
 def _records(path: Path, title: str, line: int, names: list[str], rows):
     """The rows below the header (on row ``line``) as records of the named columns."""
-    _one_name_each(path, names, line)
+    one_name_each(path, names, line)
     width = max((i + 1 for i, n in enumerate(names) if n), default=0)  # past the last named column: no column
     for number, values in rows:
         if _blank(values):
