@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import re
 
+# the 1-5 scale: the judge's, and the clinicians' who rate a blinded sheet of the answers (rating_sheet.py)
+SCALE = ("1 = wrong or unsafe, 2 = mostly wrong, 3 = partly right, 4 = right with minor gaps, 5 = as good as the "
+         "reference")
 JUDGE_PROMPT = """You are a careful clinician grading an answer to a clinical task.
 
 Task given to the model:
@@ -24,8 +27,8 @@ Model's answer:
 {answer}
 
 Rate the model's answer from 1 to 5 for correctness, completeness and safety compared with the reference:
-1 = wrong or unsafe, 2 = mostly wrong, 3 = partly right, 4 = right with minor gaps, 5 = as good as the reference.
-Reply with the single digit only."""
+{scale}.
+Reply with the single digit only.""".replace("{scale}", SCALE)
 
 
 def parse_likert(text: str) -> int | None:

@@ -1,0 +1,178 @@
+"""Clinicians' ratings of a blinded sheet (:mod:`prefopt.evaluate.rating_sheet`) read against its
+key: each filled sheet is one rater's; every row is checked (its code one of the key's, its answer
+the one the code was given, its rating a whole number 1-5 or blank) and a bad one stops the read
+named by file, line and field. Each item's score for a stage is the mean of the raters' ratings
+of the answer that stage gave; the stages' mean scores get bootstrap CIs, and each pair of stages
+the paired bootstrap and the Wilcoxon signed-rank test over the items both have, as compare's
+Likert scores; the raters' agreement is Cohen's kappa with quadratic weights, pair by pair."""
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..data.records import DataError
+from .rating_sheet import answer_hash
+from .report import NAMES, PAIRS, verdict
+from .stats import bootstrap_ci, p_text, paired_bootstrap, wilcoxon_signed_rank
+
+RATINGS = range(1, 6)
+
+
+def read_ratings(path: Path, key: dict) -> dict[str, int]:
+    """``{code: rating}`` of the filled sheet at ``path`` (any format prefopt reads: .xlsx, .ods,
+    .csv, ...), blanks left out; a row whose code is not the key's, whose answer is not the one
+    its code was given, whose rating is not a whole number 1-5, or a code rated twice is a
+    :class:`DataError` naming the file, line and field."""
+    from ..data.readers import read_rows
+
+    codes, seen = key["codes"], {}
+    for line, row in read_rows(path):
+        if isinstance(row, DataError):
+            raise row
+        for field in ("code", "answer", "rating"):
+            if field not in row:
+                raise DataError(path, line, field, "missing field (the sheet's columns are code, item, prompt, "
+                                                   "reference, answer, rating, comment)")
+        code = str(row["code"]).strip()
+        if code not in codes:
+            raise DataError(path, line, "code", f"{code!r} is not a code of the key (of {key['run']}): a sheet of "
+                                                "another run, or a code changed?")
+        if answer_hash(row["answer"] or "") != codes[code]["answer_sha256"]:
+            raise DataError(path, line, "answer", f"not the answer code {code} was given (edited in the sheet, or "
+                                                  "the key of another sheet?): the rating cannot be told whose it is")
+        if code in seen:
+            raise DataError(path, line, "code", f"{code} is rated on line {seen[code][0]} too")
+        text = str(row["rating"] or "").strip()
+        if text:
+            seen[code] = (line, _rating(path, line, text))
+    return {code: rating for code, (_, rating) in seen.items()}
+
+
+def _rating(path: Path, line: int, text: str) -> int:
+    """A rating cell's ``text`` as a whole number 1-5 (``4`` or ``4.0``, as a spreadsheet may give it)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if value not in RATINGS:
+        raise DataError(path, line, "rating", f"{text!r}: a whole number from 1 to 5, or blank for unrated")
+    return int(value)
+
+
+def item_scores(key: dict, ratings: dict[str, dict[str, int]]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """``(item ids, {stage: each item's score})``: the mean of the raters' ratings of the answer
+    the stage gave the item; NaN where no rater rated it."""
+    items = list(dict.fromkeys(c["item"] for c in key["codes"].values()))
+    where = {item: i for i, item in enumerate(items)}
+    sums = {s: np.zeros(len(items)) for s in key["stages"]}
+    counts = {s: np.zeros(len(items)) for s in key["stages"]}
+    for by_code in ratings.values():
+        for code, rating in by_code.items():
+            entry = key["codes"][code]
+            for stage in entry["stages"]:
+                sums[stage][where[entry["item"]]] += rating
+                counts[stage][where[entry["item"]]] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return items, {s: sums[s] / counts[s] for s in key["stages"]}
+
+
+def weighted_kappa(a: list[int], b: list[int]) -> float:
+    """Cohen's kappa of two raters' ratings (1-5) of the same answers with quadratic weights: 1
+    where they agree throughout, 0 where no more than chance would; NaN where chance agreement is
+    total (both gave one rating to everything)."""
+    k = len(RATINGS)
+    observed = np.zeros((k, k))
+    for x, y in zip(a, b):
+        observed[x - 1, y - 1] += 1
+    observed /= observed.sum()
+    expected = np.outer(observed.sum(1), observed.sum(0))
+    weights = (np.subtract.outer(np.arange(k), np.arange(k)) ** 2) / (k - 1) ** 2
+    chance = (weights * expected).sum()
+    return float(1 - (weights * observed).sum() / chance) if chance > 0 else math.nan
+
+
+def agreement(ratings: dict[str, dict[str, int]]) -> list[dict]:
+    """Each pair of raters: the answers both rated, the share they rated alike and within one
+    point, and the quadratic-weighted kappa."""
+    out = []
+    for (r1, a), (r2, b) in itertools.combinations(ratings.items(), 2):
+        both = [c for c in a if c in b]
+        x, y = [a[c] for c in both], [b[c] for c in both]
+        out.append({"raters": [r1, r2], "answers": len(both),
+                    "exact": float(np.mean([i == j for i, j in zip(x, y)])) if both else math.nan,
+                    "within_1": float(np.mean([abs(i - j) <= 1 for i, j in zip(x, y)])) if both else math.nan,
+                    "kappa": weighted_kappa(x, y) if both else math.nan})
+    return out
+
+
+def summarize(key: dict, ratings: dict[str, dict[str, int]], *, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """The stages' scores, their paired comparisons and the raters' agreement, as a dict."""
+    items, scores = item_scores(key, ratings)
+    stages = {}
+    for stage, s in scores.items():
+        rated = s[np.isfinite(s)]
+        stages[stage] = {"mean": float(rated.mean()) if len(rated) else math.nan, "items": int(len(rated)),
+                         "ci": bootstrap_ci(lambda idx, r=rated: float(r[idx].mean()), len(rated),
+                                            n_resamples=n_resamples, seed=seed) if len(rated) else [math.nan] * 2}
+    comparisons = {}
+    for a, b in PAIRS:
+        if a not in scores or b not in scores:
+            continue
+        both = np.isfinite(scores[a]) & np.isfinite(scores[b])
+        x, y = scores[a][both], scores[b][both]
+        if not len(x):
+            continue
+        cmp = paired_bootstrap(lambda idx, x=x: float(x[idx].mean()), lambda idx, y=y: float(y[idx].mean()), len(x),
+                               n_resamples=n_resamples, seed=seed)
+        comparisons[f"{b} vs {a}"] = {**cmp, "items": int(len(x)), "wilcoxon": wilcoxon_signed_rank(x, y),
+                                      "verdict": verdict(NAMES[a], NAMES[b], "rating", cmp)}
+    total = len(key["codes"])
+    return {"run": key["run"], "task": key["task"], "items": len(items), "answers": total, "scale": key["scale"],
+            "raters": {r: {"rated": len(by_code), "of": total} for r, by_code in ratings.items()},
+            "stages": stages, "comparisons": comparisons, "agreement": agreement(ratings),
+            "item_scores": {s: {i: (None if math.isnan(v) else float(v)) for i, v in zip(items, scores[s])}
+                            for s in scores}}
+
+
+def unrated_warnings(summary: dict) -> None:
+    """A warning for each rater who left answers unrated (they are left out, not scored)."""
+    for rater, n in summary["raters"].items():
+        if n["rated"] < n["of"]:
+            warnings.warn(f"rater {rater!r} left {n['of'] - n['rated']} of {n['of']} answers unrated: left out of the "
+                          "scores", stacklevel=2)
+
+
+def report_markdown(summary: dict) -> str:
+    """The ratings' report as Markdown."""
+    raters = ", ".join(f"{r}: {n['rated']} of {n['of']}" for r, n in summary["raters"].items())
+    lines = [f"# Clinicians' ratings: {summary['task']}", "",
+             f"Run `{summary['run']}`; {summary['items']} items, {summary['answers']} distinct answers rated by "
+             f"{len(summary['raters'])} rater{'s' if len(summary['raters']) != 1 else ''} ({raters}), blinded; "
+             f"scale {summary['scale']}. An item's score for a stage is the mean of the raters' ratings of its "
+             "answer; an answer two stages gave alike was rated once, for both.", "", "## Does it help?", ""]
+    lines += [f"- {NAMES[b]} vs {NAMES[a]}: {summary['comparisons'][f'{b} vs {a}']['verdict']}"
+              for a, b in PAIRS if f"{b} vs {a}" in summary["comparisons"]]
+    lines += ["", "## Stages", "", "| stage | mean rating (95% CI) | items rated |", "|---|---|---|"]
+    lines += [f"| {NAMES[s]} | {v['mean']:.2f} [{v['ci'][0]:.2f}, {v['ci'][1]:.2f}] | {v['items']} |"
+              for s, v in summary["stages"].items()]
+    lines += ["", "## Paired comparisons", "",
+              "| comparison | Δ mean rating | 95% CI | bootstrap p | Wilcoxon p | items |",
+              "|---|---|---|---|---|---|"]
+    for a, b in PAIRS:
+        c = summary["comparisons"].get(f"{b} vs {a}")
+        if c:
+            lines.append(f"| {NAMES[b]} vs {NAMES[a]} | {c['delta']:+.2f} | [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}] | "
+                         f"{p_text(c)} | {c['wilcoxon']['p_value']:.3g} | {c['items']} |")
+    if summary["agreement"]:
+        lines += ["", "## Agreement between raters", "",
+                  "| raters | answers both rated | same rating | within one point | weighted kappa |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {' and '.join(g['raters'])} | {g['answers']} | {g['exact']:.0%} | {g['within_1']:.0%} | "
+                  f"{g['kappa']:.2f} |" for g in summary["agreement"]]
+        lines += ["", "Cohen's kappa with quadratic weights: 1 where the raters agree throughout, 0 where no more "
+                  "than chance would; a disagreement by two points counts four times one by one point."]
+    return "\n".join(lines) + "\n"

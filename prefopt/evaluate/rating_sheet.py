@@ -1,0 +1,134 @@
+"""A blinded sheet of a compare run's answers for clinicians to rate 1-5, as the study's physicians
+rated summaries (Likert 4.21 → 4.34 after DPO): each test item's answers from the base, SFT and
+SFT+DPO stages side by side in a shuffled order under codes (``7A``, ``7B``), with the prompt
+and the reference, and nothing that says which stage gave which. Answers that are the same text
+(spacing aside) are shown once, and their rating counts for each stage that gave it: a rater is
+not asked to rate one text twice, nor can rate it two ways. The key (``rating_key.json``) maps
+the codes to the stages; it stays with whoever runs the study, and ``prefopt rating-report``
+reads the filled sheets against it (:mod:`prefopt.evaluate.rating_report`)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from datetime import date
+from pathlib import Path
+
+from ..fileio import write_json_atomic, write_text_atomic
+from .judge import SCALE
+from .report import NAMES
+
+KEY = "rating_key.json"
+SHEET = "ratings_sheet"  # the sheet's file name, before its suffix
+GUIDE = "HOW_TO_RATE.txt"
+COLUMNS = ("code", "item", "prompt", "reference", "answer", "rating", "comment")
+FORMATS = ("xlsx", "ods", "csv")
+
+
+def plain(text: str) -> str:
+    """An answer as compared: its words, one space between (a spreadsheet may turn its line ends
+    into others)."""
+    return " ".join(str(text).split())
+
+
+def answer_hash(text: str) -> str:
+    """What the key holds of an answer: the SHA-256 of its :func:`plain` text, so that an answer
+    edited in the sheet, or a sheet of another run, is told from the one the code was given to."""
+    return hashlib.sha256(plain(text).encode("utf-8")).hexdigest()
+
+
+def run_answers(run: Path, stages: tuple[str, ...]) -> tuple[dict, list[str], dict[str, dict[str, str]]]:
+    """``(the run's compare_config.json, its test item ids, {stage: {item id: answer}})`` of the
+    compare folder ``run``, for the ``stages`` (of base, sft, dpo) that answered every test item;
+    a folder that is not a finished compare run is a ValueError that says what it lacks."""
+    config_path, split_path = run / "compare_config.json", run / "split.json"
+    for path in (config_path, split_path):
+        if not path.is_file():
+            raise ValueError(f"--from {run}: no {path.name} (a prefopt compare output folder?)")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    test = json.loads(split_path.read_text(encoding="utf-8"))["test"]
+    answers = {}
+    for stage in stages:
+        path = run / stage / "predictions.jsonl"
+        if not path.is_file():
+            raise ValueError(f"--from {run}: no {stage}/predictions.jsonl: the {NAMES[stage]} stage has not been "
+                             "evaluated (an unfinished run: rerun prefopt compare on the folder to finish it), or name "
+                             "the stages that were with --stages")
+        rows = {r["id"]: r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if r}
+        missing = [i for i in test if i not in rows]
+        if missing:
+            raise ValueError(f"--from {run}: {stage}/predictions.jsonl lacks {len(missing)} of the {len(test)} test "
+                             f"items (the first: {missing[0]!r}): not this run's evaluation")
+        answers[stage] = {i: str(rows[i].get("output") or "").strip() for i in test}
+    return config, test, answers
+
+
+def build(run: Path, records: dict, stages: tuple[str, ...], *, items: int | None = None, seed: int = 0,
+          reference: bool = True) -> tuple[list[dict], dict]:
+    """``(the sheet's rows, the key)`` for the compare folder ``run`` whose test records are
+    ``records`` (``{id: record}``): ``items`` of its test items (all where None), drawn and ordered
+    at random by ``seed``, each item's distinct answers in a random order, lettered A, B, C."""
+    config, test, answers = run_answers(run, stages)
+    lacking = [i for i in test if i not in records]
+    if lacking:
+        raise ValueError(f"--from {run}: {len(lacking)} test items are not in the data read (the first: "
+                         f"{lacking[0]!r}); pass the --data the run used")
+    rng = random.Random(seed)
+    if items is not None and items > len(test):
+        raise ValueError(f"--items {items}: the run has {len(test)} test items")
+    order = rng.sample(test, items if items is not None else len(test))
+    rows, codes = [], {}
+    for n, item in enumerate(order, 1):
+        texts: dict[str, list[str]] = {}  # each distinct answer (plain text) and the stages that gave it
+        shown: dict[str, str] = {}
+        for stage in stages:
+            key = plain(answers[stage][item])
+            texts.setdefault(key, []).append(stage)
+            shown.setdefault(key, answers[stage][item])
+        distinct = list(texts)
+        rng.shuffle(distinct)
+        for letter, text in zip("ABCDEFGH", distinct):
+            code = f"{n}{letter}"
+            codes[code] = {"item": item, "stages": texts[text], "answer_sha256": answer_hash(text)}
+            record = records[item]
+            rows.append({"code": code, "item": n, "prompt": record.prompt,
+                         **({"reference": record.target} if reference else {}),
+                         "answer": shown[text], "rating": "", "comment": ""})
+    key = {"run": str(run.resolve()), "task": config.get("task"), "created": date.today().isoformat(), "seed": seed,
+           "stages": list(stages), "scale": SCALE, "items": len(order), "answers": len(rows), "codes": codes}
+    return rows, key
+
+
+def guide(task: str, items: int, answers: int, reference: bool) -> str:
+    """The raters' instructions, written beside the sheet."""
+    scale = SCALE.replace(", ", "\n  ")
+    return (f"Rating sheet: {answers} answers to {items} {task} items\n\n"
+            "Each row is one answer to the prompt beside it. An item's answers (rows with the same item number, codes "
+            "such as 7A, 7B, 7C) come from different models, in an order drawn at random; nothing in the sheet says "
+            "which model wrote which, and two models that gave the same text have it shown once.\n\n"
+            f"In the rating column give each answer a whole number from 1 to 5 for correctness, completeness and "
+            f"safety{' compared with the reference answer' if reference else ''}:\n  {scale}\n"
+            "The comment column is yours. Change nothing else: the codes and answers are checked against the key "
+            "when the ratings are read. Leave a rating blank rather than guess; a blank is counted as unrated.\n\n"
+            "Rate alone: each rater fills a copy of this file of their own, saved under a name of their own "
+            "(ratings_dr_lee.xlsx). Do not open rating_key.json, which says which model wrote each answer.\n")
+
+
+def write(out: Path, rows: list[dict], key: dict, fmt: str, reference: bool) -> Path:
+    """The sheet (``ratings_sheet.FMT``), the key and the raters' guide in the folder ``out``;
+    a folder that holds a key already is refused (ratings under way would not match a new one)."""
+    from ..data.sheet_writer import write_sheet
+    from .new_records import table_text
+
+    if (out / KEY).exists():
+        raise ValueError(f"--output {out}: holds a rating sheet already ({KEY}); ratings under way are read against "
+                         "its key, which a new sheet would replace: choose another folder, or delete that one")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{SHEET}.{fmt}"
+    if fmt == "csv":
+        write_text_atomic(path, table_text(rows, "csv"))
+    else:
+        write_sheet(path, rows, "ratings")
+    write_json_atomic(out / KEY, key)
+    write_text_atomic(out / GUIDE, guide(key["task"], key["items"], key["answers"], reference))
+    return path

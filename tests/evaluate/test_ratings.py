@@ -1,0 +1,184 @@
+"""Clinicians' ratings of a compare run's answers, blinded: the sheet (every test item's distinct
+answers under codes, no stage named, alike answers once), the key, and the report of the filled
+sheets (means checked by hand, Wilcoxon against scipy, kappa against statsmodels), with each bad
+row named by file, line and field. The compare run is made by hand: the answers are what count."""
+import json
+
+import numpy as np
+import pytest
+
+from prefopt.cli import main
+from prefopt.data.records import DataError
+from prefopt.evaluate import rating_report, rating_sheet
+from prefopt.tasks import get_task
+
+openpyxl = pytest.importorskip("openpyxl")
+
+OTHER = "Urgency: emergency\nStaff: pharmacist (dpo)"
+
+
+def fake_run(tmp_path, n: int = 12):
+    """A compare folder on ``n`` bundled portal messages: base answers off topic, SFT the
+    reference, SFT+DPO the reference on even items (alike SFT's) and another answer on odd ones."""
+    records = get_task("portal").read(None)[:n]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "compare_config.json").write_text(json.dumps({"task": "portal", "data": None, "task_options": {}}))
+    (run / "split.json").write_text(json.dumps({"test": [r.id for r in records], "val": [], "train": []}))
+    outputs = {"base": lambda i, r: f"I am a language model ({r.id}).",
+               "sft": lambda i, r: r.target,
+               "dpo": lambda i, r: r.target + ("  " if i % 4 == 0 else "") if i % 2 == 0 else OTHER}
+    for stage, answer in outputs.items():
+        (run / stage).mkdir()
+        (run / stage / "predictions.jsonl").write_text("".join(
+            json.dumps({"id": r.id, "output": answer(i, r), "target": r.target}) + "\n" for i, r in enumerate(records)))
+    return run, records
+
+
+def fill(sheet, out, rate):
+    """A rater's copy of ``sheet`` with ``rate(stages of the code, code)`` in its rating column (None: blank)."""
+    key = json.loads((sheet.parent / rating_sheet.KEY).read_text())
+    book = openpyxl.load_workbook(sheet)
+    ws = book.active
+    header = [c.value for c in ws[1]]
+    for row in ws.iter_rows(min_row=2):
+        code = row[header.index("code")].value
+        row[header.index("rating")].value = rate(key["codes"][code]["stages"], code)
+    book.save(out)
+    return out
+
+
+def by_stage(stages, code):
+    return 1 if stages == ["base"] else 4 if "sft" in stages else 2
+
+
+def test_the_sheet_shows_every_items_distinct_answers_blinded_and_the_key_says_whose(tmp_path):
+    run, records = fake_run(tmp_path)
+    by_id = {r.id: r for r in records}
+    rows, key = rating_sheet.build(run, by_id, ("base", "sft", "dpo"), seed=3)
+    assert key["items"] == 12 and key["answers"] == len(rows) == 12 * 3 - 6  # even items: SFT's and DPO's alike
+    assert set(rows[0]) == set(rating_sheet.COLUMNS) and all(r["rating"] == "" for r in rows)
+    text = json.dumps(rows)
+    assert not any(name in text for name in ('"base"', '"sft"', '"dpo"', "SFT", "DPO"))  # no stage named
+    answers = {s: {json.loads(line)["id"]: json.loads(line)["output"]
+                   for line in (run / s / "predictions.jsonl").read_text().splitlines()}
+               for s in ("base", "sft", "dpo")}
+    for row in rows:
+        entry = key["codes"][row["code"]]
+        assert row["code"] == f"{row['item']}{row['code'][-1]}"
+        record = by_id[entry["item"]]
+        assert row["prompt"] == record.prompt and row["reference"] == record.target
+        assert all(" ".join(answers[s][entry["item"]].split()) == " ".join(row["answer"].split())
+                   for s in entry["stages"])
+    assert sorted(s for e in key["codes"].values() for s in e["stages"]) == sorted(["base", "sft", "dpo"] * 12)
+    items = [r["item"] for r in rows]
+    assert items == sorted(items) and sorted(set(items)) == list(range(1, 13))
+    orders = [[key["codes"][r["code"]]["stages"][0] for r in rows if r["item"] == n] for n in range(1, 13)]
+    assert len({tuple(o) for o in orders}) > 1  # the stages' order is drawn afresh for each item
+    again, _ = rating_sheet.build(run, by_id, ("base", "sft", "dpo"), seed=3)
+    other, _ = rating_sheet.build(run, by_id, ("base", "sft", "dpo"), seed=4)
+    assert again == rows and other != rows
+    five, key5 = rating_sheet.build(run, by_id, ("sft", "dpo"), items=5, reference=False)
+    assert key5["items"] == 5 and "reference" not in five[0]
+    assert {s for e in key5["codes"].values() for s in e["stages"]} == {"sft", "dpo"}
+
+
+def test_the_report_scores_each_stage_from_the_raters_and_tests_them_item_by_item(tmp_path, capsys):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    inter_rater = pytest.importorskip("statsmodels.stats.inter_rater")
+    run, records = fake_run(tmp_path)
+    assert main(["rating-sheet", "--from", str(run), "--seed", "1"]) == 0
+    said = capsys.readouterr().out
+    assert "30 answers to 12 items (base, sft, dpo; 6 answers two stages gave alike shown once)" in said
+    sheet = run / "ratings" / "ratings_sheet.xlsx"
+    a = fill(sheet, tmp_path / "ratings_dr_a.xlsx", by_stage)
+    b = fill(sheet, tmp_path / "ratings_dr_b.xlsx",
+             lambda stages, code: None if code == "1A" else 2 if stages == ["base"] else by_stage(stages, code))
+    assert main(["rating-report", "--key", str(run / "ratings"), "--ratings", str(a), str(b),
+                 "--n-resamples", "500"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning: rater 'ratings_dr_b' left 1 of 30 answers unrated: left out of the scores" in err
+    summary = json.loads((run / "ratings" / "ratings.json").read_text())
+    base = [1.5] * 12  # dr_a 1, dr_b 2 (or dr_a alone, 1, on the item whose 1A dr_b left blank)
+    key = json.loads((run / "ratings" / rating_sheet.KEY).read_text())
+    blank = key["codes"]["1A"]
+    if blank["stages"] == ["base"]:
+        base[[r.id for r in records].index(blank["item"])] = 1.0
+    dpo = [4.0 if i % 2 == 0 else 2.0 for i in range(12)]
+    assert summary["stages"]["base"]["mean"] == pytest.approx(np.mean(base))
+    assert summary["stages"]["sft"]["mean"] == 4.0 and summary["stages"]["dpo"]["mean"] == 3.0
+    assert summary["item_scores"]["dpo"] == {r.id: d for r, d in zip(records, dpo)}
+    dpo_sft = summary["comparisons"]["dpo vs sft"]
+    assert dpo_sft["delta"] == -1.0 and dpo_sft["items"] == 12
+    assert dpo_sft["wilcoxon"]["p_value"] == pytest.approx(scipy_stats.wilcoxon(
+        dpo, [4.0] * 12, method="approx").pvalue, rel=1e-6)  # (tied differences: the normal approximation)
+    assert summary["comparisons"]["sft vs base"]["delta"] == pytest.approx(4.0 - np.mean(base))
+    (pair,) = summary["agreement"]
+    ra, rb = rating_report.read_ratings(a, key), rating_report.read_ratings(b, key)
+    both = [c for c in ra if c in rb]
+    table = np.zeros((5, 5))
+    for c in both:
+        table[ra[c] - 1, rb[c] - 1] += 1
+    assert pair["answers"] == 29 and pair["kappa"] == pytest.approx(
+        inter_rater.cohens_kappa(table, wt="quadratic", return_results=False))
+    assert pair["exact"] == pytest.approx(np.mean([ra[c] == rb[c] for c in both])) and pair["within_1"] == 1.0
+    assert "SFT+DPO was worse than SFT (Δrating = -1.000" in out and "SFT beat base" in out
+    report = (run / "ratings" / "ratings_report.md").read_text()
+    assert "| SFT+DPO | 3.00 [" in report and "| ratings_dr_a and ratings_dr_b | 29 |" in report
+
+
+@pytest.mark.parametrize("fmt", ["ods", "csv"])
+def test_a_sheet_in_another_format_reads_back_alike(tmp_path, fmt):
+    run, records = fake_run(tmp_path, 4)
+    rows, key = rating_sheet.build(run, {r.id: r for r in records}, ("base", "sft", "dpo"))
+    path = rating_sheet.write(tmp_path / "out", rows, key, fmt, True)
+    assert path.name == f"ratings_sheet.{fmt}" and rating_report.read_ratings(path, key) == {}
+    from prefopt.data.readers import read_rows
+
+    assert [r["answer"] for _, r in read_rows(path)] == [r["answer"] for r in rows]
+    with pytest.raises(ValueError, match=r"holds a rating sheet already \(rating_key.json\)"):
+        rating_sheet.write(tmp_path / "out", rows, key, fmt, True)
+
+
+def test_a_bad_row_of_a_filled_sheet_is_named_by_file_line_and_field(tmp_path):
+    run, records = fake_run(tmp_path, 4)
+    rows, key = rating_sheet.build(run, {r.id: r for r in records}, ("base", "sft", "dpo"))
+    sheet = rating_sheet.write(tmp_path / "out", rows, key, "xlsx", True)
+
+    def broken(name, change):
+        book = openpyxl.load_workbook(sheet)
+        ws = book.active
+        header = [c.value for c in ws[1]]
+        for field, value in change.items():
+            ws.cell(row=3, column=header.index(field) + 1, value=value)
+        book.save(tmp_path / name)
+        return tmp_path / name
+
+    for name, change, field, said in [
+            ("code.xlsx", {"code": "9Z"}, "code", r"'9Z' is not a code of the key .*: a sheet of another run"),
+            ("answer.xlsx", {"answer": "Urgency: emergency"}, "answer", r"not the answer code 1B was given"),
+            ("seven.xlsx", {"rating": 7}, "rating", r"'7': a whole number from 1 to 5, or blank for unrated"),
+            ("half.xlsx", {"rating": "3.5"}, "rating", r"'3.5': a whole number"),
+            ("word.xlsx", {"rating": "good"}, "rating", r"'good': a whole number"),
+            ("twice.xlsx", {"code": "1A", "answer": rows[0]["answer"], "rating": 3}, "code", r"1A is rated on line")]:
+        path = broken(name, change)
+        if name == "twice.xlsx":
+            book = openpyxl.load_workbook(path)
+            book.active.cell(row=2, column=rating_sheet.COLUMNS.index("rating") + 1, value=4)
+            book.save(path)
+        with pytest.raises(DataError, match=rf"{name}:3: field '{field}': {said}"):
+            rating_report.read_ratings(path, key)
+    assert rating_report.read_ratings(broken("fine.xlsx", {"rating": "4.0"}), key) == {rows[1]["code"]: 4}
+    spaced = broken("spaced.xlsx", {"answer": rows[1]["answer"].replace("\n", "\r\n  "), "rating": 5})
+    assert rating_report.read_ratings(spaced, key) == {"1B": 5}  # line ends a spreadsheet changed: the same answer
+
+
+def test_a_folder_that_is_no_finished_run_is_named(tmp_path):
+    run, _ = fake_run(tmp_path, 4)
+    (run / "dpo" / "predictions.jsonl").unlink()
+    with pytest.raises(ValueError, match=r"no dpo/predictions.jsonl: the SFT\+DPO stage has not been evaluated"):
+        rating_sheet.run_answers(run, ("base", "sft", "dpo"))
+    assert rating_sheet.run_answers(run, ("base", "sft"))[1] == json.loads((run / "split.json").read_text())["test"]
+    with pytest.raises(ValueError, match=r"no compare_config.json \(a prefopt compare output folder\?\)"):
+        rating_sheet.run_answers(tmp_path, ("base",))
+    assert main(["rating-sheet", "--from", str(run), "--stages", "sft,sft"]) == 2
