@@ -157,8 +157,8 @@ def report_markdown(summary: dict) -> str:
     lines += [f"- {NAMES[b]} vs {NAMES[a]}: {summary['comparisons'][f'{b} vs {a}']['verdict']}"
               for a, b in PAIRS if f"{b} vs {a}" in summary["comparisons"]]
     lines += ["", "## Stages", "", "| stage | mean rating (95% CI) | items rated |", "|---|---|---|"]
-    lines += [f"| {NAMES[s]} | {v['mean']:.2f} [{v['ci'][0]:.2f}, {v['ci'][1]:.2f}] | {v['items']} |"
-              for s, v in summary["stages"].items()]
+    lines += [f"| {NAMES[s]} | {v['mean']:.2f} [{v['ci'][0]:.2f}, {v['ci'][1]:.2f}] | {v['items']} |" if v["items"]
+              else f"| {NAMES[s]} | — | 0 |" for s, v in summary["stages"].items()]
     lines += ["", "## Paired comparisons", "",
               "| comparison | Δ mean rating | 95% CI | bootstrap p | Wilcoxon p | items |",
               "|---|---|---|---|---|---|"]
@@ -171,8 +171,13 @@ def report_markdown(summary: dict) -> str:
         lines += ["", "## Agreement between raters", "",
                   "| raters | answers both rated | same rating | within one point | weighted kappa |",
                   "|---|---|---|---|---|"]
-        lines += [f"| {' and '.join(g['raters'])} | {g['answers']} | {g['exact']:.0%} | {g['within_1']:.0%} | "
-                  f"{g['kappa']:.2f} |" for g in summary["agreement"]]
+        lines += [f"| {' and '.join(g['raters'])} | {g['answers']} | {_share(g['exact'])} | {_share(g['within_1'])} | "
+                  f"{'—' if math.isnan(g['kappa']) else format(g['kappa'], '.2f')} |" for g in summary["agreement"]]
         lines += ["", "Cohen's kappa with quadratic weights: 1 where the raters agree throughout, 0 where no more "
                   "than chance would; a disagreement by two points counts four times one by one point."]
     return "\n".join(lines) + "\n"
+
+
+def _share(x: float) -> str:
+    """A share as a percentage; a dash where there is none (no answer both raters rated)."""
+    return "—" if math.isnan(x) else f"{x:.0%}"

@@ -182,3 +182,16 @@ def test_a_folder_that_is_no_finished_run_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"no compare_config.json \(a prefopt compare output folder\?\)"):
         rating_sheet.run_answers(tmp_path, ("base",))
     assert main(["rating-sheet", "--from", str(run), "--stages", "sft,sft"]) == 2
+    assert main(["rating-sheet", "--from", str(run), "--stages", "base,sft", "--format", "csv"]) == 0
+    blank = run / "ratings" / "ratings_sheet.csv"
+    assert main(["rating-report", "--key", str(run / "ratings"), "--ratings", str(blank)]) == 2  # nothing rated
+    key = json.loads((run / "ratings" / rating_sheet.KEY).read_text())
+    first = next(iter(key["codes"]))
+    lone = {"only": {first: 3}, "other": {}}  # one answer rated, by one rater: no comparison, no kappa
+    summary = rating_report.summarize(key, lone, n_resamples=50)
+    report = rating_report.report_markdown(summary)
+    assert "| only and other | 0 | — | — | — |" in report and summary["comparisons"] == {}
+    for stage, name in (("base", "base"), ("sft", "SFT")):
+        rated = stage in key["codes"][first]["stages"]
+        assert summary["stages"][stage]["items"] == rated and (f"| {name} | 3.00 [3.00, 3.00] | 1 |" if rated
+                                                               else f"| {name} | — | 0 |") in report
