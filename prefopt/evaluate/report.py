@@ -337,6 +337,10 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
                      f"{v.get('mcnemar', v.get('item_wilcoxon'))['p_value']:.3g} | {_fmt(w)} |")
     lines += ["", f"Paired bootstrap: {cfg.n_resamples} resamples of the test items (seed {cfg.seed}), percentile CI; "
               f"significance at p < {ALPHA}. Small test sets give wide CIs: read them before the point estimates."]
+    if task.kind == "generation":  # what the study's physicians rated; ROUGE and a judge stand in for them
+        lines += ["", "Whether clinicians prefer one stage's answers is what ROUGE cannot say: `prefopt rating-sheet "
+                  f"--from {shlex.quote(str(getattr(cfg, 'output', None) or out))}` writes them a blinded sheet of "
+                  "these answers to rate 1-5, and `prefopt rating-report` tests their ratings (docs/evaluation.md)."]
     confident = confidence_lines({NAMES[s]: v["metrics"] for s, v in st.items()})
     tested = auroc_comparison_lines({f"{NAMES[b]} vs {NAMES[a]}": v.get("confidence_auroc") for k, v in cmp.items()
                                      for a, b in [k.split("->")]})

@@ -101,6 +101,8 @@ def _check(out: Path) -> dict:
     assert ("## Confidence" in text) == (report["task"] != "meqsum")
     test_line = "Wilcoxon signed-rank on per-item rougeL" if report["task"] == "meqsum" else "Exact McNemar"
     assert test_line in text
+    # free text: the report points at the clinicians' blinded ratings of this run (tests/evaluate/test_ratings.py)
+    assert (f"`prefopt rating-sheet --from {out}` writes them a blinded sheet" in text) == (report["task"] == "meqsum")
     assert (out / "metric_by_stage.png").is_file() or "Plots skipped" in text
     if (out / "metric_by_stage.png").is_file():  # each training stage's curves, linked from the report
         assert all(f"![{s}/train/training_curves.png]({s}/train/training_curves.png)" in text for s in ("sft", "dpo"))
@@ -163,7 +165,12 @@ def test_every_family_runs_end_to_end(family, source, tiny_model, tmp_path):
     out = tmp_path / "run"
     run_compare(CompareConfig(task=task, model=str(tiny_model), output=str(out), data=str(data),
                               task_options=options, n_resamples=200, overrides=TINY))
-    _check(out)
+    report = _check(out)
+    from prefopt.cli import main
+
+    assert main(["rating-sheet", "--from", str(out), "--format", "csv"]) == 0  # a real run's answers, to rate
+    sheet = [r for _, r in read_rows(out / "ratings" / "ratings_sheet.csv")]
+    assert len({r["item"] for r in sheet}) == report["n_test"] and all(r["answer"] is not None for r in sheet)
 
 
 @pytest.mark.slow
