@@ -50,7 +50,7 @@ def _sheet(args: argparse.Namespace) -> int:
     unknown = [s for s in stages if s not in ("base", "sft", "dpo")]
     if unknown or not stages or len(set(stages)) != len(stages):
         raise ValueError(f"--stages {args.stages}: name each of base, sft and dpo once at most")
-    config, _, _ = rating_sheet.run_answers(run, stages)  # a folder that is no finished run: said before the data
+    config, *_ = rating_sheet.run_answers(run, stages)  # a folder that is no finished run: said before the data
     data = args.data or config.get("data")
     if data and not Path(data).exists():
         raise FileNotFoundError(f"--from {run}: its data {data} is not there (the run read it from another folder?): "

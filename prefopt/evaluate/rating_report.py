@@ -95,11 +95,14 @@ def weighted_kappa(a: list[int], b: list[int]) -> float:
     return float(1 - (weights * observed).sum() / chance) if chance > 0 else math.nan
 
 
-def agreement(ratings: dict[str, dict[str, int]]) -> list[dict]:
-    """Each pair of raters: the answers both rated, the share they rated alike and within one
-    point, and the quadratic-weighted kappa."""
+def agreement(ratings: dict[str, dict[str, int]], judge: dict[str, int] | None = None) -> list[dict]:
+    """Each pair of raters, then the LLM ``judge`` (its ratings by code, where the run had one)
+    with each rater: the answers both rated, the share they rated alike and within one point, and
+    the quadratic-weighted kappa."""
     out = []
-    for (r1, a), (r2, b) in itertools.combinations(ratings.items(), 2):
+    pairs = list(itertools.combinations(ratings.items(), 2)) + [(("LLM judge", judge), r) for r in ratings.items()
+                                                                 if judge]
+    for (r1, a), (r2, b) in pairs:
         both = [c for c in a if c in b]
         x, y = [a[c] for c in both], [b[c] for c in both]
         out.append({"raters": [r1, r2], "answers": len(both),
@@ -133,9 +136,14 @@ def summarize(key: dict, ratings: dict[str, dict[str, int]], *, n_resamples: int
     total = len(key["codes"])
     return {"run": key["run"], "task": key["task"], "items": len(items), "answers": total, "scale": key["scale"],
             "raters": {r: {"rated": len(by_code), "of": total} for r, by_code in ratings.items()},
-            "stages": stages, "comparisons": comparisons, "agreement": agreement(ratings),
+            "stages": stages, "comparisons": comparisons, "agreement": agreement(ratings, _judge(key)),
             "item_scores": {s: {i: (None if math.isnan(v) else float(v)) for i, v in zip(items, scores[s])}
                             for s in scores}}
+
+
+def _judge(key: dict) -> dict[str, int]:
+    """The LLM judge's rating of each code's answer, where the compare run had a judge (``--judge``)."""
+    return {code: e["judge"] for code, e in key["codes"].items() if e.get("judge") is not None}
 
 
 def unrated_warnings(summary: dict) -> None:
@@ -174,7 +182,10 @@ def report_markdown(summary: dict) -> str:
         lines += [f"| {' and '.join(g['raters'])} | {g['answers']} | {_share(g['exact'])} | {_share(g['within_1'])} | "
                   f"{'—' if math.isnan(g['kappa']) else format(g['kappa'], '.2f')} |" for g in summary["agreement"]]
         lines += ["", "Cohen's kappa with quadratic weights: 1 where the raters agree throughout, 0 where no more "
-                  "than chance would; a disagreement by two points counts four times one by one point."]
+                  "than chance would; a disagreement by two points counts four times one by one point."
+                  + (" The LLM judge (compare's --judge, the same scale) is set beside each rater: where it agrees "
+                     "with them about as well as they agree with each other, its ratings may stand in for theirs "
+                     "on later runs." if any(g["raters"][0] == "LLM judge" for g in summary["agreement"]) else "")]
     return "\n".join(lines) + "\n"
 
 

@@ -37,17 +37,18 @@ def answer_hash(text: str) -> str:
     return hashlib.sha256(plain(text).encode("utf-8")).hexdigest()
 
 
-def run_answers(run: Path, stages: tuple[str, ...]) -> tuple[dict, list[str], dict[str, dict[str, str]]]:
-    """``(the run's compare_config.json, its test item ids, {stage: {item id: answer}})`` of the
-    compare folder ``run``, for the ``stages`` (of base, sft, dpo) that answered every test item;
-    a folder that is not a finished compare run is a ValueError that says what it lacks."""
+def run_answers(run: Path, stages: tuple[str, ...]) -> tuple[dict, list[str], dict[str, dict[str, str]], dict]:
+    """``(the run's compare_config.json, its test item ids, {stage: {item id: answer}}, {stage:
+    {item id: the LLM judge's rating}})`` of the compare folder ``run``, for the ``stages`` (of
+    base, sft, dpo) that answered every test item (the judge's: empty where the run had none); a
+    folder that is not a finished compare run is a ValueError that says what it lacks."""
     config_path, split_path = run / "compare_config.json", run / "split.json"
     for path in (config_path, split_path):
         if not path.is_file():
             raise ValueError(f"--from {run}: no {path.name} (a prefopt compare output folder?)")
     config = json.loads(config_path.read_text(encoding="utf-8"))
     test = json.loads(split_path.read_text(encoding="utf-8"))["test"]
-    answers = {}
+    answers, judged = {}, {}
     for stage in stages:
         path = run / stage / "predictions.jsonl"
         if not path.is_file():
@@ -60,7 +61,9 @@ def run_answers(run: Path, stages: tuple[str, ...]) -> tuple[dict, list[str], di
             raise ValueError(f"--from {run}: {stage}/predictions.jsonl lacks {len(missing)} of the {len(test)} test "
                              f"items (the first: {missing[0]!r}): not this run's evaluation")
         answers[stage] = {i: str(rows[i].get("output") or "").strip() for i in test}
-    return config, test, answers
+        if any(rows[i].get("likert") is not None for i in test):  # compare --judge rated them
+            judged[stage] = {i: rows[i].get("likert") for i in test}
+    return config, test, answers, judged
 
 
 def build(run: Path, records: dict, stages: tuple[str, ...], *, items: int | None = None, seed: int = 0,
@@ -68,7 +71,7 @@ def build(run: Path, records: dict, stages: tuple[str, ...], *, items: int | Non
     """``(the sheet's rows, the key)`` for the compare folder ``run`` whose test records are
     ``records`` (``{id: record}``): ``items`` of its test items (all where None), drawn and ordered
     at random by ``seed``, each item's distinct answers in a random order, lettered A, B, C."""
-    config, test, answers = run_answers(run, stages)
+    config, test, answers, judged = run_answers(run, stages)
     lacking = [i for i in test if i not in records]
     if lacking:
         raise ValueError(f"--from {run}: {len(lacking)} test items are not in the data read (the first: "
@@ -90,6 +93,9 @@ def build(run: Path, records: dict, stages: tuple[str, ...], *, items: int | Non
         for letter, text in zip("ABCDEFGH", distinct):
             code = f"{n}{letter}"
             codes[code] = {"item": item, "stages": texts[text], "answer_sha256": answer_hash(text)}
+            judge = next((judged[s][item] for s in texts[text] if judged.get(s, {}).get(item) is not None), None)
+            if judge is not None:  # the LLM judge's rating of the answer, to set beside the clinicians'
+                codes[code]["judge"] = judge
             record = records[item]
             rows.append({"code": code, "item": n, "prompt": record.prompt,
                          **({"reference": record.target} if reference else {}),

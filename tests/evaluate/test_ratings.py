@@ -17,9 +17,10 @@ openpyxl = pytest.importorskip("openpyxl")
 OTHER = "Urgency: emergency\nStaff: pharmacist (dpo)"
 
 
-def fake_run(tmp_path, n: int = 12):
+def fake_run(tmp_path, n: int = 12, judge: bool = False):
     """A compare folder on ``n`` bundled portal messages: base answers off topic, SFT the
-    reference, SFT+DPO the reference on even items (alike SFT's) and another answer on odd ones."""
+    reference, SFT+DPO the reference on even items (alike SFT's) and another answer on odd ones;
+    with ``judge``, the LLM judge's ratings as compare --judge writes them (:func:`by_stage`'s)."""
     records = get_task("portal").read(None)[:n]
     run = tmp_path / "run"
     run.mkdir()
@@ -30,8 +31,10 @@ def fake_run(tmp_path, n: int = 12):
                "dpo": lambda i, r: r.target + ("  " if i % 4 == 0 else "") if i % 2 == 0 else OTHER}
     for stage, answer in outputs.items():
         (run / stage).mkdir()
-        (run / stage / "predictions.jsonl").write_text("".join(
-            json.dumps({"id": r.id, "output": answer(i, r), "target": r.target}) + "\n" for i, r in enumerate(records)))
+        (run / stage / "predictions.jsonl").write_text("".join(json.dumps(
+            {"id": r.id, "output": answer(i, r), "target": r.target,
+             **({"likert": by_stage(["dpo"] if answer(i, r) == OTHER else [stage], None)} if judge else {})}) + "\n"
+            for i, r in enumerate(records)))
     return run, records
 
 
@@ -195,3 +198,30 @@ def test_a_folder_that_is_no_finished_run_is_named(tmp_path):
         rated = stage in key["codes"][first]["stages"]
         assert summary["stages"][stage]["items"] == rated and (f"| {name} | 3.00 [3.00, 3.00] | 1 |" if rated
                                                                else f"| {name} | — | 0 |") in report
+
+
+def test_the_llm_judge_is_set_beside_the_raters_where_the_run_had_one(tmp_path):
+    """compare --judge rated each answer on the same scale: the report's agreement table sets it
+    beside each clinician, to say whether it may stand in for them on later runs."""
+    inter_rater = pytest.importorskip("statsmodels.stats.inter_rater")
+    run, records = fake_run(tmp_path, judge=True)
+    rows, key = rating_sheet.build(run, {r.id: r for r in records}, ("base", "sft", "dpo"))
+    assert all(e["judge"] == by_stage(e["stages"], None) for e in key["codes"].values())
+    same = {c: by_stage(e["stages"], c) for c, e in key["codes"].items()}
+    harsh = {c: max(1, v - (i % 3 == 0)) for i, (c, v) in enumerate(same.items())}
+    summary = rating_report.summarize(key, {"dr_a": same, "dr_b": harsh}, n_resamples=50)
+    by_pair = {tuple(g["raters"]): g for g in summary["agreement"]}
+    assert list(by_pair) == [("dr_a", "dr_b"), ("LLM judge", "dr_a"), ("LLM judge", "dr_b")]
+    assert by_pair["LLM judge", "dr_a"]["kappa"] == 1.0 and by_pair["LLM judge", "dr_a"]["exact"] == 1.0
+    table = np.zeros((5, 5))
+    for c in same:
+        table[same[c] - 1, harsh[c] - 1] += 1
+    assert by_pair["LLM judge", "dr_b"]["kappa"] == pytest.approx(
+        inter_rater.cohens_kappa(table, wt="quadratic", return_results=False))
+    assert "stand in for theirs" in rating_report.report_markdown(summary)
+    unjudged = {**key, "codes": {c: {k: v for k, v in e.items() if k != "judge"} for c, e in key["codes"].items()}}
+    alone = rating_report.summarize(unjudged, {"dr_a": same, "dr_b": harsh}, n_resamples=50)
+    assert summary["stages"] == alone["stages"] and len(alone["agreement"]) == 1  # the judge is no rater
+    (tmp_path / "plain").mkdir()
+    _, plain_key = rating_sheet.build(fake_run(tmp_path / "plain")[0], {r.id: r for r in records}, ("sft",))
+    assert not any("judge" in e for e in plain_key["codes"].values())
