@@ -10,6 +10,7 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 from xml.sax.saxutils import escape, quoteattr
 
 from .._deps import require
@@ -22,7 +23,7 @@ CELL_LIMIT = 32767  # characters an Excel cell holds
 ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # characters XML 1.0, and so a workbook, cannot hold
 
 
-def write_sheet(path: Path, rows: list[dict], title: str = "Sheet1") -> None:
+def write_sheet(path: Path, rows: list[dict], title: str = "Sheet1", layout: Layout | None = None) -> None:
     """``rows`` as a workbook of one sheet at ``path`` (``.ods``: an OpenDocument spreadsheet,
     else an Excel workbook), written atomically: a header of every row's columns in first-seen
     order (frozen, so it stays in view), then a row each. Text stays text,
@@ -30,7 +31,8 @@ def write_sheet(path: Path, rows: list[dict], title: str = "Sheet1") -> None:
     anything else is written as JSON text, as in a CSV. A control character XML forbids (a
     model's output may hold one) is written as U+FFFD, with a warning naming the cells; in an
     Excel workbook a text over the 32,767 characters a cell holds is a ValueError naming its row
-    and column."""
+    and column. ``layout``: an Excel workbook's column widths, wrapped columns and a column of
+    whole numbers (:class:`Layout`; an OpenDocument one is written plain)."""
     ods = Path(path).suffix.lower() == ".ods"
     openpyxl = None if ods else require("openpyxl", "writing .xlsx files")
     columns = list(dict.fromkeys(k for r in rows for k in r))
@@ -56,10 +58,54 @@ def write_sheet(path: Path, rows: list[dict], title: str = "Sheet1") -> None:
     book = openpyxl.Workbook(write_only=True)
     sheet = book.create_sheet(title)
     sheet.freeze_panes = "A2"
+    if layout is not None:
+        table = _laid_out(openpyxl, sheet, columns, table, layout)
     for values in [columns, *table]:
         sheet.append(values)
     with atomic_path(path) as tmp:
         book.save(tmp)
+
+
+class Layout(NamedTuple):
+    """How an Excel workbook's columns are shown, for people who fill it in (a rating sheet):
+    ``widths`` in characters by column name, ``wrap``: the columns whose long texts wrap within
+    their width (top-aligned), ``whole``: ``(column, lowest, highest)``, a column Excel accepts
+    only whole numbers in, or blanks, saying so where one types anything else."""
+
+    widths: dict[str, float]
+    wrap: tuple[str, ...] = ()
+    whole: tuple[str, int, int] | None = None
+
+
+def _laid_out(openpyxl, sheet, columns: list[str], table: list[list], layout: Layout) -> list[list]:
+    """``table``'s rows with ``layout``'s wrapped cells, its widths and its check of whole numbers
+    set on the write-only ``sheet``."""
+    from openpyxl.cell import WriteOnlyCell
+    from openpyxl.styles import Alignment
+    from openpyxl.worksheet.datavalidation import DataValidation
+
+    for name, width in layout.widths.items():
+        if name in columns:
+            sheet.column_dimensions[column_letters(columns.index(name))].width = width
+    if layout.whole and layout.whole[0] in columns and table:
+        name, low, high = layout.whole
+        letter = column_letters(columns.index(name))
+        check = DataValidation(type="whole", operator="between", formula1=str(low), formula2=str(high),
+                               allow_blank=True, showErrorMessage=True, errorTitle=name,
+                               error=f"a whole number from {low} to {high}, or blank")
+        check.add(f"{letter}2:{letter}{len(table) + 1}")
+        sheet.data_validations.append(check)
+    wrapped = [columns.index(c) for c in layout.wrap if c in columns]
+    if not wrapped:
+        return table
+    top = Alignment(wrap_text=True, vertical="top")
+
+    def cell(v):
+        c = WriteOnlyCell(sheet, value=v)
+        c.alignment = top
+        return c
+
+    return [[cell(v) if i in wrapped else v for i, v in enumerate(values)] for values in table]
 
 
 def _cell(v):

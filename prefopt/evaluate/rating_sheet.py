@@ -123,8 +123,11 @@ def guide(task: str, items: int, answers: int, reference: bool) -> str:
 def write(out: Path, rows: list[dict], key: dict, fmt: str, reference: bool) -> Path:
     """The sheet (``ratings_sheet.FMT``), the key and the raters' guide in the folder ``out``;
     a folder that holds a key already is refused (ratings under way would not match a new one)."""
-    from ..data.sheet_writer import write_sheet
+    from ..data.sheet_writer import Layout, write_sheet
     from .new_records import table_text
+
+    layout = Layout({"code": 7, "item": 6, "prompt": 60, "reference": 40, "answer": 60, "rating": 8, "comment": 30},
+                    wrap=("prompt", "reference", "answer", "comment"), whole=("rating", 1, 5))
 
     if (out / KEY).exists():
         raise ValueError(f"--output {out}: holds a rating sheet already ({KEY}); ratings under way are read against "
@@ -134,7 +137,7 @@ def write(out: Path, rows: list[dict], key: dict, fmt: str, reference: bool) -> 
     if fmt == "csv":
         write_text_atomic(path, table_text(rows, "csv"))
     else:
-        write_sheet(path, rows, "ratings")
+        write_sheet(path, rows, "ratings", layout)
     write_json_atomic(out / KEY, key)
     write_text_atomic(out / GUIDE, guide(key["task"], key["items"], key["answers"], reference))
     return path

@@ -94,6 +94,11 @@ def test_the_report_scores_each_stage_from_the_raters_and_tests_them_item_by_ite
     said = capsys.readouterr().out
     assert "30 answers to 12 items (base, sft, dpo; 6 answers two stages gave alike shown once)" in said
     sheet = run / "ratings" / "ratings_sheet.xlsx"
+    ws = openpyxl.load_workbook(sheet).active  # laid out for reading: long texts wrapped, ratings checked by Excel
+    assert [ws.column_dimensions[c].width for c in "ACEF"] == [7, 60, 60, 8] and ws.freeze_panes == "A2"
+    assert ws["C2"].alignment.wrap_text and ws["E2"].alignment.wrap_text and not ws["A2"].alignment.wrap_text
+    (check,) = ws.data_validations.dataValidation
+    assert (check.type, check.formula1, check.formula2, str(check.sqref)) == ("whole", "1", "5", "F2:F31")
     a = fill(sheet, tmp_path / "ratings_dr_a.xlsx", by_stage)
     b = fill(sheet, tmp_path / "ratings_dr_b.xlsx",
              lambda stages, code: None if code == "1A" else 2 if stages == ["base"] else by_stage(stages, code))
