@@ -37,6 +37,12 @@ def add_commands(sub) -> None:
                    "(.xlsx, .ods, .csv, ...; each named after its rater: ratings_dr_lee.xlsx)")
     r.add_argument("--output", help="folder for ratings_report.md and ratings.json (default: the key's)")
     r.add_argument("--n-resamples", type=positive_int, default=2000, help="bootstrap resamples")
+    r.add_argument("--training-data", metavar="DIR", help="also write the ratings as training data for the next "
+                   "model: pairs.jsonl (on each item, an answer rated at least --gap higher chosen over a lower one, "
+                   "for prefopt dpo) and feedback.jsonl (answers rated 4-5 desirable, 1-2 undesirable, for dpo --loss "
+                   "kto)")
+    r.add_argument("--gap", type=float, default=1.0, help="the least difference in mean rating that makes a pair "
+                   "(default 1)")
     r.set_defaults(func=_report)
 
 
@@ -58,7 +64,7 @@ def _sheet(args: argparse.Namespace) -> int:
     task = get_task(config["task"], **(config.get("task_options") or {}))
     records = {r.id: r for r in read_labelled(task, data)}
     rows, key = rating_sheet.build(run, records, stages, items=args.items, seed=args.seed,
-                                   reference=not args.no_reference)
+                                   reference=not args.no_reference, messages=task.messages)
     out = Path(args.output) if args.output else run / "ratings"
     path = rating_sheet.write(out, rows, key, args.format, not args.no_reference)
     alike = len(stages) * key["items"] - key["answers"]
@@ -95,4 +101,24 @@ def _report(args: argparse.Namespace) -> int:
     for c in summary["comparisons"].values():
         print(f"prefopt rating-report: {c['verdict'].replace('**', '')}")
     print(f"prefopt rating-report: wrote {out / 'ratings_report.md'} and ratings.json")
+    if args.training_data:
+        _training_data(Path(args.training_data), key, ratings, args.gap)
     return 0
+
+
+def _training_data(out: Path, key: dict, ratings: dict, gap: float) -> None:
+    """``out/pairs.jsonl`` and ``out/feedback.jsonl`` made of the ratings, said where they are."""
+    from ..fileio import jsonl_text, write_text_atomic
+    from .rating_report import training_data
+
+    if "prompts" not in key:
+        raise ValueError(f"--training-data: the key of {key['run']} holds no prompts (a sheet made before "
+                         "2026-12-05): make the sheet again with this prefopt")
+    pairs, feedback = training_data(key, ratings, gap)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "pairs.jsonl", jsonl_text(pairs))
+    write_text_atomic(out / "feedback.jsonl", jsonl_text(feedback))
+    print(f"prefopt rating-report: wrote {len(pairs)} pairs (answers to one item whose mean ratings differ by {gap:g} "
+          f"or more) to {out / 'pairs.jsonl'} and {len(feedback)} answers rated 4-5 or 1-2 to feedback.jsonl, for "
+          "prefopt dpo (--loss kto for feedback); they are test items' answers: test a model trained on them on "
+          "other items (compare --strategy ranked --pairs leaves out pairs on its held-out items)")

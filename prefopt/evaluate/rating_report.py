@@ -141,6 +141,34 @@ def summarize(key: dict, ratings: dict[str, dict[str, int]], *, n_resamples: int
                             for s in scores}}
 
 
+def training_data(key: dict, ratings: dict[str, dict[str, int]], gap: float = 1.0) -> tuple[list[dict], list[dict]]:
+    """``(pairs, feedback)`` made of the ratings, as the model was asked (the key's prompts):
+    on each item, every two answers whose mean ratings differ by ``gap`` or more, the higher
+    chosen (``prompt``/``chosen``/``rejected``, for ``prefopt dpo``); each answer whose mean
+    rating is 4 or more desirable, 2 or less undesirable (``prompt``/``completion``/``label``,
+    for ``dpo --loss kto``). Each row says its item and ratings."""
+    means: dict[str, float] = {}
+    for code, entry in key["codes"].items():
+        got = [by_code[code] for by_code in ratings.values() if code in by_code]
+        if got and entry["answer"].strip():  # (an empty answer trains nothing)
+            means[code] = sum(got) / len(got)
+    by_item: dict[str, list[str]] = {}
+    for code in means:
+        by_item.setdefault(key["codes"][code]["item"], []).append(code)
+    pairs, feedback = [], []
+    for item, codes in by_item.items():
+        prompt = key["prompts"][item]
+        for a, b in itertools.combinations(sorted(codes, key=lambda c: -means[c]), 2):
+            if means[a] - means[b] >= gap:
+                pairs.append({"prompt": prompt, "chosen": key["codes"][a]["answer"],
+                              "rejected": key["codes"][b]["answer"], "item": item, "ratings": [means[a], means[b]]})
+        for code in codes:
+            if means[code] >= 4 or means[code] <= 2:
+                feedback.append({"prompt": prompt, "completion": key["codes"][code]["answer"],
+                                 "label": means[code] >= 4, "item": item, "rating": means[code]})
+    return pairs, feedback
+
+
 def _judge(key: dict) -> dict[str, int]:
     """The LLM judge's rating of each code's answer, where the compare run had a judge (``--judge``)."""
     return {code: e["judge"] for code, e in key["codes"].items() if e.get("judge") is not None}

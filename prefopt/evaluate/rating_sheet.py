@@ -67,10 +67,12 @@ def run_answers(run: Path, stages: tuple[str, ...]) -> tuple[dict, list[str], di
 
 
 def build(run: Path, records: dict, stages: tuple[str, ...], *, items: int | None = None, seed: int = 0,
-          reference: bool = True) -> tuple[list[dict], dict]:
+          reference: bool = True, messages=None) -> tuple[list[dict], dict]:
     """``(the sheet's rows, the key)`` for the compare folder ``run`` whose test records are
     ``records`` (``{id: record}``): ``items`` of its test items (all where None), drawn and ordered
-    at random by ``seed``, each item's distinct answers in a random order, lettered A, B, C."""
+    at random by ``seed``, each item's distinct answers in a random order, lettered A, B, C.
+    ``messages(record)``: the chat prompt the model was asked (the task's), kept in the key for
+    training data made of the ratings (default: the record's prompt as one user turn)."""
     config, test, answers, judged = run_answers(run, stages)
     lacking = [i for i in test if i not in records]
     if lacking:
@@ -100,8 +102,11 @@ def build(run: Path, records: dict, stages: tuple[str, ...], *, items: int | Non
             rows.append({"code": code, "item": n, "prompt": record.prompt,
                          **({"reference": record.target} if reference else {}),
                          "answer": shown[text], "rating": "", "comment": ""})
+            codes[code]["answer"] = shown[text]  # (for training data made of the ratings)
+    asked = messages or (lambda r: [{"role": "user", "content": r.prompt}])
     key = {"run": str(run.resolve()), "task": config.get("task"), "created": date.today().isoformat(), "seed": seed,
-           "stages": list(stages), "scale": SCALE, "items": len(order), "answers": len(rows), "codes": codes}
+           "stages": list(stages), "scale": SCALE, "items": len(order), "answers": len(rows), "codes": codes,
+           "prompts": {item: asked(records[item]) for item in order}}
     return rows, key
 
 

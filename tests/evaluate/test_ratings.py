@@ -230,3 +230,46 @@ def test_the_llm_judge_is_set_beside_the_raters_where_the_run_had_one(tmp_path):
     (tmp_path / "plain").mkdir()
     _, plain_key = rating_sheet.build(fake_run(tmp_path / "plain")[0], {r.id: r for r in records}, ("sft",))
     assert not any("judge" in e for e in plain_key["codes"].values())
+
+
+def test_the_ratings_make_training_data_for_the_next_model(tmp_path, capsys):
+    """Clinicians' ratings are preferences: on each item an answer rated at least a point higher is
+    chosen over a lower one (pairs for DPO), and answers rated 4-5 or 1-2 are desirable or not
+    (feedback for KTO), each asked as the model was; both files load as prefopt dpo reads them."""
+    from prefopt import load_tokenizer
+    from prefopt.data.feedback import load_feedback
+    from prefopt.data.preference import load_preferences
+    from tests._tiny import build_tokenizer
+
+    tok = load_tokenizer(build_tokenizer(tmp_path / "tok"))
+
+    asked = [{"role": "system", "content": "Triage."}, {"role": "user", "content": "Chest pain?"}]
+    key = {"codes": {"1A": {"item": "x", "answer": "Emergency."}, "1B": {"item": "x", "answer": "Routine."},
+                     "1C": {"item": "x", "answer": "Urgent."}, "2A": {"item": "y", "answer": "Refill."},
+                     "2B": {"item": "y", "answer": "  "}},
+           "prompts": {"x": asked, "y": [{"role": "user", "content": "Inhaler?"}]}}
+    ratings = {"a": {"1A": 5, "1B": 1, "1C": 3, "2A": 4, "2B": 1}, "b": {"1A": 4, "1B": 2, "1C": 4}}
+    pairs, feedback = rating_report.training_data(key, ratings)
+    assert [(p["chosen"], p["rejected"], p["ratings"]) for p in pairs] == [
+        ("Emergency.", "Urgent.", [4.5, 3.5]), ("Emergency.", "Routine.", [4.5, 1.5]),  # 4.5 - 3.5 = 1: a pair
+        ("Urgent.", "Routine.", [3.5, 1.5])]
+    assert pairs[0]["prompt"] == asked and pairs[0]["item"] == "x"
+    assert rating_report.training_data(key, ratings, gap=2.5)[0] == pairs[1:2]
+    assert rating_report.training_data(key, ratings, gap=1.5)[0] == pairs[1:]
+    assert [(f["completion"], f["label"]) for f in feedback] == [("Emergency.", True), ("Routine.", False),
+                                                                 ("Refill.", True)]  # 3.5: neither; "  ": nothing
+    run, records = fake_run(tmp_path, 6)
+    assert main(["rating-sheet", "--from", str(run)]) == 0
+    sheet = run / "ratings" / "ratings_sheet.xlsx"
+    filled = fill(sheet, tmp_path / "dr_a.xlsx", by_stage)
+    capsys.readouterr()
+    assert main(["rating-report", "--key", str(run / "ratings"), "--ratings", str(filled), "--n-resamples", "50",
+                 "--training-data", str(tmp_path / "next")]) == 0
+    # even items: base (1) under SFT's and SFT+DPO's one answer (4); odd ones: 1 < SFT+DPO's 2 < SFT's 4, three pairs
+    assert "wrote 12 pairs" in capsys.readouterr().out
+    loaded = load_preferences(tmp_path / "next" / "pairs.jsonl", tok)[0]
+    assert len(loaded) == 12
+    task = get_task("portal")
+    first = json.loads((tmp_path / "next" / "pairs.jsonl").read_text().splitlines()[0])
+    assert first["prompt"] == task.messages({r.id: r for r in records}[first["item"]])  # as the model was asked
+    assert len(load_feedback(tmp_path / "next" / "feedback.jsonl", tok)[0]) == 3 * 2 + 3 * 3  # every answer: 1, 2 or 4
