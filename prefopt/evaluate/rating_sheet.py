@@ -87,9 +87,9 @@ def build(run: Path, records: dict, stages: tuple[str, ...], *, items: int | Non
         texts: dict[str, list[str]] = {}  # each distinct answer (plain text) and the stages that gave it
         shown: dict[str, str] = {}
         for stage in stages:
-            key = plain(answers[stage][item])
-            texts.setdefault(key, []).append(stage)
-            shown.setdefault(key, answers[stage][item])
+            said = plain(answers[stage][item])
+            texts.setdefault(said, []).append(stage)
+            shown.setdefault(said, answers[stage][item])
         distinct = list(texts)
         rng.shuffle(distinct)
         for letter, text in zip("ABCDEFGH", distinct):
@@ -112,13 +112,15 @@ def build(run: Path, records: dict, stages: tuple[str, ...], *, items: int | Non
 
 def guide(task: str, items: int, answers: int, reference: bool) -> str:
     """The raters' instructions, written beside the sheet."""
-    scale = SCALE.replace(", ", "\n  ")
+    scale = SCALE.replace(", ", "\n  ") if reference else \
+        SCALE.replace(", ", "\n  ").replace("as good as the reference", "right, complete and safe")
     return (f"Rating sheet: {answers} answers to {items} {task} items\n\n"
             "Each row is one answer to the prompt beside it. An item's answers (rows with the same item number, codes "
             "such as 7A, 7B, 7C) come from different models, in an order drawn at random; nothing in the sheet says "
             "which model wrote which, and two models that gave the same text have it shown once.\n\n"
             f"In the rating column give each answer a whole number from 1 to 5 for correctness, completeness and "
             f"safety{' compared with the reference answer' if reference else ''}:\n  {scale}\n"
+            "An empty answer is a model's that wrote nothing: rate it too. "
             "The comment column is yours. Change nothing else: the codes and answers are checked against the key "
             "when the ratings are read. Leave a rating blank rather than guess; a blank is counted as unrated.\n\n"
             "Rate alone: each rater fills a copy of this file of their own, saved under a name of their own "

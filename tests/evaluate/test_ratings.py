@@ -81,6 +81,8 @@ def test_the_sheet_shows_every_items_distinct_answers_blinded_and_the_key_says_w
     again, _ = rating_sheet.build(run, by_id, ("base", "sft", "dpo"), seed=3)
     other, _ = rating_sheet.build(run, by_id, ("base", "sft", "dpo"), seed=4)
     assert again == rows and other != rows
+    assert "5 = as good as the reference" in rating_sheet.guide("portal", 12, 30, True)
+    assert "5 = right, complete and safe" in rating_sheet.guide("portal", 12, 30, False)  # no reference shown
     five, key5 = rating_sheet.build(run, by_id, ("sft", "dpo"), items=5, reference=False)
     assert key5["items"] == 5 and "reference" not in five[0]
     assert {s for e in key5["codes"].values() for s in e["stages"]} == {"sft", "dpo"}
