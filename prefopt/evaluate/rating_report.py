@@ -4,7 +4,9 @@ the one the code was given, its rating a whole number 1-5 or blank) and a bad on
 named by file, line and field. Each item's score for a stage is the mean of the raters' ratings
 of the answer that stage gave; the stages' mean scores get bootstrap CIs, and each pair of stages
 the paired bootstrap and the Wilcoxon signed-rank test over the items both have, as compare's
-Likert scores; the raters' agreement is Cohen's kappa with quadratic weights, pair by pair."""
+Likert scores; the raters' agreement is Cohen's kappa with quadratic weights, pair by pair, and
+the run's LLM judge, where it had one, is set beside each rater alike. The ratings also make
+training data for the next model (:func:`training_data`: pairs for DPO, feedback for KTO)."""
 from __future__ import annotations
 
 import itertools
