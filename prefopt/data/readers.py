@@ -430,8 +430,10 @@ def _csv_rows(path: Path, f, delimiter: str, first_line: int = 1):
         if not any(c.strip() for c in cells):
             continue  # a blank line, or a row of blank cells (an export's ";;;"): nothing to read
         if len(cells) > len(names):
+            alone = f" (the header, line {line}, names one column, {names[0]!r}: a title above the column names, " \
+                "another delimiter, or one in a cell left unquoted?)" if len(names) == 1 else ""
             yield start, DataError(path, start, None, f"more cells than the header has columns: "
-                                                      f"{cells[len(names):]!r}")
+                                                      f"{cells[len(names):]!r}{alone}")
         elif len(cells) < len(names):
             spans = f" (it runs from line {start} to {end}: a quote left open?)" \
                 if end > start else ""  # a quoted cell goes on to the next closing quote

@@ -537,7 +537,9 @@ def test_a_title_above_the_column_names_is_skipped_and_named_not_read_as_the_hea
     (tmp_path / "lm.csv").write_text("text,\nA note on chest pain.,\n")  # (an export's trailing delimiter)
     assert len(load_sft(tmp_path / "lm.csv", tok)[0]) == 1
     (tmp_path / "lm2.csv").write_text("text\nA note on chest pain, 2 h.\n")  # (a delimiter unquoted: no title)
-    with pytest.raises(DataError, match=r"lm2.csv:2: more cells than the header has columns: \[' 2 h.'\]"):
+    with pytest.raises(DataError, match=r"lm2.csv:2: more cells than the header has columns: \[' 2 h.'\] \(the "
+                                        r"header, line 1, names one column, 'text': a title above the column "
+                                        r"names, another delimiter, or one in a cell left unquoted\?\)"):
         load_sft(tmp_path / "lm2.csv", tok)
     path.write_text("Triage log ward 3,,\nprompt,completion,\nq,a,\n")  # the text in the first of two unnamed columns
     with pytest.warns(UserWarning, match=r"log.csv:1: 'Triage log ward 3' read as a title"):
