@@ -45,7 +45,11 @@ def run_answers(run: Path, stages: tuple[str, ...]) -> tuple[dict, list[str], di
     config_path, split_path = run / "compare_config.json", run / "split.json"
     for path in (config_path, split_path):
         if not path.is_file():
-            raise ValueError(f"--from {run}: no {path.name} (a prefopt compare output folder?)")
+            tasks = sorted(d.name for d in run.glob("*/") if (d / "compare_config.json").is_file()) \
+                if run.is_dir() else []
+            raise ValueError(f"--from {run}: no {path.name} (a prefopt compare output folder?)" + (
+                f"; a study's folder: name one task's run in it ({', '.join(str(run / t) for t in tasks[:3])}"
+                f"{' ...' if len(tasks) > 3 else ''})" if tasks else ""))
     config = json.loads(config_path.read_text(encoding="utf-8"))
     test = json.loads(split_path.read_text(encoding="utf-8"))["test"]
     answers, judged = {}, {}
