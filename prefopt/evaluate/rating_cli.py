@@ -96,11 +96,13 @@ def _report(args: argparse.Namespace) -> int:
     rating_report.unrated_warnings(summary)
     out = Path(args.output) if args.output else key_path.parent
     out.mkdir(parents=True, exist_ok=True)
+    summary["plot"] = rating_report.plot(summary, out)
     write_json_atomic(out / "ratings.json", summary)
     write_text_atomic(out / "ratings_report.md", rating_report.report_markdown(summary))
     for c in summary["comparisons"].values():
         print(f"prefopt rating-report: {c['verdict'].replace('**', '')}")
-    print(f"prefopt rating-report: wrote {out / 'ratings_report.md'} and ratings.json")
+    print(f"prefopt rating-report: wrote {out / 'ratings_report.md'} and ratings.json"
+          + (f", and the plot {summary['plot']}" if summary["plot"] else ""))
     if args.training_data:
         _training_data(Path(args.training_data), key, ratings, args.gap)
     return 0

@@ -122,7 +122,12 @@ def summarize(key: dict, ratings: dict[str, dict[str, int]], *, n_resamples: int
         rated = s[np.isfinite(s)]
         stages[stage] = {"mean": float(rated.mean()) if len(rated) else math.nan, "items": int(len(rated)),
                          "ci": bootstrap_ci(lambda idx, r=rated: float(r[idx].mean()), len(rated),
-                                            n_resamples=n_resamples, seed=seed) if len(rated) else [math.nan] * 2}
+                                            n_resamples=n_resamples, seed=seed) if len(rated) else [math.nan] * 2,
+                         "given": [0] * len(RATINGS)}  # how often each rating was given its answers, all raters
+    for by_code in ratings.values():
+        for code, rating in by_code.items():
+            for stage in key["codes"][code]["stages"]:
+                stages[stage]["given"][rating - 1] += 1
     comparisons = {}
     for a, b in PAIRS:
         if a not in scores or b not in scores:
@@ -194,9 +199,15 @@ def report_markdown(summary: dict) -> str:
              "answer; an answer two stages gave alike was rated once, for both.", "", "## Does it help?", ""]
     lines += [f"- {NAMES[b]} vs {NAMES[a]}: {summary['comparisons'][f'{b} vs {a}']['verdict']}"
               for a, b in PAIRS if f"{b} vs {a}" in summary["comparisons"]]
-    lines += ["", "## Stages", "", "| stage | mean rating (95% CI) | items rated |", "|---|---|---|"]
-    lines += [f"| {NAMES[s]} | {v['mean']:.2f} [{v['ci'][0]:.2f}, {v['ci'][1]:.2f}] | {v['items']} |" if v["items"]
-              else f"| {NAMES[s]} | — | 0 |" for s, v in summary["stages"].items()]
+    lines += ["", "## Stages", "", "| stage | mean rating (95% CI) | items rated | rated 1 | 2 | 3 | 4 | 5 |",
+              "|---|---|---|---|---|---|---|---|"]
+    for s, v in summary["stages"].items():
+        shares = " | ".join(f"{n / sum(v['given']):.0%}" if sum(v["given"]) else "—" for n in v["given"])
+        mean = f"{v['mean']:.2f} [{v['ci'][0]:.2f}, {v['ci'][1]:.2f}]" if v["items"] else "—"
+        lines.append(f"| {NAMES[s]} | {mean} | {v['items']} | {shares} |")
+    lines += ["", "The shares are of all the ratings each stage's answers were given, every rater's."]
+    if summary.get("plot"):
+        lines += ["", f"![{summary['plot']}]({summary['plot']})"]
     lines += ["", "## Paired comparisons", "",
               "| comparison | Δ mean rating | 95% CI | bootstrap p | Wilcoxon p | items |",
               "|---|---|---|---|---|---|"]
@@ -222,3 +233,35 @@ def report_markdown(summary: dict) -> str:
 def _share(x: float) -> str:
     """A share as a percentage; a dash where there is none (no answer both raters rated)."""
     return "—" if math.isnan(x) else f"{x:.0%}"
+
+
+def plot(summary: dict, out: Path) -> str | None:
+    """``ratings_by_stage.png`` in ``out``: each stage's ratings as one bar, the share of each of
+    1-5 stacked from worst to best, its mean beside it; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    stages = [s for s, v in summary["stages"].items() if sum(v["given"])]
+    if not stages:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 0.8 + 0.6 * len(stages)))
+    colours = ["#d7191c", "#fdae61", "#e0e0a0", "#a6d96a", "#1a9641"]
+    for row, stage in enumerate(reversed(stages)):
+        given = np.array(summary["stages"][stage]["given"], dtype=float)
+        left = 0.0
+        for rating, share in enumerate(given / given.sum(), 1):
+            ax.barh(row, share, left=left, color=colours[rating - 1], label=str(rating) if row == 0 else None)
+            left += share
+        ax.text(1.02, row, f"mean {summary['stages'][stage]['mean']:.2f}", va="center", fontsize=8)
+    ax.set_yticks(range(len(stages)), [NAMES[s] for s in reversed(stages)])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of the ratings")
+    ax.legend(title="rating", ncol=5, fontsize=7, title_fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout()
+    fig.savefig(out / "ratings_by_stage.png", dpi=120)
+    plt.close(fig)
+    return "ratings_by_stage.png"

@@ -118,6 +118,11 @@ def test_the_report_scores_each_stage_from_the_raters_and_tests_them_item_by_ite
     assert summary["stages"]["base"]["mean"] == pytest.approx(np.mean(base))
     assert summary["stages"]["sft"]["mean"] == 4.0 and summary["stages"]["dpo"]["mean"] == 3.0
     assert summary["item_scores"]["dpo"] == {r.id: d for r, d in zip(records, dpo)}
+    given = {"base": [12, 12, 0, 0, 0], "sft": [0, 0, 0, 24, 0], "dpo": [0, 12, 0, 12, 0]}  # both raters' ratings
+    left = 2 if blank["stages"] == ["base"] else by_stage(blank["stages"], "1A")  # what dr_b left blank
+    for stage in blank["stages"]:
+        given[stage][left - 1] -= 1
+    assert {s: v["given"] for s, v in summary["stages"].items()} == given
     dpo_sft = summary["comparisons"]["dpo vs sft"]
     assert dpo_sft["delta"] == -1.0 and dpo_sft["items"] == 12
     assert dpo_sft["wilcoxon"]["p_value"] == pytest.approx(scipy_stats.wilcoxon(
@@ -135,6 +140,9 @@ def test_the_report_scores_each_stage_from_the_raters_and_tests_them_item_by_ite
     assert "SFT+DPO was worse than SFT (Δrating = -1.000" in out and "SFT beat base" in out
     report = (run / "ratings" / "ratings_report.md").read_text()
     assert "| SFT+DPO | 3.00 [" in report and "| ratings_dr_a and ratings_dr_b | 29 |" in report
+    if summary["plot"]:  # (matplotlib installed: the test extra has it)
+        assert (run / "ratings" / "ratings_by_stage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "![ratings_by_stage.png](ratings_by_stage.png)" in report
 
 
 @pytest.mark.parametrize("fmt", ["ods", "csv"])
