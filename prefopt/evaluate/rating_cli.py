@@ -16,8 +16,8 @@ def add_commands(sub) -> None:
                        "random order under codes, with the prompt and the reference; writes the sheet, the raters' "
                        "guide and the key that prefopt rating-report reads the ratings against")
     p.add_argument("--from", dest="run", required=True, metavar="DIR", help="a finished prefopt compare output folder")
-    p.add_argument("--output", help="folder for ratings_sheet.xlsx, HOW_TO_RATE.txt and rating_key.json (default: "
-                   "DIR/ratings); give the raters the sheet and the guide, not the key")
+    p.add_argument("--output", help="folder for rating_key.json and for_raters/ (ratings_sheet.xlsx, HOW_TO_RATE.txt: "
+                   "what the raters are sent; default: DIR/ratings)")
     p.add_argument("--stages", default="base,sft,dpo", help="the stages whose answers are rated, of base, sft and "
                    "dpo (default all three; sft,dpo asks the raters for about a third less)")
     p.add_argument("--items", type=positive_int, help="rate this many test items, drawn at random (default: all)")
@@ -70,8 +70,9 @@ def _sheet(args: argparse.Namespace) -> int:
     alike = len(stages) * key["items"] - key["answers"]
     print(f"prefopt rating-sheet: {key['answers']} answers to {key['items']} items ({', '.join(stages)}; {alike} "
           f"answer{'s' if alike != 1 else ''} two stages gave alike shown once)")
-    print(f"prefopt rating-sheet: wrote {path} and {out / rating_sheet.GUIDE} for the raters, and the key "
-          f"{out / rating_sheet.KEY} (keep it from them)")
+    print(f"prefopt rating-sheet: wrote {path.parent}/ for the raters ({path.name}, {rating_sheet.GUIDE}: send them "
+          f"that folder), and the key {out / rating_sheet.KEY}, which says which model wrote each answer: keep it "
+          "from them")
     return 0
 
 

@@ -21,6 +21,7 @@ from .report import NAMES
 KEY = "rating_key.json"
 SHEET = "ratings_sheet"  # the sheet's file name, before its suffix
 GUIDE = "HOW_TO_RATE.txt"
+RATERS = "for_raters"  # the folder of the sheet and the guide, apart from the key: what the raters are sent
 COLUMNS = ("code", "item", "prompt", "reference", "answer", "rating", "comment")
 FORMATS = ("xlsx", "ods", "csv")
 
@@ -128,12 +129,13 @@ def guide(task: str, items: int, answers: int, reference: bool) -> str:
             "The comment column is yours. Change nothing else: the codes and answers are checked against the key "
             "when the ratings are read. Leave a rating blank rather than guess; a blank is counted as unrated.\n\n"
             "Rate alone: each rater fills a copy of this file of their own, saved under a name of their own "
-            "(ratings_dr_lee.xlsx). Do not open rating_key.json, which says which model wrote each answer.\n")
+            "(ratings_dr_lee.xlsx), and sends it back.\n")
 
 
 def write(out: Path, rows: list[dict], key: dict, fmt: str, reference: bool) -> Path:
-    """The sheet (``ratings_sheet.FMT``), the key and the raters' guide in the folder ``out``;
-    a folder that holds a key already is refused (ratings under way would not match a new one)."""
+    """The sheet (``ratings_sheet.FMT``) and the raters' guide in ``out/for_raters/``, what the
+    raters are sent, and the key in ``out``, apart from them; a folder that holds a key already is
+    refused (ratings under way would not match a new one). Returns the sheet's path."""
     from ..data.sheet_writer import Layout, write_sheet
     from .new_records import table_text
 
@@ -143,12 +145,12 @@ def write(out: Path, rows: list[dict], key: dict, fmt: str, reference: bool) -> 
     if (out / KEY).exists():
         raise ValueError(f"--output {out}: holds a rating sheet already ({KEY}); ratings under way are read against "
                          "its key, which a new sheet would replace: choose another folder, or delete that one")
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{SHEET}.{fmt}"
+    (out / RATERS).mkdir(parents=True, exist_ok=True)
+    path = out / RATERS / f"{SHEET}.{fmt}"
     if fmt == "csv":
         write_text_atomic(path, table_text(rows, "csv"))
     else:
         write_sheet(path, rows, "ratings", layout)
     write_json_atomic(out / KEY, key)
-    write_text_atomic(out / GUIDE, guide(key["task"], key["items"], key["answers"], reference))
+    write_text_atomic(out / RATERS / GUIDE, guide(key["task"], key["items"], key["answers"], reference))
     return path

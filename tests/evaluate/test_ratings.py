@@ -40,7 +40,7 @@ def fake_run(tmp_path, n: int = 12, judge: bool = False):
 
 def fill(sheet, out, rate):
     """A rater's copy of ``sheet`` with ``rate(stages of the code, code)`` in its rating column (None: blank)."""
-    key = json.loads((sheet.parent / rating_sheet.KEY).read_text())
+    key = json.loads((sheet.parent.parent / rating_sheet.KEY).read_text())
     book = openpyxl.load_workbook(sheet)
     ws = book.active
     header = [c.value for c in ws[1]]
@@ -95,7 +95,8 @@ def test_the_report_scores_each_stage_from_the_raters_and_tests_them_item_by_ite
     assert main(["rating-sheet", "--from", str(run), "--seed", "1"]) == 0
     said = capsys.readouterr().out
     assert "30 answers to 12 items (base, sft, dpo; 6 answers two stages gave alike shown once)" in said
-    sheet = run / "ratings" / "ratings_sheet.xlsx"
+    sheet = run / "ratings" / "for_raters" / "ratings_sheet.xlsx"
+    assert sorted(p.name for p in sheet.parent.iterdir()) == ["HOW_TO_RATE.txt", "ratings_sheet.xlsx"]  # no key
     ws = openpyxl.load_workbook(sheet).active  # laid out for reading: long texts wrapped, ratings checked by Excel
     assert [ws.column_dimensions[c].width for c in "ACEF"] == [7, 60, 60, 8] and ws.freeze_panes == "A2"
     assert ws["C2"].alignment.wrap_text and ws["E2"].alignment.wrap_text and not ws["A2"].alignment.wrap_text
@@ -204,7 +205,7 @@ def test_a_folder_that_is_no_finished_run_is_named(tmp_path):
         rating_sheet.run_answers(run / "base", ("base",))
     assert main(["rating-sheet", "--from", str(run), "--stages", "sft,sft"]) == 2
     assert main(["rating-sheet", "--from", str(run), "--stages", "base,sft", "--format", "csv"]) == 0
-    blank = run / "ratings" / "ratings_sheet.csv"
+    blank = run / "ratings" / "for_raters" / "ratings_sheet.csv"
     assert main(["rating-report", "--key", str(run / "ratings"), "--ratings", str(blank)]) == 2  # nothing rated
     key = json.loads((run / "ratings" / rating_sheet.KEY).read_text())
     first = next(iter(key["codes"]))
@@ -273,7 +274,7 @@ def test_the_ratings_make_training_data_for_the_next_model(tmp_path, capsys):
                                                                  ("Refill.", True)]  # 3.5: neither; "  ": nothing
     run, records = fake_run(tmp_path, 6)
     assert main(["rating-sheet", "--from", str(run)]) == 0
-    sheet = run / "ratings" / "ratings_sheet.xlsx"
+    sheet = run / "ratings" / "for_raters" / "ratings_sheet.xlsx"
     filled = fill(sheet, tmp_path / "dr_a.xlsx", by_stage)
     capsys.readouterr()
     assert main(["rating-report", "--key", str(run / "ratings"), "--ratings", str(filled), "--n-resamples", "50",

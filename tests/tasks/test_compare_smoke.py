@@ -169,7 +169,7 @@ def test_every_family_runs_end_to_end(family, source, tiny_model, tmp_path):
     from prefopt.cli import main
 
     assert main(["rating-sheet", "--from", str(out), "--format", "csv"]) == 0  # a real run's answers, to rate
-    sheet = [r for _, r in read_rows(out / "ratings" / "ratings_sheet.csv")]
+    sheet = [r for _, r in read_rows(out / "ratings" / "for_raters" / "ratings_sheet.csv")]
     assert len({r["item"] for r in sheet}) == report["n_test"] and all(r["answer"] is not None for r in sheet)
 
 
