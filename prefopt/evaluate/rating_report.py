@@ -97,6 +97,26 @@ def weighted_kappa(a: list[int], b: list[int]) -> float:
     return float(1 - (weights * observed).sum() / chance) if chance > 0 else math.nan
 
 
+def krippendorff_alpha(ratings: dict[str, dict[str, int]]) -> float:
+    """Krippendorff's alpha of all the raters at once, interval metric (squared differences, as
+    the kappa's quadratic weights), each answer rated by two or more of them counted, missing
+    ratings allowed: 1 where they agree throughout, 0 where no more than chance would; NaN where
+    no answer has two ratings or every rating is one value."""
+    k = len(RATINGS)
+    coincidence = np.zeros((k, k))
+    for code in {c for by_code in ratings.values() for c in by_code}:
+        values = [by_code[code] for by_code in ratings.values() if code in by_code]
+        if len(values) < 2:
+            continue
+        for i, j in itertools.permutations(range(len(values)), 2):  # each ordered pair of its ratings
+            coincidence[values[i] - 1, values[j] - 1] += 1 / (len(values) - 1)
+    n_c = coincidence.sum(1)
+    n = n_c.sum()
+    delta = np.subtract.outer(np.arange(k), np.arange(k)) ** 2.0
+    expected = (np.outer(n_c, n_c) * delta).sum()
+    return float(1 - (n - 1) * (coincidence * delta).sum() / expected) if n > 1 and expected > 0 else math.nan
+
+
 def agreement(ratings: dict[str, dict[str, int]], judge: dict[str, int] | None = None) -> list[dict]:
     """Each pair of raters, then the LLM ``judge`` (its ratings by code, where the run had one)
     with each rater: the answers both rated, the share they rated alike and within one point, and
@@ -144,6 +164,7 @@ def summarize(key: dict, ratings: dict[str, dict[str, int]], *, n_resamples: int
     return {"run": key["run"], "task": key["task"], "items": len(items), "answers": total, "scale": key["scale"],
             "raters": {r: {"rated": len(by_code), "of": total} for r, by_code in ratings.items()},
             "stages": stages, "comparisons": comparisons, "agreement": agreement(ratings, _judge(key)),
+            **({"alpha": krippendorff_alpha(ratings)} if len(ratings) > 1 else {}),
             "item_scores": {s: {i: (None if math.isnan(v) else float(v)) for i, v in zip(items, scores[s])}
                             for s in scores}}
 
@@ -222,6 +243,9 @@ def report_markdown(summary: dict) -> str:
                   "|---|---|---|---|---|"]
         lines += [f"| {' and '.join(g['raters'])} | {g['answers']} | {_share(g['exact'])} | {_share(g['within_1'])} | "
                   f"{'—' if math.isnan(g['kappa']) else format(g['kappa'], '.2f')} |" for g in summary["agreement"]]
+        if "alpha" in summary:
+            alpha = "—" if math.isnan(summary["alpha"]) else f"{summary['alpha']:.2f}"
+            lines += ["", f"All {len(summary['raters'])} raters at once: Krippendorff's alpha (interval) {alpha}."]
         lines += ["", "Cohen's kappa with quadratic weights: 1 where the raters agree throughout, 0 where no more "
                   "than chance would; a disagreement by two points counts four times one by one point."
                   + (" The LLM judge (compare's --judge, the same scale) is set beside each rater: where it agrees "

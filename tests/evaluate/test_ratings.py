@@ -141,6 +141,8 @@ def test_the_report_scores_each_stage_from_the_raters_and_tests_them_item_by_ite
     assert "SFT+DPO was worse than SFT (Δrating = -1.000" in out and "SFT beat base" in out
     report = (run / "ratings" / "ratings_report.md").read_text()
     assert "| SFT+DPO | 3.00 [" in report and "| ratings_dr_a and ratings_dr_b | 29 |" in report
+    assert summary["alpha"] == pytest.approx(rating_report.krippendorff_alpha({"a": ra, "b": rb}))
+    assert f"All 2 raters at once: Krippendorff's alpha (interval) {summary['alpha']:.2f}." in report
     if summary["plot"]:  # (matplotlib installed: the test extra has it)
         assert (run / "ratings" / "ratings_by_stage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "![ratings_by_stage.png](ratings_by_stage.png)" in report
@@ -287,3 +289,19 @@ def test_the_ratings_make_training_data_for_the_next_model(tmp_path, capsys):
     first = json.loads((tmp_path / "next" / "pairs.jsonl").read_text().splitlines()[0])
     assert first["prompt"] == task.messages({r.id: r for r in records}[first["item"]])  # as the model was asked
     assert len(load_feedback(tmp_path / "next" / "feedback.jsonl", tok)[0]) == 3 * 2 + 3 * 3  # every answer: 1, 2 or 4
+
+
+def test_krippendorffs_alpha_takes_every_rater_at_once_with_ratings_missing():
+    """Three or more raters: one alpha over them all (interval metric), each answer rated by two
+    or more counted, against the krippendorff package (test-only)."""
+    krippendorff = pytest.importorskip("krippendorff")
+    rng = np.random.default_rng(1)
+    truth = rng.integers(1, 6, 40)
+    ratings = {f"dr_{i}": {f"{j}A": int(np.clip(truth[j] + rng.integers(-1, 2), 1, 5)) for j in range(40)
+                           if rng.random() > 0.25} for i in range(3)}
+    data = np.array([[r.get(f"{j}A", np.nan) for j in range(40)] for r in ratings.values()], dtype=float)
+    want = krippendorff.alpha(reliability_data=data, level_of_measurement="interval")
+    assert rating_report.krippendorff_alpha(ratings) == pytest.approx(want) and 0.5 < want < 1
+    assert np.isnan(rating_report.krippendorff_alpha({"a": {"1A": 3, "2A": 3}, "b": {"1A": 3, "2A": 3}}))  # one value
+    assert rating_report.krippendorff_alpha({"a": {"1A": 2, "2A": 5}, "b": {"1A": 2, "2A": 5}}) == 1.0
+    assert np.isnan(rating_report.krippendorff_alpha({"a": {"1A": 2}, "b": {"2A": 5}}))  # no answer rated twice
