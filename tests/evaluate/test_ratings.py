@@ -305,3 +305,21 @@ def test_krippendorffs_alpha_takes_every_rater_at_once_with_ratings_missing():
     assert np.isnan(rating_report.krippendorff_alpha({"a": {"1A": 3, "2A": 3}, "b": {"1A": 3, "2A": 3}}))  # one value
     assert rating_report.krippendorff_alpha({"a": {"1A": 2, "2A": 5}, "b": {"1A": 2, "2A": 5}}) == 1.0
     assert np.isnan(rating_report.krippendorff_alpha({"a": {"1A": 2}, "b": {"2A": 5}}))  # no answer rated twice
+
+
+def test_a_sheet_another_program_saved_reads_back(tmp_path):
+    """A rater's copy saved by another program (pandas writing .ods through odfpy, and .xlsx and a
+    ';' CSV as a European Excel would): the same ratings back, the answers' line ends and all."""
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("odf")
+    run, records = fake_run(tmp_path, 4)
+    rows, key = rating_sheet.build(run, {r.id: r for r in records}, ("base", "sft", "dpo"))
+    sheet = rating_sheet.write(tmp_path / "out", rows, key, "xlsx", True)
+    frame = pd.read_excel(sheet, dtype=str).fillna("")
+    frame["rating"] = [str(1 + i % 5) for i in range(len(frame))]
+    want = {code: 1 + i % 5 for i, code in enumerate(frame["code"])}
+    frame.to_excel(tmp_path / "dr_a.ods", engine="odf", index=False)
+    frame.to_excel(tmp_path / "dr_b.xlsx", index=False)
+    frame.to_csv(tmp_path / "dr_c.csv", sep=";", index=False, lineterminator="\r\n")
+    for name in ("dr_a.ods", "dr_b.xlsx", "dr_c.csv"):
+        assert rating_report.read_ratings(tmp_path / name, key) == want, name
