@@ -89,11 +89,12 @@ def _report(args: argparse.Namespace) -> int:
     names = [p.stem for p in paths]
     if len(set(names)) != len(names):  # two raters' files of one name in different folders
         names = [str(p) for p in paths]
-    ratings = {name: rating_report.read_ratings(path, key) for name, path in zip(names, paths)}
+    comments: dict[str, dict[str, str]] = {name: {} for name in names}
+    ratings = {name: rating_report.read_ratings(path, key, comments[name]) for name, path in zip(names, paths)}
     if not any(ratings.values()):
         raise ValueError(f"--ratings: no answer is rated in {', '.join(map(str, paths))}: the raters fill the rating "
                          "column of their copies of the sheet (HOW_TO_RATE.txt)")
-    summary = rating_report.summarize(key, ratings, n_resamples=args.n_resamples)
+    summary = rating_report.summarize(key, ratings, n_resamples=args.n_resamples, comments=comments)
     rating_report.unrated_warnings(summary)
     out = Path(args.output) if args.output else key_path.parent
     out.mkdir(parents=True, exist_ok=True)

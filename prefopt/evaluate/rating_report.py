@@ -24,11 +24,12 @@ from .stats import bootstrap_ci, p_text, paired_bootstrap, wilcoxon_signed_rank
 RATINGS = range(1, 6)
 
 
-def read_ratings(path: Path, key: dict) -> dict[str, int]:
+def read_ratings(path: Path, key: dict, comments: dict[str, str] | None = None) -> dict[str, int]:
     """``{code: rating}`` of the filled sheet at ``path`` (any format prefopt reads: .xlsx, .ods,
     .csv, ...), blanks left out; a row whose code is not the key's, whose answer is not the one
     its code was given, whose rating is not a whole number 1-5, or a code rated twice is a
-    :class:`DataError` naming the file, line and field."""
+    :class:`DataError` naming the file, line and field. ``comments``: filled with the rater's
+    comments by code."""
     from ..data.readers import read_rows
 
     codes, seen = key["codes"], {}
@@ -51,6 +52,8 @@ def read_ratings(path: Path, key: dict) -> dict[str, int]:
         text = str(row["rating"] or "").strip()
         if text:
             seen[code] = (line, _rating(path, line, text))
+        if comments is not None and str(row.get("comment") or "").strip():
+            comments[code] = str(row["comment"]).strip()
     return {code: rating for code, (_, rating) in seen.items()}
 
 
@@ -134,8 +137,10 @@ def agreement(ratings: dict[str, dict[str, int]], judge: dict[str, int] | None =
     return out
 
 
-def summarize(key: dict, ratings: dict[str, dict[str, int]], *, n_resamples: int = 2000, seed: int = 0) -> dict:
-    """The stages' scores, their paired comparisons and the raters' agreement, as a dict."""
+def summarize(key: dict, ratings: dict[str, dict[str, int]], *, n_resamples: int = 2000, seed: int = 0,
+              comments: dict[str, dict[str, str]] | None = None) -> dict:
+    """The stages' scores, their paired comparisons and the raters' agreement, as a dict; with
+    ``comments`` (``{rater: {code: text}}``), each comment beside the stages whose answer it is on."""
     items, scores = item_scores(key, ratings)
     stages = {}
     for stage, s in scores.items():
@@ -166,7 +171,11 @@ def summarize(key: dict, ratings: dict[str, dict[str, int]], *, n_resamples: int
             "stages": stages, "comparisons": comparisons, "agreement": agreement(ratings, _judge(key)),
             **({"alpha": krippendorff_alpha(ratings)} if len(ratings) > 1 else {}),
             "item_scores": {s: {i: (None if math.isnan(v) else float(v)) for i, v in zip(items, scores[s])}
-                            for s in scores}}
+                            for s in scores},
+            "comments": [{"rater": rater, "code": code, "item": key["codes"][code]["item"],
+                          "stages": key["codes"][code]["stages"], "rating": ratings.get(rater, {}).get(code),
+                          "comment": text} for rater, by_code in (comments or {}).items()
+                         for code, text in by_code.items()]}
 
 
 def training_data(key: dict, ratings: dict[str, dict[str, int]], gap: float = 1.0) -> tuple[list[dict], list[dict]]:
@@ -251,7 +260,22 @@ def report_markdown(summary: dict) -> str:
                   + (" The LLM judge (compare's --judge, the same scale) is set beside each rater: where it agrees "
                      "with them about as well as they agree with each other, its ratings may stand in for theirs "
                      "on later runs." if any(g["raters"][0] == "LLM judge" for g in summary["agreement"]) else "")]
+    if summary.get("comments"):
+        lines += ["", "## The raters' comments", "", "| stage | rating | comment | rater | item |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {' = '.join(NAMES[s] for s in c['stages'])} | {c['rating'] or '—'} | {_cell(c['comment'])} | "
+                  f"{c['rater']} | {c['item']} |" for c in sorted(summary["comments"], key=_by_code)]
     return "\n".join(lines) + "\n"
+
+
+def _by_code(comment: dict) -> tuple:
+    """A comment's place in the sheet: its item's number, its answer's letter, its rater."""
+    return int(comment["code"][:-1]), comment["code"][-1], comment["rater"]
+
+
+def _cell(text: str) -> str:
+    """``text`` as one Markdown table cell: its line breaks as spaces, its bars escaped."""
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def _share(x: float) -> str:

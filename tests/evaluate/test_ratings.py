@@ -38,8 +38,9 @@ def fake_run(tmp_path, n: int = 12, judge: bool = False):
     return run, records
 
 
-def fill(sheet, out, rate):
-    """A rater's copy of ``sheet`` with ``rate(stages of the code, code)`` in its rating column (None: blank)."""
+def fill(sheet, out, rate, comments=None):
+    """A rater's copy of ``sheet`` with ``rate(stages of the code, code)`` in its rating column (None: blank)
+    and ``comments`` (``{code: text}``) in its comment column."""
     key = json.loads((sheet.parent.parent / rating_sheet.KEY).read_text())
     book = openpyxl.load_workbook(sheet)
     ws = book.active
@@ -47,6 +48,7 @@ def fill(sheet, out, rate):
     for row in ws.iter_rows(min_row=2):
         code = row[header.index("code")].value
         row[header.index("rating")].value = rate(key["codes"][code]["stages"], code)
+        row[header.index("comment")].value = (comments or {}).get(code)
     book.save(out)
     return out
 
@@ -102,7 +104,7 @@ def test_the_report_scores_each_stage_from_the_raters_and_tests_them_item_by_ite
     assert ws["C2"].alignment.wrap_text and ws["E2"].alignment.wrap_text and not ws["A2"].alignment.wrap_text
     (check,) = ws.data_validations.dataValidation
     assert (check.type, check.formula1, check.formula2, str(check.sqref)) == ("whole", "1", "5", "F2:F31")
-    a = fill(sheet, tmp_path / "ratings_dr_a.xlsx", by_stage)
+    a = fill(sheet, tmp_path / "ratings_dr_a.xlsx", by_stage, {"10B": "ok", "2A": "Unsafe: | misses\nsepsis"})
     b = fill(sheet, tmp_path / "ratings_dr_b.xlsx",
              lambda stages, code: None if code == "1A" else 2 if stages == ["base"] else by_stage(stages, code))
     assert main(["rating-report", "--key", str(run / "ratings"), "--ratings", str(a), str(b),
@@ -141,6 +143,14 @@ def test_the_report_scores_each_stage_from_the_raters_and_tests_them_item_by_ite
     assert "SFT+DPO was worse than SFT (Δrating = -1.000" in out and "SFT beat base" in out
     report = (run / "ratings" / "ratings_report.md").read_text()
     assert "| SFT+DPO | 3.00 [" in report and "| ratings_dr_a and ratings_dr_b | 29 |" in report
+    said = {c["code"]: c for c in summary["comments"]}  # each comment with the stages it is on, unblinded now
+    assert set(said) == {"2A", "10B"} and said["2A"]["stages"] == key["codes"]["2A"]["stages"]
+    assert said["2A"]["rating"] == by_stage(key["codes"]["2A"]["stages"], "2A")
+    assert said["2A"]["rater"] == "ratings_dr_a"
+    stage_2a = " = ".join(rating_report.NAMES[s] for s in said["2A"]["stages"])
+    assert (f"| {stage_2a} | {said['2A']['rating']} | Unsafe: \\| misses sepsis | ratings_dr_a | "
+            f"{key['codes']['2A']['item']} |") in report
+    assert report.index("| Unsafe:") < report.index("| ok |")  # in the sheet's order: item 2 before item 10
     assert summary["alpha"] == pytest.approx(rating_report.krippendorff_alpha({"a": ra, "b": rb}))
     assert f"All 2 raters at once: Krippendorff's alpha (interval) {summary['alpha']:.2f}." in report
     if summary["plot"]:  # (matplotlib installed: the test extra has it)
