@@ -83,7 +83,10 @@ def _report(args: argparse.Namespace) -> int:
 
     key_path = Path(args.key) / KEY if Path(args.key).is_dir() else Path(args.key)
     if not key_path.is_file():
-        raise FileNotFoundError(f"--key {args.key}: no {KEY} there (prefopt rating-sheet writes it beside the sheet)")
+        raise FileNotFoundError(f"--key {args.key}: no {KEY} there (prefopt rating-sheet writes it in its --output "
+                                "folder, beside for_raters/)")
+    if args.gap <= 0:
+        raise ValueError(f"--gap {args.gap:g}: a difference in mean rating above 0 (answers rated alike make no pair)")
     key = json.loads(key_path.read_text(encoding="utf-8"))
     paths = [Path(p) for p in args.ratings]
     names = [p.stem for p in paths]
@@ -115,9 +118,6 @@ def _training_data(out: Path, key: dict, ratings: dict, gap: float) -> None:
     from ..fileio import jsonl_text, write_text_atomic
     from .rating_report import training_data
 
-    if "prompts" not in key:
-        raise ValueError(f"--training-data: the key of {key['run']} holds no prompts (a sheet made before "
-                         "2026-12-05): make the sheet again with this prefopt")
     pairs, feedback = training_data(key, ratings, gap)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "pairs.jsonl", jsonl_text(pairs))

@@ -291,6 +291,8 @@ def test_the_ratings_make_training_data_for_the_next_model(tmp_path, capsys):
     capsys.readouterr()
     assert main(["rating-report", "--key", str(run / "ratings"), "--ratings", str(filled), "--n-resamples", "50",
                  "--training-data", str(tmp_path / "next")]) == 0
+    assert main(["rating-report", "--key", str(run / "ratings"), "--ratings", str(filled), "--gap", "0",
+                 "--training-data", str(tmp_path / "none")]) == 2 and not (tmp_path / "none").exists()
     # even items: base (1) under SFT's and SFT+DPO's one answer (4); odd ones: 1 < SFT+DPO's 2 < SFT's 4, three pairs
     assert "wrote 12 pairs" in capsys.readouterr().out
     loaded = load_preferences(tmp_path / "next" / "pairs.jsonl", tok)[0]
