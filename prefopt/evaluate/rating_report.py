@@ -183,7 +183,7 @@ def training_data(key: dict, ratings: dict[str, dict[str, int]], gap: float = 1.
     on each item, every two answers whose mean ratings differ by ``gap`` or more, the higher
     chosen (``prompt``/``chosen``/``rejected``, for ``prefopt dpo``); each answer whose mean
     rating is 4 or more desirable, 2 or less undesirable (``prompt``/``completion``/``label``,
-    for ``dpo --loss kto``). Each row says its item and ratings."""
+    for ``dpo --loss kto``); empty answers left out. Each row says its item and ratings."""
     means: dict[str, float] = {}
     for code, entry in key["codes"].items():
         got = [by_code[code] for by_code in ratings.values() if code in by_code]
