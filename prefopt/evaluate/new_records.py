@@ -169,16 +169,24 @@ def table_text(rows: list[dict], fmt: str, delimiter: str = ",") -> str:
     return "\ufeff" + buf.getvalue()
 
 
+def write_table(path: Path, rows: list[dict], fmt: str, delimiter: str = ",", title: str = "Sheet1",
+                layout=None) -> None:
+    """``rows`` at ``path`` as a table of ``fmt``, written atomically: a workbook (``xlsx``,
+    ``ods``: :func:`~prefopt.data.sheet_writer.write_sheet`, its sheet ``title``, laid out by
+    ``layout``) or text (``csv``, ``tsv``, ``jsonl``: :func:`table_text`)."""
+    if fmt in ("xlsx", "ods"):
+        write_sheet(path, rows, title, layout)
+    else:
+        write_text_atomic(path, table_text(rows, fmt, delimiter))
+
+
 def write_predictions(out_dir: str | Path, rows: list[dict], fmt: str, delimiter: str, settings: dict) -> Path:
     """``predictions.<fmt>`` and ``predict.json`` (``settings``: what made them) in ``out_dir``,
     each written atomically, then the partial file removed; returns the table's path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"predictions.{fmt}"
-    if fmt in ("xlsx", "ods"):
-        write_sheet(path, rows, "predictions")
-    else:
-        write_text_atomic(path, table_text(rows, fmt, delimiter))
+    write_table(path, rows, fmt, delimiter, "predictions")
     write_json_atomic(out / "predict.json", settings)
     (out / PARTIAL).unlink(missing_ok=True)
     return path

@@ -56,7 +56,8 @@ def _sheet(args: argparse.Namespace) -> int:
     unknown = [s for s in stages if s not in ("base", "sft", "dpo")]
     if unknown or not stages or len(set(stages)) != len(stages):
         raise ValueError(f"--stages {args.stages}: name each of base, sft and dpo once at most")
-    config, *_ = rating_sheet.run_answers(run, stages)  # a folder that is no finished run: said before the data
+    read = rating_sheet.run_answers(run, stages)  # a folder that is no finished run: said before the data
+    config = read[0]
     data = args.data or config.get("data")
     if data and not Path(data).exists():
         raise FileNotFoundError(f"--from {run}: its data {data} is not there (the run read it from another folder?): "
@@ -64,7 +65,7 @@ def _sheet(args: argparse.Namespace) -> int:
     task = get_task(config["task"], **(config.get("task_options") or {}))
     records = {r.id: r for r in read_labelled(task, data)}
     rows, key = rating_sheet.build(run, records, stages, items=args.items, seed=args.seed,
-                                   reference=not args.no_reference, messages=task.messages)
+                                   reference=not args.no_reference, messages=task.messages, read=read)
     out = Path(args.output) if args.output else run / "ratings"
     path = rating_sheet.write(out, rows, key, args.format, not args.no_reference)
     alike = len(stages) * key["items"] - key["answers"]

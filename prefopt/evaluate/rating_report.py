@@ -18,7 +18,7 @@ import numpy as np
 
 from ..data.records import DataError
 from .rating_sheet import answer_hash
-from .report import NAMES, PAIRS, verdict
+from .report import NAMES, PAIRS, pyplot, verdict
 from .stats import bootstrap_ci, p_text, paired_bootstrap, wilcoxon_signed_rank
 
 RATINGS = range(1, 6)
@@ -68,21 +68,26 @@ def _rating(path: Path, line: int, text: str) -> int:
     return int(value)
 
 
-def item_scores(key: dict, ratings: dict[str, dict[str, int]]) -> tuple[list[str], dict[str, np.ndarray]]:
-    """``(item ids, {stage: each item's score})``: the mean of the raters' ratings of the answer
-    the stage gave the item; NaN where no rater rated it."""
-    items = list(dict.fromkeys(c["item"] for c in key["codes"].values()))
-    where = {item: i for i, item in enumerate(items)}
-    sums = {s: np.zeros(len(items)) for s in key["stages"]}
-    counts = {s: np.zeros(len(items)) for s in key["stages"]}
+def code_means(key: dict, ratings: dict[str, dict[str, int]]) -> dict[str, float]:
+    """Each rated answer's mean rating over the raters who rated it, by its code."""
+    got: dict[str, list[int]] = {}
     for by_code in ratings.values():
         for code, rating in by_code.items():
-            entry = key["codes"][code]
-            for stage in entry["stages"]:
-                sums[stage][where[entry["item"]]] += rating
-                counts[stage][where[entry["item"]]] += 1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return items, {s: sums[s] / counts[s] for s in key["stages"]}
+            got.setdefault(code, []).append(rating)
+    return {code: sum(r) / len(r) for code, r in got.items()}
+
+
+def item_scores(key: dict, ratings: dict[str, dict[str, int]]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """``(item ids, {stage: each item's score})``: the mean of the raters' ratings of the answer
+    the stage gave the item (:func:`code_means`); NaN where no rater rated it."""
+    items = list(dict.fromkeys(c["item"] for c in key["codes"].values()))
+    where = {item: i for i, item in enumerate(items)}
+    scores = {s: np.full(len(items), math.nan) for s in key["stages"]}
+    for code, mean in code_means(key, ratings).items():
+        entry = key["codes"][code]
+        for stage in entry["stages"]:  # (one answer of the item's per stage)
+            scores[stage][where[entry["item"]]] = mean
+    return items, scores
 
 
 def weighted_kappa(a: list[int], b: list[int]) -> float:
@@ -184,11 +189,9 @@ def training_data(key: dict, ratings: dict[str, dict[str, int]], gap: float = 1.
     chosen (``prompt``/``chosen``/``rejected``, for ``prefopt dpo``); each answer whose mean
     rating is 4 or more desirable, 2 or less undesirable (``prompt``/``completion``/``label``,
     for ``dpo --loss kto``); empty answers left out. Each row says its item and ratings."""
-    means: dict[str, float] = {}
-    for code, entry in key["codes"].items():
-        got = [by_code[code] for by_code in ratings.values() if code in by_code]
-        if got and entry["answer"].strip():  # (an empty answer trains nothing)
-            means[code] = sum(got) / len(got)
+    rated = code_means(key, ratings)
+    means = {code: rated[code] for code, entry in key["codes"].items()  # (in the sheet's order)
+             if code in rated and entry["answer"].strip()}  # (an empty answer trains nothing)
     by_item: dict[str, list[str]] = {}
     for code in means:
         by_item.setdefault(key["codes"][code]["item"], []).append(code)
@@ -232,7 +235,8 @@ def report_markdown(summary: dict) -> str:
     lines += ["", "## Stages", "", "| stage | mean rating (95% CI) | items rated | rated 1 | 2 | 3 | 4 | 5 |",
               "|---|---|---|---|---|---|---|---|"]
     for s, v in summary["stages"].items():
-        shares = " | ".join(f"{n / sum(v['given']):.0%}" if sum(v["given"]) else "—" for n in v["given"])
+        total = sum(v["given"])
+        shares = " | ".join(_share(n / total if total else math.nan) for n in v["given"])
         mean = f"{v['mean']:.2f} [{v['ci'][0]:.2f}, {v['ci'][1]:.2f}]" if v["items"] else "—"
         lines.append(f"| {NAMES[s]} | {mean} | {v['items']} | {shares} |")
     lines += ["", "The shares are of all the ratings each stage's answers were given, every rater's."]
@@ -286,15 +290,9 @@ def _share(x: float) -> str:
 def plot(summary: dict, out: Path) -> str | None:
     """``ratings_by_stage.png`` in ``out``: each stage's ratings as one bar, the share of each of
     1-5 stacked from worst to best, its mean beside it; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    plt = pyplot()
     stages = [s for s, v in summary["stages"].items() if sum(v["given"])]
-    if not stages:
+    if plt is None or not stages:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 0.8 + 0.6 * len(stages)))
     colours = ["#d7191c", "#fdae61", "#e0e0a0", "#a6d96a", "#1a9641"]

@@ -72,13 +72,14 @@ def run_answers(run: Path, stages: tuple[str, ...]) -> tuple[dict, list[str], di
 
 
 def build(run: Path, records: dict, stages: tuple[str, ...], *, items: int | None = None, seed: int = 0,
-          reference: bool = True, messages=None) -> tuple[list[dict], dict]:
+          reference: bool = True, messages=None, read: tuple | None = None) -> tuple[list[dict], dict]:
     """``(the sheet's rows, the key)`` for the compare folder ``run`` whose test records are
     ``records`` (``{id: record}``): ``items`` of its test items (all where None), drawn and ordered
     at random by ``seed``, each item's distinct answers in a random order, lettered A, B, C.
     ``messages(record)``: the chat prompt the model was asked (the task's), kept in the key for
-    training data made of the ratings (default: the record's prompt as one user turn)."""
-    config, test, answers, judged = run_answers(run, stages)
+    training data made of the ratings (default: the record's prompt as one user turn). ``read``:
+    :func:`run_answers`' of the run, where the caller has it already."""
+    config, test, answers, judged = read or run_answers(run, stages)
     lacking = [i for i in test if i not in records]
     if lacking:
         raise ValueError(f"--from {run}: {len(lacking)} test items are not in the data read (the first: "
@@ -136,21 +137,17 @@ def write(out: Path, rows: list[dict], key: dict, fmt: str, reference: bool) -> 
     """The sheet (``ratings_sheet.FMT``) and the raters' guide in ``out/for_raters/``, what the
     raters are sent, and the key in ``out``, apart from them; a folder that holds a key already is
     refused (ratings under way would not match a new one). Returns the sheet's path."""
-    from ..data.sheet_writer import Layout, write_sheet
-    from .new_records import table_text
-
-    layout = Layout({"code": 7, "item": 6, "prompt": 60, "reference": 40, "answer": 60, "rating": 8, "comment": 30},
-                    wrap=("prompt", "reference", "answer", "comment"), whole=("rating", 1, 5))
+    from ..data.sheet_writer import Layout
+    from .new_records import write_table
 
     if (out / KEY).exists():
         raise ValueError(f"--output {out}: holds a rating sheet already ({KEY}); ratings under way are read against "
                          "its key, which a new sheet would replace: choose another folder, or delete that one")
+    layout = Layout({"code": 7, "item": 6, "prompt": 60, "reference": 40, "answer": 60, "rating": 8, "comment": 30},
+                    wrap=("prompt", "reference", "answer", "comment"), whole=("rating", 1, 5))
     (out / RATERS).mkdir(parents=True, exist_ok=True)
     path = out / RATERS / f"{SHEET}.{fmt}"
-    if fmt == "csv":
-        write_text_atomic(path, table_text(rows, "csv"))
-    else:
-        write_sheet(path, rows, "ratings", layout)
+    write_table(path, rows, fmt, title="ratings", layout=layout)
     write_json_atomic(out / KEY, key)
     write_text_atomic(out / RATERS / GUIDE, guide(key["task"], key["items"], key["answers"], reference))
     return path

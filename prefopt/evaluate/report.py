@@ -111,13 +111,22 @@ def compare_stages(task, test, results: dict, n_resamples: int = 2000, seed: int
     return {"stages": stages, "comparisons": comparisons}
 
 
-def _plots(task, stats: dict, out: Path) -> list[str]:
+def pyplot():
+    """matplotlib's pyplot, drawing to files (Agg), or None where matplotlib is not installed (the
+    reports leave their plots out, saying so)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _plots(task, stats: dict, out: Path) -> list[str]:
+    plt = pyplot()
+    if plt is None:
         return []
     files = []
     st = stats["stages"]
