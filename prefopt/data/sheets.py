@@ -129,8 +129,7 @@ def read_sheet(path: Path, sheet: str | None = None) -> Iterator[tuple[int, dict
                                    "calculate, such as openpyxl", "Excel or LibreOffice")
         rows = enumerate(sheet.iter_rows(min_row=1, values_only=True), 1)  # (row 1 even where it is empty)
         line, header = next(((n, r) for n, r in rows if not _blank(r)), (1, ()))
-        line, names, rows = past_titles(path, line, [column_name(cell_text(v)) for v in header], rows, _texts)
-        yield from _records(path, sheet.title, line, names, _as_shown(path, sheet.title, marks, line, rows))
+        yield from _records(path, sheet.title, line, header, rows, marks)
     finally:
         book.close()
 
@@ -162,8 +161,7 @@ def sheet_records(path: Path, sheets: list[Sheet], sheet: str | None, app: str, 
                                "calculate", resave)
     rows = iter(found.rows)
     line, header = next(rows, (1, ()))
-    line, names, rows = past_titles(path, line, [column_name(cell_text(v)) for v in header], rows, _texts)
-    yield from _records(path, found.title, line, names, _as_shown(path, found.title, found.marks, line, rows, app))
+    yield from _records(path, found.title, line, header, rows, found.marks, app)
 
 
 def unsaved_formulas(path: Path, title: str, cells: list[str], writer: str, resave: str) -> DataError:
@@ -349,9 +347,13 @@ def _texts(values) -> list[str]:
     return [cell_text(v) for v in values]
 
 
-def _records(path: Path, title: str, line: int, names: list[str], rows):
-    """The rows below the header (on row ``line``) as records of the named columns."""
+def _records(path: Path, title: str, line: int, header, rows, marks: Marks, app: str = "Excel"):
+    """The rows below the sheet's first row that is not blank (``header``, on row ``line``) as
+    records of the columns it names, or the row below title rows above the column names
+    (:func:`past_titles`), as the sheet shows them (:func:`_as_shown`)."""
+    line, names, rows = past_titles(path, line, [column_name(text) for text in _texts(header)], rows, _texts)
     one_name_each(path, names, line)
+    rows = _as_shown(path, title, marks, line, rows, app)
     width = max((i + 1 for i, n in enumerate(names) if n), default=0)  # past the last named column: no column
     for number, values in rows:
         if _blank(values):
