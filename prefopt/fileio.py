@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -65,13 +66,36 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         f.write(text)
 
 
+def json_text(obj: Any, **options: Any) -> str:
+    """``json.dumps(obj, **options)``, text as written (not escaped), as strict JSON: a figure that
+    is NaN or infinite (a kappa where a rater gave one rating throughout, a mean of nothing) is
+    written ``null``, where Python's default ``NaN`` token stops other readers (JavaScript's
+    ``JSON.parse``, jq, R's jsonlite, a hospital's dashboard)."""
+    options.setdefault("ensure_ascii", False)
+    try:
+        return json.dumps(obj, allow_nan=False, **options)
+    except ValueError:  # not finite somewhere (rare): those figures become null
+        return json.dumps(_finite(obj), allow_nan=False, **options)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(path, json_text(obj, indent=2) + "\n")
 
 
 def jsonl_text(rows: Iterable[Any]) -> str:
-    """``rows`` as JSON Lines, one object a line, text as written (not escaped)."""
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    """``rows`` as JSON Lines, one object a line, text as written (not escaped); strict JSON
+    (:func:`json_text`)."""
+    return "".join(json_text(r) + "\n" for r in rows)
 
 
 def replace_dir(tmp: str | Path, final: str | Path) -> None:

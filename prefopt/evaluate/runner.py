@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .._deps import progress
 from ..data.records import control_token_problem
-from ..fileio import json_records, jsonl_text, write_json_atomic, write_text_atomic
+from ..fileio import json_records, json_text, jsonl_text, write_json_atomic, write_text_atomic
 from ..model.generate import generate, row_seeds
 from ..tasks.parsing import final_answer, opens_reasoning
 from ..tokenizer import NO_TEMPLATE_WHERE
@@ -123,8 +123,7 @@ def task_evaluator(task, records, *, batch_size: int = 16, prefix: str = "val_",
         preds, metrics = score(task, records, texts, opened=reasoning_opened(trainer.tokenizer, task, records))
         if answers is not None and trainer.dist.is_main:
             with open(answers, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": trainer.step, "ids": [r.id for r in records], "predictions": preds},
-                                   ensure_ascii=False) + "\n")
+                f.write(json_text({"step": trainer.step, "ids": [r.id for r in records], "predictions": preds}) + "\n")
         return {prefix + k: float(v) for k, v in metrics.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"}
     return evaluate
@@ -234,7 +233,7 @@ def write_results(out_dir: str | Path, task, records, texts, preds, metrics, ext
                "score": float(s), **({"labels": r.labels} if r.labels else {})}
         for k, v in (extra or {}).items():
             row[k] = v[len(lines)]
-        lines.append(json.dumps(row, ensure_ascii=False))
+        lines.append(json_text(row))
     write_text_atomic(out / "predictions.jsonl", "\n".join(lines) + "\n")
     write_json_atomic(out / "metrics.json", metrics)
 

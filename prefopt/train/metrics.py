@@ -1,11 +1,10 @@
 """Metrics: one JSON line per logged step in ``metrics.jsonl``, TensorBoard when installed."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from ..fileio import json_records
+from ..fileio import json_records, json_text
 
 
 class MetricsLog:
@@ -16,7 +15,7 @@ class MetricsLog:
             self.path.write_text("")
         elif self.path.exists():  # drop lines written after the checkpoint we resume from
             kept = [r for r in json_records(self.path) if r.get("step", 0) <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            self.path.write_text("".join(json_text(r, ensure_ascii=True) + "\n" for r in kept))
         self.tb = None
         if tensorboard:
             try:
@@ -28,7 +27,7 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json_text(record, ensure_ascii=True) + "\n")
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "step":

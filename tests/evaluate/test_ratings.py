@@ -231,6 +231,27 @@ def test_a_folder_that_is_no_finished_run_is_named(tmp_path):
                                                                else f"| {name} | — | 0 |") in report
 
 
+def test_figures_the_ratings_leave_undefined_are_written_as_null_in_strict_json(tmp_path, capsys):
+    """Two raters who rated every answer 3 agree exactly, but kappa and alpha have no spread to
+    measure: ratings.json holds null there (Python's NaN token is not JSON: JavaScript, jq and
+    R's jsonlite refuse the file) and the report a dash."""
+    run, _ = fake_run(tmp_path)
+    assert main(["rating-sheet", "--from", str(run), "--stages", "sft,dpo"]) == 0
+    sheet = run / "ratings" / "for_raters" / "ratings_sheet.xlsx"
+    a, b = (fill(sheet, tmp_path / f"dr_{x}.xlsx", lambda stages, code: 3) for x in "ab")
+    assert main(["rating-report", "--key", str(run / "ratings"), "--ratings", str(a), str(b),
+                 "--n-resamples", "50"]) == 0
+    capsys.readouterr()
+    text = (run / "ratings" / "ratings.json").read_text()
+
+    def refuse(token):
+        raise AssertionError(f"not JSON: {token}")
+    summary = json.loads(text, parse_constant=refuse)
+    (pair,) = summary["agreement"]
+    assert pair["exact"] == 1.0 and pair["kappa"] is None and summary["alpha"] is None
+    assert "| dr_a and dr_b | 18 | 100% | 100% | — |" in (run / "ratings" / "ratings_report.md").read_text()
+
+
 def test_the_llm_judge_is_set_beside_the_raters_where_the_run_had_one(tmp_path):
     """compare --judge rated each answer on the same scale: the report's agreement table sets it
     beside each clinician, to say whether it may stand in for them on later runs."""
