@@ -65,9 +65,10 @@ def with_columns(parse: Callable, columns: Mapping[str, str] | None) -> Callable
 
 
 def renamed(row: dict, columns: Mapping[str, str]) -> dict:
-    """``row`` with each field taken from its column (a column named like a field read from
-    elsewhere is left out)."""
-    out = {k: v for k, v in row.items() if k not in columns}
+    """``row`` with each field taken from its column; the columns read so, and a column named
+    like a field read from elsewhere, are left out (``prompt=text completion=label`` makes an SFT
+    record of prompt and completion, not one that also holds a ``label``: KTO's field)."""
+    out = {k: v for k, v in row.items() if k not in columns and k not in columns.values()}
     out.update({field: row[column] for field, column in columns.items() if column in row})
     return out
 

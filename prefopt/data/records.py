@@ -19,6 +19,7 @@ Unpaired feedback (KTO):
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -306,12 +307,36 @@ def parse_sft(row: dict, path, line: int) -> SFTRecord:
         return SFTRecord(messages=msgs)
     if "prompt" not in row and "completion" not in row:
         if "text" in row:  # TRL's language-modelling records
-            return SFTRecord(text=_text(row, "text", err))
+            record = SFTRecord(text=_text(row, "text", err))
+            _unread_beside_text(row, path, line)
+            return record
         raise err("prompt", "missing field (an SFT record needs 'prompt' and 'completion', 'messages', or 'text')")
     if "completion" not in row and {"chosen", "rejected"} <= set(row):
         raise err("completion", "missing field: 'chosen' and 'rejected' make this a preference record; train on "
                                 "it with prefopt dpo, not sft")
     return SFTRecord(prompt=_prompt(row, "prompt", err), completion=_response(row.get("completion"), "completion", err))
+
+
+# columns that say what a record is, not what to learn from it: left unread without a word (the
+# unnamed first column is the row index pandas' to_csv writes; read back, pandas calls it "Unnamed: 0")
+_ABOUT = re.compile(r"(|id|uid|uuid|idx|index|row|source|url|split|date|time|timestamp|created|lang|language|meta|"
+                    r"metadata|synthetic|unnamed: ?\d+|.*[_ -]id|.*[a-z]Id)", re.IGNORECASE)
+_UNREAD_SAID: set[tuple[str, tuple]] = set()  # (file, columns) warned of, once a process
+
+
+def _unread_beside_text(row: dict, path, line: int) -> None:
+    """Warn, once a file, where a ``{"text"}`` record has columns beside it that would go unread
+    (a classification export's ``text,label``: SFT would learn the notes' words, never their
+    labels); columns that only say what the record is (``id``, ``source``, ``date``) are passed."""
+    unread = tuple(str(k) for k, v in row.items() if k != "text" and not _ABOUT.fullmatch(str(k))
+                   and (isinstance(v, (int, float)) or isinstance(v, str) and v.strip()))
+    if unread and (str(path), unread) not in _UNREAD_SAID:
+        _UNREAD_SAID.add((str(path), unread))
+        names = ", ".join(map(repr, unread))
+        warnings.warn(f"{path}:{line}: {names} not read: a record with 'text' and no 'prompt' and 'completion' "
+                      "trains on its text alone, every token (language modelling), never on what the other columns "
+                      f"say; to teach the model to answer with {unread[0]!r}: --columns prompt=text "
+                      f"completion={unread[0]}", stacklevel=2)
 
 
 def parse_preference(row: dict, path, line: int) -> PreferenceRecord:

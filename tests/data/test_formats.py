@@ -213,6 +213,40 @@ def test_columns_of_other_names_are_read_as_the_fields_and_named_in_errors(tmp_p
     assert f"  bad: {path}:4: field 'Patient message': empty text" in capsys.readouterr().out.splitlines()
 
 
+def test_a_text_column_beside_a_label_is_warned_of_and_read_as_prompt_and_answer_when_named(tmp_path, tok):
+    """A classification export (``id,text,label``) given to SFT as it is reads as language
+    modelling records (TRL's ``{"text"}``): the notes' words are learnt, never their labels. That
+    is said once a file, with the flag that teaches the labels; read with it, the file is SFT
+    records of prompt and answer (check-data took it for KTO feedback: its 'label' stayed)."""
+    import warnings
+
+    from prefopt.data.check import check_data, detect_kind
+
+    path = tmp_path / "notes.csv"
+    path.write_text("id,text,label,source\n1,Chest pain since this morning,urgent,portal\n"
+                    "2,Refill of my inhaler please,routine,portal\n")
+    with pytest.warns(UserWarning) as said:
+        examples, _ = load_sft(path, tok)
+    (warning,) = [w for w in said if "not read" in str(w.message)]
+    assert str(warning.message) == (f"{path}:2: 'label' not read: a record with 'text' and no 'prompt' and "
+                                    "'completion' trains on its text alone, every token (language modelling), "
+                                    "never on what the other columns say; to teach the model to answer with "
+                                    "'label': --columns prompt=text completion=label")
+    assert [tok.decode(list(e.input_ids)) for e in examples][0].startswith("Chest pain since this morning")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once a file: not again
+        load_sft(path, tok)
+        load_sft([{"": 0, "id": "a1", "text": "Chest pain", "patient_id": 3, "date": "2026-01-02", "note": " ",
+                  "Unnamed: 0": 1}], tok)  # (an index column pandas wrote, read back by it or not)
+        cols = {"prompt": "text", "completion": "label"}
+        pairs, _ = load_sft(path, tok, columns=cols)
+        assert detect_kind(path, cols) == "sft"
+        check = check_data(path, tok, columns=cols)
+    assert len(pairs) == 2 and tok.decode(list(pairs[0].input_ids)).rstrip().endswith("urgent")
+    assert check.kind == "sft" and check.report.n_kept == 2 and check.answers["completion"] == {"urgent": 1,
+                                                                                                "routine": 1}
+
+
 def test_a_folder_of_a_datasets_shards_is_one_set_to_training_and_a_task_is_told_to_join_them(tmp_path, tok):
     for i in range(2):
         _parquet(tmp_path / f"train-0000{i}-of-00002.parquet", [EXPLICIT])
