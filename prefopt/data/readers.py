@@ -11,8 +11,9 @@ import gzip
 import io
 import json
 import lzma
+import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +40,45 @@ class Records(list):
     ``tokenizing ktas records``) rather than :data:`RECORDS`."""
 
     def __init__(self, rows, name: str = RECORDS):
-        super().__init__(frame_rows(rows, name) if _is_frame(rows) else rows)
+        super().__init__(in_memory(rows, name))
         self.name = name
 
 
 def source_name(source) -> str | Path:
-    """What errors call ``source``: its path, :data:`RECORDS` for a list of dicts (or a
-    DataFrame), or a :class:`Records`' own name."""
+    """What errors call ``source``: its path, :data:`RECORDS` for records in memory (a list of
+    dicts, a DataFrame, a dataset), or a :class:`Records`' own name."""
     if isinstance(source, Records):
         return source.name
-    return RECORDS if isinstance(source, (list, tuple)) or _is_frame(source) else Path(source)
+    return Path(source) if isinstance(source, (str, os.PathLike)) else RECORDS
 
 
-def _is_frame(source) -> bool:
-    """A pandas (or alike) DataFrame: read as its ``to_dict("records")``."""
-    return not isinstance(source, (str, Path, list, tuple, dict)) and callable(getattr(source, "to_dict", None))
+def in_memory(source, name: str = RECORDS) -> list:
+    """Records held in memory as a list of row dicts, read once: a list or tuple as it is; a pandas
+    DataFrame (:func:`frame_rows`); a Hugging Face ``datasets.Dataset`` (what TRL's trainers take;
+    its ``to_dict`` gives columns, not rows) or a polars DataFrame, by rows; any other iterable of
+    dicts (a generator) as the list of what it yields. Refused with what to pass instead: a dict
+    (one record, or columns; a ``DatasetDict`` of splits), a pandas Series (one column)."""
+    if isinstance(source, (list, tuple)):
+        return source
+    kind = type(source).__name__
+    if isinstance(source, dict):
+        if source and all(hasattr(v, "column_names") for v in source.values()):
+            raise TypeError(f"{name}: a {kind} of splits ({', '.join(map(repr, source))}): pass one, e.g. "
+                            f"data[{next(iter(source))!r}]")
+        raise TypeError(f"{name}: a dict, not a list of records: [record] for one record, pandas.DataFrame(data) "
+                        "for a dict of columns")
+    if hasattr(source, "column_names"):  # a datasets.Dataset (or IterableDataset): iterated, it yields rows
+        return [plain(row) for row in source]
+    if callable(getattr(source, "to_dicts", None)):  # polars
+        return [plain(row) for row in source.to_dicts()]
+    if callable(getattr(source, "to_dict", None)):
+        if hasattr(source, "dtype"):  # a pandas Series: one column (a DataFrame has dtypes, one a column)
+            raise TypeError(f"{name}: a {kind} (one column): pass the whole table, its DataFrame")
+        return frame_rows(source, name)
+    if isinstance(source, Iterable) and not isinstance(source, (str, bytes)):
+        return list(source)
+    raise TypeError(f"{name}: expected a data file's path, a list of record dicts, a DataFrame or a "
+                    f"datasets.Dataset; got {kind}")
 
 
 def frame_rows(frame, name: str = RECORDS) -> list[Row]:
@@ -143,8 +168,8 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
     :func:`~.sheets.reading_sheet` names, else its one sheet in view that holds data); a file that
     is not a workbook is then refused.
     """
-    if _is_frame(path):
-        path = frame_rows(path)
+    if not isinstance(path, (str, os.PathLike)):
+        path = in_memory(path)
     if isinstance(path, (list, tuple)):
         for i, row in enumerate(path, 1):
             yield i, row if isinstance(row, dict) else DataError(source_name(path), i, None, f"expected a dict, "

@@ -151,6 +151,9 @@ def _not_text(v: Any) -> str:
     """Why ``v`` is not a text: a DataFrame's empty cell arrives as NaN, a float."""
     if isinstance(v, float) and v != v:
         return "empty (NaN: a DataFrame's missing cell)"
+    if isinstance(v, (int, float)) and not isinstance(v, bool):  # a class number, a score: text to the model
+        return (f"expected text, got the number {v!r}: write it as text (JSON: \"{v}\"; a DataFrame's column: "
+                "df[column].astype(str))")
     return f"expected text, got {type(v).__name__}"
 
 

@@ -13,7 +13,7 @@ from .._deps import progress
 from ..tokenizer import BoundaryError, Tokenizer
 from .columns import column_hint, column_of, with_columns
 from .files import data_files, describe, is_paths
-from .readers import read_rows, source_name
+from .readers import in_memory, read_rows, source_name
 from .records import (
     ESCAPES,
     DataError,
@@ -159,8 +159,9 @@ class NoRecordsError(DataError):
 
 def sources(path) -> list:
     """What is read one by one for ``path``: the files it names (:func:`~.files.data_files`), or
-    ``path`` itself where it holds records (a list of dicts, a DataFrame)."""
-    return data_files(path) if is_paths(path) else [path]
+    the records it holds, as a list (:func:`~.readers.in_memory`: a list of dicts, a DataFrame, a
+    ``datasets.Dataset``, a generator, read once)."""
+    return data_files(path) if is_paths(path) else [in_memory(path)]
 
 
 def source_label(path) -> str | Path:

@@ -170,7 +170,7 @@ def _stopped_after_saving(signum: int, config: TrainConfig, is_main: bool) -> No
 def run_sft(config: TrainConfig, callbacks=(), evaluators=(), *, records=None, eval_records=None) -> dict:
     """Fine-tune ``config.model`` on ``config.data``; returns the training summary.
     ``callbacks`` and ``evaluators``: as :class:`~prefopt.train.loop.Trainer` takes them.
-    ``records`` and ``eval_records`` (lists of dicts, or DataFrames) take the place of the
+    ``records`` and ``eval_records`` (lists of dicts, DataFrames, a ``datasets.Dataset``) take the place of the
     ``data`` and ``eval_data`` files: a notebook's records get the whole run, model card and
     curves included."""
     config, tok, train, evals = _start(config, evaluators, records, eval_records)

@@ -143,6 +143,43 @@ def test_a_dataframe_read_from_parquet_loads_its_message_columns(tmp_path, tok):
     assert report.n_kept == 2 and pairs[0].key == pairs[1].key
 
 
+def test_a_hugging_face_dataset_and_a_generator_load_as_their_rows(tmp_path, tok):
+    """What TRL's trainers take, a ``datasets.Dataset`` (its ``to_dict`` gives columns, which
+    loaded as "expected a dict, got str"), and a generator of dicts load as the same records a
+    list gives; what cannot be records says what to pass instead."""
+    datasets = pytest.importorskip("datasets")
+    pd = pytest.importorskip("pandas")
+    rows = [EXPLICIT, {**EXPLICIT, "chosen": [assistant("Yes, go now.")]}]  # (one type a column, as Arrow holds)
+    want = [p.key for p in load_preferences(rows, tok)[0]]
+    ds = datasets.Dataset.from_list(rows)
+    for given in (ds, ds.to_iterable_dataset(), (r for r in rows), pd.DataFrame(rows)):
+        pairs, report = load_preferences(given, tok)
+        assert [p.key for p in pairs] == want and report.n_kept == 2 and str(report.name) == "<records>"
+
+    class Polars:  # (not installed here) a polars DataFrame gives its rows by to_dicts()
+        def to_dicts(self):
+            return rows
+    assert [p.key for p in load_preferences(Polars(), tok)[0]] == want
+    bad = datasets.Dataset.from_list([EXPLICIT, {**EXPLICIT, "rejected": EXPLICIT["chosen"]}])  # the second: equal
+    with pytest.raises(DataError, match=r"^<records>:2: field 'rejected': identical to chosen"):
+        load_preferences(bad, tok)
+    sft, _ = load_sft(datasets.Dataset.from_list([{"prompt": "Fever?", "completion": "Call us."}]), tok)
+    assert len(sft) == 1
+    refused = [(datasets.DatasetDict(train=ds), r"a DatasetDict of splits \('train'\): pass one, e.g. data\['train'\]"),
+               (pd.DataFrame(rows)["prompt"], r"a Series \(one column\): pass the whole table, its DataFrame"),
+               (1, r"expected a data file's path, a list of record dicts, a DataFrame or a datasets.Dataset; got int")]
+    for given, message in refused:
+        with pytest.raises(TypeError, match="^<records>: " + message):
+            load_preferences(given, tok)
+    for given in (EXPLICIT, {k: [v] for k, v in EXPLICIT.items()}):  # one record; columns
+        with pytest.raises(TypeError, match=r"^<records>: a dict, not a list of records: \[record\] for one record, "
+                                            r"pandas.DataFrame\(data\) for a dict of columns$"):
+            load_preferences(given, tok)
+    with pytest.raises(DataError, match=r"<records>:1: field 'completion': expected text, got the number 2: write it as "
+                                        r"text \(JSON: \"2\"; a DataFrame's column: df\[column\].astype\(str\)\)"):
+        load_sft(pd.DataFrame({"prompt": ["Fever?"], "completion": [2]}), tok)
+
+
 def test_openai_content_parts_are_read_when_every_part_is_text():
     """OpenAI's ``"content": [{"type": "text", "text": ...}, ...]`` is the parts' text run together
     (as chat templates that take parts print them); an image part is refused by its place."""
