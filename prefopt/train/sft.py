@@ -113,7 +113,8 @@ def split_eval(examples: list, fraction: float, seed: int, records: list[int] | 
 def load_train_eval(config, tok, loader=load_sft, records=None, eval_records=None):
     """Train and eval examples for ``config`` (eval from ``eval_data`` or a seeded split), and
     the load reports. ``loader`` is :func:`load_sft` or ``load_preferences``. ``records`` and
-    ``eval_records`` (lists of dicts, DataFrames, a ``datasets.Dataset``) take the place of ``data`` and ``eval_data``."""
+    ``eval_records`` (lists of dicts, DataFrames, a ``datasets.Dataset``) take the place of
+    ``data`` and ``eval_data``."""
     for given, name, flag in ((records, "data", "records"), (eval_records, "eval_data", "eval_records")):
         if given is not None and getattr(config, name):
             raise ValueError(f"give {name} (a file) or {flag} (in memory), not both")

@@ -175,8 +175,9 @@ def test_a_hugging_face_dataset_and_a_generator_load_as_their_rows(tmp_path, tok
         with pytest.raises(TypeError, match=r"^<records>: a dict, not a list of records: \[record\] for one record, "
                                             r"pandas.DataFrame\(data\) for a dict of columns$"):
             load_preferences(given, tok)
-    with pytest.raises(DataError, match=r"<records>:1: field 'completion': expected text, got the number 2: write it as "
-                                        r"text \(JSON: \"2\"; a DataFrame's column: df\[column\].astype\(str\)\)"):
+    with pytest.raises(DataError, match=r"<records>:1: field 'completion': expected text, got the number 2: write "
+                                        r"it as text \(JSON: \"2\"; a DataFrame's column: "
+                                        r"df\[column\].astype\(str\)\)"):
         load_sft(pd.DataFrame({"prompt": ["Fever?"], "completion": [2]}), tok)
 
 
