@@ -27,6 +27,7 @@ from .. import f_divergence
 from ..data.feedback import FeedbackExample, label_counts
 from ..data.preference import PairExample, pair_collate
 from ..data.sft import IGNORE, WINDOWS_ARE_SFT
+from ..hints import did_you_mean
 from ..kernels import fused_preference_loss
 from ..ld_dpo import check_ld_alpha, ld_weights
 from ..lora import (
@@ -123,8 +124,8 @@ class DPOConfig(TrainConfig):
             errors.append(str(e))
         else:
             if self.loss not in LOSSES:
-                errors.append(f"loss must be one of {base_losses()}, or a weighted sum "
-                              f"of them such as 0.8*sigmoid+0.2*bco_pair+sft (got {self.loss!r})")
+                errors.append(f"loss must be one of {base_losses()}, or a weighted sum of them such as "
+                              f"0.8*sigmoid+0.2*bco_pair+sft (got {self.loss!r}{did_you_mean(self.loss, LOSSES)})")
         if self.beta <= 0:
             errors.append("beta must be > 0")
         if self.text_windows:
@@ -209,6 +210,7 @@ class DPOTrainer(Trainer):
     noun = "pairs"
     item_type = PairExample
     item_source = "prefopt.data.load_preferences(path or list of dicts, tok)"
+    config_type = DPOConfig
 
     def __init__(self, model, config: DPOConfig, train_data: Sequence[PairExample], eval_data=None, *, pad_id: int,
                  ref_model: torch.nn.Module | None = None, ref_cache=None, **kw):
@@ -216,6 +218,7 @@ class DPOTrainer(Trainer):
         self.ref_model = ref_model
         self.ref_forwards = 0  # reference forward passes made (0 with a cache)
         self.fill_seconds = 0.0  # the reference cache's fill here, where one ran
+        self.check_config(config)  # (read before the loop checks it)
         if config.run_kind == "kto":  # unpaired examples, each beside its mismatched completion
             self.noun, self.item_type = "examples", FeedbackExample
             self.item_source = "prefopt.data.load_feedback(path or list of dicts, tok) (a pair counts as two)"

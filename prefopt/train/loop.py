@@ -120,6 +120,7 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, config: TrainConfig, train_data: Sequence,
                  eval_data: Sequence | None = None, *, callbacks: Sequence[Callback] = (), tokenizer=None,
                  evaluators: Sequence[Evaluator] = ()):
+        self.check_config(config)
         self.config = config
         self.tokenizer = tokenizer
         self.evaluators = list(evaluators)
@@ -169,6 +170,15 @@ class Trainer:
     noun = "examples"  # what the training data holds, for the console
     item_type: type | None = None  # the class of each training item
     item_source = ""  # the function that makes them, for the error on anything else
+
+    config_type: type = TrainConfig  # what the config must be
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        if not isinstance(config, cls.config_type):
+            raise TypeError(f"{cls.__name__}: config is a {type(config).__name__}, not a {cls.config_type.__name__}"
+                            + (f"; {cls.config_type.__name__}(**settings) makes one of a dict"
+                               if isinstance(config, dict) else ""))
 
     def _check_items(self, items: list, name: str) -> None:
         if self.item_type is None:

@@ -646,7 +646,7 @@ def test_a_notebook_trains_on_records_in_memory_without_a_data_file(task, tmp_pa
     """Records from a DataFrame or a database (``df.to_dict("records")``) go through
     ``load_preferences`` as a list; the config needs no data file. Dicts handed straight to the
     trainer are refused with the function to use, and a bad record is named by its position."""
-    from prefopt import apply_lora, load_model
+    from prefopt import SFTTrainer, TrainConfig, apply_lora, load_model
 
     model_dir, train, _ = task
     rows = [json.loads(x) for x in train.read_text().splitlines()]
@@ -656,6 +656,15 @@ def test_a_notebook_trains_on_records_in_memory_without_a_data_file(task, tmp_pa
     model = apply_lora(load_model(cfg.model), r=8, alpha=16, dropout=0.0)
     with pytest.raises(TypeError, match=r"train_data\[0\] is a dict, not a PairExample.*load_preferences\("):
         DPOTrainer(model, cfg, rows, pad_id=tok.pad_token_id)
+    with pytest.raises(TypeError, match=r"^DPOTrainer: config is a dict, not a DPOConfig; DPOConfig\(\*\*settings\) "
+                                        r"makes one of a dict$"):  # (it failed on a missing attribute)
+        DPOTrainer(model, {"beta": 0.1}, [], pad_id=tok.pad_token_id)
+    with pytest.raises(TypeError, match=r"^DPOTrainer: config is a TrainConfig, not a DPOConfig$"):
+        DPOTrainer(model, TrainConfig(model=cfg.model, output_dir=cfg.output_dir), [], pad_id=tok.pad_token_id)
+    with pytest.raises(TypeError, match=r"^SFTTrainer: config is a dict, not a TrainConfig"):
+        SFTTrainer(model, {"lr": 1e-4}, [], pad_id=tok.pad_token_id)
+    with pytest.raises(ValueError, match=r"\(got 'sigmod' \(did you mean 'sigmoid'\?\)\)"):
+        DPOConfig(model=cfg.model, output_dir=cfg.output_dir, loss="sigmod")
     opened = []  # refused before the cache is opened (which hashes every weight)
     monkeypatch.setattr("prefopt.train.dpo.reference_cache_for", lambda *a, **k: opened.append(a))
     with pytest.raises(TypeError, match=r"not a PairExample"):
