@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..fileio import file_lock, new_dir, sha256_of, write_json_atomic
+from ..hints import did_you_mean
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -81,9 +82,8 @@ def resolve_model_dir(name: str | os.PathLike, *, revision: str | None = None) -
                                  "config.json and weights")
     if _looks_like_hub_id(name):
         return _download(name, revision)
-    raise ModelNotFoundError(
-        f"{name!r} is not a folder, not a prefopt alias ({', '.join(ALIASES)}), and not a hub id (org/name)"
-    )
+    raise ModelNotFoundError(f"{name!r} is not a folder, not a prefopt alias ({', '.join(ALIASES)}), and not a "
+                             f"hub id (org/name){did_you_mean(name, ALIASES)}")
 
 
 def ensure_alias(alias: str, *, progress: bool = True) -> Path:

@@ -49,6 +49,8 @@ def test_hub_id_resolves_from_a_local_hub_cache(tmp_path):
 def test_unknown_name_lists_the_aliases():
     with pytest.raises(ModelNotFoundError, match="smollm2-135m"):
         resolve_model_dir("not-a-model")
+    with pytest.raises(ModelNotFoundError, match=r"hub id \(org/name\) \(did you mean 'smollm2-135m'\?\)$"):
+        resolve_model_dir("smollm2-135")  # an alias mistyped
 
 
 def test_a_file_in_a_model_folder_names_the_folder(tmp_path):
