@@ -323,7 +323,8 @@ def parse_sft(row: dict, path, line: int) -> SFTRecord:
 # columns that say what a record is, not what to learn from it: left unread without a word (the
 # unnamed first column is the row index pandas' to_csv writes; read back, pandas calls it "Unnamed: 0")
 _ABOUT = re.compile(r"(|id|uid|uuid|idx|index|row|source|url|split|date|time|timestamp|created|lang|language|meta|"
-                    r"metadata|synthetic|unnamed: ?\d+|.*[_ -]id|.*[a-z]Id)", re.IGNORECASE)
+                    r"metadata|synthetic|unnamed: ?\d+|.*[_ -]id)", re.IGNORECASE)
+_CAMEL_ID = re.compile(r"[a-z](Id|ID)$")  # patientId, recordID (not covid, fluid, thyroid: words)
 _UNREAD_SAID: set[tuple[str, tuple]] = set()  # (file, columns) warned of, once a process
 
 
@@ -331,7 +332,8 @@ def _unread_beside_text(row: dict, path, line: int) -> None:
     """Warn, once a file, where a ``{"text"}`` record has columns beside it that would go unread
     (a classification export's ``text,label``: SFT would learn the notes' words, never their
     labels); columns that only say what the record is (``id``, ``source``, ``date``) are passed."""
-    unread = tuple(str(k) for k, v in row.items() if k != "text" and not _ABOUT.fullmatch(str(k))
+    unread = tuple(str(k) for k, v in row.items()
+                   if k != "text" and not _ABOUT.fullmatch(str(k)) and not _CAMEL_ID.search(str(k))
                    and (isinstance(v, (int, float)) or isinstance(v, str) and v.strip()))
     if unread and (str(path), unread) not in _UNREAD_SAID:
         _UNREAD_SAID.add((str(path), unread))

@@ -271,11 +271,13 @@ def test_a_text_column_beside_a_label_is_warned_of_and_read_as_prompt_and_answer
                                     "never on what the other columns say; to teach the model to answer with "
                                     "'label': --columns prompt=text completion=label")
     assert [tok.decode(list(e.input_ids)) for e in examples][0].startswith("Chest pain since this morning")
+    with pytest.warns(UserWarning, match=r"'covid' not read"):  # a word ending in "id", not an identifier
+        load_sft([{"text": "Fever and cough", "covid": "yes"}], tok)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once a file: not again
         load_sft(path, tok)
         load_sft([{"": 0, "id": "a1", "text": "Chest pain", "patient_id": 3, "date": "2026-01-02", "note": " ",
-                  "Unnamed: 0": 1}], tok)  # (an index column pandas wrote, read back by it or not)
+                  "Unnamed: 0": 1, "recordId": 7}], tok)  # (an index column pandas wrote, read back by it or not)
         cols = {"prompt": "text", "completion": "label"}
         pairs, _ = load_sft(path, tok, columns=cols)
         assert detect_kind(path, cols) == "sft"
