@@ -44,7 +44,7 @@ def _generate(args: argparse.Namespace) -> int:
         msgs.append({"role": "user", "content": args.prompt})
         prompt_ids = tok.apply_chat_template(msgs, add_generation_prompt=True)
     stream_answer(model, tok, prompt_ids, stops=args.stop or [], max_new_tokens=args.max_new_tokens,
-                  **_decoding(args))
+                  **decoding_of(args))
     return 0
 
 
@@ -53,7 +53,7 @@ def _chat(args: argparse.Namespace) -> int:
 
     model, tok = _chat_model(args, "turn", need_template=True)
     return chat(model, tok, system=args.system, context=model.config.max_position_embeddings,
-                max_new_tokens=args.max_new_tokens, **_decoding(args))
+                max_new_tokens=args.max_new_tokens, **decoding_of(args))
 
 
 def _chat_model(args: argparse.Namespace, shown_in: str, need_template: bool = False, typed: bool = True):
@@ -66,7 +66,7 @@ def _chat_model(args: argparse.Namespace, shown_in: str, need_template: bool = F
     from .tokenizer import load_tokenizer
 
     device, dtype = resolve(args.device, args.dtype)
-    tok = _chat_ready(load_tokenizer(args.model), args, shown_in)
+    tok = chat_ready(load_tokenizer(args.model), args, shown_in)
     if need_template and not tok.chat_template:
         raise ValueError(f"{args.model}: its tokenizer has no chat template, and chat sends chat messages; use an "
                          "instruct (chat) model, or prefopt generate --no-chat for plain text")
@@ -78,7 +78,7 @@ def _chat_model(args: argparse.Namespace, shown_in: str, need_template: bool = F
     return load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, quantize=args.quantize), tok
 
 
-def _decoding(args: argparse.Namespace) -> dict:
+def decoding_of(args: argparse.Namespace) -> dict:
     """generate's and chat's sampling and repetition settings (an unset repetition flag: generate's default)."""
     from .evaluate.cli import REPEAT_FLAGS
 
@@ -86,7 +86,7 @@ def _decoding(args: argparse.Namespace) -> dict:
                 **{k: getattr(args, k) for k in REPEAT_FLAGS if getattr(args, k) is not None})
 
 
-def _add_answer_flags(p: argparse.ArgumentParser, system: bool = True) -> None:
+def add_answer_flags(p: argparse.ArgumentParser, system: bool = True) -> None:
     """generate's, chat's and make-pairs' model and decoding flags (``--system`` where ``system``)."""
     from .evaluate.cli import add_device_flags, add_repeat_flags, positive_int
 
@@ -103,7 +103,7 @@ def _add_answer_flags(p: argparse.ArgumentParser, system: bool = True) -> None:
     add_repeat_flags(p)
 
 
-def _chat_ready(tok, args: argparse.Namespace, shown_in: str):
+def chat_ready(tok, args: argparse.Namespace, shown_in: str):
     """``tok`` given the chat flags (:func:`apply_chat_flags`); says so on stderr (stdout is the
     answer or the check)."""
     for line in apply_chat_flags(tok, args, shown_in):
@@ -280,7 +280,7 @@ def _check_data(args: argparse.Namespace) -> int:
     from .model import resolve_model_dir
     from .tokenizer import load_tokenizer
 
-    tok = _chat_ready(load_tokenizer(args.model), args, "example")
+    tok = chat_ready(load_tokenizer(args.model), args, "example")
     show_bad = None if args.all_bad else SHOW_BAD
     if args.task:  # a task's data (compare, eval, predict): read as the task reads it
         from .evaluate.cli import key_values
@@ -316,113 +316,6 @@ def _check_data(args: argparse.Namespace) -> int:
         print(f"  max_length={args.max_length} is past the model's context of {context} tokens: training "
               f"refuses examples longer than that; pass --max-length {context} or less")
     return 1 if bad else 0
-
-
-def _add_make_pairs(sub) -> None:
-    """The ``make-pairs`` subcommand (:mod:`prefopt.evaluate.answer_pairs`)."""
-    from .evaluate.cli import positive_int
-
-    p = sub.add_parser("make-pairs", help="preference pairs without annotation: each SFT record's reference answer "
-                       "(chosen) against the model's own answer to its prompt (rejected), where they differ; "
-                       "writes pairs.jsonl for prefopt dpo, and feedback.jsonl (each answer labelled right or "
-                       "wrong) for dpo --loss kto",
-                       description="The model (usually with the SFT adapter) answers each record's prompt as SFT "
-                       "tokenized it; an answer that differs from the reference (case, spacing and end punctuation "
-                       "aside) becomes the rejected side of a pair. Every answer is kept in answers.jsonl; a stopped "
-                       "run goes on from the answers made.")
-    _add_answer_flags(p, system=False)
-    p.add_argument("--data", required=True, nargs="+", metavar="PATH", help="SFT records (prompt/completion, or "
-                   "messages ending with the reference answer), as sft reads them: one file or several, a folder of "
-                   "shards, a quoted pattern")
-    p.add_argument("--output", required=True, help="output folder: pairs.jsonl, feedback.jsonl, answers.jsonl, "
-                   "make_pairs.json")
-    p.add_argument("--columns", nargs="+", metavar="FIELD=COLUMN", help="the data's own column names, as sft's")
-    add_sheet_flag(p)
-    p.add_argument("--batch-size", type=positive_int, default=8, help="prompts answered at once")
-    p.add_argument("--max-prompt-length", type=positive_int, help="keep each prompt's last N tokens (as training's)")
-    p.add_argument("--skip-bad-records", action="store_true", help="skip (and count) bad records instead of stopping")
-    add_chat_flags(p, "prompt")
-    p.set_defaults(func=_make_pairs)
-
-
-def _make_pairs(args: argparse.Namespace) -> int:
-    """DPO pairs from an SFT file and a model's own answers."""
-    import time
-    from collections import Counter
-    from datetime import date
-
-    from .data.check import lopsided_lines
-    from .data.columns import column_map
-    from .data.files import data_files, describe, given_paths
-    from .devices import resolve
-    from .evaluate.answer_pairs import (
-        FILES,
-        JOB,
-        answer_in_blocks,
-        feedback_from,
-        pairs_from,
-        read_prompts,
-        stamp,
-        summary_line,
-    )
-    from .evaluate.partial import claimed, partial_file
-    from .evaluate.runner import keep_earlier, placement, prompt_settings
-    from .fileio import check_writable, jsonl_text, write_json_atomic, write_text_atomic
-    from .pretrained import load_model
-    from .tokenizer import load_tokenizer
-
-    def say(line: str) -> None:
-        print(f"prefopt make-pairs: {line}", flush=True)
-
-    t0 = time.time()
-    data = given_paths(args.data)
-    several = len(data_files(data)) > 1
-    device, dtype = resolve(args.device, args.dtype)
-    check_writable(args.output)  # before the model loads
-    tok = _chat_ready(load_tokenizer(args.model), args, "prompt")
-    prompts, bad = read_prompts(data, tok, columns=column_map(args.columns), max_prompt_length=args.max_prompt_length,
-                                skip_bad=args.skip_bad_records)
-    say(f"{len(prompts)} prompts from {describe(data)}" + (f"; {len(bad)} bad records skipped (first: {bad[0]})"
-                                                            if bad else ""))
-    if not prompts:
-        raise ValueError(f"{describe(data)}: no usable records")
-    model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
-                       quantize=args.quantize)
-    decode = _decoding(args)
-    made = {"model": args.model, "adapter": args.adapter, "data": describe(data), "columns": args.columns,
-            **({"sheet": args.data_sheet} if args.data_sheet else {}), "max_new_tokens": args.max_new_tokens,
-            "max_prompt_length": args.max_prompt_length,
-            "batch_size": args.batch_size, **decode, **placement(model), **prompt_settings(tok)}
-    with claimed(args.output, JOB):
-        # the batch size changes no answer (each prompt seeded alone): a run stopped for want of memory goes on
-        # with a smaller one
-        run_stamp = stamp(prompts, {k: v for k, v in made.items() if k != "batch_size"})
-        rows = answer_in_blocks(model, tok, prompts, args.output, run_stamp, batch_size=args.batch_size,
-                                max_new_tokens=args.max_new_tokens, **decode)
-        pairs, counts = pairs_from(prompts, rows, several_files=several)
-        kept = keep_earlier(args.output, FILES)
-        if kept:
-            say(f"{args.output} held pairs made before; they are kept in {kept}")
-        out = Path(args.output)
-        write_text_atomic(out / "answers.jsonl", jsonl_text(rows))
-        write_text_atomic(out / "pairs.jsonl", jsonl_text(pairs))
-        feedback = feedback_from(prompts, rows, several_files=several)
-        write_text_atomic(out / "feedback.jsonl", jsonl_text(feedback))
-        write_json_atomic(out / "make_pairs.json", {**made, **counts, "bad_records": len(bad),
-                                                    "date": date.today().isoformat(),
-                                                    "seconds": round(time.time() - t0, 1)})
-        (out / partial_file(JOB)).unlink(missing_ok=True)
-    say(summary_line(counts))
-    for line in lopsided_lines(Counter(p["chosen"].strip() for p in pairs), Counter(p["rejected"].strip() for p in pairs)):
-        say(line.strip())
-    good = sum(1 for r in feedback if r["label"])
-    say(f"wrote {out / 'pairs.jsonl'} (train on it: prefopt dpo --data {out / 'pairs.jsonl'} ...), feedback.jsonl "
-        f"(every answer labelled by whether it reads as the reference, {good} of {len(feedback)} desirable: "
-        f"prefopt dpo --loss kto --data {out / 'feedback.jsonl'} ...), answers.jsonl (every answer, for review) and "
-        "make_pairs.json")
-    say(f"before training, look at each side's mix (prefopt check-data --model {args.model} --data "
-        f"{out / 'pairs.jsonl'}): pairs that mostly reject one answer teach that prior (docs/dpo.md)")
-    return 0
 
 
 def _config_fields(cls):
@@ -477,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         positive_int,
         task_options_epilog,
     )
+    from .evaluate.make_pairs_cli import add_command as add_make_pairs
     from .interactive import CHAT_HELP
 
     p = argparse.ArgumentParser(prog="prefopt", description="Local SFT and DPO fine-tuning for clinical LLMs.")
@@ -484,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="complete a prompt with a model")
-    _add_answer_flags(g)
+    add_answer_flags(g)
     g.add_argument("--prompt", required=True, help="the prompt; @FILE reads it from a file (a long note: UTF-8 "
                    "text, a Word .docx, a Writer .odt or a PDF's text), - from standard input")
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
@@ -497,11 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Each line you type is your turn; the answer streams back and the model sees "
                         "the whole conversation (its earliest exchanges left out, with a note, once it outgrows the "
                         "model's context). " + "; ".join(x.strip() for x in CHAT_HELP.split("   ")) + ".")
-    _add_answer_flags(ch)
+    add_answer_flags(ch)
     add_chat_flags(ch, "turn")
     ch.set_defaults(func=_chat)
 
-    _add_make_pairs(sub)
+    add_make_pairs(sub)
 
     c = sub.add_parser("convert-gguf", help="import a GGUF file into an HF-layout folder")
     c.add_argument("gguf", help="path to a .gguf file (llama, qwen2, qwen3 or gemma3 architecture)")

@@ -1,0 +1,115 @@
+"""``prefopt make-pairs``: preference pairs without annotation, each SFT record's reference
+answer against the model's own (:mod:`prefopt.evaluate.answer_pairs`)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_command(sub) -> None:
+    """The ``make-pairs`` subcommand."""
+    from ..cli import add_answer_flags, add_chat_flags, add_sheet_flag
+    from .cli import positive_int
+
+    p = sub.add_parser("make-pairs", help="preference pairs without annotation: each SFT record's reference answer "
+                       "(chosen) against the model's own answer to its prompt (rejected), where they differ; "
+                       "writes pairs.jsonl for prefopt dpo, and feedback.jsonl (each answer labelled right or "
+                       "wrong) for dpo --loss kto",
+                       description="The model (usually with the SFT adapter) answers each record's prompt as SFT "
+                       "tokenized it; an answer that differs from the reference (case, spacing and end punctuation "
+                       "aside) becomes the rejected side of a pair. Every answer is kept in answers.jsonl; a stopped "
+                       "run goes on from the answers made.")
+    add_answer_flags(p, system=False)
+    p.add_argument("--data", required=True, nargs="+", metavar="PATH", help="SFT records (prompt/completion, or "
+                   "messages ending with the reference answer), as sft reads them: one file or several, a folder of "
+                   "shards, a quoted pattern")
+    p.add_argument("--output", required=True, help="output folder: pairs.jsonl, feedback.jsonl, answers.jsonl, "
+                   "make_pairs.json")
+    p.add_argument("--columns", nargs="+", metavar="FIELD=COLUMN", help="the data's own column names, as sft's")
+    add_sheet_flag(p)
+    p.add_argument("--batch-size", type=positive_int, default=8, help="prompts answered at once")
+    p.add_argument("--max-prompt-length", type=positive_int, help="keep each prompt's last N tokens (as training's)")
+    p.add_argument("--skip-bad-records", action="store_true", help="skip (and count) bad records instead of stopping")
+    add_chat_flags(p, "prompt")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """DPO pairs from an SFT file and a model's own answers."""
+    import time
+    from collections import Counter
+    from datetime import date
+
+    from ..cli import chat_ready, decoding_of
+    from ..data.check import lopsided_lines
+    from ..data.columns import column_map
+    from ..data.files import data_files, describe, given_paths
+    from ..devices import resolve
+    from ..fileio import check_writable, jsonl_text, write_json_atomic, write_text_atomic
+    from ..pretrained import load_model
+    from ..tokenizer import load_tokenizer
+    from .answer_pairs import (
+        FILES,
+        JOB,
+        answer_in_blocks,
+        feedback_from,
+        pairs_from,
+        read_prompts,
+        stamp,
+        summary_line,
+    )
+    from .partial import claimed, partial_file
+    from .runner import keep_earlier, placement, prompt_settings
+
+    def say(line: str) -> None:
+        print(f"prefopt make-pairs: {line}", flush=True)
+
+    t0 = time.time()
+    data = given_paths(args.data)
+    several = len(data_files(data)) > 1
+    device, dtype = resolve(args.device, args.dtype)
+    check_writable(args.output)  # before the model loads
+    tok = chat_ready(load_tokenizer(args.model), args, "prompt")
+    prompts, bad = read_prompts(data, tok, columns=column_map(args.columns), max_prompt_length=args.max_prompt_length,
+                                skip_bad=args.skip_bad_records)
+    say(f"{len(prompts)} prompts from {describe(data)}" + (f"; {len(bad)} bad records skipped (first: {bad[0]})"
+                                                            if bad else ""))
+    if not prompts:
+        raise ValueError(f"{describe(data)}: no usable records")
+    model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
+                       quantize=args.quantize)
+    decode = decoding_of(args)
+    made = {"model": args.model, "adapter": args.adapter, "data": describe(data), "columns": args.columns,
+            **({"sheet": args.data_sheet} if args.data_sheet else {}), "max_new_tokens": args.max_new_tokens,
+            "max_prompt_length": args.max_prompt_length,
+            "batch_size": args.batch_size, **decode, **placement(model), **prompt_settings(tok)}
+    with claimed(args.output, JOB):
+        # the batch size changes no answer (each prompt seeded alone): a run stopped for want of memory goes on
+        # with a smaller one
+        run_stamp = stamp(prompts, {k: v for k, v in made.items() if k != "batch_size"})
+        rows = answer_in_blocks(model, tok, prompts, args.output, run_stamp, batch_size=args.batch_size,
+                                max_new_tokens=args.max_new_tokens, **decode)
+        pairs, counts = pairs_from(prompts, rows, several_files=several)
+        kept = keep_earlier(args.output, FILES)
+        if kept:
+            say(f"{args.output} held pairs made before; they are kept in {kept}")
+        out = Path(args.output)
+        write_text_atomic(out / "answers.jsonl", jsonl_text(rows))
+        write_text_atomic(out / "pairs.jsonl", jsonl_text(pairs))
+        feedback = feedback_from(prompts, rows, several_files=several)
+        write_text_atomic(out / "feedback.jsonl", jsonl_text(feedback))
+        write_json_atomic(out / "make_pairs.json", {**made, **counts, "bad_records": len(bad),
+                                                    "date": date.today().isoformat(),
+                                                    "seconds": round(time.time() - t0, 1)})
+        (out / partial_file(JOB)).unlink(missing_ok=True)
+    say(summary_line(counts))
+    for line in lopsided_lines(Counter(p["chosen"].strip() for p in pairs), Counter(p["rejected"].strip() for p in pairs)):
+        say(line.strip())
+    good = sum(1 for r in feedback if r["label"])
+    say(f"wrote {out / 'pairs.jsonl'} (train on it: prefopt dpo --data {out / 'pairs.jsonl'} ...), feedback.jsonl "
+        f"(every answer labelled by whether it reads as the reference, {good} of {len(feedback)} desirable: "
+        f"prefopt dpo --loss kto --data {out / 'feedback.jsonl'} ...), answers.jsonl (every answer, for review) and "
+        "make_pairs.json")
+    say(f"before training, look at each side's mix (prefopt check-data --model {args.model} --data "
+        f"{out / 'pairs.jsonl'}): pairs that mostly reject one answer teach that prior (docs/dpo.md)")
+    return 0
