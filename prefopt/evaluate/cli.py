@@ -390,10 +390,24 @@ def _compare(args) -> int:
                         seed=args.seed, judge=args.judge, n_resamples=args.n_resamples, overrides=overrides,
                         device=args.device, eval_dtype=args.eval_dtype, chat_date=args.chat_date,
                         chat_vars=chat_vars_arg(args), start_from=args.start_from)
-    if args.estimate_memory:
+    seeds = None
+    if args.seeds is not None:
+        from .seeds import parse_seeds
+
+        seeds = parse_seeds(args.seeds)
+        if args.seed != 0:
+            raise ValueError("give --seed or --seeds, not both")
+    if args.estimate_memory:  # (every seed's steps are alike)
         from .compare_train import estimate_stages
 
         print("\n".join(estimate_stages(cfg, None if args.estimate_memory == "auto" else args.estimate_memory)))
+        return 0
+    if seeds is not None:
+        from .seeds import console_lines as seed_lines
+        from .seeds import run_seeds
+
+        print("\n".join(seed_lines(run_seeds(cfg, seeds))))
+        print(f"prefopt compare: each seed's run in {args.output}/seed-S; over the seeds: {args.output}/seeds.md")
         return 0
     print("\n".join(console_lines(run_compare(cfg))))
     return 0
@@ -610,6 +624,10 @@ def add_commands(sub) -> None:
                    "rpo adds the chosen answers' NLL")
     c.add_argument("--judge", help="a local model that rates answers 1-5 (LLM judge)")
     c.add_argument("--n-resamples", type=positive_int, default=2000, help="paired bootstrap resamples")
+    c.add_argument("--seeds", metavar="S,S,...", help="run the comparison once per seed (each draws its own test "
+                   "split and training randomness) into OUTPUT/seed-S, then pool the seeds' differences by a "
+                   "random-effects meta-analysis: seeds.md, seeds.json (in place of --seed; --from DIR reads "
+                   "DIR/seed-S)")
     c.add_argument("--from", dest="start_from", metavar="DIR",
                    help="start from the base and SFT stages of DIR, an earlier compare run with the same settings "
                    "but DPO's (--loss, --strategy, beta, dpo_lr, ...): they are checked and copied, and only DPO "
