@@ -129,7 +129,8 @@ def _num(x: float) -> str:
 
 def pooled_line(a: str, b: str, p: dict) -> str:
     lo, hi = p["ci"]
-    return (f"{verdict(a, b, p)} (Δ {_num(p['delta'])}, 95% CI [{_num(lo)}, {_num(hi)}], p = {p['p_value']:.3g}; "
+    pv = "< 0.0001" if p["p_value"] < 1e-4 else f"= {p['p_value']:.3g}"  # (a normal tail: 1e-122 says no more)
+    return (f"{verdict(a, b, p)} (Δ {_num(p['delta'])}, 95% CI [{_num(lo)}, {_num(hi)}], p {pv}; "
             f"random effects over {p['seeds']} seeds, τ = {p['tau']:.3f}, I² = {p['i2']:.0%})")
 
 
@@ -140,7 +141,8 @@ def markdown(summary: dict) -> list[str]:
              f"Model `{summary['model']}`, preset `{summary['preset']}`, DPO loss `{summary['loss']}`; metric {m}. "
              "Each seed draws its own test split and training randomness; its run is in `seed-S/` "
              "(`report.md` there).", "",
-             "| seed | test items | base | SFT | SFT+DPO | SFT vs base: Δ [95% CI], p | SFT+DPO vs SFT: Δ [95% CI], p |",
+             "| seed | test items | base | SFT | SFT+DPO | SFT vs base: Δ [95% CI], p "
+             "| SFT+DPO vs SFT: Δ [95% CI], p |",
              "|---|---|---|---|---|---|---|"]
     for r in summary["runs"]:
         kept = " (the SFT model kept)" if r["dpo_is_sft"] else ""

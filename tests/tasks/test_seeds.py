@@ -22,7 +22,8 @@ def test_pooling_is_dersimonian_laird_as_statsmodels_computes_it():
     assert p["delta"] == pytest.approx(frame.loc["random effect", "eff"])
     assert p["se"] == pytest.approx(frame.loc["random effect", "sd_eff"])
     assert p["ci"] == pytest.approx([frame.loc["random effect", "ci_low"], frame.loc["random effect", "ci_upp"]])
-    assert p["tau"] ** 2 == pytest.approx(ref.tau2) and p["i2"] == pytest.approx(ref.i2) and p["q"] == pytest.approx(ref.q)
+    assert p["tau"] ** 2 == pytest.approx(ref.tau2) and p["i2"] == pytest.approx(ref.i2)
+    assert p["q"] == pytest.approx(ref.q)
     assert p["p_value"] == pytest.approx(2 * norm.sf(abs(p["delta"]) / p["se"]))
     assert p["p_value"] < 0.05 and p["ci"][1] < 0 and p["i2"] > 0.8  # worse, and the seeds disagree by much
     same = seeds.pooled([0.1, 0.1], [0.05, 0.05])  # no spread between seeds: tau 0, the fixed-effect mean
@@ -89,6 +90,8 @@ def test_every_seed_is_checked_before_the_first_runs_and_the_summary_follows_eac
     lines = seeds.console_lines(summary)
     assert lines[1] == "seed 2: base 0.100, SFT 0.700, SFT+DPO 0.400; SFT+DPO vs SFT -0.300 [-0.400, -0.200], p < 0.005"
     assert lines[-1].startswith("SFT+DPO against SFT: worse over the seeds (Δ -0.200, 95% CI [")
+    assert lines[-2].startswith("SFT against base: better over the seeds (Δ +0.600, 95% CI [+0.459, +0.741], "
+                                "p < 0.0001; random effects over 2 seeds, τ = 0.000, I² = 0%)")
 
 
 def test_compare_with_seeds_runs_each_seed_and_pools_them(tiny_model, tmp_path, capsys):
