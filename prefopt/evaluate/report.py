@@ -345,7 +345,9 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
                      f"[{v['primary']['ci'][0]:+.3f}, {v['primary']['ci'][1]:+.3f}] | {p_text(v['primary']).lstrip('= ')} | "
                      f"{v.get('mcnemar', v.get('item_wilcoxon'))['p_value']:.3g} | {_fmt(w)} |")
     lines += ["", f"Paired bootstrap: {cfg.n_resamples} resamples of the test items (seed {cfg.seed}), percentile CI; "
-              f"significance at p < {ALPHA}. Small test sets give wide CIs: read them before the point estimates."]
+              f"significance at p < {ALPHA}. Small test sets give wide CIs: read them before the point estimates. "
+              "The seed drew this test split and training's randomness once; `--seeds 0,1,2` runs the comparison "
+              "on three and pools them (docs/evaluation.md, \"Over seeds\")."]
     if task.kind == "generation":  # what the study's physicians rated; ROUGE and a judge stand in for them
         lines += ["", "Whether clinicians prefer one stage's answers is what ROUGE cannot say: `prefopt rating-sheet "
                   f"--from {shlex.quote(str(getattr(cfg, 'output', None) or out))}` writes them a blinded sheet of "

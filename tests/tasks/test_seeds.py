@@ -107,6 +107,8 @@ def test_compare_with_seeds_runs_each_seed_and_pools_them(tiny_model, tmp_path, 
         assert run["seed"] == seed and run["sft"] == report["stages"]["sft"]["primary"]
         assert run["sft->dpo"]["delta"] == report["comparisons"]["sft->dpo"]["primary"]["delta"]
         assert json.loads((out / f"seed-{seed}" / "compare_config.json").read_text())["seed"] == seed
+        assert "`--seeds 0,1,2` runs the comparison on three and pools them" in (out / f"seed-{seed}" /
+                                                                                 "report.md").read_text()
     splits = [json.loads((out / f"seed-{s}" / "split.json").read_text())["test"] for s in (0, 1)]
     assert splits[0] != splits[1]  # each seed draws its own test items
     assert said[-1] == f"prefopt compare: each seed's run in {out}/seed-S; over the seeds: {out}/seeds.md"
