@@ -49,7 +49,8 @@ def run_answers(run: Path, stages: tuple[str, ...]) -> tuple[dict, list[str], di
             tasks = sorted(d.name for d in run.glob("*/") if (d / "compare_config.json").is_file()) \
                 if run.is_dir() else []
             raise ValueError(f"--from {run}: no {path.name} (a prefopt compare output folder?)" + (
-                f"; a study's folder: name one task's run in it ({', '.join(str(run / t) for t in tasks[:3])}"
+                f"; a folder of runs (a study's, or compare --seeds'): name one run in it "
+                f"({', '.join(str(run / t) for t in tasks[:3])}"
                 f"{' ...' if len(tasks) > 3 else ''})" if tasks else ""))
     config = json.loads(config_path.read_text(encoding="utf-8"))
     test = json.loads(split_path.read_text(encoding="utf-8"))["test"]

@@ -35,7 +35,10 @@ def source_config(source: str | Path, out: Path) -> dict:
         raise ValueError(f"--from {source} is the --output folder: name the run whose stages this one starts from")
     path = src / "compare_config.json"
     if not path.is_file():
-        raise ValueError(f"--from {source}: not a prefopt compare run (no compare_config.json there)")
+        seeds = sorted(d.name for d in src.glob("seed-*/") if (d / "compare_config.json").is_file())
+        raise ValueError(f"--from {source}: not a prefopt compare run (no compare_config.json there)" + (
+            f"; a compare --seeds folder ({', '.join(seeds)}): add --seeds to start each seed from its own run, or "
+            "name one of them" if seeds else ""))
     if not (src / SFT_ADAPTER).is_file():
         raise ValueError(f"--from {source}: its SFT stage has not finished (no {SFT_ADAPTER}); rerun its own command "
                          "to finish it first")

@@ -210,8 +210,8 @@ def test_a_folder_that_is_no_finished_run_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"no dpo/predictions.jsonl: the SFT\+DPO stage has not been evaluated"):
         rating_sheet.run_answers(run, ("base", "sft", "dpo"))
     assert rating_sheet.run_answers(run, ("base", "sft"))[1] == json.loads((run / "split.json").read_text())["test"]
-    with pytest.raises(ValueError, match=r"no compare_config.json \(a prefopt compare output folder\?\); a study's "
-                                         r"folder: name one task's run in it \(.*/run\)"):
+    with pytest.raises(ValueError, match=r"no compare_config.json \(a prefopt compare output folder\?\); a folder of "
+                                         r"runs \(a study's, or compare --seeds'\): name one run in it \(.*/run\)"):
         rating_sheet.run_answers(tmp_path, ("base",))  # (tmp_path/run is a compare run, as in a study's folder)
     with pytest.raises(ValueError, match=r"no compare_config.json \(a prefopt compare output folder\?\)$"):
         rating_sheet.run_answers(run / "base", ("base",))

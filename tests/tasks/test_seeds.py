@@ -117,3 +117,20 @@ def test_compare_with_seeds_runs_each_seed_and_pools_them(tiny_model, tmp_path, 
     assert json.loads((out / "seeds.json").read_text()) == summary
     assert main([*argv, "--seed", "3"]) == 2
     assert "give --seed or --seeds, not both" in capsys.readouterr().err
+    one = ["compare", "--task", "portal", "--model", str(tiny_model), "--output", str(tmp_path / "one"), "--from",
+           str(out), *[f"--set={k}={v}" for k, v in TINY.items()]]
+    assert main(one) == 2  # a seeds folder given as one run: what to do instead
+    assert (f"--from {out}: not a prefopt compare run (no compare_config.json there); a compare --seeds folder "
+            "(seed-0, seed-1): add --seeds to start each seed from its own run, or name one of them"
+            in capsys.readouterr().err)
+    assert main(["rating-sheet", "--from", str(out)]) == 2
+    assert "a folder of runs (a study's, or compare --seeds'): name one run in it" in capsys.readouterr().err
+    rpo = tmp_path / "rpo"  # another DPO on each seed's own base and SFT stages
+    assert main(["compare", "--task", "portal", "--model", str(tiny_model), "--output", str(rpo), "--seeds", "0,1",
+                 "--from", str(out), "--loss", "rpo", "--n-resamples", "100",
+                 *[f"--set={k}={v}" for k, v in TINY.items()]]) == 0
+    again = json.loads((rpo / "seeds.json").read_text())
+    assert again["loss"] == "rpo" and [r["sft"] for r in again["runs"]] == [r["sft"] for r in summary["runs"]]
+    for seed in (0, 1):
+        assert json.loads((rpo / f"seed-{seed}" / "compare_config.json").read_text())["start_from"] == str(
+            out / f"seed-{seed}")
