@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..fileio import write_json_atomic, write_text_atomic
 from .compare import CompareConfig, check_compare, run_compare
-from .report import ALPHA, NAMES
+from .report import ALPHA, NAMES, pyplot
 from .stats import p_text
 
 Z95 = 1.959963984540054  # the normal distribution's 97.5th percentile
@@ -87,9 +87,39 @@ def run_seeds(cfg: CompareConfig, seeds: list[int], *, run=run_compare, check=ch
     for c in configs:
         reports[c.seed] = run(c)
         summary = summarize(cfg, reports)
+        plot = forest_plot(summary, out)
         write_json_atomic(out / "seeds.json", summary)
-        write_text_atomic(out / "seeds.md", "\n".join(markdown(summary)) + "\n")
+        write_text_atomic(out / "seeds.md", "\n".join(markdown(summary, plot)) + "\n")
     return summary
+
+
+FOREST = "seeds_forest.png"
+
+
+def forest_plot(summary: dict, out: Path) -> str | None:
+    """``seeds_forest.png``: SFT+DPO against SFT, each seed's difference and 95% CI, the pooled one
+    below them as a diamond; None where matplotlib is missing or fewer than two seeds have run."""
+    plt = pyplot()
+    if plt is None or not summary["pooled"]:
+        return None
+    runs, p = summary["runs"], summary["pooled"]["sft->dpo"]
+    rows = len(runs) + 1
+    fig, ax = plt.subplots(figsize=(5.2, 0.45 * rows + 1.2))
+    for i, r in enumerate(runs):
+        t = r["sft->dpo"]
+        y = rows - i
+        ax.plot(t["ci"], [y, y], color="#4c78a8")
+        ax.plot([t["delta"]], [y], "s", color="#4c78a8")
+    lo, hi = p["ci"]
+    ax.fill([lo, p["delta"], hi, p["delta"]], [1, 1.25, 1, 0.75], color="#f58518")
+    ax.axvline(0, color="#666666", linewidth=0.8, linestyle="--")
+    ax.set_yticks(range(rows, 0, -1), [f"seed {r['seed']}" for r in runs] + ["pooled"])
+    ax.set_xlabel(f"Δ{summary['metric']}, SFT+DPO − SFT (95% CI)")
+    ax.set_title(f"{summary['task']}: SFT+DPO against SFT over the seeds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / FOREST, dpi=120)
+    plt.close(fig)
+    return FOREST
 
 
 def summarize(cfg: CompareConfig, reports: dict[int, dict]) -> dict:
@@ -134,8 +164,8 @@ def pooled_line(a: str, b: str, p: dict) -> str:
             f"random effects over {p['seeds']} seeds, τ = {p['tau']:.3f}, I² = {p['i2']:.0%})")
 
 
-def markdown(summary: dict) -> list[str]:
-    """``seeds.md``: one row a seed, then the pooled verdicts."""
+def markdown(summary: dict, plot: str | None = None) -> list[str]:
+    """``seeds.md``: one row a seed, then the pooled verdicts (and ``plot``, the forest plot)."""
     m = summary["metric"]
     lines = [f"# {summary['task']}: base → SFT → SFT+DPO over seeds {', '.join(map(str, summary['seeds']))}", "",
              f"Model `{summary['model']}`, preset `{summary['preset']}`, DPO loss `{summary['loss']}`; metric {m}. "
@@ -155,6 +185,8 @@ def markdown(summary: dict) -> list[str]:
                   "its bootstrap CI) plus the variance between seeds, τ²; I² is the share of the spread across seeds "
                   "that their test sets' own noise does not explain: high, and the verdict depends on the seed "
                   "(training's randomness, the split) more than on the items tested."]
+        lines += ["", f"![{plot}]({plot})"] if plot else ["", "(The forest plot needs matplotlib: pip install "
+                                                          "'prefopt[plots]'.)"]
     return lines
 
 

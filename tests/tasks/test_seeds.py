@@ -63,6 +63,7 @@ def test_every_seed_is_checked_before_the_first_runs_and_the_summary_follows_eac
         events.append(("run", c.seed))
         if c.seed == 2:
             assert json.loads((tmp_path / "out" / "seeds.json").read_text())["seeds"] == [0]  # written after seed 0
+            assert not (tmp_path / "out" / seeds.FOREST).exists()  # one seed: nothing pooled to draw
         return _report(c.seed, 0.7, 0.6 if c.seed == 0 else 0.4, p=0.06 if c.seed == 0 else 0.0, kept=c.seed == 0)
 
     summary = seeds.run_seeds(cfg, [0, 2], run=run, check=check)
@@ -80,6 +81,9 @@ def test_every_seed_is_checked_before_the_first_runs_and_the_summary_follows_eac
     assert "| 0 | 4 | 0.100 | 0.700 | 0.600 (the SFT model kept) | +0.600 [+0.400, +0.800], p < 0.005 | " \
            "-0.100 [-0.200, +0.000], p 0.06 |" in md
     assert f"- {seeds.pooled_line('sft', 'dpo', want)}." in md
+    if seeds.pyplot() is not None:  # the forest plot: each seed's difference and CI, the pooled diamond
+        assert (tmp_path / "out" / seeds.FOREST).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert md.rstrip().endswith("![seeds_forest.png](seeds_forest.png)")
     assert json.loads((tmp_path / "out" / "seeds.json").read_text()) == json.loads(json.dumps(summary))
     (tmp_path / "one").mkdir()
     (tmp_path / "one" / "compare_config.json").write_text("{}")
