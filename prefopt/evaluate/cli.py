@@ -627,7 +627,8 @@ def add_commands(sub) -> None:
     c.add_argument("--seeds", metavar="S,S,...", help="run the comparison once per seed (each draws its own test "
                    "split and training randomness) into OUTPUT/seed-S, then pool the seeds' differences by a "
                    "random-effects meta-analysis: seeds.md, seeds.json (in place of --seed; --from DIR reads "
-                   "DIR/seed-S)")
+                   "DIR/seed-S). Three or more: with two, Student's t with 1 degree of freedom leaves the pooled CI "
+                   "very wide")
     c.add_argument("--from", dest="start_from", metavar="DIR",
                    help="start from the base and SFT stages of DIR, an earlier compare run with the same settings "
                    "but DPO's (--loss, --strategy, beta, dpo_lr, ...): they are checked and copied, and only DPO "

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..fileio import write_json_atomic, write_text_atomic
 from .compare import CompareConfig, check_compare, run_compare
 from .report import ALPHA, NAMES, pyplot
-from .stats import p_text
+from .stats import p_text, t_critical, t_within
 
 Z95 = 1.959963984540054  # the normal distribution's 97.5th percentile
 MIN_SE = 1e-3  # a seed whose CI is a point (the stages answered alike) still gets a finite weight
@@ -40,21 +40,29 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def pooled(deltas: list[float], ses: list[float]) -> dict:
-    """DerSimonian-Laird random-effects pooling of ``deltas`` with standard errors ``ses``:
-    ``{"delta", "se", "ci", "p_value", "tau", "i2", "q", "seeds"}``."""
+    """Random-effects pooling of ``deltas`` with standard errors ``ses``: the between-seed variance
+    tau squared by DerSimonian and Laird, the CI and p-value by Hartung-Knapp-Sidik-Jonkman (Student's t
+    with seeds - 1 degrees of freedom, the standard error never below DerSimonian-Laird's), since with
+    a few seeds the normal distribution's CI is too narrow (DL's normal figures are kept, ``normal``):
+    ``{"delta", "se", "ci", "p_value", "df", "tau", "i2", "q", "seeds", "normal"}``."""
+    k = len(deltas)
     se2 = [max(s, MIN_SE) ** 2 for s in ses]
     w = [1 / v for v in se2]
     fixed = sum(wi * d for wi, d in zip(w, deltas)) / sum(w)
     q = sum(wi * (d - fixed) ** 2 for wi, d in zip(w, deltas))
-    df = len(deltas) - 1
     c = sum(w) - sum(wi * wi for wi in w) / sum(w)
-    tau2 = max(0.0, (q - df) / c) if c > 0 else 0.0
+    tau2 = max(0.0, (q - (k - 1)) / c) if c > 0 else 0.0
     w_re = [1 / (v + tau2) for v in se2]
     delta = sum(wi * d for wi, d in zip(w_re, deltas)) / sum(w_re)
-    se = math.sqrt(1 / sum(w_re))
-    return {"delta": delta, "se": se, "ci": [delta - Z95 * se, delta + Z95 * se],
-            "p_value": math.erfc(abs(delta) / se / math.sqrt(2)), "tau": math.sqrt(tau2),
-            "i2": max(0.0, (q - df) / q) if q > 0 else 0.0, "q": q, "seeds": len(deltas)}
+    se_dl = math.sqrt(1 / sum(w_re))
+    spread = sum(wi * (d - delta) ** 2 for wi, d in zip(w_re, deltas)) / (k - 1)  # HKSJ's scale
+    se = se_dl * math.sqrt(max(1.0, spread))
+    crit = t_critical(k - 1)
+    return {"delta": delta, "se": se, "ci": [delta - crit * se, delta + crit * se],
+            "p_value": 1 - t_within(delta / se, k - 1), "df": k - 1, "tau": math.sqrt(tau2),
+            "i2": max(0.0, (q - (k - 1)) / q) if q > 0 else 0.0, "q": q, "seeds": k,
+            "normal": {"se": se_dl, "ci": [delta - Z95 * se_dl, delta + Z95 * se_dl],
+                       "p_value": math.erfc(abs(delta) / se_dl / math.sqrt(2))}}
 
 
 def se_of(cmp: dict) -> float:
@@ -161,7 +169,18 @@ def pooled_line(a: str, b: str, p: dict) -> str:
     lo, hi = p["ci"]
     pv = "< 0.0001" if p["p_value"] < 1e-4 else f"= {p['p_value']:.3g}"  # (a normal tail: 1e-122 says no more)
     return (f"{verdict(a, b, p)} (Δ {_num(p['delta'])}, 95% CI [{_num(lo)}, {_num(hi)}], p {pv}; "
-            f"random effects over {p['seeds']} seeds, τ = {p['tau']:.3f}, I² = {p['i2']:.0%})")
+            f"random effects over {p['seeds']} seeds, t with {p['df']} df, τ = {p['tau']:.3f}, I² = {p['i2']:.0%})")
+
+
+def direction(runs: list[dict], key: str) -> str:
+    """On how many seeds the difference ``key`` went each way, and significantly (p < 0.05)."""
+    parts = []
+    for word, sign in (("higher", 1), ("lower", -1)):
+        on = [r[key] for r in runs if r[key]["delta"] * sign > 0]
+        if on:
+            firm = sum(t["p_value"] < ALPHA for t in on)
+            parts.append(f"{word} on {len(on)} of {len(runs)} seeds" + (f", significantly on {firm}" if firm else ""))
+    return "; ".join(parts) or f"equal on all {len(runs)} seeds"
 
 
 def markdown(summary: dict, plot: str | None = None) -> list[str]:
@@ -180,11 +199,15 @@ def markdown(summary: dict, plot: str | None = None) -> list[str]:
                      + " | ".join(_cell(r[f"{a}->{b}"]) for a, b in PAIRS) + " |")
     if summary["pooled"]:
         lines += ["", "## Pooled", ""]
-        lines += [f"- {pooled_line(a, b, summary['pooled'][f'{a}->{b}'])}." for a, b in PAIRS]
-        lines += ["", "Random effects (DerSimonian-Laird): each seed weighted by the inverse of its own variance (from "
-                  "its bootstrap CI) plus the variance between seeds, τ²; I² is the share of the spread across seeds "
-                  "that their test sets' own noise does not explain: high, and the verdict depends on the seed "
-                  "(training's randomness, the split) more than on the items tested."]
+        lines += [f"- {pooled_line(a, b, summary['pooled'][f'{a}->{b}'])}; "
+                  f"{direction(summary['runs'], f'{a}->{b}')}." for a, b in PAIRS]
+        lines += ["", "Random effects: each seed weighted by the inverse of its own variance (from its bootstrap CI) "
+                  "plus the variance between seeds, τ² (DerSimonian-Laird); the CI and p from Student's t with seeds "
+                  "− 1 degrees of freedom (Hartung-Knapp-Sidik-Jonkman), as a few seeds leave the spread between "
+                  "them poorly known: with three, a pooled difference must be large against that spread to count. "
+                  "I² is the share of the spread across seeds that their test sets' own noise does not explain: "
+                  "high, and the verdict depends on the seed (training's randomness, the split) more than on the "
+                  "items tested."]
         lines += ["", f"![{plot}]({plot})"] if plot else ["", "(The forest plot needs matplotlib: pip install "
                                                           "'prefopt[plots]'.)"]
     return lines
@@ -199,5 +222,6 @@ def console_lines(summary: dict) -> list[str]:
     """What ``prefopt compare --seeds`` prints at the end."""
     lines = [f"seed {r['seed']}: base {r['base']:.3f}, SFT {r['sft']:.3f}, SFT+DPO {r['dpo']:.3f}; SFT+DPO vs SFT "
              + _cell(r["sft->dpo"]) for r in summary["runs"]]
-    lines += [pooled_line(a, b, summary["pooled"][f"{a}->{b}"]) for a, b in PAIRS if summary["pooled"]]
+    lines += [f"{pooled_line(a, b, summary['pooled'][f'{a}->{b}'])}; {direction(summary['runs'], f'{a}->{b}')}"
+              for a, b in PAIRS if summary["pooled"]]
     return lines

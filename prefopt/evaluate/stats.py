@@ -174,3 +174,38 @@ def wilcoxon_signed_rank(a: Sequence[float], b: Sequence[float]) -> dict:
     z = (t - n * (n + 1) / 4) / math.sqrt(var)
     return {"statistic": float(t), "p_value": float(math.erfc(abs(z) / math.sqrt(2))), "n": n,
             "method": "asymptotic"}
+
+
+def t_within(t: float, df: int) -> float:
+    """P(|T| < t) for Student's t with ``df`` (a whole number, at least 1) degrees of freedom, by
+    the closed forms for whole degrees of freedom (Abramowitz and Stegun 26.7.3-4): a
+    meta-analysis of a few seeds needs it, and scipy is not a dependency."""
+    if df < 1 or int(df) != df:
+        raise ValueError(f"t_within: whole degrees of freedom of at least 1, got {df}")
+    theta = math.atan(abs(t) / math.sqrt(df))
+    c2 = math.cos(theta) ** 2
+    if df % 2:  # odd: (2/pi) (theta + sin cos (1 + 2/3 c2 + 2*4/(3*5) c2^2 + ...)), df - 3 over 2 terms after the 1
+        if df == 1:
+            return 2 * theta / math.pi
+        term = total = 1.0
+        for k in range(1, (df - 3) // 2 + 1):
+            term *= 2 * k / (2 * k + 1) * c2
+            total += term
+        return 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
+    term = total = 1.0  # even: sin (1 + 1/2 c2 + 1*3/(2*4) c2^2 + ...), df - 2 over 2 terms after the 1
+    for k in range(1, (df - 2) // 2 + 1):
+        term *= (2 * k - 1) / (2 * k) * c2
+        total += term
+    return math.sin(theta) * total
+
+
+def t_critical(df: int, confidence: float = 0.95) -> float:
+    """The t with P(|T| < t) = ``confidence`` for ``df`` degrees of freedom (bisection on
+    :func:`t_within`): 12.706 for one, 4.303 for two, 1.960 in the limit."""
+    lo, hi = 0.0, 1.0
+    while t_within(hi, df) < confidence:
+        lo, hi = hi, hi * 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_within(mid, df) < confidence else (lo, mid)
+    return (lo + hi) / 2

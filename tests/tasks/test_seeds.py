@@ -12,26 +12,48 @@ from prefopt.evaluate.compare import CompareConfig
 from tests.tasks.test_compare_smoke import TINY
 
 
-def test_pooling_is_dersimonian_laird_as_statsmodels_computes_it():
+def test_pooling_is_dersimonian_laird_with_hartung_knapp_as_statsmodels_computes_it():
     meta = pytest.importorskip("statsmodels.stats.meta_analysis")
-    norm = pytest.importorskip("scipy.stats").norm
-    deltas, ses = [-0.093, -0.147, -0.337], [0.055, 0.047, 0.043]  # the demo's three seeds, roughly
-    p = seeds.pooled(deltas, ses)
-    ref = meta.combine_effects(np.array(deltas), np.array(ses) ** 2, method_re="dl")
-    frame = ref.summary_frame()
-    assert p["delta"] == pytest.approx(frame.loc["random effect", "eff"])
-    assert p["se"] == pytest.approx(frame.loc["random effect", "sd_eff"])
-    assert p["ci"] == pytest.approx([frame.loc["random effect", "ci_low"], frame.loc["random effect", "ci_upp"]])
-    assert p["tau"] ** 2 == pytest.approx(ref.tau2) and p["i2"] == pytest.approx(ref.i2)
-    assert p["q"] == pytest.approx(ref.q)
-    assert p["p_value"] == pytest.approx(2 * norm.sf(abs(p["delta"]) / p["se"]))
-    assert p["p_value"] < 0.05 and p["ci"][1] < 0 and p["i2"] > 0.8  # worse, and the seeds disagree by much
+    t = pytest.importorskip("scipy.stats").t
+    cases = [([-0.093, -0.147, -0.337], [0.055, 0.047, 0.043]),  # the demo's three seeds: HKSJ's scale below 1
+             ([0.12, -0.05, 0.30, 0.02, 0.18], [0.04, 0.03, 0.05, 0.02, 0.06])]  # five seeds: scale above 1
+    scales = []
+    for deltas, ses in cases:
+        p = seeds.pooled(deltas, ses)
+        ref = meta.combine_effects(np.array(deltas), np.array(ses) ** 2, method_re="dl")
+        frame = ref.summary_frame()
+        k = len(deltas)
+        se = max(ref.sd_eff_w_re, ref.sd_eff_w_re_hksj)  # HKSJ, never narrower than DL
+        scales.append(ref.sd_eff_w_re_hksj / ref.sd_eff_w_re)
+        assert p["delta"] == pytest.approx(frame.loc["random effect", "eff"]) and p["se"] == pytest.approx(se)
+        assert p["ci"] == pytest.approx([p["delta"] - t.ppf(0.975, k - 1) * se, p["delta"] + t.ppf(0.975, k - 1) * se])
+        assert p["p_value"] == pytest.approx(2 * t.sf(abs(p["delta"]) / se, k - 1)) and p["df"] == k - 1
+        assert p["tau"] ** 2 == pytest.approx(ref.tau2) and p["i2"] == pytest.approx(ref.i2)
+        assert p["q"] == pytest.approx(ref.q)
+        normal = frame.loc["random effect"]  # DerSimonian-Laird's normal figures, kept beside
+        assert p["normal"]["se"] == pytest.approx(normal["sd_eff"])
+        assert p["normal"]["ci"] == pytest.approx([normal["ci_low"], normal["ci_upp"]])
+    assert scales[0] < 1 < scales[1]  # both branches of the max
+    demo = seeds.pooled(*cases[0])
+    assert demo["normal"]["p_value"] < 0.05 < demo["p_value"]  # three seeds: the normal CI is too narrow to trust
     same = seeds.pooled([0.1, 0.1], [0.05, 0.05])  # no spread between seeds: tau 0, the fixed-effect mean
     assert same["tau"] == 0 and same["i2"] == 0 and same["delta"] == pytest.approx(0.1)
     assert same["se"] == pytest.approx(0.05 / math.sqrt(2))
     point = seeds.pooled([0.0, 0.2], [0.0, 0.05])  # a CI that is a point still gets a finite weight
     assert math.isfinite(point["delta"]) and 0 <= point["delta"] <= 0.2
     assert seeds.se_of({"ci": [-0.2, 0.192]}) == pytest.approx(0.1, rel=1e-3)
+
+
+def test_the_t_distribution_matches_scipy_for_whole_degrees_of_freedom():
+    t = pytest.importorskip("scipy.stats").t
+    from prefopt.evaluate.stats import t_critical, t_within
+
+    for df in (1, 2, 3, 4, 5, 8, 9, 30):
+        for x in (0.0, 0.3, 1.0, 2.5, 7.0, -2.0):
+            assert t_within(x, df) == pytest.approx(1 - 2 * t.sf(abs(x), df), abs=1e-12)
+        assert t_critical(df) == pytest.approx(t.ppf(0.975, df), abs=1e-9)
+    with pytest.raises(ValueError, match="whole degrees of freedom"):
+        t_within(1.0, 0)
 
 
 def test_seeds_are_read_as_two_or_more_different_whole_numbers():
@@ -75,12 +97,13 @@ def test_every_seed_is_checked_before_the_first_runs_and_the_summary_follows_eac
     assert summary["runs"][1]["sft->dpo"]["delta"] == pytest.approx(-0.3)
     want = seeds.pooled([-0.1, -0.3], [0.2 / (2 * seeds.Z95)] * 2)
     got = summary["pooled"]["sft->dpo"]
-    assert got["ci"] == pytest.approx(want.pop("ci")) and {k: got[k] for k in want} == pytest.approx(want)
-    want["ci"] = got["ci"]
+    flat = lambda d: {f"{k}.{i}": x for k, v in d.items()  # noqa: E731
+                      for i, x in enumerate(v if isinstance(v, list) else [v]) if not isinstance(v, dict)}
+    assert flat(got) == pytest.approx(flat(want)) and flat(got["normal"]) == pytest.approx(flat(want["normal"]))
     md = (tmp_path / "out" / "seeds.md").read_text()
     assert "| 0 | 4 | 0.100 | 0.700 | 0.600 (the SFT model kept) | +0.600 [+0.400, +0.800], p < 0.005 | " \
            "-0.100 [-0.200, +0.000], p 0.06 |" in md
-    assert f"- {seeds.pooled_line('sft', 'dpo', want)}." in md
+    assert f"- {seeds.pooled_line('sft', 'dpo', want)}; lower on 2 of 2 seeds, significantly on 1." in md
     if seeds.pyplot() is not None:  # the forest plot: each seed's difference and CI, the pooled diamond
         assert (tmp_path / "out" / seeds.FOREST).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert md.rstrip().endswith("![seeds_forest.png](seeds_forest.png)")
@@ -93,9 +116,13 @@ def test_every_seed_is_checked_before_the_first_runs_and_the_summary_follows_eac
                         check=check)
     lines = seeds.console_lines(summary)
     assert lines[1] == "seed 2: base 0.100, SFT 0.700, SFT+DPO 0.400; SFT+DPO vs SFT -0.300 [-0.400, -0.200], p < 0.005"
-    assert lines[-1].startswith("SFT+DPO against SFT: worse over the seeds (Δ -0.200, 95% CI [")
-    assert lines[-2].startswith("SFT against base: better over the seeds (Δ +0.600, 95% CI [+0.459, +0.741], "
-                                "p < 0.0001; random effects over 2 seeds, τ = 0.000, I² = 0%)")
+    assert lines[-1].startswith("SFT+DPO against SFT: no significant difference over the seeds (Δ -0.200, 95% CI [")
+    assert lines[-1].endswith("t with 1 df, τ = 0.132, I² = 87%); lower on 2 of 2 seeds, significantly on 1")
+    # two seeds: t with 1 df (12.7 for the 95% CI) leaves even a gain significant on both seeds unproven
+    assert lines[-2] == ("SFT against base: no significant difference over the seeds (Δ +0.600, 95% CI [-0.317, "
+                         "+1.517], p = 0.0762; random effects over 2 seeds, t with 1 df, τ = 0.000, I² = 0%); higher "
+                         "on 2 of 2 seeds, significantly on 2")
+    assert seeds.direction([{"d": {"delta": 0.0, "p_value": 1.0}}] * 2, "d") == "equal on all 2 seeds"
 
 
 def test_compare_with_seeds_runs_each_seed_and_pools_them(tiny_model, tmp_path, capsys):
@@ -116,7 +143,7 @@ def test_compare_with_seeds_runs_each_seed_and_pools_them(tiny_model, tmp_path, 
     splits = [json.loads((out / f"seed-{s}" / "split.json").read_text())["test"] for s in (0, 1)]
     assert splits[0] != splits[1]  # each seed draws its own test items
     assert said[-1] == f"prefopt compare: each seed's run in {out}/seed-S; over the seeds: {out}/seeds.md"
-    assert said[-2].startswith("SFT+DPO against SFT: ") and "random effects over 2 seeds" in said[-2]
+    assert said[-2].startswith("SFT+DPO against SFT: ") and "random effects over 2 seeds, t with 1 df" in said[-2]
     assert main(argv) == 0  # again: both seeds resumed whole, the same summary
     assert json.loads((out / "seeds.json").read_text()) == summary
     assert main([*argv, "--seed", "3"]) == 2
