@@ -390,13 +390,9 @@ def _compare(args) -> int:
                         seed=args.seed, judge=args.judge, n_resamples=args.n_resamples, overrides=overrides,
                         device=args.device, eval_dtype=args.eval_dtype, chat_date=args.chat_date,
                         chat_vars=chat_vars_arg(args), start_from=args.start_from)
-    seeds = None
-    if args.seeds is not None:
-        from .seeds import parse_seeds
+    from .seeds import seeds_of
 
-        seeds = parse_seeds(args.seeds)
-        if args.seed != 0:
-            raise ValueError("give --seed or --seeds, not both")
+    seeds = seeds_of(args)
     if args.estimate_memory:  # (every seed's steps are alike)
         from .compare_train import estimate_stages
 
@@ -424,10 +420,14 @@ def _study(args) -> int:
                                         chat_vars=chat_vars_arg(args),
                                         on=None if args.estimate_memory == "auto" else args.estimate_memory)))
         return 0
+    from .seeds import seeds_of
+
+    seeds = seeds_of(args)
     study = run_study(args.model, args.output, args.data_root, tasks=args.tasks, preset=args.preset, loss=args.loss,
                       strategy=args.strategy, seed=args.seed, n_resamples=args.n_resamples,
                       overrides=key_values(args.set), device=args.device, eval_dtype=args.eval_dtype,
-                      chat_date=args.chat_date, chat_vars=chat_vars_arg(args), start_from=args.start_from)
+                      chat_date=args.chat_date, chat_vars=chat_vars_arg(args), start_from=args.start_from,
+                      seeds=seeds)
     asked = {a.task for a in pick(args.tasks)}  # the table also keeps rows of tasks an earlier command ran
     counts = {s: sum(r["status"] == s for r in study["arms"] if r["task"] in asked) for s in ("ran", "failed", "not run")}
     print(f"prefopt study: {counts['ran']} ran, {counts['failed']} failed, {counts['not run']} not run; "
@@ -659,6 +659,8 @@ def add_commands(sub) -> None:
     st.add_argument("--strategy", choices=[s for s in STRATEGIES if s != "ranked"], default="wrong_label",
                     help="how DPO's rejected answers are made, as compare's")
     st.add_argument("--seed", type=int, default=0, help="seed of every task's split and training")
+    st.add_argument("--seeds", metavar="S,S,...", help="each task as compare --seeds: once per seed into "
+                    "OUTPUT/<task>/seed-S, its row the seeds' mean scores and pooled differences (three or more)")
     st.add_argument("--from", dest="start_from", metavar="DIR",
                     help="an earlier study's --output: each task starts from the base and SFT stages of its run "
                     "there (as compare's --from: the same settings but DPO's), and only DPO trains")

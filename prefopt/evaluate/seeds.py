@@ -39,6 +39,16 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def seeds_of(args) -> list[int] | None:
+    """compare's and study's ``--seeds`` (None where not given); ``--seed`` beside it refused."""
+    if args.seeds is None:
+        return None
+    seeds = parse_seeds(args.seeds)
+    if args.seed != 0:
+        raise ValueError("give --seed or --seeds, not both")
+    return seeds
+
+
 def pooled(deltas: list[float], ses: list[float]) -> dict:
     """Random-effects pooling of ``deltas`` with standard errors ``ses``: the between-seed variance
     tau squared by DerSimonian and Laird, the CI and p-value by Hartung-Knapp-Sidik-Jonkman (Student's t
@@ -180,7 +190,7 @@ def direction(runs: list[dict], key: str) -> str:
         if on:
             firm = sum(t["p_value"] < ALPHA for t in on)
             parts.append(f"{word} on {len(on)} of {len(runs)} seeds" + (f", significantly on {firm}" if firm else ""))
-    return "; ".join(parts) or f"equal on all {len(runs)} seeds"
+    return "; ".join(parts) or "equal on every seed"
 
 
 def markdown(summary: dict, plot: str | None = None) -> list[str]:

@@ -25,6 +25,7 @@ from ..fileio import write_json_atomic, write_text_atomic
 from ..train.cost import cost_parts, duration_text, what_peak
 from .compare import CompareConfig, check_compare, run_compare
 from .runner import keep_earlier
+from .seeds import direction, pooled_line, run_seeds, seed_configs
 from .stage_confidence import auroc_named_text, fmt
 from .start_from import source_config
 from .stats import p_text
@@ -67,14 +68,17 @@ def pick(tasks: list[str] | str | None) -> tuple[Arm, ...]:
 
 
 def run_study(model: str, output: str | Path, data_root: str | Path | None = None, *,
-              tasks: list[str] | str | None = None, start_from: str | Path | None = None, **compare) -> dict:
+              tasks: list[str] | str | None = None, start_from: str | Path | None = None,
+              seeds: list[int] | None = None, **compare) -> dict:
     """One :class:`~.compare.CompareConfig` per arm (``compare``: its other fields, shared by
     all: preset, loss, seed, overrides, device...), each into ``output/<task>``; returns
     ``study.json``'s content. Every arm is checked before the first one runs
     (:func:`~.compare.check_compare`); one that fails the check is listed as failed and the others
     run.
     ``start_from``: an earlier study's folder; each arm starts from its run of the same task
-    (``--from``), and an arm that has none finished there is not run."""
+    (``--from``), and an arm that has none finished there is not run. ``seeds``: each arm is
+    ``prefopt compare --seeds`` (:mod:`.seeds`) into ``output/<task>/seed-S``, its row the seeds'
+    mean scores and pooled differences."""
     out = Path(output)
     if start_from is not None:
         if not Path(start_from).is_dir():
@@ -102,7 +106,9 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
         cfg = CompareConfig(task=arm.task, model=model, output=str(out / arm.task),
                             data=None if path is None else str(path), task_options=dict(arm.options), **compare)
         cfg.settings()  # a bad --set or device stops the study here
-        if start_from is not None:
+        if start_from is not None and seeds is not None:  # each seed's source is checked with its run (below)
+            cfg = replace(cfg, start_from=str(Path(start_from) / arm.task))
+        elif start_from is not None:
             source = Path(start_from) / arm.task
             if not (out / arm.task / "compare_config.json").is_file():  # (a run there goes on with its own stages)
                 try:
@@ -112,7 +118,8 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
                     continue
             cfg = replace(cfg, start_from=str(source))
         try:  # bad data, a --from run or an earlier run here with other settings: said before hours of the others
-            check_compare(cfg)
+            for one in (seed_configs(cfg, seeds) if seeds is not None else [cfg]):
+                check_compare(one)
         except (ValueError, OSError, RuntimeError) as e:  # as a run's own failure is taken (below)
             rows.append({"task": arm.task, "kind": arm.kind, "status": "failed", "why": f"{type(e).__name__}: {e}"})
             continue
@@ -126,19 +133,26 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
     for r in rows:
         print(f"prefopt study: {r['task']} {r['status']}: {r['why']}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    rows += _kept(out, _header(model, root, compare), {a.task for a in picked})
+    header = _header(model, root, {**compare, **({"seeds": seeds} if seeds is not None else {})})
+    rows += _kept(out, header, {a.task for a in picked})
     for i, (arm, cfg) in enumerate(plan, 1):
         print(f"prefopt study: {i} of {len(plan)}: {arm.task} ({arm.kind}) into {cfg.output}", flush=True)
         start = time.perf_counter()
         try:
-            report = run_compare(cfg)
+            if seeds is not None:
+                summary = run_seeds(cfg, seeds, run=run_compare, check=check_compare)
+            else:
+                report = run_compare(cfg)
         except (ValueError, OSError, RuntimeError) as e:  # this arm only: the others still run
             print(f"prefopt study: {arm.task} failed: {e}", flush=True)
             rows.append({"task": arm.task, "kind": arm.kind, "status": "failed", "why": f"{type(e).__name__}: {e}"})
         else:
-            recorded = json.loads((Path(cfg.output) / "compare_config.json").read_text(encoding="utf-8"))
-            rows.append(_row(arm, report, time.perf_counter() - start, recorded.get("start_from")))
-        study = _write(out, model, root, compare, rows)  # after each task: the table so far
+            if seeds is not None:
+                rows.append(_seeds_row(arm, summary, time.perf_counter() - start, cfg.start_from))
+            else:
+                recorded = json.loads((Path(cfg.output) / "compare_config.json").read_text(encoding="utf-8"))
+                rows.append(_row(arm, report, time.perf_counter() - start, recorded.get("start_from")))
+        study = _write(out, header, rows)  # after each task: the table so far
     return study
 
 
@@ -190,6 +204,25 @@ def _row(arm: Arm, report: dict, seconds: float, start_from: str | None = None) 
                if all("confidence" in st[s]["metrics"] for s in st) else {})}
 
 
+def _seeds_row(arm: Arm, summary: dict, seconds: float, start_from: str | None = None) -> dict:
+    """``arm``'s row from its ``compare --seeds`` summary (:mod:`.seeds`): each stage's mean over
+    the seeds, the differences pooled."""
+    runs = summary["runs"]
+    return {"task": arm.task, "kind": arm.kind, "status": "ran", "study": arm.study, "seeds": summary["seeds"],
+            "n_test": runs[0]["n_test"], "metric": summary["metric"], "seconds": round(seconds, 1),
+            **({"start_from": start_from} if start_from else {}),
+            **{s: {"primary": sum(r[s] for r in runs) / len(runs)} for s in ("base", "sft", "dpo")},
+            "sft_vs_base": summary["pooled"]["base->sft"], "dpo_vs_sft": summary["pooled"]["sft->dpo"],
+            "verdict": f"{pooled_line('sft', 'dpo', summary['pooled']['sft->dpo'])}; {direction(runs, 'sft->dpo')}."}
+
+
+def _p(cmp: dict) -> str:
+    """A row's p-value: a run's bootstrap (at its resamples' resolution), or seeds' pooled t test."""
+    if "n_resamples" in cmp:
+        return p_text(cmp).lstrip("= ")
+    return "< 0.0001" if cmp["p_value"] < 1e-4 else f"{cmp['p_value']:.3g}"
+
+
 def _header(model: str, root: Path | None, compare: dict) -> dict:
     """``study.json``'s fields other than its rows: what every arm was run with."""
     return {"model": model, "data_root": None if root is None else str(root),
@@ -211,10 +244,10 @@ def _kept(out: Path, header: dict, picked: set[str]) -> list[dict]:
     return [r for r in earlier.get("arms", []) if r["task"] not in picked]
 
 
-def _write(out: Path, model: str, root: Path | None, compare: dict, rows: list[dict]) -> dict:
+def _write(out: Path, header: dict, rows: list[dict]) -> dict:
     order = {t: i for i, t in enumerate(TASK_NAMES)}
     rows = sorted(rows, key=lambda r: order[r["task"]])
-    study = {**_header(model, root, compare), "arms": rows}
+    study = {**header, "arms": rows}
     write_json_atomic(out / "study.json", study)
     write_text_atomic(out / "study.md", study_markdown(study))
     return study
@@ -225,7 +258,9 @@ def study_markdown(study: dict) -> str:
     ran = [r for r in study["arms"] if r["status"] == "ran"]
     lines = ["# prefopt study: base → SFT → SFT+DPO on each kind of task", "",
              f"Model `{study['model']}`; preset `{s.get('preset', 'quick')}`; loss `{s.get('loss', 'sigmoid')}`; "
-             f"seed {s.get('seed', 0)}"
+             + (f"seeds {', '.join(map(str, s['seeds']))} (each stage's score the mean over them; the "
+                "differences pooled over them by random effects, Student's t: `prefopt compare --seeds`)"
+                if s.get("seeds") else f"seed {s.get('seed', 0)}")
              + ("; " + " ".join(f"`--set {k}={v}`" for k, v in s["overrides"].items()) if s.get("overrides") else "")
              + (f"; data root `{study['data_root']}`" if study["data_root"] else "; no data root (bundled data only)")
              + ". Each row is one `prefopt compare` run in the folder named by its "
@@ -237,8 +272,8 @@ def study_markdown(study: dict) -> str:
         a, d = r["sft_vs_base"], r["dpo_vs_sft"]
         lines.append(f"| {r['kind']} | `{r['task']}` | {r['study']} | {r['n_test']} | {r['metric']} | "
                      f"{r['base']['primary']:.3f} | {r['sft']['primary']:.3f} | {r['dpo']['primary']:.3f} | "
-                     f"{a['delta']:+.3f}, p {p_text(a).lstrip('= ')} | {d['delta']:+.3f} [{d['ci'][0]:+.3f}, "
-                     f"{d['ci'][1]:+.3f}], p {p_text(d).lstrip('= ')} |")
+                     f"{a['delta']:+.3f}, p {_p(a)} | {d['delta']:+.3f} [{d['ci'][0]:+.3f}, "
+                     f"{d['ci'][1]:+.3f}], p {_p(d)} |")
     copied = [r for r in ran if r.get("start_from")]
     if copied:
         lines += ["", "Base and SFT stages from earlier runs (`--from`; only DPO trained): "

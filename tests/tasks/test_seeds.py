@@ -122,7 +122,7 @@ def test_every_seed_is_checked_before_the_first_runs_and_the_summary_follows_eac
     assert lines[-2] == ("SFT against base: no significant difference over the seeds (Δ +0.600, 95% CI [-0.317, "
                          "+1.517], p = 0.0762; random effects over 2 seeds, t with 1 df, τ = 0.000, I² = 0%); higher "
                          "on 2 of 2 seeds, significantly on 2")
-    assert seeds.direction([{"d": {"delta": 0.0, "p_value": 1.0}}] * 2, "d") == "equal on all 2 seeds"
+    assert seeds.direction([{"d": {"delta": 0.0, "p_value": 1.0}}] * 2, "d") == "equal on every seed"
 
 
 def test_compare_with_seeds_runs_each_seed_and_pools_them(tiny_model, tmp_path, capsys):

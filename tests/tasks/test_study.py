@@ -270,3 +270,35 @@ def test_a_study_from_an_earlier_one_trains_only_dpo(tmp_path, capsys, monkeypat
     assert (f"portal: ValueError: --from {first / 'portal'} was run with other settings than DPO's "
             "(overrides.sft_lr: None -> 0.5; settings.sft_lr: 0.0003 -> 0.5)") in capsys.readouterr().err
     assert not other.exists()
+
+
+def test_a_study_over_seeds_runs_each_task_per_seed_and_tabulates_the_pooled_differences(tmp_path, capsys):
+    model = tmp_path / "tiny"
+    build_hf_model(model, max_position_embeddings=4096)
+    sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
+    out = tmp_path / "study"
+    argv = ["study", "--model", str(model), "--output", str(out), "--tasks", "portal", "--seeds", "0,1",
+            "--n-resamples", "100", *sets]
+    assert main(argv) == 0
+    study = json.loads((out / "study.json").read_text())
+    assert study["settings"]["seeds"] == [0, 1]
+    (row,) = study["arms"]
+    summary = json.loads((out / "portal" / "seeds.json").read_text())  # the task's compare --seeds
+    assert row["seeds"] == [0, 1] and row["dpo_vs_sft"] == summary["pooled"]["sft->dpo"]
+    assert row["sft"]["primary"] == pytest.approx(sum(r["sft"] for r in summary["runs"]) / 2)
+    for seed in (0, 1):
+        assert json.loads((out / "portal" / f"seed-{seed}" / "compare_config.json").read_text())["seed"] == seed
+    md = (out / "study.md").read_text()
+    d = row["dpo_vs_sft"]
+    assert "seeds 0, 1 (each stage's score the mean over them; the differences pooled over them" in md
+    assert f"| {d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}], p " in md
+    assert "random effects over 2 seeds, t with 1 df" in md and "- `portal`: SFT+DPO against SFT: " in md
+    capsys.readouterr()
+    again = tmp_path / "rpo"  # each task's seeds from the earlier study's: only DPO trains
+    assert main(["study", "--model", str(model), "--output", str(again), "--tasks", "portal", "--seeds", "0,1",
+                 "--from", str(out), "--loss", "rpo", "--n-resamples", "100", *sets]) == 0
+    (row2,) = json.loads((again / "study.json").read_text())["arms"]
+    assert row2["start_from"] == str(out / "portal") and row2["sft"] == row["sft"]
+    assert json.loads((again / "portal" / "seed-1" / "compare_config.json").read_text())["start_from"] == str(
+        out / "portal" / "seed-1")
+    assert main([*argv, "--seed", "2"]) == 2 and "give --seed or --seeds, not both" in capsys.readouterr().err
