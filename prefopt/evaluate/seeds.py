@@ -175,9 +175,14 @@ def _num(x: float) -> str:
     return f"{x:+.3f}"
 
 
+def pooled_p(p: dict) -> str:
+    """A pooled p-value as text: ``< 0.0001`` below that (1e-122 would say no more), else 3 digits."""
+    return "< 0.0001" if p["p_value"] < 1e-4 else f"{p['p_value']:.3g}"
+
+
 def pooled_line(a: str, b: str, p: dict) -> str:
     lo, hi = p["ci"]
-    pv = "< 0.0001" if p["p_value"] < 1e-4 else f"= {p['p_value']:.3g}"  # (a normal tail: 1e-122 says no more)
+    pv = pooled_p(p) if p["p_value"] < 1e-4 else f"= {pooled_p(p)}"
     return (f"{verdict(a, b, p)} (Δ {_num(p['delta'])}, 95% CI [{_num(lo)}, {_num(hi)}], p {pv}; "
             f"random effects over {p['seeds']} seeds, t with {p['df']} df, τ = {p['tau']:.3f}, I² = {p['i2']:.0%})")
 

@@ -25,7 +25,7 @@ from ..fileio import write_json_atomic, write_text_atomic
 from ..train.cost import cost_parts, duration_text, what_peak
 from .compare import CompareConfig, check_compare, run_compare
 from .runner import keep_earlier
-from .seeds import direction, pooled_line, run_seeds, seed_configs
+from .seeds import direction, pooled_line, pooled_p, run_seeds, seed_configs
 from .stage_confidence import auroc_named_text, fmt
 from .start_from import source_config
 from .stats import p_text
@@ -220,7 +220,7 @@ def _p(cmp: dict) -> str:
     """A row's p-value: a run's bootstrap (at its resamples' resolution), or seeds' pooled t test."""
     if "n_resamples" in cmp:
         return p_text(cmp).lstrip("= ")
-    return "< 0.0001" if cmp["p_value"] < 1e-4 else f"{cmp['p_value']:.3g}"
+    return pooled_p(cmp)
 
 
 def _header(model: str, root: Path | None, compare: dict) -> dict:
