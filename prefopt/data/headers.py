@@ -31,15 +31,18 @@ def column_name(header_cell: str) -> str:
     return " ".join(header_cell.split())
 
 
-def warn_once(message: str) -> None:
+def warn_once(message: str, key: Any = None) -> None:
     """``message`` as a warning, once a process however often the file is read (a task reads its
-    file more than once; Python's own once-only registry is reset whenever a filter is added)."""
-    if message not in _SAID:
-        _SAID.add(message)
+    file more than once; Python's own once-only registry is reset whenever a filter is added).
+    ``key``: what makes it the same warning, where the message names more (the first line of many:
+    once a file, not once a line); by default the message itself."""
+    seen = message if key is None else key
+    if seen not in _SAID:
+        _SAID.add(seen)
         warnings.warn(message, stacklevel=3)
 
 
-_SAID: set[str] = set()  # the warnings given (see warn_once)
+_SAID: set = set()  # the warnings given, by key (see warn_once)
 
 
 def past_titles(path: Path, line: int, names: list[str], rows: Iterator[tuple[int, Any]], texts,

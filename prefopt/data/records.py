@@ -19,7 +19,6 @@ Unpaired feedback (KTO):
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -325,7 +324,6 @@ def parse_sft(row: dict, path, line: int) -> SFTRecord:
 _ABOUT = re.compile(r"(|id|uid|uuid|idx|index|row|source|url|split|date|time|timestamp|created|lang|language|meta|"
                     r"metadata|synthetic|unnamed: ?\d+|.*[_ -]id)", re.IGNORECASE)
 _CAMEL_ID = re.compile(r"[a-z](Id|ID)$")  # patientId, recordID (not covid, fluid, thyroid: words)
-_UNREAD_SAID: set[tuple[str, tuple]] = set()  # (file, columns) warned of, once a process
 
 
 def _unread_beside_text(row: dict, path, line: int) -> None:
@@ -335,13 +333,13 @@ def _unread_beside_text(row: dict, path, line: int) -> None:
     unread = tuple(str(k) for k, v in row.items()
                    if k != "text" and not _ABOUT.fullmatch(str(k)) and not _CAMEL_ID.search(str(k))
                    and (isinstance(v, (int, float)) or isinstance(v, str) and v.strip()))
-    if unread and (str(path), unread) not in _UNREAD_SAID:
-        _UNREAD_SAID.add((str(path), unread))
-        names = ", ".join(map(repr, unread))
-        warnings.warn(f"{path}:{line}: {names} not read: a record with 'text' and no 'prompt' and 'completion' "
-                      "trains on its text alone, every token (language modelling), never on what the other columns "
-                      f"say; to teach the model to answer with {unread[0]!r}: --columns prompt=text "
-                      f"completion={unread[0]}", stacklevel=2)
+    if unread:
+        from .headers import warn_once  # (headers reads records' errors)
+
+        warn_once(f"{path}:{line}: {', '.join(map(repr, unread))} not read: a record with 'text' and no 'prompt' and "
+                  "'completion' trains on its text alone, every token (language modelling), never on what the other "
+                  f"columns say; to teach the model to answer with {unread[0]!r}: --columns prompt=text "
+                  f"completion={unread[0]}", key=("unread", str(path), unread))
 
 
 def parse_preference(row: dict, path, line: int) -> PreferenceRecord:
