@@ -89,16 +89,24 @@ def seed_configs(cfg: CompareConfig, seeds: list[int]) -> list[CompareConfig]:
             for s in seeds]
 
 
-def run_seeds(cfg: CompareConfig, seeds: list[int], *, run=run_compare, check=check_compare) -> dict:
-    """Every seed's config checked, then each run (or resumed) in turn, ``seeds.md`` and
-    ``seeds.json`` rewritten after each; returns ``seeds.json``'s content."""
+def check_seeds(cfg: CompareConfig, seeds: list[int], check=check_compare) -> list[CompareConfig]:
+    """Raise what :func:`run_seeds` would refuse before any seed trains (a folder that holds a
+    one-seed run; each seed's run as ``check`` refuses it), writing nothing; the seeds' configs."""
     out = Path(cfg.output)
     if (out / "compare_config.json").is_file():
         raise ValueError(f"{out}: a compare run of one seed; --seeds writes each seed's run into OUTPUT/seed-S: give "
                          "another --output")
     configs = seed_configs(cfg, seeds)
-    for c in configs:  # a seed that would be refused is said before the first one trains
+    for c in configs:
         check(c)
+    return configs
+
+
+def run_seeds(cfg: CompareConfig, seeds: list[int], *, run=run_compare, check=check_compare) -> dict:
+    """Every seed's config checked (:func:`check_seeds`), then each run (or resumed) in turn,
+    ``seeds.md`` and ``seeds.json`` rewritten after each; returns ``seeds.json``'s content."""
+    configs = check_seeds(cfg, seeds, check)  # a seed that would be refused is said before the first one trains
+    out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     reports: dict[int, dict] = {}
     summary: dict = {}

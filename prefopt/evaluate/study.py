@@ -25,7 +25,7 @@ from ..fileio import write_json_atomic, write_text_atomic
 from ..train.cost import cost_parts, duration_text, what_peak
 from .compare import CompareConfig, check_compare, run_compare
 from .runner import keep_earlier
-from .seeds import direction, pooled_line, pooled_p, run_seeds, seed_configs
+from .seeds import check_seeds, direction, pooled_line, pooled_p, run_seeds
 from .stage_confidence import auroc_named_text, fmt
 from .start_from import source_config
 from .stats import p_text
@@ -118,8 +118,10 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
                     continue
             cfg = replace(cfg, start_from=str(source))
         try:  # bad data, a --from run or an earlier run here with other settings: said before hours of the others
-            for one in (seed_configs(cfg, seeds) if seeds is not None else [cfg]):
-                check_compare(one)
+            if seeds is not None:
+                check_seeds(cfg, seeds)  # (a task folder holding a one-seed run too)
+            else:
+                check_compare(cfg)
         except (ValueError, OSError, RuntimeError) as e:  # as a run's own failure is taken (below)
             rows.append({"task": arm.task, "kind": arm.kind, "status": "failed", "why": f"{type(e).__name__}: {e}"})
             continue

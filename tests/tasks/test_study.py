@@ -302,3 +302,10 @@ def test_a_study_over_seeds_runs_each_task_per_seed_and_tabulates_the_pooled_dif
     assert json.loads((again / "portal" / "seed-1" / "compare_config.json").read_text())["start_from"] == str(
         out / "portal" / "seed-1")
     assert main([*argv, "--seed", "2"]) == 2 and "give --seed or --seeds, not both" in capsys.readouterr().err
+    one = tmp_path / "one"  # a task folder that holds a one-seed run: refused before anything trains
+    (one / "portal").mkdir(parents=True)
+    (one / "portal" / "compare_config.json").write_text("{}")
+    assert main(["study", "--model", str(model), "--output", str(one), "--tasks", "portal", "--seeds", "0,1",
+                 *sets]) == 2
+    assert f"{one / 'portal'}: a compare run of one seed; --seeds writes each seed's run" in capsys.readouterr().err
+    assert sorted(p.name for p in (one / "portal").iterdir()) == ["compare_config.json"]
