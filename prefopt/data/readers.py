@@ -57,7 +57,8 @@ def in_memory(source, name: str = RECORDS) -> list:
     DataFrame (:func:`frame_rows`); a Hugging Face ``datasets.Dataset`` (what TRL's trainers take;
     its ``to_dict`` gives columns, not rows) or a polars DataFrame, by rows; any other iterable of
     dicts (a generator) as the list of what it yields. Refused with what to pass instead: a dict
-    (one record, or columns; a ``DatasetDict`` of splits), a pandas Series (one column)."""
+    (one record, or columns; a ``DatasetDict`` of splits), a pandas Series (one column), an open file
+    (iterated, it gives lines of text: its path is what to pass)."""
     if isinstance(source, (list, tuple)):
         return source
     kind = type(source).__name__
@@ -67,6 +68,12 @@ def in_memory(source, name: str = RECORDS) -> list:
                             f"data[{next(iter(source))!r}]")
         raise TypeError(f"{name}: a dict, not a list of records: [record] for one record, pandas.DataFrame(data) "
                         "for a dict of columns")
+    if isinstance(source, io.IOBase) or callable(getattr(source, "readline", None)):  # iterated, it gives lines
+        where = getattr(source, "name", None)
+        raise TypeError(f"{name}: an open file" + (f" ({where}): pass its path, {str(where)!r}, which also tells its "
+                                                   "format" if isinstance(where, (str, os.PathLike)) else
+                                                   ": pass a data file's path, or [json.loads(line) for line in f] "
+                                                   "for JSON Lines"))
     if hasattr(source, "column_names"):  # a datasets.Dataset (or IterableDataset): iterated, it yields rows
         return [plain(row) for row in source]
     if callable(getattr(source, "to_dicts", None)):  # polars

@@ -3,6 +3,7 @@ the whole exchange), Parquet files (a Hugging Face dataset's own format) and Dat
 from them, whose list columns hold numpy arrays."""
 import csv
 import importlib.util
+import io
 import json
 import sys
 import zipfile
@@ -179,6 +180,22 @@ def test_a_hugging_face_dataset_and_a_generator_load_as_their_rows(tmp_path, tok
                                         r"it as text \(JSON: \"2\"; a DataFrame's column: "
                                         r"df\[column\].astype\(str\)\)"):
         load_sft(pd.DataFrame({"prompt": ["Fever?"], "completion": [2]}), tok)
+
+
+def test_an_open_file_is_refused_with_its_path_to_pass(tmp_path, tok):
+    """Iterated, an open file gives lines of text, each refused as "expected a dict, got str":
+    its path is what to pass (the name also tells the format, and compression)."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(EXPLICIT) + "\n", encoding="utf-8")
+    assert len(load_preferences(path, tok)[0]) == 1
+    named = r"^<records>: an open file \(.*pairs.jsonl\): pass its path, '.*pairs.jsonl', which also tells its format$"
+    with open(path, encoding="utf-8") as f, pytest.raises(TypeError, match=named):
+        load_preferences(f, tok)
+    with open(path, "rb") as f, pytest.raises(TypeError, match="^<records>: an open file"):
+        load_sft(f, tok)
+    with pytest.raises(TypeError, match=r"^<records>: an open file: pass a data file's path, or "
+                                        r"\[json.loads\(line\) for line in f\] for JSON Lines$"):
+        load_preferences(io.StringIO(path.read_text(encoding="utf-8")), tok)
 
 
 def test_openai_content_parts_are_read_when_every_part_is_text():
