@@ -402,8 +402,11 @@ def _compare(args) -> int:
         from .seeds import console_lines as seed_lines
         from .seeds import run_seeds
 
-        print("\n".join(seed_lines(run_seeds(cfg, seeds))))
-        print(f"prefopt compare: each seed's run in {args.output}/seed-S; over the seeds: {args.output}/seeds.md")
+        summary = run_seeds(cfg, seeds)
+        print("\n".join(seed_lines(summary)))
+        own = "".join(f" (seed {r['seed']}'s: {args.output} itself)" for r in summary["runs"]
+                      if r["output"] == summary["output"])
+        print(f"prefopt compare: each seed's run in {args.output}/seed-S{own}; over the seeds: {args.output}/seeds.md")
         return 0
     print("\n".join(console_lines(run_compare(cfg))))
     return 0
@@ -627,8 +630,8 @@ def add_commands(sub) -> None:
     c.add_argument("--seeds", metavar="S,S,...", help="run the comparison once per seed (each draws its own test "
                    "split and training randomness) into OUTPUT/seed-S, then pool the seeds' differences by a "
                    "random-effects meta-analysis: seeds.md, seeds.json (in place of --seed; --from DIR reads "
-                   "DIR/seed-S). Three or more: with two, Student's t with 1 degree of freedom leaves the pooled CI "
-                   "very wide")
+                   "DIR/seed-S; a one-seed run already in OUTPUT, make demo's, is reused as its seed's). Three or "
+                   "more: with two, Student's t with 1 degree of freedom leaves the pooled CI very wide")
     c.add_argument("--from", dest="start_from", metavar="DIR",
                    help="start from the base and SFT stages of DIR, an earlier compare run with the same settings "
                    "but DPO's (--loss, --strategy, beta, dpo_lr, ...): they are checked and copied, and only DPO "

@@ -4,16 +4,20 @@ A seed draws the test split and training's randomness (LoRA's initial weights an
 order of the examples). On the portal demo SFT+DPO against SFT moved from -0.09 to -0.34 macro-F1
 across three seeds (docs/results.md), so one seed's verdict says little about the method. Each
 seed runs ``prefopt compare`` into ``OUTPUT/seed-S`` (resumable, as compare is; every seed's
-settings are checked before the first trains); ``seeds.md`` and ``seeds.json`` then hold each
-seed's scores and tests, and the seeds pooled by a random-effects meta-analysis (DerSimonian and
-Laird): each seed's difference weighted by the inverse of its own variance plus the variance
-between seeds (tau squared), with a 95% CI, a two-sided p-value from the normal distribution, and
-I squared, the share of the spread across seeds that their test sets' own noise does not explain.
-A seed's variance is read off its bootstrap CI, ((hi - lo) / 3.92) squared; the seeds' test sets
-differ (the seed draws the split), so the pooled figure is over splits and training runs alike.
+settings are checked before the first trains); where OUTPUT already holds a one-seed run (``make
+demo``'s, an earlier ``prefopt study``'s task) of a seed in the list, with the same settings, that
+run is that seed's, reused rather than trained again. ``seeds.md`` and ``seeds.json`` then hold each
+seed's scores and tests, and the seeds pooled by a random-effects meta-analysis: each seed's
+difference weighted by the inverse of its own variance plus the variance between seeds (tau squared,
+DerSimonian and Laird), with a 95% CI and p-value from Student's t on seeds - 1 degrees of freedom
+(Hartung-Knapp-Sidik-Jonkman), and I squared, the share of the spread across seeds that their test
+sets' own noise does not explain. A seed's variance is read off its bootstrap CI, ((hi - lo) / 3.92)
+squared; the seeds' test sets differ (the seed draws the split), so the pooled figure is over splits
+and training runs alike.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -81,21 +85,39 @@ def se_of(cmp: dict) -> float:
     return (hi - lo) / (2 * Z95)
 
 
+def own_seed(folder: str | Path) -> int | None:
+    """The seed of the one-seed compare run ``folder`` itself holds (its ``compare_config.json``), or None."""
+    path = Path(folder) / "compare_config.json"
+    return json.loads(path.read_text(encoding="utf-8")).get("seed", 0) if path.is_file() else None
+
+
+def seed_folder(folder: str | Path, seed: int) -> str:
+    """Where seed ``seed``'s run is in a seeds folder: ``folder/seed-S``, or ``folder`` itself where
+    it holds a one-seed run of that seed (made before ``--seeds``: reused as that seed's)."""
+    return str(folder) if own_seed(folder) == seed else str(Path(folder) / f"seed-{seed}")
+
+
 def seed_configs(cfg: CompareConfig, seeds: list[int]) -> list[CompareConfig]:
-    """One config per seed, each into ``OUTPUT/seed-S``; ``--from DIR`` reads ``DIR/seed-S``."""
-    out = Path(cfg.output)
-    return [replace(cfg, seed=s, output=str(out / f"seed-{s}"),
-                    start_from=None if cfg.start_from is None else str(Path(cfg.start_from) / f"seed-{s}"))
+    """One config per seed, each into ``OUTPUT/seed-S``; ``--from DIR`` reads ``DIR/seed-S`` (each
+    folder's own one-seed run for its seed: :func:`seed_folder`)."""
+    return [replace(cfg, seed=s, output=seed_folder(cfg.output, s),
+                    start_from=None if cfg.start_from is None else seed_folder(cfg.start_from, s))
             for s in seeds]
 
 
 def check_seeds(cfg: CompareConfig, seeds: list[int], check=check_compare) -> list[CompareConfig]:
     """Raise what :func:`run_seeds` would refuse before any seed trains (a folder that holds a
-    one-seed run; each seed's run as ``check`` refuses it), writing nothing; the seeds' configs."""
+    one-seed run of a seed not in ``seeds``, or of one whose ``seed-S`` folder is there too; each
+    seed's run as ``check`` refuses it: a one-seed run made with other settings), writing nothing;
+    the seeds' configs."""
     out = Path(cfg.output)
-    if (out / "compare_config.json").is_file():
-        raise ValueError(f"{out}: a compare run of one seed; --seeds writes each seed's run into OUTPUT/seed-S: give "
+    own = own_seed(out)
+    if own is not None and own not in seeds:
+        raise ValueError(f"{out}: a compare run of seed {own}, not among --seeds {','.join(map(str, seeds))}: add "
+                         f"{own} to reuse it as that seed's run (the others go into OUTPUT/seed-S beside it), or give "
                          "another --output")
+    if own is not None and (out / f"seed-{own}").exists():
+        raise ValueError(f"{out}: a compare run of seed {own}, and seed-{own}/ in it, another: move one of them out")
     configs = seed_configs(cfg, seeds)
     for c in configs:
         check(c)
@@ -154,7 +176,7 @@ def summarize(cfg: CompareConfig, reports: dict[int, dict]) -> dict:
     runs = []
     for seed, r in reports.items():
         weights = r.get("weights") or {}
-        runs.append({"seed": seed, "output": str(Path(cfg.output) / f"seed-{seed}"), "n_test": r["n_test"],
+        runs.append({"seed": seed, "output": seed_folder(cfg.output, seed), "n_test": r["n_test"],
                      "dpo_is_sft": bool(weights) and weights.get("dpo") == weights.get("sft"),
                      **{s: r["stages"][s]["primary"] for s in ("base", "sft", "dpo")},
                      **{f"{a}->{b}": _test(r["comparisons"][f"{a}->{b}"]["primary"]) for a, b in PAIRS}})
@@ -164,7 +186,7 @@ def summarize(cfg: CompareConfig, reports: dict[int, dict]) -> dict:
             key = f"{a}->{b}"
             pool[key] = pooled([x[key]["delta"] for x in runs], [se_of(x[key]) for x in runs])
     return {"task": first["task"], "model": first["model"], "metric": first["metric"], "loss": cfg.loss,
-            "preset": cfg.preset, "seeds": list(reports), "runs": runs, "pooled": pool}
+            "preset": cfg.preset, "output": str(cfg.output), "seeds": list(reports), "runs": runs, "pooled": pool}
 
 
 def _test(cmp: dict) -> dict:
@@ -212,7 +234,9 @@ def markdown(summary: dict, plot: str | None = None) -> list[str]:
     lines = [f"# {summary['task']}: base → SFT → SFT+DPO over seeds {', '.join(map(str, summary['seeds']))}", "",
              f"Model `{summary['model']}`, preset `{summary['preset']}`, DPO loss `{summary['loss']}`; metric {m}. "
              "Each seed draws its own test split and training randomness; its run is in `seed-S/` "
-             "(`report.md` there).", "",
+             "(`report.md` there)" + "".join(f", seed {r['seed']}'s this folder's own (a run made before --seeds)"
+                                             for r in summary["runs"] if r["output"] == summary.get("output"))
+             + ".", "",
              "| seed | test items | base | SFT | SFT+DPO | SFT vs base: Δ [95% CI], p "
              "| SFT+DPO vs SFT: Δ [95% CI], p |",
              "|---|---|---|---|---|---|---|"]

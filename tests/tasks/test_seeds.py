@@ -2,6 +2,7 @@
 random-effects meta-analysis (checked against statsmodels' DerSimonian-Laird and by hand)."""
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -108,12 +109,25 @@ def test_every_seed_is_checked_before_the_first_runs_and_the_summary_follows_eac
         assert (tmp_path / "out" / seeds.FOREST).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert md.rstrip().endswith("![seeds_forest.png](seeds_forest.png)")
     assert json.loads((tmp_path / "out" / "seeds.json").read_text()) == json.loads(json.dumps(summary))
-    (tmp_path / "one").mkdir()
-    (tmp_path / "one" / "compare_config.json").write_text("{}")
-    with pytest.raises(ValueError, match=r"one: a compare run of one seed; --seeds writes each seed's run into "
-                                         r"OUTPUT/seed-S: give another --output$"):
-        seeds.run_seeds(CompareConfig(task="portal", model="m", output=str(tmp_path / "one")), [0, 1], run=run,
-                        check=check)
+    one = tmp_path / "one"  # a folder holding a one-seed run (make demo's): reused as its seed's run
+    one.mkdir()
+    (one / "compare_config.json").write_text('{"seed": 5}')
+    with pytest.raises(ValueError, match=r"one: a compare run of seed 5, not among --seeds 0,1: add 5 to reuse it as "
+                                         r"that seed's run \(the others go into OUTPUT/seed-S beside it\), or give "
+                                         r"another --output$"):
+        seeds.run_seeds(CompareConfig(task="portal", model="m", output=str(one)), [0, 1], run=run, check=check)
+    events.clear()
+    assert [c.output for c in seeds.check_seeds(CompareConfig(task="portal", model="m", output=str(one),
+                                                              start_from=str(one)), [1, 5], check=check)] == [
+        str(one / "seed-1"), str(one)]
+    assert [e[3] for e in events] == [str(one / "seed-1"), str(one)]  # --from such a folder: its own run for 5
+    md = seeds.markdown(seeds.summarize(CompareConfig(task="portal", model="m", output=str(one)),
+                                        {1: _report(1, 0.7, 0.6), 5: _report(5, 0.7, 0.6)}))
+    assert "in `seed-S/` (`report.md` there), seed 5's this folder's own (a run made before --seeds)." in md[2]
+    (one / "seed-5").mkdir()
+    with pytest.raises(ValueError, match=r"one: a compare run of seed 5, and seed-5/ in it, another: move one of "
+                                         r"them out$"):
+        seeds.check_seeds(CompareConfig(task="portal", model="m", output=str(one)), [1, 5], check=check)
     lines = seeds.console_lines(summary)
     assert lines[1] == "seed 2: base 0.100, SFT 0.700, SFT+DPO 0.400; SFT+DPO vs SFT -0.300 [-0.400, -0.200], p < 0.005"
     assert lines[-1].startswith("SFT+DPO against SFT: no significant difference over the seeds (Δ -0.200, 95% CI [")
@@ -156,6 +170,18 @@ def test_compare_with_seeds_runs_each_seed_and_pools_them(tiny_model, tmp_path, 
             in capsys.readouterr().err)
     assert main(["rating-sheet", "--from", str(out)]) == 2
     assert "a folder of runs (a study's, or compare --seeds'): name one run in it" in capsys.readouterr().err
+    single = tmp_path / "single"  # a one-seed run of seed 0 (as make demo leaves): reused as seed 0's, not trained
+    shutil.copytree(out / "seed-0", single)
+    shutil.copytree(out / "seed-1", single / "seed-1")
+    adapter = single / "sft" / "train" / "final" / "adapter_model.safetensors"
+    made = adapter.stat().st_mtime_ns
+    assert main([*argv[:6], str(single), *argv[7:]]) == 0
+    said = capsys.readouterr().out
+    assert f"prefopt compare: each seed's run in {single}/seed-S (seed 0's: {single} itself); over the seeds" in said
+    assert "sft: reusing" in said and adapter.stat().st_mtime_ns == made
+    reused = json.loads((single / "seeds.json").read_text())
+    assert [r["output"] for r in reused["runs"]] == [str(single), str(single / "seed-1")]
+    assert reused["pooled"] == summary["pooled"] and reused["runs"][0]["sft"] == summary["runs"][0]["sft"]
     rpo = tmp_path / "rpo"  # another DPO on each seed's own base and SFT stages
     assert main(["compare", "--task", "portal", "--model", str(tiny_model), "--output", str(rpo), "--seeds", "0,1",
                  "--from", str(out), "--loss", "rpo", "--n-resamples", "100",

@@ -1,9 +1,11 @@
 """``prefopt study``: one compare run per dataset found under a data root, one table of them all."""
 import json
+from pathlib import Path
 
 import pytest
 
 from prefopt.cli import main
+from prefopt.evaluate.seeds import seed_folder
 from prefopt.evaluate.stats import p_text
 from prefopt.evaluate.study import ARMS
 from prefopt.train.cost import duration_text
@@ -279,7 +281,11 @@ def test_a_study_over_seeds_runs_each_task_per_seed_and_tabulates_the_pooled_dif
     out = tmp_path / "study"
     argv = ["study", "--model", str(model), "--output", str(out), "--tasks", "portal", "--seeds", "0,1",
             "--n-resamples", "100", *sets]
+    assert main(argv[:7] + argv[9:]) == 0  # first without --seeds: its task's run is then seed 0's
+    made = (out / "portal" / "sft" / "train" / "final" / "adapter_model.safetensors").stat().st_mtime_ns
     assert main(argv) == 0
+    assert (out / "portal" / "sft" / "train" / "final" / "adapter_model.safetensors").stat().st_mtime_ns == made
+    assert not (out / "portal" / "seed-0").exists() and (out / "portal" / "seed-1" / "report.json").is_file()
     study = json.loads((out / "study.json").read_text())
     assert study["settings"]["seeds"] == [0, 1]
     (row,) = study["arms"]
@@ -287,7 +293,7 @@ def test_a_study_over_seeds_runs_each_task_per_seed_and_tabulates_the_pooled_dif
     assert row["seeds"] == [0, 1] and row["dpo_vs_sft"] == summary["pooled"]["sft->dpo"]
     assert row["sft"]["primary"] == pytest.approx(sum(r["sft"] for r in summary["runs"]) / 2)
     for seed in (0, 1):
-        assert json.loads((out / "portal" / f"seed-{seed}" / "compare_config.json").read_text())["seed"] == seed
+        assert json.loads((Path(seed_folder(out / "portal", seed)) / "compare_config.json").read_text())["seed"] == seed
     md = (out / "study.md").read_text()
     d = row["dpo_vs_sft"]
     assert "seeds 0, 1 (each stage's score the mean over them; the differences pooled over them" in md
@@ -304,8 +310,8 @@ def test_a_study_over_seeds_runs_each_task_per_seed_and_tabulates_the_pooled_dif
     assert main([*argv, "--seed", "2"]) == 2 and "give --seed or --seeds, not both" in capsys.readouterr().err
     one = tmp_path / "one"  # a task folder that holds a one-seed run: refused before anything trains
     (one / "portal").mkdir(parents=True)
-    (one / "portal" / "compare_config.json").write_text("{}")
+    (one / "portal" / "compare_config.json").write_text('{"seed": 7}')  # (of a seed not among them)
     assert main(["study", "--model", str(model), "--output", str(one), "--tasks", "portal", "--seeds", "0,1",
                  *sets]) == 2
-    assert f"{one / 'portal'}: a compare run of one seed; --seeds writes each seed's run" in capsys.readouterr().err
+    assert f"{one / 'portal'}: a compare run of seed 7, not among --seeds 0,1: add 7" in capsys.readouterr().err
     assert sorted(p.name for p in (one / "portal").iterdir()) == ["compare_config.json"]
