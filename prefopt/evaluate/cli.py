@@ -611,6 +611,7 @@ def add_commands(sub) -> None:
     ep.set_defaults(func=_eval_pairs)
 
     from .nll_cli import add_command as add_eval_nll
+    from .pool_seeds import add_command as add_pool_seeds
     from .rating_cli import add_commands as add_rating_commands
 
     add_eval_nll(sub)
@@ -678,4 +679,5 @@ def add_commands(sub) -> None:
                     "or cuda (default: this machine's device), from the model's config.json and the settings alone, "
                     "and exit: no data is read and nothing is written (as compare's)")
     st.set_defaults(func=_study)
+    add_pool_seeds(sub)
     add_rating_commands(sub)

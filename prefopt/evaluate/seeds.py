@@ -135,10 +135,15 @@ def run_seeds(cfg: CompareConfig, seeds: list[int], *, run=run_compare, check=ch
     for c in configs:
         reports[c.seed] = run(c)
         summary = summarize(cfg, reports)
-        plot = forest_plot(summary, out)
-        write_json_atomic(out / "seeds.json", summary)
-        write_text_atomic(out / "seeds.md", "\n".join(markdown(summary, plot)) + "\n")
+        write_summary(out, summary)
     return summary
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    """``seeds.json``, ``seeds.md`` and (two or more seeds, with matplotlib) the forest plot into ``out``."""
+    plot = forest_plot(summary, out)
+    write_json_atomic(out / "seeds.json", summary)
+    write_text_atomic(out / "seeds.md", "\n".join(markdown(summary, plot)) + "\n")
 
 
 FOREST = "seeds_forest.png"
@@ -170,13 +175,15 @@ def forest_plot(summary: dict, out: Path) -> str | None:
     return FOREST
 
 
-def summarize(cfg: CompareConfig, reports: dict[int, dict]) -> dict:
-    """Each seed's scores and tests from its ``report.json``, and the seeds pooled (two or more)."""
+def summarize(cfg: CompareConfig, reports: dict[int, dict], outputs: dict[int, str] | None = None) -> dict:
+    """Each seed's scores and tests from its ``report.json``, and the seeds pooled (two or more).
+    ``outputs``: each seed's run folder, where not ``cfg.output``'s (:func:`seed_folder`)."""
     first = next(iter(reports.values()))
     runs = []
     for seed, r in reports.items():
         weights = r.get("weights") or {}
-        runs.append({"seed": seed, "output": seed_folder(cfg.output, seed), "n_test": r["n_test"],
+        where = outputs[seed] if outputs else seed_folder(cfg.output, seed)
+        runs.append({"seed": seed, "output": where, "n_test": r["n_test"],
                      "dpo_is_sft": bool(weights) and weights.get("dpo") == weights.get("sft"),
                      **{s: r["stages"][s]["primary"] for s in ("base", "sft", "dpo")},
                      **{f"{a}->{b}": _test(r["comparisons"][f"{a}->{b}"]["primary"]) for a, b in PAIRS}})
@@ -233,10 +240,7 @@ def markdown(summary: dict, plot: str | None = None) -> list[str]:
     m = summary["metric"]
     lines = [f"# {summary['task']}: base → SFT → SFT+DPO over seeds {', '.join(map(str, summary['seeds']))}", "",
              f"Model `{summary['model']}`, preset `{summary['preset']}`, DPO loss `{summary['loss']}`; metric {m}. "
-             "Each seed draws its own test split and training randomness; its run is in `seed-S/` "
-             "(`report.md` there)" + "".join(f", seed {r['seed']}'s this folder's own (a run made before --seeds)"
-                                             for r in summary["runs"] if r["output"] == summary.get("output"))
-             + ".", "",
+             "Each seed draws its own test split and training randomness; " + _where(summary), "",
              "| seed | test items | base | SFT | SFT+DPO | SFT vs base: Δ [95% CI], p "
              "| SFT+DPO vs SFT: Δ [95% CI], p |",
              "|---|---|---|---|---|---|---|"]
@@ -258,6 +262,17 @@ def markdown(summary: dict, plot: str | None = None) -> list[str]:
         lines += ["", f"![{plot}]({plot})"] if plot else ["", "(The forest plot needs matplotlib: pip install "
                                                           "'prefopt[plots]'.)"]
     return lines
+
+
+def _where(summary: dict) -> str:
+    """seeds.md's words for where each seed's run is: ``seed-S/`` in this folder (one, maybe, this
+    folder's own), or the folders ``prefopt pool-seeds`` was given."""
+    out, runs = summary.get("output"), summary["runs"]
+    if all(r["output"] in (out, str(Path(out) / f"seed-{r['seed']}")) for r in runs if out):
+        own = "".join(f", seed {r['seed']}'s this folder's own (a run made before --seeds)"
+                      for r in runs if r["output"] == out)
+        return f"its run is in `seed-S/` (`report.md` there){own}."
+    return "its run (`report.md` there): " + ", ".join(f"seed {r['seed']} `{r['output']}`" for r in runs) + "."
 
 
 def _cell(t: dict) -> str:

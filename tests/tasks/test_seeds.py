@@ -191,3 +191,28 @@ def test_compare_with_seeds_runs_each_seed_and_pools_them(tiny_model, tmp_path, 
     for seed in (0, 1):
         assert json.loads((rpo / f"seed-{seed}" / "compare_config.json").read_text())["start_from"] == str(
             out / f"seed-{seed}")
+    capsys.readouterr()
+    pooled = tmp_path / "pooled"  # runs made one by one, each in a folder of its own: pooled as --seeds pools them
+    assert main(["pool-seeds", str(single / "seed-1"), str(single), "--output", str(pooled)]) == 0
+    again = json.loads((pooled / "seeds.json").read_text())
+    assert again["pooled"] == summary["pooled"] and [r["output"] for r in again["runs"]] == [str(single / "seed-1"),
+                                                                                             str(single)]
+    assert f"its run (`report.md` there): seed 1 `{single / 'seed-1'}`, seed 0 `{single}`." in (
+        pooled / "seeds.md").read_text()
+    assert capsys.readouterr().out.splitlines()[-1] == f"prefopt pool-seeds: over the seeds: {pooled / 'seeds.md'}"
+    (tmp_path / "unfinished").mkdir()
+    shutil.copy(out / "seed-1" / "compare_config.json", tmp_path / "unfinished")
+    refused = [([str(out / "seed-0")], "pool-seeds: give two or more runs"),
+               ([str(out / "seed-0"), str(single)], f"{single} and {out / 'seed-0'} are both seed 0's runs: pool each "
+                                                    "seed once"),
+               ([str(out / "seed-0"), str(rpo / "seed-1")], f"{rpo / 'seed-1'} was run with other settings than "
+                                                           f"{out / 'seed-0'} (loss: 'sigmoid' -> 'rpo'): only the "
+                                                           "seed may differ"),
+               ([str(out), str(single)], f"{out}: not a prefopt compare run (no compare_config.json there); a compare "
+                                         "--seeds folder, whose seeds.md already pools seed-0, seed-1"),
+               ([str(out / "seed-0"), str(tmp_path / "unfinished")], "unfinished: not finished (no report.json): "
+                                                                    "rerun its prefopt compare command")]
+    for runs, message in refused:
+        assert main(["pool-seeds", *runs, "--output", str(tmp_path / "refused")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
