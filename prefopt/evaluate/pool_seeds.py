@@ -2,8 +2,8 @@
 seed, each in a folder of its own (run one by one with ``--seed N``, before ``--seeds`` existed, or
 named by hand), pooled as ``prefopt compare --seeds`` pools its seeds (:mod:`.seeds`): seeds.md,
 seeds.json and the forest plot in DIR. Each run must be finished (its ``report.json``), the seeds
-different, and every setting that changes a result the same as the first run's (``--from``,
-resamples, the device and memory settings may differ, as a resumed run's may)."""
+different, and every setting that changes a score the same as the first run's, decoding included
+(``--from``, resamples, the device and memory settings may differ, as a resumed run's may)."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,21 @@ from pathlib import Path
 
 from .compare import CompareConfig
 from .compare_config import differences
-from .seeds import console_lines, write_summary
+from .runner import DECODING
+from .seeds import console_lines, summarize, write_summary
+
+# settings a resumed run may change (its stages evaluated or chosen again) but that change a finished
+# run's scores: pooled runs must agree on them too
+_SCORES = (*DECODING, "dpo_max_p")
+
+
+def other_settings(first: dict, config: dict) -> list[str]:
+    """How ``config`` differs from ``first`` (``compare_config.json``'s) in what changes a finished
+    run's scores, each ``"settings.beta: 0.1 -> 0.2"``."""
+    diff = differences(first, config, ignore=("seed",))
+    a, b = ({f"{part}.{k}": (c.get(part) or {}).get(k) for part in ("settings", "overrides") for k in _SCORES}
+            for c in (first, config))
+    return diff + [line for k in a if a[k] != b[k] and (line := f"{k}: {a[k]!r} -> {b[k]!r}") not in diff]
 
 
 def read_runs(runs: list[str | Path]) -> tuple[list[dict], dict[int, dict], dict[int, str]]:
@@ -34,7 +48,7 @@ def read_runs(runs: list[str | Path]) -> tuple[list[dict], dict[int, dict], dict
         seed = config.get("seed", 0)
         if seed in outputs:
             raise ValueError(f"{run} and {outputs[seed]} are both seed {seed}'s runs: pool each seed once")
-        if configs and (diff := differences(configs[0], config, ignore=("seed",))):
+        if configs and (diff := other_settings(configs[0], config)):
             raise ValueError(f"{run} was run with other settings than {runs[0]} ({'; '.join(diff)}): only the seed "
                              "may differ between the runs pooled")
         configs.append(config)
@@ -45,8 +59,6 @@ def read_runs(runs: list[str | Path]) -> tuple[list[dict], dict[int, dict], dict
 
 def pool_seeds(runs: list[str | Path], output: str | Path) -> dict:
     """The runs pooled into ``output`` (seeds.md, seeds.json, seeds_forest.png); ``seeds.json``'s content."""
-    from .seeds import summarize
-
     configs, reports, outputs = read_runs(runs)
     first = configs[0]
     cfg = CompareConfig(task=first["task"], model=first["model"], output=str(output),

@@ -202,6 +202,11 @@ def test_compare_with_seeds_runs_each_seed_and_pools_them(tiny_model, tmp_path, 
     assert capsys.readouterr().out.splitlines()[-1] == f"prefopt pool-seeds: over the seeds: {pooled / 'seeds.md'}"
     (tmp_path / "unfinished").mkdir()
     shutil.copy(out / "seed-1" / "compare_config.json", tmp_path / "unfinished")
+    decoded = tmp_path / "decoded"  # evaluated with other decoding (a resumed run may be): other scores
+    shutil.copytree(out / "seed-1", decoded)
+    config = json.loads((decoded / "compare_config.json").read_text())
+    config["settings"]["max_new_tokens"] = 3
+    (decoded / "compare_config.json").write_text(json.dumps(config))
     refused = [([str(out / "seed-0")], "pool-seeds: give two or more runs"),
                ([str(out / "seed-0"), str(single)], f"{single} and {out / 'seed-0'} are both seed 0's runs: pool each "
                                                     "seed once"),
@@ -211,7 +216,8 @@ def test_compare_with_seeds_runs_each_seed_and_pools_them(tiny_model, tmp_path, 
                ([str(out), str(single)], f"{out}: not a prefopt compare run (no compare_config.json there); a compare "
                                          "--seeds folder, whose seeds.md already pools seed-0, seed-1"),
                ([str(out / "seed-0"), str(tmp_path / "unfinished")], "unfinished: not finished (no report.json): "
-                                                                    "rerun its prefopt compare command")]
+                                                                    "rerun its prefopt compare command"),
+               ([str(out / "seed-0"), str(decoded)], "(settings.max_new_tokens: None -> 3): only the seed may differ")]
     for runs, message in refused:
         assert main(["pool-seeds", *runs, "--output", str(tmp_path / "refused")]) == 2
         assert message in capsys.readouterr().err
