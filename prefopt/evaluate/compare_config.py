@@ -356,6 +356,13 @@ def same_run(out: Path, config: dict) -> None:
     write_json_atomic(out / "compare_config.json", config)
 
 
+def runs_in(folder: str | Path, pattern: str = "*") -> list[str]:
+    """The names of ``folder``'s sub-folders matching ``pattern`` that hold a compare run (its
+    ``compare_config.json``), sorted: a study's tasks, a ``--seeds`` folder's ``seed-S``. Errors
+    that meet such a folder where one run belongs name them."""
+    return sorted(d.name for d in Path(folder).glob(f"{pattern}/") if (d / "compare_config.json").is_file())
+
+
 def memory_advice(stage: str, training: bool, s: dict, e: BaseException) -> OutOfMemory:
     """Running out of memory in ``stage`` (training it, else evaluating it), said in compare's
     settings (``--set KEY=VALUE``): ``prefopt.train.OutOfMemory``."""

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from .compare import CompareConfig
-from .compare_config import differences
+from .compare_config import differences, runs_in
 from .runner import DECODING
 from .seeds import console_lines, summarize, write_summary
 
@@ -39,7 +39,7 @@ def read_runs(runs: list[str | Path]) -> tuple[list[dict], dict[int, dict], dict
     configs, reports, outputs = [], {}, {}
     for run in map(Path, runs):
         if not (run / "compare_config.json").is_file():
-            inside = sorted(d.name for d in run.glob("seed-*/") if (d / "compare_config.json").is_file())
+            inside = runs_in(run, "seed-*")
             raise ValueError(f"{run}: not a prefopt compare run (no compare_config.json there)" + (
                 f"; a compare --seeds folder, whose seeds.md already pools {', '.join(inside)}" if inside else ""))
         if not (run / "report.json").is_file():

@@ -15,6 +15,7 @@ from datetime import date
 from pathlib import Path
 
 from ..fileio import write_json_atomic, write_text_atomic
+from .compare_config import runs_in
 from .judge import SCALE
 from .report import NAMES
 
@@ -46,8 +47,7 @@ def run_answers(run: Path, stages: tuple[str, ...]) -> tuple[dict, list[str], di
     config_path, split_path = run / "compare_config.json", run / "split.json"
     for path in (config_path, split_path):
         if not path.is_file():
-            tasks = sorted(d.name for d in run.glob("*/") if (d / "compare_config.json").is_file()) \
-                if run.is_dir() else []
+            tasks = runs_in(run)
             raise ValueError(f"--from {run}: no {path.name} (a prefopt compare output folder?)" + (
                 f"; a folder of runs (a study's, or compare --seeds'): name one run in it "
                 f"({', '.join(str(run / t) for t in tasks[:3])}"

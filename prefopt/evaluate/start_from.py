@@ -17,7 +17,7 @@ import json
 import shutil
 from pathlib import Path
 
-from .compare_config import differences
+from .compare_config import differences, runs_in
 from .runner import DECODING
 
 # settings that change only the DPO stage: they may differ from the run the stages come from
@@ -35,7 +35,7 @@ def source_config(source: str | Path, out: Path) -> dict:
         raise ValueError(f"--from {source} is the --output folder: name the run whose stages this one starts from")
     path = src / "compare_config.json"
     if not path.is_file():
-        seeds = sorted(d.name for d in src.glob("seed-*/") if (d / "compare_config.json").is_file())
+        seeds = runs_in(src, "seed-*")
         raise ValueError(f"--from {source}: not a prefopt compare run (no compare_config.json there)" + (
             f"; a compare --seeds folder ({', '.join(seeds)}): add --seeds to start each seed from its own run, or "
             "name one of them" if seeds else ""))
