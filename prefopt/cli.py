@@ -274,7 +274,6 @@ def _curves(args: argparse.Namespace) -> int:
 
 
 def _check_data(args: argparse.Namespace) -> int:
-    import json
 
     from .data.check import SHOW_BAD, check_data
     from .model import resolve_model_dir
@@ -310,8 +309,10 @@ def _check_data(args: argparse.Namespace) -> int:
                            max_prompt_length=args.max_prompt_length, columns=column_map(args.columns))
         print("\n".join(check.lines(show_bad=show_bad)))
         bad = bool(check.report.skipped or not check.report.n_kept)
+    from .fileio import read_json
+
     config = resolve_model_dir(args.model) / "config.json"
-    context = json.loads(config.read_text()).get("max_position_embeddings") if config.is_file() else None
+    context = read_json(config).get("max_position_embeddings") if config.is_file() else None
     if context and args.max_length > context:
         print(f"  max_length={args.max_length} is past the model's context of {context} tokens: training "
               f"refuses examples longer than that; pass --max-length {context} or less")

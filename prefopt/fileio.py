@@ -137,6 +137,49 @@ def nearest_existing(path: str | Path) -> Path:
     return base
 
 
+_KINDS = {dict: "an object", list: "a list", str: "a string", bool: "true or false", int: "a number",
+          float: "a number", type(None): "null"}
+
+
+def read_json(path: str | Path, kind: type | None = dict) -> Any:
+    """The value of the JSON file ``path`` (a run's record, a model's config). Where it is not JSON
+    (cut short by a crash or a full disk, damaged, edited by hand) a ValueError names the file, the
+    line and the column, where ``json``'s own error names no file; likewise where the value is not
+    a ``kind`` (an object by default; None: any value)."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not JSON (byte {e.start} is not UTF-8 text): the file is damaged, or another "
+                         "kind of file") from None
+    except json.JSONDecodeError as e:
+        where = "the file is empty" if not e.doc.strip() else f"{e.msg}: line {e.lineno}, column {e.colno}"
+        raise ValueError(f"{path}: not valid JSON ({where}); a file cut short by a crash or edited by hand "
+                         "reads so") from None
+    if kind is not None and not isinstance(value, kind):
+        raise ValueError(f"{path}: holds {_KINDS.get(type(value), type(value).__name__)} where "
+                         f"{_KINDS.get(kind, kind.__name__)} was expected")
+    return value
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The objects of a JSON Lines file written whole (a run's ``predictions.jsonl``), blank lines
+    passed over; a line that is not a JSON object raises a ValueError naming the file and the line.
+    (:func:`json_records` reads the files prefopt appends to, where a cut line is expected.)"""
+    path, out = Path(path), []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {n}: not valid JSON ({e.msg}: column {e.colno})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: line {n}: holds {_KINDS.get(type(record), 'a value')}, not an object")
+        out.append(record)
+    return out
+
+
 def json_records(path: str | Path) -> list[dict[str, Any]]:
     """The JSON objects of a JSONL file that prefopt appends to (a run's ``metrics.jsonl``, the
     validation answers). A line that is not a JSON object is passed over: the end of a line a

@@ -9,7 +9,6 @@ never dropped.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from . import lora_experts
-from .fileio import write_json_atomic
+from .fileio import read_json, write_json_atomic
 from .lora import PEFT_PREFIX, LoRAConfig, QLoRALinear, apply_lora, layer_index, lora_state_dict
 from .model.safetensors_io import iter_tensors, read_header, save_file_atomic
 
@@ -84,7 +83,7 @@ def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
             raise FileNotFoundError(f"{adapter_dir}: a model folder, not an adapter: pass it as the model "
                                     "(--model), without --adapter")
         raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (is this a PEFT LoRA adapter?)")
-    d = json.loads(path.read_text())
+    d = read_json(path)
     unsupported = {k: d[k] for k in ("fan_in_fan_out",) if d.get(k)}
     if d.get("peft_type", "LORA") != "LORA" or unsupported or d.get("rank_pattern") or d.get("alpha_pattern"):
         raise ValueError(
@@ -219,7 +218,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
                              f"the model expects {tuple(own[name].shape)}" + _trained_on(adapter_dir))
         loaded[name] = t.to(own[name].dtype)
     missing = sorted(set(own) - set(loaded))
-    if missing and _picked_by_path(json.loads((Path(adapter_dir) / "adapter_config.json").read_text())):
+    if missing and _picked_by_path(read_json(Path(adapter_dir) / "adapter_config.json")):
         module = missing[0].split(".lora_")[0]
         raise ValueError(f"{path}: this adapter leaves out {module}, though it adapts {module.rsplit('.', 1)[-1]} in "
                          f"other layers ({len(missing)} tensors in all; picked by its target_modules or "
@@ -263,7 +262,7 @@ def adapter_base(adapter_dir: str | Path) -> str | None:
     """The base model an adapter folder's ``adapter_config.json`` names (PEFT's
     ``base_model_name_or_path``); None where it names none, or cannot be read."""
     try:
-        return json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        return read_json(Path(adapter_dir) / "adapter_config.json").get("base_model_name_or_path")
     except (OSError, ValueError):
         return None
 

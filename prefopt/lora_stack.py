@@ -15,13 +15,12 @@ adapter names the adapters folded in, so a reader can tell a stacked adapter fro
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .fileio import write_json_atomic
+from .fileio import read_json, write_json_atomic
 from .lora import LoRAConfig, LoRALinear, layer_text, lora_state_dict
 from .lora_files import adapter_base, read_adapter, write_adapter
 
@@ -176,7 +175,7 @@ def run_config(weights_dir: str | Path) -> dict | None:
     config = weights_dir.parent / "train_config.json"
     if weights_dir.name not in ("final", "best") or not config.is_file():
         return None
-    return json.loads(config.read_text())
+    return read_json(config)
 
 
 def trained_on_top_of(adapter_dir: str | Path) -> str | None:

@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file
 
 from ._deps import progress
-from .fileio import write_text_atomic
+from .fileio import read_json, write_text_atomic
 from .model.safetensors_io import save_file_atomic
 
 VERSION = 1
@@ -83,7 +83,7 @@ class RefCache:
         index = self.root / "index.json"
         if index.is_file():
             try:
-                d = json.loads(index.read_text())
+                d = read_json(index)
             except ValueError as e:  # cut short by a crash, or edited by hand: rebuilt, not a traceback
                 d = {"unreadable": f"index.json is not JSON ({e})"}
             if d.get("fingerprint") == self.fingerprint:

@@ -30,7 +30,7 @@ from .chat_template import (
     prints_date,
     render_chat,
 )
-from .fileio import write_json_atomic
+from .fileio import read_json, write_json_atomic
 
 Messages = list[dict[str, Any]]
 
@@ -320,12 +320,7 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from None
+    return read_json(path) if path.is_file() else {}
 
 
 def _token_str(v) -> str | None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .._deps import progress, require
+from ..fileio import read_json
 from ..model.checkpoint import write_config_files
 from ..model.config import SUPPORTED_ARCHITECTURES, ModelConfig, UnsupportedModelError, no_rope_every
 from ..model.safetensors_io import ShardWriter
@@ -157,11 +158,10 @@ def import_dtype(gguf, reader) -> torch.dtype:
 
 def describe_import(out: str | Path) -> str:
     """One line on an imported folder: architecture, size, weights' dtype, tokenizer, RoPE scaling."""
-    import json
 
     out = Path(out)
     cfg = ModelConfig.from_hf(out)  # both spellings of the RoPE settings
-    model = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    model = read_json(out / "tokenizer.json")["model"]
     scaling = "" if cfg.rope_scaling is None else f"; RoPE scaling {cfg.rope_type} x{cfg.rope_scaling['factor']:g}"
     mib = sum(f.stat().st_size for f in out.glob("*.safetensors")) / 2**20
     tokenizer = "SentencePiece" if model.get("byte_fallback") else "byte-level BPE"

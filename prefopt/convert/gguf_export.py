@@ -23,7 +23,6 @@ hospital's machines (needs the ``gguf`` extra). The inverse of
 """
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from pathlib import Path
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 
 from .._deps import progress, require
-from ..fileio import atomic_path
+from ..fileio import atomic_path, read_json
 from ..model.config import UnsupportedModelError
 from . import gguf_gemma
 from .gguf import _EXPERT_LEAVES, _GLOBAL_NAMES, _LAYER_NAMES, SMOLLM3_NO_ROPE_STEP, permute_qk, smollm3_no_rope_layers
@@ -93,7 +92,7 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, *, adapter: str | P
 
 def _stored_dtype(src: Path) -> torch.dtype:
     """The dtype config.json says the weights are stored in; float32 where it says none."""
-    d = json.loads((src / "config.json").read_text()) if (src / "config.json").is_file() else {}
+    d = read_json(src / "config.json") if (src / "config.json").is_file() else {}
     name = d.get("dtype") or d.get("torch_dtype")
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
 

@@ -13,13 +13,12 @@ Two kinds, as llama.cpp reads them:
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .._deps import require
-from ..fileio import write_json_atomic
+from ..fileio import read_json, write_json_atomic
 from ..model.config import UnsupportedModelError
 
 # llama.cpp pre-tokenizer name -> how the text is split before byte-level BPE
@@ -222,7 +221,7 @@ def tokenizer_metadata(src: Path, vocab_size: int) -> dict:
 
     tok = load_tokenizer(src)  # no tokenizer.json: its error
     path = src / "tokenizer.json"
-    spec = json.loads(path.read_text(encoding="utf-8"))
+    spec = read_json(path)
     model = spec.get("model") or {}
     byte_level = model.get("type") == "BPE" and _has_byte_level(spec.get("pre_tokenizer"))
     if not byte_level and not (model.get("type") == "BPE" and model.get("byte_fallback")):

@@ -363,11 +363,11 @@ def _test_against(task, records: list, against: list[dict], args, name: str) -> 
 
 def _from_split_file(records: list, path: str) -> list:
     """The records named in the ``"test"`` list of a compare run's ``split.json``, in its order."""
-    from pathlib import Path
+    from ..fileio import read_json
 
     try:
-        ids = json.loads(Path(path).read_text(encoding="utf-8"))["test"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        ids = read_json(path)["test"]
+    except (KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a compare split.json (no 'test' list of record ids): {e}") from e
     by_id = {r.id: r for r in records}
     missing = [i for i in ids if i not in by_id]

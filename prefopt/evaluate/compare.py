@@ -25,7 +25,6 @@ interrupted run resumes where it stopped)::
 """
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections.abc import Callable
@@ -37,7 +36,7 @@ import torch
 
 from ..chat_template import run_chat_date, run_chat_vars
 from ..data.records import EscapedText
-from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
+from ..fileio import jsonl_text, read_json, write_json_atomic, write_text_atomic
 from ..tasks.parsing import final_answer
 from ..tokenizer import set_chat_date, set_chat_vars
 from ..train.diverged import Diverged
@@ -106,7 +105,7 @@ def _pin_chat(cfg: CompareConfig, out: Path, tok, judge_tok, source: dict | None
     there are variables, where a thinking switch is left unset (:func:`~.runner.thinking_note`)
     and where the judge's is turned off."""
     path = out / "compare_config.json"
-    earlier = json.loads(path.read_text()) if path.is_file() else source
+    earlier = read_json(path) if path.is_file() else source
     cfg = replace(cfg, chat_date=run_chat_date(cfg.chat_date, earlier),
                   chat_vars=run_chat_vars(cfg.chat_vars, earlier))
     lines = [set_chat_date([t for t in (tok, judge_tok) if t is not None], cfg.chat_date, "prompt"),
@@ -143,7 +142,7 @@ def _start_from(cfg: CompareConfig, out: Path, say: Callable[[str], None]) -> tu
     rerun of the same command copies nothing again; another ``--from`` there is said to be unused)."""
     path = out / "compare_config.json"
     if path.is_file():
-        had = json.loads(path.read_text()).get("start_from")
+        had = read_json(path).get("start_from")
         if cfg.start_from and not same_path(cfg.start_from, had):
             say(f"--from {cfg.start_from} is not used: {out} holds a run already, which goes on with its own stages")
         return replace(cfg, start_from=had), None
@@ -160,7 +159,7 @@ def _keep_split(splits: dict, out: Path) -> None:
     ids = _split_ids(splits)
     path = out / "split.json"
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = read_json(path)
         if old != ids:
             raise ValueError(f"{out} holds a run with a different split (other data, seed or preset); "
                              "use a new --output")
@@ -304,7 +303,7 @@ def _name_old_weights(out: Path) -> None:
     before ``dpo_max_p`` decides again (then they are the ones its answers were made by), so that
     a changed decision evaluates the stage again."""
     path = out / "dpo" / "metrics.json"
-    if path.is_file() and "weights" not in (metrics := json.loads(path.read_text(encoding="utf-8"))):
+    if path.is_file() and "weights" not in (metrics := read_json(path)):
         write_json_atomic(path, {**metrics, "weights": _weights_name(out, "dpo")})
 
 

@@ -13,7 +13,7 @@ import torch
 
 from ..chat_template import parse_chat_date, parse_chat_vars
 from ..devices import DTYPES
-from ..fileio import write_json_atomic
+from ..fileio import read_json, write_json_atomic
 from ..hints import did_you_mean
 from ..lora_experts import conflicts
 from ..model.repeats import check_repeat_options
@@ -340,7 +340,7 @@ def other_settings(out: Path, config: dict) -> None:
     ``config`` (they would be reused as if they were this run's)."""
     path = out / "compare_config.json"
     if path.is_file():
-        diff = differences(json.loads(path.read_text()), config)
+        diff = differences(read_json(path), config)
         if diff:
             free = [*_eval_only(config), *_DECISION_ONLY, *_SCORING_ONLY, *_MEMORY_ONLY]
             raise ValueError(f"{out} holds a run made with other settings ({'; '.join(diff)}); its finished "

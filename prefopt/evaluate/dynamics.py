@@ -8,9 +8,9 @@ set came from elsewhere (most often a shift in the answer prior).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from ..fileio import read_json
 from ..losses import UNPAIRED
 from ..train.cost import cost_parts, what_peak
 from ..train.diagnosis import dpo_warnings
@@ -31,9 +31,9 @@ def stage_dynamics(train_dir: Path, keys: tuple[str, ...]) -> dict | None:
     without a log."""
     out = first_and_last(train_dir, keys, WINDOW)
     config, summary = Path(train_dir) / "train_config.json", Path(train_dir) / "train_summary.json"
-    if out is not None and config.is_file() and "loss" in (c := json.loads(config.read_text())):
+    if out is not None and config.is_file() and "loss" in (c := read_json(config)):
         out["loss"] = c["loss"]
-    if out is not None and summary.is_file() and "train_seconds" in (s := json.loads(summary.read_text())):
+    if out is not None and summary.is_file() and "train_seconds" in (s := read_json(summary)):
         out["cost"] = {k: s[k] for k in COST if k in s}
     return out
 

@@ -7,9 +7,9 @@ different, and every setting that changes a score the same as the first run's, d
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from ..fileio import read_json
 from .compare import CompareConfig
 from .compare_config import differences, runs_in
 from .runner import DECODING
@@ -44,7 +44,7 @@ def read_runs(runs: list[str | Path]) -> tuple[list[dict], dict[int, dict], dict
                 f"; a compare --seeds folder, whose seeds.md already pools {', '.join(inside)}" if inside else ""))
         if not (run / "report.json").is_file():
             raise ValueError(f"{run}: not finished (no report.json): rerun its prefopt compare command to finish it")
-        config = json.loads((run / "compare_config.json").read_text(encoding="utf-8"))
+        config = read_json(run / "compare_config.json")
         seed = config.get("seed", 0)
         if seed in outputs:
             raise ValueError(f"{run} and {outputs[seed]} are both seed {seed}'s runs: pool each seed once")
@@ -52,7 +52,7 @@ def read_runs(runs: list[str | Path]) -> tuple[list[dict], dict[int, dict], dict
             raise ValueError(f"{run} was run with other settings than {runs[0]} ({'; '.join(diff)}): only the seed "
                              "may differ between the runs pooled")
         configs.append(config)
-        reports[seed] = json.loads((run / "report.json").read_text(encoding="utf-8"))
+        reports[seed] = read_json(run / "report.json")
         outputs[seed] = str(run)
     return configs, reports, outputs
 

@@ -3,7 +3,6 @@ clinicians, blinded (:mod:`prefopt.evaluate.rating_sheet`, :mod:`prefopt.evaluat
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -78,7 +77,7 @@ def _sheet(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ..fileio import write_json_atomic, write_text_atomic
+    from ..fileio import read_json, write_json_atomic, write_text_atomic
     from . import rating_report
     from .rating_sheet import KEY
 
@@ -88,7 +87,7 @@ def _report(args: argparse.Namespace) -> int:
                                 "folder, beside for_raters/)")
     if args.gap <= 0:
         raise ValueError(f"--gap {args.gap:g}: a difference in mean rating above 0 (answers rated alike make no pair)")
-    key = json.loads(key_path.read_text(encoding="utf-8"))
+    key = read_json(key_path)
     paths = [Path(p) for p in args.ratings]
     names = [p.stem for p in paths]
     if len(set(names)) != len(names):  # two raters' files of one name in different folders

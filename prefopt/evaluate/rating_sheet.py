@@ -9,12 +9,11 @@ reads the filled sheets against it (:mod:`prefopt.evaluate.rating_report`)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from datetime import date
 from pathlib import Path
 
-from ..fileio import write_json_atomic, write_text_atomic
+from ..fileio import read_json, read_jsonl, write_json_atomic, write_text_atomic
 from .compare_config import runs_in
 from .judge import SCALE
 from .report import NAMES
@@ -52,8 +51,8 @@ def run_answers(run: Path, stages: tuple[str, ...]) -> tuple[dict, list[str], di
                 f"; a folder of runs (a study's, or compare --seeds'): name one run in it "
                 f"({', '.join(str(run / t) for t in tasks[:3])}"
                 f"{' ...' if len(tasks) > 3 else ''})" if tasks else ""))
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    test = json.loads(split_path.read_text(encoding="utf-8"))["test"]
+    config = read_json(config_path)
+    test = read_json(split_path)["test"]
     answers, judged = {}, {}
     for stage in stages:
         path = run / stage / "predictions.jsonl"
@@ -61,7 +60,7 @@ def run_answers(run: Path, stages: tuple[str, ...]) -> tuple[dict, list[str], di
             raise ValueError(f"--from {run}: no {stage}/predictions.jsonl: the {NAMES[stage]} stage has not been "
                              "evaluated (an unfinished run: rerun prefopt compare on the folder to finish it), or name "
                              "the stages that were with --stages")
-        rows = {r["id"]: r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if r}
+        rows = {r["id"]: r for r in read_jsonl(path)}
         missing = [i for i in test if i not in rows]
         if missing:
             raise ValueError(f"--from {run}: {stage}/predictions.jsonl lacks {len(missing)} of the {len(test)} test "

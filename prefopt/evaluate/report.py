@@ -1,14 +1,13 @@
 """The comparison report: per-stage metrics with CIs, paired tests between stages, plots."""
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 
 import numpy as np
 
 from ..chat_template import describe_chat_vars
-from ..fileio import write_json_atomic, write_text_atomic
+from ..fileio import read_json, write_json_atomic, write_text_atomic
 from ..losses import reads_nll
 from ..train.curves import FILE as CURVES
 from ..train.curves import plot_curves
@@ -275,7 +274,7 @@ def _chosen(stats: dict) -> str:
 def _left_out(out: Path) -> str:
     """The given pairs left out for their held-out prompts (``data/pairs_report.json``), in words."""
     path = out / "data" / "pairs_report.json"
-    made = json.loads(path.read_text()) if path.is_file() else {}
+    made = read_json(path) if path.is_file() else {}
     left = made.get("left_out")
     if not left:
         return ""

@@ -1,12 +1,11 @@
 """Run a model on a task's records: generate, parse, score, and write the results."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .._deps import progress
 from ..data.records import control_token_problem
-from ..fileio import json_records, json_text, jsonl_text, write_json_atomic, write_text_atomic
+from ..fileio import json_records, json_text, jsonl_text, read_json, read_jsonl, write_json_atomic, write_text_atomic
 from ..model.generate import generate, row_seeds
 from ..tasks.parsing import final_answer, opens_reasoning
 from ..tokenizer import NO_TEMPLATE_WHERE
@@ -261,8 +260,7 @@ def read_results(out_dir: str | Path) -> tuple[list[dict], dict] | None:
     out = Path(out_dir)
     if not (out / "metrics.json").is_file() or not (out / "predictions.jsonl").is_file():
         return None
-    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines() if line]
-    return rows, json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    return read_jsonl(out / "predictions.jsonl"), read_json(out / "metrics.json")
 
 
 def read_earlier_rows(against: str | Path | None, rows_name: str, command: str) -> list[dict] | None:
@@ -274,7 +272,7 @@ def read_earlier_rows(against: str | Path | None, rows_name: str, command: str) 
     if not path.is_file():
         article = "an" if command[0] in "aeiou" else "a"
         raise FileNotFoundError(f"--against {against}: no {rows_name} ({article} {command} output folder)")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 def write_evaluation(out_dir: str | Path, rows_name: str, rows: list[dict], metrics: dict, paired: dict | None,

@@ -17,12 +17,11 @@ and training runs alike.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import replace
 from pathlib import Path
 
-from ..fileio import write_json_atomic, write_text_atomic
+from ..fileio import read_json, write_json_atomic, write_text_atomic
 from .compare import CompareConfig, check_compare, run_compare
 from .report import ALPHA, NAMES, pyplot
 from .stats import p_text, t_critical, t_within
@@ -88,7 +87,7 @@ def se_of(cmp: dict) -> float:
 def own_seed(folder: str | Path) -> int | None:
     """The seed of the one-seed compare run ``folder`` itself holds (its ``compare_config.json``), or None."""
     path = Path(folder) / "compare_config.json"
-    return json.loads(path.read_text(encoding="utf-8")).get("seed", 0) if path.is_file() else None
+    return read_json(path).get("seed", 0) if path.is_file() else None
 
 
 def seed_folder(folder: str | Path, seed: int) -> str:

@@ -10,12 +10,11 @@ settings, which adapter the "dpo" stage is, and what the report says about the c
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from ..data.readers import read_rows
-from ..fileio import write_json_atomic
+from ..fileio import read_json, write_json_atomic
 from ..train.metrics import read_metrics
 from .runner import DECODING, read_answers, task_evaluator
 from .stats import best_of_bootstrap, paired_bootstrap
@@ -85,10 +84,10 @@ def dpo_weights(out: Path) -> Path:
     model too weak to trust (then the SFT adapter itself: step 0 *is* the SFT model, and
     ``best/``'s copy of it differs only by rounding); else the last step's (``final/``)."""
     train, sft = Path(out) / "dpo" / "train", Path(out) / SFT_WEIGHTS
-    if (train / CHOICE).is_file() and json.loads((train / CHOICE).read_text())["weights"] == "sft":
+    if (train / CHOICE).is_file() and read_json(train / CHOICE)["weights"] == "sft":
         return sft
     if (train / "best" / "best.json").is_file():
-        return sft if json.loads((train / "best" / "best.json").read_text())["step"] == 0 else train / "best"
+        return sft if read_json(train / "best" / "best.json")["step"] == 0 else train / "best"
     return train / "final"
 
 
@@ -100,7 +99,7 @@ def require_gain(task, val: list, out: Path, s: dict, seed: int) -> str | None:
     another ``dpo_max_p`` (None removes the decision: the chosen step is the stage); returns the line
     that says what was decided, if anything was."""
     path = out / "dpo" / "train" / CHOICE
-    had = json.loads(path.read_text()) if path.is_file() else None
+    had = read_json(path) if path.is_file() else None
     if had is not None and not (val and s["dpo_max_p"]):
         path.unlink()
         kept = "the chosen step" if had["weights"] == "best" else "the SFT model"
@@ -134,12 +133,12 @@ def dpo_selection(out: Path) -> dict | None:
     train = Path(out) / "dpo" / "train"
     if not (train / "best" / "best.json").is_file():
         return None
-    best = json.loads((train / "best" / "best.json").read_text())
+    best = read_json(train / "best" / "best.json")
     rows = read_metrics(train)
-    summary = json.loads((train / "train_summary.json").read_text())
-    split = json.loads((Path(out) / "split.json").read_text())
-    config = json.loads((train / "train_config.json").read_text())
-    choice = json.loads((train / CHOICE).read_text()) if (train / CHOICE).is_file() else None
+    summary = read_json(train / "train_summary.json")
+    split = read_json(Path(out) / "split.json")
+    config = read_json(train / "train_config.json")
+    choice = read_json(train / CHOICE) if (train / CHOICE).is_file() else None
     return {**best, "choice": choice, "total_steps": summary["total_steps"], "n_val": len(split.get("val", [])),
             "stopped_early": summary.get("stopped_early"), "min_gain": config.get("best_min_delta", 0.0),
             "curve": [[r["step"], r[best["metric"]]] for r in rows if best["metric"] in r]}

@@ -13,10 +13,10 @@ and for ``model_errors`` the decoding that mined them), the pairs and the refere
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
+from ..fileio import read_json
 from .compare_config import differences, runs_in
 from .runner import DECODING
 
@@ -42,7 +42,7 @@ def source_config(source: str | Path, out: Path) -> dict:
     if not (src / SFT_ADAPTER).is_file():
         raise ValueError(f"--from {source}: its SFT stage has not finished (no {SFT_ADAPTER}); rerun its own command "
                          "to finish it first")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path)
 
 
 def check_same_sft(source: str | Path, earlier: dict, config: dict, split: dict) -> None:
@@ -57,7 +57,7 @@ def check_same_sft(source: str | Path, earlier: dict, config: dict, split: dict)
                          f"SFT stages are not this run's. Only {', '.join(('--loss', '--strategy', '--pairs', *DPO_SETTINGS))} "
                          "and decoding may differ")
     recorded = Path(source) / "split.json"
-    if not recorded.is_file() or json.loads(recorded.read_text(encoding="utf-8")) != split:
+    if not recorded.is_file() or read_json(recorded) != split:
         raise ValueError(f"--from {source} split its items otherwise (its data has changed since, or its split.json "
                          "is missing): its base and SFT stages are not this run's")
 

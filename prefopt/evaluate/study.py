@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..fileio import write_json_atomic, write_text_atomic
+from ..fileio import read_json, write_json_atomic, write_text_atomic
 from ..train.cost import cost_parts, duration_text, what_peak
 from .compare import CompareConfig, check_compare, run_compare
 from .runner import keep_earlier
@@ -152,7 +152,7 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
             if seeds is not None:
                 rows.append(_seeds_row(arm, summary, time.perf_counter() - start, cfg.start_from))
             else:
-                recorded = json.loads((Path(cfg.output) / "compare_config.json").read_text(encoding="utf-8"))
+                recorded = read_json(Path(cfg.output) / "compare_config.json")
                 rows.append(_row(arm, report, time.perf_counter() - start, recorded.get("start_from")))
         study = _write(out, header, rows)  # after each task: the table so far
     return study
@@ -238,7 +238,7 @@ def _kept(out: Path, header: dict, picked: set[str]) -> list[dict]:
     path = out / "study.json"
     if not path.is_file():
         return []
-    earlier = json.loads(path.read_text(encoding="utf-8"))
+    earlier = read_json(path)
     if {k: earlier.get(k) for k in header} != header:
         kept = keep_earlier(out, ("study.json", "study.md"))
         print(f"prefopt study: {out} held a study made with other settings; its table is kept in {kept}", flush=True)

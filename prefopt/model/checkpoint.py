@@ -5,13 +5,12 @@ cast to the requested dtype, so peak memory stays near one copy of the weights.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ..devices import resolve_device
-from ..fileio import write_json_atomic
+from ..fileio import read_json, write_json_atomic
 from ..hints import first_few
 from .config import ModelConfig
 from .hub import resolve_model_dir
@@ -43,7 +42,7 @@ def weight_files(model_dir: Path) -> list[Path]:
     """The safetensors files of a folder: one file, or the shards named by the index."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_json(index)["weight_map"]
         return [model_dir / f for f in sorted(set(weight_map.values()))]
     single = model_dir / "model.safetensors"
     if single.is_file():

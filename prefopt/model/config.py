@@ -9,10 +9,11 @@ and the newer ``rope_parameters`` (Gemma 3: one per layer type).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from ..fileio import read_json
 
 # model_type -> architecture name used in config.json's "architectures"
 SUPPORTED_ARCHITECTURES = {
@@ -270,11 +271,9 @@ class ModelConfig:
         if p.is_dir():
             p = p / "config.json"
         try:
-            d = json.loads(p.read_text())
+            d = read_json(p)
         except FileNotFoundError:
             raise FileNotFoundError(f"{p}: no config.json; is this a Hugging Face model folder?") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}: line {e.lineno}: invalid JSON: {e.msg}") from None
         return cls.from_dict(d)
 
     def to_hf_dict(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fileio import file_lock, new_dir, sha256_of, write_json_atomic
+from ..fileio import file_lock, new_dir, read_json, sha256_of, write_json_atomic
 from ..hints import did_you_mean
 
 
@@ -109,17 +109,26 @@ def ensure_gguf(gguf: str | Path, *, progress: bool = True) -> Path:
     return _imported(gguf, cache_dir() / "models" / "gguf" / f"{gguf.stem}-{key}", progress)
 
 
+def _stamp(path: Path) -> dict:
+    """What an import's stamp file records; nothing where there is none or it cannot be read (the
+    import is then made again)."""
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return {}
+
+
 def _imported(gguf: Path, out: Path, progress: bool) -> Path:
     """``out``, holding ``gguf`` imported by this importer: at once where it does, else imported
     now (an interrupted import leaves the earlier folder, or none)."""
     stamp = out / STAMP
-    if stamp.is_file() and _same_source(json.loads(stamp.read_text()), gguf):
+    if _same_source(_stamp(stamp), gguf):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     # one import at a time (torchrun's ranks on a first run, two commands at once): the others
     # wait, then find it done
     with file_lock(out.with_name(f".{out.name}.lock")):
-        made = json.loads(stamp.read_text()) if stamp.is_file() else {}  # another process may have made it
+        made = _stamp(stamp)  # another process may have made it
         if _same_source(made, gguf):
             return out
         source = _source(gguf)

@@ -42,7 +42,9 @@ def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length:
                 *(f"  bad: {e}" for e in bad[:show_bad]),
                 "  ... and more (--all-bad finds every one and measures what is left: lengths, cuts, the class "
                 "mix)"], len(bad)
-    examples = Records([{"prompt": task.messages(r), "completion": r.target} for r in records], f"{task.name} records")
+    prompts = [task.messages(r) for r in records]  # rendered once (a document's text, a template), used twice
+    examples = Records([{"prompt": p, "completion": r.target} for p, r in zip(prompts, records)],
+                       f"{task.name} records")
     with warnings.catch_warnings():  # said below, by record
         warnings.simplefilter("ignore", EscapedText)
         check = check_data(examples, tok, kind="sft", max_length=max_length)
@@ -63,17 +65,18 @@ def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length:
             lines.append(answer_line(f.name, counts, limit=len(counts), noun="labels"))
     if mixed := mixed_labels(records):
         lines.append(f"  {mixed}")
-    lines += [f"  {line}" for line in escape_lines(task, records)]
+    lines += [f"  {line}" for line in escape_lines(task, records, prompts)]
     return lines, len(bad)
 
 
-def escape_lines(task: Task, records: list) -> list[str]:
+def escape_lines(task: Task, records: list, prompts: list | None = None) -> list[str]:
     """For each kind of text an export escaped (:data:`~prefopt.data.records.ESCAPES`) that the
     records' rows hold (``meta["row"]``, the cells as read: the prompts add the task's own line
     breaks) in the cells their prompts and answers use (a column the task does not read trains
-    nothing), how many records and the first's id, in words."""
-    def texts(r) -> list[tuple[str, str]]:
-        shown = [(m["role"], m["content"]) for m in task.messages(r) if isinstance(m["content"], str)] + [
+    nothing), how many records and the first's id, in words. ``prompts``: the records' messages
+    where the caller rendered them already."""
+    def texts(r, messages) -> list[tuple[str, str]]:
+        shown = [(m["role"], m["content"]) for m in messages if isinstance(m["content"], str)] + [
             ("target", r.target if isinstance(r.target, str) else "")]
         row = r.meta.get("row")
         if not isinstance(row, dict):
@@ -81,7 +84,8 @@ def escape_lines(task: Task, records: list) -> list[str]:
         used = "\0".join(text for _, text in shown)
         return [(k, v) for k, v in row.items() if isinstance(v, str) and v.strip() and v.strip() in used]
 
-    found = escape_counts((r.id, texts(r)) for r in records)
+    prompts = prompts if prompts is not None else map(task.messages, records)
+    found = escape_counts((r.id, texts(r, m)) for r, m in zip(records, prompts))
     return [f"{n} of {len(records)} records hold {ESCAPES[kind][0]} (the first: record {first!r}): {ESCAPES[kind][1]}"
             for kind, (n, first, _) in found.items()]
 

@@ -2,10 +2,10 @@
 PubMedQA yes/no/maybe, and a free-text MedQA mode graded by matching the answer text."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..data.records import DataError
+from ..fileio import read_json
 from ._io import clip, need, one_row, table
 from .base import ClassificationTask, GenerationTask, LabelField, Record
 
@@ -109,7 +109,7 @@ class PubMedQA(ClassificationTask):
     def load(self, path, labelled=True):
         path = Path(path)
         if path.suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = read_json(path, None)
             rows = [(k, v) for k, v in data.items()] if isinstance(data, dict) else list(enumerate(data))
         else:
             rows = [(f"{path.name}:{line}", row) for line, row in table(path)]

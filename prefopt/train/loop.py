@@ -13,7 +13,6 @@ resumed run sees exactly the batches the interrupted one would have.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import shutil
 import signal
@@ -27,7 +26,7 @@ import torch
 
 from .._deps import progress
 from ..devices import resolve_device, slow_half
-from ..fileio import free_space, size_text, write_json_atomic
+from ..fileio import free_space, read_json, size_text, write_json_atomic
 from ..lora import QLoRALinear, layer_text, lora_layers
 from ..lora_experts import ExpertLoRA
 from ..model.generate import modes_kept
@@ -689,7 +688,7 @@ class Trainer:
         """Refuse to resume ``ckpt`` (its ``trainer_state.json``: ``state``) under other settings, on
         other training examples or with another number of processes; a run calls it before it
         writes anything, so a refused resume leaves the run's files as they were."""
-        state = json.loads((ckpt / "trainer_state.json").read_text()) if state is None else state
+        state = read_json(ckpt / "trainer_state.json") if state is None else state
         ckpt_io.check_resumable(ckpt, state.get("config"), self.config.to_dict(), self.config.recorded_defaults())
         check_same_data(ckpt, state.get("data"), self.train_data_digest)
         if state.get("world", 1) != self.dist.world:

@@ -17,7 +17,6 @@ the newest whole checkpoint by its step, :func:`resume_point`).
 """
 from __future__ import annotations
 
-import json
 import random
 import shutil
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from ..fileio import check_writable, sync_folder, write_json_atomic, write_text_atomic
+from ..fileio import check_writable, read_json, sync_folder, write_json_atomic, write_text_atomic
 from ..model.safetensors_io import file_problem, save_file_atomic
 
 
@@ -140,7 +139,7 @@ def checkpoint_problem(ckpt: Path) -> str | None:
 
 def _read_json(path: Path) -> tuple[Any, str | None]:
     try:
-        return json.loads(path.read_text()), None
+        return read_json(path), None
     except FileNotFoundError:
         return None, f"{path.name} is missing"
     except (OSError, ValueError) as e:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
@@ -165,7 +164,7 @@ def read_optimizer(folder: Path) -> dict:
     """What :func:`write_optimizer` wrote, as a state dict ``optimizer.load_state_dict`` takes."""
     if not (folder / "optimizer.safetensors").is_file() and (folder / "optimizer.pt").is_file():
         return torch.load(folder / "optimizer.pt", weights_only=True)  # a checkpoint from before 2026-11-30
-    meta = json.loads((folder / "optimizer.json").read_text())
+    meta = read_json(folder / "optimizer.json")
     state: dict[int, dict] = {}
     for name, t in load_file(folder / "optimizer.safetensors").items():
         pid, key = name.split(".", 1)
@@ -181,7 +180,7 @@ def read_checkpoint(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
     checkpoint's optimizer.pt (through ``weights_only``)."""
     trainable = load_file(ckpt / "trainable.safetensors")
     optimizer_state = read_optimizer(ckpt)
-    state = json.loads((ckpt / "trainer_state.json").read_text())
+    state = read_json(ckpt / "trainer_state.json")
     return trainable, optimizer_state, state
 
 
@@ -244,7 +243,7 @@ def checkpoint_config(output_dir: str | Path) -> dict | None:
     ckpt = latest_checkpoint(output_dir)
     if ckpt is None:
         return None
-    return json.loads((ckpt / "trainer_state.json").read_text()).get("config")
+    return read_json(ckpt / "trainer_state.json").get("config")
 
 
 def check_resumable(ckpt: Path, saved: dict | None, current: dict, defaults: dict | None = None) -> None:

@@ -211,3 +211,18 @@ def test_a_tasks_escaped_text_is_said_by_record_and_not_again_by_the_stages_file
     out = capsys.readouterr()
     assert f"prefopt compare: {data}: 1 of {said}" in out.out
     assert "records hold" not in out.err  # (the SFT stage's file, data/sft_train.jsonl, holds the entity too)
+
+
+def test_check_data_task_renders_each_records_prompt_once(tiny_model, capsys, monkeypatch):
+    """The prompts are built once and used twice, for the SFT examples measured and for the escapes
+    looked for (a task whose prompt holds a document's text renders it once)."""
+    from collections import Counter
+
+    from prefopt.cli import main
+
+    task_class = type(get_task("portal"))
+    rendered, messages = Counter(), task_class.messages
+    monkeypatch.setattr(task_class, "messages", lambda self, r: rendered.update([r.id]) or messages(self, r))
+    assert main(["check-data", "--model", str(tiny_model), "--task", "portal"]) == 0
+    assert "portal records, as compare's SFT examples" in capsys.readouterr().out
+    assert len(rendered) > 100 and set(rendered.values()) == {1}
