@@ -208,14 +208,21 @@ def _row(arm: Arm, report: dict, seconds: float, start_from: str | None = None) 
 
 def _seeds_row(arm: Arm, summary: dict, seconds: float, start_from: str | None = None) -> dict:
     """``arm``'s row from its ``compare --seeds`` summary (:mod:`.seeds`): each stage's mean over
-    the seeds, the differences pooled."""
+    the seeds, the differences pooled; ``n_test`` the fewest test items a seed had (each seed
+    draws its own split), ``n_test_seeds`` each seed's."""
     runs = summary["runs"]
     return {"task": arm.task, "kind": arm.kind, "status": "ran", "study": arm.study, "seeds": summary["seeds"],
-            "n_test": runs[0]["n_test"], "metric": summary["metric"], "seconds": round(seconds, 1),
+            "n_test": min(r["n_test"] for r in runs), "n_test_seeds": [r["n_test"] for r in runs], "metric": summary["metric"], "seconds": round(seconds, 1),
             **({"start_from": start_from} if start_from else {}),
             **{s: {"primary": sum(r[s] for r in runs) / len(runs)} for s in ("base", "sft", "dpo")},
             "sft_vs_base": summary["pooled"]["base->sft"], "dpo_vs_sft": summary["pooled"]["sft->dpo"],
             "verdict": f"{pooled_line('sft', 'dpo', summary['pooled']['sft->dpo'])}; {direction(runs, 'sft->dpo')}."}
+
+
+def _test_items(row: dict) -> str:
+    """A row's test items: a range where its seeds' splits held different numbers (60-61)."""
+    n = row.get("n_test_seeds") or [row["n_test"]]
+    return f"{min(n)}-{max(n)}" if min(n) != max(n) else str(n[0])
 
 
 def _p(cmp: dict) -> str:
@@ -272,7 +279,7 @@ def study_markdown(study: dict) -> str:
              "SFT+DPO vs SFT: Δ [95% CI], p |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in ran:
         a, d = r["sft_vs_base"], r["dpo_vs_sft"]
-        lines.append(f"| {r['kind']} | `{r['task']}` | {r['study']} | {r['n_test']} | {r['metric']} | "
+        lines.append(f"| {r['kind']} | `{r['task']}` | {r['study']} | {_test_items(r)} | {r['metric']} | "
                      f"{r['base']['primary']:.3f} | {r['sft']['primary']:.3f} | {r['dpo']['primary']:.3f} | "
                      f"{a['delta']:+.3f}, p {_p(a)} | {d['delta']:+.3f} [{d['ci'][0]:+.3f}, "
                      f"{d['ci'][1]:+.3f}], p {_p(d)} |")

@@ -164,6 +164,20 @@ def test_a_p_value_of_0_is_shown_at_the_resamples_resolution():
     assert "| 0.100 | 0.350 | 0.600 | +0.250, p < 0.005 | +0.250 [+0.100, +0.400], p 0.0123 |" in md
 
 
+def test_a_row_over_seeds_whose_splits_held_different_numbers_of_test_items_gives_the_range():
+    """Each seed draws its own split: UCI heart's three seeds held 61, 60 and 60 test items."""
+    from prefopt.evaluate.study import study_markdown
+
+    vs = {"delta": 0.25, "ci": [0.1, 0.4], "p_value": 0.0, "n_resamples": 200}
+    row = {"task": "uci_heart", "kind": "numeric classification", "status": "ran", "study": "—", "n_test": 60,
+           "n_test_seeds": [61, 60, 60], "metric": "macro_f1", "base": {"primary": 0.1}, "sft": {"primary": 0.35},
+           "dpo": {"primary": 0.6}, "sft_vs_base": vs, "dpo_vs_sft": vs, "verdict": "no"}
+    md = study_markdown({"model": "m", "data_root": "d", "settings": {}, "arms": [row]})
+    assert "| `uci_heart` | — | 60-61 | macro_f1 |" in md
+    md = study_markdown({"model": "m", "data_root": "d", "settings": {}, "arms": [{**row, "n_test_seeds": [60] * 3}]})
+    assert "| `uci_heart` | — | 60 | macro_f1 |" in md
+
+
 def test_the_study_says_what_each_run_and_stage_took():
     """A row's cost (report.json's, from each stage's train_summary.json): a resumed stage counts
     the steps after the resume; a stage without a peak (not readable there) or without a record
@@ -292,6 +306,7 @@ def test_a_study_over_seeds_runs_each_task_per_seed_and_tabulates_the_pooled_dif
     summary = json.loads((out / "portal" / "seeds.json").read_text())  # the task's compare --seeds
     assert row["seeds"] == [0, 1] and row["dpo_vs_sft"] == summary["pooled"]["sft->dpo"]
     assert row["sft"]["primary"] == pytest.approx(sum(r["sft"] for r in summary["runs"]) / 2)
+    assert row["n_test_seeds"] == [r["n_test"] for r in summary["runs"]] and row["n_test"] == min(row["n_test_seeds"])
     for seed in (0, 1):
         assert json.loads((Path(seed_folder(out / "portal", seed)) / "compare_config.json").read_text())["seed"] == seed
     md = (out / "study.md").read_text()
