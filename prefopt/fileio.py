@@ -154,8 +154,8 @@ def read_json(path: str | Path, kind: type | None = dict) -> Any:
                          "kind of file") from None
     except json.JSONDecodeError as e:
         where = "the file is empty" if not e.doc.strip() else f"{e.msg}: line {e.lineno}, column {e.colno}"
-        raise ValueError(f"{path}: not valid JSON ({where}); a file cut short by a crash or edited by hand "
-                         "reads so") from None
+        raise ValueError(f"{path}: not valid JSON ({where}): cut short by a crash or a full disk, or mistyped "
+                         "in an edit?") from None
     if kind is not None and not isinstance(value, kind):
         raise ValueError(f"{path}: holds {_KINDS.get(type(value), type(value).__name__)} where "
                          f"{_KINDS.get(kind, kind.__name__)} was expected")
