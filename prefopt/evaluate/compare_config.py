@@ -373,7 +373,10 @@ def memory_advice(stage: str, training: bool, s: dict, e: BaseException) -> OutO
     where = f"training the {stage} stage{' ' + when if when else ''}" if training else f"evaluating the {stage} stage"
     kept = []  # change memory and time only (_MEMORY_ONLY): the same --output takes them (same_run)
     changed = []  # change what is trained or answered: a new --output
-    if training:
+    weights = getattr(e, "weights", False)  # the model's weights alone did not fit: no batch setting helps
+    if weights:
+        where = f"moving the {stage} stage's model to the device, before its first step"
+    if training and not weights:
         batch = "dpo_batch_size" if stage == "dpo" else "batch_size"
         if not s["gradient_checkpointing"]:
             kept.append("--set gradient_checkpointing=true")
@@ -382,11 +385,11 @@ def memory_advice(stage: str, training: bool, s: dict, e: BaseException) -> OutO
         if s[batch] > 1:
             changed.append(f"{batch}={s[batch] // 2} (fewer examples a step)")
         changed.append(f"a smaller max_length (now {s['max_length']})")
-        if not s["quantize"]:
-            if s["train_dtype"] == "float32":
-                changed.append("train_dtype=bfloat16 (the base in 16 bits; the adapters stay float32)")
-            changed.append("quantize=nf4 (the base in 4 bits)")
-    if (not training or (stage == "dpo" and s["val"])) and s["eval_batch_size"] > 1:
+    if training and not s["quantize"]:
+        if s["train_dtype"] == "float32":
+            changed.append("train_dtype=bfloat16 (the base in 16 bits; the adapters stay float32)")
+        changed.append("quantize=nf4 (the base in 4 bits)")
+    if (not training or (stage == "dpo" and s["val"])) and s["eval_batch_size"] > 1 and not weights:
         kept.append(f"--set eval_batch_size={s['eval_batch_size'] // 2}" + (" for the validation answers" * training))
     fixes = []
     if kept:
@@ -399,8 +402,10 @@ def memory_advice(stage: str, training: bool, s: dict, e: BaseException) -> OutO
     if training and not s["lora_experts"] and "lm_head" not in (s["lora_targets"] or ()):  # (what the estimate covers)
         estimate = (". The command with --estimate-memory added says what a training step of each stage holds under "
                     "the new settings, without loading anything")
+    if weights:
+        fixes.append(f"{'or ' if fixes else ''}a smaller model")
     return OutOfMemory(f"out of memory {where} ({what}). To fit, try {'; '.join(fixes) or 'a smaller model'}{estimate}",
-                       what, when)
+                       what, when, weights=weights)
 
 
 def diverged_advice(stage: str, s: dict, e: Diverged) -> Diverged:

@@ -46,7 +46,7 @@ from ..model.generate import MIN_SHARED
 from .config import TrainConfig, opt
 from .distributed import all_reduce_sum, barrier, head_operands
 from .loop import Batch, Trainer
-from .out_of_memory import explained
+from .out_of_memory import explained, moved
 from .reference import reference_cache_for
 from .shared_prompt import pack_pairs, pack_pairs_after, pair_hidden, pair_logp_sums, pairs_start
 
@@ -236,7 +236,7 @@ class DPOTrainer(Trainer):
             self.ref_mode = "cache"
         elif ref_model is not None:
             self.ref_mode = "model"
-            self.ref_model = ref_model.to(self.device).eval().requires_grad_(False)
+            self.ref_model = moved(self, ref_model, "reference model").eval().requires_grad_(False)
         elif any(True for _ in lora_layers(model)):  # LoRALinear or the experts'
             self.ref_mode = "adapter"
         else:

@@ -47,7 +47,7 @@ from .distributed import (
 from .diverged import diverged
 from .memory_estimate import fit_note
 from .metrics import MetricsLog
-from .out_of_memory import explained
+from .out_of_memory import explained, moved
 from .peak_memory import PeakMemory
 from .saving import BestWeights
 from .schedule import lr_at
@@ -134,7 +134,7 @@ class Trainer:
         self.dist: DistInfo = init_distributed(self.device)
         self.replaced = ckpt_io.claim_output_dir(config.output_dir, resume=config.resume, overwrite=config.overwrite,
                                                  is_main=self.dist.is_main)  # an earlier run's files, removed
-        self.model = model.to(self.device)
+        self.model = moved(self, model)  # weights that do not fit there: said so, not as a failed step
         self.model.gradient_checkpointing = config.checkpointing()
         self.callbacks = list(callbacks)
         self.output_dir = Path(config.output_dir)

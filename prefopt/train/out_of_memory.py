@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import torch
 
+from ..fileio import size_text
 from .state import latest_checkpoint
 
 T = TypeVar("T")
@@ -25,11 +26,13 @@ class OutOfMemory(MemoryError):
     """Training ran out of memory; the message says where and what to change. ``what``: PyTorch's
     own words on the allocation that failed; ``when``: where the run was (``after 2 of 4 steps``);
     ``layers``: how many layers the backward goes through, where the run knew (compare's advice
-    on ``gradient_checkpointing_layers`` stops there)."""
+    on ``gradient_checkpointing_layers`` stops there); ``weights``: the weights alone did not fit
+    on the device (no batch was involved)."""
 
-    def __init__(self, message: str, what: str = "", when: str = "", layers: int | None = None):
+    def __init__(self, message: str, what: str = "", when: str = "", layers: int | None = None,
+                 weights: bool = False):
         super().__init__(message)
-        self.what, self.when, self.layers = what, when, layers
+        self.what, self.when, self.layers, self.weights = what, when, layers, weights
 
 
 def is_out_of_memory(e: BaseException) -> bool:
@@ -123,13 +126,47 @@ def training_advice(trainer, what: str, phase: str | None = None) -> OutOfMemory
                        f"config fields of those names). {restart}{_estimate_hint(trainer)}", what, when, layers)
 
 
-def _estimate_hint(trainer) -> str:
+def moved(trainer, module: torch.nn.Module, which: str = "model") -> torch.nn.Module:
+    """``module`` moved to ``trainer``'s device; where its weights alone do not fit there, an
+    :class:`OutOfMemory` that says so, their size and the settings that hold them in less (a
+    smaller batch, PyTorch's advice for a failed step, changes nothing here)."""
+    return reraised(lambda: module.to(trainer.device), lambda e: weights_advice(trainer, module, torch_words(e), which))
+
+
+def weights_advice(trainer, module: torch.nn.Module, what: str, which: str = "model") -> OutOfMemory:
+    """The message where moving ``which``'s weights to the device failed, before any step."""
+    c = trainer.config
+    sizes: dict[torch.dtype, int] = {}
+    for t in [*module.parameters(), *module.buffers()]:
+        sizes[t.dtype] = sizes.get(t.dtype, 0) + t.numel() * t.element_size()
+    held = ", ".join(f"{size_text(n)} in {str(dtype).removeprefix('torch.')}"
+                     for dtype, n in sorted(sizes.items(), key=lambda kv: -kv[1])[:2])
+    fixes = []
+    if which != "model":
+        fixes.append("ref_cache= (the reference model's log-probs from disk, and no reference model in memory)")
+    if c.lora and not c.quantize:
+        if c.dtype == "float32":
+            fixes.append("--dtype bfloat16 (the frozen base in 16 bits, half of float32's; the adapter stays float32)")
+        fixes.append("--quantize nf4 (the base's projections in 4 bits)")
+    elif not c.lora:
+        fixes.append("LoRA (leave out --no-lora: the base is then frozen and --dtype bfloat16 or --quantize nf4 hold "
+                     "it in less)")
+        if not c.fsdp:
+            fixes.append("--fsdp under torchrun on several GPUs (each holds a share of the weights)")
+    fixes.append("a smaller model")
+    return OutOfMemory(f"out of memory on {trainer.device} moving the {which}'s weights there, before the first step "
+                       f"({what}): they take {held}, and a smaller batch does not change that. To fit, try "
+                       f"{', '.join(fixes)} (in Python: the config fields of those names){_estimate_hint(trainer, module)}",
+                       what, "before the first step", weights=True)
+
+
+def _estimate_hint(trainer, model: torch.nn.Module | None = None) -> str:
     """Where the memory estimate covers the run (``memory_estimate.uncovered``; a command's model
     given as a folder, not a .gguf file): how to see what a step of other settings holds before
-    starting it."""
+    starting it. ``model``: the trainer's (default), or one not yet its own."""
     from .memory_estimate import uncovered
 
-    c, cfg = trainer.config, getattr(getattr(trainer, "model", None), "config", None)
+    c, cfg = trainer.config, getattr(model or getattr(trainer, "model", None), "config", None)
     if not hasattr(cfg, "sparse") or str(c.model).endswith(".gguf") or uncovered(c, cfg):
         return ""
     return (f"; the command with --estimate-memory {trainer.device.type} added says what a step of the new settings "

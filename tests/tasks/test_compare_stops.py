@@ -94,6 +94,23 @@ def test_an_evaluation_out_of_memory_after_training_reruns_with_a_smaller_batch_
     assert ", 4 prompts at a time" in (out / "report.md").read_text()
 
 
+def test_weights_that_do_not_fit_are_said_in_compares_settings_without_batch_advice():
+    """The trainer's error where the weights alone did not fit (no step ran): only what holds them
+    in less is offered, in compare's settings."""
+    from prefopt.evaluate.compare_config import PRESETS, memory_advice
+    from prefopt.train import OutOfMemory
+
+    s = {**PRESETS["quick"], "val": 32, "dpo_batch_size": 4}
+    e = memory_advice("sft", True, s, OutOfMemory("...", SAID, "before the first step", weights=True))
+    assert e.weights and str(e) == (
+        f"out of memory moving the sft stage's model to the device, before its first step ({SAID}). To fit, try "
+        "into a new --output, --set train_dtype=bfloat16 (the base in 16 bits; the adapters stay float32), "
+        "quantize=nf4 (the base in 4 bits); or a smaller model. The command with --estimate-memory added says what a "
+        "training step of each stage holds under the new settings, without loading anything")
+    e = memory_advice("dpo", True, {**s, "quantize": "nf4"}, OutOfMemory("...", CUDA_OOM, weights=True))
+    assert "To fit, try a smaller model. The command" in str(e)
+
+
 def test_out_of_memory_in_dpo_with_validation_names_both_settings_a_rerun_keeps():
     from prefopt.evaluate.compare_config import PRESETS, memory_advice
 

@@ -91,6 +91,66 @@ def test_filling_the_reference_cache_out_of_memory_is_said_as_such(task, tmp_pat
         run_dpo(cfg)
 
 
+def _too_large_to_move(monkeypatch, loaded, call=1):
+    """The ``call``-th model returned by ``loaded`` (``run.prepare_model`` or ``run.load_model``)
+    raises CUDA's out of memory when moved, as weights larger than the GPU do; returns the list
+    that gets it."""
+    import prefopt.train.run as run
+
+    original, models = getattr(run, loaded), []
+
+    def load(*a, **k):
+        model = original(*a, **k)
+        models.append(model)
+        if len(models) == call:
+            model.to = lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError(CUDA_OOM))
+        return model
+    monkeypatch.setattr(run, loaded, load)
+    return models
+
+
+def test_weights_that_do_not_fit_on_the_device_are_said_as_such_not_as_a_step(task, tmp_path, monkeypatch, capsys):
+    """The first failure of an 8B model in float32 on a 24 GB GPU: no step ran, so a smaller batch
+    would not help; the weights' size and the settings that hold them in less are named."""
+    from prefopt.fileio import size_text
+
+    model_dir, data = task
+    models = _too_large_to_move(monkeypatch, "prepare_model")
+    code = main(["sft", "--model", str(model_dir), "--data", str(data), "--output-dir", str(tmp_path / "cli"),
+                 "--batch-size", "4", "--max-steps", "2", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    size = size_text(sum(t.numel() * 4 for t in [*models[0].parameters(), *models[0].buffers()]))
+    assert {t.dtype for t in models[0].parameters()} == {torch.float32}
+    assert err == (
+        "prefopt sft: error: out of memory on cpu moving the model's weights there, before the first step (CUDA out "
+        "of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.03 GiB is free): "
+        f"they take {size} in float32, and a smaller batch does not change that. To fit, try --dtype bfloat16 (the "
+        "frozen base in 16 bits, half of float32's; the adapter stays float32), --quantize nf4 (the base's "
+        "projections in 4 bits), a smaller model (in Python: the config fields of those names); the command with "
+        "--estimate-memory cpu added says what a step of the new settings holds, without loading anything\n")
+    assert not (tmp_path / "cli" / "final").exists()
+    cfg = TrainConfig(model=str(model_dir), data=str(data), output_dir=str(tmp_path / "full"), max_steps=2,
+                      lora=False, dtype="bfloat16", progress=False)
+    _too_large_to_move(monkeypatch, "prepare_model")  # full fine-tuning, weights in 16 bits already
+    with pytest.raises(OutOfMemory, match=r"they take .* in bfloat16, .* try LoRA \(leave out --no-lora: .*\), "
+                                          r"--fsdp under torchrun on several GPUs .*, a smaller model \(in Python"):
+        run_sft(cfg)
+
+
+def test_a_reference_model_that_does_not_fit_offers_the_reference_cache(task, tmp_path, monkeypatch):
+    model_dir, _ = task
+    _too_large_to_move(monkeypatch, "load_model", call=2)  # the policy's loads first
+    cfg = DPOConfig(model=str(model_dir), ref=str(model_dir), data=str(write_pairs(tmp_path / "pairs.jsonl", n=8)),
+                    output_dir=str(tmp_path / "dpo"), batch_size=2, max_steps=2, lora_r=4, lora_alpha=8,
+                    progress=False)
+    with pytest.raises(OutOfMemory, match=r"^out of memory on cpu moving the reference model's weights there, before "
+                                          r"the first step \(CUDA out of memory\..*\): they take .* in float32, .* "
+                                          r"To fit, try ref_cache= \(the reference model's log-probs from disk, and "
+                                          r"no reference model in memory\), --dtype bfloat16 .*, --quantize nf4 "):
+        run_dpo(cfg)
+
+
 def test_a_base_already_in_16_or_4_bits_is_not_offered_again(tmp_path):
     from types import SimpleNamespace
 
