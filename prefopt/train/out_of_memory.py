@@ -156,7 +156,8 @@ def weights_advice(trainer, module: torch.nn.Module, what: str, which: str = "mo
     fixes.append("a smaller model")
     return OutOfMemory(f"out of memory on {trainer.device} moving the {which}'s weights there, before the first step "
                        f"({what}): they take {held}, and a smaller batch does not change that. To fit, try "
-                       f"{', '.join(fixes)} (in Python: the config fields of those names){_estimate_hint(trainer, module)}",
+                       f"{', '.join(fixes)} (in Python: the config fields of those names)"
+                       f"{_estimate_hint(trainer, module)}",
                        what, "before the first step", weights=True)
 
 
