@@ -150,9 +150,7 @@ def weights_advice(trainer, module: torch.nn.Module, what: str, which: str = "mo
         fixes.append("--quantize nf4 (the base's projections in 4 bits)")
     elif not c.lora:
         fixes.append("LoRA (leave out --no-lora: the base is then frozen and --dtype bfloat16 or --quantize nf4 hold "
-                     "it in less)")
-        if not c.fsdp:
-            fixes.append("--fsdp under torchrun on several GPUs (each holds a share of the weights)")
+                     "it in less)")  # (not --fsdp: each rank moves the whole model to its GPU before sharding it)
     fixes.append("a smaller model")
     return OutOfMemory(f"out of memory on {trainer.device} moving the {which}'s weights there, before the first step "
                        f"({what}): they take {held}, and a smaller batch does not change that. To fit, try "
