@@ -55,7 +55,8 @@ def test_a_json_lines_file_names_its_bad_line(tmp_path):
 
 def test_a_model_config_cut_short_names_the_file(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama",')
-    with pytest.raises(ValueError, match=r"config.json: not valid JSON \(Expecting property name enclosed in double quotes: line 1, column 24\)"):
+    with pytest.raises(ValueError, match=r"config.json: not valid JSON \(Expecting property name enclosed in double "
+                                         r"quotes: line 1, column 24\)"):
         ModelConfig.from_hf(tmp_path)
 
 

@@ -212,7 +212,8 @@ def _seeds_row(arm: Arm, summary: dict, seconds: float, start_from: str | None =
     draws its own split), ``n_test_seeds`` each seed's."""
     runs = summary["runs"]
     return {"task": arm.task, "kind": arm.kind, "status": "ran", "study": arm.study, "seeds": summary["seeds"],
-            "n_test": min(r["n_test"] for r in runs), "n_test_seeds": [r["n_test"] for r in runs], "metric": summary["metric"], "seconds": round(seconds, 1),
+            "n_test": min(r["n_test"] for r in runs), "n_test_seeds": [r["n_test"] for r in runs],
+            "metric": summary["metric"], "seconds": round(seconds, 1),
             **({"start_from": start_from} if start_from else {}),
             **{s: {"primary": sum(r[s] for r in runs) / len(runs)} for s in ("base", "sft", "dpo")},
             "sft_vs_base": summary["pooled"]["base->sft"], "dpo_vs_sft": summary["pooled"]["sft->dpo"],
