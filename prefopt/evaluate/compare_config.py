@@ -370,12 +370,15 @@ def memory_advice(stage: str, training: bool, s: dict, e: BaseException) -> OutO
 
     what = e.what if isinstance(e, OutOfMemory) else torch_words(e)
     when = e.when if isinstance(e, OutOfMemory) and e.when else ""
-    where = f"training the {stage} stage{' ' + when if when else ''}" if training else f"evaluating the {stage} stage"
-    kept = []  # change memory and time only (_MEMORY_ONLY): the same --output takes them (same_run)
-    changed = []  # change what is trained or answered: a new --output
     weights = getattr(e, "weights", False)  # the model's weights alone did not fit: no batch setting helps
     if weights:
         where = f"moving the {stage} stage's model to the device, before its first step"
+    elif training:
+        where = f"training the {stage} stage{' ' + when if when else ''}"
+    else:
+        where = f"evaluating the {stage} stage"
+    kept = []  # change memory and time only (_MEMORY_ONLY): the same --output takes them (same_run)
+    changed = []  # change what is trained or answered: a new --output
     if training and not weights:
         batch = "dpo_batch_size" if stage == "dpo" else "batch_size"
         if not s["gradient_checkpointing"]:

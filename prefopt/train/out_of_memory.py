@@ -165,7 +165,8 @@ def _estimate_hint(trainer, model: torch.nn.Module | None = None) -> str:
     starting it. ``model``: the trainer's (default), or one not yet its own."""
     from .memory_estimate import uncovered
 
-    c, cfg = trainer.config, getattr(model or getattr(trainer, "model", None), "config", None)
+    model = model if model is not None else getattr(trainer, "model", None)  # (an empty container is falsy)
+    c, cfg = trainer.config, getattr(model, "config", None)
     if not hasattr(cfg, "sparse") or str(c.model).endswith(".gguf") or uncovered(c, cfg):
         return ""
     return (f"; the command with --estimate-memory {trainer.device.type} added says what a step of the new settings "
