@@ -141,14 +141,56 @@ _KINDS = {dict: "an object", list: "a list", str: "a string", bool: "true or fal
           float: "a number", type(None): "null"}
 
 
+class MissingField(KeyError, ValueError):
+    """A field that a JSON file prefopt reads back lacks (a run's record edited by hand, a config
+    written by another program). A KeyError, as a plain dict's would be, and a ValueError, so that
+    commands say it on one line (:data:`prefopt.cli.USER_ERRORS`) rather than as a traceback."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Fields(dict):
+    """A JSON object read from a file: a dict whose missing key raises :class:`MissingField`
+    naming the file and the field's place in it (``"decoding" -> "max_new_tokens"``), where a
+    plain dict's KeyError says only ``'max_new_tokens'``. ``get`` and ``in`` are a dict's."""
+
+    where = "a JSON file"  # the file (and line, for JSON Lines); the object's place, set by _place
+
+    def __missing__(self, key: Any) -> Any:
+        raise MissingField(f"{self.where}: no {_quoted(key)} field{getattr(self, 'inside', '')}: edited by hand, "
+                           "or written by another program or version?")
+
+
+def _quoted(key: Any) -> str:
+    return json.dumps(key) if isinstance(key, str) else repr(key)
+
+
+def _place(value: Any, where: str, inside: str = "") -> Any:
+    """Label each object in ``value`` with its file and its place in it, for :class:`Fields`."""
+    if isinstance(value, Fields):
+        value.where = where
+        if inside:
+            value.inside = f" in {inside}"
+        for key, item in value.items():
+            if isinstance(item, (dict, list)):
+                _place(item, where, f"{inside} -> {_quoted(key)}" if inside else _quoted(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, (dict, list)):
+                _place(item, where, f"{inside}[{i}]" if inside else f"item {i}")
+    return value
+
+
 def read_json(path: str | Path, kind: type | None = dict) -> Any:
     """The value of the JSON file ``path`` (a run's record, a model's config). Where it is not JSON
     (cut short by a crash or a full disk, damaged, edited by hand) a ValueError names the file, the
     line and the column, where ``json``'s own error names no file; likewise where the value is not
-    a ``kind`` (an object by default; None: any value)."""
+    a ``kind`` (an object by default; None: any value). Its objects are :class:`Fields`: a field
+    the code needs and the file lacks is named with the file."""
     path = Path(path)
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = _place(json.loads(path.read_text(encoding="utf-8"), object_hook=Fields), str(path))
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not JSON (byte {e.start} is not UTF-8 text): the file is damaged, or another "
                          "kind of file") from None
@@ -164,19 +206,20 @@ def read_json(path: str | Path, kind: type | None = dict) -> Any:
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """The objects of a JSON Lines file written whole (a run's ``predictions.jsonl``), blank lines
-    passed over; a line that is not a JSON object raises a ValueError naming the file and the line.
+    passed over; a line that is not a JSON object raises a ValueError naming the file and the line,
+    as does a field the code needs and a line lacks (:class:`Fields`).
     (:func:`json_records` reads the files prefopt appends to, where a cut line is expected.)"""
     path, out = Path(path), []
     for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line, object_hook=Fields)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: line {n}: not valid JSON ({e.msg}: column {e.colno})") from None
         if not isinstance(record, dict):
             raise ValueError(f"{path}: line {n}: holds {_KINDS.get(type(record), 'a value')}, not an object")
-        out.append(record)
+        out.append(_place(record, f"{path}: line {n}"))
     return out
 
 

@@ -365,10 +365,9 @@ def _from_split_file(records: list, path: str) -> list:
     """The records named in the ``"test"`` list of a compare run's ``split.json``, in its order."""
     from ..fileio import read_json
 
-    try:
-        ids = read_json(path)["test"]
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a compare split.json (no 'test' list of record ids): {e}") from e
+    ids = read_json(path).get("test")
+    if not isinstance(ids, list):
+        raise ValueError(f"{path}: not a compare split.json (no \"test\" list of record ids)")
     by_id = {r.id: r for r in records}
     missing = [i for i in ids if i not in by_id]
     if missing:
