@@ -84,11 +84,11 @@ class RefCache:
         if index.is_file():
             try:
                 d = read_json(index)
+                if d.get("fingerprint") == self.fingerprint:
+                    self.entries = {k: tuple(v) for k, v in d["entries"].items()}
             except ValueError as e:  # cut short by a crash, or edited by hand: rebuilt, not a traceback
-                d = {"unreadable": f"index.json is not JSON ({e})"}
-            if d.get("fingerprint") == self.fingerprint:
-                self.entries = {k: tuple(v) for k, v in d["entries"].items()}
-            else:
+                d = {"unreadable": f"index.json{str(e).removeprefix(str(index))}"}  # (the cache's folder said below)
+            if d.get("fingerprint") != self.fingerprint or "unreadable" in d:
                 self.stale_reason = d.get("unreadable") or _diff(d.get("fingerprint") or {}, self.fingerprint)
                 self.log(f"prefopt: reference cache {self.root} is stale ({self.stale_reason}); it will be rebuilt")
         self._wipe = self.stale_reason is not None

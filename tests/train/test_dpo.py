@@ -158,9 +158,13 @@ def test_cache_invalidates_exactly_what_changed(task, tmp_path):
     index = tmp_path / "cache" / "index.json"
     index.write_text(index.read_text()[:40])
     broken = reference_cache_for(cfg, ref, None, resolve_model_dir(cfg.model))
-    assert broken.stale_reason.startswith("index.json is not JSON (") and len(broken) == 0
+    assert broken.stale_reason.startswith("index.json: not valid JSON (Unterminated string") and len(broken) == 0
+    assert str(index) not in broken.stale_reason  # the log line names the cache's folder once
     broken.add([pairs2[0].key], torch.tensor([-1.0]), torch.tensor([-2.0]))
     assert reference_cache_for(cfg, ref, None, resolve_model_dir(cfg.model)).stale_reason is None
+    index.write_text(json.dumps({"fingerprint": json.loads(index.read_text())["fingerprint"]}))  # no "entries"
+    broken = reference_cache_for(cfg, ref, None, resolve_model_dir(cfg.model))
+    assert broken.stale_reason.startswith('index.json: no "entries" field: edited by hand') and len(broken) == 0
 
 
 def test_interrupted_fill_resumes(task, tmp_path):
