@@ -124,16 +124,30 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def wrap_model(model: torch.nn.Module, info: DistInfo, *, fsdp: bool) -> torch.nn.Module:
-    """DDP (the default) or FSDP2 ``fully_shard`` on each block, then the root."""
+def shards_as_it_moves(info: DistInfo, fsdp: bool) -> bool:
+    """Whether :func:`wrap_model` moves the model to the device itself, a block at a time as FSDP2
+    shards it (so no rank ever holds the whole model there): the trainer leaves it where it loaded."""
+    return fsdp and info.enabled
+
+
+def wrap_model(model: torch.nn.Module, info: DistInfo, *, fsdp: bool, device: torch.device | None = None,
+               ) -> torch.nn.Module:
+    """DDP (the default) or FSDP2 ``fully_shard`` on each block, then the root, over a mesh of
+    ``device``'s type (FSDP2's default mesh is CUDA's wherever there is a GPU, even for a run on
+    the CPU). ``fully_shard`` moves each block's weights to the device and keeps this rank's share
+    there, so a model still on the CPU arrives sharded (:func:`shards_as_it_moves`): a rank's GPU
+    need hold its share of the weights and one whole block, not the whole model."""
     if not info.enabled:
         return model
     if fsdp:
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        device = device if device is not None else next(model.parameters()).device
+        mesh = init_device_mesh(device.type, (info.world,))
         for block in model.model.layers:
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 

@@ -42,12 +42,13 @@ from .distributed import (
     local_device,
     no_sync,
     shard_like,
+    shards_as_it_moves,
     wrap_model,
 )
 from .diverged import diverged
 from .memory_estimate import fit_note
 from .metrics import MetricsLog
-from .out_of_memory import explained, moved
+from .out_of_memory import explained, moved, reraised, torch_words, weights_advice
 from .peak_memory import PeakMemory
 from .saving import BestWeights
 from .schedule import lr_at
@@ -134,7 +135,8 @@ class Trainer:
         self.dist: DistInfo = init_distributed(self.device)
         self.replaced = ckpt_io.claim_output_dir(config.output_dir, resume=config.resume, overwrite=config.overwrite,
                                                  is_main=self.dist.is_main)  # an earlier run's files, removed
-        self.model = moved(self, model)  # weights that do not fit there: said so, not as a failed step
+        # weights that do not fit there: said so, not as a failed step; FSDP moves each block as it shards it
+        self.model = model if shards_as_it_moves(self.dist, config.fsdp) else moved(self, model)
         self.model.gradient_checkpointing = config.checkpointing()
         self.callbacks = list(callbacks)
         self.output_dir = Path(config.output_dir)
@@ -154,7 +156,11 @@ class Trainer:
             raise ValueError(f"the model's LoRA adapter is merged into its weights ({len(merged)} layers, e.g. "
                              f"{merged[0]}; merge_lora), where training would not change it: unmerge_lora(model) "
                              "first, or merge_and_unload(model) and apply_lora for a new adapter on top")
-        self.wrapped = wrap_model(self.model, self.dist, fsdp=config.fsdp)
+        if shards_as_it_moves(self.dist, config.fsdp):  # the weights reach the device here, a block at a time
+            self.wrapped = reraised(lambda: wrap_model(self.model, self.dist, fsdp=True, device=self.device),
+                                    lambda e: weights_advice(self, self.model, torch_words(e)))
+        else:
+            self.wrapped = wrap_model(self.model, self.dist, fsdp=config.fsdp)
         self.params = [p for p in self.wrapped.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps,

@@ -17,6 +17,7 @@ from typing import TypeVar
 import torch
 
 from ..fileio import size_text
+from .distributed import shards_as_it_moves
 from .state import latest_checkpoint
 
 T = TypeVar("T")
@@ -141,6 +142,11 @@ def weights_advice(trainer, module: torch.nn.Module, what: str, which: str = "mo
         sizes[t.dtype] = sizes.get(t.dtype, 0) + t.numel() * t.element_size()
     held = ", ".join(f"{size_text(n)} in {str(dtype).removeprefix('torch.')}"
                      for dtype, n in sorted(sizes.items(), key=lambda kv: -kv[1])[:2])
+    dist = getattr(trainer, "dist", None)
+    sharded = which == "model" and dist is not None and shards_as_it_moves(dist, c.fsdp)
+    if sharded:
+        held += f" (about {size_text(sum(sizes.values()) / dist.world)} on each of the {dist.world} processes' " \
+                "devices, sharded)"
     fixes = []
     if which != "model":
         fixes.append("ref_cache= (the reference model's log-probs from disk, and no reference model in memory)")
@@ -150,7 +156,10 @@ def weights_advice(trainer, module: torch.nn.Module, what: str, which: str = "mo
         fixes.append("--quantize nf4 (the base's projections in 4 bits)")
     elif not c.lora:
         fixes.append("LoRA (leave out --no-lora: the base is then frozen and --dtype bfloat16 or --quantize nf4 hold "
-                     "it in less)")  # (not --fsdp: each rank moves the whole model to its GPU before sharding it)
+                     "it in less)")
+        if which == "model":  # (FSDP shards the trained model, not a reference model)
+            fixes.append("more GPUs under --fsdp (torchrun --nproc-per-node: each holds its share of the weights)"
+                         if sharded else "--fsdp under torchrun on several GPUs (each holds its share of the weights)")
     fixes.append("a smaller model")
     return OutOfMemory(f"out of memory on {trainer.device} moving the {which}'s weights there, before the first step "
                        f"({what}): they take {held}, and a smaller batch does not change that. To fit, try "

@@ -134,8 +134,39 @@ def test_weights_that_do_not_fit_on_the_device_are_said_as_such_not_as_a_step(ta
                       lora=False, dtype="bfloat16", progress=False)
     _too_large_to_move(monkeypatch, "prepare_model")  # full fine-tuning, weights in 16 bits already
     with pytest.raises(OutOfMemory, match=r"they take .* in bfloat16, .* try LoRA \(leave out --no-lora: .*\), "
-                                          r"a smaller model \(in Python"):
+                                          r"--fsdp under torchrun on several GPUs \(each holds its share of the "
+                                          r"weights\), a smaller model \(in Python"):
         run_sft(cfg)
+
+
+def test_under_fsdp_the_model_reaches_the_device_only_as_it_is_sharded(task, tmp_path, monkeypatch):
+    """Under torchrun with --fsdp no rank moves the whole model to its GPU (8B in float32 is 32 GB,
+    more than a 24 GB card, where a quarter of it on each of 4 fits): the trainer leaves it where it
+    loaded and FSDP2 moves each block as it shards it. Where even the shards do not fit, the advice
+    names each rank's share and more GPUs, not the move of the whole model."""
+    import prefopt.train.loop as loop
+    from prefopt.fileio import size_text
+    from prefopt.train.distributed import DistInfo
+
+    wrapped = []
+
+    def wrap_model(model, info, *, fsdp, device=None):  # FSDP2's fully_shard, as it fails on a card too small
+        wrapped.append((model, info.world, fsdp, device))
+        raise torch.OutOfMemoryError(CUDA_OOM)
+    monkeypatch.setattr(loop, "init_distributed", lambda device: DistInfo(rank=0, world=4, local_rank=0))
+    monkeypatch.setattr(loop, "wrap_model", wrap_model)
+    models = _too_large_to_move(monkeypatch, "prepare_model")  # the whole model's move would fail
+    model_dir, data = task
+    cfg = TrainConfig(model=str(model_dir), data=str(data), output_dir=str(tmp_path / "fsdp"), max_steps=2,
+                      batch_size=1, lora=False, fsdp=True, progress=False)
+    with pytest.raises(OutOfMemory) as e:
+        run_sft(cfg)
+    assert [w[1:] for w in wrapped] == [(4, True, torch.device("cpu"))] and wrapped[0][0] is models[0]
+    total = sum(t.numel() * t.element_size() for t in [*models[0].parameters(), *models[0].buffers()])
+    assert str(e.value).startswith("out of memory on cpu moving the model's weights there, before the first step")
+    assert (f"they take {size_text(total)} in float32 (about {size_text(total / 4)} on each of the 4 processes' "
+            "devices, sharded)") in str(e.value)
+    assert "more GPUs under --fsdp (torchrun --nproc-per-node: each holds its share of the weights)" in str(e.value)
 
 
 def test_a_reference_model_that_does_not_fit_offers_the_reference_cache(task, tmp_path, monkeypatch):
