@@ -528,13 +528,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _flag_hint(flag: str, flags: list[str]) -> str:
     """``prefopt calls it --lr`` for another library's name of a flag (``--learning-rate``),
     ``did you mean '--beta'?`` for a near miss, else ``""``."""
-    from .hints import did_you_mean
+    from .hints import closest
     from .train.config_file import OTHER_NAMES
 
     other = "--" + OTHER_NAMES.get(flag[2:].replace("-", "_"), "").replace("_", "-")
     if other in flags:
         return f"prefopt calls it {other}"
-    return did_you_mean(flag, flags).strip(" ()")
+    # compared without the dashes, which every flag shares: --model is not near --help
+    close = closest(flag.lstrip("-"), [f.lstrip("-") for f in flags if f.startswith("--")])
+    return f"did you mean '--{close}'?" if close else ""
 
 
 # bad input, a missing extra, a file that cannot be read or written (a full disk), a run that ran out of memory

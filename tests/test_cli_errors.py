@@ -22,6 +22,10 @@ def test_a_flag_the_command_lacks_names_the_one_meant(capsys):
         assert e.value.code == 2 and f"prefopt {argv[0]}: error: unrecognized arguments" in err
         for h in hints:
             assert h in err, (argv, err)
+    with pytest.raises(SystemExit):  # a command with no --model: no near miss made of the dashes alone
+        main(["stack-adapters", "--model", "m", "a", "b", "c"])
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --model" in err and "did you mean" not in err, err
     with pytest.raises(SystemExit):
         main(["sft", "--model", "m", "stray"])
     assert "unrecognized arguments: stray" in capsys.readouterr().err
