@@ -463,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cv = sub.add_parser("curves", help="draw a training run's metrics.jsonl (loss, eval loss, DPO's pair accuracy, "
                         "margins and log-probs) as a PNG; also while it runs")
-    cv.add_argument("run_dir", help="the run's --output-dir")
+    cv.add_argument("run_dir", help="the run's --output-dir (or its metrics.jsonl)")
     cv.add_argument("--output", help="the image to write, in the format its name says: .png, .svg, .pdf (default: "
                     "RUN_DIR/training_curves.png)")
     cv.set_defaults(func=_curves)

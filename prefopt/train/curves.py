@@ -67,10 +67,12 @@ def moving_average(values: list[float], window: int) -> list[float]:
 
 
 def plot_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Draw ``run_dir``'s ``metrics.jsonl`` into ``out`` (default ``run_dir/training_curves.png``)
-    and return its path. Errors: no log, no step logged yet, matplotlib missing
+    """Draw ``run_dir``'s ``metrics.jsonl`` (or that file, named) into ``out`` (default
+    ``run_dir/training_curves.png``) and return its path. Errors: no log, no step logged yet, matplotlib missing
     (:class:`~prefopt._deps.MissingDependencyError`, naming the extra to install)."""
     run_dir = Path(run_dir)
+    if run_dir.name == "metrics.jsonl" and run_dir.is_file():  # the log itself named: its run's folder
+        run_dir = run_dir.parent
     if not (run_dir / "metrics.jsonl").is_file():
         raise FileNotFoundError(f"{run_dir}: no metrics.jsonl (not a prefopt training run, or it has not logged yet)")
     panels = curves(read_metrics(run_dir))

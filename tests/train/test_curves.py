@@ -57,6 +57,8 @@ def test_a_run_ends_with_its_curves_and_the_command_draws_them_again(tmp_path, c
     assert b"<svg" in (tmp_path / "again.svg").read_bytes()[:1000] and not list(tmp_path.glob(".again*"))
     capsys.readouterr()
     assert [p.name for p in out.glob(".*png")] == []  # no temporary file left
+    assert main(["curves", str(out / "metrics.jsonl"), "--output", str(tmp_path / "named.png")]) == 0  # the log
+    assert (tmp_path / "named.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["curves", str(tmp_path)]) == 2
     assert f"{tmp_path}: no metrics.jsonl" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
