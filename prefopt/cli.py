@@ -293,11 +293,11 @@ def _check_data(args: argparse.Namespace) -> int:
                              "from the task's data (its columns: --task-option)")
         if args.data and len(args.data) > 1:
             raise ValueError("--task reads one data file (or the task's folder); join the files first")
-        lines, n_bad = check_task_data(get_task(args.task, **key_values(args.task_option)),
-                                       args.data[0] if args.data else None, tok,
-                                       max_length=args.max_length, show_bad=show_bad)
+        lines, n_bad, n_kept = check_task_data(get_task(args.task, **key_values(args.task_option)),
+                                               args.data[0] if args.data else None, tok,
+                                               max_length=args.max_length, show_bad=show_bad)
         print("\n".join(lines))
-        bad = n_bad > 0
+        bad = n_bad > 0 or not n_kept  # (none usable: exit 1, as for a training file)
     elif args.data is None:
         raise ValueError("--data FILE is needed (a task's bundled data only with --task)")
     else:

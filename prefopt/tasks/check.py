@@ -20,28 +20,34 @@ from .splits import mixed_labels
 
 def read_labelled(task: Task, path: str | None) -> list:
     """``task.read(path)`` for eval and compare: a bad row stops it, its error pointing at the check
-    that lists every one (:func:`check_task_data`)."""
+    that lists every one (:func:`check_task_data`); so does a file that holds no record (an empty
+    file, a table of headers only), where a split or a metric would stop on it less plainly."""
     try:
-        return task.read(path)
+        records = task.read(path)
     except DataError as e:
         if e.line is None:
             raise
         raise DataError(e.path, e.line, e.field, f"{e.reason} (prefopt check-data --task {task.name} lists every "
                                                  "bad row)") from None
+    if not records:
+        raise ValueError(f"{path or task.bundled_data or task.name}: no {task.name} records (an empty file, or a table "
+                         "with no rows under its header?)")
+    return records
 
 
 def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length: int,
-                    show_bad: int | None = SHOW_BAD) -> tuple[list[str], int]:
-    """The check as console lines, and how many bad rows it found. ``path`` None: the task's
-    bundled data. The read goes on past bad rows (:func:`~prefopt.tasks._io.read_past_bad_rows`):
-    past ``show_bad`` of them (None: never) it stops and lists those, measuring nothing."""
+                    show_bad: int | None = SHOW_BAD) -> tuple[list[str], int, int]:
+    """The check as console lines, how many bad rows it found and how many records it kept.
+    ``path`` None: the task's bundled data. The read goes on past bad rows
+    (:func:`~prefopt.tasks._io.read_past_bad_rows`): past ``show_bad`` of them (None: never) it
+    stops and lists those, measuring nothing."""
     records, bad = read_past_bad_rows(task, path, limit=show_bad)
     where = Path(path) if path else Path(task.bundled_data or task.name)
     if records is None:
         return [f"{where}: {task.name} records; more than {show_bad} bad rows, the first {show_bad}:",
                 *(f"  bad: {e}" for e in bad[:show_bad]),
                 "  ... and more (--all-bad finds every one and measures what is left: lengths, cuts, the class "
-                "mix)"], len(bad)
+                "mix)"], len(bad), 0
     prompts = [task.messages(r) for r in records]  # rendered once (a document's text, a template), used twice
     examples = Records([{"prompt": p, "completion": r.target} for p, r in zip(prompts, records)],
                        f"{task.name} records")
@@ -66,7 +72,7 @@ def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length:
     if mixed := mixed_labels(records):
         lines.append(f"  {mixed}")
     lines += [f"  {line}" for line in escape_lines(task, records, prompts)]
-    return lines, len(bad)
+    return lines, len(bad), check.report.n_kept
 
 
 def escape_lines(task: Task, records: list, prompts: list | None = None) -> list[str]:

@@ -7,6 +7,7 @@ import pytest
 from prefopt.data import DataError
 from prefopt.tasks import Task, get_task
 from prefopt.tasks._io import need, read_past_bad_rows, table
+from tests._tiny import build_hf_model
 
 
 def _portal(tmp):
@@ -226,3 +227,24 @@ def test_check_data_task_renders_each_records_prompt_once(tiny_model, capsys, mo
     assert main(["check-data", "--model", str(tiny_model), "--task", "portal"]) == 0
     assert "portal records, as compare's SFT examples" in capsys.readouterr().out
     assert len(rendered) > 100 and set(rendered.values()) == {1}
+
+
+def test_a_task_file_with_no_records_is_refused_as_such_before_the_model_loads(tmp_path, capsys):
+    """An empty file, or a table of headers only: said so, where eval's split said ``test (0) + val (0)
+    leave no training data out of 0 groups``."""
+    from prefopt.cli import main
+
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "headers.csv").write_text("id,message,urgency\n")
+    for name in ("empty.jsonl", "headers.csv"):
+        for command in ("eval", "compare"):
+            path = tmp_path / name
+            assert main([command, "--task", "portal", "--model", str(tmp_path / "no-model"), "--data", str(path),
+                         "--output", str(tmp_path / command)]) == 2
+            assert capsys.readouterr().err == (f"prefopt {command}: error: {path}: no portal records (an empty file, "
+                                               "or a table with no rows under its header?)\n")
+            assert not (tmp_path / command).exists()
+    tiny = tmp_path / "tiny"
+    build_hf_model(tiny)
+    assert main(["check-data", "--task", "portal", "--model", str(tiny), "--data", str(tmp_path / "empty.jsonl")]) == 1
+    assert "0 of 0 records kept\n  the file holds no records\n" in capsys.readouterr().out  # none usable: exit 1
