@@ -82,6 +82,12 @@ PRESETS = {
 }
 
 
+def _stage_hint(name: str, known: list[str]) -> str:
+    """`` (lr: sft_lr or dpo_lr, each stage's own)`` for a training setting that compare sets per stage."""
+    stages = [k for k in (f"sft_{name}", f"dpo_{name}") if k in known]
+    return f" ({name}: {' or '.join(stages)}, each stage's own)" if stages else ""
+
+
 @dataclass
 class CompareConfig:
     task: str
@@ -130,7 +136,7 @@ class CompareConfig:
         if unknown:
             where = sorted(unknown & {"device", "eval_dtype"})
             known = sorted({*PRESETS["full"], *PRESETS["quick"]})
-            hints = "".join(did_you_mean(u, known) for u in sorted(unknown) if u not in where)
+            hints = "".join(_stage_hint(u, known) or did_you_mean(u, known) for u in sorted(unknown) if u not in where)
             raise ValueError(f"unknown compare settings {sorted(unknown)}{hints}"
                              + (f"; {', '.join(where)} {'is' if len(where) == 1 else 'are'} not a preset setting: "
                                 f"pass {' and '.join('--' + w.replace('_', '-') for w in where)}" if where

@@ -812,6 +812,10 @@ def test_eval_and_compare_run_where_they_are_told_and_record_it(tiny_model, tmp_
                                   overrides={"device": "cpu"}))
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "r2"), device="gpu"))
+    with pytest.raises(ValueError, match=r"^unknown compare settings \['bta', 'lr'\] \(did you mean 'beta'\?\) \(lr: "
+                       r"sft_lr or dpo_lr, each stage's own\); the settings: batch_size, beta, "):  # a trainer's name
+        run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "r2"),
+                                  overrides={"lr": 1e-4, "bta": 0.1}))
     assert not (tmp_path / "r2").exists()
 
 
