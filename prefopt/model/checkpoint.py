@@ -78,13 +78,24 @@ def load_model(
         logits ``(B, T, V)``; ``model(input_ids, return_hidden=True)`` gives ``(B, T, D)``.
     """
     device = resolve_device(device)
-    model_dir = resolve_model_dir(name_or_path, revision=revision)
-    cfg = ModelConfig.from_hf(model_dir)
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    load_weights(model, weight_files(model_dir), dtype=dtype, device=device)
+    model = empty_model(name_or_path, revision=revision)
+    load_weights(model, weight_files(Path(model.name_or_path)), dtype=dtype, device=device)
     for name, buf in list(model.named_buffers(recurse=False)):  # RoPE's inverse frequencies (Gemma 3: two)
         setattr(model, name, buf.to(device))
+    return model
+
+
+def empty_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32, *, revision: str | None = None,
+                ) -> Transformer:
+    """The model ``config.json`` describes, in eval mode, its parameters ``dtype`` on the meta
+    device (no storage; no weight read) and its RoPE frequencies computed on the CPU: for
+    :func:`load_weights`, or for an FSDP2 rank that receives its share of rank 0's weights
+    (``prefopt.train.distributed.receive_weights``)."""
+    model_dir = resolve_model_dir(name_or_path, revision=revision)
+    with torch.device("meta"):
+        model = Transformer(ModelConfig.from_hf(model_dir))
+    for p in model.parameters():
+        p.data = p.data.to(dtype)
     model.name_or_path = str(model_dir)
     return model.eval()
 

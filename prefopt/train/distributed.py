@@ -130,24 +130,41 @@ def shards_as_it_moves(info: DistInfo, fsdp: bool) -> bool:
     return fsdp and info.enabled
 
 
+def receives_weights(info: DistInfo, fsdp: bool) -> bool:
+    """Whether this process loads no weights of its own: an FSDP2 rank other than 0, whose model
+    is built empty (on the meta device) and filled with its share of rank 0's by
+    :func:`wrap_model`, so the node's CPU memory holds one copy of the weights, not one a rank."""
+    return shards_as_it_moves(info, fsdp) and not info.is_main
+
+
 def wrap_model(model: torch.nn.Module, info: DistInfo, *, fsdp: bool, device: torch.device | None = None,
                ) -> torch.nn.Module:
     """DDP (the default) or FSDP2 ``fully_shard`` on each block, then the root, over a mesh of
     ``device``'s type (FSDP2's default mesh is CUDA's wherever there is a GPU, even for a run on
     the CPU). ``fully_shard`` moves each block's weights to the device and keeps this rank's share
     there, so a model still on the CPU arrives sharded (:func:`shards_as_it_moves`): a rank's GPU
-    need hold its share of the weights and one whole block, not the whole model."""
+    need hold its share of the weights and one whole block, not the whole model. Then every rank
+    takes rank 0's weights, a tensor at a time (:func:`receives_weights`: the others hold none
+    of their own; and where each loaded its own, all start from the same)."""
     if not info.enabled:
         return model
     if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
         device = device if device is not None else next(model.parameters()).device
+        full = model.state_dict() if info.is_main else {}  # (the CPU tensors, kept until sent)
         mesh = init_device_mesh(device.type, (info.world,))
         for block in model.model.layers:
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
+        if any(p.is_meta for p in model.parameters()):  # storage for this rank's shards (RoPE's buffers kept)
+            buffers = {name: b.clone() for name, b in model.named_buffers()}
+            model.to_empty(device=device)
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+        set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 

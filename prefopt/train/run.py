@@ -13,6 +13,7 @@ from ..devices import DTYPES, resolve_device
 from ..fileio import write_json_atomic
 from ..lora import apply_lora, parse_layers
 from ..lora_experts import EXPERT_PARTS
+from ..model.checkpoint import empty_model
 from ..pretrained import load_model
 from ..tokenizer import Tokenizer, load_tokenizer, set_chat_date, set_chat_vars
 from . import state as ckpt_io
@@ -21,7 +22,7 @@ from .config import TrainConfig
 from .cost import cost_line
 from .curves import curves_line
 from .diagnosis import WARNING_KEYS, dpo_warnings
-from .distributed import init_distributed
+from .distributed import init_distributed, receives_weights
 from .metrics import first_and_last, first_to_last
 from .saving import save_weights
 from .sft import SFTTrainer, load_train_eval
@@ -47,6 +48,10 @@ def prepare_model(config: TrainConfig):
     ``config.sft_adapter`` merged in for DPO after SFT (beside the 4-bit codes, after quantizing),
     and a fresh LoRA adapter, or all weights trainable; seeded."""
     torch.manual_seed(config.seed)
+    if receives_weights(init_distributed(resolve_device(config.device)), config.fsdp):
+        # an FSDP2 rank other than 0: no weight read here; its share of rank 0's (the SFT adapter merged
+        # in, for DPO after SFT) comes as the trainer shards the model
+        return adapt(empty_model(config.model, DTYPES[config.dtype]), config)
     adapter = getattr(config, "sft_adapter", None)
     # with quantize: 4 bits first (layer by layer onto the training device), then the SFT adapter merged
     # beside the codes, not rounded in; the adapter trained next needs no other layer in 4 bits (the lm_head

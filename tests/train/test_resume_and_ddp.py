@@ -249,6 +249,33 @@ def test_kto_on_two_processes_matches_one(task, tmp_path, cache):
     assert (summary["reference_forwards"] == 0) == cache
 
 
+def test_an_fsdp_rank_other_than_0_reads_no_weights(task, tmp_path, monkeypatch):
+    """Under torchrun with --fsdp only rank 0 loads the model; the others build it empty (meta
+    parameters, nothing read) and receive their shares from rank 0 as it is sharded (the
+    two-process FSDP2 tests above check that they train as one process does)."""
+    import prefopt.model.checkpoint as checkpoint
+    import prefopt.train.run as run
+    from prefopt.train import TrainConfig
+    from prefopt.train.distributed import DistInfo
+
+    model_dir, data = task
+    cfg = TrainConfig(model=str(model_dir), data=str(data), output_dir=str(tmp_path / "o"), lora=False, fsdp=True,
+                      dtype="bfloat16")
+    loaded = run.prepare_model(cfg)  # one process: loaded as ever
+    assert not any(p.is_meta for p in loaded.parameters())
+
+    def read(*a, **k):
+        raise AssertionError("rank 1 read weights")
+    monkeypatch.setattr(checkpoint, "load_weights", read)
+    monkeypatch.setattr(run, "init_distributed", lambda device: DistInfo(rank=1, world=2, local_rank=1))
+    empty = run.prepare_model(cfg)
+    params = dict(empty.named_parameters())
+    assert params.keys() == dict(loaded.named_parameters()).keys()
+    assert all(p.is_meta and p.requires_grad and p.dtype == torch.bfloat16 for p in params.values())
+    for (name, b), (_, ref) in zip(empty.named_buffers(), loaded.named_buffers(), strict=True):  # RoPE's, computed
+        assert not b.is_meta and torch.equal(b, ref), name
+
+
 @pytest.mark.slow
 def test_fsdp_run_killed_then_resumed_matches_an_uninterrupted_one(task, tmp_path):
     """FSDP2 (2 processes, each holding half of every parameter and of its Adam moments): the
