@@ -161,27 +161,33 @@ def test_evaluators_on_two_processes_are_averaged_and_pick_the_same_best(task, t
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["ddp_lora", "fsdp_full", "ddp_lora_share_start"])
+@pytest.mark.parametrize("mode", ["ddp_lora", "fsdp_full", "fsdp_full_after_sft", "ddp_lora_share_start"])
 def test_dpo_with_a_reference_cache_on_two_processes_matches_one(task, tmp_path, mode):
     """Both ranks compute a share of the cache's fill, rank 0 writes it and the other reads it;
     the run then matches one process. Full fine-tuning under FSDP2 takes the reference from the
     sharded model itself, whose forward every rank must join: the fill hung there while rank 0
-    ran it alone and rank 1 waited in a barrier. With share_start each rank's pairs run in one
-    row after the prompt start they all share (the packed spans through DDP)."""
+    ran it alone and rank 1 waited in a barrier. After SFT, rank 0 alone reads the model and
+    merges the SFT adapter into it; rank 1 receives the merged weights. With share_start each
+    rank's pairs run in one row after the prompt start they all share (the packed spans through
+    DDP)."""
     from prefopt.refcache import RefCache
 
     model_dir, _ = task
     pairs = write_pairs(tmp_path / "pairs.jsonl", n=24)
-    kw = dict(lora=False, lr=1e-3) if mode == "fsdp_full" else dict(lr=5e-3, lora_dropout=0.0)
+    fsdp = mode.startswith("fsdp")
+    kw = dict(lora=False, lr=1e-3) if fsdp else dict(lr=5e-3, lora_dropout=0.0)
     if mode == "ddp_lora_share_start":
         kw["share_start"] = True
+    if mode == "fsdp_full_after_sft":
+        _in_this_process(_config(task, tmp_path / "sft", max_steps=2, save_every=0, eval_fraction=0))
+        kw["sft_adapter"] = str(tmp_path / "sft" / "final")
 
     def config(name, batch_size, **more):
         return _config(task, tmp_path / name, kind="dpo", data=str(pairs), batch_size=batch_size, max_steps=12,
                        save_every=0, eval_fraction=0.25, ref_cache=str(tmp_path / name / "cache"), **kw, **more)
 
     _in_this_process(config("one", 4))
-    two = _torchrun(2, config("two", 2, fsdp=mode == "fsdp_full"))
+    two = _torchrun(2, config("two", 2, fsdp=fsdp))
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("records kept") == 1 and two.stdout.count("saved to") == 1  # rank 0 speaks
     l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "two")
@@ -199,7 +205,7 @@ def test_dpo_with_a_reference_cache_on_two_processes_matches_one(task, tmp_path,
     keys = sorted(c1.entries)
     for a, b in zip(c1.get(keys), c2.get(keys)):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
-    name = "model.safetensors" if mode == "fsdp_full" else "adapter_model.safetensors"
+    name = "model.safetensors" if fsdp else "adapter_model.safetensors"
     w1, w2 = (load_file(tmp_path / run / "final" / name) for run in ("one", "two"))
     assert w1.keys() == w2.keys() and max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
 
