@@ -90,7 +90,7 @@ def empty_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32, *,
     """The model ``config.json`` describes, in eval mode, its parameters ``dtype`` on the meta
     device (no storage; no weight read) and its RoPE frequencies computed on the CPU: for
     :func:`load_weights`, or for an FSDP2 rank that receives its share of rank 0's weights
-    (``prefopt.train.distributed.receive_weights``)."""
+    (``prefopt.train.distributed.receives_weights``)."""
     model_dir = resolve_model_dir(name_or_path, revision=revision)
     with torch.device("meta"):
         model = Transformer(ModelConfig.from_hf(model_dir))

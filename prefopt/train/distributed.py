@@ -143,7 +143,7 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, *, fsdp: bool, device: to
     ``device``'s type (FSDP2's default mesh is CUDA's wherever there is a GPU, even for a run on
     the CPU). ``fully_shard`` moves each block's weights to the device and keeps this rank's share
     there, so a model still on the CPU arrives sharded (:func:`shards_as_it_moves`): a rank's GPU
-    need hold its share of the weights and one whole block, not the whole model. Then every rank
+    holds its share of the weights and at most one whole block, never the whole model. Then every rank
     takes rank 0's weights, a tensor at a time (:func:`receives_weights`: the others hold none
     of their own; and where each loaded its own, all start from the same)."""
     if not info.enabled:
