@@ -15,6 +15,7 @@ The reference log-probs come from one of three places:
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from .. import f_divergence
 from ..data.feedback import FeedbackExample, label_counts
 from ..data.preference import PairExample, pair_collate
 from ..data.sft import IGNORE, WINDOWS_ARE_SFT
+from ..fileio import size_text
 from ..hints import did_you_mean
 from ..kernels import fused_preference_loss
 from ..ld_dpo import check_ld_alpha, ld_weights
@@ -44,7 +46,7 @@ from ..losses import LOSSES, PAIRWISE, REFERENCE_FREE, UNPAIRED, base_losses, kn
 from ..model import eval_mode
 from ..model.generate import MIN_SHARED
 from .config import TrainConfig, opt
-from .distributed import all_reduce_sum, barrier, head_operands
+from .distributed import all_reduce_sum, barrier, head_operands, shards_as_it_moves
 from .loop import Batch, Trainer
 from .out_of_memory import explained, moved
 from .reference import reference_cache_for
@@ -80,6 +82,15 @@ def variant_errors(loss: str, ld_alpha: float | None, divergence: str, f_alpha: 
         errors.append(f"wpo weighs each pair's loss on its own; {loss!r} is not a per-pair loss (aot and "
                       "aot_unpaired sort the batch, which would misalign the weights, as TRL says)")
     return errors
+
+
+def whole_reference_note(ref_model: torch.nn.Module, world: int) -> str:
+    """What a separate reference model costs under FSDP2, which shards the trained model only."""
+    size = sum(t.numel() * t.element_size() for t in [*ref_model.parameters(), *ref_model.buffers()])
+    return (f"under --fsdp the reference model (--ref) is not sharded: each of the {world} processes holds all "
+            f"{size_text(size)} of it on its device. --ref-cache without --ref holds none: it computes the "
+            "reference log-probs once, before the first step, with the sharded model itself (the reference is then "
+            "the model training starts from)")
 
 
 @dataclass
@@ -237,6 +248,9 @@ class DPOTrainer(Trainer):
         elif ref_model is not None:
             self.ref_mode = "model"
             self.ref_model = moved(self, ref_model, "reference model").eval().requires_grad_(False)
+            if shards_as_it_moves(self.dist, config.fsdp) and self.dist.is_main:
+                print(f"prefopt: note: {whole_reference_note(self.ref_model, self.dist.world)}", file=sys.stderr,
+                      flush=True)
         elif any(True for _ in lora_layers(model)):  # LoRALinear or the experts'
             self.ref_mode = "adapter"
         else:

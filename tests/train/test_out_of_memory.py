@@ -182,6 +182,37 @@ def test_a_reference_model_that_does_not_fit_offers_the_reference_cache(task, tm
         run_dpo(cfg)
 
 
+def test_under_fsdp_a_whole_reference_model_on_every_rank_is_said_with_the_cache_that_holds_none(task, tmp_path,
+                                                                                                 monkeypatch, capsys):
+    """Under torchrun with --fsdp (a stand-in: rank 0 of 4) a --ref model is whole on every rank:
+    said once, with its size and --ref-cache, which holds no reference model."""
+    import prefopt.train.loop as loop
+    import prefopt.train.run as run
+    from prefopt.fileio import size_text
+    from prefopt.train.distributed import DistInfo
+
+    class Built(Exception):
+        pass
+
+    def train(self):
+        raise Built
+    loaded, load = [], run.load_model
+    monkeypatch.setattr(run, "load_model", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1])
+    monkeypatch.setattr(loop, "init_distributed", lambda device: DistInfo(rank=0, world=4, local_rank=0))
+    monkeypatch.setattr(loop, "wrap_model", lambda model, info, *, fsdp, device=None: model)  # (no process group)
+    monkeypatch.setattr(DPOTrainer, "train", train)
+    model_dir, _ = task
+    cfg = DPOConfig(model=str(model_dir), ref=str(model_dir), data=str(write_pairs(tmp_path / "pairs.jsonl", n=8)),
+                    output_dir=str(tmp_path / "dpo"), batch_size=1, max_steps=2, lora=False, fsdp=True,
+                    progress=False)
+    with pytest.raises(Built):
+        run_dpo(cfg)
+    ref = loaded[-1]
+    size = size_text(sum(t.numel() * t.element_size() for t in [*ref.parameters(), *ref.buffers()]))
+    assert (f"prefopt: note: under --fsdp the reference model (--ref) is not sharded: each of the 4 processes holds "
+            f"all {size} of it on its device. --ref-cache without --ref holds none") in capsys.readouterr().err
+
+
 def test_a_base_already_in_16_or_4_bits_is_not_offered_again(tmp_path):
     from types import SimpleNamespace
 
