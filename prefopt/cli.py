@@ -274,8 +274,8 @@ def _curves(args: argparse.Namespace) -> int:
 
 
 def _check_data(args: argparse.Namespace) -> int:
-
     from .data.check import SHOW_BAD, check_data
+    from .fileio import read_json
     from .model import resolve_model_dir
     from .tokenizer import load_tokenizer
 
@@ -309,8 +309,6 @@ def _check_data(args: argparse.Namespace) -> int:
                            max_prompt_length=args.max_prompt_length, columns=column_map(args.columns))
         print("\n".join(check.lines(show_bad=show_bad)))
         bad = bool(check.report.skipped or not check.report.n_kept)
-    from .fileio import read_json
-
     config = resolve_model_dir(args.model) / "config.json"
     context = read_json(config).get("max_position_embeddings") if config.is_file() else None
     if context and args.max_length > context:

@@ -158,7 +158,6 @@ def import_dtype(gguf, reader) -> torch.dtype:
 
 def describe_import(out: str | Path) -> str:
     """One line on an imported folder: architecture, size, weights' dtype, tokenizer, RoPE scaling."""
-
     out = Path(out)
     cfg = ModelConfig.from_hf(out)  # both spellings of the RoPE settings
     model = read_json(out / "tokenizer.json")["model"]

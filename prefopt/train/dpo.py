@@ -48,6 +48,7 @@ from ..model.generate import MIN_SHARED
 from .config import TrainConfig, opt
 from .distributed import all_reduce_sum, barrier, head_operands, shards_as_it_moves
 from .loop import Batch, Trainer
+from .memory_estimate import module_bytes
 from .out_of_memory import explained, moved
 from .reference import reference_cache_for
 from .shared_prompt import pack_pairs, pack_pairs_after, pair_hidden, pair_logp_sums, pairs_start
@@ -86,11 +87,10 @@ def variant_errors(loss: str, ld_alpha: float | None, divergence: str, f_alpha: 
 
 def whole_reference_note(ref_model: torch.nn.Module, world: int) -> str:
     """What a separate reference model costs under FSDP2, which shards the trained model only."""
-    size = sum(t.numel() * t.element_size() for t in [*ref_model.parameters(), *ref_model.buffers()])
     return (f"under --fsdp the reference model (--ref) is not sharded: each of the {world} processes holds all "
-            f"{size_text(size)} of it on its device. --ref-cache without --ref holds none: it computes the "
-            "reference log-probs once, before the first step, with the sharded model itself (the reference is then "
-            "the model training starts from)")
+            f"{size_text(module_bytes(ref_model))} of it on its device. --ref-cache without --ref holds none: it "
+            "computes the reference log-probs once, before the first step, with the sharded model itself (the "
+            "reference is then the model training starts from)")
 
 
 @dataclass

@@ -134,8 +134,8 @@ def estimate_memory(config: TrainConfig, device: str | None = None, *, model_con
         warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
         model = _built(Transformer, cfg, DTYPES[config.dtype])
         ref = getattr(config, "ref", None)  # DPO's separate frozen reference model (--ref), loaded in full
-        reference = _bytes(_built(Transformer, ModelConfig.from_hf(resolve_model_dir(ref)), DTYPES[config.dtype])) \
-            if ref else 0
+        reference = module_bytes(_built(Transformer, ModelConfig.from_hf(resolve_model_dir(ref)),
+                                        DTYPES[config.dtype])) if ref else 0
         if config.quantize:
             quantize_model(model, quantized_layers(config.lora_targets), config.quantize)
         adapt(model, config)
@@ -147,7 +147,7 @@ def estimate_memory(config: TrainConfig, device: str | None = None, *, model_con
             loss = step_loss(model)
             activations = live.now
             loss.backward()
-    weights = _bytes(model) + reference
+    weights = module_bytes(model) + reference
     optimizer = 2 * trained
     # the step's peak with AdamW's moments held (from step 2 on); the optimizer step itself (gradients, moments and
     # a temporary the size of the trained weights, with the activations gone) where that is more
@@ -205,7 +205,7 @@ def measured_step(trainer) -> int:
         trainer.train_step(1)
         return torch.cuda.max_memory_allocated(trainer.device)
     moments = [v for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim()]
-    held = _bytes(trainer.model) + sum(t.numel() * t.element_size() for t in moments)
+    held = module_bytes(trainer.model) + sum(t.numel() * t.element_size() for t in moments)
     return held + allocated_peak(lambda: trainer.train_step(1))
 
 
@@ -319,7 +319,8 @@ def _built(cls, cfg, dtype: torch.dtype) -> torch.nn.Module:
         torch.set_default_dtype(before)
 
 
-def _bytes(model: torch.nn.Module) -> int:
+def module_bytes(model: torch.nn.Module) -> int:
+    """The bytes ``model``'s parameters and buffers take (also on the meta or a fake device)."""
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
