@@ -31,6 +31,33 @@ def test_a_flag_the_command_lacks_names_the_one_meant(capsys):
     assert "unrecognized arguments: stray" in capsys.readouterr().err
 
 
+def _error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_a_file_or_model_folder_given_without_its_flag_is_named_with_the_flag(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pairs.jsonl").write_text("{}\n")
+    (tmp_path / "my model").mkdir()
+    (tmp_path / "my model" / "config.json").write_text("{}")
+    err = _error(capsys, ["dpo", "pairs.jsonl", "--model", "m", "--output-dir", "o", "--learning-rate", "1e-5"])
+    assert err.endswith("error: unrecognized arguments: pairs.jsonl --learning-rate 1e-5\n"
+                        "  --learning-rate: prefopt calls it --lr\n  pairs.jsonl: give it as --data pairs.jsonl\n"), err
+    assert "give it as --data train.csv" in _error(capsys, ["sft", "--model", "m", "train.csv"])  # named as data is
+    # argparse stops at a missing required flag before it lists the words no flag took: the hint comes all the same
+    err = _error(capsys, ["eval", "my model", "--task", "portal"])
+    assert "the following arguments are required: --output" in err and "give it as --model 'my model'" in err, err
+    # a flag's own values, a flag argparse takes by its start (--mod, --dat), or the flag given already: no hint
+    for argv in (["sft", "--model", "m", "--eval-data", "pairs.jsonl", "--lr", "-1", "stray"],
+                 ["sft", "--mod", "m", "--dat", "pairs.jsonl", "x.jsonl", "--no-lora", "stray"],
+                 ["eval", "--mod", "my model", "--task", "portal"]):
+        err = _error(capsys, argv)
+        assert "give it as" not in err and "did you mean" not in err, (argv, err)
+
+
 @pytest.mark.parametrize("error, code, line", [
     (OSError(28, "No space left on device", "/runs/x/checkpoints/step-4"), 2,
      "prefopt generate: error: [Errno 28] No space left on device: '/runs/x/checkpoints/step-4'\n"),
