@@ -15,7 +15,6 @@ The reference log-probs come from one of three places:
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -28,7 +27,6 @@ from .. import f_divergence
 from ..data.feedback import FeedbackExample, label_counts
 from ..data.preference import PairExample, pair_collate
 from ..data.sft import IGNORE, WINDOWS_ARE_SFT
-from ..fileio import size_text
 from ..hints import did_you_mean
 from ..kernels import fused_preference_loss
 from ..ld_dpo import check_ld_alpha, ld_weights
@@ -46,10 +44,9 @@ from ..losses import LOSSES, PAIRWISE, REFERENCE_FREE, UNPAIRED, base_losses, kn
 from ..model import eval_mode
 from ..model.generate import MIN_SHARED
 from .config import TrainConfig, opt
-from .distributed import all_reduce_sum, barrier, head_operands, shards_as_it_moves
+from .distributed import all_reduce_sum, barrier, head_operands, shards_as_it_moves, wrap_model
 from .loop import Batch, Trainer
-from .memory_estimate import module_bytes
-from .out_of_memory import explained, moved
+from .out_of_memory import explained, moved, reraised, torch_words, weights_advice
 from .reference import reference_cache_for
 from .shared_prompt import pack_pairs, pack_pairs_after, pair_hidden, pair_logp_sums, pairs_start
 
@@ -85,12 +82,9 @@ def variant_errors(loss: str, ld_alpha: float | None, divergence: str, f_alpha: 
     return errors
 
 
-def whole_reference_note(ref_model: torch.nn.Module, world: int) -> str:
-    """What a separate reference model costs under FSDP2, which shards the trained model only."""
-    return (f"under --fsdp the reference model (--ref) is not sharded: each of the {world} processes holds all "
-            f"{size_text(module_bytes(ref_model))} of it on its device. --ref-cache without --ref holds none: it "
-            "computes the reference log-probs once, before the first step, with the sharded model itself (the "
-            "reference is then the model training starts from)")
+def _device_of(module: torch.nn.Module) -> torch.device | None:
+    """Where ``module``'s weights are (its first parameter's device), None where it has none."""
+    return next((p.device for p in module.parameters()), None)
 
 
 @dataclass
@@ -237,6 +231,10 @@ class DPOTrainer(Trainer):
         # share_start: the prompt start of every pair, training's and evaluation's (one for the whole data, so a
         # pair's hidden states are the same in any batch: the reference cache's fill and training's micro-batches)
         self.start = pairs_start(self.train_data + self.eval_data) if config.share_start else 0
+        if ref_model is not None and shards_as_it_moves(self.dist, config.fsdp) and config.loss not in REFERENCE_FREE:
+            # sharded now, as the policy is: a rank other than 0 built it empty, and the cache's fingerprint
+            # below reads its weights (gathered from every rank's shard)
+            ref_model = self.ref_model = self._placed(ref_model)
         if isinstance(ref_cache, (str, os.PathLike)):  # a folder: opened for this reference, once
             # the data are checked and the output folder claimed (hashing the weights takes a while)
             ref_cache = reference_cache_for(config, self.model, ref_model, root=ref_cache, start=self.start)
@@ -247,10 +245,7 @@ class DPOTrainer(Trainer):
             self.ref_mode = "cache"
         elif ref_model is not None:
             self.ref_mode = "model"
-            self.ref_model = moved(self, ref_model, "reference model").eval().requires_grad_(False)
-            if shards_as_it_moves(self.dist, config.fsdp) and self.dist.is_main:
-                print(f"prefopt: note: {whole_reference_note(self.ref_model, self.dist.world)}", file=sys.stderr,
-                      flush=True)
+            self.ref_model = self._placed(ref_model)
         elif any(True for _ in lora_layers(model)):  # LoRALinear or the experts'
             self.ref_mode = "adapter"
         else:
@@ -299,12 +294,31 @@ class DPOTrainer(Trainer):
         with eval_mode(self.model), disable_adapter(self.model):  # no adapter dropout in the reference
             yield self.model
 
+    def _placed(self, ref: torch.nn.Module) -> torch.nn.Module:
+        """The reference model ``ref``, frozen, on this trainer's device: under ``--fsdp`` sharded as
+        the policy is (each rank holds its share; a rank that built it empty receives rank 0's
+        weights), else moved whole. Weights that do not fit there are said as such (``OutOfMemory``)."""
+        from torch.distributed.fsdp import FSDPModule
+
+        ref = ref.eval().requires_grad_(False)
+        if not shards_as_it_moves(self.dist, self.config.fsdp):
+            return moved(self, ref, "reference model")
+        if isinstance(ref, FSDPModule):  # (sharded already)
+            return ref
+        return reraised(lambda: wrap_model(ref, self.dist, fsdp=True, device=self.device),
+                        lambda e: weights_advice(self, ref, torch_words(e), "reference model"))
+
     @torch.no_grad()
     def reference_logps(self, batch: Batch) -> torch.Tensor:
-        """Sequence log-prob sums ``(2B,)`` under the reference."""
+        """Sequence log-prob sums ``(2B,)`` under the reference. A sharded reference model keeps
+        only its shares after it (FSDP2 leaves the root's weights, the embedding and the head,
+        whole after a forward, for a backward that a reference never runs)."""
         self.ref_forwards += 1
         with self._reference() as ref:
-            return pair_logp_sums(ref, batch, self.config.ld_alpha)
+            sums = pair_logp_sums(ref, batch, self.config.ld_alpha)
+        if ref is self.ref_model and hasattr(ref, "reshard"):
+            ref.reshard()
+        return sums
 
     def fill_cache(self, pairs: Sequence[PairExample]) -> int:
         """Compute the reference log-probs of every pair the cache lacks. Under torchrun every rank
@@ -342,6 +356,10 @@ class DPOTrainer(Trainer):
         before, todo = len(cache), len(cache.missing([p.key for p in pairs]))
         if self.dist.enabled:
             self._same_cache_everywhere(todo)  # (a collective: every rank has read the cache before rank 0 writes)
+        home = None  # where a reference model moved here for the fill came from (the CPU, as run_dpo loads it)
+        if self.ref_model is not None and todo:  # (a full cache needs no reference on the device)
+            home = None if shards_as_it_moves(self.dist, self.config.fsdp) else _device_of(self.ref_model)
+            self.ref_model = self._placed(self.ref_model)
             compute, per_chunk = shared, stacked * self.dist.world
         else:  # twice a step's pairs per chunk; four times when each prompt runs once (about half the tokens)
             compute, per_chunk = local, self.config.batch_size * (4 if self.config.share_prompt else 2)
@@ -354,6 +372,8 @@ class DPOTrainer(Trainer):
                     f"{todo - (len(cache) - before)}")
         self.ref_mode = "cache"
         self.ref_forwards = 0
+        if home is not None and home != self.device:  # training reads the cache: the device's memory is the policy's
+            self.ref_model.to(home)
         barrier(self.dist)
         if not self.dist.is_main:
             cache.reload()  # rank 0 has written it

@@ -143,7 +143,7 @@ def weights_advice(trainer, module: torch.nn.Module, what: str, which: str = "mo
     held = ", ".join(f"{size_text(n)} in {str(dtype).removeprefix('torch.')}"
                      for dtype, n in sorted(sizes.items(), key=lambda kv: -kv[1])[:2])
     dist = getattr(trainer, "dist", None)
-    sharded = which == "model" and dist is not None and shards_as_it_moves(dist, c.fsdp)
+    sharded = dist is not None and shards_as_it_moves(dist, c.fsdp)  # (a --ref reference model too)
     if sharded:
         held += f" (about {size_text(sum(sizes.values()) / dist.world)} on each of the {dist.world} processes' " \
                 "devices, sharded)"
@@ -157,9 +157,8 @@ def weights_advice(trainer, module: torch.nn.Module, what: str, which: str = "mo
     elif not c.lora:
         fixes.append("LoRA (leave out --no-lora: the base is then frozen and --dtype bfloat16 or --quantize nf4 hold "
                      "it in less)")
-        if which == "model":  # (FSDP shards the trained model, not a reference model)
-            fixes.append("more GPUs under --fsdp (torchrun --nproc-per-node: each holds its share of the weights)"
-                         if sharded else "--fsdp under torchrun on several GPUs (each holds its share of the weights)")
+        fixes.append("more GPUs under --fsdp (torchrun --nproc-per-node: each holds its share of the weights)"
+                     if sharded else "--fsdp under torchrun on several GPUs (each holds its share of the weights)")
     fixes.append("a smaller model")
     return OutOfMemory(f"out of memory on {trainer.device} moving the {which}'s weights there, before the first step "
                        f"({what}): they take {held}, and a smaller batch does not change that. To fit, try "

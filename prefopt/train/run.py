@@ -61,6 +61,18 @@ def prepare_model(config: TrainConfig):
     return adapt(model, config)
 
 
+def reference_model(config) -> torch.nn.Module | None:
+    """DPO's separate reference model, ``config.ref`` (None without one), with the SFT adapter
+    merged in as the policy has it; under ``--fsdp`` a rank other than 0 builds it empty and
+    receives its share of rank 0's as the trainer shards it (``DPOTrainer._placed``)."""
+    if not config.ref:
+        return None
+    if receives_weights(init_distributed(resolve_device(config.device)), config.fsdp):
+        return empty_model(config.ref, DTYPES[config.dtype])
+    return load_model(config.ref, dtype=DTYPES[config.dtype], adapter=config.sft_adapter,
+                      merge=config.sft_adapter is not None, quantize=config.quantize)  # as the policy's
+
+
 def adapt(model, config: TrainConfig):
     """``model`` with what ``config`` trains on it: a fresh LoRA adapter, or all weights trainable."""
     if config.lora:
@@ -254,10 +266,6 @@ def run_dpo(config, callbacks=(), evaluators=(), *, records=None, eval_records=N
     if kto and init_distributed(resolve_device(config.device)).is_main:
         print(f"prefopt: {kto_balance_line(pairs, config)}", flush=True)
     model = prepare_model(config)
-    ref_model = None
-    if config.ref:
-        ref_model = load_model(config.ref, dtype=DTYPES[config.dtype], adapter=config.sft_adapter,
-                               merge=config.sft_adapter is not None, quantize=config.quantize)  # as the policy's
-    trainer = DPOTrainer(model, config, pairs, evals, pad_id=tok.pad_token_id or 0, ref_model=ref_model,
+    trainer = DPOTrainer(model, config, pairs, evals, pad_id=tok.pad_token_id or 0, ref_model=reference_model(config),
                          ref_cache=config.ref_cache, callbacks=callbacks, tokenizer=tok, evaluators=evaluators)
     return _train_and_save(trainer, config)

@@ -1,5 +1,6 @@
 """Run SFT (or DPO, with ``"kind": "dpo"`` in the config) from a JSON config in a subprocess;
-optionally SIGKILL (or SIGTERM) itself after a given step, or inside it. ``"evaluators": true`` adds :func:`rank_and_norm`;
+optionally SIGKILL (or SIGTERM) itself after a given step, or inside it. ``"evaluators": true`` adds
+:func:`rank_and_norm`, ``"reference_share"`` :func:`reference_share`;
 ``"ref_cache_per_rank": true`` gives each rank its own ``ref_cache`` folder (``-rank0``, ``-rank1``)."""
 import json
 import os
@@ -17,10 +18,21 @@ def rank_and_norm(trainer):
     return {"rank": float(trainer.dist.rank), "lora_b_norm": norm}
 
 
+def reference_share(trainer):
+    """The share of the reference model's weights this rank holds between its forwards (1: all of
+    it; 1/world: sharded), so the logged value is the ranks' mean."""
+    params = list(trainer.ref_model.parameters())
+    held = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in params)
+    return {"reference_share": held / sum(p.numel() for p in params)}
+
+
+EVALUATORS = {True: [rank_and_norm], "reference_share": [reference_share]}
+
+
 def config_and_run(path):
     """The config the JSON file at ``path`` describes, the run function it goes to, and its evaluators."""
     fields = json.loads(open(path).read())
-    evaluators = [rank_and_norm] if fields.pop("evaluators", False) else []
+    evaluators = EVALUATORS.get(fields.pop("evaluators", False), [])
     if fields.pop("ref_cache_per_rank", False):  # each rank its own folder: as nodes that share no filesystem
         fields["ref_cache"] += f"-rank{os.environ.get('RANK', '0')}"
     if fields.pop("kind", "sft") == "dpo":

@@ -1,5 +1,6 @@
 """DPOTrainer: it learns, the reference cache holds, and the three reference modes agree."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -328,6 +329,30 @@ def test_frozen_reference_model_equals_adapter_disabled(task, tmp_path):
     la = [a.train_step(s)["loss"] for s in range(3)]
     lb = [b.train_step(s)["loss"] for s in range(3)]
     assert max(abs(x - y) for x, y in zip(la, lb)) < 1e-6
+
+
+def test_a_reference_model_fills_the_cache_on_the_trainers_device_then_goes_back(task, tmp_path, monkeypatch):
+    """With --ref and --ref-cache the reference model runs the fill on the training device (it
+    stayed where it was loaded, the CPU, while the pairs went to the GPU) and leaves it after, its
+    memory the policy's. A stand-in: the model "came from" another device, its moves recorded."""
+    import prefopt.train.dpo as dpo
+    from prefopt import load_model
+
+    ref = load_model(task[0])
+    moves, to = [], ref.to
+    monkeypatch.setattr(ref, "to", lambda device: moves.append(torch.device(device)) or to("cpu"))
+    monkeypatch.setattr(dpo, "_device_of", lambda module: torch.device("meta"))  # its home: not the trainer's
+    fills = []
+    fill = DPOTrainer.fill_cache
+    monkeypatch.setattr(DPOTrainer, "fill_cache", lambda self, pairs: fills.append(list(moves)) or fill(self, pairs))
+    cfg = _cfg(task, tmp_path / "o", eval_data=None, max_steps=1, ref=str(task[0]), ref_cache=str(tmp_path / "c"))
+    trainer, pairs = _trainer(task, tmp_path, cfg, cache="folder", ref_model=ref)
+    assert fills == [[]] and moves == [torch.device("cpu"), torch.device("meta")]  # placed for the fill, then home
+    assert trainer.ref_mode == "cache" and len(trainer.ref_cache) == len(pairs) and not ref.training
+    assert trainer.train_step(0)["loss"] > 0 and trainer.ref_forwards == 0
+    moves.clear()  # a full cache: the reference model stays where it is
+    again, _ = _trainer(task, tmp_path, replace(cfg, output_dir=str(tmp_path / "p")), cache="folder", ref_model=ref)
+    assert moves == [] and again.ref_mode == "cache" and len(again.ref_cache) == len(pairs)
 
 
 def test_dpo_config_is_validated(task, tmp_path):

@@ -182,35 +182,43 @@ def test_a_reference_model_that_does_not_fit_offers_the_reference_cache(task, tm
         run_dpo(cfg)
 
 
-def test_under_fsdp_a_whole_reference_model_on_every_rank_is_said_with_the_cache_that_holds_none(task, tmp_path,
-                                                                                                 monkeypatch, capsys):
-    """Under torchrun with --fsdp (a stand-in: rank 0 of 4) a --ref model is whole on every rank:
-    said once, with its size and --ref-cache, which holds no reference model."""
+def test_under_fsdp_a_reference_model_is_sharded_as_the_policy_and_one_too_large_is_said_so(task, tmp_path,
+                                                                                              monkeypatch):
+    """Under torchrun with --fsdp (a stand-in: rank 0 of 4) a --ref model is sharded as the policy
+    is, not moved whole to every rank's device; where its shares do not fit either, its size, each
+    rank's share and more GPUs are said."""
+    import prefopt.train.dpo as dpo
     import prefopt.train.loop as loop
     import prefopt.train.run as run
     from prefopt.fileio import size_text
     from prefopt.train.distributed import DistInfo
 
-    class Built(Exception):
-        pass
+    wrapped, loaded, load = [], [], run.load_model
 
-    def train(self):
-        raise Built
-    loaded, load = [], run.load_model
+    def wrap_model(model, info, *, fsdp, device=None):  # FSDP2's fully_shard, as it fails on a card too small
+        wrapped.append((model, info.world, fsdp, device))
+        raise torch.OutOfMemoryError(CUDA_OOM)
     monkeypatch.setattr(run, "load_model", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1])
-    monkeypatch.setattr(loop, "init_distributed", lambda device: DistInfo(rank=0, world=4, local_rank=0))
+    for module in (loop, run):
+        monkeypatch.setattr(module, "init_distributed", lambda device: DistInfo(rank=0, world=4, local_rank=0))
     monkeypatch.setattr(loop, "wrap_model", lambda model, info, *, fsdp, device=None: model)  # (no process group)
-    monkeypatch.setattr(DPOTrainer, "train", train)
+    monkeypatch.setattr(dpo, "wrap_model", wrap_model)
     model_dir, _ = task
     cfg = DPOConfig(model=str(model_dir), ref=str(model_dir), data=str(write_pairs(tmp_path / "pairs.jsonl", n=8)),
                     output_dir=str(tmp_path / "dpo"), batch_size=1, max_steps=2, lora=False, fsdp=True,
                     progress=False)
-    with pytest.raises(Built):
+    with pytest.raises(OutOfMemory) as e:
         run_dpo(cfg)
     ref = loaded[-1]
-    size = size_text(sum(t.numel() * t.element_size() for t in [*ref.parameters(), *ref.buffers()]))
-    assert (f"prefopt: note: under --fsdp the reference model (--ref) is not sharded: each of the 4 processes holds "
-            f"all {size} of it on its device. --ref-cache without --ref holds none") in capsys.readouterr().err
+    assert [w[1:] for w in wrapped] == [(4, True, torch.device("cpu"))] and wrapped[0][0] is ref
+    assert not ref.training and not any(p.requires_grad for p in ref.parameters())  # frozen before it is sharded
+    total = sum(t.numel() * t.element_size() for t in [*ref.parameters(), *ref.buffers()])
+    assert str(e.value).startswith("out of memory on cpu moving the reference model's weights there, before the "
+                                   "first step (CUDA out of memory.")
+    assert (f"they take {size_text(total)} in float32 (about {size_text(total / 4)} on each of the 4 processes' "
+            "devices, sharded)") in str(e.value)
+    assert ("To fit, try ref_cache= (the reference model's log-probs from disk, and no reference model in memory), "
+            "LoRA (") in str(e.value) and "more GPUs under --fsdp (torchrun --nproc-per-node" in str(e.value)
 
 
 def test_a_base_already_in_16_or_4_bits_is_not_offered_again(tmp_path):

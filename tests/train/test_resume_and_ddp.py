@@ -210,6 +210,40 @@ def test_dpo_with_a_reference_cache_on_two_processes_matches_one(task, tmp_path,
     assert w1.keys() == w2.keys() and max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", [False, True])
+def test_fsdp_shards_a_reference_model_as_the_policy_and_matches_one_process(task, tmp_path, cache):
+    """A separate reference model (--ref) under FSDP2 is sharded as the policy is: between its
+    forwards each of the 2 ranks holds half of it (the evaluator's mean share; rank 1 built it empty
+    and received rank 0's weights), where each held all of it before. Its forward runs every step,
+    or once a pair for the cache's fill (``cache``); either way the run matches one process."""
+    model_dir, _ = task
+    pairs = write_pairs(tmp_path / "pairs.jsonl", n=16)
+
+    def config(name, batch_size, **more):
+        return _config(task, tmp_path / name, kind="dpo", data=str(pairs), ref=str(model_dir), lora=False, lr=1e-3,
+                       batch_size=batch_size, max_steps=6, save_every=0, eval_fraction=0.25, eval_every=3,
+                       evaluators="reference_share", ref_cache=str(tmp_path / name / "cache") if cache else None,
+                       **more)
+
+    _in_this_process(config("one", 4))
+    two = _torchrun(2, config("two", 2, fsdp=True))
+    assert two.returncode == 0, two.stderr[-3000:]
+    l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert [s for s, *_ in l1] == [s for s, *_ in l2] and len(l1) >= 7
+    for (_, a, ea), (_, b, eb) in zip(l1, l2):
+        for x, y in ((a, b), (ea, eb)):
+            assert (x is None) == (y is None) and (x is None or abs(x - y) < 1e-4 * max(1, abs(x))), (l1, l2)
+    shares = {run: {m["eval_reference_share"] for m in read_metrics(tmp_path / run) if "eval_reference_share" in m}
+              for run in ("one", "two")}
+    assert shares == {"one": {1.0}, "two": {0.5}}, shares
+    for run in ("one", "two"):
+        forwards = json.loads((tmp_path / run / "train_summary.json").read_text())["reference_forwards"]
+        assert (forwards == 0) == cache, (run, forwards)
+    w1, w2 = (load_file(tmp_path / run / "final" / "model.safetensors") for run in ("one", "two"))
+    assert w1.keys() == w2.keys() and max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
+
+
 def test_ranks_that_see_different_reference_caches_stop_with_an_error_not_a_hang(task, tmp_path):
     """The ranks fill the cache in step, so they must agree on what it lacks: here rank 0's folder
     holds every pair and rank 1's none (as on nodes that share no filesystem)."""
@@ -261,7 +295,7 @@ def test_an_fsdp_rank_other_than_0_reads_no_weights(task, tmp_path, monkeypatch)
     two-process FSDP2 tests above check that they train as one process does)."""
     import prefopt.model.checkpoint as checkpoint
     import prefopt.train.run as run
-    from prefopt.train import TrainConfig
+    from prefopt.train import DPOConfig, TrainConfig
     from prefopt.train.distributed import DistInfo
 
     model_dir, data = task
@@ -280,6 +314,10 @@ def test_an_fsdp_rank_other_than_0_reads_no_weights(task, tmp_path, monkeypatch)
     assert all(p.is_meta and p.requires_grad and p.dtype == torch.bfloat16 for p in params.values())
     for (name, b), (_, ref) in zip(empty.named_buffers(), loaded.named_buffers(), strict=True):  # RoPE's, computed
         assert not b.is_meta and torch.equal(b, ref), name
+    ref = run.reference_model(DPOConfig(model=str(model_dir), ref=str(model_dir), data=str(data), lora=False,
+                                        fsdp=True, dtype="bfloat16", output_dir=str(tmp_path / "d")))  # --ref: empty
+    assert ref.training is False and all(p.is_meta and p.dtype == torch.bfloat16 for p in ref.parameters())
+    assert dict(ref.named_parameters()).keys() == params.keys()
 
 
 @pytest.mark.slow
