@@ -9,7 +9,9 @@ cache under autocast too; none of that runs in CI. These tests check, on CUDA:
 - under the defaults (bf16 autocast) SFT and DPO learn, and DPO's implicit rewards start at
   exactly 0 with a cached reference; the same over a bfloat16 base (``dtype``, compare's
   ``train_dtype``: the adapter float32), which no GPU has run yet;
-- both with ``share_start`` too (the packed spans after a shared prompt start).
+- both with ``share_start`` too (the packed spans after a shared prompt start);
+- full fine-tuning DPO with a separate reference model (``--ref``) learns, the reference's
+  forward every step or only the cache's fill (no GPU has run this yet).
 
 Each test also runs with ``device="cpu"`` (in CI): that checks the tests themselves, which
 would otherwise only ever run on a lent GPU (the comparison is then CPU against CPU).
@@ -148,6 +150,21 @@ def test_dpo_with_a_cached_reference_learns_under_the_device_defaults(task, tmp_
     assert after["eval_rewards/accuracies"] >= 0.9 and after["eval_loss"] < before["eval_loss"] - 0.2
     assert after["eval_rewards/margins"] > 0
     assert summary["reference_forwards"] == 0
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_full_fine_tuning_dpo_with_a_reference_model_learns_on_the_device(task, tmp_path, device, cache):
+    """``--no-lora --ref MODEL`` (a separate reference model), its forward every step or, with
+    ``--ref-cache``, only for the fill: run_dpo loads it on the CPU, the trainer moves it to the
+    device for its forwards (for the fill it was once left on the CPU beside the GPU's pairs) and,
+    once the cache holds every pair, back to where it was."""
+    model_dir, _, _, heldout = task
+    cfg = _config(task, "dpo", tmp_path / "dpo", device=device, eval_data=str(heldout), max_steps=16, lora=False,
+                  lr=1e-3, ref=str(model_dir), ref_cache=str(tmp_path / "cache") if cache else None)
+    summary = run_dpo(cfg)
+    before, after = summary["eval_before"], summary["eval_after"]
+    assert after["eval_loss"] < before["eval_loss"] - 0.05 and after["eval_rewards/margins"] > 0, (before, after)
+    assert (summary["reference_forwards"] == 0) == cache
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
