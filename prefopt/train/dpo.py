@@ -298,11 +298,11 @@ class DPOTrainer(Trainer):
         """The reference model ``ref``, frozen, on this trainer's device: under ``--fsdp`` sharded as
         the policy is (each rank holds its share; a rank that built it empty receives rank 0's
         weights), else moved whole. Weights that do not fit there are said as such (``OutOfMemory``)."""
-        from torch.distributed.fsdp import FSDPModule
-
         ref = ref.eval().requires_grad_(False)
         if not shards_as_it_moves(self.dist, self.config.fsdp):
             return moved(self, ref, "reference model")
+        from torch.distributed.fsdp import FSDPModule  # (FSDP2's runs only: torch.distributed, 2.6+)
+
         if isinstance(ref, FSDPModule):  # (sharded already)
             return ref
         return reraised(lambda: wrap_model(ref, self.dist, fsdp=True, device=self.device),
