@@ -601,10 +601,13 @@ def _word_hint(word: str, flags: list[str], given: set[str]) -> str:
     from .data.readers import is_data_file_name
 
     path = Path(word)
-    if "--model" in flags and "--model" not in given and (path / "config.json").is_file():
-        return f"give it as --model {shlex.quote(word)}"
-    if "--data" in flags and "--data" not in given and (path.is_file() or is_data_file_name(path)):
-        return f"give it as --data {shlex.quote(word)}"
+    try:
+        if "--model" in flags and "--model" not in given and (path / "config.json").is_file():
+            return f"give it as --model {shlex.quote(word)}"
+        if "--data" in flags and "--data" not in given and (path.is_file() or is_data_file_name(path)):
+            return f"give it as --data {shlex.quote(word)}"
+    except OSError:  # a word too long to be a file's name (a prompt given without --prompt)
+        pass
     return ""
 
 

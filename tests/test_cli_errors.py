@@ -53,7 +53,8 @@ def test_a_file_or_model_folder_given_without_its_flag_is_named_with_the_flag(ca
     # a flag's own values, a flag argparse takes by its start (--mod, --dat), or the flag given already: no hint
     for argv in (["sft", "--model", "m", "--eval-data", "pairs.jsonl", "--lr", "-1", "stray"],
                  ["sft", "--mod", "m", "--dat", "pairs.jsonl", "x.jsonl", "--no-lora", "stray"],
-                 ["eval", "--mod", "my model", "--task", "portal"]):
+                 ["eval", "--mod", "my model", "--task", "portal"],
+                 ["sft", "--model", "m", "x" * 5000]):  # a name too long for the filesystem: no traceback
         err = _error(capsys, argv)
         assert "give it as" not in err and "did you mean" not in err, (argv, err)
 
