@@ -72,6 +72,7 @@ class MemoryEstimate:
     layers: int
     autocast: bool = False
     workspace: int = 0
+    reference: int = 0  # a separate reference model's weights (--ref), within ``weights``
 
     def on(self) -> str:
         """Where the step runs, in words: ``on CUDA under bf16 autocast``, ``on a CPU``."""
@@ -92,7 +93,8 @@ class MemoryEstimate:
         return [
             f"memory estimate for one training step {self.on()}, {self.dtype} weights, a micro-batch of "
             f"{self.sequences} sequences of {self.tokens} tokens{self.recomputed()}:",
-            f"  weights      {size_text(self.weights)}",
+            f"  weights      {size_text(self.weights)}"
+            + (f", the reference model's (--ref) {size_text(self.reference)} among them" if self.reference else ""),
             f"  trained      {size_text(self.trained)} of them, with their gradients and AdamW's two moments "
             f"({size_text(self.optimizer)})",
             f"  activations  {size_text(self.activations)} kept by the forward for the backward",
@@ -156,7 +158,7 @@ def estimate_memory(config: TrainConfig, device: str | None = None, *, model_con
     return MemoryEstimate(peak=peak, weights=weights, trained=trained, optimizer=optimizer, activations=activations,
                           sequences=rows, tokens=T, device=kind, dtype=config.dtype,
                           checkpointed=model.checkpointed_layers(), layers=len(model.model.layers), autocast=autocast,
-                          workspace=workspace)
+                          workspace=workspace, reference=reference)
 
 
 def cublas_workspace(device: str) -> int:

@@ -96,7 +96,11 @@ def test_a_config_json_alone_gives_the_weights_and_what_each_setting_saves(tmp_p
     longer = est(max_length=1024)
     # at most twice (no (T, T) attention matrix kept: SDPA's fused path), less by the head's fixed-size blocks
     assert 1.7 < longer.activations / plain.activations <= 2.0
-    assert abs(est(ref=str(d)).weights - plain.weights - 4 * params) < 4096  # a separate reference model's
+    with_ref = est(ref=str(d))
+    assert abs(with_ref.weights - plain.weights - 4 * params) < 4096  # a separate reference model's
+    assert with_ref.reference == with_ref.weights - plain.weights and plain.reference == 0
+    assert (f"  weights      {size_text(with_ref.weights)}, the reference model's (--ref) "
+            f"{size_text(with_ref.reference)} among them") in with_ref.lines()
     for variant in ({"loss": "kto"}, {"loss": "simpo"}, {"wpo": True}, {"ld_alpha": 0.5}, {"share_prompt": False}):
         other = est(**variant)  # the loss's own path (reference-free, weighted, unpaired taken as pairs, stacked rows)
         assert 0.9 < other.peak / plain.peak < 1.1, (variant, other.peak, plain.peak)
