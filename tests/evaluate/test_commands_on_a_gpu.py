@@ -5,14 +5,13 @@ checks the test itself (the comparison is then CPU against CPU); no GPU has run 
 import json
 
 import pytest
-import torch
 
 from prefopt.cli import main
+from tests._devices import CPU_AND_CUDA
 from tests.train._fixtures import write_pairs, write_task
 
 
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=[
-    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+@pytest.fixture(params=CPU_AND_CUDA)
 def device(request) -> str:
     return request.param
 

@@ -28,11 +28,11 @@ from prefopt.train import SFTTrainer, TrainConfig
 from prefopt.train.dpo import DPOConfig, DPOTrainer
 from prefopt.train.run import prepare_model, run_dpo, run_sft
 from prefopt.train.sft import load_train_eval
+from tests._devices import CPU_AND_CUDA
 from tests.train._fixtures import write_pairs, write_task
 
 
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=[
-    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+@pytest.fixture(params=CPU_AND_CUDA)
 def device(request) -> str:
     return request.param
 
