@@ -268,4 +268,6 @@ def run_dpo(config, callbacks=(), evaluators=(), *, records=None, eval_records=N
     model = prepare_model(config)
     trainer = DPOTrainer(model, config, pairs, evals, pad_id=tok.pad_token_id or 0, ref_model=reference_model(config),
                          ref_cache=config.ref_cache, callbacks=callbacks, tokenizer=tok, evaluators=evaluators)
+    if trainer.ref_mode == "cache":  # filled: training reads the cache, and a --ref model's memory is let go (its
+        trainer.ref_model = None     # copy on the CPU; under --fsdp its share on each GPU)
     return _train_and_save(trainer, config)

@@ -20,7 +20,10 @@ def rank_and_norm(trainer):
 
 def reference_share(trainer):
     """The share of the reference model's weights this rank holds between its forwards (1: all of
-    it; 1/world: sharded), so the logged value is the ranks' mean."""
+    it; 1/world: sharded; 0: none, let go once its cache was filled), so the logged value is the
+    ranks' mean."""
+    if trainer.ref_model is None:
+        return {"reference_share": 0.0}
     params = list(trainer.ref_model.parameters())
     held = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in params)
     return {"reference_share": held / sum(p.numel() for p in params)}

@@ -527,6 +527,29 @@ def test_cli_dpo_with_cache(task, tmp_path, capsys):
     assert f"saved to {out / 'final'} (model card: README.md); per-step metrics in {out / 'metrics.jsonl'}" in printed
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_run_dpo_lets_a_reference_model_go_once_the_cache_is_filled(task, tmp_path, monkeypatch, cache):
+    """With --ref and --ref-cache the reference model is needed for the fill alone: run_dpo lets it
+    go before training (an 8B model's 16-32 GB of CPU memory; under --fsdp its share on each GPU),
+    and without the cache keeps it for every step's reference forward."""
+    import gc
+    import weakref
+
+    import prefopt.train.run as run
+
+    made, build = [], run.reference_model
+    monkeypatch.setattr(run, "reference_model", lambda config: made.append(weakref.ref(m := build(config))) or m)
+    alive = []
+
+    def during_training(trainer, step, metrics):
+        gc.collect()
+        alive.append(made[0]() is not None)
+
+    summary = run_dpo(_cfg(task, tmp_path / "o", eval_data=None, max_steps=2, lora=False, lr=1e-4, ref=task[0],
+                           ref_cache=str(tmp_path / "c") if cache else None), callbacks=[during_training])
+    assert alive == [not cache] * 2 and (summary["reference_forwards"] == 0) == cache
+
+
 @pytest.mark.parametrize("share_start", [False, True])
 def test_cache_is_filled_under_the_trainers_autocast(task, tmp_path, monkeypatch, share_start):
     """On CUDA the policy runs under bf16 autocast; the cached reference must be computed the same

@@ -216,7 +216,8 @@ def test_fsdp_shards_a_reference_model_as_the_policy_and_matches_one_process(tas
     """A separate reference model (--ref) under FSDP2 is sharded as the policy is: between its
     forwards each of the 2 ranks holds half of it (the evaluator's mean share; rank 1 built it empty
     and received rank 0's weights), where each held all of it before. Its forward runs every step,
-    or once a pair for the cache's fill (``cache``); either way the run matches one process."""
+    or once a pair for the cache's fill (``cache``: sharded for it, the cache's values as one
+    process's, then let go: a share of 0); either way the run matches one process."""
     model_dir, _ = task
     pairs = write_pairs(tmp_path / "pairs.jsonl", n=16)
 
@@ -236,10 +237,18 @@ def test_fsdp_shards_a_reference_model_as_the_policy_and_matches_one_process(tas
             assert (x is None) == (y is None) and (x is None or abs(x - y) < 1e-4 * max(1, abs(x))), (l1, l2)
     shares = {run: {m["eval_reference_share"] for m in read_metrics(tmp_path / run) if "eval_reference_share" in m}
               for run in ("one", "two")}
-    assert shares == {"one": {1.0}, "two": {0.5}}, shares
+    assert shares == ({"one": {0.0}, "two": {0.0}} if cache else {"one": {1.0}, "two": {0.5}}), shares
     for run in ("one", "two"):
         forwards = json.loads((tmp_path / run / "train_summary.json").read_text())["reference_forwards"]
         assert (forwards == 0) == cache, (run, forwards)
+    if cache:  # the sharded reference's fill gave one process's values
+        from prefopt.refcache import RefCache
+
+        fingerprint = json.loads((tmp_path / "one" / "cache" / "index.json").read_text())["fingerprint"]
+        c1, c2 = (RefCache(tmp_path / run / "cache", fingerprint) for run in ("one", "two"))
+        assert len(c1) == len(c2) == 16 and c2.stale_reason is None
+        for a, b in zip(c1.get(sorted(c1.entries)), c2.get(sorted(c1.entries))):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
     w1, w2 = (load_file(tmp_path / run / "final" / "model.safetensors") for run in ("one", "two"))
     assert w1.keys() == w2.keys() and max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
 
