@@ -27,7 +27,9 @@ from prefopt.train.memory_estimate import estimate_memory, measured_step
 from prefopt.train.run import prepare_model
 
 SETTINGS = {"LoRA": {}, "LoRA, checkpointing": {"gradient_checkpointing": True}, "DoRA": {"lora_dora": True},
-            "QLoRA (nf4)": {"quantize": "nf4"}}
+            "QLoRA (nf4)": {"quantize": "nf4"},
+            # every weight trained, the (tied) lm_head too: its one-pass loss (the head's gradients in the forward)
+            "full fine-tuning": {"lora": False}}
 
 
 def main() -> None:
@@ -44,7 +46,7 @@ def main() -> None:
         ids = [1] + [rng.randrange(3, vocab) for _ in range(a.max_length - 1)]  # a one-token prompt pairs share
         return TokenizedExample(ids, [-100] + ids[1:])
 
-    print(f"model {a.model}, {a.device}, fp32 base, LoRA r16/a32/d0.05 on the seven projections, micro-batches of "
+    print(f"model {a.model}, {a.device}, fp32 weights, LoRA r16/a32/d0.05 on the seven projections, micro-batches of "
           f"{a.batch_size} of {a.max_length} tokens (DPO: pairs, twice the rows)")
     print("| run | settings | estimate (MiB) | allocated (MiB) | estimate / allocated | estimate took |")
     print("|---|---|---|---|---|---|")
@@ -52,6 +54,8 @@ def main() -> None:
         for name, settings in SETTINGS.items():
             out = tempfile.mkdtemp(prefix="prefopt-estimate-")
             cls = TrainConfig if kind == "SFT" else DPOConfig
+            if kind == "DPO" and settings.get("lora") is False:  # full fine-tuning's reference: a cache, filled first
+                settings = {**settings, "ref_cache": f"{out}/cache"}
             config = cls(model=a.model, output_dir=out, batch_size=a.batch_size, max_length=a.max_length,
                          device=a.device, lora_dropout=0.05, **settings)
             t0 = time.perf_counter()
@@ -62,7 +66,7 @@ def main() -> None:
                 trainer = SFTTrainer(model, config, [example() for _ in range(2 * a.batch_size)], pad_id=0)
             else:
                 pairs = [PairExample(example(), example()) for _ in range(2 * a.batch_size)]
-                trainer = DPOTrainer(model, config, pairs, pad_id=0)
+                trainer = DPOTrainer(model, config, pairs, pad_id=0, ref_cache=config.ref_cache)
             real = measured_step(trainer)
             print(f"| {kind} | {name} | {est / 2**20:.0f} | {real / 2**20:.0f} | {est / real:.3f} | {took:.1f} s |")
             del trainer, model

@@ -169,7 +169,10 @@ def scale_(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     if not (wanted(t.device) and t.is_contiguous() and s.dtype == torch.float32):
         if s.device.type != "cpu":
             return t.mul_(s.to(t.dtype))
-        value = s.item()
+        try:
+            value = s.item()
+        except RuntimeError:  # a tensor without a value (the memory estimate's fake ones): in place, as it is
+            return t.mul_(s.to(t.dtype))
         return t if value == 1 else t.mul_(value)
     if t.numel() == 0:  # (no scored tokens: nothing to launch)
         return t

@@ -4,7 +4,8 @@
 and dtypes, no storage: ``torch._subclasses.FakeTensorMode``), puts the run's adapter on it, and
 runs the trainer's own collate and loss (``sft_batch``/``sft_loss_sum``,
 ``pair_batch``/``preference_loss_sum``) forward and backward on one micro-batch, the lm_head's
-chunked log-probs included. A dispatch mode (:class:`_Live`) follows every tensor the step
+chunked log-probs included (a trained head's one-pass loss, with its gradients formed in the
+forward, for full fine-tuning or an adapter on the head). A dispatch mode (:class:`_Live`) follows every tensor the step
 creates and frees, so the figure is the step's own peak of live tensors, not a formula: the
 activations each layer keeps for the backward (fewer under gradient checkpointing, where a
 layer's are rebuilt in the backward), the logits blocks of the head, the gradients. Ops on the
@@ -109,10 +110,11 @@ def estimate_memory(config: TrainConfig, device: str | None = None, *, model_con
     """The peak memory of one training step of ``config`` (a :class:`TrainConfig` or
     ``DPOConfig``) on ``device`` (``"cpu"`` or ``"cuda"``; default the config's device on this
     machine), from the model's ``config.json`` alone (or ``model_config``, a loaded model's
-    ``ModelConfig``), for micro-batches of ``tokens`` a row (default ``max_length``). Adapter
-    runs only (LoRA, DoRA, QLoRA) with the lm_head frozen (a trained head takes another path whose
-    memory this does not follow), on dense models (a mixture of experts routes by values that
-    fake tensors lack); anything else is a ``ValueError`` that says so."""
+    ``ModelConfig``), for micro-batches of ``tokens`` a row (default ``max_length``). Adapters
+    (LoRA, DoRA, QLoRA) and full fine-tuning, the lm_head frozen or trained (its one-pass loss, as
+    the CPU runs it), on dense models (a mixture of experts routes by values that fake tensors
+    lack), for one process holding the whole model (not FSDP2's shares); anything else is a
+    ``ValueError`` that says so."""
     from ..model.config import ModelConfig
     from ..model.hub import resolve_model_dir
     from ..model.transformer import Transformer
@@ -183,12 +185,11 @@ def cublas_workspace(device: str) -> int:
 
 def uncovered(config: TrainConfig, model_config) -> str | None:
     """Why the estimate does not cover a run of ``config`` on a model of ``model_config`` (a
-    ``ModelConfig``), or None where it does: adapter training with the lm_head frozen (a trained
-    head takes the one-pass path, not followed), on a dense model (a mixture of experts routes each
-    token by values fake tensors lack)."""
-    if not config.lora or "lm_head" in config.lora_targets:
-        return ("the memory estimate covers adapter training (LoRA, DoRA, QLoRA) with the lm_head frozen; "
-                + ("this run trains every weight" if not config.lora else "this run adapts the lm_head"))
+    ``ModelConfig``), or None where it does: one process's whole model (not FSDP2's shares), a
+    dense one (a mixture of experts routes each token by values fake tensors lack)."""
+    if config.fsdp:
+        return ("the memory estimate is for one process holding the whole model; under --fsdp each process holds "
+                "a share of the weights, their gradients and AdamW's moments, which it does not follow")
     if any(model_config.sparse(i) for i in range(model_config.num_hidden_layers)):
         return (f"{config.model} ({model_config.model_type}) is a mixture of experts, whose router sends each token by "
                 "its values, which the estimate's tensors do not have: it covers dense models")

@@ -78,8 +78,14 @@ def test_the_cli_prints_both_stages_and_writes_nothing(tmp_path):
            "of 384 tokens:" in r.stdout
     assert not out.exists()
     r = subprocess.run([*base, "--set", "lora_targets=q_proj,lm_head", "--estimate-memory"], capture_output=True,
-                       text=True)
-    assert r.returncode == 2 and "this run adapts the lm_head" in r.stderr
+                       text=True)  # an adapted head (its one-pass loss) is estimated too
+    assert r.returncode == 0 and "SFT stage: memory estimate" in r.stdout and "DPO stage:" in r.stdout, r.stderr
+    from tests._tiny import build_hf_model
+
+    build_hf_model(tmp_path / "moe", arch="qwen3_moe", tokenizer=False)
+    r = subprocess.run([*base[:6], "--model", str(tmp_path / "moe"), *base[8:], "--estimate-memory"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "mixture of experts" in r.stderr, r.stderr
 
 
 def test_study_estimates_each_tasks_stages_once_for_each_set_of_settings(tmp_path, monkeypatch):

@@ -38,14 +38,20 @@ def _trainer(kind: str, config, model):
     rng = random.Random(0)
     if kind == "sft":
         return SFTTrainer(model, config, [_example(rng) for _ in range(8)], pad_id=2)
-    return DPOTrainer(model, config, [PairExample(_example(rng), _example(rng)) for _ in range(8)], pad_id=2)
+    return DPOTrainer(model, config, [PairExample(_example(rng), _example(rng)) for _ in range(8)], pad_id=2,
+                      ref_cache=config.ref_cache)  # (full fine-tuning: the reference from a cache, filled first)
 
 
 @pytest.mark.parametrize("kind", ["sft", "dpo"])
-@pytest.mark.parametrize("settings", [{}, {"gradient_checkpointing": True}, {"lora_dora": True}, {"quantize": "nf4"}],
-                         ids=["lora", "checkpointing", "dora", "qlora"])
+@pytest.mark.parametrize("settings", [{}, {"gradient_checkpointing": True}, {"lora_dora": True}, {"quantize": "nf4"},
+                                      {"lora": False}, {"lora_targets": ["q_proj", "v_proj", "lm_head"]}],
+                         ids=["lora", "checkpointing", "dora", "qlora", "full", "head"])
 def test_the_estimate_is_a_real_steps_peak_on_a_cpu(model_dir, tmp_path, kind, settings):
+    """``full`` and ``head``: a trained lm_head, its one-pass loss (the head's gradients formed in
+    the forward) followed too."""
     cls = TrainConfig if kind == "sft" else DPOConfig
+    if kind == "dpo" and not settings.get("lora", True):
+        settings = {**settings, "ref_cache": str(tmp_path / "cache")}
     config = cls(model=str(model_dir), output_dir=str(tmp_path / "run"), batch_size=4, max_length=T, device="cpu",
                  lora_dropout=0.05, **settings)
     est = estimate_memory(config)
@@ -117,8 +123,9 @@ def test_cublas_workspace_follows_its_setting(monkeypatch):
 
 def test_what_it_does_not_cover_is_refused_by_name(tmp_path):
     d, _ = _config_only(tmp_path)
-    with pytest.raises(ValueError, match="adapter training .* this run adapts the lm_head"):
-        estimate_memory(TrainConfig(model=str(d), output_dir="-", lora_targets=["q_proj", "lm_head"]))
+    with pytest.raises(ValueError, match="one process holding the whole model; under --fsdp each process holds a "
+                                         "share"):
+        estimate_memory(TrainConfig(model=str(d), output_dir="-", lora=False, fsdp=True))
     moe = tmp_path / "moe"
     build_hf_model(moe, arch="qwen3_moe", tokenizer=False)
     with pytest.raises(ValueError, match="qwen3_moe.*mixture of experts.*covers dense models"):
@@ -143,9 +150,9 @@ def test_the_cli_prints_the_estimate_and_writes_nothing(tmp_path):
     assert "one training step on CUDA" in r.stdout and "4 sequences of 512 tokens" in r.stdout
     assert "gradient checkpointing on 8 of 8 layers" in r.stdout and "  peak " in r.stdout
     assert not out.exists()
-    r = subprocess.run([sys.executable, "-m", "prefopt.cli", "sft", "--model", str(d), "--no-lora",
+    r = subprocess.run([sys.executable, "-m", "prefopt.cli", "sft", "--model", str(d), "--no-lora", "--fsdp",
                         "--estimate-memory"], capture_output=True, text=True)
-    assert r.returncode == 2 and "adapter training" in r.stderr and "trains every weight" in r.stderr
+    assert r.returncode == 2 and "under --fsdp each process holds a share" in r.stderr, r.stderr
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -192,8 +199,9 @@ def test_a_run_that_will_not_fit_is_warned_of_before_step_1(model_dir, tmp_path,
 
 
 @pytest.mark.parametrize("settings", [{}, {"gradient_checkpointing": True}, {"lora_dora": True}, {"quantize": "nf4"},
-                                      {"dtype": "bfloat16"}, {"lora_r": 64, "lora_targets": ["all-linear"]}],
-                         ids=["lora", "checkpointing", "dora", "qlora", "bf16", "r64"])
+                                      {"dtype": "bfloat16"}, {"lora_r": 64, "lora_targets": ["all-linear"]},
+                                      {"lora": False}, {"lora": False, "dtype": "bfloat16"}],
+                         ids=["lora", "checkpointing", "dora", "qlora", "bf16", "r64", "full", "full-bf16"])
 @pytest.mark.parametrize("cls", [TrainConfig, DPOConfig], ids=["sft", "dpo"])
 def test_the_quick_bound_that_skips_the_estimate_is_above_it(tmp_path, settings, cls):
     from prefopt.model import ModelConfig, Transformer
@@ -202,6 +210,8 @@ def test_the_quick_bound_that_skips_the_estimate_is_above_it(tmp_path, settings,
     from prefopt.train.run import adapt
 
     d, _ = _config_only(tmp_path)
+    if cls is DPOConfig and settings.get("lora") is False:  # full fine-tuning's reference: a cache
+        settings = {**settings, "ref_cache": str(tmp_path / "cache")}
     for device, length, longest in (("cpu", 512, 300), ("cuda", 1024, 1024)):
         config = cls(model=str(d), output_dir="-", batch_size=2, max_length=length, **settings)
         est = estimate_memory(config, device, tokens=longest)
