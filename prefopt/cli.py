@@ -431,8 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--estimate-memory", nargs="?", const="auto", choices=("auto", "cpu", "cuda"), metavar="DEVICE",
                        help="print how much memory a training step of these settings will hold, on cpu or cuda "
                             "(default: this machine's device), from the model's config.json alone, and exit without "
-                            "loading weights or data (adapter runs on dense models; the worst micro-batch: "
-                            "batch-size examples, or pairs, of max-length tokens)")
+                            "loading weights or data (dense models, one process's whole model: not --fsdp; the worst "
+                            "micro-batch: batch-size examples, or pairs, of max-length tokens)")
         t.set_defaults(func=_train)
 
     k = sub.add_parser("check-data", help="check a training file before training: bad records (file, line, "
