@@ -69,7 +69,8 @@ for step in "${@:-check}"; do
       $PY -m pytest -q -p no:cacheprovider tests/kernels tests/train/test_cuda_training.py tests/model/test_generate.py \
         "tests/train/test_memory_estimate.py::test_the_estimate_against_cuda_allocations" \
         tests/tasks/test_compare_smoke.py::test_eval_on_a_gpu_by_default_gives_the_cpus_answers_in_float32 \
-        tests/tasks/test_predict.py::test_answer_logprobs_on_cuda_match_the_cpus tests/evaluate/test_commands_on_a_gpu.py \
+        tests/tasks/test_predict.py::test_answer_logprobs_on_cuda_match_the_cpus \
+        tests/evaluate/test_commands_on_a_gpu.py \
         tests/test_environment.py::test_on_a_gpu_machine_the_gpus_and_the_triton_path_are_found -rs 2>&1 | tee "$OUT/tests.txt" | tail -20
       [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
     goals)  # the goal shape, trainable and frozen, and where each of prefopt's methods spends its time
