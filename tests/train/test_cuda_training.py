@@ -156,8 +156,8 @@ def test_dpo_with_a_cached_reference_learns_under_the_device_defaults(task, tmp_
 def test_full_fine_tuning_dpo_with_a_reference_model_learns_on_the_device(task, tmp_path, device, cache):
     """``--no-lora --ref MODEL`` (a separate reference model), its forward every step or, with
     ``--ref-cache``, only for the fill: run_dpo loads it on the CPU, the trainer moves it to the
-    device for its forwards (for the fill it was once left on the CPU beside the GPU's pairs) and,
-    once the cache holds every pair, back to where it was."""
+    device for its forwards (for the fill it was once left on the CPU beside the GPU's pairs), and
+    once the cache holds every pair run_dpo lets it go."""
     model_dir, _, _, heldout = task
     cfg = _config(task, "dpo", tmp_path / "dpo", device=device, eval_data=str(heldout), max_steps=16, lora=False,
                   lr=1e-3, ref=str(model_dir), ref_cache=str(tmp_path / "cache") if cache else None)
