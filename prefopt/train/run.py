@@ -64,8 +64,16 @@ def prepare_model(config: TrainConfig):
 def reference_model(config) -> torch.nn.Module | None:
     """DPO's separate reference model, ``config.ref`` (None without one), with the SFT adapter
     merged in as the policy has it; under ``--fsdp`` a rank other than 0 builds it empty and
-    receives its share of rank 0's as the trainer shards it (``DPOTrainer._placed``)."""
+    receives its share of rank 0's as the trainer shards it (``DPOTrainer._placed``). A loss with
+    no reference (simpo, orpo) loads none: said once, where one was given."""
+    from ..losses import REFERENCE_FREE
+
     if not config.ref:
+        return None
+    if config.loss in REFERENCE_FREE:
+        if init_distributed(resolve_device(config.device)).is_main:
+            print(f"prefopt: note: {config.loss} needs no reference model: --ref {config.ref} is not loaded",
+                  file=sys.stderr, flush=True)
         return None
     if receives_weights(init_distributed(resolve_device(config.device)), config.fsdp):
         return empty_model(config.ref, DTYPES[config.dtype])

@@ -550,6 +550,17 @@ def test_run_dpo_lets_a_reference_model_go_once_the_cache_is_filled(task, tmp_pa
     assert alive == [not cache] * 2 and (summary["reference_forwards"] == 0) == cache
 
 
+def test_a_loss_without_a_reference_loads_no_reference_model(task, tmp_path, monkeypatch, capsys):
+    import prefopt.train.run as run
+
+    loaded = []
+    monkeypatch.setattr(run, "load_model", lambda *a, **k: loaded.append(a) or pytest.fail("a model was loaded"))
+    assert run.reference_model(_cfg(task, tmp_path / "o", loss="simpo", ref=task[0])) is None and not loaded
+    assert f"prefopt: note: simpo needs no reference model: --ref {task[0]} is not loaded" in capsys.readouterr().err
+    assert run.reference_model(_cfg(task, tmp_path / "p")) is None and not loaded  # no --ref: nothing said
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("share_start", [False, True])
 def test_cache_is_filled_under_the_trainers_autocast(task, tmp_path, monkeypatch, share_start):
     """On CUDA the policy runs under bf16 autocast; the cached reference must be computed the same
