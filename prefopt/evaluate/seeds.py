@@ -266,8 +266,8 @@ def markdown(summary: dict, plot: str | None = None) -> list[str]:
 def _where(summary: dict) -> str:
     """seeds.md's words for where each seed's run is: ``seed-S/`` in this folder (one, maybe, this
     folder's own), or the folders ``prefopt pool-seeds`` was given."""
-    out, runs = summary.get("output"), summary["runs"]
-    if all(r["output"] in (out, str(Path(out) / f"seed-{r['seed']}")) for r in runs if out):
+    out, runs = summary["output"], summary["runs"]
+    if all(r["output"] in (out, str(Path(out) / f"seed-{r['seed']}")) for r in runs):
         own = "".join(f", seed {r['seed']}'s this folder's own (a run made before --seeds)"
                       for r in runs if r["output"] == out)
         return f"its run is in `seed-S/` (`report.md` there){own}."
