@@ -238,7 +238,16 @@ def fit_note(config: TrainConfig, model: torch.nn.Module, device: torch.device, 
             f"sequences of {est.tokens} tokens, the longest example's length), {size_text(need)} of it beyond the "
             "weights loaded, "
             f"and {device.type} has {size_text(free)} free: the run will likely run out of memory{killed}. "
-            f"{going_on().smaller}")
+            f"{going_on().smaller}{_full_note(config, est)}")
+
+
+def _full_note(config: TrainConfig, est: MemoryEstimate) -> str:
+    """For full fine-tuning, what holds most beside the weights and what holds less: ``""`` else."""
+    if config.lora:
+        return ""
+    return (f". Training every weight also holds their gradients and AdamW's two moments "
+            f"({size_text(est.trained + est.optimizer)} here): LoRA (leave out --no-lora) holds them for the "
+            "adapter alone")
 
 
 def surely_fits(config: TrainConfig, model: torch.nn.Module, free: int, longest: int) -> bool:

@@ -5,6 +5,7 @@ import json
 import random
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -225,6 +226,23 @@ def test_the_quick_bound_that_skips_the_estimate_is_above_it(tmp_path, settings,
         # and not needlessly high: ten times the need and 2 GiB spare skip the estimate (its fixed terms: the
         # head's logits blocks, a layer's weights)
         assert surely_fits(config, model, 10 * (est.peak - est.weights) + 2**31, longest)
+
+
+def test_a_full_fine_tuning_step_that_will_not_fit_is_warned_of_with_lora_offered(model_dir, tmp_path, monkeypatch):
+    from prefopt.train import memory_estimate
+
+    monkeypatch.setattr(memory_estimate, "free_bytes", lambda device: 1024)
+    config = TrainConfig(model=str(model_dir), output_dir=str(tmp_path / "run"), batch_size=4, max_length=T,
+                         lora=False)
+    model = prepare_model(config)
+    est = estimate_memory(config, "cpu", model_config=model.config, tokens=60)
+    note = memory_estimate.fit_note(config, model, torch.device("cpu"), 60)
+    assert note.startswith(f"a training step of these settings holds about {size_text(est.peak)} of tensors")
+    assert note.endswith(f"Training every weight also holds their gradients and AdamW's two moments "
+                         f"({size_text(est.trained + est.optimizer)} here): LoRA (leave out --no-lora) holds them "
+                         "for the adapter alone"), note
+    assert "LoRA (leave out" not in memory_estimate.fit_note(replace(config, lora=True), prepare_model(
+        replace(config, lora=True)), torch.device("cpu"), 60)
 
 
 def test_the_warning_before_step_1_speaks_the_running_programs_words(model_dir, tmp_path, monkeypatch):
