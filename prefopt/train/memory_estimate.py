@@ -5,11 +5,11 @@ and dtypes, no storage: ``torch._subclasses.FakeTensorMode``), puts the run's ad
 runs the trainer's own collate and loss (``sft_batch``/``sft_loss_sum``,
 ``pair_batch``/``preference_loss_sum``) forward and backward on one micro-batch, the lm_head's
 chunked log-probs included (a trained head's one-pass loss, with its gradients formed in the
-forward, for full fine-tuning or an adapter on the head). A dispatch mode (:class:`_Live`) follows every tensor the step
-creates and frees, so the figure is the step's own peak of live tensors, not a formula: the
-activations each layer keeps for the backward (fewer under gradient checkpointing, where a
-layer's are rebuilt in the backward), the logits blocks of the head, the gradients. Ops on the
-batch's real tensors alone (label checks, the scored positions) run for real. AdamW's two
+forward, for full fine-tuning or an adapter on the head). A dispatch mode (:class:`_Live`)
+follows every tensor the step creates and frees, so the figure is the step's own peak of live
+tensors, not a formula: the activations each layer keeps for the backward (fewer under gradient
+checkpointing, where a layer's are rebuilt in the backward), the logits blocks of the head, the
+gradients. Ops on the batch's real tensors alone (label checks, the scored positions) run for real. AdamW's two
 moments of the trained weights are added, as they are held from the second step on. It takes a
 few seconds for any model size, on any machine: a team can size a run for a GPU it does not
 have yet.

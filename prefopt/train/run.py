@@ -70,12 +70,13 @@ def reference_model(config) -> torch.nn.Module | None:
 
     if not config.ref:
         return None
+    dist = init_distributed(resolve_device(config.device))
     if config.loss in REFERENCE_FREE:
-        if init_distributed(resolve_device(config.device)).is_main:
+        if dist.is_main:
             print(f"prefopt: note: {config.loss} needs no reference model: --ref {config.ref} is not loaded",
                   file=sys.stderr, flush=True)
         return None
-    if receives_weights(init_distributed(resolve_device(config.device)), config.fsdp):
+    if receives_weights(dist, config.fsdp):
         return empty_model(config.ref, DTYPES[config.dtype])
     return load_model(config.ref, dtype=DTYPES[config.dtype], adapter=config.sft_adapter,
                       merge=config.sft_adapter is not None, quantize=config.quantize)  # as the policy's
