@@ -11,8 +11,9 @@ seed's scores and tests, and the seeds pooled by a random-effects meta-analysis:
 difference weighted by the inverse of its own variance plus the variance between seeds (tau squared,
 DerSimonian and Laird), with a 95% CI and p-value from Student's t on seeds - 1 degrees of freedom
 (Hartung-Knapp-Sidik-Jonkman), and I squared, the share of the spread across seeds that their test
-sets' own noise does not explain. A seed's variance is read off its bootstrap CI, ((hi - lo) / 3.92)
-squared; the seeds' test sets differ (the seed draws the split), so the pooled figure is over splits
+sets' own noise does not explain. A seed's variance is its bootstrap's: the resampled differences'
+variance (``se`` squared; read off the 95% CI as ((hi - lo) / 3.92) squared for runs that predate
+it); the seeds' test sets differ (the seed draws the split), so the pooled figure is over splits
 and training runs alike.
 """
 from __future__ import annotations
@@ -79,7 +80,11 @@ def pooled(deltas: list[float], ses: list[float]) -> dict:
 
 
 def se_of(cmp: dict) -> float:
-    """A seed's standard error of a difference, from its bootstrap 95% CI."""
+    """A seed's standard error of a difference: its bootstrap's (the resampled differences'
+    standard deviation); a run from before prefopt wrote it (2026-12-05) has it read off its 95%
+    percentile CI, (hi - lo) / 3.92, as a normal distribution's would be."""
+    if "se" in cmp:
+        return cmp["se"]
     lo, hi = cmp["ci"]
     return (hi - lo) / (2 * Z95)
 
@@ -196,7 +201,7 @@ def summarize(cfg: CompareConfig, reports: dict[int, dict], outputs: dict[int, s
 
 
 def _test(cmp: dict) -> dict:
-    return {k: cmp[k] for k in ("delta", "ci", "p_value", "n_resamples", "n_valid") if k in cmp}
+    return {k: cmp[k] for k in ("delta", "ci", "se", "p_value", "n_resamples", "n_valid") if k in cmp}
 
 
 def verdict(a: str, b: str, p: dict) -> str:

@@ -2,7 +2,8 @@
 
 - :func:`mcnemar_exact`: accuracy, from the discordant pairs (exact binomial, two-sided).
 - :func:`paired_bootstrap`: any metric (macro-F1, ROUGE, Likert), resampling items with
-  replacement (seeded); percentile 95% CI of the difference and a two-sided bootstrap p-value.
+  replacement (seeded); percentile 95% CI of the difference, its bootstrap standard error and a
+  two-sided bootstrap p-value.
 - :func:`best_of_bootstrap`: whether the best of several candidates (the DPO steps a validation
   set chose among) beats a baseline, corrected for having picked it as the best: White's (2000)
   reality check, with Hansen's (2005) recentring of the candidates that are clearly worse.
@@ -47,7 +48,9 @@ def paired_bootstrap(stat_a: Callable[[np.ndarray], float], stat_b: Callable[[np
     ``stat_a(idx)`` / ``stat_b(idx)`` compute a stage's metric on the items ``idx`` (an int
     array, with repeats). The same resampled indices are used for both stages. A metric that is
     undefined on some resamples (NaN: an AUROC where they hold only right or only wrong answers)
-    is summarised over the others, and ``n_valid`` says how many those were.
+    is summarised over the others, and ``n_valid`` says how many those were. ``se``: the standard
+    deviation of the resampled differences (the bootstrap's standard error; ``--seeds`` pools seeds
+    by it).
     """
     if n < 1:
         raise ValueError("paired_bootstrap: no items")
@@ -63,13 +66,14 @@ def paired_bootstrap(stat_a: Callable[[np.ndarray], float], stat_b: Callable[[np
     valid = np.isfinite(deltas)
     extra = {} if valid.all() else {"n_valid": int(valid.sum())}
     if not valid.any():
-        return {"delta": float(delta), "ci": [float("nan")] * 2, "p_value": float("nan"), "n_resamples": n_resamples,
-                **extra}
+        return {"delta": float(delta), "ci": [float("nan")] * 2, "se": float("nan"), "p_value": float("nan"),
+                "n_resamples": n_resamples, **extra}
     deltas = deltas[valid]
     lo, hi = np.quantile(deltas, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
     p = min(1.0, 2 * min((deltas <= 0).mean(), (deltas >= 0).mean()))
-    return {"delta": float(delta), "ci": [float(lo), float(hi)], "p_value": float(p), "n_resamples": n_resamples,
-            **extra}
+    se = float(deltas.std(ddof=1)) if deltas.size > 1 else 0.0
+    return {"delta": float(delta), "ci": [float(lo), float(hi)], "se": se, "p_value": float(p),
+            "n_resamples": n_resamples, **extra}
 
 
 def p_text(cmp: dict) -> str:

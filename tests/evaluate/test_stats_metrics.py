@@ -104,6 +104,10 @@ def test_paired_bootstrap_ci_agrees_with_scipy_and_is_seeded():
     assert got["delta"] == pytest.approx(b.mean() - a.mean())
     assert got["ci"][0] == pytest.approx(want.low, abs=4e-3) and got["ci"][1] == pytest.approx(want.high, abs=4e-3)
     assert got["p_value"] < 0.01
+    boot = stats.bootstrap((a, b), lambda x, y: np.mean(y) - np.mean(x), paired=True, vectorized=False,
+                           n_resamples=4000, method="percentile", random_state=0)
+    assert got["se"] == pytest.approx(boot.standard_error, rel=0.05)  # other draws: about 2% apart at 4000
+    assert got["se"] == pytest.approx(np.std(b - a, ddof=1) / np.sqrt(200), rel=0.05)  # a mean's textbook SE
     null = paired_bootstrap(mean_a, mean_a, 200, n_resamples=500)
     assert null["delta"] == 0 and null["p_value"] == 1.0
     lo, hi = bootstrap_ci(mean_a, 200)
@@ -129,10 +133,11 @@ def test_paired_bootstrap_leaves_out_resamples_on_which_a_metric_is_undefined():
     kept = [b(i) - a(i) for i in draws if 4 in i]
     assert got["n_valid"] == len(kept) < 300 and got["delta"] == pytest.approx(1.0)
     assert got["ci"] == pytest.approx(list(np.quantile(kept, [0.025, 0.975])))
+    assert got["se"] == pytest.approx(np.std(kept, ddof=1))  # over the resamples kept alone
     assert got["p_value"] == 0 and p_text(got) == f"< {1 / len(kept):.2g}"
     assert "n_valid" not in paired_bootstrap(b, b, 5, n_resamples=50)  # every resample counted
     never = paired_bootstrap(lambda i: float("nan"), b, 5, n_resamples=20)
-    assert never["n_valid"] == 0 and np.isnan(never["p_value"])
+    assert never["n_valid"] == 0 and np.isnan(never["p_value"]) and np.isnan(never["se"])
 
 
 def _accuracy(correct: np.ndarray):

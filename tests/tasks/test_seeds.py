@@ -42,7 +42,8 @@ def test_pooling_is_dersimonian_laird_with_hartung_knapp_as_statsmodels_computes
     assert same["se"] == pytest.approx(0.05 / math.sqrt(2))
     point = seeds.pooled([0.0, 0.2], [0.0, 0.05])  # a CI that is a point still gets a finite weight
     assert math.isfinite(point["delta"]) and 0 <= point["delta"] <= 0.2
-    assert seeds.se_of({"ci": [-0.2, 0.192]}) == pytest.approx(0.1, rel=1e-3)
+    assert seeds.se_of({"ci": [-0.2, 0.192], "se": 0.07}) == 0.07  # the bootstrap's own, where it gave one
+    assert seeds.se_of({"ci": [-0.2, 0.192]}) == pytest.approx(0.1, rel=1e-3)  # a run from before: off its CI
 
 
 def test_the_t_distribution_matches_scipy_for_whole_degrees_of_freedom():
@@ -151,9 +152,13 @@ def test_compare_with_seeds_runs_each_seed_and_pools_them(tiny_model, tmp_path, 
         run = summary["runs"][seed]
         assert run["seed"] == seed and run["sft"] == report["stages"]["sft"]["primary"]
         assert run["sft->dpo"]["delta"] == report["comparisons"]["sft->dpo"]["primary"]["delta"]
+        assert run["sft->dpo"]["se"] == report["comparisons"]["sft->dpo"]["primary"]["se"]
         assert json.loads((out / f"seed-{seed}" / "compare_config.json").read_text())["seed"] == seed
         assert "`--seeds 0,1,2` runs the comparison on three and pools them" in (out / f"seed-{seed}" /
                                                                                  "report.md").read_text()
+    runs = summary["runs"]  # pooled by each seed's bootstrap standard error
+    assert summary["pooled"]["sft->dpo"] == seeds.pooled([r["sft->dpo"]["delta"] for r in runs],
+                                                         [r["sft->dpo"]["se"] for r in runs])
     splits = [json.loads((out / f"seed-{s}" / "split.json").read_text())["test"] for s in (0, 1)]
     assert splits[0] != splits[1]  # each seed draws its own test items
     assert said[-1] == f"prefopt compare: each seed's run in {out}/seed-S; over the seeds: {out}/seeds.md"
