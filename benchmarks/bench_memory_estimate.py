@@ -28,6 +28,9 @@ from prefopt.train.run import prepare_model
 
 SETTINGS = {"LoRA": {}, "LoRA, checkpointing": {"gradient_checkpointing": True}, "DoRA": {"lora_dora": True},
             "QLoRA (nf4)": {"quantize": "nf4"},
+            # two micro-batches a step: the second's forward and backward beside the first's gradients (a CPU
+            # trainer collates both first, and holds them through the step)
+            "LoRA, --grad-accum 2": {"grad_accum": 2},
             # every weight trained, the (tied) lm_head too: its one-pass loss (the head's gradients in the forward)
             "full fine-tuning": {"lora": False}}
 
@@ -63,9 +66,9 @@ def main() -> None:
             took = time.perf_counter() - t0
             model = prepare_model(config)
             if kind == "SFT":
-                trainer = SFTTrainer(model, config, [example() for _ in range(2 * a.batch_size)], pad_id=0)
+                trainer = SFTTrainer(model, config, [example() for _ in range(4 * a.batch_size)], pad_id=0)
             else:
-                pairs = [PairExample(example(), example()) for _ in range(2 * a.batch_size)]
+                pairs = [PairExample(example(), example()) for _ in range(4 * a.batch_size)]
                 trainer = DPOTrainer(model, config, pairs, pad_id=0, ref_cache=config.ref_cache)
             real = measured_step(trainer)
             print(f"| {kind} | {name} | {est / 2**20:.0f} | {real / 2**20:.0f} | {est / real:.3f} | {took:.1f} s |")

@@ -9,10 +9,12 @@ forward, for full fine-tuning or an adapter on the head). A dispatch mode (:clas
 follows every tensor the step creates and frees, so the figure is the step's own peak of live
 tensors, not a formula: the activations each layer keeps for the backward (fewer under gradient
 checkpointing, where a layer's are rebuilt in the backward), the logits blocks of the head, the
-gradients. Ops on the batch's real tensors alone (label checks, the scored positions) run for real. AdamW's two
-moments of the trained weights are added, as they are held from the second step on. It takes a
-few seconds for any model size, on any machine: a team can size a run for a GPU it does not
-have yet.
+gradients. Ops on the batch's real tensors alone (label checks, the scored positions) run for
+real. With ``grad_accum`` above 1 a second micro-batch runs, its forward and backward beside the
+first's gradients. AdamW's two moments of the trained weights are added, as they are held from
+the second step on, and the batch's own tensors (token ids, labels, a packed pair's ``L²`` mask;
+on a CPU all of a step's micro-batches, which the trainer collates first). It takes a few seconds
+for any model size, on any machine: a team can size a run for a GPU it does not have yet.
 
 The micro-batch is the worst the settings allow: ``batch_size`` examples of ``max_length``
 tokens, all but the first scored; DPO's pairs share a one-token prompt and are packed as real
@@ -74,6 +76,8 @@ class MemoryEstimate:
     autocast: bool = False
     workspace: int = 0
     reference: int = 0  # a separate reference model's weights (--ref), within ``weights``
+    batch: int = 0  # the micro-batches' token ids, labels and masks held through the step
+    accum: int = 1  # the micro-batches ``batch`` counts: a CPU step's --grad-accum, one on CUDA
 
     def on(self) -> str:
         """Where the step runs, in words: ``on CUDA under bf16 autocast``, ``on a CPU``."""
@@ -82,6 +86,11 @@ class MemoryEstimate:
     def recomputed(self) -> str:
         """``, gradient checkpointing on N of L layers``, or nothing."""
         return f", gradient checkpointing on {self.checkpointed} of {self.layers} layers" if self.checkpointed else ""
+
+    def _batches(self) -> str:
+        """Whose the ``batch`` line's bytes are: on a CPU every micro-batch of a step, collated first."""
+        return (f" ({self.accum} micro-batches, --grad-accum, collated before the step)" if self.accum > 1
+                else "")
 
     def beyond(self) -> str:
         """What a process holds beyond the estimated tensors, in words."""
@@ -99,6 +108,7 @@ class MemoryEstimate:
             f"  trained      {size_text(self.trained)} of them, with their gradients and AdamW's two moments "
             f"({size_text(self.optimizer)})",
             f"  activations  {size_text(self.activations)} kept by the forward for the backward",
+            f"  batch        {size_text(self.batch)} of token ids, labels and masks{self._batches()}",
             *([f"  workspace    {size_text(self.workspace)} for cuBLAS (the forward's and the backward's threads)"]
               if self.workspace else []),
             f"  peak         {size_text(self.peak)} of tensors at once; add {self.beyond()}",
@@ -130,7 +140,7 @@ def estimate_memory(config: TrainConfig, device: str | None = None, *, model_con
         raise ValueError(why)
 
     rows, T = _rows(config), min(tokens or config.max_length, config.max_length)
-    step_loss = _worst_step(config, T)  # its batch in real tensors: the model's activations alone are fake
+    step_loss, batch_bytes = _worst_step(config, T)  # its batch in real tensors: the model's activations alone fake
     autocast = kind == "cuda" and config.bf16_autocast
     with FakeTensorMode(allow_non_fake_inputs=True), warnings.catch_warnings():
         # DoRA keys its cached weight norm by the weight's address, which a fake tensor has none of (the norm is
@@ -151,16 +161,22 @@ def estimate_memory(config: TrainConfig, device: str | None = None, *, model_con
             loss = step_loss(model)
             activations = live.now
             loss.backward()
+            if config.grad_accum > 1:  # a later micro-batch's forward and backward, the earlier's gradients held
+                step_loss(model).backward()
     weights = module_bytes(model) + reference
     optimizer = 2 * trained
     # the step's peak with AdamW's moments held (from step 2 on); the optimizer step itself (gradients, moments and
     # a temporary the size of the trained weights, with the activations gone) where that is more
     workspace = cublas_workspace(kind)
-    peak = weights + workspace + max(live.peak + optimizer, live.now + optimizer + trained)
+    # the micro-batches' own tensors (token ids, labels, a packed pair's mask), made before the step's ops and held
+    # through it: on a CPU all of a step's (the trainer collates them first), on CUDA the one copied there at a time
+    accum = config.grad_accum if kind == "cpu" else 1
+    batch = batch_bytes * accum
+    peak = weights + workspace + batch + max(live.peak + optimizer, live.now + optimizer + trained)
     return MemoryEstimate(peak=peak, weights=weights, trained=trained, optimizer=optimizer, activations=activations,
                           sequences=rows, tokens=T, device=kind, dtype=config.dtype,
                           checkpointed=model.checkpointed_layers(), layers=len(model.model.layers), autocast=autocast,
-                          workspace=workspace, reference=reference)
+                          workspace=workspace, reference=reference, batch=batch, accum=accum)
 
 
 def cublas_workspace(device: str) -> int:
@@ -336,12 +352,13 @@ def module_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
-def _worst_step(config: TrainConfig, T: int) -> Callable[[torch.nn.Module], torch.Tensor]:
+def _worst_step(config: TrainConfig, T: int) -> tuple[Callable[[torch.nn.Module], torch.Tensor], int]:
     """The trainer's loss on the largest micro-batch the settings allow, laid out by its own
     collate: SFT's ``batch_size`` examples of ``T`` tokens; DPO's pairs of ``T``-token sequences
     sharing a one-token prompt (packed where ``share_prompt`` is on, as real pairs would be: the
     longest rows and the largest masks), the reference log-probs as a cache would give them.
-    Every token but the first scored. KTO is taken as pairs of the same sizes."""
+    Every token but the first scored. KTO is taken as pairs of the same sizes. With it, the bytes
+    of the batch's own tensors (a packed pair's mask is ``L²`` booleans a row)."""
     from dataclasses import replace
 
     from ..data.preference import PairExample
@@ -355,12 +372,16 @@ def _worst_step(config: TrainConfig, T: int) -> Callable[[torch.nn.Module], torc
 
     if not isinstance(config, DPOConfig):
         batch = sft_batch([example(1)] * config.batch_size, config, pad_id=0)
-        return lambda model: sft_loss_sum(model, batch)
+        return (lambda model: sft_loss_sum(model, batch)), _bytes(batch)
     if config.run_kind == "kto":
         config = replace(config, loss="sigmoid")
     batch = pair_batch([PairExample(example(1), example(2))] * config.batch_size, config, pad_id=0)
     refs = (None, None) if config.loss in REFERENCE_FREE else (torch.zeros(config.batch_size),) * 2
-    return lambda model: preference_loss_sum(model, batch, config, *refs)[0]
+    return (lambda model: preference_loss_sum(model, batch, config, *refs)[0]), _bytes(batch)
+
+
+def _bytes(batch: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in batch.values() if isinstance(v, torch.Tensor))
 
 
 class _Live(TorchDispatchMode):

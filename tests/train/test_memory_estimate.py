@@ -38,18 +38,21 @@ def _example(rng: random.Random) -> TokenizedExample:
 def _trainer(kind: str, config, model):
     rng = random.Random(0)
     if kind == "sft":
-        return SFTTrainer(model, config, [_example(rng) for _ in range(8)], pad_id=2)
-    return DPOTrainer(model, config, [PairExample(_example(rng), _example(rng)) for _ in range(8)], pad_id=2,
+        return SFTTrainer(model, config, [_example(rng) for _ in range(12)], pad_id=2)
+    return DPOTrainer(model, config, [PairExample(_example(rng), _example(rng)) for _ in range(12)], pad_id=2,
                       ref_cache=config.ref_cache)  # (full fine-tuning: the reference from a cache, filled first)
 
 
 @pytest.mark.parametrize("kind", ["sft", "dpo"])
 @pytest.mark.parametrize("settings", [{}, {"gradient_checkpointing": True}, {"lora_dora": True}, {"quantize": "nf4"},
-                                      {"lora": False}, {"lora_targets": ["q_proj", "v_proj", "lm_head"]}],
-                         ids=["lora", "checkpointing", "dora", "qlora", "full", "head"])
+                                      {"lora": False}, {"lora_targets": ["q_proj", "v_proj", "lm_head"]},
+                                      {"grad_accum": 3}],
+                         ids=["lora", "checkpointing", "dora", "qlora", "full", "head", "accum"])
 def test_the_estimate_is_a_real_steps_peak_on_a_cpu(model_dir, tmp_path, kind, settings):
     """``full`` and ``head``: a trained lm_head, its one-pass loss (the head's gradients formed in
-    the forward) followed too."""
+    the forward) followed too. ``accum``: a CPU step collates its three micro-batches first and
+    holds them through the step (DPO's packed pairs' masks, 0.4% of the step here, were missed
+    before 2026-12-05, hidden by a 1% tolerance)."""
     cls = TrainConfig if kind == "sft" else DPOConfig
     if kind == "dpo" and not settings.get("lora", True):
         settings = {**settings, "ref_cache": str(tmp_path / "cache")}
@@ -58,7 +61,7 @@ def test_the_estimate_is_a_real_steps_peak_on_a_cpu(model_dir, tmp_path, kind, s
     est = estimate_memory(config)
     real = measured_step(_trainer(kind, config, prepare_model(config)))  # PyTorch's profiler over step 2
     assert est.sequences == (4 if kind == "sft" else 8) and est.tokens == T
-    assert abs(est.peak / real - 1) < 0.01, (est.peak, real)
+    assert abs(est.peak / real - 1) < 0.003, (est.peak, real)  # (0.9986-1.0002 on 2026-12-05)
     assert est.checkpointed == (4 if settings.get("gradient_checkpointing") else 0)
 
 
@@ -108,6 +111,15 @@ def test_a_config_json_alone_gives_the_weights_and_what_each_setting_saves(tmp_p
     assert with_ref.reference == with_ref.weights - plain.weights and plain.reference == 0
     assert (f"  weights      {size_text(with_ref.weights)}, the reference model's (--ref) "
             f"{size_text(with_ref.reference)} among them") in with_ref.lines()
+    L = 2 * 512 - 1  # a packed pair's row: the one-token prompt, then both answers; two pairs
+    # the pairs' masks (booleans), token ids, attention mask and positions (int64 a row), labels and gather (a sequence)
+    assert plain.batch == 2 * L * L + 3 * 2 * L * 8 + 2 * 4 * 511 * 8
+    assert f"  batch        {size_text(plain.batch)} of token ids, labels and masks" in plain.lines()
+    accum = est(grad_accum=3)  # a CPU step collates all three micro-batches first; CUDA holds the one copied there
+    on_cpu = estimate_memory(DPOConfig(model=str(d), output_dir="-", batch_size=2, max_length=512, grad_accum=3), "cpu")
+    assert accum.batch == plain.batch and on_cpu.batch == 3 * plain.batch and on_cpu.accum == 3
+    assert "(3 micro-batches, --grad-accum, collated before the step)" in "\n".join(on_cpu.lines())
+    assert accum.peak - plain.peak >= accum.trained  # the first micro-batch's gradients held through the second's
     for variant in ({"loss": "kto"}, {"loss": "simpo"}, {"wpo": True}, {"ld_alpha": 0.5}, {"share_prompt": False}):
         other = est(**variant)  # the loss's own path (reference-free, weighted, unpaired taken as pairs, stacked rows)
         assert 0.9 < other.peak / plain.peak < 1.1, (variant, other.peak, plain.peak)
