@@ -65,6 +65,18 @@ def test_the_estimate_is_a_real_steps_peak_on_a_cpu(model_dir, tmp_path, kind, s
     assert est.checkpointed == (4 if settings.get("gradient_checkpointing") else 0)
 
 
+@pytest.mark.parametrize("variant", [{"loss": "simpo"}, {"wpo": True}, {"ld_alpha": 0.5}, {"share_prompt": False}],
+                         ids=["simpo", "wpo", "ld", "stacked"])
+def test_the_estimate_follows_each_dpo_loss_path_in_a_real_step(model_dir, tmp_path, variant):
+    """A reference-free loss, WPO's weights (one more no-grad pass through the head), LD-DPO's
+    per-token weights and the pairs stacked rather than packed: each the trainer's own path."""
+    config = DPOConfig(model=str(model_dir), output_dir=str(tmp_path / "run"), batch_size=4, max_length=T,
+                       device="cpu", lora_dropout=0.05, **variant)
+    est = estimate_memory(config)
+    real = measured_step(_trainer("dpo", config, prepare_model(config)))
+    assert abs(est.peak / real - 1) < 0.003, (est.peak, real)
+
+
 def _config_only(tmp_path, **overrides):
     """A Llama-style model's config.json and nothing else: no weights, no tokenizer."""
     cfg = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=1024, intermediate_size=2816,
