@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from prefopt.data.feedback import FeedbackExample
 from prefopt.data.preference import PairExample
 from prefopt.data.sft import TokenizedExample
 from prefopt.fileio import size_text
@@ -65,15 +66,22 @@ def test_the_estimate_is_a_real_steps_peak_on_a_cpu(model_dir, tmp_path, kind, s
     assert est.checkpointed == (4 if settings.get("gradient_checkpointing") else 0)
 
 
-@pytest.mark.parametrize("variant", [{"loss": "simpo"}, {"wpo": True}, {"ld_alpha": 0.5}, {"share_prompt": False}],
-                         ids=["simpo", "wpo", "ld", "stacked"])
+@pytest.mark.parametrize("variant", [{"loss": "simpo"}, {"wpo": True}, {"ld_alpha": 0.5}, {"share_prompt": False},
+                                     {"loss": "kto"}], ids=["simpo", "wpo", "ld", "stacked", "kto"])
 def test_the_estimate_follows_each_dpo_loss_path_in_a_real_step(model_dir, tmp_path, variant):
     """A reference-free loss, WPO's weights (one more no-grad pass through the head), LD-DPO's
-    per-token weights and the pairs stacked rather than packed: each the trainer's own path."""
+    per-token weights, the pairs stacked rather than packed, and KTO (each example beside another's
+    completion, its KL sample: the estimate's pairs of the same sizes): each the trainer's own path."""
     config = DPOConfig(model=str(model_dir), output_dir=str(tmp_path / "run"), batch_size=4, max_length=T,
                        device="cpu", lora_dropout=0.05, **variant)
     est = estimate_memory(config)
-    real = measured_step(_trainer("dpo", config, prepare_model(config)))
+    if config.loss == "kto":
+        rng = random.Random(0)
+        examples = [FeedbackExample(_example(rng), _example(rng), desirable=i % 2 == 0) for i in range(12)]
+        trainer = DPOTrainer(prepare_model(config), config, examples, pad_id=2)
+    else:
+        trainer = _trainer("dpo", config, prepare_model(config))
+    real = measured_step(trainer)
     assert abs(est.peak / real - 1) < 0.003, (est.peak, real)
 
 
