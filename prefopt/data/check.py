@@ -71,10 +71,7 @@ class DataCheck:
             counts = [f"{name} {kept} of {read}" for name, (_, read, kept) in zip(shown, r.per_file)]
             more = f", and {len(counts) - 12} more" if len(counts) > 12 else ""
             out.append(f"  kept per file: {', '.join(counts[:12])}{more}")
-        shown = r.skipped if show_bad is None else r.skipped[:show_bad]
-        out += [f"  bad: {e}" for e in shown]
-        if len(r.skipped) > len(shown):
-            out.append(f"  ... and {len(r.skipped) - len(shown)} more bad records (--all-bad lists them all)")
+        out += bad_lines(r.skipped, show_bad)
         if not r.n_read:
             out.append("  the file holds no records")
         if self.total:
@@ -100,6 +97,45 @@ class DataCheck:
             out.append(f"  {n} record{'s repeat' if n != 1 else ' repeats'} an earlier one token for token"
                        + (" (the same prompt, chosen and rejected)" if self.kind == "preference" else ""))
         return out
+
+
+def bad_lines(errors: list, show_bad: int | None = SHOW_BAD) -> list[str]:
+    """Console lines for bad records: ``None``, one a record; else the records bad for the same
+    reason in the same field of one file on one line (``meqsum.jsonl:1-800 (800 records): field
+    'prompt': missing field ...``), the first ``show_bad`` such lines, and how many records the
+    rest hold."""
+    if show_bad is None:
+        return [f"  bad: {e}" for e in errors]
+    groups: dict[tuple, list] = {}
+    for e in errors:
+        line = getattr(e, "line", None)
+        key = (str(e.path), e.field, e.reason) if line is not None else (id(e),)
+        groups.setdefault(key, []).append(e)
+    out = []
+    for same in list(groups.values())[:show_bad]:
+        first = same[0]
+        if len(same) == 1:
+            out.append(f"  bad: {first}")
+            continue
+        field = f"field {first.field!r}: " if first.field else ""
+        out.append(f"  bad: {first.path}:{_places([e.line for e in same])}: {field}{first.reason}")
+    rest = sum(len(same) for same in list(groups.values())[show_bad:])
+    if rest:
+        out.append(f"  ... and {rest} more bad record{'s' * (rest != 1)} (--all-bad lists them all)")
+    return out
+
+
+def _places(lines: list[int], most: int = 6) -> str:
+    """``1-800 (800 records)``, ``2, 5, 8, 11, 14, 17, ... (10 records)``: the lines, runs joined."""
+    runs: list[list[int]] = []
+    for n in sorted(set(lines)):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    text = [f"{a}-{b}" if b > a else str(a) for a, b in runs]
+    more = ", ..." if len(text) > most else ""
+    return f"{', '.join(text[:most])}{more} ({len(lines)} records)"
 
 
 def _spread(xs: list[int]) -> str:

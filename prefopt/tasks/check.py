@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..data import DataError, Records
-from ..data.check import SHOW_BAD, answer_line, check_data
+from ..data.check import SHOW_BAD, answer_line, bad_lines, check_data
 from ..data.records import ESCAPES, EscapedText, escape_counts
 from ..tokenizer import Tokenizer
 from ._io import read_past_bad_rows
@@ -45,7 +45,7 @@ def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length:
     where = Path(path) if path else Path(task.bundled_data or task.name)
     if records is None:
         return [f"{where}: {task.name} records; more than {show_bad} bad rows, the first {show_bad}:",
-                *(f"  bad: {e}" for e in bad[:show_bad]),
+                *bad_lines(bad[:show_bad], show_bad),
                 "  ... and more (--all-bad finds every one and measures what is left: lengths, cuts, the class "
                 "mix)"], len(bad), 0
     prompts = [task.messages(r) for r in records]  # rendered once (a document's text, a template), used twice

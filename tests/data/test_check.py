@@ -3,7 +3,8 @@
 import pytest
 
 from prefopt.cli import main
-from prefopt.data.check import check_data, detect_kind
+from prefopt.data import DataError
+from prefopt.data.check import bad_lines, check_data, detect_kind
 from tests._formats import write_workbook
 from tests._tiny import build_hf_model
 from tests.data import write_jsonl
@@ -119,6 +120,22 @@ def test_check_data_encodes_each_text_once_and_forgets_them_after(model, tmp_pat
     assert len(texts) == 12 and again.total == plain.total and again.report.n_kept == 4
 
 
+def test_records_bad_alike_share_a_line_and_the_rest_are_counted():
+    def err(line, field="prompt", reason="missing field", path="a.jsonl"):
+        return DataError(path, line, field, reason)
+
+    errors = [err(n) for n in (1, 2, 3, 7, 9, 10)] + [err(4, "completion", "empty"), err(5, path="b.jsonl"),
+                                                      err(None, None, "not a JSON file"), err(6, None, "malformed")]
+    assert bad_lines(errors) == ["  bad: a.jsonl:1-3, 7, 9-10 (6 records): field 'prompt': missing field",
+                                 "  bad: a.jsonl:4: field 'completion': empty",  # another field: its own line
+                                 "  bad: b.jsonl:5: field 'prompt': missing field",  # another file: its own too
+                                 "  bad: a.jsonl: not a JSON file", "  bad: a.jsonl:6: malformed"]
+    assert bad_lines(errors, 2) == bad_lines(errors)[:2] + ["  ... and 3 more bad records (--all-bad lists them all)"]
+    assert bad_lines(errors, None) == [f"  bad: {e}" for e in errors]  # --all-bad: each record, as it was
+    spread = bad_lines([err(n) for n in range(1, 30, 2)])
+    assert spread == ["  bad: a.jsonl:1, 3, 5, 7, 9, 11, ... (15 records): field 'prompt': missing field"]
+
+
 def test_a_file_with_no_usable_record_is_listed_not_refused(model, tmp_path, capsys):
     """check-data stopped with one line ("no usable records ... first: ...") and exit 2 exactly
     where the listing matters most: a file whose every record is bad."""
@@ -133,10 +150,11 @@ def test_a_file_with_no_usable_record_is_listed_not_refused(model, tmp_path, cap
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{path}: preference pairs; 0 of 12 records kept; 12 skipped: 11x identical")
     bad = [x.removeprefix(f"  bad: {path}:") for x in out if x.startswith("  bad: ")]
-    assert bad == [f"{n}: field 'rejected': identical to chosen: a preference pair needs two different responses"
-                   for n in range(1, 11)]
-    assert out[11] == "  ... and 2 more bad records (--all-bad lists them all)" and len(out) == 12
-    assert main(["check-data", "--model", str(model), "--data", str(path), "--all-bad"]) == 1
+    assert bad == ["1-11 (11 records): field 'rejected': identical to chosen: a preference pair needs two different "
+                   "responses",  # the records bad alike, one line
+                   "12: malformed JSON: Expecting property name enclosed in double quotes (column 2)"]
+    assert len(out) == 3
+    assert main(["check-data", "--model", str(model), "--data", str(path), "--all-bad"]) == 1  # each on its own
     listed = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  bad: ")]
     assert len(listed) == 12 and listed[-1] == f"  bad: {path}:12: malformed JSON: Expecting property name " \
         "enclosed in double quotes (column 2)"
@@ -228,8 +246,9 @@ def test_a_tasks_data_is_checked_as_compare_reads_it(model, tmp_path, capsys):
     assert main(argv) == 1  # 14 bad rows: the first 10, and no measures of what is left
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{csv}: text_classification records; more than 10 bad rows, the first 10:"
-    assert [x.split(": field")[0] for x in out[1:11]] == [f"  bad: {csv}:{2 + i}" for i in range(0, 30, 3)]
-    assert out[11].startswith("  ... and more (--all-bad finds every one") and "model's context" in out[12]
+    assert out[1] == (f"  bad: {csv}:2, 5, 8, 11, 14, 17, ... (10 records): field 'urgency': 'later' is not one of "
+                      "the labels given (urgent, routine, emergency)")  # the first ten, alike: one line
+    assert out[2].startswith("  ... and more (--all-bad finds every one") and "model's context" in out[3]
     assert main(argv + ["--all-bad"]) == 1
     out = capsys.readouterr().out.splitlines()
     assert "26 of 40 records kept; 14 skipped: 14x 'later' is not one of" in out[0] and len(
