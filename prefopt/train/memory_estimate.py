@@ -58,9 +58,10 @@ class MemoryEstimate:
     """Bytes a training step holds at once (``peak``) and what makes it up: ``weights`` (every
     parameter and buffer, a separate reference model's too), ``trained`` (the trained weights,
     within ``weights``), ``optimizer`` (AdamW's two moments of them), ``activations`` (what the
-    forward keeps for the backward, the lm_head's share included), and what it assumed: the
-    micro-batch, the device, the weights' dtype, the layers recomputed and whether CUDA's bf16
-    autocast is on. On CUDA ``peak`` includes ``workspace``, cuBLAS's workspaces (:func:`cublas_workspace`)."""
+    forward keeps for the backward, the lm_head's share included), ``batch`` (the micro-batches'
+    own tensors: ``accum`` of them), and what it assumed: the micro-batch, the device, the
+    weights' dtype, the layers recomputed and whether CUDA's bf16 autocast is on. On CUDA ``peak``
+    includes ``workspace``, cuBLAS's workspaces (:func:`cublas_workspace`)."""
 
     peak: int
     weights: int
@@ -381,6 +382,7 @@ def _worst_step(config: TrainConfig, T: int) -> tuple[Callable[[torch.nn.Module]
 
 
 def _bytes(batch: dict) -> int:
+    """The bytes of a collated batch's tensors."""
     return sum(v.numel() * v.element_size() for v in batch.values() if isinstance(v, torch.Tensor))
 
 
