@@ -145,7 +145,9 @@ class LoadReport:
         if self.skipped:
             reasons = Counter(e.reason for e in self.skipped)
             msg += f"; {len(self.skipped)} skipped: " + "; ".join(f"{n}x {r}" for r, n in reasons.most_common())
-            msg += f" (first: {self.skipped[0]})"
+            first = self.skipped[0]  # its place alone: its reason is among those counted
+            place = f"{first.path}:{first.line}" if first.line is not None else str(first.path)
+            msg += f" (first: {place}" + (f", field {first.field!r})" if first.field else ")")
         return msg
 
 

@@ -237,7 +237,7 @@ def test_a_tasks_data_is_checked_as_compare_reads_it(model, tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[:3] == [f"{csv}: text_classification records, as compare's SFT examples; 2 of 4 records kept; 2 "
                        f"skipped: 1x empty; 1x 'sometime' is not one of the labels given (urgent, routine, emergency) "
-                       f"(first: {csv}:3: field 'note': empty)",
+                       f"(first: {csv}:3, field 'note')",
                        f"  bad: {csv}:3: field 'note': empty",
                        f"  bad: {csv}:4: field 'urgency': 'sometime' is not one of the labels given (urgent, routine, "
                        "emergency)"]

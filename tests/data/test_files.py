@@ -204,7 +204,7 @@ def test_check_data_checks_several_files_as_one_set(tmp_path, capsys):
     assert main(["check-data", "--model", str(model_dir), "--data", str(a), str(b)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{a}, {b} (2 files): SFT records; 3 of 4 records kept; 1 skipped: 1x missing field " \
-                     f"(first: {b}:2: field 'completion': missing field)"
+                     f"(first: {b}:2, field 'completion')"
     assert out[1] == "  kept per file: a.jsonl 2 of 2, b.jsonl 1 of 2"
     assert f"  bad: {b}:2: field 'completion': missing field" in out
     assert "  1 record repeats an earlier one token for token" in out
