@@ -25,7 +25,7 @@ def cost_parts(summary: dict) -> tuple[str, str | None] | None:
     if "train_seconds" not in summary:
         return None
     done = summary["total_steps"] - summary.get("resumed_from_step", 0)
-    time = f"{done} steps in {duration_text(summary['train_seconds'])}"
+    time = f"{done} step{'s' * (done != 1)} in {duration_text(summary['train_seconds'])}"
     if summary.get("resumed_from_step"):
         time += f" (resumed at step {summary['resumed_from_step']})"
     if summary.get("reference_fill_seconds"):

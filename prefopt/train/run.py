@@ -226,7 +226,8 @@ def training_line(output_dir: str | Path, kind: str) -> str | None:
     if d is None:
         return None
     parts = [f"{TRAIN_LINES[k][0]} {arrow}" for k in keys if (arrow := first_to_last(d, k, TRAIN_LINES[k][1]))]
-    return f"{', '.join(parts)} (mean of the first and last {d['window']} of {d['steps']} logged steps)"
+    steps = d["steps"]
+    return f"{', '.join(parts)} (mean of the first and last {d['window']} of {steps} logged step{'s' * (steps != 1)})"
 
 
 def outcome_lines(summary: dict, config: TrainConfig) -> list[str]:

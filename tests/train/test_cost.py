@@ -27,6 +27,7 @@ def test_the_outcome_says_what_the_run_took():
     cuda = cost_line({**SFT, "device": "cuda"})
     assert cuda.endswith("peak 1180 MiB (CUDA memory allocated from the start of training, the weights included)")
     assert cost_line({**SFT, "peak_mem_mb": None}) == "trained on cpu: 60 steps in 1 min 35 s"  # not readable here
+    assert cost_line({**SFT, "total_steps": 1, "peak_mem_mb": None}) == "trained on cpu: 1 step in 1 min 35 s"
     assert cost_line({"total_steps": 60, "resumed_from_step": 0}) is None  # a run from before they were recorded
 
 

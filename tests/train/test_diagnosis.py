@@ -36,6 +36,19 @@ def test_a_dpo_run_says_it_and_an_sft_run_does_not(tmp_path):
                                                       "1 of 4 logged steps)"]
 
 
+def test_a_one_step_run_is_not_said_to_have_failed_to_learn(tmp_path):
+    """Its one logged step measured the model before the step's update: the adapter then equals
+    its reference, every pair ties (accuracy 0), and nothing can have been learnt or lost."""
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.6931, "rewards/accuracies": 0.0,
+                                                        "logps/chosen": -2.0, "kto/accuracies": 0.0}) + "\n")
+    (tmp_path / "d.jsonl").write_text("")
+    for loss in ("sigmoid", "kto"):
+        dpo = DPOConfig(model="m", data=str(tmp_path / "d.jsonl"), output_dir=str(tmp_path), loss=loss)
+        lines = outcome_lines({"total_steps": 1}, dpo)
+        assert len(lines) == 1 and lines[0].endswith("(mean of the first and last 1 of 1 logged step)"), lines
+    assert dpo_warnings({**_log(0.0, 0.0, -2.0, -2.0), "steps": 2}, "sigmoid")  # after one update: said
+
+
 def test_a_kto_run_that_did_not_learn_says_so_in_kto_terms(tmp_path):
     assert dpo_warnings({"first": {"kto/accuracies": 0.3}, "last": {"kto/accuracies": 0.7}}, "kto") == []
     rows = [{"step": s, "loss": 0.5, "kto/accuracies": a, "kl": 0.1, "logps/completion": c,
