@@ -43,8 +43,9 @@ def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def first_and_last(output_dir: str | Path, keys: tuple[str, ...], window: float = 0.25) -> dict | None:
-    """``{"steps", "window", "first": {key: mean}, "last": {key: mean}}`` over the first and last
-    ``window`` of the logged training steps (eval lines left out; a key never logged is None);
+    """``{"steps", "logged", "window", "first": {key: mean}, "last": {key: mean}}`` over the first
+    and last ``window`` of the ``logged`` training steps (eval lines left out; a key never logged is
+    None; ``steps``: the last one logged, which is more than ``logged`` under ``log_every`` > 1);
     None without a log."""
     if not (Path(output_dir) / "metrics.jsonl").is_file():
         return None
@@ -57,7 +58,7 @@ def first_and_last(output_dir: str | Path, keys: tuple[str, ...], window: float 
         vals = [r[key] for r in part if isinstance(r.get(key), (int, float))]
         return sum(vals) / len(vals) if vals else None
 
-    return {"steps": rows[-1]["step"], "window": k,
+    return {"steps": rows[-1]["step"], "logged": len(rows), "window": k,
             "first": {key: mean(rows[:k], key) for key in keys}, "last": {key: mean(rows[-k:], key) for key in keys}}
 
 

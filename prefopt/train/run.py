@@ -226,8 +226,8 @@ def training_line(output_dir: str | Path, kind: str) -> str | None:
     if d is None:
         return None
     parts = [f"{TRAIN_LINES[k][0]} {arrow}" for k in keys if (arrow := first_to_last(d, k, TRAIN_LINES[k][1]))]
-    steps = d["steps"]
-    return f"{', '.join(parts)} (mean of the first and last {d['window']} of {steps} logged step{'s' * (steps != 1)})"
+    n = d["logged"]
+    return f"{', '.join(parts)} (mean of the first and last {d['window']} of {n} logged step{'s' * (n != 1)})"
 
 
 def outcome_lines(summary: dict, config: TrainConfig) -> list[str]:

@@ -34,6 +34,9 @@ def test_a_dpo_run_says_it_and_an_sft_run_does_not(tmp_path):
     sft = TrainConfig(model="m", data=str(tmp_path / "d.jsonl"), output_dir=str(tmp_path))
     assert outcome_lines({"total_steps": 4}, sft) == ["training loss 0.7000 → 0.7000 (mean of the first and last "
                                                       "1 of 4 logged steps)"]
+    sparse = [{"step": s, "loss": 0.7} for s in range(10, 90, 10)]  # --log-every 10: 8 logged of 80 steps
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sparse))
+    assert outcome_lines({"total_steps": 80}, sft)[0].endswith("(mean of the first and last 2 of 8 logged steps)")
 
 
 def test_a_one_step_run_is_not_said_to_have_failed_to_learn(tmp_path):
