@@ -173,7 +173,10 @@ def estimate_memory(config: TrainConfig, device: str | None = None, *, model_con
     # through it: on a CPU all of a step's (the trainer collates them first), on CUDA the one copied there at a time
     accum = config.grad_accum if kind == "cpu" else 1
     batch = batch_bytes * accum
-    peak = weights + workspace + batch + max(live.peak + optimizer, live.now + optimizer + trained)
+    # each checkpointed layer keeps the CPU's random-number state from its forward to its recomputation, for the
+    # same dropout masks (made outside the dispatch mode; on CUDA in host memory, with the GPU's)
+    rng_states = model.checkpointed_layers() * torch.get_rng_state().nbytes if kind == "cpu" else 0
+    peak = weights + workspace + batch + max(live.peak + rng_states + optimizer, live.now + optimizer + trained)
     return MemoryEstimate(peak=peak, weights=weights, trained=trained, optimizer=optimizer, activations=activations,
                           sequences=rows, tokens=T, device=kind, dtype=config.dtype,
                           checkpointed=model.checkpointed_layers(), layers=len(model.model.layers), autocast=autocast,
