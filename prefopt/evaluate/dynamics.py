@@ -56,10 +56,11 @@ def dynamics_lines(dyn: dict) -> list[str]:
     if "sft" in dyn:
         d = dyn["sft"]
         lines.append(f"- SFT: token NLL {_arrow(d, 'loss', '.3f')} (mean of the first and last {d['window']} "
-                     f"of {d['steps']} steps).")
+                     f"of {d.get('logged', d['steps'])} logged steps).")
     if "dpo" in dyn:
         d = dyn["dpo"]
-        window = f"(each step's batch before its update; mean of the first and last {d['window']} of {d['steps']} steps)"
+        n = d.get("logged", d["steps"])  # (a report from before 2026-12-05: steps, the same where every step was logged)
+        window = f"(each step's batch before its update; mean of the first and last {d['window']} of {n} logged steps)"
         if d.get("loss") in UNPAIRED:
             lines.append(f"- {UNPAIRED[d['loss']]}: share on the label's side of the reference point {_arrow(d, 'kto/accuracies', '.2f')}, "
                          f"reference point (KL estimate) {_arrow(d, 'kl', '.3f')}, completion log-prob "

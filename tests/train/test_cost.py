@@ -47,3 +47,10 @@ def test_the_compare_report_says_what_each_stage_took():
     # a stage trained before the cost was recorded (a run from --from) is left out; none: no line
     assert dynamics_lines(_dyn(sft=None))[-1].startswith("- Time and memory on cpu: DPO 30 steps")
     assert not any("Time and memory" in line for line in dynamics_lines(_dyn(sft=None, dpo=None)))
+
+
+def test_the_compare_report_counts_the_steps_logged():
+    sparse = {"steps": 80, "logged": 8, "window": 2, "first": {"loss": 1.0}, "last": {"loss": 0.5}}  # --log-every 10
+    assert dynamics_lines({"sft": sparse})[0] == "- SFT: token NLL 1.000 → 0.500 (mean of the first and last 2 of 8 " \
+                                                 "logged steps)."
+    assert dynamics_lines(_dyn())[0].endswith("last 1 of 4 logged steps).")  # a report from before: its steps
