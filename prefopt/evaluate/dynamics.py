@@ -59,7 +59,7 @@ def dynamics_lines(dyn: dict) -> list[str]:
                      f"of {d.get('logged', d['steps'])} logged steps).")
     if "dpo" in dyn:
         d = dyn["dpo"]
-        n = d.get("logged", d["steps"])  # (a report from before 2026-12-05: steps, the same where every step was logged)
+        n = d.get("logged", d["steps"])  # (a report from before 2026-12-05: steps, as many where all were logged)
         window = f"(each step's batch before its update; mean of the first and last {d['window']} of {n} logged steps)"
         if d.get("loss") in UNPAIRED:
             lines.append(f"- {UNPAIRED[d['loss']]}: share on the label's side of the reference point {_arrow(d, 'kto/accuracies', '.2f')}, "

@@ -51,6 +51,6 @@ def test_the_compare_report_says_what_each_stage_took():
 
 def test_the_compare_report_counts_the_steps_logged():
     sparse = {"steps": 80, "logged": 8, "window": 2, "first": {"loss": 1.0}, "last": {"loss": 0.5}}  # --log-every 10
-    assert dynamics_lines({"sft": sparse})[0] == "- SFT: token NLL 1.000 → 0.500 (mean of the first and last 2 of 8 " \
-                                                 "logged steps)."
+    assert dynamics_lines({"sft": sparse})[0] == ("- SFT: token NLL 1.000 → 0.500 (mean of the first and last 2 "
+                                                  "of 8 logged steps).")
     assert dynamics_lines(_dyn())[0].endswith("last 1 of 4 logged steps).")  # a report from before: its steps
