@@ -15,9 +15,9 @@ WARNING_KEYS = ("rewards/accuracies", "logps/chosen", "kto/accuracies")  # what 
 
 
 def dpo_warnings(d: dict, loss: str | None) -> list[str]:
-    """Sentences for ``d``, a ``first_and_last`` of a DPO log; ``loss``: the preference loss. None
-    where the log's last step is its first: a step logs what the model did before its update, so
-    no update is in it (an adapter then equals its reference, and every pair ties)."""
+    """Sentences for ``d``, a ``first_and_last`` of a DPO log; ``loss``: the preference loss. Not
+    one where the log's last step is its first: a step logs the model as it was before the step's
+    update, so no update is in that log (an adapter then equals its reference: every pair ties)."""
     if d.get("steps") == 1:
         return []
     if loss in UNPAIRED:
