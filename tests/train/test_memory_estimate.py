@@ -51,9 +51,10 @@ def _trainer(kind: str, config, model):
                          ids=["lora", "checkpointing", "dora", "qlora", "full", "head", "accum"])
 def test_the_estimate_is_a_real_steps_peak_on_a_cpu(model_dir, tmp_path, kind, settings):
     """``full`` and ``head``: a trained lm_head, its one-pass loss (the head's gradients formed in
-    the forward) followed too. ``accum``: a CPU step collates its three micro-batches first and
-    holds them through the step (DPO's packed pairs' masks, 0.4% of the step here, were missed
-    before 2026-12-05, hidden by a 1% tolerance)."""
+    the forward) followed too. ``accum``: three micro-batches a step, all collated first and held
+    on a CPU, the later ones run beside the earlier's gradients. Until 2026-12-05 a 1% tolerance
+    hid two misses: those gradients (2.4% of the step here) and the batch's own tensors (DPO's
+    packed pairs' masks, 0.4%)."""
     cls = TrainConfig if kind == "sft" else DPOConfig
     if kind == "dpo" and not settings.get("lora", True):
         settings = {**settings, "ref_cache": str(tmp_path / "cache")}
