@@ -189,14 +189,19 @@ def estimate_study(model: str, output: str | Path, *, tasks: list[str] | str | N
             f"{est.recomputed()}: the peak of tensors at once (add {est.beyond()})", *rows, NOT_COUNTED]
 
 
+def _test(cmp: dict) -> dict:
+    """A paired test's figures for study.json (``se``, the bootstrap's standard error, where the run
+    recorded it: since 2026-12-05)."""
+    return {k: cmp[k] for k in ("delta", "ci", "se", "p_value", "n_resamples") if k in cmp}
+
+
 def _row(arm: Arm, report: dict, seconds: float, start_from: str | None = None) -> dict:
     """``arm``'s row from its run's report (``start_from``: where its base and SFT stages came from)."""
     st, c = report["stages"], report["comparisons"]
     return {"task": arm.task, "kind": arm.kind, "status": "ran", "study": arm.study, "n_test": report["n_test"],
             "metric": report["metric"], "seconds": round(seconds, 1), **({"start_from": start_from} if start_from else {}),
             **{s: {"primary": st[s]["primary"], "ci": st[s]["ci"]} for s in ("base", "sft", "dpo")},
-            "sft_vs_base": {k: c["base->sft"]["primary"][k] for k in ("delta", "ci", "p_value", "n_resamples")},
-            "dpo_vs_sft": {k: c["sft->dpo"]["primary"][k] for k in ("delta", "ci", "p_value", "n_resamples")},
+            "sft_vs_base": _test(c["base->sft"]["primary"]), "dpo_vs_sft": _test(c["sft->dpo"]["primary"]),
             "verdict": c["sft->dpo"]["verdict"],
             **({"cost": cost} if (cost := {s: d["cost"] for s, d in report.get("training", {}).items()
                                            if s in ("sft", "dpo") and "cost" in d}) else {}),

@@ -61,6 +61,7 @@ def test_study_runs_every_dataset_present_and_tabulates_them(tmp_path, capsys):
         assert row["n_test"] == report["n_test"] and row["metric"] == report["metric"]
         assert row["dpo"]["primary"] == report["stages"]["dpo"]["primary"]
         assert row["dpo_vs_sft"]["p_value"] == report["comparisons"]["sft->dpo"]["primary"]["p_value"]
+        assert row["sft_vs_base"]["se"] == report["comparisons"]["base->sft"]["primary"]["se"]  # for pooling elsewhere
         assert row["verdict"] == report["comparisons"]["sft->dpo"]["verdict"]
     assert arms["meqsum"]["metric"] == "rougeL" and arms["medqa"]["metric"] == "accuracy"
     md = (out / "study.md").read_text()
