@@ -232,9 +232,10 @@ def _train(args: argparse.Namespace) -> int:
 
         config = replace(config, **nulls)
     if estimate:
-        from .train.memory_estimate import estimate_memory
+        from .train.memory_estimate import estimate_lines
 
-        print("\n".join(estimate_memory(config, None if estimate == "auto" else estimate).lines()))
+        if os.environ.get("RANK", "0") == "0":  # (under torchrun: once)
+            print("\n".join(estimate_lines(config, None if estimate == "auto" else estimate)))
         return 0
     from .train.distributed import run_worker
 

@@ -40,6 +40,7 @@ import os
 import warnings
 import weakref
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,7 @@ from torch.utils._pytree import tree_leaves
 from ..devices import DTYPES, resolve_device
 from ..fileio import size_text
 from .config import TrainConfig
+from .estimate_shards import fake_group, local, local_bytes, shard, storage_followed
 from .stop_signal import going_on
 
 
@@ -61,7 +63,8 @@ class MemoryEstimate:
     forward keeps for the backward, the lm_head's share included), ``batch`` (the micro-batches'
     own tensors: ``accum`` of them), and what it assumed: the micro-batch, the device, the
     weights' dtype, the layers recomputed and whether CUDA's bf16 autocast is on. On CUDA ``peak``
-    includes ``workspace``, cuBLAS's workspaces (:func:`cublas_workspace`)."""
+    includes ``workspace``, cuBLAS's workspaces (:func:`cublas_workspace`). Under ``--fsdp`` every
+    figure is one of ``processes`` processes' (its shares of the weights, gradients and moments)."""
 
     peak: int
     weights: int
@@ -79,6 +82,7 @@ class MemoryEstimate:
     reference: int = 0  # a separate reference model's weights (--ref), within ``weights``
     batch: int = 0  # the micro-batches' token ids, labels and masks held through the step
     accum: int = 1  # the micro-batches ``batch`` counts: a CPU step's --grad-accum, one on CUDA
+    processes: int = 1  # under --fsdp, the processes sharing the model: the figures are each one's
 
     def on(self) -> str:
         """Where the step runs, in words: ``on CUDA under bf16 autocast``, ``on a CPU``."""
@@ -93,6 +97,11 @@ class MemoryEstimate:
         return (f" ({self.accum} micro-batches, --grad-accum, collated before the step)" if self.accum > 1
                 else "")
 
+    def _shares(self) -> str:
+        """Under --fsdp, whose the figures are."""
+        return (f", under --fsdp for each of {self.processes} processes (its share of the weights, their gradients "
+                "and AdamW's moments; a block's whole weights while it runs)" if self.processes > 1 else "")
+
     def beyond(self) -> str:
         """What a process holds beyond the estimated tensors, in words."""
         return ("the CUDA context (about 0.5 GiB) and the caching allocator's reserve (often 5-20% more)"
@@ -103,7 +112,8 @@ class MemoryEstimate:
         """The estimate in words, for the console."""
         return [
             f"memory estimate for one training step {self.on()}, {self.dtype} weights, a micro-batch of "
-            f"{self.sequences} sequences of {self.tokens} tokens{self.recomputed()}:",
+            f"{self.sequences} sequence{'s' * (self.sequences != 1)} of {self.tokens} tokens{self.recomputed()}"
+            f"{self._shares()}:",
             f"  weights      {size_text(self.weights)}"
             + (f", the reference model's (--ref) {size_text(self.reference)} among them" if self.reference else ""),
             f"  trained      {size_text(self.trained)} of them, with their gradients and AdamW's two moments "
@@ -117,15 +127,15 @@ class MemoryEstimate:
 
 
 def estimate_memory(config: TrainConfig, device: str | None = None, *, model_config=None,
-                    tokens: int | None = None) -> MemoryEstimate:
+                    tokens: int | None = None, processes: int = 2) -> MemoryEstimate:
     """The peak memory of one training step of ``config`` (a :class:`TrainConfig` or
     ``DPOConfig``) on ``device`` (``"cpu"`` or ``"cuda"``; default the config's device on this
     machine), from the model's ``config.json`` alone (or ``model_config``, a loaded model's
     ``ModelConfig``), for micro-batches of ``tokens`` a row (default ``max_length``). Adapters
     (LoRA, DoRA, QLoRA) and full fine-tuning, the lm_head frozen or trained (its one-pass loss, as
     the CPU runs it), on dense models (a mixture of experts routes by values that fake tensors
-    lack), for one process holding the whole model (not FSDP2's shares); anything else is a
-    ``ValueError`` that says so."""
+    lack); anything else is a ``ValueError`` that says so. Under ``--fsdp``, one of ``processes``
+    processes' share (:mod:`.estimate_shards`)."""
     from ..model.config import ModelConfig
     from ..model.hub import resolve_model_dir
     from ..model.transformer import Transformer
@@ -143,22 +153,27 @@ def estimate_memory(config: TrainConfig, device: str | None = None, *, model_con
     rows, T = _rows(config), min(tokens or config.max_length, config.max_length)
     step_loss, batch_bytes = _worst_step(config, T)  # its batch in real tensors: the model's activations alone fake
     autocast = kind == "cuda" and config.bf16_autocast
-    with FakeTensorMode(allow_non_fake_inputs=True), warnings.catch_warnings():
+    world = processes if config.fsdp else 1
+    with (fake_group(world) if config.fsdp else nullcontext()) as mesh, FakeTensorMode(allow_non_fake_inputs=True), \
+            warnings.catch_warnings():
         # DoRA keys its cached weight norm by the weight's address, which a fake tensor has none of (the norm is
         # computed once all the same)
         warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
         model = _built(Transformer, cfg, DTYPES[config.dtype])
         ref = getattr(config, "ref", None)  # DPO's separate frozen reference model (--ref), loaded in full
         reference = module_bytes(_built(Transformer, ModelConfig.from_hf(resolve_model_dir(ref)),
-                                        DTYPES[config.dtype])) if ref else 0
+                                        DTYPES[config.dtype])) // world if ref else 0  # (--fsdp: sharded as well)
         if config.quantize:
             quantize_model(model, quantized_layers(config.lora_targets), config.quantize)
         adapt(model, config)
         model.gradient_checkpointing = config.checkpointing()
         model.train()
-        trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        if config.fsdp:
+            shard(model, mesh)
+        trained = sum(local_bytes(p) for p in model.parameters() if p.requires_grad)
         live = _Live(model)
-        with live, torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with live, storage_followed(live.resized) if config.fsdp else nullcontext(), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss = step_loss(model)
             activations = live.now
             loss.backward()
@@ -180,7 +195,21 @@ def estimate_memory(config: TrainConfig, device: str | None = None, *, model_con
     return MemoryEstimate(peak=peak, weights=weights, trained=trained, optimizer=optimizer, activations=activations,
                           sequences=rows, tokens=T, device=kind, dtype=config.dtype,
                           checkpointed=model.checkpointed_layers(), layers=len(model.model.layers), autocast=autocast,
-                          workspace=workspace, reference=reference, batch=batch, accum=accum)
+                          workspace=workspace, reference=reference, batch=batch, accum=accum, processes=world)
+
+
+def estimate_lines(config: TrainConfig, device: str | None = None) -> list[str]:
+    """``--estimate-memory``'s console lines: the estimate's; under ``--fsdp`` for the processes
+    torchrun starts (``WORLD_SIZE``), or where none says, for 2 with a line for 4 and 8 beside."""
+    if not config.fsdp:
+        return estimate_memory(config, device).lines()
+    world = int(os.environ.get("WORLD_SIZE", "0") or 0)
+    if world > 1:
+        return estimate_memory(config, device, processes=world).lines()
+    more = {n: estimate_memory(config, device, processes=n) for n in (4, 8)}
+    return [*estimate_memory(config, device, processes=2).lines(),
+            f"  peak with 4 processes {size_text(more[4].peak)} each, with 8 {size_text(more[8].peak)} each (under "
+            "torchrun: for its --nproc_per_node alone)"]
 
 
 def cublas_workspace(device: str) -> int:
@@ -205,11 +234,8 @@ def cublas_workspace(device: str) -> int:
 
 def uncovered(config: TrainConfig, model_config) -> str | None:
     """Why the estimate does not cover a run of ``config`` on a model of ``model_config`` (a
-    ``ModelConfig``), or None where it does: one process's whole model (not FSDP2's shares), a
-    dense one (a mixture of experts routes each token by values fake tensors lack)."""
-    if config.fsdp:
-        return ("the memory estimate is for one process holding the whole model; under --fsdp each process holds "
-                "a share of the weights, their gradients and AdamW's moments, which it does not follow")
+    ``ModelConfig``), or None where it does: a dense one (a mixture of experts routes each token by
+    values fake tensors lack)."""
     if any(model_config.sparse(i) for i in range(model_config.num_hidden_layers)):
         return (f"{config.model} ({model_config.model_type}) is a mixture of experts, whose router sends each token by "
                 "its values, which the estimate's tensors do not have: it covers dense models")
@@ -228,7 +254,7 @@ def measured_step(trainer) -> int:
         trainer.train_step(1)
         return torch.cuda.max_memory_allocated(trainer.device)
     moments = [v for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim()]
-    held = module_bytes(trainer.model) + sum(t.numel() * t.element_size() for t in moments)
+    held = module_bytes(trainer.model) + sum(local_bytes(t) for t in moments)
     return held + allocated_peak(lambda: trainer.train_step(1))
 
 
@@ -242,6 +268,8 @@ def fit_note(config: TrainConfig, model: torch.nn.Module, device: torch.device, 
     be)."""
     free = free_bytes(device)
     if free is None or not hasattr(getattr(model, "config", None), "sparse"):  # a Transformer's ModelConfig
+        return None
+    if config.fsdp:  # (its stand-in group cannot run beside the run's own: --estimate-memory gives a share)
         return None
     if surely_fits(config, model, free, longest):  # (the estimate takes 0.2-6 s; most runs have room to spare)
         return None
@@ -352,8 +380,9 @@ def _built(cls, cfg, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def module_bytes(model: torch.nn.Module) -> int:
-    """The bytes ``model``'s parameters and buffers take (also on the meta or a fake device)."""
-    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    """The bytes ``model``'s parameters and buffers take (also on the meta or a fake device; under
+    FSDP2 this process's shares)."""
+    return sum(local_bytes(t) for t in [*model.parameters(), *model.buffers()])
 
 
 def _worst_step(config: TrainConfig, T: int) -> tuple[Callable[[torch.nn.Module], torch.Tensor], int]:
@@ -395,7 +424,7 @@ class _Live(TorchDispatchMode):
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
-        self.known = {t.untyped_storage()._cdata for t in [*model.parameters(), *model.buffers()]}
+        self.known = {local(t).untyped_storage()._cdata for t in [*model.parameters(), *model.buffers()]}
         self.sizes: dict[int, int] = {}
         self.refs: dict[int, weakref.ref] = {}
         self.now = self.peak = 0
@@ -420,6 +449,11 @@ class _Live(TorchDispatchMode):
         self.now += self.sizes[key]
         self.peak = max(self.peak, self.now)
         self.refs[key] = weakref.ref(storage, lambda _, key=key: self._release(key))
+
+    def resized(self, change: int) -> None:
+        """A storage grown or freed in place by ``change`` bytes (FSDP2's gathered weights)."""
+        self.now += change
+        self.peak = max(self.peak, self.now)
 
     def _release(self, key: int) -> None:
         self.now -= self.sizes.pop(key, 0)
