@@ -8,7 +8,7 @@ each block's whole weights as a real run does. FSDP2 frees a gathered block, and
 it again, by resizing its storage in place (``_fsdp_param.free_storage``/``alloc_storage``),
 which no op reports: :func:`storage_followed` tells the estimate's tracker of each resize. On a
 CPU (gloo, two processes; tests/train/test_memory_estimate.py, 2026-12-05) each rank's weights
-and moments came out to the byte and its step's peak 0.956-1.001 of the estimate (within 0.01%
+and moments came out to the byte, and the estimate 0.956-1.001 of its step's peak (within 0.01%
 of the lowest real peak: the real one varies run to run by about a gathered block, as gloo's
 threads free it); NCCL's own buffers on a GPU are not counted.
 """
