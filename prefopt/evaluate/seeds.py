@@ -190,7 +190,7 @@ def summarize(cfg: CompareConfig, reports: dict[int, dict], outputs: dict[int, s
         runs.append({"seed": seed, "output": where, "n_test": r["n_test"],
                      "dpo_is_sft": bool(weights) and weights.get("dpo") == weights.get("sft"),
                      **{s: r["stages"][s]["primary"] for s in ("base", "sft", "dpo")},
-                     **{f"{a}->{b}": _test(r["comparisons"][f"{a}->{b}"]["primary"]) for a, b in PAIRS}})
+                     **{f"{a}->{b}": paired_figures(r["comparisons"][f"{a}->{b}"]["primary"]) for a, b in PAIRS}})
     pool = {}
     if len(runs) > 1:
         for a, b in PAIRS:
@@ -200,7 +200,9 @@ def summarize(cfg: CompareConfig, reports: dict[int, dict], outputs: dict[int, s
             "preset": cfg.preset, "output": str(cfg.output), "seeds": list(reports), "runs": runs, "pooled": pool}
 
 
-def _test(cmp: dict) -> dict:
+def paired_figures(cmp: dict) -> dict:
+    """A paired test's figures as seeds.json and study.json keep them (``se`` and ``n_valid`` where
+    the comparison has them: ``se`` since 2026-12-05)."""
     return {k: cmp[k] for k in ("delta", "ci", "se", "p_value", "n_resamples", "n_valid") if k in cmp}
 
 

@@ -25,7 +25,7 @@ from ..fileio import read_json, write_json_atomic, write_text_atomic
 from ..train.cost import cost_parts, duration_text, what_peak
 from .compare import CompareConfig, check_compare, run_compare
 from .runner import keep_earlier
-from .seeds import check_seeds, direction, pooled_line, pooled_p, run_seeds
+from .seeds import check_seeds, direction, paired_figures, pooled_line, pooled_p, run_seeds
 from .stage_confidence import auroc_named_text, fmt
 from .start_from import source_config
 from .stats import p_text
@@ -189,19 +189,14 @@ def estimate_study(model: str, output: str | Path, *, tasks: list[str] | str | N
             f"{est.recomputed()}: the peak of tensors at once (add {est.beyond()})", *rows, NOT_COUNTED]
 
 
-def _test(cmp: dict) -> dict:
-    """A paired test's figures for study.json (``se``, the bootstrap's standard error, where the run
-    recorded it: since 2026-12-05)."""
-    return {k: cmp[k] for k in ("delta", "ci", "se", "p_value", "n_resamples") if k in cmp}
-
-
 def _row(arm: Arm, report: dict, seconds: float, start_from: str | None = None) -> dict:
     """``arm``'s row from its run's report (``start_from``: where its base and SFT stages came from)."""
     st, c = report["stages"], report["comparisons"]
     return {"task": arm.task, "kind": arm.kind, "status": "ran", "study": arm.study, "n_test": report["n_test"],
             "metric": report["metric"], "seconds": round(seconds, 1), **({"start_from": start_from} if start_from else {}),
             **{s: {"primary": st[s]["primary"], "ci": st[s]["ci"]} for s in ("base", "sft", "dpo")},
-            "sft_vs_base": _test(c["base->sft"]["primary"]), "dpo_vs_sft": _test(c["sft->dpo"]["primary"]),
+            "sft_vs_base": paired_figures(c["base->sft"]["primary"]),
+            "dpo_vs_sft": paired_figures(c["sft->dpo"]["primary"]),
             "verdict": c["sft->dpo"]["verdict"],
             **({"cost": cost} if (cost := {s: d["cost"] for s, d in report.get("training", {}).items()
                                            if s in ("sft", "dpo") and "cost" in d}) else {}),
