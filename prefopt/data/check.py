@@ -111,15 +111,15 @@ def bad_lines(errors: list, show_bad: int | None = SHOW_BAD) -> list[str]:
         line = getattr(e, "line", None)
         key = (str(e.path), e.field, e.reason) if line is not None else (id(e),)
         groups.setdefault(key, []).append(e)
-    out = []
-    for same in list(groups.values())[:show_bad]:
+    kinds, out = list(groups.values()), []
+    for same in kinds[:show_bad]:
         first = same[0]
         if len(same) == 1:
             out.append(f"  bad: {first}")
             continue
         field = f"field {first.field!r}: " if first.field else ""
         out.append(f"  bad: {first.path}:{_places([e.line for e in same])}: {field}{first.reason}")
-    rest = sum(len(same) for same in list(groups.values())[show_bad:])
+    rest = sum(len(same) for same in kinds[show_bad:])
     if rest:
         out.append(f"  ... and {rest} more bad record{'s' * (rest != 1)} (--all-bad lists them all)")
     return out

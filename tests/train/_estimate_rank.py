@@ -3,28 +3,20 @@ under torchrun each rank prints what it held: ``{"rank", "peak", "weights", "mom
 (the peak as ``measured_step`` takes it; weights and AdamW's moments as this rank's shares)."""
 import json
 import os
-import random
 import sys
 
 import torch
 
-from prefopt.data.preference import PairExample
-from prefopt.train import DPOConfig, DPOTrainer, SFTTrainer, TrainConfig
+from prefopt.train import DPOConfig, TrainConfig
 from prefopt.train.estimate_shards import local_bytes
 from prefopt.train.memory_estimate import measured_step, module_bytes
 from prefopt.train.run import prepare_model
-from tests.train.test_memory_estimate import _example
+from tests.train.test_memory_estimate import _trainer
 
 torch.set_num_threads(1)
 kind, fields = sys.argv[1], json.loads(sys.argv[2])
 config = (TrainConfig if kind == "sft" else DPOConfig)(**fields)
-rng = random.Random(0)
-model = prepare_model(config)
-if kind == "sft":
-    trainer = SFTTrainer(model, config, [_example(rng) for _ in range(16)], pad_id=2)
-else:
-    pairs = [PairExample(_example(rng), _example(rng)) for _ in range(16)]
-    trainer = DPOTrainer(model, config, pairs, pad_id=2, ref_cache=config.ref_cache)
+trainer = _trainer(kind, config, prepare_model(config))  # the one-process test's examples
 peak = measured_step(trainer)
 moments = [v for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim()]
 print(json.dumps({"rank": int(os.environ["RANK"]), "peak": peak, "weights": module_bytes(trainer.model),
