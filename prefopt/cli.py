@@ -432,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--estimate-memory", nargs="?", const="auto", choices=("auto", "cpu", "cuda"), metavar="DEVICE",
                        help="print how much memory a training step of these settings will hold, on cpu or cuda "
                             "(default: this machine's device), from the model's config.json alone, and exit without "
-                            "loading weights or data (dense models, one process's whole model: not --fsdp; the worst "
+                            "loading weights or data (dense models; under --fsdp each process's share; the worst "
                             "micro-batch: batch-size examples, or pairs, of max-length tokens)")
         t.set_defaults(func=_train)
 
