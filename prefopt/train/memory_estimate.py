@@ -415,7 +415,7 @@ def _worst_step(config: TrainConfig, T: int) -> tuple[Callable[[torch.nn.Module]
 
 def _bytes(batch: dict) -> int:
     """The bytes of a collated batch's tensors."""
-    return sum(v.numel() * v.element_size() for v in batch.values() if isinstance(v, torch.Tensor))
+    return sum(local_bytes(v) for v in batch.values() if isinstance(v, torch.Tensor))
 
 
 class _Live(TorchDispatchMode):
