@@ -71,21 +71,60 @@ def stage_configs(cfg: CompareConfig, say: Callable[[str], None] = lambda line: 
     return [("SFT", sft_config(cfg, s, None, out)), ("DPO", dpo_config(cfg, s, None, out))]
 
 
-NOT_COUNTED = ("Not counted: the evaluations' answers (generation holds a KV cache of eval_batch_size prompts, "
-               "--set eval_batch_size=N to lower it) and, before DPO's first step, its reference pass (no "
-               "gradients: less than a training step)")
+NOT_COUNTED = ("Not counted: before DPO's first step, its reference pass (no gradients: less than a training "
+               "step); scoring the labels (a forward of each batch's prompts and its labels' few tokens, no cache of "
+               "answers: less than answering them); a judge model (--judge), loaded beside the stage's while it rates")
 
 
 def estimate_stages(cfg: CompareConfig, device: str | None = None) -> list[str]:
     """What a training step of the SFT and of the DPO stage of ``cfg``'s run will hold on
-    ``device`` (``"cpu"`` or ``"cuda"``; default the run's device on this machine), in words
-    (``prefopt compare ... --estimate-memory``): from the settings and the model's
+    ``device`` (``"cpu"`` or ``"cuda"``; default the run's device on this machine), and what
+    answering the test set (and DPO's validation items, where ``val`` holds some out) will, in
+    words (``prefopt compare ... --estimate-memory``): from the settings and the model's
     ``config.json`` alone (no data, no weights, no folder). DPO's step takes its reference
     log-probs from the cache, as compare's does."""
     from ..train.memory_estimate import estimate_memory
 
     lines: list[str] = []
-    for name, config in stage_configs(cfg, lines.append):
+    configs = stage_configs(cfg, lines.append)
+    for name, config in configs:
         est = estimate_memory(config, device).lines()
         lines += [f"{name} stage: {est[0]}", *est[1:]]
+    for name, est in estimate_answering(cfg, dict(configs), device):
+        lines += [f"{name}: {est.lines()[0]}", *est.lines()[1:]]
     return [*lines, NOT_COUNTED]
+
+
+def estimate_answering(cfg: CompareConfig, configs: dict, device: str | None = None) -> list[tuple[str, object]]:
+    """``[(what, AnswerEstimate)]``: the memory of answering ``eval_batch_size`` test prompts at
+    once, as each stage's evaluation loads its model (``eval_dtype``; a 4-bit base keeps the
+    adapter on top), and where ``val`` holds items out, of DPO's validation answers during its
+    training (the training model, AdamW's moments beside). Prompts of ``max_length`` tokens, as
+    long as a training example may be, and answers of the task's ``max_new_tokens`` (a run
+    raises it where its reference answers are longer). ``configs``: :func:`stage_configs`'s."""
+    from ..tasks import get_task
+    from ..train.answer_estimate import estimate_answers
+    from ..train.memory_estimate import device_kind
+    from .runner import decoding
+
+    s = cfg.settings()
+    kind = device_kind(device or cfg.device)
+    sft, dpo = configs["SFT"], configs["DPO"]
+    size = dict(prompts=s["eval_batch_size"], prompt_tokens=sft.max_length,
+                new_tokens=decoding(s, get_task(cfg.task, **cfg.task_options))["max_new_tokens"], device=kind)
+    out = [("Test-set answers (each stage)", estimate_answers(sft, dtype=_eval_dtype(cfg.eval_dtype, kind), **size))]
+    if s["val"]:
+        out.append(("DPO's validation answers (during its training)", estimate_answers(dpo, training=True, **size)))
+    return out
+
+
+def _eval_dtype(name: str, kind: str) -> str:
+    """The evaluations' dtype (``--eval-dtype``) on a ``kind`` device: ``auto`` is bfloat16 on CUDA
+    (float16 on a visible GPU without it), float32 on a CPU."""
+    import torch
+
+    if name != "auto":
+        return name
+    if kind != "cuda":
+        return "float32"
+    return "float16" if torch.cuda.is_available() and not torch.cuda.is_bf16_supported() else "bfloat16"

@@ -160,33 +160,52 @@ def run_study(model: str, output: str | Path, data_root: str | Path | None = Non
 
 def estimate_study(model: str, output: str | Path, *, tasks: list[str] | str | None = None, on: str | None = None,
                    **compare) -> list[str]:
-    """What a training step of each task's SFT and DPO stage will hold on ``on`` (``"cpu"`` or
-    ``"cuda"``; default the runs' device on this machine), in words (``prefopt study ...
-    --estimate-memory``): compare's estimate (:mod:`.compare_train`) for every arm, its data
-    found or not (the settings and the task's ``max_length`` decide it), each set of stage
-    settings estimated once (most tasks share them). Nothing is read but the model's
+    """What a training step of each task's SFT and DPO stage, and answering its test set (and
+    DPO's validation items, with ``val``), will hold on ``on`` (``"cpu"`` or ``"cuda"``; default
+    the runs' device on this machine), in words (``prefopt study ... --estimate-memory``):
+    compare's estimate (:mod:`.compare_train`) for every arm, its data found or not (the
+    settings and the task's ``max_length`` and answer length decide it), each set of settings
+    estimated once (most tasks share them). Nothing is read but the model's
     ``config.json``, and nothing is written."""
     from ..fileio import size_text
+    from ..tasks import get_task
     from ..train.memory_estimate import estimate_memory
-    from .compare_train import NOT_COUNTED, stage_configs
+    from .compare_train import NOT_COUNTED, estimate_answering, stage_configs
+    from .runner import decoding
 
     known: dict[str, object] = {}
+    answered: dict[str, list] = {}
     rows, notes = [], []
     for arm in pick(tasks):
         cfg = CompareConfig(task=arm.task, model=model, output=str(Path(output) / arm.task),
                             task_options=dict(arm.options), **compare)
-        cells = []
-        for name, config in stage_configs(cfg, notes.append):
-            key = json.dumps({k: v for k, v in config.to_dict().items()
-                              if k not in ("data", "output_dir", "sft_adapter", "ref_cache")}, sort_keys=True, default=str)
+        cells, configs = [], stage_configs(cfg, notes.append)
+        for name, config in configs:
+            key = _settings_key(config)
             if key not in known:
                 known[key] = estimate_memory(config, on)
             est = known[key]
             cells.append(f"{name} {size_text(est.peak)} ({est.sequences} sequences of {est.tokens} tokens)")
+        # answering: the same for the tasks whose settings and answer lengths are the same
+        s = cfg.settings()
+        key = json.dumps([_settings_key(c) for _, c in configs] + [cfg.eval_dtype, s["eval_batch_size"], s["val"],
+                                                                   decoding(s, get_task(arm.task, **arm.options))])
+        if key not in answered:
+            answered[key] = estimate_answering(cfg, dict(configs), on)
+        for name, ans in answered[key]:
+            cells.append(f"{'answers' if name.startswith('Test') else 'validation answers'} {size_text(ans.peak)} "
+                         f"({ans.prompts} prompts of {ans.prompt_tokens} + {ans.new_tokens} tokens)")
         rows.append(f"  {arm.task:<18} {', '.join(cells)}")
-    est = next(iter(known.values()))
+    est, ans = next(iter(known.values())), next(iter(answered.values()))[0][1]
     return [*notes, f"memory estimate for one training step of each task's stages {est.on()}, {est.dtype} weights"
-            f"{est.recomputed()}: the peak of tensors at once (add {est.beyond()})", *rows, NOT_COUNTED]
+            f"{est.recomputed()}, and for answering the test set ({ans.dtype} weights): the peak of tensors at once "
+            f"(add {est.beyond()})", *rows, NOT_COUNTED]
+
+
+def _settings_key(config) -> str:
+    """A stage's training settings, less where its files go: stages of the same key hold the same."""
+    return json.dumps({k: v for k, v in config.to_dict().items()
+                       if k not in ("data", "output_dir", "sft_adapter", "ref_cache")}, sort_keys=True, default=str)
 
 
 def _row(arm: Arm, report: dict, seconds: float, start_from: str | None = None) -> dict:

@@ -5,7 +5,7 @@ and dtypes, no storage: ``torch._subclasses.FakeTensorMode``), puts the run's ad
 runs the trainer's own collate and loss (``sft_batch``/``sft_loss_sum``,
 ``pair_batch``/``preference_loss_sum``) forward and backward on one micro-batch, the lm_head's
 chunked log-probs included (a trained head's one-pass loss, with its gradients formed in the
-forward, for full fine-tuning or an adapter on the head). A dispatch mode (:class:`_Live`)
+forward, for full fine-tuning or an adapter on the head). A dispatch mode (:class:`LiveTensors`)
 follows every tensor the step creates and frees, so the figure is the step's own peak of live
 tensors, not a formula: the activations each layer keeps for the backward (fewer under gradient
 checkpointing, where a layer's are rebuilt in the backward), the logits blocks of the head, the
@@ -39,8 +39,8 @@ from __future__ import annotations
 import os
 import warnings
 import weakref
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +53,18 @@ from ..fileio import size_text
 from .config import TrainConfig
 from .estimate_shards import fake_group, local, local_bytes, shard, storage_followed
 from .stop_signal import going_on
+
+
+def where(device: str, autocast: bool = False) -> str:
+    """Where an estimated step runs, in words: ``on CUDA under bf16 autocast``, ``on a CPU``."""
+    return {"cuda": "on CUDA" + (" under bf16 autocast" if autocast else ""), "cpu": "on a CPU"}[device]
+
+
+def held_beyond(device: str) -> str:
+    """What a process on ``device`` holds beyond the estimated tensors, in words."""
+    return ("the CUDA context (about 0.5 GiB) and the caching allocator's reserve (often 5-20% more)"
+            if device == "cuda" else "the process's own code and what the C allocator keeps (the "
+            "resident set is often 0.5-1 GiB more)")
 
 
 @dataclass(frozen=True)
@@ -86,7 +98,7 @@ class MemoryEstimate:
 
     def on(self) -> str:
         """Where the step runs, in words: ``on CUDA under bf16 autocast``, ``on a CPU``."""
-        return {"cuda": "on CUDA" + (" under bf16 autocast" if self.autocast else ""), "cpu": "on a CPU"}[self.device]
+        return where(self.device, self.autocast)
 
     def recomputed(self) -> str:
         """``, gradient checkpointing on N of L layers``, or nothing."""
@@ -104,9 +116,7 @@ class MemoryEstimate:
 
     def beyond(self) -> str:
         """What a process holds beyond the estimated tensors, in words."""
-        return ("the CUDA context (about 0.5 GiB) and the caching allocator's reserve (often 5-20% more)"
-                if self.device == "cuda" else "the process's own code and what the C allocator keeps (the "
-                "resident set is often 0.5-1 GiB more)")
+        return held_beyond(self.device)
 
     def lines(self) -> list[str]:
         """The estimate in words, for the console."""
@@ -139,39 +149,25 @@ def estimate_memory(config: TrainConfig, device: str | None = None, *, model_con
     from ..model.config import ModelConfig
     from ..model.hub import resolve_model_dir
     from ..model.transformer import Transformer
-    from ..quant import quantize_model, quantized_layers
-    from .run import adapt
 
-    kind = _device_kind(device or config.device)
-    if model_config is None and str(config.model).endswith(".gguf"):
-        raise ValueError(f"{config.model}: the estimate reads an HF folder's config.json; import the GGUF file first "
-                         "(prefopt convert-gguf)")
-    cfg = model_config or ModelConfig.from_hf(resolve_model_dir(config.model))
-    if why := uncovered(config, cfg):
-        raise ValueError(why)
+    kind = device_kind(device or config.device)
+    cfg = read_model_config(config, model_config)
 
     rows, T = _rows(config), min(tokens or config.max_length, config.max_length)
     step_loss, batch_bytes = _worst_step(config, T)  # its batch in real tensors: the model's activations alone fake
     autocast = kind == "cuda" and config.bf16_autocast
     world = processes if config.fsdp else 1
-    with (fake_group(world) if config.fsdp else nullcontext()) as mesh, FakeTensorMode(allow_non_fake_inputs=True), \
-            warnings.catch_warnings():
-        # DoRA keys its cached weight norm by the weight's address, which a fake tensor has none of (the norm is
-        # computed once all the same)
-        warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
-        model = _built(Transformer, cfg, DTYPES[config.dtype])
+    with (fake_group(world) if config.fsdp else nullcontext()) as mesh, fake_tensors():
+        model = fake_model(config, cfg)
         ref = getattr(config, "ref", None)  # DPO's separate frozen reference model (--ref), loaded in full
         reference = module_bytes(_built(Transformer, ModelConfig.from_hf(resolve_model_dir(ref)),
                                         DTYPES[config.dtype])) // world if ref else 0  # (--fsdp: sharded as well)
-        if config.quantize:
-            quantize_model(model, quantized_layers(config.lora_targets), config.quantize)
-        adapt(model, config)
         model.gradient_checkpointing = config.checkpointing()
         model.train()
         if config.fsdp:
             shard(model, mesh)
         trained = sum(local_bytes(p) for p in model.parameters() if p.requires_grad)
-        live = _Live(model)
+        live = LiveTensors(model)
         with live, storage_followed(live.resized) if config.fsdp else nullcontext(), \
                 torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss = step_loss(model)
@@ -196,6 +192,46 @@ def estimate_memory(config: TrainConfig, device: str | None = None, *, model_con
                           sequences=rows, tokens=T, device=kind, dtype=config.dtype,
                           checkpointed=model.checkpointed_layers(), layers=len(model.model.layers), autocast=autocast,
                           workspace=workspace, reference=reference, batch=batch, accum=accum, processes=world)
+
+
+def read_model_config(config: TrainConfig, given=None):
+    """The ``ModelConfig`` of ``config``'s model (``given``, a loaded model's, or from its folder's
+    ``config.json``); a ``ValueError`` for a GGUF file (not read here) or a model the estimates do
+    not cover (:func:`uncovered`)."""
+    from ..model.config import ModelConfig
+    from ..model.hub import resolve_model_dir
+
+    if given is None and str(config.model).endswith(".gguf"):
+        raise ValueError(f"{config.model}: the estimate reads an HF folder's config.json; import the GGUF file first "
+                         "(prefopt convert-gguf)")
+    cfg = given or ModelConfig.from_hf(resolve_model_dir(config.model))
+    if why := uncovered(config, cfg):
+        raise ValueError(why)
+    return cfg
+
+
+@contextmanager
+def fake_tensors() -> Iterator[None]:
+    """Inside: new tensors are fake (shapes and dtypes, no storage), real ones may meet them."""
+    with FakeTensorMode(allow_non_fake_inputs=True), warnings.catch_warnings():
+        # DoRA keys its cached weight norm by the weight's address, which a fake tensor has none of (the norm is
+        # computed once all the same)
+        warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
+        yield
+
+
+def fake_model(config: TrainConfig, cfg, dtype: torch.dtype | None = None, adapted: bool = True) -> torch.nn.Module:
+    """Inside :func:`fake_tensors`: the model of ``cfg`` (a ``ModelConfig``) in ``dtype`` (default
+    ``config.dtype``) as ``config`` loads it, its 4-bit layers where ``config.quantize`` says,
+    and (``adapted``) what it trains on it: a fresh adapter, or every weight trainable."""
+    from ..model.transformer import Transformer
+    from ..quant import quantize_model, quantized_layers
+    from .run import adapt
+
+    model = _built(Transformer, cfg, DTYPES[config.dtype] if dtype is None else dtype)
+    if config.quantize:
+        quantize_model(model, quantized_layers(config.lora_targets), config.quantize)
+    return adapt(model, config) if adapted else model
 
 
 def estimate_lines(config: TrainConfig, device: str | None = None) -> list[str]:
@@ -358,7 +394,7 @@ def _rows(config: TrainConfig) -> int:
     return config.batch_size * (2 if isinstance(config, DPOConfig) else 1)
 
 
-def _device_kind(name: str) -> str:
+def device_kind(name: str) -> str:
     """``"cpu"`` or ``"cuda"`` for a device name; ``auto`` is this machine's."""
     if name == "auto":
         return resolve_device("auto").type
@@ -418,7 +454,7 @@ def _bytes(batch: dict) -> int:
     return sum(local_bytes(v) for v in batch.values() if isinstance(v, torch.Tensor))
 
 
-class _Live(TorchDispatchMode):
+class LiveTensors(TorchDispatchMode):
     """Follows the storages that ops create under it (not the model's own weights), from their
     creation to their release: ``now`` and ``peak`` bytes of them."""
 

@@ -42,16 +42,31 @@ def test_each_stage_is_estimated_with_the_runs_own_settings(tmp_path):
                                "weights, a micro-batch of 4 sequences of 1024 tokens:")
     dpo = next(line for line in lines if line.startswith("DPO stage: "))
     assert "a micro-batch of 4 sequences of 1024 tokens:" in dpo
-    assert lines[-1].startswith("Not counted: the evaluations' answers")
+    # answering the test set: eval_batch_size prompts of max_length tokens, answers of the task's max_new_tokens,
+    # on the model as evaluations load it (bfloat16 on CUDA); no validation answers without val
+    answers = [line for line in lines if not line.startswith("  ") and "answers (" in line]
+    assert answers == ["Test-set answers (each stage): memory estimate on CUDA, bfloat16 weights, 16 prompts of 1024 "
+                       "tokens at once and answers of up to 384:"]
+    assert lines[-1].startswith("Not counted: before DPO's first step, its reference pass")
     assert not (tmp_path / "run").exists()
     # each setting reaches its stage: a larger SFT batch grows SFT's step alone; checkpointing shrinks both
-    sft, dpo = _peaks(lines)
+    sft, dpo, answered = _peaks(lines)
     bigger = _peaks(stages(batch_size=8))
-    assert bigger[1] == dpo and float(bigger[0].split()[0]) > float(sft.split()[0])
+    assert bigger[1:] == [dpo, answered] and float(bigger[0].split()[0]) > float(sft.split()[0])
     checkpointed = stages(gradient_checkpointing=True)
     assert sum("gradient checkpointing on 2 of 2 layers" in line for line in checkpointed) == 2
     with pytest.raises(ValueError, match="gradient_checkpointing: true or false"):
         stages(gradient_checkpointing=2)  # the run's own checks, before any estimate
+    # each answering setting reaches it; held-out validation items add DPO's answers during training, beside its
+    # float32 training model and AdamW's moments
+    answering = stages(eval_batch_size=4, max_new_tokens=32, val=8)
+    heads = [line for line in answering if not line.startswith("  ") and "answers (" in line]
+    assert heads == ["Test-set answers (each stage): memory estimate on CUDA, bfloat16 weights, 4 prompts of 1024 "
+                     "tokens at once and answers of up to 32:",
+                     "DPO's validation answers (during its training): memory estimate on CUDA under bf16 autocast, "
+                     "float32 weights, 4 prompts of 1024 tokens at once and answers of up to 32:"]
+    moments = [line for line in answering if line.startswith("  weights") and "AdamW's two moments" in line]
+    assert len(moments) == 1
 
 
 def test_the_sft_estimate_is_of_the_config_a_real_run_trains_with(tiny_model, tmp_path, sft_configs):
@@ -104,8 +119,15 @@ def test_study_estimates_each_tasks_stages_once_for_each_set_of_settings(tmp_pat
     assert list(rows) == ["medqa", "aci_bench", "portal"]  # the study's order; no data needed for any
     assert "max_length 1024, not the quick preset's 384: aci_bench examples need it" in lines[0]
     assert lines[1].startswith("memory estimate for one training step of each task's stages on a CPU, float32 weights")
-    assert rows["medqa"] == rows["portal"] and "(4 sequences of 384 tokens)" in rows["medqa"]
-    assert rows["aci_bench"].startswith("SFT ") and "(4 sequences of 1024 tokens)" in rows["aci_bench"]
+    steps = {task: row.split(", answers ")[0] for task, row in rows.items()}
+    assert steps["medqa"] == steps["portal"] and "(4 sequences of 384 tokens)" in steps["medqa"]
+    assert steps["aci_bench"].startswith("SFT ") and "(4 sequences of 1024 tokens)" in steps["aci_bench"]
+    # answering each task's test set: its prompts as long as its examples may be, its own answer length
+    assert lines[1].endswith("and for answering the test set (float32 weights): the peak of tensors at once (add the "
+                             "process's own code and what the C allocator keeps (the resident set is often 0.5-1 GiB "
+                             "more))")
+    assert [row.split(", answers ")[1].split(" (")[1] for row in rows.values()] == \
+        ["16 prompts of 384 + 24 tokens)", "16 prompts of 1024 + 384 tokens)", "16 prompts of 384 + 16 tokens)"]
     assert sorted(calls) == [("DPOConfig", 384), ("DPOConfig", 1024), ("TrainConfig", 384), ("TrainConfig", 1024)]
     assert not (tmp_path / "study").exists()
 
@@ -119,6 +141,8 @@ def test_the_study_cli_prints_the_estimate_and_writes_nothing(tmp_path, capsys):
     said = capsys.readouterr().out.splitlines()
     assert said[0].startswith("memory estimate for one training step of each task's stages on a CPU")
     sft, dpo = said[1].split(", DPO ")
+    dpo, answers = dpo.split(", answers ")
     assert sft.split()[:2] == ["portal", "SFT"] and sft.endswith("(2 sequences of 384 tokens)")  # --set batch_size=2
     assert dpo.endswith("(4 sequences of 384 tokens)")  # the preset's 2 pairs
+    assert answers.endswith("(16 prompts of 384 + 16 tokens)")
     assert not out.exists()

@@ -1,0 +1,101 @@
+"""The memory estimate of answering prompts (``prefopt.train.answer_estimate``: compare's
+``--estimate-memory`` for its evaluations) against the allocations of a real ``generate`` on a
+CPU, PyTorch's profiler summing every allocation and release in time order."""
+import random
+
+import pytest
+import torch
+
+from prefopt.data.preference import PairExample
+from prefopt.data.sft import TokenizedExample
+from prefopt.model.generate import generate
+from prefopt.pretrained import load_model
+from prefopt.quant import quantize_model, quantized_layers
+from prefopt.train import DPOConfig, DPOTrainer, TrainConfig
+from prefopt.train.answer_estimate import estimate_answers
+from prefopt.train.memory_estimate import allocated_peak, module_bytes
+from prefopt.train.run import adapt, prepare_model
+from tests._tiny import build_hf_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("answers") / "model"
+    build_hf_model(d, hidden_size=128, intermediate_size=352, num_hidden_layers=3)
+    return d
+
+
+def _answered(model, prompts: int, prompt_tokens: int, new_tokens: int, ended: bool) -> int:
+    """The bytes a real ``generate`` of ``prompts`` distinct prompts held at once beyond the
+    model's weights: every answer to its last token, or (``ended``) half the rows ending at their
+    first token (the others' keys and values then copied out of the cache)."""
+    rng = random.Random(0)
+    batch = [[rng.randrange(3, 400) for _ in range(prompt_tokens)] for _ in range(prompts)]
+    stop = (lambda row, tokens: row < prompts // 2) if ended else None
+    return allocated_peak(lambda: generate(model, batch, max_new_tokens=new_tokens, stop=stop))
+
+
+@pytest.mark.parametrize("prompts,prompt_tokens,new_tokens,ended", [
+    (8, 64, 16, False), (8, 64, 16, True), (4, 8, 200, True), (1, 30, 5, False), (7, 50, 20, True)],
+    ids=["prefill", "half-ended", "long-answers", "one-prompt", "odd-batch"])
+def test_the_estimate_is_a_real_generations_peak(model_dir, tmp_path, prompts, prompt_tokens, new_tokens, ended):
+    """The prefill holds most where prompts are long; the cache's compaction (half the rows
+    ended, with the prompts' last states still held) where answers are long."""
+    config = TrainConfig(model=str(model_dir), output_dir=str(tmp_path / "run"), device="cpu")
+    est = estimate_answers(config, prompts=prompts, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
+    model = load_model(str(model_dir), dtype=torch.float32, device="cpu")
+    real = module_bytes(model) + _answered(model, prompts, prompt_tokens, new_tokens, ended)
+    assert est.weights == module_bytes(model) and est.moments == 0 and est.workspace == 0
+    assert 0.999 < est.peak / real <= 1.0001, (est.peak, real)  # (0.9999-1.0000 on 2026-12-06)
+    # the cache: keys and values of every layer, every row, every position, in the weights' dtype
+    c = model.config
+    assert est.cache == 2 * c.num_hidden_layers * prompts * c.num_key_value_heads * (prompt_tokens + new_tokens) \
+        * c.head_dim * 4
+
+
+def test_answers_during_training_are_held_beside_the_adapter_and_its_moments(model_dir, tmp_path):
+    """DPO's validation answers: the training model (its adapter unmerged) after a step, AdamW's
+    two moments held; the gradients were let go."""
+    config = DPOConfig(model=str(model_dir), output_dir=str(tmp_path / "run"), batch_size=2, max_length=32,
+                       device="cpu")
+    est = estimate_answers(config, prompts=4, prompt_tokens=40, new_tokens=8, training=True)
+    rng = random.Random(0)
+
+    def example():
+        ids = [1] + [rng.randrange(3, 400) for _ in range(31)]
+        return TokenizedExample(ids, [-100] + ids[1:])
+
+    trainer = DPOTrainer(prepare_model(config), config, [PairExample(example(), example()) for _ in range(4)], pad_id=2)
+    trainer.train_step(0)
+    moments = sum(v.nbytes for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v)
+                  and v.dim())
+    assert all(p.grad is None for p in trainer.model.parameters())
+    real = module_bytes(trainer.model) + moments + _answered(trainer.model, 4, 40, 8, ended=True)
+    assert est.moments == moments and est.weights == module_bytes(trainer.model)
+    assert 0.999 < est.peak / real <= 1.0001, (est.peak, real)
+
+
+def test_a_4_bit_base_is_evaluated_with_its_adapter_on_top(model_dir, tmp_path):
+    """``quantize``: the evaluation's model is the 4-bit base with the adapter beside the codes
+    (not merged into a full-precision weight), in the evaluation's dtype."""
+    config = TrainConfig(model=str(model_dir), output_dir=str(tmp_path / "run"), device="cpu", quantize="nf4")
+    est = estimate_answers(config, prompts=2, prompt_tokens=16, new_tokens=4, dtype="bfloat16", device="cuda")
+    model = load_model(str(model_dir), dtype=torch.bfloat16, device="cpu")
+    quantize_model(model, quantized_layers(config.lora_targets), "nf4")
+    adapt(model, config)
+    plain = estimate_answers(TrainConfig(model=str(model_dir), output_dir=str(tmp_path / "run")), prompts=2,
+                             prompt_tokens=16, new_tokens=4, dtype="bfloat16", device="cuda")
+    assert est.weights == module_bytes(model) < plain.weights
+    assert est.dtype == "bfloat16" and est.workspace > 0 and not est.autocast
+    assert est.lines()[0] == ("memory estimate on CUDA, bfloat16 weights, 2 prompts of 16 tokens at once and answers "
+                              "of up to 4:")
+
+
+def test_what_it_cannot_estimate_is_refused_by_name(model_dir, tmp_path):
+    config = TrainConfig(model=str(model_dir), output_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="prompts, prompt_tokens and new_tokens are at least 1; got 0, 8, 4"):
+        estimate_answers(config, prompts=0, prompt_tokens=8, new_tokens=4)
+    build_hf_model(tmp_path / "moe", arch="qwen3_moe", tokenizer=False)
+    with pytest.raises(ValueError, match="mixture of experts"):
+        estimate_answers(TrainConfig(model=str(tmp_path / "moe"), output_dir=str(tmp_path / "run")), prompts=2,
+                         prompt_tokens=8, new_tokens=4)
