@@ -68,6 +68,7 @@ for step in "${@:-check}"; do
     check)
       $PY -m pytest -q -p no:cacheprovider tests/kernels tests/train/test_cuda_training.py tests/model/test_generate.py \
         "tests/train/test_memory_estimate.py::test_the_estimate_against_cuda_allocations" \
+        "tests/train/test_answer_estimate.py::test_the_estimate_against_cuda_allocations" \
         tests/tasks/test_compare_smoke.py::test_eval_on_a_gpu_by_default_gives_the_cpus_answers_in_float32 \
         tests/tasks/test_predict.py::test_answer_logprobs_on_cuda_match_the_cpus \
         tests/evaluate/test_commands_on_a_gpu.py \

@@ -9,7 +9,7 @@ verdicts and where the report is. ``make demo`` runs it with the quick preset.
     .venv/bin/python examples/run_triage.py --task ktas --data ../shared/data/triage/ktas/data.csv
     .venv/bin/python examples/run_triage.py --loss rpo --output runs/triage-rpo
     .venv/bin/python examples/run_triage.py --loss rpo --output runs/triage-rpo --from runs/triage-demo  # DPO only
-    .venv/bin/python examples/run_triage.py --preset full --estimate-memory cuda  # will each training step fit?
+    .venv/bin/python examples/run_triage.py --preset full --estimate-memory cuda  # will each stage fit?
 
 Rerunning with the same --output reuses finished stages; delete the folder to start over.
 """
@@ -49,8 +49,8 @@ def parser() -> argparse.ArgumentParser:
                     help="override a preset setting, e.g. sft_steps=100 (repeatable; see prefopt compare --help)")
     add_device_flags(ap, "--eval-dtype", "parameter dtype of the evaluations")
     ap.add_argument("--estimate-memory", nargs="?", const="auto", choices=("auto", "cpu", "cuda"), metavar="DEVICE",
-                    help="print what a training step of the SFT and of the DPO stage will hold, on cpu or cuda "
-                    "(default: this machine's device), and exit, as prefopt compare's")
+                    help="print what a training step of the SFT and of the DPO stage, and answering the test set, "
+                    "will hold, on cpu or cuda (default: this machine's device), and exit, as prefopt compare's")
     return ap
 
 

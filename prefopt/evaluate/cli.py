@@ -644,8 +644,9 @@ def add_commands(sub) -> None:
     add_device_flags(c, "--eval-dtype", "parameter dtype of the evaluations",
                      ". Training keeps float32 weights (under bf16 autocast on CUDA)")
     c.add_argument("--estimate-memory", nargs="?", const="auto", choices=("auto", "cpu", "cuda"), metavar="DEVICE",
-                   help="print how much memory a training step of the SFT and of the DPO stage will hold, on cpu or "
-                   "cuda (default: this machine's device), from the model's config.json and the settings alone, and "
+                   help="print how much memory a training step of the SFT and of the DPO stage, and answering the "
+                   "test set (and validation items, with --set val), will hold, on cpu or cuda (default: this "
+                   "machine's device), from the model's config.json and the settings alone, and "
                    "exit: no data is read and nothing is written (as sft/dpo --estimate-memory)")
     c.set_defaults(func=_compare)
 
@@ -674,9 +675,10 @@ def add_commands(sub) -> None:
     st.add_argument("--chat-vars", nargs="+", metavar="NAME=VALUE", help="as compare's (every task)")
     add_device_flags(st, "--eval-dtype", "parameter dtype of the evaluations")
     st.add_argument("--estimate-memory", nargs="?", const="auto", choices=("auto", "cpu", "cuda"), metavar="DEVICE",
-                    help="print how much memory a training step of each task's SFT and DPO stage will hold, on cpu "
-                    "or cuda (default: this machine's device), from the model's config.json and the settings alone, "
-                    "and exit: no data is read and nothing is written (as compare's)")
+                    help="print how much memory a training step of each task's SFT and DPO stage, and answering its "
+                    "test set, will hold, on cpu or cuda (default: this machine's device), from the model's "
+                    "config.json and the settings alone, and exit: no data is read and nothing is written (as "
+                    "compare's)")
     st.set_defaults(func=_study)
     add_pool_seeds(sub)
     add_rating_commands(sub)

@@ -61,8 +61,9 @@ class AnswerEstimate:
     def lines(self) -> list[str]:
         """The estimate in words, for the console."""
         return [
-            f"memory estimate {where(self.device, self.autocast)}, {self.dtype} weights, {self.prompts} prompt{'s' * (self.prompts != 1)} of "
-            f"{self.prompt_tokens} tokens at once and answers of up to {self.new_tokens}:",
+            f"memory estimate {where(self.device, self.autocast)}, {self.dtype} weights, {self.prompts} "
+            f"prompt{'s' * (self.prompts != 1)} of {self.prompt_tokens} tokens at once and answers of up to "
+            f"{self.new_tokens}:",
             f"  weights      {size_text(self.weights)}"
             + (f", and AdamW's two moments of the trained ones ({size_text(self.moments)})" if self.moments else ""),
             f"  KV cache     {size_text(self.cache)}: keys and values of {self.layers} layers for "

@@ -13,5 +13,6 @@ def test_bench_answer_estimate_puts_each_estimate_beside_a_real_generation(tmp_p
     assert [(r[0], r[1:5]) for r in rows] == [
         ("| evaluation", ["8", "192", "8", "no"]), ("| evaluation", ["8", "192", "8", "yes"]),
         ("| evaluation", ["8", "512", "48", "no"]), ("| evaluation", ["2", "32", "256", "yes"]),
-        ("| evaluation, QLoRA base", ["8", "192", "8", "no"]), ("| training (DPO's validation)", ["8", "192", "8", "yes"])]
+        ("| evaluation, QLoRA base", ["8", "192", "8", "no"]),
+        ("| training (DPO's validation)", ["8", "192", "8", "yes"])]
     assert all(0.995 < float(r[7]) < 1.005 for r in rows), rows
