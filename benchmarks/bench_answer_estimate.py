@@ -4,8 +4,8 @@ batch, the estimate's peak and the bytes generation held at once (PyTorch's prof
 call, every allocation and release summed in time order, plus the weights, and for answers
 during training AdamW's moments, alive then), in one run.
 
-The prompts are random token ids (memory does not depend on the values), each different from
-its first token (no shared start: the case the estimate assumes). "half end at once": half the
+The prompts are random token ids (memory does not depend on the values), each its own from its
+first token, or after a start that every prompt has ("shared start": run once for the batch). "half end at once": half the
 rows stop at their first token, so the cache's rows still going are copied out (``compact``);
 else every answer runs to ``max_new_tokens``. On a CUDA machine ``--device cuda`` measures with
 ``torch.cuda.max_memory_allocated`` instead, the evaluation's weights in bfloat16.
@@ -32,10 +32,11 @@ from prefopt.train.answer_estimate import estimate_answers
 from prefopt.train.memory_estimate import allocated_peak, module_bytes
 from prefopt.train.run import adapt, prepare_model
 
-# (prompts at once, prompt tokens, answer tokens, half end at once, the model)
-ROWS = [(16, 384, 16, False, "evaluation"), (16, 384, 16, True, "evaluation"), (16, 1024, 96, False, "evaluation"),
-        (4, 64, 512, True, "evaluation"), (16, 384, 16, False, "evaluation, QLoRA base"),
-        (16, 384, 16, True, "training (DPO's validation)")]
+# (prompts at once, prompt tokens, of them a start every prompt has, answer tokens, half end at once, the model)
+ROWS = [(16, 384, 0, 16, False, "evaluation"), (16, 384, 0, 16, True, "evaluation"),
+        (16, 384, 256, 16, True, "evaluation"), (16, 1024, 0, 96, False, "evaluation"),
+        (4, 64, 0, 512, True, "evaluation"), (16, 384, 0, 16, False, "evaluation, QLoRA base"),
+        (16, 384, 0, 16, True, "training (DPO's validation)")]
 
 
 def held(model, prompts: list[list[int]], new_tokens: int, half: bool, device: str, autocast: bool) -> int:
@@ -66,11 +67,12 @@ def main() -> None:
     dtype = "bfloat16" if a.device == "cuda" else "float32"
     print(f"model {a.model}, {a.device}, evaluation weights {dtype}; training: fp32, LoRA r16/a32 on the seven "
           "projections, after one DPO step")
-    print("| model | prompts | prompt tokens | answer tokens | half end at once | estimate (MiB) | allocated (MiB) | "
-          "estimate / allocated | estimate took |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for prompts, prompt_tokens, new_tokens, half, what in ROWS:
+    print("| model | prompts | prompt tokens | shared start | answer tokens | half end at once | estimate (MiB) | "
+          "allocated (MiB) | estimate / allocated | estimate took |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for prompts, prompt_tokens, shared, new_tokens, half, what in ROWS:
         prompts, prompt_tokens, new_tokens = (max(1, round(n * a.scale)) for n in (prompts, prompt_tokens, new_tokens))
+        shared = round(shared * a.scale)
         out = tempfile.mkdtemp(prefix="prefopt-answers-")
         training = what.startswith("training")
         cls = DPOConfig if training else TrainConfig
@@ -78,7 +80,7 @@ def main() -> None:
                      quantize="nf4" if "QLoRA" in what else None)
         t0 = time.perf_counter()
         est = estimate_answers(config, prompts=prompts, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
-                               dtype=dtype, training=training)
+                               shared=shared, dtype=dtype, training=training)
         took = time.perf_counter() - t0
         before = 0
         if training:  # the trainer's model after a step: its adapter, AdamW's moments; the gradients let go
@@ -95,11 +97,13 @@ def main() -> None:
             model = load_model(a.model, dtype=getattr(torch, dtype), device=a.device, quantize=config.quantize)
             if config.quantize:  # the adapter on top, as an evaluation of a 4-bit run loads it
                 adapt(model, config)
-        batch = [[rng.randrange(3, vocab) for _ in range(prompt_tokens)] for _ in range(prompts)]
+        start = [rng.randrange(3, vocab) for _ in range(shared)]
+        batch = [start + [3 + i] + [rng.randrange(3, vocab) for _ in range(prompt_tokens - shared - 1)]
+                 for i in range(prompts)]
         real = held(model, batch, new_tokens, half, a.device, est.autocast)
         if a.device == "cpu":
             real += module_bytes(model) + before
-        print(f"| {what} | {prompts} | {prompt_tokens} | {new_tokens} | {'yes' if half else 'no'} | "
+        print(f"| {what} | {prompts} | {prompt_tokens} | {shared} | {new_tokens} | {'yes' if half else 'no'} | "
               f"{est.peak / 2**20:.0f} | {real / 2**20:.0f} | {est.peak / real:.3f} | {took:.1f} s |", flush=True)
         del model
         shutil.rmtree(out, ignore_errors=True)

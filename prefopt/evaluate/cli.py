@@ -97,6 +97,9 @@ def _eval(args) -> int:
         records = sample_records(records, args.limit, seed=args.seed)
     against = _against_rows(args.against, records) if args.against else None  # before any model loads
     if args.answers:
+        if args.estimate_memory:
+            raise ValueError("--estimate-memory sizes answering; --answers scores answers already made (no model "
+                             "loads): give one of them")
         return _rescore(task, records, against, args)
     if not args.model:
         raise ValueError("--model is needed (or --answers DIR: score an earlier evaluation's answers)")
@@ -109,6 +112,8 @@ def _eval(args) -> int:
         max_new, note = choose_max_new_tokens(task, tok, records, "--max-new-tokens N")
         if note:
             print(f"prefopt eval: {note}", flush=True)
+    if args.estimate_memory:
+        return _print_estimate(args, tok, task, records, max_new or task.max_new_tokens)
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
                        quantize=args.quantize)
     settings = {k: getattr(args, k) for k in DECODING} | {"max_new_tokens": max_new}
@@ -185,6 +190,15 @@ def _eval_pairs(args) -> int:
     return 0
 
 
+def _print_estimate(args, tok, task, records, new_tokens: int) -> int:
+    """``--estimate-memory``: print what answering ``records`` will hold, and end the command."""
+    from .answer_memory import answer_estimate_lines
+
+    prompts = [tok.apply_chat_template(task.messages(r), add_generation_prompt=True) for r in records]
+    print("\n".join(answer_estimate_lines(args, prompts, new_tokens)))
+    return 0
+
+
 def _predict(args) -> int:
     from datetime import date
     from pathlib import Path
@@ -221,9 +235,11 @@ def _predict(args) -> int:
     require_chat(tok, args.model)
     check_prompts(tok, task, records, args.data)  # before the model loads
     _pin_chat(tok, args, "predict")
+    settings = {k: getattr(args, k) for k in DECODING}
+    if args.estimate_memory:
+        return _print_estimate(args, tok, task, records, decoding(settings, task)["max_new_tokens"])
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
                        quantize=args.quantize)
-    settings = {k: getattr(args, k) for k in DECODING}
     confidence = args.confidence and confidence_possible(task, "predict")
     made = {"task": task.name, "task_options": options, "model": args.model, "adapter": args.adapter,
             "data": str(Path(args.data).resolve()), **decoding(settings, task), **placement(model),
@@ -437,6 +453,14 @@ def _study(args) -> int:
     return 1 if counts["failed"] else 0
 
 
+def add_answer_estimate_flag(p: argparse.ArgumentParser) -> None:
+    """``--estimate-memory [auto|cpu|cuda]`` for a command that answers records (eval, predict)."""
+    p.add_argument("--estimate-memory", nargs="?", const="auto", choices=("auto", "cpu", "cuda"), metavar="DEVICE",
+                   help="print how much memory answering the records will hold, on cpu or cuda (default: --device), "
+                   "from the model's config.json and the records' prompts (no weights load), and exit writing "
+                   "nothing")
+
+
 def add_device_flags(p: argparse.ArgumentParser, dtype_flag: str = "--dtype", of: str = "parameter dtype",
                      note: str = "", *, quantize: bool = False) -> None:
     """``--device`` and a dtype flag (generate, eval, compare), both "auto" by default; the dtype's
@@ -555,6 +579,7 @@ def add_commands(sub) -> None:
                    "long again")
     add_repeat_flags(e)
     add_device_flags(e, quantize=True)
+    add_answer_estimate_flag(e)
     e.set_defaults(func=_eval)
 
     pr = sub.add_parser("predict", help="answer new records that have no labels yet (a trained adapter on "
@@ -582,6 +607,7 @@ def add_commands(sub) -> None:
     add_chat_flags(pr, "prompt")
     add_repeat_flags(pr)
     add_device_flags(pr, quantize=True)
+    add_answer_estimate_flag(pr)
     pr.set_defaults(func=_predict)
 
     ep = sub.add_parser("eval-pairs", help="how a model (+ adapter) ranks held-out preference pairs: DPO's reward "

@@ -112,13 +112,13 @@ def estimate_answering(cfg: CompareConfig, configs: dict, device: str | None = N
     sft, dpo = configs["SFT"], configs["DPO"]
     size = dict(prompts=s["eval_batch_size"], prompt_tokens=sft.max_length,
                 new_tokens=decoding(s, get_task(cfg.task, **cfg.task_options))["max_new_tokens"], device=kind)
-    out = [("Test-set answers (each stage)", estimate_answers(sft, dtype=_eval_dtype(cfg.eval_dtype, kind), **size))]
+    out = [("Test-set answers (each stage)", estimate_answers(sft, dtype=eval_dtype(cfg.eval_dtype, kind), **size))]
     if s["val"]:
         out.append(("DPO's validation answers (during its training)", estimate_answers(dpo, training=True, **size)))
     return out
 
 
-def _eval_dtype(name: str, kind: str) -> str:
+def eval_dtype(name: str, kind: str) -> str:
     """The evaluations' dtype (``--eval-dtype``) on a ``kind`` device: ``auto`` is bfloat16 on CUDA
     (float16 on a visible GPU without it), float32 on a CPU."""
     import torch

@@ -158,7 +158,7 @@ def sample_next(logits: torch.Tensor, *, temperature: float, top_p: float, gener
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _first_step(model, prompts: Sequence[Sequence[int]], ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
+def first_step(model, prompts: Sequence[Sequence[int]], ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
                 pad_token_id: int, prompt_cache: PromptCache | None) -> tuple[KVCache, torch.Tensor, torch.Tensor]:
     """The KV cache for :func:`generate` and what its first step runs: the token ids and the
     attention mask. The whole left-padded batch; or with a ``prompt_cache``, what of the one prompt
@@ -262,7 +262,7 @@ def generate(
                       f"{context} positions (max_position_embeddings), which it was never trained on; the "
                       "output may degrade. Shorten the prompt or max_new_tokens.", stacklevel=2)
     with eval_mode(model):  # no dropout: a model just trained is still in train mode
-        cache, step_ids, mask = _first_step(model, prompts, ids, mask, max_new_tokens, pad_token_id, prompt_cache)
+        cache, step_ids, mask = first_step(model, prompts, ids, mask, max_new_tokens, pad_token_id, prompt_cache)
         seeds = row_seeds(seed, prompts) if temperature > 0 else None
         gen = None if seeds is None else [torch.Generator(device=device).manual_seed(s) for s in seeds]
         eos = torch.tensor(list(eos_token_ids) or [-1], device=device)

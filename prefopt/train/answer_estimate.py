@@ -74,31 +74,33 @@ class AnswerEstimate:
         ]
 
 
-def estimate_answers(config: TrainConfig, *, prompts: int, prompt_tokens: int, new_tokens: int,
+def estimate_answers(config: TrainConfig, *, prompts: int, prompt_tokens: int, new_tokens: int, shared: int = 0,
                      device: str | None = None, dtype: str | None = None, training: bool = False,
                      model_config=None) -> AnswerEstimate:
     """The peak memory of answering ``prompts`` prompts of ``prompt_tokens`` tokens at once, with
     answers of up to ``new_tokens``, on ``device`` (``"cpu"`` or ``"cuda"``; default the config's
-    on this machine), from the model's ``config.json`` alone (or ``model_config``).
+    on this machine), from the model's ``config.json`` alone (or ``model_config``). ``shared``:
+    the prompts' first tokens that every one of them has (a system prompt, a task's
+    instructions), run once for the batch where ``generate`` would (at least 16 of them).
 
     ``training`` False: the model as an evaluation loads ``config``'s trained weights, in
     ``dtype`` (e.g. ``"bfloat16"``; default ``config.dtype``), on ``config.quantize``'s 4-bit base
     with the adapter on top, else with the adapter merged (the base model's size). True: the
     training model of ``config`` (its dtype, its adapter or every weight trained), with AdamW's
     moments held beside, under bf16 autocast where the trainer's is on."""
-    if min(prompts, prompt_tokens, new_tokens) < 1:
-        raise ValueError(f"prompts, prompt_tokens and new_tokens are at least 1; got {prompts}, {prompt_tokens}, "
-                         f"{new_tokens}")
+    if min(prompts, prompt_tokens, new_tokens) < 1 or not 0 <= shared < prompt_tokens:
+        raise ValueError(f"prompts, prompt_tokens and new_tokens are at least 1 and shared below prompt_tokens; got "
+                         f"{prompts}, {prompt_tokens}, {new_tokens}, {shared}")
+    from ..model.generate import first_step, left_pad
     from ..model.kv_cache import KVCache
 
     kind = device_kind(device or config.device)
     cfg = read_model_config(config, model_config)
     autocast = training and kind == "cuda" and config.bf16_autocast
     dtype = config.dtype if training or dtype is None else dtype
-    # the batch's own tensors, real (what depends on their values is worked out for real): the prompts, and the last
-    # decoding step's token and mask
-    ids, last = torch.ones((prompts, prompt_tokens), dtype=torch.long), torch.ones((prompts, 1), dtype=torch.long)
-    masks = [torch.ones((prompts, prompt_tokens + n), dtype=torch.long) for n in (0, new_tokens)]
+    # the prompts, real (what depends on their values is worked out for real), each its own after the start they share
+    batch = [[1] * shared + [3 + i % (cfg.vocab_size - 3)] * (prompt_tokens - shared) for i in range(prompts)]
+    ids, mask = left_pad(batch, 0)
     with fake_tensors():
         # an evaluation's adapter is merged into the weights (nothing beside them) unless the base is in 4 bits
         model = fake_model(config, cfg, DTYPES[dtype], adapted=training or bool(config.quantize))
@@ -106,28 +108,28 @@ def estimate_answers(config: TrainConfig, *, prompts: int, prompt_tokens: int, n
             else 0
         model.eval()
         live = LiveTensors(model)
-
-        def cache() -> KVCache:
-            return KVCache(cfg, prompts, prompt_tokens + new_tokens, dtype=model.output_weight.dtype, device="cpu")
-
         with live, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            kv = cache()
-            held = live.now
-            # the prompts' forward, and where half the rows end at their first token, the others' entries copied out
-            # (its last hidden states and logits still held)
-            h = model(ids, masks[0], kv_cache=kv, return_hidden=True)[:, -1]
+            # generate's own first step: the cache, the shared start run into it; then the prompts' forward and,
+            # where half the rows end at their first token, the others' entries copied out (its last hidden states
+            # and logits still held)
+            kv, step, step_mask = first_step(model, batch, ids, mask, new_tokens, 0, None)
+            held = sum(t.nbytes for t in kv.k + kv.v)
+            h = model(step, step_mask, kv_cache=kv, return_hidden=True)[:, -1]
             logits = model.logits(h).float()
             if prompts > 1:
                 kv.select(torch.arange(prompts // 2))
-            del kv, h, logits
+            del kv, step, h, logits
             # no row ended: the last decoding step, every row's keys and mask at their longest
-            kv = cache()
+            kv = KVCache(cfg, prompts, prompt_tokens + new_tokens, dtype=model.output_weight.dtype, device="cpu")
             kv.length = prompt_tokens + new_tokens - 1
-            model.logits(model(last, masks[1], kv_cache=kv, return_hidden=True)[:, -1]).float().argmax(-1)
+            last, longest = torch.ones((prompts, 1), dtype=torch.long), torch.ones((prompts, kv.length + 1),
+                                                                                     dtype=torch.long)
+            model.logits(model(last, longest, kv_cache=kv, return_hidden=True)[:, -1]).float().argmax(-1)
     workspace = cublas_workspace(kind) // 2  # (one thread runs GEMMs: no backward's)
     weights = module_bytes(model)
-    batch = ids.nbytes + masks[0].nbytes  # the prompts' token ids and attention mask, held throughout
-    return AnswerEstimate(peak=weights + moments + workspace + batch + live.peak, weights=weights, moments=moments,
-                          cache=held, beyond=live.peak - held + batch, workspace=workspace, prompts=prompts,
+    # the prompts' token ids, held throughout, and their attention mask, where a shared start did not replace it
+    own = ids.nbytes + mask.nbytes * (step_mask is mask)
+    return AnswerEstimate(peak=weights + moments + workspace + own + live.peak, weights=weights, moments=moments,
+                          cache=held, beyond=live.peak - held + own, workspace=workspace, prompts=prompts,
                           prompt_tokens=prompt_tokens, new_tokens=new_tokens, layers=cfg.num_hidden_layers,
                           device=kind, dtype=dtype, autocast=autocast)

@@ -10,9 +10,9 @@ def test_bench_answer_estimate_puts_each_estimate_beside_a_real_generation(tmp_p
     run_main("bench_answer_estimate", monkeypatch, "--model", tmp_path / "tiny", "--scale", 0.5)
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()
             if line.startswith(("| evaluation", "| training"))]
-    assert [(r[0], r[1:5]) for r in rows] == [
-        ("| evaluation", ["8", "192", "8", "no"]), ("| evaluation", ["8", "192", "8", "yes"]),
-        ("| evaluation", ["8", "512", "48", "no"]), ("| evaluation", ["2", "32", "256", "yes"]),
-        ("| evaluation, QLoRA base", ["8", "192", "8", "no"]),
-        ("| training (DPO's validation)", ["8", "192", "8", "yes"])]
-    assert all(0.995 < float(r[7]) < 1.005 for r in rows), rows
+    assert [(r[0], r[1:6]) for r in rows] == [
+        ("| evaluation", ["8", "192", "0", "8", "no"]), ("| evaluation", ["8", "192", "0", "8", "yes"]),
+        ("| evaluation", ["8", "192", "128", "8", "yes"]), ("| evaluation", ["8", "512", "0", "48", "no"]),
+        ("| evaluation", ["2", "32", "0", "256", "yes"]), ("| evaluation, QLoRA base", ["8", "192", "0", "8", "no"]),
+        ("| training (DPO's validation)", ["8", "192", "0", "8", "yes"])]
+    assert all(0.995 < float(r[8]) < 1.005 for r in rows), rows

@@ -25,28 +25,38 @@ def model_dir(tmp_path_factory):
     return d
 
 
-def _answered(model, prompts: int, prompt_tokens: int, new_tokens: int, ended: bool) -> int:
+def _answered(model, prompts: int, prompt_tokens: int, new_tokens: int, ended: bool, shared: int = 0) -> int:
     """The bytes a real ``generate`` of ``prompts`` distinct prompts held at once beyond the
     model's weights: every answer to its last token, or (``ended``) half the rows ending at their
-    first token (the others' keys and values then copied out of the cache)."""
+    first token (the others' keys and values then copied out of the cache). ``shared``: the
+    first tokens every prompt has."""
     rng = random.Random(0)
-    batch = [[rng.randrange(3, 400) for _ in range(prompt_tokens)] for _ in range(prompts)]
+    start = [rng.randrange(3, 400) for _ in range(shared)]
+    batch = [start + [3 + i] + [rng.randrange(3, 400) for _ in range(prompt_tokens - shared - 1)]
+             for i in range(prompts)]
     stop = (lambda row, tokens: row < prompts // 2) if ended else None
     return allocated_peak(lambda: generate(model, batch, max_new_tokens=new_tokens, stop=stop))
 
 
-@pytest.mark.parametrize("prompts,prompt_tokens,new_tokens,ended", [
-    (8, 64, 16, False), (8, 64, 16, True), (4, 8, 200, True), (1, 30, 5, False), (7, 50, 20, True)],
-    ids=["prefill", "half-ended", "long-answers", "one-prompt", "odd-batch"])
-def test_the_estimate_is_a_real_generations_peak(model_dir, tmp_path, prompts, prompt_tokens, new_tokens, ended):
+@pytest.mark.parametrize("prompts,prompt_tokens,new_tokens,ended,shared", [
+    (8, 64, 16, False, 0), (8, 64, 16, True, 0), (4, 8, 200, True, 0), (1, 30, 5, False, 0), (7, 50, 20, True, 0),
+    (8, 64, 16, False, 40), (7, 50, 20, True, 16), (8, 64, 16, False, 15), (4, 8, 200, False, 0)],
+    ids=["prefill", "half-ended", "long-answers", "one-prompt", "odd-batch", "shared-start", "shared-16",
+         "shared-too-few", "long-answers-all-run"])
+def test_the_estimate_is_a_real_generations_peak(model_dir, tmp_path, prompts, prompt_tokens, new_tokens, ended,
+                                                 shared):
     """The prefill holds most where prompts are long; the cache's compaction (half the rows
-    ended, with the prompts' last states still held) where answers are long."""
+    ended, with the prompts' last states still held) where answers are long. A start every
+    prompt has runs once (16 tokens or more: fewer run in every row)."""
     config = TrainConfig(model=str(model_dir), output_dir=str(tmp_path / "run"), device="cpu")
-    est = estimate_answers(config, prompts=prompts, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
+    est = estimate_answers(config, prompts=prompts, prompt_tokens=prompt_tokens, new_tokens=new_tokens, shared=shared)
     model = load_model(str(model_dir), dtype=torch.float32, device="cpu")
-    real = module_bytes(model) + _answered(model, prompts, prompt_tokens, new_tokens, ended)
+    real = module_bytes(model) + _answered(model, prompts, prompt_tokens, new_tokens, ended, shared)
     assert est.weights == module_bytes(model) and est.moments == 0 and est.workspace == 0
-    assert 0.999 < est.peak / real <= 1.0001, (est.peak, real)  # (0.9999-1.0000 on 2026-12-06)
+    # where no row ends early the cache is never compacted: the estimate (the worst) may then be above by the keys
+    # it copies out for the rows still going, where that copy is the peak
+    copied = 0 if ended else est.cache // 2 * (prompts // 2) // prompts
+    assert 0.999 * real < est.peak <= 1.0001 * real + copied, (est.peak, real)  # (0.9999-1.0000 on 2026-12-06)
     # the cache: keys and values of every layer, every row, every position, in the weights' dtype
     c = model.config
     assert est.cache == 2 * c.num_hidden_layers * prompts * c.num_key_value_heads * (prompt_tokens + new_tokens) \
@@ -93,8 +103,9 @@ def test_a_4_bit_base_is_evaluated_with_its_adapter_on_top(model_dir, tmp_path):
 
 def test_what_it_cannot_estimate_is_refused_by_name(model_dir, tmp_path):
     config = TrainConfig(model=str(model_dir), output_dir=str(tmp_path / "run"))
-    with pytest.raises(ValueError, match="prompts, prompt_tokens and new_tokens are at least 1; got 0, 8, 4"):
-        estimate_answers(config, prompts=0, prompt_tokens=8, new_tokens=4)
+    for bad in ({"prompts": 0}, {"shared": 8}):
+        with pytest.raises(ValueError, match="at least 1 and shared below prompt_tokens; got"):
+            estimate_answers(config, **{"prompts": 2, "prompt_tokens": 8, "new_tokens": 4, **bad})
     build_hf_model(tmp_path / "moe", arch="qwen3_moe", tokenizer=False)
     with pytest.raises(ValueError, match="mixture of experts"):
         estimate_answers(TrainConfig(model=str(tmp_path / "moe"), output_dir=str(tmp_path / "run")), prompts=2,
