@@ -97,9 +97,6 @@ def _eval(args) -> int:
         records = sample_records(records, args.limit, seed=args.seed)
     against = _against_rows(args.against, records) if args.against else None  # before any model loads
     if args.answers:
-        if args.estimate_memory:
-            raise ValueError("--estimate-memory sizes answering; --answers scores answers already made (no model "
-                             "loads): give one of them")
         return _rescore(task, records, against, args)
     if not args.model:
         raise ValueError("--model is needed (or --answers DIR: score an earlier evaluation's answers)")
@@ -273,7 +270,8 @@ def _rescore(task, records: list, against: list[dict] | None, args) -> int:
     from .runner import DECODING, ROW_KEYS, read_results, score
 
     moot = [f"--{k.replace('_', '-')}" for k in ("model", "adapter", "quantize", "confidence", "max_new_tokens",
-                                                  "repetition_penalty", "no_repeat_ngram_size", "repeat_scope")
+                                                  "repetition_penalty", "no_repeat_ngram_size", "repeat_scope",
+                                                  "estimate_memory")
             if getattr(args, k, None)]
     if moot:
         raise ValueError(f"--answers {args.answers} scores the answers there, so {', '.join(moot)} would do nothing; "

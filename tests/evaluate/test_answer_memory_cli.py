@@ -70,9 +70,10 @@ def test_eval_and_predict_print_the_estimate_for_their_longest_prompts_and_write
     # fewer at once hold less; and the command's own checks still come first
     assert main(["eval", "--split", "all", *common, "--output", str(tmp_path / "out"), "--batch-size", "2"]) == 0
     assert "2 prompts of" in capsys.readouterr().out
-    assert main(["eval", "--split", "all", *common, "--output", str(tmp_path / "out"), "--answers",
-                 str(tmp_path)]) == 2
-    assert "--estimate-memory sizes answering; --answers scores answers already made" in capsys.readouterr().err
+    assert main(["eval", "--split", "all", *common[:2], *common[4:], "--output", str(tmp_path / "out"), "--answers",
+                 str(tmp_path)]) == 2  # (no --model: it would be refused as well)
+    assert f"--answers {tmp_path} scores the answers there, so --estimate-memory would do nothing" in \
+        capsys.readouterr().err
 
 
 def test_the_estimate_bounds_a_real_evaluations_peak(tiny, tmp_path, capsys):
