@@ -53,6 +53,17 @@ def resolve(device: str | torch.device, dtype: str | torch.dtype) -> tuple[torch
     return dev, dt
 
 
+def dtype_on(name: str, kind: str) -> str:
+    """The dtype name ``name`` (a ``--dtype``) means on a ``kind`` device (``"cpu"`` or ``"cuda"``),
+    which this machine may lack (an estimate's): as :func:`resolve_dtype`, ``auto`` is bfloat16 on
+    CUDA (float16 on a visible GPU without it), float32 elsewhere."""
+    if name != "auto":
+        return name
+    if kind != "cuda":
+        return "float32"
+    return "float16" if torch.cuda.is_available() and not torch.cuda.is_bf16_supported() else "bfloat16"
+
+
 def slow_half(dtype: torch.dtype, device: torch.device) -> str | None:
     """Why ``dtype`` will be slow on ``device``, or None: bfloat16 or float16 on a CPU whose
     instructions have no such arithmetic (oneDNN's kernels need AVX-512 with BF16/FP16 or AMX;

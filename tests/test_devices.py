@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from prefopt.devices import resolve_device, resolve_dtype
+from prefopt.devices import dtype_on, resolve_device, resolve_dtype
 from prefopt.train.distributed import local_device
 
 
@@ -117,3 +117,12 @@ def test_training_a_16_bit_base_on_such_a_cpu_says_so_before_step_1(tmp_path, mo
         SFTTrainer(prepare_model(config), config, data, pad_id=2).train()
         err = capsys.readouterr().err
         assert ("prefopt: warning: this CPU" in err and "has no native bfloat16 arithmetic" in err) == (not native)
+
+
+def test_a_dtype_name_is_read_for_the_device_an_estimate_is_for():
+    """``auto`` means bfloat16 on CUDA whether or not this machine has a GPU, float32 on a CPU; a
+    named dtype is itself (``dtype_on``: the memory estimates' reading of ``--dtype``)."""
+    assert dtype_on("auto", "cpu") == "float32"
+    assert dtype_on("float16", "cpu") == "float16" and dtype_on("float32", "cuda") == "float32"
+    if not torch.cuda.is_available():
+        assert dtype_on("auto", "cuda") == "bfloat16"

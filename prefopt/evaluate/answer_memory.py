@@ -14,11 +14,11 @@ def answer_estimate_lines(args: argparse.Namespace, prompts: list[list[int]], ne
     with up to ``new_tokens`` each: batches of ``--batch-size`` prompts (the command batches them
     by length), taken at the longest prompt's length, the start that all of them have run once a
     batch (as ``generate`` runs a batch's: its own may be longer, and hold less)."""
+    from ..devices import dtype_on
     from ..lora_files import read_adapter_config
     from ..train import TrainConfig
     from ..train.answer_estimate import estimate_answers
     from ..train.memory_estimate import device_kind
-    from .compare_train import eval_dtype
 
     kind = device_kind(args.device if args.estimate_memory == "auto" else args.estimate_memory)
     lora = {}
@@ -30,7 +30,7 @@ def answer_estimate_lines(args: argparse.Namespace, prompts: list[list[int]], ne
     # the start every prompt has (a task's instructions) runs once a batch; a batch's own may be longer
     shared = min(len(os.path.commonprefix(prompts)), min(len(p) for p in prompts) - 1) if len(prompts) > 1 else 0
     est = estimate_answers(config, prompts=min(args.batch_size, len(prompts)), prompt_tokens=longest, shared=shared,
-                           new_tokens=new_tokens, device=kind, dtype=eval_dtype(args.dtype, kind))
+                           new_tokens=new_tokens, device=kind, dtype=dtype_on(args.dtype, kind))
     return [f"{len(prompts)} records, the longest prompt {longest} tokens, the first {shared} of them in every "
             f"prompt: {est.lines()[0]}", *est.lines()[1:],
             "(--batch-size N lowers it" + ("; --confidence's label scoring, after the answers, holds less than "

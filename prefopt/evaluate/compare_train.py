@@ -102,6 +102,7 @@ def estimate_answering(cfg: CompareConfig, configs: dict, device: str | None = N
     training (the training model, AdamW's moments beside). Prompts of ``max_length`` tokens, as
     long as a training example may be, and answers of the task's ``max_new_tokens`` (a run
     raises it where its reference answers are longer). ``configs``: :func:`stage_configs`'s."""
+    from ..devices import dtype_on
     from ..tasks import get_task
     from ..train.answer_estimate import estimate_answers
     from ..train.memory_estimate import device_kind
@@ -112,19 +113,7 @@ def estimate_answering(cfg: CompareConfig, configs: dict, device: str | None = N
     sft, dpo = configs["SFT"], configs["DPO"]
     size = dict(prompts=s["eval_batch_size"], prompt_tokens=sft.max_length,
                 new_tokens=decoding(s, get_task(cfg.task, **cfg.task_options))["max_new_tokens"], device=kind)
-    out = [("Test-set answers (each stage)", estimate_answers(sft, dtype=eval_dtype(cfg.eval_dtype, kind), **size))]
+    out = [("Test-set answers (each stage)", estimate_answers(sft, dtype=dtype_on(cfg.eval_dtype, kind), **size))]
     if s["val"]:
         out.append(("DPO's validation answers (during its training)", estimate_answers(dpo, training=True, **size)))
     return out
-
-
-def eval_dtype(name: str, kind: str) -> str:
-    """The evaluations' dtype (``--eval-dtype``) on a ``kind`` device: ``auto`` is bfloat16 on CUDA
-    (float16 on a visible GPU without it), float32 on a CPU."""
-    import torch
-
-    if name != "auto":
-        return name
-    if kind != "cuda":
-        return "float32"
-    return "float16" if torch.cuda.is_available() and not torch.cuda.is_bf16_supported() else "bfloat16"

@@ -159,11 +159,12 @@ def sample_next(logits: torch.Tensor, *, temperature: float, top_p: float, gener
 
 
 def first_step(model, prompts: Sequence[Sequence[int]], ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
-                pad_token_id: int, prompt_cache: PromptCache | None) -> tuple[KVCache, torch.Tensor, torch.Tensor]:
+               pad_token_id: int, prompt_cache: PromptCache | None) -> tuple[KVCache, torch.Tensor, torch.Tensor]:
     """The KV cache for :func:`generate` and what its first step runs: the token ids and the
     attention mask. The whole left-padded batch; or with a ``prompt_cache``, what of the one prompt
     it does not hold yet; or, after a start every prompt has run once (:func:`shared_start`), the
-    rest of each prompt."""
+    rest of each prompt. (Also what the memory estimate of answering runs,
+    ``prefopt.train.answer_estimate``.)"""
     B, T = ids.shape
     dtype, device = model.output_weight.dtype, ids.device
     if prompt_cache is not None:

@@ -3,17 +3,20 @@
 :func:`estimate_answers` builds the model from its ``config.json`` on fake tensors, as the
 training estimate does (:mod:`.memory_estimate`, whose dispatch mode follows every tensor made and
 freed), and runs what :func:`~prefopt.model.generate.generate` runs for a batch at its largest:
-the KV cache for the prompts and their answers, allocated whole before the first step; the
-prompts' forward into it (the prefill: a layer's activations at a time, then the last position's
-logits); a decoding step; and the cache's compaction once half the rows have finished (each
-layer's keys and values for the rows still going are copied out beside the old). The prompts
-are taken to share no start (a start they all have runs once: less).
+its own first step (the KV cache for the prompts and their answers, allocated whole, and a start
+every prompt has, where ``shared`` says so, run once into it), the prompts' forward (a layer's
+activations at a time, then the last position's logits), the cache's compaction right after it
+(half the rows ended at their first token: each layer's keys and values for the rows still going
+copied out beside the old, the prompts' last states still held), and the last decoding step (the
+keys and the mask at their longest). A run whose rows all go to the end is never compacted and
+holds at most that copy less.
 
-Two uses (``prefopt compare ... --estimate-memory``, :mod:`prefopt.evaluate.compare_train`): a
-stage's answers to the test set, on the model loaded for evaluation (its dtype; a 4-bit base
-keeps the adapter on top, else it is merged in); and answers during training (DPO's validation
-items), on the training model, beside AdamW's two moments of the trained weights (the gradients
-are let go after each step) and, on CUDA, under the trainer's bf16 autocast.
+Its uses: ``prefopt compare|study ... --estimate-memory`` (:mod:`prefopt.evaluate.compare_train`:
+a stage's answers to the test set, on the model loaded for evaluation, its dtype, a 4-bit base
+keeping the adapter on top, else merged in; and DPO's validation answers during training, on the
+training model, beside AdamW's two moments of the trained weights, the gradients let go after
+each step, under the trainer's bf16 autocast on CUDA), and ``prefopt eval|predict ...
+--estimate-memory`` (:mod:`prefopt.evaluate.answer_memory`: a command's own records).
 """
 from __future__ import annotations
 
