@@ -87,7 +87,10 @@ RERUN = GoingOn(resume="rerun the same command", restart="rerun the same command
                 smaller="Into a new --output: a lower --set batch_size=N (SFT) or dpo_batch_size=N (DPO), or a "
                         "smaller max_length=N; into this one: --set gradient_checkpointing=true where it is off (the "
                         "same results). The command with --estimate-memory added says what a step of each stage "
-                        "holds (docs/evaluation.md)")
+                        "holds (docs/evaluation.md)",
+                fewer_answers="Lower --set eval_batch_size=N: fewer prompts answered at once (the same answers, up to "
+                              "rounding; a rerun into this --output keeps its finished stages). The command with "
+                              "--estimate-memory added says what a batch of them holds (docs/evaluation.md)")
 
 
 def _log(msg: str) -> None:
@@ -489,13 +492,13 @@ def run_compare(cfg: CompareConfig) -> dict:
     held = f" / {len(val)} validation" if val else ""
     _log(f"task {cfg.task}: {len(train)} train{held} / {len(test)} test items; preset {cfg.preset}; output {out}")
 
-    def fitted(stage: str, training: bool, job):  # running out of memory is said in --set terms
-        return reraised(job, lambda e: memory_advice(stage, training, s, e))
+    def fitted(stage: str, training: bool, job):  # running out of memory is said (and warned of) in --set terms
+        with going_on_by(RERUN):
+            return reraised(job, lambda e: memory_advice(stage, training, s, e))
 
     def trained(stage: str, job):  # and so is a training that diverged, or one stopped (the same command resumes it)
         try:
-            with going_on_by(RERUN):
-                return fitted(stage, True, job)
+            return fitted(stage, True, job)
         except Diverged as e:
             raise diverged_advice(stage, s, e) from e
 

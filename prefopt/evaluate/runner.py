@@ -1,6 +1,7 @@
 """Run a model on a task's records: generate, parse, score, and write the results."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from .._deps import progress
@@ -9,6 +10,7 @@ from ..fileio import json_records, json_text, jsonl_text, read_json, read_jsonl,
 from ..model.generate import generate, row_seeds
 from ..tasks.parsing import final_answer, opens_reasoning
 from ..tokenizer import NO_TEMPLATE_WHERE
+from ..train.answer_estimate import answer_fit_note
 
 # the settings of greedy decoding an evaluation may set (compare: --set KEY=VALUE), with what None means
 DECODING = {"max_new_tokens": None, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "repeat_scope": "all"}
@@ -88,6 +90,8 @@ def answer_prompts(model, tok, prompts: list[list[int]], *, batch_size: int = 16
     by its place among them all (``row_seeds``), so that its answer does not depend on
     ``batch_size``. The model runs in eval mode, and goes back to the mode it was in (``generate``)."""
     seeds = row_seeds(settings.pop("seed", None), prompts)
+    if note := answer_fit_note(model, prompts, batch_size, settings.get("max_new_tokens") or 128):
+        warnings.warn(note, stacklevel=2)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
     ended = [False] * len(prompts)

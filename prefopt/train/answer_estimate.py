@@ -136,3 +136,64 @@ def estimate_answers(config: TrainConfig, *, prompts: int, prompt_tokens: int, n
                           cache=held, beyond=live.peak - held + own, workspace=workspace, prompts=prompts,
                           prompt_tokens=prompt_tokens, new_tokens=new_tokens, layers=cfg.num_hidden_layers,
                           device=kind, dtype=dtype, autocast=autocast)
+
+
+def answer_fit_note(model, prompts: list[list[int]], batch_size: int, new_tokens: int) -> str | None:
+    """A warning before answering where the batch of the longest ``prompts`` (``batch_size`` of
+    them at the longest one's length, the start every prompt has run once) will not fit in the
+    memory the loaded ``model``'s device has free; None where it fits, where the estimate does
+    not cover it or the free memory is not known. The estimate runs only where a quick generous
+    bound (:func:`surely_answers`) does not fit, and draws no random number."""
+    import os
+
+    from ..quant import QuantLinear
+    from .memory_estimate import free_bytes
+    from .stop_signal import going_on
+
+    if not prompts or not hasattr(getattr(model, "config", None), "sparse"):  # (a Transformer's ModelConfig)
+        return None
+    device = model.output_weight.device
+    free = free_bytes(device)
+    if free is None:
+        return None
+    rows, longest = min(batch_size, len(prompts)), max(len(p) for p in prompts)
+    if surely_answers(model, device.type, rows, longest, new_tokens, free):
+        return None
+    shared = min(len(os.path.commonprefix(prompts)), min(len(p) for p in prompts) - 1) if len(prompts) > 1 else 0
+    quantized = next((m for m in model.modules() if isinstance(m, QuantLinear)), None)
+    config = TrainConfig(model="(loaded)", output_dir=".", quantize=None if quantized is None else
+                         ("nf4-dq" if quantized.double else "nf4"))
+    dtype = next(k for k, v in DTYPES.items() if v == model.output_weight.dtype)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            est = estimate_answers(config, prompts=rows, prompt_tokens=longest, new_tokens=new_tokens, shared=shared,
+                                   device=device.type, dtype=dtype, model_config=model.config)
+    except (ValueError, OSError, RuntimeError):  # a model or device the estimate does not cover: not worth a stop
+        return None
+    need = est.peak - est.weights
+    if need <= free:
+        return None
+    killed = " (on Linux the kernel may stop the process then, without a word)" if device.type == "cpu" else ""
+    return (f"answering {rows} prompt{'s' * (rows != 1)} of {longest} tokens at once (the longest prompts) holds "
+            f"about {size_text(need)} beyond the weights loaded, and {device.type} has {size_text(free)} free: it "
+            f"will likely run out of memory{killed}. {going_on().fewer_answers}")
+
+
+def surely_answers(model, device: str, prompts: int, prompt_tokens: int, new_tokens: int, free: int) -> bool:
+    """Whether a generous bound on what answering adds to the loaded ``model`` on a ``device``
+    (``"cpu"``, ``"cuda"``) fits in ``free`` bytes, so the estimate need not run: the KV cache,
+    exactly, and a quarter more for its compaction; for the prompts' forward, per token 8 D + 4 F
+    + 4 (heads + 2 kv heads) x head_dim values of 4 bytes, the attention masks (5 bytes a query
+    and key), and the last logits in float32 twice; two copies of the largest layer's weights (a
+    4-bit one widened for a pass); doubled; and cuBLAS's workspace. tests/train/test_answer_estimate.py
+    holds it above the estimate."""
+    c = model.config
+    size = model.output_weight.element_size()
+    positions = prompt_tokens + new_tokens
+    cache = 2 * c.num_hidden_layers * prompts * c.num_key_value_heads * positions * c.head_dim * size
+    width = 8 * c.hidden_size + 4 * c.intermediate_size + 4 * (c.num_attention_heads + 2 * c.num_key_value_heads) \
+        * c.head_dim
+    forward = 4 * prompts * prompt_tokens * width + 5 * prompts * prompt_tokens * positions \
+        + 8 * prompts * c.vocab_size
+    layer = max(sum(p.numel() for p in block.parameters()) for block in model.model.layers)
+    return 2 * (cache + cache // 4 + forward + 2 * 4 * layer) + cublas_workspace(device) // 2 <= free

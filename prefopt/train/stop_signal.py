@@ -31,13 +31,16 @@ class GoingOn:
     the trainer: ``resume`` continues from the last checkpoint (``"rerun with --resume"``),
     ``restart`` starts again where there is none, ``save_more`` (after "it saved no checkpoint")
     names the setting that saves checkpoints, ``output`` the one that names the run's folder;
-    ``smaller`` (after "the run will likely run out of memory.") how to make a step hold less."""
+    ``smaller`` (after "the run will likely run out of memory.") how to make a step hold less, and
+    ``fewer_answers`` how to make answering hold less (fewer prompts at once)."""
     resume: str = "rerun with --resume"
     restart: str = "rerun with --overwrite"
     save_more: str = " (set --save-every)"
     output: str = "--output-dir"
     smaller: str = ("Lower --batch-size (raising --grad-accum to match), --max-length, or add --gradient-checkpointing; "
                     "--estimate-memory says what a step of other settings holds (docs/training.md)")
+    fewer_answers: str = ("Lower --batch-size: fewer prompts answered at once (the same answers, up to rounding); "
+                          "--estimate-memory says what a batch holds (docs/evaluation.md)")
 
 
 COMMAND_LINE = GoingOn()  # prefopt sft / dpo / kto

@@ -110,3 +110,16 @@ def test_a_4_bit_base_counts_the_adapter_on_top_of_it(tiny, tmp_path, capsys):
                                          weights("--quantize", "nf4", "--adapter", str(adapter)))
     assert plain == merged  # merged in: the base's size
     assert quantized < adapted  # the r32 adapter beside the 4-bit codes
+
+
+def test_an_evaluation_that_will_not_fit_is_warned_of_and_goes_on(tiny, tmp_path, capsys, monkeypatch):
+    from prefopt.train import memory_estimate
+
+    monkeypatch.setattr(memory_estimate, "free_bytes", lambda device: 4096)
+    data = _messages(tmp_path, 4)
+    assert main(["eval", "--task", "portal", "--model", str(tiny), "--data", str(data), "--split", "all",
+                 "--max-new-tokens", "2", "--output", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "prefopt eval: warning: answering 4 prompts of " in err and "cpu has 4 kB free" in err
+    assert "Lower --batch-size: fewer prompts answered at once" in err
+    assert (tmp_path / "out" / "metrics.json").is_file()

@@ -146,3 +146,18 @@ def test_the_study_cli_prints_the_estimate_and_writes_nothing(tmp_path, capsys):
     assert dpo.endswith("(4 sequences of 384 tokens)")  # the preset's 2 pairs
     assert answers.endswith("(16 prompts of 384 + 16 tokens)")
     assert not out.exists()
+
+
+def test_compare_warns_of_answers_that_will_not_fit_in_its_own_words(tiny_model, tmp_path, sft_configs, monkeypatch,
+                                                                      capsys):
+    """The base stage's evaluation, before any training: the warning names compare's setting."""
+    from prefopt.train import memory_estimate
+
+    monkeypatch.setattr(memory_estimate, "free_bytes", lambda device: 4096)
+    cfg = CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "run"), device="cpu",
+                        overrides={"max_train": 8, "test": 4, "max_new_tokens": 2})
+    with pytest.warns(UserWarning) as warned, pytest.raises(StopAtSFT):
+        run_compare(cfg)
+    notes = [str(w.message) for w in warned if "answering" in str(w.message)]
+    assert notes and notes[0].startswith("answering 4 prompts of ")
+    assert "Lower --set eval_batch_size=N: fewer prompts answered at once" in notes[0]

@@ -8,6 +8,7 @@ import torch
 
 from prefopt.data.preference import PairExample
 from prefopt.data.sft import TokenizedExample
+from prefopt.fileio import size_text
 from prefopt.model.generate import generate
 from prefopt.pretrained import load_model
 from prefopt.quant import quantize_model, quantized_layers
@@ -127,3 +128,64 @@ def test_the_estimate_against_cuda_allocations(model_dir, tmp_path):
     real = torch.cuda.max_memory_allocated()
     # SDPA's CUDA kernels and the allocator's 512-byte rounding differ from the CPU stand-ins: within a fifth
     assert abs(est.peak / real - 1) < 0.2, (est.peak, real)
+
+
+def test_answers_that_will_not_fit_are_warned_of_before_the_first_batch(model_dir, tmp_path, monkeypatch):
+    from prefopt.train import answer_estimate, memory_estimate
+    from prefopt.train.answer_estimate import answer_fit_note
+    from prefopt.train.stop_signal import GoingOn, going_on_by
+
+    model = load_model(str(model_dir), dtype=torch.float32, device="cpu")
+    prompts = [[5 + i] * (20 + i) for i in range(10)]
+    assert answer_fit_note(model, prompts, 8, 16) is None  # this machine has room: the quick bound says so
+
+    def fails(*a, **kw):
+        raise AssertionError("the estimate ran")
+
+    with monkeypatch.context() as m:  # room enough: not even estimated
+        m.setattr(answer_estimate, "estimate_answers", fails)
+        assert answer_fit_note(model, prompts, 8, 16) is None
+    monkeypatch.setattr(memory_estimate, "free_bytes", lambda device: 2048)
+    rng_before = torch.get_rng_state()
+    note = answer_fit_note(model, prompts, 8, 16)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # no random number of the run's drawn
+    est = estimate_answers(TrainConfig(model=str(model_dir), output_dir="."), prompts=8, prompt_tokens=29,
+                           new_tokens=16)
+    assert note.startswith(f"answering 8 prompts of 29 tokens at once (the longest prompts) holds about "
+                           f"{size_text(est.peak - est.weights)} beyond the weights loaded, and cpu has 2 kB free: it "
+                           "will likely run out of memory (on Linux the kernel may stop the process then")
+    assert note.endswith("Lower --batch-size: fewer prompts answered at once (the same answers, up to rounding); "
+                         "--estimate-memory says what a batch holds (docs/evaluation.md)")
+    with going_on_by(GoingOn(fewer_answers="Lower --set eval_batch_size=N.")):  # in the running program's words
+        assert answer_fit_note(model, prompts, 8, 16).endswith("Lower --set eval_batch_size=N.")
+    with monkeypatch.context() as m:  # an estimate that cannot run gives no warning
+        m.setattr(answer_estimate, "estimate_answers", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("op")))
+        assert answer_fit_note(model, prompts, 8, 16) is None
+    # the evaluation goes on: a warning, not a stop
+    from prefopt.evaluate.runner import answer_prompts
+    from prefopt.tokenizer import load_tokenizer
+
+    with pytest.warns(UserWarning, match="answering 2 prompts of 29 tokens at once"):
+        texts, _ = answer_prompts(model, load_tokenizer(str(model_dir)), prompts[-2:], batch_size=4, max_new_tokens=2,
+                                  show_progress=False)
+    assert len(texts) == 2
+
+
+@pytest.mark.parametrize("dtype,quantize", [("float32", None), ("bfloat16", None), ("bfloat16", "nf4")])
+@pytest.mark.parametrize("prompts,prompt_tokens,new_tokens", [(16, 512, 16), (4, 32, 1024), (1, 2048, 8)])
+def test_the_quick_bound_that_skips_the_answer_estimate_is_above_it(model_dir, tmp_path, dtype, quantize, prompts,
+                                                                      prompt_tokens, new_tokens):
+    from prefopt.model import ModelConfig, Transformer
+    from prefopt.train.answer_estimate import surely_answers
+
+    config = TrainConfig(model=str(model_dir), output_dir="-", quantize=quantize)
+    for device in ("cpu", "cuda"):
+        est = estimate_answers(config, prompts=prompts, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
+                               device=device, dtype=dtype)
+        with torch.device("meta"):  # the loaded model, as it holds its weights (4-bit codes where quantized)
+            model = Transformer(ModelConfig.from_hf(model_dir)).to(getattr(torch, dtype))
+            if quantize:
+                quantize_model(model, quantized_layers(config.lora_targets), quantize)
+        need = est.peak - est.weights
+        assert not surely_answers(model, device, prompts, prompt_tokens, new_tokens, need)  # no: it may not fit
+        assert surely_answers(model, device, prompts, prompt_tokens, new_tokens, 10 * need + 2**31)  # not too high
