@@ -79,7 +79,7 @@ class AnswerEstimate:
 
 def estimate_answers(config: TrainConfig, *, prompts: int, prompt_tokens: int, new_tokens: int, shared: int = 0,
                      device: str | None = None, dtype: str | None = None, training: bool = False,
-                     model_config=None) -> AnswerEstimate:
+                     model_config=None, autocast: bool | None = None) -> AnswerEstimate:
     """The peak memory of answering ``prompts`` prompts of ``prompt_tokens`` tokens at once, with
     answers of up to ``new_tokens``, on ``device`` (``"cpu"`` or ``"cuda"``; default the config's
     on this machine), from the model's ``config.json`` alone (or ``model_config``). ``shared``:
@@ -90,7 +90,9 @@ def estimate_answers(config: TrainConfig, *, prompts: int, prompt_tokens: int, n
     ``dtype`` (e.g. ``"bfloat16"``; default ``config.dtype``), on ``config.quantize``'s 4-bit base
     with the adapter on top, else with the adapter merged (the base model's size). True: the
     training model of ``config`` (its dtype, its adapter or every weight trained), with AdamW's
-    moments held beside, under bf16 autocast where the trainer's is on."""
+    moments held beside, on CUDA under bf16 autocast where the trainer's is on. ``autocast``: on
+    CUDA, under bf16 autocast or not whatever ``training`` says (a trainer's evaluators answer
+    under its autocast)."""
     if min(prompts, prompt_tokens, new_tokens) < 1 or not 0 <= shared < prompt_tokens:
         raise ValueError(f"prompts, prompt_tokens and new_tokens are at least 1 and shared below prompt_tokens; got "
                          f"{prompts}, {prompt_tokens}, {new_tokens}, {shared}")
@@ -99,7 +101,7 @@ def estimate_answers(config: TrainConfig, *, prompts: int, prompt_tokens: int, n
 
     kind = device_kind(device or config.device)
     cfg = read_model_config(config, model_config)
-    autocast = training and kind == "cuda" and config.bf16_autocast
+    autocast = kind == "cuda" and (training and config.bf16_autocast if autocast is None else autocast)
     dtype = config.dtype if training or dtype is None else dtype
     # the prompts, real (what depends on their values is worked out for real), each its own after the start they share
     batch = [[1] * shared + [3 + i % (cfg.vocab_size - 3)] * (prompt_tokens - shared) for i in range(prompts)]
@@ -163,11 +165,14 @@ def answer_fit_note(model, prompts: list[list[int]], batch_size: int, new_tokens
     quantized = next((m for m in model.modules() if isinstance(m, QuantLinear)), None)
     config = TrainConfig(model="(loaded)", output_dir=".", quantize=None if quantized is None else
                          ("nf4-dq" if quantized.double else "nf4"))
-    dtype = next(k for k, v in DTYPES.items() if v == model.output_weight.dtype)
+    dtype = next((k for k, v in DTYPES.items() if v == model.output_weight.dtype), None)
+    if dtype is None:
+        return None
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]):  # (under a trainer's autocast where its evaluators answer)
             est = estimate_answers(config, prompts=rows, prompt_tokens=longest, new_tokens=new_tokens, shared=shared,
-                                   device=device.type, dtype=dtype, model_config=model.config)
+                                   device=device.type, dtype=dtype, model_config=model.config,
+                                   autocast=torch.is_autocast_enabled(device.type))
     except (ValueError, OSError, RuntimeError):  # a model or device the estimate does not cover: not worth a stop
         return None
     need = est.peak - est.weights
@@ -195,5 +200,7 @@ def surely_answers(model, device: str, prompts: int, prompt_tokens: int, new_tok
         * c.head_dim
     forward = 4 * prompts * prompt_tokens * width + 5 * prompts * prompt_tokens * positions \
         + 8 * prompts * c.vocab_size
-    layer = max(sum(p.numel() for p in block.parameters()) for block in model.model.layers)
+    # a layer's projections at full width (a 4-bit one's codes are buffers, widened for each pass)
+    layer = max(sum(m.in_features * m.out_features for m in block.modules() if hasattr(m, "out_features"))
+                for block in model.model.layers)
     return 2 * (cache + cache // 4 + forward + 2 * 4 * layer) + cublas_workspace(device) // 2 <= free
