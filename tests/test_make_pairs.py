@@ -200,3 +200,19 @@ def test_bad_input_is_named_before_the_model_loads(tiny, tmp_path, capsys):
     assert _make(tiny, [b, data], tmp_path / "two", "--skip-bad-records") == 0  # several files: each pair names its own
     rows = [json.loads(x) for x in (tmp_path / "two" / "pairs.jsonl").read_text().splitlines()]
     assert {r["file"] for r in rows} <= {str(b), str(data)} and rows[0]["file"] == str(b)
+
+
+def test_the_estimate_sizes_answering_the_records_and_writes_nothing(tiny, tmp_path, capsys, monkeypatch):
+    import prefopt.pretrained
+
+    def refused(*args, **kw):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(prefopt.pretrained, "load_model", refused)
+    data = _jsonl(tmp_path / "d.jsonl", _records(5))
+    assert _make(tiny, [data], tmp_path / "out", "--batch-size", "2", "--estimate-memory", "cpu") == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[1].startswith("5 records, the longest prompt ") and said[1].endswith(
+        "memory estimate on a CPU, float32 weights, 2 prompts of "
+        f"{said[1].split('the longest prompt ')[1].split()[0]} tokens at once and answers of up to 6:")
+    assert not (tmp_path / "out").exists()

@@ -1,7 +1,8 @@
-"""``prefopt eval|predict ... --estimate-memory``: what answering the command's records will hold,
-from the model's ``config.json`` and the records' prompts, encoded (no weights are loaded and
-nothing is written): ``prefopt.train.answer_estimate`` on the model as the command loads it (its
-``--dtype``; with ``--quantize`` the adapter on top of the 4-bit base, else merged in)."""
+"""``prefopt eval|predict|make-pairs ... --estimate-memory``: what answering the command's records
+will hold, from the model's ``config.json`` and the records' prompts, encoded (no weights are
+loaded and nothing is written): ``prefopt.train.answer_estimate`` on the model as the command
+loads it (its ``--dtype``; with ``--quantize`` the adapter on top of the 4-bit base, else merged
+in)."""
 from __future__ import annotations
 
 import argparse

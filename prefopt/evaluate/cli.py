@@ -452,7 +452,7 @@ def _study(args) -> int:
 
 
 def add_answer_estimate_flag(p: argparse.ArgumentParser) -> None:
-    """``--estimate-memory [auto|cpu|cuda]`` for a command that answers records (eval, predict)."""
+    """``--estimate-memory [auto|cpu|cuda]`` for a command that answers records (eval, predict, make-pairs)."""
     p.add_argument("--estimate-memory", nargs="?", const="auto", choices=("auto", "cpu", "cuda"), metavar="DEVICE",
                    help="print how much memory answering the records will hold, on cpu or cuda (default: --device), "
                    "from the model's config.json and the records' prompts (no weights load), and exit writing "

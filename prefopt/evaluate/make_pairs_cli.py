@@ -9,7 +9,7 @@ from pathlib import Path
 def add_command(sub) -> None:
     """The ``make-pairs`` subcommand."""
     from ..cli import add_answer_flags, add_chat_flags, add_sheet_flag
-    from .cli import positive_int
+    from .cli import add_answer_estimate_flag, positive_int
 
     p = sub.add_parser("make-pairs", help="preference pairs without annotation: each SFT record's reference answer "
                        "(chosen) against the model's own answer to its prompt (rejected), where they differ; "
@@ -31,6 +31,7 @@ def add_command(sub) -> None:
     p.add_argument("--max-prompt-length", type=positive_int, help="keep each prompt's last N tokens (as training's)")
     p.add_argument("--skip-bad-records", action="store_true", help="skip (and count) bad records instead of stopping")
     add_chat_flags(p, "prompt")
+    add_answer_estimate_flag(p)
     p.set_defaults(func=run)
 
 
@@ -68,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     data = given_paths(args.data)
     several = len(data_files(data)) > 1
     device, dtype = resolve(args.device, args.dtype)
-    check_writable(args.output)  # before the model loads
+    if not args.estimate_memory:
+        check_writable(args.output)  # before the model loads
     tok = chat_ready(load_tokenizer(args.model), args, "prompt")
     prompts, bad = read_prompts(data, tok, columns=column_map(args.columns), max_prompt_length=args.max_prompt_length,
                                 skip_bad=args.skip_bad_records)
@@ -76,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
                                                             if bad else ""))
     if not prompts:
         raise ValueError(f"{describe(data)}: no usable records")
+    if args.estimate_memory:
+        from .answer_memory import answer_estimate_lines
+
+        print("\n".join(answer_estimate_lines(args, [p.ids for p in prompts], args.max_new_tokens)))
+        return 0
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
                        quantize=args.quantize)
     decode = decoding_of(args)
