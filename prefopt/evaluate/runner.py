@@ -90,8 +90,7 @@ def answer_prompts(model, tok, prompts: list[list[int]], *, batch_size: int = 16
     by its place among them all (``row_seeds``), so that its answer does not depend on
     ``batch_size``. The model runs in eval mode, and goes back to the mode it was in (``generate``)."""
     seeds = row_seeds(settings.pop("seed", None), prompts)
-    if note := answer_fit_note(model, prompts, batch_size, settings.get("max_new_tokens") or 128):
-        warnings.warn(note, stacklevel=2)
+    _warn_if_too_large(model, prompts, batch_size, settings.get("max_new_tokens") or 128)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
     ended = [False] * len(prompts)
@@ -107,6 +106,22 @@ def answer_prompts(model, tok, prompts: list[list[int]], *, batch_size: int = 16
         bar.update(len(chunk))
     bar.close()
     return texts, ended
+
+
+_CHECKED: set[tuple] = set()  # the answering already checked for fit (a trainer's evaluator answers every few steps)
+
+
+def _warn_if_too_large(model, prompts: list[list[int]], batch_size: int, new_tokens: int) -> None:
+    """Warn where a batch of the longest ``prompts`` will not fit (:func:`answer_fit_note`), once
+    for the same model and prompts: a trainer's evaluator answers its items every few steps."""
+    key = (id(model), len(prompts), max(map(len, prompts), default=0), batch_size, new_tokens)
+    if key in _CHECKED:
+        return
+    if len(_CHECKED) > 1000:
+        _CHECKED.clear()
+    _CHECKED.add(key)
+    if note := answer_fit_note(model, prompts, batch_size, new_tokens):
+        warnings.warn(note, stacklevel=3)
 
 
 def task_evaluator(task, records, *, batch_size: int = 16, prefix: str = "val_", answers: str | Path | None = None,

@@ -165,10 +165,17 @@ def test_answers_that_will_not_fit_are_warned_of_before_the_first_batch(model_di
     from prefopt.evaluate.runner import answer_prompts
     from prefopt.tokenizer import load_tokenizer
 
+    tok = load_tokenizer(str(model_dir))
     with pytest.warns(UserWarning, match="answering 2 prompts of 29 tokens at once"):
-        texts, _ = answer_prompts(model, load_tokenizer(str(model_dir)), prompts[-2:], batch_size=4, max_new_tokens=2,
-                                  show_progress=False)
+        texts, _ = answer_prompts(model, tok, prompts[-2:], batch_size=4, max_new_tokens=2, show_progress=False)
     assert len(texts) == 2
+    # once for the same model and prompts (a trainer's evaluator answers its items every few steps)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        answer_prompts(model, tok, prompts[-2:], batch_size=4, max_new_tokens=2, show_progress=False)
+    assert not [w for w in seen if "answering" in str(w.message)]
 
 
 @pytest.mark.parametrize("dtype,quantize", [("float32", None), ("bfloat16", None), ("bfloat16", "nf4")])
