@@ -2,6 +2,7 @@
 ``--estimate-memory`` for its evaluations) against the allocations of a real ``generate`` on a
 CPU, PyTorch's profiler summing every allocation and release in time order."""
 import random
+import warnings
 
 import pytest
 import torch
@@ -170,8 +171,6 @@ def test_answers_that_will_not_fit_are_warned_of_before_the_first_batch(model_di
         texts, _ = answer_prompts(model, tok, prompts[-2:], batch_size=4, max_new_tokens=2, show_progress=False)
     assert len(texts) == 2
     # once for the same model and prompts (a trainer's evaluator answers its items every few steps)
-    import warnings
-
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         answer_prompts(model, tok, prompts[-2:], batch_size=4, max_new_tokens=2, show_progress=False)
