@@ -34,6 +34,7 @@ from .memory_estimate import (
     fake_model,
     fake_tensors,
     held_beyond,
+    layer_values,
     module_bytes,
     read_model_config,
     where,
@@ -200,7 +201,5 @@ def surely_answers(model, device: str, prompts: int, prompt_tokens: int, new_tok
         * c.head_dim
     forward = 4 * prompts * prompt_tokens * width + 5 * prompts * prompt_tokens * positions \
         + 8 * prompts * c.vocab_size
-    # a layer's projections at full width (a 4-bit one's codes are buffers, widened for each pass)
-    layer = max(sum(m.in_features * m.out_features for m in block.modules() if hasattr(m, "out_features"))
-                for block in model.model.layers)
+    layer = max(map(layer_values, model.model.layers))
     return 2 * (cache + cache // 4 + forward + 2 * 4 * layer) + cublas_workspace(device) // 2 <= free

@@ -348,12 +348,21 @@ def surely_fits(config: TrainConfig, model: torch.nn.Module, free: int, longest:
     tokens = _rows(config) * min(longest or config.max_length, config.max_length)
     width = 12 * c.hidden_size + 8 * c.intermediate_size + 4 * (c.num_attention_heads + 2 * c.num_key_value_heads) \
         * c.head_dim
-    layer = max(sum(p.numel() for p in block.parameters()) for block in model.model.layers)
+    layer = max(map(layer_values, model.model.layers))
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     k = model.checkpointed_layers()  # these keep their input alone, and one of them is rebuilt at a time
     kept = width * (c.num_hidden_layers - k + (k > 0)) + 2 * c.hidden_size * k
     bound = 4 * (tokens * (kept + 4 * c.hidden_size) + 4 * CHUNK_ELEMENTS + 3 * layer + 4 * trained)
     return 2 * bound <= free
+
+
+def layer_values(block: torch.nn.Module) -> int:
+    """How many values ``block``'s weights hold at full width: its parameters, and a 4-bit
+    projection's (whose codes are buffers) as the weight it is widened to for a pass."""
+    from ..quant import QuantLinear
+
+    return sum(p.numel() for p in block.parameters()) + sum(m.in_features * m.out_features for m in block.modules()
+                                                             if isinstance(m, QuantLinear))
 
 
 def free_bytes(device: torch.device) -> int | None:
