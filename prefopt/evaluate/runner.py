@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+import weakref
 from pathlib import Path
 
 from .._deps import progress
@@ -108,18 +109,21 @@ def answer_prompts(model, tok, prompts: list[list[int]], *, batch_size: int = 16
     return texts, ended
 
 
-_CHECKED: set[tuple] = set()  # the answering already checked for fit (a trainer's evaluator answers every few steps)
+# each model's answering already checked for fit (a trainer's evaluator answers its items every few steps)
+_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _warn_if_too_large(model, prompts: list[list[int]], batch_size: int, new_tokens: int) -> None:
     """Warn where a batch of the longest ``prompts`` will not fit (:func:`answer_fit_note`), once
     for the same model and prompts: a trainer's evaluator answers its items every few steps."""
-    key = (id(model), len(prompts), max(map(len, prompts), default=0), batch_size, new_tokens)
-    if key in _CHECKED:
+    key = (len(prompts), max(map(len, prompts), default=0), batch_size, new_tokens)
+    try:
+        checked = _CHECKED.setdefault(model, set())
+    except TypeError:  # an object no weak reference can name: checked every time
+        checked = set()
+    if key in checked:
         return
-    if len(_CHECKED) > 1000:
-        _CHECKED.clear()
-    _CHECKED.add(key)
+    checked.add(key)
     if note := answer_fit_note(model, prompts, batch_size, new_tokens):
         warnings.warn(note, stacklevel=3)
 
