@@ -7,8 +7,9 @@ during training AdamW's moments, alive then), in one run.
 The prompts are random token ids (memory does not depend on the values), each its own from its
 first token, or after a start that every prompt has ("shared start": run once for the batch).
 "half end at once": half the rows stop at their first token, so the cache's rows still going
-are copied out (``compact``); else every answer runs to ``max_new_tokens``. On a CUDA machine ``--device cuda`` measures with
-``torch.cuda.max_memory_allocated`` instead, the evaluation's weights in bfloat16.
+are copied out (``compact``); else every answer runs to ``max_new_tokens``. On a CUDA machine
+``--device cuda`` measures with ``torch.cuda.max_memory_allocated`` instead, the evaluation's
+weights in bfloat16.
 
     .venv/bin/python benchmarks/bench_answer_estimate.py
 """

@@ -37,6 +37,7 @@ from .memory_estimate import (
     layer_values,
     module_bytes,
     read_model_config,
+    short_of,
     where,
 )
 
@@ -169,17 +170,13 @@ def answer_fit_note(model, prompts: list[list[int]], batch_size: int, new_tokens
     dtype = next((k for k, v in DTYPES.items() if v == model.output_weight.dtype), None)
     if dtype is None:
         return None
-    try:
-        with torch.random.fork_rng(devices=[]):  # (under a trainer's autocast where its evaluators answer)
-            est = estimate_answers(config, prompts=rows, prompt_tokens=longest, new_tokens=new_tokens, shared=shared,
-                                   device=device.type, dtype=dtype, model_config=model.config,
-                                   autocast=torch.is_autocast_enabled(device.type))
-    except (ValueError, OSError, RuntimeError):  # a model or device the estimate does not cover: not worth a stop
+    autocast = torch.is_autocast_enabled(device.type)  # (a trainer's evaluators answer under its autocast)
+    short = short_of(lambda: estimate_answers(config, prompts=rows, prompt_tokens=longest, new_tokens=new_tokens,
+                                              shared=shared, device=device.type, dtype=dtype,
+                                              model_config=model.config, autocast=autocast), free, device)
+    if short is None:
         return None
-    need = est.peak - est.weights
-    if need <= free:
-        return None
-    killed = " (on Linux the kernel may stop the process then, without a word)" if device.type == "cpu" else ""
+    _, need, killed = short
     return (f"answering {rows} prompt{'s' * (rows != 1)} of {longest} tokens at once (the longest prompts) holds "
             f"about {size_text(need)} beyond the weights loaded, and {device.type} has {size_text(free)} free: it "
             f"will likely run out of memory{killed}. {going_on().fewer_answers}")

@@ -309,20 +309,34 @@ def fit_note(config: TrainConfig, model: torch.nn.Module, device: torch.device, 
         return None
     if surely_fits(config, model, free, longest):  # (the estimate takes 0.2-6 s; most runs have room to spare)
         return None
-    try:
-        with torch.random.fork_rng(devices=[]):
-            est = estimate_memory(config, device.type, model_config=model.config, tokens=longest)
-    except (ValueError, OSError, RuntimeError):  # a run the estimate does not cover (it says which), a --ref
-        return None  # model it cannot read, an op fake tensors cannot run: a warning is not worth stopping for
-    need = est.peak - est.weights
-    if need <= free:
+    short = short_of(lambda: estimate_memory(config, device.type, model_config=model.config, tokens=longest), free,
+                     device)
+    if short is None:
         return None
-    killed = " (on Linux the kernel may stop the process then, without a word)" if device.type == "cpu" else ""
+    est, need, killed = short
     return (f"a training step of these settings holds about {size_text(est.peak)} of tensors ({est.sequences} "
             f"sequences of {est.tokens} tokens, the longest example's length), {size_text(need)} of it beyond the "
             "weights loaded, "
             f"and {device.type} has {size_text(free)} free: the run will likely run out of memory{killed}. "
             f"{going_on().smaller}{_full_note(config, est)}")
+
+
+def short_of(estimate: Callable[[], object], free: int, device: torch.device) -> tuple | None:
+    """``(the estimate, its need, what a CPU adds to the warning)`` where ``estimate()`` (a
+    :class:`MemoryEstimate` or an answer estimate, made without drawing a random number of the
+    run's) holds more beyond the weights loaded (its need) than the ``free`` bytes ``device``
+    has; None where it fits, or where the estimate does not cover the run (it says which),
+    cannot read a model or meets an op fake tensors cannot run: a warning is not worth stopping
+    for."""
+    try:
+        with torch.random.fork_rng(devices=[]):
+            est = estimate()
+    except (ValueError, OSError, RuntimeError):
+        return None
+    need = est.peak - est.weights
+    if need <= free:
+        return None
+    return est, need, " (on Linux the kernel may stop the process then, without a word)" if device.type == "cpu" else ""
 
 
 def _full_note(config: TrainConfig, est: MemoryEstimate) -> str:
