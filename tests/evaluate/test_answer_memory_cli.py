@@ -67,9 +67,11 @@ def test_eval_and_predict_print_the_estimate_for_their_longest_prompts_and_write
                            "once and answers of up to 16:")
         assert said[-1].startswith("(--batch-size N lowers it")
     assert not (tmp_path / "out").exists()
-    # fewer at once hold less; and the command's own checks still come first
+    # fewer at once hold less
     assert main(["eval", "--split", "all", *common, "--output", str(tmp_path / "out"), "--batch-size", "2"]) == 0
-    assert "2 prompts of" in capsys.readouterr().out
+    fewer = capsys.readouterr().out
+    assert "2 prompts of" in fewer and _figure(fewer) < _figure("\n".join(said))
+    # an evaluation of answers already made answers nothing: refused with the other flags that would do nothing
     assert main(["eval", "--split", "all", *common[:2], *common[4:], "--output", str(tmp_path / "out"), "--answers",
                  str(tmp_path)]) == 2  # (no --model: it would be refused as well)
     assert f"--answers {tmp_path} scores the answers there, so --estimate-memory would do nothing" in \
