@@ -518,7 +518,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     argparse stops first at a missing required flag)."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    CommandParser.argv = argv
+    for each in (parser, *parser.commands.values()):  # (their errors name what the line likely meant)
+        each.argv = argv
     args, extra = parser.parse_known_args(argv)
     if extra:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")

@@ -13,7 +13,7 @@ class CommandParser(argparse.ArgumentParser):
     a flag it lacks (``--learning-rate: prefopt calls it --lr``) and a word no flag takes
     (``pairs.jsonl: give it as --data pairs.jsonl``)."""
 
-    argv: list[str] = []  # the command line being parsed (set by parse_args)
+    argv: tuple[str, ...] = ()  # the command line being parsed: each parser's own, set by prefopt.cli.parse_args
 
     def error(self, message: str):
         actions = {s: a for a in self._actions for s in a.option_strings}
