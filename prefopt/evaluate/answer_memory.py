@@ -17,6 +17,7 @@ def answer_estimate_lines(args: argparse.Namespace, prompts: list[list[int]], ne
     batch (as ``generate`` runs a batch's: its own may be longer, and hold less)."""
     from ..devices import dtype_on
     from ..lora_files import read_adapter_config
+    from ..model.hub import resolve_model_dir
     from ..train import TrainConfig
     from ..train.answer_estimate import estimate_answers
     from ..train.memory_estimate import device_kind
@@ -26,7 +27,8 @@ def answer_estimate_lines(args: argparse.Namespace, prompts: list[list[int]], ne
     if args.adapter is not None and args.quantize:  # it stays beside the 4-bit codes: its size counts
         c = read_adapter_config(args.adapter)
         lora = dict(lora_r=c.r, lora_alpha=c.alpha, lora_targets=list(c.target_modules), lora_dora=c.dora)
-    config = TrainConfig(model=args.model, output_dir=".", quantize=args.quantize, **lora)
+    # (a .gguf model's folder: imported already, for its tokenizer)
+    config = TrainConfig(model=str(resolve_model_dir(args.model)), output_dir=".", quantize=args.quantize, **lora)
     longest = max(len(p) for p in prompts)
     # the start every prompt has (a task's instructions) runs once a batch; a batch's own may be longer
     shared = min(len(os.path.commonprefix(prompts)), min(len(p) for p in prompts) - 1) if len(prompts) > 1 else 0

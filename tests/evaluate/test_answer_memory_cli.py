@@ -39,10 +39,10 @@ def _no_model(monkeypatch):
     monkeypatch.setattr(prefopt.pretrained, "load_model", refused)
 
 
-def _figure(out: str, line: str = "peak") -> int:
-    """A line's figure (``peak``, ``weights``), in bytes."""
-    line = next(x for x in out.splitlines() if x.startswith(f"  {line} "))
-    number, unit = line.split()[1:3]
+def _figure(out: str, label: str = "peak") -> int:
+    """A line's figure (``peak``, ``weights``, ``KV cache``), in bytes."""
+    line = next(x for x in out.splitlines() if x.startswith(f"  {label} "))
+    number, unit = line[len(label) + 2:].split()[:2]
     return round(float(number) * {"kB": 1e3, "MB": 1e6, "GB": 1e9}[unit])
 
 
@@ -125,3 +125,20 @@ def test_an_evaluation_that_will_not_fit_is_warned_of_and_goes_on(tiny, tmp_path
     assert "prefopt eval: warning: answering 4 prompts of " in err and "cpu has 4 kB free" in err
     assert "Lower --batch-size: fewer prompts answered at once" in err
     assert (tmp_path / "out" / "metrics.json").is_file()
+
+
+def test_a_gguf_model_is_estimated_from_the_folder_its_tokenizer_imported(tmp_path, capsys):
+    """``--model x.gguf``: its tokenizer's load imports it (a cached HF folder), whose config.json
+    the estimate reads, as it reads a folder given as the model."""
+    pytest.importorskip("gguf")
+    from tests._tiny import write_tiny_gguf
+
+    build_hf_model(tmp_path / "hf", intermediate_size=128, max_position_embeddings=4096)
+    gguf_file = write_tiny_gguf(tmp_path / "hf", tmp_path / "tiny.gguf")
+    data = _messages(tmp_path, 4)
+    common = ["eval", "--task", "portal", "--data", str(data), "--split", "all", "--estimate-memory", "cuda",
+              "--output", str(tmp_path / "out")]
+    assert main([*common, "--model", str(gguf_file)]) == 0
+    from_gguf = capsys.readouterr().out
+    assert main([*common, "--model", str(tmp_path / "hf")]) == 0
+    assert _figure(from_gguf, "KV cache") == _figure(capsys.readouterr().out, "KV cache") > 0
