@@ -43,7 +43,7 @@ def _figure(out: str, label: str = "peak") -> int:
     """A line's figure (``peak``, ``weights``, ``KV cache``), in bytes."""
     line = next(x for x in out.splitlines() if x.startswith(f"  {label} "))
     number, unit = line[len(label) + 2:].split()[:2]
-    return round(float(number) * {"kB": 1e3, "MB": 1e6, "GB": 1e9}[unit])
+    return round(float(number) * {"kB": 1e3, "MB": 1e6, "GB": 1e9}[unit.rstrip(":,")])
 
 
 def test_eval_and_predict_print_the_estimate_for_their_longest_prompts_and_write_nothing(tiny, tmp_path, capsys,
