@@ -6,7 +6,6 @@ in)."""
 from __future__ import annotations
 
 import argparse
-import os
 
 
 def answer_estimate_lines(args: argparse.Namespace, prompts: list[list[int]], new_tokens: int) -> list[str]:
@@ -17,6 +16,7 @@ def answer_estimate_lines(args: argparse.Namespace, prompts: list[list[int]], ne
     batch (as ``generate`` runs a batch's: its own may be longer, and hold less)."""
     from ..devices import dtype_on
     from ..lora_files import read_adapter_config
+    from ..model.generate import shared_start
     from ..model.hub import resolve_model_dir
     from ..train import TrainConfig
     from ..train.answer_estimate import estimate_answers
@@ -31,7 +31,7 @@ def answer_estimate_lines(args: argparse.Namespace, prompts: list[list[int]], ne
     config = TrainConfig(model=str(resolve_model_dir(args.model)), output_dir=".", quantize=args.quantize, **lora)
     longest = max(len(p) for p in prompts)
     # the start every prompt has (a task's instructions) runs once a batch; a batch's own may be longer
-    shared = min(len(os.path.commonprefix(prompts)), min(len(p) for p in prompts) - 1) if len(prompts) > 1 else 0
+    shared = shared_start(prompts, config=None, length=None)
     est = estimate_answers(config, prompts=min(args.batch_size, len(prompts)), prompt_tokens=longest, shared=shared,
                            new_tokens=new_tokens, device=kind, dtype=dtype_on(args.dtype, kind))
     return [f"{len(prompts)} records, the longest prompt {longest} tokens, the first {shared} of them in every "

@@ -50,17 +50,23 @@ def _arrow(d: dict, key: str, fmt: str) -> str:
     return first_to_last(d, key, fmt) or "—"
 
 
+def _logged(d: dict) -> int:
+    """How many steps a stage's ``first_and_last`` averaged over (a report from before 2026-12-05
+    lacks ``logged``: its ``steps``, as many where every step was logged)."""
+    return d.get("logged", d["steps"])
+
+
 def dynamics_lines(dyn: dict) -> list[str]:
     """The report's "Training" bullets (empty without logs)."""
     lines = []
     if "sft" in dyn:
         d = dyn["sft"]
         lines.append(f"- SFT: token NLL {_arrow(d, 'loss', '.3f')} (mean of the first and last {d['window']} "
-                     f"of {d.get('logged', d['steps'])} logged steps).")
+                     f"of {_logged(d)} logged steps).")
     if "dpo" in dyn:
         d = dyn["dpo"]
-        n = d.get("logged", d["steps"])  # (a report from before 2026-12-05: steps, as many where all were logged)
-        window = f"(each step's batch before its update; mean of the first and last {d['window']} of {n} logged steps)"
+        window = (f"(each step's batch before its update; mean of the first and last {d['window']} of {_logged(d)} "
+                  "logged steps)")
         if d.get("loss") in UNPAIRED:
             lines.append(f"- {UNPAIRED[d['loss']]}: share on the label's side of the reference point {_arrow(d, 'kto/accuracies', '.2f')}, "
                          f"reference point (KL estimate) {_arrow(d, 'kl', '.3f')}, completion log-prob "

@@ -27,6 +27,7 @@ import torch
 from ..devices import DTYPES
 from ..fileio import size_text
 from .config import TrainConfig
+from .estimate_shards import local_bytes
 from .memory_estimate import (
     LiveTensors,
     cublas_workspace,
@@ -111,8 +112,7 @@ def estimate_answers(config: TrainConfig, *, prompts: int, prompt_tokens: int, n
     with fake_tensors():
         # an evaluation's adapter is merged into the weights (nothing beside them) unless the base is in 4 bits
         model = fake_model(config, cfg, DTYPES[dtype], adapted=training or bool(config.quantize))
-        moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) if training \
-            else 0
+        moments = 2 * sum(local_bytes(p) for p in model.parameters() if p.requires_grad) if training else 0
         model.eval()
         live = LiveTensors(model)
         with live, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -148,8 +148,7 @@ def answer_fit_note(model, prompts: list[list[int]], batch_size: int, new_tokens
     memory the loaded ``model``'s device has free; None where it fits, where the estimate does
     not cover it or the free memory is not known. The estimate runs only where a quick generous
     bound (:func:`surely_answers`) does not fit, and draws no random number."""
-    import os
-
+    from ..model.generate import shared_start
     from ..quant import QuantLinear
     from .memory_estimate import free_bytes
     from .stop_signal import going_on
@@ -163,7 +162,7 @@ def answer_fit_note(model, prompts: list[list[int]], batch_size: int, new_tokens
     rows, longest = min(batch_size, len(prompts)), max(len(p) for p in prompts)
     if surely_answers(model, device.type, rows, longest, new_tokens, free):
         return None
-    shared = min(len(os.path.commonprefix(prompts)), min(len(p) for p in prompts) - 1) if len(prompts) > 1 else 0
+    shared = shared_start(prompts, config=None, length=None)  # (what every batch of them runs once at least)
     quantized = next((m for m in model.modules() if isinstance(m, QuantLinear)), None)
     config = TrainConfig(model="(loaded)", output_dir=".", quantize=None if quantized is None else
                          ("nf4-dq" if quantized.double else "nf4"))
