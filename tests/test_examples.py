@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._failure import failure
 from tests._formats import medqa_rows as _medqa_rows
 from tests._formats import meqsum_rows as _meqsum_rows
 from tests._formats import write_jsonl as _write_jsonl
@@ -32,7 +33,7 @@ def test_run_triage_compares_three_stages_with_the_loss_and_settings_asked_for(t
     out = tmp_path / "run"
     done = _run("--model", str(model), "--output", str(out), "--loss", "rpo", "--device", "cpu",
                 "--eval-dtype", "bfloat16", *[x for kv in TINY for x in ("--set", kv)])
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, failure(done, 2000)
     for stage in ("base", "sft", "dpo"):
         assert f"{stage:>4}: macro-F1 " in done.stdout
     assert f"Report: {out.resolve() / 'report.md'}" in done.stdout and (out / "report.md").is_file()
@@ -44,7 +45,7 @@ def test_run_triage_compares_three_stages_with_the_loss_and_settings_asked_for(t
     # the study's sigmoid loss from the same SFT model: only DPO trains
     done = _run("--model", str(model), "--output", str(tmp_path / "sigmoid"), "--from", str(out), "--device", "cpu",
                 "--eval-dtype", "bfloat16", *[x for kv in TINY for x in ("--set", kv)])
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, failure(done, 2000)
     assert f"starting from {out}: copied split.json, base, sft," in done.stdout and "sft: reusing" in done.stdout
     assert json.loads((tmp_path / "sigmoid" / "compare_config.json").read_text())["loss"] == "sigmoid"
 
@@ -99,7 +100,7 @@ def test_dpo_medqa_trains_on_pairs_from_disjoint_questions(tmp_path):
     out = tmp_path / "run"
     done = _example("dpo_medqa.py", "--data-dir", str(tmp_path / "medqa"), "--output", str(out), "--model", str(model),
                     "--n-train", "10", "--n-eval", "4", "--max-steps", "2", "--batch-size", "2", "--max-length", "256")
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, failure(done, 2000)
     assert "held-out MedQA pairs (4): rewards/accuracies" in done.stdout
     assert "reference forwards during training: 0" in done.stdout
     train = [json.loads(x) for x in (out / "data" / "train.jsonl").read_text().splitlines()]
@@ -116,7 +117,7 @@ def test_sft_meqsum_trains_and_reports_the_eval_loss(tmp_path):
     out = tmp_path / "run"
     done = _example("sft_meqsum.py", "--data-dir", str(tmp_path / "meqsum"), "--output", str(out),
                     "--model", str(model), "--n-eval", "3", "--max-steps", "2", "--batch-size", "2")
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, failure(done, 2000)
     assert "MeQSum eval loss (per response token, 3 held-out questions): before " in done.stdout
     evals = [json.loads(x) for x in (out / "data" / "eval.jsonl").read_text().splitlines()]
     assert len(evals) == 3 and evals[0]["completion"].startswith("Is drug ")
@@ -135,7 +136,7 @@ def test_sft_meqsum_trains_and_reports_the_eval_loss(tmp_path):
 def test_the_real_data_examples_report_bad_rows_without_a_traceback(tmp_path, name, folder, file, rows, where):
     _write_jsonl(tmp_path / folder / file, rows)
     done = _example(name, "--data-dir", str(tmp_path / folder), "--output", str(tmp_path / "run"), "--model", "none")
-    assert done.returncode == 1 and done.stderr.startswith(f"{name[:-3]}: error: "), done.stderr[-2000:]
+    assert done.returncode == 1 and done.stderr.startswith(f"{name[:-3]}: error: "), failure(done, 2000)
     assert where in done.stderr and "Traceback" not in done.stderr
     done = _example(name, "--data-dir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "run"))
     assert done.returncode == 1 and "not found at" in done.stderr and "pass --data-dir" in done.stderr
@@ -152,7 +153,7 @@ def test_dpo_best_by_task_reruns_a_compare_runs_dpo_keeping_the_best_validation_
     assert _run("--model", str(model), "--output", str(run), "--device", "cpu", *settings).returncode == 0
     out = tmp_path / "best"
     done = _example("dpo_best_by_task.py", "--run", str(run), "--output", str(out), "--val", "4", "--eval-every", "1")
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, failure(done)
     summary = json.loads((out / "summary.json").read_text())
     pairs = sum(1 for _ in (run / "data" / "pairs.jsonl").open())
     assert summary["val"] == 4 and summary["pairs"] < pairs  # the held-out records' pairs are not trained on
@@ -179,7 +180,7 @@ def test_notes_windows_trains_cut_and_windowed_adapters_and_scores_held_out_note
     done = _example("notes_windows.py", "--train", str(tmp_path / "train.csv"), "--eval", str(tmp_path / "valid.csv"),
                     "--model", str(tmp_path / "tiny"), "--max-length", "24", "--max-steps", "3", "--batch-size", "2",
                     "--lr", "5e-3", "--output", str(out))
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, failure(done)
     result = json.loads((out / "nll.json").read_text())
     assert result["notes"] == 3 and result["tokens"]["tail"] > result["tokens"]["first"] > 0
     train_cfg = {name: json.loads((out / name / "train_config.json").read_text()) for name in ("cut", "windows")}
@@ -203,7 +204,7 @@ def test_run_triage_estimates_each_training_step_and_writes_nothing(tmp_path):
     out = tmp_path / "run"
     done = _run("--model", str(model), "--output", str(out), "--preset", "full", "--set", "dpo_batch_size=1",
                 "--estimate-memory", "cpu")
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, failure(done, 2000)
     said = done.stdout.splitlines()
     assert said[0].startswith("SFT stage: memory estimate for one training step on a CPU, float32 weights, a "
                               "micro-batch of 8 sequences of 1024 tokens")  # the full preset's

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._failure import failure
+
 triton = pytest.importorskip("triton")
 if not all(list(Path(triton.__file__).parent.glob(f"backends/nvidia/bin/{t}*")) for t in ("ptxas", "cuobjdump")):
     pytest.skip("this triton has no bundled ptxas/cuobjdump", allow_module_level=True)
@@ -31,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _compile(arch: int, dtype: str) -> dict:
     out = subprocess.run([sys.executable, str(SCRIPT), str(arch), dtype], capture_output=True, text=True,
                          cwd=ROOT, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, failure(out)
     return {r["kernel"]: r for r in map(json.loads, out.stdout.strip().splitlines())}
 
 

@@ -19,6 +19,7 @@ from prefopt.fileio import size_text
 from prefopt.train import DPOConfig, DPOTrainer, SFTTrainer, TrainConfig
 from prefopt.train.memory_estimate import estimate_memory, measured_step
 from prefopt.train.run import prepare_model
+from tests._failure import failure
 from tests._tiny import build_hf_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,7 +106,7 @@ def test_under_fsdp_the_estimate_is_one_of_two_real_ranks(model_dir, tmp_path, k
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         str(ROOT / "tests" / "train" / "_estimate_rank.py"), kind, json.dumps(fields)],
                        capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, failure(r)
     ranks = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     assert sorted(x["rank"] for x in ranks) == [0, 1]
     est = estimate_memory((TrainConfig if kind == "sft" else DPOConfig)(**fields), processes=2)

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from prefopt.train.metrics import read_metrics
 from prefopt.train.state import read_optimizer
+from tests._failure import failure
 from tests.train._fixtures import write_pairs, write_task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,7 +131,7 @@ def test_two_processes_match_one_with_the_same_global_batch(task, tmp_path, mode
         kw.update(lora_targets=["q_proj", "v_proj", "lm_head"])
     _in_this_process(_config(task, tmp_path / "one", batch_size=4, **kw))
     two = _torchrun(2, _config(task, tmp_path / "two", batch_size=2, fsdp=mode == "fsdp_full", **kw))
-    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.returncode == 0, failure(two)
     l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert [s for s, *_ in l1] == [s for s, *_ in l2]
     for (_, a, ea), (_, b, eb) in zip(l1, l2):
@@ -153,7 +154,7 @@ def test_evaluators_on_two_processes_are_averaged_and_pick_the_same_best(task, t
     kw = dict(lora_dropout=0.0, save_every=0, max_steps=4, eval_fraction=0.0, eval_every=2, evaluators=True,
               best_metric="lora_b_norm", best_mode="min", batch_size=2)
     two = _torchrun(2, _config(task, tmp_path / "two", **kw))
-    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.returncode == 0, failure(two)
     evals = [m for m in read_metrics(tmp_path / "two") if "eval_rank" in m]
     assert [m["step"] for m in evals] == [0, 2, 4] and all(m["eval_rank"] == 0.5 for m in evals)
     assert evals[0]["eval_lora_b_norm"] == 0 < evals[-1]["eval_lora_b_norm"] and "eval_loss" not in evals[0]
@@ -188,7 +189,7 @@ def test_dpo_with_a_reference_cache_on_two_processes_matches_one(task, tmp_path,
 
     _in_this_process(config("one", 4))
     two = _torchrun(2, config("two", 2, fsdp=fsdp))
-    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.returncode == 0, failure(two)
     assert two.stdout.count("records kept") == 1 and two.stdout.count("saved to") == 1  # rank 0 speaks
     l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert [s for s, *_ in l1] == [s for s, *_ in l2] == [0, *range(1, 13), 12]
@@ -229,7 +230,7 @@ def test_fsdp_shards_a_reference_model_as_the_policy_and_matches_one_process(tas
 
     _in_this_process(config("one", 4))
     two = _torchrun(2, config("two", 2, fsdp=True))
-    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.returncode == 0, failure(two)
     l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert [s for s, *_ in l1] == [s for s, *_ in l2] and len(l1) >= 7
     for (_, a, ea), (_, b, eb) in zip(l1, l2):
@@ -265,7 +266,7 @@ def test_ranks_that_see_different_reference_caches_stop_with_an_error_not_a_hang
     said = [f"the 2 processes see different reference caches in {tmp_path / f'cache-rank{rank}'} (rank {rank}: "
             f"{missing} pairs not cached): every rank must read the same folder" in two.stderr
             for rank, missing in ((0, 0), (1, 8))]
-    assert any(said), two.stderr[-3000:]  # both ranks raise it (torchrun may stop the second before it prints)
+    assert any(said), failure(two)  # both ranks raise it (torchrun may stop the second before it prints)
     assert not (tmp_path / "cache-rank1").exists() and not (tmp_path / "two" / "train_config.json").exists()
 
 
@@ -285,7 +286,7 @@ def test_kto_on_two_processes_matches_one(task, tmp_path, cache):
 
     _in_this_process(config("one", 4))
     two = _torchrun(2, config("two", 2))
-    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.returncode == 0, failure(two)
     m1, m2 = ([m for m in read_metrics(tmp_path / run) if "loss" in m] for run in ("one", "two"))
     assert len(m1) == len(m2) == 6 and max(m["kl"] for m in m1) > 0  # z0 was not clamped away throughout
     for a, b in zip(m1, m2):
@@ -335,7 +336,7 @@ def test_fsdp_run_killed_then_resumed_matches_an_uninterrupted_one(task, tmp_pat
     checkpoint gathers full parameters and moments, and resuming reshards them exactly."""
     kw = dict(lora=False, lr=1e-3, fsdp=True, batch_size=2, max_steps=8, save_every=3)
     full = _torchrun(2, _config(task, tmp_path / "full", **kw))
-    assert full.returncode == 0, full.stderr[-3000:]
+    assert full.returncode == 0, failure(full)
     cut = _torchrun(2, _config(task, tmp_path / "cut", **kw), "7")
     assert cut.returncode != 0
     ckpt = tmp_path / "cut" / "checkpoints" / "step-00000006"
@@ -344,7 +345,7 @@ def test_fsdp_run_killed_then_resumed_matches_an_uninterrupted_one(task, tmp_pat
     moments = Counter(tuple(st["exp_avg"].shape) for st in optim["state"].values())
     assert moments == Counter(tuple(t.shape) for t in params.values())  # whole moments, not one rank's shard
     resumed = _torchrun(2, _config(task, tmp_path / "cut", **kw, resume=True))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, failure(resumed)
     assert "step 6" in resumed.stdout
     assert _losses(tmp_path / "cut") == _losses(tmp_path / "full")
     a = load_file(tmp_path / "full" / "final" / "model.safetensors")
@@ -364,7 +365,7 @@ def test_sigterm_to_one_rank_stops_both_after_the_same_step_with_a_checkpoint(ta
     kw = dict(batch_size=2, max_steps=5, save_every=0, eval_every=3 if when == "in" else 0)
     cut = _torchrun(2, _config(task, tmp_path / "cut", **kw), f"3:TERM:1:{when}")  # SIGTERM to rank 1 only
     owed = ", before its evaluation" if when == "in" else ""
-    assert cut.returncode != 0 and f"prefopt: stopped by SIGTERM at step 3 of 5{owed};" in cut.stderr, cut.stderr[-3000:]
+    assert cut.returncode != 0 and f"prefopt: stopped by SIGTERM at step 3 of 5{owed};" in cut.stderr, failure(cut)
     ckpt = tmp_path / "cut" / "checkpoints" / "step-00000003"
     assert sorted(p.name for p in ckpt.iterdir()) == ["optimizer.json", "optimizer.safetensors", "rng-rank0.safetensors",
                                                      "rng-rank1.safetensors", "trainable.safetensors",
@@ -372,7 +373,7 @@ def test_sigterm_to_one_rank_stops_both_after_the_same_step_with_a_checkpoint(ta
     assert json.loads((ckpt / "trainer_state.json").read_text()).get("eval_owed", False) == (when == "in")
     assert "eval_loss" not in {k for m in read_metrics(tmp_path / "cut") if m["step"] == 3 for k in m}
     resumed = _torchrun(2, _config(task, tmp_path / "cut", **kw, resume=True))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, failure(resumed)
     assert json.loads((tmp_path / "cut" / "train_summary.json").read_text())["resumed_from_step"] == 3
     evaluated = [m["step"] for m in read_metrics(tmp_path / "cut") if "eval_loss" in m]
     assert evaluated == ([0, 3, 5] if when == "in" else [0, 5])
