@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from types import ModuleType
 
 _EXTRAS = {
@@ -34,13 +35,29 @@ def require(module: str, purpose: str | None = None) -> ModuleType:
         ) from None
 
 
+# seconds between a bar's redraws where it goes to a file or a pipe (a job's log), not a terminal:
+# tqdm's own 0.1 s filled a day's log with redraws; the bar still draws its start and its end
+LOG_SECONDS = 30.0
+
+
 def progress(iterable=None, **kw):
-    """A tqdm progress bar when tqdm is installed, else the bare iterable (no bar)."""
+    """A tqdm progress bar when tqdm is installed, else the bare iterable (no bar); redrawn
+    every :data:`LOG_SECONDS` where it writes to a file or a pipe rather than a terminal."""
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return iterable if iterable is not None else _NoBar()
+    out = kw.get("file") or sys.stderr
+    if "mininterval" not in kw and not _terminal(out):
+        kw["mininterval"] = LOG_SECONDS
     return tqdm(iterable, **kw)
+
+
+def _terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 class _NoBar:

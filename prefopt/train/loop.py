@@ -546,9 +546,9 @@ class Trainer:
             if log and (self.step % c.log_every == 0 or self.step == self.total_steps or stop):
                 log.write(metrics)
             if bar is not None:
-                bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
-                                tok_s=f"{metrics['tokens_per_s']:.0f}")
+                                tok_s=f"{metrics['tokens_per_s']:.0f}", refresh=False)  # drawn by update
+                bar.update(1)
             saved = bool(c.save_every and self.step % c.save_every == 0 and self.step < self.total_steps)
             if saved:
                 self.save_checkpoint()
