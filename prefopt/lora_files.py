@@ -71,6 +71,19 @@ def _peft_config(cfg: LoRAConfig, base_model: str | None) -> dict:
     }
 
 
+RUN_ADAPTERS = {"final": "the last step's", "best": "the best evaluation's"}
+
+
+def run_adapters(folder: str | Path) -> list[tuple[Path, str]]:
+    """The adapters a training run's folder (``prefopt sft|dpo --output``, or a ``prefopt
+    compare`` stage's, which trains in ``train/``) saved: ``(path, what it holds)`` for each of
+    ``final/`` and ``best/`` that is there."""
+    found = []
+    for run in (Path(folder), Path(folder) / "train"):
+        found += [(run / name, why) for name, why in RUN_ADAPTERS.items() if (run / name / "adapter_config.json").is_file()]
+    return found
+
+
 def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
     path = Path(adapter_dir) / "adapter_config.json"
     if not Path(adapter_dir).is_dir():
@@ -82,6 +95,10 @@ def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
         if (Path(adapter_dir) / "config.json").is_file():  # a model (a merged one, say) passed as the adapter
             raise FileNotFoundError(f"{adapter_dir}: a model folder, not an adapter: pass it as the model "
                                     "(--model), without --adapter")
+        inside = run_adapters(adapter_dir)
+        if inside:  # a training run's (or a compare stage's) folder, passed for the adapter it saved
+            raise FileNotFoundError(f"{adapter_dir}: a training run's folder, not an adapter: its adapter is "
+                                    + " or ".join(f"{a} ({why})" for a, why in inside))
         raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (is this a PEFT LoRA adapter?)")
     d = read_json(path)
     unsupported = {k: d[k] for k in ("fan_in_fan_out",) if d.get(k)}

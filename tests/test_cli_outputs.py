@@ -8,6 +8,7 @@ import torch
 from prefopt import apply_lora, load_model, save_adapter
 from prefopt.cli import main
 from tests._tiny import build_hf_model, randomize_lora
+from tests.train._fixtures import write_pairs
 
 IDS = torch.tensor([[5, 6, 7, 8, 9]])
 
@@ -126,3 +127,28 @@ def test_an_adapter_given_as_the_model_or_a_model_as_the_adapter_says_which_is_w
     assert main(["generate", "--model", str(base), "--adapter", str(tmp_path / "merged"), "--prompt", "hi"]) == 2
     assert (f"{tmp_path / 'merged'}: a model folder, not an adapter: pass it as the model (--model), without "
             "--adapter") in capsys.readouterr().err
+
+
+def test_a_training_runs_folder_given_as_the_adapter_names_the_adapters_it_saved(base_and_adapter, tmp_path, capsys):
+    """``--adapter runs/sft`` for ``runs/sft/final``: the error names final/ (and best/ where the run
+    kept one; in a compare stage's folder they lie under train/), and nothing is written."""
+    import shutil
+
+    base, adapter = base_and_adapter
+    run = adapter.parent
+    assert main(["generate", "--model", str(base), "--adapter", str(run), "--prompt", "hi"]) == 2
+    assert (f"{run}: a training run's folder, not an adapter: its adapter is {adapter} (the last step's)\n"
+            in capsys.readouterr().err)
+    stage = tmp_path / "compare" / "sft"
+    for name in ("final", "best"):
+        shutil.copytree(adapter, stage / "train" / name)
+    assert _merge(base, stage, tmp_path / "merged") == 2
+    train = stage / "train"
+    said = f"its adapter is {train / 'final'} (the last step's) or {train / 'best'} (the best evaluation's)"
+    assert said in capsys.readouterr().err and not (tmp_path / "merged").exists()
+    pairs = write_pairs(tmp_path / "pairs.jsonl", n=8)  # DPO says it in its settings' check, before reading them
+    assert main(["dpo", "--model", str(base), "--sft-adapter", str(stage), "--data", str(pairs),
+                 "--output", str(tmp_path / "dpo")]) == 2
+    out, err = capsys.readouterr()
+    assert f"invalid DPO config:\n  sft_adapter: {stage}: a training run's folder" in err and said in err
+    assert "records kept" not in out + err and not (tmp_path / "dpo").exists()

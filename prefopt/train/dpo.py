@@ -32,7 +32,6 @@ from ..kernels import fused_preference_loss
 from ..ld_dpo import check_ld_alpha, ld_weights
 from ..lora import (
     QUANTIZED_DORA_MERGE,
-    LoRAConfig,
     disable_adapter,
     layer_text,
     lora_layers,
@@ -156,7 +155,13 @@ class DPOConfig(TrainConfig):
             errors.append(f"ref_cache: {self.ref_cache} is a file; the cache is a folder (e.g. OUTPUT_DIR/ref_cache)")
         if not self.lora and self.ref is None and self.ref_cache is None and self.loss not in REFERENCE_FREE:
             errors.append("full fine-tuning needs a reference: give ref (a frozen model) or ref_cache")
-        sft = _adapter_config(self.sft_adapter) if self.lora and self.sft_adapter else None
+        sft = None
+        if self.sft_adapter and Path(self.sft_adapter).exists():  # (compare's DPO stage names it before SFT saves it)
+            try:
+                sft = read_adapter_config(self.sft_adapter)
+            except (OSError, ValueError) as e:  # a run's folder for its final/, a model: said before any work
+                errors.append(f"sft_adapter: {e}")
+        sft = sft if self.lora else None
         if self.quantize and sft is not None and sft.dora:  # before any training
             errors.append(f"sft_adapter: {self.sft_adapter}: {QUANTIZED_DORA_MERGE}")
         try:
@@ -473,12 +478,3 @@ def kto_balance_line(examples: Sequence[FeedbackExample], config: DPOConfig) -> 
     return (f"{counts}; weighted desirable:undesirable {ratio:.2f}, outside the KTO paper's [1, 1.33]: "
             f"kto_desirable_weight in [{lo * w_u * bad / good:.2f}, {hi * w_u * bad / good:.2f}] or "
             f"kto_undesirable_weight in [{w_d * good / (hi * bad):.2f}, {w_d * good / (lo * bad):.2f}] would be")
-
-
-def _adapter_config(adapter_dir: str) -> LoRAConfig | None:
-    """The adapter's config, for the checks made before training; None where it cannot be read
-    (loading it says why)."""
-    try:
-        return read_adapter_config(adapter_dir)
-    except (OSError, ValueError):
-        return None
