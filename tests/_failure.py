@@ -5,8 +5,10 @@ be cut."""
 import re
 import subprocess
 
-# the first line of a Python traceback, a C++ abort (gloo, NCCL), or a CLI's error line
-FIRST_ERROR = re.compile(r"^(Traceback \(most recent call last\)|terminate called|\S*: error: )", re.MULTILINE)
+# the first line of a Python traceback (under torchrun after "[rank1]: "), a C++ abort (gloo, NCCL),
+# or a CLI's error line
+FIRST_ERROR = re.compile(r"^(\[rank\d+\]: *)?(Traceback \(most recent call last\)|terminate called|\S*: error: )",
+                         re.MULTILINE)
 
 
 def failure(done: subprocess.CompletedProcess, keep: int = 3000) -> str:

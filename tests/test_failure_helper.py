@@ -23,3 +23,5 @@ def test_a_short_stderr_is_given_once_and_without_an_error_its_tail():
     assert failure(_done(err)) == "exit code 1\nfirst error:\n" + err[len("warning\n"):]
     assert failure(_done("x" * 50 + "end", 0), keep=10) == "exit code 0\n" + "x" * 7 + "end"
     assert failure(_done(None)) == "exit code 1\n"
+    ranked = "W1206 warning\n[rank1]: Traceback (most recent call last):\n[rank1]:   File ...\n[rank1]: ValueError: x\n"
+    assert failure(_done(ranked)).startswith("exit code 1\nfirst error:\n[rank1]: Traceback")
