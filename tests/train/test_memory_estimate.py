@@ -91,15 +91,17 @@ def test_the_estimate_follows_each_dpo_loss_path_in_a_real_step(model_dir, tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind,settings", [("sft", {}), ("sft", {"gradient_checkpointing": True}), ("dpo", {})],
-                         ids=["sft", "checkpointing", "dpo"])
+@pytest.mark.parametrize("kind,settings", [("sft", {}), ("sft", {"gradient_checkpointing": True}), ("dpo", {}),
+                                           ("sft", {"batch_size": 2, "grad_accum": 2})],
+                         ids=["sft", "checkpointing", "dpo", "accumulation"])
 def test_under_fsdp_the_estimate_is_one_of_two_real_ranks(model_dir, tmp_path, kind, settings):
     """Two gloo processes on the CPU, each its share: the weights and AdamW's moments to the
     byte, the step's peak within what the real one varies by from run to run (the collectives run
     in gloo's own threads, and when they free a gathered block's buffers varies: a tiny model's
-    block is 3% of its step; 1.0001 of the lowest real peak seen, 2026-12-05)."""
-    fields = dict(model=str(model_dir), output_dir=str(tmp_path / "run"), batch_size=4, max_length=T, device="cpu",
-                  lora=False, fsdp=True, **settings)
+    block is 3% of its step; 1.0001 of the lowest real peak seen, 2026-12-05). With two
+    micro-batches a step, up to 4 blocks more (0.857 of the real peak at the lowest, 2026-12-06)."""
+    fields = {**dict(model=str(model_dir), output_dir=str(tmp_path / "run"), batch_size=4, max_length=T,
+                     device="cpu", lora=False, fsdp=True), **settings}
     if kind == "dpo":
         fields["ref_cache"] = str(tmp_path / "cache")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -113,8 +115,9 @@ def test_under_fsdp_the_estimate_is_one_of_two_real_ranks(model_dir, tmp_path, k
     assert est.processes == 2 and all(x["weights"] == est.weights and x["moments"] == est.optimizer for x in ranks)
     whole = estimate_memory((TrainConfig if kind == "sft" else DPOConfig)(**{**fields, "fsdp": False}))
     assert est.weights < 0.6 * whole.weights and est.peak < whole.peak  # a share, not the whole model
+    lowest = 0.8 if settings.get("grad_accum", 1) > 1 else 0.9
     for x in ranks:
-        assert 0.9 < est.peak / x["peak"] < 1.01, (est.peak, x["peak"])
+        assert lowest < est.peak / x["peak"] < 1.01, (est.peak, x["peak"])
 
 
 def _config_only(tmp_path, **overrides):
