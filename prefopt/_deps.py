@@ -42,18 +42,22 @@ LOG_SECONDS = 30.0
 
 def progress(iterable=None, **kw):
     """A tqdm progress bar when tqdm is installed, else the bare iterable (no bar); redrawn
-    every :data:`LOG_SECONDS` where it writes to a file or a pipe rather than a terminal."""
+    every :data:`LOG_SECONDS` where it writes to a file or a pipe rather than a terminal or a
+    notebook."""
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return iterable if iterable is not None else _NoBar()
-    out = kw.get("file") or sys.stderr
-    if "mininterval" not in kw and not _terminal(out):
+    if "mininterval" not in kw and not _watched(kw.get("file") or sys.stderr):
         kw["mininterval"] = LOG_SECONDS
     return tqdm(iterable, **kw)
 
 
-def _terminal(stream) -> bool:
+def _watched(stream) -> bool:
+    """Whether someone watches ``stream`` as it is drawn: a terminal, or a Jupyter notebook's
+    output (whose streams are no terminals)."""
+    if "ipykernel" in sys.modules:
+        return True
     try:
         return stream.isatty()
     except (AttributeError, ValueError):  # no isatty, or a closed stream
