@@ -319,6 +319,11 @@ def _check_data(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _data_kind(given: str) -> str:
+    """check-data's ``--kind``: the training command's name stands for its records' kind."""
+    return {"dpo": "preference", "kto": "feedback"}.get(given, given)
+
+
 def _config_fields(cls):
     from dataclasses import fields
 
@@ -448,8 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--task", help="check a task's data as compare, eval and predict read it: its class mix per "
                    "field, and the SFT examples compare builds from it (lengths, cuts, repeats)")
     k.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="with --task: a task option")
-    k.add_argument("--kind", choices=["sft", "preference", "feedback"], help="feedback: unpaired records for dpo "
-                   "--loss kto (a preference file read as KTO reads it); default: from the first record's fields")
+    k.add_argument("--kind", choices=["sft", "preference", "feedback"], type=_data_kind,
+                   help="feedback: unpaired records for dpo --loss kto (a preference file read as KTO reads it); "
+                   "dpo and kto stand for preference and feedback; default: from the first record's fields")
     k.add_argument("--columns", nargs="+", metavar="FIELD=COLUMN", help="read a record's field from a column of "
                    "another name, as sft and dpo --columns do (e.g. prompt=question 'chosen=good answer')")
     add_sheet_flag(k)
