@@ -48,6 +48,26 @@ def _version(module: str, dist: str) -> str | None:
         return "installed"
 
 
+def torch_pin(dist: str) -> str | None:
+    """The exact version of ``dist`` the installed torch requires on this platform (``triton==3.7.1``
+    in the metadata of PyPI's torch 2.13.0 for Linux, built and tested with it), or None (a CPU
+    build requires no Triton; ``packaging``, which reads the requirement, missing)."""
+    try:
+        from packaging.requirements import InvalidRequirement, Requirement
+
+        requires = importlib.metadata.requires("torch") or []
+    except (ImportError, importlib.metadata.PackageNotFoundError):
+        return None
+    for line in requires:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if req.name.lower() == dist and (req.marker is None or req.marker.evaluate({"extra": ""})):
+            return next((spec.version for spec in req.specifier if spec.operator == "=="), None)
+    return None
+
+
 def facts() -> dict:
     """What :func:`report` says, as data (``prefopt env --json``)."""
     device = resolve_device("auto")
@@ -70,7 +90,8 @@ def facts() -> dict:
         "platform": platform.platform(),
         "torch": {"version": torch.__version__, "cuda": torch.version.cuda, "threads": torch.get_num_threads(),
                   "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                  "cpu_bfloat16_native": slow_half(torch.bfloat16, torch.device("cpu")) is None},
+                  "cpu_bfloat16_native": slow_half(torch.bfloat16, torch.device("cpu")) is None,
+                  "triton_pin": torch_pin("triton")},
         "gpus": gpus,
         "runs_on": {"device": str(device), "training_dtype": "float32" + (" with bfloat16 autocast"
                                                                          if device.type == "cuda" else ""),
@@ -117,7 +138,11 @@ def report(f: dict | None = None) -> list[str]:
         lines.append("hub: " + ", ".join(f"{k}={v}" for k, v in f["hub"].items()))
     lines.append("optional packages:")
     for module, o in f["optional"].items():
-        if o["version"]:
+        pin = t.get("triton_pin") if module == "triton" else None
+        if o["version"] and pin and o["version"] != pin:  # torch.compile's and prefopt's kernels' Triton differ
+            lines.append(f"  {module} {o['version']}: {o['for']}; but torch {t['version']} requires triton=={pin}, "
+                         f"the version it was built and tested with: pip install triton=={pin}")
+        elif o["version"]:
             lines.append(f"  {module} {o['version']}: {o['for']}")
         else:
             how = f"pip install 'prefopt[{o['extra']}]'" if o["extra"] else f"pip install {module}"

@@ -3,6 +3,7 @@ log-prob path, the cache, the default model, the optional packages) and said pla
 import importlib.metadata
 import importlib.util
 import json
+import sys
 
 import pytest
 import torch
@@ -55,6 +56,24 @@ def test_a_missing_optional_package_is_named_with_the_command_that_installs_it(m
     assert "  tensorboard: missing (TensorBoard logs beside metrics.jsonl): pip install tensorboard" in lines
     jinja = next(line for line in lines if line.startswith("  jinja2 "))
     assert jinja == f"  jinja2 {importlib.metadata.version('jinja2')}: chat templates"
+
+
+def test_a_triton_other_than_the_one_torch_requires_is_said_with_the_one_to_install(monkeypatch):
+    """PyPI's torch for Linux pins its Triton (torch 2.13.0: triton==3.7.1); another one installed
+    beside it (as prefopt's constraints once pinned 3.9.0) is pointed out. A CPU build pins none."""
+    cuda_build = ["filelock", 'triton==3.7.1; platform_system == "Linux" and python_version < "3.15"',
+                  'optree>=0.13.0; extra == "optree"']
+    monkeypatch.setattr(importlib.metadata, "requires", lambda dist: cuda_build if dist == "torch" else None)
+    pytest.importorskip("packaging")
+    assert environment.torch_pin("triton") == ("3.7.1" if sys.platform == "linux" else None)
+    f = environment.facts()
+    for installed, said in (("3.9.0", True), ("3.7.1", False)):
+        f["optional"]["triton"]["version"], f["torch"]["triton_pin"] = installed, "3.7.1"
+        line = next(x for x in environment.report(f) if x.startswith("  triton "))
+        assert ("requires triton==3.7.1, the version it was built and tested with: pip install triton==3.7.1"
+                in line) == said, line
+    monkeypatch.setattr(importlib.metadata, "requires", lambda dist: ["filelock", "sympy>=1.13.3"])
+    assert environment.torch_pin("triton") is None and environment.facts()["torch"]["triton_pin"] is None
 
 
 def test_gpus_are_listed_with_their_memory_and_precision():
