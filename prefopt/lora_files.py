@@ -80,7 +80,8 @@ def run_adapters(folder: str | Path) -> list[tuple[Path, str]]:
     ``final/`` and ``best/`` that is there."""
     found = []
     for run in (Path(folder), Path(folder) / "train"):
-        found += [(run / name, why) for name, why in RUN_ADAPTERS.items() if (run / name / "adapter_config.json").is_file()]
+        found += [(run / name, why) for name, why in RUN_ADAPTERS.items()
+                  if (run / name / "adapter_config.json").is_file()]
     return found
 
 

@@ -321,7 +321,8 @@ def test_unpaired_feedback_is_detected_and_checked_as_kto_reads_it(model, tmp_pa
     assert check_data(pairs, tok, kind="feedback").answers == {"desirable": {"Emergency.": 1, "Routine.": 1},
                                                                "undesirable": {"Routine.": 1, "Emergency.": 1}}
     capsys.readouterr()
-    assert main(["check-data", "--model", str(model), "--data", str(pairs), "--kind", "kto"]) == 0  # prefopt dpo --loss kto
+    # --kind kto for prefopt dpo --loss kto's records, --kind dpo for prefopt dpo's
+    assert main(["check-data", "--model", str(model), "--data", str(pairs), "--kind", "kto"]) == 0
     assert "pairs.jsonl: unpaired feedback (KTO); 2 of 2 records kept" in capsys.readouterr().out
     assert main(["check-data", "--model", str(model), "--data", str(pairs), "--kind", "dpo"]) == 0
     assert "pairs.jsonl: preference pairs; 2 of 2 records kept" in capsys.readouterr().out
