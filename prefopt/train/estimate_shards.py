@@ -11,7 +11,7 @@ CPU (gloo, two processes; tests/train/test_memory_estimate.py, 2026-12-05) each 
 and moments came out to the byte, and the estimate 0.956-1.001 of its step's peak (within 0.01%
 of the lowest real peak: the real one varies run to run by about a gathered block, as gloo's
 threads free it; with two micro-batches a step the lowest of eight real peaks to 5 KB, the others
-1 to 4 whole blocks above it, 0.857-1.000 in all); NCCL's own buffers on a GPU are not counted.
+1 to 4 blocks' worth above it, 0.857-1.000 in all); NCCL's own buffers on a GPU are not counted.
 """
 from __future__ import annotations
 
