@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from prefopt.cli import run_script
-from prefopt.evaluate.cli import add_device_flags, key_values
+from prefopt.evaluate.cli import add_device_flags, add_estimate_flag, key_values
 from prefopt.evaluate.compare import CompareConfig, run_compare
 from prefopt.evaluate.compare_train import estimate_stages
 from prefopt.evaluate.report import console_lines, rpo_from
@@ -48,9 +48,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a preset setting, e.g. sft_steps=100 (repeatable; see prefopt compare --help)")
     add_device_flags(ap, "--eval-dtype", "parameter dtype of the evaluations")
-    ap.add_argument("--estimate-memory", nargs="?", const="auto", choices=("auto", "cpu", "cuda"), metavar="DEVICE",
-                    help="print what a training step of the SFT and of the DPO stage, and answering the test set, "
-                    "will hold, on cpu or cuda (default: this machine's device), and exit, as prefopt compare's")
+    add_estimate_flag(ap, "print what a training step of the SFT and of the DPO stage, and answering the test set, "
+                      "will hold, on cpu or cuda (default: this machine's device), and exit, as prefopt compare's")
     return ap
 
 

@@ -373,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .evaluate.cli import (  # eval, compare (the task layer, imported lazily by them)
         add_commands,
+        add_estimate_flag,
         positive_int,
         task_options_epilog,
     )
@@ -434,11 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "--config FILE (YAML/JSON) sets them too; flags override the file.")
         t.add_argument("--config", help=f"YAML or JSON file with {cls.__name__} fields")
         _add_config_flags(t, cls)
-        t.add_argument("--estimate-memory", nargs="?", const="auto", choices=("auto", "cpu", "cuda"), metavar="DEVICE",
-                       help="print how much memory a training step of these settings will hold, on cpu or cuda "
-                            "(default: this machine's device), from the model's config.json alone, and exit without "
-                            "loading weights or data (dense models; under --fsdp each process's share; the worst "
-                            "micro-batch: batch-size examples, or pairs, of max-length tokens)")
+        add_estimate_flag(t, "print how much memory a training step of these settings will hold, on cpu or cuda "
+                          "(default: this machine's device), from the model's config.json alone, and exit without "
+                          "loading weights or data (dense models; under --fsdp each process's share; the worst "
+                          "micro-batch: batch-size examples, or pairs, of max-length tokens)")
         t.set_defaults(func=_train)
 
     k = sub.add_parser("check-data", help="check a training file before training: bad records (file, line, "

@@ -451,12 +451,18 @@ def _study(args) -> int:
     return 1 if counts["failed"] else 0
 
 
+def add_estimate_flag(p: argparse.ArgumentParser, help_: str) -> None:
+    """``--estimate-memory [DEVICE]`` (``auto`` alone; ``cpu`` or ``cuda``), the memory estimate's flag
+    (sft, dpo, compare, study, eval, predict, make-pairs); ``help_`` says what it estimates."""
+    p.add_argument("--estimate-memory", nargs="?", const="auto", choices=("auto", "cpu", "cuda"), metavar="DEVICE",
+                   help=help_)
+
+
 def add_answer_estimate_flag(p: argparse.ArgumentParser) -> None:
     """``--estimate-memory [auto|cpu|cuda]`` for a command that answers records (eval, predict, make-pairs)."""
-    p.add_argument("--estimate-memory", nargs="?", const="auto", choices=("auto", "cpu", "cuda"), metavar="DEVICE",
-                   help="print how much memory answering the records will hold, on cpu or cuda (default: --device), "
-                   "from the model's config.json and the records' prompts (no weights load), and exit writing "
-                   "nothing")
+    add_estimate_flag(p, "print how much memory answering the records will hold, on cpu or cuda (default: --device), "
+                      "from the model's config.json and the records' prompts (no weights load), and exit writing "
+                      "nothing")
 
 
 def add_device_flags(p: argparse.ArgumentParser, dtype_flag: str = "--dtype", of: str = "parameter dtype",
@@ -667,11 +673,10 @@ def add_commands(sub) -> None:
                    + ", ".join(sorted({*PRESETS["quick"], *PRESETS["full"]})))
     add_device_flags(c, "--eval-dtype", "parameter dtype of the evaluations",
                      ". Training keeps float32 weights (under bf16 autocast on CUDA)")
-    c.add_argument("--estimate-memory", nargs="?", const="auto", choices=("auto", "cpu", "cuda"), metavar="DEVICE",
-                   help="print how much memory a training step of the SFT and of the DPO stage, and answering the "
-                   "test set (and validation items, with --set val), will hold, on cpu or cuda (default: this "
-                   "machine's device), from the model's config.json and the settings alone, and "
-                   "exit: no data is read and nothing is written (as sft/dpo --estimate-memory)")
+    add_estimate_flag(c, "print how much memory a training step of the SFT and of the DPO stage, and answering the "
+                      "test set (and validation items, with --set val), will hold, on cpu or cuda (default: this "
+                      "machine's device), from the model's config.json and the settings alone, and "
+                      "exit: no data is read and nothing is written (as sft/dpo --estimate-memory)")
     c.set_defaults(func=_compare)
 
     from .study import TASK_NAMES
@@ -698,11 +703,10 @@ def add_commands(sub) -> None:
     st.add_argument("--chat-date", metavar="YYYY-MM-DD", help="as compare's")
     st.add_argument("--chat-vars", nargs="+", metavar="NAME=VALUE", help="as compare's (every task)")
     add_device_flags(st, "--eval-dtype", "parameter dtype of the evaluations")
-    st.add_argument("--estimate-memory", nargs="?", const="auto", choices=("auto", "cpu", "cuda"), metavar="DEVICE",
-                    help="print how much memory a training step of each task's SFT and DPO stage, and answering its "
-                    "test set, will hold, on cpu or cuda (default: this machine's device), from the model's "
-                    "config.json and the settings alone, and exit: no data is read and nothing is written (as "
-                    "compare's)")
+    add_estimate_flag(st, "print how much memory a training step of each task's SFT and DPO stage, and answering "
+                      "its test set, will hold, on cpu or cuda (default: this machine's device), from the model's "
+                      "config.json and the settings alone, and exit: no data is read and nothing is written (as "
+                      "compare's)")
     st.set_defaults(func=_study)
     add_pool_seeds(sub)
     add_rating_commands(sub)

@@ -8,7 +8,7 @@ from pathlib import Path
 from .._deps import progress
 from ..data.records import control_token_problem
 from ..fileio import json_records, json_text, jsonl_text, read_json, read_jsonl, write_json_atomic, write_text_atomic
-from ..model.generate import generate, row_seeds
+from ..model.generate import MAX_NEW_TOKENS, generate, row_seeds
 from ..tasks.parsing import final_answer, opens_reasoning
 from ..tokenizer import NO_TEMPLATE_WHERE
 from ..train.answer_estimate import answer_fit_note
@@ -91,7 +91,7 @@ def answer_prompts(model, tok, prompts: list[list[int]], *, batch_size: int = 16
     by its place among them all (``row_seeds``), so that its answer does not depend on
     ``batch_size``. The model runs in eval mode, and goes back to the mode it was in (``generate``)."""
     seeds = row_seeds(settings.pop("seed", None), prompts)
-    _warn_if_too_large(model, prompts, batch_size, settings.get("max_new_tokens") or 128)
+    _warn_if_too_large(model, prompts, batch_size, settings.get("max_new_tokens") or MAX_NEW_TOKENS)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
     ended = [False] * len(prompts)

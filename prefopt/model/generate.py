@@ -192,12 +192,15 @@ def _past_pretrained_context(model, cache: KVCache, mask: torch.Tensor) -> bool:
     return bool(((mask[:, :cache.length].sum(1) <= long_from) & (mask.sum(1) > long_from)).any())
 
 
+MAX_NEW_TOKENS = 128  # generate's default answer length
+
+
 @torch.no_grad()
 def generate(
     model,
     prompts: Sequence[Sequence[int]],
     *,
-    max_new_tokens: int = 128,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     temperature: float = 0.0,
     top_p: float = 1.0,
     repetition_penalty: float = 1.0,
