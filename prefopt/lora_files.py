@@ -95,7 +95,7 @@ def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
     if not path.is_file():
         if (Path(adapter_dir) / "config.json").is_file():  # a model (a merged one, say) passed as the adapter
             raise FileNotFoundError(f"{adapter_dir}: a model folder, not an adapter: pass it as the model "
-                                    "(--model), without --adapter")
+                                    "(--model), not as an adapter")  # (--adapter or DPO's --sft-adapter)
         inside = run_adapters(adapter_dir)
         if inside:  # a training run's (or a compare stage's) folder, passed for the adapter it saved
             raise FileNotFoundError(f"{adapter_dir}: a training run's folder, not an adapter: its adapter is "

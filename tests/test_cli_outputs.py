@@ -125,8 +125,14 @@ def test_an_adapter_given_as_the_model_or_a_model_as_the_adapter_says_which_is_w
             "the adapter (--adapter)") in capsys.readouterr().err
     assert _merge(base, adapter, tmp_path / "merged") == 0
     assert main(["generate", "--model", str(base), "--adapter", str(tmp_path / "merged"), "--prompt", "hi"]) == 2
-    assert (f"{tmp_path / 'merged'}: a model folder, not an adapter: pass it as the model (--model), without "
-            "--adapter") in capsys.readouterr().err
+    said = f"{tmp_path / 'merged'}: a model folder, not an adapter: pass it as the model (--model), not as an adapter"
+    assert said in capsys.readouterr().err
+    pairs = write_pairs(tmp_path / "pairs.jsonl", n=8)  # a merged SFT model as DPO's --sft-adapter: before the data
+    assert main(["dpo", "--model", str(base), "--sft-adapter", str(tmp_path / "merged"), "--data", str(pairs),
+                 "--output", str(tmp_path / "dpo")]) == 2
+    out, err = capsys.readouterr()
+    assert f"invalid DPO config:\n  sft_adapter: {said}" in err and "records kept" not in out + err
+    assert not (tmp_path / "dpo").exists()
 
 
 def test_a_training_runs_folder_given_as_the_adapter_names_the_adapters_it_saved(base_and_adapter, tmp_path, capsys):
