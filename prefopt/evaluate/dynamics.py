@@ -21,7 +21,7 @@ WINDOW = 0.25  # the first and last quarter of the logged steps are compared
 COST = ("train_seconds", "peak_mem_mb", "device", "total_steps", "resumed_from_step", "reference_fill_seconds")
 KEYS = {"sft": ("loss",),
         "dpo": ("loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected",
-                "kto/accuracies", "kl", "logps/completion")}
+                "kto/accuracies", "kl", "logps/completion", "pairs", "examples")}
 
 
 def stage_dynamics(train_dir: Path, keys: tuple[str, ...]) -> dict | None:

@@ -1,17 +1,29 @@
 """What a DPO run's log says went wrong, in words: the pair accuracy stayed near chance (it never
 learned to rank its pairs), or the chosen answers became less likely (DPO without an NLL term);
 for KTO, its completions stayed near chance on their label's side of the reference point.
-Read from the first and last quarter of the logged steps (:func:`.metrics.first_and_last`);
+Read from the first and last quarter of the logged steps (:func:`.metrics.first_and_last`), the
+accuracy only where that quarter judged :data:`JUDGED` pairs or more;
 said at the end of ``prefopt dpo``, in the model card and in compare's report."""
 from __future__ import annotations
 
 from ..losses import UNPAIRED, reads_nll
 
 LEARNED = 0.6  # a final pair accuracy below this: DPO did not learn to rank its training pairs
+JUDGED = 16  # pairs (KTO: examples) the last quarter must have judged before its accuracy is read as a failure
 CHOSEN_DROP = 1.0  # nats: a larger fall of the chosen answers' mean log-prob is pointed out
 
 
-WARNING_KEYS = ("rewards/accuracies", "logps/chosen", "kto/accuracies")  # what the sentences read
+# what the sentences read ("pairs", "examples": each logged step's count, since 2026-12-06)
+WARNING_KEYS = ("rewards/accuracies", "logps/chosen", "kto/accuracies", "pairs", "examples")
+
+
+def too_few(d: dict, noun: str) -> bool:
+    """Whether the last window of ``d`` (a ``first_and_last``) judged fewer than :data:`JUDGED`
+    of ``noun`` (each logged step's count; a log from before they were logged is read as enough):
+    a model that ranks 0.75 of its pairs right shows under 0.6 one time in 4 from 4 pairs (a 3-step
+    run of 4 a step), one in 13 from 16 (binomial)."""
+    per_step = d["last"].get(noun)
+    return per_step is not None and per_step * d.get("window", 1) < JUDGED
 
 
 def dpo_warnings(d: dict, loss: str | None) -> list[str]:
@@ -24,7 +36,7 @@ def dpo_warnings(d: dict, loss: str | None) -> list[str]:
         return kto_warnings(d)
     out = []
     acc = d["last"].get("rewards/accuracies")
-    if acc is not None and acc < LEARNED:
+    if acc is not None and acc < LEARNED and not too_few(d, "pairs"):
         out.append(f"DPO did not learn to rank its training pairs: pair accuracy {acc:.2f} at the end, where 0.5 is "
                    "chance. Any change in its answers is then a shift in what the model prefers overall (a class, a "
                    "length), not item knowledge. More pairs or steps, or a larger model, may help.")
@@ -40,7 +52,7 @@ def kto_warnings(d: dict) -> list[str]:
     """KTO's counterpart of the pair accuracy: the share of its training completions on their
     label's side of the reference point stayed near chance."""
     share = d["last"].get("kto/accuracies")
-    if share is None or share >= LEARNED:
+    if share is None or share >= LEARNED or too_few(d, "examples"):
         return []
     return [f"KTO did not learn to tell its training completions apart: {share:.2f} of them lie on their label's "
             "side of the reference point at the end, where 0.5 is chance. Any change in its answers is then a shift "

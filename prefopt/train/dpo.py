@@ -214,10 +214,11 @@ class DPOTrainer(Trainer):
 
     Metrics use TRL's names: ``rewards/chosen``, ``rewards/rejected``, ``rewards/accuracies``,
     ``rewards/margins``, ``logps/chosen``, ``logps/rejected``; KTO's: ``kl``, ``kto/accuracies``,
-    ``logps/completion`` (:func:`kto_metrics`).
+    ``logps/completion`` (:func:`kto_metrics`); with each step's number of ``pairs`` (KTO:
+    ``examples``), all processes'.
     """
 
-    noun = "pairs"
+    noun = count_key = "pairs"
     item_type = PairExample
     item_source = "prefopt.data.load_preferences(path or list of dicts, tok)"
     config_type = DPOConfig
@@ -230,7 +231,8 @@ class DPOTrainer(Trainer):
         self.fill_seconds = 0.0  # the reference cache's fill here, where one ran
         self.check_config(config)  # (read before the loop checks it)
         if config.run_kind == "kto":  # unpaired examples, each beside its mismatched completion
-            self.noun, self.item_type = "examples", FeedbackExample
+            self.noun = self.count_key = "examples"
+            self.item_type = FeedbackExample
             self.item_source = "prefopt.data.load_feedback(path or list of dicts, tok) (a pair counts as two)"
         super().__init__(model, config, train_data, eval_data, **kw)  # callbacks, tokenizer, evaluators
         # share_start: the prompt start of every pair, training's and evaluation's (one for the whole data, so a

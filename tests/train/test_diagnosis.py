@@ -65,3 +65,25 @@ def test_a_kto_run_that_did_not_learn_says_so_in_kto_terms(tmp_path):
                                "0.33 → 0.38, reference point (KL estimate) 0.100 → 0.100, completion log-prob")
     assert lines[1].startswith("KTO did not learn to tell its training completions apart: 0.38 of them lie on their "
                                "label's side") and len(lines) == 2
+
+
+def test_accuracy_from_too_few_pairs_is_not_called_a_failure(tmp_path):
+    """A 3-step run of 4 pairs a step: its last quarter (one step) judged 4 pairs, which read 0.50
+    or 0.75 by chance whatever DPO learned; the diagnosis waits for 16 (KTO: examples)."""
+    from prefopt.train.diagnosis import JUDGED
+
+    few = {**_log(0.5, 0.5, -3.0, -3.0), "window": 1}
+    few["last"]["pairs"] = 4
+    assert dpo_warnings(few, "sigmoid") == []
+    enough = {**few, "window": 4}  # 4 logged steps of 4: 16 pairs
+    assert JUDGED == 16 and dpo_warnings(enough, "sigmoid")[0].startswith("DPO did not learn to rank")
+    assert dpo_warnings({"first": {}, "last": {"kto/accuracies": 0.4, "examples": 8}, "window": 1}, "kto") == []
+    assert dpo_warnings({"first": {}, "last": {"kto/accuracies": 0.4, "examples": 8}, "window": 2}, "kto")
+    rows = [{"step": s, "loss": 0.69, "rewards/accuracies": 0.5, "logps/chosen": -3.0, "pairs": 4} for s in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "d.jsonl").write_text("")
+    dpo = DPOConfig(model="m", data=str(tmp_path / "d.jsonl"), output_dir=str(tmp_path), loss="sigmoid")
+    assert len(outcome_lines({"total_steps": 3}, dpo)) == 1  # the figures, without the warning
+    rows = [{**r, "step": s, "pairs": 8} for s, r in zip((1, 2, 3, 4, 5, 6, 7, 8), rows * 3)]  # 2 of 8 steps: 16
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert outcome_lines({"total_steps": 8}, dpo)[1].startswith("DPO did not learn to rank")

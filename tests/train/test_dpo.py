@@ -519,6 +519,7 @@ def test_cli_dpo_with_cache(task, tmp_path, capsys):
     assert json.loads((tmp_path / "cache" / "index.json").read_text())["entries"]
     printed = capsys.readouterr().out  # the run's outcome on the console, as the summary has it
     first, last = [m for m in read_metrics(out) if "loss" in m]  # 2 steps: a quarter is one step
+    assert first["pairs"] == last["pairs"] == 4  # each step's batch: what the diagnosis weighs the accuracy by
     assert (f"pair accuracy {first['rewards/accuracies']:.2f} → {last['rewards/accuracies']:.2f}, "
             f"chosen log-prob {first['logps/chosen']:.2f} → {last['logps/chosen']:.2f}") in printed
     before, after = summary["eval_before"], summary["eval_after"]

@@ -86,6 +86,7 @@ def test_kto_learns_to_put_each_completion_on_its_labels_side(task, tmp_path, ca
     assert good.mean() - bad.mean() > 2.5
     step = next(m for m in read_metrics(tmp_path / "run") if "loss" in m)
     assert {"kl", "kto/accuracies", "logps/completion"} <= set(step) and "rewards/margins" not in step
+    assert "pairs" not in step and step["examples"] == 8  # a KTO step counts its examples (batch_size 8)
     out = capsys.readouterr().out
     assert "KTO on 42 desirable and 22 undesirable examples; weighted desirable:undesirable 1.91, outside" in out
     assert "share on the label's side of the reference point" in out and "eval share on the label's side" in out

@@ -289,6 +289,7 @@ def test_kto_on_two_processes_matches_one(task, tmp_path, cache):
     assert two.returncode == 0, failure(two)
     m1, m2 = ([m for m in read_metrics(tmp_path / run) if "loss" in m] for run in ("one", "two"))
     assert len(m1) == len(m2) == 6 and max(m["kl"] for m in m1) > 0  # z0 was not clamped away throughout
+    assert {m["examples"] for m in m1 + m2} == {4}  # each step's examples, both processes' together
     for a, b in zip(m1, m2):
         for key in ("loss", "kl", "kto/accuracies"):
             assert abs(a[key] - b[key]) < 1e-4 * max(1, abs(a[key])), (key, m1, m2)
