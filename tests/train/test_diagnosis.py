@@ -69,7 +69,8 @@ def test_a_kto_run_that_did_not_learn_says_so_in_kto_terms(tmp_path):
 
 def test_accuracy_from_too_few_pairs_is_not_called_a_failure(tmp_path):
     """A 3-step run of 4 pairs a step: its last quarter (one step) judged 4 pairs, which read 0.50
-    or 0.75 by chance whatever DPO learned; the diagnosis waits for 16 (KTO: examples)."""
+    or 0.75 by chance whatever DPO learned, and whose chosen answers' mean log-prob moves with the
+    answers drawn; the diagnosis waits for 16 (KTO: examples) in each quarter it reads."""
     from prefopt.train.diagnosis import JUDGED
 
     few = {**_log(0.5, 0.5, -3.0, -3.0), "window": 1}
@@ -77,6 +78,11 @@ def test_accuracy_from_too_few_pairs_is_not_called_a_failure(tmp_path):
     assert dpo_warnings(few, "sigmoid") == []
     enough = {**few, "window": 4}  # 4 logged steps of 4: 16 pairs
     assert JUDGED == 16 and dpo_warnings(enough, "sigmoid")[0].startswith("DPO did not learn to rank")
+    fell = {"first": {"logps/chosen": -3.0, "pairs": 4}, "last": {"logps/chosen": -5.0, "pairs": 4}, "window": 1}
+    assert dpo_warnings(fell, "sigmoid") == []  # 4 pairs' mean log-prob: which answers the batch drew
+    assert dpo_warnings({**fell, "window": 4}, "sigmoid")[0].startswith("DPO made the chosen (right) training")
+    fell["first"]["pairs"] = 2  # both quarters must have judged enough
+    assert dpo_warnings({**fell, "window": 4}, "sigmoid") == []
     assert dpo_warnings({"first": {}, "last": {"kto/accuracies": 0.4, "examples": 8}, "window": 1}, "kto") == []
     assert dpo_warnings({"first": {}, "last": {"kto/accuracies": 0.4, "examples": 8}, "window": 2}, "kto")
     rows = [{"step": s, "loss": 0.69, "rewards/accuracies": 0.5, "logps/chosen": -3.0, "pairs": 4} for s in (1, 2, 3)]
