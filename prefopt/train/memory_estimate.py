@@ -397,10 +397,23 @@ def allocated_peak(job: Callable[[], object]) -> int:
     """The most bytes that ``job()`` had allocated at once on a CPU beyond what was alive before it,
     from PyTorch's profiler (each allocation and release, summed in time order): the measure the
     estimate is checked against (on CUDA ``torch.cuda.max_memory_allocated`` says it)."""
+    import gc
+
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        job()
+    # Python's collector held off while it runs, after a collection: garbage from before (cycles holding
+    # tensors, in a process that ran other work) is then not freed inside the window. Once (2026-12-06), in a
+    # pytest worker that had run other tests, a step read 10% under its usual peak, and the profiler said a
+    # block from before had been freed in it; whether that free was the cause is not known.
+    gc.collect()
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            job()
+    finally:
+        if was:
+            gc.enable()
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                     key=lambda e: e.start_ns())
     now = peak = 0
