@@ -218,7 +218,8 @@ class DPOTrainer(Trainer):
     ``examples``), all processes'.
     """
 
-    noun = count_key = "pairs"
+    noun = "pairs"
+    counts_items = True
     item_type = PairExample
     item_source = "prefopt.data.load_preferences(path or list of dicts, tok)"
     config_type = DPOConfig
@@ -231,8 +232,7 @@ class DPOTrainer(Trainer):
         self.fill_seconds = 0.0  # the reference cache's fill here, where one ran
         self.check_config(config)  # (read before the loop checks it)
         if config.run_kind == "kto":  # unpaired examples, each beside its mismatched completion
-            self.noun = self.count_key = "examples"
-            self.item_type = FeedbackExample
+            self.noun, self.item_type = "examples", FeedbackExample
             self.item_source = "prefopt.data.load_feedback(path or list of dicts, tok) (a pair counts as two)"
         super().__init__(model, config, train_data, eval_data, **kw)  # callbacks, tokenizer, evaluators
         # share_start: the prompt start of every pair, training's and evaluation's (one for the whole data, so a

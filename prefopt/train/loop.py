@@ -173,7 +173,7 @@ class Trainer:
 
     # --- what a subclass defines -------------------------------------------------------
     noun = "examples"  # what the training data holds, for the console
-    count_key: str | None = None  # where a step's loss units are items (DPO's pairs), its log's key for their number
+    counts_items = False  # a step's loss units are its items (DPO's pairs): their number logged under ``noun``
     item_type: type | None = None  # the class of each training item
     item_source = ""  # the function that makes them, for the error on anything else
 
@@ -272,8 +272,8 @@ class Trainer:
         reduced = all_reduce_sum(torch.tensor([float(loss_total), float(n_tokens), *sums.values()]), self.dist)
         out = {"loss": reduced[0].item() / max(units, 1.0), "lr": lr, "tokens": int(reduced[1])}
         out.update({k: reduced[2 + j].item() / max(units, 1.0) for j, k in enumerate(sums)})
-        if self.count_key:  # all ranks' (units is reduced above)
-            out[self.count_key] = int(units)
+        if self.counts_items:  # all ranks' (units is reduced above)
+            out[self.noun] = int(units)
         if self.config.max_grad_norm:
             out["grad_norm"] = grad_norm
         return out
