@@ -17,7 +17,7 @@ from prefopt.data.preference import PairExample
 from prefopt.data.sft import TokenizedExample
 from prefopt.fileio import size_text
 from prefopt.train import DPOConfig, DPOTrainer, SFTTrainer, TrainConfig
-from prefopt.train.memory_estimate import estimate_memory, measured_step
+from prefopt.train.memory_estimate import allocated_peak, estimate_memory, measured_step
 from prefopt.train.run import prepare_model
 from tests._failure import failure
 from tests._tiny import build_hf_model
@@ -46,6 +46,21 @@ def _trainer(kind: str, config, model):
         return SFTTrainer(model, config, [_example(rng) for _ in range(12)], pad_id=2)
     return DPOTrainer(model, config, [PairExample(_example(rng), _example(rng)) for _ in range(12)], pad_id=2,
                       ref_cache=config.ref_cache)  # (full fine-tuning: the reference from a cache, filled first)
+
+
+def test_the_measure_leaves_out_the_release_of_a_block_an_earlier_measured_job_left():
+    """PyTorch's CPU allocator remembers the size of every block allocated under any profiler, so
+    a block that an earlier measured job left alive, freed in a later one, was subtracted from the
+    later one's allocations: in a long-lived pytest worker a DPO step once read 0.905 of its usual
+    peak. Only the releases of blocks allocated in the window count now."""
+    kept = []
+    assert allocated_peak(lambda: kept.append(torch.ones(2**20))) == 4 * 2**20  # left alive
+
+    def job():
+        kept.clear()  # the earlier job's 4 MiB freed here
+        return torch.ones(2**19).sum()
+
+    assert 2 * 2**20 <= allocated_peak(job) < 2 * 2**20 + 256  # its own 2 MiB (and the sum's scalar), not -2 MiB
 
 
 @pytest.mark.parametrize("kind", ["sft", "dpo"])
@@ -96,10 +111,12 @@ def test_the_estimate_follows_each_dpo_loss_path_in_a_real_step(model_dir, tmp_p
                          ids=["sft", "checkpointing", "dpo", "accumulation"])
 def test_under_fsdp_the_estimate_is_one_of_two_real_ranks(model_dir, tmp_path, kind, settings):
     """Two gloo processes on the CPU, each its share: the weights and AdamW's moments to the
-    byte, the step's peak within what the real one varies by from run to run (the collectives run
-    in gloo's own threads, and when they free a gathered block's buffers varies: a tiny model's
-    block is 3% of its step; 1.0001 of the lowest real peak seen, 2026-12-05). With two
-    micro-batches a step, up to 4 blocks more (0.857 of the real peak at the lowest, 2026-12-06)."""
+    byte, the step's peak within what the real one varies by from run to run. The collectives run
+    in gloo's own threads, and when they free a gathered block's weights varies: a real peak is
+    the estimate (within 0.1%) plus 0 to 4 whole blocks (each of this tiny model's 4 blocks is 0.74
+    MB, 4-5% of its step; under a CPU burner, 2026-12-06: 0, 1, 2, 3 and 4 blocks more with two
+    micro-batches a step, up to 3.2 with checkpointing, where the bound of 0.9 of the real peak this
+    test held until then failed once)."""
     fields = {**dict(model=str(model_dir), output_dir=str(tmp_path / "run"), batch_size=4, max_length=T,
                      device="cpu", lora=False, fsdp=True), **settings}
     if kind == "dpo":
@@ -115,9 +132,17 @@ def test_under_fsdp_the_estimate_is_one_of_two_real_ranks(model_dir, tmp_path, k
     assert est.processes == 2 and all(x["weights"] == est.weights and x["moments"] == est.optimizer for x in ranks)
     whole = estimate_memory((TrainConfig if kind == "sft" else DPOConfig)(**{**fields, "fsdp": False}))
     assert est.weights < 0.6 * whole.weights and est.peak < whole.peak  # a share, not the whole model
-    lowest = 0.8 if settings.get("grad_accum", 1) > 1 else 0.9
-    for x in ranks:
-        assert lowest < est.peak / x["peak"] < 1.01, (est.peak, x["peak"])
+    block = _block_bytes(model_dir)
+    for x in ranks:  # not under the estimate (1% allowed), nor over it by more than every block gathered
+        assert -0.01 * est.peak < x["peak"] - est.peak <= est.layers * block + 0.01 * est.peak, (est.peak, x["peak"])
+
+
+def _block_bytes(model_dir: Path) -> int:
+    """The bytes of one decoder block's weights, gathered whole, as the checkpoint stores them."""
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        return sum(f.get_tensor(k).nbytes for k in f.keys() if k.startswith("model.layers.0."))
 
 
 def _config_only(tmp_path, **overrides):
