@@ -231,6 +231,19 @@ def test_a_folder_that_is_no_finished_run_is_named(tmp_path):
                                                                else f"| {name} | — | 0 |") in report
 
 
+def test_without_openpyxl_an_xlsx_sheet_is_refused_before_any_folder_is_made(tmp_path, monkeypatch, capsys):
+    """The default format needs openpyxl; without it the command says so, and what needs nothing
+    more, before it makes the raters' folder (it once left an empty one behind)."""
+    import sys
+
+    run, _ = fake_run(tmp_path, 4)
+    monkeypatch.setitem(sys.modules, "openpyxl", None)
+    assert main(["rating-sheet", "--from", str(run)]) == 2
+    assert "needs the optional package 'openpyxl'" in capsys.readouterr().err and not (run / "ratings").exists()
+    assert main(["rating-sheet", "--from", str(run), "--format", "ods"]) == 0
+    assert (run / "ratings" / "for_raters" / "ratings_sheet.ods").is_file()
+
+
 def test_figures_the_ratings_leave_undefined_are_written_as_null_in_strict_json(tmp_path, capsys):
     """Two raters who rated every answer 3 agree exactly, but kappa and alpha have no spread to
     measure: ratings.json holds null there (Python's NaN token is not JSON: JavaScript, jq and
