@@ -112,11 +112,11 @@ def test_the_estimate_follows_each_dpo_loss_path_in_a_real_step(model_dir, tmp_p
 def test_under_fsdp_the_estimate_is_one_of_two_real_ranks(model_dir, tmp_path, kind, settings):
     """Two gloo processes on the CPU, each its share: the weights and AdamW's moments to the
     byte, the step's peak within what the real one varies by from run to run. The collectives run
-    in gloo's own threads, and when they free a gathered block's weights varies: a real peak is
-    the estimate (within 0.1%) plus 0 to 4 whole blocks (each of this tiny model's 4 blocks is 0.74
-    MB, 4-5% of its step; under a CPU burner, 2026-12-06: 0, 1, 2, 3 and 4 blocks more with two
-    micro-batches a step, up to 3.2 with checkpointing, where the bound of 0.9 of the real peak this
-    test held until then failed once)."""
+    in gloo's own threads, and when they free a gathered block's weights varies: a real peak has
+    been the estimate (to 0.1%) plus up to 4 blocks' weights (each of this tiny model's 4 blocks
+    is 0.74 MB, 4-5% of its step; beside a CPU burner, 2026-12-06: 0, 1, 2, 3 and 4 blocks more
+    with two micro-batches a step, 0 to 3.2 with checkpointing, where the bound of 0.9 of the real
+    peak this test held until then failed once)."""
     fields = {**dict(model=str(model_dir), output_dir=str(tmp_path / "run"), batch_size=4, max_length=T,
                      device="cpu", lora=False, fsdp=True), **settings}
     if kind == "dpo":
