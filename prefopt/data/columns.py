@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from ..hints import did_you_mean, first_few
 from .records import DataError
 
-FIELDS = ("prompt", "completion", "messages", "text", "chosen", "rejected")
+FIELDS = ("prompt", "completion", "messages", "text", "chosen", "rejected", "label", "system")
 
 
 def field_columns(given: str | Sequence[str] | Mapping[str, str]) -> dict[str, str]:

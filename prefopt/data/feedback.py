@@ -56,12 +56,12 @@ def _encode(records: tuple[FeedbackRecord, ...], tok: Tokenizer, max_length: int
             max_prompt_length: int | None) -> tuple[_Encoded, Cut]:
     if len(records) == 2:  # a pair: one prompt cut for both, as DPO cuts it
         c, r = records
-        pair, cut = tokenize_pair(PreferenceRecord(c.prompt, c.completion, r.completion), tok,
+        pair, cut = tokenize_pair(PreferenceRecord(c.prompt, c.completion, r.completion, c.system), tok,
                                   max_length=max_length, max_prompt_length=max_prompt_length)
         return _Encoded((pair.chosen, pair.rejected), (True, False)), cut
     (rec,) = records
-    ex, cut = tokenize_sft(SFTRecord(prompt=rec.prompt, completion=rec.completion), tok, max_length=max_length,
-                           max_prompt_length=max_prompt_length)
+    ex, cut = tokenize_sft(SFTRecord(prompt=rec.prompt, completion=rec.completion, system=rec.system), tok,
+                           max_length=max_length, max_prompt_length=max_prompt_length)
     return _Encoded((ex,), (rec.desirable,)), cut
 
 

@@ -11,7 +11,7 @@ import torch
 from ..tokenizer import Tokenizer
 from .collate import pad_collate
 from .columns import column_of, with_columns
-from .records import PreferenceRecord, parse_preference
+from .records import PreferenceRecord, parse_preference, with_system
 from .sft import IGNORE, Cut, LoadReport, TokenizedExample, load_tokenized, prompt_len, truncate
 
 
@@ -44,9 +44,10 @@ def tokenize_pair(rec: PreferenceRecord, tok: Tokenizer, *, max_length: int,
     that truncation makes identical (the responses differ only past ``max_length``) is an
     error: it would carry no preference at all.
     """
+    prompt = with_system(rec.prompt, rec.system, tok)
     with tok.remembering():  # the prompt is encoded once for both
-        c = tok.encode_prompt_response(rec.prompt, rec.chosen)
-        r = tok.encode_prompt_response(rec.prompt, rec.rejected)
+        c = tok.encode_prompt_response(prompt, rec.chosen)
+        r = tok.encode_prompt_response(prompt, rec.rejected)
     if c.ids[:c.prompt_len] != r.ids[:r.prompt_len]:
         raise ValueError("the prompt encodes differently in front of chosen and rejected")
     longest = max(len(c.ids) - c.prompt_len, len(r.ids) - r.prompt_len)

@@ -59,6 +59,7 @@ class SFTRecord:
     completion: str | None = None
     messages: Messages | None = None
     text: str | None = None
+    system: str | None = None  # the record's own system prompt (its ``system`` field): :func:`with_system`
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class PreferenceRecord:
     prompt: str | Messages
     chosen: str
     rejected: str
+    system: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class FeedbackRecord:
     prompt: str | Messages
     completion: str
     desirable: bool
+    system: str | None = None
 
 
 # a label as a spreadsheet cell may write it (Excel's TRUE/FALSE, 1.0 from a column of numbers, a yes/no column)
@@ -190,6 +193,34 @@ def _prompt(row: dict, key: str, err) -> str | Messages:
     return _text(row, key, err)
 
 
+def _system(row: dict, prompt: str | Messages | None, err) -> str | None:
+    """A record's own system prompt, its ``system`` field (Orca's DPO pairs and many instruction
+    sets carry one beside the prompt; it went unread before 2026-12-06); None where the field is
+    absent or empty (a spreadsheet column blank on some rows). Refused where ``prompt``'s messages
+    begin with a system message of their own."""
+    v = row.get("system")
+    if v is None or isinstance(v, float) and v != v or isinstance(v, str) and not v.strip():
+        return None
+    if not isinstance(v, str):
+        raise err("system", _not_text(v))
+    if isinstance(prompt, list) and prompt and prompt[0]["role"] == "system":
+        raise err("system", "the record's messages begin with a system message of their own: give it in one place")
+    return _unicode(v, "system", err)
+
+
+def with_system(prompt: str | Messages, system: str | None, tok=None) -> str | Messages:
+    """``prompt`` as the model is given it: after the record's own system prompt, if it has one,
+    as the first message (a text prompt then becomes the user message after it). With ``tok``: a
+    :class:`FieldError` on ``system`` where the tokenizer has no chat template to render it."""
+    if system is None:
+        return prompt
+    if tok is not None and not tok.chat_template:
+        raise FieldError("system", "a system prompt needs a chat template, and this tokenizer has none: write it "
+                                   "into the prompt's text, or leave the field out")
+    asked = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    return [{"role": "system", "content": system}, *asked]
+
+
 def _response(v: Any, field: str, err) -> str:
     """A response given as text, one assistant message, or a list holding one."""
     if isinstance(v, list):
@@ -214,7 +245,7 @@ def record_texts(rec) -> Iterator[tuple[str, str]]:
     pair = isinstance(rec, tuple) and len(rec) == 2
     for k, r in enumerate(rec if isinstance(rec, tuple) else (rec,)):
         for f in fields(r):
-            if k and f.name == "prompt":  # a pair's prompt, the first record's too
+            if k and f.name in ("prompt", "system"):  # a pair's prompt, the first record's too
                 continue
             v = getattr(r, f.name)
             name = ("chosen", "rejected")[k] if pair and f.name == "completion" else f.name
@@ -306,7 +337,7 @@ def parse_sft(row: dict, path, line: int) -> SFTRecord:
         for i, m in enumerate(msgs):
             if m["role"] == "assistant" and not m["content"].strip():
                 raise err(f"messages[{i}].content", "empty assistant turn")
-        return SFTRecord(messages=msgs)
+        return SFTRecord(messages=msgs, system=_system(row, msgs, err))
     if "prompt" not in row and "completion" not in row:
         if "text" in row:  # TRL's language-modelling records
             record = SFTRecord(text=_text(row, "text", err))
@@ -316,7 +347,9 @@ def parse_sft(row: dict, path, line: int) -> SFTRecord:
     if "completion" not in row and {"chosen", "rejected"} <= set(row):
         raise err("completion", "missing field: 'chosen' and 'rejected' make this a preference record; train on "
                                 "it with prefopt dpo, not sft")
-    return SFTRecord(prompt=_prompt(row, "prompt", err), completion=_response(row.get("completion"), "completion", err))
+    prompt = _prompt(row, "prompt", err)
+    return SFTRecord(prompt=prompt, completion=_response(row.get("completion"), "completion", err),
+                     system=_system(row, prompt, err))
 
 
 # columns that say what a record is, not what to learn from it: left unread without a word (the
@@ -366,7 +399,7 @@ def parse_preference(row: dict, path, line: int) -> PreferenceRecord:
             rejected = _response(row["rejected"], "rejected", err)
     if chosen.strip() == rejected.strip():
         raise err(fields[1], IDENTICAL.format(fields[0]))
-    return PreferenceRecord(prompt, chosen, rejected)
+    return PreferenceRecord(prompt, chosen, rejected, _system(row, prompt, err))
 
 
 def parse_feedback(row: dict, path, line: int) -> tuple[FeedbackRecord, ...]:
@@ -374,12 +407,14 @@ def parse_feedback(row: dict, path, line: int) -> tuple[FeedbackRecord, ...]:
     err = _err_factory(path, line)
     if "completion" not in row and ({"chosen", "rejected", "input", "preferred_output"} & set(row)):
         pair = parse_preference(row, path, line)
-        return FeedbackRecord(pair.prompt, pair.chosen, True), FeedbackRecord(pair.prompt, pair.rejected, False)
+        return (FeedbackRecord(pair.prompt, pair.chosen, True, pair.system),
+                FeedbackRecord(pair.prompt, pair.rejected, False, pair.system))
     if "completion" not in row:
         raise err("completion", "missing field (KTO's records hold 'prompt', 'completion' and 'label'; a "
                                 "preference record, with 'chosen' and 'rejected', serves as two)")
-    return (FeedbackRecord(_prompt(row, "prompt", err), _response(row["completion"], "completion", err),
-                           _label(row, err)),)
+    prompt = _prompt(row, "prompt", err)
+    return (FeedbackRecord(prompt, _response(row["completion"], "completion", err), _label(row, err),
+                           _system(row, prompt, err)),)
 
 
 def _label(row: dict, err) -> bool:

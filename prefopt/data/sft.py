@@ -23,6 +23,7 @@ from .records import (
     escape_counts,
     parse_sft,
     record_texts,
+    with_system,
 )
 from .sheets import sheet_scope
 
@@ -221,14 +222,15 @@ def tokenize_sft(
     :class:`TurnsError` for a conversation whose assistant turns one sequence cannot hold
     (:func:`turn_examples` encodes it, as :func:`load_sft` does).
     """
-    if rec.messages is not None and not _one_final_answer(rec.messages):
-        ids, labels = _encode_chat(rec.messages, tok)
+    messages = with_system(rec.messages, rec.system, tok) if rec.messages is not None else None
+    if messages is not None and not _one_final_answer(messages):
+        ids, labels = _encode_chat(messages, tok)
     elif rec.text is not None:  # every token is learnt; nothing is a prompt
         ids = _text_ids(rec.text, tok)
         labels = list(ids)
     else:  # a prompt and its response; a conversation ending on its one answer is one too
-        prompt, response = (rec.messages[:-1], rec.messages[-1]["content"]) if rec.messages is not None \
-            else (rec.prompt, rec.completion)
+        prompt, response = (messages[:-1], messages[-1]["content"]) if messages is not None \
+            else (with_system(rec.prompt, rec.system, tok), rec.completion)
         enc = tok.encode_prompt_response(prompt, response)
         ids, labels = enc.ids, [IGNORE] * enc.prompt_len + enc.ids[enc.prompt_len:]
     return truncate(ids, labels, max_length=max_length, max_prompt_length=max_prompt_length)

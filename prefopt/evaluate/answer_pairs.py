@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .._deps import progress
 from ..data.columns import column_of, with_columns
-from ..data.records import DataError, SFTRecord, control_token_problem, parse_sft
+from ..data.records import DataError, SFTRecord, control_token_problem, parse_sft, with_system
 from ..data.sft import load_records, sources
 from ..model.generate import row_seeds
 from ..tasks.parsing import final_answer
@@ -79,8 +79,8 @@ def _prompt_and_reference(rec: SFTRecord, name, line: int, columns) -> tuple:
         if rec.messages[-1]["role"] != "assistant":
             raise DataError(name, line, column_of("messages", columns), "the last message is not an assistant turn "
                                                                         "(it is the reference answer)")
-        return rec.messages[:-1], rec.messages[-1]["content"], "messages"
-    return rec.prompt, rec.completion, "completion"
+        return with_system(rec.messages[:-1], rec.system), rec.messages[-1]["content"], "messages"
+    return with_system(rec.prompt, rec.system), rec.completion, "completion"
 
 
 def _prompt(prompt, reference: str, tok: Tokenizer, name: str, line: int, field: str, max_prompt_length) -> Prompt:

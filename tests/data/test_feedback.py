@@ -68,6 +68,13 @@ def test_labels_from_a_csv_and_the_mismatched_completion_is_cut_to_max_length(tm
     examples, _ = load_feedback(path, tok, max_length=24)
     assert [x.desirable for x in examples] == [True, False, True, False, True, False]
     assert all(x.rejected.n_tokens <= 24 and x.chosen.n_tokens <= 24 for x in examples)
+    own = tmp_path / "own.csv"  # a sheet's own names, the label's too (refused as no field until 2026-12-06)
+    own.write_text(path.read_text().replace("prompt,completion,label", "Message,Draft,Sent"))
+    renamed, _ = load_feedback(own, tok, max_length=24, columns={"prompt": "Message", "completion": "Draft",
+                                                                 "label": "Sent"})
+    assert [x.key for x in renamed] == [x.key for x in examples]
+    with pytest.raises(DataError, match=r"own.csv:2: field 'Message': expected true or false .*got 'Fever\?'"):
+        load_feedback(own, tok, columns={"prompt": "Message", "completion": "Draft", "label": "Message"})
 
 
 @pytest.mark.parametrize("row,field,reason", [

@@ -268,6 +268,50 @@ def test_columns_of_other_names_are_read_as_the_fields_and_named_in_errors(tmp_p
     assert f"  bad: {path}:4: field 'Patient message': empty text" in capsys.readouterr().out.splitlines()
 
 
+def test_a_records_own_system_field_is_its_prompts_system_message(tmp_path, tok):
+    """A ``system`` field beside the prompt (Orca's DPO pairs: system, question, chosen, rejected)
+    is the prompt's first message, for SFT, DPO and KTO records and make-pairs' prompts alike (until
+    2026-12-06 it went unread without a word); blank or absent, there is none. A second system
+    prompt in the messages, a number, or a tokenizer without a chat template are errors on it."""
+    import copy
+
+    from prefopt.data import load_feedback
+    from prefopt.evaluate.answer_pairs import read_prompts
+
+    system, question = "You triage patient messages.", "Fever and a stiff neck since noon?"
+    asked = [{"role": "system", "content": system}, user(question)]
+    sft, _ = load_sft([{"prompt": question, "completion": "ED now.", "system": system},
+                       {"messages": [user(question), assistant("ED now.")], "system": system},
+                       {"prompt": asked, "completion": "ED now."},
+                       {"prompt": question, "completion": "ED now.", "system": " "},
+                       {"prompt": question, "completion": "ED now.", "system": float("nan")},
+                       {"prompt": question, "completion": "ED now."}], tok)
+    assert sft[0].input_ids == sft[1].input_ids == sft[2].input_ids and sft[0].labels == sft[2].labels
+    assert sft[3].input_ids == sft[4].input_ids == sft[5].input_ids != sft[0].input_ids
+    assert system in tok.decode(sft[0].input_ids, False) and system not in tok.decode(sft[5].input_ids, False)
+    orca = [{"system": system, "question": question, "chosen": "ED now.", "rejected": "Rest."}]
+    pairs, _ = load_preferences(orca, tok, columns={"prompt": "question"})
+    given, _ = load_preferences([{"prompt": asked, "chosen": "ED now.", "rejected": "Rest."}], tok)
+    assert pairs[0].key == given[0].key
+    renamed, _ = load_preferences([{"Instructions": system, "q": question, "chosen": "ED now.", "rejected": "Rest."}],
+                                  tok, columns={"prompt": "q", "system": "Instructions"})
+    assert renamed[0].key == given[0].key
+    kto, _ = load_feedback([{"prompt": question, "completion": "ED now.", "label": True, "system": system},
+                            {"prompt": question, "chosen": "ED now.", "rejected": "Rest.", "system": system}], tok)
+    assert kto[0].input_ids == sft[0].input_ids and kto[1].input_ids == sft[0].input_ids  # (the pair's chosen)
+    [made], _ = read_prompts([{"prompt": question, "completion": "ED now.", "system": system}], tok)
+    assert made.prompt == asked and list(made.ids) == list(sft[0].input_ids[:len(made.ids)])
+    for row, said in [({"prompt": asked, "completion": "a", "system": "Be brief."}, "begin with a system message"),
+                      ({"messages": [*asked, assistant("a")], "system": "Be brief."}, "begin with a system message"),
+                      ({"prompt": question, "completion": "a", "system": 3}, "expected text, got the number 3")]:
+        with pytest.raises(DataError, match=rf"<records>:1: field 'system': .*{said}"):
+            load_sft([row], tok)
+    bare = copy.copy(tok)
+    bare.chat_template = None
+    with pytest.raises(DataError, match=r"field 'system': a system prompt needs a chat template"):
+        load_sft([{"prompt": question, "completion": " a", "system": system}], bare)
+
+
 def test_a_text_column_beside_a_label_is_warned_of_and_read_as_prompt_and_answer_when_named(tmp_path, tok):
     """A classification export (``id,text,label``) given to SFT as it is reads as language
     modelling records (TRL's ``{"text"}``): the notes' words are learnt, never their labels. That
