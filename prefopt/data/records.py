@@ -337,6 +337,7 @@ def parse_sft(row: dict, path, line: int) -> SFTRecord:
         for i, m in enumerate(msgs):
             if m["role"] == "assistant" and not m["content"].strip():
                 raise err(f"messages[{i}].content", "empty assistant turn")
+        _unread(row, ("messages", "system"), "conversation", path, line)
         return SFTRecord(messages=msgs, system=_system(row, msgs, err))
     if "prompt" not in row and "completion" not in row:
         if "text" in row:  # TRL's language-modelling records
@@ -348,15 +349,39 @@ def parse_sft(row: dict, path, line: int) -> SFTRecord:
         raise err("completion", "missing field: 'chosen' and 'rejected' make this a preference record; train on "
                                 "it with prefopt dpo, not sft")
     prompt = _prompt(row, "prompt", err)
-    return SFTRecord(prompt=prompt, completion=_response(row.get("completion"), "completion", err),
-                     system=_system(row, prompt, err))
+    record = SFTRecord(prompt=prompt, completion=_response(row.get("completion"), "completion", err),
+                       system=_system(row, prompt, err))
+    _unread(row, ("prompt", "completion", "system"), "prompt/completion", path, line)
+    return record
 
 
 # columns that say what a record is, not what to learn from it: left unread without a word (the
 # unnamed first column is the row index pandas' to_csv writes; read back, pandas calls it "Unnamed: 0")
 _ABOUT = re.compile(r"(|id|uid|uuid|idx|index|row|source|url|split|date|time|timestamp|created|lang|language|meta|"
-                    r"metadata|synthetic|unnamed: ?\d+|.*[_ -]id)", re.IGNORECASE)
+                    r"metadata|synthetic|file|filename|path|unnamed: ?\d+|.*[_ -]id)", re.IGNORECASE)
 _CAMEL_ID = re.compile(r"[a-z](Id|ID)$")  # patientId, recordID (not covid, fluid, thyroid: words)
+
+
+def _about(key) -> bool:
+    """Whether a column only says what a record is (``id``, ``source``, ``date``, ``patientId``)."""
+    return bool(_ABOUT.fullmatch(str(key)) or _CAMEL_ID.search(str(key)))
+
+
+def _unread(row: dict, read: tuple[str, ...], kind: str, path, line: int) -> None:
+    """Warn, once a file, of text columns a ``kind`` record leaves unread beside the fields it
+    reads (``read``): Alpaca's ``input`` where ``--columns prompt=instruction`` was given, the note
+    the model was to summarise, would never be seen. Numbers, true/false and lists pass (scores,
+    a make-pairs file's ``line``, UltraFeedback's ``messages`` beside its pair), as do columns that
+    only say what a record is and blank cells."""
+    unread = tuple(str(k) for k, v in row.items()
+                   if k not in read and isinstance(v, str) and v.strip() and not _about(k))
+    if unread:
+        from .headers import warn_once  # (headers reads records' errors)
+
+        warn_once(f"{path}:{line}: {', '.join(map(repr, unread))} not read: a {kind} record is read from "
+                  f"{', '.join(map(repr, read))} alone; where a column holds part of the prompt (Alpaca's 'input' "
+                  "beside its 'instruction'), join it into the prompt's column first (pandas: df['prompt'] = "
+                  "df['instruction'] + '\\n\\n' + df['input'])", key=("unread", str(path), unread))
 
 
 def _unread_beside_text(row: dict, path, line: int) -> None:
@@ -364,7 +389,7 @@ def _unread_beside_text(row: dict, path, line: int) -> None:
     (a classification export's ``text,label``: SFT would learn the notes' words, never their
     labels); columns that only say what the record is (``id``, ``source``, ``date``) are passed."""
     unread = tuple(str(k) for k, v in row.items()
-                   if k != "text" and not _ABOUT.fullmatch(str(k)) and not _CAMEL_ID.search(str(k))
+                   if k != "text" and not _about(k)
                    and (isinstance(v, (int, float)) or isinstance(v, str) and v.strip()))
     if unread:
         from .headers import warn_once  # (headers reads records' errors)
@@ -399,7 +424,10 @@ def parse_preference(row: dict, path, line: int) -> PreferenceRecord:
             rejected = _response(row["rejected"], "rejected", err)
     if chosen.strip() == rejected.strip():
         raise err(fields[1], IDENTICAL.format(fields[0]))
-    return PreferenceRecord(prompt, chosen, rejected, _system(row, prompt, err))
+    record = PreferenceRecord(prompt, chosen, rejected, _system(row, prompt, err))
+    _unread(row, ("input", *fields, "system") if fields[0] == "preferred_output" else ("prompt", *fields, "system"),
+            "preference", path, line)
+    return record
 
 
 def parse_feedback(row: dict, path, line: int) -> tuple[FeedbackRecord, ...]:
@@ -413,8 +441,10 @@ def parse_feedback(row: dict, path, line: int) -> tuple[FeedbackRecord, ...]:
         raise err("completion", "missing field (KTO's records hold 'prompt', 'completion' and 'label'; a "
                                 "preference record, with 'chosen' and 'rejected', serves as two)")
     prompt = _prompt(row, "prompt", err)
-    return (FeedbackRecord(prompt, _response(row["completion"], "completion", err), _label(row, err),
-                           _system(row, prompt, err)),)
+    record = FeedbackRecord(prompt, _response(row["completion"], "completion", err), _label(row, err),
+                            _system(row, prompt, err))
+    _unread(row, ("prompt", "completion", "label", "system"), "feedback", path, line)
+    return (record,)
 
 
 def _label(row: dict, err) -> bool:

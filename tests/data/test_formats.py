@@ -312,6 +312,45 @@ def test_a_records_own_system_field_is_its_prompts_system_message(tmp_path, tok)
         load_sft([{"prompt": question, "completion": " a", "system": system}], bare)
 
 
+def test_a_text_column_no_field_reads_is_warned_of_once_a_file(tmp_path, tok):
+    """Alpaca's instruction, input, output read with prompt=instruction completion=output would
+    train without the input (the note to summarise): said once a file, naming the column and the
+    line; pairs and feedback alike. Numbers, true/false, lists, blank cells and columns that say
+    what a record is (make-pairs' own line, source, finished, file; UltraFeedback's prompt_id,
+    messages and scores) pass without a word."""
+    import warnings
+
+    from prefopt.data import load_feedback
+
+    path = tmp_path / "alpaca.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"instruction": "Summarise the note.", "input": "", "output": "Nothing to summarise."},
+        {"instruction": "Summarise the note.", "input": "54M, chest pain for 2 h.", "output": "Chest pain, 2 h."}]))
+    cols = {"prompt": "instruction", "completion": "output"}
+    with pytest.warns(UserWarning) as said:
+        load_sft(path, tok, columns=cols)
+    (warning,) = [w for w in said if "not read" in str(w.message)]
+    assert str(warning.message).startswith(f"{path}:2: 'input' not read: a prompt/completion record is read from "
+                                           "'prompt', 'completion', 'system' alone; where a column holds part of the "
+                                           "prompt (Alpaca's 'input' beside its 'instruction'), join it into")
+    with pytest.warns(UserWarning, match=r"'reviewer' not read: a feedback record is read from 'prompt', "
+                                         r"'completion', 'label', 'system' alone"):
+        load_feedback([{"prompt": "Fever?", "completion": "ED now.", "label": True, "reviewer": "Dr A"},
+                       {"prompt": "Rash?", "completion": "Wait.", "label": False}], tok)
+    with pytest.warns(UserWarning, match=r"'rationale' not read: a preference record"):
+        load_preferences([{"prompt": "Fever?", "chosen": "ED now.", "rejected": "Wait.", "rationale": "safer"}], tok)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_sft(path, tok, columns=cols)  # said once a file
+        load_preferences([{"prompt": "Fever?", "chosen": "ED now.", "rejected": "Wait.", "line": 3, "file": "a.jsonl",
+                           "source": "model_answer", "finished": False},
+                          {"prompt": "Fever?", "prompt_id": "9f2c", "chosen": [user("Fever?"), assistant("ED now.")],
+                           "rejected": [user("Fever?"), assistant("Wait.")],
+                           "messages": [user("Fever?"), assistant("ED now.")], "score_chosen": 8.0,
+                           "score_rejected": 3.5}], tok)
+        load_sft([{"messages": [user("Fever?"), assistant("ED now.")], "id": "a1", "note": " "}], tok)
+
+
 def test_a_text_column_beside_a_label_is_warned_of_and_read_as_prompt_and_answer_when_named(tmp_path, tok):
     """A classification export (``id,text,label``) given to SFT as it is reads as language
     modelling records (TRL's ``{"text"}``): the notes' words are learnt, never their labels. That
