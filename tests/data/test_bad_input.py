@@ -321,13 +321,19 @@ def test_a_file_with_columns_of_its_own_is_told_them_and_the_columns_flag_that_m
         assert len(load(path, tok, columns=flags)[0]) == 1
 
 
-def test_a_missing_field_columns_cannot_read_gets_no_columns_hint(tmp_path, tok):
+def test_a_missing_label_gets_the_columns_hint_that_reads_it(tmp_path, tok):
+    """KTO's label is read from a column of another name since 2026-12-06 (--columns had no
+    'label' field, so the hint was left out), and the hint says so."""
     from prefopt.data import load_feedback
 
-    path = write_jsonl(tmp_path / "f.jsonl", [{"prompt": "q", "completion": "a", "verdict": "good"}])
+    path = write_jsonl(tmp_path / "f.jsonl", [{"prompt": "q", "completion": "a", "verdict": "yes"}])
     with pytest.raises(DataError) as e:
         load_feedback(path, tok)
-    assert e.value.field == "label" and "--columns" not in str(e.value)
+    assert e.value.field == "label" and str(e.value).endswith("--columns label=COLUMN reads 'label' from a column of "
+                                                              "another name")
+    examples, _ = load_feedback([{"prompt": "q", "completion": "a", "verdict": "yes"},
+                                 {"prompt": "r", "completion": "b", "verdict": "no"}], tok, columns={"label": "verdict"})
+    assert [x.desirable for x in examples] == [True, False]
 
 
 def test_a_json_list_reads_in_linear_time_with_the_right_lines(tmp_path):
