@@ -337,8 +337,9 @@ def parse_sft(row: dict, path, line: int) -> SFTRecord:
         for i, m in enumerate(msgs):
             if m["role"] == "assistant" and not m["content"].strip():
                 raise err(f"messages[{i}].content", "empty assistant turn")
+        record = SFTRecord(messages=msgs, system=_system(row, msgs, err))
         _unread(row, ("messages", "system"), "conversation", path, line)
-        return SFTRecord(messages=msgs, system=_system(row, msgs, err))
+        return record
     if "prompt" not in row and "completion" not in row:
         if "text" in row:  # TRL's language-modelling records
             record = SFTRecord(text=_text(row, "text", err))
