@@ -296,6 +296,8 @@ def test_the_ratings_make_training_data_for_the_next_model(tmp_path, capsys):
     """Clinicians' ratings are preferences: on each item an answer rated at least a point higher is
     chosen over a lower one (pairs for DPO), and answers rated 4-5 or 1-2 are desirable or not
     (feedback for KTO), each asked as the model was; both files load as prefopt dpo reads them."""
+    import warnings
+
     from prefopt import load_tokenizer
     from prefopt.data.feedback import load_feedback
     from prefopt.data.preference import load_preferences
@@ -329,12 +331,15 @@ def test_the_ratings_make_training_data_for_the_next_model(tmp_path, capsys):
                  "--training-data", str(tmp_path / "none")]) == 2 and not (tmp_path / "none").exists()
     # even items: base (1) under SFT's and SFT+DPO's one answer (4); odd ones: 1 < SFT+DPO's 2 < SFT's 4, three pairs
     assert "wrote 12 pairs" in capsys.readouterr().out
-    loaded = load_preferences(tmp_path / "next" / "pairs.jsonl", tok)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # its item (a record's id) is no column left unread
+        loaded = load_preferences(tmp_path / "next" / "pairs.jsonl", tok)[0]
+        feedback_read = load_feedback(tmp_path / "next" / "feedback.jsonl", tok)[0]
     assert len(loaded) == 12
     task = get_task("portal")
     first = json.loads((tmp_path / "next" / "pairs.jsonl").read_text().splitlines()[0])
     assert first["prompt"] == task.messages({r.id: r for r in records}[first["item"]])  # as the model was asked
-    assert len(load_feedback(tmp_path / "next" / "feedback.jsonl", tok)[0]) == 3 * 2 + 3 * 3  # every answer: 1, 2 or 4
+    assert len(feedback_read) == 3 * 2 + 3 * 3  # every answer: 1, 2 or 4
 
 
 def test_krippendorffs_alpha_takes_every_rater_at_once_with_ratings_missing():
