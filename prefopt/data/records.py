@@ -368,21 +368,26 @@ def _about(key) -> bool:
     return bool(_ABOUT.fullmatch(str(key)) or _CAMEL_ID.search(str(key)))
 
 
+_NOT_PROSE = re.compile(r"[-+]?\d[\d,.]*%?|\d{4}-\d\d-\d\d(?:[T ][\d:.]+)?|\d{1,2}:\d\d(?::\d\d)?|"
+                        r"true|false|yes|no|nan|null|none|n/?a", re.IGNORECASE)  # a cell's number, date, flag
+
+
 def _unread(row: dict, read: tuple[str, ...], kind: str, path, line: int) -> None:
-    """Warn, once a file, of text columns a ``kind`` record leaves unread beside the fields it
-    reads (``read``): Alpaca's ``input`` where ``--columns prompt=instruction`` was given, the note
-    the model was to summarise, would never be seen. Numbers, true/false and lists pass (scores,
-    a make-pairs file's ``line``, UltraFeedback's ``messages`` beside its pair), as do columns that
-    only say what a record is and blank cells."""
-    unread = tuple(str(k) for k, v in row.items()
-                   if k not in read and isinstance(v, str) and v.strip() and not _about(k))
+    """Warn of text columns a ``kind`` record leaves unread beside the fields it reads (``read``):
+    Alpaca's ``input`` where ``--columns prompt=instruction`` was given, the note the model was to
+    summarise, would never be seen. Once a file (and set of other columns); numbers, dates and
+    true/false (as values or as a spreadsheet's text), lists (UltraFeedback's ``messages`` beside
+    its pair), blank cells and columns that only say what a record is pass."""
+    others = {str(k): v for k, v in row.items() if k not in read and not _about(k)}
+    unread = tuple(k for k, v in others.items()
+                   if isinstance(v, str) and v.strip() and not _NOT_PROSE.fullmatch(v.strip()))
     if unread:
         from .headers import warn_once  # (headers reads records' errors)
 
         warn_once(f"{path}:{line}: {', '.join(map(repr, unread))} not read: a {kind} record is read from "
                   f"{', '.join(map(repr, read))} alone; where a column holds part of the prompt (Alpaca's 'input' "
                   "beside its 'instruction'), join it into the prompt's column first (pandas: df['prompt'] = "
-                  "df['instruction'] + '\\n\\n' + df['input'])", key=("unread", str(path), unread))
+                  "df['instruction'] + '\\n\\n' + df['input'])", key=("unread", str(path), kind, tuple(others)))
 
 
 def _unread_beside_text(row: dict, path, line: int) -> None:

@@ -315,9 +315,9 @@ def test_a_records_own_system_field_is_its_prompts_system_message(tmp_path, tok)
 def test_a_text_column_no_field_reads_is_warned_of_once_a_file(tmp_path, tok):
     """Alpaca's instruction, input, output read with prompt=instruction completion=output would
     train without the input (the note to summarise): said once a file, naming the column and the
-    line; pairs and feedback alike. Numbers, true/false, lists, blank cells and columns that say
-    what a record is (make-pairs' own line, source, finished, file; UltraFeedback's prompt_id,
-    messages and scores) pass without a word."""
+    line; pairs and feedback alike. Numbers, dates and true/false (a spreadsheet's too, as text),
+    lists, blank cells and columns that say what a record is (make-pairs' own line, source,
+    finished, file; UltraFeedback's prompt_id, messages and scores) pass without a word."""
     import warnings
 
     from prefopt.data import load_feedback
@@ -349,6 +349,9 @@ def test_a_text_column_no_field_reads_is_warned_of_once_a_file(tmp_path, tok):
                            "messages": [user("Fever?"), assistant("ED now.")], "score_chosen": 8.0,
                            "score_rejected": 3.5}], tok)
         load_sft([{"messages": [user("Fever?"), assistant("ED now.")], "id": "a1", "note": " "}], tok)
+        sheet = tmp_path / "sheet.csv"  # a spreadsheet's numbers, dates and flags arrive as text
+        sheet.write_text("prompt,completion,score,reviewed,sent,rate\nFever?,ED now.,0.3,TRUE,2024-03-01 08:30,12%\n")
+        load_sft(sheet, tok)
 
 
 def test_a_text_column_beside_a_label_is_warned_of_and_read_as_prompt_and_answer_when_named(tmp_path, tok):
