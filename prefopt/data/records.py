@@ -359,7 +359,8 @@ def parse_sft(row: dict, path, line: int) -> SFTRecord:
 # columns that say what a record is, not what to learn from it: left unread without a word (the
 # unnamed first column is the row index pandas' to_csv writes; read back, pandas calls it "Unnamed: 0")
 _ABOUT = re.compile(r"(|id|uid|uuid|idx|index|row|source|url|split|date|time|timestamp|created|lang|language|meta|"
-                    r"metadata|synthetic|file|filename|path|item|unnamed: ?\d+|.*[_ -]id)", re.IGNORECASE)
+                    r"metadata|synthetic|file|filename|path|item|dataset|subset|corpus|origin|provenance|"
+                    r"unnamed: ?\d+|.*[_ -]id)", re.IGNORECASE)
 _CAMEL_ID = re.compile(r"[a-z](Id|ID)$")  # patientId, recordID (not covid, fluid, thyroid: words)
 
 

@@ -350,7 +350,8 @@ def test_a_text_column_no_field_reads_is_warned_of_once_a_file(tmp_path, tok):
                            "score_rejected": 3.5}], tok)
         load_sft([{"messages": [user("Fever?"), assistant("ED now.")], "id": "a1", "note": " "}], tok)
         sheet = tmp_path / "sheet.csv"  # a spreadsheet's numbers, dates and flags arrive as text
-        sheet.write_text("prompt,completion,score,reviewed,sent,rate\nFever?,ED now.,0.3,TRUE,2024-03-01 08:30,12%\n")
+        sheet.write_text("dataset,prompt,completion,score,reviewed,sent,rate\n"  # (ACI-Bench's dataset: virtassist)
+                         "virtassist,Fever?,ED now.,0.3,TRUE,2024-03-01 08:30,12%\n")
         load_sft(sheet, tok)
 
 
