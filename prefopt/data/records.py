@@ -373,15 +373,28 @@ _NOT_PROSE = re.compile(r"[-+]?\d[\d,.]*%?|\d{4}-\d\d-\d\d(?:[T ][\d:.]+)?|\d{1,
                         r"true|false|yes|no|nan|null|none|n/?a", re.IGNORECASE)  # a cell's number, date, flag
 
 
+def _worth_reading(v: Any) -> bool:
+    """Whether an unread column's value may be what the model was meant to see: a text that is no
+    number, date or flag, or a mapping or list of them (MedQA's options, a dict beside its question)
+    that is not a conversation (UltraFeedback's ``messages``, its pair again)."""
+    if isinstance(v, str):
+        return bool(v.strip()) and not _NOT_PROSE.fullmatch(v.strip())
+    if isinstance(v, dict):
+        return any(_worth_reading(x) for x in v.values())
+    if isinstance(v, list):
+        return not all(isinstance(m, dict) and "role" in m for m in v) and any(_worth_reading(x) for x in v)
+    return False
+
+
 def _unread(row: dict, read: tuple[str, ...], kind: str, path, line: int) -> None:
     """Warn of text columns a ``kind`` record leaves unread beside the fields it reads (``read``):
     Alpaca's ``input`` where ``--columns prompt=instruction`` was given, the note the model was to
-    summarise, would never be seen. Once a file (and set of other columns); numbers, dates and
-    true/false (as values or as a spreadsheet's text), lists (UltraFeedback's ``messages`` beside
-    its pair), blank cells and columns that only say what a record is pass."""
+    summarise, would never be seen; MedQA's options under prompt=question. Once a file (and set of
+    other columns); numbers, dates and true/false (as values or as a spreadsheet's text), a
+    conversation (UltraFeedback's ``messages`` beside its pair), blank cells and columns that only
+    say what a record is pass (:func:`_worth_reading`)."""
     others = {str(k): v for k, v in row.items() if k not in read and not _about(k)}
-    unread = tuple(k for k, v in others.items()
-                   if isinstance(v, str) and v.strip() and not _NOT_PROSE.fullmatch(v.strip()))
+    unread = tuple(k for k, v in others.items() if _worth_reading(v))
     if unread:
         from .headers import warn_once  # (headers reads records' errors)
 

@@ -337,6 +337,10 @@ def test_a_text_column_no_field_reads_is_warned_of_once_a_file(tmp_path, tok):
                                          r"'completion', 'label', 'system' alone"):
         load_feedback([{"prompt": "Fever?", "completion": "ED now.", "label": True, "reviewer": "Dr A"},
                        {"prompt": "Rash?", "completion": "Wait.", "label": False}], tok)
+    medqa = {"question": "A 23-year-old has a fever. Which drug?", "answer": "Ampicillin", "answer_idx": "A",
+             "options": {"A": "Ampicillin", "B": "Ceftriaxone"}, "realidx": 7}  # the options apart from the question
+    with pytest.warns(UserWarning, match=r"<records>:1: 'answer_idx', 'options' not read"):
+        load_sft([medqa], tok, columns={"prompt": "question", "completion": "answer"})
     with pytest.warns(UserWarning, match=r"'rationale' not read: a preference record"):
         load_preferences([{"prompt": "Fever?", "chosen": "ED now.", "rejected": "Wait.", "rationale": "safer"}], tok)
     with warnings.catch_warnings():
