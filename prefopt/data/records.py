@@ -422,7 +422,8 @@ def _unread_beside_text(row: dict, path, line: int) -> None:
 
 def parse_preference(row: dict, path, line: int) -> PreferenceRecord:
     err = _err_factory(path, line)
-    if "input" in row or "preferred_output" in row:  # OpenAI preference format
+    if isinstance(row.get("input"), dict) or {"preferred_output", "non_preferred_output"} & set(row):  # OpenAI's
+        # (an "input" of text is Alpaca's, beside a TRL-style pair: it was refused as "input.messages: missing field")
         inp = row.get("input")
         if not isinstance(inp, dict) or "messages" not in inp:
             raise err("input.messages", "missing field")

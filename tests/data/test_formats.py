@@ -341,6 +341,13 @@ def test_a_text_column_no_field_reads_is_warned_of_once_a_file(tmp_path, tok):
              "options": {"A": "Ampicillin", "B": "Ceftriaxone"}, "realidx": 7}  # the options apart from the question
     with pytest.warns(UserWarning, match=r"<records>:1: 'answer_idx', 'options' not read"):
         load_sft([medqa], tok, columns={"prompt": "question", "completion": "answer"})
+    alpaca_pair = {"instruction": "Summarise the note.", "input": "54M, chest pain for 2 h.", "chosen": "Chest pain.",
+                   "rejected": "Nothing."}  # a text input is no OpenAI record (once refused as 'input.messages')
+    with pytest.warns(UserWarning, match=r"<records>:1: 'input' not read: a preference record"):
+        assert len(load_preferences([alpaca_pair], tok, columns={"prompt": "instruction"})[0]) == 1
+    with pytest.raises(DataError, match=r"field 'input.messages': missing field"):  # OpenAI's, its input mistyped
+        load_preferences([{"input": "Fever?", "preferred_output": [assistant("ED now.")],
+                           "non_preferred_output": [assistant("Wait.")]}], tok)
     with pytest.warns(UserWarning, match=r"'rationale' not read: a preference record"):
         load_preferences([{"prompt": "Fever?", "chosen": "ED now.", "rejected": "Wait.", "rationale": "safer"}], tok)
     with warnings.catch_warnings():
