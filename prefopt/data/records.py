@@ -338,7 +338,9 @@ def parse_sft(row: dict, path, line: int) -> SFTRecord:
             if m["role"] == "assistant" and not m["content"].strip():
                 raise err(f"messages[{i}].content", "empty assistant turn")
         record = SFTRecord(messages=msgs, system=_system(row, msgs, err))
-        _unread(row, ("messages", "system"), "conversation", path, line)
+        said = {m["content"].strip() for m in msgs}  # a prompt beside them repeating a turn (UltraChat, no_robots)
+        _unread(row, ("messages", "system", *(("prompt",) if str(row.get("prompt", "")).strip() in said else ())),
+                "conversation", path, line)
         return record
     if "prompt" not in row and "completion" not in row:
         if "text" in row:  # TRL's language-modelling records

@@ -348,6 +348,10 @@ def test_a_text_column_no_field_reads_is_warned_of_once_a_file(tmp_path, tok):
     with pytest.raises(DataError, match=r"field 'input.messages': missing field"):  # OpenAI's, its input mistyped
         load_preferences([{"input": "Fever?", "preferred_output": [assistant("ED now.")],
                            "non_preferred_output": [assistant("Wait.")]}], tok)
+    with pytest.warns(UserWarning, match=r"'prompt' not read: a conversation record is read from 'messages', "
+                                         r"'system' alone"):  # a prompt that is none of its turns
+        load_sft([{"prompt": "Summarise the note.", "messages": [user("54M, chest pain."), assistant("Chest pain.")]}],
+                 tok)
     with pytest.warns(UserWarning, match=r"'rationale' not read: a preference record"):
         load_preferences([{"prompt": "Fever?", "chosen": "ED now.", "rejected": "Wait.", "rationale": "safer"}], tok)
     with warnings.catch_warnings():
@@ -360,6 +364,8 @@ def test_a_text_column_no_field_reads_is_warned_of_once_a_file(tmp_path, tok):
                            "messages": [user("Fever?"), assistant("ED now.")], "score_chosen": 8.0,
                            "score_rejected": 3.5}], tok)
         load_sft([{"messages": [user("Fever?"), assistant("ED now.")], "id": "a1", "note": " "}], tok)
+        load_sft([{"prompt": "Fever?", "prompt_id": "9f2c", "messages": [user("Fever?"), assistant("ED now.")]}],
+                 tok)  # UltraChat's: the prompt beside the conversation is its first turn again
         sheet = tmp_path / "sheet.csv"  # a spreadsheet's numbers, dates and flags arrive as text
         sheet.write_text("dataset,prompt,completion,score,reviewed,sent,rate\n"  # (ACI-Bench's dataset: virtassist)
                          "virtassist,Fever?,ED now.,0.3,TRUE,2024-03-01 08:30,12%\n")
