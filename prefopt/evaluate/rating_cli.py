@@ -46,13 +46,10 @@ def add_commands(sub) -> None:
 
 
 def _sheet(args: argparse.Namespace) -> int:
-    from .._deps import require
     from ..tasks import get_task
     from ..tasks.check import read_labelled
     from . import rating_sheet
 
-    if args.format == "xlsx":  # now, not once the folder for the raters is made
-        require("openpyxl", "writing the rating sheet as .xlsx (--format ods or csv need nothing more)")
     run = Path(args.run)
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     unknown = [s for s in stages if s not in ("base", "sft", "dpo")]

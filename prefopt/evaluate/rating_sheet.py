@@ -13,6 +13,7 @@ import random
 from datetime import date
 from pathlib import Path
 
+from .._deps import require
 from ..fileio import read_json, read_jsonl, write_json_atomic, write_text_atomic
 from .compare_config import runs_in
 from .judge import SCALE
@@ -145,6 +146,8 @@ def write(out: Path, rows: list[dict], key: dict, fmt: str, reference: bool) -> 
                          "its key, which a new sheet would replace: choose another folder, or delete that one")
     layout = Layout({"code": 7, "item": 6, "prompt": 60, "reference": 40, "answer": 60, "rating": 8, "comment": 30},
                     wrap=("prompt", "reference", "answer", "comment"), whole=("rating", 1, 5))
+    if fmt == "xlsx":  # before the raters' folder is made (it was left empty)
+        require("openpyxl", "writing the rating sheet as .xlsx (--format ods or csv need nothing more)")
     (out / RATERS).mkdir(parents=True, exist_ok=True)
     path = out / RATERS / f"{SHEET}.{fmt}"
     write_table(path, rows, fmt, title="ratings", layout=layout)
