@@ -338,9 +338,9 @@ def parse_sft(row: dict, path, line: int) -> SFTRecord:
             if m["role"] == "assistant" and not m["content"].strip():
                 raise err(f"messages[{i}].content", "empty assistant turn")
         record = SFTRecord(messages=msgs, system=_system(row, msgs, err))
-        said = {m["content"].strip() for m in msgs}  # a prompt beside them repeating a turn (UltraChat, no_robots)
-        _unread(row, ("messages", "system", *(("prompt",) if str(row.get("prompt", "")).strip() in said else ())),
-                "conversation", path, line)
+        repeated = "prompt" in row and str(row["prompt"]).strip() in {m["content"].strip() for m in msgs}
+        _unread(row, ("messages", "system", "prompt") if repeated else ("messages", "system"), "conversation", path,
+                line)  # (a prompt beside the conversation that repeats one of its turns: UltraChat's, no_robots')
         return record
     if "prompt" not in row and "completion" not in row:
         if "text" in row:  # TRL's language-modelling records
@@ -422,10 +422,15 @@ def _unread_beside_text(row: dict, path, line: int) -> None:
                   f"completion={unread[0]}", key=("unread", str(path), unread))
 
 
+def _openai(row: dict) -> bool:
+    """Whether ``row`` is an OpenAI preference record: its ``input`` a mapping, or its outputs given
+    (an ``input`` of text is Alpaca's, beside a TRL-style pair; it was refused as an OpenAI one)."""
+    return isinstance(row.get("input"), dict) or bool({"preferred_output", "non_preferred_output"} & set(row))
+
+
 def parse_preference(row: dict, path, line: int) -> PreferenceRecord:
     err = _err_factory(path, line)
-    if isinstance(row.get("input"), dict) or {"preferred_output", "non_preferred_output"} & set(row):  # OpenAI's
-        # (an "input" of text is Alpaca's, beside a TRL-style pair: it was refused as "input.messages: missing field")
+    if _openai(row):
         inp = row.get("input")
         if not isinstance(inp, dict) or "messages" not in inp:
             raise err("input.messages", "missing field")
@@ -433,12 +438,14 @@ def parse_preference(row: dict, path, line: int) -> PreferenceRecord:
         chosen = _response(row.get("preferred_output"), "preferred_output", err)
         rejected = _response(row.get("non_preferred_output"), "non_preferred_output", err)
         fields = ("preferred_output", "non_preferred_output")
+        read = ("input", *fields, "system")
     else:
         for key in ("chosen", "rejected"):
             if key not in row:
                 raise err(key, "missing field (a preference record needs 'prompt', 'chosen', 'rejected')"
                           + _what_it_is(row))
         fields = ("chosen", "rejected")
+        read = ("prompt", *fields, "system")
         if row.get("prompt") is None or _whole_exchanges(row):
             prompt, chosen, rejected = shared_prompt(row, err)
         else:
@@ -448,15 +455,14 @@ def parse_preference(row: dict, path, line: int) -> PreferenceRecord:
     if chosen.strip() == rejected.strip():
         raise err(fields[1], IDENTICAL.format(fields[0]))
     record = PreferenceRecord(prompt, chosen, rejected, _system(row, prompt, err))
-    _unread(row, ("input", *fields, "system") if fields[0] == "preferred_output" else ("prompt", *fields, "system"),
-            "preference", path, line)
+    _unread(row, read, "preference", path, line)
     return record
 
 
 def parse_feedback(row: dict, path, line: int) -> tuple[FeedbackRecord, ...]:
     """An unpaired record, or a preference record read as two (TRL's ``unpair_preference_dataset``)."""
     err = _err_factory(path, line)
-    if "completion" not in row and ({"chosen", "rejected", "input", "preferred_output"} & set(row)):
+    if "completion" not in row and ({"chosen", "rejected"} & set(row) or _openai(row)):
         pair = parse_preference(row, path, line)
         return (FeedbackRecord(pair.prompt, pair.chosen, True, pair.system),
                 FeedbackRecord(pair.prompt, pair.rejected, False, pair.system))
