@@ -112,11 +112,11 @@ def test_the_estimate_follows_each_dpo_loss_path_in_a_real_step(model_dir, tmp_p
 def test_under_fsdp_the_estimate_is_one_of_two_real_ranks(model_dir, tmp_path, kind, settings):
     """Two gloo processes on the CPU, each its share: the weights and AdamW's moments to the
     byte, the step's peak within what the real one varies by from run to run. The collectives run
-    in gloo's own threads, and when they free a gathered block's weights varies: a real peak has
-    been the estimate (to 0.1%) plus up to 4 blocks' weights (each of this tiny model's 4 blocks
-    is 0.74 MB, 4-5% of its step; beside a CPU burner, 2026-12-06: 0, 1, 2, 3 and 4 blocks more
-    with two micro-batches a step, 0 to 3.2 with checkpointing, where the bound of 0.9 of the real
-    peak this test held until then failed once)."""
+    in gloo's own threads, and when they free a unit's gathered weights varies: a real peak has
+    been the estimate (to 0.1%) plus up to every unit's gathered weights at once, the whole
+    model's (this tiny model's 4 blocks are 0.74 MB each, the root's embedding, head and norm 0.41 MB;
+    with two micro-batches a step, CI on 2026-12-06 saw a rank 4.55 blocks over, all of them,
+    where the bound of every block's weights this test held until then failed)."""
     fields = {**dict(model=str(model_dir), output_dir=str(tmp_path / "run"), batch_size=4, max_length=T,
                      device="cpu", lora=False, fsdp=True), **settings}
     if kind == "dpo":
@@ -132,17 +132,8 @@ def test_under_fsdp_the_estimate_is_one_of_two_real_ranks(model_dir, tmp_path, k
     assert est.processes == 2 and all(x["weights"] == est.weights and x["moments"] == est.optimizer for x in ranks)
     whole = estimate_memory((TrainConfig if kind == "sft" else DPOConfig)(**{**fields, "fsdp": False}))
     assert est.weights < 0.6 * whole.weights and est.peak < whole.peak  # a share, not the whole model
-    block = _block_bytes(model_dir)
-    for x in ranks:  # not under the estimate (1% allowed), nor over it by more than every block gathered
-        assert -0.01 * est.peak < x["peak"] - est.peak <= est.layers * block + 0.01 * est.peak, (est.peak, x["peak"])
-
-
-def _block_bytes(model_dir: Path) -> int:
-    """The bytes of one decoder block's weights, gathered whole, as the checkpoint stores them."""
-    from safetensors import safe_open
-
-    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
-        return sum(f.get_tensor(k).nbytes for k in f.keys() if k.startswith("model.layers.0."))
+    for x in ranks:  # not under the estimate (1% allowed), nor over it by more than the whole model gathered at once
+        assert -0.01 * est.peak < x["peak"] - est.peak <= whole.weights + 0.01 * est.peak, (est.peak, x["peak"])
 
 
 def _config_only(tmp_path, **overrides):
