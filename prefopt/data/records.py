@@ -416,10 +416,13 @@ def _unread_beside_text(row: dict, path, line: int) -> None:
     if unread:
         from .headers import warn_once  # (headers reads records' errors)
 
+        answers = [k for k in unread if k != "system"]  # (a system prompt opens a prompt: never the answer)
+        advice = (f"to teach the model to answer with {answers[0]!r}: --columns prompt=text completion={answers[0]}"
+                  if answers else "a 'system' prompt opens a prompt, and a text record has none: give the records "
+                                  "'prompt' and 'completion' (or 'messages') for it to be read")
         warn_once(f"{path}:{line}: {', '.join(map(repr, unread))} not read: a record with 'text' and no 'prompt' and "
                   "'completion' trains on its text alone, every token (language modelling), never on what the other "
-                  f"columns say; to teach the model to answer with {unread[0]!r}: --columns prompt=text "
-                  f"completion={unread[0]}", key=("unread", str(path), unread))
+                  f"columns say; {advice}", key=("unread", str(path), unread))
 
 
 def _openai(row: dict) -> bool:

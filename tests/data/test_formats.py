@@ -394,6 +394,13 @@ def test_a_text_column_beside_a_label_is_warned_of_and_read_as_prompt_and_answer
     assert [tok.decode(list(e.input_ids)) for e in examples][0].startswith("Chest pain since this morning")
     with pytest.warns(UserWarning, match=r"'covid' not read"):  # a word ending in "id", not an identifier
         load_sft([{"text": "Fever and cough", "covid": "yes"}], tok)
+    with pytest.warns(UserWarning, match=r"'system' not read: .* never on what the other columns say; a 'system' "
+                                         r"prompt opens a prompt, and a text record has none: give the records "
+                                         r"'prompt' and 'completion' \(or 'messages'\) for it to be read$"):
+        load_sft([{"text": "Fever and cough", "system": "You are a triage nurse."}], tok)  # (not: completion=system)
+    with pytest.warns(UserWarning, match=r"'system', 'label' not read: .* answer with 'label': --columns "
+                                         r"prompt=text completion=label$"):
+        load_sft([{"text": "Fever and cough", "system": "You are a triage nurse.", "label": "urgent"}], tok)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once a file: not again
         load_sft(path, tok)
