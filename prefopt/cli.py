@@ -289,7 +289,8 @@ def _check_data(args: argparse.Namespace) -> int:
         from .tasks.check import check_task_data
 
         given = [flag for flag, v in (("--kind", args.kind), ("--max-prompt-length", args.max_prompt_length),
-                                      ("--columns", args.columns), ("--text-windows", args.text_windows)) if v]
+                                      ("--columns", args.columns), ("--text-windows", args.text_windows),
+                                      ("--encoding", args.data_encoding)) if v]
         if given:
             raise ValueError(f"{given[0]} is for a training file; with --task the records are what compare builds "
                              "from the task's data (its columns: --task-option)")
@@ -458,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "dpo and kto stand for preference and feedback; default: from the first record's fields")
     k.add_argument("--columns", nargs="+", metavar="FIELD=COLUMN", help="read a record's field from a column of "
                    "another name, as sft and dpo --columns do (e.g. prompt=question 'chosen=good answer')")
-    add_sheet_flag(k)
+    add_data_file_flags(k)
     k.add_argument("--max-length", type=positive_int, default=1024, help="the training max_length to measure against")
     k.add_argument("--max-prompt-length", type=positive_int)
     k.add_argument("--text-windows", action="store_true", help="as sft --text-windows: a text record longer than "
@@ -606,19 +607,40 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def run() -> int:
+        from .data.readers import encoding_scope
         from .data.sheets import sheet_scope
 
-        with sheet_scope(getattr(args, "data_sheet", None)):  # --sheet: each workbook's sheet to read
+        # --sheet: each workbook's sheet to read; --encoding: each text file's encoding
+        with sheet_scope(getattr(args, "data_sheet", None)), encoding_scope(getattr(args, "data_encoding", None)):
             return args.func(args)
 
     return _guarded(run, f"prefopt {args.command}", 2, getattr(args, "batch_size", None))
 
 
-def add_sheet_flag(p: argparse.ArgumentParser) -> None:
-    """``--sheet``: the sheet of each Excel workbook in ``--data`` to read (sft and dpo take it as
-    their config's ``sheet``; a task's data, as the task option ``sheet``)."""
+def add_data_file_flags(p: argparse.ArgumentParser) -> None:
+    """``--sheet``: the sheet of each Excel workbook in ``--data`` to read; ``--encoding``: each
+    text file's encoding (sft and dpo take them as their config's ``sheet`` and ``encoding``; a
+    task's data, as the task options)."""
     p.add_argument("--sheet", dest="data_sheet", metavar="NAME", help="the sheet of an Excel workbook in --data to "
                    "read (else its one sheet in view that holds data)")
+    p.add_argument("--encoding", dest="data_encoding", metavar="NAME", type=_encoding,
+                   help="the text encoding of --data's CSV, TSV, JSON and JSONL files (default: utf-8; cp1252 for "
+                   "Excel's CSV on Western-European Windows)")
+
+
+def _encoding(name: str) -> str:
+    """An argparse type: an encoding Python knows (:func:`~prefopt.data.readers.checked_encoding`)."""
+    from .data.readers import checked_encoding
+
+    try:
+        return checked_encoding(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def data_file_settings(args: argparse.Namespace) -> dict:
+    """``--sheet`` and ``--encoding`` where given, as a command's settings record them."""
+    return {k: v for k, v in (("sheet", args.data_sheet), ("encoding", args.data_encoding)) if v}
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def prompt_file_text(path: Path) -> str:
     from .data.readers import read_text
     from .documents import DOCUMENTS, document_text
 
-    text = document_text(path) if path.suffix.lower() in DOCUMENTS else read_text(path)
+    text = document_text(path) if path.suffix.lower() in DOCUMENTS else read_text(path, "utf-8")
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 

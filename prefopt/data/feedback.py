@@ -106,17 +106,17 @@ def mismatched(examples: list[TokenizedExample], max_length: int) -> list[Tokeni
 
 def load_feedback(path: str | Path | list[dict], tok: Tokenizer, *, max_length: int = 1024,
                   max_prompt_length: int | None = None, skip_bad: bool = False, show_progress: bool = True,
-                  columns: dict[str, str] | None = None, sheet: str | None = None
+                  columns: dict[str, str] | None = None, sheet: str | None = None, encoding: str | None = None
                   ) -> tuple[list[FeedbackExample], LoadReport]:
     """Read, validate and tokenize KTO's records (unpaired, or preference pairs read as two);
-    errors, ``show_progress``, ``columns`` and ``sheet`` as :func:`~prefopt.data.load_sft`. Each example
-    carries its mismatched completion (:func:`mismatched`); the report counts records (a pair is
-    one record, two examples)."""
+    errors, ``show_progress``, ``columns``, ``sheet`` and ``encoding`` as
+    :func:`~prefopt.data.load_sft`. Each example carries its mismatched completion
+    (:func:`mismatched`); the report counts records (a pair is one record, two examples)."""
     def encode(records):
         return _encode(records, tok, max_length, max_prompt_length)
 
     encoded, report = load_tokenized(path, with_columns(parse_feedback, columns), encode, skip_bad=skip_bad,
-                                     show_progress=show_progress, sheet=sheet, tok=tok,
+                                     show_progress=show_progress, sheet=sheet, encoding=encoding, tok=tok,
                                      field_of=lambda recs, field=None: column_of(
                                          field or ("completion" if len(recs) == 1 else "chosen"), columns))
     _spread(report, encoded)

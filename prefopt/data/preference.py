@@ -68,16 +68,16 @@ def tokenize_pair(rec: PreferenceRecord, tok: Tokenizer, *, max_length: int,
 
 def load_preferences(path: str | Path | list[dict], tok: Tokenizer, *, max_length: int = 1024,
                      max_prompt_length: int | None = None, skip_bad: bool = False, show_progress: bool = True,
-                     columns: dict[str, str] | None = None, sheet: str | None = None
+                     columns: dict[str, str] | None = None, sheet: str | None = None, encoding: str | None = None
                      ) -> tuple[list[PairExample], LoadReport]:
     """Read, validate and tokenize a preference file (TRL or OpenAI format; JSONL, JSON, CSV or
-    Parquet, .xlsx), or a list of record dicts; errors, ``show_progress``, ``columns`` and
-    ``sheet`` as :func:`~prefopt.data.load_sft`."""
+    Parquet, .xlsx), or a list of record dicts; errors, ``show_progress``, ``columns``,
+    ``sheet`` and ``encoding`` as :func:`~prefopt.data.load_sft`."""
     def encode(rec):
         return tokenize_pair(rec, tok, max_length=max_length, max_prompt_length=max_prompt_length)
 
     pairs, report = load_tokenized(path, with_columns(parse_preference, columns), encode, skip_bad=skip_bad,
-                                   show_progress=show_progress, sheet=sheet, tok=tok,
+                                   show_progress=show_progress, sheet=sheet, encoding=encoding, tok=tok,
                                    field_of=lambda rec, field=None: column_of(field or "chosen", columns))
     report.max_length = max_length
     return pairs, report

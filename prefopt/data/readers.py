@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import codecs
 import contextlib
 import csv
 import datetime
@@ -14,6 +15,7 @@ import lzma
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +116,7 @@ def plain(v):
 
 
 FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".xlsx", ".xlsm", ".xls", ".ods")
+TEXT_FORMATS = FORMATS[:5]  # read as text in an encoding (--encoding)
 NAMES = ".jsonl, .json, .csv, .tsv, .parquet, .xlsx, .xls or .ods"
 DELIMITERS = (",", ";", "\t", "|")  # what a .csv file's header is tried with, in order of preference
 _SEP_LINE = re.compile(r"sep=(.)\r?\n")  # a first line that names the delimiter, which Excel reads
@@ -156,10 +159,56 @@ BYTE_ORDER_MARKS = {b"\xef\xbb\xbf": "utf-8", b"\xff\xfe": "utf-16-le", b"\xfe\x
 
 
 class EncodingError(DataError):
-    """A file whose bytes are not text in the encoding it was read with (at ``line``)."""
+    """A file whose bytes are not text in the encoding it was read with (at ``line``): ``detail``
+    says where, and how to save it as UTF-8; with ``flag``, the reason also says how to name the
+    encoding instead (:meth:`naming`), and ``as_cp1252``, what the line reads as cp1252."""
+
+    def __init__(self, path, line: int, detail: str, flag: str | None = None, as_cp1252: str = ""):
+        self.detail, self.as_cp1252, self.line = detail, as_cp1252, line
+        super().__init__(path, line, None, self.naming(flag) if flag else detail)
+
+    def naming(self, flag: str) -> str:
+        """The reason, with ``flag`` as the way to name the file's encoding."""
+        seen = f"; as cp1252, line {self.line} reads {self.as_cp1252}" if self.as_cp1252 else ""
+        return (f"{self.detail}, or name the encoding it was saved in ({flag} for Excel's CSV on Western-European "
+                f"Windows{seen})")
 
 
-def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None, encoding: str = "utf-8",
+DATA_FLAG = "--encoding cp1252, in Python encoding='cp1252',"  # how a data file's encoding is named (read_rows)
+
+
+ENCODING: ContextVar[str] = ContextVar("encoding", default="utf-8")  # see reading_encoding
+
+
+def checked_encoding(name: str) -> str:
+    """``name``, where it is an encoding Python knows (``utf-8``, ``cp1252``, ``latin-1``); else a
+    ValueError that says so."""
+    try:
+        codecs.lookup(name)
+    except (LookupError, TypeError):
+        raise ValueError(f"encoding {name!r}: not one Python knows (utf-8, cp1252, latin-1, utf-16, ...: "
+                         "https://docs.python.org/3/library/codecs.html#standard-encodings)") from None
+    return name
+
+
+@contextlib.contextmanager
+def reading_encoding(name: str) -> Iterator[None]:
+    """Within the block, each text data file (CSV, TSV, JSON, JSONL) read without an encoding of
+    its own is read as ``name`` (``--encoding``: Excel's CSV on Windows is in the machine's code
+    page, cp1252 in Western Europe); else UTF-8."""
+    token = ENCODING.set(checked_encoding(name))
+    try:
+        yield
+    finally:
+        ENCODING.reset(token)
+
+
+def encoding_scope(name: str | None):
+    """:func:`reading_encoding` where ``name`` is given; else nothing (an enclosing one's, if any)."""
+    return reading_encoding(name) if name else contextlib.nullcontext()
+
+
+def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None, encoding: str | None = None,
               sheet: str | None = None) -> Iterator[tuple[int, Row | DataError]]:
     """Yield ``(line, row)`` for each record of a ``.jsonl``, ``.json``, ``.csv``, ``.tsv``,
     ``.parquet`` (its "line" is its row, from 1) or ``.xlsx`` file (its row in Excel:
@@ -170,8 +219,9 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
     ``.tsv`` file's is a tab. Rows whose every cell is blank (an export's trailing ``;;;``) are
     skipped, as blank lines are. A record that cannot be parsed is yielded as a
     :class:`DataError` in place of the row, so the caller decides whether to stop or skip;
-    nothing after it is lost. Bytes that are not text in ``encoding`` raise
-    :class:`EncodingError`, naming their line. ``sheet``: a workbook's sheet to read (else the one
+    nothing after it is lost. Bytes that are not text in ``encoding`` (None: the one
+    :func:`reading_encoding` names, else UTF-8) raise :class:`EncodingError`, naming their line
+    and the flag that names the encoding. ``sheet``: a workbook's sheet to read (else the one
     :func:`~.sheets.reading_sheet` names, else its one sheet in view that holds data); a file that
     is not a workbook is then refused.
     """
@@ -206,12 +256,11 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
     if suffix in BINARY and compression(path):
         raise ValueError(f"{path}: a {suffix} file compressed again; it compresses itself: decompress it and pass the "
                          f"{suffix} file")
-    if suffix in (".jsonl", ".ndjson"):
-        yield from _jsonl(path)
-    elif suffix == ".json":
-        yield from _json(path)
-    elif suffix in (".csv", ".tsv"):
-        yield from _csv(path, delimiter or ("\t" if suffix == ".tsv" else None), encoding)
+    if suffix in TEXT_FORMATS:
+        try:
+            yield from _text_rows(path, suffix, delimiter, encoding)
+        except EncodingError as e:  # (said with the flag that names the encoding: a prompt file, a config has none)
+            raise EncodingError(e.path, e.line, e.detail, DATA_FLAG, e.as_cp1252) from None
     elif suffix == ".parquet":
         yield from _parquet(path)
     elif suffix == ".ods":
@@ -232,12 +281,23 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
                          f"{', '.join(COMPRESSIONS)})" + how)
 
 
-def read_text(path: Path, encoding: str = "utf-8") -> str:
-    """The file's text. A UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped, a UTF-16 one
-    read as UTF-16 where UTF-8 was asked for, and bytes that are not valid in ``encoding`` are an
-    :class:`EncodingError` at their line and column. A file compressed as a whole
-    (:data:`COMPRESSIONS`) is decompressed first."""
+def _text_rows(path: Path, suffix: str, delimiter: str | None, encoding: str | None):
+    if suffix in (".jsonl", ".ndjson"):
+        yield from _jsonl(path, encoding)
+    elif suffix == ".json":
+        yield from _json(path, encoding)
+    else:
+        yield from _csv(path, delimiter or ("\t" if suffix == ".tsv" else None), encoding)
+
+
+def read_text(path: Path, encoding: str | None = None) -> str:
+    """The file's text in ``encoding`` (None: the one :func:`reading_encoding` names, else UTF-8).
+    A UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped, a UTF-16 one read as UTF-16 where
+    UTF-8 was asked for, and bytes that are not valid in ``encoding`` are an
+    :class:`EncodingError` at their line and column (with the line as cp1252 reads it, where
+    UTF-8 was asked for). A file compressed as a whole (:data:`COMPRESSIONS`) is decompressed first."""
     data = read_bytes(path)
+    encoding = encoding or ENCODING.get()
     if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
         # the mark dropped here, not by the codec (whose error positions would then be off by its bytes);
         # UTF-16 with its byte-order mark: Excel's "Unicode Text", PowerShell's Out-File; unmistakable
@@ -252,8 +312,23 @@ def read_text(path: Path, encoding: str = "utf-8") -> str:
         sheet = ' (in Excel: Save As "CSV UTF-8"; or pass the .xlsx workbook itself)' \
             if data_suffix(path) in (".csv", ".tsv") else ""  # Excel's plain "CSV" is the machine's code page
         name = encoding.removesuffix("-le").removesuffix("-be")
-        raise EncodingError(path, line, None, f"not {name} text (byte {data[e.start]:#04x} at column {column}); save "
-                                              f"the file as UTF-8{sheet}") from None
+        raise EncodingError(path, line, f"not {name} text (byte {data[e.start]:#04x} at column {column}); save the "
+                                        f"file as UTF-8{sheet}",
+                            as_cp1252=_as_cp1252(data, e.start) if name == "utf-8" else "") from None
+
+
+def _as_cp1252(data: bytes, at: int) -> str:
+    """``data``'s text about byte ``at`` (30 bytes either side, within its line) as cp1252 reads it,
+    where it does (Excel's CSV on a Western-European Windows machine: é is 0xe9, ° 0xb0): what
+    ``--encoding cp1252`` would read; else ''."""
+    line_start, line_end = data.rfind(b"\n", 0, at) + 1, data.find(b"\n", at)
+    line_end = line_end if line_end >= 0 else len(data)
+    start, end = max(line_start, at - 30), min(line_end, at + 30)
+    try:
+        text = data[start:end].decode("cp1252").strip()
+    except UnicodeDecodeError:
+        return ""
+    return f"{'...' * (start > line_start)}{text!r}{'...' * (end < line_end)}"
 
 
 def read_bytes(path: Path) -> bytes:
@@ -297,9 +372,9 @@ AS_JSON = "name the file .json (read as a list of records), or write one JSON ob
 AS_JSONL = "name the file .jsonl (read one object a line)"
 
 
-def _jsonl(path: Path):
+def _jsonl(path: Path, encoding: str | None = None):
     seen = False
-    for line_no, line in enumerate(read_text(path).split("\n"), 1):
+    for line_no, line in enumerate(read_text(path, encoding).split("\n"), 1):
         if not line.strip():
             continue
         opens_array, seen = not seen and line.lstrip().startswith("["), True
@@ -324,8 +399,8 @@ def _jsonl(path: Path):
         yield line_no, row
 
 
-def _json(path: Path):
-    text = read_text(path)
+def _json(path: Path, encoding: str | None = None):
+    text = read_text(path, encoding)
     i = _skip_ws(text, 0)
     if i >= len(text) or text[i] != "[":
         try:
@@ -427,14 +502,14 @@ def _sep_line(text: str) -> tuple[str | None, int, str]:
     return (given[1], 2, text[given.end():]) if given is not None else (None, 1, text)
 
 
-def csv_delimiter(path: Path, encoding: str = "utf-8") -> str:
+def csv_delimiter(path: Path, encoding: str | None = None) -> str:
     """The delimiter :func:`read_rows` reads the CSV file ``path`` with: the one an Excel ``sep=``
     first line names, else :func:`sniff_delimiter`'s from its header."""
     named, _, text = _sep_line(read_text(path, encoding))
     return named or sniff_delimiter(text)
 
 
-def _csv(path: Path, delimiter: str | None = None, encoding: str = "utf-8"):
+def _csv(path: Path, delimiter: str | None = None, encoding: str | None = None):
     text = read_text(path, encoding)
     # csv refuses a cell over 131,072 characters unless told otherwise (a long clinical note): the
     # whole file is in memory already, so no cell of it is too long to read

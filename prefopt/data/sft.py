@@ -13,7 +13,7 @@ from .._deps import progress
 from ..tokenizer import BoundaryError, Tokenizer
 from .columns import column_hint, column_of, with_columns
 from .files import data_files, describe, is_paths
-from .readers import in_memory, read_rows, source_name
+from .readers import encoding_scope, in_memory, read_rows, source_name
 from .records import (
     ESCAPES,
     DataError,
@@ -354,6 +354,7 @@ def load_sft(
     columns: dict[str, str] | None = None,
     text_windows: bool = False,
     sheet: str | None = None,
+    encoding: str | None = None,
 ) -> tuple[list[TokenizedExample], LoadReport]:
     """Read, validate and tokenize an SFT file (JSONL, JSON, CSV, TSV, Parquet, .xlsx, .xls or .ods), a list of record
     dicts or a DataFrame.
@@ -368,6 +369,8 @@ def load_sft(
     assistant turns is one example, or one per turn where its template renders finished turns
     otherwise than its prompts (:func:`turn_examples`; the report counts them). ``sheet``: the
     sheet of each Excel workbook to read (else its one sheet in view that holds data).
+    ``encoding``: the text files' (CSV, TSV, JSON, JSONL; else UTF-8: ``cp1252`` for Excel's CSV on
+    Western-European Windows).
     """
     def encode(rec):
         if text_windows and rec.text is not None:
@@ -378,7 +381,7 @@ def load_sft(
             return turn_examples(rec.messages, tok, max_length=max_length, max_prompt_length=max_prompt_length)
 
     examples, report = load_tokenized(path, with_columns(parse_sft, columns), encode, skip_bad=skip_bad,
-                                      show_progress=show_progress, sheet=sheet, tok=tok,
+                                      show_progress=show_progress, sheet=sheet, encoding=encoding, tok=tok,
                                       field_of=lambda rec, field=None: column_of(field or _field(rec), columns))
     report.max_length = max_length
     return examples, report
@@ -390,7 +393,8 @@ def _field(rec: SFTRecord) -> str:
 
 
 def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, field_of: Callable,
-                   show_progress: bool = True, sheet: str | None = None, tok: Tokenizer | None = None):
+                   show_progress: bool = True, sheet: str | None = None, encoding: str | None = None,
+                   tok: Tokenizer | None = None):
     """Parse every record, then ``encode(record) -> (example, Cut)`` each one, under a progress bar
     that shows once it has taken 2 s (``show_progress``); file after file where ``path`` names
     several (:func:`~.files.data_files`).
@@ -400,9 +404,10 @@ def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, f
     raised or (``skip_bad``) counted in the report like a parse failure; so does, with ``tok``, a
     text holding one of its special tokens written out (:func:`~.records.control_tokens`). Raises
     :class:`NoRecordsError` when not one record of all the files is usable. ``sheet``: each
-    workbook's sheet to read (:func:`~.sheets.reading_sheet`).
+    workbook's sheet to read (:func:`~.sheets.reading_sheet`); ``encoding``, each text file's
+    (:func:`~.readers.reading_encoding`).
     """
-    with sheet_scope(sheet):
+    with sheet_scope(sheet), encoding_scope(encoding):
         parts = [_tokenized(s, parse, encode, skip_bad, field_of, show_progress, tok) for s in sources(path)]
     examples = [ex for exs, _ in parts for ex in exs]
     report = LoadReport.merged(source_label(path), [r for _, r in parts])

@@ -43,7 +43,7 @@ def task_options_of(args) -> dict:
 
 
 def add_task_sheet_flag(p: argparse.ArgumentParser) -> None:
-    """``--sheet``, for a task's data: its option ``sheet`` (not :func:`prefopt.cli.add_sheet_flag`'s
+    """``--sheet``, for a task's data: its option ``sheet`` (not :func:`prefopt.cli.add_data_file_flags`'s
     sheet of every workbook the command reads: compare's ``--pairs`` is a file of its own)."""
     p.add_argument("--sheet", dest="task_sheet", metavar="NAME", help="the sheet of an Excel workbook in --data to "
                    f"read (else its one sheet in view that holds data); the same as --task-option sheet=NAME "
@@ -130,7 +130,7 @@ def _eval(args) -> int:
 
 
 def _eval_pairs(args) -> int:
-    from ..cli import apply_chat_flags
+    from ..cli import apply_chat_flags, data_file_settings
     from ..data.columns import column_map
     from ..data.files import describe, given_paths
     from ..data.preference import load_preferences
@@ -174,7 +174,7 @@ def _eval_pairs(args) -> int:
         say("no --adapter: nothing to measure rewards against, so the model's own log-probs only")
     metrics, rows = pair_metrics(pairs, policy, reference, beta=args.beta, n_resamples=args.n_resamples)
     metrics |= {"model": args.model, "adapter": args.adapter, "data": describe(data),
-                **({"sheet": args.data_sheet} if args.data_sheet else {}), "max_length": args.max_length,
+                **data_file_settings(args), "max_length": args.max_length,
                 "reference": args.reference_adapter or ("the model without the adapter" if args.adapter else None),
                 "skipped_records": len(report.skipped)} | placement(model)
     for row, (file, line) in zip(rows, places):  # where each pair is in the data (its file where several)
@@ -535,7 +535,7 @@ def task_options_epilog() -> str:
 
 
 def add_commands(sub) -> None:
-    from ..cli import add_chat_flags, add_sheet_flag
+    from ..cli import add_chat_flags, add_data_file_flags
     from ..losses import loss_arg
     from ..tasks import STRATEGIES, TASKS
     from .compare_config import PRESETS
@@ -626,7 +626,7 @@ def add_commands(sub) -> None:
                     "(any of its formats; several files, a folder of shards or a quoted pattern too)")
     ep.add_argument("--output", required=True, help="output folder: pairs.jsonl (one row a pair) and metrics.json")
     ep.add_argument("--columns", nargs="+", metavar="FIELD=COLUMN", help="the data's own column names, as dpo's")
-    add_sheet_flag(ep)
+    add_data_file_flags(ep)
     ep.add_argument("--beta", type=float, default=0.1, help="the DPO beta the rewards are scaled by (the run's)")
     ep.add_argument("--max-length", type=positive_int, default=1024, help="as the run's max_length")
     ep.add_argument("--skip-bad-records", action="store_true", help="skip (and count) bad pairs instead of stopping")

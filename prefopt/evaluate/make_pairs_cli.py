@@ -8,7 +8,7 @@ from pathlib import Path
 
 def add_command(sub) -> None:
     """The ``make-pairs`` subcommand."""
-    from ..cli import add_answer_flags, add_chat_flags, add_sheet_flag
+    from ..cli import add_answer_flags, add_chat_flags, add_data_file_flags
     from .cli import add_answer_estimate_flag, positive_int
 
     p = sub.add_parser("make-pairs", help="preference pairs without annotation: each SFT record's reference answer "
@@ -26,7 +26,7 @@ def add_command(sub) -> None:
     p.add_argument("--output", required=True, help="output folder: pairs.jsonl, feedback.jsonl, answers.jsonl, "
                    "make_pairs.json")
     p.add_argument("--columns", nargs="+", metavar="FIELD=COLUMN", help="the data's own column names, as sft's")
-    add_sheet_flag(p)
+    add_data_file_flags(p)
     p.add_argument("--batch-size", type=positive_int, default=8, help="prompts answered at once")
     p.add_argument("--max-prompt-length", type=positive_int, help="keep each prompt's last N tokens (as training's)")
     p.add_argument("--skip-bad-records", action="store_true", help="skip (and count) bad records instead of stopping")
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from collections import Counter
     from datetime import date
 
-    from ..cli import chat_ready, decoding_of
+    from ..cli import chat_ready, data_file_settings, decoding_of
     from ..data.check import lopsided_lines
     from ..data.columns import column_map
     from ..data.files import data_files, describe, given_paths
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
                        quantize=args.quantize)
     decode = decoding_of(args)
     made = {"model": args.model, "adapter": args.adapter, "data": describe(data), "columns": args.columns,
-            **({"sheet": args.data_sheet} if args.data_sheet else {}), "max_new_tokens": args.max_new_tokens,
+            **data_file_settings(args), "max_new_tokens": args.max_new_tokens,
             "max_prompt_length": args.max_prompt_length,
             "batch_size": args.batch_size, **decode, **placement(model), **prompt_settings(tok)}
     with claimed(args.output, JOB):

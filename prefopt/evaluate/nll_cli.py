@@ -6,7 +6,7 @@ import argparse
 
 
 def add_command(sub) -> None:
-    from ..cli import add_chat_flags, add_sheet_flag
+    from ..cli import add_chat_flags, add_data_file_flags
     from .cli import add_device_flags, positive_int
 
     p = sub.add_parser("eval-nll", help="how well a model (+ adapter) predicts held-out SFT records: NLL per "
@@ -18,7 +18,7 @@ def add_command(sub) -> None:
                    "(prompt/completion, messages, text; several files, a folder of shards or a quoted pattern too)")
     p.add_argument("--output", required=True, help="output folder: records.jsonl (one row a record), metrics.json")
     p.add_argument("--columns", nargs="+", metavar="FIELD=COLUMN", help="the data's own column names, as sft's")
-    add_sheet_flag(p)
+    add_data_file_flags(p)
     p.add_argument("--max-length", type=positive_int, default=1024, help="as the run's max_length")
     p.add_argument("--max-prompt-length", type=positive_int, help="as the run's max_prompt_length")
     p.add_argument("--text-windows", action="store_true", help="as sft --text-windows: a long text record scored "
@@ -36,7 +36,7 @@ def add_command(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..cli import apply_chat_flags
+    from ..cli import apply_chat_flags, data_file_settings
     from ..data.columns import column_map
     from ..data.files import describe, given_paths
     from ..data.sft import IGNORE, load_sft
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         row |= {"nll": float(value), "nll_per_token": float(value / n) if n else None}
     metrics = nll_metrics(nll, tokens, n_resamples=args.n_resamples)
     metrics |= {"model": args.model, "adapter": args.adapter, "data": describe(data),
-                **({"sheet": args.data_sheet} if args.data_sheet else {}), "max_length": args.max_length,
+                **data_file_settings(args), "max_length": args.max_length,
                 "max_prompt_length": args.max_prompt_length, "text_windows": args.text_windows,
                 "examples": len(examples), "skipped_records": len(report.skipped)} | placement(model)
     paired = against(rows, earlier, n_resamples=args.n_resamples) if earlier is not None else None

@@ -88,11 +88,9 @@ def table(path: str | Path, *, delimiter: str | None = None, encoding: str = "ut
                     continue
                 raise row
             yield line, row
-    except EncodingError as e:
-        if not task_options:
-            raise
-        raise DataError(e.path, e.line, None, f"{e.reason}, or name its encoding (--task-option encoding=cp1252 "
-                                              "for Excel's CSV on Western-European Windows)") from None
+    except EncodingError as e:  # (read_rows names --encoding, a training command's flag: a task's option, or none)
+        raise DataError(e.path, e.line, None, e.naming("--task-option encoding=cp1252") if task_options
+                        else e.detail) from None
 
 
 def read_past_bad_rows(task, path: str | None, *, limit: int | None = None

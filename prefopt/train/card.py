@@ -6,6 +6,7 @@ model-card header (``base_model``, ``library_name``, ``tags``), which PEFT and t
 the folder loads as before."""
 from __future__ import annotations
 
+import codecs
 import json
 from datetime import date
 from pathlib import Path
@@ -53,17 +54,20 @@ def _what(config) -> tuple[str, list[str]]:
 
 def _data_lines(config, n_train: int, n_eval: int) -> list[str]:
     lines = []
+    encoding = getattr(config, "encoding", None)  # said where the text files were not read as UTF-8
+    encoding = encoding if encoding and codecs.lookup(encoding).name != "utf-8" else None
     for name, sheet in (("data", "sheet"), ("eval_data", "eval_sheet")):
         try:
             files = data_files(getattr(config, name, None) or [])
         except (OSError, ValueError):  # gone since the run read it
             continue
-        sheet = getattr(config, sheet, None)
+        how = ", ".join(([f"sheet {getattr(config, sheet)!r}"] if getattr(config, sheet, None) else [])
+                        + ([f"read as {encoding}"] if encoding else []))
         if len(files) == 1:
-            lines.append(f"- `{name}`: `{files[0].resolve()}` ({f'sheet {sheet!r}, ' if sheet else ''}"
+            lines.append(f"- `{name}`: `{files[0].resolve()}` ({how + ', ' if how else ''}"
                          f"SHA-256 `{sha256_of(files[0])}`)")
         elif files:
-            lines.append(f"- `{name}`: {len(files)} files, read in this order{f' (sheet {sheet!r})' if sheet else ''}:")
+            lines.append(f"- `{name}`: {len(files)} files, read in this order{f' ({how})' if how else ''}:")
             lines += [f"  - `{f.resolve()}` (SHA-256 `{sha256_of(f)}`)" for f in files]
     if not config.data:
         lines.append("- the training records were given in memory (`records=`), not read from a file: no file "

@@ -14,6 +14,7 @@ from typing import Any
 from ..chat_template import parse_chat_date
 from ..data.columns import column_map
 from ..data.files import data_files
+from ..data.readers import checked_encoding
 from ..devices import DTYPES as _DTYPES
 from ..devices import resolve_device
 from ..lora import parse_layers
@@ -48,6 +49,9 @@ class TrainConfig:
                                   "that holds data)")
     eval_sheet: str | None = opt(None, "the sheet of an Excel workbook in eval_data to read (the eval records on "
                                        "another sheet of the training workbook)")
+    encoding: str = opt("utf-8", "the text encoding of data and eval_data's CSV, TSV, JSON and JSONL files: "
+                                 "cp1252 for Excel's CSV on Western-European Windows, latin-1, ... (a UTF-8 or "
+                                 "UTF-16 byte-order mark is read as it says)")
     eval_fraction: float = opt(0.0, "hold out this fraction of data for eval (before and after training)")
     max_length: int = opt(1024, "tokens per example; the prompt is cut from its start first")
     max_prompt_length: int | None = opt(None, "cut every prompt to its last N tokens")
@@ -210,6 +214,10 @@ class TrainConfig:
                           "(drop --no-lora)")
         try:
             column_map(self.columns)
+        except ValueError as e:
+            errors.append(str(e))
+        try:
+            checked_encoding(self.encoding)
         except ValueError as e:
             errors.append(str(e))
         for name in ("data", "eval_data"):

@@ -114,7 +114,7 @@ def read_config_file(path: str | Path, kinds: dict[str, str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such config file")
-    text = read_text(path)  # a BOM (Windows Notepad) dropped; a byte that is not UTF-8 named by line and column
+    text = read_text(path, "utf-8")  # a BOM (Windows Notepad) dropped; a byte not UTF-8 named by line and column
     d = _parse(path, text)
     if d is None:
         d = {}

@@ -126,6 +126,7 @@ def load_train_eval(config, tok, loader=load_sft, records=None, eval_records=Non
                          "file, or pass records")
     kw = dict(max_length=config.max_length, max_prompt_length=config.max_prompt_length,
               skip_bad=config.skip_bad_records, show_progress=config.progress, columns=config.columns,
+              encoding=getattr(config, "encoding", None),
               **({"text_windows": True} if config.text_windows else {}))  # SFT's alone (DPO refuses it)
     examples, report = loader(source, tok, sheet=getattr(config, "sheet", None), **kw)
     reports = [report]

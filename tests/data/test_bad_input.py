@@ -13,6 +13,11 @@ from tests.data import write_jsonl
 GOOD = {"prompt": "Chest pain for two hours. Triage?", "completion": "Emergency department now."}
 
 
+def write_bytes(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
 SFT_FAULTS = [
     ('{"prompt": "x", "completion": ', None, "malformed JSON"),
     ({"completion": "y"}, "prompt", "missing field"),
@@ -410,13 +415,46 @@ def test_excel_byte_order_marks_are_read_and_bad_encodings_named(tmp_path, tok):
                                        b'{"prompt": "c", "completion": "d"}\r\n')
     assert load_sft(tmp_path / "d.jsonl", tok)[1].n_kept == 2
     (tmp_path / "w.jsonl").write_bytes(b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "d"}\n')
-    with pytest.raises(DataError, match=r"w.jsonl:2: not utf-8 text \(byte 0xe9 at column 16\); save the file as UTF-8$"):
+    with pytest.raises(DataError, match=r"w.jsonl:2: not utf-8 text \(byte 0xe9 at column 16\); save the file as "
+                                        r"UTF-8, or name the encoding it was saved in \(--encoding cp1252, in Python "
+                                        r"encoding='cp1252', for Excel's CSV on Western-European Windows; as cp1252, "
+                                        r"line 2 reads '\{\"prompt\": \"café\", \"completion\": \"d\"\}'\)$"):
         load_sft(tmp_path / "w.jsonl", tok)
     (tmp_path / "w.csv").write_bytes(b'prompt,completion\nok,fine\nfi\xe8vre,yes\n')  # Excel's plain "CSV" (cp1252)
     with pytest.raises(DataError, match=r'w.csv:3: not utf-8 text \(byte 0xe8 at column 3\); save the file as UTF-8 \(in '
-                                        r'Excel: Save As "CSV UTF-8"; or pass the .xlsx workbook itself\)$'):
+                                        r'Excel: Save As "CSV UTF-8"; or pass the .xlsx workbook itself\), or name '
+                                        r"the encoding .*; as cp1252, line 3 reads 'fièvre,yes'\)$"):
         load_sft(tmp_path / "w.csv", tok)
     assert [r["prompt"] for _, r in read_rows(tmp_path / "w.csv", encoding="cp1252")] == ["ok", "fièvre"]
+    named, _ = load_sft(tmp_path / "w.jsonl", tok, encoding="cp1252")  # JSON lines too
+    assert named[1].input_ids == load_sft([{"prompt": "café", "completion": "d"}], tok)[0][0].input_ids
+    long = b"prompt,completion\n" + b"x" * 40 + b" fi\xe8vre " + b"y" * 40 + b",ok\n"  # 30 bytes before, 29 after
+    with pytest.raises(DataError, match=r"as cp1252, line 2 reads \.\.\.'x{27} fièvre y{25}'\.\.\.\)$"):
+        list(read_rows(write_bytes(tmp_path / "long.csv", long)))
+    with pytest.raises(ValueError, match=r"encoding 'klingon': not one Python knows \(utf-8, cp1252, latin-1"):
+        load_sft(tmp_path / "w.csv", tok, encoding="klingon")
+
+
+def test_a_named_encoding_reads_each_text_format(tmp_path, tok):
+    """``--encoding`` (``encoding=``; :func:`reading_encoding` around a block) is each CSV, TSV,
+    JSON and JSONL file's (before, a JSON file was read as UTF-8 whatever was named)."""
+    from prefopt.data.readers import reading_encoding
+
+    pair = {"prompt": "Fièvre à 39 °C depuis hier ?", "chosen": "Urgent.", "rejected": "Routine."}
+    files = {"p.csv": "prompt;chosen;rejected\r\n" + ";".join(pair.values()) + "\r\n",
+             "p.tsv": "prompt\tchosen\trejected\n" + "\t".join(pair.values()) + "\n",
+             "p.jsonl": json.dumps(pair, ensure_ascii=False) + "\n",
+             "p.json": json.dumps([pair], ensure_ascii=False)}
+    want = load_preferences([pair], tok)[0][0]
+    for name, text in files.items():
+        path = write_bytes(tmp_path / name, text.encode("cp1252"))
+        with pytest.raises(DataError, match=rf"{name}:\d: not utf-8 text"):
+            load_preferences(path, tok)
+        (got,), _ = load_preferences(path, tok, encoding="cp1252")
+        assert got.chosen.input_ids == want.chosen.input_ids, name
+        with reading_encoding("cp1252"):
+            assert [r for _, r in read_rows(path)] == [pair], name
+        assert [r for _, r in read_rows(path, encoding="cp1252")] == [pair], name
 
 
 def test_utf16_files_with_their_byte_order_mark_are_read_and_their_errors_placed_in_characters(tmp_path, tok):

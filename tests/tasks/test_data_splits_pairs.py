@@ -222,8 +222,10 @@ def test_generic_tasks_read_spreadsheet_exports_with_their_delimiter_and_encodin
     p = tmp_path / "export.csv"
     p.write_bytes(rows.encode("cp1252"))
     with pytest.raises(DataError, match=r"export.csv:2: not utf-8 text \(byte 0xe8 at column 3\); save the file as "
-                                        r"UTF-8 \(.*the .xlsx workbook itself\), or name its encoding \(--task-option "
-                                        r"encoding=cp1252"):
+                                        r"UTF-8 \(.*the .xlsx workbook itself\), or name the encoding it was saved "
+                                        r"in \(--task-option encoding=cp1252 for Excel's CSV on Western-European "
+                                        r"Windows; as cp1252, line 2 reads 'fièvre et toux, 3 jours;urgent;3'"
+                                        r"\.\.\.\)$"):
         get_task("text_classification", text_column="note", label_column="urgency").load(p)
     t = get_task("text_classification", text_column="note", label_column="urgency", encoding="cp1252")
     recs = t.load(p)

@@ -3,6 +3,8 @@ settings that differ from the defaults, how the run went (the console's lines), 
 import hashlib
 import json
 
+import pytest
+
 from prefopt import load_model
 from prefopt.cli import main
 from tests.train._fixtures import write_pairs, write_task
@@ -111,3 +113,40 @@ def test_a_merged_model_carries_its_adapters_card(tmp_path):
     assert py.split("The adapter's own card:")[1] == body.split("The adapter's own card:")[1]
     save_merged(load_model(model_dir), tmp_path / "plain")  # no adapter: nothing to say
     assert not (tmp_path / "plain" / "README.md").exists()
+
+
+def test_a_windows_export_is_read_in_the_encoding_named_by_check_data_dpo_and_eval_pairs(tmp_path, capsys):
+    """Excel's plain CSV on a Western-European Windows machine is cp1252, where "fièvre" is not
+    UTF-8: each command that reads --data is told ``--encoding cp1252`` (dpo and sft through
+    their config's ``encoding``), says so in its error, and records it (train_config.json, the
+    model card, eval-pairs' metrics.json)."""
+    model_dir, _ = write_task(tmp_path, n=1)
+    rows = [("Fièvre à 39 °C, code A. Triage ?", "urgent review", "routine visit"),
+            ("Renouvellement, code B. Triage ?", "routine visit", "urgent review")] * 4
+    data = tmp_path / "export.csv"
+    data.write_bytes(("prompt;chosen;rejected\r\n" + "".join(";".join(r) + "\r\n" for r in rows)).encode("cp1252"))
+    check = ["check-data", "--model", str(model_dir), "--data", str(data)]
+    assert main(check) == 2
+    assert ("export.csv:2: not utf-8 text (byte 0xe8 at column 3); save the file as UTF-8 (in Excel: Save As \"CSV "
+            "UTF-8\"; or pass the .xlsx workbook itself), or name the encoding it was saved in (--encoding cp1252, in "
+            "Python encoding='cp1252', for Excel's CSV on Western-European Windows; as cp1252, line 2 reads 'Fièvre "
+            "à 39 °C, code A. Triage ?'...)") in capsys.readouterr().err
+    assert main(check + ["--encoding", "cp1252"]) == 0
+    assert "export.csv: preference pairs; 8 of 8 records kept" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # argparse's exit 2
+        main(check + ["--encoding", "klingon"])
+    assert "argument --encoding: encoding 'klingon': not one Python knows" in capsys.readouterr().err
+    assert main(check + ["--task", "triage", "--encoding", "cp1252"]) == 2  # a task's file: its own option
+    assert "--encoding is for a training file" in capsys.readouterr().err
+    out = tmp_path / "dpo"
+    assert main(["dpo", "--model", str(model_dir), "--data", str(data), "--encoding", "cp1252", "--output-dir",
+                 str(out), "--max-steps", "1", "--batch-size", "4", "--no-progress"]) == 0
+    assert json.loads((out / "train_config.json").read_text())["encoding"] == "cp1252"
+    _, body = _card(out / "final")
+    assert f"- `data`: `{data.resolve()}` (read as cp1252, SHA-256 `" in body
+    assert main(["eval-pairs", "--model", str(model_dir), "--adapter", str(out / "final"), "--data", str(data),
+                 "--encoding", "cp1252", "--output", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["encoding"] == "cp1252"
+    assert main(["dpo", "--model", str(model_dir), "--data", str(data), "--encoding", "ascii", "--output-dir",
+                 str(tmp_path / "ascii"), "--max-steps", "1", "--no-progress"]) == 2
+    assert "export.csv:2: not ascii text (byte 0xe8 at column 3)" in capsys.readouterr().err
