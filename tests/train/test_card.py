@@ -115,11 +115,11 @@ def test_a_merged_model_carries_its_adapters_card(tmp_path):
     assert not (tmp_path / "plain" / "README.md").exists()
 
 
-def test_a_windows_export_is_read_in_the_encoding_named_by_check_data_dpo_and_eval_pairs(tmp_path, capsys):
+def test_a_windows_export_is_read_in_the_encoding_named_by_check_data_dpo_and_the_evaluations(tmp_path, capsys):
     """Excel's plain CSV on a Western-European Windows machine is cp1252, where "fièvre" is not
     UTF-8: each command that reads --data is told ``--encoding cp1252`` (dpo and sft through
     their config's ``encoding``), says so in its error, and records it (train_config.json, the
-    model card, eval-pairs' metrics.json)."""
+    model card, eval-pairs' and eval-nll's metrics.json)."""
     model_dir, _ = write_task(tmp_path, n=1)
     rows = [("Fièvre à 39 °C, code A. Triage ?", "urgent review", "routine visit"),
             ("Renouvellement, code B. Triage ?", "routine visit", "urgent review")] * 4
@@ -147,6 +147,11 @@ def test_a_windows_export_is_read_in_the_encoding_named_by_check_data_dpo_and_ev
     assert main(["eval-pairs", "--model", str(model_dir), "--adapter", str(out / "final"), "--data", str(data),
                  "--encoding", "cp1252", "--output", str(tmp_path / "eval")]) == 0
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["encoding"] == "cp1252"
+    notes = tmp_path / "notes.csv"
+    notes.write_bytes("prompt;completion\r\nFièvre à 39 °C ?;Urgent.\r\n".encode("cp1252"))
+    assert main(["eval-nll", "--model", str(model_dir), "--data", str(notes), "--encoding", "cp1252", "--output",
+                 str(tmp_path / "nll")]) == 0
+    assert json.loads((tmp_path / "nll" / "metrics.json").read_text())["encoding"] == "cp1252"
     assert main(["dpo", "--model", str(model_dir), "--data", str(data), "--encoding", "ascii", "--output-dir",
                  str(tmp_path / "ascii"), "--max-steps", "1", "--no-progress"]) == 2
     assert "export.csv:2: not ascii text (byte 0xe8 at column 3)" in capsys.readouterr().err
