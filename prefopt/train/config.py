@@ -50,8 +50,8 @@ class TrainConfig:
     eval_sheet: str | None = opt(None, "the sheet of an Excel workbook in eval_data to read (the eval records on "
                                        "another sheet of the training workbook)")
     encoding: str = opt("utf-8", "the text encoding of data and eval_data's CSV, TSV, JSON and JSONL files: "
-                                 "cp1252 for Excel's CSV on Western-European Windows, latin-1, ... (a UTF-8 or "
-                                 "UTF-16 byte-order mark is read as it says)")
+                                 "cp1252 for Excel's CSV on Western-European Windows, latin-1, ... (utf-8 also reads "
+                                 "a file that opens with a UTF-16 byte-order mark as UTF-16)")
     eval_fraction: float = opt(0.0, "hold out this fraction of data for eval (before and after training)")
     max_length: int = opt(1024, "tokens per example; the prompt is cut from its start first")
     max_prompt_length: int | None = opt(None, "cut every prompt to its last N tokens")
