@@ -607,11 +607,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def run() -> int:
-        from .data.readers import encoding_scope
+        from .data.readers import encoding_scope, naming_encoding_by
         from .data.sheets import sheet_scope
 
-        # --sheet: each workbook's sheet to read; --encoding: each text file's encoding
-        with sheet_scope(getattr(args, "data_sheet", None)), encoding_scope(getattr(args, "data_encoding", None)):
+        # --sheet: each workbook's sheet to read; --encoding: each text file's encoding, where the command has
+        # the flag (sft and dpo: their config's), which a bad byte's error then names
+        named_by = "--encoding cp1252" if {"data_encoding", "encoding"} & set(vars(args)) else None
+        with sheet_scope(getattr(args, "data_sheet", None)), encoding_scope(getattr(args, "data_encoding", None)), \
+                naming_encoding_by(named_by):
             return args.func(args)
 
     return _guarded(run, f"prefopt {args.command}", 2, getattr(args, "batch_size", None))

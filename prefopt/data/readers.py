@@ -174,10 +174,9 @@ class EncodingError(DataError):
                 f"Windows{seen})")
 
 
-DATA_FLAG = "--encoding cp1252, in Python encoding='cp1252',"  # how a data file's encoding is named (read_rows)
-
-
 ENCODING: ContextVar[str] = ContextVar("encoding", default="utf-8")  # see reading_encoding
+# how the caller names a data file's encoding, for read_rows' errors (see naming_encoding_by)
+NAMED_BY: ContextVar[str | None] = ContextVar("named_by", default="encoding='cp1252'")
 
 
 def checked_encoding(name: str) -> str:
@@ -203,6 +202,18 @@ def reading_encoding(name: str) -> Iterator[None]:
         ENCODING.reset(token)
 
 
+@contextlib.contextmanager
+def naming_encoding_by(flag: str | None) -> Iterator[None]:
+    """Within the block, a data file's encoding error (:func:`read_rows`) says to name the
+    encoding as ``flag`` does (``--encoding cp1252``; Python's ``encoding='cp1252'`` outside any
+    block); None: the program has no way to, and the error says to save the file as UTF-8 alone."""
+    token = NAMED_BY.set(flag)
+    try:
+        yield
+    finally:
+        NAMED_BY.reset(token)
+
+
 def encoding_scope(name: str | None):
     """:func:`reading_encoding` where ``name`` is given; else nothing (an enclosing one's, if any)."""
     return reading_encoding(name) if name else contextlib.nullcontext()
@@ -221,7 +232,7 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
     :class:`DataError` in place of the row, so the caller decides whether to stop or skip;
     nothing after it is lost. Bytes that are not text in ``encoding`` (None: the one
     :func:`reading_encoding` names, else UTF-8) raise :class:`EncodingError`, naming their line
-    and the flag that names the encoding. ``sheet``: a workbook's sheet to read (else the one
+    and how to name the encoding (:func:`naming_encoding_by`). ``sheet``: a workbook's sheet to read (else the one
     :func:`~.sheets.reading_sheet` names, else its one sheet in view that holds data); a file that
     is not a workbook is then refused.
     """
@@ -259,8 +270,10 @@ def read_rows(path: str | Path | Sequence[Row], *, delimiter: str | None = None,
     if suffix in TEXT_FORMATS:
         try:
             yield from _text_rows(path, suffix, delimiter, encoding)
-        except EncodingError as e:  # (said with the flag that names the encoding: a prompt file, a config has none)
-            raise EncodingError(e.path, e.line, e.detail, DATA_FLAG, e.as_cp1252) from None
+        except EncodingError as e:  # (said with the way to name the encoding: a prompt file, a config has none)
+            if (flag := NAMED_BY.get()) is None:
+                raise
+            raise EncodingError(e.path, e.line, e.detail, flag, e.as_cp1252) from None
     elif suffix == ".parquet":
         yield from _parquet(path)
     elif suffix == ".ods":

@@ -416,9 +416,8 @@ def test_excel_byte_order_marks_are_read_and_bad_encodings_named(tmp_path, tok):
     assert load_sft(tmp_path / "d.jsonl", tok)[1].n_kept == 2
     (tmp_path / "w.jsonl").write_bytes(b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "d"}\n')
     with pytest.raises(DataError, match=r"w.jsonl:2: not utf-8 text \(byte 0xe9 at column 16\); save the file as "
-                                        r"UTF-8, or name the encoding it was saved in \(--encoding cp1252, in Python "
-                                        r"encoding='cp1252', for Excel's CSV on Western-European Windows; as cp1252, "
-                                        r"line 2 reads '\{\"prompt\": \"café\", \"completion\": \"d\"\}'\)$"):
+                                        r"UTF-8, or name the encoding it was saved in \(encoding='cp1252' for Excel's "
+                                        r"CSV on Western-European Windows; as cp1252, line 2 reads '\{\"prompt\": \"café\", \"completion\": \"d\"\}'\)$"):
         load_sft(tmp_path / "w.jsonl", tok)
     (tmp_path / "w.csv").write_bytes(b'prompt,completion\nok,fine\nfi\xe8vre,yes\n')  # Excel's plain "CSV" (cp1252)
     with pytest.raises(DataError, match=r'w.csv:3: not utf-8 text \(byte 0xe8 at column 3\); save the file as UTF-8 \(in '
@@ -438,7 +437,7 @@ def test_excel_byte_order_marks_are_read_and_bad_encodings_named(tmp_path, tok):
 def test_a_named_encoding_reads_each_text_format(tmp_path, tok):
     """``--encoding`` (``encoding=``; :func:`reading_encoding` around a block) is each CSV, TSV,
     JSON and JSONL file's (before, a JSON file was read as UTF-8 whatever was named)."""
-    from prefopt.data.readers import reading_encoding
+    from prefopt.data.readers import naming_encoding_by, reading_encoding
 
     pair = {"prompt": "Fièvre à 39 °C depuis hier ?", "chosen": "Urgent.", "rejected": "Routine."}
     files = {"p.csv": "prompt;chosen;rejected\r\n" + ";".join(pair.values()) + "\r\n",
@@ -455,6 +454,10 @@ def test_a_named_encoding_reads_each_text_format(tmp_path, tok):
         with reading_encoding("cp1252"):
             assert [r for _, r in read_rows(path)] == [pair], name
         assert [r for _, r in read_rows(path, encoding="cp1252")] == [pair], name
+    with naming_encoding_by("--encoding cp1252"), pytest.raises(DataError, match=r"\(--encoding cp1252 for Excel's"):
+        list(read_rows(path))
+    with naming_encoding_by(None), pytest.raises(DataError, match=r"save the file as UTF-8$"):  # a program without
+        list(read_rows(path))
 
 
 def test_utf16_files_with_their_byte_order_mark_are_read_and_their_errors_placed_in_characters(tmp_path, tok):

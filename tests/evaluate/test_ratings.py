@@ -204,7 +204,7 @@ def test_a_bad_row_of_a_filled_sheet_is_named_by_file_line_and_field(tmp_path):
     assert rating_report.read_ratings(spaced, key) == {"1B": 5}  # line ends a spreadsheet changed: the same answer
 
 
-def test_a_folder_that_is_no_finished_run_is_named(tmp_path):
+def test_a_folder_that_is_no_finished_run_is_named(tmp_path, capsys):
     run, _ = fake_run(tmp_path, 4)
     (run / "dpo" / "predictions.jsonl").unlink()
     with pytest.raises(ValueError, match=r"no dpo/predictions.jsonl: the SFT\+DPO stage has not been evaluated"):
@@ -219,6 +219,13 @@ def test_a_folder_that_is_no_finished_run_is_named(tmp_path):
     assert main(["rating-sheet", "--from", str(run), "--stages", "base,sft", "--format", "csv"]) == 0
     blank = run / "ratings" / "for_raters" / "ratings_sheet.csv"
     assert main(["rating-report", "--key", str(run / "ratings"), "--ratings", str(blank)]) == 2  # nothing rated
+    latin = tmp_path / "latin.csv"  # a sheet Excel saved as plain CSV: rating-report has no --encoding to name
+    latin.write_bytes(blank.read_bytes() + "fièvre\n".encode("cp1252"))
+    capsys.readouterr()
+    assert main(["rating-report", "--key", str(run / "ratings"), "--ratings", str(latin)]) == 2
+    err = capsys.readouterr().err
+    assert "latin.csv:" in err and "not utf-8 text (byte 0xe8 at column 3); save the file as UTF-8 (in Excel" in err
+    assert "name the encoding" not in err and "--encoding" not in err
     key = json.loads((run / "ratings" / rating_sheet.KEY).read_text())
     first = next(iter(key["codes"]))
     lone = {"only": {first: 3}, "other": {}}  # one answer rated, by one rater: no comparison, no kappa

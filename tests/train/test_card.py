@@ -128,8 +128,8 @@ def test_a_windows_export_is_read_in_the_encoding_named_by_check_data_dpo_and_th
     check = ["check-data", "--model", str(model_dir), "--data", str(data)]
     assert main(check) == 2
     assert ("export.csv:2: not utf-8 text (byte 0xe8 at column 3); save the file as UTF-8 (in Excel: Save As \"CSV "
-            "UTF-8\"; or pass the .xlsx workbook itself), or name the encoding it was saved in (--encoding cp1252, in "
-            "Python encoding='cp1252', for Excel's CSV on Western-European Windows; as cp1252, line 2 reads 'Fièvre "
+            "UTF-8\"; or pass the .xlsx workbook itself), or name the encoding it was saved in (--encoding cp1252 for "
+            "Excel's CSV on Western-European Windows; as cp1252, line 2 reads 'Fièvre "
             "à 39 °C, code A. Triage ?'...)") in capsys.readouterr().err
     assert main(check + ["--encoding", "cp1252"]) == 0
     assert "export.csv: preference pairs; 8 of 8 records kept" in capsys.readouterr().out
