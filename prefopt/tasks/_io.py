@@ -1,14 +1,13 @@
 """Reading task files: CSV (any delimiter and encoding), JSONL and JSON, with located errors."""
 from __future__ import annotations
 
-import codecs
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
-from ..data.readers import EncodingError, read_rows
+from ..data.readers import EncodingError, checked_encoding, read_rows
 from ..data.records import DataError, spreadsheet_error, unicode_problem
 
 DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
@@ -63,11 +62,7 @@ def file_options(task, delimiter: str | None = None, encoding: str = "utf-8", sh
     delimiter = DELIMITER_NAMES.get(delimiter, delimiter)
     if delimiter is not None and (not isinstance(delimiter, str) or len(delimiter) != 1):
         raise ValueError(f"delimiter must be one character or one of {', '.join(DELIMITER_NAMES)}, got {delimiter!r}")
-    try:
-        codecs.lookup(encoding)
-    except (LookupError, TypeError):
-        raise ValueError(f"unknown encoding {encoding!r} (e.g. utf-8, cp1252, latin-1)") from None
-    return {"delimiter": delimiter, "encoding": encoding, "sheet": sheet.strip() if sheet and sheet.strip() else None,
+    return {"delimiter": delimiter, "encoding": checked_encoding(encoding), "sheet": sheet.strip() if sheet and sheet.strip() else None,
             "task_options": "encoding" in inspect.signature(type(task)).parameters}
 
 
