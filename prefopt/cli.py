@@ -607,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def run() -> int:
-        from .data.readers import encoding_scope, naming_encoding_by
+        from .data.decoding import encoding_scope, naming_encoding_by
         from .data.sheets import sheet_scope
 
         # --sheet: each workbook's sheet to read; --encoding: each text file's encoding, where the command has
@@ -632,8 +632,8 @@ def add_data_file_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _encoding(name: str) -> str:
-    """An argparse type: an encoding Python knows (:func:`~prefopt.data.readers.checked_encoding`)."""
-    from .data.readers import checked_encoding
+    """An argparse type: an encoding Python knows (:func:`~prefopt.data.decoding.checked_encoding`)."""
+    from .data.decoding import checked_encoding
 
     try:
         return checked_encoding(name)

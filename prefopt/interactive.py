@@ -48,7 +48,7 @@ def prompt_file_text(path: Path) -> str:
     """A file given as a prompt (``generate --prompt @FILE``, chat's ``/file``): a Word, Writer or
     PDF document's text (``.docx``, ``.odt``, ``.pdf``: :mod:`prefopt.documents`), else UTF-8 text (a bad byte
     named by line and column); Windows and old Mac line ends read as ``\n``."""
-    from .data.readers import read_text
+    from .data.decoding import read_text
     from .documents import DOCUMENTS, document_text
 
     text = document_text(path) if path.suffix.lower() in DOCUMENTS else read_text(path, "utf-8")

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..hints import first_few
-from .readers import COMPRESSIONS, NAMES, beside_the_data, is_data_file_name
+from .decoding import COMPRESSIONS
+from .readers import NAMES, beside_the_data, is_data_file_name
 
 _PATTERN = re.compile(r"[*?\[]")
 _SHARD = re.compile(r"^(?P<split>.+)-(?P<i>\d+)-of-(?P<n>\d+)(?P<ext>\.[^.]+("  # train-00000-of-00002.jsonl(.gz)

@@ -12,8 +12,9 @@ from pathlib import Path
 from .._deps import progress
 from ..tokenizer import BoundaryError, Tokenizer
 from .columns import column_hint, column_of, with_columns
+from .decoding import encoding_scope
 from .files import data_files, describe, is_paths
-from .readers import encoding_scope, in_memory, read_rows, source_name
+from .readers import in_memory, read_rows, source_name
 from .records import (
     ESCAPES,
     DataError,
@@ -405,7 +406,7 @@ def load_tokenized(path, parse: Callable, encode: Callable, *, skip_bad: bool, f
     text holding one of its special tokens written out (:func:`~.records.control_tokens`). Raises
     :class:`NoRecordsError` when not one record of all the files is usable. ``sheet``: each
     workbook's sheet to read (:func:`~.sheets.reading_sheet`); ``encoding``, each text file's
-    (:func:`~.readers.reading_encoding`).
+    (:func:`~.decoding.reading_encoding`).
     """
     with sheet_scope(sheet), encoding_scope(encoding):
         parts = [_tokenized(s, parse, encode, skip_bad, field_of, show_progress, tok) for s in sources(path)]

@@ -10,7 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 from .._deps import progress
-from ..data.readers import csv_delimiter, data_suffix
+from ..data.decoding import data_suffix
+from ..data.readers import csv_delimiter
 from ..data.sheet_writer import write_sheet
 from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 from .confidence import chosen, likeliest, probabilities_for

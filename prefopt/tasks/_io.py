@@ -7,7 +7,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
-from ..data.readers import EncodingError, checked_encoding, read_rows
+from ..data.decoding import EncodingError, checked_encoding
+from ..data.readers import read_rows
 from ..data.records import DataError, spreadsheet_error, unicode_problem
 
 DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}

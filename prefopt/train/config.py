@@ -13,8 +13,8 @@ from typing import Any
 
 from ..chat_template import parse_chat_date
 from ..data.columns import column_map
+from ..data.decoding import checked_encoding
 from ..data.files import data_files
-from ..data.readers import checked_encoding
 from ..devices import DTYPES as _DTYPES
 from ..devices import resolve_device
 from ..lora import parse_layers

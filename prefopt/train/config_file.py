@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..data.readers import RepeatedKey, one_of_each, read_text
+from ..data.decoding import read_text
+from ..data.readers import RepeatedKey, one_of_each
 from ..hints import did_you_mean
 
 

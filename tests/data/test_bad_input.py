@@ -437,7 +437,7 @@ def test_excel_byte_order_marks_are_read_and_bad_encodings_named(tmp_path, tok):
 def test_a_named_encoding_reads_each_text_format(tmp_path, tok):
     """``--encoding`` (``encoding=``; :func:`reading_encoding` around a block) is each CSV, TSV,
     JSON and JSONL file's (before, a JSON file was read as UTF-8 whatever was named)."""
-    from prefopt.data.readers import naming_encoding_by, reading_encoding
+    from prefopt.data.decoding import naming_encoding_by, reading_encoding
 
     pair = {"prompt": "Fièvre à 39 °C depuis hier ?", "chosen": "Urgent.", "rejected": "Routine."}
     files = {"p.csv": "prompt;chosen;rejected\r\n" + ";".join(pair.values()) + "\r\n",
