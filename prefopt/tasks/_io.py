@@ -63,7 +63,8 @@ def file_options(task, delimiter: str | None = None, encoding: str = "utf-8", sh
     delimiter = DELIMITER_NAMES.get(delimiter, delimiter)
     if delimiter is not None and (not isinstance(delimiter, str) or len(delimiter) != 1):
         raise ValueError(f"delimiter must be one character or one of {', '.join(DELIMITER_NAMES)}, got {delimiter!r}")
-    return {"delimiter": delimiter, "encoding": checked_encoding(encoding), "sheet": sheet.strip() if sheet and sheet.strip() else None,
+    return {"delimiter": delimiter, "encoding": checked_encoding(encoding),
+            "sheet": sheet.strip() if sheet and sheet.strip() else None,
             "task_options": "encoding" in inspect.signature(type(task)).parameters}
 
 

@@ -417,7 +417,8 @@ def test_excel_byte_order_marks_are_read_and_bad_encodings_named(tmp_path, tok):
     (tmp_path / "w.jsonl").write_bytes(b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "d"}\n')
     with pytest.raises(DataError, match=r"w.jsonl:2: not utf-8 text \(byte 0xe9 at column 16\); save the file as "
                                         r"UTF-8, or name the encoding it was saved in \(encoding='cp1252' for Excel's "
-                                        r"CSV on Western-European Windows; as cp1252, line 2 reads '\{\"prompt\": \"café\", \"completion\": \"d\"\}'\)$"):
+                                        r"CSV on Western-European Windows; as cp1252, line 2 reads '\{\"prompt\": "
+                                        r"\"café\", \"completion\": \"d\"\}'\)$"):
         load_sft(tmp_path / "w.jsonl", tok)
     (tmp_path / "w.csv").write_bytes(b'prompt,completion\nok,fine\nfi\xe8vre,yes\n')  # Excel's plain "CSV" (cp1252)
     with pytest.raises(DataError, match=r'w.csv:3: not utf-8 text \(byte 0xe8 at column 3\); save the file as UTF-8 \(in '
