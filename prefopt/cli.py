@@ -626,9 +626,15 @@ def add_data_file_flags(p: argparse.ArgumentParser) -> None:
     task's data, as the task options)."""
     p.add_argument("--sheet", dest="data_sheet", metavar="NAME", help="the sheet of an Excel workbook in --data to "
                    "read (else its one sheet in view that holds data)")
+    add_encoding_flag(p, "--data's CSV, TSV, JSON and JSONL files")
+
+
+def add_encoding_flag(p: argparse.ArgumentParser, files: str) -> None:
+    """``--encoding``: the text encoding of the ``files`` the command reads (:func:`main` reads
+    them in it, and a bad byte's error then names the flag)."""
     p.add_argument("--encoding", dest="data_encoding", metavar="NAME", type=_encoding,
-                   help="the text encoding of --data's CSV, TSV, JSON and JSONL files (default: utf-8; cp1252 for "
-                   "Excel's CSV on Western-European Windows)")
+                   help=f"the text encoding of {files} (default: utf-8; cp1252 for Excel's CSV on Western-European "
+                   "Windows)")
 
 
 def _encoding(name: str) -> str:

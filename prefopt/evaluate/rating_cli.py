@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 def add_commands(sub) -> None:
+    from ..cli import add_encoding_flag
     from .cli import positive_int
     from .rating_sheet import FORMATS
 
@@ -34,6 +35,7 @@ def add_commands(sub) -> None:
     r.add_argument("--key", required=True, help="the sheet's rating_key.json, or the folder that holds it")
     r.add_argument("--ratings", required=True, nargs="+", metavar="FILE", help="the filled sheets, one per rater "
                    "(.xlsx, .ods, .csv, ...; each named after its rater: ratings_dr_lee.xlsx)")
+    add_encoding_flag(r, "the filled sheets saved as CSV or TSV (a rater's Excel saves plain CSV in its code page)")
     r.add_argument("--output", help="folder for ratings_report.md and ratings.json (default: the key's)")
     r.add_argument("--n-resamples", type=positive_int, default=2000, help="bootstrap resamples")
     r.add_argument("--training-data", metavar="DIR", help="also write the ratings as training data for the next "

@@ -2,6 +2,7 @@
 answers under codes, no stage named, alike answers once), the key, and the report of the filled
 sheets (means checked by hand, Wilcoxon against scipy, kappa against statsmodels), with each bad
 row named by file, line and field. The compare run is made by hand: the answers are what count."""
+import csv
 import json
 
 import numpy as np
@@ -219,13 +220,26 @@ def test_a_folder_that_is_no_finished_run_is_named(tmp_path, capsys):
     assert main(["rating-sheet", "--from", str(run), "--stages", "base,sft", "--format", "csv"]) == 0
     blank = run / "ratings" / "for_raters" / "ratings_sheet.csv"
     assert main(["rating-report", "--key", str(run / "ratings"), "--ratings", str(blank)]) == 2  # nothing rated
-    latin = tmp_path / "latin.csv"  # a sheet Excel saved as plain CSV: rating-report has no --encoding to name
-    latin.write_bytes(blank.read_bytes() + "fièvre\n".encode("cp1252"))
+    with open(blank, newline="", encoding="utf-8-sig") as f:  # a rater's Excel saves it as plain CSV: cp1252
+        dialect = csv.Sniffer().sniff(f.readline())
+        f.seek(0)
+        sheet = list(csv.reader(f, dialect))
+    sheet[1][sheet[0].index("rating")], sheet[1][sheet[0].index("comment")] = "4", "fièvre non notée"
+    latin = tmp_path / "ratings_dr_latin.csv"
+    with open(latin, "w", newline="", encoding="cp1252") as f:
+        csv.writer(f, dialect).writerows(sheet)
     capsys.readouterr()
-    assert main(["rating-report", "--key", str(run / "ratings"), "--ratings", str(latin)]) == 2
-    err = capsys.readouterr().err
-    assert "latin.csv:" in err and "not utf-8 text (byte 0xe8 at column 3); save the file as UTF-8 (in Excel" in err
-    assert "name the encoding" not in err and "--encoding" not in err
+    report = ["rating-report", "--key", str(run / "ratings"), "--ratings", str(latin), "--n-resamples", "50"]
+    assert main(report) == 2
+    err = capsys.readouterr().err  # (the row's answer runs over several lines: its comment is on line 7)
+    assert "ratings_dr_latin.csv:7: not utf-8 text (byte 0xe8 at column " in err
+    assert err.endswith("), or name the encoding it was saved in (--encoding cp1252 for Excel's CSV on "
+                        "Western-European Windows; as cp1252, line 7 reads ...'uage model (portal-0003).,4,fièvre "
+                        "non notée')\n")
+    assert main(report + ["--encoding", "cp1252"]) == 0
+    stages = json.loads((run / "ratings" / rating_sheet.KEY).read_text())["codes"][sheet[1][0]]["stages"]
+    said = json.loads((run / "ratings" / "ratings.json").read_text())["stages"]
+    assert {s: v["given"][3] for s, v in said.items() if v["given"][3]} == dict.fromkeys(stages, 1)  # its one 4
     key = json.loads((run / "ratings" / rating_sheet.KEY).read_text())
     first = next(iter(key["codes"]))
     lone = {"only": {first: 3}, "other": {}}  # one answer rated, by one rater: no comparison, no kappa
