@@ -68,6 +68,12 @@ def checked_encoding(name: str) -> str:
     return name
 
 
+def is_utf8(name: str) -> bool:
+    """Whether the encoding ``name`` (an encoding Python knows) is UTF-8, by any of its names
+    (``utf8``, ``UTF_8``); ``utf-8-sig``, which reads a byte-order mark itself, is not."""
+    return codecs.lookup(name).name == "utf-8"
+
+
 @contextlib.contextmanager
 def reading_encoding(name: str) -> Iterator[None]:
     """Within the block, each text data file (CSV, TSV, JSON, JSONL) read without an encoding of
@@ -105,7 +111,7 @@ def read_text(path: Path, encoding: str | None = None) -> str:
     UTF-8 was asked for). A file compressed as a whole (:data:`COMPRESSIONS`) is decompressed first."""
     data = read_bytes(path)
     encoding = encoding or ENCODING.get()
-    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+    if is_utf8(encoding):
         # the mark dropped here, not by the codec (whose error positions would then be off by its bytes);
         # UTF-16 with its byte-order mark: Excel's "Unicode Text", PowerShell's Out-File; unmistakable
         mark = next((m for m in BYTE_ORDER_MARKS if data.startswith(m)), b"")

@@ -6,13 +6,13 @@ model-card header (``base_model``, ``library_name``, ``tags``), which PEFT and t
 the folder loads as before."""
 from __future__ import annotations
 
-import codecs
 import json
 from datetime import date
 from pathlib import Path
 
 import torch
 
+from ..data.decoding import is_utf8
 from ..data.files import data_files
 from ..fileio import sha256_of, write_text_atomic
 from ..losses import UNPAIRED, loss_terms
@@ -55,7 +55,7 @@ def _what(config) -> tuple[str, list[str]]:
 def _data_lines(config, n_train: int, n_eval: int) -> list[str]:
     lines = []
     encoding = getattr(config, "encoding", None)  # said where the text files were not read as UTF-8
-    encoding = encoding if encoding and codecs.lookup(encoding).name != "utf-8" else None
+    encoding = encoding if encoding and not is_utf8(encoding) else None
     for name, sheet in (("data", "sheet"), ("eval_data", "eval_sheet")):
         try:
             files = data_files(getattr(config, name, None) or [])
