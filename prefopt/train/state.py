@@ -5,8 +5,8 @@ A checkpoint is a folder ``checkpoints/step-00000042/`` holding:
 - ``trainable.safetensors``: the parameters being trained (the LoRA adapter, or all weights);
 - ``optimizer.safetensors`` + ``optimizer.json``: the optimizer's state dict, its tensors
   (``"<param id>.<name>"``: AdamW's moments and step) and the rest (parameter groups, any
-  number in the state) apart, so nothing is unpickled (checkpoints from before 2026-11-30 hold
-  ``optimizer.pt`` instead, still read with ``torch.load(weights_only=True)``);
+  number in the state) apart, so nothing is unpickled (a checkpoint from before 2026-11-30 holds
+  ``optimizer.pt``, a pickle, instead: refused, with the one line that converts it, :data:`PICKLED`);
 - ``rng-rank{r}.safetensors``: each rank's torch (and CUDA) RNG state;
 - ``trainer_state.json``: step, Python/NumPy RNG states, config (and ``eval_owed`` where a
   signal stopped the run before the step's evaluation was done: the resume does it first).
@@ -115,6 +115,8 @@ def resume_point(output_dir: str | Path) -> tuple[Path | None, list[str]]:
     found = sorted((p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")), reverse=True)
     passed: list[str] = []
     for ckpt in found:
+        if pickled_checkpoint(ckpt):  # not damaged: passing it over would train its steps again, or from 0
+            raise ValueError(PICKLED.format(ckpt=str(ckpt)))
         if (problem := checkpoint_problem(ckpt)) is None:
             return ckpt, passed
         passed.append(f"{ckpt.name}: {problem}")
@@ -129,12 +131,22 @@ def checkpoint_problem(ckpt: Path) -> str | None:
         return problem
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         return "trainer_state.json holds no step"
-    files = ["trainable", *(f"rng-rank{r}" for r in range(int(state.get("world", 1))))]
-    if (ckpt / "optimizer.json").exists() or not (ckpt / "optimizer.pt").is_file():  # (.pt: before 2026-11-30)
-        if problem := _read_json(ckpt / "optimizer.json")[1]:
-            return problem
-        files.append("optimizer")
+    if problem := _read_json(ckpt / "optimizer.json")[1]:
+        return problem
+    files = ["trainable", *(f"rng-rank{r}" for r in range(int(state.get("world", 1)))), "optimizer"]
     return next((p for f in files if (p := file_problem(ckpt / f"{f}.safetensors"))), None)
+
+
+PICKLED = ("{ckpt} holds its optimizer state as optimizer.pt, a pickle written by prefopt before 2026-11-30; "
+           "prefopt reads no pickles (loading one can run code it holds). If you trust the file, convert it once: "
+           "python -c \"import torch; from prefopt.train.state import write_optimizer; from pathlib import Path; "
+           "c = Path({ckpt!r}); write_optimizer(torch.load(c / 'optimizer.pt', weights_only=True), c)\" "
+           "and resume again")
+
+
+def pickled_checkpoint(ckpt: Path) -> bool:
+    """Whether ``ckpt`` is one from before 2026-11-30, its optimizer state a pickle (:data:`PICKLED`)."""
+    return (ckpt / "optimizer.pt").is_file() and not (ckpt / "optimizer.json").exists()
 
 
 def _read_json(path: Path) -> tuple[Any, str | None]:
@@ -162,8 +174,6 @@ def write_optimizer(sd: dict, folder: Path) -> None:
 
 def read_optimizer(folder: Path) -> dict:
     """What :func:`write_optimizer` wrote, as a state dict ``optimizer.load_state_dict`` takes."""
-    if not (folder / "optimizer.safetensors").is_file() and (folder / "optimizer.pt").is_file():
-        return torch.load(folder / "optimizer.pt", weights_only=True)  # a checkpoint from before 2026-11-30
     meta = read_json(folder / "optimizer.json")
     state: dict[int, dict] = {}
     for name, t in load_file(folder / "optimizer.safetensors").items():
@@ -176,8 +186,7 @@ def read_optimizer(folder: Path) -> dict:
 
 
 def read_checkpoint(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
-    """``(trainable tensors, optimizer state, trainer state)``; nothing unpickled but a pre-2026-11-30
-    checkpoint's optimizer.pt (through ``weights_only``)."""
+    """``(trainable tensors, optimizer state, trainer state)``; nothing unpickled."""
     trainable = load_file(ckpt / "trainable.safetensors")
     optimizer_state = read_optimizer(ckpt)
     state = read_json(ckpt / "trainer_state.json")

@@ -1,8 +1,11 @@
 """An output folder holding an earlier run is never trained into silently, and a checkpoint
 resumes only under the settings it was written with."""
 import json
+import shlex
 import shutil
 import signal
+import subprocess
+import sys
 from contextlib import contextmanager
 
 import pytest
@@ -675,8 +678,9 @@ def test_a_run_resumed_on_another_day_shows_its_own_date(tmp_path, monkeypatch, 
 
 def test_a_checkpoint_holds_no_pickle_and_its_optimizer_state_round_trips(task, tmp_path):
     """Weights, moments and RNG states in safetensors, the rest in JSON: nothing is unpickled on
-    resume. The optimizer state read back equals the one written, tensor for tensor; a checkpoint
-    from before (optimizer.pt) still reads."""
+    resume. The optimizer state read back equals the one written, tensor for tensor. A checkpoint
+    from before 2026-11-30 (optimizer.pt, a pickle) is refused, not passed over, and the line the
+    error gives converts it: the run then resumes from it."""
     import torch
 
     from prefopt.train.state import latest_checkpoint, read_optimizer, write_optimizer
@@ -699,10 +703,26 @@ def test_a_checkpoint_holds_no_pickle_and_its_optimizer_state_round_trips(task, 
     fresh = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.8, 0.95), foreach=True)
     fresh.load_state_dict(back)
     assert fresh.param_groups[0]["betas"] == (0.8, 0.95)
-    old = tmp_path / "old"
-    old.mkdir()
-    torch.save(sd, old / "optimizer.pt")
-    assert read_optimizer(old)["param_groups"] == sd["param_groups"]
+    saved = read_optimizer(ckpt)
+    (ckpt / "optimizer.safetensors").unlink()
+    (ckpt / "optimizer.json").unlink()
+    torch.save(saved, ckpt / "optimizer.pt")
+    with pytest.raises(ValueError) as refused:
+        run_sft(_cfg(task, out, save_every=1, max_steps=4, resume=True))
+    message = str(refused.value)
+    assert message.startswith(f"{ckpt} holds its optimizer state as optimizer.pt, a pickle written by prefopt "
+                              "before 2026-11-30; prefopt reads no pickles")
+    assert sorted(p.name for p in ckpt.iterdir()) == ["optimizer.pt", "rng-rank0.safetensors",
+                                                     "trainable.safetensors", "trainer_state.json"]
+    command = message.split("convert it once: ")[1].removesuffix(" and resume again")
+    python, *rest = shlex.split(command)
+    assert python == "python"
+    subprocess.run([sys.executable, *rest], check=True)
+    back = read_optimizer(ckpt)
+    assert all(torch.equal(back["state"][i][k], v) for i, st in saved["state"].items() for k, v in st.items())
+    run_sft(_cfg(task, out, save_every=1, max_steps=4, resume=True))
+    step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+    assert json.loads((out / "train_summary.json").read_text())["resumed_from_step"] == step > 0
 
 
 def test_an_output_folder_that_cannot_be_written_is_refused_before_anything_loads(task, tmp_path, monkeypatch):
@@ -868,8 +888,8 @@ def test_checkpoint_problem_reads_headers_and_json(tmp_path):
     assert checkpoint_problem(ckpt) is None
     (ckpt / "optimizer.json").unlink()
     (ckpt / "optimizer.safetensors").unlink()
-    (ckpt / "optimizer.pt").write_bytes(b"old")  # a checkpoint from before 2026-11-30: read as it was
-    assert checkpoint_problem(ckpt) is None
+    (ckpt / "optimizer.pt").write_bytes(b"old")  # before 2026-11-30: refused whole by resume_point, never read
+    assert checkpoint_problem(ckpt) == "optimizer.json is missing"
 
 
 def test_a_disk_too_small_for_the_runs_checkpoints_is_said_before_the_first_step(task, tmp_path, capsys, monkeypatch):
