@@ -612,7 +612,8 @@ def main(argv: list[str] | None = None) -> int:
 
         # --sheet: each workbook's sheet to read; --encoding: each text file's encoding, where the command has
         # the flag (sft and dpo: their config's), which a bad byte's error then names
-        named_by = "--encoding cp1252" if {"data_encoding", "encoding"} & set(vars(args)) else None
+        flags = {"data_encoding": "--encoding", "encoding": "--encoding", "pairs_encoding": "--pairs-encoding"}
+        named_by = next((f"{flag} cp1252" for dest, flag in flags.items() if dest in vars(args)), None)
         with sheet_scope(getattr(args, "data_sheet", None)), encoding_scope(getattr(args, "data_encoding", None)), \
                 naming_encoding_by(named_by):
             return args.func(args)
@@ -629,10 +630,12 @@ def add_data_file_flags(p: argparse.ArgumentParser) -> None:
     add_encoding_flag(p, "--data's CSV, TSV, JSON and JSONL files")
 
 
-def add_encoding_flag(p: argparse.ArgumentParser, files: str) -> None:
+def add_encoding_flag(p: argparse.ArgumentParser, files: str, flag: str = "--encoding", dest: str = "data_encoding"
+                      ) -> None:
     """``--encoding``: the text encoding of the ``files`` the command reads (:func:`main` reads
-    them in it, and a bad byte's error then names the flag)."""
-    p.add_argument("--encoding", dest="data_encoding", metavar="NAME", type=_encoding,
+    them in it, and a bad byte's error then names the flag); compare's ``--pairs-encoding``, of
+    its ``--pairs`` alone (``dest`` ``pairs_encoding``, read by compare itself)."""
+    p.add_argument(flag, dest=dest, metavar="NAME", type=_encoding,
                    help=f"the text encoding of {files} (default: utf-8; cp1252 for Excel's CSV on Western-European "
                    "Windows)")
 

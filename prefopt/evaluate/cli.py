@@ -399,7 +399,8 @@ def _compare(args) -> int:
         raise ValueError("--model is needed: the model compare trains and evaluates")
     overrides = key_values(args.set)
     cfg = CompareConfig(task=args.task, model=args.model, output=args.output, data=args.data, preset=args.preset,
-                        task_options=task_options_of(args), strategy=args.strategy, pairs=args.pairs, loss=args.loss,
+                        task_options=task_options_of(args), strategy=args.strategy, pairs=args.pairs,
+                        pairs_encoding=args.pairs_encoding, loss=args.loss,
                         seed=args.seed, judge=args.judge, n_resamples=args.n_resamples, overrides=overrides,
                         device=args.device, eval_dtype=args.eval_dtype, chat_date=args.chat_date,
                         chat_vars=chat_vars_arg(args), start_from=args.start_from)
@@ -535,7 +536,7 @@ def task_options_epilog() -> str:
 
 
 def add_commands(sub) -> None:
-    from ..cli import add_chat_flags, add_data_file_flags
+    from ..cli import add_chat_flags, add_data_file_flags, add_encoding_flag
     from ..losses import loss_arg
     from ..tasks import STRATEGIES, TASKS
     from .compare_config import PRESETS
@@ -651,7 +652,8 @@ def add_commands(sub) -> None:
                    help="quick: 160 training items, fixed steps, minutes on a CPU; full: all the data, epochs")
     c.add_argument("--strategy", choices=STRATEGIES, default="wrong_label",
                    help="how DPO's rejected answers are made (ranked: given pairs, see --pairs)")
-    c.add_argument("--pairs", help="ranked: JSONL of prompt/chosen/rejected pairs to train DPO on")
+    c.add_argument("--pairs", help="ranked: a file of prompt/chosen/rejected pairs to train DPO on (JSONL, CSV, ...)")
+    add_encoding_flag(c, "--pairs where it is a CSV, TSV, JSON or JSONL file", "--pairs-encoding", "pairs_encoding")
     c.add_argument("--loss", default="sigmoid", type=loss_arg,
                    help="preference loss (docs/dpo.md), or a weighted sum such as 0.8*sigmoid+0.2*bco_pair+sft; "
                    "rpo adds the chosen answers' NLL")

@@ -30,17 +30,18 @@ def _plain(text: str) -> str:
 SHARED = 40  # the fewest characters a pair's prompt and an item's message share for one within the other to count
 
 
-def held_out(pairs: Path, splits: dict[str, list]) -> tuple[list[dict], list[tuple[int, str, str]]]:
+def held_out(pairs: Path, splits: dict[str, list], encoding: str | None = None
+             ) -> tuple[list[dict], list[tuple[int, str, str]]]:
     """``(the rows to keep, (line, split, item id) of each left out)``: a pair is left out where its
     prompt is the message of an item of ``splits`` (``{"test": records, ...}``), word for word in
     any spacing or case, or where one holds the other whole, :data:`SHARED` characters or more (a
     pair's prompt that is the message without the task's instructions, or wraps it in its own;
     a short one, "Refill?", may stand in many a message by chance). A row the file cannot give
-    (malformed) is raised now, before anything trains."""
+    (malformed, or bytes not text in ``encoding``, None: UTF-8) is raised now, before anything trains."""
     held = {_plain(r.prompt): (name, r.id) for name, records in splits.items() for r in records}
     long = [(text, item) for text, item in held.items() if len(text) >= SHARED]
     kept, left = [], []
-    for line, row in read_rows(pairs):
+    for line, row in read_rows(pairs, encoding=encoding):
         if isinstance(row, DataError):
             raise row
         prompt = _prompt_text(row) if isinstance(row, dict) else None

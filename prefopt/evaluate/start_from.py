@@ -23,7 +23,8 @@ from .runner import DECODING
 # settings that change only the DPO stage: they may differ from the run the stages come from
 DPO_SETTINGS = ("dpo_steps", "dpo_epochs", "dpo_batch_size", "dpo_lr", "beta", "dpo_eval_every", "dpo_min_gain",
                 "dpo_patience", "dpo_max_p", "ld_alpha", "f_divergence", "f_alpha", "wpo")
-DPO_ONLY = ("loss", "strategy", "pairs", *(f"{part}.{k}" for part in ("settings", "overrides") for k in DPO_SETTINGS))
+DPO_FLAGS = ("loss", "strategy", "pairs", "pairs_encoding")  # (compare's --loss, ...)
+DPO_ONLY = (*DPO_FLAGS, *(f"{part}.{k}" for part in ("settings", "overrides") for k in DPO_SETTINGS))
 SFT_ADAPTER = Path("sft") / "train" / "final" / "adapter_model.safetensors"
 
 
@@ -54,7 +55,8 @@ def check_same_sft(source: str | Path, earlier: dict, config: dict, split: dict)
                                                 *(f"overrides.{k}" for k in DECODING)))
     if diff:
         raise ValueError(f"--from {source} was run with other settings than DPO's ({'; '.join(diff)}): its base and "
-                         f"SFT stages are not this run's. Only {', '.join(('--loss', '--strategy', '--pairs', *DPO_SETTINGS))} "
+                         f"SFT stages are not this run's. Only "
+                         f"{', '.join((*('--' + k.replace('_', '-') for k in DPO_FLAGS), *DPO_SETTINGS))} "
                          "and decoding may differ")
     recorded = Path(source) / "split.json"
     if not recorded.is_file() or read_json(recorded) != split:
@@ -64,7 +66,8 @@ def check_same_sft(source: str | Path, earlier: dict, config: dict, split: dict)
 
 def _same_pairs(earlier: dict, config: dict) -> bool:
     """Whether this run's DPO pairs are those ``earlier`` made (the split and seed are already the same)."""
-    if (earlier.get("strategy"), earlier.get("pairs")) != (config["strategy"], config["pairs"]):
+    if [earlier.get(k) for k in ("strategy", "pairs", "pairs_encoding")] != [
+            config["strategy"], config["pairs"], config.get("pairs_encoding")]:
         return False
     if config["strategy"] != "model_errors":
         return True

@@ -293,6 +293,50 @@ def test_a_validation_set_that_leaves_nothing_to_train_on_stops_compare_before_i
                                   overrides={**TINY, "val": 40}))
 
 
+def test_given_pairs_in_another_encoding_are_read_in_it_by_both_stages(tiny_model, tmp_path, sft_configs, capsys):
+    """Pairs a clinician kept in Excel and saved as CSV on Western-European Windows (cp1252) stopped
+    compare with "save the file as UTF-8"; ``--pairs-encoding cp1252`` reads them, where compare
+    holds out the test items and where DPO trains (the user's file: compare's own copy of the
+    pairs it kept is UTF-8). Without it the error names the flag and shows the line as cp1252."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from prefopt.cli import main
+    from prefopt.evaluate.compare_train import dpo_config
+    from prefopt.tasks import get_task, split_records
+    from tests.tasks.conftest import StopAtSFT
+
+    task = get_task("portal")
+    splits = split_records(task.load(), test=4, val=4, seed=0, max_train=8)
+    given = tmp_path / "ratings.csv"
+    given.write_bytes(b"prompt;chosen;rejected\n" + f"{splits['test'][0].prompt.replace(chr(10), ' ')};"
+                      "Urgency: routine (caf\u00e9 au lait spots);Urgency: emergency\n".encode("cp1252")
+                      + "Is my fever of 38.5 \u00b0C a worry?;Urgency: urgent;Urgency: routine\n".encode("cp1252"))
+    args = ["compare", "--task", "portal", "--model", str(tiny_model), "--output", str(tmp_path / "run"),
+            "--strategy", "ranked", "--pairs", str(given), *(x for k, v in TINY.items() for x in ("--set", f"{k}={v}"))]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{given}:2" in err and "(--pairs-encoding cp1252 for Excel's CSV on Western-European Windows; as " \
+        "cp1252, line 2 reads ...'" in err and "(caf\u00e9 au lait spots)" in err
+    with pytest.raises(StopAtSFT):
+        main([*args, "--pairs-encoding", "cp1252"])
+    assert f"--pairs {given}: 1 of 2 pairs left out, their prompts the messages of items held out (1 test; the first: " \
+        f"line 2, test item {splits['test'][0].id!r})" in capsys.readouterr().out
+    cfg = CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "run"), strategy="ranked",
+                        pairs=str(given), pairs_encoding="cp1252", overrides=TINY)
+    s = cfg.settings()
+    assert dpo_config(cfg, s, Path(given), tmp_path / "run").encoding == "cp1252"
+    kept = tmp_path / "run" / "data" / "pairs.jsonl"  # (compare's copy, written after SFT)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text("")
+    assert dpo_config(cfg, s, kept, tmp_path / "run").encoding == "utf-8"
+    for wrong, error in [({"pairs_encoding": "cp-nope"}, "encoding 'cp-nope': not one Python knows"),
+                         ({"strategy": "wrong_label"}, "pairs_encoding 'cp1252' is the encoding of --pairs, which "
+                                                       "only strategy 'ranked' reads")]:
+        with pytest.raises(ValueError, match=error):
+            replace(cfg, **wrong).settings()
+
+
 def test_given_pairs_on_held_out_items_are_left_out_and_said_so(tiny_model, tmp_path, sft_configs, capsys):
     """Ranked pairs are the user's: one whose prompt is a test item's message (as chat messages or
     as text in other spacing) would train DPO on what the comparison tests, one on a validation
