@@ -320,8 +320,8 @@ def test_given_pairs_in_another_encoding_are_read_in_it_by_both_stages(tiny_mode
         "cp1252, line 2 reads ...'" in err and "(caf\u00e9 au lait spots)" in err
     with pytest.raises(StopAtSFT):
         main([*args, "--pairs-encoding", "cp1252"])
-    assert f"--pairs {given}: 1 of 2 pairs left out, their prompts the messages of items held out (1 test; the first: " \
-        f"line 2, test item {splits['test'][0].id!r})" in capsys.readouterr().out
+    assert f"--pairs {given}: 1 of 2 pairs left out, their prompts the messages of items held out (1 test; the " \
+        f"first: line 2, test item {splits['test'][0].id!r})" in capsys.readouterr().out
     cfg = CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "run"), strategy="ranked",
                         pairs=str(given), pairs_encoding="cp1252", overrides=TINY)
     s = cfg.settings()
