@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._errors import Pickled
 from ..tokenizer import Tokenizer
 from .columns import column_of, with_columns
 from .preference import PairExample, tokenize_pair
@@ -32,7 +33,7 @@ class FeedbackExample(PairExample):
     desirable: bool = True
 
 
-class NoMismatch(ValueError):
+class NoMismatch(Pickled, ValueError):
     """No mismatched completion for example ``index`` (None: too few examples)."""
 
     def __init__(self, message: str, index: int | None = None):

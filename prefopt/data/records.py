@@ -24,6 +24,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .._errors import Pickled
+
 Messages = list[dict[str, Any]]
 ROLES = ("system", "user", "assistant", "tool")
 IDENTICAL = "identical to {}: a preference pair needs two different responses"
@@ -32,7 +34,7 @@ SPREADSHEET_ERRORS = re.compile(r"#(NULL!|DIV/0!|VALUE!|REF!|NAME\?|NUM!|N/A|GET
                                 r"BLOCKED!|CONNECT!|BUSY!|UNKNOWN!|PYTHON!|ERROR!)|Err:\d{3}")
 
 
-class DataError(ValueError):
+class DataError(Pickled, ValueError):
     """A bad record, located by file, line and field."""
 
     def __init__(self, path, line: int | None, field: str | None, message: str):
@@ -41,7 +43,7 @@ class DataError(ValueError):
         super().__init__(f"{where}: field {field!r}: {message}" if field else f"{where}: {message}")
 
 
-class FieldError(ValueError):
+class FieldError(Pickled, ValueError):
     """A record's field that cannot be encoded, found where its file and line are not known (the
     loaders add them)."""
 

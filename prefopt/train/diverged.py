@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 
+from .._errors import Pickled
 
-class Diverged(ValueError):
+
+class Diverged(Pickled, ValueError):
     """The gradients of a step were NaN or infinite; no optimizer step was taken with them.
     ``what``: where and how (``"in step 3 of 40: its gradients are not finite (...), so no
     optimizer step was taken with them"``), for a caller that says what to change in its own

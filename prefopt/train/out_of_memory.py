@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import torch
 
+from .._errors import Pickled
 from ..fileio import size_text
 from .distributed import shards_as_it_moves
 from .state import latest_checkpoint
@@ -23,7 +24,7 @@ from .state import latest_checkpoint
 T = TypeVar("T")
 
 
-class OutOfMemory(MemoryError):
+class OutOfMemory(Pickled, MemoryError):
     """Training ran out of memory; the message says where and what to change. ``what``: PyTorch's
     own words on the allocation that failed; ``when``: where the run was (``after 2 of 4 steps``);
     ``layers``: how many layers the backward goes through, where the run knew (compare's advice
