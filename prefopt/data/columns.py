@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from ..hints import did_you_mean, first_few
-from .records import DataError
+from .records import DataError, about_column
 
 FIELDS = ("prompt", "completion", "messages", "text", "chosen", "rejected", "label", "system")
 
@@ -134,7 +134,11 @@ def guessed_columns(row: dict, missing: str) -> dict[str, str]:
     """``{field: column}`` for each field that a record lacking ``missing`` needs (a preference
     record's where ``missing`` is ``chosen`` or ``rejected``, or is ``prompt`` and both are at hand;
     else an SFT record's) and lacks, where exactly one of its columns has a name :data:`SYNONYMS`
-    gives for it (``question`` for ``prompt``)."""
+    gives for it (``question`` for ``prompt``). An SFT record's other side is its one other
+    filled column (MeQSum's ``CHQ`` beside its ``Summary``, ACI-Bench's ``note`` beside its
+    ``dialogue``), columns that only say what a record is (``File``, ``encounter_id``) aside;
+    with no name to go by and two such columns, the longer cell is the prompt (a medical
+    abstract beside its condition's label)."""
     out = {}
     for field, names in SYNONYMS.items():
         found = [k for k in row if isinstance(k, str) and _plain(k) in names]
@@ -142,7 +146,25 @@ def guessed_columns(row: dict, missing: str) -> dict[str, str]:
             out[field] = found[0]
     pair = missing in ("chosen", "rejected") or (missing == "prompt" and {"chosen", "rejected"} <= {*row, *out})
     needed = ("prompt", "chosen", "rejected") if pair else ("prompt", "completion")
-    return {f: c for f, c in out.items() if f in needed}
+    out = {f: c for f, c in out.items() if f in needed}
+    if not pair:
+        rest = [k for k, v in row.items() if isinstance(k, str) and k not in FIELDS and k not in out.values()
+                and not about_column(k) and _filled(v)]
+        lacking = [f for f in needed if f not in row and f not in out]
+        if len(lacking) == 1 and len(rest) == 1:
+            out[lacking[0]] = rest[0]
+        elif len(lacking) == 2 and len(rest) == 2:
+            longer, shorter = sorted(rest, key=lambda k: len(str(row[k])), reverse=True)
+            if len(str(row[longer])) > len(str(row[shorter])):
+                out.update(prompt=longer, completion=shorter)
+    return {f: out[f] for f in needed if f in out}
+
+
+def _filled(value) -> bool:
+    """A cell that may be a prompt or an answer: text, or a number (a class's code)."""
+    if isinstance(value, str):
+        return bool(value.strip())
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 def _flags(columns: Mapping[str, str]) -> str:

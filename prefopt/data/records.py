@@ -368,7 +368,7 @@ _ABOUT = re.compile(r"(|id|uid|uuid|idx|index|row|source|url|split|date|time|tim
 _CAMEL_ID = re.compile(r"[a-z](Id|ID)$")  # patientId, recordID (not covid, fluid, thyroid: words)
 
 
-def _about(key) -> bool:
+def about_column(key) -> bool:
     """Whether a column only says what a record is (``id``, ``source``, ``date``, ``patientId``)."""
     return bool(_ABOUT.fullmatch(str(key)) or _CAMEL_ID.search(str(key)))
 
@@ -397,7 +397,7 @@ def _unread(row: dict, read: tuple[str, ...], kind: str, path, line: int) -> Non
     other columns); numbers, dates and true/false (as values or as a spreadsheet's text), a
     conversation (UltraFeedback's ``messages`` beside its pair), blank cells and columns that only
     say what a record is pass (:func:`_worth_reading`)."""
-    others = {str(k): v for k, v in row.items() if k not in read and not _about(k)}
+    others = {str(k): v for k, v in row.items() if k not in read and not about_column(k)}
     unread = tuple(k for k, v in others.items() if _worth_reading(v))
     if unread:
         from .headers import warn_once  # (headers reads records' errors)
@@ -413,7 +413,7 @@ def _unread_beside_text(row: dict, path, line: int) -> None:
     (a classification export's ``text,label``: SFT would learn the notes' words, never their
     labels); columns that only say what the record is (``id``, ``source``, ``date``) are passed."""
     unread = tuple(str(k) for k, v in row.items()
-                   if k != "text" and not _about(k)
+                   if k != "text" and not about_column(k)
                    and (isinstance(v, (int, float)) or isinstance(v, str) and v.strip()))
     if unread:
         from .headers import warn_once  # (headers reads records' errors)

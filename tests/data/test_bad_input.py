@@ -326,6 +326,32 @@ def test_a_file_with_columns_of_its_own_is_told_them_and_the_columns_flag_that_m
         assert len(load(path, tok, columns=flags)[0]) == 1
 
 
+@pytest.mark.parametrize("row, flags", [
+    # MeQSum: the summary by its name, the question its one other column (File only names the record)
+    ({"File": "1-131188152.xml.txt", "CHQ": "SUBJECT: who and where to get cetirizine - D\nwhy can't i find...",
+      "Summary": "Who manufactures cetirizine?"}, ["prompt=CHQ", "completion=Summary"]),
+    # ACI-Bench: the dialogue by its name, the note its one other column (dataset, encounter_id aside)
+    ({"dataset": "virtassist", "encounter_id": "D2N001", "dialogue": "[doctor] hi, martha. how are you?",
+      "note": "CHIEF COMPLAINT\n\nAnnual exam."}, ["prompt=dialogue", "completion=note"]),
+    # Medical Abstracts: no name to go by; the abstract is the longer cell, the label (a number) the shorter
+    ({"condition_label": "5", "medical_abstract": "Tissue changes around loose prostheses. A canine model ..."},
+     ["prompt=medical_abstract", "completion=condition_label"]),
+])
+def test_a_datasets_other_columns_are_guessed_for_the_side_no_name_gives(tmp_path, tok, row, flags):
+    """The shared datasets' own columns got "--columns prompt=COLUMN": the hint now names the one
+    other filled column (or, with none named, the longer cell as the prompt), and its flags load them."""
+    import csv
+
+    path = tmp_path / "d.csv"
+    with path.open("w", newline="") as f:
+        csv.DictWriter(f, list(row)).writerows([dict(zip(row, row)), row])
+    with pytest.raises(DataError) as e:
+        load_sft(path, tok)
+    assert str(e.value).endswith(f": --columns {' '.join(flags)} reads them, if they hold those fields")
+    examples, _ = load_sft(path, tok, columns=flags)
+    assert len(examples) == 1
+
+
 def test_a_missing_label_gets_the_columns_hint_that_reads_it(tmp_path, tok):
     """KTO's label is read from a column of another name since 2026-12-06 (--columns had no
     'label' field, so the hint was left out), and the hint says so."""
