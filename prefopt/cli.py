@@ -1,5 +1,6 @@
 """The ``prefopt`` command line: generate, chat, make-pairs, convert-gguf, export-gguf, sft, dpo, check-data,
-curves, merge, stack-adapters (eval, predict, eval-pairs, compare and study live in ``prefopt.evaluate.cli``)."""
+curves, merge, stack-adapters (eval, predict, eval-pairs, eval-nll, compare, study, pool-seeds and the rating
+commands are registered by ``prefopt.evaluate.cli``)."""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,6 @@
-"""``prefopt eval`` and ``prefopt compare`` (registered by ``prefopt.cli``)."""
+"""``prefopt eval`` and ``prefopt predict``, the flags the task commands share, and the
+registration of every evaluation command (``eval-pairs``: ``pairs_cli``, ``eval-nll``:
+``nll_cli``, ``compare`` and ``study``: ``compare_cli``; by ``prefopt.cli``)."""
 from __future__ import annotations
 
 import argparse
@@ -127,64 +129,6 @@ def _eval(args) -> int:
         metrics["confidence_scoring"] = SCORING
         extra.update(per_row)
     return _write_and_test(task, records, texts, preds, metrics, extra, against, args, str(args.output))
-
-
-def _eval_pairs(args) -> int:
-    from ..cli import apply_chat_flags, data_file_settings
-    from ..data.columns import column_map
-    from ..data.files import describe, given_paths
-    from ..data.preference import load_preferences
-    from ..devices import resolve
-    from ..fileio import check_writable
-    from ..pretrained import load_model
-    from ..tokenizer import load_tokenizer
-    from .pair_eval import against, against_line, check_same_pairs, pair_logps, pair_metrics, summary_lines
-    from .runner import placement, read_earlier_rows, write_evaluation
-
-    def say(line: str) -> None:
-        print(f"prefopt eval-pairs: {line}", flush=True)
-
-    if args.reference_adapter and not args.adapter:
-        raise ValueError("--reference-adapter needs --adapter: the adapter measured against it")
-    earlier = read_earlier_rows(args.against, "pairs.jsonl", "eval-pairs")
-    device, dtype = resolve(args.device, args.dtype)
-    check_writable(args.output)  # before the model loads
-    tok = load_tokenizer(args.model)
-    said = apply_chat_flags(tok, args, "prompt")
-    data = given_paths(args.data)
-    pairs, report = load_preferences(data, tok, max_length=args.max_length, skip_bad=args.skip_bad_records,
-                                     columns=column_map(args.columns))
-    for line in [*said, report.summary()]:
-        say(line)
-    places = report.kept_places
-    if earlier is not None:
-        check_same_pairs(places, earlier)  # before any model loads
-    model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, quantize=args.quantize)
-    pad = tok.pad_token_id or 0
-    policy = pair_logps(model, pairs, pad, batch_size=args.batch_size)
-    if args.reference_adapter:
-        reference_model = load_model(args.model, dtype=dtype, device=device, adapter=args.reference_adapter,
-                                     quantize=args.quantize)
-        reference = pair_logps(reference_model, pairs, pad, batch_size=args.batch_size, desc="reference")
-        del reference_model
-    elif args.adapter:
-        reference = pair_logps(model, pairs, pad, batch_size=args.batch_size, base=True, desc="reference")
-    else:
-        reference = None
-        say("no --adapter: nothing to measure rewards against, so the model's own log-probs only")
-    metrics, rows = pair_metrics(pairs, policy, reference, beta=args.beta, n_resamples=args.n_resamples)
-    metrics |= {"model": args.model, "adapter": args.adapter, "data": describe(data),
-                **data_file_settings(args), "max_length": args.max_length,
-                "reference": args.reference_adapter or ("the model without the adapter" if args.adapter else None),
-                "skipped_records": len(report.skipped)} | placement(model)
-    for row, (file, line) in zip(rows, places):  # where each pair is in the data (its file where several)
-        row.update({"file": file} if file else {}, line=line)
-    paired = against(rows, earlier, n_resamples=args.n_resamples) if earlier is not None else None
-    out = write_evaluation(args.output, "pairs.jsonl", rows, metrics, paired, args.against, say)
-    for line in summary_lines(metrics) + ([against_line(paired, args.against)] if paired else []):
-        say(line)
-    say(f"wrote {out / 'pairs.jsonl'} and metrics.json")
-    return 0
 
 
 def _print_estimate(args, tok, task, records, new_tokens: int) -> int:
@@ -390,68 +334,6 @@ def _from_split_file(records: list, path: str) -> list:
     return [by_id[i] for i in ids]
 
 
-def _compare(args) -> int:
-    from ..cli import chat_vars_arg
-    from .compare import CompareConfig, run_compare
-    from .report import console_lines
-
-    if not args.model:
-        raise ValueError("--model is needed: the model compare trains and evaluates")
-    overrides = key_values(args.set)
-    cfg = CompareConfig(task=args.task, model=args.model, output=args.output, data=args.data, preset=args.preset,
-                        task_options=task_options_of(args), strategy=args.strategy, pairs=args.pairs,
-                        pairs_encoding=args.pairs_encoding, loss=args.loss,
-                        seed=args.seed, judge=args.judge, n_resamples=args.n_resamples, overrides=overrides,
-                        device=args.device, eval_dtype=args.eval_dtype, chat_date=args.chat_date,
-                        chat_vars=chat_vars_arg(args), start_from=args.start_from)
-    from .seeds import seeds_of
-
-    seeds = seeds_of(args)
-    if args.estimate_memory:  # (every seed's steps are alike)
-        from .compare_train import estimate_stages
-
-        print("\n".join(estimate_stages(cfg, None if args.estimate_memory == "auto" else args.estimate_memory)))
-        return 0
-    if seeds is not None:
-        from .seeds import console_lines as seed_lines
-        from .seeds import run_seeds
-
-        summary = run_seeds(cfg, seeds)
-        print("\n".join(seed_lines(summary)))
-        own = "".join(f" (seed {r['seed']}'s: {args.output} itself)" for r in summary["runs"]
-                      if r["output"] == summary["output"])
-        print(f"prefopt compare: each seed's run in {args.output}/seed-S{own}; over the seeds: {args.output}/seeds.md")
-        return 0
-    print("\n".join(console_lines(run_compare(cfg))))
-    return 0
-
-
-def _study(args) -> int:
-    from ..cli import chat_vars_arg
-    from .study import estimate_study, pick, run_study
-
-    if args.estimate_memory:
-        print("\n".join(estimate_study(args.model, args.output, tasks=args.tasks, preset=args.preset, loss=args.loss,
-                                        strategy=args.strategy, seed=args.seed, overrides=key_values(args.set),
-                                        device=args.device, eval_dtype=args.eval_dtype, chat_date=args.chat_date,
-                                        chat_vars=chat_vars_arg(args),
-                                        on=None if args.estimate_memory == "auto" else args.estimate_memory)))
-        return 0
-    from .seeds import seeds_of
-
-    seeds = seeds_of(args)
-    study = run_study(args.model, args.output, args.data_root, tasks=args.tasks, preset=args.preset, loss=args.loss,
-                      strategy=args.strategy, seed=args.seed, n_resamples=args.n_resamples,
-                      overrides=key_values(args.set), device=args.device, eval_dtype=args.eval_dtype,
-                      chat_date=args.chat_date, chat_vars=chat_vars_arg(args), start_from=args.start_from,
-                      seeds=seeds)
-    asked = {a.task for a in pick(args.tasks)}  # the table also keeps rows of tasks an earlier command ran
-    counts = {s: sum(r["status"] == s for r in study["arms"] if r["task"] in asked) for s in ("ran", "failed", "not run")}
-    print(f"prefopt study: {counts['ran']} ran, {counts['failed']} failed, {counts['not run']} not run; "
-          f"table: {args.output}/study.md")
-    return 1 if counts["failed"] else 0
-
-
 def add_estimate_flag(p: argparse.ArgumentParser, help_: str) -> None:
     """``--estimate-memory [DEVICE]`` (``auto`` alone; ``cpu`` or ``cuda``), the memory estimate's flag
     (sft, dpo, compare, study, eval, predict, make-pairs); ``help_`` says what it estimates."""
@@ -536,10 +418,8 @@ def task_options_epilog() -> str:
 
 
 def add_commands(sub) -> None:
-    from ..cli import add_chat_flags, add_data_file_flags, add_encoding_flag
-    from ..losses import loss_arg
-    from ..tasks import STRATEGIES, TASKS
-    from .compare_config import PRESETS
+    from ..cli import add_chat_flags
+    from ..tasks import TASKS
 
     shown = dict(epilog=task_options_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -615,100 +495,14 @@ def add_commands(sub) -> None:
     add_answer_estimate_flag(pr)
     pr.set_defaults(func=_predict)
 
-    ep = sub.add_parser("eval-pairs", help="how a model (+ adapter) ranks held-out preference pairs: DPO's reward "
-                        "accuracy and margin against a reference, and the model's own preference, with 95%% CIs; "
-                        "writes pairs.jsonl and metrics.json")
-    ep.add_argument("--model", required=True, help="model folder, alias (smollm2-135m), hub id or .gguf file")
-    ep.add_argument("--adapter", help="the adapter whose preferences to measure (e.g. a DPO run's final/)")
-    ep.add_argument("--reference-adapter", help="the reference's adapter, on the same model: the SFT adapter a DPO "
-                    "run trained on top of (default: the model without --adapter, as a DPO run without "
-                    "--sft-adapter used)")
-    ep.add_argument("--data", required=True, nargs="+", metavar="PATH", help="preference pairs, as dpo reads them "
-                    "(any of its formats; several files, a folder of shards or a quoted pattern too)")
-    ep.add_argument("--output", required=True, help="output folder: pairs.jsonl (one row a pair) and metrics.json")
-    ep.add_argument("--columns", nargs="+", metavar="FIELD=COLUMN", help="the data's own column names, as dpo's")
-    add_data_file_flags(ep)
-    ep.add_argument("--beta", type=float, default=0.1, help="the DPO beta the rewards are scaled by (the run's)")
-    ep.add_argument("--max-length", type=positive_int, default=1024, help="as the run's max_length")
-    ep.add_argument("--skip-bad-records", action="store_true", help="skip (and count) bad pairs instead of stopping")
-    ep.add_argument("--batch-size", type=positive_int, default=8)
-    ep.add_argument("--n-resamples", type=positive_int, default=2000, help="bootstrap resamples for the CIs")
-    ep.add_argument("--against", metavar="DIR", help="an earlier eval-pairs of the same pairs (e.g. the SFT "
-                    "adapter's): test, paired, how often each model alone prefers the chosen answer (bootstrap, "
-                    "exact McNemar); printed and written to paired.json")
-    add_chat_flags(ep, "prompt")
-    add_device_flags(ep, quantize=True)
-    ep.set_defaults(func=_eval_pairs)
-
+    from .compare_cli import add_commands as add_compare_commands
     from .nll_cli import add_command as add_eval_nll
+    from .pairs_cli import add_command as add_eval_pairs
     from .pool_seeds import add_command as add_pool_seeds
     from .rating_cli import add_commands as add_rating_commands
 
+    add_eval_pairs(sub)
     add_eval_nll(sub)
-
-    c = sub.add_parser("compare", parents=[common], help="base → SFT → DPO on one test set, with statistics",
-                       **shown)
-    c.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                   help="quick: 160 training items, fixed steps, minutes on a CPU; full: all the data, epochs")
-    c.add_argument("--strategy", choices=STRATEGIES, default="wrong_label",
-                   help="how DPO's rejected answers are made (ranked: given pairs, see --pairs)")
-    c.add_argument("--pairs", help="ranked: a file of prompt/chosen/rejected pairs to train DPO on (JSONL, CSV, ...)")
-    add_encoding_flag(c, "--pairs where it is a CSV, TSV, JSON or JSONL file", "--pairs-encoding", "pairs_encoding")
-    c.add_argument("--loss", default="sigmoid", type=loss_arg,
-                   help="preference loss (docs/dpo.md), or a weighted sum such as 0.8*sigmoid+0.2*bco_pair+sft; "
-                   "rpo adds the chosen answers' NLL")
-    c.add_argument("--judge", help="a local model that rates answers 1-5 (LLM judge)")
-    c.add_argument("--n-resamples", type=positive_int, default=2000, help="paired bootstrap resamples")
-    c.add_argument("--seeds", metavar="S,S,...", help="run the comparison once per seed (each draws its own test "
-                   "split and training randomness) into OUTPUT/seed-S, then pool the seeds' differences by a "
-                   "random-effects meta-analysis: seeds.md, seeds.json (in place of --seed; --from DIR reads "
-                   "DIR/seed-S; a one-seed run already in OUTPUT, make demo's, is reused as its seed's). Three or "
-                   "more: with two, Student's t with 1 degree of freedom leaves the pooled CI very wide")
-    c.add_argument("--from", dest="start_from", metavar="DIR",
-                   help="start from the base and SFT stages of DIR, an earlier compare run with the same settings "
-                   "but DPO's (--loss, --strategy, beta, dpo_lr, ...): they are checked and copied, and only DPO "
-                   "trains")
-    c.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a preset setting (repeatable); val=N holds N items out of training to "
-                   "choose DPO's weights by the task's score on them; confidence=false skips scoring each "
-                   "stage's labels (docs/evaluation.md). Settings: "
-                   + ", ".join(sorted({*PRESETS["quick"], *PRESETS["full"]})))
-    add_device_flags(c, "--eval-dtype", "parameter dtype of the evaluations",
-                     ". Training keeps float32 weights (under bf16 autocast on CUDA)")
-    add_estimate_flag(c, "print how much memory a training step of the SFT and of the DPO stage, and answering the "
-                      "test set (and validation items, with --set val), will hold, on cpu or cuda (default: this "
-                      "machine's device), from the model's config.json and the settings alone, and "
-                      "exit: no data is read and nothing is written (as sft/dpo --estimate-memory)")
-    c.set_defaults(func=_compare)
-
-    from .study import TASK_NAMES
-
-    st = sub.add_parser("study", help="compare on every kind of task the study covered, one table of them all")
-    st.add_argument("--model", required=True, help="model folder, alias (smollm2-135m), hub id or .gguf file")
-    st.add_argument("--output", required=True, help="output folder: one compare run per task, study.md, study.json")
-    st.add_argument("--data-root", help="the datasets, laid out as ../shared/data (docs/evaluation.md); without "
-                    "it only the bundled synthetic portal messages run")
-    st.add_argument("--tasks", help=f"comma-separated, default all: {','.join(TASK_NAMES)}")
-    st.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="as compare's, for every task")
-    st.add_argument("--loss", default="sigmoid", type=loss_arg, help="preference loss, as compare's")
-    st.add_argument("--strategy", choices=[s for s in STRATEGIES if s != "ranked"], default="wrong_label",
-                    help="how DPO's rejected answers are made, as compare's")
-    st.add_argument("--seed", type=int, default=0, help="seed of every task's split and training")
-    st.add_argument("--seeds", metavar="S,S,...", help="each task as compare --seeds: once per seed into "
-                    "OUTPUT/<task>/seed-S, its row the seeds' mean scores and pooled differences (three or more)")
-    st.add_argument("--from", dest="start_from", metavar="DIR",
-                    help="an earlier study's --output: each task starts from the base and SFT stages of its run "
-                    "there (as compare's --from: the same settings but DPO's), and only DPO trains")
-    st.add_argument("--set", action="append", metavar="KEY=VALUE", help="a compare setting for every task "
-                    "(repeatable), e.g. test=120 or val=64")
-    st.add_argument("--n-resamples", type=positive_int, default=2000, help="paired bootstrap resamples")
-    st.add_argument("--chat-date", metavar="YYYY-MM-DD", help="as compare's")
-    st.add_argument("--chat-vars", nargs="+", metavar="NAME=VALUE", help="as compare's (every task)")
-    add_device_flags(st, "--eval-dtype", "parameter dtype of the evaluations")
-    add_estimate_flag(st, "print how much memory a training step of each task's SFT and DPO stage, and answering "
-                      "its test set, will hold, on cpu or cuda (default: this machine's device), from the model's "
-                      "config.json and the settings alone, and exit: no data is read and nothing is written (as "
-                      "compare's)")
-    st.set_defaults(func=_study)
+    add_compare_commands(sub, common, shown)
     add_pool_seeds(sub)
     add_rating_commands(sub)
