@@ -87,6 +87,11 @@ def run_adapters(folder: str | Path) -> list[tuple[Path, str]]:
 
 def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
     path = Path(adapter_dir) / "adapter_config.json"
+    if Path(adapter_dir).is_file():  # the adapter's weights file, or config, given for its folder
+        inside = Path(adapter_dir).parent
+        folder = (f": pass its folder, {inside}" if (inside / "adapter_config.json").is_file()
+                  else " (a PEFT adapter is a folder holding adapter_config.json and adapter_model.safetensors)")
+        raise FileNotFoundError(f"{adapter_dir}: a file, not an adapter folder{folder}")
     if not Path(adapter_dir).is_dir():
         old = Path(str(adapter_dir).rstrip("/") + ".old")
         raise FileNotFoundError(f"{adapter_dir}: no such adapter folder" + (

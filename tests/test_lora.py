@@ -132,6 +132,14 @@ def test_bad_adapter_files_are_named(tiny, tmp_path):
         load_model(tiny, adapter=tmp_path / "ad")
     with pytest.raises(FileNotFoundError, match="final: no such adapter folder$"):
         load_model(tiny, adapter=tmp_path / "final")
+    weights = tmp_path / "ad" / "adapter_model.safetensors"  # the adapter's file given for its folder
+    with pytest.raises(FileNotFoundError, match=f"adapter_model.safetensors: a file, not an adapter folder: pass its "
+                                                f"folder, {tmp_path / 'ad'}$"):
+        load_model(tiny, adapter=weights)
+    (tmp_path / "lone.safetensors").write_bytes(weights.read_bytes())
+    with pytest.raises(FileNotFoundError, match=r"lone.safetensors: a file, not an adapter folder \(a PEFT adapter is "
+                                                r"a folder holding adapter_config.json and adapter_model.safetensors\)$"):
+        load_model(tiny, adapter=tmp_path / "lone.safetensors")
     (tmp_path / "ad").rename(tmp_path / "final.old")  # what a save interrupted between its two renames leaves
     with pytest.raises(FileNotFoundError, match=r"final.old holds the copy an interrupted save left: rename it to final"):
         load_model(tiny, adapter=tmp_path / "final")
