@@ -37,6 +37,7 @@ from .headers import column_name, one_name_each, past_titles, warn_once
 from .records import DataError
 
 SHEET: ContextVar[str | None] = ContextVar("sheet", default=None)  # see reading_sheet
+SHEET_FLAG: ContextVar[str] = ContextVar("sheet_flag", default="--sheet")  # see naming_sheet_by
 _ESCAPED = re.compile(r"_x([0-9A-Fa-f]{4})_")  # a character as Excel escapes it in a text (ST_Xstring)
 UNHIDE = {"Excel": "in Excel, right-click a sheet's tab > Unhide", "LibreOffice": "in LibreOffice Calc, Sheet > Show "
           "Sheet"}  # how each application shows a hidden sheet again
@@ -87,6 +88,17 @@ def reading_sheet(name: str | None) -> Iterator[None]:
         yield
     finally:
         SHEET.reset(token)
+
+
+@contextmanager
+def naming_sheet_by(flag: str) -> Iterator[None]:
+    """Within the block, a workbook with several sheets of data says to name one with ``flag``
+    (compare's ``--pairs-sheet``, for its pairs; else ``--sheet``)."""
+    token = SHEET_FLAG.set(flag)
+    try:
+        yield
+    finally:
+        SHEET_FLAG.reset(token)
 
 
 def sheet_scope(name: str | None):
@@ -213,7 +225,8 @@ def _the_sheet(path: Path, sheets: list, app: str = "Excel"):
                         "no sheet holds any data")
     if len(shown) > 1:
         raise DataError(path, None, None, f"{len(shown)} sheets hold data ({', '.join(repr(ws.title) for ws in shown)}"
-                        "); name the one to read (--sheet NAME), so that no other sheet (a test set) is trained on")
+                        f"); name the one to read ({SHEET_FLAG.get()} NAME), so that no other sheet (a test set) is "
+                        "trained on")
     if hidden:
         warn_once(f"{path}: read sheet {shown[0].title!r}; sheets hidden in {app} ({hidden}) hold data too and are not "
                   "read")

@@ -438,7 +438,7 @@ def _checked(cfg: CompareConfig, say: Callable[[str], None]) -> _Checked:
     given = None
     if cfg.strategy == "ranked":  # given pairs on held-out items are left out
         kept, left = given_pairs.held_out(Path(cfg.pairs), {"test": splits["test"], "validation": splits["val"]},
-                                          cfg.pairs_encoding)
+                                          cfg.pairs_encoding, cfg.pairs_sheet)
         if left:
             say(given_pairs.left_out_line(Path(cfg.pairs), kept, left))
             given = (kept, left)

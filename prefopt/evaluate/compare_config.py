@@ -99,6 +99,7 @@ class CompareConfig:
     strategy: str = "wrong_label"  # or wrong_label_hardest, model_errors, ranked (needs pairs)
     pairs: str | None = None  # ranked: a JSONL of {"prompt", "chosen", "rejected"} to train DPO on
     pairs_encoding: str | None = None  # pairs' text encoding where it is a CSV, TSV, JSON or JSONL file (None: UTF-8)
+    pairs_sheet: str | None = None  # the sheet of pairs where they are a workbook (None: its one sheet of data)
     loss: str = "sigmoid"
     seed: int = 0
     judge: str | None = None  # a local model that rates answers 1-5
@@ -131,12 +132,12 @@ class CompareConfig:
         if self.strategy == "ranked" and not (self.pairs and Path(self.pairs).is_file()):
             raise ValueError(f"strategy 'ranked' needs --pairs FILE with prompt/chosen/rejected records "
                              f"(got {self.pairs!r})")
+        for name, value in (("pairs_encoding", self.pairs_encoding), ("pairs_sheet", self.pairs_sheet)):
+            if value is not None and self.strategy != "ranked":
+                raise ValueError(f"{name} {value!r} is the {name[6:]} of --pairs, which only strategy 'ranked' reads")
         if self.pairs_encoding is not None:
             from ..data.decoding import checked_encoding
 
-            if self.strategy != "ranked":
-                raise ValueError(f"pairs_encoding {self.pairs_encoding!r} is the encoding of --pairs, which only "
-                                 "strategy 'ranked' reads")
             checked_encoding(self.pairs_encoding)
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")

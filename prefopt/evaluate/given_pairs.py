@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..data.readers import read_rows
 from ..data.records import DataError
+from ..data.sheets import naming_sheet_by
 from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 
 
@@ -30,18 +31,21 @@ def _plain(text: str) -> str:
 SHARED = 40  # the fewest characters a pair's prompt and an item's message share for one within the other to count
 
 
-def held_out(pairs: Path, splits: dict[str, list], encoding: str | None = None
+def held_out(pairs: Path, splits: dict[str, list], encoding: str | None = None, sheet: str | None = None
              ) -> tuple[list[dict], list[tuple[int, str, str]]]:
     """``(the rows to keep, (line, split, item id) of each left out)``: a pair is left out where its
     prompt is the message of an item of ``splits`` (``{"test": records, ...}``), word for word in
     any spacing or case, or where one holds the other whole, :data:`SHARED` characters or more (a
     pair's prompt that is the message without the task's instructions, or wraps it in its own;
     a short one, "Refill?", may stand in many a message by chance). A row the file cannot give
-    (malformed, or bytes not text in ``encoding``, None: UTF-8) is raised now, before anything trains."""
+    (malformed, or bytes not text in ``encoding``, None: UTF-8; a workbook with several sheets of
+    data and no ``sheet`` named) is raised now, before anything trains."""
     held = {_plain(r.prompt): (name, r.id) for name, records in splits.items() for r in records}
     long = [(text, item) for text, item in held.items() if len(text) >= SHARED]
     kept, left = [], []
-    for line, row in read_rows(pairs, encoding=encoding):
+    with naming_sheet_by("--pairs-sheet"):
+        rows = list(read_rows(pairs, encoding=encoding, sheet=sheet))
+    for line, row in rows:
         if isinstance(row, DataError):
             raise row
         prompt = _prompt_text(row) if isinstance(row, dict) else None

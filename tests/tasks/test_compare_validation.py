@@ -337,6 +337,46 @@ def test_given_pairs_in_another_encoding_are_read_in_it_by_both_stages(tiny_mode
             replace(cfg, **wrong).settings()
 
 
+def test_given_pairs_on_one_sheet_of_a_workbook_are_read_from_the_sheet_named(tiny_model, tmp_path, sft_configs,
+                                                                              capsys):
+    """A workbook of pairs beside a sheet of rating instructions stopped compare with "name the one
+    to read (--sheet NAME)", and compare's --sheet is the task data's: ``--pairs-sheet`` names the
+    pairs' sheet, where compare holds out test items and where DPO trains, and the error names it."""
+    from pathlib import Path
+
+    import openpyxl
+
+    from prefopt.cli import main
+    from prefopt.evaluate.compare_train import dpo_config
+    from prefopt.tasks import get_task, split_records
+    from tests.tasks.conftest import StopAtSFT
+
+    splits = split_records(get_task("portal").load(), test=4, val=4, seed=0, max_train=8)
+    book = openpyxl.Workbook()
+    book.active.title = "how to rate"
+    book.active.append(["Choose the answer a triage nurse would give."])
+    pairs = book.create_sheet("pairs")
+    pairs.append(["prompt", "chosen", "rejected"])
+    pairs.append([splits["test"][0].prompt, "Urgency: routine", "Urgency: emergency"])
+    pairs.append(["Is a fever of 38.5 C a worry?", "Urgency: urgent", "Urgency: routine"])
+    given = tmp_path / "ratings.xlsx"
+    book.save(given)
+    args = ["compare", "--task", "portal", "--model", str(tiny_model), "--output", str(tmp_path / "run"),
+            "--strategy", "ranked", "--pairs", str(given), *(x for k, v in TINY.items() for x in ("--set", f"{k}={v}"))]
+    assert main(args) == 2
+    assert (f"{given}: 2 sheets hold data ('how to rate', 'pairs'); name the one to read (--pairs-sheet NAME), so "
+            "that no other sheet (a test set) is trained on") in capsys.readouterr().err
+    with pytest.raises(StopAtSFT):
+        main([*args, "--pairs-sheet", "pairs"])
+    assert f"--pairs {given}: 1 of 2 pairs left out" in capsys.readouterr().out
+    cfg = CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "run"), strategy="ranked",
+                        pairs=str(given), pairs_sheet="pairs", overrides=TINY)
+    assert dpo_config(cfg, cfg.settings(), Path(given), tmp_path / "run").sheet == "pairs"
+    with pytest.raises(ValueError, match="pairs_sheet 'pairs' is the sheet of --pairs, which only strategy 'ranked' "
+                                         "reads"):
+        CompareConfig(task="portal", model=str(tiny_model), output="x", pairs_sheet="pairs").settings()
+
+
 def test_given_pairs_on_held_out_items_are_left_out_and_said_so(tiny_model, tmp_path, sft_configs, capsys):
     """Ranked pairs are the user's: one whose prompt is a test item's message (as chat messages or
     as text in other spacing) would train DPO on what the comparison tests, one on a validation
