@@ -327,6 +327,12 @@ class TrainConfig:
 BEFORE_RECORDED = {"pack": False}
 
 
+def autocast_on(device, config) -> bool:
+    """Whether a trainer on ``device`` (a ``torch.device``) runs under bf16 autocast (CUDA only,
+    ``bf16_autocast``)."""
+    return device.type == "cuda" and config.bf16_autocast
+
+
 def no_eval_set(metric: str) -> str:
     """The error for a ``best_metric`` with nothing to judge it on."""
     return (f"best_metric {metric!r} needs an eval set (eval_data or eval_fraction; the CLI: --eval-data or "

@@ -26,12 +26,12 @@ import torch
 
 from .._deps import progress
 from ..devices import resolve_device, slow_half
-from ..fileio import free_space, read_json, size_text, write_json_atomic
-from ..lora import QLoRALinear, layer_text, lora_layers
-from ..lora_experts import ExpertLoRA
+from ..fileio import read_json, write_json_atomic
+from ..lora import lora_layers
 from ..model.generate import modes_kept
+from . import run_notes
 from . import state as ckpt_io
-from .config import TrainConfig, no_eval_set
+from .config import TrainConfig, autocast_on, no_eval_set
 from .data_digest import check_same_data, data_digest
 from .distributed import (
     DistInfo,
@@ -58,39 +58,6 @@ Batch = dict[str, torch.Tensor]
 EVAL_BAR_MIN = 64  # an eval set this small (per process) finishes without a bar
 Callback = Callable[["Trainer", int, dict], None]
 Evaluator = Callable[["Trainer"], dict[str, float]]
-
-
-def autocast_on(device: torch.device, config) -> bool:
-    """Whether a trainer on ``device`` runs under bf16 autocast (CUDA only, ``bf16_autocast``)."""
-    return device.type == "cuda" and config.bf16_autocast
-
-
-def _checkpointing(model) -> str:
-    """The plan's words on gradient checkpointing: how many of the layers the backward goes
-    through recompute their activations, if any."""
-    n, of = model.checkpointed_layers(), model.backward_layers()
-    if not n:
-        return ""
-    reached = "" if of == len(model.model.layers) else " the backward reaches"
-    count = f"{n} of {of} layers" if n < of else f"all {n} layers" if n > 1 else "1 layer"
-    return f"; gradient checkpointing on {count}{reached}"
-
-
-def _trained_part(model: torch.nn.Module) -> str:
-    """What trains, read from the model (a Trainer built in Python may differ from its config)."""
-    layers = list(lora_layers(model))
-    if not layers:
-        return "all weights" if all(p.requires_grad for p in model.parameters()) else "some weights"
-    ranks = "/".join(str(r) for r in sorted({m.r for _, m in layers}))
-    targets = dict.fromkeys(("the experts' " if isinstance(m, ExpertLoRA) else "") + name.rsplit(".", 1)[-1]
-                            for name, m in layers)
-    kind = "rsLoRA" if all(m.rslora for _, m in layers) else "LoRA"
-    if all(m.lora_magnitude is not None for _, m in layers):
-        kind = "DoRA" if kind == "LoRA" else "DoRA (rsLoRA)"
-    base = ", the base in 4 bits" if any(isinstance(m, QLoRALinear) for _, m in layers) else ""
-    scope = getattr(getattr(model, "lora_config", None), "layers", None)
-    where = f" in {layer_text(scope)}" if scope is not None else ""
-    return f"{kind} r{ranks} on {', '.join(targets)}{where}{base}"
 
 
 def _check_context(model: torch.nn.Module, examples: Sequence) -> None:
@@ -478,52 +445,16 @@ class Trainer:
         return {}
 
     def plan(self) -> str:
-        """One line on what the run will do: data, steps, what trains, where."""
-        c = self.config
-        n = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        what = _trained_part(self.model)
-        precision = "bf16 autocast" if autocast_on(self.device, c) else c.dtype
-        evals = f", {len(self.eval_data)} eval" if self.eval_data else ""
-        steps = f"{self.total_steps} step{'s' * (self.total_steps != 1)}"
-        return (f"{len(self.train_data)} training{evals} {self.noun}; {steps} of {self.global_batch} "
-                f"({self.total_steps / self.steps_per_epoch:.2f} epochs); {n:,} trainable parameters ({what}); "
-                f"{self.device.type}, {precision}{_checkpointing(self.model)}")
+        """One line on what the run will do: data, steps, what trains, where (:func:`~.run_notes.plan_line`)."""
+        return run_notes.plan_line(self)
 
     def precision_note(self) -> str | None:
-        """A warning where trainable weights are 16-bit (full fine-tuning with ``dtype: bfloat16``):
-        AdamW then updates them in 16 bits, and a step smaller than a weight's last bit is lost
-        (bfloat16 holds 8 bits of mantissa). Adapters over a 16-bit base are float32 already."""
-        low = {p.dtype for p in self.params if p.dtype in (torch.bfloat16, torch.float16)}
-        if not low:
-            return None
-        n = sum(p.numel() for p in self.params if p.dtype in low)
-        kinds = "/".join(sorted(str(d).removeprefix("torch.") for d in low))
-        return (f"note: {n:,} trainable parameters are {kinds}, and AdamW updates them in it: a step smaller than "
-                "about 1/256 of a weight is rounded away. Train them in float32 (--dtype float32, the default; on "
-                "CUDA bf16 autocast computes in bfloat16 all the same) or train an adapter (LoRA keeps its weights "
-                "in float32)")
+        """A warning where trainable weights are 16-bit (:func:`~.run_notes.precision_note`)."""
+        return run_notes.precision_note(self.params)
 
     def space_note(self) -> str | None:
-        """A warning where the disk under ``output_dir`` lacks room for what the run will write: its
-        checkpoints (the trained weights and AdamW's two moments, each; ``save_total_limit`` of them
-        kept, and one more while the next is written), ``best/`` and ``final/`` (the weights), so a
-        run does not stop at a save hours in. Estimated from the trainable parameters."""
-        c = self.config
-        weights = sum(p.numel() * p.element_size() for p in self.params)
-        saves = (self.total_steps - 1) // c.save_every - self.step // c.save_every if c.save_every else 0
-        at_once = min(saves, c.save_total_limit + 1)
-        copies = 1 + bool(c.best_metric)  # final/ (and best/)
-        need = 3 * weights * at_once + weights * copies
-        free = free_space(self.output_dir)
-        if need <= free:
-            return None
-        parts = [f"{at_once} checkpoint{'s' * (at_once > 1)} at once of {size_text(3 * weights)} each (the weights "
-                 f"and AdamW's two moments)"] if at_once else []
-        parts.append(f"{'best/ and final/' if copies > 1 else 'final/'} of {size_text(weights)}")
-        fix = "; lower --save-total-limit or save less often (--save-every)" if at_once else ""
-        return (f"the disk under {self.output_dir} has {size_text(free)} free, and this run writes about "
-                f"{size_text(need)} there ({', '.join(parts)}): it would stop when the disk fills. Free some "
-                f"space or choose another {going_on().output}{fix}")
+        """A warning where the disk lacks room for the run's saves (:func:`~.run_notes.space_note`)."""
+        return run_notes.space_note(self)
 
     def _run_steps(self, log: MetricsLog | None, bar, asked: Callable[[], int]) -> dict[str, float] | None:
         """Train from ``self.step`` to ``total_steps``: log, evaluate, save and call back as configured.

@@ -6,7 +6,7 @@ from pathlib import Path
 from ..devices import resolve_device
 from ..lora import is_adapter_key
 from ..refcache import RefCache, reference_fingerprint
-from .loop import autocast_on
+from .config import autocast_on
 
 
 def _rounding(config, start: int) -> dict:

@@ -228,11 +228,11 @@ def test_a_stage_that_diverges_says_which_setting_to_lower(tiny_model, tmp_path,
     """The trainer's own advice names --lr and --overwrite, flags compare does not have; compare
     says it in its settings. Outside compare the trainer's words are unchanged (going_on_by's
     block ends with the stage). So does the warning of a disk too small: compare's --output."""
-    import prefopt.train.loop as loop
+    import prefopt.train.run_notes as run_notes
     from prefopt.train import Diverged
     from prefopt.train.stop_signal import going_on
 
-    monkeypatch.setattr(loop, "free_space", lambda path: 1000)
+    monkeypatch.setattr(run_notes, "free_space", lambda path: 1000)
 
     original, calls = SFTTrainer.loss_sum, []
 

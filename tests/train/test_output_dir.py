@@ -897,12 +897,12 @@ def test_a_disk_too_small_for_the_runs_checkpoints_is_said_before_the_first_step
     step 1, with what the run writes; the estimate is the size a checkpoint has on disk."""
     import re
 
-    import prefopt.train.loop as loop
+    import prefopt.train.run_notes as run_notes
 
     out = tmp_path / "run"
     run_sft(_cfg(task, out, save_every=1, max_steps=3))  # plenty of room: nothing said
     assert "disk" not in capsys.readouterr().err
-    monkeypatch.setattr(loop, "free_space", lambda path: 1000)
+    monkeypatch.setattr(run_notes, "free_space", lambda path: 1000)
     run_sft(_cfg(task, tmp_path / "small", save_every=1, max_steps=3, save_total_limit=1))
     said = re.search(r"prefopt: warning: the disk under (.*) has 1 kB free, and this run writes about (\d+) kB there "
                      r"\(2 checkpoints at once of (\d+) kB each \(the weights and AdamW's two moments\), final/ of "
