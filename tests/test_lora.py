@@ -137,8 +137,9 @@ def test_bad_adapter_files_are_named(tiny, tmp_path):
                                                 f"folder, {tmp_path / 'ad'}$"):
         load_model(tiny, adapter=weights)
     (tmp_path / "lone.safetensors").write_bytes(weights.read_bytes())
-    with pytest.raises(FileNotFoundError, match=r"lone.safetensors: a file, not an adapter folder \(a PEFT adapter is "
-                                                r"a folder holding adapter_config.json and adapter_model.safetensors\)$"):
+    with pytest.raises(FileNotFoundError, match=r"lone.safetensors: a file, not an adapter folder \(a PEFT adapter "
+                                                r"is a folder holding adapter_config.json and "
+                                                r"adapter_model.safetensors\)$"):
         load_model(tiny, adapter=tmp_path / "lone.safetensors")
     (tmp_path / "ad").rename(tmp_path / "final.old")  # what a save interrupted between its two renames leaves
     with pytest.raises(FileNotFoundError, match=r"final.old holds the copy an interrupted save left: rename it to final"):

@@ -141,7 +141,8 @@ def study_command(args: argparse.Namespace) -> int:
                       chat_date=args.chat_date, chat_vars=chat_vars_arg(args), start_from=args.start_from,
                       seeds=seeds)
     asked = {a.task for a in pick(args.tasks)}  # the table also keeps rows of tasks an earlier command ran
-    counts = {s: sum(r["status"] == s for r in study["arms"] if r["task"] in asked) for s in ("ran", "failed", "not run")}
+    counts = {s: sum(r["status"] == s for r in study["arms"] if r["task"] in asked)
+              for s in ("ran", "failed", "not run")}
     print(f"prefopt study: {counts['ran']} ran, {counts['failed']} failed, {counts['not run']} not run; "
           f"table: {args.output}/study.md")
     return 1 if counts["failed"] else 0
