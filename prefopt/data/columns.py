@@ -171,20 +171,21 @@ def _flags(columns: Mapping[str, str]) -> str:
     return " ".join(f'"{f}={c}"' if " " in c else f"{f}={c}" for f, c in columns.items())
 
 
-def column_hint(row: dict, missing: str | None = None) -> str:
+def column_hint(row: dict, missing: str | None = None, flag: str = "--columns", python: str = "columns") -> str:
     """``; it has 'Prompt', 'Chosen': --columns prompt=Prompt chosen=Chosen reads them ...`` where
     :func:`near_columns` finds any (the key it must be, where :func:`spaced_keys` finds any);
     else, where the ``missing`` field is one ``--columns`` reads and the record has columns no
     field is named after: those columns, and the ``--columns`` that :func:`guessed_columns`
     guesses where it guesses the missing field, else the form that would read it. Else ``""``.
-    For the error of a missing field."""
+    For the error of a missing field; ``flag`` and ``python`` name the setting that maps columns
+    (compare's ``--pairs-columns``, ``pairs_columns``)."""
     if spaced := spaced_keys(row):
         return (f"; the record has {', '.join(map(repr, spaced.values()))}, with spaces around the name: the key "
                 f"must be {', '.join(map(repr, spaced))}")
     near = near_columns(row)
     if near:
-        return (f"; the record has {', '.join(map(repr, near.values()))}: --columns {_flags(near)} reads them "
-                f"(columns={near!r} in Python)")
+        return (f"; the record has {', '.join(map(repr, near.values()))}: {flag} {_flags(near)} reads them "
+                f"({python}={near!r} in Python)")
     keys = [k for k in row if isinstance(k, str)]
     if missing not in FIELDS or all(k in FIELDS for k in keys):
         return ""
@@ -192,6 +193,6 @@ def column_hint(row: dict, missing: str | None = None) -> str:
     guess = guessed_columns(row, missing)
     if missing in guess:
         them = "them, if they hold those fields" if len(guess) > 1 else "it, if it holds that field"
-        return f"; the record has {shown}: --columns {_flags(guess)} reads {them}"
+        return f"; the record has {shown}: {flag} {_flags(guess)} reads {them}"
     also = f" (and perhaps {_flags(guess)})" if guess else ""
-    return f"; the record has {shown}: --columns {missing}=COLUMN reads {missing!r} from a column of another name{also}"
+    return f"; the record has {shown}: {flag} {missing}=COLUMN reads {missing!r} from a column of another name{also}"

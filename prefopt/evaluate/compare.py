@@ -37,6 +37,7 @@ import torch
 from ..chat_template import run_chat_date, run_chat_vars
 from ..data.records import EscapedText
 from ..fileio import jsonl_text, read_json, write_json_atomic, write_text_atomic
+from ..losses import UNPAIRED
 from ..tasks.parsing import final_answer
 from ..tokenizer import set_chat_date, set_chat_vars
 from ..train.diverged import Diverged
@@ -438,7 +439,8 @@ def _checked(cfg: CompareConfig, say: Callable[[str], None]) -> _Checked:
     given = None
     if cfg.strategy == "ranked":  # given pairs on held-out items are left out
         kept, left = given_pairs.held_out(Path(cfg.pairs), {"test": splits["test"], "validation": splits["val"]},
-                                          cfg.pairs_encoding, cfg.pairs_sheet)
+                                          cfg.pairs_encoding, cfg.pairs_sheet, cfg.pairs_columns,
+                                          unpaired=cfg.loss in UNPAIRED)
         if left:
             say(given_pairs.left_out_line(Path(cfg.pairs), kept, left))
             given = (kept, left)

@@ -23,6 +23,8 @@ def add_commands(sub, common: argparse.ArgumentParser, shown: dict) -> None:
                    help="how DPO's rejected answers are made (ranked: given pairs, see --pairs)")
     c.add_argument("--pairs", help="ranked: a file of prompt/chosen/rejected pairs to train DPO on (JSONL, CSV, ...)")
     add_encoding_flag(c, "--pairs where it is a CSV, TSV, JSON or JSONL file", "--pairs-encoding", "pairs_encoding")
+    c.add_argument("--pairs-columns", nargs="+", metavar="FIELD=COLUMN", help="--pairs' fields from columns of "
+                   "other names, as dpo's --columns (prompt=question chosen=better rejected=worse)")
     c.add_argument("--pairs-sheet", metavar="NAME", help="the sheet of --pairs where it is a workbook (else its one "
                    "sheet in view that holds data; compare's --sheet is the task data's)")
     c.add_argument("--loss", default="sigmoid", type=loss_arg,
@@ -86,6 +88,7 @@ def add_commands(sub, common: argparse.ArgumentParser, shown: dict) -> None:
 def compare_command(args: argparse.Namespace) -> int:
     """base → SFT → DPO on one test set (once a seed, with --seeds)."""
     from ..cli import chat_vars_arg
+    from ..data.columns import column_map
     from .compare import CompareConfig, run_compare
     from .report import console_lines
 
@@ -94,7 +97,8 @@ def compare_command(args: argparse.Namespace) -> int:
     overrides = key_values(args.set)
     cfg = CompareConfig(task=args.task, model=args.model, output=args.output, data=args.data, preset=args.preset,
                         task_options=task_options_of(args), strategy=args.strategy, pairs=args.pairs,
-                        pairs_encoding=args.pairs_encoding, pairs_sheet=args.pairs_sheet, loss=args.loss,
+                        pairs_encoding=args.pairs_encoding, pairs_sheet=args.pairs_sheet,
+                        pairs_columns=args.pairs_columns and column_map(args.pairs_columns), loss=args.loss,
                         seed=args.seed, judge=args.judge, n_resamples=args.n_resamples, overrides=overrides,
                         device=args.device, eval_dtype=args.eval_dtype, chat_date=args.chat_date,
                         chat_vars=chat_vars_arg(args), start_from=args.start_from)

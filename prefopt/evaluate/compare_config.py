@@ -100,6 +100,7 @@ class CompareConfig:
     pairs: str | None = None  # ranked: a JSONL of {"prompt", "chosen", "rejected"} to train DPO on
     pairs_encoding: str | None = None  # pairs' text encoding where it is a CSV, TSV, JSON or JSONL file (None: UTF-8)
     pairs_sheet: str | None = None  # the sheet of pairs where they are a workbook (None: its one sheet of data)
+    pairs_columns: dict | None = None  # pairs' fields read from columns of other names: {"chosen": "better", ...}
     loss: str = "sigmoid"
     seed: int = 0
     judge: str | None = None  # a local model that rates answers 1-5
@@ -132,9 +133,17 @@ class CompareConfig:
         if self.strategy == "ranked" and not (self.pairs and Path(self.pairs).is_file()):
             raise ValueError(f"strategy 'ranked' needs --pairs FILE with prompt/chosen/rejected records "
                              f"(got {self.pairs!r})")
-        for name, value in (("pairs_encoding", self.pairs_encoding), ("pairs_sheet", self.pairs_sheet)):
+        for name, value in (("pairs_encoding", self.pairs_encoding), ("pairs_sheet", self.pairs_sheet),
+                            ("pairs_columns", self.pairs_columns)):
             if value is not None and self.strategy != "ranked":
                 raise ValueError(f"{name} {value!r} is the {name[6:]} of --pairs, which only strategy 'ranked' reads")
+        if self.pairs_columns is not None:
+            from ..data.columns import column_map
+
+            try:
+                self.pairs_columns = column_map(self.pairs_columns)
+            except ValueError as e:
+                raise ValueError(f"pairs_{e}") from None
         if self.pairs_encoding is not None:
             from ..data.decoding import checked_encoding
 

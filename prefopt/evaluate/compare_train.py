@@ -51,17 +51,20 @@ def sft_config(cfg: CompareConfig, s: dict, data: Path | None, out: Path):
 def dpo_config(cfg: CompareConfig, s: dict, pairs: Path | None, out: Path, chosen: dict | None = None):
     """The DPO stage's ``DPOConfig``: ``pairs`` its data, ``out`` the run's folder, ``chosen`` the
     settings that keep its best weights by a validation score (``selection.trainer_settings``). It
-    reads the user's ``--pairs`` in their encoding (or from their sheet); the pairs compare writes
-    (made, or the user's less those left out: ``data/pairs.jsonl``) are UTF-8."""
+    reads the user's ``--pairs`` in their encoding (or from their sheet, by their columns); the pairs
+    compare writes (made, or the user's less those left out: ``data/pairs.jsonl``) are UTF-8 JSONL
+    with the fields' own names."""
     from ..train import DPOConfig
 
     given = pairs is not None and cfg.pairs is not None and Path(pairs) == Path(cfg.pairs)
     encoding = cfg.pairs_encoding if given and cfg.pairs_encoding else "utf-8"
     sheet = cfg.pairs_sheet if given else None
+    columns = (cfg.pairs_columns or {}) if given else {}
     return stage_config(DPOConfig, cfg, s, "dpo", pairs, out / "dpo" / "train", loss=cfg.loss, beta=s["beta"],
                         ld_alpha=s["ld_alpha"], f_divergence=s["f_divergence"], f_alpha=s["f_alpha"], wpo=s["wpo"],
                         sft_adapter=str(out / "sft" / "train" / "final"), ref_cache=str(out / "dpo" / "ref_cache"),
-                        share_start=s["share_start"], encoding=encoding, sheet=sheet, **(chosen or {}))
+                        share_start=s["share_start"], encoding=encoding, sheet=sheet, columns=columns,
+                        **(chosen or {}))
 
 
 def stage_configs(cfg: CompareConfig, say: Callable[[str], None] = lambda line: None) -> list[tuple[str, object]]:

@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from ..data.columns import column_hint, renamed, with_columns
 from ..data.readers import read_rows
-from ..data.records import DataError
+from ..data.records import DataError, parse_feedback, parse_preference
 from ..data.sheets import naming_sheet_by
 from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 
@@ -31,23 +32,38 @@ def _plain(text: str) -> str:
 SHARED = 40  # the fewest characters a pair's prompt and an item's message share for one within the other to count
 
 
-def held_out(pairs: Path, splits: dict[str, list], encoding: str | None = None, sheet: str | None = None
+def held_out(pairs: Path, splits: dict[str, list], encoding: str | None = None, sheet: str | None = None,
+             columns: dict[str, str] | None = None, unpaired: bool = False
              ) -> tuple[list[dict], list[tuple[int, str, str]]]:
     """``(the rows to keep, (line, split, item id) of each left out)``: a pair is left out where its
     prompt is the message of an item of ``splits`` (``{"test": records, ...}``), word for word in
     any spacing or case, or where one holds the other whole, :data:`SHARED` characters or more (a
     pair's prompt that is the message without the task's instructions, or wraps it in its own;
-    a short one, "Refill?", may stand in many a message by chance). A row the file cannot give
-    (malformed, or bytes not text in ``encoding``, None: UTF-8; a workbook with several sheets of
-    data and no ``sheet`` named) is raised now, before anything trains."""
+    a short one, "Refill?", may stand in many a message by chance). The rows kept have their
+    fields under their own names (``columns``: FIELD -> the file's column, ``--pairs-columns``).
+
+    Every pair is read as DPO will read it (``unpaired``: as KTO's feedback, a preference record
+    read as two), so a bad one stops the run now, before SFT trains,
+    with its file, line and field (a row that does not parse, bytes not text in ``encoding``,
+    None: UTF-8, a missing field or a column of another name, chosen equal to rejected, a
+    workbook with several sheets of data and no ``sheet`` named); before 2026-12-06 only
+    malformed rows were, and the rest stopped the DPO stage after SFT."""
     held = {_plain(r.prompt): (name, r.id) for name, records in splits.items() for r in records}
     long = [(text, item) for text, item in held.items() if len(text) >= SHARED]
     kept, left = [], []
     with naming_sheet_by("--pairs-sheet"):
         rows = list(read_rows(pairs, encoding=encoding, sheet=sheet))
+    parse = with_columns(parse_feedback if unpaired else parse_preference, columns)
     for line, row in rows:
         if isinstance(row, DataError):
             raise row
+        try:
+            parse(row, pairs, line)
+        except DataError as e:
+            hint = column_hint(row, e.field, "--pairs-columns", "pairs_columns") if (
+                e.reason.startswith("missing field") and isinstance(row, dict)) else ""
+            raise DataError(e.path, e.line, e.field, e.reason + hint) from None
+        row = renamed(row, columns) if columns else row
         prompt = _prompt_text(row) if isinstance(row, dict) else None
         item = None if prompt is None else held.get(prompt) or next(
             (item for text, item in long if text in prompt or (len(prompt) >= SHARED and prompt in text)), None)

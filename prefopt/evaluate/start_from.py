@@ -23,7 +23,7 @@ from .runner import DECODING
 # settings that change only the DPO stage: they may differ from the run the stages come from
 DPO_SETTINGS = ("dpo_steps", "dpo_epochs", "dpo_batch_size", "dpo_lr", "beta", "dpo_eval_every", "dpo_min_gain",
                 "dpo_patience", "dpo_max_p", "ld_alpha", "f_divergence", "f_alpha", "wpo")
-DPO_FLAGS = ("loss", "strategy", "pairs", "pairs_encoding", "pairs_sheet")  # (compare's --loss, ...)
+DPO_FLAGS = ("loss", "strategy", "pairs", "pairs_encoding", "pairs_sheet", "pairs_columns")  # (compare's --loss, ...)
 DPO_ONLY = (*DPO_FLAGS, *(f"{part}.{k}" for part in ("settings", "overrides") for k in DPO_SETTINGS))
 SFT_ADAPTER = Path("sft") / "train" / "final" / "adapter_model.safetensors"
 

@@ -73,7 +73,7 @@ def test_other_settings_than_dpos_are_refused_before_any_folder_is_made(tiny_mod
     assert str(caught.value).startswith(
         f"--from {first} was run with other settings than DPO's (overrides.sft_lr: None -> 0.001; seed: 0 -> 1; "
         "settings.sft_lr: 0.0003 -> 0.001): its base and SFT stages are not this run's. Only --loss, --strategy, "
-        "--pairs, --pairs-encoding, --pairs-sheet, dpo_steps,")
+        "--pairs, --pairs-encoding, --pairs-sheet, --pairs-columns, dpo_steps,")
     assert not out.exists()
 
 

@@ -377,6 +377,64 @@ def test_given_pairs_on_one_sheet_of_a_workbook_are_read_from_the_sheet_named(ti
         CompareConfig(task="portal", model=str(tiny_model), output="x", pairs_sheet="pairs").settings()
 
 
+def test_given_pairs_are_read_as_dpo_reads_them_before_sft_trains(tiny_model, tmp_path, sft_configs, capsys):
+    """A pair DPO would refuse (chosen equal to rejected, a column of another name) stopped the DPO
+    stage after SFT had trained; every pair is now read first. Columns of other names get the
+    flag that reads them, ``--pairs-columns``, as dpo's --columns; KTO's feedback file (prompt,
+    completion, label) reads as KTO reads it."""
+    from pathlib import Path
+
+    from prefopt.cli import main
+    from prefopt.data.records import DataError
+    from prefopt.evaluate import given_pairs
+    from prefopt.evaluate.compare_train import dpo_config
+    from prefopt.tasks import get_task, split_records
+    from tests.tasks.conftest import StopAtSFT
+
+    splits = split_records(get_task("portal").load(), test=4, val=4, seed=0, max_train=8)
+    given = tmp_path / "ranked.csv"
+    given.write_text("question,better,worse\n"
+                     f"\"{splits['test'][0].prompt}\",Urgency: routine,Urgency: emergency\n"
+                     "Is a fever of 38.5 C a worry?,Urgency: urgent,Urgency: routine\n")
+    args = ["compare", "--task", "portal", "--model", str(tiny_model), "--output", str(tmp_path / "run"),
+            "--strategy", "ranked", "--pairs", str(given), *(x for k, v in TINY.items() for x in ("--set", f"{k}={v}"))]
+    assert main(args) == 2 and not sft_configs  # before SFT
+    assert (f"{given}:2: field 'chosen': missing field (a preference record needs 'prompt', 'chosen', 'rejected'); "
+            "the record has 'question', 'better', 'worse': --pairs-columns prompt=question chosen=better "
+            "rejected=worse reads them, if they hold those fields") in capsys.readouterr().err
+    flags = ["--pairs-columns", "prompt=question", "chosen=better", "rejected=worse"]
+    with pytest.raises(StopAtSFT):
+        main([*args, *flags])
+    assert f"--pairs {given}: 1 of 2 pairs left out" in capsys.readouterr().out
+    columns = {"prompt": "question", "chosen": "better", "rejected": "worse"}
+    kept, _ = given_pairs.held_out(given, {"test": splits["test"]}, columns=columns)
+    assert kept == [{"prompt": "Is a fever of 38.5 C a worry?", "chosen": "Urgency: urgent",
+                     "rejected": "Urgency: routine"}]
+    cfg = CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "run"), strategy="ranked",
+                        pairs=str(given), pairs_columns=["prompt=question", "chosen=better", "rejected=worse"],
+                        overrides=TINY)
+    s = cfg.settings()
+    assert cfg.pairs_columns == columns and dpo_config(cfg, s, Path(given), tmp_path / "run").columns == columns
+    copy = tmp_path / "run" / "data" / "pairs.jsonl"  # compare's copy holds the fields by their own names
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_text("")
+    assert dpo_config(cfg, s, copy, tmp_path / "run").columns == {}
+    with pytest.raises(ValueError, match=r"pairs_columns: prompt2=question: no field 'prompt2'"):
+        CompareConfig(task="portal", model="m", output="x", strategy="ranked", pairs=str(given),
+                      pairs_columns={"prompt2": "question"}).settings()
+
+    same = tmp_path / "same.jsonl"
+    same.write_text(json.dumps({"prompt": "Refill?", "chosen": "Urgency: routine", "rejected": "Urgency: routine"})
+                    + "\n")
+    with pytest.raises(DataError, match=r"same.jsonl:1: field 'rejected': identical to chosen"):
+        given_pairs.held_out(same, {"test": splits["test"]})
+    feedback = tmp_path / "feedback.jsonl"  # KTO's: each answer labelled, read as --loss kto reads it
+    feedback.write_text(json.dumps({"prompt": "Refill?", "completion": "Urgency: routine", "label": True}) + "\n")
+    assert given_pairs.held_out(feedback, {"test": splits["test"]}, unpaired=True)[0][0]["label"] is True
+    with pytest.raises(DataError, match="field 'chosen': missing field"):
+        given_pairs.held_out(feedback, {"test": splits["test"]})
+
+
 def test_given_pairs_on_held_out_items_are_left_out_and_said_so(tiny_model, tmp_path, sft_configs, capsys):
     """Ranked pairs are the user's: one whose prompt is a test item's message (as chat messages or
     as text in other spacing) would train DPO on what the comparison tests, one on a validation
