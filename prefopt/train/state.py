@@ -6,7 +6,7 @@ A checkpoint is a folder ``checkpoints/step-00000042/`` holding:
 - ``optimizer.safetensors`` + ``optimizer.json``: the optimizer's state dict, its tensors
   (``"<param id>.<name>"``: AdamW's moments and step) and the rest (parameter groups, any
   number in the state) apart, so nothing is unpickled (a checkpoint from before 2026-11-30 holds
-  ``optimizer.pt``, a pickle, instead: refused, with the one line that converts it, :data:`PICKLED`);
+  ``optimizer.pt``, a pickle, instead: refused, with the one line that converts it, :func:`pickled_error`);
 - ``rng-rank{r}.safetensors``: each rank's torch (and CUDA) RNG state;
 - ``trainer_state.json``: step, Python/NumPy RNG states, config (and ``eval_owed`` where a
   signal stopped the run before the step's evaluation was done: the resume does it first).
@@ -18,6 +18,7 @@ the newest whole checkpoint by its step, :func:`resume_point`).
 from __future__ import annotations
 
 import random
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,7 @@ def resume_point(output_dir: str | Path) -> tuple[Path | None, list[str]]:
     passed: list[str] = []
     for ckpt in found:
         if pickled_checkpoint(ckpt):  # not damaged: passing it over would train its steps again, or from 0
-            raise ValueError(PICKLED.format(ckpt=str(ckpt)))
+            raise pickled_error(ckpt)
         if (problem := checkpoint_problem(ckpt)) is None:
             return ckpt, passed
         passed.append(f"{ckpt.name}: {problem}")
@@ -137,16 +138,19 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     return next((p for f in files if (p := file_problem(ckpt / f"{f}.safetensors"))), None)
 
 
-PICKLED = ("{ckpt} holds its optimizer state as optimizer.pt, a pickle written by prefopt before 2026-11-30; "
-           "prefopt reads no pickles (loading one can run code it holds). If you trust the file, convert it once: "
-           "python -c \"import torch; from prefopt.train.state import write_optimizer; from pathlib import Path; "
-           "c = Path({ckpt!r}); write_optimizer(torch.load(c / 'optimizer.pt', weights_only=True), c)\" "
-           "and resume again")
-
-
 def pickled_checkpoint(ckpt: Path) -> bool:
-    """Whether ``ckpt`` is one from before 2026-11-30, its optimizer state a pickle (:data:`PICKLED`)."""
+    """Whether ``ckpt`` is one from before 2026-11-30, its optimizer state a pickle (:func:`pickled_error`)."""
     return (ckpt / "optimizer.pt").is_file() and not (ckpt / "optimizer.json").exists()
+
+
+def pickled_error(ckpt: Path) -> ValueError:
+    """A pre-2026-11-30 checkpoint refused, with the shell line that converts its ``optimizer.pt``
+    (quoted for any path) for a user who trusts the file."""
+    code = ("import torch; from pathlib import Path; from prefopt.train.state import write_optimizer; "
+            f"c = Path({str(ckpt)!r}); write_optimizer(torch.load(c / 'optimizer.pt', weights_only=True), c)")
+    return ValueError(f"{ckpt} holds its optimizer state as optimizer.pt, a pickle written by prefopt before "
+                      "2026-11-30; prefopt reads no pickles (loading one can run code it holds). If you trust the "
+                      f"file, convert it once: python -c {shlex.quote(code)} and resume again")
 
 
 def _read_json(path: Path) -> tuple[Any, str | None]:

@@ -685,7 +685,7 @@ def test_a_checkpoint_holds_no_pickle_and_its_optimizer_state_round_trips(task, 
 
     from prefopt.train.state import latest_checkpoint, read_optimizer, write_optimizer
 
-    out = tmp_path / "run"
+    out = tmp_path / "O'Brien's run"  # (the line the error gives is quoted for any path)
     run_sft(_cfg(task, out, save_every=1, max_steps=3))
     ckpt = latest_checkpoint(out)
     assert sorted(p.suffix for p in ckpt.iterdir()) == [".json", ".json", ".safetensors", ".safetensors",
