@@ -17,6 +17,7 @@ the newest whole checkpoint by its step, :func:`resume_point`).
 """
 from __future__ import annotations
 
+import json
 import random
 import shlex
 import shutil
@@ -147,7 +148,8 @@ def pickled_error(ckpt: Path) -> ValueError:
     """A pre-2026-11-30 checkpoint refused, with the shell line that converts its ``optimizer.pt``
     (quoted for any path) for a user who trusts the file."""
     code = ("import torch; from pathlib import Path; from prefopt.train.state import write_optimizer; "
-            f"c = Path({str(ckpt)!r}); write_optimizer(torch.load(c / 'optimizer.pt', weights_only=True), c)")
+            f"c = Path({json.dumps(str(ckpt))}); "  # (a Python string in double quotes: shlex.quote's are single)
+            'write_optimizer(torch.load(c / "optimizer.pt", weights_only=True), c)')
     return ValueError(f"{ckpt} holds its optimizer state as optimizer.pt, a pickle written by prefopt before "
                       "2026-11-30; prefopt reads no pickles (loading one can run code it holds). If you trust the "
                       f"file, convert it once: python -c {shlex.quote(code)} and resume again")
