@@ -88,7 +88,6 @@ def add_commands(sub, common: argparse.ArgumentParser, shown: dict) -> None:
 def compare_command(args: argparse.Namespace) -> int:
     """base → SFT → DPO on one test set (once a seed, with --seeds)."""
     from ..cli import chat_vars_arg
-    from ..data.columns import column_map
     from .compare import CompareConfig, run_compare
     from .report import console_lines
 
@@ -98,7 +97,7 @@ def compare_command(args: argparse.Namespace) -> int:
     cfg = CompareConfig(task=args.task, model=args.model, output=args.output, data=args.data, preset=args.preset,
                         task_options=task_options_of(args), strategy=args.strategy, pairs=args.pairs,
                         pairs_encoding=args.pairs_encoding, pairs_sheet=args.pairs_sheet,
-                        pairs_columns=args.pairs_columns and column_map(args.pairs_columns), loss=args.loss,
+                        pairs_columns=args.pairs_columns, loss=args.loss,
                         seed=args.seed, judge=args.judge, n_resamples=args.n_resamples, overrides=overrides,
                         device=args.device, eval_dtype=args.eval_dtype, chat_date=args.chat_date,
                         chat_vars=chat_vars_arg(args), start_from=args.start_from)

@@ -100,7 +100,9 @@ class CompareConfig:
     pairs: str | None = None  # ranked: a JSONL of {"prompt", "chosen", "rejected"} to train DPO on
     pairs_encoding: str | None = None  # pairs' text encoding where it is a CSV, TSV, JSON or JSONL file (None: UTF-8)
     pairs_sheet: str | None = None  # the sheet of pairs where they are a workbook (None: its one sheet of data)
-    pairs_columns: dict | None = None  # pairs' fields read from columns of other names: {"chosen": "better", ...}
+    # pairs' fields read from columns of other names: {"chosen": "better", ...} (or ["chosen=better", ...], made a
+    # dict by settings())
+    pairs_columns: dict | list | None = None
     loss: str = "sigmoid"
     seed: int = 0
     judge: str | None = None  # a local model that rates answers 1-5
@@ -136,7 +138,7 @@ class CompareConfig:
         for name, value in (("pairs_encoding", self.pairs_encoding), ("pairs_sheet", self.pairs_sheet),
                             ("pairs_columns", self.pairs_columns)):
             if value is not None and self.strategy != "ranked":
-                raise ValueError(f"{name} {value!r} is the {name[6:]} of --pairs, which only strategy 'ranked' reads")
+                raise ValueError(f"{name} {value!r}: the {name[6:]} of --pairs, which only strategy 'ranked' reads")
         if self.pairs_columns is not None:
             from ..data.columns import column_map
 

@@ -331,7 +331,7 @@ def test_given_pairs_in_another_encoding_are_read_in_it_by_both_stages(tiny_mode
     kept.write_text("")
     assert dpo_config(cfg, s, kept, tmp_path / "run").encoding == "utf-8"
     for wrong, error in [({"pairs_encoding": "cp-nope"}, "encoding 'cp-nope': not one Python knows"),
-                         ({"strategy": "wrong_label"}, "pairs_encoding 'cp1252' is the encoding of --pairs, which "
+                         ({"strategy": "wrong_label"}, "pairs_encoding 'cp1252': the encoding of --pairs, which "
                                                        "only strategy 'ranked' reads")]:
         with pytest.raises(ValueError, match=error):
             replace(cfg, **wrong).settings()
@@ -372,7 +372,7 @@ def test_given_pairs_on_one_sheet_of_a_workbook_are_read_from_the_sheet_named(ti
     cfg = CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "run"), strategy="ranked",
                         pairs=str(given), pairs_sheet="pairs", overrides=TINY)
     assert dpo_config(cfg, cfg.settings(), Path(given), tmp_path / "run").sheet == "pairs"
-    with pytest.raises(ValueError, match="pairs_sheet 'pairs' is the sheet of --pairs, which only strategy 'ranked' "
+    with pytest.raises(ValueError, match="pairs_sheet 'pairs': the sheet of --pairs, which only strategy 'ranked' "
                                          "reads"):
         CompareConfig(task="portal", model=str(tiny_model), output="x", pairs_sheet="pairs").settings()
 
