@@ -433,6 +433,11 @@ def test_given_pairs_are_read_as_dpo_reads_them_before_sft_trains(tiny_model, tm
     assert given_pairs.held_out(feedback, {"test": splits["test"]}, unpaired=True)[0][0]["label"] is True
     with pytest.raises(DataError, match="field 'chosen': missing field"):
         given_pairs.held_out(feedback, {"test": splits["test"]})
+    kto = ["compare", "--task", "portal", "--model", str(tiny_model), "--output", str(tmp_path / "kto"),
+           "--strategy", "ranked", "--pairs", str(feedback), "--loss", "kto",
+           *(x for k, v in TINY.items() for x in ("--set", f"{k}={v}"))]
+    with pytest.raises(StopAtSFT):  # compare reads it as the KTO stage will
+        main(kto)
 
 
 def test_given_pairs_on_held_out_items_are_left_out_and_said_so(tiny_model, tmp_path, sft_configs, capsys):
