@@ -8,10 +8,11 @@ import codecs
 import contextlib
 import gzip
 import lzma
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from pathlib import Path
 
+from .._context import holding
 from .records import DataError
 
 # A text format's file compressed as a whole (``train.jsonl.gz``, ``notes.csv.xz``): read through
@@ -74,28 +75,18 @@ def is_utf8(name: str) -> bool:
     return codecs.lookup(name).name == "utf-8"
 
 
-@contextlib.contextmanager
-def reading_encoding(name: str) -> Iterator[None]:
+def reading_encoding(name: str) -> AbstractContextManager[None]:
     """Within the block, each text data file (CSV, TSV, JSON, JSONL) read without an encoding of
     its own is read as ``name`` (``--encoding``: Excel's CSV on Windows is in the machine's code
     page, cp1252 in Western Europe); else UTF-8."""
-    token = ENCODING.set(checked_encoding(name))
-    try:
-        yield
-    finally:
-        ENCODING.reset(token)
+    return holding(ENCODING, checked_encoding(name))
 
 
-@contextlib.contextmanager
-def naming_encoding_by(flag: str | None) -> Iterator[None]:
+def naming_encoding_by(flag: str | None) -> AbstractContextManager[None]:
     """Within the block, a data file's encoding error (:func:`~.readers.read_rows`) says to name the
     encoding as ``flag`` does (``--encoding cp1252``; Python's ``encoding='cp1252'`` outside any
     block); None: the program has no way to, and the error says to save the file as UTF-8 alone."""
-    token = NAMED_BY.set(flag)
-    try:
-        yield
-    finally:
-        NAMED_BY.reset(token)
+    return holding(NAMED_BY, flag)
 
 
 def encoding_scope(name: str | None):

@@ -25,12 +25,13 @@ import posixpath
 import re
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
 from pathlib import Path
 from typing import NamedTuple
 from xml.etree.ElementTree import ParseError, iterparse
 
+from .._context import holding
 from .._deps import require
 from ..hints import first_few
 from .headers import column_name, one_name_each, past_titles, warn_once
@@ -78,27 +79,17 @@ def _blank(values) -> bool:
     return all(v is None or (isinstance(v, str) and not v.strip()) for v in values)
 
 
-@contextmanager
-def reading_sheet(name: str | None) -> Iterator[None]:
+def reading_sheet(name: str | None) -> AbstractContextManager[None]:
     """Within the block, each workbook read reads its sheet ``name`` (``--sheet``; the sheets of
     one workbook that hold training and test data, or records beside a codebook); None: its one
     sheet in view that holds data. A file that is not a workbook is then refused."""
-    token = SHEET.set(name.strip() if isinstance(name, str) and name.strip() else None)
-    try:
-        yield
-    finally:
-        SHEET.reset(token)
+    return holding(SHEET, name.strip() if isinstance(name, str) and name.strip() else None)
 
 
-@contextmanager
-def naming_sheet_by(flag: str) -> Iterator[None]:
+def naming_sheet_by(flag: str) -> AbstractContextManager[None]:
     """Within the block, a workbook with several sheets of data says to name one with ``flag``
     (compare's ``--pairs-sheet``, for its pairs; else ``--sheet``)."""
-    token = SHEET_FLAG.set(flag)
-    try:
-        yield
-    finally:
-        SHEET_FLAG.reset(token)
+    return holding(SHEET_FLAG, flag)
 
 
 def sheet_scope(name: str | None):

@@ -15,9 +15,11 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+
+from .._context import holding
 
 
 class Terminated(Exception):
@@ -52,15 +54,10 @@ def going_on() -> GoingOn:
     return _going_on.get() or COMMAND_LINE
 
 
-@contextmanager
-def going_on_by(words: GoingOn) -> Iterator[None]:
+def going_on_by(words: GoingOn) -> AbstractContextManager[None]:
     """Within the block, the trainers' stop messages say how to go on in ``words`` (``prefopt
     compare``: rerunning the same command resumes a stage, and it has no --resume)."""
-    token = _going_on.set(words)
-    try:
-        yield
-    finally:
-        _going_on.reset(token)
+    return holding(_going_on, words)
 
 
 def ctrl_c_line(when: str) -> str:
