@@ -171,6 +171,15 @@ def _flags(columns: Mapping[str, str]) -> str:
     return " ".join(f'"{f}={c}"' if " " in c else f"{f}={c}" for f, c in columns.items())
 
 
+def hinted(e: DataError, row, flag: str = "--columns", python: str = "columns") -> DataError:
+    """``e`` with :func:`column_hint`'s words for ``row`` where it is a missing field's error and
+    there are any (a spreadsheet's 'Prompt' header); else ``e`` itself."""
+    if isinstance(row, dict) and e.reason.startswith("missing field") and (
+            hint := column_hint(row, e.field, flag, python)):
+        return DataError(e.path, e.line, e.field, e.reason + hint)
+    return e
+
+
 def column_hint(row: dict, missing: str | None = None, flag: str = "--columns", python: str = "columns") -> str:
     """``; it has 'Prompt', 'Chosen': --columns prompt=Prompt chosen=Chosen reads them ...`` where
     :func:`near_columns` finds any (the key it must be, where :func:`spaced_keys` finds any);

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .._deps import progress
 from ..tokenizer import BoundaryError, Tokenizer
-from .columns import column_hint, column_of, with_columns
+from .columns import column_of, hinted, with_columns
 from .decoding import encoding_scope
 from .files import data_files, describe, is_paths
 from .readers import in_memory, read_rows, source_name
@@ -195,8 +195,7 @@ def _records(source, parse: Callable, skip_bad: bool) -> tuple[list[tuple[int, o
                 raise row
             out.append((line, parse(row, name, line)))
         except DataError as e:
-            if isinstance(row, dict) and e.reason.startswith("missing field") and (hint := column_hint(row, e.field)):
-                e = DataError(e.path, e.line, e.field, e.reason + hint)  # a spreadsheet's 'Prompt' header
+            e = hinted(e, row)  # a spreadsheet's 'Prompt' header
             if not skip_bad:
                 raise e from None
             report.skipped.append(e)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from ..data.columns import column_hint, renamed, with_columns
+from ..data.columns import hinted, renamed, with_columns
 from ..data.readers import read_rows
 from ..data.records import DataError, parse_feedback, parse_preference
 from ..data.sheets import naming_sheet_by
@@ -60,9 +60,7 @@ def held_out(pairs: Path, splits: dict[str, list], encoding: str | None = None, 
         try:
             parse(row, pairs, line)
         except DataError as e:
-            hint = column_hint(row, e.field, "--pairs-columns", "pairs_columns") if (
-                e.reason.startswith("missing field") and isinstance(row, dict)) else ""
-            raise DataError(e.path, e.line, e.field, e.reason + hint) from None
+            raise hinted(e, row, "--pairs-columns", "pairs_columns") from None
         row = renamed(row, columns) if columns else row
         prompt = _prompt_text(row) if isinstance(row, dict) else None
         item = None if prompt is None else held.get(prompt) or next(

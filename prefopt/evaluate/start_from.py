@@ -23,7 +23,8 @@ from .runner import DECODING
 # settings that change only the DPO stage: they may differ from the run the stages come from
 DPO_SETTINGS = ("dpo_steps", "dpo_epochs", "dpo_batch_size", "dpo_lr", "beta", "dpo_eval_every", "dpo_min_gain",
                 "dpo_patience", "dpo_max_p", "ld_alpha", "f_divergence", "f_alpha", "wpo")
-DPO_FLAGS = ("loss", "strategy", "pairs", "pairs_encoding", "pairs_sheet", "pairs_columns")  # (compare's --loss, ...)
+PAIRS_FLAGS = ("strategy", "pairs", "pairs_encoding", "pairs_sheet", "pairs_columns")  # what makes DPO's pairs
+DPO_FLAGS = ("loss", *PAIRS_FLAGS)  # (compare's --loss, ...)
 DPO_ONLY = (*DPO_FLAGS, *(f"{part}.{k}" for part in ("settings", "overrides") for k in DPO_SETTINGS))
 SFT_ADAPTER = Path("sft") / "train" / "final" / "adapter_model.safetensors"
 
@@ -66,7 +67,7 @@ def check_same_sft(source: str | Path, earlier: dict, config: dict, split: dict)
 
 def _same_pairs(earlier: dict, config: dict) -> bool:
     """Whether this run's DPO pairs are those ``earlier`` made (the split and seed are already the same)."""
-    if [earlier.get(k) for k in DPO_FLAGS[1:]] != [config.get(k) for k in DPO_FLAGS[1:]]:
+    if [earlier.get(k) for k in PAIRS_FLAGS] != [config.get(k) for k in PAIRS_FLAGS]:
         return False
     if config["strategy"] != "model_errors":
         return True
