@@ -43,14 +43,14 @@ def test_import_matches_transformers_own_gguf_loader(smollm_dir, models):
 
 
 def test_greedy_generation_matches_transformers_token_for_token_alone_and_in_a_batch(models):
-    """Each prompt alone against transformers, then the first four in one batch against those
-    answers (one test: each answer takes seconds on one core, and both checks read them)."""
+    """Four prompts alone against transformers, then in one batch against those answers (one test:
+    each answer takes seconds on one core, and both checks read them; one of the four ends early)."""
     from prefopt.model.generate import shared_start
 
     ours, theirs, tok = models
     kw = dict(max_new_tokens=32, eos_token_ids=tok.eos_token_ids, pad_token_id=tok.pad_token_id)
     alone = []
-    for text in MEDICAL_PROMPTS:
+    for text in MEDICAL_PROMPTS[:4]:
         ids = _prompt_ids(tok, text)
         want = theirs.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                max_new_tokens=32, do_sample=False, eos_token_id=tok.eos_token_ids,
@@ -60,7 +60,7 @@ def test_greedy_generation_matches_transformers_token_for_token_alone_and_in_a_b
         assert len(want) == 32 or want[-1] in tok.eos_token_ids
     prompts = [_prompt_ids(tok, t) for t in MEDICAL_PROMPTS[:4]]
     assert shared_start(prompts, ours.config, 200) >= 16  # the chat template's system prompt: run once, shared
-    assert generate(ours, prompts, **kw) == alone[:4]
+    assert any(len(a) < 32 for a in alone) and generate(ours, prompts, **kw) == alone
 
 
 def test_chat_template_and_tokens_match_transformers(smollm_dir):

@@ -224,7 +224,9 @@ def test_what_it_does_not_cover_is_refused_by_name(tmp_path):
     assert estimate_memory(gguf, model_config=ModelConfig.from_hf(d)).peak > 0
 
 
-def test_the_cli_prints_the_estimate_and_writes_nothing(tmp_path):
+def test_the_cli_prints_the_estimate_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from prefopt.cli import main
+
     d, _ = _config_only(tmp_path)
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "prefopt.cli", "dpo", "--model", str(d), "--output-dir", str(out),
@@ -234,17 +236,19 @@ def test_the_cli_prints_the_estimate_and_writes_nothing(tmp_path):
     assert "one training step on CUDA" in r.stdout and "4 sequences of 512 tokens" in r.stdout
     assert "gradient checkpointing on 8 of 8 layers" in r.stdout and "  peak " in r.stdout
     assert not out.exists()
-    fsdp = [sys.executable, "-m", "prefopt.cli", "sft", "--model", str(d), "--no-lora", "--fsdp", "--estimate-memory"]
-    r = subprocess.run(fsdp, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    said = r.stdout.splitlines()  # each process's share: for 2, and a line for 4 and 8
+    fsdp = ["sft", "--model", str(d), "--no-lora", "--fsdp", "--estimate-memory"]  # in this process from here
+    assert main(fsdp) == 0
+    said = capsys.readouterr().out.splitlines()  # each process's share: for 2, and a line for 4 and 8
     assert said[0].endswith("under --fsdp for each of 2 processes (its share of the weights, their gradients and "
                             "AdamW's moments; a block's whole weights while it runs):")
     assert said[-1].startswith("  peak with 4 processes ") and ", with 8 " in said[-1]
-    r = subprocess.run(fsdp, capture_output=True, text=True, env={**os.environ, "WORLD_SIZE": "4", "RANK": "0"})
-    assert r.returncode == 0 and "under --fsdp for each of 4 processes" in r.stdout and "with 8" not in r.stdout
-    r = subprocess.run(fsdp, capture_output=True, text=True, env={**os.environ, "WORLD_SIZE": "4", "RANK": "1"})
-    assert r.returncode == 0 and r.stdout == ""  # under torchrun: said once
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "0")
+    assert main(fsdp) == 0
+    said = capsys.readouterr().out
+    assert "under --fsdp for each of 4 processes" in said and "with 8" not in said
+    monkeypatch.setenv("RANK", "1")
+    assert main(fsdp) == 0 and capsys.readouterr().out == ""  # under torchrun: said once
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
