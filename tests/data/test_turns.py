@@ -12,6 +12,9 @@ from prefopt.train.sft import split_eval
 from tests._tiny import R1_STYLE, build_tokenizer
 from tests.data import write_jsonl
 
+# said once a tokenizer, whichever test here meets it first (test_such_a_template_is_warned_of_once_a_tokenizer)
+pytestmark = pytest.mark.filterwarnings("ignore:the chat template renders a finished assistant turn")
+
 TALK = [
     {"role": "user", "content": "Chest pain since noon?"},
     {"role": "assistant", "content": "<think>\nCardiac until shown otherwise.\n</think>\n\nEmergency."},
@@ -45,6 +48,18 @@ def test_each_assistant_turn_trains_after_the_prompt_the_model_answered_it_from(
     context = r1.decode(second.input_ids[:prompt_len(second.labels)], False)
     assert "Cardiac" not in context and "Emergency.<|eot_id|>" in context
     assert _trained(r1, second) == "\n</think>\n\nStill urgent.<|eot_id|>"  # a plain answer: an empty block
+
+
+def test_such_a_template_is_warned_of_once_a_tokenizer(tmp_path):
+    import warnings
+
+    tok = load_tokenizer(build_tokenizer(tmp_path, template=R1_STYLE, bos="<|begin_of_text|>", eos="<|eot_id|>"))
+    with pytest.warns(UserWarning, match="renders a finished assistant turn otherwise than the prompt") as said:
+        turn_examples(TALK, tok, max_length=512)
+    assert len([w for w in said if "finished assistant turn" in str(w.message)]) == 1  # not once a turn
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same tokenizer says it no more
+        turn_examples(TALK, tok, max_length=512)
 
 
 def test_one_sequence_cannot_hold_them_so_tokenize_sft_says_where_to_go(r1):
