@@ -1,6 +1,8 @@
 """benchmarks/bench_generate.py runs end to end on a tiny model (its figures mean nothing here)."""
 import json
 
+import pytest
+
 from tests._tiny import build_hf_model
 from tests.benchmarks import run_main
 
@@ -26,6 +28,8 @@ def test_bench_generate_runs_each_worker_on_the_same_prompts(tmp_path, monkeypat
     assert table.count("| 5/5 rows |") == 4 and "vs transformers generate: time" in table
 
 
+# the tiny model's 256 positions: the conversation outgrows them (the warning's own test: tests/model/test_generate.py)
+@pytest.mark.filterwarnings("ignore:a prompt of .* runs past the model's context")
 def test_bench_generate_times_a_conversation_with_and_without_its_cache(tmp_path, monkeypatch, capsys):
     out = tmp_path / "chat.json"
     _bench(tmp_path, monkeypatch, "--chat", 3, "--max-new-tokens", 4, "--json", out)
