@@ -55,11 +55,12 @@ def one_row():
 
 
 def file_options(task, delimiter: str | None = None, encoding: str = "utf-8", sheet: str | None = None) -> dict:
-    """A generic task's ``delimiter``, ``encoding`` and ``sheet`` options, checked, as :func:`table`'s
-    keywords. ``delimiter`` may be a character or a name (``tab``, ``\\t``, ``semicolon``, ...); None
-    reads it off a CSV's header. ``sheet``: an Excel workbook's sheet to read (None: its one sheet
-    in view that holds data). A bad byte's error names the options where ``task``'s class takes
-    them (a dataset's own task, such as ``medical_abstracts``, has its format fixed)."""
+    """A task's ``delimiter``, ``encoding`` and ``sheet`` options (the generic tasks' and portal's),
+    checked, as :func:`table`'s keywords. ``delimiter`` may be a character or a name (``tab``,
+    ``\\t``, ``semicolon``, ...); None reads it off a CSV's header. ``sheet``: an Excel workbook's
+    sheet to read (None: its one sheet in view that holds data). A bad byte's error names the
+    options where ``task``'s class takes them (a dataset's own task, such as ``medical_abstracts``,
+    has its format fixed)."""
     delimiter = DELIMITER_NAMES.get(delimiter, delimiter)
     if delimiter is not None and (not isinstance(delimiter, str) or len(delimiter) != 1):
         raise ValueError(f"delimiter must be one character or one of {', '.join(DELIMITER_NAMES)}, got {delimiter!r}")

@@ -9,14 +9,15 @@ documentation (Moon et al., 2019): sex 1 female 2 male; mental 1 alert, 2 respon
 
 Portal messages (``prefopt/tasks/data/portal_messages.jsonl``, see its README): message →
 urgency (emergency / urgent / routine) and the staff who should handle it (physician, nurse,
-pharmacist, front desk), as in the study's provider-triage task.
+pharmacist, front desk), as in the study's provider-triage task. A team's own messages
+(``--data``) may name those columns otherwise and come as any table (options below).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..data.records import DataError
-from ._io import need, one_row, table
+from ._io import file_options, need, one_row, table
 from .base import ClassificationTask, LabelField, Record
 
 PORTAL_DATA = Path(__file__).resolve().parent / "data" / "portal_messages.jsonl"
@@ -103,10 +104,16 @@ def _patient(row: dict, complaint: str) -> str:
 
 
 class PortalTriage(ClassificationTask):
+    """Portal messages: the bundled synthetic ones, or a team's own (``--data``), whose columns may
+    be named otherwise (``message_column``, ``urgency_column``, ``staff_column``; an ``id`` column,
+    where there is one, names each record) and whose file is read as the generic tasks' are
+    (``delimiter``, ``encoding``, ``sheet``: :class:`~.text_classification.TextClassification`)."""
+
     name = "portal"
     bundled_data = PORTAL_DATA
 
-    def __init__(self):
+    def __init__(self, message_column: str = "message", urgency_column: str = "urgency", staff_column: str = "staff",
+                 delimiter: str | None = None, encoding: str = "utf-8", sheet: str | None = None):
         super().__init__([
             LabelField("urgency", ["emergency", "urgent", "routine"],
                        {k: URGENCY_ALIASES[k] for k in ("emergency", "urgent", "routine")}, ordinal=True),
@@ -115,22 +122,45 @@ class PortalTriage(ClassificationTask):
                         "front desk": ["front-desk", "administrative", "admin staff", "reception", "scheduling"]}),
         ])
         self.max_new_tokens = 16
+        self.columns = {"message": message_column, "urgency": urgency_column, "staff": staff_column}
+        self.file = file_options(self, delimiter, encoding, sheet)
+        given = {k: v for k, v in self.columns.items() if v != k}
+        given.update({k: v for k, v in self.file.items() if k != "task_options" and v not in (None, "utf-8")})
+        self._own_file_options = given  # for the team's file alone: the bundled one is read as it is
 
     def load(self, path=None, labelled=True):
         path = path or self.bundled_data
+        bundled = Path(path).resolve() == self.bundled_data
+        if bundled and self._own_file_options:
+            named = " ".join(f"{k + '_column' if k in self.columns else k}={v}"
+                             for k, v in self._own_file_options.items())
+            what = "these options describe" if len(self._own_file_options) > 1 else "this option describes"
+            raise ValueError(f"task 'portal': {named}: {what} your own file, and no --data names one (the "
+                             "bundled synthetic messages are read as they are)")
+        file = {} if bundled else self.file
         out = []
-        for line, row in table(path):
+        for line, row in table(path, **file):
             with one_row():
                 out.append(self._record(path, line, row, labelled))
         return out
 
+    def _cell(self, row: dict, field: str, path, line: int) -> str:
+        """``row``'s ``field`` (its column as the options name it); a missing column's error says
+        how to name the file's own."""
+        column = self.columns[field]
+        if column not in row:
+            have = ", ".join(map(str, row))
+            raise DataError(path, line, column, f"missing field (have: {have}); --task-option "
+                            f"{field}_column=COLUMN reads another column as the {field}")
+        return need(row, column, path, line)
+
     def _record(self, path, line: int, row: dict, labelled: bool) -> Record:
-        msg = need(row, "message", path, line)
+        msg = self._cell(row, "message", path, line)
         labels = {}
         for f in self.fields if labelled else []:
-            v = need(row, f.name, path, line).lower()
+            v = self._cell(row, f.name, path, line).lower()
             if v not in f.labels:
-                raise DataError(path, line, f.name, f"{v!r} is not one of {f.labels}")
+                raise DataError(path, line, self.columns[f.name], f"{v!r} is not one of {f.labels}")
             labels[f.name] = v
         prompt = ("Triage this patient portal message. How urgent is it (emergency, urgent or routine), and "
                   "who should handle it (physician, nurse, pharmacist or front desk)? Answer as\n"

@@ -1,0 +1,69 @@
+"""The portal task on a team's own messages: columns named otherwise and a spreadsheet export's
+encoding and delimiter, read as the generic tasks read theirs; the bundled messages as they are."""
+import json
+
+import pytest
+
+from prefopt.cli import main
+from prefopt.data import DataError
+from prefopt.data.readers import read_rows
+from prefopt.tasks import get_task
+
+ROWS = [("Fièvre depuis hier, toux sèche", "urgent", "nurse"),
+        ("Renouvellement d'ordonnance, Ramipril 5 mg", "routine", "pharmacist"),
+        ("Douleur thoracique écrasante depuis 20 minutes", "emergency", "physician")]
+COLUMNS = {"message_column": "Nachricht", "urgency_column": "Dringlichkeit", "staff_column": "Team"}
+
+
+def _export(path, rows=ROWS, header="Nachricht;Dringlichkeit;Team"):
+    """A German Excel export: ';' between cells, cp1252, CRLF."""
+    path.write_bytes("\r\n".join([header, *(";".join(r) for r in rows)]).encode("cp1252") + b"\r\n")
+    return path
+
+
+def test_own_messages_read_with_their_columns_and_encoding_as_in_the_bundled_layout(tmp_path):
+    data = _export(tmp_path / "export.csv")
+    same = tmp_path / "same.jsonl"  # the same messages under the bundled file's names, in UTF-8
+    same.write_text("".join(json.dumps({"message": m, "urgency": u, "staff": s}) + "\n" for m, u, s in ROWS))
+    want = [(r.prompt, r.target, r.labels) for r in get_task("portal").read(str(same))]
+    got = get_task("portal", encoding="cp1252", **COLUMNS).read(str(data))
+    assert [(r.prompt, r.target, r.labels) for r in got] == want and "Fièvre" in got[0].prompt
+    assert [r.id for r in got] == ["portal:2", "portal:3", "portal:4"]
+    unlabelled = get_task("portal", encoding="cp1252", message_column="Nachricht")
+    assert [r.prompt for r in unlabelled.read(str(data), labelled=False)] == [p for p, _, _ in want]
+    with pytest.raises(DataError, match=r"export.csv:2: not utf-8 text .*--task-option encoding=cp1252"):
+        get_task("portal", **COLUMNS).read(str(data))
+    with pytest.raises(DataError, match=r"export.csv:2: field 'message': missing field \(have: Nachricht, "
+                                        r"Dringlichkeit, Team\); --task-option message_column=COLUMN reads another"):
+        get_task("portal", encoding="cp1252").read(str(data))
+    with pytest.raises(DataError, match=r"export.csv:2: field 'urgency': missing field .*urgency_column=COLUMN"):
+        get_task("portal", encoding="cp1252", message_column="Nachricht").read(str(data))
+    bad = _export(tmp_path / "bad.csv", [ROWS[0], ("Rückruf erbeten", "irgendwann", "nurse")])
+    with pytest.raises(DataError, match=r"bad.csv:3: field 'Dringlichkeit': 'irgendwann' is not one of"):
+        get_task("portal", encoding="cp1252", **COLUMNS).read(str(bad))
+
+
+def test_file_options_without_a_file_of_ones_own_are_refused():
+    assert len(get_task("portal").read()) > 0  # the bundled messages
+    with pytest.raises(ValueError, match="task 'portal': encoding=cp1252: this option describes your own file, "
+                                         "and no --data names one"):
+        get_task("portal", encoding="cp1252").read()
+    with pytest.raises(ValueError, match="message_column=text sheet=Triage: these options describe"):
+        get_task("portal", message_column="text", sheet="Triage").read()
+
+
+def test_predict_answers_an_export_named_by_its_options_and_writes_it_back_alike(tiny_model, tmp_path, capsys):
+    data = _export(tmp_path / "export.csv", [(m, "", "") for m, _, _ in ROWS], "Nachricht;Notiz;Station")
+    argv = ["predict", "--task", "portal", "--model", str(tiny_model), "--data", str(data), "--max-new-tokens", "4",
+            "--no-confidence"]
+    assert main([*argv, "--output", str(tmp_path / "no")]) == 2
+    assert "--task-option encoding=cp1252" in capsys.readouterr().err and not (tmp_path / "no").exists()
+    out = tmp_path / "pred"
+    assert main([*argv, "--task-option", "encoding=cp1252", "--task-option", "message_column=Nachricht",
+                 "--output", str(out)]) == 0
+    assert (out / "predictions.csv").read_bytes().startswith(b"\xef\xbb\xbfNachricht;Notiz;Station;")  # as it came
+    rows = [row for _, row in read_rows(out / "predictions.csv")]
+    assert [r["Nachricht"] for r in rows] == [m for m, _, _ in ROWS]
+    assert all("predicted_urgency" in r and "predicted_staff" in r for r in rows)
+    settings = json.loads((out / "predict.json").read_text())
+    assert settings["task_options"] == {"encoding": "cp1252", "message_column": "Nachricht"}
