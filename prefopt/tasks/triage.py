@@ -144,21 +144,35 @@ class PortalTriage(ClassificationTask):
                 out.append(self._record(path, line, row, labelled))
         return out
 
-    def _cell(self, row: dict, field: str, path, line: int) -> str:
+    def _cell(self, row: dict, field: str, path, line: int, labelled: bool) -> str:
         """``row``'s ``field`` (its column as the options name it); a missing column's error says
-        how to name the file's own."""
+        how to name the file's own, with the row's likely ones."""
         column = self.columns[field]
         if column not in row:
             have = ", ".join(map(str, row))
-            raise DataError(path, line, column, f"missing field (have: {have}); --task-option "
-                            f"{field}_column=COLUMN reads another column as the {field}")
+            likely = " ".join(f"--task-option {k}_column={v}" for k, v in self._guessed(row, labelled).items()
+                              if self.columns[k] not in row)
+            raise DataError(path, line, column, f"missing field (have: {have}); --task-option {field}_column=COLUMN "
+                            f"reads another column as the {field}" + (f" (here likely: {likely})" if likely else ""))
         return need(row, column, path, line)
 
-    def _record(self, path, line: int, row: dict, labelled: bool) -> Record:
-        msg = self._cell(row, "message", path, line)
+    def _guessed(self, row: dict, labelled: bool) -> dict[str, str]:
+        """The columns of ``row`` that look like the fields: a label field's (``labelled``), the one
+        column whose cell is one of its labels; the message's, the longest text of the rest."""
+        texts = {c: v.strip() for c, v in row.items() if isinstance(v, str) and v.strip()}
         labels = {}
         for f in self.fields if labelled else []:
-            v = self._cell(row, f.name, path, line).lower()
+            hits = [c for c, v in texts.items() if v.lower() in f.labels]
+            if len(hits) == 1:
+                labels[f.name] = hits[0]
+        rest = [c for c in texts if c not in labels.values()]
+        return ({"message": max(rest, key=lambda c: len(texts[c]))} if rest else {}) | labels
+
+    def _record(self, path, line: int, row: dict, labelled: bool) -> Record:
+        msg = self._cell(row, "message", path, line, labelled)
+        labels = {}
+        for f in self.fields if labelled else []:
+            v = self._cell(row, f.name, path, line, labelled).lower()
             if v not in f.labels:
                 raise DataError(path, line, self.columns[f.name], f"{v!r} is not one of {f.labels}")
             labels[f.name] = v

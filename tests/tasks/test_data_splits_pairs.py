@@ -126,8 +126,8 @@ def test_loader_errors_name_file_line_and_field(tmp_path, name, content, task, e
         get_task(task).load(p)
     with pytest.raises(ValueError, match="unknown task 'medq' \\(did you mean 'medqa'\\?\\)"):
         get_task("medq")
-    with pytest.raises(ValueError, match="task 'portal' has no option 'colour'; its options .*: none"):
-        get_task("portal", colour="red")
+    with pytest.raises(ValueError, match="task 'meqsum' has no option 'colour'; its options .*: none"):
+        get_task("meqsum", colour="red")
     with pytest.raises(ValueError, match="no option 'levls' \\(did you mean 'levels'\\?\\); .*: levels='grouped', "
                                          "disposition=False"):
         get_task("ktas", levls="ktas")
@@ -300,5 +300,6 @@ def test_help_lists_every_tasks_options_with_their_defaults(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     out = capsys.readouterr().out
-    assert "\n  ktas: levels='grouped', disposition=False\n" in out and "\n  portal: none\n" in out
+    assert "\n  ktas: levels='grouped', disposition=False\n" in out and "\n  meqsum: none\n" in out
+    assert "\n  portal: message_column='message', urgency_column='urgency', staff_column='staff', delimiter=None" in out
     assert all(f"\n  {name}: " in out for name in TASKS)

@@ -33,11 +33,19 @@ def test_own_messages_read_with_their_columns_and_encoding_as_in_the_bundled_lay
     assert [r.prompt for r in unlabelled.read(str(data), labelled=False)] == [p for p, _, _ in want]
     with pytest.raises(DataError, match=r"export.csv:2: not utf-8 text .*--task-option encoding=cp1252"):
         get_task("portal", **COLUMNS).read(str(data))
+    # the columns the row's cells look like: a label field's holds one of its labels, the message the longest text
     with pytest.raises(DataError, match=r"export.csv:2: field 'message': missing field \(have: Nachricht, "
-                                        r"Dringlichkeit, Team\); --task-option message_column=COLUMN reads another"):
+                                        r"Dringlichkeit, Team\); --task-option message_column=COLUMN reads another "
+                                        r"column as the message \(here likely: --task-option message_column=Nachricht "
+                                        r"--task-option urgency_column=Dringlichkeit --task-option staff_column=Team\)$"):
         get_task("portal", encoding="cp1252").read(str(data))
-    with pytest.raises(DataError, match=r"export.csv:2: field 'urgency': missing field .*urgency_column=COLUMN"):
+    with pytest.raises(DataError, match=r"export.csv:2: field 'urgency': missing field .*urgency_column=COLUMN reads "
+                                        r"another column as the urgency \(here likely: --task-option "
+                                        r"urgency_column=Dringlichkeit --task-option staff_column=Team\)$"):
         get_task("portal", encoding="cp1252", message_column="Nachricht").read(str(data))
+    with pytest.raises(DataError, match=r"\(have: Nachricht, Dringlichkeit, Team\); .*\(here likely: --task-option "
+                                        r"message_column=Nachricht\)$"):  # unlabelled: the message alone
+        get_task("portal", encoding="cp1252").read(str(data), labelled=False)
     bad = _export(tmp_path / "bad.csv", [ROWS[0], ("Rückruf erbeten", "irgendwann", "nurse")])
     with pytest.raises(DataError, match=r"bad.csv:3: field 'Dringlichkeit': 'irgendwann' is not one of"):
         get_task("portal", encoding="cp1252", **COLUMNS).read(str(bad))
