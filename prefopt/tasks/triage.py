@@ -1,11 +1,11 @@
 """Triage: KTAS emergency-department records, and patient-portal messages (bundled, synthetic).
 
-KTAS (``data.csv``, ``;``-separated, latin-1): chief complaint plus vitals → the expert's KTAS
-level (1 most urgent … 5), or grouped (emergency 1-2, urgent 3, non-urgent 4-5), optionally
-with the disposition (discharge / admission / transfer-or-other). Codes follow the dataset's
-documentation (Moon et al., 2019): sex 1 female 2 male; mental 1 alert, 2 responds to voice,
-3 to pain, 4 unresponsive; injury 2 yes; disposition 1 and 4 discharge, 2 ward, 3 ICU,
-7 surgery, 5 transfer, 6 death.
+KTAS (``data.csv``, ``;``-separated, latin-1; a copy re-saved as UTF-8, or with ``,``, read
+alike): chief complaint plus vitals → the expert's KTAS level (1 most urgent … 5), or grouped
+(emergency 1-2, urgent 3, non-urgent 4-5), optionally with the disposition (discharge /
+admission / transfer-or-other). Codes follow the dataset's documentation (Moon et al., 2019):
+sex 1 female 2 male; mental 1 alert, 2 responds to voice, 3 to pain, 4 unresponsive; injury 2
+yes; disposition 1 and 4 discharge, 2 ward, 3 ICU, 7 surgery, 5 transfer, 6 death.
 
 Portal messages (``prefopt/tasks/data/portal_messages.jsonl``, see its README): message →
 urgency (emergency / urgent / routine) and the staff who should handle it (physician, nurse,
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data.decoding import read_bytes
 from ..data.records import DataError
 from ._io import file_options, need, one_row, table
 from .base import ClassificationTask, LabelField, Record
@@ -31,9 +32,28 @@ URGENCY_ALIASES = {"emergency": ["emergent", "critical", "call 911", "immediatel
                    "routine": ["not urgent", "non-urgent", "nonurgent", "non urgent"]}
 
 
+# a value the dataset lacks: "??", or the error a Turkish Excel wrote for an empty cell (#BOŞ!, "#NULL!"), as
+# the published file's bytes read in latin-1 and as a copy re-saved in UTF-8 from a Turkish Excel holds it
+MISSING = ("??", "#BOÞ!", "#BOŞ!")
+
+
 def _f(row: dict, key: str, unit: str = "") -> str:
     v = str(row.get(key, "")).strip().replace(",", ".")
-    return f"{v}{unit}" if v and v not in ("??", "#BOÞ!") else "not recorded"
+    return f"{v}{unit}" if v and v not in MISSING else "not recorded"
+
+
+def ktas_encoding(path) -> str:
+    """How to read a KTAS file: latin-1, as the dataset is published (its one byte past ASCII is
+    the Þ of ``#BOÞ!``), unless the file is UTF-8 throughout, as a copy Excel saved as "CSV UTF-8"
+    is, which latin-1 would misread without a word (``#BOÃ\x9e!`` in 444 prompts). A file that
+    cannot be read is left to the reader, which names it."""
+    try:
+        read_bytes(Path(path)).decode("utf-8")
+    except UnicodeDecodeError:
+        return "latin-1"
+    except (OSError, DataError):
+        pass
+    return "utf-8"
 
 
 class KTAS(ClassificationTask):
@@ -70,7 +90,8 @@ class KTAS(ClassificationTask):
             self.with_disposition else "."
         fmt = "Urgency: <level>\nDisposition: <disposition>" if self.with_disposition else "the level only"
         out = []
-        for line, row in table(path, delimiter=";", encoding="latin-1"):
+        # the delimiter read off the header: ';' as published, ',' where Excel re-saved it in a comma locale
+        for line, row in table(path, encoding=ktas_encoding(path)):
             with one_row():
                 complaint = need(row, "Chief_complain", path, line)
                 labels = self._labels(row, path, line) if labelled else {}
