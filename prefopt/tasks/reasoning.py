@@ -108,21 +108,36 @@ class PubMedQA(ClassificationTask):
 
     def load(self, path, labelled=True):
         path = Path(path)
-        if path.suffix == ".json":
+        if path.suffix == ".json":  # PQA-L's own file: an object of records by PubMed id, which has no lines
             data = read_json(path, None)
-            rows = [(k, v) for k, v in data.items()] if isinstance(data, dict) else list(enumerate(data))
+            rows = [(None, k, v) for k, v in (data.items() if isinstance(data, dict) else enumerate(data))]
         else:
-            rows = [(f"{path.name}:{line}", row) for line, row in table(path)]
+            rows = [(line, f"{path.name}:{line}", row) for line, row in table(path)]
         out = []
-        for key, row in rows:
-            q = need(row, "QUESTION" if "QUESTION" in row else "question", path, None)
-            ctx = row.get("CONTEXTS") or row.get("context") or []
-            ctx = " ".join(ctx) if isinstance(ctx, list) else str(ctx)
-            label = need(row, "final_decision" if "final_decision" in row else "answer", path, None).lower() \
-                if labelled else ""
-            if labelled and label not in ("yes", "no", "maybe"):
-                raise DataError(path, None, "final_decision", f"expected yes/no/maybe for {key}, got {label!r}")
-            prompt = f"Context: {clip(ctx, self.max_chars)}\n\nQuestion: {q}\n\nAnswer yes, no or maybe."
-            out.append(Record(f"pubmedqa:{key}", prompt, label, {"answer": label} if labelled else {},
-                              {"row": row}))
+        for line, key, row in rows:
+            with one_row():
+                out.append(self._record(path, line, key, row, labelled))
         return out
+
+    def _record(self, path, line: int | None, key, row, labelled: bool) -> Record:
+        """One record; a bad one's error names its line, or in PQA-L's JSON its PubMed id."""
+        def field(name: str) -> str:
+            try:
+                return need(row, name, path, line)
+            except DataError as e:
+                if line is None:
+                    raise DataError(path, None, name, f"record {key}: {e.reason}") from None
+                raise
+
+        if not isinstance(row, dict):
+            raise DataError(path, line, None, f"record {key}: expected an object of fields, got {type(row).__name__}")
+        q = field("QUESTION" if "QUESTION" in row else "question")
+        ctx = row.get("CONTEXTS") or row.get("context") or []
+        ctx = " ".join(map(str, ctx)) if isinstance(ctx, list) else str(ctx)
+        name = "final_decision" if "final_decision" in row else "answer"
+        label = field(name).lower() if labelled else ""
+        if labelled and label not in ("yes", "no", "maybe"):
+            raise DataError(path, line, name, (f"record {key}: " if line is None else "")
+                            + f"expected yes, no or maybe, got {label!r}")
+        prompt = f"Context: {clip(ctx, self.max_chars)}\n\nQuestion: {q}\n\nAnswer yes, no or maybe."
+        return Record(f"pubmedqa:{key}", prompt, label, {"answer": label} if labelled else {}, {"row": row})

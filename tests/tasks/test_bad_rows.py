@@ -32,6 +32,13 @@ def _medqa(tmp):
     return "medqa", {}, path, {i + 1 for i in range(30) if i % 4 == 0}
 
 
+def _pubmedqa(tmp):
+    path = tmp / "data.csv"
+    path.write_text("question,context,answer\n" + "".join(f"q{i}?,ctx,{'yes' if i % 4 else 'perhaps'}\n"
+                                                       for i in range(30)))
+    return "pubmedqa", {}, path, {i + 2 for i in range(30) if i % 4 == 0}
+
+
 def _meqsum(tmp):
     path = tmp / "data.jsonl"
     rows = [{"CHQ": "question" if i % 6 else " ", "Summary": "s"} for i in range(30)]
@@ -60,7 +67,7 @@ def _uci(tmp):
     return "uci_heart", {}, path, {i + 1 for i in range(30) if i % 4 == 0}
 
 
-@pytest.mark.parametrize("make", [_portal, _ktas, _medqa, _meqsum, _text, _numeric, _uci])
+@pytest.mark.parametrize("make", [_portal, _ktas, _medqa, _pubmedqa, _meqsum, _text, _numeric, _uci])
 def test_every_bad_row_is_found_in_one_read(tmp_path, monkeypatch, make):
     """Each task's reader sets its bad rows aside and reads on: one read of the file lists every
     bad row, in file order, and keeps every good one (it used to read the file once more per bad

@@ -115,6 +115,16 @@ LOADER_ERRORS = [  # (file name, content, task, the error it must raise)
      r"t.csv:3: field 'condition_label': condition_label must be 1-5"),
     ("processed.test.data", "63,1,1,145,233,1,2,150,0,2.3,3,0,6,0\n67,1,4,160,286,0,2,108,1,1.5,2,3,3,x\n",
      "uci_heart", r"processed.test.data:2: field 'num'"),
+    # PubMedQA: a table's rows by line, PQA-L's JSON (no lines) by PubMed id
+    ("pq.csv", "question,context,answer\nIs it?,ctx,yes\n,ctx,no\n", "pubmedqa", r"pq.csv:3: field 'question': empty"),
+    ("pq.csv", "question,context,answer\nIs it?,ctx,perhaps\n", "pubmedqa",
+     r"pq.csv:2: field 'answer': expected yes, no or maybe, got 'perhaps'$"),
+    ("ori_pqal.json", '{"111": {"QUESTION": "q?", "CONTEXTS": ["c"], "final_decision": "yes"}, '
+                      '"222": {"CONTEXTS": ["c"], "final_decision": "no"}}', "pubmedqa",
+     r"ori_pqal.json: field 'question': record 222: missing field \(have: CONTEXTS, final_decision\)"),
+    ("ori_pqal.json", '{"111": {"QUESTION": "q?", "CONTEXTS": ["c"], "final_decision": "dunno"}}', "pubmedqa",
+     r"ori_pqal.json: field 'final_decision': record 111: expected yes, no or maybe, got 'dunno'"),
+    ("ori_pqal.json", '{"111": ["q?"]}', "pubmedqa", r"ori_pqal.json: record 111: expected an object of fields"),
 ]
 
 
