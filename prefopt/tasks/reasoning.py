@@ -2,6 +2,7 @@
 PubMedQA yes/no/maybe, and a free-text MedQA mode graded by matching the answer text."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..data.records import DataError
@@ -17,14 +18,38 @@ def _medqa_rows(path, labelled=True):
     for line, row in table(path):
         with one_row():
             q = need(row, "question", path, line)
-            options = row.get("options")
-            if not isinstance(options, dict) or len(options) < 2:
-                raise DataError(path, line, "options", "expected an object of lettered options")
-            options = {k.upper(): str(v) for k, v in options.items()}
-            answer = need(row, "answer_idx", path, line).upper() if labelled else None
-            if labelled and answer not in options:
-                raise DataError(path, line, "answer_idx", f"{answer!r} is not one of the options {sorted(options)}")
+            options = _options(row, path, line)
+            answer = None
+            if labelled:  # MedQA's answer_idx; a spreadsheet's answer column may hold the letter
+                lettered = "answer_idx" not in row and str(row.get("answer") or "").strip().upper() in LETTERS
+                name = "answer" if lettered else "answer_idx"
+                if name not in row:
+                    raise DataError(path, line, name, f"missing field (have: {', '.join(map(str, row))}): the right "
+                                    "option's letter (or a column 'answer' of letters)")
+                answer = need(row, name, path, line).upper()
+                if answer not in options:
+                    raise DataError(path, line, name, f"{answer!r} is not one of the options {sorted(options)}")
             yield line, row, q, options, answer
+
+
+def _options(row: dict, path, line: int) -> dict[str, str]:
+    """A question's options by letter: MedQA's ``options`` object (in a table's cell, that object as
+    JSON text), else a spreadsheet's columns named by letter (``A`` to ``E``; an empty cell is no
+    option: four-option questions beside five-option ones)."""
+    options = row.get("options")
+    if isinstance(options, str) and options.strip():
+        try:
+            options = json.loads(options)
+        except ValueError:
+            options = None
+    elif options is None or options == "":
+        columns = {str(c).strip().upper(): c for c in row if str(c).strip().upper() in LETTERS}
+        cells = {k: str(row[columns[k]]).strip() for k in LETTERS if k in columns and row[columns[k]] is not None}
+        options = {k: v for k, v in cells.items() if v}
+    if not isinstance(options, dict) or len(options) < 2:
+        raise DataError(path, line, "options", "expected an object of lettered options (MedQA's JSONL: "
+                        "{\"A\": ..., \"B\": ...}), or a column for each option named A, B, C, ... (a spreadsheet)")
+    return {str(k).upper(): str(v) for k, v in options.items()}
 
 
 class MedQA(ClassificationTask):
