@@ -75,3 +75,19 @@ def test_predict_answers_an_export_named_by_its_options_and_writes_it_back_alike
     assert all("predicted_urgency" in r and "predicted_staff" in r for r in rows)
     settings = json.loads((out / "predict.json").read_text())
     assert settings["task_options"] == {"encoding": "cp1252", "message_column": "Nachricht"}
+
+
+def test_a_workbooks_sheet_is_named_as_for_the_generic_tasks(tmp_path, capsys):
+    from tests import _formats as formats
+
+    book = formats.write_workbook(tmp_path / "msgs.xlsx", {
+        "train": [["message", "urgency", "staff"], ["Chest pain now", "emergency", "physician"]],
+        "Test": [["message", "urgency", "staff"], ["Fever for 3 days", "urgent", "nurse"],
+                 ["Refill of ramipril", "routine", "pharmacist"]]})
+    with pytest.raises(ValueError, match="2 sheets hold data"):
+        get_task("portal").read(str(book))
+    assert [r.labels["urgency"] for r in get_task("portal", sheet="Test").read(str(book))] == ["urgent", "routine"]
+    # --sheet on the command line is that option (it was refused: "task 'portal' reads its own data format")
+    assert main(["eval", "--task", "portal", "--model", "-", "--data", str(book), "--sheet", "nope",
+                 "--output", str(tmp_path / "no")]) == 2
+    assert "no sheet 'nope'" in capsys.readouterr().err
