@@ -45,7 +45,7 @@ def _f(row: dict, key: str, unit: str = "") -> str:
 def ktas_encoding(path) -> str:
     """How to read a KTAS file: latin-1, as the dataset is published (its one byte past ASCII is
     the Þ of ``#BOÞ!``), unless the file is UTF-8 throughout, as a copy Excel saved as "CSV UTF-8"
-    is, which latin-1 would misread without a word (``#BOÃ\x9e!`` in 444 prompts). A file that
+    is, which latin-1 would misread without a word (``#BOÃ\\x9e!`` in 444 prompts). A file that
     cannot be read is left to the reader, which names it."""
     try:
         read_bytes(Path(path)).decode("utf-8")
