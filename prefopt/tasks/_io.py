@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -128,6 +128,42 @@ def need(row: dict, field: str, path, line: int) -> str:
     if problem:
         raise DataError(path, line, field, problem)
     return value
+
+
+def column_cell(task, row: dict, option: str, path, line: int,
+                likely: Callable[[dict], dict[str, str]] | None = None) -> str:
+    """``row``'s cell in the column ``task``'s ``option`` names (its attribute of that name, such as
+    ``text_column``), as :func:`need`. Where the row lacks that column and the task takes the
+    option, the error says how to name the file's own, with the columns ``likely(row)`` suggests
+    (``{option: column}``) for each option whose column the row lacks."""
+    column = getattr(task, option)
+    if column not in row and option in inspect.signature(type(task)).parameters:
+        guess = " ".join(f"--task-option {k}={v}" for k, v in (likely(row) if likely else {}).items()
+                         if getattr(task, k) not in row)
+        raise DataError(path, line, column, f"missing field (have: {', '.join(map(str, row))}); --task-option "
+                        f"{option}=COLUMN reads another column as the {option.removesuffix('_column')}"
+                        + (f" (here likely: {guess})" if guess else ""))
+    return need(row, column, path, line)
+
+
+def likely_columns(row: dict, longest: str | None, labels: dict[str, Collection[str]] | None = None,
+                   other: str | None = None) -> dict[str, str]:
+    """The columns of ``row`` that look like a task's fields, by option: each of ``labels``' (an
+    option and the values its column holds), the one column whose cell is one of them; ``longest``,
+    the longest text of the rest; ``other``, the one filled column then left, where one is."""
+    cells = {c: v.strip() for c, v in row.items() if isinstance(v, str) and v.strip()}
+    guess = {}
+    for option, values in (labels or {}).items():
+        hits = [c for c, v in cells.items() if v.lower() in values]
+        if len(hits) == 1:
+            guess[option] = hits[0]
+    rest = [c for c in cells if c not in guess.values()]
+    if rest and longest:
+        guess[longest] = max(rest, key=lambda c: len(cells[c]))
+        rest.remove(guess[longest])
+    if other and other not in guess and len(rest) == 1:
+        guess[other] = rest[0]
+    return {k: guess[k] for k in sorted(guess, key=lambda k: k != longest)}  # the longest's first
 
 
 def convert(fn, row: dict, field: str, path, line: int):

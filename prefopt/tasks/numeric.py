@@ -9,7 +9,7 @@ import csv
 from pathlib import Path
 
 from ..data.records import DataError
-from ._io import convert, file_options, one_row, set_aside, table
+from ._io import column_cell, convert, file_options, likely_columns, one_row, set_aside, table
 from .base import ClassificationTask, LabelField, Record, label_list, name_list
 
 UCI_COLUMNS = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak", "slope",
@@ -63,6 +63,8 @@ class NumericTable(ClassificationTask):
         every row is read: it lists the labels)."""
         labels = {}
         if labelled:
+            given = {"label_column": self.fields[0].labels} if self.labels_given else None
+            column_cell(self, row, "label_column", path, line, lambda r: likely_columns(r, None, given))
             labels["label"] = self.own_label(convert(self.label_of, row, self.label_column, path, line), path,
                                              line, self.label_column)
         # every named column but the label (an export's trailing ";;" makes unnamed, empty ones)

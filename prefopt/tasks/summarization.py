@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._io import clip, file_options, need, one_row, table
+from ._io import clip, column_cell, file_options, likely_columns, one_row, table
 from .base import GenerationTask, Record
 
 
@@ -22,12 +22,18 @@ class Summarization(GenerationTask):
         self.source_column, self.target_column = source_column, target_column
         self.instruction, self.max_chars, self.max_new_tokens = instruction, max_chars, max_new_tokens
 
+    @staticmethod
+    def _likely(labelled: bool):
+        """The row's likely columns, for a missing one's error: the source the longest cell, the
+        target the one other filled column."""
+        return lambda row: likely_columns(row, "source_column", None, "target_column" if labelled else None)
+
     def load(self, path, labelled=True):
         out = []
         for line, row in table(path, **self.file):
             with one_row():
-                src = need(row, self.source_column, path, line)
-                tgt = need(row, self.target_column, path, line) if labelled else ""
+                src = column_cell(self, row, "source_column", path, line, self._likely(labelled))
+                tgt = column_cell(self, row, "target_column", path, line, self._likely(labelled)) if labelled else ""
                 out.append(Record(f"{Path(path).name}:{line}", f"{self.instruction}\n\n{clip(src, self.max_chars)}",
                                   tgt, meta={"row": row}))
         return out

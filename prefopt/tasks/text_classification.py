@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._io import clip, convert, file_options, need, one_row, table
+from ._io import clip, column_cell, convert, file_options, likely_columns, one_row, table
 from .base import ClassificationTask, LabelField, Record, label_list
 
 ABSTRACT_CLASSES = {"1": "neoplasms", "2": "digestive system diseases", "3": "nervous system diseases",
@@ -28,14 +28,21 @@ class TextClassification(ClassificationTask):
     def label_of(self, raw: str) -> str:
         return raw.strip().lower()
 
+    def _likely(self, labelled: bool):
+        """The row's likely columns, for a missing one's error: the text the longest cell; the label
+        the one cell among the labels given, else the one other filled column."""
+        labels = {"label_column": self.fields[0].labels} if labelled and self.labels_given else None
+        return lambda row: likely_columns(row, "text_column", labels, "label_column" if labelled else None)
+
     def load(self, path, labelled=True):
         self.labels_known(labelled)
         out = []
         for line, row in table(path, **self.file):
             with one_row():
-                text = need(row, self.text_column, path, line)
+                text = column_cell(self, row, "text_column", path, line, self._likely(labelled))
                 labels = {}
                 if labelled:
+                    column_cell(self, row, "label_column", path, line, self._likely(labelled))
                     labels["label"] = self.own_label(convert(self.label_of, row, self.label_column, path, line), path,
                                                      line, self.label_column)
                 out.append(Record(f"{Path(path).name}:{line}", "", labels.get("label", ""), labels,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..data.decoding import read_bytes
 from ..data.records import DataError
-from ._io import file_options, need, one_row, table
+from ._io import column_cell, file_options, likely_columns, need, one_row, table
 from .base import ClassificationTask, LabelField, Record
 
 PORTAL_DATA = Path(__file__).resolve().parent / "data" / "portal_messages.jsonl"
@@ -143,9 +143,10 @@ class PortalTriage(ClassificationTask):
                         "front desk": ["front-desk", "administrative", "admin staff", "reception", "scheduling"]}),
         ])
         self.max_new_tokens = 16
-        self.columns = {"message": message_column, "urgency": urgency_column, "staff": staff_column}
+        self.message_column, self.urgency_column, self.staff_column = message_column, urgency_column, staff_column
         self.file = file_options(self, delimiter, encoding, sheet)
-        given = {k: v for k, v in self.columns.items() if v != k}
+        given = {f"{k}_column": getattr(self, f"{k}_column") for k in ("message", "urgency", "staff")
+                 if getattr(self, f"{k}_column") != k}
         given.update({k: v for k, v in self.file.items() if k != "task_options" and v not in (None, "utf-8")})
         self._own_file_options = given  # for the team's file alone: the bundled one is read as it is
 
@@ -153,8 +154,7 @@ class PortalTriage(ClassificationTask):
         path = path or self.bundled_data
         bundled = Path(path).resolve() == self.bundled_data
         if bundled and self._own_file_options:
-            named = " ".join(f"{k + '_column' if k in self.columns else k}={v}"
-                             for k, v in self._own_file_options.items())
+            named = " ".join(f"{k}={v}" for k, v in self._own_file_options.items())
             what = "these options describe" if len(self._own_file_options) > 1 else "this option describes"
             raise ValueError(f"task 'portal': {named}: {what} your own file, and no --data names one (the "
                              "bundled synthetic messages are read as they are)")
@@ -166,28 +166,11 @@ class PortalTriage(ClassificationTask):
         return out
 
     def _cell(self, row: dict, field: str, path, line: int, labelled: bool) -> str:
-        """``row``'s ``field`` (its column as the options name it); a missing column's error says
-        how to name the file's own, with the row's likely ones."""
-        column = self.columns[field]
-        if column not in row:
-            have = ", ".join(map(str, row))
-            likely = " ".join(f"--task-option {k}_column={v}" for k, v in self._guessed(row, labelled).items()
-                              if self.columns[k] not in row)
-            raise DataError(path, line, column, f"missing field (have: {have}); --task-option {field}_column=COLUMN "
-                            f"reads another column as the {field}" + (f" (here likely: {likely})" if likely else ""))
-        return need(row, column, path, line)
-
-    def _guessed(self, row: dict, labelled: bool) -> dict[str, str]:
-        """The columns of ``row`` that look like the fields: a label field's (``labelled``), the one
-        column whose cell is one of its labels; the message's, the longest text of the rest."""
-        texts = {c: v.strip() for c, v in row.items() if isinstance(v, str) and v.strip()}
-        labels = {}
-        for f in self.fields if labelled else []:
-            hits = [c for c, v in texts.items() if v.lower() in f.labels]
-            if len(hits) == 1:
-                labels[f.name] = hits[0]
-        rest = [c for c in texts if c not in labels.values()]
-        return ({"message": max(rest, key=lambda c: len(texts[c]))} if rest else {}) | labels
+        """``row``'s ``field`` in its column; a missing column's error names the row's likely ones (a
+        label field's: the one cell among its labels; the message's: the longest of the rest)."""
+        labels = {f"{f.name}_column": f.labels for f in self.fields} if labelled else {}
+        return column_cell(self, row, f"{field}_column", path, line,
+                           lambda r: likely_columns(r, "message_column", labels))
 
     def _record(self, path, line: int, row: dict, labelled: bool) -> Record:
         msg = self._cell(row, "message", path, line, labelled)
@@ -195,7 +178,7 @@ class PortalTriage(ClassificationTask):
         for f in self.fields if labelled else []:
             v = self._cell(row, f.name, path, line, labelled).lower()
             if v not in f.labels:
-                raise DataError(path, line, self.columns[f.name], f"{v!r} is not one of {f.labels}")
+                raise DataError(path, line, getattr(self, f"{f.name}_column"), f"{v!r} is not one of {f.labels}")
             labels[f.name] = v
         prompt = ("Triage this patient portal message. How urgent is it (emergency, urgent or routine), and "
                   "who should handle it (physician, nurse, pharmacist or front desk)? Answer as\n"

@@ -255,3 +255,26 @@ def test_a_task_file_with_no_records_is_refused_as_such_before_the_model_loads(t
     build_hf_model(tiny)
     assert main(["check-data", "--task", "portal", "--model", str(tiny), "--data", str(tmp_path / "empty.jsonl")]) == 1
     assert "0 of 0 records kept\n  the file holds no records\n" in capsys.readouterr().out  # none usable: exit 1
+
+
+@pytest.mark.parametrize("task,options,content,error", [
+    ("text_classification", {}, "note,urgency\nchest pain since noon,urgent\n",
+     r"t.csv:2: field 'text': missing field \(have: note, urgency\); --task-option text_column=COLUMN reads another "
+     r"column as the text \(here likely: --task-option text_column=note --task-option label_column=urgency\)$"),
+    # the labels given pick the label's column among several; the text named, the label's error alone
+    ("text_classification", {"text_column": "note", "labels": "urgent,routine"},
+     "ward,note,triage\n3,chest pain since noon,urgent\n",
+     r"t.csv:2: field 'label': missing field .*label_column=COLUMN .*\(here likely: --task-option "
+     r"label_column=triage\)$"),
+    ("summarization", {}, "Notiz,Zusammenfassung\nlong note of the visit,short\n",
+     r"t.csv:2: field 'source': .*\(here likely: --task-option source_column=Notiz --task-option "
+     r"target_column=Zusammenfassung\)$"),
+    ("numeric_table", {"labels": "yes,no"}, "age,bp,heart_disease\n40,120,yes\n",
+     r"t.csv:2: field 'label': .*\(here likely: --task-option label_column=heart_disease\)$"),
+    ("medical_abstracts", {}, "abstract,label\nan abstract,1\n",  # its columns are the dataset's: no option to name
+     r"t.csv:2: field 'medical_abstract': missing field \(have: abstract, label\)$"),
+])
+def test_a_missing_columns_error_names_the_option_and_the_likely_column(tmp_path, task, options, content, error):
+    (tmp_path / "t.csv").write_text(content)
+    with pytest.raises(DataError, match=error):
+        get_task(task, **options).read(str(tmp_path / "t.csv"))
