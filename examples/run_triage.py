@@ -7,6 +7,9 @@ verdicts and where the report is. ``make demo`` runs it with the quick preset.
     .venv/bin/python examples/run_triage.py                      # quick preset, runs/triage-demo
     .venv/bin/python examples/run_triage.py --preset full --output runs/triage-full
     .venv/bin/python examples/run_triage.py --task ktas --data ../shared/data/triage/ktas/data.csv
+    .venv/bin/python examples/run_triage.py --data export.csv --task-option encoding=cp1252 \\
+        --task-option message_column=Nachricht --task-option urgency_column=Dringlichkeit \\
+        --task-option staff_column=Team  # your own portal messages, as Excel saved them
     .venv/bin/python examples/run_triage.py --loss rpo --output runs/triage-rpo
     .venv/bin/python examples/run_triage.py --loss rpo --output runs/triage-rpo --from runs/triage-demo  # DPO only
     .venv/bin/python examples/run_triage.py --preset full --estimate-memory cuda  # will each stage fit?
@@ -36,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--task", default="portal", choices=["portal", "ktas"])
     ap.add_argument("--data", help="data file (default: the bundled synthetic portal messages)")
+    ap.add_argument("--task-option", action="append", metavar="KEY=VALUE",
+                    help="a task option, e.g. message_column=Nachricht or encoding=cp1252 for your own portal "
+                    "messages (repeatable; see prefopt eval --help)")
     ap.add_argument("--preset", default="quick", choices=["quick", "full"])
     ap.add_argument("--strategy", default="wrong_label", choices=[s for s in STRATEGIES if s != "ranked"])  # ranked needs a pairs file: use prefopt compare
     ap.add_argument("--loss", default="sigmoid", type=loss_arg,
@@ -61,6 +67,7 @@ def rpo_next(a: argparse.Namespace) -> str:
                                  ("--data", a.data, None), ("--strategy", a.strategy, "wrong_label")):
         if value != default:
             args += [flag, value]
+    args += [x for kv in a.task_option or [] for x in ("--task-option", kv)]
     args += [x for kv in a.set or [] for x in ("--set", kv)]
     python = os.path.relpath(sys.executable)  # .venv/bin/python under make demo
     python = sys.executable if python.startswith("..") else python
@@ -72,7 +79,7 @@ def main() -> None:
     t0 = time.perf_counter()
     cfg = CompareConfig(task=a.task, model=a.model, output=a.output, data=a.data, preset=a.preset, strategy=a.strategy,
                         loss=a.loss, seed=a.seed, overrides=key_values(a.set), device=a.device, eval_dtype=a.eval_dtype,
-                        start_from=a.start_from)
+                        start_from=a.start_from, task_options=key_values(a.task_option))
     if a.estimate_memory:
         print("\n".join(estimate_stages(cfg, None if a.estimate_memory == "auto" else a.estimate_memory)))
         return

@@ -66,13 +66,13 @@ def test_run_triage_says_the_rpo_command_that_starts_from_its_sft_model(monkeypa
                                       "--from runs/triage-demo --output runs/triage-demo-rpo")
     argv = ["--task", "ktas", "--data", "my data.csv", "--preset", "full", "--seed", "2", "--strategy",
             "wrong_label_hardest", "--model", "m", "--set", "val=32", "--set", "beta=0.2", "--output", "runs/k/",
-            "--device", "cpu"]
+            "--device", "cpu", "--task-option", "levels=ktas", "--task-option", "disposition=true"]
     a = example.parser().parse_args(argv)
     cmd = shlex.split(example.rpo_next(a))
     assert cmd[:2] == [".venv/bin/python", "examples/run_triage.py"]
     b = example.parser().parse_args(cmd[2:])
     assert (b.loss, b.start_from, b.output) == ("rpo", "runs/k", "runs/k-rpo")
-    same = ("model", "task", "data", "preset", "strategy", "seed", "set")
+    same = ("model", "task", "data", "preset", "strategy", "seed", "set", "task_option")
     assert {k: getattr(b, k) for k in same} == {k: getattr(a, k) for k in same}
 
 
@@ -84,6 +84,12 @@ def test_run_triage_reports_bad_input_without_a_traceback(tmp_path):
     assert done.returncode == 1 and "expected key=value, got 'sft_steps'" in done.stderr
     done = _run("--device", "gpu", "--output", str(tmp_path / "run"))
     assert done.returncode == 1 and "run_triage: error: unknown device 'gpu'" in done.stderr
+    own = tmp_path / "export.csv"  # a team's own messages, as Excel saves a CSV on Western-European Windows
+    own.write_bytes("Nachricht;Dringlichkeit;Team\r\nFièvre depuis hier;urgent;nurse\r\n".encode("cp1252"))
+    done = _run("--data", str(own), "--output", str(tmp_path / "run"))
+    assert done.returncode == 1 and "--task-option encoding=cp1252" in done.stderr
+    done = _run("--data", str(own), "--task-option", "encoding=cp1252", "--output", str(tmp_path / "run"))
+    assert done.returncode == 1 and "(here likely: --task-option message_column=Nachricht" in done.stderr
     assert not (tmp_path / "run").exists()
 
 
