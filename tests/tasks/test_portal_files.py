@@ -37,7 +37,8 @@ def test_own_messages_read_with_their_columns_and_encoding_as_in_the_bundled_lay
     with pytest.raises(DataError, match=r"export.csv:2: field 'message': missing field \(have: Nachricht, "
                                         r"Dringlichkeit, Team\); --task-option message_column=COLUMN reads another "
                                         r"column as the message \(here likely: --task-option message_column=Nachricht "
-                                        r"--task-option urgency_column=Dringlichkeit --task-option staff_column=Team\)$"):
+                                        r"--task-option urgency_column=Dringlichkeit "
+                                        r"--task-option staff_column=Team\)$"):
         get_task("portal", encoding="cp1252").read(str(data))
     with pytest.raises(DataError, match=r"export.csv:2: field 'urgency': missing field .*urgency_column=COLUMN reads "
                                         r"another column as the urgency \(here likely: --task-option "
