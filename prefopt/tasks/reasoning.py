@@ -156,10 +156,15 @@ class PubMedQA(ClassificationTask):
 
         if not isinstance(row, dict):
             raise DataError(path, line, None, f"record {key}: expected an object of fields, got {type(row).__name__}")
-        q = field("QUESTION" if "QUESTION" in row else "question")
+        pqa_l = any(k in row for k in ("QUESTION", "CONTEXTS", "final_decision"))
+
+        def named(own: str, plain: str) -> str:  # the field as the row names it; a missing one as its layout would
+            return own if own in row else plain if plain in row else own if pqa_l else plain
+
+        q = field(named("QUESTION", "question"))
         ctx = row.get("CONTEXTS") or row.get("context") or []
         ctx = " ".join(map(str, ctx)) if isinstance(ctx, list) else str(ctx)
-        name = "final_decision" if "final_decision" in row else "answer"
+        name = named("final_decision", "answer")
         label = field(name).lower() if labelled else ""
         if labelled and label not in ("yes", "no", "maybe"):
             raise DataError(path, line, name, (f"record {key}: " if line is None else "")

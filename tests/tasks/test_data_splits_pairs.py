@@ -121,7 +121,7 @@ LOADER_ERRORS = [  # (file name, content, task, the error it must raise)
      r"pq.csv:2: field 'answer': expected yes, no or maybe, got 'perhaps'$"),
     ("ori_pqal.json", '{"111": {"QUESTION": "q?", "CONTEXTS": ["c"], "final_decision": "yes"}, '
                       '"222": {"CONTEXTS": ["c"], "final_decision": "no"}}', "pubmedqa",
-     r"ori_pqal.json: field 'question': record 222: missing field \(have: CONTEXTS, final_decision\)"),
+     r"ori_pqal.json: field 'QUESTION': record 222: missing field \(have: CONTEXTS, final_decision\)"),
     ("ori_pqal.json", '{"111": {"QUESTION": "q?", "CONTEXTS": ["c"], "final_decision": "dunno"}}', "pubmedqa",
      r"ori_pqal.json: field 'final_decision': record 111: expected yes, no or maybe, got 'dunno'"),
     ("ori_pqal.json", '{"111": ["q?"]}', "pubmedqa", r"ori_pqal.json: record 111: expected an object of fields"),
