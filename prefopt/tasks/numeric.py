@@ -6,6 +6,7 @@ asks "heart disease: yes/no" (num > 0); ``target="multiclass"`` asks for the 0-4
 from __future__ import annotations
 
 import csv
+from functools import partial
 from pathlib import Path
 
 from ..data.records import DataError
@@ -50,21 +51,22 @@ class NumericTable(ClassificationTask):
     def load(self, path, labelled=True):
         self.labels_known(labelled)
         out = []
+        given = {"label_column": self.fields[0].labels} if self.labels_given else None
+        likely = partial(likely_columns, longest=None, labels=given)  # a missing label column's likely one
         for line, row in self.rows(path, labelled):
             with one_row():
-                out.append(self._record(path, line, row, labelled))
+                out.append(self._record(path, line, row, labelled, likely))
         self.labels_read(path, out)
         for r in out:
             r.prompt = f"{self.question} Answer with one of: {', '.join(self.fields[0].labels)}.\n\n{r.prompt}"
         return out
 
-    def _record(self, path, line: int, row: dict, labelled: bool) -> Record:
+    def _record(self, path, line: int, row: dict, labelled: bool, likely) -> Record:
         """One row as a record, its prompt the feature lines (the question goes before them once
         every row is read: it lists the labels)."""
         labels = {}
         if labelled:
-            given = {"label_column": self.fields[0].labels} if self.labels_given else None
-            column_cell(self, row, "label_column", path, line, lambda r: likely_columns(r, None, given))
+            column_cell(self, row, "label_column", path, line, likely)
             labels["label"] = self.own_label(convert(self.label_of, row, self.label_column, path, line), path,
                                              line, self.label_column)
         # every named column but the label (an export's trailing ";;" makes unnamed, empty ones)

@@ -2,6 +2,7 @@
 any file with a source and a target column."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from ._io import clip, column_cell, file_options, likely_columns, one_row, table
@@ -26,14 +27,14 @@ class Summarization(GenerationTask):
     def _likely(labelled: bool):
         """The row's likely columns, for a missing one's error: the source the longest cell, the
         target the one other filled column."""
-        return lambda row: likely_columns(row, "source_column", None, "target_column" if labelled else None)
+        return partial(likely_columns, longest="source_column", other="target_column" if labelled else None)
 
     def load(self, path, labelled=True):
-        out = []
+        out, likely = [], self._likely(labelled)
         for line, row in table(path, **self.file):
             with one_row():
-                src = column_cell(self, row, "source_column", path, line, self._likely(labelled))
-                tgt = column_cell(self, row, "target_column", path, line, self._likely(labelled)) if labelled else ""
+                src = column_cell(self, row, "source_column", path, line, likely)
+                tgt = column_cell(self, row, "target_column", path, line, likely) if labelled else ""
                 out.append(Record(f"{Path(path).name}:{line}", f"{self.instruction}\n\n{clip(src, self.max_chars)}",
                                   tgt, meta={"row": row}))
         return out

@@ -1,6 +1,7 @@
 """Text classification: Medical Abstracts (5 condition classes), or any text + label file."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from ._io import clip, column_cell, convert, file_options, likely_columns, one_row, table
@@ -32,17 +33,17 @@ class TextClassification(ClassificationTask):
         """The row's likely columns, for a missing one's error: the text the longest cell; the label
         the one cell among the labels given, else the one other filled column."""
         labels = {"label_column": self.fields[0].labels} if labelled and self.labels_given else None
-        return lambda row: likely_columns(row, "text_column", labels, "label_column" if labelled else None)
+        return partial(likely_columns, longest="text_column", labels=labels, other="label_column" if labelled else None)
 
     def load(self, path, labelled=True):
         self.labels_known(labelled)
-        out = []
+        out, likely = [], self._likely(labelled)
         for line, row in table(path, **self.file):
             with one_row():
-                text = column_cell(self, row, "text_column", path, line, self._likely(labelled))
+                text = column_cell(self, row, "text_column", path, line, likely)
                 labels = {}
                 if labelled:
-                    column_cell(self, row, "label_column", path, line, self._likely(labelled))
+                    column_cell(self, row, "label_column", path, line, likely)
                     labels["label"] = self.own_label(convert(self.label_of, row, self.label_column, path, line), path,
                                                      line, self.label_column)
                 out.append(Record(f"{Path(path).name}:{line}", "", labels.get("label", ""), labels,

@@ -14,6 +14,7 @@ pharmacist, front desk), as in the study's provider-triage task. A team's own me
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from ..data.decoding import read_bytes
@@ -159,24 +160,21 @@ class PortalTriage(ClassificationTask):
             raise ValueError(f"task 'portal': {named}: {what} your own file, and no --data names one (the "
                              "bundled synthetic messages are read as they are)")
         file = {} if bundled else self.file
+        # a missing column's error names the row's likely ones: a label field's, the one cell among its labels;
+        # the message's, the longest of the rest
+        labels = {f"{f.name}_column": f.labels for f in self.fields} if labelled else {}
+        likely = partial(likely_columns, longest="message_column", labels=labels)
         out = []
         for line, row in table(path, **file):
             with one_row():
-                out.append(self._record(path, line, row, labelled))
+                out.append(self._record(path, line, row, labelled, likely))
         return out
 
-    def _cell(self, row: dict, field: str, path, line: int, labelled: bool) -> str:
-        """``row``'s ``field`` in its column; a missing column's error names the row's likely ones (a
-        label field's: the one cell among its labels; the message's: the longest of the rest)."""
-        labels = {f"{f.name}_column": f.labels for f in self.fields} if labelled else {}
-        return column_cell(self, row, f"{field}_column", path, line,
-                           lambda r: likely_columns(r, "message_column", labels))
-
-    def _record(self, path, line: int, row: dict, labelled: bool) -> Record:
-        msg = self._cell(row, "message", path, line, labelled)
+    def _record(self, path, line: int, row: dict, labelled: bool, likely) -> Record:
+        msg = column_cell(self, row, "message_column", path, line, likely)
         labels = {}
         for f in self.fields if labelled else []:
-            v = self._cell(row, f.name, path, line, labelled).lower()
+            v = column_cell(self, row, f"{f.name}_column", path, line, likely).lower()
             if v not in f.labels:
                 raise DataError(path, line, getattr(self, f"{f.name}_column"), f"{v!r} is not one of {f.labels}")
             labels[f.name] = v
