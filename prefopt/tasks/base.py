@@ -125,6 +125,30 @@ def name_list(option: str, value: list[str] | str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def word_map(option: str, value: dict | str | None, labels: list[str]) -> dict[str, str]:
+    """A task's map from a file's own words to its labels (``--task-option
+    urgency_map="Notfall=emergency,dringend=urgent"``, or a JSON object): each word lower-cased,
+    mapped to one of ``labels``. A label not among them, a pair without ``=`` or a word given
+    twice is a ValueError that names ``option``."""
+    if not value:
+        return {}
+    pairs = value.items() if isinstance(value, dict) else [p.rpartition("=")[::2] if "=" in p else (p, None)
+                                                           for p in str(value).split(",")]
+    out: dict[str, str] = {}
+    for word, label in pairs:
+        word, label = str(word).strip().lower(), str(label).strip().lower() if label is not None else None
+        if not word or label is None:
+            raise ValueError(f"{option}: expected WORD=LABEL pairs split by commas, or a JSON object "
+                             f"{{\"WORD\": \"LABEL\"}}; got {value!r}")
+        if label not in labels:
+            raise ValueError(f"{option}: {word}={label}: {label!r} is not one of the task's labels "
+                             f"({', '.join(labels)})")
+        if out.get(word, label) != label:
+            raise ValueError(f"{option}: {word!r} is given twice, as {out[word]!r} and as {label!r}")
+        out[word] = label
+    return out
+
+
 def _letters(label: str) -> str:
     """A label without its digits: ``grade 2`` and ``grade 3`` are the same here."""
     return "".join(ch for ch in label if not ch.isdigit())

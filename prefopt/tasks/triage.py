@@ -20,7 +20,7 @@ from pathlib import Path
 from ..data.decoding import read_bytes
 from ..data.records import DataError
 from ._io import column_cell, file_options, likely_columns, need, one_row, table
-from .base import ClassificationTask, LabelField, Record
+from .base import ClassificationTask, LabelField, Record, word_map
 
 PORTAL_DATA = Path(__file__).resolve().parent / "data" / "portal_messages.jsonl"
 GROUPS = {"1": "emergency", "2": "emergency", "3": "urgent", "4": "non-urgent", "5": "non-urgent"}
@@ -129,13 +129,17 @@ class PortalTriage(ClassificationTask):
     """Portal messages: the bundled synthetic ones, or a team's own (``--data``), whose columns may
     be named otherwise (``message_column``, ``urgency_column``, ``staff_column``; an ``id`` column,
     where there is one, names each record) and whose file is read as the generic tasks' are
-    (``delimiter``, ``encoding``, ``sheet``: :class:`~.text_classification.TextClassification`)."""
+    (``delimiter``, ``encoding``, ``sheet``: :class:`~.text_classification.TextClassification`).
+    Its labels may be in the hospital's own words, each mapped to the task's (``urgency_map``,
+    ``staff_map``: ``"Notfall=emergency,dringend=urgent,Routine=routine"``, any case); a cell
+    already in the task's words is read as it is."""
 
     name = "portal"
     bundled_data = PORTAL_DATA
 
     def __init__(self, message_column: str = "message", urgency_column: str = "urgency", staff_column: str = "staff",
-                 delimiter: str | None = None, encoding: str = "utf-8", sheet: str | None = None):
+                 delimiter: str | None = None, encoding: str = "utf-8", sheet: str | None = None,
+                 urgency_map: str | None = None, staff_map: str | None = None):
         super().__init__([
             LabelField("urgency", ["emergency", "urgent", "routine"],
                        {k: URGENCY_ALIASES[k] for k in ("emergency", "urgent", "routine")}, ordinal=True),
@@ -146,8 +150,11 @@ class PortalTriage(ClassificationTask):
         self.max_new_tokens = 16
         self.message_column, self.urgency_column, self.staff_column = message_column, urgency_column, staff_column
         self.file = file_options(self, delimiter, encoding, sheet)
+        self.maps = {f.name: word_map(f"{f.name}_map", words, f.labels)
+                     for f, words in zip(self.fields, (urgency_map, staff_map))}
         given = {f"{k}_column": getattr(self, f"{k}_column") for k in ("message", "urgency", "staff")
                  if getattr(self, f"{k}_column") != k}
+        given.update({f"{k}_map": v for k, v in (("urgency", urgency_map), ("staff", staff_map)) if v})
         given.update({k: v for k, v in self.file.items() if k != "task_options" and v not in (None, "utf-8")})
         self._own_file_options = given  # for the team's file alone: the bundled one is read as it is
 
@@ -161,8 +168,8 @@ class PortalTriage(ClassificationTask):
                              "bundled synthetic messages are read as they are)")
         file = {} if bundled else self.file
         # a missing column's error names the row's likely ones: a label field's, the one cell among its labels;
-        # the message's, the longest of the rest
-        labels = {f"{f.name}_column": f.labels for f in self.fields} if labelled else {}
+        # (or its own words, mapped), the message's, the longest of the rest
+        labels = {f"{f.name}_column": {*f.labels, *self.maps[f.name]} for f in self.fields} if labelled else {}
         likely = partial(likely_columns, longest="message_column", labels=labels)
         out = []
         for line, row in table(path, **file):
@@ -174,9 +181,13 @@ class PortalTriage(ClassificationTask):
         msg = column_cell(self, row, "message_column", path, line, likely)
         labels = {}
         for f in self.fields if labelled else []:
-            v = column_cell(self, row, f"{f.name}_column", path, line, likely).lower()
+            cell = column_cell(self, row, f"{f.name}_column", path, line, likely)
+            v = self.maps[f.name].get(cell.lower(), cell.lower())
             if v not in f.labels:
-                raise DataError(path, line, getattr(self, f"{f.name}_column"), f"{v!r} is not one of {f.labels}")
+                mapped = f" nor of {f.name}_map's words ({', '.join(self.maps[f.name])})" if self.maps[f.name] else ""
+                raise DataError(path, line, getattr(self, f"{f.name}_column"),
+                                f"{v!r} is not one of {f.labels}{mapped}; --task-option {f.name}_map=\"{cell}=LABEL,"
+                                f"...\" reads your file's own words as the task's labels")
             labels[f.name] = v
         prompt = ("Triage this patient portal message. How urgent is it (emergency, urgent or routine), and "
                   "who should handle it (physician, nurse, pharmacist or front desk)? Answer as\n"

@@ -92,3 +92,38 @@ def test_a_workbooks_sheet_is_named_as_for_the_generic_tasks(tmp_path, capsys):
     assert main(["eval", "--task", "portal", "--model", "-", "--data", str(book), "--sheet", "nope",
                  "--output", str(tmp_path / "no")]) == 2
     assert "no sheet 'nope'" in capsys.readouterr().err
+
+
+def test_the_hospitals_own_label_words_are_read_through_their_maps(tmp_path):
+    words = [("Fièvre depuis hier, toux sèche", "dringend", "Pflege"),
+             ("Renouvellement d'ordonnance, Ramipril 5 mg", "Routine", "Apotheke"),
+             ("Douleur thoracique écrasante depuis 20 minutes", "NOTFALL", "physician")]  # a task word as it is
+    data = _export(tmp_path / "export.csv", words)
+    maps = {"urgency_map": "Notfall=emergency, dringend=urgent,Routine=routine",
+            "staff_map": {"Pflege": "nurse", "Apotheke": "pharmacist"}}  # (as --task-option staff_map={...} gives it)
+    got = get_task("portal", encoding="cp1252", **COLUMNS, **maps).read(str(data))
+    want = get_task("portal", encoding="cp1252", **COLUMNS).read(str(_export(tmp_path / "plain.csv")))
+    assert [(r.prompt, r.target, r.labels) for r in got] == [(r.prompt, r.target, r.labels) for r in want]
+    # without its map, a word is refused at its row, with the option that maps it
+    with pytest.raises(DataError, match=r"export.csv:2: field 'Team': 'pflege' is not one of \['physician', 'nurse', "
+                                        r"'pharmacist', 'front desk'\]; --task-option staff_map=\"Pflege=LABEL,"):
+        get_task("portal", encoding="cp1252", **COLUMNS, urgency_map=maps["urgency_map"]).read(str(data))
+    with pytest.raises(DataError, match=r"r.csv:3: field 'Dringlichkeit': 'routinee' is not one of .* nor of "
+                                        r"urgency_map's words \(notfall, dringend\)"):
+        misspelt = _export(tmp_path / "r.csv", [words[0], ("x", "Routinee", "Pflege")])
+        get_task("portal", encoding="cp1252", **COLUMNS, urgency_map="Notfall=emergency,dringend=urgent",
+                 staff_map=maps["staff_map"]).read(str(misspelt))
+    # a column of the hospital's words is found by them where its name is not the task's
+    with pytest.raises(DataError, match=r"\(here likely: --task-option message_column=Nachricht --task-option "
+                                        r"urgency_column=Dringlichkeit --task-option staff_column=Team\)$"):
+        get_task("portal", encoding="cp1252", **maps).read(str(data))
+    for bad, message in [("Notfall=sofort", r"urgency_map: notfall=sofort: 'sofort' is not one of the task's labels "
+                                            r"\(emergency, urgent, routine\)"),
+                         ("Notfall", "urgency_map: expected WORD=LABEL pairs split by commas"),
+                         ("eilig=urgent,EILIG=emergency", "urgency_map: 'eilig' is given twice, as 'urgent' and as "
+                                                          "'emergency'")]:
+        with pytest.raises(ValueError, match=message):
+            get_task("portal", urgency_map=bad)
+    with pytest.raises(ValueError, match="task 'portal': urgency_map=Notfall=emergency: this option describes your "
+                                         "own file"):
+        get_task("portal", urgency_map="Notfall=emergency").read()
