@@ -166,10 +166,9 @@ def likely_columns(row: dict, longest: str | None, labels: dict[str, Collection[
     return {k: guess[k] for k in sorted(guess, key=lambda k: k != longest)}  # the longest's first
 
 
-def convert(fn, row: dict, field: str, path, line: int):
-    """``fn`` applied to the non-empty ``row[field]``; its ``ValueError`` becomes a
-    :class:`DataError` naming file, line and field."""
-    value = need(row, field, path, line)
+def convert(fn, value: str, field: str, path, line: int):
+    """``fn`` applied to ``value``, a cell already read (:func:`column_cell`, :func:`need`); its
+    ``ValueError`` becomes a :class:`DataError` naming file, line and field."""
     try:
         return fn(value)
     except DataError:

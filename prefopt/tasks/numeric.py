@@ -66,8 +66,8 @@ class NumericTable(ClassificationTask):
         every row is read: it lists the labels)."""
         labels = {}
         if labelled:
-            column_cell(self, row, "label_column", path, line, likely)
-            labels["label"] = self.own_label(convert(self.label_of, row, self.label_column, path, line), path,
+            cell = column_cell(self, row, "label_column", path, line, likely)
+            labels["label"] = self.own_label(convert(self.label_of, cell, self.label_column, path, line), path,
                                              line, self.label_column)
         # every named column but the label (an export's trailing ";;" makes unnamed, empty ones)
         cols = self.feature_columns or [c for c in row if c.strip() and c not in (self.label_column, "_source")]

@@ -43,8 +43,8 @@ class TextClassification(ClassificationTask):
                 text = column_cell(self, row, "text_column", path, line, likely)
                 labels = {}
                 if labelled:
-                    column_cell(self, row, "label_column", path, line, likely)
-                    labels["label"] = self.own_label(convert(self.label_of, row, self.label_column, path, line), path,
+                    cell = column_cell(self, row, "label_column", path, line, likely)
+                    labels["label"] = self.own_label(convert(self.label_of, cell, self.label_column, path, line), path,
                                                      line, self.label_column)
                 out.append(Record(f"{Path(path).name}:{line}", "", labels.get("label", ""), labels,
                                   {"text": text, "row": row}))
