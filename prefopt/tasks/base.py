@@ -133,7 +133,7 @@ def word_map(option: str, value: dict | str | None, labels: list[str]) -> dict[s
     if not value:
         return {}
     pairs = value.items() if isinstance(value, dict) else [p.rpartition("=")[::2] if "=" in p else (p, None)
-                                                           for p in str(value).split(",")]
+                                                           for p in str(value).split(",") if p.strip()]
     out: dict[str, str] = {}
     for word, label in pairs:
         word, label = str(word).strip().lower(), str(label).strip().lower() if label is not None else None

@@ -139,7 +139,7 @@ class PortalTriage(ClassificationTask):
 
     def __init__(self, message_column: str = "message", urgency_column: str = "urgency", staff_column: str = "staff",
                  delimiter: str | None = None, encoding: str = "utf-8", sheet: str | None = None,
-                 urgency_map: str | None = None, staff_map: str | None = None):
+                 urgency_map: str | dict | None = None, staff_map: str | dict | None = None):
         super().__init__([
             LabelField("urgency", ["emergency", "urgent", "routine"],
                        {k: URGENCY_ALIASES[k] for k in ("emergency", "urgent", "routine")}, ordinal=True),
@@ -167,8 +167,8 @@ class PortalTriage(ClassificationTask):
             raise ValueError(f"task 'portal': {named}: {what} your own file, and no --data names one (the "
                              "bundled synthetic messages are read as they are)")
         file = {} if bundled else self.file
-        # a missing column's error names the row's likely ones: a label field's, the one cell among its labels;
-        # (or its own words, mapped), the message's, the longest of the rest
+        # a missing column's error names the row's likely ones: a label field's, the one cell among its labels (or
+        # its map's words); the message's, the longest of the rest
         labels = {f"{f.name}_column": {*f.labels, *self.maps[f.name]} for f in self.fields} if labelled else {}
         likely = partial(likely_columns, longest="message_column", labels=labels)
         out = []
