@@ -125,11 +125,11 @@ def name_list(option: str, value: list[str] | str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def word_map(option: str, value: dict | str | None, labels: list[str]) -> dict[str, str]:
+def word_map(option: str, value: dict | str | None, labels: list[str] | None) -> dict[str, str]:
     """A task's map from a file's own words to its labels (``--task-option
     urgency_map="Notfall=emergency,dringend=urgent"``, or a JSON object): each word lower-cased,
-    mapped to one of ``labels``. A label not among them, a pair without ``=`` or a word given
-    twice is a ValueError that names ``option``."""
+    mapped to one of ``labels`` (None: to any label, lower-cased). A label not among them, a pair
+    without ``=`` or a word given twice is a ValueError that names ``option``."""
     if not value:
         return {}
     pairs = value.items() if isinstance(value, dict) else [p.rpartition("=")[::2] if "=" in p else (p, None)
@@ -140,7 +140,7 @@ def word_map(option: str, value: dict | str | None, labels: list[str]) -> dict[s
         if not word or label is None:
             raise ValueError(f"{option}: expected WORD=LABEL pairs split by commas, or a JSON object "
                              f"{{\"WORD\": \"LABEL\"}}; got {value!r}")
-        if label not in labels:
+        if labels is not None and label not in labels:
             raise ValueError(f"{option}: {word}={label}: {label!r} is not one of the task's labels "
                              f"({', '.join(labels)})")
         if out.get(word, label) != label:
@@ -164,6 +164,7 @@ class ClassificationTask(Task):
     max_new_tokens = 16
     primary = "macro_f1"
     labels_given = False  # a generic task given its labels: rows must hold one of them (own_label)
+    label_map: dict[str, str] = {}  # a generic task's map from its file's own words to labels (word_map)
     RARE, COMMON = 3, 10  # labels_read's rare and common classes, in rows
 
     def __init__(self, fields: list[LabelField]):
@@ -173,9 +174,21 @@ class ClassificationTask(Task):
         """``label``; where the labels were given (``labels_given``), it must be one of them (else a
         :class:`DataError` at ``path:line``, field ``column``)."""
         if self.labels_given and label not in self.fields[0].labels:
+            mapped = f" nor of label_map's words ({', '.join(self.label_map)})" if self.label_map else ""
             raise DataError(path, line, column,
-                            f"{label!r} is not one of the labels given ({', '.join(self.fields[0].labels)})")
+                            f"{label!r} is not one of the labels given ({', '.join(self.fields[0].labels)}){mapped}; "
+                            f"--task-option label_map=\"{label}=LABEL,...\" reads your file's own words as them")
         return label
+
+    def label_of(self, raw: str) -> str:
+        """A generic task's label cell as its label: lower-cased, through ``label_map``."""
+        word = raw.strip().lower()
+        return self.label_map.get(word, word)
+
+    def label_words(self) -> set[str]:
+        """What a generic task's label column may hold, to find it by (:func:`~._io.likely_columns`):
+        the labels given, and ``label_map``'s words and labels."""
+        return {*(self.fields[0].labels if self.labels_given else ()), *self.label_map, *self.label_map.values()}
 
     def labels_read(self, path, records: list[Record]) -> None:
         """Where no labels were given, the labels ``records`` hold, sorted; a rare one (at most

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..data.records import DataError
 from ._io import column_cell, convert, file_options, likely_columns, one_row, set_aside, table
-from .base import ClassificationTask, LabelField, Record, label_list, name_list
+from .base import ClassificationTask, LabelField, Record, label_list, name_list, word_map
 
 UCI_COLUMNS = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak", "slope",
                "ca", "thal", "num"]
@@ -29,21 +29,21 @@ def _value(v: str) -> str:
 
 class NumericTable(ClassificationTask):
     """Any CSV/TSV/JSONL: ``feature_columns`` rendered as "name: value" lines, ``label_column`` the
-    class (``delimiter``, ``encoding`` and ``sheet`` as for :class:`~.text_classification.TextClassification`)."""
+    class (``delimiter``, ``encoding``, ``sheet`` and ``label_map`` as for
+    :class:`~.text_classification.TextClassification`)."""
 
     name = "numeric_table"
 
     def __init__(self, label_column: str = "label", feature_columns: list[str] | None = None,
                  names: dict[str, str] | None = None, labels: list[str] | None = None, question: str | None = None,
-                 delimiter: str | None = None, encoding: str = "utf-8", sheet: str | None = None):
+                 delimiter: str | None = None, encoding: str = "utf-8", sheet: str | None = None,
+                 label_map: str | dict | None = None):
         super().__init__([LabelField("label", label_list(labels))])
+        self.label_map = word_map("label_map", label_map, self.fields[0].labels or None)
         self.labels_given, self.file = bool(labels), file_options(self, delimiter, encoding, sheet)
         self.label_column, self.names = label_column, names or {}
         self.feature_columns = name_list("feature_columns", feature_columns) or None
         self.question = question or "What is the class of this record?"
-
-    def label_of(self, raw: str) -> str:
-        return raw.strip().lower()
 
     def rows(self, path, labelled=True):
         return table(path, **self.file)
@@ -51,7 +51,7 @@ class NumericTable(ClassificationTask):
     def load(self, path, labelled=True):
         self.labels_known(labelled)
         out = []
-        given = {"label_column": self.fields[0].labels} if self.labels_given else None
+        given = {"label_column": self.label_words()} if self.label_words() else None
         likely = partial(likely_columns, longest=None, labels=given)  # a missing label column's likely one
         for line, row in self.rows(path, labelled):
             with one_row():

@@ -5,7 +5,7 @@ from functools import partial
 from pathlib import Path
 
 from ._io import clip, column_cell, convert, file_options, likely_columns, one_row, table
-from .base import ClassificationTask, LabelField, Record, label_list
+from .base import ClassificationTask, LabelField, Record, label_list, word_map
 
 ABSTRACT_CLASSES = {"1": "neoplasms", "2": "digestive system diseases", "3": "nervous system diseases",
                     "4": "cardiovascular diseases", "5": "general pathological conditions"}
@@ -14,25 +14,25 @@ ABSTRACT_CLASSES = {"1": "neoplasms", "2": "digestive system diseases", "3": "ne
 class TextClassification(ClassificationTask):
     """Any CSV/TSV/JSONL with a text column and a label column (``text_column``, ``label_column``);
     a CSV's ``delimiter`` is read off its header unless given, ``encoding`` is UTF-8 unless given;
-    ``sheet``: an Excel workbook's sheet to read (else its one sheet in view that holds data)."""
+    ``sheet``: an Excel workbook's sheet to read (else its one sheet in view that holds data);
+    ``label_map``: the file's own words (codes) as labels (``"1=neoplasms,2=digestive"``, any case;
+    a cell the map does not name is its own label)."""
 
     name = "text_classification"
 
     def __init__(self, text_column: str = "text", label_column: str = "label", labels: list[str] | None = None,
                  max_chars: int = 1500, instruction: str | None = None, delimiter: str | None = None,
-                 encoding: str = "utf-8", sheet: str | None = None):
+                 encoding: str = "utf-8", sheet: str | None = None, label_map: str | dict | None = None):
         super().__init__([LabelField("label", label_list(labels))])
         self.labels_given = bool(labels)
+        self.label_map = word_map("label_map", label_map, self.fields[0].labels or None)
         self.text_column, self.label_column, self.max_chars = text_column, label_column, max_chars
         self.instruction, self.file = instruction, file_options(self, delimiter, encoding, sheet)
 
-    def label_of(self, raw: str) -> str:
-        return raw.strip().lower()
-
     def _likely(self, labelled: bool):
         """The row's likely columns, for a missing one's error: the text the longest cell; the label
-        the one cell among the labels given, else the one other filled column."""
-        labels = {"label_column": self.fields[0].labels} if labelled and self.labels_given else None
+        the one cell among the labels given (or label_map's words), else the one other filled column."""
+        labels = {"label_column": self.label_words()} if labelled and self.label_words() else None
         return partial(likely_columns, longest="text_column", labels=labels, other="label_column" if labelled else None)
 
     def load(self, path, labelled=True):

@@ -223,6 +223,63 @@ def test_labels_given_to_a_generic_task_are_the_only_ones_its_rows_may_hold(tmp_
         "\n\n- hr: 120\n- sbp: 85\n- temp: 39,1")
 
 
+def test_a_generic_tasks_label_map_reads_a_files_codes_as_its_labels(tmp_path):
+    """``label_map``: a file labelled in codes (``1``, ``2``) or its own words is trained and asked
+    in the labels the map names; a cell it does not name is its own label, unless labels were
+    given, where it is refused with the option to map it."""
+    c = tmp_path / "t.csv"
+    c.write_text("note,dx\nlump in breast,1\nheartburn,2\nchest pain,I\nrash,other\n")
+    t = get_task("text_classification", text_column="note", label_column="dx",
+                 label_map="1=neoplasms, 2=digestive, i=Cardiovascular")
+    recs = t.load(c)
+    assert [r.labels["label"] for r in recs] == ["neoplasms", "digestive", "cardiovascular", "other"]
+    assert "Answer with one of: cardiovascular, digestive, neoplasms, other." in recs[0].prompt
+    given = get_task("text_classification", text_column="note", label_column="dx", labels="neoplasms,digestive",
+                     label_map={"1": "neoplasms", "2": "digestive"})
+    with pytest.raises(DataError, match=r"t.csv:4: field 'dx': 'i' is not one of the labels given \(neoplasms, "
+                                        r"digestive\) nor of label_map's words \(1, 2\); --task-option "
+                                        r"label_map=\"i=LABEL,...\" reads your file's own words as them"):
+        given.load(c)
+    with pytest.raises(ValueError, match=r"label_map: 3=cardiac: 'cardiac' is not one of the task's labels "
+                                         r"\(neoplasms, digestive\)"):
+        get_task("text_classification", labels="neoplasms,digestive", label_map="1=neoplasms,3=cardiac")
+    n = tmp_path / "vitals.csv"
+    n.write_text("hr;sbp;outcome\n120;85;0\n60;120;1\n")
+    t = get_task("numeric_table", label_column="outcome", labels="well,sick", label_map="0=sick,1=well")
+    assert [r.labels["label"] for r in t.load(n)] == ["sick", "well"]
+    # a missing label column is found by the map's words
+    with pytest.raises(DataError, match=r"field 'label': missing field .*\(here likely: --task-option "
+                                        r"label_column=outcome\)$"):
+        get_task("numeric_table", labels="well,sick", label_map="0=sick,1=well").load(n)
+    with pytest.raises(DataError, match=r"here likely: --task-option text_column=note --task-option label_column=dx"):
+        get_task("text_classification", label_map="1=neoplasms,2=digestive").load(c)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["synthetic", "shared"])
+def test_medical_abstracts_codes_read_through_a_label_map_are_the_datasets_own_task(tmp_path, shared):
+    """The generic classifier given Medical Abstracts' codes as a ``label_map`` (and its labels and
+    question) reads the file as the dataset's own task does: the same records, labels and prompts
+    (the shared file's 2,400 where present; synthetic rows in its format always)."""
+    import os
+    from pathlib import Path
+
+    from prefopt.tasks.text_classification import ABSTRACT_CLASSES
+    from tests import _formats as formats
+
+    path = Path(os.environ.get("PREFOPT_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data")
+                ) / "text_classification" / "medical_abstracts" / "medical_tc.csv"
+    if shared and not path.is_file():
+        pytest.skip(f"the Medical Abstracts dataset is not at {path}")
+    path = path if shared else formats.write_abstracts(tmp_path / "medical_tc.csv", 12)
+    own = get_task("medical_abstracts")
+    generic = get_task("text_classification", text_column="medical_abstract", label_column="condition_label",
+                       labels=",".join(ABSTRACT_CLASSES.values()), instruction=own.instruction,
+                       label_map=",".join(f"{k}={v}" for k, v in ABSTRACT_CLASSES.items()))
+    want, got = own.read(str(path)), generic.read(str(path))
+    assert len(got) == len(want) >= 12 and len({r.labels["label"] for r in want}) > 1
+    assert [(r.prompt, r.target, r.labels) for r in got] == [(r.prompt, r.target, r.labels) for r in want]
+
+
 def test_generic_tasks_read_spreadsheet_exports_with_their_delimiter_and_encoding(tmp_path):
     """A Western-European Excel export: ';' between cells (the decimal mark is a comma), cp1252
     text, trailing rows of empty cells. The delimiter is read off the header; the encoding must be
