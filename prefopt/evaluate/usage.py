@@ -25,11 +25,16 @@ def eval_flags(cfg, task, metrics: dict) -> list[str]:
     the task's options, the labels where the task read them off the run's data (another file
     may hold fewer, and the prompt lists them), and the decoding the SFT+DPO stage's
     ``metrics.json`` records. The run's ``sheet`` is left out: it names a sheet of the run's
-    workbook, and a new file (a CSV, a workbook of one sheet) may have none of that name."""
+    workbook, and a new file (a CSV, a workbook of one sheet) may have none of that name; so is
+    a ``label_map`` entry whose label none of the run's rows held."""
     options = {k: v for k, v in cfg.task_options.items() if k != "sheet"}
     if "labels" not in options and "labels" in inspect.signature(type(task)).parameters:
         labels = task.fields[0].labels
         options["labels"] = labels if any("," in x for x in labels) else ",".join(labels)
+        if options.get("label_map"):  # a mapped label no row of the run held is not among these: eval would refuse it
+            kept = {w: x for w, x in task.label_map.items() if x in labels}
+            options["label_map"] = kept if any("," in t or "=" in t for t in (*kept, *kept.values())) else \
+                ",".join(f"{w}={x}" for w, x in kept.items())
     flags = []
     for k, v in options.items():
         flags += ["--task-option", f"{k}={v if isinstance(v, str) and not _json(v) else json.dumps(v)}"]

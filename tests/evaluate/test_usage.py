@@ -1,6 +1,8 @@
 """The report's "The models" section: the adapters it names and commands that parse as written."""
 import shlex
 
+import pytest
+
 from prefopt.cli import build_parser
 from prefopt.evaluate.cli import REPEAT_FLAGS, key_values
 from prefopt.evaluate.compare import CompareConfig
@@ -66,6 +68,15 @@ def test_labels_read_off_the_runs_data_are_pinned(tmp_path):
     task.fields[0].labels = ["a, b", "c"]  # a label with a comma goes as a JSON list
     assert key_values(eval_flags(cfg, task, {})[1::2]) == {"labels": ["a, b", "c"]}
     assert eval_flags(cfg, get_task("portal"), {}) == []  # a task whose labels are its own
+    # a label_map's label no row held is left out of the map with the labels read (eval would refuse the map)
+    cfg.task_options = {"label_map": "u=urgent,R=routine,x=never seen"}
+    task = get_task("text_classification", **cfg.task_options)
+    task.load(data)
+    flags = eval_flags(cfg, task, {})
+    assert flags == ["--task-option", "label_map=u=urgent,r=routine", "--task-option", "labels=routine,soon,urgent"]
+    assert get_task("text_classification", **key_values(flags[1::2])).load(other)[0].prompt == prompt
+    with pytest.raises(ValueError, match="label_map: x=never seen: 'never seen' is not one of the task's labels"):
+        get_task("text_classification", **cfg.task_options, labels="routine,soon,urgent")
     cfg.task_options = {"text_column": "note", "sheet": "Train"}  # the run's workbook's sheet: not a new file's
     assert eval_flags(cfg, get_task("text_classification", text_column="note", labels="a"), {}) == [
         "--task-option", "text_column=note", "--task-option", "labels=a"]
