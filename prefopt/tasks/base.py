@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..data.records import DataError
 from ..evaluate.metrics import classification_report, macro_f1, triage_safety
 from ..evaluate.rouge import rouge
+from ._io import NotALabel
 from .parsing import final_answer, find_label
 
 
@@ -174,10 +174,8 @@ class ClassificationTask(Task):
         """``label``; where the labels were given (``labels_given``), it must be one of them (else a
         :class:`DataError` at ``path:line``, field ``column``)."""
         if self.labels_given and label not in self.fields[0].labels:
-            mapped = f" nor of label_map's words ({', '.join(self.label_map)})" if self.label_map else ""
-            raise DataError(path, line, column,
-                            f"{label!r} is not one of the labels given ({', '.join(self.fields[0].labels)}){mapped}; "
-                            f"--task-option label_map=\"{label}=LABEL,...\" reads your file's own words as them")
+            raise NotALabel(path, line, column, label, f"the labels given ({', '.join(self.fields[0].labels)})",
+                            "label_map", self.label_map)
         return label
 
     def label_of(self, raw: str) -> str:

@@ -13,7 +13,7 @@ from ..data import DataError, Records
 from ..data.check import SHOW_BAD, answer_line, bad_lines, check_data
 from ..data.records import ESCAPES, EscapedText, escape_counts
 from ..tokenizer import Tokenizer
-from ._io import read_past_bad_rows
+from ._io import read_past_bad_rows, unmapped_lines
 from .base import ClassificationTask, Task
 from .splits import mixed_labels
 
@@ -47,7 +47,7 @@ def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length:
         return [f"{where}: {task.name} records; more than {show_bad} bad rows, the first {show_bad}:",
                 *bad_lines(bad[:show_bad], show_bad),
                 "  ... and more (--all-bad finds every one and measures what is left: lengths, cuts, the class "
-                "mix)"], len(bad), 0
+                "mix)", *unmapped_lines(bad[:show_bad], partial=True)], len(bad), 0
     prompts = [task.messages(r) for r in records]  # rendered once (a document's text, a template), used twice
     examples = Records([{"prompt": p, "completion": r.target} for p, r in zip(prompts, records)],
                        f"{task.name} records")
@@ -62,7 +62,7 @@ def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length:
     check.title = f"{task.name} records, as compare's SFT examples"
     if isinstance(task, ClassificationTask):  # the labels per field, not the rendered answers
         check.answers = {}
-    lines = check.lines(show_bad)
+    lines = check.lines(show_bad) + unmapped_lines(bad)
     if isinstance(task, ClassificationTask):
         kept = [r for i, r in enumerate(records, 1) if i not in refused_at]  # what trains: not what encoding refused
         for f in task.fields:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..data.decoding import read_bytes
 from ..data.records import DataError
-from ._io import column_cell, file_options, likely_columns, need, one_row, table
+from ._io import NotALabel, column_cell, file_options, likely_columns, need, one_row, table
 from .base import ClassificationTask, LabelField, Record, word_map
 
 PORTAL_DATA = Path(__file__).resolve().parent / "data" / "portal_messages.jsonl"
@@ -184,10 +184,8 @@ class PortalTriage(ClassificationTask):
             cell = column_cell(self, row, f"{f.name}_column", path, line, likely)
             v = self.maps[f.name].get(cell.lower(), cell.lower())
             if v not in f.labels:
-                mapped = f" nor of {f.name}_map's words ({', '.join(self.maps[f.name])})" if self.maps[f.name] else ""
-                raise DataError(path, line, getattr(self, f"{f.name}_column"),
-                                f"{v!r} is not one of {f.labels}{mapped}; --task-option {f.name}_map=\"{cell}=LABEL,"
-                                f"...\" reads your file's own words as the task's labels")
+                raise NotALabel(path, line, getattr(self, f"{f.name}_column"), v,
+                                f"the labels ({', '.join(f.labels)})", f"{f.name}_map", self.maps[f.name])
             labels[f.name] = v
         prompt = ("Triage this patient portal message. How urgent is it (emergency, urgent or routine), and "
                   "who should handle it (physician, nurse, pharmacist or front desk)? Answer as\n"

@@ -235,24 +235,33 @@ def test_a_tasks_data_is_checked_as_compare_reads_it(model, tmp_path, capsys):
     csv.write_text("note,urgency\nchest pain,urgent\n,routine\nrash,sometime\nknee,routine\n")
     assert main(argv) == 1  # compare stops at the first bad row; the check names every one and measures the rest
     out = capsys.readouterr().out.splitlines()
+    hint = "--task-option label_map=\"sometime=LABEL\" reads a word of your file's as a label"
     assert out[:3] == [f"{csv}: text_classification records, as compare's SFT examples; 2 of 4 records kept; 2 "
-                       f"skipped: 1x empty; 1x 'sometime' is not one of the labels given (urgent, routine, emergency) "
-                       f"(first: {csv}:3, field 'note')",
+                       f"skipped: 1x empty; 1x 'sometime' is not one of the labels given (urgent, routine, emergency); "
+                       f"{hint} (first: {csv}:3, field 'note')",
                        f"  bad: {csv}:3: field 'note': empty",
                        f"  bad: {csv}:4: field 'urgency': 'sometime' is not one of the labels given (urgent, routine, "
-                       "emergency)"]
+                       f"emergency); {hint}"]
     assert "  label: 3 labels: 'urgent' 1 (50%), 'routine' 1 (50%), 'emergency' 0 (0%)" in out
+    # the words no label is, gathered into one option to map them by
+    assert "  no label: 'sometime' (1 row); where these are your file's own words for labels, --task-option " \
+           "\"label_map=sometime=LABEL\" reads each as its label (else correct those rows)" in out
     csv.write_text("note,urgency\n" + "".join(f"note {i},{'urgent' if i % 3 else 'later'}\n" for i in range(40)))
     assert main(argv) == 1  # 14 bad rows: the first 10, and no measures of what is left
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{csv}: text_classification records; more than 10 bad rows, the first 10:"
     assert out[1] == (f"  bad: {csv}:2, 5, 8, 11, 14, 17, ... (10 records): field 'urgency': 'later' is not one of "
-                      "the labels given (urgent, routine, emergency)")  # the first ten, alike: one line
-    assert out[2].startswith("  ... and more (--all-bad finds every one") and "model's context" in out[3]
+                      "the labels given (urgent, routine, emergency); --task-option label_map=\"later=LABEL\" reads a "
+                      "word of your file's as a label")  # the first ten, alike: one line
+    assert out[2].startswith("  ... and more (--all-bad finds every one") and "model's context" in out[4]
+    assert out[3].startswith("  no label in the bad rows listed: 'later' (10 rows); ")
     assert main(argv + ["--all-bad"]) == 1
     out = capsys.readouterr().out.splitlines()
     assert "26 of 40 records kept; 14 skipped: 14x 'later' is not one of" in out[0] and len(
         [x for x in out if x.startswith("  bad: ")]) == 14
+    assert [x for x in out if x.startswith("  no label")] == [
+        "  no label: 'later' (14 rows); where these are your file's own words for labels, --task-option "
+        "\"label_map=later=LABEL\" reads each as its label (else correct those rows)"]
     assert main(argv + ["--kind", "sft"]) == 2
     assert "--kind is for a training file; with --task the records are what compare builds" in capsys.readouterr().err
     (tmp_path / "ktas.csv").write_text("Sex;Age\n1;40\n")  # another file's header: each row says what it has

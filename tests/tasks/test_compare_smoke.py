@@ -458,9 +458,9 @@ def test_a_bad_row_stops_eval_and_compare_pointing_at_the_check_that_lists_every
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
     assert main([command, "--task", "portal", "--model", str(tiny_model), "--data", str(data), "--output", str(out)]) == 2
-    assert (f"prefopt {command}: error: {data}:5: field 'urgency': 'whenever' is not one of ['emergency', 'urgent', "
-            "'routine']; --task-option urgency_map=\"whenever=LABEL,...\" reads your file's own words as the task's "
-            "labels (prefopt check-data --task portal lists every bad row)") in capsys.readouterr().err
+    assert (f"prefopt {command}: error: {data}:5: field 'urgency': 'whenever' is not one of the labels (emergency, "
+            "urgent, routine); --task-option urgency_map=\"whenever=LABEL\" reads a word of your file's as a label "
+            "(prefopt check-data --task portal lists every bad row)") in capsys.readouterr().err
     assert not out.exists()
     assert main(["check-data", "--task", "portal", "--model", str(tiny_model), "--data", str(data)]) == 1
     bad = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  bad: ")]

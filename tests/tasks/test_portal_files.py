@@ -105,8 +105,9 @@ def test_the_hospitals_own_label_words_are_read_through_their_maps(tmp_path):
     want = get_task("portal", encoding="cp1252", **COLUMNS).read(str(_export(tmp_path / "plain.csv")))
     assert [(r.prompt, r.target, r.labels) for r in got] == [(r.prompt, r.target, r.labels) for r in want]
     # without its map, a word is refused at its row, with the option that maps it
-    with pytest.raises(DataError, match=r"export.csv:2: field 'Team': 'pflege' is not one of \['physician', 'nurse', "
-                                        r"'pharmacist', 'front desk'\]; --task-option staff_map=\"Pflege=LABEL,"):
+    with pytest.raises(DataError, match=r"export.csv:2: field 'Team': 'pflege' is not one of the labels \(physician, "
+                                        r"nurse, pharmacist, front desk\); --task-option staff_map=\"pflege=LABEL\" "
+                                        r"reads a word of your file's as a label$"):
         get_task("portal", encoding="cp1252", **COLUMNS, urgency_map=maps["urgency_map"]).read(str(data))
     with pytest.raises(DataError, match=r"r.csv:3: field 'Dringlichkeit': 'routinee' is not one of .* nor of "
                                         r"urgency_map's words \(notfall, dringend\)"):
@@ -127,3 +128,25 @@ def test_the_hospitals_own_label_words_are_read_through_their_maps(tmp_path):
     with pytest.raises(ValueError, match="task 'portal': urgency_map=Notfall=emergency: this option describes your "
                                          "own file"):
         get_task("portal", urgency_map="Notfall=emergency").read()
+
+
+def test_check_data_gathers_the_words_no_label_is_into_the_maps_to_give(tiny_model, tmp_path, capsys):
+    rows = [("Brustschmerz", "Notfall", "Arzt"), ("Rezept", "später", "Apotheke"), ("Fieber", "bald", "nurse"),
+            ("Termin", "später", "Empfang"), ("Husten", "urgent", "Pflege")]
+    data = _export(tmp_path / "export.csv", rows)
+    argv = ["check-data", "--task", "portal", "--model", str(tiny_model), "--data", str(data),
+            "--task-option", "encoding=cp1252", *(f"--task-option={k}={v}" for k, v in COLUMNS.items())]
+    assert main(argv) == 1
+    out = capsys.readouterr().out.splitlines()
+    # each row stops at its first bad cell: urgency's words on rows 2-5, staff's on the sixth alone
+    assert [x for x in out if x.startswith("  no label") or x.startswith("  (a row")] == [
+        "  no label: 'später' (2 rows), 'notfall' (1 row), 'bald' (1 row); where these are your file's own words for "
+        "labels, --task-option \"urgency_map=später=LABEL,notfall=LABEL,bald=LABEL\" reads each as its label (else "
+        "correct those rows)",
+        "  no label: 'pflege' (1 row); where these are your file's own words for labels, --task-option "
+        "\"staff_map=pflege=LABEL\" reads each as its label (else correct those rows)",
+        "  (a row with two such cells is counted by its first)"]
+    maps = ["--task-option=urgency_map=später=routine,notfall=emergency,bald=urgent",
+            "--task-option=staff_map=pflege=nurse,arzt=physician,apotheke=pharmacist,empfang=front desk"]
+    assert main(argv + maps) == 0
+    assert "5 of 5 records kept" in capsys.readouterr().out
