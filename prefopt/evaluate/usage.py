@@ -35,6 +35,8 @@ def eval_flags(cfg, task, metrics: dict) -> list[str]:
             kept = {w: x for w, x in task.label_map.items() if x in labels}
             options["label_map"] = kept if any("," in t or "=" in t for t in (*kept, *kept.values())) else \
                 ",".join(f"{w}={x}" for w, x in kept.items())
+            if not kept:
+                del options["label_map"]
     flags = []
     for k, v in options.items():
         flags += ["--task-option", f"{k}={v if isinstance(v, str) and not _json(v) else json.dumps(v)}"]

@@ -172,7 +172,7 @@ class ClassificationTask(Task):
 
     def own_label(self, label: str, path, line: int, column: str) -> str:
         """``label``; where the labels were given (``labels_given``), it must be one of them (else a
-        :class:`DataError` at ``path:line``, field ``column``)."""
+        :class:`~._io.NotALabel` at ``path:line``, field ``column``, that says how to map it)."""
         if self.labels_given and label not in self.fields[0].labels:
             raise NotALabel(path, line, column, label, f"the labels given ({', '.join(self.fields[0].labels)})",
                             "label_map", self.label_map)

@@ -75,6 +75,10 @@ def test_labels_read_off_the_runs_data_are_pinned(tmp_path):
     flags = eval_flags(cfg, task, {})
     assert flags == ["--task-option", "label_map=u=urgent,r=routine", "--task-option", "labels=routine,soon,urgent"]
     assert get_task("text_classification", **key_values(flags[1::2])).load(other)[0].prompt == prompt
+    cfg.task_options = {"label_map": "x=never seen"}  # no entry left: no option
+    task = get_task("text_classification", **cfg.task_options)
+    task.load(data)
+    assert eval_flags(cfg, task, {}) == ["--task-option", "labels=routine,soon,urgent"]
     with pytest.raises(ValueError, match="label_map: x=never seen: 'never seen' is not one of the task's labels"):
         get_task("text_classification", **cfg.task_options, labels="routine,soon,urgent")
     cfg.task_options = {"text_column": "note", "sheet": "Train"}  # the run's workbook's sheet: not a new file's
