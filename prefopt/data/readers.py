@@ -307,6 +307,48 @@ def _json(path: Path, encoding: str | None = None):
             i = _skip_ws(text, i + 1)
 
 
+def keyed_json(path: str | Path, encoding: str | None = None):
+    """``(line, key, value)`` for each entry of a JSON file that is one object of records by key
+    (PubMedQA's ``ori_pqal.json``: records by PubMed id), the line its key is on: read as
+    :func:`_json` reads a list of records, so a bad record's error can name its line. A key given
+    twice is a :class:`~.records.DataError` value at the second's line (``json`` keeps the last,
+    losing a record); malformed JSON raises one at its line; a file that is not one object yields
+    ``(1, None, value)`` once, for the caller to refuse."""
+    path = Path(path)
+    text = read_text(path, encoding)
+    i = _skip_ws(text, 0)
+    if i >= len(text) or text[i] != "{":
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(path, e.lineno, None, f"malformed JSON: {e.msg}") from None
+        yield 1, None, value
+        return
+    i, seen = _skip_ws(text, i + 1), set()
+    line, counted = 1, 0  # the line of position ``counted``, carried forward (as _json)
+    try:
+        while i < len(text) and text[i] != "}":
+            line, counted = line + text.count("\n", counted, i), i
+            key, end = _DECODER.raw_decode(text, i)
+            if not isinstance(key, str) or text[_skip_ws(text, end):_skip_ws(text, end) + 1] != ":":
+                raise json.JSONDecodeError("Expecting a key and ':'", text, i)
+            try:
+                value, end = _DECODER.raw_decode(text, _skip_ws(text, _skip_ws(text, end) + 1))
+            except RepeatedKey as e:  # (as _json: the record's end found without the hook)
+                value = DataError(path, line, e.args[0], REPEATED)
+                end = json.JSONDecoder().raw_decode(text, _skip_ws(text, _skip_ws(text, end) + 1))[1]
+            yield line, key, DataError(path, line, None, f"record {key} is given twice (JSON keeps only the last)") \
+                if key in seen else value
+            seen.add(key)
+            i = _skip_ws(text, end)
+            if i < len(text) and text[i] == ",":
+                i = _skip_ws(text, i + 1)
+        if i >= len(text):
+            raise json.JSONDecodeError("Expecting '}' (the file cut short?)", text, len(text))
+    except json.JSONDecodeError as e:
+        raise DataError(path, e.lineno, None, f"malformed JSON: {e.msg}") from None
+
+
 def _parquet(path: Path, batch_rows: int = 1024):
     """A Parquet file (a Hugging Face dataset's own format), read a batch of rows at a time."""
     pq = require("pyarrow.parquet", "reading .parquet data files")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..data.readers import keyed_json
 from ..data.records import DataError
-from ..fileio import read_json
 from ._io import clip, need, one_row, table
 from .base import ClassificationTask, GenerationTask, LabelField, Record
 
@@ -133,25 +133,41 @@ class PubMedQA(ClassificationTask):
 
     def load(self, path, labelled=True):
         path = Path(path)
-        if path.suffix == ".json":  # PQA-L's own file: an object of records by PubMed id, which has no lines
-            data = read_json(path, None)
-            rows = [(None, k, v) for k, v in (data.items() if isinstance(data, dict) else enumerate(data))]
-        else:
-            rows = [(line, f"{path.name}:{line}", row) for line, row in table(path)]
         out = []
-        for line, key, row in rows:
+        for line, key, row in self._rows(path):
             with one_row():
+                if isinstance(row, DataError):
+                    raise row
                 out.append(self._record(path, line, key, row, labelled))
         return out
 
-    def _record(self, path, line: int | None, key, row, labelled: bool) -> Record:
-        """One record; a bad one's error names its line, or in PQA-L's JSON its PubMed id."""
+    @staticmethod
+    def _rows(path: Path):
+        """``(line, key, row)``: PQA-L's own file, one JSON object of records by PubMed id (the key,
+        and the line it is on); else a table's rows (a JSON list's too), keyed ``file:line``."""
+        if path.suffix == ".json":
+            for line, key, row in keyed_json(path):
+                if key is not None:
+                    yield line, key, row
+                    continue
+                if not isinstance(row, list):  # (keyed_json's one value of a file that is no object)
+                    raise DataError(path, 1, None, "expected PubMedQA's object of records by PubMed id "
+                                                   "(ori_pqal.json) or a list of records")
+                break
+            else:
+                return
+        yield from ((line, f"{path.name}:{line}", row) for line, row in table(path))
+
+    def _record(self, path, line: int, key, row, labelled: bool) -> Record:
+        """One record; a bad one's error names its line, and in PQA-L's JSON its PubMed id too."""
+        by_id = not key.startswith(f"{path.name}:")  # (a table's rows are keyed by their line already)
+
         def field(name: str) -> str:
             try:
                 return need(row, name, path, line)
             except DataError as e:
-                if line is None:
-                    raise DataError(path, None, name, f"record {key}: {e.reason}") from None
+                if by_id:
+                    raise DataError(path, line, name, f"record {key}: {e.reason}") from None
                 raise
 
         if not isinstance(row, dict):
@@ -167,7 +183,7 @@ class PubMedQA(ClassificationTask):
         name = named("final_decision", "answer")
         label = field(name).lower() if labelled else ""
         if labelled and label not in ("yes", "no", "maybe"):
-            raise DataError(path, line, name, (f"record {key}: " if line is None else "")
+            raise DataError(path, line, name, (f"record {key}: " if by_id else "")
                             + f"expected yes, no or maybe, got {label!r}")
         prompt = f"Context: {clip(ctx, self.max_chars)}\n\nQuestion: {q}\n\nAnswer yes, no or maybe."
         return Record(f"pubmedqa:{key}", prompt, label, {"answer": label} if labelled else {}, {"row": row})

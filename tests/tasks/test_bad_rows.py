@@ -39,6 +39,15 @@ def _pubmedqa(tmp):
     return "pubmedqa", {}, path, {i + 2 for i in range(30) if i % 4 == 0}
 
 
+def _pqa_l(tmp):
+    """PQA-L's own file: one JSON object of records by PubMed id, one line a key (indent=1, as published)."""
+    path = tmp / "ori_pqal.json"
+    rows = {str(100 + i): {"QUESTION": f"q{i}?", "CONTEXTS": ["c"], "final_decision": "yes" if i % 4 else "perhaps"}
+            for i in range(30)}
+    path.write_text(json.dumps(rows, indent=1))
+    return "pubmedqa", {}, path, {2 + 7 * i for i in range(30) if i % 4 == 0}  # each record 7 lines from line 2
+
+
 def _meqsum(tmp):
     path = tmp / "data.jsonl"
     rows = [{"CHQ": "question" if i % 6 else " ", "Summary": "s"} for i in range(30)]
@@ -67,18 +76,21 @@ def _uci(tmp):
     return "uci_heart", {}, path, {i + 1 for i in range(30) if i % 4 == 0}
 
 
-@pytest.mark.parametrize("make", [_portal, _ktas, _medqa, _pubmedqa, _meqsum, _text, _numeric, _uci])
+@pytest.mark.parametrize("make", [_portal, _ktas, _medqa, _pubmedqa, _pqa_l, _meqsum, _text, _numeric, _uci])
 def test_every_bad_row_is_found_in_one_read(tmp_path, monkeypatch, make):
     """Each task's reader sets its bad rows aside and reads on: one read of the file lists every
     bad row, in file order, and keeps every good one (it used to read the file once more per bad
     row); the first 10 alone stop the read early. Without check-data the first bad row stops."""
     import prefopt.data.readers
     import prefopt.tasks._io
+    import prefopt.tasks.reasoning
 
     name, options, path, bad_lines = make(tmp_path)
     reads = []
     real = prefopt.tasks._io.read_rows
     monkeypatch.setattr(prefopt.tasks._io, "read_rows", lambda *a, **k: reads.append(a) or real(*a, **k))
+    keyed = prefopt.tasks.reasoning.keyed_json  # (PQA-L's object of records by id)
+    monkeypatch.setattr(prefopt.tasks.reasoning, "keyed_json", lambda *a, **k: reads.append(a) or keyed(*a, **k))
     opened = []
     real_open = open
     monkeypatch.setattr("builtins.open", lambda f, *a, **k: opened.append(f) or real_open(f, *a, **k))

@@ -115,16 +115,21 @@ LOADER_ERRORS = [  # (file name, content, task, the error it must raise)
      r"t.csv:3: field 'condition_label': condition_label must be 1-5"),
     ("processed.test.data", "63,1,1,145,233,1,2,150,0,2.3,3,0,6,0\n67,1,4,160,286,0,2,108,1,1.5,2,3,3,x\n",
      "uci_heart", r"processed.test.data:2: field 'num'"),
-    # PubMedQA: a table's rows by line, PQA-L's JSON (no lines) by PubMed id
+    # PubMedQA: a table's rows by line, PQA-L's JSON by the line of its PubMed id, and the id
     ("pq.csv", "question,context,answer\nIs it?,ctx,yes\n,ctx,no\n", "pubmedqa", r"pq.csv:3: field 'question': empty"),
     ("pq.csv", "question,context,answer\nIs it?,ctx,perhaps\n", "pubmedqa",
      r"pq.csv:2: field 'answer': expected yes, no or maybe, got 'perhaps'$"),
-    ("ori_pqal.json", '{"111": {"QUESTION": "q?", "CONTEXTS": ["c"], "final_decision": "yes"}, '
-                      '"222": {"CONTEXTS": ["c"], "final_decision": "no"}}', "pubmedqa",
-     r"ori_pqal.json: field 'QUESTION': record 222: missing field \(have: CONTEXTS, final_decision\)"),
+    ("ori_pqal.json", json.dumps({"111": {"QUESTION": "q?", "CONTEXTS": ["c"], "final_decision": "yes"},
+                                  "222": {"CONTEXTS": ["c"], "final_decision": "no"}}, indent=1), "pubmedqa",
+     r"ori_pqal.json:9: field 'QUESTION': record 222: missing field \(have: CONTEXTS, final_decision\)"),
     ("ori_pqal.json", '{"111": {"QUESTION": "q?", "CONTEXTS": ["c"], "final_decision": "dunno"}}', "pubmedqa",
-     r"ori_pqal.json: field 'final_decision': record 111: expected yes, no or maybe, got 'dunno'"),
-    ("ori_pqal.json", '{"111": ["q?"]}', "pubmedqa", r"ori_pqal.json: record 111: expected an object of fields"),
+     r"ori_pqal.json:1: field 'final_decision': record 111: expected yes, no or maybe, got 'dunno'"),
+    ("ori_pqal.json", '{"111": ["q?"]}', "pubmedqa", r"ori_pqal.json:1: record 111: expected an object of fields"),
+    ("ori_pqal.json", '{\n "111": {"QUESTION": "q?", "CONTEXTS": ["c"], "final_decision": "yes"},\n "111": {}\n}',
+     "pubmedqa", r"ori_pqal.json:3: record 111 is given twice"),
+    ("ori_pqal.json", '{\n "111": {"QUESTION": "q?", "CONTEXTS": ["c"], "final_decision": "yes"},\n "222": {"QUE',
+     "pubmedqa", r"ori_pqal.json:3: malformed JSON"),
+    ("ori_pqal.json", '"q?"', "pubmedqa", r"ori_pqal.json:1: expected PubMedQA's object of records by PubMed id"),
 ]
 
 
