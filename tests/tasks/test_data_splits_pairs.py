@@ -130,6 +130,8 @@ LOADER_ERRORS = [  # (file name, content, task, the error it must raise)
     ("ori_pqal.json", '{\n "111": {"QUESTION": "q?", "CONTEXTS": ["c"], "final_decision": "yes"},\n "222": {"QUE',
      "pubmedqa", r"ori_pqal.json:3: malformed JSON"),
     ("ori_pqal.json", '"q?"', "pubmedqa", r"ori_pqal.json:1: expected PubMedQA's object of records by PubMed id"),
+    ("ori_pqal.json", '{\n "111": {"QUESTION": "q?", "QUESTION": "q2?", "final_decision": "yes"}\n}', "pubmedqa",
+     r"ori_pqal.json:2: field 'QUESTION': given twice in one JSON object"),
 ]
 
 
