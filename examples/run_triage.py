@@ -10,6 +10,7 @@ verdicts and where the report is. ``make demo`` runs it with the quick preset.
     .venv/bin/python examples/run_triage.py --data export.csv --task-option encoding=cp1252 \\
         --task-option message_column=Nachricht --task-option urgency_column=Dringlichkeit \\
         --task-option staff_column=Team  # your own portal messages, as Excel saved them
+        # [--task-option "urgency_map=Notfall=emergency,dringend=urgent,Routine=routine"]: its own label words
     .venv/bin/python examples/run_triage.py --loss rpo --output runs/triage-rpo
     .venv/bin/python examples/run_triage.py --loss rpo --output runs/triage-rpo --from runs/triage-demo  # DPO only
     .venv/bin/python examples/run_triage.py --preset full --estimate-memory cuda  # will each stage fit?
