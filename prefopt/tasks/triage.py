@@ -132,7 +132,7 @@ class PortalTriage(ClassificationTask):
     (``delimiter``, ``encoding``, ``sheet``: :class:`~.text_classification.TextClassification`).
     Its labels may be in the hospital's own words, each mapped to the task's (``urgency_map``,
     ``staff_map``: ``"Notfall=emergency,dringend=urgent,Routine=routine"``, any case); a cell
-    already in the task's words is read as it is."""
+    the map does not name is read as it is (a task's own word, or refused)."""
 
     name = "portal"
     bundled_data = PORTAL_DATA
