@@ -134,21 +134,22 @@ class PubMedQA(ClassificationTask):
     def load(self, path, labelled=True):
         path = Path(path)
         out = []
-        for line, key, row in self._rows(path):
+        for line, key, row, by_id in self._rows(path):
             with one_row():
                 if isinstance(row, DataError):
                     raise row
-                out.append(self._record(path, line, key, row, labelled))
+                out.append(self._record(path, line, key, row, labelled, by_id))
         return out
 
     @staticmethod
     def _rows(path: Path):
-        """``(line, key, row)``: PQA-L's own file, one JSON object of records by PubMed id (the key,
-        and the line it is on); else a table's rows (a JSON list's too), keyed ``file:line``."""
+        """``(line, key, row, by_id)``: PQA-L's own file, one JSON object of records by PubMed id (the
+        key, and the line it is on; ``by_id``: its errors name it); else a table's rows (a JSON
+        list's too), keyed ``file:line``."""
         if path.suffix == ".json":
             for line, key, row in keyed_json(path):
                 if key is not None:
-                    yield line, key, row
+                    yield line, key, row, True
                     continue
                 if not isinstance(row, list):  # (keyed_json's one value of a file that is no object)
                     raise DataError(path, 1, None, "expected PubMedQA's object of records by PubMed id "
@@ -156,12 +157,11 @@ class PubMedQA(ClassificationTask):
                 break
             else:
                 return
-        yield from ((line, f"{path.name}:{line}", row) for line, row in table(path))
+        yield from ((line, f"{path.name}:{line}", row, False) for line, row in table(path))
 
-    def _record(self, path, line: int, key, row, labelled: bool) -> Record:
-        """One record; a bad one's error names its line, and in PQA-L's JSON its PubMed id too."""
-        by_id = not key.startswith(f"{path.name}:")  # (a table's rows are keyed by their line already)
-
+    def _record(self, path, line: int, key, row, labelled: bool, by_id: bool) -> Record:
+        """One record; a bad one's error names its line, and with ``by_id`` (PQA-L's JSON) its
+        PubMed id too."""
         def field(name: str) -> str:
             try:
                 return need(row, name, path, line)
