@@ -714,3 +714,36 @@ def test_title_rows_above_the_column_names_are_skipped_and_named_in_every_format
         assert [str(w.message) for w in said] == [
             f"{path}:1: 'Triage log, ward 3', 'Exported 2025-03-01 08:00' read as titles above the column names, "
             "which are on line 4; not read as a record"]
+
+
+@pytest.mark.parametrize("indent,separators", [(None, None), (1, None), (4, (",", ": ")), (None, (",", ":")),
+                                               ("\t", (" ,", " : "))])
+def test_a_json_object_of_records_reads_entry_by_entry_as_json_reads_it_with_each_keys_line(tmp_path, indent,
+                                                                                         separators):
+    """keyed_json (PubMedQA's records by id) gives json's own entries, in order, each at the line
+    its key is on, however the file is laid out; braces, quotes and newlines inside strings do not
+    move it."""
+    import random
+
+    from prefopt.data.readers import keyed_json
+
+    rng = random.Random(f"{indent!r} {separators!r}")  # (a text seed: the same draws every run)
+    texts = ["plain", 'a "quoted" {brace}', "two\nlines", "tab\there", "é, ü: ß", "", "\\ backslash ]"]
+    data = {str(rng.randrange(10**8)) + rng.choice(["", " x", "\n", '"}']): {
+        "QUESTION": rng.choice(texts), "CONTEXTS": rng.sample(texts, 3), "n": rng.random(), "ok": True,
+        "nested": {"k": [rng.choice(texts), None]}} for _ in range(25)}
+    path = tmp_path / "records.json"
+    text = json.dumps(data, indent=indent, separators=separators, ensure_ascii=rng.random() < 0.5)
+    path.write_text(text, encoding="utf-8")
+    got = list(keyed_json(path))
+    assert [(k, v) for _, k, v in got] == list(data.items())
+    for line, key, _ in got:  # the key, as json wrote it, starts on its line
+        assert json.dumps(key, ensure_ascii=False) in text.splitlines()[line - 1] or \
+            json.dumps(key) in text.splitlines()[line - 1]
+    assert list(keyed_json(_write(tmp_path / "empty.json", "{ }"))) == []
+    assert list(keyed_json(_write(tmp_path / "list.json", "[1, 2]"))) == [(1, None, [1, 2])]
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
