@@ -5,6 +5,8 @@ training file is (:func:`prefopt.data.check.check_data`: lengths, what ``--max-l
 repeats)."""
 from __future__ import annotations
 
+import inspect
+import re
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -69,10 +71,27 @@ def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length:
             counts = Counter({label: 0 for label in f.labels})  # a label no record has shows as 0
             counts.update(r.labels[f.name] for r in kept if f.name in r.labels)
             lines.append(answer_line(f.name, counts, limit=len(counts), noun="labels"))
+        if coded := coded_labels_line(task):
+            lines.append(coded)
     if mixed := mixed_labels(records):
         lines.append(f"  {mixed}")
     lines += [f"  {line}" for line in escape_lines(task, records, prompts)]
     return lines, len(bad), check.report.n_kept
+
+
+def coded_labels_line(task: ClassificationTask) -> str | None:
+    """Where a generic classifier's labels are all numbers (the codes a hospital system exports,
+    1 to 5) and no ``label_map`` names them, a line that says so: its prompt offers them bare, so
+    the base model can only guess what each means, and how to name them."""
+    params = inspect.signature(type(task)).parameters
+    labels = task.fields[0].labels
+    if "label_map" not in params or task.label_map or len(labels) < 2 or \
+            not all(re.fullmatch(r"[-+]?\d+(?:[.,]\d+)?", x) for x in labels):
+        return None
+    said = "instruction" if "instruction" in params else "question"
+    return (f"  the labels are codes ({', '.join(labels)}): the prompt asks for one of them and says nothing of "
+            f"what each means, so the base model can only guess; --task-option \"label_map="
+            f"{','.join(f'{x}=NAME' for x in labels)}\" names them (or say it in --task-option {said}=...)")
 
 
 def escape_lines(task: Task, records: list, prompts: list | None = None) -> list[str]:

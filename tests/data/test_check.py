@@ -274,6 +274,26 @@ def test_a_tasks_data_is_checked_as_compare_reads_it(model, tmp_path, capsys):
     assert "--data FILE is needed" in capsys.readouterr().err
 
 
+def test_labels_that_are_codes_are_said_to_be_offered_bare_with_the_map_that_names_them(model, tmp_path, capsys):
+    csv = tmp_path / "codes.csv"
+    csv.write_text("note,code\nchest pain,1\nrash,3\nknee,2\nfever,1\n")
+    argv = ["check-data", "--model", str(model), "--task", "text_classification", "--data", str(csv),
+            "--task-option", "text_column=note", "--task-option", "label_column=code"]
+    assert main(argv) == 0
+    assert ("  the labels are codes (1, 2, 3): the prompt asks for one of them and says nothing of what each means, "
+            "so the base model can only guess; --task-option \"label_map=1=NAME,2=NAME,3=NAME\" names them (or say "
+            "it in --task-option instruction=...)") in capsys.readouterr().out.splitlines()
+    assert main([*argv, "--task-option", "label_map=1=emergency,2=urgent,3=routine"]) == 0
+    out = capsys.readouterr().out
+    assert "labels are codes" not in out and "label: 3 labels: 'emergency' 2 (50%)" in out
+    csv.write_text("hr,code\n120,1\n60,2\n")  # numeric_table's own wording; words as labels say nothing
+    argv = ["check-data", "--model", str(model), "--task", "numeric_table", "--data", str(csv),
+            "--task-option", "label_column=code"]
+    assert main(argv) == 0 and "(or say it in --task-option question=...)" in capsys.readouterr().out
+    csv.write_text("hr,code\n120,sick\n60,well\n")
+    assert main(argv) == 0 and "labels are codes" not in capsys.readouterr().out
+
+
 def test_pairs_that_mostly_reject_one_label_are_called_lopsided(model, tmp_path, capsys):
     """On-policy negatives carry the direction of a model's errors: an answer rejected far more
     often than chosen teaches DPO to avoid it whatever the prompt (docs/dpo.md)."""
