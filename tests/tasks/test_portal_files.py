@@ -97,7 +97,7 @@ def test_a_workbooks_sheet_is_named_as_for_the_generic_tasks(tmp_path, capsys):
 def test_the_hospitals_own_label_words_are_read_through_their_maps(tmp_path):
     words = [("Fièvre depuis hier, toux sèche", "dringend", "Pflege"),
              ("Renouvellement d'ordonnance, Ramipril 5 mg", "Routine", "Apotheke"),
-             ("Douleur thoracique écrasante depuis 20 minutes", "NOTFALL", "physician")]  # a task word as it is
+             ("Douleur thoracique écrasante depuis 20 minutes", "NOTFALL", "physician")]  # any case; a task word
     data = _export(tmp_path / "export.csv", words)
     maps = {"urgency_map": "Notfall=emergency, dringend=urgent,Routine=routine",
             "staff_map": {"Pflege": "nurse", "Apotheke": "pharmacist"}}  # (as --task-option staff_map={...} gives it)
@@ -109,9 +109,9 @@ def test_the_hospitals_own_label_words_are_read_through_their_maps(tmp_path):
                                         r"nurse, pharmacist, front desk\); --task-option staff_map=\"pflege=LABEL\" "
                                         r"reads a word of your file's as a label$"):
         get_task("portal", encoding="cp1252", **COLUMNS, urgency_map=maps["urgency_map"]).read(str(data))
+    misspelt = _export(tmp_path / "r.csv", [words[0], ("x", "Routinee", "Pflege")])
     with pytest.raises(DataError, match=r"r.csv:3: field 'Dringlichkeit': 'routinee' is not one of .* nor of "
                                         r"urgency_map's words \(notfall, dringend\)"):
-        misspelt = _export(tmp_path / "r.csv", [words[0], ("x", "Routinee", "Pflege")])
         get_task("portal", encoding="cp1252", **COLUMNS, urgency_map="Notfall=emergency,dringend=urgent",
                  staff_map=maps["staff_map"]).read(str(misspelt))
     # a column of the hospital's words is found by them where its name is not the task's
