@@ -164,7 +164,7 @@ class ClassificationTask(Task):
     max_new_tokens = 16
     primary = "macro_f1"
     labels_given = False  # a generic task given its labels: rows must hold one of them (own_label)
-    label_map: dict[str, str] = {}  # a generic task's map from its file's own words to labels (word_map)
+    maps: dict[str, dict[str, str]] = {}  # each label field's map from a file's own words to its labels (word_map)
     RARE, COMMON = 3, 10  # labels_read's rare and common classes, in rows
 
     def __init__(self, fields: list[LabelField]):
@@ -178,10 +178,19 @@ class ClassificationTask(Task):
                             "label_map", self.label_map)
         return label
 
+    @property
+    def label_map(self) -> dict[str, str]:
+        """A generic task's map (its one field's: the ``label_map`` option)."""
+        return self.maps.get(self.fields[0].name, {})
+
+    def mapped(self, cell: str, field: str) -> str:
+        """A label cell of ``field`` as its label: lower-cased, through that field's map (``maps``)."""
+        word = cell.strip().lower()
+        return self.maps.get(field, {}).get(word, word)
+
     def label_of(self, raw: str) -> str:
-        """A generic task's label cell as its label: lower-cased, through ``label_map``."""
-        word = raw.strip().lower()
-        return self.label_map.get(word, word)
+        """A generic task's label cell as its label (:meth:`mapped`)."""
+        return self.mapped(raw, self.fields[0].name)
 
     def label_words(self) -> set[str]:
         """What a generic task's label column may hold, to find it by (:func:`~._io.likely_columns`):

@@ -39,7 +39,7 @@ class NumericTable(ClassificationTask):
                  delimiter: str | None = None, encoding: str = "utf-8", sheet: str | None = None,
                  label_map: str | dict | None = None):
         super().__init__([LabelField("label", label_list(labels))])
-        self.label_map = word_map("label_map", label_map, self.fields[0].labels or None)
+        self.maps = {"label": word_map("label_map", label_map, self.fields[0].labels or None)}
         self.labels_given, self.file = bool(labels), file_options(self, delimiter, encoding, sheet)
         self.label_column, self.names = label_column, names or {}
         self.feature_columns = name_list("feature_columns", feature_columns) or None

@@ -25,7 +25,7 @@ class TextClassification(ClassificationTask):
                  encoding: str = "utf-8", sheet: str | None = None, label_map: str | dict | None = None):
         super().__init__([LabelField("label", label_list(labels))])
         self.labels_given = bool(labels)
-        self.label_map = word_map("label_map", label_map, self.fields[0].labels or None)
+        self.maps = {"label": word_map("label_map", label_map, self.fields[0].labels or None)}
         self.text_column, self.label_column, self.max_chars = text_column, label_column, max_chars
         self.instruction, self.file = instruction, file_options(self, delimiter, encoding, sheet)
 

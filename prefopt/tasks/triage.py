@@ -182,7 +182,7 @@ class PortalTriage(ClassificationTask):
         labels = {}
         for f in self.fields if labelled else []:
             cell = column_cell(self, row, f"{f.name}_column", path, line, likely)
-            v = self.maps[f.name].get(cell.lower(), cell.lower())
+            v = self.mapped(cell, f.name)
             if v not in f.labels:
                 raise NotALabel(path, line, getattr(self, f"{f.name}_column"), v,
                                 f"the labels ({', '.join(f.labels)})", f"{f.name}_map", self.maps[f.name])
