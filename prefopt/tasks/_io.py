@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -58,37 +57,13 @@ def one_row():
 class NotALabel(DataError):
     """A label cell that is none of the task's labels (``labels``, as the message lists them) nor a
     word its map names: the message names the option that maps it (``option``: ``label_map``,
-    ``urgency_map``), and check-data gathers a file's such words into one (:func:`unmapped_lines`)."""
+    ``urgency_map``), and check-data gathers a file's such words into one (:func:`~.check.unmapped_lines`)."""
 
     def __init__(self, path, line: int, column: str, word: str, labels: str, option: str, words=()):
         self.word, self.option = word, option
         known = f" nor of {option}'s words ({', '.join(words)})" if words else ""
         super().__init__(path, line, column, f"{word!r} is not one of {labels}{known}; --task-option "
                                              f"{option}=\"{word}=LABEL\" reads a word of your file's as a label")
-
-
-def unmapped_lines(errors: list, partial: bool = False) -> list[str]:
-    """For check-data: per map option, the words of the file's label cells that are no label
-    (:class:`NotALabel`), with their rows, and the option that maps them all (``partial``: read
-    from the first bad rows alone)."""
-    words: dict[str, dict[str, int]] = {}
-    for e in errors:
-        if isinstance(e, NotALabel):
-            seen = words.setdefault(e.option, {})
-            seen[e.word] = seen.get(e.word, 0) + 1
-    out = []
-    for option, seen in words.items():
-        seen = dict(sorted(seen.items(), key=lambda x: -x[1]))  # the commonest first (stable: then as met)
-        listed = ", ".join(f"{w!r} ({n} row{'s' * (n > 1)})" for w, n in seen.items())
-        pairs = ",".join(f"{w}=LABEL" for w in seen)
-        option_text = f"\"{option}={pairs}\"" if not any(c in w for w in seen for c in ",=") else \
-            "'" + option + "=" + json.dumps(dict.fromkeys(seen, "LABEL"), ensure_ascii=False) + "'"
-        out.append(f"  no label{' in the bad rows listed' if partial else ''}: {listed}; where these are your "
-                   f"file's own words for labels, --task-option {option_text} reads each as its label "
-                   "(else correct those rows)")
-    if len(out) > 1:  # a row stops at its first bad cell: its other label's word is not counted
-        out.append("  (a row with two such cells is counted by its first)")
-    return out
 
 
 def file_options(task, delimiter: str | None = None, encoding: str = "utf-8", sheet: str | None = None) -> dict:

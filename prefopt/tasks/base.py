@@ -149,6 +149,14 @@ def word_map(option: str, value: dict | str | None, labels: list[str] | None) ->
     return out
 
 
+def map_option(mapping: dict[str, str]) -> str | dict[str, str]:
+    """``mapping`` as a map option's value, :func:`word_map`'s input: ``WORD=LABEL`` pairs split by
+    commas, or the mapping itself (a JSON object) where a word or label holds a comma or ``=``."""
+    if any("," in t or "=" in t for t in (*mapping, *mapping.values())):
+        return dict(mapping)
+    return ",".join(f"{w}={x}" for w, x in mapping.items())
+
+
 def _letters(label: str) -> str:
     """A label without its digits: ``grade 2`` and ``grade 3`` are the same here."""
     return "".join(ch for ch in label if not ch.isdigit())

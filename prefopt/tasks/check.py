@@ -6,6 +6,7 @@ repeats)."""
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import warnings
 from collections import Counter
@@ -15,8 +16,8 @@ from ..data import DataError, Records
 from ..data.check import SHOW_BAD, answer_line, bad_lines, check_data
 from ..data.records import ESCAPES, EscapedText, escape_counts
 from ..tokenizer import Tokenizer
-from ._io import read_past_bad_rows, unmapped_lines
-from .base import ClassificationTask, Task
+from ._io import NotALabel, read_past_bad_rows
+from .base import ClassificationTask, Task, map_option
 from .splits import mixed_labels
 
 
@@ -77,6 +78,30 @@ def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length:
         lines.append(f"  {mixed}")
     lines += [f"  {line}" for line in escape_lines(task, records, prompts)]
     return lines, len(bad), check.report.n_kept
+
+
+def unmapped_lines(errors: list, partial: bool = False) -> list[str]:
+    """For check-data: per map option, the words of the file's label cells that are no label
+    (:class:`NotALabel`), with their rows, and the option that maps them all (``partial``: read
+    from the first bad rows alone)."""
+    words: dict[str, dict[str, int]] = {}
+    for e in errors:
+        if isinstance(e, NotALabel):
+            seen = words.setdefault(e.option, {})
+            seen[e.word] = seen.get(e.word, 0) + 1
+    out = []
+    for option, seen in words.items():
+        seen = dict(sorted(seen.items(), key=lambda x: -x[1]))  # the commonest first (stable: then as met)
+        listed = ", ".join(f"{w!r} ({n} row{'s' * (n > 1)})" for w, n in seen.items())
+        value = map_option(dict.fromkeys(seen, "LABEL"))
+        option_text = f"\"{option}={value}\"" if isinstance(value, str) else \
+            f"'{option}={json.dumps(value, ensure_ascii=False)}'"
+        out.append(f"  no label{' in the bad rows listed' if partial else ''}: {listed}; where these are your "
+                   f"file's own words for labels, --task-option {option_text} reads each as its label "
+                   "(else correct those rows)")
+    if len(out) > 1:  # a row stops at its first bad cell: its other label's word is not counted
+        out.append("  (a row with two such cells is counted by its first)")
+    return out
 
 
 def coded_labels_line(task: ClassificationTask) -> str | None:
