@@ -330,13 +330,14 @@ def keyed_json(path: str | Path, encoding: str | None = None):
         while i < len(text) and text[i] != "}":
             line, counted = line + text.count("\n", counted, i), i
             key, end = _DECODER.raw_decode(text, i)
-            if not isinstance(key, str) or text[_skip_ws(text, end):_skip_ws(text, end) + 1] != ":":
+            colon = _skip_ws(text, end)
+            if not isinstance(key, str) or text[colon:colon + 1] != ":":
                 raise json.JSONDecodeError("Expecting a key and ':'", text, i)
+            start = _skip_ws(text, colon + 1)
             try:
-                value, end = _DECODER.raw_decode(text, _skip_ws(text, _skip_ws(text, end) + 1))
+                value, end = _DECODER.raw_decode(text, start)
             except RepeatedKey as e:  # (as _json: the record's end found without the hook)
-                value = DataError(path, line, e.args[0], REPEATED)
-                end = json.JSONDecoder().raw_decode(text, _skip_ws(text, _skip_ws(text, end) + 1))[1]
+                value, end = DataError(path, line, e.args[0], REPEATED), json.JSONDecoder().raw_decode(text, start)[1]
             yield line, key, DataError(path, line, None, f"record {key} is given twice (JSON keeps only the last)") \
                 if key in seen else value
             seen.add(key)
