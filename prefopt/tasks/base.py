@@ -135,9 +135,9 @@ def word_map(option: str, value: dict | str | None, labels: list[str] | None) ->
     pairs = value.items() if isinstance(value, dict) else [p.rpartition("=")[::2] if "=" in p else (p, None)
                                                            for p in str(value).split(",") if p.strip()]
     out: dict[str, str] = {}
-    for word, label in pairs:
+    for word, label in pairs or [("", None)]:  # a value of no pair (",") is a mistake, not "no map"
         word, label = str(word).strip().lower(), str(label).strip().lower() if label is not None else None
-        if not word or label is None:
+        if not word or not label:
             raise ValueError(f"{option}: expected WORD=LABEL pairs split by commas, or a JSON object "
                              f"{{\"WORD\": \"LABEL\"}}; got {value!r}")
         if labels is not None and label not in labels:

@@ -250,6 +250,9 @@ def test_a_generic_tasks_label_map_reads_a_files_codes_as_its_labels(tmp_path):
     with pytest.raises(ValueError, match=r"label_map: 3=cardiac: 'cardiac' is not one of the task's labels "
                                          r"\(neoplasms, digestive\)"):
         get_task("text_classification", labels="neoplasms,digestive", label_map="1=neoplasms,3=cardiac")
+    for empty in ("1=neoplasms,2=", ",", {"1": " "}):  # no label, or no pair: not read as "no map"
+        with pytest.raises(ValueError, match="label_map: expected WORD=LABEL pairs split by commas"):
+            get_task("text_classification", label_map=empty)
     n = tmp_path / "vitals.csv"
     n.write_text("hr;sbp;outcome\n120;85;0\n60;120;1\n")
     t = get_task("numeric_table", label_column="outcome", labels="well,sick", label_map="0=sick,1=well")

@@ -121,6 +121,9 @@ def test_the_hospitals_own_label_words_are_read_through_their_maps(tmp_path):
     for bad, message in [("Notfall=sofort", r"urgency_map: notfall=sofort: 'sofort' is not one of the task's labels "
                                             r"\(emergency, urgent, routine\)"),
                          ("Notfall", "urgency_map: expected WORD=LABEL pairs split by commas"),
+                         (" , ", "urgency_map: expected WORD=LABEL pairs split by commas"),
+                         ("=urgent", "urgency_map: expected WORD=LABEL pairs split by commas"),
+                         ("Notfall=", "urgency_map: expected WORD=LABEL pairs split by commas"),
                          ("eilig=urgent,EILIG=emergency", "urgency_map: 'eilig' is given twice, as 'urgent' and as "
                                                           "'emergency'")]:
         with pytest.raises(ValueError, match=message):
