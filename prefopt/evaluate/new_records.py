@@ -92,26 +92,36 @@ def prediction_rows(task, records, texts: list[str], ended: list[bool],
                     probabilities: list[dict[str, dict[str, float]]] | None = None, opened: bool = False) -> list[dict]:
     """One row per record: its input row's columns, then the parsed prediction
     (``predicted_<field>`` per labelled field, empty where the answer named none of the labels,
+    and where a map reads the field (``urgency_map``, ``label_map``) ``predicted_<field>_word``,
+    that label in the file's own word (:meth:`~prefopt.tasks.base.ClassificationTask.written`);
     each followed, where ``probabilities`` (:func:`~.confidence.label_probabilities`) are given,
     by ``confidence_<field>``, the probability the model gives that label, and
     ``likeliest_<field>``, the label it gives the highest probability; ``predicted`` for
     free text), the ``model_output`` it was parsed from, whether the model ``finished`` it
     (False: the ``max_new_tokens`` cap stopped it), and the ``record`` id. A column of the input
-    with one of those names is replaced (predictions run on a file of earlier predictions renew
-    them). A reasoning model's prediction is read after its reasoning (``opened``: the prompt
-    opened the block, :func:`~.runner.reasoning_opened`)."""
+    with one of those names is left out (predictions run on a file of earlier predictions renew
+    them, in a fresh run's places, and drop those this one does not write). A reasoning model's
+    prediction is read after its reasoning (``opened``: the prompt opened the block,
+    :func:`~.runner.reasoning_opened`)."""
     preds = [task.parse_output(text, record, opened) for text, record in zip(texts, records)]
     if probabilities is None:
         sure = best = [None] * len(records)
     else:
         sure, best = chosen(task, preds, probabilities), likeliest(task, probabilities)
+    worded = {k for k, mapping in getattr(task, "maps", {}).items() if mapping}
+    fields = [f.name for f in getattr(task, "fields", ())]
+    owned = {"model_output", "finished", "record", *([] if fields else ["predicted"]),
+             *(f"{head}_{k}{tail}" for k in fields
+               for head, tail in [("predicted", ""), ("predicted", "_word"), ("confidence", ""), ("likeliest", "")])}
     rows = []
     for record, text, done, pred, confidence, top in zip(records, texts, ended, preds, sure, best):
-        row = {k: v for k, v in record.meta.get("row", {}).items()
-               if str(k).strip() and not str(k).startswith("_")}  # not a trailing ";;"'s nameless columns
+        row = {k: v for k, v in record.meta.get("row", {}).items()  # not a trailing ";;"'s nameless columns,
+               if str(k).strip() and not str(k).startswith("_") and k not in owned}  # nor an earlier prediction
         if isinstance(pred, dict):
             for k, v in pred.items():
                 row[f"predicted_{k}"] = v or ""
+                if k in worded:
+                    row[f"predicted_{k}_word"] = task.written(v, k) if v else ""
                 if confidence is not None:
                     row[f"confidence_{k}"] = "" if confidence[k] is None else round(confidence[k], 4)
                     row[f"likeliest_{k}"] = top[k]

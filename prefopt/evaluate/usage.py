@@ -11,7 +11,7 @@ from pathlib import Path
 from ..lora import describe
 from ..lora_files import read_adapter_config
 from ..lora_stack import is_stacked
-from ..tasks.base import map_option
+from ..tasks.base import WordMap, map_option
 from .cli import REPEAT_FLAGS
 from .confidence import scorable
 from .runner import DECODING
@@ -33,7 +33,7 @@ def eval_flags(cfg, task, metrics: dict) -> list[str]:
         labels = task.fields[0].labels
         options["labels"] = labels if any("," in x for x in labels) else ",".join(labels)
         if options.get("label_map"):  # a mapped label no row of the run held is not among these: eval would refuse it
-            kept = {w: x for w, x in task.label_map.items() if x in labels}
+            kept = WordMap({w: x for w, x in task.label_map.items() if x in labels}, task.label_map.spelt)
             options["label_map"] = map_option(kept)
             if not kept:
                 del options["label_map"]

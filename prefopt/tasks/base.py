@@ -125,18 +125,32 @@ def name_list(option: str, value: list[str] | str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def word_map(option: str, value: dict | str | None, labels: list[str] | None) -> dict[str, str]:
+class WordMap(dict):
+    """:func:`word_map`'s answer: each word, lower-cased, to its label; ``spelt``: each word as the
+    option wrote it (``Notfall`` for ``notfall``), for writing a label back in the file's words."""
+
+    def __init__(self, pairs=(), spelt: dict[str, str] | None = None):
+        super().__init__(pairs)
+        self.spelt = dict(spelt or {})
+
+    def written(self, label: str) -> str:
+        """``label`` in the file's word: the first word the map gives it, as the option spelt it;
+        the label itself where no word is mapped to it (the file holds it as it is)."""
+        return next((self.spelt.get(w, w) for w, x in self.items() if x == label), label)
+
+
+def word_map(option: str, value: dict | str | None, labels: list[str] | None) -> WordMap:
     """A task's map from a file's own words to its labels (``--task-option
     urgency_map="Notfall=emergency,dringend=urgent"``, or a JSON object): each word lower-cased,
     mapped to one of ``labels`` (None: to any label, lower-cased). A label not among them, a pair
     without ``=`` or a word given twice is a ValueError that names ``option``."""
     if not value:
-        return {}
+        return WordMap()
     pairs = value.items() if isinstance(value, dict) else [p.rpartition("=")[::2] if "=" in p else (p, None)
                                                            for p in str(value).split(",") if p.strip()]
-    out: dict[str, str] = {}
-    for word, label in pairs or [("", None)]:  # a value of no pair (",") is a mistake, not "no map"
-        word, label = str(word).strip().lower(), str(label).strip().lower() if label is not None else None
+    out = WordMap()
+    for given, label in pairs or [("", None)]:  # a value of no pair (",") is a mistake, not "no map"
+        word, label = str(given).strip().lower(), str(label).strip().lower() if label is not None else None
         if not word or not label:
             raise ValueError(f"{option}: expected WORD=LABEL pairs split by commas, or a JSON object "
                              f"{{\"WORD\": \"LABEL\"}}; got {value!r}")
@@ -146,14 +160,18 @@ def word_map(option: str, value: dict | str | None, labels: list[str] | None) ->
         if out.get(word, label) != label:
             raise ValueError(f"{option}: {word!r} is given twice, as {out[word]!r} and as {label!r}")
         out[word] = label
+        out.spelt.setdefault(word, str(given).strip())
     return out
 
 
 def map_option(mapping: dict[str, str]) -> str | dict[str, str]:
     """``mapping`` as a map option's value, :func:`word_map`'s input: ``WORD=LABEL`` pairs split by
-    commas, or the mapping itself (a JSON object) where a word or label holds a comma or ``=``."""
+    commas, or the mapping itself (a JSON object) where a word or label holds a comma or ``=``. A
+    :class:`WordMap`'s words are written as its option spelt them."""
+    spelt = getattr(mapping, "spelt", {})
+    mapping = {spelt.get(w, w): x for w, x in mapping.items()}
     if any("," in t or "=" in t for t in (*mapping, *mapping.values())):
-        return dict(mapping)
+        return mapping
     return ",".join(f"{w}={x}" for w, x in mapping.items())
 
 
@@ -172,7 +190,7 @@ class ClassificationTask(Task):
     max_new_tokens = 16
     primary = "macro_f1"
     labels_given = False  # a generic task given its labels: rows must hold one of them (own_label)
-    maps: dict[str, dict[str, str]] = {}  # each label field's map from a file's own words to its labels (word_map)
+    maps: dict[str, WordMap] = {}  # each label field's map from a file's own words to its labels (word_map)
     RARE, COMMON = 3, 10  # labels_read's rare and common classes, in rows
 
     def __init__(self, fields: list[LabelField]):
@@ -195,6 +213,12 @@ class ClassificationTask(Task):
         """A label cell of ``field`` as its label: lower-cased, through that field's map (``maps``)."""
         word = cell.strip().lower()
         return self.maps.get(field, {}).get(word, word)
+
+    def written(self, label: str, field: str) -> str:
+        """``label`` of ``field`` in the file's own word, where a map reads that field
+        (:meth:`WordMap.written`); else the label."""
+        mapping = self.maps.get(field)
+        return mapping.written(label) if isinstance(mapping, WordMap) else label
 
     def label_of(self, raw: str) -> str:
         """A generic task's label cell as its label (:meth:`mapped`)."""

@@ -73,7 +73,7 @@ def test_labels_read_off_the_runs_data_are_pinned(tmp_path):
     task = get_task("text_classification", **cfg.task_options)
     task.load(data)
     flags = eval_flags(cfg, task, {})
-    assert flags == ["--task-option", "label_map=u=urgent,r=routine", "--task-option", "labels=routine,soon,urgent"]
+    assert flags == ["--task-option", "label_map=u=urgent,R=routine", "--task-option", "labels=routine,soon,urgent"]
     assert get_task("text_classification", **key_values(flags[1::2])).load(other)[0].prompt == prompt
     cfg.task_options = {"label_map": "x=never seen"}  # no entry left: no option
     task = get_task("text_classification", **cfg.task_options)

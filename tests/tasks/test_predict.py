@@ -173,6 +173,41 @@ def test_prediction_table_keeps_the_input_and_reads_back(tmp_path):
     assert list(prediction_rows(task, again, texts, [True] * 3)[0]) == list(rows[0])  # renewed, not doubled
 
 
+def test_a_mapped_fields_prediction_is_also_written_in_the_files_own_word(tmp_path):
+    """Where a map reads a field (the hospital's ``Notfall`` for ``emergency``), its prediction is
+    also written in that word, as the option spelt it (the first word given for the label; a label
+    no word maps to, as itself). Predicting on that table again, without the maps and confidence,
+    drops the columns it no longer writes: the layout is a fresh run's."""
+    data = _csv(tmp_path / "export.csv", [{"Nachricht": "Brustschmerz seit einer Stunde"},
+                                          {"Nachricht": "Rezept bitte"}, {"Nachricht": "Termin verschieben?"}], ";")
+    task = get_task("portal", message_column="Nachricht", urgency_map="Notfall=emergency,SOFORT=emergency,"
+                    "dringend=urgent", staff_map={"Apotheke": "pharmacist", "Ärztin": "physician"})
+    records = task.read(str(data), labelled=False)
+    texts = ["Urgency: emergency\nStaff: physician", "Urgency: routine\nStaff: pharmacist", "not sure"]
+    sure = {"urgency": {"emergency": 0.7, "urgent": 0.2, "routine": 0.1},
+            "staff": {"physician": 0.5, "nurse": 0.2, "pharmacist": 0.2, "front desk": 0.1}}
+    rows = prediction_rows(task, records, texts, [True, True, False], [sure] * 3)
+    assert [(r["predicted_urgency"], r["predicted_urgency_word"], r["predicted_staff"], r["predicted_staff_word"])
+            for r in rows] == [("emergency", "Notfall", "physician", "Ärztin"),
+                               ("routine", "routine", "pharmacist", "Apotheke"), ("", "", "", "")]
+    assert list(rows[0]) == ["Nachricht", "predicted_urgency", "predicted_urgency_word", "confidence_urgency",
+                             "likeliest_urgency", "predicted_staff", "predicted_staff_word", "confidence_staff",
+                             "likeliest_staff", "model_output", "finished", "record"]
+    assert counts(task, rows)["labels"]["urgency"] == {"emergency": 1, "routine": 1}  # counted in the labels
+    out = tmp_path / "predictions.csv"
+    out.write_text(table_text(rows, "csv", ";"), encoding="utf-8")
+    plain = get_task("portal", message_column="Nachricht")
+    again = prediction_rows(plain, plain.read(str(out), labelled=False), texts, [True] * 3)
+    fresh = prediction_rows(plain, plain.read(str(data), labelled=False), texts, [True] * 3)
+    assert list(again[0]) == list(fresh[0]) == ["Nachricht", "predicted_urgency", "predicted_staff", "model_output",
+                                                "finished", "record"]
+    assert [r["predicted_urgency"] for r in again] == ["emergency", "routine", ""]
+    coded = get_task("text_classification", labels="neoplasms,digestive", label_map="1=neoplasms,2=digestive")
+    notes = coded.read(str(_csv(tmp_path / "notes.csv", [{"text": "lump"}, {"text": "heartburn"}])), labelled=False)
+    assert [(r["predicted_label"], r["predicted_label_word"]) for r in prediction_rows(
+        coded, notes, ["neoplasms", "Digestive."], [True] * 2)] == [("neoplasms", "1"), ("digestive", "2")]
+
+
 def test_a_reasoning_models_prediction_is_read_after_its_reasoning(tmp_path):
     """The table's prediction is what follows ``</think>`` (the reasoning names other labels);
     the model_output column keeps it all; with a prompt that opened the block, an output that
