@@ -61,7 +61,8 @@ class NotALabel(DataError):
 
     def __init__(self, path, line: int, column: str, word: str, labels: str, option: str, words=()):
         self.word, self.option = word, option
-        known = f" nor of {option}'s words ({', '.join(words)})" if words else ""
+        spelt = getattr(words, "spelt", {})  # a WordMap's words as its option wrote them
+        known = f" nor of {option}'s words ({', '.join(spelt.get(w, w) for w in words)})" if words else ""
         super().__init__(path, line, column, f"{word!r} is not one of {labels}{known}; --task-option "
                                              f"{option}=\"{word}=LABEL\" reads a word of your file's as a label")
 

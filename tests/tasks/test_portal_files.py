@@ -111,7 +111,7 @@ def test_the_hospitals_own_label_words_are_read_through_their_maps(tmp_path):
         get_task("portal", encoding="cp1252", **COLUMNS, urgency_map=maps["urgency_map"]).read(str(data))
     misspelt = _export(tmp_path / "r.csv", [words[0], ("x", "Routinee", "Pflege")])
     with pytest.raises(DataError, match=r"r.csv:3: field 'Dringlichkeit': 'routinee' is not one of .* nor of "
-                                        r"urgency_map's words \(notfall, dringend\)"):
+                                        r"urgency_map's words \(Notfall, dringend\)"):
         get_task("portal", encoding="cp1252", **COLUMNS, urgency_map="Notfall=emergency,dringend=urgent",
                  staff_map=maps["staff_map"]).read(str(misspelt))
     # a column of the hospital's words is found by them where its name is not the task's
