@@ -52,7 +52,8 @@ def main() -> None:
     split = json.loads((a.run / "split.json").read_text())
     task = get_task(compare["task"], **compare.get("task_options", {}))
     by_id = {r.id: r for r in task.read(compare.get("data"))}
-    test = [by_id[i] for i in split["test"]]
+    tested = {r.id: r for r in task.read(compare["test_data"])} if compare.get("test_data") else by_id
+    test = [tested[i] for i in split["test"]]
     val_ids = set(random.Random(a.seed).sample(sorted(split["train"]), a.val))
     val = [by_id[i] for i in sorted(val_ids)]
     pairs = [json.loads(line) for line in (a.run / "data" / "pairs.jsonl").read_text().splitlines() if line]

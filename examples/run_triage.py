@@ -11,6 +11,7 @@ verdicts and where the report is. ``make demo`` runs it with the quick preset.
         --task-option message_column=Nachricht --task-option urgency_column=Dringlichkeit \\
         --task-option staff_column=Team  # your own portal messages, as Excel saved them
         # [--task-option "urgency_map=Notfall=emergency,dringend=urgent,Routine=routine"]: its own label words
+        # [--test-data december.csv]: test on a later month's messages, all of them; export.csv trains
     .venv/bin/python examples/run_triage.py --loss rpo --output runs/triage-rpo
     .venv/bin/python examples/run_triage.py --loss rpo --output runs/triage-rpo --from runs/triage-demo  # DPO only
     .venv/bin/python examples/run_triage.py --preset full --estimate-memory cuda  # will each stage fit?
@@ -40,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--task", default="portal", choices=["portal", "ktas"])
     ap.add_argument("--data", help="data file (default: the bundled synthetic portal messages)")
+    ap.add_argument("--test-data", metavar="PATH", help="messages to test on, all of them (a later month's, another "
+                    "site's), read as --data is; --data then trains alone (default: a seeded share of --data)")
     ap.add_argument("--task-option", action="append", metavar="KEY=VALUE",
                     help="a task option, e.g. message_column=Nachricht or encoding=cp1252 for your own portal "
                     "messages (repeatable; see prefopt eval --help)")
@@ -65,7 +68,8 @@ def rpo_next(a: argparse.Namespace) -> str:
     model: its settings and :func:`~prefopt.evaluate.report.rpo_from`."""
     args = ["--preset", a.preset, "--seed", str(a.seed)]
     for flag, value, default in (("--model", a.model, "smollm2-135m"), ("--task", a.task, "portal"),
-                                 ("--data", a.data, None), ("--strategy", a.strategy, "wrong_label")):
+                                 ("--data", a.data, None), ("--test-data", a.test_data, None),
+                                 ("--strategy", a.strategy, "wrong_label")):
         if value != default:
             args += [flag, value]
     args += [x for kv in a.task_option or [] for x in ("--task-option", kv)]
@@ -78,7 +82,8 @@ def rpo_next(a: argparse.Namespace) -> str:
 def main() -> None:
     a = parser().parse_args()
     t0 = time.perf_counter()
-    cfg = CompareConfig(task=a.task, model=a.model, output=a.output, data=a.data, preset=a.preset, strategy=a.strategy,
+    cfg = CompareConfig(task=a.task, model=a.model, output=a.output, data=a.data, test_data=a.test_data,
+                        preset=a.preset, strategy=a.strategy,
                         loss=a.loss, seed=a.seed, overrides=key_values(a.set), device=a.device, eval_dtype=a.eval_dtype,
                         start_from=a.start_from, task_options=key_values(a.task_option))
     if a.estimate_memory:

@@ -92,7 +92,7 @@ def _eval(args) -> int:
     device, dtype = resolve(args.device, args.dtype)  # a device this machine lacks stops here, before any work
     records = read_labelled(task, args.data)
     if args.split_file:
-        records = _from_split_file(records, args.split_file)
+        records = _from_split_file(records, args.split_file, args.data)
     elif args.split == "test":
         records = split_records(records, test=args.test, seed=args.seed)["test"]
     if args.limit:
@@ -319,13 +319,23 @@ def _test_against(task, records: list, against: list[dict], args, name: str) -> 
     print(f"prefopt eval: {item_test_line(task, {f'{name} vs {args.against}': c})}")
 
 
-def _from_split_file(records: list, path: str) -> list:
-    """The records named in the ``"test"`` list of a compare run's ``split.json``, in its order."""
+def _from_split_file(records: list, path: str, data: str | None) -> list:
+    """The records named in the ``"test"`` list of a compare run's ``split.json``, in its order. A
+    run given ``--test-data`` took them from that file, whose ids another file may hold too: the
+    records must be read from it (``data``)."""
+    from pathlib import Path
+
     from ..fileio import read_json
+    from .compare_config import same_path
 
     ids = read_json(path).get("test")
     if not isinstance(ids, list):
         raise ValueError(f"{path}: not a compare split.json (no \"test\" list of record ids)")
+    config = Path(path).with_name("compare_config.json")
+    tested = read_json(config).get("test_data") if config.is_file() else None
+    if tested and not same_path(tested, data):
+        raise ValueError(f"{path}: its run tested on --test-data {tested}, not on {data or 'the bundled data'}: "
+                         f"pass --data {tested}")
     by_id = {r.id: r for r in records}
     missing = [i for i in ids if i not in by_id]
     if missing:

@@ -131,12 +131,41 @@ def _fit_test_size(cfg: CompareConfig, s: dict, records: list, say: Callable[[st
              f"{max(n - t, 0)} to train on (--set test=N to choose)")
 
 
-def _split(cfg: CompareConfig, records: list, s: dict) -> dict:
+def _split(cfg: CompareConfig, records: list, s: dict, tested: list | None, say: Callable[[str], None]) -> dict:
     """The seeded train/val/test split; made before the run claims its folder, so sizes that leave
-    nothing to train on stop it there."""
-    from ..tasks import split_records
+    nothing to train on stop it there. ``tested``: ``--test-data``'s records, the test set as
+    they are (the data's records of the same text left out of training, and said)."""
+    from ..tasks import split_records, split_with_test
 
-    return split_records(records, test=s["test"], val=s["val"] or 0, seed=cfg.seed, max_train=s["max_train"])
+    if tested is None:
+        return split_records(records, test=s["test"], val=s["val"] or 0, seed=cfg.seed, max_train=s["max_train"])
+    splits, dropped = split_with_test(records, tested, val=s["val"] or 0, seed=cfg.seed, max_train=s["max_train"])
+    if dropped:
+        say(f"{dropped} of {len(records)} records of {cfg.data or 'the bundled data'} are also in --test-data "
+            f"{cfg.test_data} (the same text): left out of training")
+    return splits
+
+
+def _test_records(cfg: CompareConfig, task, say: Callable[[str], None]) -> list | None:
+    """``--test-data``'s records, read as the data's are (after them: a classifier that reads its
+    labels off the data keeps those), or None. A label no training record holds is refused: the
+    prompt would not offer it and no answer could be right."""
+    from ..tasks import ClassificationTask, mixed_labels
+    from ..tasks.check import escape_lines, read_labelled
+
+    if not cfg.test_data:
+        return None
+    tested = read_labelled(task, cfg.test_data)
+    for f in task.fields if isinstance(task, ClassificationTask) else ():
+        if r := next((r for r in tested if r.labels.get(f.name) not in f.labels), None):
+            raise ValueError(f"--test-data {cfg.test_data}: record {r.id!r}: {f.name} {r.labels.get(f.name)!r} is "
+                             f"none of the labels the training data holds ({', '.join(f.labels)}); "
+                             "--task-option labels=... offers it in the prompt anyway (or leave those records out)")
+    if mixed := mixed_labels(tested):
+        say(f"--test-data: {mixed}")
+    for line in escape_lines(task, tested):
+        say(f"{cfg.test_data}: {line}")
+    return tested
 
 
 def _start_from(cfg: CompareConfig, out: Path, say: Callable[[str], None]) -> tuple[CompareConfig, dict | None]:
@@ -434,8 +463,10 @@ def _checked(cfg: CompareConfig, say: Callable[[str], None]) -> _Checked:
         say(mixed)
     for line in escape_lines(task, records):  # said here by record, not by the stages' files' lines
         say(f"{cfg.data or task.name}: {line}")
-    _fit_test_size(cfg, s, records, say)
-    splits = _split(cfg, records, s)
+    tested = _test_records(cfg, task, say)
+    if tested is None:
+        _fit_test_size(cfg, s, records, say)
+    splits = _split(cfg, records, s, tested, say)
     given = None
     if cfg.strategy == "ranked":  # given pairs on held-out items are left out
         kept, left = given_pairs.held_out(Path(cfg.pairs), {"test": splits["test"], "validation": splits["val"]},
@@ -447,6 +478,8 @@ def _checked(cfg: CompareConfig, say: Callable[[str], None]) -> _Checked:
     tok = load_tokenizer(cfg.model)
     require_chat(tok, cfg.model)
     check_prompts(tok, task, records, cfg.data, targets=True)  # what its stages ask and train on
+    if tested is not None:
+        check_prompts(tok, task, tested, cfg.test_data)
     if "lm_head" in (s["lora_targets"] or ()):
         _refuse_tied_head(cfg.model)
     if s["lora_experts"]:
@@ -457,7 +490,8 @@ def _checked(cfg: CompareConfig, say: Callable[[str], None]) -> _Checked:
     if judge_tok is not None:  # it reads the answers as a chat too
         require_chat(judge_tok, cfg.judge)
     if s["max_new_tokens"] is None:
-        s["max_new_tokens"], note = choose_max_new_tokens(task, tok, records, "--set max_new_tokens=N")
+        s["max_new_tokens"], note = choose_max_new_tokens(task, tok, records + (tested or []),
+                                                          "--set max_new_tokens=N")
         if note:
             say(note)
     out = Path(cfg.output)

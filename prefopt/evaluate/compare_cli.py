@@ -19,6 +19,10 @@ def add_commands(sub, common: argparse.ArgumentParser, shown: dict) -> None:
                        **shown)
     c.add_argument("--preset", choices=sorted(PRESETS), default="quick",
                    help="quick: 160 training items, fixed steps, minutes on a CPU; full: all the data, epochs")
+    c.add_argument("--test-data", metavar="PATH", help="labelled records of the same task to test every stage on, "
+                   "all of them, read as --data is (the same --task-option's): a later period's (temporal "
+                   "validation) or another site's; --data then trains (and validates) alone, less any record of the "
+                   "same text (default: a seeded share of --data, the preset's test)")
     c.add_argument("--strategy", choices=STRATEGIES, default="wrong_label",
                    help="how DPO's rejected answers are made (ranked: given pairs, see --pairs)")
     c.add_argument("--pairs", help="ranked: a file of prompt/chosen/rejected pairs to train DPO on (JSONL, CSV, ...)")
@@ -94,7 +98,8 @@ def compare_command(args: argparse.Namespace) -> int:
     if not args.model:
         raise ValueError("--model is needed: the model compare trains and evaluates")
     overrides = key_values(args.set)
-    cfg = CompareConfig(task=args.task, model=args.model, output=args.output, data=args.data, preset=args.preset,
+    cfg = CompareConfig(task=args.task, model=args.model, output=args.output, data=args.data,
+                        test_data=args.test_data, preset=args.preset,
                         task_options=task_options_of(args), strategy=args.strategy, pairs=args.pairs,
                         pairs_encoding=args.pairs_encoding, pairs_sheet=args.pairs_sheet,
                         pairs_columns=args.pairs_columns, loss=args.loss,

@@ -94,6 +94,9 @@ class CompareConfig:
     model: str
     output: str
     data: str | None = None  # None: the task's bundled data (portal)
+    # labelled records of the same task to test on, as they are (a later period's, another site's); data then makes
+    # the training (and validation) records alone. None: a seeded share of data is the test set
+    test_data: str | None = None
     preset: str = "quick"
     task_options: dict = field(default_factory=dict)
     strategy: str = "wrong_label"  # or wrong_label_hardest, model_errors, ranked (needs pairs)
@@ -161,6 +164,11 @@ class CompareConfig:
                              + (f"; {', '.join(where)} {'is' if len(where) == 1 else 'are'} not a preset setting: "
                                 f"pass {' and '.join('--' + w.replace('_', '-') for w in where)}" if where
                                 else f"; the settings: {', '.join(known)}"))
+        if self.test_data is not None and "test" in self.overrides:
+            raise ValueError(f"--set test={self.overrides['test']}: the test set is --test-data {self.test_data}'s "
+                             "records, all of them; leave test out (or --test-data, to test on a share of --data)")
+        if self.test_data is not None and not Path(self.test_data).exists():
+            raise FileNotFoundError(f"--test-data {self.test_data}: no such file")
         s = {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}
         check_numbers(s)
         check_settings(s)
@@ -335,7 +343,7 @@ def _flat(config: dict) -> dict:
 
 
 # settings that name a file or folder: two spellings of one path (relative and absolute, a link) are the same
-_PATHS = ("model", "data", "pairs", "judge")
+_PATHS = ("model", "data", "test_data", "pairs", "judge")
 
 
 def same_path(a, b) -> bool:

@@ -62,7 +62,8 @@ def pool_seeds(runs: list[str | Path], output: str | Path) -> dict:
     configs, reports, outputs = read_runs(runs)
     first = configs[0]
     cfg = CompareConfig(task=first["task"], model=first["model"], output=str(output),
-                        loss=first.get("loss", "sigmoid"), preset=first.get("preset", "quick"))
+                        loss=first.get("loss", "sigmoid"), preset=first.get("preset", "quick"),
+                        test_data=first.get("test_data"))
     summary = summarize(cfg, reports, outputs)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,8 @@ def add_commands(sub) -> None:
     p.add_argument("--format", choices=FORMATS, default="xlsx", help="the sheet's format (default xlsx)")
     p.add_argument("--no-reference", action="store_true", help="leave the reference answers out of the sheet "
                    "(rate each answer on its own)")
-    p.add_argument("--data", help="the data the run read, where its path has moved since (default: the run's)")
+    p.add_argument("--data", help="the data the run read its test items from, where its path has moved since "
+                   "(default: the run's --test-data, else its --data)")
     p.set_defaults(func=_sheet)
 
     r = sub.add_parser("rating-report", help="the clinicians' filled rating sheets read against their key: each "
@@ -59,10 +60,10 @@ def _sheet(args: argparse.Namespace) -> int:
         raise ValueError(f"--stages {args.stages}: name each of base, sft and dpo once at most")
     read = rating_sheet.run_answers(run, stages)  # a folder that is no finished run: said before the data
     config = read[0]
-    data = args.data or config.get("data")
+    data = args.data or config.get("test_data") or config.get("data")  # where its test items are
     if data and not Path(data).exists():
-        raise FileNotFoundError(f"--from {run}: its data {data} is not there (the run read it from another folder?): "
-                                "pass --data PATH")
+        raise FileNotFoundError(f"--from {run}: its {'test ' if config.get('test_data') else ''}data {data} is not "
+                                "there (the run read it from another folder?): pass --data PATH")
     task = get_task(config["task"], **(config.get("task_options") or {}))
     records = {r.id: r for r in read_labelled(task, data)}
     rows, key = rating_sheet.build(run, records, stages, items=args.items, seed=args.seed,

@@ -271,6 +271,12 @@ def _chosen(stats: dict) -> str:
             f"validation items (see Training)")
 
 
+def _tested_on(cfg) -> str:
+    """`` (all of `later.csv`, --test-data)`` where the test set was given, not drawn from the data."""
+    test_data = getattr(cfg, "test_data", None)  # a report rebuilt for a run from before it has none
+    return f" (all of `{test_data}`, --test-data)" if test_data else ""
+
+
 def _left_out(out: Path) -> str:
     """The given pairs left out for their held-out prompts (``data/pairs_report.json``), in words."""
     path = out / "data" / "pairs_report.json"
@@ -298,7 +304,8 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
     chat_vars = getattr(cfg, "chat_vars", None)  # a report rebuilt for a run from before them has none
     lines = [f"# prefopt compare: {task.name}", "",
              f"Model `{cfg.model}`; data `{cfg.data or 'bundled'}`; preset `{cfg.preset}`; seed {cfg.seed}; "
-             f"{len(test)} test items; DPO pairs by `{cfg.strategy}`{_left_out(out)}, loss `{cfg.loss}`{_variants(cfg)}"
+             f"{len(test)} test items{_tested_on(cfg)}; DPO pairs by `{cfg.strategy}`{_left_out(out)}, "
+             f"loss `{cfg.loss}`{_variants(cfg)}"
              f"{_chosen(stats)}"
              + (f"; the chat template given `{describe_chat_vars(chat_vars)}`" if chat_vars else "")
              + (f"; both stages trained on a {dtype} base" if (dtype := _train_dtype(cfg)) != "float32" else "")
@@ -345,8 +352,9 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
                      f"{v.get('mcnemar', v.get('item_wilcoxon'))['p_value']:.3g} | {_fmt(w)} |")
     lines += ["", f"Paired bootstrap: {cfg.n_resamples} resamples of the test items (seed {cfg.seed}), percentile CI; "
               f"significance at p < {ALPHA}. Small test sets give wide CIs: read them before the point estimates. "
-              "The seed drew this test split and training's randomness once; `--seeds 0,1,2` runs the comparison "
-              "on three and pools them (docs/evaluation.md, \"Over seeds\")."]
+              + ("The test set is `--test-data`'s, whatever the seed; the seed drew training's randomness once"
+                 if getattr(cfg, "test_data", None) else "The seed drew this test split and training's randomness once")
+              + "; `--seeds 0,1,2` runs the comparison on three and pools them (docs/evaluation.md, \"Over seeds\")."]
     if task.kind == "generation":  # what the study's physicians rated; ROUGE and a judge stand in for them
         lines += ["", "Whether clinicians prefer one stage's answers is what ROUGE cannot say: `prefopt rating-sheet "
                   f"--from {shlex.quote(str(getattr(cfg, 'output', None) or out))}` writes them a blinded sheet of "

@@ -197,7 +197,8 @@ def summarize(cfg: CompareConfig, reports: dict[int, dict], outputs: dict[int, s
             key = f"{a}->{b}"
             pool[key] = pooled([x[key]["delta"] for x in runs], [se_of(x[key]) for x in runs])
     return {"task": first["task"], "model": first["model"], "metric": first["metric"], "loss": cfg.loss,
-            "preset": cfg.preset, "output": str(cfg.output), "seeds": list(reports), "runs": runs, "pooled": pool}
+            "preset": cfg.preset, "output": str(cfg.output), "seeds": list(reports), "runs": runs, "pooled": pool,
+            "test_data": getattr(cfg, "test_data", None)}
 
 
 def paired_figures(cmp: dict) -> dict:
@@ -246,7 +247,9 @@ def markdown(summary: dict, plot: str | None = None) -> list[str]:
     m = summary["metric"]
     lines = [f"# {summary['task']}: base → SFT → SFT+DPO over seeds {', '.join(map(str, summary['seeds']))}", "",
              f"Model `{summary['model']}`, preset `{summary['preset']}`, DPO loss `{summary['loss']}`; metric {m}. "
-             "Each seed draws its own test split and training randomness; " + _where(summary), "",
+             + (f"Every seed tests on `{summary['test_data']}` (--test-data) and draws its own training randomness; "
+                if summary.get("test_data") else "Each seed draws its own test split and training randomness; ")
+             + _where(summary), "",
              "| seed | test items | base | SFT | SFT+DPO | SFT vs base: Δ [95% CI], p "
              "| SFT+DPO vs SFT: Δ [95% CI], p |",
              "|---|---|---|---|---|---|---|"]

@@ -21,7 +21,7 @@ from .base import ClassificationTask, GenerationTask, LabelField, Record, Task
 from .numeric import NumericTable, UCIHeart
 from .pairs import STRATEGIES, model_error_pairs, wrong_label_pairs
 from .reasoning import MedQA, MedQAOpen, PubMedQA
-from .splits import count_groups, mixed_labels, sample_records, split_records
+from .splits import count_groups, mixed_labels, sample_records, split_records, split_with_test
 from .summarization import ACIBench, MeQSum, Summarization
 from .text_classification import MedicalAbstracts, TextClassification
 from .triage import KTAS, PORTAL_DATA, PortalTriage
@@ -79,4 +79,4 @@ def task_options(name: str) -> dict:
 
 __all__ = ["FAMILIES", "PORTAL_DATA", "STRATEGIES", "TASKS", "ClassificationTask", "GenerationTask", "LabelField",
            "Record", "Task", "count_groups", "get_task", "mixed_labels", "model_error_pairs", "sample_records",
-           "split_records", "task_options", "wrong_label_pairs"]
+           "split_records", "split_with_test", "task_options", "wrong_label_pairs"]

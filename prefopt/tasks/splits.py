@@ -81,6 +81,21 @@ def split_records(records: list[Record], *, test: int | float = 0.2, val: int | 
     return flat
 
 
+def split_with_test(records: list[Record], tested: list[Record], *, val: int | float = 0.0, seed: int = 0,
+                    max_train: int | None = None) -> tuple[dict[str, list[Record]], int]:
+    """``({"train", "val", "test"}, how many of records were left out)`` where the test set is given
+    (``tested``: a later period's records, another site's): ``test`` is ``tested`` as it is, and
+    ``records`` make train and val (:func:`split_records`) less those whose prompt a test record
+    has too (up to whitespace: the same text), which would leak into training."""
+    held = {_group_key(r) for r in tested}
+    kept = [r for r in records if _group_key(r) not in held]
+    if not kept:
+        raise ValueError(f"split: every one of the {len(records)} training records is also a test record "
+                         "(the same text); nothing is left to train on")
+    splits = split_records(kept, test=0, val=val, seed=seed, max_train=max_train)
+    return {**splits, "test": list(tested)}, len(records) - len(kept)
+
+
 def sample_records(records: list[Record], k: int, *, seed: int = 0) -> list[Record]:
     """At most ``k`` records, a seeded sample that keeps the class mix (each label stratum gets
     its share, largest remainder), in the order they came. ``records[:k]`` would not: a split's
