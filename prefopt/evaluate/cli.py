@@ -94,7 +94,7 @@ def _eval(args) -> int:
     if args.split_file:
         records = _from_split_file(records, args.split_file, args.data)
     elif args.split == "test":
-        records = split_records(records, test=args.test, seed=args.seed)["test"]
+        records = split_records(records, test=args.test, seed=args.seed, group_by=args.group_by)["test"]
     if args.limit:
         records = sample_records(records, args.limit, seed=args.seed)
     against = _against_rows(args.against, records) if args.against else None  # before any model loads
@@ -268,7 +268,8 @@ def _evaluated(args) -> dict:
         return str(Path(name).resolve()) if name and Path(name).exists() else name
 
     items = {"split_file": where(args.split_file)} if args.split_file else \
-        {"split": args.split} | ({"test": args.test} if args.split == "test" else {})
+        {"split": args.split} | ({"test": args.test} if args.split == "test" else {}) \
+        | ({"group_by": args.group_by} if args.split == "test" and args.group_by else {})
     return {"task": args.task, "task_options": task_options_of(args), "data": where(args.data) or "the task's bundled "
             "data", **items, "limit": args.limit, "seed": args.seed, "model": where(args.model),
             "adapter": where(args.adapter)}
@@ -455,6 +456,8 @@ def add_commands(sub) -> None:
     e.add_argument("--split", choices=["test", "all"], default="test",
                    help="the seeded test split (as compare makes it) or every record")
     e.add_argument("--test", type=share_or_count, default=0.2, help="test fraction (<1) or count")
+    e.add_argument("--group-by", metavar="COLUMN", help="as compare's --set group_by: records with the same value "
+                   "in this column (a patient's id) go to one split, the test count being of groups")
     e.add_argument("--split-file", help="a compare run's split.json: evaluate exactly its test items (a compare "
                    "adapter was trained on that run's train items, which another split may include)")
     e.add_argument("--limit", type=positive_int, help="at most this many records: a seeded sample that keeps the class mix")

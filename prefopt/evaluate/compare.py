@@ -124,25 +124,31 @@ def _fit_test_size(cfg: CompareConfig, s: dict, records: list, say: Callable[[st
     ``--set test`` chose it."""
     from ..tasks import count_groups
 
-    n, t = count_groups(records), s["test"]
+    n, t = count_groups(records, s["group_by"]), s["test"]
     if t >= 1 and 2 * t > n and "test" not in cfg.overrides:
         s["test"] = max(1, round(0.2 * n))
-        say(f"test {s['test']} of {n} items (a fifth), not the {cfg.preset} preset's {t}, which would leave "
-             f"{max(n - t, 0)} to train on (--set test=N to choose)")
+        unit = f"groups of {s['group_by']}" if s["group_by"] else "items"
+        say(f"test {s['test']} of {n} {unit} (a fifth), not the {cfg.preset} preset's {t}, which would leave "
+            f"{max(n - t, 0)} to train on (--set test=N to choose)")
 
 
 def _split(cfg: CompareConfig, records: list, s: dict, tested: list | None, say: Callable[[str], None]) -> dict:
     """The seeded train/val/test split; made before the run claims its folder, so sizes that leave
     nothing to train on stop it there. ``tested``: ``--test-data``'s records, the test set as
     they are (the data's records of the same text left out of training, and said)."""
-    from ..tasks import split_records, split_with_test
+    from ..tasks import count_groups, split_records, split_with_test
 
+    by = s["group_by"]
+    if by:
+        say(f"group_by {by}: {len(records)} records in {count_groups(records, by)} groups, each in one split")
     if tested is None:
-        return split_records(records, test=s["test"], val=s["val"] or 0, seed=cfg.seed, max_train=s["max_train"])
-    splits, dropped = split_with_test(records, tested, val=s["val"] or 0, seed=cfg.seed, max_train=s["max_train"])
+        return split_records(records, test=s["test"], val=s["val"] or 0, seed=cfg.seed, max_train=s["max_train"],
+                             group_by=by)
+    splits, dropped = split_with_test(records, tested, val=s["val"] or 0, seed=cfg.seed, max_train=s["max_train"],
+                                      group_by=by)
     if dropped:
         say(f"{dropped} of {len(records)} records of {cfg.data or 'the bundled data'} are also in --test-data "
-            f"{cfg.test_data} (the same text): left out of training")
+            f"{cfg.test_data} (the same text{f' or {by}' if by else ''}): left out of training")
     return splits
 
 

@@ -40,7 +40,7 @@ PRESETS = {
               "max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
               "gradient_checkpointing": False, "gradient_checkpointing_layers": None, "val": None,
               "dpo_eval_every": None, "dpo_min_gain": None, "dpo_patience": None, "dpo_max_p": None, "confidence": True,
-              "pack": True, "share_start": True,
+              "pack": True, "share_start": True, "group_by": None,
               **LORA, **DPO_VARIANTS},
     "full": {"max_train": None, "test": 0.2, "sft_steps": None, "dpo_steps": None, "sft_epochs": 2.0,
              "dpo_epochs": 1.0, "batch_size": 8, "dpo_batch_size": 4, "max_length": 1024, "sft_lr": 2e-4,
@@ -48,7 +48,7 @@ PRESETS = {
              "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
              "gradient_checkpointing": False, "gradient_checkpointing_layers": None, "val": None,
              "dpo_eval_every": None, "dpo_min_gain": None, "dpo_patience": None, "dpo_max_p": None, "confidence": True,
-             "pack": True, "share_start": True,
+             "pack": True, "share_start": True, "group_by": None,
              **LORA, **DPO_VARIANTS},
     # val None: no validation set. A count (>= 1) or fraction (< 1) of the items is held out of both
     # training stages; DPO then answers them every dpo_eval_every steps (None: about ten times a run) and the
@@ -77,6 +77,8 @@ PRESETS = {
     # f_divergence "reverse_kl" (DPO), "forward_kl", "js_divergence" or "alpha_divergence" (f_alpha its alpha);
     # wpo False (DPO) or True: each pair's loss weighed by how likely the policy finds its answers (WPO);
     # quantize None, "nf4" or "nf4-dq": the base weights the adapters train on, and every stage is evaluated on;
+    # group_by None or a column of the data (a patient's id): records with the same value go to one split, so no
+    # patient is both trained and tested on (the same text always does); with test_data, training drops them;
     # confidence True: where the task's answers are labels, each stage also scores every possible answer after each
     # test prompt, for how sure it is of its answers and whether that tells right from wrong (stage_confidence)
 }
@@ -176,6 +178,8 @@ class CompareConfig:
                      "gradient_checkpointing"):
             if not isinstance(s[name], bool):
                 raise ValueError(f"{name}: true or false (got {s[name]!r})")
+        if s["group_by"] is not None and not (isinstance(s["group_by"], str) and s["group_by"].strip()):
+            raise ValueError(f"group_by: a column of the data, such as a patient's id (got {s['group_by']!r})")
         if s["gradient_checkpointing_layers"] and not s["gradient_checkpointing"]:
             raise ValueError(f"gradient_checkpointing_layers {s['gradient_checkpointing_layers']} needs "
                              "gradient_checkpointing=true")
@@ -317,7 +321,7 @@ _SCORING_ONLY = ("confidence",)
 _ADDED_SETTINGS = {"max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None,
                    "repeat_scope": None, "gradient_checkpointing": False, "gradient_checkpointing_layers": None,
                    "val": None, "dpo_eval_every": None, "dpo_min_gain": None, "dpo_patience": None, "dpo_max_p": None,
-                   "pack": False, "share_start": False, **LORA, **DPO_VARIANTS}
+                   "pack": False, "share_start": False, "group_by": None, **LORA, **DPO_VARIANTS}
 
 
 def _eval_only(config: dict) -> tuple[str, ...]:

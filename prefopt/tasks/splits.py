@@ -1,9 +1,11 @@
 """Seeded, stratified train/validation/test splits that never leak.
 
 Records with the same prompt text are one group and go to one split together (duplicated
-messages are common in clinical exports); groups are stratified by label: each split takes its
-share of every class in proportion to the class's size (largest-remainder rounding), so each
-split keeps the class mix. The same seed always gives the same split.
+messages are common in clinical exports); with ``group_by``, so are records with the same value
+in that column (one patient's messages: a model tested on a patient it trained on is scored too
+kindly). Groups are stratified by label: each split takes its share of every class in proportion
+to the class's size (largest-remainder rounding), so each split keeps the class mix. The same
+seed always gives the same split.
 """
 from __future__ import annotations
 
@@ -17,9 +19,51 @@ def _group_key(r: Record) -> str:
     return " ".join(r.prompt.split())
 
 
-def count_groups(records: list[Record]) -> int:
-    """How many groups (distinct prompts, up to whitespace) :func:`split_records` deals out."""
-    return len({_group_key(r) for r in records})
+def group_value(r: Record, column: str) -> str:
+    """``r``'s cell in ``column`` (its row as read: ``meta["row"]``), the group it belongs to; a
+    record without the column, or with it empty, is a ValueError that names it (it could not be
+    kept with its group)."""
+    row = r.meta.get("row")
+    if not isinstance(row, dict) or column not in row:
+        have = f" (have: {', '.join(map(str, row))})" if isinstance(row, dict) else ""
+        raise ValueError(f"group_by {column!r}: record {r.id!r} has no such column{have}")
+    value = "" if row[column] is None else str(row[column]).strip()
+    if not value:
+        raise ValueError(f"group_by {column!r}: record {r.id!r} has it empty; every record must name its group (a "
+                         "patient) to be kept with the others")
+    return value
+
+
+def _groups(records: list[Record], group_by: str | None = None) -> list[list[Record]]:
+    """The records that must go to one split together, in the order of each group's first record:
+    the same prompt text (up to whitespace), and with ``group_by`` the same value in that column,
+    joined through each other (a patient's messages, and any other patient's that repeats one)."""
+    parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def root(key):
+        while parent[key] != key:
+            parent[key] = key = parent[parent[key]]
+        return key
+
+    first = []
+    for r in records:
+        keys = [("text", _group_key(r))] + ([("column", group_value(r, group_by))] if group_by else [])
+        for key in keys:
+            parent.setdefault(key, key)
+        top = root(keys[0])
+        for key in keys[1:]:
+            if (other := root(key)) != top:
+                parent[other] = top
+        first.append(keys[0])
+    groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
+    for r, key in zip(records, first):
+        groups[root(key)].append(r)
+    return list(groups.values())
+
+
+def count_groups(records: list[Record], group_by: str | None = None) -> int:
+    """How many groups :func:`split_records` deals out (:func:`_groups`)."""
+    return len(_groups(records, group_by))
 
 
 def mixed_labels(records: list[Record]) -> str | None:
@@ -44,13 +88,12 @@ def mixed_labels(records: list[Record]) -> str | None:
 
 
 def split_records(records: list[Record], *, test: int | float = 0.2, val: int | float = 0.0, seed: int = 0,
-                  max_train: int | None = None) -> dict[str, list[Record]]:
-    """``{"train", "val", "test"}``. ``test``/``val`` are fractions (< 1) or counts (≥ 1) of groups."""
-    groups: dict[str, list[Record]] = defaultdict(list)
-    for r in records:
-        groups[_group_key(r)].append(r)
+                  max_train: int | None = None, group_by: str | None = None) -> dict[str, list[Record]]:
+    """``{"train", "val", "test"}``. ``test``/``val`` are fractions (< 1) or counts (≥ 1) of groups
+    (:func:`_groups`; ``group_by``: a column whose value keeps records together, a patient's id)."""
+    groups = _groups(records, group_by)
     strata: dict[str, list[list[Record]]] = defaultdict(list)
-    for g in groups.values():
+    for g in groups:
         strata[g[0].stratum()].append(g)
     n_groups = len(groups)
 
@@ -82,17 +125,20 @@ def split_records(records: list[Record], *, test: int | float = 0.2, val: int | 
 
 
 def split_with_test(records: list[Record], tested: list[Record], *, val: int | float = 0.0, seed: int = 0,
-                    max_train: int | None = None) -> tuple[dict[str, list[Record]], int]:
+                    max_train: int | None = None, group_by: str | None = None
+                    ) -> tuple[dict[str, list[Record]], int]:
     """``({"train", "val", "test"}, how many of records were left out)`` where the test set is given
     (``tested``: a later period's records, another site's): ``test`` is ``tested`` as it is, and
     ``records`` make train and val (:func:`split_records`) less those whose prompt a test record
-    has too (up to whitespace: the same text), which would leak into training."""
-    held = {_group_key(r) for r in tested}
-    kept = [r for r in records if _group_key(r) not in held]
+    has too (up to whitespace: the same text), or with ``group_by`` its value in that column (the
+    same patient), which would leak into training."""
+    texts = {_group_key(r) for r in tested}
+    values = {group_value(r, group_by) for r in tested} if group_by else set()
+    kept = [r for r in records if _group_key(r) not in texts and not (group_by and group_value(r, group_by) in values)]
     if not kept:
-        raise ValueError(f"split: every one of the {len(records)} training records is also a test record "
-                         "(the same text); nothing is left to train on")
-    splits = split_records(kept, test=0, val=val, seed=seed, max_train=max_train)
+        raise ValueError(f"split: every one of the {len(records)} training records is also a test record (the same "
+                         f"text{f' or {group_by}' if group_by else ''}); nothing is left to train on")
+    splits = split_records(kept, test=0, val=val, seed=seed, max_train=max_train, group_by=group_by)
     return {**splits, "test": list(tested)}, len(records) - len(kept)
 
 

@@ -1,5 +1,6 @@
 """``compare --test-data``: a given file of labelled records is the test set, all of it (a later
-period's, another site's), and ``--data`` trains alone, less the records of the same text."""
+period's, another site's), and ``--data`` trains alone, less the records of the same text; and
+``--set group_by=COLUMN``: a patient's records go to one split (eval ``--group-by`` alike)."""
 import csv
 import json
 from dataclasses import asdict
@@ -9,15 +10,15 @@ import pytest
 
 from prefopt.cli import main
 from prefopt.evaluate.compare import CompareConfig, run_compare
-from prefopt.tasks import PORTAL_DATA, get_task, split_records, split_with_test
+from prefopt.tasks import PORTAL_DATA, count_groups, get_task, split_records, split_with_test
 from tests.tasks.test_compare_smoke import TINY
 
 FIELDS = ["message", "urgency", "staff"]
 
 
-def _portal_csv(path: Path, rows: list[dict]) -> Path:
+def _portal_csv(path: Path, rows: list[dict], fields=FIELDS) -> Path:
     with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     return path
@@ -125,3 +126,72 @@ def test_every_seed_tests_on_the_given_file(tiny_model, tmp_path, capsys):
     pooled = tmp_path / "pooled"  # the runs pooled one by one say the same
     assert main(["pool-seeds", str(out / "seed-0"), str(out / "seed-1"), "--output", str(pooled)]) == 0
     assert f"Every seed tests on `{later}` (--test-data)" in (pooled / "seeds.md").read_text()
+
+
+def _with_patients(rows: list[dict]) -> list[dict]:
+    """``rows`` with an ``mrn``: message i is patient i // 3's (three messages each)."""
+    return [{**row, "mrn": f"P{i // 3:03d}"} for i, row in enumerate(rows)]
+
+
+def test_group_by_keeps_each_patients_records_in_one_split(tmp_path):
+    rows = _with_patients(_bundled()[:60])
+    rows[59]["message"] = rows[0]["message"]  # P019 repeats a message of P000's: the two patients are one group
+    path = _portal_csv(tmp_path / "export.csv", rows, [*FIELDS, "mrn"])
+    records = get_task("portal").read(str(path))
+    assert count_groups(records) == 59 and count_groups(records, "mrn") == 19
+    for seed in (0, 1, 2):
+        splits = split_records(records, test=5, val=3, seed=seed, group_by="mrn")
+        where = {}
+        for part, recs in splits.items():
+            for r in recs:
+                assert where.setdefault(r.meta["row"]["mrn"], part) == part  # one split a patient
+        assert sum(p == "test" for p in where.values()) in (5, 6)  # 5 groups: P000 and P019 are one
+    # no column, or an empty cell: the record could not be kept with its patient
+    with pytest.raises(ValueError, match=r"group_by 'patient': record 'portal:2' has no such column \(have: message, "
+                                         r"urgency, staff, mrn\)"):
+        split_records(records, group_by="patient")
+    rows[4]["mrn"] = " "
+    blank = get_task("portal").read(str(_portal_csv(tmp_path / "blank.csv", rows, [*FIELDS, "mrn"])))
+    with pytest.raises(ValueError, match="group_by 'mrn': record 'portal:6' has it empty; every record must name its "
+                                         "group"):
+        split_records(blank, group_by="mrn")
+    # a given test set leaves its patients' other records out of training
+    tested = [r for r in records if r.meta["row"]["mrn"] in ("P001", "P002")][:4]  # P001's three, one of P002's
+    splits, dropped = split_with_test(records, tested, group_by="mrn")
+    assert dropped == 6 and not {r.meta["row"]["mrn"] for r in splits["train"]} & {"P001", "P002"}
+
+
+def test_compare_splits_by_patient_and_eval_draws_the_same_test_items(tiny_model, tmp_path, capsys):
+    rows = _with_patients(_bundled()[:45])
+    data = _portal_csv(tmp_path / "export.csv", rows, [*FIELDS, "mrn"])
+    out = tmp_path / "run"
+    tiny = {**TINY, "test": 3, "group_by": "mrn"}
+    run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), data=str(data),
+                              n_resamples=100, overrides=tiny))
+    assert "group_by mrn: 45 records in 15 groups, each in one split" in capsys.readouterr().out
+    split = json.loads((out / "split.json").read_text())
+    by_id = {r.id: r.meta["row"]["mrn"] for r in get_task("portal").read(str(data))}
+    tested = {by_id[i] for i in split["test"]}
+    assert len(split["test"]) == 9 and len(tested) == 3  # three patients, all three messages of each
+    assert not tested & {by_id[i] for i in split["train"]}
+    assert main(["eval", "--task", "portal", "--model", str(tiny_model), "--data", str(data), "--test", "3",
+                 "--group-by", "mrn", "--output", str(tmp_path / "eval")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted(split["test"])
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["evaluated"]["group_by"] == "mrn"
+    assert main(["compare", "--task", "portal", "--model", str(tiny_model), "--data", str(data), "--set",
+                 "group_by=", "--output", str(tmp_path / "bad")]) == 2
+    assert "group_by: a column of the data, such as a patient's id (got '')" in capsys.readouterr().err
+
+
+def test_without_group_by_the_splits_are_those_earlier_runs_recorded():
+    """compare refuses to resume a folder whose split.json differs: the bundled messages' splits
+    (three seeds, the quick and full presets' sizes) are pinned to those made before group_by."""
+    import hashlib
+
+    records = get_task("portal").read()
+    made = [{k: [r.id for r in v] for k, v in split_records(records, test=test, val=val, seed=seed,
+                                                             max_train=most).items()}
+            for seed in (0, 1, 2) for test, val, most in ((60, 0, 160), (0.2, 32, None))]
+    assert hashlib.sha256(json.dumps(made).encode()).hexdigest() == ("42b7041f1f9fcbad22f7ad174c2ca2eb66a75b0b2b45752"
+                                                                     "02a76306fc7886921")
