@@ -233,6 +233,16 @@ def auroc(scores, right) -> float | None:
     return float((ranks[right].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
+def calibration_error(confidence, right, bins: int = 10) -> float:
+    """The expected calibration error: the answers binned by confidence (``bins`` of equal width
+    over [0, 1]), each bin's gap between its mean confidence and its accuracy, weighted by its
+    share of the answers (0: a label given 0.8 is right 8 times in 10)."""
+    conf, right = np.asarray(confidence, dtype=float), np.asarray(right, dtype=float)
+    where = np.minimum((conf * bins).astype(int), bins - 1)
+    return float(sum((where == b).mean() * abs(conf[where == b].mean() - right[where == b].mean())
+                     for b in np.unique(where)))
+
+
 def chosen(task, preds: list[dict], probabilities: list[dict]) -> list[dict[str, float | None]]:
     """Each record's confidence in its prediction: ``{field: probability of the predicted label}``
     (None where the answer named no label)."""
@@ -272,7 +282,10 @@ def confidence_metrics(task, records, preds: list[dict], probabilities: list[dic
     ranks last and is wrong), and ``accuracy_likeliest``, that of the :func:`likeliest` labels in
     place of the answers'. ``auroc_named`` is the AUROC among the answers that named a label (the
     share ``named``): where many name none, ``auroc`` mostly tells those from the rest, and this
-    says whether the probability itself sorts the answers."""
+    says whether the probability itself sorts the answers. Calibration, of the label probabilities
+    themselves: ``brier``, the mean over records of the squared gaps between each label's
+    probability and 1 for the record's label, 0 for the others (0 best, 2 worst), and ``ece``,
+    :func:`calibration_error` of the likeliest label's probability against its being right."""
     out = {}
     sure = chosen(task, preds, probabilities)
     best = likeliest(task, probabilities)
@@ -283,12 +296,18 @@ def confidence_metrics(task, records, preds: list[dict], probabilities: list[dic
         top = np.zeros(len(conf), dtype=bool)
         top[order[:(len(conf) + 1) // 2]] = True
         named = np.array([s[f.name] is not None for s in sure])
+        gaps = [sum((q - (label == r.labels[f.name])) ** 2 for label, q in p[f.name].items())
+                + (r.labels[f.name] not in p[f.name])  # a label no answer names: probability 0
+                for p, r in zip(probabilities, records)]
+        best_p = [p[f.name][b[f.name]] for p, b in zip(probabilities, best)]
         out[f.name] = {"auroc": auroc(conf, right), "auroc_named": auroc(conf[named], right[named]),
                        "named": float(named.mean()), "accuracy_confident_half": float(right[top].mean()),
                        "accuracy_other_half": float(right[~top].mean()) if (~top).any() else None,
                        "median": float(np.median(conf)),
                        "accuracy_likeliest": float(np.mean([b[f.name] == r.labels[f.name]
-                                                            for b, r in zip(best, records)]))}
+                                                            for b, r in zip(best, records)])),
+                       "brier": float(np.mean(gaps)),
+                       "ece": calibration_error(best_p, [b[f.name] == r.labels[f.name] for b, r in zip(best, records)])}
     return out
 
 
@@ -308,6 +327,7 @@ def confidence_line(c: dict) -> str:
     if c["named"] < 1:  # the answers that named no label rank last, and are wrong
         named = "n/a" if c["auroc_named"] is None else f"{c['auroc_named']:.3f}"
         auroc_text += f"; {named} among the {c['named']:.0%} of answers that named a label"
+    calibrated = f"; Brier {c['brier']:.3f}, ECE {c['ece']:.3f}" if "brier" in c else ""  # (not in earlier runs')
     return (f"AUROC {auroc_text} (right vs wrong answers); accuracy of the more confident half "
             f"{c['accuracy_confident_half']:.3f}{other}; median {c['median']:.3f}; accuracy of the likeliest "
-            f"labels {c['accuracy_likeliest']:.3f}")
+            f"labels {c['accuracy_likeliest']:.3f}{calibrated}")

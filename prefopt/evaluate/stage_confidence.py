@@ -95,16 +95,20 @@ def confidence_lines(stages: dict[str, dict]) -> list[str]:
              "label counts as 0, so it ranks last and is wrong) and over those that named a label. Where many named "
              "none, the first mostly tells those from the rest; the second says whether the probability itself "
              "sorts the answers. The likeliest labels are those given the highest probability: the model's best "
-             "guess, also where its answer named none.", "",
+             "guess, also where its answer named none. Calibration, of the probabilities themselves: Brier, the "
+             "mean squared gap between each label's probability and the truth (1 for the record's label, 0 for the "
+             "others; 0 best, 2 worst), and ECE, the gap between the likeliest label's probability and how often it "
+             "is right, over ten bins of probability (0: a label given 0.8 is right 8 times in 10).", "",
              "| stage | field | accuracy of the answers | named a label | AUROC, all answers | AUROC, those named | "
-             "accuracy, more confident half | the others | median confidence | accuracy of the likeliest labels |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "accuracy, more confident half | the others | median confidence | accuracy of the likeliest labels | "
+             "Brier | ECE |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for stage, m in stages.items():
         for name, c in m["confidence"].items():
             lines.append(f"| {stage} | {name} | {fmt(m.get(name, {}).get('accuracy'))} | {fmt(c.get('named'))} | "
                          f"{fmt(c['auroc'])} | {fmt(c.get('auroc_named'))} | {fmt(c['accuracy_confident_half'])} | "
                          f"{fmt(c['accuracy_other_half'])} | {fmt(c['median'])} | "
-                         f"{fmt(c['accuracy_likeliest'])} |")
+                         f"{fmt(c['accuracy_likeliest'])} | {fmt(c.get('brier'))} | {fmt(c.get('ece'))} |")
     return lines
 
 

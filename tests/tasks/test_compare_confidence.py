@@ -175,7 +175,10 @@ def test_the_sections_need_every_stage_scored_and_say_n_a_where_auroc_is_undefin
     assert confidence_lines({"base": {"triage": {}}, "SFT": scored}) == []
     assert confidence_console_lines({"base": {}, "SFT": scored}) == []
     lines = confidence_lines({"SFT": scored})
-    assert lines[-1] == "| SFT | triage | 1.000 | 1.000 | — | — | 1.000 | — | 0.900 | 1.000 |"
+    assert lines[-1] == "| SFT | triage | 1.000 | 1.000 | — | — | 1.000 | — | 0.900 | 1.000 | — | — |"  # no calibration:
+    # a run from before it was measured
+    assert confidence_lines({"SFT": {**scored, "confidence": {"triage": {**c, "brier": 0.1234, "ece": 0.05}}}})[-1] \
+        == "| SFT | triage | 1.000 | 1.000 | — | — | 1.000 | — | 0.900 | 1.000 | 0.123 | 0.050 |"
     assert confidence_console_lines({"SFT": scored}) == [
         "confidence in triage: AUROC among answers that named a label SFT n/a; accuracy of the likeliest labels "
         "SFT 1.000"]

@@ -598,10 +598,20 @@ def test_confidence_metrics_split_the_answers_by_confidence():
     # among the four that named a label (.9 .6 .8 .85, right 1 0 1 0): right over wrong in 3 of 4 pairs
     assert got == {"auroc": pytest.approx(5 / 6), "auroc_named": pytest.approx(3 / 4), "named": pytest.approx(0.8),
                    "accuracy_confident_half": pytest.approx(2 / 3), "accuracy_other_half": 0.0,
-                   "median": pytest.approx(0.8), "accuracy_likeliest": pytest.approx(0.6)}
+                   "median": pytest.approx(0.8), "accuracy_likeliest": pytest.approx(0.6),
+                   # Brier, by hand: (.01+.01) + (.36+.36) + (.04+.04) + (.7225+.7225) + (.25+.25), over 5
+                   "brier": pytest.approx(2.765 / 5),
+                   # ECE: the likeliest labels' .9 .6 .8 .85 .5, right 1 0 1 0 1; bins 9, 6, 8 (.8, .85), 5:
+                   # .2*|.9-1| + .2*|.6-0| + .4*|.825-.5| + .2*|.5-1|
+                   "ece": pytest.approx(0.02 + 0.12 + 0.13 + 0.1)}
     assert confidence_line(got) == ("AUROC 0.833; 0.750 among the 80% of answers that named a label (right vs wrong "
                                     "answers); accuracy of the more confident half 0.667, the others 0.000; median "
-                                    "0.800; accuracy of the likeliest labels 0.600")
+                                    "0.800; accuracy of the likeliest labels 0.600; Brier 0.553, ECE 0.370")
+    # a perfectly calibrated and a certain, wrong model
+    sure = [{"label": {"a": 1.0, "b": 0.0}}] * 5
+    assert confidence_metrics(task, records[:2], preds[:2], sure[:2])["label"]["brier"] == 0
+    wrong = confidence_metrics(task, records[2:4], preds[2:4], sure[2:4])["label"]
+    assert wrong["brier"] == 2 and wrong["ece"] == 1
     every = confidence_metrics(task, records[:4], preds[:4], probs[:4])["label"]  # each answer named a label
     assert every["auroc"] == every["auroc_named"] == pytest.approx(3 / 4) and every["named"] == 1
     assert confidence_line(every).startswith("AUROC 0.750 (right vs wrong answers); ")
@@ -619,7 +629,8 @@ def test_eval_confidence_agrees_with_predicts(tiny_model, tmp_path, capsys):
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert set(metrics["confidence"]) == {"urgency", "staff"} and metrics["confidence_scoring"] == SCORING
     assert set(metrics["confidence"]["urgency"]) == {"auroc", "auroc_named", "named", "accuracy_confident_half",
-                                                      "accuracy_other_half", "median", "accuracy_likeliest"}
+                                                      "accuracy_other_half", "median", "accuracy_likeliest", "brier",
+                                                      "ece"}
     rows = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "e/predictions.jsonl").read_text().splitlines()}
     for field in ("urgency", "staff"):
         right = [r["likeliest"][field] == r["labels"][field] for r in rows.values()]
