@@ -150,6 +150,6 @@ def test_eval_split_file_without_a_test_list_is_refused_as_not_a_split_file(tmp_
     for content in ('{"train": ["a"]}', '{"test": "a"}'):
         path.write_text(content)
         with pytest.raises(ValueError, match=rf'^{path}: not a compare split.json \(no "test" list of record ids\)$'):
-            _from_split_file(records, str(path))
+            _from_split_file(records, str(path), None)
     path.write_text('{"test": ["b", "a"]}')
-    assert [r.id for r in _from_split_file(records, str(path))] == ["b", "a"]
+    assert [r.id for r in _from_split_file(records, str(path), None)] == ["b", "a"]
