@@ -297,8 +297,8 @@ def _against_rows(folder: str, records: list, flag: str = "--against") -> list[d
     rows = [by_id[r.id] for r in records]
     if any("confidence" in row for row in rows) and not scored(done[1]):
         print(f"prefopt eval: {folder}'s confidence was scored by an earlier prefopt, otherwise than now; its AUROC "
-              "is not compared (evaluate it again with --confidence to compare)", flush=True)
-        rows = [{k: v for k, v in row.items() if k != "confidence"} for row in rows]
+              "and Brier score are not compared (evaluate it again with --confidence to compare)", flush=True)
+        rows = [{k: v for k, v in row.items() if k not in ("confidence", "brier")} for row in rows]
     return rows
 
 

@@ -233,6 +233,15 @@ def auroc(scores, right) -> float | None:
     return float((ranks[right].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
+def brier_gaps(task, records, probabilities: list[dict]) -> list[dict[str, float]]:
+    """Each record's Brier score per field, ``{field: gap}``: the sum over the field's labels of
+    the squared gap between the label's probability and 1 for the record's label, 0 for the
+    others (0: certain and right; 2: certain and wrong); their mean is the field's Brier score."""
+    return [{f.name: sum((q - (label == r.labels[f.name])) ** 2 for label, q in p[f.name].items())
+             + (r.labels[f.name] not in p[f.name])  # a label no answer names: probability 0
+             for f in task.fields} for p, r in zip(probabilities, records)]
+
+
 def calibration_error(confidence, right, bins: int = 10) -> float:
     """The expected calibration error: the answers binned by confidence (``bins`` of equal width
     over [0, 1]), each bin's gap between its mean confidence and its accuracy, weighted by its
@@ -289,6 +298,7 @@ def confidence_metrics(task, records, preds: list[dict], probabilities: list[dic
     out = {}
     sure = chosen(task, preds, probabilities)
     best = likeliest(task, probabilities)
+    gaps = brier_gaps(task, records, probabilities)
     for f in task.fields:
         conf = np.array([s[f.name] or 0.0 for s in sure])
         right = np.array([pred.get(f.name) == r.labels[f.name] for pred, r in zip(preds, records)])
@@ -296,9 +306,6 @@ def confidence_metrics(task, records, preds: list[dict], probabilities: list[dic
         top = np.zeros(len(conf), dtype=bool)
         top[order[:(len(conf) + 1) // 2]] = True
         named = np.array([s[f.name] is not None for s in sure])
-        gaps = [sum((q - (label == r.labels[f.name])) ** 2 for label, q in p[f.name].items())
-                + (r.labels[f.name] not in p[f.name])  # a label no answer names: probability 0
-                for p, r in zip(probabilities, records)]
         best_p = [p[f.name][b[f.name]] for p, b in zip(probabilities, best)]
         out[f.name] = {"auroc": auroc(conf, right), "auroc_named": auroc(conf[named], right[named]),
                        "named": float(named.mean()), "accuracy_confident_half": float(right[top].mean()),
@@ -306,7 +313,7 @@ def confidence_metrics(task, records, preds: list[dict], probabilities: list[dic
                        "median": float(np.median(conf)),
                        "accuracy_likeliest": float(np.mean([b[f.name] == r.labels[f.name]
                                                             for b, r in zip(best, records)])),
-                       "brier": float(np.mean(gaps)),
+                       "brier": float(np.mean([g[f.name] for g in gaps])),
                        "ece": calibration_error(best_p, [b[f.name] == r.labels[f.name] for b, r in zip(best, records)])}
     return out
 
@@ -314,10 +321,11 @@ def confidence_metrics(task, records, preds: list[dict], probabilities: list[dic
 def scored_answers(task, records, preds: list[dict], probabilities: list[dict]) -> tuple[dict, dict[str, list]]:
     """What an evaluation with confidence adds (``prefopt eval --confidence``, each ``prefopt
     compare`` stage): ``metrics.json``'s ``confidence`` (:func:`confidence_metrics`) and the
-    per-row ``confidence`` (:func:`chosen`) and ``likeliest`` (:func:`likeliest`) of
-    ``predictions.jsonl``."""
+    per-row ``confidence`` (:func:`chosen`), ``likeliest`` (:func:`likeliest`) and ``brier``
+    (:func:`brier_gaps`, for stages' calibration to be tested item by item) of ``predictions.jsonl``."""
     return (confidence_metrics(task, records, preds, probabilities),
-            {"confidence": chosen(task, preds, probabilities), "likeliest": likeliest(task, probabilities)})
+            {"confidence": chosen(task, preds, probabilities), "likeliest": likeliest(task, probabilities),
+             "brier": brier_gaps(task, records, probabilities)})
 
 
 def confidence_line(c: dict) -> str:

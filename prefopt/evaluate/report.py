@@ -13,7 +13,14 @@ from ..train.curves import FILE as CURVES
 from ..train.curves import plot_curves
 from .dynamics import dynamics_lines, training_dynamics
 from .selection import against_step_0, stage_weights
-from .stage_confidence import auroc_comparison_lines, compare_auroc, confidence_console_lines, confidence_lines
+from .stage_confidence import (
+    auroc_comparison_lines,
+    brier_comparison_lines,
+    compare_auroc,
+    compare_brier,
+    confidence_console_lines,
+    confidence_lines,
+)
 from .stats import bootstrap_ci, mcnemar_exact, p_text, paired_bootstrap, wilcoxon_signed_rank
 from .usage import models_lines
 
@@ -82,6 +89,8 @@ def compare_pair(task, test, rows_a: list[dict], rows_b: list[dict], n_resamples
     sure = compare_auroc(rows_a, rows_b, n_resamples=n_resamples, seed=seed)
     if sure:  # both stages scored every label (prefopt.evaluate.stage_confidence)
         c["confidence_auroc"] = sure
+    if calibrated := compare_brier(rows_a, rows_b, n_resamples=n_resamples, seed=seed):
+        c["brier"] = calibrated
     both = [(x["likert"], y["likert"]) for x, y in zip(rows_a, rows_b)
             if x.get("likert") is not None and y.get("likert") is not None]
     if both:
@@ -362,8 +371,11 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
     confident = confidence_lines({NAMES[s]: v["metrics"] for s, v in st.items()})
     tested = auroc_comparison_lines({f"{NAMES[b]} vs {NAMES[a]}": v.get("confidence_auroc") for k, v in cmp.items()
                                      for a, b in [k.split("->")]})
+    calibrated = brier_comparison_lines({f"{NAMES[b]} vs {NAMES[a]}": v.get("brier") for k, v in cmp.items()
+                                         for a, b in [k.split("->")]})
     lines += ["", *confident] if confident else []
     lines += ["", *tested] if confident and tested else []
+    lines += ["", *calibrated] if confident and calibrated else []
     weights = stage_weights(out)
     lines += ["", *models_lines(cfg, task, out, weights, results["dpo"][1])]
     if plots:

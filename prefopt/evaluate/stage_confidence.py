@@ -65,6 +65,21 @@ def compare_auroc(rows_a: list[dict], rows_b: list[dict], *, n_resamples: int = 
     return {name: _auroc_test(rows_a, rows_b, name, n_resamples, seed) for name in rows_a[0]["confidence"]}
 
 
+def compare_brier(rows_a: list[dict], rows_b: list[dict], *, n_resamples: int = 2000, seed: int = 0
+                  ) -> dict[str, dict]:
+    """Per field, stage b's Brier score against stage a's, by the paired bootstrap over the same
+    test items (each row's ``brier``: :func:`~.confidence.brier_gaps`). Empty where a stage's rows
+    hold none (not scored, or scored before 2026-12-06)."""
+    if not all("brier" in row for row in rows_a + rows_b):
+        return {}
+
+    def mean_of(rows, name):
+        gaps = np.array([row["brier"][name] for row in rows], dtype=float)
+        return lambda idx: float(gaps[idx].mean())
+    return {name: paired_bootstrap(mean_of(rows_a, name), mean_of(rows_b, name), len(rows_a),
+                                   n_resamples=n_resamples, seed=seed) for name in rows_a[0]["brier"]}
+
+
 def _auroc_test(rows_a, rows_b, name, n_resamples, seed) -> dict | None:
     def stat(rows):
         conf = np.array([np.nan if r["confidence"][name] is None else r["confidence"][name] for r in rows])
@@ -129,6 +144,20 @@ def auroc_comparison_lines(comparisons: dict[str, dict]) -> list[str]:
                 continue
             lines.append(f"| {label} | {name} | {c['delta']:+.3f} | [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | "
                          f"{p_text(c).lstrip('= ')} | {c.get('n_valid', c['n_resamples'])} of {c['n_resamples']} |")
+    return lines
+
+
+def brier_comparison_lines(comparisons: dict[str, dict]) -> list[str]:
+    """report.md's table of :func:`compare_brier` for each comparison (``{"SFT+DPO vs SFT": {field:
+    result}}``), or nothing where none was made."""
+    if not any(comparisons.values()):
+        return []
+    lines = ["Paired bootstrap of the Brier score (lower: better calibrated probabilities), over the same test "
+             "items:", "", "| comparison | field | ΔBrier | 95% CI | bootstrap p |", "|---|---|---|---|---|"]
+    for label, fields in comparisons.items():
+        for name, c in (fields or {}).items():
+            lines.append(f"| {label} | {name} | {c['delta']:+.3f} | [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | "
+                         f"{p_text(c).lstrip('= ')} |")
     return lines
 
 

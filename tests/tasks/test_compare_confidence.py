@@ -74,8 +74,9 @@ def test_each_stage_is_scored_later_without_answering_again_and_the_report_sets_
     for stage in STAGES:
         assert f"{stage}: scored every label of the 4 test items" in log
         rows, metrics = _rows(out, stage), _metrics(out, stage)
-        # the answers are the ones made before; only the two keys are new
-        assert [{k: v for k, v in r.items() if k not in ("confidence", "likeliest")} for r in rows] == before[stage]
+        # the answers are the ones made before; only the three keys are new
+        assert [{k: v for k, v in r.items() if k not in ("confidence", "likeliest", "brier")}
+                for r in rows] == before[stage]
         adapter = None if stage == "base" else out / stage / "train" / "final"
         model = load(str(tiny_model), dtype=torch.float32, adapter=adapter, merge=adapter is not None)
         probs = label_probabilities(model, tok, task, test, show_progress=False)
@@ -84,6 +85,8 @@ def test_each_stage_is_scored_later_without_answering_again_and_the_report_sets_
                 named = row["prediction"][f.name]
                 assert row["confidence"][f.name] == (None if named is None else pytest.approx(p[f.name][named]))
                 assert row["likeliest"][f.name] == max(p[f.name], key=p[f.name].get)
+                assert row["brier"][f.name] == pytest.approx(sum(
+                    (p[f.name].get(label, 0.0) - (label == row["labels"][f.name])) ** 2 for label in f.labels))
         for f in task.fields:
             c = metrics["confidence"][f.name]
             conf = [r["confidence"][f.name] or 0.0 for r in rows]
@@ -95,6 +98,7 @@ def test_each_stage_is_scored_later_without_answering_again_and_the_report_sets_
                                              [x for x, n in zip(right, named) if n])
             assert c["accuracy_likeliest"] == pytest.approx(
                 sum(r["likeliest"][f.name] == r["labels"][f.name] for r in rows) / len(rows))
+            assert c["brier"] == pytest.approx(sum(r["brier"][f.name] for r in rows) / len(rows))
         assert report["stages"][stage]["metrics"]["confidence"] == metrics["confidence"]
 
     text = (out / "report.md").read_text()
@@ -111,7 +115,14 @@ def test_each_stage_is_scored_later_without_answering_again_and_the_report_sets_
             got, x, y = c["confidence_auroc"][f.name], a[f.name]["auroc_named"], b[f.name]["auroc_named"]
             assert (got is None) == (x is None or y is None)
             assert got is None or got["delta"] == pytest.approx(y - x)
+    for pair, c in report["comparisons"].items():  # and their Brier scores', item by item
+        a, b = (_rows(out, s) for s in pair.split("->"))
+        for f in task.fields:
+            mean = [sum(r["brier"][f.name] for r in rows) / len(rows) for rows in (a, b)]
+            assert c["brier"][f.name]["delta"] == pytest.approx(mean[1] - mean[0])
+    tested, calibrated = tested.split("Paired bootstrap of the Brier score", 1)
     assert len([line for line in tested.splitlines() if line.startswith("| SFT")]) == 6
+    assert len([line for line in calibrated.splitlines() if line.startswith("| SFT")]) == 6
     said = [line for line in console_lines(report) if "AUROC" in line]  # the terminal's summary, a line per field
     assert said == confidence_console_lines({n: _metrics(out, s) for n, s in zip(("base", "SFT", "SFT+DPO"), STAGES)})
     assert [line.split(":")[0] for line in said] == ["confidence in urgency", "confidence in staff"]
@@ -186,6 +197,20 @@ def test_the_sections_need_every_stage_scored_and_say_n_a_where_auroc_is_undefin
     assert confidence_console_lines({"base": few, "SFT": {**scored, "n": 60}}) == [
         "confidence in triage: AUROC among answers that named a label base 0.000 (2 of 60 named), SFT n/a; "
         "accuracy of the likeliest labels base 1.000, SFT 1.000"]
+
+
+def test_the_brier_test_pairs_the_items_and_needs_both_stages_scored():
+    from prefopt.evaluate.stage_confidence import brier_comparison_lines, compare_brier
+
+    a = [{"brier": {"urgency": g}} for g in (0.5, 0.2, 1.0, 0.1)]
+    b = [{"brier": {"urgency": g}} for g in (0.1, 0.2, 0.4, 0.1)]
+    got = compare_brier(a, b, n_resamples=500)["urgency"]
+    assert got["delta"] == pytest.approx((0.8 - 1.8) / 4) and got["ci"][0] <= got["delta"] <= got["ci"][1]
+    assert compare_brier(a, a, n_resamples=50)["urgency"]["delta"] == 0
+    assert compare_brier(a, [{}] * 4) == {}  # a stage scored before Brier scores were kept
+    assert brier_comparison_lines({"SFT+DPO vs SFT": {}}) == []
+    assert brier_comparison_lines({"SFT+DPO vs SFT": {"urgency": got}})[-1].startswith(
+        "| SFT+DPO vs SFT | urgency | -0.250 | [")
 
 
 def _brute_auroc(conf, right):

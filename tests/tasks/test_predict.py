@@ -584,7 +584,7 @@ def test_auroc_counts_the_pairs_a_right_answer_outranks():
 
 def test_confidence_metrics_split_the_answers_by_confidence():
     """Five answers: the three most confident (one without a label: confidence 0 counts last)."""
-    from prefopt.evaluate.confidence import confidence_line, confidence_metrics
+    from prefopt.evaluate.confidence import confidence_line, confidence_metrics, scored_answers
     from prefopt.tasks.base import Record
 
     task = get_task("text_classification", labels="a,b")
@@ -607,6 +607,8 @@ def test_confidence_metrics_split_the_answers_by_confidence():
     assert confidence_line(got) == ("AUROC 0.833; 0.750 among the 80% of answers that named a label (right vs wrong "
                                     "answers); accuracy of the more confident half 0.667, the others 0.000; median "
                                     "0.800; accuracy of the likeliest labels 0.600; Brier 0.553, ECE 0.370")
+    per_row = scored_answers(task, records, preds, probs)[1]["brier"]
+    assert [g["label"] for g in per_row] == pytest.approx([0.02, 0.72, 0.08, 1.445, 0.5])
     # a perfectly calibrated and a certain, wrong model
     sure = [{"label": {"a": 1.0, "b": 0.0}}] * 5
     assert confidence_metrics(task, records[:2], preds[:2], sure[:2])["label"]["brier"] == 0
@@ -638,14 +640,15 @@ def test_eval_confidence_agrees_with_predicts(tiny_model, tmp_path, capsys):
     # --against pairs the two evaluations' AUROCs only where both were scored the same way
     assert main(["eval", *common, "--split", "all", "--output", str(tmp_path / "e2"), "--confidence",
                  "--against", str(tmp_path / "e"), "--n-resamples", "50"]) == 0
-    assert set(json.loads((tmp_path / "e2/paired.json").read_text())["confidence_auroc"]) == {"urgency", "staff"}
+    paired = json.loads((tmp_path / "e2/paired.json").read_text())
+    assert set(paired["confidence_auroc"]) == set(paired["brier"]) == {"urgency", "staff"}
     assert "scored by an earlier prefopt" not in capsys.readouterr().out
     (tmp_path / "e/metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k != "confidence_scoring"}))
     assert main(["eval", *common, "--split", "all", "--output", str(tmp_path / "e3"), "--confidence",
                  "--against", str(tmp_path / "e"), "--n-resamples", "50"]) == 0
     assert f"{tmp_path / 'e'}'s confidence was scored by an earlier prefopt" in capsys.readouterr().out
     paired = json.loads((tmp_path / "e3/paired.json").read_text())
-    assert "confidence_auroc" not in paired and "mcnemar" in paired
+    assert "confidence_auroc" not in paired and "brier" not in paired and "mcnemar" in paired
     assert main(["predict", *common, "--output", str(tmp_path / "p")]) == 0
     for r in (json.loads(line) for line in (tmp_path / "p/predictions.jsonl").read_text().splitlines()):
         e = rows[r["record"]]
