@@ -43,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", help="data file (default: the bundled synthetic portal messages)")
     ap.add_argument("--test-data", metavar="PATH", help="messages to test on, all of them (a later month's, another "
                     "site's), read as --data is; --data then trains alone (default: a seeded share of --data)")
+    ap.add_argument("--test-sheet", metavar="NAME", help="the sheet of --test-data where it is a workbook (else its one "
+                    "sheet of data)")
     ap.add_argument("--task-option", action="append", metavar="KEY=VALUE",
                     help="a task option, e.g. message_column=Nachricht or encoding=cp1252 for your own portal "
                     "messages (repeatable; see prefopt eval --help)")
@@ -69,6 +71,7 @@ def rpo_next(a: argparse.Namespace) -> str:
     args = ["--preset", a.preset, "--seed", str(a.seed)]
     for flag, value, default in (("--model", a.model, "smollm2-135m"), ("--task", a.task, "portal"),
                                  ("--data", a.data, None), ("--test-data", a.test_data, None),
+                                 ("--test-sheet", a.test_sheet, None),
                                  ("--strategy", a.strategy, "wrong_label")):
         if value != default:
             args += [flag, value]
@@ -83,6 +86,7 @@ def main() -> None:
     a = parser().parse_args()
     t0 = time.perf_counter()
     cfg = CompareConfig(task=a.task, model=a.model, output=a.output, data=a.data, test_data=a.test_data,
+                        test_sheet=a.test_sheet,
                         preset=a.preset, strategy=a.strategy,
                         loss=a.loss, seed=a.seed, overrides=key_values(a.set), device=a.device, eval_dtype=a.eval_dtype,
                         start_from=a.start_from, task_options=key_values(a.task_option))

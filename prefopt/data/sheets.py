@@ -216,8 +216,9 @@ def _the_sheet(path: Path, sheets: list, app: str = "Excel"):
                         "no sheet holds any data")
     if len(shown) > 1:
         raise DataError(path, None, None, f"{len(shown)} sheets hold data ({', '.join(repr(ws.title) for ws in shown)}"
-                        f"); name the one to read ({SHEET_FLAG.get()} NAME), so that no other sheet (a test set) is "
-                        "trained on")
+                        f"); name the one to read ({SHEET_FLAG.get()} NAME), "
+                        + ("so that the test set is the sheet you mean" if SHEET_FLAG.get() == "--test-sheet"
+                           else "so that no other sheet (a test set) is trained on"))
     if hidden:
         warn_once(f"{path}: read sheet {shown[0].title!r}; sheets hidden in {app} ({hidden}) hold data too and are not "
                   "read")

@@ -157,11 +157,11 @@ def _test_records(cfg: CompareConfig, task, say: Callable[[str], None]) -> list 
     labels off the data keeps those), or None. A label no training record holds is refused: the
     prompt would not offer it and no answer could be right."""
     from ..tasks import ClassificationTask, mixed_labels
-    from ..tasks.check import escape_lines, read_labelled
+    from ..tasks.check import escape_lines, read_test_data
 
     if not cfg.test_data:
         return None
-    tested = read_labelled(task, cfg.test_data)
+    tested = read_test_data(task, cfg.test_data, cfg.test_sheet)
     for f in task.fields if isinstance(task, ClassificationTask) else ():
         if r := next((r for r in tested if r.labels.get(f.name) not in f.labels), None):
             raise ValueError(f"--test-data {cfg.test_data}: record {r.id!r}: {f.name} {r.labels.get(f.name)!r} is "

@@ -23,6 +23,8 @@ def add_commands(sub, common: argparse.ArgumentParser, shown: dict) -> None:
                    "all of them, read as --data is (the same --task-option's): a later period's (temporal "
                    "validation) or another site's; --data then trains (and validates) alone, less any record of the "
                    "same text (default: a seeded share of --data, the preset's test)")
+    c.add_argument("--test-sheet", metavar="NAME", help="the sheet of --test-data where it is a workbook (else its "
+                   "one sheet in view that holds data; --sheet names --data's: one workbook, a sheet each, reads)")
     c.add_argument("--strategy", choices=STRATEGIES, default="wrong_label",
                    help="how DPO's rejected answers are made (ranked: given pairs, see --pairs)")
     c.add_argument("--pairs", help="ranked: a file of prompt/chosen/rejected pairs to train DPO on (JSONL, CSV, ...)")
@@ -99,7 +101,7 @@ def compare_command(args: argparse.Namespace) -> int:
         raise ValueError("--model is needed: the model compare trains and evaluates")
     overrides = key_values(args.set)
     cfg = CompareConfig(task=args.task, model=args.model, output=args.output, data=args.data,
-                        test_data=args.test_data, preset=args.preset,
+                        test_data=args.test_data, test_sheet=args.test_sheet, preset=args.preset,
                         task_options=task_options_of(args), strategy=args.strategy, pairs=args.pairs,
                         pairs_encoding=args.pairs_encoding, pairs_sheet=args.pairs_sheet,
                         pairs_columns=args.pairs_columns, loss=args.loss,

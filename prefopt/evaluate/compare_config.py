@@ -99,6 +99,8 @@ class CompareConfig:
     # labelled records of the same task to test on, as they are (a later period's, another site's); data then makes
     # the training (and validation) records alone. None: a seeded share of data is the test set
     test_data: str | None = None
+    # the sheet of test_data where it is a workbook (None: its one sheet of data; the sheet task option names data's)
+    test_sheet: str | None = None
     preset: str = "quick"
     task_options: dict = field(default_factory=dict)
     strategy: str = "wrong_label"  # or wrong_label_hardest, model_errors, ranked (needs pairs)
@@ -169,6 +171,8 @@ class CompareConfig:
         if self.test_data is not None and "test" in self.overrides:
             raise ValueError(f"--set test={self.overrides['test']}: the test set is --test-data {self.test_data}'s "
                              "records, all of them; leave test out (or --test-data, to test on a share of --data)")
+        if self.test_sheet is not None and self.test_data is None:
+            raise ValueError(f"--test-sheet {self.test_sheet}: the sheet of --test-data, which is not given")
         if self.test_data is not None and not Path(self.test_data).exists():
             raise FileNotFoundError(f"--test-data {self.test_data}: no such file")
         s = {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}

@@ -50,7 +50,7 @@ def add_commands(sub) -> None:
 
 def _sheet(args: argparse.Namespace) -> int:
     from ..tasks import get_task
-    from ..tasks.check import read_labelled
+    from ..tasks.check import read_labelled, read_test_data
     from . import rating_sheet
 
     run = Path(args.run)
@@ -65,7 +65,12 @@ def _sheet(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--from {run}: its {'test ' if config.get('test_data') else ''}data {data} is not "
                                 "there (the run read it from another folder?): pass --data PATH")
     task = get_task(config["task"], **(config.get("task_options") or {}))
-    records = {r.id: r for r in read_labelled(task, data)}
+    if config.get("test_data"):  # read as the run read them: after --data, where the labels are read off it
+        if not all(f.labels for f in getattr(task, "fields", ())):
+            read_labelled(task, config.get("data"))
+        records = {r.id: r for r in read_test_data(task, data, config.get("test_sheet"))}
+    else:
+        records = {r.id: r for r in read_labelled(task, data)}
     rows, key = rating_sheet.build(run, records, stages, items=args.items, seed=args.seed,
                                    reference=not args.no_reference, messages=task.messages, read=read)
     out = Path(args.output) if args.output else run / "ratings"

@@ -38,6 +38,26 @@ def read_labelled(task: Task, path: str | None) -> list:
     return records
 
 
+def read_test_data(task: Task, path: str, sheet: str | None) -> list:
+    """:func:`read_labelled` of a test file of ``task``'s (compare's ``--test-data``) with the
+    task's options but its ``sheet``: the test workbook's is ``sheet`` (``--test-sheet``; None:
+    its one sheet of data), as another file, or another sheet of the same workbook, holds the
+    test records."""
+    from ..data.sheets import naming_sheet_by
+
+    own = getattr(task, "file", None)  # the options of a task that reads a table of the user's own
+    if own is None and sheet is not None:
+        raise ValueError(f"--test-sheet {sheet}: task {task.name!r} reads its own data format, not a workbook's sheet")
+    if own is not None:
+        task.file = {**own, "sheet": sheet}
+    try:
+        with naming_sheet_by("--test-sheet"):
+            return read_labelled(task, path)
+    finally:
+        if own is not None:
+            task.file = own
+
+
 def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length: int,
                     show_bad: int | None = SHOW_BAD) -> tuple[list[str], int, int]:
     """The check as console lines, how many bad rows it found and how many records it kept.

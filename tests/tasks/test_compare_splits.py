@@ -195,3 +195,34 @@ def test_without_group_by_the_splits_are_those_earlier_runs_recorded():
             for seed in (0, 1, 2) for test, val, most in ((60, 0, 160), (0.2, 32, None))]
     assert hashlib.sha256(json.dumps(made).encode()).hexdigest() == ("42b7041f1f9fcbad22f7ad174c2ca2eb66a75b0b2b45752"
                                                                      "02a76306fc7886921")
+
+
+def test_one_workbook_a_sheet_for_training_and_one_for_testing(tiny_model, tmp_path, capsys):
+    """``--sheet`` names --data's sheet, ``--test-sheet`` the test file's (here the same workbook):
+    the test set is the second sheet's rows, and rating-sheet reads them from it again."""
+    from tests import _formats as formats
+
+    rows = _bundled()
+    cells = [[[r[k] for k in FIELDS] for r in part] for part in (rows[:30], rows[300:306])]
+    book = formats.write_workbook(tmp_path / "portal.xlsx", {"2025": [FIELDS, *cells[0]],
+                                                             "2026-01": [FIELDS, *cells[1]]})
+    out = tmp_path / "run"
+    argv = ["compare", "--task", "portal", "--model", str(tiny_model), "--data", str(book), "--sheet", "2025",
+            "--test-data", str(book)]
+    tiny = [f"--set={k}={v}" for k, v in TINY.items() if k != "test"]
+    assert main([*argv, "--test-sheet", "2026-01", "--n-resamples", "100", "--output", str(out), *tiny]) == 0
+    tested = get_task("portal", sheet="2026-01").read(str(book))
+    assert json.loads((out / "split.json").read_text())["test"] == [r.id for r in tested]
+    assert main(["rating-sheet", "--from", str(out), "--format", "csv", "--output", str(tmp_path / "r")]) == 0
+    sheet = tmp_path / "r" / "for_raters" / "ratings_sheet.csv"
+    assert {row["prompt"] for row in csv.DictReader(open(sheet, encoding="utf-8-sig"))} == {r.prompt for r in tested}
+    # without --test-sheet the test file is read as a workbook of its own: its two sheets of data, one to be named
+    capsys.readouterr()
+    assert main([*argv, "--output", str(tmp_path / "two")]) == 2
+    err = capsys.readouterr().err
+    assert (f"{book}: 2 sheets hold data ('2025', '2026-01'); name the one to read (--test-sheet NAME), so that the "
+            "test set is the sheet you mean") in err
+    assert not (tmp_path / "two").exists()
+    assert main(["compare", "--task", "portal", "--model", str(tiny_model), "--test-sheet", "x",
+                 "--output", str(tmp_path / "three")]) == 2
+    assert "--test-sheet x: the sheet of --test-data, which is not given" in capsys.readouterr().err
