@@ -242,14 +242,24 @@ def brier_gaps(task, records, probabilities: list[dict]) -> list[dict[str, float
              for f in task.fields} for p, r in zip(probabilities, records)]
 
 
-def calibration_error(confidence, right, bins: int = 10) -> float:
-    """The expected calibration error: the answers binned by confidence (``bins`` of equal width
-    over [0, 1]), each bin's gap between its mean confidence and its accuracy, weighted by its
-    share of the answers (0: a label given 0.8 is right 8 times in 10)."""
+def reliability(confidence, right, bins: int = 10) -> list[dict]:
+    """The answers binned by confidence, ``bins`` of equal width over [0, 1] (1.0 in the last):
+    for each bin that holds any, its bounds, how many (``n``), their mean ``confidence`` and their
+    ``accuracy``; a calibrated model's lie on the diagonal (the report's calibration plot)."""
     conf, right = np.asarray(confidence, dtype=float), np.asarray(right, dtype=float)
     where = np.minimum((conf * bins).astype(int), bins - 1)
-    return float(sum((where == b).mean() * abs(conf[where == b].mean() - right[where == b].mean())
-                     for b in np.unique(where)))
+    return [{"bin": [b / bins, (b + 1) / bins], "n": int((where == b).sum()),
+             "confidence": float(conf[where == b].mean()), "accuracy": float(right[where == b].mean())}
+            for b in np.unique(where).tolist()]
+
+
+def calibration_error(confidence, right, bins: int = 10) -> float:
+    """The expected calibration error: over the :func:`reliability` bins, each bin's gap between
+    its mean confidence and its accuracy, weighted by its share of the answers (0: a label given
+    0.8 is right 8 times in 10)."""
+    binned = reliability(confidence, right, bins)
+    total = sum(b["n"] for b in binned)
+    return float(sum(b["n"] / total * abs(b["confidence"] - b["accuracy"]) for b in binned))
 
 
 def chosen(task, preds: list[dict], probabilities: list[dict]) -> list[dict[str, float | None]]:
@@ -294,7 +304,8 @@ def confidence_metrics(task, records, preds: list[dict], probabilities: list[dic
     says whether the probability itself sorts the answers. Calibration, of the label probabilities
     themselves: ``brier``, the mean over records of the squared gaps between each label's
     probability and 1 for the record's label, 0 for the others (0 best, 2 worst), and ``ece``,
-    :func:`calibration_error` of the likeliest label's probability against its being right."""
+    :func:`calibration_error` of the likeliest label's probability against its being right, with
+    its bins (``reliability``)."""
     out = {}
     sure = chosen(task, preds, probabilities)
     best = likeliest(task, probabilities)
@@ -314,8 +325,14 @@ def confidence_metrics(task, records, preds: list[dict], probabilities: list[dic
                        "accuracy_likeliest": float(np.mean([b[f.name] == r.labels[f.name]
                                                             for b, r in zip(best, records)])),
                        "brier": float(np.mean([g[f.name] for g in gaps])),
-                       "ece": calibration_error(best_p, [b[f.name] == r.labels[f.name] for b, r in zip(best, records)])}
+                       **_calibration(best_p, [b[f.name] == r.labels[f.name] for b, r in zip(best, records)])}
     return out
+
+
+def _calibration(confidence: list[float], right: list[bool]) -> dict:
+    """``ece`` (:func:`calibration_error`) and ``reliability`` (its bins) of the likeliest labels'
+    probabilities and their being right."""
+    return {"ece": calibration_error(confidence, right), "reliability": reliability(confidence, right)}
 
 
 def scored_answers(task, records, preds: list[dict], probabilities: list[dict]) -> tuple[dict, dict[str, list]]:

@@ -168,6 +168,7 @@ def _plots(task, stats: dict, out: Path) -> list[str]:
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
         files.append(name)
+    files += _calibration_plots(plt, task, st, out)
     for stage in ("sft", "dpo"):
         train = out / stage / "train"
         if not (train / CURVES).is_file() and (train / "metrics.jsonl").is_file():  # a run from before the curves
@@ -177,6 +178,39 @@ def _plots(task, stats: dict, out: Path) -> list[str]:
                 pass
         if (train / CURVES).is_file():
             files.append(f"{stage}/train/{CURVES}")
+    return files
+
+
+def _calibration_plots(plt, task, st: dict, out: Path) -> list[str]:
+    """``calibration_<field>.png``: each stage's reliability curve (the likeliest label's
+    probability, binned, against how often it was right; a point's size its bin's count) on the
+    diagonal a calibrated model follows, where every stage was scored (a run from before
+    2026-12-06 kept no bins)."""
+    scored = [st[s]["metrics"].get("confidence") for s in st]
+    if not all(c and all("reliability" in x for x in c.values()) for c in scored):
+        return []
+    files = []
+    for f in getattr(task, "fields", []):
+        fig, ax = plt.subplots(figsize=(4.2, 4.0))
+        ax.plot([0, 1], [0, 1], color="#bbbbbb", linestyle="--", linewidth=1)
+        for s, color in zip(st, ["#9aa5b1", "#4c78a8", "#f58518"]):
+            c = st[s]["metrics"]["confidence"][f.name]
+            bins = c["reliability"]
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], color=color, marker="o",
+                    markersize=3, linewidth=1.2, label=f"{NAMES[s]} (ECE {c['ece']:.3f})")
+            ax.scatter([b["confidence"] for b in bins], [b["accuracy"] for b in bins], s=[8 * b["n"] for b in bins],
+                       color=color, alpha=0.35)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("probability of the likeliest label", fontsize=8)
+        ax.set_ylabel("how often it was right", fontsize=8)
+        ax.set_title(f"{task.name}: {f.name} calibration", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+        fig.tight_layout()
+        name = f"calibration_{f.name.replace(' ', '_')}.png"
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        files.append(name)
     return files
 
 

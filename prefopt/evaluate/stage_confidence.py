@@ -152,8 +152,9 @@ def brier_comparison_lines(comparisons: dict[str, dict]) -> list[str]:
     result}}``), or nothing where none was made."""
     if not any(comparisons.values()):
         return []
-    lines = ["Paired bootstrap of the Brier score (lower: better calibrated probabilities), over the same test "
-             "items:", "", "| comparison | field | ΔBrier | 95% CI | bootstrap p |", "|---|---|---|---|---|"]
+    lines = ["Paired bootstrap of the Brier score (lower: label probabilities nearer the truth, by their "
+             "calibration and their sharpness both), over the same test items:", "",
+             "| comparison | field | ΔBrier | 95% CI | bootstrap p |", "|---|---|---|---|---|"]
     for label, fields in comparisons.items():
         for name, c in (fields or {}).items():
             lines.append(f"| {label} | {name} | {c['delta']:+.3f} | [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | "

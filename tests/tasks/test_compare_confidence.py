@@ -1,5 +1,6 @@
 """``prefopt compare``'s confidence: each stage's label probabilities, added to its evaluation
 without answering again, and set side by side in the report (prefopt.evaluate.stage_confidence)."""
+import importlib.util
 import json
 from dataclasses import asdict
 
@@ -123,6 +124,14 @@ def test_each_stage_is_scored_later_without_answering_again_and_the_report_sets_
     tested, calibrated = tested.split("Paired bootstrap of the Brier score", 1)
     assert len([line for line in tested.splitlines() if line.startswith("| SFT")]) == 6
     assert len([line for line in calibrated.splitlines() if line.startswith("| SFT")]) == 6
+    if importlib.util.find_spec("matplotlib"):  # each field's reliability curves, the stages side by side
+        assert {"calibration_urgency.png", "calibration_staff.png"} <= set(report["plots"])
+        assert (out / "calibration_staff.png").read_bytes().startswith(b"\x89PNG")
+    for stage in STAGES:  # the bins the curves are drawn from give the ECE
+        for c in _metrics(out, stage)["confidence"].values():
+            n = sum(b["n"] for b in c["reliability"])
+            assert n == 4 and c["ece"] == pytest.approx(sum(b["n"] / n * abs(b["confidence"] - b["accuracy"])
+                                                            for b in c["reliability"]))
     said = [line for line in console_lines(report) if "AUROC" in line]  # the terminal's summary, a line per field
     assert said == confidence_console_lines({n: _metrics(out, s) for n, s in zip(("base", "SFT", "SFT+DPO"), STAGES)})
     assert [line.split(":")[0] for line in said] == ["confidence in urgency", "confidence in staff"]

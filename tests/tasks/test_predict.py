@@ -603,7 +603,11 @@ def test_confidence_metrics_split_the_answers_by_confidence():
                    "brier": pytest.approx(2.765 / 5),
                    # ECE: the likeliest labels' .9 .6 .8 .85 .5, right 1 0 1 0 1; bins 9, 6, 8 (.8, .85), 5:
                    # .2*|.9-1| + .2*|.6-0| + .4*|.825-.5| + .2*|.5-1|
-                   "ece": pytest.approx(0.02 + 0.12 + 0.13 + 0.1)}
+                   "ece": pytest.approx(0.02 + 0.12 + 0.13 + 0.1),
+                   "reliability": [{"bin": [0.5, 0.6], "n": 1, "confidence": 0.5, "accuracy": 1.0},
+                                   {"bin": [0.6, 0.7], "n": 1, "confidence": pytest.approx(0.6), "accuracy": 0.0},
+                                   {"bin": [0.8, 0.9], "n": 2, "confidence": pytest.approx(0.825), "accuracy": 0.5},
+                                   {"bin": [0.9, 1.0], "n": 1, "confidence": pytest.approx(0.9), "accuracy": 1.0}]}
     assert confidence_line(got) == ("AUROC 0.833; 0.750 among the 80% of answers that named a label (right vs wrong "
                                     "answers); accuracy of the more confident half 0.667, the others 0.000; median "
                                     "0.800; accuracy of the likeliest labels 0.600; Brier 0.553, ECE 0.370")
@@ -632,7 +636,7 @@ def test_eval_confidence_agrees_with_predicts(tiny_model, tmp_path, capsys):
     assert set(metrics["confidence"]) == {"urgency", "staff"} and metrics["confidence_scoring"] == SCORING
     assert set(metrics["confidence"]["urgency"]) == {"auroc", "auroc_named", "named", "accuracy_confident_half",
                                                       "accuracy_other_half", "median", "accuracy_likeliest", "brier",
-                                                      "ece"}
+                                                      "ece", "reliability"}
     rows = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "e/predictions.jsonl").read_text().splitlines()}
     for field in ("urgency", "staff"):
         right = [r["likeliest"][field] == r["labels"][field] for r in rows.values()]
