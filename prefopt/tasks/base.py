@@ -196,12 +196,13 @@ class ClassificationTask(Task):
     def __init__(self, fields: list[LabelField]):
         self.fields = fields
 
-    def own_label(self, label: str, path, line: int, column: str) -> str:
-        """``label``; where the labels were given (``labels_given``), it must be one of them (else a
-        :class:`~._io.NotALabel` at ``path:line``, field ``column``, that says how to map it)."""
+    def own_label(self, label: str, path, line: int, column: str, cell: str) -> str:
+        """``label``, read from the file's ``cell``; where the labels were given (``labels_given``), it
+        must be one of them (else a :class:`~._io.NotALabel` at ``path:line``, field ``column``,
+        that names the cell as the file spells it and says how to map it)."""
         if self.labels_given and label not in self.fields[0].labels:
-            raise NotALabel(path, line, column, label, f"the labels given ({', '.join(self.fields[0].labels)})",
-                            "label_map", self.label_map)
+            raise NotALabel(path, line, column, str(cell).strip(),
+                            f"the labels given ({', '.join(self.fields[0].labels)})", "label_map", self.label_map)
         return label
 
     @property

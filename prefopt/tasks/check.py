@@ -105,10 +105,12 @@ def unmapped_lines(errors: list, partial: bool = False) -> list[str]:
     (:class:`NotALabel`), with their rows, and the option that maps them all (``partial``: read
     from the first bad rows alone)."""
     words: dict[str, dict[str, int]] = {}
+    spelt: dict[str, str] = {}  # each word as the file first spells it (the map reads any case)
     for e in errors:
         if isinstance(e, NotALabel):
             seen = words.setdefault(e.option, {})
-            seen[e.word] = seen.get(e.word, 0) + 1
+            word = spelt.setdefault(e.word.lower(), e.word)
+            seen[word] = seen.get(word, 0) + 1
     out = []
     for option, seen in words.items():
         seen = dict(sorted(seen.items(), key=lambda x: -x[1]))  # the commonest first (stable: then as met)

@@ -68,7 +68,7 @@ class NumericTable(ClassificationTask):
         if labelled:
             cell = column_cell(self, row, "label_column", path, line, likely)
             labels["label"] = self.own_label(convert(self.label_of, cell, self.label_column, path, line), path,
-                                             line, self.label_column)
+                                             line, self.label_column, cell)
         # every named column but the label (an export's trailing ";;" makes unnamed, empty ones)
         cols = self.feature_columns or [c for c in row if c.strip() and c not in (self.label_column, "_source")]
         for c in cols:

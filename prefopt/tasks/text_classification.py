@@ -45,7 +45,7 @@ class TextClassification(ClassificationTask):
                 if labelled:
                     cell = column_cell(self, row, "label_column", path, line, likely)
                     labels["label"] = self.own_label(convert(self.label_of, cell, self.label_column, path, line), path,
-                                                     line, self.label_column)
+                                                     line, self.label_column, cell)
                 out.append(Record(f"{Path(path).name}:{line}", "", labels.get("label", ""), labels,
                                   {"text": text, "row": row}))
         self.labels_read(path, out)

@@ -184,7 +184,7 @@ class PortalTriage(ClassificationTask):
             cell = column_cell(self, row, f"{f.name}_column", path, line, likely)
             v = self.mapped(cell, f.name)
             if v not in f.labels:
-                raise NotALabel(path, line, getattr(self, f"{f.name}_column"), v,
+                raise NotALabel(path, line, getattr(self, f"{f.name}_column"), cell.strip(),
                                 f"the labels ({', '.join(f.labels)})", f"{f.name}_map", self.maps[f.name])
             labels[f.name] = v
         prompt = ("Triage this patient portal message. How urgent is it (emergency, urgent or routine), and "

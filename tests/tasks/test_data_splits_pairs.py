@@ -243,9 +243,9 @@ def test_a_generic_tasks_label_map_reads_a_files_codes_as_its_labels(tmp_path):
     assert "Answer with one of: cardiovascular, digestive, neoplasms, other." in recs[0].prompt
     given = get_task("text_classification", text_column="note", label_column="dx", labels="neoplasms,digestive",
                      label_map={"1": "neoplasms", "2": "digestive"})
-    with pytest.raises(DataError, match=r"t.csv:4: field 'dx': 'i' is not one of the labels given \(neoplasms, "
+    with pytest.raises(DataError, match=r"t.csv:4: field 'dx': 'I' is not one of the labels given \(neoplasms, "
                                         r"digestive\) nor of label_map's words \(1, 2\); --task-option "
-                                        r"label_map=\"i=LABEL\" reads a word of your file's as a label$"):
+                                        r"label_map=\"I=LABEL\" reads a word of your file's as a label$"):
         given.load(c)
     with pytest.raises(ValueError, match=r"label_map: 3=cardiac: 'cardiac' is not one of the task's labels "
                                          r"\(neoplasms, digestive\)"):

@@ -105,12 +105,12 @@ def test_the_hospitals_own_label_words_are_read_through_their_maps(tmp_path):
     want = get_task("portal", encoding="cp1252", **COLUMNS).read(str(_export(tmp_path / "plain.csv")))
     assert [(r.prompt, r.target, r.labels) for r in got] == [(r.prompt, r.target, r.labels) for r in want]
     # without its map, a word is refused at its row, with the option that maps it
-    with pytest.raises(DataError, match=r"export.csv:2: field 'Team': 'pflege' is not one of the labels \(physician, "
-                                        r"nurse, pharmacist, front desk\); --task-option staff_map=\"pflege=LABEL\" "
+    with pytest.raises(DataError, match=r"export.csv:2: field 'Team': 'Pflege' is not one of the labels \(physician, "
+                                        r"nurse, pharmacist, front desk\); --task-option staff_map=\"Pflege=LABEL\" "
                                         r"reads a word of your file's as a label$"):
         get_task("portal", encoding="cp1252", **COLUMNS, urgency_map=maps["urgency_map"]).read(str(data))
     misspelt = _export(tmp_path / "r.csv", [words[0], ("x", "Routinee", "Pflege")])
-    with pytest.raises(DataError, match=r"r.csv:3: field 'Dringlichkeit': 'routinee' is not one of .* nor of "
+    with pytest.raises(DataError, match=r"r.csv:3: field 'Dringlichkeit': 'Routinee' is not one of .* nor of "
                                         r"urgency_map's words \(Notfall, dringend\)"):
         get_task("portal", encoding="cp1252", **COLUMNS, urgency_map="Notfall=emergency,dringend=urgent",
                  staff_map=maps["staff_map"]).read(str(misspelt))
@@ -135,7 +135,7 @@ def test_the_hospitals_own_label_words_are_read_through_their_maps(tmp_path):
 
 def test_check_data_gathers_the_words_no_label_is_into_the_maps_to_give(tiny_model, tmp_path, capsys):
     rows = [("Brustschmerz", "Notfall", "Arzt"), ("Rezept", "später", "Apotheke"), ("Fieber", "bald", "nurse"),
-            ("Termin", "später", "Empfang"), ("Husten", "urgent", "Pflege")]
+            ("Termin", "SPÄTER", "Empfang"), ("Husten", "urgent", "Pflege")]
     data = _export(tmp_path / "export.csv", rows)
     argv = ["check-data", "--task", "portal", "--model", str(tiny_model), "--data", str(data),
             "--task-option", "encoding=cp1252", *(f"--task-option={k}={v}" for k, v in COLUMNS.items())]
@@ -143,11 +143,11 @@ def test_check_data_gathers_the_words_no_label_is_into_the_maps_to_give(tiny_mod
     out = capsys.readouterr().out.splitlines()
     # each row stops at its first bad cell: urgency's words on rows 2-5, staff's on the sixth alone
     assert [x for x in out if x.startswith("  no label") or x.startswith("  (a row")] == [
-        "  no label: 'später' (2 rows), 'notfall' (1 row), 'bald' (1 row); where these are your file's own words for "
-        "labels, --task-option \"urgency_map=später=LABEL,notfall=LABEL,bald=LABEL\" reads each as its label (else "
+        "  no label: 'später' (2 rows), 'Notfall' (1 row), 'bald' (1 row); where these are your file's own words for "
+        "labels, --task-option \"urgency_map=später=LABEL,Notfall=LABEL,bald=LABEL\" reads each as its label (else "
         "correct those rows)",
-        "  no label: 'pflege' (1 row); where these are your file's own words for labels, --task-option "
-        "\"staff_map=pflege=LABEL\" reads each as its label (else correct those rows)",
+        "  no label: 'Pflege' (1 row); where these are your file's own words for labels, --task-option "
+        "\"staff_map=Pflege=LABEL\" reads each as its label (else correct those rows)",
         "  (a row with two such cells is counted by its first)"]
     maps = ["--task-option=urgency_map=später=routine,notfall=emergency,bald=urgent",
             "--task-option=staff_map=pflege=nurse,arzt=physician,apotheke=pharmacist,empfang=front desk"]
