@@ -296,15 +296,26 @@ def _json(path: Path, encoding: str | None = None):
     while i < len(text) and text[i] != "]":
         line, counted = line + text.count("\n", counted, i), i
         try:
-            row, end = _DECODER.raw_decode(text, i)
+            row, end = _record_at(text, i, path, line)
         except json.JSONDecodeError as e:
             raise DataError(path, e.lineno, None, f"malformed JSON: {e.msg}") from None
-        except RepeatedKey as e:  # the record's end is not known: skip it as json would, without the hook
-            row, end = DataError(path, line, e.args[0], REPEATED), json.JSONDecoder().raw_decode(text, i)[1]
         yield line, row if isinstance(row, (dict, DataError)) else DataError(path, line, None, "expected a JSON object")
-        i = _skip_ws(text, end)
-        if i < len(text) and text[i] == ",":
-            i = _skip_ws(text, i + 1)
+        i = _next_entry(text, end)
+
+
+def _record_at(text: str, i: int, path: Path, line: int):
+    """``(value, end)``: the JSON value at ``text[i:]``, or where it names a key twice a
+    :class:`DataError` at ``line`` in its place (its end found as json would, without the hook)."""
+    try:
+        return _DECODER.raw_decode(text, i)
+    except RepeatedKey as e:
+        return DataError(path, line, e.args[0], REPEATED), json.JSONDecoder().raw_decode(text, i)[1]
+
+
+def _next_entry(text: str, end: int) -> int:
+    """Where the entry after the one ending at ``end`` starts: past the spaces and one comma."""
+    i = _skip_ws(text, end)
+    return _skip_ws(text, i + 1) if i < len(text) and text[i] == "," else i
 
 
 def keyed_json(path: str | Path, encoding: str | None = None):
@@ -333,17 +344,11 @@ def keyed_json(path: str | Path, encoding: str | None = None):
             colon = _skip_ws(text, end)
             if not isinstance(key, str) or text[colon:colon + 1] != ":":
                 raise json.JSONDecodeError("Expecting a key and ':'", text, i)
-            start = _skip_ws(text, colon + 1)
-            try:
-                value, end = _DECODER.raw_decode(text, start)
-            except RepeatedKey as e:  # (as _json: the record's end found without the hook)
-                value, end = DataError(path, line, e.args[0], REPEATED), json.JSONDecoder().raw_decode(text, start)[1]
+            value, end = _record_at(text, _skip_ws(text, colon + 1), path, line)
             yield line, key, DataError(path, line, None, f"record {key} is given twice (JSON keeps only the last)") \
                 if key in seen else value
             seen.add(key)
-            i = _skip_ws(text, end)
-            if i < len(text) and text[i] == ",":
-                i = _skip_ws(text, i + 1)
+            i = _next_entry(text, end)
         if i >= len(text):
             raise json.JSONDecodeError("Expecting '}' (the file cut short?)", text, len(text))
     except json.JSONDecodeError as e:
