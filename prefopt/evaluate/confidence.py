@@ -253,11 +253,10 @@ def reliability(confidence, right, bins: int = 10) -> list[dict]:
             for b in np.unique(where).tolist()]
 
 
-def calibration_error(confidence, right, bins: int = 10) -> float:
-    """The expected calibration error: over the :func:`reliability` bins, each bin's gap between
-    its mean confidence and its accuracy, weighted by its share of the answers (0: a label given
-    0.8 is right 8 times in 10)."""
-    binned = reliability(confidence, right, bins)
+def calibration_error(binned: list[dict]) -> float:
+    """The expected calibration error of :func:`reliability`'s bins: each bin's gap between its
+    mean confidence and its accuracy, weighted by its share of the answers (0: a label given 0.8
+    is right 8 times in 10)."""
     total = sum(b["n"] for b in binned)
     return float(sum(b["n"] / total * abs(b["confidence"] - b["accuracy"]) for b in binned))
 
@@ -317,22 +316,16 @@ def confidence_metrics(task, records, preds: list[dict], probabilities: list[dic
         top = np.zeros(len(conf), dtype=bool)
         top[order[:(len(conf) + 1) // 2]] = True
         named = np.array([s[f.name] is not None for s in sure])
-        best_p = [p[f.name][b[f.name]] for p, b in zip(probabilities, best)]
+        likely_right = [b[f.name] == r.labels[f.name] for b, r in zip(best, records)]
+        binned = reliability([p[f.name][b[f.name]] for p, b in zip(probabilities, best)], likely_right)
         out[f.name] = {"auroc": auroc(conf, right), "auroc_named": auroc(conf[named], right[named]),
                        "named": float(named.mean()), "accuracy_confident_half": float(right[top].mean()),
                        "accuracy_other_half": float(right[~top].mean()) if (~top).any() else None,
                        "median": float(np.median(conf)),
-                       "accuracy_likeliest": float(np.mean([b[f.name] == r.labels[f.name]
-                                                            for b, r in zip(best, records)])),
+                       "accuracy_likeliest": float(np.mean(likely_right)),
                        "brier": float(np.mean([g[f.name] for g in gaps])),
-                       **_calibration(best_p, [b[f.name] == r.labels[f.name] for b, r in zip(best, records)])}
+                       "ece": calibration_error(binned), "reliability": binned}
     return out
-
-
-def _calibration(confidence: list[float], right: list[bool]) -> dict:
-    """``ece`` (:func:`calibration_error`) and ``reliability`` (its bins) of the likeliest labels'
-    probabilities and their being right."""
-    return {"ece": calibration_error(confidence, right), "reliability": reliability(confidence, right)}
 
 
 def scored_answers(task, records, preds: list[dict], probabilities: list[dict]) -> tuple[dict, dict[str, list]]:
