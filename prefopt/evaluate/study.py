@@ -219,9 +219,11 @@ def _row(arm: Arm, report: dict, seconds: float, start_from: str | None = None) 
             "verdict": c["sft->dpo"]["verdict"],
             **({"cost": cost} if (cost := {s: d["cost"] for s, d in report.get("training", {}).items()
                                            if s in ("sft", "dpo") and "cost" in d}) else {}),
-            **({"confidence": {s: {name: {k: v.get(k) for k in ("auroc", "auroc_named", "named", "accuracy_likeliest")}
+            **({"confidence": {s: {name: {k: v.get(k) for k in ("auroc", "auroc_named", "named", "accuracy_likeliest",
+                                                                 "brier", "ece")}
                                     for name, v in st[s]["metrics"]["confidence"].items()} for s in st},
-                "auroc_dpo_vs_sft": c["sft->dpo"].get("confidence_auroc", {})}
+                "auroc_dpo_vs_sft": c["sft->dpo"].get("confidence_auroc", {}),
+                "brier_dpo_vs_sft": c["sft->dpo"].get("brier", {})}
                if all("confidence" in st[s]["metrics"] for s in st) else {})}
 
 
@@ -328,10 +330,10 @@ def _confidence_lines(ran: list[dict]) -> list[str]:
 
     def cells(r: dict, name: str, key: str) -> str:  # an AUROC over fewer than all answers says over how many
         stages = [r["confidence"][s][name] for s in ("base", "sft", "dpo")]
-        return " | ".join(auroc_named_text(c, r["n_test"]) if key == "auroc_named" else fmt(c[key]) for c in stages)
+        return " | ".join(auroc_named_text(c, r["n_test"]) if key == "auroc_named" else fmt(c.get(key)) for c in stages)
 
-    def test(r: dict, name: str) -> str:  # SFT+DPO's named AUROC against SFT's (stage_confidence.compare_auroc)
-        c = r.get("auroc_dpo_vs_sft", {}).get(name)
+    def test(r: dict, name: str, key: str = "auroc_dpo_vs_sft") -> str:  # SFT+DPO's against SFT's, paired
+        c = r.get(key, {}).get(name)
         if c is None:
             return "—"
         return f"{c['delta']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}], p {p_text(c).lstrip('= ')}"
@@ -346,6 +348,16 @@ def _confidence_lines(ran: list[dict]) -> list[str]:
     for r in scored:
         lines += [f"| `{r['task']}` | {name} | {cells(r, name, 'auroc_named')} | {test(r, name)} | "
                   f"{cells(r, name, 'accuracy_likeliest')} |" for name in r["confidence"]["base"]]
+    calibrated = [r for r in scored if any(c.get("brier") is not None for c in r["confidence"]["base"].values())]
+    if calibrated:  # (rows of runs scored before 2026-12-06 hold no Brier: left out)
+        lines += ["", "Are the stages' label probabilities calibrated? Brier: the mean squared gap between each "
+                  "label's probability and the truth (0 best, 2 worst), and SFT+DPO's against SFT's by the paired "
+                  "bootstrap (negative: nearer the truth); ECE: the gap between the likeliest label's probability "
+                  "and how often it is right, over ten bins (0: a label given 0.8 is right 8 times in 10).", "",
+                  "| task | field | Brier base | SFT | SFT+DPO | SFT+DPO vs SFT: ΔBrier [95% CI], p | ECE base | SFT "
+                  "| SFT+DPO |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| `{r['task']}` | {name} | {cells(r, name, 'brier')} | {test(r, name, 'brier_dpo_vs_sft')} | "
+                  f"{cells(r, name, 'ece')} |" for r in calibrated for name in r["confidence"]["base"]]
     return lines
 
 

@@ -67,6 +67,7 @@ def test_study_runs_every_dataset_present_and_tabulates_them(tmp_path, capsys):
     md = (out / "study.md").read_text()
     main_md, sure_md = md.split("How sure is each stage", 1)
     sure_md, cost_md = sure_md.split("What each run took on cpu", 1)
+    sure_md, calibrated_md = sure_md.split("Are the stages' label probabilities calibrated?", 1)
     table = [line for line in main_md.splitlines() if line.startswith("| ") and "`" in line]
     assert [line.split("`")[1] for line in table] == ["medical_abstracts", "uci_heart", "medqa", "meqsum", "portal"]
     # confidence: every task whose answers are labels, a row per field, as its report.json has it (not meqsum)
@@ -87,6 +88,18 @@ def test_study_runs_every_dataset_present_and_tabulates_them(tmp_path, capsys):
         counted += sum(x["named"] < 1 for x in c)
         assert arms[r[0].strip("`")]["confidence"]["dpo"][r[1]]["auroc"] == c[2]["auroc"]
     assert counted and "named)" in sure_md
+    # calibration: the same tasks and fields, each stage's Brier and ECE and SFT+DPO's Brier tested against SFT's
+    calibrated = [[c.strip() for c in line.split("|")[1:-1]] for line in calibrated_md.splitlines()
+                  if line.startswith("| `")]
+    assert [r[:2] for r in calibrated] == [r[:2] for r in sure]
+    for r in calibrated:
+        report = json.loads((out / r[0].strip("`") / "report.json").read_text())
+        c = [report["stages"][s]["metrics"]["confidence"][r[1]] for s in ("base", "sft", "dpo")]
+        t = report["comparisons"]["sft->dpo"]["brier"][r[1]]
+        assert r[2:] == ([f"{x['brier']:.3f}" for x in c]
+                         + [f"{t['delta']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}], p {p_text(t).lstrip('= ')}"]
+                         + [f"{x['ece']:.3f}" for x in c])
+        assert t["delta"] == pytest.approx(c[2]["brier"] - c[1]["brier"])
     # what each run took: every task that ran, its stages' figures as its report.json has them
     cost = [[c.strip() for c in line.split("|")[1:-1]] for line in cost_md.splitlines() if line.startswith("| `")]
     assert [r[0] for r in cost] == [line.split("|")[2].strip() for line in table]
@@ -229,6 +242,14 @@ def test_an_auroc_among_fewer_than_all_answers_says_among_how_many():
     md = study_markdown({"model": "m", "data_root": "d", "settings": {}, "arms": [row]})
     assert "| `portal` | urgency | 0.933 (8 of 60 named) | 0.736 | 0.681 (55 of 60 named) | — |" in md
     assert "| `portal` | staff | — (0 of 60 named) | 0.700 | 0.651 (45 of 60 named) | — |" in md
+    assert "calibrated?" not in md  # a run scored before Brier was kept: no calibration table
+    for s, (brier, ece) in {"base": (0.9, 0.4), "sft": (0.4, 0.1), "dpo": (0.5, 0.2)}.items():
+        for name in ("urgency", "staff"):
+            row["confidence"][s][name].update(brier=brier, ece=ece)
+    row["brier_dpo_vs_sft"] = {"urgency": {**vs, "delta": 0.1, "p_value": 0.03}, "staff": None}
+    md = study_markdown({"model": "m", "data_root": "d", "settings": {}, "arms": [row]})
+    assert "| `portal` | urgency | 0.900 | 0.400 | 0.500 | +0.100 [-0.100, +0.100], p 0.03 | 0.400 | 0.100 | 0.200 |" in md
+    assert "| `portal` | staff | 0.900 | 0.400 | 0.500 | — | 0.400 | 0.100 | 0.200 |" in md
 
 
 def test_a_study_from_an_earlier_one_trains_only_dpo(tmp_path, capsys, monkeypatch):
