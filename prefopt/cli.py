@@ -287,7 +287,7 @@ def _check_data(args: argparse.Namespace) -> int:
     if args.task:  # a task's data (compare, eval, predict): read as the task reads it
         from .evaluate.cli import key_values
         from .tasks import get_task
-        from .tasks.check import check_task_data
+        from .tasks.check import check_task_data, check_test_data, group_lines
 
         given = [flag for flag, v in (("--kind", args.kind), ("--max-prompt-length", args.max_prompt_length),
                                       ("--columns", args.columns), ("--text-windows", args.text_windows),
@@ -297,11 +297,24 @@ def _check_data(args: argparse.Namespace) -> int:
                              "from the task's data (its columns: --task-option)")
         if args.data and len(args.data) > 1:
             raise ValueError("--task reads one data file (or the task's folder); join the files first")
-        lines, n_bad, n_kept = check_task_data(get_task(args.task, **key_values(args.task_option)),
-                                               args.data[0] if args.data else None, tok,
-                                               max_length=args.max_length, show_bad=show_bad)
-        print("\n".join(lines))
-        bad = n_bad > 0 or not n_kept  # (none usable: exit 1, as for a training file)
+        if args.test_sheet and not args.test_data:
+            raise ValueError(f"--test-sheet {args.test_sheet}: the sheet of --test-data, which is not given")
+        if args.test_data and not Path(args.test_data).exists():
+            raise FileNotFoundError(f"--test-data {args.test_data}: no such file")
+        task = get_task(args.task, **key_values(args.task_option))
+        checked = check_task_data(task, args.data[0] if args.data else None, tok, max_length=args.max_length,
+                                  show_bad=show_bad)
+        grouped, ok = group_lines(checked.records, args.group_by)
+        print("\n".join(checked.lines + grouped))
+        bad = checked.n_bad > 0 or not checked.n_kept or not ok  # (none usable: exit 1, as for a training file)
+        if args.test_data:  # read after the data, as compare does (a classifier keeps the labels read off it)
+            tested = check_test_data(task, args.test_data, args.test_sheet, checked, tok, max_length=args.max_length,
+                                     show_bad=show_bad, group_by=args.group_by)
+            print("\n".join(tested.lines))
+            bad = bad or tested.n_bad > 0 or not tested.n_kept
+    elif args.test_data or args.test_sheet or args.group_by:
+        flag = "--test-data" if args.test_data else "--test-sheet" if args.test_sheet else "--group-by"
+        raise ValueError(f"{flag} is for a task's data, as compare reads it (--task)")
     elif args.data is None:
         raise ValueError("--data FILE is needed (a task's bundled data only with --task)")
     else:
@@ -455,6 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--task", help="check a task's data as compare, eval and predict read it: its class mix per "
                    "field, and the SFT examples compare builds from it (lengths, cuts, repeats)")
     k.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="with --task: a task option")
+    k.add_argument("--test-data", metavar="PATH", help="with --task: compare's --test-data, checked as the data is, "
+                   "then set against it: the training records compare leaves out as the same text, test labels no "
+                   "training record holds (compare refuses those), each label's share in both")
+    k.add_argument("--test-sheet", metavar="NAME", help="the sheet of --test-data where it is a workbook, as "
+                   "compare's")
+    k.add_argument("--group-by", metavar="COLUMN", help="with --task: as compare's --set group_by (a patient's id): "
+                   "how many groups the records make, and with --test-data the training records of a test patient")
     k.add_argument("--kind", choices=["sft", "preference", "feedback"], type=_data_kind,
                    help="feedback: unpaired records for dpo --loss kto (a preference file read as KTO reads it); "
                    "dpo and kto stand for preference and feedback; default: from the first record's fields")

@@ -10,7 +10,9 @@ import json
 import re
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from ..data import DataError, Records
 from ..data.check import SHOW_BAD, answer_line, bad_lines, check_data
@@ -18,7 +20,15 @@ from ..data.records import ESCAPES, EscapedText, escape_counts
 from ..tokenizer import Tokenizer
 from ._io import NotALabel, read_past_bad_rows
 from .base import ClassificationTask, Task, map_option
-from .splits import mixed_labels
+from .splits import count_groups, mixed_labels, overlapping
+
+
+class TaskCheck(NamedTuple):
+    """:func:`check_task_data`'s result."""
+    lines: list[str]  # the check, as console lines
+    n_bad: int  # bad rows found
+    n_kept: int  # records kept
+    records: list  # those records (none where the check stopped past its bad rows)
 
 
 def read_labelled(task: Task, path: str | None) -> list:
@@ -43,6 +53,15 @@ def read_test_data(task: Task, path: str, sheet: str | None) -> list:
     task's options but its ``sheet``: the test workbook's is ``sheet`` (``--test-sheet``; None:
     its one sheet of data), as another file, or another sheet of the same workbook, holds the
     test records."""
+    with on_test_sheet(task, sheet):
+        return read_labelled(task, path)
+
+
+@contextmanager
+def on_test_sheet(task: Task, sheet: str | None):
+    """Within it ``task`` reads a test file (``--test-data``): with its options, but ``sheet`` as
+    the workbook's sheet (``--test-sheet``; None: its one sheet of data), and a missing sheet's
+    error names ``--test-sheet``."""
     from ..data.sheets import naming_sheet_by
 
     own = getattr(task, "file", None)  # the options of a task that reads a table of the user's own
@@ -52,25 +71,25 @@ def read_test_data(task: Task, path: str, sheet: str | None) -> list:
         task.file = {**own, "sheet": sheet}
     try:
         with naming_sheet_by("--test-sheet"):
-            return read_labelled(task, path)
+            yield
     finally:
         if own is not None:
             task.file = own
 
 
 def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length: int,
-                    show_bad: int | None = SHOW_BAD) -> tuple[list[str], int, int]:
-    """The check as console lines, how many bad rows it found and how many records it kept.
-    ``path`` None: the task's bundled data. The read goes on past bad rows
+                    show_bad: int | None = SHOW_BAD) -> TaskCheck:
+    """The check as console lines, how many bad rows it found, how many records it kept and
+    those. ``path`` None: the task's bundled data. The read goes on past bad rows
     (:func:`~prefopt.tasks._io.read_past_bad_rows`): past ``show_bad`` of them (None: never) it
     stops and lists those, measuring nothing."""
     records, bad = read_past_bad_rows(task, path, limit=show_bad)
     where = Path(path) if path else Path(task.bundled_data or task.name)
     if records is None:
-        return [f"{where}: {task.name} records; more than {show_bad} bad rows, the first {show_bad}:",
-                *bad_lines(bad[:show_bad], show_bad),
-                "  ... and more (--all-bad finds every one and measures what is left: lengths, cuts, the class "
-                "mix)", *unmapped_lines(bad[:show_bad], partial=True)], len(bad), 0
+        return TaskCheck([f"{where}: {task.name} records; more than {show_bad} bad rows, the first {show_bad}:",
+                          *bad_lines(bad[:show_bad], show_bad),
+                          "  ... and more (--all-bad finds every one and measures what is left: lengths, cuts, the "
+                          "class mix)", *unmapped_lines(bad[:show_bad], partial=True)], len(bad), 0, [])
     prompts = [task.messages(r) for r in records]  # rendered once (a document's text, a template), used twice
     examples = Records([{"prompt": p, "completion": r.target} for p, r in zip(prompts, records)],
                        f"{task.name} records")
@@ -86,8 +105,8 @@ def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length:
     if isinstance(task, ClassificationTask):  # the labels per field, not the rendered answers
         check.answers = {}
     lines = check.lines(show_bad) + unmapped_lines(bad)
+    kept = [r for i, r in enumerate(records, 1) if i not in refused_at]  # what trains: not what encoding refused
     if isinstance(task, ClassificationTask):
-        kept = [r for i, r in enumerate(records, 1) if i not in refused_at]  # what trains: not what encoding refused
         for f in task.fields:
             counts = Counter({label: 0 for label in f.labels})  # a label no record has shows as 0
             counts.update(r.labels[f.name] for r in kept if f.name in r.labels)
@@ -97,7 +116,66 @@ def check_task_data(task: Task, path: str | None, tok: Tokenizer, *, max_length:
     if mixed := mixed_labels(records):
         lines.append(f"  {mixed}")
     lines += [f"  {line}" for line in escape_lines(task, records, prompts)]
-    return lines, len(bad), check.report.n_kept
+    return TaskCheck(lines, len(bad), check.report.n_kept, kept)
+
+
+def check_test_data(task: Task, path: str, sheet: str | None, training: TaskCheck, tok: Tokenizer, *,
+                    max_length: int, show_bad: int | None = SHOW_BAD, group_by: str | None = None) -> TaskCheck:
+    """:func:`check_task_data` of a test file (compare's ``--test-data``, read after the training
+    data as compare reads it, on ``sheet``), and its lines then set against ``training``'s records
+    (:func:`against_training`; with ``group_by``, the test records' groups too, and the training
+    records of a test group). Its ``n_bad`` also counts the test records compare would refuse:
+    those of a label no training record holds, or with ``group_by`` a record of no group."""
+    with on_test_sheet(task, sheet):
+        tested = check_task_data(task, path, tok, max_length=max_length, show_bad=show_bad)
+    grouped, ok = group_lines(tested.records, group_by)
+    both = ok and group_lines(training.records, group_by)[1]  # (the data's own line said where it is not)
+    lines, refused = against_training(task, training.records, tested.records, group_by if both else None)
+    return tested._replace(lines=tested.lines + grouped + lines, n_bad=tested.n_bad + refused + (not ok))
+
+
+def group_lines(records: list, group_by: str | None) -> tuple[list[str], bool]:
+    """With ``group_by`` (compare's ``--set group_by``), a line of how many groups ``records`` make,
+    each kept in one split, or of why a record cannot be grouped (then False: compare refuses it)."""
+    if not group_by or not records:
+        return [], True
+    try:
+        return [f"  group_by {group_by}: {len(records)} records in {count_groups(records, group_by)} groups (the "
+                "same text or the same value), each in one split"], True
+    except ValueError as e:
+        return [f"  {e}"], False
+
+
+def against_training(task: Task, training: list, tested: list, group_by: str | None = None
+                     ) -> tuple[list[str], int]:
+    """Lines that set a test file's records against the training data's, and how many test records
+    compare would refuse: how many training records it leaves out as the same text (or
+    ``group_by``'s value: the same patient) as a test record; per label field, the test records
+    of a label no training record holds (the prompt would not offer it, so compare refuses them),
+    then each label's share of the test records beside its share of the training records (a later
+    period's or another site's mix may differ)."""
+    if not training or not tested:
+        return [], 0
+    lines, refused = [], 0
+    if shared := overlapping(training, tested, group_by):
+        lines.append(f"  {len(shared)} of {len(training)} training records are also test records (the same text"
+                     f"{f' or {group_by}' if group_by else ''}; the first: {shared[0].id}): compare leaves them out "
+                     "of training")
+    for f in task.fields if isinstance(task, ClassificationTask) else ():
+        unseen = [r for r in tested if r.labels.get(f.name) not in f.labels]
+        if unseen:
+            refused += len(unseen)
+            words = Counter(r.labels.get(f.name) for r in unseen)
+            lines.append(f"  {f.name}: {len(unseen)} test record{'s' * (len(unseen) > 1)} of a label no training "
+                         f"record holds ({', '.join(f'{w!r} {n}' for w, n in words.most_common())}; the first: "
+                         f"{unseen[0].id}): compare refuses the test file (the prompt offers only {', '.join(f.labels)}"
+                         "); --task-option labels=... offers them anyway, or leave those records out")
+        test_n, train_n = Counter(r.labels.get(f.name) for r in tested), Counter(r.labels.get(f.name) for r in training)
+        shares = [f"{label!r} {test_n[label] / len(tested):.0%} ({train_n[label] / len(training):.0%})"
+                  for label in [*f.labels, *(w for w in test_n if w not in f.labels)]]
+        lines.append(f"  {f.name}, each label's share of the test records (of the training records): "
+                     + ", ".join(shares))
+    return lines, refused
 
 
 def unmapped_lines(errors: list, partial: bool = False) -> list[str]:

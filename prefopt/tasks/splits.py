@@ -132,14 +132,22 @@ def split_with_test(records: list[Record], tested: list[Record], *, val: int | f
     ``records`` make train and val (:func:`split_records`) less those whose prompt a test record
     has too (up to whitespace: the same text), or with ``group_by`` its value in that column (the
     same patient), which would leak into training."""
-    texts = {_group_key(r) for r in tested}
-    values = {group_value(r, group_by) for r in tested} if group_by else set()
-    kept = [r for r in records if _group_key(r) not in texts and not (group_by and group_value(r, group_by) in values)]
+    shared = {id(r) for r in overlapping(records, tested, group_by)}
+    kept = [r for r in records if id(r) not in shared]
     if not kept:
         raise ValueError(f"split: every one of the {len(records)} training records is also a test record (the same "
                          f"text{f' or {group_by}' if group_by else ''}); nothing is left to train on")
     splits = split_records(kept, test=0, val=val, seed=seed, max_train=max_train, group_by=group_by)
     return {**splits, "test": list(tested)}, len(records) - len(kept)
+
+
+def overlapping(records: list[Record], tested: list[Record], group_by: str | None = None) -> list[Record]:
+    """The records of ``records`` whose prompt a record of ``tested`` has too (up to whitespace),
+    or with ``group_by`` whose value in that column one has (the same patient): those a model
+    trained on ``records`` would be tested on again."""
+    texts = {_group_key(r) for r in tested}
+    values = {group_value(r, group_by) for r in tested} if group_by else set()
+    return [r for r in records if _group_key(r) in texts or (group_by and group_value(r, group_by) in values)]
 
 
 def sample_records(records: list[Record], k: int, *, seed: int = 0) -> list[Record]:

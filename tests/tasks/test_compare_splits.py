@@ -226,3 +226,58 @@ def test_one_workbook_a_sheet_for_training_and_one_for_testing(tiny_model, tmp_p
     assert main(["compare", "--task", "portal", "--model", str(tiny_model), "--test-sheet", "x",
                  "--output", str(tmp_path / "three")]) == 2
     assert "--test-sheet x: the sheet of --test-data, which is not given" in capsys.readouterr().err
+
+
+def test_check_data_sets_a_test_file_against_the_training_data_as_compare_will(tiny_model, tmp_path, capsys):
+    """``check-data --task --test-data``: both files checked, then the training records compare
+    leaves out (the same text, with ``--group-by`` the same patient), the test labels no training
+    record holds (compare refuses them: exit 1) and each label's share in both."""
+    fields = ["text", "label", "mrn"]
+    train = _portal_csv(tmp_path / "2025.csv", [
+        {"text": "chest pain at rest", "label": "cardiac", "mrn": "1"},
+        {"text": "short of breath on stairs", "label": "cardiac", "mrn": "2"},
+        {"text": "itchy rash on the arm", "label": "skin", "mrn": "3"},
+        {"text": "a mole changed colour", "label": "skin", "mrn": "1"}], fields)
+    rows = [{"text": "palpitations at night", "label": "cardiac", "mrn": "1"},
+            {"text": "itchy rash on the arm", "label": "skin", "mrn": "6"},
+            {"text": "a red scaly patch", "label": "skin", "mrn": "7"},
+            {"text": "swollen ankle", "label": "cardiac", "mrn": "8"}]
+    test = _portal_csv(tmp_path / "2026.csv", rows, fields)
+    argv = ["check-data", "--task", "text_classification", "--model", str(tiny_model), "--data", str(train),
+            "--test-data", str(test)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"{test}: text_classification records, as compare's SFT examples; 4 of 4 records kept" in out
+    assert ("  1 of 4 training records are also test records (the same text; the first: 2025.csv:4): compare "
+            "leaves them out of training") in out
+    assert ("  label, each label's share of the test records (of the training records): 'cardiac' 50% (50%), "
+            "'skin' 50% (50%)") in out
+    # the same as compare's split: the same text, and with group_by the same patient too (mrn 1: 2025.csv:2, :5)
+    records, tested = get_task("text_classification").read(str(train)), get_task("text_classification").read(str(test))
+    assert split_with_test(records, tested)[1] == 1 and split_with_test(records, tested, group_by="mrn")[1] == 3
+    assert main([*argv, "--group-by", "mrn"]) == 0
+    out = capsys.readouterr().out
+    assert "  group_by mrn: 4 records in 3 groups (the same text or the same value), each in one split" in out
+    assert "  group_by mrn: 4 records in 4 groups" in out
+    assert "  3 of 4 training records are also test records (the same text or mrn; the first: 2025.csv:2)" in out
+    assert main([*argv, "--group-by", "ward"]) == 1  # compare refuses records of no group
+    out = capsys.readouterr().out
+    assert "  group_by 'ward': record '2025.csv:2' has no such column (have: text, label, mrn)" in out
+    assert "  group_by 'ward': record '2026.csv:2' has no such column (have: text, label, mrn)" in out
+    assert "1 of 4 training records are also test records (the same text;" in out  # the text's overlap still said
+    # a label the training data does not hold: compare refuses the file; the check says which and exits 1
+    _portal_csv(test, [*rows, {"text": "a broken wrist", "label": "bones", "mrn": "9"}], fields)
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert ("  label: 1 test record of a label no training record holds ('bones' 1; the first: 2026.csv:6): compare "
+            "refuses the test file (the prompt offers only cardiac, skin)") in out
+    assert "'cardiac' 40% (50%), 'skin' 40% (50%), 'bones' 20% (0%)" in out
+    with pytest.raises(ValueError, match="none of the labels the training data holds"):  # as compare does
+        run_compare(CompareConfig(task="text_classification", model=str(tiny_model), data=str(train),
+                                  test_data=str(test), output=str(tmp_path / "run")))
+    for flags, error in ((["--test-sheet", "x"], "--test-sheet x: the sheet of --test-data, which is not given"),
+                         (["--test-data", str(tmp_path / "no.csv")], f"--test-data {tmp_path / 'no.csv'}: no such file")):
+        assert main(["check-data", "--task", "portal", "--model", str(tiny_model), *flags]) == 2
+        assert error in capsys.readouterr().err
+    assert main(["check-data", "--model", str(tiny_model), "--data", str(train), "--group-by", "mrn"]) == 2
+    assert "--group-by is for a task's data, as compare reads it (--task)" in capsys.readouterr().err
