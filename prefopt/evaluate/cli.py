@@ -74,7 +74,8 @@ def _eval(args) -> int:
     from ..tasks import get_task, sample_records, split_records
     from ..tasks.check import read_labelled
     from ..tokenizer import load_tokenizer
-    from .confidence import SCORING, probabilities_for, scored_answers
+    from .calibration import calibration_fit, write_calibration
+    from .confidence import SCORING, answer_logprobs, confidence_possible, marginals, scored_answers
     from .runner import (
         DECODING,
         check_prompts,
@@ -92,7 +93,9 @@ def _eval(args) -> int:
     device, dtype = resolve(args.device, args.dtype)  # a device this machine lacks stops here, before any work
     records = read_labelled(task, args.data)
     if args.split_file:
-        records = _from_split_file(records, args.split_file, args.data)
+        records = _from_split_file(records, args.split_file, args.data, "val" if args.split == "val" else "test")
+    elif args.split == "val":
+        raise ValueError("--split val: a compare run's validation items, named in its split.json: give --split-file")
     elif args.split == "test":
         records = split_records(records, test=args.test, seed=args.seed, group_by=args.group_by)["test"]
     if args.limit:
@@ -102,6 +105,7 @@ def _eval(args) -> int:
         return _rescore(task, records, against, args)
     if not args.model:
         raise ValueError("--model is needed (or --answers DIR: score an earlier evaluation's answers)")
+    temperature = _temperature(args, task)  # (a file fitted for another model: said before any model loads)
     tok = load_tokenizer(args.model)
     require_chat(tok, args.model)
     check_prompts(tok, task, records, args.data)  # before the model loads
@@ -121,14 +125,43 @@ def _eval(args) -> int:
     if note := reasoning_note(metrics, "--max-new-tokens N"):
         print(f"prefopt eval: {note}", flush=True)
     metrics.update(placement(model) | prompt_settings(tok))
-    extra = {"ended": ended}
-    probabilities = probabilities_for(model, tok, task, records, batch_size=args.batch_size, command="eval") \
-        if args.confidence else None
-    if probabilities is not None:
+    extra, fitted = {"ended": ended}, None
+    scored = answer_logprobs(model, tok, task, records, batch_size=args.batch_size) \
+        if args.confidence and confidence_possible(task, "eval") else None
+    if scored is not None:
+        probabilities = [marginals(task, s, temperature) for s in scored]
         metrics["confidence"], per_row = scored_answers(task, records, preds, probabilities)
         metrics["confidence_scoring"] = SCORING
+        metrics |= {"temperature": temperature, "calibration": args.calibration} if args.calibration else {}
         extra.update(per_row)
-    return _write_and_test(task, records, texts, preds, metrics, extra, against, args, str(args.output))
+        fitted = calibration_fit(task, records, preds, scored, model=args.model, adapter=args.adapter,
+                                 task_options=task_options_of(args), data=args.data) if args.fit_temperature else None
+    code = _write_and_test(task, records, texts, preds, metrics, extra, against, args, str(args.output))
+    if fitted is not None:
+        write_calibration(args.output, fitted, metrics["confidence"])
+    return code
+
+
+def _temperature(args, task) -> float:
+    """``--calibration``'s temperature (1 without it), checked against this evaluation's task,
+    model and adapter; ``--fit-temperature`` and ``--calibration`` need the labels scored
+    (``--confidence``, a task whose answers are labels)."""
+    from .calibration import read_calibration
+    from .confidence import scorable
+
+    flag = "--fit-temperature" if args.fit_temperature else "--calibration" if args.calibration else None
+    if flag is None:
+        return 1.0
+    if args.fit_temperature and args.calibration:
+        raise ValueError("--fit-temperature fits a temperature to the model's own probabilities, --calibration divides "
+                         "by one fitted before: give one")
+    if not args.confidence:
+        raise ValueError(f"{flag} scales the label probabilities --confidence scores: add --confidence")
+    if why := scorable(task):
+        raise ValueError(f"{flag}: {why}")
+    if args.calibration:
+        return read_calibration(args.calibration, task=task.name, model=args.model, adapter=args.adapter)
+    return 1.0
 
 
 def _print_estimate(args, tok, task, records, new_tokens: int) -> int:
@@ -179,16 +212,18 @@ def _predict(args) -> int:
     settings = {k: getattr(args, k) for k in DECODING}
     if args.estimate_memory:
         return _print_estimate(args, tok, task, records, decoding(settings, task)["max_new_tokens"])
+    temperature = _predict_temperature(args, task)
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
                        quantize=args.quantize)
     confidence = args.confidence and confidence_possible(task, "predict")
     made = {"task": task.name, "task_options": options, "model": args.model, "adapter": args.adapter,
             "data": str(Path(args.data).resolve()), **decoding(settings, task), **placement(model),
-            **prompt_settings(tok), "confidence": confidence, **({"confidence_scoring": SCORING} if confidence else {})}
+            **prompt_settings(tok), "confidence": confidence, **({"confidence_scoring": SCORING} if confidence else {}),
+            **({"temperature": temperature, "calibration": args.calibration} if args.calibration else {})}
     with claimed(args.output):
         stamp = fingerprint(records, made | {"row_format": ROW_FORMAT})  # what a stopped run must match
-        rows = predict_in_blocks(model, tok, task, records, args.output, stamp,
-                                 batch_size=args.batch_size, confidence=confidence, **settings)
+        rows = predict_in_blocks(model, tok, task, records, args.output, stamp, batch_size=args.batch_size,
+                                 confidence=confidence, temperature=temperature, **settings)
         tally = counts(task, rows)
         kept = keep_earlier(args.output, FILES)
         if kept:
@@ -204,6 +239,21 @@ def _predict(args) -> int:
     return 0
 
 
+def _predict_temperature(args, task) -> float:
+    """predict's ``--calibration`` temperature (1 without it), checked against its task, model and
+    adapter before the model loads."""
+    from .calibration import read_calibration
+    from .confidence import scorable
+
+    if not args.calibration:
+        return 1.0
+    if not args.confidence:
+        raise ValueError("--calibration scales the confidence columns, which --no-confidence leaves out: give one")
+    if why := scorable(task):
+        raise ValueError(f"--calibration: {why}")
+    return read_calibration(args.calibration, task=task.name, model=args.model, adapter=args.adapter)
+
+
 def _rescore(task, records: list, against: list[dict] | None, args) -> int:
     """``eval --answers DIR``: the answers an earlier evaluation in DIR gave to ``records``, scored
     again by the task (no model loads), written to ``--output`` as an evaluation (each row's other
@@ -215,7 +265,7 @@ def _rescore(task, records: list, against: list[dict] | None, args) -> int:
 
     moot = [f"--{k.replace('_', '-')}" for k in ("model", "adapter", "quantize", "confidence", "max_new_tokens",
                                                   "repetition_penalty", "no_repeat_ngram_size", "repeat_scope",
-                                                  "estimate_memory")
+                                                  "estimate_memory", "fit_temperature", "calibration")
             if getattr(args, k, None)]
     if moot:
         raise ValueError(f"--answers {args.answers} scores the answers there, so {', '.join(moot)} would do nothing; "
@@ -245,7 +295,7 @@ def _write_and_test(task, records, texts, preds, metrics, extra, against, args, 
     from .runner import keep_earlier, write_results
 
     metrics["evaluated"] = _evaluated(args) | metrics.get("evaluated", {})
-    moved = keep_earlier(args.output)
+    moved = keep_earlier(args.output, ("predictions.jsonl", "metrics.json", "paired.json", "calibration.json"))
     if moved:
         print(f"prefopt eval: {args.output} held an evaluation; it is kept in {moved}", flush=True)
     write_results(args.output, task, records, texts, preds, metrics, extra)
@@ -267,7 +317,8 @@ def _evaluated(args) -> dict:
     def where(name: str | None) -> str | None:
         return str(Path(name).resolve()) if name and Path(name).exists() else name
 
-    items = {"split_file": where(args.split_file)} if args.split_file else \
+    items = {"split_file": where(args.split_file), **({"split": "val"} if args.split == "val" else {})} \
+        if args.split_file else \
         {"split": args.split} | ({"test": args.test} if args.split == "test" else {}) \
         | ({"group_by": args.group_by} if args.split == "test" and args.group_by else {})
     return {"task": args.task, "task_options": task_options_of(args), "data": where(args.data) or "the task's bundled "
@@ -320,28 +371,37 @@ def _test_against(task, records: list, against: list[dict], args, name: str) -> 
     print(f"prefopt eval: {item_test_line(task, {f'{name} vs {args.against}': c})}")
 
 
-def _from_split_file(records: list, path: str, data: str | None) -> list:
-    """The records named in the ``"test"`` list of a compare run's ``split.json``, in its order. A
-    run given ``--test-data`` took them from that file, whose ids another file may hold too: the
-    records must be read from it (``data``)."""
+def _from_split_file(records: list, path: str, data: str | None, part: str = "test") -> list:
+    """The records named in the ``part`` list (``"test"`` or ``"val"``) of a compare run's
+    ``split.json``, in its order. A run given ``--test-data`` took its test items from that file,
+    whose ids another file may hold too: the records must be read from it (``data``); its
+    validation items, from its ``--data``."""
     from pathlib import Path
 
     from ..fileio import read_json
     from .compare_config import same_path
 
-    ids = read_json(path).get("test")
+    ids = read_json(path).get(part)
     if not isinstance(ids, list):
-        raise ValueError(f"{path}: not a compare split.json (no \"test\" list of record ids)")
+        raise ValueError(f"{path}: not a compare split.json (no \"{part}\" list of record ids)")
+    if not ids:  # (a test list is never empty)
+        raise ValueError(f"{path}: its run held no validation items out (compare --set val=N holds N out of "
+                         "training, to choose DPO's weights by and to fit a temperature on)")
     config = Path(path).with_name("compare_config.json")
-    tested = read_json(config).get("test_data") if config.is_file() else None
+    recorded = read_json(config) if config.is_file() else {}
+    tested = recorded.get("test_data") if part == "test" else None
     if tested and not same_path(tested, data):
         raise ValueError(f"{path}: its run tested on --test-data {tested}, not on {data or 'the bundled data'}: "
                          f"pass --data {tested}")
+    if part == "val" and recorded.get("test_data") and same_path(recorded["test_data"], data):
+        source = recorded.get("data")
+        raise ValueError(f"{path}: its validation items are from its --data, {source or 'the bundled data'}, not from "
+                         f"its --test-data {data}: " + (f"pass --data {source}" if source else "leave --data out"))
     by_id = {r.id: r for r in records}
     missing = [i for i in ids if i not in by_id]
     if missing:
-        raise ValueError(f"{path}: {len(missing)} of {len(ids)} test ids are not in the data (first: {missing[0]!r}); "
-                         "pass the --data the compare run used")
+        raise ValueError(f"{path}: {len(missing)} of {len(ids)} {part} ids are not in the data (first: "
+                         f"{missing[0]!r}); pass the --data the compare run used")
     return [by_id[i] for i in ids]
 
 
@@ -453,8 +513,9 @@ def add_commands(sub) -> None:
                        "an earlier evaluation's answers (--answers); writes predictions.jsonl and metrics.json, and "
                        "with --against tests it against another, item by item", **shown)
     e.add_argument("--adapter", help="PEFT-layout LoRA adapter folder")
-    e.add_argument("--split", choices=["test", "all"], default="test",
-                   help="the seeded test split (as compare makes it) or every record")
+    e.add_argument("--split", choices=["test", "val", "all"], default="test",
+                   help="the seeded test split (as compare makes it) or every record; with --split-file, val: its "
+                   "run's validation items (compare --set val=N), to fit a temperature on")
     e.add_argument("--test", type=share_or_count, default=0.2, help="test fraction (<1) or count")
     e.add_argument("--group-by", metavar="COLUMN", help="as compare's --set group_by: records with the same value "
                    "in this column (a patient's id) go to one split, the test count being of groups")
@@ -475,6 +536,13 @@ def add_commands(sub) -> None:
                    "label's probability and the likeliest label (predictions.jsonl), and how well they do "
                    "(metrics.json: AUROC, accuracy of the more confident half, of the likeliest labels); about as "
                    "long again")
+    e.add_argument("--fit-temperature", action="store_true", help="with --confidence: fit the temperature that "
+                   "calibrates the label probabilities on these records (held out of training: a run's validation "
+                   "items, a later month) and write calibration.json, with its effect cross-fitted (each half scaled "
+                   "by the other's fit); predict and eval --calibration divide by it")
+    e.add_argument("--calibration", metavar="FILE", help="with --confidence: an eval --fit-temperature's "
+                   "calibration.json (or its folder), fitted with this model and adapter: the label probabilities "
+                   "scaled by its temperature")
     add_repeat_flags(e)
     add_device_flags(e, quantize=True)
     add_answer_estimate_flag(e)
@@ -501,6 +569,8 @@ def add_commands(sub) -> None:
                     help="skip the confidence_<field> and likeliest_<field> columns (each predicted label's "
                     "probability under the model, and the label it finds likeliest, every possible answer scored; "
                     "about as long again as the answers)")
+    pr.add_argument("--calibration", metavar="FILE", help="an eval --fit-temperature's calibration.json (or its "
+                    "folder), fitted with this model and adapter: the confidence columns calibrated by its temperature")
     pr.add_argument("--max-new-tokens", type=positive_int, help="generation cap (default: the task's)")
     add_chat_flags(pr, "prompt")
     add_repeat_flags(pr)

@@ -50,11 +50,12 @@ def scorable(task) -> str | None:
 
 
 def label_probabilities(model, tok, task, records, *, batch_size: int = 16, show_progress: bool = True,
-                        desc: str = "scoring labels") -> list[dict[str, dict[str, float]]]:
+                        desc: str = "scoring labels", temperature: float = 1.0) -> list[dict[str, dict[str, float]]]:
     """For each record, ``{field: {label: probability}}`` (each field's labels sum to 1): the
-    :func:`marginals` of :func:`answer_logprobs`."""
-    return [marginals(task, scored) for scored in answer_logprobs(model, tok, task, records, batch_size=batch_size,
-                                                                  show_progress=show_progress, desc=desc)]
+    :func:`marginals` of :func:`answer_logprobs` (``temperature``: :mod:`.temperature`'s)."""
+    return [marginals(task, scored, temperature)
+            for scored in answer_logprobs(model, tok, task, records, batch_size=batch_size,
+                                          show_progress=show_progress, desc=desc)]
 
 
 @torch.no_grad()
@@ -211,10 +212,12 @@ def _pack(rows: list[tuple[list[int], list[list[int]]]], pad_id: int, start: int
             "term": torch.tensor(term, dtype=torch.long)}
 
 
-def marginals(task, scored: list[tuple[dict[str, str], float]]) -> dict[str, dict[str, float]]:
+def marginals(task, scored: list[tuple[dict[str, str], float]], temperature: float = 1.0
+              ) -> dict[str, dict[str, float]]:
     """Each field's label probabilities from one record's answers' log-probs: a softmax over the
-    answers, then each label's answers summed."""
-    p = torch.softmax(torch.tensor([v for _, v in scored], dtype=torch.float64), 0).tolist()
+    answers (their log-probs divided by ``temperature``: :mod:`.temperature`), then each label's
+    answers summed."""
+    p = torch.softmax(torch.tensor([v for _, v in scored], dtype=torch.float64) / temperature, 0).tolist()
     out = {f.name: dict.fromkeys((labels[f.name] for labels, _ in scored), 0.0) for f in task.fields}
     for (labels, _), q in zip(scored, p):
         for name, label in labels.items():
@@ -284,13 +287,14 @@ def confidence_possible(task, command: str) -> bool:
     return why is None
 
 
-def probabilities_for(model, tok, task, records, *, batch_size: int, command: str, show_progress: bool = True
-                      ) -> list[dict] | None:
+def probabilities_for(model, tok, task, records, *, batch_size: int, command: str, show_progress: bool = True,
+                      temperature: float = 1.0) -> list[dict] | None:
     """:func:`label_probabilities`, or None where ``task`` cannot be scored
     (:func:`confidence_possible` says why)."""
     if not confidence_possible(task, command):
         return None
-    return label_probabilities(model, tok, task, records, batch_size=batch_size, show_progress=show_progress)
+    return label_probabilities(model, tok, task, records, batch_size=batch_size, show_progress=show_progress,
+                               temperature=temperature)
 
 
 def confidence_metrics(task, records, preds: list[dict], probabilities: list[dict]) -> dict:

@@ -52,11 +52,11 @@ def delimiter_of(data: str | Path | None, fmt: str, task) -> str:
 
 
 def predict_rows(model, tok, task, records, *, batch_size: int = 16, confidence: bool = True,
-                 show_progress: bool = True, **decode) -> list[dict]:
+                 show_progress: bool = True, temperature: float = 1.0, **decode) -> list[dict]:
     """The predictions table's rows (:func:`prediction_rows`) for ``records``, e.g. read with
     ``task.read(path, labelled=False)``: greedy answers (``decode``: :func:`~.runner.predict`'s
     settings), parsed, each with its confidence where ``confidence`` and the task has labels to
-    score. In a notebook::
+    score (its probabilities calibrated by ``temperature``: :mod:`.temperature`). In a notebook::
 
         task = get_task("portal")
         rows = predict_rows(model, tok, task, task.read("new.csv", labelled=False))
@@ -64,12 +64,12 @@ def predict_rows(model, tok, task, records, *, batch_size: int = 16, confidence:
     texts, ended = predict(model, tok, task, records, batch_size=batch_size, return_ended=True, desc="predicting",
                            show_progress=show_progress, **decode)
     probabilities = probabilities_for(model, tok, task, records, batch_size=batch_size, command="predict",
-                                      show_progress=show_progress) if confidence else None
+                                      show_progress=show_progress, temperature=temperature) if confidence else None
     return prediction_rows(task, records, texts, ended, probabilities, opened=reasoning_opened(tok, task, records))
 
 
 def predict_in_blocks(model, tok, task, records, out_dir: str | Path, stamp: dict, *, batch_size: int = 16,
-                      confidence: bool = True, **decode) -> list[dict]:
+                      confidence: bool = True, temperature: float = 1.0, **decode) -> list[dict]:
     """:func:`predict_rows` for ``records``, :data:`BLOCK` at a time, each block's rows on disk in
     ``out_dir``'s partial file before the next starts; where a stopped run with the same ``stamp``
     (:func:`fingerprint`) left one, its rows are kept and the rest answered."""
@@ -80,7 +80,7 @@ def predict_in_blocks(model, tok, task, records, out_dir: str | Path, stamp: dic
     bar = progress(total=len(records), initial=len(rows), desc="predicting")
     for s in range(len(rows), len(records), BLOCK):
         block = predict_rows(model, tok, task, records[s:s + BLOCK], batch_size=batch_size, confidence=confidence,
-                             show_progress=False, **decode)
+                             show_progress=False, temperature=temperature, **decode)
         append_partial(out_dir, block)
         rows += block
         bar.update(len(block))

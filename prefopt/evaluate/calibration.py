@@ -1,0 +1,103 @@
+"""``calibration.json``: a temperature (:mod:`.temperature`) fitted by ``prefopt eval
+--confidence --fit-temperature``, with what it was fitted for and what it did, written; and read
+back by ``eval --calibration`` and ``predict --calibration``, which refuse it for another task,
+model, adapter or way of scoring."""
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+from ..fileio import read_json, write_json_atomic
+from .confidence import SCORING, confidence_metrics, marginals
+from .temperature import BOUNDS, cross_fitted, fit_temperature
+
+FILE = "calibration.json"
+
+
+def calibration_fit(task, records: list, preds: list[dict], scored: list, *, model: str, adapter: str | None,
+                    task_options: dict, data: str | None) -> dict:
+    """``calibration.json``'s content but for the uncalibrated figures (:func:`write_calibration`
+    adds them): :func:`~.temperature.fit_temperature` on ``records``' answers' log-probs
+    (``scored``), what it is for, and each field's Brier score and ECE under cross-fitting
+    (:func:`~.temperature.cross_fitted`; None with fewer than four records)."""
+    fit = fit_temperature(task, records, scored)
+    try:
+        folds = cross_fitted(task, records, scored)
+    except ValueError:  # too few records to hold half out
+        cross = None
+    else:
+        metrics = confidence_metrics(task, records, preds, [marginals(task, s, t) for s, t in zip(scored, folds)])
+        cross = {name: {"brier": c["brier"], "ece": c["ece"]} for name, c in metrics.items()}
+    return {**fit, "task": task.name, "task_options": task_options, "model": where(model), "adapter": where(adapter),
+            "confidence_scoring": SCORING, "data": where(data) or "the task's bundled data", "records": len(records),
+            "cross_fitted": cross, "date": date.today().isoformat()}
+
+
+def write_calibration(out_dir: str | Path, fitted: dict, confidence: dict) -> Path:
+    """``fitted`` (:func:`calibration_fit`) with each field's uncalibrated Brier score and ECE
+    (``confidence``: the evaluation's :func:`~.confidence.confidence_metrics`) as
+    ``out_dir/calibration.json``; what it holds is printed."""
+    fitted = {**fitted, "uncalibrated": {name: {"brier": c["brier"], "ece": c["ece"]} for name, c in confidence.items()}}
+    path = Path(out_dir) / FILE
+    write_json_atomic(path, fitted)
+    for line in calibration_lines(fitted):
+        print(f"prefopt eval: {line}", flush=True)
+    print(f"prefopt eval: wrote {path}: predict and eval --calibration {path} divide by its temperature", flush=True)
+    return path
+
+
+def calibration_lines(fitted: dict) -> list[str]:
+    """A fit (``calibration.json``) in words: the temperature and the NLL of the right answers,
+    then per field the Brier score and ECE before and, cross-fitted, after."""
+    t = fitted["temperature"]
+    what = "softens over-confident probabilities" if t > 1 else "sharpens under-confident probabilities"
+    lines = [f"temperature {t:.3f} fitted on {fitted['n']} records ({what}); the mean NLL of their right answers "
+             f"{fitted['nll_before']:.3f} -> {fitted['nll_after']:.3f}"]
+    if fitted["bound"] == "high":
+        lines.append(f"the fit stopped at T = {BOUNDS[1]:g}, the highest tried: the scores barely tell the right "
+                     "answers from the others")
+    elif fitted["bound"] == "low":
+        lines.append(f"the fit stopped at T = {BOUNDS[0]:g}, the lowest tried: every right answer is far ahead")
+    if fitted.get("n") != fitted.get("records"):
+        lines.append(f"{fitted['records'] - fitted['n']} of {fitted['records']} records left out of the fit: a label "
+                     "of theirs is none of the answers scored")
+    cross, before = fitted.get("cross_fitted"), fitted.get("uncalibrated", {})
+    if cross is None:
+        lines.append("too few records to estimate its effect on records it did not see (cross-fitting needs four)")
+        return lines
+    lines.append("on records it did not see (cross-fitted: each half scaled by the other half's fit): " + "; ".join(
+        f"{name} Brier {before[name]['brier']:.3f} -> {c['brier']:.3f}, ECE {before[name]['ece']:.3f} -> "
+        f"{c['ece']:.3f}" for name, c in cross.items() if name in before))
+    return lines
+
+
+def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | None) -> float:
+    """The temperature in ``path`` (a ``calibration.json``, or the folder that holds one), where
+    it was fitted on ``task``'s answers by the same model and adapter, scored the same way: a
+    temperature fits one model's probabilities, and another's is refused by name."""
+    from .compare_config import same_path
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"--calibration {path}: no such file (eval --confidence --fit-temperature writes "
+                                f"{FILE})")
+    fit = read_json(path)
+    if not isinstance(fit, dict) or not isinstance(fit.get("temperature"), (int, float)) or fit["temperature"] <= 0:
+        raise ValueError(f"--calibration {path}: not an eval --fit-temperature {FILE} (no positive \"temperature\")")
+    for name, given, fitted in (("task", task, fit.get("task")), ("model", model, fit.get("model")),
+                                ("adapter", adapter, fit.get("adapter")),
+                                ("scoring", SCORING, fit.get("confidence_scoring"))):
+        if not (given == fitted if name in ("task", "scoring") else same_path(given, fitted)):
+            raise ValueError(f"--calibration {path} was fitted for {name} {fitted or '(none)'}, not {given or '(none)'}"
+                             ": a temperature fits one model's probabilities, scored one way (fit one for this one: "
+                             "eval --confidence --fit-temperature)")
+    return float(fit["temperature"])
+
+
+def where(path: str | None) -> str | None:
+    """A model, adapter or data file as ``calibration.json`` records it: an existing file or
+    folder by its absolute path (so the check above holds from any working directory), else as
+    given (an alias, a hub name)."""
+    return str(Path(path).resolve()) if path is not None and Path(path).exists() else path

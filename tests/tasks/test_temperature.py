@@ -1,0 +1,224 @@
+"""Temperature scaling of the label probabilities (prefopt.evaluate.temperature, .calibration):
+the fit against a known temperature and scipy's minimiser, cross-fitting, and eval/predict's
+``--fit-temperature`` and ``--calibration`` against the model's own scores computed apart."""
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from prefopt.cli import main
+from prefopt.evaluate.confidence import marginals
+from prefopt.evaluate.temperature import BOUNDS, _fit_rows, _nll, cross_fitted, fit_temperature, right_answer
+from prefopt.tasks import get_task
+from tests import _formats as formats
+
+LABELS = ["a", "b", "c", "d"]
+TASK = SimpleNamespace(fields=[SimpleNamespace(name="label")])
+
+
+def _records(true_logits: np.ndarray, scale: float, rng) -> tuple[list, list]:
+    """Records whose label is drawn from the softmax of ``true_logits`` (a row each), and the
+    answers' log-probs a model ``scale`` times too sure would give them (shifted: only their
+    differences count)."""
+    records, scored = [], []
+    for z in true_logits:
+        p = np.exp(z - z.max())
+        label = LABELS[rng.choice(len(z), p=p / p.sum())]
+        records.append(SimpleNamespace(labels={"label": label}, id=str(len(records))))
+        scored.append([({"label": x}, float(scale * v - 30.0)) for x, v in zip(LABELS, z)])
+    return records, scored
+
+
+def test_the_fit_finds_the_temperature_that_made_the_model_over_confident():
+    """Labels drawn from softmax(z), the model scoring 2.5 z: the fitted T is near 2.5, the NLL
+    falls, and the slope of the NLL is zero there."""
+    rng = np.random.default_rng(0)
+    records, scored = _records(rng.normal(0, 1.5, (4000, 4)), 2.5, rng)
+    fit = fit_temperature(TASK, records, scored)
+    assert fit["temperature"] == pytest.approx(2.5, rel=0.06) and fit["bound"] is None and fit["n"] == 4000
+    assert fit["nll_after"] < fit["nll_before"]
+    rows = _fit_rows(TASK, records, scored)
+    t, h = fit["temperature"], 1e-4
+    assert _nll(rows, 1 / t) <= min(_nll(rows, 1 / t - h), _nll(rows, 1 / t + h))  # a minimum
+    assert fit["nll_after"] == pytest.approx(_nll(rows, 1 / t))
+    records, scored = _records(rng.normal(0, 1.5, (4000, 4)), 0.5, rng)
+    assert fit_temperature(TASK, records, scored)["temperature"] == pytest.approx(0.5, rel=0.06)
+
+
+def test_the_fit_is_scipys_minimum_of_the_nll():
+    optimize = pytest.importorskip("scipy.optimize")
+    rng = np.random.default_rng(1)
+    records, scored = _records(rng.normal(0, 2.0, (60, 4)), 1.7, rng)
+    rows = _fit_rows(TASK, records, scored)
+
+    def nll_of_t(log_t):
+        return _nll(rows, math.exp(-log_t))
+
+    best = optimize.minimize_scalar(nll_of_t, bounds=(math.log(BOUNDS[0]), math.log(BOUNDS[1])), method="bounded",
+                                    options={"xatol": 1e-10})
+    fit = fit_temperature(TASK, records, scored)
+    assert fit["temperature"] == pytest.approx(math.exp(best.x), rel=1e-5)
+    assert fit["nll_after"] == pytest.approx(best.fun, rel=1e-9)
+    # by hand: the NLL at T = 1 is the mean over records of log-sum-exp less the right answer's log-prob
+    by_hand = np.mean([np.log(np.sum(np.exp([v for _, v in s]))) - dict((x["label"], v) for x, v in s)[r.labels["label"]]
+                       for r, s in zip(records, scored)])
+    assert fit["nll_before"] == pytest.approx(by_hand)
+
+
+def test_a_fit_past_its_bounds_stops_there_and_says_which():
+    rng = np.random.default_rng(2)
+    z = rng.normal(0, 1, (50, 4))
+    right = [SimpleNamespace(labels={"label": LABELS[int(np.argmax(v))]}) for v in z]  # always the top answer
+    wrong = [SimpleNamespace(labels={"label": LABELS[int(np.argmin(v))]}) for v in z]  # always the bottom one
+    scored = [[({"label": x}, float(v)) for x, v in zip(LABELS, row)] for row in z]
+    low = fit_temperature(TASK, right, scored)
+    assert low["bound"] == "low" and low["temperature"] == pytest.approx(BOUNDS[0])
+    high = fit_temperature(TASK, wrong, scored)
+    assert high["bound"] == "high" and high["temperature"] == pytest.approx(BOUNDS[1])
+    none = [SimpleNamespace(labels={"label": "e"}, id="x") for _ in z]  # a label no answer names
+    with pytest.raises(ValueError, match="none of the 50 records' labels is among its possible answers"):
+        fit_temperature(TASK, none, scored)
+
+
+def test_each_record_is_scaled_by_the_fit_made_without_it():
+    rng = np.random.default_rng(3)
+    records, scored = _records(rng.normal(0, 1.5, (41, 4)), 2.0, rng)
+    got = cross_fitted(TASK, records, scored)
+    odd = fit_temperature(TASK, records[1::2], scored[1::2])["temperature"]  # part 0 (the even places) fitted on these
+    even = fit_temperature(TASK, records[0::2], scored[0::2])["temperature"]
+    assert got == [odd if i % 2 == 0 else even for i in range(41)] and odd != even
+    with pytest.raises(ValueError, match="3 records are too few for 2 parts"):
+        cross_fitted(TASK, records[:3], scored[:3])
+
+
+def test_the_right_answer_names_every_fields_label_and_the_temperature_divides_each_log_prob():
+    task = get_task("portal")
+    combos = [("urgent", "nurse"), ("urgent", "physician"), ("routine", "nurse"), ("routine", "physician")]
+    scored = [({"urgency": u, "staff": s}, math.log(p)) for (u, s), p in zip(combos, [0.1, 0.2, 0.3, 0.4])]
+    record = SimpleNamespace(labels={"urgency": "routine", "staff": "nurse"})
+    assert right_answer(task, record, scored) == 2
+    assert right_answer(task, SimpleNamespace(labels={"urgency": "emergency", "staff": "nurse"}), scored) is None
+    assert marginals(task, scored, 1.0)["urgency"] == pytest.approx({"urgent": 0.3, "routine": 0.7})
+    q = np.array([0.1, 0.2, 0.3, 0.4]) ** (1 / 2.0)  # T = 2: each probability to the power 1/2, renormalised
+    q /= q.sum()
+    got = marginals(task, scored, 2.0)
+    assert got["urgency"] == pytest.approx({"urgent": q[0] + q[1], "routine": q[2] + q[3]})
+    assert got["staff"] == pytest.approx({"nurse": q[0] + q[2], "physician": q[1] + q[3]})
+
+
+def _messages(tmp_path, n=8):
+    return formats.write_jsonl(tmp_path / "m.jsonl", [
+        {"id": f"m{i}", "message": f"Message {i}: my knee hurts since {i} days",
+         "urgency": ["urgent", "routine", "emergency"][i % 3], "staff": ["nurse", "physician"][i % 2]}
+        for i in range(n)])
+
+
+def test_eval_fits_a_temperature_and_eval_and_predict_divide_by_it(tiny_model, tmp_path, capsys):
+    """``eval --confidence --fit-temperature`` writes calibration.json, whose temperature is the fit
+    on the model's own answer log-probs computed apart; ``eval --calibration`` and ``predict
+    --calibration`` scale the probabilities by it; a file fitted for another adapter is refused."""
+    from prefopt.evaluate.confidence import answer_logprobs
+    from prefopt.pretrained import load_model
+    from prefopt.tokenizer import load_tokenizer
+
+    data = _messages(tmp_path)
+    common = ["--task", "portal", "--model", str(tiny_model), "--data", str(data), "--max-new-tokens", "6"]
+    fitted = tmp_path / "fit"
+    assert main(["eval", *common, "--split", "all", "--output", str(fitted), "--confidence", "--fit-temperature"]) == 0
+    out = capsys.readouterr().out
+    calibration = json.loads((fitted / "calibration.json").read_text())
+    task = get_task("portal")
+    records = task.read(str(data))
+    scored = answer_logprobs(load_model(str(tiny_model)), load_tokenizer(str(tiny_model)), task, records,
+                             show_progress=False)
+    want = fit_temperature(task, records, scored)
+    assert calibration["temperature"] == pytest.approx(want["temperature"], rel=1e-6)
+    assert calibration["nll_before"] == pytest.approx(want["nll_before"], rel=1e-6) and calibration["n"] == 8
+    assert calibration["model"] == str(tiny_model.resolve()) and calibration["adapter"] is None
+    metrics = json.loads((fitted / "metrics.json").read_text())  # the evaluation itself is not scaled
+    assert "temperature" not in metrics
+    assert {f: v["brier"] for f, v in calibration["uncalibrated"].items()} == \
+        {f: v["brier"] for f, v in metrics["confidence"].items()}
+    assert set(calibration["cross_fitted"]) == {"urgency", "staff"}
+    assert f"prefopt eval: temperature {want['temperature']:.3f} fitted on 8 records" in out
+    assert "on records it did not see (cross-fitted: each half scaled by the other half's fit): urgency Brier" in out
+    # eval --calibration: each label's probability is the marginal of the answers' log-probs over T
+    t = calibration["temperature"]
+    assert main(["eval", *common, "--split", "all", "--output", str(tmp_path / "scaled"), "--confidence",
+                 "--calibration", str(fitted)]) == 0
+    scaled = json.loads((tmp_path / "scaled" / "metrics.json").read_text())
+    assert scaled["temperature"] == t and scaled["calibration"] == str(fitted)
+    rows = [json.loads(line) for line in (tmp_path / "scaled" / "predictions.jsonl").read_text().splitlines()]
+    for row, r, s in zip(rows, records, scored):
+        p = marginals(task, s, t)
+        assert row["brier"]["urgency"] == pytest.approx(sum((q - (x == r.labels["urgency"])) ** 2
+                                                            for x, q in p["urgency"].items()), abs=1e-9)
+        assert row["likeliest"] == {f: max(p[f], key=p[f].get) for f in p}
+    # predict --calibration: the confidence columns scaled alike
+    assert main(["predict", *common, "--output", str(tmp_path / "p"), "--calibration",
+                 str(fitted / "calibration.json")]) == 0
+    made = json.loads((tmp_path / "p" / "predict.json").read_text())
+    assert made["temperature"] == t
+    for r, s in zip((json.loads(line) for line in (tmp_path / "p/predictions.jsonl").read_text().splitlines()), scored):
+        p = marginals(task, s, t)
+        for field in ("urgency", "staff"):
+            assert r[f"likeliest_{field}"] == max(p[field], key=p[field].get)
+            if r[f"predicted_{field}"]:
+                assert r[f"confidence_{field}"] == pytest.approx(p[field][r[f"predicted_{field}"]], abs=1e-4)
+    capsys.readouterr()
+    # refused before any model loads: another adapter, the flags without scoring, both at once, no file
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    summaries = formats.write_jsonl(tmp_path / "meqsum.jsonl", formats.meqsum_rows(4))
+    refusals = [
+        (["eval", *common, "--adapter", str(adapter), "--confidence", "--calibration", str(fitted)],
+         f"--calibration {fitted / 'calibration.json'} was fitted for adapter (none), not {adapter}"),
+        (["eval", *common, "--fit-temperature"], "--fit-temperature scales the label probabilities --confidence "
+         "scores: add --confidence"),
+        (["eval", *common, "--confidence", "--fit-temperature", "--calibration", str(fitted)], "give one"),
+        (["eval", *common, "--confidence", "--calibration", str(tmp_path / "none.json")],
+         f"--calibration {tmp_path / 'none.json'}: no such file"),
+        (["predict", *common, "--no-confidence", "--calibration", str(fitted)], "which --no-confidence leaves out"),
+        (["eval", "--task", "meqsum", "--model", str(tiny_model), "--data", str(summaries), "--confidence",
+          "--fit-temperature"], "--fit-temperature: meqsum answers in free text"),
+    ]
+    for argv, error in refusals:
+        assert main([*argv, "--output", str(tmp_path / "refused")]) == 2, argv
+        assert error in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+
+
+def test_eval_reads_a_runs_validation_items_to_fit_on(tiny_model, tmp_path, capsys):
+    """``eval --split-file RUN/split.json --split val``: the run's validation items (held out of
+    training and of the test set), in its order, read from its --data; refused where it held
+    none, without --split-file, or from its --test-data."""
+    data = _messages(tmp_path, 10)
+    run = tmp_path / "run"
+    run.mkdir()
+    split = run / "split.json"
+    split.write_text(json.dumps({"test": ["m0", "m1"], "val": ["m7", "m3", "m5", "m9"], "train": ["m2", "m4"]}))
+    common = ["eval", "--task", "portal", "--model", str(tiny_model), "--data", str(data), "--max-new-tokens", "4",
+              "--split-file", str(split)]
+    assert main([*common, "--split", "val", "--output", str(tmp_path / "v"), "--confidence", "--fit-temperature"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "v" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["m7", "m3", "m5", "m9"]
+    assert json.loads((tmp_path / "v" / "calibration.json").read_text())["n"] == 4
+    assert json.loads((tmp_path / "v" / "metrics.json").read_text())["evaluated"]["split"] == "val"
+    capsys.readouterr()
+    test_file = formats.write_jsonl(tmp_path / "later.jsonl", [{"id": "m0", "message": "a later message",
+                                                                "urgency": "urgent", "staff": "nurse"}])
+    (run / "compare_config.json").write_text(json.dumps({"data": str(data), "test_data": str(test_file)}))
+    other = tmp_path / "other" / "split.json"
+    other.parent.mkdir()
+    other.write_text(json.dumps({"test": ["m0"], "val": [], "train": ["m1"]}))
+    for argv, error in (([*common[:-2], "--split", "val"], "--split val: a compare run's validation items, named in "
+                         "its split.json: give --split-file"),
+                        ([*common[:-1], str(other), "--split", "val"], f"{other}: its run held no validation items "
+                         "out (compare --set val=N"),
+                        ([*common[:6], str(test_file), *common[7:], "--split", "val"],
+                         f"{split}: its validation items are from its --data, {data}, not from its --test-data "
+                         f"{test_file}: pass --data {data}")):
+        assert main([*argv, "--output", str(tmp_path / "refused")]) == 2, argv
+        assert error in capsys.readouterr().err
