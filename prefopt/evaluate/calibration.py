@@ -97,7 +97,7 @@ def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | 
 
 
 def where(path: str | None) -> str | None:
-    """A model, adapter or data file as ``calibration.json`` records it: an existing file or
-    folder by its absolute path (so the check above holds from any working directory), else as
-    given (an alias, a hub name)."""
-    return str(Path(path).resolve()) if path is not None and Path(path).exists() else path
+    """A model, adapter or data file as ``calibration.json`` and an evaluation's ``metrics.json``
+    record it: an existing file or folder by its absolute path (so the check above holds from any
+    working directory), else as given (an alias, a hub name)."""
+    return str(Path(path).resolve()) if path and Path(path).exists() else path

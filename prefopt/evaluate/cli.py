@@ -143,20 +143,23 @@ def _eval(args) -> int:
 
 
 def _temperature(args, task) -> float:
-    """``--calibration``'s temperature (1 without it), checked against this evaluation's task,
-    model and adapter; ``--fit-temperature`` and ``--calibration`` need the labels scored
-    (``--confidence``, a task whose answers are labels)."""
+    """``--calibration``'s temperature (1 without it), checked against this evaluation's or
+    prediction's task, model and adapter before any model loads; ``--fit-temperature`` (eval's)
+    and ``--calibration`` need the labels scored (``--confidence``, a task whose answers are
+    labels)."""
     from .calibration import read_calibration
     from .confidence import scorable
 
-    flag = "--fit-temperature" if args.fit_temperature else "--calibration" if args.calibration else None
+    fit = getattr(args, "fit_temperature", None)  # (eval's; predict scores its confidence unless told not to)
+    flag = "--fit-temperature" if fit else "--calibration" if args.calibration else None
     if flag is None:
         return 1.0
-    if args.fit_temperature and args.calibration:
+    if fit and args.calibration:
         raise ValueError("--fit-temperature fits a temperature to the model's own probabilities, --calibration divides "
                          "by one fitted before: give one")
     if not args.confidence:
-        raise ValueError(f"{flag} scales the label probabilities --confidence scores: add --confidence")
+        raise ValueError(f"{flag} scales the label probabilities --confidence scores: add --confidence" if fit is not None
+                         else "--calibration scales the confidence columns, which --no-confidence leaves out: give one")
     if why := scorable(task):
         raise ValueError(f"{flag}: {why}")
     if args.calibration:
@@ -212,7 +215,7 @@ def _predict(args) -> int:
     settings = {k: getattr(args, k) for k in DECODING}
     if args.estimate_memory:
         return _print_estimate(args, tok, task, records, decoding(settings, task)["max_new_tokens"])
-    temperature = _predict_temperature(args, task)
+    temperature = _temperature(args, task)  # (a file fitted for another model: said before the model loads)
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
                        quantize=args.quantize)
     confidence = args.confidence and confidence_possible(task, "predict")
@@ -237,21 +240,6 @@ def _predict(args) -> int:
     print(f"prefopt predict: {summary(tally)}")
     print(f"prefopt predict: wrote {path} and predict.json")
     return 0
-
-
-def _predict_temperature(args, task) -> float:
-    """predict's ``--calibration`` temperature (1 without it), checked against its task, model and
-    adapter before the model loads."""
-    from .calibration import read_calibration
-    from .confidence import scorable
-
-    if not args.calibration:
-        return 1.0
-    if not args.confidence:
-        raise ValueError("--calibration scales the confidence columns, which --no-confidence leaves out: give one")
-    if why := scorable(task):
-        raise ValueError(f"--calibration: {why}")
-    return read_calibration(args.calibration, task=task.name, model=args.model, adapter=args.adapter)
 
 
 def _rescore(task, records: list, against: list[dict] | None, args) -> int:
@@ -312,10 +300,7 @@ def _evaluated(args) -> dict:
     """What an evaluation evaluated, as its command said it (metrics.json's ``evaluated``): the
     task and its options, the data and which of its items, the model and adapter (a folder given
     as its full path; an alias or hub id as given)."""
-    from pathlib import Path
-
-    def where(name: str | None) -> str | None:
-        return str(Path(name).resolve()) if name and Path(name).exists() else name
+    from .calibration import where
 
     items = {"split_file": where(args.split_file), **({"split": "val"} if args.split == "val" else {})} \
         if args.split_file else \

@@ -6,8 +6,9 @@ them, or a threshold set on them, inherits the error. One number fixes most of i
 ICML 2017): each answer's log-prob is divided by a temperature T before the softmax over a
 record's possible answers, T fitted on labelled records the model did not train on by the
 likelihood of their right answers. T > 1 softens over-confident probabilities, T < 1 sharpens
-under-confident ones; the ranking of the answers, and so the likeliest labels, AUROCs and
-accuracy, stay as they were.
+under-confident ones. The answers (greedy) and each record's order of its possible answers stay
+as they were; a label's probability that sums several answers (portal's urgency, over the staff
+fields) may change places with another's, and AUROCs, which compare records, may move.
 
 ``prefopt eval --confidence --fit-temperature`` fits T on the records it evaluates and writes
 ``calibration.json`` (:mod:`.calibration`); ``prefopt eval --calibration FILE`` and ``prefopt
