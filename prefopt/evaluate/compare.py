@@ -267,11 +267,12 @@ def _changed_decoding(metrics: dict, want: dict) -> list[str]:
     return [f"{k} {had[k]!r} -> {want[k]!r}" for k in DECODING if had[k] != want[k]]
 
 
-def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge_tok, keep: dict | None = None
-              ) -> tuple[list[dict], dict]:
+def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge_tok, keep: dict | None = None,
+              val: list | None = None) -> tuple[list[dict], dict]:
     """The stage's answers to the test items, scored (and rated by ``cfg.judge``, with its
     tokenizer ``judge_tok``, where one is given), or those already made, where the decoding and
-    the weights that made them are still the stage's."""
+    the weights that made them are still the stage's; its confidence, calibrated on the
+    validation items ``val`` where the run held some out (:func:`_confident`)."""
     weights = _weights_name(out, stage)
     done = read_results(out / stage)
     if done is not None:
@@ -279,13 +280,13 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge_tok, k
         made_by = done[1].get("weights")  # None but for "dpo", whose weights _name_old_weights named
         if not changed and made_by == weights:
             _log(f"{stage}: reusing {out / stage / 'metrics.json'}")
-            return _confident(cfg, task, tok, test, out, stage, s, done, keep=keep)
+            return _confident(cfg, task, tok, test, out, stage, s, done, keep=keep, val=val)
         kept = keep_earlier(out / stage)
         why = ([f"made with other decoding settings ({', '.join(changed)})"] * bool(changed)
                + [f"made by {made_by}, and the stage is now {weights}"] * (made_by != weights))
         _log(f"{stage}: evaluating again, its answers were {' and '.join(why)}; those are kept in {kept}")
     if weights == SFT_WEIGHTS and (sft := read_results(out / "sft")):
-        return _confident(cfg, task, tok, test, out, stage, s, _same_as_sft(out, *sft))
+        return _confident(cfg, task, tok, test, out, stage, s, _same_as_sft(out, *sft), val=val)
     t0 = time.perf_counter()
     model = _load_stage_model(cfg, out, stage)
     if keep is not None:
@@ -308,27 +309,51 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge_tok, k
     metrics["eval_seconds"] = time.perf_counter() - t0
     write_results(out / stage, task, test, texts, preds, metrics, extra)
     _log(f"{stage}: {task.primary} = {metrics.get(task.primary, float('nan')):.3f} on {len(test)} test items")
-    return _confident(cfg, task, tok, test, out, stage, s, read_results(out / stage), model)
+    return _confident(cfg, task, tok, test, out, stage, s, read_results(out / stage), model, val=val)
 
 
 def _confident(cfg, task, tok, test, out: Path, stage: str, s: dict, done: tuple[list[dict], dict], model=None,
-               keep: dict | None = None) -> tuple[list[dict], dict]:
+               keep: dict | None = None, val: list | None = None) -> tuple[list[dict], dict]:
     """A stage's evaluation ``done`` with its confidence (:mod:`.stage_confidence`) where the run
-    wants it and it lacks it, or has it scored as an earlier prefopt scored it. ``model``: the
-    stage's, if loaded; else it loads (into ``keep``, if given)."""
-    from .stage_confidence import add_confidence, scored, wanted
+    wants it and it lacks it, or has it scored as an earlier prefopt scored it, or lacks its
+    calibration on the validation items ``val``. ``model``: the stage's, if loaded; else it loads
+    (into ``keep``, if given). A calibrated stage's temperature is written to its folder's
+    ``calibration.json``, for ``prefopt predict --calibration``."""
+    from .stage_confidence import add_confidence, wanted
+    from .stage_confidence import done as complete
 
-    if not wanted(task, s) or scored(done[1]):
+    if not wanted(task, s):
         return done
-    if model is None:
-        model = _load_stage_model(cfg, out, stage, keep)
-        if keep is not None:
-            keep[stage] = model
-    t0 = time.perf_counter()
-    done = add_confidence(model, tok, task, test, out / stage, *done, batch_size=s["eval_batch_size"],
-                          desc=f"{stage}: scoring labels")
-    _log(f"{stage}: scored every label of the {len(test)} test items in {time.perf_counter() - t0:.1f} s")
+    if not complete(done[1], val):
+        if model is None:
+            model = _load_stage_model(cfg, out, stage, keep)
+            if keep is not None:
+                keep[stage] = model
+        t0 = time.perf_counter()
+        done = add_confidence(model, tok, task, test, out / stage, *done, batch_size=s["eval_batch_size"],
+                              desc=f"{stage}: scoring labels", val=val)
+        on_val = f" and the {len(val)} validation items" if val else ""
+        _log(f"{stage}: scored every label of the {len(test)} test items{on_val} in {time.perf_counter() - t0:.1f} s")
+    if "calibrated" in done[1]:
+        _stage_calibration(cfg, task, out, stage, done[1])
     return done
+
+
+def _stage_calibration(cfg, task, out: Path, stage: str, metrics: dict) -> None:
+    """``out/stage/calibration.json``: the temperature fitted on the validation items, for the
+    model and adapter the stage evaluates, as ``eval --fit-temperature`` writes one."""
+    from .calibration import FILE, where
+
+    c = metrics["calibrated"]
+    adapter = None if stage == "base" else out / stage_weights(out)[stage]
+    write_json_atomic(out / stage / FILE, {
+        **{k: c[k] for k in ("temperature", "n", "nll_before", "nll_after", "bound")},
+        "task": task.name, "task_options": cfg.task_options, "model": where(cfg.model),
+        "adapter": where(str(adapter) if adapter else None), "confidence_scoring": metrics["confidence_scoring"],
+        "data": where(cfg.data) or "the task's bundled data", "records": c["fitted_on"],
+        "fitted_on": "the run's validation items (split.json's val)", "cross_fitted": None,
+        "uncalibrated": {name: {k: v[k] for k in ("brier", "ece")} for name, v in metrics["confidence"].items()},
+        "calibrated_on_test": c["fields"]})
 
 
 def _weights_name(out: Path, stage: str) -> str | None:
@@ -545,10 +570,12 @@ def run_compare(cfg: CompareConfig) -> dict:
         except Diverged as e:
             raise diverged_advice(stage, s, e) from e
 
-    results = {"base": fitted("base", False, lambda: _evaluate(cfg, task, tok, test, out, "base", s, judge_tok))}
+    results = {"base": fitted("base", False, lambda: _evaluate(cfg, task, tok, test, out, "base", s, judge_tok,
+                                                               val=val))}
     trained("sft", lambda: _sft(cfg, task, train, out, s))
     keep = {} if cfg.strategy == "model_errors" and not (out / "data" / "pairs.jsonl").is_file() else None
-    results["sft"] = fitted("sft", False, lambda: _evaluate(cfg, task, tok, test, out, "sft", s, judge_tok, keep))
+    results["sft"] = fitted("sft", False, lambda: _evaluate(cfg, task, tok, test, out, "sft", s, judge_tok, keep,
+                                                            val))
     pairs = fitted("sft", False, lambda: _pairs(cfg, task, tok, train, out, s, keep, run.given))
     keep = None  # the SFT model, if its errors were mined, is released before DPO
     trained("dpo", lambda: _dpo(cfg, task, pairs, val, out, s))
@@ -556,7 +583,8 @@ def run_compare(cfg: CompareConfig) -> dict:
     decided = require_gain(task, val, out, s, cfg.seed)
     if decided:
         _log(decided)
-    results["dpo"] = fitted("dpo", False, lambda: _evaluate(cfg, task, tok, test, out, "dpo", s, judge_tok))
+    results["dpo"] = fitted("dpo", False, lambda: _evaluate(cfg, task, tok, test, out, "dpo", s, judge_tok,
+                                                            val=val))
     report = build_report(cfg, task, test, results, out, val)
     _log(f"report: {out / 'report.md'}")
     return report

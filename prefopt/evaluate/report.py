@@ -16,8 +16,10 @@ from .selection import against_step_0, stage_weights
 from .stage_confidence import (
     auroc_comparison_lines,
     brier_comparison_lines,
+    calibrated_lines,
     compare_auroc,
     compare_brier,
+    compare_calibrated,
     confidence_console_lines,
     confidence_lines,
 )
@@ -110,6 +112,8 @@ def compare_stages(task, test, results: dict, n_resamples: int = 2000, seed: int
                      "accuracy": float(np.mean([row["correct"] for row in rows])), "metrics": metrics}
         if task.item_test == "wilcoxon":  # free text: how long the answers run against the references
             stages[s]["mean_words"] = float(np.mean([len(str(row["prediction"] or "").split()) for row in rows]))
+        if tested := compare_calibrated(rows, n_resamples=n_resamples, seed=seed):  # (with validation items)
+            stages[s]["calibrated_vs_plain"] = tested
     comparisons = {}
     for a, b in PAIRS:
         if a in results and b in results:
@@ -410,6 +414,9 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
     lines += ["", *confident] if confident else []
     lines += ["", *tested] if confident and tested else []
     lines += ["", *calibrated] if confident and calibrated else []
+    recalibrated = calibrated_lines({NAMES[s]: v["metrics"] for s, v in st.items()},
+                                    {NAMES[s]: v.get("calibrated_vs_plain", {}) for s, v in st.items()})
+    lines += ["", *recalibrated] if confident and recalibrated else []
     weights = stage_weights(out)
     lines += ["", *models_lines(cfg, task, out, weights, results["dpo"][1])]
     if plots:

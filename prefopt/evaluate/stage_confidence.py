@@ -22,8 +22,18 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
-from .confidence import SCORING, auroc, label_probabilities, scorable, scored_answers
+from .confidence import (
+    SCORING,
+    answer_logprobs,
+    auroc,
+    brier_gaps,
+    confidence_metrics,
+    marginals,
+    scorable,
+    scored_answers,
+)
 from .stats import p_text, paired_bootstrap
+from .temperature import fit_temperature
 
 
 def scored(metrics: dict) -> bool:
@@ -36,22 +46,64 @@ def wanted(task, settings: dict) -> bool:
     return bool(settings.get("confidence")) and scorable(task) is None
 
 
+def done(metrics: dict, val: list | None) -> bool:
+    """Whether a stage's ``metrics`` hold all a run with validation items ``val`` adds: its
+    confidence scored as now, and with ``val`` its calibration on them."""
+    return scored(metrics) and (not val or "calibrated" in metrics)
+
+
 def add_confidence(model, tok, task, test, out_dir: str | Path, rows: list[dict], metrics: dict, *,
-                   batch_size: int, desc: str = "scoring labels") -> tuple[list[dict], dict]:
+                   batch_size: int, desc: str = "scoring labels", val: list | None = None) -> tuple[list[dict], dict]:
     """A finished evaluation's ``rows`` and ``metrics`` (:func:`~.runner.read_results` of
     ``out_dir``, made on ``test``) with ``model``'s confidence added; both files rewritten
-    atomically, the predictions first (the metrics' ``confidence`` marks the work done)."""
+    atomically, the predictions first (the metrics' ``confidence`` marks the work done). With
+    validation items ``val``, the temperature fitted on them calibrates the test items' label
+    probabilities too (:func:`calibrated_on`): ``metrics["calibrated"]`` and each row's
+    ``brier_calibrated``."""
     if [row["id"] for row in rows] != [r.id for r in test]:
         raise ValueError(f"{out_dir}: predictions.jsonl answers other items than the test set; delete the folder "
                          "to evaluate the stage again")
-    probabilities = label_probabilities(model, tok, task, test, batch_size=batch_size, desc=desc)
-    summary, per_row = scored_answers(task, test, [row["prediction"] for row in rows], probabilities)
+    answers = answer_logprobs(model, tok, task, test, batch_size=batch_size, desc=desc)
+    preds = [row["prediction"] for row in rows]
+    summary, per_row = scored_answers(task, test, preds, [marginals(task, a) for a in answers])
     metrics = {**metrics, "confidence": summary, "confidence_scoring": SCORING}
+    if val:
+        fit, per_row["brier_calibrated"] = calibrated_on(task, val, answer_logprobs(
+            model, tok, task, val, batch_size=batch_size, desc=f"{desc} (validation items)"), test, preds, answers)
+        metrics["calibrated"] = fit
     rows = [{**row, **{k: v[i] for k, v in per_row.items()}} for i, row in enumerate(rows)]
     out = Path(out_dir)
     write_text_atomic(out / "predictions.jsonl", jsonl_text(rows))
     write_json_atomic(out / "metrics.json", metrics)
     return rows, metrics
+
+
+def calibrated_on(task, val: list, val_answers: list, test: list, preds: list[dict], test_answers: list
+                  ) -> tuple[dict, list[dict[str, float]]]:
+    """The temperature fitted on the validation items ``val`` (their answers' log-probs,
+    :func:`~.confidence.answer_logprobs`; :func:`~.temperature.fit_temperature`) and what it does
+    to the test items' probabilities: ``temperature``, the fit's figures, and per field the test
+    items' ``brier`` and ``ece`` calibrated (``fields``); and each test item's Brier calibrated."""
+    fit = fit_temperature(task, val, val_answers)
+    probabilities = [marginals(task, a, fit["temperature"]) for a in test_answers]
+    metrics = confidence_metrics(task, test, preds, probabilities)
+    return ({**fit, "fitted_on": len(val),
+             "fields": {name: {"brier": c["brier"], "ece": c["ece"]} for name, c in metrics.items()}},
+            brier_gaps(task, test, probabilities))
+
+
+def compare_calibrated(rows: list[dict], *, n_resamples: int = 2000, seed: int = 0) -> dict[str, dict]:
+    """Per field, a stage's Brier score calibrated (each row's ``brier_calibrated``) against its
+    own at T = 1 (``brier``), by the paired bootstrap over the test items; empty where the rows
+    hold none (no validation items)."""
+    if not rows or not all("brier_calibrated" in row and "brier" in row for row in rows):
+        return {}
+
+    def mean_of(key, name):
+        gaps = np.array([row[key][name] for row in rows], dtype=float)
+        return lambda idx: float(gaps[idx].mean())
+    return {name: paired_bootstrap(mean_of("brier", name), mean_of("brier_calibrated", name), len(rows),
+                                   n_resamples=n_resamples, seed=seed) for name in rows[0]["brier"]}
 
 
 def compare_auroc(rows_a: list[dict], rows_b: list[dict], *, n_resamples: int = 2000, seed: int = 0
@@ -159,6 +211,33 @@ def brier_comparison_lines(comparisons: dict[str, dict]) -> list[str]:
         for name, c in (fields or {}).items():
             lines.append(f"| {label} | {name} | {c['delta']:+.3f} | [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | "
                          f"{p_text(c).lstrip('= ')} |")
+    return lines
+
+
+def calibrated_lines(stages: dict[str, dict], tests: dict[str, dict]) -> list[str]:
+    """report.md's table of each stage calibrated on the validation items (``stages``: ``{stage's
+    name: its metrics}``, those with ``calibrated``; ``tests``: ``{stage's name:``
+    :func:`compare_calibrated` ``}``), or nothing where the run held no validation items out."""
+    cal = {stage: m for stage, m in stages.items() if "calibrated" in m and "confidence" in m}
+    if not cal:
+        return []
+    n = next(iter(cal.values()))["calibrated"]["fitted_on"]
+    lines = [f"Calibrated: each stage's label probabilities divided by the temperature T fitted on the {n} validation "
+             "items (by the likelihood of their right answers; T > 1: the stage was too sure, T < 1: not sure enough), "
+             "then scored on the test items, against the same at T = 1 by the paired bootstrap (ΔBrier < 0: nearer the "
+             "truth). Each stage's folder holds its temperature in `calibration.json`, for `prefopt predict "
+             "--calibration` (docs/evaluation.md, \"Calibrating the probabilities\").", "",
+             "| stage | T | field | Brier | calibrated | ΔBrier [95% CI], p | ECE | calibrated |",
+             "|---|---|---|---|---|---|---|---|"]
+    for stage, m in cal.items():
+        c = m["calibrated"]
+        bound = {"high": " (the highest tried)", "low": " (the lowest tried)"}.get(c.get("bound"), "")
+        for name, f in c["fields"].items():
+            plain, t = m["confidence"][name], tests.get(stage, {}).get(name)
+            tested = "—" if t is None else (f"{t['delta']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}], "
+                                            f"p {p_text(t).lstrip('= ')}")
+            lines.append(f"| {stage} | {c['temperature']:.3f}{bound} | {name} | {fmt(plain.get('brier'))} | "
+                         f"{fmt(f['brier'])} | {tested} | {fmt(plain.get('ece'))} | {fmt(f['ece'])} |")
     return lines
 
 

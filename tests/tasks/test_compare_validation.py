@@ -588,3 +588,66 @@ def test_bad_numbers_in_set_are_all_named_before_the_folder_is_claimed(tmp_path)
                       overrides={"max_train": 1e3, "test": 40.0}).settings()
     assert (s["max_train"], s["test"]) == (1000, 40) and isinstance(s["max_train"], int)
     assert not (tmp_path / "o").exists()
+
+
+def test_each_stage_is_calibrated_on_the_validation_items_for_predict_to_read(tiny_model, tmp_path, capsys):
+    """With validation items each stage's label probabilities are also calibrated by the temperature
+    fitted on them (the model's answer log-probs on them, computed apart here): metrics.json's
+    ``calibrated``, each test row's ``brier_calibrated``, report.md's table with the paired test
+    against T = 1, and the stage's calibration.json, which predict --calibration reads."""
+    from prefopt.cli import main
+    from prefopt.evaluate.confidence import answer_logprobs, brier_gaps, marginals
+    from prefopt.evaluate.temperature import fit_temperature
+    from prefopt.pretrained import load_model
+    from prefopt.tasks import get_task
+    from prefopt.tokenizer import load_tokenizer
+
+    out = tmp_path / "run"
+    overrides = {k: v for k, v in TINY.items() if k != "dpo_eval_every"} | {"dpo_eval_every": 4}
+    report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
+                                       overrides=overrides))
+    assert "and the 4 validation items in" in capsys.readouterr().out
+    split = json.loads((out / "split.json").read_text())
+    task = get_task("portal")
+    by_id = {r.id: r for r in task.load()}
+    val, test = [by_id[i] for i in split["val"]], [by_id[i] for i in split["test"]]
+    model, tok = load_model(str(tiny_model)), load_tokenizer(str(tiny_model))
+    want = fit_temperature(task, val, answer_logprobs(model, tok, task, val, show_progress=False))
+    c = json.loads((out / "base" / "metrics.json").read_text())["calibrated"]
+    assert c["temperature"] == pytest.approx(want["temperature"], rel=1e-4) and c["fitted_on"] == 4
+    rows = [json.loads(line) for line in (out / "base" / "predictions.jsonl").read_text().splitlines()]
+    answers = answer_logprobs(model, tok, task, test, show_progress=False)
+    calibrated = brier_gaps(task, test, [marginals(task, a, c["temperature"]) for a in answers])
+    for row, gap in zip(rows, calibrated):
+        assert row["brier_calibrated"] == pytest.approx(gap, abs=1e-6)
+    for name in ("urgency", "staff"):
+        assert c["fields"][name]["brier"] == pytest.approx(sum(g[name] for g in calibrated) / len(test), abs=1e-6)
+    for stage, adapter in (("base", None), ("sft", out / "sft" / "train" / "final")):
+        fit = json.loads((out / stage / "calibration.json").read_text())
+        assert fit["adapter"] == (None if adapter is None else str(adapter.resolve()))
+        assert fit["temperature"] == json.loads((out / stage / "metrics.json").read_text())["calibrated"]["temperature"]
+    assert (out / "dpo" / "calibration.json").is_file()
+    tested = report["stages"]["sft"]["calibrated_vs_plain"]
+    assert set(tested) == {"urgency", "staff"}
+    sft_rows = [json.loads(line) for line in (out / "sft" / "predictions.jsonl").read_text().splitlines()]
+    assert tested["urgency"]["delta"] == pytest.approx(
+        sum(r["brier_calibrated"]["urgency"] - r["brier"]["urgency"] for r in sft_rows) / len(sft_rows))
+    text = (out / "report.md").read_text()
+    assert "Calibrated: each stage's label probabilities divided by the temperature T fitted on the 4 validation" in text
+    for stage, key in (("base", "base"), ("SFT", "sft"), ("SFT+DPO", "dpo")):
+        t = json.loads((out / key / "metrics.json").read_text())["calibrated"]["temperature"]
+        assert f"| {stage} | {t:.3f}" in text
+    # predict reads the SFT stage's temperature for its adapter; the base model's is refused for it
+    new = tmp_path / "new.jsonl"
+    new.write_text(json.dumps({"id": "n1", "message": "My knee hurts since Monday"}) + "\n")
+    argv = ["predict", "--task", "portal", "--model", str(tiny_model), "--adapter", str(out / "sft" / "train" / "final"),
+            "--data", str(new), "--max-new-tokens", "4"]
+    assert main([*argv, "--output", str(tmp_path / "p"), "--calibration", str(out / "sft")]) == 0
+    assert json.loads((tmp_path / "p" / "predict.json").read_text())["temperature"] == \
+        json.loads((out / "sft" / "calibration.json").read_text())["temperature"]
+    assert main([*argv, "--output", str(tmp_path / "q"), "--calibration", str(out / "base")]) == 2
+    assert "was fitted for adapter (none), not" in capsys.readouterr().err
+    # a rerun reuses every stage, calibration and all
+    run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
+                              overrides=overrides))
+    assert "scored every label" not in capsys.readouterr().out
