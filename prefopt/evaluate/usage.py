@@ -89,6 +89,8 @@ def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dic
     as_run = (["--quantize", q(quantized)] if quantized else []) + list(map(q, prompt_flags(dpo_metrics)))
 
     confidence = ["--confidence"] if scorable(task) is None else []  # does predict's confidence column mean much?
+    calibrated = ["--calibration", q(str(folder / "dpo"))] if confidence and (out / "dpo" / "calibration.json").is_file() \
+        else []  # (a run with validation items: the stage's temperature fitted on them)
 
     def evaluate(weights_dir: str, output: str, *more: str) -> str:
         return " ".join(["prefopt eval --task", q(task.name), "--model", model, "--adapter", weights_dir, *as_run,
@@ -114,10 +116,12 @@ def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dic
               if weights["dpo"] != weights["sft"] else []),
             "# answer new records that have no labels yet (NEW_RECORDS: the same format, label columns not needed): "
             "predictions/predictions.csv (or .tsv, .jsonl, as the input) is their table with a prediction column"
-            + (" per field, its confidence and the likeliest label" if confidence else ""),
+            + (" per field, its confidence and the likeliest label" if confidence else "")
+            + ("; --calibration: the confidence calibrated by the temperature fitted on the validation items"
+               if calibrated else ""),
             " ".join(["prefopt predict --task", q(task.name), "--model", model, "--adapter", adapter, *as_run,
                       *map(q, eval_flags(cfg, task, dpo_metrics)), "--data NEW_RECORDS --output",
-                      q(str(folder / "predictions"))]),
+                      q(str(folder / "predictions")), *calibrated]),
             "# answer a prompt of your own (the models learnt the task's prompts: data/sft_train.jsonl holds them)",
             " ".join(["prefopt generate --model", model, "--adapter", adapter, *as_run]) + f"{system} --greedy "
             "--prompt \"...\"",

@@ -647,6 +647,14 @@ def test_each_stage_is_calibrated_on_the_validation_items_for_predict_to_read(ti
         json.loads((out / "sft" / "calibration.json").read_text())["temperature"]
     assert main([*argv, "--output", str(tmp_path / "q"), "--calibration", str(out / "base")]) == 2
     assert "was fitted for adapter (none), not" in capsys.readouterr().err
+    # the report's predict command reads the SFT+DPO stage's temperature, and runs
+    import shlex
+
+    predict = next(shlex.split(line) for line in text.splitlines() if line.startswith("prefopt predict"))
+    assert predict[-2:] == ["--calibration", str(out / "dpo")]
+    assert main([str(new) if a == "NEW_RECORDS" else a for a in predict[1:]] + ["--max-new-tokens", "4"]) == 0
+    assert json.loads((out / "predictions" / "predict.json").read_text())["temperature"] == \
+        json.loads((out / "dpo" / "calibration.json").read_text())["temperature"]
     # a rerun reuses every stage, calibration and all
     run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
                               overrides=overrides))
