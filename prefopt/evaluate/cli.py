@@ -125,7 +125,7 @@ def _eval(args) -> int:
     if note := reasoning_note(metrics, "--max-new-tokens N"):
         print(f"prefopt eval: {note}", flush=True)
     metrics.update(placement(model) | prompt_settings(tok))
-    extra, fitted = {"ended": ended}, None
+    extra = {"ended": ended}
     scored = answer_logprobs(model, tok, task, records, batch_size=args.batch_size) \
         if args.confidence and confidence_possible(task, "eval") else None
     if scored is not None:
@@ -134,10 +134,10 @@ def _eval(args) -> int:
         metrics["confidence_scoring"] = SCORING
         metrics |= {"temperature": temperature, "calibration": args.calibration} if args.calibration else {}
         extra.update(per_row)
-        fitted = calibration_fit(task, records, preds, scored, model=args.model, adapter=args.adapter,
-                                 task_options=task_options_of(args), data=args.data) if args.fit_temperature else None
     code = _write_and_test(task, records, texts, preds, metrics, extra, against, args, str(args.output))
-    if fitted is not None:
+    if scored is not None and args.fit_temperature:  # (the evaluation written first: a failed fit loses nothing)
+        fitted = calibration_fit(task, records, preds, scored, model=args.model, adapter=args.adapter,
+                                 task_options=task_options_of(args), data=args.data)
         write_calibration(args.output, fitted, metrics["confidence"])
     return code
 
