@@ -224,7 +224,20 @@ def _row(arm: Arm, report: dict, seconds: float, start_from: str | None = None) 
                                     for name, v in st[s]["metrics"]["confidence"].items()} for s in st},
                 "auroc_dpo_vs_sft": c["sft->dpo"].get("confidence_auroc", {}),
                 "brier_dpo_vs_sft": c["sft->dpo"].get("brier", {})}
-               if all("confidence" in st[s]["metrics"] for s in st) else {})}
+               if all("confidence" in st[s]["metrics"] for s in st) else {}),
+            **({"calibrated": calibrated} if (calibrated := _calibrated(st)) else {})}
+
+
+def _calibrated(stages: dict) -> dict:
+    """Each stage calibrated on the run's validation items (report.json's stages, those with
+    ``calibrated``): its temperature, and per field the test items' Brier score plain and
+    calibrated, with their paired test (``calibrated_vs_plain``)."""
+    return {s: {"temperature": v["metrics"]["calibrated"]["temperature"],
+                "fitted_on": v["metrics"]["calibrated"]["fitted_on"],
+                "fields": {name: {"brier": v["metrics"]["confidence"][name]["brier"], "calibrated": f["brier"],
+                                  "test": v.get("calibrated_vs_plain", {}).get(name)}
+                           for name, f in v["metrics"]["calibrated"]["fields"].items()}}
+            for s, v in stages.items() if "calibrated" in v["metrics"] and "confidence" in v["metrics"]}
 
 
 def _seeds_row(arm: Arm, summary: dict, seconds: float, start_from: str | None = None) -> dict:
@@ -313,6 +326,7 @@ def study_markdown(study: dict) -> str:
         lines += ["", "Does DPO after SFT beat SFT alone?", ""]
         lines += [f"- `{r['task']}`: {r['verdict']}" for r in ran]
     lines += _confidence_lines(ran)
+    lines += _calibrated_lines(ran)
     lines += _cost_lines(ran)
     for status, title in (("failed", "Failed (rerun the same command after fixing it; finished stages are kept)"),
                           ("not run", "Not run")):
@@ -358,6 +372,29 @@ def _confidence_lines(ran: list[dict]) -> list[str]:
                   "| SFT+DPO |", "|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| `{r['task']}` | {name} | {cells(r, name, 'brier')} | {test(r, name, 'brier_dpo_vs_sft')} | "
                   f"{cells(r, name, 'ece')} |" for r in calibrated for name in r["confidence"]["base"]]
+    return lines
+
+
+def _calibrated_lines(ran: list[dict]) -> list[str]:
+    """study.md's table of the SFT and SFT+DPO stages calibrated on each task's validation items
+    (a study run with ``--set val=N``): their temperatures and the test items' Brier scores."""
+    rows = [r for r in ran if r.get("calibrated")]
+    if not rows:
+        return []
+    lines = ["", "Calibrated on each task's validation items (`--set val=N`): each stage's label probabilities divided "
+             "by the temperature T fitted on them (T > 1: the stage was too sure), and the test items' Brier score at "
+             "T = 1 and calibrated, by the paired bootstrap (ΔBrier < 0: nearer the truth; each task's report.md, "
+             "Calibrated, has the ECE and the base model too).", "",
+             "| task | field | stage | T | Brier | calibrated | ΔBrier [95% CI], p |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for stage in ("sft", "dpo"):
+            c = r["calibrated"].get(stage)
+            for name, f in (c or {}).get("fields", {}).items():
+                t = f["test"]
+                tested = "—" if t is None else (f"{t['delta']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}], "
+                                                f"p {p_text(t).lstrip('= ')}")
+                lines.append(f"| `{r['task']}` | {name} | {'SFT' if stage == 'sft' else 'SFT+DPO'} | "
+                             f"{c['temperature']:.3f} | {fmt(f['brier'])} | {fmt(f['calibrated'])} | {tested} |")
     return lines
 
 

@@ -637,6 +637,19 @@ def test_each_stage_is_calibrated_on_the_validation_items_for_predict_to_read(ti
     for stage, key in (("base", "base"), ("SFT", "sft"), ("SFT+DPO", "dpo")):
         t = json.loads((out / key / "metrics.json").read_text())["calibrated"]["temperature"]
         assert f"| {stage} | {t:.3f}" in text
+    # study.md's row of this run: the SFT and SFT+DPO stages' temperatures and test Brier scores, as report.json has them
+    from prefopt.evaluate.study import ARMS, _row, study_markdown
+
+    row = _row(next(a for a in ARMS if a.task == "portal"), report, 1.0)
+    md = study_markdown({"model": "m", "data_root": None, "settings": {}, "arms": [row]})
+    assert "Calibrated on each task's validation items (`--set val=N`)" in md
+    for stage, key in (("SFT", "sft"), ("SFT+DPO", "dpo")):
+        m = report["stages"][key]
+        for name in ("urgency", "staff"):
+            t = m["calibrated_vs_plain"][name]
+            assert (f"| `portal` | {name} | {stage} | {m['metrics']['calibrated']['temperature']:.3f} | "
+                    f"{m['metrics']['confidence'][name]['brier']:.3f} | "
+                    f"{m['metrics']['calibrated']['fields'][name]['brier']:.3f} | {t['delta']:+.3f} [") in md
     # predict reads the SFT stage's temperature for its adapter; the base model's is refused for it
     new = tmp_path / "new.jsonl"
     new.write_text(json.dumps({"id": "n1", "message": "My knee hurts since Monday"}) + "\n")
