@@ -14,13 +14,13 @@ from .temperature import BOUNDS, cross_fitted, fit_temperature
 FILE = "calibration.json"
 
 
-def calibration_fit(task, records: list, preds: list[dict], scored: list, *, model: str, adapter: str | None,
-                    task_options: dict, data: str | None) -> dict:
-    """``calibration.json``'s content but for the uncalibrated figures (:func:`write_calibration`
-    adds them): :func:`~.temperature.fit_temperature` on ``records``' answers' log-probs
-    (``scored``), what it is for, and each field's Brier score and ECE under cross-fitting
-    (:func:`~.temperature.cross_fitted`; None with fewer than four records)."""
-    fit = fit_temperature(task, records, scored)
+def calibration_fit(task, records: list, preds: list[dict], scored: list, confidence: dict, *, model: str,
+                    adapter: str | None, task_options: dict, data: str | None) -> dict:
+    """``calibration.json`` of ``eval --fit-temperature``: :func:`~.temperature.fit_temperature` on
+    ``records``' answers' log-probs (``scored``) as :func:`calibration_record` writes it, with each
+    field's Brier score and ECE under cross-fitting (:func:`~.temperature.cross_fitted`; None with
+    fewer than four records) beside those at T = 1 (``confidence``: the evaluation's
+    :func:`~.confidence.confidence_metrics`)."""
     try:
         folds = cross_fitted(task, records, scored)
     except ValueError:  # too few records to hold half out
@@ -28,16 +28,28 @@ def calibration_fit(task, records: list, preds: list[dict], scored: list, *, mod
     else:
         metrics = confidence_metrics(task, records, preds, [marginals(task, s, t) for s, t in zip(scored, folds)])
         cross = {name: {"brier": c["brier"], "ece": c["ece"]} for name, c in metrics.items()}
-    return {**fit, "task": task.name, "task_options": task_options, "model": where(model), "adapter": where(adapter),
-            "confidence_scoring": SCORING, "data": where(data) or "the task's bundled data", "records": len(records),
-            "cross_fitted": cross, "date": date.today().isoformat()}
+    return calibration_record(fit_temperature(task, records, scored), task, task_options=task_options, model=model,
+                              adapter=adapter, data=data, records=len(records), uncalibrated=confidence,
+                              fitted_on="the records evaluated", cross_fitted=cross)
 
 
-def write_calibration(out_dir: str | Path, fitted: dict, confidence: dict) -> Path:
-    """``fitted`` (:func:`calibration_fit`) with each field's uncalibrated Brier score and ECE
-    (``confidence``: the evaluation's :func:`~.confidence.confidence_metrics`) as
-    ``out_dir/calibration.json``; what it holds is printed."""
-    fitted = {**fitted, "uncalibrated": {name: {"brier": c["brier"], "ece": c["ece"]} for name, c in confidence.items()}}
+def calibration_record(fit: dict, task, *, task_options: dict, model: str, adapter: str | None, data: str | None,
+                       records: int, uncalibrated: dict, fitted_on: str, **more) -> dict:
+    """What ``calibration.json`` holds: the ``fit`` (:func:`~.temperature.fit_temperature`), the
+    task, model and adapter it is for (:func:`read_calibration` checks them), the data and how
+    many of its ``records`` it was fitted on (``fitted_on``: which), each field's Brier score and
+    ECE at T = 1 (``uncalibrated``: :func:`~.confidence.confidence_metrics`), ``more``, the date."""
+    return {**{k: fit[k] for k in ("temperature", "n", "nll_before", "nll_after", "bound")}, "task": task.name,
+            "task_options": task_options, "model": where(model), "adapter": where(adapter),
+            "confidence_scoring": SCORING, "data": where(data) or "the task's bundled data", "records": records,
+            "fitted_on": fitted_on,
+            "uncalibrated": {name: {"brier": c["brier"], "ece": c["ece"]} for name, c in uncalibrated.items()},
+            **more, "date": date.today().isoformat()}
+
+
+def write_calibration(out_dir: str | Path, fitted: dict) -> Path:
+    """``fitted`` (:func:`calibration_fit`) as ``out_dir/calibration.json``; what it holds is
+    printed."""
     path = Path(out_dir) / FILE
     write_json_atomic(path, fitted)
     for line in calibration_lines(fitted):

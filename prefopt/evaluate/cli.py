@@ -136,9 +136,9 @@ def _eval(args) -> int:
         extra.update(per_row)
     code = _write_and_test(task, records, texts, preds, metrics, extra, against, args, str(args.output))
     if scored is not None and args.fit_temperature:  # (the evaluation written first: a failed fit loses nothing)
-        fitted = calibration_fit(task, records, preds, scored, model=args.model, adapter=args.adapter,
-                                 task_options=task_options_of(args), data=args.data)
-        write_calibration(args.output, fitted, metrics["confidence"])
+        write_calibration(args.output, calibration_fit(task, records, preds, scored, metrics["confidence"],
+                                                       model=args.model, adapter=args.adapter,
+                                                       task_options=task_options_of(args), data=args.data))
     return code
 
 

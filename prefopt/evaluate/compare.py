@@ -319,8 +319,7 @@ def _confident(cfg, task, tok, test, out: Path, stage: str, s: dict, done: tuple
     calibration on the validation items ``val``. ``model``: the stage's, if loaded; else it loads
     (into ``keep``, if given). A calibrated stage's temperature is written to its folder's
     ``calibration.json``, for ``prefopt predict --calibration``."""
-    from .stage_confidence import add_confidence, wanted
-    from .stage_confidence import done as complete
+    from .stage_confidence import add_confidence, complete, wanted
 
     if not wanted(task, s):
         return done
@@ -342,18 +341,14 @@ def _confident(cfg, task, tok, test, out: Path, stage: str, s: dict, done: tuple
 def _stage_calibration(cfg, task, out: Path, stage: str, metrics: dict) -> None:
     """``out/stage/calibration.json``: the temperature fitted on the validation items, for the
     model and adapter the stage evaluates, as ``eval --fit-temperature`` writes one."""
-    from .calibration import FILE, where
+    from .calibration import FILE, calibration_record
 
     c = metrics["calibrated"]
-    adapter = None if stage == "base" else out / stage_weights(out)[stage]
-    write_json_atomic(out / stage / FILE, {
-        **{k: c[k] for k in ("temperature", "n", "nll_before", "nll_after", "bound")},
-        "task": task.name, "task_options": cfg.task_options, "model": where(cfg.model),
-        "adapter": where(str(adapter) if adapter else None), "confidence_scoring": metrics["confidence_scoring"],
-        "data": where(cfg.data) or "the task's bundled data", "records": c["fitted_on"],
-        "fitted_on": "the run's validation items (split.json's val)", "cross_fitted": None,
-        "uncalibrated": {name: {k: v[k] for k in ("brier", "ece")} for name, v in metrics["confidence"].items()},
-        "calibrated_on_test": c["fields"]})
+    adapter = None if stage == "base" else str(out / stage_weights(out)[stage])
+    write_json_atomic(out / stage / FILE, calibration_record(
+        c, task, task_options=cfg.task_options, model=cfg.model, adapter=adapter, data=cfg.data,
+        records=c["fitted_on"], uncalibrated=metrics["confidence"], fitted_on="the run's validation items (split.json's "
+        "val)", cross_fitted=None, calibrated_on_test=c["fields"]))
 
 
 def _weights_name(out: Path, stage: str) -> str | None:

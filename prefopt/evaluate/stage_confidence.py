@@ -46,7 +46,7 @@ def wanted(task, settings: dict) -> bool:
     return bool(settings.get("confidence")) and scorable(task) is None
 
 
-def done(metrics: dict, val: list | None) -> bool:
+def complete(metrics: dict, val: list | None) -> bool:
     """Whether a stage's ``metrics`` hold all a run with validation items ``val`` adds: its
     confidence scored as now, and with ``val`` its calibration on them."""
     return scored(metrics) and (not val or "calibrated" in metrics)
