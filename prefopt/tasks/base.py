@@ -197,12 +197,20 @@ class ClassificationTask(Task):
         self.fields = fields
 
     def own_label(self, label: str, path, line: int, column: str, cell: str) -> str:
-        """``label``, read from the file's ``cell``; where the labels were given (``labels_given``), it
-        must be one of them (else a :class:`~._io.NotALabel` at ``path:line``, field ``column``,
-        that names the cell as the file spells it and says how to map it)."""
-        if self.labels_given and label not in self.fields[0].labels:
-            raise NotALabel(path, line, column, str(cell).strip(),
-                            f"the labels given ({', '.join(self.fields[0].labels)})", "label_map", self.label_map)
+        """A generic task's ``label``, read from the file's ``cell``; where the labels were given
+        (``labels_given``), one of them (:meth:`one_of`)."""
+        if self.labels_given:
+            return self.one_of(self.fields[0], label, path, line, column, cell, "the labels given")
+        return label
+
+    def one_of(self, field: LabelField, label: str, path, line: int, column: str, cell: str,
+               offered: str = "the labels") -> str:
+        """``label`` of ``field``, read from the file's ``cell``, where it is one of the field's
+        labels; else a :class:`~._io.NotALabel` at ``path:line``, field ``column``, that names the
+        cell as the file spells it and the map option (``<field>_map``) that would read it."""
+        if label not in field.labels:
+            raise NotALabel(path, line, column, str(cell).strip(), f"{offered} ({', '.join(field.labels)})",
+                            f"{field.name}_map", self.maps.get(field.name, {}))
         return label
 
     @property

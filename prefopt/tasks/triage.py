@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..data.decoding import read_bytes
 from ..data.records import DataError
-from ._io import NotALabel, column_cell, file_options, likely_columns, need, one_row, table
+from ._io import column_cell, file_options, likely_columns, need, one_row, table
 from .base import ClassificationTask, LabelField, Record, word_map
 
 PORTAL_DATA = Path(__file__).resolve().parent / "data" / "portal_messages.jsonl"
@@ -182,11 +182,8 @@ class PortalTriage(ClassificationTask):
         labels = {}
         for f in self.fields if labelled else []:
             cell = column_cell(self, row, f"{f.name}_column", path, line, likely)
-            v = self.mapped(cell, f.name)
-            if v not in f.labels:
-                raise NotALabel(path, line, getattr(self, f"{f.name}_column"), cell.strip(),
-                                f"the labels ({', '.join(f.labels)})", f"{f.name}_map", self.maps[f.name])
-            labels[f.name] = v
+            labels[f.name] = self.one_of(f, self.mapped(cell, f.name), path, line, getattr(self, f"{f.name}_column"),
+                                         cell)
         prompt = ("Triage this patient portal message. How urgent is it (emergency, urgent or routine), and "
                   "who should handle it (physician, nurse, pharmacist or front desk)? Answer as\n"
                   f"Urgency: <urgency>\nStaff: <staff>\n\nMessage: {msg}")
