@@ -526,8 +526,8 @@ def add_commands(sub) -> None:
                    "items, a later month) and write calibration.json, with its effect cross-fitted (each half scaled "
                    "by the other's fit); predict and eval --calibration divide by it")
     e.add_argument("--calibration", metavar="FILE", help="with --confidence: an eval --fit-temperature's "
-                   "calibration.json (or its folder), fitted with this model and adapter: the label probabilities "
-                   "scaled by its temperature")
+                   "calibration.json, or a compare stage's (a run with --set val=N), or its folder, fitted with this "
+                   "model and adapter: the label probabilities scaled by its temperature")
     add_repeat_flags(e)
     add_device_flags(e, quantize=True)
     add_answer_estimate_flag(e)
@@ -554,8 +554,9 @@ def add_commands(sub) -> None:
                     help="skip the confidence_<field> and likeliest_<field> columns (each predicted label's "
                     "probability under the model, and the label it finds likeliest, every possible answer scored; "
                     "about as long again as the answers)")
-    pr.add_argument("--calibration", metavar="FILE", help="an eval --fit-temperature's calibration.json (or its "
-                    "folder), fitted with this model and adapter: the confidence columns calibrated by its temperature")
+    pr.add_argument("--calibration", metavar="FILE", help="an eval --fit-temperature's calibration.json, or a "
+                    "compare stage's (a run with --set val=N), or its folder, fitted with this model and adapter: the "
+                    "confidence columns calibrated by its temperature")
     pr.add_argument("--max-new-tokens", type=positive_int, help="generation cap (default: the task's)")
     add_chat_flags(pr, "prompt")
     add_repeat_flags(pr)
