@@ -23,7 +23,7 @@ def calibration_fit(task, records: list, preds: list[dict], scored: list, confid
     :func:`~.confidence.confidence_metrics`)."""
     try:
         folds = cross_fitted(task, records, scored)
-    except ValueError:  # too few records to hold half out
+    except ValueError:  # too few records to hold half out (or a half none of whose labels an answer names)
         cross = None
     else:
         metrics = confidence_metrics(task, records, preds, [marginals(task, s, t) for s, t in zip(scored, folds)])
@@ -75,7 +75,8 @@ def calibration_lines(fitted: dict) -> list[str]:
                      "of theirs is none of the answers scored")
     cross, before = fitted.get("cross_fitted"), fitted.get("uncalibrated", {})
     if cross is None:
-        lines.append("too few records to estimate its effect on records it did not see (cross-fitting needs four)")
+        lines.append("no estimate of its effect on records it did not see: cross-fitting needs four records, and "
+                     "each half with a label an answer names")
         return lines
     lines.append("on records it did not see (cross-fitted: each half scaled by the other half's fit): " + "; ".join(
         f"{name} Brier {before[name]['brier']:.3f} -> {c['brier']:.3f}, ECE {before[name]['ece']:.3f} -> "

@@ -158,8 +158,9 @@ def _temperature(args, task) -> float:
         raise ValueError("--fit-temperature fits a temperature to the model's own probabilities, --calibration divides "
                          "by one fitted before: give one")
     if not args.confidence:
-        raise ValueError(f"{flag} scales the label probabilities --confidence scores: add --confidence" if fit is not None
-                         else "--calibration scales the confidence columns, which --no-confidence leaves out: give one")
+        raise ValueError(f"{flag} scales the label probabilities --confidence scores: add --confidence"
+                         if fit is not None else
+                         "--calibration scales the confidence columns, which --no-confidence leaves out: give one")
     if why := scorable(task):
         raise ValueError(f"{flag}: {why}")
     if args.calibration:

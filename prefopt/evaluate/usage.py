@@ -89,8 +89,8 @@ def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dic
     as_run = (["--quantize", q(quantized)] if quantized else []) + list(map(q, prompt_flags(dpo_metrics)))
 
     confidence = ["--confidence"] if scorable(task) is None else []  # does predict's confidence column mean much?
-    calibrated = ["--calibration", q(str(folder / "dpo"))] if confidence and (out / "dpo" / "calibration.json").is_file() \
-        else []  # (a run with validation items: the stage's temperature fitted on them)
+    fitted = confidence and (out / "dpo" / "calibration.json").is_file()  # (a run with validation items: its T)
+    calibrated = ["--calibration", q(str(folder / "dpo"))] if fitted else []
 
     def evaluate(weights_dir: str, output: str, *more: str) -> str:
         return " ".join(["prefopt eval --task", q(task.name), "--model", model, "--adapter", weights_dir, *as_run,

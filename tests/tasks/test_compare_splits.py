@@ -276,7 +276,8 @@ def test_check_data_sets_a_test_file_against_the_training_data_as_compare_will(t
         run_compare(CompareConfig(task="text_classification", model=str(tiny_model), data=str(train),
                                   test_data=str(test), output=str(tmp_path / "run")))
     for flags, error in ((["--test-sheet", "x"], "--test-sheet x: the sheet of --test-data, which is not given"),
-                         (["--test-data", str(tmp_path / "no.csv")], f"--test-data {tmp_path / 'no.csv'}: no such file")):
+                         (["--test-data", str(tmp_path / "no.csv")],
+                          f"--test-data {tmp_path / 'no.csv'}: no such file")):
         assert main(["check-data", "--task", "portal", "--model", str(tiny_model), *flags]) == 2
         assert error in capsys.readouterr().err
     assert main(["check-data", "--model", str(tiny_model), "--data", str(train), "--group-by", "mrn"]) == 2

@@ -633,11 +633,12 @@ def test_each_stage_is_calibrated_on_the_validation_items_for_predict_to_read(ti
     assert tested["urgency"]["delta"] == pytest.approx(
         sum(r["brier_calibrated"]["urgency"] - r["brier"]["urgency"] for r in sft_rows) / len(sft_rows))
     text = (out / "report.md").read_text()
-    assert "Calibrated: each stage's label probabilities divided by the temperature T fitted on the 4 validation" in text
+    assert "Calibrated: each stage's label probabilities divided by the temperature T fitted on the 4 validation" \
+        in text
     for stage, key in (("base", "base"), ("SFT", "sft"), ("SFT+DPO", "dpo")):
         t = json.loads((out / key / "metrics.json").read_text())["calibrated"]["temperature"]
         assert f"| {stage} | {t:.3f}" in text
-    # study.md's row of this run: the SFT and SFT+DPO stages' temperatures and test Brier scores, as report.json has them
+    # study.md's row of this run: the SFT and SFT+DPO stages' temperatures and test Brier scores, as report.json has
     from prefopt.evaluate.study import ARMS, _row, study_markdown
 
     row = _row(next(a for a in ARMS if a.task == "portal"), report, 1.0)
@@ -653,8 +654,8 @@ def test_each_stage_is_calibrated_on_the_validation_items_for_predict_to_read(ti
     # predict reads the SFT stage's temperature for its adapter; the base model's is refused for it
     new = tmp_path / "new.jsonl"
     new.write_text(json.dumps({"id": "n1", "message": "My knee hurts since Monday"}) + "\n")
-    argv = ["predict", "--task", "portal", "--model", str(tiny_model), "--adapter", str(out / "sft" / "train" / "final"),
-            "--data", str(new), "--max-new-tokens", "4"]
+    argv = ["predict", "--task", "portal", "--model", str(tiny_model), "--adapter",
+            str(out / "sft" / "train" / "final"), "--data", str(new), "--max-new-tokens", "4"]
     assert main([*argv, "--output", str(tmp_path / "p"), "--calibration", str(out / "sft")]) == 0
     assert json.loads((tmp_path / "p" / "predict.json").read_text())["temperature"] == \
         json.loads((out / "sft" / "calibration.json").read_text())["temperature"]

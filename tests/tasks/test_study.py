@@ -248,7 +248,8 @@ def test_an_auroc_among_fewer_than_all_answers_says_among_how_many():
             row["confidence"][s][name].update(brier=brier, ece=ece)
     row["brier_dpo_vs_sft"] = {"urgency": {**vs, "delta": 0.1, "p_value": 0.03}, "staff": None}
     md = study_markdown({"model": "m", "data_root": "d", "settings": {}, "arms": [row]})
-    assert "| `portal` | urgency | 0.900 | 0.400 | 0.500 | +0.100 [-0.100, +0.100], p 0.03 | 0.400 | 0.100 | 0.200 |" in md
+    assert ("| `portal` | urgency | 0.900 | 0.400 | 0.500 | +0.100 [-0.100, +0.100], p 0.03 | 0.400 | 0.100 | "
+            "0.200 |") in md
     assert "| `portal` | staff | 0.900 | 0.400 | 0.500 | — | 0.400 | 0.100 | 0.200 |" in md
 
 

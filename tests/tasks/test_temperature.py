@@ -62,8 +62,8 @@ def test_the_fit_is_scipys_minimum_of_the_nll():
     assert fit["temperature"] == pytest.approx(math.exp(best.x), rel=1e-5)
     assert fit["nll_after"] == pytest.approx(best.fun, rel=1e-9)
     # by hand: the NLL at T = 1 is the mean over records of log-sum-exp less the right answer's log-prob
-    by_hand = np.mean([np.log(np.sum(np.exp([v for _, v in s]))) - dict((x["label"], v) for x, v in s)[r.labels["label"]]
-                       for r, s in zip(records, scored)])
+    by_hand = np.mean([np.log(np.sum(np.exp([v for _, v in s])))
+                       - dict((x["label"], v) for x, v in s)[r.labels["label"]] for r, s in zip(records, scored)])
     assert fit["nll_before"] == pytest.approx(by_hand)
 
 
