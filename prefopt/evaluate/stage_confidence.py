@@ -98,12 +98,15 @@ def compare_calibrated(rows: list[dict], *, n_resamples: int = 2000, seed: int =
     hold none (no validation items)."""
     if not rows or not all("brier_calibrated" in row and "brier" in row for row in rows):
         return {}
+    return {name: paired_bootstrap(_mean_gap(rows, "brier", name), _mean_gap(rows, "brier_calibrated", name),
+                                   len(rows), n_resamples=n_resamples, seed=seed) for name in rows[0]["brier"]}
 
-    def mean_of(key, name):
-        gaps = np.array([row[key][name] for row in rows], dtype=float)
-        return lambda idx: float(gaps[idx].mean())
-    return {name: paired_bootstrap(mean_of("brier", name), mean_of("brier_calibrated", name), len(rows),
-                                   n_resamples=n_resamples, seed=seed) for name in rows[0]["brier"]}
+
+def _mean_gap(rows: list[dict], key: str, name: str):
+    """The mean over a resample of rows (their indices) of each row's ``key`` (a Brier gap) for
+    field ``name``: a statistic for :func:`~.stats.paired_bootstrap`."""
+    gaps = np.array([row[key][name] for row in rows], dtype=float)
+    return lambda idx: float(gaps[idx].mean())
 
 
 def compare_auroc(rows_a: list[dict], rows_b: list[dict], *, n_resamples: int = 2000, seed: int = 0
@@ -124,11 +127,7 @@ def compare_brier(rows_a: list[dict], rows_b: list[dict], *, n_resamples: int = 
     hold none (not scored, or scored before 2026-12-06)."""
     if not all("brier" in row for row in rows_a + rows_b):
         return {}
-
-    def mean_of(rows, name):
-        gaps = np.array([row["brier"][name] for row in rows], dtype=float)
-        return lambda idx: float(gaps[idx].mean())
-    return {name: paired_bootstrap(mean_of(rows_a, name), mean_of(rows_b, name), len(rows_a),
+    return {name: paired_bootstrap(_mean_gap(rows_a, "brier", name), _mean_gap(rows_b, "brier", name), len(rows_a),
                                    n_resamples=n_resamples, seed=seed) for name in rows_a[0]["brier"]}
 
 
@@ -234,10 +233,8 @@ def calibrated_lines(stages: dict[str, dict], tests: dict[str, dict]) -> list[st
         bound = {"high": " (the highest tried)", "low": " (the lowest tried)"}.get(c.get("bound"), "")
         for name, f in c["fields"].items():
             plain, t = m["confidence"][name], tests.get(stage, {}).get(name)
-            tested = "—" if t is None else (f"{t['delta']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}], "
-                                            f"p {p_text(t).lstrip('= ')}")
             lines.append(f"| {stage} | {c['temperature']:.3f}{bound} | {name} | {fmt(plain.get('brier'))} | "
-                         f"{fmt(f['brier'])} | {tested} | {fmt(plain.get('ece'))} | {fmt(f['ece'])} |")
+                         f"{fmt(f['brier'])} | {paired_text(t)} | {fmt(plain.get('ece'))} | {fmt(f['ece'])} |")
     return lines
 
 
@@ -258,6 +255,14 @@ def auroc_named_text(c: dict, n: int | None, none: str = "—") -> str:
     with how many of the ``n`` answers did where not all did: "0.933 (8 of 60 named)"."""
     text, named = fmt(c.get("auroc_named"), none), c.get("named")
     return text if named is None or named == 1 or n is None else f"{text} ({round(named * n)} of {n} named)"
+
+
+def paired_text(c: dict | None) -> str:
+    """A paired bootstrap's result in a table's cell: "+0.004 [-0.025, +0.033], p 0.788", or "—"
+    where there is none."""
+    if c is None:
+        return "—"
+    return f"{c['delta']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}], p {p_text(c).lstrip('= ')}"
 
 
 def fmt(v, none: str = "—") -> str:

@@ -26,7 +26,7 @@ from ..train.cost import cost_parts, duration_text, what_peak
 from .compare import CompareConfig, check_compare, run_compare
 from .runner import keep_earlier
 from .seeds import check_seeds, direction, paired_figures, pooled_line, pooled_p, run_seeds
-from .stage_confidence import auroc_named_text, fmt
+from .stage_confidence import auroc_named_text, fmt, paired_text
 from .start_from import source_config
 from .stats import p_text
 
@@ -347,10 +347,7 @@ def _confidence_lines(ran: list[dict]) -> list[str]:
         return " | ".join(auroc_named_text(c, r["n_test"]) if key == "auroc_named" else fmt(c.get(key)) for c in stages)
 
     def test(r: dict, name: str, key: str = "auroc_dpo_vs_sft") -> str:  # SFT+DPO's against SFT's, paired
-        c = r.get(key, {}).get(name)
-        if c is None:
-            return "—"
-        return f"{c['delta']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}], p {p_text(c).lstrip('= ')}"
+        return paired_text(r.get(key, {}).get(name))
 
     lines = ["", "How sure is each stage of its answers? AUROC: how well the probability of the label an answer "
              "named tells right answers from wrong, among the answers that named a label (0.5: not at all; —: all "
@@ -390,11 +387,9 @@ def _calibrated_lines(ran: list[dict]) -> list[str]:
         for stage in ("sft", "dpo"):
             c = r["calibrated"].get(stage)
             for name, f in (c or {}).get("fields", {}).items():
-                t = f["test"]
-                tested = "—" if t is None else (f"{t['delta']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}], "
-                                                f"p {p_text(t).lstrip('= ')}")
                 lines.append(f"| `{r['task']}` | {name} | {'SFT' if stage == 'sft' else 'SFT+DPO'} | "
-                             f"{c['temperature']:.3f} | {fmt(f['brier'])} | {fmt(f['calibrated'])} | {tested} |")
+                             f"{c['temperature']:.3f} | {fmt(f['brier'])} | {fmt(f['calibrated'])} | "
+                             f"{paired_text(f['test'])} |")
     return lines
 
 
