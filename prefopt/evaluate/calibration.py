@@ -102,11 +102,23 @@ def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | 
     for name, given, fitted in (("task", task, fit.get("task")), ("model", model, fit.get("model")),
                                 ("adapter", adapter, fit.get("adapter")),
                                 ("scoring", SCORING, fit.get("confidence_scoring"))):
-        if not (given == fitted if name in ("task", "scoring") else same_path(given, fitted)):
+        if name in ("task", "scoring"):
+            same = given == fitted
+        else:  # a model alias (smollm2-135m) is its imported folder in prefopt's cache
+            same = same_path(_imported(given), _imported(fitted))
+        if not same:
             raise ValueError(f"--calibration {path} was fitted for {name} {fitted or '(none)'}, not {given or '(none)'}"
                              ": a temperature fits one model's probabilities, scored one way (fit one for this one: "
                              "eval --confidence --fit-temperature)")
     return float(fit["temperature"])
+
+
+def _imported(model: str | None) -> str | None:
+    """A model alias as the folder it is imported into (whether or not it is there yet: nothing is
+    imported); another name (an adapter's too: no alias is one) as it is."""
+    from ..model.hub import ALIASES, cache_dir
+
+    return str(cache_dir() / "models" / model) if model in ALIASES else model
 
 
 def where(path: str | None) -> str | None:

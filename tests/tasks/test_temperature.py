@@ -222,3 +222,26 @@ def test_eval_reads_a_runs_validation_items_to_fit_on(tiny_model, tmp_path, caps
                          f"{test_file}: pass --data {data}")):
         assert main([*argv, "--output", str(tmp_path / "refused")]) == 2, argv
         assert error in capsys.readouterr().err
+
+
+def test_a_calibration_fitted_on_an_alias_serves_its_imported_folder(tmp_path, monkeypatch):
+    """``--model smollm2-135m`` and ``--model`` its folder in prefopt's cache are one model; another
+    folder is not, nor another task or adapter."""
+    from prefopt.evaluate.calibration import read_calibration
+    from prefopt.evaluate.confidence import SCORING
+
+    monkeypatch.setenv("PREFOPT_HOME", str(tmp_path / "home"))
+    imported = tmp_path / "home" / "models" / "smollm2-135m"
+    imported.mkdir(parents=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"temperature": 1.5, "task": "portal", "model": "smollm2-135m", "adapter": None,
+                                "confidence_scoring": SCORING}))
+    for model in ("smollm2-135m", str(imported), str(imported) + "/"):
+        assert read_calibration(path, task="portal", model=model, adapter=None) == 1.5
+    for task, model, adapter, named in (("portal", str(other), None, f"model smollm2-135m, not {other}"),
+                                        ("ktas", "smollm2-135m", None, "task portal, not ktas"),
+                                        ("portal", "smollm2-135m", str(other), f"adapter (none), not {other}")):
+        with pytest.raises(ValueError, match="was fitted for " + named.replace("(", r"\(").replace(")", r"\)")):
+            read_calibration(path, task=task, model=model, adapter=adapter)
