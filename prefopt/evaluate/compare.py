@@ -156,17 +156,17 @@ def _test_records(cfg: CompareConfig, task, say: Callable[[str], None]) -> list 
     """``--test-data``'s records, read as the data's are (after them: a classifier that reads its
     labels off the data keeps those), or None. A label no training record holds is refused: the
     prompt would not offer it and no answer could be right."""
-    from ..tasks import ClassificationTask, mixed_labels
-    from ..tasks.check import escape_lines, read_test_data
+    from ..tasks import mixed_labels
+    from ..tasks.check import escape_lines, read_test_data, unseen_labels
 
     if not cfg.test_data:
         return None
     tested = read_test_data(task, cfg.test_data, cfg.test_sheet)
-    for f in task.fields if isinstance(task, ClassificationTask) else ():
-        if r := next((r for r in tested if r.labels.get(f.name) not in f.labels), None):
-            raise ValueError(f"--test-data {cfg.test_data}: record {r.id!r}: {f.name} {r.labels.get(f.name)!r} is "
-                             f"none of the labels the training data holds ({', '.join(f.labels)}); "
-                             "--task-option labels=... offers it in the prompt anyway (or leave those records out)")
+    if unseen := unseen_labels(task, tested):
+        f, r = unseen[0][0], unseen[0][1][0]
+        raise ValueError(f"--test-data {cfg.test_data}: record {r.id!r}: {f.name} {r.labels.get(f.name)!r} is none "
+                         f"of the labels the training data holds ({', '.join(f.labels)}); --task-option labels=... "
+                         "offers it in the prompt anyway (or leave those records out)")
     if mixed := mixed_labels(tested):
         say(f"--test-data: {mixed}")
     for line in escape_lines(task, tested):

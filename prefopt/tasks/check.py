@@ -134,6 +134,15 @@ def check_test_data(task: Task, path: str, sheet: str | None, training: TaskChec
     return tested._replace(lines=tested.lines + grouped + lines, n_bad=tested.n_bad + refused + (not ok))
 
 
+def unseen_labels(task: Task, tested: list) -> list[tuple]:
+    """``(field, records)`` for each label field of which records of ``tested`` (a test file's)
+    hold a label the field does not offer (none the training data held, where a classifier
+    reads its labels off it): the prompt would not offer it and no answer could be right, so
+    compare refuses the file and check-data says so."""
+    fields = task.fields if isinstance(task, ClassificationTask) else ()
+    return [(f, unseen) for f in fields if (unseen := [r for r in tested if r.labels.get(f.name) not in f.labels])]
+
+
 def group_lines(records: list, group_by: str | None) -> tuple[list[str], bool]:
     """With ``group_by`` (compare's ``--set group_by``), a line of how many groups ``records`` make,
     each kept in one split, or of why a record cannot be grouped (then False: compare refuses it)."""
@@ -161,9 +170,9 @@ def against_training(task: Task, training: list, tested: list, group_by: str | N
         lines.append(f"  {len(shared)} of {len(training)} training records are also test records (the same text"
                      f"{f' or {group_by}' if group_by else ''}; the first: {shared[0].id}): compare leaves them out "
                      "of training")
+    unseen_by_field = {f.name: unseen for f, unseen in unseen_labels(task, tested)}
     for f in task.fields if isinstance(task, ClassificationTask) else ():
-        unseen = [r for r in tested if r.labels.get(f.name) not in f.labels]
-        if unseen:
+        if unseen := unseen_by_field.get(f.name):
             refused += len(unseen)
             words = Counter(r.labels.get(f.name) for r in unseen)
             lines.append(f"  {f.name}: {len(unseen)} test record{'s' * (len(unseen) > 1)} of a label no training "
