@@ -43,8 +43,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", help="data file (default: the bundled synthetic portal messages)")
     ap.add_argument("--test-data", metavar="PATH", help="messages to test on, all of them (a later month's, another "
                     "site's), read as --data is; --data then trains alone (default: a seeded share of --data)")
-    ap.add_argument("--test-sheet", metavar="NAME", help="the sheet of --test-data where it is a workbook (else its one "
-                    "sheet of data)")
+    ap.add_argument("--test-sheet", metavar="NAME", help="the sheet of --test-data where it is a workbook (else its "
+                    "one sheet of data)")
     ap.add_argument("--task-option", action="append", metavar="KEY=VALUE",
                     help="a task option, e.g. message_column=Nachricht or encoding=cp1252 for your own portal "
                     "messages (repeatable; see prefopt eval --help)")
