@@ -34,6 +34,17 @@ def smollm_gguf_path() -> Path | None:
 
 
 @pytest.fixture(autouse=True)
+def _threads_kept():
+    """Each test ends with the threads set above: a benchmark's worker called in-process sets
+    torch's threads to 2, and two pytest workers at 2 threads each on 2 cores wait on each other's
+    threads for the rest of the run (SmolLM2's greedy generation test: 19 s at 1 thread beside
+    another busy worker, 118 s after such a test; docs/getting-started.md)."""
+    yield
+    if torch.get_num_threads() != _THREADS:
+        torch.set_num_threads(_THREADS)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep prefopt's and the hub's caches out of the user's home during tests."""
     monkeypatch.setenv("PREFOPT_HOME", str(tmp_path_factory.getbasetemp() / "prefopt_home"))
