@@ -18,18 +18,15 @@ and training runs alike.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 
 from ..fileio import read_json, write_json_atomic, write_text_atomic
+from . import seeds_calibration
 from .compare import CompareConfig, check_compare, run_compare
+from .pooling import PAIRS, paired_figures, pooled, pooled_p_said, se_of, signs
 from .report import ALPHA, NAMES, pyplot
-from .stats import p_text, t_critical, t_within
-
-Z95 = 1.959963984540054  # the normal distribution's 97.5th percentile
-MIN_SE = 1e-3  # a seed whose CI is a point (the stages answered alike) still gets a finite weight
-PAIRS = (("base", "sft"), ("sft", "dpo"))
+from .stats import p_text
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -51,42 +48,6 @@ def seeds_of(args) -> list[int] | None:
     if args.seed != 0:
         raise ValueError("give --seed or --seeds, not both")
     return seeds
-
-
-def pooled(deltas: list[float], ses: list[float]) -> dict:
-    """Random-effects pooling of ``deltas`` with standard errors ``ses``: the between-seed variance
-    tau squared by DerSimonian and Laird, the CI and p-value by Hartung-Knapp-Sidik-Jonkman (Student's t
-    with seeds - 1 degrees of freedom, the standard error never below DerSimonian-Laird's), since with
-    a few seeds the normal distribution's CI is too narrow (DL's normal figures are kept, ``normal``):
-    ``{"delta", "se", "ci", "p_value", "df", "tau", "i2", "q", "seeds", "normal"}``."""
-    k = len(deltas)
-    se2 = [max(s, MIN_SE) ** 2 for s in ses]
-    w = [1 / v for v in se2]
-    fixed = sum(wi * d for wi, d in zip(w, deltas)) / sum(w)
-    q = sum(wi * (d - fixed) ** 2 for wi, d in zip(w, deltas))
-    c = sum(w) - sum(wi * wi for wi in w) / sum(w)
-    tau2 = max(0.0, (q - (k - 1)) / c) if c > 0 else 0.0
-    w_re = [1 / (v + tau2) for v in se2]
-    delta = sum(wi * d for wi, d in zip(w_re, deltas)) / sum(w_re)
-    se_dl = math.sqrt(1 / sum(w_re))
-    spread = sum(wi * (d - delta) ** 2 for wi, d in zip(w_re, deltas)) / (k - 1)  # HKSJ's scale
-    se = se_dl * math.sqrt(max(1.0, spread))
-    crit = t_critical(k - 1)
-    return {"delta": delta, "se": se, "ci": [delta - crit * se, delta + crit * se],
-            "p_value": 1 - t_within(delta / se, k - 1), "df": k - 1, "tau": math.sqrt(tau2),
-            "i2": max(0.0, (q - (k - 1)) / q) if q > 0 else 0.0, "q": q, "seeds": k,
-            "normal": {"se": se_dl, "ci": [delta - Z95 * se_dl, delta + Z95 * se_dl],
-                       "p_value": math.erfc(abs(delta) / se_dl / math.sqrt(2))}}
-
-
-def se_of(cmp: dict) -> float:
-    """A seed's standard error of a difference: its bootstrap's (the resampled differences'
-    standard deviation); a run from before prefopt wrote it (2026-12-05) has it read off its 95%
-    percentile CI, (hi - lo) / 3.92, as a normal distribution's would be."""
-    if "se" in cmp:
-        return cmp["se"]
-    lo, hi = cmp["ci"]
-    return (hi - lo) / (2 * Z95)
 
 
 def own_seed(folder: str | Path) -> int | None:
@@ -190,7 +151,8 @@ def summarize(cfg: CompareConfig, reports: dict[int, dict], outputs: dict[int, s
         runs.append({"seed": seed, "output": where, "n_test": r["n_test"],
                      "dpo_is_sft": bool(weights) and weights.get("dpo") == weights.get("sft"),
                      **{s: r["stages"][s]["primary"] for s in ("base", "sft", "dpo")},
-                     **{f"{a}->{b}": paired_figures(r["comparisons"][f"{a}->{b}"]["primary"]) for a, b in PAIRS}})
+                     **{f"{a}->{b}": paired_figures(r["comparisons"][f"{a}->{b}"]["primary"]) for a, b in PAIRS},
+                     **({"calibration": cal} if (cal := seeds_calibration.run_calibration(r)) else {})})
     pool = {}
     if len(runs) > 1:
         for a, b in PAIRS:
@@ -198,13 +160,8 @@ def summarize(cfg: CompareConfig, reports: dict[int, dict], outputs: dict[int, s
             pool[key] = pooled([x[key]["delta"] for x in runs], [se_of(x[key]) for x in runs])
     return {"task": first["task"], "model": first["model"], "metric": first["metric"], "loss": cfg.loss,
             "preset": cfg.preset, "output": str(cfg.output), "seeds": list(reports), "runs": runs, "pooled": pool,
-            "test_data": getattr(cfg, "test_data", None)}
-
-
-def paired_figures(cmp: dict) -> dict:
-    """A paired test's figures as seeds.json and study.json keep them (``se`` and ``n_valid`` where
-    the comparison has them: ``se`` since 2026-12-05)."""
-    return {k: cmp[k] for k in ("delta", "ci", "se", "p_value", "n_resamples", "n_valid") if k in cmp}
+            "test_data": getattr(cfg, "test_data", None),
+            **({"calibration": cal} if (cal := seeds_calibration.pool_calibration(runs)) else {})}
 
 
 def verdict(a: str, b: str, p: dict) -> str:
@@ -219,27 +176,16 @@ def _num(x: float) -> str:
     return f"{x:+.3f}"
 
 
-def pooled_p(p: dict) -> str:
-    """A pooled p-value as text: ``< 0.0001`` below that (1e-122 would say no more), else 3 digits."""
-    return "< 0.0001" if p["p_value"] < 1e-4 else f"{p['p_value']:.3g}"
-
-
 def pooled_line(a: str, b: str, p: dict) -> str:
     lo, hi = p["ci"]
-    pv = pooled_p(p) if p["p_value"] < 1e-4 else f"= {pooled_p(p)}"
+    pv = pooled_p_said(p)
     return (f"{verdict(a, b, p)} (Δ {_num(p['delta'])}, 95% CI [{_num(lo)}, {_num(hi)}], p {pv}; "
             f"random effects over {p['seeds']} seeds, t with {p['df']} df, τ = {p['tau']:.3f}, I² = {p['i2']:.0%})")
 
 
 def direction(runs: list[dict], key: str) -> str:
     """On how many seeds the difference ``key`` went each way, and significantly (p < 0.05)."""
-    parts = []
-    for word, sign in (("higher", 1), ("lower", -1)):
-        on = [r[key] for r in runs if r[key]["delta"] * sign > 0]
-        if on:
-            firm = sum(t["p_value"] < ALPHA for t in on)
-            parts.append(f"{word} on {len(on)} of {len(runs)} seeds" + (f", significantly on {firm}" if firm else ""))
-    return "; ".join(parts) or "equal on every seed"
+    return signs([r[key] for r in runs], len(runs))
 
 
 def markdown(summary: dict, plot: str | None = None) -> list[str]:
@@ -270,7 +216,7 @@ def markdown(summary: dict, plot: str | None = None) -> list[str]:
                   "items tested."]
         lines += ["", f"![{plot}]({plot})"] if plot else ["", "(The forest plot needs matplotlib: pip install "
                                                           "'prefopt[plots]'.)"]
-    return lines
+    return lines + seeds_calibration.calibration_lines(summary)
 
 
 def _where(summary: dict) -> str:
@@ -295,4 +241,4 @@ def console_lines(summary: dict) -> list[str]:
              + _cell(r["sft->dpo"]) for r in summary["runs"]]
     lines += [f"{pooled_line(a, b, summary['pooled'][f'{a}->{b}'])}; {direction(summary['runs'], f'{a}->{b}')}"
               for a, b in PAIRS if summary["pooled"]]
-    return lines
+    return lines + seeds_calibration.console_lines(summary)

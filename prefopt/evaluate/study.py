@@ -24,8 +24,10 @@ from pathlib import Path
 from ..fileio import read_json, write_json_atomic, write_text_atomic
 from ..train.cost import cost_parts, duration_text, what_peak
 from .compare import CompareConfig, check_compare, run_compare
+from .pooling import paired_figures, pooled_p
 from .runner import keep_earlier
-from .seeds import check_seeds, direction, paired_figures, pooled_line, pooled_p, run_seeds
+from .seeds import check_seeds, direction, pooled_line, run_seeds
+from .seeds_calibration import stage_calibration
 from .stage_confidence import auroc_named_text, fmt, paired_text
 from .start_from import source_config
 from .stats import p_text
@@ -225,19 +227,7 @@ def _row(arm: Arm, report: dict, seconds: float, start_from: str | None = None) 
                 "auroc_dpo_vs_sft": c["sft->dpo"].get("confidence_auroc", {}),
                 "brier_dpo_vs_sft": c["sft->dpo"].get("brier", {})}
                if all("confidence" in st[s]["metrics"] for s in st) else {}),
-            **({"calibrated": calibrated} if (calibrated := _calibrated(st)) else {})}
-
-
-def _calibrated(stages: dict) -> dict:
-    """Each stage calibrated on the run's validation items (report.json's stages, those with
-    ``calibrated``): its temperature, and per field the test items' Brier score plain and
-    calibrated, with their paired test (``calibrated_vs_plain``)."""
-    return {s: {"temperature": v["metrics"]["calibrated"]["temperature"],
-                "fitted_on": v["metrics"]["calibrated"]["fitted_on"],
-                "fields": {name: {"brier": v["metrics"]["confidence"][name]["brier"], "calibrated": f["brier"],
-                                  "test": v.get("calibrated_vs_plain", {}).get(name)}
-                           for name, f in v["metrics"]["calibrated"]["fields"].items()}}
-            for s, v in stages.items() if "calibrated" in v["metrics"] and "confidence" in v["metrics"]}
+            **({"calibrated": calibrated} if (calibrated := stage_calibration(st)) else {})}
 
 
 def _seeds_row(arm: Arm, summary: dict, seconds: float, start_from: str | None = None) -> dict:

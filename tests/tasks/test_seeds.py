@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from prefopt.cli import main
-from prefopt.evaluate import seeds
+from prefopt.evaluate import pooling, seeds, seeds_calibration
 from prefopt.evaluate.compare import CompareConfig
 from tests.tasks.test_compare_smoke import TINY
 
@@ -97,7 +97,7 @@ def test_every_seed_is_checked_before_the_first_runs_and_the_summary_follows_eac
     assert summary["seeds"] == [0, 2] and summary["loss"] == "rpo"
     assert [r["dpo_is_sft"] for r in summary["runs"]] == [True, False]
     assert summary["runs"][1]["sft->dpo"]["delta"] == pytest.approx(-0.3)
-    want = seeds.pooled([-0.1, -0.3], [0.2 / (2 * seeds.Z95)] * 2)
+    want = seeds.pooled([-0.1, -0.3], [0.2 / (2 * pooling.Z95)] * 2)
     got = summary["pooled"]["sft->dpo"]
     flat = lambda d: {f"{k}.{i}": x for k, v in d.items()  # noqa: E731
                       for i, x in enumerate(v if isinstance(v, list) else [v]) if not isinstance(v, dict)}
@@ -140,6 +140,52 @@ def test_every_seed_is_checked_before_the_first_runs_and_the_summary_follows_eac
     assert seeds.direction([{"d": {"delta": 0.0, "p_value": 1.0}}] * 2, "d") == "equal on every seed"
 
 
+def _scored(report: dict, brier: dict, gaps: dict, calibrated: dict | None = None) -> dict:
+    """``report`` (:func:`_report`) as a run that scored its stages' label probabilities: each stage's
+    Brier (``brier``), the stages' paired Brier tests (``gaps``: their deltas, CI +-0.1, p 0.5) and,
+    where given, each stage calibrated (``calibrated``: ``{stage: (T, Brier calibrated, delta)}``)."""
+    def test(delta, p=0.5):
+        return {"delta": delta, "ci": [delta - 0.1, delta + 0.1], "se": 0.05, "p_value": p, "n_resamples": 200}
+    for s, b in brier.items():
+        report["stages"][s]["metrics"] = {"confidence": {"urgency": {"brier": b, "ece": b / 10}}}
+        if calibrated and s in calibrated:
+            t, cb, d = calibrated[s]
+            report["stages"][s]["metrics"]["calibrated"] = {"temperature": t, "fitted_on": 6,
+                                                            "fields": {"urgency": {"brier": cb, "ece": 0.0}}}
+            report["stages"][s]["calibrated_vs_plain"] = {"urgency": test(d, 0.01)}
+    for k, d in gaps.items():
+        report["comparisons"][k]["brier"] = {"urgency": test(d)}
+    return report
+
+
+def test_the_seeds_brier_scores_and_calibration_are_pooled_as_the_metric_is(tmp_path):
+    """Each seed's paired Brier tests pooled per field (lower: nearer the truth, worded so), and,
+    where each seed was calibrated on validation items, each stage's calibrated Brier against T = 1."""
+    cfg = CompareConfig(task="portal", model="m", output=str(tmp_path / "out"))
+    reports = {s: _scored(_report(s, 0.7, 0.6), {"base": 0.9, "sft": 0.6, "dpo": 0.6 + d},
+                          {"base->sft": -0.3, "sft->dpo": d}, {"dpo": (t, 0.55, -d)})
+               for s, d, t in ((0, 0.20, 3.0), (1, 0.22, 2.5), (2, 0.18, 3.5))}
+    summary = seeds.summarize(cfg, reports)
+    cal = summary["calibration"]
+    want = seeds.pooled([0.20, 0.22, 0.18], [0.05] * 3)
+    assert cal["brier"]["sft->dpo"]["urgency"] == want and want["p_value"] < 0.05
+    assert cal["calibrated"]["dpo"]["urgency"] == seeds.pooled([-0.20, -0.22, -0.18], [0.05] * 3)
+    assert cal["temperatures"] == {"dpo": [3.0, 2.5, 3.5]} and "sft" not in cal["calibrated"]
+    md = "\n".join(seeds.markdown(summary))
+    assert ("| 1 | urgency | 0.900 | 0.600 | 0.820 | -0.300 [-0.400, -0.200], p 0.5 | +0.220 [+0.120, +0.320], "
+            "p 0.5 |") in md
+    assert (f"- SFT+DPO against SFT, urgency's Brier: higher (further from the truth) over the seeds (Δ +0.200, 95% "
+            f"CI [{want['ci'][0]:+.3f}, {want['ci'][1]:+.3f}], p = {want['p_value']:.3g}; τ = 0.000, I² = 0%); "
+            "higher on 3 of 3 seeds.") in md
+    assert "| 2 | SFT+DPO | 3.500 | urgency | 0.780 | 0.550 | -0.180 [-0.280, -0.080], p 0.01 |" in md
+    assert "- SFT+DPO calibrated, urgency's Brier against T = 1: Δ -0.200" in md and "(T 3.00, 2.50, 3.50)." in md
+    assert seeds.console_lines(summary)[-1] == seeds_calibration.brier_line("sft", "dpo", "urgency", want)
+    reports[2] = _report(2, 0.7, 0.6)  # a seed whose run scored no probabilities: nothing pooled, the others shown
+    partial = seeds.summarize(cfg, reports)
+    assert "calibration" not in partial and "calibration" not in partial["runs"][2]
+    assert "| 0 | urgency | 0.900 |" in "\n".join(seeds.markdown(partial))
+
+
 def test_compare_with_seeds_runs_each_seed_and_pools_them(tiny_model, tmp_path, capsys):
     out = tmp_path / "seeds"
     argv = ["compare", "--task", "portal", "--model", str(tiny_model), "--output", str(out), "--seeds", "0,1",
@@ -162,7 +208,19 @@ def test_compare_with_seeds_runs_each_seed_and_pools_them(tiny_model, tmp_path, 
     splits = [json.loads((out / f"seed-{s}" / "split.json").read_text())["test"] for s in (0, 1)]
     assert splits[0] != splits[1]  # each seed draws its own test items
     assert said[-1] == f"prefopt compare: each seed's run in {out}/seed-S; over the seeds: {out}/seeds.md"
-    assert said[-2].startswith("SFT+DPO against SFT: ") and "random effects over 2 seeds, t with 1 df" in said[-2]
+    line = next(x for x in said if x.startswith("SFT+DPO against SFT: "))
+    assert "random effects over 2 seeds, t with 1 df" in line
+    brier = summary["calibration"]["brier"]  # the label probabilities' Brier score, pooled as the metric is
+    assert set(brier["sft->dpo"]) == {"urgency", "staff"}
+    for seed, run in zip((0, 1), runs):
+        cmp = json.loads((out / f"seed-{seed}" / "report.json").read_text())["comparisons"]
+        assert run["calibration"]["brier"]["sft->dpo"] == {k: seeds.paired_figures(v)
+                                                           for k, v in cmp["sft->dpo"]["brier"].items()}
+    for name, p in brier["sft->dpo"].items():
+        tests = [r["calibration"]["brier"]["sft->dpo"][name] for r in runs]
+        assert p == seeds.pooled([t["delta"] for t in tests], [t["se"] for t in tests])
+        assert seeds_calibration.brier_line("sft", "dpo", name, p) in said
+    assert "## Calibration" in (out / "seeds.md").read_text() and "calibrated" not in summary["calibration"]
     assert main(argv) == 0  # again: both seeds resumed whole, the same summary
     assert json.loads((out / "seeds.json").read_text()) == summary
     assert main([*argv, "--seed", "3"]) == 2
