@@ -10,7 +10,7 @@ from .report import ALPHA
 from .stats import t_critical, t_within
 
 Z95 = 1.959963984540054  # the normal distribution's 97.5th percentile
-MIN_SE = 1e-3  # a seed whose CI is a point (the stages answered alike) still gets a finite weight
+MIN_SE = 1e-3  # below it a seed's CI is a point (its stages answered alike): the seeds are weighted equally
 PAIRS = (("base", "sft"), ("sft", "dpo"))  # the stages' differences pooled
 
 
@@ -19,9 +19,12 @@ def pooled(deltas: list[float], ses: list[float]) -> dict:
     tau squared by DerSimonian and Laird, the CI and p-value by Hartung-Knapp-Sidik-Jonkman (Student's t
     with seeds - 1 degrees of freedom, the standard error never below DerSimonian-Laird's), since with
     a few seeds the normal distribution's CI is too narrow (DL's normal figures are kept, ``normal``):
-    ``{"delta", "se", "ci", "p_value", "df", "tau", "i2", "q", "seeds", "normal"}``."""
+    ``{"delta", "se", "ci", "p_value", "df", "tau", "i2", "q", "seeds", "normal"}``. Where a seed's
+    difference has no variance of its own (:func:`equally_weighted`), the seeds weighted alike."""
     k = len(deltas)
-    se2 = [max(s, MIN_SE) ** 2 for s in ses]
+    if any(s < MIN_SE for s in ses):
+        return equally_weighted(deltas)
+    se2 = [s ** 2 for s in ses]
     w = [1 / v for v in se2]
     fixed = sum(wi * d for wi, d in zip(w, deltas)) / sum(w)
     q = sum(wi * (d - fixed) ** 2 for wi, d in zip(w, deltas))
@@ -38,6 +41,32 @@ def pooled(deltas: list[float], ses: list[float]) -> dict:
             "i2": max(0.0, (q - (k - 1)) / q) if q > 0 else 0.0, "q": q, "seeds": k,
             "normal": {"se": se_dl, "ci": [delta - Z95 * se_dl, delta + Z95 * se_dl],
                        "p_value": math.erfc(abs(delta) / se_dl / math.sqrt(2))}}
+
+
+def equally_weighted(deltas: list[float]) -> dict:
+    """The seeds' differences as so many observations weighted alike: their mean, its standard error
+    from their own spread (``tau``: their standard deviation), Student's t with seeds - 1 degrees of
+    freedom; ``weights``: ``"equal"``, ``i2`` and ``q`` None. For seeds of which one's difference has
+    no variance of its own (its two stages answered alike, as where the validation guard kept the SFT
+    model: exactly 0, a point CI): by the inverse of their variances that seed would take nearly all
+    the weight, and the pooled CI would be as narrow as a point, however far the other seeds moved."""
+    k = len(deltas)
+    delta = sum(deltas) / k
+    sd = math.sqrt(sum((d - delta) ** 2 for d in deltas) / (k - 1))
+    se = max(sd / math.sqrt(k), MIN_SE)  # (every seed's difference the same: no spread to read a CI off)
+    crit = t_critical(k - 1)
+    return {"delta": delta, "se": se, "ci": [delta - crit * se, delta + crit * se],
+            "p_value": 1 - t_within(delta / se, k - 1), "df": k - 1, "tau": sd, "i2": None, "q": None, "seeds": k,
+            "weights": "equal", "normal": {"se": se, "ci": [delta - Z95 * se, delta + Z95 * se],
+                                           "p_value": math.erfc(abs(delta) / se / math.sqrt(2))}}
+
+
+def spread_text(p: dict) -> str:
+    """How a pooled difference was pooled, for the end of its line."""
+    if p.get("weights") == "equal":
+        return (f"the {p['seeds']} seeds weighted equally, t with {p['df']} df, SD {p['tau']:.3f}: a seed's stages "
+                "answered alike, a difference without a variance of its own to weight by")
+    return f"random effects over {p['seeds']} seeds, t with {p['df']} df, τ = {p['tau']:.3f}, I² = {p['i2']:.0%}"
 
 
 def se_of(cmp: dict) -> float:

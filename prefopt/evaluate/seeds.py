@@ -10,11 +10,11 @@ run is that seed's, reused rather than trained again. ``seeds.md`` and ``seeds.j
 seed's scores and tests, and the seeds pooled by a random-effects meta-analysis: each seed's
 difference weighted by the inverse of its own variance plus the variance between seeds (tau squared,
 DerSimonian and Laird), with a 95% CI and p-value from Student's t on seeds - 1 degrees of freedom
-(Hartung-Knapp-Sidik-Jonkman), and I squared, the share of the spread across seeds that their test
-sets' own noise does not explain. A seed's variance is its bootstrap's: the resampled differences'
-variance (``se`` squared; read off the 95% CI as ((hi - lo) / 3.92) squared for runs that predate
-it); the seeds' test sets differ (the seed draws the split), so the pooled figure is over splits
-and training runs alike.
+(Hartung-Knapp-Sidik-Jonkman; the seeds weighted equally where one's stages answered alike), and
+I squared, the share of the spread across seeds that their test sets' own noise does not explain.
+A seed's variance is its bootstrap's: the resampled differences' variance (``se`` squared; read
+off the 95% CI as ((hi - lo) / 3.92) squared for runs that predate it); the seeds' test sets
+differ (the seed draws the split), so the pooled figure is over splits and training runs alike.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from ..fileio import read_json, write_json_atomic, write_text_atomic
 from . import seeds_calibration
 from .compare import CompareConfig, check_compare, run_compare
-from .pooling import PAIRS, paired_figures, pooled, pooled_p_said, se_of, signs
+from .pooling import PAIRS, paired_figures, pooled, pooled_p_said, se_of, signs, spread_text
 from .report import ALPHA, NAMES, pyplot
 from .stats import p_text
 
@@ -180,7 +180,7 @@ def pooled_line(a: str, b: str, p: dict) -> str:
     lo, hi = p["ci"]
     pv = pooled_p_said(p)
     return (f"{verdict(a, b, p)} (Δ {_num(p['delta'])}, 95% CI [{_num(lo)}, {_num(hi)}], p {pv}; "
-            f"random effects over {p['seeds']} seeds, t with {p['df']} df, τ = {p['tau']:.3f}, I² = {p['i2']:.0%})")
+            f"{spread_text(p)})")
 
 
 def direction(runs: list[dict], key: str) -> str:
@@ -214,6 +214,11 @@ def markdown(summary: dict, plot: str | None = None) -> list[str]:
                   "I² is the share of the spread across seeds that their test sets' own noise does not explain: "
                   "high, and the verdict depends on the seed (training's randomness, the split) more than on the "
                   "items tested."]
+        if any(p.get("weights") == "equal" for p in summary["pooled"].values()):
+            lines[-1] += (" Where a seed's two stages answered alike (a difference of exactly 0 with no variance of "
+                          "its own, as where the validation guard kept the SFT model), its inverse variance would "
+                          "give it nearly all the weight and the pooled CI the width of a point: there the seeds are "
+                          "weighted equally, their mean difference tested by Student's t on their own spread.")
         lines += ["", f"![{plot}]({plot})"] if plot else ["", "(The forest plot needs matplotlib: pip install "
                                                           "'prefopt[plots]'.)"]
     return lines + seeds_calibration.calibration_lines(summary)

@@ -10,9 +10,9 @@ plus the variance between seeds, with Student's t on seeds - 1 degrees of freedo
 """
 from __future__ import annotations
 
-from .pooling import PAIRS, paired_figures, pooled, pooled_p_said, se_of, signs
+from .pooling import PAIRS, paired_figures, pooled, pooled_p_said, se_of, signs, spread_text
 from .report import ALPHA
-from .stage_confidence import fmt, paired_text
+from .stage_confidence import bound_text, fmt, paired_text
 
 STAGES = {"base": "base", "sft": "SFT", "dpo": "SFT+DPO"}
 
@@ -22,7 +22,7 @@ def stage_calibration(stages: dict) -> dict:
     ``calibrated``): its temperature, and per field the test items' Brier score plain and
     calibrated, with their paired test (``calibrated_vs_plain``)."""
     return {s: {"temperature": v["metrics"]["calibrated"]["temperature"],
-                "fitted_on": v["metrics"]["calibrated"]["fitted_on"],
+                "bound": v["metrics"]["calibrated"].get("bound"), "fitted_on": v["metrics"]["calibrated"]["fitted_on"],
                 "fields": {name: {"brier": v["metrics"]["confidence"][name]["brier"], "calibrated": f["brier"],
                                   "test": v.get("calibrated_vs_plain", {}).get(name)}
                            for name, f in v["metrics"]["calibrated"]["fields"].items()}}
@@ -80,7 +80,7 @@ def brier_line(a: str, b: str, name: str, p: dict) -> str:
     else:
         said = "no significant difference"
     return (f"{STAGES[b]} against {STAGES[a]}, {name}'s Brier: {said} over the seeds (Δ {p['delta']:+.3f}, 95% CI "
-            f"[{lo:+.3f}, {hi:+.3f}], p {pv}; τ = {p['tau']:.3f}, I² = {p['i2']:.0%})")
+            f"[{lo:+.3f}, {hi:+.3f}], p {pv}; {spread_text(p)})")
 
 
 def calibrated_line(stage: str, name: str, p: dict, temperatures: list[float]) -> str:
@@ -115,14 +115,16 @@ def calibration_lines(summary: dict) -> list[str]:
         lines += [""] + [f"- {brier_line(a, b, name, p)}; {_direction(runs, a, b, name)}."
                          for a, b in PAIRS for name, p in pool["brier"][f"{a}->{b}"].items()]
     if any("calibrated" in r["calibration"] for r in runs):
-        lines += ["", "Each stage calibrated on its seed's validation items (`--set val=N`: the temperature T fitted on "
-                  "them; T > 1: the stage was too sure), then scored on the test items against the same at T = 1:", "",
+        lines += ["", "Each stage calibrated on its seed's validation items (`--set val=N`: the temperature T fitted "
+                  "on them; T > 1: the stage was too sure), then scored on the test items against the same at T = 1:",
+                  "",
                   "| seed | stage | T | field | Brier | calibrated | ΔBrier [95% CI], p |",
                   "|---|---|---|---|---|---|---|"]
         for r in runs:
             for s, c in r["calibration"].get("calibrated", {}).items():
-                lines += [f"| {r['seed']} | {STAGES[s]} | {c['temperature']:.3f} | {name} | {fmt(f['brier'])} | "
-                          f"{fmt(f['calibrated'])} | {paired_text(f['test'])} |" for name, f in c["fields"].items()]
+                lines += [f"| {r['seed']} | {STAGES[s]} | {c['temperature']:.3f}{bound_text(c)} | {name} | "
+                          f"{fmt(f['brier'])} | {fmt(f['calibrated'])} | {paired_text(f['test'])} |"
+                          for name, f in c["fields"].items()]
         if pool.get("calibrated"):
             lines += [""] + [f"- {calibrated_line(s, name, p, pool['temperatures'][s])}."
                              for s, fields in pool["calibrated"].items() for name, p in fields.items()]

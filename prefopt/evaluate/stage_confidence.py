@@ -230,7 +230,7 @@ def calibrated_lines(stages: dict[str, dict], tests: dict[str, dict]) -> list[st
              "|---|---|---|---|---|---|---|---|"]
     for stage, m in cal.items():
         c = m["calibrated"]
-        bound = {"high": " (the highest tried)", "low": " (the lowest tried)"}.get(c.get("bound"), "")
+        bound = bound_text(c)
         for name, f in c["fields"].items():
             plain, t = m["confidence"][name], tests.get(stage, {}).get(name)
             lines.append(f"| {stage} | {c['temperature']:.3f}{bound} | {name} | {fmt(plain.get('brier'))} | "
@@ -263,6 +263,11 @@ def paired_text(c: dict | None) -> str:
     if c is None:
         return "—"
     return f"{c['delta']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}], p {p_text(c).lstrip('= ')}"
+
+
+def bound_text(c: dict) -> str:
+    """A fitted temperature's note where it hit a bound of the search (``calibrated``'s ``bound``)."""
+    return {"high": " (the highest tried)", "low": " (the lowest tried)"}.get(c.get("bound"), "")
 
 
 def fmt(v, none: str = "—") -> str:

@@ -28,7 +28,7 @@ from .pooling import paired_figures, pooled_p
 from .runner import keep_earlier
 from .seeds import check_seeds, direction, pooled_line, run_seeds
 from .seeds_calibration import stage_calibration
-from .stage_confidence import auroc_named_text, fmt, paired_text
+from .stage_confidence import auroc_named_text, bound_text, fmt, paired_text
 from .start_from import source_config
 from .stats import p_text
 
@@ -241,7 +241,8 @@ def _seeds_row(arm: Arm, summary: dict, seconds: float, start_from: str | None =
             **({"start_from": start_from} if start_from else {}),
             **{s: {"primary": sum(r[s] for r in runs) / len(runs)} for s in ("base", "sft", "dpo")},
             "sft_vs_base": summary["pooled"]["base->sft"], "dpo_vs_sft": summary["pooled"]["sft->dpo"],
-            "verdict": f"{pooled_line('sft', 'dpo', summary['pooled']['sft->dpo'])}; {direction(runs, 'sft->dpo')}."}
+            "verdict": f"{pooled_line('sft', 'dpo', summary['pooled']['sft->dpo'])}; {direction(runs, 'sft->dpo')}.",
+            **({"calibration": summary["calibration"]} if summary.get("calibration") else {})}
 
 
 def _test_items(row: dict) -> str:
@@ -317,6 +318,7 @@ def study_markdown(study: dict) -> str:
         lines += [f"- `{r['task']}`: {r['verdict']}" for r in ran]
     lines += _confidence_lines(ran)
     lines += _calibrated_lines(ran)
+    lines += _seeds_calibration_lines(ran)
     lines += _cost_lines(ran)
     for status, title in (("failed", "Failed (rerun the same command after fixing it; finished stages are kept)"),
                           ("not run", "Not run")):
@@ -378,8 +380,37 @@ def _calibrated_lines(ran: list[dict]) -> list[str]:
             c = r["calibrated"].get(stage)
             for name, f in (c or {}).get("fields", {}).items():
                 lines.append(f"| `{r['task']}` | {name} | {'SFT' if stage == 'sft' else 'SFT+DPO'} | "
-                             f"{c['temperature']:.3f} | {fmt(f['brier'])} | {fmt(f['calibrated'])} | "
+                             f"{c['temperature']:.3f}{bound_text(c)} | {fmt(f['brier'])} | {fmt(f['calibrated'])} | "
                              f"{paired_text(f['test'])} |")
+    return lines
+
+
+def _seeds_calibration_lines(ran: list[dict]) -> list[str]:
+    """study.md's table of the label probabilities' Brier score over seeds (a study run with
+    ``--seeds``: each task's seeds.json ``calibration``): SFT+DPO's against SFT's pooled, and with
+    ``--set val=N`` each stage's temperatures and calibrated Brier against T = 1, pooled."""
+    rows = [r for r in ran if r.get("calibration")]
+    if not rows:
+        return []
+
+    def pooled_text(p: dict | None) -> str:
+        return "—" if p is None else f"{p['delta']:+.3f} [{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}], p {_p(p)}"
+
+    def stage(cal: dict, s: str, name: str) -> str:  # a stage's temperatures (each seed's), calibrated vs T = 1
+        ts = cal.get("temperatures", {}).get(s)
+        return ("—" if ts is None else ", ".join(f"{t:.2f}" for t in ts)) + " | " + pooled_text(
+            cal.get("calibrated", {}).get(s, {}).get(name))
+
+    lines = ["", "Over the seeds, the label probabilities' Brier score (lower: nearer the truth): SFT+DPO's against "
+             "SFT's, and with `--set val=N` each stage's temperature on each seed's validation items (T > 1: too sure) "
+             "and its calibrated Brier against the same at T = 1, each pooled over the seeds by random effects "
+             "(each task's seeds.md, Calibration, has each seed's).", "",
+             "| task | field | SFT+DPO vs SFT: ΔBrier [95% CI], p | SFT: T | SFT calibrated: ΔBrier | SFT+DPO: T "
+             "| SFT+DPO calibrated: ΔBrier |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cal = r["calibration"]
+        lines += [f"| `{r['task']}` | {name} | {pooled_text(p)} | {stage(cal, 'sft', name)} | "
+                  f"{stage(cal, 'dpo', name)} |" for name, p in cal["brier"]["sft->dpo"].items()]
     return lines
 
 

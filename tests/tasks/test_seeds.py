@@ -40,8 +40,20 @@ def test_pooling_is_dersimonian_laird_with_hartung_knapp_as_statsmodels_computes
     same = seeds.pooled([0.1, 0.1], [0.05, 0.05])  # no spread between seeds: tau 0, the fixed-effect mean
     assert same["tau"] == 0 and same["i2"] == 0 and same["delta"] == pytest.approx(0.1)
     assert same["se"] == pytest.approx(0.05 / math.sqrt(2))
-    point = seeds.pooled([0.0, 0.2], [0.0, 0.05])  # a CI that is a point still gets a finite weight
-    assert math.isfinite(point["delta"]) and 0 <= point["delta"] <= 0.2
+    # a seed whose stages answered alike (the validation guard kept SFT: exactly 0, a point CI) would take
+    # nearly all the inverse-variance weight: the seeds weighted equally, a one-sample t test on their differences
+    for deltas, ses in (([0.0, 0.0, -0.054], [0.0, 0.0, 0.037]), ([0.0, 0.2], [0.0, 0.05])):
+        point = seeds.pooled(deltas, ses)
+        ref = pytest.importorskip("scipy.stats").ttest_1samp(deltas, 0.0)
+        assert point["weights"] == "equal" and point["delta"] == pytest.approx(np.mean(deltas))
+        assert point["p_value"] == pytest.approx(ref.pvalue) and point["se"] == pytest.approx(np.std(deltas, ddof=1)
+                                                                                              / math.sqrt(len(deltas)))
+        assert point["ci"] == pytest.approx(list(ref.confidence_interval(0.95)))
+        assert point["tau"] == pytest.approx(np.std(deltas, ddof=1)) and point["i2"] is None
+    assert "the 3 seeds weighted equally, t with 2 df, SD 0.031" in seeds.pooled_line("sft", "dpo", seeds.pooled(
+        [0.0, 0.0, -0.054], [0.0, 0.0, 0.037]))
+    alike = seeds.pooled([0.0] * 3, [0.0] * 3)  # every seed kept SFT: no difference, and no spread to read a CI off
+    assert alike["delta"] == 0 and alike["p_value"] == 1 and alike["se"] == pooling.MIN_SE
     assert seeds.se_of({"ci": [-0.2, 0.192], "se": 0.07}) == 0.07  # the bootstrap's own, where it gave one
     assert seeds.se_of({"ci": [-0.2, 0.192]}) == pytest.approx(0.1, rel=1e-3)  # a run from before: off its CI
 
@@ -175,8 +187,8 @@ def test_the_seeds_brier_scores_and_calibration_are_pooled_as_the_metric_is(tmp_
     assert ("| 1 | urgency | 0.900 | 0.600 | 0.820 | -0.300 [-0.400, -0.200], p 0.5 | +0.220 [+0.120, +0.320], "
             "p 0.5 |") in md
     assert (f"- SFT+DPO against SFT, urgency's Brier: higher (further from the truth) over the seeds (Δ +0.200, 95% "
-            f"CI [{want['ci'][0]:+.3f}, {want['ci'][1]:+.3f}], p = {want['p_value']:.3g}; τ = 0.000, I² = 0%); "
-            "higher on 3 of 3 seeds.") in md
+            f"CI [{want['ci'][0]:+.3f}, {want['ci'][1]:+.3f}], p = {want['p_value']:.3g}; random effects over 3 seeds, "
+            "t with 2 df, τ = 0.000, I² = 0%); higher on 3 of 3 seeds.") in md
     assert "| 2 | SFT+DPO | 3.500 | urgency | 0.780 | 0.550 | -0.180 [-0.280, -0.080], p 0.01 |" in md
     assert "- SFT+DPO calibrated, urgency's Brier against T = 1: Δ -0.200" in md and "(T 3.00, 2.50, 3.50)." in md
     assert seeds.console_lines(summary)[-1] == seeds_calibration.brier_line("sft", "dpo", "urgency", want)
@@ -209,7 +221,7 @@ def test_compare_with_seeds_runs_each_seed_and_pools_them(tiny_model, tmp_path, 
     assert splits[0] != splits[1]  # each seed draws its own test items
     assert said[-1] == f"prefopt compare: each seed's run in {out}/seed-S; over the seeds: {out}/seeds.md"
     line = next(x for x in said if x.startswith("SFT+DPO against SFT: "))
-    assert "random effects over 2 seeds, t with 1 df" in line
+    assert seeds.pooled_line("sft", "dpo", summary["pooled"]["sft->dpo"]) in line
     brier = summary["calibration"]["brier"]  # the label probabilities' Brier score, pooled as the metric is
     assert set(brier["sft->dpo"]) == {"urgency", "staff"}
     for seed, run in zip((0, 1), runs):

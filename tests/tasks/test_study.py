@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from prefopt.cli import main
-from prefopt.evaluate.seeds import seed_folder
+from prefopt.evaluate.seeds import pooled_line, seed_folder
 from prefopt.evaluate.stats import p_text
 from prefopt.evaluate.study import ARMS
 from prefopt.train.cost import duration_text
@@ -190,6 +190,13 @@ def test_a_row_over_seeds_whose_splits_held_different_numbers_of_test_items_give
     assert "| `uci_heart` | — | 60-61 | macro_f1 |" in md
     md = study_markdown({"model": "m", "data_root": "d", "settings": {}, "arms": [{**row, "n_test_seeds": [60] * 3}]})
     assert "| `uci_heart` | — | 60 | macro_f1 |" in md
+    pooled = {"delta": -0.12, "ci": [-0.2, -0.04], "p_value": 0.012}  # (seeds' pooled figures: no resamples)
+    cal = {"brier": {"sft->dpo": {"heart_disease": {**pooled, "delta": 0.08, "p_value": 0.00001}}},
+           "calibrated": {"dpo": {"heart_disease": pooled}}, "temperatures": {"sft": [0.8, 0.9, 1.1],
+                                                                            "dpo": [3.2, 2.5, 4.0]}}
+    md = study_markdown({"model": "m", "data_root": "d", "settings": {}, "arms": [{**row, "calibration": cal}]})
+    assert ("| `uci_heart` | heart_disease | +0.080 [-0.200, -0.040], p < 0.0001 | 0.80, 0.90, 1.10 | — | 3.20, 2.50, "
+            "4.00 | -0.120 [-0.200, -0.040], p 0.012 |") in md
 
 
 def test_the_study_says_what_each_run_and_stage_took():
@@ -336,7 +343,11 @@ def test_a_study_over_seeds_runs_each_task_per_seed_and_tabulates_the_pooled_dif
     d = row["dpo_vs_sft"]
     assert "seeds 0, 1 (each stage's score the mean over them; the differences pooled over them" in md
     assert f"| {d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}], p " in md
-    assert "random effects over 2 seeds, t with 1 df" in md and "- `portal`: SFT+DPO against SFT: " in md
+    assert f"- `portal`: {pooled_line('sft', 'dpo', d)}; " in md
+    assert row["calibration"] == summary["calibration"]  # the label probabilities' Brier, pooled over the seeds
+    b = summary["calibration"]["brier"]["sft->dpo"]["urgency"]
+    assert f"| `portal` | urgency | {b['delta']:+.3f} [{b['ci'][0]:+.3f}, {b['ci'][1]:+.3f}], p " in md
+    assert "| — | — | — | — |" in md  # no validation items: no temperatures
     capsys.readouterr()
     again = tmp_path / "rpo"  # each task's seeds from the earlier study's: only DPO trains
     assert main(["study", "--model", str(model), "--output", str(again), "--tasks", "portal", "--seeds", "0,1",
