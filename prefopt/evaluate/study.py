@@ -403,7 +403,7 @@ def _seeds_calibration_lines(ran: list[dict]) -> list[str]:
 
     lines = ["", "Over the seeds, the label probabilities' Brier score (lower: nearer the truth): SFT+DPO's against "
              "SFT's, and with `--set val=N` each stage's temperature on each seed's validation items (T > 1: too sure) "
-             "and its calibrated Brier against the same at T = 1, each pooled over the seeds by random effects "
+             "and its calibrated Brier against the same at T = 1, each pooled over the seeds as the metric is "
              "(each task's seeds.md, Calibration, has each seed's).", "",
              "| task | field | SFT+DPO vs SFT: ΔBrier [95% CI], p | SFT: T | SFT calibrated: ΔBrier | SFT+DPO: T "
              "| SFT+DPO calibrated: ΔBrier |", "|---|---|---|---|---|---|---|"]
