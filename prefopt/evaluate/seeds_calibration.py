@@ -6,7 +6,8 @@ and, with ``--set val=N``, calibrated each stage on its validation items (a temp
 test items' Brier score calibrated against the same at T = 1). A seed's DPO stage may come out too
 sure on one seed and not on another, so the seeds' paired differences are pooled here per field as
 :func:`.pooling.pooled` pools the primary metric's: each seed weighted by its bootstrap's variance
-plus the variance between seeds, with Student's t on seeds - 1 degrees of freedom.
+plus the variance between seeds (alike where a seed's two stages answered alike, as where the
+validation guard kept the SFT model), with Student's t on seeds - 1 degrees of freedom.
 """
 from __future__ import annotations
 
