@@ -90,7 +90,7 @@ def calibrated_line(stage: str, name: str, p: dict, temperatures: list[float]) -
     pv = pooled_p_said(p)
     ts = ", ".join(f"{t:.2f}" for t in temperatures)
     return (f"{STAGES[stage]} calibrated, {name}'s Brier against T = 1: Δ {p['delta']:+.3f}, 95% CI [{lo:+.3f}, "
-            f"{hi:+.3f}], p {pv} over the seeds (T {ts})")
+            f"{hi:+.3f}], p {pv} over the seeds (T {ts}; {spread_text(p)})")
 
 
 def calibration_lines(summary: dict) -> list[str]:

@@ -190,7 +190,8 @@ def test_the_seeds_brier_scores_and_calibration_are_pooled_as_the_metric_is(tmp_
             f"CI [{want['ci'][0]:+.3f}, {want['ci'][1]:+.3f}], p = {want['p_value']:.3g}; random effects over 3 seeds, "
             "t with 2 df, τ = 0.000, I² = 0%); higher on 3 of 3 seeds.") in md
     assert "| 2 | SFT+DPO | 3.500 | urgency | 0.780 | 0.550 | -0.180 [-0.280, -0.080], p 0.01 |" in md
-    assert "- SFT+DPO calibrated, urgency's Brier against T = 1: Δ -0.200" in md and "(T 3.00, 2.50, 3.50)." in md
+    assert "- SFT+DPO calibrated, urgency's Brier against T = 1: Δ -0.200" in md
+    assert "(T 3.00, 2.50, 3.50; random effects over 3 seeds, t with 2 df" in md
     assert seeds.console_lines(summary)[-1] == seeds_calibration.brier_line("sft", "dpo", "urgency", want)
     reports[2] = _report(2, 0.7, 0.6)  # a seed whose run scored no probabilities: nothing pooled, the others shown
     partial = seeds.summarize(cfg, reports)
