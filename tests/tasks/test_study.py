@@ -191,11 +191,11 @@ def test_a_row_over_seeds_whose_splits_held_different_numbers_of_test_items_give
     md = study_markdown({"model": "m", "data_root": "d", "settings": {}, "arms": [{**row, "n_test_seeds": [60] * 3}]})
     assert "| `uci_heart` | — | 60 | macro_f1 |" in md
     pooled = {"delta": -0.12, "ci": [-0.2, -0.04], "p_value": 0.012}  # (seeds' pooled figures: no resamples)
-    cal = {"brier": {"sft->dpo": {"heart_disease": {**pooled, "delta": 0.08, "p_value": 0.00001}}},
+    cal = {"brier": {"sft->dpo": {"heart_disease": {"delta": 0.08, "ci": [0.05, 0.11], "p_value": 0.00001}}},
            "calibrated": {"dpo": {"heart_disease": pooled}}, "temperatures": {"sft": [0.8, 0.9, 1.1],
                                                                             "dpo": [3.2, 2.5, 4.0]}}
     md = study_markdown({"model": "m", "data_root": "d", "settings": {}, "arms": [{**row, "calibration": cal}]})
-    assert ("| `uci_heart` | heart_disease | +0.080 [-0.200, -0.040], p < 0.0001 | 0.80, 0.90, 1.10 | — | 3.20, 2.50, "
+    assert ("| `uci_heart` | heart_disease | +0.080 [+0.050, +0.110], p < 0.0001 | 0.80, 0.90, 1.10 | — | 3.20, 2.50, "
             "4.00 | -0.120 [-0.200, -0.040], p 0.012 |") in md
 
 
