@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import math
 
-from .report import ALPHA
-from .stats import t_critical, t_within
+from .stats import ALPHA, t_critical, t_within
 
 Z95 = 1.959963984540054  # the normal distribution's 97.5th percentile
 MIN_SE = 1e-3  # below it a seed's CI is a point (its stages answered alike): the seeds are weighted equally

@@ -23,10 +23,9 @@ from .stage_confidence import (
     confidence_console_lines,
     confidence_lines,
 )
-from .stats import bootstrap_ci, mcnemar_exact, p_text, paired_bootstrap, wilcoxon_signed_rank
+from .stats import ALPHA, bootstrap_ci, mcnemar_exact, p_text, paired_bootstrap, wilcoxon_signed_rank
 from .usage import models_lines
 
-ALPHA = 0.05
 PAIRS = (("base", "sft"), ("sft", "dpo"), ("base", "dpo"))
 NAMES = {"base": "base", "sft": "SFT", "dpo": "SFT+DPO"}
 

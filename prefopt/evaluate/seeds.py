@@ -25,8 +25,8 @@ from ..fileio import read_json, write_json_atomic, write_text_atomic
 from . import seeds_calibration
 from .compare import CompareConfig, check_compare, run_compare
 from .pooling import PAIRS, paired_figures, pooled, pooled_p_said, se_of, signs, spread_text
-from .report import ALPHA, NAMES, pyplot
-from .stats import p_text
+from .report import NAMES, pyplot
+from .stats import ALPHA, p_text
 
 
 def parse_seeds(text: str) -> list[int]:

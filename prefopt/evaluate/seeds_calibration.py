@@ -12,8 +12,8 @@ validation guard kept the SFT model), with Student's t on seeds - 1 degrees of f
 from __future__ import annotations
 
 from .pooling import PAIRS, paired_figures, pooled, pooled_p_said, se_of, signs, spread_text
-from .report import ALPHA
 from .stage_confidence import bound_text, fmt, paired_text
+from .stats import ALPHA
 
 STAGES = {"base": "base", "sft": "SFT", "dpo": "SFT+DPO"}
 

@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+ALPHA = 0.05  # a difference counts as significant at p < ALPHA (reports, verdicts, seeds)
+
 
 def _binom_two_sided_half(k: int, n: int) -> float:
     """P(X ≤ k or X ≥ n−k) for X ~ Binomial(n, 1/2), with k ≤ n/2."""
