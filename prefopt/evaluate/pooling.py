@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from .stats import ALPHA, t_critical, t_within
+from .stats import ALPHA, p_text, t_critical, t_within
 
 Z95 = 1.959963984540054  # the normal distribution's 97.5th percentile
 MIN_SE = 1e-3  # below it a seed's CI is a point (its stages answered alike): the seeds are weighted equally
@@ -87,6 +87,18 @@ def paired_figures(cmp: dict) -> dict:
 def pooled_p(p: dict) -> str:
     """A pooled p-value as text: ``< 0.0001`` below that (1e-122 would say no more), else 3 digits."""
     return "< 0.0001" if p["p_value"] < 1e-4 else f"{p['p_value']:.3g}"
+
+
+def p_cell(c: dict) -> str:
+    """A p-value in a table's cell: a bootstrap's (``< 0.005`` at its resamples' resolution) or a
+    pooled test's (:func:`pooled_p`)."""
+    return p_text(c).lstrip("= ") if "n_resamples" in c else pooled_p(c)
+
+
+def figures_text(p: dict) -> str:
+    """A pooled difference's figures, and how it was pooled: ``Δ -0.018, 95% CI [...], p = 0.42; ...``."""
+    lo, hi = p["ci"]
+    return f"Δ {p['delta']:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}], p {pooled_p_said(p)}; {spread_text(p)}"
 
 
 def pooled_p_said(p: dict) -> str:

@@ -24,9 +24,10 @@ from pathlib import Path
 from ..fileio import read_json, write_json_atomic, write_text_atomic
 from . import seeds_calibration
 from .compare import CompareConfig, check_compare, run_compare
-from .pooling import PAIRS, paired_figures, pooled, pooled_p_said, se_of, signs, spread_text
+from .pooling import PAIRS, figures_text, paired_figures, pooled, se_of, signs
 from .report import NAMES, pyplot
-from .stats import ALPHA, p_text
+from .stage_confidence import paired_text
+from .stats import ALPHA
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -172,15 +173,8 @@ def verdict(a: str, b: str, p: dict) -> str:
     return f"{worded}: no significant difference over the seeds"
 
 
-def _num(x: float) -> str:
-    return f"{x:+.3f}"
-
-
 def pooled_line(a: str, b: str, p: dict) -> str:
-    lo, hi = p["ci"]
-    pv = pooled_p_said(p)
-    return (f"{verdict(a, b, p)} (Δ {_num(p['delta'])}, 95% CI [{_num(lo)}, {_num(hi)}], p {pv}; "
-            f"{spread_text(p)})")
+    return f"{verdict(a, b, p)} ({figures_text(p)})"
 
 
 def direction(runs: list[dict], key: str) -> str:
@@ -202,7 +196,7 @@ def markdown(summary: dict, plot: str | None = None) -> list[str]:
     for r in summary["runs"]:
         kept = " (the SFT model kept)" if r["dpo_is_sft"] else ""
         lines.append(f"| {r['seed']} | {r['n_test']} | {r['base']:.3f} | {r['sft']:.3f} | {r['dpo']:.3f}{kept} | "
-                     + " | ".join(_cell(r[f"{a}->{b}"]) for a, b in PAIRS) + " |")
+                     + " | ".join(paired_text(r[f"{a}->{b}"]) for a, b in PAIRS) + " |")
     if summary["pooled"]:
         lines += ["", "## Pooled", ""]
         lines += [f"- {pooled_line(a, b, summary['pooled'][f'{a}->{b}'])}; "
@@ -235,15 +229,10 @@ def _where(summary: dict) -> str:
     return "its run (`report.md` there): " + ", ".join(f"seed {r['seed']} `{r['output']}`" for r in runs) + "."
 
 
-def _cell(t: dict) -> str:
-    lo, hi = t["ci"]
-    return f"{_num(t['delta'])} [{_num(lo)}, {_num(hi)}], p {p_text(t).removeprefix('= ')}"
-
-
 def console_lines(summary: dict) -> list[str]:
     """What ``prefopt compare --seeds`` prints at the end."""
     lines = [f"seed {r['seed']}: base {r['base']:.3f}, SFT {r['sft']:.3f}, SFT+DPO {r['dpo']:.3f}; SFT+DPO vs SFT "
-             + _cell(r["sft->dpo"]) for r in summary["runs"]]
+             + paired_text(r["sft->dpo"]) for r in summary["runs"]]
     lines += [f"{pooled_line(a, b, summary['pooled'][f'{a}->{b}'])}; {direction(summary['runs'], f'{a}->{b}')}"
               for a, b in PAIRS if summary["pooled"]]
     return lines + seeds_calibration.console_lines(summary)

@@ -11,11 +11,10 @@ validation guard kept the SFT model), with Student's t on seeds - 1 degrees of f
 """
 from __future__ import annotations
 
-from .pooling import PAIRS, paired_figures, pooled, pooled_p_said, se_of, signs, spread_text
+from .pooling import PAIRS, figures_text, paired_figures, pooled, pooled_p_said, se_of, signs, spread_text
+from .report import NAMES
 from .stage_confidence import bound_text, fmt, paired_text
 from .stats import ALPHA
-
-STAGES = {"base": "base", "sft": "SFT", "dpo": "SFT+DPO"}
 
 
 def stage_calibration(stages: dict) -> dict:
@@ -37,11 +36,11 @@ def run_calibration(report: dict) -> dict:
     empty where the run scored no label probabilities (answers that are not labels, or
     ``--set confidence=false``) or predates the Brier score (2026-12-06)."""
     st, cmp = report["stages"], report["comparisons"]
-    if not all("confidence" in st[s].get("metrics", {}) for s in STAGES) or not all(
+    if not all("confidence" in st[s].get("metrics", {}) for s in NAMES) or not all(
             cmp[f"{a}->{b}"].get("brier") for a, b in PAIRS):
         return {}
     return {"scores": {s: {name: {k: c.get(k) for k in ("brier", "ece")}
-                           for name, c in st[s]["metrics"]["confidence"].items()} for s in STAGES},
+                           for name, c in st[s]["metrics"]["confidence"].items()} for s in NAMES},
             "brier": {f"{a}->{b}": {name: paired_figures(t) for name, t in cmp[f"{a}->{b}"]["brier"].items()}
                       for a, b in PAIRS},
             **({"calibrated": cal} if (cal := stage_calibration(st)) else {})}
@@ -74,14 +73,11 @@ def pool_calibration(runs: list[dict]) -> dict:
 def brier_line(a: str, b: str, name: str, p: dict) -> str:
     """A pooled Brier difference of stage ``b`` against ``a`` for label field ``name``, in words
     (lower: nearer the truth)."""
-    lo, hi = p["ci"]
-    pv = pooled_p_said(p)
     if p["p_value"] < ALPHA:
         said = "lower (nearer the truth)" if p["delta"] < 0 else "higher (further from the truth)"
     else:
         said = "no significant difference"
-    return (f"{STAGES[b]} against {STAGES[a]}, {name}'s Brier: {said} over the seeds (Δ {p['delta']:+.3f}, 95% CI "
-            f"[{lo:+.3f}, {hi:+.3f}], p {pv}; {spread_text(p)})")
+    return f"{NAMES[b]} against {NAMES[a]}, {name}'s Brier: {said} over the seeds ({figures_text(p)})"
 
 
 def calibrated_line(stage: str, name: str, p: dict, temperatures: list[float]) -> str:
@@ -89,7 +85,7 @@ def calibrated_line(stage: str, name: str, p: dict, temperatures: list[float]) -
     lo, hi = p["ci"]
     pv = pooled_p_said(p)
     ts = ", ".join(f"{t:.2f}" for t in temperatures)
-    return (f"{STAGES[stage]} calibrated, {name}'s Brier against T = 1: Δ {p['delta']:+.3f}, 95% CI [{lo:+.3f}, "
+    return (f"{NAMES[stage]} calibrated, {name}'s Brier against T = 1: Δ {p['delta']:+.3f}, 95% CI [{lo:+.3f}, "
             f"{hi:+.3f}], p {pv} over the seeds (T {ts}; {spread_text(p)})")
 
 
@@ -109,7 +105,7 @@ def calibration_lines(summary: dict) -> list[str]:
     for r in runs:
         c = r["calibration"]
         for name in c["brier"]["sft->dpo"]:
-            lines.append(f"| {r['seed']} | {name} | " + " | ".join(fmt(c["scores"][s][name]["brier"]) for s in STAGES)
+            lines.append(f"| {r['seed']} | {name} | " + " | ".join(fmt(c["scores"][s][name]["brier"]) for s in NAMES)
                          + " | " + " | ".join(paired_text(c["brier"][f"{a}->{b}"][name]) for a, b in PAIRS) + " |")
     pool = summary.get("calibration") or {}
     if pool.get("brier"):
@@ -123,7 +119,7 @@ def calibration_lines(summary: dict) -> list[str]:
                   "|---|---|---|---|---|---|---|"]
         for r in runs:
             for s, c in r["calibration"].get("calibrated", {}).items():
-                lines += [f"| {r['seed']} | {STAGES[s]} | {c['temperature']:.3f}{bound_text(c)} | {name} | "
+                lines += [f"| {r['seed']} | {NAMES[s]} | {c['temperature']:.3f}{bound_text(c)} | {name} | "
                           f"{fmt(f['brier'])} | {fmt(f['calibrated'])} | {paired_text(f['test'])} |"
                           for name, f in c["fields"].items()]
         if pool.get("calibrated"):

@@ -32,6 +32,7 @@ from .confidence import (
     scorable,
     scored_answers,
 )
+from .pooling import p_cell
 from .stats import p_text, paired_bootstrap
 from .temperature import fit_temperature
 
@@ -258,11 +259,11 @@ def auroc_named_text(c: dict, n: int | None, none: str = "—") -> str:
 
 
 def paired_text(c: dict | None) -> str:
-    """A paired bootstrap's result in a table's cell: "+0.004 [-0.025, +0.033], p 0.788", or "—"
-    where there is none."""
+    """A paired bootstrap's result (or a pooled one's) in a table's cell: "+0.004 [-0.025, +0.033],
+    p 0.788", or "—" where there is none."""
     if c is None:
         return "—"
-    return f"{c['delta']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}], p {p_text(c).lstrip('= ')}"
+    return f"{c['delta']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}], p {p_cell(c)}"
 
 
 def bound_text(c: dict) -> str:

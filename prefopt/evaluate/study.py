@@ -24,13 +24,12 @@ from pathlib import Path
 from ..fileio import read_json, write_json_atomic, write_text_atomic
 from ..train.cost import cost_parts, duration_text, what_peak
 from .compare import CompareConfig, check_compare, run_compare
-from .pooling import paired_figures, pooled_p
+from .pooling import p_cell, paired_figures
 from .runner import keep_earlier
 from .seeds import check_seeds, direction, pooled_line, run_seeds
 from .seeds_calibration import stage_calibration
 from .stage_confidence import auroc_named_text, bound_text, fmt, paired_text
 from .start_from import source_config
-from .stats import p_text
 
 
 @dataclass(frozen=True)
@@ -251,13 +250,6 @@ def _test_items(row: dict) -> str:
     return f"{min(n)}-{max(n)}" if min(n) != max(n) else str(n[0])
 
 
-def _p(cmp: dict) -> str:
-    """A row's p-value: a run's bootstrap (at its resamples' resolution), or seeds' pooled t test."""
-    if "n_resamples" in cmp:
-        return p_text(cmp).lstrip("= ")
-    return pooled_p(cmp)
-
-
 def _header(model: str, root: Path | None, compare: dict) -> dict:
     """``study.json``'s fields other than its rows: what every arm was run with."""
     return {"model": model, "data_root": None if root is None else str(root),
@@ -307,8 +299,7 @@ def study_markdown(study: dict) -> str:
         a, d = r["sft_vs_base"], r["dpo_vs_sft"]
         lines.append(f"| {r['kind']} | `{r['task']}` | {r['study']} | {_test_items(r)} | {r['metric']} | "
                      f"{r['base']['primary']:.3f} | {r['sft']['primary']:.3f} | {r['dpo']['primary']:.3f} | "
-                     f"{a['delta']:+.3f}, p {_p(a)} | {d['delta']:+.3f} [{d['ci'][0]:+.3f}, "
-                     f"{d['ci'][1]:+.3f}], p {_p(d)} |")
+                     f"{a['delta']:+.3f}, p {p_cell(a)} | {paired_text(d)} |")
     copied = [r for r in ran if r.get("start_from")]
     if copied:
         lines += ["", "Base and SFT stages from earlier runs (`--from`; only DPO trained): "
@@ -393,12 +384,9 @@ def _seeds_calibration_lines(ran: list[dict]) -> list[str]:
     if not rows:
         return []
 
-    def pooled_text(p: dict | None) -> str:
-        return "—" if p is None else f"{p['delta']:+.3f} [{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}], p {_p(p)}"
-
     def stage(cal: dict, s: str, name: str) -> str:  # a stage's temperatures (each seed's), calibrated vs T = 1
         ts = cal.get("temperatures", {}).get(s)
-        return ("—" if ts is None else ", ".join(f"{t:.2f}" for t in ts)) + " | " + pooled_text(
+        return ("—" if ts is None else ", ".join(f"{t:.2f}" for t in ts)) + " | " + paired_text(
             cal.get("calibrated", {}).get(s, {}).get(name))
 
     lines = ["", "Over the seeds, the label probabilities' Brier score (lower: nearer the truth): SFT+DPO's against "
@@ -409,7 +397,7 @@ def _seeds_calibration_lines(ran: list[dict]) -> list[str]:
              "| SFT+DPO calibrated: ΔBrier |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         cal = r["calibration"]
-        lines += [f"| `{r['task']}` | {name} | {pooled_text(p)} | {stage(cal, 'sft', name)} | "
+        lines += [f"| `{r['task']}` | {name} | {paired_text(p)} | {stage(cal, 'sft', name)} | "
                   f"{stage(cal, 'dpo', name)} |" for name, p in cal["brier"]["sft->dpo"].items()]
     return lines
 
