@@ -1,13 +1,14 @@
 """``calibration.json``: a temperature (:mod:`.temperature`) fitted by ``prefopt eval
 --confidence --fit-temperature``, with what it was fitted for and what it did, written; and read
 back by ``eval --calibration`` and ``predict --calibration``, which refuse it for another task,
-model, adapter or way of scoring."""
+model, adapter or way of scoring. An adapter is told by its weights' digest as well as by its
+path, so a run's folder moved or copied to another machine still serves its stages' adapters."""
 from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
 
-from ..fileio import read_json, write_json_atomic
+from ..fileio import read_json, sha256_of, write_json_atomic
 from .confidence import SCORING, confidence_metrics, marginals
 from .temperature import BOUNDS, cross_fitted, fit_temperature
 
@@ -41,6 +42,7 @@ def calibration_record(fit: dict, task, *, task_options: dict, model: str, adapt
     ECE at T = 1 (``uncalibrated``: :func:`~.confidence.confidence_metrics`), ``more``, the date."""
     return {**{k: fit[k] for k in ("temperature", "n", "nll_before", "nll_after", "bound")}, "task": task.name,
             "task_options": task_options, "model": where(model), "adapter": where(adapter),
+            "adapter_sha256": adapter_digest(adapter),
             "confidence_scoring": SCORING, "data": where(data) or "the task's bundled data", "records": records,
             "fitted_on": fitted_on,
             "uncalibrated": {name: {"brier": c["brier"], "ece": c["ece"]} for name, c in uncalibrated.items()},
@@ -106,11 +108,24 @@ def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | 
             same = given == fitted
         else:  # a model alias (smollm2-135m) is its imported folder in prefopt's cache
             same = same_path(_imported(given), _imported(fitted))
+        if not same and name == "adapter" and given and fitted:  # moved or copied: the same weights
+            same = fit.get("adapter_sha256") is not None and adapter_digest(given) == fit["adapter_sha256"]
         if not same:
+            weights = ""
+            if name == "adapter" and given and fitted:
+                weights = ", whose weights differ" if fit.get("adapter_sha256") else \
+                    " (the file, from before 2026-12-07, names its adapter by its path alone)"
             raise ValueError(f"--calibration {path} was fitted for {name} {fitted or '(none)'}, not {given or '(none)'}"
-                             ": a temperature fits one model's probabilities, scored one way (fit one for this one: "
-                             "eval --confidence --fit-temperature)")
+                             f"{weights}: a temperature fits one model's probabilities, scored one way (fit one for "
+                             "this one: eval --confidence --fit-temperature)")
     return float(fit["temperature"])
+
+
+def adapter_digest(adapter: str | None) -> str | None:
+    """The SHA-256 of an adapter folder's ``adapter_model.safetensors``, by which a calibration
+    tells its adapter wherever the folder is now; None without one."""
+    path = Path(adapter) / "adapter_model.safetensors" if adapter else None
+    return sha256_of(path) if path is not None and path.is_file() else None
 
 
 def _imported(model: str | None) -> str | None:

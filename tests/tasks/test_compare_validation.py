@@ -598,6 +598,7 @@ def test_each_stage_is_calibrated_on_the_validation_items_for_predict_to_read(ti
     from prefopt.cli import main
     from prefopt.evaluate.confidence import answer_logprobs, brier_gaps, marginals
     from prefopt.evaluate.temperature import fit_temperature
+    from prefopt.fileio import sha256_of
     from prefopt.pretrained import load_model
     from prefopt.tasks import get_task
     from prefopt.tokenizer import load_tokenizer
@@ -625,6 +626,7 @@ def test_each_stage_is_calibrated_on_the_validation_items_for_predict_to_read(ti
     for stage, adapter in (("base", None), ("sft", out / "sft" / "train" / "final")):
         fit = json.loads((out / stage / "calibration.json").read_text())
         assert fit["adapter"] == (None if adapter is None else str(adapter.resolve()))
+        assert fit["adapter_sha256"] == (None if adapter is None else sha256_of(adapter / "adapter_model.safetensors"))
         assert fit["temperature"] == json.loads((out / stage / "metrics.json").read_text())["calibrated"]["temperature"]
     assert (out / "dpo" / "calibration.json").is_file()
     tested = report["stages"]["sft"]["calibrated_vs_plain"]
@@ -673,5 +675,18 @@ def test_each_stage_is_calibrated_on_the_validation_items_for_predict_to_read(ti
         json.loads((out / "dpo" / "calibration.json").read_text())["temperature"]
     # a rerun reuses every stage, calibration and all
     run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
+                              overrides=overrides))
+    assert "scored every label" not in capsys.readouterr().out
+    # the run's folder moved (another disk, another machine): its stages' temperatures still serve its adapters
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.move(str(out), str(moved))
+    assert main([*argv[:6], str(moved / "sft" / "train" / "final"), *argv[7:], "--output", str(tmp_path / "m"),
+                 "--calibration", str(moved / "sft")]) == 0
+    assert json.loads((tmp_path / "m" / "predict.json").read_text())["temperature"] == \
+        json.loads((moved / "sft" / "calibration.json").read_text())["temperature"]
+    capsys.readouterr()  # and its rerun there reuses every stage
+    run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(moved), n_resamples=100,
                               overrides=overrides))
     assert "scored every label" not in capsys.readouterr().out

@@ -245,3 +245,35 @@ def test_a_calibration_fitted_on_an_alias_serves_its_imported_folder(tmp_path, m
                                         ("portal", "smollm2-135m", str(other), f"adapter (none), not {other}")):
         with pytest.raises(ValueError, match="was fitted for " + named.replace("(", r"\(").replace(")", r"\)")):
             read_calibration(path, task=task, model=model, adapter=adapter)
+
+
+def test_a_calibration_serves_its_adapter_moved_or_copied_and_no_other(tmp_path):
+    """An adapter is told by the digest of its weights as well as by its path: the same weights in
+    another folder are served; other weights there, or a file that names its adapter by path alone,
+    are refused, and the error says which."""
+    from prefopt.evaluate.calibration import read_calibration
+    from prefopt.evaluate.confidence import SCORING
+    from prefopt.fileio import sha256_of
+
+    def adapter(name: str, weights: bytes):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "adapter_model.safetensors").write_bytes(weights)
+        return tmp_path / name
+
+    fitted = adapter("run/sft/train/final", b"the weights")
+    path = tmp_path / "calibration.json"
+    record = {"temperature": 2.5, "task": "portal", "model": "m", "adapter": str(fitted), "confidence_scoring": SCORING,
+              "adapter_sha256": sha256_of(fitted / "adapter_model.safetensors")}
+    path.write_text(json.dumps(record))
+    copied, other = adapter("copied", b"the weights"), adapter("other", b"other weights")
+    for given in (fitted, copied):
+        assert read_calibration(path, task="portal", model="m", adapter=str(given)) == 2.5
+    with pytest.raises(ValueError, match=f"fitted for adapter {fitted}, not {other}, whose weights differ"):
+        read_calibration(path, task="portal", model="m", adapter=str(other))
+    with pytest.raises(ValueError, match=r"not \(none\): a temperature"):  # an adapter's temperature, for no adapter
+        read_calibration(path, task="portal", model="m", adapter=None)
+    path.write_text(json.dumps({k: v for k, v in record.items() if k != "adapter_sha256"}))  # written before digests
+    assert read_calibration(path, task="portal", model="m", adapter=str(fitted)) == 2.5
+    with pytest.raises(ValueError, match=r"not .*copied \(the file, from before 2026-12-07, names its adapter by its "
+                                         r"path alone\)"):
+        read_calibration(path, task="portal", model="m", adapter=str(copied))
