@@ -25,6 +25,7 @@ from ..fileio import read_json, write_json_atomic, write_text_atomic
 from ..train.cost import cost_parts, duration_text, what_peak
 from .compare import CompareConfig, check_compare, run_compare
 from .pooling import p_cell, paired_figures
+from .report import NAMES
 from .runner import keep_earlier
 from .seeds import check_seeds, direction, pooled_line, run_seeds
 from .seeds_calibration import stage_calibration
@@ -370,7 +371,7 @@ def _calibrated_lines(ran: list[dict]) -> list[str]:
         for stage in ("sft", "dpo"):
             c = r["calibrated"].get(stage)
             for name, f in (c or {}).get("fields", {}).items():
-                lines.append(f"| `{r['task']}` | {name} | {'SFT' if stage == 'sft' else 'SFT+DPO'} | "
+                lines.append(f"| `{r['task']}` | {name} | {NAMES[stage]} | "
                              f"{c['temperature']:.3f}{bound_text(c)} | {fmt(f['brier'])} | {fmt(f['calibrated'])} | "
                              f"{paired_text(f['test'])} |")
     return lines
