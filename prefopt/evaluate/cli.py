@@ -76,6 +76,7 @@ def _eval(args) -> int:
     from ..tokenizer import load_tokenizer
     from .calibration import calibration_fit, write_calibration
     from .confidence import SCORING, answer_logprobs, confidence_possible, marginals, scored_answers
+    from .review import review_table
     from .runner import (
         DECODING,
         check_prompts,
@@ -131,6 +132,7 @@ def _eval(args) -> int:
     if scored is not None:
         probabilities = [marginals(task, s, temperature) for s in scored]
         metrics["confidence"], per_row = scored_answers(task, records, preds, probabilities)
+        metrics["review"] = review_table(task, records, preds, per_row["confidence"])
         metrics["confidence_scoring"] = SCORING
         metrics |= {"temperature": temperature, "calibration": args.calibration} if args.calibration else {}
         extra.update(per_row)
@@ -168,6 +170,27 @@ def _temperature(args, task) -> float:
     return 1.0
 
 
+def _review_below(args) -> dict:
+    """predict.json's ``review_below``, where given (not in the rows' fingerprint: a stopped run
+    goes on under another threshold)."""
+    return {} if args.review_below is None else {"review_below": args.review_below}
+
+
+def _check_review(args, task) -> None:
+    """``predict --review-below``: a probability, read off the confidence columns, which the task
+    must have and the command keep; said before any record is read."""
+    from .confidence import scorable
+    from .review import check_threshold
+
+    if args.review_below is None:
+        return
+    check_threshold(args.review_below)
+    if not args.confidence:
+        raise ValueError("--review-below reads the confidence columns, which --no-confidence leaves out: give one")
+    if why := scorable(task):
+        raise ValueError(f"--review-below: {why}")
+
+
 def _print_estimate(args, tok, task, records, new_tokens: int) -> int:
     """``--estimate-memory``: print what answering ``records`` will hold, and end the command."""
     from .answer_memory import answer_estimate_lines
@@ -198,10 +221,12 @@ def _predict(args) -> int:
         write_predictions,
     )
     from .partial import claimed, fingerprint
+    from .review import mark_review
     from .runner import DECODING, check_prompts, decoding, keep_earlier, placement, prompt_settings, require_chat
 
     options = task_options_of(args)
     task = get_task(args.task, **options)
+    _check_review(args, task)
     fmt = table_format(args.data, args.format)
     if fmt == "xlsx":
         require("openpyxl", "writing the predictions as .xlsx")  # now, not once every record is answered
@@ -228,13 +253,15 @@ def _predict(args) -> int:
         stamp = fingerprint(records, made | {"row_format": ROW_FORMAT})  # what a stopped run must match
         rows = predict_in_blocks(model, tok, task, records, args.output, stamp, batch_size=args.batch_size,
                                  confidence=confidence, temperature=temperature, **settings)
+        if args.review_below is not None:  # (after the rows: a stopped run goes on under another threshold)
+            rows = mark_review(task, rows, args.review_below)
         tally = counts(task, rows)
         kept = keep_earlier(args.output, FILES)
         if kept:
             print(f"prefopt predict: {args.output} held predictions; they are kept in {kept}", flush=True)
         try:
             path = write_predictions(args.output, rows, fmt, delimiter_of(args.data, fmt, task),
-                                     {**made, "date": date.today().isoformat(), **tally})
+                                     {**made, **_review_below(args), "date": date.today().isoformat(), **tally})
         except ValueError as e:  # a text no workbook holds
             raise ValueError(f"{e} (the answers are kept: the same command with --format csv or jsonl writes them "
                              "without answering again)") from None
@@ -281,6 +308,7 @@ def _write_and_test(task, records, texts, preds, metrics, extra, against, args, 
     from pathlib import Path
 
     from .confidence import confidence_line
+    from .review import review_lines
     from .runner import keep_earlier, write_results
 
     metrics["evaluated"] = _evaluated(args) | metrics.get("evaluated", {})
@@ -291,6 +319,8 @@ def _write_and_test(task, records, texts, preds, metrics, extra, against, args, 
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
     for field, c in metrics.get("confidence", {}).items():
         print(f"prefopt eval: confidence in {field}: {confidence_line(c)}")
+    for line in review_lines(metrics["review"]) if "review" in metrics else []:
+        print(f"prefopt eval: {line}")
     print(f"prefopt eval: wrote {Path(args.output) / 'predictions.jsonl'} and metrics.json")
     if against is not None:
         _test_against(task, records, against, args, name)
@@ -558,6 +588,9 @@ def add_commands(sub) -> None:
     pr.add_argument("--calibration", metavar="FILE", help="an eval --fit-temperature's calibration.json, or a "
                     "compare stage's (a run with --set val=N), or its folder, fitted with this model and adapter: the "
                     "confidence columns calibrated by its temperature")
+    pr.add_argument("--review-below", type=float, metavar="P", help="a review column: why a record's answer needs "
+                    "a person (a field's label given less than P, or none named), empty where the model is sure "
+                    "enough; read P off eval --confidence's table of records answered alone at each confidence")
     pr.add_argument("--max-new-tokens", type=positive_int, help="generation cap (default: the task's)")
     add_chat_flags(pr, "prompt")
     add_repeat_flags(pr)

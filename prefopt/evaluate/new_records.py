@@ -138,6 +138,8 @@ def counts(task, rows: list[dict]) -> dict:
     (``{field: {label: count}}``: those answers' likeliest labels), for the summary line and
     ``predict.json``."""
     out: dict = {"n": len(rows), "unfinished": sum(not r["finished"] for r in rows)}
+    if rows and "review" in rows[0]:
+        out["review"] = sum(bool(r["review"]) for r in rows)
     for f in getattr(task, "fields", []):
         seen = Counter(r[f"predicted_{f.name}"] for r in rows)
         out.setdefault("labels", {})[f.name] = {label: seen[label] for label in f.labels if seen[label]}
@@ -162,6 +164,8 @@ def summary(tally: dict) -> str:
                                              + ([f"no label {missed}{guessed}"] if missed else [])))
     if tally["unfinished"]:
         parts.append(f"{tally['unfinished']} answers stopped by the max_new_tokens cap")
+    if "review" in tally:
+        parts.append(f"{tally['review']} to review (the review column says why)")
     return "; ".join(parts)
 
 

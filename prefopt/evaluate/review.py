@@ -1,0 +1,76 @@
+"""Which answers a person should check: a confidence threshold below which a record goes to review.
+
+A triage team that lets the model sort messages wants it to answer alone only where it is
+likely right. ``prefopt eval --confidence`` says, for each threshold in :data:`THRESHOLDS`, what
+share of the records the model would answer alone (every field's predicted label at or above the
+threshold) and how often those answers were right (:func:`review_table`); ``prefopt predict
+--review-below P`` then marks each new record whose answer falls below ``P`` in any field, or
+names no label, in a ``review`` column (:func:`mark_review`). The threshold is read off
+labelled records the model did not train on (a compare run's validation items, a later month),
+and means most where the probabilities are calibrated (``--calibration``).
+"""
+from __future__ import annotations
+
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+COLUMN = "review"
+
+
+def check_threshold(value: float, flag: str = "--review-below") -> float:
+    """``value``, a probability strictly between 0 and 1; else the error names ``flag``."""
+    if not 0 < value < 1:
+        raise ValueError(f"{flag} {value:g}: a probability between 0 and 1 (0.9: an answer the model gives less than "
+                         "90% goes to review)")
+    return value
+
+
+def review_table(task, records, preds: list[dict], sure: list[dict]) -> dict:
+    """For each threshold of :data:`THRESHOLDS`, the records the model would answer alone (every
+    field's predicted label given at least that probability: ``sure``, :func:`~.confidence.chosen`,
+    None where the answer named no label) as ``{"threshold", "n"`` (how many), ``"kept"`` (their
+    share of the records), ``"right"`` (the share of those with every field right; None where none
+    is kept)``}``, under ``"records"``; the same per field under ``"fields"`` (a field's answer
+    kept and right); and the number of records, ``"n"``."""
+    names = [f.name for f in task.fields]
+    right = [{k: pred.get(k) == r.labels[k] for k in names} for pred, r in zip(preds, records)]
+    out: dict = {"n": len(records), "records": [], "fields": {k: [] for k in names}}
+    for t in THRESHOLDS:
+        kept = [i for i, s in enumerate(sure) if all(s[k] is not None and s[k] >= t for k in names)]
+        out["records"].append(_row(t, len(kept), len(records), sum(all(right[i].values()) for i in kept)))
+        for k in names:
+            mine = [i for i, s in enumerate(sure) if s[k] is not None and s[k] >= t]
+            out["fields"][k].append(_row(t, len(mine), len(records), sum(right[i][k] for i in mine)))
+    return out
+
+
+def _row(threshold: float, kept: int, n: int, right: int) -> dict:
+    return {"threshold": threshold, "n": kept, "kept": kept / n if n else 0.0, "right": right / kept if kept else None}
+
+
+def review_lines(table: dict) -> list[str]:
+    """:func:`review_table` in words: for each threshold, how many records the model would answer
+    alone and how often they were right (the others to review); per field where there are several."""
+    def said(rows: list[dict]) -> str:
+        return "; ".join(f">= {r['threshold']:g}: {r['n']} of {table['n']}"
+                         + (f", {r['right']:.3f} right" if r["right"] is not None else "") for r in rows)
+
+    lines = [f"records answered alone at each confidence (the others to review: predict --review-below P): "
+             f"{said(table['records'])}"]
+    if len(table["fields"]) > 1:
+        lines += [f"  {name} alone: {said(rows)}" for name, rows in table["fields"].items()]
+    return lines
+
+
+def mark_review(task, rows: list[dict], below: float) -> list[dict]:
+    """``rows`` (:func:`~.new_records.prediction_rows`, with their ``confidence_<field>``
+    columns) each with a ``review`` column before ``model_output`` (in place of one the input
+    had): empty where every field's predicted label has at least probability ``below``, as the
+    table shows it, else why it is not (``urgency 0.62; staff no label``)."""
+    names = [f.name for f in task.fields]
+    out = []
+    for row in rows:
+        why = "; ".join(f"{k} no label" if row[f"confidence_{k}"] == "" else f"{k} {row[f'confidence_{k}']:.2f}"
+                        for k in names if row[f"confidence_{k}"] == "" or row[f"confidence_{k}"] < below)
+        items = [(k, v) for k, v in row.items() if k != COLUMN]  # (an earlier run's column renewed)
+        at = [k for k, _ in items].index("model_output")
+        out.append(dict([*items[:at], (COLUMN, why), *items[at:]]))
+    return out

@@ -1,0 +1,120 @@
+"""Which answers go to a person: eval --confidence's table of the records the model would answer
+alone at each confidence, and predict --review-below's review column."""
+import json
+
+import pytest
+
+from prefopt.cli import main
+from prefopt.evaluate.confidence import SCORING
+from prefopt.evaluate.review import THRESHOLDS, mark_review, review_lines, review_table
+from prefopt.tasks import get_task
+from prefopt.tasks.base import Record
+from tests import _formats as formats
+
+
+def _portal_records(labels: list[tuple[str, str]]) -> list:
+    return [Record(f"r{i}", "", "", {"urgency": u, "staff": s}) for i, (u, s) in enumerate(labels)]
+
+
+def test_the_table_counts_the_records_every_field_of_which_is_sure_enough():
+    """Four records, two fields: by hand at each threshold."""
+    task = get_task("portal")
+    records = _portal_records([("urgent", "nurse"), ("routine", "doctor"), ("urgent", "nurse"), ("routine", "nurse")])
+    preds = [{"urgency": "urgent", "staff": "nurse"},  # both right
+             {"urgency": "routine", "staff": "nurse"},  # staff wrong
+             {"urgency": None, "staff": "nurse"},  # no urgency named
+             {"urgency": "urgent", "staff": "nurse"}]  # urgency wrong
+    sure = [{"urgency": 0.95, "staff": 0.85}, {"urgency": 0.99, "staff": 0.92}, {"urgency": None, "staff": 0.99},
+            {"urgency": 0.6, "staff": 0.7}]
+    table = review_table(task, records, preds, sure)
+    # records kept at t: every field >= t (r2 never: it named no urgency); right: both fields right
+    want = {0.5: (3, 1), 0.6: (3, 1), 0.7: (2, 1), 0.8: (2, 1), 0.9: (1, 0), 0.95: (0, 0), 0.99: (0, 0)}
+    assert [r["threshold"] for r in table["records"]] == list(THRESHOLDS)
+    assert table["n"] == 4
+    for row in table["records"]:
+        kept, right = want[row["threshold"]]
+        assert row["n"] == kept and row["kept"] == pytest.approx(kept / 4)
+        assert row["right"] == (pytest.approx(right / kept) if kept else None)
+    # urgency alone: r0 .95 right, r1 .99 right, r3 .6 wrong
+    # staff alone: r0 .85 right, r1 .92 wrong, r2 .99 right, r3 .7 right
+    urgency = {r["threshold"]: (r["kept"], r["right"]) for r in table["fields"]["urgency"]}
+    assert urgency[0.5] == (0.75, pytest.approx(2 / 3)) and urgency[0.95] == (0.5, 1.0) and urgency[0.99] == (0.25, 1.0)
+    staff = {r["threshold"]: (r["kept"], r["right"]) for r in table["fields"]["staff"]}
+    assert staff[0.7] == (1.0, 0.75) and staff[0.9] == (0.5, 0.5) and staff[0.95] == (0.25, 1.0)
+    lines = review_lines(table)
+    assert lines[0].startswith("records answered alone at each confidence (the others to review: predict "
+                               "--review-below P): >= 0.5: 3 of 4, 0.333 right; >= 0.6: 3 of 4, 0.333 right; ")
+    assert lines[0].endswith(">= 0.9: 1 of 4, 0.000 right; >= 0.95: 0 of 4; >= 0.99: 0 of 4")
+    assert lines[1].startswith("  urgency alone: >= 0.5: 3 of 4, 0.667 right;") and len(lines) == 3
+    one = review_table(get_task("text_classification", labels="a,b"), [Record("x", "", "a", {"label": "a"})],
+                       [{"label": "a"}], [{"label": 0.8}])
+    assert len(review_lines(one)) == 1  # one field: no per-field lines
+
+
+def test_the_review_column_says_which_field_is_not_sure_enough():
+    task = get_task("portal")
+    rows = [{"message": "a", "review": "old", "predicted_urgency": "urgent", "confidence_urgency": 0.95,
+             "predicted_staff": "nurse", "confidence_staff": 0.9, "model_output": "x", "finished": True, "record": "1"},
+            {"message": "b", "predicted_urgency": "", "confidence_urgency": "", "predicted_staff": "nurse",
+             "confidence_staff": 0.62, "model_output": "y", "finished": True, "record": "2"}]
+    marked = mark_review(task, rows, 0.9)
+    assert [r["review"] for r in marked] == ["", "urgency no label; staff 0.62"]
+    assert list(marked[0]) == ["message", "predicted_urgency", "confidence_urgency", "predicted_staff",
+                               "confidence_staff", "review", "model_output", "finished", "record"]
+    assert [r["review"] for r in mark_review(task, rows, 0.91)] == ["staff 0.90", "urgency no label; staff 0.62"]
+
+
+def test_eval_writes_the_table_and_predict_marks_the_records_below_a_threshold(tiny_model, tmp_path, capsys,
+                                                                                monkeypatch):
+    """eval --confidence's table is its predictions' confidences counted; predict --review-below
+    marks the same records' answers below it (the tiny model's answers, which name no label, given
+    as one that names both: its probabilities of them differ by message); refused before any model
+    loads where it cannot."""
+    from prefopt.evaluate import new_records, runner
+
+    data = formats.write_jsonl(tmp_path / "m.jsonl", [
+        {"id": f"m{i}", "message": f"Message {i}: my knee hurts since {i} days",
+         "urgency": ["urgent", "routine"][i % 2], "staff": "nurse"} for i in range(8)])
+    answer = get_task("portal").read(str(data))[0].target  # urgent, nurse: right for half the records
+
+    def answered(model, tok, task, records, **kw):
+        texts = [answer] * len(records)
+        return (texts, [True] * len(records)) if kw.get("return_ended") else texts
+
+    monkeypatch.setattr(runner, "predict", answered)
+    monkeypatch.setattr(new_records, "predict", answered)
+    calibration = tmp_path / "calibration.json"  # (the tiny model is near certain of it: a temperature spreads them)
+    calibration.write_text(json.dumps({"temperature": 40.0, "task": "portal", "model": str(tiny_model), "adapter": None,
+                                       "confidence_scoring": SCORING}))
+    common = ["--task", "portal", "--model", str(tiny_model), "--data", str(data), "--max-new-tokens", "6",
+              "--calibration", str(calibration)]
+    assert main(["eval", *common, "--split", "all", "--output", str(tmp_path / "e"), "--confidence"]) == 0
+    assert "prefopt eval: records answered alone at each confidence (the others to review" in capsys.readouterr().out
+    table = json.loads((tmp_path / "e" / "metrics.json").read_text())["review"]
+    rows = [json.loads(line) for line in (tmp_path / "e" / "predictions.jsonl").read_text().splitlines()]
+    assert all(None not in r["confidence"].values() for r in rows)
+    for at in table["records"]:
+        kept = [r for r in rows if min(r["confidence"].values()) >= at["threshold"]]
+        assert at["kept"] == pytest.approx(len(kept) / 8)
+        assert at["right"] == (pytest.approx(sum(r["labels"]["urgency"] == "urgent" for r in kept) / len(kept))
+                               if kept else None)
+    assert any(0 < at["kept"] < 1 for at in table["records"])  # some records answered alone, some not
+    lowest = sorted(min(r["confidence"].values()) for r in rows)
+    below = round((lowest[3] + lowest[4]) / 2, 4)  # half the records below it
+    assert main(["predict", *common, "--output", str(tmp_path / "p"), "--review-below", str(below)]) == 0
+    assert "; 4 to review (the review column says why)" in capsys.readouterr().out
+    made = [json.loads(line) for line in (tmp_path / "p" / "predictions.jsonl").read_text().splitlines()]
+    for r in made:
+        low = [f for f in ("urgency", "staff") if r[f"confidence_{f}"] < below]
+        assert r["review"] == "; ".join(f"{f} {r[f'confidence_{f}']:.2f}" for f in low)
+    settings = json.loads((tmp_path / "p" / "predict.json").read_text())
+    assert settings["review_below"] == below and settings["review"] == sum(bool(r["review"]) for r in made)
+    summaries = formats.write_jsonl(tmp_path / "meqsum.jsonl", formats.meqsum_rows(2))
+    for argv, error in (([*common, "--review-below", "1.5"], "--review-below 1.5: a probability between 0 and 1"),
+                        ([*common, "--review-below", "0.9", "--no-confidence"], "--review-below reads the confidence "
+                         "columns, which --no-confidence leaves out"),
+                        (["--task", "meqsum", "--model", str(tiny_model), "--data", str(summaries), "--review-below",
+                          "0.9"], "--review-below: meqsum answers in free text")):
+        assert main(["predict", *argv, "--output", str(tmp_path / "refused")]) == 2, argv
+        assert error in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
