@@ -114,6 +114,13 @@ def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dic
             *(["# the SFT adapter on the same file, tested against it item by item (paired; into paired.json)",
                evaluate(q(str(folder / weights["sft"])), "new-eval-sft", "--against", q(str(folder / "new-eval")))]
               if weights["dpo"] != weights["sft"] else []),
+            *(["# on the validation items, calibrated: how many records it would answer alone at each confidence, "
+               "and how often rightly (read a threshold P off it for predict --review-below P)",
+               " ".join(["prefopt eval --task", q(task.name), "--model", model, "--adapter", adapter, *as_run,
+                         *map(q, eval_flags(cfg, task, dpo_metrics)),
+                         *(["--data", q(str(cfg.data))] if cfg.data else []),
+                         "--split-file", q(str(folder / "split.json")), "--split val --output",
+                         q(str(folder / "review-val")), "--confidence", *calibrated])] if calibrated else []),
             "# answer new records that have no labels yet (NEW_RECORDS: the same format, label columns not needed): "
             "predictions/predictions.csv (or .tsv, .jsonl, as the input) is their table with a prediction column"
             + (" per field, its confidence and the likeliest label" if confidence else "")

@@ -673,6 +673,16 @@ def test_each_stage_is_calibrated_on_the_validation_items_for_predict_to_read(ti
     assert main([str(new) if a == "NEW_RECORDS" else a for a in predict[1:]] + ["--max-new-tokens", "4"]) == 0
     assert json.loads((out / "predictions" / "predict.json").read_text())["temperature"] == \
         json.loads((out / "dpo" / "calibration.json").read_text())["temperature"]
+    # and its eval of the validation items, calibrated, counts the records answered alone at each confidence
+    review = next(shlex.split(line) for line in text.splitlines()
+                  if line.startswith("prefopt eval") and "--split-file" in line)
+    assert review[review.index("--split") + 1] == "val" and review[-2:] == ["--calibration", str(out / "dpo")]
+    assert main(review[1:] + ["--max-new-tokens", "4"]) == 0
+    metrics = json.loads((out / "review-val" / "metrics.json").read_text())
+    assert metrics["temperature"] == json.loads((out / "dpo" / "calibration.json").read_text())["temperature"]
+    assert metrics["review"]["n"] == len(split["val"]) == 4
+    assert [json.loads(line)["id"] for line in (out / "review-val" / "predictions.jsonl").read_text().splitlines()] \
+        == split["val"]
     # a rerun reuses every stage, calibration and all
     run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
                               overrides=overrides))
