@@ -64,11 +64,12 @@ def mark_review(task, rows: list[dict], below: float) -> list[dict]:
     """``rows`` (:func:`~.new_records.prediction_rows`, with their ``confidence_<field>``
     columns) each with a ``review`` column before ``model_output`` (in place of one the input
     had): empty where every field's predicted label has at least probability ``below``, as the
-    table shows it, else why it is not (``urgency 0.62; staff no label``)."""
+    table shows it (to four decimals), else why it is not, in those figures (``urgency 0.6213;
+    staff no label``)."""
     names = [f.name for f in task.fields]
     out = []
     for row in rows:
-        why = "; ".join(f"{k} no label" if row[f"confidence_{k}"] == "" else f"{k} {row[f'confidence_{k}']:.2f}"
+        why = "; ".join(f"{k} no label" if row[f"confidence_{k}"] == "" else f"{k} {row[f'confidence_{k}']:g}"
                         for k in names if row[f"confidence_{k}"] == "" or row[f"confidence_{k}"] < below)
         items = [(k, v) for k, v in row.items() if k != COLUMN]  # (an earlier run's column renewed)
         at = [k for k, _ in items].index("model_output")
