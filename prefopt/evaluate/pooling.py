@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import math
 
-from .stats import ALPHA, p_text, t_critical, t_within
+from .stats import ALPHA, Z95, p_text, t_critical, t_within
 
-Z95 = 1.959963984540054  # the normal distribution's 97.5th percentile
 MIN_SE = 1e-3  # below it a seed's CI is a point (its stages answered alike): the seeds are weighted equally
 PAIRS = (("base", "sft"), ("sft", "dpo"))  # the stages' differences pooled
 

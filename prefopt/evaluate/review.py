@@ -11,6 +11,8 @@ and means most where the probabilities are calibrated (``--calibration``).
 """
 from __future__ import annotations
 
+from .stats import wilson_interval
+
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 COLUMN = "review"
 
@@ -28,8 +30,9 @@ def review_table(task, records, preds: list[dict], sure: list[dict]) -> dict:
     field's predicted label given at least that probability: ``sure``, :func:`~.confidence.chosen`,
     None where the answer named no label) as ``{"threshold", "n"`` (how many), ``"kept"`` (their
     share of the records), ``"right"`` (the share of those with every field right; None where none
-    is kept)``}``, under ``"records"``; the same per field under ``"fields"`` (a field's answer
-    kept and right); and the number of records, ``"n"``."""
+    is kept), ``"ci"`` (its 95% CI, Wilson's: few records kept say little)``}``, under
+    ``"records"``; the same per field under ``"fields"`` (a field's answer kept and right); and
+    the number of records, ``"n"``."""
     names = [f.name for f in task.fields]
     right = [{k: pred.get(k) == r.labels[k] for k in names} for pred, r in zip(preds, records)]
     out: dict = {"n": len(records), "records": [], "fields": {k: [] for k in names}}
@@ -43,15 +46,18 @@ def review_table(task, records, preds: list[dict], sure: list[dict]) -> dict:
 
 
 def _row(threshold: float, kept: int, n: int, right: int) -> dict:
-    return {"threshold": threshold, "n": kept, "kept": kept / n if n else 0.0, "right": right / kept if kept else None}
+    return {"threshold": threshold, "n": kept, "kept": kept / n if n else 0.0, "right": right / kept if kept else None,
+            "ci": list(wilson_interval(right, kept)) if kept else None}
 
 
 def review_lines(table: dict) -> list[str]:
     """:func:`review_table` in words: for each threshold, how many records the model would answer
-    alone and how often they were right (the others to review); per field where there are several."""
+    alone and how often they were right, with its 95% CI (the others to review); per field where
+    there are several."""
     def said(rows: list[dict]) -> str:
-        return "; ".join(f">= {r['threshold']:g}: {r['n']} of {table['n']}"
-                         + (f", {r['right']:.3f} right" if r["right"] is not None else "") for r in rows)
+        return "; ".join(f">= {r['threshold']:g}: {r['n']} of {table['n']}" + (
+            f", {r['right']:.3f} right [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]" if r["right"] is not None else "")
+            for r in rows)
 
     lines = [f"records answered alone at each confidence (the others to review: predict --review-below P): "
              f"{said(table['records'])}"]

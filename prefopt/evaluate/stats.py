@@ -10,9 +10,11 @@
 - :func:`wilcoxon_signed_rank`: Likert scores; exact null distribution when there are at most
   50 non-zero differences and no ties, else the normal approximation with tie correction
   (scipy's defaults: zeros dropped, no continuity correction).
+- :func:`wilson_interval`: a proportion's 95% CI (the share of kept answers that were right),
+  Wilson's score interval, which stays inside [0, 1] and is not a point at 0 or n of n.
 
-All are checked against independent implementations in the tests (scipy; the best-of test against
-the ``arch`` package's SPA, its "consistent" p-value); neither is needed at run time.
+All are checked against independent implementations in the tests (scipy, statsmodels; the best-of
+test against the ``arch`` package's SPA, its "consistent" p-value); none is needed at run time.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 ALPHA = 0.05  # a difference counts as significant at p < ALPHA (reports, verdicts, seeds)
+Z95 = 1.959963984540054  # the normal distribution's 97.5th percentile
 
 
 def _binom_two_sided_half(k: int, n: int) -> float:
@@ -215,3 +218,14 @@ def t_critical(df: int, confidence: float = 0.95) -> float:
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if t_within(mid, df) < confidence else (lo, mid)
     return (lo + hi) / 2
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson's score interval for ``k`` successes in ``n`` trials (95% at the default ``z``): the
+    proportions a score test at that level would not reject (0 of 0: the whole of [0, 1])."""
+    if n == 0:
+        return 0.0, 1.0
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)

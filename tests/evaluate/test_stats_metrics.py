@@ -10,6 +10,7 @@ from prefopt.evaluate.stats import (
     mcnemar_exact,
     paired_bootstrap,
     wilcoxon_signed_rank,
+    wilson_interval,
 )
 
 
@@ -237,3 +238,14 @@ def test_best_of_bootstrap_agrees_with_arch_spa_consistent(seed):
     spa.compute()  # losses: lower is better, so the scores' negatives
     assert ours["delta"] == pytest.approx(models.mean(0)[chosen] - base.mean())
     assert ours["p_value"] == pytest.approx(spa.pvalues["consistent"], abs=0.035)
+
+
+def test_wilson_interval_is_statsmodels_and_stays_inside_0_and_1():
+    proportion = pytest.importorskip("statsmodels.stats.proportion")
+    for k, n in [(0, 1), (1, 1), (0, 6), (4, 6), (6, 7), (30, 60), (59, 60), (1, 200)]:
+        lo, hi = wilson_interval(k, n)
+        want = proportion.proportion_confint(k, n, alpha=0.05, method="wilson")
+        assert (lo, hi) == pytest.approx(want, abs=1e-12), (k, n)
+        assert 0 <= lo <= k / n <= hi <= 1 and lo < hi
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    assert wilson_interval(6, 7)[0] == pytest.approx(0.4869, abs=1e-4)  # (by hand: 6 of 7 right says little)

@@ -7,6 +7,7 @@ import pytest
 from prefopt.cli import main
 from prefopt.evaluate.confidence import SCORING
 from prefopt.evaluate.review import THRESHOLDS, mark_review, review_lines, review_table
+from prefopt.evaluate.stats import wilson_interval
 from prefopt.tasks import get_task
 from prefopt.tasks.base import Record
 from tests import _formats as formats
@@ -35,6 +36,7 @@ def test_the_table_counts_the_records_every_field_of_which_is_sure_enough():
         kept, right = want[row["threshold"]]
         assert row["n"] == kept and row["kept"] == pytest.approx(kept / 4)
         assert row["right"] == (pytest.approx(right / kept) if kept else None)
+        assert row["ci"] == (list(wilson_interval(right, kept)) if kept else None)
     # urgency alone: r0 .95 right, r1 .99 right, r3 .6 wrong
     # staff alone: r0 .85 right, r1 .92 wrong, r2 .99 right, r3 .7 right
     urgency = {r["threshold"]: (r["kept"], r["right"]) for r in table["fields"]["urgency"]}
@@ -42,10 +44,12 @@ def test_the_table_counts_the_records_every_field_of_which_is_sure_enough():
     staff = {r["threshold"]: (r["kept"], r["right"]) for r in table["fields"]["staff"]}
     assert staff[0.7] == (1.0, 0.75) and staff[0.9] == (0.5, 0.5) and staff[0.95] == (0.25, 1.0)
     lines = review_lines(table)
+    third, none = wilson_interval(1, 3), wilson_interval(0, 1)
     assert lines[0].startswith("records answered alone at each confidence (the others to review: predict "
-                               "--review-below P): >= 0.5: 3 of 4, 0.333 right; >= 0.6: 3 of 4, 0.333 right; ")
-    assert lines[0].endswith(">= 0.9: 1 of 4, 0.000 right; >= 0.95: 0 of 4; >= 0.99: 0 of 4")
-    assert lines[1].startswith("  urgency alone: >= 0.5: 3 of 4, 0.667 right;") and len(lines) == 3
+                               f"--review-below P): >= 0.5: 3 of 4, 0.333 right [{third[0]:.3f}, {third[1]:.3f}]; "
+                               ">= 0.6: 3 of 4, 0.333 right [")
+    assert lines[0].endswith(f">= 0.9: 1 of 4, 0.000 right [0.000, {none[1]:.3f}]; >= 0.95: 0 of 4; >= 0.99: 0 of 4")
+    assert lines[1].startswith("  urgency alone: >= 0.5: 3 of 4, 0.667 right [") and len(lines) == 3
     one = review_table(get_task("text_classification", labels="a,b"), [Record("x", "", "a", {"label": "a"})],
                        [{"label": "a"}], [{"label": 0.8}])
     assert len(review_lines(one)) == 1  # one field: no per-field lines
