@@ -107,6 +107,7 @@ def _eval(args) -> int:
     if not args.model:
         raise ValueError("--model is needed (or --answers DIR: score an earlier evaluation's answers)")
     temperature = _temperature(args, task)  # (a file fitted for another model: said before any model loads)
+    _check_review(args, task)
     tok = load_tokenizer(args.model)
     require_chat(tok, args.model)
     check_prompts(tok, task, records, args.data)  # before the model loads
@@ -132,7 +133,7 @@ def _eval(args) -> int:
     if scored is not None:
         probabilities = [marginals(task, s, temperature) for s in scored]
         metrics["confidence"], per_row = scored_answers(task, records, preds, probabilities)
-        metrics["review"] = review_table(task, records, preds, per_row["confidence"])
+        metrics["review"] = review_table(task, records, preds, per_row["confidence"], args.review_below)
         metrics["confidence_scoring"] = SCORING
         metrics |= {"temperature": temperature, "calibration": args.calibration} if args.calibration else {}
         extra.update(per_row)
@@ -177,8 +178,8 @@ def _review_below(args) -> dict:
 
 
 def _check_review(args, task) -> None:
-    """``predict --review-below``: a probability, read off the confidence columns, which the task
-    must have and the command keep; said before any record is read."""
+    """``--review-below``: a probability, read off the labels' confidence, which the task must
+    have and the command score (predict: before any record is read; eval: before the model loads)."""
     from .confidence import scorable
     from .review import check_threshold
 
@@ -186,7 +187,9 @@ def _check_review(args, task) -> None:
         return
     check_threshold(args.review_below)
     if not args.confidence:
-        raise ValueError("--review-below reads the confidence columns, which --no-confidence leaves out: give one")
+        raise ValueError("--review-below reads the confidence --confidence scores: add --confidence"
+                         if hasattr(args, "fit_temperature") else  # (eval's; predict scores it unless told not to)
+                         "--review-below reads the confidence columns, which --no-confidence leaves out: give one")
     if why := scorable(task):
         raise ValueError(f"--review-below: {why}")
 
@@ -281,7 +284,7 @@ def _rescore(task, records: list, against: list[dict] | None, args) -> int:
 
     moot = [f"--{k.replace('_', '-')}" for k in ("model", "adapter", "quantize", "confidence", "max_new_tokens",
                                                   "repetition_penalty", "no_repeat_ngram_size", "repeat_scope",
-                                                  "estimate_memory", "fit_temperature", "calibration")
+                                                  "estimate_memory", "fit_temperature", "calibration", "review_below")
             if getattr(args, k, None)]
     if moot:
         raise ValueError(f"--answers {args.answers} scores the answers there, so {', '.join(moot)} would do nothing; "
@@ -556,6 +559,9 @@ def add_commands(sub) -> None:
                    "calibrates the label probabilities on these records (held out of training: a run's validation "
                    "items, a later month) and write calibration.json, with its effect cross-fitted (each half scaled "
                    "by the other's fit); predict and eval --calibration divide by it")
+    e.add_argument("--review-below", type=float, metavar="P", help="with --confidence: P among the thresholds "
+                   "of the table of records the model would answer alone (predict --review-below P's, on labelled "
+                   "records)")
     e.add_argument("--calibration", metavar="FILE", help="with --confidence: an eval --fit-temperature's "
                    "calibration.json, or a compare stage's (a run with --set val=N), or its folder, fitted with this "
                    "model and adapter: the label probabilities scaled by its temperature")

@@ -25,18 +25,20 @@ def check_threshold(value: float, flag: str = "--review-below") -> float:
     return value
 
 
-def review_table(task, records, preds: list[dict], sure: list[dict]) -> dict:
-    """For each threshold of :data:`THRESHOLDS`, the records the model would answer alone (every
+def review_table(task, records, preds: list[dict], sure: list[dict], below: float | None = None) -> dict:
+    """For each threshold of :data:`THRESHOLDS` (and ``below``, a threshold of one's own, in its
+    place among them, where given: eval's ``--review-below``), the records the model would answer alone (every
     field's predicted label given at least that probability: ``sure``, :func:`~.confidence.chosen`,
     None where the answer named no label) as ``{"threshold", "n"`` (how many), ``"kept"`` (their
     share of the records), ``"right"`` (the share of those with every field right; None where none
     is kept), ``"ci"`` (its 95% CI, Wilson's: few records kept say little)``}``, under
-    ``"records"``; the same per field under ``"fields"`` (a field's answer kept and right); and
-    the number of records, ``"n"``."""
+    ``"records"``; the same per field under ``"fields"`` (a field's answer kept and right); the
+    number of records, ``"n"``; and ``"review_below"``, where given."""
     names = [f.name for f in task.fields]
     right = [{k: pred.get(k) == r.labels[k] for k in names} for pred, r in zip(preds, records)]
-    out: dict = {"n": len(records), "records": [], "fields": {k: [] for k in names}}
-    for t in THRESHOLDS:
+    out: dict = {"n": len(records), "records": [], "fields": {k: [] for k in names},
+                 **({"review_below": below} if below is not None else {})}
+    for t in sorted({*THRESHOLDS, *([below] if below is not None else [])}):
         kept = [i for i, s in enumerate(sure) if all(s[k] is not None and s[k] >= t for k in names)]
         out["records"].append(_row(t, len(kept), len(records), sum(all(right[i].values()) for i in kept)))
         for k in names:
@@ -52,10 +54,13 @@ def _row(threshold: float, kept: int, n: int, right: int) -> dict:
 
 def review_lines(table: dict) -> list[str]:
     """:func:`review_table` in words: for each threshold, how many records the model would answer
-    alone and how often they were right, with its 95% CI (the others to review); per field where
-    there are several."""
+    alone and how often they were right, with its 95% CI (the others to review), ``--review-below``'s
+    own threshold marked; per field where there are several."""
+    def mine(r: dict) -> str:
+        return " (--review-below)" if r["threshold"] == table.get("review_below") else ""
+
     def said(rows: list[dict]) -> str:
-        return "; ".join(f">= {r['threshold']:g}: {r['n']} of {table['n']}" + (
+        return "; ".join(f">= {r['threshold']:g}{mine(r)}: {r['n']} of {table['n']}" + (
             f", {r['right']:.3f} right [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]" if r["right"] is not None else "")
             for r in rows)
 

@@ -50,6 +50,10 @@ def test_the_table_counts_the_records_every_field_of_which_is_sure_enough():
                                ">= 0.6: 3 of 4, 0.333 right [")
     assert lines[0].endswith(f">= 0.9: 1 of 4, 0.000 right [0.000, {none[1]:.3f}]; >= 0.95: 0 of 4; >= 0.99: 0 of 4")
     assert lines[1].startswith("  urgency alone: >= 0.5: 3 of 4, 0.667 right [") and len(lines) == 3
+    own = review_table(task, records, preds, sure, below=0.85)  # a threshold of one's own, in its place
+    assert [r["threshold"] for r in own["records"]] == [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99]
+    assert own["records"][4]["n"] == 2 and own["review_below"] == 0.85  # r0 (its staff exactly .85) and r1
+    assert ">= 0.85 (--review-below): " in review_lines(own)[0] and ">= 0.8: " in review_lines(own)[0]
     one = review_table(get_task("text_classification", labels="a,b"), [Record("x", "", "a", {"label": "a"})],
                        [{"label": "a"}], [{"label": 0.8}])
     assert len(review_lines(one)) == 1  # one field: no per-field lines
@@ -94,9 +98,11 @@ def test_eval_writes_the_table_and_predict_marks_the_records_below_a_threshold(t
                                        "confidence_scoring": SCORING}))
     common = ["--task", "portal", "--model", str(tiny_model), "--data", str(data), "--max-new-tokens", "6",
               "--calibration", str(calibration)]
-    assert main(["eval", *common, "--split", "all", "--output", str(tmp_path / "e"), "--confidence"]) == 0
+    assert main(["eval", *common, "--split", "all", "--output", str(tmp_path / "e"), "--confidence",
+                 "--review-below", "0.55"]) == 0
     assert "prefopt eval: records answered alone at each confidence (the others to review" in capsys.readouterr().out
     table = json.loads((tmp_path / "e" / "metrics.json").read_text())["review"]
+    assert table["review_below"] == 0.55 and 0.55 in [at["threshold"] for at in table["records"]]
     rows = [json.loads(line) for line in (tmp_path / "e" / "predictions.jsonl").read_text().splitlines()]
     assert all(None not in r["confidence"].values() for r in rows)
     for at in table["records"]:
@@ -123,4 +129,9 @@ def test_eval_writes_the_table_and_predict_marks_the_records_below_a_threshold(t
                           "0.9"], "--review-below: meqsum answers in free text")):
         assert main(["predict", *argv, "--output", str(tmp_path / "refused")]) == 2, argv
         assert error in capsys.readouterr().err
+    assert main(["eval", *common[:-2], "--review-below", "0.9", "--output", str(tmp_path / "refused")]) == 2
+    assert "--review-below reads the confidence --confidence scores: add --confidence" in capsys.readouterr().err
+    assert main(["eval", "--task", "portal", "--data", str(data), "--answers", str(tmp_path / "e"), "--review-below",
+                 "0.9", "--output", str(tmp_path / "refused")]) == 2
+    assert "--review-below would do nothing" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
