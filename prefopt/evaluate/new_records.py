@@ -16,6 +16,7 @@ from ..data.sheet_writer import write_sheet
 from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 from .confidence import chosen, likeliest, probabilities_for
 from .partial import PARTIAL, append_partial, resume, start_partial
+from .review import DIGITS
 from .runner import predict, reasoning_opened
 
 BLOCK = 64  # records answered between two appends to the partial file
@@ -123,7 +124,7 @@ def prediction_rows(task, records, texts: list[str], ended: list[bool],
                 if k in worded:
                     row[f"predicted_{k}_word"] = task.written(v, k) if v else ""
                 if confidence is not None:
-                    row[f"confidence_{k}"] = "" if confidence[k] is None else round(confidence[k], 4)
+                    row[f"confidence_{k}"] = "" if confidence[k] is None else round(confidence[k], DIGITS)
                     row[f"likeliest_{k}"] = top[k]
         else:
             row["predicted"] = pred

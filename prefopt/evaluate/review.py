@@ -15,6 +15,7 @@ from .stats import wilson_interval
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 COLUMN = "review"
+DIGITS = 4  # a confidence as predict's confidence_<field> column holds it, and the table compares it
 
 
 def check_threshold(value: float, flag: str = "--review-below") -> float:
@@ -27,15 +28,17 @@ def check_threshold(value: float, flag: str = "--review-below") -> float:
 
 def review_table(task, records, preds: list[dict], sure: list[dict], below: float | None = None) -> dict:
     """For each threshold of :data:`THRESHOLDS` (and ``below``, a threshold of one's own, in its
-    place among them, where given: eval's ``--review-below``), the records the model would answer alone (every
-    field's predicted label given at least that probability: ``sure``, :func:`~.confidence.chosen`,
-    None where the answer named no label) as ``{"threshold", "n"`` (how many), ``"kept"`` (their
+    place among them, where given: eval's ``--review-below``), the records the model would answer
+    alone (every field's predicted label given at least that probability, to :data:`DIGITS`
+    decimals as predict's column holds it: ``sure``, :func:`~.confidence.chosen`, None where the
+    answer named no label) as ``{"threshold", "n"`` (how many), ``"kept"`` (their
     share of the records), ``"right"`` (the share of those with every field right; None where none
     is kept), ``"ci"`` (its 95% CI, Wilson's: few records kept say little)``}``, under
     ``"records"``; the same per field under ``"fields"`` (a field's answer kept and right); the
     number of records, ``"n"``; and ``"review_below"``, where given."""
     names = [f.name for f in task.fields]
     right = [{k: pred.get(k) == r.labels[k] for k in names} for pred, r in zip(preds, records)]
+    sure = [{k: None if s[k] is None else round(s[k], DIGITS) for k in names} for s in sure]
     out: dict = {"n": len(records), "records": [], "fields": {k: [] for k in names},
                  **({"review_below": below} if below is not None else {})}
     for t in sorted({*THRESHOLDS, *([below] if below is not None else [])}):
@@ -75,8 +78,8 @@ def mark_review(task, rows: list[dict], below: float) -> list[dict]:
     """``rows`` (:func:`~.new_records.prediction_rows`, with their ``confidence_<field>``
     columns) each with a ``review`` column before ``model_output`` (in place of one the input
     had): empty where every field's predicted label has at least probability ``below``, as the
-    table shows it (to four decimals), else why it is not, in those figures (``urgency 0.6213;
-    staff no label``)."""
+    column holds it (to :data:`DIGITS` decimals), else why it is not, in those figures
+    (``urgency 0.6213; staff no label``)."""
     names = [f.name for f in task.fields]
     out = []
     for row in rows:

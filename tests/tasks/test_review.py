@@ -54,6 +54,9 @@ def test_the_table_counts_the_records_every_field_of_which_is_sure_enough():
     assert [r["threshold"] for r in own["records"]] == [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99]
     assert own["records"][4]["n"] == 2 and own["review_below"] == 0.85  # r0 (its staff exactly .85) and r1
     assert ">= 0.85 (--review-below): " in review_lines(own)[0] and ">= 0.8: " in review_lines(own)[0]
+    # a confidence compared as predict's column holds it (4 decimals): 0.69996 is the column's 0.7, kept at 0.7
+    edge = review_table(task, records[:1], preds[:1], [{"urgency": 0.95, "staff": 0.69996}])
+    assert [r["n"] for r in edge["records"]][:4] == [1, 1, 1, 0]
     one = review_table(get_task("text_classification", labels="a,b"), [Record("x", "", "a", {"label": "a"})],
                        [{"label": "a"}], [{"label": 0.8}])
     assert len(review_lines(one)) == 1  # one field: no per-field lines
