@@ -109,7 +109,7 @@ def test_eval_writes_the_table_and_predict_marks_the_records_below_a_threshold(t
     rows = [json.loads(line) for line in (tmp_path / "e" / "predictions.jsonl").read_text().splitlines()]
     assert all(None not in r["confidence"].values() for r in rows)
     for at in table["records"]:
-        kept = [r for r in rows if min(r["confidence"].values()) >= at["threshold"]]
+        kept = [r for r in rows if round(min(r["confidence"].values()), 4) >= at["threshold"]]
         assert at["kept"] == pytest.approx(len(kept) / 8)
         assert at["right"] == (pytest.approx(sum(r["labels"]["urgency"] == "urgent" for r in kept) / len(kept))
                                if kept else None)
