@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import lora_experts
-from .fileio import read_json, write_json_atomic
+from .fileio import read_json, sha256_of, write_json_atomic
 from .lora import PEFT_PREFIX, LoRAConfig, QLoRALinear, apply_lora, layer_index, lora_state_dict
 from .model.safetensors_io import iter_tensors, read_header, save_file_atomic
 
@@ -290,6 +290,14 @@ def adapter_base(adapter_dir: str | Path) -> str | None:
         return None
 
 
+def adapter_sha256(adapter_dir: str | Path | None) -> str | None:
+    """The SHA-256 of an adapter folder's ``adapter_model.safetensors``: which weights these are,
+    wherever the folder is now and whatever was saved to its path since (a calibration's adapter,
+    an evaluation's or prediction's record, a stopped prediction's resume); None without one."""
+    path = Path(adapter_dir) / "adapter_model.safetensors" if adapter_dir else None
+    return sha256_of(path) if path is not None and path.is_file() else None
+
+
 def _trained_on(adapter_dir: str | Path) -> str:
     """``; it was trained on 'M' ...``: the base model its adapter_config.json names, for the error
     of an adapter that does not fit the model it was given."""
@@ -298,5 +306,5 @@ def _trained_on(adapter_dir: str | Path) -> str:
             "that model" if base else "; it was trained on another base model")
 
 
-__all__ = ["MERGE_IN_PEFT", "adapter_base", "check_base_copies", "load_adapter", "read_adapter", "read_adapter_config",
+__all__ = ["MERGE_IN_PEFT", "adapter_base", "adapter_sha256", "check_base_copies", "load_adapter", "read_adapter", "read_adapter_config",
            "write_adapter"]

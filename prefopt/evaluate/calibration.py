@@ -8,7 +8,8 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-from ..fileio import read_json, sha256_of, write_json_atomic
+from ..fileio import read_json, write_json_atomic
+from ..lora_files import adapter_sha256
 from .confidence import SCORING, confidence_metrics, marginals
 from .temperature import BOUNDS, cross_fitted, fit_temperature
 
@@ -42,7 +43,7 @@ def calibration_record(fit: dict, task, *, task_options: dict, model: str, adapt
     ECE at T = 1 (``uncalibrated``: :func:`~.confidence.confidence_metrics`), ``more``, the date."""
     return {**{k: fit[k] for k in ("temperature", "n", "nll_before", "nll_after", "bound")}, "task": task.name,
             "task_options": task_options, "model": where(model), "adapter": where(adapter),
-            "adapter_sha256": adapter_digest(adapter),
+            "adapter_sha256": adapter_sha256(adapter),
             "confidence_scoring": SCORING, "data": where(data) or "the task's bundled data", "records": records,
             "fitted_on": fitted_on,
             "uncalibrated": {name: {"brier": c["brier"], "ece": c["ece"]} for name, c in uncalibrated.items()},
@@ -109,7 +110,7 @@ def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | 
         else:  # a model alias (smollm2-135m) is its imported folder in prefopt's cache
             same = same_path(_imported(given), _imported(fitted))
         if not same and name == "adapter" and given and fitted:  # moved or copied: the same weights
-            same = fit.get("adapter_sha256") is not None and adapter_digest(given) == fit["adapter_sha256"]
+            same = fit.get("adapter_sha256") is not None and adapter_sha256(given) == fit["adapter_sha256"]
         if not same:
             weights = ""
             if name == "adapter" and given and fitted:
@@ -119,13 +120,6 @@ def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | 
                              f"{weights}: a temperature fits one model's probabilities, scored one way (fit one for "
                              "this one: eval --confidence --fit-temperature)")
     return float(fit["temperature"])
-
-
-def adapter_digest(adapter: str | None) -> str | None:
-    """The SHA-256 of an adapter folder's ``adapter_model.safetensors``, by which a calibration
-    tells its adapter wherever the folder is now; None without one."""
-    path = Path(adapter) / "adapter_model.safetensors" if adapter else None
-    return sha256_of(path) if path is not None and path.is_file() else None
 
 
 def _imported(model: str | None) -> str | None:
