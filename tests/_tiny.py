@@ -418,3 +418,13 @@ def randomize_lora(model, seed: int = 1) -> None:
     with torch.no_grad():
         for _, m in lora_layers(model):
             m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.1)
+
+
+def save_random_adapter(model_dir, folder, seed: int = 1):
+    """A small LoRA adapter (r 2 on q_proj and v_proj, B random by ``seed``) for the tiny model in
+    ``model_dir``, saved in ``folder`` (again, where it holds one: a retrained adapter in place)."""
+    from prefopt import apply_lora, load_model, save_adapter
+
+    model = apply_lora(load_model(str(model_dir)), r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    randomize_lora(model, seed)
+    return save_adapter(model, folder, base_model=str(model_dir))

@@ -152,6 +152,34 @@ def test_a_stopped_run_goes_on_from_the_answers_made(tiny, tmp_path, monkeypatch
     assert _make(tiny, [data], tmp_path / "other", "--max-new-tokens", "3") == 0  # other settings: started afresh
 
 
+def test_a_stopped_run_starts_over_where_its_adapter_was_saved_again(tiny, tmp_path, monkeypatch, capsys):
+    """The adapter retrained in place (its path the same, its weights not): the answers its old
+    weights made are not reused; make_pairs.json names the weights by their SHA-256."""
+    from prefopt.fileio import sha256_of
+    from tests._tiny import save_random_adapter
+
+    adapter = save_random_adapter(tiny, tmp_path / "adapter", seed=1)
+    data = _jsonl(tmp_path / "d.jsonl", _records(5))
+    monkeypatch.setattr(ap, "BLOCK", 2)
+    calls, real = [], ap.answer
+
+    def stop_after_one_block(*a, **kw):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ap, "answer", stop_after_one_block)
+    assert _make(tiny, [data], tmp_path / "out", "--adapter", str(adapter)) == 130
+    monkeypatch.setattr(ap, "answer", real)
+    save_random_adapter(tiny, adapter, seed=2)
+    capsys.readouterr()
+    assert _make(tiny, [data], tmp_path / "out", "--adapter", str(adapter)) == 0
+    assert "going on from" not in capsys.readouterr().out
+    made = json.loads((tmp_path / "out" / "make_pairs.json").read_text())
+    assert made["adapter_sha256"] == sha256_of(adapter / "adapter_model.safetensors")
+
+
 def test_sampled_answers_go_on_at_another_batch_size_as_if_never_stopped(tiny, tmp_path, monkeypatch, capsys):
     """Sampling seeds each prompt by its place among them all: a run stopped after a block and
     resumed with another --batch-size (for want of memory, say) writes what one run made; a prompt

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.files import data_files, describe, given_paths
     from ..devices import resolve
     from ..fileio import check_writable, jsonl_text, write_json_atomic, write_text_atomic
+    from ..lora_files import adapter_sha256
     from ..pretrained import load_model
     from ..tokenizer import load_tokenizer
     from .answer_pairs import (
@@ -86,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
                        quantize=args.quantize)
     decode = decoding_of(args)
-    made = {"model": args.model, "adapter": args.adapter, "data": describe(data), "columns": args.columns,
+    made = {"model": args.model, "adapter": args.adapter, "adapter_sha256": adapter_sha256(args.adapter),
+            "data": describe(data), "columns": args.columns,
             **data_file_settings(args), "max_new_tokens": args.max_new_tokens,
             "max_prompt_length": args.max_prompt_length,
             "batch_size": args.batch_size, **decode, **placement(model), **prompt_settings(tok)}

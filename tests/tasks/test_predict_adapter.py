@@ -5,15 +5,7 @@ import json
 from prefopt.cli import main
 from prefopt.fileio import sha256_of
 from tests import _formats as formats
-
-
-def _adapter(tiny_model, folder, seed: int):
-    from prefopt import apply_lora, load_model, save_adapter
-    from tests._tiny import randomize_lora
-
-    model = apply_lora(load_model(str(tiny_model)), r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"])
-    randomize_lora(model, seed)
-    return save_adapter(model, folder, base_model=str(tiny_model))
+from tests._tiny import save_random_adapter
 
 
 def test_a_stopped_prediction_goes_on_only_with_the_same_adapter_weights(tiny_model, tmp_path, monkeypatch):
@@ -23,7 +15,7 @@ def test_a_stopped_prediction_goes_on_only_with_the_same_adapter_weights(tiny_mo
     from prefopt.evaluate.partial import PARTIAL
 
     monkeypatch.setattr(nr, "BLOCK", 2)
-    adapter = _adapter(tiny_model, tmp_path / "adapter", seed=1)
+    adapter = save_random_adapter(tiny_model, tmp_path / "adapter", seed=1)
     data = formats.write_jsonl(tmp_path / "m.jsonl", [{"id": f"m{i}", "message": f"Message {i}: chest pain for {i} h"}
                                                       for i in range(5)])
     argv = ["predict", "--task", "portal", "--model", str(tiny_model), "--adapter", str(adapter), "--data", str(data),
@@ -42,7 +34,7 @@ def test_a_stopped_prediction_goes_on_only_with_the_same_adapter_weights(tiny_mo
     first = sha256_of(adapter / "adapter_model.safetensors")
     stamp = json.loads((out / PARTIAL).read_text().splitlines()[0])["fingerprint"]
     assert stamp["adapter_sha256"] == first
-    _adapter(tiny_model, adapter, seed=2)  # retrained in place
+    save_random_adapter(tiny_model, adapter, seed=2)  # retrained in place
     assert sha256_of(adapter / "adapter_model.safetensors") != first
     answered.clear()
     monkeypatch.setattr(nr, "predict_rows", lambda *a, **kw: answered.extend(r.id for r in a[3]) or real(*a, **kw))
