@@ -306,5 +306,5 @@ def _trained_on(adapter_dir: str | Path) -> str:
             "that model" if base else "; it was trained on another base model")
 
 
-__all__ = ["MERGE_IN_PEFT", "adapter_base", "adapter_sha256", "check_base_copies", "load_adapter", "read_adapter", "read_adapter_config",
-           "write_adapter"]
+__all__ = ["MERGE_IN_PEFT", "adapter_base", "adapter_sha256", "check_base_copies", "load_adapter", "read_adapter",
+           "read_adapter_config", "write_adapter"]

@@ -15,6 +15,7 @@ from prefopt.data.records import parse_sft
 from prefopt.data.sft import prompt_len, tokenize_sft
 from prefopt.evaluate.answer_pairs import feedback_from, pairs_from, read_prompts, same_answer
 from prefopt.model.generate import generate
+from tests._stops import stop_after_blocks
 from tests._tiny import build_hf_model
 
 SYSTEM = {"role": "system", "content": "You triage portal messages."}
@@ -129,16 +130,8 @@ def test_a_stopped_run_goes_on_from_the_answers_made(tiny, tmp_path, monkeypatch
     data = _jsonl(tmp_path / "d.jsonl", _records(7))
     assert _make(tiny, [data], tmp_path / "whole") == 0
     monkeypatch.setattr(ap, "BLOCK", 2)
-    calls = []
     real = ap.answer
-
-    def stop_after_two_blocks(*a, **kw):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(ap, "answer", stop_after_two_blocks)
+    monkeypatch.setattr(ap, "answer", stop_after_blocks(real, 2))
     assert _make(tiny, [data], tmp_path / "stopped") == 130
     partial = tmp_path / "stopped" / ".make-pairs-partial.jsonl"
     assert len(partial.read_text().splitlines()) == 1 + 4  # the stamp, then two blocks of two
@@ -161,15 +154,8 @@ def test_a_stopped_run_starts_over_where_its_adapter_was_saved_again(tiny, tmp_p
     adapter = save_random_adapter(tiny, tmp_path / "adapter", seed=1)
     data = _jsonl(tmp_path / "d.jsonl", _records(5))
     monkeypatch.setattr(ap, "BLOCK", 2)
-    calls, real = [], ap.answer
-
-    def stop_after_one_block(*a, **kw):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(ap, "answer", stop_after_one_block)
+    real = ap.answer
+    monkeypatch.setattr(ap, "answer", stop_after_blocks(real, 1))
     assert _make(tiny, [data], tmp_path / "out", "--adapter", str(adapter)) == 130
     monkeypatch.setattr(ap, "answer", real)
     save_random_adapter(tiny, adapter, seed=2)
@@ -195,15 +181,7 @@ def test_sampled_answers_go_on_at_another_batch_size_as_if_never_stopped(tiny, t
     assert make(tmp_path / "whole", "--batch-size", "4") == 0
     monkeypatch.setattr(ap, "BLOCK", 2)
     real = ap.answer
-    calls = []
-
-    def stop_after_one_block(*a, **kw):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(ap, "answer", stop_after_one_block)
+    monkeypatch.setattr(ap, "answer", stop_after_blocks(real, 1))
     assert make(tmp_path / "stopped", "--batch-size", "2") == 130
     monkeypatch.setattr(ap, "answer", real)
     capsys.readouterr()

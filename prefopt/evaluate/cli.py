@@ -250,7 +250,8 @@ def _predict(args) -> int:
                        quantize=args.quantize)
     confidence = args.confidence and confidence_possible(task, "predict")
     made = {"task": task.name, "task_options": options, "model": args.model, "adapter": args.adapter,
-            "adapter_sha256": adapter_sha256(args.adapter), "data": str(Path(args.data).resolve()), **decoding(settings, task), **placement(model),
+            "adapter_sha256": adapter_sha256(args.adapter), "data": str(Path(args.data).resolve()),
+            **decoding(settings, task), **placement(model),
             **prompt_settings(tok), "confidence": confidence, **({"confidence_scoring": SCORING} if confidence else {}),
             **({"temperature": temperature, "calibration": args.calibration} if args.calibration else {})}
     with claimed(args.output):

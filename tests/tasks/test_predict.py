@@ -15,6 +15,7 @@ from prefopt.evaluate.confidence import SCORING
 from prefopt.evaluate.new_records import counts, delimiter_of, prediction_rows, summary, table_format, table_text
 from prefopt.tasks import PORTAL_DATA, get_task
 from tests import _formats as formats
+from tests._stops import stop_after_blocks
 from tests._tiny import build_hf_model
 
 
@@ -679,14 +680,7 @@ def test_a_stopped_predict_goes_on_from_the_records_it_answered(tiny_model, tmp_
     assert not (tmp_path / "whole" / PARTIAL).exists()
 
     answered, real = [], nr.predict_rows
-
-    def stop_at_the_second_block(model, tok, task, records, **kw):
-        if len(answered) == 2:
-            raise KeyboardInterrupt
-        answered.extend(r.id for r in records)
-        return real(model, tok, task, records, **kw)
-
-    monkeypatch.setattr(nr, "predict_rows", stop_at_the_second_block)
+    monkeypatch.setattr(nr, "predict_rows", stop_after_blocks(real, 1))  # a block of two records, then a Ctrl-C
     out = tmp_path / "stopped"
     assert main(argv + ["--output", str(out)]) == 130
     partial = (out / PARTIAL).read_text().splitlines()

@@ -5,6 +5,7 @@ import json
 from prefopt.cli import main
 from prefopt.fileio import sha256_of
 from tests import _formats as formats
+from tests._stops import stop_after_blocks
 from tests._tiny import save_random_adapter
 
 
@@ -21,14 +22,7 @@ def test_a_stopped_prediction_goes_on_only_with_the_same_adapter_weights(tiny_mo
     argv = ["predict", "--task", "portal", "--model", str(tiny_model), "--adapter", str(adapter), "--data", str(data),
             "--max-new-tokens", "4", "--no-confidence"]
     answered, real = [], nr.predict_rows
-
-    def stop_at_the_second_block(model, tok, task, records, **kw):
-        if len(answered) == 2:
-            raise KeyboardInterrupt
-        answered.extend(r.id for r in records)
-        return real(model, tok, task, records, **kw)
-
-    monkeypatch.setattr(nr, "predict_rows", stop_at_the_second_block)
+    monkeypatch.setattr(nr, "predict_rows", stop_after_blocks(real, 1))  # a block of two records, then a Ctrl-C
     out = tmp_path / "p"
     assert main(argv + ["--output", str(out)]) == 130
     first = sha256_of(adapter / "adapter_model.safetensors")
@@ -43,8 +37,7 @@ def test_a_stopped_prediction_goes_on_only_with_the_same_adapter_weights(tiny_mo
     made = json.loads((out / "predict.json").read_text())
     assert made["adapter_sha256"] == sha256_of(adapter / "adapter_model.safetensors")
     # the same weights go on from where they stopped (as the same command always has)
-    answered.clear()
-    monkeypatch.setattr(nr, "predict_rows", stop_at_the_second_block)
+    monkeypatch.setattr(nr, "predict_rows", stop_after_blocks(real, 1))
     assert main(argv + ["--output", str(tmp_path / "q")]) == 130
     monkeypatch.setattr(nr, "predict_rows", lambda *a, **kw: answered.extend(r.id for r in a[3]) or real(*a, **kw))
     answered.clear()
