@@ -22,6 +22,11 @@ def test_a_stopped_prediction_goes_on_only_with_the_same_adapter_weights(tiny_mo
     argv = ["predict", "--task", "portal", "--model", str(tiny_model), "--adapter", str(adapter), "--data", str(data),
             "--max-new-tokens", "4", "--no-confidence"]
     answered, real = [], nr.predict_rows
+
+    def counted(*a, **kw):  # each block's records, as they are answered
+        answered.extend(r.id for r in a[3])
+        return real(*a, **kw)
+
     monkeypatch.setattr(nr, "predict_rows", stop_after_blocks(real, 1))  # a block of two records, then a Ctrl-C
     out = tmp_path / "p"
     assert main(argv + ["--output", str(out)]) == 130
@@ -30,8 +35,7 @@ def test_a_stopped_prediction_goes_on_only_with_the_same_adapter_weights(tiny_mo
     assert stamp["adapter_sha256"] == first
     save_random_adapter(tiny_model, adapter, seed=2)  # retrained in place
     assert sha256_of(adapter / "adapter_model.safetensors") != first
-    answered.clear()
-    monkeypatch.setattr(nr, "predict_rows", lambda *a, **kw: answered.extend(r.id for r in a[3]) or real(*a, **kw))
+    monkeypatch.setattr(nr, "predict_rows", counted)
     assert main(argv + ["--output", str(out)]) == 0
     assert answered == [f"m{i}" for i in range(5)]  # all of them again
     made = json.loads((out / "predict.json").read_text())
@@ -39,14 +43,14 @@ def test_a_stopped_prediction_goes_on_only_with_the_same_adapter_weights(tiny_mo
     # the same weights go on from where they stopped (as the same command always has)
     monkeypatch.setattr(nr, "predict_rows", stop_after_blocks(real, 1))
     assert main(argv + ["--output", str(tmp_path / "q")]) == 130
-    monkeypatch.setattr(nr, "predict_rows", lambda *a, **kw: answered.extend(r.id for r in a[3]) or real(*a, **kw))
+    monkeypatch.setattr(nr, "predict_rows", counted)
     answered.clear()
     assert main(argv + ["--output", str(tmp_path / "q")]) == 0
     assert answered == ["m2", "m3", "m4"]
     # an evaluation records the weights too, and a rescore of its answers keeps the record
-    labelled = formats.write_jsonl(tmp_path / "l.jsonl", [{"id": "a", "message": "Chest pain", "urgency": "urgent",
-                                                           "staff": "nurse"}, {"id": "b", "message": "Refill",
-                                                                               "urgency": "routine", "staff": "nurse"}])
+    labelled = formats.write_jsonl(tmp_path / "l.jsonl", [
+        {"id": "a", "message": "Chest pain", "urgency": "urgent", "staff": "nurse"},
+        {"id": "b", "message": "Refill", "urgency": "routine", "staff": "nurse"}])
     common = ["--task", "portal", "--data", str(labelled), "--split", "all"]
     assert main(["eval", *common, "--model", str(tiny_model), "--adapter", str(adapter), "--max-new-tokens", "4",
                  "--output", str(tmp_path / "e")]) == 0
