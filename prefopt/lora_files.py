@@ -292,8 +292,9 @@ def adapter_base(adapter_dir: str | Path) -> str | None:
 
 def adapter_sha256(adapter_dir: str | Path | None) -> str | None:
     """The SHA-256 of an adapter folder's ``adapter_model.safetensors``: which weights these are,
-    wherever the folder is now and whatever was saved to its path since (a calibration's adapter,
-    an evaluation's or prediction's record, a stopped prediction's resume); None without one."""
+    wherever the folder is now and whatever was saved to its path since (a calibration's adapter;
+    the record of an evaluation, a prediction or make-pairs; the stamp a stopped prediction or
+    make-pairs goes on under); None without one."""
     path = Path(adapter_dir) / "adapter_model.safetensors" if adapter_dir else None
     return sha256_of(path) if path is not None and path.is_file() else None
 
