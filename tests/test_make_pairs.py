@@ -166,6 +166,26 @@ def test_a_stopped_run_starts_over_where_its_adapter_was_saved_again(tiny, tmp_p
     assert made["adapter_sha256"] == sha256_of(adapter / "adapter_model.safetensors")
 
 
+def test_a_stopped_run_starts_over_where_its_model_was_saved_again(tiny, tmp_path, monkeypatch, capsys):
+    """The model's weights written again at its path (a new time): its answers are made again."""
+    import os
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny, model)
+    data = _jsonl(tmp_path / "d.jsonl", _records(4))
+    monkeypatch.setattr(ap, "BLOCK", 2)
+    real = ap.answer
+    monkeypatch.setattr(ap, "answer", stop_after_blocks(real, 1))
+    assert _make(model, [data], tmp_path / "out") == 130
+    monkeypatch.setattr(ap, "answer", real)
+    st = (model / "model.safetensors").stat()
+    os.utime(model / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    capsys.readouterr()
+    assert _make(model, [data], tmp_path / "out") == 0
+    assert "going on from" not in capsys.readouterr().out
+
+
 def test_sampled_answers_go_on_at_another_batch_size_as_if_never_stopped(tiny, tmp_path, monkeypatch, capsys):
     """Sampling seeds each prompt by its place among them all: a run stopped after a block and
     resumed with another --batch-size (for want of memory, say) writes what one run made; a prompt

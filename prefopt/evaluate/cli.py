@@ -210,6 +210,7 @@ def _predict(args) -> int:
     from .._deps import require
     from ..devices import resolve
     from ..lora_files import adapter_sha256
+    from ..model.hub import files_stamp
     from ..pretrained import load_model
     from ..tasks import get_task
     from ..tokenizer import load_tokenizer
@@ -255,7 +256,8 @@ def _predict(args) -> int:
             **prompt_settings(tok), "confidence": confidence, **({"confidence_scoring": SCORING} if confidence else {}),
             **({"temperature": temperature, "calibration": args.calibration} if args.calibration else {})}
     with claimed(args.output):
-        stamp = fingerprint(records, made | {"row_format": ROW_FORMAT})  # what a stopped run must match
+        # what a stopped run must match (and the model's files as they are: saved again at its path, it starts over)
+        stamp = fingerprint(records, made | {"row_format": ROW_FORMAT, "model_files": files_stamp(args.model)})
         rows = predict_in_blocks(model, tok, task, records, args.output, stamp, batch_size=args.batch_size,
                                  confidence=confidence, temperature=temperature, **settings)
         if args.review_below is not None:  # (after the rows: a stopped run goes on under another threshold)

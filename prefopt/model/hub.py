@@ -86,6 +86,22 @@ def resolve_model_dir(name: str | os.PathLike, *, revision: str | None = None) -
                              f"hub id (org/name){did_you_mean(name, ALIASES)}")
 
 
+def files_stamp(name: str | os.PathLike) -> list | None:
+    """The files a local model is made of, each ``[name, size, mtime_ns]``: a folder's weights
+    (``.safetensors``) and ``config.json``, a GGUF file, an alias's imported folder; None for a hub
+    id. What a stopped run goes on under (predict, make-pairs): a model saved again at its path
+    changes it, at the cost of a ``stat`` (hashing an 8B model's weights each run would cost
+    minutes)."""
+    path = cache_dir() / "models" / str(name) if str(name) in ALIASES else Path(name).expanduser()
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix == ".safetensors" or p.name == "config.json")
+    else:
+        return None
+    return [[p.name, st.st_size, st.st_mtime_ns] for p in files for st in [p.stat()]]
+
+
 def ensure_alias(alias: str, *, progress: bool = True) -> Path:
     """The cached folder for ``alias``, importing it from its GGUF on first use."""
     spec = ALIASES[alias]
