@@ -16,7 +16,7 @@ import torch
 from . import __version__
 from .devices import resolve_device, resolve_dtype, slow_half
 from .kernels import requested_impl, resolve_impl
-from .model.hub import ALIASES, STAMP, cache_dir
+from .model.hub import ALIASES, STAMP, alias_dir, cache_dir
 
 # (module, its distribution, prefopt's extra that installs it, what it is for)
 OPTIONAL = (
@@ -81,7 +81,7 @@ def facts() -> dict:
         logprobs = f"error: {e}"
     models = {}
     for name, alias in ALIASES.items():
-        folder = cache_dir() / "models" / name
+        folder = alias_dir(name)
         models[name] = {"imported": (folder / STAMP).is_file(), "folder": str(folder),
                         "package": alias.package, "package_installed": alias.gguf_path() is not None}
     return {

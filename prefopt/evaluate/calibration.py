@@ -125,9 +125,9 @@ def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | 
 def _imported(model: str | None) -> str | None:
     """A model alias as the folder it is imported into (whether or not it is there yet: nothing is
     imported); another name (an adapter's too: no alias is one) as it is."""
-    from ..model.hub import ALIASES, cache_dir
+    from ..model.hub import ALIASES, alias_dir
 
-    return str(cache_dir() / "models" / model) if model in ALIASES else model
+    return str(alias_dir(model)) if model in ALIASES else model
 
 
 def where(path: str | None) -> str | None:

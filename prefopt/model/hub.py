@@ -58,6 +58,11 @@ def cache_dir() -> Path:
     return Path(base) / "prefopt"
 
 
+def alias_dir(alias: str) -> Path:
+    """The folder in :func:`cache_dir` that ``alias`` is imported into (whether or not it is yet)."""
+    return cache_dir() / "models" / alias
+
+
 def resolve_model_dir(name: str | os.PathLike, *, revision: str | None = None) -> Path:
     """Turn a folder, alias or hub id into a local HF-layout folder."""
     path = Path(name).expanduser()
@@ -92,7 +97,7 @@ def files_stamp(name: str | os.PathLike) -> list | None:
     id. What a stopped run goes on under (predict, make-pairs): a model saved again at its path
     changes it, at the cost of a ``stat`` (hashing an 8B model's weights each run would cost
     minutes)."""
-    path = cache_dir() / "models" / str(name) if str(name) in ALIASES else Path(name).expanduser()
+    path = alias_dir(str(name)) if str(name) in ALIASES else Path(name).expanduser()
     if path.is_file():
         files = [path]
     elif path.is_dir():
@@ -105,7 +110,7 @@ def files_stamp(name: str | os.PathLike) -> list | None:
 def ensure_alias(alias: str, *, progress: bool = True) -> Path:
     """The cached folder for ``alias``, importing it from its GGUF on first use."""
     spec = ALIASES[alias]
-    out = cache_dir() / "models" / alias
+    out = alias_dir(alias)
     gguf = spec.gguf_path()
     if gguf is None:
         if (out / STAMP).is_file():
