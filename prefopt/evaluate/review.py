@@ -18,12 +18,11 @@ COLUMN = "review"
 DIGITS = 4  # a confidence as predict's confidence_<field> column holds it, and the table compares it
 
 
-def check_threshold(value: float, flag: str = "--review-below") -> float:
-    """``value``, a probability strictly between 0 and 1; else the error names ``flag``."""
+def check_threshold(value: float) -> None:
+    """Refuse a ``--review-below`` that is not a probability strictly between 0 and 1."""
     if not 0 < value < 1:
-        raise ValueError(f"{flag} {value:g}: a probability between 0 and 1 (0.9: an answer the model gives less than "
-                         "90% goes to review)")
-    return value
+        raise ValueError(f"--review-below {value:g}: a probability between 0 and 1 (0.9: an answer the model gives "
+                         "less than 90% goes to review)")
 
 
 def review_table(task, records, preds: list[dict], sure: list[dict], below: float | None = None) -> dict:
