@@ -92,10 +92,14 @@ def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dic
     fitted = confidence and (out / "dpo" / "calibration.json").is_file()  # (a run with validation items: its T)
     calibrated = ["--calibration", q(str(folder / "dpo"))] if fitted else []
 
-    def evaluate(weights_dir: str, output: str, *more: str) -> str:
+    new_file = ("--data NEW_FILE", "--split all")  # another labelled file of the task, all of it
+    run_val = (*(["--data", q(str(cfg.data))] if cfg.data else []), "--split-file", q(str(folder / "split.json")),
+               "--split val")  # the run's own validation items
+
+    def evaluate(weights_dir: str, output: str, *more: str, items: tuple[str, ...] = new_file) -> str:
         return " ".join(["prefopt eval --task", q(task.name), "--model", model, "--adapter", weights_dir, *as_run,
-                         *map(q, eval_flags(cfg, task, dpo_metrics)), "--data NEW_FILE --split all --output",
-                         q(str(folder / output)), *confidence, *more])
+                         *map(q, eval_flags(cfg, task, dpo_metrics)), *items, "--output", q(str(folder / output)),
+                         *confidence, *more])
     system = f" --system {q(task.system)}" if task.system else ""
     dpo = f"- SFT+DPO: `{weights['dpo']}` ({WHAT.get(weights['dpo'], 'its adapter')})"
     if weights["dpo"] != weights["sft"] and not is_stacked(out / weights["dpo"]):  # saved before adapters stacked
@@ -116,11 +120,7 @@ def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dic
               if weights["dpo"] != weights["sft"] else []),
             *(["# on the validation items, calibrated: how many records it would answer alone at each confidence, "
                "and how often rightly (read a threshold P off it for predict --review-below P)",
-               " ".join(["prefopt eval --task", q(task.name), "--model", model, "--adapter", adapter, *as_run,
-                         *map(q, eval_flags(cfg, task, dpo_metrics)),
-                         *(["--data", q(str(cfg.data))] if cfg.data else []),
-                         "--split-file", q(str(folder / "split.json")), "--split val --output",
-                         q(str(folder / "review-val")), "--confidence", *calibrated])] if calibrated else []),
+               evaluate(adapter, "review-val", *calibrated, items=run_val)] if calibrated else []),
             "# answer new records that have no labels yet (NEW_RECORDS: the same format, label columns not needed): "
             "predictions/predictions.csv (or .tsv, .jsonl, as the input) is their table with a prediction column"
             + (" per field, its confidence and the likeliest label" if confidence else "")
