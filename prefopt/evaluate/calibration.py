@@ -1,8 +1,9 @@
 """``calibration.json``: a temperature (:mod:`.temperature`) fitted by ``prefopt eval
 --confidence --fit-temperature``, with what it was fitted for and what it did, written; and read
 back by ``eval --calibration`` and ``predict --calibration``, which refuse it for another task,
-model, adapter or way of scoring. An adapter is told by its weights' digest as well as by its
-path, so a run's folder moved or copied to another machine still serves its stages' adapters."""
+model, adapter or way of scoring. A model and an adapter are told by their weights' digests as
+well as by their paths, so a model folder or a run's folder moved or copied to another machine
+(the one that predicts) still serves; other weights saved at the same path do not."""
 from __future__ import annotations
 
 from datetime import date
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from ..fileio import read_json, write_json_atomic
 from ..lora_files import adapter_sha256
+from ..model.digest import weights_sha256
 from .confidence import SCORING, confidence_metrics, marginals
 from .temperature import BOUNDS, cross_fitted, fit_temperature
 
@@ -42,8 +44,8 @@ def calibration_record(fit: dict, task, *, task_options: dict, model: str, adapt
     many of its ``records`` it was fitted on (``fitted_on``: which), each field's Brier score and
     ECE at T = 1 (``uncalibrated``: :func:`~.confidence.confidence_metrics`), ``more``, the date."""
     return {**{k: fit[k] for k in ("temperature", "n", "nll_before", "nll_after", "bound")}, "task": task.name,
-            "task_options": task_options, "model": where(model), "adapter": where(adapter),
-            "adapter_sha256": adapter_sha256(adapter),
+            "task_options": task_options, "model": where(model), "model_sha256": weights_sha256(model),
+            "adapter": where(adapter), "adapter_sha256": adapter_sha256(adapter),
             "confidence_scoring": SCORING, "data": where(data) or "the task's bundled data", "records": records,
             "fitted_on": fitted_on,
             "uncalibrated": {name: {"brier": c["brier"], "ece": c["ece"]} for name, c in uncalibrated.items()},
@@ -90,9 +92,9 @@ def calibration_lines(fitted: dict) -> list[str]:
 def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | None) -> float:
     """The temperature in ``path`` (a ``calibration.json``, or the folder that holds one), where
     it was fitted on ``task``'s answers by the same model and adapter, scored the same way: a
-    temperature fits one model's probabilities, and another's is refused by name."""
-    from .compare_config import same_path
-
+    temperature fits one model's probabilities, and another's is refused by name. A model or
+    adapter at another path is the same where its weights' digest is the one recorded (hashing
+    a model read once, :func:`~prefopt.model.digest.weights_sha256`)."""
     path = Path(path)
     if path.is_dir():
         path = path / FILE
@@ -106,20 +108,41 @@ def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | 
                                 ("adapter", adapter, fit.get("adapter")),
                                 ("scoring", SCORING, fit.get("confidence_scoring"))):
         if name in ("task", "scoring"):
-            same = given == fitted
-        else:  # a model alias (smollm2-135m) is its imported folder in prefopt's cache
-            same = same_path(_imported(given), _imported(fitted))
-        if not same and name == "adapter" and given and fitted:  # moved or copied: the same weights
-            same = fit.get("adapter_sha256") is not None and adapter_sha256(given) == fit["adapter_sha256"]
+            same, why = given == fitted, f", not {given or '(none)'}"
+        else:
+            same, why = _same_weights(name, given, fitted, fit.get(f"{name}_sha256"))
         if not same:
-            weights = ""
-            if name == "adapter" and given and fitted:
-                weights = ", whose weights differ" if fit.get("adapter_sha256") else \
-                    " (the file, from before 2026-12-07, names its adapter by its path alone)"
-            raise ValueError(f"--calibration {path} was fitted for {name} {fitted or '(none)'}, not {given or '(none)'}"
-                             f"{weights}: a temperature fits one model's probabilities, scored one way (fit one for "
-                             "this one: eval --confidence --fit-temperature)")
+            raise ValueError(f"--calibration {path} was fitted for {name} {fitted or '(none)'}{why}: a temperature "
+                             "fits one model's probabilities, scored one way (fit one for this one: eval --confidence "
+                             "--fit-temperature)")
     return float(fit["temperature"])
+
+
+_DIGESTS = {"model": weights_sha256, "adapter": adapter_sha256}  # which weights a name holds: None for a hub id
+_BEFORE = {"model": "before 2026-12-08", "adapter": "before 2026-12-07"}  # a file without the digest: from when
+
+
+def _same_weights(name: str, given: str | None, fitted: str | None, recorded: str | None) -> tuple[bool, str]:
+    """Whether ``given`` (the model or the adapter) is the one a calibration was ``fitted`` for,
+    and where not, what its error says after the fitted one's name. By the digest of its weights
+    where the file ``recorded`` one and ``given`` has one (the same weights wherever they are now;
+    others saved at the same path since are not), else by path (an alias is the folder it is
+    imported into)."""
+    from .compare_config import same_path
+
+    at_path = same_path(_imported(given), _imported(fitted))
+    not_given = f", not {given or '(none)'}"
+    digest = _DIGESTS[name](given) if recorded and given else None
+    if digest is not None:
+        if digest == recorded:
+            return True, ""
+        return False, " as its weights were then; others were saved there since" if at_path else \
+            f"{not_given}, whose weights differ"
+    if at_path:
+        return True, ""
+    if given and fitted and not recorded and Path(fitted).is_absolute():
+        return False, f"{not_given} (the file, from {_BEFORE[name]}, names its {name} by its path alone)"
+    return False, not_given
 
 
 def _imported(model: str | None) -> str | None:

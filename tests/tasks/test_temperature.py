@@ -277,3 +277,54 @@ def test_a_calibration_serves_its_adapter_moved_or_copied_and_no_other(tmp_path)
     with pytest.raises(ValueError, match=r"not .*copied \(the file, from before 2026-12-07, names its adapter by its "
                                          r"path alone\)"):
         read_calibration(path, task="portal", model="m", adapter=str(copied))
+
+
+def test_a_calibration_serves_its_model_moved_or_copied_and_not_weights_saved_again_at_its_path(tmp_path, monkeypatch):
+    """A model is told by the digest of its weights (prefopt.model.digest) as well as by its path:
+    a model folder copied to the machine that predicts is served; other weights at another path,
+    or saved again at the fitted path (a model or an adapter retrained in place), are refused, and
+    the error says which; a file without the digest knows a model by its path alone, a hub id by
+    its name."""
+    from prefopt.evaluate.calibration import calibration_record, read_calibration
+    from prefopt.model.digest import weights_sha256
+    from prefopt.tasks import get_task
+
+    monkeypatch.setenv("PREFOPT_HOME", str(tmp_path / "home"))
+
+    def folder(name: str, weights: bytes, file: str = "model.safetensors"):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / file).write_bytes(weights)
+        return tmp_path / name
+
+    fitted, adapter = folder("models/m", b"the weights"), folder("run/sft", b"lora", "adapter_model.safetensors")
+    fit = {"temperature": 1.7, "n": 4, "nll_before": 1.0, "nll_after": 0.9, "bound": None}
+    record = calibration_record(fit, get_task("portal"), task_options={}, model=str(fitted), adapter=str(adapter),
+                                data=None, records=4, uncalibrated={}, fitted_on="the records evaluated")
+    assert record["model"] == str(fitted.resolve()) and record["model_sha256"] == weights_sha256(fitted)
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(record))
+    copied, other = folder("deployed/m", b"the weights"), folder("other", b"other weights")
+    for given in (fitted, copied):
+        assert read_calibration(path, task="portal", model=str(given), adapter=str(adapter)) == 1.7
+    with pytest.raises(ValueError, match=f"fitted for model {fitted}, not {other}, whose weights differ"):
+        read_calibration(path, task="portal", model=str(other), adapter=str(adapter))
+    with pytest.raises(ValueError, match=f"fitted for model {fitted}, not org/name: a temperature"):
+        read_calibration(path, task="portal", model="org/name", adapter=str(adapter))
+    (copied / "model.safetensors").write_bytes(b"retrained weights")
+    with pytest.raises(ValueError, match=f"fitted for model {fitted}, not {copied}, whose weights differ"):
+        read_calibration(path, task="portal", model=str(copied), adapter=str(adapter))
+    (adapter / "adapter_model.safetensors").write_bytes(b"lora trained again")
+    with pytest.raises(ValueError, match=f"fitted for adapter {adapter} as its weights were then; others were saved "
+                                         "there since: a temperature"):
+        read_calibration(path, task="portal", model=str(fitted), adapter=str(adapter))
+    old = {k: v for k, v in record.items() if k not in ("model_sha256", "adapter_sha256")}  # written before digests
+    path.write_text(json.dumps(old))
+    assert read_calibration(path, task="portal", model=str(fitted), adapter=str(adapter)) == 1.7
+    with pytest.raises(ValueError, match=f"not {tmp_path}/deployed/m \\(the file, from before 2026-12-08, names its "
+                                         "model by its path alone\\)"):
+        read_calibration(path, task="portal", model=str(tmp_path / "deployed" / "m"), adapter=str(adapter))
+    path.write_text(json.dumps({**record, "model": "org/name", "model_sha256": None, "adapter": None,
+                                "adapter_sha256": None}))  # fitted on a hub id: its name says which weights
+    assert read_calibration(path, task="portal", model="org/name", adapter=None) == 1.7
+    with pytest.raises(ValueError, match=f"fitted for model org/name, not {fitted}: a temperature"):
+        read_calibration(path, task="portal", model=str(fitted), adapter=None)
