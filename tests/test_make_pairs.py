@@ -149,6 +149,7 @@ def test_a_stopped_run_starts_over_where_its_adapter_was_saved_again(tiny, tmp_p
     """The adapter retrained in place (its path the same, its weights not): the answers its old
     weights made are not reused; make_pairs.json names the weights by their SHA-256."""
     from prefopt.fileio import sha256_of
+    from prefopt.model.digest import weights_sha256
     from tests._tiny import save_random_adapter
 
     adapter = save_random_adapter(tiny, tmp_path / "adapter", seed=1)
@@ -164,6 +165,7 @@ def test_a_stopped_run_starts_over_where_its_adapter_was_saved_again(tiny, tmp_p
     assert "going on from" not in capsys.readouterr().out
     made = json.loads((tmp_path / "out" / "make_pairs.json").read_text())
     assert made["adapter_sha256"] == sha256_of(adapter / "adapter_model.safetensors")
+    assert made["model_sha256"] == weights_sha256(tiny) is not None  # (prefopt.model.digest's own tests check it)
 
 
 def test_a_stopped_run_starts_over_where_its_model_was_saved_again(tiny, tmp_path, monkeypatch, capsys):

@@ -210,6 +210,7 @@ def _predict(args) -> int:
     from .._deps import require
     from ..devices import resolve
     from ..lora_files import adapter_sha256
+    from ..model.digest import weights_sha256
     from ..model.hub import files_stamp
     from ..pretrained import load_model
     from ..tasks import get_task
@@ -250,8 +251,8 @@ def _predict(args) -> int:
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
                        quantize=args.quantize)
     confidence = args.confidence and confidence_possible(task, "predict")
-    made = {"task": task.name, "task_options": options, "model": args.model, "adapter": args.adapter,
-            "adapter_sha256": adapter_sha256(args.adapter), "data": str(Path(args.data).resolve()),
+    made = {"task": task.name, "task_options": options, "model": args.model, "model_sha256": weights_sha256(args.model),
+            "adapter": args.adapter, "adapter_sha256": adapter_sha256(args.adapter), "data": str(Path(args.data).resolve()),
             **decoding(settings, task), **placement(model),
             **prompt_settings(tok), "confidence": confidence, **({"confidence_scoring": SCORING} if confidence else {}),
             **({"temperature": temperature, "calibration": args.calibration} if args.calibration else {})}
@@ -304,7 +305,7 @@ def _rescore(task, records: list, against: list[dict] | None, args) -> int:
     kept = (*DECODING, "device", "dtype", "quantized", "chat_date", "chat_vars", "confidence_scoring")
     metrics |= {k: earlier[k] for k in kept if k in earlier} | {"answers_from": str(args.answers)}
     metrics["evaluated"] = {k: v for k, v in earlier.get("evaluated", {}).items()
-                            if k in ("model", "adapter", "adapter_sha256")}
+                            if k in ("model", "model_sha256", "adapter", "adapter_sha256")}
     extra = {k: [row.get(k) for row in rows] for k in dict.fromkeys(k for row in rows for k in row) if k not in ROW_KEYS}
     print(f"prefopt eval: {args.answers}'s answers to {len(records)} items, scored again", flush=True)
     return _write_and_test(task, records, texts, preds, metrics, extra, against, args, str(args.answers))
@@ -338,8 +339,10 @@ def _write_and_test(task, records, texts, preds, metrics, extra, against, args, 
 def _evaluated(args) -> dict:
     """What an evaluation evaluated, as its command said it (metrics.json's ``evaluated``): the
     task and its options, the data and which of its items, the model and adapter (a folder given
-    as its full path; an alias or hub id as given)."""
+    as its full path; an alias or hub id as given) and the digests of their weights (None for a
+    hub id, for no adapter)."""
     from ..lora_files import adapter_sha256
+    from ..model.digest import weights_sha256
     from .calibration import where
 
     items = {"split_file": where(args.split_file), **({"split": "val"} if args.split == "val" else {})} \
@@ -348,7 +351,8 @@ def _evaluated(args) -> dict:
         | ({"group_by": args.group_by} if args.split == "test" and args.group_by else {})
     return {"task": args.task, "task_options": task_options_of(args), "data": where(args.data) or "the task's bundled "
             "data", **items, "limit": args.limit, "seed": args.seed, "model": where(args.model),
-            "adapter": where(args.adapter), "adapter_sha256": adapter_sha256(args.adapter)}
+            "model_sha256": weights_sha256(args.model), "adapter": where(args.adapter),
+            "adapter_sha256": adapter_sha256(args.adapter)}
 
 
 def _against_rows(folder: str, records: list, flag: str = "--against") -> list[dict]:

@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from ..devices import resolve
     from ..fileio import check_writable, jsonl_text, write_json_atomic, write_text_atomic
     from ..lora_files import adapter_sha256
+    from ..model.digest import weights_sha256
     from ..model.hub import files_stamp
     from ..pretrained import load_model
     from ..tokenizer import load_tokenizer
@@ -88,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
                        quantize=args.quantize)
     decode = decoding_of(args)
-    made = {"model": args.model, "adapter": args.adapter, "adapter_sha256": adapter_sha256(args.adapter),
+    made = {"model": args.model, "model_sha256": weights_sha256(args.model), "adapter": args.adapter,
+            "adapter_sha256": adapter_sha256(args.adapter),
             "data": describe(data), "columns": args.columns,
             **data_file_settings(args), "max_new_tokens": args.max_new_tokens,
             "max_prompt_length": args.max_prompt_length,

@@ -16,6 +16,7 @@ import pytest
 from prefopt.data.readers import read_rows
 from prefopt.evaluate.compare import CompareConfig, run_compare
 from prefopt.evaluate.compare_config import PRESETS
+from prefopt.model.digest import weights_sha256
 from prefopt.tasks import PORTAL_DATA, get_task
 from tests import _formats as formats
 from tests._tiny import build_hf_model
@@ -295,7 +296,7 @@ def test_eval_and_predict_read_the_sheet_named_by_sheet_as_by_the_task_option(ti
     assert evaluated == {"task": "text_classification", "task_options": {"text_column": "note", "label_column":
                          "urgency", "sheet": "test set"}, "data": str((tmp_path / "notes.xlsx").resolve()),
                          "split": "all", "limit": None, "seed": 0, "model": str(Path(tiny_model).resolve()),
-                         "adapter": None, "adapter_sha256": None}
+                         "model_sha256": weights_sha256(tiny_model), "adapter": None, "adapter_sha256": None}
     assert main(["predict", *args, "--task-option", "labels=urgent,routine", "--max-new-tokens", "4",
                  "--sheet", "train", "--no-confidence", "--output", str(tmp_path / "pred")]) == 0
     rows = [row for _, row in read_rows(tmp_path / "pred" / "predictions.xlsx")]
@@ -372,7 +373,8 @@ def test_eval_answers_tests_two_finished_evaluations_without_a_model(tiny_model,
     assert metrics["macro_f1"] == json.loads((b / "metrics.json").read_text())["macro_f1"]
     assert metrics["evaluated"] == {"task": "portal", "task_options": {}, "data": "the task's bundled data",
                                     "split": "test", "test": 0.2, "limit": 6, "seed": 0,
-                                    "model": str(Path(tiny_model).resolve()), "adapter": None,
+                                    "model": str(Path(tiny_model).resolve()),
+                                    "model_sha256": weights_sha256(tiny_model), "adapter": None,
                                     "adapter_sha256": None}  # b's model
     for args, error in ((["--answers", str(b), "--output", str(b)], "is the --answers folder"),
                         (["--answers", str(b), "--output", str(tmp_path / "r"), "--limit", "9"],

@@ -91,3 +91,30 @@ def test_a_stopped_prediction_starts_over_where_its_model_was_saved_again(tiny_m
     assert main(argv) == 0
     assert answered == ["m0", "m1", "m2", "m3"]
     assert files_stamp(str(tmp_path / "none")) is None and files_stamp("org/some-model") is None  # a hub id: None
+
+
+def test_predict_eval_and_a_rescore_name_the_models_weights_by_their_digest(tiny_model, tmp_path):
+    """predict.json and eval's ``evaluated`` record the SHA-256 of the model's weights (each
+    ``.safetensors`` and ``config.json`` by name, size and bytes), as a calibration does: the same
+    for a copy of the folder elsewhere; a rescore of the answers keeps the earlier one's."""
+    import hashlib
+    import shutil
+
+    h = hashlib.sha256()
+    for p in sorted(p for p in tiny_model.iterdir() if p.suffix == ".safetensors" or p.name == "config.json"):
+        h.update(f"{p.name}\0{p.stat().st_size}\0".encode() + p.read_bytes())
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(tiny_model, copy)
+    data = formats.write_jsonl(tmp_path / "m.jsonl", [{"id": "m0", "message": "Chest pain since this morning"}])
+    assert main(["predict", "--task", "portal", "--model", str(copy), "--data", str(data), "--max-new-tokens", "4",
+                 "--no-confidence", "--output", str(tmp_path / "p")]) == 0
+    assert json.loads((tmp_path / "p" / "predict.json").read_text())["model_sha256"] == h.hexdigest()
+    labelled = formats.write_jsonl(tmp_path / "l.jsonl", [
+        {"id": "a", "message": "Chest pain", "urgency": "urgent", "staff": "nurse"}])
+    common = ["--task", "portal", "--data", str(labelled), "--split", "all"]
+    assert main(["eval", *common, "--model", str(tiny_model), "--max-new-tokens", "4",
+                 "--output", str(tmp_path / "e")]) == 0
+    assert main(["eval", *common, "--answers", str(tmp_path / "e"), "--output", str(tmp_path / "r")]) == 0
+    for run in ("e", "r"):
+        evaluated = json.loads((tmp_path / run / "metrics.json").read_text())["evaluated"]
+        assert evaluated["model_sha256"] == h.hexdigest() and evaluated["adapter_sha256"] is None
