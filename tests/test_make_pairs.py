@@ -169,23 +169,33 @@ def test_a_stopped_run_starts_over_where_its_adapter_was_saved_again(tiny, tmp_p
 
 
 def test_a_stopped_run_starts_over_where_its_model_was_saved_again(tiny, tmp_path, monkeypatch, capsys):
-    """The model's weights written again at its path (a new time): its answers are made again."""
+    """The model's weights written again at its path with other values: its answers are made
+    again; the same bytes written again (a new time) go on."""
     import os
     import shutil
+
+    from safetensors.torch import load_file, save_file
 
     model = tmp_path / "model"
     shutil.copytree(tiny, model)
     data = _jsonl(tmp_path / "d.jsonl", _records(4))
     monkeypatch.setattr(ap, "BLOCK", 2)
     real = ap.answer
-    monkeypatch.setattr(ap, "answer", stop_after_blocks(real, 1))
-    assert _make(model, [data], tmp_path / "out") == 130
-    monkeypatch.setattr(ap, "answer", real)
-    st = (model / "model.safetensors").stat()
-    os.utime(model / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    capsys.readouterr()
-    assert _make(model, [data], tmp_path / "out") == 0
-    assert "going on from" not in capsys.readouterr().out
+    weights = model / "model.safetensors"
+    for out, went_on in (("touched", True), ("retrained", False)):
+        monkeypatch.setattr(ap, "answer", stop_after_blocks(real, 1))
+        assert _make(model, [data], tmp_path / out) == 130
+        monkeypatch.setattr(ap, "answer", real)
+        if went_on:
+            st = weights.stat()
+            os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        else:
+            tensors = load_file(weights)
+            first = next(iter(tensors))
+            save_file({**tensors, first: tensors[first] + 0.5}, weights, metadata={"format": "pt"})
+        capsys.readouterr()
+        assert _make(model, [data], tmp_path / out) == 0
+        assert ("going on from the 2 of 4 prompts answered before" in capsys.readouterr().out) is went_on
 
 
 def test_sampled_answers_go_on_at_another_batch_size_as_if_never_stopped(tiny, tmp_path, monkeypatch, capsys):

@@ -211,7 +211,6 @@ def _predict(args) -> int:
     from ..devices import resolve
     from ..lora_files import adapter_sha256
     from ..model.digest import weights_sha256
-    from ..model.hub import files_stamp
     from ..pretrained import load_model
     from ..tasks import get_task
     from ..tokenizer import load_tokenizer
@@ -257,8 +256,9 @@ def _predict(args) -> int:
             **prompt_settings(tok), "confidence": confidence, **({"confidence_scoring": SCORING} if confidence else {}),
             **({"temperature": temperature, "calibration": args.calibration} if args.calibration else {})}
     with claimed(args.output):
-        # what a stopped run must match (and the model's files as they are: saved again at its path, it starts over)
-        stamp = fingerprint(records, made | {"row_format": ROW_FORMAT, "model_files": files_stamp(args.model)})
+        # what a stopped run must match (the weights by their digests: a model or adapter saved again at its path
+        # starts it over)
+        stamp = fingerprint(records, made | {"row_format": ROW_FORMAT})
         rows = predict_in_blocks(model, tok, task, records, args.output, stamp, batch_size=args.batch_size,
                                  confidence=confidence, temperature=temperature, **settings)
         if args.review_below is not None:  # (after the rows: a stopped run goes on under another threshold)

@@ -49,7 +49,6 @@ def run(args: argparse.Namespace) -> int:
     from ..fileio import check_writable, jsonl_text, write_json_atomic, write_text_atomic
     from ..lora_files import adapter_sha256
     from ..model.digest import weights_sha256
-    from ..model.hub import files_stamp
     from ..pretrained import load_model
     from ..tokenizer import load_tokenizer
     from .answer_pairs import (
@@ -97,9 +96,8 @@ def run(args: argparse.Namespace) -> int:
             "batch_size": args.batch_size, **decode, **placement(model), **prompt_settings(tok)}
     with claimed(args.output, JOB):
         # the batch size changes no answer (each prompt seeded alone): a run stopped for want of memory goes on
-        # with a smaller one
-        run_stamp = stamp(prompts, {**{k: v for k, v in made.items() if k != "batch_size"},
-                                    "model_files": files_stamp(args.model)})  # (the model saved again: start over)
+        # with a smaller one; the weights by their digests (a model or adapter saved again at its path: start over)
+        run_stamp = stamp(prompts, {k: v for k, v in made.items() if k != "batch_size"})
         rows = answer_in_blocks(model, tok, prompts, args.output, run_stamp, batch_size=args.batch_size,
                                 max_new_tokens=args.max_new_tokens, **decode)
         pairs, counts = pairs_from(prompts, rows, several_files=several)

@@ -94,9 +94,8 @@ def resolve_model_dir(name: str | os.PathLike, *, revision: str | None = None) -
 def files_stamp(name: str | os.PathLike) -> list | None:
     """The files a local model is made of, each ``[name, size, mtime_ns]``: a folder's weights
     (``.safetensors``) and ``config.json``, a GGUF file, an alias's imported folder; None for a hub
-    id. What a stopped run goes on under (predict, make-pairs): a model saved again at its path
-    changes it, at the cost of a ``stat`` (hashing an 8B model's weights each run would cost
-    minutes)."""
+    id. What :func:`~.digest.weights_sha256` keeps a model's digest under: a model saved again at
+    its path changes it, at the cost of a ``stat``, and its weights are read anew."""
     path = alias_dir(str(name)) if str(name) in ALIASES else Path(name).expanduser()
     if path.is_file():
         files = [path]

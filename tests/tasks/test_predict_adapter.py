@@ -63,10 +63,13 @@ def test_a_stopped_prediction_goes_on_only_with_the_same_adapter_weights(tiny_mo
 
 def test_a_stopped_prediction_starts_over_where_its_model_was_saved_again(tiny_model, tmp_path, monkeypatch):
     """A model folder's weights written again at its path (a merge over it, a new full fine-tune)
-    while a prediction was stopped: its files' sizes and times differ, and every record is answered
-    again; the same files go on (as the stopped-run tests in test_predict.py show)."""
+    while a prediction was stopped: their digest differs, and every record is answered again; the
+    same bytes saved again (a new time: the weights read anew) go on, as the same files always
+    have (the stopped-run tests in test_predict.py)."""
     import os
     import shutil
+
+    from safetensors.torch import load_file, save_file
 
     import prefopt.evaluate.new_records as nr
     from prefopt.model.hub import files_stamp
@@ -77,19 +80,32 @@ def test_a_stopped_prediction_starts_over_where_its_model_was_saved_again(tiny_m
     data = formats.write_jsonl(tmp_path / "m.jsonl", [{"id": f"m{i}", "message": f"Message {i}: a rash for {i} days"}
                                                       for i in range(4)])
     argv = ["predict", "--task", "portal", "--model", str(model), "--data", str(data), "--max-new-tokens", "4",
-            "--no-confidence", "--output", str(tmp_path / "p")]
+            "--no-confidence"]
     real, answered = nr.predict_rows, []
-    monkeypatch.setattr(nr, "predict_rows", stop_after_blocks(real, 1))
-    assert main(argv) == 130
-    before = files_stamp(model)
-    assert [f[0] for f in before] == ["config.json", "model.safetensors"]
-    weights = model / "model.safetensors"
-    st = weights.stat()
-    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # saved again (the same bytes, a new time)
-    assert files_stamp(model) != before
-    monkeypatch.setattr(nr, "predict_rows", lambda *a, **kw: answered.extend(r.id for r in a[3]) or real(*a, **kw))
-    assert main(argv) == 0
-    assert answered == ["m0", "m1", "m2", "m3"]
+
+    def stopped_then_resumed(out: str, save_again) -> list[str]:
+        monkeypatch.setattr(nr, "predict_rows", stop_after_blocks(real, 1))
+        assert main([*argv, "--output", out]) == 130
+        save_again(model / "model.safetensors")
+        answered.clear()
+        monkeypatch.setattr(nr, "predict_rows", lambda *a, **kw: answered.extend(r.id for r in a[3]) or real(*a, **kw))
+        assert main([*argv, "--output", out]) == 0
+        return list(answered)
+
+    def touched(weights):  # the same bytes, a new time
+        before = files_stamp(model)
+        st = weights.stat()
+        os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        assert files_stamp(model) != before
+
+    def retrained(weights):  # other values, the same size
+        tensors = load_file(weights)
+        name = next(iter(tensors))
+        tensors[name] = tensors[name] + 0.5
+        save_file(tensors, weights, metadata={"format": "pt"})
+
+    assert stopped_then_resumed(str(tmp_path / "p"), touched) == ["m2", "m3"]
+    assert stopped_then_resumed(str(tmp_path / "q"), retrained) == ["m0", "m1", "m2", "m3"]
     assert files_stamp(str(tmp_path / "none")) is None and files_stamp("org/some-model") is None  # a hub id: None
 
 
