@@ -118,7 +118,7 @@ def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | 
     return float(fit["temperature"])
 
 
-_DIGESTS = {"model": weights_sha256, "adapter": adapter_sha256}  # which weights a name holds: None for a hub id
+_DIGESTS = {"model": weights_sha256, "adapter": adapter_sha256}  # which weights: None where no files are here
 _BEFORE = {"model": "before 2026-12-08", "adapter": "before 2026-12-07"}  # a file without the digest: from when
 
 

@@ -14,23 +14,24 @@ from pathlib import Path
 
 from .._deps import progress
 from ..fileio import read_json, write_json_atomic
-from .hub import ALIASES, alias_dir, cache_dir, files_stamp
+from .hub import cache_dir, files_stamp, local_model_path
 
 CACHE = "weights_sha256.json"  # in cache_dir(): {absolute path: {"files": files_stamp, "sha256": digest}}
 BAR_BYTES = 1 << 30  # a bar while hashing this much or more (SHA-256 reads about 1 GB a second)
 
 
 def weights_sha256(name: str | os.PathLike | None, *, show_progress: bool = True) -> str | None:
-    """The SHA-256 of a local model's files (:func:`~.hub.files_stamp`'s: a folder's
+    """The SHA-256 of a model's files on this machine (:func:`~.hub.files_stamp`'s: a folder's
     ``.safetensors`` and ``config.json``, each by name, size and bytes in name order; a GGUF
-    file's bytes; an alias's imported folder's), read from the cache where none of them changed
-    since; None for a hub id (its name says which weights) and for no model."""
+    file's; an alias's imported folder's; a hub id's snapshot in the local hub cache), read from
+    the cache where none of them changed since; None where its files are not here (a hub id not
+    downloaded yet), and for no model."""
     if name is None:
         return None
     stamp = files_stamp(name)
     if stamp is None:
         return None
-    path = (alias_dir(str(name)) if str(name) in ALIASES else Path(name).expanduser()).resolve()
+    path = local_model_path(name).resolve()
     cache = _read_cache()
     kept = cache.get(str(path))
     if isinstance(kept, dict) and kept.get("files") == stamp and isinstance(kept.get("sha256"), str):

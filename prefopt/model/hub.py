@@ -92,18 +92,39 @@ def resolve_model_dir(name: str | os.PathLike, *, revision: str | None = None) -
 
 
 def files_stamp(name: str | os.PathLike) -> list | None:
-    """The files a local model is made of, each ``[name, size, mtime_ns]``: a folder's weights
-    (``.safetensors``) and ``config.json``, a GGUF file, an alias's imported folder; None for a hub
-    id. What :func:`~.digest.weights_sha256` keeps a model's digest under: a model saved again at
-    its path changes it, at the cost of a ``stat``, and its weights are read anew."""
-    path = alias_dir(str(name)) if str(name) in ALIASES else Path(name).expanduser()
-    if path.is_file():
-        files = [path]
-    elif path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix == ".safetensors" or p.name == "config.json")
-    else:
+    """The files a model is made of on this machine (:func:`local_model_path`), each ``[name,
+    size, mtime_ns]``: a folder's weights (``.safetensors``) and ``config.json``, or a GGUF file;
+    None where it has none here. What :func:`~.digest.weights_sha256` keeps a model's digest
+    under: a model saved again at its path changes it, at the cost of a ``stat``, and its weights
+    are read anew."""
+    path = local_model_path(name)
+    if path is None:
         return None
+    files = [path] if path.is_file() else \
+        sorted(p for p in path.iterdir() if p.suffix == ".safetensors" or p.name == "config.json")
     return [[p.name, st.st_size, st.st_mtime_ns] for p in files for st in [p.stat()]]
+
+
+def local_model_path(name: str | os.PathLike) -> Path | None:
+    """Where a model's files are on this machine, with nothing imported or downloaded: a folder or
+    a GGUF file as given, an alias's imported folder, a hub id's snapshot in the local hub cache
+    (its ``main``, as :func:`resolve_model_dir` loads it offline); None where there is none."""
+    name = str(name)
+    path = alias_dir(name) if name in ALIASES else Path(name).expanduser()
+    if not path.exists() and name not in ALIASES and _looks_like_hub_id(name):
+        path = _cached_snapshot(name)
+    return path if path is not None and path.exists() else None
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """``repo_id``'s snapshot in the local hub cache, none downloaded; None where it is not there
+    (or huggingface_hub is not installed)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, local_files_only=True))
+    except Exception:  # not cached, no huggingface_hub, a name the hub refuses: no files here
+        return None
 
 
 def ensure_alias(alias: str, *, progress: bool = True) -> Path:

@@ -98,3 +98,25 @@ def test_a_large_model_shows_a_bar_while_it_is_read(tmp_path, home, monkeypatch,
     monkeypatch.setattr(digest, "BAR_BYTES", 1 << 30)
     weights_sha256(_model(tmp_path / "small", weights=b"w" * 5000))
     assert "hashing" not in capsys.readouterr().err
+
+
+def test_a_hub_id_is_its_snapshot_in_the_local_hub_cache_and_none_where_it_is_not_there(tmp_path, home, monkeypatch):
+    """As the hub lays a download out (files linked to blobs under snapshots/<commit>, refs/main
+    naming it), read offline: the same digest as the files in a plain folder; nothing downloaded."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--someorg--tiny"
+    snap = repo / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for name, data in (("model.safetensors", b"weights"), ("config.json", b'{"model_type": "llama"}')):
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snap / name).symlink_to(os.path.relpath(blob, snap))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    plain = _model(tmp_path / "plain")
+    assert weights_sha256("someorg/tiny") == weights_sha256(plain) is not None
+    assert str(snap.resolve()) in json.loads((home / CACHE).read_text())
+    assert weights_sha256("someorg/not-downloaded") is None
