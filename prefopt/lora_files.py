@@ -18,21 +18,26 @@ from torch import nn
 from . import lora_experts
 from .fileio import read_json, sha256_of, write_json_atomic
 from .lora import PEFT_PREFIX, LoRAConfig, QLoRALinear, apply_lora, layer_index, lora_state_dict
-from .model.safetensors_io import iter_tensors, read_header, save_file_atomic
+from .model.digest import weights_sha256
+from .model.safetensors_io import iter_tensors, read_header, read_metadata, save_file_atomic
 
+BASE_SHA256 = "prefopt_base_sha256"  # adapter_model.safetensors' metadata: the digest of the weights it was trained on
 MERGE_IN_PEFT = ("to use it, load it in PEFT, merge it (merge_and_unload), save that model (save_pretrained) and "
                  "pass its folder as the model")
 
 
 def write_adapter(tensors: dict[str, torch.Tensor], cfg: LoRAConfig, out_dir: str | Path, *,
                   base_model: str | None = None) -> Path:
-    """Write adapter tensors (prefopt's module names) and their config in PEFT's layout."""
+    """Write adapter tensors (prefopt's module names) and their config in PEFT's layout; the
+    digest of ``base_model``'s weights (:func:`~prefopt.model.digest.weights_sha256`, where its
+    files are on this machine) goes in the weights file's metadata, for :func:`base_mismatch`."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: a file, where the adapter's folder would go")
     out.mkdir(parents=True, exist_ok=True)
+    base = weights_sha256(base_model) if base_model else None
     save_file_atomic(dict(_peft_tensor(k, v, cfg) for k, v in tensors.items()), out / "adapter_model.safetensors",
-                     metadata={"format": "pt"})
+                     metadata={"format": "pt", **({BASE_SHA256: base} if base else {})})
     write_json_atomic(out / "adapter_config.json", _peft_config(cfg, base_model))
     return out
 
@@ -299,6 +304,27 @@ def adapter_sha256(adapter_dir: str | Path | None) -> str | None:
     return sha256_of(path) if path is not None and path.is_file() else None
 
 
+def base_mismatch(adapter_dir: str | Path, model: str | Path) -> str | None:
+    """Why ``model`` is not the base an adapter was trained on, where its weights file records the
+    digest of that base's weights (:data:`BASE_SHA256`; prefopt writes it) and ``model``'s
+    weights differ (a base model other than the one the adapter was trained and evaluated on, of
+    the same shapes: loaded without complaint, it answers otherwise); None where they match or
+    either digest is unknown (another tool's adapter, a hub id not on this machine)."""
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    try:
+        trained = read_metadata(path).get(BASE_SHA256)
+    except (OSError, ValueError):
+        return None
+    given = weights_sha256(model) if trained else None
+    if given is None or given == trained:
+        return None
+    base = adapter_base(adapter_dir)
+    return (f"{adapter_dir} was trained on other base weights than {model}'s ("
+            + (f"on {base}, its adapter_config.json says; " if base else "") + f"SHA-256 {trained[:12]} there, "
+            f"{given[:12]} here): of the same shapes, it loads, but its answers are not the ones it was evaluated "
+            "with. Load it on the model it was trained on (a copy of that model's files is the same model)")
+
+
 def _trained_on(adapter_dir: str | Path) -> str:
     """``; it was trained on 'M' ...``: the base model its adapter_config.json names, for the error
     of an adapter that does not fit the model it was given."""
@@ -307,5 +333,5 @@ def _trained_on(adapter_dir: str | Path) -> str:
             "that model" if base else "; it was trained on another base model")
 
 
-__all__ = ["MERGE_IN_PEFT", "adapter_base", "adapter_sha256", "check_base_copies", "load_adapter", "read_adapter",
+__all__ = ["BASE_SHA256", "MERGE_IN_PEFT", "adapter_base", "adapter_sha256", "base_mismatch", "check_base_copies", "load_adapter", "read_adapter",
            "read_adapter_config", "write_adapter"]

@@ -1,13 +1,14 @@
 """``load_model`` with an optional LoRA adapter: the public entry point for loading."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 
 from .devices import resolve_device
 from .lora import merge_and_unload, merged_state_dict
-from .lora_files import adapter_base, load_adapter, read_adapter_config
+from .lora_files import adapter_base, base_mismatch, load_adapter, read_adapter_config
 from .lora_stack import trained_on_top_of
 from .model import checkpoint
 from .model.transformer import Transformer
@@ -50,6 +51,8 @@ def load_model(
         model.to(device)  # the rest: embeddings, norms
     if adapter is not None:
         load_adapter(model, adapter)
+        if note := base_mismatch(adapter, name_or_path):  # (the same shapes, other weights: it loaded)
+            warnings.warn(note, stacklevel=2)
         if merge and not (quantize and model.lora_config.dora):  # DoRA cannot go into 4 bits: it stays on top
             merge_and_unload(model)
     return model

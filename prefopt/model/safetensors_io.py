@@ -30,7 +30,13 @@ def read_header(path: str | Path) -> dict:
         return _header(f, path)[0]
 
 
-def _header(f, path) -> tuple[dict, int]:
+def read_metadata(path: str | Path) -> dict:
+    """The ``__metadata__`` of a safetensors file's header (string keys and values): {} where it has none."""
+    with open(path, "rb") as f:
+        return _header(f, path, keep_metadata=True)[0].get("__metadata__") or {}
+
+
+def _header(f, path, keep_metadata: bool = False) -> tuple[dict, int]:
     raw = f.read(8)
     if len(raw) != 8:
         raise ValueError(f"{path}: not a safetensors file (shorter than 8 bytes)")
@@ -41,7 +47,8 @@ def _header(f, path) -> tuple[dict, int]:
         header = json.loads(f.read(n))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ValueError(f"{path}: not a safetensors file (unreadable header)") from None
-    header.pop("__metadata__", None)
+    if not keep_metadata:
+        header.pop("__metadata__", None)
     return header, 8 + n
 
 
