@@ -27,17 +27,17 @@ MERGE_IN_PEFT = ("to use it, load it in PEFT, merge it (merge_and_unload), save 
 
 
 def write_adapter(tensors: dict[str, torch.Tensor], cfg: LoRAConfig, out_dir: str | Path, *,
-                  base_model: str | None = None) -> Path:
-    """Write adapter tensors (prefopt's module names) and their config in PEFT's layout; the
-    digest of ``base_model``'s weights (:func:`~prefopt.model.digest.weights_sha256`, where its
-    files are on this machine) goes in the weights file's metadata, for :func:`base_mismatch`."""
+                  base_model: str | None = None, base_sha256: str | None = None) -> Path:
+    """Write adapter tensors (prefopt's module names) and their config in PEFT's layout;
+    ``base_sha256``, the digest of the base weights they were trained on
+    (:func:`~prefopt.model.digest.weights_sha256` of the folder the model was loaded from), in
+    the weights file's metadata where given, for :func:`base_mismatch`."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: a file, where the adapter's folder would go")
     out.mkdir(parents=True, exist_ok=True)
-    base = weights_sha256(base_model) if base_model else None
     save_file_atomic(dict(_peft_tensor(k, v, cfg) for k, v in tensors.items()), out / "adapter_model.safetensors",
-                     metadata={"format": "pt", **({BASE_SHA256: base} if base else {})})
+                     metadata={"format": "pt", **({BASE_SHA256: base_sha256} if base_sha256 else {})})
     write_json_atomic(out / "adapter_config.json", _peft_config(cfg, base_model))
     return out
 
@@ -304,12 +304,13 @@ def adapter_sha256(adapter_dir: str | Path | None) -> str | None:
     return sha256_of(path) if path is not None and path.is_file() else None
 
 
-def base_mismatch(adapter_dir: str | Path, model: str | Path) -> str | None:
-    """Why ``model`` is not the base an adapter was trained on, where its weights file records the
+def base_mismatch(adapter_dir: str | Path, model: str | Path, name: str | Path | None = None) -> str | None:
+    """Why the model loaded from the folder ``model`` (``name``: as it was named, an alias, a hub
+    id, a GGUF file) is not the base an adapter was trained on, where its weights file records the
     digest of that base's weights (:data:`BASE_SHA256`; prefopt writes it) and ``model``'s
     weights differ (a base model other than the one the adapter was trained and evaluated on, of
     the same shapes: loaded without complaint, it answers otherwise); None where they match or
-    either digest is unknown (another tool's adapter, a hub id not on this machine)."""
+    either digest is unknown (another tool's adapter)."""
     path = Path(adapter_dir) / "adapter_model.safetensors"
     try:
         trained = read_metadata(path).get(BASE_SHA256)
@@ -319,7 +320,7 @@ def base_mismatch(adapter_dir: str | Path, model: str | Path) -> str | None:
     if given is None or given == trained:
         return None
     base = adapter_base(adapter_dir)
-    return (f"{adapter_dir} was trained on other base weights than {model}'s ("
+    return (f"{adapter_dir} was trained on other base weights than {name or model}'s ("
             + (f"on {base}, its adapter_config.json says; " if base else "") + f"SHA-256 {trained[:12]} there, "
             f"{given[:12]} here): of the same shapes, it loads, but its answers are not the ones it was evaluated "
             "with. Load it on the model it was trained on (a copy of that model's files is the same model)")
@@ -333,5 +334,5 @@ def _trained_on(adapter_dir: str | Path) -> str:
             "that model" if base else "; it was trained on another base model")
 
 
-__all__ = ["BASE_SHA256", "MERGE_IN_PEFT", "adapter_base", "adapter_sha256", "base_mismatch", "check_base_copies", "load_adapter", "read_adapter",
-           "read_adapter_config", "write_adapter"]
+__all__ = ["BASE_SHA256", "MERGE_IN_PEFT", "adapter_base", "adapter_sha256", "base_mismatch", "check_base_copies",
+           "load_adapter", "read_adapter", "read_adapter_config", "write_adapter"]

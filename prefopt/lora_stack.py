@@ -22,7 +22,9 @@ from torch import nn
 
 from .fileio import read_json, write_json_atomic
 from .lora import LoRAConfig, LoRALinear, layer_text, lora_state_dict
-from .lora_files import adapter_base, read_adapter, write_adapter
+from .lora_files import BASE_SHA256, adapter_base, read_adapter, write_adapter
+from .model.digest import weights_sha256
+from .model.safetensors_io import read_metadata
 
 STACK_FILE = "stacked_on.json"
 DORA_NEEDS_WEIGHTS = ("stacking a DoRA adapter needs the model's weights (each row's magnitude is a norm of "
@@ -108,12 +110,12 @@ def stack_adapters(first: tuple[LoRAConfig, dict[str, torch.Tensor]], second: tu
 
 
 def _write(parts: list[tuple[LoRAConfig, dict[str, torch.Tensor]]], sources: list[str], out_dir,
-           base_model: str | None, **dora) -> Path:
+           base_model: str | None, base_sha256: str | None, **dora) -> Path:
     """``parts`` stacked in order (each trained on the model with the ones before it merged in),
     written as one adapter plus ``stacked_on.json``; ``dora``: :func:`stack_parts`' row scales and
     magnitudes."""
     cfg, tensors = stack_parts(parts, **dora)
-    out = write_adapter(tensors, cfg, out_dir, base_model=base_model)
+    out = write_adapter(tensors, cfg, out_dir, base_model=base_model, base_sha256=base_sha256)
     kind = "DoRA" if cfg.dora else "LoRA"
     write_json_atomic(out / STACK_FILE, {
         "adapters": [*sources, f"the adapter trained on top of {'it' if len(sources) == 1 else 'them'}"],
@@ -149,22 +151,25 @@ def save_adapter(model: nn.Module, out_dir: str | Path, *, base_model: str | Non
     if cfg is None:
         raise ValueError("the model has no LoRA adapters (apply_lora first)")
     base_model = base_model or getattr(model, "name_or_path", None)
+    base_sha256 = weights_sha256(getattr(model, "name_or_path", None))  # (the files its weights were loaded from)
     merged = getattr(model, "merged_adapters", []) if stack else []
     if not merged:
-        return write_adapter(lora_state_dict(model), cfg, out_dir, base_model=base_model)
+        return write_adapter(lora_state_dict(model), cfg, out_dir, base_model=base_model, base_sha256=base_sha256)
     parts = [(m.config, m.tensors) for m in merged] + [(cfg, lora_state_dict(model))]
     dora = {}
     if any(c.dora for c, _ in parts):
         modules = {k.split(".lora_A.")[0] for _, tensors in parts for k in tensors if ".lora_A." in k}
         dora = {"row_scales": [m.row_scales for m in merged] + [{}], "magnitudes": _row_norms(model, modules)}
-    return _write(parts, [m.source or "an adapter merged in memory" for m in merged], out_dir, base_model, **dora)
+    return _write(parts, [m.source or "an adapter merged in memory" for m in merged], out_dir, base_model,
+                  base_sha256, **dora)
 
 
 def restack(first_dir: str | Path, second_dir: str | Path, out_dir: str | Path) -> Path:
     """Stack two saved adapters, the second trained on the model with the first merged in: for
     DPO adapters saved on their own, before prefopt stacked them."""
     parts = [read_adapter(first_dir), read_adapter(second_dir)]  # each checked, in order, before anything else
-    return _write(parts, [str(Path(first_dir).resolve())], out_dir, adapter_base(second_dir))
+    return _write(parts, [str(Path(first_dir).resolve())], out_dir, adapter_base(second_dir),
+                  read_metadata(Path(first_dir) / "adapter_model.safetensors").get(BASE_SHA256))
 
 
 def run_config(weights_dir: str | Path) -> dict | None:

@@ -51,7 +51,7 @@ def load_model(
         model.to(device)  # the rest: embeddings, norms
     if adapter is not None:
         load_adapter(model, adapter)
-        if note := base_mismatch(adapter, name_or_path):  # (the same shapes, other weights: it loaded)
+        if note := base_mismatch(adapter, model.name_or_path, name_or_path):  # (the same shapes, other weights)
             warnings.warn(note, stacklevel=2)
         if merge and not (quantize and model.lora_config.dora):  # DoRA cannot go into 4 bits: it stays on top
             merge_and_unload(model)

@@ -77,3 +77,34 @@ def test_the_command_line_says_so_as_a_warning_and_goes_on(tmp_path, base_and_ad
         capsys.readouterr().err
     assert main([*argv, "--model", str(base)]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_the_record_is_of_the_files_the_weights_were_loaded_from_gguf_and_stacked_adapters_too(tmp_path, monkeypatch):
+    """A model named by its GGUF file is its imported folder at both ends; a DPO adapter trained
+    on the SFT adapter merged in (stacked on save) records the base model, as does one stacked
+    from two saved adapters (restack: the first one's record)."""
+    from prefopt import apply_lora, save_adapter
+    from prefopt.lora_stack import restack
+    from tests._tiny import randomize_lora, write_tiny_gguf
+
+    monkeypatch.setenv("PREFOPT_HOME", str(tmp_path / "home"))
+    hf_dir = tmp_path / "hf"
+    build_hf_model(hf_dir, seed=0)
+    gguf = write_tiny_gguf(hf_dir, tmp_path / "tiny.gguf")
+    on_gguf = apply_lora(load_model(str(gguf)), r=2, alpha=4, dropout=0.0, target_modules=["q_proj"])
+    randomize_lora(on_gguf, 1)
+    save_adapter(on_gguf, tmp_path / "a", base_model=str(gguf))
+    recorded = read_metadata(tmp_path / "a" / "adapter_model.safetensors")[BASE_SHA256]
+    assert recorded == weights_sha256(on_gguf.name_or_path) != weights_sha256(gguf)
+    assert base_mismatch(tmp_path / "a", load_model(str(gguf)).name_or_path, str(gguf)) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_model(str(gguf), adapter=str(tmp_path / "a"))
+    on_sft = load_model(str(hf_dir), adapter=str(save_random_adapter(hf_dir, tmp_path / "sft")), merge=True)
+    dpo = apply_lora(on_sft, r=2, alpha=4, dropout=0.0, target_modules=["v_proj"])
+    randomize_lora(dpo, 2)
+    save_adapter(dpo, tmp_path / "both")
+    save_adapter(dpo, tmp_path / "dpo_alone", stack=False)
+    restack(tmp_path / "sft", tmp_path / "dpo_alone", tmp_path / "restacked")
+    for folder in ("both", "restacked"):
+        assert read_metadata(tmp_path / folder / "adapter_model.safetensors")[BASE_SHA256] == weights_sha256(hf_dir)

@@ -250,8 +250,9 @@ def _predict(args) -> int:
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
                        quantize=args.quantize)
     confidence = args.confidence and confidence_possible(task, "predict")
-    made = {"task": task.name, "task_options": options, "model": args.model, "model_sha256": weights_sha256(args.model),
-            "adapter": args.adapter, "adapter_sha256": adapter_sha256(args.adapter), "data": str(Path(args.data).resolve()),
+    made = {"task": task.name, "task_options": options, "model": args.model,
+            "model_sha256": weights_sha256(args.model), "adapter": args.adapter,
+            "adapter_sha256": adapter_sha256(args.adapter), "data": str(Path(args.data).resolve()),
             **decoding(settings, task), **placement(model),
             **prompt_settings(tok), "confidence": confidence, **({"confidence_scoring": SCORING} if confidence else {}),
             **({"temperature": temperature, "calibration": args.calibration} if args.calibration else {})}
@@ -339,8 +340,8 @@ def _write_and_test(task, records, texts, preds, metrics, extra, against, args, 
 def _evaluated(args) -> dict:
     """What an evaluation evaluated, as its command said it (metrics.json's ``evaluated``): the
     task and its options, the data and which of its items, the model and adapter (a folder given
-    as its full path; an alias or hub id as given) and the digests of their weights (None for a
-    hub id, for no adapter)."""
+    as its full path; an alias or hub id as given) and the digests of their weights (None where
+    their files are not on this machine, and for no adapter)."""
     from ..lora_files import adapter_sha256
     from ..model.digest import weights_sha256
     from .calibration import where

@@ -1,6 +1,8 @@
-"""Which weights a local model is, by their bytes: :func:`weights_sha256`, what a calibration
-(``calibration.json``) records of its model, so that the same weights in another folder (copied to
-the machine that predicts) are told from other weights saved at the same path.
+"""Which weights a model is, by their bytes: :func:`weights_sha256`. A calibration
+(``calibration.json``) records it, so that the same weights in another folder (copied to the
+machine that predicts) are told from other weights saved at the same path; so do predict.json,
+make_pairs.json and an evaluation's ``evaluated`` (which weights made them), and an adapter's
+weights file (the base it was trained on: :func:`~prefopt.lora_files.base_mismatch`).
 
 Reading an 8B model's 16 GB takes some seconds, so each digest is kept in prefopt's cache
 (``weights_sha256.json`` in :func:`~.hub.cache_dir`) under the model's path and its files' sizes

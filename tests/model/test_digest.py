@@ -84,7 +84,8 @@ def test_a_damaged_or_unwritable_cache_costs_a_reading_never_a_wrong_digest(tmp_
 
     monkeypatch.setattr(digest, "write_json_atomic", refused)
     other = _model(tmp_path / "other", weights=b"other")
-    assert weights_sha256(other) == _by_hand(("config.json", b'{"model_type": "llama"}'), ("model.safetensors", b"other"))
+    assert weights_sha256(other) == _by_hand(("config.json", b'{"model_type": "llama"}'),
+                                             ("model.safetensors", b"other"))
 
 
 def test_a_large_model_shows_a_bar_while_it_is_read(tmp_path, home, monkeypatch, capsys):
