@@ -9,6 +9,7 @@ import numpy as np
 from ..chat_template import describe_chat_vars
 from ..fileio import read_json, write_json_atomic, write_text_atomic
 from ..losses import reads_nll
+from ..model.digest import weights_sha256
 from ..train.curves import FILE as CURVES
 from ..train.curves import plot_curves
 from .dynamics import dynamics_lines, training_dynamics
@@ -423,7 +424,8 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
     else:
         lines += ["", "(Plots skipped: install matplotlib, `pip install 'prefopt[plots]'`.)"]
     write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
-    report = {"task": task.name, "model": cfg.model, "preset": cfg.preset, "n_test": len(test), "metric": task.primary,
-              "plots": plots, "weights": weights, **({"chat_vars": chat_vars} if chat_vars else {}), **stats}
+    report = {"task": task.name, "model": cfg.model, "model_sha256": weights_sha256(cfg.model), "preset": cfg.preset,
+              "n_test": len(test), "metric": task.primary, "plots": plots, "weights": weights,
+              **({"chat_vars": chat_vars} if chat_vars else {}), **stats}
     write_json_atomic(out / "report.json", report)
     return report

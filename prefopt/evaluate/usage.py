@@ -68,13 +68,19 @@ def _json(text: str) -> bool:
 
 
 def adapters_line(model: str, out: Path, weights: dict[str, str], quantized: str | None) -> str:
-    """What the run's adapters are (read off the SFT adapter: both stages train alike), and on what base."""
+    """What the run's adapters are (read off the SFT adapter: both stages train alike), and on what
+    base: its name and the start of its weights' SHA-256 (:func:`~prefopt.model.digest.weights_sha256`;
+    report.json's ``model_sha256`` holds all of it), where its files are on this machine."""
+    from ..model.digest import weights_sha256
+
     try:
         what = describe(read_adapter_config(out / weights["sft"]))
     except (OSError, ValueError):
         what = "LoRA"
-    base = f" (its {quantized} 4-bit base)" if quantized else ""
-    return f"{what}, on `{model}`{base}; each stage's adapter, with its tokenizer:"
+    digest = weights_sha256(model)
+    base = ", ".join(([f"its {quantized} 4-bit base"] if quantized else [])
+                     + ([f"weights SHA-256 {digest[:12]}"] if digest else []))
+    return f"{what}, on `{model}`{f' ({base})' if base else ''}; each stage's adapter, with its tokenizer:"
 
 
 def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dict) -> list[str]:

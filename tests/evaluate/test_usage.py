@@ -106,12 +106,15 @@ def test_an_adapter_saved_alone_is_stacked_first_and_the_sft_model_said_so(tmp_p
     assert all(c[c.index("--adapter") + 1] == f"{tmp_path}/sft/train/final" for c in commands)
 
 
-def test_a_4bit_run_is_used_on_its_4bit_base_and_its_adapters_are_named(tmp_path):
+def test_a_4bit_run_is_used_on_its_4bit_base_and_its_adapters_are_named(tmp_path, monkeypatch):
     """The report says what the adapters are (read off the SFT one) and, for a run on a 4-bit base,
     every command that answers loads it that way (an adapter trained on 4 bits is worse on the
-    full-precision base); merging warns that the merged model is not the one evaluated."""
+    full-precision base); merging warns that the merged model is not the one evaluated. (The alias
+    is not imported here: no digest of its weights to show.)"""
     from prefopt import apply_lora, load_model, save_adapter
     from tests._tiny import build_hf_model
+
+    monkeypatch.setenv("PREFOPT_HOME", str(tmp_path / "home"))
 
     build_hf_model(tmp_path / "base", tokenizer=False)
     save_adapter(apply_lora(load_model(tmp_path / "base"), r=4, alpha=8, target_modules=["q_proj", "v_proj"],
@@ -151,3 +154,23 @@ def test_the_commands_render_the_prompts_as_the_run_did(tmp_path):
     plain = _commands(models_lines(cfg, get_task("portal"), tmp_path, {"sft": "sft/train/final",
                                                                        "dpo": "dpo/train/final"}, {}))
     assert not any("--chat-vars" in c or "--chat-date" in c for c in plain)
+
+
+def test_the_base_model_is_named_with_the_start_of_its_weights_digest(tmp_path):
+    """A base whose files are on this machine: report.md names it with the first 12 hex digits of
+    its weights' SHA-256 (report.json holds all of it), beside the 4-bit note where there is one."""
+    from prefopt import apply_lora, load_model, save_adapter
+    from prefopt.model.digest import weights_sha256
+    from tests._tiny import build_hf_model
+
+    base = tmp_path / "base"
+    build_hf_model(base, tokenizer=False)
+    save_adapter(apply_lora(load_model(base), r=4, alpha=8, target_modules=["q_proj"]), tmp_path / "run/sft/train/final")
+    cfg = CompareConfig(task="portal", model=str(base), output=str(tmp_path / "run"))
+    weights = {"sft": "sft/train/final", "dpo": "sft/train/final"}
+    digest = weights_sha256(base)
+    for quantized, note in ((None, f"weights SHA-256 {digest[:12]}"),
+                            ("nf4", f"its nf4 4-bit base, weights SHA-256 {digest[:12]}")):
+        lines = models_lines(cfg, get_task("portal"), tmp_path / "run", weights, {"quantized": quantized})
+        assert (f"LoRA r4 (alpha 8) on q_proj, on `{base}` ({note}); each stage's adapter, with its tokenizer:"
+                in lines)

@@ -85,6 +85,7 @@ def _check(out: Path) -> dict:
     report = json.loads((out / "report.json").read_text())
     n_test = len(json.loads((out / "split.json").read_text())["test"])
     assert n_test >= 4 and report["n_test"] == n_test
+    assert report["model_sha256"] == weights_sha256(report["model"]) is not None  # which base weights the run used
     assert set(report["stages"]) == {"base", "sft", "dpo"}
     assert set(report["comparisons"]) == {"base->sft", "sft->dpo", "base->dpo"}
     for s in ("base", "sft", "dpo"):
