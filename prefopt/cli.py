@@ -517,16 +517,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "would take, the log-prob path, the cache and default model, each optional package (and "
                         "how to install one that is missing); for checking an offline install, and bug reports")
     en.add_argument("--json", action="store_true", help="the same as JSON")
+    en.add_argument("--model", help="also which weights this model is here: its folder, files and their SHA-256, "
+                    "as calibration.json and predict.json record it (read once, then kept in the cache)")
+    en.add_argument("--adapter", help="also this adapter's SHA-256, and the base weights it was trained on: "
+                    "whether they are --model's")
     en.set_defaults(func=_env)
     p.commands = sub.choices  # each command's own parser, for parse_args' errors
     return p
 
 
 def _env(args: argparse.Namespace) -> int:
-    from .environment import facts, report
+    from .environment import facts, report, weights_facts
     from .fileio import json_text
 
-    print(json_text(facts(), indent=2) if args.json else "\n".join(report()))
+    found = facts()
+    if args.model is not None or args.adapter is not None:
+        found["weights"] = weights_facts(args.model, args.adapter)
+    print(json_text(found, indent=2) if args.json else "\n".join(report(found)))
     return 0
 
 

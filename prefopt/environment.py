@@ -106,6 +106,52 @@ def facts() -> dict:
     }
 
 
+def weights_facts(model: str | None, adapter: str | None) -> dict:
+    """Which weights ``model`` and ``adapter`` are on this machine (``prefopt env --model
+    --adapter``), read as calibration.json, predict.json and an adapter's own record name them:
+    the model's folder, its files' count and bytes and their SHA-256
+    (:func:`~prefopt.model.digest.weights_sha256`; None where its files are not here), the
+    adapter's SHA-256 and that of the base it was trained on (None where it records none), and
+    whether that is this model's."""
+    from .lora_files import BASE_SHA256, adapter_sha256
+    from .model.digest import weights_sha256
+    from .model.hub import files_stamp, local_model_path
+    from .model.safetensors_io import read_metadata
+
+    out: dict = {}
+    if model is not None:
+        stamp, folder = files_stamp(model), local_model_path(model)
+        out["model"] = {"name": model, "folder": str(folder.resolve()) if folder else None,
+                        "files": len(stamp) if stamp else 0, "bytes": sum(f[1] for f in stamp or []),
+                        "sha256": weights_sha256(model)}
+    if adapter is not None:
+        weights = Path(adapter) / "adapter_model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"--adapter {adapter}: no adapter_model.safetensors there")
+        base = read_metadata(weights).get(BASE_SHA256)
+        mine = out.get("model", {}).get("sha256")
+        out["adapter"] = {"folder": str(Path(adapter).resolve()), "sha256": adapter_sha256(adapter),
+                          "base_sha256": base, "base_is_model": None if base is None or mine is None else base == mine}
+    return out
+
+
+def weights_lines(w: dict) -> list[str]:
+    """:func:`weights_facts` in words."""
+    lines = []
+    if m := w.get("model"):
+        lines.append(f"model {m['name']}: " + (f"{m['folder']}, {m['files']} files, {m['bytes'] / 1e6:.1f} MB, "
+                                                f"weights SHA-256 {m['sha256']}" if m["sha256"] else
+                                                "no files on this machine yet (an alias is imported at its first use, a hub id "
+                                                "downloaded)"))
+    if a := w.get("adapter"):
+        base = a["base_sha256"]
+        said = {True: ": this model's", False: ": not this model's (loading it there warns)", None: ""}
+        lines.append(f"adapter {a['folder']}: SHA-256 {a['sha256']}; "
+                     + (f"trained on base weights {base}{said[a['base_is_model']]}" if base else
+                        "it records no base weights (PEFT's, or an older prefopt's)"))
+    return lines
+
+
 def report(f: dict | None = None) -> list[str]:
     """``prefopt env``'s lines (``f``: :func:`facts`, read now by default)."""
     f = f or facts()
@@ -136,6 +182,7 @@ def report(f: dict | None = None) -> list[str]:
         lines.append(f"model {name}: {state}")
     if f["hub"]:
         lines.append("hub: " + ", ".join(f"{k}={v}" for k, v in f["hub"].items()))
+    lines += weights_lines(f.get("weights", {}))
     lines.append("optional packages:")
     for module, o in f["optional"].items():
         pin = t.get("triton_pin") if module == "triton" else None

@@ -110,3 +110,49 @@ def test_on_a_gpu_machine_the_gpus_and_the_triton_path_are_found():
     assert facts["gpus"][0]["memory_gib"] == round(p.total_memory / 2**30, 1)
     want = "triton" if facts["optional"]["triton"]["version"] else "chunked"
     assert facts["runs_on"]["logprobs"] == want and facts["runs_on"]["training_dtype"].endswith("bfloat16 autocast")
+
+
+def test_model_and_adapter_say_which_weights_they_are_and_whether_the_adapter_was_trained_on_them(
+        tmp_path, monkeypatch, capsys):
+    """``prefopt env --model M --adapter A``: the model's folder, files and weights' SHA-256 (as a
+    calibration records it), the adapter's and its base's, and whether that base is M; the same
+    in --json; a model not here and an adapter that records no base are said so."""
+    import hashlib
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from tests._tiny import build_hf_model, save_random_adapter
+
+    monkeypatch.setenv("PREFOPT_HOME", str(tmp_path / "home"))
+    base, other = tmp_path / "base", tmp_path / "other"
+    build_hf_model(base, seed=0)
+    build_hf_model(other, seed=3)
+    adapter = save_random_adapter(base, tmp_path / "adapter")
+    h = hashlib.sha256()
+    files = sorted(p for p in base.iterdir() if p.suffix == ".safetensors" or p.name == "config.json")
+    for p in files:
+        h.update(f"{p.name}\0{p.stat().st_size}\0".encode() + p.read_bytes())
+    mine = h.hexdigest()
+    adapter_digest = hashlib.sha256((adapter / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert main(["env", "--model", str(base), "--adapter", str(adapter)]) == 0
+    out = capsys.readouterr().out
+    size = sum(p.stat().st_size for p in files) / 1e6
+    assert f"model {base}: {base}, 2 files, {size:.1f} MB, weights SHA-256 {mine}\n" in out
+    assert f"adapter {adapter}: SHA-256 {adapter_digest}; trained on base weights {mine}: this model's\n" in out
+    assert main(["env", "--model", str(other), "--adapter", str(adapter)]) == 0
+    assert f"trained on base weights {mine}: not this model's (loading it there warns)" in capsys.readouterr().out
+    assert main(["env", "--json", "--model", str(other), "--adapter", str(adapter)]) == 0
+    w = json.loads(capsys.readouterr().out)["weights"]
+    assert w["model"]["folder"] == str(other) and w["model"]["files"] == 2 and w["model"]["sha256"] != mine
+    assert w["adapter"] == {"folder": str(adapter), "sha256": adapter_digest, "base_sha256": mine,
+                            "base_is_model": False}
+    weights = adapter / "adapter_model.safetensors"
+    save_file(load_file(weights), weights, metadata={"format": "pt"})  # as PEFT writes it
+    shutil.rmtree(other)
+    assert main(["env", "--model", "org/not-here", "--adapter", str(adapter)]) == 0
+    out = capsys.readouterr().out
+    assert "model org/not-here: no files on this machine yet" in out
+    assert "it records no base weights (PEFT's, or an older prefopt's)" in out
+    assert main(["env", "--adapter", str(tmp_path / "none")]) == 2
+    assert f"--adapter {tmp_path / 'none'}: no adapter_model.safetensors there" in capsys.readouterr().err
