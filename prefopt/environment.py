@@ -139,10 +139,9 @@ def weights_lines(w: dict) -> list[str]:
     """:func:`weights_facts` in words."""
     lines = []
     if m := w.get("model"):
-        lines.append(f"model {m['name']}: " + (f"{m['folder']}, {m['files']} files, {m['bytes'] / 1e6:.1f} MB, "
-                                                f"weights SHA-256 {m['sha256']}" if m["sha256"] else
-                                                "no files on this machine yet (an alias is imported at its first use, a hub id "
-                                                "downloaded)"))
+        here = f"{m['folder']}, {m['files']} files, {m['bytes'] / 1e6:.1f} MB, weights SHA-256 {m['sha256']}"
+        lines.append(f"model {m['name']}: " + (here if m["sha256"] else "no files on this machine yet (an alias is "
+                                                "imported at its first use, a hub id downloaded)"))
     if a := w.get("adapter"):
         base = a["base_sha256"]
         said = {True: ": this model's", False: ": not this model's (loading it there warns)", None: ""}
