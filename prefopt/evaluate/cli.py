@@ -76,7 +76,7 @@ def _eval(args) -> int:
     from ..tokenizer import load_tokenizer
     from .calibration import calibration_fit, write_calibration
     from .confidence import SCORING, answer_logprobs, confidence_possible, marginals, scored_answers
-    from .review import review_table
+    from .review import review_table, review_target
     from .runner import (
         DECODING,
         check_prompts,
@@ -134,6 +134,8 @@ def _eval(args) -> int:
         probabilities = [marginals(task, s, temperature) for s in scored]
         metrics["confidence"], per_row = scored_answers(task, records, preds, probabilities)
         metrics["review"] = review_table(task, records, preds, per_row["confidence"], args.review_below)
+        if args.review_target is not None:
+            metrics["review"]["target"] = review_target(task, records, preds, per_row["confidence"], args.review_target)
         metrics["confidence_scoring"] = SCORING
         metrics |= {"temperature": temperature, "calibration": args.calibration} if args.calibration else {}
         extra.update(per_row)
@@ -178,20 +180,23 @@ def _review_below(args) -> dict:
 
 
 def _check_review(args, task) -> None:
-    """``--review-below``: a probability, read off the labels' confidence, which the task must
-    have and the command score (predict: before any record is read; eval: before the model loads)."""
+    """``--review-below`` (and eval's ``--review-target``): a probability, read off the labels'
+    confidence, which the task must have and the command score (predict: before any record is
+    read; eval: before the model loads)."""
     from .confidence import scorable
     from .review import check_threshold
 
-    if args.review_below is None:
-        return
-    check_threshold(args.review_below)
-    if not args.confidence:
-        raise ValueError("--review-below reads the confidence --confidence scores: add --confidence"
-                         if hasattr(args, "fit_temperature") else  # (eval's; predict scores it unless told not to)
-                         "--review-below reads the confidence columns, which --no-confidence leaves out: give one")
-    if why := scorable(task):
-        raise ValueError(f"--review-below: {why}")
+    for flag, value in (("--review-below", args.review_below),
+                        ("--review-target", getattr(args, "review_target", None))):
+        if value is None:
+            continue
+        check_threshold(value, flag)
+        if not args.confidence:
+            raise ValueError(f"{flag} reads the confidence --confidence scores: add --confidence"
+                             if hasattr(args, "fit_temperature") else  # (eval's; predict scores it unless told not to)
+                             f"{flag} reads the confidence columns, which --no-confidence leaves out: give one")
+        if why := scorable(task):
+            raise ValueError(f"{flag}: {why}")
 
 
 def _print_estimate(args, tok, task, records, new_tokens: int) -> int:
@@ -290,7 +295,8 @@ def _rescore(task, records: list, against: list[dict] | None, args) -> int:
 
     moot = [f"--{k.replace('_', '-')}" for k in ("model", "adapter", "quantize", "confidence", "max_new_tokens",
                                                   "repetition_penalty", "no_repeat_ngram_size", "repeat_scope",
-                                                  "estimate_memory", "fit_temperature", "calibration", "review_below")
+                                                  "estimate_memory", "fit_temperature", "calibration", "review_below",
+                                                  "review_target")
             if getattr(args, k, None)]
     if moot:
         raise ValueError(f"--answers {args.answers} scores the answers there, so {', '.join(moot)} would do nothing; "
@@ -318,7 +324,7 @@ def _write_and_test(task, records, texts, preds, metrics, extra, against, args, 
     from pathlib import Path
 
     from .confidence import confidence_line
-    from .review import review_lines
+    from .review import review_lines, target_line
     from .runner import keep_earlier, write_results
 
     metrics["evaluated"] = _evaluated(args) | metrics.get("evaluated", {})
@@ -331,6 +337,8 @@ def _write_and_test(task, records, texts, preds, metrics, extra, against, args, 
         print(f"prefopt eval: confidence in {field}: {confidence_line(c)}")
     for line in review_lines(metrics["review"]) if "review" in metrics else []:
         print(f"prefopt eval: {line}")
+    if "target" in metrics.get("review", {}):
+        print(f"prefopt eval: {target_line(metrics['review']['target'])}")
     print(f"prefopt eval: wrote {Path(args.output) / 'predictions.jsonl'} and metrics.json")
     if against is not None:
         _test_against(task, records, against, args, name)
@@ -573,6 +581,9 @@ def add_commands(sub) -> None:
     e.add_argument("--review-below", type=float, metavar="P", help="with --confidence: P among the thresholds "
                    "of the table of records the model would answer alone (predict --review-below P's, on labelled "
                    "records)")
+    e.add_argument("--review-target", type=float, metavar="A", help="with --confidence: the lowest threshold at "
+                   "which the records the model would answer alone were all right at a share whose 95%% CI starts at "
+                   "A or above (0.95), to read off validation items and check on the test items with --review-below")
     e.add_argument("--calibration", metavar="FILE", help="with --confidence: an eval --fit-temperature's "
                    "calibration.json, or a compare stage's (a run with --set val=N), or its folder, fitted with this "
                    "model and adapter: the label probabilities scaled by its temperature")

@@ -18,11 +18,54 @@ COLUMN = "review"
 DIGITS = 4  # a confidence as predict's confidence_<field> column holds it, and the table compares it
 
 
-def check_threshold(value: float) -> None:
-    """Refuse a ``--review-below`` that is not a probability strictly between 0 and 1."""
+def check_threshold(value: float, flag: str = "--review-below") -> None:
+    """Refuse a ``--review-below`` (or ``--review-target``) that is not a probability strictly
+    between 0 and 1."""
     if not 0 < value < 1:
-        raise ValueError(f"--review-below {value:g}: a probability between 0 and 1 (0.9: an answer the model gives "
-                         "less than 90% goes to review)")
+        raise ValueError(f"{flag} {value:g}: a probability between 0 and 1 " + (
+            "(0.9: an answer the model gives less than 90% goes to review)" if flag == "--review-below" else
+            "(0.95: the records the model answers alone should be right at least 95% of the time)"))
+
+
+def review_target(task, records, preds: list[dict], sure: list[dict], target: float) -> dict:
+    """The lowest threshold at which the records the model would answer alone (every field's
+    label at least that probability, to :data:`DIGITS` decimals, as :func:`review_table` counts
+    them) were all right at a share whose 95% CI (Wilson's) starts at ``target`` or above, among
+    every threshold that tells these records apart (each record's least confident field): as
+    ``{"target", "threshold"`` (None where none reaches it), ``"n"``, ``"right"``, ``"ci"}`` of
+    the records kept there, and where none reaches it, the threshold whose CI starts highest
+    (``"best"``, a row of the same keys). Read off these records, it flatters them (the lowest of
+    many looks): a threshold is checked on other records (``eval --review-below T`` on the test
+    items)."""
+    names = [f.name for f in task.fields]
+    least = [None if any(s[k] is None for k in names) else min(round(s[k], DIGITS) for k in names) for s in sure]
+    right = [all(pred.get(k) == r.labels[k] for k in names) for pred, r in zip(preds, records)]
+    rows = []
+    for t in sorted({x for x in least if x is not None and 0 < x < 1}):  # (a threshold --review-below takes)
+        kept = [i for i, x in enumerate(least) if x is not None and x >= t]
+        rows.append(_row(t, len(kept), len(records), sum(right[i] for i in kept)))
+    reached = [r for r in rows if r["ci"][0] >= target]
+    out = {"target": target, "n_records": len(records)}
+    if reached:
+        return out | reached[0]
+    best = max(rows, key=lambda r: (r["ci"][0], -r["threshold"]), default=None)
+    return out | {"threshold": None, "best": best}
+
+
+def target_line(found: dict) -> str:
+    """:func:`review_target` in words."""
+    goal = f"right at least {found['target']:g} of the time (the 95% CI's lower end)"
+    if found["threshold"] is not None:
+        t = found["threshold"]
+        return (f"the records answered alone were {goal} from confidence {t:g} up: review below {t:g} ({found['n']} "
+                f"of {found['n_records']} answered alone, {found['right']:.3f} right [{found['ci'][0]:.3f}, "
+                f"{found['ci'][1]:.3f}]); read off these records, so check it on others before use: eval "
+                f"--confidence --review-below {t:g}")
+    best = found.get("best")
+    near = (f"; the nearest, from {best['threshold']:g} up: {best['n']} of {found['n_records']} answered alone, "
+            f"{best['right']:.3f} right [{best['ci'][0]:.3f}, {best['ci'][1]:.3f}]") if best else ""
+    return (f"at no threshold were the records answered alone {goal} on these {found['n_records']} records{near}; "
+            "more labelled records narrow the CI")
 
 
 def review_table(task, records, preds: list[dict], sure: list[dict], below: float | None = None) -> dict:

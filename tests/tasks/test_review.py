@@ -6,7 +6,7 @@ import pytest
 
 from prefopt.cli import main
 from prefopt.evaluate.confidence import SCORING
-from prefopt.evaluate.review import THRESHOLDS, mark_review, review_lines, review_table
+from prefopt.evaluate.review import THRESHOLDS, mark_review, review_lines, review_table, review_target, target_line
 from prefopt.evaluate.stats import wilson_interval
 from prefopt.tasks import get_task
 from prefopt.tasks.base import Record
@@ -137,4 +137,78 @@ def test_eval_writes_the_table_and_predict_marks_the_records_below_a_threshold(t
     assert main(["eval", "--task", "portal", "--data", str(data), "--answers", str(tmp_path / "e"), "--review-below",
                  "0.9", "--output", str(tmp_path / "refused")]) == 2
     assert "--review-below would do nothing" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+
+
+def test_the_target_is_the_lowest_threshold_whose_records_answered_alone_reach_it_by_the_cis_lower_end():
+    """Six records: each one's least sure field and whether both fields were right, by hand. The
+    candidates are the records' own least confidences (1.0 is none: --review-below cannot take
+    it); a record that named no label is never answered alone."""
+    task = get_task("portal")
+    least = [0.9, 0.8, 0.7, 0.6, None, 1.0]
+    right = [True, True, False, True, True, True]
+    records = _portal_records([("urgent", "nurse")] * 6)
+    preds = [{"urgency": "urgent", "staff": "nurse" if ok else "doctor"} for ok in right]
+    sure = [{"urgency": None, "staff": 0.99} if x is None else {"urgency": min(x + 0.05, 1.0), "staff": x}
+            for x in least]
+    # kept from t up: 0.9 {r0, r5} 2/2; 0.8 +r1 3/3; 0.7 +r2 3/4; 0.6 +r3 4/5
+    lower = {0.9: wilson_interval(2, 2)[0], 0.8: wilson_interval(3, 3)[0], 0.7: wilson_interval(3, 4)[0],
+             0.6: wilson_interval(4, 5)[0]}
+    assert lower[0.6] > lower[0.7] and lower[0.8] > lower[0.6] > 0.3  # (not monotone: the lowest that reaches it)
+    found = review_target(task, records, preds, sure, 0.3)
+    assert found == {"target": 0.3, "n_records": 6, "threshold": 0.6, "n": 5, "kept": 5 / 6, "right": 0.8,
+                     "ci": list(wilson_interval(4, 5))}
+    found = review_target(task, records, preds, sure, lower[0.6] + 0.001)
+    assert (found["threshold"], found["n"], found["right"]) == (0.8, 3, 1.0)
+    line = target_line(found)
+    assert line.startswith(f"the records answered alone were right at least {lower[0.6] + 0.001:g} of the time (the "
+                           "95% CI's lower end) from confidence 0.8 up: review below 0.8 (3 of 6 answered alone, "
+                           f"1.000 right [{lower[0.8]:.3f}, 1.000]); read off these records")
+    assert line.endswith("eval --confidence --review-below 0.8")
+    none = review_target(task, records, preds, sure, 0.5)
+    assert none["threshold"] is None and none["best"]["threshold"] == 0.8 and none["best"]["n"] == 3
+    assert target_line(none) == ("at no threshold were the records answered alone right at least 0.5 of the time "
+                                 "(the 95% CI's lower end) on these 6 records; the nearest, from 0.8 up: 3 of 6 "
+                                 f"answered alone, 1.000 right [{lower[0.8]:.3f}, 1.000]; more labelled records "
+                                 "narrow the CI")
+    nothing = review_target(task, records[4:5], preds[4:5], sure[4:5], 0.5)  # no record named every label
+    assert nothing["best"] is None and target_line(nothing).endswith("on these 1 records; more labelled records "
+                                                                      "narrow the CI")
+
+
+def test_eval_review_target_is_read_off_its_own_predictions_and_refused_where_it_cannot_be(tiny_model, tmp_path,
+                                                                                           capsys, monkeypatch):
+    from prefopt.evaluate import runner
+
+    data = formats.write_jsonl(tmp_path / "m.jsonl", [
+        {"id": f"m{i}", "message": f"Message {i}: a cough for {i} weeks", "urgency": ["urgent", "routine"][i % 2],
+         "staff": "nurse"} for i in range(8)])
+    answer = get_task("portal").read(str(data))[0].target
+
+    def answered(model, tok, task, records, **kw):
+        return [answer] * len(records), [True] * len(records)
+
+    monkeypatch.setattr(runner, "predict", answered)
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text(json.dumps({"temperature": 40.0, "task": "portal", "model": str(tiny_model), "adapter": None,
+                                       "confidence_scoring": SCORING}))
+    common = ["--task", "portal", "--model", str(tiny_model), "--data", str(data), "--max-new-tokens", "6",
+              "--split", "all", "--calibration", str(calibration)]
+    assert main(["eval", *common, "--output", str(tmp_path / "e"), "--confidence", "--review-target", "0.05"]) == 0
+    out = capsys.readouterr().out
+    found = json.loads((tmp_path / "e" / "metrics.json").read_text())["review"]["target"]
+    rows = [json.loads(line) for line in (tmp_path / "e" / "predictions.jsonl").read_text().splitlines()]
+    task, records = get_task("portal"), get_task("portal").read(str(data))
+    by_id = {r["id"]: r for r in rows}
+    assert found == review_target(task, records, [by_id[r.id]["prediction"] for r in records],
+                                  [by_id[r.id]["confidence"] for r in records], 0.05)
+    assert found["threshold"] is not None and f"prefopt eval: {target_line(found)}" in out
+    for argv, error in ((["--review-target", "0.9"], "--review-target reads the confidence --confidence scores"),
+                        (["--confidence", "--review-target", "1"], "--review-target 1: a probability between 0 and 1 "
+                         "(0.95: the records the model answers alone should be right at least 95% of the time)")):
+        assert main(["eval", *common[:-2], *argv, "--output", str(tmp_path / "refused")]) == 2, argv
+        assert error in capsys.readouterr().err
+    assert main(["eval", "--task", "portal", "--data", str(data), "--answers", str(tmp_path / "e"), "--review-target",
+                 "0.9", "--output", str(tmp_path / "refused")]) == 2
+    assert "--review-target would do nothing" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
