@@ -19,7 +19,7 @@ FILE = "calibration.json"
 
 
 def calibration_fit(task, records: list, preds: list[dict], scored: list, confidence: dict, *, model: str,
-                    adapter: str | None, task_options: dict, data: str | None) -> dict:
+                    adapter: str | None, task_options: dict, data: str | None, quantized: str | None = None) -> dict:
     """``calibration.json`` of ``eval --fit-temperature``: :func:`~.temperature.fit_temperature` on
     ``records``' answers' log-probs (``scored``) as :func:`calibration_record` writes it, with each
     field's Brier score and ECE under cross-fitting (:func:`~.temperature.cross_fitted`; None with
@@ -34,18 +34,20 @@ def calibration_fit(task, records: list, preds: list[dict], scored: list, confid
         cross = {name: {"brier": c["brier"], "ece": c["ece"]} for name, c in metrics.items()}
     return calibration_record(fit_temperature(task, records, scored), task, task_options=task_options, model=model,
                               adapter=adapter, data=data, records=len(records), uncalibrated=confidence,
-                              fitted_on="the records evaluated", cross_fitted=cross)
+                              fitted_on="the records evaluated", cross_fitted=cross, quantized=quantized)
 
 
 def calibration_record(fit: dict, task, *, task_options: dict, model: str, adapter: str | None, data: str | None,
-                       records: int, uncalibrated: dict, fitted_on: str, **more) -> dict:
+                       records: int, uncalibrated: dict, fitted_on: str, quantized: str | None = None,
+                       **more) -> dict:
     """What ``calibration.json`` holds: the ``fit`` (:func:`~.temperature.fit_temperature`), the
-    task, model and adapter it is for (:func:`read_calibration` checks them), the data and how
+    task, model, adapter and 4-bit base (``quantized``: ``--quantize``'s kind, None in full
+    precision) it is for (:func:`read_calibration` checks them), the data and how
     many of its ``records`` it was fitted on (``fitted_on``: which), each field's Brier score and
     ECE at T = 1 (``uncalibrated``: :func:`~.confidence.confidence_metrics`), ``more``, the date."""
     return {**{k: fit[k] for k in ("temperature", "n", "nll_before", "nll_after", "bound")}, "task": task.name,
             "task_options": task_options, "model": where(model), "model_sha256": weights_sha256(model),
-            "adapter": where(adapter), "adapter_sha256": adapter_sha256(adapter),
+            "adapter": where(adapter), "adapter_sha256": adapter_sha256(adapter), "quantized": quantized,
             "confidence_scoring": SCORING, "data": where(data) or "the task's bundled data", "records": records,
             "fitted_on": fitted_on,
             "uncalibrated": {name: {"brier": c["brier"], "ece": c["ece"]} for name, c in uncalibrated.items()},
@@ -89,12 +91,15 @@ def calibration_lines(fitted: dict) -> list[str]:
     return lines
 
 
-def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | None) -> float:
+def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | None,
+                     quantized: str | None = None) -> float:
     """The temperature in ``path`` (a ``calibration.json``, or the folder that holds one), where
     it was fitted on ``task``'s answers by the same model and adapter, scored the same way: a
     temperature fits one model's probabilities, and another's is refused by name. A model or
     adapter at another path is the same where its weights' digest is the one recorded (hashing
-    a model read once, :func:`~prefopt.model.digest.weights_sha256`)."""
+    a model read once, :func:`~prefopt.model.digest.weights_sha256`). A base loaded in 4 bits
+    (``quantized``) gives other probabilities than in full precision: a file that says how its
+    model was loaded is refused for the other way (an older one, which does not, is not)."""
     path = Path(path)
     if path.is_dir():
         path = path / FILE
@@ -112,10 +117,19 @@ def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | 
         else:
             same, why = _same_weights(name, given, fitted, fit.get(f"{name}_sha256"))
         if not same:
-            raise ValueError(f"--calibration {path} was fitted for {name} {fitted or '(none)'}{why}: a temperature "
-                             "fits one model's probabilities, scored one way (fit one for this one: eval --confidence "
-                             "--fit-temperature)")
+            raise ValueError(f"--calibration {path} was fitted for {name} {fitted or '(none)'}{why}: {_ONE_MODEL}")
+    if "quantized" in fit and fit["quantized"] != quantized:
+        raise ValueError(f"--calibration {path} was fitted on the model {_loaded(fit['quantized'])}, not "
+                         f"{_loaded(quantized)}: {_ONE_MODEL}")
     return float(fit["temperature"])
+
+
+_ONE_MODEL = ("a temperature fits one model's probabilities, scored one way (fit one for this one: eval --confidence "
+              "--fit-temperature)")
+
+
+def _loaded(quantized: str | None) -> str:
+    return f"in 4 bits (--quantize {quantized})" if quantized else "in full precision (no --quantize)"
 
 
 _DIGESTS = {"model": weights_sha256, "adapter": adapter_sha256}  # which weights: None where no files are here

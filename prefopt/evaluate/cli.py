@@ -143,7 +143,8 @@ def _eval(args) -> int:
     if scored is not None and args.fit_temperature:  # (the evaluation written first: a failed fit loses nothing)
         write_calibration(args.output, calibration_fit(task, records, preds, scored, metrics["confidence"],
                                                        model=args.model, adapter=args.adapter,
-                                                       task_options=task_options_of(args), data=args.data))
+                                                       task_options=task_options_of(args), data=args.data,
+                                                       quantized=args.quantize))
     return code
 
 
@@ -169,7 +170,8 @@ def _temperature(args, task) -> float:
     if why := scorable(task):
         raise ValueError(f"{flag}: {why}")
     if args.calibration:
-        return read_calibration(args.calibration, task=task.name, model=args.model, adapter=args.adapter)
+        return read_calibration(args.calibration, task=task.name, model=args.model, adapter=args.adapter,
+                                quantized=args.quantize)
     return 1.0
 
 

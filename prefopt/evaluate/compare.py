@@ -347,7 +347,7 @@ def _stage_calibration(cfg, task, out: Path, stage: str, metrics: dict) -> None:
     adapter = None if stage == "base" else str(out / stage_weights(out)[stage])
     write_json_atomic(out / stage / FILE, calibration_record(
         c, task, task_options=cfg.task_options, model=cfg.model, adapter=adapter, data=cfg.data,
-        records=c["fitted_on"], uncalibrated=metrics["confidence"],
+        records=c["fitted_on"], uncalibrated=metrics["confidence"], quantized=metrics.get("quantized"),
         fitted_on="the run's validation items (split.json's val)", cross_fitted=None, calibrated_on_test=c["fields"]))
 
 

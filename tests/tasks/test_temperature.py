@@ -328,3 +328,37 @@ def test_a_calibration_serves_its_model_moved_or_copied_and_not_weights_saved_ag
     assert read_calibration(path, task="portal", model="org/name", adapter=None) == 1.7
     with pytest.raises(ValueError, match=f"fitted for model org/name, not {fitted}: a temperature"):
         read_calibration(path, task="portal", model=str(fitted), adapter=None)
+
+
+def test_a_calibration_fitted_on_a_4bit_base_is_refused_in_full_precision_and_the_other_way(tiny_model, tmp_path,
+                                                                                            capsys):
+    """The 4-bit base's probabilities are not full precision's: calibration.json says how its model
+    was loaded (eval --quantize), and predict and eval refuse it for the other way before the
+    model loads; a file from before that, which does not say, is taken either way."""
+    from prefopt.evaluate.calibration import read_calibration
+
+    data = tmp_path / "m.jsonl"
+    data.write_text("".join(json.dumps({"id": f"m{i}", "message": f"A rash for {i} days", "urgency": "routine",
+                                        "staff": "nurse"}) + "\n" for i in range(4)))
+    common = ["--task", "portal", "--model", str(tiny_model), "--data", str(data), "--max-new-tokens", "2"]
+    assert main(["eval", *common, "--split", "all", "--confidence", "--fit-temperature", "--quantize", "nf4",
+                 "--output", str(tmp_path / "fit")]) == 0
+    fitted = tmp_path / "fit" / "calibration.json"
+    assert json.loads(fitted.read_text())["quantized"] == "nf4"
+    capsys.readouterr()
+    assert main(["predict", *common, "--calibration", str(fitted), "--output", str(tmp_path / "p")]) == 2
+    assert (f"--calibration {fitted} was fitted on the model in 4 bits (--quantize nf4), not in full precision (no "
+            "--quantize): a temperature fits one model's probabilities") in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+    t = json.loads(fitted.read_text())["temperature"]
+    assert read_calibration(fitted, task="portal", model=str(tiny_model), adapter=None, quantized="nf4") == t
+    with pytest.raises(ValueError, match=r"fitted on the model in 4 bits \(--quantize nf4\), not in 4 bits "
+                                         r"\(--quantize nf4-dq\)"):
+        read_calibration(fitted, task="portal", model=str(tiny_model), adapter=None, quantized="nf4-dq")
+    record = json.loads(fitted.read_text())
+    fitted.write_text(json.dumps(record | {"quantized": None}))
+    with pytest.raises(ValueError, match=r"fitted on the model in full precision \(no --quantize\), not in 4 bits"):
+        read_calibration(fitted, task="portal", model=str(tiny_model), adapter=None, quantized="nf4")
+    fitted.write_text(json.dumps({k: v for k, v in record.items() if k != "quantized"}))  # an older file
+    for quantized in (None, "nf4"):
+        assert read_calibration(fitted, task="portal", model=str(tiny_model), adapter=None, quantized=quantized) == t
