@@ -31,19 +31,23 @@ def review_target(task, records, preds: list[dict], sure: list[dict], target: fl
     """The lowest threshold at which the records the model would answer alone (every field's
     label at least that probability, to :data:`DIGITS` decimals, as :func:`review_table` counts
     them) were all right at a share whose 95% CI (Wilson's) starts at ``target`` or above, among
-    every threshold that tells these records apart (each record's least confident field): as
-    ``{"target", "threshold"`` (None where none reaches it), ``"n"``, ``"right"``, ``"ci"}`` of
-    the records kept there, and where none reaches it, the threshold whose CI starts highest
-    (``"best"``, a row of the same keys). Read off these records, it flatters them (the lowest of
-    many looks): a threshold is checked on other records (``eval --review-below T`` on the test
-    items)."""
+    every threshold that tells these records apart (each record's least confident field, within
+    (0, 1) as ``--review-below`` takes it): as ``{"target", "n_records"`` (how many records),
+    ``"threshold"`` (None where none reaches it), then :func:`review_table`'s row of the records
+    kept there (``"n"``, ``"kept"``, ``"right"``, ``"ci"``)``}``, and where none reaches it, the
+    threshold whose CI starts highest (``"best"``, such a row; None where no record named every
+    label). Read off these records, it flatters them (the lowest of many looks): a threshold is
+    checked on other records (``eval --review-below T`` on the test items)."""
     names = [f.name for f in task.fields]
     least = [None if any(s[k] is None for k in names) else min(round(s[k], DIGITS) for k in names) for s in sure]
     right = [all(pred.get(k) == r.labels[k] for k in names) for pred, r in zip(preds, records)]
-    rows = []
-    for t in sorted({x for x in least if x is not None and 0 < x < 1}):  # (a threshold --review-below takes)
-        kept = [i for i, x in enumerate(least) if x is not None and x >= t]
-        rows.append(_row(t, len(kept), len(records), sum(right[i] for i in kept)))
+    surest = sorted(((x, ok) for x, ok in zip(least, right) if x is not None), reverse=True)
+    rows, kept, good = [], 0, 0
+    for i, (x, ok) in enumerate(surest):  # kept from x up: the records down to the last of x (one pass, sorted)
+        kept, good = kept + 1, good + ok
+        if (i + 1 == len(surest) or surest[i + 1][0] != x) and 0 < x < 1:
+            rows.append(_row(x, kept, len(records), good))
+    rows.reverse()  # (lowest threshold first)
     reached = [r for r in rows if r["ci"][0] >= target]
     out = {"target": target, "n_records": len(records)}
     if reached:

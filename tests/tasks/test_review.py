@@ -212,3 +212,31 @@ def test_eval_review_target_is_read_off_its_own_predictions_and_refused_where_it
                  "0.9", "--output", str(tmp_path / "refused")]) == 2
     assert "--review-target would do nothing" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
+
+
+def test_the_target_search_counts_as_a_threshold_by_threshold_count_would():
+    """The one pass over the records sorted by confidence finds what counting the records kept at
+    every threshold one by one finds (ties, labels not named, confidences of 1.0 among them)."""
+    import random
+
+    rng = random.Random(3)
+    task = get_task("portal")
+    n = 300
+    records = _portal_records([("urgent", "nurse")] * n)
+    preds = [{"urgency": "urgent", "staff": rng.choice(["nurse", "doctor"])} for _ in range(n)]
+    sure = [{"urgency": rng.choice([None, 1.0, round(rng.random(), 2)]), "staff": round(rng.random(), 2)}
+            for _ in range(n)]
+    least = [None if s["urgency"] is None else min(s.values()) for s in sure]
+    right = [p["staff"] == "nurse" for p in preds]
+    for target in (0.3, 0.45, 0.6, 0.99):
+        brute = []
+        for t in sorted({x for x in least if x is not None and 0 < x < 1}):
+            kept = [i for i, x in enumerate(least) if x is not None and x >= t]
+            brute.append((t, len(kept), sum(right[i] for i in kept)))
+        reached = [b for b in brute if wilson_interval(b[2], b[1])[0] >= target]
+        found = review_target(task, records, preds, sure, target)
+        if reached:
+            assert (found["threshold"], found["n"]) == reached[0][:2]
+        else:
+            best = max(brute, key=lambda b: (wilson_interval(b[2], b[1])[0], -b[0]))
+            assert found["threshold"] is None and (found["best"]["threshold"], found["best"]["n"]) == best[:2]
