@@ -27,11 +27,11 @@ def weights_sha256(name: str | os.PathLike | None, *, show_progress: bool = True
     ``.safetensors`` and ``config.json``, each by name, size and bytes in name order; a GGUF
     file's; an alias's imported folder's; a hub id's snapshot in the local hub cache), read from
     the cache where none of them changed since; None where its files are not here (a hub id not
-    downloaded yet), and for no model."""
+    downloaded yet), for a folder that holds neither weights nor ``config.json``, and for no model."""
     if name is None:
         return None
     stamp = files_stamp(name)
-    if stamp is None:
+    if not stamp:  # (no files here; or a folder without weights or config.json: nothing to tell it by)
         return None
     path = local_model_path(name).resolve()
     cache = _read_cache()

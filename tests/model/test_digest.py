@@ -47,6 +47,9 @@ def test_the_digest_is_each_file_by_name_size_and_bytes_and_is_the_same_for_a_co
     gguf.write_bytes(b"GGUF bytes")
     assert weights_sha256(gguf) == _by_hand(("m.gguf", b"GGUF bytes"))
     assert weights_sha256("org/a-hub-model") is None and weights_sha256(None) is None
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no weights here")
+    assert weights_sha256(tmp_path / "empty") is None  # (not the digest of nothing, which every such folder shares)
     kept = json.loads((home / CACHE).read_text())
     assert kept[str(model.resolve())]["sha256"] == want and kept[str(copy.resolve())]["sha256"] == want
 
