@@ -145,9 +145,14 @@ def ensure_alias(alias: str, *, progress: bool = True) -> Path:
 def ensure_gguf(gguf: str | Path, *, progress: bool = True) -> Path:
     """The cached HF-layout folder for a GGUF file given as a model (``--model my.gguf``),
     imported on first use under ``models/gguf/`` in :func:`cache_dir`, one folder per file path."""
+    return _imported(Path(gguf).resolve(), gguf_dir(gguf), progress)
+
+
+def gguf_dir(gguf: str | Path) -> Path:
+    """The folder in :func:`cache_dir` a GGUF file given as the model is imported into (whether or
+    not it is yet): one per file path."""
     gguf = Path(gguf).resolve()
-    key = hashlib.sha256(str(gguf).encode()).hexdigest()[:12]
-    return _imported(gguf, cache_dir() / "models" / "gguf" / f"{gguf.stem}-{key}", progress)
+    return cache_dir() / "models" / "gguf" / f"{gguf.stem}-{hashlib.sha256(str(gguf).encode()).hexdigest()[:12]}"
 
 
 def _stamp(path: Path) -> dict:
