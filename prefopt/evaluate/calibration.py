@@ -19,7 +19,8 @@ FILE = "calibration.json"
 
 
 def calibration_fit(task, records: list, preds: list[dict], scored: list, confidence: dict, *, model: str,
-                    adapter: str | None, task_options: dict, data: str | None, quantized: str | None = None) -> dict:
+                    adapter: str | None, task_options: dict, data: str | None, quantized: str | None = None,
+                    chat_vars: dict | None = None) -> dict:
     """``calibration.json`` of ``eval --fit-temperature``: :func:`~.temperature.fit_temperature` on
     ``records``' answers' log-probs (``scored``) as :func:`calibration_record` writes it, with each
     field's Brier score and ECE under cross-fitting (:func:`~.temperature.cross_fitted`; None with
@@ -34,22 +35,24 @@ def calibration_fit(task, records: list, preds: list[dict], scored: list, confid
         cross = {name: {"brier": c["brier"], "ece": c["ece"]} for name, c in metrics.items()}
     return calibration_record(fit_temperature(task, records, scored), task, task_options=task_options, model=model,
                               adapter=adapter, data=data, records=len(records), uncalibrated=confidence,
-                              fitted_on="the records evaluated", cross_fitted=cross, quantized=quantized)
+                              fitted_on="the records evaluated", cross_fitted=cross, quantized=quantized,
+                              chat_vars=chat_vars)
 
 
 def calibration_record(fit: dict, task, *, task_options: dict, model: str, adapter: str | None, data: str | None,
                        records: int, uncalibrated: dict, fitted_on: str, quantized: str | None = None,
-                       **more) -> dict:
+                       chat_vars: dict | None = None, **more) -> dict:
     """What ``calibration.json`` holds: the ``fit`` (:func:`~.temperature.fit_temperature`), the
-    task, model, adapter and 4-bit base (``quantized``: ``--quantize``'s kind, None in full
-    precision) it is for (:func:`read_calibration` checks them), the data and how
+    task, model, adapter, 4-bit base (``quantized``: ``--quantize``'s kind, None in full
+    precision) and the chat template's variables (``chat_vars``: ``--chat-vars``, None without)
+    it is for (:func:`read_calibration` checks them), the data and how
     many of its ``records`` it was fitted on (``fitted_on``: which), each field's Brier score and
     ECE at T = 1 (``uncalibrated``: :func:`~.confidence.confidence_metrics`), ``more``, the date."""
     return {**{k: fit[k] for k in ("temperature", "n", "nll_before", "nll_after", "bound")}, "task": task.name,
             "task_options": task_options, "model": where(model), "model_sha256": weights_sha256(model),
             "adapter": where(adapter), "adapter_sha256": adapter_sha256(adapter), "quantized": quantized,
-            "confidence_scoring": SCORING, "data": where(data) or "the task's bundled data", "records": records,
-            "fitted_on": fitted_on,
+            "chat_vars": chat_vars or None, "confidence_scoring": SCORING,
+            "data": where(data) or "the task's bundled data", "records": records, "fitted_on": fitted_on,
             "uncalibrated": {name: {"brier": c["brier"], "ece": c["ece"]} for name, c in uncalibrated.items()},
             **more, "date": date.today().isoformat()}
 
@@ -92,14 +95,16 @@ def calibration_lines(fitted: dict) -> list[str]:
 
 
 def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | None,
-                     quantized: str | None = None) -> float:
+                     quantized: str | None = None, chat_vars: dict | None = None) -> float:
     """The temperature in ``path`` (a ``calibration.json``, or the folder that holds one), where
     it was fitted on ``task``'s answers by the same model and adapter, scored the same way: a
     temperature fits one model's probabilities, and another's is refused by name. A model or
     adapter at another path is the same where its weights' digest is the one recorded (hashing
     a model read once, :func:`~prefopt.model.digest.weights_sha256`). A base loaded in 4 bits
-    (``quantized``) gives other probabilities than in full precision: a file that says how its
-    model was loaded is refused for the other way (an older one, which does not, is not)."""
+    (``quantized``) gives other probabilities than in full precision, and prompts rendered with
+    other chat variables (``chat_vars``: a thinking switch) other answers: a file that says how
+    its model was loaded and its prompts rendered is refused for another way (an older one,
+    which does not, is not)."""
     path = Path(path)
     if path.is_dir():
         path = path / FILE
@@ -121,6 +126,14 @@ def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | 
     if "quantized" in fit and fit["quantized"] != quantized:
         raise ValueError(f"--calibration {path} was fitted on the model {_loaded(fit['quantized'])}, not "
                          f"{_loaded(quantized)}: {_ONE_MODEL}")
+    if "chat_vars" in fit and (fit["chat_vars"] or {}) != (chat_vars or {}):
+        from ..chat_template import describe_chat_vars
+
+        fitted = describe_chat_vars(fit["chat_vars"] or {})
+        fix = f"pass --chat-vars {fitted}" if fitted else "leave --chat-vars out"
+        raise ValueError(f"--calibration {path} was fitted on prompts rendered with chat variables "
+                         f"{fitted or '(none)'}, not {describe_chat_vars(chat_vars or {}) or '(none)'}: {_ONE_MODEL}; "
+                         f"or {fix}")
     return float(fit["temperature"])
 
 

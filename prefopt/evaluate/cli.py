@@ -69,6 +69,7 @@ def _pin_chat(tok, args, command: str) -> None:
 
 
 def _eval(args) -> int:
+    from ..cli import chat_vars_arg
     from ..devices import resolve
     from ..pretrained import load_model
     from ..tasks import get_task, sample_records, split_records
@@ -144,7 +145,7 @@ def _eval(args) -> int:
         write_calibration(args.output, calibration_fit(task, records, preds, scored, metrics["confidence"],
                                                        model=args.model, adapter=args.adapter,
                                                        task_options=task_options_of(args), data=args.data,
-                                                       quantized=args.quantize))
+                                                       quantized=args.quantize, chat_vars=chat_vars_arg(args)))
     return code
 
 
@@ -153,6 +154,7 @@ def _temperature(args, task) -> float:
     prediction's task, model and adapter before any model loads; ``--fit-temperature`` (eval's)
     and ``--calibration`` need the labels scored (``--confidence``, a task whose answers are
     labels)."""
+    from ..cli import chat_vars_arg
     from .calibration import read_calibration
     from .confidence import scorable
 
@@ -171,7 +173,7 @@ def _temperature(args, task) -> float:
         raise ValueError(f"{flag}: {why}")
     if args.calibration:
         return read_calibration(args.calibration, task=task.name, model=args.model, adapter=args.adapter,
-                                quantized=args.quantize)
+                                quantized=args.quantize, chat_vars=chat_vars_arg(args))
     return 1.0
 
 

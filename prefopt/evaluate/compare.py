@@ -348,6 +348,7 @@ def _stage_calibration(cfg, task, out: Path, stage: str, metrics: dict) -> None:
     write_json_atomic(out / stage / FILE, calibration_record(
         c, task, task_options=cfg.task_options, model=cfg.model, adapter=adapter, data=cfg.data,
         records=c["fitted_on"], uncalibrated=metrics["confidence"], quantized=metrics.get("quantized"),
+        chat_vars=metrics.get("chat_vars"),
         fitted_on="the run's validation items (split.json's val)", cross_fitted=None, calibrated_on_test=c["fields"]))
 
 

@@ -145,3 +145,56 @@ def test_a_finished_compare_report_says_its_chat_vars_and_its_commands_pass_them
     assert len(commands) >= 3 and all("--chat-vars enable_thinking=false" in c for c in commands)
     for stage in ("base", "sft", "dpo"):
         assert json.loads((out / stage / "metrics.json").read_text())["chat_vars"] == {"enable_thinking": False}
+
+
+def test_a_calibration_is_refused_for_prompts_rendered_with_other_chat_vars(thinking, tmp_path, capsys):
+    """The thinking switch changes the prompts, so the answers and their probabilities: the
+    temperature fitted with --chat-vars enable_thinking=false is refused without them (and the
+    other way), before the model loads, saying what to pass; a file from before, which does not
+    say, is taken either way."""
+    from prefopt.cli import main
+    from prefopt.evaluate.calibration import read_calibration
+
+    data = tmp_path / "m.jsonl"
+    data.write_text("".join(json.dumps({"id": f"m{i}", "message": f"A cough for {i} days", "urgency": "routine",
+                                        "staff": "nurse"}) + "\n" for i in range(4)))
+    common = ["--task", "portal", "--model", str(thinking), "--data", str(data), "--max-new-tokens", "2"]
+    off = ["--chat-vars", "enable_thinking=false"]
+    assert main(["eval", *common, *off, "--split", "all", "--confidence", "--fit-temperature",
+                 "--output", str(tmp_path / "fit")]) == 0
+    fitted = tmp_path / "fit" / "calibration.json"
+    record = json.loads(fitted.read_text())
+    assert record["chat_vars"] == {"enable_thinking": False}
+    capsys.readouterr()
+    assert main(["predict", *common, "--calibration", str(fitted), "--output", str(tmp_path / "p")]) == 2
+    assert (f"--calibration {fitted} was fitted on prompts rendered with chat variables enable_thinking=false, not "
+            "(none): a temperature fits one model's probabilities, scored one way (fit one for this one: eval "
+            "--confidence --fit-temperature); or pass --chat-vars enable_thinking=false") in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+    assert main(["predict", *common, *off, "--calibration", str(fitted), "--output", str(tmp_path / "p")]) == 0
+    t, model = record["temperature"], str(thinking)
+    fitted.write_text(json.dumps(record | {"chat_vars": None}))
+    with pytest.raises(ValueError, match=r"rendered with chat variables \(none\), not enable_thinking=false: .*; or "
+                                         "leave --chat-vars out"):
+        read_calibration(fitted, task="portal", model=model, adapter=None, chat_vars={"enable_thinking": False})
+    assert read_calibration(fitted, task="portal", model=model, adapter=None, chat_vars={}) == t
+    fitted.write_text(json.dumps({k: v for k, v in record.items() if k != "chat_vars"}))  # an older file
+    for chat_vars in (None, {"enable_thinking": False}):
+        assert read_calibration(fitted, task="portal", model=model, adapter=None, chat_vars=chat_vars) == t
+
+
+def test_a_compare_runs_stage_calibrations_record_its_chat_vars(thinking, tmp_path):
+    """With validation items each stage fits a temperature on prompts rendered with the run's chat
+    variables, and says so: the report's predict command (which passes them) is served by it."""
+    from prefopt.evaluate.calibration import read_calibration
+
+    out = tmp_path / "run"
+    run_compare(CompareConfig(task="portal", model=str(thinking), output=str(out), overrides=TINY | {"val": 4},
+                              n_resamples=100, chat_vars={"enable_thinking": False}))
+    for stage in ("base", "sft", "dpo"):
+        assert json.loads((out / stage / "calibration.json").read_text())["chat_vars"] == {"enable_thinking": False}
+    sft = str(out / "sft" / "train" / "final")
+    assert read_calibration(out / "sft", task="portal", model=str(thinking), adapter=sft,
+                            chat_vars={"enable_thinking": False}) > 0
+    with pytest.raises(ValueError, match="or pass --chat-vars enable_thinking=false"):
+        read_calibration(out / "sft", task="portal", model=str(thinking), adapter=sft)
