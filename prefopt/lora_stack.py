@@ -140,7 +140,9 @@ def _row_norms(model: nn.Module, modules) -> dict[str, torch.Tensor]:
 
 def save_adapter(model: nn.Module, out_dir: str | Path, *, base_model: str | None = None, stack: bool = True) -> Path:
     """Write ``model``'s adapter in PEFT's layout (``adapter_config.json`` +
-    ``adapter_model.safetensors``); ``base_model`` defaults to the model's own name.
+    ``adapter_model.safetensors``); ``base_model`` defaults to the model's own name. The weights
+    file's metadata records the digest of the base weights, those of the folder the model was
+    loaded from (:func:`~prefopt.lora_files.base_mismatch` warns where they are put on others).
 
     Where adapters were merged into the model before this one was applied (DPO after SFT:
     ``load_model(base, adapter=sft, merge=True)`` or ``merge_and_unload``), the file holds their

@@ -129,10 +129,10 @@ def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | 
     if "chat_vars" in fit and (fit["chat_vars"] or {}) != (chat_vars or {}):
         from ..chat_template import describe_chat_vars
 
-        fitted = describe_chat_vars(fit["chat_vars"] or {})
-        fix = f"pass --chat-vars {fitted}" if fitted else "leave --chat-vars out"
+        theirs = describe_chat_vars(fit["chat_vars"] or {})
+        fix = f"pass --chat-vars {theirs}" if theirs else "leave --chat-vars out"
         raise ValueError(f"--calibration {path} was fitted on prompts rendered with chat variables "
-                         f"{fitted or '(none)'}, not {describe_chat_vars(chat_vars or {}) or '(none)'}: {_ONE_MODEL}; "
+                         f"{theirs or '(none)'}, not {describe_chat_vars(chat_vars or {}) or '(none)'}: {_ONE_MODEL}; "
                          f"or {fix}")
     return float(fit["temperature"])
 
