@@ -165,7 +165,8 @@ def test_the_base_model_is_named_with_the_start_of_its_weights_digest(tmp_path):
 
     base = tmp_path / "base"
     build_hf_model(base, tokenizer=False)
-    save_adapter(apply_lora(load_model(base), r=4, alpha=8, target_modules=["q_proj"]), tmp_path / "run/sft/train/final")
+    save_adapter(apply_lora(load_model(base), r=4, alpha=8, target_modules=["q_proj"]),
+                 tmp_path / "run" / "sft" / "train" / "final")
     cfg = CompareConfig(task="portal", model=str(base), output=str(tmp_path / "run"))
     weights = {"sft": "sft/train/final", "dpo": "sft/train/final"}
     digest = weights_sha256(base)
