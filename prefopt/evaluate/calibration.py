@@ -44,14 +44,15 @@ def calibration_record(fit: dict, task, *, task_options: dict, model: str, adapt
                        chat_vars: dict | None = None, **more) -> dict:
     """What ``calibration.json`` holds: the ``fit`` (:func:`~.temperature.fit_temperature`), the
     task, model, adapter, 4-bit base (``quantized``: ``--quantize``'s kind, None in full
-    precision) and the chat template's variables (``chat_vars``: ``--chat-vars``, None without)
-    it is for (:func:`read_calibration` checks them), the data and how
+    precision), the chat template's variables (``chat_vars``: ``--chat-vars``, None without) and
+    each field's labels it is for (:func:`read_calibration` checks them), the data and how
     many of its ``records`` it was fitted on (``fitted_on``: which), each field's Brier score and
     ECE at T = 1 (``uncalibrated``: :func:`~.confidence.confidence_metrics`), ``more``, the date."""
     return {**{k: fit[k] for k in ("temperature", "n", "nll_before", "nll_after", "bound")}, "task": task.name,
             "task_options": task_options, "model": where(model), "model_sha256": weights_sha256(model),
             "adapter": where(adapter), "adapter_sha256": adapter_sha256(adapter), "quantized": quantized,
-            "chat_vars": chat_vars or None, "confidence_scoring": SCORING,
+            "chat_vars": chat_vars or None, "labels": {f.name: list(f.labels) for f in task.fields},
+            "confidence_scoring": SCORING,
             "data": where(data) or "the task's bundled data", "records": records, "fitted_on": fitted_on,
             "uncalibrated": {name: {"brier": c["brier"], "ece": c["ece"]} for name, c in uncalibrated.items()},
             **more, "date": date.today().isoformat()}
@@ -95,16 +96,18 @@ def calibration_lines(fitted: dict) -> list[str]:
 
 
 def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | None,
-                     quantized: str | None = None, chat_vars: dict | None = None) -> float:
+                     quantized: str | None = None, chat_vars: dict | None = None,
+                     labels: dict[str, list[str]] | None = None) -> float:
     """The temperature in ``path`` (a ``calibration.json``, or the folder that holds one), where
     it was fitted on ``task``'s answers by the same model and adapter, scored the same way: a
     temperature fits one model's probabilities, and another's is refused by name. A model or
     adapter at another path is the same where its weights' digest is the one recorded (hashing
     a model read once, :func:`~prefopt.model.digest.weights_sha256`). A base loaded in 4 bits
     (``quantized``) gives other probabilities than in full precision, and prompts rendered with
-    other chat variables (``chat_vars``: a thinking switch) other answers: a file that says how
-    its model was loaded and its prompts rendered is refused for another way (an older one,
-    which does not, is not)."""
+    other chat variables (``chat_vars``: a thinking switch) other answers, and a temperature
+    spreads the probability over one set of labels (``labels``, each field's: a task whose labels
+    were read off other data): a file that says how its model was loaded, its prompts rendered
+    and over what labels is refused for another (an older one, which does not, is not)."""
     path = Path(path)
     if path.is_dir():
         path = path / FILE
@@ -134,7 +137,19 @@ def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | 
         raise ValueError(f"--calibration {path} was fitted on prompts rendered with chat variables "
                          f"{theirs or '(none)'}, not {describe_chat_vars(chat_vars or {}) or '(none)'}: {_ONE_MODEL}; "
                          f"or {fix}")
+    if labels is not None and "labels" in fit and _label_sets(fit["labels"]) != _label_sets(labels):
+        raise ValueError(f"--calibration {path} was fitted over the labels {_said(fit['labels'])}, not "
+                         f"{_said(labels)}: a temperature spreads the probability over one set of labels (fit one for "
+                         "these: eval --confidence --fit-temperature)")
     return float(fit["temperature"])
+
+
+def _label_sets(labels: dict) -> dict:
+    return {name: set(values) for name, values in labels.items()}  # (their order in the prompt aside)
+
+
+def _said(labels: dict) -> str:
+    return "; ".join(f"{name}: {', '.join(values)}" for name, values in labels.items())
 
 
 _ONE_MODEL = ("a temperature fits one model's probabilities, scored one way (fit one for this one: eval --confidence "

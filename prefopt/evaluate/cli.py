@@ -173,7 +173,8 @@ def _temperature(args, task) -> float:
         raise ValueError(f"{flag}: {why}")
     if args.calibration:
         return read_calibration(args.calibration, task=task.name, model=args.model, adapter=args.adapter,
-                                quantized=args.quantize, chat_vars=chat_vars_arg(args))
+                                quantized=args.quantize, chat_vars=chat_vars_arg(args),
+                                labels={f.name: list(f.labels) for f in task.fields})
     return 1.0
 
 

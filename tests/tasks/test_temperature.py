@@ -362,3 +362,36 @@ def test_a_calibration_fitted_on_a_4bit_base_is_refused_in_full_precision_and_th
     fitted.write_text(json.dumps({k: v for k, v in record.items() if k != "quantized"}))  # an older file
     for quantized in (None, "nf4"):
         assert read_calibration(fitted, task="portal", model=str(tiny_model), adapter=None, quantized=quantized) == t
+
+
+def test_a_calibration_is_refused_over_other_labels(tiny_model, tmp_path, capsys):
+    """A task whose labels are read off its data: a temperature fitted over three labels is
+    refused for a file that holds two (its prompt lists two, and the probability is spread over
+    them), and served where the same labels are given in another order (--task-option labels=);
+    a file from before, which does not say, is taken."""
+    from prefopt.evaluate.calibration import read_calibration
+
+    def rows(labels):
+        return "".join(json.dumps({"text": f"note {i}", "label": label}) + "\n" for i, label in enumerate(labels))
+
+    three, two = tmp_path / "three.jsonl", tmp_path / "two.jsonl"
+    three.write_text(rows(["urgent", "routine", "soon", "urgent"]))
+    two.write_text(rows(["urgent", "routine", "urgent", "routine"]))
+    common = ["eval", "--task", "text_classification", "--model", str(tiny_model), "--max-new-tokens", "2",
+              "--split", "all", "--confidence"]
+    assert main([*common, "--data", str(three), "--fit-temperature", "--output", str(tmp_path / "fit")]) == 0
+    fitted = tmp_path / "fit" / "calibration.json"
+    record = json.loads(fitted.read_text())
+    assert set(record["labels"]["label"]) == {"urgent", "routine", "soon"}
+    capsys.readouterr()
+    assert main([*common, "--data", str(two), "--calibration", str(fitted), "--output", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert f"--calibration {fitted} was fitted over the labels label: " in err and "soon" in err
+    assert ", not label: " in err and "a temperature spreads the probability over one set of labels" in err
+    assert not (tmp_path / "e").exists()  # (refused before the model loaded)
+    assert main([*common, "--data", str(two), "--task-option", "labels=soon,routine,urgent", "--calibration",
+                 str(fitted), "--output", str(tmp_path / "e")]) == 0
+    t = record["temperature"]
+    fitted.write_text(json.dumps({k: v for k, v in record.items() if k != "labels"}))  # an older file
+    assert read_calibration(fitted, task="text_classification", model=str(tiny_model), adapter=None,
+                            labels={"label": ["a", "b"]}) == t
