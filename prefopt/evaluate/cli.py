@@ -151,7 +151,8 @@ def _eval(args) -> int:
 
 def _temperature(args, task) -> float:
     """``--calibration``'s temperature (1 without it), checked against this evaluation's or
-    prediction's task, model and adapter before any model loads; ``--fit-temperature`` (eval's)
+    prediction's task, model and adapter, how the model is loaded (``--quantize``), the chat
+    variables and the task's labels before any model loads; ``--fit-temperature`` (eval's)
     and ``--calibration`` need the labels scored (``--confidence``, a task whose answers are
     labels)."""
     from ..cli import chat_vars_arg
