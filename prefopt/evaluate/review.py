@@ -38,10 +38,9 @@ def review_target(task, records, preds: list[dict], sure: list[dict], target: fl
     threshold whose CI starts highest (``"best"``, such a row; None where no record named every
     label). Read off these records, it flatters them (the lowest of many looks): a threshold is
     checked on other records (``eval --review-below T`` on the test items)."""
-    names = [f.name for f in task.fields]
-    least = [None if any(s[k] is None for k in names) else min(round(s[k], DIGITS) for k in names) for s in sure]
-    right = [all(pred.get(k) == r.labels[k] for k in names) for pred, r in zip(preds, records)]
-    surest = sorted(((x, ok) for x, ok in zip(least, right) if x is not None), reverse=True)
+    sure, right = _as_compared(task, records, preds, sure)
+    least = [None if None in s.values() else min(s.values()) for s in sure]
+    surest = sorted(((x, all(ok.values())) for x, ok in zip(least, right) if x is not None), reverse=True)
     rows, kept, good = [], 0, 0
     for i, (x, ok) in enumerate(surest):  # kept from x up: the records down to the last of x (one pass, sorted)
         kept, good = kept + 1, good + ok
@@ -83,8 +82,7 @@ def review_table(task, records, preds: list[dict], sure: list[dict], below: floa
     ``"records"``; the same per field under ``"fields"`` (a field's answer kept and right); the
     number of records, ``"n"``; and ``"review_below"``, where given."""
     names = [f.name for f in task.fields]
-    right = [{k: pred.get(k) == r.labels[k] for k in names} for pred, r in zip(preds, records)]
-    sure = [{k: None if s[k] is None else round(s[k], DIGITS) for k in names} for s in sure]
+    sure, right = _as_compared(task, records, preds, sure)
     out: dict = {"n": len(records), "records": [], "fields": {k: [] for k in names},
                  **({"review_below": below} if below is not None else {})}
     for t in sorted({*THRESHOLDS, *([below] if below is not None else [])}):
@@ -94,6 +92,14 @@ def review_table(task, records, preds: list[dict], sure: list[dict], below: floa
             mine = [i for i, s in enumerate(sure) if s[k] is not None and s[k] >= t]
             out["fields"][k].append(_row(t, len(mine), len(records), sum(right[i][k] for i in mine)))
     return out
+
+
+def _as_compared(task, records, preds: list[dict], sure: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Each record's confidence per field as predict's column holds it (to :data:`DIGITS`
+    decimals; None where the answer named no label), and whether each field's answer was right."""
+    names = [f.name for f in task.fields]
+    return ([{k: None if s[k] is None else round(s[k], DIGITS) for k in names} for s in sure],
+            [{k: pred.get(k) == r.labels[k] for k in names} for pred, r in zip(preds, records)])
 
 
 def _row(threshold: float, kept: int, n: int, right: int) -> dict:
