@@ -116,15 +116,15 @@ def weights_facts(model: str | None, adapter: str | None) -> dict:
     adapter records them)."""
     from .lora_files import BASE_SHA256, adapter_sha256
     from .model.digest import weights_sha256
-    from .model.hub import files_stamp, gguf_dir, local_model_path
+    from .model.hub import gguf_dir, local_model_path, path_stamp
     from .model.safetensors_io import read_metadata
 
     out: dict = {}
     if model is not None:
-        stamp, folder = files_stamp(model), local_model_path(model)
-        out["model"] = {"name": model, "folder": str(folder.resolve()) if folder else None,
-                        "files": len(stamp) if stamp else 0, "bytes": sum(f[1] for f in stamp or []),
-                        "sha256": weights_sha256(model)}
+        folder = local_model_path(model)  # (found once; the digest is of these files)
+        stamp = path_stamp(folder) if folder else []
+        out["model"] = {"name": model, "folder": str(folder.resolve()) if folder else None, "files": len(stamp),
+                        "bytes": sum(f[1] for f in stamp), "sha256": weights_sha256(folder) if folder else None}
     if adapter is not None:
         weights = Path(adapter) / "adapter_model.safetensors"
         if not weights.is_file():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .._deps import progress
 from ..fileio import read_json, write_json_atomic
-from .hub import cache_dir, files_stamp, local_model_path
+from .hub import cache_dir, local_model_path, path_stamp
 
 CACHE = "weights_sha256.json"  # in cache_dir(): {absolute path: {"files": files_stamp, "sha256": digest}}
 BAR_BYTES = 1 << 30  # a bar while hashing this much or more (SHA-256 reads about 1 GB a second)
@@ -28,18 +28,19 @@ def weights_sha256(name: str | os.PathLike | None, *, show_progress: bool = True
     file's; an alias's imported folder's; a hub id's snapshot in the local hub cache), read from
     the cache where none of them changed since; None where its files are not here (a hub id not
     downloaded yet), for a folder that holds neither weights nor ``config.json``, and for no model."""
-    if name is None:
+    path = None if name is None else local_model_path(name)  # (found once: a hub id's is a lookup in its cache)
+    if path is None:
         return None
-    stamp = files_stamp(name)
-    if not stamp:  # (no files here; or a folder without weights or config.json: nothing to tell it by)
+    path = path.resolve()
+    stamp = path_stamp(path)
+    if not stamp:  # (a folder without weights or config.json: nothing to tell it by)
         return None
-    path = local_model_path(name).resolve()
     cache = _read_cache()
     kept = cache.get(str(path))
     if isinstance(kept, dict) and kept.get("files") == stamp and isinstance(kept.get("sha256"), str):
         return kept["sha256"]
     digest = _digest([path] if path.is_file() else [path / f[0] for f in stamp], show_progress)
-    if files_stamp(name) == stamp:  # (not saved again while it was read)
+    if path_stamp(path) == stamp:  # (not saved again while it was read)
         cache = _read_cache()  # (another process may have added its own since)
         cache[str(path)] = {"files": stamp, "sha256": digest}
         try:

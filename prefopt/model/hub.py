@@ -98,8 +98,11 @@ def files_stamp(name: str | os.PathLike) -> list | None:
     under: a model saved again at its path changes it, at the cost of a ``stat``, and its weights
     are read anew."""
     path = local_model_path(name)
-    if path is None:
-        return None
+    return None if path is None else path_stamp(path)
+
+
+def path_stamp(path: Path) -> list:
+    """:func:`files_stamp` of the model whose files are at ``path`` (a folder, or a GGUF file)."""
     files = [path] if path.is_file() else \
         sorted(p for p in path.iterdir() if p.suffix == ".safetensors" or p.name == "config.json")
     return [[p.name, st.st_size, st.st_mtime_ns] for p in files for st in [p.stat()]]
