@@ -51,7 +51,7 @@ def calibration_record(fit: dict, task, *, task_options: dict, model: str, adapt
     return {**{k: fit[k] for k in ("temperature", "n", "nll_before", "nll_after", "bound")}, "task": task.name,
             "task_options": task_options, "model": where(model), "model_sha256": weights_sha256(model),
             "adapter": where(adapter), "adapter_sha256": adapter_sha256(adapter), "quantized": quantized,
-            "chat_vars": chat_vars or None, "labels": {f.name: list(f.labels) for f in task.fields},
+            "chat_vars": chat_vars or None, "labels": labels_of(task),
             "confidence_scoring": SCORING,
             "data": where(data) or "the task's bundled data", "records": records, "fitted_on": fitted_on,
             "uncalibrated": {name: {"brier": c["brier"], "ece": c["ece"]} for name, c in uncalibrated.items()},
@@ -142,6 +142,12 @@ def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | 
                          f"{_said(labels)}: a temperature spreads the probability over one set of labels (fit one for "
                          "these: eval --confidence --fit-temperature)")
     return float(fit["temperature"])
+
+
+def labels_of(task) -> dict[str, list[str]]:
+    """Each of ``task``'s fields' labels, as ``calibration.json`` records them and
+    :func:`read_calibration` is given them."""
+    return {f.name: list(f.labels) for f in task.fields}
 
 
 def _label_sets(labels: dict) -> dict:

@@ -156,7 +156,7 @@ def _temperature(args, task) -> float:
     and ``--calibration`` need the labels scored (``--confidence``, a task whose answers are
     labels)."""
     from ..cli import chat_vars_arg
-    from .calibration import read_calibration
+    from .calibration import labels_of, read_calibration
     from .confidence import scorable
 
     fit = getattr(args, "fit_temperature", None)  # (eval's; predict scores its confidence unless told not to)
@@ -175,7 +175,7 @@ def _temperature(args, task) -> float:
     if args.calibration:
         return read_calibration(args.calibration, task=task.name, model=args.model, adapter=args.adapter,
                                 quantized=args.quantize, chat_vars=chat_vars_arg(args),
-                                labels={f.name: list(f.labels) for f in task.fields})
+                                labels=labels_of(task))
     return 1.0
 
 
