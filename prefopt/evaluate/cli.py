@@ -220,8 +220,6 @@ def _predict(args) -> int:
 
     from .._deps import require
     from ..devices import resolve
-    from ..lora_files import adapter_sha256
-    from ..model.digest import weights_sha256
     from ..pretrained import load_model
     from ..tasks import get_task
     from ..tokenizer import load_tokenizer
@@ -238,7 +236,16 @@ def _predict(args) -> int:
     )
     from .partial import claimed, fingerprint
     from .review import mark_review
-    from .runner import DECODING, check_prompts, decoding, keep_earlier, placement, prompt_settings, require_chat
+    from .runner import (
+        DECODING,
+        check_prompts,
+        decoding,
+        keep_earlier,
+        placement,
+        prompt_settings,
+        require_chat,
+        weights_digests,
+    )
 
     options = task_options_of(args)
     task = get_task(args.task, **options)
@@ -261,9 +268,8 @@ def _predict(args) -> int:
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
                        quantize=args.quantize)
     confidence = args.confidence and confidence_possible(task, "predict")
-    made = {"task": task.name, "task_options": options, "model": args.model,
-            "model_sha256": weights_sha256(args.model), "adapter": args.adapter,
-            "adapter_sha256": adapter_sha256(args.adapter), "data": str(Path(args.data).resolve()),
+    made = {"task": task.name, "task_options": options, "model": args.model, "adapter": args.adapter,
+            **weights_digests(args.model, args.adapter), "data": str(Path(args.data).resolve()),
             **decoding(settings, task), **placement(model),
             **prompt_settings(tok), "confidence": confidence, **({"confidence_scoring": SCORING} if confidence else {}),
             **({"temperature": temperature, "calibration": args.calibration} if args.calibration else {})}
@@ -356,9 +362,8 @@ def _evaluated(args) -> dict:
     task and its options, the data and which of its items, the model and adapter (a folder given
     as its full path; an alias or hub id as given) and the digests of their weights (None where
     their files are not on this machine, and for no adapter)."""
-    from ..lora_files import adapter_sha256
-    from ..model.digest import weights_sha256
     from .calibration import where
+    from .runner import weights_digests
 
     items = {"split_file": where(args.split_file), **({"split": "val"} if args.split == "val" else {})} \
         if args.split_file else \
@@ -366,8 +371,7 @@ def _evaluated(args) -> dict:
         | ({"group_by": args.group_by} if args.split == "test" and args.group_by else {})
     return {"task": args.task, "task_options": task_options_of(args), "data": where(args.data) or "the task's bundled "
             "data", **items, "limit": args.limit, "seed": args.seed, "model": where(args.model),
-            "model_sha256": weights_sha256(args.model), "adapter": where(args.adapter),
-            "adapter_sha256": adapter_sha256(args.adapter)}
+            "adapter": where(args.adapter), **weights_digests(args.model, args.adapter)}
 
 
 def _against_rows(folder: str, records: list, flag: str = "--against") -> list[dict]:

@@ -47,8 +47,6 @@ def run(args: argparse.Namespace) -> int:
     from ..data.files import data_files, describe, given_paths
     from ..devices import resolve
     from ..fileio import check_writable, jsonl_text, write_json_atomic, write_text_atomic
-    from ..lora_files import adapter_sha256
-    from ..model.digest import weights_sha256
     from ..pretrained import load_model
     from ..tokenizer import load_tokenizer
     from .answer_pairs import (
@@ -62,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         summary_line,
     )
     from .partial import claimed, partial_file
-    from .runner import keep_earlier, placement, prompt_settings
+    from .runner import keep_earlier, placement, prompt_settings, weights_digests
 
     def say(line: str) -> None:
         print(f"prefopt make-pairs: {line}", flush=True)
@@ -88,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
                        quantize=args.quantize)
     decode = decoding_of(args)
-    made = {"model": args.model, "model_sha256": weights_sha256(args.model), "adapter": args.adapter,
-            "adapter_sha256": adapter_sha256(args.adapter),
+    made = {"model": args.model, "adapter": args.adapter, **weights_digests(args.model, args.adapter),
             "data": describe(data), "columns": args.columns,
             **data_file_settings(args), "max_new_tokens": args.max_new_tokens,
             "max_prompt_length": args.max_prompt_length,

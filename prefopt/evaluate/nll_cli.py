@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         nll_metrics,
         summary_line,
     )
-    from .runner import placement, read_earlier_rows, write_evaluation
+    from .runner import placement, read_earlier_rows, weights_digests, write_evaluation
 
     def say(line: str) -> None:
         print(f"prefopt eval-nll: {line}", flush=True)
@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     for row, value, n in zip(rows, nll, tokens):
         row |= {"nll": float(value), "nll_per_token": float(value / n) if n else None}
     metrics = nll_metrics(nll, tokens, n_resamples=args.n_resamples)
-    metrics |= {"model": args.model, "adapter": args.adapter, "data": describe(data),
+    metrics |= {"model": args.model, "adapter": args.adapter, **weights_digests(args.model, args.adapter),
+                "data": describe(data),
                 **data_file_settings(args), "max_length": args.max_length,
                 "max_prompt_length": args.max_prompt_length, "text_windows": args.text_windows,
                 "examples": len(examples), "skipped_records": len(report.skipped)} | placement(model)

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pretrained import load_model
     from ..tokenizer import load_tokenizer
     from .pair_eval import against, against_line, check_same_pairs, pair_logps, pair_metrics, summary_lines
-    from .runner import placement, read_earlier_rows, write_evaluation
+    from .runner import placement, read_earlier_rows, weights_digests, write_evaluation
 
     def say(line: str) -> None:
         print(f"prefopt eval-pairs: {line}", flush=True)
@@ -80,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
         reference = None
         say("no --adapter: nothing to measure rewards against, so the model's own log-probs only")
     metrics, rows = pair_metrics(pairs, policy, reference, beta=args.beta, n_resamples=args.n_resamples)
-    metrics |= {"model": args.model, "adapter": args.adapter, "data": describe(data),
+    metrics |= {"model": args.model, "adapter": args.adapter,
+                **weights_digests(args.model, args.adapter, reference_adapter=args.reference_adapter),
+                "data": describe(data),
                 **data_file_settings(args), "max_length": args.max_length,
                 "reference": args.reference_adapter or ("the model without the adapter" if args.adapter else None),
                 "skipped_records": len(report.skipped)} | placement(model)

@@ -46,6 +46,18 @@ def placement(model) -> dict:
     return {**where, "quantized": quantized} if quantized else where
 
 
+def weights_digests(model: str, adapter: str | None, **more: str | None) -> dict:
+    """The SHA-256 of the weights an evaluation or its answers came from, for the files that record
+    them: ``model_sha256`` (:func:`~prefopt.model.digest.weights_sha256`), ``adapter_sha256`` and
+    one ``NAME_sha256`` per adapter in ``more`` (:func:`~prefopt.lora_files.adapter_sha256`); None
+    where no files are on this machine, and for no adapter."""
+    from ..lora_files import adapter_sha256
+    from ..model.digest import weights_sha256
+
+    return {"model_sha256": weights_sha256(model), "adapter_sha256": adapter_sha256(adapter),
+            **{f"{name}_sha256": adapter_sha256(path) for name, path in more.items()}}
+
+
 def prompt_settings(tok) -> dict:
     """What ``tok``'s chat template was given beyond the messages, for ``metrics.json``: the answers
     depend on it. ``chat_date`` where the template prints the date (it is in every prompt);

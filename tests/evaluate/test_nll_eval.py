@@ -11,6 +11,8 @@ from prefopt.cli import main
 from prefopt.data import load_sft
 from prefopt.data.sft import IGNORE, TokenizedExample
 from prefopt.evaluate.nll_eval import by_record, example_nll
+from prefopt.lora_files import adapter_sha256
+from prefopt.model.digest import weights_sha256
 from tests.train._fixtures import write_task
 
 NOTE = "Discharge summary. Fever and a stiff neck since noon, lumbar puncture, antibiotics, home in three days. "
@@ -86,6 +88,8 @@ def test_it_equals_the_sft_runs_eval_loss_and_tests_two_models_paired(task, tmp_
     assert base["nll_per_token"] == pytest.approx(summary["eval_before"]["eval_loss"], rel=1e-4)
     assert sft["nll_per_token"] == pytest.approx(summary["eval_after"]["eval_loss"], rel=1e-4)
     assert sft["n_records"] == 8 and sft["ci"][0] <= sft["nll_per_token"] <= sft["ci"][1]
+    assert base["model_sha256"] == sft["model_sha256"] == weights_sha256(model_dir) is not None  # the weights scored
+    assert base["adapter_sha256"] is None and sft["adapter_sha256"] == adapter_sha256(run / "final") is not None
     paired = json.loads((tmp_path / "sft" / "paired.json").read_text())
     assert paired["delta"] == pytest.approx(sft["nll_per_token"] - base["nll_per_token"]) and paired["delta"] < 0
     rows = [json.loads(x) for x in (tmp_path / "sft" / "records.jsonl").read_text().splitlines()]

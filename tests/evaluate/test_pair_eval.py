@@ -8,6 +8,8 @@ import torch
 from prefopt import load_model, load_tokenizer
 from prefopt.cli import main
 from prefopt.data.preference import load_preferences
+from prefopt.lora_files import adapter_sha256
+from prefopt.model.digest import weights_sha256
 from prefopt.train.dpo import DPOConfig
 from prefopt.train.run import run_dpo
 from prefopt.train.shared_prompt import pairs_start
@@ -36,6 +38,9 @@ def test_rewards_are_those_the_dpo_run_reported_on_the_same_pairs(trained, tmp_p
     model_dir, held, adapter, after = trained
     m = _run(["--model", model_dir, "--adapter", adapter, "--data", held], tmp_path / "e")
     assert m["n_pairs"] == 16 and m["reference"] == "the model without the adapter"
+    # which weights were measured, by their digests (the reference: the model's own, no adapter)
+    assert m["model_sha256"] == weights_sha256(model_dir) is not None
+    assert m["adapter_sha256"] == adapter_sha256(adapter) is not None and m["reference_adapter_sha256"] is None
     assert m["rewards/accuracies"]["value"] == pytest.approx(after["eval_rewards/accuracies"])
     assert m["rewards/margins"]["value"] == pytest.approx(after["eval_rewards/margins"], abs=1e-4)
     assert m["logps/chosen"] == pytest.approx(after["eval_logps/chosen"], abs=1e-3)
@@ -67,7 +72,7 @@ def test_rewards_are_those_the_dpo_run_reported_on_the_same_pairs(trained, tmp_p
     assert (tmp_path / "e" / "earlier" / "1" / "metrics.json").is_file()
     same = json.loads((tmp_path / "e" / "metrics.json").read_text())  # the adapter against itself: no margin
     assert same["rewards/margins"]["value"] == 0 and same["rewards/accuracies"]["value"] == 0
-    assert same["reference"] == str(adapter)
+    assert same["reference"] == str(adapter) and same["reference_adapter_sha256"] == m["adapter_sha256"]
 
 
 def test_without_an_adapter_only_the_models_own_preference_is_measured(trained, tmp_path, capsys):
