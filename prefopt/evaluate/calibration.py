@@ -45,11 +45,15 @@ def calibration_record(fit: dict, task, *, task_options: dict, model: str, adapt
     """What ``calibration.json`` holds: the ``fit`` (:func:`~.temperature.fit_temperature`), the
     task, model, adapter, 4-bit base (``quantized``: ``--quantize``'s kind, None in full
     precision), the chat template's variables (``chat_vars``: ``--chat-vars``, None without) and
-    each field's labels it is for (:func:`read_calibration` checks them), the data and how
+    each field's labels and the task options that shape its prompts (``prompt_options``:
+    :func:`~prefopt.tasks.prompt_options`) it is for (:func:`read_calibration` checks them), the data and how
     many of its ``records`` it was fitted on (``fitted_on``: which), each field's Brier score and
     ECE at T = 1 (``uncalibrated``: :func:`~.confidence.confidence_metrics`), ``more``, the date."""
+    from ..tasks import prompt_options
+
     return {**{k: fit[k] for k in ("temperature", "n", "nll_before", "nll_after", "bound")}, "task": task.name,
-            "task_options": task_options, "model": where(model), "model_sha256": weights_sha256(model),
+            "task_options": task_options, "prompt_options": prompt_options(task.name, task_options),
+            "model": where(model), "model_sha256": weights_sha256(model),
             "adapter": where(adapter), "adapter_sha256": adapter_sha256(adapter), "quantized": quantized,
             "chat_vars": chat_vars or None, "labels": labels_of(task),
             "confidence_scoring": SCORING,
@@ -97,7 +101,7 @@ def calibration_lines(fitted: dict) -> list[str]:
 
 def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | None,
                      quantized: str | None = None, chat_vars: dict | None = None,
-                     labels: dict[str, list[str]] | None = None) -> float:
+                     labels: dict[str, list[str]] | None = None, prompts: dict | None = None) -> float:
     """The temperature in ``path`` (a ``calibration.json``, or the folder that holds one), where
     it was fitted on ``task``'s answers by the same model and adapter, scored the same way: a
     temperature fits one model's probabilities, and another's is refused by name. A model or
@@ -106,8 +110,10 @@ def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | 
     (``quantized``) gives other probabilities than in full precision, and prompts rendered with
     other chat variables (``chat_vars``: a thinking switch) other answers, and a temperature
     spreads the probability over one set of labels (``labels``, each field's: a task whose labels
-    were read off other data): a file that says how its model was loaded, its prompts rendered
-    and over what labels is refused for another (an older one, which does not, is not)."""
+    were read off other data), and so do prompts asked otherwise (``prompts``: the task options
+    that shape them, :func:`~prefopt.tasks.prompt_options`, such as ``max_chars``): a file that
+    says how its model was loaded, its prompts rendered and asked and over what labels is refused
+    for another (an older one, which does not, is not)."""
     path = Path(path)
     if path.is_dir():
         path = path / FILE
@@ -141,7 +147,31 @@ def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | 
         raise ValueError(f"--calibration {path} was fitted over the labels {_said(fit['labels'])}, not "
                          f"{_said(labels)}: a temperature spreads the probability over one set of labels (fit one for "
                          "these: eval --confidence --fit-temperature)")
+    if prompts is not None and isinstance(fit.get("prompt_options"), dict):
+        _check_prompts(path, fit["prompt_options"], prompts)
     return float(fit["temperature"])
+
+
+def _check_prompts(path: Path, fitted: dict, given: dict) -> None:
+    """Refuses a calibration fitted on prompts made with other task options than ``given``: each
+    that differs named, with what it was then."""
+    differ = sorted(key for key in fitted.keys() | given.keys() if fitted.get(key) != given.get(key))
+    if differ:
+        def said(options: dict) -> str:
+            return ", ".join(f"{key}={_option_text(options.get(key))}" for key in differ)
+
+        fix = [f"--task-option {key}={_option_text(fitted[key])}" if fitted.get(key) is not None else
+               f"leave --task-option {key} out" for key in differ]
+        raise ValueError(f"--calibration {path} was fitted on prompts made with the task options {said(fitted)}, not "
+                         f"{said(given)}: a temperature fits the probabilities of the prompts it was fitted on (fit one "
+                         f"for these: eval --confidence --fit-temperature); or {'; '.join(fix)}")
+
+
+def _option_text(value) -> str:
+    """A task option's value as ``--task-option KEY=VALUE`` gives it (None: unset)."""
+    import json
+
+    return "(unset)" if value is None else value if isinstance(value, str) else json.dumps(value)
 
 
 def labels_of(task) -> dict[str, list[str]]:

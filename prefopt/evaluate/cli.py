@@ -156,6 +156,7 @@ def _temperature(args, task) -> float:
     and ``--calibration`` need the labels scored (``--confidence``, a task whose answers are
     labels)."""
     from ..cli import chat_vars_arg
+    from ..tasks import prompt_options
     from .calibration import labels_of, read_calibration
     from .confidence import scorable
 
@@ -175,7 +176,7 @@ def _temperature(args, task) -> float:
     if args.calibration:
         return read_calibration(args.calibration, task=task.name, model=args.model, adapter=args.adapter,
                                 quantized=args.quantize, chat_vars=chat_vars_arg(args),
-                                labels=labels_of(task))
+                                labels=labels_of(task), prompts=prompt_options(task.name, task_options_of(args)))
     return 1.0
 
 

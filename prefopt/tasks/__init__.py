@@ -70,6 +70,21 @@ def _option_value(task: str, key: str, value, default):
     return value
 
 
+def prompt_options(name: str, options: dict) -> dict:
+    """Task ``name``'s options that change what its model is asked, each with its value given in
+    ``options`` (as text or typed) or its default: all but those that say how to read a file (its
+    ``*_column``, ``*_map``, ``delimiter``, ``encoding``, ``sheet``), its ``labels`` (a set, told
+    apart by what they are) and ``max_new_tokens`` (how long an answer may run). A temperature
+    fitted on prompts cut at ``max_chars=800`` or asked with another ``instruction`` does not fit
+    others (:mod:`prefopt.evaluate.calibration` records and checks them)."""
+    known = task_options(name)
+    return {key: _option_value(name, key, options.get(key, default), default) for key, default in known.items()
+            if key not in _NOT_ASKED and not key.endswith(("_column", "_map"))}
+
+
+_NOT_ASKED = ("delimiter", "encoding", "sheet", "labels", "max_new_tokens")
+
+
 def task_options(name: str) -> dict:
     """The options task ``name`` takes (``--task-option KEY=VALUE``), each with its default."""
     params = inspect.signature(TASKS[name]).parameters.values()
@@ -78,5 +93,5 @@ def task_options(name: str) -> dict:
 
 
 __all__ = ["FAMILIES", "PORTAL_DATA", "STRATEGIES", "TASKS", "ClassificationTask", "GenerationTask", "LabelField",
-           "Record", "Task", "count_groups", "get_task", "mixed_labels", "model_error_pairs", "sample_records",
-           "split_records", "split_with_test", "task_options", "wrong_label_pairs"]
+           "Record", "Task", "count_groups", "get_task", "mixed_labels", "model_error_pairs", "prompt_options",
+           "sample_records", "split_records", "split_with_test", "task_options", "wrong_label_pairs"]

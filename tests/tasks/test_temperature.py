@@ -395,3 +395,42 @@ def test_a_calibration_is_refused_over_other_labels(tiny_model, tmp_path, capsys
     fitted.write_text(json.dumps({k: v for k, v in record.items() if k != "labels"}))  # an older file
     assert read_calibration(fitted, task="text_classification", model=str(tiny_model), adapter=None,
                             labels={"label": ["a", "b"]}) == t
+
+
+def test_a_calibration_is_refused_for_prompts_made_with_other_task_options(tiny_model, tmp_path, capsys):
+    """Prompts cut shorter (max_chars) or asked with another instruction are other prompts: a
+    temperature fitted on one kind is refused for the other, each option that differs named with
+    what to pass; options that only say how to read the file (a column, the delimiter) are no
+    matter, and a file from before, which does not say, is taken."""
+    from prefopt.evaluate.calibration import read_calibration
+    from prefopt.tasks import prompt_options
+
+    assert prompt_options("text_classification", {"text_column": "note", "max_chars": "800", "delimiter": ";"}) == \
+        {"max_chars": 800, "instruction": None}  # (the number read as the task reads it; defaults filled in)
+    data = tmp_path / "d.csv"
+    data.write_text("note,label\n" + "".join(f"note {i} with a long tail of words,{'ab'[i % 2]}\n" for i in range(4)))
+    renamed = tmp_path / "r.csv"
+    renamed.write_text(data.read_text().replace("note,label", "text,label", 1))
+    common = ["eval", "--task", "text_classification", "--model", str(tiny_model), "--max-new-tokens", "2",
+              "--split", "all", "--confidence"]
+    assert main([*common, "--data", str(data), "--task-option", "text_column=note", "--task-option", "max_chars=10",
+                 "--fit-temperature", "--output", str(tmp_path / "fit")]) == 0
+    fitted = tmp_path / "fit" / "calibration.json"
+    record = json.loads(fitted.read_text())
+    assert record["prompt_options"] == {"max_chars": 10, "instruction": None}
+    capsys.readouterr()
+    assert main([*common, "--data", str(data), "--task-option", "text_column=note", "--task-option",
+                 "instruction=Sort this note.", "--calibration", str(fitted), "--output", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert (f"--calibration {fitted} was fitted on prompts made with the task options instruction=(unset), "
+            "max_chars=10, not instruction=Sort this note., max_chars=1500: a temperature fits the probabilities of "
+            "the prompts it was fitted on") in err
+    assert "or leave --task-option instruction out; --task-option max_chars=10" in err
+    assert not (tmp_path / "e").exists()  # (refused before the model loaded)
+    # the same prompts from a file whose text column has the default name: served
+    assert main([*common, "--data", str(renamed), "--task-option", "max_chars=10", "--calibration", str(fitted),
+                 "--output", str(tmp_path / "e")]) == 0
+    t = record["temperature"]
+    fitted.write_text(json.dumps({k: v for k, v in record.items() if k != "prompt_options"}))  # an older file
+    assert read_calibration(fitted, task="text_classification", model=str(tiny_model), adapter=None,
+                            prompts={"max_chars": 1500, "instruction": None}) == t
