@@ -13,6 +13,7 @@ from ..model.digest import weights_sha256
 from ..train.curves import FILE as CURVES
 from ..train.curves import plot_curves
 from .dynamics import dynamics_lines, training_dynamics
+from .review import review_report_lines, stage_review
 from .selection import against_step_0, stage_weights
 from .stage_confidence import (
     auroc_comparison_lines,
@@ -114,6 +115,8 @@ def compare_stages(task, test, results: dict, n_resamples: int = 2000, seed: int
             stages[s]["mean_words"] = float(np.mean([len(str(row["prediction"] or "").split()) for row in rows]))
         if tested := compare_calibrated(rows, n_resamples=n_resamples, seed=seed):  # (with validation items)
             stages[s]["calibrated_vs_plain"] = tested
+        if review := stage_review(task, test, rows):  # (its labels scored)
+            stages[s]["review"] = review
     comparisons = {}
     for a, b in PAIRS:
         if a in results and b in results:
@@ -417,6 +420,8 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
     recalibrated = calibrated_lines({NAMES[s]: v["metrics"] for s, v in st.items()},
                                     {NAMES[s]: v.get("calibrated_vs_plain", {}) for s, v in st.items()})
     lines += ["", *recalibrated] if confident and recalibrated else []
+    alone = review_report_lines({NAMES[s]: v.get("review") for s, v in st.items()})
+    lines += ["", *alone] if confident and alone else []
     weights = stage_weights(out)
     lines += ["", *models_lines(cfg, task, out, weights, results["dpo"][1])]
     if plots:

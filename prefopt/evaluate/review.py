@@ -94,6 +94,48 @@ def review_table(task, records, preds: list[dict], sure: list[dict], below: floa
     return out
 
 
+def stage_review(task, test, rows: list[dict]) -> dict | None:
+    """A ``prefopt compare`` stage's :func:`review_table` on the test items ``test`` (its
+    ``predictions.jsonl`` ``rows``, in their order), by the confidence ``predict`` would give:
+    calibrated by the stage's temperature where the run fitted one on its validation items
+    (``confidence_calibrated``), else as the model gives it; with ``"confidence"``, which. None
+    where the stage's labels were not scored."""
+    key = next((k for k in ("confidence_calibrated", "confidence") if rows and all(k in row for row in rows)), None)
+    if key is None:
+        return None
+    return {"confidence": key, **review_table(task, test, [row["prediction"] for row in rows], [row[key] for row in rows])}
+
+
+def review_report_lines(stages: dict[str, dict | None]) -> list[str]:
+    """report.md's table of :func:`stage_review` for each stage (``{stage's name: its review}``)
+    side by side: at each threshold, how many test items each stage would answer alone and how
+    often rightly; nothing where no stage was scored."""
+    stages = {name: r for name, r in stages.items() if r}
+    if not stages:
+        return []
+    calibrated = [name for name, r in stages.items() if r["confidence"] == "confidence_calibrated"]
+    n = next(iter(stages.values()))["n"]
+    how = ("calibrated by the temperature each stage fitted on the validation items, as `prefopt predict "
+           "--calibration` gives it" if len(calibrated) == len(stages) else
+           f"calibrated for {', '.join(calibrated)}, as the model gives it for the others" if calibrated else
+           "uncalibrated, as the model gives it")
+    lines = [f"Answered alone: how many of the {n} test items each stage would answer without a person's review at "
+             f"each confidence (every field's predicted label given at least that probability, {how}; the others "
+             "go to review: `prefopt predict --review-below P`), and the share of those right in every field, with "
+             "its 95% CI (Wilson's). A threshold read off this table flatters it: choose it on other labelled items "
+             "(`prefopt eval --confidence --review-target A` on the validation items) and check it here.", "",
+             "| confidence ≥ | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+    for i, t in enumerate(THRESHOLDS):
+        lines.append(f"| {t:g} | " + " | ".join(_cell(r["records"][i]) for r in stages.values()) + " |")
+    return lines
+
+
+def _cell(row: dict) -> str:
+    if not row["n"]:
+        return "0"
+    return f"{row['n']} ({row['kept']:.0%}): {row['right']:.3f} [{row['ci'][0]:.3f}, {row['ci'][1]:.3f}]"
+
+
 def _as_compared(task, records, preds: list[dict], sure: list[dict]) -> tuple[list[dict], list[dict]]:
     """Each record's confidence per field as predict's column holds it (to :data:`DIGITS`
     decimals; None where the answer named no label), and whether each field's answer was right."""

@@ -27,6 +27,7 @@ from .confidence import (
     answer_logprobs,
     auroc,
     brier_gaps,
+    chosen,
     confidence_metrics,
     marginals,
     scorable,
@@ -60,7 +61,8 @@ def add_confidence(model, tok, task, test, out_dir: str | Path, rows: list[dict]
     atomically, the predictions first (the metrics' ``confidence`` marks the work done). With
     validation items ``val``, the temperature fitted on them calibrates the test items' label
     probabilities too (:func:`calibrated_on`): ``metrics["calibrated"]`` and each row's
-    ``brier_calibrated``."""
+    ``brier_calibrated`` and ``confidence_calibrated`` (the predicted labels' probabilities as
+    ``predict --calibration`` gives them)."""
     if [row["id"] for row in rows] != [r.id for r in test]:
         raise ValueError(f"{out_dir}: predictions.jsonl answers other items than the test set; delete the folder "
                          "to evaluate the stage again")
@@ -69,9 +71,9 @@ def add_confidence(model, tok, task, test, out_dir: str | Path, rows: list[dict]
     summary, per_row = scored_answers(task, test, preds, [marginals(task, a) for a in answers])
     metrics = {**metrics, "confidence": summary, "confidence_scoring": SCORING}
     if val:
-        fit, per_row["brier_calibrated"] = calibrated_on(task, val, answer_logprobs(
-            model, tok, task, val, batch_size=batch_size, desc=f"{desc} (validation items)"), test, preds, answers)
-        metrics["calibrated"] = fit
+        on_val = answer_logprobs(model, tok, task, val, batch_size=batch_size, desc=f"{desc} (validation items)")
+        metrics["calibrated"], per_row["brier_calibrated"], per_row["confidence_calibrated"] = calibrated_on(
+            task, val, on_val, test, preds, answers)
     rows = [{**row, **{k: v[i] for k, v in per_row.items()}} for i, row in enumerate(rows)]
     out = Path(out_dir)
     write_text_atomic(out / "predictions.jsonl", jsonl_text(rows))
@@ -80,17 +82,18 @@ def add_confidence(model, tok, task, test, out_dir: str | Path, rows: list[dict]
 
 
 def calibrated_on(task, val: list, val_answers: list, test: list, preds: list[dict], test_answers: list
-                  ) -> tuple[dict, list[dict[str, float]]]:
+                  ) -> tuple[dict, list[dict[str, float]], list[dict[str, float | None]]]:
     """The temperature fitted on the validation items ``val`` (their answers' log-probs,
     :func:`~.confidence.answer_logprobs`; :func:`~.temperature.fit_temperature`) and what it does
     to the test items' probabilities: ``temperature``, the fit's figures, and per field the test
-    items' ``brier`` and ``ece`` calibrated (``fields``); and each test item's Brier calibrated."""
+    items' ``brier`` and ``ece`` calibrated (``fields``); each test item's Brier calibrated; and
+    each one's confidence in its predicted labels calibrated (:func:`~.confidence.chosen`)."""
     fit = fit_temperature(task, val, val_answers)
     probabilities = [marginals(task, a, fit["temperature"]) for a in test_answers]
     metrics = confidence_metrics(task, test, preds, probabilities)
     return ({**fit, "fitted_on": len(val),
              "fields": {name: {"brier": c["brier"], "ece": c["ece"]} for name, c in metrics.items()}},
-            brier_gaps(task, test, probabilities))
+            brier_gaps(task, test, probabilities), chosen(task, preds, probabilities))
 
 
 def compare_calibrated(rows: list[dict], *, n_resamples: int = 2000, seed: int = 0) -> dict[str, dict]:

@@ -596,7 +596,8 @@ def test_each_stage_is_calibrated_on_the_validation_items_for_predict_to_read(ti
     ``calibrated``, each test row's ``brier_calibrated``, report.md's table with the paired test
     against T = 1, and the stage's calibration.json, which predict --calibration reads."""
     from prefopt.cli import main
-    from prefopt.evaluate.confidence import answer_logprobs, brier_gaps, marginals
+    from prefopt.evaluate.confidence import answer_logprobs, brier_gaps, chosen, marginals
+    from prefopt.evaluate.review import THRESHOLDS, review_table
     from prefopt.evaluate.temperature import fit_temperature
     from prefopt.fileio import sha256_of
     from prefopt.pretrained import load_model
@@ -621,6 +622,13 @@ def test_each_stage_is_calibrated_on_the_validation_items_for_predict_to_read(ti
     calibrated = brier_gaps(task, test, [marginals(task, a, c["temperature"]) for a in answers])
     for row, gap in zip(rows, calibrated):
         assert row["brier_calibrated"] == pytest.approx(gap, abs=1e-6)
+    sure = chosen(task, [row["prediction"] for row in rows], [marginals(task, a, c["temperature"]) for a in answers])
+    for row, mine in zip(rows, sure):  # the predicted labels' probabilities, as predict --calibration gives them
+        assert row["confidence_calibrated"] == pytest.approx(mine, abs=1e-9)
+    # the test items each stage would answer alone at each confidence, calibrated: report.json and report.md
+    review = report["stages"]["base"]["review"]
+    assert review == {"confidence": "confidence_calibrated",
+                      **review_table(task, test, [row["prediction"] for row in rows], sure)}
     for name in ("urgency", "staff"):
         assert c["fields"][name]["brier"] == pytest.approx(sum(g[name] for g in calibrated) / len(test), abs=1e-6)
     for stage, adapter in (("base", None), ("sft", out / "sft" / "train" / "final")):
@@ -640,6 +648,16 @@ def test_each_stage_is_calibrated_on_the_validation_items_for_predict_to_read(ti
     for stage, key in (("base", "base"), ("SFT", "sft"), ("SFT+DPO", "dpo")):
         t = json.loads((out / key / "metrics.json").read_text())["calibrated"]["temperature"]
         assert f"| {stage} | {t:.3f}" in text
+    assert (f"Answered alone: how many of the {len(test)} test items each stage would answer without a person's "
+            "review at each confidence (every field's predicted label given at least that probability, calibrated by "
+            "the temperature each stage fitted on the validation items") in text and "| confidence ≥ | base | SFT | SFT+DPO |" in text
+    for i, t in enumerate(THRESHOLDS):  # a row a threshold, a cell a stage: how many answered alone, how often right
+        cells = []
+        for key in ("base", "sft", "dpo"):
+            r = report["stages"][key]["review"]["records"][i]
+            cells.append(f"{r['n']} ({r['kept']:.0%}): {r['right']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
+                         if r["n"] else "0")
+        assert f"| {t:g} | {' | '.join(cells)} |" in text
     # study.md's row of this run: the SFT and SFT+DPO stages' temperatures and test Brier scores, as report.json has
     from prefopt.evaluate.study import ARMS, _row, study_markdown
 

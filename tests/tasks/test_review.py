@@ -6,7 +6,15 @@ import pytest
 
 from prefopt.cli import main
 from prefopt.evaluate.confidence import SCORING
-from prefopt.evaluate.review import THRESHOLDS, mark_review, review_lines, review_table, review_target, target_line
+from prefopt.evaluate.review import (
+    THRESHOLDS,
+    mark_review,
+    review_lines,
+    review_report_lines,
+    review_table,
+    review_target,
+    target_line,
+)
 from prefopt.evaluate.stats import wilson_interval
 from prefopt.tasks import get_task
 from prefopt.tasks.base import Record
@@ -240,3 +248,36 @@ def test_the_target_search_counts_as_a_threshold_by_threshold_count_would():
         else:
             best = max(brute, key=lambda b: (wilson_interval(b[2], b[1])[0], -b[0]))
             assert found["threshold"] is None and (found["best"]["threshold"], found["best"]["n"]) == best[:2]
+
+
+def test_compares_table_sets_the_stages_side_by_side_by_the_confidence_predict_would_give():
+    """A compare stage's review reads its rows' calibrated confidence where the run fitted a
+    temperature (every row holds ``confidence_calibrated``), else the model's own; report.md's
+    table has a row a threshold and a cell a stage, its figures by hand; a stage not scored
+    (no confidence in its rows) is left out."""
+    from prefopt.evaluate.review import stage_review
+
+    task = get_task("portal")
+    records = _portal_records([("urgent", "nurse"), ("routine", "doctor"), ("urgent", "nurse"), ("routine", "nurse")])
+    preds = [{"urgency": "urgent", "staff": "nurse"}, {"urgency": "routine", "staff": "doctor"},
+             {"urgency": "urgent", "staff": "doctor"}, {"urgency": "urgent", "staff": "nurse"}]  # right, right, no, no
+    plain = [{"urgency": 0.9, "staff": 0.75}, {"urgency": 0.7, "staff": 0.45}, {"urgency": 0.95, "staff": 0.9},
+             {"urgency": 0.4, "staff": 0.9}]
+    softer = [{"urgency": 0.6, "staff": 0.6}, {"urgency": 0.5, "staff": 0.5}, {"urgency": 0.65, "staff": 0.62},
+              {"urgency": 0.3, "staff": 0.7}]
+    sft = [{"prediction": p, "confidence": c, "confidence_calibrated": k} for p, c, k in zip(preds, plain, softer)]
+    base = [{"prediction": p, "confidence": c} for p, c in zip(preds, plain)]
+    reviewed = {"base": stage_review(task, records, base), "SFT": stage_review(task, records, sft),
+                "SFT+DPO": stage_review(task, records, [{"prediction": p} for p in preds])}
+    assert reviewed["SFT"] == {"confidence": "confidence_calibrated", **review_table(task, records, preds, softer)}
+    assert reviewed["base"]["confidence"] == "confidence" and reviewed["SFT+DPO"] is None
+    lines = review_report_lines(reviewed)
+    assert "calibrated for SFT, as the model gives it for the others;" in lines[0]
+    assert lines[2:4] == ["| confidence ≥ | base | SFT |", "|---|---|---|"]
+    # base at 0.5: r0 (right), r2 (wrong) kept; at 0.8: r2 alone; SFT at 0.5: r0, r1 (right), r2 (wrong); at 0.8: none
+    lo, hi = wilson_interval(1, 2)
+    lo3, hi3 = wilson_interval(2, 3)
+    assert lines[4] == f"| 0.5 | 2 (50%): 0.500 [{lo:.3f}, {hi:.3f}] | 3 (75%): 0.667 [{lo3:.3f}, {hi3:.3f}] |"
+    lo1, hi1 = wilson_interval(0, 1)
+    assert lines[7] == f"| 0.8 | 1 (25%): 0.000 [{lo1:.3f}, {hi1:.3f}] | 0 |"
+    assert review_report_lines({"base": None}) == []
