@@ -323,7 +323,7 @@ def _confident(cfg, task, tok, test, out: Path, stage: str, s: dict, done: tuple
 
     if not wanted(task, s):
         return done
-    if not complete(done[1], val):
+    if not complete(done[1], val, done[0]):
         if model is None:
             model = _load_stage_model(cfg, out, stage, keep)
             if keep is not None:

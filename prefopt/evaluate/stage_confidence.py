@@ -48,10 +48,12 @@ def wanted(task, settings: dict) -> bool:
     return bool(settings.get("confidence")) and scorable(task) is None
 
 
-def complete(metrics: dict, val: list | None) -> bool:
-    """Whether a stage's ``metrics`` hold all a run with validation items ``val`` adds: its
-    confidence scored as now, and with ``val`` its calibration on them."""
-    return scored(metrics) and (not val or "calibrated" in metrics)
+def complete(metrics: dict, val: list | None, rows: list[dict] = ()) -> bool:
+    """Whether a stage's ``metrics`` and ``rows`` hold all a run with validation items ``val``
+    adds: its confidence scored as now, and with ``val`` its calibration on them, each row's
+    calibrated confidence too (which a run before 2026-12-07 did not keep: its stages are
+    scored again)."""
+    return scored(metrics) and (not val or "calibrated" in metrics and all("confidence_calibrated" in r for r in rows))
 
 
 def add_confidence(model, tok, task, test, out_dir: str | Path, rows: list[dict], metrics: dict, *,

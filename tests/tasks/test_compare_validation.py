@@ -629,6 +629,15 @@ def test_each_stage_is_calibrated_on_the_validation_items_for_predict_to_read(ti
     review = report["stages"]["base"]["review"]
     assert review == {"confidence": "confidence_calibrated",
                       **review_table(task, test, [row["prediction"] for row in rows], sure)}
+    # a stage from before rows kept their calibrated confidence is scored again, the run resumed
+    (out / "base" / "predictions.jsonl").write_text("".join(
+        json.dumps({k: v for k, v in row.items() if k != "confidence_calibrated"}) + "\n" for row in rows))
+    capsys.readouterr()
+    again = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
+                                      overrides=overrides))
+    log = capsys.readouterr().out
+    assert "base: scored every label of the" in log and "sft: scored every label" not in log
+    assert again["stages"]["base"]["review"] == review
     for name in ("urgency", "staff"):
         assert c["fields"][name]["brier"] == pytest.approx(sum(g[name] for g in calibrated) / len(test), abs=1e-6)
     for stage, adapter in (("base", None), ("sft", out / "sft" / "train" / "final")):
