@@ -162,9 +162,9 @@ def _check_prompts(path: Path, fitted: dict, given: dict) -> None:
 
         fix = [f"--task-option {key}={_option_text(fitted[key])}" if fitted.get(key) is not None else
                f"leave --task-option {key} out" for key in differ]
-        raise ValueError(f"--calibration {path} was fitted on prompts made with the task options {said(fitted)}, not "
-                         f"{said(given)}: a temperature fits the probabilities of the prompts it was fitted on (fit one "
-                         f"for these: eval --confidence --fit-temperature); or {'; '.join(fix)}")
+        raise ValueError(f"--calibration {path} was fitted on prompts made with the task options {said(fitted)}, "
+                         f"not {said(given)}: a temperature fits the probabilities of the prompts it was fitted on "
+                         f"(fit one for these: eval --confidence --fit-temperature); or {'; '.join(fix)}")
 
 
 def _option_text(value) -> str:

@@ -103,7 +103,8 @@ def stage_review(task, test, rows: list[dict]) -> dict | None:
     key = next((k for k in ("confidence_calibrated", "confidence") if rows and all(k in row for row in rows)), None)
     if key is None:
         return None
-    return {"confidence": key, **review_table(task, test, [row["prediction"] for row in rows], [row[key] for row in rows])}
+    preds, sure = [row["prediction"] for row in rows], [row[key] for row in rows]
+    return {"confidence": key, **review_table(task, test, preds, sure)}
 
 
 def review_report_lines(stages: dict[str, dict | None]) -> list[str]:
