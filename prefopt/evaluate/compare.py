@@ -323,7 +323,7 @@ def _confident(cfg, task, tok, test, out: Path, stage: str, s: dict, done: tuple
 
     if not wanted(task, s):
         return done
-    if not complete(done[1], val, done[0]):
+    if not complete(done[1], val, done[0], out / stage):
         if model is None:
             model = _load_stage_model(cfg, out, stage, keep)
             if keep is not None:
@@ -370,10 +370,15 @@ def _name_old_weights(out: Path) -> None:
 def _same_as_sft(out: Path, rows: list[dict], metrics: dict) -> tuple[list[dict], dict]:
     """The "dpo" stage where it is the SFT model (validation items chose step 0, or ``dpo_max_p``
     kept the SFT model): the SFT stage's answers (``rows``, ``metrics``), evaluated just before with
-    the same decoding, copied rather than made again (``metrics.json`` says so: ``answers_of: "sft"``)."""
+    the same decoding, copied rather than made again (``metrics.json`` says so: ``answers_of: "sft"``),
+    and its validation items' probabilities where it kept them."""
+    from .stage_confidence import VAL_PROBABILITIES
+
     metrics = {**metrics, "answers_of": "sft", "weights": SFT_WEIGHTS, "eval_seconds": 0.0}
     (out / "dpo").mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "dpo" / "predictions.jsonl", (out / "sft" / "predictions.jsonl").read_text(encoding="utf-8"))
+    if (kept := out / "sft" / VAL_PROBABILITIES).is_file():
+        write_text_atomic(out / "dpo" / VAL_PROBABILITIES, kept.read_text(encoding="utf-8"))
     write_json_atomic(out / "dpo" / "metrics.json", metrics)
     _log("dpo: the SFT+DPO stage is the SFT model; its answers are the SFT stage's")
     return rows, metrics
@@ -581,6 +586,6 @@ def run_compare(cfg: CompareConfig) -> dict:
         _log(decided)
     results["dpo"] = fitted("dpo", False, lambda: _evaluate(cfg, task, tok, test, out, "dpo", s, judge_tok,
                                                             val=val))
-    report = build_report(cfg, task, test, results, out, val)
+    report = build_report(cfg, task, test, results, out, val, review_target=s["review_target"])
     _log(f"report: {out / 'report.md'}")
     return report

@@ -20,6 +20,7 @@ from ..model.repeats import check_repeat_options
 from ..quant import QUANT_KINDS
 from .runner import DECODING, decoding
 from .selection import check_settings
+from .validated_review import check_review_target
 
 if TYPE_CHECKING:
     from ..train.diverged import Diverged
@@ -40,7 +41,7 @@ PRESETS = {
               "max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
               "gradient_checkpointing": False, "gradient_checkpointing_layers": None, "val": None,
               "dpo_eval_every": None, "dpo_min_gain": None, "dpo_patience": None, "dpo_max_p": None, "confidence": True,
-              "pack": True, "share_start": True, "group_by": None,
+              "review_target": None, "pack": True, "share_start": True, "group_by": None,
               **LORA, **DPO_VARIANTS},
     "full": {"max_train": None, "test": 0.2, "sft_steps": None, "dpo_steps": None, "sft_epochs": 2.0,
              "dpo_epochs": 1.0, "batch_size": 8, "dpo_batch_size": 4, "max_length": 1024, "sft_lr": 2e-4,
@@ -48,7 +49,7 @@ PRESETS = {
              "repetition_penalty": None, "no_repeat_ngram_size": None, "repeat_scope": None,
              "gradient_checkpointing": False, "gradient_checkpointing_layers": None, "val": None,
              "dpo_eval_every": None, "dpo_min_gain": None, "dpo_patience": None, "dpo_max_p": None, "confidence": True,
-             "pack": True, "share_start": True, "group_by": None,
+             "review_target": None, "pack": True, "share_start": True, "group_by": None,
              **LORA, **DPO_VARIANTS},
     # val None: no validation set. A count (>= 1) or fraction (< 1) of the items is held out of both
     # training stages; DPO then answers them every dpo_eval_every steps (None: about ten times a run) and the
@@ -80,7 +81,10 @@ PRESETS = {
     # group_by None or a column of the data (a patient's id): records with the same value go to one split, so no
     # patient is both trained and tested on (the same text always does); with test_data, training drops them;
     # confidence True: where the task's answers are labels, each stage also scores every possible answer after each
-    # test prompt, for how sure it is of its answers and whether that tells right from wrong (stage_confidence)
+    # test prompt, for how sure it is of its answers and whether that tells right from wrong (stage_confidence);
+    # review_target None or A in (0, 1), with val: each trained stage's review threshold, the lowest calibrated
+    # confidence at which the validation items it answered alone were right at least A of the time (the 95% CI's
+    # lower end), checked on the test items (validated_review; report.md only)
 }
 
 
@@ -178,6 +182,7 @@ class CompareConfig:
         s = {"sft_epochs": 1.0, "dpo_epochs": 1.0, **PRESETS[self.preset], **self.overrides}
         check_numbers(s)
         check_settings(s)
+        check_review_target(s)
         for name in ("confidence", "lora_dora", "lora_rslora", "lora_experts", "pack", "share_start",
                      "gradient_checkpointing"):
             if not isinstance(s[name], bool):
@@ -321,6 +326,8 @@ _MEMORY_ONLY = ("gradient_checkpointing", "gradient_checkpointing_layers", "pack
 _DECISION_ONLY = ("dpo_max_p",)
 # adds to the evaluations without changing their answers: a finished stage is scored when it is turned on
 _SCORING_ONLY = ("confidence",)
+# what the report reads off the evaluations: a finished run's report is made again with another value
+_READING_ONLY = ("review_target",)
 # settings added after runs were made, with the values those runs used
 _ADDED_SETTINGS = {"max_new_tokens": None, "repetition_penalty": None, "no_repeat_ngram_size": None,
                    "repeat_scope": None, "gradient_checkpointing": False, "gradient_checkpointing_layers": None,
@@ -338,7 +345,7 @@ def _eval_only(config: dict) -> tuple[str, ...]:
 def _flat(config: dict) -> dict:
     """``config`` as ``{"loss": ..., "settings.beta": ..., "overrides.test": ...}`` for comparing,
     with settings that change no training result left out and settings added since filled in."""
-    out, skip = {}, (*_MEMORY_ONLY, *_DECISION_ONLY, *_SCORING_ONLY, *_eval_only(config))
+    out, skip = {}, (*_MEMORY_ONLY, *_DECISION_ONLY, *_SCORING_ONLY, *_READING_ONLY, *_eval_only(config))
     for k, v in config.items():
         if k in _REPORT_ONLY or k in _MACHINE_ONLY:
             continue

@@ -27,6 +27,7 @@ from .stage_confidence import (
 )
 from .stats import ALPHA, bootstrap_ci, mcnemar_exact, p_text, paired_bootstrap, wilcoxon_signed_rank
 from .usage import models_lines
+from .validated_review import validated_lines, validated_review
 
 PAIRS = (("base", "sft"), ("sft", "dpo"), ("base", "dpo"))
 NAMES = {"base": "base", "sft": "SFT", "dpo": "SFT+DPO"}
@@ -338,10 +339,16 @@ def _left_out(out: Path) -> str:
             "messages)")
 
 
-def build_report(cfg, task, test, results: dict, out: Path, val: list | None = None) -> dict:
+def build_report(cfg, task, test, results: dict, out: Path, val: list | None = None,
+                 review_target: float | None = None) -> dict:
     """Write ``report.md`` and ``report.json`` (returned) for a compare folder. ``val``: the
-    validation items that chose the DPO weights, if the run held any out."""
+    validation items that chose the DPO weights, if the run held any out; ``review_target``:
+    the share right a review threshold is chosen for on them (:mod:`.validated_review`)."""
     stats = compare_stages(task, test, results, n_resamples=cfg.n_resamples, seed=cfg.seed)
+    if review_target is not None and val:
+        for s in ("sft", "dpo"):
+            if found := validated_review(task, val, test, out, s, results[s][0], review_target):
+                stats["stages"][s]["review_validated"] = found
     plots = _plots(task, stats, out)
     st, cmp = stats["stages"], stats["comparisons"]
     stats["advice"] = advice(cfg.loss, cmp, getattr(cfg, "output", None))
@@ -422,6 +429,9 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
     lines += ["", *recalibrated] if confident and recalibrated else []
     alone = review_report_lines({NAMES[s]: v.get("review") for s, v in st.items()})
     lines += ["", *alone] if confident and alone else []
+    validated = validated_lines({NAMES[s]: v.get("review_validated") for s, v in st.items()}, review_target,
+                                len(val or ()))
+    lines += ["", *validated] if confident and validated else []
     weights = stage_weights(out)
     lines += ["", *models_lines(cfg, task, out, weights, results["dpo"][1])]
     if plots:

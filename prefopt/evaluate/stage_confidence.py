@@ -48,12 +48,17 @@ def wanted(task, settings: dict) -> bool:
     return bool(settings.get("confidence")) and scorable(task) is None
 
 
-def complete(metrics: dict, val: list | None, rows: list[dict] = ()) -> bool:
-    """Whether a stage's ``metrics`` and ``rows`` hold all a run with validation items ``val``
-    adds: its confidence scored as now, and with ``val`` its calibration on them, each row's
-    calibrated confidence too (which a run before 2026-12-07 did not keep: its stages are
-    scored again)."""
-    return scored(metrics) and (not val or "calibrated" in metrics and all("confidence_calibrated" in r for r in rows))
+VAL_PROBABILITIES = "val_probabilities.jsonl"  # in a stage's folder: the validation items' labels' probabilities
+
+
+def complete(metrics: dict, val: list | None, rows: list[dict] = (), out_dir: str | Path | None = None) -> bool:
+    """Whether a stage's ``metrics`` and ``rows`` (in ``out_dir``) hold all a run with
+    validation items ``val`` adds: its confidence scored as now, and with ``val`` its
+    calibration on them, each row's calibrated confidence and the validation items' calibrated
+    probabilities (:data:`VAL_PROBABILITIES`) too (which a run before 2026-12-07 did not keep:
+    its stages are scored again)."""
+    return scored(metrics) and (not val or "calibrated" in metrics and all("confidence_calibrated" in r for r in rows)
+                                and (out_dir is None or (Path(out_dir) / VAL_PROBABILITIES).is_file()))
 
 
 def add_confidence(model, tok, task, test, out_dir: str | Path, rows: list[dict], metrics: dict, *,
@@ -64,7 +69,9 @@ def add_confidence(model, tok, task, test, out_dir: str | Path, rows: list[dict]
     validation items ``val``, the temperature fitted on them calibrates the test items' label
     probabilities too (:func:`calibrated_on`): ``metrics["calibrated"]`` and each row's
     ``brier_calibrated`` and ``confidence_calibrated`` (the predicted labels' probabilities as
-    ``predict --calibration`` gives them)."""
+    ``predict --calibration`` gives them); and the validation items' label probabilities,
+    calibrated, are written to :data:`VAL_PROBABILITIES` (``{"id", "probabilities"}`` a line: a
+    review threshold is chosen on them, :mod:`.validated_review`)."""
     if [row["id"] for row in rows] != [r.id for r in test]:
         raise ValueError(f"{out_dir}: predictions.jsonl answers other items than the test set; delete the folder "
                          "to evaluate the stage again")
@@ -76,6 +83,9 @@ def add_confidence(model, tok, task, test, out_dir: str | Path, rows: list[dict]
         on_val = answer_logprobs(model, tok, task, val, batch_size=batch_size, desc=f"{desc} (validation items)")
         metrics["calibrated"], per_row["brier_calibrated"], per_row["confidence_calibrated"] = calibrated_on(
             task, val, on_val, test, preds, answers)
+        t = metrics["calibrated"]["temperature"]
+        write_text_atomic(Path(out_dir) / VAL_PROBABILITIES, jsonl_text(
+            {"id": r.id, "probabilities": marginals(task, a, t)} for r, a in zip(val, on_val)))
     rows = [{**row, **{k: v[i] for k, v in per_row.items()}} for i, row in enumerate(rows)]
     out = Path(out_dir)
     write_text_atomic(out / "predictions.jsonl", jsonl_text(rows))

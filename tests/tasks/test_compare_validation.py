@@ -728,3 +728,74 @@ def test_each_stage_is_calibrated_on_the_validation_items_for_predict_to_read(ti
     run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(moved), n_resamples=100,
                               overrides=overrides))
     assert "scored every label" not in capsys.readouterr().out
+
+
+def test_a_review_threshold_is_chosen_on_the_validation_items_and_checked_on_the_test_items(tiny_model, tmp_path,
+                                                                                            capsys):
+    """``--set review_target=A``: each trained stage's threshold is review_target's on the
+    validation items (their answers the ones that chose DPO's weights: step 0 for SFT, the chosen
+    step for SFT+DPO; their confidence the stage's calibrated probability, kept in
+    val_probabilities.jsonl and computed apart here for the base model), and the test items'
+    row at it is review_table's; report.md has the table. Another target remakes the report
+    alone; a target without val or out of (0, 1) is refused before any work."""
+    from prefopt.evaluate.confidence import answer_logprobs, chosen, marginals
+    from prefopt.evaluate.review import review_table, review_target
+    from prefopt.evaluate.selection import dpo_weights
+    from prefopt.pretrained import load_model
+    from prefopt.tasks import get_task
+    from prefopt.tokenizer import load_tokenizer
+
+    out = tmp_path / "run"
+    overrides = TINY | {"review_target": 0.05}
+    report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
+                                       overrides=overrides))
+    task = get_task("portal")
+    by_id = {r.id: r for r in task.load()}
+    split = json.loads((out / "split.json").read_text())
+    val, test = [by_id[i] for i in split["val"]], [by_id[i] for i in split["test"]]
+    # the base model's validation probabilities, calibrated by its temperature: as computed apart
+    t = json.loads((out / "base" / "metrics.json").read_text())["calibrated"]["temperature"]
+    model, tok = load_model(str(tiny_model)), load_tokenizer(str(tiny_model))
+    kept = [json.loads(line) for line in (out / "base" / "val_probabilities.jsonl").read_text().splitlines()]
+    assert [k["id"] for k in kept] == [r.id for r in val]
+    for k, a in zip(kept, answer_logprobs(model, tok, task, val, show_progress=False)):
+        for field, probs in marginals(task, a, t).items():
+            assert k["probabilities"][field] == pytest.approx(probs, abs=1e-6)
+    answers = {json.loads(line)["step"]: json.loads(line) for line in
+               (out / "dpo" / "train" / "val_answers.jsonl").read_text().splitlines()}
+    best = json.loads((out / "dpo" / "train" / "best" / "best.json").read_text())["step"]
+    chosen_step = 0 if dpo_weights(out) == out / "sft" / "train" / "final" else best
+    assert "review_validated" not in report["stages"]["base"]  # (it answered no validation items)
+    for stage, step in (("sft", 0), ("dpo", chosen_step)):
+        by = dict(zip(answers[step]["ids"], answers[step]["predictions"]))
+        preds = [by[r.id] for r in val]
+        probs = [json.loads(line)["probabilities"] for line in
+                 (out / stage / "val_probabilities.jsonl").read_text().splitlines()]
+        found = review_target(task, val, preds, chosen(task, preds, probs), 0.05)
+        got = report["stages"][stage]["review_validated"]
+        assert got["validation"] == found and got["n_test"] == len(test)
+        rows = [json.loads(line) for line in (out / stage / "predictions.jsonl").read_text().splitlines()]
+        if found["threshold"] is None:
+            assert got["test"] is None
+        else:
+            table = review_table(task, test, [r["prediction"] for r in rows],
+                                 [r["confidence_calibrated"] for r in rows], below=found["threshold"])
+            assert got["test"] == next(r for r in table["records"] if r["threshold"] == found["threshold"])
+    text = (out / "report.md").read_text()
+    assert "Review threshold for answers right at least 0.05 of the time (`--set review_target=0.05`)" in text
+    assert "| stage | threshold | answered alone, validation | right [95% CI] |" in text
+    # another target: the report made again, nothing trained or scored again
+    capsys.readouterr()
+    again = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
+                                      overrides=TINY | {"review_target": 0.5}))
+    log = capsys.readouterr().out
+    assert "scored every label" not in log and "Review threshold for answers right at least 0.5 of" in \
+        (out / "report.md").read_text()
+    assert again["stages"]["sft"]["review_validated"]["validation"]["target"] == 0.5
+    for bad, why in (({"review_target": 1.0}, "review_target: a probability in (0, 1)"),
+                     ({"review_target": 0.9, "val": None, "dpo_eval_every": None}, "review_target needs val"),
+                     ({"review_target": 0.9, "confidence": False}, "review_target reads the label probabilities")):
+        with pytest.raises(ValueError, match=why.replace("(", r"\(").replace(")", r"\)")):
+            run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "x"),
+                                      overrides=TINY | bad))
+        assert not (tmp_path / "x").exists()

@@ -281,3 +281,51 @@ def test_compares_table_sets_the_stages_side_by_side_by_the_confidence_predict_w
     lo1, hi1 = wilson_interval(0, 1)
     assert lines[7] == f"| 0.8 | 1 (25%): 0.000 [{lo1:.3f}, {hi1:.3f}] | 0 |"
     assert review_report_lines({"base": None}) == []
+
+
+def test_compares_validated_threshold_is_read_off_the_validation_answers_of_each_stages_step(tmp_path):
+    """A compare folder laid out by hand: the SFT stage's validation answers are DPO's step 0, the
+    SFT+DPO stage's its chosen step (best.json); each stage's confidence its own calibrated
+    probabilities. SFT reaches the target at 0.7 (3 of 4 right from there: Wilson's lower end
+    0.44; from 0.6, 3 of 4, 0.30), and the test items kept there are counted; SFT+DPO's answers
+    are all wrong, so none reaches it, and the report names the nearest."""
+    from prefopt.evaluate.validated_review import validated_lines, validated_review
+
+    task = get_task("portal")
+    val = _portal_records([("urgent", "nurse"), ("routine", "doctor"), ("urgent", "nurse"), ("routine", "nurse")])
+    test = _portal_records([("urgent", "nurse"), ("routine", "doctor"), ("urgent", "doctor"), ("routine", "nurse")])
+    right = [dict(r.labels) for r in val]
+    wrong = [{"urgency": "emergency", "staff": "pharmacist"} for _ in val]
+    train = tmp_path / "dpo" / "train"
+    (train / "best").mkdir(parents=True)
+    (train / "best" / "best.json").write_text(json.dumps({"step": 2, "metric": "val_macro_f1", "value": 0.0}))
+    sure = [0.9, 0.8, 0.7, 0.6]  # each record's least confident field (the other at 0.99)
+    answered = right[:3] + [{"urgency": "urgent", "staff": "nurse"}]  # (r3 wrong)
+    (train / "val_answers.jsonl").write_text("".join(json.dumps({"step": step, "ids": [r.id for r in val],
+                                                                 "predictions": preds}) + "\n"
+                                                     for step, preds in ((0, answered), (2, wrong))))
+
+    def probabilities(preds):
+        return [{"urgency": {p["urgency"]: s}, "staff": {p["staff"]: 0.99}} for p, s in zip(preds, sure)]
+
+    for stage, preds in (("sft", answered), ("dpo", wrong)):
+        (tmp_path / stage).mkdir(exist_ok=True)
+        (tmp_path / stage / "val_probabilities.jsonl").write_text("".join(
+            json.dumps({"id": r.id, "probabilities": p}) + "\n" for r, p in zip(val, probabilities(preds))))
+    rows = [{"prediction": r.labels | ({"staff": "nurse"} if i == 1 else {}),  # r1 wrong
+             "confidence_calibrated": {"urgency": c, "staff": 0.99}} for i, (r, c) in
+            enumerate(zip(test, [0.95, 0.72, 0.5, 0.69]))]
+    sft = validated_review(task, val, test, tmp_path, "sft", rows, 0.4)
+    assert sft["validation"]["threshold"] == 0.7 and (sft["validation"]["n"], sft["validation"]["right"]) == (3, 1.0)
+    assert sft["test"]["threshold"] == 0.7 and (sft["test"]["n"], sft["test"]["right"]) == (2, 0.5)
+    assert wilson_interval(3, 4)[0] < 0.4 <= wilson_interval(3, 3)[0]
+    dpo = validated_review(task, val, test, tmp_path, "dpo", rows, 0.4)
+    assert dpo["validation"]["threshold"] is None and dpo["test"] is None
+    assert validated_review(task, val, test, tmp_path, "base", rows, 0.4) is None  # (no validation answers)
+    lines = validated_lines({"base": None, "SFT": sft, "SFT+DPO": dpo}, 0.4, 4)
+    lo, hi = wilson_interval(3, 3)
+    lo2, hi2 = wilson_interval(1, 2)
+    assert f"| SFT | 0.7 | 3 of 4 | 1.000 [{lo:.3f}, {hi:.3f}] | 2 of 4 | 0.500 [{lo2:.3f}, {hi2:.3f}] |" in lines
+    nearest = dpo["validation"]["best"]
+    assert (f"| SFT+DPO | none reached (nearest {nearest['threshold']:g}) | {nearest['n']} of 4 | 0.000 "
+            f"[0.000, {nearest['ci'][1]:.3f}] | — | — |") in lines
