@@ -28,6 +28,7 @@ from .pooling import PAIRS, figures_text, paired_figures, pooled, se_of, signs
 from .report import NAMES, pyplot
 from .stage_confidence import paired_text
 from .stats import ALPHA
+from .validated_review import seeds_lines
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -153,7 +154,10 @@ def summarize(cfg: CompareConfig, reports: dict[int, dict], outputs: dict[int, s
                      "dpo_is_sft": bool(weights) and weights.get("dpo") == weights.get("sft"),
                      **{s: r["stages"][s]["primary"] for s in ("base", "sft", "dpo")},
                      **{f"{a}->{b}": paired_figures(r["comparisons"][f"{a}->{b}"]["primary"]) for a, b in PAIRS},
-                     **({"calibration": cal} if (cal := seeds_calibration.run_calibration(r)) else {})})
+                     **({"calibration": cal} if (cal := seeds_calibration.run_calibration(r)) else {}),
+                     **({"review_validated": found} if (found := {s: r["stages"][s]["review_validated"]
+                                                                  for s in ("sft", "dpo")
+                                                                  if "review_validated" in r["stages"][s]}) else {})})
     pool = {}
     if len(runs) > 1:
         for a, b in PAIRS:
@@ -215,7 +219,7 @@ def markdown(summary: dict, plot: str | None = None) -> list[str]:
                           "weighted equally, their mean difference tested by Student's t on their own spread.")
         lines += ["", f"![{plot}]({plot})"] if plot else ["", "(The forest plot needs matplotlib: pip install "
                                                           "'prefopt[plots]'.)"]
-    return lines + seeds_calibration.calibration_lines(summary)
+    return lines + seeds_calibration.calibration_lines(summary) + seeds_lines(summary["runs"])
 
 
 def _where(summary: dict) -> str:

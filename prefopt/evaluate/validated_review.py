@@ -104,20 +104,57 @@ def validated_lines(stages: dict[str, dict | None], target: float, n_val: int) -
              "(`prefopt predict --calibration STAGE --review-below THRESHOLD` sends the others to a person). Chosen "
              "on the validation items, it is checked on records it did not see; the base model answered none of "
              "them.", "",
-             "| stage | threshold | answered alone, validation | right [95% CI] | answered alone, test | right "
-             "[95% CI] |", "|---|---|---|---|---|---|"]
-    for name, r in stages.items():
-        v, t = r["validation"], r["test"]
-        if v["threshold"] is None:
-            best = v.get("best")
-            near = (f"none reached (nearest {best['threshold']:g})", f"{best['n']} of {v['n_records']}",
-                    _right(best)) if best else ("none reached", "—", "—")
-            lines.append(f"| {name} | {near[0]} | {near[1]} | {near[2]} | — | — |")
-            continue
-        lines.append(f"| {name} | {v['threshold']:g} | {v['n']} of {v['n_records']} | {_right(v)} | "
-                     f"{t['n']} of {r['n_test']} | {_right(t)} |")
+             "| stage | threshold (validation items: answered alone, right [95% CI]) | test items answered alone, "
+             "right [95% CI] |", "|---|---|---|"]
+    lines += [f"| {name} | {_chosen(r)} | {_checked(r)} |" for name, r in stages.items()]
     return lines
 
 
 def _right(row: dict) -> str:
     return "—" if row["right"] is None else f"{row['right']:.3f} [{row['ci'][0]:.3f}, {row['ci'][1]:.3f}]"
+
+
+def seeds_lines(runs: list[dict]) -> list[str]:
+    """``seeds.md``'s table of each seed's :func:`validated_review` (``runs``: the seeds'
+    summaries, each with ``review_validated``, ``{stage: review}``, where its run had a target),
+    or nothing where none had one. A threshold is a choice made on each seed's own validation
+    items, so the seeds are listed, not pooled."""
+    had = [r for r in runs if r.get("review_validated")]
+    if not had:
+        return []
+    target = next(iter(had[0]["review_validated"].values()))["validation"]["target"]
+    lines = ["", "## Review threshold", "",
+             f"Each seed's threshold for answers right at least {target:g} of the time (`--set review_target="
+             f"{target:g}`), chosen on its own validation items (how many it answered alone there, and how often "
+             "rightly) and checked on its test items (its report.md says more):", "",
+             "| seed | SFT: threshold (validation) | SFT on the test items | SFT+DPO: threshold (validation) | SFT+DPO "
+             "on the test items |", "|---|---|---|---|---|"]
+    for r in had:
+        cells = []
+        for stage in ("sft", "dpo"):
+            found = r["review_validated"].get(stage)
+            if stage == "dpo" and r.get("dpo_is_sft"):
+                cells += ["the SFT model: the same", "the same"]
+            else:
+                cells += [_chosen(found), _checked(found)]
+        lines.append(f"| {r['seed']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _chosen(found: dict | None) -> str:
+    """A stage's threshold and its validation figures, in a cell."""
+    if found is None:
+        return "—"
+    v = found["validation"]
+    if v["threshold"] is not None:
+        return f"{v['threshold']:g} ({v['n']} of {v['n_records']}, {_right(v)})"
+    best = v.get("best")
+    return f"none (nearest {best['threshold']:g}: {best['n']} of {v['n_records']}, {_right(best)})" if best else "none"
+
+
+def _checked(found: dict | None) -> str:
+    """A stage's test items at its threshold, in a cell."""
+    if found is None or found["test"] is None:
+        return "—"
+    t = found["test"]
+    return f"{t['n']} of {found['n_test']}, {_right(t)}"

@@ -783,7 +783,7 @@ def test_a_review_threshold_is_chosen_on_the_validation_items_and_checked_on_the
             assert got["test"] == next(r for r in table["records"] if r["threshold"] == found["threshold"])
     text = (out / "report.md").read_text()
     assert "Review threshold for answers right at least 0.05 of the time (`--set review_target=0.05`)" in text
-    assert "| stage | threshold | answered alone, validation | right [95% CI] |" in text
+    assert "| stage | threshold (validation items: answered alone, right [95% CI]) |" in text
     # another target: the report made again, nothing trained or scored again
     capsys.readouterr()
     again = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,

@@ -289,7 +289,7 @@ def test_compares_validated_threshold_is_read_off_the_validation_answers_of_each
     probabilities. SFT reaches the target at 0.7 (3 of 4 right from there: Wilson's lower end
     0.44; from 0.6, 3 of 4, 0.30), and the test items kept there are counted; SFT+DPO's answers
     are all wrong, so none reaches it, and the report names the nearest."""
-    from prefopt.evaluate.validated_review import validated_lines, validated_review
+    from prefopt.evaluate.validated_review import seeds_lines, validated_lines, validated_review
 
     task = get_task("portal")
     val = _portal_records([("urgent", "nurse"), ("routine", "doctor"), ("urgent", "nurse"), ("routine", "nurse")])
@@ -325,7 +325,19 @@ def test_compares_validated_threshold_is_read_off_the_validation_answers_of_each
     lines = validated_lines({"base": None, "SFT": sft, "SFT+DPO": dpo}, 0.4, 4)
     lo, hi = wilson_interval(3, 3)
     lo2, hi2 = wilson_interval(1, 2)
-    assert f"| SFT | 0.7 | 3 of 4 | 1.000 [{lo:.3f}, {hi:.3f}] | 2 of 4 | 0.500 [{lo2:.3f}, {hi2:.3f}] |" in lines
+    assert f"| SFT | 0.7 (3 of 4, 1.000 [{lo:.3f}, {hi:.3f}]) | 2 of 4, 0.500 [{lo2:.3f}, {hi2:.3f}] |" in lines
     nearest = dpo["validation"]["best"]
-    assert (f"| SFT+DPO | none reached (nearest {nearest['threshold']:g}) | {nearest['n']} of 4 | 0.000 "
-            f"[0.000, {nearest['ci'][1]:.3f}] | — | — |") in lines
+    assert (f"| SFT+DPO | none (nearest {nearest['threshold']:g}: {nearest['n']} of 4, 0.000 "
+            f"[0.000, {nearest['ci'][1]:.3f}]) | — |") in lines
+    assert not any(line.startswith("| base") for line in lines)
+    # seeds.md lists each seed's, the SFT+DPO stage that is the SFT model said so
+    table = seeds_lines([{"seed": 0, "review_validated": {"sft": sft, "dpo": dpo}},
+                         {"seed": 1, "dpo_is_sft": True, "review_validated": {"sft": sft, "dpo": sft}},
+                         {"seed": 2}])
+    assert "Each seed's threshold for answers right at least 0.4 of the time (`--set review_target=0.4`)" in table[3]
+    assert table[-2:] == [
+        f"| 0 | 0.7 (3 of 4, 1.000 [{lo:.3f}, {hi:.3f}]) | 2 of 4, 0.500 [{lo2:.3f}, {hi2:.3f}] | none (nearest "
+        f"{nearest['threshold']:g}: {nearest['n']} of 4, 0.000 [0.000, {nearest['ci'][1]:.3f}]) | — |",
+        f"| 1 | 0.7 (3 of 4, 1.000 [{lo:.3f}, {hi:.3f}]) | 2 of 4, 0.500 [{lo2:.3f}, {hi2:.3f}] | the SFT model: "
+        "the same | the same |"]
+    assert seeds_lines([{"seed": 0}]) == []

@@ -298,3 +298,28 @@ def test_compare_with_seeds_runs_each_seed_and_pools_them(tiny_model, tmp_path, 
         assert main(["pool-seeds", *runs, "--output", str(tmp_path / "refused")]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
+
+
+def test_each_seeds_validated_review_threshold_is_listed_not_pooled(tmp_path):
+    """A seed whose run chose review thresholds on its validation items (report.json's
+    ``review_validated``) keeps them in the summary, and seeds.md lists them a seed a row; a
+    seed without any, and a summary with none, add nothing."""
+    from prefopt.evaluate.validated_review import seeds_lines
+
+    cfg = CompareConfig(task="portal", model="m", output=str(tmp_path / "out"))
+    found = {"validation": {"target": 0.8, "n_records": 60, "threshold": 0.75, "n": 9, "kept": 0.15, "right": 8 / 9,
+                            "ci": [0.565, 0.980]},
+             "test": {"threshold": 0.75, "n": 7, "kept": 7 / 60, "right": 6 / 7, "ci": [0.487, 0.974]}, "n_test": 60}
+    reports = {s: _report(s, 0.7, 0.6) for s in (0, 1)}
+    for s in ("sft", "dpo"):
+        reports[0]["stages"][s]["review_validated"] = found
+    summary = seeds.summarize(cfg, reports)
+    assert summary["runs"][0]["review_validated"] == {"sft": found, "dpo": found}
+    assert "review_validated" not in summary["runs"][1]
+    md = seeds.markdown(summary)
+    assert md[-len(seeds_lines(summary["runs"])):] == seeds_lines(summary["runs"])
+    assert "| 0 | 0.75 (9 of 60, 0.889 [0.565, 0.980]) | 7 of 60, 0.857 [0.487, 0.974] | 0.75 (9 of 60, 0.889 " \
+        "[0.565, 0.980]) | 7 of 60, 0.857 [0.487, 0.974] |" in md
+    assert not any(line.startswith("| 1 | 0.") for line in md)
+    del reports[0]["stages"]["sft"]["review_validated"], reports[0]["stages"]["dpo"]["review_validated"]
+    assert "## Review threshold" not in seeds.markdown(seeds.summarize(cfg, reports))
