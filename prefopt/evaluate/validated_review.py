@@ -77,8 +77,8 @@ def validated_review(task, val: list, test: list, out: Path, stage: str, rows: l
     (:func:`~.review.review_target` on their calibrated confidence: ``"validation"``), and the
     test items it keeps there (``rows``, the stage's ``predictions.jsonl``: ``"test"``,
     :func:`~.review.review_table`'s row at that threshold; None where none was reached; and
-    how many there are, ``"n_test"``); None
-    where the stage has no validation answers or calibrated confidence (the base model)."""
+    how many there are, ``"n_test"``); None where the stage has no validation answers or
+    calibrated confidence (the base model)."""
     preds = validation_predictions(out, stage, val)
     probabilities = validation_probabilities(out / stage, val)
     if preds is None or probabilities is None or not all("confidence_calibrated" in r for r in rows):
