@@ -433,7 +433,7 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
                                 len(val or ()))
     lines += ["", *validated] if confident and validated else []
     weights = stage_weights(out)
-    lines += ["", *models_lines(cfg, task, out, weights, results["dpo"][1])]
+    lines += ["", *models_lines(cfg, task, out, weights, results["dpo"][1], st["dpo"].get("review_validated"))]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     else:

@@ -83,11 +83,15 @@ def adapters_line(model: str, out: Path, weights: dict[str, str], quantized: str
     return f"{what}, on `{model}`{f' ({base})' if base else ''}; each stage's adapter, with its tokenizer:"
 
 
-def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dict) -> list[str]:
+def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dict,
+                 review: dict | None = None) -> list[str]:
     """Markdown: each trained stage's adapter (``weights``, relative to ``out``) and the commands.
     A run on a 4-bit base (``dpo_metrics["quantized"]``) is used as it was evaluated: the commands
     that answer load the base in 4 bits too (``--quantize``), and render the prompts as it did
-    (``--chat-date``, ``--chat-vars``: :func:`prompt_flags`)."""
+    (``--chat-date``, ``--chat-vars``: :func:`prompt_flags`). ``review``: the SFT+DPO stage's
+    review threshold chosen on the validation items (:mod:`.validated_review`), which predict's
+    command then sends the records below to review by (``--review-below``), and the validation
+    items' eval searches again (``--review-target``)."""
     folder = Path(cfg.output)
     q = shlex.quote
     model, adapter = q(str(cfg.model)), q(str(folder / weights["dpo"]))
@@ -97,6 +101,8 @@ def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dic
     confidence = ["--confidence"] if scorable(task) is None else []  # does predict's confidence column mean much?
     fitted = confidence and (out / "dpo" / "calibration.json").is_file()  # (a run with validation items: its T)
     calibrated = ["--calibration", q(str(folder / "dpo"))] if fitted else []
+    target = review["validation"]["target"] if review and calibrated else None
+    threshold = review["validation"]["threshold"] if target is not None else None
 
     new_file = ("--data NEW_FILE", "--split all")  # another labelled file of the task, all of it
     run_val = (*(["--data", q(str(cfg.data))] if cfg.data else []), "--split-file", q(str(folder / "split.json")),
@@ -125,16 +131,23 @@ def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dic
                evaluate(q(str(folder / weights["sft"])), "new-eval-sft", "--against", q(str(folder / "new-eval")))]
               if weights["dpo"] != weights["sft"] else []),
             *(["# on the validation items, calibrated: how many records it would answer alone at each confidence, "
-               "and how often rightly (read a threshold P off it for predict --review-below P)",
-               evaluate(adapter, "review-val", *calibrated, items=run_val)] if calibrated else []),
+               "and how often rightly (read a threshold P off it for predict --review-below P)"
+               + (f"; --review-target {target:g}: the lowest at which those were right at least {target:g} of the "
+                  "time" if target is not None else ""),
+               evaluate(adapter, "review-val", *calibrated, *(["--review-target", f"{target:g}"] if target is not None
+                                                              else []), items=run_val)] if calibrated else []),
             "# answer new records that have no labels yet (NEW_RECORDS: the same format, label columns not needed): "
             "predictions/predictions.csv (or .tsv, .jsonl, as the input) is their table with a prediction column"
             + (" per field, its confidence and the likeliest label" if confidence else "")
             + ("; --calibration: the confidence calibrated by the temperature fitted on the validation items"
-               if calibrated else ""),
+               if calibrated else "")
+            + (f"; --review-below {threshold:g}: the threshold chosen there for answers right at least {target:g} "
+               "of the time (Review threshold, above), the records below it marked for a person"
+               if threshold is not None else ""),
             " ".join(["prefopt predict --task", q(task.name), "--model", model, "--adapter", adapter, *as_run,
                       *map(q, eval_flags(cfg, task, dpo_metrics)), "--data NEW_RECORDS --output",
-                      q(str(folder / "predictions")), *calibrated]),
+                      q(str(folder / "predictions")), *calibrated,
+                      *(["--review-below", f"{threshold:g}"] if threshold is not None else [])]),
             "# answer a prompt of your own (the models learnt the task's prompts: data/sft_train.jsonl holds them)",
             " ".join(["prefopt generate --model", model, "--adapter", adapter, *as_run]) + f"{system} --greedy "
             "--prompt \"...\"",

@@ -175,3 +175,28 @@ def test_the_base_model_is_named_with_the_start_of_its_weights_digest(tmp_path):
         lines = models_lines(cfg, get_task("portal"), tmp_path / "run", weights, {"quantized": quantized})
         assert (f"LoRA r4 (alpha 8) on q_proj, on `{base}` ({note}); each stage's adapter, with its tokenizer:"
                 in lines)
+
+
+def test_a_threshold_chosen_on_the_validation_items_goes_into_predicts_command(tmp_path):
+    """With ``--set review_target=A`` the validation items' eval searches for it again
+    (``--review-target A``) and predict sends the records below the SFT+DPO stage's threshold to
+    review (``--review-below T``), both parsing back to those values; where none reached A,
+    predict's command has no threshold; a run without a calibration (no validation items) has
+    neither."""
+    cfg = CompareConfig(task="portal", model="m", output=str(tmp_path))
+    weights = {"sft": "sft/train/final", "dpo": "sft/train/final"}
+    (tmp_path / "dpo").mkdir()
+    (tmp_path / "dpo" / "calibration.json").write_text("{}")
+    found = {"validation": {"target": 0.5, "threshold": 0.7487}, "test": None, "n_test": 60}
+    commands = _commands(models_lines(cfg, get_task("portal"), tmp_path, weights, {}, found))
+    assert [c[1] for c in commands] == ["eval", "eval", "predict", "generate", "merge", "export-gguf"]
+    review, predict = (build_parser().parse_args([{"NEW_RECORDS": "n.jsonl"}.get(a, a) for a in c[1:]])
+                       for c in commands[1:3])
+    assert review.split == "val" and review.review_target == 0.5
+    assert predict.review_below == 0.7487 and predict.calibration == str(tmp_path / "dpo")
+    none = {"validation": {"target": 0.5, "threshold": None}, "test": None, "n_test": 60}
+    commands = _commands(models_lines(cfg, get_task("portal"), tmp_path, weights, {}, none))
+    assert "--review-below" not in commands[2] and commands[1][-2:] == ["--review-target", "0.5"]
+    (tmp_path / "dpo" / "calibration.json").unlink()
+    commands = _commands(models_lines(cfg, get_task("portal"), tmp_path, weights, {}, found))
+    assert not any("--review-below" in c or "--review-target" in c for c in commands)
