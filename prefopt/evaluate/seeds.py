@@ -28,7 +28,7 @@ from .pooling import PAIRS, figures_text, paired_figures, pooled, se_of, signs
 from .report import NAMES, pyplot
 from .stage_confidence import paired_text
 from .stats import ALPHA
-from .validated_review import seeds_lines
+from .validated_review import seeds_lines, validated_of
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -155,9 +155,7 @@ def summarize(cfg: CompareConfig, reports: dict[int, dict], outputs: dict[int, s
                      **{s: r["stages"][s]["primary"] for s in ("base", "sft", "dpo")},
                      **{f"{a}->{b}": paired_figures(r["comparisons"][f"{a}->{b}"]["primary"]) for a, b in PAIRS},
                      **({"calibration": cal} if (cal := seeds_calibration.run_calibration(r)) else {}),
-                     **({"review_validated": found} if (found := {s: r["stages"][s]["review_validated"]
-                                                                  for s in ("sft", "dpo")
-                                                                  if "review_validated" in r["stages"][s]}) else {})})
+                     **({"review_validated": found} if (found := validated_of(r)) else {})})
     pool = {}
     if len(runs) > 1:
         for a, b in PAIRS:

@@ -114,6 +114,13 @@ def _right(row: dict) -> str:
     return "—" if row["right"] is None else f"{row['right']:.3f} [{row['ci'][0]:.3f}, {row['ci'][1]:.3f}]"
 
 
+def validated_of(report: dict) -> dict[str, dict]:
+    """A compare run's :func:`validated_review` of each trained stage that has one, from its
+    ``report.json`` (``{stage: review}``; {} for a run without a target)."""
+    return {s: report["stages"][s]["review_validated"] for s in ("sft", "dpo")
+            if "review_validated" in report["stages"].get(s, {})}
+
+
 def seeds_lines(runs: list[dict]) -> list[str]:
     """``seeds.md``'s table of each seed's :func:`validated_review` (``runs``: the seeds'
     summaries, each with ``review_validated``, ``{stage: review}``, where its run had a target),
