@@ -31,6 +31,7 @@ from .seeds import check_seeds, direction, pooled_line, run_seeds
 from .seeds_calibration import stage_calibration
 from .stage_confidence import auroc_named_text, bound_text, fmt, paired_text
 from .start_from import source_config
+from .validated_review import table_lines, target_of, validated_of
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,16 @@ def _row(arm: Arm, report: dict, seconds: float, start_from: str | None = None) 
                 "auroc_dpo_vs_sft": c["sft->dpo"].get("confidence_auroc", {}),
                 "brier_dpo_vs_sft": c["sft->dpo"].get("brier", {})}
                if all("confidence" in st[s]["metrics"] for s in st) else {}),
-            **({"calibrated": calibrated} if (calibrated := stage_calibration(st)) else {})}
+            **({"calibrated": calibrated} if (calibrated := stage_calibration(st)) else {}),
+            **_reviewed(report)}
+
+
+def _reviewed(report: dict) -> dict:
+    """A run's review thresholds (:func:`~.validated_review.validated_of`), for its row, with
+    whether its SFT+DPO stage is the SFT model; nothing for a run without them."""
+    found, weights = validated_of(report), report.get("weights") or {}
+    return {"review_validated": found, "dpo_is_sft": bool(weights) and weights.get("dpo") == weights.get("sft")} \
+        if found else {}
 
 
 def _seeds_row(arm: Arm, summary: dict, seconds: float, start_from: str | None = None) -> dict:
@@ -242,7 +252,9 @@ def _seeds_row(arm: Arm, summary: dict, seconds: float, start_from: str | None =
             **{s: {"primary": sum(r[s] for r in runs) / len(runs)} for s in ("base", "sft", "dpo")},
             "sft_vs_base": summary["pooled"]["base->sft"], "dpo_vs_sft": summary["pooled"]["sft->dpo"],
             "verdict": f"{pooled_line('sft', 'dpo', summary['pooled']['sft->dpo'])}; {direction(runs, 'sft->dpo')}.",
-            **({"calibration": summary["calibration"]} if summary.get("calibration") else {})}
+            **({"calibration": summary["calibration"]} if summary.get("calibration") else {}),
+            **({"review_seeds": reviewed} if (reviewed := [{k: r[k] for k in ("seed", "review_validated", "dpo_is_sft")}
+                                                           for r in runs if r.get("review_validated")]) else {})}
 
 
 def _test_items(row: dict) -> str:
@@ -311,6 +323,7 @@ def study_markdown(study: dict) -> str:
     lines += _confidence_lines(ran)
     lines += _calibrated_lines(ran)
     lines += _seeds_calibration_lines(ran)
+    lines += _review_lines(ran)
     lines += _cost_lines(ran)
     for status, title in (("failed", "Failed (rerun the same command after fixing it; finished stages are kept)"),
                           ("not run", "Not run")):
@@ -375,6 +388,21 @@ def _calibrated_lines(ran: list[dict]) -> list[str]:
                              f"{c['temperature']:.3f}{bound_text(c)} | {fmt(f['brier'])} | {fmt(f['calibrated'])} | "
                              f"{paired_text(f['test'])} |")
     return lines
+
+
+def _review_lines(ran: list[dict]) -> list[str]:
+    """study.md's table of each task's review thresholds (a study run with ``--set val=N --set
+    review_target=A``: :mod:`.validated_review`), a row a task, or a task's seed."""
+    rows = [(f"`{r['task']}`", r["review_validated"], r["dpo_is_sft"]) for r in ran if r.get("review_validated")]
+    rows += [(f"`{r['task']}` seed {x['seed']}", x["review_validated"], x["dpo_is_sft"]) for r in ran
+             for x in r.get("review_seeds", [])]
+    if not rows:
+        return []
+    target = target_of(rows)
+    return ["", f"Review thresholds for answers right at least {target:g} of the time (`--set review_target="
+            f"{target:g}`): each trained stage's, chosen on the task's validation items (how many it answered alone "
+            "there, and how often rightly), then checked on its test items (each task's report.md has more).", "",
+            *table_lines("task", rows)]
 
 
 def _seeds_calibration_lines(ran: list[dict]) -> list[str]:

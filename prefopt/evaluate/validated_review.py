@@ -126,26 +126,33 @@ def seeds_lines(runs: list[dict]) -> list[str]:
     summaries, each with ``review_validated``, ``{stage: review}``, where its run had a target),
     or nothing where none had one. A threshold is a choice made on each seed's own validation
     items, so the seeds are listed, not pooled."""
-    had = [r for r in runs if r.get("review_validated")]
-    if not had:
+    rows = [(str(r["seed"]), r["review_validated"], bool(r.get("dpo_is_sft"))) for r in runs
+            if r.get("review_validated")]
+    if not rows:
         return []
-    target = next(iter(had[0]["review_validated"].values()))["validation"]["target"]
-    lines = ["", "## Review threshold", "",
-             f"Each seed's threshold for answers right at least {target:g} of the time (`--set review_target="
-             f"{target:g}`), chosen on its own validation items (how many it answered alone there, and how often "
-             "rightly) and checked on its test items (its report.md says more):", "",
-             "| seed | SFT: threshold (validation) | SFT on the test items | SFT+DPO: threshold (validation) | SFT+DPO "
-             "on the test items |", "|---|---|---|---|---|"]
-    for r in had:
-        cells = []
-        for stage in ("sft", "dpo"):
-            found = r["review_validated"].get(stage)
-            if stage == "dpo" and r.get("dpo_is_sft"):
-                cells += ["the SFT model: the same", "the same"]
-            else:
-                cells += [_chosen(found), _checked(found)]
-        lines.append(f"| {r['seed']} | " + " | ".join(cells) + " |")
+    return ["", "## Review threshold", "",
+            f"Each seed's threshold for answers right at least {target_of(rows):g} of the time (`--set review_target="
+            f"{target_of(rows):g}`), chosen on its own validation items (how many it answered alone there, and how "
+            "often rightly) and checked on its test items (its report.md says more):", "", *table_lines("seed", rows)]
+
+
+def table_lines(key: str, rows: list[tuple[str, dict, bool]]) -> list[str]:
+    """A markdown table of review thresholds, a row each ``(name, {stage: review}, whether the
+    SFT+DPO stage is the SFT model)``, its first column headed ``key``: each trained stage's
+    threshold with its validation figures, then the test items it kept."""
+    lines = [f"| {key} | SFT: threshold (validation) | SFT on the test items | SFT+DPO: threshold (validation) | "
+             "SFT+DPO on the test items |", "|---|---|---|---|---|"]
+    for name, reviews, dpo_is_sft in rows:
+        cells = [_chosen(reviews.get("sft")), _checked(reviews.get("sft"))]
+        cells += ["the SFT model: the same", "the same"] if dpo_is_sft else \
+            [_chosen(reviews.get("dpo")), _checked(reviews.get("dpo"))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
+
+
+def target_of(rows: list[tuple[str, dict, bool]]) -> float:
+    """The share right the thresholds of :func:`table_lines`' ``rows`` were chosen for."""
+    return next(iter(rows[0][1].values()))["validation"]["target"]
 
 
 def _chosen(found: dict | None) -> str:

@@ -321,5 +321,9 @@ def test_each_seeds_validated_review_threshold_is_listed_not_pooled(tmp_path):
     assert "| 0 | 0.75 (9 of 60, 0.889 [0.565, 0.980]) | 7 of 60, 0.857 [0.487, 0.974] | 0.75 (9 of 60, 0.889 " \
         "[0.565, 0.980]) | 7 of 60, 0.857 [0.487, 0.974] |" in md
     assert not any(line.startswith("| 1 | 0.") for line in md)
+    from prefopt.evaluate.study import ARMS, _seeds_row  # a study's row over these seeds keeps each seed's
+
+    row = _seeds_row(next(a for a in ARMS if a.task == "portal"), summary, 1.0)
+    assert row["review_seeds"] == [{"seed": 0, "review_validated": {"sft": found, "dpo": found}, "dpo_is_sft": False}]
     del reports[0]["stages"]["sft"]["review_validated"], reports[0]["stages"]["dpo"]["review_validated"]
     assert "## Review threshold" not in seeds.markdown(seeds.summarize(cfg, reports))

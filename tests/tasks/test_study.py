@@ -364,3 +364,33 @@ def test_a_study_over_seeds_runs_each_task_per_seed_and_tabulates_the_pooled_dif
                  *sets]) == 2
     assert f"{one / 'portal'}: a compare run of seed 7, not among --seeds 0,1: add 7" in capsys.readouterr().err
     assert sorted(p.name for p in (one / "portal").iterdir()) == ["compare_config.json"]
+
+
+def test_study_md_lists_each_tasks_review_thresholds_and_each_seeds():
+    """A study run with ``--set val=N --set review_target=A``: each task's row keeps its stages'
+    thresholds from report.json (and whether its SFT+DPO stage is the SFT model), a row over
+    seeds each seed's; study.md's table has a row a task or a task's seed, as seeds.md spells
+    them."""
+    from prefopt.evaluate.study import _reviewed, study_markdown
+    from prefopt.evaluate.validated_review import table_lines
+
+    found = {"validation": {"target": 0.8, "n_records": 60, "threshold": 0.75, "n": 9, "kept": 0.15, "right": 8 / 9,
+                            "ci": [0.565, 0.98]},
+             "test": {"threshold": 0.75, "n": 7, "kept": 7 / 60, "right": 6 / 7, "ci": [0.487, 0.974]}, "n_test": 60}
+    report = {"stages": {"base": {}, "sft": {"review_validated": found}, "dpo": {"review_validated": found}},
+              "weights": {"sft": "sft/train/final", "dpo": "sft/train/final"}}
+    assert _reviewed(report) == {"review_validated": {"sft": found, "dpo": found}, "dpo_is_sft": True}
+    assert _reviewed({"stages": {"base": {}, "sft": {}, "dpo": {}}}) == {}
+    vs = {"delta": 0.25, "ci": [0.1, 0.4], "p_value": 0.0, "n_resamples": 200}
+    row = {"task": "ktas", "kind": "triage", "status": "ran", "study": "—", "n_test": 60, "metric": "macro_f1",
+           "base": {"primary": 0.1}, "sft": {"primary": 0.35}, "dpo": {"primary": 0.6}, "sft_vs_base": vs,
+           "dpo_vs_sft": vs, "verdict": "no"}
+    seeds = [{"seed": 1, "review_validated": {"sft": found, "dpo": found}, "dpo_is_sft": False}]
+    md = study_markdown({"model": "m", "data_root": "d", "settings": {}, "arms": [
+        {**row, **_reviewed(report)}, {**row, "task": "portal", "review_seeds": seeds}]})
+    assert "Review thresholds for answers right at least 0.8 of the time (`--set review_target=0.8`)" in md
+    rows = [("`ktas`", {"sft": found, "dpo": found}, True), ("`portal` seed 1", {"sft": found, "dpo": found}, False)]
+    assert "\n".join(table_lines("task", rows)) in md
+    assert "| `ktas` | 0.75 (9 of 60, 0.889 [0.565, 0.980]) | 7 of 60, 0.857 [0.487, 0.974] | the SFT model: the " \
+        "same | the same |" in md
+    assert "Review thresholds" not in study_markdown({"model": "m", "data_root": "d", "settings": {}, "arms": [row]})
