@@ -50,7 +50,8 @@ def add_commands(sub, common: argparse.ArgumentParser, shown: dict) -> None:
     c.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a preset setting (repeatable); val=N holds N items out of training to "
                    "choose DPO's weights by the task's score on them; confidence=false skips scoring each "
-                   "stage's labels (docs/evaluation.md). Settings: "
+                   "stage's labels; review_target=0.9 (with val) chooses each stage's review threshold on the "
+                   "validation items and checks it on the test items (docs/evaluation.md). Settings: "
                    + ", ".join(sorted({*PRESETS["quick"], *PRESETS["full"]})))
     add_device_flags(c, "--eval-dtype", "parameter dtype of the evaluations",
                      ". Training keeps float32 weights (under bf16 autocast on CUDA)")
