@@ -429,8 +429,7 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
     lines += ["", *recalibrated] if confident and recalibrated else []
     alone = review_report_lines({NAMES[s]: v.get("review") for s, v in st.items()})
     lines += ["", *alone] if confident and alone else []
-    validated = validated_lines({NAMES[s]: v.get("review_validated") for s, v in st.items()}, review_target,
-                                len(val or ()))
+    validated = validated_lines({NAMES[s]: v.get("review_validated") for s, v in st.items()})
     lines += ["", *validated] if confident and validated else []
     weights = stage_weights(out)
     lines += ["", *models_lines(cfg, task, out, weights, results["dpo"][1], st["dpo"].get("review_validated"))]

@@ -148,10 +148,9 @@ def summarize(cfg: CompareConfig, reports: dict[int, dict], outputs: dict[int, s
     first = next(iter(reports.values()))
     runs = []
     for seed, r in reports.items():
-        weights = r.get("weights") or {}
         where = outputs[seed] if outputs else seed_folder(cfg.output, seed)
         runs.append({"seed": seed, "output": where, "n_test": r["n_test"],
-                     "dpo_is_sft": bool(weights) and weights.get("dpo") == weights.get("sft"),
+                     "dpo_is_sft": dpo_is_sft(r),
                      **{s: r["stages"][s]["primary"] for s in ("base", "sft", "dpo")},
                      **{f"{a}->{b}": paired_figures(r["comparisons"][f"{a}->{b}"]["primary"]) for a, b in PAIRS},
                      **({"calibration": cal} if (cal := seeds_calibration.run_calibration(r)) else {}),
@@ -165,6 +164,13 @@ def summarize(cfg: CompareConfig, reports: dict[int, dict], outputs: dict[int, s
             "preset": cfg.preset, "output": str(cfg.output), "seeds": list(reports), "runs": runs, "pooled": pool,
             "test_data": getattr(cfg, "test_data", None),
             **({"calibration": cal} if (cal := seeds_calibration.pool_calibration(runs)) else {})}
+
+
+def dpo_is_sft(report: dict) -> bool:
+    """Whether a compare run's SFT+DPO stage is its SFT model (the validation items or
+    ``dpo_max_p`` kept it): the same weights, by ``report.json``'s ``weights``."""
+    weights = report.get("weights") or {}
+    return bool(weights) and weights.get("dpo") == weights.get("sft")
 
 
 def verdict(a: str, b: str, p: dict) -> str:

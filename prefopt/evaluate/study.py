@@ -27,7 +27,7 @@ from .compare import CompareConfig, check_compare, run_compare
 from .pooling import p_cell, paired_figures
 from .report import NAMES
 from .runner import keep_earlier
-from .seeds import check_seeds, direction, pooled_line, run_seeds
+from .seeds import check_seeds, direction, dpo_is_sft, pooled_line, run_seeds
 from .seeds_calibration import stage_calibration
 from .stage_confidence import auroc_named_text, bound_text, fmt, paired_text
 from .start_from import source_config
@@ -235,9 +235,8 @@ def _row(arm: Arm, report: dict, seconds: float, start_from: str | None = None) 
 def _reviewed(report: dict) -> dict:
     """A run's review thresholds (:func:`~.validated_review.validated_of`), for its row, with
     whether its SFT+DPO stage is the SFT model; nothing for a run without them."""
-    found, weights = validated_of(report), report.get("weights") or {}
-    return {"review_validated": found, "dpo_is_sft": bool(weights) and weights.get("dpo") == weights.get("sft")} \
-        if found else {}
+    found = validated_of(report)
+    return {"review_validated": found, "dpo_is_sft": dpo_is_sft(report)} if found else {}
 
 
 def _seeds_row(arm: Arm, summary: dict, seconds: float, start_from: str | None = None) -> dict:

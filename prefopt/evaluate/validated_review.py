@@ -92,12 +92,14 @@ def validated_review(task, val: list, test: list, out: Path, stage: str, rows: l
             "n_test": len(test)}
 
 
-def validated_lines(stages: dict[str, dict | None], target: float, n_val: int) -> list[str]:
+def validated_lines(stages: dict[str, dict | None]) -> list[str]:
     """report.md's table of :func:`validated_review` for each trained stage (``{stage's name: its
     review}``), or nothing where none has one."""
     stages = {name: r for name, r in stages.items() if r}
     if not stages:
         return []
+    first = next(iter(stages.values()))["validation"]
+    target, n_val = first["target"], first["n_records"]
     lines = [f"Review threshold for answers right at least {target:g} of the time (`--set review_target={target:g}`): "
              f"the lowest calibrated confidence at which the {n_val} validation items a stage answered alone were "
              "right that often, by the 95% CI's lower end, then the test items it would answer alone from there "

@@ -322,7 +322,7 @@ def test_compares_validated_threshold_is_read_off_the_validation_answers_of_each
     dpo = validated_review(task, val, test, tmp_path, "dpo", rows, 0.4)
     assert dpo["validation"]["threshold"] is None and dpo["test"] is None
     assert validated_review(task, val, test, tmp_path, "base", rows, 0.4) is None  # (no validation answers)
-    lines = validated_lines({"base": None, "SFT": sft, "SFT+DPO": dpo}, 0.4, 4)
+    lines = validated_lines({"base": None, "SFT": sft, "SFT+DPO": dpo})
     lo, hi = wilson_interval(3, 3)
     lo2, hi2 = wilson_interval(1, 2)
     assert f"| SFT | 0.7 (3 of 4, 1.000 [{lo:.3f}, {hi:.3f}]) | 2 of 4, 0.500 [{lo2:.3f}, {hi2:.3f}] |" in lines
