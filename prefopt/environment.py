@@ -112,11 +112,11 @@ def weights_facts(model: str | None, adapter: str | None) -> dict:
     the model's folder, its files' count and bytes and their SHA-256
     (:func:`~prefopt.model.digest.weights_sha256`; None where its files are not here), the
     adapter's SHA-256 and that of the base it was trained on (None where it records none), and
-    whether that is this model's (the weights it loads: a GGUF file's imported folder, as the
-    adapter records them)."""
+    whether that is this model's (a GGUF file's are the folder it is imported into, as the adapter
+    records them)."""
     from .lora_files import BASE_SHA256, adapter_sha256
     from .model.digest import weights_sha256
-    from .model.hub import gguf_dir, local_model_path, path_stamp
+    from .model.hub import local_model_path, path_stamp
     from .model.safetensors_io import read_metadata
 
     out: dict = {}
@@ -131,8 +131,6 @@ def weights_facts(model: str | None, adapter: str | None) -> dict:
             raise FileNotFoundError(f"--adapter {adapter}: no adapter_model.safetensors there")
         base = read_metadata(weights).get(BASE_SHA256)
         mine = out.get("model", {}).get("sha256")
-        if model is not None and str(model).lower().endswith(".gguf"):  # (loaded from its import, not the file)
-            mine = weights_sha256(gguf_dir(model))
         out["adapter"] = {"folder": str(Path(adapter).resolve()), "sha256": adapter_sha256(adapter),
                           "base_sha256": base, "base_is_model": None if base is None or mine is None else base == mine}
     return out
@@ -144,8 +142,8 @@ def weights_lines(w: dict) -> list[str]:
     if m := w.get("model"):
         files = f"{m['files']} file{'s' if m['files'] != 1 else ''}"
         here = f"{m['folder']}, {files}, {m['bytes'] / 1e6:.1f} MB, weights SHA-256 {m['sha256']}"
-        lines.append(f"model {m['name']}: " + (here if m["sha256"] else "no files on this machine yet (an alias is "
-                                                "imported at its first use, a hub id downloaded)"))
+        lines.append(f"model {m['name']}: " + (here if m["sha256"] else "no files on this machine yet (an alias or a "
+                                                "GGUF file is imported at its first use, a hub id downloaded)"))
     if a := w.get("adapter"):
         base = a["base_sha256"]
         said = {True: ": this model's", False: ": not this model's (loading it there warns)", None: ""}

@@ -160,9 +160,10 @@ def test_model_and_adapter_say_which_weights_they_are_and_whether_the_adapter_wa
 
 def test_a_gguf_model_is_checked_against_the_adapter_by_the_folder_it_loads_from(tmp_path, monkeypatch, capsys):
     """An adapter trained on a model named by its GGUF file records the imported folder's weights
-    (what the model loads); env compares those, where the file has been imported, and says
-    nothing of the base before then."""
+    (what the model loads); env names that folder as the model's files and compares those, where
+    the file has been imported, and says it is not imported yet before then."""
     from prefopt import apply_lora, load_model, save_adapter
+    from prefopt.model.hub import gguf_dir
     from tests._tiny import build_hf_model, write_tiny_gguf
 
     monkeypatch.setenv("PREFOPT_HOME", str(tmp_path / "home"))
@@ -171,8 +172,10 @@ def test_a_gguf_model_is_checked_against_the_adapter_by_the_folder_it_loads_from
     adapter = save_adapter(apply_lora(load_model(str(gguf)), r=2, alpha=4, target_modules=["q_proj"]),
                            tmp_path / "adapter", base_model=str(gguf))
     assert main(["env", "--model", str(gguf), "--adapter", str(adapter)]) == 0
-    assert ": this model's\n" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert ": this model's\n" in out and f"model {gguf}: {gguf_dir(gguf)}, 2 files, " in out
     monkeypatch.setenv("PREFOPT_HOME", str(tmp_path / "another-home"))  # not imported here
     assert main(["env", "--model", str(gguf), "--adapter", str(adapter)]) == 0
     out = capsys.readouterr().out
-    assert f"model {gguf}: {gguf}, 1 file, " in out and "this model's" not in out
+    assert f"model {gguf}: no files on this machine yet (an alias or a GGUF file is imported at its first use" in out
+    assert "this model's" not in out

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..fileio import read_json, write_json_atomic
 from ..lora_files import adapter_sha256
-from ..model.digest import weights_sha256
+from ..model.digest import gguf_file_sha256, weights_sha256
 from .confidence import SCORING, confidence_metrics, marginals
 from .temperature import BOUNDS, cross_fitted, fit_temperature
 
@@ -212,7 +212,7 @@ def _same_weights(name: str, given: str | None, fitted: str | None, recorded: st
     not_given = f", not {given or '(none)'}"
     digest = _DIGESTS[name](given) if recorded and given else None
     if digest is not None:
-        if digest == recorded:
+        if digest == recorded or (at_path and recorded == gguf_file_sha256(given)):
             return True, ""
         return False, " as its weights were then; others were saved there since" if at_path else \
             f"{not_given}, whose weights differ"
@@ -224,11 +224,13 @@ def _same_weights(name: str, given: str | None, fitted: str | None, recorded: st
 
 
 def _imported(model: str | None) -> str | None:
-    """A model alias as the folder it is imported into (whether or not it is there yet: nothing is
-    imported); another name (an adapter's too: no alias is one) as it is."""
-    from ..model.hub import ALIASES, alias_dir
+    """A model alias or GGUF file as the folder it is imported into (whether or not it is there
+    yet: nothing is imported); another name (an adapter's too: no alias is one) as it is."""
+    from ..model.hub import ALIASES, alias_dir, gguf_dir
 
-    return str(alias_dir(model)) if model in ALIASES else model
+    if model in ALIASES:
+        return str(alias_dir(model))
+    return str(gguf_dir(model)) if model and model.lower().endswith(".gguf") else model
 
 
 def where(path: str | None) -> str | None:

@@ -24,10 +24,11 @@ BAR_BYTES = 1 << 30  # a bar while hashing this much or more (SHA-256 reads abou
 
 def weights_sha256(name: str | os.PathLike | None, *, show_progress: bool = True) -> str | None:
     """The SHA-256 of a model's files on this machine (:func:`~.hub.files_stamp`'s: a folder's
-    ``.safetensors`` and ``config.json``, each by name, size and bytes in name order; a GGUF
-    file's; an alias's imported folder's; a hub id's snapshot in the local hub cache), read from
-    the cache where none of them changed since; None where its files are not here (a hub id not
-    downloaded yet), for a folder that holds neither weights nor ``config.json``, and for no model."""
+    ``.safetensors`` and ``config.json``, each by name, size and bytes in name order; an alias's
+    and a GGUF file's imported folder's, the weights they load from; a hub id's snapshot in the
+    local hub cache), read from the cache where none of them changed since; None where its files
+    are not here (a hub id not downloaded yet, an alias or GGUF file not imported yet), for a folder
+    that holds neither weights nor ``config.json``, and for no model."""
     path = None if name is None else local_model_path(name)  # (found once: a hub id's is a lookup in its cache)
     if path is None:
         return None
@@ -49,6 +50,17 @@ def weights_sha256(name: str | os.PathLike | None, *, show_progress: bool = True
         except OSError:  # a read-only cache: the digest is right, only not kept
             pass
     return digest
+
+
+def gguf_file_sha256(name: str | os.PathLike | None) -> str | None:
+    """:func:`weights_sha256` of a GGUF file as an earlier prefopt gave it: the file's own bytes,
+    not its imported folder's, as a calibration.json of then records it (so that one, given the
+    same file, still serves); None for any other name. Not kept in the cache (a GGUF model's
+    cached digest is its folder's)."""
+    path = Path(name) if name is not None else None
+    if path is None or path.suffix.lower() != ".gguf" or not path.is_file():
+        return None
+    return _digest([path], show_progress=True)
 
 
 def _digest(files: list[Path], show_progress: bool) -> str:
@@ -79,4 +91,4 @@ def _read_cache() -> dict:
     return dict(cache)
 
 
-__all__ = ["CACHE", "weights_sha256"]
+__all__ = ["CACHE", "gguf_file_sha256", "weights_sha256"]

@@ -93,8 +93,8 @@ def resolve_model_dir(name: str | os.PathLike, *, revision: str | None = None) -
 
 def files_stamp(name: str | os.PathLike) -> list | None:
     """The files a model is made of on this machine (:func:`local_model_path`), each ``[name,
-    size, mtime_ns]``: a folder's weights (``.safetensors``) and ``config.json``, or a GGUF file;
-    None where it has none here. What :func:`~.digest.weights_sha256` keeps a model's digest
+    size, mtime_ns]``: a folder's weights (``.safetensors``) and ``config.json``; None where it
+    has none here. What :func:`~.digest.weights_sha256` keeps a model's digest
     under: a model saved again at its path changes it, at the cost of a ``stat``, and its weights
     are read anew."""
     path = local_model_path(name)
@@ -102,18 +102,22 @@ def files_stamp(name: str | os.PathLike) -> list | None:
 
 
 def path_stamp(path: Path) -> list:
-    """:func:`files_stamp` of the model whose files are at ``path`` (a folder, or a GGUF file)."""
+    """:func:`files_stamp` of the model whose files are at ``path`` (a folder, or a file given as
+    the model)."""
     files = [path] if path.is_file() else \
         sorted(p for p in path.iterdir() if p.suffix == ".safetensors" or p.name == "config.json")
     return [[p.name, st.st_size, st.st_mtime_ns] for p in files for st in [p.stat()]]
 
 
 def local_model_path(name: str | os.PathLike) -> Path | None:
-    """Where a model's files are on this machine, with nothing imported or downloaded: a folder or
-    a GGUF file as given, an alias's imported folder, a hub id's snapshot in the local hub cache
+    """Where a model's files are on this machine, with nothing imported or downloaded: a folder as
+    given, an alias's imported folder, a GGUF file's (:func:`gguf_import`: the weights it loads
+    from, as an adapter trained on it records them), a hub id's snapshot in the local hub cache
     (its ``main``, as :func:`resolve_model_dir` loads it offline); None where there is none."""
     name = str(name)
     path = alias_dir(name) if name in ALIASES else Path(name).expanduser()
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        return gguf_import(path)
     if not path.exists() and name not in ALIASES and _looks_like_hub_id(name):
         path = _cached_snapshot(name)
     return path if path is not None and path.exists() else None
@@ -156,6 +160,14 @@ def gguf_dir(gguf: str | Path) -> Path:
     not it is yet): one per file path."""
     gguf = Path(gguf).resolve()
     return cache_dir() / "models" / "gguf" / f"{gguf.stem}-{hashlib.sha256(str(gguf).encode()).hexdigest()[:12]}"
+
+
+def gguf_import(gguf: str | Path) -> Path | None:
+    """The folder a GGUF file given as the model loads from (:func:`gguf_dir`), where it was
+    imported from this very file as it is now; None before its first use (and where the file was
+    saved again since: its next use imports it anew)."""
+    out = gguf_dir(gguf)
+    return out if _same_source(_stamp(out / STAMP), Path(gguf).resolve()) else None
 
 
 def _stamp(path: Path) -> dict:

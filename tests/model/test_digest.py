@@ -1,4 +1,4 @@
-"""prefopt.model.digest: which weights a local model folder (or GGUF file) holds, by their bytes,
+"""prefopt.model.digest: which weights a local model folder (or GGUF file's import) holds, by their bytes,
 read once and kept in prefopt's cache until a file is saved again."""
 import hashlib
 import json
@@ -45,7 +45,9 @@ def test_the_digest_is_each_file_by_name_size_and_bytes_and_is_the_same_for_a_co
     assert weights_sha256(other) != want
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF bytes")
-    assert weights_sha256(gguf) == _by_hand(("m.gguf", b"GGUF bytes"))
+    assert weights_sha256(gguf) is None  # (not imported yet: its weights are the folder it loads from)
+    assert digest.gguf_file_sha256(gguf) == _by_hand(("m.gguf", b"GGUF bytes"))  # (what an earlier prefopt gave)
+    assert digest.gguf_file_sha256(model) is None
     assert weights_sha256("org/a-hub-model") is None and weights_sha256(None) is None
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no weights here")
@@ -124,3 +126,20 @@ def test_a_hub_id_is_its_snapshot_in_the_local_hub_cache_and_none_where_it_is_no
     assert weights_sha256("someorg/tiny") == weights_sha256(plain) is not None
     assert str(snap.resolve()) in json.loads((home / CACHE).read_text())
     assert weights_sha256("someorg/not-downloaded") is None
+
+
+def test_a_gguf_file_is_the_folder_it_is_imported_into_and_none_before_or_once_saved_again(tmp_path, home):
+    """A GGUF file given as the model loads from its import, so that is its digest, as an adapter
+    trained on it records it: the same for the file's name and the folder's; None before its first
+    use, and once the file is saved again (its next use imports it anew)."""
+    from prefopt.model.hub import resolve_model_dir
+    from tests._tiny import build_hf_model, write_tiny_gguf
+
+    build_hf_model(tmp_path / "hf")
+    gguf = write_tiny_gguf(tmp_path / "hf", tmp_path / "tiny.gguf")
+    assert weights_sha256(gguf) is None
+    folder = resolve_model_dir(gguf)
+    assert weights_sha256(gguf) == weights_sha256(folder) == weights_sha256(str(gguf)) is not None
+    assert weights_sha256(gguf) != digest.gguf_file_sha256(gguf)
+    os.utime(gguf, ns=(gguf.stat().st_atime_ns, gguf.stat().st_mtime_ns + 10**9))
+    assert weights_sha256(gguf) is None and weights_sha256(folder) is not None

@@ -247,6 +247,36 @@ def test_a_calibration_fitted_on_an_alias_serves_its_imported_folder(tmp_path, m
             read_calibration(path, task=task, model=model, adapter=adapter)
 
 
+def test_a_calibration_fitted_on_a_gguf_file_serves_its_imported_folder_and_the_other_way(tmp_path, monkeypatch):
+    """``--model x.gguf`` loads the folder it is imported into, so a temperature fitted with either
+    serves the other (both are the folder's weights); a file re-exported since is refused, and a
+    calibration.json an earlier prefopt wrote (the GGUF file's own digest) still serves that file."""
+    from prefopt.evaluate.calibration import calibration_record, read_calibration
+    from prefopt.model.digest import gguf_file_sha256
+    from prefopt.model.hub import resolve_model_dir
+    from tests._tiny import build_hf_model, write_tiny_gguf
+
+    monkeypatch.setenv("PREFOPT_HOME", str(tmp_path / "home"))
+    build_hf_model(tmp_path / "hf")
+    gguf = write_tiny_gguf(tmp_path / "hf", tmp_path / "tiny.gguf")
+    folder = resolve_model_dir(gguf)  # (imported, as a run's first load does)
+    fit = {"temperature": 1.3, "n": 4, "nll_before": 1.0, "nll_after": 0.9, "bound": None}
+    path = tmp_path / "calibration.json"
+    for fitted, given in ((gguf, folder), (folder, gguf), (gguf, gguf)):
+        record = calibration_record(fit, get_task("portal"), task_options={}, model=str(fitted), adapter=None,
+                                    data=None, records=4, uncalibrated={}, fitted_on="the records evaluated")
+        path.write_text(json.dumps(record))
+        assert read_calibration(path, task="portal", model=str(given), adapter=None) == 1.3
+    path.write_text(json.dumps({**record, "model_sha256": gguf_file_sha256(gguf)}))  # an earlier prefopt's record
+    assert read_calibration(path, task="portal", model=str(gguf), adapter=None) == 1.3
+    path.write_text(json.dumps(record))
+    build_hf_model(tmp_path / "retrained", seed=1)
+    write_tiny_gguf(tmp_path / "retrained", gguf)  # other weights exported at its path
+    resolve_model_dir(gguf)
+    with pytest.raises(ValueError, match=f"fitted for model {gguf} as its weights were then; others were saved there"):
+        read_calibration(path, task="portal", model=str(gguf), adapter=None)
+
+
 def test_a_calibration_serves_its_adapter_moved_or_copied_and_no_other(tmp_path):
     """An adapter is told by the digest of its weights as well as by its path: the same weights in
     another folder are served; other weights there, or a file that names its adapter by path alone,
