@@ -148,7 +148,9 @@ def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | 
                          f"{_said(labels)}: a temperature spreads the probability over one set of labels (fit one for "
                          "these: eval --confidence --fit-temperature)")
     if prompts is not None and isinstance(fit.get("prompt_options"), dict):
-        _check_prompts(path, fit["prompt_options"], prompts)
+        from ..tasks import prompt_options
+
+        _check_prompts(path, prompt_options(task, fit["prompt_options"]), prompts)  # (as it records them now)
     return float(fit["temperature"])
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 
 from ..hints import did_you_mean
-from .base import ClassificationTask, GenerationTask, LabelField, Record, Task
+from .base import ClassificationTask, GenerationTask, LabelField, Record, Task, name_list
 from .numeric import NumericTable, UCIHeart
 from .pairs import STRATEGIES, model_error_pairs, wrong_label_pairs
 from .reasoning import MedQA, MedQAOpen, PubMedQA
@@ -72,14 +72,24 @@ def _option_value(task: str, key: str, value, default):
 
 def prompt_options(name: str, options: dict) -> dict:
     """Task ``name``'s options that change what its model is asked, each with its value given in
-    ``options`` (as text or typed) or its default: all but those that say how to read a file (its
-    ``*_column``, ``*_map``, ``delimiter``, ``encoding``, ``sheet``), its ``labels`` (a set, told
-    apart by what they are) and ``max_new_tokens`` (how long an answer may run). A temperature
+    ``options`` (as text or typed; a list of names as the list) or its default: all but those that
+    say how to read a file (its ``*_column``, ``*_map``, ``delimiter``, ``encoding``, ``sheet``),
+    its ``labels`` (a set, told apart by what they are) and ``max_new_tokens`` (how long an answer
+    may run). A temperature
     fitted on prompts cut at ``max_chars=800`` or asked with another ``instruction`` does not fit
     others (:mod:`prefopt.evaluate.calibration` records and checks them)."""
-    known = task_options(name)
-    return {key: _option_value(name, key, options.get(key, default), default) for key, default in known.items()
-            if key not in _NOT_ASKED and not key.endswith(("_column", "_map"))}
+    known, lists = task_options(name), _list_options(name)
+    out = {key: _option_value(name, key, options.get(key, default), default) for key, default in known.items()
+           if key not in _NOT_ASKED and not key.endswith(("_column", "_map"))}
+    return {key: name_list(key, value) if key in lists and value is not None else value for key, value in out.items()}
+
+
+def _list_options(name: str) -> set[str]:
+    """Task ``name``'s options that take a list of names (``feature_columns``), given typed or as
+    text split at commas (``age, sex``): :func:`prompt_options` records each as the list the task
+    reads, so the two ways of giving it are one."""
+    params = inspect.signature(TASKS[name]).parameters.values()
+    return {p.name for p in params if str(p.annotation).startswith("list[")}
 
 
 _NOT_ASKED = ("delimiter", "encoding", "sheet", "labels", "max_new_tokens")

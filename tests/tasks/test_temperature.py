@@ -427,6 +427,30 @@ def test_a_calibration_is_refused_over_other_labels(tiny_model, tmp_path, capsys
                             labels={"label": ["a", "b"]}) == t
 
 
+def test_a_list_of_columns_given_typed_or_as_text_is_one_prompt_option(tmp_path):
+    """``feature_columns`` typed (a compare config's list, JSON on the command line) or as text
+    split at commas (``age, sex``) asks the same prompts: recorded as the list the task reads, and
+    a file that recorded it as given is read so; other columns are refused, with the list to pass."""
+    from prefopt.evaluate.calibration import read_calibration
+    from prefopt.evaluate.confidence import SCORING
+    from prefopt.tasks import prompt_options
+
+    typed = prompt_options("numeric_table", {"feature_columns": ["age", "sex"]})
+    assert typed == prompt_options("numeric_table", {"feature_columns": "age, sex"}) == \
+        {"feature_columns": ["age", "sex"], "names": None, "question": None}
+    assert prompt_options("numeric_table", {})["feature_columns"] is None  # (every column: the default)
+    path = tmp_path / "calibration.json"
+    for recorded in ("age, sex", ["age", "sex"]):  # (as an earlier prefopt recorded the text: as given)
+        path.write_text(json.dumps({"temperature": 1.2, "task": "numeric_table", "model": "m", "adapter": None,
+                                    "confidence_scoring": SCORING, "prompt_options": {**typed, "feature_columns":
+                                                                                      recorded}}))
+        assert read_calibration(path, task="numeric_table", model="m", adapter=None, prompts=typed) == 1.2
+    with pytest.raises(ValueError, match=r'feature_columns=\["age", "sex"\], not feature_columns=\["age", "bmi"\]: '
+                                         r'.*or --task-option feature_columns=\["age", "sex"\]$'):
+        read_calibration(path, task="numeric_table", model="m", adapter=None,
+                         prompts=prompt_options("numeric_table", {"feature_columns": "age,bmi"}))
+
+
 def test_a_calibration_is_refused_for_prompts_made_with_other_task_options(tiny_model, tmp_path, capsys):
     """Prompts cut shorter (max_chars) or asked with another instruction are other prompts: a
     temperature fitted on one kind is refused for the other, each option that differs named with
