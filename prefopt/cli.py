@@ -384,6 +384,23 @@ def _add_config_flags(p: argparse.ArgumentParser, cls) -> None:
             p.add_argument(flag, type=kinds[f.type], default=None, help=help_)
 
 
+COMMANDS = {  # prefopt --help's list of the commands by what they are for (each command once)
+    "check and train": ["env", "check-data", "sft", "dpo", "curves"],
+    "test what training did": ["compare", "study", "pool-seeds", "eval", "eval-pairs", "eval-nll", "rating-sheet",
+                               "rating-report"],
+    "use a model": ["predict", "generate", "chat", "make-pairs"],
+    "move weights": ["merge", "stack-adapters", "export-gguf", "convert-gguf"],
+}
+
+
+def _commands_epilog() -> str:
+    """The commands grouped by what they are for, and where to read on."""
+    lines = ["commands by what they are for:"]
+    lines += [f"  {what + ':':24}{', '.join(names)}" for what, names in COMMANDS.items()]
+    return "\n".join([*lines, "", "prefopt COMMAND --help says what a command takes; docs/getting-started.md walks "
+                       "through a first run."])
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .evaluate.cli import (  # eval, compare (the task layer, imported lazily by them)
@@ -395,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluate.make_pairs_cli import add_command as add_make_pairs
     from .interactive import CHAT_HELP
 
-    p = argparse.ArgumentParser(prog="prefopt", description="Local SFT and DPO fine-tuning for clinical LLMs.")
+    p = argparse.ArgumentParser(prog="prefopt", description="Local SFT and DPO fine-tuning for clinical LLMs.",
+                                epilog=_commands_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"prefopt {__version__} (torch {_torch_version()})")
     sub = p.add_subparsers(dest="command", required=True, parser_class=CommandParser)
 

@@ -158,3 +158,20 @@ def test_a_training_runs_folder_given_as_the_adapter_names_the_adapters_it_saved
     out, err = capsys.readouterr()
     assert f"invalid DPO config:\n  sft_adapter: {stage}: a training run's folder" in err and said in err
     assert "records kept" not in out + err and not (tmp_path / "dpo").exists()
+
+
+def test_help_lists_every_command_once_by_what_it_is_for(capsys):
+    """``prefopt --help`` ends with the commands grouped by what they are for: each command the
+    parser has, once, and nothing it lacks."""
+    import argparse
+
+    from prefopt.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    grouped = [name for names in COMMANDS.values() for name in names]
+    assert sorted(grouped) == sorted(sub.choices) and len(grouped) == len(set(grouped))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "commands by what they are for:\n  check and train:        env, check-data, sft, dpo, curves\n" in out
