@@ -198,7 +198,18 @@ def _loaded(quantized: str | None) -> str:
     return f"in 4 bits (--quantize {quantized})" if quantized else "in full precision (no --quantize)"
 
 
-_DIGESTS = {"model": weights_sha256, "adapter": adapter_sha256}  # which weights: None where no files are here
+def _model_sha256(model: str) -> str | None:
+    """:func:`~prefopt.model.digest.weights_sha256` of ``model``, a GGUF file imported first where it
+    is not yet (on the machine it was copied to: its import is what loads, and what a calibration
+    fitted on it recorded; the run that reads the calibration imports it next anyway)."""
+    from ..model.hub import ensure_gguf
+
+    if model.lower().endswith(".gguf") and Path(model).is_file():
+        ensure_gguf(model)
+    return weights_sha256(model)
+
+
+_DIGESTS = {"model": _model_sha256, "adapter": adapter_sha256}  # which weights: None where no files are here
 _BEFORE = {"model": "before 2026-12-08", "adapter": "before 2026-12-07"}  # a file without the digest: from when
 
 

@@ -270,6 +270,12 @@ def test_a_calibration_fitted_on_a_gguf_file_serves_its_imported_folder_and_the_
     path.write_text(json.dumps({**record, "model_sha256": gguf_file_sha256(gguf)}))  # an earlier prefopt's record
     assert read_calibration(path, task="portal", model=str(gguf), adapter=None) == 1.3
     path.write_text(json.dumps(record))
+    copied = tmp_path / "elsewhere" / "tiny.gguf"  # the file and the calibration copied to a machine that predicts
+    copied.parent.mkdir()
+    copied.write_bytes(gguf.read_bytes())
+    monkeypatch.setenv("PREFOPT_HOME", str(tmp_path / "that-machine"))  # where the file is not imported yet
+    assert read_calibration(path, task="portal", model=str(copied), adapter=None) == 1.3
+    path.write_text(json.dumps(record))
     build_hf_model(tmp_path / "retrained", seed=1)
     write_tiny_gguf(tmp_path / "retrained", gguf)  # other weights exported at its path
     resolve_model_dir(gguf)
