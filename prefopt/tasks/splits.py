@@ -102,7 +102,10 @@ def split_records(records: list[Record], *, test: int | float = 0.2, val: int | 
 
     n_test, n_val = count(test), count(val)
     if n_test + n_val >= n_groups:
-        raise ValueError(f"split: test ({n_test}) + val ({n_val}) leave no training data out of {n_groups} groups")
+        what = (f"groups (records with the same {group_by!r}, or the same text)" if group_by else
+                "records (a text that recurs counted once)")
+        raise ValueError(f"split: test ({n_test}) + val ({n_val}) leave no training data out of {n_groups} {what}: "
+                         "hold fewer out (compare: --set test=N, --set val=N; eval: --test N)")
     rng = random.Random(seed)
     keys = sorted(strata)
     for key in keys:

@@ -146,6 +146,9 @@ def test_group_by_keeps_each_patients_records_in_one_split(tmp_path):
             for r in recs:
                 assert where.setdefault(r.meta["row"]["mrn"], part) == part  # one split a patient
         assert sum(p == "test" for p in where.values()) in (5, 6)  # 5 groups: P000 and P019 are one
+    with pytest.raises(ValueError, match=r"test \(10\) \+ val \(9\) leave no training data out of 19 groups \(records "
+                                         r"with the same 'mrn', or the same text\): hold fewer out"):
+        split_records(records, test=10, val=9, group_by="mrn")
     # no column, or an empty cell: the record could not be kept with its patient
     with pytest.raises(ValueError, match=r"group_by 'patient': record 'portal:2' has no such column \(have: message, "
                                          r"urgency, staff, mrn\)"):
