@@ -94,9 +94,8 @@ def resolve_model_dir(name: str | os.PathLike, *, revision: str | None = None) -
 def files_stamp(name: str | os.PathLike) -> list | None:
     """The files a model is made of on this machine (:func:`local_model_path`), each ``[name,
     size, mtime_ns]``: a folder's weights (``.safetensors``) and ``config.json``; None where it
-    has none here. What :func:`~.digest.weights_sha256` keeps a model's digest
-    under: a model saved again at its path changes it, at the cost of a ``stat``, and its weights
-    are read anew."""
+    has none here. What :func:`~.digest.weights_sha256` keeps a model's digest under: a model
+    saved again at its path changes it, at the cost of a ``stat``, and its weights are read anew."""
     path = local_model_path(name)
     return None if path is None else path_stamp(path)
 

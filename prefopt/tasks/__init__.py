@@ -75,9 +75,9 @@ def prompt_options(name: str, options: dict) -> dict:
     ``options`` (as text or typed; a list of names as the list) or its default: all but those that
     say how to read a file (its ``*_column``, ``*_map``, ``delimiter``, ``encoding``, ``sheet``),
     its ``labels`` (a set, told apart by what they are) and ``max_new_tokens`` (how long an answer
-    may run). A temperature
-    fitted on prompts cut at ``max_chars=800`` or asked with another ``instruction`` does not fit
-    others (:mod:`prefopt.evaluate.calibration` records and checks them)."""
+    may run). A temperature fitted on prompts cut at ``max_chars=800`` or asked with another
+    ``instruction`` does not fit others (:mod:`prefopt.evaluate.calibration` records and checks
+    them)."""
     known, lists = task_options(name), _list_options(name)
     out = {key: _option_value(name, key, options.get(key, default), default) for key, default in known.items()
            if key not in _NOT_ASKED and not key.endswith(("_column", "_map"))}
