@@ -609,7 +609,8 @@ def add_commands(sub) -> None:
     pr.add_argument("--model", required=True, help="model folder, alias (smollm2-135m), hub id or .gguf file")
     pr.add_argument("--adapter", help="PEFT-layout LoRA adapter folder (a compare run's: its report.md names them)")
     pr.add_argument("--data", required=True, help="the records, in the task's data format; their label columns "
-                    "are not read and may be absent")
+                    "are not read and may be absent. For portal, text_classification and summarization also a "
+                    "folder of documents (.txt, .md, .docx, .odt, .pdf), a record each, written as a CSV")
     pr.add_argument("--output", required=True, help="output folder: predictions.csv/.tsv/.jsonl/.xlsx/.ods and "
                     "predict.json")
     pr.add_argument("--format", choices=["csv", "tsv", "jsonl", "xlsx", "ods"],

@@ -27,15 +27,15 @@ FILES = tuple(f"predictions.{f}" for f in FORMATS) + ("predict.json",)  # what a
 
 def table_format(data: str | Path | None, given: str | None = None) -> str:
     """The output's format: ``given`` (``--format``), else the input's (``.csv`` → csv, ``.tsv`` →
-    tsv, an Excel workbook → xlsx (an .xls one too), an OpenDocument spreadsheet → ods, anything
-    else, JSONL, JSON or Parquet, → jsonl)."""
+    tsv, an Excel workbook → xlsx (an .xls one too), an OpenDocument spreadsheet → ods, a folder
+    of documents → csv, anything else, JSONL, JSON or Parquet, → jsonl)."""
     if given:
         if given not in FORMATS:
             raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {given!r}")
         return given
     suffix = data_suffix(data) if data else ""  # (train.csv.gz: csv)
     formats = {".csv": "csv", ".tsv": "tsv", ".xlsx": "xlsx", ".xlsm": "xlsx", ".xls": "xlsx", ".ods": "ods"}
-    return formats.get(suffix, "jsonl")
+    return formats.get(suffix, "csv" if data and Path(data).is_dir() else "jsonl")
 
 
 def delimiter_of(data: str | Path | None, fmt: str, task) -> str:

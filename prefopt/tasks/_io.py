@@ -10,6 +10,7 @@ from pathlib import Path
 from ..data.decoding import EncodingError, checked_encoding
 from ..data.readers import read_rows
 from ..data.records import DataError, spreadsheet_error, unicode_problem
+from ._documents import document_rows
 
 DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
 _SET_ASIDE: ContextVar[frozenset] = ContextVar("set_aside", default=frozenset())  # (path, line) table() passes over
@@ -67,31 +68,36 @@ class NotALabel(DataError):
                                              f"{option}=\"{word}=LABEL\" reads a word of your file's as a label")
 
 
-def file_options(task, delimiter: str | None = None, encoding: str = "utf-8", sheet: str | None = None) -> dict:
+def file_options(task, delimiter: str | None = None, encoding: str = "utf-8", sheet: str | None = None,
+                 documents: str | None = None) -> dict:
     """A task's ``delimiter``, ``encoding`` and ``sheet`` options (the generic tasks' and portal's),
     checked, as :func:`table`'s keywords. ``delimiter`` may be a character or a name (``tab``,
     ``\\t``, ``semicolon``, ...); None reads it off a CSV's header. ``sheet``: an Excel workbook's
     sheet to read (None: its one sheet in view that holds data). A bad byte's error names the
     options where ``task``'s class takes them (a dataset's own task, such as ``medical_abstracts``,
-    has its format fixed)."""
+    has its format fixed). ``documents``: the column a folder of documents fills, one record a file
+    (:mod:`._documents`), for a task whose records are one free text."""
     delimiter = DELIMITER_NAMES.get(delimiter, delimiter)
     if delimiter is not None and (not isinstance(delimiter, str) or len(delimiter) != 1):
         raise ValueError(f"delimiter must be one character or one of {', '.join(DELIMITER_NAMES)}, got {delimiter!r}")
     return {"delimiter": delimiter, "encoding": checked_encoding(encoding),
             "sheet": sheet.strip() if sheet and sheet.strip() else None,
-            "task_options": "encoding" in inspect.signature(type(task)).parameters}
+            "task_options": "encoding" in inspect.signature(type(task)).parameters, "documents": documents}
 
 
 def table(path: str | Path, *, delimiter: str | None = None, encoding: str = "utf-8", sheet: str | None = None,
-          task_options: bool = False) -> Iterator[tuple[int, dict]]:
+          task_options: bool = False, documents: str | None = None) -> Iterator[tuple[int, dict]]:
     """``(line, row)`` for each record of a CSV/TSV (any delimiter and encoding), JSONL or JSON
     file; a malformed record raises :class:`DataError` with its file and line. A CSV's delimiter,
     unless given, is read off its header (:func:`prefopt.data.readers.read_rows`); ``sheet``, a
     workbook's sheet to read.
-    ``task_options``: the task takes :func:`file_options`, so a bad byte's error names them."""
+    ``task_options``: the task takes :func:`file_options`, so a bad byte's error names them.
+    ``documents``: a folder is read as one record a document, its text in this column."""
     passed_over = _SET_ASIDE.get()
+    rows = document_rows(path, documents, encoding) if documents and Path(path).is_dir() else \
+        read_rows(path, delimiter=delimiter, encoding=encoding, sheet=sheet)
     try:
-        for line, row in read_rows(path, delimiter=delimiter, encoding=encoding, sheet=sheet):
+        for line, row in rows:
             if (str(Path(path)), line) in passed_over:
                 continue
             if isinstance(row, DataError):

@@ -70,13 +70,18 @@ class Task:
     def read(self, path: str | None = None, labelled: bool = True) -> list[Record]:
         """``load(path, labelled)``, or the bundled data where ``path`` is None; a clear error
         where the task ships none (the real datasets are not redistributed with prefopt). A
-        folder reads the task's ``folder_files`` in order (ACI-Bench: its train and valid splits)."""
+        folder reads the task's ``folder_files`` in order (ACI-Bench: its train and valid splits);
+        for a task whose records are one free text, unlabelled, a folder of documents is its
+        records (:mod:`._documents`)."""
         if path and self.folder_files and Path(path).is_dir():
             missing = [f for f in self.folder_files if not (Path(path) / f).is_file()]
             if missing:
                 raise FileNotFoundError(f"{path}: no {', '.join(missing)} (task {self.name!r} reads "
                                         f"{', '.join(self.folder_files)} from its folder; or pass one file)")
             return [r for f in self.folder_files for r in self.load(Path(path) / f, labelled)]
+        if path and labelled and Path(path).is_dir() and getattr(self, "file", {}).get("documents"):
+            raise ValueError(f"{path}: a folder of documents, which hold no labels: prefopt predict answers them, one "
+                             "record a document; eval, compare and check-data read a table with the labels")
         if path:
             return self.load(path, labelled)
         if self.bundled_data is None:

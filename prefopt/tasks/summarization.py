@@ -19,7 +19,7 @@ class Summarization(GenerationTask):
                  instruction: str = "Summarize the text.", max_chars: int = 3000, max_new_tokens: int = 96,
                  delimiter: str | None = None, encoding: str = "utf-8", sheet: str | None = None):
         super().__init__("rouge")
-        self.file = file_options(self, delimiter, encoding, sheet)
+        self.file = file_options(self, delimiter, encoding, sheet, documents=source_column)
         self.source_column, self.target_column = source_column, target_column
         self.instruction, self.max_chars, self.max_new_tokens = instruction, max_chars, max_new_tokens
 

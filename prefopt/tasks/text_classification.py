@@ -27,7 +27,7 @@ class TextClassification(ClassificationTask):
         self.labels_given = bool(labels)
         self.maps = {"label": word_map("label_map", label_map, self.fields[0].labels or None)}
         self.text_column, self.label_column, self.max_chars = text_column, label_column, max_chars
-        self.instruction, self.file = instruction, file_options(self, delimiter, encoding, sheet)
+        self.instruction, self.file = instruction, file_options(self, delimiter, encoding, sheet, documents=text_column)
 
     def _likely(self, labelled: bool):
         """The row's likely columns, for a missing one's error: the text the longest cell; the label

@@ -149,13 +149,14 @@ class PortalTriage(ClassificationTask):
         ])
         self.max_new_tokens = 16
         self.message_column, self.urgency_column, self.staff_column = message_column, urgency_column, staff_column
-        self.file = file_options(self, delimiter, encoding, sheet)
+        self.file = file_options(self, delimiter, encoding, sheet, documents=message_column)
         self.maps = {f.name: word_map(f"{f.name}_map", words, f.labels)
                      for f, words in zip(self.fields, (urgency_map, staff_map))}
         given = {f"{k}_column": getattr(self, f"{k}_column") for k in ("message", "urgency", "staff")
                  if getattr(self, f"{k}_column") != k}
         given.update({f"{k}_map": v for k, v in (("urgency", urgency_map), ("staff", staff_map)) if v})
-        given.update({k: v for k, v in self.file.items() if k != "task_options" and v not in (None, "utf-8")})
+        given.update({k: v for k, v in self.file.items() if k not in ("task_options", "documents")
+                      and v not in (None, "utf-8")})
         self._own_file_options = given  # for the team's file alone: the bundled one is read as it is
 
     def load(self, path=None, labelled=True):

@@ -1,0 +1,102 @@
+"""``prefopt predict --data FOLDER``: a folder of documents (letters, notes) is the records of a
+task whose records are one free text, a record each, in name order, its text read as ``generate
+--prompt @FILE`` reads a document; each is asked exactly as the same text in a table's row. Such
+records have no labels, so eval, compare and check-data refuse the folder, and a folder with no
+documents, an empty document or one that is not text stop the read with the file named."""
+import csv
+
+import pytest
+
+from prefopt.cli import main
+from prefopt.tasks import get_task
+from tests import _formats as formats
+
+LETTERS = {"a_chest.txt": "Crushing chest pain for an hour, left arm numb.\n",
+           "b_refill.md": "Could you renew my blood pressure prescription?",
+           "c_rash.odt": "A rash on both legs since Monday.\nNo fever.",
+           "d_fever.pdf": "Temp 38.9 °C since last night.\nShould I come in?"}
+
+
+def _folder(tmp_path):
+    """A folder of the four letters (the Writer one made by odfpy, the PDF read by pypdf: test
+    extras), beside files that are no records: a hidden one, Word's lock file, a subfolder's."""
+    odf = pytest.importorskip("odf.opendocument")
+    pytest.importorskip("pypdf")
+    from odf.text import P
+
+    folder = tmp_path / "letters"
+    folder.mkdir()
+    for name, text in LETTERS.items():
+        if name.endswith(".odt"):
+            doc = odf.OpenDocumentText()
+            for line in text.split("\n"):
+                doc.text.addElement(P(text=line))
+            doc.save(str(folder / name))
+        elif name.endswith(".pdf"):
+            formats.write_pdf(folder / name, [text.split("\n")])
+        else:
+            (folder / name).write_text(text)
+    (folder / ".DS_Store").write_bytes(b"\0")
+    (folder / "~$a_chest.docx").write_bytes(b"lock")
+    (folder / "older").mkdir()
+    (folder / "older" / "d.txt").write_text("not read: in a subfolder")
+    return folder
+
+
+@pytest.mark.parametrize("task,options,column", [("portal", {}, "message"),
+                                                 ("text_classification", {"labels": "urgent,routine"}, "text"),
+                                                 ("summarization", {}, "source")])
+def test_a_folder_of_documents_is_asked_as_the_same_texts_in_a_table(task, options, column, tmp_path):
+    folder = _folder(tmp_path)
+    records = get_task(task, **options).read(str(folder), labelled=False)
+    assert [r.meta["row"]["file"] for r in records] == sorted(LETTERS)
+    texts = [text.strip() for _, text in sorted(LETTERS.items())]
+    table = formats.write_jsonl(tmp_path / "same.jsonl", [{column: t} for t in texts])
+    assert [r.prompt for r in records] == [r.prompt for r in get_task(task, **options).read(str(table),
+                                                                                           labelled=False)]
+    with pytest.raises(ValueError, match=f"{folder}: a folder of documents, which hold no labels: prefopt predict "
+                                         "answers them"):
+        get_task(task, **options).read(str(folder))
+
+
+def test_predict_answers_each_document_into_a_csv_that_names_its_file(tiny_model, tmp_path, capsys):
+    folder = _folder(tmp_path)
+    out = tmp_path / "out"
+    assert main(["predict", "--task", "portal", "--model", str(tiny_model), "--data", str(folder), "--output",
+                 str(out), "--max-new-tokens", "2"]) == 0
+    with open(out / "predictions.csv", encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["file"], r["message"]) for r in rows] == [(k, v.strip()) for k, v in sorted(LETTERS.items())]
+    assert {"predicted_urgency", "predicted_staff", "model_output"} <= set(rows[0])
+    assert "prefopt predict: 4 records;" in capsys.readouterr().out
+    for command in (["eval", "--task", "portal", "--output", str(tmp_path / "e")],
+                    ["check-data", "--task", "portal"]):
+        assert main([*command, "--model", str(tiny_model), "--data", str(folder)]) == 2
+        assert "a folder of documents, which hold no labels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,content,error", [
+    ("empty.txt", b"  \n", "empty.txt: an empty document: no text to answer"),
+    ("old.doc", b"\xd0\xcf", "old.doc: a Word 97-2003 document, not text a model reads; save it as .docx"),
+    ("cp1252.txt", b"caf\xe9", "cp1252.txt:1: not utf-8 text (byte 0xe9 at column 4); save the file as UTF-8, or "
+                               "name the encoding it was saved in (--task-option encoding=cp1252"),
+])
+def test_a_document_that_cannot_be_read_stops_the_read_with_its_file_named(name, content, error, tmp_path):
+    folder = tmp_path / "letters"
+    folder.mkdir()
+    (folder / "good.txt").write_text("A cough for a week.")
+    (folder / name).write_bytes(content)
+    with pytest.raises(ValueError) as e:
+        get_task("portal").read(str(folder), labelled=False)
+    assert str(e.value).startswith(f"{folder / name}") and error in str(e.value)
+    if name == "cp1252.txt":  # read in the encoding given
+        records = get_task("portal", encoding="cp1252").read(str(folder), labelled=False)
+        assert [r.meta["row"]["message"] for r in records] == ["café", "A cough for a week."]
+
+
+def test_a_folder_with_no_documents_says_what_a_folder_must_hold(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "scan.png").write_bytes(b"\x89PNG")
+    with pytest.raises(FileNotFoundError, match=r"empty: a folder with no documents \(.txt, .md, .docx, .odt or .pdf "
+                                                r"files, one record each\) and not a data file"):
+        get_task("summarization").read(str(tmp_path / "empty"), labelled=False)
