@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..data.decoding import read_text
+from ..data.readers import is_data_file_name
 from ..data.records import DataError
 from ..documents import DOCUMENTS, document_text
 
@@ -24,16 +25,18 @@ def document_files(folder: str | Path) -> list[Path]:
                   and not p.name.startswith((".", "~$")))
 
 
+def documents_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder of documents: one that holds documents (:func:`document_files`)
+    and no data file (a folder of CSVs or shards is refused as before, its files named)."""
+    path = Path(path)
+    return path.is_dir() and bool(document_files(path)) and not any(is_data_file_name(p) for p in path.iterdir())
+
+
 def document_rows(folder: str | Path, column: str, encoding: str = "utf-8") -> Iterator[tuple[int, dict]]:
     """``(n, {"file": its name, column: its text, stripped})`` for each of ``folder``'s documents
-    (:func:`document_files`), ``n`` counting from 1. A folder with none, an empty document and one
-    that cannot be read (a scan with no text, Word's old ``.doc``) stop the read, the file named."""
-    files = document_files(folder)
-    if not files:
-        raise FileNotFoundError(f"{folder}: a folder with no documents (.txt, .md, .docx, .odt or .pdf files, one "
-                                "record each) and not a data file: pass a CSV, JSONL or workbook of the records, or "
-                                "a folder of their documents")
-    for n, path in enumerate(files, 1):
+    (:func:`document_files`), ``n`` counting from 1. An empty document and one that cannot be read
+    (a scan with no text, Word's old ``.doc``) stop the read, the file named."""
+    for n, path in enumerate(document_files(folder), 1):
         try:
             text = read_text(path, encoding) if path.suffix.lower() in TEXTS else document_text(path)
         except DataError:  # (a text file's bad byte, located: the task's encoding option is named above)
@@ -46,4 +49,4 @@ def document_rows(folder: str | Path, column: str, encoding: str = "utf-8") -> I
         yield n, {FILE_COLUMN: path.name, column: text.strip()}
 
 
-__all__ = ["FILE_COLUMN", "SUFFIXES", "document_files", "document_rows"]
+__all__ = ["FILE_COLUMN", "SUFFIXES", "document_files", "document_rows", "documents_folder"]

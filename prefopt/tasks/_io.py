@@ -10,7 +10,7 @@ from pathlib import Path
 from ..data.decoding import EncodingError, checked_encoding
 from ..data.readers import read_rows
 from ..data.records import DataError, spreadsheet_error, unicode_problem
-from ._documents import document_rows
+from ._documents import document_rows, documents_folder
 
 DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
 _SET_ASIDE: ContextVar[frozenset] = ContextVar("set_aside", default=frozenset())  # (path, line) table() passes over
@@ -92,9 +92,10 @@ def table(path: str | Path, *, delimiter: str | None = None, encoding: str = "ut
     unless given, is read off its header (:func:`prefopt.data.readers.read_rows`); ``sheet``, a
     workbook's sheet to read.
     ``task_options``: the task takes :func:`file_options`, so a bad byte's error names them.
-    ``documents``: a folder is read as one record a document, its text in this column."""
+    ``documents``: a folder of documents (:func:`~._documents.documents_folder`) is read as one
+    record a document, its text in this column."""
     passed_over = _SET_ASIDE.get()
-    rows = document_rows(path, documents, encoding) if documents and Path(path).is_dir() else \
+    rows = document_rows(path, documents, encoding) if documents and documents_folder(path) else \
         read_rows(path, delimiter=delimiter, encoding=encoding, sheet=sheet)
     try:
         for line, row in rows:

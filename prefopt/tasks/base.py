@@ -20,6 +20,7 @@ import numpy as np
 
 from ..evaluate.metrics import classification_report, macro_f1, triage_safety
 from ..evaluate.rouge import rouge
+from ._documents import documents_folder
 from ._io import NotALabel
 from .parsing import final_answer, find_label
 
@@ -79,7 +80,7 @@ class Task:
                 raise FileNotFoundError(f"{path}: no {', '.join(missing)} (task {self.name!r} reads "
                                         f"{', '.join(self.folder_files)} from its folder; or pass one file)")
             return [r for f in self.folder_files for r in self.load(Path(path) / f, labelled)]
-        if path and labelled and Path(path).is_dir() and getattr(self, "file", {}).get("documents"):
+        if path and labelled and getattr(self, "file", {}).get("documents") and documents_folder(path):
             raise ValueError(f"{path}: a folder of documents, which hold no labels: prefopt predict answers them, one "
                              "record a document; eval, compare and check-data read a table with the labels")
         if path:

@@ -1,8 +1,9 @@
 """``prefopt predict --data FOLDER``: a folder of documents (letters, notes) is the records of a
 task whose records are one free text, a record each, in name order, its text read as ``generate
 --prompt @FILE`` reads a document; each is asked exactly as the same text in a table's row. Such
-records have no labels, so eval, compare and check-data refuse the folder, and a folder with no
-documents, an empty document or one that is not text stop the read with the file named."""
+records have no labels, so eval, compare and check-data refuse the folder; an empty document or
+one that is not text stops the read with the file named; a folder of data files, or of no
+documents, is refused as before."""
 import csv
 
 import pytest
@@ -94,9 +95,19 @@ def test_a_document_that_cannot_be_read_stops_the_read_with_its_file_named(name,
         assert [r.meta["row"]["message"] for r in records] == ["café", "A cough for a week."]
 
 
-def test_a_folder_with_no_documents_says_what_a_folder_must_hold(tmp_path):
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "scan.png").write_bytes(b"\x89PNG")
-    with pytest.raises(FileNotFoundError, match=r"empty: a folder with no documents \(.txt, .md, .docx, .odt or .pdf "
-                                                r"files, one record each\) and not a data file"):
-        get_task("summarization").read(str(tmp_path / "empty"), labelled=False)
+def test_a_folder_of_data_files_or_of_no_documents_is_refused_as_before(tmp_path):
+    """A folder is documents only where it holds documents and no data file: a folder of CSVs (a
+    dataset's splits, shards) is refused with its files named, as is one of pictures alone."""
+    (tmp_path / "scans").mkdir()
+    (tmp_path / "scans" / "scan.png").write_bytes(b"\x89PNG")
+    with pytest.raises(FileNotFoundError, match=r"scans: a folder, not a data file; pass one of its files \(it holds "
+                                                r"no .jsonl"):
+        get_task("summarization").read(str(tmp_path / "scans"), labelled=False)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "notes.csv").write_text("source\nA cough.\n")
+    (mixed / "readme.txt").write_text("what the columns mean")
+    for labelled in (False, True):
+        with pytest.raises(FileNotFoundError, match=r"mixed: a folder, not a data file; pass one of its files "
+                                                    r"\(notes.csv\)"):
+            get_task("summarization").read(str(mixed), labelled=labelled)
