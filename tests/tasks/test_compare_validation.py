@@ -285,7 +285,8 @@ def test_a_validation_set_that_leaves_nothing_to_train_on_stops_compare_before_i
     from tests.tasks.conftest import StopAtSFT
 
     with pytest.raises(ValueError, match=r"split: test \(4\) \+ val \(400\) leave no training data out of \d+ "
-                                         r"records \(a text that recurs counted once\): hold fewer out \(compare: --set test"):
+                                         r"records \(a text that recurs counted once\): hold fewer out "
+                                         r"\(compare: --set test"):
         run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(tmp_path / "run"),
                                   overrides={**TINY, "val": 400}))
     assert not (tmp_path / "run").exists()
