@@ -592,8 +592,19 @@ def _warnings_as_lines(prog: str) -> Iterator[None]:
         yield
         return
     with warnings.catch_warnings():
-        warnings.showwarning = lambda message, *_: print(f"{prog}: warning: {message}", file=sys.stderr)
+        warnings.showwarning = lambda message, *_: _line(f"{prog}: warning: {message}")
         yield
+
+
+def _line(text: str) -> None:
+    """``text`` on stderr as a line of its own: above a progress bar that is being drawn (tqdm's
+    ``write`` clears the bar and draws it again under the line), not in the middle of its line."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        print(text, file=sys.stderr)
+    else:
+        tqdm.write(text, file=sys.stderr)
 
 
 def _terminated() -> type[Exception]:

@@ -175,3 +175,23 @@ def test_help_lists_every_command_once_by_what_it_is_for(capsys):
         parser.parse_args(["--help"])
     out = capsys.readouterr().out
     assert "commands by what they are for:\n  check and train:        env, check-data, sft, dpo, curves\n" in out
+
+
+def test_a_warning_while_a_bar_is_drawn_gets_a_line_of_its_own(capsys):
+    """A warning met while a progress bar is drawn (generate's prompt past the model's context,
+    in predict's bar) is written above the bar, on its own line, not into the bar's line."""
+    import sys
+    import warnings
+
+    from tqdm import tqdm
+
+    from prefopt.cli import _warnings_as_lines
+
+    with _warnings_as_lines("prefopt predict"):
+        bar = tqdm(total=2, desc="predicting", file=sys.stderr, mininterval=0)
+        bar.update(1)
+        warnings.warn("a prompt runs past the model's context", stacklevel=1)
+        bar.update(1)
+        bar.close()
+    lines = [line.split("\r")[-1] for line in capsys.readouterr().err.split("\n")]
+    assert "prefopt predict: warning: a prompt runs past the model's context" in lines
