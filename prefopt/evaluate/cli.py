@@ -216,6 +216,8 @@ def _print_estimate(args, tok, task, records, new_tokens: int) -> int:
 
 
 def _predict(args) -> int:
+    import sys
+    import warnings
     from datetime import date
     from pathlib import Path
 
@@ -239,9 +241,11 @@ def _predict(args) -> int:
     from .review import mark_review
     from .runner import (
         DECODING,
+        PAST_CONTEXT,
         check_prompts,
         decoding,
         keep_earlier,
+        past_context_line,
         placement,
         prompt_settings,
         require_chat,
@@ -269,6 +273,9 @@ def _predict(args) -> int:
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
                        quantize=args.quantize)
     confidence = args.confidence and confidence_possible(task, "predict")
+    if line := past_context_line(tok, task, records, getattr(model.config, "max_position_embeddings", None),
+                                 decoding(settings, task)["max_new_tokens"]):
+        print(f"prefopt predict: warning: {line}", file=sys.stderr, flush=True)
     made = {"task": task.name, "task_options": options, "model": args.model, "adapter": args.adapter,
             **weights_digests(args.model, args.adapter), "data": str(Path(args.data).resolve()),
             **decoding(settings, task), **placement(model),
@@ -278,8 +285,10 @@ def _predict(args) -> int:
         # what a stopped run must match (the weights by their digests: a model or adapter saved again at its path
         # starts it over)
         stamp = fingerprint(records, made | {"row_format": ROW_FORMAT})
-        rows = predict_in_blocks(model, tok, task, records, args.output, stamp, batch_size=args.batch_size,
-                                 confidence=confidence, temperature=temperature, **settings)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", PAST_CONTEXT)  # (said above, record by record)
+            rows = predict_in_blocks(model, tok, task, records, args.output, stamp, batch_size=args.batch_size,
+                                     confidence=confidence, temperature=temperature, **settings)
         if args.review_below is not None:  # (after the rows: a stopped run goes on under another threshold)
             rows = mark_review(task, rows, args.review_below)
         tally = counts(task, rows)

@@ -78,6 +78,35 @@ def check_prompts(tok, task, records, data: str | None = None, targets: bool = F
                 raise ValueError(f"{data or task.name}: record {r.id!r}: {what} {problem}")
 
 
+PAST_CONTEXT = r"a prompt of \d+ tokens plus \d+ new ones runs past the model's context"  # generate's warning
+
+
+def past_context_line(tok, task, records, context: int | None, new_tokens: int) -> str | None:
+    """Where some of ``records``' prompts with ``new_tokens`` answer tokens run past the model's
+    ``context`` (``max_position_embeddings``; positions it never trained on, where an answer is not
+    to be trusted): a line that says how many, names the first three (a folder's document by its
+    file) and what shortens them; None where all fit or the context is not known."""
+    if not context:
+        return None
+    lengths = [len(tok.apply_chat_template(task.messages(r), add_generation_prompt=True)) for r in records]
+    long = [(r, n) for r, n in zip(records, lengths) if n + new_tokens > context]
+    if not long:
+        return None
+
+    def named(r, n: int) -> str:
+        file = r.meta.get("row", {}).get("file") if isinstance(r.meta, dict) else None
+        return f"record {r.id!r}{f', {file}' if file else ''}: {n} prompt tokens + {new_tokens} to answer"
+
+    more = f", and {len(long) - 3} more" if len(long) > 3 else ""
+    from ..tasks import task_options
+
+    fix = ("a lower --task-option max_chars cuts them" if "max_chars" in task_options(task.name) else
+           "shorten those texts")
+    return (f"{len(long)} of {len(records)} records' prompts and answers run past the model's context of {context} "
+            f"tokens ({'; '.join(named(r, n) for r, n in long[:3])}{more}): positions it never trained on, so "
+            f"their answers are not to be trusted; {fix}")
+
+
 def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: int | None = None,
             repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
             repeat_scope: str | None = None, desc: str = "generating", show_progress: bool = True,

@@ -111,3 +111,39 @@ def test_a_folder_of_data_files_or_of_no_documents_is_refused_as_before(tmp_path
         with pytest.raises(FileNotFoundError, match=r"mixed: a folder, not a data file; pass one of its files "
                                                     r"\(notes.csv\)"):
             get_task("summarization").read(str(mixed), labelled=labelled)
+
+
+def test_predict_names_the_records_that_run_past_the_models_context(tmp_path, capsys):
+    """A letter longer than the model's context (positions it never trained on) is warned of
+    before any answer, by record and file, with how many tokens, once (generate's own warning,
+    which names no record, is not said again); a task that cuts its texts says how to cut more."""
+    from prefopt import load_tokenizer
+    from prefopt.evaluate.runner import past_context_line
+    from tests._tiny import build_hf_model
+
+    model = tmp_path / "short-context"
+    build_hf_model(model, max_position_embeddings=400)  # (the short letter's prompt: 225 tokens)
+    folder = tmp_path / "letters"
+    folder.mkdir()
+    (folder / "a_short.txt").write_text("A cough.")
+    (folder / "b_long.txt").write_text("pain " * 200)
+    assert main(["predict", "--task", "portal", "--model", str(model), "--data", str(folder), "--output",
+                 str(tmp_path / "out"), "--max-new-tokens", "2", "--no-confidence"]) == 0
+    err = capsys.readouterr().err
+    assert ("prefopt predict: warning: 1 of 2 records' prompts and answers run past the model's context of 400 "
+            "tokens (record 'portal:2', b_long.txt: ") in err
+    assert "prompt tokens + 2 to answer): positions it never trained on" in err and "shorten those texts" in err
+    assert "runs past the model's context" not in err  # (generate's)
+    tok = load_tokenizer(model)
+    task = get_task("text_classification", labels="a,b", max_chars=100000)
+    records = task.read(str(formats.write_jsonl(tmp_path / "t.jsonl", [{"text": "word " * (50 * i)}
+                                                                      for i in range(1, 7)])), labelled=False)
+    lengths = [len(tok.apply_chat_template(task.messages(r), add_generation_prompt=True)) for r in records]
+    context = lengths[2] + 16 - 1  # (the third and longer run past it)
+    line = past_context_line(tok, task, records, context, 16)
+    assert line.startswith(f"4 of 6 records' prompts and answers run past the model's context of {context} tokens "
+                           f"(record 't.jsonl:3': {lengths[2]} prompt tokens + 16 to answer; record 't.jsonl:4': ")
+    assert line.endswith(", and 1 more): positions it never trained on, so their answers are not to be trusted; a "
+                         "lower --task-option max_chars cuts them")
+    assert past_context_line(tok, task, records[:2], context, 16) is None
+    assert past_context_line(tok, task, records, None, 16) is None
