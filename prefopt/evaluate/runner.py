@@ -94,7 +94,7 @@ def past_context_line(tok, task, records, context: int | None, new_tokens: int) 
         return None
 
     def named(r, n: int) -> str:
-        file = r.meta.get("row", {}).get("file") if isinstance(r.meta, dict) else None
+        file = r.meta.get("row", {}).get("file")  # (a folder's document: predict --data FOLDER)
         return f"record {r.id!r}{f', {file}' if file else ''}: {n} prompt tokens + {new_tokens} to answer"
 
     more = f", and {len(long) - 3} more" if len(long) > 3 else ""
