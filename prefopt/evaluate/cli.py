@@ -223,6 +223,7 @@ def _predict(args) -> int:
 
     from .._deps import require
     from ..devices import resolve
+    from ..model.generate import PastContext
     from ..pretrained import load_model
     from ..tasks import get_task
     from ..tokenizer import load_tokenizer
@@ -241,7 +242,6 @@ def _predict(args) -> int:
     from .review import mark_review
     from .runner import (
         DECODING,
-        PAST_CONTEXT,
         check_prompts,
         decoding,
         keep_earlier,
@@ -286,7 +286,7 @@ def _predict(args) -> int:
         # starts it over)
         stamp = fingerprint(records, made | {"row_format": ROW_FORMAT})
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", PAST_CONTEXT)  # (said above, record by record)
+            warnings.simplefilter("ignore", PastContext)  # (said above, record by record)
             rows = predict_in_blocks(model, tok, task, records, args.output, stamp, batch_size=args.batch_size,
                                      confidence=confidence, temperature=temperature, **settings)
         if args.review_below is not None:  # (after the rows: a stopped run goes on under another threshold)

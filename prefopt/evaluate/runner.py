@@ -78,9 +78,6 @@ def check_prompts(tok, task, records, data: str | None = None, targets: bool = F
                 raise ValueError(f"{data or task.name}: record {r.id!r}: {what} {problem}")
 
 
-PAST_CONTEXT = r"a prompt of \d+ tokens plus \d+ new ones runs past the model's context"  # generate's warning
-
-
 def past_context_line(tok, task, records, context: int | None, new_tokens: int) -> str | None:
     """Where some of ``records``' prompts with ``new_tokens`` answer tokens run past the model's
     ``context`` (``max_position_embeddings``; positions it never trained on, where an answer is not

@@ -23,6 +23,11 @@ COMPACT_AT = 2
 MIN_SHARED = 16  # a prompt start of at least this many tokens that every row has is computed once
 
 
+class PastContext(UserWarning):
+    """A prompt and its answer run past the model's context (``max_position_embeddings``): what
+    :func:`generate` warns of; ``prefopt predict`` says it record by record instead."""
+
+
 @contextmanager
 def eval_mode(model) -> Iterator:
     """``model`` in eval mode (no dropout) inside the block; each module's own mode back after."""
@@ -262,9 +267,10 @@ def generate(
     B, T = ids.shape
     context = getattr(model.config, "max_position_embeddings", None)
     if context and T + max_new_tokens > context:
-        warnings.warn(f"a prompt of {T} tokens plus {max_new_tokens} new ones runs past the model's context of "
-                      f"{context} positions (max_position_embeddings), which it was never trained on; the "
-                      "output may degrade. Shorten the prompt or max_new_tokens.", stacklevel=2)
+        warnings.warn(PastContext(f"a prompt of {T} tokens plus {max_new_tokens} new ones runs past the model's "
+                                  f"context of {context} positions (max_position_embeddings), which it was never "
+                                  "trained on; the output may degrade. Shorten the prompt or max_new_tokens."),
+                      stacklevel=2)
     with eval_mode(model):  # no dropout: a model just trained is still in train mode
         cache, step_ids, mask = first_step(model, prompts, ids, mask, max_new_tokens, pad_token_id, prompt_cache)
         seeds = row_seeds(seed, prompts) if temperature > 0 else None
