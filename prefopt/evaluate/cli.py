@@ -82,6 +82,8 @@ def _eval(args) -> int:
         DECODING,
         check_prompts,
         choose_max_new_tokens,
+        decoding,
+        past_context_said,
         placement,
         predict,
         prompt_settings,
@@ -123,7 +125,8 @@ def _eval(args) -> int:
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
                        quantize=args.quantize)
     settings = {k: getattr(args, k) for k in DECODING} | {"max_new_tokens": max_new}
-    texts, ended = predict(model, tok, task, records, batch_size=args.batch_size, return_ended=True, **settings)
+    with past_context_said("eval", model, tok, task, records, decoding(settings, task)["max_new_tokens"]):
+        texts, ended = predict(model, tok, task, records, batch_size=args.batch_size, return_ended=True, **settings)
     preds, metrics = score(task, records, texts, ended, settings, opened=reasoning_opened(tok, task, records))
     if note := reasoning_note(metrics, "--max-new-tokens N"):
         print(f"prefopt eval: {note}", flush=True)
@@ -216,14 +219,11 @@ def _print_estimate(args, tok, task, records, new_tokens: int) -> int:
 
 
 def _predict(args) -> int:
-    import sys
-    import warnings
     from datetime import date
     from pathlib import Path
 
     from .._deps import require
     from ..devices import resolve
-    from ..model.generate import PastContext
     from ..pretrained import load_model
     from ..tasks import get_task
     from ..tokenizer import load_tokenizer
@@ -245,7 +245,7 @@ def _predict(args) -> int:
         check_prompts,
         decoding,
         keep_earlier,
-        past_context_line,
+        past_context_said,
         placement,
         prompt_settings,
         require_chat,
@@ -273,9 +273,6 @@ def _predict(args) -> int:
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
                        quantize=args.quantize)
     confidence = args.confidence and confidence_possible(task, "predict")
-    if line := past_context_line(tok, task, records, getattr(model.config, "max_position_embeddings", None),
-                                 decoding(settings, task)["max_new_tokens"]):
-        print(f"prefopt predict: warning: {line}", file=sys.stderr, flush=True)
     made = {"task": task.name, "task_options": options, "model": args.model, "adapter": args.adapter,
             **weights_digests(args.model, args.adapter), "data": str(Path(args.data).resolve()),
             **decoding(settings, task), **placement(model),
@@ -285,8 +282,7 @@ def _predict(args) -> int:
         # what a stopped run must match (the weights by their digests: a model or adapter saved again at its path
         # starts it over)
         stamp = fingerprint(records, made | {"row_format": ROW_FORMAT})
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", PastContext)  # (said above, record by record)
+        with past_context_said("predict", model, tok, task, records, made["max_new_tokens"]):
             rows = predict_in_blocks(model, tok, task, records, args.output, stamp, batch_size=args.batch_size,
                                      confidence=confidence, temperature=temperature, **settings)
         if args.review_below is not None:  # (after the rows: a stopped run goes on under another threshold)

@@ -1,14 +1,17 @@
 """Run a model on a task's records: generate, parse, score, and write the results."""
 from __future__ import annotations
 
+import sys
 import warnings
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .._deps import progress
 from ..data.records import control_token_problem
 from ..fileio import json_records, json_text, jsonl_text, read_json, read_jsonl, write_json_atomic, write_text_atomic
-from ..model.generate import MAX_NEW_TOKENS, generate, row_seeds
+from ..model.generate import MAX_NEW_TOKENS, PastContext, generate, row_seeds
 from ..tasks.parsing import final_answer, opens_reasoning
 from ..tokenizer import NO_TEMPLATE_WHERE
 from ..train.answer_estimate import answer_fit_note
@@ -102,6 +105,19 @@ def past_context_line(tok, task, records, context: int | None, new_tokens: int) 
     return (f"{len(long)} of {len(records)} records' prompts and answers run past the model's context of {context} "
             f"tokens ({'; '.join(named(r, n) for r, n in long[:3])}{more}): positions it never trained on, so "
             f"their answers are not to be trusted; {fix}")
+
+
+@contextmanager
+def past_context_said(command: str, model, tok, task, records, new_tokens: int) -> Iterator[None]:
+    """Around answering ``records``: where some run past the model's context, a warning that names
+    them (:func:`past_context_line`) first, and :func:`~prefopt.model.generate.generate`'s own
+    (which names none) not again inside."""
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if line := past_context_line(tok, task, records, context, new_tokens):
+        print(f"prefopt {command}: warning: {line}", file=sys.stderr, flush=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PastContext)
+        yield
 
 
 def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: int | None = None,

@@ -113,10 +113,11 @@ def test_a_folder_of_data_files_or_of_no_documents_is_refused_as_before(tmp_path
             get_task("summarization").read(str(mixed), labelled=labelled)
 
 
-def test_predict_names_the_records_that_run_past_the_models_context(tmp_path, capsys):
+def test_predict_and_eval_name_the_records_that_run_past_the_models_context(tmp_path, capsys):
     """A letter longer than the model's context (positions it never trained on) is warned of
     before any answer, by record and file, with how many tokens, once (generate's own warning,
-    which names no record, is not said again); a task that cuts its texts says how to cut more."""
+    which names no record, is not said again); eval says it of a table's rows alike; a task that
+    cuts its texts says how to cut more."""
     from prefopt import load_tokenizer
     from prefopt.evaluate.runner import past_context_line
     from tests._tiny import build_hf_model
@@ -134,6 +135,14 @@ def test_predict_names_the_records_that_run_past_the_models_context(tmp_path, ca
             "tokens (record 'portal:2', b_long.txt: ") in err
     assert "prompt tokens + 2 to answer): positions it never trained on" in err and "shorten those texts" in err
     assert "runs past the model's context" not in err  # (generate's)
+    table = formats.write_jsonl(tmp_path / "labelled.jsonl", [
+        {"message": (folder / name).read_text(), "urgency": "urgent", "staff": "nurse"}
+        for name in ("a_short.txt", "b_long.txt")])
+    assert main(["eval", "--task", "portal", "--model", str(model), "--data", str(table), "--split", "all",
+                 "--output", str(tmp_path / "eval"), "--max-new-tokens", "2"]) == 0
+    err = capsys.readouterr().err  # eval says it alike, of a table's row
+    assert ("prefopt eval: warning: 1 of 2 records' prompts and answers run past the model's context of 400 tokens "
+            "(record 'portal:2': ") in err and "runs past the model's context" not in err
     tok = load_tokenizer(model)
     task = get_task("text_classification", labels="a,b", max_chars=100000)
     records = task.read(str(formats.write_jsonl(tmp_path / "t.jsonl", [{"text": "word " * (50 * i)}
