@@ -6,7 +6,7 @@ weights file (the base it was trained on: :func:`~prefopt.lora_files.base_mismat
 
 Reading an 8B model's 16 GB takes some seconds, so each digest is kept in prefopt's cache
 (``weights_sha256.json`` in :func:`~.hub.cache_dir`) under the model's path and its files' sizes
-and modification times (:func:`~.hub.files_stamp`): a model is read once until one of its files
+and modification times (:func:`~.hub.path_stamp`): a model is read once until one of its files
 is saved again."""
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from .._deps import progress
 from ..fileio import read_json, write_json_atomic
 from .hub import cache_dir, local_model_path, path_stamp
 
-CACHE = "weights_sha256.json"  # in cache_dir(): {absolute path: {"files": files_stamp, "sha256": digest}}
+CACHE = "weights_sha256.json"  # in cache_dir(): {absolute path: {"files": path_stamp, "sha256": digest}}
 BAR_BYTES = 1 << 30  # a bar while hashing this much or more (SHA-256 reads about 1 GB a second)
 
 
 def weights_sha256(name: str | os.PathLike | None, *, show_progress: bool = True) -> str | None:
-    """The SHA-256 of a model's files on this machine (:func:`~.hub.files_stamp`'s: a folder's
+    """The SHA-256 of a model's files on this machine (:func:`~.hub.path_stamp`'s: a folder's
     ``.safetensors`` and ``config.json``, each by name, size and bytes in name order; an alias's
     and a GGUF file's imported folder's, the weights they load from; a hub id's snapshot in the
     local hub cache), read from the cache where none of them changed since; None where its files

@@ -91,18 +91,12 @@ def resolve_model_dir(name: str | os.PathLike, *, revision: str | None = None) -
                              f"hub id (org/name){did_you_mean(name, ALIASES)}")
 
 
-def files_stamp(name: str | os.PathLike) -> list | None:
-    """The files a model is made of on this machine (:func:`local_model_path`), each ``[name,
-    size, mtime_ns]``: a folder's weights (``.safetensors``) and ``config.json``; None where it
-    has none here. What :func:`~.digest.weights_sha256` keeps a model's digest under: a model
-    saved again at its path changes it, at the cost of a ``stat``, and its weights are read anew."""
-    path = local_model_path(name)
-    return None if path is None else path_stamp(path)
-
-
 def path_stamp(path: Path) -> list:
-    """:func:`files_stamp` of the model whose files are at ``path`` (a folder, or a file given as
-    the model)."""
+    """The files a model is made of at ``path`` (a folder, or a file given as the model; a name's
+    folder is :func:`local_model_path`'s), each ``[name, size, mtime_ns]``: a folder's weights
+    (``.safetensors``) and ``config.json``. What :func:`~.digest.weights_sha256` keeps a model's
+    digest under: a model saved again at its path changes it, at the cost of a ``stat``, and its
+    weights are read anew."""
     files = [path] if path.is_file() else \
         sorted(p for p in path.iterdir() if p.suffix == ".safetensors" or p.name == "config.json")
     return [[p.name, st.st_size, st.st_mtime_ns] for p in files for st in [p.stat()]]

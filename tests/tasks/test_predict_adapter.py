@@ -72,7 +72,7 @@ def test_a_stopped_prediction_starts_over_where_its_model_was_saved_again(tiny_m
     from safetensors.torch import load_file, save_file
 
     import prefopt.evaluate.new_records as nr
-    from prefopt.model.hub import files_stamp
+    from prefopt.model.hub import local_model_path, path_stamp
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
@@ -93,10 +93,10 @@ def test_a_stopped_prediction_starts_over_where_its_model_was_saved_again(tiny_m
         return list(answered)
 
     def touched(weights):  # the same bytes, a new time
-        before = files_stamp(model)
+        before = path_stamp(local_model_path(model))
         st = weights.stat()
         os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-        assert files_stamp(model) != before
+        assert path_stamp(local_model_path(model)) != before
 
     def retrained(weights):  # other values, the same size
         tensors = load_file(weights)
@@ -106,7 +106,7 @@ def test_a_stopped_prediction_starts_over_where_its_model_was_saved_again(tiny_m
 
     assert stopped_then_resumed(str(tmp_path / "p"), touched) == ["m2", "m3"]
     assert stopped_then_resumed(str(tmp_path / "q"), retrained) == ["m0", "m1", "m2", "m3"]
-    assert files_stamp(str(tmp_path / "none")) is None and files_stamp("org/some-model") is None  # a hub id: None
+    assert local_model_path(str(tmp_path / "none")) is None and local_model_path("org/some-model") is None  # hub id
 
 
 def test_predict_eval_and_a_rescore_name_the_models_weights_by_their_digest(tiny_model, tmp_path):
