@@ -125,12 +125,12 @@ def _eval(args) -> int:
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
                        quantize=args.quantize)
     settings = {k: getattr(args, k) for k in DECODING} | {"max_new_tokens": max_new}
-    with past_context_said("eval", model, tok, task, records, decoding(settings, task)["max_new_tokens"]):
+    with past_context_said("eval", model, tok, task, records, decoding(settings, task)["max_new_tokens"]) as long:
         texts, ended = predict(model, tok, task, records, batch_size=args.batch_size, return_ended=True, **settings)
     preds, metrics = score(task, records, texts, ended, settings, opened=reasoning_opened(tok, task, records))
     if note := reasoning_note(metrics, "--max-new-tokens N"):
         print(f"prefopt eval: {note}", flush=True)
-    metrics.update(placement(model) | prompt_settings(tok))
+    metrics.update(placement(model) | prompt_settings(tok) | ({"past_context": len(long)} if long else {}))
     extra = {"ended": ended}
     scored = answer_logprobs(model, tok, task, records, batch_size=args.batch_size) \
         if args.confidence and confidence_possible(task, "eval") else None
@@ -282,12 +282,12 @@ def _predict(args) -> int:
         # what a stopped run must match (the weights by their digests: a model or adapter saved again at its path
         # starts it over)
         stamp = fingerprint(records, made | {"row_format": ROW_FORMAT})
-        with past_context_said("predict", model, tok, task, records, made["max_new_tokens"]):
+        with past_context_said("predict", model, tok, task, records, made["max_new_tokens"]) as long:
             rows = predict_in_blocks(model, tok, task, records, args.output, stamp, batch_size=args.batch_size,
                                      confidence=confidence, temperature=temperature, **settings)
         if args.review_below is not None:  # (after the rows: a stopped run goes on under another threshold)
-            rows = mark_review(task, rows, args.review_below)
-        tally = counts(task, rows)
+            rows = mark_review(task, rows, args.review_below, past=long)
+        tally = counts(task, rows) | ({"past_context": len(long)} if long else {})
         kept = keep_earlier(args.output, FILES)
         if kept:
             print(f"prefopt predict: {args.output} held predictions; they are kept in {kept}", flush=True)

@@ -59,11 +59,15 @@ from .runner import (
     DECODING,
     check_prompts,
     choose_max_new_tokens,
+    context_of,
     decoding,
     keep_earlier,
+    past_context_line,
+    past_context_records,
     placement,
     predict,
     prompt_settings,
+    quiet_past_context,
     read_results,
     reasoning_note,
     reasoning_opened,
@@ -291,14 +295,16 @@ def _evaluate(cfg, task, tok, test, out: Path, stage: str, s: dict, judge_tok, k
     model = _load_stage_model(cfg, out, stage)
     if keep is not None:
         keep[stage] = model
-    texts, ended = predict(model, tok, task, test, batch_size=s["eval_batch_size"], desc=f"{stage}: test set",
-                           return_ended=True, **{k: s[k] for k in DECODING})
+    with quiet_past_context():  # (the items past the model's context were named as the run started: _checked)
+        texts, ended = predict(model, tok, task, test, batch_size=s["eval_batch_size"], desc=f"{stage}: test set",
+                               return_ended=True, **{k: s[k] for k in DECODING})
+    long = past_context_records(tok, task, test, context_of(model), decoding(s, task)["max_new_tokens"])
     opened = reasoning_opened(tok, task, test)
     preds, metrics = score(task, test, texts, ended, s, opened=opened)
     if note := reasoning_note(metrics, "--set max_new_tokens=N"):
         _log(f"{stage}: {note}")
-    metrics.update(placement(model) | prompt_settings(tok) | ({"weights": weights} if weights else {}),
-                   eval_batch_size=s["eval_batch_size"])
+    metrics.update(placement(model) | prompt_settings(tok) | ({"weights": weights} if weights else {})
+                   | ({"past_context": len(long)} if long else {}), eval_batch_size=s["eval_batch_size"])
     extra = {"ended": ended}
     if judge_tok is not None:  # loaded for each evaluation that rates answers, not held through training
         likert = judge_scores(_load_judge(cfg), judge_tok, test, [final_answer(t, opened)[0] for t in texts])
@@ -452,6 +458,17 @@ def _dpo(cfg, task, pairs: Path, val: list, out: Path, s: dict) -> None:
         run_dpo(config, evaluators=evaluators)
 
 
+def _past_context(model: str, task, tok, test: list, new_tokens: int) -> str | None:
+    """Where some test items' prompts with ``new_tokens`` answer tokens run past ``model``'s
+    context, the line that names them (:func:`~.runner.past_context_line`): said as the run
+    starts, not by each stage's answering; the report counts them."""
+    from ..model.config import ModelConfig
+    from ..model.hub import resolve_model_dir
+
+    context = context_of(ModelConfig.from_hf(resolve_model_dir(model)))
+    return past_context_line(tok, task, test, context, new_tokens, what="test items")
+
+
 def _refuse_tied_head(model: str) -> None:
     """``--set lora_targets=...,lm_head`` on a model whose head is its embedding: refused here, not
     at SFT after the base model's evaluation."""
@@ -526,6 +543,8 @@ def _checked(cfg: CompareConfig, say: Callable[[str], None]) -> _Checked:
                                                           "--set max_new_tokens=N")
         if note:
             say(note)
+    if line := _past_context(cfg.model, task, tok, splits["test"], decoding(s, task)["max_new_tokens"]):
+        say(f"warning: {line}")
     out = Path(cfg.output)
     cfg, source = _start_from(cfg, out, say)
     cfg, chat_lines = _pin_chat(cfg, out, tok, judge_tok, source)

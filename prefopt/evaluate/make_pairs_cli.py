@@ -3,6 +3,7 @@ answer against the model's own (:mod:`prefopt.evaluate.answer_pairs`)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -60,7 +61,16 @@ def run(args: argparse.Namespace) -> int:
         summary_line,
     )
     from .partial import claimed, partial_file
-    from .runner import keep_earlier, placement, prompt_settings, weights_digests
+    from .runner import (
+        context_of,
+        keep_earlier,
+        past_context,
+        past_context_text,
+        placement,
+        prompt_settings,
+        quiet_past_context,
+        weights_digests,
+    )
 
     def say(line: str) -> None:
         print(f"prefopt make-pairs: {line}", flush=True)
@@ -91,7 +101,13 @@ def run(args: argparse.Namespace) -> int:
             **data_file_settings(args), "max_new_tokens": args.max_new_tokens,
             "max_prompt_length": args.max_prompt_length,
             "batch_size": args.batch_size, **decode, **placement(model), **prompt_settings(tok)}
-    with claimed(args.output, JOB):
+    context = context_of(model)
+    long = past_context([(f"{p.file}:{p.line}", len(p.ids)) for p in prompts], context, args.max_new_tokens)
+    if long:  # named here, by file and line (generate's own warning names no prompt)
+        line = past_context_text(long, len(prompts), "prompts and their answers", context, args.max_new_tokens,
+                                 _shorter(args.max_prompt_length))
+        print(f"prefopt make-pairs: warning: {line}", file=sys.stderr, flush=True)
+    with claimed(args.output, JOB), quiet_past_context():
         # the batch size changes no answer (each prompt seeded alone): a run stopped for want of memory goes on
         # with a smaller one; the weights by their digests (a model or adapter saved again at its path: start over)
         run_stamp = stamp(prompts, {k: v for k, v in made.items() if k != "batch_size"})
@@ -107,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         feedback = feedback_from(prompts, rows, several_files=several)
         write_text_atomic(out / "feedback.jsonl", jsonl_text(feedback))
         write_json_atomic(out / "make_pairs.json", {**made, **counts, "bad_records": len(bad),
+                                                    **({"past_context": len(long)} if long else {}),
                                                     "date": date.today().isoformat(),
                                                     "seconds": round(time.time() - t0, 1)})
         (out / partial_file(JOB)).unlink(missing_ok=True)
@@ -121,3 +138,10 @@ def run(args: argparse.Namespace) -> int:
     say(f"before training, look at each side's mix (prefopt check-data --model {args.model} --data "
         f"{out / 'pairs.jsonl'}): pairs that mostly reject one answer teach that prior (docs/dpo.md)")
     return 0
+
+
+def _shorter(max_prompt_length: int | None) -> str:
+    """What keeps prompts inside the model's context, for the warning that names those past it."""
+    if max_prompt_length:
+        return f"a --max-prompt-length below {max_prompt_length} keeps fewer of their last tokens"
+    return "--max-prompt-length N keeps each prompt's last N tokens (as training's)"

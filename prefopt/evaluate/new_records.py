@@ -154,7 +154,8 @@ def counts(task, rows: list[dict]) -> dict:
 
 def summary(tally: dict) -> str:
     """One line: how many records, each field's predicted labels with counts, how many answers
-    named none of them (and their likeliest labels, where scored) or were cut by the cap."""
+    named none of them (and their likeliest labels, where scored) or were cut by the cap, how many
+    prompts ran past the model's context (``past_context``, where some did)."""
     parts = [f"{tally['n']} records"]
     for name, by_label in tally.get("labels", {}).items():
         missed = tally["unanswered"][name]
@@ -165,6 +166,8 @@ def summary(tally: dict) -> str:
                                              + ([f"no label {missed}{guessed}"] if missed else [])))
     if tally["unfinished"]:
         parts.append(f"{tally['unfinished']} answers stopped by the max_new_tokens cap")
+    if tally.get("past_context"):
+        parts.append(f"{tally['past_context']} past the model's context")
     if "review" in tally:
         parts.append(f"{tally['review']} to review (the review column says why)")
     return "; ".join(parts)

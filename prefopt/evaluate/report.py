@@ -261,6 +261,18 @@ def item_test_line(task, cmp: dict[str, dict]) -> str:
         f"p = {v['mcnemar']['p_value']:.3g}" for k, v in cmp.items()) + ".")
 
 
+def past_context_note(results: dict, n: int) -> str | None:
+    """Where some of the ``n`` test items' prompts and answers ran past the model's context (each
+    stage's ``metrics.json`` counts them: ``past_context``), a line that says how many and what it
+    means for their answers; None where none did, and for runs from before it was counted."""
+    counts = [m["past_context"] for _, m in results.values() if m.get("past_context")]
+    if not counts:
+        return None
+    return (f"**{max(counts)} of the {n} test items' prompts and answers run past the model's context**: positions it "
+            "never trained on, so those answers, in every stage, are not to be trusted (the run named them as it "
+            "started; shorter texts, or a lower `--task-option max_chars` where the task has it, keep them inside).")
+
+
 def decoding_line(results: dict) -> str | None:
     """How the stages' answers were decoded, and where, from what each ``metrics.json`` recorded
     (None for runs from before it was recorded)."""
@@ -358,6 +370,7 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
         sel["against_step_0"] = against_step_0(task, val, out, sel["step"], cfg.n_resamples, cfg.seed)
     trained = dynamics_lines(stats["training"])
     decoded = decoding_line(results)
+    past = past_context_note(results, len(test))
     chat_vars = getattr(cfg, "chat_vars", None)  # a report rebuilt for a run from before them has none
     lines = [f"# prefopt compare: {task.name}", "",
              f"Model `{cfg.model}`; data `{cfg.data or 'bundled'}`; preset `{cfg.preset}`; seed {cfg.seed}; "
@@ -367,7 +380,7 @@ def build_report(cfg, task, test, results: dict, out: Path, val: list | None = N
              + (f"; the chat template given `{describe_chat_vars(chat_vars)}`" if chat_vars else "")
              + (f"; both stages trained on a {dtype} base" if (dtype := _train_dtype(cfg)) != "float32" else "")
              + (f"; base and SFT stages from `{cfg.start_from}`" if getattr(cfg, "start_from", None) else "") + ".",
-             *(["", decoded] if decoded else []), "",
+             *(["", decoded] if decoded else []), *(["", past] if past else []), "",
              "## Does it help?", "",
              f"- SFT vs base: {cmp['base->sft']['verdict']}",
              f"- DPO vs SFT: {cmp['sft->dpo']['verdict']}",

@@ -5,7 +5,8 @@ likely right. ``prefopt eval --confidence`` says, for each threshold in :data:`T
 share of the records the model would answer alone (every field's predicted label at or above the
 threshold) and how often those answers were right (:func:`review_table`); ``prefopt predict
 --review-below P`` then marks each new record whose answer falls below ``P`` in any field, or
-names no label, in a ``review`` column (:func:`mark_review`). The threshold is read off
+names no label, or whose prompt ran past the model's context, in a ``review`` column
+(:func:`mark_review`). The threshold is read off
 labelled records the model did not train on (a compare run's validation items, a later month),
 and means most where the probabilities are calibrated (``--calibration``). ``prefopt compare``
 sets its stages' tables side by side on the test items (:func:`stage_review`,
@@ -14,11 +15,14 @@ on its validation items (:mod:`.validated_review`).
 """
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from .stats import wilson_interval
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 COLUMN = "review"
 DIGITS = 4  # a confidence as predict's confidence_<field> column holds it, and the table compares it
+PAST_CONTEXT = "past the model's context"  # a review reason: the record's prompt ran past it
 
 
 def check_threshold(value: float, flag: str = "--review-below") -> None:
@@ -172,17 +176,20 @@ def review_lines(table: dict) -> list[str]:
     return lines
 
 
-def mark_review(task, rows: list[dict], below: float) -> list[dict]:
+def mark_review(task, rows: list[dict], below: float, past: Collection[str] = ()) -> list[dict]:
     """``rows`` (:func:`~.new_records.prediction_rows`, with their ``confidence_<field>``
     columns) each with a ``review`` column before ``model_output`` (in place of one the input
     had): empty where every field's predicted label has at least probability ``below``, as the
     column holds it (to :data:`DIGITS` decimals), else why it is not, in those figures
-    (``urgency 0.6213; staff no label``)."""
+    (``urgency 0.6213; staff no label``); and ``past the model's context`` first for the records
+    whose ids are in ``past`` (their prompts ran past it: :func:`~.runner.past_context_said`),
+    however sure the model was."""
     names = [f.name for f in task.fields]
     out = []
     for row in rows:
-        why = "; ".join(f"{k} no label" if row[f"confidence_{k}"] == "" else f"{k} {row[f'confidence_{k}']:g}"
-                        for k in names if row[f"confidence_{k}"] == "" or row[f"confidence_{k}"] < below)
+        why = "; ".join([PAST_CONTEXT] * (row["record"] in past) + [
+            f"{k} no label" if row[f"confidence_{k}"] == "" else f"{k} {row[f'confidence_{k}']:g}"
+            for k in names if row[f"confidence_{k}"] == "" or row[f"confidence_{k}"] < below])
         items = [(k, v) for k, v in row.items() if k != COLUMN]  # (an earlier run's column renewed)
         at = [k for k, _ in items].index("model_output")
         out.append(dict([*items[:at], (COLUMN, why), *items[at:]]))

@@ -7,6 +7,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .._deps import progress
 from ..data.records import control_token_problem
@@ -81,43 +82,83 @@ def check_prompts(tok, task, records, data: str | None = None, targets: bool = F
                 raise ValueError(f"{data or task.name}: record {r.id!r}: {what} {problem}")
 
 
-def past_context_line(tok, task, records, context: int | None, new_tokens: int) -> str | None:
+def context_of(model) -> int | None:
+    """The number of positions ``model`` was trained on (its config's ``max_position_embeddings``;
+    a :class:`~prefopt.model.config.ModelConfig` too), None where not known."""
+    return getattr(getattr(model, "config", model), "max_position_embeddings", None)
+
+
+def past_context(named: list[tuple[Any, int]], context: int | None, new_tokens: int) -> list[tuple[Any, int]]:
+    """Those of ``named`` (a prompt's name or record, its number of tokens) whose prompt with
+    ``new_tokens`` answer tokens runs past the model's ``context`` (none where it is not known)."""
+    return [(name, n) for name, n in named if n + new_tokens > context] if context else []
+
+
+def past_context_text(long: list[tuple[str, int]], total: int, what: str, context: int, new_tokens: int,
+                      fix: str) -> str:
+    """The warning for ``long`` (:func:`past_context`) of ``total`` ``what`` (``"records' prompts
+    and answers"``): how many, the first three by name with their tokens, and ``fix``, what
+    shortens them."""
+    named = "; ".join(f"{name}: {n} prompt tokens + {new_tokens} to answer" for name, n in long[:3])
+    more = f", and {len(long) - 3} more" if len(long) > 3 else ""
+    return (f"{len(long)} of {total} {what} run past the model's context of {context} tokens ({named}{more}): "
+            f"positions it never trained on, so their answers are not to be trusted; {fix}")
+
+
+def past_context_records(tok, task, records, context: int | None, new_tokens: int) -> list[tuple[Any, int]]:
+    """Those of ``records`` whose chat prompt with ``new_tokens`` answer tokens runs past the
+    model's ``context``, each with its prompt's number of tokens."""
+    if not context:
+        return []
+    lengths = [len(tok.apply_chat_template(task.messages(r), add_generation_prompt=True)) for r in records]
+    return past_context(list(zip(records, lengths)), context, new_tokens)
+
+
+def past_context_line(tok, task, records, context: int | None, new_tokens: int, what: str = "records") -> str | None:
     """Where some of ``records``' prompts with ``new_tokens`` answer tokens run past the model's
     ``context`` (``max_position_embeddings``; positions it never trained on, where an answer is not
     to be trusted): a line that says how many, names the first three (a folder's document by its
-    file) and what shortens them; None where all fit or the context is not known."""
-    if not context:
-        return None
-    lengths = [len(tok.apply_chat_template(task.messages(r), add_generation_prompt=True)) for r in records]
-    long = [(r, n) for r, n in zip(records, lengths) if n + new_tokens > context]
-    if not long:
-        return None
+    file) and what shortens them; None where all fit or the context is not known. ``what``: what
+    the line calls the records (``"test items"``)."""
+    long = past_context_records(tok, task, records, context, new_tokens)
+    return _records_line(task, long, len(records), context, new_tokens, what) if long else None
 
-    def named(r, n: int) -> str:
+
+def _records_line(task, long: list[tuple[Any, int]], total: int, context: int, new_tokens: int, what: str) -> str:
+    """:func:`past_context_line`'s line for the records ``long`` of ``total``."""
+    def named(r) -> str:
         file = r.meta.get("row", {}).get("file")  # (a folder's document: predict --data FOLDER)
-        return f"record {r.id!r}{f', {file}' if file else ''}: {n} prompt tokens + {new_tokens} to answer"
+        return f"record {r.id!r}{f', {file}' if file else ''}"
 
-    more = f", and {len(long) - 3} more" if len(long) > 3 else ""
     from ..tasks import task_options
 
     fix = ("a lower --task-option max_chars cuts them" if "max_chars" in task_options(task.name) else
            "shorten those texts")
-    return (f"{len(long)} of {len(records)} records' prompts and answers run past the model's context of {context} "
-            f"tokens ({'; '.join(named(r, n) for r, n in long[:3])}{more}): positions it never trained on, so "
-            f"their answers are not to be trusted; {fix}")
+    return past_context_text([(named(r), n) for r, n in long], total, f"{what}' prompts and answers", context,
+                             new_tokens, fix)
 
 
 @contextmanager
-def past_context_said(command: str, model, tok, task, records, new_tokens: int) -> Iterator[None]:
-    """Around answering ``records``: where some run past the model's context, a warning that names
-    them (:func:`past_context_line`) first, and :func:`~prefopt.model.generate.generate`'s own
-    (which names none) not again inside."""
-    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if line := past_context_line(tok, task, records, context, new_tokens):
-        print(f"prefopt {command}: warning: {line}", file=sys.stderr, flush=True)
+def quiet_past_context() -> Iterator[None]:
+    """Inside: :func:`~prefopt.model.generate.generate`'s warning of a prompt past the model's
+    context (which names no prompt) not said, where a command named them before answering."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PastContext)
         yield
+
+
+@contextmanager
+def past_context_said(command: str, model, tok, task, records, new_tokens: int) -> Iterator[set[str]]:
+    """Around answering ``records``: where some run past the model's context, a warning that names
+    them (:func:`past_context_line`) first, and :func:`~prefopt.model.generate.generate`'s own
+    (which names none) not again inside. Yields those records' ids (predict's review column)."""
+    context = context_of(model)
+    long = past_context_records(tok, task, records, context, new_tokens)
+    if long:
+        line = _records_line(task, long, len(records), context, new_tokens, "records")
+        print(f"prefopt {command}: warning: {line}", file=sys.stderr, flush=True)
+    with quiet_past_context():
+        yield {r.id for r, _ in long}
 
 
 def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: int | None = None,
