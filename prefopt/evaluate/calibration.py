@@ -202,9 +202,9 @@ def _model_sha256(model: str) -> str | None:
     """:func:`~prefopt.model.digest.weights_sha256` of ``model``, a GGUF file imported first where it
     is not yet (on the machine it was copied to: its import is what loads, and what a calibration
     fitted on it recorded; the run that reads the calibration imports it next anyway)."""
-    from ..model.hub import ensure_gguf
+    from ..model.hub import ensure_gguf, is_gguf
 
-    if model.lower().endswith(".gguf") and Path(model).is_file():
+    if is_gguf(model) and Path(model).is_file():
         ensure_gguf(model)
     return weights_sha256(model)
 
@@ -239,11 +239,11 @@ def _same_weights(name: str, given: str | None, fitted: str | None, recorded: st
 def _imported(model: str | None) -> str | None:
     """A model alias or GGUF file as the folder it is imported into (whether or not it is there
     yet: nothing is imported); another name (an adapter's too: no alias is one) as it is."""
-    from ..model.hub import ALIASES, alias_dir, gguf_dir
+    from ..model.hub import ALIASES, alias_dir, gguf_dir, is_gguf
 
     if model in ALIASES:
         return str(alias_dir(model))
-    return str(gguf_dir(model)) if model and model.lower().endswith(".gguf") else model
+    return str(gguf_dir(model)) if is_gguf(model) else model
 
 
 def where(path: str | None) -> str | None:

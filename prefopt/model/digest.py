@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .._deps import progress
 from ..fileio import read_json, write_json_atomic
-from .hub import cache_dir, local_model_path, path_stamp
+from .hub import cache_dir, is_gguf, local_model_path, path_stamp
 
 CACHE = "weights_sha256.json"  # in cache_dir(): {absolute path: {"files": path_stamp, "sha256": digest}}
 BAR_BYTES = 1 << 30  # a bar while hashing this much or more (SHA-256 reads about 1 GB a second)
@@ -57,10 +57,9 @@ def gguf_file_sha256(name: str | os.PathLike | None) -> str | None:
     not its imported folder's, as a calibration.json of then records it (so that one, given the
     same file, still serves); None for any other name. Not kept in the cache (a GGUF model's
     cached digest is its folder's)."""
-    path = Path(name) if name is not None else None
-    if path is None or path.suffix.lower() != ".gguf" or not path.is_file():
+    if not is_gguf(name) or not Path(name).is_file():
         return None
-    return _digest([path], show_progress=True)
+    return _digest([Path(name)], show_progress=True)
 
 
 def _digest(files: list[Path], show_progress: bool) -> str:

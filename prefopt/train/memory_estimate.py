@@ -199,9 +199,9 @@ def read_model_config(config: TrainConfig, given=None):
     ``config.json``); a ``ValueError`` for a GGUF file (not read here) or a model the estimates do
     not cover (:func:`uncovered`)."""
     from ..model.config import ModelConfig
-    from ..model.hub import resolve_model_dir
+    from ..model.hub import is_gguf, resolve_model_dir
 
-    if given is None and str(config.model).endswith(".gguf"):
+    if given is None and is_gguf(config.model):
         raise ValueError(f"{config.model}: the estimate reads an HF folder's config.json; import the GGUF file first "
                          "(prefopt convert-gguf)")
     cfg = given or ModelConfig.from_hf(resolve_model_dir(config.model))

@@ -172,11 +172,12 @@ def _estimate_hint(trainer, model: torch.nn.Module | None = None) -> str:
     """Where the memory estimate covers the run (``memory_estimate.uncovered``; a command's model
     given as a folder, not a .gguf file): how to see what a step of other settings holds before
     starting it. ``model``: the trainer's (default), or one not yet its own."""
+    from ..model.hub import is_gguf
     from .memory_estimate import uncovered
 
     model = model if model is not None else getattr(trainer, "model", None)  # (an empty container is falsy)
     c, cfg = trainer.config, getattr(model, "config", None)
-    if not hasattr(cfg, "sparse") or str(c.model).endswith(".gguf") or uncovered(c, cfg):
+    if not hasattr(cfg, "sparse") or is_gguf(c.model) or uncovered(c, cfg):
         return ""
     return (f"; the command with --estimate-memory {trainer.device.type} added says what a step of the new settings "
             "holds, without loading anything")

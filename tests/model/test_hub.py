@@ -128,6 +128,15 @@ def test_a_gguf_file_given_as_the_model_is_imported_once_and_again_when_it_chang
         assert not torch.equal(load_model(gguf_file)(ids), before)
     with pytest.raises(ModelNotFoundError, match="gone.gguf: no such GGUF file"):
         resolve_model_dir(tmp_path / "gone.gguf")
+    with pytest.raises(ModelNotFoundError, match="GONE.GGUF: no such GGUF file"):  # a GGUF file by its name, any case
+        resolve_model_dir(tmp_path / "GONE.GGUF")
+
+
+def test_a_model_is_a_gguf_file_by_its_name_alone():
+    from prefopt.model.hub import is_gguf
+
+    assert is_gguf("m.gguf") and is_gguf(Path("/x/M.GGUF")) and is_gguf("gone/model.Gguf")
+    assert not any(is_gguf(n) for n in (None, "smollm2-135m", "org/model", "m.gguf.d", "runs/gguf", "m.safetensors"))
 
 
 def test_two_first_uses_at_once_import_the_alias_once(tmp_path, monkeypatch):

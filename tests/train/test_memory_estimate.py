@@ -217,8 +217,9 @@ def test_what_it_does_not_cover_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="for cpu or cuda, not 'mps'"):
         estimate_memory(TrainConfig(model=str(d), output_dir="-"), "mps")
     gguf = TrainConfig(model=str(tmp_path / "model.gguf"), output_dir="-")
-    with pytest.raises(ValueError, match="reads an HF folder's config.json; import the GGUF file first"):
-        estimate_memory(gguf)
+    for given in (gguf, TrainConfig(model=str(tmp_path / "MODEL.GGUF"), output_dir="-")):  # (any case)
+        with pytest.raises(ValueError, match="reads an HF folder's config.json; import the GGUF file first"):
+            estimate_memory(given)
     from prefopt.model import ModelConfig  # a run that loaded the GGUF file has its config: estimated (fit_note)
 
     assert estimate_memory(gguf, model_config=ModelConfig.from_hf(d)).peak > 0
