@@ -6,6 +6,7 @@ well as by their paths, so a model folder or a run's folder moved or copied to a
 (the one that predicts) still serves; other weights saved at the same path do not."""
 from __future__ import annotations
 
+import hashlib
 from datetime import date
 from pathlib import Path
 
@@ -18,9 +19,17 @@ from .temperature import BOUNDS, cross_fitted, fit_temperature
 FILE = "calibration.json"
 
 
+def template_sha256(tok) -> str | None:
+    """The SHA-256 of ``tok``'s chat template (the text that renders every prompt: a model folder's
+    ``chat_template.jinja`` or its tokenizer_config.json's), as ``calibration.json`` records it;
+    None without one."""
+    text = getattr(tok, "chat_template", None)
+    return hashlib.sha256(text.encode()).hexdigest() if text else None
+
+
 def calibration_fit(task, records: list, preds: list[dict], scored: list, confidence: dict, *, model: str,
                     adapter: str | None, task_options: dict, data: str | None, quantized: str | None = None,
-                    chat_vars: dict | None = None) -> dict:
+                    chat_vars: dict | None = None, template: str | None = None) -> dict:
     """``calibration.json`` of ``eval --fit-temperature``: :func:`~.temperature.fit_temperature` on
     ``records``' answers' log-probs (``scored``) as :func:`calibration_record` writes it, with each
     field's Brier score and ECE under cross-fitting (:func:`~.temperature.cross_fitted`; None with
@@ -36,15 +45,16 @@ def calibration_fit(task, records: list, preds: list[dict], scored: list, confid
     return calibration_record(fit_temperature(task, records, scored), task, task_options=task_options, model=model,
                               adapter=adapter, data=data, records=len(records), uncalibrated=confidence,
                               fitted_on="the records evaluated", cross_fitted=cross, quantized=quantized,
-                              chat_vars=chat_vars)
+                              chat_vars=chat_vars, template=template)
 
 
 def calibration_record(fit: dict, task, *, task_options: dict, model: str, adapter: str | None, data: str | None,
                        records: int, uncalibrated: dict, fitted_on: str, quantized: str | None = None,
-                       chat_vars: dict | None = None, **more) -> dict:
+                       chat_vars: dict | None = None, template: str | None = None, **more) -> dict:
     """What ``calibration.json`` holds: the ``fit`` (:func:`~.temperature.fit_temperature`), the
     task, model, adapter, 4-bit base (``quantized``: ``--quantize``'s kind, None in full
-    precision), the chat template's variables (``chat_vars``: ``--chat-vars``, None without) and
+    precision), the chat template (``template``: its :func:`template_sha256`, as
+    ``chat_template_sha256``) and its variables (``chat_vars``: ``--chat-vars``, None without) and
     each field's labels and the task options that shape its prompts (``prompt_options``:
     :func:`~prefopt.tasks.prompt_options`) it is for (:func:`read_calibration` checks them), the data and how
     many of its ``records`` it was fitted on (``fitted_on``: which), each field's Brier score and
@@ -55,7 +65,7 @@ def calibration_record(fit: dict, task, *, task_options: dict, model: str, adapt
             "task_options": task_options, "prompt_options": prompt_options(task.name, task_options),
             "model": where(model), "model_sha256": weights_sha256(model),
             "adapter": where(adapter), "adapter_sha256": adapter_sha256(adapter), "quantized": quantized,
-            "chat_vars": chat_vars or None, "labels": labels_of(task),
+            "chat_template_sha256": template, "chat_vars": chat_vars or None, "labels": labels_of(task),
             "confidence_scoring": SCORING,
             "data": where(data) or "the task's bundled data", "records": records, "fitted_on": fitted_on,
             "uncalibrated": {name: {"brier": c["brier"], "ece": c["ece"]} for name, c in uncalibrated.items()},
@@ -101,14 +111,17 @@ def calibration_lines(fitted: dict) -> list[str]:
 
 def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | None,
                      quantized: str | None = None, chat_vars: dict | None = None,
-                     labels: dict[str, list[str]] | None = None, prompts: dict | None = None) -> float:
+                     labels: dict[str, list[str]] | None = None, prompts: dict | None = None,
+                     template: str | None = None) -> float:
     """The temperature in ``path`` (a ``calibration.json``, or the folder that holds one), where
     it was fitted on ``task``'s answers by the same model and adapter, scored the same way: a
     temperature fits one model's probabilities, and another's is refused by name. A model or
     adapter at another path is the same where its weights' digest is the one recorded (hashing
     a model read once, :func:`~prefopt.model.digest.weights_sha256`). A base loaded in 4 bits
-    (``quantized``) gives other probabilities than in full precision, and prompts rendered with
-    other chat variables (``chat_vars``: a thinking switch) other answers, and a temperature
+    (``quantized``) gives other probabilities than in full precision, and prompts rendered by
+    another chat template (``template``: its :func:`template_sha256`; the same weights with a
+    template that was edited or updated since) or with other chat variables (``chat_vars``: a
+    thinking switch) other answers, and a temperature
     spreads the probability over one set of labels (``labels``, each field's: a task whose labels
     were read off other data), and so do prompts asked otherwise (``prompts``: the task options
     that shape them, :func:`~prefopt.tasks.prompt_options`, such as ``max_chars``): a file that
@@ -135,6 +148,10 @@ def read_calibration(path: str | Path, *, task: str, model: str, adapter: str | 
     if "quantized" in fit and fit["quantized"] != quantized:
         raise ValueError(f"--calibration {path} was fitted on the model {_loaded(fit['quantized'])}, not "
                          f"{_loaded(quantized)}: {_ONE_MODEL}")
+    if template and fit.get("chat_template_sha256") and fit["chat_template_sha256"] != template:
+        raise ValueError(f"--calibration {path} was fitted on prompts rendered by another chat template (SHA-256 "
+                         f"{fit['chat_template_sha256'][:12]}..., the model's now {template[:12]}...: the template in "
+                         f"the model's folder was edited or updated since, or this copy has another): {_ONE_MODEL}")
     if "chat_vars" in fit and (fit["chat_vars"] or {}) != (chat_vars or {}):
         from ..chat_template import describe_chat_vars
 

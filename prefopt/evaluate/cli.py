@@ -75,7 +75,7 @@ def _eval(args) -> int:
     from ..tasks import get_task, sample_records, split_records
     from ..tasks.check import read_labelled
     from ..tokenizer import load_tokenizer
-    from .calibration import calibration_fit, write_calibration
+    from .calibration import calibration_fit, template_sha256, write_calibration
     from .confidence import SCORING, answer_logprobs, confidence_possible, marginals, scored_answers
     from .review import review_table, review_target
     from .runner import (
@@ -109,9 +109,9 @@ def _eval(args) -> int:
         return _rescore(task, records, against, args)
     if not args.model:
         raise ValueError("--model is needed (or --answers DIR: score an earlier evaluation's answers)")
-    temperature = _temperature(args, task)  # (a file fitted for another model: said before any model loads)
-    _check_review(args, task)
     tok = load_tokenizer(args.model)
+    temperature = _temperature(args, task, tok)  # (a file fitted for another model: said before any model loads)
+    _check_review(args, task)
     require_chat(tok, args.model)
     check_prompts(tok, task, records, args.data)  # before the model loads
     _pin_chat(tok, args, "eval")
@@ -148,19 +148,20 @@ def _eval(args) -> int:
         write_calibration(args.output, calibration_fit(task, records, preds, scored, metrics["confidence"],
                                                        model=args.model, adapter=args.adapter,
                                                        task_options=task_options_of(args), data=args.data,
-                                                       quantized=args.quantize, chat_vars=chat_vars_arg(args)))
+                                                       quantized=args.quantize, chat_vars=chat_vars_arg(args),
+                                                       template=template_sha256(tok)))
     return code
 
 
-def _temperature(args, task) -> float:
+def _temperature(args, task, tok) -> float:
     """``--calibration``'s temperature (1 without it), checked against this evaluation's or
     prediction's task, model and adapter, how the model is loaded (``--quantize``), the chat
-    variables and the task's labels before any model loads; ``--fit-temperature`` (eval's)
-    and ``--calibration`` need the labels scored (``--confidence``, a task whose answers are
-    labels)."""
+    template (``tok``'s) and its variables and the task's labels before any model loads;
+    ``--fit-temperature`` (eval's) and ``--calibration`` need the labels scored
+    (``--confidence``, a task whose answers are labels)."""
     from ..cli import chat_vars_arg
     from ..tasks import prompt_options
-    from .calibration import labels_of, read_calibration
+    from .calibration import labels_of, read_calibration, template_sha256
     from .confidence import scorable
 
     fit = getattr(args, "fit_temperature", None)  # (eval's; predict scores its confidence unless told not to)
@@ -179,7 +180,8 @@ def _temperature(args, task) -> float:
     if args.calibration:
         return read_calibration(args.calibration, task=task.name, model=args.model, adapter=args.adapter,
                                 quantized=args.quantize, chat_vars=chat_vars_arg(args),
-                                labels=labels_of(task), prompts=prompt_options(task.name, task_options_of(args)))
+                                labels=labels_of(task), prompts=prompt_options(task.name, task_options_of(args)),
+                                template=template_sha256(tok))
     return 1.0
 
 
@@ -269,7 +271,7 @@ def _predict(args) -> int:
     settings = {k: getattr(args, k) for k in DECODING}
     if args.estimate_memory:
         return _print_estimate(args, tok, task, records, decoding(settings, task)["max_new_tokens"])
-    temperature = _temperature(args, task)  # (a file fitted for another model: said before the model loads)
+    temperature = _temperature(args, task, tok)  # (a file fitted for another model: said before the model loads)
     model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
                        quantize=args.quantize)
     confidence = args.confidence and confidence_possible(task, "predict")

@@ -340,21 +340,22 @@ def _confident(cfg, task, tok, test, out: Path, stage: str, s: dict, done: tuple
         on_val = f" and the {len(val)} validation items" if val else ""
         _log(f"{stage}: scored every label of the {len(test)} test items{on_val} in {time.perf_counter() - t0:.1f} s")
     if "calibrated" in done[1]:
-        _stage_calibration(cfg, task, out, stage, done[1])
+        _stage_calibration(cfg, task, tok, out, stage, done[1])
     return done
 
 
-def _stage_calibration(cfg, task, out: Path, stage: str, metrics: dict) -> None:
+def _stage_calibration(cfg, task, tok, out: Path, stage: str, metrics: dict) -> None:
     """``out/stage/calibration.json``: the temperature fitted on the validation items, for the
-    model and adapter the stage evaluates, as ``eval --fit-temperature`` writes one."""
-    from .calibration import FILE, calibration_record
+    model and adapter the stage evaluates (its prompts rendered by ``tok``'s chat template), as
+    ``eval --fit-temperature`` writes one."""
+    from .calibration import FILE, calibration_record, template_sha256
 
     c = metrics["calibrated"]
     adapter = None if stage == "base" else str(out / stage_weights(out)[stage])
     write_json_atomic(out / stage / FILE, calibration_record(
         c, task, task_options=cfg.task_options, model=cfg.model, adapter=adapter, data=cfg.data,
         records=c["fitted_on"], uncalibrated=metrics["confidence"], quantized=metrics.get("quantized"),
-        chat_vars=metrics.get("chat_vars"),
+        chat_vars=metrics.get("chat_vars"), template=template_sha256(tok),
         fitted_on="the run's validation items (split.json's val)", cross_fitted=None, calibrated_on_test=c["fields"]))
 
 

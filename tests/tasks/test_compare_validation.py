@@ -598,6 +598,7 @@ def test_each_stage_is_calibrated_on_the_validation_items_for_predict_to_read(ti
     ``calibrated``, each test row's ``brier_calibrated``, report.md's table with the paired test
     against T = 1, and the stage's calibration.json, which predict --calibration reads."""
     from prefopt.cli import main
+    from prefopt.evaluate.calibration import template_sha256
     from prefopt.evaluate.confidence import answer_logprobs, brier_gaps, chosen, marginals
     from prefopt.evaluate.review import THRESHOLDS, review_table
     from prefopt.evaluate.temperature import fit_temperature
@@ -647,6 +648,7 @@ def test_each_stage_is_calibrated_on_the_validation_items_for_predict_to_read(ti
         assert fit["adapter"] == (None if adapter is None else str(adapter.resolve()))
         assert fit["adapter_sha256"] == (None if adapter is None else sha256_of(adapter / "adapter_model.safetensors"))
         assert fit["temperature"] == json.loads((out / stage / "metrics.json").read_text())["calibrated"]["temperature"]
+        assert fit["chat_template_sha256"] == template_sha256(load_tokenizer(tiny_model))
     assert (out / "dpo" / "calibration.json").is_file()
     tested = report["stages"]["sft"]["calibrated_vs_plain"]
     assert set(tested) == {"urgency", "staff"}

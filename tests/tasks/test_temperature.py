@@ -494,3 +494,44 @@ def test_a_calibration_is_refused_for_prompts_made_with_other_task_options(tiny_
     fitted.write_text(json.dumps({k: v for k, v in record.items() if k != "prompt_options"}))  # an older file
     assert read_calibration(fitted, task="text_classification", model=str(tiny_model), adapter=None,
                             prompts={"max_chars": 1500, "instruction": None}) == t
+
+
+def test_a_calibration_is_refused_for_prompts_rendered_by_another_chat_template(tiny_model, tmp_path, capsys):
+    """The same weights with their chat template edited (or updated on the hub) render other
+    prompts: calibration.json records the template's SHA-256 and predict refuses it for another
+    before the model loads; the template as it was serves again, and a file from before the
+    digest was recorded is taken."""
+    import shutil
+
+    from prefopt.evaluate.calibration import read_calibration, template_sha256
+    from prefopt.tokenizer import load_tokenizer
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    data = formats.write_jsonl(tmp_path / "m.jsonl", [{"message": f"A rash for {i} days", "urgency": "routine",
+                                                       "staff": "nurse"} for i in range(4)])
+    common = ["--task", "portal", "--model", str(model), "--data", str(data), "--max-new-tokens", "2"]
+    assert main(["eval", *common, "--split", "all", "--confidence", "--fit-temperature", "--output",
+                 str(tmp_path / "fit")]) == 0
+    fitted = tmp_path / "fit" / "calibration.json"
+    record = json.loads(fitted.read_text())
+    assert record["chat_template_sha256"] == template_sha256(load_tokenizer(model)) is not None
+    config = model / "tokenizer_config.json"
+    before = config.read_text()
+    tokenizer = json.loads(before)
+    config.write_text(json.dumps(tokenizer | {"chat_template": tokenizer["chat_template"].replace("helpful", "careful")}))
+    edited = template_sha256(load_tokenizer(model))
+    assert edited != record["chat_template_sha256"]
+    capsys.readouterr()
+    assert main(["predict", *common, "--calibration", str(fitted), "--output", str(tmp_path / "p")]) == 2
+    assert (f"--calibration {fitted} was fitted on prompts rendered by another chat template (SHA-256 "
+            f"{record['chat_template_sha256'][:12]}..., the model's now {edited[:12]}...: the template in the model's "
+            "folder was edited or updated since, or this copy has another): a temperature fits one model's "
+            "probabilities") in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+    t = record["temperature"]
+    fitted.write_text(json.dumps({k: v for k, v in record.items() if k != "chat_template_sha256"}))  # an older file
+    assert read_calibration(fitted, task="portal", model=str(model), adapter=None, template=edited) == t
+    config.write_text(before)
+    fitted.write_text(json.dumps(record))
+    assert main(["predict", *common, "--calibration", str(fitted), "--output", str(tmp_path / "p")]) == 0
