@@ -519,7 +519,8 @@ def test_a_calibration_is_refused_for_prompts_rendered_by_another_chat_template(
     config = model / "tokenizer_config.json"
     before = config.read_text()
     tokenizer = json.loads(before)
-    config.write_text(json.dumps(tokenizer | {"chat_template": tokenizer["chat_template"].replace("helpful", "careful")}))
+    tokenizer["chat_template"] = tokenizer["chat_template"].replace("helpful", "careful")  # (its system prompt)
+    config.write_text(json.dumps(tokenizer))
     edited = template_sha256(load_tokenizer(model))
     assert edited != record["chat_template_sha256"]
     capsys.readouterr()
