@@ -22,6 +22,7 @@ from .._deps import progress
 from ..kernels import sequence_logprobs
 from ..model import KVCache, eval_mode
 from ..model.generate import run_shared_start, shared_start
+from .length_batches import length_batches
 from .stats import average_ranks
 
 MAX_ANSWERS = 64  # the most answer combinations scored per record
@@ -70,16 +71,20 @@ def answer_logprobs(model, tok, task, records, *, batch_size: int = 16, show_pro
     preference pair, and the tokens the answers share from their start run once). The start
     that every prompt of the batch has (:func:`~prefopt.model.generate.shared_start`: at least
     16 tokens) runs once for the batch into a KV cache that each row reads. ``batch_size``:
-    records per forward pass; ``desc``: the progress bar's label."""
+    records per forward pass, batched by prompt length (:func:`~.length_batches.length_batches`);
+    ``desc``: the progress bar's label."""
     why = scorable(task)
     if why:
         raise ValueError(why)
     device = model.output_weight.device
+    encoded = [_encode(tok, task, r) for r in records]
     with eval_mode(model):  # each module's own mode back after
         bar = progress(total=len(records), desc=desc, disable=not show_progress)
-        out: list[list[tuple[dict[str, str], float]]] = []
-        for s in range(0, len(records), batch_size):
-            rows = [_encode(tok, task, r) for r in records[s:s + batch_size]]
+        out: list[list[tuple[dict[str, str], float]]] = [[] for _ in records]
+        prompts = [prompt for prompt, _ in encoded]
+        common = shared_start(prompts, None, None)  # (each batch runs its own start once: at least this)
+        for chunk in length_batches([len(p) for p in prompts], batch_size, device=device.type, start=common):
+            rows = [encoded[i] for i in chunk]
             start = shared_start([prompt for prompt, _ in rows], model.config, None)
             batch = _pack([(prompt, [ids for _, ids in scored]) for prompt, scored in rows], tok.pad_token_id or 0,
                           start)
@@ -95,7 +100,8 @@ def answer_logprobs(model, tok, task, records, *, batch_size: int = 16, show_pro
             sums = torch.zeros(sum(len(scored) for _, scored in rows), dtype=torch.float64, device=device)
             sums.index_add_(0, batch["answer"].to(device), logp[batch["term"].to(device)])
             sums = iter(sums.tolist())
-            out += [[(labels, next(sums)) for labels, _ in scored] for _, scored in rows]
+            for i, (_, scored) in zip(chunk, rows):
+                out[i] = [(labels, next(sums)) for labels, _ in scored]
             bar.update(len(rows))
         bar.close()
     return out

@@ -12,10 +12,11 @@ from typing import Any
 from .._deps import progress
 from ..data.records import control_token_problem
 from ..fileio import json_records, json_text, jsonl_text, read_json, read_jsonl, write_json_atomic, write_text_atomic
-from ..model.generate import MAX_NEW_TOKENS, PastContext, generate, row_seeds
+from ..model.generate import MAX_NEW_TOKENS, PastContext, generate, row_seeds, shared_start
 from ..tasks.parsing import final_answer, opens_reasoning
 from ..tokenizer import NO_TEMPLATE_WHERE
 from ..train.answer_estimate import answer_fit_note
+from .length_batches import device_kind, length_batches
 
 # the settings of greedy decoding an evaluation may set (compare: --set KEY=VALUE), with what None means
 DECODING = {"max_new_tokens": None, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "repeat_scope": "all"}
@@ -180,20 +181,21 @@ def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: 
 
 def answer_prompts(model, tok, prompts: list[list[int]], *, batch_size: int = 16, desc: str = "generating",
                    show_progress: bool = True, unit: str = "it", **settings) -> tuple[list[str], list[bool]]:
-    """The model's answer to each prompt (token ids), batched by prompt length, in the prompts'
-    order, and whether each ended with an end-of-turn token (False: ``max_new_tokens`` stopped it);
-    ``settings``: :func:`~prefopt.model.generate.generate`'s; a sampling ``seed`` seeds each prompt
-    by its place among them all (``row_seeds``), so that its answer does not depend on
-    ``batch_size``. The model runs in eval mode, and goes back to the mode it was in (``generate``)."""
+    """The model's answer to each prompt (token ids), batched by prompt length
+    (:func:`~.length_batches.length_batches`: at most ``batch_size`` prompts, fewer where one is
+    far longer than the rest), in the prompts' order, and whether each ended with an end-of-turn
+    token (False: ``max_new_tokens`` stopped it); ``settings``:
+    :func:`~prefopt.model.generate.generate`'s; a sampling ``seed`` seeds each prompt by its
+    place among them all (``row_seeds``), so that its answer does not depend on ``batch_size``.
+    The model runs in eval mode, and goes back to the mode it was in (``generate``)."""
     seeds = row_seeds(settings.pop("seed", None), prompts)
     _warn_if_too_large(model, prompts, batch_size, settings.get("max_new_tokens") or MAX_NEW_TOKENS)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
     ended = [False] * len(prompts)
     eos = set(tok.eos_token_ids)
     bar = progress(total=len(prompts), desc=desc, unit=unit, disable=not show_progress)
-    for s in range(0, len(order), batch_size):
-        chunk = order[s:s + batch_size]
+    steps, start = settings.get("max_new_tokens") or MAX_NEW_TOKENS, shared_start(prompts, None, None)
+    for chunk in length_batches([len(p) for p in prompts], batch_size, steps, device_kind(model), start):
         new = generate(model, [prompts[i] for i in chunk], **settings, eos_token_ids=tok.eos_token_ids,
                        pad_token_id=tok.pad_token_id or 0, seed=None if seeds is None else [seeds[i] for i in chunk])
         for i, ids in zip(chunk, new):
