@@ -1,4 +1,4 @@
-"""Batching prompts by length (``prefopt.evaluate.length_batches``) against the batches before it:
+"""Batching prompts by length (``prefopt.model.length_batches``) against the batches before it:
 seconds and peak RSS of answering (greedy, ``prefopt eval``/``predict``/``compare``'s test set)
 and of scoring every label (their confidence), each way in a fresh process, in one run.
 

@@ -22,7 +22,7 @@ from .._deps import progress
 from ..kernels import sequence_logprobs
 from ..model import KVCache, eval_mode
 from ..model.generate import run_shared_start, shared_start
-from .length_batches import length_batches
+from ..model.length_batches import length_batches
 from .stats import average_ranks
 
 MAX_ANSWERS = 64  # the most answer combinations scored per record
@@ -71,7 +71,7 @@ def answer_logprobs(model, tok, task, records, *, batch_size: int = 16, show_pro
     preference pair, and the tokens the answers share from their start run once). The start
     that every prompt of the batch has (:func:`~prefopt.model.generate.shared_start`: at least
     16 tokens) runs once for the batch into a KV cache that each row reads. ``batch_size``:
-    records per forward pass, batched by prompt length (:func:`~.length_batches.length_batches`);
+    records per forward pass, batched by prompt length (:func:`~prefopt.model.length_batches.length_batches`);
     ``desc``: the progress bar's label."""
     why = scorable(task)
     if why:

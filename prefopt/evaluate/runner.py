@@ -13,10 +13,10 @@ from .._deps import progress
 from ..data.records import control_token_problem
 from ..fileio import json_records, json_text, jsonl_text, read_json, read_jsonl, write_json_atomic, write_text_atomic
 from ..model.generate import MAX_NEW_TOKENS, PastContext, generate, row_seeds, shared_start
+from ..model.length_batches import device_kind, length_batches
 from ..tasks.parsing import final_answer, opens_reasoning
 from ..tokenizer import NO_TEMPLATE_WHERE
 from ..train.answer_estimate import answer_fit_note
-from .length_batches import device_kind, length_batches
 
 # the settings of greedy decoding an evaluation may set (compare: --set KEY=VALUE), with what None means
 DECODING = {"max_new_tokens": None, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "repeat_scope": "all"}
@@ -182,7 +182,7 @@ def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: 
 def answer_prompts(model, tok, prompts: list[list[int]], *, batch_size: int = 16, desc: str = "generating",
                    show_progress: bool = True, unit: str = "it", **settings) -> tuple[list[str], list[bool]]:
     """The model's answer to each prompt (token ids), batched by prompt length
-    (:func:`~.length_batches.length_batches`: at most ``batch_size`` prompts, fewer where one is
+    (:func:`~prefopt.model.length_batches.length_batches`: at most ``batch_size`` prompts, fewer where one is
     far longer than the rest), in the prompts' order, and whether each ended with an end-of-turn
     token (False: ``max_new_tokens`` stopped it); ``settings``:
     :func:`~prefopt.model.generate.generate`'s; a sampling ``seed`` seeds each prompt by its

@@ -3,7 +3,7 @@ where its padding would pass what a batch more costs; answering and scoring give
 its own answer and scores whichever batch it ran in."""
 import pytest
 
-from prefopt.evaluate.length_batches import STEP_TOKENS, length_batches
+from prefopt.model.length_batches import STEP_TOKENS, length_batches
 
 
 def _padding(lengths, batch):
