@@ -70,9 +70,9 @@ def answer_logprobs(model, tok, task, records, *, batch_size: int = 16, show_pro
     positions it would have alone (:func:`_pack`: as :mod:`prefopt.train.shared_prompt` packs a
     preference pair, and the tokens the answers share from their start run once). The start
     that every prompt of the batch has (:func:`~prefopt.model.generate.shared_start`: at least
-    16 tokens) runs once for the batch into a KV cache that each row reads. ``batch_size``:
-    records per forward pass, batched by prompt length (:func:`~prefopt.model.length_batches.length_batches`);
-    ``desc``: the progress bar's label."""
+    16 tokens) runs once for the batch into a KV cache that each row reads. ``batch_size``: the
+    most records a forward pass, batched by prompt length
+    (:func:`~prefopt.model.length_batches.length_batches`); ``desc``: the progress bar's label."""
     why = scorable(task)
     if why:
         raise ValueError(why)

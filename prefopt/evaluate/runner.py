@@ -182,19 +182,20 @@ def predict(model, tok, task, records, *, batch_size: int = 16, max_new_tokens: 
 def answer_prompts(model, tok, prompts: list[list[int]], *, batch_size: int = 16, desc: str = "generating",
                    show_progress: bool = True, unit: str = "it", **settings) -> tuple[list[str], list[bool]]:
     """The model's answer to each prompt (token ids), batched by prompt length
-    (:func:`~prefopt.model.length_batches.length_batches`: at most ``batch_size`` prompts, fewer where one is
-    far longer than the rest), in the prompts' order, and whether each ended with an end-of-turn
-    token (False: ``max_new_tokens`` stopped it); ``settings``:
+    (:func:`~prefopt.model.length_batches.length_batches`: at most ``batch_size`` prompts, fewer
+    where one is far longer than the rest), in the prompts' order, and whether each ended with an
+    end-of-turn token (False: ``max_new_tokens`` stopped it); ``settings``:
     :func:`~prefopt.model.generate.generate`'s; a sampling ``seed`` seeds each prompt by its
     place among them all (``row_seeds``), so that its answer does not depend on ``batch_size``.
     The model runs in eval mode, and goes back to the mode it was in (``generate``)."""
     seeds = row_seeds(settings.pop("seed", None), prompts)
-    _warn_if_too_large(model, prompts, batch_size, settings.get("max_new_tokens") or MAX_NEW_TOKENS)
+    steps = settings.get("max_new_tokens") or MAX_NEW_TOKENS
+    _warn_if_too_large(model, prompts, batch_size, steps)
     texts: list[str] = [""] * len(prompts)
     ended = [False] * len(prompts)
     eos = set(tok.eos_token_ids)
     bar = progress(total=len(prompts), desc=desc, unit=unit, disable=not show_progress)
-    steps, start = settings.get("max_new_tokens") or MAX_NEW_TOKENS, shared_start(prompts, None, None)
+    start = shared_start(prompts, None, None)  # (each batch runs its own start once: at least this)
     for chunk in length_batches([len(p) for p in prompts], batch_size, steps, device_kind(model), start):
         new = generate(model, [prompts[i] for i in chunk], **settings, eos_token_ids=tok.eos_token_ids,
                        pad_token_id=tok.pad_token_id or 0, seed=None if seeds is None else [seeds[i] for i in chunk])
