@@ -17,6 +17,7 @@ three sets of messages of made-up words:
 
     .venv/bin/python benchmarks/bench_length_batches.py                       # ~10 min on 2 cores
     .venv/bin/python benchmarks/bench_length_batches.py --sets outlier --jobs answer
+    python benchmarks/bench_length_batches.py --device cuda --sets outlier,spread   # a GPU: STEP_TOKENS["cuda"]
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def before(lengths, batch_size: int, *a, order: str = "length", **k) -> list[lis
     return [index[s:s + batch_size] for s in range(0, len(index), batch_size)]
 
 
-def worker(way: str, job: str, kind: str, model: str, records: int, batch_size: int, new_tokens: int) -> dict:
+def worker(way: str, job: str, kind: str, model: str, records: int, batch_size: int, new_tokens: int,
+           device: str) -> dict:
     import torch
 
     from prefopt import load_model, load_tokenizer
@@ -70,7 +72,8 @@ def worker(way: str, job: str, kind: str, model: str, records: int, batch_size: 
     from prefopt.tasks import get_task
 
     torch.manual_seed(0)
-    net, tok = load_model(model).eval(), load_tokenizer(model)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32  # (what eval runs on each by default)
+    net, tok = load_model(model, dtype=dtype, device=device).eval(), load_tokenizer(model)
     task = get_task("portal")
     with tempfile.TemporaryDirectory() as tmp:  # read as predict reads a team's file
         data = Path(tmp) / "messages.jsonl"
@@ -87,8 +90,11 @@ def worker(way: str, job: str, kind: str, model: str, records: int, batch_size: 
     else:
         out = [[v for _, v in r] for r in confidence.answer_logprobs(net, tok, task, recs, batch_size=batch_size,
                                                                      show_progress=False)]
+    if device == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_rss": rss("VmHWM"), "out": out, "prompt_tokens": lengths}
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else rss("VmHWM")
+    return {"seconds": seconds, "peak": peak, "out": out, "prompt_tokens": lengths}
 
 
 def main() -> None:
@@ -99,22 +105,27 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=16, help="tokens answered (the portal task's cap)")
     ap.add_argument("--sets", default=",".join(SETS), help=f"which of {', '.join(SETS)}")
     ap.add_argument("--jobs", default=",".join(JOBS), help=f"which of {', '.join(JOBS)}")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model runs (cuda: in "
+                    "bfloat16, peak CUDA allocations instead of RSS)")
     ap.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
-    common = ["--records", str(a.records), "--batch-size", str(a.batch_size), "--new-tokens", str(a.new_tokens)]
+    common = ["--records", str(a.records), "--batch-size", str(a.batch_size), "--new-tokens", str(a.new_tokens),
+              "--device", a.device]
     if a.worker is not None:
         way, job, kind, model = a.worker
-        print(json.dumps(worker(way, job, kind, model, a.records, a.batch_size, a.new_tokens)))
+        print(json.dumps(worker(way, job, kind, model, a.records, a.batch_size, a.new_tokens, a.device)))
         return
     from prefopt.model import resolve_model_dir
 
     model = str(resolve_model_dir(a.model))
     results = {}
     mib = 1 << 20
-    print(f"model {a.model}, CPU ({platform.machine()}), portal prompts, at most {a.batch_size} a batch, "
-          f"{a.new_tokens} tokens answered (greedy); each way in a fresh process")
-    print("| set | prompt tokens (min-median-max) | job | before: s | now: s | now / before | peak RSS before → "
+    where = f"CPU ({platform.machine()}), fp32" if a.device == "cpu" else "CUDA, bf16"
+    print(f"model {a.model}, {where}, portal prompts, at most {a.batch_size} a batch, {a.new_tokens} tokens "
+          "answered (greedy); each way in a fresh process")
+    peak = "peak RSS" if a.device == "cpu" else "peak CUDA allocations"
+    print(f"| set | prompt tokens (min-median-max) | job | before: s | now: s | now / before | {peak} before → "
           "now (MiB) | the same output |")
     print("|---|---|---|---|---|---|---|---|")
     for kind in a.sets.split(","):
@@ -125,7 +136,7 @@ def main() -> None:
             tokens = sorted(n["prompt_tokens"])
             spread = f"{tokens[0]}-{tokens[len(tokens) // 2]}-{tokens[-1]}"
             print(f"| {kind} ({len(tokens)}) | {spread} | {job} | {b['seconds']:.1f} | {n['seconds']:.1f} | "
-                  f"{n['seconds'] / b['seconds']:.2f}x | {b['peak_rss'] / mib:.0f} → {n['peak_rss'] / mib:.0f} | "
+                  f"{n['seconds'] / b['seconds']:.2f}x | {b['peak'] / mib:.0f} → {n['peak'] / mib:.0f} | "
                   f"{_same(job, b['out'], n['out'])} |", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
