@@ -5,10 +5,10 @@ A batch runs every row to its longest prompt's length (left padding), so one lon
 fifteen short messages had all sixteen run to the letter's length: 16 × 3000 tokens where
 15 × 300 + 3000 were asked for. A batch more is not free either: it runs its own decoding steps
 (``new_tokens`` of them, each reading every weight once) and its own shared start (the system
-prompt every prompt begins with). So a batch is closed before a prompt where the padding that
-prompt would bring the batch's padding past :data:`STEP_TOKENS` prompt tokens for each of those
-steps, plus the shared start. Prompts of similar lengths (a task's messages, a system prompt before each) are
-batched by ``batch_size`` alone; lengths that spread (a folder of letters) are split.
+prompt every prompt begins with). So a batch is closed before a prompt that would bring its
+padding past :data:`STEP_TOKENS` prompt tokens for each of those steps, plus the shared start.
+Prompts of similar lengths (a task's messages after its system prompt) are answered in batches
+of ``batch_size``; lengths that spread (a folder of letters) are split.
 ``benchmarks/bench_length_batches.py`` measures both against the batches of ``batch_size``
 prompts in length order (answering) or in the records' order (scoring) that came before.
 """
