@@ -6,12 +6,12 @@ share of the records the model would answer alone (every field's predicted label
 threshold) and how often those answers were right (:func:`review_table`); ``prefopt predict
 --review-below P`` then marks each new record whose answer falls below ``P`` in any field, or
 names no label, or whose prompt ran past the model's context, in a ``review`` column
-(:func:`mark_review`). The threshold is read off
-labelled records the model did not train on (a compare run's validation items, a later month),
-and means most where the probabilities are calibrated (``--calibration``). ``prefopt compare``
-sets its stages' tables side by side on the test items (:func:`stage_review`,
-:func:`review_report_lines`), and with ``--set review_target=A`` chooses each stage's threshold
-on its validation items (:mod:`.validated_review`).
+(:func:`mark_review`). The threshold is read off labelled records the model did not train on (a
+compare run's validation items, a later month), and means most where the probabilities are
+calibrated (``--calibration``). ``prefopt compare`` sets its stages' tables side by side on the
+test items (:func:`stage_review`, :func:`review_report_lines`), and with ``--set
+review_target=A`` chooses each stage's threshold on its validation items
+(:mod:`.validated_review`).
 """
 from __future__ import annotations
 
