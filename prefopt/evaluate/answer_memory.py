@@ -11,13 +11,16 @@ import argparse
 def answer_estimate_lines(args: argparse.Namespace, prompts: list[list[int]], new_tokens: int) -> list[str]:
     """The estimate in words for ``args`` (``--model``, ``--adapter``, ``--quantize``, ``--dtype``,
     ``--batch-size``, ``--estimate-memory``: auto, cpu or cuda) answering ``prompts`` (token ids)
-    with up to ``new_tokens`` each: batches of ``--batch-size`` prompts (the command batches them
-    by length), taken at the longest prompt's length, the start that all of them have run once a
-    batch (as ``generate`` runs a batch's: its own may be longer, and hold less)."""
+    with up to ``new_tokens`` each, in the batches the command answers them in
+    (:func:`~prefopt.model.length_batches.length_batches`: at most ``--batch-size`` prompts, by
+    length, on the device estimated for), the one that holds the most, each taken at its longest
+    prompt's length, the start that all of them have run once a batch (as ``generate`` runs a
+    batch's: its own may be longer, and hold less)."""
     from ..devices import dtype_on
     from ..lora_files import read_adapter_config
     from ..model.generate import shared_start
     from ..model.hub import resolve_model_dir
+    from ..model.length_batches import batch_shapes
     from ..train import TrainConfig
     from ..train.answer_estimate import estimate_answers
     from ..train.memory_estimate import device_kind
@@ -29,11 +32,14 @@ def answer_estimate_lines(args: argparse.Namespace, prompts: list[list[int]], ne
         lora = dict(lora_r=c.r, lora_alpha=c.alpha, lora_targets=list(c.target_modules), lora_dora=c.dora)
     # (a .gguf model's folder: imported already, for its tokenizer)
     config = TrainConfig(model=str(resolve_model_dir(args.model)), output_dir=".", quantize=args.quantize, **lora)
-    longest = max(len(p) for p in prompts)
+    lengths = [len(p) for p in prompts]
+    longest = max(lengths)
     # the start every prompt has (a task's instructions) runs once a batch; a batch's own may be longer
     shared = shared_start(prompts, config=None, length=None)
-    est = estimate_answers(config, prompts=min(args.batch_size, len(prompts)), prompt_tokens=longest, shared=shared,
-                           new_tokens=new_tokens, device=kind, dtype=dtype_on(args.dtype, kind))
+    est = max((estimate_answers(config, prompts=rows, prompt_tokens=tokens, shared=shared, new_tokens=new_tokens,
+                                device=kind, dtype=dtype_on(args.dtype, kind))
+               for rows, tokens in batch_shapes(lengths, args.batch_size, new_tokens, kind, shared)),
+              key=lambda e: e.peak)
     return [f"{len(prompts)} records, the longest prompt {longest} tokens, the first {shared} of them in every "
             f"prompt: {est.lines()[0]}", *est.lines()[1:],
             "(--batch-size N lowers it" + ("; --confidence's label scoring, after the answers, holds less than "

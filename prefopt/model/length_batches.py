@@ -53,3 +53,13 @@ def length_batches(lengths: Sequence[int], batch_size: int, new_tokens: int = 1,
         batch.append(i)
         tokens += n
     return batches + [batch] * bool(batch)
+
+
+def batch_shapes(lengths: Sequence[int], batch_size: int, new_tokens: int = 1, device: str = "cpu",
+                 start: int = 0) -> list[tuple[int, int]]:
+    """The ``(prompts, the longest one's tokens)`` of the batches :func:`length_batches` makes, less
+    those another batch matches or passes in both: one of these holds the most, so a memory
+    estimate takes the largest of theirs (a batch of more prompts, or of longer ones, may)."""
+    shapes = {(len(b), max(lengths[i] for i in b))
+              for b in length_batches(lengths, batch_size, new_tokens, device, start)}
+    return sorted(s for s in shapes if not any(o != s and o[0] >= s[0] and o[1] >= s[1] for o in shapes))

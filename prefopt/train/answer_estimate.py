@@ -143,12 +143,15 @@ def estimate_answers(config: TrainConfig, *, prompts: int, prompt_tokens: int, n
 
 
 def answer_fit_note(model, prompts: list[list[int]], batch_size: int, new_tokens: int) -> str | None:
-    """A warning before answering where the batch of the longest ``prompts`` (``batch_size`` of
-    them at the longest one's length, the start every prompt has run once) will not fit in the
-    memory the loaded ``model``'s device has free; None where it fits, where the estimate does
-    not cover it or the free memory is not known. The estimate runs only where a quick generous
-    bound (:func:`surely_answers`) does not fit, and draws no random number."""
+    """A warning before answering where a batch of ``prompts`` (those
+    :func:`~prefopt.model.length_batches.length_batches` makes of them: at most ``batch_size``,
+    by length; each taken at its longest prompt's length, the start every prompt has run once)
+    will not fit in the memory the loaded ``model``'s device has free, for the batch that lacks
+    the most; None where all fit, where the estimate does not cover them or the free memory is
+    not known. The estimate runs only where a quick generous bound (:func:`surely_answers`) does
+    not fit, and draws no random number."""
     from ..model.generate import shared_start
+    from ..model.length_batches import batch_shapes
     from ..quant import QuantLinear
     from .memory_estimate import free_bytes
     from .stop_signal import going_on
@@ -159,10 +162,12 @@ def answer_fit_note(model, prompts: list[list[int]], batch_size: int, new_tokens
     free = free_bytes(device)
     if free is None:
         return None
-    rows, longest = min(batch_size, len(prompts)), max(len(p) for p in prompts)
-    if surely_answers(model, device.type, rows, longest, new_tokens, free):
-        return None
     shared = shared_start(prompts, config=None, length=None)  # (what every batch of them runs once at least)
+    shapes = [(rows, longest) for rows, longest in
+              batch_shapes([len(p) for p in prompts], batch_size, new_tokens, device.type, shared)
+              if not surely_answers(model, device.type, rows, longest, new_tokens, free)]
+    if not shapes:
+        return None
     quantized = next((m for m in model.modules() if isinstance(m, QuantLinear)), None)
     config = TrainConfig(model="(loaded)", output_dir=".", quantize=None if quantized is None else
                          ("nf4-dq" if quantized.double else "nf4"))
@@ -170,15 +175,19 @@ def answer_fit_note(model, prompts: list[list[int]], batch_size: int, new_tokens
     if dtype is None:
         return None
     autocast = torch.is_autocast_enabled(device.type)  # (a trainer's evaluators answer under its autocast)
-    short = short_of(lambda: estimate_answers(config, prompts=rows, prompt_tokens=longest, new_tokens=new_tokens,
-                                              shared=shared, device=device.type, dtype=dtype,
-                                              model_config=model.config, autocast=autocast), free, device)
-    if short is None:
+
+    def short(rows: int, longest: int) -> tuple | None:
+        return short_of(lambda: estimate_answers(config, prompts=rows, prompt_tokens=longest, new_tokens=new_tokens,
+                                                 shared=shared, device=device.type, dtype=dtype,
+                                                 model_config=model.config, autocast=autocast), free, device)
+
+    found = [(found[1], rows, longest, found[2]) for rows, longest in shapes if (found := short(rows, longest))]
+    if not found:
         return None
-    _, need, killed = short
-    return (f"answering {rows} prompt{'s' * (rows != 1)} of {longest} tokens at once (the longest prompts) holds "
-            f"about {size_text(need)} beyond the weights loaded, and {device.type} has {size_text(free)} free: it "
-            f"will likely run out of memory{killed}. {going_on().fewer_answers}")
+    need, rows, longest, killed = max(found)
+    return (f"answering {rows} prompt{'s' * (rows != 1)} of {longest} tokens at once (the batch that holds the most) "
+            f"holds about {size_text(need)} beyond the weights loaded, and {device.type} has {size_text(free)} free: "
+            f"it will likely run out of memory{killed}. {going_on().fewer_answers}")
 
 
 def surely_answers(model, device: str, prompts: int, prompt_tokens: int, new_tokens: int, free: int) -> bool:

@@ -23,8 +23,8 @@ def tiny(tmp_path_factory):
 
 
 def _messages(tmp_path, n: int = 20, growing: bool = True):
-    """Portal messages, each its own from its first word: of growing length (the last batch holds
-    the longest prompts), or all alike in length."""
+    """Portal messages, each its own from its first word: of growing length (batched by length,
+    the longest in batches of fewer), or all alike in length."""
     return formats.write_jsonl(tmp_path / "m.jsonl", [
         {"id": f"m{i}", "message": f"{i:02d} " + "my knee hurts " * (1 + 3 * i if growing else 30),
          "urgency": "urgent", "staff": "nurse"} for i in range(n)])
@@ -46,8 +46,14 @@ def _figure(out: str, label: str = "peak") -> int:
     return round(float(number) * {"kB": 1e3, "MB": 1e6, "GB": 1e9}[unit.rstrip(":,")])
 
 
-def test_eval_and_predict_print_the_estimate_for_their_longest_prompts_and_write_nothing(tiny, tmp_path, capsys,
-                                                                                         monkeypatch):
+def test_eval_and_predict_print_the_estimate_for_their_largest_batch_and_write_nothing(tiny, tmp_path, capsys,
+                                                                                       monkeypatch):
+    """Of the batches the prompts are answered in (by length: the longest 8 of these in a batch of
+    their own), the one whose estimate holds the most, at its longest prompt's length."""
+    from prefopt.model.length_batches import batch_shapes
+    from prefopt.train import TrainConfig
+    from prefopt.train.answer_estimate import estimate_answers
+
     data = _messages(tmp_path)
     task, tok = get_task("portal"), load_tokenizer(str(tiny))
     from prefopt.tasks.check import read_labelled
@@ -57,13 +63,18 @@ def test_eval_and_predict_print_the_estimate_for_their_longest_prompts_and_write
     longest = max(map(len, prompts))
     shared = next(i for i in range(len(prompts[0])) if len({p[i] for p in prompts}) > 1)  # the portal instructions'
     assert shared > 16
+    shapes = batch_shapes(list(map(len, prompts)), 16, 16, "cpu", shared)
+    assert len(shapes) > 1 and (16, longest) not in shapes  # (no batch of 16 at the longest prompt's length)
+    config = TrainConfig(model=str(tiny), output_dir=".")
+    rows, tokens = max(shapes, key=lambda shape: estimate_answers(config, prompts=shape[0], prompt_tokens=shape[1],
+                                                                  shared=shared, new_tokens=16, device="cpu").peak)
     _no_model(monkeypatch)
     common = ["--task", "portal", "--model", str(tiny), "--data", str(data), "--estimate-memory", "cpu"]
     for command in (["eval", "--split", "all"], ["predict"]):
         assert main([*command, *common, "--output", str(tmp_path / "out")]) == 0
         said = capsys.readouterr().out.splitlines()
         assert said[0] == (f"20 records, the longest prompt {longest} tokens, the first {shared} of them in every "
-                           f"prompt: memory estimate on a CPU, float32 weights, 16 prompts of {longest} tokens at "
+                           f"prompt: memory estimate on a CPU, float32 weights, {rows} prompts of {tokens} tokens at "
                            "once and answers of up to 16:")
         assert said[-1].startswith("(--batch-size N lowers it")
     assert not (tmp_path / "out").exists()

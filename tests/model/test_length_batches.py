@@ -77,3 +77,14 @@ def tiny_model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("lengths") / "model"
     build_hf_model(path, max_position_embeddings=1024)
     return path
+
+
+def test_the_batch_shapes_a_memory_estimate_takes_the_largest_of():
+    """Each batch's (prompts, longest prompt), less those another batch matches or passes in
+    both: a batch of 15 short prompts and one of a long prompt alone both stay."""
+    from prefopt.model.length_batches import batch_shapes
+
+    lengths = [300 + i for i in range(15)] + [3000]
+    assert batch_shapes(lengths, 16, 16) == [(1, 3000), (15, 314)]
+    assert batch_shapes([230, 210, 250, 205], 2, 16) == [(2, 250)]  # ((2, 210) is passed by it)
+    assert batch_shapes([100] * 5, 2) == [(2, 100)]

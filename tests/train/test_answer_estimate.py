@@ -150,11 +150,12 @@ def test_answers_that_will_not_fit_are_warned_of_before_the_first_batch(model_di
     rng_before = torch.get_rng_state()
     note = answer_fit_note(model, prompts, 8, 16)
     assert torch.equal(torch.get_rng_state(), rng_before)  # no random number of the run's drawn
-    est = estimate_answers(TrainConfig(model=str(model_dir), output_dir="."), prompts=8, prompt_tokens=29,
+    # answered in batches of 8 prompts of 20-27 tokens and 2 of 28-29 (length_batches): the first holds the most
+    est = estimate_answers(TrainConfig(model=str(model_dir), output_dir="."), prompts=8, prompt_tokens=27,
                            new_tokens=16)
-    assert note.startswith(f"answering 8 prompts of 29 tokens at once (the longest prompts) holds about "
-                           f"{size_text(est.peak - est.weights)} beyond the weights loaded, and cpu has 2 kB free: it "
-                           "will likely run out of memory (on Linux the kernel may stop the process then")
+    assert note.startswith(f"answering 8 prompts of 27 tokens at once (the batch that holds the most) holds about "
+                           f"{size_text(est.peak - est.weights)} beyond the weights loaded, and cpu has 2 kB free: "
+                           "it will likely run out of memory (on Linux the kernel may stop the process then")
     assert note.endswith("Lower --batch-size: fewer prompts answered at once (the same answers, up to rounding); "
                          "--estimate-memory says what a batch holds (docs/evaluation.md)")
     with going_on_by(GoingOn(fewer_answers="Lower --set eval_batch_size=N.")):  # in the running program's words
