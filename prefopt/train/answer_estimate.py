@@ -181,7 +181,7 @@ def answer_fit_note(model, prompts: list[list[int]], batch_size: int, new_tokens
                                                  shared=shared, device=device.type, dtype=dtype,
                                                  model_config=model.config, autocast=autocast), free, device)
 
-    found = [(found[1], rows, longest, found[2]) for rows, longest in shapes if (found := short(rows, longest))]
+    found = [(lack[1], rows, longest, lack[2]) for rows, longest in shapes if (lack := short(rows, longest))]
     if not found:
         return None
     need, rows, longest, killed = max(found)
