@@ -83,7 +83,7 @@ def answer_logprobs(model, tok, task, records, *, batch_size: int = 16, show_pro
         out: list[list[tuple[dict[str, str], float]]] = [[] for _ in records]
         prompts = [prompt for prompt, _ in encoded]
         common = shared_start(prompts, None, None)  # (each batch runs its own start once: at least this)
-        for chunk in length_batches([len(p) for p in prompts], batch_size, device=device.type, start=common):
+        for chunk in length_batches([len(p) for p in prompts], batch_size, device=device, start=common):
             rows = [encoded[i] for i in chunk]
             start = shared_start([prompt for prompt, _ in rows], model.config, None)
             batch = _pack([(prompt, [ids for _, ids in scored]) for prompt, scored in rows], tok.pad_token_id or 0,

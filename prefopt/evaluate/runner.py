@@ -13,7 +13,7 @@ from .._deps import progress
 from ..data.records import control_token_problem
 from ..fileio import json_records, json_text, jsonl_text, read_json, read_jsonl, write_json_atomic, write_text_atomic
 from ..model.generate import MAX_NEW_TOKENS, PastContext, generate, row_seeds, shared_start
-from ..model.length_batches import device_kind, length_batches
+from ..model.length_batches import length_batches
 from ..tasks.parsing import final_answer, opens_reasoning
 from ..tokenizer import NO_TEMPLATE_WHERE
 from ..train.answer_estimate import answer_fit_note
@@ -196,7 +196,8 @@ def answer_prompts(model, tok, prompts: list[list[int]], *, batch_size: int = 16
     eos = set(tok.eos_token_ids)
     bar = progress(total=len(prompts), desc=desc, unit=unit, disable=not show_progress)
     start = shared_start(prompts, None, None)  # (each batch runs its own start once: at least this)
-    for chunk in length_batches([len(p) for p in prompts], batch_size, steps, device_kind(model), start):
+    device = getattr(getattr(model, "output_weight", None), "device", "cpu")  # (a stand-in without a head: a CPU's)
+    for chunk in length_batches([len(p) for p in prompts], batch_size, steps, device, start):
         new = generate(model, [prompts[i] for i in chunk], **settings, eos_token_ids=tok.eos_token_ids,
                        pad_token_id=tok.pad_token_id or 0, seed=None if seeds is None else [seeds[i] for i in chunk])
         for i, ids in zip(chunk, new):

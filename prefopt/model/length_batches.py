@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 # prompt tokens whose run costs about as much as one decoding step of a batch more: on a 2-core
 # CPU SmolLM2 took ~27 ms a step and ~1.2 ms a prompt token (docs/benchmarks.md); on a GPU a step
 # is worth more tokens (its weights read for one token's work): set high there, so that only
@@ -23,24 +25,18 @@ from collections.abc import Sequence
 STEP_TOKENS = {"cpu": 32, "cuda": 256}
 
 
-def device_kind(model) -> str:
-    """The kind of device ``model`` runs on (``"cuda"``, ``"cpu"``), by its head's weight; ``"cpu"``
-    for a stand-in that has none."""
-    weight = getattr(model, "output_weight", None)
-    return weight.device.type if weight is not None else "cpu"
-
-
-def length_batches(lengths: Sequence[int], batch_size: int, new_tokens: int = 1, device: str = "cpu",
+def length_batches(lengths: Sequence[int], batch_size: int, new_tokens: int = 1, device: str | torch.device = "cpu",
                    start: int = 0) -> list[list[int]]:
     """The indices of prompts of ``lengths`` tokens in batches of at most ``batch_size``, shortest
     first; a batch closed before a prompt that would have it run more padding than ``new_tokens`` ×
-    :data:`STEP_TOKENS` [``device``] + ``start`` tokens, what a batch more costs (``new_tokens``: the
-    decoding steps a batch takes, 1 for a scoring pass; ``start``: the tokens every prompt begins
-    with, run once a batch). Where lengths spread evenly, a batch's padding then about equals what
-    a batch more costs, which makes the least work of padding and batches together."""
+    :data:`STEP_TOKENS` [``device``'s kind: a ``torch.device`` or ``"cpu"``, ``"cuda"``] +
+    ``start`` tokens, what a batch more costs (``new_tokens``: the decoding steps a batch takes, 1
+    for a scoring pass; ``start``: the tokens every prompt begins with, run once a batch). Where
+    lengths spread evenly, a batch's padding then about equals what a batch more costs, which
+    makes the least work of padding and batches together."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    limit = new_tokens * STEP_TOKENS.get(device, STEP_TOKENS["cuda"]) + start
+    limit = new_tokens * STEP_TOKENS.get(getattr(device, "type", device), STEP_TOKENS["cuda"]) + start
     batches: list[list[int]] = []
     batch: list[int] = []
     tokens = 0

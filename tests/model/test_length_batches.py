@@ -2,6 +2,7 @@
 where its padding would pass what a batch more costs; answering and scoring give each record
 its own answer and scores whichever batch it ran in."""
 import pytest
+import torch
 
 from prefopt.model.length_batches import STEP_TOKENS, length_batches
 
@@ -41,6 +42,8 @@ def test_a_batch_closes_where_its_padding_would_pass_what_a_batch_more_costs():
         assert all(_padding(lengths, b) <= limit for b in batches)
         assert all(len(b) == 16 or _padding(lengths, b + [nxt[0]]) > limit for b, nxt in zip(batches, batches[1:]))
     assert len(length_batches(lengths, 16, 16)) > len(length_batches(lengths, 16, 16, "cuda"))
+    for kind in ("cpu", "cuda"):  # a model's device, as answering passes it, counts by its kind
+        assert length_batches(lengths, 16, 2, torch.device(kind)) == length_batches(lengths, 16, 2, kind)
 
 
 def test_answers_and_scores_are_each_records_own_whichever_batch_it_ran_in(tiny_model_path, monkeypatch):
