@@ -82,9 +82,10 @@ PRESETS = {
     # patient is both trained and tested on (the same text always does); with test_data, training drops them;
     # confidence True: where the task's answers are labels, each stage also scores every possible answer after each
     # test prompt, for how sure it is of its answers and whether that tells right from wrong (stage_confidence);
-    # review_target None or A in (0, 1), with val: each trained stage's review threshold, the lowest calibrated
-    # confidence at which the validation items it answered alone were right at least A of the time (the 95% CI's
-    # lower end), checked on the test items (validated_review; report.md only)
+    # review_target None or A in (0, 1), with val: each trained stage's review threshold, the calibrated
+    # confidence down to which the validation items it answered alone were right at least A of the time (the exact
+    # 95% CI's lower end, tried from the most confident down until one falls short), checked on the test items
+    # (validated_review; report.md only)
 }
 
 

@@ -15,14 +15,16 @@ review_target=A`` chooses each stage's threshold on its validation items
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 
-from .stats import wilson_interval
+from .stats import binomial_at_least, exact_lower, wilson_interval
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 COLUMN = "review"
 DIGITS = 4  # a confidence as predict's confidence_<field> column holds it, and the table compares it
 PAST_CONTEXT = "past the model's context"  # a review reason: the record's prompt ran past it
+TAIL = 0.025  # review_target's test: one side of a 95% CI
 
 
 def check_threshold(value: float, flag: str = "--review-below") -> None:
@@ -35,47 +37,95 @@ def check_threshold(value: float, flag: str = "--review-below") -> None:
 
 
 def review_target(task, records, preds: list[dict], sure: list[dict], target: float) -> dict:
-    """The lowest threshold at which the records the model would answer alone (every field's
+    """The review threshold for answers right at least ``target`` of the time, by a search that
+    does not flatter the records it reads (fixed-sequence testing, as in Angelopoulos et al.'s
+    Learn then Test, 2021). The thresholds that tell these records apart (each record's least
+    confident field, within (0, 1) as ``--review-below`` takes it; records kept: every field's
     label at least that probability, to :data:`DIGITS` decimals, as :func:`review_table` counts
-    them) were all right at a share whose 95% CI (Wilson's) starts at ``target`` or above, among
-    every threshold that tells these records apart (each record's least confident field, within
-    (0, 1) as ``--review-below`` takes it): as ``{"target", "n_records"`` (how many records),
-    ``"threshold"`` (None where none reaches it), then :func:`review_table`'s row of the records
-    kept there (``"n"``, ``"kept"``, ``"right"``, ``"ci"``)``}``, and where none reaches it, the
-    threshold whose CI starts highest (``"best"``, such a row; None where no record named every
-    label). Read off these records, it flatters them (the lowest of many looks): a threshold is
-    checked on other records (``eval --review-below T`` on the test items)."""
+    them) are tried from the most confident down, and the search stops at the first whose records
+    kept, all fields right, do not reach ``target`` by the exact 95% CI's lower end
+    (:func:`~.stats.exact_lower`: :func:`reaches`); the threshold is the last one passed. Those
+    that keep too few records to reach it even all right (:func:`fewest`) are passed over: they say
+    nothing either way. Tried so, in an order fixed before any answer is looked at, the chance
+    that a threshold so chosen is right less than ``target`` of the time on records drawn like
+    these stays about 2.5%, however many were tried; the lowest of all that reach it would not.
+
+    Returns ``{"target", "n_records"`` (how many records), ``"fewest"``, ``"threshold"`` (None
+    where none was reached), then :func:`review_table`'s row of the records kept there (``"n"``,
+    ``"kept"``, ``"right"``, ``"ci"``, Wilson's, as the table's) with ``"lower"`` (the exact lower
+    end) and ``"stopped"`` (the row the search stopped at, None where none failed)``}``; where none
+    was reached, ``"best"``: the row it stopped at, or where no threshold kept enough records,
+    the one that kept the most (None where no record named every label)."""
     sure, right = _as_compared(task, records, preds, sure)
     least = [None if None in s.values() else min(s.values()) for s in sure]
     surest = sorted(((x, all(ok.values())) for x, ok in zip(least, right) if x is not None), reverse=True)
-    rows, kept, good = [], 0, 0
+    rows, kept, good = [], 0, 0  # (the most confident first)
     for i, (x, ok) in enumerate(surest):  # kept from x up: the records down to the last of x (one pass, sorted)
         kept, good = kept + 1, good + ok
         if (i + 1 == len(surest) or surest[i + 1][0] != x) and 0 < x < 1:
-            rows.append(_row(x, kept, len(records), good))
-    rows.reverse()  # (lowest threshold first)
-    reached = [r for r in rows if r["ci"][0] >= target]
-    out = {"target": target, "n_records": len(records)}
-    if reached:
-        return out | reached[0]
-    best = max(rows, key=lambda r: (r["ci"][0], -r["threshold"]), default=None)
-    return out | {"threshold": None, "best": best}
+            rows.append(_row(x, kept, len(records), good) | {"good": good})
+    need = fewest(target)
+    passed = stopped = None
+    for r in (r for r in rows if r["n"] >= need):
+        if not reaches(r["good"], r["n"], target):
+            stopped = r
+            break
+        passed = r
+    out = {"target": target, "n_records": len(records), "fewest": need}
+    if passed is not None:
+        return out | _exact(passed) | {"stopped": stopped and _exact(stopped)}
+    return out | {"threshold": None, "best": _exact(stopped or (rows[-1] if rows else None))}
+
+
+def fewest(target: float) -> int:
+    """How many records kept, all right, it takes to reach ``target`` by the exact 95% CI's lower
+    end (:func:`reaches`): 6 for 0.5, 17 for 0.8, 36 for 0.9, 72 for 0.95."""
+    n = max(1, math.ceil(math.log(TAIL) / math.log(target)) - 1)
+    while not reaches(n, n, target):
+        n += 1
+    return n
+
+
+def reaches(right: int, n: int, target: float) -> bool:
+    """Whether ``right`` of ``n`` records right show a share of at least ``target``: were it less,
+    so many would come right at most :data:`TAIL` of the time (the exact 95% CI's lower end at
+    ``target`` or above, :func:`~.stats.exact_lower`)."""
+    return binomial_at_least(right, n, target) <= TAIL
+
+
+def _exact(row: dict | None) -> dict | None:
+    """A row of :func:`review_target`'s search with the exact lower end of its share right
+    (``"lower"``) in place of the count it is read off."""
+    if row is None:
+        return None
+    row = dict(row)
+    return row | {"lower": exact_lower(row.pop("good"), row["n"])}
 
 
 def target_line(found: dict) -> str:
     """:func:`review_target` in words."""
-    goal = f"right at least {found['target']:g} of the time (the 95% CI's lower end)"
+    goal = (f"right at least {found['target']:g} of the time (the exact 95% CI's lower end, thresholds tried from the "
+            "most confident down until one falls short)")
+    n_records = found["n_records"]
     if found["threshold"] is not None:
-        t = found["threshold"]
-        return (f"the records answered alone were {goal} from confidence {t:g} up: review below {t:g} ({found['n']} "
-                f"of {found['n_records']} answered alone, {found['right']:.3f} right [{found['ci'][0]:.3f}, "
-                f"{found['ci'][1]:.3f}]); read off these records, so check it on others before use: eval "
-                f"--confidence --review-below {t:g}")
-    best = found.get("best")
-    near = (f"; the nearest, from {best['threshold']:g} up: {best['n']} of {found['n_records']} answered alone, "
-            f"{best['right']:.3f} right [{best['ci'][0]:.3f}, {best['ci'][1]:.3f}]") if best else ""
-    return (f"at no threshold were the records answered alone {goal} on these {found['n_records']} records{near}; "
-            "more labelled records narrow the CI")
+        t, stopped = found["threshold"], found["stopped"]
+        below = f"; below it, from {stopped['threshold']:g} up: {_figures(stopped, n_records)}" if stopped else ""
+        return (f"the records answered alone were {goal} from confidence {t:g} up: review below {t:g} "
+                f"({_figures(found, n_records)}{below}); check it on other records too: eval --confidence "
+                f"--review-below {t:g}")
+    best, need = found.get("best"), found["fewest"]
+    near = ("" if best is None else
+            f"; the first threshold that kept the {need} records it takes, {best['threshold']:g}: "
+            f"{_figures(best, n_records)}" if best["n"] >= need else
+            f"; it takes {need} answered alone, all right, and at most {best['n']} were (from {best['threshold']:g} "
+            f"up: {_figures(best, n_records)})")
+    return f"at no threshold were the records answered alone {goal} on these {n_records} records{near}; more " \
+           "labelled records narrow the CI"
+
+
+def _figures(row: dict, n_records: int) -> str:
+    return (f"{row['n']} of {n_records} answered alone, {row['right']:.3f} right [{row['ci'][0]:.3f}, "
+            f"{row['ci'][1]:.3f}], exact lower end {row['lower']:.3f}")
 
 
 def review_table(task, records, preds: list[dict], sure: list[dict], below: float | None = None) -> dict:

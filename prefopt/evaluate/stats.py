@@ -12,6 +12,9 @@
   (scipy's defaults: zeros dropped, no continuity correction).
 - :func:`wilson_interval`: a proportion's 95% CI (the share of kept answers that were right),
   Wilson's score interval, which stays inside [0, 1] and is not a point at 0 or n of n.
+- :func:`binomial_at_least`, :func:`exact_lower`: a binomial's upper tail, exact, and Clopper and
+  Pearson's exact interval's lower end (a review threshold's test: :func:`~.review.review_target`),
+  by the regularized incomplete beta function (:func:`beta_cdf`, a continued fraction).
 
 All are checked against independent implementations in the tests (scipy, statsmodels; the best-of
 test against the ``arch`` package's SPA, its "consistent" p-value); none is needed at run time.
@@ -229,3 +232,64 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of the incomplete beta function (modified Lentz's method), which
+    converges fast for ``x < (a + 1) / (a + b + 2)``."""
+    tiny = 1e-300
+
+    def kept(v: float) -> float:
+        return v if abs(v) > tiny else tiny
+
+    c, d = 1.0, 1.0 / kept(1.0 - (a + b) * x / (a + 1))
+    h = d
+    for m in range(1, 100_000):
+        for term in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),  # the even step, then the odd
+                     -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d, c = 1.0 / kept(1.0 + term * d), kept(1.0 + term / c)
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def beta_cdf(x: float, a: float, b: float) -> float:
+    """The regularized incomplete beta function ``I_x(a, b)``: the Beta(a, b) distribution's CDF
+    at ``x``."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1) / (a + b + 2):
+        return front * _beta_fraction(a, b, x) / a
+    return 1.0 - front * _beta_fraction(b, a, 1.0 - x) / b
+
+
+def binomial_at_least(k: int, n: int, p: float) -> float:
+    """``P(X >= k)`` for ``X ~ Binomial(n, p)``, exact: the chance of ``k`` or more successes in
+    ``n`` trials were each a success with probability ``p``."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    return beta_cdf(p, k, n - k + 1)
+
+
+def exact_lower(k: int, n: int, confidence: float = 0.95) -> float:
+    """The lower end of Clopper and Pearson's exact ``confidence`` interval for ``k`` successes
+    in ``n`` trials: the least ``p`` under which ``k`` or more come at least ``(1 - confidence) /
+    2`` of the time, so a true share below it gives so many at most that often."""
+    if k <= 0 or n <= 0:
+        return 0.0
+    tail = (1 - confidence) / 2
+    if k == n:
+        return tail ** (1 / n)
+    lo, hi = 0.0, 1.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if binomial_at_least(k, n, mid) < tail else (lo, mid)
+        if hi - lo < 1e-14:
+            break
+    return (lo + hi) / 2

@@ -132,8 +132,8 @@ def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dic
               if weights["dpo"] != weights["sft"] else []),
             *(["# on the validation items, calibrated: how many records it would answer alone at each confidence, "
                "and how often rightly (read a threshold P off it for predict --review-below P)"
-               + (f"; --review-target {target:g}: the lowest at which those were right at least {target:g} of the "
-                  "time" if target is not None else ""),
+               + (f"; --review-target {target:g}: the threshold down to which those were right at least {target:g} of "
+                  "the time" if target is not None else ""),
                evaluate(adapter, "review-val", *calibrated, *(["--review-target", f"{target:g}"] if target is not None
                                                               else []), items=run_val)] if calibrated else []),
             "# answer new records that have no labels yet (NEW_RECORDS: the same format, label columns not needed): "

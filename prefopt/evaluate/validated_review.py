@@ -2,10 +2,11 @@
 validation items, then checked on the test items, for each trained stage.
 
 A team that lets the model answer alone the messages it is sure of wants those answers right at
-least A of the time. :func:`~.review.review_target` finds the lowest confidence at which that held,
-by the 95% CI's lower end, but read off the records it is chosen on it flatters them. Here it is
-chosen on the validation items (held out of both training stages) and the test items say what it
-does on records it did not see: how many the stage answers alone there, and how often rightly.
+least A of the time. :func:`~.review.review_target` finds the confidence down to which that held,
+by the exact 95% CI's lower end, thresholds tried from the most confident down until one falls
+short. Here it is chosen on the validation items (held out of both training stages) and the test
+items say what it does on records it did not see: how many the stage answers alone there, and
+how often rightly.
 
 The validation answers are the ones that chose the DPO weights (``dpo/train/val_answers.jsonl``:
 step 0 is the SFT model's, the chosen step the SFT+DPO stage's); their confidence is the stage's
@@ -101,8 +102,10 @@ def validated_lines(stages: dict[str, dict | None]) -> list[str]:
     first = next(iter(stages.values()))["validation"]
     target, n_val = first["target"], first["n_records"]
     lines = [f"Review threshold for answers right at least {target:g} of the time (`--set review_target={target:g}`): "
-             f"the lowest calibrated confidence at which the {n_val} validation items a stage answered alone were "
-             "right that often, by the 95% CI's lower end, then the test items it would answer alone from there "
+             f"the calibrated confidence down to which the {n_val} validation items a stage answered alone were "
+             "right that often, by the exact 95% CI's lower end, thresholds tried from the most confident down "
+             "until one falls short (so the choice does not flatter these items), then the test items it would "
+             "answer alone from there "
              "(`prefopt predict --calibration STAGE --review-below THRESHOLD` sends the others to a person). Chosen "
              "on the validation items, it is checked on records it did not see; the base model answered none of "
              "them.", "",
@@ -163,9 +166,18 @@ def _chosen(found: dict | None) -> str:
         return "—"
     v = found["validation"]
     if v["threshold"] is not None:
-        return f"{v['threshold']:g} ({v['n']} of {v['n_records']}, {_right(v)})"
+        return f"{v['threshold']:g} ({v['n']} of {v['n_records']}, {_right(v)}{_lower(v)})"
     best = v.get("best")
-    return f"none (nearest {best['threshold']:g}: {best['n']} of {v['n_records']}, {_right(best)})" if best else "none"
+    if best is None:
+        return "none"
+    if best["n"] < v.get("fewest", 0):
+        return f"none (at most {best['n']} of {v['n_records']} answered alone; it takes {v['fewest']})"
+    return f"none (stopped at {best['threshold']:g}: {best['n']} of {v['n_records']}, {_right(best)}{_lower(best)})"
+
+
+def _lower(row: dict) -> str:
+    """A row's exact lower end, where it has one (a run's report from before 2026-12-07 has not)."""
+    return f", exact lower end {row['lower']:.3f}" if "lower" in row else ""
 
 
 def _checked(found: dict | None) -> str:

@@ -6,7 +6,10 @@ from prefopt.evaluate.metrics import classification_report, confusion, macro_f1,
 from prefopt.evaluate.rouge import rouge
 from prefopt.evaluate.stats import (
     best_of_bootstrap,
+    beta_cdf,
+    binomial_at_least,
     bootstrap_ci,
+    exact_lower,
     mcnemar_exact,
     paired_bootstrap,
     wilcoxon_signed_rank,
@@ -249,3 +252,25 @@ def test_wilson_interval_is_statsmodels_and_stays_inside_0_and_1():
         assert 0 <= lo <= k / n <= hi <= 1 and lo < hi
     assert wilson_interval(0, 0) == (0.0, 1.0)
     assert wilson_interval(6, 7)[0] == pytest.approx(0.4869, abs=1e-4)  # (by hand: 6 of 7 right says little)
+
+
+def test_the_binomial_tail_and_exact_lower_end_are_scipys_and_statsmodels():
+    """review_target's test (the chance of k or more right were the share right p) and the
+    Clopper-Pearson lower end it prints, against scipy and statsmodels' ``method="beta"``, from
+    1 record to 100000; the incomplete beta beneath them against scipy's over a spread of shapes."""
+    special, stats = pytest.importorskip("scipy.special"), pytest.importorskip("scipy.stats")
+    proportion = pytest.importorskip("statsmodels.stats.proportion")
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        a, b = (rng.uniform(0.1, 5) if rng.random() < 0.5 else float(rng.integers(1, 3000)) for _ in range(2))
+        x = rng.random()
+        assert beta_cdf(x, a, b) == pytest.approx(special.betainc(a, b, x), abs=1e-11), (x, a, b)
+    for n in (1, 2, 6, 36, 60, 200, 5000, 100_000):
+        for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+            for p in (0.01, 0.3, 0.5, 0.9, 0.99):
+                assert binomial_at_least(k, n, p) == pytest.approx(stats.binom.sf(k - 1, n, p), abs=1e-10), (k, n, p)
+            want = proportion.proportion_confint(k, n, alpha=0.05, method="beta")[0]
+            assert exact_lower(k, n) == pytest.approx(want, abs=1e-10), (k, n)
+    assert binomial_at_least(7, 6, 0.5) == 0.0 and exact_lower(0, 0) == 0.0
+    assert binomial_at_least(5, 6, 0.5) == pytest.approx(7 / 64)  # (by hand: 6 + 1 of the 64 ways)
+    assert exact_lower(6, 6) == pytest.approx(0.025 ** (1 / 6))  # (all right: the p with p ** 6 = 0.025)

@@ -8,14 +8,16 @@ from prefopt.cli import main
 from prefopt.evaluate.confidence import SCORING
 from prefopt.evaluate.review import (
     THRESHOLDS,
+    fewest,
     mark_review,
+    reaches,
     review_lines,
     review_report_lines,
     review_table,
     review_target,
     target_line,
 )
-from prefopt.evaluate.stats import wilson_interval
+from prefopt.evaluate.stats import exact_lower, wilson_interval
 from prefopt.tasks import get_task
 from prefopt.tasks.base import Record
 from tests import _formats as formats
@@ -148,38 +150,50 @@ def test_eval_writes_the_table_and_predict_marks_the_records_below_a_threshold(t
     assert not (tmp_path / "refused").exists()
 
 
-def test_the_target_is_the_lowest_threshold_whose_records_answered_alone_reach_it_by_the_cis_lower_end():
-    """Six records: each one's least sure field and whether both fields were right, by hand. The
+def test_the_target_search_tries_thresholds_from_the_most_confident_down_and_stops_at_the_first_that_falls_short():
+    """Seven records: each one's least sure field and whether both fields were right, by hand. The
     candidates are the records' own least confidences (1.0 is none: --review-below cannot take
-    it); a record that named no label is never answered alone."""
+    it; its record is kept at every threshold); a record that named no label is never answered
+    alone. At 0.2 it takes 3 records all right (0.2 ** 3 = 0.008 <= 0.025 < 0.2 ** 2): 0.95 keeps
+    2 and is passed over, 0.9 keeps 3 of 3 (passes), 0.85 keeps 3 of 4 (P(X >= 3) for Binomial(4,
+    0.2) = 4 * 0.2 ** 3 * 0.8 + 0.2 ** 4 = 0.0272 > 0.025: stops); 0.8 (4 of 5: 5 * 0.2 ** 4 *
+    0.8 + 0.2 ** 5 = 0.0067) and 0.75 would reach it, but the search that looked at 0.85 and found
+    it short does not go on."""
     task = get_task("portal")
-    least = [0.9, 0.8, 0.7, 0.6, None, 1.0]
-    right = [True, True, False, True, True, True]
-    records = _portal_records([("urgent", "nurse")] * 6)
+    least = [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, None]
+    right = [True, True, True, False, True, True, True]
+    records = _portal_records([("urgent", "nurse")] * 7)
     preds = [{"urgency": "urgent", "staff": "nurse" if ok else "doctor"} for ok in right]
     sure = [{"urgency": None, "staff": 0.99} if x is None else {"urgency": min(x + 0.05, 1.0), "staff": x}
             for x in least]
-    # kept from t up: 0.9 {r0, r5} 2/2; 0.8 +r1 3/3; 0.7 +r2 3/4; 0.6 +r3 4/5
-    lower = {0.9: wilson_interval(2, 2)[0], 0.8: wilson_interval(3, 3)[0], 0.7: wilson_interval(3, 4)[0],
-             0.6: wilson_interval(4, 5)[0]}
-    assert lower[0.6] > lower[0.7] and lower[0.8] > lower[0.6] > 0.3  # (not monotone: the lowest that reaches it)
-    found = review_target(task, records, preds, sure, 0.3)
-    assert found == {"target": 0.3, "n_records": 6, "threshold": 0.6, "n": 5, "kept": 5 / 6, "right": 0.8,
-                     "ci": list(wilson_interval(4, 5))}
-    found = review_target(task, records, preds, sure, lower[0.6] + 0.001)
-    assert (found["threshold"], found["n"], found["right"]) == (0.8, 3, 1.0)
-    line = target_line(found)
-    assert line.startswith(f"the records answered alone were right at least {lower[0.6] + 0.001:g} of the time (the "
-                           "95% CI's lower end) from confidence 0.8 up: review below 0.8 (3 of 6 answered alone, "
-                           f"1.000 right [{lower[0.8]:.3f}, 1.000]); read off these records")
-    assert line.endswith("eval --confidence --review-below 0.8")
+    assert (fewest(0.2), fewest(0.5), fewest(0.9)) == (3, 6, 36)
+    assert not reaches(3, 4, 0.2) and reaches(4, 5, 0.2) and reaches(5, 6, 0.2) and reaches(3, 3, 0.2)
+    found = review_target(task, records, preds, sure, 0.2)
+    assert found == {"target": 0.2, "n_records": 7, "fewest": 3, "threshold": 0.9, "n": 3, "kept": 3 / 7,
+                     "right": 1.0, "ci": list(wilson_interval(3, 3)), "lower": pytest.approx(0.025 ** (1 / 3)),
+                     "stopped": {"threshold": 0.85, "n": 4, "kept": 4 / 7, "right": 0.75,
+                                 "ci": list(wilson_interval(3, 4)), "lower": exact_lower(3, 4)}}
+    lo, hi = wilson_interval(3, 3)
+    lo4, hi4 = wilson_interval(3, 4)
+    assert target_line(found) == (
+        "the records answered alone were right at least 0.2 of the time (the exact 95% CI's lower end, thresholds "
+        "tried from the most confident down until one falls short) from confidence 0.9 up: review below 0.9 (3 of 7 "
+        f"answered alone, 1.000 right [{lo:.3f}, {hi:.3f}], exact lower end {0.025 ** (1 / 3):.3f}; below it, from "
+        f"0.85 up: 4 of 7 answered alone, 0.750 right [{lo4:.3f}, {hi4:.3f}], exact lower end {exact_lower(3, 4):.3f}"
+        "); check it on other records too: eval --confidence --review-below 0.9")
+    # at 0.5 it takes 6: 0.75 keeps 5 of 6 right, P(X >= 5) = 7 / 64 for Binomial(6, 0.5): short
     none = review_target(task, records, preds, sure, 0.5)
-    assert none["threshold"] is None and none["best"]["threshold"] == 0.8 and none["best"]["n"] == 3
-    assert target_line(none) == ("at no threshold were the records answered alone right at least 0.5 of the time "
-                                 "(the 95% CI's lower end) on these 6 records; the nearest, from 0.8 up: 3 of 6 "
-                                 f"answered alone, 1.000 right [{lower[0.8]:.3f}, 1.000]; more labelled records "
-                                 "narrow the CI")
-    nothing = review_target(task, records[4:5], preds[4:5], sure[4:5], 0.5)  # no record named every label
+    assert none["threshold"] is None and (none["best"]["threshold"], none["best"]["n"]) == (0.75, 6)
+    lo6, hi6 = wilson_interval(5, 6)
+    assert target_line(none).endswith(
+        "on these 7 records; the first threshold that kept the 6 records it takes, 0.75: 6 of 7 answered alone, "
+        f"0.833 right [{lo6:.3f}, {hi6:.3f}], exact lower end {exact_lower(5, 6):.3f}; more labelled records narrow "
+        "the CI")
+    # at 0.9 it takes 36 and no threshold keeps so many: the one that keeps the most is named
+    few = review_target(task, records, preds, sure, 0.9)
+    assert few["threshold"] is None and few["best"]["threshold"] == 0.75 and few["fewest"] == 36
+    assert "; it takes 36 answered alone, all right, and at most 6 were (from 0.75 up: 6 of 7" in target_line(few)
+    nothing = review_target(task, records[6:], preds[6:], sure[6:], 0.5)  # no record named every label
     assert nothing["best"] is None and target_line(nothing).endswith("on these 1 records; more labelled records "
                                                                       "narrow the CI")
 
@@ -189,8 +203,8 @@ def test_eval_review_target_is_read_off_its_own_predictions_and_refused_where_it
     from prefopt.evaluate import runner
 
     data = formats.write_jsonl(tmp_path / "m.jsonl", [
-        {"id": f"m{i}", "message": f"Message {i}: a cough for {i} weeks", "urgency": ["urgent", "routine"][i % 2],
-         "staff": "nurse"} for i in range(8)])
+        {"id": f"m{i}", "message": f"Message {i}: a cough for {i} weeks", "urgency": "urgent", "staff": "nurse"}
+        for i in range(8)])  # (each answered rightly: the search reaches 0.05 wherever it starts)
     answer = get_task("portal").read(str(data))[0].target
 
     def answered(model, tok, task, records, **kw):
@@ -224,30 +238,48 @@ def test_eval_review_target_is_read_off_its_own_predictions_and_refused_where_it
 
 def test_the_target_search_counts_as_a_threshold_by_threshold_count_would():
     """The one pass over the records sorted by confidence finds what counting the records kept at
-    every threshold one by one finds (ties, labels not named, confidences of 1.0 among them)."""
+    every threshold one by one, from the most confident down, finds (ties, labels not named,
+    confidences of 1.0 among them), scipy's binomial tail the test."""
     import random
 
+    binom = pytest.importorskip("scipy.stats").binom
     rng = random.Random(3)
     task = get_task("portal")
     n = 300
     records = _portal_records([("urgent", "nurse")] * n)
-    preds = [{"urgency": "urgent", "staff": rng.choice(["nurse", "doctor"])} for _ in range(n)]
-    sure = [{"urgency": rng.choice([None, 1.0, round(rng.random(), 2)]), "staff": round(rng.random(), 2)}
-            for _ in range(n)]
-    least = [None if s["urgency"] is None else min(s.values()) for s in sure]
-    right = [p["staff"] == "nurse" for p in preds]
-    for target in (0.3, 0.45, 0.6, 0.99):
-        brute = []
-        for t in sorted({x for x in least if x is not None and 0 < x < 1}):
-            kept = [i for i, x in enumerate(least) if x is not None and x >= t]
-            brute.append((t, len(kept), sum(right[i] for i in kept)))
-        reached = [b for b in brute if wilson_interval(b[2], b[1])[0] >= target]
-        found = review_target(task, records, preds, sure, target)
-        if reached:
-            assert (found["threshold"], found["n"]) == reached[0][:2]
-        else:
-            best = max(brute, key=lambda b: (wilson_interval(b[2], b[1])[0], -b[0]))
-            assert found["threshold"] is None and (found["best"]["threshold"], found["best"]["n"]) == best[:2]
+    stopped = found_some = 0
+    for trial in range(6):
+        skill = 0.5 + 0.08 * trial  # how often the surest are right
+        sure = [{"urgency": rng.choice([None, 1.0, round(rng.random(), 2)]), "staff": round(rng.random(), 2)}
+                for _ in range(n)]
+        least = [None if s["urgency"] is None else min(s.values()) for s in sure]
+        preds = [{"urgency": "urgent", "staff": "nurse" if x is not None and rng.random() < skill * (0.5 + x / 2)
+                  else "doctor"} for x in least]
+        right = [p["staff"] == "nurse" for p in preds]
+        for target in (0.3, 0.45, 0.6, 0.8, 0.99):
+            need = next(k for k in range(1, 10_000) if target ** k <= 0.025)
+            passed = halt = None
+            for t in sorted({x for x in least if x is not None and 0 < x < 1}, reverse=True):
+                kept = [i for i, x in enumerate(least) if x is not None and x >= t]
+                if len(kept) < need:
+                    continue
+                if binom.sf(sum(right[i] for i in kept) - 1, len(kept), target) > 0.025:
+                    halt = (t, len(kept))
+                    break
+                passed = (t, len(kept))
+            found = review_target(task, records, preds, sure, target)
+            assert found["fewest"] == need
+            if passed:
+                found_some += 1
+                assert (found["threshold"], found["n"]) == passed
+                assert (found["stopped"] and (found["stopped"]["threshold"], found["stopped"]["n"])) == halt
+            else:
+                stopped += halt is not None
+                lowest = min(x for x in least if x is not None and 0 < x < 1)  # where none keeps enough: the most
+                most = (lowest, sum(x is not None and x >= lowest for x in least))
+                best = found["best"]
+                assert found["threshold"] is None and (best["threshold"], best["n"]) == (halt or most)
+    assert found_some and stopped  # (both ways taken)
 
 
 def test_compares_table_sets_the_stages_side_by_side_by_the_confidence_predict_would_give():
@@ -286,21 +318,23 @@ def test_compares_table_sets_the_stages_side_by_side_by_the_confidence_predict_w
 def test_compares_validated_threshold_is_read_off_the_validation_answers_of_each_stages_step(tmp_path):
     """A compare folder laid out by hand: the SFT stage's validation answers are DPO's step 0, the
     SFT+DPO stage's its chosen step (best.json); each stage's confidence its own calibrated
-    probabilities. SFT reaches the target at 0.7 (3 of 4 right from there: Wilson's lower end
-    0.44; from 0.6, 3 of 4, 0.30), and the test items kept there are counted; SFT+DPO's answers
-    are all wrong, so none reaches it, and the report names the nearest."""
+    probabilities. At 0.4 it takes 5 records all right (0.4 ** 5 = 0.010): SFT reaches it at 0.55
+    (5 of 5 right from there) and stops at 0.52 (5 of 6: P(X >= 5) = 6 * 0.4 ** 5 * 0.6 + 0.4 ** 6
+    = 0.041 > 0.025), and the test items kept at 0.55 are counted; SFT+DPO's answers are all
+    wrong, so none reaches it, and the report names where it stopped."""
     from prefopt.evaluate.validated_review import seeds_lines, validated_lines, validated_review
 
     task = get_task("portal")
-    val = _portal_records([("urgent", "nurse"), ("routine", "doctor"), ("urgent", "nurse"), ("routine", "nurse")])
+    val = _portal_records([("urgent", "nurse"), ("routine", "doctor"), ("urgent", "nurse"), ("routine", "nurse"),
+                           ("urgent", "doctor"), ("routine", "doctor")])
     test = _portal_records([("urgent", "nurse"), ("routine", "doctor"), ("urgent", "doctor"), ("routine", "nurse")])
     right = [dict(r.labels) for r in val]
     wrong = [{"urgency": "emergency", "staff": "pharmacist"} for _ in val]
     train = tmp_path / "dpo" / "train"
     (train / "best").mkdir(parents=True)
     (train / "best" / "best.json").write_text(json.dumps({"step": 2, "metric": "val_macro_f1", "value": 0.0}))
-    sure = [0.9, 0.8, 0.7, 0.6]  # each record's least confident field (the other at 0.99)
-    answered = right[:3] + [{"urgency": "urgent", "staff": "nurse"}]  # (r3 wrong)
+    sure = [0.9, 0.8, 0.7, 0.6, 0.55, 0.52]  # each record's least confident field (the other at 0.99)
+    answered = right[:5] + [{"urgency": "urgent", "staff": "nurse"}]  # (r5 wrong)
     (train / "val_answers.jsonl").write_text("".join(json.dumps({"step": step, "ids": [r.id for r in val],
                                                                  "predictions": preds}) + "\n"
                                                      for step, preds in ((0, answered), (2, wrong))))
@@ -316,28 +350,31 @@ def test_compares_validated_threshold_is_read_off_the_validation_answers_of_each
              "confidence_calibrated": {"urgency": c, "staff": 0.99}} for i, (r, c) in
             enumerate(zip(test, [0.95, 0.72, 0.5, 0.69]))]
     sft = validated_review(task, val, test, tmp_path, "sft", rows, 0.4)
-    assert sft["validation"]["threshold"] == 0.7 and (sft["validation"]["n"], sft["validation"]["right"]) == (3, 1.0)
-    assert sft["test"]["threshold"] == 0.7 and (sft["test"]["n"], sft["test"]["right"]) == (2, 0.5)
-    assert wilson_interval(3, 4)[0] < 0.4 <= wilson_interval(3, 3)[0]
+    v = sft["validation"]
+    assert (v["threshold"], v["n"], v["right"], v["stopped"]["threshold"]) == (0.55, 5, 1.0, 0.52)
+    assert sft["test"]["threshold"] == 0.55 and (sft["test"]["n"], sft["test"]["right"]) == (3, 2 / 3)
     dpo = validated_review(task, val, test, tmp_path, "dpo", rows, 0.4)
     assert dpo["validation"]["threshold"] is None and dpo["test"] is None
+    assert dpo["validation"]["best"]["threshold"] == 0.55  # (the first tried, short)
     assert validated_review(task, val, test, tmp_path, "base", rows, 0.4) is None  # (no validation answers)
     lines = validated_lines({"base": None, "SFT": sft, "SFT+DPO": dpo})
-    lo, hi = wilson_interval(3, 3)
-    lo2, hi2 = wilson_interval(1, 2)
-    assert f"| SFT | 0.7 (3 of 4, 1.000 [{lo:.3f}, {hi:.3f}]) | 2 of 4, 0.500 [{lo2:.3f}, {hi2:.3f}] |" in lines
-    nearest = dpo["validation"]["best"]
-    assert (f"| SFT+DPO | none (nearest {nearest['threshold']:g}: {nearest['n']} of 4, 0.000 "
-            f"[0.000, {nearest['ci'][1]:.3f}]) | — |") in lines
+    lo, hi = wilson_interval(5, 5)
+    lo2, hi2 = wilson_interval(2, 3)
+    exact = f"exact lower end {0.025 ** (1 / 5):.3f}"
+    assert f"| SFT | 0.55 (5 of 6, 1.000 [{lo:.3f}, {hi:.3f}], {exact}) | 3 of 4, 0.667 [{lo2:.3f}, {hi2:.3f}] |" in lines
+    stopped = f"none (stopped at 0.55: 5 of 6, 0.000 [0.000, {wilson_interval(0, 5)[1]:.3f}], exact lower end 0.000)"
+    assert f"| SFT+DPO | {stopped} | — |" in lines
     assert not any(line.startswith("| base") for line in lines)
+    few = validated_review(task, val, test, tmp_path, "sft", rows, 0.9)  # it takes 36
+    assert "| SFT | none (at most 6 of 6 answered alone; it takes 36) | — |" in validated_lines({"SFT": few})
     # seeds.md lists each seed's, the SFT+DPO stage that is the SFT model said so
     table = seeds_lines([{"seed": 0, "review_validated": {"sft": sft, "dpo": dpo}},
                          {"seed": 1, "dpo_is_sft": True, "review_validated": {"sft": sft, "dpo": sft}},
                          {"seed": 2}])
     assert "Each seed's threshold for answers right at least 0.4 of the time (`--set review_target=0.4`)" in table[3]
     assert table[-2:] == [
-        f"| 0 | 0.7 (3 of 4, 1.000 [{lo:.3f}, {hi:.3f}]) | 2 of 4, 0.500 [{lo2:.3f}, {hi2:.3f}] | none (nearest "
-        f"{nearest['threshold']:g}: {nearest['n']} of 4, 0.000 [0.000, {nearest['ci'][1]:.3f}]) | — |",
-        f"| 1 | 0.7 (3 of 4, 1.000 [{lo:.3f}, {hi:.3f}]) | 2 of 4, 0.500 [{lo2:.3f}, {hi2:.3f}] | the SFT model: "
-        "the same | the same |"]
+        f"| 0 | 0.55 (5 of 6, 1.000 [{lo:.3f}, {hi:.3f}], {exact}) | 3 of 4, 0.667 [{lo2:.3f}, {hi2:.3f}] | {stopped} "
+        "| — |",
+        f"| 1 | 0.55 (5 of 6, 1.000 [{lo:.3f}, {hi:.3f}], {exact}) | 3 of 4, 0.667 [{lo2:.3f}, {hi2:.3f}] | the SFT "
+        "model: the same | the same |"]
     assert seeds_lines([{"seed": 0}]) == []
