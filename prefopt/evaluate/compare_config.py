@@ -84,8 +84,8 @@ PRESETS = {
     # test prompt, for how sure it is of its answers and whether that tells right from wrong (stage_confidence);
     # review_target None or A in (0, 1), with val: each trained stage's review threshold, the calibrated
     # confidence down to which the validation items it answered alone were right at least A of the time (the exact
-    # 95% CI's lower end, tried from the most confident down until one falls short), checked on the test items
-    # (validated_review; report.md only)
+    # 95% CI's lower end, tried downward from the one that keeps a quarter of them until one falls short), checked
+    # on the test items (validated_review; report.md only)
 }
 
 

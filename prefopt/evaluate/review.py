@@ -25,6 +25,7 @@ COLUMN = "review"
 DIGITS = 4  # a confidence as predict's confidence_<field> column holds it, and the table compares it
 PAST_CONTEXT = "past the model's context"  # a review reason: the record's prompt ran past it
 TAIL = 0.025  # review_target's test: one side of a 95% CI
+START = 0.25  # review_target's search starts where this share of the records is kept
 
 
 def check_threshold(value: float, flag: str = "--review-below") -> None:
@@ -42,20 +43,24 @@ def review_target(task, records, preds: list[dict], sure: list[dict], target: fl
     Learn then Test, 2021). The thresholds that tell these records apart (each record's least
     confident field, within (0, 1) as ``--review-below`` takes it; records kept: every field's
     label at least that probability, to :data:`DIGITS` decimals, as :func:`review_table` counts
-    them) are tried from the most confident down, and the search stops at the first whose records
-    kept, all fields right, do not reach ``target`` by the exact 95% CI's lower end
-    (:func:`~.stats.exact_lower`: :func:`reaches`); the threshold is the last one passed. Those
-    that keep too few records to reach it even all right (:func:`fewest`) are passed over: they say
-    nothing either way. Tried so, in an order fixed before any answer is looked at, the chance
-    that a threshold so chosen is right less than ``target`` of the time on records drawn like
-    these stays about 2.5%, however many were tried; the lowest of all that reach it would not.
+    them) are tried from the one that keeps :data:`START` of the records (or the :func:`fewest`
+    it takes to reach ``target`` even all right, where more) down, and the search stops at the
+    first whose records kept, all fields right, do not reach ``target`` by the exact 95% CI's
+    lower end (:func:`~.stats.exact_lower`: :func:`reaches`); the threshold is the last one
+    passed. Tried so, in an order fixed before any answer is looked at, the chance that a
+    threshold so chosen is right less than ``target`` of the time on records drawn like these
+    stays about 2.5%, however many were tried; the lowest of all that reach it would not
+    (``benchmarks/bench_review_target.py``). The higher thresholds are left out: each record
+    they keep, tried one by one, is one more chance for the search to stop on a wrong answer by
+    bad luck before it reaches the thresholds that keep enough records to allow for some.
 
-    Returns ``{"target", "n_records"`` (how many records), ``"fewest"``, ``"threshold"`` (None
-    where none was reached), then :func:`review_table`'s row of the records kept there (``"n"``,
-    ``"kept"``, ``"right"``, ``"ci"``, Wilson's, as the table's) with ``"lower"`` (the exact lower
-    end) and ``"stopped"`` (the row the search stopped at, None where none failed)``}``; where none
-    was reached, ``"best"``: the row it stopped at, or where no threshold kept enough records,
-    the one that kept the most (None where no record named every label)."""
+    Returns ``{"target", "n_records"`` (how many records), ``"fewest"``, ``"first"`` (the records
+    kept where the search starts), ``"threshold"`` (None where none was reached), then
+    :func:`review_table`'s row of the records kept there (``"n"``, ``"kept"``, ``"right"``,
+    ``"ci"``, Wilson's, as the table's) with ``"lower"`` (the exact lower end) and ``"stopped"``
+    (the row the search stopped at, None where none failed)``}``; where none was reached,
+    ``"best"``: the row it stopped at, or where no threshold kept enough records, the one that kept
+    the most (None where no record named every label)."""
     sure, right = _as_compared(task, records, preds, sure)
     least = [None if None in s.values() else min(s.values()) for s in sure]
     surest = sorted(((x, all(ok.values())) for x, ok in zip(least, right) if x is not None), reverse=True)
@@ -65,13 +70,14 @@ def review_target(task, records, preds: list[dict], sure: list[dict], target: fl
         if (i + 1 == len(surest) or surest[i + 1][0] != x) and 0 < x < 1:
             rows.append(_row(x, kept, len(records), good) | {"good": good})
     need = fewest(target)
+    first = max(need, math.ceil(START * len(records)))
     passed = stopped = None
-    for r in (r for r in rows if r["n"] >= need):
+    for r in (r for r in rows if r["n"] >= first):
         if not reaches(r["good"], r["n"], target):
             stopped = r
             break
         passed = r
-    out = {"target": target, "n_records": len(records), "fewest": need}
+    out = {"target": target, "n_records": len(records), "fewest": need, "first": first}
     if passed is not None:
         return out | _exact(passed) | {"stopped": stopped and _exact(stopped)}
     return out | {"threshold": None, "best": _exact(stopped or (rows[-1] if rows else None))}
@@ -104,8 +110,8 @@ def _exact(row: dict | None) -> dict | None:
 
 def target_line(found: dict) -> str:
     """:func:`review_target` in words."""
-    goal = (f"right at least {found['target']:g} of the time (the exact 95% CI's lower end, thresholds tried from the "
-            "most confident down until one falls short)")
+    goal = (f"right at least {found['target']:g} of the time (the exact 95% CI's lower end, thresholds tried downward "
+            f"from the one that keeps {found['first']} records until one falls short)")
     n_records = found["n_records"]
     if found["threshold"] is not None:
         t, stopped = found["threshold"], found["stopped"]
@@ -113,14 +119,20 @@ def target_line(found: dict) -> str:
         return (f"the records answered alone were {goal} from confidence {t:g} up: review below {t:g} "
                 f"({_figures(found, n_records)}{below}); check it on other records too: eval --confidence "
                 f"--review-below {t:g}")
-    best, need = found.get("best"), found["fewest"]
+    best, first = found.get("best"), found["first"]
     near = ("" if best is None else
-            f"; the first threshold that kept the {need} records it takes, {best['threshold']:g}: "
-            f"{_figures(best, n_records)}" if best["n"] >= need else
-            f"; it takes {need} answered alone, all right, and at most {best['n']} were (from {best['threshold']:g} "
-            f"up: {_figures(best, n_records)})")
+            f"; the first threshold tried, {best['threshold']:g}: {_figures(best, n_records)}" if best["n"] >= first else
+            f"; the search starts where {first} are answered alone ({_start(found)}) and at most {best['n']} were "
+            f"(from {best['threshold']:g} up: {_figures(best, n_records)})")
     return f"at no threshold were the records answered alone {goal} on these {n_records} records{near}; more " \
            "labelled records narrow the CI"
+
+
+def _start(found: dict) -> str:
+    """Why :func:`review_target`'s search starts where it does, in words."""
+    if found["first"] > found["fewest"]:
+        return f"{START:.0%} of the {found['n_records']} records"
+    return f"the fewest that, all right, reach {found['target']:g}"
 
 
 def _figures(row: dict, n_records: int) -> str:

@@ -3,10 +3,10 @@ validation items, then checked on the test items, for each trained stage.
 
 A team that lets the model answer alone the messages it is sure of wants those answers right at
 least A of the time. :func:`~.review.review_target` finds the confidence down to which that held,
-by the exact 95% CI's lower end, thresholds tried from the most confident down until one falls
-short. Here it is chosen on the validation items (held out of both training stages) and the test
-items say what it does on records it did not see: how many the stage answers alone there, and
-how often rightly.
+by the exact 95% CI's lower end, thresholds tried downward from the one that keeps a quarter of
+the records until one falls short. Here it is chosen on the validation items (held out of both
+training stages) and the test items say what it does on records it did not see: how many the
+stage answers alone there, and how often rightly.
 
 The validation answers are the ones that chose the DPO weights (``dpo/train/val_answers.jsonl``:
 step 0 is the SFT model's, the chosen step the SFT+DPO stage's); their confidence is the stage's
@@ -103,8 +103,9 @@ def validated_lines(stages: dict[str, dict | None]) -> list[str]:
     target, n_val = first["target"], first["n_records"]
     lines = [f"Review threshold for answers right at least {target:g} of the time (`--set review_target={target:g}`): "
              f"the calibrated confidence down to which the {n_val} validation items a stage answered alone were "
-             "right that often, by the exact 95% CI's lower end, thresholds tried from the most confident down "
-             "until one falls short (so the choice does not flatter these items), then the test items it would "
+             "right that often, by the exact 95% CI's lower end, thresholds tried downward from the one that keeps "
+             "a quarter of them until one falls short (so the choice does not flatter these items), then the test "
+             "items it would "
              "answer alone from there "
              "(`prefopt predict --calibration STAGE --review-below THRESHOLD` sends the others to a person). Chosen "
              "on the validation items, it is checked on records it did not see; the base model answered none of "
@@ -170,8 +171,8 @@ def _chosen(found: dict | None) -> str:
     best = v.get("best")
     if best is None:
         return "none"
-    if best["n"] < v.get("fewest", 0):
-        return f"none (at most {best['n']} of {v['n_records']} answered alone; it takes {v['fewest']})"
+    if best["n"] < v.get("first", 0):
+        return f"none (at most {best['n']} of {v['n_records']} answered alone; the search starts at {v['first']})"
     return f"none (stopped at {best['threshold']:g}: {best['n']} of {v['n_records']}, {_right(best)}{_lower(best)})"
 
 

@@ -169,7 +169,7 @@ def test_the_target_search_tries_thresholds_from_the_most_confident_down_and_sto
     assert (fewest(0.2), fewest(0.5), fewest(0.9)) == (3, 6, 36)
     assert not reaches(3, 4, 0.2) and reaches(4, 5, 0.2) and reaches(5, 6, 0.2) and reaches(3, 3, 0.2)
     found = review_target(task, records, preds, sure, 0.2)
-    assert found == {"target": 0.2, "n_records": 7, "fewest": 3, "threshold": 0.9, "n": 3, "kept": 3 / 7,
+    assert found == {"target": 0.2, "n_records": 7, "fewest": 3, "first": 3, "threshold": 0.9, "n": 3, "kept": 3 / 7,
                      "right": 1.0, "ci": list(wilson_interval(3, 3)), "lower": pytest.approx(0.025 ** (1 / 3)),
                      "stopped": {"threshold": 0.85, "n": 4, "kept": 4 / 7, "right": 0.75,
                                  "ci": list(wilson_interval(3, 4)), "lower": exact_lower(3, 4)}}
@@ -177,7 +177,8 @@ def test_the_target_search_tries_thresholds_from_the_most_confident_down_and_sto
     lo4, hi4 = wilson_interval(3, 4)
     assert target_line(found) == (
         "the records answered alone were right at least 0.2 of the time (the exact 95% CI's lower end, thresholds "
-        "tried from the most confident down until one falls short) from confidence 0.9 up: review below 0.9 (3 of 7 "
+        "tried downward from the one that keeps 3 records until one falls short) from confidence 0.9 up: review below "
+        "0.9 (3 of 7 "
         f"answered alone, 1.000 right [{lo:.3f}, {hi:.3f}], exact lower end {0.025 ** (1 / 3):.3f}; below it, from "
         f"0.85 up: 4 of 7 answered alone, 0.750 right [{lo4:.3f}, {hi4:.3f}], exact lower end {exact_lower(3, 4):.3f}"
         "); check it on other records too: eval --confidence --review-below 0.9")
@@ -186,13 +187,18 @@ def test_the_target_search_tries_thresholds_from_the_most_confident_down_and_sto
     assert none["threshold"] is None and (none["best"]["threshold"], none["best"]["n"]) == (0.75, 6)
     lo6, hi6 = wilson_interval(5, 6)
     assert target_line(none).endswith(
-        "on these 7 records; the first threshold that kept the 6 records it takes, 0.75: 6 of 7 answered alone, "
+        "on these 7 records; the first threshold tried, 0.75: 6 of 7 answered alone, "
         f"0.833 right [{lo6:.3f}, {hi6:.3f}], exact lower end {exact_lower(5, 6):.3f}; more labelled records narrow "
         "the CI")
     # at 0.9 it takes 36 and no threshold keeps so many: the one that keeps the most is named
     few = review_target(task, records, preds, sure, 0.9)
-    assert few["threshold"] is None and few["best"]["threshold"] == 0.75 and few["fewest"] == 36
-    assert "; it takes 36 answered alone, all right, and at most 6 were (from 0.75 up: 6 of 7" in target_line(few)
+    assert few["threshold"] is None and few["best"]["threshold"] == 0.75 and few["fewest"] == few["first"] == 36
+    assert ("; the search starts where 36 are answered alone (the fewest that, all right, reach 0.9) and at most 6 "
+            "were (from 0.75 up: 6 of 7") in target_line(few)
+    # six of each (42 records): it starts where a quarter, 11, are kept (0.95: 12 of 12 right) and goes down to
+    # 0.75 (30 of 36), 0.85's wrong answers six among 24 now
+    many = review_target(task, records * 6, preds * 6, sure * 6, 0.2)
+    assert (many["first"], many["threshold"], many["n"], many["right"], many["stopped"]) == (11, 0.75, 36, 30 / 36, None)
     nothing = review_target(task, records[6:], preds[6:], sure[6:], 0.5)  # no record named every label
     assert nothing["best"] is None and target_line(nothing).endswith("on these 1 records; more labelled records "
                                                                       "narrow the CI")
@@ -258,17 +264,18 @@ def test_the_target_search_counts_as_a_threshold_by_threshold_count_would():
         right = [p["staff"] == "nurse" for p in preds]
         for target in (0.3, 0.45, 0.6, 0.8, 0.99):
             need = next(k for k in range(1, 10_000) if target ** k <= 0.025)
+            first = max(need, 75)  # (a quarter of the 300 records)
             passed = halt = None
             for t in sorted({x for x in least if x is not None and 0 < x < 1}, reverse=True):
                 kept = [i for i, x in enumerate(least) if x is not None and x >= t]
-                if len(kept) < need:
+                if len(kept) < first:
                     continue
                 if binom.sf(sum(right[i] for i in kept) - 1, len(kept), target) > 0.025:
                     halt = (t, len(kept))
                     break
                 passed = (t, len(kept))
             found = review_target(task, records, preds, sure, target)
-            assert found["fewest"] == need
+            assert (found["fewest"], found["first"]) == (need, first)
             if passed:
                 found_some += 1
                 assert (found["threshold"], found["n"]) == passed
@@ -366,7 +373,7 @@ def test_compares_validated_threshold_is_read_off_the_validation_answers_of_each
     assert f"| SFT+DPO | {stopped} | — |" in lines
     assert not any(line.startswith("| base") for line in lines)
     few = validated_review(task, val, test, tmp_path, "sft", rows, 0.9)  # it takes 36
-    assert "| SFT | none (at most 6 of 6 answered alone; it takes 36) | — |" in validated_lines({"SFT": few})
+    assert "| SFT | none (at most 6 of 6 answered alone; the search starts at 36) | — |" in validated_lines({"SFT": few})
     # seeds.md lists each seed's, the SFT+DPO stage that is the SFT model said so
     table = seeds_lines([{"seed": 0, "review_validated": {"sft": sft, "dpo": dpo}},
                          {"seed": 1, "dpo_is_sft": True, "review_validated": {"sft": sft, "dpo": sft}},
