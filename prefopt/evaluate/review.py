@@ -120,10 +120,13 @@ def target_line(found: dict) -> str:
                 f"({_figures(found, n_records)}{below}); check it on other records too: eval --confidence "
                 f"--review-below {t:g}")
     best, first = found.get("best"), found["first"]
-    near = ("" if best is None else
-            f"; the first threshold tried, {best['threshold']:g}: {_figures(best, n_records)}" if best["n"] >= first else
-            f"; the search starts where {first} are answered alone ({_start(found)}) and at most {best['n']} were "
-            f"(from {best['threshold']:g} up: {_figures(best, n_records)})")
+    if best is None:
+        near = ""
+    elif best["n"] >= first:
+        near = f"; the first threshold tried, {best['threshold']:g}: {_figures(best, n_records)}"
+    else:
+        near = (f"; the search starts where {first} are answered alone ({_start(found)}) and at most {best['n']} "
+                f"were (from {best['threshold']:g} up: {_figures(best, n_records)})")
     return f"at no threshold were the records answered alone {goal} on these {n_records} records{near}; more " \
            "labelled records narrow the CI"
 
