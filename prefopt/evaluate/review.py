@@ -26,6 +26,7 @@ DIGITS = 4  # a confidence as predict's confidence_<field> column holds it, and 
 PAST_CONTEXT = "past the model's context"  # a review reason: the record's prompt ran past it
 TAIL = 0.025  # review_target's test: one side of a 95% CI
 START = 0.25  # review_target's search starts where this share of the records is kept
+COUNTED = 2000  # records_needed counts up one by one to here
 
 
 def check_threshold(value: float, flag: str = "--review-below") -> None:
@@ -80,7 +81,8 @@ def review_target(task, records, preds: list[dict], sure: list[dict], target: fl
     out = {"target": target, "n_records": len(records), "fewest": need, "first": first}
     if passed is not None:
         return out | _exact(passed) | {"stopped": stopped and _exact(stopped)}
-    return out | {"threshold": None, "best": _exact(stopped or (rows[-1] if rows else None))}
+    best = _exact(stopped or (rows[-1] if rows else None))
+    return out | {"threshold": None, "best": best, "needed": best and records_needed(best["right"], target)}
 
 
 def fewest(target: float) -> int:
@@ -90,6 +92,30 @@ def fewest(target: float) -> int:
     while not reaches(n, n, target):
         n += 1
     return n
+
+
+def records_needed(share: float, target: float, most: int = 1_000_000) -> int | None:
+    """About how many records kept, right ``share`` of the time, it takes to show ``target`` by
+    :func:`reaches` (``share`` of them right, rounded down): the fewest, counted up one by one to
+    :data:`COUNTED` (the share rounded, a few more may fail again), then found by halving; None
+    where ``share`` is not above ``target`` (no count would) or it takes more than ``most``."""
+    if share <= target:
+        return None
+
+    def shown(n: int) -> bool:
+        return reaches(math.floor(share * n + 1e-9), n, target)
+
+    if (n := next((n for n in range(1, COUNTED + 1) if shown(n)), None)) is not None:
+        return n
+    lo, hi = COUNTED, 2 * COUNTED
+    while not shown(hi):
+        if hi > most:
+            return None
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if shown(mid) else (mid, hi)
+    return hi
 
 
 def reaches(right: int, n: int, target: float) -> bool:
@@ -127,8 +153,27 @@ def target_line(found: dict) -> str:
     else:
         near = (f"; the search starts where {first} are answered alone ({_start(found)}) and at most {best['n']} "
                 f"were (from {best['threshold']:g} up: {_figures(best, n_records)})")
-    return f"at no threshold were the records answered alone {goal} on these {n_records} records{near}; more " \
-           "labelled records narrow the CI"
+    return f"at no threshold were the records answered alone {goal} on these {n_records} records{near}" + (
+        f"; {more}" if (more := needed_text(found)) else "; more labelled records narrow the CI")
+
+
+def needed_text(found: dict) -> str:
+    """Where :func:`review_target` reached no threshold: how many records like these it would take
+    to show its target at the share right where the search stopped (its ``"needed"``), in words;
+    "" where it did not say (a file from before 2026-12-07, or no row)."""
+    best, needed = found.get("best"), found.get("needed")
+    if best is None or "needed" not in found:
+        return ""
+    if needed is None:
+        return f"right {best['right']:.3f} of the time there, more records would not show {found['target']:g}"
+    return (f"at the {best['right']:.3f} right there, about {needed} answered alone would show {found['target']:g}: "
+            f"some {items_needed(found)} records like these")
+
+
+def items_needed(found: dict) -> int | None:
+    """:func:`review_target`'s ``"needed"`` as records in all (kept at the share its row kept)."""
+    best, needed = found.get("best"), found.get("needed")
+    return math.ceil(needed * found["n_records"] / best["n"]) if best and needed else None
 
 
 def _start(found: dict) -> str:

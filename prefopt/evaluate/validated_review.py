@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..fileio import json_records, read_json
 from .confidence import chosen
-from .review import review_table, review_target
+from .review import items_needed, review_table, review_target
 from .runner import read_answers
 from .selection import SFT_WEIGHTS, VAL_ANSWERS, dpo_weights
 from .stage_confidence import VAL_PROBABILITIES
@@ -171,9 +171,10 @@ def _chosen(found: dict | None) -> str:
     best = v.get("best")
     if best is None:
         return "none"
+    more = f"; about {n} items like these would show it" if (n := items_needed(v)) else ""
     if best["n"] < v.get("first", 0):
-        return f"none (at most {best['n']} of {v['n_records']} answered alone; the search starts at {v['first']})"
-    return f"none (stopped at {best['threshold']:g}: {best['n']} of {v['n_records']}, {_right(best)}{_lower(best)})"
+        return f"none (at most {best['n']} of {v['n_records']} answered alone; the search starts at {v['first']}{more})"
+    return f"none (stopped at {best['threshold']:g}: {best['n']} of {v['n_records']}, {_right(best)}{_lower(best)}{more})"
 
 
 def _lower(row: dict) -> str:

@@ -11,6 +11,7 @@ from prefopt.evaluate.review import (
     fewest,
     mark_review,
     reaches,
+    records_needed,
     review_lines,
     review_report_lines,
     review_table,
@@ -188,13 +189,15 @@ def test_the_target_search_tries_thresholds_from_the_most_confident_down_and_sto
     lo6, hi6 = wilson_interval(5, 6)
     assert target_line(none).endswith(
         "on these 7 records; the first threshold tried, 0.75: 6 of 7 answered alone, "
-        f"0.833 right [{lo6:.3f}, {hi6:.3f}], exact lower end {exact_lower(5, 6):.3f}; more labelled records narrow "
-        "the CI")
+        f"0.833 right [{lo6:.3f}, {hi6:.3f}], exact lower end {exact_lower(5, 6):.3f}; at the 0.833 right there, "
+        "about 12 answered alone would show 0.5: some 14 records like these")  # (10 of 12: P = 79 / 4096 = 0.019;
+    assert not reaches(9, 11, 0.5) and reaches(10, 12, 0.5)  # 9 of 11: 67 / 2048 = 0.033; 14 = 12 * 7 / 6, up)
     # at 0.9 it takes 36 and no threshold keeps so many: the one that keeps the most is named
     few = review_target(task, records, preds, sure, 0.9)
     assert few["threshold"] is None and few["best"]["threshold"] == 0.75 and few["fewest"] == few["first"] == 36
     assert ("; the search starts where 36 are answered alone (the fewest that, all right, reach 0.9) and at most 6 "
             "were (from 0.75 up: 6 of 7") in target_line(few)
+    assert target_line(few).endswith("; right 0.833 of the time there, more records would not show 0.9")
     # six of each (42 records): it starts where a quarter, 11, are kept (0.95: 12 of 12 right) and goes down to
     # 0.75 (30 of 36), 0.85's wrong answers six among 24 now
     many = review_target(task, records * 6, preds * 6, sure * 6, 0.2)
@@ -203,6 +206,18 @@ def test_the_target_search_tries_thresholds_from_the_most_confident_down_and_sto
     nothing = review_target(task, records[6:], preds[6:], sure[6:], 0.5)  # no record named every label
     assert nothing["best"] is None and target_line(nothing).endswith("on these 1 records; more labelled records "
                                                                       "narrow the CI")
+
+
+def test_the_records_needed_are_about_the_fewest_at_which_that_share_right_would_show_the_target():
+    """records_needed against counting up one by one (to 2000, then halving: where the fewest is
+    larger, the count it finds shows the target and the one before it does not)."""
+    for share, target in ((0.6, 0.5), (2 / 3, 0.5), (0.9, 0.8), (0.95, 0.9), (0.55, 0.5), (1.0, 0.9)):
+        assert records_needed(share, target) == next(n for n in range(1, 3000) if reaches(int(share * n + 1e-9), n, target))
+    far = records_needed(0.52, 0.5)  # (some 2400)
+    assert far > 2000 and reaches(int(0.52 * far), far, 0.5) and not reaches(int(0.52 * (far - 1)), far - 1, 0.5)
+    assert records_needed(0.5, 0.5) is None and records_needed(0.4, 0.5) is None
+    assert records_needed(0.5001, 0.5, most=10_000) is None  # (more than it looks for)
+    assert records_needed(1.0, 0.9) == fewest(0.9) == 36
 
 
 def test_eval_review_target_is_read_off_its_own_predictions_and_refused_where_it_cannot_be(tiny_model, tmp_path,
@@ -377,6 +392,11 @@ def test_compares_validated_threshold_is_read_off_the_validation_answers_of_each
     few = validated_review(task, val, test, tmp_path, "sft", rows, 0.9)  # it takes 36
     short = "| SFT | none (at most 6 of 6 answered alone; the search starts at 36) | — |"
     assert short in validated_lines({"SFT": few})
+    near = validated_review(task, val, test, tmp_path, "sft", rows, 0.7)  # it takes 11; 5 of 6 right would show it
+    need = records_needed(5 / 6, 0.7)  # (at 5 of 6 right, so many kept: all 6 records kept, so as many items)
+    assert near["validation"]["needed"] == need and need > 11
+    assert (f"| SFT | none (at most 6 of 6 answered alone; the search starts at 11; about {need} items like these "
+            "would show it) | — |") in validated_lines({"SFT": near})
     # seeds.md lists each seed's, the SFT+DPO stage that is the SFT model said so
     table = seeds_lines([{"seed": 0, "review_validated": {"sft": sft, "dpo": dpo}},
                          {"seed": 1, "dpo_is_sft": True, "review_validated": {"sft": sft, "dpo": sft}},
