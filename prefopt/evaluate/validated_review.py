@@ -174,7 +174,8 @@ def _chosen(found: dict | None) -> str:
     more = f"; about {n} items like these would show it" if (n := items_needed(v)) else ""
     if best["n"] < v.get("first", 0):
         return f"none (at most {best['n']} of {v['n_records']} answered alone; the search starts at {v['first']}{more})"
-    return f"none (stopped at {best['threshold']:g}: {best['n']} of {v['n_records']}, {_right(best)}{_lower(best)}{more})"
+    return (f"none (stopped at {best['threshold']:g}: {best['n']} of {v['n_records']}, {_right(best)}{_lower(best)}"
+            f"{more})")
 
 
 def _lower(row: dict) -> str:

@@ -212,7 +212,8 @@ def test_the_records_needed_are_about_the_fewest_at_which_that_share_right_would
     """records_needed against counting up one by one (to 2000, then halving: where the fewest is
     larger, the count it finds shows the target and the one before it does not)."""
     for share, target in ((0.6, 0.5), (2 / 3, 0.5), (0.9, 0.8), (0.95, 0.9), (0.55, 0.5), (1.0, 0.9)):
-        assert records_needed(share, target) == next(n for n in range(1, 3000) if reaches(int(share * n + 1e-9), n, target))
+        counted = next(n for n in range(1, 3000) if reaches(int(share * n + 1e-9), n, target))
+        assert records_needed(share, target) == counted, (share, target)
     far = records_needed(0.52, 0.5)  # (some 2400)
     assert far > 2000 and reaches(int(0.52 * far), far, 0.5) and not reaches(int(0.52 * (far - 1)), far - 1, 0.5)
     assert records_needed(0.5, 0.5) is None and records_needed(0.4, 0.5) is None
