@@ -1,7 +1,7 @@
 """Which answers a person should check: a confidence threshold below which a record goes to review.
 
 A triage team that lets the model sort messages wants it to answer alone only where it is
-likely right. ``prefopt eval --confidence`` says, for each threshold in :data:`THRESHOLDS`, what
+likely right. ``prefopt eval --confidence`` says, for each threshold of :func:`thresholds`, what
 share of the records the model would answer alone (every field's predicted label at or above the
 threshold) and how often those answers were right (:func:`review_table`); ``prefopt predict
 --review-below P`` then marks each new record whose answer falls below ``P`` in any field, or
@@ -21,6 +21,7 @@ from collections.abc import Collection
 from .stats import binomial_at_least, exact_lower, wilson_interval
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+LOWER = (0.2, 0.3, 0.4)  # rows below 0.5, where a field's labels are more than two (its answer may be less sure)
 COLUMN = "review"
 DIGITS = 4  # a confidence as predict's confidence_<field> column holds it, and the table compares it
 PAST_CONTEXT = "past the model's context"  # a review reason: the record's prompt ran past it
@@ -188,8 +189,16 @@ def _figures(row: dict, n_records: int) -> str:
             f"{row['ci'][1]:.3f}], exact lower end {row['lower']:.3f}")
 
 
+def thresholds(task) -> tuple[float, ...]:
+    """The thresholds :func:`review_table` reports for ``task``: :data:`THRESHOLDS`, after those of
+    :data:`LOWER` above one over the most labels a field has (a field of five labels may give its
+    answer at 0.3; below that share every answer is given, so such a row says nothing new)."""
+    most = max((len(f.labels) for f in task.fields), default=2)
+    return tuple(t for t in LOWER if t > 1 / most) + THRESHOLDS
+
+
 def review_table(task, records, preds: list[dict], sure: list[dict], below: float | None = None) -> dict:
-    """For each threshold of :data:`THRESHOLDS` (and ``below``, a threshold of one's own, in its
+    """For each threshold of :func:`thresholds` (and ``below``, a threshold of one's own, in its
     place among them, where given: eval's ``--review-below``), the records the model would answer
     alone (every field's predicted label given at least that probability, to :data:`DIGITS`
     decimals as predict's column holds it: ``sure``, :func:`~.confidence.chosen`, None where the
@@ -202,7 +211,7 @@ def review_table(task, records, preds: list[dict], sure: list[dict], below: floa
     sure, right = _as_compared(task, records, preds, sure)
     out: dict = {"n": len(records), "records": [], "fields": {k: [] for k in names},
                  **({"review_below": below} if below is not None else {})}
-    for t in sorted({*THRESHOLDS, *([below] if below is not None else [])}):
+    for t in sorted({*thresholds(task), *([below] if below is not None else [])}):
         kept = [i for i, s in enumerate(sure) if all(s[k] is not None and s[k] >= t for k in names)]
         out["records"].append(_row(t, len(kept), len(records), sum(all(right[i].values()) for i in kept)))
         for k in names:
@@ -243,8 +252,8 @@ def review_report_lines(stages: dict[str, dict | None]) -> list[str]:
              "its 95% CI (Wilson's). A threshold read off this table flatters it: choose it on other labelled items "
              "(`prefopt eval --confidence --review-target A` on the validation items) and check it here.", "",
              "| confidence ≥ | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
-    for i, t in enumerate(THRESHOLDS):
-        lines.append(f"| {t:g} | " + " | ".join(_cell(r["records"][i]) for r in stages.values()) + " |")
+    for i, row in enumerate(next(iter(stages.values()))["records"]):  # (the task's thresholds, the same in each)
+        lines.append(f"| {row['threshold']:g} | " + " | ".join(_cell(r["records"][i]) for r in stages.values()) + " |")
     return lines
 
 

@@ -600,7 +600,7 @@ def test_each_stage_is_calibrated_on_the_validation_items_for_predict_to_read(ti
     from prefopt.cli import main
     from prefopt.evaluate.calibration import template_sha256
     from prefopt.evaluate.confidence import answer_logprobs, brier_gaps, chosen, marginals
-    from prefopt.evaluate.review import THRESHOLDS, review_table
+    from prefopt.evaluate.review import review_table, thresholds
     from prefopt.evaluate.temperature import fit_temperature
     from prefopt.fileio import sha256_of
     from prefopt.pretrained import load_model
@@ -665,7 +665,7 @@ def test_each_stage_is_calibrated_on_the_validation_items_for_predict_to_read(ti
             "review at each confidence (every field's predicted label given at least that probability, calibrated by "
             "the temperature each stage fitted on the validation items") in text
     assert "| confidence ≥ | base | SFT | SFT+DPO |" in text
-    for i, t in enumerate(THRESHOLDS):  # a row a threshold, a cell a stage: how many answered alone, how often right
+    for i, t in enumerate(thresholds(task)):  # a row a threshold, a cell a stage: how many alone, how often right
         cells = []
         for key in ("base", "sft", "dpo"):
             r = report["stages"][key]["review"]["records"][i]

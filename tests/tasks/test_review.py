@@ -17,6 +17,7 @@ from prefopt.evaluate.review import (
     review_table,
     review_target,
     target_line,
+    thresholds,
 )
 from prefopt.evaluate.stats import exact_lower, wilson_interval
 from prefopt.tasks import get_task
@@ -40,8 +41,9 @@ def test_the_table_counts_the_records_every_field_of_which_is_sure_enough():
             {"urgency": 0.6, "staff": 0.7}]
     table = review_table(task, records, preds, sure)
     # records kept at t: every field >= t (r2 never: it named no urgency); right: both fields right
-    want = {0.5: (3, 1), 0.6: (3, 1), 0.7: (2, 1), 0.8: (2, 1), 0.9: (1, 0), 0.95: (0, 0), 0.99: (0, 0)}
-    assert [r["threshold"] for r in table["records"]] == list(THRESHOLDS)
+    want = {0.3: (3, 1), 0.4: (3, 1), 0.5: (3, 1), 0.6: (3, 1), 0.7: (2, 1), 0.8: (2, 1), 0.9: (1, 0), 0.95: (0, 0),
+            0.99: (0, 0)}
+    assert [r["threshold"] for r in table["records"]] == [0.3, 0.4, *THRESHOLDS]  # (staff has 4 labels: from 0.3)
     assert table["n"] == 4
     for row in table["records"]:
         kept, right = want[row["threshold"]]
@@ -57,20 +59,23 @@ def test_the_table_counts_the_records_every_field_of_which_is_sure_enough():
     lines = review_lines(table)
     third, none = wilson_interval(1, 3), wilson_interval(0, 1)
     assert lines[0].startswith("records answered alone at each confidence (the others to review: predict "
-                               f"--review-below P): >= 0.5: 3 of 4, 0.333 right [{third[0]:.3f}, {third[1]:.3f}]; "
-                               ">= 0.6: 3 of 4, 0.333 right [")
+                               f"--review-below P): >= 0.3: 3 of 4, 0.333 right [{third[0]:.3f}, {third[1]:.3f}]; "
+                               ">= 0.4: 3 of 4, 0.333 right [")
     assert lines[0].endswith(f">= 0.9: 1 of 4, 0.000 right [0.000, {none[1]:.3f}]; >= 0.95: 0 of 4; >= 0.99: 0 of 4")
-    assert lines[1].startswith("  urgency alone: >= 0.5: 3 of 4, 0.667 right [") and len(lines) == 3
+    assert lines[1].startswith("  urgency alone: >= 0.3: 3 of 4, 0.667 right [") and len(lines) == 3
     own = review_table(task, records, preds, sure, below=0.85)  # a threshold of one's own, in its place
-    assert [r["threshold"] for r in own["records"]] == [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99]
-    assert own["records"][4]["n"] == 2 and own["review_below"] == 0.85  # r0 (its staff exactly .85) and r1
+    assert [r["threshold"] for r in own["records"]] == [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99]
+    assert own["records"][6]["n"] == 2 and own["review_below"] == 0.85  # r0 (its staff exactly .85) and r1
     assert ">= 0.85 (--review-below): " in review_lines(own)[0] and ">= 0.8: " in review_lines(own)[0]
     # a confidence compared as predict's column holds it (4 decimals): 0.69996 is the column's 0.7, kept at 0.7
     edge = review_table(task, records[:1], preds[:1], [{"urgency": 0.95, "staff": 0.69996}])
-    assert [r["n"] for r in edge["records"]][:4] == [1, 1, 1, 0]
+    assert [r["n"] for r in edge["records"]][2:6] == [1, 1, 1, 0]  # (0.5 to 0.8)
     one = review_table(get_task("text_classification", labels="a,b"), [Record("x", "", "a", {"label": "a"})],
                        [{"label": "a"}], [{"label": 0.8}])
     assert len(review_lines(one)) == 1  # one field: no per-field lines
+    assert [r["threshold"] for r in one["records"]] == list(THRESHOLDS)  # (two labels: from 0.5)
+    assert thresholds(get_task("ktas")) == (0.4, *THRESHOLDS)  # (three levels: 0.3 is below one over three)
+    assert thresholds(get_task("text_classification", labels="a,b,c,d,e,f")) == (0.2, 0.3, 0.4, *THRESHOLDS)
 
 
 def test_the_review_column_says_which_field_is_not_sure_enough():
@@ -330,12 +335,15 @@ def test_compares_table_sets_the_stages_side_by_side_by_the_confidence_predict_w
     lines = review_report_lines(reviewed)
     assert "calibrated for SFT, as the model gives it for the others;" in lines[0]
     assert lines[2:4] == ["| confidence ≥ | base | SFT |", "|---|---|---|"]
-    # base at 0.5: r0 (right), r2 (wrong) kept; at 0.8: r2 alone; SFT at 0.5: r0, r1 (right), r2 (wrong); at 0.8: none
+    # at 0.3 both keep all four (r0, r1 right); base at 0.5: r0 (right), r2 (wrong) kept; at 0.8: r2 alone;
+    # SFT at 0.5: r0, r1 (right), r2 (wrong); at 0.8: none
     lo, hi = wilson_interval(1, 2)
     lo3, hi3 = wilson_interval(2, 3)
-    assert lines[4] == f"| 0.5 | 2 (50%): 0.500 [{lo:.3f}, {hi:.3f}] | 3 (75%): 0.667 [{lo3:.3f}, {hi3:.3f}] |"
+    lo4, hi4 = wilson_interval(2, 4)
+    assert lines[4] == f"| 0.3 | 4 (100%): 0.500 [{lo4:.3f}, {hi4:.3f}] | 4 (100%): 0.500 [{lo4:.3f}, {hi4:.3f}] |"
+    assert lines[6] == f"| 0.5 | 2 (50%): 0.500 [{lo:.3f}, {hi:.3f}] | 3 (75%): 0.667 [{lo3:.3f}, {hi3:.3f}] |"
     lo1, hi1 = wilson_interval(0, 1)
-    assert lines[7] == f"| 0.8 | 1 (25%): 0.000 [{lo1:.3f}, {hi1:.3f}] | 0 |"
+    assert lines[9] == f"| 0.8 | 1 (25%): 0.000 [{lo1:.3f}, {hi1:.3f}] | 0 |"
     assert review_report_lines({"base": None}) == []
 
 
