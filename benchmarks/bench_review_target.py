@@ -1,5 +1,5 @@
 """How often a review threshold chosen for "answers right at least A of the time" falls short on
-new records: ``prefopt.evaluate.review.review_target`` (since 2026-12-07: thresholds tried
+new records: ``prefopt.evaluate.target_search.review_target`` (since 2026-12-07: thresholds tried
 downward from the one that keeps a quarter of the records, stopping at the first whose exact 95%
 lower end falls short of A) against the search before it (the lowest threshold whose Wilson 95%
 lower end reached A, among all), on simulated validation sets whose truth is known.
@@ -23,8 +23,8 @@ import time
 
 import numpy as np
 
-from prefopt.evaluate.review import review_target
 from prefopt.evaluate.stats import wilson_interval
+from prefopt.evaluate.target_search import review_target
 from prefopt.tasks import get_task
 from prefopt.tasks.base import Record
 

@@ -77,7 +77,7 @@ def _eval(args) -> int:
     from ..tokenizer import load_tokenizer
     from .calibration import calibration_fit, template_sha256, write_calibration
     from .confidence import SCORING, answer_logprobs, confidence_possible, marginals, scored_answers
-    from .review import review_table, review_target
+    from .review import review_table
     from .runner import (
         DECODING,
         check_prompts,
@@ -92,6 +92,7 @@ def _eval(args) -> int:
         require_chat,
         score,
     )
+    from .target_search import review_target
 
     task = get_task(args.task, **task_options_of(args))
     device, dtype = resolve(args.device, args.dtype)  # a device this machine lacks stops here, before any work
@@ -344,8 +345,9 @@ def _write_and_test(task, records, texts, preds, metrics, extra, against, args, 
     from pathlib import Path
 
     from .confidence import confidence_line
-    from .review import review_lines, target_line
+    from .review import review_lines
     from .runner import keep_earlier, write_results
+    from .target_search import target_line
 
     metrics["evaluated"] = _evaluated(args) | metrics.get("evaluated", {})
     moved = keep_earlier(args.output, ("predictions.jsonl", "metrics.json", "paired.json", "calibration.json"))

@@ -2,7 +2,7 @@
 validation items, then checked on the test items, for each trained stage.
 
 A team that lets the model answer alone the messages it is sure of wants those answers right at
-least A of the time. :func:`~.review.review_target` finds the confidence down to which that held,
+least A of the time. :func:`~.target_search.review_target` finds the confidence down to which that held,
 by the exact 95% CI's lower end, thresholds tried downward from the one that keeps a quarter of
 the records until one falls short. Here it is chosen on the validation items (held out of both
 training stages) and the test items say what it does on records it did not see: how many the
@@ -20,10 +20,11 @@ from pathlib import Path
 
 from ..fileio import json_records, read_json
 from .confidence import chosen
-from .review import items_needed, review_table, review_target
+from .review import review_table
 from .runner import read_answers
 from .selection import SFT_WEIGHTS, VAL_ANSWERS, dpo_weights
 from .stage_confidence import VAL_PROBABILITIES
+from .target_search import items_needed, review_target
 
 
 def check_review_target(s: dict) -> None:
@@ -75,7 +76,7 @@ def validation_probabilities(stage_dir: Path, val: list) -> list[dict] | None:
 def validated_review(task, val: list, test: list, out: Path, stage: str, rows: list[dict], target: float
                      ) -> dict | None:
     """``stage``'s review threshold for ``target`` chosen on the validation items ``val``
-    (:func:`~.review.review_target` on their calibrated confidence: ``"validation"``), and the
+    (:func:`~.target_search.review_target` on their calibrated confidence: ``"validation"``), and the
     test items it keeps there (``rows``, the stage's ``predictions.jsonl``: ``"test"``,
     :func:`~.review.review_table`'s row at that threshold; None where none was reached; and
     how many there are, ``"n_test"``); None where the stage has no validation answers or

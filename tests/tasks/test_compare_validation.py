@@ -743,8 +743,9 @@ def test_a_review_threshold_is_chosen_on_the_validation_items_and_checked_on_the
     row at it is review_table's; report.md has the table. Another target remakes the report
     alone; a target without val or out of (0, 1) is refused before any work."""
     from prefopt.evaluate.confidence import answer_logprobs, chosen, marginals
-    from prefopt.evaluate.review import review_table, review_target
+    from prefopt.evaluate.review import review_table
     from prefopt.evaluate.selection import dpo_weights
+    from prefopt.evaluate.target_search import review_target
     from prefopt.pretrained import load_model
     from prefopt.tasks import get_task
     from prefopt.tokenizer import load_tokenizer
