@@ -604,8 +604,8 @@ def add_commands(sub) -> None:
     e.add_argument("--review-target", type=float, metavar="A", help="with --confidence: the threshold down to "
                    "which the records the model would answer alone were all right at a share whose exact 95%% CI "
                    "starts at A or above (0.95), thresholds tried downward from the one that keeps a quarter of the "
-                   "records until one falls short; "
-                   "read it off validation items and check it on the test items with --review-below")
+                   "records until one falls short; read it off validation items and check it on the test items with "
+                   "--review-below")
     e.add_argument("--calibration", metavar="FILE", help="with --confidence: an eval --fit-temperature's "
                    "calibration.json, or a compare stage's (a run with --set val=N), or its folder, fitted with this "
                    "model and adapter: the label probabilities scaled by its temperature")

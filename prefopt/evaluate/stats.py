@@ -13,8 +13,9 @@
 - :func:`wilson_interval`: a proportion's 95% CI (the share of kept answers that were right),
   Wilson's score interval, which stays inside [0, 1] and is not a point at 0 or n of n.
 - :func:`binomial_at_least`, :func:`exact_lower`: a binomial's upper tail, exact, and Clopper and
-  Pearson's exact interval's lower end (a review threshold's test: :func:`~.target_search.review_target`),
-  by the regularized incomplete beta function (:func:`beta_cdf`, a continued fraction).
+  Pearson's exact interval's lower end (a review threshold's test:
+  :func:`~.target_search.review_target`), by the regularized incomplete beta function
+  (:func:`beta_cdf`, a continued fraction).
 
 All are checked against independent implementations in the tests (scipy, statsmodels; the best-of
 test against the ``arch`` package's SPA, its "consistent" p-value); none is needed at run time.

@@ -2,11 +2,11 @@
 validation items, then checked on the test items, for each trained stage.
 
 A team that lets the model answer alone the messages it is sure of wants those answers right at
-least A of the time. :func:`~.target_search.review_target` finds the confidence down to which that held,
-by the exact 95% CI's lower end, thresholds tried downward from the one that keeps a quarter of
-the records until one falls short. Here it is chosen on the validation items (held out of both
-training stages) and the test items say what it does on records it did not see: how many the
-stage answers alone there, and how often rightly.
+least A of the time. :func:`~.target_search.review_target` finds the confidence down to which
+that held, by the exact 95% CI's lower end, thresholds tried downward from the one that keeps a
+quarter of the records until one falls short. Here it is chosen on the validation items (held
+out of both training stages) and the test items say what it does on records it did not see: how
+many the stage answers alone there, and how often rightly.
 
 The validation answers are the ones that chose the DPO weights (``dpo/train/val_answers.jsonl``:
 step 0 is the SFT model's, the chosen step the SFT+DPO stage's); their confidence is the stage's
@@ -76,8 +76,8 @@ def validation_probabilities(stage_dir: Path, val: list) -> list[dict] | None:
 def validated_review(task, val: list, test: list, out: Path, stage: str, rows: list[dict], target: float
                      ) -> dict | None:
     """``stage``'s review threshold for ``target`` chosen on the validation items ``val``
-    (:func:`~.target_search.review_target` on their calibrated confidence: ``"validation"``), and the
-    test items it keeps there (``rows``, the stage's ``predictions.jsonl``: ``"test"``,
+    (:func:`~.target_search.review_target` on their calibrated confidence: ``"validation"``), and
+    the test items it keeps there (``rows``, the stage's ``predictions.jsonl``: ``"test"``,
     :func:`~.review.review_table`'s row at that threshold; None where none was reached; and
     how many there are, ``"n_test"``); None where the stage has no validation answers or
     calibrated confidence (the base model)."""
@@ -106,8 +106,7 @@ def validated_lines(stages: dict[str, dict | None]) -> list[str]:
              f"the calibrated confidence down to which the {n_val} validation items a stage answered alone were "
              "right that often, by the exact 95% CI's lower end, thresholds tried downward from the one that keeps "
              "a quarter of them until one falls short (so the choice does not flatter these items), then the test "
-             "items it would "
-             "answer alone from there "
+             "items it would answer alone from there "
              "(`prefopt predict --calibration STAGE --review-below THRESHOLD` sends the others to a person). Chosen "
              "on the validation items, it is checked on records it did not see; the base model answered none of "
              "them.", "",
@@ -172,8 +171,10 @@ def _chosen(found: dict | None) -> str:
     best = v.get("best")
     if best is None:
         return "none"
+    if "first" not in v:  # (a report from before 2026-12-07: the threshold whose CI started highest)
+        return f"none (nearest {best['threshold']:g}: {best['n']} of {v['n_records']}, {_right(best)})"
     more = f"; about {n} items like these would show it" if (n := items_needed(v)) else ""
-    if best["n"] < v.get("first", 0):
+    if best["n"] < v["first"]:
         return f"none (at most {best['n']} of {v['n_records']} answered alone; the search starts at {v['first']}{more})"
     return (f"none (stopped at {best['threshold']:g}: {best['n']} of {v['n_records']}, {_right(best)}{_lower(best)}"
             f"{more})")

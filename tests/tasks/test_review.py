@@ -237,6 +237,15 @@ def test_compares_validated_threshold_is_read_off_the_validation_answers_of_each
     assert f"| SFT+DPO | {stopped} | — |" in lines
     assert not any(line.startswith("| base") for line in lines)
     few = validated_review(task, val, test, tmp_path, "sft", rows, 0.9)  # it takes 36
+    # a report from before 2026-12-07 (no exact lower end, no "first"): its cells as it meant them
+    old_row = {k: v for k, v in dpo["validation"]["best"].items() if k != "lower"}
+    old = {"validation": {"target": 0.4, "n_records": 6, "threshold": None, "best": old_row}, "test": None, "n_test": 4}
+    was = {"validation": {"target": 0.4, "n_records": 6, **{k: v for k, v in sft["validation"].items()
+                                                            if k not in ("lower", "first", "fewest", "stopped")}},
+           "test": sft["test"], "n_test": 4}
+    assert validated_lines({"SFT": was, "SFT+DPO": old})[-2:] == [
+        f"| SFT | 0.55 (5 of 6, 1.000 [{lo:.3f}, {hi:.3f}]) | {kept} |",
+        f"| SFT+DPO | none (nearest 0.55: 5 of 6, 0.000 [0.000, {wilson_interval(0, 5)[1]:.3f}]) | — |"]
     short = "| SFT | none (at most 6 of 6 answered alone; the search starts at 36) | — |"
     assert short in validated_lines({"SFT": few})
     near = validated_review(task, val, test, tmp_path, "sft", rows, 0.7)  # it takes 11; 5 of 6 right would show it
