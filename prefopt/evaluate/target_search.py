@@ -28,11 +28,11 @@ def review_target(task, records, preds: list[dict], sure: list[dict], target: fl
     Learn then Test, 2021). The thresholds that tell these records apart (each record's least
     confident field, within (0, 1) as ``--review-below`` takes it; records kept: every field's
     label at least that probability, to :data:`~.review.DIGITS` decimals, as
-    :func:`~.review.review_table` counts them) are tried from the one that keeps :data:`START` of the records (or the :func:`fewest`
-    it takes to reach ``target`` even all right, where more) down, and the search stops at the
-    first whose records kept, all fields right, do not reach ``target`` by the exact 95% CI's
-    lower end (:func:`~.stats.exact_lower`: :func:`reaches`); the threshold is the last one
-    passed. Tried so, in an order fixed before any answer is looked at, the chance that a
+    :func:`~.review.review_table` counts them) are tried from the one that keeps :data:`START` of
+    the records (or the :func:`fewest` it takes to reach ``target`` even all right, where more)
+    down, and the search stops at the first whose records kept, all fields right, do not reach
+    ``target`` by the exact 95% CI's lower end (:func:`~.stats.exact_lower`: :func:`reaches`); the
+    threshold is the last one passed. Tried so, in an order fixed before any answer is looked at, the chance that a
     threshold so chosen is right less than ``target`` of the time on records drawn like these
     stays about 2.5%, however many were tried; the lowest of all that reach it would not
     (``benchmarks/bench_review_target.py``). The higher thresholds are left out: each record
@@ -45,7 +45,8 @@ def review_target(task, records, preds: list[dict], sure: list[dict], target: fl
     ``"ci"``, Wilson's, as the table's) with ``"lower"`` (the exact lower end) and ``"stopped"``
     (the row the search stopped at, None where none failed)``}``; where none was reached,
     ``"best"``: the row it stopped at, or where no threshold kept enough records, the one that kept
-    the most (None where no record named every label)."""
+    the most (None where no record named every label), and ``"needed"`` (:func:`records_needed`
+    at its share right)."""
     sure, right = as_compared(task, records, preds, sure)
     least = [None if None in s.values() else min(s.values()) for s in sure]
     surest = sorted(((x, all(ok.values())) for x, ok in zip(least, right) if x is not None), reverse=True)
@@ -148,6 +149,8 @@ def needed_text(found: dict) -> str:
     best, needed = found.get("best"), found.get("needed")
     if best is None or "needed" not in found:
         return ""
+    if needed is None and best["right"] > found["target"]:  # (records_needed looked no further)
+        return f"at the {best['right']:.3f} right there, over a million answered alone would show {found['target']:g}"
     if needed is None:
         return f"right {best['right']:.3f} of the time there, more records would not show {found['target']:g}"
     return (f"at the {best['right']:.3f} right there, about {needed} answered alone would show {found['target']:g}: "

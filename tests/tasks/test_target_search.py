@@ -61,6 +61,8 @@ def test_the_target_search_tries_thresholds_from_the_most_confident_down_and_sto
     assert ("; the search starts where 36 are answered alone (the fewest that, all right, reach 0.9) and at most 6 "
             "were (from 0.75 up: 6 of 7") in target_line(few)
     assert target_line(few).endswith("; right 0.833 of the time there, more records would not show 0.9")
+    close = few | {"best": few["best"] | {"right": 0.9001}, "needed": None}  # (records_needed looked no further)
+    assert target_line(close).endswith("; at the 0.900 right there, over a million answered alone would show 0.9")
     # six of each (42 records): it starts where a quarter, 11, are kept (0.95: 12 of 12 right) and goes down to
     # 0.75 (30 of 36), 0.85's wrong answers six among 24 now
     many = review_target(task, records * 6, preds * 6, sure * 6, 0.2)
