@@ -85,6 +85,7 @@ from .selection import (
     stage_weights,
     trainer_settings,
 )
+from .target_search import unreachable_line
 
 # a stage stopped by SIGTERM, Ctrl-C or an error is resumed from its checkpoint, or started again, by
 # rerunning the command (:func:`_resumed`); compare has no --resume, --overwrite or --save-every
@@ -517,6 +518,8 @@ def _checked(cfg: CompareConfig, say: Callable[[str], None]) -> _Checked:
     if tested is None:
         _fit_test_size(cfg, s, records, say)
     splits = _split(cfg, records, s, tested, say)
+    if s["review_target"] is not None and (line := unreachable_line(s["review_target"], len(splits["val"]))):
+        say(f"warning: {line}")
     given = None
     if cfg.strategy == "ranked":  # given pairs on held-out items are left out
         kept, left = given_pairs.held_out(Path(cfg.pairs), {"test": splits["test"], "validation": splits["val"]},

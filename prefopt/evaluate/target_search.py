@@ -79,6 +79,18 @@ def fewest(target: float) -> int:
     return n
 
 
+def unreachable_line(target: float, n_val: int) -> str | None:
+    """Where ``n_val`` validation items cannot show ``target`` even were every one answered alone
+    and right (fewer than :func:`fewest`): what to say before a run trains for hours to find no
+    threshold; None where they can."""
+    need = fewest(target)
+    if n_val >= need:
+        return None
+    return (f"review_target {target:g}: it takes at least {need} validation items answered alone, all right, to show "
+            f"{target:g} by the exact 95% CI's lower end, and val holds {n_val}: no review threshold can be chosen "
+            f"(--set val=N of several times {need} would let one be)")
+
+
 def records_needed(share: float, target: float, most: int = 1_000_000) -> int | None:
     """About how many records kept, right ``share`` of the time, it takes to show ``target`` by
     :func:`reaches` (``share`` of them right, rounded down): the fewest, counted up one by one to

@@ -754,6 +754,7 @@ def test_a_review_threshold_is_chosen_on_the_validation_items_and_checked_on_the
     overrides = TINY | {"review_target": 0.05}
     report = run_compare(CompareConfig(task="portal", model=str(tiny_model), output=str(out), n_resamples=100,
                                        overrides=overrides))
+    assert "review_target" not in capsys.readouterr().out  # (0.05 takes 2 validation items: val holds 4)
     task = get_task("portal")
     by_id = {r.id: r for r in task.load()}
     split = json.loads((out / "split.json").read_text())
@@ -796,6 +797,9 @@ def test_a_review_threshold_is_chosen_on_the_validation_items_and_checked_on_the
     log = capsys.readouterr().out
     assert "scored every label" not in log and "Review threshold for answers right at least 0.5 of" in \
         (out / "report.md").read_text()
+    assert ("prefopt compare: warning: review_target 0.5: it takes at least 6 validation items answered alone, all "
+            "right, to show 0.5 by the exact 95% CI's lower end, and val holds 4: no review threshold can be chosen "
+            "(--set val=N of several times 6 would let one be)") in log  # (said as it starts: 0.5 ** 4 > 0.025)
     assert again["stages"]["sft"]["review_validated"]["validation"]["target"] == 0.5
     for bad, why in (({"review_target": 1.0}, "review_target: a probability in (0, 1)"),
                      ({"review_target": 0.9, "val": None, "dpo_eval_every": None}, "review_target needs val"),

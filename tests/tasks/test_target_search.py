@@ -8,7 +8,14 @@ import pytest
 from prefopt.cli import main
 from prefopt.evaluate.confidence import SCORING
 from prefopt.evaluate.stats import exact_lower, wilson_interval
-from prefopt.evaluate.target_search import fewest, reaches, records_needed, review_target, target_line
+from prefopt.evaluate.target_search import (
+    fewest,
+    reaches,
+    records_needed,
+    review_target,
+    target_line,
+    unreachable_line,
+)
 from prefopt.tasks import get_task
 from tests import _formats as formats
 from tests.tasks._portal import portal_records
@@ -169,3 +176,10 @@ def test_the_target_search_counts_as_a_threshold_by_threshold_count_would():
                 best = found["best"]
                 assert found["threshold"] is None and (best["threshold"], best["n"]) == (halt or most)
     assert found_some and stopped  # (both ways taken)
+
+
+def test_a_target_the_validation_items_cannot_reach_even_all_right_is_said_before_a_run():
+    assert unreachable_line(0.5, 60) is None and unreachable_line(0.9, 36) is None  # (36 all right: 0.9 ** 36 < 0.025)
+    line = unreachable_line(0.9, 35)
+    assert line.startswith("review_target 0.9: it takes at least 36 validation items answered alone, all right")
+    assert "val holds 35: no review threshold can be chosen" in line
