@@ -21,8 +21,9 @@ from tests import _formats as formats
 from tests.tasks._portal import portal_records
 
 
-def test_the_target_search_tries_thresholds_from_the_most_confident_down_and_stops_at_the_first_that_falls_short():
-    """Seven records: each one's least sure field and whether both fields were right, by hand. The
+def test_the_target_search_tries_thresholds_downward_and_stops_at_the_first_that_falls_short():
+    """Seven records: each one's least sure field and whether both fields were right, by hand (so
+    few that the search starts where the fewest that could reach the target are kept). The
     candidates are the records' own least confidences (1.0 is none: --review-below cannot take
     it; its record is kept at every threshold); a record that named no label is never answered
     alone. At 0.2 it takes 3 records all right (0.2 ** 3 = 0.008 <= 0.025 < 0.2 ** 2): 0.95 keeps
@@ -49,8 +50,8 @@ def test_the_target_search_tries_thresholds_from_the_most_confident_down_and_sto
     assert target_line(found) == (
         "the records answered alone were right at least 0.2 of the time (the exact 95% CI's lower end, thresholds "
         "tried downward from the one that keeps 3 records until one falls short) from confidence 0.9 up: review below "
-        "0.9 (3 of 7 "
-        f"answered alone, 1.000 right [{lo:.3f}, {hi:.3f}], exact lower end {0.025 ** (1 / 3):.3f}; below it, from "
+        f"0.9 (3 of 7 answered alone, 1.000 right [{lo:.3f}, {hi:.3f}], exact lower end {0.025 ** (1 / 3):.3f}; "
+        "below it, from "
         f"0.85 up: 4 of 7 answered alone, 0.750 right [{lo4:.3f}, {hi4:.3f}], exact lower end {exact_lower(3, 4):.3f}"
         "); check it on other records too: eval --confidence --review-below 0.9")
     # at 0.5 it takes 6: 0.75 keeps 5 of 6 right, P(X >= 5) = 7 / 64 for Binomial(6, 0.5): short
