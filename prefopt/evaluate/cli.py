@@ -193,17 +193,21 @@ def _review_below(args) -> dict:
 
 
 def _check_review(args, task) -> None:
-    """``--review-below`` (and eval's ``--review-target``): a probability, read off the labels'
-    confidence, which the task must have and the command score (predict: before any record is
-    read; eval: before the model loads)."""
+    """``--review-below`` (and eval's ``--review-target``): a probability (``--review-below``'s
+    one per field, where given so: :func:`~.review.resolve_below`, put back in ``args``), read off
+    the labels' confidence, which the task must have and the command score (predict: before any
+    record is read; eval: before the model loads)."""
     from .confidence import scorable
-    from .review import check_threshold
+    from .review import check_threshold, resolve_below
 
+    if args.review_below is not None:  # (one threshold per field where given so: each named field the task's)
+        args.review_below = resolve_below(task, args.review_below)
     for flag, value in (("--review-below", args.review_below),
                         ("--review-target", getattr(args, "review_target", None))):
         if value is None:
             continue
-        check_threshold(value, flag)
+        if flag == "--review-target":
+            check_threshold(value, flag)
         if not args.confidence:
             raise ValueError(f"{flag} reads the confidence --confidence scores: add --confidence"
                              if hasattr(args, "fit_temperature") else  # (eval's; predict scores it unless told not to)
@@ -549,6 +553,7 @@ def task_options_epilog() -> str:
 def add_commands(sub) -> None:
     from ..cli import add_chat_flags
     from ..tasks import TASKS
+    from .review import below_arg
 
     shown = dict(epilog=task_options_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -598,9 +603,9 @@ def add_commands(sub) -> None:
                    "calibrates the label probabilities on these records (held out of training: a run's validation "
                    "items, a later month) and write calibration.json, with its effect cross-fitted (each half scaled "
                    "by the other's fit); predict and eval --calibration divide by it")
-    e.add_argument("--review-below", type=float, metavar="P", help="with --confidence: P among the thresholds "
+    e.add_argument("--review-below", type=below_arg, metavar="P", help="with --confidence: P among the thresholds "
                    "of the table of records the model would answer alone (predict --review-below P's, on labelled "
-                   "records)")
+                   "records); or one per field, as predict takes it (urgency=0.9,staff=0.7), a row of its own")
     e.add_argument("--review-target", type=float, metavar="A", help="with --confidence: the threshold down to "
                    "which the records the model would answer alone were all right at a share whose exact 95%% CI "
                    "starts at A or above (0.95), thresholds tried downward from the one that keeps a quarter of the "
@@ -639,9 +644,10 @@ def add_commands(sub) -> None:
     pr.add_argument("--calibration", metavar="FILE", help="an eval --fit-temperature's calibration.json, or a "
                     "compare stage's (a run with --set val=N), or its folder, fitted with this model and adapter: the "
                     "confidence columns calibrated by its temperature")
-    pr.add_argument("--review-below", type=float, metavar="P", help="a review column: why a record's answer needs "
-                    "a person (a field's label given less than P, or none named), empty where the model is sure "
-                    "enough; read P off eval --confidence's table of records answered alone at each confidence")
+    pr.add_argument("--review-below", type=below_arg, metavar="P", help="a review column: why a record's answer "
+                    "needs a person (a field's label given less than P, or none named), empty where the model is sure "
+                    "enough; read P off eval --confidence's table of records answered alone at each confidence. One "
+                    "per field: urgency=0.9,staff=0.7 (a bare P among them for the fields not named)")
     pr.add_argument("--max-new-tokens", type=positive_int, help="generation cap (default: the task's)")
     add_chat_flags(pr, "prompt")
     add_repeat_flags(pr)

@@ -1,6 +1,8 @@
 """Which answers go to a person: eval --confidence's table of the records the model would answer
 alone at each confidence, and predict --review-below's review column."""
+import argparse
 import json
+import re
 
 import pytest
 
@@ -8,7 +10,9 @@ from prefopt.cli import main
 from prefopt.evaluate.confidence import SCORING
 from prefopt.evaluate.review import (
     THRESHOLDS,
+    below_arg,
     mark_review,
+    resolve_below,
     review_lines,
     review_report_lines,
     review_table,
@@ -71,6 +75,77 @@ def test_the_table_counts_the_records_every_field_of_which_is_sure_enough():
     assert thresholds(get_task("text_classification", labels="a,b,c,d,e,f")) == (0.2, 0.3, 0.4, *THRESHOLDS)
 
 
+def test_a_threshold_per_field_keeps_the_records_each_of_whose_fields_reaches_its_own():
+    """``urgency >= 0.95, staff >= 0.75`` on the four records above, by hand: r0 (0.95, 0.85) and
+    r1 (0.99, 0.92) kept, r2 named no urgency, r3's urgency 0.6; r1's staff is wrong. Each field's
+    own threshold is a row in its place among the field's; the records' own row comes last."""
+    task = get_task("portal")
+    records = portal_records([("urgent", "nurse"), ("routine", "doctor"), ("urgent", "nurse"), ("routine", "nurse")])
+    preds = [{"urgency": "urgent", "staff": "nurse"}, {"urgency": "routine", "staff": "nurse"},
+             {"urgency": None, "staff": "nurse"}, {"urgency": "urgent", "staff": "nurse"}]
+    sure = [{"urgency": 0.95, "staff": 0.85}, {"urgency": 0.99, "staff": 0.92}, {"urgency": None, "staff": 0.99},
+            {"urgency": 0.6, "staff": 0.7}]
+    below = {"urgency": 0.95, "staff": 0.75}
+    table = review_table(task, records, preds, sure, below=below)
+    assert [r["threshold"] for r in table["records"]] == [0.3, 0.4, *THRESHOLDS, below]
+    own = table["records"][-1]
+    assert (own["n"], own["kept"], own["right"], own["ci"]) == (2, 0.5, 0.5, list(wilson_interval(1, 2)))
+    assert table["records"][:-1] == review_table(task, records, preds, sure)["records"]  # the rest as without
+    staff = {r["threshold"]: (r["n"], r["right"]) for r in table["fields"]["staff"]}
+    assert [r["threshold"] for r in table["fields"]["staff"]] == [0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95, 0.99]
+    assert staff[0.75] == (3, pytest.approx(2 / 3))  # r0, r1 (wrong), r2
+    assert [r["threshold"] for r in table["fields"]["urgency"]] == [0.3, 0.4, *THRESHOLDS]  # (0.95 one already)
+    lines = review_lines(table)
+    assert lines[0].endswith("; urgency >= 0.95, staff >= 0.75 (--review-below): 2 of 4, 0.500 right "
+                             f"[{wilson_interval(1, 2)[0]:.3f}, {wilson_interval(1, 2)[1]:.3f}]")
+    assert "(--review-below)" not in lines[0][:-60]  # (no single threshold marked)
+    assert ">= 0.95 (--review-below): 2 of 4, 1.000 right" in lines[1] and lines[1].count("(--review-below)") == 1
+    assert ">= 0.75 (--review-below): 3 of 4, 0.667 right" in lines[2] and lines[2].count("(--review-below)") == 1
+
+
+@pytest.mark.parametrize("text, want", [
+    ("0.9", 0.9),
+    ("urgency=0.9,staff=0.7", {"urgency": 0.9, "staff": 0.7}),
+    ("staff=0.7, urgency=0.9", {"urgency": 0.9, "staff": 0.7}),  # (in the task's order)
+    ("0.7,urgency=0.9", {"urgency": 0.9, "staff": 0.7}),  # a bare P: the fields not named
+    ("urgency=0.8,staff=0.8", 0.8),  # one for all: as a bare one
+    ("0.5,urgency=0.9,staff=0.6", {"urgency": 0.9, "staff": 0.6}),
+])
+def test_review_below_reads_one_threshold_or_one_per_field(text, want):
+    assert resolve_below(get_task("portal"), below_arg(text)) == want
+
+
+def test_a_task_of_one_field_takes_its_threshold_named_or_bare():
+    assert resolve_below(get_task("ktas"), below_arg("urgency=0.9")) == 0.9  # (KTAS's one field)
+    assert resolve_below(get_task("ktas"), below_arg("0.6,urgency=0.9")) == 0.9  # (the bare one unused)
+    with pytest.raises(ValueError, match="^--review-below: ktas has no field 'staff'; its fields: urgency$"):
+        resolve_below(get_task("ktas"), below_arg("staff=0.9"))
+
+
+@pytest.mark.parametrize("text, error", [
+    ("urgency=x", "'urgency=x' in 'urgency=x': expected P or FIELD=P, comma-separated"),
+    ("=0.5", "'=0.5' in '=0.5': a field's name before the '='"),
+    ("urgency=0.9,urgency=0.8", "'urgency=0.9,urgency=0.8' gives urgency two thresholds: give one"),
+    ("0.5,0.6", "'0.5,0.6' gives the fields not named two thresholds"),
+])
+def test_review_below_refuses_a_malformed_list(text, error):
+    with pytest.raises(argparse.ArgumentTypeError, match="^" + re.escape(error)):
+        below_arg(text)
+
+
+@pytest.mark.parametrize("text, error", [
+    ("urgncy=0.9,staff=0.5", "--review-below: portal has no field 'urgncy'; its fields: urgency, staff"),
+    ("urgency=0.9", "--review-below: no threshold for staff (each field needs one"),
+    ("urgency=1.5,staff=0.5", "--review-below urgency=1.5: a probability between 0 and 1"),
+    ("0,urgency=0.5", "--review-below 0: a probability between 0 and 1"),
+    ("1", "--review-below 1: a probability between 0 and 1"),
+])
+def test_review_below_refuses_what_the_task_cannot_take(text, error):
+    with pytest.raises(ValueError) as e:
+        resolve_below(get_task("portal"), below_arg(text))
+    assert str(e.value).startswith(error)
+
+
 def test_the_review_column_says_which_field_is_not_sure_enough():
     task = get_task("portal")
     rows = [{"message": "a", "review": "old", "predicted_urgency": "urgent", "confidence_urgency": 0.95,
@@ -82,6 +157,11 @@ def test_the_review_column_says_which_field_is_not_sure_enough():
     assert list(marked[0]) == ["message", "predicted_urgency", "confidence_urgency", "predicted_staff",
                                "confidence_staff", "review", "model_output", "finished", "record"]
     assert [r["review"] for r in mark_review(task, rows, 0.91)] == ["staff 0.9", "urgency no label; staff 0.62"]
+    # each field its own: urgency below 0.96 (row 1's 0.95), staff below 0.6 (neither)
+    assert [r["review"] for r in mark_review(task, rows, {"urgency": 0.96, "staff": 0.6})] == [
+        "urgency 0.95", "urgency no label"]
+    assert [r["review"] for r in mark_review(task, rows, {"urgency": 0.5, "staff": 0.95})] == [
+        "staff 0.9", "urgency no label; staff 0.62"]
     rows[0]["confidence_staff"] = 0.8996  # (as the table rounds it: shown so, not as 0.90 below 0.9)
     assert mark_review(task, rows, 0.9)[0]["review"] == "staff 0.8996"
 
@@ -133,14 +213,34 @@ def test_eval_writes_the_table_and_predict_marks_the_records_below_a_threshold(t
         assert r["review"] == "; ".join(f"{f} {r[f'confidence_{f}']:g}" for f in low)
     settings = json.loads((tmp_path / "p" / "predict.json").read_text())
     assert settings["review_below"] == below and settings["review"] == sum(bool(r["review"]) for r in made)
+    # one threshold per field: each field's answer below its own is named, and eval counts the records kept
+    each = {f: sorted(r[f"confidence_{f}"] for r in made)[4] for f in ("urgency", "staff")}
+    given = f"staff={each['staff']:g},urgency={each['urgency']:g}"
+    assert main(["predict", *common, "--output", str(tmp_path / "p2"), "--review-below", given]) == 0
+    two = [json.loads(line) for line in (tmp_path / "p2" / "predictions.jsonl").read_text().splitlines()]
+    for r in two:
+        assert r["review"] == "; ".join(f"{f} {r[f'confidence_{f}']:g}" for f in each if r[f"confidence_{f}"] < each[f])
+    assert any(r["review"] for r in two) and not all(r["review"] for r in two)
+    assert json.loads((tmp_path / "p2" / "predict.json").read_text())["review_below"] == each
+    capsys.readouterr()
+    assert main(["eval", *common, "--split", "all", "--output", str(tmp_path / "e2"), "--confidence",
+                 "--review-below", given]) == 0
+    assert f"urgency >= {each['urgency']:g}, staff >= {each['staff']:g} (--review-below): " in capsys.readouterr().out
+    own = json.loads((tmp_path / "e2" / "metrics.json").read_text())["review"]["records"][-1]
+    assert own["threshold"] == each and own["n"] == sum(not r["review"] for r in two)
     summaries = formats.write_jsonl(tmp_path / "meqsum.jsonl", formats.meqsum_rows(2))
     for argv, error in (([*common, "--review-below", "1.5"], "--review-below 1.5: a probability between 0 and 1"),
                         ([*common, "--review-below", "0.9", "--no-confidence"], "--review-below reads the confidence "
                          "columns, which --no-confidence leaves out"),
                         (["--task", "meqsum", "--model", str(tiny_model), "--data", str(summaries), "--review-below",
-                          "0.9"], "--review-below: meqsum answers in free text")):
+                          "0.9"], "--review-below: meqsum answers in free text"),
+                        ([*common, "--review-below", "urgency=0.9,stafff=0.5"], "--review-below: portal has no "
+                         "field 'stafff'; its fields: urgency, staff")):
         assert main(["predict", *argv, "--output", str(tmp_path / "refused")]) == 2, argv
         assert error in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # (its form, as argparse reads it)
+        main(["predict", *common, "--review-below", "urgency:0.9", "--output", str(tmp_path / "refused")])
+    assert e.value.code == 2 and "expected P or FIELD=P, comma-separated" in capsys.readouterr().err
     assert main(["eval", *common[:-2], "--review-below", "0.9", "--output", str(tmp_path / "refused")]) == 2
     assert "--review-below reads the confidence --confidence scores: add --confidence" in capsys.readouterr().err
     assert main(["eval", "--task", "portal", "--data", str(data), "--answers", str(tmp_path / "e"), "--review-below",
