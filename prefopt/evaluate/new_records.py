@@ -15,7 +15,7 @@ from ..data.readers import csv_delimiter
 from ..data.sheet_writer import write_sheet
 from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 from .confidence import chosen, likeliest, probabilities_for
-from .partial import PARTIAL, append_partial, resume, start_partial
+from .partial import append_partial, keep_answers, resume, start_partial
 from .review import DIGITS
 from .runner import predict, reasoning_opened
 
@@ -73,9 +73,14 @@ def predict_in_blocks(model, tok, task, records, out_dir: str | Path, stamp: dic
                       confidence: bool = True, temperature: float = 1.0, **decode) -> list[dict]:
     """:func:`predict_rows` for ``records``, :data:`BLOCK` at a time, each block's rows on disk in
     ``out_dir``'s partial file before the next starts; where a stopped run with the same ``stamp``
-    (:func:`fingerprint`) left one, its rows are kept and the rest answered."""
+    (:func:`fingerprint`) left one, or a finished one its answers, its rows are kept and the rest
+    answered."""
     rows = resume(out_dir, stamp)
-    if rows:
+    if len(rows) == len(records):
+        print(f"prefopt predict: the {len(rows)} records were answered before in {out_dir} by the same model and "
+              "settings: their answers are reused (only the table and the review column are written again)",
+              flush=True)
+    elif rows:
         print(f"prefopt predict: going on from the {len(rows)} of {len(records)} records answered before", flush=True)
     start_partial(out_dir, stamp, rows)
     bar = progress(total=len(records), initial=len(rows), desc="predicting")
@@ -201,11 +206,12 @@ def write_table(path: Path, rows: list[dict], fmt: str, delimiter: str = ",", ti
 
 def write_predictions(out_dir: str | Path, rows: list[dict], fmt: str, delimiter: str, settings: dict) -> Path:
     """``predictions.<fmt>`` and ``predict.json`` (``settings``: what made them) in ``out_dir``,
-    each written atomically, then the partial file removed; returns the table's path."""
+    each written atomically, then the partial file kept as the run's answers (:func:`~.partial.keep_answers`:
+    the same run again reuses them); returns the table's path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"predictions.{fmt}"
     write_table(path, rows, fmt, delimiter, "predictions")
     write_json_atomic(out / "predict.json", settings)
-    (out / PARTIAL).unlink(missing_ok=True)
+    keep_answers(out)
     return path

@@ -1,6 +1,7 @@
 """A long job's rows kept on disk as they are made, so that the same command after a stop goes
 on from them (``prefopt predict``, ``prefopt make-pairs``: ``job``), and the folder held against
-a second run meanwhile."""
+a second run meanwhile. A finished predict keeps its rows too (:func:`keep_answers`): the same
+command again, with only another review threshold or table format, answers nothing again."""
 from __future__ import annotations
 
 import hashlib
@@ -21,6 +22,11 @@ def _files(job: str) -> tuple[str, str]:
 def partial_file(job: str) -> str:
     """A job's partial file name."""
     return _files(job)[1]
+
+
+def answers_file(job: str) -> str:
+    """A finished job's rows, kept under this name (:func:`keep_answers`)."""
+    return f".{job}-answers.jsonl"
 
 
 LOCK, PARTIAL = _files("predict")
@@ -56,9 +62,15 @@ def fingerprint(records, settings: dict) -> dict:
 
 
 def resume(out_dir: str | Path, stamp: dict, job: str = "predict") -> list[dict]:
-    """The rows that a stopped run with the same :func:`fingerprint` left in ``out_dir``'s partial
-    file (all but a last line cut by the stop); [] where there is none, or it is another run's."""
-    path = Path(out_dir) / partial_file(job)
+    """The rows that a run with the same :func:`fingerprint` left in ``out_dir``: a stopped one's
+    in the partial file (all but a last line cut by the stop), or a finished one's, kept
+    (:func:`keep_answers`), whichever holds more; [] where there is none, or only another run's."""
+    found = [_rows(Path(out_dir) / name, stamp) for name in (partial_file(job), answers_file(job))]
+    return max(found, key=len)
+
+
+def _rows(path: Path, stamp: dict) -> list[dict]:
+    """``path``'s rows where its first line is ``stamp``'s, up to a line cut short; else []."""
     if not path.is_file():
         return []
     lines = path.read_text(encoding="utf-8").split("\n")
@@ -74,6 +86,14 @@ def resume(out_dir: str | Path, stamp: dict, job: str = "predict") -> list[dict]
         except json.JSONDecodeError:
             break
     return rows
+
+
+def keep_answers(out_dir: str | Path, job: str = "predict") -> None:
+    """A finished run's partial file kept as its answers (:func:`answers_file`, in place of an
+    earlier run's), for :func:`resume` to read should the same run come again."""
+    partial = Path(out_dir) / partial_file(job)
+    if partial.is_file():
+        partial.replace(Path(out_dir) / answers_file(job))
 
 
 def start_partial(out_dir: str | Path, stamp: dict, rows: list[dict], job: str = "predict") -> None:

@@ -375,7 +375,7 @@ def test_predict_on_a_workbook_writes_a_workbook(tiny_model, tmp_path, capsys, m
             "the table as CSV or JSONL instead (the answers are kept: the same command with --format csv or jsonl "
             "writes them without answering again)") in capsys.readouterr().err
     assert main(argv + ["--format", "csv"]) == 0
-    assert "going on from the 3 of 3 records answered before" in capsys.readouterr().out
+    assert "the 3 records were answered before in " in capsys.readouterr().out
     assert [r["record"] for _, r in read_rows(tmp_path / "p2" / "predictions.csv")] == [r["record"] for r in rows]
 
 
@@ -668,16 +668,16 @@ def test_eval_confidence_agrees_with_predicts(tiny_model, tmp_path, capsys):
 def test_a_stopped_predict_goes_on_from_the_records_it_answered(tiny_model, tmp_path, monkeypatch):
     """Each block's rows reach the partial file before the next block starts; the same command
     after a stop answers only the rest, and its table equals an unstopped run's; another setting
-    starts over; the partial file goes once the table is written."""
+    starts over; the partial file goes once the table is written (kept as the run's answers)."""
     import prefopt.evaluate.new_records as nr
-    from prefopt.evaluate.partial import PARTIAL, start_partial
+    from prefopt.evaluate.partial import PARTIAL, answers_file, start_partial
 
     monkeypatch.setattr(nr, "BLOCK", 2)
     data = _csv(tmp_path / "msgs.csv", [{"message": f"Message {i}: chest pain for {i} hours"} for i in range(5)])
     argv = ["predict", "--task", "portal", "--model", str(tiny_model), "--data", str(data), "--max-new-tokens", "4"]
     assert main(argv + ["--output", str(tmp_path / "whole")]) == 0
     whole = (tmp_path / "whole" / "predictions.csv").read_text()
-    assert not (tmp_path / "whole" / PARTIAL).exists()
+    assert not (tmp_path / "whole" / PARTIAL).exists() and (tmp_path / "whole" / answers_file("predict")).is_file()
 
     answered, real = [], nr.predict_rows
     monkeypatch.setattr(nr, "predict_rows", stop_after_blocks(real, 1))  # a block of two records, then a Ctrl-C
@@ -692,6 +692,7 @@ def test_a_stopped_predict_goes_on_from_the_records_it_answered(tiny_model, tmp_
     assert answered == [f"portal:{i}" for i in range(4, 7)]  # only the last three
     assert (out / "predictions.csv").read_text() == whole and not (out / PARTIAL).exists()
 
+    (out / answers_file("predict")).unlink()  # (this run's: below, only partial files another run's)
     answered.clear()
     start_partial(out, {"max_new_tokens": 99}, [{"record": "x"}])  # another run's answers are not reused
     assert main(argv + ["--output", str(out)]) == 0
@@ -700,17 +701,52 @@ def test_a_stopped_predict_goes_on_from_the_records_it_answered(tiny_model, tmp_
     answered.clear()  # nor are rows of an older column layout, though the run is the same
     stamp = json.loads(partial[0])["fingerprint"]
     assert stamp["row_format"] == nr.ROW_FORMAT
+    (out / answers_file("predict")).unlink()
     start_partial(out, stamp | {"row_format": nr.ROW_FORMAT - 1}, [json.loads(x) for x in partial[1:]])
     assert main(argv + ["--output", str(out)]) == 0
     assert len(answered) == 5
 
     answered.clear()  # nor are confidences scored as an earlier prefopt scored them (before it was recorded)
     assert stamp["confidence"] is True and stamp["confidence_scoring"] == SCORING
+    (out / answers_file("predict")).unlink()
     start_partial(out, {k: v for k, v in stamp.items() if k != "confidence_scoring"},
                   [json.loads(x) for x in partial[1:]])
     assert main(argv + ["--output", str(out)]) == 0
     assert len(answered) == 5
     assert json.loads((out / "predict.json").read_text())["confidence_scoring"] == SCORING
+
+
+def test_predict_again_with_another_threshold_or_format_answers_nothing_again(tiny_model, tmp_path, monkeypatch,
+                                                                              capsys):
+    """A finished run keeps its answers: the same command with another --review-below or
+    --format writes its table from them (the review column renewed, the earlier table moved to
+    earlier/1), answering no record again; another setting answers every one again and its
+    answers take the kept ones' place."""
+    import prefopt.evaluate.new_records as nr
+    from prefopt.evaluate.partial import answers_file
+
+    data = _csv(tmp_path / "msgs.csv", [{"message": f"Message {i}: chest pain for {i} hours"} for i in range(5)])
+    out = tmp_path / "p"
+    argv = ["predict", "--task", "portal", "--model", str(tiny_model), "--data", str(data), "--max-new-tokens", "4",
+            "--output", str(out)]
+    answered, real = [], nr.predict_rows
+    monkeypatch.setattr(nr, "predict_rows", lambda *a, **kw: answered.extend(r.id for r in a[3]) or real(*a, **kw))
+    assert main(argv) == 0 and len(answered) == 5
+    first = list(csv.DictReader((out / "predictions.csv").open()))
+    assert "review" not in first[0]
+    answered.clear()
+    capsys.readouterr()
+    assert main([*argv, "--review-below", "0.99", "--format", "jsonl"]) == 0
+    assert answered == [] and "the 5 records were answered before in" in capsys.readouterr().out
+    again = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["model_output"] for r in again] == [r["model_output"] for r in first]
+    assert [r["likeliest_staff"] for r in again] == [r["likeliest_staff"] for r in first]
+    assert {r["review"] for r in again} == {"urgency no label; staff no label"}  # (the tiny model names none)
+    assert json.loads((out / "predict.json").read_text())["review_below"] == 0.99
+    assert list(csv.DictReader((out / "earlier" / "1" / "predictions.csv").open())) == first
+    assert main([*argv, "--max-new-tokens", "5"]) == 0 and len(answered) == 5  # another setting: answered anew
+    kept = json.loads((out / answers_file("predict")).read_text().splitlines()[0])["fingerprint"]
+    assert kept["max_new_tokens"] == 5
 
 
 @pytest.mark.gpu
