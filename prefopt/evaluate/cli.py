@@ -224,15 +224,15 @@ def _rescore(task, records: list, against: list[dict] | None, args) -> int:
     """``eval --answers DIR``: the answers an earlier evaluation in DIR gave to ``records``, scored
     again by the task (no model loads), written to ``--output`` as an evaluation (each row's other
     fields, such as its confidence, kept) and tested ``--against`` another: two finished runs
-    compared item by item without answering again."""
+    compared item by item without answering again; with ``--review-below`` or ``--review-target``,
+    their table of records answered alone read off the confidence the answers hold."""
     from pathlib import Path
 
     from .runner import DECODING, ROW_KEYS, read_results, score
 
     moot = [f"--{k.replace('_', '-')}" for k in ("model", "adapter", "quantize", "confidence", "max_new_tokens",
                                                   "repetition_penalty", "no_repeat_ngram_size", "repeat_scope",
-                                                  "estimate_memory", "fit_temperature", "calibration", "review_below",
-                                                  "review_target")
+                                                  "estimate_memory", "fit_temperature", "calibration")
             if getattr(args, k, None)]
     if moot:
         raise ValueError(f"--answers {args.answers} scores the answers there, so {', '.join(moot)} would do nothing; "
@@ -245,13 +245,47 @@ def _rescore(task, records: list, against: list[dict] | None, args) -> int:
     preds, metrics = score(task, records, texts, opened=earlier.get("reasoning_opened", False))
     ended = [row.get("ended", True) for row in rows]
     metrics["unfinished"] = 1 - sum(ended) / max(len(ended), 1)
-    kept = (*DECODING, "device", "dtype", "quantized", "chat_date", "chat_vars", "confidence_scoring")
+    kept = (*DECODING, "device", "dtype", "quantized", "chat_date", "chat_vars", "confidence_scoring", "temperature",
+            "calibration")  # (the last three: what the kept confidences are)
     metrics |= {k: earlier[k] for k in kept if k in earlier} | {"answers_from": str(args.answers)}
+    if args.review_below is not None or args.review_target is not None:
+        metrics["review"] = _review_of_answers(task, records, preds, rows, args)
     metrics["evaluated"] = {k: v for k, v in earlier.get("evaluated", {}).items()
                             if k in ("model", "model_sha256", "adapter", "adapter_sha256")}
     extra = {k: [row.get(k) for row in rows] for k in dict.fromkeys(k for row in rows for k in row) if k not in ROW_KEYS}
     print(f"prefopt eval: {args.answers}'s answers to {len(records)} items, scored again", flush=True)
     return _write_and_test(task, records, texts, preds, metrics, extra, against, args, str(args.answers))
+
+
+def _review_of_answers(task, records: list, preds: list[dict], rows: list[dict], args) -> dict:
+    """``eval --answers DIR --review-below P`` (``--review-target A``): the table of records
+    answered alone (:func:`~.review.review_table`) at the confidence DIR's answers hold, as that
+    evaluation scored them (calibrated where it was), so thresholds are tried on a finished
+    evaluation without answering again; refused where DIR's answers hold no confidence, or where
+    the task now reads an answer otherwise than when its confidence was scored."""
+    from .confidence import scorable
+    from .review import check_threshold, resolve_below, review_table
+    from .target_search import review_target
+
+    flag = "--review-below" if args.review_below is not None else "--review-target"
+    if why := scorable(task):
+        raise ValueError(f"{flag}: {why}")
+    if args.review_below is not None:
+        args.review_below = resolve_below(task, args.review_below)
+    if args.review_target is not None:
+        check_threshold(args.review_target, "--review-target")
+    if not all(isinstance(row.get("confidence"), dict) for row in rows):
+        raise ValueError(f"{flag} reads the confidence of the answers in {args.answers}, which hold none (scored "
+                         "without --confidence, or otherwise by an earlier prefopt): evaluate again with --confidence")
+    changed = sum(row.get("prediction") != pred for row, pred in zip(rows, preds))
+    if changed:
+        raise ValueError(f"{flag}: {changed} of {args.answers}'s answers are read otherwise than when their "
+                         "confidence was scored (an older prefopt's): evaluate again with --confidence")
+    sure = [row["confidence"] for row in rows]
+    table = review_table(task, records, preds, sure, args.review_below)
+    if args.review_target is not None:
+        table["target"] = review_target(task, records, preds, sure, args.review_target)
+    return table
 
 
 def _write_and_test(task, records, texts, preds, metrics, extra, against, args, name: str) -> int:
@@ -504,7 +538,8 @@ def add_commands(sub) -> None:
                    "McNemar or Wilcoxon per item); printed and written to paired.json")
     e.add_argument("--answers", metavar="DIR", help="score the answers an earlier evaluation in DIR gave (a compare "
                    "stage's folder) instead of a model's: no model loads; with --against, two finished runs compared "
-                   "item by item without answering again")
+                   "item by item without answering again; with --review-below or --review-target, their records "
+                   "answered alone at the confidence DIR's answers hold (an eval --confidence's)")
     e.add_argument("--n-resamples", type=positive_int, default=2000, help="paired bootstrap resamples (with --against)")
     e.add_argument("--confidence", action="store_true", help="also score every possible answer: each predicted "
                    "label's probability and the likeliest label (predictions.jsonl), and how well they do "
@@ -514,10 +549,12 @@ def add_commands(sub) -> None:
                    "calibrates the label probabilities on these records (held out of training: a run's validation "
                    "items, a later month) and write calibration.json, with its effect cross-fitted (each half scaled "
                    "by the other's fit); predict and eval --calibration divide by it")
-    e.add_argument("--review-below", type=below_arg, metavar="P", help="with --confidence: P among the thresholds "
+    e.add_argument("--review-below", type=below_arg, metavar="P", help="with --confidence (or --answers of an eval "
+                   "with it): P among the thresholds "
                    "of the table of records the model would answer alone (predict --review-below P's, on labelled "
                    "records); or one per field, as predict takes it (urgency=0.9,staff=0.7), a row of its own")
-    e.add_argument("--review-target", type=float, metavar="A", help="with --confidence: the threshold down to "
+    e.add_argument("--review-target", type=float, metavar="A", help="with --confidence (or --answers, as "
+                   "--review-below): the threshold down to "
                    "which the records the model would answer alone were all right at a share whose exact 95%% CI "
                    "starts at A or above (0.95), thresholds tried downward from the one that keeps a quarter of the "
                    "records until one falls short; read it off validation items and check it on the test items with "

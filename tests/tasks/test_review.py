@@ -3,6 +3,7 @@ alone at each confidence, and predict --review-below's review column."""
 import argparse
 import json
 import re
+import shutil
 
 import pytest
 
@@ -19,7 +20,7 @@ from prefopt.evaluate.review import (
     thresholds,
 )
 from prefopt.evaluate.stats import wilson_interval
-from prefopt.evaluate.target_search import records_needed
+from prefopt.evaluate.target_search import records_needed, target_line
 from prefopt.tasks import get_task
 from prefopt.tasks.base import Record
 from tests import _formats as formats
@@ -243,9 +244,32 @@ def test_eval_writes_the_table_and_predict_marks_the_records_below_a_threshold(t
     assert e.value.code == 2 and "expected P or FIELD=P, comma-separated" in capsys.readouterr().err
     assert main(["eval", *common[:-2], "--review-below", "0.9", "--output", str(tmp_path / "refused")]) == 2
     assert "--review-below reads the confidence --confidence scores: add --confidence" in capsys.readouterr().err
-    assert main(["eval", "--task", "portal", "--data", str(data), "--answers", str(tmp_path / "e"), "--review-below",
-                 "0.9", "--output", str(tmp_path / "refused")]) == 2
-    assert "--review-below would do nothing" in capsys.readouterr().err
+    # a finished evaluation's answers: their table at the confidence they hold (no --model: none loads)
+    rescored = ["eval", "--task", "portal", "--data", str(data), "--split", "all", "--answers", str(tmp_path / "e")]
+    assert main([*rescored, "--review-below", "0.55", "--output", str(tmp_path / "r")]) == 0
+    again = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert again["review"] == table and again["temperature"] == 40.0 and again["calibration"] == str(calibration)
+    assert main([*rescored, "--review-below", given, "--review-target", "0.5", "--output", str(tmp_path / "r2")]) == 0
+    out = capsys.readouterr().out
+    assert f"urgency >= {each['urgency']:g}, staff >= {each['staff']:g} (--review-below): " in out
+    review = json.loads((tmp_path / "r2" / "metrics.json").read_text())["review"]
+    assert review["records"][-1] == json.loads((tmp_path / "e2" / "metrics.json").read_text())["review"]["records"][-1]
+    assert review["target"]["target"] == 0.5 and f"prefopt eval: {target_line(review['target'])}" in out
+    assert main(["eval", "--task", "portal", "--data", str(data), "--split", "all", "--max-new-tokens", "6",
+                 "--model", str(tiny_model), "--output", str(tmp_path / "plain")]) == 0  # (no --confidence)
+    capsys.readouterr()
+    assert main([*rescored[:-1], str(tmp_path / "plain"), "--review-below", "0.9", "--output",
+                 str(tmp_path / "refused")]) == 2
+    assert ("--review-below reads the confidence of the answers in " in capsys.readouterr().err)
+    assert main([*rescored, "--review-below", "urgency=0.9", "--output", str(tmp_path / "refused")]) == 2
+    assert "--review-below: no threshold for staff" in capsys.readouterr().err
+    older = tmp_path / "older"  # answers an older prefopt read otherwise: their confidence is of another label
+    shutil.copytree(tmp_path / "e", older)
+    lines = (older / "predictions.jsonl").read_text().splitlines()
+    first = json.loads(lines[0]) | {"prediction": {"urgency": "routine", "staff": "nurse"}}
+    (older / "predictions.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    assert main([*rescored[:-1], str(older), "--review-target", "0.5", "--output", str(tmp_path / "refused")]) == 2
+    assert f"--review-target: 1 of {older}'s answers are read otherwise than when" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
 
 

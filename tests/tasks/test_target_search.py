@@ -126,9 +126,11 @@ def test_eval_review_target_is_read_off_its_own_predictions_and_refused_where_it
                          "(0.95: the records the model answers alone should be right at least 95% of the time)")):
         assert main(["eval", *common[:-2], *argv, "--output", str(tmp_path / "refused")]) == 2, argv
         assert error in capsys.readouterr().err
-    assert main(["eval", "--task", "portal", "--data", str(data), "--answers", str(tmp_path / "e"), "--review-target",
-                 "0.9", "--output", str(tmp_path / "refused")]) == 2
-    assert "--review-target would do nothing" in capsys.readouterr().err
+    rescored = ["eval", "--task", "portal", "--data", str(data), "--split", "all", "--answers", str(tmp_path / "e")]
+    assert main([*rescored, "--review-target", "0.05", "--output", str(tmp_path / "again")]) == 0  # no model loads
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["review"]["target"] == found
+    assert main([*rescored, "--review-target", "1", "--output", str(tmp_path / "refused")]) == 2
+    assert "--review-target 1: a probability between 0 and 1" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
 
 
