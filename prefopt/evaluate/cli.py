@@ -260,11 +260,12 @@ def _rescore(task, records: list, against: list[dict] | None, args) -> int:
 def _review_of_answers(task, records: list, preds: list[dict], rows: list[dict], args) -> dict:
     """``eval --answers DIR --review-below P`` (``--review-target A``): the table of records
     answered alone (:func:`~.review.review_table`) at the confidence DIR's answers hold, as that
-    evaluation scored them (calibrated where it was), so thresholds are tried on a finished
+    evaluation scored them (calibrated where it was; a compare stage's calibrated column where its
+    rows hold one: :func:`~.review.confidence_key`), so thresholds are tried on a finished
     evaluation without answering again; refused where DIR's answers hold no confidence, or where
     the task now reads an answer otherwise than when its confidence was scored."""
     from .confidence import scorable
-    from .review import check_threshold, resolve_below, review_table
+    from .review import check_threshold, confidence_key, resolve_below, review_table
     from .target_search import review_target
 
     flag = "--review-below" if args.review_below is not None else "--review-target"
@@ -274,15 +275,20 @@ def _review_of_answers(task, records: list, preds: list[dict], rows: list[dict],
         args.review_below = resolve_below(task, args.review_below)
     if args.review_target is not None:
         check_threshold(args.review_target, "--review-target")
-    if not all(isinstance(row.get("confidence"), dict) for row in rows):
+    key = confidence_key(rows)
+    if key is None:
         raise ValueError(f"{flag} reads the confidence of the answers in {args.answers}, which hold none (scored "
                          "without --confidence, or otherwise by an earlier prefopt): evaluate again with --confidence")
     changed = sum(row.get("prediction") != pred for row, pred in zip(rows, preds))
     if changed:
         raise ValueError(f"{flag}: {changed} of {args.answers}'s answers are read otherwise than when their "
                          "confidence was scored (an older prefopt's): evaluate again with --confidence")
-    sure = [row["confidence"] for row in rows]
-    table = review_table(task, records, preds, sure, args.review_below)
+    sure = [row[key] for row in rows]
+    if key == "confidence_calibrated":
+        print(f"prefopt eval: {args.answers}'s answers read at their calibrated confidence (confidence_calibrated: "
+              "the temperature their run fitted on its validation items, as predict --calibration gives it)",
+              flush=True)
+    table = {"confidence": key, **review_table(task, records, preds, sure, args.review_below)}
     if args.review_target is not None:
         table["target"] = review_target(task, records, preds, sure, args.review_target)
     return table

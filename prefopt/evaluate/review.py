@@ -142,11 +142,19 @@ def stage_review(task, test, rows: list[dict]) -> dict | None:
     calibrated by the stage's temperature where the run fitted one on its validation items
     (``confidence_calibrated``), else as the model gives it; with ``"confidence"``, which. None
     where the stage's labels were not scored."""
-    key = next((k for k in ("confidence_calibrated", "confidence") if rows and all(k in row for row in rows)), None)
+    key = confidence_key(rows)
     if key is None:
         return None
     preds, sure = [row["prediction"] for row in rows], [row[key] for row in rows]
     return {"confidence": key, **review_table(task, test, preds, sure)}
+
+
+def confidence_key(rows: list[dict]) -> str | None:
+    """The confidence an evaluation's ``rows`` are read at: ``confidence_calibrated`` where every
+    row holds it (a compare stage's test rows, where the run fitted a temperature on its
+    validation items), else ``confidence``, the one its eval wrote; None where a row holds neither."""
+    return next((k for k in ("confidence_calibrated", "confidence")
+                 if rows and all(isinstance(row.get(k), dict) for row in rows)), None)
 
 
 def review_report_lines(stages: dict[str, dict | None]) -> list[str]:

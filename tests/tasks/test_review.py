@@ -248,7 +248,8 @@ def test_eval_writes_the_table_and_predict_marks_the_records_below_a_threshold(t
     rescored = ["eval", "--task", "portal", "--data", str(data), "--split", "all", "--answers", str(tmp_path / "e")]
     assert main([*rescored, "--review-below", "0.55", "--output", str(tmp_path / "r")]) == 0
     again = json.loads((tmp_path / "r" / "metrics.json").read_text())
-    assert again["review"] == table and again["temperature"] == 40.0 and again["calibration"] == str(calibration)
+    assert again["review"] == {"confidence": "confidence", **table}
+    assert again["temperature"] == 40.0 and again["calibration"] == str(calibration)
     assert main([*rescored, "--review-below", given, "--review-target", "0.5", "--output", str(tmp_path / "r2")]) == 0
     out = capsys.readouterr().out
     assert f"urgency >= {each['urgency']:g}, staff >= {each['staff']:g} (--review-below): " in out
@@ -263,6 +264,22 @@ def test_eval_writes_the_table_and_predict_marks_the_records_below_a_threshold(t
     assert ("--review-below reads the confidence of the answers in " in capsys.readouterr().err)
     assert main([*rescored, "--review-below", "urgency=0.9", "--output", str(tmp_path / "refused")]) == 2
     assert "--review-below: no threshold for staff" in capsys.readouterr().err
+    staged = tmp_path / "staged"  # a compare stage's rows: read at their calibrated column, as stage_review reads it
+    shutil.copytree(tmp_path / "e", staged)
+    rows = [json.loads(line) for line in (staged / "predictions.jsonl").read_text().splitlines()]
+    for i, row in enumerate(rows):
+        row["confidence_calibrated"] = {k: round(v * (0.5 + i / 20), 4) for k, v in row["confidence"].items()}
+    (staged / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert main([*rescored[:-1], str(staged), "--review-below", "0.3", "--output", str(tmp_path / "r3")]) == 0
+    assert "'s answers read at their calibrated confidence (confidence_calibrated" in capsys.readouterr().out
+    by_id = {row["id"]: row for row in rows}
+    records = get_task("portal").read(str(data))
+    want = review_table(get_task("portal"), records, [by_id[r.id]["prediction"] for r in records],
+                        [by_id[r.id]["confidence_calibrated"] for r in records], 0.3)
+    assert json.loads((tmp_path / "r3" / "metrics.json").read_text())["review"] == {
+        "confidence": "confidence_calibrated", **want}
+    assert want != review_table(get_task("portal"), records, [by_id[r.id]["prediction"] for r in records],
+                                [by_id[r.id]["confidence"] for r in records], 0.3)  # (the model's own: other counts)
     older = tmp_path / "older"  # answers an older prefopt read otherwise: their confidence is of another label
     shutil.copytree(tmp_path / "e", older)
     lines = (older / "predictions.jsonl").read_text().splitlines()
