@@ -388,7 +388,7 @@ COMMANDS = {  # prefopt --help's list of the commands by what they are for (each
     "check and train": ["env", "check-data", "sft", "dpo", "curves"],
     "test what training did": ["compare", "study", "pool-seeds", "eval", "eval-pairs", "eval-nll", "rating-sheet",
                                "rating-report"],
-    "use a model": ["predict", "generate", "chat", "make-pairs"],
+    "use a model": ["predict", "generate", "chat", "make-pairs", "reviewed-pairs"],
     "move weights": ["merge", "stack-adapters", "export-gguf", "convert-gguf"],
 }
 

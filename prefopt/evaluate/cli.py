@@ -576,6 +576,9 @@ def add_commands(sub) -> None:
     from .predict_cli import add_command as add_predict
 
     add_predict(sub, shown)  # (after eval: --help lists them in the order added)
+    from .reviewed_pairs_cli import add_command as add_reviewed_pairs
+
+    add_reviewed_pairs(sub, shown)
 
     from .compare_cli import add_commands as add_compare_commands
     from .nll_cli import add_command as add_eval_nll
