@@ -232,6 +232,13 @@ def lopsided_lines(chosen: Counter, rejected: Counter, limit: int = LABELS) -> l
     return out
 
 
+def pair_lopsided_lines(pairs: list[dict]) -> list[str]:
+    """:func:`lopsided_lines` of preference pairs' chosen and rejected answers (each stripped), a
+    line each without its indent: what make-pairs and reviewed-pairs warn of once they are made."""
+    return [line.strip() for line in lopsided_lines(Counter(p["chosen"].strip() for p in pairs),
+                                                     Counter(p["rejected"].strip() for p in pairs))]
+
+
 def _load(loader: Callable, path, tok: Tokenizer, **kw) -> tuple[list, LoadReport]:
     """Every usable record and the report; none usable (every record bad, or none at all) is a
     finding here, not an error."""

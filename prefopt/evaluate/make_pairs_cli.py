@@ -39,11 +39,10 @@ def add_command(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     """DPO pairs from an SFT file and a model's own answers."""
     import time
-    from collections import Counter
     from datetime import date
 
     from ..cli import chat_ready, data_file_settings, decoding_of
-    from ..data.check import lopsided_lines
+    from ..data.check import pair_lopsided_lines
     from ..data.columns import column_map
     from ..data.files import data_files, describe, given_paths
     from ..devices import resolve
@@ -128,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
                                                     "seconds": round(time.time() - t0, 1)})
         (out / partial_file(JOB)).unlink(missing_ok=True)
     say(summary_line(counts))
-    for line in lopsided_lines(Counter(p["chosen"].strip() for p in pairs), Counter(p["rejected"].strip() for p in pairs)):
-        say(line.strip())
+    for line in pair_lopsided_lines(pairs):
+        say(line)
     good = sum(1 for r in feedback if r["label"])
     say(f"wrote {out / 'pairs.jsonl'} (train on it: prefopt dpo --data {out / 'pairs.jsonl'} ...), feedback.jsonl "
         f"(every answer labelled by whether it reads as the reference, {good} of {len(feedback)} desirable: "

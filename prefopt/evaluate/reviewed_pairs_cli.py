@@ -34,11 +34,10 @@ def add_command(sub, shown: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the training data a reviewed predict table gives."""
-    from collections import Counter
     from datetime import date
     from pathlib import Path
 
-    from ..data.check import lopsided_lines
+    from ..data.check import pair_lopsided_lines
     from ..fileio import check_writable, jsonl_text, write_json_atomic, write_text_atomic
     from ..tasks import get_task
     from .cli import task_options_of
@@ -68,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         "date": date.today().isoformat()})
     for line in summary_lines(args.data, reviewed, counts):
         say(line)
-    for line in lopsided_lines(Counter(p["chosen"].strip() for p in pairs), Counter(p["rejected"].strip() for p in pairs)):
-        say(line.strip())
+    for line in pair_lopsided_lines(pairs):
+        say(line)
     good = sum(1 for r in feedback if r["label"])
     say(f"wrote {out / 'pairs.jsonl'} (on top of the SFT adapter the answers came from: prefopt dpo --model MODEL "
         f"--sft-adapter ADAPTER --data {out / 'pairs.jsonl'} --output DIR), feedback.jsonl (the model's "
