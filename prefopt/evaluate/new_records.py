@@ -14,6 +14,7 @@ from ..data.decoding import data_suffix
 from ..data.readers import csv_delimiter
 from ..data.sheet_writer import write_sheet
 from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
+from ..tasks.base import predict_columns
 from .confidence import chosen, likeliest, probabilities_for
 from .partial import append_partial, keep_answers, resume, start_partial
 from .review import DIGITS
@@ -116,9 +117,7 @@ def prediction_rows(task, records, texts: list[str], ended: list[bool],
         sure, best = chosen(task, preds, probabilities), likeliest(task, probabilities)
     worded = {k for k, mapping in getattr(task, "maps", {}).items() if mapping}
     fields = [f.name for f in getattr(task, "fields", ())]
-    owned = {"model_output", "finished", "record", *([] if fields else ["predicted"]),
-             *(f"{head}_{k}{tail}" for k in fields
-               for head, tail in [("predicted", ""), ("predicted", "_word"), ("confidence", ""), ("likeliest", "")])}
+    owned = predict_columns(fields)  # (an earlier run's review column too: this run's threshold writes its own)
     rows = []
     for record, text, done, pred, confidence, top in zip(records, texts, ended, preds, sure, best):
         row = {k: v for k, v in record.meta.get("row", {}).items()  # not a trailing ";;"'s nameless columns,

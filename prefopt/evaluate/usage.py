@@ -21,6 +21,13 @@ WHAT = {"dpo/train/best": "one adapter holding the SFT update and the chosen DPO
         "sft/train/final": "the SFT adapter: the SFT+DPO stage is the SFT model"}
 
 
+def task_option_flags(cfg, task, metrics: dict) -> list[str]:
+    """:func:`eval_flags`' ``--task-option`` flags alone: how a command that asks nothing (reviewed-pairs)
+    reads the task's records as the run did."""
+    flags = eval_flags(cfg, task, metrics)
+    return [x for i in range(0, len(flags), 2) if flags[i] == "--task-option" for x in flags[i:i + 2]]
+
+
 def eval_flags(cfg, task, metrics: dict) -> list[str]:
     """``prefopt eval``'s flags that ask a new file's records as the run asked its test items:
     the task's options, the labels where the task read them off the run's data (another file
@@ -158,4 +165,11 @@ def models_lines(cfg, task, out: Path, weights: dict[str, str], dpo_metrics: dic
             f"prefopt merge --model {model} --adapter {adapter} --output {q(str(folder / 'merged'))}",
             "# one GGUF file, the adapter merged in, for llama.cpp or Ollama (q8_0: about a quarter of f32's size)",
             f"prefopt export-gguf --model {model} --adapter {adapter} --output {q(str(folder / 'sft-dpo.gguf'))} "
-            "--type q8_0", "```"]
+            "--type q8_0",
+            "# once a person has checked predict's records (REVIEWED: its table with the right labels added in "
+            "the task's label columns, for the rows checked): DPO pairs of the model's mistakes, the person's answer "
+            "chosen, for the next round of training (prefopt dpo --sft-adapter ... --data "
+            f"{q(str(folder / 'reviewed' / 'pairs.jsonl'))})",
+            " ".join(["prefopt reviewed-pairs --task", q(task.name), *map(q, task_option_flags(cfg, task, dpo_metrics)),
+                      "--data REVIEWED --output", q(str(folder / "reviewed"))]),
+            "```"]

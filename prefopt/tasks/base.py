@@ -37,6 +37,18 @@ class Record:
         return "|".join(self.labels.values()) if self.labels else ""
 
 
+def predict_columns(fields: list[str]) -> set[str]:
+    """The columns ``prefopt predict`` writes beside a record's own, for a task of these label
+    ``fields`` (none: free text): each field's prediction, its word, confidence and likeliest
+    label (``predicted`` for free text), the model's output, whether it finished, the record's id
+    and the review column. A table of predictions read back (reviewed-pairs; predict run on it
+    again) is told from a record's own columns by them: :class:`~.numeric.NumericTable` leaves them
+    out of a record's features, and predict writes them anew."""
+    return {"model_output", "finished", "record", "review", *([] if fields else ["predicted"]),
+            *(f"{head}_{k}{tail}" for k in fields
+              for head, tail in [("predicted", ""), ("predicted", "_word"), ("confidence", ""), ("likeliest", "")])}
+
+
 @dataclass
 class LabelField:
     """A labelled output field. For an ordinal field (triage), ``labels`` run from the most to

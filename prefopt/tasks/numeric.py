@@ -9,9 +9,11 @@ import csv
 from functools import partial
 from pathlib import Path
 
+from ..data.decoding import data_suffix
+from ..data.readers import FORMATS
 from ..data.records import DataError
 from ._io import column_cell, convert, file_options, likely_columns, one_row, set_aside, table
-from .base import ClassificationTask, LabelField, Record, label_list, name_list, word_map
+from .base import ClassificationTask, LabelField, Record, label_list, name_list, predict_columns, word_map
 
 UCI_COLUMNS = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak", "slope",
                "ca", "thal", "num"]
@@ -69,8 +71,10 @@ class NumericTable(ClassificationTask):
             cell = column_cell(self, row, "label_column", path, line, likely)
             labels["label"] = self.own_label(convert(self.label_of, cell, self.label_column, path, line), path,
                                              line, self.label_column, cell)
-        # every named column but the label (an export's trailing ";;" makes unnamed, empty ones)
-        cols = self.feature_columns or [c for c in row if c.strip() and c not in (self.label_column, "_source")]
+        # every named column but the label (an export's trailing ";;" makes unnamed, empty ones), and in a table of
+        # predict's (its model_output column) not those predict wrote: the record as the model was asked it
+        written = predict_columns([f.name for f in self.fields]) if "model_output" in row else set()
+        cols = self.feature_columns or [c for c in row if c.strip() and c not in (self.label_column, "_source", *written)]
         for c in cols:
             if c not in row:
                 raise DataError(path, line, c, "missing column")
@@ -100,8 +104,13 @@ class UCIHeart(NumericTable):
         return ("yes" if n > 0 else "no") if self.target == "binary" else str(n)
 
     def rows(self, path, labelled=True):
-        """Each line's values by column name; without labels, a line may also stop before ``num``."""
+        """Each line's values by column name; without labels, a line may also stop before ``num``. A
+        table with a header (.csv, .jsonl, a workbook: predict's table of these records, read back by
+        reviewed-pairs, or an export) is read by its column names, the dataset's."""
         path = Path(path)
+        if path.is_file() and data_suffix(path) in FORMATS:
+            yield from table(path)
+            return
         files = sorted(path.glob("processed.*.data")) if path.is_dir() else [path]
         if not files:
             raise FileNotFoundError(f"{path}: no processed.*.data files")

@@ -29,7 +29,7 @@ def test_eval_command_asks_as_the_run_did(tmp_path):
     (tmp_path / "run 1/dpo/train/best").mkdir(parents=True)
     (tmp_path / "run 1/dpo/train/best" / STACK_FILE).write_text("{}")
     lines = models_lines(cfg, task, tmp_path / "run 1", {"sft": "sft/train/final", "dpo": "dpo/train/best"}, decoded)
-    evaluate, against, predict, generate, merge, export = _commands(lines)
+    evaluate, against, predict, generate, merge, export, reviewed = _commands(lines)
     args = build_parser().parse_args([a if a != "NEW_FILE" else "new.csv" for a in evaluate[1:]])
     assert key_values(args.task_option) == options
     assert (args.max_new_tokens, args.repetition_penalty, args.no_repeat_ngram_size, args.repeat_scope) == (
@@ -48,6 +48,10 @@ def test_eval_command_asks_as_the_run_did(tmp_path):
     assert key_values(new.task_option) == options  # the records asked as the run asked, decoded alike
     assert {k: getattr(new, k) for k in ("task", "model", "max_new_tokens", *REPEAT_FLAGS, "device", "dtype")} == \
         {k: getattr(args, k) for k in ("task", "model", "max_new_tokens", *REPEAT_FLAGS, "device", "dtype")}
+    pairs = build_parser().parse_args([a if a != "REVIEWED" else "reviewed.csv" for a in reviewed[1:]])
+    assert (pairs.command, pairs.task, pairs.data, pairs.output) == ("reviewed-pairs", "text_classification",
+                                                                     "reviewed.csv", str(tmp_path / "run 1" / "reviewed"))
+    assert key_values(pairs.task_option) == options  # (the table read as the run read its records)
     assert "- SFT+DPO: `dpo/train/best` (one adapter holding the SFT update and the chosen DPO step's)" in lines
 
 
@@ -102,8 +106,8 @@ def test_an_adapter_saved_alone_is_stacked_first_and_the_sft_model_said_so(tmp_p
     assert build_parser().parse_args(_commands(models_lines(
         cfg, get_task("meqsum"), tmp_path, weights, {}))[0][1:]).confidence is False  # free text: nothing to score
     commands = _commands(lines)  # no SFT evaluation to test it against: the SFT+DPO stage is the SFT model
-    assert [c[1] for c in commands] == ["eval", "predict", "generate", "merge", "export-gguf"]
-    assert all(c[c.index("--adapter") + 1] == f"{tmp_path}/sft/train/final" for c in commands)
+    assert [c[1] for c in commands] == ["eval", "predict", "generate", "merge", "export-gguf", "reviewed-pairs"]
+    assert all(c[c.index("--adapter") + 1] == f"{tmp_path}/sft/train/final" for c in commands if "--adapter" in c)
 
 
 def test_a_4bit_run_is_used_on_its_4bit_base_and_its_adapters_are_named(tmp_path, monkeypatch):
@@ -127,7 +131,8 @@ def test_a_4bit_run_is_used_on_its_4bit_base_and_its_adapters_are_named(tmp_path
     assert ("LoRA r4 (alpha 8) on q_proj, v_proj in layer 1, on `smollm2-135m` (its nf4-dq 4-bit base); each "
             "stage's adapter, with its tokenizer:") in lines
     commands = _commands(lines)
-    assert [c[1] for c in commands] == ["eval", "eval", "predict", "generate", "merge", "export-gguf"]
+    assert [c[1] for c in commands] == ["eval", "eval", "predict", "generate", "merge", "export-gguf",
+                                        "reviewed-pairs"]
     for c in commands[:4]:
         assert build_parser().parse_args([a if not a.startswith("NEW_") else "x.csv" for a in c[1:]]).quantize == "nf4-dq"
     assert "in full precision: the adapter learnt the nf4-dq base's corrections too" in "\n".join(lines)
@@ -146,7 +151,8 @@ def test_the_commands_render_the_prompts_as_the_run_did(tmp_path):
     ran = {"chat_date": "2026-11-30", "chat_vars": {"enable_thinking": False, "style": "very brief"}}
     commands = _commands(models_lines(cfg, get_task("portal"), tmp_path,
                                       {"sft": "sft/train/final", "dpo": "dpo/train/final"}, ran))
-    assert [c[1] for c in commands] == ["eval", "eval", "predict", "generate", "merge", "export-gguf"]
+    assert [c[1] for c in commands] == ["eval", "eval", "predict", "generate", "merge", "export-gguf",
+                                        "reviewed-pairs"]
     for c in commands[:4]:
         args = build_parser().parse_args([{"NEW_FILE": "n.jsonl", "NEW_RECORDS": "n.jsonl"}.get(a, a) for a in c[1:]])
         assert args.chat_date == "2026-11-30" and chat_vars_arg(args) == ran["chat_vars"], c
@@ -189,7 +195,8 @@ def test_a_threshold_chosen_on_the_validation_items_goes_into_predicts_command(t
     (tmp_path / "dpo" / "calibration.json").write_text("{}")
     found = {"validation": {"target": 0.5, "threshold": 0.7487}, "test": None, "n_test": 60}
     commands = _commands(models_lines(cfg, get_task("portal"), tmp_path, weights, {}, found))
-    assert [c[1] for c in commands] == ["eval", "eval", "predict", "generate", "merge", "export-gguf"]
+    assert [c[1] for c in commands] == ["eval", "eval", "predict", "generate", "merge", "export-gguf",
+                                        "reviewed-pairs"]
     review, predict = (build_parser().parse_args([{"NEW_RECORDS": "n.jsonl"}.get(a, a) for a in c[1:]])
                        for c in commands[1:3])
     assert review.split == "val" and review.review_target == 0.5

@@ -119,7 +119,7 @@ def _check(out: Path) -> dict:
 def _use_the_models(out: Path, report: dict) -> None:
     """The report's "The models" commands run as written: eval on the run's own data (for
     NEW_FILE), the SFT adapter's eval tested against it where SFT+DPO is another model, predict,
-    generate, merge and export-gguf."""
+    generate, merge, export-gguf and reviewed-pairs on predict's table."""
     import shlex
 
     from prefopt.cli import main
@@ -130,7 +130,8 @@ def _use_the_models(out: Path, report: dict) -> None:
     block = text.split("## The models", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     commands = [shlex.split(line) for line in block.splitlines() if line and not line.startswith("#")]
     paired = report["weights"]["dpo"] != report["weights"]["sft"]  # an SFT evaluation to test SFT+DPO's against
-    assert [c[1] for c in commands] == ["eval"] * (1 + paired) + ["predict", "generate", "merge", "export-gguf"]
+    assert [c[1] for c in commands] == ["eval"] * (1 + paired) + ["predict", "generate", "merge", "export-gguf",
+                                                                  "reviewed-pairs"]
     by_name = {c[1]: c for c in commands}
     assert all(c[c.index("--adapter") + 1] == str(out / report["weights"]["dpo"])
                for c in [commands[0], *(by_name[n] for n in ("predict", "generate", "merge", "export-gguf"))])
@@ -154,6 +155,11 @@ def _use_the_models(out: Path, report: dict) -> None:
     assert main(generate + ["--max-new-tokens", "3"]) == 0
     assert main(by_name["merge"][1:]) == 0 and (out / "merged" / "config.json").is_file()
     assert main(by_name["export-gguf"][1:]) == 0 and (out / "sft-dpo.gguf").stat().st_size > 0
+    # REVIEWED: predict's table, which kept the input's labels (as a person's, for every row)
+    table = next((out / "predictions").glob("predictions.*"))
+    assert main([str(table) if a == "REVIEWED" else a for a in by_name["reviewed-pairs"][1:]]) == 0
+    made = json.loads((out / "reviewed" / "reviewed_pairs.json").read_text())
+    assert made["labelled"] == n and made["pairs"] == made["wrong"] - made["empty_answers"]
 
 
 @pytest.mark.slow

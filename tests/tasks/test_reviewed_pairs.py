@@ -120,3 +120,47 @@ def test_reviewed_pairs_writes_files_dpo_kto_and_sft_train_on(tiny_model, tmp_pa
                  "--loss", "kto"]) == 0
     assert (tmp_path / "dpo" / "final" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "kto" / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_a_numeric_table_read_back_is_asked_as_predict_asked_it(tmp_path):
+    """A numeric table's features are all its columns but the label: read back from predict's table,
+    the columns predict wrote (its answer, confidence, review...) are not features, so each pair's
+    prompt is the one the model answered; predict run on that table again writes them anew."""
+    from prefopt.evaluate.new_records import prediction_rows, table_text
+
+    task = get_task("numeric_table", labels="yes,no")
+    source = tmp_path / "heart.csv"
+    source.write_text("age,bp,label\n61,140,yes\n45,120,no\n")
+    records = task.read(str(source))
+    rows = prediction_rows(task, records, ["yes", "yes"], [True, True],
+                           [{"label": {"yes": 0.8, "no": 0.2}}, {"label": {"yes": 0.6, "no": 0.4}}])
+    rows = [row | {"review": "label 0.6" if i else ""} for i, row in enumerate(rows)]
+    table = tmp_path / "reviewed.csv"
+    table.write_text(table_text(rows, "csv"))
+    assert "model_output" in table.read_text() and "label" in rows[0]  # (the labels kept from the input)
+    reviewed = read_reviewed(task, str(table))
+    assert [r.prompt for r in reviewed.records] == [r.prompt for r in records]
+    assert "- age: 61\n- bp: 140" in reviewed.records[0].prompt and "confidence" not in reviewed.records[0].prompt
+    pairs = training_data(task, reviewed.records)[0]
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("no", "yes")]
+    again = prediction_rows(task, reviewed.records, ["no", "no"], [True, True])  # predict on it: written anew
+    assert [list(r) for r in again] == [["age", "bp", "label", "predicted_label", "model_output", "finished",
+                                         "record"]] * 2  # (the stale review column too)
+
+
+def test_uci_heart_reads_its_records_back_from_predicts_table(tmp_path):
+    """UCI's own files have no header; predict's table of them has (the dataset's column names):
+    read by those names, the same prompts and labels."""
+    from prefopt.evaluate.new_records import prediction_rows, table_text
+
+    task = get_task("uci_heart")
+    source = tmp_path / "processed.test.data"
+    source.write_text("63.0,1.0,1.0,145.0,233.0,1.0,2.0,150.0,0.0,2.3,3.0,0.0,6.0,0\n"
+                      "67.0,1.0,4.0,160.0,286.0,0.0,2.0,108.0,1.0,1.5,2.0,3.0,3.0,2\n")
+    records = task.read(str(source))
+    rows = prediction_rows(task, records, ["no", "no"], [True, True])
+    table = tmp_path / "predictions.csv"
+    table.write_text(table_text(rows, "csv"))
+    back = read_reviewed(task, str(table)).records
+    assert [(r.prompt, r.labels) for r in back] == [(r.prompt, r.labels) for r in records]
+    assert [p["id"] for p in training_data(task, back)[0]] == [back[1].id]  # (num 2: "yes", answered "no")
