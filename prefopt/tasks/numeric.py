@@ -73,8 +73,9 @@ class NumericTable(ClassificationTask):
                                              line, self.label_column, cell)
         # every named column but the label (an export's trailing ";;" makes unnamed, empty ones), and in a table of
         # predict's (its model_output column) not those predict wrote: the record as the model was asked it
-        written = predict_columns([f.name for f in self.fields]) if "model_output" in row else set()
-        cols = self.feature_columns or [c for c in row if c.strip() and c not in (self.label_column, "_source", *written)]
+        skip = {self.label_column, "_source", *(predict_columns([f.name for f in self.fields])
+                                                 if "model_output" in row else ())}
+        cols = self.feature_columns or [c for c in row if c.strip() and c not in skip]
         for c in cols:
             if c not in row:
                 raise DataError(path, line, c, "missing column")

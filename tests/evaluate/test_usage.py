@@ -49,8 +49,8 @@ def test_eval_command_asks_as_the_run_did(tmp_path):
     assert {k: getattr(new, k) for k in ("task", "model", "max_new_tokens", *REPEAT_FLAGS, "device", "dtype")} == \
         {k: getattr(args, k) for k in ("task", "model", "max_new_tokens", *REPEAT_FLAGS, "device", "dtype")}
     pairs = build_parser().parse_args([a if a != "REVIEWED" else "reviewed.csv" for a in reviewed[1:]])
-    assert (pairs.command, pairs.task, pairs.data, pairs.output) == ("reviewed-pairs", "text_classification",
-                                                                     "reviewed.csv", str(tmp_path / "run 1" / "reviewed"))
+    assert (pairs.command, pairs.task, pairs.data) == ("reviewed-pairs", "text_classification", "reviewed.csv")
+    assert pairs.output == str(tmp_path / "run 1" / "reviewed")
     assert key_values(pairs.task_option) == options  # (the table read as the run read its records)
     assert "- SFT+DPO: `dpo/train/best` (one adapter holding the SFT update and the chosen DPO step's)" in lines
 
