@@ -70,12 +70,13 @@ def run(args) -> int:
         table_format,
         write_predictions,
     )
-    from .partial import claimed, fingerprint
+    from .partial import claimed, fingerprint, resume
     from .review import mark_review
     from .runner import (
         DECODING,
         check_prompts,
         decoding,
+        expected_placement,
         keep_earlier,
         past_context_said,
         placement,
@@ -102,18 +103,23 @@ def run(args) -> int:
     if args.estimate_memory:
         return print_estimate(args, tok, task, records, decoding(settings, task)["max_new_tokens"])
     temperature = temperature_of(args, task, tok)  # (a file fitted for another model: said before the model loads)
-    model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter, merge=args.adapter is not None,
-                       quantize=args.quantize)
     confidence = args.confidence and confidence_possible(task, "predict")
-    made = {"task": task.name, "task_options": options, "model": args.model, "adapter": args.adapter,
-            **weights_digests(args.model, args.adapter), "data": str(Path(args.data).resolve()),
-            **decoding(settings, task), **placement(model),
-            **prompt_settings(tok), "confidence": confidence, **({"confidence_scoring": SCORING} if confidence else {}),
-            **({"temperature": temperature, "calibration": args.calibration} if args.calibration else {})}
+    known = {"task": task.name, "task_options": options, "model": args.model, "adapter": args.adapter,
+             **weights_digests(args.model, args.adapter), "data": str(Path(args.data).resolve()),
+             **decoding(settings, task)}
+    scored = {**prompt_settings(tok), "confidence": confidence, **({"confidence_scoring": SCORING} if confidence else {}),
+              **({"temperature": temperature, "calibration": args.calibration} if args.calibration else {})}
     with claimed(args.output):
         # what a stopped run must match (the weights by their digests: a model or adapter saved again at its path
-        # starts it over)
+        # starts it over); where a finished run's answers match it as the model would load, none loads
+        made = known | expected_placement(device, dtype, args.quantize) | scored
         stamp = fingerprint(records, made | {"row_format": ROW_FORMAT})
+        model = _config(args.model) if len(resume(args.output, stamp)) == len(records) else None
+        if model is None:
+            model = load_model(args.model, dtype=dtype, device=device, adapter=args.adapter,
+                               merge=args.adapter is not None, quantize=args.quantize)
+            made = known | placement(model) | scored
+            stamp = fingerprint(records, made | {"row_format": ROW_FORMAT})
         with past_context_said("predict", model, tok, task, records, made["max_new_tokens"]) as long:
             rows = predict_in_blocks(model, tok, task, records, args.output, stamp, batch_size=args.batch_size,
                                      confidence=confidence, temperature=temperature, **settings)
@@ -138,3 +144,17 @@ def _review_below(args) -> dict:
     """predict.json's ``review_below``, where given (not in the rows' fingerprint: a stopped run
     goes on under another threshold)."""
     return {} if args.review_below is None else {"review_below": args.review_below}
+
+
+def _config(model: str):
+    """``model``'s :class:`~prefopt.model.config.ModelConfig`, read off its ``config.json`` (no
+    weights load): what predict needs of a model whose answers it reuses (its context's length);
+    None where it cannot be read so, and the model loads after all."""
+    from ..fileio import read_json
+    from ..model.config import ModelConfig
+    from ..model.hub import resolve_model_dir
+
+    try:
+        return ModelConfig.from_dict(read_json(resolve_model_dir(model) / "config.json"))
+    except (OSError, ValueError, KeyError):
+        return None

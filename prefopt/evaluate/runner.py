@@ -51,6 +51,20 @@ def placement(model) -> dict:
     return {**where, "quantized": quantized} if quantized else where
 
 
+def expected_placement(device, dtype, quantize: str | None = None) -> dict:
+    """:func:`placement` as a model loaded onto ``device`` in ``dtype`` (``--quantize``'s kind, where
+    given) would give it, without loading one: predict's stamp, to find a finished run's answers
+    before any weights are read. A guess that differs from the load (another GPU index) only means
+    the model is loaded after all."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    where = {"device": str(device), "dtype": str(dtype).removeprefix("torch.")}
+    return {**where, "quantized": quantize} if quantize else where
+
+
 def weights_digests(model: str, adapter: str | None, **more: str | None) -> dict:
     """The SHA-256 of the weights an evaluation or its answers came from, for the files that record
     them: ``model_sha256`` (:func:`~prefopt.model.digest.weights_sha256`), ``adapter_sha256`` and

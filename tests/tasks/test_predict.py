@@ -720,9 +720,10 @@ def test_predict_again_with_another_threshold_or_format_answers_nothing_again(ti
                                                                               capsys):
     """A finished run keeps its answers: the same command with another --review-below or
     --format writes its table from them (the review column renewed, the earlier table moved to
-    earlier/1), answering no record again; another setting answers every one again and its
-    answers take the kept ones' place."""
+    earlier/1), answering no record again and loading no weights; another setting answers every
+    one again and its answers take the kept ones' place."""
     import prefopt.evaluate.new_records as nr
+    from prefopt import pretrained
     from prefopt.evaluate.partial import answers_file
 
     data = _csv(tmp_path / "msgs.csv", [{"message": f"Message {i}: chest pain for {i} hours"} for i in range(5)])
@@ -731,13 +732,16 @@ def test_predict_again_with_another_threshold_or_format_answers_nothing_again(ti
             "--output", str(out)]
     answered, real = [], nr.predict_rows
     monkeypatch.setattr(nr, "predict_rows", lambda *a, **kw: answered.extend(r.id for r in a[3]) or real(*a, **kw))
-    assert main(argv) == 0 and len(answered) == 5
+    loads, load = [], pretrained.load_model
+    monkeypatch.setattr(pretrained, "load_model", lambda *a, **kw: loads.append(a[0]) or load(*a, **kw))
+    assert main(argv) == 0 and len(answered) == 5 and len(loads) == 1
     first = list(csv.DictReader((out / "predictions.csv").open()))
     assert "review" not in first[0]
     answered.clear()
     capsys.readouterr()
     assert main([*argv, "--review-below", "0.99", "--format", "jsonl"]) == 0
     assert answered == [] and "the 5 records were answered before in" in capsys.readouterr().out
+    assert len(loads) == 1  # (no weights read: the answers matched the model as it would load)
     again = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["model_output"] for r in again] == [r["model_output"] for r in first]
     assert [r["likeliest_staff"] for r in again] == [r["likeliest_staff"] for r in first]
@@ -745,6 +749,7 @@ def test_predict_again_with_another_threshold_or_format_answers_nothing_again(ti
     assert json.loads((out / "predict.json").read_text())["review_below"] == 0.99
     assert list(csv.DictReader((out / "earlier" / "1" / "predictions.csv").open())) == first
     assert main([*argv, "--max-new-tokens", "5"]) == 0 and len(answered) == 5  # another setting: answered anew
+    assert len(loads) == 2
     kept = json.loads((out / answers_file("predict")).read_text().splitlines()[0])["fingerprint"]
     assert kept["max_new_tokens"] == 5
 
@@ -806,3 +811,16 @@ def test_a_folder_being_predicted_into_is_refused_to_a_second_run(tiny_model, tm
             with claimed(out):  # held here: refused, even in the same process
                 pass
     assert main(argv) == 0 and (out / "predictions.csv").is_file()
+
+
+@pytest.mark.parametrize("dtype, quantize", [("float32", None), ("bfloat16", None), ("float32", "nf4")])
+def test_the_placement_predict_expects_is_the_loaded_models(tiny_model, dtype, quantize):
+    """predict finds a finished run's answers before loading the model by the placement it expects
+    (:func:`~prefopt.evaluate.runner.expected_placement`): on this machine, the one a load gives."""
+    from prefopt import load_model
+    from prefopt.devices import resolve
+    from prefopt.evaluate.runner import expected_placement, placement
+
+    device, dt = resolve("auto", dtype)
+    model = load_model(tiny_model, dtype=dt, device=device, quantize=quantize)
+    assert expected_placement(device, dt, quantize) == placement(model)
