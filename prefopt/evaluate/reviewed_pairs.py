@@ -122,7 +122,7 @@ def summary_lines(path: str, reviewed: Reviewed, counts: dict) -> list[str]:
     """The console's account of a reviewed table: rows read, labelled and left out, the model's
     answers right and wrong (per field), and the pairs made."""
     lines = [f"{path}: {reviewed.rows} rows, {counts['labelled']} with a person's labels" + (
-        f" ({len(reviewed.unlabelled)} without, left out: lines {_lines(reviewed.unlabelled)})"
+        f" ({len(reviewed.unlabelled)} without a label in every field, left out: lines {_lines(reviewed.unlabelled)})"
         if reviewed.unlabelled else "")]
     fields = counts.get("wrong_by_field")
     by_field = f" ({', '.join(f'{k} {v}' for k, v in fields.items())})" if fields else ""

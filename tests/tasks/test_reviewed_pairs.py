@@ -49,6 +49,9 @@ def test_each_wrong_answer_becomes_a_pair_and_every_labelled_row_feedback_and_sf
     assert [(s["id"], s["completion"]) for s in sft] == [(r.id, r.target) for r in reviewed.records]
     assert counts == {"labelled": 5, "right": 1, "wrong": 4, "wrong_by_field": {"urgency": 3, "staff": 3},
                       "empty_answers": 1, "reviewed_pairs": 3, "wrong_label_pairs": 0, "pairs": 3}
+    half = [dict(r) for r in ROWS]  # a row labelled in one field alone: left out, as one with none
+    half[3]["staff"] = ""
+    assert read_reviewed(task, str(formats.write_jsonl(tmp_path / "half.jsonl", half))).unlabelled == [3, 4]
     filled, _, _, more = training_data(task, reviewed.records, right_answers="wrong_label")
     assert filled[:3] == pairs and [p["id"] for p in filled[3:]] == ["m0"] and filled[3]["source"] == "wrong_label"
     assert filled[3]["chosen"] == "Urgency: urgent\nStaff: nurse" != filled[3]["rejected"]
@@ -105,7 +108,8 @@ def test_reviewed_pairs_writes_files_dpo_kto_and_sft_train_on(tiny_model, tmp_pa
     out = tmp_path / "rp"
     assert main(["reviewed-pairs", "--task", "portal", "--data", str(path), "--output", str(out)]) == 0
     said = capsys.readouterr().out
-    assert f"prefopt reviewed-pairs: {path}: 6 rows, 5 with a person's labels (1 without, left out: lines 6)" in said
+    assert (f"prefopt reviewed-pairs: {path}: 6 rows, 5 with a person's labels (1 without a label in every field, "
+            "left out: lines 6)") in said
     assert ("the model's answer was right on 1 and wrong on 4 (urgency 3, staff 3): 3 pairs, the person's answer "
             "chosen and the model's rejected; 1 wrong answers were empty (no pair)") in said
     made = json.loads((out / "reviewed_pairs.json").read_text())
