@@ -19,7 +19,7 @@ def add_command(sub, shown: dict) -> None:
     p.add_argument("--task", required=True, choices=sorted(TASKS))
     p.add_argument("--data", required=True, help="a prefopt predict table (CSV, TSV, JSONL, Excel or "
                    "OpenDocument) with the person's labels in the task's label columns (urgency and staff for "
-                   "portal, as in its data files); rows with none are left out")
+                   "portal, as in its data files); rows without a label in every field are left out")
     p.add_argument("--output", required=True, help="output folder: pairs.jsonl, feedback.jsonl, sft.jsonl, "
                    "reviewed_pairs.json")
     p.add_argument("--task-option", action="append", metavar="KEY=VALUE",

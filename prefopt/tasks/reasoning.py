@@ -178,7 +178,7 @@ class PubMedQA(ClassificationTask):
             return own if own in row else plain if plain in row else own if pqa_l else plain
 
         q = field(named("QUESTION", "question"))
-        ctx = row.get("CONTEXTS") or row.get("context") or []
+        ctx = _listed(row.get("CONTEXTS") or row.get("context") or [])
         ctx = " ".join(map(str, ctx)) if isinstance(ctx, list) else str(ctx)
         name = named("final_decision", "answer")
         label = field(name).lower() if labelled else ""
@@ -187,3 +187,15 @@ class PubMedQA(ClassificationTask):
                             + f"expected yes, no or maybe, got {label!r}")
         prompt = f"Context: {clip(ctx, self.max_chars)}\n\nQuestion: {q}\n\nAnswer yes, no or maybe."
         return Record(f"pubmedqa:{key}", prompt, label, {"answer": label} if labelled else {}, {"row": row})
+
+
+def _listed(cell):
+    """A context cell as its list of passages where a table holds the list as JSON text (predict's
+    CSV of PubMedQA records writes it so: reviewed-pairs reads them back as asked); else the cell."""
+    if isinstance(cell, str) and cell.lstrip().startswith("["):
+        try:
+            value = json.loads(cell)
+        except json.JSONDecodeError:
+            return cell
+        return value if isinstance(value, list) else cell
+    return cell

@@ -168,3 +168,21 @@ def test_uci_heart_reads_its_records_back_from_predicts_table(tmp_path):
     back = read_reviewed(task, str(table)).records
     assert [(r.prompt, r.labels) for r in back] == [(r.prompt, r.labels) for r in records]
     assert [p["id"] for p in training_data(task, back)[0]] == [back[1].id]  # (num 2: "yes", answered "no")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_pubmedqa_reads_its_records_back_from_predicts_table(tmp_path, fmt):
+    """A PubMedQA record's contexts are a list: predict's JSONL keeps it, its CSV writes it as JSON
+    text, which is read back as the list, so the prompt is the one the model answered."""
+    from prefopt.evaluate.new_records import prediction_rows, table_text
+
+    task = get_task("pubmedqa")
+    source = tmp_path / "ori_pqal.json"
+    source.write_text(json.dumps({str(i): {"QUESTION": f"Does drug {i} help?", "CONTEXTS": [f"Trial {i}.", "It did."],
+                                           "final_decision": "yes"} for i in range(2)}))
+    records = task.read(str(source))
+    table = tmp_path / f"predictions.{fmt}"
+    table.write_text(table_text(prediction_rows(task, records, ["no", "yes"], [True, True]), fmt))
+    back = read_reviewed(task, str(table)).records
+    assert [r.prompt for r in back] == [r.prompt for r in records] and "Context: Trial 0. It did." in back[0].prompt
+    assert [p["rejected"] for p in training_data(task, back)[0]] == ["no"]
