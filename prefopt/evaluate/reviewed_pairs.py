@@ -53,7 +53,8 @@ def read_reviewed(task, path: str) -> Reviewed:
         columns = ", ".join(c for c in named if c) or ", ".join(sorted({e.field for e in bad if e.field})) or \
             "the task's label columns"
         raise ValueError(f"{path}: no row has a person's labels ({columns}: {len(unlabelled)} rows without); add "
-                         "the right labels in those columns for the rows reviewed")
+                         "the right labels in those columns for the rows reviewed (not in the predicted_ columns: "
+                         "those hold the model's answers, the rejected side)")
     return Reviewed(records, unlabelled, len(every))
 
 
