@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from ..tasks.base import Record
 
 OUTPUT = "model_output"  # predict's column of the model's answer as written
+REVIEW = "review"  # predict's review column (--review-below): empty where the model answered alone
 NO_LABEL = ("empty", "missing field")  # how a row's error begins where its label cell is blank or absent
 
 
@@ -88,15 +89,18 @@ def training_data(task, records: list[Record], *, right_answers: str = "skip", s
     answer (``source`` ``"reviewed"``; with ``right_answers="wrong_label"`` each right one gets a
     pair against a wrong label, as compare's ``model_errors`` falls back); each answer as a KTO
     record; each person's answer as an SFT record. ``counts``: ``labelled``, ``wrong`` (and per
-    field, classification), ``empty_answers`` (wrong, not paired: nothing to reject), ``pairs``."""
+    field, classification), ``empty_answers`` (wrong, not paired: nothing to reject), ``pairs``,
+    and where the table has a review column :func:`_audit`'s ``answered_alone`` and
+    ``sent_to_review``."""
     from ..tasks.pairs import wrong_label_pairs
 
-    pairs, feedback, sft, right, empty = [], [], [], [], 0
+    pairs, feedback, sft, right, empty, oks = [], [], [], [], 0, []
     per_field: Counter = Counter()
     for r in records:
         answer = str(r.meta["row"].get(OUTPUT) or "").strip()
         prediction = model_prediction(task, r)
         ok = is_right(task, r, prediction)
+        oks.append(ok)
         sft.append({"prompt": task.messages(r), "completion": r.target, "id": r.id})
         if answer:
             feedback.append({"prompt": task.messages(r), "completion": answer, "label": ok, "id": r.id,
@@ -115,8 +119,27 @@ def training_data(task, records: list[Record], *, right_answers: str = "skip", s
     counts = {"labelled": len(records), "right": len(right), "wrong": len(records) - len(right),
               **({"wrong_by_field": dict(per_field)} if task.kind == "classification" else {}),
               "empty_answers": empty, "reviewed_pairs": len(pairs), "wrong_label_pairs": len(filled),
-              "pairs": len(pairs) + len(filled)}
+              "pairs": len(pairs) + len(filled), **_audit(records, oks)}
     return pairs + filled, feedback, sft, counts
+
+
+def _audit(records: list[Record], oks: list[bool]) -> dict:
+    """Where the table has predict's ``review`` column: how often the model was right on the
+    labelled rows it answered alone (the column empty) and on those it sent to review, each
+    ``{"labelled", "right", "share", "ci"}`` (Wilson's 95% CI): in use, the figure the review
+    threshold was chosen for, on the rows a person labelled (a random sample of those answered
+    alone says it for all of them)."""
+    from .stats import wilson_interval
+
+    if not records or not all(REVIEW in r.meta["row"] for r in records):
+        return {}
+    out = {}
+    for key, alone in (("answered_alone", True), ("sent_to_review", False)):
+        mine = [ok for r, ok in zip(records, oks) if (not str(r.meta["row"][REVIEW] or "").strip()) == alone]
+        out[key] = {"labelled": len(mine), "right": sum(mine),
+                    **({"share": sum(mine) / len(mine), "ci": list(wilson_interval(sum(mine), len(mine)))}
+                       if mine else {})}
+    return out
 
 
 def summary_lines(path: str, reviewed: Reviewed, counts: dict) -> list[str]:
@@ -133,7 +156,18 @@ def summary_lines(path: str, reviewed: Reviewed, counts: dict) -> list[str]:
                     else "")
                  + (f"; {counts['wrong_label_pairs']} more for the right ones, each against a wrong label"
                     if counts["wrong_label_pairs"] else ""))
+    if "answered_alone" in counts:
+        alone, review = counts["answered_alone"], counts["sent_to_review"]
+        lines.append(f"answered alone (review column empty): {_right_of(alone)}; sent to review: {_right_of(review)}"
+                     + ("" if alone["labelled"] else " (label a random sample of those answered alone too: how often "
+                        "they are right in use)"))
     return lines
+
+
+def _right_of(c: dict) -> str:
+    if not c["labelled"]:
+        return "none labelled"
+    return f"{c['right']} of the {c['labelled']} labelled right ({c['share']:.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}])"
 
 
 def _lines(lines: list[int], shown: int = 8) -> str:

@@ -7,25 +7,27 @@ import pytest
 
 from prefopt.cli import main
 from prefopt.data.records import DataError
-from prefopt.evaluate.reviewed_pairs import read_reviewed, training_data
+from prefopt.evaluate.reviewed_pairs import read_reviewed, summary_lines, training_data
+from prefopt.evaluate.stats import wilson_interval
 from prefopt.tasks import get_task
 from tests import _formats as formats
 
 
-def _row(i: int, said: tuple[str, str], person: tuple[str, str] | None, output: str | None = None) -> dict:
+def _row(i: int, said: tuple[str, str], person: tuple[str, str] | None, output: str | None = None,
+         review: str = "urgency 0.6") -> dict:
     """A predict row (the model said ``said``) with the person's labels (``person``; None: not reviewed)."""
     return {"id": f"m{i}", "message": f"Message {i}: my knee hurts since {i} days",
             "predicted_urgency": said[0], "confidence_urgency": 0.6, "likeliest_urgency": said[0] or "urgent",
             "predicted_staff": said[1], "confidence_staff": 0.7, "likeliest_staff": said[1] or "nurse",
-            "review": "urgency 0.6", "model_output": output if output is not None else
+            "review": review, "model_output": output if output is not None else
             f"Urgency: {said[0]}\nStaff: {said[1]}", "finished": True, "record": f"m{i}",
             "urgency": person[0] if person else "", "staff": person[1] if person else ""}
 
 
-ROWS = [_row(0, ("urgent", "nurse"), ("urgent", "nurse")),  # right
+ROWS = [_row(0, ("urgent", "nurse"), ("urgent", "nurse"), review=""),  # right (answered alone)
         _row(1, ("urgent", "nurse"), ("emergency", "nurse")),  # urgency wrong
         _row(2, ("routine", "physician"), None),  # not reviewed
-        _row(3, ("routine", "physician"), ("routine", "front desk")),  # staff wrong
+        _row(3, ("routine", "physician"), ("routine", "front desk"), review=""),  # staff wrong (answered alone)
         _row(4, ("", ""), ("urgent", "pharmacist"), output="I cannot tell."),  # named no label: both wrong
         _row(5, ("urgent", "nurse"), ("routine", "pharmacist"), output="")]  # wrong and empty: no pair
 
@@ -48,7 +50,17 @@ def test_each_wrong_answer_becomes_a_pair_and_every_labelled_row_feedback_and_sf
     assert [(f["id"], f["label"]) for f in feedback] == [("m0", True), ("m1", False), ("m3", False), ("m4", False)]
     assert [(s["id"], s["completion"]) for s in sft] == [(r.id, r.target) for r in reviewed.records]
     assert counts == {"labelled": 5, "right": 1, "wrong": 4, "wrong_by_field": {"urgency": 3, "staff": 3},
-                      "empty_answers": 1, "reviewed_pairs": 3, "wrong_label_pairs": 0, "pairs": 3}
+                      "empty_answers": 1, "reviewed_pairs": 3, "wrong_label_pairs": 0, "pairs": 3,
+                      # m0 and m3 answered alone (one right), m1, m4, m5 sent to review (none right)
+                      "answered_alone": {"labelled": 2, "right": 1, "share": 0.5, "ci": list(wilson_interval(1, 2))},
+                      "sent_to_review": {"labelled": 3, "right": 0, "share": 0.0, "ci": list(wilson_interval(0, 3))}}
+    lines = summary_lines("r.jsonl", reviewed, counts)
+    assert lines[2] == (f"answered alone (review column empty): 1 of the 2 labelled right (0.500 "
+                        f"[{wilson_interval(1, 2)[0]:.3f}, {wilson_interval(1, 2)[1]:.3f}]); sent to review: 0 of the 3 "
+                        f"labelled right (0.000 [0.000, {wilson_interval(0, 3)[1]:.3f}])")
+    no_review = [{k: v for k, v in r.items() if k != "review"} for r in ROWS]
+    plain = read_reviewed(task, str(formats.write_jsonl(tmp_path / "plain.jsonl", no_review)))
+    assert "answered_alone" not in training_data(task, plain.records)[3]  # (a table without the review column)
     half = [dict(r) for r in ROWS]  # a row labelled in one field alone: left out, as one with none
     half[3]["staff"] = ""
     assert read_reviewed(task, str(formats.write_jsonl(tmp_path / "half.jsonl", half))).unlabelled == [3, 4]
