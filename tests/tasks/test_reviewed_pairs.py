@@ -55,9 +55,9 @@ def test_each_wrong_answer_becomes_a_pair_and_every_labelled_row_feedback_and_sf
                       "answered_alone": {"labelled": 2, "right": 1, "share": 0.5, "ci": list(wilson_interval(1, 2))},
                       "sent_to_review": {"labelled": 3, "right": 0, "share": 0.0, "ci": list(wilson_interval(0, 3))}}
     lines = summary_lines("r.jsonl", reviewed, counts)
-    assert lines[2] == (f"answered alone (review column empty): 1 of the 2 labelled right (0.500 "
-                        f"[{wilson_interval(1, 2)[0]:.3f}, {wilson_interval(1, 2)[1]:.3f}]); sent to review: 0 of the 3 "
-                        f"labelled right (0.000 [0.000, {wilson_interval(0, 3)[1]:.3f}])")
+    half, none = wilson_interval(1, 2), wilson_interval(0, 3)
+    assert lines[2] == (f"answered alone (review column empty): 1 of the 2 labelled right (0.500 [{half[0]:.3f}, "
+                        f"{half[1]:.3f}]); sent to review: 0 of the 3 labelled right (0.000 [0.000, {none[1]:.3f}])")
     no_review = [{k: v for k, v in r.items() if k != "review"} for r in ROWS]
     plain = read_reviewed(task, str(formats.write_jsonl(tmp_path / "plain.jsonl", no_review)))
     assert "answered_alone" not in training_data(task, plain.records)[3]  # (a table without the review column)
