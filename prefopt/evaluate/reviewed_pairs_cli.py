@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         say(line)
     good = sum(1 for r in feedback if r["label"])
     say(f"wrote {out / 'pairs.jsonl'} (on top of the SFT adapter the answers came from: prefopt dpo --model MODEL "
-        f"--sft-adapter ADAPTER --data {out / 'pairs.jsonl'} --output DIR), feedback.jsonl (the model's "
+        f"--sft-adapter ADAPTER --data {out / 'pairs.jsonl'} --output-dir DIR), feedback.jsonl (the model's "
         f"{len(feedback)} answers, {good} right: prefopt dpo --loss kto), sft.jsonl (the person's "
         f"{len(sft)} answers: prefopt sft) and reviewed_pairs.json")
     if not pairs:

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from prefopt.cli import main
+from prefopt.cli import build_parser, main
 from prefopt.data.records import DataError
 from prefopt.evaluate.reviewed_pairs import read_reviewed, summary_lines, training_data
 from prefopt.evaluate.stats import wilson_interval
@@ -124,6 +124,9 @@ def test_reviewed_pairs_writes_files_dpo_kto_and_sft_train_on(tiny_model, tmp_pa
             "left out: lines 6)") in said
     assert ("the model's answer was right on 1 and wrong on 4 (urgency 3, staff 3): 3 pairs, the person's answer "
             "chosen and the model's rejected; 1 wrong answers were empty (no pair)") in said
+    told = said.split("(on top of the SFT adapter the answers came from: ", 1)[1].split(")", 1)[0]
+    dpo = build_parser().parse_args(told.replace("MODEL", "m").replace("ADAPTER", "a").split()[1:])
+    assert (dpo.command, dpo.data, dpo.output_dir) == ("dpo", [str(out / "pairs.jsonl")], "DIR") and "-dir DIR" in told
     made = json.loads((out / "reviewed_pairs.json").read_text())
     assert made["unlabelled_lines"] == [6] and made["pairs"] == 3 and made["data"] == str(path.resolve())
     assert main(["reviewed-pairs", "--task", "portal", "--data", str(path), "--output", str(out)]) == 0
