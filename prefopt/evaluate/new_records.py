@@ -17,7 +17,7 @@ from ..fileio import jsonl_text, write_json_atomic, write_text_atomic
 from ..tasks.base import predict_columns
 from .confidence import chosen, likeliest, probabilities_for
 from .partial import append_partial, keep_answers, resume, start_partial
-from .review import DIGITS
+from .review import DIGITS, PAST_CONTEXT
 from .runner import predict, reasoning_opened
 
 BLOCK = 64  # records answered between two appends to the partial file
@@ -140,11 +140,15 @@ def counts(task, rows: list[dict]) -> dict:
     """``{"n", "unfinished"}``, and for a classification task ``"labels"`` (each field's predicted
     labels: ``{field: {label: count}}``), ``"unanswered"`` (``{field: count}`` of answers that
     named none of them) and, where the rows have ``likeliest_<field>``, ``"likeliest_unanswered"``
-    (``{field: {label: count}}``: those answers' likeliest labels), for the summary line and
-    ``predict.json``."""
+    (``{field: {label: count}}``: those answers' likeliest labels); where the rows have a review
+    column, ``"review"`` (how many go to review) and ``"review_by"`` (``{field or past context:
+    count}``, a record counted under each reason it has), for the summary line and ``predict.json``."""
     out: dict = {"n": len(rows), "unfinished": sum(not r["finished"] for r in rows)}
     if rows and "review" in rows[0]:
         out["review"] = sum(bool(r["review"]) for r in rows)
+        named = Counter(name for r in rows for name in review_reasons(r["review"]))
+        fields = [f.name for f in getattr(task, "fields", [])]
+        out["review_by"] = {k: named[k] for k in [*fields, PAST_CONTEXT] if named[k]}  # (a record counts in each)
     for f in getattr(task, "fields", []):
         seen = Counter(r[f"predicted_{f.name}"] for r in rows)
         out.setdefault("labels", {})[f.name] = {label: seen[label] for label in f.labels if seen[label]}
@@ -173,8 +177,21 @@ def summary(tally: dict) -> str:
     if tally.get("past_context"):
         parts.append(f"{tally['past_context']} past the model's context")
     if "review" in tally:
-        parts.append(f"{tally['review']} to review (the review column says why)")
+        by = tally.get("review_by", {})
+        why = ", ".join(f"{k} {c}" for k, c in by.items()) + "; " if len(by) > 1 else ""
+        parts.append(f"{tally['review']} to review ({why}the review column says why)")
     return "; ".join(parts)
+
+
+def review_reasons(text: str) -> list[str]:
+    """What a ``review`` cell (:func:`~.review.mark_review`'s) names: each field below its threshold
+    or without a label (``urgency 0.6213; staff no label``: urgency, staff), and
+    :data:`~.review.PAST_CONTEXT` where the prompt ran past the model's context."""
+    out = []
+    for part in filter(None, (p.strip() for p in str(text or "").split(";"))):
+        out.append(part if part == PAST_CONTEXT else part.removesuffix(" no label") if part.endswith(" no label")
+                   else part.rsplit(" ", 1)[0])
+    return out
 
 
 def table_text(rows: list[dict], fmt: str, delimiter: str = ",") -> str:

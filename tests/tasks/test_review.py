@@ -9,6 +9,7 @@ import pytest
 
 from prefopt.cli import main
 from prefopt.evaluate.confidence import SCORING
+from prefopt.evaluate.new_records import counts, review_reasons, summary
 from prefopt.evaluate.review import (
     THRESHOLDS,
     below_arg,
@@ -159,6 +160,15 @@ def test_the_review_column_says_which_field_is_not_sure_enough():
     assert list(marked[0]) == ["message", "predicted_urgency", "confidence_urgency", "predicted_staff",
                                "confidence_staff", "review", "model_output", "finished", "record"]
     assert [r["review"] for r in mark_review(task, rows, 0.91)] == ["staff 0.9", "urgency no label; staff 0.62"]
+    marked = mark_review(task, rows, 0.91, past={"2"})
+    tally = counts(task, marked)  # (r1: staff; r2: past the context, urgency, staff)
+    assert tally["review"] == 2 and tally["review_by"] == {"urgency": 1, "staff": 2, "past the model's context": 1}
+    assert summary(tally).endswith("; 2 to review (urgency 1, staff 2, past the model's context 1; the review column "
+                                   "says why)")
+    assert review_reasons("past the model's context; urgency no label; staff 0.62") == [
+        "past the model's context", "urgency", "staff"] and review_reasons("") == []
+    one = counts(task, mark_review(task, rows[:1], 0.91))
+    assert one["review_by"] == {"staff": 1} and summary(one).endswith("; 1 to review (the review column says why)")
     # each field its own: urgency below 0.96 (row 1's 0.95), staff below 0.6 (neither)
     assert [r["review"] for r in mark_review(task, rows, {"urgency": 0.96, "staff": 0.6})] == [
         "urgency 0.95", "urgency no label"]
