@@ -6,9 +6,11 @@ Each row a person labelled whose model answer was wrong becomes a preference pai
 answer chosen and the model's own (``model_output``, as it wrote it) rejected: on-policy
 negatives, as ``compare --strategy model_errors`` mines them on the training prompts, here on
 the records the model met in use. Every labelled row is also a KTO record (the model's answer,
-desirable where the person found it right) and an SFT record (the person's answer). Rows with no
-label are left out (not reviewed); a label that is none of the task's is refused with its file,
-line and column, as everywhere (a typo must not become a training example).
+desirable where the person found it right) and an SFT record (the person's answer). Rows without
+a label in every field are left out (not reviewed); a label that is none of the task's is refused
+with its file, line and column, as everywhere (a typo must not become a training example). Where
+the table has predict's review column, the labelled rows also say how often the model was right
+on those it answered alone and on those it sent to review (:func:`_audit`).
 """
 from __future__ import annotations
 
@@ -144,7 +146,7 @@ def _audit(records: list[Record], oks: list[bool]) -> dict:
 
 def summary_lines(path: str, reviewed: Reviewed, counts: dict) -> list[str]:
     """The console's account of a reviewed table: rows read, labelled and left out, the model's
-    answers right and wrong (per field), and the pairs made."""
+    answers right and wrong (per field), the pairs made and, where counted, :func:`_audit`'s."""
     lines = [f"{path}: {reviewed.rows} rows, {counts['labelled']} with a person's labels" + (
         f" ({len(reviewed.unlabelled)} without a label in every field, left out: lines {_lines(reviewed.unlabelled)})"
         if reviewed.unlabelled else "")]
