@@ -187,11 +187,12 @@ def temperature_of(args, task, tok) -> float:
     return 1.0
 
 
-def check_review(args, task) -> None:
+def check_review(args, task, scores: bool = True) -> None:
     """``--review-below`` (and eval's ``--review-target``): a probability (``--review-below``'s
     one per field, where given so: :func:`~.review.resolve_below`, put back in ``args``), read off
-    the labels' confidence, which the task must have and the command score (predict: before any
-    record is read; eval: before the model loads)."""
+    the labels' confidence, which the task must have and, where it ``scores`` them, the command
+    score (predict: before any record is read; eval: before the model loads; ``eval --answers``
+    reads an earlier evaluation's instead)."""
     from .confidence import scorable
     from .review import check_threshold, resolve_below
 
@@ -203,7 +204,7 @@ def check_review(args, task) -> None:
             continue
         if flag == "--review-target":
             check_threshold(value, flag)
-        if not args.confidence:
+        if scores and not args.confidence:
             raise ValueError(f"{flag} reads the confidence --confidence scores: add --confidence"
                              if hasattr(args, "fit_temperature") else  # (eval's; predict scores it unless told not to)
                              f"{flag} reads the confidence columns, which --no-confidence leaves out: give one")
@@ -264,17 +265,11 @@ def _review_of_answers(task, records: list, preds: list[dict], rows: list[dict],
     rows hold one: :func:`~.review.confidence_key`), so thresholds are tried on a finished
     evaluation without answering again; refused where DIR's answers hold no confidence, or where
     the task now reads an answer otherwise than when its confidence was scored."""
-    from .confidence import scorable
-    from .review import check_threshold, confidence_key, resolve_below, review_table
+    from .review import confidence_key, review_table
     from .target_search import review_target
 
+    check_review(args, task, scores=False)
     flag = "--review-below" if args.review_below is not None else "--review-target"
-    if why := scorable(task):
-        raise ValueError(f"{flag}: {why}")
-    if args.review_below is not None:
-        args.review_below = resolve_below(task, args.review_below)
-    if args.review_target is not None:
-        check_threshold(args.review_target, "--review-target")
     key = confidence_key(rows)
     if key is None:
         raise ValueError(f"{flag} reads the confidence of the answers in {args.answers}, which hold none (scored "

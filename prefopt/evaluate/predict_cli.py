@@ -150,11 +150,10 @@ def _config(model: str):
     """``model``'s :class:`~prefopt.model.config.ModelConfig`, read off its ``config.json`` (no
     weights load): what predict needs of a model whose answers it reuses (its context's length);
     None where it cannot be read so, and the model loads after all."""
-    from ..fileio import read_json
     from ..model.config import ModelConfig
     from ..model.hub import resolve_model_dir
 
     try:
-        return ModelConfig.from_dict(read_json(resolve_model_dir(model) / "config.json"))
+        return ModelConfig.from_hf(resolve_model_dir(model))
     except (OSError, ValueError, KeyError):
         return None

@@ -46,16 +46,14 @@ def placement(model) -> dict:
     ``"quantized": "nf4"`` for a 4-bit base. Greedy answers can differ between precisions (a near
     tie between two tokens breaks the other way)."""
     w = model.output_weight
-    where = {"device": str(w.device), "dtype": str(w.dtype).removeprefix("torch.")}
-    quantized = getattr(model, "quantized", None)
-    return {**where, "quantized": quantized} if quantized else where
+    return expected_placement(w.device, w.dtype, getattr(model, "quantized", None))
 
 
 def expected_placement(device, dtype, quantize: str | None = None) -> dict:
     """:func:`placement` as a model loaded onto ``device`` in ``dtype`` (``--quantize``'s kind, where
-    given) would give it, without loading one: predict's stamp, to find a finished run's answers
-    before any weights are read. A guess that differs from the load (another GPU index) only means
-    the model is loaded after all."""
+    given) would give it, without loading one (placement builds its own from the loaded weights
+    so): predict's stamp, to find a finished run's answers before any weights are read. A guess
+    that differs from the load (another GPU index) only means the model is loaded after all."""
     import torch
 
     device = torch.device(device)
